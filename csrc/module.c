@@ -1,0 +1,447 @@
+/* module.c - mono_quant._C: the only file that includes Python.h and numpy.
+ *
+ * Every entry point validates its arguments (type, dtype, rank, lengths,
+ * ranges) and raises a Python exception naming what was wrong; kernels then
+ * run on contiguous buffers with the GIL released.  Weights cross as 2-D
+ * NumPy arrays of rows: float32, float16, or int16/uint16 holding bf16 bits. */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#define NPY_NO_DEPRECATED_API NPY_1_7_API_VERSION
+#include <numpy/arrayobject.h>
+
+#include <math.h>
+
+#include "mq.h"
+
+static const char *isa_names[MQ_ISA_COUNT] = {"scalar", "avx2", "avx512"};
+
+/* ---- argument helpers ---------------------------------------------------- */
+
+/* A C-contiguous view (or copy) of obj, which must be an ndarray with one of
+ * the accepted type numbers and the given rank.  New reference or NULL. */
+static PyArrayObject *contiguous_array(PyObject *obj, const char *what, const int *types, int ntypes, int ndim,
+                                       const char *expected) {
+    if (!PyArray_Check(obj)) {
+        PyErr_Format(PyExc_TypeError, "%s must be a numpy.ndarray of %s, got %.100s", what, expected,
+                     Py_TYPE(obj)->tp_name);
+        return NULL;
+    }
+    PyArrayObject *a = (PyArrayObject *)obj;
+    int t = PyArray_TYPE(a), ok = 0;
+    for (int i = 0; i < ntypes; i++) ok |= types[i] == t;
+    if (!ok) {
+        PyErr_Format(PyExc_TypeError, "%s must have dtype %s, got %.50s", what, expected,
+                     PyArray_DESCR(a)->typeobj->tp_name);
+        return NULL;
+    }
+    if (PyArray_NDIM(a) != ndim) {
+        PyErr_Format(PyExc_ValueError, "%s must be %d-D, got %d-D", what, ndim, PyArray_NDIM(a));
+        return NULL;
+    }
+    return (PyArrayObject *)PyArray_GETCONTIGUOUS(a);
+}
+
+static const int src_types[] = {NPY_FLOAT32, NPY_FLOAT16, NPY_INT16, NPY_UINT16};
+static const char *src_expected = "float32, float16 or int16/uint16 (bf16 bits)";
+
+static mq_src_t src_kind(PyArrayObject *a) {
+    switch (PyArray_TYPE(a)) {
+    case NPY_FLOAT16: return MQ_SRC_F16;
+    case NPY_INT16:
+    case NPY_UINT16: return MQ_SRC_BF16;
+    default: return MQ_SRC_F32;
+    }
+}
+
+static int check_qrange(int qmin, int qmax) {
+    int ok = qmin < qmax && ((qmin >= -128 && qmax <= 127) || (qmin >= 0 && qmax <= 255));
+    if (!ok)
+        PyErr_Format(PyExc_ValueError,
+                     "quantization range [%d, %d] must fit int8 (-128..127) or uint8 (0..255) with qmin < qmax",
+                     qmin, qmax);
+    return ok;
+}
+
+static int check_threads(int nthreads) {
+    if (nthreads < 1 || nthreads > 1024) {
+        PyErr_Format(PyExc_ValueError, "nthreads must be in 1..1024, got %d", nthreads);
+        return 0;
+    }
+    return 1;
+}
+
+/* scale (float32) and zero_point (int32) of length 1 (per tensor) or rows. */
+static int qparam_arrays(PyObject *scale_obj, PyObject *zp_obj, npy_intp rows, PyArrayObject **scale,
+                         PyArrayObject **zp, int *per_row) {
+    static const int f32[] = {NPY_FLOAT32}, i32[] = {NPY_INT32};
+    *scale = contiguous_array(scale_obj, "scale", f32, 1, 1, "float32");
+    if (!*scale) return 0;
+    *zp = contiguous_array(zp_obj, "zero_point", i32, 1, 1, "int32");
+    if (!*zp) return 0;
+    npy_intp ns = PyArray_DIM(*scale, 0), nz = PyArray_DIM(*zp, 0);
+    if (ns != nz || (ns != rows && ns != 1)) {
+        PyErr_Format(PyExc_ValueError, "scale and zero_point must both have length 1 or %zd (rows), got %zd and %zd",
+                     (Py_ssize_t)rows, (Py_ssize_t)ns, (Py_ssize_t)nz);
+        return 0;
+    }
+    const float *s = PyArray_DATA(*scale);
+    for (npy_intp i = 0; i < ns; i++)
+        if (!(s[i] > 0.0f) || !isfinite(s[i]) || !isfinite(1.0f / s[i])) {
+            PyErr_Format(PyExc_ValueError, "scale[%zd] = %g is not a positive finite number with a finite inverse",
+                         (Py_ssize_t)i, (double)s[i]);
+            return 0;
+        }
+    *per_row = ns == rows && rows != 1;
+    return 1;
+}
+
+static PyObject *bad_row_obj(int64_t bad) { return PyLong_FromLongLong((long long)bad); }
+
+/* ---- entry points -------------------------------------------------------- */
+
+PyDoc_STRVAR(rows_minmax_doc,
+             "rows_minmax(x, nthreads=1) -> (min, max, bad_row)\n\n"
+             "Per-row min and max of a 2-D array (float32, float16, or int16 bf16 bits).\n"
+             "bad_row is the first row holding NaN/Inf, or -1; such rows get NaN min/max.");
+
+static PyObject *py_rows_minmax(PyObject *self, PyObject *args, PyObject *kw) {
+    static char *kwlist[] = {"x", "nthreads", NULL};
+    PyObject *x_obj, *result = NULL;
+    int nthreads = 1;
+    PyArrayObject *x = NULL, *mn = NULL, *mx = NULL;
+    (void)self;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "O|i:rows_minmax", kwlist, &x_obj, &nthreads)) return NULL;
+    if (!check_threads(nthreads)) return NULL;
+    if (!(x = contiguous_array(x_obj, "x", src_types, 4, 2, src_expected))) goto fail;
+    npy_intp rows = PyArray_DIM(x, 0), cols = PyArray_DIM(x, 1);
+    if (!(mn = (PyArrayObject *)PyArray_EMPTY(1, &rows, NPY_FLOAT32, 0))) goto fail;
+    if (!(mx = (PyArrayObject *)PyArray_EMPTY(1, &rows, NPY_FLOAT32, 0))) goto fail;
+    int64_t bad;
+    Py_BEGIN_ALLOW_THREADS
+    bad = mq_rows_minmax(PyArray_DATA(x), src_kind(x), rows, cols, PyArray_DATA(mn), PyArray_DATA(mx), nthreads);
+    Py_END_ALLOW_THREADS
+    result = Py_BuildValue("OON", mn, mx, bad_row_obj(bad));
+fail:
+    Py_XDECREF(x);
+    Py_XDECREF(mn);
+    Py_XDECREF(mx);
+    return result;
+}
+
+PyDoc_STRVAR(choose_qparams_doc,
+             "choose_qparams(min, max, qmin, qmax, symmetric) -> (scale, zero_point)\n\n"
+             "Scale (float32) and zero-point (int32) per entry of two float32 arrays, with\n"
+             "torch MinMaxObserver's formula (scale floored at FLT_MIN, not float eps).");
+
+static PyObject *py_choose_qparams(PyObject *self, PyObject *args, PyObject *kw) {
+    static char *kwlist[] = {"min", "max", "qmin", "qmax", "symmetric", NULL};
+    static const int f32[] = {NPY_FLOAT32};
+    PyObject *mn_obj, *mx_obj, *result = NULL;
+    int qmin, qmax, symmetric;
+    PyArrayObject *mn = NULL, *mx = NULL, *scale = NULL, *zp = NULL;
+    (void)self;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OOiip:choose_qparams", kwlist, &mn_obj, &mx_obj, &qmin, &qmax,
+                                     &symmetric))
+        return NULL;
+    if (!check_qrange(qmin, qmax)) return NULL;
+    if (!(mn = contiguous_array(mn_obj, "min", f32, 1, 1, "float32"))) goto fail;
+    if (!(mx = contiguous_array(mx_obj, "max", f32, 1, 1, "float32"))) goto fail;
+    npy_intp n = PyArray_DIM(mn, 0);
+    if (PyArray_DIM(mx, 0) != n) {
+        PyErr_SetString(PyExc_ValueError, "min and max must have the same length");
+        goto fail;
+    }
+    const float *a = PyArray_DATA(mn), *b = PyArray_DATA(mx);
+    for (npy_intp i = 0; i < n; i++)
+        if (!isfinite(a[i]) || !isfinite(b[i])) {
+            PyErr_Format(PyExc_ValueError, "min/max[%zd] is not finite (NaN or Inf in the data?)", (Py_ssize_t)i);
+            goto fail;
+        }
+    if (!(scale = (PyArrayObject *)PyArray_EMPTY(1, &n, NPY_FLOAT32, 0))) goto fail;
+    if (!(zp = (PyArrayObject *)PyArray_EMPTY(1, &n, NPY_INT32, 0))) goto fail;
+    float *s = PyArray_DATA(scale);
+    int32_t *z = PyArray_DATA(zp);
+    for (npy_intp i = 0; i < n; i++) mq_choose_qparams(a[i], b[i], qmin, qmax, symmetric, &s[i], &z[i]);
+    result = Py_BuildValue("OO", scale, zp);
+fail:
+    Py_XDECREF(mn);
+    Py_XDECREF(mx);
+    Py_XDECREF(scale);
+    Py_XDECREF(zp);
+    return result;
+}
+
+PyDoc_STRVAR(quantize_rows_doc,
+             "quantize_rows(x, scale, zero_point, qmin, qmax, use_fma=False, nthreads=1) -> q\n\n"
+             "q = clamp(rint(zero_point + x * (1/scale)), qmin, qmax) per row (scale and\n"
+             "zero_point of length rows, or 1 for the whole tensor).  q is int8 when qmin < 0,\n"
+             "else uint8.  The product is rounded before the add (torch.quantize_per_channel)\n"
+             "unless use_fma, where it is one fused multiply-add (torch.quantize_per_tensor).");
+
+static PyObject *py_quantize_rows(PyObject *self, PyObject *args, PyObject *kw) {
+    static char *kwlist[] = {"x", "scale", "zero_point", "qmin", "qmax", "use_fma", "nthreads", NULL};
+    PyObject *x_obj, *s_obj, *z_obj, *result = NULL;
+    int qmin, qmax, use_fma = 0, nthreads = 1, per_row = 0;
+    PyArrayObject *x = NULL, *scale = NULL, *zp = NULL, *q = NULL;
+    (void)self;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OOOii|pi:quantize_rows", kwlist, &x_obj, &s_obj, &z_obj, &qmin,
+                                     &qmax, &use_fma, &nthreads))
+        return NULL;
+    if (!check_qrange(qmin, qmax) || !check_threads(nthreads)) return NULL;
+    if (!(x = contiguous_array(x_obj, "x", src_types, 4, 2, src_expected))) goto fail;
+    if (!qparam_arrays(s_obj, z_obj, PyArray_DIM(x, 0), &scale, &zp, &per_row)) goto fail;
+    {
+        const int32_t *z = PyArray_DATA(zp);
+        for (npy_intp i = 0; i < PyArray_DIM(zp, 0); i++)
+            if (z[i] < qmin || z[i] > qmax) {
+                PyErr_Format(PyExc_ValueError, "zero_point[%zd] = %d is outside [%d, %d]", (Py_ssize_t)i, z[i], qmin,
+                             qmax);
+                goto fail;
+            }
+    }
+    if (!(q = (PyArrayObject *)PyArray_EMPTY(2, PyArray_DIMS(x), qmin < 0 ? NPY_INT8 : NPY_UINT8, 0))) goto fail;
+    Py_BEGIN_ALLOW_THREADS
+    mq_rows_quantize(PyArray_DATA(x), src_kind(x), PyArray_DIM(x, 0), PyArray_DIM(x, 1), PyArray_DATA(scale),
+                     PyArray_DATA(zp), per_row, qmin, qmax, use_fma, PyArray_DATA(q), nthreads);
+    Py_END_ALLOW_THREADS
+    result = (PyObject *)q;
+    q = NULL;
+fail:
+    Py_XDECREF(x);
+    Py_XDECREF(scale);
+    Py_XDECREF(zp);
+    Py_XDECREF(q);
+    return result;
+}
+
+PyDoc_STRVAR(quantize_rows_fused_doc,
+             "quantize_rows_fused(x, qmin, qmax, symmetric, with_error=False, nthreads=1)\n"
+             "    -> (q, scale, zero_point, bad_row, sum_x2, sum_err2)\n\n"
+             "Per-row min/max, choose_qparams and quantize_rows in one pass over each row.\n"
+             "bad_row is the first row holding NaN/Inf (its output is undefined), or -1.\n"
+             "With with_error, sum_x2 / sum_err2 (float64 per row) are the signal and\n"
+             "quantization-noise powers (for SQNR); else both are None.");
+
+static PyObject *py_quantize_rows_fused(PyObject *self, PyObject *args, PyObject *kw) {
+    static char *kwlist[] = {"x", "qmin", "qmax", "symmetric", "with_error", "nthreads", NULL};
+    PyObject *x_obj, *result = NULL;
+    int qmin, qmax, symmetric, with_error = 0, nthreads = 1;
+    PyArrayObject *x = NULL, *scale = NULL, *zp = NULL, *q = NULL, *sx = NULL, *se = NULL;
+    (void)self;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "Oiip|pi:quantize_rows_fused", kwlist, &x_obj, &qmin, &qmax,
+                                     &symmetric, &with_error, &nthreads))
+        return NULL;
+    if (!check_qrange(qmin, qmax) || !check_threads(nthreads)) return NULL;
+    if (!(x = contiguous_array(x_obj, "x", src_types, 4, 2, src_expected))) goto fail;
+    npy_intp rows = PyArray_DIM(x, 0);
+    if (!(scale = (PyArrayObject *)PyArray_EMPTY(1, &rows, NPY_FLOAT32, 0))) goto fail;
+    if (!(zp = (PyArrayObject *)PyArray_EMPTY(1, &rows, NPY_INT32, 0))) goto fail;
+    if (!(q = (PyArrayObject *)PyArray_EMPTY(2, PyArray_DIMS(x), qmin < 0 ? NPY_INT8 : NPY_UINT8, 0))) goto fail;
+    if (with_error) {
+        if (!(sx = (PyArrayObject *)PyArray_ZEROS(1, &rows, NPY_FLOAT64, 0))) goto fail;
+        if (!(se = (PyArrayObject *)PyArray_ZEROS(1, &rows, NPY_FLOAT64, 0))) goto fail;
+    }
+    int64_t bad;
+    Py_BEGIN_ALLOW_THREADS
+    bad = mq_rows_quantize_fused(PyArray_DATA(x), src_kind(x), rows, PyArray_DIM(x, 1), qmin, qmax, symmetric,
+                                 PyArray_DATA(scale), PyArray_DATA(zp), PyArray_DATA(q),
+                                 sx ? PyArray_DATA(sx) : NULL, se ? PyArray_DATA(se) : NULL, nthreads);
+    Py_END_ALLOW_THREADS
+    result = Py_BuildValue("OOONOO", q, scale, zp, bad_row_obj(bad), sx ? (PyObject *)sx : Py_None,
+                           se ? (PyObject *)se : Py_None);
+fail:
+    Py_XDECREF(x);
+    Py_XDECREF(scale);
+    Py_XDECREF(zp);
+    Py_XDECREF(q);
+    Py_XDECREF(sx);
+    Py_XDECREF(se);
+    return result;
+}
+
+PyDoc_STRVAR(rows_sqerr_doc,
+             "rows_sqerr(x, q, scale, zero_point, nthreads=1) -> (sum_x2, sum_err2)\n\n"
+             "Per row, the sums of x^2 and of (x - (q - zero_point) * scale)^2 (float64).");
+
+static PyObject *py_rows_sqerr(PyObject *self, PyObject *args, PyObject *kw) {
+    static char *kwlist[] = {"x", "q", "scale", "zero_point", "nthreads", NULL};
+    static const int qtypes[] = {NPY_INT8, NPY_UINT8};
+    PyObject *x_obj, *q_obj, *s_obj, *z_obj, *result = NULL;
+    int nthreads = 1, per_row = 0;
+    PyArrayObject *x = NULL, *q = NULL, *scale = NULL, *zp = NULL, *sx = NULL, *se = NULL;
+    (void)self;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OOOO|i:rows_sqerr", kwlist, &x_obj, &q_obj, &s_obj, &z_obj,
+                                     &nthreads))
+        return NULL;
+    if (!check_threads(nthreads)) return NULL;
+    if (!(x = contiguous_array(x_obj, "x", src_types, 4, 2, src_expected))) goto fail;
+    if (!(q = contiguous_array(q_obj, "q", qtypes, 2, 2, "int8 or uint8"))) goto fail;
+    if (!PyArray_SAMESHAPE(x, q)) {
+        PyErr_SetString(PyExc_ValueError, "x and q must have the same shape");
+        goto fail;
+    }
+    if (!qparam_arrays(s_obj, z_obj, PyArray_DIM(q, 0), &scale, &zp, &per_row)) goto fail;
+    npy_intp rows = PyArray_DIM(x, 0);
+    if (!(sx = (PyArrayObject *)PyArray_ZEROS(1, &rows, NPY_FLOAT64, 0))) goto fail;
+    if (!(se = (PyArrayObject *)PyArray_ZEROS(1, &rows, NPY_FLOAT64, 0))) goto fail;
+    Py_BEGIN_ALLOW_THREADS
+    mq_rows_sqerr(PyArray_DATA(x), src_kind(x), PyArray_DATA(q), PyArray_TYPE(q) == NPY_INT8, rows,
+                  PyArray_DIM(x, 1), PyArray_DATA(scale), PyArray_DATA(zp), per_row, PyArray_DATA(sx),
+                  PyArray_DATA(se), nthreads);
+    Py_END_ALLOW_THREADS
+    result = Py_BuildValue("OO", sx, se);
+fail:
+    Py_XDECREF(x);
+    Py_XDECREF(q);
+    Py_XDECREF(scale);
+    Py_XDECREF(zp);
+    Py_XDECREF(sx);
+    Py_XDECREF(se);
+    return result;
+}
+
+PyDoc_STRVAR(dequantize_rows_doc,
+             "dequantize_rows(q, scale, zero_point, nthreads=1) -> float32 array\n\n"
+             "(q - zero_point) * scale per row; q is a 2-D int8 or uint8 array.");
+
+static PyObject *py_dequantize_rows(PyObject *self, PyObject *args, PyObject *kw) {
+    static char *kwlist[] = {"q", "scale", "zero_point", "nthreads", NULL};
+    static const int qtypes[] = {NPY_INT8, NPY_UINT8};
+    PyObject *q_obj, *s_obj, *z_obj, *result = NULL;
+    int nthreads = 1, per_row = 0;
+    PyArrayObject *q = NULL, *scale = NULL, *zp = NULL, *out = NULL;
+    (void)self;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OOO|i:dequantize_rows", kwlist, &q_obj, &s_obj, &z_obj, &nthreads))
+        return NULL;
+    if (!check_threads(nthreads)) return NULL;
+    if (!(q = contiguous_array(q_obj, "q", qtypes, 2, 2, "int8 or uint8"))) goto fail;
+    if (!qparam_arrays(s_obj, z_obj, PyArray_DIM(q, 0), &scale, &zp, &per_row)) goto fail;
+    if (!(out = (PyArrayObject *)PyArray_EMPTY(2, PyArray_DIMS(q), NPY_FLOAT32, 0))) goto fail;
+    int is_signed = PyArray_TYPE(q) == NPY_INT8;
+    Py_BEGIN_ALLOW_THREADS
+    mq_rows_dequantize(PyArray_DATA(q), is_signed, PyArray_DIM(q, 0), PyArray_DIM(q, 1), PyArray_DATA(scale),
+                       PyArray_DATA(zp), per_row, PyArray_DATA(out), nthreads);
+    Py_END_ALLOW_THREADS
+    result = (PyObject *)out;
+    out = NULL;
+fail:
+    Py_XDECREF(q);
+    Py_XDECREF(scale);
+    Py_XDECREF(zp);
+    Py_XDECREF(out);
+    return result;
+}
+
+PyDoc_STRVAR(cpu_info_doc, "cpu_info() -> dict of the CPU features mono-quant dispatches on, and the ISA levels.");
+
+static PyObject *py_cpu_info(PyObject *self, PyObject *unused) {
+    static const char *features[] = {"avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512vl", "avx512dq",
+                                     "avx512_vnni", "avx512_bf16", "avx_vnni", "amx_int8"};
+    (void)self;
+    (void)unused;
+    PyObject *d = PyDict_New();
+    if (!d) return NULL;
+    for (size_t i = 0; i < sizeof(features) / sizeof(features[0]); i++) {
+        PyObject *v = PyBool_FromLong(mq_cpu_has(features[i]));
+        if (!v || PyDict_SetItemString(d, features[i], v) < 0) {
+            Py_XDECREF(v);
+            Py_DECREF(d);
+            return NULL;
+        }
+        Py_DECREF(v);
+    }
+    PyObject *best = PyUnicode_FromString(isa_names[mq_cpu_best_isa()]);
+    PyObject *active = PyUnicode_FromString(isa_names[mq_active_isa()]);
+    int err = !best || !active || PyDict_SetItemString(d, "best_isa", best) < 0 ||
+              PyDict_SetItemString(d, "active_isa", active) < 0;
+    Py_XDECREF(best);
+    Py_XDECREF(active);
+    if (err) {
+        Py_DECREF(d);
+        return NULL;
+    }
+    return d;
+}
+
+PyDoc_STRVAR(set_isa_doc,
+             "set_isa(name) -> previous name\n\n"
+             "Force the kernel level: 'scalar', 'avx2' or 'avx512' (must be supported by this CPU).");
+
+static PyObject *py_set_isa(PyObject *self, PyObject *arg) {
+    (void)self;
+    const char *name = PyUnicode_Check(arg) ? PyUnicode_AsUTF8(arg) : NULL;
+    if (!name) {
+        if (!PyErr_Occurred()) PyErr_SetString(PyExc_TypeError, "set_isa() takes a str: 'scalar', 'avx2' or 'avx512'");
+        return NULL;
+    }
+    const char *previous = isa_names[mq_active_isa()];
+    for (int i = 0; i < MQ_ISA_COUNT; i++)
+        if (!strcmp(name, isa_names[i])) {
+            if (mq_set_isa((mq_isa_t)i) < 0) {
+                PyErr_Format(PyExc_ValueError, "this CPU does not support the '%s' kernels (best is '%s')", name,
+                             isa_names[mq_cpu_best_isa()]);
+                return NULL;
+            }
+            return PyUnicode_FromString(previous);
+        }
+    PyErr_Format(PyExc_ValueError, "unknown ISA '%s': expected 'scalar', 'avx2' or 'avx512'", name);
+    return NULL;
+}
+
+PyDoc_STRVAR(get_isa_doc, "get_isa() -> name of the kernel level in use.");
+
+static PyObject *py_get_isa(PyObject *self, PyObject *unused) {
+    (void)self;
+    (void)unused;
+    return PyUnicode_FromString(isa_names[mq_active_isa()]);
+}
+
+static PyMethodDef module_methods[] = {
+    {"rows_minmax", (PyCFunction)(void (*)(void))py_rows_minmax, METH_VARARGS | METH_KEYWORDS, rows_minmax_doc},
+    {"choose_qparams", (PyCFunction)(void (*)(void))py_choose_qparams, METH_VARARGS | METH_KEYWORDS,
+     choose_qparams_doc},
+    {"quantize_rows", (PyCFunction)(void (*)(void))py_quantize_rows, METH_VARARGS | METH_KEYWORDS,
+     quantize_rows_doc},
+    {"quantize_rows_fused", (PyCFunction)(void (*)(void))py_quantize_rows_fused, METH_VARARGS | METH_KEYWORDS,
+     quantize_rows_fused_doc},
+    {"dequantize_rows", (PyCFunction)(void (*)(void))py_dequantize_rows, METH_VARARGS | METH_KEYWORDS,
+     dequantize_rows_doc},
+    {"rows_sqerr", (PyCFunction)(void (*)(void))py_rows_sqerr, METH_VARARGS | METH_KEYWORDS, rows_sqerr_doc},
+    {"cpu_info", py_cpu_info, METH_NOARGS, cpu_info_doc},
+    {"set_isa", py_set_isa, METH_O, set_isa_doc},
+    {"get_isa", py_get_isa, METH_NOARGS, get_isa_doc},
+    {NULL, NULL, 0, NULL},
+};
+
+static int module_exec(PyObject *m) {
+    if (_import_array() < 0) return -1;
+    /* MONO_QUANT_ISA=scalar|avx2|avx512 caps the kernels (debugging, CI on
+     * other CPUs); an unsupported value is ignored with a warning. */
+    const char *forced = getenv("MONO_QUANT_ISA");
+    if (forced && *forced) {
+        int done = 0;
+        for (int i = 0; i < MQ_ISA_COUNT && !done; i++)
+            if (!strcmp(forced, isa_names[i])) done = mq_set_isa((mq_isa_t)i) == 0;
+        if (!done &&
+            PyErr_WarnFormat(PyExc_RuntimeWarning, 1, "MONO_QUANT_ISA=%s is unknown or unsupported here; using '%s'",
+                             forced, isa_names[mq_active_isa()]) < 0)
+            return -1;
+    }
+    return PyModule_AddStringConstant(m, "ISA_LEVELS", "scalar,avx2,avx512");
+}
+
+static PyModuleDef_Slot module_slots[] = {
+    {Py_mod_exec, module_exec},
+    {0, NULL},
+};
+
+static struct PyModuleDef module_def = {
+    PyModuleDef_HEAD_INIT,
+    .m_name = "mono_quant._C",
+    .m_doc = "mono-quant's C kernels (quantization, packing, quantized matmul).",
+    .m_size = 0,
+    .m_methods = module_methods,
+    .m_slots = module_slots,
+};
+
+PyMODINIT_FUNC PyInit__C(void) { return PyModuleDef_Init(&module_def); }

@@ -1,0 +1,147 @@
+/* mq.h - shared types for mono-quant's C kernels.
+ *
+ * Plain C11: no Python here.  Kernels work on rows (a contiguous run of
+ * elements that share one scale / zero-point); every kernel exists once as a
+ * scalar reference in ref.c and optionally as SIMD twins with the same
+ * signature, chosen once at import time through the table in dispatch.c.
+ */
+#ifndef MQ_H
+#define MQ_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <string.h>
+
+/* Source element types a kernel can read.  bf16 and fp16 are raw 16-bit
+ * patterns (bf16 crosses from torch as an int16 view). */
+typedef enum { MQ_SRC_F32 = 0, MQ_SRC_F16 = 1, MQ_SRC_BF16 = 2, MQ_SRC_COUNT = 3 } mq_src_t;
+
+/* Instruction-set levels, ordered: a machine supporting level L runs all < L. */
+typedef enum { MQ_ISA_SCALAR = 0, MQ_ISA_AVX2 = 1, MQ_ISA_AVX512 = 2, MQ_ISA_COUNT = 3 } mq_isa_t;
+
+/* ---- fp16 / bf16 <-> fp32, bit exact, no library calls ------------------ */
+
+static inline float mq_bits_to_f32(uint32_t u) { float f; memcpy(&f, &u, 4); return f; }
+static inline uint32_t mq_f32_to_bits(float f) { uint32_t u; memcpy(&u, &f, 4); return u; }
+
+/* bf16 is the top half of an fp32: widening is a shift. */
+static inline float mq_bf16_to_f32(uint16_t h) { return mq_bits_to_f32((uint32_t)h << 16); }
+
+/* IEEE half -> float, handles subnormals, inf and NaN exactly. */
+static inline float mq_f16_to_f32(uint16_t h) {
+    uint32_t sign = (uint32_t)(h & 0x8000u) << 16;
+    uint32_t exp = (h >> 10) & 0x1fu;
+    uint32_t man = h & 0x3ffu;
+    if (exp == 0x1f) return mq_bits_to_f32(sign | 0x7f800000u | (man << 13));
+    if (exp == 0) {
+        if (man == 0) return mq_bits_to_f32(sign);
+        /* subnormal: value = man * 2^-24, exact in fp32 */
+        float v = (float)man * (1.0f / 16777216.0f);
+        return sign ? -v : v;
+    }
+    return mq_bits_to_f32(sign | ((exp + 112u) << 23) | (man << 13));
+}
+
+static inline float mq_load_src(const void *src, mq_src_t kind, int64_t i) {
+    switch (kind) {
+    case MQ_SRC_F16: return mq_f16_to_f32(((const uint16_t *)src)[i]);
+    case MQ_SRC_BF16: return mq_bf16_to_f32(((const uint16_t *)src)[i]);
+    default: return ((const float *)src)[i];
+    }
+}
+
+static inline size_t mq_src_size(mq_src_t kind) { return kind == MQ_SRC_F32 ? 4 : 2; }
+
+/* ---- kernel signatures ---------------------------------------------------- */
+
+/* min and max of n elements; returns 1 if any element is NaN or +-Inf. */
+typedef int (*mq_minmax_fn)(const void *src, int64_t n, float *out_min, float *out_max);
+
+/* dst[i] = clamp(rint(zp + src[i] * inv_scale), qmin, qmax), stored as the low
+ * byte (int8 for qmin >= -128 && qmax <= 127, uint8 for 0..255).
+ * Rounding follows torch exactly: the product is rounded to fp32 before the
+ * zero-point is added (torch.quantize_per_channel, fbgemm's scalar
+ * "legacy" Quantize) unless use_fma is set, when x * inv + zp is one FMA
+ * (torch.quantize_per_tensor, fbgemm's AVX2 path).  The two differ only on
+ * near-ties, but bit-identity needs the right one. */
+typedef void (*mq_quantize_fn)(const void *src, int64_t n, float inv_scale, float zero_point,
+                               float qmin, float qmax, int use_fma, uint8_t *dst);
+
+/* dst[i] = ((float)q[i] - zp) * scale; q is int8 when is_signed, else uint8. */
+typedef void (*mq_dequantize_fn)(const uint8_t *q, int64_t n, float scale, float zero_point,
+                                 int is_signed, float *dst);
+
+/* Sums of src^2 and of (src - (q - zp) * scale)^2 over n elements: the
+ * signal and noise powers behind a row's SQNR.  Float sums, so SIMD twins
+ * agree with the reference to rounding, not bit for bit. */
+typedef void (*mq_sqerr_fn)(const void *src, const uint8_t *q, int64_t n, float scale, float zero_point,
+                            int is_signed, double *sum_x2, double *sum_err2);
+
+/* The per-ISA function table (see dispatch.c). */
+typedef struct {
+    const char *name;
+    mq_minmax_fn minmax[MQ_SRC_COUNT];
+    mq_quantize_fn quantize[MQ_SRC_COUNT];
+    mq_dequantize_fn dequantize;
+    mq_sqerr_fn sqerr[MQ_SRC_COUNT];
+} mq_kernels;
+
+/* ---- reference kernels (ref.c) --------------------------------------------- */
+int mq_ref_minmax_f32(const void *src, int64_t n, float *mn, float *mx);
+int mq_ref_minmax_f16(const void *src, int64_t n, float *mn, float *mx);
+int mq_ref_minmax_bf16(const void *src, int64_t n, float *mn, float *mx);
+void mq_ref_quantize_f32(const void *src, int64_t n, float inv_scale, float zp, float qmin, float qmax, int use_fma,
+                         uint8_t *dst);
+void mq_ref_quantize_f16(const void *src, int64_t n, float inv_scale, float zp, float qmin, float qmax, int use_fma,
+                         uint8_t *dst);
+void mq_ref_quantize_bf16(const void *src, int64_t n, float inv_scale, float zp, float qmin, float qmax, int use_fma,
+                         uint8_t *dst);
+void mq_ref_dequantize(const uint8_t *q, int64_t n, float scale, float zp, int is_signed, float *dst);
+void mq_ref_sqerr_f32(const void *src, const uint8_t *q, int64_t n, float scale, float zp, int is_signed, double *x2, double *e2);
+void mq_ref_sqerr_f16(const void *src, const uint8_t *q, int64_t n, float scale, float zp, int is_signed, double *x2, double *e2);
+void mq_ref_sqerr_bf16(const void *src, const uint8_t *q, int64_t n, float scale, float zp, int is_signed, double *x2, double *e2);
+
+/* Scale / zero-point from a row's min and max (torch MinMaxObserver formula,
+ * see quant.c for the one deliberate difference: the scale floor). */
+void mq_choose_qparams(float mn, float mx, int qmin, int qmax, int symmetric, float *scale, int32_t *zero_point);
+
+/* ---- SIMD twins (x86_avx2.c, x86_avx512.c); only called when dispatched --- */
+void mq_avx2_fill(mq_kernels *k);
+void mq_avx512_fill(mq_kernels *k);
+
+/* ---- dispatch.c ------------------------------------------------------------ */
+mq_isa_t mq_cpu_best_isa(void);           /* best level this CPU and OS support */
+int mq_cpu_has(const char *feature);      /* "avx2", "avx512bw", "avx512_vnni", ... */
+const mq_kernels *mq_kernels_for(mq_isa_t isa);
+const mq_kernels *mq_active(void);
+mq_isa_t mq_active_isa(void);
+int mq_set_isa(mq_isa_t isa);             /* 0 ok, -1 if the CPU lacks it */
+
+/* ---- parallel.c ------------------------------------------------------------ */
+typedef void (*mq_range_fn)(void *ctx, int64_t begin, int64_t end);
+/* Runs fn over [0, n) split into at most nthreads contiguous chunks of at
+ * least min_chunk items; the caller's thread runs the first chunk. */
+void mq_parallel_for(int64_t n, int64_t min_chunk, int nthreads, mq_range_fn fn, void *ctx);
+
+/* ---- quant.c: whole-tensor drivers over rows ------------------------------- */
+/* Each returns the index of the first row holding NaN/Inf, or -1. */
+int64_t mq_rows_minmax(const void *src, mq_src_t kind, int64_t rows, int64_t cols,
+                       float *mn, float *mx, int nthreads);
+void mq_rows_quantize(const void *src, mq_src_t kind, int64_t rows, int64_t cols,
+                      const float *scale, const int32_t *zero_point, int per_row,
+                      int qmin, int qmax, int use_fma, uint8_t *dst, int nthreads);
+/* min/max, qparams and quantize in one pass over each row (the row stays in
+ * cache); when sum_x2 / sum_err2 are not NULL, also each row's signal and
+ * noise power (see mq_sqerr_fn). */
+int64_t mq_rows_quantize_fused(const void *src, mq_src_t kind, int64_t rows, int64_t cols,
+                               int qmin, int qmax, int symmetric,
+                               float *scale, int32_t *zero_point, uint8_t *dst,
+                               double *sum_x2, double *sum_err2, int nthreads);
+void mq_rows_sqerr(const void *src, mq_src_t kind, const uint8_t *q, int is_signed, int64_t rows, int64_t cols,
+                   const float *scale, const int32_t *zero_point, int per_row,
+                   double *sum_x2, double *sum_err2, int nthreads);
+void mq_rows_dequantize(const uint8_t *q, int is_signed, int64_t rows, int64_t cols,
+                        const float *scale, const int32_t *zero_point, int per_row,
+                        float *dst, int nthreads);
+
+#endif /* MQ_H */

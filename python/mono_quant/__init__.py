@@ -1,0 +1,34 @@
+"""mono-quant: quantize any PyTorch model to INT8, FP16 or BF16 in one call.
+
+    import mono_quant as mq
+    qmodel, skipped = mq.quantize(model, dtype="int8")   # the original is untouched
+"""
+from .api import QuantizationResult, SkippedLayer, quantize
+from .config import QuantConfig
+from .kernels import cpu_info
+from .modules import QuantizedConv2d, QuantizedLinear, QuantizedModule, register_qmodule
+from .qtypes import QTYPES, get_qtype
+from .report import LayerReport, Report
+from .tensor import NonFiniteWeightError, QuantizedWeight, quantize_weight
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "quantize",
+    "quantize_weight",
+    "QuantizationResult",
+    "SkippedLayer",
+    "QuantConfig",
+    "QuantizedWeight",
+    "QuantizedModule",
+    "QuantizedLinear",
+    "QuantizedConv2d",
+    "register_qmodule",
+    "NonFiniteWeightError",
+    "Report",
+    "LayerReport",
+    "QTYPES",
+    "get_qtype",
+    "cpu_info",
+    "__version__",
+]

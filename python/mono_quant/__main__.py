@@ -1,0 +1,6 @@
+"""``python -m mono_quant`` runs the ``mono-quant`` command."""
+import sys
+
+from .cli import main
+
+sys.exit(main())

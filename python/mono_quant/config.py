@@ -1,0 +1,158 @@
+"""QuantConfig and config-file discovery.
+
+Precedence: arguments given to ``quantize()`` > a config file > defaults.
+The file is, in order: the path passed as ``config=``, else
+``mono_quant.toml`` in the working directory, else the ``[tool.mono-quant]``
+table of ``pyproject.toml`` there.  Unknown keys are logged as warnings;
+invalid values raise ``ValueError`` naming the file.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Union
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+from .qtypes import get_qtype
+
+__all__ = ["QuantConfig", "load_config_file", "find_config_file", "resolve_config"]
+
+log = logging.getLogger("mono_quant")
+
+_GRANULARITIES = ("per_channel", "per_tensor")
+_NONFINITE = ("error", "skip")
+
+
+@dataclass
+class QuantConfig:
+    """Everything ``quantize()`` decides with.
+
+    - ``dtype``: "int8", "uint8", "fp16", "bf16".
+    - ``symmetric``: None means the scheme's default (int8 weights:
+      symmetric, -127..127, what integer kernels want).
+    - ``granularity``: "per_channel" (one scale per output channel) or "per_tensor".
+    - ``include`` / ``exclude``: module-name globs (a state_dict's key prefixes)
+      or module types; exclude wins.
+    - ``min_weight_numel``: layers with fewer weights stay float ("too small").
+    - ``nonfinite``: "error" (default: raise, naming the layer) or "skip"
+      (leave the layer in float, listed in ``skipped``).
+    - ``source``: where non-default values came from (for the report).
+    """
+
+    dtype: str = "int8"
+    symmetric: Optional[bool] = None
+    granularity: str = "per_channel"
+    include: Optional[List[Any]] = None
+    exclude: Optional[List[Any]] = None
+    min_weight_numel: int = 0
+    nonfinite: str = "error"
+    source: Dict[str, str] = field(default_factory=dict, compare=False, repr=False)
+
+    def __post_init__(self):
+        self.validate()
+
+    def validate(self, origin: str = "QuantConfig") -> "QuantConfig":
+        self.dtype = get_qtype(self.dtype).name
+        if self.symmetric is not None and not isinstance(self.symmetric, bool):
+            raise ValueError(f"{origin}: symmetric must be true, false or unset, got {self.symmetric!r}")
+        if self.granularity not in _GRANULARITIES:
+            raise ValueError(f"{origin}: granularity must be one of {_GRANULARITIES}, got {self.granularity!r}")
+        if self.nonfinite not in _NONFINITE:
+            raise ValueError(f"{origin}: nonfinite must be one of {_NONFINITE}, got {self.nonfinite!r}")
+        if not isinstance(self.min_weight_numel, int) or self.min_weight_numel < 0:
+            raise ValueError(f"{origin}: min_weight_numel must be a non-negative int, got {self.min_weight_numel!r}")
+        for name in ("include", "exclude"):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, (str, type)) or not hasattr(value, "__iter__")):
+                setattr(self, name, [value])  # a single glob or type
+            elif value is not None:
+                setattr(self, name, list(value))
+        return self
+
+    def symmetric_for(self, layer_type: str) -> bool:
+        """The symmetric flag to use for a layer: explicit, else the default for the dtype."""
+        if self.symmetric is not None:
+            return self.symmetric
+        return get_qtype(self.dtype).name == "int8"
+
+    def to_dict(self) -> Dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d.pop("source")
+        for name in ("include", "exclude"):
+            if d[name] is not None:
+                d[name] = [v if isinstance(v, str) else getattr(v, "__name__", repr(v)) for v in d[name]]
+        return d
+
+
+_FIELDS = {f.name for f in dataclasses.fields(QuantConfig)} - {"source"}
+
+
+def find_config_file(cwd: Optional[Union[str, os.PathLike]] = None) -> Optional[Path]:
+    """``mono_quant.toml`` in ``cwd``, else ``pyproject.toml`` if it has ``[tool.mono-quant]``."""
+    base = Path(cwd or os.getcwd())
+    candidate = base / "mono_quant.toml"
+    if candidate.is_file():
+        return candidate
+    pyproject = base / "pyproject.toml"
+    if pyproject.is_file():
+        try:
+            data = tomllib.loads(pyproject.read_text(encoding="utf-8"))
+        except (OSError, tomllib.TOMLDecodeError) as exc:
+            log.warning("ignoring %s: cannot read it as TOML (%s)", pyproject, exc)
+            return None
+        if "mono-quant" in data.get("tool", {}):
+            return pyproject
+    return None
+
+
+def load_config_file(path: Union[str, os.PathLike]) -> Dict[str, Any]:
+    """The settings in a config file as a dict (only known keys; others warned about)."""
+    path = Path(path)
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise FileNotFoundError(f"config file {path} does not exist") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ValueError(f"config file {path} is not valid TOML: {exc}") from None
+    if path.name == "pyproject.toml":
+        data = data.get("tool", {}).get("mono-quant", {})
+    elif "tool" in data and "mono-quant" in data["tool"]:
+        data = data["tool"]["mono-quant"]
+    settings = {}
+    for key, value in data.items():
+        name = key.replace("-", "_")
+        if name not in _FIELDS:
+            log.warning("%s: unknown setting %r ignored (known: %s)", path, key, ", ".join(sorted(_FIELDS)))
+            continue
+        settings[name] = value
+    return settings
+
+
+def resolve_config(config=None, **arguments) -> QuantConfig:
+    """Merge arguments (those not None) over the config file over defaults."""
+    if isinstance(config, QuantConfig):
+        base = dataclasses.replace(config)
+        base.source = dict(config.source)
+        origin = "QuantConfig"
+    else:
+        path = Path(config) if config is not None else find_config_file()
+        file_settings = load_config_file(path) if path is not None else {}
+        origin = str(path) if path is not None else "defaults"
+        try:
+            base = QuantConfig(**file_settings)
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"config file {path}: {exc}") from None
+        base.source = {k: origin for k in file_settings}
+    for name, value in arguments.items():
+        if value is not None:
+            setattr(base, name, value)
+            base.source[name] = "argument"
+    return base.validate("quantize()")

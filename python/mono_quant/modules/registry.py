@@ -1,0 +1,102 @@
+"""The registry of quantized modules, keyed by the float type they replace,
+and the base class holding what every quantized module shares: the weight
+storage (integer + scale/zero-point, or a plain fp16/bf16 tensor)."""
+from __future__ import annotations
+
+from typing import Callable, Dict, Optional, Type
+
+import torch
+from torch import nn
+
+from ..qtypes import QType, get_qtype
+from ..tensor import QuantizedWeight
+
+__all__ = ["QuantizedModule", "register_qmodule", "qmodule_for", "QMODULES"]
+
+QMODULES: Dict[Type[nn.Module], Type["QuantizedModule"]] = {}
+
+
+def register_qmodule(float_type: Type[nn.Module]) -> Callable:
+    """Class decorator: ``@register_qmodule(nn.Linear)`` makes the class replace exactly that type."""
+
+    def wrap(cls):
+        QMODULES[float_type] = cls
+        cls.float_type = float_type
+        return cls
+
+    return wrap
+
+
+def qmodule_for(module: nn.Module) -> Optional[Type["QuantizedModule"]]:
+    """The quantized class for this module's exact type (subclasses may have
+    their own forward, or be read directly by a parent, so they don't match)."""
+    return QMODULES.get(type(module))
+
+
+class QuantizedModule(nn.Module):
+    """Shared storage and bookkeeping; subclasses say how to build from the
+    float module and how to run forward.
+
+    Integer formats keep ``weight_qdata`` / ``weight_scale`` /
+    ``weight_zero_point`` buffers, float formats a ``weight`` buffer in that
+    dtype, so ``state_dict()``, ``.to()`` and ``copy.deepcopy`` just work.
+    """
+
+    float_type: Type[nn.Module] = nn.Module
+
+    def __init__(self, weight_format: str, weight_shape, orig_dtype=torch.float32):
+        super().__init__()
+        self.weight_format = get_qtype(weight_format).name
+        self.weight_shape = tuple(weight_shape)
+        self.weight_axis: Optional[int] = 0
+        self.weight_symmetric = False
+        self.orig_dtype = orig_dtype
+
+    @property
+    def qtype(self) -> QType:
+        return get_qtype(self.weight_format)
+
+    # -- weight storage ------------------------------------------------------
+    def set_weight(self, weight) -> None:
+        """Store a QuantizedWeight (integer formats) or a cast tensor (float formats)."""
+        if isinstance(weight, QuantizedWeight):
+            self.register_buffer("weight_qdata", weight.qdata)
+            self.register_buffer("weight_scale", weight.scale)
+            self.register_buffer("weight_zero_point", weight.zero_point)
+            self.weight_axis = weight.axis
+            self.weight_symmetric = weight.symmetric
+        else:
+            self.register_buffer("weight", weight)
+
+    def quantized_weight(self) -> QuantizedWeight:
+        """The integer weight as a QuantizedWeight (integer formats only)."""
+        return QuantizedWeight(
+            self.weight_qdata, self.weight_scale, self.weight_zero_point, self.weight_axis,
+            self.weight_format, self.weight_symmetric, self.orig_dtype,
+        )
+
+    def dequantized_weight(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """The weight as a float tensor of the original shape."""
+        if self.qtype.kind == "int":
+            return self.quantized_weight().dequantize(dtype)
+        return self.weight.to(dtype)
+
+    def weight_nbytes(self) -> int:
+        """Bytes the stored weight really takes (data, scales, zero-points)."""
+        names = ("weight_qdata", "weight_scale", "weight_zero_point") if self.qtype.kind == "int" else ("weight",)
+        return sum(getattr(self, n).numel() * getattr(self, n).element_size() for n in names)
+
+    def _set_bias(self, bias: Optional[torch.Tensor]) -> None:
+        # a copy: the caller's bias must never be shared with (or changed through) the quantized model
+        self.register_buffer("bias", None if bias is None else bias.detach().clone())
+
+    @classmethod
+    def from_float(cls, module: nn.Module, weight) -> "QuantizedModule":
+        """Build from the float module and its already quantized (or cast) weight."""
+        raise NotImplementedError
+
+    def extra_repr(self) -> str:
+        scheme = ""
+        if self.qtype.kind == "int":
+            scheme = f", axis={self.weight_axis}, symmetric={self.weight_symmetric}"
+        return f"weight={self.weight_format}{list(self.weight_shape)}{scheme}, bias={self.bias is not None}"

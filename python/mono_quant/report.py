@@ -1,0 +1,100 @@
+"""What quantize() did: per-layer sizes and error, totals, and the skipped list."""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from typing import List, NamedTuple
+
+import torch
+
+__all__ = ["SkippedLayer", "LayerReport", "Report", "tensor_bytes", "unique_tensor_bytes"]
+
+
+class SkippedLayer(NamedTuple):
+    """A layer left in float: its name, type and the reason."""
+
+    name: str
+    type: str
+    reason: str
+
+
+@dataclass
+class LayerReport:
+    """One quantized layer: bytes of its weight (+ bias) before and after,
+    counted from the real tensors, and the weight's SQNR in dB."""
+
+    name: str
+    type: str
+    dtype: str
+    shape: tuple
+    bytes_before: int
+    bytes_after: int
+    weight_sqnr_db: float
+
+    @property
+    def bits_per_weight(self) -> float:
+        numel = math.prod(self.shape)
+        return 8.0 * self.bytes_after / numel if numel else 0.0
+
+
+@dataclass
+class Report:
+    layers: List[LayerReport] = field(default_factory=list)
+    skipped: List[SkippedLayer] = field(default_factory=list)
+    model_bytes_before: int = 0
+    model_bytes_after: int = 0
+
+    @property
+    def bytes_before(self) -> int:
+        return sum(r.bytes_before for r in self.layers)
+
+    @property
+    def bytes_after(self) -> int:
+        return sum(r.bytes_after for r in self.layers)
+
+    def to_dict(self) -> dict:
+        return {
+            "layers": [asdict(r) for r in self.layers],
+            "skipped": [s._asdict() for s in self.skipped],
+            "model_bytes_before": self.model_bytes_before,
+            "model_bytes_after": self.model_bytes_after,
+        }
+
+    def __str__(self) -> str:
+        rows = [("layer", "type", "dtype", "before", "after", "SQNR dB")]
+        for r in self.layers:
+            sqnr = "inf" if math.isinf(r.weight_sqnr_db) else f"{r.weight_sqnr_db:.1f}"
+            rows.append((r.name or "<root>", r.type, r.dtype, _human(r.bytes_before), _human(r.bytes_after), sqnr))
+        widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+        lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths)) for row in rows]
+        lines.append(
+            f"{len(self.layers)} layers quantized, {len(self.skipped)} skipped; model "
+            f"{_human(self.model_bytes_before)} -> {_human(self.model_bytes_after)}"
+        )
+        for s in self.skipped:
+            lines.append(f"  skipped {s.name or '<root>'} ({s.type}): {s.reason}")
+        return "\n".join(lines)
+
+
+def tensor_bytes(t) -> int:
+    return 0 if t is None else t.numel() * t.element_size()
+
+
+def unique_tensor_bytes(module: torch.nn.Module) -> int:
+    """Bytes of a module's parameters and buffers, each storage counted once (tied weights)."""
+    seen, total = set(), 0
+    for t in list(module.parameters()) + list(module.buffers()):
+        key = (t.device, t.untyped_storage().data_ptr() if t.device.type != "meta" else id(t))
+        if key in seen:
+            continue
+        seen.add(key)
+        total += tensor_bytes(t)
+    return total
+
+
+def _human(n: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024.0
+    return str(n)
