@@ -29,6 +29,15 @@ class QuantizedConv2d(QuantizedModule):
         self.padding_mode = padding_mode
         self._reversed_padding_repeated_twice = None
 
+    state_attrs = QuantizedModule.state_attrs + ("_reversed_padding_repeated_twice",)
+
+    def init_kwargs(self):
+        return {"in_channels": self.in_channels, "out_channels": self.out_channels,
+                "kernel_size": list(self.kernel_size), "stride": list(self.stride),
+                "padding": self.padding if isinstance(self.padding, str) else list(self.padding),
+                "dilation": list(self.dilation), "groups": self.groups, "padding_mode": self.padding_mode,
+                "weight_format": self.weight_format}
+
     @classmethod
     def from_float(cls, module: nn.Conv2d, weight) -> "QuantizedConv2d":
         q = cls(module.in_channels, module.out_channels, module.kernel_size, module.stride, module.padding,

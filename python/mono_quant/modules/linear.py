@@ -23,6 +23,10 @@ class QuantizedLinear(QuantizedModule):
         self.in_features = in_features
         self.out_features = out_features
 
+    def init_kwargs(self):
+        return {"in_features": self.in_features, "out_features": self.out_features,
+                "weight_format": self.weight_format}
+
     @classmethod
     def from_float(cls, module: nn.Linear, weight) -> "QuantizedLinear":
         q = cls(module.in_features, module.out_features, weight_format=_format_of(weight),

@@ -3,7 +3,7 @@ and the base class holding what every quantized module shares: the weight
 storage (integer + scale/zero-point, or a plain fp16/bf16 tensor)."""
 from __future__ import annotations
 
-from typing import Callable, Dict, Optional, Type
+from typing import Any, Callable, Dict, Mapping, Optional, Tuple, Type
 
 import torch
 from torch import nn
@@ -43,6 +43,10 @@ class QuantizedModule(nn.Module):
     """
 
     float_type: Type[nn.Module] = nn.Module
+    # Plain attributes (JSON-able, or torch dtypes) that, with init_kwargs()
+    # and the tensors of state_dict(), fully describe a module: what save/load
+    # persists.  Subclasses extend the tuple when they add such attributes.
+    state_attrs: Tuple[str, ...] = ("weight_format", "weight_axis", "weight_symmetric", "orig_dtype")
 
     def __init__(self, weight_format: str, weight_shape, orig_dtype=torch.float32):
         super().__init__()
@@ -94,6 +98,44 @@ class QuantizedModule(nn.Module):
     def from_float(cls, module: nn.Module, weight) -> "QuantizedModule":
         """Build from the float module and its already quantized (or cast) weight."""
         raise NotImplementedError
+
+    # -- persistence protocol (used by save / load) ---------------------------
+    def init_kwargs(self) -> Dict[str, Any]:
+        """JSON-able constructor arguments: ``type(self)(**init_kwargs())`` makes
+        an empty module of the same shape and options."""
+        raise NotImplementedError
+
+    def get_state_attrs(self) -> Dict[str, Any]:
+        """The ``state_attrs`` as JSON-able values (torch dtypes as their names)."""
+        out = {}
+        for name in self.state_attrs:
+            value = getattr(self, name)
+            out[name] = str(value).replace("torch.", "") if isinstance(value, torch.dtype) else value
+        return out
+
+    @classmethod
+    def from_saved(cls, init_kwargs: Mapping[str, Any], attrs: Mapping[str, Any],
+                   tensors: Mapping[str, torch.Tensor]) -> "QuantizedModule":
+        """Rebuild a module from what save() wrote: constructor arguments, state
+        attributes and its own (non-recursive) state_dict tensors, which are
+        registered as-is (no copy).  Raises ValueError on anything inconsistent."""
+        module = cls(**init_kwargs)
+        for name, value in attrs.items():
+            if name not in cls.state_attrs:
+                raise ValueError(f"{cls.__name__}: unknown saved attribute {name!r}")
+            if name == "orig_dtype":
+                value = getattr(torch, str(value), None)
+                if not isinstance(value, torch.dtype):
+                    raise ValueError(f"{cls.__name__}: bad saved orig_dtype {attrs[name]!r}")
+            setattr(module, name, value)
+        get_qtype(module.weight_format)  # validates the saved format name
+        for name, tensor in tensors.items():
+            if "." in name:
+                raise ValueError(f"{cls.__name__}: saved tensor {name!r} belongs to a child module")
+            module.register_buffer(name, tensor)
+        if "bias" not in tensors:
+            module.register_buffer("bias", None)
+        return module
 
     def extra_repr(self) -> str:
         scheme = ""
