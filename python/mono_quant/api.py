@@ -315,50 +315,58 @@ def _check_state_dict(sd: Mapping) -> None:
             raise TypeError(f"state_dict[{k!r}] must be a torch.Tensor, got {type(v).__name__}")
 
 
-def _quantize_state_dict(sd: Mapping, cfg: QuantConfig, progress: bool) -> QuantizationResult:
+def quantize_state_dict_entry(key: str, tensor: torch.Tensor, cfg: QuantConfig, cache: Optional[dict] = None):
+    """Quantize one state_dict entry as ``quantize(state_dict)`` does.
+
+    Returns ``(tensors, layer_report, skipped)``: the output entries (the
+    quantized buffers under the layer's prefix, or a clone of the input under
+    ``key``), a LayerReport when it was quantized, a SkippedLayer when a
+    weight was left float.  Used entry by entry by the state_dict path and by
+    streaming checkpoint quantization, so both give identical tensors.
+    """
     qtype = get_qtype(cfg.dtype)
-    out: Dict[str, torch.Tensor] = OrderedDict()
-    skipped: List[SkippedLayer] = []
-    report = Report()
-    cache: dict = {}
-    keys = list(sd.keys())
-    for i, key in enumerate(keys):
-        t = sd[key]
-        is_weight = key == "weight" or key.endswith(".weight")
-        if not (is_weight and t.is_floating_point() and t.dim() in (2, 4)):
-            out[key] = t.detach().clone()
-            continue
-        name = key[: -len("weight")].rstrip(".")
-        kind = "Linear" if t.dim() == 2 else "Conv2d"
-        reason = _selection_reason(cfg, [name], None)
-        if reason is None and t.numel() < cfg.min_weight_numel:
-            reason = f"too small: {t.numel()} weights < min_weight_numel={cfg.min_weight_numel}"
-        if reason is not None:
-            skipped.append(SkippedLayer(name, kind, reason))
-            out[key] = t.detach().clone()
-            continue
-        if progress:
-            print(f"[{i + 1}/{len(keys)}] {key}", file=sys.stderr, flush=True)
+    is_weight = key == "weight" or key.endswith(".weight")
+    if not (is_weight and tensor.is_floating_point() and tensor.dim() in (2, 4)):
+        return {key: tensor.detach().clone()}, None, None
+    name = key[: -len("weight")].rstrip(".")
+    kind = "Linear" if tensor.dim() == 2 else "Conv2d"
+    reason = _selection_reason(cfg, [name], None)
+    if reason is None and tensor.numel() < cfg.min_weight_numel:
+        reason = f"too small: {tensor.numel()} weights < min_weight_numel={cfg.min_weight_numel}"
+    if reason is None:
         try:
-            stored, sqnr = _convert_weight(t, qtype, cfg, kind, cache)
+            stored, sqnr = _convert_weight(tensor, qtype, cfg, kind, {} if cache is None else cache)
         except NonFiniteWeightError as exc:
             if cfg.nonfinite == "error":
                 raise ValueError(f"tensor {key!r} has NaN or Inf (output channel {exc.row}): fix it, "
                                  f"exclude it (exclude=[{name!r}]) or pass nonfinite='skip'") from None
-            skipped.append(SkippedLayer(name, kind, f"non-finite weights (NaN/Inf in channel {exc.row})"))
-            out[key] = t.detach().clone()
-            continue
-        prefix = key[: -len("weight")]
-        if isinstance(stored, QuantizedWeight):
-            out[prefix + "weight_qdata"] = stored.qdata
-            out[prefix + "weight_scale"] = stored.scale
-            out[prefix + "weight_zero_point"] = stored.zero_point
-            after = stored.nbytes
-        else:
-            out[key] = stored
-            after = tensor_bytes(stored)
-        report.layers.append(LayerReport(name, kind, qtype.name, tuple(t.shape), tensor_bytes(t), after, sqnr))
-    report.skipped = skipped
+            reason = f"non-finite weights (NaN/Inf in channel {exc.row})"
+    if reason is not None:
+        return {key: tensor.detach().clone()}, None, SkippedLayer(name, kind, reason)
+    prefix = key[: -len("weight")]
+    if isinstance(stored, QuantizedWeight):
+        out = {prefix + "weight_qdata": stored.qdata, prefix + "weight_scale": stored.scale,
+               prefix + "weight_zero_point": stored.zero_point}
+    else:
+        out = {key: stored}
+    after = sum(tensor_bytes(t) for t in out.values())
+    return out, LayerReport(name, kind, qtype.name, tuple(tensor.shape), tensor_bytes(tensor), after, sqnr), None
+
+
+def _quantize_state_dict(sd: Mapping, cfg: QuantConfig, progress: bool) -> QuantizationResult:
+    out: Dict[str, torch.Tensor] = OrderedDict()
+    report = Report()
+    cache: dict = {}
+    keys = list(sd.keys())
+    for i, key in enumerate(keys):
+        if progress:
+            print(f"[{i + 1}/{len(keys)}] {key}", file=sys.stderr, flush=True)
+        tensors, layer, skip = quantize_state_dict_entry(key, sd[key], cfg, cache)
+        out.update(tensors)
+        if layer is not None:
+            report.layers.append(layer)
+        if skip is not None:
+            report.skipped.append(skip)
     report.model_bytes_before = sum(tensor_bytes(t) for t in sd.values())
     report.model_bytes_after = sum(tensor_bytes(t) for t in out.values())
-    return QuantizationResult(None, skipped, report, cfg, state_dict=out)
+    return QuantizationResult(None, report.skipped, report, cfg, state_dict=out)
