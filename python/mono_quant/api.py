@@ -148,7 +148,10 @@ def _pattern_repr(p) -> str:
 def _unsupported_reason(module: nn.Module) -> Optional[str]:
     """A reason to list a weight-bearing module we don't replace; None for modules
     without a matrix weight (norms, activations, containers)."""
-    has_matrix = any(p.dim() >= 2 for p in module.parameters(recurse=False))
+    params = list(module.parameters(recurse=False))
+    if any(isinstance(p, nn.parameter.UninitializedParameter) for p in params):
+        return "uninitialized lazy module (run a forward pass first)"
+    has_matrix = any(p.dim() >= 2 for p in params)
     if not has_matrix:
         return None
     for float_type in QMODULES:

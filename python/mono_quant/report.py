@@ -84,6 +84,8 @@ def unique_tensor_bytes(module: torch.nn.Module) -> int:
     """Bytes of a module's parameters and buffers, each storage counted once (tied weights)."""
     seen, total = set(), 0
     for t in list(module.parameters()) + list(module.buffers()):
+        if isinstance(t, torch.nn.parameter.UninitializedTensorMixin):
+            continue  # a lazy module's placeholder has no storage yet
         key = (t.device, t.untyped_storage().data_ptr() if t.device.type != "meta" else id(t))
         if key in seen:
             continue
