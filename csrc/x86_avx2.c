@@ -85,9 +85,10 @@ static int minmax_bf16(const void *s, int64_t n, float *mn, float *mx) {
  * use_fma is loop-invariant: the compiler unswitches the loop on it. */
 static inline __m256i quantize8(__m256 x, __m256 inv, __m256 zp, __m256 lo, __m256 hi, int use_fma) {
     __m256 t = use_fma ? _mm256_fmadd_ps(x, inv, zp) : _mm256_add_ps(zp, _mm256_mul_ps(x, inv));
-    __m256 v = _mm256_round_ps(t, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-    v = _mm256_min_ps(_mm256_max_ps(v, lo), hi);
-    return _mm256_cvtps_epi32(v);
+    /* clamping to integer bounds before the (round-half-even) conversion
+     * equals rounding first, one instruction cheaper */
+    t = _mm256_min_ps(_mm256_max_ps(t, lo), hi);
+    return _mm256_cvtps_epi32(t);
 }
 
 static inline void quantize_avx2(const void *src, mq_src_t kind, int64_t n, float inv_scale, float zero_point,

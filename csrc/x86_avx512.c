@@ -66,27 +66,37 @@ static int minmax_bf16(const void *s, int64_t n, float *mn, float *mx) {
     return minmax_avx512(s, MQ_SRC_BF16, n, mn, mx, mq_ref_minmax_bf16);
 }
 
-/* rint(zp + x * inv) as in ref.c; use_fma is loop-invariant (the loop is unswitched). */
-static inline __m128i quantize16(__m512 x, __m512 inv, __m512 zp, __m512 lo, __m512 hi, int use_fma) {
+/* rint(zp + x * inv) clamped, as int32.  Clamping to the integer bounds
+ * before the conversion (which rounds half to even under the default MXCSR)
+ * equals rounding then clamping, and saves an instruction.  NaN -> qmin, as
+ * in ref.c.  use_fma is loop-invariant (the loop is unswitched). */
+static inline __m512i quantize16(__m512 x, __m512 inv, __m512 zp, __m512 lo, __m512 hi, int use_fma) {
     __m512 t = use_fma ? _mm512_fmadd_ps(x, inv, zp) : _mm512_add_ps(zp, _mm512_mul_ps(x, inv));
-    __m512 v = _mm512_roundscale_ps(t, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-    v = _mm512_min_ps(_mm512_max_ps(v, lo), hi); /* NaN -> qmin, as in ref.c */
-    return _mm512_cvtepi32_epi8(_mm512_cvtps_epi32(v)); /* truncating: low byte of int8/uint8 */
+    t = _mm512_min_ps(_mm512_max_ps(t, lo), hi);
+    return _mm512_cvt_roundps_epi32(t, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
 }
 
 static inline void quantize_avx512(const void *src, mq_src_t kind, int64_t n, float inv_scale, float zero_point,
                                    float qmin, float qmax, int use_fma, uint8_t *dst, mq_quantize_fn tail) {
     const __m512 inv = _mm512_set1_ps(inv_scale), zp = _mm512_set1_ps(zero_point);
     const __m512 lo = _mm512_set1_ps(qmin), hi = _mm512_set1_ps(qmax);
+    /* the saturating packs interleave 128-bit lanes; this puts dwords back in order */
+    const __m512i order = _mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15);
+    const int is_unsigned = qmin >= 0.0f;
     int64_t i = 0;
-    for (; i + 32 <= n; i += 32) {
-        __m128i a = quantize16(load16(src, kind, i), inv, zp, lo, hi, use_fma);
-        __m128i b = quantize16(load16(src, kind, i + 16), inv, zp, lo, hi, use_fma);
-        _mm_storeu_si128((__m128i *)(dst + i), a);
-        _mm_storeu_si128((__m128i *)(dst + i + 16), b);
+    for (; i + 64 <= n; i += 64) {
+        __m512i a = quantize16(load16(src, kind, i), inv, zp, lo, hi, use_fma);
+        __m512i b = quantize16(load16(src, kind, i + 16), inv, zp, lo, hi, use_fma);
+        __m512i c = quantize16(load16(src, kind, i + 32), inv, zp, lo, hi, use_fma);
+        __m512i d = quantize16(load16(src, kind, i + 48), inv, zp, lo, hi, use_fma);
+        /* values are already in range, so the saturating packs are exact */
+        __m512i ab = _mm512_packs_epi32(a, b), cd = _mm512_packs_epi32(c, d);
+        __m512i bytes = is_unsigned ? _mm512_packus_epi16(ab, cd) : _mm512_packs_epi16(ab, cd);
+        _mm512_storeu_si512((void *)(dst + i), _mm512_permutexvar_epi32(order, bytes));
     }
-    for (; i + 16 <= n; i += 16)
-        _mm_storeu_si128((__m128i *)(dst + i), quantize16(load16(src, kind, i), inv, zp, lo, hi, use_fma));
+    for (; i + 16 <= n; i += 16) /* vpmovdb truncates: the low byte of int8 or uint8 */
+        _mm_storeu_si128((__m128i *)(dst + i),
+                         _mm512_cvtepi32_epi8(quantize16(load16(src, kind, i), inv, zp, lo, hi, use_fma)));
     if (i < n) tail((const uint8_t *)src + (size_t)i * mq_src_size(kind), n - i, inv_scale, zero_point, qmin, qmax, use_fma, dst + i);
 }
 
