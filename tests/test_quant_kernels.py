@@ -211,3 +211,36 @@ def test_cpu_info_reports_dispatch():
     assert info["best_isa"] in ("scalar", "avx2", "avx512")
     assert info["active_isa"] in ("scalar", "avx2", "avx512")
     assert isinstance(info["avx2"], bool)
+
+
+def _rss_kib() -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    return 0
+
+
+def test_no_reference_leaks_in_the_c_layer():
+    x = np.random.default_rng(0).standard_normal((64, 256)).astype(np.float32)
+    s, z = np.ones(64, np.float32), np.zeros(64, np.int32)
+
+    def calls():
+        q, sc, zp, _, sx, se = _C.quantize_rows_fused(x, -128, 127, False, with_error=True)
+        _C.quantize_rows(x, sc, zp, -128, 127)
+        _C.dequantize_rows(q, sc, zp)
+        _C.rows_sqerr(x, q, sc, zp)
+        _C.rows_minmax(x)
+        _C.choose_qparams(sc, sc, -128, 127, True)
+        try:
+            _C.quantize_rows(x, s[:3], z[:3], -128, 127)  # error path must release too
+        except ValueError:
+            pass
+
+    for _ in range(50):
+        calls()
+    before = _rss_kib()
+    for _ in range(2000):
+        calls()
+    # each round allocates ~100 KiB of arrays; a leak would grow by ~200 MiB
+    assert _rss_kib() - before < 20 * 1024
