@@ -38,12 +38,19 @@ def atomic_output(dst, overwrite: bool = False) -> Iterator[Path]:
         yield tmp
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())  # the mode a plain open() would give, whoever wrote tmp
         _publish(tmp, dst, overwrite)
     finally:
         try:
             os.unlink(tmp)
         except FileNotFoundError:
             pass
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def _publish(tmp: Path, dst: Path, overwrite: bool) -> None:

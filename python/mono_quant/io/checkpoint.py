@@ -232,6 +232,17 @@ def _index_plan(index: Path) -> List[Tuple[Path, Optional[set]]]:
     return plan
 
 
+def _header_reserve(reader: CheckpointReader, keys: List[str]) -> int:
+    """Bytes to set aside for the output header: generous for weights that may be
+    quantized (three tensors and a manifest entry), tight for the rest."""
+    total = 4096
+    for key in keys:
+        dtype, shape = reader.spec(key)
+        maybe_layer = key.endswith("weight") and dtype.is_floating_point and len(shape) in (2, 4)
+        total += 1024 + 4 * len(key) if maybe_layer else 96 + len(key)
+    return total
+
+
 def quantize_checkpoint(src, dst, dtype=None, *, symmetric: Optional[bool] = None,
                         granularity: Optional[str] = None, group_size: Optional[int] = None,
                         include=None, exclude=None, min_weight_numel: Optional[int] = None,
@@ -269,7 +280,7 @@ def quantize_checkpoint(src, dst, dtype=None, *, symmetric: Optional[bool] = Non
         keys = reader.keys()
         total = reader.total_bytes()
         bar = Progress(total, bool(progress))
-        reserve = 65536 + sum(1024 + 4 * len(k) for k in keys)
+        reserve = _header_reserve(reader, keys)
         try:
             with atomic_output(dst, overwrite) as tmp:
                 with open(tmp, "wb") as f:

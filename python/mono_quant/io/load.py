@@ -18,7 +18,7 @@ from .dtypes import dtype_from_name
 from .errors import CheckpointError
 from .manifest import check_against_header, layer_key, parse_manifest, quantized_class
 
-__all__ = ["load", "QuantizedStateDict"]
+__all__ = ["load", "QuantizedStateDict", "dequantize_layer"]
 
 
 def load(path, model: Optional[nn.Module] = None):
@@ -150,15 +150,7 @@ class QuantizedStateDict(Mapping):
         return out
 
     def _dequantized_layer(self, layer, dtype) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
-        own = self.layer_tensors(layer)
-        orig = dtype_from_name(layer["orig_dtype"]) if layer.get("orig_dtype") else torch.float32
-        target = dtype or orig
-        if self.kind == "model":
-            module = _rebuild_saved(layer, own)
-            return module.dequantized_weight(target), own.get("bias")
-        stored = _stored_weight(layer, own, orig)
-        weight = stored.dequantize(target) if isinstance(stored, QuantizedWeight) else stored.to(target)
-        return weight, None  # a state_dict layer's bias is a separate entry
+        return dequantize_layer(self.kind, layer, self.layer_tensors(layer), dtype)
 
     # -- into a model ------------------------------------------------------------------------
     def load_into(self, model: nn.Module) -> nn.Module:
@@ -320,6 +312,20 @@ def _stored_weight(layer, own: Dict[str, torch.Tensor], orig_dtype: torch.dtype)
                               f"{list(qdata.shape)}, scale {scale.dtype}{list(scale.shape)}, zero_point "
                               f"{zero_point.dtype}{list(zero_point.shape)}, axis {axis}, shape {shape})")
     return QuantizedWeight(qdata, scale, zero_point, axis, qtype.name, layer["scheme"] == "symmetric", orig_dtype)
+
+
+def dequantize_layer(kind: str, layer: Mapping[str, Any], own: Dict[str, torch.Tensor],
+                     dtype: Optional[torch.dtype] = None) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+    """(float weight, bias or None) of one manifest layer from its own tensors; the weight
+    in ``dtype``, default its original dtype (float32 when unknown)."""
+    orig = dtype_from_name(layer["orig_dtype"]) if layer.get("orig_dtype") else torch.float32
+    target = dtype or orig
+    if kind == "model":
+        module = _rebuild_saved(layer, own)
+        return module.dequantized_weight(target), own.get("bias")
+    stored = _stored_weight(layer, own, orig)
+    weight = stored.dequantize(target) if isinstance(stored, QuantizedWeight) else stored.to(target)
+    return weight, None  # a state_dict layer's bias is a separate entry
 
 
 def _warn_meta(model: nn.Module) -> None:
