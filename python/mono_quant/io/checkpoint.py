@@ -283,7 +283,7 @@ def quantize_checkpoint(src, dst, dtype=None, *, symmetric: Optional[bool] = Non
         reserve = _header_reserve(reader, keys)
         try:
             with atomic_output(dst, overwrite) as tmp:
-                with open(tmp, "wb") as f:
+                with open(tmp, "w+b") as f:
                     writer = StreamingWriter(f, reserve)
                     for key, tensor in reader.items():
                         report.model_bytes_before += tensor_bytes(tensor)
