@@ -37,11 +37,13 @@ _TORCH_SUFFIXES = (".pt", ".pth", ".bin")
 
 
 class _SafetensorsShard:
+    """A safetensors file; each tensor is read through its own safe_open handle,
+    so its memory map goes away with the tensor (a handle kept open would keep
+    every page read so far resident)."""
+
     def __init__(self, path: Path):
         self.path = path
         self.header = read_header(path)
-        self._handle = None
-        self._file = None
 
     def keys(self) -> List[str]:
         return list(self.header.tensors)
@@ -51,23 +53,19 @@ class _SafetensorsShard:
         return entry.dtype, entry.shape
 
     def get(self, key: str) -> torch.Tensor:
-        if self._handle is None:
-            from safetensors import safe_open
+        from safetensors import safe_open
 
-            try:
-                self._file = safe_open(os.fspath(self.path), framework="pt", device="cpu")
-                self._handle = self._file.__enter__()
-            except Exception as exc:
-                raise CheckpointError(f"{self.path}: cannot open: {exc}") from exc
         try:
-            return self._handle.get_tensor(key)
-        except Exception as exc:
+            with safe_open(os.fspath(self.path), framework="pt", device="cpu") as f:
+                return f.get_tensor(key)
+        except Exception as exc:  # SafetensorError, OSError
             raise CheckpointError(f"{self.path}: cannot read tensor {key!r}: {exc}") from exc
 
+    def release(self, key: str, tensor: torch.Tensor) -> None:
+        pass
+
     def close(self) -> None:
-        if self._file is not None:
-            self._file.__exit__(None, None, None)
-        self._file = self._handle = None
+        pass
 
 
 class _TorchShard:
@@ -91,6 +89,7 @@ class _TorchShard:
         if bad:
             raise CheckpointError(f"{path}: not a state_dict of tensors (entries {bad[:5]!r})")
         self._tensors: Dict[str, torch.Tensor] = obj
+        self._mappings: Optional[List[Tuple[int, int]]] = None
 
     def keys(self) -> List[str]:
         return list(self._tensors)
@@ -102,8 +101,52 @@ class _TorchShard:
     def get(self, key: str) -> torch.Tensor:
         return self._tensors[key]
 
+    def release(self, key: str, tensor: torch.Tensor) -> None:
+        """Drop the pages of a tensor read from the memory map, so the map does
+        not keep the whole file resident (they are re-read from the page cache
+        if touched again)."""
+        if self._mappings is None:
+            self._mappings = _file_mappings(self.path)
+        _drop_pages(tensor, self._mappings)
+
     def close(self) -> None:
         self._tensors = {}
+
+
+def _file_mappings(path: Path) -> List[Tuple[int, int]]:
+    """Address ranges where this process maps ``path`` (Linux; empty elsewhere)."""
+    try:
+        target = os.path.realpath(path)
+        ranges = []
+        with open("/proc/self/maps") as maps:
+            for line in maps:
+                fields = line.split(maxsplit=5)
+                if len(fields) == 6 and fields[5].strip() == target:
+                    start, end = (int(x, 16) for x in fields[0].split("-"))
+                    ranges.append((start, end))
+        return ranges
+    except OSError:
+        return []
+
+
+def _drop_pages(tensor: torch.Tensor, mappings: List[Tuple[int, int]]) -> None:
+    """madvise(MADV_DONTNEED) the pages under ``tensor`` when they lie in a file
+    mapping (clean file pages are only dropped from this process, never lost;
+    anonymous memory is never touched)."""
+    if not mappings or tensor.numel() == 0:
+        return
+    import ctypes
+    import mmap
+
+    page = mmap.PAGESIZE
+    start = tensor.data_ptr()
+    end = start + tensor.numel() * tensor.element_size()
+    for lo, hi in mappings:
+        if lo <= start and end <= hi:
+            first, last = start - start % page, min(hi, end + (-end) % page)
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.madvise(ctypes.c_void_p(first), ctypes.c_size_t(last - first), 4)  # MADV_DONTNEED
+            return
 
 
 def _open_shard(path: Path):
@@ -173,7 +216,10 @@ class CheckpointReader:
             if previous is not None and shard is not previous:
                 previous.close()
             previous = shard
-            yield key, shard.get(key)
+            tensor = shard.get(key)
+            yield key, tensor
+            shard.release(key, tensor)
+            del tensor
 
     def close(self) -> None:
         for shard in self._shards:
@@ -247,7 +293,7 @@ def quantize_checkpoint(src, dst, dtype=None, *, symmetric: Optional[bool] = Non
                         granularity: Optional[str] = None, group_size: Optional[int] = None,
                         include=None, exclude=None, min_weight_numel: Optional[int] = None,
                         nonfinite: Optional[str] = None, config=None, overwrite: bool = False,
-                        progress: bool = False) -> Report:
+                        progress: bool = False, measure_error: bool = False) -> Report:
     """Quantize the checkpoint at ``src`` into one mono-quant ``.safetensors`` file ``dst``.
 
     Each tensor is quantized exactly as ``quantize(state_dict, ...)`` does with
@@ -256,7 +302,9 @@ def quantize_checkpoint(src, dst, dtype=None, *, symmetric: Optional[bool] = Non
     tensors are copied), so ``load(dst)`` holds the same tensors and
     ``load(dst, model=skeleton)`` gives the model ``quantize(model)`` would.
     Only about one tensor is in memory at a time.  ``progress``: draw a
-    progress bar on stderr.  ``group_size`` is passed to the config only when
+    progress bar on stderr.  ``measure_error``: also compute each layer's
+    SQNR for the report (one more pass over each weight; otherwise NaN, and
+    ``mono-quant compare`` measures it afterwards).  ``group_size`` is passed to the config only when
     given.  The write is atomic and an existing ``dst`` is replaced only with
     ``overwrite=True``.
 
@@ -287,7 +335,7 @@ def quantize_checkpoint(src, dst, dtype=None, *, symmetric: Optional[bool] = Non
                     writer = StreamingWriter(f, reserve)
                     for key, tensor in reader.items():
                         report.model_bytes_before += tensor_bytes(tensor)
-                        outputs, layer, skipped = quantize_state_dict_entry(key, tensor, cfg)
+                        outputs, layer, skipped = quantize_state_dict_entry(key, tensor, cfg, measure_error=measure_error)
                         for name, out in outputs.items():
                             try:
                                 writer.add(name, out)
