@@ -331,11 +331,11 @@ def quantize_checkpoint(src, dst, dtype=None, *, symmetric: Optional[bool] = Non
         reserve = _header_reserve(reader, keys)
         try:
             with atomic_output(dst, overwrite) as tmp:
-                with open(tmp, "w+b") as f:
-                    writer = StreamingWriter(f, reserve)
+                with open(tmp, "w+b") as f, StreamingWriter(f, reserve, background=True) as writer:
                     for key, tensor in reader.items():
                         report.model_bytes_before += tensor_bytes(tensor)
-                        outputs, layer, skipped = quantize_state_dict_entry(key, tensor, cfg, measure_error=measure_error)
+                        outputs, layer, skipped = quantize_state_dict_entry(key, tensor, cfg,
+                                                                            measure_error=measure_error)
                         for name, out in outputs.items():
                             try:
                                 writer.add(name, out)

@@ -13,7 +13,9 @@ from __future__ import annotations
 import json
 import math
 import os
+import queue
 import struct
+import threading
 from dataclasses import dataclass
 from typing import BinaryIO, Dict, List, Optional, Tuple
 
@@ -129,22 +131,37 @@ def _check_layout(path: str, tensors: Dict[str, TensorEntry], data_size: int) ->
 
 
 class StreamingWriter:
-    """Write a safetensors file one tensor at a time, holding no tensor longer than the call.
+    """Write a safetensors file one tensor at a time, holding no tensor longer than needed.
 
     The data goes after a reserved header area; :meth:`finish` writes the
     header there, padded with spaces.  When the header outgrows the
-    reservation, :meth:`finish` moves the data up (one extra copy).
+    reservation, :meth:`finish` moves the data up (one extra copy).  With
+    ``background=True`` a thread does the writes, so waiting on the disk
+    overlaps the caller's work; at most ``max_pending_bytes`` (or one tensor)
+    wait in its queue.  Use as a context manager so the thread always stops;
+    a write error is raised by the next :meth:`add` or by :meth:`finish`.
     """
 
-    def __init__(self, f: BinaryIO, reserve: int = 1 << 16):
+    def __init__(self, f: BinaryIO, reserve: int = 1 << 16, *, background: bool = False,
+                 max_pending_bytes: int = 64 << 20):
         self._f = f
         self._reserve = max(16, reserve - reserve % 8)
         self._entries: Dict[str, dict] = {}
         self._position = 0
+        self._error: Optional[BaseException] = None
+        self._thread = None
         f.seek(self._reserve)
+        if background:
+            self._max_pending = max_pending_bytes
+            self._pending = 0
+            self._queue: "queue.Queue" = queue.Queue()
+            self._room = threading.Condition()
+            self._thread = threading.Thread(target=self._run, name="mono-quant-writer", daemon=True)
+            self._thread.start()
 
     def add(self, name: str, tensor: torch.Tensor) -> None:
         """Append one tensor's bytes; ``name`` must be new."""
+        self._raise_pending_error()
         if name in self._entries or name == "__metadata__":
             raise ValueError(f"duplicate tensor name {name!r} in the output")
         code = safetensors_code(tensor.dtype)
@@ -153,18 +170,64 @@ class StreamingWriter:
             t = t.cpu()
         t = t.contiguous()
         nbytes = t.numel() * t.element_size()
-        if nbytes:
-            self._f.write(memoryview(t.reshape(-1).view(torch.uint8).numpy()))
         self._entries[name] = {"dtype": code, "shape": list(t.shape),
                                "data_offsets": [self._position, self._position + nbytes]}
         self._position += nbytes
+        if not nbytes:
+            return
+        if self._thread is None:
+            self._write(t)
+            return
+        with self._room:
+            while self._pending and self._pending + nbytes > self._max_pending and self._error is None:
+                self._room.wait()
+            self._pending += nbytes
+        self._queue.put(t)
+        self._raise_pending_error()
+
+    def _write(self, t: torch.Tensor) -> None:
+        self._f.write(memoryview(t.reshape(-1).view(torch.uint8).numpy()))
+
+    def _run(self) -> None:
+        while True:
+            t = self._queue.get()
+            if t is None:
+                return
+            try:
+                if self._error is None:
+                    self._write(t)
+            except BaseException as exc:  # reported to the caller by add() / finish()
+                self._error = exc
+            finally:
+                with self._room:
+                    self._pending -= t.numel() * t.element_size()
+                    self._room.notify_all()
+                del t
+
+    def _raise_pending_error(self) -> None:
+        if self._error is not None:
+            raise self._error
+
+    def _stop(self) -> None:
+        if self._thread is not None:
+            self._queue.put(None)
+            self._thread.join()
+            self._thread = None
+
+    def __enter__(self) -> "StreamingWriter":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop()
 
     @property
     def names(self) -> List[str]:
         return list(self._entries)
 
     def finish(self, metadata: Optional[Dict[str, str]] = None) -> None:
-        """Write the header (with ``metadata`` as ``__metadata__``) and flush."""
+        """Wait for pending writes, write the header (with ``metadata`` as ``__metadata__``) and flush."""
+        self._stop()
+        self._raise_pending_error()
         header = dict(self._entries)
         if metadata:
             header = {"__metadata__": dict(metadata), **header}
