@@ -124,11 +124,13 @@ def main() -> int:
         t0 = time.perf_counter()
         files = generate(src, int(args.size_gb * 1e9), args.shards)
         gen_s = time.perf_counter() - t0
+        os.sync()  # the generated shards' write-back must not compete with the measured runs
         input_bytes = sum(f.stat().st_size for f in files)
         largest = max(4 * torch.Size(shape).numel() for _, shape in tensor_plan(int(args.size_gb * 1e9)))
         print(f"generated {input_bytes / 1e9:.2f} GB in {len(files)} shards ({gen_s:.0f} s); largest tensor "
               f"{largest / 1e6:.0f} MB", flush=True)
         time_cat(files)  # warm the page cache
+        time_cat(files)
         # the output goes to the same disk as the input (fsync included), and to tmpfs when there is one
         # (isolates the quantization pipeline from the disk's write-back)
         targets = {"int8 -> disk": work / "q_int8.safetensors"}
