@@ -112,3 +112,18 @@ def test_python_dash_m(tmp_path, checkpoint):
                          capture_output=True, text=True, timeout=120)
     assert run.returncode == 1 and run.stderr.startswith("mono-quant inspect: error:")
     assert run.stderr.count("\n") == 1
+
+
+def test_compare_saved_model_against_float(tmp_path, checkpoint, capsys):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(32, 64), nn.ReLU(), nn.Linear(64, 16), nn.LayerNorm(16))
+    qmodel, _ = mq.quantize(model, dtype="bf16")
+    mq.save(qmodel, tmp_path / "m.safetensors")
+    assert main(["compare", str(checkpoint), str(tmp_path / "m.safetensors"), "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    rows = {r["name"]: r for r in result["rows"]}
+    assert set(rows) == {"0.weight", "0.bias", "2.weight", "2.bias", "3.weight", "3.bias"}
+    assert all(r["status"] == "ok" for r in rows.values())
+    assert rows["0.weight"]["dtype_b"] == "bf16" and rows["0.weight"]["bytes_b"] == 64 * 32 * 2
+    assert 40 < rows["0.weight"]["sqnr_db"] < 80 and rows["0.bias"]["sqnr_db"] == float("inf")
+    assert result["totals"]["only_in_a"] == 0 and result["totals"]["only_in_b"] == 0

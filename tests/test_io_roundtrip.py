@@ -257,3 +257,47 @@ def test_non_contiguous_and_overlapping_views(tmp_path):
     for key, tensor in sd.items():
         assert torch.equal(qsd[key], tensor), key
     assert qsd.manifest["tensor_aliases"] == {"same2": "same"}
+
+
+class Scaled(nn.Linear):
+    """A float type only this test registers a quantized class for."""
+
+
+def test_generic_over_module_buffers_and_state_attrs(tmp_path):
+    """A quantized class with its own extra buffer and state attribute round-trips
+    through the persistence protocol, with no change to save / load."""
+    from mono_quant.modules import QMODULES, QuantizedLinear, register_qmodule
+
+    class QuantizedScaled(QuantizedLinear):
+        state_attrs = QuantizedLinear.state_attrs + ("mode",)
+
+        def __init__(self, in_features, out_features, weight_format="int8", orig_dtype=torch.float32):
+            super().__init__(in_features, out_features, weight_format, orig_dtype)
+            self.mode = "plain"
+
+        @classmethod
+        def from_float(cls, module, weight):
+            q = super().from_float(module, weight)
+            q.register_buffer("weight_packed", q.weight_qdata.t().contiguous())
+            q.mode = "packed"
+            return q
+
+        def forward(self, x):
+            return super().forward(x) * (2.0 if self.mode == "packed" else 1.0)
+
+    register_qmodule(Scaled)(QuantizedScaled)
+    try:
+        torch.manual_seed(0)
+        model = nn.Sequential(Scaled(6, 4), nn.ReLU(), nn.Linear(4, 2))
+        qmodel, _ = mq.quantize(model)
+        path = mq.save(qmodel, tmp_path / "g.safetensors")
+        layer = next(l for l in mq.load(path).layers if l["name"] == "0")
+        assert layer["class"] == "QuantizedScaled" and layer["attrs"]["mode"] == "packed"
+        assert "weight_packed" in layer["tensors"]
+        loaded = mq.load(path, model=nn.Sequential(Scaled(6, 4), nn.ReLU(), nn.Linear(4, 2)).to("meta"))
+        assert type(loaded[0]) is QuantizedScaled and loaded[0].mode == "packed"
+        assert torch.equal(loaded[0].weight_packed, qmodel[0].weight_packed)
+        x = torch.randn(3, 6)
+        assert torch.equal(loaded(x), qmodel(x))
+    finally:
+        del QMODULES[Scaled]
