@@ -1,6 +1,4 @@
 """save() -> load(): bit-identical outputs, meta skeletons, tied weights, shared modules, state_dict results."""
-import copy
-
 import pytest
 import torch
 from torch import nn

@@ -119,7 +119,8 @@ def _cmd_compare(args) -> int:
     _print_table(rows)
     t = result["totals"]
     ratio = f"{t['ratio']:.3f}x" if t["ratio"] is not None else "-"
-    worst = "-" if t["min_sqnr_db"] is None else ("inf" if math.isinf(t["min_sqnr_db"]) else f"{t['min_sqnr_db']:.1f} dB")
+    worst = t["min_sqnr_db"]
+    worst = "-" if worst is None else ("inf" if math.isinf(worst) else f"{worst:.1f} dB")
     print(f"{t['compared']} tensors compared (lowest SQNR {worst}); {_human(t['bytes_a'])} -> {_human(t['bytes_b'])} "
           f"({ratio}); only in A: {t['only_in_a']}, only in B: {t['only_in_b']}, shape mismatches: "
           f"{t['shape_mismatches']}")

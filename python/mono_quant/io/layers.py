@@ -12,7 +12,7 @@ from ..qtypes import get_qtype
 from .dtypes import dtype_name
 from .manifest import quantized_class, tensor_spec
 
-__all__ = ["module_layer_entry", "state_dict_layer_entry", "own_tensors"]
+__all__ = ["module_layer_entry", "state_dict_layer_entry", "own_tensors", "guess_orig_dtype"]
 
 
 def own_tensors(module: nn.Module) -> Dict[str, torch.Tensor]:

@@ -157,7 +157,8 @@ class QuantizedStateDict(Mapping):
         """The quantized model built from ``model`` (the float architecture, possibly
         on ``meta``; not modified).  See :func:`load`."""
         if not isinstance(model, nn.Module):
-            raise TypeError(f"model must be an nn.Module instance of the float architecture, got {type(model).__name__}")
+            raise TypeError(f"model must be an nn.Module instance of the float architecture, "
+                            f"got {type(model).__name__}")
         where = f"{self.path}: " if self.path else ""
         modules = dict(model.named_modules(remove_duplicate=False))
         memo: Dict[int, Any] = {}

@@ -66,7 +66,8 @@ def _check_tensors(sd: Mapping) -> Dict[str, torch.Tensor]:
         if not isinstance(key, str):
             raise TypeError(f"state_dict keys must be str, got {type(key).__name__} ({key!r})")
         if not isinstance(value, torch.Tensor):
-            raise TypeError(f"cannot save {key!r}: a {type(value).__name__}, not a tensor (safetensors stores tensors only)")
+            raise TypeError(f"cannot save {key!r}: a {type(value).__name__}, not a tensor "
+                            f"(safetensors stores tensors only)")
         if value.device.type == "meta":
             raise ValueError(f"cannot save {key!r}: it is on the meta device (no data)")
         out[key] = value.detach()
