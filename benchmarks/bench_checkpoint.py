@@ -168,7 +168,8 @@ def main() -> int:
                 "size_ratio": results[0]["out_file_bytes"] / input_bytes,
             })
         print(f"\ninput {input_bytes / 1e9:.2f} GB fp32, {len(files)} shards; cat > /dev/null (page cache): "
-              f"median {cat_s:.2f} s = {cat_gbps:.2f} GB/s, best {min(cats):.2f} s  (runs {', '.join(f'{c:.2f}' for c in cats)})")
+              f"median {cat_s:.2f} s = {cat_gbps:.2f} GB/s, best {min(cats):.2f} s  "
+              f"(runs {', '.join(f'{c:.2f}' for c in cats)})")
         header = ("variant", "median s", "GB/s", "vs cat", "best s", "best vs best", "peak RSS MiB",
                   "limit MiB", "import MiB", "size ratio")
         print(f"{header[0]:<18}" + "  ".join(f"{h:>12}" for h in header[1:]))
