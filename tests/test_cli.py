@@ -127,3 +127,27 @@ def test_compare_saved_model_against_float(tmp_path, checkpoint, capsys):
     assert rows["0.weight"]["dtype_b"] == "bf16" and rows["0.weight"]["bytes_b"] == 64 * 32 * 2
     assert 40 < rows["0.weight"]["sqnr_db"] < 80 and rows["0.bias"]["sqnr_db"] == float("inf")
     assert result["totals"]["only_in_a"] == 0 and result["totals"]["only_in_b"] == 0
+
+
+def test_progress_bar_only_on_a_tty(tmp_path, checkpoint, monkeypatch, capsys):
+    import io
+
+    class FakeTTY(io.StringIO):
+        def isatty(self):
+            return True
+
+    fake = FakeTTY()
+    monkeypatch.setattr(sys, "stderr", fake)
+    assert main(["quantize", str(checkpoint), "-o", str(tmp_path / "a.safetensors")]) == 0
+    assert "100.0%" in fake.getvalue() and "GB/s" in fake.getvalue()
+    fake = FakeTTY()
+    monkeypatch.setattr(sys, "stderr", fake)
+    assert main(["quantize", str(checkpoint), "-o", str(tmp_path / "b.safetensors"), "--quiet"]) == 0
+    assert fake.getvalue() == ""
+
+
+def test_inspect_plain_safetensors(checkpoint, capsys):
+    assert main(["inspect", str(checkpoint)]) == 0
+    out = capsys.readouterr().out
+    assert "plain safetensors (no manifest)" in out and "0 quantized layers" in out
+    assert any(line.split()[:4] == ["0.weight", "tensor", "float32", "64x32"] for line in out.splitlines())

@@ -125,10 +125,15 @@ def test_pt_shards_with_index(tmp_path):
 
 def test_single_file_and_header_overflow(tmp_path, monkeypatch):
     sd = _model().state_dict()
+    sd.update({"step": torch.tensor(7), "empty": torch.empty(0, 4), "mask": torch.tensor([True, False]),
+               "double.weight": torch.randn(3, 5, dtype=torch.float64), "half.weight": torch.randn(6, 4).bfloat16()})
     save_file(sd, os.fspath(tmp_path / "m.safetensors"))
     monkeypatch.setattr(checkpoint_module, "_header_reserve", lambda reader, keys: 16)  # forces the data move
     mq.quantize_checkpoint(tmp_path / "m.safetensors", tmp_path / "q.safetensors")
-    _assert_same_as_quantize(tmp_path / "q.safetensors", sd)
+    qsd = _assert_same_as_quantize(tmp_path / "q.safetensors", sd)
+    assert qsd["step"].dim() == 0 and qsd["empty"].shape == (0, 4)
+    with pytest.raises(CheckpointError, match="already a mono-quant file"):
+        mq.quantize_checkpoint(tmp_path / "q.safetensors", tmp_path / "qq.safetensors")
 
 
 def test_progress_bar_and_quiet(tmp_path):

@@ -217,6 +217,24 @@ def test_failed_save_leaves_nothing(tmp_path, monkeypatch):
     assert list(tmp_path.iterdir()) == []
 
 
+def test_destination_created_during_save_is_not_replaced(tmp_path, monkeypatch):
+    import safetensors.torch
+
+    real_save_file = safetensors.torch.save_file
+    path, qmodel = _saved(tmp_path)
+    path.unlink()
+
+    def someone_else_writes_dst(tensors, filename, metadata=None):
+        path.write_bytes(b"theirs")
+        real_save_file(tensors, filename, metadata=metadata)
+
+    monkeypatch.setattr(safetensors.torch, "save_file", someone_else_writes_dst)
+    with pytest.raises(FileExistsError):
+        mq.save(qmodel, path)
+    assert path.read_bytes() == b"theirs"
+    assert [p.name for p in tmp_path.iterdir()] == ["m.safetensors"]
+
+
 def test_never_overwrites_unless_asked(tmp_path):
     path, qmodel = _saved(tmp_path)
     original = path.read_bytes()

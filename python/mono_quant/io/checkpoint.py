@@ -27,7 +27,7 @@ from .atomic import atomic_output, check_destination
 from .container import StreamingWriter, read_header
 from .errors import CheckpointError
 from .layers import state_dict_layer_entry
-from .manifest import dump_manifest, new_manifest
+from .manifest import METADATA_KEY, dump_manifest, new_manifest
 from .progress import Progress
 
 __all__ = ["quantize_checkpoint", "CheckpointReader", "open_checkpoint"]
@@ -202,6 +202,11 @@ class CheckpointReader:
             n *= d
         return n
 
+    def is_mono_quant(self) -> bool:
+        """Whether a shard carries a mono-quant manifest (an already quantized file)."""
+        return any(isinstance(s, _SafetensorsShard) and METADATA_KEY in (s.header.metadata or {})
+                   for s in self._shards)
+
     def total_bytes(self) -> int:
         return sum(self.nbytes(k) for k in self._where)
 
@@ -324,6 +329,8 @@ def quantize_checkpoint(src, dst, dtype=None, *, symmetric: Optional[bool] = Non
     report = Report()
     manifest = new_manifest("state_dict", cfg)
     with open_checkpoint(src) as reader:
+        if reader.is_mono_quant():
+            raise CheckpointError(f"{src} is already a mono-quant file; quantize the float checkpoint instead")
         keys = reader.keys()
         total = reader.total_bytes()
         bar = Progress(total, bool(progress))
