@@ -202,6 +202,12 @@ class CheckpointReader:
             n *= d
         return n
 
+    def metadata(self) -> Optional[Dict[str, str]]:
+        """The ``__metadata__`` of a single-file safetensors source (None otherwise)."""
+        if len(self._shards) == 1 and isinstance(self._shards[0], _SafetensorsShard):
+            return self._shards[0].header.metadata
+        return None
+
     def is_mono_quant(self) -> bool:
         """Whether a shard carries a mono-quant manifest (an already quantized file)."""
         return any(isinstance(s, _SafetensorsShard) and METADATA_KEY in (s.header.metadata or {})

@@ -23,10 +23,7 @@ class FloatView:
 
     def __init__(self, src):
         self.reader = CheckpointReader(src)
-        self.manifest = parse_manifest(None)
-        path = os.fspath(src)
-        if os.path.isfile(path) and path.endswith(".safetensors"):
-            self.manifest = parse_manifest(self.reader._shards[0].header.metadata, path)
+        self.manifest = parse_manifest(self.reader.metadata(), os.fspath(src))
         aliases = self.manifest["tensor_aliases"]
         self._entries: Dict[str, Tuple[str, Any]] = {}  # key -> ("tensor", stored key) or ("layer"/"bias", layer)
         hidden = set()
