@@ -11,7 +11,8 @@ from ..tensor import sqnr_db
 from .checkpoint import CheckpointReader
 from .dtypes import dtype_name
 from .load import dequantize_layer
-from .manifest import layer_key, parse_manifest
+from .container import read_header
+from .manifest import check_against_header, layer_key, parse_manifest
 
 __all__ = ["compare", "FloatView"]
 
@@ -24,6 +25,8 @@ class FloatView:
     def __init__(self, src):
         self.reader = CheckpointReader(src)
         self.manifest = parse_manifest(self.reader.metadata(), os.fspath(src))
+        if self.manifest["format_version"]:
+            check_against_header(self.manifest, read_header(src))
         aliases = self.manifest["tensor_aliases"]
         self._entries: Dict[str, Tuple[str, Any]] = {}  # key -> ("tensor", stored key) or ("layer"/"bias", layer)
         hidden = set()
