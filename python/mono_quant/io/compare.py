@@ -97,7 +97,12 @@ def compare(a, b) -> Dict[str, Any]:
     "shape mismatch".  Raises CheckpointError / FileNotFoundError for
     unreadable inputs.
     """
-    view_a, view_b = FloatView(a), FloatView(b)
+    view_a = FloatView(a)
+    try:
+        view_b = FloatView(b)
+    except BaseException:
+        view_a.close()
+        raise
     try:
         rows = []
         keys_b = set(view_b.keys())
