@@ -299,3 +299,19 @@ def test_generic_over_module_buffers_and_state_attrs(tmp_path):
         assert torch.equal(loaded(x), qmodel(x))
     finally:
         del QMODULES[Scaled]
+
+
+@pytest.mark.parametrize("conv", [
+    lambda: nn.Conv2d(3, 4, 3, padding="same", dilation=2),
+    lambda: nn.Conv2d(4, 8, (3, 1), stride=2, padding=(1, 0), groups=2, padding_mode="circular"),
+], ids=["same-dilated", "grouped-circular"])
+def test_conv_options_roundtrip(tmp_path, conv):
+    torch.manual_seed(0)
+    float_conv = conv()
+    qconv, _ = mq.quantize(float_conv, symmetric=False)
+    path = mq.save(qconv, tmp_path / "c.safetensors")
+    torch.manual_seed(1)
+    loaded = mq.load(path, model=conv().to("meta"))
+    x = torch.randn(2, float_conv.in_channels, 9, 7)
+    assert torch.equal(loaded(x), qconv(x))
+    assert loaded.padding == qconv.padding and loaded.groups == qconv.groups
