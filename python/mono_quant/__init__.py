@@ -5,6 +5,7 @@
 """
 from .api import QuantizationResult, SkippedLayer, quantize
 from .config import QuantConfig
+from .io import CheckpointError, QuantizedStateDict, load, quantize_checkpoint, save
 from .kernels import cpu_info
 from .modules import QuantizedConv2d, QuantizedLinear, QuantizedModule, register_qmodule
 from .qtypes import QTYPES, get_qtype
@@ -16,6 +17,11 @@ __version__ = "0.1.0"
 __all__ = [
     "quantize",
     "quantize_weight",
+    "save",
+    "load",
+    "quantize_checkpoint",
+    "QuantizedStateDict",
+    "CheckpointError",
     "QuantizationResult",
     "SkippedLayer",
     "QuantConfig",

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import fnmatch
+import math
 import sys
 from collections import OrderedDict
 from typing import Dict, Iterable, List, Mapping, Optional, Tuple
@@ -267,15 +268,19 @@ def _shape_reason(m: nn.Module, cfg: QuantConfig, weights: Optional[Mapping], na
     return None
 
 
-def _convert_weight(w: torch.Tensor, qtype: QType, cfg: QuantConfig, layer_type: str, cache: dict):
-    """The stored form of a weight (QuantizedWeight or a cast tensor) and its SQNR.
+def _convert_weight(w: torch.Tensor, qtype: QType, cfg: QuantConfig, layer_type: str, cache: dict,
+                    measure_error: bool = True):
+    """The stored form of a weight (QuantizedWeight or a cast tensor) and its SQNR
+    (NaN when not ``measure_error``: saves a pass and, for casts, full-size temporaries).
     A weight shared by several layers (tied) is converted once, so they share storage."""
     key = (id(w), qtype.name)
     if key in cache:
         return cache[key]
     if qtype.kind == "int":
         axis = 0 if cfg.granularity == "per_channel" else None
-        result = quantize_int_with_error(w, qtype, axis, cfg.symmetric_for(layer_type), with_error=True)
+        result = quantize_int_with_error(w, qtype, axis, cfg.symmetric_for(layer_type), with_error=measure_error)
+        if not measure_error:
+            result = (result[0], math.nan)
     else:
         bad = ~torch.isfinite(w.detach())
         if bool(bad.any()):
@@ -283,8 +288,11 @@ def _convert_weight(w: torch.Tensor, qtype: QType, cfg: QuantConfig, layer_type:
         cast = w.detach().to(qtype.storage)
         if cast.data_ptr() == w.data_ptr():  # already in that dtype: copy, never share the caller's tensor
             cast = cast.clone()
-        err = (w.detach().float() - cast.float())
-        result = (cast, sqnr_db(float(w.detach().float().pow(2).sum()), float(err.pow(2).sum())))
+        if measure_error:
+            err = (w.detach().float() - cast.float())
+            result = (cast, sqnr_db(float(w.detach().float().pow(2).sum()), float(err.pow(2).sum())))
+        else:
+            result = (cast, math.nan)
     cache[key] = result
     return result
 
@@ -318,7 +326,8 @@ def _check_state_dict(sd: Mapping) -> None:
             raise TypeError(f"state_dict[{k!r}] must be a torch.Tensor, got {type(v).__name__}")
 
 
-def quantize_state_dict_entry(key: str, tensor: torch.Tensor, cfg: QuantConfig, cache: Optional[dict] = None):
+def quantize_state_dict_entry(key: str, tensor: torch.Tensor, cfg: QuantConfig, cache: Optional[dict] = None,
+                              *, measure_error: bool = True):
     """Quantize one state_dict entry as ``quantize(state_dict)`` does.
 
     Returns ``(tensors, layer_report, skipped)``: the output entries (the
@@ -326,6 +335,7 @@ def quantize_state_dict_entry(key: str, tensor: torch.Tensor, cfg: QuantConfig, 
     ``key``), a LayerReport when it was quantized, a SkippedLayer when a
     weight was left float.  Used entry by entry by the state_dict path and by
     streaming checkpoint quantization, so both give identical tensors.
+    ``measure_error=False`` skips the SQNR (reported as NaN); tensors are the same.
     """
     qtype = get_qtype(cfg.dtype)
     is_weight = key == "weight" or key.endswith(".weight")
@@ -338,7 +348,7 @@ def quantize_state_dict_entry(key: str, tensor: torch.Tensor, cfg: QuantConfig, 
         reason = f"too small: {tensor.numel()} weights < min_weight_numel={cfg.min_weight_numel}"
     if reason is None:
         try:
-            stored, sqnr = _convert_weight(tensor, qtype, cfg, kind, {} if cache is None else cache)
+            stored, sqnr = _convert_weight(tensor, qtype, cfg, kind, {} if cache is None else cache, measure_error)
         except NonFiniteWeightError as exc:
             if cfg.nonfinite == "error":
                 raise ValueError(f"tensor {key!r} has NaN or Inf (output channel {exc.row}): fix it, "

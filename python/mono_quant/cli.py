@@ -2,7 +2,10 @@
 from __future__ import annotations
 
 import argparse
+import json
+import math
 import sys
+import time
 from typing import List, Optional
 
 __all__ = ["main", "build_parser"]
@@ -15,6 +18,30 @@ def build_parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", help="quantize the built-in example models and print a table")
     demo.add_argument("--dtype", action="append", choices=["int8", "fp16", "bf16"],
                       help="dtype(s) to show (default: all three)")
+
+    quantize = sub.add_parser("quantize", help="quantize a checkpoint on disk (streaming, one tensor at a time)",
+                              description="Quantize a .safetensors file, a folder of shards (with *.index.json) "
+                                          "or a .pt/.bin state_dict into one mono-quant .safetensors file.")
+    quantize.add_argument("src", metavar="SRC", help="checkpoint file, shard folder or *.index.json")
+    quantize.add_argument("-o", "--output", required=True, metavar="DST", help="output .safetensors file")
+    quantize.add_argument("--dtype", help="int8 (default), uint8, int4, fp16 or bf16")
+    quantize.add_argument("--group-size", type=int, metavar="N", help="group size for grouped formats (int4)")
+    quantize.add_argument("--exclude", nargs="+", action="extend", metavar="GLOB",
+                          help="layer-name globs to leave in float")
+    quantize.add_argument("--include", nargs="+", action="extend", metavar="GLOB",
+                          help="only quantize layers matching these globs")
+    quantize.add_argument("--config", metavar="FILE", help="TOML config file (default: mono_quant.toml here)")
+    quantize.add_argument("--force", action="store_true", help="replace DST if it exists")
+    quantize.add_argument("--quiet", action="store_true", help="no progress bar and no summary")
+
+    inspect = sub.add_parser("inspect", help="list the layers, dtypes, shapes and bytes of a .safetensors file")
+    inspect.add_argument("file", metavar="FILE")
+    inspect.add_argument("--json", action="store_true", help="print JSON instead of a table")
+
+    compare = sub.add_parser("compare", help="per-tensor SQNR and sizes of checkpoint B against reference A")
+    compare.add_argument("a", metavar="A", help="reference checkpoint (e.g. the float original)")
+    compare.add_argument("b", metavar="B", help="checkpoint to compare (e.g. the quantized file)")
+    compare.add_argument("--json", action="store_true", help="print JSON instead of a table")
     return parser
 
 
@@ -28,11 +55,106 @@ def _cmd_demo(args) -> int:
     return 0
 
 
+def _cmd_quantize(args) -> int:
+    from .io import quantize_checkpoint
+
+    start = time.perf_counter()
+    report = quantize_checkpoint(
+        args.src, args.output, args.dtype, group_size=args.group_size, include=args.include,
+        exclude=args.exclude, config=args.config, overwrite=args.force,
+        progress=not args.quiet and sys.stderr.isatty(),
+    )
+    if not args.quiet:
+        before, after = report.model_bytes_before, report.model_bytes_after
+        ratio = after / before if before else 0.0
+        print(f"{args.output}: {len(report.layers)} layers quantized, {len(report.skipped)} skipped; "
+              f"{_human(before)} -> {_human(after)} ({ratio:.3f}x) in {time.perf_counter() - start:.1f} s")
+    return 0
+
+
+def _cmd_inspect(args) -> int:
+    from .io.describe import describe
+
+    info = describe(args.file)
+    if args.json:
+        print(json.dumps(info, indent=2, default=str))
+        return 0
+    rows = [("name", "kind", "dtype", "shape", "bytes")]
+    for layer in info["layers"]:
+        scheme = layer["scheme"] + ("" if layer["axis"] is None else f", axis {layer['axis']}")
+        scheme += "" if layer["group_size"] is None else f", group {layer['group_size']}"
+        rows.append((layer["name"] or "<root>", f"{layer['type']} ({scheme})", layer["dtype"],
+                     _shape(layer["shape"]), _human(layer["bytes"])))
+    for t in info["tensors"]:
+        rows.append((t["name"], "tensor", t["dtype"], _shape(t["shape"]), _human(t["bytes"])))
+    _print_table(rows)
+    totals = info["totals"]
+    version = f"format v{info['format_version']}" if info["format_version"] else "plain safetensors (no manifest)"
+    print(f"{info['path']}: {version}, {info['kind']}; {totals['quantized_layers']} quantized layers "
+          f"({_human(totals['quantized_bytes'])}), {len(info['tensors'])} other tensors "
+          f"({_human(totals['float_bytes'])}); total {_human(totals['bytes'])}"
+          + (f", {len(info['aliases'])} aliased" if info["aliases"] else ""))
+    return 0
+
+
+def _cmd_compare(args) -> int:
+    from .io.compare import compare
+
+    result = compare(args.a, args.b)
+    if args.json:
+        print(json.dumps(result, indent=2, default=str))
+        return 0
+    rows = [("name", "shape", "A", "B", "B/A", "SQNR dB")]
+    for r in result["rows"]:
+        a = "-" if r["bytes_a"] is None else f"{r['dtype_a']} {_human(r['bytes_a'])}"
+        b = "-" if r["bytes_b"] is None else f"{r['dtype_b']} {_human(r['bytes_b'])}"
+        ratio = f"{r['bytes_b'] / r['bytes_a']:.3f}" if r["bytes_a"] and r["bytes_b"] is not None else "-"
+        if r["status"] != "ok":
+            sqnr = r["status"]
+        elif r["sqnr_db"] is None:
+            sqnr = "differs"
+        else:
+            sqnr = "inf" if math.isinf(r["sqnr_db"]) else f"{r['sqnr_db']:.1f}"
+        rows.append((r["name"], _shape(r["shape"]), a, b, ratio, sqnr))
+    _print_table(rows)
+    t = result["totals"]
+    ratio = f"{t['ratio']:.3f}x" if t["ratio"] is not None else "-"
+    worst = t["min_sqnr_db"]
+    worst = "-" if worst is None else ("inf" if math.isinf(worst) else f"{worst:.1f} dB")
+    print(f"{t['compared']} tensors compared (lowest SQNR {worst}); {_human(t['bytes_a'])} -> {_human(t['bytes_b'])} "
+          f"({ratio}); only in A: {t['only_in_a']}, only in B: {t['only_in_b']}, shape mismatches: "
+          f"{t['shape_mismatches']}")
+    return 0
+
+
+def _shape(shape) -> str:
+    return "-" if shape is None else "x".join(str(d) for d in shape) or "scalar"
+
+
+def _human(n) -> str:
+    n = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024.0
+    return str(n)
+
+
+def _print_table(rows) -> None:
+    widths = [max(len(str(row[i])) for row in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        print("  ".join(str(c).ljust(w) for c, w in zip(row, widths)).rstrip())
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     args = build_parser().parse_args(argv)
-    handlers = {"demo": _cmd_demo}
+    handlers = {"demo": _cmd_demo, "quantize": _cmd_quantize, "inspect": _cmd_inspect, "compare": _cmd_compare}
     try:
         return handlers[args.command](args)
+    except KeyboardInterrupt:
+        print(f"mono-quant {args.command}: interrupted", file=sys.stderr)
+        return 130
     except (ValueError, TypeError, KeyError, OSError) as exc:
-        print(f"mono-quant {args.command}: error: {exc}", file=sys.stderr)
+        message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        print(f"mono-quant {args.command}: error: {message}", file=sys.stderr)
         return 1

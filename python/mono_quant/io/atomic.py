@@ -1,0 +1,67 @@
+"""Atomic file output: write to a temporary file beside the destination,
+then publish it with one rename, so ``dst`` is either absent, the old file,
+or the complete new file - never a truncated one."""
+from __future__ import annotations
+
+import os
+import secrets
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+__all__ = ["atomic_output", "check_destination"]
+
+
+def check_destination(dst, overwrite: bool) -> Path:
+    """Raise before any work is done if ``dst`` can't be written: ``FileExistsError``
+    when it exists and ``overwrite`` is false, ``IsADirectoryError`` for a
+    directory, ``FileNotFoundError`` when its folder doesn't exist."""
+    dst = Path(os.fspath(dst))
+    if dst.is_dir():
+        raise IsADirectoryError(f"{dst} is a directory; give a file name")
+    if dst.exists() and not overwrite:
+        raise FileExistsError(f"{dst} already exists (pass overwrite=True, or --force, to replace it)")
+    if not dst.parent.is_dir():
+        raise FileNotFoundError(f"folder {dst.parent} does not exist")
+    return dst
+
+
+@contextmanager
+def atomic_output(dst, overwrite: bool = False) -> Iterator[Path]:
+    """Yield a temporary path in ``dst``'s folder; when the block succeeds it is
+    fsynced and renamed to ``dst``, when it raises (or is interrupted) it is
+    deleted.  Without ``overwrite`` an existing ``dst`` is never replaced,
+    even one created while the block ran (``FileExistsError``)."""
+    dst = check_destination(dst, overwrite)
+    tmp = dst.parent / f".{dst.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
+    try:
+        yield tmp
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())  # the mode a plain open() would give, whoever wrote tmp
+        _publish(tmp, dst, overwrite)
+    finally:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _publish(tmp: Path, dst: Path, overwrite: bool) -> None:
+    if overwrite:
+        os.replace(tmp, dst)
+        return
+    try:
+        os.link(tmp, dst)  # fails if dst appeared meanwhile, unlike rename
+    except FileExistsError:
+        raise FileExistsError(f"{dst} already exists (pass overwrite=True, or --force, to replace it)") from None
+    except OSError:  # file system without hard links
+        if dst.exists():
+            raise FileExistsError(f"{dst} already exists (pass overwrite=True, or --force, to replace it)") from None
+        os.replace(tmp, dst)

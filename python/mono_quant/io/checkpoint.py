@@ -1,0 +1,370 @@
+"""quantize_checkpoint(): quantize a checkpoint on disk without loading the model.
+
+Inputs: one ``.safetensors`` file, a directory of shards (with an
+``*.index.json``, or else every ``*.safetensors`` in it), an
+``*.index.json`` file, or a ``.pt`` / ``.bin`` / ``.pth`` state_dict (opened
+with ``torch.load(mmap=True, weights_only=True)``: no code runs).  Tensors are
+read one at a time, quantized with ``quantize_state_dict_entry`` (so the
+result is tensor for tensor what ``quantize(state_dict)`` gives), and
+appended to the output file, so memory holds about one input tensor and its
+quantized form at a time.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from collections import OrderedDict
+from pathlib import Path
+from typing import Dict, Iterator, List, Optional, Tuple
+
+import torch
+
+from ..api import quantize_state_dict_entry
+from ..config import QuantConfig, resolve_config
+from ..report import Report, tensor_bytes
+from .atomic import atomic_output, check_destination
+from .container import StreamingWriter, read_header
+from .errors import CheckpointError
+from .layers import state_dict_layer_entry
+from .manifest import METADATA_KEY, dump_manifest, new_manifest
+from .progress import Progress
+
+__all__ = ["quantize_checkpoint", "CheckpointReader", "open_checkpoint"]
+
+_TORCH_SUFFIXES = (".pt", ".pth", ".bin")
+
+
+class _SafetensorsShard:
+    """A safetensors file; each tensor is read through its own safe_open handle,
+    so its memory map goes away with the tensor (a handle kept open would keep
+    every page read so far resident)."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.header = read_header(path)
+
+    def keys(self) -> List[str]:
+        return list(self.header.tensors)
+
+    def spec(self, key: str) -> Tuple[torch.dtype, Tuple[int, ...]]:
+        entry = self.header.tensors[key]
+        return entry.dtype, entry.shape
+
+    def get(self, key: str) -> torch.Tensor:
+        from safetensors import safe_open
+
+        try:
+            with safe_open(os.fspath(self.path), framework="pt", device="cpu") as f:
+                return f.get_tensor(key)
+        except Exception as exc:  # SafetensorError, OSError
+            raise CheckpointError(f"{self.path}: cannot read tensor {key!r}: {exc}") from exc
+
+    def release(self, key: str, tensor: torch.Tensor) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+class _TorchShard:
+    """A torch.save'd state_dict, memory-mapped; only tensors are accepted (weights_only)."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        try:
+            obj = torch.load(os.fspath(path), map_location="cpu", mmap=True, weights_only=True)
+        except Exception as exc:  # UnpicklingError for non-weights content, RuntimeError for legacy / corrupted files
+            raise CheckpointError(f"{path}: cannot read as a state_dict with torch.load(mmap=True, "
+                                  f"weights_only=True): {exc}") from exc
+        if isinstance(obj, dict) and not all(isinstance(v, torch.Tensor) for v in obj.values()):
+            for wrapper in ("state_dict", "model"):
+                if isinstance(obj.get(wrapper), dict):
+                    obj = obj[wrapper]
+                    break
+        if not isinstance(obj, dict):
+            raise CheckpointError(f"{path}: holds a {type(obj).__name__}, not a state_dict")
+        bad = [k for k, v in obj.items() if not (isinstance(k, str) and isinstance(v, torch.Tensor))]
+        if bad:
+            raise CheckpointError(f"{path}: not a state_dict of tensors (entries {bad[:5]!r})")
+        self._tensors: Dict[str, torch.Tensor] = obj
+        self._mappings: Optional[List[Tuple[int, int]]] = None
+
+    def keys(self) -> List[str]:
+        return list(self._tensors)
+
+    def spec(self, key: str):
+        t = self._tensors[key]
+        return t.dtype, tuple(t.shape)
+
+    def get(self, key: str) -> torch.Tensor:
+        return self._tensors[key]
+
+    def release(self, key: str, tensor: torch.Tensor) -> None:
+        """Drop the pages of a tensor read from the memory map, so the map does
+        not keep the whole file resident (they are re-read from the page cache
+        if touched again)."""
+        if self._mappings is None:
+            self._mappings = _file_mappings(self.path)
+        _drop_pages(tensor, self._mappings)
+
+    def close(self) -> None:
+        self._tensors = {}
+
+
+def _file_mappings(path: Path) -> List[Tuple[int, int]]:
+    """Address ranges where this process maps ``path`` (Linux; empty elsewhere)."""
+    try:
+        target = os.path.realpath(path)
+        ranges = []
+        with open("/proc/self/maps") as maps:
+            for line in maps:
+                fields = line.split(maxsplit=5)
+                if len(fields) == 6 and fields[5].strip() == target:
+                    start, end = (int(x, 16) for x in fields[0].split("-"))
+                    ranges.append((start, end))
+        return ranges
+    except OSError:
+        return []
+
+
+def _drop_pages(tensor: torch.Tensor, mappings: List[Tuple[int, int]]) -> None:
+    """madvise(MADV_DONTNEED) the pages under ``tensor`` when they lie in a file
+    mapping (clean file pages are only dropped from this process, never lost;
+    anonymous memory is never touched)."""
+    if not mappings or tensor.numel() == 0:
+        return
+    import ctypes
+    import mmap
+
+    page = mmap.PAGESIZE
+    start = tensor.data_ptr()
+    end = start + tensor.numel() * tensor.element_size()
+    for lo, hi in mappings:
+        if lo <= start and end <= hi:
+            first, last = start - start % page, min(hi, end + (-end) % page)
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.madvise(ctypes.c_void_p(first), ctypes.c_size_t(last - first), 4)  # MADV_DONTNEED
+            return
+
+
+def _open_shard(path: Path):
+    if path.suffix == ".safetensors":
+        return _SafetensorsShard(path)
+    if path.suffix in _TORCH_SUFFIXES:
+        return _TorchShard(path)
+    raise CheckpointError(f"{path}: unknown checkpoint type (expected .safetensors, .pt, .pth or .bin)")
+
+
+class CheckpointReader:
+    """The tensors of a checkpoint on disk, by name, read one at a time.
+
+    ``keys()`` lists them in file order, ``spec(key)`` gives (dtype, shape)
+    without reading, ``get(key)`` reads one.  Use as a context manager.
+    Raises ``FileNotFoundError`` for a missing source and CheckpointError for
+    an unreadable one, a bad index, or a name found in two shards.
+    """
+
+    def __init__(self, src):
+        self.src = Path(os.fspath(src))
+        if not self.src.exists():
+            raise FileNotFoundError(f"{self.src} does not exist")
+        self._shards = []
+        self._where: "OrderedDict[str, object]" = OrderedDict()
+        try:
+            for path, wanted in _shard_plan(self.src):
+                shard = _open_shard(path)
+                self._shards.append(shard)
+                keys = shard.keys()
+                if wanted is not None:
+                    absent = sorted(set(wanted) - set(keys))
+                    if absent:
+                        raise CheckpointError(f"{path}: the index lists tensors the shard lacks: {absent[:10]}")
+                    keys = [k for k in keys if k in wanted]
+                for key in keys:
+                    if key in self._where:
+                        raise CheckpointError(f"tensor {key!r} is in two shards ({self._where[key].path} and {path})")
+                    self._where[key] = shard
+        except BaseException:
+            self.close()
+            raise
+
+    def keys(self) -> List[str]:
+        return list(self._where)
+
+    def spec(self, key: str) -> Tuple[torch.dtype, Tuple[int, ...]]:
+        return self._where[key].spec(key)
+
+    def nbytes(self, key: str) -> int:
+        dtype, shape = self.spec(key)
+        n = torch.empty((), dtype=dtype).element_size()
+        for d in shape:
+            n *= d
+        return n
+
+    def metadata(self) -> Optional[Dict[str, str]]:
+        """The ``__metadata__`` of a single-file safetensors source (None otherwise)."""
+        if len(self._shards) == 1 and isinstance(self._shards[0], _SafetensorsShard):
+            return self._shards[0].header.metadata
+        return None
+
+    def is_mono_quant(self) -> bool:
+        """Whether a shard carries a mono-quant manifest (an already quantized file)."""
+        return any(isinstance(s, _SafetensorsShard) and METADATA_KEY in (s.header.metadata or {})
+                   for s in self._shards)
+
+    def total_bytes(self) -> int:
+        return sum(self.nbytes(k) for k in self._where)
+
+    def get(self, key: str) -> torch.Tensor:
+        return self._where[key].get(key)
+
+    def items(self) -> Iterator[Tuple[str, torch.Tensor]]:
+        """(name, tensor) one at a time; each shard is closed once its tensors are done."""
+        previous = None
+        for key, shard in self._where.items():
+            if previous is not None and shard is not previous:
+                previous.close()
+            previous = shard
+            tensor = shard.get(key)
+            yield key, tensor
+            shard.release(key, tensor)
+            del tensor
+
+    def close(self) -> None:
+        for shard in self._shards:
+            shard.close()
+
+    def __enter__(self) -> "CheckpointReader":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def open_checkpoint(src) -> CheckpointReader:
+    """A :class:`CheckpointReader` over ``src`` (file, shard directory or index)."""
+    return CheckpointReader(src)
+
+
+def _shard_plan(src: Path) -> List[Tuple[Path, Optional[set]]]:
+    """(shard path, names the index assigns to it or None) in reading order."""
+    if src.is_dir():
+        indexes = sorted(src.glob("*.index.json"))
+        if len(indexes) > 1:
+            raise CheckpointError(f"{src}: several index files ({', '.join(p.name for p in indexes)}); "
+                                  f"pass the one to use")
+        if indexes:
+            return _index_plan(indexes[0])
+        files = sorted(src.glob("*.safetensors")) or sorted(p for p in src.iterdir() if p.suffix in _TORCH_SUFFIXES)
+        if not files:
+            raise CheckpointError(f"{src}: no *.safetensors, *.bin, *.pt or *.index.json in this directory")
+        return [(p, None) for p in files]
+    if src.name.endswith(".index.json"):
+        return _index_plan(src)
+    return [(src, None)]
+
+
+def _index_plan(index: Path) -> List[Tuple[Path, Optional[set]]]:
+    try:
+        data = json.loads(index.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise CheckpointError(f"{index}: not valid JSON: {exc}") from None
+    weight_map = data.get("weight_map") if isinstance(data, dict) else None
+    if not (isinstance(weight_map, dict) and weight_map
+            and all(isinstance(k, str) and isinstance(v, str) for k, v in weight_map.items())):
+        raise CheckpointError(f"{index}: needs a non-empty \"weight_map\" of tensor names to shard files")
+    by_shard: Dict[str, set] = OrderedDict()
+    for key, shard in weight_map.items():
+        if os.path.basename(shard) != shard or shard in ("", ".", ".."):
+            raise CheckpointError(f"{index}: shard {shard!r} must be a file name in the index's folder")
+        by_shard.setdefault(shard, set()).add(key)
+    plan = []
+    for shard in sorted(by_shard):
+        path = index.parent / shard
+        if not path.is_file():
+            raise CheckpointError(f"{index}: shard {shard!r} does not exist")
+        plan.append((path, by_shard[shard]))
+    return plan
+
+
+def _header_reserve(reader: CheckpointReader, keys: List[str]) -> int:
+    """Bytes to set aside for the output header: generous for weights that may be
+    quantized (three tensors and a manifest entry), tight for the rest."""
+    total = 4096
+    for key in keys:
+        dtype, shape = reader.spec(key)
+        maybe_layer = key.endswith("weight") and dtype.is_floating_point and len(shape) in (2, 4)
+        total += 1024 + 4 * len(key) if maybe_layer else 96 + len(key)
+    return total
+
+
+def quantize_checkpoint(src, dst, dtype=None, *, symmetric: Optional[bool] = None,
+                        granularity: Optional[str] = None, group_size: Optional[int] = None,
+                        include=None, exclude=None, min_weight_numel: Optional[int] = None,
+                        nonfinite: Optional[str] = None, config=None, overwrite: bool = False,
+                        progress: bool = False, measure_error: bool = False) -> Report:
+    """Quantize the checkpoint at ``src`` into one mono-quant ``.safetensors`` file ``dst``.
+
+    Each tensor is quantized exactly as ``quantize(state_dict, ...)`` does with
+    the same options (2-D / 4-D floating ``*.weight`` tensors, filtered by
+    ``include`` / ``exclude`` name globs and ``min_weight_numel``; other
+    tensors are copied), so ``load(dst)`` holds the same tensors and
+    ``load(dst, model=skeleton)`` gives the model ``quantize(model)`` would.
+    Only about one tensor is in memory at a time.  ``progress``: draw a
+    progress bar on stderr.  ``measure_error``: also compute each layer's
+    SQNR for the report (one more pass over each weight; otherwise NaN, and
+    ``mono-quant compare`` measures it afterwards).  ``group_size`` is passed to the config only when
+    given.  The write is atomic and an existing ``dst`` is replaced only with
+    ``overwrite=True``.
+
+    Returns a :class:`~mono_quant.report.Report` (layers, skipped, bytes
+    before / after).  Raises ``FileNotFoundError`` (missing ``src``),
+    ``FileExistsError`` (``dst`` exists), ``ValueError`` for bad options or
+    NaN/Inf weights (with ``nonfinite="error"``), :class:`CheckpointError`
+    for an unreadable checkpoint.
+    """
+    options = dict(dtype=dtype, symmetric=symmetric, granularity=granularity, include=include, exclude=exclude,
+                   min_weight_numel=min_weight_numel, nonfinite=nonfinite)
+    if group_size is not None:
+        if "group_size" not in {f.name for f in dataclasses.fields(QuantConfig)}:
+            raise ValueError("group_size is not supported by this mono-quant (no grouped formats)")
+        options["group_size"] = group_size
+    cfg = resolve_config(config, **options)
+    check_destination(dst, overwrite)
+    report = Report()
+    manifest = new_manifest("state_dict", cfg)
+    with open_checkpoint(src) as reader:
+        if reader.is_mono_quant():
+            raise CheckpointError(f"{src} is already a mono-quant file; quantize the float checkpoint instead")
+        keys = reader.keys()
+        total = reader.total_bytes()
+        bar = Progress(total, bool(progress))
+        reserve = _header_reserve(reader, keys)
+        try:
+            with atomic_output(dst, overwrite) as tmp:
+                with open(tmp, "w+b") as f, StreamingWriter(f, reserve, background=True) as writer:
+                    for key, tensor in reader.items():
+                        report.model_bytes_before += tensor_bytes(tensor)
+                        outputs, layer, skipped = quantize_state_dict_entry(key, tensor, cfg,
+                                                                            measure_error=measure_error)
+                        for name, out in outputs.items():
+                            try:
+                                writer.add(name, out)
+                            except ValueError as exc:
+                                raise CheckpointError(f"{src}: {exc} (quantizing {key!r})") from None
+                            report.model_bytes_after += tensor_bytes(out)
+                        if layer is not None:
+                            report.layers.append(layer)
+                            prefix = key[: -len("weight")]
+                            own = {name[len(prefix):]: out for name, out in outputs.items()}
+                            manifest["layers"].append(state_dict_layer_entry(layer, cfg, own, tensor.dtype))
+                        if skipped is not None:
+                            report.skipped.append(skipped)
+                        bar.update(tensor_bytes(tensor), key)
+                        del tensor, outputs
+                    manifest["skipped"] = [list(s) for s in report.skipped]
+                    writer.finish(dump_manifest(manifest))
+        finally:
+            bar.close()
+    return report

@@ -1,0 +1,150 @@
+"""compare(): per-tensor SQNR and sizes of two checkpoints (float or mono-quant), one tensor at a time."""
+from __future__ import annotations
+
+import math
+import os
+from typing import Any, Dict, List, Optional, Tuple
+
+import torch
+
+from ..tensor import sqnr_db
+from .checkpoint import CheckpointReader
+from .dtypes import dtype_name
+from .load import dequantize_layer
+from .container import read_header
+from .manifest import check_against_header, layer_key, parse_manifest
+
+__all__ = ["compare", "FloatView"]
+
+
+class FloatView:
+    """A checkpoint seen as a float state_dict: quantized layers of a mono-quant
+    file appear as ``<layer>.weight`` (dequantized on demand) and, for saved
+    models, ``<layer>.bias``.  Tensors are read one at a time."""
+
+    def __init__(self, src):
+        self.reader = CheckpointReader(src)
+        self.manifest = parse_manifest(self.reader.metadata(), os.fspath(src))
+        if self.manifest["format_version"]:
+            check_against_header(self.manifest, read_header(src))
+        aliases = self.manifest["tensor_aliases"]
+        self._entries: Dict[str, Tuple[str, Any]] = {}  # key -> ("tensor", stored key) or ("layer"/"bias", layer)
+        hidden = set()
+        for layer in self.manifest["layers"]:
+            for name in [layer["name"]] + layer.get("aliases", []):
+                hidden.update(layer_key(name, local) for local in layer["tensors"])
+                self._entries[layer_key(name, "weight")] = ("layer", (layer, name))
+                if self.manifest["kind"] == "model" and "bias" in layer["tensors"]:
+                    self._entries[layer_key(name, "bias")] = ("bias", (layer, name))
+        for key in list(self.reader.keys()) + list(aliases):
+            if key not in hidden and key not in self._entries:
+                self._entries[key] = ("tensor", aliases.get(key, key))
+
+    def keys(self) -> List[str]:
+        return list(self._entries)
+
+    def _own(self, layer, name) -> Dict[str, torch.Tensor]:
+        aliases = self.manifest["tensor_aliases"]
+        out = {}
+        for local in layer["tensors"]:
+            key = layer_key(name, local)
+            out[local] = self.reader.get(aliases.get(key, key))
+        return out
+
+    def get(self, key: str) -> torch.Tensor:
+        what, ref = self._entries[key]
+        if what == "tensor":
+            return self.reader.get(ref)
+        layer, name = ref
+        own = self._own(layer, name)
+        if what == "bias":
+            return own["bias"]
+        return dequantize_layer(self.manifest["kind"], layer, own)[0]
+
+    def stored(self, key: str) -> Tuple[str, int]:
+        """(dtype label, bytes stored) of an entry, without reading it."""
+        what, ref = self._entries[key]
+        if what == "tensor":
+            dtype, _ = self.reader.spec(ref)
+            return dtype_name(dtype), self.reader.nbytes(ref)
+        layer, name = ref
+        if what == "bias":
+            return layer["tensors"]["bias"]["dtype"], self._nbytes(layer, name, ["bias"])
+        locals_ = [n for n in layer["tensors"] if n != "bias" or self.manifest["kind"] != "model"]
+        return layer["dtype"], self._nbytes(layer, name, locals_)
+
+    def _nbytes(self, layer, name, locals_) -> int:
+        aliases = self.manifest["tensor_aliases"]
+        return sum(self.reader.nbytes(aliases.get(layer_key(name, n), layer_key(name, n))) for n in locals_)
+
+    def shape(self, key: str) -> Optional[List[int]]:
+        what, ref = self._entries[key]
+        if what == "tensor":
+            return list(self.reader.spec(ref)[1])
+        layer, _ = ref
+        return list(layer["shape"]) if what == "layer" else layer["tensors"]["bias"]["shape"]
+
+    def close(self) -> None:
+        self.reader.close()
+
+
+def compare(a, b) -> Dict[str, Any]:
+    """Compare checkpoint ``b`` against the reference ``a`` tensor by tensor.
+
+    Returns ``{"rows": [...], "totals": {...}}``; a row has name, shape,
+    dtype/bytes in each, and ``sqnr_db`` of b against a (inf when equal;
+    None for non-float tensors) or ``status`` "only in A" / "only in B" /
+    "shape mismatch".  Raises CheckpointError / FileNotFoundError for
+    unreadable inputs.
+    """
+    view_a = FloatView(a)
+    try:
+        view_b = FloatView(b)
+    except BaseException:
+        view_a.close()
+        raise
+    try:
+        rows = []
+        keys_b = set(view_b.keys())
+        for key in view_a.keys():
+            dtype_a, bytes_a = view_a.stored(key)
+            row = {"name": key, "shape": view_a.shape(key), "dtype_a": dtype_a, "bytes_a": bytes_a,
+                   "dtype_b": None, "bytes_b": None, "sqnr_db": None, "status": "ok"}
+            if key not in keys_b:
+                row["status"] = "only in A"
+            else:
+                row["dtype_b"], row["bytes_b"] = view_b.stored(key)
+                if view_b.shape(key) != row["shape"]:
+                    row["status"] = "shape mismatch"
+                else:
+                    row["sqnr_db"] = _sqnr(view_a.get(key), view_b.get(key))
+            rows.append(row)
+        names_a = set(view_a.keys())
+        for key in view_b.keys():
+            if key not in names_a:
+                dtype_b, bytes_b = view_b.stored(key)
+                rows.append({"name": key, "shape": view_b.shape(key), "dtype_a": None, "bytes_a": None,
+                             "dtype_b": dtype_b, "bytes_b": bytes_b, "sqnr_db": None, "status": "only in B"})
+    finally:
+        view_a.close()
+        view_b.close()
+    both = [r for r in rows if r["status"] == "ok"]
+    finite = [r["sqnr_db"] for r in both if r["sqnr_db"] is not None]
+    totals = {
+        "bytes_a": sum(r["bytes_a"] or 0 for r in rows), "bytes_b": sum(r["bytes_b"] or 0 for r in rows),
+        "compared": len(both), "only_in_a": sum(r["status"] == "only in A" for r in rows),
+        "only_in_b": sum(r["status"] == "only in B" for r in rows),
+        "shape_mismatches": sum(r["status"] == "shape mismatch" for r in rows),
+        "min_sqnr_db": min(finite) if finite else None,
+    }
+    totals["ratio"] = totals["bytes_b"] / totals["bytes_a"] if totals["bytes_a"] else None
+    return {"a": os.fspath(a), "b": os.fspath(b), "rows": rows, "totals": totals}
+
+
+def _sqnr(a: torch.Tensor, b: torch.Tensor) -> Optional[float]:
+    if not (a.is_floating_point() and b.is_floating_point()):
+        return math.inf if torch.equal(a, b) else None
+    a64, b64 = a.detach().double(), b.detach().double()
+    if not (torch.isfinite(a64).all() and torch.isfinite(b64).all()):
+        return math.inf if torch.equal(a64, b64) else None
+    return sqnr_db(float(a64.pow(2).sum()), float((a64 - b64).pow(2).sum()))

@@ -1,0 +1,67 @@
+"""describe(): what a .safetensors file holds (layers, dtypes, shapes, bytes), from its header only."""
+from __future__ import annotations
+
+import math
+import os
+from typing import Any, Dict
+
+import torch
+
+from .container import read_header
+from .dtypes import dtype_from_name, dtype_name
+from .manifest import check_against_header, layer_key, parse_manifest
+
+__all__ = ["describe"]
+
+
+def describe(path) -> Dict[str, Any]:
+    """A JSON-able description of a safetensors file without reading its data:
+    ``layers`` (quantized: name, type, dtype, scheme, axis, group_size, shape,
+    bytes stored, bytes of the original float weight), ``tensors`` (every
+    other stored tensor: name, dtype, shape, bytes), ``aliases`` and
+    ``totals``.  Raises CheckpointError for an invalid file."""
+    path = os.fspath(path)
+    header = read_header(path)
+    manifest = parse_manifest(header.metadata, path)
+    check_against_header(manifest, header)
+    aliases = manifest["tensor_aliases"]
+    layer_keys = set()
+    layers = []
+    for layer in manifest["layers"]:
+        keys = [layer_key(layer["name"], local) for local in layer["tensors"]]
+        layer_keys.update(keys)
+        for alias in layer.get("aliases", []):
+            layer_keys.update(layer_key(alias, local) for local in layer["tensors"])
+        stored = sum(header.tensors[aliases.get(k, k)].nbytes for k in keys)
+        orig = layer.get("orig_dtype")
+        itemsize = torch.empty((), dtype=dtype_from_name(orig)).element_size() if orig else 4
+        layers.append({
+            "name": layer["name"], "aliases": layer.get("aliases", []), "type": layer.get("type"),
+            "dtype": layer["dtype"], "scheme": layer["scheme"], "axis": layer["axis"],
+            "group_size": layer["group_size"], "shape": layer["shape"], "orig_dtype": orig,
+            "bytes": stored, "orig_bytes": math.prod(layer["shape"]) * itemsize,
+        })
+    tensors = [{"name": k, "dtype": dtype_name(e.dtype), "shape": list(e.shape), "bytes": e.nbytes}
+               for k, e in header.tensors.items() if k not in layer_keys]
+    quantized_bytes = sum(header.tensors[k].nbytes for k in layer_keys if k in header.tensors)
+    float_bytes = sum(t["bytes"] for t in tensors)
+    return {
+        "path": path,
+        "format_version": manifest["format_version"],
+        "mono_quant_version": manifest.get("mono_quant_version"),
+        "kind": manifest["kind"],
+        "config": manifest.get("config"),
+        "layers": layers,
+        "tensors": tensors,
+        "aliases": aliases,
+        "skipped": manifest.get("skipped", []),
+        "totals": {
+            "stored_tensors": len(header.tensors),
+            "quantized_layers": len(layers),
+            "quantized_bytes": quantized_bytes,
+            "float_bytes": float_bytes,
+            "bytes": quantized_bytes + float_bytes,
+            "file_bytes": header.file_size,
+            "orig_bytes": sum(l["orig_bytes"] for l in layers) + float_bytes,
+        },
+    }

@@ -1,0 +1,88 @@
+"""Manifest layer entries: what save() records for a quantized module and
+what the state_dict path records for a quantized ``*.weight`` entry."""
+from __future__ import annotations
+
+import math
+from typing import Any, Dict, Mapping, Optional
+
+import torch
+from torch import nn
+
+from ..qtypes import get_qtype
+from .dtypes import dtype_name
+from .manifest import quantized_class, tensor_spec
+
+__all__ = ["module_layer_entry", "state_dict_layer_entry", "own_tensors", "guess_orig_dtype"]
+
+
+def own_tensors(module: nn.Module) -> Dict[str, torch.Tensor]:
+    """A module's own persistent parameters and buffers (not its children's)."""
+    out = {}
+    for name, p in module._parameters.items():
+        if p is not None:
+            out[name] = p.detach()
+    for name, b in module._buffers.items():
+        if b is not None and name not in module._non_persistent_buffers_set:
+            out[name] = b.detach()
+    return out
+
+
+def _scheme(weight_format: str, symmetric) -> str:
+    if get_qtype(weight_format).kind != "int":
+        return "cast"
+    return "symmetric" if symmetric else "asymmetric"
+
+
+def module_layer_entry(module, names) -> Dict[str, Any]:
+    """The manifest entry of a QuantizedModule found under ``names`` (first is its path).
+    Raises TypeError for a class the registry doesn't know (it couldn't be loaded back)."""
+    cls = type(module)
+    if quantized_class(cls.__name__) is not cls:
+        raise TypeError(f"{cls.__name__} at {names[0]!r} is not a registered quantized module; it cannot be saved")
+    is_int = get_qtype(module.weight_format).kind == "int"
+    orig = getattr(module, "orig_dtype", None)
+    return {
+        "name": names[0],
+        "aliases": list(names[1:]),
+        "class": cls.__name__,
+        "type": cls.float_type.__name__,
+        "dtype": module.weight_format,
+        "scheme": _scheme(module.weight_format, getattr(module, "weight_symmetric", False)),
+        "axis": getattr(module, "weight_axis", None) if is_int else None,
+        "group_size": getattr(module, "weight_group_size", getattr(module, "group_size", None)),
+        "shape": [int(d) for d in module.weight_shape],
+        "orig_dtype": dtype_name(orig) if isinstance(orig, torch.dtype) else None,
+        "init_kwargs": module.init_kwargs(),
+        "attrs": module.get_state_attrs(),
+        "tensors": {name: tensor_spec(t) for name, t in own_tensors(module).items()},
+    }
+
+
+def state_dict_layer_entry(layer, config, tensors: Mapping[str, torch.Tensor],
+                           orig_dtype: Optional[torch.dtype]) -> Dict[str, Any]:
+    """The manifest entry of a quantized state_dict weight.
+
+    ``layer`` is its LayerReport, ``tensors`` its output entries by local name
+    (``weight_qdata``... or ``weight``), ``config`` the QuantConfig used.
+    """
+    is_int = get_qtype(layer.dtype).kind == "int"
+    symmetric = config.symmetric_for(layer.type)
+    return {
+        "name": layer.name,
+        "type": layer.type,
+        "dtype": layer.dtype,
+        "scheme": _scheme(layer.dtype, symmetric),
+        "axis": (0 if config.granularity == "per_channel" else None) if is_int else None,
+        "group_size": getattr(config, "group_size", None) if is_int else None,
+        "shape": [int(d) for d in layer.shape],
+        "orig_dtype": dtype_name(orig_dtype) if orig_dtype is not None else None,
+        "tensors": {name: tensor_spec(t) for name, t in tensors.items()},
+    }
+
+
+def guess_orig_dtype(layer) -> Optional[torch.dtype]:
+    """The float dtype a state_dict weight had, from its byte count (None if ambiguous)."""
+    numel = math.prod(layer.shape)
+    if not numel:
+        return None
+    return {4: torch.float32, 8: torch.float64}.get(layer.bytes_before // numel)

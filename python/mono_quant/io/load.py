@@ -1,0 +1,336 @@
+"""load(): a .safetensors file back to a quantized model or a QuantizedStateDict."""
+from __future__ import annotations
+
+import copy
+import os
+import warnings
+from collections import OrderedDict
+from typing import Any, Dict, Iterator, List, Mapping, Optional, Tuple
+
+import torch
+from torch import nn
+
+from ..modules.registry import qmodule_for
+from ..qtypes import get_qtype
+from ..tensor import QuantizedWeight
+from .container import read_header
+from .dtypes import dtype_from_name
+from .errors import CheckpointError
+from .manifest import check_against_header, layer_key, parse_manifest, quantized_class
+
+__all__ = ["load", "QuantizedStateDict", "dequantize_layer"]
+
+
+def load(path, model: Optional[nn.Module] = None):
+    """Read a file written by :func:`save` or :func:`quantize_checkpoint`.
+
+    With ``model`` (an instance of the float architecture, possibly on the
+    ``meta`` device; it is not modified) returns the quantized model: the
+    layers named in the manifest are rebuilt as quantized modules, every other
+    parameter and persistent buffer comes from the file (tied weights stay
+    tied), non-persistent buffers come from ``model``.  Its outputs are
+    bit-identical to those of the model that was saved.  Without ``model``
+    returns a :class:`QuantizedStateDict`.
+
+    Raises ``FileNotFoundError`` for a missing file and :class:`CheckpointError`
+    for a truncated or corrupted file, a newer format version, a manifest
+    that disagrees with the tensors, or a model that doesn't match (the
+    message lists missing / unexpected keys and shape mismatches).  Never
+    unpickles anything.
+    """
+    qsd = _read(path)
+    return qsd if model is None else qsd.load_into(model)
+
+
+def _read(path) -> "QuantizedStateDict":
+    path = os.fspath(path)
+    header = read_header(path)
+    manifest = parse_manifest(header.metadata, path)
+    check_against_header(manifest, header)
+    from safetensors import safe_open
+
+    tensors: Dict[str, torch.Tensor] = OrderedDict()
+    try:
+        with safe_open(path, framework="pt", device="cpu") as f:
+            for key in header.tensors:
+                tensors[key] = f.get_tensor(key)
+    except Exception as exc:  # the safetensors package's own checks (SafetensorError)
+        raise CheckpointError(f"{path}: cannot read the tensors: {exc}") from exc
+    for alias, target in manifest["tensor_aliases"].items():
+        tensors[alias] = tensors[target]
+    return QuantizedStateDict(tensors, manifest, path)
+
+
+class QuantizedStateDict(Mapping):
+    """The tensors of a mono-quant file by name (aliases resolved: tied names
+    map to the same tensor) plus its manifest.
+
+    ``layers`` lists the quantized layers (name, type, dtype, scheme, axis,
+    group_size, shape, orig_dtype, tensors); :meth:`dequantize` gives a float
+    state_dict, :meth:`load_into` the quantized model.
+    """
+
+    def __init__(self, tensors: Mapping[str, torch.Tensor], manifest: Mapping[str, Any], path: str = ""):
+        self._tensors = OrderedDict(tensors)
+        self.manifest = dict(manifest)
+        self.path = path
+
+    # -- Mapping -----------------------------------------------------------------------------
+    def __getitem__(self, key: str) -> torch.Tensor:
+        return self._tensors[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._tensors)
+
+    def __len__(self) -> int:
+        return len(self._tensors)
+
+    # -- description -------------------------------------------------------------------------
+    @property
+    def kind(self) -> str:
+        """"model" (saved from a quantized model) or "state_dict"."""
+        return self.manifest["kind"]
+
+    @property
+    def format_version(self) -> int:
+        return self.manifest["format_version"]
+
+    @property
+    def layers(self) -> List[Dict[str, Any]]:
+        return self.manifest["layers"]
+
+    @property
+    def config(self) -> Optional[Dict[str, Any]]:
+        return self.manifest.get("config")
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the stored tensors (aliases counted once)."""
+        aliases = self.manifest["tensor_aliases"]
+        return sum(t.numel() * t.element_size() for k, t in self._tensors.items() if k not in aliases)
+
+    def __repr__(self) -> str:
+        where = f" from {self.path!r}" if self.path else ""
+        return (f"QuantizedStateDict({len(self)} tensors, {len(self.layers)} quantized layers, "
+                f"kind={self.kind!r}, {self.nbytes} bytes{where})")
+
+    # -- layers ------------------------------------------------------------------------------
+    def layer_tensors(self, layer: Mapping[str, Any], name: Optional[str] = None) -> Dict[str, torch.Tensor]:
+        """A layer's own tensors by local name (under ``name``, default its first name)."""
+        name = layer["name"] if name is None else name
+        return {local: self._tensors[layer_key(name, local)] for local in layer["tensors"]}
+
+    def _layer_keys(self) -> set:
+        keys = set()
+        for layer in self.layers:
+            for name in [layer["name"]] + layer.get("aliases", []):
+                keys.update(layer_key(name, local) for local in layer["tensors"])
+        return keys
+
+    def dequantize(self, dtype: Optional[torch.dtype] = None) -> "OrderedDict[str, torch.Tensor]":
+        """A float state_dict: each quantized layer's weight dequantized to
+        ``dtype`` (default: its original dtype, float32 when unknown) under
+        ``<layer>.weight``, its bias under ``<layer>.bias``; every other
+        tensor as stored.  Raises CheckpointError for inconsistent layers."""
+        layer_keys = self._layer_keys()
+        out: "OrderedDict[str, torch.Tensor]" = OrderedDict()
+        pending = {}
+        for layer in self.layers:
+            weight, bias = self._dequantized_layer(layer, dtype)
+            for name in [layer["name"]] + layer.get("aliases", []):
+                pending[layer_key(name, next(iter(layer["tensors"])))] = (name, weight, bias)
+        for key, t in self._tensors.items():
+            if key in pending:
+                name, weight, bias = pending[key]
+                out[layer_key(name, "weight")] = weight
+                if bias is not None:
+                    out[layer_key(name, "bias")] = bias
+            elif key not in layer_keys:
+                out[key] = t
+        return out
+
+    def _dequantized_layer(self, layer, dtype) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+        return dequantize_layer(self.kind, layer, self.layer_tensors(layer), dtype)
+
+    # -- into a model ------------------------------------------------------------------------
+    def load_into(self, model: nn.Module) -> nn.Module:
+        """The quantized model built from ``model`` (the float architecture, possibly
+        on ``meta``; not modified).  See :func:`load`."""
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"model must be an nn.Module instance of the float architecture, "
+                            f"got {type(model).__name__}")
+        where = f"{self.path}: " if self.path else ""
+        modules = dict(model.named_modules(remove_duplicate=False))
+        memo: Dict[int, Any] = {}
+        consumed = set()
+        replaced_paths: List[str] = []
+        problems: List[str] = []
+        for layer in self.layers:
+            names = [layer["name"]] + layer.get("aliases", [])
+            missing = [n for n in names if n not in modules]
+            if missing:
+                problems.append(f"the model has no module {missing[0] or '<root>'!r} for quantized layer {names[0]!r}")
+                continue
+            float_module = modules[names[0]]
+            try:
+                qmodule = self._build_layer(layer, float_module)
+            except CheckpointError as exc:
+                problems.append(str(exc))
+                continue
+            for name in names:
+                memo[id(modules[name])] = qmodule
+                consumed.update(layer_key(name, local) for local in layer["tensors"])
+            if self.kind == "state_dict" and float_module.bias is not None:
+                consumed.add(layer_key(names[0], "bias"))
+            replaced_paths.extend(names)
+        if problems:
+            raise CheckpointError(f"{where}the model does not match the checkpoint: " + "; ".join(problems[:10]))
+        self._map_remaining(model, modules, memo, consumed, replaced_paths, where)
+        if "" in replaced_paths:
+            return memo[id(model)]
+        qmodel = copy.deepcopy(model, memo)
+        _warn_meta(qmodel)
+        return qmodel
+
+    def _build_layer(self, layer, float_module: nn.Module) -> nn.Module:
+        name = layer["name"] or "<root>"
+        own = self.layer_tensors(layer)
+        if self.kind == "model":
+            cls = quantized_class(layer["class"])
+            if type(float_module) is not cls.float_type:
+                raise CheckpointError(f"layer {name!r} is a {type(float_module).__name__} in the model, the checkpoint "
+                                      f"has a quantized {cls.float_type.__name__}")
+            _check_weight_shape(layer, float_module, name)
+            qmodule = _rebuild_saved(layer, own)
+        else:
+            cls = qmodule_for(float_module)
+            if cls is None:
+                raise CheckpointError(f"layer {name!r} is quantized in the checkpoint but is a "
+                                      f"{type(float_module).__name__} in the model, which mono-quant does not replace")
+            _check_weight_shape(layer, float_module, name)
+            stored = _stored_weight(layer, own, float_module.weight.dtype)
+            qmodule = cls.from_float(float_module, stored)
+            bias = None
+            if float_module.bias is not None:
+                bias = self._tensors.get(layer_key(layer["name"], "bias"))
+                if bias is None:
+                    raise CheckpointError(f"missing key {layer_key(layer['name'], 'bias')!r} for layer {name!r}")
+            qmodule._set_bias(bias)
+            extra = set(own) - set(qmodule.state_dict())
+            if extra:
+                raise CheckpointError(f"layer {name!r}: unexpected tensors {sorted(extra)} for {cls.__name__}")
+        qmodule.train(float_module.training)
+        return qmodule
+
+    def _map_remaining(self, model, modules, memo, consumed, replaced_paths, where) -> None:
+        """Put each remaining file tensor in ``memo`` in place of the model's
+        parameter / buffer, so deepcopy builds the model around them.
+        Raises CheckpointError listing missing / unexpected keys and shape mismatches."""
+        def replaced(path: str) -> bool:
+            return any(path == p or p == "" or path.startswith(p + ".") for p in replaced_paths)
+
+        expected: Dict[str, torch.Tensor] = OrderedDict()
+        for path, m in modules.items():
+            if replaced(path) or id(m) in memo:
+                continue
+            for pname, p in m._parameters.items():
+                if p is not None:
+                    expected[layer_key(path, pname)] = p
+            for bname, b in m._buffers.items():
+                if b is not None and bname not in m._non_persistent_buffers_set:
+                    expected[layer_key(path, bname)] = b
+        available = [k for k in self._tensors if k not in consumed]
+        missing = [k for k in expected if k not in self._tensors or k in consumed]
+        unexpected = [k for k in available if k not in expected]
+        mismatched = [f"{k}: {list(self._tensors[k].shape)} in the file, {list(t.shape)} in the model"
+                      for k, t in expected.items()
+                      if k in self._tensors and k not in consumed and not _is_uninitialized(t)
+                      and tuple(self._tensors[k].shape) != tuple(t.shape)]
+        if missing or unexpected or mismatched:
+            parts = []
+            for label, keys in (("missing keys", missing), ("unexpected keys", unexpected),
+                                ("shape mismatches", mismatched)):
+                if keys:
+                    parts.append(f"{label} ({len(keys)}): {keys[:10]}{' ...' if len(keys) > 10 else ''}")
+            raise CheckpointError(f"{where}the model does not match the checkpoint: " + "; ".join(parts))
+        for key, old in expected.items():
+            new = self._tensors[key]
+            if id(old) in memo:  # tied in the model: the first name wins, the data must agree
+                first = memo[id(old)]
+                if first.data_ptr() != new.data_ptr() and not torch.equal(first.detach(), new):
+                    raise CheckpointError(f"{where}{key!r} is tied to another parameter in the model "
+                                          f"but holds different values in the checkpoint")
+                continue
+            if isinstance(old, nn.Parameter):
+                new = nn.Parameter(new, requires_grad=old.requires_grad and (new.is_floating_point()
+                                                                            or new.is_complex()))
+            memo[id(old)] = new
+
+
+def _is_uninitialized(t) -> bool:
+    return isinstance(t, nn.parameter.UninitializedTensorMixin)
+
+
+def _check_weight_shape(layer, float_module: nn.Module, name: str) -> None:
+    weight = getattr(float_module, "weight", None)
+    if isinstance(weight, torch.Tensor) and not _is_uninitialized(weight) and list(weight.shape) != layer["shape"]:
+        raise CheckpointError(f"layer {name!r} has weight shape {list(weight.shape)} in the model, "
+                              f"{layer['shape']} in the checkpoint")
+
+
+def _rebuild_saved(layer, own: Dict[str, torch.Tensor]) -> nn.Module:
+    cls = quantized_class(layer["class"])
+    try:
+        return cls.from_saved(layer["init_kwargs"], layer["attrs"], own)
+    except (TypeError, ValueError, KeyError) as exc:
+        raise CheckpointError(f"layer {layer['name'] or '<root>'!r}: cannot rebuild {cls.__name__}: {exc}") from exc
+
+
+def _stored_weight(layer, own: Dict[str, torch.Tensor], orig_dtype: torch.dtype):
+    """The weight of a state_dict-kind layer as quantize() made it: a QuantizedWeight
+    (integer formats, from ``weight_qdata`` / ``weight_scale`` / ``weight_zero_point``)
+    or the cast tensor (``weight``).  The inverse of quantize_state_dict_entry."""
+    name = layer["name"] or "<root>"
+    try:
+        qtype = get_qtype(layer["dtype"])
+    except ValueError as exc:
+        raise CheckpointError(f"layer {name!r}: {exc}") from None
+    shape = list(layer["shape"])
+    if qtype.kind != "int":
+        weight = own.get("weight")
+        if weight is None or weight.dtype != qtype.storage or list(weight.shape) != shape:
+            raise CheckpointError(f"layer {name!r}: a {qtype.name} layer needs 'weight' of {qtype.storage} {shape}")
+        return weight
+    need = ("weight_qdata", "weight_scale", "weight_zero_point")
+    if any(n not in own for n in need):
+        raise CheckpointError(f"layer {name!r}: a {qtype.name} layer needs tensors {list(need)}, has {sorted(own)}")
+    qdata, scale, zero_point = (own[n] for n in need)
+    axis = layer["axis"]
+    channels = 1 if axis is None else (shape[axis] if -len(shape) <= axis < len(shape) else -1)
+    if (qdata.dtype != qtype.storage or list(qdata.shape) != shape or scale.dtype != torch.float32
+            or zero_point.dtype != torch.int32 or scale.numel() != channels or zero_point.numel() != channels):
+        raise CheckpointError(f"layer {name!r}: inconsistent {qtype.name} tensors (qdata {qdata.dtype}"
+                              f"{list(qdata.shape)}, scale {scale.dtype}{list(scale.shape)}, zero_point "
+                              f"{zero_point.dtype}{list(zero_point.shape)}, axis {axis}, shape {shape})")
+    return QuantizedWeight(qdata, scale, zero_point, axis, qtype.name, layer["scheme"] == "symmetric", orig_dtype)
+
+
+def dequantize_layer(kind: str, layer: Mapping[str, Any], own: Dict[str, torch.Tensor],
+                     dtype: Optional[torch.dtype] = None) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+    """(float weight, bias or None) of one manifest layer from its own tensors; the weight
+    in ``dtype``, default its original dtype (float32 when unknown)."""
+    orig = dtype_from_name(layer["orig_dtype"]) if layer.get("orig_dtype") else torch.float32
+    target = dtype or orig
+    if kind == "model":
+        module = _rebuild_saved(layer, own)
+        return module.dequantized_weight(target), own.get("bias")
+    stored = _stored_weight(layer, own, orig)
+    weight = stored.dequantize(target) if isinstance(stored, QuantizedWeight) else stored.to(target)
+    return weight, None  # a state_dict layer's bias is a separate entry
+
+
+def _warn_meta(model: nn.Module) -> None:
+    left = [n for n, t in list(model.named_parameters()) + list(model.named_buffers()) if t.device.type == "meta"]
+    if left:
+        warnings.warn(f"{len(left)} tensors of the loaded model are still on the meta device (non-persistent "
+                      f"buffers of a meta skeleton?): {left[:5]}", stacklevel=3)

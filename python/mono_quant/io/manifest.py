@@ -1,0 +1,191 @@
+"""The JSON manifest stored in the safetensors metadata: format version,
+schema, validation, and the layer entries save() and quantize_checkpoint() write.
+
+Layout (``__metadata__["mono_quant"]``, a JSON string)::
+
+    {"format": "mono-quant", "format_version": 1, "mono_quant_version": "0.1.0",
+     "kind": "model" | "state_dict",
+     "layers": [{"name": "fc1", "type": "Linear", "dtype": "int8",
+                 "scheme": "symmetric" | "asymmetric" | "cast", "axis": 0, "group_size": null,
+                 "shape": [out, in], "orig_dtype": "float32",
+                 "tensors": {"weight_qdata": {"dtype": "int8", "shape": [out, in]}, ...},
+                 # kind "model" only: how to rebuild the module
+                 "class": "QuantizedLinear", "init_kwargs": {...}, "attrs": {...}, "aliases": ["fc1_again"]}],
+     "tensor_aliases": {"lm_head.weight": "embed.weight"},
+     "config": {...} | null, "skipped": [[name, type, reason], ...]}
+
+A layer's tensors are stored under ``name + "." + local name``.  Kind
+"model" files come from ``save(quantized_model)`` and rebuild each module with
+``cls.from_saved(init_kwargs, attrs, tensors)``; kind "state_dict" files come
+from ``quantize(state_dict)`` / ``quantize_checkpoint()`` and are built into a
+model from its float skeleton, as ``quantize(state_dict, model=...)`` does.
+``tensor_aliases`` lists names whose tensor is stored once under another name
+(tied weights, modules shared under several names).  A safetensors file
+without a manifest reads as format version 0: a plain float state_dict.
+"""
+from __future__ import annotations
+
+import json
+from typing import Any, Dict, List, Mapping, Optional, Type
+
+import torch
+
+from .container import SafetensorsHeader
+from .dtypes import dtype_name
+from .errors import CheckpointError
+
+__all__ = ["FORMAT_NAME", "FORMAT_VERSION", "METADATA_KEY", "layer_key", "parse_manifest", "dump_manifest",
+           "check_against_header", "quantized_class", "new_manifest", "tensor_spec"]
+
+FORMAT_NAME = "mono-quant"
+FORMAT_VERSION = 1
+METADATA_KEY = "mono_quant"
+_KINDS = ("model", "state_dict")
+_SCHEMES = ("symmetric", "asymmetric", "cast")
+
+
+def layer_key(name: str, local: str) -> str:
+    """Full state_dict key of a layer's tensor (the root module has name "")."""
+    return f"{name}.{local}" if name else local
+
+
+def tensor_spec(t: torch.Tensor) -> Dict[str, Any]:
+    return {"dtype": dtype_name(t.dtype), "shape": list(t.shape)}
+
+
+def new_manifest(kind: str, config=None, skipped=()) -> Dict[str, Any]:
+    from .. import __version__
+
+    return {
+        "format": FORMAT_NAME, "format_version": FORMAT_VERSION, "mono_quant_version": __version__,
+        "kind": kind, "layers": [], "tensor_aliases": {},
+        "config": None if config is None else config.to_dict(),
+        "skipped": [list(s) for s in skipped],
+    }
+
+
+def dump_manifest(manifest: Mapping[str, Any]) -> Dict[str, str]:
+    """The safetensors ``__metadata__`` (str -> str) holding the manifest.
+    Raises TypeError naming the value when something isn't JSON-able."""
+    try:
+        text = json.dumps(manifest, separators=(",", ":"), allow_nan=True)
+    except (TypeError, ValueError) as exc:
+        raise TypeError(f"cannot store the manifest as JSON: {exc}") from None
+    return {"format": "pt", METADATA_KEY: text}
+
+
+def quantized_class(name: str) -> Type:
+    """The registered quantized module class called ``name`` (never an arbitrary import)."""
+    from ..modules.registry import QMODULES
+
+    by_name = {cls.__name__: cls for cls in QMODULES.values()}
+    if name not in by_name:
+        raise CheckpointError(f"unknown quantized module class {name!r} (this mono-quant knows "
+                              f"{', '.join(sorted(by_name))}; written by a newer version?)")
+    return by_name[name]
+
+
+# ---- validation -------------------------------------------------------------------------------
+
+
+def parse_manifest(metadata: Optional[Mapping[str, str]], path: str = "") -> Dict[str, Any]:
+    """The validated manifest of a file's metadata.  A file without one gives
+    an empty "state_dict" manifest of format version 0.  Raises
+    :class:`CheckpointError` for invalid JSON, a wrong schema, or a newer
+    format version."""
+    where = f"{path}: " if path else ""
+    if not metadata or METADATA_KEY not in metadata:
+        return {"format": FORMAT_NAME, "format_version": 0, "mono_quant_version": None, "kind": "state_dict",
+                "layers": [], "tensor_aliases": {}, "config": None, "skipped": []}
+    try:
+        m = json.loads(metadata[METADATA_KEY])
+    except json.JSONDecodeError as exc:
+        raise CheckpointError(f"{where}corrupted manifest (not valid JSON: {exc})") from None
+    _require(isinstance(m, dict), where, "the manifest is not a JSON object")
+    _require(m.get("format") == FORMAT_NAME, where, f"manifest format is {m.get('format')!r}, not {FORMAT_NAME!r}")
+    version = m.get("format_version")
+    _require(isinstance(version, int) and not isinstance(version, bool) and version >= 1, where,
+             f"bad format_version {version!r}")
+    if version > FORMAT_VERSION:
+        raise CheckpointError(
+            f"{where}written by mono-quant {m.get('mono_quant_version', '?')} in format version {version}; "
+            f"this mono-quant reads format versions up to {FORMAT_VERSION}: upgrade mono-quant to load it")
+    m.setdefault("tensor_aliases", {})
+    m.setdefault("config", None)
+    m.setdefault("skipped", [])
+    _require(m.get("kind") in _KINDS, where, f"kind must be one of {_KINDS}, got {m.get('kind')!r}")
+    aliases = m["tensor_aliases"]
+    _require(isinstance(aliases, dict) and all(isinstance(k, str) and isinstance(v, str) for k, v in aliases.items()),
+             where, "tensor_aliases must map names to names")
+    _require(isinstance(m.get("layers"), list), where, "layers must be a list")
+    names = set()
+    for i, layer in enumerate(m["layers"]):
+        _check_layer(layer, m["kind"], f"{where}layer #{i}")
+        for name in [layer["name"]] + layer.get("aliases", []):
+            _require(name not in names, where, f"layer {name!r} is listed twice")
+            names.add(name)
+    return m
+
+
+def _require(ok: bool, where: str, message: str) -> None:
+    if not ok:
+        raise CheckpointError(f"{where}bad manifest: {message}")
+
+
+def _is_shape(value) -> bool:
+    return isinstance(value, list) and all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in value)
+
+
+def _check_layer(layer, kind: str, where: str) -> None:
+    _require(isinstance(layer, dict), where, "is not an object")
+    where = f"{where} ({layer.get('name')!r})"
+    _require(isinstance(layer.get("name"), str), where, "name must be a string")
+    _require(isinstance(layer.get("dtype"), str), where, "dtype must be a string")
+    _require(layer.get("scheme") in _SCHEMES, where, f"scheme must be one of {_SCHEMES}")
+    _require(layer.get("axis") is None or isinstance(layer.get("axis"), int), where, "axis must be an int or null")
+    _require(layer.get("group_size") is None or isinstance(layer.get("group_size"), int), where,
+             "group_size must be an int or null")
+    _require(_is_shape(layer.get("shape")), where, "shape must be a list of non-negative ints")
+    _require(layer.get("orig_dtype") is None or isinstance(layer.get("orig_dtype"), str), where,
+             "orig_dtype must be a string or null")
+    tensors = layer.get("tensors")
+    _require(isinstance(tensors, dict) and tensors, where, "tensors must be a non-empty object")
+    for local, spec in tensors.items():
+        _require(isinstance(local, str) and local and "." not in local, where, f"bad tensor name {local!r}")
+        _require(isinstance(spec, dict) and isinstance(spec.get("dtype"), str) and _is_shape(spec.get("shape")),
+                 where, f"tensor {local!r} needs a dtype and a shape")
+    if kind == "model":
+        _require(isinstance(layer.get("class"), str), where, "class must be a string")
+        _require(isinstance(layer.get("init_kwargs"), dict), where, "init_kwargs must be an object")
+        _require(isinstance(layer.get("attrs"), dict), where, "attrs must be an object")
+        aliases = layer.setdefault("aliases", [])
+        _require(isinstance(aliases, list) and all(isinstance(a, str) for a in aliases), where,
+                 "aliases must be a list of names")
+
+
+def check_against_header(manifest: Mapping[str, Any], header: SafetensorsHeader) -> None:
+    """Raise :class:`CheckpointError` when the manifest and the tensors in the
+    file disagree: a layer tensor missing or with another dtype/shape, an
+    alias to a missing tensor, or an alias shadowing a stored tensor."""
+    stored = header.tensors
+    problems: List[str] = []
+    for alias, target in manifest["tensor_aliases"].items():
+        if alias in stored:
+            problems.append(f"{alias!r} is both stored and an alias")
+        if target not in stored:
+            problems.append(f"alias {alias!r} points to missing tensor {target!r}")
+    for layer in manifest["layers"]:
+        for name in [layer["name"]] + layer.get("aliases", []):
+            for local, spec in layer["tensors"].items():
+                key = layer_key(name, local)
+                target = manifest["tensor_aliases"].get(key, key)
+                entry = stored.get(target)
+                if entry is None:
+                    problems.append(f"layer tensor {key!r} is missing")
+                elif dtype_name(entry.dtype) != spec["dtype"] or list(entry.shape) != spec["shape"]:
+                    problems.append(f"{key!r} is {dtype_name(entry.dtype)}{list(entry.shape)} in the file, "
+                                    f"{spec['dtype']}{spec['shape']} in the manifest")
+    if problems:
+        more = f" (and {len(problems) - 10} more)" if len(problems) > 10 else ""
+        raise CheckpointError(f"{header.path}: the manifest disagrees with the tensors: "
+                              f"{'; '.join(problems[:10])}{more}")

@@ -1,0 +1,128 @@
+"""save(): one .safetensors file with every tensor and the manifest."""
+from __future__ import annotations
+
+import os
+from collections import OrderedDict
+from pathlib import Path
+from typing import Dict, Mapping, Tuple
+
+import torch
+from torch import nn
+
+from ..modules.registry import QuantizedModule
+from .atomic import atomic_output
+from .layers import guess_orig_dtype, module_layer_entry, state_dict_layer_entry
+from .manifest import dump_manifest, new_manifest
+
+__all__ = ["save", "dedupe_tensors"]
+
+
+def save(model_or_result, path, *, overwrite: bool = False) -> Path:
+    """Save a quantized model, a :class:`QuantizationResult` (of a model or of
+    a state_dict) or a plain state_dict to one ``.safetensors`` file.
+
+    Every tensor is stored at its real size (int8 data, scales, zero-points,
+    float parameters, persistent buffers); tensors shared by several names
+    (tied weights, shared modules) are stored once.  The manifest in the
+    metadata describes every quantized layer (see ``mono_quant.io.manifest``).
+    The write is atomic; an existing ``path`` is only replaced with
+    ``overwrite=True``.  Returns the path.
+
+    Raises ``TypeError`` for another input or a non-tensor state entry,
+    ``ValueError`` for tensors on the ``meta`` device, ``FileExistsError``
+    when ``path`` exists, ``OSError`` for write failures (nothing is left
+    behind).
+    """
+    from ..api import QuantizationResult
+
+    if isinstance(model_or_result, QuantizationResult):
+        result = model_or_result
+        if result.model is not None:
+            manifest, tensors = _model_payload(result.model, result.config, result.skipped)
+        else:
+            manifest, tensors = _state_dict_payload(result.state_dict(), result)
+    elif isinstance(model_or_result, nn.Module):
+        manifest, tensors = _model_payload(model_or_result, None, ())
+    elif isinstance(model_or_result, Mapping):
+        manifest, tensors = new_manifest("state_dict"), _check_tensors(model_or_result)
+    else:
+        raise TypeError(f"save() takes a quantized model, a QuantizationResult or a state_dict, "
+                        f"got {type(model_or_result).__name__}")
+    unique, aliases = dedupe_tensors(tensors)
+    manifest["tensor_aliases"] = aliases
+    metadata = dump_manifest(manifest)
+
+    from safetensors.torch import save_file
+
+    path = Path(os.fspath(path))
+    with atomic_output(path, overwrite) as tmp:
+        save_file(unique, os.fspath(tmp), metadata=metadata)
+    return path
+
+
+def _check_tensors(sd: Mapping) -> Dict[str, torch.Tensor]:
+    out = OrderedDict()
+    for key, value in sd.items():
+        if not isinstance(key, str):
+            raise TypeError(f"state_dict keys must be str, got {type(key).__name__} ({key!r})")
+        if not isinstance(value, torch.Tensor):
+            raise TypeError(f"cannot save {key!r}: a {type(value).__name__}, not a tensor "
+                            f"(safetensors stores tensors only)")
+        if value.device.type == "meta":
+            raise ValueError(f"cannot save {key!r}: it is on the meta device (no data)")
+        out[key] = value.detach()
+    return out
+
+
+def _model_payload(model: nn.Module, config, skipped) -> Tuple[dict, Dict[str, torch.Tensor]]:
+    manifest = new_manifest("model", config, skipped)
+    names_of: Dict[int, list] = {}
+    modules = {}
+    for name, m in model.named_modules(remove_duplicate=False):
+        names_of.setdefault(id(m), []).append(name)
+        modules[id(m)] = m
+    for key, m in modules.items():
+        if isinstance(m, QuantizedModule):
+            manifest["layers"].append(module_layer_entry(m, names_of[key]))
+    return manifest, _check_tensors(model.state_dict())
+
+
+def _state_dict_payload(sd: Mapping[str, torch.Tensor], result) -> Tuple[dict, Dict[str, torch.Tensor]]:
+    manifest = new_manifest("state_dict", result.config, result.skipped)
+    for layer in result.report.layers:
+        prefix = f"{layer.name}." if layer.name else ""
+        own = {k[len(prefix):]: v for k, v in sd.items()
+               if k.startswith(prefix) and "." not in k[len(prefix):] and k[len(prefix):].startswith("weight")}
+        manifest["layers"].append(state_dict_layer_entry(layer, result.config, own, guess_orig_dtype(layer)))
+    return manifest, _check_tensors(sd)
+
+
+def dedupe_tensors(tensors: Mapping[str, torch.Tensor]) -> Tuple[Dict[str, torch.Tensor], Dict[str, str]]:
+    """Split a state_dict into tensors to store and aliases (name -> stored name).
+
+    Names holding the very same view of one storage (tied weights, modules
+    shared under several names) become aliases of the first name.  Other
+    tensors overlapping a storage already kept are cloned (safetensors refuses
+    shared memory); non-contiguous or off-CPU tensors are made contiguous CPU
+    copies.  Values are never changed.
+    """
+    unique: Dict[str, torch.Tensor] = OrderedDict()
+    aliases: Dict[str, str] = {}
+    views: Dict[tuple, str] = {}
+    storages = set()
+    for name, t in tensors.items():
+        storage = (t.device, t.untyped_storage().data_ptr())
+        view = storage + (t.storage_offset(), tuple(t.shape), t.stride(), t.dtype)
+        if view in views and t.numel():
+            aliases[name] = views[view]
+            continue
+        if storage in storages and t.numel():
+            stored = t.clone(memory_format=torch.contiguous_format)
+        else:
+            stored = t.contiguous()
+        if stored.device.type != "cpu":
+            stored = stored.cpu()
+        unique[name] = stored
+        views.setdefault(view, name)
+        storages.add(storage)
+    return unique, aliases

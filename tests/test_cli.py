@@ -1,0 +1,153 @@
+"""The mono-quant command: quantize / inspect / compare output and exit status (demo is covered elsewhere)."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+from safetensors.torch import save_file
+from torch import nn
+
+import mono_quant as mq
+from mono_quant.cli import main
+
+
+@pytest.fixture()
+def checkpoint(tmp_path):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(32, 64), nn.ReLU(), nn.Linear(64, 16), nn.LayerNorm(16))
+    path = tmp_path / "model.safetensors"
+    save_file(model.state_dict(), os.fspath(path))
+    return path
+
+
+def test_quantize_inspect_compare(tmp_path, checkpoint, capsys):
+    dst = tmp_path / "q.safetensors"
+    assert main(["quantize", str(checkpoint), "-o", str(dst), "--exclude", "2"]) == 0
+    out, err = capsys.readouterr()
+    assert f"{dst}: 1 layers quantized, 1 skipped" in out and err == ""  # stderr is not a TTY: no progress bar
+    qsd = mq.load(dst)
+    assert [layer["name"] for layer in qsd.layers] == ["0"] and qsd["0.weight_qdata"].dtype == torch.int8
+
+    assert main(["inspect", str(dst)]) == 0
+    out, _ = capsys.readouterr()
+    lines = out.splitlines()
+    assert lines[0].split() == ["name", "kind", "dtype", "shape", "bytes"]
+    assert any(line.split()[:2] == ["0", "Linear"] and "int8" in line and "64x32" in line for line in lines)
+    assert any(line.split()[:4] == ["2.weight", "tensor", "float32", "16x64"] for line in lines)
+    assert "format v1, state_dict; 1 quantized layers" in lines[-1]
+
+    assert main(["inspect", str(dst), "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["totals"]["quantized_layers"] == 1
+    assert info["layers"][0]["bytes"] == 64 * 32 + 64 * 4 + 64 * 4
+    assert info["totals"]["file_bytes"] == dst.stat().st_size
+
+    assert main(["compare", str(checkpoint), str(dst)]) == 0
+    out, _ = capsys.readouterr()
+    row = next(line for line in out.splitlines() if line.startswith("0.weight"))
+    assert "int8" in row and float(row.split()[-1]) > 30  # SQNR in dB
+    assert "6 tensors compared" in out.splitlines()[-1]
+    assert main(["compare", str(checkpoint), str(dst), "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    by_name = {r["name"]: r for r in result["rows"]}
+    assert by_name["2.weight"]["sqnr_db"] == "inf" or by_name["2.weight"]["sqnr_db"] == float("inf")
+    assert by_name["0.weight"]["bytes_b"] < by_name["0.weight"]["bytes_a"] / 3
+
+
+def test_quantize_options_and_failures(tmp_path, checkpoint, capsys):
+    dst = tmp_path / "q.safetensors"
+    assert main(["quantize", str(checkpoint), "-o", str(dst), "--dtype", "bf16", "--quiet"]) == 0
+    assert capsys.readouterr() == ("", "")
+    assert mq.load(dst)["0.weight"].dtype == torch.bfloat16
+
+    assert main(["quantize", str(checkpoint), "-o", str(dst)]) == 1  # exists
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "already exists" in err and "--force" in err
+    assert main(["quantize", str(checkpoint), "-o", str(dst), "--force"]) == 0
+    assert mq.load(dst)["0.weight_qdata"].dtype == torch.int8
+    capsys.readouterr()
+
+    config = tmp_path / "mq.toml"
+    config.write_text('dtype = "fp16"\nexclude = ["0"]\n')
+    assert main(["quantize", str(checkpoint), "-o", str(tmp_path / "c.safetensors"), "--config", str(config)]) == 0
+    qsd = mq.load(tmp_path / "c.safetensors")
+    assert [layer["name"] for layer in qsd.layers] == ["2"] and qsd["2.weight"].dtype == torch.float16
+    capsys.readouterr()
+
+    for argv, message in [
+        (["quantize", str(checkpoint), "-o", str(tmp_path / "x.safetensors"), "--dtype", "int3"], "unknown dtype"),
+        (["quantize", str(tmp_path / "missing"), "-o", str(tmp_path / "x.safetensors")], "does not exist"),
+        (["inspect", str(checkpoint.parent / "missing.safetensors")], "No such file"),
+        (["compare", str(checkpoint), str(tmp_path / "missing.safetensors")], "does not exist"),
+    ]:
+        assert main(argv) == 1
+        err = capsys.readouterr().err
+        assert err.startswith(f"mono-quant {argv[0]}: error:") and message in err and err.count("\n") == 1
+    (tmp_path / "bad.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{broken")
+    assert main(["inspect", str(tmp_path / "bad.safetensors")]) == 1
+    assert "truncated" in capsys.readouterr().err
+    assert not (tmp_path / "x.safetensors").exists()
+
+
+def test_inspect_saved_model_with_aliases(tmp_path, capsys):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 8), nn.ReLU())
+    model.append(model[0])  # the same Linear twice
+    qmodel, _ = mq.quantize(model)
+    mq.save(qmodel, tmp_path / "m.safetensors")
+    assert main(["inspect", str(tmp_path / "m.safetensors")]) == 0
+    out = capsys.readouterr().out
+    assert "format v1, model; 1 quantized layers" in out and "aliased" in out
+
+
+def test_python_dash_m(tmp_path, checkpoint):
+    dst = tmp_path / "q.safetensors"
+    run = subprocess.run([sys.executable, "-m", "mono_quant", "quantize", str(checkpoint), "-o", str(dst)],
+                         capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
+    assert "layers quantized" in run.stdout and run.stderr == ""
+    run = subprocess.run([sys.executable, "-m", "mono_quant", "inspect", str(tmp_path / "nope.safetensors")],
+                         capture_output=True, text=True, timeout=120)
+    assert run.returncode == 1 and run.stderr.startswith("mono-quant inspect: error:")
+    assert run.stderr.count("\n") == 1
+
+
+def test_compare_saved_model_against_float(tmp_path, checkpoint, capsys):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(32, 64), nn.ReLU(), nn.Linear(64, 16), nn.LayerNorm(16))
+    qmodel, _ = mq.quantize(model, dtype="bf16")
+    mq.save(qmodel, tmp_path / "m.safetensors")
+    assert main(["compare", str(checkpoint), str(tmp_path / "m.safetensors"), "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    rows = {r["name"]: r for r in result["rows"]}
+    assert set(rows) == {"0.weight", "0.bias", "2.weight", "2.bias", "3.weight", "3.bias"}
+    assert all(r["status"] == "ok" for r in rows.values())
+    assert rows["0.weight"]["dtype_b"] == "bf16" and rows["0.weight"]["bytes_b"] == 64 * 32 * 2
+    assert 40 < rows["0.weight"]["sqnr_db"] < 80 and rows["0.bias"]["sqnr_db"] == float("inf")
+    assert result["totals"]["only_in_a"] == 0 and result["totals"]["only_in_b"] == 0
+
+
+def test_progress_bar_only_on_a_tty(tmp_path, checkpoint, monkeypatch, capsys):
+    import io
+
+    class FakeTTY(io.StringIO):
+        def isatty(self):
+            return True
+
+    fake = FakeTTY()
+    monkeypatch.setattr(sys, "stderr", fake)
+    assert main(["quantize", str(checkpoint), "-o", str(tmp_path / "a.safetensors")]) == 0
+    assert "100.0%" in fake.getvalue() and "GB/s" in fake.getvalue()
+    fake = FakeTTY()
+    monkeypatch.setattr(sys, "stderr", fake)
+    assert main(["quantize", str(checkpoint), "-o", str(tmp_path / "b.safetensors"), "--quiet"]) == 0
+    assert fake.getvalue() == ""
+
+
+def test_inspect_plain_safetensors(checkpoint, capsys):
+    assert main(["inspect", str(checkpoint)]) == 0
+    out = capsys.readouterr().out
+    assert "plain safetensors (no manifest)" in out and "0 quantized layers" in out
+    assert any(line.split()[:4] == ["0.weight", "tensor", "float32", "64x32"] for line in out.splitlines())
