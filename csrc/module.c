@@ -332,6 +332,207 @@ fail:
     return result;
 }
 
+/* ---- int8 matmul: packing and the linear entry points ------------------------ */
+
+/* The kernels keep int32 accumulators: |255 * 128 * kp| and the zero-point
+ * correction stay far inside int32 up to this K. */
+#define MQ_MAX_LINEAR_K 32768
+
+PyDoc_STRVAR(pack_int8_doc,
+             "pack_int8(w) -> (packed, w_sum, has_m128)\n\n"
+             "Packs a 2-D int8 weight [n, k] into panels of 16 output channels with K\n"
+             "interleaved in groups of 4 (int8, 1-D, round_up(n,16) * round_up(k,4) bytes,\n"
+             "zero padded; see docs/formats.md), its column sums (int32 [round_up(n,16)])\n"
+             "and whether any weight is -128.");
+
+static PyObject *py_pack_int8(PyObject *self, PyObject *args, PyObject *kw) {
+    static char *kwlist[] = {"w", NULL};
+    static const int i8[] = {NPY_INT8};
+    PyObject *w_obj, *result = NULL;
+    PyArrayObject *w = NULL, *packed = NULL, *w_sum = NULL;
+    (void)self;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "O:pack_int8", kwlist, &w_obj)) return NULL;
+    if (!(w = contiguous_array(w_obj, "w", i8, 1, 2, "int8"))) goto fail;
+    npy_intp n = PyArray_DIM(w, 0), k = PyArray_DIM(w, 1);
+    npy_intp np_ = mq_round_up(n, MQ_PANEL), size = np_ * mq_round_up(k, MQ_KGROUP);
+    if (!(packed = (PyArrayObject *)PyArray_EMPTY(1, &size, NPY_INT8, 0))) goto fail;
+    if (!(w_sum = (PyArrayObject *)PyArray_EMPTY(1, &np_, NPY_INT32, 0))) goto fail;
+    int has_m128;
+    Py_BEGIN_ALLOW_THREADS
+    has_m128 = mq_pack_int8(PyArray_DATA(w), n, k, PyArray_DATA(packed), PyArray_DATA(w_sum));
+    Py_END_ALLOW_THREADS
+    result = Py_BuildValue("OON", packed, w_sum, PyBool_FromLong(has_m128));
+fail:
+    Py_XDECREF(w);
+    Py_XDECREF(packed);
+    Py_XDECREF(w_sum);
+    return result;
+}
+
+/* The packed weight's companions, checked against n and k.  New references
+ * in *packed, *scale, *zp (NULL when all zero-points are 0), *bias (NULL
+ * when None), *w_sum (when w_sum_obj is given). */
+static int linear_weight_arrays(PyObject *packed_obj, PyObject *w_sum_obj, PyObject *scale_obj, PyObject *zp_obj,
+                                PyObject *bias_obj, npy_intp n, npy_intp k, PyArrayObject **packed,
+                                PyArrayObject **w_sum, PyArrayObject **scale, PyArrayObject **zp,
+                                PyArrayObject **bias) {
+    static const int i8[] = {NPY_INT8}, i32[] = {NPY_INT32}, f32[] = {NPY_FLOAT32};
+    if (n < 1) {
+        PyErr_Format(PyExc_ValueError, "out_features must be >= 1, got %zd", (Py_ssize_t)n);
+        return 0;
+    }
+    if (k < 1 || k > MQ_MAX_LINEAR_K) {
+        PyErr_Format(PyExc_ValueError, "in_features must be in 1..%d for the int8 kernels, got %zd",
+                     MQ_MAX_LINEAR_K, (Py_ssize_t)k);
+        return 0;
+    }
+    npy_intp np_ = mq_round_up(n, MQ_PANEL);
+    if (!(*packed = contiguous_array(packed_obj, "packed", i8, 1, 1, "int8"))) return 0;
+    if (PyArray_DIM(*packed, 0) != np_ * mq_round_up(k, MQ_KGROUP)) {
+        PyErr_Format(PyExc_ValueError, "packed has %zd bytes, expected %zd for a [%zd, %zd] weight",
+                     (Py_ssize_t)PyArray_DIM(*packed, 0), (Py_ssize_t)(np_ * mq_round_up(k, MQ_KGROUP)),
+                     (Py_ssize_t)n, (Py_ssize_t)k);
+        return 0;
+    }
+    if (w_sum_obj) {
+        if (!(*w_sum = contiguous_array(w_sum_obj, "w_sum", i32, 1, 1, "int32"))) return 0;
+        if (PyArray_DIM(*w_sum, 0) != np_) {
+            PyErr_Format(PyExc_ValueError, "w_sum must have %zd entries, got %zd", (Py_ssize_t)np_,
+                         (Py_ssize_t)PyArray_DIM(*w_sum, 0));
+            return 0;
+        }
+    }
+    if (!(*scale = contiguous_array(scale_obj, "w_scale", f32, 1, 1, "float32"))) return 0;
+    if (PyArray_DIM(*scale, 0) != n) {
+        PyErr_Format(PyExc_ValueError, "w_scale must have %zd entries (out_features), got %zd", (Py_ssize_t)n,
+                     (Py_ssize_t)PyArray_DIM(*scale, 0));
+        return 0;
+    }
+    if (!(*zp = contiguous_array(zp_obj, "w_zero_point", i32, 1, 1, "int32"))) return 0;
+    if (PyArray_DIM(*zp, 0) != n) {
+        PyErr_Format(PyExc_ValueError, "w_zero_point must have %zd entries, got %zd", (Py_ssize_t)n,
+                     (Py_ssize_t)PyArray_DIM(*zp, 0));
+        return 0;
+    }
+    const int32_t *z = PyArray_DATA(*zp);
+    int any = 0;
+    for (npy_intp i = 0; i < n; i++) {
+        if (z[i] < -128 || z[i] > 127) {
+            PyErr_Format(PyExc_ValueError, "w_zero_point[%zd] = %d is outside int8's -128..127", (Py_ssize_t)i, z[i]);
+            return 0;
+        }
+        any |= z[i] != 0;
+    }
+    if (!any) Py_CLEAR(*zp);
+    if (bias_obj != Py_None) {
+        if (!(*bias = contiguous_array(bias_obj, "bias", f32, 1, 1, "float32"))) return 0;
+        if (PyArray_DIM(*bias, 0) != n) {
+            PyErr_Format(PyExc_ValueError, "bias must have %zd entries, got %zd", (Py_ssize_t)n,
+                         (Py_ssize_t)PyArray_DIM(*bias, 0));
+            return 0;
+        }
+    }
+    return 1;
+}
+
+static void *data_or_null(PyArrayObject *a) { return a ? PyArray_DATA(a) : NULL; }
+
+PyDoc_STRVAR(linear_int8_doc,
+             "linear_int8(x, packed, w_sum, w_scale, w_zero_point, bias, out_features, w_has_m128,\n"
+             "            mode='dynamic', nthreads=1) -> float32 array [m, out_features]\n\n"
+             "y = x @ W.T + bias with W the packed int8 weight (see pack_int8).  x is a 2-D\n"
+             "float32 / float16 / int16 (bf16 bits) array whose rows may be strided.\n"
+             "mode 'dynamic': x quantized per row to int8 (-127..127), int32 accumulation,\n"
+             "one fused epilogue.  mode 'weight_only': x in fp32 times W dequantized in\n"
+             "registers.  mode 'int8_acc': x is already int8 and the exact int32\n"
+             "accumulators sum_k x * (w - zero_point) are returned (int32 array; tests).");
+
+static PyObject *py_linear_int8(PyObject *self, PyObject *args, PyObject *kw) {
+    static char *kwlist[] = {"x", "packed", "w_sum", "w_scale", "w_zero_point", "bias", "out_features",
+                             "w_has_m128", "mode", "nthreads", NULL};
+    static const int i8[] = {NPY_INT8};
+    PyObject *x_obj, *packed_obj, *w_sum_obj, *scale_obj, *zp_obj, *bias_obj, *result = NULL;
+    Py_ssize_t n;
+    int has_m128, nthreads = 1;
+    const char *mode = "dynamic";
+    PyArrayObject *x = NULL, *packed = NULL, *w_sum = NULL, *scale = NULL, *zp = NULL, *bias = NULL, *y = NULL;
+    (void)self;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OOOOOOnp|si:linear_int8", kwlist, &x_obj, &packed_obj, &w_sum_obj,
+                                     &scale_obj, &zp_obj, &bias_obj, &n, &has_m128, &mode, &nthreads))
+        return NULL;
+    if (!check_threads(nthreads)) return NULL;
+    int is_acc = !strcmp(mode, "int8_acc"), is_wo = !strcmp(mode, "weight_only");
+    if (!is_acc && !is_wo && strcmp(mode, "dynamic")) {
+        PyErr_Format(PyExc_ValueError, "mode must be 'dynamic', 'weight_only' or 'int8_acc', got '%s'", mode);
+        return NULL;
+    }
+    if (!PyArray_Check(x_obj) || PyArray_NDIM((PyArrayObject *)x_obj) != 2) {
+        PyErr_SetString(PyExc_ValueError, "x must be a 2-D numpy.ndarray [rows, in_features]");
+        return NULL;
+    }
+    /* rows may be strided (a view), elements within a row must be contiguous */
+    PyArrayObject *xv = (PyArrayObject *)x_obj;
+    int elem = (int)PyArray_ITEMSIZE(xv);
+    if (PyArray_DIM(xv, 1) > 1 && PyArray_STRIDE(xv, 1) != elem) x = (PyArrayObject *)PyArray_GETCONTIGUOUS(xv);
+    else if (PyArray_DIM(xv, 0) > 1 && (PyArray_STRIDE(xv, 0) % elem || PyArray_STRIDE(xv, 0) < 0))
+        x = (PyArrayObject *)PyArray_GETCONTIGUOUS(xv);
+    else {
+        Py_INCREF(xv);
+        x = xv;
+    }
+    if (!x) return NULL;
+    {
+        PyArrayObject *checked = is_acc ? contiguous_array((PyObject *)x, "x", i8, 1, 2, "int8")
+                                        : contiguous_array((PyObject *)x, "x", src_types, 4, 2, src_expected);
+        if (!checked) goto fail;
+        Py_DECREF(checked); /* only the dtype check; x keeps its row stride */
+    }
+    npy_intp m = PyArray_DIM(x, 0), k = PyArray_DIM(x, 1);
+    npy_intp ldx = m > 1 ? PyArray_STRIDE(x, 0) / elem : k;
+    if (!linear_weight_arrays(packed_obj, w_sum_obj, scale_obj, zp_obj, bias_obj, n, k, &packed, &w_sum, &scale, &zp,
+                              &bias))
+        goto fail;
+    npy_intp dims[2] = {m, n};
+    if (!(y = (PyArrayObject *)PyArray_EMPTY(2, dims, is_acc ? NPY_INT32 : NPY_FLOAT32, 0))) goto fail;
+    int status;
+    mq_src_t kind = src_kind(x);
+    Py_BEGIN_ALLOW_THREADS
+    if (is_wo)
+        status = mq_linear_weight_only(PyArray_DATA(x), kind, m, k, ldx, PyArray_DATA(packed), PyArray_DATA(scale),
+                                       data_or_null(zp), data_or_null(bias), n, PyArray_DATA(y), nthreads);
+    else
+        status = mq_linear_dynamic(PyArray_DATA(x), kind, is_acc, m, k, ldx, PyArray_DATA(packed),
+                                   PyArray_DATA(w_sum), PyArray_DATA(scale), data_or_null(zp), has_m128,
+                                   data_or_null(bias), n, is_acc ? NULL : PyArray_DATA(y),
+                                   is_acc ? PyArray_DATA(y) : NULL, nthreads);
+    Py_END_ALLOW_THREADS
+    if (status < 0) {
+        PyErr_NoMemory();
+        goto fail;
+    }
+    result = (PyObject *)y;
+    y = NULL;
+fail:
+    Py_XDECREF(x);
+    Py_XDECREF(packed);
+    Py_XDECREF(w_sum);
+    Py_XDECREF(scale);
+    Py_XDECREF(zp);
+    Py_XDECREF(bias);
+    Py_XDECREF(y);
+    return result;
+}
+
+PyDoc_STRVAR(linear_kernels_doc, "linear_kernels() -> dict: the int8 matmul kernels the active ISA level uses.");
+
+static PyObject *py_linear_kernels(PyObject *self, PyObject *unused) {
+    (void)self;
+    (void)unused;
+    const mq_kernels *kt = mq_active();
+    return Py_BuildValue("{s:s,s:s,s:i}", "dynamic", kt->qgemm_name, "weight_only", kt->wgemm_name,
+                         "max_in_features", MQ_MAX_LINEAR_K);
+}
+
 PyDoc_STRVAR(cpu_info_doc, "cpu_info() -> dict of the CPU features mono-quant dispatches on, and the ISA levels.");
 
 static PyObject *py_cpu_info(PyObject *self, PyObject *unused) {
@@ -407,6 +608,9 @@ static PyMethodDef module_methods[] = {
     {"dequantize_rows", (PyCFunction)(void (*)(void))py_dequantize_rows, METH_VARARGS | METH_KEYWORDS,
      dequantize_rows_doc},
     {"rows_sqerr", (PyCFunction)(void (*)(void))py_rows_sqerr, METH_VARARGS | METH_KEYWORDS, rows_sqerr_doc},
+    {"pack_int8", (PyCFunction)(void (*)(void))py_pack_int8, METH_VARARGS | METH_KEYWORDS, pack_int8_doc},
+    {"linear_int8", (PyCFunction)(void (*)(void))py_linear_int8, METH_VARARGS | METH_KEYWORDS, linear_int8_doc},
+    {"linear_kernels", py_linear_kernels, METH_NOARGS, linear_kernels_doc},
     {"cpu_info", py_cpu_info, METH_NOARGS, cpu_info_doc},
     {"set_isa", py_set_isa, METH_O, set_isa_doc},
     {"get_isa", py_get_isa, METH_NOARGS, get_isa_doc},
