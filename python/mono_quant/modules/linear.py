@@ -1,49 +1,125 @@
 """QuantizedLinear: replaces nn.Linear."""
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .. import kernels
+from ..packing import can_pack, pack_int8_linear, packed_info
 from .registry import QuantizedModule, register_qmodule
 
-__all__ = ["QuantizedLinear"]
+__all__ = ["QuantizedLinear", "ACTIVATION_MODES", "packed_linear"]
+
+# "dynamic": activations quantized to int8 per row at each call, integer
+# matmul; None: weight-only (float activations x int8 weights)
+ACTIVATION_MODES = ("dynamic", None)
+_KERNEL_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 
 @register_qmodule(nn.Linear)
 class QuantizedLinear(QuantizedModule):
     """``y = x @ W.T + b`` with W stored as int8 (+ per-channel scale and
     zero-point) or fp16/bf16.  Takes inputs of any leading shape and floating
-    dtype and returns the input's dtype; math runs in float32 for integer
-    weights, in the input's dtype for float ones."""
+    dtype and returns the input's dtype.
+
+    int8 weights are also stored packed (``weight_packed``, ``weight_colsum``,
+    ``weight_packed_info``, see docs/formats.md) for the C kernels:
+    ``activations="dynamic"`` quantizes each input row to int8 and multiplies
+    in integers; ``activations=None`` multiplies float inputs by the weight
+    dequantized in registers.  Inputs the kernels can't take (CUDA, float64,
+    autograd, no packed buffers) run ``F.linear`` on the dequantized weight.
+    """
+
+    state_attrs = QuantizedModule.state_attrs + ("activations",)
 
     def __init__(self, in_features: int, out_features: int, weight_format: str = "int8",
                  orig_dtype: torch.dtype = torch.float32):
         super().__init__(weight_format, (out_features, in_features), orig_dtype)
         self.in_features = in_features
         self.out_features = out_features
+        self.activations: Optional[str] = "dynamic"
 
     def init_kwargs(self):
         return {"in_features": self.in_features, "out_features": self.out_features,
                 "weight_format": self.weight_format}
 
     @classmethod
-    def from_float(cls, module: nn.Linear, weight) -> "QuantizedLinear":
+    def from_float(cls, module: nn.Linear, weight, activations: Optional[str] = "dynamic") -> "QuantizedLinear":
         q = cls(module.in_features, module.out_features, weight_format=_format_of(weight),
                 orig_dtype=module.weight.dtype)
         q.set_weight(weight)
+        q.set_activations(activations)
+        if can_pack(weight):
+            for name, tensor in pack_int8_linear(weight).items():
+                q.register_buffer(name, tensor)
         q._set_bias(module.bias)
         q.train(module.training)
         return q
 
+    def set_activations(self, activations: Optional[str]) -> None:
+        """Choose the execution mode: "dynamic" or None (weight-only). Raises ValueError otherwise."""
+        if activations not in ACTIVATION_MODES:
+            raise ValueError(f"activations must be 'dynamic' or None (weight-only), got {activations!r}")
+        self.activations = activations
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.qtype.kind == "int":
+            info = packed_info(self)
+            if info is not None and _kernel_takes(x, info["in_features"]):
+                lead = x.shape[:-1]
+                y = packed_linear(self, x.reshape(-1, x.shape[-1]), info)
+                return y.reshape(*lead, self.out_features).to(x.dtype)
             w = self.dequantized_weight(torch.float32).to(x.device)
             b = None if self.bias is None else self.bias.float()
             return F.linear(x.float(), w, b).to(x.dtype)
         w = self.weight.to(x.dtype)
         b = None if self.bias is None else self.bias.to(x.dtype)
         return F.linear(x, w, b)
+
+    def extra_repr(self) -> str:
+        mode = f", activations={self.activations}" if self.qtype.kind == "int" else ""
+        return super().extra_repr() + mode
+
+
+def _kernel_takes(x: torch.Tensor, in_features: int) -> bool:
+    """Whether the C kernels can run this input (else: the torch fallback)."""
+    if x.device.type != "cpu" or x.dtype not in _KERNEL_DTYPES or x.shape[-1] != in_features:
+        return False
+    if in_features > _max_in_features() or x.numel() == 0:
+        return False
+    return not (x.requires_grad and torch.is_grad_enabled())  # the kernels have no backward
+
+
+_MAX_K = []
+
+
+def _max_in_features() -> int:
+    if not _MAX_K:
+        _MAX_K.append(int(kernels.linear_kernels()["max_in_features"]))
+    return _MAX_K[0]
+
+
+def packed_linear(module: QuantizedModule, x2d: torch.Tensor, info: dict, group: int = 0,
+                  groups: int = 1) -> torch.Tensor:
+    """float32 ``x2d @ W_g.T + b_g`` through the C kernels, for group ``group``
+    of ``groups`` (a grouped conv's packed weight holds one block per group).
+    ``module.activations`` picks dynamic int8 or weight-only."""
+    out_g = info["out_features"] // groups
+    k = info["in_features"]
+    packed_size = -(-out_g // 16) * 16 * (-(-k // 4) * 4)
+    colsum_size = -(-out_g // 16) * 16
+    packed = module.weight_packed[group * packed_size:(group + 1) * packed_size]
+    colsum = module.weight_colsum[group * colsum_size:(group + 1) * colsum_size]
+    scale, zp = module.weight_scale, module.weight_zero_point
+    if scale.numel() == 1:  # per-tensor weight
+        scale, zp = scale.expand(info["out_features"]), zp.expand(info["out_features"])
+    lo, hi = group * out_g, (group + 1) * out_g
+    bias = None if module.bias is None else module.bias[lo:hi]
+    mode = "dynamic" if module.activations == "dynamic" else "weight_only"
+    return kernels.linear_int8(x2d, packed, colsum, scale[lo:hi], zp[lo:hi], bias, out_g, info["has_m128"], mode)
 
 
 def _format_of(weight) -> str:

@@ -1,0 +1,70 @@
+"""Packing an int8 weight, once at quantize time, into the layout the int8
+matmul kernels stream (docs/formats.md, "Packed INT8 matmul weights").
+
+``pack_int8_linear`` is the single place that makes the packed buffers: the
+module path (``QuantizedLinear.from_float`` / ``QuantizedConv2d.from_float``)
+and the state_dict path (``quantize_state_dict_entry``) both call it, so they
+store identical tensors.
+"""
+from __future__ import annotations
+
+from typing import Dict, Optional
+
+import torch
+
+from . import kernels
+from .tensor import QuantizedWeight
+
+__all__ = ["PACKED_LAYOUT_VERSION", "PACKED_BUFFERS", "pack_int8_linear", "can_pack", "packed_info"]
+
+PACKED_LAYOUT_VERSION = 1
+# buffer names, beside weight_qdata / weight_scale / weight_zero_point
+PACKED_BUFFERS = ("weight_packed", "weight_colsum", "weight_packed_info")
+
+
+def can_pack(qweight) -> bool:
+    """Whether the int8 kernels can take this weight: int8 storage, per output
+    channel (axis 0) or per tensor, at least 2-D."""
+    return (isinstance(qweight, QuantizedWeight) and qweight.dtype == "int8" and qweight.axis in (0, None)
+            and qweight.qdata.dim() >= 2 and qweight.qdata.shape[0] > 0 and qweight.qdata[0].numel() > 0)
+
+
+def pack_int8_linear(qweight: QuantizedWeight, groups: int = 1) -> Dict[str, torch.Tensor]:
+    """The packed buffers of an int8 weight ``[out, in, ...]`` (trailing dims flattened into ``in``).
+
+    Returns ``{"weight_packed": int8 1-D, "weight_colsum": int32 1-D,
+    "weight_packed_info": int32 [5]}``, the info being (layout version, out,
+    in, has_m128, groups).  With ``groups > 1`` each group's ``out/groups``
+    channels are packed on their own, one after the other.  Raises
+    ValueError for a weight the kernels cannot take (see :func:`can_pack`).
+    """
+    if not can_pack(qweight):
+        raise ValueError(f"pack_int8_linear needs an int8 per-channel or per-tensor weight, got {qweight!r}")
+    q = qweight.qdata.detach().to("cpu").reshape(qweight.qdata.shape[0], -1)
+    out_features, in_features = q.shape
+    if groups < 1 or out_features % groups:
+        raise ValueError(f"out_features {out_features} is not divisible by groups={groups}")
+    parts, sums, has_m128 = [], [], False
+    for chunk in q.chunk(groups, dim=0) if groups > 1 else (q,):
+        packed, w_sum, m128 = kernels.pack_int8(chunk)
+        parts.append(packed)
+        sums.append(w_sum)
+        has_m128 |= m128
+    info = torch.tensor([PACKED_LAYOUT_VERSION, out_features, in_features, int(has_m128), groups], dtype=torch.int32)
+    return {
+        "weight_packed": parts[0] if groups == 1 else torch.cat(parts),
+        "weight_colsum": sums[0] if groups == 1 else torch.cat(sums),
+        "weight_packed_info": info,
+    }
+
+
+def packed_info(module) -> Optional[dict]:
+    """The packed buffers' description on a module, or None when it has none
+    (or they are not on the CPU, or are of an unknown layout version)."""
+    info = getattr(module, "weight_packed_info", None)
+    if info is None or getattr(module, "weight_packed", None) is None or info.device.type != "cpu":
+        return None
+    if module.weight_packed.device.type != "cpu" or info.numel() != 5 or int(info[0]) != PACKED_LAYOUT_VERSION:
+        return None
+    version, out_features, in_features, has_m128, groups = (int(v) for v in info)
+    return {"out_features": out_features, "in_features": in_features, "has_m128": bool(has_m128), "groups": groups}
