@@ -36,32 +36,49 @@ MQ_INLINE void qgemm_store(const mq_qgemm_args *a, __m512i acc, int64_t m, int64
     _mm512_mask_storeu_ps(a->y + m * a->n + n0, mask, y);
 }
 
-/* mt rows x nt panels of accumulators in registers over the whole K: each
- * 64-byte weight group is loaded once and used by mt rows. */
-MQ_INLINE void qgemm_tile(const mq_qgemm_args *a, int64_t m0, int64_t p, const int mt, const int nt) {
-    const int64_t groups = a->kp / MQ_KGROUP, kp = a->kp;
-    const int8_t *w = a->w + p * groups * 64;
-    const uint8_t *x = a->x + m0 * kp;
-    __m512i acc[8][4];
-    for (int i = 0; i < mt; i++)
-        for (int j = 0; j < nt; j++) acc[i][j] = _mm512_setzero_si512();
-    for (int64_t g = 0; g < groups; g++) {
-        __m512i wv[4];
-        for (int j = 0; j < nt; j++) wv[j] = _mm512_loadu_si512(w + (j * groups + g) * 64);
-        for (int i = 0; i < mt; i++) {
-            int32_t x4;
-            memcpy(&x4, x + i * kp + g * 4, 4);
-            __m512i xb = _mm512_set1_epi32(x4);
-            for (int j = 0; j < nt; j++) acc[i][j] = _mm512_dpbusd_epi32(acc[i][j], xb, wv[j]);
-        }
+/* MT rows x NT panels of accumulators in registers over the whole K: each
+ * 64-byte weight group is loaded once and used by MT rows.  Spelled out with
+ * named accumulators (a macro, MT and NT constants) because GCC keeps an
+ * array of vectors indexed in loops on the stack. */
+#define QACC_DECL(i) __m512i acc##i##0 = _mm512_setzero_si512(), acc##i##1 = acc##i##0, acc##i##2 = acc##i##0, \
+                             acc##i##3 = acc##i##0;
+#define QACC_ROW(i, MT, NT)                                                  \
+    if ((i) < (MT)) {                                                        \
+        int32_t x4;                                                          \
+        memcpy(&x4, x + (i) * kp + g * 4, 4);                                \
+        const __m512i xb = _mm512_set1_epi32(x4);                            \
+        acc##i##0 = _mm512_dpbusd_epi32(acc##i##0, xb, w0);                  \
+        if ((NT) > 1) acc##i##1 = _mm512_dpbusd_epi32(acc##i##1, xb, w1);    \
+        if ((NT) > 2) acc##i##2 = _mm512_dpbusd_epi32(acc##i##2, xb, w2);    \
+        if ((NT) > 3) acc##i##3 = _mm512_dpbusd_epi32(acc##i##3, xb, w3);    \
     }
-    for (int i = 0; i < mt; i++)
-        for (int j = 0; j < nt; j++) qgemm_store(a, acc[i][j], m0 + i, p + j);
-}
+#define QACC_STORE(i, MT, NT)                                                \
+    if ((i) < (MT)) {                                                        \
+        qgemm_store(a, acc##i##0, m0 + (i), p);                              \
+        if ((NT) > 1) qgemm_store(a, acc##i##1, m0 + (i), p + 1);            \
+        if ((NT) > 2) qgemm_store(a, acc##i##2, m0 + (i), p + 2);            \
+        if ((NT) > 3) qgemm_store(a, acc##i##3, m0 + (i), p + 3);            \
+    }
+#define QTILE(MT, NT)                                                                               \
+    static void qtile_##MT##_##NT(const mq_qgemm_args *a, int64_t m0, int64_t p) {                 \
+        const int64_t groups = a->kp / MQ_KGROUP, kp = a->kp;                                       \
+        const int8_t *w = a->w + p * groups * 64;                                                   \
+        const uint8_t *x = a->x + m0 * kp;                                                          \
+        QACC_DECL(0) QACC_DECL(1) QACC_DECL(2) QACC_DECL(3)                                         \
+        QACC_DECL(4) QACC_DECL(5) QACC_DECL(6) QACC_DECL(7)                                         \
+        for (int64_t g = 0; g < groups; g++) {                                                      \
+            const __m512i w0 = _mm512_loadu_si512(w + g * 64);                                     \
+            const __m512i w1 = (NT) > 1 ? _mm512_loadu_si512(w + (groups + g) * 64) : w0;           \
+            const __m512i w2 = (NT) > 2 ? _mm512_loadu_si512(w + (2 * groups + g) * 64) : w0;       \
+            const __m512i w3 = (NT) > 3 ? _mm512_loadu_si512(w + (3 * groups + g) * 64) : w0;       \
+            QACC_ROW(0, MT, NT) QACC_ROW(1, MT, NT) QACC_ROW(2, MT, NT) QACC_ROW(3, MT, NT)         \
+            QACC_ROW(4, MT, NT) QACC_ROW(5, MT, NT) QACC_ROW(6, MT, NT) QACC_ROW(7, MT, NT)         \
+        }                                                                                           \
+        QACC_STORE(0, MT, NT) QACC_STORE(1, MT, NT) QACC_STORE(2, MT, NT) QACC_STORE(3, MT, NT)     \
+        QACC_STORE(4, MT, NT) QACC_STORE(5, MT, NT) QACC_STORE(6, MT, NT) QACC_STORE(7, MT, NT)     \
+    }
 
 typedef void (*qtile_fn)(const mq_qgemm_args *a, int64_t m0, int64_t p);
-#define QTILE(MT, NT) \
-    static void qtile_##MT##_##NT(const mq_qgemm_args *a, int64_t m0, int64_t p) { qgemm_tile(a, m0, p, MT, NT); }
 QTILE(1, 4) QTILE(2, 4) QTILE(3, 4) QTILE(4, 4)
 QTILE(1, 3) QTILE(2, 3) QTILE(3, 3) QTILE(4, 3) QTILE(5, 3) QTILE(6, 3) QTILE(7, 3) QTILE(8, 3)
 QTILE(1, 1) QTILE(2, 1) QTILE(3, 1) QTILE(4, 1) QTILE(5, 1) QTILE(6, 1) QTILE(7, 1) QTILE(8, 1)

@@ -523,14 +523,34 @@ fail:
     return result;
 }
 
+PyDoc_STRVAR(use_openmp_runtime_doc,
+             "use_openmp_runtime(path) -> bool\n\n"
+             "Run the kernels' threads on the OpenMP runtime already loaded from path (torch's\n"
+             "libgomp), so they share torch's worker team; None goes back to pthreads.\n"
+             "Returns False (and changes nothing) when that library is not loaded.");
+
+static PyObject *py_use_openmp_runtime(PyObject *self, PyObject *arg) {
+    (void)self;
+    if (arg == Py_None) {
+        mq_use_openmp_runtime(NULL);
+        Py_RETURN_TRUE;
+    }
+    const char *path = PyUnicode_Check(arg) ? PyUnicode_AsUTF8(arg) : NULL;
+    if (!path) {
+        if (!PyErr_Occurred()) PyErr_SetString(PyExc_TypeError, "use_openmp_runtime() takes a str path or None");
+        return NULL;
+    }
+    return PyBool_FromLong(mq_use_openmp_runtime(path) == 0);
+}
+
 PyDoc_STRVAR(linear_kernels_doc, "linear_kernels() -> dict: the int8 matmul kernels the active ISA level uses.");
 
 static PyObject *py_linear_kernels(PyObject *self, PyObject *unused) {
     (void)self;
     (void)unused;
     const mq_kernels *kt = mq_active();
-    return Py_BuildValue("{s:s,s:s,s:i}", "dynamic", kt->qgemm_name, "weight_only", kt->wgemm_name,
-                         "max_in_features", MQ_MAX_LINEAR_K);
+    return Py_BuildValue("{s:s,s:s,s:i,s:s}", "dynamic", kt->qgemm_name, "weight_only", kt->wgemm_name,
+                         "max_in_features", MQ_MAX_LINEAR_K, "threads", mq_threading_backend());
 }
 
 PyDoc_STRVAR(cpu_info_doc, "cpu_info() -> dict of the CPU features mono-quant dispatches on, and the ISA levels.");
@@ -611,6 +631,7 @@ static PyMethodDef module_methods[] = {
     {"pack_int8", (PyCFunction)(void (*)(void))py_pack_int8, METH_VARARGS | METH_KEYWORDS, pack_int8_doc},
     {"linear_int8", (PyCFunction)(void (*)(void))py_linear_int8, METH_VARARGS | METH_KEYWORDS, linear_int8_doc},
     {"linear_kernels", py_linear_kernels, METH_NOARGS, linear_kernels_doc},
+    {"use_openmp_runtime", py_use_openmp_runtime, METH_O, use_openmp_runtime_doc},
     {"cpu_info", py_cpu_info, METH_NOARGS, cpu_info_doc},
     {"set_isa", py_set_isa, METH_O, set_isa_doc},
     {"get_isa", py_get_isa, METH_NOARGS, get_isa_doc},

@@ -182,6 +182,11 @@ typedef void (*mq_range_fn)(void *ctx, int64_t begin, int64_t end);
 /* Runs fn over [0, n) split into at most nthreads contiguous chunks of at
  * least min_chunk items; the caller's thread runs the first chunk. */
 void mq_parallel_for(int64_t n, int64_t min_chunk, int nthreads, mq_range_fn fn, void *ctx);
+/* Run mq_parallel_for's chunks on the OpenMP runtime already loaded from
+ * path (torch's), or back on short-lived pthreads with NULL.  0 ok, -1 if
+ * that library is not loaded or lacks the GOMP entry points. */
+int mq_use_openmp_runtime(const char *path);
+const char *mq_threading_backend(void); /* "openmp" or "pthreads" */
 
 /* ---- quant.c: whole-tensor drivers over rows ------------------------------- */
 /* Each returns the index of the first row holding NaN/Inf, or -1. */

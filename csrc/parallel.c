@@ -3,9 +3,60 @@
  * Kernels here run for milliseconds on big tensors, so a thread start
  * (~20 us) is noise; small inputs stay on the caller's thread via min_chunk.
  * Callers hold no Python state: module.c releases the GIL around this. */
+#include <dlfcn.h>
 #include <pthread.h>
 
 #include "mq.h"
+
+/* ---- torch's own OpenMP pool, when the caller hands it to us -------------
+ * torch runs its ops on an OpenMP team whose idle workers spin for a while
+ * after each op.  Short-lived pthreads started right after a torch op share
+ * the cores with those spinners and run up to 4x slower on a small machine;
+ * running our chunks on the same OpenMP team avoids that and the thread
+ * start.  The runtime is looked up in the already loaded library
+ * (RTLD_NOLOAD): mono-quant never loads or links an OpenMP of its own. */
+typedef void (*gomp_parallel_t)(void (*fn)(void *), void *data, unsigned num_threads, unsigned flags);
+static gomp_parallel_t gomp_parallel;
+static int (*omp_thread_num)(void), (*omp_num_threads)(void), (*omp_in_parallel)(void);
+
+int mq_use_openmp_runtime(const char *path) {
+    if (!path) {
+        gomp_parallel = NULL;
+        return 0;
+    }
+    void *lib = dlopen(path, RTLD_NOW | RTLD_LOCAL | RTLD_NOLOAD);
+    if (!lib) return -1;
+    gomp_parallel_t par = (gomp_parallel_t)dlsym(lib, "GOMP_parallel");
+    int (*tn)(void) = (int (*)(void))dlsym(lib, "omp_get_thread_num");
+    int (*nt)(void) = (int (*)(void))dlsym(lib, "omp_get_num_threads");
+    int (*ip)(void) = (int (*)(void))dlsym(lib, "omp_in_parallel");
+    if (!par || !tn || !nt || !ip) {
+        dlclose(lib);
+        return -1;
+    }
+    omp_thread_num = tn;
+    omp_num_threads = nt;
+    omp_in_parallel = ip;
+    gomp_parallel = par; /* the handle stays open: the library stays loaded */
+    return 0;
+}
+
+const char *mq_threading_backend(void) { return gomp_parallel ? "openmp" : "pthreads"; }
+
+typedef struct {
+    mq_range_fn fn;
+    void *ctx;
+    int64_t n;
+    int parts;
+} omp_job;
+
+/* Each team member runs parts t, t + team, ... (the team may be smaller than asked). */
+static void omp_worker(void *arg) {
+    omp_job *job = arg;
+    int t = omp_thread_num(), team = omp_num_threads();
+    for (int part = t; part < job->parts; part += team)
+        job->fn(job->ctx, job->n * part / job->parts, job->n * (part + 1) / job->parts);
+}
 
 #define MQ_MAX_THREADS 256
 
@@ -30,6 +81,11 @@ void mq_parallel_for(int64_t n, int64_t min_chunk, int nthreads, mq_range_fn fn,
     if (parts > max_parts) parts = (int)max_parts;
     if (parts == 1) {
         fn(ctx, 0, n);
+        return;
+    }
+    if (gomp_parallel && !omp_in_parallel()) {
+        omp_job job = {fn, ctx, n, parts};
+        gomp_parallel(omp_worker, &job, (unsigned)parts, 0);
         return;
     }
     chunk chunks[MQ_MAX_THREADS];

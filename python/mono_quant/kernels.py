@@ -7,6 +7,7 @@ gives the same results.
 """
 from __future__ import annotations
 
+import os
 from typing import Optional, Tuple
 
 import numpy as np
@@ -31,6 +32,33 @@ __all__ = [
 ]
 
 _C_SOURCE_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+
+
+def _loaded_openmp_runtime() -> Optional[str]:
+    """Path of the OpenMP runtime torch loaded (libgomp / libiomp5), from /proc/self/maps; None elsewhere."""
+    try:
+        with open("/proc/self/maps") as maps:
+            for line in maps:
+                path = line.split()[-1]
+                name = os.path.basename(path)
+                if name.startswith(("libgomp", "libiomp5")) and ".so" in name:
+                    return path
+    except OSError:
+        pass
+    return None
+
+
+def _share_torch_threads() -> None:
+    """Run the kernels' threads on torch's OpenMP team (see csrc/parallel.c);
+    MONO_QUANT_THREADS=pthreads keeps short-lived pthreads."""
+    if os.environ.get("MONO_QUANT_THREADS", "").lower() == "pthreads":
+        return
+    path = _loaded_openmp_runtime()
+    if path is not None:
+        _C.use_openmp_runtime(path)
+
+
+_share_torch_threads()
 
 
 def cpu_info() -> dict:
