@@ -62,9 +62,11 @@ def packed_info(module) -> Optional[dict]:
     """The packed buffers' description on a module, or None when it has none
     (or they are not on the CPU, or are of an unknown layout version)."""
     info = getattr(module, "weight_packed_info", None)
-    if info is None or getattr(module, "weight_packed", None) is None or info.device.type != "cpu":
+    packed = getattr(module, "weight_packed", None)
+    if info is None or packed is None or info.device.type != "cpu" or packed.device.type != "cpu":
         return None
-    if module.weight_packed.device.type != "cpu" or info.numel() != 5 or int(info[0]) != PACKED_LAYOUT_VERSION:
+    values = info.tolist()
+    if len(values) != 5 or values[0] != PACKED_LAYOUT_VERSION:
         return None
-    version, out_features, in_features, has_m128, groups = (int(v) for v in info)
+    _, out_features, in_features, has_m128, groups = values
     return {"out_features": out_features, "in_features": in_features, "has_m128": bool(has_m128), "groups": groups}

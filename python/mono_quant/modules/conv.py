@@ -5,8 +5,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..packing import can_pack, pack_int8_linear, packed_info
-from .linear import ACTIVATION_MODES, _format_of, _kernel_takes, packed_linear
+from ..packing import can_pack, pack_int8_linear
+from .linear import ACTIVATION_MODES, _format_of, _kernel_takes, kernel_args, packed_linear
 from .registry import QuantizedModule, register_qmodule
 
 __all__ = ["QuantizedConv2d"]
@@ -75,7 +75,7 @@ class QuantizedConv2d(QuantizedModule):
             return F.conv2d(x, w, b, self.stride, 0, self.dilation, self.groups)
         return F.conv2d(x, w, b, self.stride, self.padding, self.dilation, self.groups)
 
-    def _packed_conv(self, x: torch.Tensor, info: dict) -> torch.Tensor:
+    def _packed_conv(self, x: torch.Tensor, info: dict, args: list) -> torch.Tensor:
         """im2col + the int8 matmul, per group; float32 NCHW out."""
         if self.padding_mode != "zeros":
             x = F.pad(x, self._reversed_padding_repeated_twice, mode=self.padding_mode)
@@ -92,17 +92,17 @@ class QuantizedConv2d(QuantizedModule):
             cols = F.unfold(x, self.kernel_size, self.dilation, padding, self.stride)  # [B, C*kh*kw, L]
             rows = cols.transpose(1, 2).reshape(-1, cols.shape[1])
         groups, k = self.groups, info["in_features"]
-        outs = [packed_linear(self, rows[:, g * k:(g + 1) * k], info, g, groups) for g in range(groups)]
+        outs = [packed_linear(self, rows[:, g * k:(g + 1) * k], args[g]) for g in range(groups)]
         y = outs[0] if groups == 1 else torch.cat(outs, dim=1)
         return y.reshape(batch, out_h, out_w, self.out_channels).permute(0, 3, 1, 2).contiguous()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.qtype.kind == "int":
-            info = packed_info(self)
-            if (info is not None and x.dim() == 4 and not isinstance(self.padding, str)
+            packed = kernel_args(self)
+            if (packed is not None and x.dim() == 4 and not isinstance(self.padding, str)
                     and x.shape[1] == self.in_channels and _kernel_takes(x, x.shape[-1])
-                    and info["in_features"] <= _max_k()):
-                return self._packed_conv(x, info).to(x.dtype)
+                    and packed[0]["in_features"] <= _max_k()):
+                return self._packed_conv(x, *packed).to(x.dtype)
             w = self.dequantized_weight(torch.float32).to(x.device)
             b = None if self.bias is None else self.bias.float()
             return self._conv(x.float(), w, b).to(x.dtype)

@@ -1,17 +1,18 @@
 """QuantizedLinear: replaces nn.Linear."""
 from __future__ import annotations
 
+import weakref
 from typing import Optional
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .. import kernels
+from .. import _C, kernels
 from ..packing import can_pack, pack_int8_linear, packed_info
 from .registry import QuantizedModule, register_qmodule
 
-__all__ = ["QuantizedLinear", "ACTIVATION_MODES", "packed_linear"]
+__all__ = ["QuantizedLinear", "ACTIVATION_MODES", "kernel_args", "packed_linear"]
 
 # "dynamic": activations quantized to int8 per row at each call, integer
 # matmul; None: weight-only (float activations x int8 weights)
@@ -67,10 +68,10 @@ class QuantizedLinear(QuantizedModule):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.qtype.kind == "int":
-            info = packed_info(self)
-            if info is not None and _kernel_takes(x, info["in_features"]):
+            packed = kernel_args(self)
+            if packed is not None and _kernel_takes(x, packed[0]["in_features"]):
                 lead = x.shape[:-1]
-                y = packed_linear(self, x.reshape(-1, x.shape[-1]), info)
+                y = packed_linear(self, x.reshape(-1, x.shape[-1]), packed[1][0])
                 return y.reshape(*lead, self.out_features).to(x.dtype)
             w = self.dequantized_weight(torch.float32).to(x.device)
             b = None if self.bias is None else self.bias.float()
@@ -102,24 +103,55 @@ def _max_in_features() -> int:
     return _MAX_K[0]
 
 
-def packed_linear(module: QuantizedModule, x2d: torch.Tensor, info: dict, group: int = 0,
-                  groups: int = 1) -> torch.Tensor:
-    """float32 ``x2d @ W_g.T + b_g`` through the C kernels, for group ``group``
-    of ``groups`` (a grouped conv's packed weight holds one block per group).
-    ``module.activations`` picks dynamic int8 or weight-only."""
-    out_g = info["out_features"] // groups
-    k = info["in_features"]
+# Per module, the packed weight's description and the NumPy views the C
+# kernels take, built once and rebuilt when a buffer is replaced or changed
+# in place (its _version moves).  A weak map, not an attribute, so deepcopy
+# and state_dict never see it.
+_KERNEL_ARGS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+_ARG_BUFFERS = ("weight_packed_info", "weight_packed", "weight_colsum", "weight_scale", "weight_zero_point", "bias")
+
+
+def kernel_args(module: QuantizedModule):
+    """``(info, per-group argument tuples)`` for ``_C.linear_int8``, or None
+    when the module has no usable packed weight (see packing.packed_info)."""
+    bufs = module._buffers
+    key = tuple((id(t), t._version) if t is not None else None for t in map(bufs.get, _ARG_BUFFERS))
+    cached = _KERNEL_ARGS.get(module)
+    if cached is not None and cached[0] == key:
+        return cached[1]
+    info = packed_info(module)
+    result = None if info is None else (info, _build_args(module, info))
+    _KERNEL_ARGS[module] = (key, result)
+    return result
+
+
+def _build_args(module: QuantizedModule, info: dict):
+    n, k, groups = info["out_features"], info["in_features"], info["groups"]
+    packed, colsum = module.weight_packed, module.weight_colsum
+    scale = module.weight_scale.detach().to(torch.float32).expand(n).contiguous()  # per-tensor: one for all
+    zp = module.weight_zero_point.detach().to(torch.int32).expand(n).contiguous()
+    bias = None if module.bias is None else module.bias.detach().to(torch.float32).contiguous()
+    out_g = n // groups
     packed_size = -(-out_g // 16) * 16 * (-(-k // 4) * 4)
     colsum_size = -(-out_g // 16) * 16
-    packed = module.weight_packed[group * packed_size:(group + 1) * packed_size]
-    colsum = module.weight_colsum[group * colsum_size:(group + 1) * colsum_size]
-    scale, zp = module.weight_scale, module.weight_zero_point
-    if scale.numel() == 1:  # per-tensor weight
-        scale, zp = scale.expand(info["out_features"]), zp.expand(info["out_features"])
-    lo, hi = group * out_g, (group + 1) * out_g
-    bias = None if module.bias is None else module.bias[lo:hi]
+    per_group = []
+    for g in range(groups):
+        lo, hi = g * out_g, (g + 1) * out_g
+        per_group.append((
+            packed[g * packed_size:(g + 1) * packed_size].numpy(), colsum[g * colsum_size:(g + 1) * colsum_size].numpy(),
+            scale[lo:hi].numpy(), zp[lo:hi].numpy(), None if bias is None else bias[lo:hi].numpy(),
+            out_g, info["has_m128"],
+        ))
+    return per_group
+
+
+def packed_linear(module: QuantizedModule, x2d: torch.Tensor, args: tuple) -> torch.Tensor:
+    """float32 ``x2d @ W.T + b`` through the C kernels with one group's
+    ``kernel_args``; ``module.activations`` picks dynamic int8 or weight-only."""
+    if x2d.shape[-1] > 1 and x2d.stride(-1) != 1:
+        x2d = x2d.contiguous()
     mode = "dynamic" if module.activations == "dynamic" else "weight_only"
-    return kernels.linear_int8(x2d, packed, colsum, scale[lo:hi], zp[lo:hi], bias, out_g, info["has_m128"], mode)
+    return torch.from_numpy(_C.linear_int8(kernels.to_numpy(x2d), *args, mode=mode, nthreads=kernels.num_threads()))
 
 
 def _format_of(weight) -> str:
