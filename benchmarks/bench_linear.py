@@ -109,9 +109,10 @@ def bench_linear(shapes, batches, repeats, fbgemm, int8pack, rows):
             }
             if fb:
                 contenders["fbgemm linear_dynamic"] = lambda: torch.ops.quantized.linear_dynamic(x, fb[rot["fb"].next()])
-            if i8:
+            if i8 and m == 1:  # its fp32 path is scalar-slow (0.1x fp32 at batch 1; minutes at batch 128)
                 contenders["_weight_int8pack_mm fp32"] = lambda: torch._weight_int8pack_mm(
                     x, i8[rot["i8"].next()][0], i8[rot["i8"].i][1])
+            if i8:
                 contenders["_weight_int8pack_mm bf16"] = lambda: torch._weight_int8pack_mm(
                     xb, i8[rot["i8bf"].next()][0], i8[rot["i8bf"].i][2])
             with torch.no_grad():
@@ -138,22 +139,32 @@ def bench_linear(shapes, batches, repeats, fbgemm, int8pack, rows):
 
 
 def bench_tiles(repeats):
-    """The GEMV (<= 4 rows: 4 panels x rows) / GEMM (8 rows x 3 panels) switch:
-    time per row of the dynamic kernel for M = 1..16 on a cache-resident 4096x4096."""
-    torch.manual_seed(0)
-    q = mq.quantize(nn.Linear(4096, 4096, bias=False).eval()).model
+    """The GEMV/GEMM switch, measured: M = 1..8 rows on 4096x4096 (weights
+    rotated over 3 copies, so streamed from DRAM), the dynamic kernel forced
+    to GEMV tiles (one panel, weight read once) or GEMM tiles (8 rows x 3
+    panels) through _C.set_gemv_max_rows, interleaved."""
+    from mono_quant import _C
+
+    mods = [mq.quantize(nn.Linear(4096, 4096, bias=False).eval()).model for _ in range(3)]
+    rot = Rotation(mods)
     out = {}
-    contenders = {}
-    for m in (1, 2, 4, 5, 8, 16):
+    print("\nGEMV/GEMM switch, 4096x4096 dynamic int8, weights from DRAM: us per call")
+
+    def run(x, rows):
+        previous = _C.set_gemv_max_rows(rows)
+        try:
+            rot.next()(x)
+        finally:
+            _C.set_gemv_max_rows(previous)
+
+    for m in (1, 2, 3, 4, 5, 6, 8):
         x = torch.randn(m, 4096)
-        contenders[m] = (lambda x=x: q(x))
-    with torch.no_grad():
-        times = interleaved(contenders, repeats=repeats)
-    print("\nGEMV/GEMM switch (4096x4096, weight resident in L3): us per call / per row")
-    for m, t in times.items():
-        s = summary(t)
+        with torch.no_grad():
+            times = interleaved({"gemv": lambda: run(x, 8), "gemm": lambda: run(x, 0)}, repeats=repeats)
+        s = {k: summary(v) for k, v in times.items()}
         out[m] = s
-        print(f"  M={m:<3} {s['median_us']:8.1f} us  {s['median_us'] / m:8.1f} us/row")
+        print(f"  M={m}  GEMV tiles {s['gemv']['median_us']:8.1f} us   GEMM tiles {s['gemm']['median_us']:8.1f} us"
+              f"   GEMM/GEMV x{s['gemm']['median_us'] / s['gemv']['median_us']:.2f}")
     return out
 
 

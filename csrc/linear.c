@@ -34,6 +34,10 @@ int mq_pack_int8(const int8_t *w, int64_t n, int64_t k, int8_t *packed, int32_t 
     return has_m128;
 }
 
+/* Rows up to which the dynamic kernels use GEMV tiles; above it, GEMM tiles
+ * (bench_linear.py's sweep: per-row time levels off from 5 rows on). */
+int64_t mq_gemv_max_rows = 4;
+
 static int64_t panels_per_chunk(int64_t m, int64_t kp) {
     int64_t per_panel = m * kp * MQ_PANEL;
     return per_panel >= MQ_MIN_MACS_PER_THREAD ? 1 : (MQ_MIN_MACS_PER_THREAD + per_panel - 1) / per_panel;
@@ -110,7 +114,7 @@ int mq_linear_dynamic(const void *x, mq_src_t kind, int x_is_q, int64_t m, int64
     int status = -1;
     if (!xq || !x_scale || (w_zp && !x_sum)) goto done;
     mq_qgemm_args a = {xq, kt->qgemm_x_u8, x_scale, x_sum, m, kp, n, packed, w_sum, w_scale, w_zp,
-                       w_has_m128, bias, acc ? NULL : y, acc};
+                       w_has_m128, bias, acc ? NULL : y, acc, mq_gemv_max_rows};
     xquant_ctx xc = {x, (size_t)ldx * (x_is_q ? 1 : mq_src_size(kind)), kind, x_is_q, k, &a, x_sum, x_scale, xq, kt};
     mq_parallel_for(m, (1 << 16) / (k + 1) + 1, nthreads, quantize_x_range, &xc);
     qgemm_ctx qc = {kt->qgemm, &a};

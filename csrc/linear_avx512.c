@@ -79,27 +79,47 @@ MQ_INLINE void qgemm_store(const mq_qgemm_args *a, __m512i acc, int64_t m, int64
     }
 
 typedef void (*qtile_fn)(const mq_qgemm_args *a, int64_t m0, int64_t p);
-QTILE(1, 4) QTILE(2, 4) QTILE(3, 4) QTILE(4, 4)
 QTILE(1, 3) QTILE(2, 3) QTILE(3, 3) QTILE(4, 3) QTILE(5, 3) QTILE(6, 3) QTILE(7, 3) QTILE(8, 3)
 QTILE(1, 1) QTILE(2, 1) QTILE(3, 1) QTILE(4, 1) QTILE(5, 1) QTILE(6, 1) QTILE(7, 1) QTILE(8, 1)
-static const qtile_fn gemv_tiles[5] = {NULL, qtile_1_4, qtile_2_4, qtile_3_4, qtile_4_4};
+/* One row, one panel: four accumulators over K-groups g mod 4 (integer
+ * sums, so the split is exact) hide vpdpbusd's latency on a single stream. */
+static void qtile_1_1_split(const mq_qgemm_args *a, int64_t m0, int64_t p) {
+    const int64_t groups = a->kp / MQ_KGROUP;
+    const int8_t *w = a->w + p * groups * 64;
+    const int32_t *x = (const int32_t *)(const void *)(a->x + m0 * a->kp); /* kp is a multiple of 4 */
+    __m512i acc0 = _mm512_setzero_si512(), acc1 = acc0, acc2 = acc0, acc3 = acc0;
+    int64_t g = 0;
+    for (; g + 4 <= groups; g += 4) {
+        acc0 = _mm512_dpbusd_epi32(acc0, _mm512_set1_epi32(x[g]), _mm512_loadu_si512(w + g * 64));
+        acc1 = _mm512_dpbusd_epi32(acc1, _mm512_set1_epi32(x[g + 1]), _mm512_loadu_si512(w + g * 64 + 64));
+        acc2 = _mm512_dpbusd_epi32(acc2, _mm512_set1_epi32(x[g + 2]), _mm512_loadu_si512(w + g * 64 + 128));
+        acc3 = _mm512_dpbusd_epi32(acc3, _mm512_set1_epi32(x[g + 3]), _mm512_loadu_si512(w + g * 64 + 192));
+    }
+    for (; g < groups; g++)
+        acc0 = _mm512_dpbusd_epi32(acc0, _mm512_set1_epi32(x[g]), _mm512_loadu_si512(w + g * 64));
+    qgemm_store(a, _mm512_add_epi32(_mm512_add_epi32(acc0, acc1), _mm512_add_epi32(acc2, acc3)), m0, p);
+}
+
+static const qtile_fn gemv_tiles[9] = {NULL, qtile_1_1_split, qtile_2_1, qtile_3_1, qtile_4_1,
+                                       qtile_5_1, qtile_6_1, qtile_7_1, qtile_8_1};
 static const qtile_fn gemm_tiles[9] = {NULL, qtile_1_3, qtile_2_3, qtile_3_3, qtile_4_3,
                                        qtile_5_3, qtile_6_3, qtile_7_3, qtile_8_3};
 static const qtile_fn one_panel_tiles[9] = {NULL, qtile_1_1, qtile_2_1, qtile_3_1, qtile_4_1,
                                             qtile_5_1, qtile_6_1, qtile_7_1, qtile_8_1};
 
-/* Up to 4 rows (GEMV): 4 panels at a time, every weight byte read once.
- * More rows (GEMM): 8 rows x 3 panels (24 accumulators), the 3 panels
- * (3 * 16 * kp bytes) staying in L2 while all row tiles pass over them. */
+/* Up to gemv_max_rows rows (GEMV, memory-bound): one panel at a time, so each thread
+ * streams one contiguous run of weight bytes, read once.  More rows (GEMM):
+ * 8 rows x 3 panels (24 accumulators), the 3 panels (3 * 16 * kp bytes)
+ * staying in L2 while all row tiles pass over them. */
 static void qgemm_vnni(const mq_qgemm_args *a, int64_t p0, int64_t p1) {
-    const int gemv = a->m <= 4;
-    const int nt_full = gemv ? 4 : 3, mt_max = gemv ? 4 : 8;
+    const int gemv = a->m <= a->gemv_max_rows && a->m <= 8;
+    const int nt_full = gemv ? 1 : 3, mt_max = 8;
     const qtile_fn *full = gemv ? gemv_tiles : gemm_tiles;
     for (int64_t p = p0; p < p1;) {
         const int nt = p1 - p >= nt_full ? nt_full : 1;
         for (int64_t m0 = 0; m0 < a->m; m0 += mt_max) {
             const int mt = (int)(a->m - m0 < mt_max ? a->m - m0 : mt_max);
-            (nt == 1 ? one_panel_tiles : full)[mt](a, m0, p);
+            (nt == nt_full ? full : one_panel_tiles)[mt](a, m0, p);
         }
         p += nt;
     }

@@ -543,6 +543,24 @@ static PyObject *py_use_openmp_runtime(PyObject *self, PyObject *arg) {
     return PyBool_FromLong(mq_use_openmp_runtime(path) == 0);
 }
 
+PyDoc_STRVAR(set_gemv_max_rows_doc,
+             "set_gemv_max_rows(rows) -> previous\n\n"
+             "Tuning: up to this many rows (0..8) the dynamic int8 kernels use GEMV tiles\n"
+             "(weight streamed once), above it GEMM tiles.  For benchmarks.");
+
+static PyObject *py_set_gemv_max_rows(PyObject *self, PyObject *arg) {
+    (void)self;
+    long rows = PyLong_AsLong(arg);
+    if (rows == -1 && PyErr_Occurred()) return NULL;
+    if (rows < 0 || rows > 8) {
+        PyErr_Format(PyExc_ValueError, "rows must be in 0..8, got %ld", rows);
+        return NULL;
+    }
+    long previous = (long)mq_gemv_max_rows;
+    mq_gemv_max_rows = rows;
+    return PyLong_FromLong(previous);
+}
+
 PyDoc_STRVAR(linear_kernels_doc, "linear_kernels() -> dict: the int8 matmul kernels the active ISA level uses.");
 
 static PyObject *py_linear_kernels(PyObject *self, PyObject *unused) {
@@ -632,6 +650,7 @@ static PyMethodDef module_methods[] = {
     {"linear_int8", (PyCFunction)(void (*)(void))py_linear_int8, METH_VARARGS | METH_KEYWORDS, linear_int8_doc},
     {"linear_kernels", py_linear_kernels, METH_NOARGS, linear_kernels_doc},
     {"use_openmp_runtime", py_use_openmp_runtime, METH_O, use_openmp_runtime_doc},
+    {"set_gemv_max_rows", py_set_gemv_max_rows, METH_O, set_gemv_max_rows_doc},
     {"cpu_info", py_cpu_info, METH_NOARGS, cpu_info_doc},
     {"set_isa", py_set_isa, METH_O, set_isa_doc},
     {"get_isa", py_get_isa, METH_NOARGS, get_isa_doc},

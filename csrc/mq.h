@@ -109,6 +109,7 @@ typedef struct {
     const float *bias;     /* [n] or NULL */
     float *y;              /* [m][n] fp32 output, or NULL when acc is wanted */
     int32_t *acc;          /* [m][n] exact accumulators instead of y (tests) */
+    int64_t gemv_max_rows; /* up to this many rows, kernels stream the weight once (GEMV tiles) */
 } mq_qgemm_args;
 typedef void (*mq_qgemm_fn)(const mq_qgemm_args *a, int64_t p0, int64_t p1);
 
@@ -220,6 +221,8 @@ int mq_pack_int8(const int8_t *w, int64_t n, int64_t k, int8_t *packed, int32_t 
 int mq_linear_dynamic(const void *x, mq_src_t kind, int x_is_q, int64_t m, int64_t k, int64_t ldx,
                       const int8_t *packed, const int32_t *w_sum, const float *w_scale, const int32_t *w_zp,
                       int w_has_m128, const float *bias, int64_t n, float *y, int32_t *acc, int nthreads);
+/* The GEMV/GEMM switch (rows), measured by benchmarks/bench_linear.py. */
+extern int64_t mq_gemv_max_rows;
 int mq_linear_weight_only(const void *x, mq_src_t kind, int64_t m, int64_t k, int64_t ldx, const int8_t *packed,
                           const float *w_scale, const int32_t *w_zp, const float *bias, int64_t n, float *y,
                           int nthreads);
