@@ -114,7 +114,7 @@ int mq_linear_dynamic(const void *x, mq_src_t kind, int x_is_q, int64_t m, int64
     int status = -1;
     if (!xq || !x_scale || (w_zp && !x_sum)) goto done;
     mq_qgemm_args a = {xq, kt->qgemm_x_u8, x_scale, x_sum, m, kp, n, packed, w_sum, w_scale, w_zp,
-                       w_has_m128, bias, acc ? NULL : y, acc, mq_gemv_max_rows};
+                       w_has_m128, bias, acc ? NULL : y, acc, n, mq_gemv_max_rows};
     xquant_ctx xc = {x, (size_t)ldx * (x_is_q ? 1 : mq_src_size(kind)), kind, x_is_q, k, &a, x_sum, x_scale, xq, kt};
     mq_parallel_for(m, (1 << 16) / (k + 1) + 1, nthreads, quantize_x_range, &xc);
     qgemm_ctx qc = {kt->qgemm, &a};
@@ -122,6 +122,115 @@ int mq_linear_dynamic(const void *x, mq_src_t kind, int x_is_q, int64_t m, int64
     status = 0;
 done:
     free(xq);
+    free(x_scale);
+    free(x_sum);
+    return status;
+}
+
+/* ---- dynamic int8 conv2d: per-image int8, int8 im2col, the same GEMM ---------- */
+
+typedef struct {
+    const int8_t *xq; /* [batch][channels][height][width] */
+    int64_t channels, height, width, kh, kw, sh, sw, ph, pw, dh, dw, out_h, out_w, cg, kp, k;
+    int64_t group;
+    const float *image_scale;
+    float *x_scale;
+    int32_t *x_sum;
+    int x_u8;
+    uint8_t *rows; /* [batch*out_h*out_w][kp] */
+} im2col_ctx;
+
+static void im2col_range(void *vctx, int64_t begin, int64_t end) {
+    const im2col_ctx *c = vctx;
+    const int64_t pixels = c->out_h * c->out_w;
+    for (int64_t r = begin; r < end; r++) {
+        const int64_t b = r / pixels, oh = (r % pixels) / c->out_w, ow = r % c->out_w;
+        uint8_t *dst = c->rows + r * c->kp;
+        int64_t idx = 0;
+        int32_t sum = 0;
+        for (int64_t ch = c->group * c->cg; ch < (c->group + 1) * c->cg; ch++) {
+            const int8_t *plane = c->xq + (b * c->channels + ch) * c->height * c->width;
+            for (int64_t i = 0; i < c->kh; i++) {
+                const int64_t ih = oh * c->sh - c->ph + i * c->dh;
+                const int row_in = ih >= 0 && ih < c->height;
+                for (int64_t j = 0; j < c->kw; j++) {
+                    const int64_t iw = ow * c->sw - c->pw + j * c->dw;
+                    const int8_t v = (row_in && iw >= 0 && iw < c->width) ? plane[ih * c->width + iw] : 0;
+                    sum += v;
+                    dst[idx++] = (uint8_t)v;
+                }
+            }
+        }
+        memset(dst + idx, 0, (size_t)(c->kp - idx));
+        if (c->x_u8)
+            for (int64_t i = 0; i < c->kp; i++) dst[i] ^= 0x80u;
+        c->x_scale[r] = c->image_scale[b];
+        if (c->x_sum) c->x_sum[r] = sum;
+    }
+}
+
+typedef struct {
+    const uint8_t *src;
+    mq_src_t kind;
+    int64_t image;
+    float *scale;
+    int8_t *xq;
+    const mq_kernels *kt;
+} image_quant_ctx;
+
+static void quantize_images(void *vctx, int64_t begin, int64_t end) {
+    image_quant_ctx *c = vctx;
+    for (int64_t b = begin; b < end; b++) {
+        const uint8_t *src = c->src + (size_t)(b * c->image) * mq_src_size(c->kind);
+        int8_t *q = c->xq + b * c->image;
+        float mn, mx, scale;
+        int32_t zp;
+        if (c->kt->minmax[c->kind](src, c->image, &mn, &mx)) {
+            memset(q, 0, (size_t)c->image);
+            c->scale[b] = NAN;
+            continue;
+        }
+        mq_choose_qparams(mn, mx, -127, 127, 1, &scale, &zp);
+        c->kt->quantize[c->kind](src, c->image, 1.0f / scale, 0.0f, -127.0f, 127.0f, 0, (uint8_t *)q);
+        c->scale[b] = scale;
+    }
+}
+
+int mq_conv2d_dynamic(const void *x, mq_src_t kind, int64_t batch, int64_t channels, int64_t height, int64_t width,
+                      int64_t kh, int64_t kw, int64_t sh, int64_t sw, int64_t ph, int64_t pw, int64_t dh, int64_t dw,
+                      int64_t groups, const int8_t *packed, const int32_t *w_sum, const float *w_scale,
+                      const int32_t *w_zp, int w_has_m128, const float *bias, int64_t n, float *y, int nthreads) {
+    const mq_kernels *kt = mq_active();
+    const int64_t out_h = (height + 2 * ph - dh * (kh - 1) - 1) / sh + 1;
+    const int64_t out_w = (width + 2 * pw - dw * (kw - 1) - 1) / sw + 1;
+    const int64_t cg = channels / groups, k = cg * kh * kw, kp = mq_round_up(k, MQ_KGROUP);
+    const int64_t n_g = n / groups, np_g = mq_round_up(n_g, MQ_PANEL), m = batch * out_h * out_w;
+    const int64_t image = channels * height * width;
+    if (m <= 0 || n <= 0) return 0;
+    int8_t *xq = malloc((size_t)(batch * image));
+    float *image_scale = malloc((size_t)batch * sizeof(float));
+    uint8_t *rows = aligned_alloc(64, (size_t)mq_round_up(m * kp, 64));
+    float *x_scale = malloc((size_t)m * sizeof(float));
+    int32_t *x_sum = w_zp ? malloc((size_t)m * sizeof(int32_t)) : NULL;
+    int status = -1;
+    if (!xq || !image_scale || !rows || !x_scale || (w_zp && !x_sum)) goto done;
+    image_quant_ctx qc = {x, kind, image, image_scale, xq, kt};
+    mq_parallel_for(batch, 1, nthreads, quantize_images, &qc);
+    for (int64_t g = 0; g < groups; g++) {
+        im2col_ctx ic = {xq, channels, height, width, kh, kw, sh, sw, ph, pw, dh, dw, out_h, out_w, cg, kp, k,
+                         g, image_scale, x_scale, x_sum, kt->qgemm_x_u8, rows};
+        mq_parallel_for(m, (1 << 16) / (kp + 1) + 1, nthreads, im2col_range, &ic);
+        mq_qgemm_args a = {rows, kt->qgemm_x_u8, x_scale, x_sum, m, kp, n_g, packed + g * np_g * kp,
+                           w_sum + g * np_g, w_scale + g * n_g, w_zp ? w_zp + g * n_g : NULL, w_has_m128,
+                           bias ? bias + g * n_g : NULL, y + g * n_g, NULL, n, mq_gemv_max_rows};
+        qgemm_ctx gc = {kt->qgemm, &a};
+        mq_parallel_for(np_g / MQ_PANEL, panels_per_chunk(m, kp), nthreads, qgemm_range, &gc);
+    }
+    status = 0;
+done:
+    free(xq);
+    free(image_scale);
+    free(rows);
     free(x_scale);
     free(x_sum);
     return status;

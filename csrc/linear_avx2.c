@@ -27,10 +27,10 @@ MQ_INLINE void qgemm_store8(const mq_qgemm_args *a, __m256i acc, int64_t m, int6
     }
     const int count = (int)(a->n - n0 < 8 ? a->n - n0 : 8);
     if (a->acc) {
-        for (int c = 0; c < count; c++) a->acc[m * a->n + n0 + c] = v[c];
+        for (int c = 0; c < count; c++) a->acc[m * a->ldy + n0 + c] = v[c];
         return;
     }
-    float *y = a->y + m * a->n + n0;
+    float *y = a->y + m * a->ldy + n0;
     if (count == 8) {
         __m256 s = _mm256_mul_ps(_mm256_set1_ps(a->x_scale[m]), _mm256_loadu_ps(a->w_scale + n0));
         __m256 r = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_loadu_si256((const __m256i *)v)), s);

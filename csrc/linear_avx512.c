@@ -27,13 +27,13 @@ MQ_INLINE void qgemm_store(const mq_qgemm_args *a, __m512i acc, int64_t m, int64
         acc = _mm512_sub_epi32(acc, _mm512_mullo_epi32(_mm512_maskz_loadu_epi32(mask, a->w_zp + n0),
                                                        _mm512_set1_epi32(a->x_sum[m])));
     if (a->acc) {
-        _mm512_mask_storeu_epi32(a->acc + m * a->n + n0, mask, acc);
+        _mm512_mask_storeu_epi32(a->acc + m * a->ldy + n0, mask, acc);
         return;
     }
     __m512 s = _mm512_mul_ps(_mm512_set1_ps(a->x_scale[m]), _mm512_maskz_loadu_ps(mask, a->w_scale + n0));
     __m512 y = _mm512_mul_ps(_mm512_cvtepi32_ps(acc), s);
     if (a->bias) y = _mm512_add_ps(y, _mm512_maskz_loadu_ps(mask, a->bias + n0));
-    _mm512_mask_storeu_ps(a->y + m * a->n + n0, mask, y);
+    _mm512_mask_storeu_ps(a->y + m * a->ldy + n0, mask, y);
 }
 
 /* MT rows x NT panels of accumulators in registers over the whole K: each

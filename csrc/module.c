@@ -373,7 +373,7 @@ fail:
  * in *packed, *scale, *zp (NULL when all zero-points are 0), *bias (NULL
  * when None), *w_sum (when w_sum_obj is given). */
 static int linear_weight_arrays(PyObject *packed_obj, PyObject *w_sum_obj, PyObject *scale_obj, PyObject *zp_obj,
-                                PyObject *bias_obj, npy_intp n, npy_intp k, PyArrayObject **packed,
+                                PyObject *bias_obj, npy_intp n, npy_intp k, npy_intp groups, PyArrayObject **packed,
                                 PyArrayObject **w_sum, PyArrayObject **scale, PyArrayObject **zp,
                                 PyArrayObject **bias) {
     static const int i8[] = {NPY_INT8}, i32[] = {NPY_INT32}, f32[] = {NPY_FLOAT32};
@@ -386,7 +386,12 @@ static int linear_weight_arrays(PyObject *packed_obj, PyObject *w_sum_obj, PyObj
                      MQ_MAX_LINEAR_K, (Py_ssize_t)k);
         return 0;
     }
-    npy_intp np_ = mq_round_up(n, MQ_PANEL);
+    if (groups < 1 || n % groups) {
+        PyErr_Format(PyExc_ValueError, "out_features %zd is not divisible by groups=%zd", (Py_ssize_t)n,
+                     (Py_ssize_t)groups);
+        return 0;
+    }
+    npy_intp np_ = groups * mq_round_up(n / groups, MQ_PANEL); /* each group's block is padded on its own */
     if (!(*packed = contiguous_array(packed_obj, "packed", i8, 1, 1, "int8"))) return 0;
     if (PyArray_DIM(*packed, 0) != np_ * mq_round_up(k, MQ_KGROUP)) {
         PyErr_Format(PyExc_ValueError, "packed has %zd bytes, expected %zd for a [%zd, %zd] weight",
@@ -489,8 +494,8 @@ static PyObject *py_linear_int8(PyObject *self, PyObject *args, PyObject *kw) {
     }
     npy_intp m = PyArray_DIM(x, 0), k = PyArray_DIM(x, 1);
     npy_intp ldx = m > 1 ? PyArray_STRIDE(x, 0) / elem : k;
-    if (!linear_weight_arrays(packed_obj, w_sum_obj, scale_obj, zp_obj, bias_obj, n, k, &packed, &w_sum, &scale, &zp,
-                              &bias))
+    if (!linear_weight_arrays(packed_obj, w_sum_obj, scale_obj, zp_obj, bias_obj, n, k, 1, &packed, &w_sum, &scale,
+                              &zp, &bias))
         goto fail;
     npy_intp dims[2] = {m, n};
     if (!(y = (PyArrayObject *)PyArray_EMPTY(2, dims, is_acc ? NPY_INT32 : NPY_FLOAT32, 0))) goto fail;
@@ -505,6 +510,93 @@ static PyObject *py_linear_int8(PyObject *self, PyObject *args, PyObject *kw) {
                                    PyArray_DATA(w_sum), PyArray_DATA(scale), data_or_null(zp), has_m128,
                                    data_or_null(bias), n, is_acc ? NULL : PyArray_DATA(y),
                                    is_acc ? PyArray_DATA(y) : NULL, nthreads);
+    Py_END_ALLOW_THREADS
+    if (status < 0) {
+        PyErr_NoMemory();
+        goto fail;
+    }
+    result = (PyObject *)y;
+    y = NULL;
+fail:
+    Py_XDECREF(x);
+    Py_XDECREF(packed);
+    Py_XDECREF(w_sum);
+    Py_XDECREF(scale);
+    Py_XDECREF(zp);
+    Py_XDECREF(bias);
+    Py_XDECREF(y);
+    return result;
+}
+
+PyDoc_STRVAR(conv2d_int8_doc,
+             "conv2d_int8(x, packed, w_sum, w_scale, w_zero_point, bias, out_channels, w_has_m128,\n"
+             "            kernel, stride, padding, dilation, groups, nthreads=1) -> float32 [rows, out_channels]\n\n"
+             "Dynamic int8 Conv2d: x is a 4-D NCHW float32 / float16 / int16 (bf16 bits) array;\n"
+             "each image is quantized with one symmetric int8 scale, im2col'd in int8 and\n"
+             "multiplied per group with the packed weight (pack_int8 of each group's\n"
+             "[out/groups, in/groups*kh*kw] block, concatenated).  kernel, stride, padding\n"
+             "and dilation are (h, w) pairs.  Rows are the output pixels in (n, h, w) order.");
+
+static int pair_arg(PyObject *obj, const char *what, long lo, npy_intp out[2]) {
+    long a, b;
+    if (!PyArg_ParseTuple(obj, "ll", &a, &b)) {
+        PyErr_Clear();
+        PyErr_Format(PyExc_TypeError, "%s must be a pair of ints", what);
+        return 0;
+    }
+    if (a < lo || b < lo) {
+        PyErr_Format(PyExc_ValueError, "%s must be >= %ld, got (%ld, %ld)", what, lo, a, b);
+        return 0;
+    }
+    out[0] = a;
+    out[1] = b;
+    return 1;
+}
+
+static PyObject *py_conv2d_int8(PyObject *self, PyObject *args, PyObject *kw) {
+    static char *kwlist[] = {"x", "packed", "w_sum", "w_scale", "w_zero_point", "bias", "out_channels",
+                             "w_has_m128", "kernel", "stride", "padding", "dilation", "groups", "nthreads", NULL};
+    PyObject *x_obj, *packed_obj, *w_sum_obj, *scale_obj, *zp_obj, *bias_obj, *kernel_obj, *stride_obj, *pad_obj,
+        *dil_obj, *result = NULL;
+    Py_ssize_t n, groups;
+    int has_m128, nthreads = 1;
+    npy_intp ks[2], st[2], pd[2], dl[2];
+    PyArrayObject *x = NULL, *packed = NULL, *w_sum = NULL, *scale = NULL, *zp = NULL, *bias = NULL, *y = NULL;
+    (void)self;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OOOOOOnpOOOOn|i:conv2d_int8", kwlist, &x_obj, &packed_obj,
+                                     &w_sum_obj, &scale_obj, &zp_obj, &bias_obj, &n, &has_m128, &kernel_obj,
+                                     &stride_obj, &pad_obj, &dil_obj, &groups, &nthreads))
+        return NULL;
+    if (!check_threads(nthreads)) return NULL;
+    if (!pair_arg(kernel_obj, "kernel", 1, ks) || !pair_arg(stride_obj, "stride", 1, st) ||
+        !pair_arg(pad_obj, "padding", 0, pd) || !pair_arg(dil_obj, "dilation", 1, dl))
+        return NULL;
+    if (!(x = contiguous_array(x_obj, "x", src_types, 4, 4, src_expected))) goto fail;
+    npy_intp batch = PyArray_DIM(x, 0), channels = PyArray_DIM(x, 1), height = PyArray_DIM(x, 2),
+             width = PyArray_DIM(x, 3);
+    if (groups < 1 || channels % groups) {
+        PyErr_Format(PyExc_ValueError, "in_channels %zd is not divisible by groups=%zd", (Py_ssize_t)channels,
+                     (Py_ssize_t)groups);
+        goto fail;
+    }
+    npy_intp out_h = (height + 2 * pd[0] - dl[0] * (ks[0] - 1) - 1) / st[0] + 1;
+    npy_intp out_w = (width + 2 * pd[1] - dl[1] * (ks[1] - 1) - 1) / st[1] + 1;
+    if (height + 2 * pd[0] < dl[0] * (ks[0] - 1) + 1 || width + 2 * pd[1] < dl[1] * (ks[1] - 1) + 1) {
+        PyErr_SetString(PyExc_ValueError, "the (padded) input is smaller than the dilated kernel");
+        goto fail;
+    }
+    if (!linear_weight_arrays(packed_obj, w_sum_obj, scale_obj, zp_obj, bias_obj, n, channels / groups * ks[0] * ks[1],
+                              groups, &packed, &w_sum, &scale, &zp, &bias))
+        goto fail;
+    npy_intp dims[2] = {batch * out_h * out_w, n};
+    if (!(y = (PyArrayObject *)PyArray_EMPTY(2, dims, NPY_FLOAT32, 0))) goto fail;
+    int status;
+    mq_src_t kind = src_kind(x);
+    Py_BEGIN_ALLOW_THREADS
+    status = mq_conv2d_dynamic(PyArray_DATA(x), kind, batch, channels, height, width, ks[0], ks[1], st[0], st[1],
+                               pd[0], pd[1], dl[0], dl[1], groups, PyArray_DATA(packed), PyArray_DATA(w_sum),
+                               PyArray_DATA(scale), data_or_null(zp), has_m128, data_or_null(bias), n,
+                               PyArray_DATA(y), nthreads);
     Py_END_ALLOW_THREADS
     if (status < 0) {
         PyErr_NoMemory();
@@ -648,6 +740,7 @@ static PyMethodDef module_methods[] = {
     {"rows_sqerr", (PyCFunction)(void (*)(void))py_rows_sqerr, METH_VARARGS | METH_KEYWORDS, rows_sqerr_doc},
     {"pack_int8", (PyCFunction)(void (*)(void))py_pack_int8, METH_VARARGS | METH_KEYWORDS, pack_int8_doc},
     {"linear_int8", (PyCFunction)(void (*)(void))py_linear_int8, METH_VARARGS | METH_KEYWORDS, linear_int8_doc},
+    {"conv2d_int8", (PyCFunction)(void (*)(void))py_conv2d_int8, METH_VARARGS | METH_KEYWORDS, conv2d_int8_doc},
     {"linear_kernels", py_linear_kernels, METH_NOARGS, linear_kernels_doc},
     {"use_openmp_runtime", py_use_openmp_runtime, METH_O, use_openmp_runtime_doc},
     {"set_gemv_max_rows", py_set_gemv_max_rows, METH_O, set_gemv_max_rows_doc},

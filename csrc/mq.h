@@ -107,8 +107,9 @@ typedef struct {
     const int32_t *w_zp;   /* [n], or NULL when every zero-point is 0 */
     int w_has_m128;        /* some weight is -128 (AVX2's sign trick can't take it) */
     const float *bias;     /* [n] or NULL */
-    float *y;              /* [m][n] fp32 output, or NULL when acc is wanted */
-    int32_t *acc;          /* [m][n] exact accumulators instead of y (tests) */
+    float *y;              /* [m][ldy] fp32 output, or NULL when acc is wanted */
+    int32_t *acc;          /* [m][ldy] exact accumulators instead of y (tests) */
+    int64_t ldy;           /* row stride of y / acc (elements), >= n */
     int64_t gemv_max_rows; /* up to this many rows, kernels stream the weight once (GEMV tiles) */
 } mq_qgemm_args;
 typedef void (*mq_qgemm_fn)(const mq_qgemm_args *a, int64_t p0, int64_t p1);
@@ -223,6 +224,16 @@ int mq_linear_dynamic(const void *x, mq_src_t kind, int x_is_q, int64_t m, int64
                       int w_has_m128, const float *bias, int64_t n, float *y, int32_t *acc, int nthreads);
 /* The GEMV/GEMM switch (rows), measured by benchmarks/bench_linear.py. */
 extern int64_t mq_gemv_max_rows;
+/* Dynamic int8 Conv2d of x [batch][channels][height][width] (contiguous):
+ * each image is quantized to int8 with one symmetric scale (-127..127),
+ * im2col'd in int8 (zero padding is exact), and multiplied per group with
+ * the packed weight [groups blocks of out/groups channels x
+ * channels/groups*kh*kw].  y is [batch*out_h*out_w][n] (rows = output
+ * pixels, NHWC order).  Returns 0, or -1 when out of memory. */
+int mq_conv2d_dynamic(const void *x, mq_src_t kind, int64_t batch, int64_t channels, int64_t height, int64_t width,
+                      int64_t kh, int64_t kw, int64_t sh, int64_t sw, int64_t ph, int64_t pw, int64_t dh, int64_t dw,
+                      int64_t groups, const int8_t *packed, const int32_t *w_sum, const float *w_scale,
+                      const int32_t *w_zp, int w_has_m128, const float *bias, int64_t n, float *y, int nthreads);
 int mq_linear_weight_only(const void *x, mq_src_t kind, int64_t m, int64_t k, int64_t ldx, const int8_t *packed,
                           const float *w_scale, const int32_t *w_zp, const float *bias, int64_t n, float *y,
                           int nthreads);

@@ -103,13 +103,13 @@ void mq_ref_qgemm(const mq_qgemm_args *a, int64_t p0, int64_t p1) {
                     }
                 if (a->w_zp) acc -= a->w_zp[n] * a->x_sum[m];
                 if (a->acc) {
-                    a->acc[m * a->n + n] = acc;
+                    a->acc[m * a->ldy + n] = acc;
                     continue;
                 }
                 float s = a->x_scale[m] * a->w_scale[n];
                 float y = (float)acc * s;
                 if (a->bias) y = y + a->bias[n];
-                a->y[m * a->n + n] = y;
+                a->y[m * a->ldy + n] = y;
             }
 }
 

@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import mono_quant as mq
-from mono_quant import _C
+from mono_quant import _C, reference
 from mono_quant.modules import QuantizedConv2d
 
 LEVELS = ["scalar", "avx2", "avx512"]
@@ -86,3 +86,23 @@ def test_conv_padding_modes_dtypes_and_persistence():
         rebuilt = QuantizedConv2d.from_saved(qconv.init_kwargs(), qconv.get_state_attrs(),
                                              dict(qconv.state_dict()))
         assert torch.equal(rebuilt(x), qconv(x))
+
+
+@pytest.mark.parametrize("case", [c for c in CASES if c[6] != c[0]], ids=[str(c) for c in CASES if c[6] != c[0]])
+@pytest.mark.parametrize("isa", SUPPORTED)
+def test_conv_dynamic_bit_exact_vs_reference(case, isa):
+    """Per-image int8 activations, int8 im2col (zero padding exact), integer GEMM: the pure-torch twin's bits."""
+    conv = _conv(case, 2)
+    for symmetric in (True, False):
+        qconv, _ = mq.quantize(conv, symmetric=symmetric)
+        x = torch.randn(3, case[0], 8, 9)
+        x[1] = 0  # an all-zero image
+        previous = _C.set_isa(isa)
+        try:
+            with torch.no_grad():
+                y = qconv(x)
+        finally:
+            _C.set_isa(previous)
+        ref = reference.conv2d_int8(x, qconv.weight_qdata, qconv.weight_scale, qconv.weight_zero_point, qconv.bias,
+                                    conv.stride, conv.padding, conv.dilation, conv.groups)
+        assert torch.equal(y, ref)

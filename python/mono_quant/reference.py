@@ -10,7 +10,7 @@ from typing import Tuple
 import torch
 
 __all__ = ["rows_minmax", "choose_qparams", "quantize_rows", "quantize_rows_fused", "rows_sqerr", "dequantize_rows",
-           "linear_int8"]
+           "linear_int8", "conv2d_int8"]
 
 _FLT_MIN = torch.finfo(torch.float32).tiny
 
@@ -116,3 +116,19 @@ def linear_int8(x: torch.Tensor, qdata: torch.Tensor, w_scale: torch.Tensor, w_z
     acc = q.double() @ w.T
     y = acc.float() * (x_scale.reshape(-1, 1) * w_scale.float().reshape(1, -1))
     return y if bias is None else y + bias.float()
+
+
+def conv2d_int8(x: torch.Tensor, qdata: torch.Tensor, w_scale: torch.Tensor, w_zero_point: torch.Tensor, bias,
+                stride, padding, dilation, groups: int) -> torch.Tensor:
+    """Twin of ``_C.conv2d_int8`` (dynamic int8 Conv2d), NCHW float32 out:
+    each image quantized with one symmetric int8 scale (-127..127), exact
+    integer products and sums, then ``float(acc) * (x_scale * w_scale) + bias``."""
+    import torch.nn.functional as F
+
+    batch = x.shape[0]
+    q, x_scale, _, _, _, _ = quantize_rows_fused(x.float().reshape(batch, -1), -127, 127, True)
+    w = qdata.double() - w_zero_point.to(qdata.device).double().reshape(-1, 1, 1, 1)
+    acc = F.conv2d(q.double().reshape(x.shape), w, None, stride, padding, dilation, groups)  # exact below 2**53
+    scale = x_scale.reshape(-1, 1, 1, 1) * w_scale.float().reshape(1, -1, 1, 1)
+    y = acc.float() * scale
+    return y if bias is None else y + bias.float().reshape(1, -1, 1, 1)

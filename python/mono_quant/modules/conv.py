@@ -5,6 +5,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .. import _C, kernels
 from ..packing import can_pack, pack_int8_linear
 from .linear import ACTIVATION_MODES, _format_of, _kernel_takes, kernel_args, packed_linear
 from .registry import QuantizedModule, register_qmodule
@@ -75,8 +76,10 @@ class QuantizedConv2d(QuantizedModule):
             return F.conv2d(x, w, b, self.stride, 0, self.dilation, self.groups)
         return F.conv2d(x, w, b, self.stride, self.padding, self.dilation, self.groups)
 
-    def _packed_conv(self, x: torch.Tensor, info: dict, args: list) -> torch.Tensor:
-        """im2col + the int8 matmul, per group; float32 NCHW out."""
+    def _packed_conv(self, x: torch.Tensor, info: dict, args: list, whole: tuple) -> torch.Tensor:
+        """The int8 matmul on im2col rows; float32 NCHW out.  Dynamic: all in
+        C (per-image int8, int8 im2col).  Weight-only: torch's unfold (a plain
+        reshape for 1x1, stride 1, no padding) into the fp32 x int8 kernel."""
         if self.padding_mode != "zeros":
             x = F.pad(x, self._reversed_padding_repeated_twice, mode=self.padding_mode)
             padding = (0, 0)
@@ -86,14 +89,19 @@ class QuantizedConv2d(QuantizedModule):
         (kh, kw), (sh, sw), (dh, dw) = self.kernel_size, self.stride, self.dilation
         out_h = (height + 2 * padding[0] - dh * (kh - 1) - 1) // sh + 1
         out_w = (width + 2 * padding[1] - dw * (kw - 1) - 1) // sw + 1
-        if (kh, kw, sh, sw) == (1, 1, 1, 1) and padding == (0, 0):
+        if self.activations == "dynamic":
+            y = torch.from_numpy(_C.conv2d_int8(
+                kernels.to_numpy(x.contiguous()), *whole, tuple(self.kernel_size), tuple(self.stride), padding,
+                tuple(self.dilation), self.groups, nthreads=kernels.num_threads()))
+        elif (kh, kw, sh, sw) == (1, 1, 1, 1) and padding == (0, 0):
             rows = x.permute(0, 2, 3, 1).reshape(-1, x.shape[1])  # 1x1: each pixel is a row
         else:
             cols = F.unfold(x, self.kernel_size, self.dilation, padding, self.stride)  # [B, C*kh*kw, L]
             rows = cols.transpose(1, 2).reshape(-1, cols.shape[1])
-        groups, k = self.groups, info["in_features"]
-        outs = [packed_linear(self, rows[:, g * k:(g + 1) * k], args[g]) for g in range(groups)]
-        y = outs[0] if groups == 1 else torch.cat(outs, dim=1)
+        if self.activations != "dynamic":
+            groups, k = self.groups, info["in_features"]
+            outs = [packed_linear(self, rows[:, g * k:(g + 1) * k], args[g]) for g in range(groups)]
+            y = outs[0] if groups == 1 else torch.cat(outs, dim=1)
         return y.reshape(batch, out_h, out_w, self.out_channels).permute(0, 3, 1, 2).contiguous()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

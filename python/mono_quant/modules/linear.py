@@ -112,15 +112,16 @@ _ARG_BUFFERS = ("weight_packed_info", "weight_packed", "weight_colsum", "weight_
 
 
 def kernel_args(module: QuantizedModule):
-    """``(info, per-group argument tuples)`` for ``_C.linear_int8``, or None
-    when the module has no usable packed weight (see packing.packed_info)."""
+    """``(info, per-group argument tuples, whole-weight tuple)`` for
+    ``_C.linear_int8`` / ``_C.conv2d_int8``, or None when the module has no
+    usable packed weight (see packing.packed_info)."""
     bufs = module._buffers
     key = tuple((id(t), t._version) if t is not None else None for t in map(bufs.get, _ARG_BUFFERS))
     cached = _KERNEL_ARGS.get(module)
     if cached is not None and cached[0] == key:
         return cached[1]
     info = packed_info(module)
-    result = None if info is None else (info, _build_args(module, info))
+    result = None if info is None else (info, *_build_args(module, info))
     _KERNEL_ARGS[module] = (key, result)
     return result
 
@@ -134,6 +135,8 @@ def _build_args(module: QuantizedModule, info: dict):
     out_g = n // groups
     packed_size = -(-out_g // 16) * 16 * (-(-k // 4) * 4)
     colsum_size = -(-out_g // 16) * 16
+    whole = (packed.numpy(), colsum.numpy(), scale.numpy(), zp.numpy(), None if bias is None else bias.numpy(), n,
+             info["has_m128"])
     per_group = []
     for g in range(groups):
         lo, hi = g * out_g, (g + 1) * out_g
@@ -142,7 +145,7 @@ def _build_args(module: QuantizedModule, info: dict):
             scale[lo:hi].numpy(), zp[lo:hi].numpy(), None if bias is None else bias[lo:hi].numpy(),
             out_g, info["has_m128"],
         ))
-    return per_group
+    return per_group, whole
 
 
 def packed_linear(module: QuantizedModule, x2d: torch.Tensor, args: tuple) -> torch.Tensor:
