@@ -324,3 +324,22 @@ def test_caller_model_untouched():
     before = {k: v.clone() for k, v in lin.state_dict().items()}
     mq.quantize(lin)
     assert all(torch.equal(before[k], v) for k, v in lin.state_dict().items())
+
+
+def test_tied_weights_share_packed_storage():
+    a, b = nn.Linear(24, 24), nn.Linear(24, 24)
+    b.weight = a.weight
+    qa, qb = mq.quantize(nn.Sequential(a, b)).model
+    assert qa.weight_packed is qb.weight_packed and qa.weight_qdata is qb.weight_qdata
+
+
+def test_load_state_dict_updates_the_kernels():
+    """The kernels' cached arguments follow in-place changes of the buffers."""
+    q1, _ = mq.quantize(_layer(7, n=20, k=24))
+    q2, _ = mq.quantize(_layer(8, n=20, k=24))
+    x = torch.randn(2, 24, generator=_gen(16))
+    with torch.no_grad():
+        y1, y2 = q1(x), q2(x)
+        assert not torch.equal(y1, y2)
+        q1.load_state_dict(q2.state_dict())
+        assert torch.equal(q1(x), y2)

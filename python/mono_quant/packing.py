@@ -40,6 +40,17 @@ def pack_int8_linear(qweight: QuantizedWeight, groups: int = 1) -> Dict[str, tor
     """
     if not can_pack(qweight):
         raise ValueError(f"pack_int8_linear needs an int8 per-channel or per-tensor weight, got {qweight!r}")
+    # a weight tied between layers is one QuantizedWeight (quantize() converts it once): pack it once too,
+    # so the layers share the packed storage as they share weight_qdata
+    memo = qweight.__dict__.setdefault("_packed_memo", {})
+    key = (groups, qweight.qdata.data_ptr(), qweight.qdata._version)
+    if key not in memo:
+        memo.clear()
+        memo[key] = _pack(qweight, groups)
+    return dict(memo[key])
+
+
+def _pack(qweight: QuantizedWeight, groups: int) -> Dict[str, torch.Tensor]:
     q = qweight.qdata.detach().to("cpu").reshape(qweight.qdata.shape[0], -1)
     out_features, in_features = q.shape
     if groups < 1 or out_features % groups:
