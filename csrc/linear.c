@@ -92,21 +92,50 @@ static void quantize_x_range(void *vctx, int64_t begin, int64_t end) {
     }
 }
 
+/* Work items are (row block, panel) pairs, flattened row block major; a
+ * chunk of items runs as one kernel call per row block it touches. */
 typedef struct {
     mq_qgemm_fn fn;
     const mq_qgemm_args *a;
+    int64_t panels, row_block;
 } qgemm_ctx;
 
 static void qgemm_range(void *vctx, int64_t begin, int64_t end) {
-    qgemm_ctx *c = vctx;
-    c->fn(c->a, begin, end);
+    const qgemm_ctx *c = vctx;
+    while (begin < end) {
+        const int64_t rb = begin / c->panels, p0 = begin % c->panels;
+        const int64_t p1 = p0 + (end - begin) < c->panels ? p0 + (end - begin) : c->panels;
+        const int64_t m0 = rb * c->row_block;
+        mq_qgemm_args sub = *c->a;
+        sub.m = c->a->m - m0 < c->row_block ? c->a->m - m0 : c->row_block;
+        sub.x += m0 * sub.kp;
+        sub.x_scale += m0;
+        if (sub.x_sum) sub.x_sum += m0;
+        if (sub.y) sub.y += m0 * sub.ldy;
+        if (sub.acc) sub.acc += m0 * sub.ldy;
+        c->fn(&sub, p0, p1);
+        begin += p1 - p0;
+    }
+}
+
+/* Threads over output panels; when there are too few panels to keep every
+ * thread busy (a narrow layer or a conv group) and many rows, over row
+ * blocks too (each thread then reads the whole, small, weight). */
+static void run_qgemm(const mq_kernels *kt, const mq_qgemm_args *a, int nthreads) {
+    const int64_t panels = mq_round_up(a->n, MQ_PANEL) / MQ_PANEL;
+    int64_t row_block = a->m;
+    if (nthreads > 1 && panels < 4 * nthreads && a->m >= 64)
+        row_block = mq_round_up((a->m + 2 * nthreads - 1) / (2 * nthreads), 8);
+    qgemm_ctx c = {kt->qgemm, a, panels, row_block};
+    const int64_t blocks = (a->m + row_block - 1) / row_block;
+    mq_parallel_for(blocks * panels, panels_per_chunk(row_block, a->kp), nthreads, qgemm_range, &c);
 }
 
 int mq_linear_dynamic(const void *x, mq_src_t kind, int x_is_q, int64_t m, int64_t k, int64_t ldx,
                       const int8_t *packed, const int32_t *w_sum, const float *w_scale, const int32_t *w_zp,
                       int w_has_m128, const float *bias, int64_t n, float *y, int32_t *acc, int nthreads) {
     const mq_kernels *kt = mq_active();
-    const int64_t kp = mq_round_up(k, MQ_KGROUP), panels = mq_round_up(n, MQ_PANEL) / MQ_PANEL;
+    const int64_t kp = mq_round_up(k, MQ_KGROUP);
     if (m <= 0 || n <= 0) return 0;
     uint8_t *xq = aligned_alloc(64, (size_t)mq_round_up(m * kp, 64));
     float *x_scale = malloc((size_t)m * sizeof(float));
@@ -117,8 +146,7 @@ int mq_linear_dynamic(const void *x, mq_src_t kind, int x_is_q, int64_t m, int64
                        w_has_m128, bias, acc ? NULL : y, acc, n, mq_gemv_max_rows};
     xquant_ctx xc = {x, (size_t)ldx * (x_is_q ? 1 : mq_src_size(kind)), kind, x_is_q, k, &a, x_sum, x_scale, xq, kt};
     mq_parallel_for(m, (1 << 16) / (k + 1) + 1, nthreads, quantize_x_range, &xc);
-    qgemm_ctx qc = {kt->qgemm, &a};
-    mq_parallel_for(panels, panels_per_chunk(m, kp), nthreads, qgemm_range, &qc);
+    run_qgemm(kt, &a, nthreads);
     status = 0;
 done:
     free(xq);
@@ -223,8 +251,7 @@ int mq_conv2d_dynamic(const void *x, mq_src_t kind, int64_t batch, int64_t chann
         mq_qgemm_args a = {rows, kt->qgemm_x_u8, x_scale, x_sum, m, kp, n_g, packed + g * np_g * kp,
                            w_sum + g * np_g, w_scale + g * n_g, w_zp ? w_zp + g * n_g : NULL, w_has_m128,
                            bias ? bias + g * n_g : NULL, y + g * n_g, NULL, n, mq_gemv_max_rows};
-        qgemm_ctx gc = {kt->qgemm, &a};
-        mq_parallel_for(np_g / MQ_PANEL, panels_per_chunk(m, kp), nthreads, qgemm_range, &gc);
+        run_qgemm(kt, &a, nthreads);
     }
     status = 0;
 done:
