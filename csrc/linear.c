@@ -10,9 +10,11 @@
 
 #include "mq.h"
 
-/* A thread start costs ~20-50 us: below this many multiply-adds per chunk,
- * fewer threads are faster. */
-#define MQ_MIN_MACS_PER_THREAD (1 << 22)
+/* Below this many multiply-adds per chunk, fewer threads are faster: a
+ * pthread start costs ~20-50 us, waking torch's OpenMP team a few us. */
+static int64_t min_macs_per_thread(void) {
+    return strcmp(mq_threading_backend(), "openmp") ? (int64_t)1 << 22 : (int64_t)1 << 20;
+}
 
 int mq_pack_int8(const int8_t *w, int64_t n, int64_t k, int8_t *packed, int32_t *w_sum) {
     const int64_t kp = mq_round_up(k, MQ_KGROUP), np = mq_round_up(n, MQ_PANEL), groups = kp / MQ_KGROUP;
@@ -39,8 +41,8 @@ int mq_pack_int8(const int8_t *w, int64_t n, int64_t k, int8_t *packed, int32_t 
 int64_t mq_gemv_max_rows = 4;
 
 static int64_t panels_per_chunk(int64_t m, int64_t kp) {
-    int64_t per_panel = m * kp * MQ_PANEL;
-    return per_panel >= MQ_MIN_MACS_PER_THREAD ? 1 : (MQ_MIN_MACS_PER_THREAD + per_panel - 1) / per_panel;
+    const int64_t per_panel = m * kp * MQ_PANEL, min_macs = min_macs_per_thread();
+    return per_panel >= min_macs ? 1 : (min_macs + per_panel - 1) / per_panel;
 }
 
 /* ---- dynamic int8 ------------------------------------------------------------ */
