@@ -159,14 +159,18 @@ done:
 
 /* ---- dynamic int8 conv2d: per-image int8, int8 im2col, the same GEMM ---------- */
 
+/* The image is quantized once, stored channels-last (NHWC) and already in
+ * the kernel's activation encoding (int8, or int8 ^ 0x80 = int8 + 128 for
+ * VNNI), so im2col is a memcpy of each tap's channel run, or a fill with
+ * the encoding of 0 for the zero padding.  The conv's K order is therefore
+ * (kh, kw, in_channel): pack_int8_linear packs 4-D weights in that order. */
 typedef struct {
-    const int8_t *xq; /* [batch][channels][height][width] */
-    int64_t channels, height, width, kh, kw, sh, sw, ph, pw, dh, dw, out_h, out_w, cg, kp, k;
-    int64_t group;
+    const uint8_t *xq; /* [batch][height][width][channels], encoded */
+    int64_t channels, height, width, kh, kw, sh, sw, ph, pw, dh, dw, out_h, out_w, cg, kp, k, group;
     const float *image_scale;
     float *x_scale;
     int32_t *x_sum;
-    int x_u8;
+    uint8_t zero; /* the encoding of 0 */
     uint8_t *rows; /* [batch*out_h*out_w][kp] */
 } im2col_ctx;
 
@@ -176,53 +180,64 @@ static void im2col_range(void *vctx, int64_t begin, int64_t end) {
     for (int64_t r = begin; r < end; r++) {
         const int64_t b = r / pixels, oh = (r % pixels) / c->out_w, ow = r % c->out_w;
         uint8_t *dst = c->rows + r * c->kp;
-        int64_t idx = 0;
-        int32_t sum = 0;
-        for (int64_t ch = c->group * c->cg; ch < (c->group + 1) * c->cg; ch++) {
-            const int8_t *plane = c->xq + (b * c->channels + ch) * c->height * c->width;
-            for (int64_t i = 0; i < c->kh; i++) {
-                const int64_t ih = oh * c->sh - c->ph + i * c->dh;
-                const int row_in = ih >= 0 && ih < c->height;
-                for (int64_t j = 0; j < c->kw; j++) {
-                    const int64_t iw = ow * c->sw - c->pw + j * c->dw;
-                    const int8_t v = (row_in && iw >= 0 && iw < c->width) ? plane[ih * c->width + iw] : 0;
-                    sum += v;
-                    dst[idx++] = (uint8_t)v;
-                }
+        for (int64_t i = 0; i < c->kh; i++) {
+            const int64_t ih = oh * c->sh - c->ph + i * c->dh;
+            for (int64_t j = 0; j < c->kw; j++, dst += c->cg) {
+                const int64_t iw = ow * c->sw - c->pw + j * c->dw;
+                if (ih >= 0 && ih < c->height && iw >= 0 && iw < c->width)
+                    memcpy(dst, c->xq + ((b * c->height + ih) * c->width + iw) * c->channels + c->group * c->cg,
+                           (size_t)c->cg);
+                else
+                    memset(dst, c->zero, (size_t)c->cg);
             }
         }
-        memset(dst + idx, 0, (size_t)(c->kp - idx));
-        if (c->x_u8)
-            for (int64_t i = 0; i < c->kp; i++) dst[i] ^= 0x80u;
+        memset(dst, c->zero, (size_t)(c->kp - c->k));
         c->x_scale[r] = c->image_scale[b];
-        if (c->x_sum) c->x_sum[r] = sum;
+        if (c->x_sum) {
+            const uint8_t *row = c->rows + r * c->kp;
+            int32_t sum = 0;
+            for (int64_t i = 0; i < c->k; i++) sum += (int8_t)(row[i] ^ c->zero);
+            c->x_sum[r] = sum;
+        }
     }
 }
 
 typedef struct {
     const uint8_t *src;
     mq_src_t kind;
-    int64_t image;
+    int64_t channels, plane;
     float *scale;
-    int8_t *xq;
+    int8_t *scratch; /* [nthreads-free: one plane set per image] NCHW int8 */
+    uint8_t *xq;     /* NHWC encoded */
+    uint8_t zero;
     const mq_kernels *kt;
 } image_quant_ctx;
 
 static void quantize_images(void *vctx, int64_t begin, int64_t end) {
     image_quant_ctx *c = vctx;
+    const int64_t image = c->channels * c->plane;
     for (int64_t b = begin; b < end; b++) {
-        const uint8_t *src = c->src + (size_t)(b * c->image) * mq_src_size(c->kind);
-        int8_t *q = c->xq + b * c->image;
+        const uint8_t *src = c->src + (size_t)(b * image) * mq_src_size(c->kind);
+        int8_t *q = c->scratch + b * image;
+        uint8_t *out = c->xq + b * image;
         float mn, mx, scale;
         int32_t zp;
-        if (c->kt->minmax[c->kind](src, c->image, &mn, &mx)) {
-            memset(q, 0, (size_t)c->image);
-            c->scale[b] = NAN;
+        if (c->kt->minmax[c->kind](src, image, &mn, &mx)) {
+            memset(out, c->zero, (size_t)image);
+            c->scale[b] = NAN; /* NaN/Inf in the image: its outputs become NaN */
             continue;
         }
         mq_choose_qparams(mn, mx, -127, 127, 1, &scale, &zp);
-        c->kt->quantize[c->kind](src, c->image, 1.0f / scale, 0.0f, -127.0f, 127.0f, 0, (uint8_t *)q);
+        c->kt->quantize[c->kind](src, image, 1.0f / scale, 0.0f, -127.0f, 127.0f, 0, (uint8_t *)q);
         c->scale[b] = scale;
+        /* NCHW -> NHWC in blocks of 64 pixels, so reads and writes both stay in cache lines */
+        for (int64_t p0 = 0; p0 < c->plane; p0 += 64) {
+            const int64_t p1 = p0 + 64 < c->plane ? p0 + 64 : c->plane;
+            for (int64_t ch = 0; ch < c->channels; ch++) {
+                const int8_t *in = q + ch * c->plane;
+                for (int64_t p = p0; p < p1; p++) out[p * c->channels + ch] = (uint8_t)in[p] ^ c->zero;
+            }
+        }
     }
 }
 
@@ -236,20 +251,35 @@ int mq_conv2d_dynamic(const void *x, mq_src_t kind, int64_t batch, int64_t chann
     const int64_t cg = channels / groups, k = cg * kh * kw, kp = mq_round_up(k, MQ_KGROUP);
     const int64_t n_g = n / groups, np_g = mq_round_up(n_g, MQ_PANEL), m = batch * out_h * out_w;
     const int64_t image = channels * height * width;
+    const uint8_t zero = kt->qgemm_x_u8 ? 0x80u : 0u;
+    /* 1x1, stride 1, no padding, one group, k a multiple of 4: the NHWC image is the rows */
+    const int direct = kh == 1 && kw == 1 && sh == 1 && sw == 1 && ph == 0 && pw == 0 && groups == 1 && kp == k;
     if (m <= 0 || n <= 0) return 0;
-    int8_t *xq = malloc((size_t)(batch * image));
+    int8_t *scratch = malloc((size_t)(batch * image));
+    uint8_t *xq = aligned_alloc(64, (size_t)mq_round_up(batch * image, 64));
     float *image_scale = malloc((size_t)batch * sizeof(float));
-    uint8_t *rows = aligned_alloc(64, (size_t)mq_round_up(m * kp, 64));
+    uint8_t *rows = direct ? xq : aligned_alloc(64, (size_t)mq_round_up(m * kp, 64));
     float *x_scale = malloc((size_t)m * sizeof(float));
     int32_t *x_sum = w_zp ? malloc((size_t)m * sizeof(int32_t)) : NULL;
     int status = -1;
-    if (!xq || !image_scale || !rows || !x_scale || (w_zp && !x_sum)) goto done;
-    image_quant_ctx qc = {x, kind, image, image_scale, xq, kt};
+    if (!scratch || !xq || !image_scale || !rows || !x_scale || (w_zp && !x_sum)) goto done;
+    image_quant_ctx qc = {x, kind, channels, height * width, image_scale, scratch, xq, zero, kt};
     mq_parallel_for(batch, 1, nthreads, quantize_images, &qc);
     for (int64_t g = 0; g < groups; g++) {
         im2col_ctx ic = {xq, channels, height, width, kh, kw, sh, sw, ph, pw, dh, dw, out_h, out_w, cg, kp, k,
-                         g, image_scale, x_scale, x_sum, kt->qgemm_x_u8, rows};
-        mq_parallel_for(m, (1 << 16) / (kp + 1) + 1, nthreads, im2col_range, &ic);
+                         g, image_scale, x_scale, x_sum, zero, rows};
+        if (direct) {
+            const int64_t pixels = out_h * out_w;
+            for (int64_t r = 0; r < m; r++) x_scale[r] = image_scale[r / pixels];
+            if (x_sum)
+                for (int64_t r = 0; r < m; r++) {
+                    int32_t sum = 0;
+                    for (int64_t i = 0; i < k; i++) sum += (int8_t)(rows[r * kp + i] ^ zero);
+                    x_sum[r] = sum;
+                }
+        } else {
+            mq_parallel_for(m, (1 << 16) / (kp + 1) + 1, nthreads, im2col_range, &ic);
+        }
         mq_qgemm_args a = {rows, kt->qgemm_x_u8, x_scale, x_sum, m, kp, n_g, packed + g * np_g * kp,
                            w_sum + g * np_g, w_scale + g * n_g, w_zp ? w_zp + g * n_g : NULL, w_has_m128,
                            bias ? bias + g * n_g : NULL, y + g * n_g, NULL, n, mq_gemv_max_rows};
@@ -257,9 +287,10 @@ int mq_conv2d_dynamic(const void *x, mq_src_t kind, int64_t batch, int64_t chann
     }
     status = 0;
 done:
+    free(scratch);
     free(xq);
     free(image_scale);
-    free(rows);
+    if (!direct) free(rows);
     free(x_scale);
     free(x_sum);
     return status;

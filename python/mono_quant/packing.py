@@ -30,7 +30,8 @@ def can_pack(qweight) -> bool:
 
 
 def pack_int8_linear(qweight: QuantizedWeight, groups: int = 1) -> Dict[str, torch.Tensor]:
-    """The packed buffers of an int8 weight ``[out, in, ...]`` (trailing dims flattened into ``in``).
+    """The packed buffers of an int8 weight ``[out, in]`` (Linear) or
+    ``[out, in/groups, kh, kw]`` (Conv2d, flattened in (kh, kw, in) order).
 
     Returns ``{"weight_packed": int8 1-D, "weight_colsum": int32 1-D,
     "weight_packed_info": int32 [5]}``, the info being (layout version, out,
@@ -51,7 +52,10 @@ def pack_int8_linear(qweight: QuantizedWeight, groups: int = 1) -> Dict[str, tor
 
 
 def _pack(qweight: QuantizedWeight, groups: int) -> Dict[str, torch.Tensor]:
-    q = qweight.qdata.detach().to("cpu").reshape(qweight.qdata.shape[0], -1)
+    q = qweight.qdata.detach().to("cpu")
+    if q.dim() == 4:  # conv [out, in/groups, kh, kw]: K in (kh, kw, in) order, as the NHWC im2col reads it
+        q = q.permute(0, 2, 3, 1)
+    q = q.reshape(q.shape[0], -1)
     out_features, in_features = q.shape
     if groups < 1 or out_features % groups:
         raise ValueError(f"out_features {out_features} is not divisible by groups={groups}")

@@ -78,8 +78,8 @@ class QuantizedConv2d(QuantizedModule):
 
     def _packed_conv(self, x: torch.Tensor, info: dict, args: list, whole: tuple) -> torch.Tensor:
         """The int8 matmul on im2col rows; float32 NCHW out.  Dynamic: all in
-        C (per-image int8, int8 im2col).  Weight-only: torch's unfold (a plain
-        reshape for 1x1, stride 1, no padding) into the fp32 x int8 kernel."""
+        C (per-image int8, NHWC int8 im2col).  Weight-only: torch's unfold (a
+        plain reshape for 1x1, stride 1, no padding) into the fp32 x int8 kernel."""
         if self.padding_mode != "zeros":
             x = F.pad(x, self._reversed_padding_repeated_twice, mode=self.padding_mode)
             padding = (0, 0)
@@ -95,9 +95,10 @@ class QuantizedConv2d(QuantizedModule):
                 tuple(self.dilation), self.groups, nthreads=kernels.num_threads()))
         elif (kh, kw, sh, sw) == (1, 1, 1, 1) and padding == (0, 0):
             rows = x.permute(0, 2, 3, 1).reshape(-1, x.shape[1])  # 1x1: each pixel is a row
-        else:
-            cols = F.unfold(x, self.kernel_size, self.dilation, padding, self.stride)  # [B, C*kh*kw, L]
-            rows = cols.transpose(1, 2).reshape(-1, cols.shape[1])
+        else:  # torch's im2col [B, C*kh*kw, L], reordered to rows of (group, kh, kw, channel): the packed K order
+            cols = F.unfold(x, self.kernel_size, self.dilation, padding, self.stride)
+            cols = cols.reshape(batch, self.groups, self.in_channels // self.groups, kh * kw, -1)
+            rows = cols.permute(0, 4, 1, 3, 2).reshape(-1, cols.shape[1] * cols.shape[2] * cols.shape[3])
         if self.activations != "dynamic":
             groups, k = self.groups, info["in_features"]
             outs = [packed_linear(self, rows[:, g * k:(g + 1) * k], args[g]) for g in range(groups)]
