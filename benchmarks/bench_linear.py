@@ -63,6 +63,22 @@ def stream_bandwidth(repeats: int) -> float:
     return 2 * a.numel() * 4 / (t["median_us"] * 1e-6) / 1e9
 
 
+def isa_levels():
+    levels = ["scalar", "avx2", "avx512"]
+    return levels[: levels.index(mq.cpu_info()["best_isa"]) + 1]
+
+
+def forced(isa, module, x):
+    """module(x) with the kernels capped at one ISA level."""
+    from mono_quant import _C
+
+    previous = _C.set_isa(isa)
+    try:
+        return module(x)
+    finally:
+        _C.set_isa(previous)
+
+
 class Rotation:
     """Calls a function on copy i, i+1, ... of its arguments so the weights leave the cache."""
 
@@ -107,6 +123,8 @@ def bench_linear(shapes, batches, repeats, fbgemm, int8pack, rows):
                 "mq dynamic int8": lambda: dyn[rot["dyn"].next()](x),
                 "mq weight-only": lambda: wo[rot["wo"].next()](x),
             }
+            if (n, k) == (4096, 4096) and m in (1, 32) and "avx2" in isa_levels():
+                contenders["mq dynamic int8 (AVX2 forced)"] = lambda: forced("avx2", dyn[rot["dyn"].next()], x)
             if fb:
                 contenders["fbgemm linear_dynamic"] = lambda: torch.ops.quantized.linear_dynamic(x, fb[rot["fb"].next()])
             if i8 and m == 1:  # its fp32 path is scalar-slow (0.1x fp32 at batch 1; minutes at batch 128)
