@@ -36,9 +36,11 @@ int mq_pack_int8(const int8_t *w, int64_t n, int64_t k, int8_t *packed, int32_t 
     return has_m128;
 }
 
-/* Rows up to which the dynamic kernels use GEMV tiles; above it, GEMM tiles
- * (bench_linear.py's sweep: per-row time levels off from 5 rows on). */
-int64_t mq_gemv_max_rows = 4;
+/* Rows up to which the dynamic kernels use GEMV tiles; above it, GEMM tiles.
+ * Measured (bench_linear.py's sweep, 4096x4096 from DRAM and 1024x1024 in
+ * cache): the one-panel GEMV tile wins only at 1 row (by ~3%); from 2 rows
+ * on the 3-panel GEMM tiles are 10-45% faster. */
+int64_t mq_gemv_max_rows = 1;
 
 static int64_t panels_per_chunk(int64_t m, int64_t kp) {
     const int64_t per_panel = m * kp * MQ_PANEL, min_macs = min_macs_per_thread();

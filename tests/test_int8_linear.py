@@ -354,3 +354,20 @@ def test_many_rows_few_panels_exact(kernel_isa, m, n):
     bufs = pack_int8_linear(qw)
     y = kernels.linear_int8(x, bufs["weight_packed"], bufs["weight_colsum"], qw.scale, qw.zero_point, None, n, False)
     assert torch.equal(y, reference.linear_int8(x, qw.qdata, qw.scale, qw.zero_point))
+
+
+@pytest.mark.parametrize("gemv_rows", [0, 8])
+def test_gemv_and_gemm_tiles_agree(kernel_isa, gemv_rows):
+    """Either tile family (the GEMV/GEMM switch forced) gives the exact accumulators."""
+    previous = _C.set_gemv_max_rows(gemv_rows)
+    try:
+        g = _gen(gemv_rows)
+        w = torch.randint(-127, 128, (70, 203), generator=g, dtype=torch.int8)
+        zp = torch.zeros(70, dtype=torch.int32)
+        for m in range(1, 10):
+            x = torch.randint(-127, 128, (m, 203), generator=g, dtype=torch.int8)
+            assert torch.equal(_acc(x, w, zp), reference.linear_int8(x, w, torch.ones(70), zp, mode="int8_acc"))
+    finally:
+        _C.set_gemv_max_rows(previous)
+    with pytest.raises(ValueError):
+        _C.set_gemv_max_rows(9)
