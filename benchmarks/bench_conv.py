@@ -33,7 +33,10 @@ SHAPES = [  # (channels in, out, kernel, stride, padding, spatial)
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--repeats", type=int, default=15)
+    parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     info = machine_info()
     info["linear_kernels"] = kernels.linear_kernels()
     print(f"{info['cpu']}, {info['cores']} cores, torch threads {info['torch_threads']}, torch {info['torch']}, "
@@ -60,7 +63,7 @@ def main():
             for name, st in stats.items():
                 print(f"  {name:<18} {st['median_us']:9.1f} us [{st['p10_us']:8.1f} - {st['p90_us']:8.1f}]"
                       f"  {row['GOPs'][name]:7.1f} GOP/s  x{base / st['median_us']:5.2f} vs fp32")
-    path = write_results("bench_conv", {"machine": info, "conv": rows})
+    path = write_results("bench_conv" + (f"_t{args.threads}" if args.threads else ""), {"machine": info, "conv": rows})
     print(f"\nwrote {path}")
 
 

@@ -210,8 +210,11 @@ def bench_model(repeats):
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--repeats", type=int, default=15)
+    parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
     parser.add_argument("--quick", action="store_true", help="only 4096x4096")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     info = machine_info()
     info["linear_kernels"] = kernels.linear_kernels()
     fbgemm, int8pack = probe_fbgemm(), probe_int8pack_mm()
@@ -227,7 +230,7 @@ def main():
         bench_linear([(768, 3072), (3072, 768)], [1, 32], args.repeats, fbgemm, int8pack, rows)
     tiles = bench_tiles(args.repeats)
     model_rows = bench_model(args.repeats)
-    path = write_results("bench_linear", {"machine": info, "linear": rows, "tiles": tiles, "model": model_rows})
+    path = write_results("bench_linear" + (f"_t{args.threads}" if args.threads else ""), {"machine": info, "linear": rows, "tiles": tiles, "model": model_rows})
     print(f"\nwrote {path}")
 
 
