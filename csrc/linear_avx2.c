@@ -46,36 +46,40 @@ MQ_INLINE void qgemm_store8(const mq_qgemm_args *a, __m256i acc, int64_t m, int6
     }
 }
 
-/* mt rows x one panel (two 8-channel halves). */
-MQ_INLINE void qgemm_tile(const mq_qgemm_args *a, int64_t m0, int64_t p, const int mt) {
-    const int64_t groups = a->kp / MQ_KGROUP, kp = a->kp;
-    const int8_t *w = a->w + p * groups * 64;
-    const uint8_t *x = a->x + m0 * kp;
-    const __m256i ones = _mm256_set1_epi16(1);
-    __m256i acc[4][2];
-    for (int i = 0; i < mt; i++) acc[i][0] = acc[i][1] = _mm256_setzero_si256();
-    for (int64_t g = 0; g < groups; g++) {
-        __m256i w0 = _mm256_loadu_si256((const __m256i *)(w + g * 64));
-        __m256i w1 = _mm256_loadu_si256((const __m256i *)(w + g * 64 + 32));
-        for (int i = 0; i < mt; i++) {
-            int32_t x4;
-            memcpy(&x4, x + i * kp + g * 4, 4);
-            __m256i xb = _mm256_set1_epi32(x4), ax = _mm256_abs_epi8(xb);
-            __m256i p0 = _mm256_maddubs_epi16(ax, _mm256_sign_epi8(w0, xb));
-            __m256i p1 = _mm256_maddubs_epi16(ax, _mm256_sign_epi8(w1, xb));
-            acc[i][0] = _mm256_add_epi32(acc[i][0], _mm256_madd_epi16(p0, ones));
-            acc[i][1] = _mm256_add_epi32(acc[i][1], _mm256_madd_epi16(p1, ones));
-        }
+/* MT rows x one panel (two 8-channel halves), named accumulators (a
+ * macro with a constant MT: GCC keeps arrays of vectors on the stack). */
+#define QROW_DECL(i) __m256i acc##i##a = _mm256_setzero_si256(), acc##i##b = acc##i##a;
+#define QROW(i, MT)                                                                           \
+    if ((i) < (MT)) {                                                                         \
+        int32_t x4;                                                                           \
+        memcpy(&x4, x + (i) * kp + g * 4, 4);                                                 \
+        const __m256i xb = _mm256_set1_epi32(x4), ax = _mm256_abs_epi8(xb);                   \
+        const __m256i p0 = _mm256_maddubs_epi16(ax, _mm256_sign_epi8(w0, xb));                \
+        const __m256i p1 = _mm256_maddubs_epi16(ax, _mm256_sign_epi8(w1, xb));                \
+        acc##i##a = _mm256_add_epi32(acc##i##a, _mm256_madd_epi16(p0, ones));                 \
+        acc##i##b = _mm256_add_epi32(acc##i##b, _mm256_madd_epi16(p1, ones));                 \
     }
-    for (int i = 0; i < mt; i++) {
-        qgemm_store8(a, acc[i][0], m0 + i, p * MQ_PANEL);
-        if (p * MQ_PANEL + 8 < a->n) qgemm_store8(a, acc[i][1], m0 + i, p * MQ_PANEL + 8);
+#define QROW_STORE(i, MT)                                                                     \
+    if ((i) < (MT)) {                                                                         \
+        qgemm_store8(a, acc##i##a, m0 + (i), p * MQ_PANEL);                                   \
+        if (p * MQ_PANEL + 8 < a->n) qgemm_store8(a, acc##i##b, m0 + (i), p * MQ_PANEL + 8);  \
     }
-}
+#define QTILE(MT)                                                                             \
+    static void qtile_##MT(const mq_qgemm_args *a, int64_t m0, int64_t p) {                   \
+        const int64_t groups = a->kp / MQ_KGROUP, kp = a->kp;                                 \
+        const int8_t *w = a->w + p * groups * 64;                                             \
+        const uint8_t *x = a->x + m0 * kp;                                                    \
+        const __m256i ones = _mm256_set1_epi16(1);                                            \
+        QROW_DECL(0) QROW_DECL(1) QROW_DECL(2) QROW_DECL(3)                                   \
+        for (int64_t g = 0; g < groups; g++) {                                                \
+            const __m256i w0 = _mm256_loadu_si256((const __m256i *)(w + g * 64));             \
+            const __m256i w1 = _mm256_loadu_si256((const __m256i *)(w + g * 64 + 32));        \
+            QROW(0, MT) QROW(1, MT) QROW(2, MT) QROW(3, MT)                                   \
+        }                                                                                     \
+        QROW_STORE(0, MT) QROW_STORE(1, MT) QROW_STORE(2, MT) QROW_STORE(3, MT)               \
+    }
 
 typedef void (*qtile_fn)(const mq_qgemm_args *a, int64_t m0, int64_t p);
-#define QTILE(MT) \
-    static void qtile_##MT(const mq_qgemm_args *a, int64_t m0, int64_t p) { qgemm_tile(a, m0, p, MT); }
 QTILE(1) QTILE(2) QTILE(3) QTILE(4)
 static const qtile_fn qtiles[5] = {NULL, qtile_1, qtile_2, qtile_3, qtile_4};
 
