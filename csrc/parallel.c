@@ -19,7 +19,13 @@ typedef void (*gomp_parallel_t)(void (*fn)(void *), void *data, unsigned num_thr
 static gomp_parallel_t gomp_parallel;
 static int (*omp_thread_num)(void), (*omp_num_threads)(void), (*omp_in_parallel)(void);
 
+/* libgomp's team does not survive fork(): a forked child (a DataLoader
+ * worker, say) goes back to pthreads. */
+static void openmp_off_in_child(void) { gomp_parallel = NULL; }
+
 int mq_use_openmp_runtime(const char *path) {
+    static int atfork_registered = 0;
+    if (!atfork_registered) atfork_registered = pthread_atfork(NULL, NULL, openmp_off_in_child) == 0;
     if (!path) {
         gomp_parallel = NULL;
         return 0;
