@@ -9,6 +9,7 @@ from torch import nn
 import mono_quant as mq
 from mono_quant import _C, reference
 from mono_quant.modules import QuantizedConv2d
+from mono_quant.modules.linear import kernel_args
 
 LEVELS = ["scalar", "avx2", "avx512"]
 SUPPORTED = LEVELS[: LEVELS.index(_C.cpu_info()["best_isa"]) + 1]
@@ -48,13 +49,18 @@ def test_conv_weight_only_matches_dequantized(case, isa):
     previous = _C.set_isa(isa)
     try:
         with torch.no_grad():
-            y = qconv(x)
+            outs = [qconv(x)]  # many pixels per channel: F.conv2d on the dequantized weight
+            packed = kernel_args(qconv)
+            if packed is not None:  # the packed fp32 x int8 kernel, whatever the size
+                outs.append(qconv._packed_conv(x, *packed))
     finally:
         _C.set_isa(previous)
     ref = F.conv2d(x.double(), qconv.dequantized_weight().double(), qconv.bias.double(), conv.stride,
                    conv.padding, conv.dilation, conv.groups)
-    assert y.shape == ref.shape and y.is_contiguous()
-    assert torch.allclose(y.double(), ref, rtol=1e-5, atol=1e-5 * float(ref.abs().max()))
+    assert len(outs) == (1 if case[6] == case[0] else 2)
+    for y in outs:
+        assert y.shape == ref.shape and y.is_contiguous()
+        assert torch.allclose(y.double(), ref, rtol=1e-5, atol=1e-5 * float(ref.abs().max()))
 
 
 @pytest.mark.parametrize("case", CASES, ids=[str(c) for c in CASES])
@@ -106,3 +112,14 @@ def test_conv_dynamic_bit_exact_vs_reference(case, isa):
         ref = reference.conv2d_int8(x, qconv.weight_qdata, qconv.weight_scale, qconv.weight_zero_point, qconv.bias,
                                     conv.stride, conv.padding, conv.dilation, conv.groups)
         assert torch.equal(y, ref)
+
+
+def test_weight_only_conv_picks_the_packed_kernel_for_few_pixels():
+    conv = nn.Conv2d(32, 256, 3, padding=1).eval()
+    qconv, _ = mq.quantize(conv, activations=None)
+    small, big = torch.randn(1, 32, 4, 4), torch.randn(1, 32, 16, 16)  # 16 and 256 output pixels
+    assert qconv._packed_pays(small) and not qconv._packed_pays(big)
+    with torch.no_grad():
+        for x in (small, big):
+            ref = F.conv2d(x.double(), qconv.dequantized_weight().double(), qconv.bias.double(), padding=1)
+            assert torch.allclose(qconv(x).double(), ref, rtol=1e-5, atol=1e-5 * float(ref.abs().max()))

@@ -105,12 +105,24 @@ class QuantizedConv2d(QuantizedModule):
             y = outs[0] if groups == 1 else torch.cat(outs, dim=1)
         return y.reshape(batch, out_h, out_w, self.out_channels).permute(0, 3, 1, 2).contiguous()
 
+    def _packed_pays(self, x: torch.Tensor) -> bool:
+        """Weight-only convs with many output pixels per output channel are faster as
+        F.conv2d on the dequantized weight: the fp32 im2col (kh*kw times the input)
+        costs more than dequantizing the weight (bench_conv.py: the packed weight-only
+        path wins below about out_channels/8 output pixels)."""
+        if self.activations == "dynamic":
+            return True
+        pixels = x.shape[0]
+        for size, k, s, p, d in zip(x.shape[2:], self.kernel_size, self.stride, self.padding, self.dilation):
+            pixels *= (size + 2 * p - d * (k - 1) - 1) // s + 1
+        return pixels * 8 <= self.out_channels
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.qtype.kind == "int":
             packed = kernel_args(self)
             if (packed is not None and x.dim() == 4 and not isinstance(self.padding, str)
                     and x.shape[1] == self.in_channels and _kernel_takes(x, x.shape[-1])
-                    and packed[0]["in_features"] <= _max_k()):
+                    and packed[0]["in_features"] <= _max_k() and self._packed_pays(x)):
                 return self._packed_conv(x, *packed).to(x.dtype)
             w = self.dequantized_weight(torch.float32).to(x.device)
             b = None if self.bias is None else self.bias.float()
