@@ -5,6 +5,7 @@
  * Callers hold no Python state: module.c releases the GIL around this. */
 #include <dlfcn.h>
 #include <pthread.h>
+#include <stdatomic.h>
 
 #include "mq.h"
 
@@ -17,7 +18,7 @@
  * (RTLD_NOLOAD): mono-quant never loads or links an OpenMP of its own. */
 typedef void (*gomp_parallel_t)(void (*fn)(void *), void *data, unsigned num_threads, unsigned flags);
 static gomp_parallel_t gomp_parallel;
-static int (*omp_thread_num)(void), (*omp_num_threads)(void), (*omp_in_parallel)(void);
+static int (*omp_in_parallel)(void);
 
 /* libgomp's team does not survive fork(): a forked child (a DataLoader
  * worker, say) goes back to pthreads. */
@@ -33,15 +34,11 @@ int mq_use_openmp_runtime(const char *path) {
     void *lib = dlopen(path, RTLD_NOW | RTLD_LOCAL | RTLD_NOLOAD);
     if (!lib) return -1;
     gomp_parallel_t par = (gomp_parallel_t)dlsym(lib, "GOMP_parallel");
-    int (*tn)(void) = (int (*)(void))dlsym(lib, "omp_get_thread_num");
-    int (*nt)(void) = (int (*)(void))dlsym(lib, "omp_get_num_threads");
     int (*ip)(void) = (int (*)(void))dlsym(lib, "omp_in_parallel");
-    if (!par || !tn || !nt || !ip) {
+    if (!par || !ip) {
         dlclose(lib);
         return -1;
     }
-    omp_thread_num = tn;
-    omp_num_threads = nt;
     omp_in_parallel = ip;
     gomp_parallel = par; /* the handle stays open: the library stays loaded */
     return 0;
@@ -53,15 +50,20 @@ typedef struct {
     mq_range_fn fn;
     void *ctx;
     int64_t n;
-    int parts;
+    int64_t pieces;    /* n split into this many contiguous pieces */
+    atomic_llong next; /* the next piece to claim */
 } omp_job;
 
-/* Each team member runs parts t, t + team, ... (the team may be smaller than asked). */
+/* Team members claim pieces until none is left: a member the OS runs late
+ * (another process on its core) ends up with fewer pieces instead of the
+ * whole call waiting for a fixed share. */
 static void omp_worker(void *arg) {
     omp_job *job = arg;
-    int t = omp_thread_num(), team = omp_num_threads();
-    for (int part = t; part < job->parts; part += team)
-        job->fn(job->ctx, job->n * part / job->parts, job->n * (part + 1) / job->parts);
+    for (;;) {
+        const int64_t piece = atomic_fetch_add(&job->next, 1);
+        if (piece >= job->pieces) break;
+        job->fn(job->ctx, job->n * piece / job->pieces, job->n * (piece + 1) / job->pieces);
+    }
 }
 
 #define MQ_MAX_THREADS 256
@@ -90,7 +92,8 @@ void mq_parallel_for(int64_t n, int64_t min_chunk, int nthreads, mq_range_fn fn,
         return;
     }
     if (gomp_parallel && !omp_in_parallel()) {
-        omp_job job = {fn, ctx, n, parts};
+        /* 4 pieces per thread, each still at least min_chunk items */
+        omp_job job = {fn, ctx, n, (int64_t)parts * 4 < max_parts ? (int64_t)parts * 4 : max_parts, 0};
         gomp_parallel(omp_worker, &job, (unsigned)parts, 0);
         return;
     }
