@@ -455,7 +455,6 @@ PyDoc_STRVAR(linear_int8_doc,
 static PyObject *py_linear_int8(PyObject *self, PyObject *args, PyObject *kw) {
     static char *kwlist[] = {"x", "packed", "w_sum", "w_scale", "w_zero_point", "bias", "out_features",
                              "w_has_m128", "mode", "nthreads", NULL};
-    static const int i8[] = {NPY_INT8};
     PyObject *x_obj, *packed_obj, *w_sum_obj, *scale_obj, *zp_obj, *bias_obj, *result = NULL;
     Py_ssize_t n;
     int has_m128, nthreads = 1;
@@ -475,23 +474,27 @@ static PyObject *py_linear_int8(PyObject *self, PyObject *args, PyObject *kw) {
         PyErr_SetString(PyExc_ValueError, "x must be a 2-D numpy.ndarray [rows, in_features]");
         return NULL;
     }
-    /* rows may be strided (a view), elements within a row must be contiguous */
+    /* dtype first (no copy), then: rows may be strided (a view); elements
+     * within a row must be contiguous and aligned, else a contiguous copy */
     PyArrayObject *xv = (PyArrayObject *)x_obj;
+    {
+        int t = PyArray_TYPE(xv), ok = is_acc ? t == NPY_INT8 : 0;
+        for (int i = 0; !is_acc && i < 4; i++) ok |= t == src_types[i];
+        if (!ok) {
+            PyErr_Format(PyExc_TypeError, "x must have dtype %s, got %.50s", is_acc ? "int8" : src_expected,
+                         PyArray_DESCR(xv)->typeobj->tp_name);
+            return NULL;
+        }
+    }
     int elem = (int)PyArray_ITEMSIZE(xv);
-    if (PyArray_DIM(xv, 1) > 1 && PyArray_STRIDE(xv, 1) != elem) x = (PyArrayObject *)PyArray_GETCONTIGUOUS(xv);
-    else if (PyArray_DIM(xv, 0) > 1 && (PyArray_STRIDE(xv, 0) % elem || PyArray_STRIDE(xv, 0) < 0))
+    if (!PyArray_ISALIGNED(xv) || (PyArray_DIM(xv, 1) > 1 && PyArray_STRIDE(xv, 1) != elem) ||
+        (PyArray_DIM(xv, 0) > 1 && (PyArray_STRIDE(xv, 0) % elem || PyArray_STRIDE(xv, 0) < 0)))
         x = (PyArrayObject *)PyArray_GETCONTIGUOUS(xv);
     else {
         Py_INCREF(xv);
         x = xv;
     }
     if (!x) return NULL;
-    {
-        PyArrayObject *checked = is_acc ? contiguous_array((PyObject *)x, "x", i8, 1, 2, "int8")
-                                        : contiguous_array((PyObject *)x, "x", src_types, 4, 2, src_expected);
-        if (!checked) goto fail;
-        Py_DECREF(checked); /* only the dtype check; x keeps its row stride */
-    }
     npy_intp m = PyArray_DIM(x, 0), k = PyArray_DIM(x, 1);
     npy_intp ldx = m > 1 ? PyArray_STRIDE(x, 0) / elem : k;
     if (!linear_weight_arrays(packed_obj, w_sum_obj, scale_obj, zp_obj, bias_obj, n, k, 1, &packed, &w_sum, &scale,

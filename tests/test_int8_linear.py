@@ -397,3 +397,14 @@ def test_forked_child_runs_the_kernels():
     os.kill(pid, 9)
     os.waitpid(pid, 0)
     pytest.fail("the forked child hung")
+
+
+@pytest.mark.parametrize("mode", ["dynamic", "weight_only"])
+def test_strided_and_broadcast_rows(kernel_isa, mode):
+    """Row views (stride > in_features, or 0 for an expanded row) run without a copy and give the same bits."""
+    qw = quantize_weight(torch.randn(20, 48, generator=_gen(18)), symmetric=True)
+    b = pack_int8_linear(qw)
+    args = (b["weight_packed"], b["weight_colsum"], qw.scale, qw.zero_point, None, 20, False)
+    wide = torch.randn(6, 100, generator=_gen(19))
+    for x in (wide[:, 10:58], wide[2, 10:58].expand(5, 48), wide[::2, 3:51]):
+        assert torch.equal(kernels.linear_int8(x, *args, mode=mode), kernels.linear_int8(x.contiguous(), *args, mode=mode))
