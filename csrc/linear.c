@@ -324,9 +324,15 @@ int mq_linear_weight_only(const void *x, mq_src_t kind, int64_t m, int64_t k, in
         for (int64_t r = 0; r < m; r++) {
             const uint8_t *row = (const uint8_t *)x + (size_t)(r * ldx) * mq_src_size(kind);
             float *dst = buffer + r * kp;
-            if (kind == MQ_SRC_F32) memcpy(dst, row, (size_t)k * sizeof(float));
-            else
-                for (int64_t i = 0; i < k; i++) dst[i] = mq_load_src(row, kind, i);
+            if (kind == MQ_SRC_F32) {
+                memcpy(dst, row, (size_t)k * sizeof(float));
+            } else if (kind == MQ_SRC_BF16) { /* a shift: the compiler vectorizes it */
+                const uint16_t *h = (const uint16_t *)(const void *)row;
+                uint32_t *bits = (uint32_t *)(void *)dst;
+                for (int64_t i = 0; i < k; i++) bits[i] = (uint32_t)h[i] << 16;
+            } else {
+                for (int64_t i = 0; i < k; i++) dst[i] = mq_f16_to_f32(((const uint16_t *)(const void *)row)[i]);
+            }
             for (int64_t i = k; i < kp; i++) dst[i] = 0.0f;
         }
         xf = buffer;
