@@ -328,8 +328,7 @@ int mq_linear_weight_only(const void *x, mq_src_t kind, int64_t m, int64_t k, in
                 memcpy(dst, row, (size_t)k * sizeof(float));
             } else if (kind == MQ_SRC_BF16) { /* a shift: the compiler vectorizes it */
                 const uint16_t *h = (const uint16_t *)(const void *)row;
-                uint32_t *bits = (uint32_t *)(void *)dst;
-                for (int64_t i = 0; i < k; i++) bits[i] = (uint32_t)h[i] << 16;
+                for (int64_t i = 0; i < k; i++) dst[i] = mq_bf16_to_f32(h[i]);
             } else {
                 for (int64_t i = 0; i < k; i++) dst[i] = mq_f16_to_f32(((const uint16_t *)(const void *)row)[i]);
             }
