@@ -408,3 +408,40 @@ def test_strided_and_broadcast_rows(kernel_isa, mode):
     wide = torch.randn(6, 100, generator=_gen(19))
     for x in (wide[:, 10:58], wide[2, 10:58].expand(5, 48), wide[::2, 3:51]):
         assert torch.equal(kernels.linear_int8(x, *args, mode=mode), kernels.linear_int8(x.contiguous(), *args, mode=mode))
+
+
+def test_storage_swaps_update_the_kernels():
+    """share_memory_() and .data = ... move a buffer's memory: the kernels follow it."""
+    q1, _ = mq.quantize(_layer(10, n=20, k=24))
+    q2, _ = mq.quantize(_layer(11, n=20, k=24))
+    x = torch.randn(2, 24, generator=_gen(20))
+    with torch.no_grad():
+        q1(x)
+        q1.share_memory()
+        y1 = q1(x)
+        for name in ("weight_packed", "weight_colsum", "weight_scale", "bias"):
+            getattr(q1, name).data = getattr(q2, name).clone()
+        assert torch.equal(q1(x), q2(x)) and not torch.equal(q1(x), y1)
+
+
+def test_concurrent_callers_get_the_same_results():
+    """The GIL is released around the kernels: Python threads may run one module at once."""
+    import threading
+
+    q, _ = mq.quantize(_layer(12, n=300, k=512))
+    xs = [torch.randn(40, 512, generator=_gen(30 + i)) for i in range(4)]
+    with torch.no_grad():
+        expected = [q(x) for x in xs]
+    results = [None] * len(xs)
+
+    def run(i):
+        with torch.no_grad():
+            for _ in range(5):
+                results[i] = q(xs[i])
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(len(xs))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert all(torch.equal(r, e) for r, e in zip(results, expected))

@@ -104,8 +104,8 @@ def _max_in_features() -> int:
 
 
 # Per module, the packed weight's description and the NumPy views the C
-# kernels take, built once and rebuilt when a buffer is replaced or changed
-# in place (its _version moves).  A weak map, not an attribute, so deepcopy
+# kernels take, built once and rebuilt when a buffer is replaced, changed in
+# place (its _version moves) or moved to other memory (its data_ptr).  A weak map, not an attribute, so deepcopy
 # and state_dict never see it.
 _KERNEL_ARGS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 _ARG_BUFFERS = ("weight_packed_info", "weight_packed", "weight_colsum", "weight_scale", "weight_zero_point", "bias")
@@ -116,7 +116,8 @@ def kernel_args(module: QuantizedModule):
     ``_C.linear_int8`` / ``_C.conv2d_int8``, or None when the module has no
     usable packed weight (see packing.packed_info)."""
     bufs = module._buffers
-    key = tuple((id(t), t._version) if t is not None else None for t in map(bufs.get, _ARG_BUFFERS))
+    # data_ptr too: .data = ... or share_memory_() swap a buffer's storage in place
+    key = tuple((id(t), t._version, t.data_ptr()) if t is not None else None for t in map(bufs.get, _ARG_BUFFERS))
     cached = _KERNEL_ARGS.get(module)
     if cached is not None and cached[0] == key:
         return cached[1]
