@@ -15,10 +15,12 @@ import torch
 from torch import nn
 
 import mono_quant as mq
-from common import interleaved, machine_info, summary, write_results
+from bench_linear import interleaved  # rotating start: no contender always follows fp32
+from common import machine_info, summary, write_results
 from mono_quant import kernels
 
 warnings.filterwarnings("ignore")
+
 
 SHAPES = [  # (channels in, out, kernel, stride, padding, spatial)
     (64, 64, 3, 1, 1, 56),

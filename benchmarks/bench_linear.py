@@ -25,10 +25,31 @@ import torch.nn.functional as F
 from torch import nn
 
 import mono_quant as mq
-from common import interleaved, machine_info, summary, write_results
+from common import machine_info, summary, write_results
 from mono_quant import kernels
 
 warnings.filterwarnings("ignore")
+
+
+def interleaved(contenders, repeats=15, warmup=2):
+    """Like common.interleaved (A B C, A B C, ...), but each round starts one
+    contender later (A B C, B C A, C A B, ...): the call right after fp32
+    F.linear / conv2d runs measurably slower (~0.4 ms at 4096x4096, batch
+    1), so no contender may always hold that slot.  Seconds per call."""
+    import time
+
+    names = list(contenders)
+    for _ in range(warmup):
+        for fn in contenders.values():
+            fn()
+    times = {name: [] for name in names}
+    for r in range(repeats):
+        for j in range(len(names)):
+            name = names[(r + j) % len(names)]
+            t0 = time.perf_counter()
+            contenders[name]()
+            times[name].append(time.perf_counter() - t0)
+    return times
 
 L3_BYTES = 32 << 20
 
