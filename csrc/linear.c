@@ -36,11 +36,17 @@ int mq_pack_int8(const int8_t *w, int64_t n, int64_t k, int8_t *packed, int32_t 
     return has_m128;
 }
 
-/* Rows up to which the dynamic kernels use GEMV tiles; above it, GEMM tiles.
- * Measured (bench_linear.py's sweep, 4096x4096 from DRAM and 1024x1024 in
- * cache): the one-panel GEMV tile wins only at 1 row (by ~3%); from 2 rows
- * on the 3-panel GEMM tiles are 10-45% faster. */
-int64_t mq_gemv_max_rows = 1;
+/* Rows up to which the dynamic kernels use the one-panel GEMV tile (K split
+ * over 4 accumulators); above it the 8-row x 3-panel tile, which also reads
+ * each weight byte once for up to 8 rows.  -1 (default) picks it from the
+ * measurements (bench_linear.py's sweep, 4096x4096 from DRAM): the GEMV tile
+ * wins only with one thread at one row (~3%); with two threads the 3-panel
+ * tile's 3 streams per thread read DRAM 6-30% faster from 1 row on. */
+int64_t mq_gemv_max_rows = -1;
+
+static int64_t gemv_rows(int nthreads) {
+    return mq_gemv_max_rows >= 0 ? mq_gemv_max_rows : (nthreads == 1 ? 1 : 0);
+}
 
 static int64_t panels_per_chunk(int64_t m, int64_t kp) {
     const int64_t per_panel = m * kp * MQ_PANEL, min_macs = min_macs_per_thread();
@@ -147,7 +153,7 @@ int mq_linear_dynamic(const void *x, mq_src_t kind, int x_is_q, int64_t m, int64
     int status = -1;
     if (!xq || !x_scale || (w_zp && !x_sum)) goto done;
     mq_qgemm_args a = {xq, kt->qgemm_x_u8, x_scale, x_sum, m, kp, n, packed, w_sum, w_scale, w_zp,
-                       w_has_m128, bias, acc ? NULL : y, acc, n, mq_gemv_max_rows};
+                       w_has_m128, bias, acc ? NULL : y, acc, n, gemv_rows(nthreads)};
     xquant_ctx xc = {x, (size_t)ldx * (x_is_q ? 1 : mq_src_size(kind)), kind, x_is_q, k, &a, x_sum, x_scale, xq, kt};
     mq_parallel_for(m, (1 << 16) / (k + 1) + 1, nthreads, quantize_x_range, &xc);
     run_qgemm(kt, &a, nthreads);
@@ -284,7 +290,7 @@ int mq_conv2d_dynamic(const void *x, mq_src_t kind, int64_t batch, int64_t chann
         }
         mq_qgemm_args a = {rows, kt->qgemm_x_u8, x_scale, x_sum, m, kp, n_g, packed + g * np_g * kp,
                            w_sum + g * np_g, w_scale + g * n_g, w_zp ? w_zp + g * n_g : NULL, w_has_m128,
-                           bias ? bias + g * n_g : NULL, y + g * n_g, NULL, n, mq_gemv_max_rows};
+                           bias ? bias + g * n_g : NULL, y + g * n_g, NULL, n, gemv_rows(nthreads)};
         run_qgemm(kt, &a, nthreads);
     }
     status = 0;

@@ -640,15 +640,16 @@ static PyObject *py_use_openmp_runtime(PyObject *self, PyObject *arg) {
 
 PyDoc_STRVAR(set_gemv_max_rows_doc,
              "set_gemv_max_rows(rows) -> previous\n\n"
-             "Tuning: up to this many rows (0..8) the dynamic int8 kernels use GEMV tiles\n"
-             "(weight streamed once), above it GEMM tiles.  For benchmarks.");
+             "Tuning: up to this many rows (0..8) the dynamic int8 kernels use the one-panel\n"
+             "GEMV tile, above it the 8-row x 3-panel tile; -1 (default) chooses by thread\n"
+             "count.  For benchmarks.");
 
 static PyObject *py_set_gemv_max_rows(PyObject *self, PyObject *arg) {
     (void)self;
     long rows = PyLong_AsLong(arg);
     if (rows == -1 && PyErr_Occurred()) return NULL;
-    if (rows < 0 || rows > 8) {
-        PyErr_Format(PyExc_ValueError, "rows must be in 0..8, got %ld", rows);
+    if (rows < -1 || rows > 8) {
+        PyErr_Format(PyExc_ValueError, "rows must be in -1..8, got %ld", rows);
         return NULL;
     }
     long previous = (long)mq_gemv_max_rows;

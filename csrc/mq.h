@@ -222,7 +222,7 @@ int mq_pack_int8(const int8_t *w, int64_t n, int64_t k, int8_t *packed, int32_t 
 int mq_linear_dynamic(const void *x, mq_src_t kind, int x_is_q, int64_t m, int64_t k, int64_t ldx,
                       const int8_t *packed, const int32_t *w_sum, const float *w_scale, const int32_t *w_zp,
                       int w_has_m128, const float *bias, int64_t n, float *y, int32_t *acc, int nthreads);
-/* The GEMV/GEMM switch (rows), measured by benchmarks/bench_linear.py. */
+/* The GEMV/GEMM switch in rows, -1 = automatic (see linear.c). */
 extern int64_t mq_gemv_max_rows;
 /* Dynamic int8 Conv2d of x [batch][channels][height][width] (contiguous):
  * each image is quantized to int8 with one symmetric scale (-127..127),
