@@ -445,3 +445,14 @@ def test_concurrent_callers_get_the_same_results():
     for t in threads:
         t.join()
     assert all(torch.equal(r, e) for r, e in zip(results, expected))
+
+
+def test_inconsistent_packed_buffers_fall_back():
+    """Buffers under the packed names that don't match their info (a subclass's own use
+    of the name, a truncated file) are ignored: the torch path runs instead."""
+    q, _ = mq.quantize(_layer(13, n=20, k=24))
+    x = torch.randn(3, 24, generator=_gen(21))
+    with torch.no_grad():
+        ref = F.linear(x, q.dequantized_weight(), q.bias)
+        q.register_buffer("weight_packed", q.weight_qdata.t().contiguous())
+        assert torch.allclose(q(x), ref, rtol=1e-5, atol=1e-5)

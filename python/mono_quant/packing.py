@@ -75,13 +75,24 @@ def _pack(qweight: QuantizedWeight, groups: int) -> Dict[str, torch.Tensor]:
 
 def packed_info(module) -> Optional[dict]:
     """The packed buffers' description on a module, or None when it has none
-    (or they are not on the CPU, or are of an unknown layout version)."""
+    usable: missing, not on the CPU, of an unknown layout version, or not the
+    dtypes and sizes the info describes (a subclass may use the names for
+    something else)."""
     info = getattr(module, "weight_packed_info", None)
     packed = getattr(module, "weight_packed", None)
-    if info is None or packed is None or info.device.type != "cpu" or packed.device.type != "cpu":
+    colsum = getattr(module, "weight_colsum", None)
+    if info is None or packed is None or colsum is None:
         return None
-    values = info.tolist()
+    if any(t.device.type != "cpu" for t in (info, packed, colsum)):
+        return None
+    values = info.tolist() if info.dtype == torch.int32 and info.dim() == 1 else []
     if len(values) != 5 or values[0] != PACKED_LAYOUT_VERSION:
         return None
     _, out_features, in_features, has_m128, groups = values
+    if groups < 1 or out_features < 1 or in_features < 1 or out_features % groups:
+        return None
+    panels = groups * -(-(out_features // groups) // 16)
+    if (packed.dtype != torch.int8 or packed.dim() != 1 or packed.numel() != panels * 16 * (-(-in_features // 4) * 4)
+            or colsum.dtype != torch.int32 or colsum.dim() != 1 or colsum.numel() != panels * 16):
+        return None
     return {"out_features": out_features, "in_features": in_features, "has_m128": bool(has_m128), "groups": groups}
