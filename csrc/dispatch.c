@@ -58,6 +58,11 @@ static void fill_scalar(mq_kernels *k) {
     k->sqerr[MQ_SRC_F32] = mq_ref_sqerr_f32;
     k->sqerr[MQ_SRC_F16] = mq_ref_sqerr_f16;
     k->sqerr[MQ_SRC_BF16] = mq_ref_sqerr_bf16;
+    k->qgemm = mq_ref_qgemm;
+    k->qgemm_x_u8 = 0;
+    k->qgemm_name = "scalar";
+    k->wgemm = mq_ref_wgemm;
+    k->wgemm_name = "scalar";
 }
 
 static void init_tables(void) {
@@ -68,8 +73,10 @@ static void init_tables(void) {
     fill_scalar(&tables[MQ_ISA_SCALAR]);
     tables[MQ_ISA_AVX2] = tables[MQ_ISA_SCALAR];
     mq_avx2_fill(&tables[MQ_ISA_AVX2]);
+    mq_avx2_linear_fill(&tables[MQ_ISA_AVX2]);
     tables[MQ_ISA_AVX512] = tables[MQ_ISA_AVX2];
     mq_avx512_fill(&tables[MQ_ISA_AVX512]);
+    mq_avx512_linear_fill(&tables[MQ_ISA_AVX512]);
     active_isa = best_isa;
     initialized = 1;
 }

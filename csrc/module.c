@@ -332,6 +332,341 @@ fail:
     return result;
 }
 
+/* ---- int8 matmul: packing and the linear entry points ------------------------ */
+
+/* The kernels keep int32 accumulators: |255 * 128 * kp| and the zero-point
+ * correction stay far inside int32 up to this K. */
+#define MQ_MAX_LINEAR_K 32768
+
+PyDoc_STRVAR(pack_int8_doc,
+             "pack_int8(w) -> (packed, w_sum, has_m128)\n\n"
+             "Packs a 2-D int8 weight [n, k] into panels of 16 output channels with K\n"
+             "interleaved in groups of 4 (int8, 1-D, round_up(n,16) * round_up(k,4) bytes,\n"
+             "zero padded; see docs/formats.md), its column sums (int32 [round_up(n,16)])\n"
+             "and whether any weight is -128.");
+
+static PyObject *py_pack_int8(PyObject *self, PyObject *args, PyObject *kw) {
+    static char *kwlist[] = {"w", NULL};
+    static const int i8[] = {NPY_INT8};
+    PyObject *w_obj, *result = NULL;
+    PyArrayObject *w = NULL, *packed = NULL, *w_sum = NULL;
+    (void)self;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "O:pack_int8", kwlist, &w_obj)) return NULL;
+    if (!(w = contiguous_array(w_obj, "w", i8, 1, 2, "int8"))) goto fail;
+    npy_intp n = PyArray_DIM(w, 0), k = PyArray_DIM(w, 1);
+    npy_intp np_ = mq_round_up(n, MQ_PANEL), size = np_ * mq_round_up(k, MQ_KGROUP);
+    if (!(packed = (PyArrayObject *)PyArray_EMPTY(1, &size, NPY_INT8, 0))) goto fail;
+    if (!(w_sum = (PyArrayObject *)PyArray_EMPTY(1, &np_, NPY_INT32, 0))) goto fail;
+    int has_m128;
+    Py_BEGIN_ALLOW_THREADS
+    has_m128 = mq_pack_int8(PyArray_DATA(w), n, k, PyArray_DATA(packed), PyArray_DATA(w_sum));
+    Py_END_ALLOW_THREADS
+    result = Py_BuildValue("OON", packed, w_sum, PyBool_FromLong(has_m128));
+fail:
+    Py_XDECREF(w);
+    Py_XDECREF(packed);
+    Py_XDECREF(w_sum);
+    return result;
+}
+
+/* The packed weight's companions, checked against n and k.  New references
+ * in *packed, *scale, *zp (NULL when all zero-points are 0), *bias (NULL
+ * when None), *w_sum (when w_sum_obj is given). */
+static int linear_weight_arrays(PyObject *packed_obj, PyObject *w_sum_obj, PyObject *scale_obj, PyObject *zp_obj,
+                                PyObject *bias_obj, npy_intp n, npy_intp k, npy_intp groups, PyArrayObject **packed,
+                                PyArrayObject **w_sum, PyArrayObject **scale, PyArrayObject **zp,
+                                PyArrayObject **bias) {
+    static const int i8[] = {NPY_INT8}, i32[] = {NPY_INT32}, f32[] = {NPY_FLOAT32};
+    if (n < 1) {
+        PyErr_Format(PyExc_ValueError, "out_features must be >= 1, got %zd", (Py_ssize_t)n);
+        return 0;
+    }
+    if (k < 1 || k > MQ_MAX_LINEAR_K) {
+        PyErr_Format(PyExc_ValueError, "in_features must be in 1..%d for the int8 kernels, got %zd",
+                     MQ_MAX_LINEAR_K, (Py_ssize_t)k);
+        return 0;
+    }
+    if (groups < 1 || n % groups) {
+        PyErr_Format(PyExc_ValueError, "out_features %zd is not divisible by groups=%zd", (Py_ssize_t)n,
+                     (Py_ssize_t)groups);
+        return 0;
+    }
+    npy_intp np_ = groups * mq_round_up(n / groups, MQ_PANEL); /* each group's block is padded on its own */
+    if (!(*packed = contiguous_array(packed_obj, "packed", i8, 1, 1, "int8"))) return 0;
+    if (PyArray_DIM(*packed, 0) != np_ * mq_round_up(k, MQ_KGROUP)) {
+        PyErr_Format(PyExc_ValueError, "packed has %zd bytes, expected %zd for a [%zd, %zd] weight",
+                     (Py_ssize_t)PyArray_DIM(*packed, 0), (Py_ssize_t)(np_ * mq_round_up(k, MQ_KGROUP)),
+                     (Py_ssize_t)n, (Py_ssize_t)k);
+        return 0;
+    }
+    if (w_sum_obj) {
+        if (!(*w_sum = contiguous_array(w_sum_obj, "w_sum", i32, 1, 1, "int32"))) return 0;
+        if (PyArray_DIM(*w_sum, 0) != np_) {
+            PyErr_Format(PyExc_ValueError, "w_sum must have %zd entries, got %zd", (Py_ssize_t)np_,
+                         (Py_ssize_t)PyArray_DIM(*w_sum, 0));
+            return 0;
+        }
+    }
+    if (!(*scale = contiguous_array(scale_obj, "w_scale", f32, 1, 1, "float32"))) return 0;
+    if (PyArray_DIM(*scale, 0) != n) {
+        PyErr_Format(PyExc_ValueError, "w_scale must have %zd entries (out_features), got %zd", (Py_ssize_t)n,
+                     (Py_ssize_t)PyArray_DIM(*scale, 0));
+        return 0;
+    }
+    if (!(*zp = contiguous_array(zp_obj, "w_zero_point", i32, 1, 1, "int32"))) return 0;
+    if (PyArray_DIM(*zp, 0) != n) {
+        PyErr_Format(PyExc_ValueError, "w_zero_point must have %zd entries, got %zd", (Py_ssize_t)n,
+                     (Py_ssize_t)PyArray_DIM(*zp, 0));
+        return 0;
+    }
+    const int32_t *z = PyArray_DATA(*zp);
+    int any = 0;
+    for (npy_intp i = 0; i < n; i++) {
+        if (z[i] < -128 || z[i] > 127) {
+            PyErr_Format(PyExc_ValueError, "w_zero_point[%zd] = %d is outside int8's -128..127", (Py_ssize_t)i, z[i]);
+            return 0;
+        }
+        any |= z[i] != 0;
+    }
+    if (!any) Py_CLEAR(*zp);
+    if (bias_obj != Py_None) {
+        if (!(*bias = contiguous_array(bias_obj, "bias", f32, 1, 1, "float32"))) return 0;
+        if (PyArray_DIM(*bias, 0) != n) {
+            PyErr_Format(PyExc_ValueError, "bias must have %zd entries, got %zd", (Py_ssize_t)n,
+                         (Py_ssize_t)PyArray_DIM(*bias, 0));
+            return 0;
+        }
+    }
+    return 1;
+}
+
+static void *data_or_null(PyArrayObject *a) { return a ? PyArray_DATA(a) : NULL; }
+
+PyDoc_STRVAR(linear_int8_doc,
+             "linear_int8(x, packed, w_sum, w_scale, w_zero_point, bias, out_features, w_has_m128,\n"
+             "            mode='dynamic', nthreads=1) -> float32 array [m, out_features]\n\n"
+             "y = x @ W.T + bias with W the packed int8 weight (see pack_int8).  x is a 2-D\n"
+             "float32 / float16 / int16 (bf16 bits) array whose rows may be strided.\n"
+             "mode 'dynamic': x quantized per row to int8 (-127..127), int32 accumulation,\n"
+             "one fused epilogue.  mode 'weight_only': x in fp32 times W dequantized in\n"
+             "registers.  mode 'int8_acc': x is already int8 and the exact int32\n"
+             "accumulators sum_k x * (w - zero_point) are returned (int32 array; tests).");
+
+static PyObject *py_linear_int8(PyObject *self, PyObject *args, PyObject *kw) {
+    static char *kwlist[] = {"x", "packed", "w_sum", "w_scale", "w_zero_point", "bias", "out_features",
+                             "w_has_m128", "mode", "nthreads", NULL};
+    PyObject *x_obj, *packed_obj, *w_sum_obj, *scale_obj, *zp_obj, *bias_obj, *result = NULL;
+    Py_ssize_t n;
+    int has_m128, nthreads = 1;
+    const char *mode = "dynamic";
+    PyArrayObject *x = NULL, *packed = NULL, *w_sum = NULL, *scale = NULL, *zp = NULL, *bias = NULL, *y = NULL;
+    (void)self;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OOOOOOnp|si:linear_int8", kwlist, &x_obj, &packed_obj, &w_sum_obj,
+                                     &scale_obj, &zp_obj, &bias_obj, &n, &has_m128, &mode, &nthreads))
+        return NULL;
+    if (!check_threads(nthreads)) return NULL;
+    int is_acc = !strcmp(mode, "int8_acc"), is_wo = !strcmp(mode, "weight_only");
+    if (!is_acc && !is_wo && strcmp(mode, "dynamic")) {
+        PyErr_Format(PyExc_ValueError, "mode must be 'dynamic', 'weight_only' or 'int8_acc', got '%s'", mode);
+        return NULL;
+    }
+    if (!PyArray_Check(x_obj) || PyArray_NDIM((PyArrayObject *)x_obj) != 2) {
+        PyErr_SetString(PyExc_ValueError, "x must be a 2-D numpy.ndarray [rows, in_features]");
+        return NULL;
+    }
+    /* dtype first (no copy), then: rows may be strided (a view); elements
+     * within a row must be contiguous and aligned, else a contiguous copy */
+    PyArrayObject *xv = (PyArrayObject *)x_obj;
+    {
+        int t = PyArray_TYPE(xv), ok = is_acc ? t == NPY_INT8 : 0;
+        for (int i = 0; !is_acc && i < 4; i++) ok |= t == src_types[i];
+        if (!ok) {
+            PyErr_Format(PyExc_TypeError, "x must have dtype %s, got %.50s", is_acc ? "int8" : src_expected,
+                         PyArray_DESCR(xv)->typeobj->tp_name);
+            return NULL;
+        }
+    }
+    int elem = (int)PyArray_ITEMSIZE(xv);
+    if (!PyArray_ISALIGNED(xv) || (PyArray_DIM(xv, 1) > 1 && PyArray_STRIDE(xv, 1) != elem) ||
+        (PyArray_DIM(xv, 0) > 1 && (PyArray_STRIDE(xv, 0) % elem || PyArray_STRIDE(xv, 0) < 0)))
+        x = (PyArrayObject *)PyArray_GETCONTIGUOUS(xv);
+    else {
+        Py_INCREF(xv);
+        x = xv;
+    }
+    if (!x) return NULL;
+    npy_intp m = PyArray_DIM(x, 0), k = PyArray_DIM(x, 1);
+    npy_intp ldx = m > 1 ? PyArray_STRIDE(x, 0) / elem : k;
+    if (!linear_weight_arrays(packed_obj, w_sum_obj, scale_obj, zp_obj, bias_obj, n, k, 1, &packed, &w_sum, &scale,
+                              &zp, &bias))
+        goto fail;
+    npy_intp dims[2] = {m, n};
+    if (!(y = (PyArrayObject *)PyArray_EMPTY(2, dims, is_acc ? NPY_INT32 : NPY_FLOAT32, 0))) goto fail;
+    int status;
+    mq_src_t kind = src_kind(x);
+    Py_BEGIN_ALLOW_THREADS
+    if (is_wo)
+        status = mq_linear_weight_only(PyArray_DATA(x), kind, m, k, ldx, PyArray_DATA(packed), PyArray_DATA(scale),
+                                       data_or_null(zp), data_or_null(bias), n, PyArray_DATA(y), nthreads);
+    else
+        status = mq_linear_dynamic(PyArray_DATA(x), kind, is_acc, m, k, ldx, PyArray_DATA(packed),
+                                   PyArray_DATA(w_sum), PyArray_DATA(scale), data_or_null(zp), has_m128,
+                                   data_or_null(bias), n, is_acc ? NULL : PyArray_DATA(y),
+                                   is_acc ? PyArray_DATA(y) : NULL, nthreads);
+    Py_END_ALLOW_THREADS
+    if (status < 0) {
+        PyErr_NoMemory();
+        goto fail;
+    }
+    result = (PyObject *)y;
+    y = NULL;
+fail:
+    Py_XDECREF(x);
+    Py_XDECREF(packed);
+    Py_XDECREF(w_sum);
+    Py_XDECREF(scale);
+    Py_XDECREF(zp);
+    Py_XDECREF(bias);
+    Py_XDECREF(y);
+    return result;
+}
+
+PyDoc_STRVAR(conv2d_int8_doc,
+             "conv2d_int8(x, packed, w_sum, w_scale, w_zero_point, bias, out_channels, w_has_m128,\n"
+             "            kernel, stride, padding, dilation, groups, nthreads=1) -> float32 [rows, out_channels]\n\n"
+             "Dynamic int8 Conv2d: x is a 4-D NCHW float32 / float16 / int16 (bf16 bits) array;\n"
+             "each image is quantized with one symmetric int8 scale, im2col'd in int8 and\n"
+             "multiplied per group with the packed weight (pack_int8 of each group's\n"
+             "[out/groups, in/groups*kh*kw] block, concatenated).  kernel, stride, padding\n"
+             "and dilation are (h, w) pairs.  Rows are the output pixels in (n, h, w) order.");
+
+static int pair_arg(PyObject *obj, const char *what, long lo, npy_intp out[2]) {
+    long a, b;
+    if (!PyArg_ParseTuple(obj, "ll", &a, &b)) {
+        PyErr_Clear();
+        PyErr_Format(PyExc_TypeError, "%s must be a pair of ints", what);
+        return 0;
+    }
+    if (a < lo || b < lo) {
+        PyErr_Format(PyExc_ValueError, "%s must be >= %ld, got (%ld, %ld)", what, lo, a, b);
+        return 0;
+    }
+    out[0] = a;
+    out[1] = b;
+    return 1;
+}
+
+static PyObject *py_conv2d_int8(PyObject *self, PyObject *args, PyObject *kw) {
+    static char *kwlist[] = {"x", "packed", "w_sum", "w_scale", "w_zero_point", "bias", "out_channels",
+                             "w_has_m128", "kernel", "stride", "padding", "dilation", "groups", "nthreads", NULL};
+    PyObject *x_obj, *packed_obj, *w_sum_obj, *scale_obj, *zp_obj, *bias_obj, *kernel_obj, *stride_obj, *pad_obj,
+        *dil_obj, *result = NULL;
+    Py_ssize_t n, groups;
+    int has_m128, nthreads = 1;
+    npy_intp ks[2], st[2], pd[2], dl[2];
+    PyArrayObject *x = NULL, *packed = NULL, *w_sum = NULL, *scale = NULL, *zp = NULL, *bias = NULL, *y = NULL;
+    (void)self;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OOOOOOnpOOOOn|i:conv2d_int8", kwlist, &x_obj, &packed_obj,
+                                     &w_sum_obj, &scale_obj, &zp_obj, &bias_obj, &n, &has_m128, &kernel_obj,
+                                     &stride_obj, &pad_obj, &dil_obj, &groups, &nthreads))
+        return NULL;
+    if (!check_threads(nthreads)) return NULL;
+    if (!pair_arg(kernel_obj, "kernel", 1, ks) || !pair_arg(stride_obj, "stride", 1, st) ||
+        !pair_arg(pad_obj, "padding", 0, pd) || !pair_arg(dil_obj, "dilation", 1, dl))
+        return NULL;
+    if (!(x = contiguous_array(x_obj, "x", src_types, 4, 4, src_expected))) goto fail;
+    npy_intp batch = PyArray_DIM(x, 0), channels = PyArray_DIM(x, 1), height = PyArray_DIM(x, 2),
+             width = PyArray_DIM(x, 3);
+    if (groups < 1 || channels % groups) {
+        PyErr_Format(PyExc_ValueError, "in_channels %zd is not divisible by groups=%zd", (Py_ssize_t)channels,
+                     (Py_ssize_t)groups);
+        goto fail;
+    }
+    npy_intp out_h = (height + 2 * pd[0] - dl[0] * (ks[0] - 1) - 1) / st[0] + 1;
+    npy_intp out_w = (width + 2 * pd[1] - dl[1] * (ks[1] - 1) - 1) / st[1] + 1;
+    if (height + 2 * pd[0] < dl[0] * (ks[0] - 1) + 1 || width + 2 * pd[1] < dl[1] * (ks[1] - 1) + 1) {
+        PyErr_SetString(PyExc_ValueError, "the (padded) input is smaller than the dilated kernel");
+        goto fail;
+    }
+    if (!linear_weight_arrays(packed_obj, w_sum_obj, scale_obj, zp_obj, bias_obj, n, channels / groups * ks[0] * ks[1],
+                              groups, &packed, &w_sum, &scale, &zp, &bias))
+        goto fail;
+    npy_intp dims[2] = {batch * out_h * out_w, n};
+    if (!(y = (PyArrayObject *)PyArray_EMPTY(2, dims, NPY_FLOAT32, 0))) goto fail;
+    int status;
+    mq_src_t kind = src_kind(x);
+    Py_BEGIN_ALLOW_THREADS
+    status = mq_conv2d_dynamic(PyArray_DATA(x), kind, batch, channels, height, width, ks[0], ks[1], st[0], st[1],
+                               pd[0], pd[1], dl[0], dl[1], groups, PyArray_DATA(packed), PyArray_DATA(w_sum),
+                               PyArray_DATA(scale), data_or_null(zp), has_m128, data_or_null(bias), n,
+                               PyArray_DATA(y), nthreads);
+    Py_END_ALLOW_THREADS
+    if (status < 0) {
+        PyErr_NoMemory();
+        goto fail;
+    }
+    result = (PyObject *)y;
+    y = NULL;
+fail:
+    Py_XDECREF(x);
+    Py_XDECREF(packed);
+    Py_XDECREF(w_sum);
+    Py_XDECREF(scale);
+    Py_XDECREF(zp);
+    Py_XDECREF(bias);
+    Py_XDECREF(y);
+    return result;
+}
+
+PyDoc_STRVAR(use_openmp_runtime_doc,
+             "use_openmp_runtime(path) -> bool\n\n"
+             "Run the kernels' threads on the OpenMP runtime already loaded from path (torch's\n"
+             "libgomp), so they share torch's worker team; None goes back to pthreads.\n"
+             "Returns False (and changes nothing) when that library is not loaded.");
+
+static PyObject *py_use_openmp_runtime(PyObject *self, PyObject *arg) {
+    (void)self;
+    if (arg == Py_None) {
+        mq_use_openmp_runtime(NULL);
+        Py_RETURN_TRUE;
+    }
+    const char *path = PyUnicode_Check(arg) ? PyUnicode_AsUTF8(arg) : NULL;
+    if (!path) {
+        if (!PyErr_Occurred()) PyErr_SetString(PyExc_TypeError, "use_openmp_runtime() takes a str path or None");
+        return NULL;
+    }
+    return PyBool_FromLong(mq_use_openmp_runtime(path) == 0);
+}
+
+PyDoc_STRVAR(set_gemv_max_rows_doc,
+             "set_gemv_max_rows(rows) -> previous\n\n"
+             "Tuning: up to this many rows (0..8) the dynamic int8 kernels use the one-panel\n"
+             "GEMV tile, above it the 8-row x 3-panel tile; -1 (default) chooses by thread\n"
+             "count.  For benchmarks.");
+
+static PyObject *py_set_gemv_max_rows(PyObject *self, PyObject *arg) {
+    (void)self;
+    long rows = PyLong_AsLong(arg);
+    if (rows == -1 && PyErr_Occurred()) return NULL;
+    if (rows < -1 || rows > 8) {
+        PyErr_Format(PyExc_ValueError, "rows must be in -1..8, got %ld", rows);
+        return NULL;
+    }
+    long previous = (long)mq_gemv_max_rows;
+    mq_gemv_max_rows = rows;
+    return PyLong_FromLong(previous);
+}
+
+PyDoc_STRVAR(linear_kernels_doc, "linear_kernels() -> dict: the int8 matmul kernels the active ISA level uses.");
+
+static PyObject *py_linear_kernels(PyObject *self, PyObject *unused) {
+    (void)self;
+    (void)unused;
+    const mq_kernels *kt = mq_active();
+    return Py_BuildValue("{s:s,s:s,s:i,s:s}", "dynamic", kt->qgemm_name, "weight_only", kt->wgemm_name,
+                         "max_in_features", MQ_MAX_LINEAR_K, "threads", mq_threading_backend());
+}
+
 PyDoc_STRVAR(cpu_info_doc, "cpu_info() -> dict of the CPU features mono-quant dispatches on, and the ISA levels.");
 
 static PyObject *py_cpu_info(PyObject *self, PyObject *unused) {
@@ -407,6 +742,12 @@ static PyMethodDef module_methods[] = {
     {"dequantize_rows", (PyCFunction)(void (*)(void))py_dequantize_rows, METH_VARARGS | METH_KEYWORDS,
      dequantize_rows_doc},
     {"rows_sqerr", (PyCFunction)(void (*)(void))py_rows_sqerr, METH_VARARGS | METH_KEYWORDS, rows_sqerr_doc},
+    {"pack_int8", (PyCFunction)(void (*)(void))py_pack_int8, METH_VARARGS | METH_KEYWORDS, pack_int8_doc},
+    {"linear_int8", (PyCFunction)(void (*)(void))py_linear_int8, METH_VARARGS | METH_KEYWORDS, linear_int8_doc},
+    {"conv2d_int8", (PyCFunction)(void (*)(void))py_conv2d_int8, METH_VARARGS | METH_KEYWORDS, conv2d_int8_doc},
+    {"linear_kernels", py_linear_kernels, METH_NOARGS, linear_kernels_doc},
+    {"use_openmp_runtime", py_use_openmp_runtime, METH_O, use_openmp_runtime_doc},
+    {"set_gemv_max_rows", py_set_gemv_max_rows, METH_O, set_gemv_max_rows_doc},
     {"cpu_info", py_cpu_info, METH_NOARGS, cpu_info_doc},
     {"set_isa", py_set_isa, METH_O, set_isa_doc},
     {"get_isa", py_get_isa, METH_NOARGS, get_isa_doc},

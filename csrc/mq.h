@@ -77,6 +77,58 @@ typedef void (*mq_dequantize_fn)(const uint8_t *q, int64_t n, float scale, float
 typedef void (*mq_sqerr_fn)(const void *src, const uint8_t *q, int64_t n, float scale, float zero_point,
                             int is_signed, double *sum_x2, double *sum_err2);
 
+/* ---- int8 matmul: packed weights (linear.c; layout in docs/formats.md) ----
+ * An int8 weight [n][k] is packed once into panels of MQ_PANEL output
+ * channels with K interleaved in groups of MQ_KGROUP:
+ *     packed[p][g][c][j] = w[p*16 + c][g*4 + j]      (int8, zero padded)
+ * for p < np/16, g < kp/4 (np, kp: n and k rounded up to 16 and 4).  One
+ * 64-byte group is 16 channels x 4 k, exactly what one vpdpbusd consumes; the
+ * layout does not depend on the ISA (AVX2 reads a panel as two 8-channel
+ * halves, the scalar code element by element). */
+#define MQ_PANEL 16
+#define MQ_KGROUP 4
+
+static inline int64_t mq_round_up(int64_t v, int64_t m) { return (v + m - 1) / m * m; }
+
+/* Dynamic int8 x int8 -> int32 matmul over the panels [p0, p1) of one
+ * packed weight, with the fused epilogue
+ *     acc[m][n] = sum_k xq[m][k] * (w[n][k] - w_zp[n])               (exact int32)
+ *     y[m][n]   = (float)acc[m][n] * (x_scale[m] * w_scale[n]) + bias[n]
+ * (fp32, in this order, no FMA: every ISA gives the same bits). */
+typedef struct {
+    const uint8_t *x;      /* [m][kp] activations, int8; or int8 + 128 as uint8 when x_u8 */
+    int x_u8;              /* set by the driver from the table's qgemm_x_u8 */
+    const float *x_scale;  /* [m] */
+    const int32_t *x_sum;  /* [m] row sums of the int8 activations; NULL when w_zp is NULL */
+    int64_t m, kp, n;
+    const int8_t *w;       /* packed weight */
+    const int32_t *w_sum;  /* [np] column sums sum_k w[n][k] (the +128 shift's compensation) */
+    const float *w_scale;  /* [n] */
+    const int32_t *w_zp;   /* [n], or NULL when every zero-point is 0 */
+    int w_has_m128;        /* some weight is -128 (AVX2's sign trick can't take it) */
+    const float *bias;     /* [n] or NULL */
+    float *y;              /* [m][ldy] fp32 output, or NULL when acc is wanted */
+    int32_t *acc;          /* [m][ldy] exact accumulators instead of y (tests) */
+    int64_t ldy;           /* row stride of y / acc (elements), >= n */
+    int64_t gemv_max_rows; /* up to this many rows, kernels stream the weight once (GEMV tiles) */
+} mq_qgemm_args;
+typedef void (*mq_qgemm_fn)(const mq_qgemm_args *a, int64_t p0, int64_t p1);
+
+/* Weight-only matmul over the panels [p0, p1): fp32 activations times the
+ * packed int8 weight dequantized in registers:
+ *     y[m][n] = (sum_k x[m][k] * (float)(w[n][k] - w_zp[n])) * w_scale[n] + bias[n]
+ * (the sum's order is the kernel's own: equal to fp32 rounding only). */
+typedef struct {
+    const float *x;        /* [m][kp] fp32, zero padded to kp */
+    int64_t m, kp, n;
+    const int8_t *w;
+    const float *w_scale;
+    const int32_t *w_zp;   /* or NULL */
+    const float *bias;     /* or NULL */
+    float *y;              /* [m][n] */
+} mq_wgemm_args;
+typedef void (*mq_wgemm_fn)(const mq_wgemm_args *a, int64_t p0, int64_t p1);
+
 /* The per-ISA function table (see dispatch.c). */
 typedef struct {
     const char *name;
@@ -84,6 +136,12 @@ typedef struct {
     mq_quantize_fn quantize[MQ_SRC_COUNT];
     mq_dequantize_fn dequantize;
     mq_sqerr_fn sqerr[MQ_SRC_COUNT];
+    /* int8 matmul (linear.c): kernel names for reports, and whether qgemm
+     * wants the activations shifted to uint8 (VNNI) */
+    const char *qgemm_name, *wgemm_name;
+    mq_qgemm_fn qgemm;
+    int qgemm_x_u8;
+    mq_wgemm_fn wgemm;
 } mq_kernels;
 
 /* ---- reference kernels (ref.c) --------------------------------------------- */
@@ -108,6 +166,10 @@ void mq_choose_qparams(float mn, float mx, int qmin, int qmax, int symmetric, fl
 /* ---- SIMD twins (x86_avx2.c, x86_avx512.c); only called when dispatched --- */
 void mq_avx2_fill(mq_kernels *k);
 void mq_avx512_fill(mq_kernels *k);
+void mq_ref_qgemm(const mq_qgemm_args *a, int64_t p0, int64_t p1);
+void mq_ref_wgemm(const mq_wgemm_args *a, int64_t p0, int64_t p1);
+void mq_avx2_linear_fill(mq_kernels *k);   /* linear_avx2.c */
+void mq_avx512_linear_fill(mq_kernels *k); /* linear_avx512.c (VNNI) */
 
 /* ---- dispatch.c ------------------------------------------------------------ */
 mq_isa_t mq_cpu_best_isa(void);           /* best level this CPU and OS support */
@@ -122,6 +184,11 @@ typedef void (*mq_range_fn)(void *ctx, int64_t begin, int64_t end);
 /* Runs fn over [0, n) split into at most nthreads contiguous chunks of at
  * least min_chunk items; the caller's thread runs the first chunk. */
 void mq_parallel_for(int64_t n, int64_t min_chunk, int nthreads, mq_range_fn fn, void *ctx);
+/* Run mq_parallel_for's chunks on the OpenMP runtime already loaded from
+ * path (torch's), or back on short-lived pthreads with NULL.  0 ok, -1 if
+ * that library is not loaded or lacks the GOMP entry points. */
+int mq_use_openmp_runtime(const char *path);
+const char *mq_threading_backend(void); /* "openmp" or "pthreads" */
 
 /* ---- quant.c: whole-tensor drivers over rows ------------------------------- */
 /* Each returns the index of the first row holding NaN/Inf, or -1. */
@@ -143,5 +210,32 @@ void mq_rows_sqerr(const void *src, mq_src_t kind, const uint8_t *q, int is_sign
 void mq_rows_dequantize(const uint8_t *q, int is_signed, int64_t rows, int64_t cols,
                         const float *scale, const int32_t *zero_point, int per_row,
                         float *dst, int nthreads);
+
+/* ---- linear.c: packing and the int8 matmul drivers ------------------------ */
+/* Packs w [n][k] (row-major int8) into the panel layout above (packed must
+ * hold np*kp bytes) and writes the column sums w_sum [np]; returns 1 if some
+ * weight is -128. */
+int mq_pack_int8(const int8_t *w, int64_t n, int64_t k, int8_t *packed, int32_t *w_sum);
+/* y [m][n] = dynamic int8 linear of x [m][k] (f32/f16/bf16 rows, row stride
+ * ldx elements); acc instead of y returns the exact accumulators of the
+ * already-quantized int8 xq (x_is_q).  Returns 0, or -1 when out of memory. */
+int mq_linear_dynamic(const void *x, mq_src_t kind, int x_is_q, int64_t m, int64_t k, int64_t ldx,
+                      const int8_t *packed, const int32_t *w_sum, const float *w_scale, const int32_t *w_zp,
+                      int w_has_m128, const float *bias, int64_t n, float *y, int32_t *acc, int nthreads);
+/* The GEMV/GEMM switch in rows, -1 = automatic (see linear.c). */
+extern int64_t mq_gemv_max_rows;
+/* Dynamic int8 Conv2d of x [batch][channels][height][width] (contiguous):
+ * each image is quantized to int8 with one symmetric scale (-127..127),
+ * im2col'd in int8 (zero padding is exact), and multiplied per group with
+ * the packed weight [groups blocks of out/groups channels x
+ * channels/groups*kh*kw].  y is [batch*out_h*out_w][n] (rows = output
+ * pixels, NHWC order).  Returns 0, or -1 when out of memory. */
+int mq_conv2d_dynamic(const void *x, mq_src_t kind, int64_t batch, int64_t channels, int64_t height, int64_t width,
+                      int64_t kh, int64_t kw, int64_t sh, int64_t sw, int64_t ph, int64_t pw, int64_t dh, int64_t dw,
+                      int64_t groups, const int8_t *packed, const int32_t *w_sum, const float *w_scale,
+                      const int32_t *w_zp, int w_has_m128, const float *bias, int64_t n, float *y, int nthreads);
+int mq_linear_weight_only(const void *x, mq_src_t kind, int64_t m, int64_t k, int64_t ldx, const int8_t *packed,
+                          const float *w_scale, const int32_t *w_zp, const float *bias, int64_t n, float *y,
+                          int nthreads);
 
 #endif /* MQ_H */

@@ -79,3 +79,55 @@ void mq_ref_sqerr_f16(const void *s, const uint8_t *q, int64_t n, float sc, floa
 void mq_ref_sqerr_bf16(const void *s, const uint8_t *q, int64_t n, float sc, float zp, int sg, double *x2, double *e2) {
     sqerr_generic(s, MQ_SRC_BF16, q, n, sc, zp, sg, x2, e2);
 }
+
+/* ==== int8 matmul on packed weights (see mq.h, linear.c) ===================== */
+
+/* Byte j of output channel c in K-group g of panel p. */
+static inline int packed_w(const int8_t *w, int64_t kp, int64_t p, int64_t g, int c, int j) {
+    return w[((p * (kp / MQ_KGROUP) + g) * MQ_PANEL + c) * MQ_KGROUP + j];
+}
+
+void mq_ref_qgemm(const mq_qgemm_args *a, int64_t p0, int64_t p1) {
+    const int64_t groups = a->kp / MQ_KGROUP;
+    for (int64_t p = p0; p < p1; p++)
+        for (int64_t m = 0; m < a->m; m++)
+            for (int c = 0; c < MQ_PANEL; c++) {
+                int64_t n = p * MQ_PANEL + c;
+                if (n >= a->n) break;
+                const uint8_t *x = a->x + m * a->kp;
+                int32_t acc = 0;
+                for (int64_t g = 0; g < groups; g++)
+                    for (int j = 0; j < MQ_KGROUP; j++) {
+                        int xv = a->x_u8 ? (int)x[g * 4 + j] - 128 : (int)(int8_t)x[g * 4 + j];
+                        acc += xv * packed_w(a->w, a->kp, p, g, c, j);
+                    }
+                if (a->w_zp) acc -= a->w_zp[n] * a->x_sum[m];
+                if (a->acc) {
+                    a->acc[m * a->ldy + n] = acc;
+                    continue;
+                }
+                float s = a->x_scale[m] * a->w_scale[n];
+                float y = (float)acc * s;
+                if (a->bias) y = y + a->bias[n];
+                a->y[m * a->ldy + n] = y;
+            }
+}
+
+void mq_ref_wgemm(const mq_wgemm_args *a, int64_t p0, int64_t p1) {
+    const int64_t groups = a->kp / MQ_KGROUP;
+    for (int64_t p = p0; p < p1; p++)
+        for (int64_t m = 0; m < a->m; m++)
+            for (int c = 0; c < MQ_PANEL; c++) {
+                int64_t n = p * MQ_PANEL + c;
+                if (n >= a->n) break;
+                const float *x = a->x + m * a->kp;
+                int zp = a->w_zp ? a->w_zp[n] : 0;
+                float acc = 0.0f;
+                for (int64_t g = 0; g < groups; g++)
+                    for (int j = 0; j < MQ_KGROUP; j++)
+                        acc += x[g * 4 + j] * (float)(packed_w(a->w, a->kp, p, g, c, j) - zp);
+                float y = acc * a->w_scale[n];
+                if (a->bias) y = y + a->bias[n];
+                a->y[m * a->n + n] = y;
+            }
+}

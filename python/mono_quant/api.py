@@ -20,11 +20,14 @@ from torch import nn
 from .config import QuantConfig, resolve_config
 from .modules import QuantizedModule, qmodule_for
 from .modules.registry import QMODULES
+from .packing import can_pack, pack_int8_linear
 from .qtypes import QType, get_qtype
 from .report import LayerReport, Report, SkippedLayer, tensor_bytes, unique_tensor_bytes
 from .tensor import NonFiniteWeightError, QuantizedWeight, quantize_int_with_error, sqnr_db
 
 __all__ = ["quantize", "QuantizationResult", "SkippedLayer"]
+
+_UNSET = object()  # activations=None is meaningful (weight-only), so "not given" needs its own marker
 
 
 class QuantizationResult:
@@ -70,6 +73,7 @@ def quantize(
     exclude=None,
     min_weight_numel: Optional[int] = None,
     nonfinite: Optional[str] = None,
+    activations=_UNSET,
     config=None,
     model: Optional[nn.Module] = None,
     progress: bool = False,
@@ -83,6 +87,9 @@ def quantize(
     ``include`` / ``exclude``: module-name globs or module types (exclude wins).
     ``min_weight_numel``: smaller layers stay float.  ``nonfinite``: "error"
     (default) raises on NaN/Inf weights naming the layer; "skip" leaves it float.
+    ``activations``: for int8, "dynamic" (default: each call quantizes the
+    input per row to int8 and multiplies in integers) or None (weight-only:
+    float input times the int8 weight).
     ``config``: a QuantConfig or a TOML path; unset, ``mono_quant.toml`` or
     ``[tool.mono-quant]`` in ``pyproject.toml`` of the working directory is
     used.  Arguments win over the file, the file over defaults.
@@ -95,7 +102,8 @@ def quantize(
     NaN/Inf weights (with ``nonfinite="error"``).
     """
     cfg = resolve_config(config, dtype=dtype, symmetric=symmetric, granularity=granularity, include=include,
-                         exclude=exclude, min_weight_numel=min_weight_numel, nonfinite=nonfinite)
+                         exclude=exclude, min_weight_numel=min_weight_numel, nonfinite=nonfinite,
+                         activations=None if activations is _UNSET else ("none" if activations is None else activations))
     if isinstance(model_or_state_dict, nn.Module):
         if model is not None:
             raise TypeError("model= is only for a state_dict input; the module given is the model")
@@ -214,6 +222,8 @@ def _quantize_module(model: nn.Module, cfg: QuantConfig, progress: bool, weights
             skipped.append(SkippedLayer(name, type(m).__name__, f"non-finite weights (NaN/Inf in channel {exc.row})"))
             continue
         qm = qmodule_for(m).from_float(m, stored)
+        if hasattr(qm, "set_activations") and isinstance(stored, QuantizedWeight):
+            qm.set_activations(cfg.activations)
         if weights is not None:
             qm._set_bias(b)
         memo[id(m)] = qm
@@ -360,6 +370,8 @@ def quantize_state_dict_entry(key: str, tensor: torch.Tensor, cfg: QuantConfig, 
     if isinstance(stored, QuantizedWeight):
         out = {prefix + "weight_qdata": stored.qdata, prefix + "weight_scale": stored.scale,
                prefix + "weight_zero_point": stored.zero_point}
+        if tensor.dim() == 2 and can_pack(stored):  # the same packed buffers QuantizedLinear.from_float makes
+            out.update({prefix + name: t for name, t in pack_int8_linear(stored).items()})
     else:
         out = {key: stored}
     after = sum(tensor_bytes(t) for t in out.values())

@@ -18,6 +18,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", help="quantize the built-in example models and print a table")
     demo.add_argument("--dtype", action="append", choices=["int8", "fp16", "bf16"],
                       help="dtype(s) to show (default: all three)")
+    demo.add_argument("--no-speed", action="store_true", help="skip timing the int8 model against fp32")
 
     quantize = sub.add_parser("quantize", help="quantize a checkpoint on disk (streaming, one tensor at a time)",
                               description="Quantize a .safetensors file, a folder of shards (with *.index.json) "
@@ -47,11 +48,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _cmd_demo(args) -> int:
     from . import kernels
-    from .demo import run_demo
+    from .demo import run_demo, run_speed
 
     info = kernels.cpu_info()
-    print(f"mono-quant demo  (kernels: {info['active_isa']}, threads: {kernels.num_threads()})")
+    print(f"mono-quant demo  (kernels: {info['active_isa']}, int8 matmul: {kernels.linear_kernels()['dynamic']}, "
+          f"threads: {kernels.num_threads()})")
     run_demo(tuple(args.dtype) if args.dtype else ("int8", "fp16", "bf16"))
+    if not args.no_speed:
+        run_speed()
     return 0
 
 

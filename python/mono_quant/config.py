@@ -29,6 +29,7 @@ log = logging.getLogger("mono_quant")
 
 _GRANULARITIES = ("per_channel", "per_tensor")
 _NONFINITE = ("error", "skip")
+_WEIGHT_ONLY = ("none", "weight_only", "weight-only")
 
 
 @dataclass
@@ -44,6 +45,9 @@ class QuantConfig:
     - ``min_weight_numel``: layers with fewer weights stay float ("too small").
     - ``nonfinite``: "error" (default: raise, naming the layer) or "skip"
       (leave the layer in float, listed in ``skipped``).
+    - ``activations``: for int8 weights, "dynamic" (default: inputs quantized
+      to int8 per row at each call, integer matmul) or None (weight-only:
+      float inputs times int8 weights).  A config file writes "none" for None.
     - ``source``: where non-default values came from (for the report).
     """
 
@@ -54,6 +58,7 @@ class QuantConfig:
     exclude: Optional[List[Any]] = None
     min_weight_numel: int = 0
     nonfinite: str = "error"
+    activations: Optional[str] = "dynamic"
     source: Dict[str, str] = field(default_factory=dict, compare=False, repr=False)
 
     def __post_init__(self):
@@ -67,6 +72,11 @@ class QuantConfig:
             raise ValueError(f"{origin}: granularity must be one of {_GRANULARITIES}, got {self.granularity!r}")
         if self.nonfinite not in _NONFINITE:
             raise ValueError(f"{origin}: nonfinite must be one of {_NONFINITE}, got {self.nonfinite!r}")
+        if isinstance(self.activations, str) and self.activations.strip().lower() in _WEIGHT_ONLY:
+            self.activations = None
+        if self.activations not in ("dynamic", None):
+            raise ValueError(f"{origin}: activations must be 'dynamic' or None ('none', weight-only), "
+                             f"got {self.activations!r}")
         if not isinstance(self.min_weight_numel, int) or self.min_weight_numel < 0:
             raise ValueError(f"{origin}: min_weight_numel must be a non-negative int, got {self.min_weight_numel!r}")
         for name in ("include", "exclude"):

@@ -9,7 +9,7 @@ from typing import List, Tuple
 import torch
 from torch import nn
 
-__all__ = ["TransformerLike", "SmallConvNet", "demo_models", "output_sqnr_db", "run_demo"]
+__all__ = ["TransformerLike", "SmallConvNet", "demo_models", "output_sqnr_db", "run_demo", "run_speed"]
 
 
 class MLPBlock(nn.Module):
@@ -119,4 +119,38 @@ def run_demo(dtypes=("int8", "fp16", "bf16"), file=None) -> List[dict]:
               f"{r['output_sqnr_db']:>9.1f} dB", file=out)
         for name, kind, reason in r["skipped"]:
             print(f"    skipped {name} ({kind}): {reason}", file=out)
+    return rows
+
+
+def run_speed(batches=(1, 32), repeats: int = 30, file=None) -> List[dict]:
+    """Time the transformer-like model in fp32 and int8 (dynamic and
+    weight-only) on this machine, interleaved; print medians and ratios."""
+    import statistics
+    import sys
+    import time
+
+    from .api import quantize
+
+    out = file or sys.stdout
+    model = _seeded(TransformerLike(), 1)
+    contenders = {"fp32": model, "int8 dynamic": quantize(model).model,
+                  "int8 weight-only": quantize(model, activations=None).model}
+    rows = []
+    print(f"\nspeed, transformer-like ({sum(p.numel() for p in model.parameters()) / 1e6:.1f} M weights), "
+          f"median of {repeats} interleaved calls:", file=out)
+    for batch in batches:
+        x = torch.randn(batch, 256, generator=torch.Generator().manual_seed(batch))
+        times = {name: [] for name in contenders}
+        with torch.no_grad():
+            for m in contenders.values():  # warm-up
+                m(x)
+            for _ in range(repeats):
+                for name, m in contenders.items():
+                    t0 = time.perf_counter()
+                    m(x)
+                    times[name].append(time.perf_counter() - t0)
+        med = {name: statistics.median(t) * 1e6 for name, t in times.items()}
+        line = ", ".join(f"{name} {us:.0f} us (x{med['fp32'] / us:.2f})" for name, us in med.items())
+        print(f"  batch {batch:>3}: {line}", file=out)
+        rows.append({"batch": batch, "median_us": med})
     return rows

@@ -7,6 +7,7 @@ gives the same results.
 """
 from __future__ import annotations
 
+import os
 from typing import Optional, Tuple
 
 import numpy as np
@@ -25,9 +26,39 @@ __all__ = [
     "quantize_rows_fused",
     "rows_sqerr",
     "dequantize_rows",
+    "pack_int8",
+    "linear_int8",
+    "linear_kernels",
 ]
 
 _C_SOURCE_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+
+
+def _loaded_openmp_runtime() -> Optional[str]:
+    """Path of the OpenMP runtime torch loaded (libgomp / libiomp5), from /proc/self/maps; None elsewhere."""
+    try:
+        with open("/proc/self/maps") as maps:
+            for line in maps:
+                path = line.split()[-1]
+                name = os.path.basename(path)
+                if name.startswith(("libgomp", "libiomp5")) and ".so" in name:
+                    return path
+    except OSError:
+        pass
+    return None
+
+
+def _share_torch_threads() -> None:
+    """Run the kernels' threads on torch's OpenMP team (see csrc/parallel.c);
+    MONO_QUANT_THREADS=pthreads keeps short-lived pthreads."""
+    if os.environ.get("MONO_QUANT_THREADS", "").lower() == "pthreads":
+        return
+    path = _loaded_openmp_runtime()
+    if path is not None:
+        _C.use_openmp_runtime(path)
+
+
+_share_torch_threads()
 
 
 def cpu_info() -> dict:
@@ -145,3 +176,47 @@ def dequantize_rows(q: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tens
         nthreads=num_threads(),
     )
     return torch.from_numpy(out)
+
+
+def pack_int8(q: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, bool]:
+    """Pack a 2-D int8 weight [out, in] into the kernels' panel layout (docs/formats.md).
+
+    Returns ``(packed int8 [round_up(out,16) * round_up(in,4)], column sums int32
+    [round_up(out,16)], has_m128)``; ``has_m128`` says some weight is -128.
+    """
+    q = _rows(q).detach().to("cpu")
+    if q.dtype != torch.int8:
+        raise TypeError(f"pack_int8 takes an int8 weight, got {q.dtype}")
+    packed, w_sum, has_m128 = _C.pack_int8(q.numpy())
+    return torch.from_numpy(packed), torch.from_numpy(w_sum), bool(has_m128)
+
+
+def linear_int8(x: torch.Tensor, packed: torch.Tensor, w_sum: torch.Tensor, w_scale: torch.Tensor,
+                w_zero_point: torch.Tensor, bias: Optional[torch.Tensor], out_features: int, has_m128: bool,
+                mode: str = "dynamic") -> torch.Tensor:
+    """``x @ W.T + bias`` on a packed int8 weight, for a 2-D CPU ``x`` [rows, in].
+
+    ``mode``: "dynamic" (x quantized per row to int8, int32 accumulation),
+    "weight_only" (fp32 x, W dequantized in registers), or "int8_acc" (x is
+    int8; returns the exact int32 accumulators ``x @ (W - zero_point).T``).
+    Returns float32 [rows, out_features] (int32 for "int8_acc").  Rows may be
+    strided; elements within a row are made contiguous if they are not.
+    Raises ValueError / TypeError (from the C layer) on inconsistent inputs.
+    """
+    if x.dim() != 2:
+        raise ValueError(f"expected a 2-D tensor of rows, got shape {tuple(x.shape)}")
+    if x.stride(-1) != 1 and x.shape[-1] > 1:
+        x = x.contiguous()
+    y = _C.linear_int8(
+        to_numpy(x), packed.numpy(), w_sum.numpy(),
+        w_scale.detach().to(torch.float32).contiguous().numpy(),
+        w_zero_point.detach().to(torch.int32).contiguous().numpy(),
+        None if bias is None else bias.detach().to(torch.float32).contiguous().numpy(),
+        int(out_features), bool(has_m128), mode=mode, nthreads=num_threads(),
+    )
+    return torch.from_numpy(y)
+
+
+def linear_kernels() -> dict:
+    """The int8 matmul kernels in use at the active ISA level, and the largest in_features they take."""
+    return _C.linear_kernels()

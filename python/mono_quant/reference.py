@@ -9,7 +9,8 @@ from typing import Tuple
 
 import torch
 
-__all__ = ["rows_minmax", "choose_qparams", "quantize_rows", "quantize_rows_fused", "rows_sqerr", "dequantize_rows"]
+__all__ = ["rows_minmax", "choose_qparams", "quantize_rows", "quantize_rows_fused", "rows_sqerr", "dequantize_rows",
+           "linear_int8", "conv2d_int8"]
 
 _FLT_MIN = torch.finfo(torch.float32).tiny
 
@@ -91,3 +92,43 @@ def dequantize_rows(q: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tens
     scale = scale.to(q.device, torch.float32).reshape(-1, 1)
     zp = zero_point.to(q.device, torch.float32).reshape(-1, 1)
     return (q.float() - zp) * scale
+
+
+def linear_int8(x: torch.Tensor, qdata: torch.Tensor, w_scale: torch.Tensor, w_zero_point: torch.Tensor,
+                bias=None, mode: str = "dynamic") -> torch.Tensor:
+    """Twin of ``kernels.linear_int8`` on the unpacked int8 weight ``qdata`` [out, in].
+
+    "dynamic": x quantized per row (symmetric, -127..127), exact integer
+    accumulation, then ``float(acc) * (x_scale * w_scale) + bias`` in fp32:
+    the kernels' exact arithmetic.  "weight_only": ``x @ dequantized.T + bias``.
+    "int8_acc": x is int8, returns the int32 ``x @ (qdata - zero_point).T``.
+    """
+    w = qdata.double() - w_zero_point.to(qdata.device).double().reshape(-1, 1)
+    if mode == "int8_acc":
+        return (x.double() @ w.T).to(torch.int32)  # float64 sums of int products: exact below 2**53
+    x = x.float()
+    if mode == "weight_only":
+        y = x @ dequantize_rows(qdata, w_scale, w_zero_point).T
+        return y if bias is None else y + bias.float()
+    if mode != "dynamic":
+        raise ValueError(f"mode must be 'dynamic', 'weight_only' or 'int8_acc', got {mode!r}")
+    q, x_scale, _, _, _, _ = quantize_rows_fused(x, -127, 127, True)
+    acc = q.double() @ w.T
+    y = acc.float() * (x_scale.reshape(-1, 1) * w_scale.float().reshape(1, -1))
+    return y if bias is None else y + bias.float()
+
+
+def conv2d_int8(x: torch.Tensor, qdata: torch.Tensor, w_scale: torch.Tensor, w_zero_point: torch.Tensor, bias,
+                stride, padding, dilation, groups: int) -> torch.Tensor:
+    """Twin of ``_C.conv2d_int8`` (dynamic int8 Conv2d), NCHW float32 out:
+    each image quantized with one symmetric int8 scale (-127..127), exact
+    integer products and sums, then ``float(acc) * (x_scale * w_scale) + bias``."""
+    import torch.nn.functional as F
+
+    batch = x.shape[0]
+    q, x_scale, _, _, _, _ = quantize_rows_fused(x.float().reshape(batch, -1), -127, 127, True)
+    w = qdata.double() - w_zero_point.to(qdata.device).double().reshape(-1, 1, 1, 1)
+    acc = F.conv2d(q.double().reshape(x.shape), w, None, stride, padding, dilation, groups)  # exact below 2**53
+    scale = x_scale.reshape(-1, 1, 1, 1) * w_scale.float().reshape(1, -1, 1, 1)
+    y = acc.float() * scale
+    return y if bias is None else y + bias.float().reshape(1, -1, 1, 1)

@@ -5,7 +5,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .linear import _format_of
+from .. import _C, kernels
+from ..packing import can_pack, pack_int8_linear
+from .linear import ACTIVATION_MODES, _format_of, _kernel_takes, kernel_args, packed_linear
 from .registry import QuantizedModule, register_qmodule
 
 __all__ = ["QuantizedConv2d"]
@@ -13,7 +15,15 @@ __all__ = ["QuantizedConv2d"]
 
 @register_qmodule(nn.Conv2d)
 class QuantizedConv2d(QuantizedModule):
-    """A Conv2d whose weight is int8 per output channel, or fp16/bf16."""
+    """A Conv2d whose weight is int8 per output channel, or fp16/bf16.
+
+    An int8 weight is also packed per group for the int8 matmul kernels
+    (docs/formats.md); forward then runs im2col (a plain reshape for 1x1,
+    stride 1, no padding) into the same dynamic int8 or weight-only matmul as
+    QuantizedLinear.  Depthwise convs (one input channel per group), string
+    paddings and inputs the kernels can't take run ``F.conv2d`` on the
+    dequantized weight.
+    """
 
     def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, dilation=1, groups=1,
                  padding_mode="zeros", weight_format="int8", orig_dtype=torch.float32):
@@ -28,8 +38,9 @@ class QuantizedConv2d(QuantizedModule):
         self.groups = groups
         self.padding_mode = padding_mode
         self._reversed_padding_repeated_twice = None
+        self.activations = "dynamic"
 
-    state_attrs = QuantizedModule.state_attrs + ("_reversed_padding_repeated_twice",)
+    state_attrs = QuantizedModule.state_attrs + ("_reversed_padding_repeated_twice", "activations")
 
     def init_kwargs(self):
         return {"in_channels": self.in_channels, "out_channels": self.out_channels,
@@ -39,15 +50,25 @@ class QuantizedConv2d(QuantizedModule):
                 "weight_format": self.weight_format}
 
     @classmethod
-    def from_float(cls, module: nn.Conv2d, weight) -> "QuantizedConv2d":
+    def from_float(cls, module: nn.Conv2d, weight, activations="dynamic") -> "QuantizedConv2d":
         q = cls(module.in_channels, module.out_channels, module.kernel_size, module.stride, module.padding,
                 module.dilation, module.groups, module.padding_mode, weight_format=_format_of(weight),
                 orig_dtype=module.weight.dtype)
         q._reversed_padding_repeated_twice = list(module._reversed_padding_repeated_twice)
         q.set_weight(weight)
+        q.set_activations(activations)
+        if can_pack(weight) and module.in_channels // module.groups > 1:  # not depthwise
+            for name, tensor in pack_int8_linear(weight, groups=module.groups).items():
+                q.register_buffer(name, tensor)
         q._set_bias(module.bias)
         q.train(module.training)
         return q
+
+    def set_activations(self, activations) -> None:
+        """Choose the execution mode: "dynamic" or None (weight-only). Raises ValueError otherwise."""
+        if activations not in ACTIVATION_MODES:
+            raise ValueError(f"activations must be 'dynamic' or None (weight-only), got {activations!r}")
+        self.activations = activations
 
     def _conv(self, x: torch.Tensor, w: torch.Tensor, b) -> torch.Tensor:
         if self.padding_mode != "zeros":
@@ -55,8 +76,54 @@ class QuantizedConv2d(QuantizedModule):
             return F.conv2d(x, w, b, self.stride, 0, self.dilation, self.groups)
         return F.conv2d(x, w, b, self.stride, self.padding, self.dilation, self.groups)
 
+    def _packed_conv(self, x: torch.Tensor, info: dict, args: list, whole: tuple) -> torch.Tensor:
+        """The int8 matmul on im2col rows; float32 NCHW out.  Dynamic: all in
+        C (per-image int8, NHWC int8 im2col).  Weight-only: torch's unfold (a
+        plain reshape for 1x1, stride 1, no padding) into the fp32 x int8 kernel."""
+        if self.padding_mode != "zeros":
+            x = F.pad(x, self._reversed_padding_repeated_twice, mode=self.padding_mode)
+            padding = (0, 0)
+        else:
+            padding = tuple(self.padding)
+        batch, _, height, width = x.shape
+        (kh, kw), (sh, sw), (dh, dw) = self.kernel_size, self.stride, self.dilation
+        out_h = (height + 2 * padding[0] - dh * (kh - 1) - 1) // sh + 1
+        out_w = (width + 2 * padding[1] - dw * (kw - 1) - 1) // sw + 1
+        if self.activations == "dynamic":
+            y = torch.from_numpy(_C.conv2d_int8(
+                kernels.to_numpy(x.contiguous()), *whole, tuple(self.kernel_size), tuple(self.stride), padding,
+                tuple(self.dilation), self.groups, nthreads=kernels.num_threads()))
+        elif (kh, kw, sh, sw) == (1, 1, 1, 1) and padding == (0, 0):
+            rows = x.permute(0, 2, 3, 1).reshape(-1, x.shape[1])  # 1x1: each pixel is a row
+        else:  # torch's im2col [B, C*kh*kw, L], reordered to rows of (group, kh, kw, channel): the packed K order
+            cols = F.unfold(x, self.kernel_size, self.dilation, padding, self.stride)
+            cols = cols.reshape(batch, self.groups, self.in_channels // self.groups, kh * kw, -1)
+            rows = cols.permute(0, 4, 1, 3, 2).reshape(-1, cols.shape[1] * cols.shape[2] * cols.shape[3])
+        if self.activations != "dynamic":
+            groups, k = self.groups, info["in_features"]
+            outs = [packed_linear(self, rows[:, g * k:(g + 1) * k], args[g]) for g in range(groups)]
+            y = outs[0] if groups == 1 else torch.cat(outs, dim=1)
+        return y.reshape(batch, out_h, out_w, self.out_channels).permute(0, 3, 1, 2).contiguous()
+
+    def _packed_pays(self, x: torch.Tensor) -> bool:
+        """Weight-only convs with many output pixels per output channel are faster as
+        F.conv2d on the dequantized weight: the fp32 im2col (kh*kw times the input)
+        costs more than dequantizing the weight (bench_conv.py: the packed weight-only
+        path wins below about out_channels/8 output pixels)."""
+        if self.activations == "dynamic":
+            return True
+        pixels = x.shape[0]
+        for size, k, s, p, d in zip(x.shape[2:], self.kernel_size, self.stride, self.padding, self.dilation):
+            pixels *= (size + 2 * p - d * (k - 1) - 1) // s + 1
+        return pixels * 8 <= self.out_channels
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.qtype.kind == "int":
+            packed = kernel_args(self)
+            if (packed is not None and x.dim() == 4 and not isinstance(self.padding, str)
+                    and x.shape[1] == self.in_channels and _kernel_takes(x, x.shape[-1])
+                    and packed[0]["in_features"] <= _max_k() and self._packed_pays(x)):
+                return self._packed_conv(x, *packed).to(x.dtype)
             w = self.dequantized_weight(torch.float32).to(x.device)
             b = None if self.bias is None else self.bias.float()
             return self._conv(x.float(), w, b).to(x.dtype)
@@ -64,4 +131,11 @@ class QuantizedConv2d(QuantizedModule):
 
     def extra_repr(self) -> str:
         return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, "
-                f"padding={self.padding}, groups={self.groups}, " + super().extra_repr())
+                f"padding={self.padding}, groups={self.groups}, " + super().extra_repr()
+                + (f", activations={self.activations}" if self.qtype.kind == "int" else ""))
+
+
+def _max_k() -> int:
+    from .linear import _max_in_features
+
+    return _max_in_features()

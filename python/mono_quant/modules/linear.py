@@ -1,49 +1,161 @@
 """QuantizedLinear: replaces nn.Linear."""
 from __future__ import annotations
 
+import weakref
+from typing import Optional
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .. import _C, kernels
+from ..packing import can_pack, pack_int8_linear, packed_info
 from .registry import QuantizedModule, register_qmodule
 
-__all__ = ["QuantizedLinear"]
+__all__ = ["QuantizedLinear", "ACTIVATION_MODES", "kernel_args", "packed_linear"]
+
+# "dynamic": activations quantized to int8 per row at each call, integer
+# matmul; None: weight-only (float activations x int8 weights)
+ACTIVATION_MODES = ("dynamic", None)
+_KERNEL_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 
 @register_qmodule(nn.Linear)
 class QuantizedLinear(QuantizedModule):
     """``y = x @ W.T + b`` with W stored as int8 (+ per-channel scale and
     zero-point) or fp16/bf16.  Takes inputs of any leading shape and floating
-    dtype and returns the input's dtype; math runs in float32 for integer
-    weights, in the input's dtype for float ones."""
+    dtype and returns the input's dtype.
+
+    int8 weights are also stored packed (``weight_packed``, ``weight_colsum``,
+    ``weight_packed_info``, see docs/formats.md) for the C kernels:
+    ``activations="dynamic"`` quantizes each input row to int8 and multiplies
+    in integers; ``activations=None`` multiplies float inputs by the weight
+    dequantized in registers.  Inputs the kernels can't take (CUDA, float64,
+    autograd, no packed buffers) run ``F.linear`` on the dequantized weight.
+    """
+
+    state_attrs = QuantizedModule.state_attrs + ("activations",)
 
     def __init__(self, in_features: int, out_features: int, weight_format: str = "int8",
                  orig_dtype: torch.dtype = torch.float32):
         super().__init__(weight_format, (out_features, in_features), orig_dtype)
         self.in_features = in_features
         self.out_features = out_features
+        self.activations: Optional[str] = "dynamic"
 
     def init_kwargs(self):
         return {"in_features": self.in_features, "out_features": self.out_features,
                 "weight_format": self.weight_format}
 
     @classmethod
-    def from_float(cls, module: nn.Linear, weight) -> "QuantizedLinear":
+    def from_float(cls, module: nn.Linear, weight, activations: Optional[str] = "dynamic") -> "QuantizedLinear":
         q = cls(module.in_features, module.out_features, weight_format=_format_of(weight),
                 orig_dtype=module.weight.dtype)
         q.set_weight(weight)
+        q.set_activations(activations)
+        if can_pack(weight):
+            for name, tensor in pack_int8_linear(weight).items():
+                q.register_buffer(name, tensor)
         q._set_bias(module.bias)
         q.train(module.training)
         return q
 
+    def set_activations(self, activations: Optional[str]) -> None:
+        """Choose the execution mode: "dynamic" or None (weight-only). Raises ValueError otherwise."""
+        if activations not in ACTIVATION_MODES:
+            raise ValueError(f"activations must be 'dynamic' or None (weight-only), got {activations!r}")
+        self.activations = activations
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.qtype.kind == "int":
+            packed = kernel_args(self)
+            if packed is not None and _kernel_takes(x, packed[0]["in_features"]):
+                lead = x.shape[:-1]
+                y = packed_linear(self, x.reshape(-1, x.shape[-1]), packed[1][0])
+                return y.reshape(*lead, self.out_features).to(x.dtype)
             w = self.dequantized_weight(torch.float32).to(x.device)
             b = None if self.bias is None else self.bias.float()
             return F.linear(x.float(), w, b).to(x.dtype)
         w = self.weight.to(x.dtype)
         b = None if self.bias is None else self.bias.to(x.dtype)
         return F.linear(x, w, b)
+
+    def extra_repr(self) -> str:
+        mode = f", activations={self.activations}" if self.qtype.kind == "int" else ""
+        return super().extra_repr() + mode
+
+
+def _kernel_takes(x: torch.Tensor, in_features: int) -> bool:
+    """Whether the C kernels can run this input (else: the torch fallback)."""
+    if x.device.type != "cpu" or x.dtype not in _KERNEL_DTYPES or x.shape[-1] != in_features:
+        return False
+    if in_features > _max_in_features() or x.numel() == 0:
+        return False
+    return not (x.requires_grad and torch.is_grad_enabled())  # the kernels have no backward
+
+
+_MAX_K = []
+
+
+def _max_in_features() -> int:
+    if not _MAX_K:
+        _MAX_K.append(int(kernels.linear_kernels()["max_in_features"]))
+    return _MAX_K[0]
+
+
+# Per module, the packed weight's description and the NumPy views the C
+# kernels take, built once and rebuilt when a buffer is replaced, changed in
+# place (its _version moves) or moved to other memory (its data_ptr).  A weak map, not an attribute, so deepcopy
+# and state_dict never see it.
+_KERNEL_ARGS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+_ARG_BUFFERS = ("weight_packed_info", "weight_packed", "weight_colsum", "weight_scale", "weight_zero_point", "bias")
+
+
+def kernel_args(module: QuantizedModule):
+    """``(info, per-group argument tuples, whole-weight tuple)`` for
+    ``_C.linear_int8`` / ``_C.conv2d_int8``, or None when the module has no
+    usable packed weight (see packing.packed_info)."""
+    bufs = module._buffers
+    # data_ptr too: .data = ... or share_memory_() swap a buffer's storage in place
+    key = tuple((id(t), t._version, t.data_ptr()) if t is not None else None for t in map(bufs.get, _ARG_BUFFERS))
+    cached = _KERNEL_ARGS.get(module)
+    if cached is not None and cached[0] == key:
+        return cached[1]
+    info = packed_info(module)
+    result = None if info is None else (info, *_build_args(module, info))
+    _KERNEL_ARGS[module] = (key, result)
+    return result
+
+
+def _build_args(module: QuantizedModule, info: dict):
+    n, k, groups = info["out_features"], info["in_features"], info["groups"]
+    packed, colsum = module.weight_packed, module.weight_colsum
+    scale = module.weight_scale.detach().to(torch.float32).expand(n).contiguous()  # per-tensor: one for all
+    zp = module.weight_zero_point.detach().to(torch.int32).expand(n).contiguous()
+    bias = None if module.bias is None else module.bias.detach().to(torch.float32).contiguous()
+    out_g = n // groups
+    packed_size = -(-out_g // 16) * 16 * (-(-k // 4) * 4)
+    colsum_size = -(-out_g // 16) * 16
+    whole = (packed.numpy(), colsum.numpy(), scale.numpy(), zp.numpy(), None if bias is None else bias.numpy(), n,
+             info["has_m128"])
+    per_group = []
+    for g in range(groups):
+        lo, hi = g * out_g, (g + 1) * out_g
+        per_group.append((
+            packed[g * packed_size:(g + 1) * packed_size].numpy(), colsum[g * colsum_size:(g + 1) * colsum_size].numpy(),
+            scale[lo:hi].numpy(), zp[lo:hi].numpy(), None if bias is None else bias[lo:hi].numpy(),
+            out_g, info["has_m128"],
+        ))
+    return per_group, whole
+
+
+def packed_linear(module: QuantizedModule, x2d: torch.Tensor, args: tuple) -> torch.Tensor:
+    """float32 ``x2d @ W.T + b`` through the C kernels with one group's
+    ``kernel_args``; ``module.activations`` picks dynamic int8 or weight-only."""
+    if x2d.shape[-1] > 1 and x2d.stride(-1) != 1:
+        x2d = x2d.contiguous()
+    mode = "dynamic" if module.activations == "dynamic" else "weight_only"
+    return torch.from_numpy(_C.linear_int8(kernels.to_numpy(x2d), *args, mode=mode, nthreads=kernels.num_threads()))
 
 
 def _format_of(weight) -> str:

@@ -88,6 +88,9 @@ class QuantizedModule(nn.Module):
     def weight_nbytes(self) -> int:
         """Bytes the stored weight really takes (data, scales, zero-points)."""
         names = ("weight_qdata", "weight_scale", "weight_zero_point") if self.qtype.kind == "int" else ("weight",)
+        # plus the kernels' packed copy of an int8 weight, when the module keeps one
+        names += tuple(n for n in ("weight_packed", "weight_colsum", "weight_packed_info")
+                       if getattr(self, n, None) is not None)
         return sum(getattr(self, n).numel() * getattr(self, n).element_size() for n in names)
 
     def _set_bias(self, bias: Optional[torch.Tensor]) -> None:

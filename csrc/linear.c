@@ -1,0 +1,350 @@
+/* linear.c - int8 weight packing and the quantized matmul drivers.
+ *
+ * The drivers prepare the activations once per call (dynamic mode: per-row
+ * symmetric int8, -127..127, so no activation is -128; weight-only: fp32
+ * rows padded to kp) and split the output channels over threads in whole
+ * panels; the dispatched kernel (ref.c, linear_avx2.c, linear_avx512.c) does
+ * the rest.  Nothing here re-packs the weight. */
+#include <math.h>
+#include <stdlib.h>
+
+#include "mq.h"
+
+/* Below this many multiply-adds per chunk, fewer threads are faster: a
+ * pthread start costs ~20-50 us, waking torch's OpenMP team a few us. */
+static int64_t min_macs_per_thread(void) {
+    return strcmp(mq_threading_backend(), "openmp") ? (int64_t)1 << 22 : (int64_t)1 << 20;
+}
+
+int mq_pack_int8(const int8_t *w, int64_t n, int64_t k, int8_t *packed, int32_t *w_sum) {
+    const int64_t kp = mq_round_up(k, MQ_KGROUP), np = mq_round_up(n, MQ_PANEL), groups = kp / MQ_KGROUP;
+    int has_m128 = 0;
+    for (int64_t p = 0; p < np / MQ_PANEL; p++)
+        for (int c = 0; c < MQ_PANEL; c++) {
+            int64_t row = p * MQ_PANEL + c;
+            int32_t sum = 0;
+            for (int64_t g = 0; g < groups; g++)
+                for (int j = 0; j < MQ_KGROUP; j++) {
+                    int64_t col = g * MQ_KGROUP + j;
+                    int8_t v = (row < n && col < k) ? w[row * k + col] : 0;
+                    packed[((p * groups + g) * MQ_PANEL + c) * MQ_KGROUP + j] = v;
+                    sum += v;
+                    has_m128 |= v == -128;
+                }
+            w_sum[row] = sum;
+        }
+    return has_m128;
+}
+
+/* Rows up to which the dynamic kernels use the one-panel GEMV tile (K split
+ * over 4 accumulators); above it the 8-row x 3-panel tile, which also reads
+ * each weight byte once for up to 8 rows.  -1 (default) picks it from the
+ * measurements (bench_linear.py's sweep, 4096x4096 from DRAM): the GEMV tile
+ * wins only with one thread at one row (~3%); with two threads the 3-panel
+ * tile's 3 streams per thread read DRAM 6-30% faster from 1 row on. */
+int64_t mq_gemv_max_rows = -1;
+
+static int64_t gemv_rows(int nthreads) {
+    return mq_gemv_max_rows >= 0 ? mq_gemv_max_rows : (nthreads == 1 ? 1 : 0);
+}
+
+static int64_t panels_per_chunk(int64_t m, int64_t kp) {
+    const int64_t per_panel = m * kp * MQ_PANEL, min_macs = min_macs_per_thread();
+    return per_panel >= min_macs ? 1 : (min_macs + per_panel - 1) / per_panel;
+}
+
+/* ---- dynamic int8 ------------------------------------------------------------ */
+
+typedef struct {
+    const uint8_t *src;
+    size_t row_bytes;
+    mq_src_t kind;
+    int x_is_q;
+    int64_t k;
+    mq_qgemm_args *a;
+    int32_t *x_sum; /* writable alias of a->x_sum */
+    float *x_scale;
+    uint8_t *xq;
+    const mq_kernels *kt;
+} xquant_ctx;
+
+/* Per-row symmetric int8 of the activations (torch's symmetric MinMax
+ * formula with qmin = -127), zero padded to kp, shifted to uint8 for VNNI. */
+static void quantize_x_range(void *vctx, int64_t begin, int64_t end) {
+    xquant_ctx *c = vctx;
+    const int64_t kp = c->a->kp;
+    for (int64_t r = begin; r < end; r++) {
+        const uint8_t *src = c->src + (size_t)r * c->row_bytes;
+        uint8_t *q = c->xq + r * kp;
+        if (c->x_is_q) {
+            memcpy(q, src, (size_t)c->k);
+            c->x_scale[r] = 1.0f;
+        } else {
+            float mn, mx, scale;
+            int32_t zp;
+            if (c->kt->minmax[c->kind](src, c->k, &mn, &mx)) {
+                memset(q, 0, (size_t)kp); /* NaN/Inf in the row: the row's outputs become NaN */
+                c->x_scale[r] = NAN;
+            } else {
+                mq_choose_qparams(mn, mx, -127, 127, 1, &scale, &zp);
+                c->kt->quantize[c->kind](src, c->k, 1.0f / scale, 0.0f, -127.0f, 127.0f, 0, q);
+                c->x_scale[r] = scale;
+            }
+        }
+        memset(q + c->k, 0, (size_t)(kp - c->k));
+        if (c->x_sum) {
+            int32_t s = 0;
+            for (int64_t i = 0; i < c->k; i++) s += (int8_t)q[i];
+            c->x_sum[r] = s;
+        }
+        if (c->a->x_u8)
+            for (int64_t i = 0; i < kp; i++) q[i] ^= 0x80u;
+    }
+}
+
+/* Work items are (row block, panel) pairs, flattened row block major; a
+ * chunk of items runs as one kernel call per row block it touches. */
+typedef struct {
+    mq_qgemm_fn fn;
+    const mq_qgemm_args *a;
+    int64_t panels, row_block;
+} qgemm_ctx;
+
+static void qgemm_range(void *vctx, int64_t begin, int64_t end) {
+    const qgemm_ctx *c = vctx;
+    while (begin < end) {
+        const int64_t rb = begin / c->panels, p0 = begin % c->panels;
+        const int64_t p1 = p0 + (end - begin) < c->panels ? p0 + (end - begin) : c->panels;
+        const int64_t m0 = rb * c->row_block;
+        mq_qgemm_args sub = *c->a;
+        sub.m = c->a->m - m0 < c->row_block ? c->a->m - m0 : c->row_block;
+        sub.x += m0 * sub.kp;
+        sub.x_scale += m0;
+        if (sub.x_sum) sub.x_sum += m0;
+        if (sub.y) sub.y += m0 * sub.ldy;
+        if (sub.acc) sub.acc += m0 * sub.ldy;
+        c->fn(&sub, p0, p1);
+        begin += p1 - p0;
+    }
+}
+
+/* Threads over output panels; when there are too few panels to keep every
+ * thread busy (a narrow layer or a conv group) and many rows, over row
+ * blocks too (each thread then reads the whole, small, weight). */
+static void run_qgemm(const mq_kernels *kt, const mq_qgemm_args *a, int nthreads) {
+    const int64_t panels = mq_round_up(a->n, MQ_PANEL) / MQ_PANEL;
+    int64_t row_block = a->m;
+    if (nthreads > 1 && panels < 4 * nthreads && a->m >= 64)
+        row_block = mq_round_up((a->m + 2 * nthreads - 1) / (2 * nthreads), 8);
+    qgemm_ctx c = {kt->qgemm, a, panels, row_block};
+    const int64_t blocks = (a->m + row_block - 1) / row_block;
+    mq_parallel_for(blocks * panels, panels_per_chunk(row_block, a->kp), nthreads, qgemm_range, &c);
+}
+
+int mq_linear_dynamic(const void *x, mq_src_t kind, int x_is_q, int64_t m, int64_t k, int64_t ldx,
+                      const int8_t *packed, const int32_t *w_sum, const float *w_scale, const int32_t *w_zp,
+                      int w_has_m128, const float *bias, int64_t n, float *y, int32_t *acc, int nthreads) {
+    const mq_kernels *kt = mq_active();
+    const int64_t kp = mq_round_up(k, MQ_KGROUP);
+    if (m <= 0 || n <= 0) return 0;
+    uint8_t *xq = aligned_alloc(64, (size_t)mq_round_up(m * kp, 64));
+    float *x_scale = malloc((size_t)m * sizeof(float));
+    int32_t *x_sum = w_zp ? malloc((size_t)m * sizeof(int32_t)) : NULL;
+    int status = -1;
+    if (!xq || !x_scale || (w_zp && !x_sum)) goto done;
+    mq_qgemm_args a = {xq, kt->qgemm_x_u8, x_scale, x_sum, m, kp, n, packed, w_sum, w_scale, w_zp,
+                       w_has_m128, bias, acc ? NULL : y, acc, n, gemv_rows(nthreads)};
+    xquant_ctx xc = {x, (size_t)ldx * (x_is_q ? 1 : mq_src_size(kind)), kind, x_is_q, k, &a, x_sum, x_scale, xq, kt};
+    mq_parallel_for(m, (1 << 16) / (k + 1) + 1, nthreads, quantize_x_range, &xc);
+    run_qgemm(kt, &a, nthreads);
+    status = 0;
+done:
+    free(xq);
+    free(x_scale);
+    free(x_sum);
+    return status;
+}
+
+/* ---- dynamic int8 conv2d: per-image int8, int8 im2col, the same GEMM ---------- */
+
+/* The image is quantized once, stored channels-last (NHWC) and already in
+ * the kernel's activation encoding (int8, or int8 ^ 0x80 = int8 + 128 for
+ * VNNI), so im2col is a memcpy of each tap's channel run, or a fill with
+ * the encoding of 0 for the zero padding.  The conv's K order is therefore
+ * (kh, kw, in_channel): pack_int8_linear packs 4-D weights in that order. */
+typedef struct {
+    const uint8_t *xq; /* [batch][height][width][channels], encoded */
+    int64_t channels, height, width, kh, kw, sh, sw, ph, pw, dh, dw, out_h, out_w, cg, kp, k, group;
+    const float *image_scale;
+    float *x_scale;
+    int32_t *x_sum;
+    uint8_t zero; /* the encoding of 0 */
+    uint8_t *rows; /* [batch*out_h*out_w][kp] */
+} im2col_ctx;
+
+static void im2col_range(void *vctx, int64_t begin, int64_t end) {
+    const im2col_ctx *c = vctx;
+    const int64_t pixels = c->out_h * c->out_w;
+    for (int64_t r = begin; r < end; r++) {
+        const int64_t b = r / pixels, oh = (r % pixels) / c->out_w, ow = r % c->out_w;
+        uint8_t *dst = c->rows + r * c->kp;
+        for (int64_t i = 0; i < c->kh; i++) {
+            const int64_t ih = oh * c->sh - c->ph + i * c->dh;
+            for (int64_t j = 0; j < c->kw; j++, dst += c->cg) {
+                const int64_t iw = ow * c->sw - c->pw + j * c->dw;
+                if (ih >= 0 && ih < c->height && iw >= 0 && iw < c->width)
+                    memcpy(dst, c->xq + ((b * c->height + ih) * c->width + iw) * c->channels + c->group * c->cg,
+                           (size_t)c->cg);
+                else
+                    memset(dst, c->zero, (size_t)c->cg);
+            }
+        }
+        memset(dst, c->zero, (size_t)(c->kp - c->k));
+        c->x_scale[r] = c->image_scale[b];
+        if (c->x_sum) {
+            const uint8_t *row = c->rows + r * c->kp;
+            int32_t sum = 0;
+            for (int64_t i = 0; i < c->k; i++) sum += (int8_t)(row[i] ^ c->zero);
+            c->x_sum[r] = sum;
+        }
+    }
+}
+
+typedef struct {
+    const uint8_t *src;
+    mq_src_t kind;
+    int64_t channels, plane;
+    float *scale;
+    int8_t *scratch; /* [nthreads-free: one plane set per image] NCHW int8 */
+    uint8_t *xq;     /* NHWC encoded */
+    uint8_t zero;
+    const mq_kernels *kt;
+} image_quant_ctx;
+
+static void quantize_images(void *vctx, int64_t begin, int64_t end) {
+    image_quant_ctx *c = vctx;
+    const int64_t image = c->channels * c->plane;
+    for (int64_t b = begin; b < end; b++) {
+        const uint8_t *src = c->src + (size_t)(b * image) * mq_src_size(c->kind);
+        int8_t *q = c->scratch + b * image;
+        uint8_t *out = c->xq + b * image;
+        float mn, mx, scale;
+        int32_t zp;
+        if (c->kt->minmax[c->kind](src, image, &mn, &mx)) {
+            memset(out, c->zero, (size_t)image);
+            c->scale[b] = NAN; /* NaN/Inf in the image: its outputs become NaN */
+            continue;
+        }
+        mq_choose_qparams(mn, mx, -127, 127, 1, &scale, &zp);
+        c->kt->quantize[c->kind](src, image, 1.0f / scale, 0.0f, -127.0f, 127.0f, 0, (uint8_t *)q);
+        c->scale[b] = scale;
+        /* NCHW -> NHWC in blocks of 64 pixels, so reads and writes both stay in cache lines */
+        for (int64_t p0 = 0; p0 < c->plane; p0 += 64) {
+            const int64_t p1 = p0 + 64 < c->plane ? p0 + 64 : c->plane;
+            for (int64_t ch = 0; ch < c->channels; ch++) {
+                const int8_t *in = q + ch * c->plane;
+                for (int64_t p = p0; p < p1; p++) out[p * c->channels + ch] = (uint8_t)in[p] ^ c->zero;
+            }
+        }
+    }
+}
+
+int mq_conv2d_dynamic(const void *x, mq_src_t kind, int64_t batch, int64_t channels, int64_t height, int64_t width,
+                      int64_t kh, int64_t kw, int64_t sh, int64_t sw, int64_t ph, int64_t pw, int64_t dh, int64_t dw,
+                      int64_t groups, const int8_t *packed, const int32_t *w_sum, const float *w_scale,
+                      const int32_t *w_zp, int w_has_m128, const float *bias, int64_t n, float *y, int nthreads) {
+    const mq_kernels *kt = mq_active();
+    const int64_t out_h = (height + 2 * ph - dh * (kh - 1) - 1) / sh + 1;
+    const int64_t out_w = (width + 2 * pw - dw * (kw - 1) - 1) / sw + 1;
+    const int64_t cg = channels / groups, k = cg * kh * kw, kp = mq_round_up(k, MQ_KGROUP);
+    const int64_t n_g = n / groups, np_g = mq_round_up(n_g, MQ_PANEL), m = batch * out_h * out_w;
+    const int64_t image = channels * height * width;
+    const uint8_t zero = kt->qgemm_x_u8 ? 0x80u : 0u;
+    /* 1x1, stride 1, no padding, one group, k a multiple of 4: the NHWC image is the rows */
+    const int direct = kh == 1 && kw == 1 && sh == 1 && sw == 1 && ph == 0 && pw == 0 && groups == 1 && kp == k;
+    if (m <= 0 || n <= 0) return 0;
+    int8_t *scratch = malloc((size_t)(batch * image));
+    uint8_t *xq = aligned_alloc(64, (size_t)mq_round_up(batch * image, 64));
+    float *image_scale = malloc((size_t)batch * sizeof(float));
+    uint8_t *rows = direct ? xq : aligned_alloc(64, (size_t)mq_round_up(m * kp, 64));
+    float *x_scale = malloc((size_t)m * sizeof(float));
+    int32_t *x_sum = w_zp ? malloc((size_t)m * sizeof(int32_t)) : NULL;
+    int status = -1;
+    if (!scratch || !xq || !image_scale || !rows || !x_scale || (w_zp && !x_sum)) goto done;
+    image_quant_ctx qc = {x, kind, channels, height * width, image_scale, scratch, xq, zero, kt};
+    mq_parallel_for(batch, 1, nthreads, quantize_images, &qc);
+    for (int64_t g = 0; g < groups; g++) {
+        im2col_ctx ic = {xq, channels, height, width, kh, kw, sh, sw, ph, pw, dh, dw, out_h, out_w, cg, kp, k,
+                         g, image_scale, x_scale, x_sum, zero, rows};
+        if (direct) {
+            const int64_t pixels = out_h * out_w;
+            for (int64_t r = 0; r < m; r++) x_scale[r] = image_scale[r / pixels];
+            if (x_sum)
+                for (int64_t r = 0; r < m; r++) {
+                    int32_t sum = 0;
+                    for (int64_t i = 0; i < k; i++) sum += (int8_t)(rows[r * kp + i] ^ zero);
+                    x_sum[r] = sum;
+                }
+        } else {
+            mq_parallel_for(m, (1 << 16) / (kp + 1) + 1, nthreads, im2col_range, &ic);
+        }
+        mq_qgemm_args a = {rows, kt->qgemm_x_u8, x_scale, x_sum, m, kp, n_g, packed + g * np_g * kp,
+                           w_sum + g * np_g, w_scale + g * n_g, w_zp ? w_zp + g * n_g : NULL, w_has_m128,
+                           bias ? bias + g * n_g : NULL, y + g * n_g, NULL, n, gemv_rows(nthreads)};
+        run_qgemm(kt, &a, nthreads);
+    }
+    status = 0;
+done:
+    free(scratch);
+    free(xq);
+    free(image_scale);
+    if (!direct) free(rows);
+    free(x_scale);
+    free(x_sum);
+    return status;
+}
+
+/* ---- weight-only ------------------------------------------------------------- */
+
+typedef struct {
+    mq_wgemm_fn fn;
+    const mq_wgemm_args *a;
+} wgemm_ctx;
+
+static void wgemm_range(void *vctx, int64_t begin, int64_t end) {
+    wgemm_ctx *c = vctx;
+    c->fn(c->a, begin, end);
+}
+
+int mq_linear_weight_only(const void *x, mq_src_t kind, int64_t m, int64_t k, int64_t ldx, const int8_t *packed,
+                          const float *w_scale, const int32_t *w_zp, const float *bias, int64_t n, float *y,
+                          int nthreads) {
+    const mq_kernels *kt = mq_active();
+    const int64_t kp = mq_round_up(k, MQ_KGROUP), panels = mq_round_up(n, MQ_PANEL) / MQ_PANEL;
+    if (m <= 0 || n <= 0) return 0;
+    const float *xf = x;
+    float *buffer = NULL;
+    if (kind != MQ_SRC_F32 || kp != k || ldx != k) { /* fp32 rows padded to kp, as the kernels read them */
+        buffer = aligned_alloc(64, (size_t)mq_round_up(m * kp * (int64_t)sizeof(float), 64));
+        if (!buffer) return -1;
+        for (int64_t r = 0; r < m; r++) {
+            const uint8_t *row = (const uint8_t *)x + (size_t)(r * ldx) * mq_src_size(kind);
+            float *dst = buffer + r * kp;
+            if (kind == MQ_SRC_F32) {
+                memcpy(dst, row, (size_t)k * sizeof(float));
+            } else if (kind == MQ_SRC_BF16) { /* a shift: the compiler vectorizes it */
+                const uint16_t *h = (const uint16_t *)(const void *)row;
+                for (int64_t i = 0; i < k; i++) dst[i] = mq_bf16_to_f32(h[i]);
+            } else {
+                for (int64_t i = 0; i < k; i++) dst[i] = mq_f16_to_f32(((const uint16_t *)(const void *)row)[i]);
+            }
+            for (int64_t i = k; i < kp; i++) dst[i] = 0.0f;
+        }
+        xf = buffer;
+    }
+    mq_wgemm_args a = {xf, m, kp, n, packed, w_scale, w_zp, bias, y};
+    wgemm_ctx wc = {kt->wgemm, &a};
+    mq_parallel_for(panels, panels_per_chunk(m, kp), nthreads, wgemm_range, &wc);
+    free(buffer);
+    return 0;
+}

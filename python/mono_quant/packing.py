@@ -1,0 +1,98 @@
+"""Packing an int8 weight, once at quantize time, into the layout the int8
+matmul kernels stream (docs/formats.md, "Packed INT8 matmul weights").
+
+``pack_int8_linear`` is the single place that makes the packed buffers: the
+module path (``QuantizedLinear.from_float`` / ``QuantizedConv2d.from_float``)
+and the state_dict path (``quantize_state_dict_entry``) both call it, so they
+store identical tensors.
+"""
+from __future__ import annotations
+
+from typing import Dict, Optional
+
+import torch
+
+from . import kernels
+from .tensor import QuantizedWeight
+
+__all__ = ["PACKED_LAYOUT_VERSION", "PACKED_BUFFERS", "pack_int8_linear", "can_pack", "packed_info"]
+
+PACKED_LAYOUT_VERSION = 1
+# buffer names, beside weight_qdata / weight_scale / weight_zero_point
+PACKED_BUFFERS = ("weight_packed", "weight_colsum", "weight_packed_info")
+
+
+def can_pack(qweight) -> bool:
+    """Whether the int8 kernels can take this weight: int8 storage, per output
+    channel (axis 0) or per tensor, at least 2-D."""
+    return (isinstance(qweight, QuantizedWeight) and qweight.dtype == "int8" and qweight.axis in (0, None)
+            and qweight.qdata.dim() >= 2 and qweight.qdata.shape[0] > 0 and qweight.qdata[0].numel() > 0)
+
+
+def pack_int8_linear(qweight: QuantizedWeight, groups: int = 1) -> Dict[str, torch.Tensor]:
+    """The packed buffers of an int8 weight ``[out, in]`` (Linear) or
+    ``[out, in/groups, kh, kw]`` (Conv2d, flattened in (kh, kw, in) order).
+
+    Returns ``{"weight_packed": int8 1-D, "weight_colsum": int32 1-D,
+    "weight_packed_info": int32 [5]}``, the info being (layout version, out,
+    in, has_m128, groups).  With ``groups > 1`` each group's ``out/groups``
+    channels are packed on their own, one after the other.  Raises
+    ValueError for a weight the kernels cannot take (see :func:`can_pack`).
+    """
+    if not can_pack(qweight):
+        raise ValueError(f"pack_int8_linear needs an int8 per-channel or per-tensor weight, got {qweight!r}")
+    # a weight tied between layers is one QuantizedWeight (quantize() converts it once): pack it once too,
+    # so the layers share the packed storage as they share weight_qdata
+    memo = qweight.__dict__.setdefault("_packed_memo", {})
+    key = (groups, qweight.qdata.data_ptr(), qweight.qdata._version)
+    if key not in memo:
+        memo.clear()
+        memo[key] = _pack(qweight, groups)
+    return dict(memo[key])
+
+
+def _pack(qweight: QuantizedWeight, groups: int) -> Dict[str, torch.Tensor]:
+    q = qweight.qdata.detach().to("cpu")
+    if q.dim() == 4:  # conv [out, in/groups, kh, kw]: K in (kh, kw, in) order, as the NHWC im2col reads it
+        q = q.permute(0, 2, 3, 1)
+    q = q.reshape(q.shape[0], -1)
+    out_features, in_features = q.shape
+    if groups < 1 or out_features % groups:
+        raise ValueError(f"out_features {out_features} is not divisible by groups={groups}")
+    parts, sums, has_m128 = [], [], False
+    for chunk in q.chunk(groups, dim=0) if groups > 1 else (q,):
+        packed, w_sum, m128 = kernels.pack_int8(chunk)
+        parts.append(packed)
+        sums.append(w_sum)
+        has_m128 |= m128
+    info = torch.tensor([PACKED_LAYOUT_VERSION, out_features, in_features, int(has_m128), groups], dtype=torch.int32)
+    return {
+        "weight_packed": parts[0] if groups == 1 else torch.cat(parts),
+        "weight_colsum": sums[0] if groups == 1 else torch.cat(sums),
+        "weight_packed_info": info,
+    }
+
+
+def packed_info(module) -> Optional[dict]:
+    """The packed buffers' description on a module, or None when it has none
+    usable: missing, not on the CPU, of an unknown layout version, or not the
+    dtypes and sizes the info describes (a subclass may use the names for
+    something else)."""
+    info = getattr(module, "weight_packed_info", None)
+    packed = getattr(module, "weight_packed", None)
+    colsum = getattr(module, "weight_colsum", None)
+    if info is None or packed is None or colsum is None:
+        return None
+    if any(t.device.type != "cpu" for t in (info, packed, colsum)):
+        return None
+    values = info.tolist() if info.dtype == torch.int32 and info.dim() == 1 else []
+    if len(values) != 5 or values[0] != PACKED_LAYOUT_VERSION:
+        return None
+    _, out_features, in_features, has_m128, groups = values
+    if groups < 1 or out_features < 1 or in_features < 1 or out_features % groups:
+        return None
+    panels = groups * -(-(out_features // groups) // 16)
+    if (packed.dtype != torch.int8 or packed.dim() != 1 or packed.numel() != panels * 16 * (-(-in_features // 4) * 4)
+            or colsum.dtype != torch.int32 or colsum.dim() != 1 or colsum.numel() != panels * 16):
+        return None
+    return {"out_features": out_features, "in_features": in_features, "has_m128": bool(has_m128), "groups": groups}
