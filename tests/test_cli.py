@@ -28,7 +28,7 @@ def test_quantize_inspect_compare(tmp_path, checkpoint, capsys):
     out, err = capsys.readouterr()
     assert f"{dst}: 1 layers quantized, 1 skipped" in out and err == ""  # stderr is not a TTY: no progress bar
     qsd = mq.load(dst)
-    assert [layer["name"] for layer in qsd.layers] == ["0"] and qsd["0.weight_qdata"].dtype == torch.int8
+    assert [layer["name"] for layer in qsd.layers] == ["0"] and qsd["0.weight_packed"].dtype == torch.int8
 
     assert main(["inspect", str(dst)]) == 0
     out, _ = capsys.readouterr()
@@ -41,7 +41,8 @@ def test_quantize_inspect_compare(tmp_path, checkpoint, capsys):
     assert main(["inspect", str(dst), "--json"]) == 0
     info = json.loads(capsys.readouterr().out)
     assert info["totals"]["quantized_layers"] == 1
-    assert info["layers"][0]["bytes"] == 64 * 32 + 64 * 4 + 64 * 4
+    # packed int8 (64 rows x 32) + column sums + packing info + scale + zero-point
+    assert info["layers"][0]["bytes"] == 64 * 32 + 64 * 4 + 5 * 4 + 64 * 4 + 64 * 4
     assert info["totals"]["file_bytes"] == dst.stat().st_size
 
     assert main(["compare", str(checkpoint), str(dst)]) == 0
@@ -53,7 +54,8 @@ def test_quantize_inspect_compare(tmp_path, checkpoint, capsys):
     result = json.loads(capsys.readouterr().out)
     by_name = {r["name"]: r for r in result["rows"]}
     assert by_name["2.weight"]["sqnr_db"] == "inf" or by_name["2.weight"]["sqnr_db"] == float("inf")
-    assert by_name["0.weight"]["bytes_b"] < by_name["0.weight"]["bytes_a"] / 3
+    # a quarter of fp32, plus per channel a scale, zero-point and column sum (+20 bytes of packing info)
+    assert by_name["0.weight"]["bytes_b"] == by_name["0.weight"]["bytes_a"] / 4 + 64 * 12 + 20
 
 
 def test_quantize_options_and_failures(tmp_path, checkpoint, capsys):
@@ -66,7 +68,7 @@ def test_quantize_options_and_failures(tmp_path, checkpoint, capsys):
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "already exists" in err and "--force" in err
     assert main(["quantize", str(checkpoint), "-o", str(dst), "--force"]) == 0
-    assert mq.load(dst)["0.weight_qdata"].dtype == torch.int8
+    assert mq.load(dst)["0.weight_packed"].dtype == torch.int8
     capsys.readouterr()
 
     config = tmp_path / "mq.toml"

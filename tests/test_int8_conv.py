@@ -109,7 +109,7 @@ def test_conv_dynamic_bit_exact_vs_reference(case, isa):
                 y = qconv(x)
         finally:
             _C.set_isa(previous)
-        ref = reference.conv2d_int8(x, qconv.weight_qdata, qconv.weight_scale, qconv.weight_zero_point, qconv.bias,
+        ref = reference.conv2d_int8(x, qconv.quantized_weight().qdata, qconv.weight_scale, qconv.weight_zero_point, qconv.bias,
                                     conv.stride, conv.padding, conv.dilation, conv.groups)
         assert torch.equal(y, ref)
 

@@ -269,7 +269,8 @@ def test_module_paths_agree_and_persist():
     assert set(PACKED_BUFFERS) <= set(sd)
     # the state_dict path stores the very same packed tensors
     entry, layer, _ = quantize_state_dict_entry("weight", lin.weight, QuantConfig())
-    for name in ("weight_qdata", "weight_scale", "weight_zero_point") + PACKED_BUFFERS:
+    assert "weight_qdata" not in sd and "weight_qdata" not in entry  # one copy of the weight: the packed one
+    for name in ("weight_scale", "weight_zero_point") + PACKED_BUFFERS:
         assert torch.equal(entry[name], sd[name]), name
     assert layer.bytes_after == sum(t.numel() * t.element_size() for t in entry.values())
     # rebuild through the save/load protocol: bit-identical outputs
@@ -289,7 +290,9 @@ def test_module_paths_agree_and_persist():
 
 def test_module_without_packed_buffers_falls_back():
     qmodel, _ = mq.quantize(_layer(4, n=20, k=24))
+    # a module holding the plain int8 weight and no packed copy (as a non-packable layer does)
     sd = {k: v for k, v in qmodel.state_dict().items() if k not in PACKED_BUFFERS}
+    sd["weight_qdata"] = qmodel.quantized_weight().qdata
     old = QuantizedLinear.from_saved(qmodel.init_kwargs(), qmodel.get_state_attrs(), sd)
     x = torch.randn(3, 24, generator=_gen(14))
     with torch.no_grad():
@@ -330,7 +333,7 @@ def test_tied_weights_share_packed_storage():
     a, b = nn.Linear(24, 24), nn.Linear(24, 24)
     b.weight = a.weight
     qa, qb = mq.quantize(nn.Sequential(a, b)).model
-    assert qa.weight_packed is qb.weight_packed and qa.weight_qdata is qb.weight_qdata
+    assert qa.weight_packed is qb.weight_packed and qa.weight_scale is qb.weight_scale
 
 
 def test_load_state_dict_updates_the_kernels():
@@ -449,10 +452,15 @@ def test_concurrent_callers_get_the_same_results():
 
 def test_inconsistent_packed_buffers_fall_back():
     """Buffers under the packed names that don't match their info (a subclass's own use
-    of the name, a truncated file) are ignored: the torch path runs instead."""
+    of the name, a truncated file) are never run by the kernels: with the plain
+    weight beside them the torch path runs; as the only copy, a clear error."""
     q, _ = mq.quantize(_layer(13, n=20, k=24))
     x = torch.randn(3, 24, generator=_gen(21))
     with torch.no_grad():
         ref = F.linear(x, q.dequantized_weight(), q.bias)
-        q.register_buffer("weight_packed", q.weight_qdata.t().contiguous())
+        q.register_buffer("weight_qdata", q.quantized_weight().qdata)
+        q.register_buffer("weight_packed", q.weight_qdata.t().contiguous()[:-16])
         assert torch.allclose(q(x), ref, rtol=1e-5, atol=1e-5)
+        del q._buffers["weight_qdata"]
+        with pytest.raises(ValueError, match="packed int8 weight has"):
+            q(x)

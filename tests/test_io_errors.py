@@ -80,9 +80,9 @@ CORRUPTIONS = {
     "manifest-bad-layer": (lambda p: _edit_manifest(p, lambda m: m["layers"][0].pop("tensors")), "tensors must be"),
     "manifest-bad-version": (lambda p: _edit_manifest(p, lambda m: m.update(format_version="1")), "format_version"),
     "manifest-dtype-disagrees": (lambda p: _edit_manifest(
-        p, lambda m: m["layers"][0]["tensors"]["weight_qdata"].update(dtype="uint8")), "disagrees"),
+        p, lambda m: m["layers"][0]["tensors"]["weight_packed"].update(dtype="uint8")), "disagrees"),
     "manifest-missing-tensor": (lambda p: _edit_manifest(
-        p, lambda m: m["layers"][0]["tensors"].update(weight_packed={"dtype": "int8", "shape": [4]})), "missing"),
+        p, lambda m: m["layers"][0]["tensors"].update(weight_extra={"dtype": "int8", "shape": [4]})), "missing"),
     "alias-to-nothing": (lambda p: _edit_manifest(p, lambda m: m["tensor_aliases"].update({"x": "nope"})),
                          "missing tensor"),
     "duplicate-layer": (lambda p: _edit_manifest(p, lambda m: m["layers"].append(m["layers"][0])), "listed twice"),

@@ -81,7 +81,7 @@ def test_save_quantization_result_and_manifest(tmp_path):
     assert by_name["conv"]["type"] == "Conv2d" and by_name["conv"]["orig_dtype"] == "float32"
     assert qsd.manifest["config"]["dtype"] == "int8"
     assert [s[0] for s in qsd.manifest["skipped"]] == ["head"]
-    assert qsd["fc1.weight_qdata"].dtype == torch.int8
+    assert qsd["fc1.weight_packed"].dtype == torch.int8
     # the quantized size is what is stored: int8 data, not float
     assert qsd.nbytes < mq.quantize(_trained_net(), dtype="fp16").report.model_bytes_after
     loaded = qsd.load_into(Net().eval())
@@ -121,19 +121,19 @@ class Tied(nn.Module):
 def test_tied_weights(tmp_path):
     torch.manual_seed(0)
     qmodel, _ = mq.quantize(Tied(), exclude=["head"])
-    assert qmodel.proj.weight_qdata is qmodel.proj2.weight_qdata
+    assert qmodel.proj.weight_packed is qmodel.proj2.weight_packed
     path = mq.save(qmodel, tmp_path / "t.safetensors")
     qsd = mq.load(path)
     aliases = qsd.manifest["tensor_aliases"]
     assert aliases["head.weight"] == "emb.weight"
-    assert aliases["proj2.weight_qdata"] == "proj.weight_qdata"
+    assert aliases["proj2.weight_packed"] == "proj.weight_packed"
     assert qsd["head.weight"] is qsd["emb.weight"]
     with torch.device("meta"):  # (module.to("meta") would untie the skeleton's own weights)
         skeleton = Tied()
     assert skeleton.head.weight is skeleton.emb.weight
     loaded = mq.load(path, model=skeleton)
     assert loaded.head.weight is loaded.emb.weight  # the tie is kept
-    assert loaded.proj.weight_qdata.data_ptr() == loaded.proj2.weight_qdata.data_ptr()
+    assert loaded.proj.weight_packed.data_ptr() == loaded.proj2.weight_packed.data_ptr()
     ids = torch.tensor([[1, 2, 3, 9]])
     assert torch.equal(loaded(ids), qmodel(ids))
 
@@ -276,7 +276,7 @@ def test_generic_over_module_buffers_and_state_attrs(tmp_path):
         @classmethod
         def from_float(cls, module, weight):
             q = super().from_float(module, weight)
-            q.register_buffer("weight_packed", q.weight_qdata.t().contiguous())
+            q.register_buffer("weight_extra", q.quantized_weight().qdata.t().contiguous())
             q.mode = "packed"
             return q
 
@@ -291,10 +291,10 @@ def test_generic_over_module_buffers_and_state_attrs(tmp_path):
         path = mq.save(qmodel, tmp_path / "g.safetensors")
         layer = next(l for l in mq.load(path).layers if l["name"] == "0")
         assert layer["class"] == "QuantizedScaled" and layer["attrs"]["mode"] == "packed"
-        assert "weight_packed" in layer["tensors"]
+        assert "weight_extra" in layer["tensors"]
         loaded = mq.load(path, model=nn.Sequential(Scaled(6, 4), nn.ReLU(), nn.Linear(4, 2)).to("meta"))
         assert type(loaded[0]) is QuantizedScaled and loaded[0].mode == "packed"
-        assert torch.equal(loaded[0].weight_packed, qmodel[0].weight_packed)
+        assert torch.equal(loaded[0].weight_extra, qmodel[0].weight_extra)
         x = torch.randn(3, 6)
         assert torch.equal(loaded(x), qmodel(x))
     finally:

@@ -93,7 +93,7 @@ def test_tied_weights_share_quantized_storage():
     b.weight = a.weight
     result = mq.quantize(nn.Sequential(a, b))
     qa, qb = result.model
-    assert qa.weight_qdata is qb.weight_qdata
+    assert qa.weight_packed is qb.weight_packed and qa.weight_scale is qb.weight_scale
     assert not torch.equal(qa.bias, qb.bias) or a.bias is b.bias
 
 
@@ -121,7 +121,9 @@ def test_float_formats_store_dtype_and_return_input_dtype(dtype, storage):
 def test_int8_module_buffers_state_dict_to_and_deepcopy():
     qmodel, _ = mq.quantize(nn.Sequential(nn.Linear(8, 4)))
     sd = qmodel.state_dict()
-    assert sd["0.weight_qdata"].dtype == torch.int8 and sd["0.weight_qdata"].shape == (4, 8)
+    # a Linear keeps only the kernels' packed int8 copy (16-channel panels: 16 x 8 bytes), not a second plain one
+    assert "0.weight_qdata" not in sd and sd["0.weight_packed"].dtype == torch.int8
+    assert sd["0.weight_packed"].numel() == 16 * 8 and qmodel[0].quantized_weight().qdata.shape == (4, 8)
     assert sd["0.weight_scale"].dtype == torch.float32 and sd["0.weight_zero_point"].dtype == torch.int32
     clone = copy.deepcopy(qmodel)
     x = torch.randn(2, 8)
@@ -220,7 +222,8 @@ def test_report_counts_real_bytes_and_sqnr():
     result = mq.quantize(model)
     layer = next(r for r in result.report.layers if r.name == "blocks.0.up")
     assert layer.bytes_before == 128 * 64 * 4 + 128 * 4
-    assert layer.bytes_after == 128 * 64 + 128 * 4 + 128 * 4 + 128 * 4  # int8 + scale + zp + bias
+    # packed int8 + column sums + packing info + scale + zp + bias
+    assert layer.bytes_after == 128 * 64 + 128 * 4 + 5 * 4 + 128 * 4 + 128 * 4 + 128 * 4
     assert 35 < layer.weight_sqnr_db < 60
     assert result.report.model_bytes_after < result.report.model_bytes_before / 3
     assert "blocks.0.up" in str(result.report)
@@ -234,7 +237,8 @@ def test_state_dict_input_and_model_argument():
     before = {k: v.clone() for k, v in sd.items()}
     qsd, skipped = mq.quantize(sd, exclude=["head.*"])
     assert [s.name for s in skipped] == ["head.1"]
-    assert qsd["proj.weight_qdata"].dtype == torch.int8 and "proj.weight" not in qsd
+    assert qsd["proj.weight_packed"].dtype == torch.int8 and "proj.weight" not in qsd
+    assert "proj.weight_qdata" not in qsd  # one copy of the weight: the packed one
     assert qsd["head.1.weight"].dtype == torch.float32 and qsd["blocks.0.norm.weight"].shape == (32,)
     assert all(torch.equal(sd[k], before[k]) for k in sd)
     assert qsd["blocks.0.norm.weight"].data_ptr() != sd["blocks.0.norm.weight"].data_ptr()

@@ -20,7 +20,7 @@ from torch import nn
 from .config import QuantConfig, resolve_config
 from .modules import QuantizedModule, qmodule_for
 from .modules.registry import QMODULES
-from .packing import can_pack, pack_int8_linear
+from .packing import PACKED_BUFFERS, can_pack, pack_int8_linear
 from .qtypes import QType, get_qtype
 from .report import LayerReport, Report, SkippedLayer, tensor_bytes, unique_tensor_bytes
 from .tensor import NonFiniteWeightError, QuantizedWeight, quantize_int_with_error, sqnr_db
@@ -205,13 +205,21 @@ def _quantize_module(model: nn.Module, cfg: QuantConfig, progress: bool, weights
     memo: Dict[int, nn.Module] = {}
     quantized_names: List[str] = []
     weight_cache: Dict[Tuple[int, str], Tuple[object, float]] = {}
+    # a packed module per tied weight: later layers share its buffers, and the
+    # plain int8 copy is dropped as soon as the first is packed (peak memory)
+    packed_by_weight: Dict[Tuple[int, str], Tuple[QuantizedModule, float]] = {}
     for i, (name, m) in enumerate(targets):
         if progress:
             print(f"[{i + 1}/{len(targets)}] {name or '<root>'}", file=sys.stderr, flush=True)
         w = weights[_key(name, "weight")] if weights is not None else m.weight
         b = (weights.get(_key(name, "bias")) if weights is not None else m.bias) if m.bias is not None else None
+        key = (id(w), qtype.name)
         try:
-            stored, sqnr = _convert_weight(w, qtype, cfg, type(m).__name__, weight_cache)
+            if key in packed_by_weight:
+                first, sqnr = packed_by_weight[key]
+                stored = first.quantized_weight()
+            else:
+                stored, sqnr = _convert_weight(w, qtype, cfg, type(m).__name__, weight_cache)
         except NonFiniteWeightError as exc:
             if cfg.nonfinite == "error":
                 raise ValueError(
@@ -226,6 +234,12 @@ def _quantize_module(model: nn.Module, cfg: QuantConfig, progress: bool, weights
             qm.set_activations(cfg.activations)
         if weights is not None:
             qm._set_bias(b)
+        if "weight_packed" in qm._buffers:
+            if key in packed_by_weight:
+                qm.set_packed({n: first._buffers[n] for n in PACKED_BUFFERS})
+            else:
+                packed_by_weight[key] = (qm, sqnr)
+                weight_cache.pop(key, None)
         memo[id(m)] = qm
         quantized_names.append(name)
         report.layers.append(LayerReport(
@@ -357,8 +371,16 @@ def quantize_state_dict_entry(key: str, tensor: torch.Tensor, cfg: QuantConfig, 
     if reason is None and tensor.numel() < cfg.min_weight_numel:
         reason = f"too small: {tensor.numel()} weights < min_weight_numel={cfg.min_weight_numel}"
     if reason is None:
+        cached = None if cache is None else cache.get((id(tensor), qtype.name, "entry"))
+        if cached is not None:  # a tensor stored under several keys: same outputs, shared
+            suffixes, sqnr = cached
+            prefix = key[: -len("weight")]
+            out = {prefix + s: t for s, t in suffixes.items()}
+            after = sum(tensor_bytes(t) for t in out.values())
+            return out, LayerReport(name, kind, qtype.name, tuple(tensor.shape), tensor_bytes(tensor), after,
+                                    sqnr), None
         try:
-            stored, sqnr = _convert_weight(tensor, qtype, cfg, kind, {} if cache is None else cache, measure_error)
+            stored, sqnr = _convert_weight(tensor, qtype, cfg, kind, {}, measure_error)
         except NonFiniteWeightError as exc:
             if cfg.nonfinite == "error":
                 raise ValueError(f"tensor {key!r} has NaN or Inf (output channel {exc.row}): fix it, "
@@ -368,12 +390,15 @@ def quantize_state_dict_entry(key: str, tensor: torch.Tensor, cfg: QuantConfig, 
         return {key: tensor.detach().clone()}, None, SkippedLayer(name, kind, reason)
     prefix = key[: -len("weight")]
     if isinstance(stored, QuantizedWeight):
-        out = {prefix + "weight_qdata": stored.qdata, prefix + "weight_scale": stored.scale,
-               prefix + "weight_zero_point": stored.zero_point}
-        if tensor.dim() == 2 and can_pack(stored):  # the same packed buffers QuantizedLinear.from_float makes
+        out = {prefix + "weight_scale": stored.scale, prefix + "weight_zero_point": stored.zero_point}
+        if tensor.dim() == 2 and can_pack(stored):  # the same buffers QuantizedLinear.from_float keeps
             out.update({prefix + name: t for name, t in pack_int8_linear(stored).items()})
+        else:
+            out = {prefix + "weight_qdata": stored.qdata, **out}
     else:
         out = {key: stored}
+    if cache is not None:
+        cache[(id(tensor), qtype.name, "entry")] = ({k[len(prefix):]: t for k, t in out.items()}, sqnr)
     after = sum(tensor_bytes(t) for t in out.values())
     return out, LayerReport(name, kind, qtype.name, tuple(tensor.shape), tensor_bytes(tensor), after, sqnr), None
 

@@ -8,6 +8,7 @@ store identical tensors.
 """
 from __future__ import annotations
 
+import math
 from typing import Dict, Optional
 
 import torch
@@ -15,7 +16,8 @@ import torch
 from . import kernels
 from .tensor import QuantizedWeight
 
-__all__ = ["PACKED_LAYOUT_VERSION", "PACKED_BUFFERS", "pack_int8_linear", "can_pack", "packed_info"]
+__all__ = ["PACKED_LAYOUT_VERSION", "PACKED_BUFFERS", "pack_int8_linear", "unpack_int8_linear", "can_pack",
+           "packed_info"]
 
 PACKED_LAYOUT_VERSION = 1
 # buffer names, beside weight_qdata / weight_scale / weight_zero_point
@@ -71,6 +73,32 @@ def _pack(qweight: QuantizedWeight, groups: int) -> Dict[str, torch.Tensor]:
         "weight_colsum": sums[0] if groups == 1 else torch.cat(sums),
         "weight_packed_info": info,
     }
+
+
+def unpack_int8_linear(packed: torch.Tensor, info: torch.Tensor, shape) -> torch.Tensor:
+    """The int8 weight of the original ``shape`` back from its packed layout
+    (the exact inverse of pack_int8_linear; pure torch, so any device).
+
+    A packed layer stores only the packed copy: this is how its plain int8
+    weight (dequantize, the fallback paths, save/compare) is recovered.
+    Raises ValueError when the buffers don't describe a weight of ``shape``.
+    """
+    values = [int(v) for v in info.reshape(-1).tolist()]
+    if len(values) != 5 or values[0] != PACKED_LAYOUT_VERSION:
+        raise ValueError(f"unknown packed int8 layout {values}: expected version {PACKED_LAYOUT_VERSION}")
+    _, n, k, _, groups = values
+    shape = tuple(shape)
+    if groups < 1 or n % groups or shape[0] != n or math.prod(shape[1:]) != k:
+        raise ValueError(f"packed int8 info {values} does not describe a weight of shape {shape}")
+    out_g = n // groups
+    n_pad, k_pad = -(-out_g // 16) * 16, -(-k // 4) * 4
+    if packed.numel() != groups * n_pad * k_pad:
+        raise ValueError(f"packed int8 weight has {packed.numel()} bytes, expected {groups * n_pad * k_pad}")
+    panels = packed.reshape(groups, n_pad // 16, k_pad // 4, 16, 4)
+    rows = panels.permute(0, 1, 3, 2, 4).reshape(groups, n_pad, k_pad)[:, :out_g, :k].reshape(n, k)
+    if len(shape) == 4:  # conv: K was flattened in (kh, kw, in_channel) order
+        return rows.reshape(n, shape[2], shape[3], shape[1]).permute(0, 3, 1, 2).contiguous()
+    return rows.reshape(shape).contiguous()
 
 
 def packed_info(module) -> Optional[dict]:

@@ -10,6 +10,7 @@ from typing import Any, Dict, Iterator, List, Mapping, Optional, Tuple
 import torch
 from torch import nn
 
+from ..packing import unpack_int8_linear
 from ..modules.registry import qmodule_for
 from ..qtypes import get_qtype
 from ..tensor import QuantizedWeight
@@ -217,6 +218,8 @@ class QuantizedStateDict(Mapping):
                     raise CheckpointError(f"missing key {layer_key(layer['name'], 'bias')!r} for layer {name!r}")
             qmodule._set_bias(bias)
             extra = set(own) - set(qmodule.state_dict())
+            if "weight_packed" in qmodule._buffers:  # the file's plain weight became the packed copy
+                extra.discard("weight_qdata")
             if extra:
                 raise CheckpointError(f"layer {name!r}: unexpected tensors {sorted(extra)} for {cls.__name__}")
         qmodule.train(float_module.training)
@@ -288,7 +291,7 @@ def _rebuild_saved(layer, own: Dict[str, torch.Tensor]) -> nn.Module:
 
 def _stored_weight(layer, own: Dict[str, torch.Tensor], orig_dtype: torch.dtype):
     """The weight of a state_dict-kind layer as quantize() made it: a QuantizedWeight
-    (integer formats, from ``weight_qdata`` / ``weight_scale`` / ``weight_zero_point``)
+    (integer formats, from ``weight_qdata`` or the packed copy, ``weight_scale``, ``weight_zero_point``)
     or the cast tensor (``weight``).  The inverse of quantize_state_dict_entry."""
     name = layer["name"] or "<root>"
     try:
@@ -301,6 +304,12 @@ def _stored_weight(layer, own: Dict[str, torch.Tensor], orig_dtype: torch.dtype)
         if weight is None or weight.dtype != qtype.storage or list(weight.shape) != shape:
             raise CheckpointError(f"layer {name!r}: a {qtype.name} layer needs 'weight' of {qtype.storage} {shape}")
         return weight
+    if "weight_qdata" not in own and "weight_packed" in own and "weight_packed_info" in own:
+        # a packed int8 layer stores only the kernels' layout: recover the plain weight
+        try:
+            own = {**own, "weight_qdata": unpack_int8_linear(own["weight_packed"], own["weight_packed_info"], shape)}
+        except (ValueError, RuntimeError) as exc:
+            raise CheckpointError(f"layer {name!r}: bad packed int8 weight: {exc}") from None
     need = ("weight_qdata", "weight_scale", "weight_zero_point")
     if any(n not in own for n in need):
         raise CheckpointError(f"layer {name!r}: a {qtype.name} layer needs tensors {list(need)}, has {sorted(own)}")

@@ -58,8 +58,7 @@ class QuantizedConv2d(QuantizedModule):
         q.set_weight(weight)
         q.set_activations(activations)
         if can_pack(weight) and module.in_channels // module.groups > 1:  # not depthwise
-            for name, tensor in pack_int8_linear(weight, groups=module.groups).items():
-                q.register_buffer(name, tensor)
+            q.set_packed(pack_int8_linear(weight, groups=module.groups))
         q._set_bias(module.bias)
         q.train(module.training)
         return q

@@ -54,8 +54,7 @@ class QuantizedLinear(QuantizedModule):
         q.set_weight(weight)
         q.set_activations(activations)
         if can_pack(weight):
-            for name, tensor in pack_int8_linear(weight).items():
-                q.register_buffer(name, tensor)
+            q.set_packed(pack_int8_linear(weight))
         q._set_bias(module.bias)
         q.train(module.training)
         return q

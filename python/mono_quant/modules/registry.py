@@ -72,10 +72,27 @@ class QuantizedModule(nn.Module):
         else:
             self.register_buffer("weight", weight)
 
+    def set_packed(self, buffers: Mapping[str, torch.Tensor]) -> None:
+        """Keep the kernels' packed copy of the int8 weight *instead of*
+        ``weight_qdata``: one copy of the weight, in memory and on disk; the
+        plain layout is recovered by unpacking when needed."""
+        for name, tensor in buffers.items():
+            self.register_buffer(name, tensor)
+        self._buffers.pop("weight_qdata", None)
+
+    def int_weight(self) -> torch.Tensor:
+        """The integer weight in its original shape: ``weight_qdata``, or unpacked from the packed copy."""
+        qdata = self._buffers.get("weight_qdata")
+        if qdata is not None:
+            return qdata
+        from ..packing import unpack_int8_linear
+
+        return unpack_int8_linear(self.weight_packed, self.weight_packed_info, self.weight_shape)
+
     def quantized_weight(self) -> QuantizedWeight:
         """The integer weight as a QuantizedWeight (integer formats only)."""
         return QuantizedWeight(
-            self.weight_qdata, self.weight_scale, self.weight_zero_point, self.weight_axis,
+            self.int_weight(), self.weight_scale, self.weight_zero_point, self.weight_axis,
             self.weight_format, self.weight_symmetric, self.orig_dtype,
         )
 
@@ -88,10 +105,10 @@ class QuantizedModule(nn.Module):
     def weight_nbytes(self) -> int:
         """Bytes the stored weight really takes (data, scales, zero-points)."""
         names = ("weight_qdata", "weight_scale", "weight_zero_point") if self.qtype.kind == "int" else ("weight",)
-        # plus the kernels' packed copy of an int8 weight, when the module keeps one
-        names += tuple(n for n in ("weight_packed", "weight_colsum", "weight_packed_info")
-                       if getattr(self, n, None) is not None)
-        return sum(getattr(self, n).numel() * getattr(self, n).element_size() for n in names)
+        # a packed int8 layer keeps the kernels' copy instead of weight_qdata
+        names += ("weight_packed", "weight_colsum", "weight_packed_info")
+        names = tuple(n for n in names if self._buffers.get(n) is not None)
+        return sum(self._buffers[n].numel() * self._buffers[n].element_size() for n in names)
 
     def _set_bias(self, bias: Optional[torch.Tensor]) -> None:
         # a copy: the caller's bias must never be shared with (or changed through) the quantized model
