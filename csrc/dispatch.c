@@ -58,6 +58,11 @@ static void fill_scalar(mq_kernels *k) {
     k->sqerr[MQ_SRC_F32] = mq_ref_sqerr_f32;
     k->sqerr[MQ_SRC_F16] = mq_ref_sqerr_f16;
     k->sqerr[MQ_SRC_BF16] = mq_ref_sqerr_bf16;
+    k->q4_pack = mq_ref_q4_pack;
+    k->q4_sqerr = mq_ref_q4_sqerr;
+    k->q4_unpack = mq_ref_q4_unpack;
+    k->q4_gemv = mq_ref_q4_gemv;
+    k->f32_panel = mq_ref_f32_panel;
 }
 
 static void init_tables(void) {
@@ -68,8 +73,10 @@ static void init_tables(void) {
     fill_scalar(&tables[MQ_ISA_SCALAR]);
     tables[MQ_ISA_AVX2] = tables[MQ_ISA_SCALAR];
     mq_avx2_fill(&tables[MQ_ISA_AVX2]);
+    mq_avx2_int4_fill(&tables[MQ_ISA_AVX2]);
     tables[MQ_ISA_AVX512] = tables[MQ_ISA_AVX2];
     mq_avx512_fill(&tables[MQ_ISA_AVX512]);
+    mq_avx512_int4_fill(&tables[MQ_ISA_AVX512]);
     active_isa = best_isa;
     initialized = 1;
 }

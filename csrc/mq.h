@@ -77,6 +77,40 @@ typedef void (*mq_dequantize_fn)(const uint8_t *q, int64_t n, float scale, float
 typedef void (*mq_sqerr_fn)(const void *src, const uint8_t *q, int64_t n, float scale, float zero_point,
                             int is_signed, double *sum_x2, double *sum_err2);
 
+/* ---- INT4 group-wise (int4.c drivers; format in docs/formats.md) ---------
+ * A packed block holds MQ_Q4_BLOCK = 32 4-bit codes in 16 bytes: byte j =
+ * code[j] | code[j + 16] << 4, so one 16-byte load widened to 16 lanes gives
+ * codes 0..15 with "& 15" and codes 16..31 with ">> 4".  A group (32..256
+ * codes, a multiple of the block) has an fp16 scale and a u4.4 fixed-point
+ * zero-point (zero = zp8 / 16): w = (code - zp8 / 16) * scale.  Rows are
+ * zero-padded to a whole number of groups.  All int4 kernels take n a
+ * multiple of 32. */
+#define MQ_Q4_BLOCK 32
+#define MQ_Q4_BLOCK_BYTES 16
+
+/* codes = clamp(rint(zero + x[i] * inv_scale), qmin, qmax) (product rounded
+ * first, as the int8 path), packed into n / 2 bytes. */
+typedef void (*mq_q4_pack_fn)(const float *x, int64_t n, float inv_scale, float zero, float qmin, float qmax,
+                              uint8_t *dst);
+/* Squared error sum of quantizing x with (scale, zero): sum (x - (code - zero) * scale)^2.
+ * Accumulated in 16 fp32 lanes (lane l takes elements l, l+16, ...) reduced by
+ * a fixed tree, so every ISA returns the same bits and the method search
+ * (int4.c) picks the same parameters everywhere. */
+typedef float (*mq_q4_sqerr_fn)(const float *x, int64_t n, float scale, float inv_scale, float zero, float qmin,
+                                float qmax);
+/* dst[i] = (code[i] - zero) * scale for n codes of packed blocks (exact in fp32). */
+typedef void (*mq_q4_unpack_fn)(const uint8_t *packed, int64_t n, float scale, float zero, float *dst);
+/* Weight-only GEMV for a few activation rows: for i < m, r in [r0, r1):
+ * y[i * ldy + r] = sum_g scale[r,g] * (sum_{k in g} code[r,k] x[i,k] - zero[r,g] * xsum[i * ngroups + g]).
+ * x rows are fp32, zero-padded to kpad; xsum holds each group's sum of x. */
+typedef void (*mq_q4_gemv_fn)(const float *x, int64_t ldx, int64_t m, const float *xsum, const uint8_t *w,
+                              int64_t kpad, int64_t group, const uint16_t *scale, const uint8_t *zero, int64_t r0,
+                              int64_t r1, float *y, int64_t ldy);
+/* y[i * ldy + j] += sum_{k < kpad} x[i * ldx + k] * w[j * ldw + k] for i < m, j < nr
+ * (a dequantized weight panel times activation rows; kpad a multiple of 32). */
+typedef void (*mq_f32_panel_fn)(const float *x, int64_t ldx, int64_t m, const float *w, int64_t ldw, int64_t nr,
+                                int64_t kpad, float *y, int64_t ldy);
+
 /* The per-ISA function table (see dispatch.c). */
 typedef struct {
     const char *name;
@@ -84,6 +118,12 @@ typedef struct {
     mq_quantize_fn quantize[MQ_SRC_COUNT];
     mq_dequantize_fn dequantize;
     mq_sqerr_fn sqerr[MQ_SRC_COUNT];
+    /* INT4 (int4.c) */
+    mq_q4_pack_fn q4_pack;
+    mq_q4_sqerr_fn q4_sqerr;
+    mq_q4_unpack_fn q4_unpack;
+    mq_q4_gemv_fn q4_gemv;
+    mq_f32_panel_fn f32_panel;
 } mq_kernels;
 
 /* ---- reference kernels (ref.c) --------------------------------------------- */
@@ -101,6 +141,16 @@ void mq_ref_sqerr_f32(const void *src, const uint8_t *q, int64_t n, float scale,
 void mq_ref_sqerr_f16(const void *src, const uint8_t *q, int64_t n, float scale, float zp, int is_signed, double *x2, double *e2);
 void mq_ref_sqerr_bf16(const void *src, const uint8_t *q, int64_t n, float scale, float zp, int is_signed, double *x2, double *e2);
 
+/* INT4 references (ref.c, "INT4" section) */
+void mq_ref_q4_pack(const float *x, int64_t n, float inv_scale, float zero, float qmin, float qmax, uint8_t *dst);
+float mq_ref_q4_sqerr(const float *x, int64_t n, float scale, float inv_scale, float zero, float qmin, float qmax);
+void mq_ref_q4_unpack(const uint8_t *packed, int64_t n, float scale, float zero, float *dst);
+void mq_ref_q4_gemv(const float *x, int64_t ldx, int64_t m, const float *xsum, const uint8_t *w, int64_t kpad,
+                    int64_t group, const uint16_t *scale, const uint8_t *zero, int64_t r0, int64_t r1, float *y,
+                    int64_t ldy);
+void mq_ref_f32_panel(const float *x, int64_t ldx, int64_t m, const float *w, int64_t ldw, int64_t nr, int64_t kpad,
+                      float *y, int64_t ldy);
+
 /* Scale / zero-point from a row's min and max (torch MinMaxObserver formula,
  * see quant.c for the one deliberate difference: the scale floor). */
 void mq_choose_qparams(float mn, float mx, int qmin, int qmax, int symmetric, float *scale, int32_t *zero_point);
@@ -108,6 +158,8 @@ void mq_choose_qparams(float mn, float mx, int qmin, int qmax, int symmetric, fl
 /* ---- SIMD twins (x86_avx2.c, x86_avx512.c); only called when dispatched --- */
 void mq_avx2_fill(mq_kernels *k);
 void mq_avx512_fill(mq_kernels *k);
+void mq_avx2_int4_fill(mq_kernels *k);   /* x86_avx2_int4.c */
+void mq_avx512_int4_fill(mq_kernels *k); /* x86_avx512_int4.c */
 
 /* ---- dispatch.c ------------------------------------------------------------ */
 mq_isa_t mq_cpu_best_isa(void);           /* best level this CPU and OS support */
@@ -143,5 +195,28 @@ void mq_rows_sqerr(const void *src, mq_src_t kind, const uint8_t *q, int is_sign
 void mq_rows_dequantize(const uint8_t *q, int is_signed, int64_t rows, int64_t cols,
                         const float *scale, const int32_t *zero_point, int per_row,
                         float *dst, int nthreads);
+
+/* ---- int4.c: INT4 drivers ---------------------------------------------------- */
+typedef enum { MQ_Q4_RTN = 0, MQ_Q4_MSE = 1, MQ_Q4_HQQ = 2 } mq_q4_method_t;
+/* fp32 -> fp16 bits, round to nearest even (overflow -> inf, like a cast). */
+uint16_t mq_f32_to_f16(float f);
+/* Quantize rows x cols (src of kind) group-wise: packed [rows][kpad/2],
+ * scale [rows][kpad/group] (fp16 bits), zero [rows][kpad/group] (u4.4).
+ * kpad = cols rounded up to a multiple of group (itself a multiple of 32).
+ * sum_x2 / sum_err2 (optional, per row): signal and noise powers over the
+ * real (unpadded) columns.  Returns the first row holding NaN/Inf, or -1;
+ * returns -2 when out of memory. */
+int64_t mq_q4_quantize(const void *src, mq_src_t kind, int64_t rows, int64_t cols, int64_t group, int symmetric,
+                       mq_q4_method_t method, uint8_t *packed, uint16_t *scale, uint8_t *zero, double *sum_x2,
+                       double *sum_err2, int nthreads);
+void mq_q4_dequantize(const uint8_t *packed, const uint16_t *scale, const uint8_t *zero, int64_t rows, int64_t kpad,
+                      int64_t group, int64_t cols, float *dst, int nthreads);
+/* y[m][rows] (+ bias) = x[m][cols] @ W^T; x fp32 or bf16 (kind).  Returns 0,
+ * or -1 when out of memory. */
+int mq_q4_linear(const void *x, mq_src_t kind, int64_t m, int64_t cols, const uint8_t *packed,
+                 const uint16_t *scale, const uint8_t *zero, int64_t rows, int64_t kpad, int64_t group,
+                 const float *bias, float *y, int nthreads);
+/* Which linear path (0 = GEMV, 1 = dequantized panels) is used from this batch size on. */
+extern int64_t mq_q4_panel_min_m;
 
 #endif /* MQ_H */

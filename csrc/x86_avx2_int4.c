@@ -1,0 +1,168 @@
+/* x86_avx2_int4.c - AVX2/FMA twins of the INT4 kernels in ref.c.
+ *
+ * Compiled with -mavx2 -mfma -mf16c, reached only through dispatch.c.
+ * pack / sqerr / unpack give exactly ref.c's bits (sqerr keeps the 16
+ * reference lanes as two 8-lane accumulators); gemv / panel are float dot
+ * products whose summation order differs (equal to rounding). */
+#include "mq.h"
+
+#if defined(__x86_64__) && defined(__AVX2__) && defined(__FMA__)
+#include <immintrin.h>
+
+static inline __m256i codes8(__m256 x, __m256 inv, __m256 zero, __m256 lo, __m256 hi) {
+    __m256 v = _mm256_round_ps(_mm256_add_ps(zero, _mm256_mul_ps(x, inv)), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    v = _mm256_min_ps(_mm256_max_ps(v, lo), hi); /* max(NaN, lo) = lo: NaN -> qmin, as ref.c */
+    return _mm256_cvtps_epi32(v);
+}
+
+/* 16 int32 lanes (a: 0..7, b: 8..15) holding bytes -> 16 bytes in order */
+static inline __m128i narrow16(__m256i a, __m256i b) {
+    __m256i w = _mm256_permute4x64_epi64(_mm256_packs_epi32(a, b), 0xD8);
+    return _mm_packus_epi16(_mm256_castsi256_si128(w), _mm256_extracti128_si256(w, 1));
+}
+
+static void q4_pack(const float *x, int64_t n, float inv_scale, float zero, float qmin, float qmax, uint8_t *dst) {
+    const __m256 inv = _mm256_set1_ps(inv_scale), z = _mm256_set1_ps(zero);
+    const __m256 lo = _mm256_set1_ps(qmin), hi = _mm256_set1_ps(qmax);
+    for (int64_t b = 0; b < n; b += MQ_Q4_BLOCK) {
+        __m256i a0 = codes8(_mm256_loadu_ps(x + b), inv, z, lo, hi);
+        __m256i a1 = codes8(_mm256_loadu_ps(x + b + 8), inv, z, lo, hi);
+        __m256i c0 = codes8(_mm256_loadu_ps(x + b + 16), inv, z, lo, hi);
+        __m256i c1 = codes8(_mm256_loadu_ps(x + b + 24), inv, z, lo, hi);
+        __m256i p0 = _mm256_or_si256(a0, _mm256_slli_epi32(c0, 4));
+        __m256i p1 = _mm256_or_si256(a1, _mm256_slli_epi32(c1, 4));
+        _mm_storeu_si128((__m128i *)(dst + b / 2), narrow16(p0, p1));
+    }
+}
+
+static inline __m256 sqerr8(__m256 xv, __m256 s, __m256 inv, __m256 z, __m256 lo, __m256 hi) {
+    __m256 q = _mm256_cvtepi32_ps(codes8(xv, inv, z, lo, hi));
+    __m256 e = _mm256_sub_ps(xv, _mm256_mul_ps(_mm256_sub_ps(q, z), s));
+    return _mm256_mul_ps(e, e);
+}
+
+static float q4_sqerr(const float *x, int64_t n, float scale, float inv_scale, float zero, float qmin, float qmax) {
+    const __m256 s = _mm256_set1_ps(scale), inv = _mm256_set1_ps(inv_scale), z = _mm256_set1_ps(zero);
+    const __m256 lo = _mm256_set1_ps(qmin), hi = _mm256_set1_ps(qmax);
+    __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps(); /* reference lanes 0..7 and 8..15 */
+    for (int64_t i = 0; i < n; i += 16) {
+        acc0 = _mm256_add_ps(acc0, sqerr8(_mm256_loadu_ps(x + i), s, inv, z, lo, hi));
+        acc1 = _mm256_add_ps(acc1, sqerr8(_mm256_loadu_ps(x + i + 8), s, inv, z, lo, hi));
+    }
+    float lane[16];
+    _mm256_storeu_ps(lane, acc0);
+    _mm256_storeu_ps(lane + 8, acc1);
+    for (int w = 8; w >= 1; w /= 2)
+        for (int l = 0; l < w; l++) lane[l] = lane[l] + lane[l + w];
+    return lane[0];
+}
+
+static inline __m256i load8_u8(const uint8_t *p) {
+    return _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)p));
+}
+
+static void q4_unpack(const uint8_t *packed, int64_t n, float scale, float zero, float *dst) {
+    const __m256 s = _mm256_set1_ps(scale), z = _mm256_set1_ps(zero);
+    const __m256i mask = _mm256_set1_epi32(15);
+    for (int64_t b = 0; b < n; b += MQ_Q4_BLOCK)
+        for (int h = 0; h < 16; h += 8) {
+            __m256i v = load8_u8(packed + b / 2 + h);
+            __m256 lo = _mm256_cvtepi32_ps(_mm256_and_si256(v, mask));
+            __m256 hi = _mm256_cvtepi32_ps(_mm256_srli_epi32(v, 4));
+            _mm256_storeu_ps(dst + b + h, _mm256_mul_ps(_mm256_sub_ps(lo, z), s));
+            _mm256_storeu_ps(dst + b + 16 + h, _mm256_mul_ps(_mm256_sub_ps(hi, z), s));
+        }
+}
+
+static inline float hsum8(__m256 v) {
+    __m128 a = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    a = _mm_add_ps(a, _mm_movehl_ps(a, a));
+    a = _mm_add_ss(a, _mm_movehdup_ps(a));
+    return _mm_cvtss_f32(a);
+}
+
+static inline __attribute__((always_inline)) void gemv_rows(const float *x, const float *xsum, const uint8_t *w,
+                                                            int64_t kpad, int64_t group, const uint16_t *scale,
+                                                            const uint8_t *zero, int64_t r, float *y, const int NR) {
+    const int64_t ngroups = kpad / group, row_bytes = kpad / 2;
+    const __m256i mask = _mm256_set1_epi32(15);
+    __m256 acc[4];
+    float corr[4];
+    for (int j = 0; j < NR; j++) {
+        acc[j] = _mm256_setzero_ps();
+        corr[j] = 0.0f;
+    }
+    for (int64_t g = 0; g < ngroups; g++) {
+        __m256 gacc[4];
+        for (int j = 0; j < NR; j++) gacc[j] = _mm256_setzero_ps();
+        for (int64_t b = g * group; b < (g + 1) * group; b += MQ_Q4_BLOCK)
+            for (int h = 0; h < 16; h += 8) {
+                __m256 xa = _mm256_loadu_ps(x + b + h), xb = _mm256_loadu_ps(x + b + 16 + h);
+                for (int j = 0; j < NR; j++) {
+                    __m256i v = load8_u8(w + (size_t)(r + j) * (size_t)row_bytes + b / 2 + h);
+                    gacc[j] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_and_si256(v, mask)), xa, gacc[j]);
+                    gacc[j] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_srli_epi32(v, 4)), xb, gacc[j]);
+                }
+            }
+        for (int j = 0; j < NR; j++) {
+            float s = mq_f16_to_f32(scale[(r + j) * ngroups + g]);
+            acc[j] = _mm256_fmadd_ps(gacc[j], _mm256_set1_ps(s), acc[j]);
+            corr[j] += s * ((float)zero[(r + j) * ngroups + g] * (1.0f / 16.0f)) * xsum[g];
+        }
+    }
+    for (int j = 0; j < NR; j++) y[r + j] = hsum8(acc[j]) - corr[j];
+}
+
+static void q4_gemv(const float *x, int64_t ldx, int64_t m, const float *xsum, const uint8_t *w, int64_t kpad,
+                    int64_t group, const uint16_t *scale, const uint8_t *zero, int64_t r0, int64_t r1, float *y,
+                    int64_t ldy) {
+    int64_t ngroups = kpad / group, r = r0;
+    for (; r + 4 <= r1; r += 4)
+        for (int64_t i = 0; i < m; i++)
+            gemv_rows(x + i * ldx, xsum + i * ngroups, w, kpad, group, scale, zero, r, y + i * ldy, 4);
+    for (; r < r1; r++)
+        for (int64_t i = 0; i < m; i++)
+            gemv_rows(x + i * ldx, xsum + i * ngroups, w, kpad, group, scale, zero, r, y + i * ldy, 1);
+}
+
+static inline __attribute__((always_inline)) void panel_tile(const float *x, int64_t ldx, const float *w,
+                                                             int64_t ldw, int64_t kpad, float *y, int64_t ldy,
+                                                             const int MR, const int NR) {
+    __m256 acc[4][2];
+    for (int i = 0; i < MR; i++)
+        for (int j = 0; j < NR; j++) acc[i][j] = _mm256_setzero_ps();
+    for (int64_t k = 0; k < kpad; k += 8) {
+        __m256 xv[4];
+        for (int i = 0; i < MR; i++) xv[i] = _mm256_loadu_ps(x + i * ldx + k);
+        for (int j = 0; j < NR; j++) {
+            __m256 wv = _mm256_loadu_ps(w + j * ldw + k);
+            for (int i = 0; i < MR; i++) acc[i][j] = _mm256_fmadd_ps(xv[i], wv, acc[i][j]);
+        }
+    }
+    for (int i = 0; i < MR; i++)
+        for (int j = 0; j < NR; j++) y[i * ldy + j] += hsum8(acc[i][j]);
+}
+
+static void f32_panel(const float *x, int64_t ldx, int64_t m, const float *w, int64_t ldw, int64_t nr, int64_t kpad,
+                      float *y, int64_t ldy) {
+    int64_t j = 0;
+    for (; j + 2 <= nr; j += 2) {
+        int64_t i = 0;
+        for (; i + 4 <= m; i += 4) panel_tile(x + i * ldx, ldx, w + j * ldw, ldw, kpad, y + i * ldy + j, ldy, 4, 2);
+        for (; i < m; i++) panel_tile(x + i * ldx, ldx, w + j * ldw, ldw, kpad, y + i * ldy + j, ldy, 1, 2);
+    }
+    for (; j < nr; j++)
+        for (int64_t i = 0; i < m; i++) panel_tile(x + i * ldx, ldx, w + j * ldw, ldw, kpad, y + i * ldy + j, ldy, 1, 1);
+}
+
+void mq_avx2_int4_fill(mq_kernels *k) {
+    k->q4_pack = q4_pack;
+    k->q4_sqerr = q4_sqerr;
+    k->q4_unpack = q4_unpack;
+    k->q4_gemv = q4_gemv;
+    k->f32_panel = f32_panel;
+}
+
+#else
+void mq_avx2_int4_fill(mq_kernels *k) { (void)k; }
+#endif
