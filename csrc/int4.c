@@ -204,7 +204,7 @@ static void quantize_range(void *vctx, int64_t begin, int64_t end) {
     }
     float *dq = xbuf + c->kpad;
     q4_group_ctx gc = {k, c->symmetric ? 1.0f : 0.0f, 15.0f, c->symmetric};
-    int64_t ngroups = c->kpad / c->group;
+    int64_t ngroups = (c->kpad + c->group - 1) / c->group;
     size_t row_bytes = (size_t)c->cols * mq_src_size(c->kind);
     for (int64_t r = begin; r < end; r++) {
         row_to_f32(c->src + (size_t)r * row_bytes, c->kind, c->cols, c->kpad, xbuf);
@@ -212,24 +212,26 @@ static void quantize_range(void *vctx, int64_t begin, int64_t end) {
         c->bad[r] = 0;
         for (int64_t g = 0; g < ngroups; g++) {
             const float *x = xbuf + g * c->group;
+            int64_t n = c->kpad - g * c->group < c->group ? c->kpad - g * c->group : c->group;
             float mn, mx;
-            if (k->minmax[MQ_SRC_F32](x, c->group, &mn, &mx)) {
+            if (k->minmax[MQ_SRC_F32](x, n, &mn, &mx)) {
                 c->bad[r] = 1;
                 break;
             }
             float lo = mn < 0.0f ? mn : 0.0f, hi = mx > 0.0f ? mx : 0.0f;
-            q4_params p = params_rtn(&gc, x, c->group, lo, hi);
-            if (c->method >= MQ_Q4_MSE) search_mse(&gc, x, c->group, lo, hi, &p);
-            if (c->method >= MQ_Q4_HQQ) refine_hqq(&gc, x, c->group, &p);
+            q4_params p = params_rtn(&gc, x, n, lo, hi);
+            if (c->method >= MQ_Q4_MSE) search_mse(&gc, x, n, lo, hi, &p);
+            if (c->method >= MQ_Q4_HQQ) refine_hqq(&gc, x, n, &p);
             c->scale[r * ngroups + g] = p.scale;
             c->zero[r * ngroups + g] = p.zero;
             float s = mq_f16_to_f32(p.scale);
-            k->q4_pack(x, c->group, 1.0f / s, (float)p.zero * (1.0f / 16.0f), gc.qmin, gc.qmax,
-                       prow + g * c->group / 2);
+            k->q4_pack(x, n, 1.0f / s, (float)p.zero * (1.0f / 16.0f), gc.qmin, gc.qmax, prow + g * c->group / 2);
         }
         if (c->bad[r] || !c->sum_x2) continue;
         for (int64_t g = 0; g < ngroups; g++)
-            k->q4_unpack(prow + g * c->group / 2, c->group, mq_f16_to_f32(c->scale[r * ngroups + g]),
+            k->q4_unpack(prow + g * c->group / 2,
+                         c->kpad - g * c->group < c->group ? c->kpad - g * c->group : c->group,
+                         mq_f16_to_f32(c->scale[r * ngroups + g]),
                          (float)c->zero[r * ngroups + g] * (1.0f / 16.0f), dq + g * c->group);
         double sx = 0.0, se = 0.0;
         for (int64_t i = 0; i < c->cols; i++) {
@@ -246,7 +248,7 @@ static void quantize_range(void *vctx, int64_t begin, int64_t end) {
 int64_t mq_q4_quantize(const void *src, mq_src_t kind, int64_t rows, int64_t cols, int64_t group, int symmetric,
                        mq_q4_method_t method, uint8_t *packed, uint16_t *scale, uint8_t *zero, double *sum_x2,
                        double *sum_err2, int nthreads) {
-    int64_t kpad = (cols + group - 1) / group * group;
+    int64_t kpad = (cols + MQ_Q4_BLOCK - 1) / MQ_Q4_BLOCK * MQ_Q4_BLOCK;
     if (rows <= 0 || kpad == 0) return -1;
     int64_t *bad = calloc((size_t)rows, sizeof(int64_t));
     if (!bad) return -2;
@@ -274,23 +276,23 @@ typedef struct {
 static void dequantize_range(void *vctx, int64_t begin, int64_t end) {
     dequantize_ctx *c = vctx;
     const mq_kernels *k = mq_active();
-    float *tail = aligned_alloc(64, (size_t)c->group * sizeof(float));
+    float *tail = aligned_alloc(64, MQ_Q4_BLOCK * sizeof(float));
     if (!tail) {
         c->oom = 1;
         return;
     }
-    int64_t ngroups = c->kpad / c->group;
+    int64_t ngroups = (c->kpad + c->group - 1) / c->group;
     for (int64_t r = begin; r < end; r++) {
         const uint8_t *prow = c->packed + (size_t)r * (size_t)(c->kpad / 2);
         float *drow = c->dst + (size_t)r * (size_t)c->cols;
         for (int64_t g = 0; g < ngroups; g++) {
-            int64_t k0 = g * c->group, n = c->cols - k0 < c->group ? c->cols - k0 : c->group;
+            int64_t k0 = g * c->group, k1 = k0 + c->group < c->cols ? k0 + c->group : c->cols;
+            int64_t full = k0 + (k1 - k0) / MQ_Q4_BLOCK * MQ_Q4_BLOCK; /* whole blocks go straight to dst */
             float s = mq_f16_to_f32(c->scale[r * ngroups + g]), z = (float)c->zero[r * ngroups + g] / 16.0f;
-            if (n == c->group) {
-                k->q4_unpack(prow + k0 / 2, c->group, s, z, drow + k0);
-            } else { /* the padded last group: unpack whole, keep the real columns */
-                k->q4_unpack(prow + k0 / 2, c->group, s, z, tail);
-                memcpy(drow + k0, tail, (size_t)n * sizeof(float));
+            k->q4_unpack(prow + k0 / 2, full - k0, s, z, drow + k0);
+            if (full < k1) { /* the padded last block: unpack whole, keep the real columns */
+                k->q4_unpack(prow + full / 2, MQ_Q4_BLOCK, s, z, tail);
+                memcpy(drow + full, tail, (size_t)(k1 - full) * sizeof(float));
             }
         }
     }
@@ -334,7 +336,7 @@ static void panel_range(void *vctx, int64_t begin, int64_t end) {
         c->oom = 1;
         return;
     }
-    int64_t ngroups = c->kpad / c->group;
+    int64_t ngroups = (c->kpad + c->group - 1) / c->group;
     for (int64_t k0 = 0; k0 < c->kpad; k0 += MQ_Q4_KC) {
         int64_t kc = c->kpad - k0 < MQ_Q4_KC ? c->kpad - k0 : MQ_Q4_KC;
         for (int64_t p = begin; p < end; p++) {
@@ -361,7 +363,7 @@ int mq_q4_linear(const void *x, mq_src_t kind, int64_t m, int64_t cols, const ui
                  const uint16_t *scale, const uint8_t *zero, int64_t rows, int64_t kpad, int64_t group,
                  const float *bias, float *y, int nthreads) {
     if (m <= 0 || rows <= 0) return 0;
-    int64_t ngroups = kpad / group;
+    int64_t ngroups = (kpad + group - 1) / group;
     size_t bytes = ((size_t)m * (size_t)kpad + (size_t)m * (size_t)ngroups) * sizeof(float);
     float *xpad = aligned_alloc(64, (bytes + 63) / 64 * 64);
     if (!xpad) return -1;
@@ -372,7 +374,7 @@ int mq_q4_linear(const void *x, mq_src_t kind, int64_t m, int64_t cols, const ui
         row_to_f32((const uint8_t *)x + (size_t)i * row_bytes, kind, cols, kpad, xr);
         for (int64_t g = 0; g < ngroups; g++) {
             float s = 0.0f;
-            for (int64_t j = g * group; j < (g + 1) * group; j++) s += xr[j];
+            for (int64_t j = g * group; j < (g + 1) * group && j < kpad; j++) s += xr[j];
             xsum[i * ngroups + g] = s;
         }
     }

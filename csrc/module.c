@@ -407,8 +407,8 @@ static int check_group(long long group) {
 }
 
 /* The three int4 weight arrays, checked against each other: packed uint8
- * [rows, kpad/2], scale fp16 bits [rows, kpad/group], zero uint8 (same shape);
- * cols must round up to kpad. */
+ * [rows, kpad/2], scale fp16 bits [rows, ceil(kpad/group)], zero uint8 (same
+ * shape); cols must round up to kpad (a multiple of 32). */
 static int q4_weight_arrays(PyObject *p_obj, PyObject *s_obj, PyObject *z_obj, long long cols, long long group,
                             PyArrayObject **packed, PyArrayObject **scale, PyArrayObject **zero) {
     static const int u8[] = {NPY_UINT8}, h16[] = {NPY_FLOAT16, NPY_INT16, NPY_UINT16};
@@ -416,20 +416,20 @@ static int q4_weight_arrays(PyObject *p_obj, PyObject *s_obj, PyObject *z_obj, l
     if (!(*scale = contiguous_array(s_obj, "scale", h16, 3, 2, "float16 (or its int16 bits)"))) return 0;
     if (!(*zero = contiguous_array(z_obj, "zero_point", u8, 1, 2, "uint8"))) return 0;
     npy_intp rows = PyArray_DIM(*packed, 0), ngroups = PyArray_DIM(*scale, 1);
-    long long kpad = (long long)ngroups * group;
+    long long kpad = (long long)PyArray_DIM(*packed, 1) * 2;
     if (PyArray_DIM(*scale, 0) != rows || PyArray_DIM(*zero, 0) != rows || PyArray_DIM(*zero, 1) != ngroups ||
-        (long long)PyArray_DIM(*packed, 1) * 2 != kpad) {
+        kpad % MQ_Q4_BLOCK != 0 || (long long)ngroups != (kpad + group - 1) / group) {
         PyErr_Format(PyExc_ValueError,
                      "inconsistent int4 weight: packed %zdx%zd, scale %zdx%zd, zero_point %zdx%zd with group %lld "
-                     "(need packed [rows, groups*group/2], scale and zero_point [rows, groups])",
+                     "(need packed [rows, kpad/2] with kpad a multiple of 32, scale and zero_point "
+                     "[rows, ceil(kpad/group)])",
                      (Py_ssize_t)rows, (Py_ssize_t)PyArray_DIM(*packed, 1), (Py_ssize_t)PyArray_DIM(*scale, 0),
                      (Py_ssize_t)ngroups, (Py_ssize_t)PyArray_DIM(*zero, 0), (Py_ssize_t)PyArray_DIM(*zero, 1),
                      group);
         return 0;
     }
-    if (cols <= kpad - group || cols > kpad) {
-        PyErr_Format(PyExc_ValueError, "cols = %lld does not match %zd groups of %lld", cols, (Py_ssize_t)ngroups,
-                     group);
+    if (cols <= kpad - MQ_Q4_BLOCK || cols > kpad) {
+        PyErr_Format(PyExc_ValueError, "cols = %lld does not match a packed row of %lld codes", cols, kpad);
         return 0;
     }
     return 1;
@@ -439,7 +439,8 @@ PyDoc_STRVAR(q4_quantize_doc,
              "q4_quantize(x, group, symmetric, method, with_error=False, nthreads=1)\n"
              "    -> (packed, scale, zero_point, bad_row, sum_x2, sum_err2)\n\n"
              "Group-wise int4 quantization of each row of a 2-D array (float32, float16 or int16\n"
-             "bf16 bits); groups of `group` columns (a multiple of 32), the last zero-padded.\n"
+             "bf16 bits); groups of `group` columns (a multiple of 32); rows zero-padded to a\n"
+             "multiple of 32 columns, so the last group may be shorter.\n"
              "method: 0 round-to-nearest, 1 MSE range search, 2 MSE + HQQ refinement.\n"
              "packed: uint8 [rows, kpad/2]; scale: float16 [rows, groups]; zero_point: uint8 u4.4.\n"
              "bad_row: first row holding NaN/Inf (its output is undefined), or -1.");
@@ -465,8 +466,9 @@ static PyObject *py_q4_quantize(PyObject *self, PyObject *args, PyObject *kw) {
         PyErr_SetString(PyExc_ValueError, "x has no columns to quantize");
         goto fail;
     }
-    npy_intp ngroups = (npy_intp)((cols + group - 1) / group);
-    npy_intp pdims[2] = {rows, (npy_intp)(ngroups * group / 2)}, gdims[2] = {rows, ngroups};
+    npy_intp kpad = (cols + MQ_Q4_BLOCK - 1) / MQ_Q4_BLOCK * MQ_Q4_BLOCK;
+    npy_intp ngroups = (npy_intp)((kpad + group - 1) / group);
+    npy_intp pdims[2] = {rows, kpad / 2}, gdims[2] = {rows, ngroups};
     if (!(packed = (PyArrayObject *)PyArray_ZEROS(2, pdims, NPY_UINT8, 0))) goto fail;
     if (!(scale = (PyArrayObject *)PyArray_ZEROS(2, gdims, NPY_FLOAT16, 0))) goto fail;
     if (!(zero = (PyArrayObject *)PyArray_ZEROS(2, gdims, NPY_UINT8, 0))) goto fail;

@@ -83,8 +83,8 @@ typedef void (*mq_sqerr_fn)(const void *src, const uint8_t *q, int64_t n, float 
  * codes 0..15 with "& 15" and codes 16..31 with ">> 4".  A group (32..256
  * codes, a multiple of the block) has an fp16 scale and a u4.4 fixed-point
  * zero-point (zero = zp8 / 16): w = (code - zp8 / 16) * scale.  Rows are
- * zero-padded to a whole number of groups.  All int4 kernels take n a
- * multiple of 32. */
+ * zero-padded to kpad, a multiple of 32; groups = ceil(kpad / group), the
+ * last one possibly shorter.  All int4 kernels take n a multiple of 32. */
 #define MQ_Q4_BLOCK 32
 #define MQ_Q4_BLOCK_BYTES 16
 
@@ -202,7 +202,7 @@ typedef enum { MQ_Q4_RTN = 0, MQ_Q4_MSE = 1, MQ_Q4_HQQ = 2 } mq_q4_method_t;
 uint16_t mq_f32_to_f16(float f);
 /* Quantize rows x cols (src of kind) group-wise: packed [rows][kpad/2],
  * scale [rows][kpad/group] (fp16 bits), zero [rows][kpad/group] (u4.4).
- * kpad = cols rounded up to a multiple of group (itself a multiple of 32).
+ * kpad = cols rounded up to a multiple of 32; group a multiple of 32.
  * sum_x2 / sum_err2 (optional, per row): signal and noise powers over the
  * real (unpadded) columns.  Returns the first row holding NaN/Inf, or -1;
  * returns -2 when out of memory. */

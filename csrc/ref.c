@@ -127,7 +127,7 @@ void mq_ref_q4_unpack(const uint8_t *packed, int64_t n, float scale, float zero,
 void mq_ref_q4_gemv(const float *x, int64_t ldx, int64_t m, const float *xsum, const uint8_t *w, int64_t kpad,
                     int64_t group, const uint16_t *scale, const uint8_t *zero, int64_t r0, int64_t r1, float *y,
                     int64_t ldy) {
-    int64_t ngroups = kpad / group;
+    int64_t ngroups = (kpad + group - 1) / group;
     for (int64_t r = r0; r < r1; r++) {
         const uint8_t *wr = w + (size_t)r * (size_t)(kpad / 2);
         for (int64_t i = 0; i < m; i++) {
@@ -135,7 +135,7 @@ void mq_ref_q4_gemv(const float *x, int64_t ldx, int64_t m, const float *xsum, c
             float acc = 0.0f;
             for (int64_t g = 0; g < ngroups; g++) {
                 float dot = 0.0f;
-                for (int64_t b = g * group; b < (g + 1) * group; b += MQ_Q4_BLOCK)
+                for (int64_t b = g * group; b < (g + 1) * group && b < kpad; b += MQ_Q4_BLOCK)
                     for (int j = 0; j < 16; j++) {
                         uint8_t byte = wr[b / 2 + j];
                         dot += (float)(byte & 15) * xr[b + j] + (float)(byte >> 4) * xr[b + j + 16];

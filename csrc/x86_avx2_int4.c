@@ -84,7 +84,7 @@ static inline float hsum8(__m256 v) {
 static inline __attribute__((always_inline)) void gemv_rows(const float *x, const float *xsum, const uint8_t *w,
                                                             int64_t kpad, int64_t group, const uint16_t *scale,
                                                             const uint8_t *zero, int64_t r, float *y, const int NR) {
-    const int64_t ngroups = kpad / group, row_bytes = kpad / 2;
+    const int64_t ngroups = (kpad + group - 1) / group, row_bytes = kpad / 2;
     const __m256i mask = _mm256_set1_epi32(15);
     __m256 acc[4];
     float corr[4];
@@ -95,7 +95,7 @@ static inline __attribute__((always_inline)) void gemv_rows(const float *x, cons
     for (int64_t g = 0; g < ngroups; g++) {
         __m256 gacc[4];
         for (int j = 0; j < NR; j++) gacc[j] = _mm256_setzero_ps();
-        for (int64_t b = g * group; b < (g + 1) * group; b += MQ_Q4_BLOCK)
+        for (int64_t b = g * group; b < (g + 1) * group && b < kpad; b += MQ_Q4_BLOCK)
             for (int h = 0; h < 16; h += 8) {
                 __m256 xa = _mm256_loadu_ps(x + b + h), xb = _mm256_loadu_ps(x + b + 16 + h);
                 for (int j = 0; j < NR; j++) {
@@ -116,7 +116,7 @@ static inline __attribute__((always_inline)) void gemv_rows(const float *x, cons
 static void q4_gemv(const float *x, int64_t ldx, int64_t m, const float *xsum, const uint8_t *w, int64_t kpad,
                     int64_t group, const uint16_t *scale, const uint8_t *zero, int64_t r0, int64_t r1, float *y,
                     int64_t ldy) {
-    int64_t ngroups = kpad / group, r = r0;
+    int64_t ngroups = (kpad + group - 1) / group, r = r0;
     for (; r + 4 <= r1; r += 4)
         for (int64_t i = 0; i < m; i++)
             gemv_rows(x + i * ldx, xsum + i * ngroups, w, kpad, group, scale, zero, r, y + i * ldy, 4);

@@ -61,7 +61,7 @@ static void q4_unpack(const uint8_t *packed, int64_t n, float scale, float zero,
 static inline __attribute__((always_inline)) void gemv_rows(const float *x, const float *xsum, const uint8_t *w,
                                                             int64_t kpad, int64_t group, const uint16_t *scale,
                                                             const uint8_t *zero, int64_t r, float *y, const int NR) {
-    const int64_t ngroups = kpad / group, row_bytes = kpad / 2;
+    const int64_t ngroups = (kpad + group - 1) / group, row_bytes = kpad / 2;
     const __m512i mask = _mm512_set1_epi32(15);
     __m512 acc[4];
     float corr[4];
@@ -72,7 +72,7 @@ static inline __attribute__((always_inline)) void gemv_rows(const float *x, cons
     for (int64_t g = 0; g < ngroups; g++) {
         __m512 gacc[4];
         for (int j = 0; j < NR; j++) gacc[j] = _mm512_setzero_ps();
-        for (int64_t b = g * group; b < (g + 1) * group; b += MQ_Q4_BLOCK) {
+        for (int64_t b = g * group; b < (g + 1) * group && b < kpad; b += MQ_Q4_BLOCK) {
             __m512 xa = _mm512_loadu_ps(x + b), xb = _mm512_loadu_ps(x + b + 16);
             for (int j = 0; j < NR; j++) {
                 __m512i v = _mm512_cvtepu8_epi32(
@@ -93,7 +93,7 @@ static inline __attribute__((always_inline)) void gemv_rows(const float *x, cons
 static void q4_gemv(const float *x, int64_t ldx, int64_t m, const float *xsum, const uint8_t *w, int64_t kpad,
                     int64_t group, const uint16_t *scale, const uint8_t *zero, int64_t r0, int64_t r1, float *y,
                     int64_t ldy) {
-    int64_t ngroups = kpad / group, r = r0;
+    int64_t ngroups = (kpad + group - 1) / group, r = r0;
     for (; r + 4 <= r1; r += 4) /* the 4 rows stay in L1 across the activation rows */
         for (int64_t i = 0; i < m; i++)
             gemv_rows(x + i * ldx, xsum + i * ngroups, w, kpad, group, scale, zero, r, y + i * ldy, 4);

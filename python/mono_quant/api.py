@@ -59,6 +59,9 @@ class QuantizationResult:
                 f"{len(self.report.layers)} quantized, {len(self.skipped)} skipped)")
 
 
+_UNSET = object()  # group_size=None is meaningful (per-channel int4), so "not given" needs its own value
+
+
 def quantize(
     model_or_state_dict,
     dtype=None,
@@ -69,6 +72,8 @@ def quantize(
     exclude=None,
     min_weight_numel: Optional[int] = None,
     nonfinite: Optional[str] = None,
+    group_size=_UNSET,
+    method: Optional[str] = None,
     config=None,
     model: Optional[nn.Module] = None,
     progress: bool = False,
@@ -85,6 +90,10 @@ def quantize(
     ``config``: a QuantConfig or a TOML path; unset, ``mono_quant.toml`` or
     ``[tool.mono-quant]`` in ``pyproject.toml`` of the working directory is
     used.  Arguments win over the file, the file over defaults.
+    ``group_size`` (int4): columns per group along the input dimension (default
+    128; a multiple of 32; None for per-channel); a layer whose input size is
+    not a multiple is zero-padded to whole groups.  ``method`` (int4): "rtn",
+    "mse" (default) or "hqq" (see ``mono_quant.int4``).
     ``model``: with a state_dict, an instance (possibly on ``meta``) of the
     architecture to build the quantized model from.
 
@@ -94,7 +103,9 @@ def quantize(
     NaN/Inf weights (with ``nonfinite="error"``).
     """
     cfg = resolve_config(config, dtype=dtype, symmetric=symmetric, granularity=granularity, include=include,
-                         exclude=exclude, min_weight_numel=min_weight_numel, nonfinite=nonfinite)
+                         exclude=exclude, min_weight_numel=min_weight_numel, nonfinite=nonfinite,
+                         group_size=None if group_size is _UNSET else (0 if group_size is None else group_size),
+                         method=method)
     if isinstance(model_or_state_dict, nn.Module):
         if model is not None:
             raise TypeError("model= is only for a state_dict input; the module given is the model")
@@ -270,7 +281,12 @@ def _convert_weight(w: torch.Tensor, qtype: QType, cfg: QuantConfig, layer_type:
     key = (id(w), qtype.name)
     if key in cache:
         return cache[key]
-    if qtype.kind == "int":
+    if qtype.name == "int4":
+        from .int4 import quantize_int4
+
+        result = quantize_int4(w, group_size=cfg.group_size, symmetric=cfg.symmetric_for(layer_type),
+                               method=cfg.method, with_error=True)
+    elif qtype.kind == "int":
         axis = 0 if cfg.granularity == "per_channel" else None
         result = quantize_int_with_error(w, qtype, axis, cfg.symmetric_for(layer_type), with_error=True)
     else:

@@ -5,6 +5,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..int4 import int4_linear
 from .registry import QuantizedModule, register_qmodule
 
 __all__ = ["QuantizedLinear"]
@@ -37,6 +38,8 @@ class QuantizedLinear(QuantizedModule):
         return q
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.weight_format == "int4":  # packed weight streamed by the C kernels
+            return int4_linear(x, self.quantized_weight(), self.bias)
         if self.qtype.kind == "int":
             w = self.dequantized_weight(torch.float32).to(x.device)
             b = None if self.bias is None else self.bias.float()
