@@ -105,7 +105,7 @@ static inline __attribute__((always_inline)) void gemv_rows(const float *x, cons
                 }
             }
         for (int j = 0; j < NR; j++) {
-            float s = mq_f16_to_f32(scale[(r + j) * ngroups + g]);
+            float s = _cvtsh_ss(scale[(r + j) * ngroups + g]); /* F16C: exact, as mq_f16_to_f32 */
             acc[j] = _mm256_fmadd_ps(gacc[j], _mm256_set1_ps(s), acc[j]);
             corr[j] += s * ((float)zero[(r + j) * ngroups + g] * (1.0f / 16.0f)) * xsum[g];
         }

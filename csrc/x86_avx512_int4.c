@@ -57,7 +57,8 @@ static void q4_unpack(const uint8_t *packed, int64_t n, float scale, float zero,
 }
 
 /* NR weight rows against one activation row; NR is a constant at each call
- * site so the row loops unroll into registers. */
+ * site so the row loops unroll into registers.  Low and high nibbles feed
+ * separate accumulators so each FMA chain advances once per block. */
 static inline __attribute__((always_inline)) void gemv_rows(const float *x, const float *xsum, const uint8_t *w,
                                                             int64_t kpad, int64_t group, const uint16_t *scale,
                                                             const uint8_t *zero, int64_t r, float *y, const int NR) {
@@ -70,20 +71,21 @@ static inline __attribute__((always_inline)) void gemv_rows(const float *x, cons
         corr[j] = 0.0f;
     }
     for (int64_t g = 0; g < ngroups; g++) {
-        __m512 gacc[4];
-        for (int j = 0; j < NR; j++) gacc[j] = _mm512_setzero_ps();
-        for (int64_t b = g * group; b < (g + 1) * group && b < kpad; b += MQ_Q4_BLOCK) {
+        __m512 glo[4], ghi[4];
+        for (int j = 0; j < NR; j++) glo[j] = ghi[j] = _mm512_setzero_ps();
+        int64_t end = (g + 1) * group < kpad ? (g + 1) * group : kpad;
+        for (int64_t b = g * group; b < end; b += MQ_Q4_BLOCK) {
             __m512 xa = _mm512_loadu_ps(x + b), xb = _mm512_loadu_ps(x + b + 16);
             for (int j = 0; j < NR; j++) {
                 __m512i v = _mm512_cvtepu8_epi32(
                     _mm_loadu_si128((const __m128i *)(w + (size_t)(r + j) * (size_t)row_bytes + b / 2)));
-                gacc[j] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_and_si512(v, mask)), xa, gacc[j]);
-                gacc[j] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_srli_epi32(v, 4)), xb, gacc[j]);
+                glo[j] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_and_si512(v, mask)), xa, glo[j]);
+                ghi[j] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_srli_epi32(v, 4)), xb, ghi[j]);
             }
         }
         for (int j = 0; j < NR; j++) {
-            float s = mq_f16_to_f32(scale[(r + j) * ngroups + g]);
-            acc[j] = _mm512_fmadd_ps(gacc[j], _mm512_set1_ps(s), acc[j]);
+            float s = _cvtsh_ss(scale[(r + j) * ngroups + g]); /* F16C: exact, as mq_f16_to_f32 */
+            acc[j] = _mm512_fmadd_ps(_mm512_add_ps(glo[j], ghi[j]), _mm512_set1_ps(s), acc[j]);
             corr[j] += s * ((float)zero[(r + j) * ngroups + g] * (1.0f / 16.0f)) * xsum[g];
         }
     }
