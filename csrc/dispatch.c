@@ -63,6 +63,7 @@ static void fill_scalar(mq_kernels *k) {
     k->q4_unpack = mq_ref_q4_unpack;
     k->q4_gemv = mq_ref_q4_gemv;
     k->f32_panel = mq_ref_f32_panel;
+    k->q4_gemv_i8 = NULL; /* the int8-activation path only pays with integer dot-product instructions */
 }
 
 static void init_tables(void) {
@@ -77,6 +78,7 @@ static void init_tables(void) {
     tables[MQ_ISA_AVX512] = tables[MQ_ISA_AVX2];
     mq_avx512_fill(&tables[MQ_ISA_AVX512]);
     mq_avx512_int4_fill(&tables[MQ_ISA_AVX512]);
+    mq_avx512vnni_int4_fill(&tables[MQ_ISA_AVX512]);
     active_isa = best_isa;
     initialized = 1;
 }

@@ -15,6 +15,7 @@
 #include "mq.h"
 
 int64_t mq_q4_panel_min_m = 4;
+int64_t mq_q4_int8_max_m = 1 << 30; /* automatic int8 activations below this batch size */
 
 /* ---- fp16 helpers ----------------------------------------------------------- */
 
@@ -359,10 +360,63 @@ static void panel_range(void *vctx, int64_t begin, int64_t end) {
     free(w);
 }
 
+typedef struct {
+    const int8_t *xq;
+    const float *xscale;
+    const int32_t *xqsum;
+    int64_t m, kpad, group, rows;
+    const uint8_t *packed;
+    const uint16_t *scale;
+    const uint8_t *zero;
+    float *y;
+    mq_q4_gemv_i8_fn fn;
+} linear_i8_ctx;
+
+static void gemv_i8_range(void *vctx, int64_t begin, int64_t end) {
+    linear_i8_ctx *c = vctx;
+    c->fn(c->xq, c->m, c->xscale, c->xqsum, c->packed, c->kpad, c->group, c->scale, c->zero, begin, end, c->y,
+          c->rows);
+}
+
+int mq_q4_int8_ok(int64_t kpad, int64_t group) {
+    return kpad % MQ_Q4_I8_CHUNK == 0 && group % MQ_Q4_I8_CHUNK == 0 && group <= MQ_Q4_I8_MAX_GROUP;
+}
+
+/* Activations to int8 per (row, group): scale = absmax / 127, codes in the
+ * weight's nibble order (mq.h), and each group's code sum. */
+static void quantize_activations(const float *xpad, int64_t m, int64_t kpad, int64_t group, int8_t *xq,
+                                 float *xscale, int32_t *xqsum) {
+    int64_t ngroups = (kpad + group - 1) / group;
+    for (int64_t i = 0; i < m; i++)
+        for (int64_t g = 0; g < ngroups; g++) {
+            const float *x = xpad + i * kpad;
+            int64_t k0 = g * group, k1 = k0 + group < kpad ? k0 + group : kpad;
+            float amax = 0.0f;
+            for (int64_t k = k0; k < k1; k++) amax = fabsf(x[k]) > amax ? fabsf(x[k]) : amax;
+            float s = amax > 0.0f ? amax / 127.0f : 1.0f;
+            if (!(s >= FLT_MIN)) s = FLT_MIN;
+            float inv = 1.0f / s;
+            int32_t sum = 0;
+            for (int64_t k = k0; k < k1; k++) {
+                float v = rintf(x[k] * inv);
+                v = v > 127.0f ? 127.0f : (v < -127.0f ? -127.0f : v);
+                int64_t c = k / MQ_Q4_I8_CHUNK * MQ_Q4_I8_CHUNK, o = k % MQ_Q4_I8_CHUNK;
+                int64_t b = o / MQ_Q4_BLOCK, j = o % MQ_Q4_BLOCK;
+                xq[i * kpad + c + (j < 16 ? 16 * b + j : 64 + 16 * b + (j - 16))] = (int8_t)v;
+                sum += (int32_t)v;
+            }
+            xscale[i * ngroups + g] = s;
+            xqsum[i * ngroups + g] = sum;
+        }
+}
+
 int mq_q4_linear(const void *x, mq_src_t kind, int64_t m, int64_t cols, const uint8_t *packed,
                  const uint16_t *scale, const uint8_t *zero, int64_t rows, int64_t kpad, int64_t group,
-                 const float *bias, float *y, int nthreads) {
+                 const float *bias, float *y, int act_mode, int nthreads) {
     if (m <= 0 || rows <= 0) return 0;
+    mq_q4_gemv_i8_fn i8 = mq_active()->q4_gemv_i8;
+    if (act_mode == 1 && !i8) i8 = mq_ref_q4_gemv_i8;
+    int use_i8 = act_mode != 0 && i8 && mq_q4_int8_ok(kpad, group) && (act_mode == 1 || m < mq_q4_int8_max_m);
     int64_t ngroups = (kpad + group - 1) / group;
     size_t bytes = ((size_t)m * (size_t)kpad + (size_t)m * (size_t)ngroups) * sizeof(float);
     float *xpad = aligned_alloc(64, (bytes + 63) / 64 * 64);
@@ -379,7 +433,25 @@ int mq_q4_linear(const void *x, mq_src_t kind, int64_t m, int64_t cols, const ui
         }
     }
     linear_ctx c = {xpad, xsum, m, kpad, group, rows, packed, scale, zero, y, 0};
-    if (m < mq_q4_panel_min_m) {
+    if (use_i8) {
+        int8_t *xq = aligned_alloc(64, ((size_t)m * (size_t)kpad + 63) / 64 * 64);
+        float *xscale = malloc((size_t)m * (size_t)ngroups * (sizeof(float) + sizeof(int32_t)));
+        if (!xq || !xscale) {
+            free(xq);
+            free(xscale);
+            free(xpad);
+            return -1;
+        }
+        int32_t *xqsum = (int32_t *)(xscale + m * ngroups);
+        quantize_activations(xpad, m, kpad, group, xq, xscale, xqsum);
+        linear_i8_ctx ci = {xq, xscale, xqsum, m, kpad, group, rows, packed, scale, zero, y, i8};
+        mq_parallel_for(rows, 16, nthreads, gemv_i8_range, &ci);
+        free(xq);
+        free(xscale);
+        if (bias)
+            for (int64_t i = 0; i < m; i++)
+                for (int64_t r = 0; r < rows; r++) y[i * rows + r] += bias[r];
+    } else if (m < mq_q4_panel_min_m) {
         mq_parallel_for(rows, 16, nthreads, gemv_range, &c);
         if (bias)
             for (int64_t i = 0; i < m; i++)

@@ -531,25 +531,41 @@ fail:
 }
 
 PyDoc_STRVAR(q4_linear_doc,
-             "q4_linear(x, packed, scale, zero_point, group, bias=None, nthreads=1) -> float32 [m, rows]\n\n"
-             "x @ W.T (+ bias) with W the int4 weight, dequantized in registers; x is 2-D\n"
-             "float32 or int16 bf16 bits [m, cols]; bias float32 [rows] or None.");
+             "q4_linear(x, packed, scale, zero_point, group, bias=None, int8_activations=-1, nthreads=1)\n"
+             "    -> float32 [m, rows]\n\n"
+             "x @ W.T (+ bias) with W the int4 weight, streamed packed; x is 2-D float32 or\n"
+             "int16 bf16 bits [m, cols]; bias float32 [rows] or None.  int8_activations: 0 keeps\n"
+             "fp32 activations (weights dequantized in registers), 1 quantizes activations to\n"
+             "int8 per group for integer dot products (needs group and the padded row to be\n"
+             "multiples of 128, group <= 4096), -1 picks int8 where this CPU has VNNI and the\n"
+             "shape allows.");
 
 static PyObject *py_q4_linear(PyObject *self, PyObject *args, PyObject *kw) {
-    static char *kwlist[] = {"x", "packed", "scale", "zero_point", "group", "bias", "nthreads", NULL};
+    static char *kwlist[] = {"x", "packed", "scale", "zero_point", "group", "bias", "int8_activations", "nthreads",
+                             NULL};
     static const int xtypes[] = {NPY_FLOAT32, NPY_INT16, NPY_UINT16}, f32[] = {NPY_FLOAT32};
     PyObject *x_obj, *p_obj, *s_obj, *z_obj, *b_obj = Py_None, *result = NULL;
     long long group;
-    int nthreads = 1;
+    int nthreads = 1, act_mode = -1;
     PyArrayObject *x = NULL, *packed = NULL, *scale = NULL, *zero = NULL, *bias = NULL, *out = NULL;
     (void)self;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "OOOOL|Oi:q4_linear", kwlist, &x_obj, &p_obj, &s_obj, &z_obj, &group,
-                                     &b_obj, &nthreads))
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OOOOL|Oii:q4_linear", kwlist, &x_obj, &p_obj, &s_obj, &z_obj, &group,
+                                     &b_obj, &act_mode, &nthreads))
         return NULL;
     if (!check_group(group) || !check_threads(nthreads)) return NULL;
+    if (act_mode < -1 || act_mode > 1) {
+        PyErr_Format(PyExc_ValueError, "int8_activations must be -1 (auto), 0 or 1, got %d", act_mode);
+        return NULL;
+    }
     if (!(x = contiguous_array(x_obj, "x", xtypes, 3, 2, "float32 or int16/uint16 (bf16 bits)"))) goto fail;
     if (!q4_weight_arrays(p_obj, s_obj, z_obj, PyArray_DIM(x, 1), group, &packed, &scale, &zero)) goto fail;
     npy_intp rows = PyArray_DIM(packed, 0);
+    if (act_mode == 1 && !mq_q4_int8_ok(PyArray_DIM(packed, 1) * 2, group)) {
+        PyErr_Format(PyExc_ValueError,
+                     "int8 activations need group and the padded row (%zd) to be multiples of 128, group <= 4096; "
+                     "got group %lld", (Py_ssize_t)(PyArray_DIM(packed, 1) * 2), group);
+        goto fail;
+    }
     if (b_obj != Py_None) {
         if (!(bias = contiguous_array(b_obj, "bias", f32, 1, 1, "float32"))) goto fail;
         if (PyArray_DIM(bias, 0) != rows) {
@@ -565,7 +581,7 @@ static PyObject *py_q4_linear(PyObject *self, PyObject *args, PyObject *kw) {
     rc = mq_q4_linear(PyArray_DATA(x), PyArray_TYPE(x) == NPY_FLOAT32 ? MQ_SRC_F32 : MQ_SRC_BF16, dims[0],
                       PyArray_DIM(x, 1), PyArray_DATA(packed), PyArray_DATA(scale), PyArray_DATA(zero), rows,
                       PyArray_DIM(packed, 1) * 2, group, bias ? PyArray_DATA(bias) : NULL, PyArray_DATA(out),
-                      nthreads);
+                      act_mode, nthreads);
     Py_END_ALLOW_THREADS
     if (rc < 0) {
         PyErr_NoMemory();
@@ -581,6 +597,26 @@ fail:
     Py_XDECREF(bias);
     Py_XDECREF(out);
     return result;
+}
+
+PyDoc_STRVAR(q4_int8_max_m_doc,
+             "q4_int8_max_m(m=-1) -> previous value\n\n"
+             "Automatic mode (int8_activations=-1) uses int8 activations for batches below m;\n"
+             "m >= 1 sets it, -1 only reads it.");
+
+static PyObject *py_q4_int8_max_m(PyObject *self, PyObject *args) {
+    long long m = -1;
+    (void)self;
+    if (!PyArg_ParseTuple(args, "|L:q4_int8_max_m", &m)) return NULL;
+    long long previous = (long long)mq_q4_int8_max_m;
+    if (m != -1) {
+        if (m < 1) {
+            PyErr_Format(PyExc_ValueError, "m must be >= 1 (or -1 to read), got %lld", m);
+            return NULL;
+        }
+        mq_q4_int8_max_m = m;
+    }
+    return PyLong_FromLongLong(previous);
 }
 
 PyDoc_STRVAR(q4_panel_min_m_doc,
@@ -623,6 +659,7 @@ static PyMethodDef module_methods[] = {
      q4_dequantize_doc},
     {"q4_linear", (PyCFunction)(void (*)(void))py_q4_linear, METH_VARARGS | METH_KEYWORDS, q4_linear_doc},
     {"q4_panel_min_m", py_q4_panel_min_m, METH_VARARGS, q4_panel_min_m_doc},
+    {"q4_int8_max_m", py_q4_int8_max_m, METH_VARARGS, q4_int8_max_m_doc},
     {NULL, NULL, 0, NULL},
 };
 

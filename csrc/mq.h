@@ -111,6 +111,22 @@ typedef void (*mq_q4_gemv_fn)(const float *x, int64_t ldx, int64_t m, const floa
 typedef void (*mq_f32_panel_fn)(const float *x, int64_t ldx, int64_t m, const float *w, int64_t ldw, int64_t nr,
                                 int64_t kpad, float *y, int64_t ldy);
 
+/* int8-activation GEMV (integer dot products, e.g. AVX-512 VNNI vpdpbusd):
+ * activations quantized per (row i, group g) to xq = rint(x / xscale[i,g])
+ * in -127..127 with xqsum[i,g] = sum of xq, and stored in the nibble order
+ * of the packed weight: in each 128-column chunk, positions 0..63 hold the
+ * columns of the four blocks' low nibbles (block b, j < 16 -> 16b + j) and
+ * 64..127 those of the high nibbles.  Needs kpad % 128 == 0, group % 128 == 0
+ * and group <= 4096 (int32 headroom).  For r in [r0, r1), i < m:
+ *   y[i * ldy + r] = sum_g ((scale[r,g] * 1/16) * xscale[i,g]) * (float)(16 * dot - zero[r,g] * xqsum[i,g])
+ * summed over g in order from 0 with separate multiply and add, so every
+ * ISA gives the same bits (dot, the int32 sum of code * xq, is exact). */
+#define MQ_Q4_I8_CHUNK 128
+#define MQ_Q4_I8_MAX_GROUP 4096
+typedef void (*mq_q4_gemv_i8_fn)(const int8_t *xq, int64_t m, const float *xscale, const int32_t *xqsum,
+                                 const uint8_t *w, int64_t kpad, int64_t group, const uint16_t *scale,
+                                 const uint8_t *zero, int64_t r0, int64_t r1, float *y, int64_t ldy);
+
 /* The per-ISA function table (see dispatch.c). */
 typedef struct {
     const char *name;
@@ -124,6 +140,7 @@ typedef struct {
     mq_q4_unpack_fn q4_unpack;
     mq_q4_gemv_fn q4_gemv;
     mq_f32_panel_fn f32_panel;
+    mq_q4_gemv_i8_fn q4_gemv_i8; /* NULL where the ISA has no fast integer dot product */
 } mq_kernels;
 
 /* ---- reference kernels (ref.c) --------------------------------------------- */
@@ -148,6 +165,9 @@ void mq_ref_q4_unpack(const uint8_t *packed, int64_t n, float scale, float zero,
 void mq_ref_q4_gemv(const float *x, int64_t ldx, int64_t m, const float *xsum, const uint8_t *w, int64_t kpad,
                     int64_t group, const uint16_t *scale, const uint8_t *zero, int64_t r0, int64_t r1, float *y,
                     int64_t ldy);
+void mq_ref_q4_gemv_i8(const int8_t *xq, int64_t m, const float *xscale, const int32_t *xqsum, const uint8_t *w,
+                       int64_t kpad, int64_t group, const uint16_t *scale, const uint8_t *zero, int64_t r0,
+                       int64_t r1, float *y, int64_t ldy);
 void mq_ref_f32_panel(const float *x, int64_t ldx, int64_t m, const float *w, int64_t ldw, int64_t nr, int64_t kpad,
                       float *y, int64_t ldy);
 
@@ -160,6 +180,7 @@ void mq_avx2_fill(mq_kernels *k);
 void mq_avx512_fill(mq_kernels *k);
 void mq_avx2_int4_fill(mq_kernels *k);   /* x86_avx2_int4.c */
 void mq_avx512_int4_fill(mq_kernels *k); /* x86_avx512_int4.c */
+void mq_avx512vnni_int4_fill(mq_kernels *k); /* x86_avx512vnni_int4.c (only if the CPU has VNNI) */
 
 /* ---- dispatch.c ------------------------------------------------------------ */
 mq_isa_t mq_cpu_best_isa(void);           /* best level this CPU and OS support */
@@ -211,12 +232,18 @@ int64_t mq_q4_quantize(const void *src, mq_src_t kind, int64_t rows, int64_t col
                        double *sum_err2, int nthreads);
 void mq_q4_dequantize(const uint8_t *packed, const uint16_t *scale, const uint8_t *zero, int64_t rows, int64_t kpad,
                       int64_t group, int64_t cols, float *dst, int nthreads);
-/* y[m][rows] (+ bias) = x[m][cols] @ W^T; x fp32 or bf16 (kind).  Returns 0,
- * or -1 when out of memory. */
+/* y[m][rows] (+ bias) = x[m][cols] @ W^T; x fp32 or bf16 (kind).
+ * act_mode: 0 fp32 activations; 1 int8 activations (the reference kernel
+ * where the ISA has no integer one; needs mq_q4_int8_ok); -1 automatic
+ * (int8 where the ISA has an integer kernel and the shape allows it).
+ * Returns 0, or -1 when out of memory. */
 int mq_q4_linear(const void *x, mq_src_t kind, int64_t m, int64_t cols, const uint8_t *packed,
                  const uint16_t *scale, const uint8_t *zero, int64_t rows, int64_t kpad, int64_t group,
-                 const float *bias, float *y, int nthreads);
+                 const float *bias, float *y, int act_mode, int nthreads);
+int mq_q4_int8_ok(int64_t kpad, int64_t group);
 /* Which linear path (0 = GEMV, 1 = dequantized panels) is used from this batch size on. */
 extern int64_t mq_q4_panel_min_m;
+/* Automatic mode uses int8 activations for batches below this size. */
+extern int64_t mq_q4_int8_max_m;
 
 #endif /* MQ_H */

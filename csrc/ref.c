@@ -149,6 +149,36 @@ void mq_ref_q4_gemv(const float *x, int64_t ldx, int64_t m, const float *xsum, c
     }
 }
 
+/* position of column k in the int8-activation order (see mq.h) */
+static inline int64_t i8_position(int64_t k) {
+    int64_t c = k / MQ_Q4_I8_CHUNK * MQ_Q4_I8_CHUNK, o = k % MQ_Q4_I8_CHUNK, b = o / MQ_Q4_BLOCK, j = o % MQ_Q4_BLOCK;
+    return c + (j < 16 ? 16 * b + j : 64 + 16 * b + (j - 16));
+}
+
+void mq_ref_q4_gemv_i8(const int8_t *xq, int64_t m, const float *xscale, const int32_t *xqsum, const uint8_t *w,
+                       int64_t kpad, int64_t group, const uint16_t *scale, const uint8_t *zero, int64_t r0,
+                       int64_t r1, float *y, int64_t ldy) {
+    int64_t ngroups = (kpad + group - 1) / group;
+    for (int64_t r = r0; r < r1; r++) {
+        const uint8_t *wr = w + (size_t)r * (size_t)(kpad / 2);
+        for (int64_t i = 0; i < m; i++) {
+            float acc = 0.0f;
+            for (int64_t g = 0; g < ngroups; g++) {
+                int32_t dot = 0;
+                for (int64_t k = g * group; k < (g + 1) * group && k < kpad; k++) {
+                    uint8_t byte = wr[k / MQ_Q4_BLOCK * 16 + k % 16];
+                    int32_t code = k % MQ_Q4_BLOCK < 16 ? byte & 15 : byte >> 4;
+                    dot += code * xq[i * kpad + i8_position(k)];
+                }
+                int32_t t = 16 * dot - (int32_t)zero[r * ngroups + g] * xqsum[i * ngroups + g];
+                float f = (mq_f16_to_f32(scale[r * ngroups + g]) * (1.0f / 16.0f)) * xscale[i * ngroups + g];
+                acc = acc + f * (float)t;
+            }
+            y[i * ldy + r] = acc;
+        }
+    }
+}
+
 void mq_ref_f32_panel(const float *x, int64_t ldx, int64_t m, const float *w, int64_t ldw, int64_t nr, int64_t kpad,
                       float *y, int64_t ldy) {
     for (int64_t i = 0; i < m; i++)

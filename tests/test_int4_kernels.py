@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from mono_quant import _C, kernels
-from mono_quant.int4 import Int4Weight, int4_linear, quantize_int4, unpack_int4
+from mono_quant.int4 import Int4Weight, int4_linear, quantize_int4, set_int8_activations, unpack_int4
 from mono_quant.tensor import NonFiniteWeightError, quantize_weight
 
 _LEVELS = ["scalar", "avx2", "avx512"]
@@ -218,9 +218,10 @@ def test_input_not_modified():
 @pytest.mark.parametrize("path", ["gemv", "panel"])
 @pytest.mark.parametrize("m", [1, 3, 5, 9])
 @pytest.mark.parametrize("rows,cols,group", [(1, 32, 32), (7, 33, 32), (13, 100, 64), (9, 1100, 128),
-                                              (6, 300, None)])
+                                              (6, 300, None), (5, 256, 128)])
 def test_linear_matches_float64(isa, path, m, rows, cols, group):
     kernels.set_isa(isa)
+    before = set_int8_activations(False)  # the fp32-activation kernels (int8 ones: below)
     _C.q4_panel_min_m(1 if path == "panel" else 1000)
     w = torch.randn(rows, cols)
     qw, _ = quantize_int4(w, group_size=group, method="rtn")
@@ -228,6 +229,7 @@ def test_linear_matches_float64(isa, path, m, rows, cols, group):
     bias = torch.randn(rows)
     want = x.double() @ qw.dequantize().double().T + bias.double()
     got = int4_linear(x, qw, bias)
+    set_int8_activations(before)
     tol = 1e-5 * (x.double().abs() @ qw.dequantize().double().abs().T + 1)
     assert got.dtype == torch.float32 and got.shape == (m, rows)
     assert bool(((got.double() - want).abs() <= tol).all())
@@ -287,3 +289,42 @@ def test_bad_arguments_raise():
         quantize_int4(torch.ones(4, 4, dtype=torch.int32))
     with pytest.raises(ValueError):
         quantize_weight(x, "int8", method="mse")
+
+
+# ---- int8-activation kernel ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("rows,cols,group", [(1, 128, 128), (7, 256, 128), (9, 1000, 256), (6, 640, None),
+                                              (5, 4096, 4096)])
+@pytest.mark.parametrize("m", [1, 2, 5])
+def test_int8_activations_exact_vs_reference_and_close_to_float(isa, rows, cols, group, m):
+    qw, _ = quantize_int4(torch.randn(rows, cols), group_size=group, method="mse")
+    x = torch.randn(m, cols) * torch.linspace(0.1, 3, cols)
+    x[0, :7] = 0
+    args = (x.numpy(), qw.qdata.numpy(), qw.scale.numpy(), qw.zero_point.numpy(), qw.group)
+    kernels.set_isa("scalar")
+    want = _C.q4_linear(*args, int8_activations=1)  # the reference kernel
+    kernels.set_isa(isa)
+    got = _C.q4_linear(*args, int8_activations=1)
+    np.testing.assert_array_equal(got, want)
+    # within the activation rounding: |sum w (x - xq s)| <= sum |w| s / 2 per group
+    w = qw.dequantize().double()
+    exact = x.double() @ w.T
+    grp, kpad = qw.group, -(-cols // 32) * 32
+    xs = torch.zeros(m, kpad, dtype=torch.float64)
+    xs[:, :cols] = x.double()
+    amax = xs.abs().reshape(m, -1, grp).amax(-1) if kpad % grp == 0 else None
+    step = (amax / 127).repeat_interleave(grp, 1)[:, :cols]
+    bound = (step / 2) @ w.abs().T * 1.001 + 1e-4
+    assert bool(((torch.from_numpy(got).double() - exact).abs() <= bound).all())
+
+
+def test_int8_activations_shape_rules():
+    qw, _ = quantize_int4(torch.randn(4, 96), group_size=32)
+    args = (np.zeros((1, 96), np.float32), qw.qdata.numpy(), qw.scale.numpy(), qw.zero_point.numpy(), 32)
+    with pytest.raises(ValueError, match="128"):
+        _C.q4_linear(*args, int8_activations=1)
+    with pytest.raises(ValueError):
+        _C.q4_linear(*args, int8_activations=2)
+    np.testing.assert_array_equal(_C.q4_linear(*args), _C.q4_linear(*args, int8_activations=0))  # auto falls back

@@ -32,6 +32,7 @@ __all__ = [
     "DEFAULT_INT4_METHOD",
     "DEFAULT_INT4_GROUP_SIZE",
     "effective_group",
+    "set_int8_activations",
 ]
 
 #: Rounding methods: plain round-to-nearest; an MSE-optimal range search per
@@ -164,14 +165,32 @@ def quantize_int4(tensor: torch.Tensor, *, group_size: Optional[int] = DEFAULT_I
 
 
 _C_ACTIVATIONS = (torch.float32, torch.bfloat16)
+_INT8_ACTIVATIONS = {"enabled": True}
+
+
+def set_int8_activations(enabled: bool) -> bool:
+    """Allow (default) or forbid the int8-activation kernel; returns the previous setting.
+
+    Where the CPU has AVX-512 VNNI and the group size and padded input size are
+    multiples of 128 (up to 4096), int4_linear quantizes the activations to
+    int8 per (row, group) (absmax scale) and uses integer dot products: about
+    2-3x faster than dequantizing to fp32 in registers, adding ~0.5% relative
+    noise, well below int4 weight noise (~20 dB SQNR).  Disabled, every batch
+    uses fp32 activations (also the path on CPUs without VNNI).
+    """
+    previous = _INT8_ACTIVATIONS["enabled"]
+    _INT8_ACTIVATIONS["enabled"] = bool(enabled)
+    return previous
 
 
 def int4_linear(x: torch.Tensor, weight: Int4Weight, bias: Optional[torch.Tensor] = None) -> torch.Tensor:
     """``x @ W.T + bias`` for an int4 weight of shape ``[out, in]``, in x's dtype.
 
     On the CPU with float32 / bfloat16 activations this streams the packed
-    weight through the C kernels (dequantized in registers; other float dtypes
-    go through float32); elsewhere it dequantizes with torch and uses F.linear.
+    weight through the C kernels (other float dtypes go through float32): with
+    int8 activations and integer dot products where the CPU has VNNI (see
+    set_int8_activations), else dequantized to fp32 in registers; elsewhere it
+    dequantizes with torch and uses F.linear.
     """
     out_features, in_features = weight.orig_shape[0], weight.cols
     if x.shape[-1] != in_features:
@@ -185,5 +204,6 @@ def int4_linear(x: torch.Tensor, weight: Int4Weight, bias: Optional[torch.Tensor
         x2 = x2.float()
     b = None if bias is None else bias.detach().float().contiguous().numpy()
     y = _C.q4_linear(to_numpy(x2.contiguous()), weight.qdata.numpy(), to_numpy(weight.scale),
-                     weight.zero_point.numpy(), weight.group, bias=b, nthreads=num_threads())
+                     weight.zero_point.numpy(), weight.group, bias=b,
+                     int8_activations=-1 if _INT8_ACTIVATIONS["enabled"] else 0, nthreads=num_threads())
     return torch.from_numpy(y).reshape(*x.shape[:-1], out_features).to(x.dtype)

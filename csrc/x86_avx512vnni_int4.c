@@ -1,0 +1,77 @@
+/* x86_avx512vnni_int4.c - the int8-activation INT4 GEMV with AVX-512 VNNI.
+ *
+ * Own compile unit (-mavx512vnni), installed in the AVX-512 table only when
+ * the CPU reports avx512_vnni.  Codes (u8, 0..15) times activations (s8)
+ * with vpdpbusd: 64 multiply-adds per instruction, exact int32 sums; the
+ * per-group float epilogue runs for 4 weight rows at once in the reference's
+ * order, so results equal ref.c's bit for bit. */
+#include "mq.h"
+
+#if defined(__x86_64__) && defined(__AVX512F__) && defined(__AVX512VNNI__)
+#include <immintrin.h>
+
+/* sums of the 16 int32 lanes of a, b, c, d -> lanes 0..3 */
+static inline __m128i reduce4(__m512i a, __m512i b, __m512i c, __m512i d) {
+    __m256i a8 = _mm256_add_epi32(_mm512_castsi512_si256(a), _mm512_extracti64x4_epi64(a, 1));
+    __m256i b8 = _mm256_add_epi32(_mm512_castsi512_si256(b), _mm512_extracti64x4_epi64(b, 1));
+    __m256i c8 = _mm256_add_epi32(_mm512_castsi512_si256(c), _mm512_extracti64x4_epi64(c, 1));
+    __m256i d8 = _mm256_add_epi32(_mm512_castsi512_si256(d), _mm512_extracti64x4_epi64(d, 1));
+    __m256i ab = _mm256_hadd_epi32(a8, b8), cd = _mm256_hadd_epi32(c8, d8);
+    __m256i abcd = _mm256_hadd_epi32(ab, cd); /* per 128-bit half: a, b, c, d partial sums */
+    return _mm_add_epi32(_mm256_castsi256_si128(abcd), _mm256_extracti128_si256(abcd, 1));
+}
+
+static void q4_gemv_i8(const int8_t *xq, int64_t m, const float *xscale, const int32_t *xqsum, const uint8_t *w,
+                       int64_t kpad, int64_t group, const uint16_t *scale, const uint8_t *zero, int64_t r0,
+                       int64_t r1, float *y, int64_t ldy) {
+    const int64_t ngroups = (kpad + group - 1) / group, row_bytes = kpad / 2;
+    const __m512i low = _mm512_set1_epi8(15);
+    int64_t r = r0;
+    for (; r + 4 <= r1; r += 4) {
+        const uint8_t *w0 = w + (size_t)r * (size_t)row_bytes;
+        for (int64_t i = 0; i < m; i++) _mm_storeu_ps(y + i * ldy + r, _mm_setzero_ps());
+        for (int64_t g = 0; g < ngroups; g++) {
+            /* the 4 rows' group parameters, shared by every activation row */
+            __m128i s16 = _mm_setr_epi16((short)scale[r * ngroups + g], (short)scale[(r + 1) * ngroups + g],
+                                         (short)scale[(r + 2) * ngroups + g], (short)scale[(r + 3) * ngroups + g],
+                                         0, 0, 0, 0);
+            __m128 sw = _mm_mul_ps(_mm_cvtph_ps(s16), _mm_set1_ps(1.0f / 16.0f)); /* exact: a power of two */
+            __m128i z = _mm_setr_epi32(zero[r * ngroups + g], zero[(r + 1) * ngroups + g],
+                                       zero[(r + 2) * ngroups + g], zero[(r + 3) * ngroups + g]);
+            int64_t end = (g + 1) * group < kpad ? (g + 1) * group : kpad;
+            for (int64_t i = 0; i < m; i++) {
+                const int8_t *xr = xq + i * kpad;
+                __m512i d0 = _mm512_setzero_si512(), d1 = d0, d2 = d0, d3 = d0;
+                for (int64_t k = g * group; k < end; k += MQ_Q4_I8_CHUNK) {
+                    __m512i xl = _mm512_loadu_si512(xr + k), xh = _mm512_loadu_si512(xr + k + 64);
+                    const uint8_t *p = w0 + k / 2;
+#define MQ_ROW(d, j)                                                                                         \
+    do {                                                                                                     \
+        __m512i v = _mm512_loadu_si512(p + (j) * row_bytes);                                                 \
+        d = _mm512_dpbusd_epi32(d, _mm512_and_si512(v, low), xl);                                            \
+        d = _mm512_dpbusd_epi32(d, _mm512_and_si512(_mm512_srli_epi16(v, 4), low), xh);                      \
+    } while (0)
+                    MQ_ROW(d0, 0);
+                    MQ_ROW(d1, 1);
+                    MQ_ROW(d2, 2);
+                    MQ_ROW(d3, 3);
+#undef MQ_ROW
+                }
+                __m128i dot = reduce4(d0, d1, d2, d3);
+                __m128i t = _mm_sub_epi32(_mm_slli_epi32(dot, 4), _mm_mullo_epi32(z, _mm_set1_epi32(xqsum[i * ngroups + g])));
+                __m128 f = _mm_mul_ps(sw, _mm_set1_ps(xscale[i * ngroups + g]));
+                __m128 acc = _mm_loadu_ps(y + i * ldy + r);
+                _mm_storeu_ps(y + i * ldy + r, _mm_add_ps(acc, _mm_mul_ps(f, _mm_cvtepi32_ps(t))));
+            }
+        }
+    }
+    if (r < r1) mq_ref_q4_gemv_i8(xq, m, xscale, xqsum, w, kpad, group, scale, zero, r, r1, y, ldy);
+}
+
+void mq_avx512vnni_int4_fill(mq_kernels *k) {
+    if (mq_cpu_has("avx512_vnni")) k->q4_gemv_i8 = q4_gemv_i8;
+}
+
+#else
+void mq_avx512vnni_int4_fill(mq_kernels *k) { (void)k; }
+#endif
