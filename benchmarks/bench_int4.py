@@ -23,7 +23,7 @@ import torch.nn.functional as F
 
 import mono_quant as mq
 from mono_quant import _C, kernels
-from mono_quant.int4 import int4_linear, quantize_int4
+from mono_quant.int4 import int4_linear, quantize_int4, set_int8_activations
 from mono_quant.modules import QuantizedLinear
 
 L3_BYTES = 32 << 20
@@ -115,8 +115,10 @@ def bench_linear(reps: int, quick: bool) -> list:
         for m in ([1, 8] if quick else BATCHES):
             x = torch.randn(m, k)
             xb = x.to(torch.bfloat16)
+            fp32_act = lambda: (set_int8_activations(False), int4_linear(x, next_q()), set_int8_activations(True))
             fns = {"fp32 F.linear": lambda: F.linear(x, w),
-                   "int4 mono-quant": lambda: int4_linear(x, next_q())}
+                   "int4 mono-quant (auto: int8 act, VNNI)": lambda: int4_linear(x, next_q()),
+                   "int4 mono-quant (fp32 act)": fp32_act}
             if tp_copies is not None:
                 fns["torch int4pack bf16"] = lambda: (lambda p: torch._weight_int4pack_mm_for_cpu(xb, p[0], 128, p[1]))(
                     next_tp())
@@ -125,23 +127,17 @@ def bench_linear(reps: int, quick: bool) -> list:
             res = interleaved(fns, reps)
             base = res["fp32 F.linear"]["median_s"]
             for name, r in res.items():
-                weight_bytes = {"fp32 F.linear": w.numel() * 4, "int4 mono-quant": int4_bytes,
-                                "torch int4pack bf16": w.numel() // 2 + tp[1].numel() * 2 if tp else 0}.get(
-                                    name, q8.weight_nbytes())
+                if name.startswith("int4"):
+                    weight_bytes = int4_bytes
+                elif name.startswith("torch int4pack"):
+                    weight_bytes = w.numel() // 2 + tp[1].numel() * 2
+                elif name.startswith("int8"):
+                    weight_bytes = q8.weight_nbytes()
+                else:
+                    weight_bytes = w.numel() * 4
                 rows.append({"shape": [n, k], "batch": m, "contender": name, **r,
                              "speedup_vs_fp32": base / r["median_s"],
                              "weight_GBps": weight_bytes / r["median_s"] / 1e9})
-            # the panel (dequantize-once) path vs the GEMV path, for the batch-size switch
-            if m > 1:
-                before = _C.q4_panel_min_m()
-                paths = {}
-                for label, pm in (("gemv", 1 << 30), ("panel", 1)):
-                    paths[label] = (lambda pm=pm: (_C.q4_panel_min_m(pm), int4_linear(x, next_q())))
-                pr = interleaved(paths, max(3, reps // 2))
-                _C.q4_panel_min_m(before)
-                for label, r in pr.items():
-                    rows.append({"shape": [n, k], "batch": m, "contender": f"int4 path={label}", **r,
-                                 "speedup_vs_fp32": base / r["median_s"], "weight_GBps": int4_bytes / r["median_s"] / 1e9})
         del q_copies, tp_copies, w, q8
     return rows
 

@@ -10,6 +10,8 @@
  * on every ISA, so SIMD and scalar paths choose the same parameters. */
 #include <float.h>
 #include <math.h>
+#include <pthread.h>
+#include <stdatomic.h>
 #include <stdlib.h>
 
 #include "mq.h"
@@ -306,6 +308,56 @@ void mq_q4_dequantize(const uint8_t *packed, const uint16_t *scale, const uint8_
     mq_parallel_for(rows, (1 << 15) / (kpad + 1) + 1, nthreads, dequantize_range, &c);
 }
 
+/* ---- dynamic work split ---------------------------------------------------------------------
+ * The linear kernels run between torch ops whose OpenMP workers keep spinning
+ * for a while after each op; a static split then waits for the thread that
+ * shares a core with a spinner.  Handing out small chunks from an atomic
+ * counter lets the unhindered thread take the larger share. */
+
+typedef struct {
+    mq_range_fn fn;
+    void *ctx;
+    int64_t n, chunk;
+    atomic_llong next;
+} dynamic_work;
+
+static void *dynamic_worker(void *arg) {
+    dynamic_work *d = arg;
+    for (;;) {
+        int64_t begin = (int64_t)atomic_fetch_add(&d->next, (long long)d->chunk);
+        if (begin >= d->n) break;
+        d->fn(d->ctx, begin, begin + d->chunk < d->n ? begin + d->chunk : d->n);
+    }
+    return NULL;
+}
+
+#define MQ_Q4_MAX_THREADS 256
+
+static void parallel_chunks(int64_t n, int64_t chunk, int nthreads, mq_range_fn fn, void *ctx) {
+    if (n <= 0) return;
+    int64_t nchunks = (n + chunk - 1) / chunk;
+    int parts = nthreads < 1 ? 1 : (nthreads > MQ_Q4_MAX_THREADS ? MQ_Q4_MAX_THREADS : nthreads);
+    if (parts > nchunks) parts = (int)nchunks;
+    if (parts <= 1) {
+        fn(ctx, 0, n);
+        return;
+    }
+    dynamic_work d = {fn, ctx, n, chunk, 0};
+    pthread_t threads[MQ_Q4_MAX_THREADS];
+    int started[MQ_Q4_MAX_THREADS];
+    for (int t = 1; t < parts; t++) started[t] = pthread_create(&threads[t], NULL, dynamic_worker, &d) == 0;
+    dynamic_worker(&d); /* this thread works too, and finishes whatever is left */
+    for (int t = 1; t < parts; t++)
+        if (started[t]) pthread_join(threads[t], NULL);
+}
+
+/* Rows per chunk: about 64 KiB of packed weight, a multiple of 4 rows. */
+static int64_t row_chunk(int64_t kpad) {
+    int64_t rows = (int64_t)(64 << 10) / (kpad / 2 > 0 ? kpad / 2 : 1);
+    rows = rows / 4 * 4;
+    return rows < 4 ? 4 : rows;
+}
+
 /* ---- linear driver ----------------------------------------------------------------------- */
 
 #define MQ_Q4_PANEL_ROWS 4
@@ -445,14 +497,14 @@ int mq_q4_linear(const void *x, mq_src_t kind, int64_t m, int64_t cols, const ui
         int32_t *xqsum = (int32_t *)(xscale + m * ngroups);
         quantize_activations(xpad, m, kpad, group, xq, xscale, xqsum);
         linear_i8_ctx ci = {xq, xscale, xqsum, m, kpad, group, rows, packed, scale, zero, y, i8};
-        mq_parallel_for(rows, 16, nthreads, gemv_i8_range, &ci);
+        parallel_chunks(rows, row_chunk(kpad), nthreads, gemv_i8_range, &ci);
         free(xq);
         free(xscale);
         if (bias)
             for (int64_t i = 0; i < m; i++)
                 for (int64_t r = 0; r < rows; r++) y[i * rows + r] += bias[r];
     } else if (m < mq_q4_panel_min_m) {
-        mq_parallel_for(rows, 16, nthreads, gemv_range, &c);
+        parallel_chunks(rows, row_chunk(kpad), nthreads, gemv_range, &c);
         if (bias)
             for (int64_t i = 0; i < m; i++)
                 for (int64_t r = 0; r < rows; r++) y[i * rows + r] += bias[r];
@@ -460,7 +512,7 @@ int mq_q4_linear(const void *x, mq_src_t kind, int64_t m, int64_t cols, const ui
         for (int64_t i = 0; i < m; i++) /* the panel kernel accumulates into y */
             for (int64_t r = 0; r < rows; r++) y[i * rows + r] = bias ? bias[r] : 0.0f;
         int64_t panels = (rows + MQ_Q4_PANEL_ROWS - 1) / MQ_Q4_PANEL_ROWS;
-        mq_parallel_for(panels, 4, nthreads, panel_range, &c);
+        parallel_chunks(panels, 16, nthreads, panel_range, &c);
     }
     free(xpad);
     return c.oom ? -1 : 0;

@@ -61,7 +61,8 @@ static void q4_unpack(const uint8_t *packed, int64_t n, float scale, float zero,
  * separate accumulators so each FMA chain advances once per block. */
 static inline __attribute__((always_inline)) void gemv_rows(const float *x, const float *xsum, const uint8_t *w,
                                                             int64_t kpad, int64_t group, const uint16_t *scale,
-                                                            const uint8_t *zero, int64_t r, float *y, const int NR) {
+                                                            const uint8_t *zero, int64_t r, float *y, const int NR,
+                                                            int prefetch) {
     const int64_t ngroups = (kpad + group - 1) / group, row_bytes = kpad / 2;
     const __m512i mask = _mm512_set1_epi32(15);
     __m512 acc[4];
@@ -76,6 +77,9 @@ static inline __attribute__((always_inline)) void gemv_rows(const float *x, cons
         int64_t end = (g + 1) * group < kpad ? (g + 1) * group : kpad;
         for (int64_t b = g * group; b < end; b += MQ_Q4_BLOCK) {
             __m512 xa = _mm512_loadu_ps(x + b), xb = _mm512_loadu_ps(x + b + 16);
+            if (prefetch && (b & 127) == 0) /* one line per row ahead: the next NR rows */
+                for (int j = NR; j < 2 * NR; j++)
+                    _mm_prefetch((const char *)(w + (size_t)(r + j) * (size_t)row_bytes + b / 2), _MM_HINT_T0);
             for (int j = 0; j < NR; j++) {
                 __m512i v = _mm512_cvtepu8_epi32(
                     _mm_loadu_si128((const __m128i *)(w + (size_t)(r + j) * (size_t)row_bytes + b / 2)));
@@ -98,10 +102,11 @@ static void q4_gemv(const float *x, int64_t ldx, int64_t m, const float *xsum, c
     int64_t ngroups = (kpad + group - 1) / group, r = r0;
     for (; r + 4 <= r1; r += 4) /* the 4 rows stay in L1 across the activation rows */
         for (int64_t i = 0; i < m; i++)
-            gemv_rows(x + i * ldx, xsum + i * ngroups, w, kpad, group, scale, zero, r, y + i * ldy, 4);
+            gemv_rows(x + i * ldx, xsum + i * ngroups, w, kpad, group, scale, zero, r, y + i * ldy, 4,
+                      i == 0 && r + 8 <= r1);
     for (; r < r1; r++)
         for (int64_t i = 0; i < m; i++)
-            gemv_rows(x + i * ldx, xsum + i * ngroups, w, kpad, group, scale, zero, r, y + i * ldy, 1);
+            gemv_rows(x + i * ldx, xsum + i * ngroups, w, kpad, group, scale, zero, r, y + i * ldy, 1, 0);
 }
 
 /* MR activation rows x NR weight rows, dot products along k (vectorized over

@@ -45,6 +45,9 @@ static void q4_gemv_i8(const int8_t *xq, int64_t m, const float *xscale, const i
                 for (int64_t k = g * group; k < end; k += MQ_Q4_I8_CHUNK) {
                     __m512i xl = _mm512_loadu_si512(xr + k), xh = _mm512_loadu_si512(xr + k + 64);
                     const uint8_t *p = w0 + k / 2;
+                    if (i == 0 && r + 36 <= r1) /* the next 4 rows' line: rows are short streams the
+                                                  hardware prefetcher picks up too late */
+                        for (int j = 32; j < 36; j++) _mm_prefetch((const char *)(p + j * row_bytes), _MM_HINT_T0);
 #define MQ_ROW(d, j)                                                                                         \
     do {                                                                                                     \
         __m512i v = _mm512_loadu_si512(p + (j) * row_bytes);                                                 \

@@ -74,6 +74,7 @@ def quantize(
     nonfinite: Optional[str] = None,
     group_size=_UNSET,
     method: Optional[str] = None,
+    embeddings: Optional[bool] = None,
     config=None,
     model: Optional[nn.Module] = None,
     progress: bool = False,
@@ -93,7 +94,9 @@ def quantize(
     ``group_size`` (int4): columns per group along the input dimension (default
     128; a multiple of 32; None for per-channel); a layer whose input size is
     not a multiple is zero-padded to whole groups.  ``method`` (int4): "rtn",
-    "mse" (default) or "hqq" (see ``mono_quant.int4``).
+    "mse" (default) or "hqq" (see ``mono_quant.int4``).  ``embeddings``: also
+    quantize nn.Embedding tables (off by default; lookups dequantize only the
+    rows they read).
     ``model``: with a state_dict, an instance (possibly on ``meta``) of the
     architecture to build the quantized model from.
 
@@ -105,7 +108,7 @@ def quantize(
     cfg = resolve_config(config, dtype=dtype, symmetric=symmetric, granularity=granularity, include=include,
                          exclude=exclude, min_weight_numel=min_weight_numel, nonfinite=nonfinite,
                          group_size=None if group_size is _UNSET else (0 if group_size is None else group_size),
-                         method=method)
+                         method=method, embeddings=embeddings)
     if isinstance(model_or_state_dict, nn.Module):
         if model is not None:
             raise TypeError("model= is only for a state_dict input; the module given is the model")
@@ -193,6 +196,11 @@ def _quantize_module(model: nn.Module, cfg: QuantConfig, progress: bool, weights
                 skipped.append(SkippedLayer(name, type(m).__name__, reason))
             continue
         reason = _selection_reason(cfg, names, m)
+        if reason is None and type(m) is nn.Embedding:
+            if not cfg.embeddings:
+                reason = "embedding tables are quantized only with embeddings=True"
+            elif m.max_norm is not None:
+                reason = "embedding with max_norm renormalizes its float rows on lookup"
         if reason is None:
             reason = _shape_reason(m, cfg, weights, name)
         if reason:
@@ -208,7 +216,8 @@ def _quantize_module(model: nn.Module, cfg: QuantConfig, progress: bool, weights
         if progress:
             print(f"[{i + 1}/{len(targets)}] {name or '<root>'}", file=sys.stderr, flush=True)
         w = weights[_key(name, "weight")] if weights is not None else m.weight
-        b = (weights.get(_key(name, "bias")) if weights is not None else m.bias) if m.bias is not None else None
+        has_bias = getattr(m, "bias", None) is not None  # nn.Embedding has no bias
+        b = (weights.get(_key(name, "bias")) if weights is not None else m.bias) if has_bias else None
         try:
             stored, sqnr = _convert_weight(w, qtype, cfg, type(m).__name__, weight_cache)
         except NonFiniteWeightError as exc:
@@ -257,7 +266,7 @@ def _shape_reason(m: nn.Module, cfg: QuantConfig, weights: Optional[Mapping], na
         w = weights.get(_key(name, "weight"))
         if w is None:
             raise KeyError(f"state_dict has no {_key(name, 'weight')!r} for layer {name!r} of the model")
-        if m.bias is not None and _key(name, "bias") not in weights:
+        if getattr(m, "bias", None) is not None and _key(name, "bias") not in weights:
             raise KeyError(f"state_dict has no {_key(name, 'bias')!r} for layer {name!r} of the model")
         if tuple(w.shape) != tuple(m.weight.shape):
             raise ValueError(f"state_dict {_key(name, 'weight')!r} has shape {tuple(w.shape)}, "

@@ -48,6 +48,8 @@ class QuantConfig:
       a positive multiple of 32 (default 128); None (0 in a config file) for
       one group per output channel.
     - ``method`` (int4 only): "rtn", "mse" or "hqq"; None means "mse".
+    - ``embeddings``: also quantize nn.Embedding tables (weight-only, rows
+      dequantized on lookup); off by default.
     - ``source``: where non-default values came from (for the report).
     """
 
@@ -60,6 +62,7 @@ class QuantConfig:
     nonfinite: str = "error"
     group_size: Optional[int] = 128
     method: Optional[str] = None
+    embeddings: bool = False
     source: Dict[str, str] = field(default_factory=dict, compare=False, repr=False)
 
     def __post_init__(self):
@@ -85,6 +88,8 @@ class QuantConfig:
                 check_method(self.method)
         except ValueError as exc:
             raise ValueError(f"{origin}: {exc}") from None
+        if not isinstance(self.embeddings, bool):
+            raise ValueError(f"{origin}: embeddings must be true or false, got {self.embeddings!r}")
         if self.method not in (None, "rtn") and get_qtype(self.dtype).name != "int4":
             raise ValueError(f"{origin}: method={self.method!r} applies to dtype 'int4' only "
                              f"(dtype {self.dtype!r} uses round-to-nearest)")
