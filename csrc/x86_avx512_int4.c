@@ -8,6 +8,8 @@
 #if defined(__x86_64__) && defined(__AVX512F__) && defined(__AVX512BW__)
 #include <immintrin.h>
 
+#define PF_DIST 8192 /* software prefetch distance in bytes (see x86_avx512vnni_int4.c) */
+
 /* codes of 16 floats: clamp(rint(zero + x * inv)) as int32 lanes */
 static inline __m512i codes16(__m512 x, __m512 inv, __m512 zero, __m512 lo, __m512 hi) {
     __m512 v = _mm512_roundscale_ps(_mm512_add_ps(zero, _mm512_mul_ps(x, inv)),
@@ -62,7 +64,7 @@ static void q4_unpack(const uint8_t *packed, int64_t n, float scale, float zero,
 static inline __attribute__((always_inline)) void gemv_rows(const float *x, const float *xsum, const uint8_t *w,
                                                             int64_t kpad, int64_t group, const uint16_t *scale,
                                                             const uint8_t *zero, int64_t r, float *y, const int NR,
-                                                            int prefetch) {
+                                                            const char *prefetch_end) {
     const int64_t ngroups = (kpad + group - 1) / group, row_bytes = kpad / 2;
     const __m512i mask = _mm512_set1_epi32(15);
     __m512 acc[4];
@@ -77,9 +79,10 @@ static inline __attribute__((always_inline)) void gemv_rows(const float *x, cons
         int64_t end = (g + 1) * group < kpad ? (g + 1) * group : kpad;
         for (int64_t b = g * group; b < end; b += MQ_Q4_BLOCK) {
             __m512 xa = _mm512_loadu_ps(x + b), xb = _mm512_loadu_ps(x + b + 16);
-            if (prefetch && (b & 127) == 0) /* one line per row ahead: the next NR rows */
-                for (int j = NR; j < 2 * NR; j++)
-                    _mm_prefetch((const char *)(w + (size_t)(r + j) * (size_t)row_bytes + b / 2), _MM_HINT_T0);
+            if (prefetch_end) { /* a linear stream PF_DIST ahead: the NR rows are one contiguous block */
+                const char *ahead = (const char *)(w + (size_t)r * (size_t)row_bytes) + PF_DIST + (b / 32) * 64;
+                if (ahead < prefetch_end) _mm_prefetch(ahead, _MM_HINT_T0);
+            }
             for (int j = 0; j < NR; j++) {
                 __m512i v = _mm512_cvtepu8_epi32(
                     _mm_loadu_si128((const __m128i *)(w + (size_t)(r + j) * (size_t)row_bytes + b / 2)));
@@ -103,10 +106,10 @@ static void q4_gemv(const float *x, int64_t ldx, int64_t m, const float *xsum, c
     for (; r + 4 <= r1; r += 4) /* the 4 rows stay in L1 across the activation rows */
         for (int64_t i = 0; i < m; i++)
             gemv_rows(x + i * ldx, xsum + i * ngroups, w, kpad, group, scale, zero, r, y + i * ldy, 4,
-                      i == 0 && r + 8 <= r1);
+                      i == 0 ? (const char *)(w + (size_t)r1 * (size_t)(kpad / 2)) : NULL);
     for (; r < r1; r++)
         for (int64_t i = 0; i < m; i++)
-            gemv_rows(x + i * ldx, xsum + i * ngroups, w, kpad, group, scale, zero, r, y + i * ldy, 1, 0);
+            gemv_rows(x + i * ldx, xsum + i * ngroups, w, kpad, group, scale, zero, r, y + i * ldy, 1, NULL);
 }
 
 /* MR activation rows x NR weight rows, dot products along k (vectorized over

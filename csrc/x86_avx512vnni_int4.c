@@ -21,6 +21,9 @@ static inline __m128i reduce4(__m512i a, __m512i b, __m512i c, __m512i d) {
     return _mm_add_epi32(_mm256_castsi256_si128(abcd), _mm256_extracti128_si256(abcd, 1));
 }
 
+/* Software prefetch distance in bytes (measured: 8-16 KiB best here). */
+#define PF_DIST 8192
+
 static void q4_gemv_i8(const int8_t *xq, int64_t m, const float *xscale, const int32_t *xqsum, const uint8_t *w,
                        int64_t kpad, int64_t group, const uint16_t *scale, const uint8_t *zero, int64_t r0,
                        int64_t r1, float *y, int64_t ldy) {
@@ -45,9 +48,11 @@ static void q4_gemv_i8(const int8_t *xq, int64_t m, const float *xscale, const i
                 for (int64_t k = g * group; k < end; k += MQ_Q4_I8_CHUNK) {
                     __m512i xl = _mm512_loadu_si512(xr + k), xh = _mm512_loadu_si512(xr + k + 64);
                     const uint8_t *p = w0 + k / 2;
-                    if (i == 0 && r + 36 <= r1) /* the next 4 rows' line: rows are short streams the
-                                                  hardware prefetcher picks up too late */
-                        for (int j = 32; j < 36; j++) _mm_prefetch((const char *)(p + j * row_bytes), _MM_HINT_T0);
+                    if (i == 0) { /* a linear stream PF_DIST bytes ahead: the 4 rows are one contiguous block */
+                        const char *ahead = (const char *)w0 + PF_DIST + (k / MQ_Q4_I8_CHUNK) * 256;
+                        if (ahead + 256 <= (const char *)w + (size_t)r1 * (size_t)row_bytes)
+                            for (int j = 0; j < 4; j++) _mm_prefetch(ahead + 64 * j, _MM_HINT_T0);
+                    }
 #define MQ_ROW(d, j)                                                                                         \
     do {                                                                                                     \
         __m512i v = _mm512_loadu_si512(p + (j) * row_bytes);                                                 \
