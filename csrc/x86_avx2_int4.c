@@ -9,6 +9,8 @@
 #if defined(__x86_64__) && defined(__AVX2__) && defined(__FMA__)
 #include <immintrin.h>
 
+#define PF_DIST 8192 /* software prefetch distance in bytes (see x86_avx512vnni_int4.c) */
+
 static inline __m256i codes8(__m256 x, __m256 inv, __m256 zero, __m256 lo, __m256 hi) {
     __m256 v = _mm256_round_ps(_mm256_add_ps(zero, _mm256_mul_ps(x, inv)), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
     v = _mm256_min_ps(_mm256_max_ps(v, lo), hi); /* max(NaN, lo) = lo: NaN -> qmin, as ref.c */
@@ -83,7 +85,8 @@ static inline float hsum8(__m256 v) {
 
 static inline __attribute__((always_inline)) void gemv_rows(const float *x, const float *xsum, const uint8_t *w,
                                                             int64_t kpad, int64_t group, const uint16_t *scale,
-                                                            const uint8_t *zero, int64_t r, float *y, const int NR) {
+                                                            const uint8_t *zero, int64_t r, float *y, const int NR,
+                                                            const char *prefetch_end) {
     const int64_t ngroups = (kpad + group - 1) / group, row_bytes = kpad / 2;
     const __m256i mask = _mm256_set1_epi32(15);
     __m256 acc[4];
@@ -95,7 +98,11 @@ static inline __attribute__((always_inline)) void gemv_rows(const float *x, cons
     for (int64_t g = 0; g < ngroups; g++) {
         __m256 gacc[4];
         for (int j = 0; j < NR; j++) gacc[j] = _mm256_setzero_ps();
-        for (int64_t b = g * group; b < (g + 1) * group && b < kpad; b += MQ_Q4_BLOCK)
+        for (int64_t b = g * group; b < (g + 1) * group && b < kpad; b += MQ_Q4_BLOCK) {
+            if (prefetch_end) { /* a linear stream PF_DIST ahead: the NR rows are one contiguous block */
+                const char *ahead = (const char *)(w + (size_t)r * (size_t)row_bytes) + PF_DIST + (b / 32) * 64;
+                if (ahead < prefetch_end) _mm_prefetch(ahead, _MM_HINT_T0);
+            }
             for (int h = 0; h < 16; h += 8) {
                 __m256 xa = _mm256_loadu_ps(x + b + h), xb = _mm256_loadu_ps(x + b + 16 + h);
                 for (int j = 0; j < NR; j++) {
@@ -104,6 +111,7 @@ static inline __attribute__((always_inline)) void gemv_rows(const float *x, cons
                     gacc[j] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_srli_epi32(v, 4)), xb, gacc[j]);
                 }
             }
+        }
         for (int j = 0; j < NR; j++) {
             float s = _cvtsh_ss(scale[(r + j) * ngroups + g]); /* F16C: exact, as mq_f16_to_f32 */
             acc[j] = _mm256_fmadd_ps(gacc[j], _mm256_set1_ps(s), acc[j]);
@@ -119,10 +127,11 @@ static void q4_gemv(const float *x, int64_t ldx, int64_t m, const float *xsum, c
     int64_t ngroups = (kpad + group - 1) / group, r = r0;
     for (; r + 4 <= r1; r += 4)
         for (int64_t i = 0; i < m; i++)
-            gemv_rows(x + i * ldx, xsum + i * ngroups, w, kpad, group, scale, zero, r, y + i * ldy, 4);
+            gemv_rows(x + i * ldx, xsum + i * ngroups, w, kpad, group, scale, zero, r, y + i * ldy, 4,
+                      i == 0 ? (const char *)(w + (size_t)r1 * (size_t)(kpad / 2)) : NULL);
     for (; r < r1; r++)
         for (int64_t i = 0; i < m; i++)
-            gemv_rows(x + i * ldx, xsum + i * ngroups, w, kpad, group, scale, zero, r, y + i * ldy, 1);
+            gemv_rows(x + i * ldx, xsum + i * ngroups, w, kpad, group, scale, zero, r, y + i * ldy, 1, NULL);
 }
 
 static inline __attribute__((always_inline)) void panel_tile(const float *x, int64_t ldx, const float *w,

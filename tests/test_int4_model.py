@@ -169,3 +169,15 @@ def test_int4_deepcopy_and_tied_weights():
     clone = copy.deepcopy(qmodel)
     x = torch.randn(2, 256)
     assert torch.equal(clone(x), qmodel(x))
+
+
+def test_int4_tiny_layer_shorter_than_a_group():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(5, 3), nn.Linear(3, 2, bias=False))
+    qmodel, skipped = mq.quantize(model, dtype="int4", group_size=256)
+    assert skipped == []
+    assert qmodel[0].weight_qdata.shape == (3, 16) and qmodel[0].weight_scale.shape == (3, 1)
+    x = torch.randn(4, 5)
+    want = nn.functional.linear(x, qmodel[0].dequantized_weight(), qmodel[0].bias)
+    torch.testing.assert_close(qmodel[0](x), want)
+    assert qmodel(x).shape == (4, 2)
