@@ -24,11 +24,44 @@ static inline __m128i reduce4(__m512i a, __m512i b, __m512i c, __m512i d) {
 /* Software prefetch distance in bytes (measured: 8-16 KiB best here). */
 #define PF_DIST 8192
 
+/* int32 dot products of 4 weight rows (w0, row_bytes apart) with MB
+ * activation rows (xr, kpad apart) over columns [k0, k1): each 64-byte chunk
+ * of a row is unpacked once and used for all MB activation rows. */
+static inline __attribute__((always_inline)) void group_dots(const uint8_t *w0, int64_t row_bytes, const int8_t *xr,
+                                                             int64_t kpad, int64_t k0, int64_t k1,
+                                                             const char *prefetch_end, __m512i d[4][4],
+                                                             const int MB) {
+    const __m512i low = _mm512_set1_epi8(15);
+    for (int i = 0; i < MB; i++)
+        for (int j = 0; j < 4; j++) d[i][j] = _mm512_setzero_si512();
+    for (int64_t k = k0; k < k1; k += MQ_Q4_I8_CHUNK) {
+        const uint8_t *p = w0 + k / 2;
+        if (prefetch_end) { /* a linear stream PF_DIST ahead: the 4 rows are one contiguous block */
+            const char *ahead = (const char *)w0 + PF_DIST + (k / MQ_Q4_I8_CHUNK) * 256;
+            if (ahead + 256 <= prefetch_end)
+                for (int j = 0; j < 4; j++) _mm_prefetch(ahead + 64 * j, _MM_HINT_T0);
+        }
+        __m512i lo[4], hi[4];
+        for (int j = 0; j < 4; j++) {
+            __m512i v = _mm512_loadu_si512(p + j * row_bytes);
+            lo[j] = _mm512_and_si512(v, low);
+            hi[j] = _mm512_and_si512(_mm512_srli_epi16(v, 4), low);
+        }
+        for (int i = 0; i < MB; i++) {
+            __m512i xl = _mm512_loadu_si512(xr + i * kpad + k), xh = _mm512_loadu_si512(xr + i * kpad + k + 64);
+            for (int j = 0; j < 4; j++) {
+                d[i][j] = _mm512_dpbusd_epi32(d[i][j], lo[j], xl);
+                d[i][j] = _mm512_dpbusd_epi32(d[i][j], hi[j], xh);
+            }
+        }
+    }
+}
+
 static void q4_gemv_i8(const int8_t *xq, int64_t m, const float *xscale, const int32_t *xqsum, const uint8_t *w,
                        int64_t kpad, int64_t group, const uint16_t *scale, const uint8_t *zero, int64_t r0,
                        int64_t r1, float *y, int64_t ldy) {
     const int64_t ngroups = (kpad + group - 1) / group, row_bytes = kpad / 2;
-    const __m512i low = _mm512_set1_epi8(15);
+    const char *range_end = (const char *)(w + (size_t)r1 * (size_t)row_bytes);
     int64_t r = r0;
     for (; r + 4 <= r1; r += 4) {
         const uint8_t *w0 = w + (size_t)r * (size_t)row_bytes;
@@ -41,35 +74,22 @@ static void q4_gemv_i8(const int8_t *xq, int64_t m, const float *xscale, const i
             __m128 sw = _mm_mul_ps(_mm_cvtph_ps(s16), _mm_set1_ps(1.0f / 16.0f)); /* exact: a power of two */
             __m128i z = _mm_setr_epi32(zero[r * ngroups + g], zero[(r + 1) * ngroups + g],
                                        zero[(r + 2) * ngroups + g], zero[(r + 3) * ngroups + g]);
-            int64_t end = (g + 1) * group < kpad ? (g + 1) * group : kpad;
-            for (int64_t i = 0; i < m; i++) {
-                const int8_t *xr = xq + i * kpad;
-                __m512i d0 = _mm512_setzero_si512(), d1 = d0, d2 = d0, d3 = d0;
-                for (int64_t k = g * group; k < end; k += MQ_Q4_I8_CHUNK) {
-                    __m512i xl = _mm512_loadu_si512(xr + k), xh = _mm512_loadu_si512(xr + k + 64);
-                    const uint8_t *p = w0 + k / 2;
-                    if (i == 0) { /* a linear stream PF_DIST bytes ahead: the 4 rows are one contiguous block */
-                        const char *ahead = (const char *)w0 + PF_DIST + (k / MQ_Q4_I8_CHUNK) * 256;
-                        if (ahead + 256 <= (const char *)w + (size_t)r1 * (size_t)row_bytes)
-                            for (int j = 0; j < 4; j++) _mm_prefetch(ahead + 64 * j, _MM_HINT_T0);
-                    }
-#define MQ_ROW(d, j)                                                                                         \
-    do {                                                                                                     \
-        __m512i v = _mm512_loadu_si512(p + (j) * row_bytes);                                                 \
-        d = _mm512_dpbusd_epi32(d, _mm512_and_si512(v, low), xl);                                            \
-        d = _mm512_dpbusd_epi32(d, _mm512_and_si512(_mm512_srli_epi16(v, 4), low), xh);                      \
-    } while (0)
-                    MQ_ROW(d0, 0);
-                    MQ_ROW(d1, 1);
-                    MQ_ROW(d2, 2);
-                    MQ_ROW(d3, 3);
-#undef MQ_ROW
+            int64_t k0 = g * group, k1 = k0 + group < kpad ? k0 + group : kpad;
+            for (int64_t i = 0; i < m;) {
+                __m512i d[4][4];
+                int mb = m - i >= 4 ? 4 : (m - i >= 2 ? 2 : 1);
+                const char *pf = i == 0 ? range_end : NULL;
+                if (mb == 4) group_dots(w0, row_bytes, xq + i * kpad, kpad, k0, k1, pf, d, 4);
+                else if (mb == 2) group_dots(w0, row_bytes, xq + i * kpad, kpad, k0, k1, pf, d, 2);
+                else group_dots(w0, row_bytes, xq + i * kpad, kpad, k0, k1, pf, d, 1);
+                for (int u = 0; u < mb; u++, i++) {
+                    __m128i dot = reduce4(d[u][0], d[u][1], d[u][2], d[u][3]);
+                    __m128i t = _mm_sub_epi32(_mm_slli_epi32(dot, 4),
+                                              _mm_mullo_epi32(z, _mm_set1_epi32(xqsum[i * ngroups + g])));
+                    __m128 f = _mm_mul_ps(sw, _mm_set1_ps(xscale[i * ngroups + g]));
+                    __m128 acc = _mm_loadu_ps(y + i * ldy + r);
+                    _mm_storeu_ps(y + i * ldy + r, _mm_add_ps(acc, _mm_mul_ps(f, _mm_cvtepi32_ps(t))));
                 }
-                __m128i dot = reduce4(d0, d1, d2, d3);
-                __m128i t = _mm_sub_epi32(_mm_slli_epi32(dot, 4), _mm_mullo_epi32(z, _mm_set1_epi32(xqsum[i * ngroups + g])));
-                __m128 f = _mm_mul_ps(sw, _mm_set1_ps(xscale[i * ngroups + g]));
-                __m128 acc = _mm_loadu_ps(y + i * ldy + r);
-                _mm_storeu_ps(y + i * ldy + r, _mm_add_ps(acc, _mm_mul_ps(f, _mm_cvtepi32_ps(t))));
             }
         }
     }
