@@ -172,7 +172,7 @@ def bench_quantize_speed(quick: bool) -> list:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="one shape, fewer reps (a smoke run)")
-    parser.add_argument("--reps", type=int, default=15)
+    parser.add_argument("--reps", type=int, default=21)
     args = parser.parse_args()
     info = kernels.cpu_info()
     env = {"cpu": cpu_model(), "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
@@ -180,7 +180,8 @@ def main() -> int:
            "mono_quant": mq.__version__, "isa": info["active_isa"],
            "flags": {k: v for k, v in info.items() if k not in ("best_isa", "active_isa")},
            "panel_min_batch": _C.q4_panel_min_m(),
-           "torch_int4pack": hasattr(torch, "_weight_int4pack_mm_for_cpu")}
+           "torch_int4pack": hasattr(torch, "_weight_int4pack_mm_for_cpu"),
+           "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY"), "loadavg": os.getloadavg()}
     print(f"# {env['cpu']}, {env['cores']} cores, torch threads {env['torch_threads']}, torch {env['torch']}, "
           f"ISA {env['isa']}")
     env["copy_GBps"] = stream_bandwidth()
