@@ -142,6 +142,8 @@ def test_int4_options_are_validated():
         mq.quantize(model, dtype="int4", method="awq")
     with pytest.raises(ValueError, match="int4"):
         mq.quantize(model, dtype="int8", method="hqq")
+    with pytest.raises(ValueError, match="int4"):
+        mq.quantize(model, dtype="int8", group_size=64)
     q8, _ = mq.quantize(model, dtype="int8")  # int8 unaffected by the int4 defaults
     assert q8[0].weight_qdata.dtype == torch.int8 and q8[0].weight_qdata.shape == (64, 256)
 

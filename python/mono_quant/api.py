@@ -109,6 +109,9 @@ def quantize(
                          exclude=exclude, min_weight_numel=min_weight_numel, nonfinite=nonfinite,
                          group_size=None if group_size is _UNSET else (0 if group_size is None else group_size),
                          method=method, embeddings=embeddings)
+    if group_size is not _UNSET and cfg.dtype != "int4":
+        raise ValueError(f"group_size applies to dtype 'int4' only; {cfg.dtype} is quantized per channel "
+                         "(granularity='per_channel') or per tensor")
     if isinstance(model_or_state_dict, nn.Module):
         if model is not None:
             raise TypeError("model= is only for a state_dict input; the module given is the model")
