@@ -8,6 +8,7 @@
  * The search code here is plain C compiled for the baseline, and the error it
  * minimizes comes from the dispatched q4_sqerr whose result is bit-identical
  * on every ISA, so SIMD and scalar paths choose the same parameters. */
+#include <dlfcn.h>
 #include <float.h>
 #include <math.h>
 #include <pthread.h>
@@ -310,9 +311,12 @@ void mq_q4_dequantize(const uint8_t *packed, const uint16_t *scale, const uint8_
 
 /* ---- dynamic work split ---------------------------------------------------------------------
  * The linear kernels run between torch ops whose OpenMP workers keep spinning
- * for a while after each op; a static split then waits for the thread that
- * shares a core with a spinner.  Handing out small chunks from an atomic
- * counter lets the unhindered thread take the larger share. */
+ * for a while after each op, so threads of our own would fight them for the
+ * cores.  When torch's OpenMP runtime (libgomp) is loaded in the process, the
+ * work runs on its thread team instead (GOMP_parallel, looked up at run time:
+ * the extension does not link OpenMP); else on short-lived pthreads.  Either
+ * way, small chunks handed out from an atomic counter let a thread that got
+ * less CPU take a smaller share. */
 
 typedef struct {
     mq_range_fn fn;
@@ -333,6 +337,19 @@ static void *dynamic_worker(void *arg) {
 
 #define MQ_Q4_MAX_THREADS 256
 
+typedef void (*gomp_parallel_fn)(void (*fn)(void *), void *data, unsigned num_threads, unsigned flags);
+static gomp_parallel_fn gomp_parallel;
+static pthread_once_t gomp_once = PTHREAD_ONCE_INIT;
+
+static void find_gomp(void) {
+    const char *off = getenv("MONO_QUANT_NO_OPENMP"); /* escape hatch: always use our own threads */
+    if (off && *off && *off != '0') return;
+    void *sym = dlsym(RTLD_DEFAULT, "GOMP_parallel");
+    memcpy(&gomp_parallel, &sym, sizeof sym); /* object -> function pointer without a cast warning */
+}
+
+static void gomp_worker(void *arg) { dynamic_worker(arg); }
+
 static void parallel_chunks(int64_t n, int64_t chunk, int nthreads, mq_range_fn fn, void *ctx) {
     if (n <= 0) return;
     int64_t nchunks = (n + chunk - 1) / chunk;
@@ -343,6 +360,11 @@ static void parallel_chunks(int64_t n, int64_t chunk, int nthreads, mq_range_fn 
         return;
     }
     dynamic_work d = {fn, ctx, n, chunk, 0};
+    pthread_once(&gomp_once, find_gomp);
+    if (gomp_parallel) {
+        gomp_parallel(gomp_worker, &d, (unsigned)parts, 0);
+        return;
+    }
     pthread_t threads[MQ_Q4_MAX_THREADS];
     int started[MQ_Q4_MAX_THREADS];
     for (int t = 1; t < parts; t++) started[t] = pthread_create(&threads[t], NULL, dynamic_worker, &d) == 0;
