@@ -9,8 +9,6 @@
 #if defined(__x86_64__) && defined(__AVX2__) && defined(__FMA__)
 #include <immintrin.h>
 
-#define PF_DIST 8192 /* software prefetch distance in bytes (see x86_avx512vnni_int4.c) */
-
 static inline __m256i codes8(__m256 x, __m256 inv, __m256 zero, __m256 lo, __m256 hi) {
     __m256 v = _mm256_round_ps(_mm256_add_ps(zero, _mm256_mul_ps(x, inv)), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
     v = _mm256_min_ps(_mm256_max_ps(v, lo), hi); /* max(NaN, lo) = lo: NaN -> qmin, as ref.c */
@@ -99,8 +97,8 @@ static inline __attribute__((always_inline)) void gemv_rows(const float *x, cons
         __m256 gacc[4];
         for (int j = 0; j < NR; j++) gacc[j] = _mm256_setzero_ps();
         for (int64_t b = g * group; b < (g + 1) * group && b < kpad; b += MQ_Q4_BLOCK) {
-            if (prefetch_end) { /* a linear stream PF_DIST ahead: the NR rows are one contiguous block */
-                const char *ahead = (const char *)(w + (size_t)r * (size_t)row_bytes) + PF_DIST + (b / 32) * 64;
+            if (prefetch_end) { /* the next NR rows, read linearly while these NR are consumed */
+                const char *ahead = (const char *)(w + (size_t)(r + NR) * (size_t)row_bytes) + (b / 32) * 64;
                 if (ahead < prefetch_end) _mm_prefetch(ahead, _MM_HINT_T0);
             }
             for (int h = 0; h < 16; h += 8) {

@@ -8,8 +8,6 @@
 #if defined(__x86_64__) && defined(__AVX512F__) && defined(__AVX512BW__)
 #include <immintrin.h>
 
-#define PF_DIST 8192 /* software prefetch distance in bytes (see x86_avx512vnni_int4.c) */
-
 /* codes of 16 floats: clamp(rint(zero + x * inv)) as int32 lanes */
 static inline __m512i codes16(__m512 x, __m512 inv, __m512 zero, __m512 lo, __m512 hi) {
     __m512 v = _mm512_roundscale_ps(_mm512_add_ps(zero, _mm512_mul_ps(x, inv)),
@@ -79,8 +77,8 @@ static inline __attribute__((always_inline)) void gemv_rows(const float *x, cons
         int64_t end = (g + 1) * group < kpad ? (g + 1) * group : kpad;
         for (int64_t b = g * group; b < end; b += MQ_Q4_BLOCK) {
             __m512 xa = _mm512_loadu_ps(x + b), xb = _mm512_loadu_ps(x + b + 16);
-            if (prefetch_end) { /* a linear stream PF_DIST ahead: the NR rows are one contiguous block */
-                const char *ahead = (const char *)(w + (size_t)r * (size_t)row_bytes) + PF_DIST + (b / 32) * 64;
+            if (prefetch_end) { /* the next NR rows, read linearly while these NR are consumed */
+                const char *ahead = (const char *)(w + (size_t)(r + NR) * (size_t)row_bytes) + (b / 32) * 64;
                 if (ahead < prefetch_end) _mm_prefetch(ahead, _MM_HINT_T0);
             }
             for (int j = 0; j < NR; j++) {

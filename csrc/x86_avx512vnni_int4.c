@@ -21,9 +21,6 @@ static inline __m128i reduce4(__m512i a, __m512i b, __m512i c, __m512i d) {
     return _mm_add_epi32(_mm256_castsi256_si128(abcd), _mm256_extracti128_si256(abcd, 1));
 }
 
-/* Software prefetch distance in bytes (measured: 8-16 KiB best here). */
-#define PF_DIST 8192
-
 /* int32 dot products of 4 weight rows (w0, row_bytes apart) with MB
  * activation rows (xr, kpad apart) over columns [k0, k1): each 64-byte chunk
  * of a row is unpacked once and used for all MB activation rows. */
@@ -36,8 +33,8 @@ static inline __attribute__((always_inline)) void group_dots(const uint8_t *w0, 
         for (int j = 0; j < 4; j++) d[i][j] = _mm512_setzero_si512();
     for (int64_t k = k0; k < k1; k += MQ_Q4_I8_CHUNK) {
         const uint8_t *p = w0 + k / 2;
-        if (prefetch_end) { /* a linear stream PF_DIST ahead: the 4 rows are one contiguous block */
-            const char *ahead = (const char *)w0 + PF_DIST + (k / MQ_Q4_I8_CHUNK) * 256;
+        if (prefetch_end) { /* the next 4 rows, read linearly while these 4 are consumed (one contiguous block) */
+            const char *ahead = (const char *)w0 + 4 * row_bytes + (k / MQ_Q4_I8_CHUNK) * 256;
             if (ahead + 256 <= prefetch_end)
                 for (int j = 0; j < 4; j++) _mm_prefetch(ahead + 64 * j, _MM_HINT_T0);
         }
