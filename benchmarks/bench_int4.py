@@ -116,9 +116,12 @@ def bench_linear(reps: int, quick: bool) -> list:
             x = torch.randn(m, k)
             xb = x.to(torch.bfloat16)
             fp32_act = lambda: (set_int8_activations(False), int4_linear(x, next_q()), set_int8_activations(True))
+            int8_act = lambda: (_C.q4_int8_min_m(1), int4_linear(x, next_q()), _C.q4_int8_min_m(2))
             fns = {"fp32 F.linear": lambda: F.linear(x, w),
-                   "int4 mono-quant (auto: int8 act, VNNI)": lambda: int4_linear(x, next_q()),
+                   "int4 mono-quant (auto: M=1 fp32 act, M>1 int8 act VNNI)": lambda: int4_linear(x, next_q()),
                    "int4 mono-quant (fp32 act)": fp32_act}
+            if m == 1:
+                fns["int4 mono-quant (int8 act, VNNI)"] = int8_act
             if tp_copies is not None:
                 fns["torch int4pack bf16"] = lambda: (lambda p: torch._weight_int4pack_mm_for_cpu(xb, p[0], 128, p[1]))(
                     next_tp())
@@ -189,10 +192,10 @@ def main() -> int:
     t0 = time.time()
     linear = bench_linear(args.reps if not args.quick else 5, args.quick)
     print("\n## Linear (group 128, asymmetric)\n")
-    print(f"{'shape (out x in)':>18} {'M':>3}  {'contender':<52} {'median us':>10} {'p10':>9} {'p90':>9} "
+    print(f"{'shape (out x in)':>18} {'M':>3}  {'contender':<58} {'median us':>10} {'p10':>9} {'p90':>9} "
           f"{'vs fp32':>8} {'GB/s':>6}")
     for r in linear:
-        print(f"{'%dx%d' % tuple(r['shape']):>18} {r['batch']:>3}  {r['contender']:<52} {r['median_s'] * 1e6:>10.0f} "
+        print(f"{'%dx%d' % tuple(r['shape']):>18} {r['batch']:>3}  {r['contender']:<58} {r['median_s'] * 1e6:>10.0f} "
               f"{r['p10_s'] * 1e6:>9.0f} {r['p90_s'] * 1e6:>9.0f} {r['speedup_vs_fp32']:>7.2f}x "
               f"{r['weight_GBps']:>6.1f}")
     acc = bench_accuracy(args.quick)

@@ -18,7 +18,10 @@
 #include "mq.h"
 
 int64_t mq_q4_panel_min_m = 4;
-int64_t mq_q4_int8_max_m = 1 << 30; /* automatic int8 activations below this batch size */
+/* Automatic mode: int8 activations from 2 rows on.  A single row is memory-bound
+ * either way (measured equal or faster with fp32 activations on 2 threads),
+ * so it keeps the exact weight-only arithmetic. */
+int64_t mq_q4_int8_min_m = 2;
 
 /* ---- fp16 helpers ----------------------------------------------------------- */
 
@@ -490,7 +493,7 @@ int mq_q4_linear(const void *x, mq_src_t kind, int64_t m, int64_t cols, const ui
     if (m <= 0 || rows <= 0) return 0;
     mq_q4_gemv_i8_fn i8 = mq_active()->q4_gemv_i8;
     if (act_mode == 1 && !i8) i8 = mq_ref_q4_gemv_i8;
-    int use_i8 = act_mode != 0 && i8 && mq_q4_int8_ok(kpad, group) && (act_mode == 1 || m < mq_q4_int8_max_m);
+    int use_i8 = act_mode != 0 && i8 && mq_q4_int8_ok(kpad, group) && (act_mode == 1 || m >= mq_q4_int8_min_m);
     int64_t ngroups = (kpad + group - 1) / group;
     size_t bytes = ((size_t)m * (size_t)kpad + (size_t)m * (size_t)ngroups) * sizeof(float);
     float *xpad = aligned_alloc(64, (bytes + 63) / 64 * 64);

@@ -537,8 +537,8 @@ PyDoc_STRVAR(q4_linear_doc,
              "int16 bf16 bits [m, cols]; bias float32 [rows] or None.  int8_activations: 0 keeps\n"
              "fp32 activations (weights dequantized in registers), 1 quantizes activations to\n"
              "int8 per group for integer dot products (needs group and the padded row to be\n"
-             "multiples of 128, group <= 4096), -1 picks int8 where this CPU has VNNI and the\n"
-             "shape allows.");
+             "multiples of 128, group <= 4096), -1 picks int8 where this CPU has VNNI, the\n"
+             "shape allows and the batch is at least q4_int8_min_m() rows.");
 
 static PyObject *py_q4_linear(PyObject *self, PyObject *args, PyObject *kw) {
     static char *kwlist[] = {"x", "packed", "scale", "zero_point", "group", "bias", "int8_activations", "nthreads",
@@ -599,22 +599,22 @@ fail:
     return result;
 }
 
-PyDoc_STRVAR(q4_int8_max_m_doc,
-             "q4_int8_max_m(m=-1) -> previous value\n\n"
-             "Automatic mode (int8_activations=-1) uses int8 activations for batches below m;\n"
+PyDoc_STRVAR(q4_int8_min_m_doc,
+             "q4_int8_min_m(m=-1) -> previous value\n\n"
+             "Automatic mode (int8_activations=-1) uses int8 activations from batch size m on;\n"
              "m >= 1 sets it, -1 only reads it.");
 
-static PyObject *py_q4_int8_max_m(PyObject *self, PyObject *args) {
+static PyObject *py_q4_int8_min_m(PyObject *self, PyObject *args) {
     long long m = -1;
     (void)self;
-    if (!PyArg_ParseTuple(args, "|L:q4_int8_max_m", &m)) return NULL;
-    long long previous = (long long)mq_q4_int8_max_m;
+    if (!PyArg_ParseTuple(args, "|L:q4_int8_min_m", &m)) return NULL;
+    long long previous = (long long)mq_q4_int8_min_m;
     if (m != -1) {
         if (m < 1) {
             PyErr_Format(PyExc_ValueError, "m must be >= 1 (or -1 to read), got %lld", m);
             return NULL;
         }
-        mq_q4_int8_max_m = m;
+        mq_q4_int8_min_m = m;
     }
     return PyLong_FromLongLong(previous);
 }
@@ -659,7 +659,7 @@ static PyMethodDef module_methods[] = {
      q4_dequantize_doc},
     {"q4_linear", (PyCFunction)(void (*)(void))py_q4_linear, METH_VARARGS | METH_KEYWORDS, q4_linear_doc},
     {"q4_panel_min_m", py_q4_panel_min_m, METH_VARARGS, q4_panel_min_m_doc},
-    {"q4_int8_max_m", py_q4_int8_max_m, METH_VARARGS, q4_int8_max_m_doc},
+    {"q4_int8_min_m", py_q4_int8_min_m, METH_VARARGS, q4_int8_min_m_doc},
     {NULL, NULL, 0, NULL},
 };
 

@@ -243,7 +243,7 @@ int mq_q4_linear(const void *x, mq_src_t kind, int64_t m, int64_t cols, const ui
 int mq_q4_int8_ok(int64_t kpad, int64_t group);
 /* Which linear path (0 = GEMV, 1 = dequantized panels) is used from this batch size on. */
 extern int64_t mq_q4_panel_min_m;
-/* Automatic mode uses int8 activations for batches below this size. */
-extern int64_t mq_q4_int8_max_m;
+/* Automatic mode uses int8 activations from this batch size on. */
+extern int64_t mq_q4_int8_min_m;
 
 #endif /* MQ_H */
