@@ -64,7 +64,7 @@ static inline __attribute__((always_inline)) void gemv_rows(const float *x, cons
                                                             const uint8_t *zero, int64_t r, float *y, const int NR,
                                                             const char *prefetch_end) {
     const int64_t ngroups = (kpad + group - 1) / group, row_bytes = kpad / 2;
-    const __m512i mask = _mm512_set1_epi32(15);
+    const __m512 codes = _mm512_setr_ps(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
     __m512 acc[4];
     float corr[4];
     for (int j = 0; j < NR; j++) {
@@ -84,8 +84,10 @@ static inline __attribute__((always_inline)) void gemv_rows(const float *x, cons
             for (int j = 0; j < NR; j++) {
                 __m512i v = _mm512_cvtepu8_epi32(
                     _mm_loadu_si128((const __m128i *)(w + (size_t)(r + j) * (size_t)row_bytes + b / 2)));
-                glo[j] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_and_si512(v, mask)), xa, glo[j]);
-                ghi[j] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_srli_epi32(v, 4)), xb, ghi[j]);
+                /* vpermps reads only an index's low 4 bits: the table lookup is the nibble mask and
+                 * the int -> float conversion in one instruction */
+                glo[j] = _mm512_fmadd_ps(_mm512_permutexvar_ps(v, codes), xa, glo[j]);
+                ghi[j] = _mm512_fmadd_ps(_mm512_permutexvar_ps(_mm512_srli_epi32(v, 4), codes), xb, ghi[j]);
             }
         }
         for (int j = 0; j < NR; j++) {
