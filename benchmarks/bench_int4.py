@@ -46,15 +46,19 @@ def percentile(values, q):
 
 
 def interleaved(fns: dict, reps: int, warmup: int = 2) -> dict:
-    """Median / p10 / p90 seconds of each callable, run round-robin."""
+    """Median / p10 / p90 seconds of each callable, run round-robin; the order
+    rotates every round so no contender always follows the same one (the one
+    after a 64 MiB fp32 matmul starts with cold caches and busy DRAM)."""
     for _ in range(warmup):
         for fn in fns.values():
             fn()
+    names = list(fns)
     times = {k: [] for k in fns}
-    for _ in range(reps):
-        for k, fn in fns.items():
+    for rep in range(reps):
+        for j in range(len(names)):
+            k = names[(j + rep) % len(names)]
             t0 = time.perf_counter()
-            fn()
+            fns[k]()
             times[k].append(time.perf_counter() - t0)
     return {k: {"median_s": statistics.median(v), "p10_s": percentile(v, 10), "p90_s": percentile(v, 90)}
             for k, v in times.items()}
@@ -116,12 +120,10 @@ def bench_linear(reps: int, quick: bool) -> list:
             x = torch.randn(m, k)
             xb = x.to(torch.bfloat16)
             fp32_act = lambda: (set_int8_activations(False), int4_linear(x, next_q()), set_int8_activations(True))
-            int8_act = lambda: (_C.q4_int8_min_m(1), int4_linear(x, next_q()), _C.q4_int8_min_m(2))
+            
             fns = {"fp32 F.linear": lambda: F.linear(x, w),
-                   "int4 mono-quant (auto: M=1 fp32 act, M>1 int8 act VNNI)": lambda: int4_linear(x, next_q()),
+                   "int4 mono-quant (default: int8 act, VNNI)": lambda: int4_linear(x, next_q()),
                    "int4 mono-quant (fp32 act)": fp32_act}
-            if m == 1:
-                fns["int4 mono-quant (int8 act, VNNI)"] = int8_act
             if tp_copies is not None:
                 fns["torch int4pack bf16"] = lambda: (lambda p: torch._weight_int4pack_mm_for_cpu(xb, p[0], 128, p[1]))(
                     next_tp())

@@ -18,10 +18,11 @@
 #include "mq.h"
 
 int64_t mq_q4_panel_min_m = 4;
-/* Automatic mode: int8 activations from 2 rows on.  A single row is memory-bound
- * either way (measured equal or faster with fp32 activations on 2 threads),
- * so it keeps the exact weight-only arithmetic. */
-int64_t mq_q4_int8_min_m = 2;
+/* Automatic mode: int8 activations from this many rows on.  Measured with the
+ * contenders' order rotated (benchmarks/bench_int4.py), the VNNI kernel is
+ * the faster one already at batch 1 (it is compute-light enough to stream at
+ * DRAM speed on one thread, the fp32 one is not). */
+int64_t mq_q4_int8_min_m = 1;
 
 /* ---- fp16 helpers ----------------------------------------------------------- */
 

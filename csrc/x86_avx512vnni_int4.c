@@ -54,40 +54,49 @@ static inline __attribute__((always_inline)) void group_dots(const uint8_t *w0, 
     }
 }
 
+#define MQ_I8_MB 64 /* activation rows whose 4 partial outputs live in a local buffer */
+
 static void q4_gemv_i8(const int8_t *xq, int64_t m, const float *xscale, const int32_t *xqsum, const uint8_t *w,
                        int64_t kpad, int64_t group, const uint16_t *scale, const uint8_t *zero, int64_t r0,
                        int64_t r1, float *y, int64_t ldy) {
     const int64_t ngroups = (kpad + group - 1) / group, row_bytes = kpad / 2;
     const char *range_end = (const char *)(w + (size_t)r1 * (size_t)row_bytes);
+    /* the running sums stay here, not in y: y's rows are ldy floats apart, often a multiple of
+     * 4 KiB, and 8+ of them would fight over one L1 set on every group */
+    float ybuf[MQ_I8_MB * 4];
     int64_t r = r0;
     for (; r + 4 <= r1; r += 4) {
         const uint8_t *w0 = w + (size_t)r * (size_t)row_bytes;
-        for (int64_t i = 0; i < m; i++) _mm_storeu_ps(y + i * ldy + r, _mm_setzero_ps());
-        for (int64_t g = 0; g < ngroups; g++) {
-            /* the 4 rows' group parameters, shared by every activation row */
-            __m128i s16 = _mm_setr_epi16((short)scale[r * ngroups + g], (short)scale[(r + 1) * ngroups + g],
-                                         (short)scale[(r + 2) * ngroups + g], (short)scale[(r + 3) * ngroups + g],
-                                         0, 0, 0, 0);
-            __m128 sw = _mm_mul_ps(_mm_cvtph_ps(s16), _mm_set1_ps(1.0f / 16.0f)); /* exact: a power of two */
-            __m128i z = _mm_setr_epi32(zero[r * ngroups + g], zero[(r + 1) * ngroups + g],
-                                       zero[(r + 2) * ngroups + g], zero[(r + 3) * ngroups + g]);
-            int64_t k0 = g * group, k1 = k0 + group < kpad ? k0 + group : kpad;
-            for (int64_t i = 0; i < m;) {
-                __m512i d[4][4];
-                int mb = m - i >= 4 ? 4 : (m - i >= 2 ? 2 : 1);
-                const char *pf = i == 0 ? range_end : NULL;
-                if (mb == 4) group_dots(w0, row_bytes, xq + i * kpad, kpad, k0, k1, pf, d, 4);
-                else if (mb == 2) group_dots(w0, row_bytes, xq + i * kpad, kpad, k0, k1, pf, d, 2);
-                else group_dots(w0, row_bytes, xq + i * kpad, kpad, k0, k1, pf, d, 1);
-                for (int u = 0; u < mb; u++, i++) {
-                    __m128i dot = reduce4(d[u][0], d[u][1], d[u][2], d[u][3]);
-                    __m128i t = _mm_sub_epi32(_mm_slli_epi32(dot, 4),
-                                              _mm_mullo_epi32(z, _mm_set1_epi32(xqsum[i * ngroups + g])));
-                    __m128 f = _mm_mul_ps(sw, _mm_set1_ps(xscale[i * ngroups + g]));
-                    __m128 acc = _mm_loadu_ps(y + i * ldy + r);
-                    _mm_storeu_ps(y + i * ldy + r, _mm_add_ps(acc, _mm_mul_ps(f, _mm_cvtepi32_ps(t))));
+        for (int64_t i0 = 0; i0 < m; i0 += MQ_I8_MB) {
+            int64_t mb_end = i0 + MQ_I8_MB < m ? i0 + MQ_I8_MB : m;
+            memset(ybuf, 0, sizeof ybuf);
+            for (int64_t g = 0; g < ngroups; g++) {
+                /* the 4 rows' group parameters, shared by every activation row */
+                __m128i s16 = _mm_setr_epi16((short)scale[r * ngroups + g], (short)scale[(r + 1) * ngroups + g],
+                                             (short)scale[(r + 2) * ngroups + g],
+                                             (short)scale[(r + 3) * ngroups + g], 0, 0, 0, 0);
+                __m128 sw = _mm_mul_ps(_mm_cvtph_ps(s16), _mm_set1_ps(1.0f / 16.0f)); /* exact: a power of two */
+                __m128i z = _mm_setr_epi32(zero[r * ngroups + g], zero[(r + 1) * ngroups + g],
+                                           zero[(r + 2) * ngroups + g], zero[(r + 3) * ngroups + g]);
+                int64_t k0 = g * group, k1 = k0 + group < kpad ? k0 + group : kpad;
+                for (int64_t i = i0; i < mb_end;) {
+                    __m512i d[4][4];
+                    int mb = mb_end - i >= 4 ? 4 : (mb_end - i >= 2 ? 2 : 1);
+                    const char *pf = i == 0 ? range_end : NULL;
+                    if (mb == 4) group_dots(w0, row_bytes, xq + i * kpad, kpad, k0, k1, pf, d, 4);
+                    else if (mb == 2) group_dots(w0, row_bytes, xq + i * kpad, kpad, k0, k1, pf, d, 2);
+                    else group_dots(w0, row_bytes, xq + i * kpad, kpad, k0, k1, pf, d, 1);
+                    for (int u = 0; u < mb; u++, i++) {
+                        __m128i dot = reduce4(d[u][0], d[u][1], d[u][2], d[u][3]);
+                        __m128i t = _mm_sub_epi32(_mm_slli_epi32(dot, 4),
+                                                  _mm_mullo_epi32(z, _mm_set1_epi32(xqsum[i * ngroups + g])));
+                        __m128 f = _mm_mul_ps(sw, _mm_set1_ps(xscale[i * ngroups + g]));
+                        float *acc = ybuf + (i - i0) * 4;
+                        _mm_storeu_ps(acc, _mm_add_ps(_mm_loadu_ps(acc), _mm_mul_ps(f, _mm_cvtepi32_ps(t))));
+                    }
                 }
             }
+            for (int64_t i = i0; i < mb_end; i++) _mm_storeu_ps(y + i * ldy + r, _mm_loadu_ps(ybuf + (i - i0) * 4));
         }
     }
     if (r < r1) mq_ref_q4_gemv_i8(xq, m, xscale, xqsum, w, kpad, group, scale, zero, r, r1, y, ldy);

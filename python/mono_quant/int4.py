@@ -171,13 +171,12 @@ _INT8_ACTIVATIONS = {"enabled": True}
 def set_int8_activations(enabled: bool) -> bool:
     """Allow (default) or forbid the int8-activation kernel; returns the previous setting.
 
-    For batches of 2+ rows, where the CPU has AVX-512 VNNI and the group size
-    and padded input size are multiples of 128 (up to 4096), int4_linear
-    quantizes the activations to int8 per (row, group) (absmax scale) and uses
-    integer dot products: up to ~2x faster than dequantizing to fp32 in
-    registers, adding ~0.5% relative noise, well below int4 weight noise
-    (~20 dB SQNR).  A single row (memory-bound either way) and CPUs without
-    VNNI use fp32 activations; disabled, every batch does.
+    Where the CPU has AVX-512 VNNI and the group size and padded input size
+    are multiples of 128 (up to 4096), int4_linear quantizes the activations to
+    int8 per (row, group) (absmax scale) and uses integer dot products: up to
+    ~2x faster than dequantizing to fp32 in registers, adding ~0.5% relative
+    noise, well below int4 weight noise (~20 dB SQNR).  CPUs without VNNI use
+    fp32 activations; disabled, every batch does.
     """
     previous = _INT8_ACTIVATIONS["enabled"]
     _INT8_ACTIVATIONS["enabled"] = bool(enabled)
