@@ -64,6 +64,7 @@ static void fill_scalar(mq_kernels *k) {
     k->q4_gemv = mq_ref_q4_gemv;
     k->f32_panel = mq_ref_f32_panel;
     k->q4_gemv_i8 = NULL; /* the int8-activation path only pays with integer dot-product instructions */
+    k->q4_act_i8 = mq_ref_q4_act_i8;
 }
 
 static void init_tables(void) {

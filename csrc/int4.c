@@ -460,34 +460,6 @@ int mq_q4_int8_ok(int64_t kpad, int64_t group) {
     return kpad % MQ_Q4_I8_CHUNK == 0 && group % MQ_Q4_I8_CHUNK == 0 && group <= MQ_Q4_I8_MAX_GROUP;
 }
 
-/* Activations to int8 per (row, group): scale = absmax / 127, codes in the
- * weight's nibble order (mq.h), and each group's code sum. */
-static void quantize_activations(const float *xpad, int64_t m, int64_t kpad, int64_t group, int8_t *xq,
-                                 float *xscale, int32_t *xqsum) {
-    int64_t ngroups = (kpad + group - 1) / group;
-    for (int64_t i = 0; i < m; i++)
-        for (int64_t g = 0; g < ngroups; g++) {
-            const float *x = xpad + i * kpad;
-            int64_t k0 = g * group, k1 = k0 + group < kpad ? k0 + group : kpad;
-            float amax = 0.0f;
-            for (int64_t k = k0; k < k1; k++) amax = fabsf(x[k]) > amax ? fabsf(x[k]) : amax;
-            float s = amax > 0.0f ? amax / 127.0f : 1.0f;
-            if (!(s >= FLT_MIN)) s = FLT_MIN;
-            float inv = 1.0f / s;
-            int32_t sum = 0;
-            for (int64_t k = k0; k < k1; k++) {
-                float v = rintf(x[k] * inv);
-                v = v > 127.0f ? 127.0f : (v < -127.0f ? -127.0f : v);
-                int64_t c = k / MQ_Q4_I8_CHUNK * MQ_Q4_I8_CHUNK, o = k % MQ_Q4_I8_CHUNK;
-                int64_t b = o / MQ_Q4_BLOCK, j = o % MQ_Q4_BLOCK;
-                xq[i * kpad + c + (j < 16 ? 16 * b + j : 64 + 16 * b + (j - 16))] = (int8_t)v;
-                sum += (int32_t)v;
-            }
-            xscale[i * ngroups + g] = s;
-            xqsum[i * ngroups + g] = sum;
-        }
-}
-
 int mq_q4_linear(const void *x, mq_src_t kind, int64_t m, int64_t cols, const uint8_t *packed,
                  const uint16_t *scale, const uint8_t *zero, int64_t rows, int64_t kpad, int64_t group,
                  const float *bias, float *y, int act_mode, int nthreads) {
@@ -521,7 +493,9 @@ int mq_q4_linear(const void *x, mq_src_t kind, int64_t m, int64_t cols, const ui
             return -1;
         }
         int32_t *xqsum = (int32_t *)(xscale + m * ngroups);
-        quantize_activations(xpad, m, kpad, group, xq, xscale, xqsum);
+        mq_q4_act_i8_fn act = mq_active()->q4_act_i8;
+        for (int64_t i = 0; i < m; i++)
+            act(xpad + i * kpad, kpad, group, xq + i * kpad, xscale + i * ngroups, xqsum + i * ngroups);
         linear_i8_ctx ci = {xq, xscale, xqsum, m, kpad, group, rows, packed, scale, zero, y, i8};
         parallel_chunks(rows, row_chunk(kpad), nthreads, gemv_i8_range, &ci);
         free(xq);

@@ -121,6 +121,12 @@ typedef void (*mq_f32_panel_fn)(const float *x, int64_t ldx, int64_t m, const fl
  *   y[i * ldy + r] = sum_g ((scale[r,g] * 1/16) * xscale[i,g]) * (float)(16 * dot - zero[r,g] * xqsum[i,g])
  * summed over g in order from 0 with separate multiply and add, so every
  * ISA gives the same bits (dot, the int32 sum of code * xq, is exact). */
+/* One activation row (kpad floats, multiples of 128, as group) to that form:
+ * per group xscale = absmax / 127 (1 for an all-zero group, NaN when the group
+ * holds NaN/Inf, whose codes are then 0, so the output is NaN as on the fp32
+ * path), xq = clamp(rint(x * (1 / xscale)), -127, 127), xqsum = sum of xq. */
+typedef void (*mq_q4_act_i8_fn)(const float *x, int64_t kpad, int64_t group, int8_t *xq, float *xscale,
+                                int32_t *xqsum);
 #define MQ_Q4_I8_CHUNK 128
 #define MQ_Q4_I8_MAX_GROUP 4096
 typedef void (*mq_q4_gemv_i8_fn)(const int8_t *xq, int64_t m, const float *xscale, const int32_t *xqsum,
@@ -141,6 +147,7 @@ typedef struct {
     mq_q4_gemv_fn q4_gemv;
     mq_f32_panel_fn f32_panel;
     mq_q4_gemv_i8_fn q4_gemv_i8; /* NULL where the ISA has no fast integer dot product */
+    mq_q4_act_i8_fn q4_act_i8;
 } mq_kernels;
 
 /* ---- reference kernels (ref.c) --------------------------------------------- */
@@ -168,6 +175,7 @@ void mq_ref_q4_gemv(const float *x, int64_t ldx, int64_t m, const float *xsum, c
 void mq_ref_q4_gemv_i8(const int8_t *xq, int64_t m, const float *xscale, const int32_t *xqsum, const uint8_t *w,
                        int64_t kpad, int64_t group, const uint16_t *scale, const uint8_t *zero, int64_t r0,
                        int64_t r1, float *y, int64_t ldy);
+void mq_ref_q4_act_i8(const float *x, int64_t kpad, int64_t group, int8_t *xq, float *xscale, int32_t *xqsum);
 void mq_ref_f32_panel(const float *x, int64_t ldx, int64_t m, const float *w, int64_t ldw, int64_t nr, int64_t kpad,
                       float *y, int64_t ldy);
 

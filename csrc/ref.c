@@ -3,6 +3,7 @@
  * Plain C, one element at a time, written for obviousness.  SIMD twins must
  * give exactly these results.  Rounding is rint() under the default
  * round-to-nearest-even mode, like torch's nearbyint (see mq_quantize_fn). */
+#include <float.h>
 #include <math.h>
 
 #include "mq.h"
@@ -153,6 +154,32 @@ void mq_ref_q4_gemv(const float *x, int64_t ldx, int64_t m, const float *xsum, c
 static inline int64_t i8_position(int64_t k) {
     int64_t c = k / MQ_Q4_I8_CHUNK * MQ_Q4_I8_CHUNK, o = k % MQ_Q4_I8_CHUNK, b = o / MQ_Q4_BLOCK, j = o % MQ_Q4_BLOCK;
     return c + (j < 16 ? 16 * b + j : 64 + 16 * b + (j - 16));
+}
+
+void mq_ref_q4_act_i8(const float *x, int64_t kpad, int64_t group, int8_t *xq, float *xscale, int32_t *xqsum) {
+    int64_t ngroups = (kpad + group - 1) / group;
+    for (int64_t g = 0; g < ngroups; g++) {
+        int64_t k0 = g * group, k1 = k0 + group < kpad ? k0 + group : kpad;
+        float amax = 0.0f;
+        int bad = 0;
+        for (int64_t k = k0; k < k1; k++) {
+            if (!isfinite(x[k])) bad = 1;
+            else if (fabsf(x[k]) > amax) amax = fabsf(x[k]);
+        }
+        float s = amax > 0.0f ? amax / 127.0f : 1.0f;
+        if (!(s >= FLT_MIN)) s = FLT_MIN;
+        float inv = 1.0f / s;
+        int32_t sum = 0;
+        for (int64_t k = k0; k < k1; k++) {
+            float v = bad ? 0.0f : rintf(x[k] * inv);
+            if (v > 127.0f) v = 127.0f;
+            if (v < -127.0f) v = -127.0f;
+            xq[i8_position(k)] = (int8_t)v;
+            sum += (int32_t)v;
+        }
+        xscale[g] = bad ? NAN : s;
+        xqsum[g] = sum;
+    }
 }
 
 void mq_ref_q4_gemv_i8(const int8_t *xq, int64_t m, const float *xscale, const int32_t *xqsum, const uint8_t *w,

@@ -6,7 +6,9 @@
 #include "mq.h"
 
 #if defined(__x86_64__) && defined(__AVX512F__) && defined(__AVX512BW__)
+#include <float.h>
 #include <immintrin.h>
+#include <math.h>
 
 /* codes of 16 floats: clamp(rint(zero + x * inv)) as int32 lanes */
 static inline __m512i codes16(__m512 x, __m512 inv, __m512 zero, __m512 lo, __m512 hi) {
@@ -144,12 +146,46 @@ static void f32_panel(const float *x, int64_t ldx, int64_t m, const float *w, in
         for (int64_t j = 0; j < nr; j++) panel_tile(x + i * ldx, ldx, w + j * ldw, ldw, kpad, y + i * ldy + j, ldy, 1, 1);
 }
 
+/* int8 activations in the weight's nibble order (mq.h); exactly ref.c's bits:
+ * the group maximum is order-free, rint(x * inv) is cvtps under round-to-nearest-even. */
+static void q4_act_i8(const float *x, int64_t kpad, int64_t group, int8_t *xq, float *xscale, int32_t *xqsum) {
+    const int64_t ngroups = (kpad + group - 1) / group;
+    const __m512 sign = _mm512_castsi512_ps(_mm512_set1_epi32(0x7fffffff));
+    const __m512i lo = _mm512_set1_epi32(-127), hi = _mm512_set1_epi32(127);
+    for (int64_t g = 0; g < ngroups; g++) {
+        int64_t k0 = g * group, k1 = k0 + group < kpad ? k0 + group : kpad;
+        __m512 amax = _mm512_setzero_ps();
+        __mmask16 bad = 0;
+        for (int64_t k = k0; k < k1; k += 16) {
+            __m512 v = _mm512_loadu_ps(x + k), d = _mm512_sub_ps(v, v);
+            bad |= _mm512_cmp_ps_mask(d, d, _CMP_UNORD_Q);
+            amax = _mm512_max_ps(amax, _mm512_and_ps(v, sign));
+        }
+        float m = _mm512_reduce_max_ps(amax);
+        float s = m > 0.0f ? m / 127.0f : 1.0f;
+        if (!(s >= FLT_MIN)) s = FLT_MIN;
+        const __m512 inv = _mm512_set1_ps(bad ? 0.0f : 1.0f / s); /* bad: every code 0, as ref.c */
+        __m512i sum = _mm512_setzero_si512();
+        for (int64_t c = k0; c < k1; c += MQ_Q4_I8_CHUNK)
+            for (int b = 0; b < 4; b++)
+                for (int h = 0; h < 2; h++) { /* h = 0: columns 32b..32b+15 (low nibbles), 1: the high ones */
+                    __m512i q = _mm512_cvtps_epi32(_mm512_mul_ps(_mm512_loadu_ps(x + c + 32 * b + 16 * h), inv));
+                    q = _mm512_min_epi32(_mm512_max_epi32(q, lo), hi);
+                    sum = _mm512_add_epi32(sum, q);
+                    _mm_storeu_si128((__m128i *)(xq + c + 64 * h + 16 * b), _mm512_cvtepi32_epi8(q));
+                }
+        xscale[g] = bad ? NAN : s;
+        xqsum[g] = _mm512_reduce_add_epi32(sum);
+    }
+}
+
 void mq_avx512_int4_fill(mq_kernels *k) {
     k->q4_pack = q4_pack;
     k->q4_sqerr = q4_sqerr;
     k->q4_unpack = q4_unpack;
     k->q4_gemv = q4_gemv;
     k->f32_panel = f32_panel;
+    k->q4_act_i8 = q4_act_i8;
 }
 
 #else

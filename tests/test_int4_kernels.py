@@ -328,3 +328,17 @@ def test_int8_activations_shape_rules():
     with pytest.raises(ValueError):
         _C.q4_linear(*args, int8_activations=2)
     np.testing.assert_array_equal(_C.q4_linear(*args), _C.q4_linear(*args, int8_activations=0))  # auto falls back
+
+
+@pytest.mark.parametrize("act", [0, 1])
+def test_nonfinite_activations_propagate(act):
+    qw, _ = quantize_int4(torch.randn(8, 256), group_size=128)
+    x = torch.randn(3, 256)
+    x[1, 5] = math.nan
+    x[2, 200] = math.inf
+    for isa in ISAS:
+        kernels.set_isa(isa)
+        y = torch.from_numpy(_C.q4_linear(x.numpy(), qw.qdata.numpy(), qw.scale.numpy(), qw.zero_point.numpy(), 128,
+                                          int8_activations=act))
+        assert bool(torch.isfinite(y[0]).all())
+        assert not bool(torch.isfinite(y[1]).any()) and not bool(torch.isfinite(y[2]).any())
