@@ -377,9 +377,10 @@ static void parallel_chunks(int64_t n, int64_t chunk, int nthreads, mq_range_fn 
         if (started[t]) pthread_join(threads[t], NULL);
 }
 
-/* Rows per chunk: about 64 KiB of packed weight, a multiple of 4 rows. */
+/* Rows per chunk: about 256 KiB of packed weight (the kernels prefetch within
+ * a chunk only, so its first rows stream unprefetched), a multiple of 4 rows. */
 static int64_t row_chunk(int64_t kpad) {
-    int64_t rows = (int64_t)(64 << 10) / (kpad / 2 > 0 ? kpad / 2 : 1);
+    int64_t rows = (int64_t)(256 << 10) / (kpad / 2 > 0 ? kpad / 2 : 1);
     rows = rows / 4 * 4;
     return rows < 4 ? 4 : rows;
 }
