@@ -537,7 +537,8 @@ PyDoc_STRVAR(q4_linear_doc,
              "int16 bf16 bits [m, cols]; bias float32 [rows] or None.  int8_activations: 0 keeps\n"
              "fp32 activations (weights dequantized in registers), 1 quantizes activations to\n"
              "int8 per group for integer dot products (needs group and the padded row to be\n"
-             "multiples of 128, group <= 4096), -1 picks int8 where this CPU has VNNI, the\n"
+             "multiples of 128, group <= 4096), -1 picks int8 where the active kernel level has\n"
+             "an integer kernel (AVX2, AVX-512 VNNI), the\n"
              "shape allows and the batch is at least q4_int8_min_m() rows.");
 
 static PyObject *py_q4_linear(PyObject *self, PyObject *args, PyObject *kw) {

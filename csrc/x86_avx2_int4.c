@@ -162,12 +162,69 @@ static void f32_panel(const float *x, int64_t ldx, int64_t m, const float *w, in
         for (int64_t i = 0; i < m; i++) panel_tile(x + i * ldx, ldx, w + j * ldw, ldw, kpad, y + i * ldy + j, ldy, 1, 1);
 }
 
+/* int8-activation GEMV with the maddubs trick: codes (u8, <= 15) times
+ * activations (s8, |.| <= 127) summed in pairs fit int16 with room to spare
+ * (2 * 15 * 127 = 3810, and the low and high nibble sums added: 7620), then
+ * madd with ones widens to int32.  Integer sums are exact and the float
+ * epilogue follows ref.c's order, so results equal the reference's bits. */
+static inline __m128i reduce4_avx2(__m256i a, __m256i b, __m256i c, __m256i d) {
+    __m256i ab = _mm256_hadd_epi32(a, b), cd = _mm256_hadd_epi32(c, d);
+    __m256i abcd = _mm256_hadd_epi32(ab, cd); /* per 128-bit half: a, b, c, d partial sums */
+    return _mm_add_epi32(_mm256_castsi256_si128(abcd), _mm256_extracti128_si256(abcd, 1));
+}
+
+static void q4_gemv_i8(const int8_t *xq, int64_t m, const float *xscale, const int32_t *xqsum, const uint8_t *w,
+                       int64_t kpad, int64_t group, const uint16_t *scale, const uint8_t *zero, int64_t r0,
+                       int64_t r1, float *y, int64_t ldy) {
+    const int64_t ngroups = (kpad + group - 1) / group, row_bytes = kpad / 2;
+    const __m256i low = _mm256_set1_epi8(15), ones = _mm256_set1_epi16(1);
+    int64_t r = r0;
+    for (; r + 4 <= r1; r += 4) {
+        const uint8_t *w0 = w + (size_t)r * (size_t)row_bytes;
+        for (int64_t i = 0; i < m; i++) {
+            const int8_t *xr = xq + i * kpad;
+            __m128 acc = _mm_setzero_ps();
+            for (int64_t g = 0; g < ngroups; g++) {
+                int64_t k0 = g * group, k1 = k0 + group < kpad ? k0 + group : kpad;
+                __m256i d[4];
+                for (int j = 0; j < 4; j++) d[j] = _mm256_setzero_si256();
+                for (int64_t k = k0; k < k1; k += MQ_Q4_I8_CHUNK)
+                    for (int h = 0; h < 2; h++) { /* 32 weight bytes: blocks 2h, 2h+1 of the chunk */
+                        __m256i xl = _mm256_loadu_si256((const __m256i *)(xr + k + 32 * h));
+                        __m256i xh = _mm256_loadu_si256((const __m256i *)(xr + k + 64 + 32 * h));
+                        for (int j = 0; j < 4; j++) {
+                            __m256i v = _mm256_loadu_si256((const __m256i *)(w0 + j * row_bytes + k / 2 + 32 * h));
+                            __m256i p = _mm256_add_epi16(
+                                _mm256_maddubs_epi16(_mm256_and_si256(v, low), xl),
+                                _mm256_maddubs_epi16(_mm256_and_si256(_mm256_srli_epi16(v, 4), low), xh));
+                            d[j] = _mm256_add_epi32(d[j], _mm256_madd_epi16(p, ones));
+                        }
+                    }
+                __m128i dot = reduce4_avx2(d[0], d[1], d[2], d[3]);
+                __m128i z = _mm_setr_epi32(zero[r * ngroups + g], zero[(r + 1) * ngroups + g],
+                                           zero[(r + 2) * ngroups + g], zero[(r + 3) * ngroups + g]);
+                __m128i t = _mm_sub_epi32(_mm_slli_epi32(dot, 4),
+                                          _mm_mullo_epi32(z, _mm_set1_epi32(xqsum[i * ngroups + g])));
+                __m128i s16 = _mm_setr_epi16((short)scale[r * ngroups + g], (short)scale[(r + 1) * ngroups + g],
+                                             (short)scale[(r + 2) * ngroups + g],
+                                             (short)scale[(r + 3) * ngroups + g], 0, 0, 0, 0);
+                __m128 sw = _mm_mul_ps(_mm_cvtph_ps(s16), _mm_set1_ps(1.0f / 16.0f)); /* exact: a power of two */
+                __m128 f = _mm_mul_ps(sw, _mm_set1_ps(xscale[i * ngroups + g]));
+                acc = _mm_add_ps(acc, _mm_mul_ps(f, _mm_cvtepi32_ps(t)));
+            }
+            _mm_storeu_ps(y + i * ldy + r, acc);
+        }
+    }
+    if (r < r1) mq_ref_q4_gemv_i8(xq, m, xscale, xqsum, w, kpad, group, scale, zero, r, r1, y, ldy);
+}
+
 void mq_avx2_int4_fill(mq_kernels *k) {
     k->q4_pack = q4_pack;
     k->q4_sqerr = q4_sqerr;
     k->q4_unpack = q4_unpack;
     k->q4_gemv = q4_gemv;
     k->f32_panel = f32_panel;
+    k->q4_gemv_i8 = q4_gemv_i8;
 }
 
 #else

@@ -1,7 +1,7 @@
 /* x86_avx512vnni_int4.c - the int8-activation INT4 GEMV with AVX-512 VNNI.
  *
  * Own compile unit (-mavx512vnni), installed in the AVX-512 table only when
- * the CPU reports avx512_vnni.  Codes (u8, 0..15) times activations (s8)
+ * the CPU reports avx512_vnni (else the AVX-512 level keeps AVX2's maddubs kernel).  Codes (u8, 0..15) times activations (s8)
  * with vpdpbusd: 64 multiply-adds per instruction, exact int32 sums; the
  * per-group float epilogue runs for 4 weight rows at once in the reference's
  * order, so results equal ref.c's bit for bit. */

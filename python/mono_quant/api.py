@@ -92,8 +92,8 @@ def quantize(
     ``[tool.mono-quant]`` in ``pyproject.toml`` of the working directory is
     used.  Arguments win over the file, the file over defaults.
     ``group_size`` (int4): columns per group along the input dimension (default
-    128; a multiple of 32; None for per-channel); a layer whose input size is
-    not a multiple is zero-padded to whole groups.  ``method`` (int4): "rtn",
+    128; a multiple of 32; None for per-channel); rows are zero-padded to a
+    multiple of 32 columns, so a layer's last group may be shorter.  ``method`` (int4): "rtn",
     "mse" (default) or "hqq" (see ``mono_quant.int4``).  ``embeddings``: also
     quantize nn.Embedding tables (off by default; lookups dequantize only the
     rows they read).

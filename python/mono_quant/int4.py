@@ -171,12 +171,12 @@ _INT8_ACTIVATIONS = {"enabled": True}
 def set_int8_activations(enabled: bool) -> bool:
     """Allow (default) or forbid the int8-activation kernel; returns the previous setting.
 
-    Where the CPU has AVX-512 VNNI and the group size and padded input size
-    are multiples of 128 (up to 4096), int4_linear quantizes the activations to
-    int8 per (row, group) (absmax scale) and uses integer dot products: up to
-    ~2x faster than dequantizing to fp32 in registers, adding ~0.5% relative
-    noise, well below int4 weight noise (~20 dB SQNR).  CPUs without VNNI use
-    fp32 activations; disabled, every batch does.
+    Where the group size and padded input size are multiples of 128 (up to
+    4096) and the CPU has AVX2 or AVX-512 VNNI, int4_linear quantizes the
+    activations to int8 per (row, group) (absmax scale) and uses integer dot
+    products: up to ~2x faster than dequantizing to fp32 in registers, adding
+    ~0.5% relative noise, well below int4 weight noise (~20 dB SQNR).
+    Disabled (or on the scalar level), every batch uses fp32 activations.
     """
     previous = _INT8_ACTIVATIONS["enabled"]
     _INT8_ACTIVATIONS["enabled"] = bool(enabled)
@@ -188,8 +188,8 @@ def int4_linear(x: torch.Tensor, weight: Int4Weight, bias: Optional[torch.Tensor
 
     On the CPU with float32 / bfloat16 activations this streams the packed
     weight through the C kernels (other float dtypes go through float32): with
-    int8 activations and integer dot products where the CPU has VNNI (see
-    set_int8_activations), else dequantized to fp32 in registers; elsewhere it
+    int8 activations and integer dot products where the CPU has AVX2 or VNNI
+    (see set_int8_activations), else dequantized to fp32 in registers; elsewhere it
     dequantizes with torch and uses F.linear.
     """
     out_features, in_features = weight.orig_shape[0], weight.cols
