@@ -135,8 +135,33 @@ static void search_mse(const q4_group_ctx *c, const float *x, int64_t n, float l
     }
 }
 
+/* Round half to even without a libm call (rintf is one on baseline x86-64):
+ * adding and subtracting 1.5 * 2^23 leaves the nearest integer under the
+ * default rounding mode; |v| >= 2^22 is already an integer. */
+static inline float round_even(float v) {
+    return fabsf(v) < 4194304.0f ? (v + 12582912.0f) - 12582912.0f : v;
+}
+
+/* a^b for a > 0, to ~1e-4 relative: the HQQ shrinkage only proposes
+ * candidates, each scored exactly, so speed matters more than the last bits. */
+static inline float fast_pow(float a, float b) {
+    uint32_t u = mq_f32_to_bits(a);
+    float e = (float)((int32_t)((u >> 23) & 255u) - 127);
+    float m = mq_bits_to_f32((u & 0x7fffffu) | 0x3f800000u) - 1.0f; /* mantissa - 1 in [0, 1) */
+    float log2a = e + m * (1.4425449f + m * (-0.7181451f + m * (0.4575485f + m * (-0.2779042f + m * (0.1217970f +
+                                                                                             m * -0.0258411f)))));
+    float y = b * log2a;
+    if (y < -126.0f) return 0.0f;
+    if (y > 127.0f) y = 127.0f;
+    int32_t i = (int32_t)y - (y < (float)(int32_t)y); /* floor */
+    float f = y - (float)i;                            /* [0, 1) */
+    float p = 1.0f + f * (0.6931472f + f * (0.2402265f + f * (0.0555041f + f * (0.0096181f + f * 0.0013333f))));
+    return p * mq_bits_to_f32((uint32_t)(i + 127) << 23);
+}
+
 /* HQQ's half-quadratic zero-point refinement (Badri & Shaji 2023,
- * optimize_weights_proximal with lp_norm 0.7, beta 10, kappa 1.01, 20 steps),
+ * optimize_weights_proximal with lp_norm 0.7, beta 10, kappa 1.01, <= 20 steps,
+ * stopping after 2 without improvement),
  * on errors measured in quantization steps so it does not depend on the
  * weights' units; each step also refits the scale by least squares given the
  * codes.  Every candidate is rounded to the stored fp16 / u4.4 form and kept
@@ -146,22 +171,24 @@ static void refine_hqq(const q4_group_ctx *c, const float *x, int64_t n, q4_para
     float beta = 10.0f;
     float s = mq_f16_to_f32(best->scale), z = (float)best->zero * (1.0f / 16.0f);
     int misses = 0;
-    for (int it = 0; it < 20 && misses < 3; it++) {
+    for (int it = 0; it < 20 && misses < 2; it++) {
         float inv = 1.0f / s;
-        double zsum = 0.0, sxq = 0.0, sqq = 0.0;
+        float zs[4] = {0}, xq[4] = {0}, qq[4] = {0}; /* 4 partial sums: independent add chains */
         for (int64_t i = 0; i < n; i++) {
             float xs = x[i] * inv;
-            float q = rintf(xs + z);
+            float q = round_even(xs + z);
             if (q < c->qmin) q = c->qmin;
             if (q > c->qmax) q = c->qmax;
             float e = xs - (q - z); /* error in steps */
             float ae = fabsf(e);
-            float shrunk = ae > 0.0f ? ae - powf(ae, p - 1.0f) / beta : 0.0f;
+            float shrunk = ae > 0.0f ? ae - fast_pow(ae, p - 1.0f) / beta : 0.0f;
             float we = shrunk > 0.0f ? copysignf(shrunk, e) : 0.0f;
-            zsum += (double)(q - (xs - we));
-            sxq += (double)x[i] * (double)(q - z);
-            sqq += (double)(q - z) * (double)(q - z);
+            zs[i & 3] += q - (xs - we);
+            xq[i & 3] += x[i] * (q - z);
+            qq[i & 3] += (q - z) * (q - z);
         }
+        double zsum = (double)zs[0] + zs[1] + zs[2] + zs[3];
+        double sxq = (double)xq[0] + xq[1] + xq[2] + xq[3], sqq = (double)qq[0] + qq[1] + qq[2] + qq[3];
         beta *= 1.01f;
         float z_new = c->symmetric ? 8.0f : (float)(zsum / (double)n);
         float s_new = sqq > 0.0 ? (float)(sxq / sqq) : s;

@@ -33,6 +33,8 @@ __all__ = [
     "DEFAULT_INT4_GROUP_SIZE",
     "effective_group",
     "set_int8_activations",
+    "check_group_size",
+    "check_method",
 ]
 
 #: Rounding methods: plain round-to-nearest; an MSE-optimal range search per
@@ -62,6 +64,7 @@ def check_group_size(group_size) -> Optional[int]:
 
 
 def check_method(method) -> str:
+    """Validate an int4 method name; None gives the default ("mse")."""
     if method is None:
         return DEFAULT_INT4_METHOD
     if method not in INT4_METHODS:
