@@ -8,10 +8,10 @@
  * The search code here is plain C compiled for the baseline, and the error it
  * minimizes comes from the dispatched q4_sqerr whose result is bit-identical
  * on every ISA, so SIMD and scalar paths choose the same parameters. */
-#include <dlfcn.h>
 #include <float.h>
 #include <math.h>
 #include <pthread.h>
+#include <sched.h>
 #include <stdatomic.h>
 #include <stdlib.h>
 
@@ -342,66 +342,73 @@ void mq_q4_dequantize(const uint8_t *packed, const uint16_t *scale, const uint8_
 
 /* ---- dynamic work split ---------------------------------------------------------------------
  * The linear kernels run between torch ops whose OpenMP workers keep spinning
- * for a while after each op, so threads of our own would fight them for the
- * cores.  When torch's OpenMP runtime (libgomp) is loaded in the process, the
- * work runs on its thread team instead (GOMP_parallel, looked up at run time:
- * the extension does not link OpenMP); else on short-lived pthreads.  Either
- * way, small chunks handed out from an atomic counter let a thread that got
- * less CPU take a smaller share. */
+ * for a while after each op, and on shared machines a core can stall for
+ * milliseconds.  So the work is cut into small chunks handed out from an
+ * atomic counter (a slowed thread takes fewer), and the caller waits only for
+ * the chunks to be done, not for its helper threads to exit: a helper that
+ * starts late finds nothing left and leaves on its own (the shared state is
+ * on the heap, freed by whoever leaves last; it never touches the caller's
+ * context once every chunk is taken). */
 
 typedef struct {
     mq_range_fn fn;
     void *ctx;
     int64_t n, chunk;
-    atomic_llong next;
+    atomic_llong next; /* first item not yet handed out */
+    atomic_llong done; /* items finished */
+    atomic_int refs;   /* threads (the caller included) still using this struct */
 } dynamic_work;
 
-static void *dynamic_worker(void *arg) {
-    dynamic_work *d = arg;
+static void run_chunks(dynamic_work *d) {
     for (;;) {
         int64_t begin = (int64_t)atomic_fetch_add(&d->next, (long long)d->chunk);
         if (begin >= d->n) break;
-        d->fn(d->ctx, begin, begin + d->chunk < d->n ? begin + d->chunk : d->n);
+        int64_t end = begin + d->chunk < d->n ? begin + d->chunk : d->n;
+        d->fn(d->ctx, begin, end);
+        atomic_fetch_add(&d->done, (long long)(end - begin));
     }
+}
+
+static void release_work(dynamic_work *d) {
+    if (atomic_fetch_sub(&d->refs, 1) == 1) free(d);
+}
+
+static void *helper_thread(void *arg) {
+    run_chunks(arg);
+    release_work(arg);
     return NULL;
 }
 
 #define MQ_Q4_MAX_THREADS 256
-
-typedef void (*gomp_parallel_fn)(void (*fn)(void *), void *data, unsigned num_threads, unsigned flags);
-static gomp_parallel_fn gomp_parallel;
-static pthread_once_t gomp_once = PTHREAD_ONCE_INIT;
-
-static void find_gomp(void) {
-    const char *off = getenv("MONO_QUANT_NO_OPENMP"); /* escape hatch: always use our own threads */
-    if (off && *off && *off != '0') return;
-    void *sym = dlsym(RTLD_DEFAULT, "GOMP_parallel");
-    memcpy(&gomp_parallel, &sym, sizeof sym); /* object -> function pointer without a cast warning */
-}
-
-static void gomp_worker(void *arg) { dynamic_worker(arg); }
 
 static void parallel_chunks(int64_t n, int64_t chunk, int nthreads, mq_range_fn fn, void *ctx) {
     if (n <= 0) return;
     int64_t nchunks = (n + chunk - 1) / chunk;
     int parts = nthreads < 1 ? 1 : (nthreads > MQ_Q4_MAX_THREADS ? MQ_Q4_MAX_THREADS : nthreads);
     if (parts > nchunks) parts = (int)nchunks;
-    if (parts <= 1) {
+    dynamic_work *d = parts > 1 ? malloc(sizeof *d) : NULL;
+    if (!d) { /* one part, or no memory for the shared state: all on this thread */
         fn(ctx, 0, n);
         return;
     }
-    dynamic_work d = {fn, ctx, n, chunk, 0};
-    pthread_once(&gomp_once, find_gomp);
-    if (gomp_parallel) {
-        gomp_parallel(gomp_worker, &d, (unsigned)parts, 0);
-        return;
+    d->fn = fn;
+    d->ctx = ctx;
+    d->n = n;
+    d->chunk = chunk;
+    atomic_init(&d->next, 0);
+    atomic_init(&d->done, 0);
+    atomic_init(&d->refs, 1);
+    pthread_attr_t attr;
+    int detached = pthread_attr_init(&attr) == 0 && pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED) == 0;
+    for (int t = 1; t < parts && detached; t++) {
+        pthread_t thread;
+        atomic_fetch_add(&d->refs, 1);
+        if (pthread_create(&thread, &attr, helper_thread, d) != 0) atomic_fetch_sub(&d->refs, 1);
     }
-    pthread_t threads[MQ_Q4_MAX_THREADS];
-    int started[MQ_Q4_MAX_THREADS];
-    for (int t = 1; t < parts; t++) started[t] = pthread_create(&threads[t], NULL, dynamic_worker, &d) == 0;
-    dynamic_worker(&d); /* this thread works too, and finishes whatever is left */
-    for (int t = 1; t < parts; t++)
-        if (started[t]) pthread_join(threads[t], NULL);
+    if (detached) pthread_attr_destroy(&attr);
+    run_chunks(d);
+    while (atomic_load(&d->done) < n) sched_yield(); /* chunks a helper is still computing */
+    release_work(d);
 }
 
 /* Rows per chunk: about 256 KiB of packed weight (the kernels prefetch within
