@@ -56,6 +56,24 @@ static inline __attribute__((always_inline)) void group_dots(const uint8_t *w0, 
 
 #define MQ_I8_MB 64 /* activation rows whose 4 partial outputs live in a local buffer */
 
+/* the 16 lane sums of d[u][j] (u, j < 4) as one vector, lane 4u + j */
+static inline __m512i reduce16(__m512i d[4][4]) {
+    __m512i p[8], q[4];
+    for (int k = 0; k < 8; k++) { /* per 128-bit chunk: [a0+a2, b0+b2, a1+a3, b1+b3] */
+        __m512i a = d[(2 * k) / 4][(2 * k) % 4], b = d[(2 * k + 1) / 4][(2 * k + 1) % 4];
+        p[k] = _mm512_add_epi32(_mm512_unpacklo_epi32(a, b), _mm512_unpackhi_epi32(a, b));
+    }
+    for (int k = 0; k < 4; k++) /* per 128-bit chunk: the partial sums of 4 sources */
+        q[k] = _mm512_add_epi32(_mm512_unpacklo_epi64(p[2 * k], p[2 * k + 1]),
+                                _mm512_unpackhi_epi64(p[2 * k], p[2 * k + 1]));
+    __m512i s0 = _mm512_add_epi32(_mm512_shuffle_i32x4(q[0], q[1], _MM_SHUFFLE(2, 0, 2, 0)),
+                                  _mm512_shuffle_i32x4(q[0], q[1], _MM_SHUFFLE(3, 1, 3, 1)));
+    __m512i s1 = _mm512_add_epi32(_mm512_shuffle_i32x4(q[2], q[3], _MM_SHUFFLE(2, 0, 2, 0)),
+                                  _mm512_shuffle_i32x4(q[2], q[3], _MM_SHUFFLE(3, 1, 3, 1)));
+    return _mm512_add_epi32(_mm512_shuffle_i32x4(s0, s1, _MM_SHUFFLE(2, 0, 2, 0)),
+                            _mm512_shuffle_i32x4(s0, s1, _MM_SHUFFLE(3, 1, 3, 1)));
+}
+
 static void q4_gemv_i8(const int8_t *xq, int64_t m, const float *xscale, const int32_t *xqsum, const uint8_t *w,
                        int64_t kpad, int64_t group, const uint16_t *scale, const uint8_t *zero, int64_t r0,
                        int64_t r1, float *y, int64_t ldy) {
@@ -83,8 +101,27 @@ static void q4_gemv_i8(const int8_t *xq, int64_t m, const float *xscale, const i
                     __m512i d[4][4];
                     int mb = mb_end - i >= 4 ? 4 : (mb_end - i >= 2 ? 2 : 1);
                     const char *pf = i == 0 ? range_end : NULL;
-                    if (mb == 4) group_dots(w0, row_bytes, xq + i * kpad, kpad, k0, k1, pf, d, 4);
-                    else if (mb == 2) group_dots(w0, row_bytes, xq + i * kpad, kpad, k0, k1, pf, d, 2);
+                    if (mb == 4) { /* the epilogue of 4 activation rows x 4 weight rows in one vector */
+                        group_dots(w0, row_bytes, xq + i * kpad, kpad, k0, k1, pf, d, 4);
+                        const __m512i rep4 = _mm512_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3);
+                        __m512i dot = reduce16(d);
+                        __m512i xs_sum = _mm512_permutexvar_epi32(
+                            rep4, _mm512_castsi128_si512(_mm_setr_epi32(
+                                      xqsum[i * ngroups + g], xqsum[(i + 1) * ngroups + g],
+                                      xqsum[(i + 2) * ngroups + g], xqsum[(i + 3) * ngroups + g])));
+                        __m512 xs = _mm512_permutexvar_ps(
+                            rep4, _mm512_castps128_ps512(_mm_setr_ps(
+                                      xscale[i * ngroups + g], xscale[(i + 1) * ngroups + g],
+                                      xscale[(i + 2) * ngroups + g], xscale[(i + 3) * ngroups + g])));
+                        __m512i t = _mm512_sub_epi32(_mm512_slli_epi32(dot, 4),
+                                                     _mm512_mullo_epi32(_mm512_broadcast_i32x4(z), xs_sum));
+                        __m512 f = _mm512_mul_ps(_mm512_broadcast_f32x4(sw), xs);
+                        float *acc = ybuf + (i - i0) * 4;
+                        _mm512_storeu_ps(acc, _mm512_add_ps(_mm512_loadu_ps(acc), _mm512_mul_ps(f, _mm512_cvtepi32_ps(t))));
+                        i += 4;
+                        continue;
+                    }
+                    if (mb == 2) group_dots(w0, row_bytes, xq + i * kpad, kpad, k0, k1, pf, d, 2);
                     else group_dots(w0, row_bytes, xq + i * kpad, kpad, k0, k1, pf, d, 1);
                     for (int u = 0; u < mb; u++, i++) {
                         __m128i dot = reduce4(d[u][0], d[u][1], d[u][2], d[u][3]);
