@@ -63,6 +63,13 @@ static void fill_scalar(mq_kernels *k) {
     k->qgemm_name = "scalar";
     k->wgemm = mq_ref_wgemm;
     k->wgemm_name = "scalar";
+    k->q4_pack = mq_ref_q4_pack;
+    k->q4_sqerr = mq_ref_q4_sqerr;
+    k->q4_unpack = mq_ref_q4_unpack;
+    k->q4_gemv = mq_ref_q4_gemv;
+    k->f32_panel = mq_ref_f32_panel;
+    k->q4_gemv_i8 = NULL; /* the int8-activation path only pays with integer dot-product instructions */
+    k->q4_act_i8 = mq_ref_q4_act_i8;
 }
 
 static void init_tables(void) {
@@ -74,9 +81,12 @@ static void init_tables(void) {
     tables[MQ_ISA_AVX2] = tables[MQ_ISA_SCALAR];
     mq_avx2_fill(&tables[MQ_ISA_AVX2]);
     mq_avx2_linear_fill(&tables[MQ_ISA_AVX2]);
+    mq_avx2_int4_fill(&tables[MQ_ISA_AVX2]);
     tables[MQ_ISA_AVX512] = tables[MQ_ISA_AVX2];
     mq_avx512_fill(&tables[MQ_ISA_AVX512]);
     mq_avx512_linear_fill(&tables[MQ_ISA_AVX512]);
+    mq_avx512_int4_fill(&tables[MQ_ISA_AVX512]);
+    mq_avx512vnni_int4_fill(&tables[MQ_ISA_AVX512]);
     active_isa = best_isa;
     initialized = 1;
 }

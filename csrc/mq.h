@@ -128,6 +128,61 @@ typedef struct {
     float *y;              /* [m][n] */
 } mq_wgemm_args;
 typedef void (*mq_wgemm_fn)(const mq_wgemm_args *a, int64_t p0, int64_t p1);
+/* ---- INT4 group-wise (int4.c drivers; format in docs/formats.md) ---------
+ * A packed block holds MQ_Q4_BLOCK = 32 4-bit codes in 16 bytes: byte j =
+ * code[j] | code[j + 16] << 4, so one 16-byte load widened to 16 lanes gives
+ * codes 0..15 with "& 15" and codes 16..31 with ">> 4".  A group (32..256
+ * codes, a multiple of the block) has an fp16 scale and a u4.4 fixed-point
+ * zero-point (zero = zp8 / 16): w = (code - zp8 / 16) * scale.  Rows are
+ * zero-padded to kpad, a multiple of 32; groups = ceil(kpad / group), the
+ * last one possibly shorter.  All int4 kernels take n a multiple of 32. */
+#define MQ_Q4_BLOCK 32
+#define MQ_Q4_BLOCK_BYTES 16
+
+/* codes = clamp(rint(zero + x[i] * inv_scale), qmin, qmax) (product rounded
+ * first, as the int8 path), packed into n / 2 bytes. */
+typedef void (*mq_q4_pack_fn)(const float *x, int64_t n, float inv_scale, float zero, float qmin, float qmax,
+                              uint8_t *dst);
+/* Squared error sum of quantizing x with (scale, zero): sum (x - (code - zero) * scale)^2.
+ * Accumulated in 16 fp32 lanes (lane l takes elements l, l+16, ...) reduced by
+ * a fixed tree, so every ISA returns the same bits and the method search
+ * (int4.c) picks the same parameters everywhere. */
+typedef float (*mq_q4_sqerr_fn)(const float *x, int64_t n, float scale, float inv_scale, float zero, float qmin,
+                                float qmax);
+/* dst[i] = (code[i] - zero) * scale for n codes of packed blocks (exact in fp32). */
+typedef void (*mq_q4_unpack_fn)(const uint8_t *packed, int64_t n, float scale, float zero, float *dst);
+/* Weight-only GEMV for a few activation rows: for i < m, r in [r0, r1):
+ * y[i * ldy + r] = sum_g scale[r,g] * (sum_{k in g} code[r,k] x[i,k] - zero[r,g] * xsum[i * ngroups + g]).
+ * x rows are fp32, zero-padded to kpad; xsum holds each group's sum of x. */
+typedef void (*mq_q4_gemv_fn)(const float *x, int64_t ldx, int64_t m, const float *xsum, const uint8_t *w,
+                              int64_t kpad, int64_t group, const uint16_t *scale, const uint8_t *zero, int64_t r0,
+                              int64_t r1, float *y, int64_t ldy);
+/* y[i * ldy + j] += sum_{k < kpad} x[i * ldx + k] * w[j * ldw + k] for i < m, j < nr
+ * (a dequantized weight panel times activation rows; kpad a multiple of 32). */
+typedef void (*mq_f32_panel_fn)(const float *x, int64_t ldx, int64_t m, const float *w, int64_t ldw, int64_t nr,
+                                int64_t kpad, float *y, int64_t ldy);
+
+/* int8-activation GEMV (integer dot products, e.g. AVX-512 VNNI vpdpbusd):
+ * activations quantized per (row i, group g) to xq = rint(x / xscale[i,g])
+ * in -127..127 with xqsum[i,g] = sum of xq, and stored in the nibble order
+ * of the packed weight: in each 128-column chunk, positions 0..63 hold the
+ * columns of the four blocks' low nibbles (block b, j < 16 -> 16b + j) and
+ * 64..127 those of the high nibbles.  Needs kpad % 128 == 0, group % 128 == 0
+ * and group <= 4096 (int32 headroom).  For r in [r0, r1), i < m:
+ *   y[i * ldy + r] = sum_g ((scale[r,g] * 1/16) * xscale[i,g]) * (float)(16 * dot - zero[r,g] * xqsum[i,g])
+ * summed over g in order from 0 with separate multiply and add, so every
+ * ISA gives the same bits (dot, the int32 sum of code * xq, is exact). */
+/* One activation row (kpad floats, multiples of 128, as group) to that form:
+ * per group xscale = absmax / 127 (1 for an all-zero group, NaN when the group
+ * holds NaN/Inf, whose codes are then 0, so the output is NaN as on the fp32
+ * path), xq = clamp(rint(x * (1 / xscale)), -127, 127), xqsum = sum of xq. */
+typedef void (*mq_q4_act_i8_fn)(const float *x, int64_t kpad, int64_t group, int8_t *xq, float *xscale,
+                                int32_t *xqsum);
+#define MQ_Q4_I8_CHUNK 128
+#define MQ_Q4_I8_MAX_GROUP 4096
+typedef void (*mq_q4_gemv_i8_fn)(const int8_t *xq, int64_t m, const float *xscale, const int32_t *xqsum,
+                                 const uint8_t *w, int64_t kpad, int64_t group, const uint16_t *scale,
+                                 const uint8_t *zero, int64_t r0, int64_t r1, float *y, int64_t ldy);
 
 /* The per-ISA function table (see dispatch.c). */
 typedef struct {
@@ -142,6 +197,14 @@ typedef struct {
     mq_qgemm_fn qgemm;
     int qgemm_x_u8;
     mq_wgemm_fn wgemm;
+    /* INT4 (int4.c) */
+    mq_q4_pack_fn q4_pack;
+    mq_q4_sqerr_fn q4_sqerr;
+    mq_q4_unpack_fn q4_unpack;
+    mq_q4_gemv_fn q4_gemv;
+    mq_f32_panel_fn f32_panel;
+    mq_q4_gemv_i8_fn q4_gemv_i8; /* NULL where the ISA has no fast integer dot product */
+    mq_q4_act_i8_fn q4_act_i8;
 } mq_kernels;
 
 /* ---- reference kernels (ref.c) --------------------------------------------- */
@@ -159,6 +222,20 @@ void mq_ref_sqerr_f32(const void *src, const uint8_t *q, int64_t n, float scale,
 void mq_ref_sqerr_f16(const void *src, const uint8_t *q, int64_t n, float scale, float zp, int is_signed, double *x2, double *e2);
 void mq_ref_sqerr_bf16(const void *src, const uint8_t *q, int64_t n, float scale, float zp, int is_signed, double *x2, double *e2);
 
+/* INT4 references (ref.c, "INT4" section) */
+void mq_ref_q4_pack(const float *x, int64_t n, float inv_scale, float zero, float qmin, float qmax, uint8_t *dst);
+float mq_ref_q4_sqerr(const float *x, int64_t n, float scale, float inv_scale, float zero, float qmin, float qmax);
+void mq_ref_q4_unpack(const uint8_t *packed, int64_t n, float scale, float zero, float *dst);
+void mq_ref_q4_gemv(const float *x, int64_t ldx, int64_t m, const float *xsum, const uint8_t *w, int64_t kpad,
+                    int64_t group, const uint16_t *scale, const uint8_t *zero, int64_t r0, int64_t r1, float *y,
+                    int64_t ldy);
+void mq_ref_q4_gemv_i8(const int8_t *xq, int64_t m, const float *xscale, const int32_t *xqsum, const uint8_t *w,
+                       int64_t kpad, int64_t group, const uint16_t *scale, const uint8_t *zero, int64_t r0,
+                       int64_t r1, float *y, int64_t ldy);
+void mq_ref_q4_act_i8(const float *x, int64_t kpad, int64_t group, int8_t *xq, float *xscale, int32_t *xqsum);
+void mq_ref_f32_panel(const float *x, int64_t ldx, int64_t m, const float *w, int64_t ldw, int64_t nr, int64_t kpad,
+                      float *y, int64_t ldy);
+
 /* Scale / zero-point from a row's min and max (torch MinMaxObserver formula,
  * see quant.c for the one deliberate difference: the scale floor). */
 void mq_choose_qparams(float mn, float mx, int qmin, int qmax, int symmetric, float *scale, int32_t *zero_point);
@@ -170,6 +247,9 @@ void mq_ref_qgemm(const mq_qgemm_args *a, int64_t p0, int64_t p1);
 void mq_ref_wgemm(const mq_wgemm_args *a, int64_t p0, int64_t p1);
 void mq_avx2_linear_fill(mq_kernels *k);   /* linear_avx2.c */
 void mq_avx512_linear_fill(mq_kernels *k); /* linear_avx512.c (VNNI) */
+void mq_avx2_int4_fill(mq_kernels *k);   /* x86_avx2_int4.c */
+void mq_avx512_int4_fill(mq_kernels *k); /* x86_avx512_int4.c */
+void mq_avx512vnni_int4_fill(mq_kernels *k); /* x86_avx512vnni_int4.c (only if the CPU has VNNI) */
 
 /* ---- dispatch.c ------------------------------------------------------------ */
 mq_isa_t mq_cpu_best_isa(void);           /* best level this CPU and OS support */
@@ -237,5 +317,33 @@ int mq_conv2d_dynamic(const void *x, mq_src_t kind, int64_t batch, int64_t chann
 int mq_linear_weight_only(const void *x, mq_src_t kind, int64_t m, int64_t k, int64_t ldx, const int8_t *packed,
                           const float *w_scale, const int32_t *w_zp, const float *bias, int64_t n, float *y,
                           int nthreads);
+/* ---- int4.c: INT4 drivers ---------------------------------------------------- */
+typedef enum { MQ_Q4_RTN = 0, MQ_Q4_MSE = 1, MQ_Q4_HQQ = 2 } mq_q4_method_t;
+/* fp32 -> fp16 bits, round to nearest even (overflow -> inf, like a cast). */
+uint16_t mq_f32_to_f16(float f);
+/* Quantize rows x cols (src of kind) group-wise: packed [rows][kpad/2],
+ * scale [rows][kpad/group] (fp16 bits), zero [rows][kpad/group] (u4.4).
+ * kpad = cols rounded up to a multiple of 32; group a multiple of 32.
+ * sum_x2 / sum_err2 (optional, per row): signal and noise powers over the
+ * real (unpadded) columns.  Returns the first row holding NaN/Inf, or -1;
+ * returns -2 when out of memory. */
+int64_t mq_q4_quantize(const void *src, mq_src_t kind, int64_t rows, int64_t cols, int64_t group, int symmetric,
+                       mq_q4_method_t method, uint8_t *packed, uint16_t *scale, uint8_t *zero, double *sum_x2,
+                       double *sum_err2, int nthreads);
+void mq_q4_dequantize(const uint8_t *packed, const uint16_t *scale, const uint8_t *zero, int64_t rows, int64_t kpad,
+                      int64_t group, int64_t cols, float *dst, int nthreads);
+/* y[m][rows] (+ bias) = x[m][cols] @ W^T; x fp32 or bf16 (kind).
+ * act_mode: 0 fp32 activations; 1 int8 activations (the reference kernel
+ * where the ISA has no integer one; needs mq_q4_int8_ok); -1 automatic
+ * (int8 where the ISA has an integer kernel and the shape allows it).
+ * Returns 0, or -1 when out of memory. */
+int mq_q4_linear(const void *x, mq_src_t kind, int64_t m, int64_t cols, const uint8_t *packed,
+                 const uint16_t *scale, const uint8_t *zero, int64_t rows, int64_t kpad, int64_t group,
+                 const float *bias, float *y, int act_mode, int nthreads);
+int mq_q4_int8_ok(int64_t kpad, int64_t group);
+/* Which linear path (0 = GEMV, 1 = dequantized panels) is used from this batch size on. */
+extern int64_t mq_q4_panel_min_m;
+/* Automatic mode uses int8 activations from this batch size on. */
+extern int64_t mq_q4_int8_min_m;
 
 #endif /* MQ_H */

@@ -3,6 +3,7 @@
  * Plain C, one element at a time, written for obviousness.  SIMD twins must
  * give exactly these results.  Rounding is rint() under the default
  * round-to-nearest-even mode, like torch's nearbyint (see mq_quantize_fn). */
+#include <float.h>
 #include <math.h>
 
 #include "mq.h"
@@ -131,3 +132,138 @@ void mq_ref_wgemm(const mq_wgemm_args *a, int64_t p0, int64_t p1) {
                 a->y[m * a->n + n] = y;
             }
 }
+/* ==== INT4 (group-wise, packed nibbles) ======================================
+ * Layout and numerics: mq.h "INT4" and docs/formats.md.  These are the
+ * ground truth for x86_avx2_int4.c / x86_avx512_int4.c. */
+
+static inline float q4_code(float x, float inv_scale, float zero, float qmin, float qmax) {
+    float product = x * inv_scale; /* rounded to fp32 before the add, as the int8 path */
+    float v = rintf(zero + product);
+    if (!(v >= qmin)) v = qmin; /* NaN -> qmin */
+    if (v > qmax) v = qmax;
+    return v;
+}
+
+void mq_ref_q4_pack(const float *x, int64_t n, float inv_scale, float zero, float qmin, float qmax, uint8_t *dst) {
+    for (int64_t b = 0; b < n; b += MQ_Q4_BLOCK) {
+        for (int j = 0; j < 16; j++) {
+            unsigned lo = (unsigned)q4_code(x[b + j], inv_scale, zero, qmin, qmax);
+            unsigned hi = (unsigned)q4_code(x[b + j + 16], inv_scale, zero, qmin, qmax);
+            dst[b / 2 + j] = (uint8_t)(lo | hi << 4);
+        }
+    }
+}
+
+float mq_ref_q4_sqerr(const float *x, int64_t n, float scale, float inv_scale, float zero, float qmin, float qmax) {
+    float lane[16] = {0};
+    for (int64_t i = 0; i < n; i += 16)
+        for (int l = 0; l < 16; l++) {
+            float q = q4_code(x[i + l], inv_scale, zero, qmin, qmax);
+            float e = x[i + l] - (q - zero) * scale;
+            lane[l] = lane[l] + e * e;
+        }
+    for (int w = 8; w >= 1; w /= 2) /* the fixed reduction tree every ISA uses */
+        for (int l = 0; l < w; l++) lane[l] = lane[l] + lane[l + w];
+    return lane[0];
+}
+
+void mq_ref_q4_unpack(const uint8_t *packed, int64_t n, float scale, float zero, float *dst) {
+    for (int64_t b = 0; b < n; b += MQ_Q4_BLOCK)
+        for (int j = 0; j < 16; j++) {
+            uint8_t byte = packed[b / 2 + j];
+            dst[b + j] = ((float)(byte & 15) - zero) * scale;
+            dst[b + j + 16] = ((float)(byte >> 4) - zero) * scale;
+        }
+}
+
+void mq_ref_q4_gemv(const float *x, int64_t ldx, int64_t m, const float *xsum, const uint8_t *w, int64_t kpad,
+                    int64_t group, const uint16_t *scale, const uint8_t *zero, int64_t r0, int64_t r1, float *y,
+                    int64_t ldy) {
+    int64_t ngroups = (kpad + group - 1) / group;
+    for (int64_t r = r0; r < r1; r++) {
+        const uint8_t *wr = w + (size_t)r * (size_t)(kpad / 2);
+        for (int64_t i = 0; i < m; i++) {
+            const float *xr = x + i * ldx;
+            float acc = 0.0f;
+            for (int64_t g = 0; g < ngroups; g++) {
+                float dot = 0.0f;
+                for (int64_t b = g * group; b < (g + 1) * group && b < kpad; b += MQ_Q4_BLOCK)
+                    for (int j = 0; j < 16; j++) {
+                        uint8_t byte = wr[b / 2 + j];
+                        dot += (float)(byte & 15) * xr[b + j] + (float)(byte >> 4) * xr[b + j + 16];
+                    }
+                float s = mq_f16_to_f32(scale[r * ngroups + g]);
+                float z = (float)zero[r * ngroups + g] * (1.0f / 16.0f);
+                acc += s * (dot - z * xsum[i * ngroups + g]);
+            }
+            y[i * ldy + r] = acc;
+        }
+    }
+}
+
+/* position of column k in the int8-activation order (see mq.h) */
+static inline int64_t i8_position(int64_t k) {
+    int64_t c = k / MQ_Q4_I8_CHUNK * MQ_Q4_I8_CHUNK, o = k % MQ_Q4_I8_CHUNK, b = o / MQ_Q4_BLOCK, j = o % MQ_Q4_BLOCK;
+    return c + (j < 16 ? 16 * b + j : 64 + 16 * b + (j - 16));
+}
+
+void mq_ref_q4_act_i8(const float *x, int64_t kpad, int64_t group, int8_t *xq, float *xscale, int32_t *xqsum) {
+    int64_t ngroups = (kpad + group - 1) / group;
+    for (int64_t g = 0; g < ngroups; g++) {
+        int64_t k0 = g * group, k1 = k0 + group < kpad ? k0 + group : kpad;
+        float amax = 0.0f;
+        int bad = 0;
+        for (int64_t k = k0; k < k1; k++) {
+            if (!isfinite(x[k])) bad = 1;
+            else if (fabsf(x[k]) > amax) amax = fabsf(x[k]);
+        }
+        float s = amax > 0.0f ? amax / 127.0f : 1.0f;
+        if (!(s >= FLT_MIN)) s = FLT_MIN;
+        float inv = 1.0f / s;
+        int32_t sum = 0;
+        for (int64_t k = k0; k < k1; k++) {
+            float v = bad ? 0.0f : rintf(x[k] * inv);
+            if (v > 127.0f) v = 127.0f;
+            if (v < -127.0f) v = -127.0f;
+            xq[i8_position(k)] = (int8_t)v;
+            sum += (int32_t)v;
+        }
+        xscale[g] = bad ? NAN : s;
+        xqsum[g] = sum;
+    }
+}
+
+void mq_ref_q4_gemv_i8(const int8_t *xq, int64_t m, const float *xscale, const int32_t *xqsum, const uint8_t *w,
+                       int64_t kpad, int64_t group, const uint16_t *scale, const uint8_t *zero, int64_t r0,
+                       int64_t r1, float *y, int64_t ldy) {
+    int64_t ngroups = (kpad + group - 1) / group;
+    for (int64_t r = r0; r < r1; r++) {
+        const uint8_t *wr = w + (size_t)r * (size_t)(kpad / 2);
+        for (int64_t i = 0; i < m; i++) {
+            float acc = 0.0f;
+            for (int64_t g = 0; g < ngroups; g++) {
+                int32_t dot = 0;
+                for (int64_t k = g * group; k < (g + 1) * group && k < kpad; k++) {
+                    uint8_t byte = wr[k / MQ_Q4_BLOCK * 16 + k % 16];
+                    int32_t code = k % MQ_Q4_BLOCK < 16 ? byte & 15 : byte >> 4;
+                    dot += code * xq[i * kpad + i8_position(k)];
+                }
+                int32_t t = 16 * dot - (int32_t)zero[r * ngroups + g] * xqsum[i * ngroups + g];
+                float f = (mq_f16_to_f32(scale[r * ngroups + g]) * (1.0f / 16.0f)) * xscale[i * ngroups + g];
+                acc = acc + f * (float)t;
+            }
+            y[i * ldy + r] = acc;
+        }
+    }
+}
+
+void mq_ref_f32_panel(const float *x, int64_t ldx, int64_t m, const float *w, int64_t ldw, int64_t nr, int64_t kpad,
+                      float *y, int64_t ldy) {
+    for (int64_t i = 0; i < m; i++)
+        for (int64_t j = 0; j < nr; j++) {
+            float acc = 0.0f;
+            for (int64_t k = 0; k < kpad; k++) acc += x[i * ldx + k] * w[j * ldw + k];
+            y[i * ldy + j] += acc;
+        }
+}
+/* ==== end INT4 ================================================================ */

@@ -1,4 +1,4 @@
-"""mono-quant: quantize any PyTorch model to INT8, FP16 or BF16 in one call.
+"""mono-quant: quantize any PyTorch model to INT8, INT4, FP16 or BF16 in one call.
 
     import mono_quant as mq
     qmodel, skipped = mq.quantize(model, dtype="int8")   # the original is untouched
@@ -7,7 +7,8 @@ from .api import QuantizationResult, SkippedLayer, quantize
 from .config import QuantConfig
 from .io import CheckpointError, QuantizedStateDict, load, quantize_checkpoint, save
 from .kernels import cpu_info
-from .modules import QuantizedConv2d, QuantizedLinear, QuantizedModule, register_qmodule
+from .int4 import Int4Weight
+from .modules import QuantizedConv2d, QuantizedEmbedding, QuantizedLinear, QuantizedModule, register_qmodule
 from .qtypes import QTYPES, get_qtype
 from .report import LayerReport, Report
 from .tensor import NonFiniteWeightError, QuantizedWeight, quantize_weight
@@ -29,6 +30,8 @@ __all__ = [
     "QuantizedModule",
     "QuantizedLinear",
     "QuantizedConv2d",
+    "QuantizedEmbedding",
+    "Int4Weight",
     "register_qmodule",
     "NonFiniteWeightError",
     "Report",

@@ -63,6 +63,9 @@ class QuantizationResult:
                 f"{len(self.report.layers)} quantized, {len(self.skipped)} skipped)")
 
 
+_UNSET = object()  # group_size=None is meaningful (per-channel int4), so "not given" needs its own value
+
+
 def quantize(
     model_or_state_dict,
     dtype=None,
@@ -74,6 +77,9 @@ def quantize(
     min_weight_numel: Optional[int] = None,
     nonfinite: Optional[str] = None,
     activations=_UNSET,
+    group_size=_UNSET,
+    method: Optional[str] = None,
+    embeddings: Optional[bool] = None,
     config=None,
     model: Optional[nn.Module] = None,
     progress: bool = False,
@@ -93,6 +99,12 @@ def quantize(
     ``config``: a QuantConfig or a TOML path; unset, ``mono_quant.toml`` or
     ``[tool.mono-quant]`` in ``pyproject.toml`` of the working directory is
     used.  Arguments win over the file, the file over defaults.
+    ``group_size`` (int4): columns per group along the input dimension (default
+    128; a multiple of 32; None for per-channel); rows are zero-padded to a
+    multiple of 32 columns, so a layer's last group may be shorter.  ``method`` (int4): "rtn",
+    "mse" (default) or "hqq" (see ``mono_quant.int4``).  ``embeddings``: also
+    quantize nn.Embedding tables (off by default; lookups dequantize only the
+    rows they read).
     ``model``: with a state_dict, an instance (possibly on ``meta``) of the
     architecture to build the quantized model from.
 
@@ -103,7 +115,12 @@ def quantize(
     """
     cfg = resolve_config(config, dtype=dtype, symmetric=symmetric, granularity=granularity, include=include,
                          exclude=exclude, min_weight_numel=min_weight_numel, nonfinite=nonfinite,
-                         activations=None if activations is _UNSET else ("none" if activations is None else activations))
+                         activations=None if activations is _UNSET else ("none" if activations is None else activations),
+                         group_size=None if group_size is _UNSET else (0 if group_size is None else group_size),
+                         method=method, embeddings=embeddings)
+    if group_size is not _UNSET and cfg.dtype != "int4":
+        raise ValueError(f"group_size applies to dtype 'int4' only; {cfg.dtype} is quantized per channel "
+                         "(granularity='per_channel') or per tensor")
     if isinstance(model_or_state_dict, nn.Module):
         if model is not None:
             raise TypeError("model= is only for a state_dict input; the module given is the model")
@@ -194,6 +211,11 @@ def _quantize_module(model: nn.Module, cfg: QuantConfig, progress: bool, weights
                 skipped.append(SkippedLayer(name, type(m).__name__, reason))
             continue
         reason = _selection_reason(cfg, names, m)
+        if reason is None and type(m) is nn.Embedding:
+            if not cfg.embeddings:
+                reason = "embedding tables are quantized only with embeddings=True"
+            elif m.max_norm is not None:
+                reason = "embedding with max_norm renormalizes its float rows on lookup"
         if reason is None:
             reason = _shape_reason(m, cfg, weights, name)
         if reason:
@@ -212,7 +234,8 @@ def _quantize_module(model: nn.Module, cfg: QuantConfig, progress: bool, weights
         if progress:
             print(f"[{i + 1}/{len(targets)}] {name or '<root>'}", file=sys.stderr, flush=True)
         w = weights[_key(name, "weight")] if weights is not None else m.weight
-        b = (weights.get(_key(name, "bias")) if weights is not None else m.bias) if m.bias is not None else None
+        has_bias = getattr(m, "bias", None) is not None  # nn.Embedding has no bias
+        b = (weights.get(_key(name, "bias")) if weights is not None else m.bias) if has_bias else None
         key = (id(w), qtype.name)
         try:
             if key in packed_by_weight:
@@ -274,7 +297,7 @@ def _shape_reason(m: nn.Module, cfg: QuantConfig, weights: Optional[Mapping], na
         w = weights.get(_key(name, "weight"))
         if w is None:
             raise KeyError(f"state_dict has no {_key(name, 'weight')!r} for layer {name!r} of the model")
-        if m.bias is not None and _key(name, "bias") not in weights:
+        if getattr(m, "bias", None) is not None and _key(name, "bias") not in weights:
             raise KeyError(f"state_dict has no {_key(name, 'bias')!r} for layer {name!r} of the model")
         if tuple(w.shape) != tuple(m.weight.shape):
             raise ValueError(f"state_dict {_key(name, 'weight')!r} has shape {tuple(w.shape)}, "
@@ -300,7 +323,12 @@ def _convert_weight(w: torch.Tensor, qtype: QType, cfg: QuantConfig, layer_type:
     key = (id(w), qtype.name)
     if key in cache:
         return cache[key]
-    if qtype.kind == "int":
+    if qtype.name == "int4":
+        from .int4 import quantize_int4
+
+        result = quantize_int4(w, group_size=cfg.group_size, symmetric=cfg.symmetric_for(layer_type),
+                               method=cfg.method, with_error=True)
+    elif qtype.kind == "int":
         axis = 0 if cfg.granularity == "per_channel" else None
         result = quantize_int_with_error(w, qtype, axis, cfg.symmetric_for(layer_type), with_error=measure_error)
         if not measure_error:

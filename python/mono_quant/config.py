@@ -48,6 +48,12 @@ class QuantConfig:
     - ``activations``: for int8 weights, "dynamic" (default: inputs quantized
       to int8 per row at each call, integer matmul) or None (weight-only:
       float inputs times int8 weights).  A config file writes "none" for None.
+    - ``group_size`` (int4 only): columns per group along the input dimension,
+      a positive multiple of 32 (default 128); None (0 in a config file) for
+      one group per output channel.
+    - ``method`` (int4 only): "rtn", "mse" or "hqq"; None means "mse".
+    - ``embeddings``: also quantize nn.Embedding tables (weight-only, rows
+      dequantized on lookup); off by default.
     - ``source``: where non-default values came from (for the report).
     """
 
@@ -59,6 +65,9 @@ class QuantConfig:
     min_weight_numel: int = 0
     nonfinite: str = "error"
     activations: Optional[str] = "dynamic"
+    group_size: Optional[int] = 128
+    method: Optional[str] = None
+    embeddings: bool = False
     source: Dict[str, str] = field(default_factory=dict, compare=False, repr=False)
 
     def __post_init__(self):
@@ -79,6 +88,21 @@ class QuantConfig:
                              f"got {self.activations!r}")
         if not isinstance(self.min_weight_numel, int) or self.min_weight_numel < 0:
             raise ValueError(f"{origin}: min_weight_numel must be a non-negative int, got {self.min_weight_numel!r}")
+        from .int4 import check_group_size, check_method  # lazy: int4 pulls in the C extension
+
+        if self.group_size == 0:
+            self.group_size = None  # a config file's way to say per-channel
+        try:
+            self.group_size = check_group_size(self.group_size)
+            if self.method is not None:
+                check_method(self.method)
+        except ValueError as exc:
+            raise ValueError(f"{origin}: {exc}") from None
+        if not isinstance(self.embeddings, bool):
+            raise ValueError(f"{origin}: embeddings must be true or false, got {self.embeddings!r}")
+        if self.method not in (None, "rtn") and get_qtype(self.dtype).name != "int4":
+            raise ValueError(f"{origin}: method={self.method!r} applies to dtype 'int4' only "
+                             f"(dtype {self.dtype!r} uses round-to-nearest)")
         for name in ("include", "exclude"):
             value = getattr(self, name)
             if value is not None and (isinstance(value, (str, type)) or not hasattr(value, "__iter__")):

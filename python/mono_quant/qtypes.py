@@ -37,6 +37,10 @@ class QType:
 QTYPES = {
     "int8": QType("int8", "int", 8, -128, 127, -127, 127, torch.int8),
     "uint8": QType("uint8", "int", 8, 0, 255, 0, 255, torch.uint8),
+    # int4: codes 0..15 with a per-group zero-point; symmetric -7..7 (stored
+    # as code - 8), the same grid on both sides of zero.  Two codes per uint8
+    # byte, group-wise scales: see int4.py and docs/formats.md.
+    "int4": QType("int4", "int", 4, 0, 15, -7, 7, torch.uint8),
     "fp16": QType("fp16", "float", 16, storage=torch.float16),
     "bf16": QType("bf16", "float", 16, storage=torch.bfloat16),
 }

@@ -61,10 +61,11 @@ class Report:
         }
 
     def __str__(self) -> str:
-        rows = [("layer", "type", "dtype", "before", "after", "SQNR dB")]
+        rows = [("layer", "type", "dtype", "before", "after", "bits/w", "SQNR dB")]
         for r in self.layers:
             sqnr = "inf" if math.isinf(r.weight_sqnr_db) else f"{r.weight_sqnr_db:.1f}"
-            rows.append((r.name or "<root>", r.type, r.dtype, _human(r.bytes_before), _human(r.bytes_after), sqnr))
+            rows.append((r.name or "<root>", r.type, r.dtype, _human(r.bytes_before), _human(r.bytes_after),
+                         f"{r.bits_per_weight:.2f}", sqnr))
         widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
         lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths)) for row in rows]
         lines.append(

@@ -117,6 +117,7 @@ def quantize_weight(
     axis: Optional[int] = 0,
     group_size: Optional[int] = None,
     symmetric: bool = False,
+    method: Optional[str] = None,
 ) -> QuantizedWeight:
     """Quantize a tensor to an integer type, per channel along ``axis`` (or per tensor with ``axis=None``).
 
@@ -128,8 +129,21 @@ def quantize_weight(
     Raises ``TypeError`` for a non-tensor or non-float input, ``ValueError``
     for an unknown or non-integer dtype, a bad axis or group size, and
     ``NonFiniteWeightError`` (a ``ValueError``) when the tensor holds NaN/Inf.
+
+    ``dtype="int4"`` returns an ``Int4Weight`` (see ``mono_quant.int4``):
+    groups of ``group_size`` columns along the input dimension (None: one group
+    per output channel), ``method`` "rtn", "mse" (default) or "hqq"; ``axis``
+    must be 0 (output channels first).
     """
     qtype = get_qtype(dtype)
+    if qtype.name == "int4":
+        from .int4 import quantize_int4  # int4 builds on this module
+
+        if axis != 0:
+            raise ValueError(f"int4 weights are grouped along the input dimension with axis=0, got axis={axis!r}")
+        return quantize_int4(tensor, group_size=group_size, symmetric=bool(symmetric), method=method)[0]
+    if method not in (None, "rtn"):
+        raise ValueError(f"method={method!r} applies to int4 only; {qtype.name} uses round-to-nearest ('rtn')")
     if qtype.kind != "int":
         raise ValueError(
             f"quantize_weight() makes integer formats; for {qtype.name} cast the tensor "

@@ -205,6 +205,10 @@ class QuantizedStateDict(Mapping):
             qmodule = _rebuild_saved(layer, own)
         else:
             cls = qmodule_for(float_module)
+            if cls is not None and layer.get("type") not in (None, type(float_module).__name__):
+                # e.g. a 2-D weight quantized as a Linear's, but the model has an Embedding there
+                raise CheckpointError(f"layer {name!r} is quantized in the checkpoint as a {layer['type']} but is a "
+                                      f"{type(float_module).__name__} in the model")
             if cls is None:
                 raise CheckpointError(f"layer {name!r} is quantized in the checkpoint but is a "
                                       f"{type(float_module).__name__} in the model, which mono-quant does not replace")
@@ -212,7 +216,7 @@ class QuantizedStateDict(Mapping):
             stored = _stored_weight(layer, own, float_module.weight.dtype)
             qmodule = cls.from_float(float_module, stored)
             bias = None
-            if float_module.bias is not None:
+            if getattr(float_module, "bias", None) is not None:
                 bias = self._tensors.get(layer_key(layer["name"], "bias"))
                 if bias is None:
                     raise CheckpointError(f"missing key {layer_key(layer['name'], 'bias')!r} for layer {name!r}")

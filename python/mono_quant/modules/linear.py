@@ -10,6 +10,7 @@ from torch import nn
 
 from .. import _C, kernels
 from ..packing import can_pack, pack_int8_linear, packed_info
+from ..int4 import int4_linear
 from .registry import QuantizedModule, register_qmodule
 
 __all__ = ["QuantizedLinear", "ACTIVATION_MODES", "kernel_args", "packed_linear"]
@@ -66,6 +67,8 @@ class QuantizedLinear(QuantizedModule):
         self.activations = activations
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.weight_format == "int4":  # packed weight streamed by the C kernels
+            return int4_linear(x, self.quantized_weight(), self.bias)
         if self.qtype.kind == "int":
             packed = kernel_args(self)
             if packed is not None and _kernel_takes(x, packed[0]["in_features"]):

@@ -46,7 +46,8 @@ class QuantizedModule(nn.Module):
     # Plain attributes (JSON-able, or torch dtypes) that, with init_kwargs()
     # and the tensors of state_dict(), fully describe a module: what save/load
     # persists.  Subclasses extend the tuple when they add such attributes.
-    state_attrs: Tuple[str, ...] = ("weight_format", "weight_axis", "weight_symmetric", "orig_dtype")
+    state_attrs: Tuple[str, ...] = ("weight_format", "weight_axis", "weight_symmetric", "orig_dtype",
+                                    "weight_group_size")
 
     def __init__(self, weight_format: str, weight_shape, orig_dtype=torch.float32):
         super().__init__()
@@ -54,6 +55,7 @@ class QuantizedModule(nn.Module):
         self.weight_shape = tuple(weight_shape)
         self.weight_axis: Optional[int] = 0
         self.weight_symmetric = False
+        self.weight_group_size: Optional[int] = None  # int4: columns per group (None: per channel)
         self.orig_dtype = orig_dtype
 
     @property
@@ -69,6 +71,7 @@ class QuantizedModule(nn.Module):
             self.register_buffer("weight_zero_point", weight.zero_point)
             self.weight_axis = weight.axis
             self.weight_symmetric = weight.symmetric
+            self.weight_group_size = getattr(weight, "group_size", None)
         else:
             self.register_buffer("weight", weight)
 
@@ -91,6 +94,11 @@ class QuantizedModule(nn.Module):
 
     def quantized_weight(self) -> QuantizedWeight:
         """The integer weight as a QuantizedWeight (integer formats only)."""
+        if self.weight_format == "int4":
+            from ..int4 import Int4Weight
+
+            return Int4Weight(self.weight_qdata, self.weight_scale, self.weight_zero_point, 0, "int4",
+                              self.weight_symmetric, self.orig_dtype, self.weight_group_size, self.weight_shape)
         return QuantizedWeight(
             self.int_weight(), self.weight_scale, self.weight_zero_point, self.weight_axis,
             self.weight_format, self.weight_symmetric, self.orig_dtype,
@@ -161,4 +169,6 @@ class QuantizedModule(nn.Module):
         scheme = ""
         if self.qtype.kind == "int":
             scheme = f", axis={self.weight_axis}, symmetric={self.weight_symmetric}"
+            if self.weight_format == "int4":
+                scheme += f", group_size={self.weight_group_size}"
         return f"weight={self.weight_format}{list(self.weight_shape)}{scheme}, bias={self.bias is not None}"
