@@ -27,7 +27,9 @@ from .tensor import NonFiniteWeightError, QuantizedWeight, quantize_int_with_err
 
 __all__ = ["quantize", "QuantizationResult", "SkippedLayer"]
 
-_UNSET = object()  # activations=None is meaningful (weight-only), so "not given" needs its own marker
+# activations=None (weight-only) and group_size=None (per-channel int4) are meaningful, so "not given"
+# needs its own marker
+_UNSET = object()
 
 
 class QuantizationResult:
@@ -63,7 +65,13 @@ class QuantizationResult:
                 f"{len(self.report.layers)} quantized, {len(self.skipped)} skipped)")
 
 
-_UNSET = object()  # group_size=None is meaningful (per-channel int4), so "not given" needs its own value
+
+
+def check_group_size_given(cfg: QuantConfig, given: bool) -> None:
+    """A group_size passed explicitly with a format that has no groups is a mistake: say so."""
+    if given and cfg.dtype != "int4":
+        raise ValueError(f"group_size applies to dtype 'int4' only; {cfg.dtype} is quantized per channel "
+                         "(granularity='per_channel') or per tensor")
 
 
 def quantize(
@@ -118,9 +126,7 @@ def quantize(
                          activations=None if activations is _UNSET else ("none" if activations is None else activations),
                          group_size=None if group_size is _UNSET else (0 if group_size is None else group_size),
                          method=method, embeddings=embeddings)
-    if group_size is not _UNSET and cfg.dtype != "int4":
-        raise ValueError(f"group_size applies to dtype 'int4' only; {cfg.dtype} is quantized per channel "
-                         "(granularity='per_channel') or per tensor")
+    check_group_size_given(cfg, group_size is not _UNSET)
     if isinstance(model_or_state_dict, nn.Module):
         if model is not None:
             raise TypeError("model= is only for a state_dict input; the module given is the model")

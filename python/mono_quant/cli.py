@@ -63,8 +63,9 @@ def _cmd_quantize(args) -> int:
     from .io import quantize_checkpoint
 
     start = time.perf_counter()
+    grouping = {} if args.group_size is None else {"group_size": args.group_size}  # unset: the config's default
     report = quantize_checkpoint(
-        args.src, args.output, args.dtype, group_size=args.group_size, include=args.include,
+        args.src, args.output, args.dtype, **grouping, include=args.include,
         exclude=args.exclude, config=args.config, overwrite=args.force,
         progress=not args.quiet and sys.stderr.isatty(),
     )

@@ -11,7 +11,6 @@ quantized form at a time.
 """
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 from collections import OrderedDict
@@ -20,8 +19,9 @@ from typing import Dict, Iterator, List, Optional, Tuple
 
 import torch
 
-from ..api import quantize_state_dict_entry
-from ..config import QuantConfig, resolve_config
+from ..api import _UNSET as UNSET
+from ..api import check_group_size_given, quantize_state_dict_entry
+from ..config import resolve_config
 from ..report import Report, tensor_bytes
 from .atomic import atomic_output, check_destination
 from .container import StreamingWriter, read_header
@@ -300,7 +300,7 @@ def _header_reserve(reader: CheckpointReader, keys: List[str]) -> int:
 
 
 def quantize_checkpoint(src, dst, dtype=None, *, symmetric: Optional[bool] = None,
-                        granularity: Optional[str] = None, group_size: Optional[int] = None,
+                        granularity: Optional[str] = None, group_size=UNSET,
                         include=None, exclude=None, min_weight_numel: Optional[int] = None,
                         nonfinite: Optional[str] = None, config=None, overwrite: bool = False,
                         progress: bool = False, measure_error: bool = False) -> Report:
@@ -314,8 +314,8 @@ def quantize_checkpoint(src, dst, dtype=None, *, symmetric: Optional[bool] = Non
     Only about one tensor is in memory at a time.  ``progress``: draw a
     progress bar on stderr.  ``measure_error``: also compute each layer's
     SQNR for the report (one more pass over each weight; otherwise NaN, and
-    ``mono-quant compare`` measures it afterwards).  ``group_size`` is passed to the config only when
-    given.  The write is atomic and an existing ``dst`` is replaced only with
+    ``mono-quant compare`` measures it afterwards).  ``group_size``: unset takes the config's
+    default; None is per-channel (int4).  The write is atomic and an existing ``dst`` is replaced only with
     ``overwrite=True``.
 
     Returns a :class:`~mono_quant.report.Report` (layers, skipped, bytes
@@ -326,11 +326,10 @@ def quantize_checkpoint(src, dst, dtype=None, *, symmetric: Optional[bool] = Non
     """
     options = dict(dtype=dtype, symmetric=symmetric, granularity=granularity, include=include, exclude=exclude,
                    min_weight_numel=min_weight_numel, nonfinite=nonfinite)
-    if group_size is not None:
-        if "group_size" not in {f.name for f in dataclasses.fields(QuantConfig)}:
-            raise ValueError("group_size is not supported by this mono-quant (no grouped formats)")
-        options["group_size"] = group_size
+    if group_size is not UNSET:  # None is meaningful: per-channel int4
+        options["group_size"] = 0 if group_size is None else group_size
     cfg = resolve_config(config, **options)
+    check_group_size_given(cfg, group_size is not UNSET)
     check_destination(dst, overwrite)
     report = Report()
     manifest = new_manifest("state_dict", cfg)

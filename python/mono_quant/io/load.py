@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import copy
+import math
 import os
 import warnings
 from collections import OrderedDict
@@ -308,6 +309,8 @@ def _stored_weight(layer, own: Dict[str, torch.Tensor], orig_dtype: torch.dtype)
         if weight is None or weight.dtype != qtype.storage or list(weight.shape) != shape:
             raise CheckpointError(f"layer {name!r}: a {qtype.name} layer needs 'weight' of {qtype.storage} {shape}")
         return weight
+    if qtype.name == "int4":
+        return _stored_int4_weight(layer, own, orig_dtype, name, shape)
     if "weight_qdata" not in own and "weight_packed" in own and "weight_packed_info" in own:
         # a packed int8 layer stores only the kernels' layout: recover the plain weight
         try:
@@ -326,6 +329,28 @@ def _stored_weight(layer, own: Dict[str, torch.Tensor], orig_dtype: torch.dtype)
                               f"{list(qdata.shape)}, scale {scale.dtype}{list(scale.shape)}, zero_point "
                               f"{zero_point.dtype}{list(zero_point.shape)}, axis {axis}, shape {shape})")
     return QuantizedWeight(qdata, scale, zero_point, axis, qtype.name, layer["scheme"] == "symmetric", orig_dtype)
+
+
+def _stored_int4_weight(layer, own: Dict[str, torch.Tensor], orig_dtype: torch.dtype, name: str, shape):
+    """An int4 layer's Int4Weight, its tensors checked against the format (docs/formats.md)."""
+    from ..int4 import Int4Weight, effective_group
+
+    need = ("weight_qdata", "weight_scale", "weight_zero_point")
+    if any(n not in own for n in need):
+        raise CheckpointError(f"layer {name!r}: an int4 layer needs tensors {list(need)}, has {sorted(own)}")
+    qdata, scale, zero_point = (own[n] for n in need)
+    group_size = layer.get("group_size") or None
+    rows, cols = shape[0], math.prod(shape[1:])
+    kpad = -(-cols // 32) * 32
+    groups = -(-kpad // effective_group(cols, group_size)) if group_size is None or group_size > 0 else -1
+    expected = ((torch.uint8, [rows, kpad // 2]), (torch.float16, [rows, groups]), (torch.uint8, [rows, groups]))
+    for tensor, (dtype, tshape) in zip((qdata, scale, zero_point), expected):
+        if tensor.dtype != dtype or list(tensor.shape) != tshape:
+            raise CheckpointError(f"layer {name!r}: inconsistent int4 tensors (qdata {qdata.dtype}{list(qdata.shape)}, "
+                                  f"scale {scale.dtype}{list(scale.shape)}, zero_point {zero_point.dtype}"
+                                  f"{list(zero_point.shape)}, group_size {group_size}, shape {shape})")
+    return Int4Weight(qdata, scale, zero_point, 0, "int4", layer["scheme"] == "symmetric", orig_dtype, group_size,
+                      tuple(shape))
 
 
 def dequantize_layer(kind: str, layer: Mapping[str, Any], own: Dict[str, torch.Tensor],
