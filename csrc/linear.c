@@ -16,23 +16,63 @@ static int64_t min_macs_per_thread(void) {
     return strcmp(mq_threading_backend(), "openmp") ? (int64_t)1 << 22 : (int64_t)1 << 20;
 }
 
-int mq_pack_int8(const int8_t *w, int64_t n, int64_t k, int8_t *packed, int32_t *w_sum) {
-    const int64_t kp = mq_round_up(k, MQ_KGROUP), np = mq_round_up(n, MQ_PANEL), groups = kp / MQ_KGROUP;
-    int has_m128 = 0;
-    for (int64_t p = 0; p < np / MQ_PANEL; p++)
-        for (int c = 0; c < MQ_PANEL; c++) {
-            int64_t row = p * MQ_PANEL + c;
+typedef struct {
+    const int8_t *w;
+    int64_t n, k;
+    int8_t *packed;
+    int32_t *w_sum;
+    uint8_t *panel_m128; /* per panel: some weight is -128 */
+} pack_ctx;
+
+/* Panels [p0, p1): K-groups outer and channels inner, so the writes are
+ * sequential 64-byte groups and the 16 rows read are 16 cache-friendly
+ * streams; the row sums and the -128 check are plain loops gcc vectorizes. */
+static void pack_range(void *vctx, int64_t p0, int64_t p1) {
+    const pack_ctx *c = vctx;
+    const int64_t k = c->k, kp = mq_round_up(k, MQ_KGROUP), groups = kp / MQ_KGROUP, full = k / MQ_KGROUP;
+    for (int64_t p = p0; p < p1; p++) {
+        int8_t *dst = c->packed + p * MQ_PANEL * kp;
+        uint8_t m128 = 0;
+        for (int ch = 0; ch < MQ_PANEL; ch++) {
+            int64_t row = p * MQ_PANEL + ch;
             int32_t sum = 0;
-            for (int64_t g = 0; g < groups; g++)
+            if (row < c->n) {
+                const int8_t *src = c->w + row * k;
+                int8_t lowest = 0;
+                for (int64_t i = 0; i < k; i++) sum += src[i]; /* two simple loops: both vectorize */
+                for (int64_t i = 0; i < k; i++) lowest = src[i] < lowest ? src[i] : lowest;
+                m128 |= lowest == -128;
+            }
+            c->w_sum[row] = sum;
+        }
+        for (int ch = 0; ch < MQ_PANEL; ch++) {
+            int64_t row = p * MQ_PANEL + ch;
+            int8_t *out = dst + ch * MQ_KGROUP;
+            if (row >= c->n) { /* padding channel */
+                for (int64_t g = 0; g < groups; g++) memset(out + g * MQ_PANEL * MQ_KGROUP, 0, MQ_KGROUP);
+                continue;
+            }
+            /* one row read sequentially, written every 64 bytes (the panel, 16*kp bytes, stays in L2) */
+            const int8_t *src = c->w + row * k;
+            for (int64_t g = 0; g < full; g++) memcpy(out + g * MQ_PANEL * MQ_KGROUP, src + g * MQ_KGROUP, MQ_KGROUP);
+            for (int64_t g = full; g < groups; g++)
                 for (int j = 0; j < MQ_KGROUP; j++) {
                     int64_t col = g * MQ_KGROUP + j;
-                    int8_t v = (row < n && col < k) ? w[row * k + col] : 0;
-                    packed[((p * groups + g) * MQ_PANEL + c) * MQ_KGROUP + j] = v;
-                    sum += v;
-                    has_m128 |= v == -128;
+                    out[g * MQ_PANEL * MQ_KGROUP + j] = col < k ? src[col] : 0;
                 }
-            w_sum[row] = sum;
         }
+        c->panel_m128[p] = m128;
+    }
+}
+
+int mq_pack_int8(const int8_t *w, int64_t n, int64_t k, int8_t *packed, int32_t *w_sum, uint8_t *panel_m128,
+                 int nthreads) {
+    const int64_t panels = mq_round_up(n, MQ_PANEL) / MQ_PANEL;
+    pack_ctx c = {w, n, k, packed, w_sum, panel_m128};
+    /* ~1 MiB of weight per chunk: smaller layers stay on this thread */
+    mq_parallel_for(panels, 1 + ((int64_t)1 << 20) / (MQ_PANEL * (k > 0 ? k : 1)), nthreads, pack_range, &c);
+    int has_m128 = 0;
+    for (int64_t p = 0; p < panels; p++) has_m128 |= panel_m128[p];
     return has_m128;
 }
 

@@ -339,30 +339,36 @@ fail:
 #define MQ_MAX_LINEAR_K 32768
 
 PyDoc_STRVAR(pack_int8_doc,
-             "pack_int8(w) -> (packed, w_sum, has_m128)\n\n"
+             "pack_int8(w, nthreads=1) -> (packed, w_sum, has_m128)\n\n"
              "Packs a 2-D int8 weight [n, k] into panels of 16 output channels with K\n"
              "interleaved in groups of 4 (int8, 1-D, round_up(n,16) * round_up(k,4) bytes,\n"
              "zero padded; see docs/formats.md), its column sums (int32 [round_up(n,16)])\n"
              "and whether any weight is -128.");
 
 static PyObject *py_pack_int8(PyObject *self, PyObject *args, PyObject *kw) {
-    static char *kwlist[] = {"w", NULL};
+    static char *kwlist[] = {"w", "nthreads", NULL};
     static const int i8[] = {NPY_INT8};
     PyObject *w_obj, *result = NULL;
-    PyArrayObject *w = NULL, *packed = NULL, *w_sum = NULL;
+    PyArrayObject *w = NULL, *packed = NULL, *w_sum = NULL, *scratch = NULL;
+    int nthreads = 1;
     (void)self;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "O:pack_int8", kwlist, &w_obj)) return NULL;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "O|i:pack_int8", kwlist, &w_obj, &nthreads)) return NULL;
+    if (!check_threads(nthreads)) return NULL;
     if (!(w = contiguous_array(w_obj, "w", i8, 1, 2, "int8"))) goto fail;
     npy_intp n = PyArray_DIM(w, 0), k = PyArray_DIM(w, 1);
     npy_intp np_ = mq_round_up(n, MQ_PANEL), size = np_ * mq_round_up(k, MQ_KGROUP);
     if (!(packed = (PyArrayObject *)PyArray_EMPTY(1, &size, NPY_INT8, 0))) goto fail;
     if (!(w_sum = (PyArrayObject *)PyArray_EMPTY(1, &np_, NPY_INT32, 0))) goto fail;
+    npy_intp panels = np_ / MQ_PANEL;
+    if (!(scratch = (PyArrayObject *)PyArray_EMPTY(1, &panels, NPY_UINT8, 0))) goto fail;
     int has_m128;
     Py_BEGIN_ALLOW_THREADS
-    has_m128 = mq_pack_int8(PyArray_DATA(w), n, k, PyArray_DATA(packed), PyArray_DATA(w_sum));
+    has_m128 = mq_pack_int8(PyArray_DATA(w), n, k, PyArray_DATA(packed), PyArray_DATA(w_sum), PyArray_DATA(scratch),
+                            nthreads);
     Py_END_ALLOW_THREADS
     result = Py_BuildValue("OON", packed, w_sum, PyBool_FromLong(has_m128));
 fail:
+    Py_XDECREF(scratch);
     Py_XDECREF(w);
     Py_XDECREF(packed);
     Py_XDECREF(w_sum);

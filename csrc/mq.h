@@ -295,7 +295,9 @@ void mq_rows_dequantize(const uint8_t *q, int is_signed, int64_t rows, int64_t c
 /* Packs w [n][k] (row-major int8) into the panel layout above (packed must
  * hold np*kp bytes) and writes the column sums w_sum [np]; returns 1 if some
  * weight is -128. */
-int mq_pack_int8(const int8_t *w, int64_t n, int64_t k, int8_t *packed, int32_t *w_sum);
+/* Returns whether some weight is -128; panel_m128 is scratch, one byte per panel. */
+int mq_pack_int8(const int8_t *w, int64_t n, int64_t k, int8_t *packed, int32_t *w_sum, uint8_t *panel_m128,
+                 int nthreads);
 /* y [m][n] = dynamic int8 linear of x [m][k] (f32/f16/bf16 rows, row stride
  * ldx elements); acc instead of y returns the exact accumulators of the
  * already-quantized int8 xq (x_is_q).  Returns 0, or -1 when out of memory. */

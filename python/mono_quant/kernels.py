@@ -187,7 +187,7 @@ def pack_int8(q: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, bool]:
     q = _rows(q).detach().to("cpu")
     if q.dtype != torch.int8:
         raise TypeError(f"pack_int8 takes an int8 weight, got {q.dtype}")
-    packed, w_sum, has_m128 = _C.pack_int8(q.numpy())
+    packed, w_sum, has_m128 = _C.pack_int8(q.numpy(), nthreads=num_threads())
     return torch.from_numpy(packed), torch.from_numpy(w_sum), bool(has_m128)
 
 
