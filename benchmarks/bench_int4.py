@@ -128,7 +128,7 @@ def bench_linear(reps: int, quick: bool) -> list:
                 fns["torch int4pack bf16"] = lambda: (lambda p: torch._weight_int4pack_mm_for_cpu(xb, p[0], 128, p[1]))(
                     next_tp())
             if m == 1:
-                fns["int8 mono-quant (foundation: dequantize + F.linear)"] = lambda: q8(x)
+                fns["int8 mono-quant (dynamic, packed VNNI kernels)"] = lambda: q8(x)
             res = interleaved(fns, reps)
             base = res["fp32 F.linear"]["median_s"]
             for name, r in res.items():

@@ -10,9 +10,6 @@
  * on every ISA, so SIMD and scalar paths choose the same parameters. */
 #include <float.h>
 #include <math.h>
-#include <pthread.h>
-#include <sched.h>
-#include <stdatomic.h>
 #include <stdlib.h>
 
 #include "mq.h"
@@ -340,76 +337,11 @@ void mq_q4_dequantize(const uint8_t *packed, const uint16_t *scale, const uint8_
     mq_parallel_for(rows, (1 << 15) / (kpad + 1) + 1, nthreads, dequantize_range, &c);
 }
 
-/* ---- dynamic work split ---------------------------------------------------------------------
- * The linear kernels run between torch ops whose OpenMP workers keep spinning
- * for a while after each op, and on shared machines a core can stall for
- * milliseconds.  So the work is cut into small chunks handed out from an
- * atomic counter (a slowed thread takes fewer), and the caller waits only for
- * the chunks to be done, not for its helper threads to exit: a helper that
- * starts late finds nothing left and leaves on its own (the shared state is
- * on the heap, freed by whoever leaves last; it never touches the caller's
- * context once every chunk is taken). */
-
-typedef struct {
-    mq_range_fn fn;
-    void *ctx;
-    int64_t n, chunk;
-    atomic_llong next; /* first item not yet handed out */
-    atomic_llong done; /* items finished */
-    atomic_int refs;   /* threads (the caller included) still using this struct */
-} dynamic_work;
-
-static void run_chunks(dynamic_work *d) {
-    for (;;) {
-        int64_t begin = (int64_t)atomic_fetch_add(&d->next, (long long)d->chunk);
-        if (begin >= d->n) break;
-        int64_t end = begin + d->chunk < d->n ? begin + d->chunk : d->n;
-        d->fn(d->ctx, begin, end);
-        atomic_fetch_add(&d->done, (long long)(end - begin));
-    }
-}
-
-static void release_work(dynamic_work *d) {
-    if (atomic_fetch_sub(&d->refs, 1) == 1) free(d);
-}
-
-static void *helper_thread(void *arg) {
-    run_chunks(arg);
-    release_work(arg);
-    return NULL;
-}
-
-#define MQ_Q4_MAX_THREADS 256
-
-static void parallel_chunks(int64_t n, int64_t chunk, int nthreads, mq_range_fn fn, void *ctx) {
-    if (n <= 0) return;
-    int64_t nchunks = (n + chunk - 1) / chunk;
-    int parts = nthreads < 1 ? 1 : (nthreads > MQ_Q4_MAX_THREADS ? MQ_Q4_MAX_THREADS : nthreads);
-    if (parts > nchunks) parts = (int)nchunks;
-    dynamic_work *d = parts > 1 ? malloc(sizeof *d) : NULL;
-    if (!d) { /* one part, or no memory for the shared state: all on this thread */
-        fn(ctx, 0, n);
-        return;
-    }
-    d->fn = fn;
-    d->ctx = ctx;
-    d->n = n;
-    d->chunk = chunk;
-    atomic_init(&d->next, 0);
-    atomic_init(&d->done, 0);
-    atomic_init(&d->refs, 1);
-    pthread_attr_t attr;
-    int detached = pthread_attr_init(&attr) == 0 && pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED) == 0;
-    for (int t = 1; t < parts && detached; t++) {
-        pthread_t thread;
-        atomic_fetch_add(&d->refs, 1);
-        if (pthread_create(&thread, &attr, helper_thread, d) != 0) atomic_fetch_sub(&d->refs, 1);
-    }
-    if (detached) pthread_attr_destroy(&attr);
-    run_chunks(d);
-    while (atomic_load(&d->done) < n) sched_yield(); /* chunks a helper is still computing */
-    release_work(d);
-}
+/* Threads: mq_parallel_for (parallel.c), shared with the int8 kernels: it
+ * runs on torch's own OpenMP team when one is loaded, so the workers torch
+ * just used are the ones that take the chunks (own helper threads had to
+ * share the two cores with those still-spinning workers: ~3.4x fp32 at batch
+ * 1 on 4096x4096 instead of ~6x). */
 
 /* Rows per chunk: about 256 KiB of packed weight (the kernels prefetch within
  * a chunk only, so its first rows stream unprefetched), a multiple of 4 rows. */
@@ -532,14 +464,14 @@ int mq_q4_linear(const void *x, mq_src_t kind, int64_t m, int64_t cols, const ui
         for (int64_t i = 0; i < m; i++)
             act(xpad + i * kpad, kpad, group, xq + i * kpad, xscale + i * ngroups, xqsum + i * ngroups);
         linear_i8_ctx ci = {xq, xscale, xqsum, m, kpad, group, rows, packed, scale, zero, y, i8};
-        parallel_chunks(rows, row_chunk(kpad), nthreads, gemv_i8_range, &ci);
+        mq_parallel_for(rows, row_chunk(kpad), nthreads, gemv_i8_range, &ci);
         free(xq);
         free(xscale);
         if (bias)
             for (int64_t i = 0; i < m; i++)
                 for (int64_t r = 0; r < rows; r++) y[i * rows + r] += bias[r];
     } else if (m < mq_q4_panel_min_m) {
-        parallel_chunks(rows, row_chunk(kpad), nthreads, gemv_range, &c);
+        mq_parallel_for(rows, row_chunk(kpad), nthreads, gemv_range, &c);
         if (bias)
             for (int64_t i = 0; i < m; i++)
                 for (int64_t r = 0; r < rows; r++) y[i * rows + r] += bias[r];
@@ -547,7 +479,7 @@ int mq_q4_linear(const void *x, mq_src_t kind, int64_t m, int64_t cols, const ui
         for (int64_t i = 0; i < m; i++) /* the panel kernel accumulates into y */
             for (int64_t r = 0; r < rows; r++) y[i * rows + r] = bias ? bias[r] : 0.0f;
         int64_t panels = (rows + MQ_Q4_PANEL_ROWS - 1) / MQ_Q4_PANEL_ROWS;
-        parallel_chunks(panels, 16, nthreads, panel_range, &c);
+        mq_parallel_for(panels, 16, nthreads, panel_range, &c);
     }
     free(xpad);
     return c.oom ? -1 : 0;
