@@ -81,6 +81,7 @@ static void init_tables(void) {
     tables[MQ_ISA_AVX2] = tables[MQ_ISA_SCALAR];
     mq_avx2_fill(&tables[MQ_ISA_AVX2]);
     mq_avx2_linear_fill(&tables[MQ_ISA_AVX2]);
+    if (mq_cpu_has("avx_vnni")) mq_avxvnni_linear_fill(&tables[MQ_ISA_AVX2]); /* replaces the maddubs qgemm */
     mq_avx2_int4_fill(&tables[MQ_ISA_AVX2]);
     tables[MQ_ISA_AVX512] = tables[MQ_ISA_AVX2];
     mq_avx512_fill(&tables[MQ_ISA_AVX512]);
@@ -110,5 +111,26 @@ int mq_set_isa(mq_isa_t isa) {
     init_tables();
     if (isa < 0 || isa >= MQ_ISA_COUNT || isa > best_isa) return -1;
     active_isa = isa;
+    return 0;
+}
+
+int mq_use_vnni256_for_tests(int on) {
+    init_tables();
+    if (on) {
+        if (!(mq_cpu_has("avx512_vnni") && mq_cpu_has("avx512vl") && best_isa >= MQ_ISA_AVX512)) return -1;
+        mq_kernels probe = tables[MQ_ISA_AVX2];
+        mq_vnni256_evex_fill(&probe);
+        if (probe.qgemm == tables[MQ_ISA_AVX2].qgemm) return -1; /* built without the EVEX variant */
+        tables[MQ_ISA_AVX2].qgemm = probe.qgemm;
+        tables[MQ_ISA_AVX2].qgemm_x_u8 = probe.qgemm_x_u8;
+        tables[MQ_ISA_AVX2].qgemm_name = probe.qgemm_name;
+        return 0;
+    }
+    mq_kernels fresh = tables[MQ_ISA_SCALAR]; /* rebuild the AVX2 level's int8 matmul entries */
+    mq_avx2_linear_fill(&fresh);
+    if (mq_cpu_has("avx_vnni")) mq_avxvnni_linear_fill(&fresh);
+    tables[MQ_ISA_AVX2].qgemm = fresh.qgemm;
+    tables[MQ_ISA_AVX2].qgemm_x_u8 = fresh.qgemm_x_u8;
+    tables[MQ_ISA_AVX2].qgemm_name = fresh.qgemm_name;
     return 0;
 }

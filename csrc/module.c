@@ -673,6 +673,23 @@ static PyObject *py_linear_kernels(PyObject *self, PyObject *unused) {
                          "max_in_features", MQ_MAX_LINEAR_K, "threads", mq_threading_backend());
 }
 
+PyDoc_STRVAR(use_vnni256_doc,
+             "use_vnni256_for_tests(on) -> None\n\n"
+             "Tests only: make the AVX2 level's dynamic int8 matmul the 256-bit VNNI kernel (the\n"
+             "AVX-VNNI one) in its EVEX encoding, so it runs on AVX-512 VNNI CPUs; False restores.\n"
+             "Raises RuntimeError when this CPU or build cannot.");
+
+static PyObject *py_use_vnni256(PyObject *self, PyObject *arg) {
+    (void)self;
+    int on = PyObject_IsTrue(arg);
+    if (on < 0) return NULL;
+    if (mq_use_vnni256_for_tests(on) < 0) {
+        PyErr_SetString(PyExc_RuntimeError, "the EVEX 256-bit VNNI kernel needs AVX-512 VNNI + VL (CPU and build)");
+        return NULL;
+    }
+    Py_RETURN_NONE;
+}
+
 PyDoc_STRVAR(cpu_info_doc, "cpu_info() -> dict of the CPU features mono-quant dispatches on, and the ISA levels.");
 
 static PyObject *py_cpu_info(PyObject *self, PyObject *unused) {
@@ -999,6 +1016,7 @@ static PyMethodDef module_methods[] = {
     {"linear_kernels", py_linear_kernels, METH_NOARGS, linear_kernels_doc},
     {"use_openmp_runtime", py_use_openmp_runtime, METH_O, use_openmp_runtime_doc},
     {"set_gemv_max_rows", py_set_gemv_max_rows, METH_O, set_gemv_max_rows_doc},
+    {"use_vnni256_for_tests", py_use_vnni256, METH_O, use_vnni256_doc},
     {"cpu_info", py_cpu_info, METH_NOARGS, cpu_info_doc},
     {"set_isa", py_set_isa, METH_O, set_isa_doc},
     {"get_isa", py_get_isa, METH_NOARGS, get_isa_doc},

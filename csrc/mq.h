@@ -247,6 +247,11 @@ void mq_ref_qgemm(const mq_qgemm_args *a, int64_t p0, int64_t p1);
 void mq_ref_wgemm(const mq_wgemm_args *a, int64_t p0, int64_t p1);
 void mq_avx2_linear_fill(mq_kernels *k);   /* linear_avx2.c */
 void mq_avx512_linear_fill(mq_kernels *k); /* linear_avx512.c (VNNI) */
+void mq_avxvnni_linear_fill(mq_kernels *k);  /* linear_vnni256.c, VEX (AVX-VNNI) */
+void mq_vnni256_evex_fill(mq_kernels *k);    /* the same kernel, EVEX-encoded (tests on AVX-512 VNNI) */
+/* Tests only: on the AVX2 level, run the 256-bit VNNI kernel in its EVEX
+ * encoding (needs AVX-512 VNNI + VL); 0 ok, -1 when this CPU can't. */
+int mq_use_vnni256_for_tests(int on);
 void mq_avx2_int4_fill(mq_kernels *k);   /* x86_avx2_int4.c */
 void mq_avx512_int4_fill(mq_kernels *k); /* x86_avx512_int4.c */
 void mq_avx512vnni_int4_fill(mq_kernels *k); /* x86_avx512vnni_int4.c (only if the CPU has VNNI) */

@@ -21,13 +21,25 @@ LEVELS = ["scalar", "avx2", "avx512"]
 SUPPORTED = LEVELS[: LEVELS.index(_C.cpu_info()["best_isa"]) + 1]
 
 
-@pytest.fixture(params=SUPPORTED)
+# The AVX-VNNI kernel (256-bit vpdpbusd on the AVX2 level) runs here in its EVEX
+# encoding when the CPU has AVX-512 VNNI + VL: the same source, so the same arithmetic.
+_INFO = _C.cpu_info()
+KERNELS = SUPPORTED + (["avx2+vnni256"] if _INFO["avx512_vnni"] and _INFO["avx512vl"] else [])
+
+
+@pytest.fixture(params=KERNELS)
 def kernel_isa(request):
     """Each kernel level this CPU has, forced in turn (the default restored after)."""
-    previous = _C.set_isa(request.param)
+    level, _, variant = request.param.partition("+")
+    previous = _C.set_isa(level)
+    if variant:
+        _C.use_vnni256_for_tests(True)
+        assert _C.linear_kernels()["dynamic"] == "vnni256_evex"
     try:
         yield request.param
     finally:
+        if variant:
+            _C.use_vnni256_for_tests(False)
         _C.set_isa(previous)
 
 

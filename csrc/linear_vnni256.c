@@ -1,0 +1,120 @@
+/* linear_vnni256.c - the dynamic int8 matmul with 256-bit vpdpbusd.
+ *
+ * For AVX-VNNI CPUs (Alder Lake and later, Zen 5): AVX2 registers, but the
+ * VEX-encoded vpdpbusd instead of AVX2's maddubs sign trick.  Compiled with
+ * -mavx2 -mfma -mavxvnni and installed by dispatch.c on the AVX2 level only
+ * when the CPU has avx_vnni.  The same source is compiled a second time by
+ * linear_vnni256_evex.c with the EVEX encoding of the same instruction
+ * (AVX-512 VNNI + VL), so the kernel's arithmetic is tested on AVX-512 VNNI
+ * machines too (_C.use_vnni256_for_tests).
+ *
+ * A 16-channel panel is read as two 8-channel halves (32 bytes of each
+ * 64-byte K-group); activations arrive as uint8 = int8 + 128 (qgemm_x_u8),
+ * and the epilogue subtracts 128 * column sum, as linear_avx512.c does, so
+ * the int32 accumulators equal mq_ref_qgemm's exactly. */
+#include "mq.h"
+
+#if defined(MQ_VNNI256_EVEX)
+#if defined(__x86_64__) && defined(__AVX512VNNI__) && defined(__AVX512VL__)
+#define MQ_VNNI256_OK 1
+#define MQ_DPBUSD256 _mm256_dpbusd_epi32
+#define MQ_VNNI256_FILL mq_vnni256_evex_fill
+#endif
+#elif defined(__x86_64__) && defined(__AVXVNNI__)
+#define MQ_VNNI256_OK 1
+#define MQ_DPBUSD256 _mm256_dpbusd_avx_epi32
+#define MQ_VNNI256_FILL mq_avxvnni_linear_fill
+#endif
+
+#if defined(MQ_VNNI256_OK)
+#include <immintrin.h>
+
+#define MQ_INLINE static inline __attribute__((always_inline))
+
+/* Exact corrections, then y = (float)acc * (x_scale * w_scale) + bias, the
+ * reference's order (no FMA), for row m and channels n0 .. n0 + 7. */
+MQ_INLINE void store8(const mq_qgemm_args *a, __m256i acc, int64_t m, int64_t n0) {
+    const int count = (int)(a->n - n0 < 8 ? a->n - n0 : 8);
+    int32_t v[8], w_sum[8];
+    memcpy(w_sum, a->w_sum + n0, sizeof w_sum); /* w_sum has np >= n0 + 8 entries (padding rows are 0) */
+    _mm256_storeu_si256((__m256i *)v, acc);
+    for (int c = 0; c < 8; c++) v[c] -= w_sum[c] * 128; /* undo the +128 shift of the activations */
+    if (a->w_zp)
+        for (int c = 0; c < count; c++) v[c] -= a->w_zp[n0 + c] * a->x_sum[m];
+    if (a->acc) {
+        for (int c = 0; c < count; c++) a->acc[m * a->ldy + n0 + c] = v[c];
+        return;
+    }
+    float *y = a->y + m * a->ldy + n0;
+    if (count == 8) {
+        __m256 s = _mm256_mul_ps(_mm256_set1_ps(a->x_scale[m]), _mm256_loadu_ps(a->w_scale + n0));
+        __m256 r = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_loadu_si256((const __m256i *)v)), s);
+        if (a->bias) r = _mm256_add_ps(r, _mm256_loadu_ps(a->bias + n0));
+        _mm256_storeu_ps(y, r);
+        return;
+    }
+    for (int c = 0; c < count; c++) { /* the same operations, one lane at a time */
+        float s = a->x_scale[m] * a->w_scale[n0 + c];
+        float r = (float)v[c] * s;
+        if (a->bias) r = r + a->bias[n0 + c];
+        y[c] = r;
+    }
+}
+
+/* MT rows x one panel, named accumulators (a macro with a constant MT). */
+#define VROW_DECL(i) __m256i acc##i##a = _mm256_setzero_si256(), acc##i##b = acc##i##a;
+#define VROW(i, MT)                                                                           \
+    if ((i) < (MT)) {                                                                         \
+        int32_t x4;                                                                           \
+        memcpy(&x4, x + (i) * kp + g * 4, 4);                                                 \
+        const __m256i xb = _mm256_set1_epi32(x4);                                             \
+        acc##i##a = MQ_DPBUSD256(acc##i##a, xb, w0);                                          \
+        acc##i##b = MQ_DPBUSD256(acc##i##b, xb, w1);                                          \
+    }
+#define VROW_STORE(i, MT)                                                                     \
+    if ((i) < (MT)) {                                                                         \
+        store8(a, acc##i##a, m0 + (i), p * MQ_PANEL);                                         \
+        if (p * MQ_PANEL + 8 < a->n) store8(a, acc##i##b, m0 + (i), p * MQ_PANEL + 8);        \
+    }
+#define VTILE(MT)                                                                             \
+    static void vtile_##MT(const mq_qgemm_args *a, int64_t m0, int64_t p) {                   \
+        const int64_t groups = a->kp / MQ_KGROUP, kp = a->kp;                                 \
+        const int8_t *w = a->w + p * groups * 64;                                             \
+        const uint8_t *x = a->x + m0 * kp;                                                    \
+        VROW_DECL(0) VROW_DECL(1) VROW_DECL(2) VROW_DECL(3)                                   \
+        for (int64_t g = 0; g < groups; g++) {                                                \
+            const __m256i w0 = _mm256_loadu_si256((const __m256i *)(w + g * 64));             \
+            const __m256i w1 = _mm256_loadu_si256((const __m256i *)(w + g * 64 + 32));        \
+            VROW(0, MT) VROW(1, MT) VROW(2, MT) VROW(3, MT)                                   \
+        }                                                                                     \
+        VROW_STORE(0, MT) VROW_STORE(1, MT) VROW_STORE(2, MT) VROW_STORE(3, MT)               \
+    }
+
+typedef void (*vtile_fn)(const mq_qgemm_args *a, int64_t m0, int64_t p);
+VTILE(1) VTILE(2) VTILE(3) VTILE(4)
+static const vtile_fn vtiles[5] = {NULL, vtile_1, vtile_2, vtile_3, vtile_4};
+
+static void qgemm_vnni256(const mq_qgemm_args *a, int64_t p0, int64_t p1) {
+    if (!a->x_u8) { /* activations not shifted: only the reference takes them */
+        mq_ref_qgemm(a, p0, p1);
+        return;
+    }
+    for (int64_t p = p0; p < p1; p++)
+        for (int64_t m0 = 0; m0 < a->m; m0 += 4) vtiles[a->m - m0 < 4 ? a->m - m0 : 4](a, m0, p);
+}
+
+void MQ_VNNI256_FILL(mq_kernels *k) {
+    k->qgemm = qgemm_vnni256;
+    k->qgemm_x_u8 = 1; /* vpdpbusd multiplies unsigned activations: int8 + 128 */
+#if defined(MQ_VNNI256_EVEX)
+    k->qgemm_name = "vnni256_evex";
+#else
+    k->qgemm_name = "avx_vnni";
+#endif
+}
+
+#elif defined(MQ_VNNI256_EVEX)
+void mq_vnni256_evex_fill(mq_kernels *k) { (void)k; }
+#else
+void mq_avxvnni_linear_fill(mq_kernels *k) { (void)k; }
+#endif
