@@ -20,7 +20,7 @@ from torch import nn
 from .config import QuantConfig, resolve_config
 from .modules import QuantizedModule, qmodule_for
 from .modules.registry import QMODULES
-from .packing import PACKED_BUFFERS, can_pack, pack_int8_linear
+from .packing import PACKED_BUFFERS, can_pack, pack_int8_linear, quantize_and_pack_int8
 from .qtypes import QType, get_qtype
 from .report import LayerReport, Report, SkippedLayer, tensor_bytes, unique_tensor_bytes
 from .tensor import NonFiniteWeightError, QuantizedWeight, quantize_int_with_error, sqnr_db
@@ -414,6 +414,18 @@ def quantize_state_dict_entry(key: str, tensor: torch.Tensor, cfg: QuantConfig, 
             return out, LayerReport(name, kind, qtype.name, tuple(tensor.shape), tensor_bytes(tensor), after,
                                     sqnr), None
         try:
+            if qtype.name == "int8" and cfg.granularity == "per_channel" and tensor.dim() == 2 \
+                    and tensor.device.type == "cpu":
+                # straight into the packed layout, block by block: what the module path stores,
+                # without a whole plain int8 copy beside the packed one
+                qmin, qmax = qtype.qrange(cfg.symmetric_for(kind))
+                scale, zero_point, packed, sx, se = quantize_and_pack_int8(
+                    tensor, qmin, qmax, cfg.symmetric_for(kind), measure_error)
+                sqnr = sqnr_db(sx, se) if measure_error else math.nan
+                prefix = key[: -len("weight")]
+                out = {prefix + "weight_scale": scale, prefix + "weight_zero_point": zero_point,
+                       **{prefix + n: t for n, t in packed.items()}}
+                return _finish_entry(out, key, name, kind, qtype, tensor, sqnr, cache)
             stored, sqnr = _convert_weight(tensor, qtype, cfg, kind, {}, measure_error)
         except NonFiniteWeightError as exc:
             if cfg.nonfinite == "error":
@@ -431,6 +443,12 @@ def quantize_state_dict_entry(key: str, tensor: torch.Tensor, cfg: QuantConfig, 
             out = {prefix + "weight_qdata": stored.qdata, **out}
     else:
         out = {key: stored}
+    return _finish_entry(out, key, name, kind, qtype, tensor, sqnr, cache)
+
+
+def _finish_entry(out, key, name, kind, qtype, tensor, sqnr, cache):
+    """Remember a quantized entry (tied tensors) and report it."""
+    prefix = key[: -len("weight")]
     if cache is not None:
         cache[(id(tensor), qtype.name, "entry")] = ({k[len(prefix):]: t for k, t in out.items()}, sqnr)
     after = sum(tensor_bytes(t) for t in out.values())
