@@ -76,7 +76,7 @@ def _pack(qweight: QuantizedWeight, groups: int) -> Dict[str, torch.Tensor]:
 
 
 def quantize_and_pack_int8(weight: torch.Tensor, qmin: int, qmax: int, symmetric: bool, with_error: bool,
-                           block_rows: int = 1024):
+                           block_rows: Optional[int] = None):
     """Per-channel int8 quantization of a 2-D CPU weight straight into the packed layout, in
     blocks of rows, so the plain int8 copy never exists whole (streaming checkpoints keep
     their peak memory near one tensor).  Gives exactly what quantize_weight (axis 0) +
@@ -89,6 +89,8 @@ def quantize_and_pack_int8(weight: torch.Tensor, qmin: int, qmax: int, symmetric
 
     rows, cols = weight.shape
     kp, np_ = -(-cols // 4) * 4, -(-rows // 16) * 16
+    if block_rows is None:  # ~2 MiB of int8 per block: its temporaries stay small and cache-warm
+        block_rows = max(16, (2 << 20) // max(kp, 1) // 16 * 16)
     assert block_rows % 16 == 0  # blocks must start on a panel
     packed = torch.empty(np_ * kp, dtype=torch.int8)
     colsum = torch.empty(np_, dtype=torch.int32)
