@@ -339,26 +339,47 @@ fail:
 #define MQ_MAX_LINEAR_K 32768
 
 PyDoc_STRVAR(pack_int8_doc,
-             "pack_int8(w, nthreads=1) -> (packed, w_sum, has_m128)\n\n"
+             "pack_int8(w, nthreads=1, out=None) -> (packed, w_sum, has_m128)\n\n"
+             "out: an optional (packed, w_sum) pair of C-contiguous int8 / int32 arrays of exactly\n"
+             "those sizes to write into (then returned as they are).\n"
              "Packs a 2-D int8 weight [n, k] into panels of 16 output channels with K\n"
              "interleaved in groups of 4 (int8, 1-D, round_up(n,16) * round_up(k,4) bytes,\n"
              "zero padded; see docs/formats.md), its column sums (int32 [round_up(n,16)])\n"
              "and whether any weight is -128.");
 
 static PyObject *py_pack_int8(PyObject *self, PyObject *args, PyObject *kw) {
-    static char *kwlist[] = {"w", "nthreads", NULL};
+    static char *kwlist[] = {"w", "nthreads", "out", NULL};
     static const int i8[] = {NPY_INT8};
-    PyObject *w_obj, *result = NULL;
+    PyObject *w_obj, *out_obj = Py_None, *result = NULL;
     PyArrayObject *w = NULL, *packed = NULL, *w_sum = NULL, *scratch = NULL;
     int nthreads = 1;
     (void)self;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "O|i:pack_int8", kwlist, &w_obj, &nthreads)) return NULL;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "O|iO:pack_int8", kwlist, &w_obj, &nthreads, &out_obj)) return NULL;
     if (!check_threads(nthreads)) return NULL;
     if (!(w = contiguous_array(w_obj, "w", i8, 1, 2, "int8"))) goto fail;
     npy_intp n = PyArray_DIM(w, 0), k = PyArray_DIM(w, 1);
     npy_intp np_ = mq_round_up(n, MQ_PANEL), size = np_ * mq_round_up(k, MQ_KGROUP);
-    if (!(packed = (PyArrayObject *)PyArray_EMPTY(1, &size, NPY_INT8, 0))) goto fail;
-    if (!(w_sum = (PyArrayObject *)PyArray_EMPTY(1, &np_, NPY_INT32, 0))) goto fail;
+    if (out_obj != Py_None) {
+        PyObject *p_obj, *s_obj;
+        if (!PyArg_ParseTuple(out_obj, "OO:pack_int8 out", &p_obj, &s_obj)) goto fail;
+        if (!PyArray_Check(p_obj) || !PyArray_Check(s_obj) || PyArray_TYPE((PyArrayObject *)p_obj) != NPY_INT8 ||
+            PyArray_TYPE((PyArrayObject *)s_obj) != NPY_INT32 ||
+            !PyArray_IS_C_CONTIGUOUS((PyArrayObject *)p_obj) || !PyArray_IS_C_CONTIGUOUS((PyArrayObject *)s_obj) ||
+            !PyArray_ISWRITEABLE((PyArrayObject *)p_obj) || !PyArray_ISWRITEABLE((PyArrayObject *)s_obj) ||
+            PyArray_SIZE((PyArrayObject *)p_obj) != size || PyArray_SIZE((PyArrayObject *)s_obj) != np_) {
+            PyErr_Format(PyExc_ValueError,
+                         "out must be (int8 array of %zd, int32 array of %zd), C-contiguous and writeable",
+                         (Py_ssize_t)size, (Py_ssize_t)np_);
+            goto fail;
+        }
+        Py_INCREF(p_obj);
+        Py_INCREF(s_obj);
+        packed = (PyArrayObject *)p_obj;
+        w_sum = (PyArrayObject *)s_obj;
+    } else {
+        if (!(packed = (PyArrayObject *)PyArray_EMPTY(1, &size, NPY_INT8, 0))) goto fail;
+        if (!(w_sum = (PyArrayObject *)PyArray_EMPTY(1, &np_, NPY_INT32, 0))) goto fail;
+    }
     npy_intp panels = np_ / MQ_PANEL;
     if (!(scratch = (PyArrayObject *)PyArray_EMPTY(1, &panels, NPY_UINT8, 0))) goto fail;
     int has_m128;

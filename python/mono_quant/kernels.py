@@ -178,16 +178,22 @@ def dequantize_rows(q: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tens
     return torch.from_numpy(out)
 
 
-def pack_int8(q: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, bool]:
+def pack_int8(q: torch.Tensor, out: Optional[Tuple[torch.Tensor, torch.Tensor]] = None
+              ) -> Tuple[torch.Tensor, torch.Tensor, bool]:
     """Pack a 2-D int8 weight [out, in] into the kernels' panel layout (docs/formats.md).
 
     Returns ``(packed int8 [round_up(out,16) * round_up(in,4)], column sums int32
-    [round_up(out,16)], has_m128)``; ``has_m128`` says some weight is -128.
+    [round_up(out,16)], has_m128)``; ``has_m128`` says some weight is -128.  With
+    ``out=(packed, sums)`` (contiguous CPU tensors of exactly those sizes) it writes
+    there instead of allocating.
     """
     q = _rows(q).detach().to("cpu")
     if q.dtype != torch.int8:
         raise TypeError(f"pack_int8 takes an int8 weight, got {q.dtype}")
-    packed, w_sum, has_m128 = _C.pack_int8(q.numpy(), nthreads=num_threads())
+    target = None if out is None else (out[0].numpy(), out[1].numpy())
+    packed, w_sum, has_m128 = _C.pack_int8(q.numpy(), nthreads=num_threads(), out=target)
+    if out is not None:
+        return out[0], out[1], bool(has_m128)
     return torch.from_numpy(packed), torch.from_numpy(w_sum), bool(has_m128)
 
 

@@ -105,9 +105,8 @@ def quantize_and_pack_int8(weight: torch.Tensor, qmin: int, qmax: int, symmetric
         if bad >= 0:
             raise NonFiniteWeightError(f"weight holds NaN or Inf in channel {r0 + bad} (axis 0); fix or exclude it",
                                        r0 + bad)
-        block, sums, m128 = kernels.pack_int8(q)
-        packed[r0 * kp:r0 * kp + block.numel()] = block
-        colsum[r0:r0 + sums.numel()] = sums
+        panel_rows = -(-(r1 - r0) // 16) * 16
+        _, _, m128 = kernels.pack_int8(q, out=(packed[r0 * kp:(r0 + panel_rows) * kp], colsum[r0:r0 + panel_rows]))
         scale[r0:r1], zero_point[r0:r1] = s, z
         has_m128 |= m128
         if with_error:
