@@ -15,36 +15,7 @@
 #include <immintrin.h>
 
 #define MQ_INLINE static inline __attribute__((always_inline))
-
-MQ_INLINE void qgemm_store8(const mq_qgemm_args *a, __m256i acc, int64_t m, int64_t n0) {
-    int32_t v[8];
-    if (a->w_zp) {
-        int32_t xs = a->x_sum[m];
-        _mm256_storeu_si256((__m256i *)v, acc);
-        for (int c = 0; c < 8 && n0 + c < a->n; c++) v[c] -= a->w_zp[n0 + c] * xs;
-    } else {
-        _mm256_storeu_si256((__m256i *)v, acc);
-    }
-    const int count = (int)(a->n - n0 < 8 ? a->n - n0 : 8);
-    if (a->acc) {
-        for (int c = 0; c < count; c++) a->acc[m * a->ldy + n0 + c] = v[c];
-        return;
-    }
-    float *y = a->y + m * a->ldy + n0;
-    if (count == 8) {
-        __m256 s = _mm256_mul_ps(_mm256_set1_ps(a->x_scale[m]), _mm256_loadu_ps(a->w_scale + n0));
-        __m256 r = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_loadu_si256((const __m256i *)v)), s);
-        if (a->bias) r = _mm256_add_ps(r, _mm256_loadu_ps(a->bias + n0));
-        _mm256_storeu_ps(y, r);
-        return;
-    }
-    for (int c = 0; c < count; c++) { /* the same operations, one lane at a time */
-        float s = a->x_scale[m] * a->w_scale[n0 + c];
-        float r = (float)v[c] * s;
-        if (a->bias) r = r + a->bias[n0 + c];
-        y[c] = r;
-    }
-}
+#include "linear_store256.h"
 
 /* MT rows x one panel (two 8-channel halves), named accumulators (a
  * macro with a constant MT: GCC keeps arrays of vectors on the stack). */

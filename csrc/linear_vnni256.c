@@ -30,36 +30,7 @@
 #include <immintrin.h>
 
 #define MQ_INLINE static inline __attribute__((always_inline))
-
-/* Exact corrections, then y = (float)acc * (x_scale * w_scale) + bias, the
- * reference's order (no FMA), for row m and channels n0 .. n0 + 7. */
-MQ_INLINE void store8(const mq_qgemm_args *a, __m256i acc, int64_t m, int64_t n0) {
-    const int count = (int)(a->n - n0 < 8 ? a->n - n0 : 8);
-    int32_t v[8], w_sum[8];
-    memcpy(w_sum, a->w_sum + n0, sizeof w_sum); /* w_sum has np >= n0 + 8 entries (padding rows are 0) */
-    _mm256_storeu_si256((__m256i *)v, acc);
-    for (int c = 0; c < 8; c++) v[c] -= w_sum[c] * 128; /* undo the +128 shift of the activations */
-    if (a->w_zp)
-        for (int c = 0; c < count; c++) v[c] -= a->w_zp[n0 + c] * a->x_sum[m];
-    if (a->acc) {
-        for (int c = 0; c < count; c++) a->acc[m * a->ldy + n0 + c] = v[c];
-        return;
-    }
-    float *y = a->y + m * a->ldy + n0;
-    if (count == 8) {
-        __m256 s = _mm256_mul_ps(_mm256_set1_ps(a->x_scale[m]), _mm256_loadu_ps(a->w_scale + n0));
-        __m256 r = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_loadu_si256((const __m256i *)v)), s);
-        if (a->bias) r = _mm256_add_ps(r, _mm256_loadu_ps(a->bias + n0));
-        _mm256_storeu_ps(y, r);
-        return;
-    }
-    for (int c = 0; c < count; c++) { /* the same operations, one lane at a time */
-        float s = a->x_scale[m] * a->w_scale[n0 + c];
-        float r = (float)v[c] * s;
-        if (a->bias) r = r + a->bias[n0 + c];
-        y[c] = r;
-    }
-}
+#include "linear_store256.h"
 
 /* MT rows x one panel, named accumulators (a macro with a constant MT). */
 #define VROW_DECL(i) __m256i acc##i##a = _mm256_setzero_si256(), acc##i##b = acc##i##a;
@@ -73,8 +44,8 @@ MQ_INLINE void store8(const mq_qgemm_args *a, __m256i acc, int64_t m, int64_t n0
     }
 #define VROW_STORE(i, MT)                                                                     \
     if ((i) < (MT)) {                                                                         \
-        store8(a, acc##i##a, m0 + (i), p * MQ_PANEL);                                         \
-        if (p * MQ_PANEL + 8 < a->n) store8(a, acc##i##b, m0 + (i), p * MQ_PANEL + 8);        \
+        qgemm_store8(a, acc##i##a, m0 + (i), p * MQ_PANEL);                                         \
+        if (p * MQ_PANEL + 8 < a->n) qgemm_store8(a, acc##i##b, m0 + (i), p * MQ_PANEL + 8);        \
     }
 #define VTILE(MT)                                                                             \
     static void vtile_##MT(const mq_qgemm_args *a, int64_t m0, int64_t p) {                   \

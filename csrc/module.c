@@ -984,19 +984,24 @@ PyDoc_STRVAR(q4_int8_min_m_doc,
              "Automatic mode (int8_activations=-1) uses int8 activations from batch size m on;\n"
              "m >= 1 sets it, -1 only reads it.");
 
-static PyObject *py_q4_int8_min_m(PyObject *self, PyObject *args) {
+/* A batch-size threshold read (m = -1) or set (m >= 1); returns the previous value. */
+static PyObject *batch_threshold(PyObject *args, const char *format, int64_t *threshold) {
     long long m = -1;
-    (void)self;
-    if (!PyArg_ParseTuple(args, "|L:q4_int8_min_m", &m)) return NULL;
-    long long previous = (long long)mq_q4_int8_min_m;
+    if (!PyArg_ParseTuple(args, format, &m)) return NULL;
+    long long previous = (long long)*threshold;
     if (m != -1) {
         if (m < 1) {
             PyErr_Format(PyExc_ValueError, "m must be >= 1 (or -1 to read), got %lld", m);
             return NULL;
         }
-        mq_q4_int8_min_m = m;
+        *threshold = m;
     }
     return PyLong_FromLongLong(previous);
+}
+
+static PyObject *py_q4_int8_min_m(PyObject *self, PyObject *args) {
+    (void)self;
+    return batch_threshold(args, "|L:q4_int8_min_m", &mq_q4_int8_min_m);
 }
 
 PyDoc_STRVAR(q4_panel_min_m_doc,
@@ -1005,18 +1010,8 @@ PyDoc_STRVAR(q4_panel_min_m_doc,
              "the GEMV kernel; m >= 1 sets it (for tests and benchmarks), -1 only reads it.");
 
 static PyObject *py_q4_panel_min_m(PyObject *self, PyObject *args) {
-    long long m = -1;
     (void)self;
-    if (!PyArg_ParseTuple(args, "|L:q4_panel_min_m", &m)) return NULL;
-    long long previous = (long long)mq_q4_panel_min_m;
-    if (m != -1) {
-        if (m < 1) {
-            PyErr_Format(PyExc_ValueError, "m must be >= 1 (or -1 to read), got %lld", m);
-            return NULL;
-        }
-        mq_q4_panel_min_m = m;
-    }
-    return PyLong_FromLongLong(previous);
+    return batch_threshold(args, "|L:q4_panel_min_m", &mq_q4_panel_min_m);
 }
 /* ==== end INT4 ================================================================ */
 
