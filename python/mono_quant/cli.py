@@ -16,8 +16,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
     demo = sub.add_parser("demo", help="quantize the built-in example models and print a table")
-    demo.add_argument("--dtype", action="append", choices=["int8", "fp16", "bf16"],
-                      help="dtype(s) to show (default: all three)")
+    demo.add_argument("--dtype", action="append", choices=["int8", "int4", "fp16", "bf16"],
+                      help="dtype(s) to show (default: all four)")
     demo.add_argument("--no-speed", action="store_true", help="skip timing the int8 model against fp32")
 
     quantize = sub.add_parser("quantize", help="quantize a checkpoint on disk (streaming, one tensor at a time)",
@@ -53,7 +53,7 @@ def _cmd_demo(args) -> int:
     info = kernels.cpu_info()
     print(f"mono-quant demo  (kernels: {info['active_isa']}, int8 matmul: {kernels.linear_kernels()['dynamic']}, "
           f"threads: {kernels.num_threads()})")
-    run_demo(tuple(args.dtype) if args.dtype else ("int8", "fp16", "bf16"))
+    run_demo(tuple(args.dtype) if args.dtype else ("int8", "int4", "fp16", "bf16"))
     if not args.no_speed:
         run_speed()
     return 0

@@ -88,7 +88,7 @@ def output_sqnr_db(reference: torch.Tensor, output: torch.Tensor) -> float:
     return math.inf if noise == 0 else 10 * math.log10(signal / noise)
 
 
-def run_demo(dtypes=("int8", "fp16", "bf16"), file=None) -> List[dict]:
+def run_demo(dtypes=("int8", "int4", "fp16", "bf16"), file=None) -> List[dict]:
     """Quantize each demo model to each dtype; print a table; return the rows."""
     import sys
 
