@@ -34,11 +34,17 @@ static PyArrayObject *contiguous_array(PyObject *obj, const char *what, const in
                      PyArray_DESCR(a)->typeobj->tp_name);
         return NULL;
     }
+    if (!PyArray_ISNOTSWAPPED(a)) {
+        PyErr_Format(PyExc_TypeError, "%s must be in native byte order (use .astype(its dtype.newbyteorder('=')))",
+                     what);
+        return NULL;
+    }
     if (PyArray_NDIM(a) != ndim) {
         PyErr_Format(PyExc_ValueError, "%s must be %d-D, got %d-D", what, ndim, PyArray_NDIM(a));
         return NULL;
     }
-    return (PyArrayObject *)PyArray_GETCONTIGUOUS(a);
+    /* C-contiguous and aligned: a view when it already is, else a copy */
+    return (PyArrayObject *)PyArray_FROM_OF(obj, NPY_ARRAY_IN_ARRAY);
 }
 
 static const int src_types[] = {NPY_FLOAT32, NPY_FLOAT16, NPY_INT16, NPY_UINT16};
@@ -366,6 +372,7 @@ static PyObject *py_pack_int8(PyObject *self, PyObject *args, PyObject *kw) {
             PyArray_TYPE((PyArrayObject *)s_obj) != NPY_INT32 ||
             !PyArray_IS_C_CONTIGUOUS((PyArrayObject *)p_obj) || !PyArray_IS_C_CONTIGUOUS((PyArrayObject *)s_obj) ||
             !PyArray_ISWRITEABLE((PyArrayObject *)p_obj) || !PyArray_ISWRITEABLE((PyArrayObject *)s_obj) ||
+            !PyArray_ISBEHAVED((PyArrayObject *)s_obj) || !PyArray_ISNOTSWAPPED((PyArrayObject *)s_obj) ||
             PyArray_SIZE((PyArrayObject *)p_obj) != size || PyArray_SIZE((PyArrayObject *)s_obj) != np_) {
             PyErr_Format(PyExc_ValueError,
                          "out must be (int8 array of %zd, int32 array of %zd), C-contiguous and writeable",
@@ -507,6 +514,10 @@ static PyObject *py_linear_int8(PyObject *self, PyObject *args, PyObject *kw) {
     {
         int t = PyArray_TYPE(xv), ok = is_acc ? t == NPY_INT8 : 0;
         for (int i = 0; !is_acc && i < 4; i++) ok |= t == src_types[i];
+        if (ok && !PyArray_ISNOTSWAPPED(xv)) {
+            PyErr_SetString(PyExc_TypeError, "x must be in native byte order");
+            return NULL;
+        }
         if (!ok) {
             PyErr_Format(PyExc_TypeError, "x must have dtype %s, got %.50s", is_acc ? "int8" : src_expected,
                          PyArray_DESCR(xv)->typeobj->tp_name);
@@ -567,6 +578,10 @@ PyDoc_STRVAR(conv2d_int8_doc,
              "[out/groups, in/groups*kh*kw] block, concatenated).  kernel, stride, padding\n"
              "and dilation are (h, w) pairs.  Rows are the output pixels in (n, h, w) order.");
 
+/* Conv sizes far below this keep every product in the size arithmetic
+ * (kernel * dilation, channels * kernel area, ...) far inside int64. */
+#define MQ_MAX_CONV_ARG (1L << 20)
+
 static int pair_arg(PyObject *obj, const char *what, long lo, npy_intp out[2]) {
     long a, b;
     if (!PyArg_ParseTuple(obj, "ll", &a, &b)) {
@@ -574,8 +589,8 @@ static int pair_arg(PyObject *obj, const char *what, long lo, npy_intp out[2]) {
         PyErr_Format(PyExc_TypeError, "%s must be a pair of ints", what);
         return 0;
     }
-    if (a < lo || b < lo) {
-        PyErr_Format(PyExc_ValueError, "%s must be >= %ld, got (%ld, %ld)", what, lo, a, b);
+    if (a < lo || b < lo || a > MQ_MAX_CONV_ARG || b > MQ_MAX_CONV_ARG) {
+        PyErr_Format(PyExc_ValueError, "%s must be in %ld..%ld, got (%ld, %ld)", what, lo, MQ_MAX_CONV_ARG, a, b);
         return 0;
     }
     out[0] = a;
@@ -615,7 +630,12 @@ static PyObject *py_conv2d_int8(PyObject *self, PyObject *args, PyObject *kw) {
         PyErr_SetString(PyExc_ValueError, "the (padded) input is smaller than the dilated kernel");
         goto fail;
     }
-    if (!linear_weight_arrays(packed_obj, w_sum_obj, scale_obj, zp_obj, bias_obj, n, channels / groups * ks[0] * ks[1],
+    npy_intp k_conv;
+    if (__builtin_mul_overflow(channels / groups, ks[0] * ks[1], &k_conv) || k_conv > MQ_MAX_LINEAR_K) {
+        PyErr_Format(PyExc_ValueError, "in_channels/groups * kernel area must be at most %d", MQ_MAX_LINEAR_K);
+        goto fail;
+    }
+    if (!linear_weight_arrays(packed_obj, w_sum_obj, scale_obj, zp_obj, bias_obj, n, k_conv,
                               groups, &packed, &w_sum, &scale, &zp, &bias))
         goto fail;
     npy_intp dims[2] = {batch * out_h * out_w, n};

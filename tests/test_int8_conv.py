@@ -123,3 +123,19 @@ def test_weight_only_conv_picks_the_packed_kernel_for_few_pixels():
         for x in (small, big):
             ref = F.conv2d(x.double(), qconv.dequantized_weight().double(), qconv.bias.double(), padding=1)
             assert torch.allclose(qconv(x).double(), ref, rtol=1e-5, atol=1e-5 * float(ref.abs().max()))
+
+
+@pytest.mark.parametrize("kernel,padding,dilation", [
+    ((2 ** 62 + 1, 4), (2 ** 61, 0), (1, 1)),  # kernel area would wrap int64 to a small k
+    ((2 ** 62 + 1, 4), (0, 0), (4, 1)),
+    ((3, 3), (0, 0), (2 ** 63 - 1, 1)),  # dilation * (kernel - 1) would wrap negative
+])
+def test_conv2d_int8_rejects_sizes_that_would_overflow(kernel, padding, dilation):
+    import numpy as np
+
+    n = 16
+    packed, sums, m128 = _C.pack_int8(np.ones((n, 4), np.int8))
+    x = np.ones((1, 1, 4, 4), np.float32)
+    with pytest.raises((ValueError, OverflowError)):
+        _C.conv2d_int8(x, packed, sums, np.ones(n, np.float32), np.zeros(n, np.int32), None, n, m128,
+                       kernel, (1, 1), padding, dilation, 1)

@@ -244,3 +244,11 @@ def test_no_reference_leaks_in_the_c_layer():
         calls()
     # each round allocates ~100 KiB of arrays; a leak would grow by ~200 MiB
     assert _rss_kib() - before < 20 * 1024
+
+
+def test_non_native_byte_order_is_refused_not_misread():
+    big_endian = np.arange(6, dtype=">f4").reshape(2, 3)
+    with pytest.raises(TypeError, match="native byte order"):
+        _C.rows_minmax(big_endian)
+    unaligned = np.frombuffer(np.zeros(25, np.uint8).tobytes()[1:], dtype=np.float32).reshape(2, 3)
+    assert _C.rows_minmax(unaligned)[2] == -1  # an aligned copy is made
