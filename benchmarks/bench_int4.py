@@ -24,7 +24,6 @@ import torch.nn.functional as F
 import mono_quant as mq
 from mono_quant import _C, kernels
 from mono_quant.int4 import int4_linear, quantize_int4, set_int8_activations
-from mono_quant.modules import QuantizedLinear
 
 L3_BYTES = 32 << 20
 SHAPES = [(4096, 4096), (11008, 4096), (4096, 11008)]  # (out, in)

@@ -17,7 +17,6 @@ Usage: python benchmarks/bench_linear.py [--repeats N] [--quick]
 from __future__ import annotations
 
 import argparse
-import copy
 import warnings
 
 import torch

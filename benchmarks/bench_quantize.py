@@ -18,7 +18,6 @@ import json
 import subprocess
 import sys
 import textwrap
-import time
 import warnings
 
 import torch

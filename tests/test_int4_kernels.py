@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from mono_quant import _C, kernels
-from mono_quant.int4 import Int4Weight, int4_linear, quantize_int4, set_int8_activations, unpack_int4
+from mono_quant.int4 import int4_linear, quantize_int4, set_int8_activations, unpack_int4
 from mono_quant.tensor import NonFiniteWeightError, quantize_weight
 
 _LEVELS = ["scalar", "avx2", "avx512"]

@@ -1,7 +1,6 @@
 """quantize() on modules and state_dicts: what is replaced, what is skipped and
 why, and that the caller's model is never touched."""
 import copy
-import math
 
 import pytest
 import torch

@@ -409,10 +409,8 @@ def quantize_state_dict_entry(key: str, tensor: torch.Tensor, cfg: QuantConfig, 
         if cached is not None:  # a tensor stored under several keys: same outputs, shared
             suffixes, sqnr = cached
             prefix = key[: -len("weight")]
-            out = {prefix + s: t for s, t in suffixes.items()}
-            after = sum(tensor_bytes(t) for t in out.values())
-            return out, LayerReport(name, kind, qtype.name, tuple(tensor.shape), tensor_bytes(tensor), after,
-                                    sqnr), None
+            return _finish_entry({prefix + s: t for s, t in suffixes.items()}, key, name, kind, qtype, tensor, sqnr,
+                                 None)
         try:
             if qtype.name == "int8" and cfg.granularity == "per_channel" and tensor.dim() == 2 \
                     and tensor.device.type == "cpu":
