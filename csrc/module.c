@@ -344,6 +344,40 @@ fail:
  * correction stay far inside int32 up to this K. */
 #define MQ_MAX_LINEAR_K 32768
 
+/* The packed weight and column sums to write: fresh arrays when out_obj is
+ * None, else the caller's (packed, w_sum) pair checked for exactly these
+ * sizes.  New references in *packed and *w_sum; 0 with an exception set. */
+static int packed_outputs(PyObject *out_obj, const char *fname, npy_intp size, npy_intp np_, PyArrayObject **packed,
+                          PyArrayObject **w_sum) {
+    if (out_obj == Py_None) {
+        *packed = (PyArrayObject *)PyArray_EMPTY(1, &size, NPY_INT8, 0);
+        *w_sum = *packed ? (PyArrayObject *)PyArray_EMPTY(1, &np_, NPY_INT32, 0) : NULL;
+        return *w_sum != NULL;
+    }
+    PyObject *p_obj, *s_obj;
+    if (!PyTuple_Check(out_obj) || PyTuple_GET_SIZE(out_obj) != 2) {
+        PyErr_Format(PyExc_TypeError, "%s: out must be a (packed, w_sum) tuple", fname);
+        return 0;
+    }
+    p_obj = PyTuple_GET_ITEM(out_obj, 0);
+    s_obj = PyTuple_GET_ITEM(out_obj, 1);
+    if (!PyArray_Check(p_obj) || !PyArray_Check(s_obj) || PyArray_TYPE((PyArrayObject *)p_obj) != NPY_INT8 ||
+        PyArray_TYPE((PyArrayObject *)s_obj) != NPY_INT32 || !PyArray_IS_C_CONTIGUOUS((PyArrayObject *)p_obj) ||
+        !PyArray_IS_C_CONTIGUOUS((PyArrayObject *)s_obj) || !PyArray_ISWRITEABLE((PyArrayObject *)p_obj) ||
+        !PyArray_ISWRITEABLE((PyArrayObject *)s_obj) || !PyArray_ISBEHAVED((PyArrayObject *)s_obj) ||
+        !PyArray_ISNOTSWAPPED((PyArrayObject *)s_obj) || PyArray_SIZE((PyArrayObject *)p_obj) != size ||
+        PyArray_SIZE((PyArrayObject *)s_obj) != np_) {
+        PyErr_Format(PyExc_ValueError, "%s: out must be (int8 array of %zd, int32 array of %zd), C-contiguous and "
+                     "writeable", fname, (Py_ssize_t)size, (Py_ssize_t)np_);
+        return 0;
+    }
+    Py_INCREF(p_obj);
+    Py_INCREF(s_obj);
+    *packed = (PyArrayObject *)p_obj;
+    *w_sum = (PyArrayObject *)s_obj;
+    return 1;
+}
+
 PyDoc_STRVAR(pack_int8_doc,
              "pack_int8(w, nthreads=1, out=None) -> (packed, w_sum, has_m128)\n\n"
              "out: an optional (packed, w_sum) pair of C-contiguous int8 / int32 arrays of exactly\n"
@@ -365,28 +399,7 @@ static PyObject *py_pack_int8(PyObject *self, PyObject *args, PyObject *kw) {
     if (!(w = contiguous_array(w_obj, "w", i8, 1, 2, "int8"))) goto fail;
     npy_intp n = PyArray_DIM(w, 0), k = PyArray_DIM(w, 1);
     npy_intp np_ = mq_round_up(n, MQ_PANEL), size = np_ * mq_round_up(k, MQ_KGROUP);
-    if (out_obj != Py_None) {
-        PyObject *p_obj, *s_obj;
-        if (!PyArg_ParseTuple(out_obj, "OO:pack_int8 out", &p_obj, &s_obj)) goto fail;
-        if (!PyArray_Check(p_obj) || !PyArray_Check(s_obj) || PyArray_TYPE((PyArrayObject *)p_obj) != NPY_INT8 ||
-            PyArray_TYPE((PyArrayObject *)s_obj) != NPY_INT32 ||
-            !PyArray_IS_C_CONTIGUOUS((PyArrayObject *)p_obj) || !PyArray_IS_C_CONTIGUOUS((PyArrayObject *)s_obj) ||
-            !PyArray_ISWRITEABLE((PyArrayObject *)p_obj) || !PyArray_ISWRITEABLE((PyArrayObject *)s_obj) ||
-            !PyArray_ISBEHAVED((PyArrayObject *)s_obj) || !PyArray_ISNOTSWAPPED((PyArrayObject *)s_obj) ||
-            PyArray_SIZE((PyArrayObject *)p_obj) != size || PyArray_SIZE((PyArrayObject *)s_obj) != np_) {
-            PyErr_Format(PyExc_ValueError,
-                         "out must be (int8 array of %zd, int32 array of %zd), C-contiguous and writeable",
-                         (Py_ssize_t)size, (Py_ssize_t)np_);
-            goto fail;
-        }
-        Py_INCREF(p_obj);
-        Py_INCREF(s_obj);
-        packed = (PyArrayObject *)p_obj;
-        w_sum = (PyArrayObject *)s_obj;
-    } else {
-        if (!(packed = (PyArrayObject *)PyArray_EMPTY(1, &size, NPY_INT8, 0))) goto fail;
-        if (!(w_sum = (PyArrayObject *)PyArray_EMPTY(1, &np_, NPY_INT32, 0))) goto fail;
-    }
+    if (!packed_outputs(out_obj, "pack_int8", size, np_, &packed, &w_sum)) goto fail;
     npy_intp panels = np_ / MQ_PANEL;
     if (!(scratch = (PyArrayObject *)PyArray_EMPTY(1, &panels, NPY_UINT8, 0))) goto fail;
     int has_m128;
@@ -400,6 +413,74 @@ fail:
     Py_XDECREF(w);
     Py_XDECREF(packed);
     Py_XDECREF(w_sum);
+    return result;
+}
+
+PyDoc_STRVAR(quantize_pack_int8_doc,
+             "quantize_pack_int8(x, qmin, qmax, symmetric, with_error=False, nthreads=1, out=None)\n"
+             "    -> (packed, w_sum, scale, zero_point, has_m128, bad_row, sum_x2, sum_err2)\n\n"
+             "Per-channel int8 quantization of a 2-D weight x [n, k] (float32, float16 or\n"
+             "bf16 bits) straight into the packed layout: the same bytes as\n"
+             "quantize_rows_fused followed by pack_int8, in one pass per 16-row panel.\n"
+             "qmin..qmax must be a signed int8 range.  out: an optional (packed, w_sum)\n"
+             "pair as for pack_int8.  bad_row is the first row holding NaN/Inf (its\n"
+             "channel is packed as zeros), or -1.  sum_x2 / sum_err2 as for\n"
+             "quantize_rows_fused (None unless with_error).");
+
+static PyObject *py_quantize_pack_int8(PyObject *self, PyObject *args, PyObject *kw) {
+    static char *kwlist[] = {"x", "qmin", "qmax", "symmetric", "with_error", "nthreads", "out", NULL};
+    PyObject *x_obj, *out_obj = Py_None, *result = NULL;
+    int qmin, qmax, symmetric, with_error = 0, nthreads = 1;
+    PyArrayObject *x = NULL, *packed = NULL, *w_sum = NULL, *scale = NULL, *zp = NULL, *sx = NULL, *se = NULL,
+                  *scratch = NULL;
+    (void)self;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "Oiip|piO:quantize_pack_int8", kwlist, &x_obj, &qmin, &qmax,
+                                     &symmetric, &with_error, &nthreads, &out_obj))
+        return NULL;
+    if (!check_threads(nthreads)) return NULL;
+    if (!(qmin < 0 && qmin >= -128 && qmax <= 127 && qmin < qmax)) {
+        PyErr_Format(PyExc_ValueError, "quantize_pack_int8 needs a signed int8 range (-128 <= qmin < 0, "
+                     "qmin < qmax <= 127), got [%d, %d]", qmin, qmax);
+        return NULL;
+    }
+    if (!(x = contiguous_array(x_obj, "x", src_types, 4, 2, src_expected))) goto fail;
+    npy_intp n = PyArray_DIM(x, 0), k = PyArray_DIM(x, 1);
+    if (n < 1 || k < 1) {
+        PyErr_Format(PyExc_ValueError, "x must have at least one row and one column, got [%zd, %zd]", (Py_ssize_t)n,
+                     (Py_ssize_t)k);
+        goto fail;
+    }
+    npy_intp np_ = mq_round_up(n, MQ_PANEL), size = np_ * mq_round_up(k, MQ_KGROUP), panels = np_ / MQ_PANEL;
+    if (!packed_outputs(out_obj, "quantize_pack_int8", size, np_, &packed, &w_sum)) goto fail;
+    if (!(scale = (PyArrayObject *)PyArray_EMPTY(1, &n, NPY_FLOAT32, 0))) goto fail;
+    if (!(zp = (PyArrayObject *)PyArray_EMPTY(1, &n, NPY_INT32, 0))) goto fail;
+    if (!(scratch = (PyArrayObject *)PyArray_EMPTY(1, &panels, NPY_UINT8, 0))) goto fail;
+    if (with_error) {
+        if (!(sx = (PyArrayObject *)PyArray_ZEROS(1, &n, NPY_FLOAT64, 0))) goto fail;
+        if (!(se = (PyArrayObject *)PyArray_ZEROS(1, &n, NPY_FLOAT64, 0))) goto fail;
+    }
+    int64_t bad;
+    int has_m128 = 0;
+    Py_BEGIN_ALLOW_THREADS
+    bad = mq_quantize_pack_int8(PyArray_DATA(x), src_kind(x), n, k, qmin, qmax, symmetric, PyArray_DATA(scale),
+                                PyArray_DATA(zp), PyArray_DATA(packed), PyArray_DATA(w_sum), PyArray_DATA(scratch),
+                                sx ? PyArray_DATA(sx) : NULL, se ? PyArray_DATA(se) : NULL, &has_m128, nthreads);
+    Py_END_ALLOW_THREADS
+    if (bad == -2) {
+        PyErr_NoMemory();
+        goto fail;
+    }
+    result = Py_BuildValue("OOOONNOO", packed, w_sum, scale, zp, PyBool_FromLong(has_m128), bad_row_obj(bad),
+                           sx ? (PyObject *)sx : Py_None, se ? (PyObject *)se : Py_None);
+fail:
+    Py_XDECREF(x);
+    Py_XDECREF(packed);
+    Py_XDECREF(w_sum);
+    Py_XDECREF(scale);
+    Py_XDECREF(zp);
+    Py_XDECREF(scratch);
+    Py_XDECREF(sx);
+    Py_XDECREF(se);
     return result;
 }
 
@@ -1047,6 +1128,8 @@ static PyMethodDef module_methods[] = {
      dequantize_rows_doc},
     {"rows_sqerr", (PyCFunction)(void (*)(void))py_rows_sqerr, METH_VARARGS | METH_KEYWORDS, rows_sqerr_doc},
     {"pack_int8", (PyCFunction)(void (*)(void))py_pack_int8, METH_VARARGS | METH_KEYWORDS, pack_int8_doc},
+    {"quantize_pack_int8", (PyCFunction)(void (*)(void))py_quantize_pack_int8, METH_VARARGS | METH_KEYWORDS,
+     quantize_pack_int8_doc},
     {"linear_int8", (PyCFunction)(void (*)(void))py_linear_int8, METH_VARARGS | METH_KEYWORDS, linear_int8_doc},
     {"conv2d_int8", (PyCFunction)(void (*)(void))py_conv2d_int8, METH_VARARGS | METH_KEYWORDS, conv2d_int8_doc},
     {"linear_kernels", py_linear_kernels, METH_NOARGS, linear_kernels_doc},

@@ -303,6 +303,24 @@ void mq_rows_dequantize(const uint8_t *q, int is_signed, int64_t rows, int64_t c
 /* Returns whether some weight is -128; panel_m128 is scratch, one byte per panel. */
 int mq_pack_int8(const int8_t *w, int64_t n, int64_t k, int8_t *packed, int32_t *w_sum, uint8_t *panel_m128,
                  int nthreads);
+/* One panel of that layout (16*kp bytes at dst, w_sum[16]) from nvalid <= 16
+ * rows of k int8 (row stride ld); *has_m128 = some weight is -128. */
+void mq_pack_panel(const int8_t *rows, int64_t ld, int64_t nvalid, int64_t k, int8_t *dst, int32_t *w_sum,
+                   uint8_t *has_m128);
+
+/* ---- quantize_pack.c: per-channel int8 quantization into the packed layout - */
+/* What mq_rows_quantize_fused followed by mq_pack_int8 give, bit for bit, in
+ * one pass per 16-row panel: each panel's rows are quantized into a small
+ * cache-resident scratch and packed from there, so the plain int8 weight
+ * never exists and the fp32 input is read once.  int8 ranges only (qmin >=
+ * -128, qmax <= 127).  scale / zero_point [n]; packed [np*kp]; w_sum [np];
+ * panel_m128 [np/16] scratch; sum_x2 / sum_err2 [n] or NULL (see
+ * mq_sqerr_fn).  *has_m128 = some weight is -128.  Returns the first row
+ * holding NaN/Inf (its channel is packed as zeros), -1, or -2 when out of
+ * memory. */
+int64_t mq_quantize_pack_int8(const void *src, mq_src_t kind, int64_t n, int64_t k, int qmin, int qmax,
+                              int symmetric, float *scale, int32_t *zero_point, int8_t *packed, int32_t *w_sum,
+                              uint8_t *panel_m128, double *sum_x2, double *sum_err2, int *has_m128, int nthreads);
 /* y [m][n] = dynamic int8 linear of x [m][k] (f32/f16/bf16 rows, row stride
  * ldx elements); acc instead of y returns the exact accumulators of the
  * already-quantized int8 xq (x_is_q).  Returns 0, or -1 when out of memory. */

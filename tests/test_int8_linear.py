@@ -478,20 +478,3 @@ def test_inconsistent_packed_buffers_fall_back():
             q(x)
 
 
-@pytest.mark.parametrize("rows,cols,block", [(50, 129, 16), (16, 4, 16), (33, 7, 32), (1, 300, 16)])
-@pytest.mark.parametrize("symmetric", [True, False])
-def test_blocked_quantize_and_pack_equals_quantize_then_pack(rows, cols, block, symmetric):
-    from mono_quant.packing import quantize_and_pack_int8
-
-    w = torch.randn(rows, cols, generator=_gen(31)) * 0.1
-    qmin = -127 if symmetric else -128
-    scale, zp, packed, sx, se = quantize_and_pack_int8(w, qmin, 127, symmetric, True, block_rows=block)
-    qw = quantize_weight(w, "int8", symmetric=symmetric)
-    assert torch.equal(scale, qw.scale) and torch.equal(zp, qw.zero_point)
-    for name, tensor in pack_int8_linear(qw).items():
-        assert torch.equal(packed[name], tensor), name
-    err = (qw.dequantize() - w).double().pow(2).sum()
-    assert abs(se - float(err)) <= 1e-4 * float(err) + 1e-12 and abs(sx - float(w.double().pow(2).sum())) < 1e-3
-    w[rows - 1, 0] = float("nan")
-    with pytest.raises(mq.NonFiniteWeightError, match=f"channel {rows - 1}"):
-        quantize_and_pack_int8(w, qmin, 127, symmetric, False, block_rows=block)

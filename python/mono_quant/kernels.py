@@ -27,6 +27,7 @@ __all__ = [
     "rows_sqerr",
     "dequantize_rows",
     "pack_int8",
+    "quantize_pack_int8",
     "linear_int8",
     "linear_kernels",
 ]
@@ -195,6 +196,33 @@ def pack_int8(q: torch.Tensor, out: Optional[Tuple[torch.Tensor, torch.Tensor]] 
     if out is not None:
         return out[0], out[1], bool(has_m128)
     return torch.from_numpy(packed), torch.from_numpy(w_sum), bool(has_m128)
+
+
+def quantize_pack_int8(x: torch.Tensor, qmin: int, qmax: int, symmetric: bool, with_error: bool = False,
+                       out: Optional[Tuple[torch.Tensor, torch.Tensor]] = None):
+    """Per-channel int8 quantization of a 2-D weight straight into the packed layout.
+
+    The same bytes as :func:`quantize_rows_fused` then :func:`pack_int8`, in one
+    pass (the plain int8 weight never exists).  Returns ``(packed, column sums,
+    scale, zero_point, has_m128, bad_row, sum_x2, sum_err2)``; ``bad_row`` is the
+    first row holding NaN/Inf (-1 if none; the packed bytes are then not
+    meaningful) and the sums are None unless ``with_error``.  ``out`` as for
+    :func:`pack_int8`.
+    """
+    x = _rows(x)
+    if not _uses_c(x):
+        q, s, z, bad, sx, se = reference.quantize_rows_fused(x, qmin, qmax, symmetric, with_error)
+        packed, w_sum, has_m128 = pack_int8(q.to(torch.int8), out)
+        return packed, w_sum, s, z, has_m128, bad, sx, se
+    target = None if out is None else (out[0].numpy(), out[1].numpy())
+    packed, w_sum, s, z, has_m128, bad, sx, se = _C.quantize_pack_int8(
+        to_numpy(x), qmin, qmax, bool(symmetric), with_error=with_error, nthreads=num_threads(), out=target)
+    wrap = (lambda a: None if a is None else torch.from_numpy(a))
+    if out is None:
+        packed, w_sum = torch.from_numpy(packed), torch.from_numpy(w_sum)
+    else:
+        packed, w_sum = out
+    return packed, w_sum, torch.from_numpy(s), torch.from_numpy(z), bool(has_m128), bad, wrap(sx), wrap(se)
 
 
 def linear_int8(x: torch.Tensor, packed: torch.Tensor, w_sum: torch.Tensor, w_scale: torch.Tensor,

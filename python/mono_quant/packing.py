@@ -9,7 +9,7 @@ store identical tensors.
 from __future__ import annotations
 
 import math
-from typing import Dict, Optional
+from typing import Dict, Optional, Tuple
 
 import torch
 
@@ -17,7 +17,7 @@ from . import kernels
 from .tensor import QuantizedWeight
 
 __all__ = ["PACKED_LAYOUT_VERSION", "PACKED_BUFFERS", "pack_int8_linear", "quantize_and_pack_int8",
-           "unpack_int8_linear", "can_pack", "packed_info"]
+           "packed_sizes", "unpack_int8_linear", "can_pack", "packed_info"]
 
 PACKED_LAYOUT_VERSION = 1
 # buffer names, beside weight_qdata / weight_scale / weight_zero_point
@@ -76,11 +76,12 @@ def _pack(qweight: QuantizedWeight, groups: int) -> Dict[str, torch.Tensor]:
 
 
 def quantize_and_pack_int8(weight: torch.Tensor, qmin: int, qmax: int, symmetric: bool, with_error: bool,
-                           block_rows: Optional[int] = None):
-    """Per-channel int8 quantization of a 2-D CPU weight straight into the packed layout, in
-    blocks of rows, so the plain int8 copy never exists whole (streaming checkpoints keep
-    their peak memory near one tensor).  Gives exactly what quantize_weight (axis 0) +
-    pack_int8_linear give.
+                           out: Optional[Tuple[torch.Tensor, torch.Tensor]] = None):
+    """Per-channel int8 quantization of a 2-D CPU weight straight into the packed layout,
+    one 16-row panel at a time (``kernels.quantize_pack_int8``), so the plain int8 copy
+    never exists and the weight is read once.  Gives exactly what quantize_weight
+    (axis 0) + pack_int8_linear give.  ``out``: a (packed, column sums) pair of int8 /
+    int32 tensors of the right sizes to fill instead of allocating (buffer reuse).
 
     Returns ``(scale, zero_point, packed_buffers, sum_x2, sum_err2)`` (the sums are 0.0
     unless ``with_error``).  Raises NonFiniteWeightError naming the first bad row.
@@ -88,33 +89,21 @@ def quantize_and_pack_int8(weight: torch.Tensor, qmin: int, qmax: int, symmetric
     from .tensor import NonFiniteWeightError
 
     rows, cols = weight.shape
-    kp, np_ = -(-cols // 4) * 4, -(-rows // 16) * 16
-    if block_rows is None:  # ~2 MiB of int8 per block: its temporaries stay small and cache-warm
-        block_rows = max(16, (2 << 20) // max(kp, 1) // 16 * 16)
-    assert block_rows % 16 == 0  # blocks must start on a panel
-    packed = torch.empty(np_ * kp, dtype=torch.int8)
-    colsum = torch.empty(np_, dtype=torch.int32)
-    scale = torch.empty(rows, dtype=torch.float32)
-    zero_point = torch.empty(rows, dtype=torch.int32)
-    sum_x2 = sum_err2 = 0.0
-    has_m128 = False
-    weight = weight.detach()
-    for r0 in range(0, rows, block_rows):
-        r1 = min(rows, r0 + block_rows)
-        q, s, z, bad, sx, se = kernels.quantize_rows_fused(weight[r0:r1], qmin, qmax, symmetric, with_error)
-        if bad >= 0:
-            raise NonFiniteWeightError(f"weight holds NaN or Inf in channel {r0 + bad} (axis 0); fix or exclude it",
-                                       r0 + bad)
-        panel_rows = -(-(r1 - r0) // 16) * 16
-        _, _, m128 = kernels.pack_int8(q, out=(packed[r0 * kp:(r0 + panel_rows) * kp], colsum[r0:r0 + panel_rows]))
-        scale[r0:r1], zero_point[r0:r1] = s, z
-        has_m128 |= m128
-        if with_error:
-            sum_x2 += float(sx.sum())
-            sum_err2 += float(se.sum())
+    packed, colsum, scale, zero_point, has_m128, bad, sx, se = kernels.quantize_pack_int8(
+        weight.detach(), qmin, qmax, symmetric, with_error, out=out)
+    if bad >= 0:
+        raise NonFiniteWeightError(f"weight holds NaN or Inf in channel {bad} (axis 0); fix or exclude it", bad)
     info = torch.tensor([PACKED_LAYOUT_VERSION, rows, cols, int(has_m128), 1], dtype=torch.int32)
     buffers = {"weight_packed": packed, "weight_colsum": colsum, "weight_packed_info": info}
-    return scale, zero_point, buffers, sum_x2, sum_err2
+    if not with_error:
+        return scale, zero_point, buffers, 0.0, 0.0
+    return scale, zero_point, buffers, float(sx.sum()), float(se.sum())
+
+
+def packed_sizes(rows: int, cols: int) -> Tuple[int, int]:
+    """(bytes of the packed weight, entries of its column sums) for a [rows, cols] int8 weight."""
+    np_ = -(-rows // 16) * 16
+    return np_ * (-(-cols // 4) * 4), np_
 
 
 def unpack_int8_linear(packed: torch.Tensor, info: torch.Tensor, shape) -> torch.Tensor:

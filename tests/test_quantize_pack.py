@@ -1,0 +1,114 @@
+"""The fused quantize-into-packed-layout kernel (csrc/quantize_pack.c):
+bit-identical, on every ISA, to quantize_rows_fused followed by pack_int8,
+and so to quantize_weight + pack_int8_linear, on odd shapes and values."""
+import numpy as np
+import pytest
+import torch
+
+import mono_quant as mq
+from mono_quant import _C, kernels
+from mono_quant.packing import pack_int8_linear, packed_sizes, quantize_and_pack_int8
+from mono_quant.tensor import quantize_weight
+
+
+def _gen(seed):
+    return torch.Generator().manual_seed(seed)
+
+
+def _two_step(x, qmin, qmax, symmetric):
+    q, s, z, bad, sx, se = kernels.quantize_rows_fused(x, qmin, qmax, symmetric, True)
+    packed, w_sum, m128 = kernels.pack_int8(q.view(torch.int8))
+    return packed, w_sum, s, z, m128, sx, se
+
+
+def _weights(rows, cols, dtype, seed):
+    w = torch.randn(rows, cols, generator=_gen(seed)) * 0.05
+    if rows > 2:
+        w[1] = 0.0  # an all-zero row: scale 1
+        w[2, :] = 3.0e38 * (torch.rand(cols, generator=_gen(seed + 1)) - 0.5)  # extremes near fp32 max
+    if rows > 3:
+        w[3] = -torch.rand(cols, generator=_gen(seed + 2))  # all negative: -128 in the asymmetric range
+    return w.to(dtype)
+
+
+@pytest.mark.parametrize("rows,cols", [(1, 1), (1, 300), (16, 4), (17, 5), (33, 7), (50, 129), (64, 1), (3, 4100)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("symmetric", [True, False])
+def test_fused_equals_quantize_then_pack(isa, rows, cols, dtype, symmetric):
+    w = _weights(rows, cols, dtype, rows * 1000 + cols)
+    if dtype == torch.float16:
+        w = w.float().clamp(-6e4, 6e4).half()
+    qmin = -127 if symmetric else -128
+    packed, w_sum, s, z, m128, bad, sx, se = kernels.quantize_pack_int8(w, qmin, 127, symmetric, True)
+    e_packed, e_sum, e_s, e_z, e_m128, e_sx, e_se = _two_step(w, qmin, 127, symmetric)
+    assert bad == -1
+    assert torch.equal(packed, e_packed) and torch.equal(w_sum, e_sum)
+    assert torch.equal(s, e_s) and torch.equal(z, e_z) and m128 == e_m128
+    assert torch.equal(sx, e_sx) and torch.equal(se, e_se)  # the same row kernels: the same sums
+    assert (packed.numel(), w_sum.numel()) == packed_sizes(rows, cols)
+
+
+def test_fused_matches_torch_and_module_path(isa):
+    """Through quantize_and_pack_int8: the buffers QuantizedLinear keeps, scales as torch's."""
+    w = torch.randn(40, 72, generator=_gen(5)) * 0.1
+    for symmetric in (True, False):
+        qmin = -127 if symmetric else -128
+        scale, zp, buffers, sx, se = quantize_and_pack_int8(w, qmin, 127, symmetric, True)
+        qw = quantize_weight(w, "int8", symmetric=symmetric)
+        assert torch.equal(scale, qw.scale) and torch.equal(zp, qw.zero_point)
+        for name, tensor in pack_int8_linear(qw).items():
+            assert torch.equal(buffers[name], tensor), name
+        err = (qw.dequantize() - w).double().pow(2).sum()
+        assert abs(se - float(err)) <= 1e-4 * float(err) and abs(sx - float(w.double().pow(2).sum())) < 1e-3
+
+
+def test_non_contiguous_input_and_threads(isa):
+    base = torch.randn(70, 90, generator=_gen(6))
+    w = base.t()[:, 3:60]  # strided view
+    expected = kernels.quantize_pack_int8(w.contiguous(), -127, 127, True)
+    got = kernels.quantize_pack_int8(w, -127, 127, True)
+    assert torch.equal(got[0], expected[0]) and torch.equal(got[1], expected[1])
+    big = torch.randn(300, 2048, generator=_gen(7))  # several panels per thread
+    one = _C.quantize_pack_int8(big.numpy(), -127, 127, True, nthreads=1)
+    two = _C.quantize_pack_int8(big.numpy(), -127, 127, True, nthreads=2)
+    assert all(np.array_equal(a, b) for a, b in zip(one[:4], two[:4]))
+
+
+def test_out_buffers_are_filled_and_returned():
+    w = torch.randn(20, 10, generator=_gen(8))
+    size, np_ = packed_sizes(20, 10)
+    out = (torch.full((size,), 99, dtype=torch.int8), torch.zeros(np_, dtype=torch.int32))
+    packed, w_sum, *_ = kernels.quantize_pack_int8(w, -127, 127, True, out=out)
+    assert packed is out[0] and w_sum is out[1]
+    assert torch.equal(packed, kernels.quantize_pack_int8(w, -127, 127, True)[0])
+    with pytest.raises(ValueError, match="out must be"):
+        kernels.quantize_pack_int8(w, -127, 127, True, out=(out[0][1:], out[1]))
+    with pytest.raises(TypeError, match="tuple"):
+        _C.quantize_pack_int8(w.numpy(), -127, 127, True, out=[out[0].numpy(), out[1].numpy()])
+
+
+def test_nonfinite_rows_reported(isa):
+    w = torch.randn(40, 33, generator=_gen(9))
+    w[37, 5] = float("inf")
+    w[21, 0] = float("nan")
+    *_, bad, _, _ = kernels.quantize_pack_int8(w, -127, 127, True)
+    assert bad == 21
+    with pytest.raises(mq.NonFiniteWeightError, match="channel 21"):
+        quantize_and_pack_int8(w, -127, 127, True, False)
+
+
+@pytest.mark.parametrize("qmin,qmax", [(0, 255), (-127, 128), (5, 10), (-128, -128)])
+def test_rejects_non_int8_ranges(qmin, qmax):
+    with pytest.raises(ValueError, match="signed int8 range"):
+        _C.quantize_pack_int8(np.zeros((2, 2), np.float32), qmin, qmax, True)
+
+
+def test_rejects_bad_arrays():
+    with pytest.raises(ValueError, match="at least one row"):
+        _C.quantize_pack_int8(np.zeros((0, 4), np.float32), -127, 127, True)
+    with pytest.raises(ValueError, match="2-D"):
+        _C.quantize_pack_int8(np.zeros(4, np.float32), -127, 127, True)
+    with pytest.raises(TypeError, match="dtype"):
+        _C.quantize_pack_int8(np.zeros((2, 2), np.float64), -127, 127, True)
+    with pytest.raises(TypeError, match="byte order"):
+        _C.quantize_pack_int8(np.zeros((2, 2), ">f4"), -127, 127, True)
