@@ -63,6 +63,7 @@ static void fill_scalar(mq_kernels *k) {
     k->qgemm_name = "scalar";
     k->wgemm = mq_ref_wgemm;
     k->wgemm_name = "scalar";
+    k->pack_panel = mq_ref_pack_panel;
     k->q4_pack = mq_ref_q4_pack;
     k->q4_sqerr = mq_ref_q4_sqerr;
     k->q4_unpack = mq_ref_q4_unpack;
@@ -82,10 +83,12 @@ static void init_tables(void) {
     mq_avx2_fill(&tables[MQ_ISA_AVX2]);
     mq_avx2_linear_fill(&tables[MQ_ISA_AVX2]);
     if (mq_cpu_has("avx_vnni")) mq_avxvnni_linear_fill(&tables[MQ_ISA_AVX2]); /* replaces the maddubs qgemm */
+    mq_avx2_pack_fill(&tables[MQ_ISA_AVX2]);
     mq_avx2_int4_fill(&tables[MQ_ISA_AVX2]);
     tables[MQ_ISA_AVX512] = tables[MQ_ISA_AVX2];
     mq_avx512_fill(&tables[MQ_ISA_AVX512]);
     mq_avx512_linear_fill(&tables[MQ_ISA_AVX512]);
+    mq_avx512_pack_fill(&tables[MQ_ISA_AVX512]);
     mq_avx512_int4_fill(&tables[MQ_ISA_AVX512]);
     mq_avx512vnni_int4_fill(&tables[MQ_ISA_AVX512]);
     active_isa = best_isa;

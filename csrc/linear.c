@@ -22,51 +22,15 @@ typedef struct {
     int8_t *packed;
     int32_t *w_sum;
     uint8_t *panel_m128; /* per panel: some weight is -128 */
+    mq_pack_panel_fn pack_panel;
 } pack_ctx;
-
-/* One panel from its nvalid <= 16 rows (row stride ld), padding channels
- * zero: channels inner within each K-group, so every write is a sequential
- * 64-byte group and the 16 rows read are 16 cache-friendly streams; the row
- * sums and the -128 check are plain loops gcc vectorizes. */
-void mq_pack_panel(const int8_t *rows, int64_t ld, int64_t nvalid, int64_t k, int8_t *dst, int32_t *w_sum,
-                   uint8_t *has_m128) {
-    const int64_t kp = mq_round_up(k, MQ_KGROUP), groups = kp / MQ_KGROUP, full = k / MQ_KGROUP;
-    uint8_t m128 = 0;
-    for (int ch = 0; ch < MQ_PANEL; ch++) {
-        int32_t sum = 0;
-        if (ch < nvalid) {
-            const int8_t *src = rows + ch * ld;
-            int8_t lowest = 0;
-            for (int64_t i = 0; i < k; i++) sum += src[i]; /* two simple loops: both vectorize */
-            for (int64_t i = 0; i < k; i++) lowest = src[i] < lowest ? src[i] : lowest;
-            m128 |= lowest == -128;
-        }
-        w_sum[ch] = sum;
-    }
-    for (int ch = 0; ch < MQ_PANEL; ch++) {
-        int8_t *out = dst + ch * MQ_KGROUP;
-        if (ch >= nvalid) { /* padding channel */
-            for (int64_t g = 0; g < groups; g++) memset(out + g * MQ_PANEL * MQ_KGROUP, 0, MQ_KGROUP);
-            continue;
-        }
-        /* one row read sequentially, written every 64 bytes (the panel, 16*kp bytes, stays in L2) */
-        const int8_t *src = rows + ch * ld;
-        for (int64_t g = 0; g < full; g++) memcpy(out + g * MQ_PANEL * MQ_KGROUP, src + g * MQ_KGROUP, MQ_KGROUP);
-        for (int64_t g = full; g < groups; g++)
-            for (int j = 0; j < MQ_KGROUP; j++) {
-                int64_t col = g * MQ_KGROUP + j;
-                out[g * MQ_PANEL * MQ_KGROUP + j] = col < k ? src[col] : 0;
-            }
-    }
-    *has_m128 = m128;
-}
 
 static void pack_range(void *vctx, int64_t p0, int64_t p1) {
     const pack_ctx *c = vctx;
     const int64_t kp = mq_round_up(c->k, MQ_KGROUP);
     for (int64_t p = p0; p < p1; p++) {
         int64_t row = p * MQ_PANEL, nvalid = c->n - row < MQ_PANEL ? c->n - row : MQ_PANEL;
-        mq_pack_panel(c->w + row * c->k, c->k, nvalid, c->k, c->packed + p * MQ_PANEL * kp, c->w_sum + row,
+        c->pack_panel(c->w + row * c->k, c->k, nvalid, c->k, c->packed + p * MQ_PANEL * kp, c->w_sum + row,
                       &c->panel_m128[p]);
     }
 }
@@ -74,7 +38,7 @@ static void pack_range(void *vctx, int64_t p0, int64_t p1) {
 int mq_pack_int8(const int8_t *w, int64_t n, int64_t k, int8_t *packed, int32_t *w_sum, uint8_t *panel_m128,
                  int nthreads) {
     const int64_t panels = mq_round_up(n, MQ_PANEL) / MQ_PANEL;
-    pack_ctx c = {w, n, k, packed, w_sum, panel_m128};
+    pack_ctx c = {w, n, k, packed, w_sum, panel_m128, mq_active()->pack_panel};
     /* ~1 MiB of weight per chunk: smaller layers stay on this thread */
     mq_parallel_for(panels, 1 + ((int64_t)1 << 20) / (MQ_PANEL * (k > 0 ? k : 1)), nthreads, pack_range, &c);
     int has_m128 = 0;

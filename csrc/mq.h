@@ -114,6 +114,12 @@ typedef struct {
 } mq_qgemm_args;
 typedef void (*mq_qgemm_fn)(const mq_qgemm_args *a, int64_t p0, int64_t p1);
 
+/* One panel of that layout (16*kp bytes at dst, w_sum[16]) from nvalid <= 16
+ * rows of k int8 (row stride ld), the channels past nvalid zero; *has_m128 =
+ * some weight is -128.  Exact: every ISA writes the same bytes. */
+typedef void (*mq_pack_panel_fn)(const int8_t *rows, int64_t ld, int64_t nvalid, int64_t k, int8_t *dst,
+                                 int32_t *w_sum, uint8_t *has_m128);
+
 /* Weight-only matmul over the panels [p0, p1): fp32 activations times the
  * packed int8 weight dequantized in registers:
  *     y[m][n] = (sum_k x[m][k] * (float)(w[n][k] - w_zp[n])) * w_scale[n] + bias[n]
@@ -197,6 +203,7 @@ typedef struct {
     mq_qgemm_fn qgemm;
     int qgemm_x_u8;
     mq_wgemm_fn wgemm;
+    mq_pack_panel_fn pack_panel;
     /* INT4 (int4.c) */
     mq_q4_pack_fn q4_pack;
     mq_q4_sqerr_fn q4_sqerr;
@@ -233,6 +240,8 @@ void mq_ref_q4_gemv_i8(const int8_t *xq, int64_t m, const float *xscale, const i
                        int64_t kpad, int64_t group, const uint16_t *scale, const uint8_t *zero, int64_t r0,
                        int64_t r1, float *y, int64_t ldy);
 void mq_ref_q4_act_i8(const float *x, int64_t kpad, int64_t group, int8_t *xq, float *xscale, int32_t *xqsum);
+void mq_ref_pack_panel(const int8_t *rows, int64_t ld, int64_t nvalid, int64_t k, int8_t *dst, int32_t *w_sum,
+                       uint8_t *has_m128);
 void mq_ref_f32_panel(const float *x, int64_t ldx, int64_t m, const float *w, int64_t ldw, int64_t nr, int64_t kpad,
                       float *y, int64_t ldy);
 
@@ -252,6 +261,8 @@ void mq_vnni256_evex_fill(mq_kernels *k);    /* the same kernel, EVEX-encoded (t
 /* Tests only: on the AVX2 level, run the 256-bit VNNI kernel in its EVEX
  * encoding (needs AVX-512 VNNI + VL); 0 ok, -1 when this CPU can't. */
 int mq_use_vnni256_for_tests(int on);
+void mq_avx2_pack_fill(mq_kernels *k);   /* x86_avx2_pack.c */
+void mq_avx512_pack_fill(mq_kernels *k); /* x86_avx512_pack.c */
 void mq_avx2_int4_fill(mq_kernels *k);   /* x86_avx2_int4.c */
 void mq_avx512_int4_fill(mq_kernels *k); /* x86_avx512_int4.c */
 void mq_avx512vnni_int4_fill(mq_kernels *k); /* x86_avx512vnni_int4.c (only if the CPU has VNNI) */
@@ -303,10 +314,6 @@ void mq_rows_dequantize(const uint8_t *q, int is_signed, int64_t rows, int64_t c
 /* Returns whether some weight is -128; panel_m128 is scratch, one byte per panel. */
 int mq_pack_int8(const int8_t *w, int64_t n, int64_t k, int8_t *packed, int32_t *w_sum, uint8_t *panel_m128,
                  int nthreads);
-/* One panel of that layout (16*kp bytes at dst, w_sum[16]) from nvalid <= 16
- * rows of k int8 (row stride ld); *has_m128 = some weight is -128. */
-void mq_pack_panel(const int8_t *rows, int64_t ld, int64_t nvalid, int64_t k, int8_t *dst, int32_t *w_sum,
-                   uint8_t *has_m128);
 
 /* ---- quantize_pack.c: per-channel int8 quantization into the packed layout - */
 /* What mq_rows_quantize_fused followed by mq_pack_int8 give, bit for bit, in

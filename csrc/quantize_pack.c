@@ -56,7 +56,7 @@ static void qpack_range(void *vctx, int64_t p0, int64_t p1) {
             if (c->sum_x2) /* the row is still in L1: the error costs no extra memory traffic */
                 kt->sqerr[c->kind](row, q, k, c->scale[r], (float)c->zp[r], 1, &c->sum_x2[r], &c->sum_err2[r]);
         }
-        mq_pack_panel(scratch, k, nvalid, k, c->packed + p * MQ_PANEL * kp, c->w_sum + row0, &c->panel_m128[p]);
+        kt->pack_panel(scratch, k, nvalid, k, c->packed + p * MQ_PANEL * kp, c->w_sum + row0, &c->panel_m128[p]);
     }
     free(scratch);
 }

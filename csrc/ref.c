@@ -267,3 +267,41 @@ void mq_ref_f32_panel(const float *x, int64_t ldx, int64_t m, const float *w, in
         }
 }
 /* ==== end INT4 ================================================================ */
+
+/* ---- int8 packing (layout in mq.h) ------------------------------------------ */
+
+/* Channels inner within each K-group, so every write is a sequential
+ * 64-byte group and the 16 rows read are 16 cache-friendly streams; the row
+ * sums and the -128 check are plain loops gcc vectorizes. */
+void mq_ref_pack_panel(const int8_t *rows, int64_t ld, int64_t nvalid, int64_t k, int8_t *dst, int32_t *w_sum,
+                   uint8_t *has_m128) {
+    const int64_t kp = mq_round_up(k, MQ_KGROUP), groups = kp / MQ_KGROUP, full = k / MQ_KGROUP;
+    uint8_t m128 = 0;
+    for (int ch = 0; ch < MQ_PANEL; ch++) {
+        int32_t sum = 0;
+        if (ch < nvalid) {
+            const int8_t *src = rows + ch * ld;
+            int8_t lowest = 0;
+            for (int64_t i = 0; i < k; i++) sum += src[i]; /* two simple loops: both vectorize */
+            for (int64_t i = 0; i < k; i++) lowest = src[i] < lowest ? src[i] : lowest;
+            m128 |= lowest == -128;
+        }
+        w_sum[ch] = sum;
+    }
+    for (int ch = 0; ch < MQ_PANEL; ch++) {
+        int8_t *out = dst + ch * MQ_KGROUP;
+        if (ch >= nvalid) { /* padding channel */
+            for (int64_t g = 0; g < groups; g++) memset(out + g * MQ_PANEL * MQ_KGROUP, 0, MQ_KGROUP);
+            continue;
+        }
+        /* one row read sequentially, written every 64 bytes (the panel, 16*kp bytes, stays in L2) */
+        const int8_t *src = rows + ch * ld;
+        for (int64_t g = 0; g < full; g++) memcpy(out + g * MQ_PANEL * MQ_KGROUP, src + g * MQ_KGROUP, MQ_KGROUP);
+        for (int64_t g = full; g < groups; g++)
+            for (int j = 0; j < MQ_KGROUP; j++) {
+                int64_t col = g * MQ_KGROUP + j;
+                out[g * MQ_PANEL * MQ_KGROUP + j] = col < k ? src[col] : 0;
+            }
+    }
+    *has_m128 = m128;
+}

@@ -112,3 +112,37 @@ def test_rejects_bad_arrays():
         _C.quantize_pack_int8(np.zeros((2, 2), np.float64), -127, 127, True)
     with pytest.raises(TypeError, match="byte order"):
         _C.quantize_pack_int8(np.zeros((2, 2), ">f4"), -127, 127, True)
+
+
+def _pack_oracle(w):
+    """The packed layout in plain torch: [np/16][kp/4][16][4], zero padded."""
+    n, k = w.shape
+    np_, kp = -(-n // 16) * 16, -(-k // 4) * 4
+    padded = torch.zeros(np_, kp, dtype=torch.int8)
+    padded[:n, :k] = w
+    packed = padded.reshape(np_ // 16, 16, kp // 4, 4).permute(0, 2, 1, 3).reshape(-1)
+    w_sum = torch.zeros(np_, dtype=torch.int32)
+    w_sum[:n] = w.int().sum(1)
+    return packed, w_sum, bool((w == -128).any())
+
+
+@pytest.mark.parametrize("n", [1, 15, 16, 17, 40])
+@pytest.mark.parametrize("k", [1, 3, 4, 31, 32, 33, 63, 64, 65, 127, 128, 200])
+def test_pack_panel_every_isa_against_torch(isa, n, k):
+    g = _gen(n * 1000 + k)
+    w = torch.randint(-128, 128, (n, k), generator=g, dtype=torch.int8)
+    for case in ("random", "extremes", "no_m128"):
+        if case == "extremes":  # alternating -128 / 127: the row sums' worst case
+            w = torch.where(torch.arange(k) % 2 == 0, -128, 127).to(torch.int8).expand(n, k).contiguous()
+        elif case == "no_m128":
+            w = w.clamp(min=-127)
+        packed, w_sum, m128 = kernels.pack_int8(w)
+        e_packed, e_sum, e_m128 = _pack_oracle(w)
+        assert torch.equal(packed, e_packed) and torch.equal(w_sum, e_sum) and m128 == e_m128, case
+
+
+def test_pack_int8_non_contiguous(isa):
+    base = torch.randint(-128, 128, (70, 90), generator=_gen(11), dtype=torch.int8)
+    w = base.t()[5:40]
+    assert all(torch.equal(a, b) if isinstance(a, torch.Tensor) else a == b
+               for a, b in zip(kernels.pack_int8(w), _pack_oracle(w.contiguous())))
