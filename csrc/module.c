@@ -9,7 +9,9 @@
 #define NPY_NO_DEPRECATED_API NPY_1_7_API_VERSION
 #include <numpy/arrayobject.h>
 
+#include <errno.h>
 #include <math.h>
+#include <sys/stat.h>
 
 #include "mq.h"
 
@@ -416,6 +418,52 @@ fail:
     return result;
 }
 
+static int check_int8_range(int qmin, int qmax, const char *fname) {
+    if (qmin < 0 && qmin >= -128 && qmax <= 127 && qmin < qmax) return 1;
+    PyErr_Format(PyExc_ValueError, "%s needs a signed int8 range (-128 <= qmin < 0, qmin < qmax <= 127), got [%d, %d]",
+                 fname, qmin, qmax);
+    return 0;
+}
+
+/* The arrays a quantize_pack_int8* call fills. */
+typedef struct {
+    PyArrayObject *packed, *w_sum, *scale, *zp, *scratch, *sx, *se;
+} qpack_outputs;
+
+static void qpack_outputs_clear(qpack_outputs *o) {
+    Py_XDECREF(o->packed);
+    Py_XDECREF(o->w_sum);
+    Py_XDECREF(o->scale);
+    Py_XDECREF(o->zp);
+    Py_XDECREF(o->scratch);
+    Py_XDECREF(o->sx);
+    Py_XDECREF(o->se);
+}
+
+static int qpack_outputs_new(qpack_outputs *o, PyObject *out_obj, const char *fname, npy_intp n, npy_intp k,
+                             int with_error) {
+    npy_intp np_ = mq_round_up(n, MQ_PANEL), size = np_ * mq_round_up(k, MQ_KGROUP), panels = np_ / MQ_PANEL;
+    if (!packed_outputs(out_obj, fname, size, np_, &o->packed, &o->w_sum)) return 0;
+    if (!(o->scale = (PyArrayObject *)PyArray_EMPTY(1, &n, NPY_FLOAT32, 0))) return 0;
+    if (!(o->zp = (PyArrayObject *)PyArray_EMPTY(1, &n, NPY_INT32, 0))) return 0;
+    if (!(o->scratch = (PyArrayObject *)PyArray_EMPTY(1, &panels, NPY_UINT8, 0))) return 0;
+    if (with_error) {
+        if (!(o->sx = (PyArrayObject *)PyArray_ZEROS(1, &n, NPY_FLOAT64, 0))) return 0;
+        if (!(o->se = (PyArrayObject *)PyArray_ZEROS(1, &n, NPY_FLOAT64, 0))) return 0;
+    }
+    return 1;
+}
+
+static PyObject *qpack_result(qpack_outputs *o, int64_t bad, int has_m128) {
+    if (bad == -2) return PyErr_NoMemory();
+    return Py_BuildValue("OOOONNOO", o->packed, o->w_sum, o->scale, o->zp, PyBool_FromLong(has_m128),
+                         bad_row_obj(bad), o->sx ? (PyObject *)o->sx : Py_None, o->se ? (PyObject *)o->se : Py_None);
+}
+
+#define QPACK_DATA(o) PyArray_DATA((o).scale), PyArray_DATA((o).zp), PyArray_DATA((o).packed), \
+    PyArray_DATA((o).w_sum), PyArray_DATA((o).scratch), (o).sx ? PyArray_DATA((o).sx) : NULL, \
+    (o).se ? PyArray_DATA((o).se) : NULL
+
 PyDoc_STRVAR(quantize_pack_int8_doc,
              "quantize_pack_int8(x, qmin, qmax, symmetric, with_error=False, nthreads=1, out=None)\n"
              "    -> (packed, w_sum, scale, zero_point, has_m128, bad_row, sum_x2, sum_err2)\n\n"
@@ -431,18 +479,13 @@ static PyObject *py_quantize_pack_int8(PyObject *self, PyObject *args, PyObject 
     static char *kwlist[] = {"x", "qmin", "qmax", "symmetric", "with_error", "nthreads", "out", NULL};
     PyObject *x_obj, *out_obj = Py_None, *result = NULL;
     int qmin, qmax, symmetric, with_error = 0, nthreads = 1;
-    PyArrayObject *x = NULL, *packed = NULL, *w_sum = NULL, *scale = NULL, *zp = NULL, *sx = NULL, *se = NULL,
-                  *scratch = NULL;
+    PyArrayObject *x = NULL;
+    qpack_outputs o = {0};
     (void)self;
     if (!PyArg_ParseTupleAndKeywords(args, kw, "Oiip|piO:quantize_pack_int8", kwlist, &x_obj, &qmin, &qmax,
                                      &symmetric, &with_error, &nthreads, &out_obj))
         return NULL;
-    if (!check_threads(nthreads)) return NULL;
-    if (!(qmin < 0 && qmin >= -128 && qmax <= 127 && qmin < qmax)) {
-        PyErr_Format(PyExc_ValueError, "quantize_pack_int8 needs a signed int8 range (-128 <= qmin < 0, "
-                     "qmin < qmax <= 127), got [%d, %d]", qmin, qmax);
-        return NULL;
-    }
+    if (!check_threads(nthreads) || !check_int8_range(qmin, qmax, "quantize_pack_int8")) return NULL;
     if (!(x = contiguous_array(x_obj, "x", src_types, 4, 2, src_expected))) goto fail;
     npy_intp n = PyArray_DIM(x, 0), k = PyArray_DIM(x, 1);
     if (n < 1 || k < 1) {
@@ -450,37 +493,84 @@ static PyObject *py_quantize_pack_int8(PyObject *self, PyObject *args, PyObject 
                      (Py_ssize_t)k);
         goto fail;
     }
-    npy_intp np_ = mq_round_up(n, MQ_PANEL), size = np_ * mq_round_up(k, MQ_KGROUP), panels = np_ / MQ_PANEL;
-    if (!packed_outputs(out_obj, "quantize_pack_int8", size, np_, &packed, &w_sum)) goto fail;
-    if (!(scale = (PyArrayObject *)PyArray_EMPTY(1, &n, NPY_FLOAT32, 0))) goto fail;
-    if (!(zp = (PyArrayObject *)PyArray_EMPTY(1, &n, NPY_INT32, 0))) goto fail;
-    if (!(scratch = (PyArrayObject *)PyArray_EMPTY(1, &panels, NPY_UINT8, 0))) goto fail;
-    if (with_error) {
-        if (!(sx = (PyArrayObject *)PyArray_ZEROS(1, &n, NPY_FLOAT64, 0))) goto fail;
-        if (!(se = (PyArrayObject *)PyArray_ZEROS(1, &n, NPY_FLOAT64, 0))) goto fail;
-    }
+    if (!qpack_outputs_new(&o, out_obj, "quantize_pack_int8", n, k, with_error)) goto fail;
     int64_t bad;
     int has_m128 = 0;
     Py_BEGIN_ALLOW_THREADS
-    bad = mq_quantize_pack_int8(PyArray_DATA(x), src_kind(x), n, k, qmin, qmax, symmetric, PyArray_DATA(scale),
-                                PyArray_DATA(zp), PyArray_DATA(packed), PyArray_DATA(w_sum), PyArray_DATA(scratch),
-                                sx ? PyArray_DATA(sx) : NULL, se ? PyArray_DATA(se) : NULL, &has_m128, nthreads);
+    bad = mq_quantize_pack_int8(PyArray_DATA(x), src_kind(x), n, k, qmin, qmax, symmetric, QPACK_DATA(o), &has_m128,
+                                nthreads);
     Py_END_ALLOW_THREADS
-    if (bad == -2) {
-        PyErr_NoMemory();
-        goto fail;
-    }
-    result = Py_BuildValue("OOOONNOO", packed, w_sum, scale, zp, PyBool_FromLong(has_m128), bad_row_obj(bad),
-                           sx ? (PyObject *)sx : Py_None, se ? (PyObject *)se : Py_None);
+    result = qpack_result(&o, bad, has_m128);
 fail:
     Py_XDECREF(x);
-    Py_XDECREF(packed);
-    Py_XDECREF(w_sum);
-    Py_XDECREF(scale);
-    Py_XDECREF(zp);
-    Py_XDECREF(scratch);
-    Py_XDECREF(sx);
-    Py_XDECREF(se);
+    qpack_outputs_clear(&o);
+    return result;
+}
+
+PyDoc_STRVAR(quantize_pack_int8_file_doc,
+             "quantize_pack_int8_file(fd, offset, rows, cols, dtype, qmin, qmax, symmetric, with_error=False,\n"
+             "                        nthreads=1, out=None)\n"
+             "    -> (packed, w_sum, scale, zero_point, has_m128, bad_row, sum_x2, sum_err2)\n\n"
+             "quantize_pack_int8 of the [rows, cols] weight stored row after row at byte\n"
+             "offset of the open file fd, read with pread (nothing is memory-mapped).\n"
+             "dtype: 'float32', 'float16' or 'bfloat16'.  ValueError when the file is\n"
+             "too short for it, OSError when a read fails.");
+
+static PyObject *py_quantize_pack_int8_file(PyObject *self, PyObject *args, PyObject *kw) {
+    static char *kwlist[] = {"fd", "offset", "rows", "cols", "dtype", "qmin", "qmax", "symmetric", "with_error",
+                             "nthreads", "out", NULL};
+    PyObject *out_obj = Py_None, *result = NULL;
+    int fd, qmin, qmax, symmetric, with_error = 0, nthreads = 1;
+    long long offset, rows, cols;
+    const char *dtype;
+    qpack_outputs o = {0};
+    (void)self;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "iLLLsiip|piO:quantize_pack_int8_file", kwlist, &fd, &offset, &rows,
+                                     &cols, &dtype, &qmin, &qmax, &symmetric, &with_error, &nthreads, &out_obj))
+        return NULL;
+    if (!check_threads(nthreads) || !check_int8_range(qmin, qmax, "quantize_pack_int8_file")) return NULL;
+    mq_src_t kind;
+    if (!strcmp(dtype, "float32")) kind = MQ_SRC_F32;
+    else if (!strcmp(dtype, "float16")) kind = MQ_SRC_F16;
+    else if (!strcmp(dtype, "bfloat16")) kind = MQ_SRC_BF16;
+    else {
+        PyErr_Format(PyExc_ValueError, "dtype must be 'float32', 'float16' or 'bfloat16', got '%.50s'", dtype);
+        return NULL;
+    }
+    /* every size below fits int64: rows, cols < 2^31 and the element is at most 4 bytes */
+    if (fd < 0 || offset < 0 || rows < 1 || cols < 1 || rows > INT32_MAX || cols > INT32_MAX) {
+        PyErr_Format(PyExc_ValueError, "need fd >= 0, offset >= 0 and 1 <= rows, cols < 2^31, got fd=%d offset=%lld "
+                     "rows=%lld cols=%lld", fd, offset, rows, cols);
+        return NULL;
+    }
+    long long end = offset + rows * cols * (long long)mq_src_size(kind);
+    struct stat st;
+    if (fstat(fd, &st) != 0) return PyErr_SetFromErrno(PyExc_OSError);
+    if (end > (long long)st.st_size) {
+        PyErr_Format(PyExc_ValueError, "the file has %lld bytes, too short for a [%lld, %lld] %s weight at offset "
+                     "%lld", (long long)st.st_size, rows, cols, dtype, offset);
+        return NULL;
+    }
+    if (!qpack_outputs_new(&o, out_obj, "quantize_pack_int8_file", (npy_intp)rows, (npy_intp)cols, with_error))
+        goto fail;
+    int64_t bad;
+    int has_m128 = 0, read_error = 0;
+    Py_BEGIN_ALLOW_THREADS
+    bad = mq_quantize_pack_int8_file(fd, offset, kind, rows, cols, qmin, qmax, symmetric, QPACK_DATA(o), &has_m128,
+                                     &read_error, nthreads);
+    Py_END_ALLOW_THREADS
+    if (bad == -3) {
+        if (read_error == -1)
+            PyErr_Format(PyExc_ValueError, "the file ended before the weight's last row (truncated while read?)");
+        else {
+            errno = read_error;
+            PyErr_SetFromErrno(PyExc_OSError);
+        }
+        goto fail;
+    }
+    result = qpack_result(&o, bad, has_m128);
+fail:
+    qpack_outputs_clear(&o);
     return result;
 }
 
@@ -1130,6 +1220,8 @@ static PyMethodDef module_methods[] = {
     {"pack_int8", (PyCFunction)(void (*)(void))py_pack_int8, METH_VARARGS | METH_KEYWORDS, pack_int8_doc},
     {"quantize_pack_int8", (PyCFunction)(void (*)(void))py_quantize_pack_int8, METH_VARARGS | METH_KEYWORDS,
      quantize_pack_int8_doc},
+    {"quantize_pack_int8_file", (PyCFunction)(void (*)(void))py_quantize_pack_int8_file,
+     METH_VARARGS | METH_KEYWORDS, quantize_pack_int8_file_doc},
     {"linear_int8", (PyCFunction)(void (*)(void))py_linear_int8, METH_VARARGS | METH_KEYWORDS, linear_int8_doc},
     {"conv2d_int8", (PyCFunction)(void (*)(void))py_conv2d_int8, METH_VARARGS | METH_KEYWORDS, conv2d_int8_doc},
     {"linear_kernels", py_linear_kernels, METH_NOARGS, linear_kernels_doc},

@@ -328,6 +328,14 @@ int mq_pack_int8(const int8_t *w, int64_t n, int64_t k, int8_t *packed, int32_t 
 int64_t mq_quantize_pack_int8(const void *src, mq_src_t kind, int64_t n, int64_t k, int qmin, int qmax,
                               int symmetric, float *scale, int32_t *zero_point, int8_t *packed, int32_t *w_sum,
                               uint8_t *panel_m128, double *sum_x2, double *sum_err2, int *has_m128, int nthreads);
+/* The same, reading the n rows of k elements from the file fd at offset
+ * (row after row, as safetensors stores them) with pread: nothing is mapped.
+ * Returns as above, or -3 when a read failed: *read_error is then its errno,
+ * or -1 when the file ended early. */
+int64_t mq_quantize_pack_int8_file(int fd, int64_t offset, mq_src_t kind, int64_t n, int64_t k, int qmin, int qmax,
+                                   int symmetric, float *scale, int32_t *zero_point, int8_t *packed, int32_t *w_sum,
+                                   uint8_t *panel_m128, double *sum_x2, double *sum_err2, int *has_m128,
+                                   int *read_error, int nthreads);
 /* y [m][n] = dynamic int8 linear of x [m][k] (f32/f16/bf16 rows, row stride
  * ldx elements); acc instead of y returns the exact accumulators of the
  * already-quantized int8 xq (x_is_q).  Returns 0, or -1 when out of memory. */

@@ -384,6 +384,34 @@ def _check_state_dict(sd: Mapping) -> None:
             raise TypeError(f"state_dict[{k!r}] must be a torch.Tensor, got {type(v).__name__}")
 
 
+def state_dict_entry_plan(key: str, tensor: torch.Tensor, cfg: QuantConfig):
+    """What ``quantize(state_dict)`` does with one entry: None when it is copied as it is
+    (not a floating 2-D / 4-D ``*.weight``), else ``(layer name, "Linear" or "Conv2d",
+    reason)`` with ``reason`` None when the weight is to be quantized, else why it stays float."""
+    is_weight = key == "weight" or key.endswith(".weight")
+    if not (is_weight and tensor.is_floating_point() and tensor.dim() in (2, 4)):
+        return None
+    name = key[: -len("weight")].rstrip(".")
+    kind = "Linear" if tensor.dim() == 2 else "Conv2d"
+    reason = _selection_reason(cfg, [name], None)
+    if reason is None and tensor.numel() < cfg.min_weight_numel:
+        reason = f"too small: {tensor.numel()} weights < min_weight_numel={cfg.min_weight_numel}"
+    return name, kind, reason
+
+
+def packs_straight_to_int8(tensor: torch.Tensor, cfg: QuantConfig) -> bool:
+    """Whether a selected weight is quantized straight into the packed int8 layout
+    (per-channel int8 of a 2-D CPU weight: what QuantizedLinear keeps)."""
+    return get_qtype(cfg.dtype).name == "int8" and cfg.granularity == "per_channel" and tensor.dim() == 2 \
+        and tensor.device.type == "cpu"
+
+
+def nonfinite_entry_error(key: str, name: str, row: int) -> ValueError:
+    """The error for a state_dict weight holding NaN/Inf under ``nonfinite="error"``."""
+    return ValueError(f"tensor {key!r} has NaN or Inf (output channel {row}): fix it, "
+                      f"exclude it (exclude=[{name!r}]) or pass nonfinite='skip'")
+
+
 def quantize_state_dict_entry(key: str, tensor: torch.Tensor, cfg: QuantConfig, cache: Optional[dict] = None,
                               *, measure_error: bool = True):
     """Quantize one state_dict entry as ``quantize(state_dict)`` does.
@@ -396,14 +424,10 @@ def quantize_state_dict_entry(key: str, tensor: torch.Tensor, cfg: QuantConfig, 
     ``measure_error=False`` skips the SQNR (reported as NaN); tensors are the same.
     """
     qtype = get_qtype(cfg.dtype)
-    is_weight = key == "weight" or key.endswith(".weight")
-    if not (is_weight and tensor.is_floating_point() and tensor.dim() in (2, 4)):
+    plan = state_dict_entry_plan(key, tensor, cfg)
+    if plan is None:
         return {key: tensor.detach().clone()}, None, None
-    name = key[: -len("weight")].rstrip(".")
-    kind = "Linear" if tensor.dim() == 2 else "Conv2d"
-    reason = _selection_reason(cfg, [name], None)
-    if reason is None and tensor.numel() < cfg.min_weight_numel:
-        reason = f"too small: {tensor.numel()} weights < min_weight_numel={cfg.min_weight_numel}"
+    name, kind, reason = plan
     if reason is None:
         cached = None if cache is None else cache.get((id(tensor), qtype.name, "entry"))
         if cached is not None:  # a tensor stored under several keys: same outputs, shared
@@ -412,8 +436,7 @@ def quantize_state_dict_entry(key: str, tensor: torch.Tensor, cfg: QuantConfig, 
             return _finish_entry({prefix + s: t for s, t in suffixes.items()}, key, name, kind, qtype, tensor, sqnr,
                                  None)
         try:
-            if qtype.name == "int8" and cfg.granularity == "per_channel" and tensor.dim() == 2 \
-                    and tensor.device.type == "cpu":
+            if packs_straight_to_int8(tensor, cfg):
                 # straight into the packed layout, block by block: what the module path stores,
                 # without a whole plain int8 copy beside the packed one
                 qmin, qmax = qtype.qrange(cfg.symmetric_for(kind))
@@ -427,8 +450,7 @@ def quantize_state_dict_entry(key: str, tensor: torch.Tensor, cfg: QuantConfig, 
             stored, sqnr = _convert_weight(tensor, qtype, cfg, kind, {}, measure_error)
         except NonFiniteWeightError as exc:
             if cfg.nonfinite == "error":
-                raise ValueError(f"tensor {key!r} has NaN or Inf (output channel {exc.row}): fix it, "
-                                 f"exclude it (exclude=[{name!r}]) or pass nonfinite='skip'") from None
+                raise nonfinite_entry_error(key, name, exc.row) from None
             reason = f"non-finite weights (NaN/Inf in channel {exc.row})"
     if reason is not None:
         return {key: tensor.detach().clone()}, None, SkippedLayer(name, kind, reason)

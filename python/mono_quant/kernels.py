@@ -28,6 +28,7 @@ __all__ = [
     "dequantize_rows",
     "pack_int8",
     "quantize_pack_int8",
+    "quantize_pack_int8_file",
     "linear_int8",
     "linear_kernels",
 ]
@@ -217,6 +218,30 @@ def quantize_pack_int8(x: torch.Tensor, qmin: int, qmax: int, symmetric: bool, w
     target = None if out is None else (out[0].numpy(), out[1].numpy())
     packed, w_sum, s, z, has_m128, bad, sx, se = _C.quantize_pack_int8(
         to_numpy(x), qmin, qmax, bool(symmetric), with_error=with_error, nthreads=num_threads(), out=target)
+    wrap = (lambda a: None if a is None else torch.from_numpy(a))
+    if out is None:
+        packed, w_sum = torch.from_numpy(packed), torch.from_numpy(w_sum)
+    else:
+        packed, w_sum = out
+    return packed, w_sum, torch.from_numpy(s), torch.from_numpy(z), bool(has_m128), bad, wrap(sx), wrap(se)
+
+
+_FILE_DTYPES = {torch.float32: "float32", torch.float16: "float16", torch.bfloat16: "bfloat16"}
+
+
+def quantize_pack_int8_file(fd: int, offset: int, shape: Tuple[int, int], dtype: torch.dtype, qmin: int, qmax: int,
+                            symmetric: bool, with_error: bool = False,
+                            out: Optional[Tuple[torch.Tensor, torch.Tensor]] = None):
+    """:func:`quantize_pack_int8` of the ``shape`` weight of ``dtype`` (float32, float16 or
+    bfloat16) stored row after row at ``offset`` of the open file ``fd``, read with pread:
+    nothing is memory-mapped.  Same returns; ValueError when the file is too short,
+    OSError when a read fails."""
+    if dtype not in _FILE_DTYPES:
+        raise TypeError(f"quantize_pack_int8_file reads float32, float16 or bfloat16, got {dtype}")
+    target = None if out is None else (out[0].numpy(), out[1].numpy())
+    packed, w_sum, s, z, has_m128, bad, sx, se = _C.quantize_pack_int8_file(
+        fd, offset, shape[0], shape[1], _FILE_DTYPES[dtype], qmin, qmax, bool(symmetric), with_error=with_error,
+        nthreads=num_threads(), out=target)
     wrap = (lambda a: None if a is None else torch.from_numpy(a))
     if out is None:
         packed, w_sum = torch.from_numpy(packed), torch.from_numpy(w_sum)

@@ -11,7 +11,9 @@ quantized form at a time.
 """
 from __future__ import annotations
 
+import ctypes
 import json
+import mmap
 import os
 from collections import OrderedDict
 from pathlib import Path
@@ -20,7 +22,7 @@ from typing import Dict, Iterator, List, Optional, Tuple
 import torch
 
 from ..api import _UNSET as UNSET
-from ..api import check_group_size_given, quantize_state_dict_entry
+from ..api import check_group_size_given, packs_straight_to_int8, quantize_state_dict_entry, state_dict_entry_plan
 from ..config import resolve_config
 from ..report import Report, tensor_bytes
 from .atomic import atomic_output, check_destination
@@ -29,6 +31,7 @@ from .errors import CheckpointError
 from .layers import state_dict_layer_entry
 from .manifest import METADATA_KEY, dump_manifest, new_manifest
 from .progress import Progress
+from .stream_int8 import stream_packed_int8
 
 __all__ = ["quantize_checkpoint", "CheckpointReader", "open_checkpoint"]
 
@@ -36,13 +39,18 @@ _TORCH_SUFFIXES = (".pt", ".pth", ".bin")
 
 
 class _SafetensorsShard:
-    """A safetensors file; each tensor is read through its own safe_open handle,
-    so its memory map goes away with the tensor (a handle kept open would keep
-    every page read so far resident)."""
+    """A safetensors file, memory-mapped once (privately: nothing can write the
+    file); tensors are zero-copy views of the map.  :meth:`release` drops the
+    pages under a tensor (or a part of one) from this process, so the map
+    never keeps the file resident: they are clean file pages, read again from
+    the page cache if touched again."""
 
     def __init__(self, path: Path):
         self.path = path
         self.header = read_header(path)
+        self._map: Optional[mmap.mmap] = None
+        self._address = 0
+        self._fd: Optional[int] = None
 
     def keys(self) -> List[str]:
         return list(self.header.tensors)
@@ -51,20 +59,54 @@ class _SafetensorsShard:
         entry = self.header.tensors[key]
         return entry.dtype, entry.shape
 
-    def get(self, key: str) -> torch.Tensor:
-        from safetensors import safe_open
+    def _mapping(self) -> mmap.mmap:
+        if self._map is None:
+            try:
+                with open(self.path, "rb") as f:
+                    self._map = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY)
+            except (OSError, ValueError) as exc:
+                raise CheckpointError(f"{self.path}: cannot map the file: {exc}") from exc
+            if len(self._map) != self.header.file_size:
+                raise CheckpointError(f"{self.path}: changed size while being read")
+            anchor = ctypes.c_char.from_buffer(self._map)
+            self._address = ctypes.addressof(anchor)
+            del anchor  # (a live ctypes view would keep the map from ever closing)
+        return self._map
 
-        try:
-            with safe_open(os.fspath(self.path), framework="pt", device="cpu") as f:
-                return f.get_tensor(key)
-        except Exception as exc:  # SafetensorError, OSError
-            raise CheckpointError(f"{self.path}: cannot read tensor {key!r}: {exc}") from exc
+    def get(self, key: str) -> torch.Tensor:
+        entry = self.header.tensors[key]
+        if entry.nbytes == 0:
+            return torch.empty(entry.shape, dtype=entry.dtype)
+        count = entry.nbytes // torch.empty((), dtype=entry.dtype).element_size()
+        flat = torch.frombuffer(self._mapping(), dtype=entry.dtype, count=count,
+                                offset=self.header.data_start + entry.begin)
+        return flat.reshape(entry.shape)
+
+    def location(self, key: str) -> Optional[Tuple[int, int]]:
+        """(an open file descriptor, byte offset) of ``key``'s data, to read it without mapping."""
+        if os.name != "posix":
+            return None
+        if self._fd is None:
+            try:
+                self._fd = os.open(self.path, os.O_RDONLY)
+            except OSError as exc:
+                raise CheckpointError(f"{self.path}: cannot open: {exc}") from exc
+        return self._fd, self.header.data_start + self.header.tensors[key].begin
 
     def release(self, key: str, tensor: torch.Tensor) -> None:
-        pass
+        if self._map is None or tensor.numel() == 0:
+            return
+        start = tensor.data_ptr() - self._address
+        end = start + tensor.numel() * tensor.element_size()
+        if 0 <= start and end <= len(self._map):
+            first = start - start % mmap.PAGESIZE
+            self._map.madvise(mmap.MADV_DONTNEED, first, end - first)
 
     def close(self) -> None:
-        pass
+        self._map = None  # unmapped once no tensor views it any more
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
 
 
 class _TorchShard:
@@ -99,6 +141,9 @@ class _TorchShard:
 
     def get(self, key: str) -> torch.Tensor:
         return self._tensors[key]
+
+    def location(self, key: str) -> None:
+        return None  # a zip archive member: read through the map
 
     def release(self, key: str, tensor: torch.Tensor) -> None:
         """Drop the pages of a tensor read from the memory map, so the map does
@@ -219,6 +264,16 @@ class CheckpointReader:
     def get(self, key: str) -> torch.Tensor:
         return self._where[key].get(key)
 
+    def location(self, key: str) -> Optional[Tuple[int, int]]:
+        """(open file descriptor, byte offset) of ``key``'s data when it can be read
+        straight from its file (a safetensors shard on a POSIX system), else None."""
+        return self._where[key].location(key)
+
+    def release(self, key: str, tensor: torch.Tensor) -> None:
+        """Drop the pages under ``tensor`` (``key``'s tensor or a view of it) from this
+        process; its data stays valid and is read again if touched."""
+        self._where[key].release(key, tensor)
+
     def items(self) -> Iterator[Tuple[str, torch.Tensor]]:
         """(name, tensor) one at a time; each shard is closed once its tensors are done."""
         previous = None
@@ -288,6 +343,15 @@ def _index_plan(index: Path) -> List[Tuple[Path, Optional[set]]]:
     return plan
 
 
+def _streams(key: str, tensor: torch.Tensor, cfg) -> bool:
+    """Whether ``key`` goes through :func:`stream_packed_int8`: a selected weight quantized
+    straight to packed int8, from a dtype the C kernels read, with NaN/Inf an error (a
+    weight to skip must be checked whole before any of it is written)."""
+    plan = state_dict_entry_plan(key, tensor, cfg)
+    return (plan is not None and plan[2] is None and cfg.nonfinite == "error" and packs_straight_to_int8(tensor, cfg)
+            and tensor.dtype in (torch.float32, torch.float16, torch.bfloat16))
+
+
 def _header_reserve(reader: CheckpointReader, keys: List[str]) -> int:
     """Bytes to set aside for the output header: generous for weights that may be
     quantized (three tensors and a manifest entry), tight for the rest."""
@@ -342,9 +406,18 @@ def quantize_checkpoint(src, dst, dtype=None, *, symmetric: Optional[bool] = Non
         reserve = _header_reserve(reader, keys)
         try:
             with atomic_output(dst, overwrite) as tmp:
-                with open(tmp, "w+b") as f, StreamingWriter(f, reserve, background=True) as writer:
+                with open(tmp, "w+b") as f, StreamingWriter(f, reserve, background=True, path=tmp) as writer:
                     for key, tensor in reader.items():
                         report.model_bytes_before += tensor_bytes(tensor)
+                        if _streams(key, tensor, cfg):
+                            layer, own = stream_packed_int8(key, tensor, state_dict_entry_plan(key, tensor, cfg)[0],
+                                                            cfg, writer, reader, measure_error)
+                            report.layers.append(layer)
+                            report.model_bytes_after += layer.bytes_after
+                            manifest["layers"].append(state_dict_layer_entry(layer, cfg, own, tensor.dtype))
+                            bar.update(tensor_bytes(tensor), key)
+                            del tensor
+                            continue
                         outputs, layer, skipped = quantize_state_dict_entry(key, tensor, cfg,
                                                                             measure_error=measure_error)
                         for name, out in outputs.items():

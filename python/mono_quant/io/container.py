@@ -23,6 +23,7 @@ import torch
 
 from .dtypes import SAFETENSORS_DTYPES, safetensors_code
 from .errors import CheckpointError
+from .sink import DIRECT_ALIGN, BufferedSink, open_sink
 
 __all__ = ["TensorEntry", "SafetensorsHeader", "read_header", "StreamingWriter", "MAX_HEADER_BYTES"]
 
@@ -131,68 +132,184 @@ def _check_layout(path: str, tensors: Dict[str, TensorEntry], data_size: int) ->
 
 
 class StreamingWriter:
-    """Write a safetensors file one tensor at a time, holding no tensor longer than needed.
+    """Write a safetensors file one tensor (or one part of a tensor) at a time,
+    holding no tensor longer than needed.
 
     The data goes after a reserved header area; :meth:`finish` writes the
     header there, padded with spaces.  When the header outgrows the
     reservation, :meth:`finish` moves the data up (one extra copy).  With
-    ``background=True`` a thread does the writes, so waiting on the disk
-    overlaps the caller's work; at most ``max_pending_bytes`` (or one tensor)
-    wait in its queue.  Use as a context manager so the thread always stops;
-    a write error is raised by the next :meth:`add` or by :meth:`finish`.
+    ``path`` (the file ``f`` was opened at) the data section may be written
+    with direct I/O (see :mod:`.sink`; the reservation is then rounded up to
+    its alignment).  With ``background=True`` a thread does the writes, so
+    waiting on the disk overlaps the caller's work; at most
+    ``max_pending_bytes`` (or one tensor) wait in its queue.  A large tensor
+    can be streamed as consecutive parts (:meth:`begin`, :meth:`add_part`,
+    :meth:`end`), filling reusable buffers from :meth:`part_buffer`.  Use as a
+    context manager so the thread always stops; a write error is raised by
+    the next :meth:`add` / :meth:`add_part` or by :meth:`finish`.
     """
 
     def __init__(self, f: BinaryIO, reserve: int = 1 << 16, *, background: bool = False,
-                 max_pending_bytes: int = 64 << 20):
+                 max_pending_bytes: int = 64 << 20, path=None, part_bytes: int = 4 << 20, part_buffers: int = 4):
         self._f = f
-        self._reserve = max(16, reserve - reserve % 8)
+        reserve = max(16, reserve)
+        if path is not None:
+            reserve = -(-reserve // DIRECT_ALIGN) * DIRECT_ALIGN
+            self._sink = open_sink(f, path, reserve)
+        else:
+            reserve += (-reserve) % 8
+            f.seek(reserve)
+            self._sink = BufferedSink(f)
+        self._reserve = reserve
         self._entries: Dict[str, dict] = {}
         self._position = 0
         self._error: Optional[BaseException] = None
         self._thread = None
-        f.seek(self._reserve)
-        if background:
-            self._max_pending = max_pending_bytes
-            self._pending = 0
+        self._open_tensor: Optional[list] = None  # [name, bytes expected, bytes added] while streaming parts
+        self._part_bytes, self._part_limit = part_bytes, max(1, part_buffers)
+        self._free_parts: List[torch.Tensor] = []
+        self._parts_made = 0
+        self._max_pending = max_pending_bytes
+        self._pending = 0
+        self._room = threading.Condition()
+        # a direct-I/O sink has a thread of its own; the caller fills its staging buffers in place
+        if background and not self._sink.direct:
             self._queue: "queue.Queue" = queue.Queue()
-            self._room = threading.Condition()
             self._thread = threading.Thread(target=self._run, name="mono-quant-writer", daemon=True)
             self._thread.start()
 
+    @property
+    def direct_io(self) -> bool:
+        """Whether the data section is being written with direct I/O."""
+        return self._sink.direct
+
     def add(self, name: str, tensor: torch.Tensor) -> None:
         """Append one tensor's bytes; ``name`` must be new."""
+        if self._open_tensor is not None:
+            raise RuntimeError(f"add({name!r}) while {self._open_tensor[0]!r} is being streamed; end() it first")
+        t = self._prepare(tensor)
+        nbytes = t.numel() * t.element_size()
+        self._register(name, tensor.dtype, list(t.shape), nbytes)
+        self._enqueue(t, nbytes, False)
+
+    def begin(self, name: str, dtype: torch.dtype, shape) -> None:
+        """Start the tensor ``name`` of ``dtype`` and ``shape``, whose bytes follow as parts."""
+        if self._open_tensor is not None:
+            raise RuntimeError(f"begin({name!r}) while {self._open_tensor[0]!r} is being streamed")
+        nbytes = torch.empty((), dtype=dtype).element_size()
+        for d in shape:
+            nbytes *= int(d)
+        self._register(name, dtype, [int(d) for d in shape], nbytes)
+        self._open_tensor = [name, nbytes, 0]
+
+    def part_buffer(self) -> torch.Tensor:
+        """A reusable int8 buffer of ``part_bytes`` to fill and pass (or a prefix of it) to
+        :meth:`add_part` with ``recycle=True``; waits while all of them are queued."""
+        with self._room:
+            while not self._free_parts and self._parts_made >= self._part_limit and self._error is None:
+                self._room.wait()
+            self._raise_pending_error()
+            if self._free_parts:
+                return self._free_parts.pop()
+            self._parts_made += 1
+        return torch.empty(self._part_bytes, dtype=torch.int8)
+
+    @property
+    def part_bytes(self) -> int:
+        return self._part_bytes
+
+    def add_part(self, tensor: torch.Tensor, recycle: bool = False) -> None:
+        """Append the next bytes of the tensor opened by :meth:`begin`.  ``recycle``: ``tensor``
+        is (a prefix of) a :meth:`part_buffer`, handed back once written; don't touch it after."""
+        if self._open_tensor is None:
+            raise RuntimeError("add_part() outside begin() / end()")
+        t = tensor if recycle else self._prepare(tensor)
+        nbytes = t.numel() * t.element_size()
+        name, expected, done = self._open_tensor
+        if done + nbytes > expected:
+            raise ValueError(f"tensor {name!r}: parts add up to more than its {expected} bytes")
+        self._open_tensor[2] += nbytes
+        self._enqueue(t, nbytes, recycle)
+
+    def region(self) -> Optional[torch.Tensor]:
+        """Where the next bytes of the tensor opened by :meth:`begin` can be made in place:
+        an int8 tensor over the free rest of the direct-I/O staging buffer (fill a prefix,
+        then :meth:`commit` it: no copy), or None when the sink has no such buffer."""
+        if self._open_tensor is None:
+            raise RuntimeError("region() outside begin() / end()")
         self._raise_pending_error()
-        if name in self._entries or name == "__metadata__":
-            raise ValueError(f"duplicate tensor name {name!r} in the output")
-        code = safetensors_code(tensor.dtype)
+        view = self._sink.region() if self._thread is None else None
+        if view is None or not len(view):
+            return None
+        return torch.frombuffer(view, dtype=torch.int8)
+
+    def commit(self, nbytes: int) -> None:
+        """Append the first ``nbytes`` of the last :meth:`region` to the open tensor."""
+        name, expected, done = self._open_tensor
+        if done + nbytes > expected:
+            raise ValueError(f"tensor {name!r}: parts add up to more than its {expected} bytes")
+        self._sink.commit(nbytes)
+        self._open_tensor[2] += nbytes
+
+    def end(self) -> None:
+        """Close the tensor opened by :meth:`begin`; its parts must have covered it exactly."""
+        if self._open_tensor is None:
+            raise RuntimeError("end() without begin()")
+        name, expected, done = self._open_tensor
+        self._open_tensor = None
+        if done != expected:
+            raise ValueError(f"tensor {name!r}: parts cover {done} of its {expected} bytes")
+
+    def _prepare(self, tensor: torch.Tensor) -> torch.Tensor:
+        self._raise_pending_error()
         t = tensor.detach()
         if t.device.type != "cpu":
             t = t.cpu()
-        t = t.contiguous()
-        nbytes = t.numel() * t.element_size()
-        self._entries[name] = {"dtype": code, "shape": list(t.shape),
+        return t.contiguous()
+
+    def _register(self, name: str, dtype: torch.dtype, shape: list, nbytes: int) -> None:
+        self._raise_pending_error()
+        if name in self._entries or name == "__metadata__":
+            raise ValueError(f"duplicate tensor name {name!r} in the output")
+        code = safetensors_code(dtype)
+        self._entries[name] = {"dtype": code, "shape": shape,
                                "data_offsets": [self._position, self._position + nbytes]}
         self._position += nbytes
+
+    def _enqueue(self, t: torch.Tensor, nbytes: int, recycle: bool) -> None:
         if not nbytes:
+            if recycle:
+                self._recycle(t)
             return
         if self._thread is None:
-            self._write(t)
+            try:
+                self._write(t)
+            finally:
+                if recycle:
+                    self._recycle(t)
             return
         with self._room:
             while self._pending and self._pending + nbytes > self._max_pending and self._error is None:
                 self._room.wait()
             self._pending += nbytes
-        self._queue.put(t)
+        self._queue.put((t, nbytes, recycle))
         self._raise_pending_error()
 
+    def _recycle(self, t: torch.Tensor) -> None:
+        base = t._base if t._base is not None else t
+        with self._room:
+            self._free_parts.append(base)
+            self._room.notify_all()
+
     def _write(self, t: torch.Tensor) -> None:
-        self._f.write(memoryview(t.reshape(-1).view(torch.uint8).numpy()))
+        self._sink.write(memoryview(t.reshape(-1).view(torch.uint8).numpy()))
 
     def _run(self) -> None:
         while True:
-            t = self._queue.get()
-            if t is None:
+            item = self._queue.get()
+            if item is None:
                 return
+            t, nbytes, recycle = item
             try:
                 if self._error is None:
                     self._write(t)
@@ -200,9 +317,11 @@ class StreamingWriter:
                 self._error = exc
             finally:
                 with self._room:
-                    self._pending -= t.numel() * t.element_size()
+                    self._pending -= nbytes
                     self._room.notify_all()
-                del t
+                if recycle:
+                    self._recycle(t)
+                del t, item
 
     def _raise_pending_error(self) -> None:
         if self._error is not None:
@@ -219,6 +338,9 @@ class StreamingWriter:
 
     def __exit__(self, *exc) -> None:
         self._stop()
+        if self._sink is not None:
+            self._sink.abort()
+            self._sink = None
 
     @property
     def names(self) -> List[str]:
@@ -228,6 +350,10 @@ class StreamingWriter:
         """Wait for pending writes, write the header (with ``metadata`` as ``__metadata__``) and flush."""
         self._stop()
         self._raise_pending_error()
+        if self._open_tensor is not None:
+            raise RuntimeError(f"finish() while {self._open_tensor[0]!r} is being streamed")
+        sink, self._sink = self._sink, None
+        sink.close()
         header = dict(self._entries)
         if metadata:
             header = {"__metadata__": dict(metadata), **header}

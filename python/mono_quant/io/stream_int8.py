@@ -1,0 +1,123 @@
+"""Streaming one per-channel int8 weight of a checkpoint into the output file.
+
+``quantize_state_dict_entry`` makes a layer's whole packed weight before it
+can be written.  For a checkpoint that costs a fresh output buffer per
+tensor (page faults on every 4 KiB), keeps the whole input tensor's pages
+mapped, and leaves the writer idle until the tensor is done.  Here the
+weight goes through in parts of whole 16-row panels, each quantized by the
+C kernel straight into the writer's direct-I/O staging buffer (no copy) or
+into a reusable part buffer that a writer thread writes, so quantizing and
+writing overlap and memory holds a few parts instead of whole tensors.  A
+safetensors shard's rows are read by the kernel itself (pread into
+per-thread buffers that stay in cache, nothing mapped); other inputs are
+read through their memory map, whose pages are dropped part by part.  The
+bytes and the report are exactly those of ``quantize_state_dict_entry``.
+"""
+from __future__ import annotations
+
+import math
+from typing import Dict, Tuple
+
+import torch
+
+from .. import kernels
+from ..api import _finish_entry, nonfinite_entry_error
+from ..packing import PACKED_LAYOUT_VERSION, packed_sizes
+from ..qtypes import get_qtype
+from ..tensor import sqnr_db
+
+__all__ = ["stream_packed_int8"]
+
+_PANEL = 16
+
+
+class _Panels:
+    """Quantizes row ranges of one weight (whole panels) into given buffers."""
+
+    def __init__(self, key, tensor, name, qmin, qmax, symmetric, measure_error, reader):
+        self.key, self.tensor, self.name, self.reader = key, tensor, name, reader
+        self.qmin, self.qmax, self.symmetric, self.measure_error = qmin, qmax, symmetric, measure_error
+        rows, cols = tensor.shape
+        size, np_ = packed_sizes(rows, cols)
+        self.panel_bytes = size // np_ * _PANEL
+        self.location = reader.location(key)
+        self.row_bytes = cols * tensor.element_size()
+        self.colsum = torch.empty(np_, dtype=torch.int32)
+        self.scale = torch.empty(rows, dtype=torch.float32)
+        self.zero_point = torch.empty(rows, dtype=torch.int32)
+        self.has_m128, self.sum_x2, self.sum_err2 = False, 0.0, 0.0
+
+    def fill(self, r0: int, panels: int, out: torch.Tensor) -> None:
+        """Quantize rows [r0, r0 + 16 * panels) (clipped to the weight) into ``out``."""
+        rows, cols = self.tensor.shape
+        r1 = min(rows, r0 + panels * _PANEL)
+        target = (out, self.colsum[r0:r0 + panels * _PANEL])
+        if self.location is not None:  # straight from the file: nothing mapped, no pages to drop
+            fd, offset = self.location
+            _, _, s, z, m128, bad, sx, se = kernels.quantize_pack_int8_file(
+                fd, offset + r0 * self.row_bytes, (r1 - r0, cols), self.tensor.dtype, self.qmin, self.qmax,
+                self.symmetric, self.measure_error, out=target)
+        else:
+            chunk = self.tensor[r0:r1]
+            _, _, s, z, m128, bad, sx, se = kernels.quantize_pack_int8(
+                chunk, self.qmin, self.qmax, self.symmetric, self.measure_error, out=target)
+            self.reader.release(self.key, chunk)
+        if bad >= 0:
+            raise nonfinite_entry_error(self.key, self.name, r0 + bad)
+        self.scale[r0:r1], self.zero_point[r0:r1] = s, z
+        self.has_m128 |= m128
+        if self.measure_error:
+            self.sum_x2 += float(sx.sum())
+            self.sum_err2 += float(se.sum())
+
+
+def stream_packed_int8(key: str, tensor: torch.Tensor, name: str, cfg, writer, reader,
+                       measure_error: bool) -> Tuple[object, Dict[str, torch.Tensor]]:
+    """Quantize the 2-D weight ``tensor`` (entry ``key`` of ``reader``, layer ``name``) to
+    packed per-channel int8 and write its entries through ``writer``.
+
+    Returns ``(LayerReport, own)``: ``own`` maps the entries' local names to tensors
+    with their dtypes and shapes (the packed weight as a ``meta`` tensor: its bytes
+    are already written) for the manifest.  Raises ValueError naming the first
+    channel holding NaN/Inf (only used with ``nonfinite="error"``: a written part
+    cannot be taken back).
+    """
+    qtype = get_qtype(cfg.dtype)
+    symmetric = cfg.symmetric_for("Linear")
+    qmin, qmax = qtype.qrange(symmetric)
+    rows, cols = tensor.shape
+    size, _ = packed_sizes(rows, cols)
+    job = _Panels(key, tensor, name, qmin, qmax, symmetric, measure_error, reader)
+    total_panels = -(-rows // _PANEL)
+    prefix = key[: -len("weight")]
+    writer.begin(prefix + "weight_packed", torch.int8, (size,))
+    done = 0
+    while done < total_panels:
+        region = writer.region()
+        fit = 0 if region is None else region.numel() // job.panel_bytes
+        if fit:  # in place, in the staging buffer about to be written
+            n = min(fit, total_panels - done)
+            job.fill(done * _PANEL, n, region[:n * job.panel_bytes])
+            del region
+            writer.commit(n * job.panel_bytes)
+        else:  # through a part buffer (copied into the staging buffer's last bytes, or written by a thread)
+            n = min(max(1, writer.part_bytes // job.panel_bytes), total_panels - done)
+            if region is not None:
+                n = 1  # only to straddle the staging buffer's end
+            nbytes = n * job.panel_bytes
+            pooled = nbytes <= writer.part_bytes
+            buf = writer.part_buffer()[:nbytes] if pooled else torch.empty(nbytes, dtype=torch.int8)
+            job.fill(done * _PANEL, n, buf)
+            writer.add_part(buf, recycle=pooled)
+        done += n
+    writer.end()
+    info = torch.tensor([PACKED_LAYOUT_VERSION, rows, cols, int(job.has_m128), 1], dtype=torch.int32)
+    own = {"weight_scale": job.scale, "weight_zero_point": job.zero_point,
+           "weight_packed": torch.empty(size, dtype=torch.int8, device="meta"),
+           "weight_colsum": job.colsum, "weight_packed_info": info}
+    for suffix in ("weight_colsum", "weight_packed_info", "weight_scale", "weight_zero_point"):
+        writer.add(prefix + suffix, own[suffix])
+    sqnr = sqnr_db(job.sum_x2, job.sum_err2) if measure_error else math.nan
+    _, layer, _ = _finish_entry({prefix + s: t for s, t in own.items()}, key, name, "Linear", qtype, tensor,
+                                sqnr, None)
+    return layer, own
