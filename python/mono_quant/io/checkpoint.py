@@ -36,6 +36,7 @@ from .stream_int8 import stream_packed_int8
 __all__ = ["quantize_checkpoint", "CheckpointReader", "open_checkpoint"]
 
 _TORCH_SUFFIXES = (".pt", ".pth", ".bin")
+_PART_BYTES = 4 << 20  # a streamed weight's part: large enough to keep calls few, small enough to stay in cache
 
 
 class _SafetensorsShard:
@@ -406,7 +407,8 @@ def quantize_checkpoint(src, dst, dtype=None, *, symmetric: Optional[bool] = Non
         reserve = _header_reserve(reader, keys)
         try:
             with atomic_output(dst, overwrite) as tmp:
-                with open(tmp, "w+b") as f, StreamingWriter(f, reserve, background=True, path=tmp) as writer:
+                with open(tmp, "w+b") as f, StreamingWriter(f, reserve, background=True, path=tmp,
+                                                    part_bytes=_PART_BYTES) as writer:
                     for key, tensor in reader.items():
                         report.model_bytes_before += tensor_bytes(tensor)
                         if _streams(key, tensor, cfg):

@@ -1,0 +1,286 @@
+"""The streaming pieces under quantize_checkpoint(): the direct-I/O sink, the
+writer's parts and in-place regions, the kernel that reads rows from a file,
+and whole checkpoints through every path (in place, part buffers, a writer
+thread, memory-mapped .pt input) giving exactly quantize(state_dict)."""
+import errno
+import json
+import os
+
+import numpy as np
+import pytest
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+import mono_quant as mq
+from mono_quant import _C, kernels
+from mono_quant.io import checkpoint as checkpoint_module
+from mono_quant.io import sink as sink_module
+from mono_quant.io.container import StreamingWriter
+from mono_quant.io.sink import DIRECT_ALIGN, DirectSink, open_sink, wants_direct_io
+
+
+def _gen(seed):
+    return torch.Generator().manual_seed(seed)
+
+
+# ---- direct-I/O sink -----------------------------------------------------------------------------
+
+
+def _random_bytes(n, seed):
+    return np.random.default_rng(seed).integers(0, 256, n, dtype=np.uint8)
+
+
+def test_direct_sink_writes_exact_bytes_across_staging_buffers(tmp_path, monkeypatch):
+    monkeypatch.setattr(sink_module, "_STAGE_BYTES", 3 * DIRECT_ALIGN)
+    path = tmp_path / "out.bin"
+    path.write_bytes(b"H" * DIRECT_ALIGN)  # a header area the sink must leave alone
+    sink = DirectSink(path, DIRECT_ALIGN)
+    expected = []
+    for i, n in enumerate([1, 4095, 4096, 12288, 5, 30000, 0, 7]):
+        data = _random_bytes(n, i)
+        sink.write(memoryview(data))
+        expected.append(data)
+    region = sink.region()  # filled in place
+    data = _random_bytes(min(len(region), 1000), 99)
+    region[:len(data)] = data.tobytes()
+    sink.commit(len(data))
+    expected.append(data)
+    with pytest.raises(ValueError, match="past the staging buffer"):
+        sink.commit(10 ** 9)
+    sink.close()
+    body = b"".join(d.tobytes() for d in expected)
+    assert path.read_bytes() == b"H" * DIRECT_ALIGN + body  # cut at the real end, not the padded block
+
+
+def test_direct_sink_falls_back_to_plain_writes(tmp_path, monkeypatch):
+    real = os.pwrite
+    calls = {"n": 0}
+
+    def refusing(fd, data, offset):
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise OSError(errno.EINVAL, "direct I/O refused")
+        return real(fd, data, offset)
+
+    monkeypatch.setattr(os, "pwrite", refusing)
+    path = tmp_path / "out.bin"
+    path.write_bytes(b"")
+    sink = DirectSink(path, 0)
+    data = _random_bytes(10000, 1)
+    sink.write(memoryview(data))
+    sink.close()
+    assert not sink.direct and path.read_bytes() == data.tobytes()
+
+
+def test_direct_sink_reports_write_errors(tmp_path, monkeypatch):
+    monkeypatch.setattr(sink_module, "_STAGE_BYTES", DIRECT_ALIGN)
+    monkeypatch.setattr(os, "pwrite", lambda fd, data, offset: (_ for _ in ()).throw(OSError(errno.ENOSPC, "full")))
+    path = tmp_path / "out.bin"
+    path.write_bytes(b"")
+    sink = DirectSink(path, 0)
+    with pytest.raises(OSError, match="full"):
+        for _ in range(4):
+            sink.write(memoryview(_random_bytes(DIRECT_ALIGN, 2)))
+        sink.close()
+    sink.abort()
+
+
+def test_direct_io_choice(tmp_path, monkeypatch):
+    monkeypatch.setenv("MONO_QUANT_DIRECT_IO", "0")
+    assert not wants_direct_io(tmp_path / "x")
+    monkeypatch.setenv("MONO_QUANT_DIRECT_IO", "1")
+    assert wants_direct_io(tmp_path / "x") == hasattr(os, "O_DIRECT")
+    monkeypatch.delenv("MONO_QUANT_DIRECT_IO")
+    if os.path.isdir("/dev/shm") and sink_module._filesystem_type("/dev/shm") == "tmpfs":
+        assert not wants_direct_io("/dev/shm/x")  # no disk to skip: plain writes
+    with open(tmp_path / "f.bin", "w+b") as f:  # unaligned start: always plain writes
+        assert not open_sink(f, tmp_path / "f.bin", 100).direct
+
+
+# ---- writer: parts and regions ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("background", [False, True])
+@pytest.mark.parametrize("direct", ["0", "1"])
+def test_writer_parts_and_regions(tmp_path, monkeypatch, background, direct):
+    monkeypatch.setenv("MONO_QUANT_DIRECT_IO", direct)
+    monkeypatch.setattr(sink_module, "_STAGE_BYTES", 2 * DIRECT_ALIGN)
+    big = torch.randint(-128, 128, (50000,), generator=_gen(1), dtype=torch.int8)
+    small = torch.randn(7, 3)
+    path = tmp_path / "w.safetensors"
+    with open(path, "w+b") as f, StreamingWriter(f, 100, background=background, path=path, part_bytes=3000,
+                                                 part_buffers=2) as writer:
+        writer.add("small", small)
+        writer.begin("big", torch.int8, big.shape)
+        with pytest.raises(RuntimeError, match="being streamed"):
+            writer.add("other", small)
+        done = 0
+        while done < big.numel():
+            region = writer.region()
+            if region is not None and region.numel() and done % 3 == 0:
+                n = min(region.numel(), big.numel() - done, 5000)
+                region[:n] = big[done:done + n]
+                del region
+                writer.commit(n)
+            else:
+                buf = writer.part_buffer()
+                n = min(buf.numel(), big.numel() - done)
+                buf[:n] = big[done:done + n]
+                writer.add_part(buf[:n], recycle=True)
+            done += n
+        with pytest.raises(ValueError, match="more than"):
+            writer.add_part(big[:1])
+        writer.end()
+        writer.finish({"k": "v"})
+    with safe_open(os.fspath(path), "pt") as f:
+        assert torch.equal(f.get_tensor("big"), big) and torch.equal(f.get_tensor("small"), small)
+        assert f.metadata() == {"k": "v"}
+
+
+def test_writer_misuse(tmp_path):
+    with open(tmp_path / "w.bin", "w+b") as f, StreamingWriter(f) as writer:
+        with pytest.raises(RuntimeError, match="outside"):
+            writer.add_part(torch.ones(1))
+        with pytest.raises(RuntimeError, match="without begin"):
+            writer.end()
+        writer.begin("a", torch.int8, (3,))
+        with pytest.raises(RuntimeError, match="being streamed"):
+            writer.finish()
+        writer.add_part(torch.ones(2, dtype=torch.int8))
+        with pytest.raises(ValueError, match="cover 2 of its 3 bytes"):
+            writer.end()
+
+
+# ---- reading rows from a file ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("rows,cols", [(1, 1), (17, 5), (40, 129), (3, 4100)])
+def test_quantize_pack_from_file_equals_from_memory(tmp_path, isa, dtype, rows, cols):
+    w = (torch.randn(rows, cols, generator=_gen(rows + cols)) * 0.1).to(dtype)
+    if rows > 2:
+        w[1] = 0
+    offset = 13  # any byte offset
+    path = tmp_path / "w.bin"
+    path.write_bytes(b"x" * offset + w.view(torch.uint8).numpy().tobytes() + b"tail")
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        for symmetric in (True, False):
+            qmin = -127 if symmetric else -128
+            got = kernels.quantize_pack_int8_file(fd, offset, (rows, cols), dtype, qmin, 127, symmetric, True)
+            want = kernels.quantize_pack_int8(w, qmin, 127, symmetric, True)
+            for a, b in zip(got, want):
+                assert torch.equal(a, b) if isinstance(a, torch.Tensor) else a == b
+    finally:
+        os.close(fd)
+
+
+def test_quantize_pack_from_file_errors(tmp_path):
+    path = tmp_path / "w.bin"
+    w = torch.randn(20, 8)
+    w[13, 2] = float("nan")
+    path.write_bytes(w.numpy().tobytes())
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        assert kernels.quantize_pack_int8_file(fd, 0, (20, 8), torch.float32, -127, 127, True)[5] == 13
+        with pytest.raises(ValueError, match="too short"):
+            kernels.quantize_pack_int8_file(fd, 4, (20, 8), torch.float32, -127, 127, True)
+        with pytest.raises(ValueError, match="dtype must be"):
+            _C.quantize_pack_int8_file(fd, 0, 20, 8, "float64", -127, 127, True)
+        with pytest.raises(ValueError, match="offset >= 0"):
+            _C.quantize_pack_int8_file(fd, -1, 20, 8, "float32", -127, 127, True)
+        with pytest.raises(ValueError, match="rows, cols"):
+            _C.quantize_pack_int8_file(fd, 0, 0, 8, "float32", -127, 127, True)
+        with pytest.raises(ValueError, match="signed int8 range"):
+            _C.quantize_pack_int8_file(fd, 0, 20, 8, "float32", 0, 255, True)
+        with pytest.raises(TypeError, match="float32, float16 or bfloat16"):
+            kernels.quantize_pack_int8_file(fd, 0, (20, 8), torch.float64, -127, 127, True)
+    finally:
+        os.close(fd)
+    with pytest.raises(OSError):
+        _C.quantize_pack_int8_file(fd, 0, 20, 8, "float32", -127, 127, True)  # closed descriptor
+    wfd = os.open(path, os.O_WRONLY)
+    try:
+        with pytest.raises(OSError):
+            _C.quantize_pack_int8_file(wfd, 0, 20, 8, "float32", -127, 127, True)  # not readable
+    finally:
+        os.close(wfd)
+
+
+# ---- whole checkpoints through every path ---------------------------------------------------------
+
+
+def _state_dict():
+    g = _gen(3)
+    return {
+        "embed.weight": torch.randn(300, 64, generator=g),
+        "layers.0.q.weight": torch.randn(200, 96, generator=g) * 0.05,
+        "layers.0.q.bias": torch.randn(200, generator=g),
+        "layers.0.up.weight": (torch.randn(333, 70, generator=g) * 0.02).bfloat16(),
+        "layers.0.down.weight": (torch.randn(70, 333, generator=g) * 0.02).half(),
+        "layers.0.norm.weight": torch.ones(64),
+        "head.weight": torch.randn(40, 64, generator=g),
+    }
+
+
+def _assert_same(path, sd, **options):
+    expected = mq.quantize(sd, **options)
+    qsd = mq.load(path)
+    exp_sd = expected.state_dict()
+    assert set(qsd) == set(exp_sd)
+    for key, tensor in exp_sd.items():
+        assert qsd[key].dtype == tensor.dtype and torch.equal(qsd[key], tensor), key
+    return expected
+
+
+@pytest.mark.parametrize("direct", ["0", "1"])
+@pytest.mark.parametrize("stage,part", [(3 * 4096, 5000), (1 << 20, 1 << 20), (4096, 100)])
+def test_streamed_checkpoint_matches_quantize(tmp_path, monkeypatch, direct, stage, part):
+    """Small staging buffers and parts force every path: in place, panels straddling a
+    staging buffer's end, part buffers, panels larger than a part, a writer thread."""
+    monkeypatch.setenv("MONO_QUANT_DIRECT_IO", direct)
+    monkeypatch.setattr(sink_module, "_STAGE_BYTES", stage)
+    monkeypatch.setattr(checkpoint_module, "_PART_BYTES", part)
+    sd = _state_dict()
+    src = tmp_path / "ckpt"
+    src.mkdir()
+    keys = list(sd)
+    weight_map = {}
+    for i, part_keys in enumerate((keys[:3], keys[3:])):
+        save_file({k: sd[k] for k in part_keys}, os.fspath(src / f"m-{i}.safetensors"))
+        weight_map.update({k: f"m-{i}.safetensors" for k in part_keys})
+    (src / "model.safetensors.index.json").write_text(json.dumps({"weight_map": weight_map}))
+    for symmetric in (True, False):
+        dst = tmp_path / f"q{symmetric}.safetensors"
+        report = mq.quantize_checkpoint(src, dst, "int8", symmetric=symmetric, measure_error=True)
+        expected = _assert_same(dst, sd, dtype="int8", symmetric=symmetric)
+        got_sqnr = {layer.name: layer.weight_sqnr_db for layer in report.layers}
+        for layer in expected.report.layers:
+            assert abs(got_sqnr[layer.name] - layer.weight_sqnr_db) < 1e-6, layer.name
+        assert report.model_bytes_after == expected.report.model_bytes_after
+
+
+def test_streamed_pt_checkpoint_reads_through_the_map(tmp_path, monkeypatch):
+    monkeypatch.setattr(checkpoint_module, "_PART_BYTES", 4096)
+    sd = _state_dict()
+    torch.save(sd, tmp_path / "m.pt")
+    released = []
+    real = checkpoint_module._TorchShard.release
+    monkeypatch.setattr(checkpoint_module._TorchShard, "release",
+                        lambda self, key, t: (released.append(key), real(self, key, t))[1])
+    mq.quantize_checkpoint(tmp_path / "m.pt", tmp_path / "q.safetensors")
+    _assert_same(tmp_path / "q.safetensors", sd)
+    assert released.count("layers.0.q.weight") > 1  # page drops part by part
+
+
+def test_streamed_weight_with_nan_leaves_nothing(tmp_path, monkeypatch):
+    monkeypatch.setattr(checkpoint_module, "_PART_BYTES", 4096)
+    sd = _state_dict()
+    sd["layers.0.q.weight"][150, 3] = float("inf")  # in a later part, after earlier parts were written
+    save_file(sd, os.fspath(tmp_path / "m.safetensors"))
+    with pytest.raises(ValueError, match=r"layers.0.q.weight.*channel 150"):
+        mq.quantize_checkpoint(tmp_path / "m.safetensors", tmp_path / "q.safetensors")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.safetensors"]
+    report = mq.quantize_checkpoint(tmp_path / "m.safetensors", tmp_path / "q.safetensors", nonfinite="skip")
+    assert [s.name for s in report.skipped] == ["layers.0.q"]
