@@ -261,17 +261,28 @@ def test_streamed_checkpoint_matches_quantize(tmp_path, monkeypatch, direct, sta
         assert report.model_bytes_after == expected.report.model_bytes_after
 
 
-def test_streamed_pt_checkpoint_reads_through_the_map(tmp_path, monkeypatch):
+@pytest.mark.parametrize("from_file", [True, False])
+def test_streamed_pt_checkpoint(tmp_path, monkeypatch, from_file):
+    """A .pt's tensors are read from the file at the offsets torch.load mapped them from;
+    without that (from_file=False), through the map, its pages dropped part by part."""
     monkeypatch.setattr(checkpoint_module, "_PART_BYTES", 4096)
     sd = _state_dict()
     torch.save(sd, tmp_path / "m.pt")
-    released = []
-    real = checkpoint_module._TorchShard.release
+    located, released = [], []
+    real_location, real_release = checkpoint_module._TorchShard.location, checkpoint_module._TorchShard.release
+
+    def location(self, key):
+        found = real_location(self, key) if from_file else None
+        located.append(found is not None)
+        return found
+
+    monkeypatch.setattr(checkpoint_module._TorchShard, "location", location)
     monkeypatch.setattr(checkpoint_module._TorchShard, "release",
-                        lambda self, key, t: (released.append(key), real(self, key, t))[1])
+                        lambda self, key, t: (released.append(key), real_release(self, key, t))[1])
     mq.quantize_checkpoint(tmp_path / "m.pt", tmp_path / "q.safetensors")
     _assert_same(tmp_path / "q.safetensors", sd)
-    assert released.count("layers.0.q.weight") > 1  # page drops part by part
+    assert located and all(located) == from_file
+    assert (released.count("layers.0.q.weight") > 1) == (not from_file)  # page drops part by part
 
 
 def test_streamed_weight_with_nan_leaves_nothing(tmp_path, monkeypatch):

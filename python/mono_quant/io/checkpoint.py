@@ -131,7 +131,8 @@ class _TorchShard:
         if bad:
             raise CheckpointError(f"{path}: not a state_dict of tensors (entries {bad[:5]!r})")
         self._tensors: Dict[str, torch.Tensor] = obj
-        self._mappings: Optional[List[Tuple[int, int]]] = None
+        self._mappings: Optional[List[Tuple[int, int, int]]] = None
+        self._fd: Optional[int] = None
 
     def keys(self) -> List[str]:
         return list(self._tensors)
@@ -143,8 +144,26 @@ class _TorchShard:
     def get(self, key: str) -> torch.Tensor:
         return self._tensors[key]
 
-    def location(self, key: str) -> None:
-        return None  # a zip archive member: read through the map
+    def location(self, key: str) -> Optional[Tuple[int, int]]:
+        """(open file descriptor, byte offset) of ``key``'s data: an uncompressed member of the
+        zip archive, found through the address torch.load mapped it at (None when it can't
+        be: not contiguous, not in a mapping of this file, not a POSIX system)."""
+        t = self._tensors[key]
+        if os.name != "posix" or not t.is_contiguous() or t.numel() == 0:
+            return None
+        if self._mappings is None:
+            self._mappings = _file_mappings(self.path)
+        start = t.data_ptr()
+        end = start + t.numel() * t.element_size()
+        for lo, hi, file_offset in self._mappings:
+            if lo <= start and end <= hi:
+                if self._fd is None:
+                    try:
+                        self._fd = os.open(self.path, os.O_RDONLY)
+                    except OSError as exc:
+                        raise CheckpointError(f"{self.path}: cannot open: {exc}") from exc
+                return self._fd, file_offset + (start - lo)
+        return None
 
     def release(self, key: str, tensor: torch.Tensor) -> None:
         """Drop the pages of a tensor read from the memory map, so the map does
@@ -156,10 +175,14 @@ class _TorchShard:
 
     def close(self) -> None:
         self._tensors = {}
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
 
 
-def _file_mappings(path: Path) -> List[Tuple[int, int]]:
-    """Address ranges where this process maps ``path`` (Linux; empty elsewhere)."""
+def _file_mappings(path: Path) -> List[Tuple[int, int, int]]:
+    """(start, end, file offset) of each address range where this process maps ``path``
+    (Linux; empty elsewhere)."""
     try:
         target = os.path.realpath(path)
         ranges = []
@@ -168,13 +191,13 @@ def _file_mappings(path: Path) -> List[Tuple[int, int]]:
                 fields = line.split(maxsplit=5)
                 if len(fields) == 6 and fields[5].strip() == target:
                     start, end = (int(x, 16) for x in fields[0].split("-"))
-                    ranges.append((start, end))
+                    ranges.append((start, end, int(fields[2], 16)))
         return ranges
     except OSError:
         return []
 
 
-def _drop_pages(tensor: torch.Tensor, mappings: List[Tuple[int, int]]) -> None:
+def _drop_pages(tensor: torch.Tensor, mappings: List[Tuple[int, int, int]]) -> None:
     """madvise(MADV_DONTNEED) the pages under ``tensor`` when they lie in a file
     mapping (clean file pages are only dropped from this process, never lost;
     anonymous memory is never touched)."""
@@ -186,7 +209,7 @@ def _drop_pages(tensor: torch.Tensor, mappings: List[Tuple[int, int]]) -> None:
     page = mmap.PAGESIZE
     start = tensor.data_ptr()
     end = start + tensor.numel() * tensor.element_size()
-    for lo, hi in mappings:
+    for lo, hi, _ in mappings:
         if lo <= start and end <= hi:
             first, last = start - start % page, min(hi, end + (-end) % page)
             libc = ctypes.CDLL(None, use_errno=True)
