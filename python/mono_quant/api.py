@@ -413,7 +413,7 @@ def nonfinite_entry_error(key: str, name: str, row: int) -> ValueError:
 
 
 def quantize_state_dict_entry(key: str, tensor: torch.Tensor, cfg: QuantConfig, cache: Optional[dict] = None,
-                              *, measure_error: bool = True):
+                              *, measure_error: bool = True, copy: bool = True):
     """Quantize one state_dict entry as ``quantize(state_dict)`` does.
 
     Returns ``(tensors, layer_report, skipped)``: the output entries (the
@@ -422,11 +422,14 @@ def quantize_state_dict_entry(key: str, tensor: torch.Tensor, cfg: QuantConfig, 
     weight was left float.  Used entry by entry by the state_dict path and by
     streaming checkpoint quantization, so both give identical tensors.
     ``measure_error=False`` skips the SQNR (reported as NaN); tensors are the same.
+    ``copy=False`` returns entries left as they are without cloning them (a
+    streaming writer only reads them).
     """
     qtype = get_qtype(cfg.dtype)
+    keep = (lambda t: t.detach().clone()) if copy else (lambda t: t.detach())
     plan = state_dict_entry_plan(key, tensor, cfg)
     if plan is None:
-        return {key: tensor.detach().clone()}, None, None
+        return {key: keep(tensor)}, None, None
     name, kind, reason = plan
     if reason is None:
         cached = None if cache is None else cache.get((id(tensor), qtype.name, "entry"))
@@ -453,7 +456,7 @@ def quantize_state_dict_entry(key: str, tensor: torch.Tensor, cfg: QuantConfig, 
                 raise nonfinite_entry_error(key, name, exc.row) from None
             reason = f"non-finite weights (NaN/Inf in channel {exc.row})"
     if reason is not None:
-        return {key: tensor.detach().clone()}, None, SkippedLayer(name, kind, reason)
+        return {key: keep(tensor)}, None, SkippedLayer(name, kind, reason)
     prefix = key[: -len("weight")]
     if isinstance(stored, QuantizedWeight):
         out = {prefix + "weight_scale": stored.scale, prefix + "weight_zero_point": stored.zero_point}

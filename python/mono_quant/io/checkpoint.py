@@ -443,7 +443,7 @@ def quantize_checkpoint(src, dst, dtype=None, *, symmetric: Optional[bool] = Non
                             bar.update(tensor_bytes(tensor), key)
                             del tensor
                             continue
-                        outputs, layer, skipped = quantize_state_dict_entry(key, tensor, cfg,
+                        outputs, layer, skipped = quantize_state_dict_entry(key, tensor, cfg, copy=False,
                                                                             measure_error=measure_error)
                         for name, out in outputs.items():
                             try:
