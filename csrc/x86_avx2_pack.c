@@ -10,6 +10,8 @@
 #if defined(__x86_64__) && defined(__AVX2__)
 #include <immintrin.h>
 
+#include "pack_sums.h"
+
 /* o[j] = word j of rows r[0..7]. */
 static inline void transpose8(__m256i r[8], __m256i o[8]) {
     __m256i t[8], u[8];
@@ -55,15 +57,7 @@ static void row_sum(const int8_t *src, int64_t k, int32_t *sum, int *m128) {
 static void pack_panel(const int8_t *rows, int64_t ld, int64_t nvalid, int64_t k, int8_t *dst, int32_t *w_sum,
                        uint8_t *has_m128) {
     const int64_t kp = mq_round_up(k, MQ_KGROUP), full32 = k / 32 * 32;
-    int m128 = 0;
-    for (int ch = 0; ch < MQ_PANEL; ch++) {
-        int32_t s = 0;
-        int m = 0;
-        if (ch < nvalid) row_sum(rows + ch * ld, k, &s, &m);
-        w_sum[ch] = s;
-        m128 |= m;
-    }
-    *has_m128 = (uint8_t)m128;
+    mq_panel_sums(rows, ld, nvalid, k, w_sum, has_m128, row_sum);
     __m256i r[8], o[8];
     for (int64_t c0 = 0; c0 < full32; c0 += 32) { /* 8 groups of 4 columns per step */
         int8_t *out = dst + c0 * MQ_PANEL;

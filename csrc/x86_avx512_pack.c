@@ -11,6 +11,8 @@
 #if defined(__x86_64__) && defined(__AVX512F__) && defined(__AVX512BW__)
 #include <immintrin.h>
 
+#include "pack_sums.h"
+
 /* o[j] = word j of every row r[0..15]: words 0..15 of 16 rows -> 16 groups. */
 static inline void transpose16(__m512i r[16], __m512i o[16]) {
     __m512i t[16], u[16];
@@ -55,15 +57,7 @@ static void row_sum(const int8_t *src, int64_t k, int32_t *sum, int *m128) {
 static void pack_panel(const int8_t *rows, int64_t ld, int64_t nvalid, int64_t k, int8_t *dst, int32_t *w_sum,
                        uint8_t *has_m128) {
     const int64_t kp = mq_round_up(k, MQ_KGROUP), full64 = k / 64 * 64;
-    int m128 = 0;
-    for (int ch = 0; ch < MQ_PANEL; ch++) {
-        int32_t s = 0;
-        int m = 0;
-        if (ch < nvalid) row_sum(rows + ch * ld, k, &s, &m);
-        w_sum[ch] = s;
-        m128 |= m;
-    }
-    *has_m128 = (uint8_t)m128;
+    mq_panel_sums(rows, ld, nvalid, k, w_sum, has_m128, row_sum);
     __m512i r[16], o[16];
     for (int64_t c0 = 0; c0 < full64; c0 += 64) { /* 16 groups of 4 columns per step */
         for (int ch = 0; ch < MQ_PANEL; ch++)

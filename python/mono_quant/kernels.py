@@ -216,14 +216,8 @@ def quantize_pack_int8(x: torch.Tensor, qmin: int, qmax: int, symmetric: bool, w
         packed, w_sum, has_m128 = pack_int8(q.to(torch.int8), out)
         return packed, w_sum, s, z, has_m128, bad, sx, se
     target = None if out is None else (out[0].numpy(), out[1].numpy())
-    packed, w_sum, s, z, has_m128, bad, sx, se = _C.quantize_pack_int8(
-        to_numpy(x), qmin, qmax, bool(symmetric), with_error=with_error, nthreads=num_threads(), out=target)
-    wrap = (lambda a: None if a is None else torch.from_numpy(a))
-    if out is None:
-        packed, w_sum = torch.from_numpy(packed), torch.from_numpy(w_sum)
-    else:
-        packed, w_sum = out
-    return packed, w_sum, torch.from_numpy(s), torch.from_numpy(z), bool(has_m128), bad, wrap(sx), wrap(se)
+    return _qpack_tensors(_C.quantize_pack_int8(
+        to_numpy(x), qmin, qmax, bool(symmetric), with_error=with_error, nthreads=num_threads(), out=target), out)
 
 
 _FILE_DTYPES = {torch.float32: "float32", torch.float16: "float16", torch.bfloat16: "bfloat16"}
@@ -239,9 +233,14 @@ def quantize_pack_int8_file(fd: int, offset: int, shape: Tuple[int, int], dtype:
     if dtype not in _FILE_DTYPES:
         raise TypeError(f"quantize_pack_int8_file reads float32, float16 or bfloat16, got {dtype}")
     target = None if out is None else (out[0].numpy(), out[1].numpy())
-    packed, w_sum, s, z, has_m128, bad, sx, se = _C.quantize_pack_int8_file(
+    return _qpack_tensors(_C.quantize_pack_int8_file(
         fd, offset, shape[0], shape[1], _FILE_DTYPES[dtype], qmin, qmax, bool(symmetric), with_error=with_error,
-        nthreads=num_threads(), out=target)
+        nthreads=num_threads(), out=target), out)
+
+
+def _qpack_tensors(result, out):
+    """The C quantize_pack results as tensors (the caller's ``out`` pair when given)."""
+    packed, w_sum, s, z, has_m128, bad, sx, se = result
     wrap = (lambda a: None if a is None else torch.from_numpy(a))
     if out is None:
         packed, w_sum = torch.from_numpy(packed), torch.from_numpy(w_sum)
