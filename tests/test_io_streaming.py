@@ -1,4 +1,4 @@
-"""The streaming pieces under quantize_checkpoint(): the direct-I/O sink, the
+"""The streaming pieces under quantize_checkpoint(): the staged (direct-I/O) sink, the
 writer's parts and in-place regions, the kernel that reads rows from a file,
 and whole checkpoints through every path (in place, part buffers, a writer
 thread, memory-mapped .pt input) giving exactly quantize(state_dict)."""
@@ -17,7 +17,7 @@ from mono_quant import _C, kernels
 from mono_quant.io import checkpoint as checkpoint_module
 from mono_quant.io import sink as sink_module
 from mono_quant.io.container import StreamingWriter
-from mono_quant.io.sink import DIRECT_ALIGN, DirectSink, open_sink, wants_direct_io
+from mono_quant.io.sink import DIRECT_ALIGN, StagedSink, open_sink, wants_direct_io
 
 
 def _gen(seed):
@@ -31,11 +31,12 @@ def _random_bytes(n, seed):
     return np.random.default_rng(seed).integers(0, 256, n, dtype=np.uint8)
 
 
-def test_direct_sink_writes_exact_bytes_across_staging_buffers(tmp_path, monkeypatch):
+@pytest.mark.parametrize("direct", [True, False])
+def test_staged_sink_writes_exact_bytes_across_staging_buffers(tmp_path, monkeypatch, direct):
     monkeypatch.setattr(sink_module, "_STAGE_BYTES", 3 * DIRECT_ALIGN)
     path = tmp_path / "out.bin"
     path.write_bytes(b"H" * DIRECT_ALIGN)  # a header area the sink must leave alone
-    sink = DirectSink(path, DIRECT_ALIGN)
+    sink = StagedSink(path, DIRECT_ALIGN, direct)
     expected = []
     for i, n in enumerate([1, 4095, 4096, 12288, 5, 30000, 0, 7]):
         data = _random_bytes(n, i)
@@ -53,7 +54,7 @@ def test_direct_sink_writes_exact_bytes_across_staging_buffers(tmp_path, monkeyp
     assert path.read_bytes() == b"H" * DIRECT_ALIGN + body  # cut at the real end, not the padded block
 
 
-def test_direct_sink_falls_back_to_plain_writes(tmp_path, monkeypatch):
+def test_staged_sink_falls_back_to_plain_writes(tmp_path, monkeypatch):
     real = os.pwrite
     calls = {"n": 0}
 
@@ -66,19 +67,19 @@ def test_direct_sink_falls_back_to_plain_writes(tmp_path, monkeypatch):
     monkeypatch.setattr(os, "pwrite", refusing)
     path = tmp_path / "out.bin"
     path.write_bytes(b"")
-    sink = DirectSink(path, 0)
+    sink = StagedSink(path, 0)
     data = _random_bytes(10000, 1)
     sink.write(memoryview(data))
     sink.close()
     assert not sink.direct and path.read_bytes() == data.tobytes()
 
 
-def test_direct_sink_reports_write_errors(tmp_path, monkeypatch):
+def test_staged_sink_reports_write_errors(tmp_path, monkeypatch):
     monkeypatch.setattr(sink_module, "_STAGE_BYTES", DIRECT_ALIGN)
     monkeypatch.setattr(os, "pwrite", lambda fd, data, offset: (_ for _ in ()).throw(OSError(errno.ENOSPC, "full")))
     path = tmp_path / "out.bin"
     path.write_bytes(b"")
-    sink = DirectSink(path, 0)
+    sink = StagedSink(path, 0)
     with pytest.raises(OSError, match="full"):
         for _ in range(4):
             sink.write(memoryview(_random_bytes(DIRECT_ALIGN, 2)))
@@ -94,23 +95,32 @@ def test_direct_io_choice(tmp_path, monkeypatch):
     monkeypatch.delenv("MONO_QUANT_DIRECT_IO")
     if os.path.isdir("/dev/shm") and sink_module._filesystem_type("/dev/shm") == "tmpfs":
         assert not wants_direct_io("/dev/shm/x")  # no disk to skip: plain writes
-    with open(tmp_path / "f.bin", "w+b") as f:  # unaligned start: always plain writes
-        assert not open_sink(f, tmp_path / "f.bin", 100).direct
+    with open(tmp_path / "f.bin", "w+b") as f:  # unaligned start: plain writes through f
+        sink = open_sink(f, tmp_path / "f.bin", 100)
+        assert not sink.direct and not sink.staged
+    monkeypatch.setenv("MONO_QUANT_DIRECT_IO", "0")
+    with open(tmp_path / "f.bin", "w+b") as f:
+        sink = open_sink(f, tmp_path / "f.bin", 4096)
+        assert sink.staged and not sink.direct
+        sink.abort()
 
 
 # ---- writer: parts and regions ---------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("background", [False, True])
-@pytest.mark.parametrize("direct", ["0", "1"])
+@pytest.mark.parametrize("direct", ["0", "1", "no path"])
 def test_writer_parts_and_regions(tmp_path, monkeypatch, background, direct):
-    monkeypatch.setenv("MONO_QUANT_DIRECT_IO", direct)
+    """Staged sinks (direct or not; the caller fills regions, parts are copied) and a plain
+    file with or without a writer thread (parts written from recycled buffers)."""
+    monkeypatch.setenv("MONO_QUANT_DIRECT_IO", "1" if direct == "1" else "0")
     monkeypatch.setattr(sink_module, "_STAGE_BYTES", 2 * DIRECT_ALIGN)
     big = torch.randint(-128, 128, (50000,), generator=_gen(1), dtype=torch.int8)
     small = torch.randn(7, 3)
     path = tmp_path / "w.safetensors"
-    with open(path, "w+b") as f, StreamingWriter(f, 100, background=background, path=path, part_bytes=3000,
-                                                 part_buffers=2) as writer:
+    with open(path, "w+b") as f, StreamingWriter(f, 100, background=background, part_bytes=3000, part_buffers=2,
+                                                 path=None if direct == "no path" else path) as writer:
+        assert direct == "1" or not writer.direct_io  # with "1", direct where the file system allows
         writer.add("small", small)
         writer.begin("big", torch.int8, big.shape)
         with pytest.raises(RuntimeError, match="being streamed"):

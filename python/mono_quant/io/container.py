@@ -138,9 +138,9 @@ class StreamingWriter:
     The data goes after a reserved header area; :meth:`finish` writes the
     header there, padded with spaces.  When the header outgrows the
     reservation, :meth:`finish` moves the data up (one extra copy).  With
-    ``path`` (the file ``f`` was opened at) the data section may be written
-    with direct I/O (see :mod:`.sink`; the reservation is then rounded up to
-    its alignment).  With ``background=True`` a thread does the writes, so
+    ``path`` (the file ``f`` was opened at) the data section goes through
+    staging buffers written by a thread, with direct I/O where it pays (see
+    :mod:`.sink`; the reservation is then rounded up to a page).  With ``background=True`` a thread does the writes, so
     waiting on the disk overlaps the caller's work; at most
     ``max_pending_bytes`` (or one tensor) wait in its queue.  A large tensor
     can be streamed as consecutive parts (:meth:`begin`, :meth:`add_part`,
@@ -172,8 +172,8 @@ class StreamingWriter:
         self._max_pending = max_pending_bytes
         self._pending = 0
         self._room = threading.Condition()
-        # a direct-I/O sink has a thread of its own; the caller fills its staging buffers in place
-        if background and not self._sink.direct:
+        # a staged sink has a thread of its own; the caller fills its staging buffers in place
+        if background and not self._sink.staged:
             self._queue: "queue.Queue" = queue.Queue()
             self._thread = threading.Thread(target=self._run, name="mono-quant-writer", daemon=True)
             self._thread.start()
@@ -233,7 +233,7 @@ class StreamingWriter:
 
     def region(self) -> Optional[torch.Tensor]:
         """Where the next bytes of the tensor opened by :meth:`begin` can be made in place:
-        an int8 tensor over the free rest of the direct-I/O staging buffer (fill a prefix,
+        an int8 tensor over the free rest of the sink's staging buffer (fill a prefix,
         then :meth:`commit` it: no copy), or None when the sink has no such buffer."""
         if self._open_tensor is None:
             raise RuntimeError("region() outside begin() / end()")

@@ -1,14 +1,17 @@
-"""Where a streamed file's data section goes: plain writes, or direct I/O.
+"""Where a streamed file's data section goes.
 
-A checkpoint's output (about a quarter of the input, written once) gains
-nothing from the page cache: buffered writes there cost the CPU a page
-allocation and a copy per 4 KiB and leave gigabytes of dirty pages that the
-final fsync then waits on.  :class:`DirectSink` writes it with ``O_DIRECT``
-from page-aligned staging buffers instead (the disk's DMA moves the bytes;
-this CPU only fills the staging buffer), and falls back to plain writes
-where the file system refuses direct I/O.  On tmpfs there is no disk and
-direct I/O is itself a page-cache copy, so plain writes are used there.
-``MONO_QUANT_DIRECT_IO=0`` turns direct I/O off, ``=1`` forces it.
+:class:`StagedSink` collects the bytes in page-aligned 8 MiB staging buffers
+(which the producer can also fill in place: no copy) and a thread of its own
+writes each full one while the next fills.  A checkpoint's output (about a
+quarter of the input, written once) gains nothing from the page cache:
+buffered writes there cost the CPU a page allocation and a copy per 4 KiB
+and leave gigabytes of dirty pages that the final fsync then waits on.  So
+on a disk the staging buffers are written with ``O_DIRECT`` (the disk's DMA
+moves the bytes), falling back to plain writes where the file system refuses
+direct I/O.  On tmpfs there is no disk and direct I/O is itself a page-cache
+copy, so plain writes are used there.  ``MONO_QUANT_DIRECT_IO=0`` turns
+direct I/O off, ``=1`` forces it.  :class:`BufferedSink` is the plain
+fallback for a data section that doesn't start on a page.
 """
 from __future__ import annotations
 
@@ -21,7 +24,7 @@ from typing import BinaryIO, Optional
 
 import numpy as np
 
-__all__ = ["BufferedSink", "DirectSink", "open_sink", "wants_direct_io", "DIRECT_ALIGN"]
+__all__ = ["BufferedSink", "StagedSink", "open_sink", "wants_direct_io", "DIRECT_ALIGN"]
 
 DIRECT_ALIGN = 4096  # offsets, sizes and buffer addresses of O_DIRECT writes: a multiple of this
 _STAGE_BYTES = 8 << 20  # one direct write
@@ -32,6 +35,7 @@ class BufferedSink:
     """Appends to an open binary file at its current position (through the page cache)."""
 
     direct = False
+    staged = False
 
     def region(self) -> None:
         return None  # no in-place filling: parts are written from the caller's buffers
@@ -49,21 +53,23 @@ class BufferedSink:
         pass
 
 
-class DirectSink:
-    """Appends to ``path`` from offset ``start`` (a multiple of DIRECT_ALIGN) with
-    O_DIRECT.  :meth:`write` copies bytes into page-aligned staging buffers; a
-    thread of its own writes each full one while the next fills, so the copy
-    and the disk overlap.  :meth:`close` writes the padded last block and cuts
-    the file at the real end.  A write refused with EINVAL (a file system
-    without direct I/O) switches to plain writes at the same offsets."""
+class StagedSink:
+    """Appends to ``path`` from offset ``start`` (a multiple of DIRECT_ALIGN) through
+    page-aligned staging buffers: :meth:`write` copies bytes in (or the caller
+    fills :meth:`region` and :meth:`commit`-s it), and a thread of its own writes
+    each full buffer while the next fills, so producing and writing overlap.
+    :meth:`close` writes the padded last block and cuts the file at the real
+    end.  With ``direct`` the writes use O_DIRECT; one refused with EINVAL (a
+    file system without direct I/O) switches to plain writes at the same offsets."""
 
-    direct = True
+    staged = True
 
-    def __init__(self, path, start: int, buffers: int = 3):
+    def __init__(self, path, start: int, direct: bool = True, buffers: int = 3):
         if start % DIRECT_ALIGN:
-            raise ValueError(f"direct I/O must start at a multiple of {DIRECT_ALIGN}, got {start}")
+            raise ValueError(f"staged writes must start at a multiple of {DIRECT_ALIGN}, got {start}")
         self._path = os.fspath(path)
-        self._fd = os.open(self._path, os.O_WRONLY | getattr(os, "O_DIRECT", 0))
+        self.direct = bool(direct and hasattr(os, "O_DIRECT"))
+        self._fd = os.open(self._path, os.O_WRONLY | (os.O_DIRECT if self.direct else 0))
         self._maps = [mmap.mmap(-1, _STAGE_BYTES) for _ in range(max(2, buffers))]  # anonymous maps: page aligned
         self._free: "queue.Queue" = queue.Queue()
         for m in self._maps[1:]:
@@ -73,7 +79,7 @@ class DirectSink:
         self._offset = start  # file offset of the current staging buffer's first byte
         self._full: "queue.Queue" = queue.Queue()
         self._error: Optional[BaseException] = None
-        self._thread = threading.Thread(target=self._run, name="mono-quant-direct-io", daemon=True)
+        self._thread = threading.Thread(target=self._run, name="mono-quant-writer-io", daemon=True)
         self._thread.start()
 
     def write(self, data: memoryview) -> None:
@@ -195,7 +201,7 @@ def _filesystem_type(path) -> Optional[str]:
 
 
 def wants_direct_io(path) -> bool:
-    """Whether ``path``'s data should go through :class:`DirectSink` (see the module doc)."""
+    """Whether ``path``'s data should be written with O_DIRECT (see the module doc)."""
     choice = os.environ.get("MONO_QUANT_DIRECT_IO", "").strip().lower()
     if choice in ("0", "no", "off", "false"):
         return False
@@ -208,11 +214,14 @@ def wants_direct_io(path) -> bool:
 
 def open_sink(f: BinaryIO, path, start: int):
     """The sink for a data section starting at ``start`` of the file ``f`` opened at ``path``:
-    a DirectSink where direct I/O pays (and ``start`` is aligned), else a BufferedSink on ``f``."""
-    if start % DIRECT_ALIGN == 0 and wants_direct_io(path):
+    a StagedSink (direct I/O where it pays) when ``start`` is aligned, else a BufferedSink on ``f``."""
+    if start % DIRECT_ALIGN == 0:
+        direct = wants_direct_io(path)
         try:
-            return DirectSink(path, start)
-        except OSError:  # O_DIRECT refused at open (some file systems)
-            pass
+            return StagedSink(path, start, direct)
+        except OSError:
+            if not direct:
+                raise
+            return StagedSink(path, start, False)  # O_DIRECT refused at open (some file systems)
     f.seek(start)
     return BufferedSink(f)
