@@ -537,13 +537,19 @@ static PyObject *py_quantize_pack_int8_file(PyObject *self, PyObject *args, PyOb
         PyErr_Format(PyExc_ValueError, "dtype must be 'float32', 'float16' or 'bfloat16', got '%.50s'", dtype);
         return NULL;
     }
-    /* every size below fits int64: rows, cols < 2^31 and the element is at most 4 bytes */
     if (fd < 0 || offset < 0 || rows < 1 || cols < 1 || rows > INT32_MAX || cols > INT32_MAX) {
         PyErr_Format(PyExc_ValueError, "need fd >= 0, offset >= 0 and 1 <= rows, cols < 2^31, got fd=%d offset=%lld "
                      "rows=%lld cols=%lld", fd, offset, rows, cols);
         return NULL;
     }
-    long long end = offset + rows * cols * (long long)mq_src_size(kind);
+    /* rows * cols * elsize and offset + that could pass int64: checked, so "end" is exact */
+    long long nbytes, end;
+    if (__builtin_mul_overflow(rows * cols, (long long)mq_src_size(kind), &nbytes) ||
+        __builtin_add_overflow(offset, nbytes, &end)) {
+        PyErr_Format(PyExc_ValueError, "a [%lld, %lld] %s weight at offset %lld lies past any file size", rows, cols,
+                     dtype, offset);
+        return NULL;
+    }
     struct stat st;
     if (fstat(fd, &st) != 0) return PyErr_SetFromErrno(PyExc_OSError);
     if (end > (long long)st.st_size) {

@@ -305,3 +305,105 @@ def test_streamed_weight_with_nan_leaves_nothing(tmp_path, monkeypatch):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.safetensors"]
     report = mq.quantize_checkpoint(tmp_path / "m.safetensors", tmp_path / "q.safetensors", nonfinite="skip")
     assert [s.name for s in report.skipped] == ["layers.0.q"]
+
+
+# ---- review fixes: empty weights, byte order, descriptors, pool, sizes ---------------------------------
+
+
+def test_empty_weights_quantize_and_stream(tmp_path):
+    sd = {"a.weight": torch.empty(5, 0), "b.weight": torch.empty(0, 7), "c.weight": torch.randn(20, 8)}
+    packed, w_sum, *_ = kernels.quantize_pack_int8(sd["a.weight"], -127, 127, True)
+    assert packed.numel() == 0 and w_sum.tolist() == [0] * 16
+    save_file(sd, os.fspath(tmp_path / "m.safetensors"))
+    mq.quantize_checkpoint(tmp_path / "m.safetensors", tmp_path / "q.safetensors")
+    _assert_same(tmp_path / "q.safetensors", sd)
+
+
+def test_pt_of_the_other_byte_order_is_read_through_torch(tmp_path, monkeypatch):
+    """torch.load swaps such a file's tensors in its private map: no pread at file offsets,
+    no dropping of the swapped pages."""
+    sd = _state_dict()
+    torch.save(sd, tmp_path / "m.pt")
+    assert checkpoint_module._archive_byteorder(tmp_path / "m.pt") == "little"
+    other = "big" if os.sys.byteorder == "little" else "little"
+    monkeypatch.setattr(checkpoint_module, "_archive_byteorder", lambda path: other)
+    drops = []
+    monkeypatch.setattr(checkpoint_module, "_drop_pages", lambda t, m: drops.append(t))
+    shard = checkpoint_module._TorchShard(tmp_path / "m.pt")
+    assert shard.location("layers.0.q.weight") is None
+    shard.release("layers.0.q.weight", shard.get("layers.0.q.weight"))
+    assert drops == []
+    mq.quantize_checkpoint(tmp_path / "m.pt", tmp_path / "q.safetensors")
+    _assert_same(tmp_path / "q.safetensors", sd)
+
+
+def test_staged_sink_fallback_keeps_the_descriptor_on_a_failed_reopen(tmp_path, monkeypatch):
+    path = tmp_path / "out.bin"
+    path.write_bytes(b"")
+    sink = StagedSink(path, 0, True)
+    fd = sink._fd
+    monkeypatch.setattr(os, "pwrite", lambda *a: (_ for _ in ()).throw(OSError(errno.EINVAL, "no direct")))
+    real_open = os.open
+    monkeypatch.setattr(os, "open", lambda *a, **k: (_ for _ in ()).throw(OSError(errno.EMFILE, "too many")))
+    with pytest.raises(OSError, match="too many"):
+        sink.write(memoryview(_random_bytes(100, 3)))
+        sink.close()
+    monkeypatch.setattr(os, "open", real_open)
+    assert sink._fd == -1  # closed once, by abort(), not twice
+    with pytest.raises(OSError):
+        os.fstat(fd)
+
+
+def test_staged_sink_failed_start_leaks_nothing(tmp_path, monkeypatch):
+    path = tmp_path / "out.bin"
+    path.write_bytes(b"")
+    opened = []
+    real_open = os.open
+
+    def tracking_open(*a, **k):
+        fd = real_open(*a, **k)
+        opened.append(fd)
+        return fd
+
+    monkeypatch.setattr(os, "open", tracking_open)
+    monkeypatch.setattr(sink_module.mmap, "mmap", lambda *a: (_ for _ in ()).throw(OSError(errno.ENOMEM, "no mem")))
+    with pytest.raises(OSError, match="no mem"):
+        StagedSink(path, 0, False)
+    monkeypatch.setattr(os, "open", real_open)
+    for fd in opened:
+        with pytest.raises(OSError):
+            os.fstat(fd)  # closed
+
+
+def test_part_buffers_never_block_without_a_writer_thread(tmp_path):
+    with open(tmp_path / "w.bin", "w+b") as f, StreamingWriter(f, part_bytes=64, part_buffers=1) as writer:
+        first = writer.part_buffer()
+        second = writer.part_buffer()  # the first never came back: a new one instead of waiting forever
+        assert first is not second
+        writer.begin("t", torch.int8, (10,))
+        with pytest.raises(ValueError, match="more than"):
+            writer.add_part(second[:11], recycle=True)
+        assert writer.part_buffer() is second  # handed back on the error path
+
+
+def test_file_kernel_size_overflow_is_a_value_error(tmp_path):
+    path = tmp_path / "w.bin"
+    path.write_bytes(b"\0" * 64)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        with pytest.raises(ValueError, match="past any file size|too short"):
+            _C.quantize_pack_int8_file(fd, 2 ** 62, 2 ** 31 - 1, 2 ** 31 - 1, "float32", -127, 127, True)
+        with pytest.raises(ValueError, match="past any file size|too short"):
+            _C.quantize_pack_int8_file(fd, 0, 2 ** 31 - 1, 2 ** 31 - 1, "float32", -127, 127, True)
+    finally:
+        os.close(fd)
+
+
+def test_truncated_shard_while_streaming_is_a_checkpoint_error(tmp_path, monkeypatch):
+    sd = _state_dict()
+    save_file(sd, os.fspath(tmp_path / "m.safetensors"))
+    monkeypatch.setattr(kernels, "quantize_pack_int8_file",
+                        lambda *a, **k: (_ for _ in ()).throw(ValueError("the file ended before the weight's last row")))
+    with pytest.raises(mq.io.CheckpointError, match="m.safetensors: cannot read tensor 'embed.weight'"):
+        mq.quantize_checkpoint(tmp_path / "m.safetensors", tmp_path / "q.safetensors")
+    assert not (tmp_path / "q.safetensors").exists()

@@ -211,8 +211,8 @@ def quantize_pack_int8(x: torch.Tensor, qmin: int, qmax: int, symmetric: bool, w
     :func:`pack_int8`.
     """
     x = _rows(x)
-    if not _uses_c(x):
-        q, s, z, bad, sx, se = reference.quantize_rows_fused(x, qmin, qmax, symmetric, with_error)
+    if not _uses_c(x) or x.numel() == 0:  # (an empty weight: the two steps give its empty buffers)
+        q, s, z, bad, sx, se = quantize_rows_fused(x, qmin, qmax, symmetric, with_error)
         packed, w_sum, has_m128 = pack_int8(q.to(torch.int8), out)
         return packed, w_sum, s, z, has_m128, bad, sx, se
     target = None if out is None else (out[0].numpy(), out[1].numpy())

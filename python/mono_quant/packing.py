@@ -76,12 +76,13 @@ def _pack(qweight: QuantizedWeight, groups: int) -> Dict[str, torch.Tensor]:
 
 
 def quantize_and_pack_int8(weight: torch.Tensor, qmin: int, qmax: int, symmetric: bool, with_error: bool,
-                           out: Optional[Tuple[torch.Tensor, torch.Tensor]] = None):
+                           out: Optional[Tuple[torch.Tensor, torch.Tensor]] = None, block_rows: Optional[int] = None):
     """Per-channel int8 quantization of a 2-D CPU weight straight into the packed layout,
     one 16-row panel at a time (``kernels.quantize_pack_int8``), so the plain int8 copy
     never exists and the weight is read once.  Gives exactly what quantize_weight
     (axis 0) + pack_int8_linear give.  ``out``: a (packed, column sums) pair of int8 /
     int32 tensors of the right sizes to fill instead of allocating (buffer reuse).
+    ``block_rows`` is accepted and ignored (the kernel now works panel by panel).
 
     Returns ``(scale, zero_point, packed_buffers, sum_x2, sum_err2)`` (the sums are 0.0
     unless ``with_error``).  Raises NonFiniteWeightError naming the first bad row.

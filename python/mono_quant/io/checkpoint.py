@@ -15,6 +15,8 @@ import ctypes
 import json
 import mmap
 import os
+import sys
+import zipfile
 from collections import OrderedDict
 from pathlib import Path
 from typing import Dict, Iterator, List, Optional, Tuple
@@ -78,6 +80,11 @@ class _SafetensorsShard:
         entry = self.header.tensors[key]
         if entry.nbytes == 0:
             return torch.empty(entry.shape, dtype=entry.dtype)
+        if sys.byteorder != "little":  # the file is little-endian: the package converts
+            from safetensors import safe_open
+
+            with safe_open(os.fspath(self.path), framework="pt", device="cpu") as f:
+                return f.get_tensor(key)
         count = entry.nbytes // torch.empty((), dtype=entry.dtype).element_size()
         flat = torch.frombuffer(self._mapping(), dtype=entry.dtype, count=count,
                                 offset=self.header.data_start + entry.begin)
@@ -85,7 +92,7 @@ class _SafetensorsShard:
 
     def location(self, key: str) -> Optional[Tuple[int, int]]:
         """(an open file descriptor, byte offset) of ``key``'s data, to read it without mapping."""
-        if os.name != "posix":
+        if os.name != "posix" or sys.byteorder != "little":
             return None
         if self._fd is None:
             try:
@@ -133,6 +140,9 @@ class _TorchShard:
         self._tensors: Dict[str, torch.Tensor] = obj
         self._mappings: Optional[List[Tuple[int, int, int]]] = None
         self._fd: Optional[int] = None
+        # torch.load byte-swaps a file saved on a machine of the other byte order in its private
+        # map: then the file's bytes are not the tensors' and the swapped pages must stay
+        self._file_is_tensors = _archive_byteorder(path) in (None, sys.byteorder)
 
     def keys(self) -> List[str]:
         return list(self._tensors)
@@ -149,7 +159,7 @@ class _TorchShard:
         zip archive, found through the address torch.load mapped it at (None when it can't
         be: not contiguous, not in a mapping of this file, not a POSIX system)."""
         t = self._tensors[key]
-        if os.name != "posix" or not t.is_contiguous() or t.numel() == 0:
+        if os.name != "posix" or not self._file_is_tensors or not t.is_contiguous() or t.numel() == 0:
             return None
         if self._mappings is None:
             self._mappings = _file_mappings(self.path)
@@ -169,6 +179,8 @@ class _TorchShard:
         """Drop the pages of a tensor read from the memory map, so the map does
         not keep the whole file resident (they are re-read from the page cache
         if touched again)."""
+        if not self._file_is_tensors:
+            return
         if self._mappings is None:
             self._mappings = _file_mappings(self.path)
         _drop_pages(tensor, self._mappings)
@@ -178,6 +190,19 @@ class _TorchShard:
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
+
+
+def _archive_byteorder(path: Path) -> Optional[str]:
+    """The byte order a torch.save zip archive records ("little" / "big"), None when it
+    records none (files from before torch 2.1: native order)."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            for name in archive.namelist():
+                if name.endswith("/byteorder") and name.count("/") == 1:
+                    return archive.read(name).decode("ascii", "replace").strip()
+    except (OSError, zipfile.BadZipFile):
+        pass
+    return None
 
 
 def _file_mappings(path: Path) -> List[Tuple[int, int, int]]:
@@ -293,6 +318,10 @@ class CheckpointReader:
         straight from its file (a safetensors shard on a POSIX system), else None."""
         return self._where[key].location(key)
 
+    def shard_path(self, key: str) -> Path:
+        """The file ``key`` is read from."""
+        return self._where[key].path
+
     def release(self, key: str, tensor: torch.Tensor) -> None:
         """Drop the pages under ``tensor`` (``key``'s tensor or a view of it) from this
         process; its data stays valid and is read again if touched."""
@@ -373,7 +402,7 @@ def _streams(key: str, tensor: torch.Tensor, cfg) -> bool:
     weight to skip must be checked whole before any of it is written)."""
     plan = state_dict_entry_plan(key, tensor, cfg)
     return (plan is not None and plan[2] is None and cfg.nonfinite == "error" and packs_straight_to_int8(tensor, cfg)
-            and tensor.dtype in (torch.float32, torch.float16, torch.bfloat16))
+            and tensor.dtype in (torch.float32, torch.float16, torch.bfloat16) and tensor.numel() > 0)
 
 
 def _header_reserve(reader: CheckpointReader, keys: List[str]) -> int:

@@ -206,7 +206,10 @@ class StreamingWriter:
         """A reusable int8 buffer of ``part_bytes`` to fill and pass (or a prefix of it) to
         :meth:`add_part` with ``recycle=True``; waits while all of them are queued."""
         with self._room:
-            while not self._free_parts and self._parts_made >= self._part_limit and self._error is None:
+            # only a writer thread hands buffers back while we wait; without one, a buffer that
+            # never came back (an error between here and add_part) must not block: make another
+            while (self._thread is not None and not self._free_parts and self._parts_made >= self._part_limit
+                   and self._error is None):
                 self._room.wait()
             self._raise_pending_error()
             if self._free_parts:
@@ -227,6 +230,8 @@ class StreamingWriter:
         nbytes = t.numel() * t.element_size()
         name, expected, done = self._open_tensor
         if done + nbytes > expected:
+            if recycle:
+                self._recycle(t)
             raise ValueError(f"tensor {name!r}: parts add up to more than its {expected} bytes")
         self._open_tensor[2] += nbytes
         self._enqueue(t, nbytes, recycle)

@@ -70,17 +70,26 @@ class StagedSink:
         self._path = os.fspath(path)
         self.direct = bool(direct and hasattr(os, "O_DIRECT"))
         self._fd = os.open(self._path, os.O_WRONLY | (os.O_DIRECT if self.direct else 0))
-        self._maps = [mmap.mmap(-1, _STAGE_BYTES) for _ in range(max(2, buffers))]  # anonymous maps: page aligned
+        self._maps: list = []
         self._free: "queue.Queue" = queue.Queue()
-        for m in self._maps[1:]:
-            self._free.put(memoryview(m))
-        self._view = memoryview(self._maps[0])
-        self._filled = 0
-        self._offset = start  # file offset of the current staging buffer's first byte
-        self._full: "queue.Queue" = queue.Queue()
-        self._error: Optional[BaseException] = None
-        self._thread = threading.Thread(target=self._run, name="mono-quant-writer-io", daemon=True)
-        self._thread.start()
+        self._view: Optional[memoryview] = None
+        self._thread: Optional[threading.Thread] = None
+        try:
+            for _ in range(max(2, buffers)):
+                self._maps.append(mmap.mmap(-1, _STAGE_BYTES))  # anonymous maps: page aligned
+            for m in self._maps[1:]:
+                self._free.put(memoryview(m))
+            self._view = memoryview(self._maps[0])
+            self._filled = 0
+            self._offset = start  # file offset of the current staging buffer's first byte
+            self._full: "queue.Queue" = queue.Queue()
+            self._error: Optional[BaseException] = None
+            self._thread = threading.Thread(target=self._run, name="mono-quant-writer-io", daemon=True)
+            self._thread.start()
+        except BaseException:
+            self._thread = None
+            self.abort()
+            raise
 
     def write(self, data: memoryview) -> None:
         data = data.cast("B")
@@ -135,8 +144,9 @@ class StagedSink:
             except OSError as exc:
                 if exc.errno != errno.EINVAL or not self.direct:
                     raise
-                os.close(self._fd)  # the file system refused direct I/O: the same file without it
-                self._fd = os.open(self._path, os.O_WRONLY)
+                plain = os.open(self._path, os.O_WRONLY)  # the file system refused direct I/O: without it
+                old, self._fd = self._fd, plain
+                os.close(old)
                 self.direct = False
 
     def close(self) -> None:

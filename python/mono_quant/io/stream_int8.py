@@ -25,6 +25,7 @@ from ..api import _finish_entry, nonfinite_entry_error
 from ..packing import PACKED_LAYOUT_VERSION, packed_sizes
 from ..qtypes import get_qtype
 from ..tensor import sqnr_db
+from .errors import CheckpointError
 
 __all__ = ["stream_packed_int8"]
 
@@ -54,9 +55,13 @@ class _Panels:
         target = (out, self.colsum[r0:r0 + panels * _PANEL])
         if self.location is not None:  # straight from the file: nothing mapped, no pages to drop
             fd, offset = self.location
-            _, _, s, z, m128, bad, sx, se = kernels.quantize_pack_int8_file(
-                fd, offset + r0 * self.row_bytes, (r1 - r0, cols), self.tensor.dtype, self.qmin, self.qmax,
-                self.symmetric, self.measure_error, out=target)
+            try:
+                _, _, s, z, m128, bad, sx, se = kernels.quantize_pack_int8_file(
+                    fd, offset + r0 * self.row_bytes, (r1 - r0, cols), self.tensor.dtype, self.qmin, self.qmax,
+                    self.symmetric, self.measure_error, out=target)
+            except (OSError, ValueError) as exc:  # a file changed or unreadable under us
+                raise CheckpointError(f"{self.reader.shard_path(self.key)}: cannot read tensor {self.key!r}: "
+                                      f"{exc}") from exc
         else:
             chunk = self.tensor[r0:r1]
             _, _, s, z, m128, bad, sx, se = kernels.quantize_pack_int8(
