@@ -1,6 +1,6 @@
-"""Benchmark quantize_checkpoint() on a synthetic sharded fp32 checkpoint.
+"""Benchmark quantize_checkpoint() on a synthetic sharded fp32 (or bf16) checkpoint.
 
-Generates ~SIZE GB of fp32 tensors (LLM shapes up to 4096x11008) in N
+Generates ~SIZE GB of fp32 tensors (``--dtype bfloat16``: the same weights in bf16) (LLM shapes up to 4096x11008) in N
 safetensors shards with an index under a temporary folder, then, interleaved
 (A B A B): ``cat shards > /dev/null`` from the page cache (the baseline: what
 merely reading the files costs) and ``quantize_checkpoint`` in a fresh
@@ -66,7 +66,7 @@ def tensor_plan(size_bytes: int):
     return plan
 
 
-def generate(folder: Path, size_bytes: int, shards: int) -> list:
+def generate(folder: Path, size_bytes: int, shards: int, dtype: torch.dtype = torch.float32) -> list:
     from safetensors.torch import save_file
 
     plan = tensor_plan(size_bytes)
@@ -78,7 +78,7 @@ def generate(folder: Path, size_bytes: int, shards: int) -> list:
         if not part:
             break
         name = f"model-{i + 1:05d}-of-{shards:05d}.safetensors"
-        tensors = {key: torch.randn(shape, generator=gen) * 0.02 for key, shape in part}
+        tensors = {key: (torch.randn(shape, generator=gen) * 0.02).to(dtype) for key, shape in part}
         save_file(tensors, os.fspath(folder / name))
         del tensors
         weight_map.update({key: name for key, _ in part})
@@ -105,12 +105,16 @@ def run_child(src: Path, dst: Path, dtype: str, group) -> dict:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--size-gb", type=float, default=4.0, help="fp32 checkpoint size in GB (1e9 bytes)")
+    parser.add_argument("--size-gb", type=float, default=4.0,
+                        help="size in GB (1e9 bytes) of the fp32 checkpoint the weights make up")
+    parser.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32",
+                        help="dtype the shards are stored in (bfloat16: the same weights in half the bytes)")
     parser.add_argument("--shards", type=int, default=8)
     parser.add_argument("--repeats", type=int, default=2, help="interleaved cat / quantize pairs (int8)")
     parser.add_argument("--dir", default=tempfile.gettempdir(), help="where to generate (deleted afterwards)")
     parser.add_argument("--ram-dir", default="/dev/shm", help="tmpfs for the second output target ('' to skip)")
-    parser.add_argument("--json", default=os.fspath(Path(__file__).parent / "results" / "bench_checkpoint.json"))
+    parser.add_argument("--json", default=None,
+                        help="results file (default benchmarks/results/bench_checkpoint[_bfloat16].json)")
     args = parser.parse_args()
 
     import mono_quant as mq
@@ -121,11 +125,13 @@ def main() -> int:
         src = work / "ckpt"
         src.mkdir()
         t0 = time.perf_counter()
-        files = generate(src, int(args.size_gb * 1e9), args.shards)
+        dtype = getattr(torch, args.dtype)
+        files = generate(src, int(args.size_gb * 1e9), args.shards, dtype)
         gen_s = time.perf_counter() - t0
         os.sync()  # the generated shards' write-back must not compete with the measured runs
         input_bytes = sum(f.stat().st_size for f in files)
-        largest = max(4 * torch.Size(shape).numel() for _, shape in tensor_plan(int(args.size_gb * 1e9)))
+        element = torch.empty((), dtype=dtype).element_size()
+        largest = max(element * torch.Size(shape).numel() for _, shape in tensor_plan(int(args.size_gb * 1e9)))
         print(f"generated {input_bytes / 1e9:.2f} GB in {len(files)} shards ({gen_s:.0f} s); largest tensor "
               f"{largest / 1e6:.0f} MB", flush=True)
         time_cat(files)  # warm the page cache
@@ -167,7 +173,7 @@ def main() -> int:
                 "out_file_bytes": results[0]["out_file_bytes"],
                 "size_ratio": results[0]["out_file_bytes"] / input_bytes,
             })
-        print(f"\ninput {input_bytes / 1e9:.2f} GB fp32, {len(files)} shards; cat > /dev/null (page cache): "
+        print(f"\ninput {input_bytes / 1e9:.2f} GB {args.dtype}, {len(files)} shards; cat > /dev/null (page cache): "
               f"median {cat_s:.2f} s = {cat_gbps:.2f} GB/s, best {min(cats):.2f} s  "
               f"(runs {', '.join(f'{c:.2f}' for c in cats)})")
         header = ("variant", "median s", "GB/s", "vs cat", "best s", "best vs best", "peak RSS MiB",
@@ -180,15 +186,17 @@ def main() -> int:
                 f"{r['peak_rss_bytes'] / 2**20:.0f}", f"{limit / 2**20:.0f}",
                 f"{r['rss_after_import_bytes'] / 2**20:.0f}", f"{r['size_ratio']:.4f}")))
         record = {
-            "benchmark": "quantize_checkpoint", "input_bytes": input_bytes, "shards": len(files),
+            "benchmark": "quantize_checkpoint", "dtype": args.dtype, "input_bytes": input_bytes, "shards": len(files),
             "largest_tensor_bytes": largest, "cat_s": cats, "cat_gbps": cat_gbps, "results": rows,
             "machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
                         "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
                         "python": platform.python_version(), "kernels": mq.cpu_info().get("active_isa")},
         }
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(record, indent=2))
-        print(f"wrote {args.json}")
+        suffix = "" if args.dtype == "float32" else f"_{args.dtype}"
+        out = Path(args.json or Path(__file__).parent / "results" / f"bench_checkpoint{suffix}.json")
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(record, indent=2))
+        print(f"wrote {out}")
     finally:
         for folder in cleanup:
             shutil.rmtree(folder, ignore_errors=True)

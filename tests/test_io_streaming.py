@@ -407,3 +407,37 @@ def test_truncated_shard_while_streaming_is_a_checkpoint_error(tmp_path, monkeyp
     with pytest.raises(mq.io.CheckpointError, match="m.safetensors: cannot read tensor 'embed.weight'"):
         mq.quantize_checkpoint(tmp_path / "m.safetensors", tmp_path / "q.safetensors")
     assert not (tmp_path / "q.safetensors").exists()
+
+
+@pytest.mark.parametrize("options", [dict(group_size=128), dict(group_size=None), dict(group_size=32, symmetric=True),
+                                     dict(group_size=64, method="rtn")])
+def test_streamed_int4_checkpoint_matches_quantize(tmp_path, monkeypatch, options):
+    monkeypatch.setattr(checkpoint_module, "_PART_BYTES", 700)  # several row ranges per weight
+    sd = _state_dict()
+    save_file(sd, os.fspath(tmp_path / "m.safetensors"))
+    config = None
+    if "method" in options:  # the method comes from a config file
+        config = tmp_path / "mono_quant.toml"
+        config.write_text(f'method = "{options.pop("method")}"\n')
+    streamed = []
+    real = checkpoint_module.stream_int4
+    monkeypatch.setattr(checkpoint_module, "stream_int4", lambda *a: (streamed.append(a[0]), real(*a))[1])
+    report = mq.quantize_checkpoint(tmp_path / "m.safetensors", tmp_path / "q.safetensors", "int4", config=config,
+                                    **options)
+    expected = _assert_same(tmp_path / "q.safetensors", sd, dtype="int4", config=config, **options)
+    assert "layers.0.q.weight" in streamed
+    got = {layer.name: layer.weight_sqnr_db for layer in report.layers}
+    for layer in expected.report.layers:
+        assert abs(got[layer.name] - layer.weight_sqnr_db) < 1e-6, layer.name
+    qsd = mq.load(tmp_path / "q.safetensors")
+    assert [entry for entry in qsd.layers if entry["name"] == "layers.0.up"][0]["group_size"] == options["group_size"]
+
+
+def test_streamed_int4_nan_names_the_channel(tmp_path, monkeypatch):
+    monkeypatch.setattr(checkpoint_module, "_PART_BYTES", 700)
+    sd = _state_dict()
+    sd["layers.0.up.weight"][300, 1] = float("nan")
+    save_file(sd, os.fspath(tmp_path / "m.safetensors"))
+    with pytest.raises(ValueError, match=r"layers.0.up.weight.*channel 300"):
+        mq.quantize_checkpoint(tmp_path / "m.safetensors", tmp_path / "q.safetensors", "int4")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.safetensors"]

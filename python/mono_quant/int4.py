@@ -26,6 +26,7 @@ from .tensor import NonFiniteWeightError, QuantizedWeight, sqnr_db
 __all__ = [
     "Int4Weight",
     "quantize_int4",
+    "quantize_int4_rows",
     "int4_linear",
     "unpack_int4",
     "INT4_METHODS",
@@ -155,16 +156,26 @@ def quantize_int4(tensor: torch.Tensor, *, group_size: Optional[int] = DEFAULT_I
     if w.dtype not in (torch.float32, torch.float16, torch.bfloat16):
         w = w.float()
     rows = w.reshape(w.shape[0], -1).to("cpu").contiguous()
+    packed, scale, zero, sx, se = quantize_int4_rows(rows, group_size, symmetric, method, with_error)
+    qw = Int4Weight(packed.to(device), scale.to(device), zero.to(device),
+                    0, "int4", bool(symmetric), orig_dtype, group_size, tuple(tensor.shape))
+    return qw, (sqnr_db(float(sx.sum()), float(se.sum())) if with_error else None)
+
+
+def quantize_int4_rows(rows: torch.Tensor, group_size: Optional[int], symmetric: bool, method: str,
+                       with_error: bool):
+    """The C kernel over a contiguous 2-D CPU tensor of rows (float32 / float16 / bfloat16):
+    ``(packed uint8 [rows, kpad/2], scale float16 [rows, groups], zero_point uint8 [rows, groups],
+    sum_x2, sum_err2)`` (the per-row float64 error sums are None unless ``with_error``).  Rows
+    are quantized independently, so a weight can go through in row ranges (checkpoints).
+    Raises NonFiniteWeightError naming the first row holding NaN/Inf."""
     group = effective_group(rows.shape[1], group_size)
     packed, scale, zero, bad, sx, se = _C.q4_quantize(
         to_numpy(rows), group, bool(symmetric), INT4_METHODS.index(method), with_error, nthreads=num_threads())
     if bad >= 0:
         raise NonFiniteWeightError(f"weight holds NaN or Inf in channel {bad} (axis 0); fix or exclude it", bad)
-    qw = Int4Weight(
-        torch.from_numpy(packed).to(device), torch.from_numpy(scale).to(device), torch.from_numpy(zero).to(device),
-        0, "int4", bool(symmetric), orig_dtype, group_size, tuple(tensor.shape),
-    )
-    return qw, (sqnr_db(float(sx.sum()), float(se.sum())) if with_error else None)
+    wrap = (lambda a: None if a is None else torch.from_numpy(a))
+    return torch.from_numpy(packed), torch.from_numpy(scale), torch.from_numpy(zero), wrap(sx), wrap(se)
 
 
 _C_ACTIVATIONS = (torch.float32, torch.bfloat16)

@@ -26,6 +26,7 @@ import torch
 from ..api import _UNSET as UNSET
 from ..api import check_group_size_given, packs_straight_to_int8, quantize_state_dict_entry, state_dict_entry_plan
 from ..config import resolve_config
+from ..qtypes import get_qtype
 from ..report import Report, tensor_bytes
 from .atomic import atomic_output, check_destination
 from .container import StreamingWriter, read_header
@@ -33,7 +34,7 @@ from .errors import CheckpointError
 from .layers import state_dict_layer_entry
 from .manifest import METADATA_KEY, dump_manifest, new_manifest
 from .progress import Progress
-from .stream_int8 import stream_packed_int8
+from .stream_weight import stream_int4, stream_packed_int8
 
 __all__ = ["quantize_checkpoint", "CheckpointReader", "open_checkpoint"]
 
@@ -396,13 +397,21 @@ def _index_plan(index: Path) -> List[Tuple[Path, Optional[set]]]:
     return plan
 
 
-def _streams(key: str, tensor: torch.Tensor, cfg) -> bool:
-    """Whether ``key`` goes through :func:`stream_packed_int8`: a selected weight quantized
-    straight to packed int8, from a dtype the C kernels read, with NaN/Inf an error (a
-    weight to skip must be checked whole before any of it is written)."""
+def _streams(key: str, tensor: torch.Tensor, cfg):
+    """The function that streams ``key`` in parts (see :mod:`.stream_weight`), or None to
+    quantize it whole: a selected, non-empty 2-D weight of a dtype the C kernels read,
+    going to packed int8 or to int4, with NaN/Inf an error (a weight to skip must be
+    checked whole before any of it is written)."""
     plan = state_dict_entry_plan(key, tensor, cfg)
-    return (plan is not None and plan[2] is None and cfg.nonfinite == "error" and packs_straight_to_int8(tensor, cfg)
-            and tensor.dtype in (torch.float32, torch.float16, torch.bfloat16) and tensor.numel() > 0)
+    if not (plan is not None and plan[2] is None and cfg.nonfinite == "error" and tensor.dim() == 2
+            and tensor.device.type == "cpu" and tensor.numel() > 0
+            and tensor.dtype in (torch.float32, torch.float16, torch.bfloat16)):
+        return None
+    if packs_straight_to_int8(tensor, cfg):
+        return stream_packed_int8
+    if get_qtype(cfg.dtype).name == "int4":
+        return stream_int4
+    return None
 
 
 def _header_reserve(reader: CheckpointReader, keys: List[str]) -> int:
@@ -463,9 +472,10 @@ def quantize_checkpoint(src, dst, dtype=None, *, symmetric: Optional[bool] = Non
                                                     part_bytes=_PART_BYTES) as writer:
                     for key, tensor in reader.items():
                         report.model_bytes_before += tensor_bytes(tensor)
-                        if _streams(key, tensor, cfg):
-                            layer, own = stream_packed_int8(key, tensor, state_dict_entry_plan(key, tensor, cfg)[0],
-                                                            cfg, writer, reader, measure_error)
+                        stream = _streams(key, tensor, cfg)
+                        if stream is not None:
+                            layer, own = stream(key, tensor, state_dict_entry_plan(key, tensor, cfg)[0], cfg, writer,
+                                                reader, measure_error)
                             report.layers.append(layer)
                             report.model_bytes_after += layer.bytes_after
                             manifest["layers"].append(state_dict_layer_entry(layer, cfg, own, tensor.dtype))

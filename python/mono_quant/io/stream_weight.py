@@ -1,4 +1,6 @@
-"""Streaming one per-channel int8 weight of a checkpoint into the output file.
+"""Streaming one weight of a checkpoint into the output file, part by part:
+per-channel int8 (:func:`stream_packed_int8`) and group-wise int4
+(:func:`stream_int4`).
 
 ``quantize_state_dict_entry`` makes a layer's whole packed weight before it
 can be written.  For a checkpoint that costs a fresh output buffer per
@@ -12,6 +14,8 @@ safetensors shard's rows are read by the kernel itself (pread into
 per-thread buffers that stay in cache, nothing mapped); other inputs are
 read through their memory map, whose pages are dropped part by part.  The
 bytes and the report are exactly those of ``quantize_state_dict_entry``.
+int4 (compute-bound: the parameter search) goes through in row ranges read
+through the map, so memory holds one range instead of the whole weight.
 """
 from __future__ import annotations
 
@@ -22,12 +26,13 @@ import torch
 
 from .. import kernels
 from ..api import _finish_entry, nonfinite_entry_error
+from ..int4 import DEFAULT_INT4_METHOD, effective_group, quantize_int4_rows
 from ..packing import PACKED_LAYOUT_VERSION, packed_sizes
 from ..qtypes import get_qtype
-from ..tensor import sqnr_db
+from ..tensor import NonFiniteWeightError, sqnr_db
 from .errors import CheckpointError
 
-__all__ = ["stream_packed_int8"]
+__all__ = ["stream_packed_int8", "stream_int4"]
 
 _PANEL = 16
 
@@ -125,4 +130,45 @@ def stream_packed_int8(key: str, tensor: torch.Tensor, name: str, cfg, writer, r
     sqnr = sqnr_db(job.sum_x2, job.sum_err2) if measure_error else math.nan
     _, layer, _ = _finish_entry({prefix + s: t for s, t in own.items()}, key, name, "Linear", qtype, tensor,
                                 sqnr, None)
+    return layer, own
+
+
+def stream_int4(key: str, tensor: torch.Tensor, name: str, cfg, writer, reader,
+                measure_error: bool) -> Tuple[object, Dict[str, torch.Tensor]]:
+    """Quantize the 2-D weight ``tensor`` to group-wise int4 as ``quantize_state_dict_entry``
+    does (its SQNR always measured, as there) and write ``weight_qdata`` in row ranges of
+    about ``writer.part_bytes``, then the scales and zero-points.  Returns and raises as
+    :func:`stream_packed_int8`."""
+    del measure_error  # the int4 path always measures (the search computes the error anyway)
+    qtype = get_qtype(cfg.dtype)
+    symmetric = cfg.symmetric_for("Linear")
+    method = cfg.method or DEFAULT_INT4_METHOD
+    rows, cols = tensor.shape
+    kpad = -(-cols // 32) * 32
+    groups = -(-kpad // effective_group(cols, cfg.group_size))
+    part_rows = max(1, writer.part_bytes // (kpad // 2))
+    scale = torch.empty(rows, groups, dtype=torch.float16)
+    zero_point = torch.empty(rows, groups, dtype=torch.uint8)
+    sum_x2 = sum_err2 = 0.0
+    prefix = key[: -len("weight")]
+    writer.begin(prefix + "weight_qdata", torch.uint8, (rows, kpad // 2))
+    for r0 in range(0, rows, part_rows):
+        r1 = min(rows, r0 + part_rows)
+        chunk = tensor[r0:r1]
+        try:
+            packed, s, z, sx, se = quantize_int4_rows(chunk, cfg.group_size, symmetric, method, True)
+        except NonFiniteWeightError as exc:
+            raise nonfinite_entry_error(key, name, r0 + exc.row) from None
+        reader.release(key, chunk)
+        writer.add_part(packed)
+        scale[r0:r1], zero_point[r0:r1] = s, z
+        sum_x2 += float(sx.sum())
+        sum_err2 += float(se.sum())
+    writer.end()
+    own = {"weight_qdata": torch.empty(rows, kpad // 2, dtype=torch.uint8, device="meta"),
+           "weight_scale": scale, "weight_zero_point": zero_point}
+    writer.add(prefix + "weight_scale", scale)
+    writer.add(prefix + "weight_zero_point", zero_point)
+    _, layer, _ = _finish_entry({prefix + s: t for s, t in own.items()}, key, name, "Linear", qtype, tensor,
+                                sqnr_db(sum_x2, sum_err2), None)
     return layer, own
