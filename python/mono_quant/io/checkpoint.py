@@ -103,8 +103,8 @@ class _SafetensorsShard:
         return self._fd, self.header.data_start + self.header.tensors[key].begin
 
     def release(self, key: str, tensor: torch.Tensor) -> None:
-        if self._map is None or tensor.numel() == 0:
-            return
+        if self._map is None or tensor.numel() == 0 or not hasattr(mmap, "MADV_DONTNEED"):
+            return  # (no madvise on Windows: the pages go when the map does)
         start = tensor.data_ptr() - self._address
         end = start + tensor.numel() * tensor.element_size()
         if 0 <= start and end <= len(self._map):
