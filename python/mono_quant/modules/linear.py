@@ -10,6 +10,7 @@ from torch import nn
 
 from .. import _C, kernels
 from ..packing import can_pack, pack_int8_linear, packed_info
+from ..qtypes import QTYPES
 from ..int4 import int4_linear
 from .registry import QuantizedModule, register_qmodule
 
@@ -69,12 +70,15 @@ class QuantizedLinear(QuantizedModule):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.weight_format == "int4":  # packed weight streamed by the C kernels
             return int4_linear(x, self.quantized_weight(), self.bias)
-        if self.qtype.kind == "int":
+        if self.weight_format in _INT_FORMATS:
             packed = kernel_args(self)
             if packed is not None and _kernel_takes(x, packed[0]["in_features"]):
-                lead = x.shape[:-1]
-                y = packed_linear(self, x.reshape(-1, x.shape[-1]), packed[1][0])
-                return y.reshape(*lead, self.out_features).to(x.dtype)
+                if x.dim() == 2:  # (the common case: no reshapes)
+                    y = packed_linear(self, x, packed[1][0])
+                else:
+                    y = packed_linear(self, x.reshape(-1, x.shape[-1]), packed[1][0])
+                    y = y.reshape(*x.shape[:-1], self.out_features)
+                return y if x.dtype == torch.float32 else y.to(x.dtype)
             w = self.dequantized_weight(torch.float32).to(x.device)
             b = None if self.bias is None else self.bias.float()
             return F.linear(x.float(), w, b).to(x.dtype)
@@ -85,6 +89,10 @@ class QuantizedLinear(QuantizedModule):
     def extra_repr(self) -> str:
         mode = f", activations={self.activations}" if self.qtype.kind == "int" else ""
         return super().extra_repr() + mode
+
+
+# integer formats the packed int8 kernels (or the dequantizing fallback) run; int4 has its own path
+_INT_FORMATS = frozenset(name for name, q in QTYPES.items() if q.kind == "int" and name != "int4")
 
 
 def _kernel_takes(x: torch.Tensor, in_features: int) -> bool:
@@ -119,7 +127,7 @@ def kernel_args(module: QuantizedModule):
     usable packed weight (see packing.packed_info)."""
     bufs = module._buffers
     # data_ptr too: .data = ... or share_memory_() swap a buffer's storage in place
-    key = tuple((id(t), t._version, t.data_ptr()) if t is not None else None for t in map(bufs.get, _ARG_BUFFERS))
+    key = tuple([(id(t), t._version, t.data_ptr()) if t is not None else None for t in map(bufs.get, _ARG_BUFFERS)])
     cached = _KERNEL_ARGS.get(module)
     if cached is not None and cached[0] == key:
         return cached[1]
@@ -157,7 +165,7 @@ def packed_linear(module: QuantizedModule, x2d: torch.Tensor, args: tuple) -> to
     if x2d.shape[-1] > 1 and x2d.stride(-1) != 1:
         x2d = x2d.contiguous()
     mode = "dynamic" if module.activations == "dynamic" else "weight_only"
-    return torch.from_numpy(_C.linear_int8(kernels.to_numpy(x2d), *args, mode=mode, nthreads=kernels.num_threads()))
+    return torch.from_numpy(_C.linear_int8(kernels.to_numpy(x2d), *args, mode=mode, nthreads=torch.get_num_threads()))
 
 
 def _format_of(weight) -> str:
