@@ -67,6 +67,9 @@ def get_qtype(dtype: Union[str, torch.dtype, QType]) -> QType:
     """
     if isinstance(dtype, QType):
         return dtype
+    exact = QTYPES.get(dtype) if isinstance(dtype, str) else None
+    if exact is not None:  # the canonical name (what modules store): the per-call fast path
+        return exact
     if isinstance(dtype, torch.dtype):
         name = _TORCH_DTYPES.get(dtype)
     elif isinstance(dtype, str):
