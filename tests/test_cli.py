@@ -153,3 +153,29 @@ def test_inspect_plain_safetensors(checkpoint, capsys):
     out = capsys.readouterr().out
     assert "plain safetensors (no manifest)" in out and "0 quantized layers" in out
     assert any(line.split()[:4] == ["0.weight", "tensor", "float32", "64x32"] for line in out.splitlines())
+
+
+def test_compare_sqnr_in_chunks(monkeypatch):
+    """compare's SQNR is summed chunk by chunk in float64: the same figure as one float64 pass,
+    NaN/Inf anywhere handled like the whole-tensor rule (inf when equal, else None)."""
+    import math
+
+    from mono_quant.io import compare as compare_module
+    from mono_quant.tensor import sqnr_db
+
+    monkeypatch.setattr(compare_module, "_CHUNK", 1000)
+    g = torch.Generator().manual_seed(0)
+    a = torch.randn(37, 101, generator=g)
+    b = a + 0.01 * torch.randn(37, 101, generator=g)
+    a64, b64 = a.double(), b.double()
+    whole = sqnr_db(float(a64.pow(2).sum()), float((a64 - b64).pow(2).sum()))
+    assert abs(compare_module._sqnr(a, b) - whole) < 1e-9
+    assert compare_module._sqnr(a, a.clone()) == math.inf
+    a_bad = a.clone()
+    a_bad[30, 7] = float("inf")  # in a later chunk
+    assert compare_module._sqnr(a_bad, b) is None and compare_module._sqnr(a_bad, a_bad.clone()) == math.inf
+    b_nan = b.clone()
+    b_nan[36, 100] = float("nan")
+    assert compare_module._sqnr(a, b_nan) is None
+    ints = torch.arange(6)
+    assert compare_module._sqnr(ints, ints.clone()) == math.inf and compare_module._sqnr(ints, ints + 1) is None

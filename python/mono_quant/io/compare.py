@@ -141,10 +141,23 @@ def compare(a, b) -> Dict[str, Any]:
     return {"a": os.fspath(a), "b": os.fspath(b), "rows": rows, "totals": totals}
 
 
+_CHUNK = 1 << 18  # elements per float64 step: its temporaries stay in cache
+
+
 def _sqnr(a: torch.Tensor, b: torch.Tensor) -> Optional[float]:
+    """SQNR of b against a in dB, summed in float64 chunk by chunk (whole-tensor float64
+    temporaries of a 180 MB weight cost seconds of page faults); inf when equal, None when
+    not comparable (non-float, or NaN/Inf that differ)."""
     if not (a.is_floating_point() and b.is_floating_point()):
         return math.inf if torch.equal(a, b) else None
-    a64, b64 = a.detach().double(), b.detach().double()
-    if not (torch.isfinite(a64).all() and torch.isfinite(b64).all()):
-        return math.inf if torch.equal(a64, b64) else None
-    return sqnr_db(float(a64.pow(2).sum()), float((a64 - b64).pow(2).sum()))
+    a, b = a.detach().reshape(-1), b.detach().reshape(-1)
+    signal = noise = 0.0
+    for start in range(0, a.numel(), _CHUNK):
+        a64, b64 = a[start:start + _CHUNK].double(), b[start:start + _CHUNK].double()
+        diff = a64 - b64
+        signal += float(torch.dot(a64, a64))
+        noise += float(torch.dot(diff, diff))
+    # float32 / float16 squares can't overflow float64: a non-finite sum means a NaN/Inf element
+    if not (math.isfinite(signal) and math.isfinite(noise)):
+        return math.inf if torch.equal(a, b) else None
+    return sqnr_db(signal, noise)
