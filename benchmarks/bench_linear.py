@@ -124,7 +124,7 @@ def build_case(n, k, copies, fbgemm, int8pack):
                                             qw.weight_zero_point.long(), 0, torch.qint8)
             fb.append(torch.ops.quantized.linear_prepack(tq, None))
         if int8pack:
-            i8.append((qw.weight_qdata, qw.weight_scale.float(), qw.weight_scale.bfloat16()))
+            i8.append((qw.int_weight(), qw.weight_scale.float(), qw.weight_scale.bfloat16()))
     return floats, dyn, wo, fb, i8
 
 
