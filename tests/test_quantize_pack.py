@@ -146,3 +146,27 @@ def test_pack_int8_non_contiguous(isa):
     w = base.t()[5:40]
     assert all(torch.equal(a, b) if isinstance(a, torch.Tensor) else a == b
                for a, b in zip(kernels.pack_int8(w), _pack_oracle(w.contiguous())))
+
+
+@pytest.mark.parametrize("symmetric", [True, False])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_quantize_builds_linear_layers_straight_from_the_fused_kernel(symmetric, dtype):
+    """quantize() packs Linear weights with the fused kernel: the same buffers, in the same
+    order, as from_float on quantize_weight's result (the plain int8 copy never made)."""
+    from torch import nn
+
+    from mono_quant.modules import QuantizedLinear
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(70, 33), nn.ReLU(), nn.Linear(33, 5, bias=False)).to(dtype).eval()
+    qmodel, _ = mq.quantize(model, symmetric=symmetric, activations=None)
+    for index in (0, 2):
+        layer = model[index]
+        expected = QuantizedLinear.from_float(layer, quantize_weight(layer.weight, "int8", symmetric=symmetric))
+        expected.set_activations(None)
+        got = qmodel[index]
+        assert list(got.state_dict()) == list(expected.state_dict())
+        for name, tensor in expected.state_dict().items():
+            assert torch.equal(got.state_dict()[name], tensor), name
+        assert got.activations is None and got.weight_symmetric == symmetric and got.orig_dtype == dtype
+        assert got.get_state_attrs() == expected.get_state_attrs()

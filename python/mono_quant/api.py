@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from .config import QuantConfig, resolve_config
-from .modules import QuantizedModule, qmodule_for
+from .modules import QuantizedLinear, QuantizedModule, qmodule_for
 from .modules.registry import QMODULES
 from .packing import PACKED_BUFFERS, can_pack, pack_int8_linear, quantize_and_pack_int8
 from .qtypes import QType, get_qtype
@@ -243,10 +243,16 @@ def _quantize_module(model: nn.Module, cfg: QuantConfig, progress: bool, weights
         has_bias = getattr(m, "bias", None) is not None  # nn.Embedding has no bias
         b = (weights.get(_key(name, "bias")) if weights is not None else m.bias) if has_bias else None
         key = (id(w), qtype.name)
+        direct = None  # (scale, zero_point, packed buffers): quantized straight into the packed layout
         try:
             if key in packed_by_weight:
                 first, sqnr = packed_by_weight[key]
                 stored = first.quantized_weight()
+            elif type(m) is nn.Linear and key not in weight_cache and w.numel() > 0 and packs_straight_to_int8(w, cfg):
+                symmetric = cfg.symmetric_for("Linear")
+                qmin, qmax = qtype.qrange(symmetric)
+                scale, zero_point, packed, sx, se = quantize_and_pack_int8(w, qmin, qmax, symmetric, True)
+                direct, stored, sqnr = (scale, zero_point, packed), None, sqnr_db(sx, se)
             else:
                 stored, sqnr = _convert_weight(w, qtype, cfg, type(m).__name__, weight_cache)
         except NonFiniteWeightError as exc:
@@ -258,9 +264,12 @@ def _quantize_module(model: nn.Module, cfg: QuantConfig, progress: bool, weights
                 ) from None
             skipped.append(SkippedLayer(name, type(m).__name__, f"non-finite weights (NaN/Inf in channel {exc.row})"))
             continue
-        qm = qmodule_for(m).from_float(m, stored)
-        if hasattr(qm, "set_activations") and isinstance(stored, QuantizedWeight):
-            qm.set_activations(cfg.activations)
+        if direct is not None:
+            qm = QuantizedLinear.from_packed_int8(m, *direct, cfg.symmetric_for("Linear"), cfg.activations)
+        else:
+            qm = qmodule_for(m).from_float(m, stored)
+            if hasattr(qm, "set_activations") and isinstance(stored, QuantizedWeight):
+                qm.set_activations(cfg.activations)
         if weights is not None:
             qm._set_bias(b)
         if "weight_packed" in qm._buffers:

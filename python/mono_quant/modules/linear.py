@@ -61,6 +61,22 @@ class QuantizedLinear(QuantizedModule):
         q.train(module.training)
         return q
 
+    @classmethod
+    def from_packed_int8(cls, module: nn.Linear, scale: torch.Tensor, zero_point: torch.Tensor, packed,
+                         symmetric: bool, activations: Optional[str] = "dynamic") -> "QuantizedLinear":
+        """The module :meth:`from_float` builds for a per-channel int8 weight, from what
+        ``packing.quantize_and_pack_int8`` made of it (scale, zero-point, packed buffers):
+        the plain int8 copy never exists.  Same buffers, in the same order."""
+        q = cls(module.in_features, module.out_features, weight_format="int8", orig_dtype=module.weight.dtype)
+        q.register_buffer("weight_scale", scale)
+        q.register_buffer("weight_zero_point", zero_point)
+        q.weight_axis, q.weight_symmetric, q.weight_group_size = 0, bool(symmetric), None
+        q.set_activations(activations)
+        q.set_packed(packed)
+        q._set_bias(module.bias)
+        q.train(module.training)
+        return q
+
     def set_activations(self, activations: Optional[str]) -> None:
         """Choose the execution mode: "dynamic" or None (weight-only). Raises ValueError otherwise."""
         if activations not in ACTIVATION_MODES:
