@@ -179,3 +179,21 @@ def test_compare_sqnr_in_chunks(monkeypatch):
     assert compare_module._sqnr(a, b_nan) is None
     ints = torch.arange(6)
     assert compare_module._sqnr(ints, ints.clone()) == math.inf and compare_module._sqnr(ints, ints + 1) is None
+
+
+def test_quantize_int4_method_flag(tmp_path, checkpoint, capsys):
+    """--method picks the int4 rounding, as quantize(method=...) does."""
+    from safetensors.torch import load_file
+
+    weights = load_file(os.fspath(checkpoint))
+    for method in ("rtn", "mse"):
+        dst = tmp_path / f"q_{method}.safetensors"
+        assert main(["quantize", str(checkpoint), "-o", str(dst), "--dtype", "int4", "--group-size", "32",
+                     "--method", method, "--quiet"]) == 0
+        expected = mq.quantize(weights, dtype="int4", group_size=32, method=method).state_dict()
+        got = mq.load(dst)
+        assert all(torch.equal(got[k], v) for k, v in expected.items())
+    rtn, mse = mq.load(tmp_path / "q_rtn.safetensors"), mq.load(tmp_path / "q_mse.safetensors")
+    assert not torch.equal(rtn["0.weight_scale"], mse["0.weight_scale"])  # the search moved some ranges
+    with pytest.raises(SystemExit):
+        main(["quantize", str(checkpoint), "-o", str(tmp_path / "x.safetensors"), "--method", "best"])

@@ -27,6 +27,8 @@ def build_parser() -> argparse.ArgumentParser:
     quantize.add_argument("-o", "--output", required=True, metavar="DST", help="output .safetensors file")
     quantize.add_argument("--dtype", help="int8 (default), uint8, int4, fp16 or bf16")
     quantize.add_argument("--group-size", type=int, metavar="N", help="group size for grouped formats (int4)")
+    quantize.add_argument("--method", choices=["rtn", "mse", "hqq"],
+                          help="int4 rounding: rtn (fastest), mse (default), hqq (slowest, best)")
     quantize.add_argument("--exclude", nargs="+", action="extend", metavar="GLOB",
                           help="layer-name globs to leave in float")
     quantize.add_argument("--include", nargs="+", action="extend", metavar="GLOB",
@@ -66,7 +68,7 @@ def _cmd_quantize(args) -> int:
     grouping = {} if args.group_size is None else {"group_size": args.group_size}  # unset: the config's default
     report = quantize_checkpoint(
         args.src, args.output, args.dtype, **grouping, include=args.include,
-        exclude=args.exclude, config=args.config, overwrite=args.force,
+        exclude=args.exclude, method=args.method, config=args.config, overwrite=args.force,
         progress=not args.quiet and sys.stderr.isatty(),
     )
     if not args.quiet:

@@ -428,7 +428,8 @@ def _header_reserve(reader: CheckpointReader, keys: List[str]) -> int:
 def quantize_checkpoint(src, dst, dtype=None, *, symmetric: Optional[bool] = None,
                         granularity: Optional[str] = None, group_size=UNSET,
                         include=None, exclude=None, min_weight_numel: Optional[int] = None,
-                        nonfinite: Optional[str] = None, config=None, overwrite: bool = False,
+                        nonfinite: Optional[str] = None, method: Optional[str] = None, config=None,
+                        overwrite: bool = False,
                         progress: bool = False, measure_error: bool = False) -> Report:
     """Quantize the checkpoint at ``src`` into one mono-quant ``.safetensors`` file ``dst``.
 
@@ -438,7 +439,8 @@ def quantize_checkpoint(src, dst, dtype=None, *, symmetric: Optional[bool] = Non
     tensors are copied), so ``load(dst)`` holds the same tensors and
     ``load(dst, model=skeleton)`` gives the model ``quantize(model)`` would.
     Only about one tensor is in memory at a time.  ``progress``: draw a
-    progress bar on stderr.  ``measure_error``: also compute each layer's
+    progress bar on stderr.  ``method`` (int4): "rtn", "mse" (default) or "hqq", as for
+    ``quantize()``.  ``measure_error``: also compute each layer's
     SQNR for the report (one more pass over each weight; otherwise NaN, and
     ``mono-quant compare`` measures it afterwards).  ``group_size``: unset takes the config's
     default; None is per-channel (int4).  The write is atomic and an existing ``dst`` is replaced only with
@@ -451,7 +453,7 @@ def quantize_checkpoint(src, dst, dtype=None, *, symmetric: Optional[bool] = Non
     for an unreadable checkpoint.
     """
     options = dict(dtype=dtype, symmetric=symmetric, granularity=granularity, include=include, exclude=exclude,
-                   min_weight_numel=min_weight_numel, nonfinite=nonfinite)
+                   min_weight_numel=min_weight_numel, nonfinite=nonfinite, method=method)
     if group_size is not UNSET:  # None is meaningful: per-channel int4
         options["group_size"] = 0 if group_size is None else group_size
     cfg = resolve_config(config, **options)
