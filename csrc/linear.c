@@ -46,6 +46,60 @@ int mq_pack_int8(const int8_t *w, int64_t n, int64_t k, int8_t *packed, int32_t 
     return has_m128;
 }
 
+/* ---- checking packed buffers read from a file ---------------------------------- */
+
+typedef struct {
+    const int8_t *packed;
+    int64_t n, k;
+    int32_t *sums;
+    uint8_t *panel_flags; /* per panel: bit 0 some byte is -128, bit 1 a padding byte is not 0 */
+} packed_check_ctx;
+
+/* Plain loops over the 64 bytes of each K-group (16 channels x 4): gcc vectorizes
+ * them; a verification pass at memory speed needs no hand-written twin. */
+static void packed_check_range(void *vctx, int64_t p0, int64_t p1) {
+    const packed_check_ctx *c = vctx;
+    const int64_t kp = mq_round_up(c->k, MQ_KGROUP), groups = kp / MQ_KGROUP;
+    for (int64_t p = p0; p < p1; p++) {
+        const int8_t *panel = c->packed + p * MQ_PANEL * kp;
+        int32_t acc[MQ_PANEL * MQ_KGROUP] = {0};
+        int8_t lowest[MQ_PANEL * MQ_KGROUP];
+        memset(lowest, 0, sizeof lowest);
+        for (int64_t g = 0; g < groups; g++) {
+            const int8_t *src = panel + g * MQ_PANEL * MQ_KGROUP;
+            for (int j = 0; j < MQ_PANEL * MQ_KGROUP; j++) {
+                acc[j] += src[j];
+                lowest[j] = src[j] < lowest[j] ? src[j] : lowest[j];
+            }
+        }
+        uint8_t flags = 0;
+        for (int j = 0; j < MQ_PANEL * MQ_KGROUP; j++) flags |= lowest[j] == -128;
+        const int64_t nvalid = c->n - p * MQ_PANEL;
+        const int8_t *last = panel + (groups - 1) * MQ_PANEL * MQ_KGROUP;
+        for (int ch = 0; ch < MQ_PANEL; ch++) {
+            c->sums[p * MQ_PANEL + ch] = acc[ch * 4] + acc[ch * 4 + 1] + acc[ch * 4 + 2] + acc[ch * 4 + 3];
+            for (int j = 0; j < MQ_KGROUP; j++) {
+                int padding_column = (groups - 1) * MQ_KGROUP + j >= c->k;
+                if (padding_column && last[ch * MQ_KGROUP + j]) flags |= 2;
+            }
+            if (ch >= nvalid) /* a padding channel: all its bytes must be 0 */
+                for (int64_t g = 0; g < groups && !(flags & 2); g++)
+                    for (int j = 0; j < MQ_KGROUP; j++)
+                        if (panel[g * MQ_PANEL * MQ_KGROUP + ch * MQ_KGROUP + j]) flags |= 2;
+        }
+        c->panel_flags[p] = flags;
+    }
+}
+
+int mq_packed_check(const int8_t *packed, int64_t n, int64_t k, int32_t *sums, uint8_t *panel_flags, int nthreads) {
+    const int64_t panels = mq_round_up(n, MQ_PANEL) / MQ_PANEL;
+    packed_check_ctx c = {packed, n, k, sums, panel_flags};
+    mq_parallel_for(panels, 1 + ((int64_t)1 << 20) / (MQ_PANEL * (k > 0 ? k : 1)), nthreads, packed_check_range, &c);
+    int flags = 0;
+    for (int64_t p = 0; p < panels; p++) flags |= panel_flags[p];
+    return flags;
+}
+
 /* Rows up to which the dynamic kernels use the one-panel GEMV tile (K split
  * over 4 accumulators); above it the 8-row x 3-panel tile, which also reads
  * each weight byte once for up to 8 rows.  -1 (default) picks it from the

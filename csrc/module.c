@@ -425,6 +425,47 @@ static int check_int8_range(int qmin, int qmax, const char *fname) {
     return 0;
 }
 
+PyDoc_STRVAR(packed_check_doc,
+             "packed_check(packed, n, k, nthreads=1) -> (column_sums, has_m128, padding_nonzero)\n\n"
+             "For packed int8 buffers of an [n, k] weight (one group) read from a file: the column\n"
+             "sums of the packed bytes (int32 [round_up(n,16)]), whether some byte is -128,\n"
+             "and whether a padding byte is not 0.");
+
+static PyObject *py_packed_check(PyObject *self, PyObject *args, PyObject *kw) {
+    static char *kwlist[] = {"packed", "n", "k", "nthreads", NULL};
+    static const int i8[] = {NPY_INT8};
+    PyObject *p_obj, *result = NULL;
+    long long n, k;
+    int nthreads = 1;
+    PyArrayObject *packed = NULL, *sums = NULL, *scratch = NULL;
+    (void)self;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OLL|i:packed_check", kwlist, &p_obj, &n, &k, &nthreads)) return NULL;
+    if (!check_threads(nthreads)) return NULL;
+    if (n < 1 || k < 1 || n > INT32_MAX || k > INT32_MAX) {
+        PyErr_Format(PyExc_ValueError, "need 1 <= n, k < 2^31, got n=%lld k=%lld", n, k);
+        return NULL;
+    }
+    if (!(packed = contiguous_array(p_obj, "packed", i8, 1, 1, "int8"))) return NULL;
+    npy_intp np_ = mq_round_up(n, MQ_PANEL), panels = np_ / MQ_PANEL;
+    if (PyArray_SIZE(packed) != np_ * mq_round_up(k, MQ_KGROUP)) {
+        PyErr_Format(PyExc_ValueError, "packed has %zd bytes, expected %lld for a [%lld, %lld] weight",
+                     (Py_ssize_t)PyArray_SIZE(packed), (long long)(np_ * mq_round_up(k, MQ_KGROUP)), n, k);
+        goto fail;
+    }
+    if (!(sums = (PyArrayObject *)PyArray_EMPTY(1, &np_, NPY_INT32, 0))) goto fail;
+    if (!(scratch = (PyArrayObject *)PyArray_EMPTY(1, &panels, NPY_UINT8, 0))) goto fail;
+    int flags;
+    Py_BEGIN_ALLOW_THREADS
+    flags = mq_packed_check(PyArray_DATA(packed), n, k, PyArray_DATA(sums), PyArray_DATA(scratch), nthreads);
+    Py_END_ALLOW_THREADS
+    result = Py_BuildValue("ONN", sums, PyBool_FromLong(flags & 1), PyBool_FromLong((flags >> 1) & 1));
+fail:
+    Py_XDECREF(packed);
+    Py_XDECREF(sums);
+    Py_XDECREF(scratch);
+    return result;
+}
+
 /* The arrays a quantize_pack_int8* call fills. */
 typedef struct {
     PyArrayObject *packed, *w_sum, *scale, *zp, *scratch, *sx, *se;
@@ -1226,6 +1267,7 @@ static PyMethodDef module_methods[] = {
     {"pack_int8", (PyCFunction)(void (*)(void))py_pack_int8, METH_VARARGS | METH_KEYWORDS, pack_int8_doc},
     {"quantize_pack_int8", (PyCFunction)(void (*)(void))py_quantize_pack_int8, METH_VARARGS | METH_KEYWORDS,
      quantize_pack_int8_doc},
+    {"packed_check", (PyCFunction)(void (*)(void))py_packed_check, METH_VARARGS | METH_KEYWORDS, packed_check_doc},
     {"quantize_pack_int8_file", (PyCFunction)(void (*)(void))py_quantize_pack_int8_file,
      METH_VARARGS | METH_KEYWORDS, quantize_pack_int8_file_doc},
     {"linear_int8", (PyCFunction)(void (*)(void))py_linear_int8, METH_VARARGS | METH_KEYWORDS, linear_int8_doc},

@@ -315,6 +315,12 @@ void mq_rows_dequantize(const uint8_t *q, int is_signed, int64_t rows, int64_t c
 int mq_pack_int8(const int8_t *w, int64_t n, int64_t k, int8_t *packed, int32_t *w_sum, uint8_t *panel_m128,
                  int nthreads);
 
+/* Checks packed buffers of an [n][k] weight (one group) read from a file: the
+ * column sums of the packed bytes into sums [np]; returns bit 0 when some
+ * byte is -128, bit 1 when a padding byte (past k, or a channel past n) is
+ * not 0.  panel_flags: scratch, one byte per panel. */
+int mq_packed_check(const int8_t *packed, int64_t n, int64_t k, int32_t *sums, uint8_t *panel_flags, int nthreads);
+
 /* ---- quantize_pack.c: per-channel int8 quantization into the packed layout - */
 /* What mq_rows_quantize_fused followed by mq_pack_int8 give, bit for bit, in
  * one pass per 16-row panel: each panel's rows are quantized into a small

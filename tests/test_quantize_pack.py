@@ -170,3 +170,57 @@ def test_quantize_builds_linear_layers_straight_from_the_fused_kernel(symmetric,
             assert torch.equal(got.state_dict()[name], tensor), name
         assert got.activations is None and got.weight_symmetric == symmetric and got.orig_dtype == dtype
         assert got.get_state_attrs() == expected.get_state_attrs()
+
+
+@pytest.mark.parametrize("n,k", [(1, 1), (16, 4), (17, 5), (40, 129), (33, 64)])
+def test_check_packed_int8_accepts_packed_and_names_each_corruption(isa, n, k):
+    from mono_quant.packing import check_packed_int8
+
+    w = torch.randint(-128, 128, (n, k), generator=_gen(n + k), dtype=torch.int8)
+    packed, colsum, has_m128 = kernels.pack_int8(w)
+    info = torch.tensor([1, n, k, int(has_m128), 1], dtype=torch.int32)
+    assert check_packed_int8(packed, colsum, info, (n, k)) is None
+    bad = colsum.clone()
+    bad[n - 1] += 1
+    assert "colsum" in check_packed_int8(packed, bad, info, (n, k))
+    flipped = info.clone()
+    flipped[3] = 1 - flipped[3]
+    assert "-128 flag" in check_packed_int8(packed, colsum, flipped, (n, k))
+    assert "does not describe" in check_packed_int8(packed, colsum, torch.tensor([1, n, k + 1, 0, 1],
+                                                                                dtype=torch.int32), (n, k))
+    assert "weight_packed must be" in check_packed_int8(packed[1:], colsum, info, (n, k))
+    view = packed.clone().view(-1, -(-k // 4), 16, 4)
+    if k % 4:
+        view[0, -1, 0, 3] = 1  # past the last column
+        assert "padding" in check_packed_int8(view.reshape(-1), colsum, info, (n, k))
+        view[0, -1, 0, 3] = 0
+    if n % 16:
+        view[-1, 0, 15, 0] = 1  # a padding channel
+        assert "padding" in check_packed_int8(view.reshape(-1), colsum, info, (n, k))
+
+
+def test_load_uses_the_files_packed_buffers_and_refuses_inconsistent_ones(tmp_path):
+    """A state_dict-kind file's packed Linear weights become the module's buffers as they are
+    (no unpack and repack), checked first: a corrupted column sum is a CheckpointError."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+    from torch import nn
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(40, 30), nn.ReLU(), nn.Linear(30, 7)).eval()
+    save_file(model.state_dict(), str(tmp_path / "m.safetensors"))
+    mq.quantize_checkpoint(tmp_path / "m.safetensors", tmp_path / "q.safetensors")
+    loaded = mq.load(tmp_path / "q.safetensors", model=model)
+    expected, _ = mq.quantize(model)
+    x = torch.randn(3, 40)
+    assert torch.equal(loaded(x), expected(x))
+    qsd = mq.load(tmp_path / "q.safetensors")
+    again = qsd.load_into(model)
+    assert again[0].weight_packed is qsd["0.weight_packed"]  # the file's tensor itself, not a repacked copy
+    with safe_open(str(tmp_path / "q.safetensors"), "pt") as f:
+        tensors = {key: f.get_tensor(key) for key in f.keys()}
+        metadata = f.metadata()
+    tensors["2.weight_colsum"][0] += 1
+    save_file(tensors, str(tmp_path / "bad.safetensors"), metadata=metadata)
+    with pytest.raises(mq.io.CheckpointError, match="layer '2'.*weight_colsum does not match"):
+        mq.load(tmp_path / "bad.safetensors", model=model)

@@ -29,6 +29,7 @@ __all__ = [
     "pack_int8",
     "quantize_pack_int8",
     "quantize_pack_int8_file",
+    "packed_check",
     "linear_int8",
     "linear_kernels",
 ]
@@ -247,6 +248,13 @@ def _qpack_tensors(result, out):
     else:
         packed, w_sum = out
     return packed, w_sum, torch.from_numpy(s), torch.from_numpy(z), bool(has_m128), bad, wrap(sx), wrap(se)
+
+
+def packed_check(packed: torch.Tensor, n: int, k: int) -> Tuple[torch.Tensor, bool, bool]:
+    """For packed int8 buffers of an [n, k] weight read from a file: (column sums of the
+    packed bytes, some byte is -128, some padding byte is not 0).  One pass, in C."""
+    sums, has_m128, padding_nonzero = _C.packed_check(packed.detach().cpu().numpy(), n, k, nthreads=num_threads())
+    return torch.from_numpy(sums), bool(has_m128), bool(padding_nonzero)
 
 
 def linear_int8(x: torch.Tensor, packed: torch.Tensor, w_sum: torch.Tensor, w_scale: torch.Tensor,

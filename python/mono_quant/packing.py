@@ -17,7 +17,7 @@ from . import kernels
 from .tensor import QuantizedWeight
 
 __all__ = ["PACKED_LAYOUT_VERSION", "PACKED_BUFFERS", "pack_int8_linear", "quantize_and_pack_int8",
-           "packed_sizes", "unpack_int8_linear", "can_pack", "packed_info"]
+           "packed_sizes", "unpack_int8_linear", "check_packed_int8", "can_pack", "packed_info"]
 
 PACKED_LAYOUT_VERSION = 1
 # buffer names, beside weight_qdata / weight_scale / weight_zero_point
@@ -131,6 +131,31 @@ def unpack_int8_linear(packed: torch.Tensor, info: torch.Tensor, shape) -> torch
     if len(shape) == 4:  # conv: K was flattened in (kh, kw, in_channel) order
         return rows.reshape(n, shape[2], shape[3], shape[1]).permute(0, 3, 1, 2).contiguous()
     return rows.reshape(shape).contiguous()
+
+
+def check_packed_int8(packed: torch.Tensor, colsum: torch.Tensor, info: torch.Tensor, shape) -> Optional[str]:
+    """Why buffers read from a file are not what :func:`pack_int8_linear` makes of some int8
+    weight of 2-D ``shape`` (one group), or None when they are: the sizes and info, zero
+    padding, column sums equal to the packed rows' sums, the -128 flag right.  Cheaper than
+    unpacking and packing again (one C pass over the packed bytes)."""
+    n, k = (int(d) for d in shape)
+    np_, kp = -(-n // 16) * 16, -(-k // 4) * 4
+    if packed.dtype != torch.int8 or packed.dim() != 1 or packed.numel() != np_ * kp:
+        return f"weight_packed must be int8 [{np_ * kp}], got {packed.dtype} {list(packed.shape)}"
+    if colsum.dtype != torch.int32 or colsum.dim() != 1 or colsum.numel() != np_:
+        return f"weight_colsum must be int32 [{np_}], got {colsum.dtype} {list(colsum.shape)}"
+    values = info.tolist() if info.dtype == torch.int32 and info.dim() == 1 else None
+    if values is None or len(values) != 5 or values[:3] != [PACKED_LAYOUT_VERSION, n, k] or values[4] != 1 \
+            or values[3] not in (0, 1):
+        return f"weight_packed_info {values} does not describe a [{n}, {k}] weight (layout {PACKED_LAYOUT_VERSION})"
+    sums, has_m128, padding_nonzero = kernels.packed_check(packed, n, k)
+    if padding_nonzero:
+        return "nonzero padding past the last column or channel"
+    if not torch.equal(sums, colsum.cpu()):
+        return "weight_colsum does not match the packed weight"
+    if has_m128 != bool(values[3]):
+        return "weight_packed_info's -128 flag does not match the packed weight"
+    return None
 
 
 def packed_info(module) -> Optional[dict]:

@@ -11,7 +11,8 @@ from typing import Any, Dict, Iterator, List, Mapping, Optional, Tuple
 import torch
 from torch import nn
 
-from ..packing import unpack_int8_linear
+from ..packing import PACKED_BUFFERS, check_packed_int8, unpack_int8_linear
+from ..modules import QuantizedLinear
 from ..modules.registry import qmodule_for
 from ..qtypes import get_qtype
 from ..tensor import QuantizedWeight
@@ -214,8 +215,12 @@ class QuantizedStateDict(Mapping):
                 raise CheckpointError(f"layer {name!r} is quantized in the checkpoint but is a "
                                       f"{type(float_module).__name__} in the model, which mono-quant does not replace")
             _check_weight_shape(layer, float_module, name)
-            stored = _stored_weight(layer, own, float_module.weight.dtype)
-            qmodule = cls.from_float(float_module, stored)
+            if cls is QuantizedLinear and _packed_int8_layer(layer, own):
+                # the file's packed buffers as they are: no unpacking and packing again
+                qmodule = _packed_linear(layer, own, float_module, name)
+            else:
+                stored = _stored_weight(layer, own, float_module.weight.dtype)
+                qmodule = cls.from_float(float_module, stored)
             bias = None
             if getattr(float_module, "bias", None) is not None:
                 bias = self._tensors.get(layer_key(layer["name"], "bias"))
@@ -292,6 +297,27 @@ def _rebuild_saved(layer, own: Dict[str, torch.Tensor]) -> nn.Module:
         return cls.from_saved(layer["init_kwargs"], layer["attrs"], own)
     except (TypeError, ValueError, KeyError) as exc:
         raise CheckpointError(f"layer {layer['name'] or '<root>'!r}: cannot rebuild {cls.__name__}: {exc}") from exc
+
+
+def _packed_int8_layer(layer, own: Mapping[str, torch.Tensor]) -> bool:
+    return (layer.get("dtype") == "int8" and layer.get("axis") == 0 and len(layer.get("shape", ())) == 2
+            and "weight_qdata" not in own and all(n in own for n in PACKED_BUFFERS))
+
+
+def _packed_linear(layer, own: Dict[str, torch.Tensor], float_module: nn.Module, name: str) -> nn.Module:
+    """A packed per-channel int8 Linear of a state_dict-kind file, its buffers checked
+    (:func:`check_packed_int8`) and used as they are: what from_float would rebuild."""
+    n, _ = layer["shape"]
+    scale, zero_point = own.get("weight_scale"), own.get("weight_zero_point")
+    if (scale is None or zero_point is None or scale.dtype != torch.float32 or zero_point.dtype != torch.int32
+            or scale.numel() != n or zero_point.numel() != n):
+        raise CheckpointError(f"layer {name!r}: an int8 layer needs float32 weight_scale and int32 "
+                              f"weight_zero_point of {n} channels")
+    problem = check_packed_int8(own["weight_packed"], own["weight_colsum"], own["weight_packed_info"], layer["shape"])
+    if problem:
+        raise CheckpointError(f"layer {name!r}: bad packed int8 weight: {problem}")
+    return QuantizedLinear.from_packed_int8(float_module, scale.reshape(n), zero_point.reshape(n),
+                                            {b: own[b] for b in PACKED_BUFFERS}, layer["scheme"] == "symmetric")
 
 
 def _stored_weight(layer, own: Dict[str, torch.Tensor], orig_dtype: torch.dtype):
