@@ -224,3 +224,27 @@ def test_load_uses_the_files_packed_buffers_and_refuses_inconsistent_ones(tmp_pa
     save_file(tensors, str(tmp_path / "bad.safetensors"), metadata=metadata)
     with pytest.raises(mq.io.CheckpointError, match="layer '2'.*weight_colsum does not match"):
         mq.load(tmp_path / "bad.safetensors", model=model)
+
+
+def test_load_checks_packed_buffers_of_saved_models(tmp_path):
+    """A saved model's packed buffers (Linear, grouped Conv2d) are checked once on load."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+    from torch import nn
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(4, 8, 3, groups=2), nn.Flatten(), nn.Linear(8 * 4 * 4, 5)).eval()
+    qmodel, _ = mq.quantize(model)
+    mq.save(qmodel, tmp_path / "q.safetensors")
+    x = torch.randn(2, 4, 6, 6)
+    assert torch.equal(mq.load(tmp_path / "q.safetensors", model=model)(x), qmodel(x))
+    with safe_open(str(tmp_path / "q.safetensors"), "pt") as f:
+        tensors = {key: f.get_tensor(key) for key in f.keys()}
+        metadata = f.metadata()
+    for key in ("0.weight_colsum", "2.weight_colsum"):
+        broken = dict(tensors)
+        broken[key] = tensors[key].clone()
+        broken[key][-1] += 3  # the second group's (conv) / a padding channel's (linear) sum
+        save_file(broken, str(tmp_path / "bad.safetensors"), metadata=metadata)
+        with pytest.raises(mq.io.CheckpointError, match=f"layer '{key[0]}': bad packed int8 weight"):
+            mq.load(tmp_path / "bad.safetensors", model=model)

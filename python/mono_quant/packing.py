@@ -17,7 +17,8 @@ from . import kernels
 from .tensor import QuantizedWeight
 
 __all__ = ["PACKED_LAYOUT_VERSION", "PACKED_BUFFERS", "pack_int8_linear", "quantize_and_pack_int8",
-           "packed_sizes", "unpack_int8_linear", "check_packed_int8", "can_pack", "packed_info"]
+           "packed_sizes", "unpack_int8_linear", "check_packed_int8", "check_packed_module", "can_pack",
+           "packed_info"]
 
 PACKED_LAYOUT_VERSION = 1
 # buffer names, beside weight_qdata / weight_scale / weight_zero_point
@@ -148,14 +149,42 @@ def check_packed_int8(packed: torch.Tensor, colsum: torch.Tensor, info: torch.Te
     if values is None or len(values) != 5 or values[:3] != [PACKED_LAYOUT_VERSION, n, k] or values[4] != 1 \
             or values[3] not in (0, 1):
         return f"weight_packed_info {values} does not describe a [{n}, {k}] weight (layout {PACKED_LAYOUT_VERSION})"
-    sums, has_m128, padding_nonzero = kernels.packed_check(packed, n, k)
-    if padding_nonzero:
-        return "nonzero padding past the last column or channel"
-    if not torch.equal(sums, colsum.cpu()):
-        return "weight_colsum does not match the packed weight"
-    if has_m128 != bool(values[3]):
+    problem, has_m128 = _check_group(packed, colsum, n, k)
+    if problem is None and has_m128 != bool(values[3]):
+        return "weight_packed_info's -128 flag does not match the packed weight"
+    return problem
+
+
+def check_packed_module(module) -> Optional[str]:
+    """:func:`check_packed_int8` for a module's packed buffers (Linear, or Conv2d with
+    groups), e.g. as rebuilt from a file: why they are inconsistent, or None."""
+    info = packed_info(module)
+    if info is None:
+        return "weight_packed / weight_colsum do not have the sizes weight_packed_info describes"
+    n, k, groups = info["out_features"], info["in_features"], info["groups"]
+    out_g = n // groups
+    np_g = -(-out_g // 16) * 16
+    size_g = np_g * (-(-k // 4) * 4)
+    any_m128 = False
+    for g in range(groups):
+        problem, has_m128 = _check_group(module.weight_packed[g * size_g:(g + 1) * size_g],
+                                         module.weight_colsum[g * np_g:(g + 1) * np_g], out_g, k)
+        if problem is not None:
+            return problem
+        any_m128 |= has_m128
+    if any_m128 != info["has_m128"]:
         return "weight_packed_info's -128 flag does not match the packed weight"
     return None
+
+
+def _check_group(packed: torch.Tensor, colsum: torch.Tensor, n: int, k: int):
+    """(problem or None, some byte is -128) for one group's packed block."""
+    sums, has_m128, padding_nonzero = kernels.packed_check(packed, n, k)
+    if padding_nonzero:
+        return "nonzero padding past the last column or channel", has_m128
+    if not torch.equal(sums, colsum.cpu()):
+        return "weight_colsum does not match the packed weight", has_m128
+    return None, has_m128
 
 
 def packed_info(module) -> Optional[dict]:

@@ -11,7 +11,7 @@ from typing import Any, Dict, Iterator, List, Mapping, Optional, Tuple
 import torch
 from torch import nn
 
-from ..packing import PACKED_BUFFERS, check_packed_int8, unpack_int8_linear
+from ..packing import PACKED_BUFFERS, check_packed_int8, check_packed_module, unpack_int8_linear
 from ..modules import QuantizedLinear
 from ..modules.registry import qmodule_for
 from ..qtypes import get_qtype
@@ -294,9 +294,14 @@ def _check_weight_shape(layer, float_module: nn.Module, name: str) -> None:
 def _rebuild_saved(layer, own: Dict[str, torch.Tensor]) -> nn.Module:
     cls = quantized_class(layer["class"])
     try:
-        return cls.from_saved(layer["init_kwargs"], layer["attrs"], own)
+        module = cls.from_saved(layer["init_kwargs"], layer["attrs"], own)
     except (TypeError, ValueError, KeyError) as exc:
         raise CheckpointError(f"layer {layer['name'] or '<root>'!r}: cannot rebuild {cls.__name__}: {exc}") from exc
+    if "weight_packed" in own:  # the kernels will trust these: check them once, here
+        problem = check_packed_module(module)
+        if problem:
+            raise CheckpointError(f"layer {layer['name'] or '<root>'!r}: bad packed int8 weight: {problem}")
+    return module
 
 
 def _packed_int8_layer(layer, own: Mapping[str, torch.Tensor]) -> bool:
