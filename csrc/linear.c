@@ -62,13 +62,13 @@ static void packed_check_range(void *vctx, int64_t p0, int64_t p1) {
     const int64_t kp = mq_round_up(c->k, MQ_KGROUP), groups = kp / MQ_KGROUP;
     for (int64_t p = p0; p < p1; p++) {
         const int8_t *panel = c->packed + p * MQ_PANEL * kp;
-        int32_t acc[MQ_PANEL * MQ_KGROUP] = {0};
+        uint32_t acc[MQ_PANEL * MQ_KGROUP] = {0}; /* wraps like the stored int32 sums, without signed overflow */
         int8_t lowest[MQ_PANEL * MQ_KGROUP];
         memset(lowest, 0, sizeof lowest);
         for (int64_t g = 0; g < groups; g++) {
             const int8_t *src = panel + g * MQ_PANEL * MQ_KGROUP;
             for (int j = 0; j < MQ_PANEL * MQ_KGROUP; j++) {
-                acc[j] += src[j];
+                acc[j] += (uint32_t)(int32_t)src[j];
                 lowest[j] = src[j] < lowest[j] ? src[j] : lowest[j];
             }
         }
@@ -77,7 +77,7 @@ static void packed_check_range(void *vctx, int64_t p0, int64_t p1) {
         const int64_t nvalid = c->n - p * MQ_PANEL;
         const int8_t *last = panel + (groups - 1) * MQ_PANEL * MQ_KGROUP;
         for (int ch = 0; ch < MQ_PANEL; ch++) {
-            c->sums[p * MQ_PANEL + ch] = acc[ch * 4] + acc[ch * 4 + 1] + acc[ch * 4 + 2] + acc[ch * 4 + 3];
+            c->sums[p * MQ_PANEL + ch] = (int32_t)(acc[ch * 4] + acc[ch * 4 + 1] + acc[ch * 4 + 2] + acc[ch * 4 + 3]);
             for (int j = 0; j < MQ_KGROUP; j++) {
                 int padding_column = (groups - 1) * MQ_KGROUP + j >= c->k;
                 if (padding_column && last[ch * MQ_KGROUP + j]) flags |= 2;

@@ -248,3 +248,38 @@ def test_load_checks_packed_buffers_of_saved_models(tmp_path):
         save_file(broken, str(tmp_path / "bad.safetensors"), metadata=metadata)
         with pytest.raises(mq.io.CheckpointError, match=f"layer '{key[0]}': bad packed int8 weight"):
             mq.load(tmp_path / "bad.safetensors", model=model)
+
+
+def test_packed_buffers_must_fit_the_module_they_run_in():
+    """Second-review findings: packed buffers consistent among themselves but not with the
+    module (a hand-edited file) are refused; a saved format alias is stored canonically;
+    an empty packed layer is not taken as it is."""
+    from torch import nn
+
+    from mono_quant.io.load import _packed_int8_layer
+    from mono_quant.modules import QuantizedLinear
+    from mono_quant.packing import check_packed_module
+
+    q = mq.quantize(nn.Linear(7, 16, bias=False), min_weight_numel=1).model
+    tensors = dict(q.state_dict())
+    attrs = {**q.get_state_attrs(), "activations": q.activations}
+    assert check_packed_module(q) is None
+    wrong = QuantizedLinear.from_saved({"in_features": 7, "out_features": 32, "weight_format": "int8"}, attrs, tensors)
+    assert "the module a [32, 7] weight" in check_packed_module(wrong)
+    short = QuantizedLinear.from_saved(q.init_kwargs(), attrs, {**tensors, "weight_scale": tensors["weight_scale"][:3]})
+    assert "weight_scale has 3 entries" in check_packed_module(short)
+    alias = QuantizedLinear.from_saved(q.init_kwargs(), {**attrs, "weight_format": "INT8"}, tensors)
+    assert alias.weight_format == "int8"
+    x = torch.randn(2, 7)
+    assert torch.equal(alias(x), q(x))
+    assert not _packed_int8_layer({"dtype": "int8", "axis": 0, "shape": [0, 7]},
+                                  {"weight_packed": 1, "weight_colsum": 1, "weight_packed_info": 1})
+
+
+def test_compare_rescales_finite_float64_beyond_squares():
+    from mono_quant.io import compare as compare_module
+
+    a = torch.tensor([1e200, -3e199, 5e199], dtype=torch.float64)
+    b = a * (1 + 1e-3)
+    got = compare_module._sqnr(a, b)
+    assert got is not None and abs(got - 60.0) < 1e-6

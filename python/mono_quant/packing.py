@@ -162,6 +162,14 @@ def check_packed_module(module) -> Optional[str]:
     if info is None:
         return "weight_packed / weight_colsum do not have the sizes weight_packed_info describes"
     n, k, groups = info["out_features"], info["in_features"], info["groups"]
+    shape = tuple(getattr(module, "weight_shape", ()))
+    if len(shape) < 2 or shape[0] != n or math.prod(shape[1:]) != k or getattr(module, "groups", 1) != groups:
+        return (f"weight_packed_info describes a [{n}, {k}] weight in {groups} groups, the module a {list(shape)} "
+                f"weight in {getattr(module, 'groups', 1)}")
+    for name, allowed in (("weight_scale", (1, n)), ("weight_zero_point", (1, n)), ("bias", (n,))):
+        t = getattr(module, name, None)
+        if t is not None and t.numel() not in allowed:
+            return f"{name} has {t.numel()} entries for {n} output channels"
     out_g = n // groups
     np_g = -(-out_g // 16) * 16
     size_g = np_g * (-(-k // 4) * 4)

@@ -151,13 +151,23 @@ def _sqnr(a: torch.Tensor, b: torch.Tensor) -> Optional[float]:
     if not (a.is_floating_point() and b.is_floating_point()):
         return math.inf if torch.equal(a, b) else None
     a, b = a.detach().reshape(-1), b.detach().reshape(-1)
+    signal, noise = _power_sums(a, b, 1.0)
+    if not (math.isfinite(signal) and math.isfinite(noise)):
+        if not (bool(torch.isfinite(a).all()) and bool(torch.isfinite(b).all())):
+            return math.inf if torch.equal(a, b) else None
+        # finite float64 values past ~1e154 overflow their squares: the ratio doesn't depend on a scale
+        signal, noise = _power_sums(a, b, max(float(a.abs().max()), float(b.abs().max())))
+    return sqnr_db(signal, noise)
+
+
+def _power_sums(a: torch.Tensor, b: torch.Tensor, scale: float) -> Tuple[float, float]:
+    """(sum (a/scale)^2, sum ((a-b)/scale)^2) in float64, chunk by chunk."""
     signal = noise = 0.0
     for start in range(0, a.numel(), _CHUNK):
         a64, b64 = a[start:start + _CHUNK].double(), b[start:start + _CHUNK].double()
+        if scale != 1.0:
+            a64, b64 = a64 / scale, b64 / scale
         diff = a64 - b64
         signal += float(torch.dot(a64, a64))
         noise += float(torch.dot(diff, diff))
-    # float32 / float16 squares can't overflow float64: a non-finite sum means a NaN/Inf element
-    if not (math.isfinite(signal) and math.isfinite(noise)):
-        return math.inf if torch.equal(a, b) else None
-    return sqnr_db(signal, noise)
+    return signal, noise

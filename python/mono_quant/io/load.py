@@ -305,7 +305,8 @@ def _rebuild_saved(layer, own: Dict[str, torch.Tensor]) -> nn.Module:
 
 
 def _packed_int8_layer(layer, own: Mapping[str, torch.Tensor]) -> bool:
-    return (layer.get("dtype") == "int8" and layer.get("axis") == 0 and len(layer.get("shape", ())) == 2
+    shape = layer.get("shape", ())
+    return (layer.get("dtype") == "int8" and layer.get("axis") == 0 and len(shape) == 2 and min(shape) >= 1
             and "weight_qdata" not in own and all(n in own for n in PACKED_BUFFERS))
 
 

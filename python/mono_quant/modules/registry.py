@@ -156,7 +156,7 @@ class QuantizedModule(nn.Module):
                 if not isinstance(value, torch.dtype):
                     raise ValueError(f"{cls.__name__}: bad saved orig_dtype {attrs[name]!r}")
             setattr(module, name, value)
-        get_qtype(module.weight_format)  # validates the saved format name
+        module.weight_format = get_qtype(module.weight_format).name  # validated, and canonical (forward tests it)
         for name, tensor in tensors.items():
             if "." in name:
                 raise ValueError(f"{cls.__name__}: saved tensor {name!r} belongs to a child module")
