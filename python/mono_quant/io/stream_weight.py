@@ -7,9 +7,9 @@ can be written.  For a checkpoint that costs a fresh output buffer per
 tensor (page faults on every 4 KiB), keeps the whole input tensor's pages
 mapped, and leaves the writer idle until the tensor is done.  Here the
 weight goes through in parts of whole 16-row panels, each quantized by the
-C kernel straight into the writer's direct-I/O staging buffer (no copy) or
-into a reusable part buffer that a writer thread writes, so quantizing and
-writing overlap and memory holds a few parts instead of whole tensors.  A
+C kernel straight into the writer's staging buffer (no copy; written with
+direct I/O where that pays) or into a reusable part buffer, so quantizing
+and writing overlap and memory holds a few parts instead of whole tensors.  A
 safetensors shard's rows are read by the kernel itself (pread into
 per-thread buffers that stay in cache, nothing mapped); other inputs are
 read through their memory map, whose pages are dropped part by part.  The
