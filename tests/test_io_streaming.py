@@ -108,17 +108,16 @@ def test_direct_io_choice(tmp_path, monkeypatch):
 # ---- writer: parts and regions ---------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("background", [False, True])
 @pytest.mark.parametrize("direct", ["0", "1", "no path"])
-def test_writer_parts_and_regions(tmp_path, monkeypatch, background, direct):
+def test_writer_parts_and_regions(tmp_path, monkeypatch, direct):
     """Staged sinks (direct or not; the caller fills regions, parts are copied) and a plain
-    file with or without a writer thread (parts written from recycled buffers)."""
+    file (parts written from recycled buffers)."""
     monkeypatch.setenv("MONO_QUANT_DIRECT_IO", "1" if direct == "1" else "0")
     monkeypatch.setattr(sink_module, "_STAGE_BYTES", 2 * DIRECT_ALIGN)
     big = torch.randint(-128, 128, (50000,), generator=_gen(1), dtype=torch.int8)
     small = torch.randn(7, 3)
     path = tmp_path / "w.safetensors"
-    with open(path, "w+b") as f, StreamingWriter(f, 100, background=background, part_bytes=3000, part_buffers=2,
+    with open(path, "w+b") as f, StreamingWriter(f, 100, part_bytes=3000,
                                                  path=None if direct == "no path" else path) as writer:
         assert direct == "1" or not writer.direct_io  # with "1", direct where the file system allows
         writer.add("small", small)
@@ -248,7 +247,7 @@ def _assert_same(path, sd, **options):
 @pytest.mark.parametrize("stage,part", [(3 * 4096, 5000), (1 << 20, 1 << 20), (4096, 100)])
 def test_streamed_checkpoint_matches_quantize(tmp_path, monkeypatch, direct, stage, part):
     """Small staging buffers and parts force every path: in place, panels straddling a
-    staging buffer's end, part buffers, panels larger than a part, a writer thread."""
+    staging buffer's end, part buffers, panels larger than a part, plain writes."""
     monkeypatch.setenv("MONO_QUANT_DIRECT_IO", direct)
     monkeypatch.setattr(sink_module, "_STAGE_BYTES", stage)
     monkeypatch.setattr(checkpoint_module, "_PART_BYTES", part)
@@ -375,8 +374,8 @@ def test_staged_sink_failed_start_leaks_nothing(tmp_path, monkeypatch):
             os.fstat(fd)  # closed
 
 
-def test_part_buffers_never_block_without_a_writer_thread(tmp_path):
-    with open(tmp_path / "w.bin", "w+b") as f, StreamingWriter(f, part_bytes=64, part_buffers=1) as writer:
+def test_part_buffers_never_block(tmp_path):
+    with open(tmp_path / "w.bin", "w+b") as f, StreamingWriter(f, part_bytes=64) as writer:
         first = writer.part_buffer()
         second = writer.part_buffer()  # the first never came back: a new one instead of waiting forever
         assert first is not second

@@ -243,7 +243,7 @@ def _quantize_module(model: nn.Module, cfg: QuantConfig, progress: bool, weights
         has_bias = getattr(m, "bias", None) is not None  # nn.Embedding has no bias
         b = (weights.get(_key(name, "bias")) if weights is not None else m.bias) if has_bias else None
         key = (id(w), qtype.name)
-        direct = None  # (scale, zero_point, packed buffers): quantized straight into the packed layout
+        direct = None  # (scale, zero_point, packed buffers, symmetric): quantized straight into the packed layout
         try:
             if key in packed_by_weight:
                 first, sqnr = packed_by_weight[key]
@@ -252,7 +252,7 @@ def _quantize_module(model: nn.Module, cfg: QuantConfig, progress: bool, weights
                 symmetric = cfg.symmetric_for("Linear")
                 qmin, qmax = qtype.qrange(symmetric)
                 scale, zero_point, packed, sx, se = quantize_and_pack_int8(w, qmin, qmax, symmetric, True)
-                direct, stored, sqnr = (scale, zero_point, packed), None, sqnr_db(sx, se)
+                direct, stored, sqnr = (scale, zero_point, packed, symmetric), None, sqnr_db(sx, se)
             else:
                 stored, sqnr = _convert_weight(w, qtype, cfg, type(m).__name__, weight_cache)
         except NonFiniteWeightError as exc:
@@ -265,7 +265,7 @@ def _quantize_module(model: nn.Module, cfg: QuantConfig, progress: bool, weights
             skipped.append(SkippedLayer(name, type(m).__name__, f"non-finite weights (NaN/Inf in channel {exc.row})"))
             continue
         if direct is not None:
-            qm = QuantizedLinear.from_packed_int8(m, *direct, cfg.symmetric_for("Linear"), cfg.activations)
+            qm = QuantizedLinear.from_packed_int8(m, *direct, cfg.activations)
         else:
             qm = qmodule_for(m).from_float(m, stored)
             if hasattr(qm, "set_activations") and isinstance(stored, QuantizedWeight):

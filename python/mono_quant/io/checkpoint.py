@@ -12,6 +12,7 @@ quantized form at a time.
 from __future__ import annotations
 
 import ctypes
+import functools
 import json
 import mmap
 import os
@@ -42,7 +43,27 @@ _TORCH_SUFFIXES = (".pt", ".pth", ".bin")
 _PART_BYTES = 4 << 20  # a streamed weight's part: large enough to keep calls few, small enough to stay in cache
 
 
-class _SafetensorsShard:
+class _Descriptor:
+    """A shard's read-only file descriptor for pread locations, opened on first use."""
+
+    path: Path
+    _fd: Optional[int] = None
+
+    def _descriptor(self) -> int:
+        if self._fd is None:
+            try:
+                self._fd = os.open(self.path, os.O_RDONLY)
+            except OSError as exc:
+                raise CheckpointError(f"{self.path}: cannot open: {exc}") from exc
+        return self._fd
+
+    def _close_descriptor(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+
+class _SafetensorsShard(_Descriptor):
     """A safetensors file, memory-mapped once (privately: nothing can write the
     file); tensors are zero-copy views of the map.  :meth:`release` drops the
     pages under a tensor (or a part of one) from this process, so the map
@@ -54,7 +75,6 @@ class _SafetensorsShard:
         self.header = read_header(path)
         self._map: Optional[mmap.mmap] = None
         self._address = 0
-        self._fd: Optional[int] = None
 
     def keys(self) -> List[str]:
         return list(self.header.tensors)
@@ -95,30 +115,18 @@ class _SafetensorsShard:
         """(an open file descriptor, byte offset) of ``key``'s data, to read it without mapping."""
         if os.name != "posix" or sys.byteorder != "little":
             return None
-        if self._fd is None:
-            try:
-                self._fd = os.open(self.path, os.O_RDONLY)
-            except OSError as exc:
-                raise CheckpointError(f"{self.path}: cannot open: {exc}") from exc
-        return self._fd, self.header.data_start + self.header.tensors[key].begin
+        return self._descriptor(), self.header.data_start + self.header.tensors[key].begin
 
     def release(self, key: str, tensor: torch.Tensor) -> None:
-        if self._map is None or tensor.numel() == 0 or not hasattr(mmap, "MADV_DONTNEED"):
-            return  # (no madvise on Windows: the pages go when the map does)
-        start = tensor.data_ptr() - self._address
-        end = start + tensor.numel() * tensor.element_size()
-        if 0 <= start and end <= len(self._map):
-            first = start - start % mmap.PAGESIZE
-            self._map.madvise(mmap.MADV_DONTNEED, first, end - first)
+        if self._map is not None:
+            _drop_pages(tensor, [(self._address, self._address + len(self._map), 0)])
 
     def close(self) -> None:
         self._map = None  # unmapped once no tensor views it any more
-        if self._fd is not None:
-            os.close(self._fd)
-            self._fd = None
+        self._close_descriptor()
 
 
-class _TorchShard:
+class _TorchShard(_Descriptor):
     """A torch.save'd state_dict, memory-mapped; only tensors are accepted (weights_only)."""
 
     def __init__(self, path: Path):
@@ -140,7 +148,6 @@ class _TorchShard:
             raise CheckpointError(f"{path}: not a state_dict of tensors (entries {bad[:5]!r})")
         self._tensors: Dict[str, torch.Tensor] = obj
         self._mappings: Optional[List[Tuple[int, int, int]]] = None
-        self._fd: Optional[int] = None
         # torch.load byte-swaps a file saved on a machine of the other byte order in its private
         # map: then the file's bytes are not the tensors' and the swapped pages must stay
         self._file_is_tensors = _archive_byteorder(path) in (None, sys.byteorder)
@@ -168,12 +175,7 @@ class _TorchShard:
         end = start + t.numel() * t.element_size()
         for lo, hi, file_offset in self._mappings:
             if lo <= start and end <= hi:
-                if self._fd is None:
-                    try:
-                        self._fd = os.open(self.path, os.O_RDONLY)
-                    except OSError as exc:
-                        raise CheckpointError(f"{self.path}: cannot open: {exc}") from exc
-                return self._fd, file_offset + (start - lo)
+                return self._descriptor(), file_offset + (start - lo)
         return None
 
     def release(self, key: str, tensor: torch.Tensor) -> None:
@@ -188,9 +190,7 @@ class _TorchShard:
 
     def close(self) -> None:
         self._tensors = {}
-        if self._fd is not None:
-            os.close(self._fd)
-            self._fd = None
+        self._close_descriptor()
 
 
 def _archive_byteorder(path: Path) -> Optional[str]:
@@ -223,23 +223,24 @@ def _file_mappings(path: Path) -> List[Tuple[int, int, int]]:
         return []
 
 
+@functools.lru_cache(maxsize=None)
+def _libc() -> ctypes.CDLL:
+    return ctypes.CDLL(None, use_errno=True)
+
+
 def _drop_pages(tensor: torch.Tensor, mappings: List[Tuple[int, int, int]]) -> None:
     """madvise(MADV_DONTNEED) the pages under ``tensor`` when they lie in a file
     mapping (clean file pages are only dropped from this process, never lost;
-    anonymous memory is never touched)."""
-    if not mappings or tensor.numel() == 0:
+    anonymous memory is never touched; no madvise on Windows: the pages go when the map does)."""
+    if not mappings or tensor.numel() == 0 or not hasattr(mmap, "MADV_DONTNEED"):
         return
-    import ctypes
-    import mmap
-
     page = mmap.PAGESIZE
     start = tensor.data_ptr()
     end = start + tensor.numel() * tensor.element_size()
     for lo, hi, _ in mappings:
         if lo <= start and end <= hi:
             first, last = start - start % page, min(hi, end + (-end) % page)
-            libc = ctypes.CDLL(None, use_errno=True)
-            libc.madvise(ctypes.c_void_p(first), ctypes.c_size_t(last - first), 4)  # MADV_DONTNEED
+            _libc().madvise(ctypes.c_void_p(first), ctypes.c_size_t(last - first), mmap.MADV_DONTNEED)
             return
 
 
@@ -398,8 +399,8 @@ def _index_plan(index: Path) -> List[Tuple[Path, Optional[set]]]:
 
 
 def _streams(key: str, tensor: torch.Tensor, cfg):
-    """The function that streams ``key`` in parts (see :mod:`.stream_weight`), or None to
-    quantize it whole: a selected, non-empty 2-D weight of a dtype the C kernels read,
+    """``(function that streams key in parts (see :mod:`.stream_weight`), layer name)``, or
+    None to quantize it whole: a selected, non-empty 2-D weight of a dtype the C kernels read,
     going to packed int8 or to int4, with NaN/Inf an error (a weight to skip must be
     checked whole before any of it is written)."""
     plan = state_dict_entry_plan(key, tensor, cfg)
@@ -408,9 +409,9 @@ def _streams(key: str, tensor: torch.Tensor, cfg):
             and tensor.dtype in (torch.float32, torch.float16, torch.bfloat16)):
         return None
     if packs_straight_to_int8(tensor, cfg):
-        return stream_packed_int8
+        return stream_packed_int8, plan[0]
     if get_qtype(cfg.dtype).name == "int4":
-        return stream_int4
+        return stream_int4, plan[0]
     return None
 
 
@@ -470,14 +471,13 @@ def quantize_checkpoint(src, dst, dtype=None, *, symmetric: Optional[bool] = Non
         reserve = _header_reserve(reader, keys)
         try:
             with atomic_output(dst, overwrite) as tmp:
-                with open(tmp, "w+b") as f, StreamingWriter(f, reserve, background=True, path=tmp,
-                                                    part_bytes=_PART_BYTES) as writer:
+                with open(tmp, "w+b") as f, StreamingWriter(f, reserve, path=tmp, part_bytes=_PART_BYTES) as writer:
                     for key, tensor in reader.items():
                         report.model_bytes_before += tensor_bytes(tensor)
-                        stream = _streams(key, tensor, cfg)
-                        if stream is not None:
-                            layer, own = stream(key, tensor, state_dict_entry_plan(key, tensor, cfg)[0], cfg, writer,
-                                                reader, measure_error)
+                        streamed = _streams(key, tensor, cfg)
+                        if streamed is not None:
+                            stream, name = streamed
+                            layer, own = stream(key, tensor, name, cfg, writer, reader, measure_error)
                             report.layers.append(layer)
                             report.model_bytes_after += layer.bytes_after
                             manifest["layers"].append(state_dict_layer_entry(layer, cfg, own, tensor.dtype))

@@ -13,9 +13,7 @@ from __future__ import annotations
 import json
 import math
 import os
-import queue
 import struct
-import threading
 from dataclasses import dataclass
 from typing import BinaryIO, Dict, List, Optional, Tuple
 
@@ -138,19 +136,19 @@ class StreamingWriter:
     The data goes after a reserved header area; :meth:`finish` writes the
     header there, padded with spaces.  When the header outgrows the
     reservation, :meth:`finish` moves the data up (one extra copy).  With
-    ``path`` (the file ``f`` was opened at) the data section goes through
-    staging buffers written by a thread, with direct I/O where it pays (see
-    :mod:`.sink`; the reservation is then rounded up to a page).  With ``background=True`` a thread does the writes, so
-    waiting on the disk overlaps the caller's work; at most
-    ``max_pending_bytes`` (or one tensor) wait in its queue.  A large tensor
-    can be streamed as consecutive parts (:meth:`begin`, :meth:`add_part`,
-    :meth:`end`), filling reusable buffers from :meth:`part_buffer`.  Use as a
-    context manager so the thread always stops; a write error is raised by
-    the next :meth:`add` / :meth:`add_part` or by :meth:`finish`.
+    ``path`` (the file ``f`` was opened at) the data section goes through the
+    staging buffers of a :class:`~.sink.StagedSink`, written by its own thread
+    (with direct I/O where it pays; the reservation is then rounded up to a
+    page), so waiting on the disk overlaps the caller's work; without, it is
+    written to ``f`` as it comes.  A large tensor can be streamed as
+    consecutive parts (:meth:`begin`, then :meth:`region` / :meth:`commit` to
+    fill the staging buffer in place, or :meth:`add_part`, e.g. of a reusable
+    :meth:`part_buffer`, then :meth:`end`).  Use as a context manager so the
+    sink's thread always stops; a write error is raised by the next write or
+    by :meth:`finish`.
     """
 
-    def __init__(self, f: BinaryIO, reserve: int = 1 << 16, *, background: bool = False,
-                 max_pending_bytes: int = 64 << 20, path=None, part_bytes: int = 4 << 20, part_buffers: int = 4):
+    def __init__(self, f: BinaryIO, reserve: int = 1 << 16, *, path=None, part_bytes: int = 4 << 20):
         self._f = f
         reserve = max(16, reserve)
         if path is not None:
@@ -163,20 +161,9 @@ class StreamingWriter:
         self._reserve = reserve
         self._entries: Dict[str, dict] = {}
         self._position = 0
-        self._error: Optional[BaseException] = None
-        self._thread = None
         self._open_tensor: Optional[list] = None  # [name, bytes expected, bytes added] while streaming parts
-        self._part_bytes, self._part_limit = part_bytes, max(1, part_buffers)
+        self._part_bytes = part_bytes
         self._free_parts: List[torch.Tensor] = []
-        self._parts_made = 0
-        self._max_pending = max_pending_bytes
-        self._pending = 0
-        self._room = threading.Condition()
-        # a staged sink has a thread of its own; the caller fills its staging buffers in place
-        if background and not self._sink.staged:
-            self._queue: "queue.Queue" = queue.Queue()
-            self._thread = threading.Thread(target=self._run, name="mono-quant-writer", daemon=True)
-            self._thread.start()
 
     @property
     def direct_io(self) -> bool:
@@ -188,9 +175,8 @@ class StreamingWriter:
         if self._open_tensor is not None:
             raise RuntimeError(f"add({name!r}) while {self._open_tensor[0]!r} is being streamed; end() it first")
         t = self._prepare(tensor)
-        nbytes = t.numel() * t.element_size()
-        self._register(name, tensor.dtype, list(t.shape), nbytes)
-        self._enqueue(t, nbytes, False)
+        self._register(name, tensor.dtype, list(t.shape), t.numel() * t.element_size())
+        self._write(t)
 
     def begin(self, name: str, dtype: torch.dtype, shape) -> None:
         """Start the tensor ``name`` of ``dtype`` and ``shape``, whose bytes follow as parts."""
@@ -204,17 +190,9 @@ class StreamingWriter:
 
     def part_buffer(self) -> torch.Tensor:
         """A reusable int8 buffer of ``part_bytes`` to fill and pass (or a prefix of it) to
-        :meth:`add_part` with ``recycle=True``; waits while all of them are queued."""
-        with self._room:
-            # only a writer thread hands buffers back while we wait; without one, a buffer that
-            # never came back (an error between here and add_part) must not block: make another
-            while (self._thread is not None and not self._free_parts and self._parts_made >= self._part_limit
-                   and self._error is None):
-                self._room.wait()
-            self._raise_pending_error()
-            if self._free_parts:
-                return self._free_parts.pop()
-            self._parts_made += 1
+        :meth:`add_part` with ``recycle=True`` (a new one when none has come back)."""
+        if self._free_parts:
+            return self._free_parts.pop()
         return torch.empty(self._part_bytes, dtype=torch.int8)
 
     @property
@@ -227,14 +205,12 @@ class StreamingWriter:
         if self._open_tensor is None:
             raise RuntimeError("add_part() outside begin() / end()")
         t = tensor if recycle else self._prepare(tensor)
-        nbytes = t.numel() * t.element_size()
-        name, expected, done = self._open_tensor
-        if done + nbytes > expected:
+        try:
+            self._count_part(t.numel() * t.element_size())
+            self._write(t)
+        finally:
             if recycle:
-                self._recycle(t)
-            raise ValueError(f"tensor {name!r}: parts add up to more than its {expected} bytes")
-        self._open_tensor[2] += nbytes
-        self._enqueue(t, nbytes, recycle)
+                self._free_parts.append(t._base if t._base is not None else t)
 
     def region(self) -> Optional[torch.Tensor]:
         """Where the next bytes of the tensor opened by :meth:`begin` can be made in place:
@@ -242,19 +218,15 @@ class StreamingWriter:
         then :meth:`commit` it: no copy), or None when the sink has no such buffer."""
         if self._open_tensor is None:
             raise RuntimeError("region() outside begin() / end()")
-        self._raise_pending_error()
-        view = self._sink.region() if self._thread is None else None
+        view = self._sink.region()
         if view is None or not len(view):
             return None
         return torch.frombuffer(view, dtype=torch.int8)
 
     def commit(self, nbytes: int) -> None:
         """Append the first ``nbytes`` of the last :meth:`region` to the open tensor."""
-        name, expected, done = self._open_tensor
-        if done + nbytes > expected:
-            raise ValueError(f"tensor {name!r}: parts add up to more than its {expected} bytes")
+        self._count_part(nbytes)
         self._sink.commit(nbytes)
-        self._open_tensor[2] += nbytes
 
     def end(self) -> None:
         """Close the tensor opened by :meth:`begin`; its parts must have covered it exactly."""
@@ -265,15 +237,20 @@ class StreamingWriter:
         if done != expected:
             raise ValueError(f"tensor {name!r}: parts cover {done} of its {expected} bytes")
 
-    def _prepare(self, tensor: torch.Tensor) -> torch.Tensor:
-        self._raise_pending_error()
+    def _count_part(self, nbytes: int) -> None:
+        name, expected, done = self._open_tensor
+        if done + nbytes > expected:
+            raise ValueError(f"tensor {name!r}: parts add up to more than its {expected} bytes")
+        self._open_tensor[2] += nbytes
+
+    @staticmethod
+    def _prepare(tensor: torch.Tensor) -> torch.Tensor:
         t = tensor.detach()
         if t.device.type != "cpu":
             t = t.cpu()
         return t.contiguous()
 
     def _register(self, name: str, dtype: torch.dtype, shape: list, nbytes: int) -> None:
-        self._raise_pending_error()
         if name in self._entries or name == "__metadata__":
             raise ValueError(f"duplicate tensor name {name!r} in the output")
         code = safetensors_code(dtype)
@@ -281,68 +258,14 @@ class StreamingWriter:
                                "data_offsets": [self._position, self._position + nbytes]}
         self._position += nbytes
 
-    def _enqueue(self, t: torch.Tensor, nbytes: int, recycle: bool) -> None:
-        if not nbytes:
-            if recycle:
-                self._recycle(t)
-            return
-        if self._thread is None:
-            try:
-                self._write(t)
-            finally:
-                if recycle:
-                    self._recycle(t)
-            return
-        with self._room:
-            while self._pending and self._pending + nbytes > self._max_pending and self._error is None:
-                self._room.wait()
-            self._pending += nbytes
-        self._queue.put((t, nbytes, recycle))
-        self._raise_pending_error()
-
-    def _recycle(self, t: torch.Tensor) -> None:
-        base = t._base if t._base is not None else t
-        with self._room:
-            self._free_parts.append(base)
-            self._room.notify_all()
-
     def _write(self, t: torch.Tensor) -> None:
-        self._sink.write(memoryview(t.reshape(-1).view(torch.uint8).numpy()))
-
-    def _run(self) -> None:
-        while True:
-            item = self._queue.get()
-            if item is None:
-                return
-            t, nbytes, recycle = item
-            try:
-                if self._error is None:
-                    self._write(t)
-            except BaseException as exc:  # reported to the caller by add() / finish()
-                self._error = exc
-            finally:
-                with self._room:
-                    self._pending -= nbytes
-                    self._room.notify_all()
-                if recycle:
-                    self._recycle(t)
-                del t, item
-
-    def _raise_pending_error(self) -> None:
-        if self._error is not None:
-            raise self._error
-
-    def _stop(self) -> None:
-        if self._thread is not None:
-            self._queue.put(None)
-            self._thread.join()
-            self._thread = None
+        if t.numel():
+            self._sink.write(memoryview(t.reshape(-1).view(torch.uint8).numpy()))
 
     def __enter__(self) -> "StreamingWriter":
         return self
 
     def __exit__(self, *exc) -> None:
-        self._stop()
         if self._sink is not None:
             self._sink.abort()
             self._sink = None
@@ -353,8 +276,6 @@ class StreamingWriter:
 
     def finish(self, metadata: Optional[Dict[str, str]] = None) -> None:
         """Wait for pending writes, write the header (with ``metadata`` as ``__metadata__``) and flush."""
-        self._stop()
-        self._raise_pending_error()
         if self._open_tensor is not None:
             raise RuntimeError(f"finish() while {self._open_tensor[0]!r} is being streamed")
         sink, self._sink = self._sink, None
