@@ -140,9 +140,9 @@ def check_packed_int8(packed: torch.Tensor, colsum: torch.Tensor, info: torch.Te
     padding, column sums equal to the packed rows' sums, the -128 flag right.  Cheaper than
     unpacking and packing again (one C pass over the packed bytes)."""
     n, k = (int(d) for d in shape)
-    np_, kp = -(-n // 16) * 16, -(-k // 4) * 4
-    if packed.dtype != torch.int8 or packed.dim() != 1 or packed.numel() != np_ * kp:
-        return f"weight_packed must be int8 [{np_ * kp}], got {packed.dtype} {list(packed.shape)}"
+    size, np_ = packed_sizes(n, k)
+    if packed.dtype != torch.int8 or packed.dim() != 1 or packed.numel() != size:
+        return f"weight_packed must be int8 [{size}], got {packed.dtype} {list(packed.shape)}"
     if colsum.dtype != torch.int32 or colsum.dim() != 1 or colsum.numel() != np_:
         return f"weight_colsum must be int32 [{np_}], got {colsum.dtype} {list(colsum.shape)}"
     values = info.tolist() if info.dtype == torch.int32 and info.dim() == 1 else None
@@ -171,8 +171,7 @@ def check_packed_module(module) -> Optional[str]:
         if t is not None and t.numel() not in allowed:
             return f"{name} has {t.numel()} entries for {n} output channels"
     out_g = n // groups
-    np_g = -(-out_g // 16) * 16
-    size_g = np_g * (-(-k // 4) * 4)
+    size_g, np_g = packed_sizes(out_g, k)
     any_m128 = False
     for g in range(groups):
         problem, has_m128 = _check_group(module.weight_packed[g * size_g:(g + 1) * size_g],

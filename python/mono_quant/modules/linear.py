@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .. import _C, kernels
-from ..packing import can_pack, pack_int8_linear, packed_info
+from ..packing import can_pack, pack_int8_linear, packed_info, packed_sizes
 from ..qtypes import QTYPES
 from ..int4 import int4_linear
 from .registry import QuantizedModule, register_qmodule
@@ -160,8 +160,7 @@ def _build_args(module: QuantizedModule, info: dict):
     zp = module.weight_zero_point.detach().to(torch.int32).expand(n).contiguous()
     bias = None if module.bias is None else module.bias.detach().to(torch.float32).contiguous()
     out_g = n // groups
-    packed_size = -(-out_g // 16) * 16 * (-(-k // 4) * 4)
-    colsum_size = -(-out_g // 16) * 16
+    packed_size, colsum_size = packed_sizes(out_g, k)
     whole = (packed.numpy(), colsum.numpy(), scale.numpy(), zp.numpy(), None if bias is None else bias.numpy(), n,
              info["has_m128"])
     per_group = []
