@@ -293,6 +293,12 @@ int64_t mq_rows_minmax(const void *src, mq_src_t kind, int64_t rows, int64_t col
 void mq_rows_quantize(const void *src, mq_src_t kind, int64_t rows, int64_t cols,
                       const float *scale, const int32_t *zero_point, int per_row,
                       int qmin, int qmax, int use_fma, uint8_t *dst, int nthreads);
+/* One row: min/max, qparams, quantize into q and, when sum_x2 is not NULL, its
+ * signal and noise powers.  Returns 1 (scale NaN, zero-point 0, q unwritten)
+ * when the row holds NaN/Inf, else 0.  k is the dispatched kernel table. */
+int mq_quantize_row_fused(const mq_kernels *k, mq_src_t kind, const uint8_t *row, int64_t cols, int qmin, int qmax,
+                          int symmetric, float *scale, int32_t *zero_point, uint8_t *q, double *sum_x2,
+                          double *sum_err2);
 /* min/max, qparams and quantize in one pass over each row (the row stays in
  * cache); when sum_x2 / sum_err2 are not NULL, also each row's signal and
  * noise power (see mq_sqerr_fn). */

@@ -117,24 +117,28 @@ void mq_rows_quantize(const void *src, mq_src_t kind, int64_t rows, int64_t cols
     mq_parallel_for(rows, rows_per_chunk(cols), nthreads, quantize_range, &c);
 }
 
+int mq_quantize_row_fused(const mq_kernels *k, mq_src_t kind, const uint8_t *row, int64_t cols, int qmin, int qmax,
+                          int symmetric, float *scale, int32_t *zero_point, uint8_t *q, double *sum_x2,
+                          double *sum_err2) {
+    float mn, mx;
+    if (k->minmax[kind](row, cols, &mn, &mx)) {
+        *scale = NAN; /* reported by the driver; q left unwritten */
+        *zero_point = 0;
+        return 1;
+    }
+    mq_choose_qparams(mn, mx, qmin, qmax, symmetric, scale, zero_point);
+    k->quantize[kind](row, cols, 1.0f / *scale, (float)*zero_point, (float)qmin, (float)qmax, 0, q);
+    if (sum_x2) /* the row is still in cache: the error costs no extra memory traffic */
+        k->sqerr[kind](row, q, cols, *scale, (float)*zero_point, qmin < 0, sum_x2, sum_err2);
+    return 0;
+}
+
 static void quantize_fused_range(void *vctx, int64_t begin, int64_t end) {
     quantize_ctx *c = vctx;
-    for (int64_t r = begin; r < end; r++) {
-        const uint8_t *row = c->src + (size_t)r * c->row_bytes;
-        float mn, mx;
-        if (c->k->minmax[c->kind](row, c->cols, &mn, &mx)) {
-            c->scale_out[r] = NAN; /* reported by the driver; row left unwritten */
-            c->zp_out[r] = 0;
-            continue;
-        }
-        mq_choose_qparams(mn, mx, c->qmin, c->qmax, c->symmetric, &c->scale_out[r], &c->zp_out[r]);
-        uint8_t *q = c->dst + (size_t)r * (size_t)c->cols;
-        c->k->quantize[c->kind](row, c->cols, 1.0f / c->scale_out[r], (float)c->zp_out[r], (float)c->qmin,
-                                (float)c->qmax, 0, q);
-        if (c->sum_x2) /* the row is still in cache: the error costs no extra memory traffic */
-            c->k->sqerr[c->kind](row, q, c->cols, c->scale_out[r], (float)c->zp_out[r], c->qmin < 0,
-                                 &c->sum_x2[r], &c->sum_err2[r]);
-    }
+    for (int64_t r = begin; r < end; r++)
+        mq_quantize_row_fused(c->k, c->kind, c->src + (size_t)r * c->row_bytes, c->cols, c->qmin, c->qmax,
+                              c->symmetric, &c->scale_out[r], &c->zp_out[r], c->dst + (size_t)r * (size_t)c->cols,
+                              c->sum_x2 ? &c->sum_x2[r] : NULL, c->sum_x2 ? &c->sum_err2[r] : NULL);
 }
 
 int64_t mq_rows_quantize_fused(const void *src, mq_src_t kind, int64_t rows, int64_t cols, int qmin, int qmax,

@@ -90,20 +90,11 @@ static void qpack_range(void *vctx, int64_t p0, int64_t p1) {
         }
         for (int64_t ch = 0; ch < nvalid; ch++) {
             const int64_t r = row0 + ch;
-            const uint8_t *row = panel + (size_t)ch * c->row_bytes;
             uint8_t *q = (uint8_t *)scratch + ch * k;
-            float mn, mx;
-            if (kt->minmax[c->kind](row, k, &mn, &mx)) { /* NaN/Inf: reported by the driver */
-                c->scale[r] = NAN;
-                c->zp[r] = 0;
-                memset(q, 0, (size_t)k);
-                continue;
-            }
-            mq_choose_qparams(mn, mx, c->qmin, c->qmax, c->symmetric, &c->scale[r], &c->zp[r]);
-            kt->quantize[c->kind](row, k, 1.0f / c->scale[r], (float)c->zp[r], (float)c->qmin, (float)c->qmax, 0,
-                                  q);
-            if (c->sum_x2) /* the row is still in L1: the error costs no extra memory traffic */
-                kt->sqerr[c->kind](row, q, k, c->scale[r], (float)c->zp[r], 1, &c->sum_x2[r], &c->sum_err2[r]);
+            if (mq_quantize_row_fused(kt, c->kind, panel + (size_t)ch * c->row_bytes, k, c->qmin, c->qmax,
+                                      c->symmetric, &c->scale[r], &c->zp[r], q, c->sum_x2 ? &c->sum_x2[r] : NULL,
+                                      c->sum_x2 ? &c->sum_err2[r] : NULL))
+                memset(q, 0, (size_t)k); /* NaN/Inf (reported by the driver): pack zeros, not garbage */
         }
         kt->pack_panel(scratch, k, nvalid, k, c->packed + p * MQ_PANEL * kp, c->w_sum + row0, &c->panel_m128[p]);
     }
