@@ -1,96 +1,197 @@
 /* dispatch.c - CPU feature detection, done once, and the kernel tables.
  *
- * The wheel is compiled for baseline x86-64; SIMD kernels live in their own
- * compile units with their own -m flags and are only reached through these
- * tables, after the CPU (and the OS, via XCR0) said it supports them. */
+ * The only file that tests CPU features.  The wheel is compiled for
+ * baseline x86-64; SIMD kernels live in their own compile units with their
+ * own -m flags, and a compiler may use those instructions anywhere in such a
+ * unit, even in code that only stores function pointers (gcc did: an AVX-512
+ * store in a "fill" function killed every AVX2-only CPU at import).  So each
+ * ISA unit exports its kernels as a const table (data, no code), and this
+ * file, compiled for the baseline, overlays a table onto a level only after
+ * cpuid and the OS (XCR0: the register state is saved on context switches)
+ * said yes.  Nothing of an ISA unit is called before that check. */
 #include <stdlib.h>
 #include <string.h>
 
+#if defined(__x86_64__) || defined(__i386__)
+#include <cpuid.h>
+#endif
+
 #include "mq.h"
 
+typedef struct {
+    int avx2, fma, f16c, avx512f, avx512bw, avx512vl, avx512dq, avx512_vnni, avx512_bf16, avx_vnni, amx_int8;
+} cpu_features;
+
+static cpu_features cpu;
 static mq_kernels tables[MQ_ISA_COUNT];
 static mq_isa_t best_isa = MQ_ISA_SCALAR;
 static mq_isa_t active_isa = MQ_ISA_SCALAR;
 static int initialized = 0;
 
-int mq_cpu_has(const char *feature) {
 #if defined(__x86_64__) || defined(__i386__)
-    __builtin_cpu_init();
-    /* __builtin_cpu_supports needs a string literal, hence the ladder */
-    if (!strcmp(feature, "avx2")) return __builtin_cpu_supports("avx2");
-    if (!strcmp(feature, "fma")) return __builtin_cpu_supports("fma");
-    if (!strcmp(feature, "f16c")) {
-        unsigned a, b, c, d;
-        __asm__("cpuid" : "=a"(a), "=b"(b), "=c"(c), "=d"(d) : "a"(1), "c"(0));
-        return (c >> 29) & 1u;
+static uint64_t read_xcr0(void) {
+    uint32_t lo, hi;
+    __asm__ volatile("xgetbv" : "=a"(lo), "=d"(hi) : "c"(0));
+    return ((uint64_t)hi << 32) | lo;
+}
+
+static int bit(uint32_t reg, int b) { return (int)((reg >> b) & 1u); }
+
+static void detect(cpu_features *f) {
+    uint32_t a, b, c, d, max_leaf;
+    memset(f, 0, sizeof *f);
+    if (!__get_cpuid(0, &max_leaf, &b, &c, &d) || max_leaf < 1) return;
+    __get_cpuid(1, &a, &b, &c, &d);
+    const int avx = bit(c, 28), osxsave = bit(c, 27), fma = bit(c, 12), f16c = bit(c, 29);
+    /* the OS must save the wider registers, or using them corrupts state */
+    const uint64_t xcr0 = osxsave ? read_xcr0() : 0;
+    const int os_ymm = (xcr0 & 0x6) == 0x6;        /* SSE + AVX state */
+    const int os_zmm = (xcr0 & 0xe6) == 0xe6;      /* + opmask, ZMM_Hi256, Hi16_ZMM */
+    const int os_amx = (xcr0 & 0x60000) == 0x60000; /* XTILECFG + XTILEDATA */
+    if (!(avx && os_ymm)) return;
+    f->fma = fma;
+    f->f16c = f16c;
+    if (max_leaf < 7) return;
+    __get_cpuid_count(7, 0, &a, &b, &c, &d);
+    const uint32_t max_sub7 = a;
+    f->avx2 = bit(b, 5);
+    f->amx_int8 = os_amx && bit(d, 25);
+    if (os_zmm) {
+        f->avx512f = bit(b, 16);
+        f->avx512dq = bit(b, 17);
+        f->avx512bw = bit(b, 30);
+        f->avx512vl = bit(b, 31);
+        f->avx512_vnni = f->avx512f && bit(c, 11);
     }
-    if (!strcmp(feature, "avx512f")) return __builtin_cpu_supports("avx512f");
-    if (!strcmp(feature, "avx512bw")) return __builtin_cpu_supports("avx512bw");
-    if (!strcmp(feature, "avx512vl")) return __builtin_cpu_supports("avx512vl");
-    if (!strcmp(feature, "avx512dq")) return __builtin_cpu_supports("avx512dq");
-    if (!strcmp(feature, "avx512_vnni")) return __builtin_cpu_supports("avx512vnni");
-    if (!strcmp(feature, "avx512_bf16")) return __builtin_cpu_supports("avx512bf16");
-    if (!strcmp(feature, "avx_vnni")) return __builtin_cpu_supports("avxvnni");
-    if (!strcmp(feature, "amx_int8")) return __builtin_cpu_supports("amx-int8");
+    if (max_sub7 >= 1) {
+        __get_cpuid_count(7, 1, &a, &b, &c, &d);
+        f->avx_vnni = f->avx2 && bit(a, 4);
+        f->avx512_bf16 = f->avx512f && bit(a, 5);
+    }
+}
 #else
-    (void)feature;
+static void detect(cpu_features *f) { memset(f, 0, sizeof *f); }
 #endif
+
+int mq_cpu_has(const char *feature) {
+    static const struct {
+        const char *name;
+        size_t offset;
+    } names[] = {
+        {"avx2", offsetof(cpu_features, avx2)},
+        {"fma", offsetof(cpu_features, fma)},
+        {"f16c", offsetof(cpu_features, f16c)},
+        {"avx512f", offsetof(cpu_features, avx512f)},
+        {"avx512bw", offsetof(cpu_features, avx512bw)},
+        {"avx512vl", offsetof(cpu_features, avx512vl)},
+        {"avx512dq", offsetof(cpu_features, avx512dq)},
+        {"avx512_vnni", offsetof(cpu_features, avx512_vnni)},
+        {"avx512_bf16", offsetof(cpu_features, avx512_bf16)},
+        {"avx_vnni", offsetof(cpu_features, avx_vnni)},
+        {"amx_int8", offsetof(cpu_features, amx_int8)},
+    };
+    mq_active(); /* detection runs once, inside the table set-up */
+    for (size_t i = 0; i < sizeof names / sizeof names[0]; i++)
+        if (!strcmp(feature, names[i].name)) return *(const int *)((const char *)&cpu + names[i].offset);
     return 0;
 }
 
-mq_isa_t mq_cpu_best_isa(void) {
-    if (mq_cpu_has("avx512f") && mq_cpu_has("avx512bw") && mq_cpu_has("avx512vl") && mq_cpu_has("avx512dq") &&
-        mq_cpu_has("avx2") && mq_cpu_has("fma") && mq_cpu_has("f16c"))
-        return MQ_ISA_AVX512;
-    if (mq_cpu_has("avx2") && mq_cpu_has("fma") && mq_cpu_has("f16c")) return MQ_ISA_AVX2;
-    return MQ_ISA_SCALAR;
+static mq_isa_t best_level(const cpu_features *f) {
+    const int avx2 = f->avx2 && f->fma && f->f16c;
+    if (avx2 && f->avx512f && f->avx512bw && f->avx512vl && f->avx512dq) return MQ_ISA_AVX512;
+    return avx2 ? MQ_ISA_AVX2 : MQ_ISA_SCALAR;
 }
 
-static void fill_scalar(mq_kernels *k) {
-    k->name = "scalar";
-    k->minmax[MQ_SRC_F32] = mq_ref_minmax_f32;
-    k->minmax[MQ_SRC_F16] = mq_ref_minmax_f16;
-    k->minmax[MQ_SRC_BF16] = mq_ref_minmax_bf16;
-    k->quantize[MQ_SRC_F32] = mq_ref_quantize_f32;
-    k->quantize[MQ_SRC_F16] = mq_ref_quantize_f16;
-    k->quantize[MQ_SRC_BF16] = mq_ref_quantize_bf16;
-    k->dequantize = mq_ref_dequantize;
-    k->sqerr[MQ_SRC_F32] = mq_ref_sqerr_f32;
-    k->sqerr[MQ_SRC_F16] = mq_ref_sqerr_f16;
-    k->sqerr[MQ_SRC_BF16] = mq_ref_sqerr_bf16;
-    k->qgemm = mq_ref_qgemm;
-    k->qgemm_x_u8 = 0;
-    k->qgemm_name = "scalar";
-    k->wgemm = mq_ref_wgemm;
-    k->wgemm_name = "scalar";
-    k->pack_panel = mq_ref_pack_panel;
-    k->q4_pack = mq_ref_q4_pack;
-    k->q4_sqerr = mq_ref_q4_sqerr;
-    k->q4_unpack = mq_ref_q4_unpack;
-    k->q4_gemv = mq_ref_q4_gemv;
-    k->f32_panel = mq_ref_f32_panel;
-    k->q4_gemv_i8 = NULL; /* the int8-activation path only pays with integer dot-product instructions */
-    k->q4_act_i8 = mq_ref_q4_act_i8;
+mq_isa_t mq_cpu_best_isa(void) {
+    mq_active();
+    return best_isa;
+}
+
+static const mq_kernels scalar_table = {
+    .name = "scalar",
+    .minmax = {[MQ_SRC_F32] = mq_ref_minmax_f32, [MQ_SRC_F16] = mq_ref_minmax_f16,
+               [MQ_SRC_BF16] = mq_ref_minmax_bf16},
+    .quantize = {[MQ_SRC_F32] = mq_ref_quantize_f32, [MQ_SRC_F16] = mq_ref_quantize_f16,
+                 [MQ_SRC_BF16] = mq_ref_quantize_bf16},
+    .dequantize = mq_ref_dequantize,
+    .sqerr = {[MQ_SRC_F32] = mq_ref_sqerr_f32, [MQ_SRC_F16] = mq_ref_sqerr_f16, [MQ_SRC_BF16] = mq_ref_sqerr_bf16},
+    .qgemm = mq_ref_qgemm,
+    .qgemm_x_u8 = 0,
+    .qgemm_name = "scalar",
+    .wgemm = mq_ref_wgemm,
+    .wgemm_name = "scalar",
+    .pack_panel = mq_ref_pack_panel,
+    .q4_pack = mq_ref_q4_pack,
+    .q4_sqerr = mq_ref_q4_sqerr,
+    .q4_unpack = mq_ref_q4_unpack,
+    .q4_gemv = mq_ref_q4_gemv,
+    .f32_panel = mq_ref_f32_panel,
+    .q4_gemv_i8 = NULL, /* the int8-activation path only pays with integer dot-product instructions */
+    .q4_act_i8 = mq_ref_q4_act_i8,
+};
+
+/* dst takes every entry that src sets (reads data only; calls nothing). */
+static void overlay(mq_kernels *dst, const mq_kernels *src) {
+#define TAKE(field) \
+    if (src->field) dst->field = src->field
+    TAKE(name);
+    for (int s = 0; s < MQ_SRC_COUNT; s++) {
+        TAKE(minmax[s]);
+        TAKE(quantize[s]);
+        TAKE(sqerr[s]);
+    }
+    TAKE(dequantize);
+    if (src->qgemm) { /* the kernel, its activation encoding and its name go together */
+        dst->qgemm = src->qgemm;
+        dst->qgemm_x_u8 = src->qgemm_x_u8;
+        dst->qgemm_name = src->qgemm_name;
+    }
+    TAKE(wgemm);
+    TAKE(wgemm_name);
+    TAKE(pack_panel);
+    TAKE(q4_pack);
+    TAKE(q4_sqerr);
+    TAKE(q4_unpack);
+    TAKE(q4_gemv);
+    TAKE(f32_panel);
+    TAKE(q4_gemv_i8);
+    TAKE(q4_act_i8);
+#undef TAKE
+}
+
+/* The AVX2 level's int8 matmul: AVX-VNNI's vpdpbusd where the CPU has it,
+ * else the maddubs sign trick. */
+static void avx2_int8_matmul(mq_kernels *k) {
+    overlay(k, &mq_avx2_linear_table);
+    if (cpu.avx_vnni) overlay(k, &mq_avxvnni_linear_table);
 }
 
 static void init_tables(void) {
     if (initialized) return;
-    best_isa = mq_cpu_best_isa();
+    detect(&cpu);
+    best_isa = best_level(&cpu);
     /* each level starts from the one below, so a kernel without a SIMD twin
-     * at some level inherits the best lower implementation */
-    fill_scalar(&tables[MQ_ISA_SCALAR]);
+     * at some level inherits the best lower implementation; levels above
+     * the CPU's best stay copies of it (never a table it can't run) */
+    tables[MQ_ISA_SCALAR] = scalar_table;
     tables[MQ_ISA_AVX2] = tables[MQ_ISA_SCALAR];
-    mq_avx2_fill(&tables[MQ_ISA_AVX2]);
-    mq_avx2_linear_fill(&tables[MQ_ISA_AVX2]);
-    if (mq_cpu_has("avx_vnni")) mq_avxvnni_linear_fill(&tables[MQ_ISA_AVX2]); /* replaces the maddubs qgemm */
-    mq_avx2_pack_fill(&tables[MQ_ISA_AVX2]);
-    mq_avx2_int4_fill(&tables[MQ_ISA_AVX2]);
+    if (best_isa >= MQ_ISA_AVX2) {
+        overlay(&tables[MQ_ISA_AVX2], &mq_avx2_quant_table);
+        avx2_int8_matmul(&tables[MQ_ISA_AVX2]);
+        overlay(&tables[MQ_ISA_AVX2], &mq_avx2_pack_table);
+        overlay(&tables[MQ_ISA_AVX2], &mq_avx2_int4_table);
+    }
     tables[MQ_ISA_AVX512] = tables[MQ_ISA_AVX2];
-    mq_avx512_fill(&tables[MQ_ISA_AVX512]);
-    mq_avx512_linear_fill(&tables[MQ_ISA_AVX512]);
-    mq_avx512_pack_fill(&tables[MQ_ISA_AVX512]);
-    mq_avx512_int4_fill(&tables[MQ_ISA_AVX512]);
-    mq_avx512vnni_int4_fill(&tables[MQ_ISA_AVX512]);
+    if (best_isa >= MQ_ISA_AVX512) {
+        overlay(&tables[MQ_ISA_AVX512], &mq_avx512_quant_table);
+        overlay(&tables[MQ_ISA_AVX512], &mq_avx512_linear_table);
+        overlay(&tables[MQ_ISA_AVX512], &mq_avx512_pack_table);
+        overlay(&tables[MQ_ISA_AVX512], &mq_avx512_int4_table);
+        if (cpu.avx512_vnni) {
+            overlay(&tables[MQ_ISA_AVX512], &mq_avx512vnni_linear_table);
+            overlay(&tables[MQ_ISA_AVX512], &mq_avx512vnni_int4_table);
+        }
+    }
     active_isa = best_isa;
     initialized = 1;
 }
@@ -118,22 +219,14 @@ int mq_set_isa(mq_isa_t isa) {
 }
 
 int mq_use_vnni256_for_tests(int on) {
+    mq_kernels *avx2 = &tables[MQ_ISA_AVX2];
     init_tables();
     if (on) {
-        if (!(mq_cpu_has("avx512_vnni") && mq_cpu_has("avx512vl") && best_isa >= MQ_ISA_AVX512)) return -1;
-        mq_kernels probe = tables[MQ_ISA_AVX2];
-        mq_vnni256_evex_fill(&probe);
-        if (probe.qgemm == tables[MQ_ISA_AVX2].qgemm) return -1; /* built without the EVEX variant */
-        tables[MQ_ISA_AVX2].qgemm = probe.qgemm;
-        tables[MQ_ISA_AVX2].qgemm_x_u8 = probe.qgemm_x_u8;
-        tables[MQ_ISA_AVX2].qgemm_name = probe.qgemm_name;
+        if (!(cpu.avx512_vnni && cpu.avx512vl && best_isa >= MQ_ISA_AVX512)) return -1;
+        if (!mq_vnni256_evex_linear_table.qgemm) return -1; /* built without the EVEX variant */
+        overlay(avx2, &mq_vnni256_evex_linear_table);
         return 0;
     }
-    mq_kernels fresh = tables[MQ_ISA_SCALAR]; /* rebuild the AVX2 level's int8 matmul entries */
-    mq_avx2_linear_fill(&fresh);
-    if (mq_cpu_has("avx_vnni")) mq_avxvnni_linear_fill(&fresh);
-    tables[MQ_ISA_AVX2].qgemm = fresh.qgemm;
-    tables[MQ_ISA_AVX2].qgemm_x_u8 = fresh.qgemm_x_u8;
-    tables[MQ_ISA_AVX2].qgemm_name = fresh.qgemm_name;
+    if (best_isa >= MQ_ISA_AVX2) avx2_int8_matmul(avx2);
     return 0;
 }

@@ -111,14 +111,14 @@ static void wgemm_avx2(const mq_wgemm_args *a, int64_t p0, int64_t p1) {
             for (int64_t m0 = 0; m0 < a->m; m0 += 2) (a->m - m0 >= 2 ? wtile_2 : wtile_1)(a, m0, p, h);
 }
 
-void mq_avx2_linear_fill(mq_kernels *k) {
-    k->qgemm = qgemm_avx2;
-    k->qgemm_x_u8 = 0;
-    k->qgemm_name = "avx2_maddubs";
-    k->wgemm = wgemm_avx2;
-    k->wgemm_name = "avx2";
-}
+const mq_kernels mq_avx2_linear_table = {
+    .qgemm = qgemm_avx2,
+    .qgemm_x_u8 = 0,
+    .qgemm_name = "avx2_maddubs",
+    .wgemm = wgemm_avx2,
+    .wgemm_name = "avx2",
+};
 
 #else
-void mq_avx2_linear_fill(mq_kernels *k) { (void)k; }
+const mq_kernels mq_avx2_linear_table = {.name = NULL};
 #endif

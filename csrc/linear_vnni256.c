@@ -10,7 +10,7 @@
  *
  * A 16-channel panel is read as two 8-channel halves (32 bytes of each
  * 64-byte K-group); activations arrive as uint8 = int8 + 128 (qgemm_x_u8),
- * and the epilogue subtracts 128 * column sum, as linear_avx512.c does, so
+ * and the epilogue subtracts 128 * column sum, as linear_avx512_vnni.c does, so
  * the int32 accumulators equal mq_ref_qgemm's exactly. */
 #include "mq.h"
 
@@ -18,12 +18,12 @@
 #if defined(__x86_64__) && defined(__AVX512VNNI__) && defined(__AVX512VL__)
 #define MQ_VNNI256_OK 1
 #define MQ_DPBUSD256 _mm256_dpbusd_epi32
-#define MQ_VNNI256_FILL mq_vnni256_evex_fill
+#define MQ_VNNI256_TABLE mq_vnni256_evex_linear_table
 #endif
 #elif defined(__x86_64__) && defined(__AVXVNNI__)
 #define MQ_VNNI256_OK 1
 #define MQ_DPBUSD256 _mm256_dpbusd_avx_epi32
-#define MQ_VNNI256_FILL mq_avxvnni_linear_fill
+#define MQ_VNNI256_TABLE mq_avxvnni_linear_table
 #endif
 
 #if defined(MQ_VNNI256_OK)
@@ -74,18 +74,18 @@ static void qgemm_vnni256(const mq_qgemm_args *a, int64_t p0, int64_t p1) {
         for (int64_t m0 = 0; m0 < a->m; m0 += 4) vtiles[a->m - m0 < 4 ? a->m - m0 : 4](a, m0, p);
 }
 
-void MQ_VNNI256_FILL(mq_kernels *k) {
-    k->qgemm = qgemm_vnni256;
-    k->qgemm_x_u8 = 1; /* vpdpbusd multiplies unsigned activations: int8 + 128 */
+const mq_kernels MQ_VNNI256_TABLE = {
+    .qgemm = qgemm_vnni256,
+    .qgemm_x_u8 = 1, /* vpdpbusd multiplies unsigned activations: int8 + 128 */
 #if defined(MQ_VNNI256_EVEX)
-    k->qgemm_name = "vnni256_evex";
+    .qgemm_name = "vnni256_evex",
 #else
-    k->qgemm_name = "avx_vnni";
+    .qgemm_name = "avx_vnni",
 #endif
-}
+};
 
 #elif defined(MQ_VNNI256_EVEX)
-void mq_vnni256_evex_fill(mq_kernels *k) { (void)k; }
+const mq_kernels mq_vnni256_evex_linear_table = {.name = NULL};
 #else
-void mq_avxvnni_linear_fill(mq_kernels *k) { (void)k; }
+const mq_kernels mq_avxvnni_linear_table = {.name = NULL};
 #endif

@@ -249,23 +249,29 @@ void mq_ref_f32_panel(const float *x, int64_t ldx, int64_t m, const float *w, in
  * see quant.c for the one deliberate difference: the scale floor). */
 void mq_choose_qparams(float mn, float mx, int qmin, int qmax, int symmetric, float *scale, int32_t *zero_point);
 
-/* ---- SIMD twins (x86_avx2.c, x86_avx512.c); only called when dispatched --- */
-void mq_avx2_fill(mq_kernels *k);
-void mq_avx512_fill(mq_kernels *k);
 void mq_ref_qgemm(const mq_qgemm_args *a, int64_t p0, int64_t p1);
 void mq_ref_wgemm(const mq_wgemm_args *a, int64_t p0, int64_t p1);
-void mq_avx2_linear_fill(mq_kernels *k);   /* linear_avx2.c */
-void mq_avx512_linear_fill(mq_kernels *k); /* linear_avx512.c (VNNI) */
-void mq_avxvnni_linear_fill(mq_kernels *k);  /* linear_vnni256.c, VEX (AVX-VNNI) */
-void mq_vnni256_evex_fill(mq_kernels *k);    /* the same kernel, EVEX-encoded (tests on AVX-512 VNNI) */
+
+/* ---- SIMD twins: one const partial table per ISA-flagged compile unit -----
+ * Data only (ggml's type_traits_cpu[] is the model): an entry left NULL keeps
+ * the lower level's kernel.  dispatch.c overlays them after the CPU and the
+ * OS said yes, so no code of those units runs on a CPU that lacks their
+ * instructions.  Off x86, or without compiler support, a table is empty. */
+extern const mq_kernels mq_avx2_quant_table;          /* x86_avx2.c */
+extern const mq_kernels mq_avx2_linear_table;         /* linear_avx2.c (maddubs sign trick) */
+extern const mq_kernels mq_avxvnni_linear_table;      /* linear_vnni256.c, VEX (AVX-VNNI) */
+extern const mq_kernels mq_vnni256_evex_linear_table; /* the same kernel, EVEX-encoded (tests on AVX-512 VNNI) */
+extern const mq_kernels mq_avx2_pack_table;           /* x86_avx2_pack.c */
+extern const mq_kernels mq_avx2_int4_table;           /* x86_avx2_int4.c */
+extern const mq_kernels mq_avx512_quant_table;        /* x86_avx512.c */
+extern const mq_kernels mq_avx512_linear_table;       /* linear_avx512.c (weight-only) */
+extern const mq_kernels mq_avx512vnni_linear_table;   /* linear_avx512_vnni.c */
+extern const mq_kernels mq_avx512_pack_table;         /* x86_avx512_pack.c */
+extern const mq_kernels mq_avx512_int4_table;         /* x86_avx512_int4.c */
+extern const mq_kernels mq_avx512vnni_int4_table;     /* x86_avx512vnni_int4.c */
 /* Tests only: on the AVX2 level, run the 256-bit VNNI kernel in its EVEX
  * encoding (needs AVX-512 VNNI + VL); 0 ok, -1 when this CPU can't. */
 int mq_use_vnni256_for_tests(int on);
-void mq_avx2_pack_fill(mq_kernels *k);   /* x86_avx2_pack.c */
-void mq_avx512_pack_fill(mq_kernels *k); /* x86_avx512_pack.c */
-void mq_avx2_int4_fill(mq_kernels *k);   /* x86_avx2_int4.c */
-void mq_avx512_int4_fill(mq_kernels *k); /* x86_avx512_int4.c */
-void mq_avx512vnni_int4_fill(mq_kernels *k); /* x86_avx512vnni_int4.c (only if the CPU has VNNI) */
 
 /* ---- dispatch.c ------------------------------------------------------------ */
 mq_isa_t mq_cpu_best_isa(void);           /* best level this CPU and OS support */

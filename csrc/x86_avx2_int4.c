@@ -218,15 +218,15 @@ static void q4_gemv_i8(const int8_t *xq, int64_t m, const float *xscale, const i
     if (r < r1) mq_ref_q4_gemv_i8(xq, m, xscale, xqsum, w, kpad, group, scale, zero, r, r1, y, ldy);
 }
 
-void mq_avx2_int4_fill(mq_kernels *k) {
-    k->q4_pack = q4_pack;
-    k->q4_sqerr = q4_sqerr;
-    k->q4_unpack = q4_unpack;
-    k->q4_gemv = q4_gemv;
-    k->f32_panel = f32_panel;
-    k->q4_gemv_i8 = q4_gemv_i8;
-}
+const mq_kernels mq_avx2_int4_table = {
+    .q4_pack = q4_pack,
+    .q4_sqerr = q4_sqerr,
+    .q4_unpack = q4_unpack,
+    .q4_gemv = q4_gemv,
+    .f32_panel = f32_panel,
+    .q4_gemv_i8 = q4_gemv_i8,
+};
 
 #else
-void mq_avx2_int4_fill(mq_kernels *k) { (void)k; }
+const mq_kernels mq_avx2_int4_table = {.name = NULL};
 #endif

@@ -162,20 +162,16 @@ static void sqerr_bf16(const void *s, const uint8_t *q, int64_t n, float sc, flo
     sqerr_avx512(s, MQ_SRC_BF16, q, n, sc, zp, sg, x2, e2, mq_ref_sqerr_bf16);
 }
 
-void mq_avx512_fill(mq_kernels *k) {
-    k->name = "avx512";
-    k->minmax[MQ_SRC_F32] = minmax_f32;
-    k->minmax[MQ_SRC_F16] = minmax_f16;
-    k->minmax[MQ_SRC_BF16] = minmax_bf16;
-    k->quantize[MQ_SRC_F32] = quantize_f32;
-    k->quantize[MQ_SRC_F16] = quantize_f16;
-    k->quantize[MQ_SRC_BF16] = quantize_bf16;
-    k->dequantize = dequantize;
-    k->sqerr[MQ_SRC_F32] = sqerr_f32;
-    k->sqerr[MQ_SRC_F16] = sqerr_f16;
-    k->sqerr[MQ_SRC_BF16] = sqerr_bf16;
-}
+/* Data only: dispatch.c installs it after the CPU check (no code of this
+ * unit runs before). */
+const mq_kernels mq_avx512_quant_table = {
+    .name = "avx512",
+    .minmax = {[MQ_SRC_F32] = minmax_f32, [MQ_SRC_F16] = minmax_f16, [MQ_SRC_BF16] = minmax_bf16},
+    .quantize = {[MQ_SRC_F32] = quantize_f32, [MQ_SRC_F16] = quantize_f16, [MQ_SRC_BF16] = quantize_bf16},
+    .dequantize = dequantize,
+    .sqerr = {[MQ_SRC_F32] = sqerr_f32, [MQ_SRC_F16] = sqerr_f16, [MQ_SRC_BF16] = sqerr_bf16},
+};
 
 #else /* not x86-64: the table keeps the lower level's kernels */
-void mq_avx512_fill(mq_kernels *k) { (void)k; }
+const mq_kernels mq_avx512_quant_table = {.name = NULL};
 #endif

@@ -179,15 +179,15 @@ static void q4_act_i8(const float *x, int64_t kpad, int64_t group, int8_t *xq, f
     }
 }
 
-void mq_avx512_int4_fill(mq_kernels *k) {
-    k->q4_pack = q4_pack;
-    k->q4_sqerr = q4_sqerr;
-    k->q4_unpack = q4_unpack;
-    k->q4_gemv = q4_gemv;
-    k->f32_panel = f32_panel;
-    k->q4_act_i8 = q4_act_i8;
-}
+const mq_kernels mq_avx512_int4_table = {
+    .q4_pack = q4_pack,
+    .q4_sqerr = q4_sqerr,
+    .q4_unpack = q4_unpack,
+    .q4_gemv = q4_gemv,
+    .f32_panel = f32_panel,
+    .q4_act_i8 = q4_act_i8,
+};
 
 #else
-void mq_avx512_int4_fill(mq_kernels *k) { (void)k; }
+const mq_kernels mq_avx512_int4_table = {.name = NULL};
 #endif

@@ -76,8 +76,8 @@ static void pack_panel(const int8_t *rows, int64_t ld, int64_t nvalid, int64_t k
     }
 }
 
-void mq_avx512_pack_fill(mq_kernels *k) { k->pack_panel = pack_panel; }
+const mq_kernels mq_avx512_pack_table = {.pack_panel = pack_panel};
 
 #else
-void mq_avx512_pack_fill(mq_kernels *k) { (void)k; }
+const mq_kernels mq_avx512_pack_table = {.name = NULL};
 #endif

@@ -139,10 +139,9 @@ static void q4_gemv_i8(const int8_t *xq, int64_t m, const float *xscale, const i
     if (r < r1) mq_ref_q4_gemv_i8(xq, m, xscale, xqsum, w, kpad, group, scale, zero, r, r1, y, ldy);
 }
 
-void mq_avx512vnni_int4_fill(mq_kernels *k) {
-    if (mq_cpu_has("avx512_vnni")) k->q4_gemv_i8 = q4_gemv_i8;
-}
+/* installed by dispatch.c only where the CPU has AVX-512 VNNI */
+const mq_kernels mq_avx512vnni_int4_table = {.q4_gemv_i8 = q4_gemv_i8};
 
 #else
-void mq_avx512vnni_int4_fill(mq_kernels *k) { (void)k; }
+const mq_kernels mq_avx512vnni_int4_table = {.name = NULL};
 #endif
