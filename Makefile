@@ -7,7 +7,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip --disable-pip-version-check -q
 
-.PHONY: install demo test bench clean
+.PHONY: install demo test test-isa bench clean
 
 $(VENV)/.deps:
 	$(PYTHON) -m venv $(VENV)
@@ -23,6 +23,12 @@ demo: install
 
 test: install
 	$(PY) -m pytest -q -p no:cacheprovider tests
+
+# The package on CPUs without the host's instructions (qemu-user; see the
+# script's header): a smoke run of every entry point compared with a native
+# run at the same level, and the kernel tests, on an AVX2 and a pre-AVX2 CPU.
+test-isa: install
+	tools/test_isa_levels.sh
 
 bench: install
 	$(PY) benchmarks/bench_quantize.py

@@ -1,0 +1,47 @@
+#!/usr/bin/env bash
+# Runs mono-quant on CPUs that really lack the host's instructions, under
+# Debian's qemu-user, and compares every result with a native run capped at
+# the same kernel level (MONO_QUANT_ISA).  Capping the level on a wider host
+# proves nothing about a narrower CPU: code from an ISA-flagged unit that
+# runs before the CPU check (the bug of issue 9) only shows up here.
+#
+#   tools/test_isa_levels.sh            # the CI set: smoke + kernel tests
+#   ISA_LEVELS="Haswell-noTSX-IBRS:avx2" tools/test_isa_levels.sh
+#
+# qemu 7.2's TCG has AVX2 but no AVX-512, so the AVX-512 level runs natively
+# only (make test).  SandyBridge (AVX, no AVX2/FMA/F16C) stands for the
+# scalar level: numpy 2.x itself dies on qemu's Nehalem and Westmere models.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PY:-.venv/bin/python}
+QEMU=${QEMU:-qemu-x86_64}
+LEVELS=${ISA_LEVELS:-"Haswell-noTSX-IBRS:avx2 SandyBridge:scalar"}
+# kernel-vs-reference tests: small shapes, every kernel family once at least
+KERNEL_TESTS=${ISA_KERNEL_TESTS:-"tests/test_quant_kernels.py tests/test_quantize_weight.py tests/test_quantize_pack.py tests/test_int8_linear.py tests/test_int4_kernels.py tests/test_int8_conv.py"}
+
+if [ "$(uname -m)" != "x86_64" ]; then
+  echo "test_isa_levels: not an x86-64 host, nothing to emulate"; exit 0
+fi
+command -v "$QEMU" >/dev/null || { echo "test_isa_levels: $QEMU not found (apt-get install qemu-user)"; exit 1; }
+
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+quiet() { grep -v "TCG doesn't support requested feature" || true; }
+
+for entry in $LEVELS; do
+  cpu=${entry%%:*}; level=${entry##*:}
+  echo "== $level: native (MONO_QUANT_ISA=$level) vs qemu -cpu $cpu"
+  MONO_QUANT_ISA=$level "$PY" tests/isa_smoke.py run "$work/native-$level.npz" "$level"
+  set +e
+  "$QEMU" -cpu "$cpu" "$PY" tests/isa_smoke.py run "$work/emulated-$level.npz" "$level" 2>&1 | quiet
+  rc=${PIPESTATUS[0]}
+  set -e
+  [ "$rc" -eq 0 ] || { echo "test_isa_levels: the emulated $cpu run failed (exit $rc)"; exit 1; }
+  "$PY" tests/isa_smoke.py compare "$work/native-$level.npz" "$work/emulated-$level.npz"
+  set +e
+  "$QEMU" -cpu "$cpu" "$PY" -m pytest -q -p no:cacheprovider $KERNEL_TESTS 2>&1 | quiet
+  rc=${PIPESTATUS[0]}
+  set -e
+  [ "$rc" -eq 0 ] || { echo "test_isa_levels: kernel tests under $cpu failed (exit $rc)"; exit 1; }
+done
+echo "test_isa_levels: all emulated levels passed"
