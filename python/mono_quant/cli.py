@@ -12,7 +12,12 @@ __all__ = ["main", "build_parser"]
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="mono-quant", description="Quantize PyTorch models to INT8, FP16 or BF16.")
+    from . import __version__
+
+    parser = argparse.ArgumentParser(prog="mono-quant",
+                                     description="Quantize PyTorch models to INT8, INT4, FP16 or BF16.")
+    parser.add_argument("--version", action="version", version=f"mono-quant {__version__}",
+                        help="print the installed version and exit")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
     demo = sub.add_parser("demo", help="quantize the built-in example models and print a table")

@@ -36,7 +36,7 @@ _WEIGHT_ONLY = ("none", "weight_only", "weight-only")
 class QuantConfig:
     """Everything ``quantize()`` decides with.
 
-    - ``dtype``: "int8", "uint8", "fp16", "bf16".
+    - ``dtype``: "int8", "uint8", "int4", "fp16" or "bf16".
     - ``symmetric``: None means the scheme's default (int8 weights:
       symmetric, -127..127, what integer kernels want).
     - ``granularity``: "per_channel" (one scale per output channel) or "per_tensor".
