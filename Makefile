@@ -7,7 +7,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip --disable-pip-version-check -q
 
-.PHONY: install demo test test-isa bench clean
+.PHONY: install demo test test-isa docs bench clean
 
 $(VENV)/.deps:
 	$(PYTHON) -m venv $(VENV)
@@ -29,6 +29,13 @@ test: install
 # run at the same level, and the kernel tests, on an AVX2 and a pre-AVX2 CPU.
 test-isa: install
 	tools/test_isa_levels.sh
+
+# The API reference from the docstrings, with the guide and references
+# (mkdocs strict: any warning, such as a broken link or a docstring that
+# drifts from its signature, fails).
+docs: install
+	$(PIP) install "mkdocs==1.6.1" "mkdocstrings-python==2.0.11"
+	$(PY) -m mkdocs build --quiet
 
 bench: install
 	$(PY) benchmarks/bench_quantize.py

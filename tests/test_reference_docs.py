@@ -49,3 +49,14 @@ def test_version_agrees_with_the_package_metadata(capsys):
 def test_python_dash_m_is_the_same_command():
     out = subprocess.run([sys.executable, "-m", "mono_quant", "--version"], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == f"mono-quant {mq.__version__}"
+
+
+def test_every_public_name_is_in_the_api_reference():
+    page = (ROOT / "docs/api.md").read_text(encoding="utf-8")
+    missing = [name for name in mq.__all__ if name != "__version__" and f"::: mono_quant.{name}\n" not in page]
+    assert missing == [], f"add these to docs/api.md: {missing}"
+
+
+def test_every_public_callable_has_a_docstring():
+    undocumented = [name for name in mq.__all__ if callable(getattr(mq, name)) and not getattr(mq, name).__doc__]
+    assert undocumented == []
