@@ -45,14 +45,27 @@ class SmokeNet(nn.Module):
         return self.fc2(torch.relu(self.fc1(torch.cat([a, b], 1))))
 
 
+def _exact_random(rng: np.random.Generator, shape, scale: float) -> torch.Tensor:
+    """Random values that are the same bits on every CPU: integers times a
+    power of two.  (torch's own init and randn take ISA-dependent float paths:
+    an emulated pre-AVX2 CPU drew a different model.)"""
+    return torch.from_numpy(rng.integers(-(2 ** 15), 2 ** 15, size=shape).astype(np.float32) * scale)
+
+
 def _inputs():
-    g = torch.Generator().manual_seed(1)
-    return torch.randn(3, 3, 8, 8, generator=g), torch.randint(0, 40, (3, 5), generator=g)
+    rng = np.random.default_rng(1)
+    tokens = torch.from_numpy(rng.integers(0, 40, size=(3, 5)))
+    return _exact_random(rng, (3, 3, 8, 8), 2.0 ** -14), tokens
 
 
 def _model():
-    torch.manual_seed(0)
-    return SmokeNet().eval()
+    model = SmokeNet().eval()
+    rng = np.random.default_rng(0)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            fan_in = p[0].numel() if p.dim() > 1 else 1
+            p.copy_(_exact_random(rng, tuple(p.shape), 2.0 ** -15 / max(1, int(fan_in ** 0.5))))
+    return model
 
 
 def _state(prefix: str, model: nn.Module) -> Dict[str, np.ndarray]:
