@@ -17,6 +17,7 @@ from . import _C, reference
 
 __all__ = [
     "cpu_info",
+    "per_tensor_uses_fma",
     "get_isa",
     "set_isa",
     "num_threads",
@@ -67,6 +68,15 @@ _share_torch_threads()
 def cpu_info() -> dict:
     """CPU features mono-quant dispatches on, plus ``best_isa`` / ``active_isa``."""
     return _C.cpu_info()
+
+
+def per_tensor_uses_fma() -> bool:
+    """Whether torch.quantize_per_tensor rounds ``x * (1/scale) + zp`` with one
+    FMA on this CPU: fbgemm takes its AVX2 path (FMA) where the CPU has AVX2
+    and FMA, else the scalar loop, which rounds the product first (as per
+    channel).  Follows the CPU, not the MONO_QUANT_ISA cap, as torch does."""
+    info = _C.cpu_info()
+    return bool(info["avx2"] and info["fma"])
 
 
 def get_isa() -> str:

@@ -167,7 +167,7 @@ def quantize_int_with_error(tensor: torch.Tensor, qtype: QType, axis: Optional[i
         lo = mn.min().reshape(1) if mn.numel() else torch.zeros(1)
         hi = mx.max().reshape(1) if mx.numel() else torch.zeros(1)
         scale, zero_point = kernels.choose_qparams(lo, hi, qmin, qmax, symmetric)
-        q = kernels.quantize_rows(rows, scale, zero_point, qmin, qmax, use_fma=True)
+        q = kernels.quantize_rows(rows, scale, zero_point, qmin, qmax, use_fma=kernels.per_tensor_uses_fma())
         sx, se = kernels.rows_sqerr(rows, q, scale, zero_point) if with_error else (None, None)
     else:
         q, scale, zero_point, bad, sx, se = kernels.quantize_rows_fused(rows, qmin, qmax, symmetric, with_error)
