@@ -5,18 +5,21 @@ rotation (A B C A B C ...) after a warm-up, and the median with p10/p90 is
 reported (see ../shared/BENCHMARKS.md)."""
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import platform
 import statistics
+import subprocess
+import sys
 import time
 from pathlib import Path
-from typing import Callable, Dict
+from typing import Callable, Dict, Iterator
 
 import numpy as np
 import torch
 
-__all__ = ["machine_info", "interleaved", "summary", "write_results", "RESULTS_DIR"]
+__all__ = ["machine_info", "interleaved", "summary", "write_results", "background_load", "RESULTS_DIR"]
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 
@@ -71,3 +74,21 @@ def write_results(name: str, payload: dict) -> Path:
     path = RESULTS_DIR / f"{name}.json"
     path.write_text(json.dumps(payload, indent=2, default=str))
     return path
+
+
+@contextlib.contextmanager
+def background_load(processes: int) -> Iterator[None]:
+    """Run ``processes`` CPU-bound Python processes (a busy loop each) for the
+    duration of the block, then stop them: the "steady under load" mode, where
+    other work (DataLoader workers, a second notebook) competes for the cores
+    and a thread of ours may sit descheduled for a whole scheduler slice."""
+    busy = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(max(0, processes))]
+    try:
+        if busy:
+            time.sleep(0.2)  # let them start spinning before the first timed call
+        yield
+    finally:
+        for proc in busy:
+            proc.kill()
+        for proc in busy:
+            proc.wait()
