@@ -24,8 +24,7 @@ import torch
 from torch import nn
 
 import mono_quant as mq
-from bench_linear import interleaved  # rotating start: no contender always follows fp32
-from common import background_load, machine_info, summary, write_results
+from common import background_load, interleaved_shuffled, machine_info, summary, write_results
 from mono_quant import kernels
 
 warnings.filterwarnings("ignore")
@@ -83,7 +82,7 @@ def run(args) -> list:
         contenders = {"fp32": lambda f=fp32, x=x: f(x)}
         contenders.update({name: (lambda q=q, x=x: q(x)) for name, q in quantized.items()})
         with torch.no_grad():
-            times = interleaved(contenders, repeats=args.repeats, warmup=2)
+            times = interleaved_shuffled(contenders, repeats=args.repeats, warmup=2)
         stats = {name: summary(t) for name, t in times.items()}
         base = stats["fp32"]["median_us"]
         ratios = {name: base / st["median_us"] for name, st in stats.items() if name != "fp32"}

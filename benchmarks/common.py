@@ -19,7 +19,7 @@ from typing import Callable, Dict, Iterator
 import numpy as np
 import torch
 
-__all__ = ["machine_info", "interleaved", "summary", "write_results", "background_load", "RESULTS_DIR"]
+__all__ = ["machine_info", "interleaved", "interleaved_shuffled", "summary", "write_results", "background_load", "RESULTS_DIR"]
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 
@@ -59,6 +59,30 @@ def interleaved(contenders: Dict[str, Callable[[], object]], repeats: int = 15, 
         for name, fn in contenders.items():
             t0 = time.perf_counter()
             fn()
+            times[name].append(time.perf_counter() - t0)
+    return times
+
+
+def interleaved_shuffled(contenders: Dict[str, Callable[[], object]], repeats: int = 15, warmup: int = 2,
+                         seed: int = 0) -> Dict[str, list]:
+    """Like ``interleaved``, but each round runs the contenders in a fresh
+    random order (seeded): the call right after fp32 (torch's OpenMP team
+    still winding down) runs slower, most of all on a busy machine, and a
+    rotation (A B C, B C A, ...) keeps the same contender right after fp32
+    in every round but one.  Seconds per call."""
+    import random
+
+    order = random.Random(seed)
+    names = list(contenders)
+    for _ in range(warmup):
+        for fn in contenders.values():
+            fn()
+    times = {name: [] for name in names}
+    for _ in range(repeats):
+        order.shuffle(names)
+        for name in names:
+            t0 = time.perf_counter()
+            contenders[name]()
             times[name].append(time.perf_counter() - t0)
     return times
 

@@ -38,7 +38,8 @@
 #define MQ_MAX_THREADS 256
 #define PIECES_PER_THREAD 8      /* small pieces: a late or descheduled helper holds little */
 #define HELPER_SPIN_NS 50000     /* a helper's wait for the next job before it sleeps */
-#define CALLER_SPIN_NS 50000     /* the caller's wait for claimed pieces before it sleeps */
+#define CALLER_SPIN_MIN_NS 50000 /* the caller's wait for claimed pieces before it sleeps: at least */
+#define CALLER_SPIN_MAX_NS 2000000 /* and at most (a helper that takes longer was descheduled) */
 
 /* ---- waiting: spin briefly, then sleep on a futex ---------------------------------------- */
 
@@ -107,17 +108,24 @@ static struct {
 static _Thread_local int inside_pool_thread; /* a helper calling mq_parallel_for runs alone */
 
 /* Claims and runs pieces of the live job until none is left for this thread
- * (helper index, or -1 for the caller, who takes part in every job). */
-static void run_pieces(int index) {
+ * (helper index, or -1 for the caller, who takes part in every job and
+ * times its pieces: returns the longest, in ns, 0 if it ran none). */
+static int64_t run_pieces(int index) {
+    int64_t longest = 0;
     uint64_t c = atomic_load_explicit(&pool.claim, memory_order_acquire);
     for (;;) {
-        if (CLAIM_NEXT(c) >= CLAIM_PIECES(c) || index >= CLAIM_HELPERS(c)) return;
+        if (CLAIM_NEXT(c) >= CLAIM_PIECES(c) || index >= CLAIM_HELPERS(c)) return longest;
         if (!atomic_compare_exchange_weak_explicit(&pool.claim, &c, c + 1, memory_order_acq_rel,
                                                    memory_order_acquire))
             continue; /* c now holds the current word */
         const int64_t begin = (int64_t)CLAIM_NEXT(c) * pool.piece_items;
         const int64_t end = begin + pool.piece_items < pool.n ? begin + pool.piece_items : pool.n;
+        const int64_t start = index < 0 ? now_ns() : 0;
         pool.fn(pool.ctx, begin, end);
+        if (index < 0) {
+            const int64_t took = now_ns() - start;
+            longest = took > longest ? took : longest;
+        }
         /* seq_cst pairs with the caller's caller_sleeping store: one of us sees the other */
         const unsigned finished = atomic_fetch_add(&pool.done, 1) + 1;
         if (index >= 0 && finished == (unsigned)CLAIM_PIECES(c) && atomic_load(&pool.caller_sleeping))
@@ -200,11 +208,16 @@ static void run_on_pool(int64_t n, int64_t piece_items, int pieces, int helpers,
             futex_wake(&h->wake, 1);
         }
     }
-    run_pieces(-1);
+    const int64_t longest = run_pieces(-1);
     /* What is left are pieces a helper claimed and is running (or was
-     * descheduled in): spin a little, then sleep so our core is free. */
+     * descheduled in).  Spin while a running helper would finish one (about
+     * our own longest piece); past that it was descheduled: sleep, freeing
+     * our core.  Sleeping sooner costs more than it saves: on a busy machine
+     * a woken caller may wait a whole round of the run queue for its core. */
     if (atomic_load_explicit(&pool.done, memory_order_acquire) == (unsigned)pieces) return;
-    const int64_t spin_until = now_ns() + CALLER_SPIN_NS;
+    int64_t spin = 2 * longest;
+    spin = spin < CALLER_SPIN_MIN_NS ? CALLER_SPIN_MIN_NS : spin > CALLER_SPIN_MAX_NS ? CALLER_SPIN_MAX_NS : spin;
+    const int64_t spin_until = now_ns() + spin;
     for (int i = 0; atomic_load_explicit(&pool.done, memory_order_acquire) != (unsigned)pieces; i++) {
         if ((i & 63) == 63 && now_ns() > spin_until) break;
         cpu_relax();
