@@ -282,8 +282,9 @@ void mq_parallel_for(int64_t n, int64_t min_chunk, int nthreads, mq_range_fn fn,
     if (n <= 0) return;
     if (min_chunk < 1) min_chunk = 1;
     const int64_t units = (n + min_chunk - 1) / min_chunk; /* pieces are whole multiples of min_chunk */
+    const int64_t whole_units = n / min_chunk;              /* a thread gets one whole unit of work at least */
     int parts = nthreads < 1 ? 1 : nthreads > MQ_MAX_THREADS ? MQ_MAX_THREADS : nthreads;
-    if (parts > units) parts = (int)units;
+    if (parts > whole_units) parts = whole_units > 1 ? (int)whole_units : 1;
     if (parts > 1 && atomic_load(&use_new_threads)) {
         run_on_new_threads(n, min_chunk, parts, fn, ctx);
         return;
