@@ -1,5 +1,6 @@
 """Steady under load: every shape of the speed targets, each quantized
-layer against fp32 (F.linear / F.conv2d) interleaved in one process, with
+layer against fp32 (F.linear / F.conv2d) interleaved in one process (a fresh
+random order each round, common.interleaved_shuffled), with
 optional CPU-bound background processes running beside it.
 
 With other work on the cores, a call that waits for a descheduled helper
