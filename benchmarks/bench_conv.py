@@ -4,7 +4,7 @@ the ResNet-18 3x3 shapes at batch 1 and 8 (and two 1x1 shapes).
 
 Target (docs/benchmarks.md): int8 at least as fast as fp32 (>= 1.0x).
 
-Usage: python benchmarks/bench_conv.py [--repeats N]
+Usage: python benchmarks/bench_conv.py [--repeats N] [--background-load N]
 """
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from torch import nn
 
 import mono_quant as mq
 from bench_linear import interleaved  # rotating start: no contender always follows fp32
-from common import machine_info, summary, write_results
+from common import background_load, machine_info, summary, write_results
 from mono_quant import kernels
 
 warnings.filterwarnings("ignore")
@@ -36,6 +36,8 @@ def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--repeats", type=int, default=15)
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
+    parser.add_argument("--background-load", type=int, default=0, metavar="N",
+                        help="run N CPU-bound processes beside the benchmark (common.background_load)")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -43,6 +45,15 @@ def main():
     info["linear_kernels"] = kernels.linear_kernels()
     print(f"{info['cpu']}, {info['cores']} cores, torch threads {info['torch_threads']}, torch {info['torch']}, "
           f"ISA {info['dispatched_isa']}, kernels {info['linear_kernels']}")
+    info["background_load"] = args.background_load
+    with background_load(args.background_load):
+        rows = run(args.repeats)
+    path = write_results("bench_conv" + (f"_t{args.threads}" if args.threads else "")
+                         + (f"_bg{args.background_load}" if args.background_load else ""), {"machine": info, "conv": rows})
+    print(f"\nwrote {path}")
+
+
+def run(repeats):
     rows = []
     for cin, cout, k, s, p, hw in SHAPES:
         torch.manual_seed(0)
@@ -53,7 +64,7 @@ def main():
             x = torch.randn(batch, cin, hw, hw)
             with torch.no_grad():
                 times = interleaved({"fp32 F.conv2d": lambda: conv(x), "mq dynamic int8": lambda: dyn(x),
-                                     "mq weight-only": lambda: wo(x)}, repeats=args.repeats)
+                                     "mq weight-only": lambda: wo(x)}, repeats=repeats)
             stats = {name: summary(t) for name, t in times.items()}
             base = stats["fp32 F.conv2d"]["median_us"]
             macs = batch * cout * cin * k * k * (hw // s) ** 2
@@ -65,8 +76,7 @@ def main():
             for name, st in stats.items():
                 print(f"  {name:<18} {st['median_us']:9.1f} us [{st['p10_us']:8.1f} - {st['p90_us']:8.1f}]"
                       f"  {row['GOPs'][name]:7.1f} GOP/s  x{base / st['median_us']:5.2f} vs fp32")
-    path = write_results("bench_conv" + (f"_t{args.threads}" if args.threads else ""), {"machine": info, "conv": rows})
-    print(f"\nwrote {path}")
+    return rows
 
 
 if __name__ == "__main__":

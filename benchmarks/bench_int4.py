@@ -1,7 +1,7 @@
 """INT4 benchmark: linear speed vs fp32 / torch int4pack / mono-quant int8,
 size (bits per weight), weight SQNR per method, quantization speed.
 
-Run: .venv/bin/python benchmarks/bench_int4.py [--quick]
+Run: .venv/bin/python benchmarks/bench_int4.py [--quick] [--background-load N]
 Prints tables and writes benchmarks/results/bench_int4.json.  Contenders are
 interleaved (A B C A B C ...) after a warm-up; medians with p10/p90.  Batch-1
 cases rotate several weight copies so the working set exceeds the 32 MiB L3.
@@ -24,6 +24,8 @@ import torch.nn.functional as F
 import mono_quant as mq
 from mono_quant import _C, kernels
 from mono_quant.int4 import int4_linear, quantize_int4, set_int8_activations
+
+from common import background_load
 
 L3_BYTES = 32 << 20
 SHAPES = [(4096, 4096), (11008, 4096), (4096, 11008)]  # (out, in)
@@ -177,6 +179,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="one shape, fewer reps (a smoke run)")
     parser.add_argument("--reps", type=int, default=21)
+    parser.add_argument("--background-load", type=int, default=0, metavar="N",
+                        help="run N CPU-bound processes beside the Linear timings (common.background_load)")
     args = parser.parse_args()
     info = kernels.cpu_info()
     env = {"cpu": cpu_model(), "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
@@ -191,7 +195,9 @@ def main() -> int:
     env["copy_GBps"] = stream_bandwidth()
     print(f"# memory copy bandwidth: {env['copy_GBps']:.1f} GB/s (read + write)")
     t0 = time.time()
-    linear = bench_linear(args.reps if not args.quick else 5, args.quick)
+    env["background_load"] = args.background_load
+    with background_load(args.background_load):
+        linear = bench_linear(args.reps if not args.quick else 5, args.quick)
     print("\n## Linear (group 128, asymmetric)\n")
     print(f"{'shape (out x in)':>18} {'M':>3}  {'contender':<58} {'median us':>10} {'p10':>9} {'p90':>9} "
           f"{'vs fp32':>8} {'GB/s':>6}")
@@ -212,7 +218,7 @@ def main() -> int:
     print(f"\n# total {time.time() - t0:.0f} s")
     out = Path(__file__).resolve().parent / "results"
     out.mkdir(exist_ok=True)
-    path = out / "bench_int4.json"
+    path = out / ("bench_int4" + (f"_bg{args.background_load}" if args.background_load else "") + ".json")
     path.write_text(json.dumps({"env": env, "linear": linear, "accuracy": acc, "quantize_speed": speed}, indent=1))
     print(f"# wrote {path}")
     return 0

@@ -12,7 +12,7 @@ batch 1 and 32 (int8 vs fp32) and a GEMV/GEMM tile sweep for the switch point.
 Targets (docs/benchmarks.md): batch 1 >= 3.0x fp32 on 4096x4096, 11008x4096,
 4096x11008; batch 32 and 128 (4096x4096) >= 1.5x fp32 and >= fbgemm.
 
-Usage: python benchmarks/bench_linear.py [--repeats N] [--quick]
+Usage: python benchmarks/bench_linear.py [--repeats N] [--quick] [--background-load N]
 """
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import mono_quant as mq
-from common import machine_info, summary, write_results
+from common import background_load, machine_info, summary, write_results
 from mono_quant import kernels
 
 warnings.filterwarnings("ignore")
@@ -232,6 +232,8 @@ def main():
     parser.add_argument("--repeats", type=int, default=15)
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
     parser.add_argument("--quick", action="store_true", help="only 4096x4096")
+    parser.add_argument("--background-load", type=int, default=0, metavar="N",
+                        help="run N CPU-bound processes beside the benchmark (common.background_load)")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -239,18 +241,21 @@ def main():
     info["linear_kernels"] = kernels.linear_kernels()
     fbgemm, int8pack = probe_fbgemm(), probe_int8pack_mm()
     info["baselines"] = {"fbgemm linear_dynamic": fbgemm, "_weight_int8pack_mm": int8pack}
-    info["stream_GBps"] = stream_bandwidth(args.repeats)
-    print(f"{info['cpu']}, {info['cores']} cores, torch threads {info['torch_threads']}, torch {info['torch']}, "
-          f"ISA {info['dispatched_isa']}, kernels {info['linear_kernels']}")
-    print(f"baselines: {info['baselines']}; streaming copy_ bandwidth {info['stream_GBps']:.1f} GB/s")
-    rows = []
-    bench_linear([(4096, 4096)], [1, 8, 32, 128], args.repeats, fbgemm, int8pack, rows)
-    if not args.quick:
-        bench_linear([(11008, 4096), (4096, 11008)], [1], args.repeats, fbgemm, int8pack, rows)
-        bench_linear([(768, 3072), (3072, 768)], [1, 32], args.repeats, fbgemm, int8pack, rows)
-    tiles = bench_tiles(args.repeats)
-    model_rows = bench_model(args.repeats)
-    path = write_results("bench_linear" + (f"_t{args.threads}" if args.threads else ""), {"machine": info, "linear": rows, "tiles": tiles, "model": model_rows})
+    info["background_load"] = args.background_load
+    with background_load(args.background_load):
+        info["stream_GBps"] = stream_bandwidth(args.repeats)
+        print(f"{info['cpu']}, {info['cores']} cores, torch threads {info['torch_threads']}, torch {info['torch']}, "
+              f"ISA {info['dispatched_isa']}, kernels {info['linear_kernels']}")
+        print(f"baselines: {info['baselines']}; streaming copy_ bandwidth {info['stream_GBps']:.1f} GB/s")
+        rows = []
+        bench_linear([(4096, 4096)], [1, 8, 32, 128], args.repeats, fbgemm, int8pack, rows)
+        if not args.quick:
+            bench_linear([(11008, 4096), (4096, 11008)], [1], args.repeats, fbgemm, int8pack, rows)
+            bench_linear([(768, 3072), (3072, 768)], [1, 32], args.repeats, fbgemm, int8pack, rows)
+        tiles = bench_tiles(args.repeats)
+        model_rows = bench_model(args.repeats)
+    path = write_results("bench_linear" + (f"_t{args.threads}" if args.threads else "")
+                         + (f"_bg{args.background_load}" if args.background_load else ""), {"machine": info, "linear": rows, "tiles": tiles, "model": model_rows})
     print(f"\nwrote {path}")
 
 

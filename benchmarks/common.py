@@ -5,18 +5,21 @@ rotation (A B C A B C ...) after a warm-up, and the median with p10/p90 is
 reported (see ../shared/BENCHMARKS.md)."""
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import platform
 import statistics
+import subprocess
+import sys
 import time
 from pathlib import Path
-from typing import Callable, Dict
+from typing import Callable, Dict, Iterator
 
 import numpy as np
 import torch
 
-__all__ = ["machine_info", "interleaved", "summary", "write_results", "RESULTS_DIR"]
+__all__ = ["machine_info", "interleaved", "interleaved_shuffled", "summary", "write_results", "background_load", "RESULTS_DIR"]
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 
@@ -60,6 +63,30 @@ def interleaved(contenders: Dict[str, Callable[[], object]], repeats: int = 15, 
     return times
 
 
+def interleaved_shuffled(contenders: Dict[str, Callable[[], object]], repeats: int = 15, warmup: int = 2,
+                         seed: int = 0) -> Dict[str, list]:
+    """Like ``interleaved``, but each round runs the contenders in a fresh
+    random order (seeded): the call right after fp32 (torch's OpenMP team
+    still winding down) runs slower, most of all on a busy machine, and a
+    rotation (A B C, B C A, ...) keeps the same contender right after fp32
+    in every round but one.  Seconds per call."""
+    import random
+
+    order = random.Random(seed)
+    names = list(contenders)
+    for _ in range(warmup):
+        for fn in contenders.values():
+            fn()
+    times = {name: [] for name in names}
+    for _ in range(repeats):
+        order.shuffle(names)
+        for name in names:
+            t0 = time.perf_counter()
+            contenders[name]()
+            times[name].append(time.perf_counter() - t0)
+    return times
+
+
 def summary(samples: list) -> dict:
     s = sorted(samples)
     q = statistics.quantiles(s, n=10) if len(s) >= 2 else [s[0]] * 9
@@ -71,3 +98,21 @@ def write_results(name: str, payload: dict) -> Path:
     path = RESULTS_DIR / f"{name}.json"
     path.write_text(json.dumps(payload, indent=2, default=str))
     return path
+
+
+@contextlib.contextmanager
+def background_load(processes: int) -> Iterator[None]:
+    """Run ``processes`` CPU-bound Python processes (a busy loop each) for the
+    duration of the block, then stop them: the "steady under load" mode, where
+    other work (DataLoader workers, a second notebook) competes for the cores
+    and a thread of ours may sit descheduled for a whole scheduler slice."""
+    busy = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(max(0, processes))]
+    try:
+        if busy:
+            time.sleep(0.2)  # let them start spinning before the first timed call
+        yield
+    finally:
+        for proc in busy:
+            proc.kill()
+        for proc in busy:
+            proc.wait()

@@ -337,11 +337,7 @@ void mq_q4_dequantize(const uint8_t *packed, const uint16_t *scale, const uint8_
     mq_parallel_for(rows, (1 << 15) / (kpad + 1) + 1, nthreads, dequantize_range, &c);
 }
 
-/* Threads: mq_parallel_for (parallel.c), shared with the int8 kernels: it
- * runs on torch's own OpenMP team when one is loaded, so the workers torch
- * just used are the ones that take the chunks (own helper threads had to
- * share the two cores with those still-spinning workers: ~3.4x fp32 at batch
- * 1 on 4096x4096 instead of ~6x). */
+/* Threads: mq_parallel_for (parallel.c), shared with the int8 kernels. */
 
 /* Rows per chunk: about 256 KiB of packed weight (the kernels prefetch within
  * a chunk only, so its first rows stream unprefetched), a multiple of 4 rows. */

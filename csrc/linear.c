@@ -11,9 +11,9 @@
 #include "mq.h"
 
 /* Below this many multiply-adds per chunk, fewer threads are faster: a
- * pthread start costs ~20-50 us, waking torch's OpenMP team a few us. */
+ * pthread start costs ~20-50 us, waking a pool helper a few us. */
 static int64_t min_macs_per_thread(void) {
-    return strcmp(mq_threading_backend(), "openmp") ? (int64_t)1 << 22 : (int64_t)1 << 20;
+    return strcmp(mq_threading_backend(), "pool") ? (int64_t)1 << 22 : (int64_t)1 << 20;
 }
 
 typedef struct {

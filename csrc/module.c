@@ -883,24 +883,25 @@ fail:
     return result;
 }
 
-PyDoc_STRVAR(use_openmp_runtime_doc,
-             "use_openmp_runtime(path) -> bool\n\n"
-             "Run the kernels' threads on the OpenMP runtime already loaded from path (torch's\n"
-             "libgomp), so they share torch's worker team; None goes back to pthreads.\n"
-             "Returns False (and changes nothing) when that library is not loaded.");
+PyDoc_STRVAR(set_threading_backend_doc,
+             "set_threading_backend(name) -> previous\n\n"
+             "How the kernels use threads: \"pool\" (default: persistent helpers that the\n"
+             "caller never waits for to start; safe across fork) or \"pthreads\" (threads\n"
+             "started and joined per call).  Raises ValueError for any other name.");
 
-static PyObject *py_use_openmp_runtime(PyObject *self, PyObject *arg) {
+static PyObject *py_set_threading_backend(PyObject *self, PyObject *arg) {
     (void)self;
-    if (arg == Py_None) {
-        mq_use_openmp_runtime(NULL);
-        Py_RETURN_TRUE;
-    }
-    const char *path = PyUnicode_Check(arg) ? PyUnicode_AsUTF8(arg) : NULL;
-    if (!path) {
-        if (!PyErr_Occurred()) PyErr_SetString(PyExc_TypeError, "use_openmp_runtime() takes a str path or None");
+    const char *name = PyUnicode_Check(arg) ? PyUnicode_AsUTF8(arg) : NULL;
+    if (!name) {
+        if (!PyErr_Occurred()) PyErr_SetString(PyExc_TypeError, "set_threading_backend() takes a str");
         return NULL;
     }
-    return PyBool_FromLong(mq_use_openmp_runtime(path) == 0);
+    const char *previous = mq_threading_backend();
+    if (mq_set_threading_backend(name) != 0) {
+        PyErr_Format(PyExc_ValueError, "unknown threading backend %R: use \"pool\" or \"pthreads\"", arg);
+        return NULL;
+    }
+    return PyUnicode_FromString(previous);
 }
 
 PyDoc_STRVAR(set_gemv_max_rows_doc,
@@ -1273,7 +1274,7 @@ static PyMethodDef module_methods[] = {
     {"linear_int8", (PyCFunction)(void (*)(void))py_linear_int8, METH_VARARGS | METH_KEYWORDS, linear_int8_doc},
     {"conv2d_int8", (PyCFunction)(void (*)(void))py_conv2d_int8, METH_VARARGS | METH_KEYWORDS, conv2d_int8_doc},
     {"linear_kernels", py_linear_kernels, METH_NOARGS, linear_kernels_doc},
-    {"use_openmp_runtime", py_use_openmp_runtime, METH_O, use_openmp_runtime_doc},
+    {"set_threading_backend", py_set_threading_backend, METH_O, set_threading_backend_doc},
     {"set_gemv_max_rows", py_set_gemv_max_rows, METH_O, set_gemv_max_rows_doc},
     {"use_vnni256_for_tests", py_use_vnni256, METH_O, use_vnni256_doc},
     {"cpu_info", py_cpu_info, METH_NOARGS, cpu_info_doc},

@@ -283,14 +283,14 @@ int mq_set_isa(mq_isa_t isa);             /* 0 ok, -1 if the CPU lacks it */
 
 /* ---- parallel.c ------------------------------------------------------------ */
 typedef void (*mq_range_fn)(void *ctx, int64_t begin, int64_t end);
-/* Runs fn over [0, n) split into at most nthreads contiguous chunks of at
- * least min_chunk items; the caller's thread runs the first chunk. */
+/* Runs fn over [0, n) in contiguous pieces whose bounds are multiples of
+ * min_chunk (or n), on up to nthreads threads, the caller's among them; one
+ * thread when n < 2 * min_chunk.  Never waits for a helper thread to start. */
 void mq_parallel_for(int64_t n, int64_t min_chunk, int nthreads, mq_range_fn fn, void *ctx);
-/* Run mq_parallel_for's chunks on the OpenMP runtime already loaded from
- * path (torch's), or back on short-lived pthreads with NULL.  0 ok, -1 if
- * that library is not loaded or lacks the GOMP entry points. */
-int mq_use_openmp_runtime(const char *path);
-const char *mq_threading_backend(void); /* "openmp" or "pthreads" */
+/* "pool" (default: persistent helpers, fork-safe) or "pthreads" (threads
+ * started per call).  0 ok, -1 for an unknown name. */
+int mq_set_threading_backend(const char *name);
+const char *mq_threading_backend(void); /* "pool" or "pthreads" */
 
 /* ---- quant.c: whole-tensor drivers over rows ------------------------------- */
 /* Each returns the index of the first row holding NaN/Inf, or -1. */

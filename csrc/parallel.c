@@ -1,72 +1,237 @@
-/* parallel.c - split a range of rows over short-lived POSIX threads.
+/* parallel.c - split a range of work items over threads (the GIL is released).
  *
- * Kernels here run for milliseconds on big tensors, so a thread start
- * (~20 us) is noise; small inputs stay on the caller's thread via min_chunk.
- * Callers hold no Python state: module.c releases the GIL around this. */
-#include <dlfcn.h>
+ * The default backend is a small persistent pool built so that a call never
+ * waits on a thread the OS may not be running: with other processes on the
+ * cores (DataLoader workers, a second notebook), a descheduled helper can sit
+ * out a whole scheduler slice (milliseconds), which made small layers take
+ * ~36 ms a call whatever their size when calls waited for every helper.
+ *
+ *  - The work is cut into small pieces taken from one shared counter, by the
+ *    caller and by whichever helpers are running.  The caller never waits for
+ *    a helper to start: if none wakes in time, the caller does every piece.
+ *    It waits only for pieces a helper has already claimed (one piece each).
+ *  - Helpers spin a few microseconds after a job (the next layer's call often
+ *    comes right away), then sleep on a futex: no long spinning that would
+ *    take a core from the caller or from another process.
+ *  - fork(): the child has only the forking thread, so a child handler
+ *    forgets the helpers and the child starts its own on its first call.
+ *    (An OpenMP team, which we used to borrow from torch, cannot be reset in
+ *    the child: libgomp's next parallel region there waits forever.)
+ *
+ * "pthreads" (MONO_QUANT_THREADS=pthreads) is the simple fallback: threads
+ * started and joined per call, one contiguous share each. */
+#define _GNU_SOURCE /* syscall, pthread_sigmask, clock_gettime under -std=c11 */
 #include <pthread.h>
+#include <signal.h>
 #include <stdatomic.h>
+#include <stdint.h>
+#include <string.h>
+#include <time.h>
+#ifdef __linux__
+#include <linux/futex.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+#endif
 
 #include "mq.h"
 
-/* ---- torch's own OpenMP pool, when the caller hands it to us -------------
- * torch runs its ops on an OpenMP team whose idle workers spin for a while
- * after each op.  Short-lived pthreads started right after a torch op share
- * the cores with those spinners and run up to 4x slower on a small machine;
- * running our chunks on the same OpenMP team avoids that and the thread
- * start.  The runtime is looked up in the already loaded library
- * (RTLD_NOLOAD): mono-quant never loads or links an OpenMP of its own. */
-typedef void (*gomp_parallel_t)(void (*fn)(void *), void *data, unsigned num_threads, unsigned flags);
-static gomp_parallel_t gomp_parallel;
-static int (*omp_in_parallel)(void);
+#define MQ_MAX_THREADS 256
+#define PIECES_PER_THREAD 8      /* small pieces: a late or descheduled helper holds little */
+#define HELPER_SPIN_NS 50000     /* a helper's wait for the next job before it sleeps */
+#define CALLER_SPIN_MIN_NS 50000 /* the caller's wait for claimed pieces before it sleeps: at least */
+#define CALLER_SPIN_MAX_NS 2000000 /* and at most (a helper that takes longer was descheduled) */
 
-/* libgomp's team does not survive fork(): a forked child (a DataLoader
- * worker, say) goes back to pthreads. */
-static void openmp_off_in_child(void) { gomp_parallel = NULL; }
+/* ---- waiting: spin briefly, then sleep on a futex ---------------------------------------- */
 
-int mq_use_openmp_runtime(const char *path) {
-    static int atfork_registered = 0;
-    if (!atfork_registered) atfork_registered = pthread_atfork(NULL, NULL, openmp_off_in_child) == 0;
-    if (!path) {
-        gomp_parallel = NULL;
-        return 0;
-    }
-    void *lib = dlopen(path, RTLD_NOW | RTLD_LOCAL | RTLD_NOLOAD);
-    if (!lib) return -1;
-    gomp_parallel_t par = (gomp_parallel_t)dlsym(lib, "GOMP_parallel");
-    int (*ip)(void) = (int (*)(void))dlsym(lib, "omp_in_parallel");
-    if (!par || !ip) {
-        dlclose(lib);
-        return -1;
-    }
-    omp_in_parallel = ip;
-    gomp_parallel = par; /* the handle stays open: the library stays loaded */
-    return 0;
+static inline void cpu_relax(void) {
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_ia32_pause();
+#elif defined(__aarch64__)
+    __asm__ __volatile__("yield");
+#endif
 }
 
-const char *mq_threading_backend(void) { return gomp_parallel ? "openmp" : "pthreads"; }
+static int64_t now_ns(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+}
+
+#ifdef __linux__
+static void futex_wait(atomic_uint *word, unsigned expected) {
+    syscall(SYS_futex, (unsigned *)word, FUTEX_WAIT_PRIVATE, expected, NULL, NULL, 0);
+}
+static void futex_wake(atomic_uint *word, int count) {
+    syscall(SYS_futex, (unsigned *)word, FUTEX_WAKE_PRIVATE, count, NULL, NULL, 0);
+}
+#else /* no futex: poll every 50 us (callers always recheck their condition) */
+static void futex_wait(atomic_uint *word, unsigned expected) {
+    struct timespec ts = {0, 50000};
+    if (atomic_load(word) == expected) nanosleep(&ts, NULL);
+}
+static void futex_wake(atomic_uint *word, int count) { (void)word, (void)count; }
+#endif
+
+/* ---- the pool ---------------------------------------------------------------------------- */
+
+/* One 64-bit word says which job is live and which piece is next, so that
+ * claiming a piece and checking that its job is still the current one are
+ * one compare-and-swap: generation (24 bits) | helpers wanted (8) | pieces
+ * (16) | next piece (16).  A thread reads the job's fields only after it
+ * claimed a piece, and the caller does not change them before every claimed
+ * piece is done, so the fields need no lock. */
+#define CLAIM(gen, helpers, pieces, next) \
+    (((uint64_t)(gen) << 40) | ((uint64_t)(helpers) << 32) | ((uint64_t)(pieces) << 16) | (uint64_t)(next))
+#define CLAIM_HELPERS(c) ((int)(((c) >> 32) & 0xff))
+#define CLAIM_PIECES(c) ((int)(((c) >> 16) & 0xffff))
+#define CLAIM_NEXT(c) ((int)((c) & 0xffff))
 
 typedef struct {
-    mq_range_fn fn;
-    void *ctx;
-    int64_t n;
-    int64_t pieces;    /* n split into this many contiguous pieces */
-    atomic_llong next; /* the next piece to claim */
-} omp_job;
+    atomic_uint wake;    /* futex word: bumped to wake this helper */
+    atomic_int sleeping; /* set before it sleeps, so the caller knows to wake it */
+    int index;           /* helpers wanted by a job are 0 .. CLAIM_HELPERS - 1 */
+} helper;
 
-/* Team members claim pieces until none is left: a member the OS runs late
- * (another process on its core) ends up with fewer pieces instead of the
- * whole call waiting for a fixed share. */
-static void omp_worker(void *arg) {
-    omp_job *job = arg;
+static struct {
+    atomic_int owned;      /* a caller is using the pool; others run alone */
+    atomic_ullong claim;   /* see CLAIM */
+    atomic_uint done;      /* pieces finished (futex word for the caller) */
+    atomic_int caller_sleeping;
+    uint32_t gen;          /* the owner's: generation of the last job */
+    int started;           /* helpers started (only the owner starts more) */
+    mq_range_fn fn;        /* the job, written by the owner before it publishes claim */
+    void *ctx;
+    int64_t n, piece_items;
+    helper helpers[MQ_MAX_THREADS - 1];
+} pool;
+
+static _Thread_local int inside_pool_thread; /* a helper calling mq_parallel_for runs alone */
+
+/* Claims and runs pieces of the live job until none is left for this thread
+ * (helper index, or -1 for the caller, who takes part in every job and
+ * times its pieces: returns the longest, in ns, 0 if it ran none). */
+static int64_t run_pieces(int index) {
+    int64_t longest = 0;
+    uint64_t c = atomic_load_explicit(&pool.claim, memory_order_acquire);
     for (;;) {
-        const int64_t piece = atomic_fetch_add(&job->next, 1);
-        if (piece >= job->pieces) break;
-        job->fn(job->ctx, job->n * piece / job->pieces, job->n * (piece + 1) / job->pieces);
+        if (CLAIM_NEXT(c) >= CLAIM_PIECES(c) || index >= CLAIM_HELPERS(c)) return longest;
+        if (!atomic_compare_exchange_weak_explicit(&pool.claim, &c, c + 1, memory_order_acq_rel,
+                                                   memory_order_acquire))
+            continue; /* c now holds the current word */
+        const int64_t begin = (int64_t)CLAIM_NEXT(c) * pool.piece_items;
+        const int64_t end = begin + pool.piece_items < pool.n ? begin + pool.piece_items : pool.n;
+        const int64_t start = index < 0 ? now_ns() : 0;
+        pool.fn(pool.ctx, begin, end);
+        if (index < 0) {
+            const int64_t took = now_ns() - start;
+            longest = took > longest ? took : longest;
+        }
+        /* seq_cst pairs with the caller's caller_sleeping store: one of us sees the other */
+        const unsigned finished = atomic_fetch_add(&pool.done, 1) + 1;
+        if (index >= 0 && finished == (unsigned)CLAIM_PIECES(c) && atomic_load(&pool.caller_sleeping))
+            futex_wake(&pool.done, 1);
+        c = atomic_load_explicit(&pool.claim, memory_order_acquire);
     }
 }
 
-#define MQ_MAX_THREADS 256
+static int has_work_for(int index) {
+    const uint64_t c = atomic_load(&pool.claim);
+    return CLAIM_NEXT(c) < CLAIM_PIECES(c) && index < CLAIM_HELPERS(c);
+}
+
+static void *helper_main(void *arg) {
+    helper *h = arg;
+    inside_pool_thread = 1;
+    for (;;) {
+        run_pieces(h->index);
+        const int64_t spin_until = now_ns() + HELPER_SPIN_NS;
+        int found = 0;
+        for (int i = 0; !found; i++) {
+            found = has_work_for(h->index);
+            if ((i & 63) == 63 && now_ns() > spin_until) break;
+            cpu_relax();
+        }
+        if (found) continue;
+        const unsigned ticket = atomic_load(&h->wake);
+        atomic_store(&h->sleeping, 1); /* seq_cst pairs with the caller's claim store */
+        if (!has_work_for(h->index)) futex_wait(&h->wake, ticket);
+        atomic_store(&h->sleeping, 0);
+    }
+    return NULL;
+}
+
+/* fork(): the helpers do not exist in the child, and a job the parent had in
+ * flight on another thread is not the child's.  Runs in the child before
+ * fork() returns, with only the forking thread alive. */
+static void forget_pool_in_child(void) {
+    memset((void *)&pool, 0, sizeof pool);
+    inside_pool_thread = 0;
+}
+
+static void register_fork_handler(void) { pthread_atfork(NULL, NULL, forget_pool_in_child); }
+
+/* Starts helpers up to `wanted` (the owner only); returns how many exist. */
+static int start_helpers(int wanted) {
+    static pthread_once_t once = PTHREAD_ONCE_INIT;
+    pthread_once(&once, register_fork_handler);
+    if (pool.started >= wanted) return wanted;
+    pthread_attr_t attr;
+    sigset_t all, old;
+    if (pthread_attr_init(&attr) != 0) return pool.started;
+    pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+    sigfillset(&all); /* signals go to the interpreter's threads, never to a helper */
+    pthread_sigmask(SIG_BLOCK, &all, &old);
+    while (pool.started < wanted) {
+        helper *h = &pool.helpers[pool.started];
+        h->index = pool.started;
+        pthread_t thread;
+        if (pthread_create(&thread, &attr, helper_main, h) != 0) break; /* fewer helpers: the caller does more */
+        pool.started++;
+    }
+    pthread_sigmask(SIG_SETMASK, &old, NULL);
+    pthread_attr_destroy(&attr);
+    return pool.started;
+}
+
+static void run_on_pool(int64_t n, int64_t piece_items, int pieces, int helpers, mq_range_fn fn, void *ctx) {
+    pool.fn = fn;
+    pool.ctx = ctx;
+    pool.n = n;
+    pool.piece_items = piece_items;
+    atomic_store_explicit(&pool.done, 0, memory_order_relaxed);
+    pool.gen = (pool.gen + 1) & 0xffffff;
+    atomic_store(&pool.claim, CLAIM(pool.gen, helpers, pieces, 0)); /* publish (seq_cst) */
+    for (int i = 0; i < helpers; i++) {
+        helper *h = &pool.helpers[i];
+        if (atomic_load(&h->sleeping)) {
+            atomic_fetch_add(&h->wake, 1);
+            futex_wake(&h->wake, 1);
+        }
+    }
+    const int64_t longest = run_pieces(-1);
+    /* What is left are pieces a helper claimed and is running (or was
+     * descheduled in).  Spin while a running helper would finish one (about
+     * our own longest piece); past that it was descheduled: sleep, freeing
+     * our core.  Sleeping sooner costs more than it saves: on a busy machine
+     * a woken caller may wait a whole round of the run queue for its core. */
+    if (atomic_load_explicit(&pool.done, memory_order_acquire) == (unsigned)pieces) return;
+    int64_t spin = 2 * longest;
+    spin = spin < CALLER_SPIN_MIN_NS ? CALLER_SPIN_MIN_NS : spin > CALLER_SPIN_MAX_NS ? CALLER_SPIN_MAX_NS : spin;
+    const int64_t spin_until = now_ns() + spin;
+    for (int i = 0; atomic_load_explicit(&pool.done, memory_order_acquire) != (unsigned)pieces; i++) {
+        if ((i & 63) == 63 && now_ns() > spin_until) break;
+        cpu_relax();
+    }
+    for (;;) {
+        atomic_store(&pool.caller_sleeping, 1);
+        const unsigned finished = atomic_load(&pool.done);
+        if (finished == (unsigned)pieces) break;
+        futex_wait(&pool.done, finished);
+    }
+    atomic_store(&pool.caller_sleeping, 0);
+}
+
+/* ---- the per-call pthreads fallback -------------------------------------------------------- */
 
 typedef struct {
     mq_range_fn fn;
@@ -80,35 +245,61 @@ static void *run_chunk(void *arg) {
     return NULL;
 }
 
-void mq_parallel_for(int64_t n, int64_t min_chunk, int nthreads, mq_range_fn fn, void *ctx) {
-    if (n <= 0) return;
-    if (min_chunk < 1) min_chunk = 1;
-    int64_t max_parts = (n + min_chunk - 1) / min_chunk;
-    int parts = nthreads < 1 ? 1 : nthreads;
-    if (parts > MQ_MAX_THREADS) parts = MQ_MAX_THREADS;
-    if (parts > max_parts) parts = (int)max_parts;
-    if (parts == 1) {
-        fn(ctx, 0, n);
-        return;
-    }
-    if (gomp_parallel && !omp_in_parallel()) {
-        /* 4 pieces per thread, each still at least min_chunk items */
-        omp_job job = {fn, ctx, n, (int64_t)parts * 4 < max_parts ? (int64_t)parts * 4 : max_parts, 0};
-        gomp_parallel(omp_worker, &job, (unsigned)parts, 0);
-        return;
-    }
+/* One share per thread, cut at multiples of unit; the caller runs share 0. */
+static void run_on_new_threads(int64_t n, int64_t unit, int parts, mq_range_fn fn, void *ctx) {
+    const int64_t units = (n + unit - 1) / unit;
     chunk chunks[MQ_MAX_THREADS];
     pthread_t threads[MQ_MAX_THREADS];
     int started[MQ_MAX_THREADS];
     for (int t = 0; t < parts; t++) {
-        chunks[t] = (chunk){fn, ctx, n * t / parts, n * (t + 1) / parts};
+        int64_t b = units * t / parts * unit, e = units * (t + 1) / parts * unit;
+        chunks[t] = (chunk){fn, ctx, b < n ? b : n, e < n ? e : n};
         started[t] = 0;
     }
     for (int t = 1; t < parts; t++)
         started[t] = pthread_create(&threads[t], NULL, run_chunk, &chunks[t]) == 0;
-    fn(ctx, 0, n / parts); /* chunk 0, on this thread */
+    run_chunk(&chunks[0]);
     for (int t = 1; t < parts; t++) {
         if (started[t]) pthread_join(threads[t], NULL);
-        else fn(ctx, chunks[t].begin, chunks[t].end); /* no thread: do it here */
+        else run_chunk(&chunks[t]); /* no thread: do it here */
     }
+}
+
+/* ---- entry point --------------------------------------------------------------------------- */
+
+static atomic_int use_new_threads; /* 0: the pool (default), 1: per-call pthreads */
+
+int mq_set_threading_backend(const char *name) {
+    if (strcmp(name, "pool") == 0) atomic_store(&use_new_threads, 0);
+    else if (strcmp(name, "pthreads") == 0) atomic_store(&use_new_threads, 1);
+    else return -1;
+    return 0;
+}
+
+const char *mq_threading_backend(void) { return atomic_load(&use_new_threads) ? "pthreads" : "pool"; }
+
+void mq_parallel_for(int64_t n, int64_t min_chunk, int nthreads, mq_range_fn fn, void *ctx) {
+    if (n <= 0) return;
+    if (min_chunk < 1) min_chunk = 1;
+    const int64_t units = (n + min_chunk - 1) / min_chunk; /* pieces are whole multiples of min_chunk */
+    const int64_t whole_units = n / min_chunk;              /* a thread gets one whole unit of work at least */
+    int parts = nthreads < 1 ? 1 : nthreads > MQ_MAX_THREADS ? MQ_MAX_THREADS : nthreads;
+    if (parts > whole_units) parts = whole_units > 1 ? (int)whole_units : 1;
+    if (parts > 1 && atomic_load(&use_new_threads)) {
+        run_on_new_threads(n, min_chunk, parts, fn, ctx);
+        return;
+    }
+    if (parts == 1 || inside_pool_thread || atomic_exchange(&pool.owned, 1)) {
+        fn(ctx, 0, n); /* one thread's worth, nested, or another caller owns the pool */
+        return;
+    }
+    const int helpers = start_helpers(parts - 1);
+    if (helpers == 0) {
+        fn(ctx, 0, n);
+    } else {
+        const int64_t target = (int64_t)(helpers + 1) * PIECES_PER_THREAD;
+        const int64_t piece_items = (units + target - 1) / target * min_chunk;
+        run_on_pool(n, piece_items, (int)((n + piece_items - 1) / piece_items), helpers, fn, ctx);
+    }
+    atomic_store(&pool.owned, 0);
 }

@@ -388,32 +388,6 @@ def test_gemv_and_gemm_tiles_agree(kernel_isa, gemv_rows):
         _C.set_gemv_max_rows(9)
 
 
-@pytest.mark.skipif(not hasattr(__import__("os"), "fork"), reason="needs fork()")
-def test_forked_child_runs_the_kernels():
-    """After fork() (DataLoader workers) the kernels leave torch's OpenMP team, which doesn't survive it."""
-    import os
-    import time
-
-    q, _ = mq.quantize(_layer(9, n=1024, k=2048))
-    x = torch.randn(64, 2048, generator=_gen(17))
-    with torch.no_grad():
-        expected = q(x).numpy().copy()
-        pid = os.fork()
-        if pid == 0:  # no torch ops here: torch's own OpenMP may not survive the fork either
-            ok = (q(x).numpy() == expected).all() and kernels.linear_kernels()["threads"] == "pthreads"
-            os._exit(0 if ok else 1)
-    deadline = time.time() + 30
-    while time.time() < deadline:
-        done, status = os.waitpid(pid, os.WNOHANG)
-        if done:
-            assert os.WEXITSTATUS(status) == 0
-            return
-        time.sleep(0.05)
-    os.kill(pid, 9)
-    os.waitpid(pid, 0)
-    pytest.fail("the forked child hung")
-
-
 @pytest.mark.parametrize("mode", ["dynamic", "weight_only"])
 def test_strided_and_broadcast_rows(kernel_isa, mode):
     """Row views (stride > in_features, or 0 for an expanded row) run without a copy and give the same bits."""

@@ -8,6 +8,7 @@ gives the same results.
 from __future__ import annotations
 
 import os
+import warnings
 from typing import Optional, Tuple
 
 import numpy as np
@@ -38,31 +39,24 @@ __all__ = [
 _C_SOURCE_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 
-def _loaded_openmp_runtime() -> Optional[str]:
-    """Path of the OpenMP runtime torch loaded (libgomp / libiomp5), from /proc/self/maps; None elsewhere."""
-    try:
-        with open("/proc/self/maps") as maps:
-            for line in maps:
-                path = line.split()[-1]
-                name = os.path.basename(path)
-                if name.startswith(("libgomp", "libiomp5")) and ".so" in name:
-                    return path
-    except OSError:
-        pass
-    return None
+THREADING_BACKENDS = ("pool", "pthreads")
 
 
-def _share_torch_threads() -> None:
-    """Run the kernels' threads on torch's OpenMP team (see csrc/parallel.c);
-    MONO_QUANT_THREADS=pthreads keeps short-lived pthreads."""
-    if os.environ.get("MONO_QUANT_THREADS", "").lower() == "pthreads":
+def _select_threading_backend() -> None:
+    """MONO_QUANT_THREADS picks how the kernels use threads (csrc/parallel.c):
+    "pool" (default: persistent helpers, never waited on to start, safe across
+    fork) or "pthreads" (threads started and joined per call)."""
+    name = os.environ.get("MONO_QUANT_THREADS", "").strip().lower()
+    if not name:
         return
-    path = _loaded_openmp_runtime()
-    if path is not None:
-        _C.use_openmp_runtime(path)
+    if name not in THREADING_BACKENDS:
+        warnings.warn(f"MONO_QUANT_THREADS={name!r} is not one of {THREADING_BACKENDS}; using \"pool\"",
+                      RuntimeWarning, stacklevel=2)
+        return
+    _C.set_threading_backend(name)
 
 
-_share_torch_threads()
+_select_threading_backend()
 
 
 def cpu_info() -> dict:

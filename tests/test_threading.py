@@ -1,0 +1,162 @@
+"""The kernels' threads (csrc/parallel.c): safe across fork() for every
+backend, the same bits whatever the backend and thread count, and usable
+from several Python threads at once."""
+import os
+import subprocess
+import sys
+import textwrap
+import threading
+
+import pytest
+import torch
+from torch import nn
+
+import mono_quant as mq
+from mono_quant import _C
+from mono_quant.kernels import THREADING_BACKENDS
+
+# Issue 14, finding 1: after a quantized forward in the parent, a parallel
+# torch op in a forked child (a DataLoader worker) never returned, because the
+# kernels ran on torch's OpenMP team, which libgomp cannot rebuild in a child.
+# A hang must fail the test, not the suite: the child is waited for with a
+# deadline, and the whole script runs under a subprocess timeout.
+FORK_SCRIPT = textwrap.dedent("""
+    import os, sys, threading, time
+    import torch
+    from torch import nn
+    import mono_quant as mq
+
+    torch.set_num_threads(2)
+    torch.manual_seed(0)
+    layer = mq.quantize(nn.Linear(512, 384)).model
+    x = torch.randn(200, 512)
+    with torch.no_grad():
+        expected = layer(x)
+
+    # A second Python thread keeps calling the kernels while we fork: the
+    # child must not inherit a half-run job or a taken pool.
+    stop = threading.Event()
+    def busy():
+        with torch.no_grad():
+            while not stop.is_set():
+                layer(x)
+    if "--busy" in sys.argv:
+        worker = threading.Thread(target=busy)
+        worker.start()
+        time.sleep(0.05)
+
+    pid = os.fork()
+    if pid == 0:
+        try:
+            a, b = torch.randn(256, 512), torch.randn(512, 512)
+            ok = torch.allclose(a @ b, (a.double() @ b.double()).float(), atol=1e-3)
+            with torch.no_grad():
+                ok = ok and torch.equal(layer(x), expected)  # the kernels' threads work in the child too
+            os._exit(0 if ok else 3)
+        except BaseException:
+            os._exit(4)
+    stop.set()
+    deadline = time.monotonic() + float(sys.argv[1])
+    while time.monotonic() < deadline:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            break
+        time.sleep(0.02)
+    else:
+        os.kill(pid, 9)
+        os.waitpid(pid, 0)
+        print("child hung after fork", flush=True)
+        sys.exit(2)
+    with torch.no_grad():
+        assert torch.equal(layer(x), expected)  # and still in the parent
+    sys.exit(os.waitstatus_to_exitcode(status))
+""")
+
+
+@pytest.mark.parametrize("busy", [False, True], ids=["idle-parent", "kernels-running-at-fork"])
+@pytest.mark.parametrize("backend", THREADING_BACKENDS)
+def test_fork_after_quantized_forward_child_runs_parallel_ops(backend, busy):
+    env = dict(os.environ, MONO_QUANT_THREADS=backend, OMP_NUM_THREADS="2")
+    args = [sys.executable, "-c", FORK_SCRIPT, "60"] + (["--busy"] if busy else [])
+    try:
+        proc = subprocess.run(args, env=env, capture_output=True, text=True, timeout=120)
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"{backend}: the forking script hung")
+    assert proc.returncode == 0, f"{backend}: exit {proc.returncode}\n{proc.stdout}\n{proc.stderr}"
+
+
+def test_backend_from_environment_and_unknown_names():
+    code = "from mono_quant import kernels; print(kernels.linear_kernels()['threads'])"
+    for name in THREADING_BACKENDS:
+        out = subprocess.run([sys.executable, "-c", code], env=dict(os.environ, MONO_QUANT_THREADS=name),
+                             capture_output=True, text=True, timeout=120)
+        assert out.stdout.strip() == name, out.stderr
+    out = subprocess.run([sys.executable, "-W", "always", "-c", code],
+                         env=dict(os.environ, MONO_QUANT_THREADS="openmp"), capture_output=True, text=True,
+                         timeout=120)
+    assert out.stdout.strip() == "pool" and "MONO_QUANT_THREADS" in out.stderr
+    with pytest.raises(ValueError, match="pool"):
+        _C.set_threading_backend("gomp")
+    with pytest.raises(TypeError):
+        _C.set_threading_backend(None)
+
+
+@pytest.fixture
+def backend_and_threads():
+    """Restores torch's thread count and the default backend after a test that changes them."""
+    threads, backend = torch.get_num_threads(), _C.set_threading_backend("pool")
+    _C.set_threading_backend(backend)
+    yield
+    torch.set_num_threads(threads)
+    _C.set_threading_backend(backend)
+
+
+def _layers():
+    """Quantized layers with enough work to be split over threads, and an input each."""
+    torch.manual_seed(0)
+    lin = nn.Linear(1000, 777)  # tails: 777 outputs = 48 panels of 16 + 9
+    conv = nn.Conv2d(32, 48, 3, padding=1)
+    return [
+        (mq.quantize(lin, activations="dynamic").model, torch.randn(37, 1000)),
+        (mq.quantize(lin, activations="dynamic").model, torch.randn(1, 1000)),
+        (mq.quantize(lin, activations=None).model, torch.randn(5, 1000)),
+        (mq.quantize(nn.Sequential(lin), dtype="int4").model, torch.randn(1, 1000)),
+        (mq.quantize(nn.Sequential(lin), dtype="int4").model, torch.randn(64, 1000)),
+        (mq.quantize(conv).model, torch.randn(2, 32, 20, 20)),
+    ]
+
+
+def test_same_bits_for_every_backend_and_thread_count(backend_and_threads):
+    layers = _layers()
+    torch.set_num_threads(2)
+    with torch.no_grad():
+        expected = [layer(x) for layer, x in layers]
+        for backend in THREADING_BACKENDS:
+            _C.set_threading_backend(backend)
+            for threads in (2, 3, 7):
+                torch.set_num_threads(threads)
+                for (layer, x), want in zip(layers, expected):
+                    assert torch.equal(layer(x), want), (backend, threads, layer)
+
+
+def test_pool_shared_by_several_python_threads(backend_and_threads):
+    """Callers that find the pool in use run alone; every result stays exact."""
+    layers = _layers()
+    torch.set_num_threads(2)
+    with torch.no_grad():
+        expected = [layer(x) for layer, x in layers]
+    errors = []
+
+    def call_many():
+        with torch.no_grad():
+            for _ in range(20):
+                for (layer, x), want in zip(layers, expected):
+                    if not torch.equal(layer(x), want):
+                        errors.append(layer)
+
+    callers = [threading.Thread(target=call_many) for _ in range(4)]
+    for t in callers:
+        t.start()
+    for t in callers:
+        t.join()
+    assert not errors
