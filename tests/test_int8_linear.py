@@ -23,8 +23,12 @@ SUPPORTED = LEVELS[: LEVELS.index(_C.cpu_info()["best_isa"]) + 1]
 
 # The AVX-VNNI kernel (256-bit vpdpbusd on the AVX2 level) runs here in its EVEX
 # encoding when the CPU has AVX-512 VNNI + VL: the same source, so the same arithmetic.
+# Where the CPU has AVX-VNNI, the AVX2 level's maddubs kernel (what AVX2-only CPUs
+# run) is forced too.
 _INFO = _C.cpu_info()
-KERNELS = SUPPORTED + (["avx2+vnni256"] if _INFO["avx512_vnni"] and _INFO["avx512vl"] else [])
+KERNELS = (SUPPORTED + (["avx2+vnni256"] if _INFO["avx512_vnni"] and _INFO["avx512vl"] else [])
+           + (["avx2+maddubs"] if _INFO["avx_vnni"] and "avx2" in SUPPORTED else []))
+_VARIANTS = {"vnni256": (_C.use_vnni256_for_tests, "vnni256_evex"), "maddubs": (_C.use_maddubs_for_tests, "avx2_maddubs")}
 
 
 @pytest.fixture(params=KERNELS)
@@ -33,13 +37,14 @@ def kernel_isa(request):
     level, _, variant = request.param.partition("+")
     previous = _C.set_isa(level)
     if variant:
-        _C.use_vnni256_for_tests(True)
-        assert _C.linear_kernels()["dynamic"] == "vnni256_evex"
+        use, name = _VARIANTS[variant]
+        use(True)
+        assert _C.linear_kernels()["dynamic"] == name
     try:
         yield request.param
     finally:
         if variant:
-            _C.use_vnni256_for_tests(False)
+            use(False)
         _C.set_isa(previous)
 
 
