@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import warnings
 
+import isa_cap  # noqa: F401  (before torch: --isa / --torch-isa set the environment)
 import torch
 from torch import nn
 

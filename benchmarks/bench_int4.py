@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import isa_cap  # noqa: F401  (before torch: --isa / --torch-isa set the environment)
 import torch
 import torch.nn.functional as F
 

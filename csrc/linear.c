@@ -192,15 +192,18 @@ static void qgemm_range(void *vctx, int64_t begin, int64_t end) {
     }
 }
 
-/* Threads over output panels; when there are too few panels to keep every
+/* Threads over output panels (fn: the table's kernel; kernels that take
+ * int8 activations, qgemm_x_u8 = 0, may assume none is -128, which the
+ * dynamic quantizers never give: an int8 input holding one, tests only,
+ * runs the reference); when there are too few panels to keep every
  * thread busy (a narrow layer or a conv group) and many rows, over row
  * blocks too (each thread then reads the whole, small, weight). */
-static void run_qgemm(const mq_kernels *kt, const mq_qgemm_args *a, int nthreads) {
+static void run_qgemm(mq_qgemm_fn fn, const mq_qgemm_args *a, int nthreads) {
     const int64_t panels = mq_round_up(a->n, MQ_PANEL) / MQ_PANEL;
     int64_t row_block = a->m;
     if (nthreads > 1 && panels < 4 * nthreads && a->m >= 64)
         row_block = mq_round_up((a->m + 2 * nthreads - 1) / (2 * nthreads), 8);
-    qgemm_ctx c = {kt->qgemm, a, panels, row_block};
+    qgemm_ctx c = {fn, a, panels, row_block};
     const int64_t blocks = (a->m + row_block - 1) / row_block;
     mq_parallel_for(blocks * panels, panels_per_chunk(row_block, a->kp), nthreads, qgemm_range, &c);
 }
@@ -220,7 +223,7 @@ int mq_linear_dynamic(const void *x, mq_src_t kind, int x_is_q, int64_t m, int64
                        w_has_m128, bias, acc ? NULL : y, acc, n, gemv_rows(nthreads)};
     xquant_ctx xc = {x, (size_t)ldx * (x_is_q ? 1 : mq_src_size(kind)), kind, x_is_q, k, &a, x_sum, x_scale, xq, kt};
     mq_parallel_for(m, (1 << 16) / (k + 1) + 1, nthreads, quantize_x_range, &xc);
-    run_qgemm(kt, &a, nthreads);
+    run_qgemm(x_is_q && !a.x_u8 && memchr(xq, 0x80, (size_t)(m * kp)) ? mq_ref_qgemm : kt->qgemm, &a, nthreads);
     status = 0;
 done:
     free(xq);
@@ -355,7 +358,7 @@ int mq_conv2d_dynamic(const void *x, mq_src_t kind, int64_t batch, int64_t chann
         mq_qgemm_args a = {rows, kt->qgemm_x_u8, x_scale, x_sum, m, kp, n_g, packed + g * np_g * kp,
                            w_sum + g * np_g, w_scale + g * n_g, w_zp ? w_zp + g * n_g : NULL, w_has_m128,
                            bias ? bias + g * n_g : NULL, y + g * n_g, NULL, n, gemv_rows(nthreads)};
-        run_qgemm(kt, &a, nthreads);
+        run_qgemm(kt->qgemm, &a, nthreads);
     }
     status = 0;
 done:

@@ -137,6 +137,25 @@ def test_int8_acc_extremes_no_saturation(kernel_isa):
         assert torch.equal(_acc(x, w128, zp), reference.linear_int8(x, w128, torch.ones(n), zp, mode="int8_acc"))
 
 
+@pytest.mark.parametrize("m", [1, 5, 6, 7, 13])
+def test_int8_acc_m128_weights_every_row_tile(kernel_isa, m):
+    """-128 weights run in every SIMD kernel (AVX2 maddubs: |w| = 128 as uint8
+    times +-127, pairs up to 2*128*127 = 32512) on each row-tile size and a
+    column tail; int8 inputs holding -128 (the dynamic quantizers never give
+    one) are exact too."""
+    g = _gen(100 + m)
+    n, k = 17, 131
+    w = torch.randint(-128, 128, (n, k), generator=g, dtype=torch.int8)
+    w[::2, ::3] = -128
+    x = torch.where(torch.rand(m, k, generator=g) < 0.5, 127, -127).to(torch.int8)
+    x[0, :7] = torch.randint(-127, 128, (7,), generator=g, dtype=torch.int8)
+    for zp in (torch.zeros(n, dtype=torch.int32), torch.randint(-128, 128, (n,), generator=g, dtype=torch.int32)):
+        assert torch.equal(_acc(x, w, zp), reference.linear_int8(x, w, torch.ones(n), zp, mode="int8_acc"))
+        x128 = x.clone()
+        x128[m // 2, 3] = -128
+        assert torch.equal(_acc(x128, w, zp), reference.linear_int8(x128, w, torch.ones(n), zp, mode="int8_acc"))
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
 def test_dynamic_bit_exact_vs_reference(kernel_isa, dtype):
     """The float outputs follow one fixed fp32 formula: equal to the pure-torch twin bit for bit."""
