@@ -4,7 +4,7 @@ the ResNet-18 3x3 shapes at batch 1 and 8 (and two 1x1 shapes).
 
 Target (docs/benchmarks.md): int8 at least as fast as fp32 (>= 1.0x).
 
-Usage: python benchmarks/bench_conv.py [--repeats N]
+Usage: python benchmarks/bench_conv.py [--repeats N] [--threads T] [--isa ...] [--torch-isa avx2] (isa_cap.py)
 """
 from __future__ import annotations
 
@@ -37,10 +37,13 @@ def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--repeats", type=int, default=15)
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
+    isa_cap.add_isa_arguments(parser)
     args = parser.parse_args()
+    isa_cap.apply_isa()
     if args.threads:
         torch.set_num_threads(args.threads)
     info = machine_info()
+    info["isa"] = isa_cap.isa_description()
     info["linear_kernels"] = kernels.linear_kernels()
     print(f"{info['cpu']}, {info['cores']} cores, torch threads {info['torch_threads']}, torch {info['torch']}, "
           f"ISA {info['dispatched_isa']}, kernels {info['linear_kernels']}")
@@ -66,7 +69,8 @@ def main():
             for name, st in stats.items():
                 print(f"  {name:<18} {st['median_us']:9.1f} us [{st['p10_us']:8.1f} - {st['p90_us']:8.1f}]"
                       f"  {row['GOPs'][name]:7.1f} GOP/s  x{base / st['median_us']:5.2f} vs fp32")
-    path = write_results("bench_conv" + (f"_t{args.threads}" if args.threads else ""), {"machine": info, "conv": rows})
+    suffix = (f"_{args.isa}" if args.isa != "native" else "") + (f"_t{args.threads}" if args.threads else "")
+    path = write_results("bench_conv" + suffix, {"machine": info, "conv": rows})
     print(f"\nwrote {path}")
 
 
