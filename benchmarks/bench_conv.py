@@ -40,6 +40,7 @@ def main():
     isa_cap.add_isa_arguments(parser)
     args = parser.parse_args()
     isa_cap.apply_isa()
+    isa_cap.check_clock(args.threads)
     if args.threads:
         torch.set_num_threads(args.threads)
     info = machine_info()

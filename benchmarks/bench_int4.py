@@ -57,9 +57,9 @@ def interleaved(fns: dict, reps: int, warmup: int = 2) -> dict:
     for rep in range(reps):
         for j in range(len(names)):
             k = names[(j + rep) % len(names)]
-            t0 = time.perf_counter()
+            t0 = isa_cap.clock()
             fns[k]()
-            times[k].append(time.perf_counter() - t0)
+            times[k].append(isa_cap.clock() - t0)
     return {k: {"median_s": statistics.median(v), "p10_s": percentile(v, 10), "p90_s": percentile(v, 90)}
             for k, v in times.items()}
 
@@ -183,6 +183,7 @@ def main() -> int:
     isa_cap.add_isa_arguments(parser)
     args = parser.parse_args()
     isa_cap.apply_isa()
+    isa_cap.check_clock(args.threads)
     if args.threads:
         torch.set_num_threads(args.threads)
     info = kernels.cpu_info()

@@ -37,8 +37,6 @@ def interleaved(contenders, repeats=15, warmup=2):
     contender later (A B C, B C A, C A B, ...): the call right after fp32
     F.linear / conv2d runs measurably slower (~0.4 ms at 4096x4096, batch
     1), so no contender may always hold that slot.  Seconds per call."""
-    import time
-
     names = list(contenders)
     for _ in range(warmup):
         for fn in contenders.values():
@@ -47,9 +45,9 @@ def interleaved(contenders, repeats=15, warmup=2):
     for r in range(repeats):
         for j in range(len(names)):
             name = names[(r + j) % len(names)]
-            t0 = time.perf_counter()
+            t0 = isa_cap.clock()
             contenders[name]()
-            times[name].append(time.perf_counter() - t0)
+            times[name].append(isa_cap.clock() - t0)
     return times
 
 L3_BYTES = 32 << 20
@@ -239,6 +237,7 @@ def main():
     isa_cap.add_isa_arguments(parser)
     args = parser.parse_args()
     isa_cap.apply_isa()
+    isa_cap.check_clock(args.threads)
     if args.threads:
         torch.set_num_threads(args.threads)
     info = machine_info()

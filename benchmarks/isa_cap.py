@@ -7,6 +7,7 @@ environment variables each library reads once at start-up.
                       the int8 matmul is AVX-VNNI's where the CPU has it
   --isa avx2-maddubs  the same with the maddubs int8 matmul an AVX2 CPU without
                       AVX-VNNI (Zen 2/3, Intel before Alder Lake) runs
+  --clock cpu         time each call in the thread's CPU time (one thread)
   --torch-isa avx2    caps torch's libraries too: fbgemm
                       (FBGEMM_ENABLE_INSTRUCTIONS), oneDNN (ONEDNN_MAX_CPU_ISA),
                       MKL (MKL_ENABLE_INSTRUCTIONS), ATen (ATEN_CPU_CAPABILITY)
@@ -15,8 +16,9 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 
-__all__ = ["ISA", "ISA_CHOICES", "add_isa_arguments", "apply_isa", "isa_description"]
+__all__ = ["ISA", "ISA_CHOICES", "add_isa_arguments", "apply_isa", "isa_description", "clock"]
 
 ISA_CHOICES = ["native", "scalar", "avx2", "avx2-maddubs", "avx512"]
 _TORCH_ENV = {"FBGEMM_ENABLE_INSTRUCTIONS": "AVX2", "ONEDNN_MAX_CPU_ISA": "AVX2",
@@ -44,11 +46,29 @@ if "torch" in sys.modules and (_TORCH_ISA != "native"):
     raise RuntimeError("isa_cap must be imported before torch")
 
 
+_CLOCK = _argv_value("--clock", "wall")
+
+
+def clock() -> float:
+    """The benchmarks' clock, seconds: wall time (perf_counter), or with
+    --clock cpu the calling thread's CPU time (thread_time), which on a busy
+    shared machine leaves out the time other processes held the core; only
+    meaningful at one thread (a helper thread's work is not counted)."""
+    return time.thread_time() if _CLOCK == "cpu" else time.perf_counter()
+
+
 def add_isa_arguments(parser) -> None:
     parser.add_argument("--isa", choices=ISA_CHOICES, default="native",
                         help="cap mono-quant's kernels (avx2-maddubs: the AVX2 level without AVX-VNNI)")
     parser.add_argument("--torch-isa", choices=["native", "avx2"], default="native",
                         help="cap fbgemm / oneDNN / MKL / ATen at AVX2 too")
+    parser.add_argument("--clock", choices=["wall", "cpu"], default="wall",
+                        help="cpu: the calling thread's CPU time per call (one thread only; a busy machine)")
+
+
+def check_clock(threads) -> None:
+    if _CLOCK == "cpu" and threads != 1:
+        raise SystemExit("--clock cpu needs --threads 1 (helper threads' work would not be counted)")
 
 
 def apply_isa() -> None:
@@ -62,6 +82,6 @@ def apply_isa() -> None:
 def isa_description() -> dict:
     from mono_quant import _C
 
-    return {"isa_option": ISA, "torch_isa_option": _TORCH_ISA, "active_isa": _C.cpu_info()["active_isa"],
+    return {"isa_option": ISA, "torch_isa_option": _TORCH_ISA, "clock": _CLOCK, "active_isa": _C.cpu_info()["active_isa"],
             "qgemm": _C.linear_kernels()["dynamic"],
             "torch_env": {k: os.environ.get(k) for k in _TORCH_ENV}}
