@@ -155,3 +155,22 @@ def test_conv2d_int8_rejects_sizes_that_would_overflow(kernel, padding, dilation
     with pytest.raises((ValueError, OverflowError)):
         _C.conv2d_int8(x, packed, sums, np.ones(n, np.float32), np.zeros(n, np.int32), None, n, m128,
                        kernel, (1, 1), padding, dilation, 1)
+
+
+@pytest.mark.parametrize("isa", GEMM_KERNELS)
+def test_conv_dynamic_row_blocks_bit_exact(isa):
+    """A 3x3 conv with 64 input channels (kp = 576) over 2 x 16 x 16 pixels: 512 im2col
+    rows, taken by linear.c in L2-sized blocks of 200 under each of the 3 panels."""
+    torch.manual_seed(9)
+    conv = nn.Conv2d(64, 40, 3, padding=1).eval()
+    qconv, _ = mq.quantize(conv, symmetric=False)
+    x = torch.randn(2, 64, 16, 16)
+    undo = _force(isa)
+    try:
+        with torch.no_grad():
+            y = qconv(x)
+    finally:
+        undo()
+    ref = reference.conv2d_int8(x, qconv.quantized_weight().qdata, qconv.weight_scale, qconv.weight_zero_point,
+                                qconv.bias, conv.stride, conv.padding, conv.dilation, conv.groups)
+    assert torch.equal(y, ref)

@@ -137,6 +137,21 @@ def test_int8_acc_extremes_no_saturation(kernel_isa):
         assert torch.equal(_acc(x, w128, zp), reference.linear_int8(x, w128, torch.ones(n), zp, mode="int8_acc"))
 
 
+@pytest.mark.parametrize("nthreads", [1, 2])
+def test_int8_acc_exact_row_blocks(kernel_isa, nthreads):
+    """Many rows times a small weight: linear.c takes the rows in L2-sized blocks
+    (kp = 3004 gives 40-row blocks: 97 = 40 + 40 + 17) under every panel."""
+    g = _gen(77)
+    m, n, k = 97, 40, 3001
+    w = torch.randint(-128, 128, (n, k), generator=g, dtype=torch.int8)
+    x = torch.randint(-127, 128, (m, k), generator=g, dtype=torch.int8)
+    zp = torch.randint(-128, 128, (n,), generator=g, dtype=torch.int32)
+    packed, w_sum, has_m128 = kernels.pack_int8(w)
+    got = torch.from_numpy(_C.linear_int8(x.numpy(), packed.numpy(), w_sum.numpy(), torch.ones(n).numpy(), zp.numpy(),
+                                          None, n, has_m128, mode="int8_acc", nthreads=nthreads))
+    assert torch.equal(got, reference.linear_int8(x, w, torch.ones(n), zp, mode="int8_acc"))
+
+
 @pytest.mark.parametrize("m", [1, 5, 6, 7, 13])
 def test_int8_acc_m128_weights_every_row_tile(kernel_isa, m):
     """-128 weights run in every SIMD kernel (AVX2 maddubs: |w| = 128 as uint8
