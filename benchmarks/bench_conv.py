@@ -4,13 +4,15 @@ the ResNet-18 3x3 shapes at batch 1 and 8 (and two 1x1 shapes).
 
 Target (docs/benchmarks.md): int8 at least as fast as fp32 (>= 1.0x).
 
-Usage: python benchmarks/bench_conv.py [--repeats N] [--background-load N]
+Usage: python benchmarks/bench_conv.py [--repeats N] [--threads T] [--background-load N]
+       [--isa ...] [--torch-isa avx2] (isa_cap.py)
 """
 from __future__ import annotations
 
 import argparse
 import warnings
 
+import isa_cap  # noqa: F401  (before torch: --isa / --torch-isa set the environment)
 import torch
 from torch import nn
 
@@ -38,18 +40,23 @@ def main():
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
     parser.add_argument("--background-load", type=int, default=0, metavar="N",
                         help="run N CPU-bound processes beside the benchmark (common.background_load)")
+    isa_cap.add_isa_arguments(parser)
     args = parser.parse_args()
+    isa_cap.apply_isa()
+    isa_cap.check_clock(args.threads)
     if args.threads:
         torch.set_num_threads(args.threads)
     info = machine_info()
+    info["isa"] = isa_cap.isa_description()
     info["linear_kernels"] = kernels.linear_kernels()
     print(f"{info['cpu']}, {info['cores']} cores, torch threads {info['torch_threads']}, torch {info['torch']}, "
           f"ISA {info['dispatched_isa']}, kernels {info['linear_kernels']}")
     info["background_load"] = args.background_load
     with background_load(args.background_load):
         rows = run(args.repeats)
-    path = write_results("bench_conv" + (f"_t{args.threads}" if args.threads else "")
-                         + (f"_bg{args.background_load}" if args.background_load else ""), {"machine": info, "conv": rows})
+    suffix = ((f"_{args.isa}" if args.isa != "native" else "") + (f"_t{args.threads}" if args.threads else "")
+              + (f"_bg{args.background_load}" if args.background_load else ""))
+    path = write_results("bench_conv" + suffix, {"machine": info, "conv": rows})
     print(f"\nwrote {path}")
 
 

@@ -1,7 +1,8 @@
 """INT4 benchmark: linear speed vs fp32 / torch int4pack / mono-quant int8,
 size (bits per weight), weight SQNR per method, quantization speed.
 
-Run: .venv/bin/python benchmarks/bench_int4.py [--quick] [--background-load N]
+Run: .venv/bin/python benchmarks/bench_int4.py [--quick] [--threads T] [--background-load N]
+     [--isa ...] [--torch-isa avx2] (isa_cap.py)
 Prints tables and writes benchmarks/results/bench_int4.json.  Contenders are
 interleaved (A B C A B C ...) after a warm-up; medians with p10/p90.  Batch-1
 cases rotate several weight copies so the working set exceeds the 32 MiB L3.
@@ -18,6 +19,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import isa_cap  # noqa: F401  (before torch: --isa / --torch-isa set the environment)
 import torch
 import torch.nn.functional as F
 
@@ -58,9 +60,9 @@ def interleaved(fns: dict, reps: int, warmup: int = 2) -> dict:
     for rep in range(reps):
         for j in range(len(names)):
             k = names[(j + rep) % len(names)]
-            t0 = time.perf_counter()
+            t0 = isa_cap.clock()
             fns[k]()
-            times[k].append(time.perf_counter() - t0)
+            times[k].append(isa_cap.clock() - t0)
     return {k: {"median_s": statistics.median(v), "p10_s": percentile(v, 10), "p90_s": percentile(v, 90)}
             for k, v in times.items()}
 
@@ -181,7 +183,14 @@ def main() -> int:
     parser.add_argument("--reps", type=int, default=21)
     parser.add_argument("--background-load", type=int, default=0, metavar="N",
                         help="run N CPU-bound processes beside the Linear timings (common.background_load)")
+    parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
+    parser.add_argument("--linear-only", action="store_true", help="skip the accuracy and quantization-speed tables")
+    isa_cap.add_isa_arguments(parser)
     args = parser.parse_args()
+    isa_cap.apply_isa()
+    isa_cap.check_clock(args.threads)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     info = kernels.cpu_info()
     env = {"cpu": cpu_model(), "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
            "torch": torch.__version__, "numpy": np.__version__, "python": platform.python_version(),
@@ -189,7 +198,8 @@ def main() -> int:
            "flags": {k: v for k, v in info.items() if k not in ("best_isa", "active_isa")},
            "panel_min_batch": _C.q4_panel_min_m(),
            "torch_int4pack": hasattr(torch, "_weight_int4pack_mm_for_cpu"),
-           "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY"), "loadavg": os.getloadavg()}
+           "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY"), "loadavg": os.getloadavg(),
+           "isa_cap": isa_cap.isa_description()}
     print(f"# {env['cpu']}, {env['cores']} cores, torch threads {env['torch_threads']}, torch {env['torch']}, "
           f"ISA {env['isa']}")
     env["copy_GBps"] = stream_bandwidth()
@@ -205,20 +215,22 @@ def main() -> int:
         print(f"{'%dx%d' % tuple(r['shape']):>18} {r['batch']:>3}  {r['contender']:<58} {r['median_s'] * 1e6:>10.0f} "
               f"{r['p10_s'] * 1e6:>9.0f} {r['p90_s'] * 1e6:>9.0f} {r['speedup_vs_fp32']:>7.2f}x "
               f"{r['weight_GBps']:>6.1f}")
-    acc = bench_accuracy(args.quick)
+    acc = [] if args.linear_only else bench_accuracy(args.quick)
     print("\n## Weight SQNR (dB) per method\n")
     print(f"{'distribution':<16} {'group':>5} {'method':>6} {'SQNR dB':>8} {'vs rtn':>7} {'bits/w':>7}")
     for r in acc:
         print(f"{r['dist']:<16} {r['group']:>5} {r['method']:>6} {r['sqnr_db']:>8.2f} {r['gain_vs_rtn_db']:>+7.2f} "
               f"{r['bits_per_weight']:>7.3f}")
-    speed = bench_quantize_speed(args.quick)
+    speed = [] if args.linear_only else bench_quantize_speed(args.quick)
     print("\n## Quantization speed (4096x4096, group 128)\n")
     for r in speed:
         print(f"{r['method']:>6}: {r['median_s'] * 1e3:8.1f} ms  = {r['seconds_per_billion']:6.1f} s per 1e9 weights")
     print(f"\n# total {time.time() - t0:.0f} s")
     out = Path(__file__).resolve().parent / "results"
     out.mkdir(exist_ok=True)
-    path = out / ("bench_int4" + (f"_bg{args.background_load}" if args.background_load else "") + ".json")
+    suffix = ((f"_{args.isa}" if args.isa != "native" else "") + (f"_t{args.threads}" if args.threads else "")
+              + (f"_bg{args.background_load}" if args.background_load else ""))
+    path = out / f"bench_int4{suffix}.json"
     path.write_text(json.dumps({"env": env, "linear": linear, "accuracy": acc, "quantize_speed": speed}, indent=1))
     print(f"# wrote {path}")
     return 0

@@ -12,13 +12,15 @@ batch 1 and 32 (int8 vs fp32) and a GEMV/GEMM tile sweep for the switch point.
 Targets (docs/benchmarks.md): batch 1 >= 3.0x fp32 on 4096x4096, 11008x4096,
 4096x11008; batch 32 and 128 (4096x4096) >= 1.5x fp32 and >= fbgemm.
 
-Usage: python benchmarks/bench_linear.py [--repeats N] [--quick] [--background-load N]
+Usage: python benchmarks/bench_linear.py [--repeats N] [--quick] [--threads T] [--background-load N]
+       [--isa avx2|avx2-maddubs|...] [--torch-isa avx2] (see isa_cap.py)
 """
 from __future__ import annotations
 
 import argparse
 import warnings
 
+import isa_cap  # noqa: F401  (before torch: --isa / --torch-isa set the environment)
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -35,8 +37,6 @@ def interleaved(contenders, repeats=15, warmup=2):
     contender later (A B C, B C A, C A B, ...): the call right after fp32
     F.linear / conv2d runs measurably slower (~0.4 ms at 4096x4096, batch
     1), so no contender may always hold that slot.  Seconds per call."""
-    import time
-
     names = list(contenders)
     for _ in range(warmup):
         for fn in contenders.values():
@@ -45,9 +45,9 @@ def interleaved(contenders, repeats=15, warmup=2):
     for r in range(repeats):
         for j in range(len(names)):
             name = names[(r + j) % len(names)]
-            t0 = time.perf_counter()
+            t0 = isa_cap.clock()
             contenders[name]()
-            times[name].append(time.perf_counter() - t0)
+            times[name].append(isa_cap.clock() - t0)
     return times
 
 L3_BYTES = 32 << 20
@@ -143,7 +143,7 @@ def bench_linear(shapes, batches, repeats, fbgemm, int8pack, rows):
                 "mq dynamic int8": lambda: dyn[rot["dyn"].next()](x),
                 "mq weight-only": lambda: wo[rot["wo"].next()](x),
             }
-            if (n, k) == (4096, 4096) and m in (1, 32) and "avx2" in isa_levels():
+            if (n, k) == (4096, 4096) and m in (1, 32) and "avx2" in isa_levels() and isa_cap.ISA == "native":
                 contenders["mq dynamic int8 (AVX2 forced)"] = lambda: forced("avx2", dyn[rot["dyn"].next()], x)
             if fb:
                 contenders["fbgemm linear_dynamic"] = lambda: torch.ops.quantized.linear_dynamic(x, fb[rot["fb"].next()])
@@ -234,10 +234,16 @@ def main():
     parser.add_argument("--quick", action="store_true", help="only 4096x4096")
     parser.add_argument("--background-load", type=int, default=0, metavar="N",
                         help="run N CPU-bound processes beside the benchmark (common.background_load)")
+    parser.add_argument("--batches", type=int, nargs="+", default=[1, 8, 32, 128], help="4096x4096 batch sizes")
+    parser.add_argument("--no-extras", action="store_true", help="skip the tile sweep and the demo model")
+    isa_cap.add_isa_arguments(parser)
     args = parser.parse_args()
+    isa_cap.apply_isa()
+    isa_cap.check_clock(args.threads)
     if args.threads:
         torch.set_num_threads(args.threads)
     info = machine_info()
+    info["isa"] = isa_cap.isa_description()
     info["linear_kernels"] = kernels.linear_kernels()
     fbgemm, int8pack = probe_fbgemm(), probe_int8pack_mm()
     info["baselines"] = {"fbgemm linear_dynamic": fbgemm, "_weight_int8pack_mm": int8pack}
@@ -248,14 +254,15 @@ def main():
               f"ISA {info['dispatched_isa']}, kernels {info['linear_kernels']}")
         print(f"baselines: {info['baselines']}; streaming copy_ bandwidth {info['stream_GBps']:.1f} GB/s")
         rows = []
-        bench_linear([(4096, 4096)], [1, 8, 32, 128], args.repeats, fbgemm, int8pack, rows)
+        bench_linear([(4096, 4096)], args.batches, args.repeats, fbgemm, int8pack, rows)
         if not args.quick:
             bench_linear([(11008, 4096), (4096, 11008)], [1], args.repeats, fbgemm, int8pack, rows)
             bench_linear([(768, 3072), (3072, 768)], [1, 32], args.repeats, fbgemm, int8pack, rows)
-        tiles = bench_tiles(args.repeats)
-        model_rows = bench_model(args.repeats)
-    path = write_results("bench_linear" + (f"_t{args.threads}" if args.threads else "")
-                         + (f"_bg{args.background_load}" if args.background_load else ""), {"machine": info, "linear": rows, "tiles": tiles, "model": model_rows})
+        tiles = {} if args.no_extras else bench_tiles(args.repeats)
+        model_rows = [] if args.no_extras else bench_model(args.repeats)
+    suffix = ((f"_{args.isa}" if args.isa != "native" else "") + (f"_t{args.threads}" if args.threads else "")
+              + (f"_bg{args.background_load}" if args.background_load else ""))
+    path = write_results("bench_linear" + suffix, {"machine": info, "linear": rows, "tiles": tiles, "model": model_rows})
     print(f"\nwrote {path}")
 
 

@@ -218,6 +218,16 @@ int mq_set_isa(mq_isa_t isa) {
     return 0;
 }
 
+int mq_use_maddubs_for_tests(int on) {
+    init_tables();
+    if (best_isa < MQ_ISA_AVX2) return -1;
+    if (on)
+        overlay(&tables[MQ_ISA_AVX2], &mq_avx2_linear_table);
+    else
+        avx2_int8_matmul(&tables[MQ_ISA_AVX2]);
+    return 0;
+}
+
 int mq_use_vnni256_for_tests(int on) {
     mq_kernels *avx2 = &tables[MQ_ISA_AVX2];
     init_tables();

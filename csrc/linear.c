@@ -192,15 +192,26 @@ static void qgemm_range(void *vctx, int64_t begin, int64_t end) {
     }
 }
 
-/* Threads over output panels; when there are too few panels to keep every
+/* Threads over output panels (fn: the table's kernel; kernels that take
+ * int8 activations, qgemm_x_u8 = 0, may assume none is -128, which the
+ * dynamic quantizers never give: an int8 input holding one, tests only,
+ * runs the reference); when there are too few panels to keep every
  * thread busy (a narrow layer or a conv group) and many rows, over row
  * blocks too (each thread then reads the whole, small, weight). */
-static void run_qgemm(const mq_kernels *kt, const mq_qgemm_args *a, int nthreads) {
+static void run_qgemm(mq_qgemm_fn fn, const mq_qgemm_args *a, int nthreads) {
     const int64_t panels = mq_round_up(a->n, MQ_PANEL) / MQ_PANEL;
     int64_t row_block = a->m;
     if (nthreads > 1 && panels < 4 * nthreads && a->m >= 64)
         row_block = mq_round_up((a->m + 2 * nthreads - 1) / (2 * nthreads), 8);
-    qgemm_ctx c = {kt->qgemm, a, panels, row_block};
+    /* Many rows times a small weight (a conv's im2col): blocks of rows that
+     * stay in L2 while every panel passes over them, instead of streaming
+     * all the rows from memory once per panel (conv 64ch 56x56 batch 8: the
+     * 14 MiB of rows read 4 times).  A weight too big for the caches is
+     * still read once (batched linear layers). */
+    const int64_t rows_in_l2 = ((int64_t)128 << 10) / a->kp / 40 * 40; /* 40: whole 5- and 8-row tiles */
+    if (panels > 1 && panels * MQ_PANEL * a->kp <= ((int64_t)1 << 20) && rows_in_l2 >= 40 && row_block > rows_in_l2)
+        row_block = rows_in_l2;
+    qgemm_ctx c = {fn, a, panels, row_block};
     const int64_t blocks = (a->m + row_block - 1) / row_block;
     mq_parallel_for(blocks * panels, panels_per_chunk(row_block, a->kp), nthreads, qgemm_range, &c);
 }
@@ -220,7 +231,7 @@ int mq_linear_dynamic(const void *x, mq_src_t kind, int x_is_q, int64_t m, int64
                        w_has_m128, bias, acc ? NULL : y, acc, n, gemv_rows(nthreads)};
     xquant_ctx xc = {x, (size_t)ldx * (x_is_q ? 1 : mq_src_size(kind)), kind, x_is_q, k, &a, x_sum, x_scale, xq, kt};
     mq_parallel_for(m, (1 << 16) / (k + 1) + 1, nthreads, quantize_x_range, &xc);
-    run_qgemm(kt, &a, nthreads);
+    run_qgemm(x_is_q && !a.x_u8 && memchr(xq, 0x80, (size_t)(m * kp)) ? mq_ref_qgemm : kt->qgemm, &a, nthreads);
     status = 0;
 done:
     free(xq);
@@ -252,8 +263,16 @@ static void im2col_range(void *vctx, int64_t begin, int64_t end) {
     for (int64_t r = begin; r < end; r++) {
         const int64_t b = r / pixels, oh = (r % pixels) / c->out_w, ow = r % c->out_w;
         uint8_t *dst = c->rows + r * c->kp;
+        const int64_t iw0 = ow * c->sw - c->pw;
+        /* one group, dilation 1, the row of taps inside the image: the kw pixels' channels are one run */
+        const int whole_row = c->cg == c->channels && c->dw == 1 && iw0 >= 0 && iw0 + c->kw <= c->width;
         for (int64_t i = 0; i < c->kh; i++) {
             const int64_t ih = oh * c->sh - c->ph + i * c->dh;
+            if (whole_row && ih >= 0 && ih < c->height) {
+                memcpy(dst, c->xq + ((b * c->height + ih) * c->width + iw0) * c->channels, (size_t)(c->kw * c->cg));
+                dst += c->kw * c->cg;
+                continue;
+            }
             for (int64_t j = 0; j < c->kw; j++, dst += c->cg) {
                 const int64_t iw = ow * c->sw - c->pw + j * c->dw;
                 if (ih >= 0 && ih < c->height && iw >= 0 && iw < c->width)
@@ -355,7 +374,7 @@ int mq_conv2d_dynamic(const void *x, mq_src_t kind, int64_t batch, int64_t chann
         mq_qgemm_args a = {rows, kt->qgemm_x_u8, x_scale, x_sum, m, kp, n_g, packed + g * np_g * kp,
                            w_sum + g * np_g, w_scale + g * n_g, w_zp ? w_zp + g * n_g : NULL, w_has_m128,
                            bias ? bias + g * n_g : NULL, y + g * n_g, NULL, n, gemv_rows(nthreads)};
-        run_qgemm(kt, &a, nthreads);
+        run_qgemm(kt->qgemm, &a, nthreads);
     }
     status = 0;
 done:

@@ -4,11 +4,14 @@
  * as two 8-channel halves (32 bytes of each 64-byte K-group).
  *
  * Integer path: vpmaddubsw multiplies uint8 by int8 and adds pairs into a
- * saturating int16.  The sign trick feeds it |x| (0..127, activations are
- * quantized to -127..127) and sign(x) * w, so each pair sum is at most
- * 2 * 127 * 127 = 32258 < 32767: it never saturates, provided no weight is
- * -128 (sign() cannot negate it).  Weights holding -128 (asymmetric only)
- * take the exact reference path instead. */
+ * saturating int16.  The sign trick feeds it |w| (0..128 as uint8) and
+ * sign(w) * x: |w| is taken once per weight group and shared by every row
+ * of the tile (the sign of x per row, costing one more operation per row).
+ * Each pair sum is at most 2 * 128 * 127 = 32512 < 32767, so it never
+ * saturates, -128 weights (asymmetric quantization) included, provided no
+ * activation is -128 (sign() cannot negate it): the dynamic quantizer's range
+ * is -127..127, and linear.c sends the rare int8 input holding -128 (tests)
+ * to the reference. */
 #include "mq.h"
 
 #if defined(__x86_64__) && defined(__AVX2__) && defined(__FMA__)
@@ -17,16 +20,20 @@
 #define MQ_INLINE static inline __attribute__((always_inline))
 #include "linear_store256.h"
 
-/* MT rows x one panel (two 8-channel halves), named accumulators (a
- * macro with a constant MT: GCC keeps arrays of vectors on the stack). */
+/* MT rows x one panel (two 8-channel halves) over the whole K: 2 * MT
+ * named accumulators (a macro with a constant MT: GCC keeps arrays of
+ * vectors on the stack).  5 rows: 10 accumulators, |w| of both halves, the
+ * ones and temporaries fit the 16 ymm registers without spills (6 rows
+ * spill with GCC 12; written in assembly without spills, 6 rows measured
+ * slower still, bench_linear.py on Zen 5 at the AVX2 level). */
 #define QROW_DECL(i) __m256i acc##i##a = _mm256_setzero_si256(), acc##i##b = acc##i##a;
 #define QROW(i, MT)                                                                           \
     if ((i) < (MT)) {                                                                         \
         int32_t x4;                                                                           \
         memcpy(&x4, x + (i) * kp + g * 4, 4);                                                 \
-        const __m256i xb = _mm256_set1_epi32(x4), ax = _mm256_abs_epi8(xb);                   \
-        const __m256i p0 = _mm256_maddubs_epi16(ax, _mm256_sign_epi8(w0, xb));                \
-        const __m256i p1 = _mm256_maddubs_epi16(ax, _mm256_sign_epi8(w1, xb));                \
+        const __m256i xb = _mm256_set1_epi32(x4);                                             \
+        const __m256i p0 = _mm256_maddubs_epi16(aw0, _mm256_sign_epi8(xb, w0));               \
+        const __m256i p1 = _mm256_maddubs_epi16(aw1, _mm256_sign_epi8(xb, w1));               \
         acc##i##a = _mm256_add_epi32(acc##i##a, _mm256_madd_epi16(p0, ones));                 \
         acc##i##b = _mm256_add_epi32(acc##i##b, _mm256_madd_epi16(p1, ones));                 \
     }
@@ -41,26 +48,30 @@
         const int8_t *w = a->w + p * groups * 64;                                             \
         const uint8_t *x = a->x + m0 * kp;                                                    \
         const __m256i ones = _mm256_set1_epi16(1);                                            \
-        QROW_DECL(0) QROW_DECL(1) QROW_DECL(2) QROW_DECL(3)                                   \
+        QROW_DECL(0) QROW_DECL(1) QROW_DECL(2) QROW_DECL(3) QROW_DECL(4)                      \
         for (int64_t g = 0; g < groups; g++) {                                                \
             const __m256i w0 = _mm256_loadu_si256((const __m256i *)(w + g * 64));             \
             const __m256i w1 = _mm256_loadu_si256((const __m256i *)(w + g * 64 + 32));        \
-            QROW(0, MT) QROW(1, MT) QROW(2, MT) QROW(3, MT)                                   \
+            const __m256i aw0 = _mm256_abs_epi8(w0), aw1 = _mm256_abs_epi8(w1);               \
+            QROW(0, MT) QROW(1, MT) QROW(2, MT) QROW(3, MT) QROW(4, MT)                       \
         }                                                                                     \
         QROW_STORE(0, MT) QROW_STORE(1, MT) QROW_STORE(2, MT) QROW_STORE(3, MT)               \
+        QROW_STORE(4, MT)                                                                     \
     }
 
+#define QTILE_ROWS 5
 typedef void (*qtile_fn)(const mq_qgemm_args *a, int64_t m0, int64_t p);
-QTILE(1) QTILE(2) QTILE(3) QTILE(4)
-static const qtile_fn qtiles[5] = {NULL, qtile_1, qtile_2, qtile_3, qtile_4};
+QTILE(1) QTILE(2) QTILE(3) QTILE(4) QTILE(5)
+static const qtile_fn qtiles[QTILE_ROWS + 1] = {NULL, qtile_1, qtile_2, qtile_3, qtile_4, qtile_5};
 
 static void qgemm_avx2(const mq_qgemm_args *a, int64_t p0, int64_t p1) {
-    if (a->w_has_m128 || a->x_u8) { /* see the top of the file */
+    if (a->x_u8) { /* activations shifted for VNNI: only the reference takes them */
         mq_ref_qgemm(a, p0, p1);
         return;
     }
     for (int64_t p = p0; p < p1; p++)
-        for (int64_t m0 = 0; m0 < a->m; m0 += 4) qtiles[a->m - m0 < 4 ? a->m - m0 : 4](a, m0, p);
+        for (int64_t m0 = 0; m0 < a->m; m0 += QTILE_ROWS)
+            qtiles[a->m - m0 < QTILE_ROWS ? a->m - m0 : QTILE_ROWS](a, m0, p);
 }
 
 /* ---- weight-only: lanes are 2 channels x 4 k; channel sums at the end ---- */

@@ -950,6 +950,23 @@ static PyObject *py_use_vnni256(PyObject *self, PyObject *arg) {
     Py_RETURN_NONE;
 }
 
+PyDoc_STRVAR(use_maddubs_doc,
+             "use_maddubs_for_tests(on) -> None\n\n"
+             "Tests and benchmarks: make the AVX2 level's dynamic int8 matmul the maddubs kernel\n"
+             "(what an AVX2 CPU without AVX-VNNI runs) even where this CPU has AVX-VNNI; False\n"
+             "restores. Raises RuntimeError when this CPU has no AVX2.");
+
+static PyObject *py_use_maddubs(PyObject *self, PyObject *arg) {
+    (void)self;
+    int on = PyObject_IsTrue(arg);
+    if (on < 0) return NULL;
+    if (mq_use_maddubs_for_tests(on) < 0) {
+        PyErr_SetString(PyExc_RuntimeError, "the maddubs kernel needs AVX2");
+        return NULL;
+    }
+    Py_RETURN_NONE;
+}
+
 PyDoc_STRVAR(cpu_info_doc, "cpu_info() -> dict of the CPU features mono-quant dispatches on, and the ISA levels.");
 
 static PyObject *py_cpu_info(PyObject *self, PyObject *unused) {
@@ -1277,6 +1294,7 @@ static PyMethodDef module_methods[] = {
     {"set_threading_backend", py_set_threading_backend, METH_O, set_threading_backend_doc},
     {"set_gemv_max_rows", py_set_gemv_max_rows, METH_O, set_gemv_max_rows_doc},
     {"use_vnni256_for_tests", py_use_vnni256, METH_O, use_vnni256_doc},
+    {"use_maddubs_for_tests", py_use_maddubs, METH_O, use_maddubs_doc},
     {"cpu_info", py_cpu_info, METH_NOARGS, cpu_info_doc},
     {"set_isa", py_set_isa, METH_O, set_isa_doc},
     {"get_isa", py_get_isa, METH_NOARGS, get_isa_doc},

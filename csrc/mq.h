@@ -272,6 +272,10 @@ extern const mq_kernels mq_avx512vnni_int4_table;     /* x86_avx512vnni_int4.c *
 /* Tests only: on the AVX2 level, run the 256-bit VNNI kernel in its EVEX
  * encoding (needs AVX-512 VNNI + VL); 0 ok, -1 when this CPU can't. */
 int mq_use_vnni256_for_tests(int on);
+/* Tests and benchmarks: on the AVX2 level, the maddubs kernel even where the
+ * CPU has AVX-VNNI (what an AVX2-only CPU such as Zen 2/3 runs); False
+ * restores the CPU's choice.  0 ok, -1 when this CPU has no AVX2. */
+int mq_use_maddubs_for_tests(int on);
 
 /* ---- dispatch.c ------------------------------------------------------------ */
 mq_isa_t mq_cpu_best_isa(void);           /* best level this CPU and OS support */

@@ -13,6 +13,22 @@ from mono_quant.modules.linear import kernel_args
 
 LEVELS = ["scalar", "avx2", "avx512"]
 SUPPORTED = LEVELS[: LEVELS.index(_C.cpu_info()["best_isa"]) + 1]
+# plus the AVX2 level's maddubs kernel where the CPU would pick AVX-VNNI instead
+GEMM_KERNELS = SUPPORTED + (["avx2+maddubs"] if _C.cpu_info()["avx_vnni"] and "avx2" in SUPPORTED else [])
+
+
+def _force(kernel):
+    """Caps the ISA at kernel's level (forcing the maddubs variant); returns the undo."""
+    level, _, variant = kernel.partition("+")
+    previous = _C.set_isa(level)
+    if variant:
+        _C.use_maddubs_for_tests(True)
+
+    def undo():
+        if variant:
+            _C.use_maddubs_for_tests(False)
+        _C.set_isa(previous)
+    return undo
 
 CASES = [  # in, out, kernel, stride, padding, dilation, groups
     (3, 16, 3, 1, 1, 1, 1),
@@ -73,12 +89,12 @@ def test_conv_dynamic_sqnr(case):
         assert _sqnr(conv(x), qconv(x)) >= 30.0
         if case[6] != case[0]:  # not depthwise: the packed path ran, equal across ISAs
             outs = []
-            for level in SUPPORTED:
-                previous = _C.set_isa(level)
+            for level in GEMM_KERNELS:
+                undo = _force(level)
                 try:
                     outs.append(qconv(x))
                 finally:
-                    _C.set_isa(previous)
+                    undo()
             assert all(torch.equal(outs[0], o) for o in outs[1:])
 
 
@@ -95,7 +111,7 @@ def test_conv_padding_modes_dtypes_and_persistence():
 
 
 @pytest.mark.parametrize("case", [c for c in CASES if c[6] != c[0]], ids=[str(c) for c in CASES if c[6] != c[0]])
-@pytest.mark.parametrize("isa", SUPPORTED)
+@pytest.mark.parametrize("isa", GEMM_KERNELS)
 def test_conv_dynamic_bit_exact_vs_reference(case, isa):
     """Per-image int8 activations, int8 im2col (zero padding exact), integer GEMM: the pure-torch twin's bits."""
     conv = _conv(case, 2)
@@ -103,12 +119,12 @@ def test_conv_dynamic_bit_exact_vs_reference(case, isa):
         qconv, _ = mq.quantize(conv, symmetric=symmetric)
         x = torch.randn(3, case[0], 8, 9)
         x[1] = 0  # an all-zero image
-        previous = _C.set_isa(isa)
+        undo = _force(isa)
         try:
             with torch.no_grad():
                 y = qconv(x)
         finally:
-            _C.set_isa(previous)
+            undo()
         ref = reference.conv2d_int8(x, qconv.quantized_weight().qdata, qconv.weight_scale, qconv.weight_zero_point, qconv.bias,
                                     conv.stride, conv.padding, conv.dilation, conv.groups)
         assert torch.equal(y, ref)
@@ -139,3 +155,22 @@ def test_conv2d_int8_rejects_sizes_that_would_overflow(kernel, padding, dilation
     with pytest.raises((ValueError, OverflowError)):
         _C.conv2d_int8(x, packed, sums, np.ones(n, np.float32), np.zeros(n, np.int32), None, n, m128,
                        kernel, (1, 1), padding, dilation, 1)
+
+
+@pytest.mark.parametrize("isa", GEMM_KERNELS)
+def test_conv_dynamic_row_blocks_bit_exact(isa):
+    """A 3x3 conv with 64 input channels (kp = 576) over 2 x 16 x 16 pixels: 512 im2col
+    rows, taken by linear.c in L2-sized blocks of 200 under each of the 3 panels."""
+    torch.manual_seed(9)
+    conv = nn.Conv2d(64, 40, 3, padding=1).eval()
+    qconv, _ = mq.quantize(conv, symmetric=False)
+    x = torch.randn(2, 64, 16, 16)
+    undo = _force(isa)
+    try:
+        with torch.no_grad():
+            y = qconv(x)
+    finally:
+        undo()
+    ref = reference.conv2d_int8(x, qconv.quantized_weight().qdata, qconv.weight_scale, qconv.weight_zero_point,
+                                qconv.bias, conv.stride, conv.padding, conv.dilation, conv.groups)
+    assert torch.equal(y, ref)

@@ -23,8 +23,12 @@ SUPPORTED = LEVELS[: LEVELS.index(_C.cpu_info()["best_isa"]) + 1]
 
 # The AVX-VNNI kernel (256-bit vpdpbusd on the AVX2 level) runs here in its EVEX
 # encoding when the CPU has AVX-512 VNNI + VL: the same source, so the same arithmetic.
+# Where the CPU has AVX-VNNI, the AVX2 level's maddubs kernel (what AVX2-only CPUs
+# run) is forced too.
 _INFO = _C.cpu_info()
-KERNELS = SUPPORTED + (["avx2+vnni256"] if _INFO["avx512_vnni"] and _INFO["avx512vl"] else [])
+KERNELS = (SUPPORTED + (["avx2+vnni256"] if _INFO["avx512_vnni"] and _INFO["avx512vl"] else [])
+           + (["avx2+maddubs"] if _INFO["avx_vnni"] and "avx2" in SUPPORTED else []))
+_VARIANTS = {"vnni256": (_C.use_vnni256_for_tests, "vnni256_evex"), "maddubs": (_C.use_maddubs_for_tests, "avx2_maddubs")}
 
 
 @pytest.fixture(params=KERNELS)
@@ -33,13 +37,14 @@ def kernel_isa(request):
     level, _, variant = request.param.partition("+")
     previous = _C.set_isa(level)
     if variant:
-        _C.use_vnni256_for_tests(True)
-        assert _C.linear_kernels()["dynamic"] == "vnni256_evex"
+        use, name = _VARIANTS[variant]
+        use(True)
+        assert _C.linear_kernels()["dynamic"] == name
     try:
         yield request.param
     finally:
         if variant:
-            _C.use_vnni256_for_tests(False)
+            use(False)
         _C.set_isa(previous)
 
 
@@ -130,6 +135,40 @@ def test_int8_acc_extremes_no_saturation(kernel_isa):
     w128[1] = 127
     for zp in (torch.zeros(n, dtype=torch.int32), torch.full((n,), -128, dtype=torch.int32)):
         assert torch.equal(_acc(x, w128, zp), reference.linear_int8(x, w128, torch.ones(n), zp, mode="int8_acc"))
+
+
+@pytest.mark.parametrize("nthreads", [1, 2])
+def test_int8_acc_exact_row_blocks(kernel_isa, nthreads):
+    """Many rows times a small weight: linear.c takes the rows in L2-sized blocks
+    (kp = 3004 gives 40-row blocks: 97 = 40 + 40 + 17) under every panel."""
+    g = _gen(77)
+    m, n, k = 97, 40, 3001
+    w = torch.randint(-128, 128, (n, k), generator=g, dtype=torch.int8)
+    x = torch.randint(-127, 128, (m, k), generator=g, dtype=torch.int8)
+    zp = torch.randint(-128, 128, (n,), generator=g, dtype=torch.int32)
+    packed, w_sum, has_m128 = kernels.pack_int8(w)
+    got = torch.from_numpy(_C.linear_int8(x.numpy(), packed.numpy(), w_sum.numpy(), torch.ones(n).numpy(), zp.numpy(),
+                                          None, n, has_m128, mode="int8_acc", nthreads=nthreads))
+    assert torch.equal(got, reference.linear_int8(x, w, torch.ones(n), zp, mode="int8_acc"))
+
+
+@pytest.mark.parametrize("m", [1, 5, 6, 7, 13])
+def test_int8_acc_m128_weights_every_row_tile(kernel_isa, m):
+    """-128 weights run in every SIMD kernel (AVX2 maddubs: |w| = 128 as uint8
+    times +-127, pairs up to 2*128*127 = 32512) on each row-tile size and a
+    column tail; int8 inputs holding -128 (the dynamic quantizers never give
+    one) are exact too."""
+    g = _gen(100 + m)
+    n, k = 17, 131
+    w = torch.randint(-128, 128, (n, k), generator=g, dtype=torch.int8)
+    w[::2, ::3] = -128
+    x = torch.where(torch.rand(m, k, generator=g) < 0.5, 127, -127).to(torch.int8)
+    x[0, :7] = torch.randint(-127, 128, (7,), generator=g, dtype=torch.int8)
+    for zp in (torch.zeros(n, dtype=torch.int32), torch.randint(-128, 128, (n,), generator=g, dtype=torch.int32)):
+        assert torch.equal(_acc(x, w, zp), reference.linear_int8(x, w, torch.ones(n), zp, mode="int8_acc"))
+        x128 = x.clone()
+        x128[m // 2, 3] = -128
+        assert torch.equal(_acc(x128, w, zp), reference.linear_int8(x128, w, torch.ones(n), zp, mode="int8_acc"))
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
