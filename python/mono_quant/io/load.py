@@ -20,6 +20,7 @@ from .container import read_header
 from .dtypes import dtype_from_name
 from .errors import CheckpointError
 from .manifest import check_against_header, layer_key, parse_manifest, quantized_class
+from .validate import check_layer
 
 __all__ = ["load", "QuantizedStateDict", "dequantize_layer"]
 
@@ -61,6 +62,9 @@ def _read(path) -> "QuantizedStateDict":
         raise CheckpointError(f"{path}: cannot read the tensors: {exc}") from exc
     for alias, target in manifest["tensor_aliases"].items():
         tensors[alias] = tensors[target]
+    for layer in manifest["layers"]:  # what the modules and kernels will trust, checked once, here
+        check_layer(manifest["kind"], layer, {local: tensors[layer_key(layer["name"], local)]
+                                              for local in layer["tensors"]}, f"{path}: ")
     return QuantizedStateDict(tensors, manifest, path)
 
 
@@ -259,6 +263,13 @@ class QuantizedStateDict(Mapping):
                       for k, t in expected.items()
                       if k in self._tensors and k not in consumed and not _is_uninitialized(t)
                       and tuple(self._tensors[k].shape) != tuple(t.shape)]
+        # a real (not meta) model fixes its dtypes: a file tensor of another dtype would make a module
+        # that fails at forward (a meta skeleton takes the file's dtypes)
+        mismatched += [f"{k}: {_dtype(self._tensors[k])} in the file, {_dtype(t)} in the model (build the model "
+                       f"in the file's dtype, or on the meta device)"
+                       for k, t in expected.items()
+                       if k in self._tensors and k not in consumed and not _is_uninitialized(t)
+                       and t.device.type != "meta" and self._tensors[k].dtype != t.dtype]
         if missing or unexpected or mismatched:
             parts = []
             for label, keys in (("missing keys", missing), ("unexpected keys", unexpected),
@@ -278,6 +289,10 @@ class QuantizedStateDict(Mapping):
                 new = nn.Parameter(new, requires_grad=old.requires_grad and (new.is_floating_point()
                                                                             or new.is_complex()))
             memo[id(old)] = new
+
+
+def _dtype(t: torch.Tensor) -> str:
+    return str(t.dtype).replace("torch.", "")
 
 
 def _is_uninitialized(t) -> bool:
@@ -388,7 +403,9 @@ def _stored_int4_weight(layer, own: Dict[str, torch.Tensor], orig_dtype: torch.d
 def dequantize_layer(kind: str, layer: Mapping[str, Any], own: Dict[str, torch.Tensor],
                      dtype: Optional[torch.dtype] = None) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
     """(float weight, bias or None) of one manifest layer from its own tensors; the weight
-    in ``dtype``, default its original dtype (float32 when unknown)."""
+    in ``dtype``, default its original dtype (float32 when unknown).  Raises CheckpointError
+    for a layer whose fields or tensors are invalid (see :func:`.validate.check_layer`)."""
+    check_layer(kind, layer, own)
     orig = dtype_from_name(layer["orig_dtype"]) if layer.get("orig_dtype") else torch.float32
     target = dtype or orig
     if kind == "model":
