@@ -138,13 +138,13 @@ def _cases(raw: bytes, data_start: int, rng: random.Random):
         data_bits = [(i, rng.randrange(8)) for i in range(data_start, size)]
     else:
         truncations = sorted(set(list(range(17)) + [data_start - 1, data_start, data_start + 1, size - 1]
-                                 + rng.sample(range(size), 40)))
-        prefix = [(i, b) for i in range(8) for b in range(8)]
-        manifest = [(i, rng.randrange(8)) for i in rng.sample(range(m_begin, m_end), min(160, m_end - m_begin))]
+                                 + rng.sample(range(size), 16)))
+        prefix = [(i, rng.randrange(8)) for i in range(8)] + [(i, rng.randrange(8)) for i in range(8)]
+        manifest = [(i, rng.randrange(8)) for i in rng.sample(range(m_begin, m_end), min(80, m_end - m_begin))]
         rest = [i for i in range(8, data_start) if not m_begin <= i < m_end]
-        header_only = [(i, rng.randrange(8)) for i in rng.sample(rest, min(100, len(rest)))]
+        header_only = [(i, rng.randrange(8)) for i in rng.sample(rest, min(50, len(rest)))]
         header_bits = prefix + manifest + header_only
-        data_bits = [(i, rng.randrange(8)) for i in rng.sample(range(data_start, size), min(80, size - data_start))]
+        data_bits = [(i, rng.randrange(8)) for i in rng.sample(range(data_start, size), min(50, size - data_start))]
     for cut in truncations:
         yield "truncate", raw[:cut], None
     for i, bit in header_bits:
@@ -181,7 +181,7 @@ def test_corrupted_files_are_refused_or_load_honestly(tmp_path, dtype):
         faulthandler.cancel_dump_traceback_later()
     assert not failures, f"{len(failures)} bad outcomes, e.g. {failures[:5]}"
     tried = sum(counts.values())
-    assert tried >= (1000 if LONG else 400)
+    assert tried >= (1000 if LONG else 200)
     assert counts["truncate", "rejected"] > 0 and counts["data", "data-flip"] > 0
     if dtype == "int8":  # the packed buffers' column sums catch most flips in the weight
         assert counts["data", "rejected"] > 0
@@ -220,14 +220,14 @@ def test_corrupted_safetensors_shards(tmp_path):
     rng = random.Random(SEED)
     outcomes = Counter()
     cuts = range(len(raw)) if LONG else sorted(set([0, 7, 8, 9, 8 + n - 1, 8 + n, len(raw) - 1]
-                                                  + rng.sample(range(len(raw)), 30)))
+                                                  + rng.sample(range(len(raw)), 12)))
     for cut in cuts:
         src.write_bytes(raw[:cut])
         verdict = _quantize_outcome(src, tmp_path / "out.safetensors")
         assert verdict == "rejected", (cut, verdict)
         outcomes["truncate", verdict] += 1
     flips = [(i, b) for i in range(len(raw)) for b in range(8)] if LONG else \
-        [(i, rng.randrange(8)) for i in rng.sample(range(len(raw)), 120)]
+        [(i, rng.randrange(8)) for i in rng.sample(range(len(raw)), 50)]
     for i, bit in flips:
         src.write_bytes(raw[:i] + bytes([raw[i] ^ (1 << bit)]) + raw[i + 1:])
         verdict = _quantize_outcome(src, tmp_path / "out.safetensors")
