@@ -335,3 +335,17 @@ def test_top_level_manifest_fields(tmp_path):
         _edit_manifest(path, edit)
         with pytest.raises(CheckpointError, match=match):
             mq.load(path)
+
+
+def test_file_tensor_of_another_dtype_than_a_real_model(tmp_path):
+    # e.g. a file whose manifest was lost reads as a plain state_dict: its fp16 weights must not
+    # become the parameters of a float32 model (a module that fails at forward)
+    from safetensors.torch import save_file
+
+    net = nn.Linear(8, 4)
+    save_file({k: v.detach().half() for k, v in net.state_dict().items()}, str(tmp_path / "h.safetensors"))
+    with pytest.raises(CheckpointError, match="dtype mismatches.*weight: float16 in the file, float32 in the model"):
+        mq.load(tmp_path / "h.safetensors", model=nn.Linear(8, 4))
+    loaded = mq.load(tmp_path / "h.safetensors", model=nn.Linear(8, 4, device="meta"))  # a skeleton takes them
+    assert loaded.weight.dtype == torch.float16
+    assert mq.load(tmp_path / "h.safetensors", model=nn.Linear(8, 4, dtype=torch.float16)).weight.dtype == torch.float16

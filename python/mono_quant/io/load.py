@@ -39,7 +39,7 @@ def load(path, model: Optional[nn.Module] = None):
     Raises ``FileNotFoundError`` for a missing file and :class:`CheckpointError`
     for a truncated or corrupted file, a newer format version, a manifest
     that disagrees with the tensors, or a model that doesn't match (the
-    message lists missing / unexpected keys and shape mismatches).  Never
+    message lists missing / unexpected keys, shape and dtype mismatches).  Never
     unpickles anything.
     """
     qsd = _read(path)
@@ -242,7 +242,8 @@ class QuantizedStateDict(Mapping):
     def _map_remaining(self, model, modules, memo, consumed, replaced_paths, where) -> None:
         """Put each remaining file tensor in ``memo`` in place of the model's
         parameter / buffer, so deepcopy builds the model around them.
-        Raises CheckpointError listing missing / unexpected keys and shape mismatches."""
+        Raises CheckpointError listing missing / unexpected keys, shape mismatches and (for a
+        model not on the meta device) dtype mismatches."""
         def replaced(path: str) -> bool:
             return any(path == p or p == "" or path.startswith(p + ".") for p in replaced_paths)
 
@@ -265,15 +266,15 @@ class QuantizedStateDict(Mapping):
                       and tuple(self._tensors[k].shape) != tuple(t.shape)]
         # a real (not meta) model fixes its dtypes: a file tensor of another dtype would make a module
         # that fails at forward (a meta skeleton takes the file's dtypes)
-        mismatched += [f"{k}: {_dtype(self._tensors[k])} in the file, {_dtype(t)} in the model (build the model "
-                       f"in the file's dtype, or on the meta device)"
-                       for k, t in expected.items()
-                       if k in self._tensors and k not in consumed and not _is_uninitialized(t)
-                       and t.device.type != "meta" and self._tensors[k].dtype != t.dtype]
-        if missing or unexpected or mismatched:
+        retyped = [f"{k}: {_dtype(self._tensors[k])} in the file, {_dtype(t)} in the model (build the model in "
+                   f"the file's dtype, or on the meta device)"
+                   for k, t in expected.items()
+                   if k in self._tensors and k not in consumed and not _is_uninitialized(t)
+                   and t.device.type != "meta" and self._tensors[k].dtype != t.dtype]
+        if missing or unexpected or mismatched or retyped:
             parts = []
             for label, keys in (("missing keys", missing), ("unexpected keys", unexpected),
-                                ("shape mismatches", mismatched)):
+                                ("shape mismatches", mismatched), ("dtype mismatches", retyped)):
                 if keys:
                     parts.append(f"{label} ({len(keys)}): {keys[:10]}{' ...' if len(keys) > 10 else ''}")
             raise CheckpointError(f"{where}the model does not match the checkpoint: " + "; ".join(parts))

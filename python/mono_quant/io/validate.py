@@ -149,7 +149,7 @@ def _embedding_kwargs(kw) -> tuple:
     return num, dim
 
 
-# class name -> (check of init_kwargs giving the weight shape, extra state attributes' checks)
+# built-in class name -> the check of its init_kwargs, giving the weight shape they describe
 _KWARGS: Dict[str, Callable[[Mapping], tuple]] = {
     "QuantizedLinear": _linear_kwargs, "QuantizedConv2d": _conv_kwargs, "QuantizedEmbedding": _embedding_kwargs,
 }
