@@ -327,11 +327,11 @@ def test_a_shard_that_is_not_a_regular_file_is_refused_without_blocking(tmp_path
         faulthandler.cancel_dump_traceback_later()
 
 
-if __name__ == "__main__":  # the counts: python tests/test_io_corruption.py
+if __name__ == "__main__":  # the counts: python tests/test_io_corruption.py [int8 int4 fp16]
     import tempfile
     from pathlib import Path
 
-    for dtype in ("int8", "int4", "fp16"):
+    for dtype in sys.argv[1:] or ("int8", "int4", "fp16"):
         with tempfile.TemporaryDirectory() as tmp:
             counts, failures = run_corruption(Path(tmp), dtype)
         verdicts = Counter()
