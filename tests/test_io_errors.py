@@ -146,9 +146,9 @@ def test_state_dict_layer_with_inconsistent_tensors(tmp_path):
     _edit_manifest(path, lambda m: m["layers"][0].update(axis=1))  # scale has 4 entries, axis 1 has 8 channels
     model = nn.Module()
     model.fc = nn.Linear(8, 4)
-    with pytest.raises(CheckpointError, match="inconsistent int8 tensors"):
+    with pytest.raises(CheckpointError, match="'fc'.*axis"):
         mq.load(path, model=model)
-    with pytest.raises(CheckpointError, match="inconsistent"):
+    with pytest.raises(CheckpointError, match="'fc'.*axis"):
         mq.load(path).dequantize()
 
 

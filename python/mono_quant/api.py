@@ -224,6 +224,8 @@ def _quantize_module(model: nn.Module, cfg: QuantConfig, progress: bool, weights
                 reason = "embedding with max_norm renormalizes its float rows on lookup"
         if reason is None:
             reason = _shape_reason(m, cfg, weights, name)
+        if reason is None and weights is not None:
+            _check_shared_entries(weights, names)
         if reason:
             skipped.append(SkippedLayer(name, type(m).__name__, reason))
         else:
@@ -279,7 +281,7 @@ def _quantize_module(model: nn.Module, cfg: QuantConfig, progress: bool, weights
                 packed_by_weight[key] = (qm, sqnr)
                 weight_cache.pop(key, None)
         memo[id(m)] = qm
-        quantized_names.append(name)
+        quantized_names.extend(names_of[id(m)])  # every name of a shared module: its weights are done
         report.layers.append(LayerReport(
             name, type(m).__name__, qtype.name, tuple(w.shape),
             tensor_bytes(w) + tensor_bytes(b), qm.weight_nbytes() + tensor_bytes(qm.bias), sqnr,
@@ -304,6 +306,18 @@ def _quantize_module(model: nn.Module, cfg: QuantConfig, progress: bool, weights
 
 def _key(name: str, suffix: str) -> str:
     return f"{name}.{suffix}" if name else suffix
+
+
+def _check_shared_entries(weights: Mapping, names: List[str]) -> None:
+    """A module the model shares under several names is quantized once, from its first
+    name's entries: the state_dict's entries under the other names must hold the same values."""
+    for alias in names[1:]:
+        for suffix in ("weight", "bias"):
+            first, other = weights.get(_key(names[0], suffix)), weights.get(_key(alias, suffix))
+            if other is not None and first is not None and other is not first and not (
+                    other.shape == first.shape and other.dtype == first.dtype and torch.equal(other, first)):
+                raise ValueError(f"state_dict {_key(alias, suffix)!r} differs from {_key(names[0], suffix)!r}, "
+                                 f"but the model shares one module under both names")
 
 
 def _shape_reason(m: nn.Module, cfg: QuantConfig, weights: Optional[Mapping], name: str) -> Optional[str]:
@@ -412,7 +426,7 @@ def packs_straight_to_int8(tensor: torch.Tensor, cfg: QuantConfig) -> bool:
     """Whether a selected weight is quantized straight into the packed int8 layout
     (per-channel int8 of a 2-D CPU weight: what QuantizedLinear keeps)."""
     return get_qtype(cfg.dtype).name == "int8" and cfg.granularity == "per_channel" and tensor.dim() == 2 \
-        and tensor.device.type == "cpu"
+        and tensor.device.type == "cpu" and tensor.numel() > 0
 
 
 def nonfinite_entry_error(key: str, name: str, row: int) -> ValueError:

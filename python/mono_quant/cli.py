@@ -166,7 +166,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     except KeyboardInterrupt:
         print(f"mono-quant {args.command}: interrupted", file=sys.stderr)
         return 130
-    except (ValueError, TypeError, KeyError, OSError) as exc:
+    except (ValueError, TypeError, KeyError, OSError, RecursionError, MemoryError) as exc:
+        # bad input of any shape (CheckpointError is a ValueError): one line, no traceback
         message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         print(f"mono-quant {args.command}: error: {message}", file=sys.stderr)
         return 1

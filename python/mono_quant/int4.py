@@ -99,6 +99,8 @@ class Int4Weight(QuantizedWeight):
 
     def dequantize(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
         """The float weight of ``orig_shape`` in ``dtype``."""
+        if math.prod(self.orig_shape) == 0:
+            return torch.zeros(self.orig_shape, dtype=dtype, device=self.qdata.device)
         if self.qdata.device.type == "cpu":
             out = torch.from_numpy(_C.q4_dequantize(
                 self.qdata.numpy(), to_numpy(self.scale), self.zero_point.numpy(), self.cols, self.group,
@@ -146,13 +148,15 @@ def quantize_int4(tensor: torch.Tensor, *, group_size: Optional[int] = DEFAULT_I
     if not isinstance(tensor, torch.Tensor) or not tensor.is_floating_point():
         raise TypeError(f"int4 quantization takes a floating-point torch.Tensor, got "
                         f"{getattr(tensor, 'dtype', type(tensor).__name__)}")
-    if tensor.dim() < 2 or tensor.numel() == 0:
-        raise ValueError(f"int4 quantization takes a non-empty weight with >= 2 dims (out, in, ...), "
+    if tensor.dim() < 2:
+        raise ValueError(f"int4 quantization takes a weight with >= 2 dims (out, in, ...), "
                          f"got shape {tuple(tensor.shape)}")
     group_size = check_group_size(group_size)
     method = check_method(method)
     w = tensor.detach()
     orig_dtype, device = w.dtype, w.device
+    if w.numel() == 0:  # an empty layer: empty tensors of the format's shapes (as torch quantizes empty tensors)
+        return _empty_int4(tuple(tensor.shape), group_size, bool(symmetric), orig_dtype, device), math.inf
     if w.dtype not in (torch.float32, torch.float16, torch.bfloat16):
         w = w.float()
     rows = w.reshape(w.shape[0], -1).to("cpu").contiguous()
@@ -160,6 +164,16 @@ def quantize_int4(tensor: torch.Tensor, *, group_size: Optional[int] = DEFAULT_I
     qw = Int4Weight(packed.to(device), scale.to(device), zero.to(device),
                     0, "int4", bool(symmetric), orig_dtype, group_size, tuple(tensor.shape))
     return qw, (sqnr_db(float(sx.sum()), float(se.sum())) if with_error else None)
+
+
+def _empty_int4(shape, group_size: Optional[int], symmetric: bool, orig_dtype, device) -> "Int4Weight":
+    rows, cols = shape[0], math.prod(shape[1:])
+    kpad = -(-cols // _BLOCK) * _BLOCK
+    groups = -(-kpad // effective_group(cols, group_size))
+    return Int4Weight(torch.zeros(rows, kpad // 2, dtype=torch.uint8, device=device),
+                      torch.ones(rows, groups, dtype=torch.float16, device=device),
+                      torch.full((rows, groups), 128 if symmetric else 0, dtype=torch.uint8, device=device),
+                      0, "int4", symmetric, orig_dtype, group_size, tuple(shape))
 
 
 def quantize_int4_rows(rows: torch.Tensor, group_size: Optional[int], symmetric: bool, method: str,
@@ -209,8 +223,9 @@ def int4_linear(x: torch.Tensor, weight: Int4Weight, bias: Optional[torch.Tensor
     out_features, in_features = weight.orig_shape[0], weight.cols
     if x.shape[-1] != in_features:
         raise ValueError(f"input has {x.shape[-1]} features, the int4 weight expects {in_features}")
-    if x.device.type != "cpu" or weight.qdata.device.type != "cpu":
-        w = unpack_int4(weight.qdata, weight.scale, weight.zero_point, in_features, weight.group).to(x.device)
+    if x.device.type != "cpu" or weight.qdata.device.type != "cpu" or x.numel() == 0 or weight.qdata.numel() == 0:
+        # off the CPU, or nothing for the kernels to do (empty input or weight): torch on the float weight
+        w = weight.dequantize(torch.float32).reshape(out_features, in_features).to(x.device)
         b = None if bias is None else bias.float()
         return F.linear(x.float(), w, b).to(x.dtype)
     x2 = x.detach().reshape(-1, in_features)

@@ -77,11 +77,12 @@ class QuantizedWeight:
 
 def _as_rows(t: torch.Tensor, axis: Optional[int]) -> torch.Tensor:
     """View (or copy, for axis != 0) a tensor as [channels, elements per channel]."""
+    # explicit sizes, not -1: reshape can't infer a dimension of an empty tensor
     if axis is None:
-        return t.reshape(1, -1) if t.dim() < 2 else t.reshape(t.shape[0], -1)
+        return t.reshape(1, t.numel()) if t.dim() < 2 else t.reshape(t.shape[0], math.prod(t.shape[1:]))
     if axis != 0:
         t = t.movedim(axis, 0)
-    return t.reshape(t.shape[0], -1)
+    return t.reshape(t.shape[0], math.prod(t.shape[1:]))
 
 
 def _from_rows(rows: torch.Tensor, shape: torch.Size, axis: Optional[int]) -> torch.Tensor:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import stat
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
@@ -30,7 +31,8 @@ def check_destination(dst, overwrite: bool) -> Path:
 def atomic_output(dst, overwrite: bool = False) -> Iterator[Path]:
     """Yield a temporary path in ``dst``'s folder; when the block succeeds it is
     fsynced and renamed to ``dst``, when it raises (or is interrupted) it is
-    deleted.  Without ``overwrite`` an existing ``dst`` is never replaced,
+    deleted.  A replaced ``dst`` keeps its mode (and owner, where the process may
+    set it); a new one gets the umask's mode, as with open().  Without ``overwrite`` an existing ``dst`` is never replaced,
     even one created while the block ran (``FileExistsError``)."""
     dst = check_destination(dst, overwrite)
     tmp = dst.parent / f".{dst.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
@@ -38,13 +40,33 @@ def atomic_output(dst, overwrite: bool = False) -> Iterator[Path]:
         yield tmp
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
-        os.chmod(tmp, 0o666 & ~_umask())  # the mode a plain open() would give, whoever wrote tmp
+        _take_permissions(tmp, dst if overwrite else None)
         _publish(tmp, dst, overwrite)
     finally:
         try:
             os.unlink(tmp)
         except FileNotFoundError:
             pass
+
+
+def _take_permissions(tmp: Path, replaced) -> None:
+    """Give ``tmp`` the mode (and, best effort, the owner) of the file it replaces, so a
+    0600 model stays 0600; a new file gets what a plain open() would give (0666 less the
+    umask), whoever wrote ``tmp``."""
+    try:
+        old = os.stat(replaced) if replaced is not None else None
+    except FileNotFoundError:
+        old = None
+    if old is None:
+        os.chmod(tmp, 0o666 & ~_umask())
+        return
+    mine = os.stat(tmp)
+    if (old.st_uid, old.st_gid) != (mine.st_uid, mine.st_gid) and hasattr(os, "chown"):
+        try:
+            os.chown(tmp, old.st_uid, old.st_gid)
+        except OSError:  # only root may give a file away; the group may still be refused
+            pass
+    os.chmod(tmp, stat.S_IMODE(old.st_mode))  # after chown, which may clear set-id bits
 
 
 def _umask() -> int:

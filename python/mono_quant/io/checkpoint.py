@@ -13,9 +13,9 @@ from __future__ import annotations
 
 import ctypes
 import functools
-import json
 import mmap
 import os
+import stat
 import sys
 import zipfile
 from collections import OrderedDict
@@ -30,12 +30,13 @@ from ..config import resolve_config
 from ..qtypes import get_qtype
 from ..report import Report, tensor_bytes
 from .atomic import atomic_output, check_destination
-from .container import StreamingWriter, read_header
+from .container import MAX_HEADER_BYTES, StreamingWriter, open_regular_file, read_header
 from .errors import CheckpointError
 from .layers import state_dict_layer_entry
 from .manifest import METADATA_KEY, dump_manifest, new_manifest
 from .progress import Progress
 from .stream_weight import stream_int4, stream_packed_int8
+from .untrusted_json import UntrustedJSONError, loads_bounded
 
 __all__ = ["quantize_checkpoint", "CheckpointReader", "open_checkpoint"]
 
@@ -245,6 +246,12 @@ def _drop_pages(tensor: torch.Tensor, mappings: List[Tuple[int, int, int]]) -> N
 
 
 def _open_shard(path: Path):
+    try:
+        mode = os.stat(path).st_mode
+    except OSError as exc:
+        raise CheckpointError(f"{path}: cannot read: {exc}") from exc
+    if not stat.S_ISREG(mode):  # a FIFO or a device would block or never end
+        raise CheckpointError(f"{path}: not a regular file (a pipe, socket or device?)")
     if path.suffix == ".safetensors":
         return _SafetensorsShard(path)
     if path.suffix in _TORCH_SUFFIXES:
@@ -358,17 +365,21 @@ def open_checkpoint(src) -> CheckpointReader:
 
 
 def _shard_plan(src: Path) -> List[Tuple[Path, Optional[set]]]:
-    """(shard path, names the index assigns to it or None) in reading order."""
+    """(shard path, names the index assigns to it or None) in reading order.  Every file
+    found through a folder or an index must lie in that folder (see :func:`_check_inside`)."""
     if src.is_dir():
         indexes = sorted(src.glob("*.index.json"))
         if len(indexes) > 1:
             raise CheckpointError(f"{src}: several index files ({', '.join(p.name for p in indexes)}); "
                                   f"pass the one to use")
         if indexes:
+            _check_inside(indexes[0], src)
             return _index_plan(indexes[0])
         files = sorted(src.glob("*.safetensors")) or sorted(p for p in src.iterdir() if p.suffix in _TORCH_SUFFIXES)
         if not files:
             raise CheckpointError(f"{src}: no *.safetensors, *.bin, *.pt or *.index.json in this directory")
+        for path in files:
+            _check_inside(path, src)
         return [(p, None) for p in files]
     if src.name.endswith(".index.json"):
         return _index_plan(src)
@@ -377,25 +388,47 @@ def _shard_plan(src: Path) -> List[Tuple[Path, Optional[set]]]:
 
 def _index_plan(index: Path) -> List[Tuple[Path, Optional[set]]]:
     try:
-        data = json.loads(index.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise CheckpointError(f"{index}: not valid JSON: {exc}") from None
+        with open_regular_file(index) as f:
+            raw = f.read(MAX_HEADER_BYTES + 1)
+        if len(raw) > MAX_HEADER_BYTES:
+            raise CheckpointError(f"{index}: larger than {MAX_HEADER_BYTES} bytes; not a shard index")
+        data = loads_bounded(raw)
+    except UntrustedJSONError as exc:
+        raise CheckpointError(f"{index}: {exc}") from None
     weight_map = data.get("weight_map") if isinstance(data, dict) else None
     if not (isinstance(weight_map, dict) and weight_map
             and all(isinstance(k, str) and isinstance(v, str) for k, v in weight_map.items())):
         raise CheckpointError(f"{index}: needs a non-empty \"weight_map\" of tensor names to shard files")
     by_shard: Dict[str, set] = OrderedDict()
     for key, shard in weight_map.items():
-        if os.path.basename(shard) != shard or shard in ("", ".", ".."):
+        if os.path.basename(shard) != shard or shard in ("", ".", "..") or "\0" in shard:
             raise CheckpointError(f"{index}: shard {shard!r} must be a file name in the index's folder")
         by_shard.setdefault(shard, set()).add(key)
     plan = []
     for shard in sorted(by_shard):
         path = index.parent / shard
+        _check_inside(path, index.parent)
         if not path.is_file():
             raise CheckpointError(f"{index}: shard {shard!r} does not exist")
         plan.append((path, by_shard[shard]))
     return plan
+
+
+def _check_inside(path: Path, folder: Path) -> None:
+    """Refuse a file found in ``folder`` (by a scan or an index) that is a symlink leading
+    out of it: a checkpoint folder from elsewhere must not make us read the rest of the
+    machine.  The Hugging Face hub cache's layout (``snapshots/<revision>/<file>`` linking
+    to ``../../blobs/<hash>``) is allowed."""
+    if not path.is_symlink():
+        return
+    target = Path(os.path.realpath(path))
+    home = Path(os.path.realpath(folder))
+    roots = [home]
+    if home.parent.name == "snapshots":
+        roots.append(home.parent.parent / "blobs")
+    if not any(target == root or root in target.parents for root in roots):
+        raise CheckpointError(f"{path}: a symlink to {target}, outside the checkpoint's folder {home}; refusing to "
+                              f"follow it (pass that file itself, or copy it into the folder)")
 
 
 def _streams(key: str, tensor: torch.Tensor, cfg):

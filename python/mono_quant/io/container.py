@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import stat
 import struct
 from dataclasses import dataclass
 from typing import BinaryIO, Dict, List, Optional, Tuple
@@ -22,10 +23,13 @@ import torch
 from .dtypes import SAFETENSORS_DTYPES, safetensors_code
 from .errors import CheckpointError
 from .sink import DIRECT_ALIGN, BufferedSink, open_sink
+from .untrusted_json import MAX_JSON_DEPTH, UntrustedJSONError, loads_bounded
 
-__all__ = ["TensorEntry", "SafetensorsHeader", "read_header", "StreamingWriter", "MAX_HEADER_BYTES"]
+__all__ = ["TensorEntry", "SafetensorsHeader", "read_header", "open_regular_file", "StreamingWriter",
+           "MAX_HEADER_BYTES", "MAX_HEADER_DEPTH"]
 
 MAX_HEADER_BYTES = 100_000_000  # the safetensors package's own limit
+MAX_HEADER_DEPTH = MAX_JSON_DEPTH  # checked before parsing: a header is 3 levels deep
 
 
 @dataclass(frozen=True)
@@ -62,7 +66,7 @@ def read_header(path) -> SafetensorsHeader:
     the end or not matching the shape, holes or overlaps in the data).
     """
     path = os.fspath(path)
-    with open(path, "rb") as f:
+    with open_regular_file(path) as f:
         size = os.fstat(f.fileno()).st_size
         prefix = f.read(8)
         if len(prefix) < 8:
@@ -74,9 +78,9 @@ def read_header(path) -> SafetensorsHeader:
             raise CheckpointError(f"{path}: truncated file (header of {n} bytes, file has {size - 8} after the length)")
         raw = f.read(n)
     try:
-        header = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise CheckpointError(f"{path}: corrupted header (not valid JSON: {exc})") from None
+        header = loads_bounded(raw, MAX_HEADER_DEPTH)
+    except UntrustedJSONError as exc:
+        raise CheckpointError(f"{path}: corrupted header ({exc})") from None
     if not isinstance(header, dict):
         raise CheckpointError(f"{path}: corrupted header (JSON is not an object)")
     metadata = header.pop("__metadata__", None)
@@ -90,6 +94,26 @@ def read_header(path) -> SafetensorsHeader:
     _check_layout(path, tensors, data_size)
     ordered = dict(sorted(tensors.items(), key=lambda kv: (kv[1].begin, kv[1].end)))
     return SafetensorsHeader(path, ordered, metadata, 8 + n, size)
+
+
+def open_regular_file(path):
+    """``open(path, "rb")`` for a regular file only (symlinks followed): a FIFO or a device
+    would block or never end.  Raises FileNotFoundError / IsADirectoryError as open() does,
+    CheckpointError for anything else that is not a regular file."""
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
+    try:
+        mode = os.fstat(fd).st_mode
+        if stat.S_ISDIR(mode):
+            raise IsADirectoryError(f"{path} is a directory")
+        if not stat.S_ISREG(mode):
+            raise CheckpointError(f"{path}: not a regular file (a pipe, socket or device?)")
+        if hasattr(os, "O_NONBLOCK"):
+            os.set_blocking(fd, True)
+        f = os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+    return f
 
 
 def _check_entry(path: str, name: str, info, data_size: int) -> TensorEntry:

@@ -73,7 +73,7 @@ def state_dict_layer_entry(layer, config, tensors: Mapping[str, torch.Tensor],
         "dtype": layer.dtype,
         "scheme": _scheme(layer.dtype, symmetric),
         "axis": (0 if config.granularity == "per_channel" else None) if is_int else None,
-        "group_size": getattr(config, "group_size", None) if is_int else None,
+        "group_size": getattr(config, "group_size", None) if layer.dtype == "int4" else None,  # int4's alone
         "shape": [int(d) for d in layer.shape],
         "orig_dtype": dtype_name(orig_dtype) if orig_dtype is not None else None,
         "tensors": {name: tensor_spec(t) for name, t in tensors.items()},

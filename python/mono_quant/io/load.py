@@ -20,6 +20,7 @@ from .container import read_header
 from .dtypes import dtype_from_name
 from .errors import CheckpointError
 from .manifest import check_against_header, layer_key, parse_manifest, quantized_class
+from .validate import check_layer
 
 __all__ = ["load", "QuantizedStateDict", "dequantize_layer"]
 
@@ -38,7 +39,7 @@ def load(path, model: Optional[nn.Module] = None):
     Raises ``FileNotFoundError`` for a missing file and :class:`CheckpointError`
     for a truncated or corrupted file, a newer format version, a manifest
     that disagrees with the tensors, or a model that doesn't match (the
-    message lists missing / unexpected keys and shape mismatches).  Never
+    message lists missing / unexpected keys, shape and dtype mismatches).  Never
     unpickles anything.
     """
     qsd = _read(path)
@@ -61,6 +62,9 @@ def _read(path) -> "QuantizedStateDict":
         raise CheckpointError(f"{path}: cannot read the tensors: {exc}") from exc
     for alias, target in manifest["tensor_aliases"].items():
         tensors[alias] = tensors[target]
+    for layer in manifest["layers"]:  # what the modules and kernels will trust, checked once, here
+        check_layer(manifest["kind"], layer, {local: tensors[layer_key(layer["name"], local)]
+                                              for local in layer["tensors"]}, f"{path}: ")
     return QuantizedStateDict(tensors, manifest, path)
 
 
@@ -238,7 +242,8 @@ class QuantizedStateDict(Mapping):
     def _map_remaining(self, model, modules, memo, consumed, replaced_paths, where) -> None:
         """Put each remaining file tensor in ``memo`` in place of the model's
         parameter / buffer, so deepcopy builds the model around them.
-        Raises CheckpointError listing missing / unexpected keys and shape mismatches."""
+        Raises CheckpointError listing missing / unexpected keys, shape mismatches and (for a
+        model not on the meta device) dtype mismatches."""
         def replaced(path: str) -> bool:
             return any(path == p or p == "" or path.startswith(p + ".") for p in replaced_paths)
 
@@ -259,10 +264,17 @@ class QuantizedStateDict(Mapping):
                       for k, t in expected.items()
                       if k in self._tensors and k not in consumed and not _is_uninitialized(t)
                       and tuple(self._tensors[k].shape) != tuple(t.shape)]
-        if missing or unexpected or mismatched:
+        # a real (not meta) model fixes its dtypes: a file tensor of another dtype would make a module
+        # that fails at forward (a meta skeleton takes the file's dtypes)
+        retyped = [f"{k}: {_dtype(self._tensors[k])} in the file, {_dtype(t)} in the model (build the model in "
+                   f"the file's dtype, or on the meta device)"
+                   for k, t in expected.items()
+                   if k in self._tensors and k not in consumed and not _is_uninitialized(t)
+                   and t.device.type != "meta" and self._tensors[k].dtype != t.dtype]
+        if missing or unexpected or mismatched or retyped:
             parts = []
             for label, keys in (("missing keys", missing), ("unexpected keys", unexpected),
-                                ("shape mismatches", mismatched)):
+                                ("shape mismatches", mismatched), ("dtype mismatches", retyped)):
                 if keys:
                     parts.append(f"{label} ({len(keys)}): {keys[:10]}{' ...' if len(keys) > 10 else ''}")
             raise CheckpointError(f"{where}the model does not match the checkpoint: " + "; ".join(parts))
@@ -278,6 +290,10 @@ class QuantizedStateDict(Mapping):
                 new = nn.Parameter(new, requires_grad=old.requires_grad and (new.is_floating_point()
                                                                             or new.is_complex()))
             memo[id(old)] = new
+
+
+def _dtype(t: torch.Tensor) -> str:
+    return str(t.dtype).replace("torch.", "")
 
 
 def _is_uninitialized(t) -> bool:
@@ -388,7 +404,9 @@ def _stored_int4_weight(layer, own: Dict[str, torch.Tensor], orig_dtype: torch.d
 def dequantize_layer(kind: str, layer: Mapping[str, Any], own: Dict[str, torch.Tensor],
                      dtype: Optional[torch.dtype] = None) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
     """(float weight, bias or None) of one manifest layer from its own tensors; the weight
-    in ``dtype``, default its original dtype (float32 when unknown)."""
+    in ``dtype``, default its original dtype (float32 when unknown).  Raises CheckpointError
+    for a layer whose fields or tensors are invalid (see :func:`.validate.check_layer`)."""
+    check_layer(kind, layer, own)
     orig = dtype_from_name(layer["orig_dtype"]) if layer.get("orig_dtype") else torch.float32
     target = dtype or orig
     if kind == "model":

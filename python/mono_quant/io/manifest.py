@@ -33,6 +33,7 @@ import torch
 from .container import SafetensorsHeader
 from .dtypes import dtype_name
 from .errors import CheckpointError
+from .untrusted_json import UntrustedJSONError, loads_bounded
 
 __all__ = ["FORMAT_NAME", "FORMAT_VERSION", "METADATA_KEY", "layer_key", "parse_manifest", "dump_manifest",
            "check_against_header", "quantized_class", "new_manifest", "tensor_spec"]
@@ -98,9 +99,9 @@ def parse_manifest(metadata: Optional[Mapping[str, str]], path: str = "") -> Dic
         return {"format": FORMAT_NAME, "format_version": 0, "mono_quant_version": None, "kind": "state_dict",
                 "layers": [], "tensor_aliases": {}, "config": None, "skipped": []}
     try:
-        m = json.loads(metadata[METADATA_KEY])
-    except json.JSONDecodeError as exc:
-        raise CheckpointError(f"{where}corrupted manifest (not valid JSON: {exc})") from None
+        m = loads_bounded(metadata[METADATA_KEY])
+    except UntrustedJSONError as exc:
+        raise CheckpointError(f"{where}corrupted manifest ({exc})") from None
     _require(isinstance(m, dict), where, "the manifest is not a JSON object")
     _require(m.get("format") == FORMAT_NAME, where, f"manifest format is {m.get('format')!r}, not {FORMAT_NAME!r}")
     version = m.get("format_version")
@@ -114,6 +115,12 @@ def parse_manifest(metadata: Optional[Mapping[str, str]], path: str = "") -> Dic
     m.setdefault("config", None)
     m.setdefault("skipped", [])
     _require(m.get("kind") in _KINDS, where, f"kind must be one of {_KINDS}, got {m.get('kind')!r}")
+    _require(m.get("mono_quant_version") is None or isinstance(m["mono_quant_version"], str), where,
+             "mono_quant_version must be a string")
+    _require(m["config"] is None or isinstance(m["config"], dict), where, "config must be an object or null")
+    _require(isinstance(m["skipped"], list) and all(isinstance(s, list) and len(s) == 3
+                                                      and all(isinstance(v, str) for v in s) for s in m["skipped"]),
+             where, "skipped must be a list of [name, type, reason]")
     aliases = m["tensor_aliases"]
     _require(isinstance(aliases, dict) and all(isinstance(k, str) and isinstance(v, str) for k, v in aliases.items()),
              where, "tensor_aliases must map names to names")

@@ -13,6 +13,8 @@ from .registry import QuantizedModule, register_qmodule
 
 __all__ = ["QuantizedEmbedding"]
 
+_INDEX_DTYPES = (torch.int64, torch.int32)  # what nn.Embedding takes
+
 
 @register_qmodule(nn.Embedding)
 class QuantizedEmbedding(QuantizedModule):
@@ -47,6 +49,10 @@ class QuantizedEmbedding(QuantizedModule):
     def forward(self, indices: torch.Tensor) -> torch.Tensor:
         if self.qtype.kind != "int":
             return F.embedding(indices, self.weight).to(self.orig_dtype)
+        if indices.dtype not in _INDEX_DTYPES:
+            # torch's own error for every other dtype (a bool or uint8 tensor would index as a mask)
+            F.embedding(indices, torch.empty(0, 0, device=indices.device))
+            raise RuntimeError(f"embedding indices must be int64 or int32, got {indices.dtype}")
         flat = indices.reshape(-1)
         if flat.numel() and (int(flat.min()) < 0 or int(flat.max()) >= self.num_embeddings):
             raise IndexError(f"index out of range for an embedding of {self.num_embeddings} rows")  # as nn.Embedding
