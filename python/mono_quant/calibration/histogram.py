@@ -16,8 +16,8 @@ from . import observer_kernels as ok
 
 __all__ = ["StreamingHistogram", "DEFAULT_BINS"]
 
-#: At least half of them cover [min, max] (the price of exact re-binning).
-DEFAULT_BINS = 4096
+#: As torch.ao HistogramObserver and ORT; at least half of them cover [min, max] (the price of exact re-binning).
+DEFAULT_BINS = 2048
 
 
 class StreamingHistogram:
