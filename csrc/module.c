@@ -1257,15 +1257,20 @@ static PyObject *py_q4_panel_min_m(PyObject *self, PyObject *args) {
 /* ---- observers (calibration statistics, csrc/observers.c) -------------------
  * Kept together in one block so they move with the calibration code. */
 
-/* obj must already be a C-contiguous, aligned, writeable, native ndarray of
- * `type` and `length` elements (1-D): it is updated in place. */
+/* obj must already be a C-contiguous, aligned, writeable, native 1-D ndarray
+ * of `type` with `length` elements (any length when negative): it is updated
+ * in place, so a converted copy would silently drop the result. */
 static PyArrayObject *inout_vector(PyObject *obj, const char *what, int type, const char *type_name,
                                    npy_intp length) {
     PyArrayObject *a = (PyArrayObject *)obj;
     if (!PyArray_Check(obj) || PyArray_TYPE(a) != type || PyArray_NDIM(a) != 1 || !PyArray_ISCARRAY(a) ||
         !PyArray_ISNOTSWAPPED(a) || (length >= 0 && PyArray_DIM(a, 0) != length)) {
-        PyErr_Format(PyExc_TypeError, "%s must be a writeable C-contiguous 1-D numpy %s array of length %zd "
-                     "(it is updated in place)", what, type_name, (Py_ssize_t)length);
+        if (length >= 0)
+            PyErr_Format(PyExc_TypeError, "%s must be a writeable C-contiguous 1-D numpy %s array of length %zd "
+                         "(it is updated in place)", what, type_name, (Py_ssize_t)length);
+        else
+            PyErr_Format(PyExc_TypeError, "%s must be a writeable C-contiguous 1-D numpy %s array (it is updated "
+                         "in place)", what, type_name);
         return NULL;
     }
     Py_INCREF(obj);

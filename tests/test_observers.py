@@ -227,3 +227,17 @@ def test_range_searches_on_empty_and_constant():
     assert entropy_range(const) == (-2.0, 2.0)
     assert percentile_range(const) == (-2.0, 2.0)
     assert mse_range(const)[1] > 1.9
+
+
+def test_histogram_update_rejects_bad_counts():
+    from mono_quant import _C
+
+    x = np.ones(4, F32)
+    with pytest.raises(TypeError, match="counts must be a writeable"):
+        _C.obs_hist_update(x, np.zeros(64, np.int32), 0, 0, False, 0.0, 0.0)
+    ro = np.zeros(64, np.int64)
+    ro.flags.writeable = False
+    with pytest.raises(TypeError, match="counts must be a writeable"):
+        _C.obs_hist_update(x, ro, 0, 0, False, 0.0, 0.0)
+    with pytest.raises(ValueError, match="16..16777216 bins"):
+        _C.obs_hist_update(x, np.zeros(8, np.int64), 0, 0, False, 0.0, 0.0)
