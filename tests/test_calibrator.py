@@ -12,6 +12,15 @@ from mono_quant.calibration import OBSERVERS, CalibrationWarning, Calibrator
 BINS = 512  # small histograms keep the tests fast; the rule is the same at any size
 
 
+@pytest.fixture(autouse=True)
+def _one_torch_thread():
+    """These models are tiny: one thread avoids OpenMP start-up and spinning on a busy host."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
 class Block(nn.Module):
     """Conv-BN-ReLU with a functional residual add (not a module: not capturable by hooks)."""
 

@@ -19,6 +19,15 @@ needs_dataset = pytest.mark.skipif(not fashion_mnist_available(),
                                    reason="Fashion-MNIST missing: apt-get install -y dataset-fashion-mnist")
 
 
+@pytest.fixture(autouse=True)
+def _one_torch_thread():
+    """These models are tiny: one thread avoids OpenMP start-up and spinning on a busy host."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
 def write_idx(path, header: bytes, payload: bytes):
     with gzip.open(path, "wb") as f:
         f.write(header + payload)
