@@ -1311,10 +1311,12 @@ fail:
 }
 
 PyDoc_STRVAR(obs_hist_update_doc,
-             "obs_hist_update(x, counts, k0, exp, has_data, min, max) -> (k0, exp, has_data, min, max, nonfinite)\n\n"
+             "obs_hist_update(x, counts, k0, exp, has_data, min, max)\n"
+             "    -> (k0, exp, has_data, min, max, nonfinite, batch_min, batch_max)\n\n"
              "Adds the finite values of x (float32, 1-D) to the streaming histogram counts (int64 [bins],\n"
              "updated in place, 16 <= bins <= 2**24) whose grid is (k0, exp, has_data, min, max), and\n"
-             "returns the new grid and the number of NaN/Inf skipped.  Bin j covers\n"
+             "returns the new grid, the number of NaN/Inf skipped and this batch's own min/max\n"
+             "(inf/-inf when it had no finite value).  Bin j covers\n"
              "[(k0 + j) * 2**exp, (k0 + j + 1) * 2**exp); the rule is in csrc/observers.h.  A grid that\n"
              "does not follow the rule (e.g. from a corrupt file) is a ValueError.");
 
@@ -1350,15 +1352,17 @@ static PyObject *py_obs_hist_update(PyObject *self, PyObject *args, PyObject *kw
         }
     }
     int64_t bad;
+    float batch_min, batch_max;
     Py_BEGIN_ALLOW_THREADS
-    bad = mq_obs_hist_update(PyArray_DATA(x), PyArray_DIM(x, 0), PyArray_DATA(counts), (int64_t)bins, &grid);
+    bad = mq_obs_hist_update(PyArray_DATA(x), PyArray_DIM(x, 0), PyArray_DATA(counts), (int64_t)bins, &grid,
+                             &batch_min, &batch_max);
     Py_END_ALLOW_THREADS
     if (bad < 0) {
         PyErr_NoMemory();
         goto fail;
     }
-    result = Py_BuildValue("LiNddl", (long long)grid.k0, (int)grid.exp, PyBool_FromLong(grid.has_data), (double)grid.min,
-                           (double)grid.max, (long)bad);
+    result = Py_BuildValue("LiNddldd", (long long)grid.k0, (int)grid.exp, PyBool_FromLong(grid.has_data),
+                           (double)grid.min, (double)grid.max, (long)bad, (double)batch_min, (double)batch_max);
 fail:
     Py_XDECREF(x);
     Py_XDECREF(counts);

@@ -13,6 +13,10 @@
 #include "mq.h"
 #include "observers.h"
 
+#if defined(__SSE2__)
+#include <emmintrin.h>
+#endif
+
 /* ---- min / max --------------------------------------------------------------- */
 
 /* Exact min/max of the finite values of one run, NaN/Inf skipped and counted. */
@@ -30,38 +34,46 @@ static int64_t run_minmax_slow(const float *x, int64_t n, float *mn, float *mx) 
     return bad;
 }
 
-#define MINMAX_LANES 16
-
-/* Fast path: lane-wise min/max without a branch, plus a lane-wise "not
- * finite" count.  `v < lo ? v : lo` keeps lo for a NaN v (the minps rule),
- * but an Inf would win: a run that saw any NaN/Inf is redone exactly. */
+#if defined(__SSE2__)
+/* Fast path on baseline x86-64 (SSE2 is part of it: no dispatch needed):
+ * 16 lanes of minps/maxps (which keep the running value for a NaN input) and
+ * an "any value not finite" mask; a run that saw a NaN/Inf is redone exactly
+ * by the scalar loop (an Inf would otherwise win the min or max). */
 static int64_t run_minmax(const float *x, int64_t n, float *mn, float *mx) {
-    if (n < 4 * MINMAX_LANES) return run_minmax_slow(x, n, mn, mx);
-    float lo[MINMAX_LANES], hi[MINMAX_LANES];
-    int32_t bad[MINMAX_LANES];
-    for (int j = 0; j < MINMAX_LANES; j++) { lo[j] = *mn; hi[j] = *mx; bad[j] = 0; }
+    if (n < 32) return run_minmax_slow(x, n, mn, mx);
+    const __m128 abs_mask = _mm_castsi128_ps(_mm_set1_epi32(0x7fffffff)), big = _mm_set1_ps(FLT_MAX);
+    __m128 lo0 = _mm_set1_ps(*mn), lo1 = lo0, lo2 = lo0, lo3 = lo0;
+    __m128 hi0 = _mm_set1_ps(*mx), hi1 = hi0, hi2 = hi0, hi3 = hi0;
+    __m128 bad = _mm_setzero_ps();
     int64_t i = 0;
-    for (; i + MINMAX_LANES <= n; i += MINMAX_LANES)
-        for (int j = 0; j < MINMAX_LANES; j++) {
-            float v = x[i + j];
-            lo[j] = v < lo[j] ? v : lo[j];
-            hi[j] = v > hi[j] ? v : hi[j];
-            bad[j] += !(fabsf(v) <= FLT_MAX);
-        }
-    int64_t nbad = 0;
+    for (; i + 16 <= n; i += 16) {
+        __m128 a = _mm_loadu_ps(x + i), b = _mm_loadu_ps(x + i + 4);
+        __m128 c = _mm_loadu_ps(x + i + 8), d = _mm_loadu_ps(x + i + 12);
+        /* minps(v, lo) returns lo when v is NaN */
+        lo0 = _mm_min_ps(a, lo0); lo1 = _mm_min_ps(b, lo1); lo2 = _mm_min_ps(c, lo2); lo3 = _mm_min_ps(d, lo3);
+        hi0 = _mm_max_ps(a, hi0); hi1 = _mm_max_ps(b, hi1); hi2 = _mm_max_ps(c, hi2); hi3 = _mm_max_ps(d, hi3);
+        /* !(|v| <= FLT_MAX): true for NaN and +-Inf */
+        bad = _mm_or_ps(bad, _mm_cmpnle_ps(_mm_and_ps(a, abs_mask), big));
+        bad = _mm_or_ps(bad, _mm_cmpnle_ps(_mm_and_ps(b, abs_mask), big));
+        bad = _mm_or_ps(bad, _mm_cmpnle_ps(_mm_and_ps(c, abs_mask), big));
+        bad = _mm_or_ps(bad, _mm_cmpnle_ps(_mm_and_ps(d, abs_mask), big));
+    }
+    if (_mm_movemask_ps(bad)) return run_minmax_slow(x, n, mn, mx); /* rare: redo the whole run exactly */
+    float lo[4], hi[4];
+    _mm_storeu_ps(lo, _mm_min_ps(_mm_min_ps(lo0, lo1), _mm_min_ps(lo2, lo3)));
+    _mm_storeu_ps(hi, _mm_max_ps(_mm_max_ps(hi0, hi1), _mm_max_ps(hi2, hi3)));
     float l = *mn, h = *mx;
-    for (int j = 0; j < MINMAX_LANES; j++) {
-        nbad += bad[j];
+    for (int j = 0; j < 4; j++) {
         if (lo[j] < l) l = lo[j];
         if (hi[j] > h) h = hi[j];
-    }
-    if (nbad) { /* rare: redo the whole run exactly */
-        return run_minmax_slow(x, n, mn, mx);
     }
     *mn = l;
     *mx = h;
     return run_minmax_slow(x + i, n - i, mn, mx);
 }
+#else
+static int64_t run_minmax(const float *x, int64_t n, float *mn, float *mx) { return run_minmax_slow(x, n, mn, mx); }
+#endif
 
 int64_t mq_obs_minmax(const float *x, int64_t outer, int64_t channels, int64_t inner, float *mn, float *mx) {
     int64_t bad = 0;
@@ -108,9 +120,90 @@ int32_t mq_obs_hist_exp(float mn, float mx, int64_t bins) {
     return e;
 }
 
-int64_t mq_obs_hist_update(const float *x, int64_t n, int64_t *counts, int64_t bins, mq_hist_grid *grid) {
+#define HIST_TABLES 4
+#define HIST_CHUNK ((int64_t)1 << 30)
+
+#if defined(__SSE2__)
+/* Bins x[i0..i1) into the HIST_TABLES tables 8 values at a time; returns where
+ * it stopped (the caller finishes the tail).  Exact under bin_values'
+ * conditions: v * 2^-exp is exact in float (a power-of-two scaling, the
+ * result below 2^31), truncation is corrected to floor, and a tiny negative
+ * v whose quotient underflowed to -0 still lands in bin -1. */
+static int64_t bin_sse2(const float *x, int64_t i0, int64_t i1, float inv_w, int32_t k0, uint32_t *t, int64_t bins) {
+    const __m128 scale = _mm_set1_ps(inv_w), zero = _mm_setzero_ps();
+    const __m128i base = _mm_set1_epi32(k0);
+    int32_t idx[8];
+    int64_t i = i0;
+    for (; i + 8 <= i1; i += 8) {
+        for (int h = 0; h < 2; h++) {
+            __m128 v = _mm_loadu_ps(x + i + 4 * h);
+            __m128 q = _mm_mul_ps(v, scale);
+            __m128i tr = _mm_cvttps_epi32(q);
+            __m128 down = _mm_or_ps(_mm_cmpgt_ps(_mm_cvtepi32_ps(tr), q),
+                                    _mm_and_ps(_mm_cmpeq_ps(q, zero), _mm_cmplt_ps(v, zero)));
+            /* the mask is -1 where floor is one below the truncation */
+            _mm_storeu_si128((__m128i *)(idx + 4 * h), _mm_sub_epi32(_mm_add_epi32(tr, _mm_castps_si128(down)), base));
+        }
+        t[idx[0]]++;
+        t[bins + idx[1]]++;
+        t[2 * bins + idx[2]]++;
+        t[3 * bins + idx[3]]++;
+        t[idx[4]]++;
+        t[bins + idx[5]]++;
+        t[2 * bins + idx[6]]++;
+        t[3 * bins + idx[7]]++;
+    }
+    return i;
+}
+#endif
+
+/* Bin the finite values of x into counts.  Four interleaved uint32 tables
+ * break the store-to-load chain of repeated increments to one bin (activation
+ * histograms are peaked); chunks stay below 2^32 values per table entry. */
+static int bin_values(const float *x, int64_t n, int any_nonfinite, double inv_w, int64_t k0, int64_t *counts,
+                      int64_t bins) {
+    if (n < 4096) { /* small batch: straight into the counts */
+        for (int64_t i = 0; i < n; i++) {
+            float v = x[i];
+            if (any_nonfinite && !(fabsf(v) <= FLT_MAX)) continue;
+            counts[grid_index(v, inv_w) - k0] += 1; /* 0 <= index < bins by the choice of exp and k0 */
+        }
+        return 0;
+    }
+    uint32_t *t = calloc((size_t)(HIST_TABLES * bins), sizeof *t);
+    if (!t) return -1;
+    /* float arithmetic is exact too when the grid's indices fit int32 and 2^-exp is a normal float */
+    int use_float = !any_nonfinite && inv_w >= 0x1p-126 && llabs(k0) < (1LL << 30) && llabs(k0 + bins) < (1LL << 30);
+    for (int64_t c0 = 0; c0 < n; c0 += HIST_CHUNK) {
+        int64_t c1 = c0 + HIST_CHUNK < n ? c0 + HIST_CHUNK : n, i = c0;
+#if defined(__SSE2__)
+        if (use_float) i = bin_sse2(x, c0, c1, (float)inv_w, (int32_t)k0, t, bins);
+#else
+        (void)use_float;
+#endif
+        if (!any_nonfinite)
+            for (; i + HIST_TABLES <= c1; i += HIST_TABLES)
+                for (int j = 0; j < HIST_TABLES; j++) t[j * bins + grid_index(x[i + j], inv_w) - k0] += 1;
+        for (; i < c1; i++) {
+            float v = x[i];
+            if (!(fabsf(v) <= FLT_MAX)) continue;
+            t[grid_index(v, inv_w) - k0] += 1;
+        }
+        for (int64_t b = 0; b < bins; b++) {
+            for (int j = 0; j < HIST_TABLES; j++) counts[b] += t[j * bins + b];
+        }
+        memset(t, 0, (size_t)(HIST_TABLES * bins) * sizeof *t);
+    }
+    free(t);
+    return 0;
+}
+
+int64_t mq_obs_hist_update(const float *x, int64_t n, int64_t *counts, int64_t bins, mq_hist_grid *grid,
+                           float *batch_min, float *batch_max) {
     float bmin = INFINITY, bmax = -INFINITY;
     int64_t bad = run_minmax(x, n, &bmin, &bmax);
+    *batch_min = bmin;
+    *batch_max = bmax;
     if (bmin > bmax) return bad; /* nothing finite in this batch */
 
     float gmin = grid->has_data && grid->min < bmin ? grid->min : bmin;
@@ -120,9 +213,10 @@ int64_t mq_obs_hist_update(const float *x, int64_t n, int64_t *counts, int64_t b
     double inv_w = ldexp(1.0, -e);
     int64_t k0 = grid_index(gmin, inv_w);
 
+    int64_t *merged = NULL;
     if (grid->has_data && (e != grid->exp || k0 != grid->k0)) {
         /* re-bin: old bin k is exactly inside new bin floor(k / 2^d) */
-        int64_t *merged = calloc((size_t)bins, sizeof *merged);
+        merged = calloc((size_t)bins, sizeof *merged);
         if (!merged) return -1;
         int32_t d = e - grid->exp;
         for (int64_t j = 0; j < bins; j++) {
@@ -132,6 +226,14 @@ int64_t mq_obs_hist_update(const float *x, int64_t n, int64_t *counts, int64_t b
             if (t >= bins) t = bins - 1;
             merged[t] += counts[j];
         }
+    }
+    /* bin into a copy when re-binning so a failed allocation leaves counts and grid unchanged */
+    int64_t *dst = merged ? merged : counts;
+    if (bin_values(x, n, bad != 0, inv_w, k0, dst, bins) < 0) { /* fails before writing anything */
+        free(merged);
+        return -1;
+    }
+    if (merged) {
         memcpy(counts, merged, (size_t)bins * sizeof *counts);
         free(merged);
     }
@@ -140,13 +242,6 @@ int64_t mq_obs_hist_update(const float *x, int64_t n, int64_t *counts, int64_t b
     grid->min = gmin;
     grid->max = gmax;
     grid->has_data = 1;
-
-    for (int64_t i = 0; i < n; i++) {
-        float v = x[i];
-        if (!(fabsf(v) <= FLT_MAX)) continue;
-        int64_t t = grid_index(v, inv_w) - k0;
-        counts[t] += 1; /* 0 <= t < bins by the choice of e and k0 */
-    }
     return bad;
 }
 

@@ -42,9 +42,12 @@ typedef struct {
 int64_t mq_obs_minmax(const float *x, int64_t outer, int64_t channels, int64_t inner, float *mn, float *mx);
 
 /* Adds the finite values of x[0..n) to counts[0..bins) under the rule above,
- * re-binning first when they widen the range.  Returns the number of NaN/Inf
- * elements skipped, or -1 when out of memory (counts and grid unchanged). */
-int64_t mq_obs_hist_update(const float *x, int64_t n, int64_t *counts, int64_t bins, mq_hist_grid *grid);
+ * re-binning first when they widen the range; *batch_min / *batch_max get this
+ * batch's own extremes (+Inf / -Inf when it has no finite value), so callers
+ * need no separate min/max pass.  Returns the number of NaN/Inf elements
+ * skipped, or -1 when out of memory (counts and grid unchanged). */
+int64_t mq_obs_hist_update(const float *x, int64_t n, int64_t *counts, int64_t bins, mq_hist_grid *grid,
+                           float *batch_min, float *batch_max);
 
 /* The grid exponent the rule gives for finite values in [mn, mx]. */
 int32_t mq_obs_hist_exp(float mn, float mx, int64_t bins);

@@ -241,3 +241,27 @@ def test_histogram_update_rejects_bad_counts():
         _C.obs_hist_update(x, ro, 0, 0, False, 0.0, 0.0)
     with pytest.raises(ValueError, match="16..16777216 bins"):
         _C.obs_hist_update(x, np.zeros(8, np.int64), 0, 0, False, 0.0, 0.0)
+
+
+@pytest.mark.parametrize("with_nonfinite", [False, True])
+def test_histogram_large_batches_take_the_interleaved_tables_exactly(with_nonfinite):
+    rng = np.random.default_rng(11)
+    batches = [rng.standard_normal(n).astype(F32) * s for n, s in ((5000, 1.0), (20001, 8.0), (4096, 0.5))]
+    if with_nonfinite:
+        batches[1][[3, 777, 20000]] = [np.nan, np.inf, -np.inf]
+    h = _stream(batches, 256)
+    _assert_hist_equals_oneshot(h, batches, 256)
+    _, bmin, bmax = StreamingHistogram(256).update_with_extremes(batches[1])
+    finite = batches[1][np.isfinite(batches[1])]
+    assert (bmin, bmax) == (finite.min(), finite.max())
+
+
+@pytest.mark.parametrize("n", [10, 5000])
+def test_histogram_tiny_negative_values_with_wide_bins(n):
+    """A tiny negative value divided by a wide bin underflows: it still belongs to bin -1."""
+    rng = np.random.default_rng(2)
+    x = rng.uniform(-3000, 3000, n).astype(F32)
+    x[:6] = [-1e-45, 1e-45, -0.0, 0.0, -1e-38, -2.5e-39]
+    h = _stream([x], 16)
+    assert h.exp > 0  # bins wider than 1: 1e-45 * 2^-exp underflows in float
+    _assert_hist_equals_oneshot(h, [x], 16)

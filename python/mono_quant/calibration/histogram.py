@@ -51,10 +51,14 @@ class StreamingHistogram:
 
     def update(self, x) -> int:
         """Add a tensor or array's values; returns how many were NaN/Inf."""
-        grid, bad = ok.hist_update(x, self.counts, (self.k0, self.exp, self.has_data, self.min, self.max))
+        return self.update_with_extremes(x)[0]
+
+    def update_with_extremes(self, x):
+        """``update`` that also returns the batch's own (min, max) (inf, -inf when none is finite)."""
+        grid, bad, bmin, bmax = ok.hist_update(x, self.counts, (self.k0, self.exp, self.has_data, self.min, self.max))
         self.k0, self.exp, self.has_data, self.min, self.max = grid
         self.nonfinite += bad
-        return bad
+        return bad, bmin, bmax
 
     def edges(self) -> np.ndarray:
         return (self.k0 + np.arange(self.bins + 1, dtype=np.float64)) * self.width

@@ -51,10 +51,13 @@ def minmax(x, mn: np.ndarray, mx: np.ndarray, channel_axis=None, reference: bool
     return _C.obs_minmax(v, mn, mx, reference=reference)
 
 
-def hist_update(x, counts: np.ndarray, grid: Tuple[int, int, bool, float, float]) -> Tuple[tuple, int]:
-    """Add x's finite values to ``counts`` (int64, in place); returns (new grid, NaN/Inf count)."""
+def hist_update(x, counts: np.ndarray, grid: Tuple[int, int, bool, float, float]) -> Tuple[tuple, int, float, float]:
+    """Add x's finite values to ``counts`` (int64, in place).
+
+    Returns (new grid, NaN/Inf count, this batch's min, this batch's max); the
+    batch extremes are +inf / -inf when it held no finite value."""
     out = _C.obs_hist_update(_as_f32(x).reshape(-1), counts, *grid)
-    return tuple(out[:5]), out[5]
+    return tuple(out[:5]), out[5], out[6], out[7]
 
 
 def entropy_search(h: np.ndarray, levels: int, stride: int = 1) -> Tuple[int, np.ndarray]:

@@ -44,15 +44,16 @@ class ActivationStats:
         x = ok._as_f32(t)
         bmin = np.array([np.inf], dtype=np.float32)
         bmax = np.array([-np.inf], dtype=np.float32)
-        bad = ok.minmax(x, bmin, bmax)
+        if self.histogram is not None:  # the histogram pass finds the batch's extremes anyway
+            bad, bmin[0], bmax[0] = self.histogram.update_with_extremes(x)
+        else:
+            bad = ok.minmax(x, bmin, bmax)
         if x.ndim >= 2 and self.per_channel:
             if self.channel_min is None:
                 self.channel_min = np.full(x.shape[1], np.inf, dtype=np.float32)
                 self.channel_max = np.full(x.shape[1], -np.inf, dtype=np.float32)
             if self.channel_min.size == x.shape[1]:
                 ok.minmax(x, self.channel_min, self.channel_max, channel_axis=1)
-        if self.histogram is not None:
-            self.histogram.update(x)
         if bmin[0] <= bmax[0]:  # some finite value in this batch
             np.minimum(self.min, bmin, out=self.min)
             np.maximum(self.max, bmax, out=self.max)
