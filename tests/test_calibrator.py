@@ -253,3 +253,27 @@ def test_load_rejects_corrupt_files(net, tmp_path):
     save_file(arrays, str(tmp_path / "nometa.safetensors"))
     with pytest.raises(ValueError, match="invalid calibration statistics"):
         Calibrator.load(tmp_path / "nometa.safetensors", net)
+
+
+def test_extra_types_capture_a_user_add_module():
+    class Add(nn.Module):
+        def forward(self, a, b):
+            return a + b
+
+    class Residual(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(4, 4)
+            self.add = Add()
+
+        def forward(self, x):
+            return self.add(self.fc(x), x * 2)
+
+    model = Residual()
+    cal = Calibrator(model, bins=BINS, extra_types=(Add,))
+    x = torch.randn(100, 4)
+    cal.feed(x)
+    assert cal.aliases["add.input"] == "fc.output"
+    s = cal.stats["add.input1"]  # the second operand, not produced by a captured module
+    assert s.min[0] == (x * 2).min() and s.max[0] == (x * 2).max()
+    assert "add.output" in cal.stats
