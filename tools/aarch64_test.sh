@@ -122,24 +122,37 @@ cp "$EXT" "$PKG/mono_quant/_C.$SOABI.so"
 rm -rf "$WORK/run"
 mkdir -p "$WORK/run"
 cp -r "$ROOT/tests" "$WORK/run/"
+printf '[pytest]\n' >"$WORK/run/pytest.ini"  # rootdir here, so node ids start at tests/
 cd "$WORK/run"
 log "running the tests on qemu-aarch64 (torch $AARCH64_TORCH)"
 PYTHONPATH="$PKG" "$QEMU_PYTHON" -c \
     'import platform, mono_quant._C as C; i = C.cpu_info(); print("machine:", platform.machine(), "best_isa:", i["best_isa"]); assert platform.machine() == "aarch64" and i["best_isa"] == "scalar"'
 # Deselected: tests whose oracle is torch.quantize_per_channel on inputs that
 # land on exact rounding ties.  torch on x86 (fbgemm) rounds zero_point +
-# x / scale; torch's generic path, the one aarch64 runs, adds the zero-point
-# after rounding, so the two torches disagree by 1 on such ties (measured:
-# 43 of 32,960 elements for bf16-valued rows, docs/platforms.md).  Ours
-# follows the x86 torch on every platform: the digest below checks that the
-# aarch64 results are bit-identical to the x86 ones instead.
+# x / scale; torch's ARM path (quantize_val_arm) rounds differently at ties
+# when the zero-point is odd, so the two torches disagree by 1 there
+# (measured: 43 of 32,960 elements for bf16-valued rows, docs/platforms.md).
+# Exact ties come with asymmetric schemes (odd zero-points) on fp16/bf16
+# inputs (few mantissa bits) and in the test built to hit them; only those
+# cases are left out (node-id prefixes).  Ours follows the x86 torch on every
+# platform: the digest below checks that the aarch64 results are
+# bit-identical to the x86 ones instead.
 TORCH_TIE_ORACLE_TESTS=(
-    tests/test_quant_kernels.py::test_fused_quantize_matches_torch_per_channel
-    tests/test_quant_kernels.py::test_near_ties_follow_torch_per_channel_and_per_tensor
-    tests/test_quantize_weight.py::test_bit_identical_to_torch_per_channel
+    "tests/test_quant_kernels.py::test_fused_quantize_matches_torch_per_channel[scalar-asym-torch.float16"
+    "tests/test_quant_kernels.py::test_fused_quantize_matches_torch_per_channel[scalar-asym-torch.bfloat16"
+    "tests/test_quant_kernels.py::test_near_ties_follow_torch_per_channel_and_per_tensor[scalar--3]"
+    "tests/test_quant_kernels.py::test_near_ties_follow_torch_per_channel_and_per_tensor[scalar-7]"
+    "tests/test_quantize_weight.py::test_bit_identical_to_torch_per_channel[asym-torch.float16"
+    "tests/test_quantize_weight.py::test_bit_identical_to_torch_per_channel[asym-torch.bfloat16"
+)
+# And the demo: it times a model in fp32 and int8 and, emulated with the
+# scalar kernels, outruns the test's 120-s limit (quantize + forward of every
+# layer kind is covered by the other tests and by the digest below).
+SLOW_UNDER_EMULATION=(
+    tests/test_demo_and_memory.py::test_python_dash_m_runs_demo
 )
 DESELECT=()
-for test in "${TORCH_TIE_ORACLE_TESTS[@]}"; do DESELECT+=(--deselect "$test"); done
+for test in "${TORCH_TIE_ORACLE_TESTS[@]}" "${SLOW_UNDER_EMULATION[@]}"; do DESELECT+=(--deselect "$test"); done
 PYTHONPATH="$PKG" "$QEMU_PYTHON" -m pytest -q -p no:cacheprovider "${DESELECT[@]}" "${@:-tests}"
 
 # Same inputs, same quantized results as on x86 (scalar level there).
