@@ -12,17 +12,10 @@ from typing import Optional, Tuple
 import torch
 
 from . import kernels
+from .errors import NonFiniteWeightError
 from .qtypes import QType, get_qtype
 
 __all__ = ["QuantizedWeight", "quantize_weight", "quantize_int_with_error", "sqnr_db", "NonFiniteWeightError"]
-
-
-class NonFiniteWeightError(ValueError):
-    """A weight holds NaN or Inf; ``row`` is the first channel where it was found."""
-
-    def __init__(self, message: str, row: int):
-        super().__init__(message)
-        self.row = row
 
 
 @dataclass

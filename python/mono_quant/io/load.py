@@ -110,6 +110,16 @@ class QuantizedStateDict(Mapping):
     def config(self) -> Optional[Dict[str, Any]]:
         return self.manifest.get("config")
 
+    def _weight_only(self) -> bool:
+        """Whether the config recorded with a state_dict file asks for weight-only int8
+        (``activations=None``); files without one, or with "dynamic", use dynamic activations."""
+        config = self.config
+        activations = config.get("activations", "dynamic") if isinstance(config, dict) else "dynamic"
+        if activations not in ("dynamic", None):
+            raise CheckpointError(f"{self.path or 'file'}: manifest config activations {activations!r} is not "
+                                  f"'dynamic' or null")
+        return activations is None
+
     @property
     def nbytes(self) -> int:
         """Bytes of the stored tensors (aliases counted once)."""
@@ -231,6 +241,8 @@ class QuantizedStateDict(Mapping):
                 if bias is None:
                     raise CheckpointError(f"missing key {layer_key(layer['name'], 'bias')!r} for layer {name!r}")
             qmodule._set_bias(bias)
+            if self._weight_only() and get_qtype(layer["dtype"]).kind == "int" and hasattr(qmodule, "set_activations"):
+                qmodule.set_activations(None)  # as quantize(activations=None) recorded it in the config
             extra = set(own) - set(qmodule.state_dict())
             if "weight_packed" in qmodule._buffers:  # the file's plain weight became the packed copy
                 extra.discard("weight_qdata")

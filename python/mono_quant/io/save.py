@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from ..modules.registry import QuantizedModule
+from ..result import QuantizationResult
 from .atomic import atomic_output
 from .layers import guess_orig_dtype, module_layer_entry, state_dict_layer_entry
 from .manifest import dump_manifest, new_manifest
@@ -33,8 +34,6 @@ def save(model_or_result, path, *, overwrite: bool = False) -> Path:
     when ``path`` exists, ``OSError`` for write failures (nothing is left
     behind).
     """
-    from ..api import QuantizationResult
-
     if isinstance(model_or_result, QuantizationResult):
         result = model_or_result
         if result.model is not None:
