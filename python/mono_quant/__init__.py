@@ -13,20 +13,10 @@ from .modules import QuantizedConv2d, QuantizedEmbedding, QuantizedLinear, Quant
 from .qtypes import QTYPES, get_qtype
 from .report import LayerReport, Report
 from .tensor import QuantizedWeight, quantize_weight
+from .version import __version__
 
 
 
-def _installed_version() -> str:
-    """The version in the package metadata (pyproject.toml is the one source)."""
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version("mono-quant")
-    except PackageNotFoundError:  # imported from a source tree that was never installed
-        return "0+unknown"
-
-
-__version__ = _installed_version()
 
 __all__ = [
     "quantize",

@@ -40,7 +40,7 @@ _NONE_IS_A_VALUE = ("activations", "group_size")
 
 
 class _Default:
-    """The value of an argument left out: the config file's setting, else the built-in default."""
+    """The type of :data:`DEFAULT` (one instance)."""
 
     _instance = None
 
@@ -57,31 +57,48 @@ class _Default:
 
 
 DEFAULT = _Default()
+"""The default of ``activations`` and ``group_size`` in ``quantize()`` and
+``quantize_checkpoint()``, where None is a value: "not given", so the config
+file's setting applies, else the built-in default ("dynamic", 128)."""
 
 
 @dataclass
 class QuantConfig:
-    """Everything ``quantize()`` decides with.
+    """Every option ``quantize()`` and ``quantize_checkpoint()`` decide with.
 
-    - ``dtype``: "int8", "uint8", "int4", "fp16" or "bf16".
-    - ``symmetric``: None means the scheme's default (int8 weights:
-      symmetric, -127..127, what integer kernels want).
-    - ``granularity``: "per_channel" (one scale per output channel) or "per_tensor".
-    - ``include`` / ``exclude``: module-name globs (a state_dict's key prefixes)
-      or module types; exclude wins.
-    - ``min_weight_numel``: layers with fewer weights stay float ("too small").
-    - ``nonfinite``: "error" (default: raise, naming the layer) or "skip"
-      (leave the layer in float, listed in ``skipped``).
-    - ``activations``: for int8 weights, "dynamic" (default: inputs quantized
-      to int8 per row at each call, integer matmul) or None (weight-only:
-      float inputs times int8 weights).  A config file writes "none" for None.
-    - ``group_size`` (int4 only): columns per group along the input dimension,
-      a positive multiple of 32 (default 128); None (0 in a config file) for
-      one group per output channel.
-    - ``method`` (int4 only): "rtn", "mse" or "hqq"; None means "mse".
-    - ``embeddings``: also quantize nn.Embedding tables (weight-only, rows
-      dequantized on lookup); off by default.
-    - ``source``: where non-default values came from (for the report).
+    Pass one as ``config=`` to either; arguments given to the call win over
+    it.  Also what a config file (``mono_quant.toml``, or ``[tool.mono-quant]``
+    in ``pyproject.toml``) holds, with the same names.
+
+    Args:
+        dtype: "int8", "uint8", "int4", "fp16" or "bf16".
+        symmetric: None means the scheme's default (int8 weights: symmetric,
+            -127..127, what integer kernels want).
+        granularity: "per_channel" (one scale per output channel) or "per_tensor".
+        include: Module-name globs (a state_dict's key prefixes) or module
+            types to quantize; None for all.
+        exclude: Globs or types to leave in float; wins over ``include``.
+        min_weight_numel: Layers with fewer weights stay float ("too small").
+        nonfinite: "error" (raise, naming the layer) or "skip" (leave the
+            layer in float, listed in ``skipped``).
+        activations: For int8 weights, "dynamic" (inputs quantized to int8
+            per row at each call, integer matmul) or None (weight-only: float
+            inputs times int8 weights).  A config file writes "none" for None.
+        group_size: int4 only: columns per group along the input dimension,
+            a positive multiple of 32; None (0 in a config file, which has
+            no null) for one group per output channel.
+        method: int4 only: "rtn", "mse" or "hqq"; None means "mse".
+        embeddings: Also quantize nn.Embedding tables (weight-only, rows
+            dequantized on lookup).
+        source: Where non-default values came from (for the report); set
+            by :func:`resolve_config`.
+
+    Raises:
+        ConfigError: A field is invalid (a ``ValueError``).
+
+    Example:
+        >>> cfg = mq.QuantConfig(dtype="int4", group_size=64, exclude=["lm_head"])
+        >>> qmodel, skipped = mq.quantize(model, config=cfg)
     """
 
     dtype: str = "int8"
@@ -151,12 +168,20 @@ class QuantConfig:
         return self
 
     def symmetric_for(self, layer_type: str) -> bool:
-        """The symmetric flag to use for a layer: explicit, else the default for the dtype."""
+        """The symmetric flag to use for a layer: explicit, else the default for the dtype.
+
+        Args:
+            layer_type: The float layer's class name ("Linear", "Conv2d", ...).
+
+        Returns:
+            Whether its weight is quantized symmetrically.
+        """
         if self.symmetric is not None:
             return self.symmetric
         return get_qtype(self.dtype).name == "int8"
 
     def to_dict(self) -> Dict[str, Any]:
+        """The options as plain data (types in include / exclude by name), as a manifest records them."""
         d = dataclasses.asdict(self)
         d.pop("source")
         for name in ("include", "exclude"):
