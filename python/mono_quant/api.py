@@ -144,110 +144,151 @@ def _unsupported_reason(module: nn.Module) -> Optional[str]:
 
 
 def _quantize_module(model: nn.Module, cfg: QuantConfig, progress: bool, weights: Optional[Mapping] = None):
-    qtype = get_qtype(cfg.dtype)
+    """The model path: quantize the selected layers (weights from ``weights`` when given), then
+    deep-copy the model around them."""
     names_of: Dict[int, List[str]] = {}
     modules: Dict[int, nn.Module] = {}
     for name, m in model.named_modules(remove_duplicate=False):
         names_of.setdefault(id(m), []).append(name)
         modules[id(m)] = m
-
-    skipped: List[SkippedLayer] = []
-    targets: List[Tuple[str, nn.Module]] = []
-    for key, m in modules.items():
-        names = names_of[key]
-        name = names[0]
-        cls = qmodule_for(m)
-        if cls is None:
-            reason = _unsupported_reason(m) if not isinstance(m, QuantizedModule) else None
-            if reason:
-                skipped.append(SkippedLayer(name, type(m).__name__, reason))
-            continue
-        reason = selection_reason(cfg, names, m)
-        if reason is None and type(m) is nn.Embedding:
-            if not cfg.embeddings:
-                reason = "embedding tables are quantized only with embeddings=True"
-            elif m.max_norm is not None:
-                reason = "embedding with max_norm renormalizes its float rows on lookup"
-        if reason is None:
-            reason = _shape_reason(m, cfg, weights, name)
-        if reason is None and weights is not None:
-            _check_shared_entries(weights, names)
-        if reason:
-            skipped.append(SkippedLayer(name, type(m).__name__, reason))
-        else:
-            targets.append((name, m))
-
-    report = Report()
-    memo: Dict[int, nn.Module] = {}
-    quantized_names: List[str] = []
-    weight_cache: Dict[Tuple[int, str], Tuple[object, float]] = {}
-    # a packed module per tied weight: later layers share its buffers, and the
-    # plain int8 copy is dropped as soon as the first is packed (peak memory)
-    packed_by_weight: Dict[Tuple[int, str], Tuple[QuantizedModule, float]] = {}
+    targets, skipped = _select_targets(modules, names_of, cfg, weights)
+    layers = _LayerQuantizer(cfg, weights)
     for i, (name, m) in enumerate(targets):
         if progress:
             print(f"[{i + 1}/{len(targets)}] {name or '<root>'}", file=sys.stderr, flush=True)
-        w = weights[_key(name, "weight")] if weights is not None else m.weight
-        has_bias = getattr(m, "bias", None) is not None  # nn.Embedding has no bias
-        b = (weights.get(_key(name, "bias")) if weights is not None else m.bias) if has_bias else None
-        key = (id(w), qtype.name)
-        direct = None  # (scale, zero_point, packed buffers, symmetric): quantized straight into the packed layout
-        try:
-            if key in packed_by_weight:
-                first, sqnr = packed_by_weight[key]
-                stored = first.quantized_weight()
-            elif type(m) is nn.Linear and key not in weight_cache and w.numel() > 0 and packs_straight_to_int8(w, cfg):
-                symmetric = cfg.symmetric_for("Linear")
-                qmin, qmax = qtype.qrange(symmetric)
-                scale, zero_point, packed, sx, se = quantize_and_pack_int8(w, qmin, qmax, symmetric, True)
-                direct, stored, sqnr = (scale, zero_point, packed, symmetric), None, sqnr_db(sx, se)
-            else:
-                stored, sqnr = convert_weight(w, qtype, cfg, type(m).__name__, weight_cache)
-        except NonFiniteWeightError as exc:
-            if cfg.nonfinite == "error":
-                raise NonFiniteWeightError(
-                    f"layer {name or '<root>'!r} ({type(m).__name__}) has NaN or Inf in its weight "
-                    f"(output channel {exc.row}): fix the weights, exclude the layer "
-                    f"(exclude=[{name!r}]) or pass nonfinite='skip'", exc.row, name
-                ) from None
-            skipped.append(SkippedLayer(name, type(m).__name__, f"non-finite weights (NaN/Inf in channel {exc.row})"))
-            continue
-        if direct is not None:
-            qm = QuantizedLinear.from_packed_int8(m, *direct, cfg.activations)
-        else:
-            qm = qmodule_for(m).from_float(m, stored)
-            if hasattr(qm, "set_activations") and isinstance(stored, QuantizedWeight):
-                qm.set_activations(cfg.activations)
-        if weights is not None:
-            qm._set_bias(b)
-        if "weight_packed" in qm._buffers:
-            if key in packed_by_weight:
-                qm.set_packed({n: first._buffers[n] for n in PACKED_BUFFERS})
-            else:
-                packed_by_weight[key] = (qm, sqnr)
-                weight_cache.pop(key, None)
-        memo[id(m)] = qm
-        quantized_names.extend(names_of[id(m)])  # every name of a shared module: its weights are done
-        report.layers.append(LayerReport(
-            name, type(m).__name__, qtype.name, tuple(w.shape),
-            tensor_bytes(w) + tensor_bytes(b), qm.weight_nbytes() + tensor_bytes(qm.bias), sqnr,
-        ))
-
-    try:
-        qmodel = copy.deepcopy(model, memo)
-    except Exception as exc:  # a model holding something deepcopy refuses (locks, open files, ...)
-        raise TypeError(
-            f"quantize() copies the model so the original stays untouched, but {type(model).__name__} "
-            f"cannot be deep-copied: {exc}"
-        ) from exc
+        skip = layers.quantize(name, m, names_of[id(m)])
+        if skip is not None:
+            skipped.append(skip)
+    qmodel = _copy_around(model, layers.memo)
     if weights is not None:
-        _load_remaining(qmodel, weights, set(quantized_names))
-
+        _load_remaining(qmodel, weights, set(layers.quantized_names))
+    report = layers.report
     report.skipped = skipped
     report.model_bytes_before = unique_tensor_bytes(model) if weights is None else sum(
         tensor_bytes(t) for t in weights.values() if isinstance(t, torch.Tensor))
     report.model_bytes_after = unique_tensor_bytes(qmodel)
     return QuantizationResult(qmodel, skipped, report, cfg)
+
+
+def _select_targets(modules: Dict[int, nn.Module], names_of: Dict[int, List[str]], cfg: QuantConfig,
+                    weights: Optional[Mapping]) -> Tuple[List[Tuple[str, nn.Module]], List[SkippedLayer]]:
+    """(name, module) of each layer to quantize, and the weight-bearing layers left float with why."""
+    skipped: List[SkippedLayer] = []
+    targets: List[Tuple[str, nn.Module]] = []
+    for key, m in modules.items():
+        names = names_of[key]
+        if qmodule_for(m) is None:
+            reason = _unsupported_reason(m) if not isinstance(m, QuantizedModule) else None
+        else:
+            reason = _skip_reason(m, names, cfg, weights)
+            if reason is None:
+                targets.append((names[0], m))
+        if reason:
+            skipped.append(SkippedLayer(names[0], type(m).__name__, reason))
+    return targets, skipped
+
+
+def _skip_reason(m: nn.Module, names: List[str], cfg: QuantConfig, weights: Optional[Mapping]) -> Optional[str]:
+    """Why a supported layer stays float (not selected, an embedding without embeddings=True,
+    no data, too small), or None to quantize it."""
+    reason = selection_reason(cfg, names, m)
+    if reason is None and type(m) is nn.Embedding:
+        if not cfg.embeddings:
+            reason = "embedding tables are quantized only with embeddings=True"
+        elif m.max_norm is not None:
+            reason = "embedding with max_norm renormalizes its float rows on lookup"
+    if reason is None:
+        reason = _shape_reason(m, cfg, weights, names[0])
+    if reason is None and weights is not None:
+        _check_shared_entries(weights, names)
+    return reason
+
+
+class _LayerQuantizer:
+    """Quantizes the layers of one model one at a time, sharing the work for tied weights;
+    collects the deepcopy memo (float layer -> quantized layer) and the report."""
+
+    def __init__(self, cfg: QuantConfig, weights: Optional[Mapping]):
+        self.cfg, self.weights, self.qtype = cfg, weights, get_qtype(cfg.dtype)
+        self.report = Report()
+        self.memo: Dict[int, nn.Module] = {}
+        self.quantized_names: List[str] = []
+        self.weight_cache: Dict[Tuple[int, str], Tuple[object, float]] = {}
+        # a packed module per tied weight: later layers share its buffers, and the
+        # plain int8 copy is dropped as soon as the first is packed (peak memory)
+        self.packed_by_weight: Dict[Tuple[int, str], Tuple[QuantizedModule, float]] = {}
+
+    def quantize(self, name: str, m: nn.Module, names: List[str]) -> Optional[SkippedLayer]:
+        """Quantize layer ``m`` (known by ``names``); a SkippedLayer when its weight is non-finite
+        and ``nonfinite="skip"``."""
+        weights = self.weights
+        w = weights[_key(name, "weight")] if weights is not None else m.weight
+        has_bias = getattr(m, "bias", None) is not None  # nn.Embedding has no bias
+        b = (weights.get(_key(name, "bias")) if weights is not None else m.bias) if has_bias else None
+        key = (id(w), self.qtype.name)
+        try:
+            qm, sqnr = self._build(m, w, key)
+        except NonFiniteWeightError as exc:
+            if self.cfg.nonfinite == "error":
+                raise NonFiniteWeightError(
+                    f"layer {name or '<root>'!r} ({type(m).__name__}) has NaN or Inf in its weight "
+                    f"(output channel {exc.row}): fix the weights, exclude the layer "
+                    f"(exclude=[{name!r}]) or pass nonfinite='skip'", exc.row, name
+                ) from None
+            return SkippedLayer(name, type(m).__name__, f"non-finite weights (NaN/Inf in channel {exc.row})")
+        if weights is not None:
+            qm._set_bias(b)
+        self._share_packed(qm, key, sqnr)
+        self.memo[id(m)] = qm
+        self.quantized_names.extend(names)  # every name of a shared module: its weights are done
+        self.report.layers.append(LayerReport(
+            name, type(m).__name__, self.qtype.name, tuple(w.shape),
+            tensor_bytes(w) + tensor_bytes(b), qm.weight_nbytes() + tensor_bytes(qm.bias), sqnr,
+        ))
+        return None
+
+    def _build(self, m: nn.Module, w: torch.Tensor, key) -> Tuple[QuantizedModule, float]:
+        """The quantized module of ``m`` with weight ``w`` and the weight's SQNR."""
+        cfg, qtype = self.cfg, self.qtype
+        if key in self.packed_by_weight:
+            first, sqnr = self.packed_by_weight[key]
+            stored = first.quantized_weight()
+        elif type(m) is nn.Linear and key not in self.weight_cache and w.numel() > 0 \
+                and packs_straight_to_int8(w, cfg):
+            # straight into the packed layout: no plain int8 copy beside the packed one
+            symmetric = cfg.symmetric_for("Linear")
+            qmin, qmax = qtype.qrange(symmetric)
+            scale, zero_point, packed, sx, se = quantize_and_pack_int8(w, qmin, qmax, symmetric, True)
+            return QuantizedLinear.from_packed_int8(m, scale, zero_point, packed, symmetric, cfg.activations), \
+                sqnr_db(sx, se)
+        else:
+            stored, sqnr = convert_weight(w, qtype, cfg, type(m).__name__, self.weight_cache)
+        qm = qmodule_for(m).from_float(m, stored)
+        if hasattr(qm, "set_activations") and isinstance(stored, QuantizedWeight):
+            qm.set_activations(cfg.activations)
+        return qm, sqnr
+
+    def _share_packed(self, qm: QuantizedModule, key, sqnr: float) -> None:
+        """A tied weight's later layers take the first one's packed buffers."""
+        if "weight_packed" not in qm._buffers:
+            return
+        if key in self.packed_by_weight:
+            first = self.packed_by_weight[key][0]
+            qm.set_packed({n: first._buffers[n] for n in PACKED_BUFFERS})
+        else:
+            self.packed_by_weight[key] = (qm, sqnr)
+            self.weight_cache.pop(key, None)
+
+
+def _copy_around(model: nn.Module, memo: Dict[int, nn.Module]) -> nn.Module:
+    """A deep copy of ``model`` with the float layers in ``memo`` replaced (never copied)."""
+    try:
+        return copy.deepcopy(model, memo)
+    except Exception as exc:  # a model holding something deepcopy refuses (locks, open files, ...)
+        raise TypeError(
+            f"quantize() copies the model so the original stays untouched, but {type(model).__name__} "
+            f"cannot be deep-copied: {exc}"
+        ) from exc
 
 
 def _key(name: str, suffix: str) -> str:

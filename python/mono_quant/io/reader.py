@@ -120,8 +120,3 @@ class CheckpointReader:
 def open_checkpoint(src) -> CheckpointReader:
     """A :class:`CheckpointReader` over ``src`` (file, shard directory or index)."""
     return CheckpointReader(src)
-
-
-def open_checkpoint(src) -> CheckpointReader:
-    """A :class:`CheckpointReader` over ``src`` (file, shard directory or index)."""
-    return CheckpointReader(src)
