@@ -44,7 +44,7 @@ src, dst, dtype, group = sys.argv[1:5]
 options = {"group_size": int(group)} if group != "none" else {}
 base_rss = status("VmRSS:")
 start = time.perf_counter()
-report = mq.quantize_checkpoint(src, dst, dtype, overwrite=True, **options)
+report = mq.quantize_checkpoint(src, dst, dtype, overwrite=True, **options).report
 wall = time.perf_counter() - start
 print(json.dumps({"wall_s": wall, "base_rss": base_rss, "vm_hwm": status("VmHWM:"),
                   "ru_maxrss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,

@@ -45,7 +45,7 @@ def main() -> None:
         folder, out = Path(tmp) / "float", Path(tmp) / "model-int4.safetensors"
         folder.mkdir()
         write_sharded(model, folder)
-        report = mq.quantize_checkpoint(folder, out, "int4", group_size=64)
+        report = mq.quantize_checkpoint(folder, out, "int4", group_size=64).report
         print(f"{len(report.layers)} layers quantized: {report.model_bytes_before} -> "
               f"{report.model_bytes_after} bytes")
         qmodel = mq.load(out, model=make_model(dim))  # or model=... built on the meta device

@@ -197,3 +197,14 @@ def test_quantize_int4_method_flag(tmp_path, checkpoint, capsys):
     assert not torch.equal(rtn["0.weight_scale"], mse["0.weight_scale"])  # the search moved some ranges
     with pytest.raises(SystemExit):
         main(["quantize", str(checkpoint), "-o", str(tmp_path / "x.safetensors"), "--method", "best"])
+
+
+def test_quantize_weight_only_and_per_channel_int4(tmp_path, checkpoint):
+    """--weight-only reaches the loaded model; --group-size 0 is per-channel int4, as in a config file."""
+    dst = tmp_path / "w.safetensors"
+    assert main(["quantize", str(checkpoint), "-o", str(dst), "--weight-only", "--quiet"]) == 0
+    assert mq.load(dst).config["activations"] is None
+    dst4 = tmp_path / "g.safetensors"
+    assert main(["quantize", str(checkpoint), "-o", str(dst4), "--dtype", "int4", "--group-size", "0",
+                 "--method", "rtn", "--quiet"]) == 0
+    assert {layer["group_size"] for layer in mq.load(dst4).layers} == {None}

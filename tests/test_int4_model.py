@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 import mono_quant as mq
-from mono_quant.api import quantize_state_dict_entry
+from mono_quant.entries import quantize_state_dict_entry
 from mono_quant.config import QuantConfig
 from mono_quant.int4 import Int4Weight
 from mono_quant.modules import QuantizedConv2d, QuantizedLinear

@@ -11,7 +11,7 @@ from torch import nn
 
 import mono_quant as mq
 from mono_quant import _C, kernels, reference
-from mono_quant.api import quantize_state_dict_entry
+from mono_quant.entries import quantize_state_dict_entry
 from mono_quant.config import QuantConfig
 from mono_quant.modules import QuantizedLinear
 from mono_quant.packing import PACKED_BUFFERS, pack_int8_linear

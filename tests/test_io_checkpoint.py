@@ -73,7 +73,7 @@ def test_sharded_directory_matches_quantize(tmp_path, dtype):
     src = tmp_path / "ckpt"
     src.mkdir()
     _write_shards(src, sd)
-    report = mq.quantize_checkpoint(src, tmp_path / "q.safetensors", dtype, exclude=["lm_head"])
+    report = mq.quantize_checkpoint(src, tmp_path / "q.safetensors", dtype, exclude=["lm_head"]).report
     qsd = _assert_same_as_quantize(tmp_path / "q.safetensors", sd, dtype=dtype, exclude=["lm_head"])
     # stem + 3 x 3 block linears + embed.weight (a 2-D *.weight: the state_dict rule can't tell it from a Linear)
     assert len(report.layers) == 11

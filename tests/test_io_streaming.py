@@ -15,6 +15,7 @@ from safetensors.torch import save_file
 import mono_quant as mq
 from mono_quant import _C, kernels
 from mono_quant.io import checkpoint as checkpoint_module
+from mono_quant.io import shards as shards_module
 from mono_quant.io import sink as sink_module
 from mono_quant.io.container import StreamingWriter
 from mono_quant.io.sink import DIRECT_ALIGN, StagedSink, open_sink, wants_direct_io
@@ -262,7 +263,7 @@ def test_streamed_checkpoint_matches_quantize(tmp_path, monkeypatch, direct, sta
     (src / "model.safetensors.index.json").write_text(json.dumps({"weight_map": weight_map}))
     for symmetric in (True, False):
         dst = tmp_path / f"q{symmetric}.safetensors"
-        report = mq.quantize_checkpoint(src, dst, "int8", symmetric=symmetric, measure_error=True)
+        report = mq.quantize_checkpoint(src, dst, "int8", symmetric=symmetric, measure_error=True).report
         expected = _assert_same(dst, sd, dtype="int8", symmetric=symmetric)
         got_sqnr = {layer.name: layer.weight_sqnr_db for layer in report.layers}
         for layer in expected.report.layers:
@@ -278,15 +279,15 @@ def test_streamed_pt_checkpoint(tmp_path, monkeypatch, from_file):
     sd = _state_dict()
     torch.save(sd, tmp_path / "m.pt")
     located, released = [], []
-    real_location, real_release = checkpoint_module._TorchShard.location, checkpoint_module._TorchShard.release
+    real_location, real_release = shards_module.TorchShard.location, shards_module.TorchShard.release
 
     def location(self, key):
         found = real_location(self, key) if from_file else None
         located.append(found is not None)
         return found
 
-    monkeypatch.setattr(checkpoint_module._TorchShard, "location", location)
-    monkeypatch.setattr(checkpoint_module._TorchShard, "release",
+    monkeypatch.setattr(shards_module.TorchShard, "location", location)
+    monkeypatch.setattr(shards_module.TorchShard, "release",
                         lambda self, key, t: (released.append(key), real_release(self, key, t))[1])
     mq.quantize_checkpoint(tmp_path / "m.pt", tmp_path / "q.safetensors")
     _assert_same(tmp_path / "q.safetensors", sd)
@@ -302,7 +303,7 @@ def test_streamed_weight_with_nan_leaves_nothing(tmp_path, monkeypatch):
     with pytest.raises(ValueError, match=r"layers.0.q.weight.*channel 150"):
         mq.quantize_checkpoint(tmp_path / "m.safetensors", tmp_path / "q.safetensors")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.safetensors"]
-    report = mq.quantize_checkpoint(tmp_path / "m.safetensors", tmp_path / "q.safetensors", nonfinite="skip")
+    report = mq.quantize_checkpoint(tmp_path / "m.safetensors", tmp_path / "q.safetensors", nonfinite="skip").report
     assert [s.name for s in report.skipped] == ["layers.0.q"]
 
 
@@ -323,12 +324,12 @@ def test_pt_of_the_other_byte_order_is_read_through_torch(tmp_path, monkeypatch)
     no dropping of the swapped pages."""
     sd = _state_dict()
     torch.save(sd, tmp_path / "m.pt")
-    assert checkpoint_module._archive_byteorder(tmp_path / "m.pt") == "little"
+    assert shards_module.archive_byteorder(tmp_path / "m.pt") == "little"
     other = "big" if os.sys.byteorder == "little" else "little"
-    monkeypatch.setattr(checkpoint_module, "_archive_byteorder", lambda path: other)
+    monkeypatch.setattr(shards_module, "archive_byteorder", lambda path: other)
     drops = []
-    monkeypatch.setattr(checkpoint_module, "_drop_pages", lambda t, m: drops.append(t))
-    shard = checkpoint_module._TorchShard(tmp_path / "m.pt")
+    monkeypatch.setattr(shards_module, "drop_pages", lambda t, m: drops.append(t))
+    shard = shards_module.TorchShard(tmp_path / "m.pt")
     assert shard.location("layers.0.q.weight") is None
     shard.release("layers.0.q.weight", shard.get("layers.0.q.weight"))
     assert drops == []
@@ -422,7 +423,7 @@ def test_streamed_int4_checkpoint_matches_quantize(tmp_path, monkeypatch, option
     real = checkpoint_module.stream_int4
     monkeypatch.setattr(checkpoint_module, "stream_int4", lambda *a: (streamed.append(a[0]), real(*a))[1])
     report = mq.quantize_checkpoint(tmp_path / "m.safetensors", tmp_path / "q.safetensors", "int4", config=config,
-                                    **options)
+                                    **options).report
     expected = _assert_same(tmp_path / "q.safetensors", sd, dtype="int4", config=config, **options)
     assert "layers.0.q.weight" in streamed
     got = {layer.name: layer.weight_sqnr_db for layer in report.layers}

@@ -87,20 +87,24 @@ def cli_markdown() -> str:
 
 
 def _field_docs() -> Dict[str, str]:
-    """``name``: text bullets of QuantConfig's docstring, joined per field."""
+    """``name``: text of its entry in the ``Args:`` section of QuantConfig's (Google-style) docstring."""
     docs: Dict[str, str] = {}
-    current: List[str] = []
+    current = None
+    in_args = False
     for line in (QuantConfig.__doc__ or "").splitlines():
-        m = re.match(r"\s*- ((?:``\w+``(?: / )?)+)(?: \([^)]*\))?: (.*)", line)
+        if re.match(r"\s*Args:\s*$", line):
+            in_args = True
+            continue
+        if not in_args:
+            continue
+        if re.match(r"\s*\w+:\s*$", line) and not line.startswith(" " * 8):  # the next section
+            break
+        m = re.match(r" {8}(\w+): (.*)", line)
         if m:
-            current = re.findall(r"``(\w+)``", m.group(1))
-            for name in current:
-                docs[name] = m.group(2).strip()
+            current = m.group(1)
+            docs[current] = m.group(2).strip()
         elif current and line.strip():
-            for name in current:
-                docs[name] += " " + line.strip()
-        else:
-            current = []
+            docs[current] += " " + line.strip()
     return docs
 
 
@@ -112,7 +116,7 @@ def config_markdown() -> str:
              "The file is the path given as `config=` (`--config`), else `mono_quant.toml` in the working "
              "directory, else the `[tool.mono-quant]` table of `pyproject.toml` there. Keys may be spelled "
              "with `-` or `_`; an unknown key is warned about and ignored; an invalid value raises "
-             "`ValueError` naming the file.\n",
+             "`ConfigError` (a `ValueError`) naming the file.\n",
              "```toml\n# mono_quant.toml\ndtype = \"int4\"\ngroup_size = 64\nexclude = [\"lm_head\"]\n```\n",
              "| key | default | meaning |", "|---|---|---|"]
     for f in dataclasses.fields(QuantConfig):

@@ -4,28 +4,19 @@
     qmodel, skipped = mq.quantize(model, dtype="int8")   # the original is untouched
 """
 from .api import QuantizationResult, SkippedLayer, quantize
-from .config import QuantConfig
-from .io import CheckpointError, QuantizedStateDict, load, quantize_checkpoint, save
+from .config import DEFAULT, QuantConfig
+from .errors import CheckpointError, ConfigError, MonoQuantError, NonFiniteWeightError
+from .io import QuantizedStateDict, load, quantize_checkpoint, save
 from .kernels import cpu_info
 from .int4 import Int4Weight
 from .modules import QuantizedConv2d, QuantizedEmbedding, QuantizedLinear, QuantizedModule, register_qmodule
 from .qtypes import QTYPES, get_qtype
 from .report import LayerReport, Report
-from .tensor import NonFiniteWeightError, QuantizedWeight, quantize_weight
+from .tensor import QuantizedWeight, quantize_weight
+from .version import __version__
 
 
 
-def _installed_version() -> str:
-    """The version in the package metadata (pyproject.toml is the one source)."""
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version("mono-quant")
-    except PackageNotFoundError:  # imported from a source tree that was never installed
-        return "0+unknown"
-
-
-__version__ = _installed_version()
 
 __all__ = [
     "quantize",
@@ -34,7 +25,6 @@ __all__ = [
     "load",
     "quantize_checkpoint",
     "QuantizedStateDict",
-    "CheckpointError",
     "QuantizationResult",
     "SkippedLayer",
     "QuantConfig",
@@ -45,7 +35,11 @@ __all__ = [
     "QuantizedEmbedding",
     "Int4Weight",
     "register_qmodule",
+    "MonoQuantError",
+    "ConfigError",
+    "CheckpointError",
     "NonFiniteWeightError",
+    "DEFAULT",
     "Report",
     "LayerReport",
     "QTYPES",

@@ -8,70 +8,26 @@ peak memory stays near original + quantized.
 from __future__ import annotations
 
 import copy
-import fnmatch
-import math
 import sys
 from collections import OrderedDict
-from typing import Dict, Iterable, List, Mapping, Optional, Tuple
+from typing import Dict, List, Mapping, Optional, Tuple
 
 import torch
 from torch import nn
 
-from .config import QuantConfig, resolve_config
+from .config import DEFAULT, QuantConfig, resolve_options
+from .entries import convert_weight, packs_straight_to_int8, quantize_state_dict_entry
+from .errors import NonFiniteWeightError
 from .modules import QuantizedLinear, QuantizedModule, qmodule_for
 from .modules.registry import QMODULES
-from .packing import PACKED_BUFFERS, can_pack, pack_int8_linear, quantize_and_pack_int8
-from .qtypes import QType, get_qtype
+from .packing import PACKED_BUFFERS, quantize_and_pack_int8
+from .qtypes import get_qtype
 from .report import LayerReport, Report, SkippedLayer, tensor_bytes, unique_tensor_bytes
-from .tensor import NonFiniteWeightError, QuantizedWeight, quantize_int_with_error, sqnr_db
+from .result import QuantizationResult
+from .selection import selection_reason
+from .tensor import QuantizedWeight, sqnr_db
 
 __all__ = ["quantize", "QuantizationResult", "SkippedLayer"]
-
-# activations=None (weight-only) and group_size=None (per-channel int4) are meaningful, so "not given"
-# needs its own marker
-_UNSET = object()
-
-
-class QuantizationResult:
-    """What ``quantize()`` returns.  Unpacks as ``(model, skipped)`` (a
-    quantized state_dict in place of the model when a state_dict went in);
-    also carries ``.report``, ``.config`` and ``.state_dict()``."""
-
-    def __init__(self, model: Optional[nn.Module], skipped: List[SkippedLayer], report: Report,
-                 config: QuantConfig, state_dict: Optional[Dict[str, torch.Tensor]] = None):
-        self.model = model
-        self.skipped = skipped
-        self.report = report
-        self.config = config
-        self._state_dict = state_dict
-
-    def __iter__(self):
-        yield self.model if self.model is not None else self._state_dict
-        yield self.skipped
-
-    def __len__(self) -> int:
-        return 2
-
-    def __getitem__(self, index):
-        return tuple(self)[index]
-
-    def state_dict(self) -> Dict[str, torch.Tensor]:
-        """The quantized tensors by name (the model's state_dict, or the quantized state_dict)."""
-        return self.model.state_dict() if self.model is not None else self._state_dict
-
-    def __repr__(self) -> str:
-        what = type(self.model).__name__ if self.model is not None else "state_dict"
-        return (f"QuantizationResult({what}, dtype={self.config.dtype}, "
-                f"{len(self.report.layers)} quantized, {len(self.skipped)} skipped)")
-
-
-
-
-def check_group_size_given(cfg: QuantConfig, given: bool) -> None:
-    """A group_size passed explicitly with a format that has no groups is a mistake: say so."""
-    if given and cfg.dtype != "int4":
-        raise ValueError(f"group_size applies to dtype 'int4' only; {cfg.dtype} is quantized per channel "
-                         "(granularity='per_channel') or per tensor")
 
 
 def quantize(
@@ -84,8 +40,8 @@ def quantize(
     exclude=None,
     min_weight_numel: Optional[int] = None,
     nonfinite: Optional[str] = None,
-    activations=_UNSET,
-    group_size=_UNSET,
+    activations=DEFAULT,
+    group_size=DEFAULT,
     method: Optional[str] = None,
     embeddings: Optional[bool] = None,
     config=None,
@@ -95,38 +51,58 @@ def quantize(
     """Quantize every Linear and Conv2d of a model (or the 2-D/4-D ``*.weight``
     tensors of a state_dict) to ``dtype``.
 
-    ``dtype``: "int8" (default), "uint8", "fp16", "bf16" or the torch dtype.
-    ``symmetric``: None uses the scheme's default (int8: symmetric -127..127).
-    ``granularity``: "per_channel" (default) or "per_tensor".
-    ``include`` / ``exclude``: module-name globs or module types (exclude wins).
-    ``min_weight_numel``: smaller layers stay float.  ``nonfinite``: "error"
-    (default) raises on NaN/Inf weights naming the layer; "skip" leaves it float.
-    ``activations``: for int8, "dynamic" (default: each call quantizes the
-    input per row to int8 and multiplies in integers) or None (weight-only:
-    float input times the int8 weight).
-    ``config``: a QuantConfig or a TOML path; unset, ``mono_quant.toml`` or
-    ``[tool.mono-quant]`` in ``pyproject.toml`` of the working directory is
-    used.  Arguments win over the file, the file over defaults.
-    ``group_size`` (int4): columns per group along the input dimension (default
-    128; a multiple of 32; None for per-channel); rows are zero-padded to a
-    multiple of 32 columns, so a layer's last group may be shorter.  ``method`` (int4): "rtn",
-    "mse" (default) or "hqq" (see ``mono_quant.int4``).  ``embeddings``: also
-    quantize nn.Embedding tables (off by default; lookups dequantize only the
-    rows they read).
-    ``model``: with a state_dict, an instance (possibly on ``meta``) of the
-    architecture to build the quantized model from.
+    The caller's model and tensors are never modified.  Options left as None
+    (or ``DEFAULT``) take the config file's value, else the default in
+    brackets; arguments win over the file, the file over defaults.
 
-    Returns a :class:`QuantizationResult` that unpacks as ``(model, skipped)``.
-    Raises ``TypeError`` for an input that is neither an ``nn.Module`` nor a
-    mapping of tensors, ``ValueError`` for unknown dtypes or options and for
-    NaN/Inf weights (with ``nonfinite="error"``).
+    Args:
+        model_or_state_dict: An ``nn.Module``, or a mapping of names to tensors.
+        dtype: "int8" (default), "uint8", "int4", "fp16", "bf16" or the torch dtype.
+        symmetric: None uses the scheme's default (int8: symmetric, -127..127).
+        granularity: "per_channel" (default) or "per_tensor".
+        include: Module-name globs or module types to quantize (default: all).
+        exclude: Module-name globs or module types to leave in float (wins over ``include``).
+        min_weight_numel: Layers with fewer weights stay float (default 0).
+        nonfinite: "error" (default: raise on NaN/Inf weights, naming the
+            layer) or "skip" (leave that layer in float).
+        activations: For int8, "dynamic" (default: each call quantizes the
+            input per row to int8 and multiplies in integers) or None
+            (weight-only: float input times the int8 weight).
+        group_size: int4 only: columns per group along the input dimension
+            (default 128; a multiple of 32), or None for one group per output
+            channel.  Rows are zero-padded to a multiple of 32 columns, so a
+            layer's last group may be shorter.
+        method: int4 only: "rtn", "mse" (default) or "hqq" (see ``mono_quant.int4``).
+        embeddings: Also quantize ``nn.Embedding`` tables (default False;
+            lookups dequantize only the rows they read).
+        config: A QuantConfig or a TOML path; None looks for ``mono_quant.toml``
+            or ``[tool.mono-quant]`` in ``pyproject.toml`` of the working directory.
+        model: With a state_dict, an instance (possibly on ``meta``) of the
+            architecture to build the quantized model from.
+        progress: Print one line per layer on stderr.
+
+    Returns:
+        A QuantizationResult that unpacks as ``(model, skipped)`` (a
+        quantized state_dict in place of the model for a state_dict input
+        without ``model``), with ``.report`` and ``.config``.
+
+    Raises:
+        TypeError: The input is neither an ``nn.Module`` nor a mapping of
+            tensors, or the model cannot be deep-copied.
+        ConfigError: An unknown dtype or an invalid option (a ``ValueError``).
+        NonFiniteWeightError: A weight holds NaN/Inf with ``nonfinite="error"``
+            (a ``ValueError``; ``.layer`` names the layer).
+        KeyError: A state_dict given with ``model=`` lacks a layer's entries.
+
+    Example:
+        >>> import mono_quant as mq
+        >>> qmodel, skipped = mq.quantize(model, dtype="int8")
+        >>> result = mq.quantize(model, dtype="int4", group_size=64, exclude=["lm_head"])
+        >>> print(result.report)
     """
-    cfg = resolve_config(config, dtype=dtype, symmetric=symmetric, granularity=granularity, include=include,
-                         exclude=exclude, min_weight_numel=min_weight_numel, nonfinite=nonfinite,
-                         activations=None if activations is _UNSET else ("none" if activations is None else activations),
-                         group_size=None if group_size is _UNSET else (0 if group_size is None else group_size),
-                         method=method, embeddings=embeddings)
-    check_group_size_given(cfg, group_size is not _UNSET)
+    cfg = resolve_options(config, dtype=dtype, symmetric=symmetric, granularity=granularity, include=include,
+                          exclude=exclude, min_weight_numel=min_weight_numel, nonfinite=nonfinite,
+                          activations=activations, group_size=group_size, method=method, embeddings=embeddings)
     if isinstance(model_or_state_dict, nn.Module):
         if model is not None:
             raise TypeError("model= is only for a state_dict input; the module given is the model")
@@ -144,37 +120,7 @@ def quantize(
     )
 
 
-# ---- selection --------------------------------------------------------------------------------
-
-
-def _matches(patterns: Iterable, names: List[str], module: Optional[nn.Module]):
-    """The first pattern (glob on any of the names, or a type) that matches, else None."""
-    for p in patterns:
-        if isinstance(p, str):
-            if any(fnmatch.fnmatchcase(n, p) for n in names):
-                return p
-        elif isinstance(p, type):
-            if module is not None and isinstance(module, p):
-                return p
-        else:
-            raise TypeError(f"include/exclude entries must be name globs (str) or module types, got {p!r}")
-    return None
-
-
-def _selection_reason(cfg: QuantConfig, names: List[str], module: Optional[nn.Module]) -> Optional[str]:
-    """Why a supported layer is not selected, or None when it is."""
-    if cfg.exclude:
-        hit = _matches(cfg.exclude, names, module)
-        if hit is not None:
-            return f"excluded by exclude={_pattern_repr(hit)}"
-    if cfg.include:
-        if _matches(cfg.include, names, module) is None:
-            return "not matched by include"
-    return None
-
-
-def _pattern_repr(p) -> str:
-    return repr(p) if isinstance(p, str) else p.__name__
+# ---- selection -------------------------------------------------------------------------------
 
 
 def _unsupported_reason(module: nn.Module) -> Optional[str]:
@@ -198,110 +144,151 @@ def _unsupported_reason(module: nn.Module) -> Optional[str]:
 
 
 def _quantize_module(model: nn.Module, cfg: QuantConfig, progress: bool, weights: Optional[Mapping] = None):
-    qtype = get_qtype(cfg.dtype)
+    """The model path: quantize the selected layers (weights from ``weights`` when given), then
+    deep-copy the model around them."""
     names_of: Dict[int, List[str]] = {}
     modules: Dict[int, nn.Module] = {}
     for name, m in model.named_modules(remove_duplicate=False):
         names_of.setdefault(id(m), []).append(name)
         modules[id(m)] = m
-
-    skipped: List[SkippedLayer] = []
-    targets: List[Tuple[str, nn.Module]] = []
-    for key, m in modules.items():
-        names = names_of[key]
-        name = names[0]
-        cls = qmodule_for(m)
-        if cls is None:
-            reason = _unsupported_reason(m) if not isinstance(m, QuantizedModule) else None
-            if reason:
-                skipped.append(SkippedLayer(name, type(m).__name__, reason))
-            continue
-        reason = _selection_reason(cfg, names, m)
-        if reason is None and type(m) is nn.Embedding:
-            if not cfg.embeddings:
-                reason = "embedding tables are quantized only with embeddings=True"
-            elif m.max_norm is not None:
-                reason = "embedding with max_norm renormalizes its float rows on lookup"
-        if reason is None:
-            reason = _shape_reason(m, cfg, weights, name)
-        if reason is None and weights is not None:
-            _check_shared_entries(weights, names)
-        if reason:
-            skipped.append(SkippedLayer(name, type(m).__name__, reason))
-        else:
-            targets.append((name, m))
-
-    report = Report()
-    memo: Dict[int, nn.Module] = {}
-    quantized_names: List[str] = []
-    weight_cache: Dict[Tuple[int, str], Tuple[object, float]] = {}
-    # a packed module per tied weight: later layers share its buffers, and the
-    # plain int8 copy is dropped as soon as the first is packed (peak memory)
-    packed_by_weight: Dict[Tuple[int, str], Tuple[QuantizedModule, float]] = {}
+    targets, skipped = _select_targets(modules, names_of, cfg, weights)
+    layers = _LayerQuantizer(cfg, weights)
     for i, (name, m) in enumerate(targets):
         if progress:
             print(f"[{i + 1}/{len(targets)}] {name or '<root>'}", file=sys.stderr, flush=True)
-        w = weights[_key(name, "weight")] if weights is not None else m.weight
-        has_bias = getattr(m, "bias", None) is not None  # nn.Embedding has no bias
-        b = (weights.get(_key(name, "bias")) if weights is not None else m.bias) if has_bias else None
-        key = (id(w), qtype.name)
-        direct = None  # (scale, zero_point, packed buffers, symmetric): quantized straight into the packed layout
-        try:
-            if key in packed_by_weight:
-                first, sqnr = packed_by_weight[key]
-                stored = first.quantized_weight()
-            elif type(m) is nn.Linear and key not in weight_cache and w.numel() > 0 and packs_straight_to_int8(w, cfg):
-                symmetric = cfg.symmetric_for("Linear")
-                qmin, qmax = qtype.qrange(symmetric)
-                scale, zero_point, packed, sx, se = quantize_and_pack_int8(w, qmin, qmax, symmetric, True)
-                direct, stored, sqnr = (scale, zero_point, packed, symmetric), None, sqnr_db(sx, se)
-            else:
-                stored, sqnr = _convert_weight(w, qtype, cfg, type(m).__name__, weight_cache)
-        except NonFiniteWeightError as exc:
-            if cfg.nonfinite == "error":
-                raise ValueError(
-                    f"layer {name or '<root>'!r} ({type(m).__name__}) has NaN or Inf in its weight "
-                    f"(output channel {exc.row}): fix the weights, exclude the layer "
-                    f"(exclude=[{name!r}]) or pass nonfinite='skip'"
-                ) from None
-            skipped.append(SkippedLayer(name, type(m).__name__, f"non-finite weights (NaN/Inf in channel {exc.row})"))
-            continue
-        if direct is not None:
-            qm = QuantizedLinear.from_packed_int8(m, *direct, cfg.activations)
-        else:
-            qm = qmodule_for(m).from_float(m, stored)
-            if hasattr(qm, "set_activations") and isinstance(stored, QuantizedWeight):
-                qm.set_activations(cfg.activations)
-        if weights is not None:
-            qm._set_bias(b)
-        if "weight_packed" in qm._buffers:
-            if key in packed_by_weight:
-                qm.set_packed({n: first._buffers[n] for n in PACKED_BUFFERS})
-            else:
-                packed_by_weight[key] = (qm, sqnr)
-                weight_cache.pop(key, None)
-        memo[id(m)] = qm
-        quantized_names.extend(names_of[id(m)])  # every name of a shared module: its weights are done
-        report.layers.append(LayerReport(
-            name, type(m).__name__, qtype.name, tuple(w.shape),
-            tensor_bytes(w) + tensor_bytes(b), qm.weight_nbytes() + tensor_bytes(qm.bias), sqnr,
-        ))
-
-    try:
-        qmodel = copy.deepcopy(model, memo)
-    except Exception as exc:  # a model holding something deepcopy refuses (locks, open files, ...)
-        raise TypeError(
-            f"quantize() copies the model so the original stays untouched, but {type(model).__name__} "
-            f"cannot be deep-copied: {exc}"
-        ) from exc
+        skip = layers.quantize(name, m, names_of[id(m)])
+        if skip is not None:
+            skipped.append(skip)
+    qmodel = _copy_around(model, layers.memo)
     if weights is not None:
-        _load_remaining(qmodel, weights, set(quantized_names))
-
+        _load_remaining(qmodel, weights, set(layers.quantized_names))
+    report = layers.report
     report.skipped = skipped
     report.model_bytes_before = unique_tensor_bytes(model) if weights is None else sum(
         tensor_bytes(t) for t in weights.values() if isinstance(t, torch.Tensor))
     report.model_bytes_after = unique_tensor_bytes(qmodel)
     return QuantizationResult(qmodel, skipped, report, cfg)
+
+
+def _select_targets(modules: Dict[int, nn.Module], names_of: Dict[int, List[str]], cfg: QuantConfig,
+                    weights: Optional[Mapping]) -> Tuple[List[Tuple[str, nn.Module]], List[SkippedLayer]]:
+    """(name, module) of each layer to quantize, and the weight-bearing layers left float with why."""
+    skipped: List[SkippedLayer] = []
+    targets: List[Tuple[str, nn.Module]] = []
+    for key, m in modules.items():
+        names = names_of[key]
+        if qmodule_for(m) is None:
+            reason = _unsupported_reason(m) if not isinstance(m, QuantizedModule) else None
+        else:
+            reason = _skip_reason(m, names, cfg, weights)
+            if reason is None:
+                targets.append((names[0], m))
+        if reason:
+            skipped.append(SkippedLayer(names[0], type(m).__name__, reason))
+    return targets, skipped
+
+
+def _skip_reason(m: nn.Module, names: List[str], cfg: QuantConfig, weights: Optional[Mapping]) -> Optional[str]:
+    """Why a supported layer stays float (not selected, an embedding without embeddings=True,
+    no data, too small), or None to quantize it."""
+    reason = selection_reason(cfg, names, m)
+    if reason is None and type(m) is nn.Embedding:
+        if not cfg.embeddings:
+            reason = "embedding tables are quantized only with embeddings=True"
+        elif m.max_norm is not None:
+            reason = "embedding with max_norm renormalizes its float rows on lookup"
+    if reason is None:
+        reason = _shape_reason(m, cfg, weights, names[0])
+    if reason is None and weights is not None:
+        _check_shared_entries(weights, names)
+    return reason
+
+
+class _LayerQuantizer:
+    """Quantizes the layers of one model one at a time, sharing the work for tied weights;
+    collects the deepcopy memo (float layer -> quantized layer) and the report."""
+
+    def __init__(self, cfg: QuantConfig, weights: Optional[Mapping]):
+        self.cfg, self.weights, self.qtype = cfg, weights, get_qtype(cfg.dtype)
+        self.report = Report()
+        self.memo: Dict[int, nn.Module] = {}
+        self.quantized_names: List[str] = []
+        self.weight_cache: Dict[Tuple[int, str], Tuple[object, float]] = {}
+        # a packed module per tied weight: later layers share its buffers, and the
+        # plain int8 copy is dropped as soon as the first is packed (peak memory)
+        self.packed_by_weight: Dict[Tuple[int, str], Tuple[QuantizedModule, float]] = {}
+
+    def quantize(self, name: str, m: nn.Module, names: List[str]) -> Optional[SkippedLayer]:
+        """Quantize layer ``m`` (known by ``names``); a SkippedLayer when its weight is non-finite
+        and ``nonfinite="skip"``."""
+        weights = self.weights
+        w = weights[_key(name, "weight")] if weights is not None else m.weight
+        has_bias = getattr(m, "bias", None) is not None  # nn.Embedding has no bias
+        b = (weights.get(_key(name, "bias")) if weights is not None else m.bias) if has_bias else None
+        key = (id(w), self.qtype.name)
+        try:
+            qm, sqnr = self._build(m, w, key)
+        except NonFiniteWeightError as exc:
+            if self.cfg.nonfinite == "error":
+                raise NonFiniteWeightError(
+                    f"layer {name or '<root>'!r} ({type(m).__name__}) has NaN or Inf in its weight "
+                    f"(output channel {exc.row}): fix the weights, exclude the layer "
+                    f"(exclude=[{name!r}]) or pass nonfinite='skip'", exc.row, name
+                ) from None
+            return SkippedLayer(name, type(m).__name__, f"non-finite weights (NaN/Inf in channel {exc.row})")
+        if weights is not None:
+            qm._set_bias(b)
+        self._share_packed(qm, key, sqnr)
+        self.memo[id(m)] = qm
+        self.quantized_names.extend(names)  # every name of a shared module: its weights are done
+        self.report.layers.append(LayerReport(
+            name, type(m).__name__, self.qtype.name, tuple(w.shape),
+            tensor_bytes(w) + tensor_bytes(b), qm.weight_nbytes() + tensor_bytes(qm.bias), sqnr,
+        ))
+        return None
+
+    def _build(self, m: nn.Module, w: torch.Tensor, key) -> Tuple[QuantizedModule, float]:
+        """The quantized module of ``m`` with weight ``w`` and the weight's SQNR."""
+        cfg, qtype = self.cfg, self.qtype
+        if key in self.packed_by_weight:
+            first, sqnr = self.packed_by_weight[key]
+            stored = first.quantized_weight()
+        elif type(m) is nn.Linear and key not in self.weight_cache and w.numel() > 0 \
+                and packs_straight_to_int8(w, cfg):
+            # straight into the packed layout: no plain int8 copy beside the packed one
+            symmetric = cfg.symmetric_for("Linear")
+            qmin, qmax = qtype.qrange(symmetric)
+            scale, zero_point, packed, sx, se = quantize_and_pack_int8(w, qmin, qmax, symmetric, True)
+            return QuantizedLinear.from_packed_int8(m, scale, zero_point, packed, symmetric, cfg.activations), \
+                sqnr_db(sx, se)
+        else:
+            stored, sqnr = convert_weight(w, qtype, cfg, type(m).__name__, self.weight_cache)
+        qm = qmodule_for(m).from_float(m, stored)
+        if hasattr(qm, "set_activations") and isinstance(stored, QuantizedWeight):
+            qm.set_activations(cfg.activations)
+        return qm, sqnr
+
+    def _share_packed(self, qm: QuantizedModule, key, sqnr: float) -> None:
+        """A tied weight's later layers take the first one's packed buffers."""
+        if "weight_packed" not in qm._buffers:
+            return
+        if key in self.packed_by_weight:
+            first = self.packed_by_weight[key][0]
+            qm.set_packed({n: first._buffers[n] for n in PACKED_BUFFERS})
+        else:
+            self.packed_by_weight[key] = (qm, sqnr)
+            self.weight_cache.pop(key, None)
+
+
+def _copy_around(model: nn.Module, memo: Dict[int, nn.Module]) -> nn.Module:
+    """A deep copy of ``model`` with the float layers in ``memo`` replaced (never copied)."""
+    try:
+        return copy.deepcopy(model, memo)
+    except Exception as exc:  # a model holding something deepcopy refuses (locks, open files, ...)
+        raise TypeError(
+            f"quantize() copies the model so the original stays untouched, but {type(model).__name__} "
+            f"cannot be deep-copied: {exc}"
+        ) from exc
 
 
 def _key(name: str, suffix: str) -> str:
@@ -344,40 +331,6 @@ def _shape_reason(m: nn.Module, cfg: QuantConfig, weights: Optional[Mapping], na
     return None
 
 
-def _convert_weight(w: torch.Tensor, qtype: QType, cfg: QuantConfig, layer_type: str, cache: dict,
-                    measure_error: bool = True):
-    """The stored form of a weight (QuantizedWeight or a cast tensor) and its SQNR
-    (NaN when not ``measure_error``: saves a pass and, for casts, full-size temporaries).
-    A weight shared by several layers (tied) is converted once, so they share storage."""
-    key = (id(w), qtype.name)
-    if key in cache:
-        return cache[key]
-    if qtype.name == "int4":
-        from .int4 import quantize_int4
-
-        result = quantize_int4(w, group_size=cfg.group_size, symmetric=cfg.symmetric_for(layer_type),
-                               method=cfg.method, with_error=True)
-    elif qtype.kind == "int":
-        axis = 0 if cfg.granularity == "per_channel" else None
-        result = quantize_int_with_error(w, qtype, axis, cfg.symmetric_for(layer_type), with_error=measure_error)
-        if not measure_error:
-            result = (result[0], math.nan)
-    else:
-        bad = ~torch.isfinite(w.detach())
-        if bool(bad.any()):
-            raise NonFiniteWeightError("non-finite weight", int(bad.reshape(w.shape[0], -1).any(1).nonzero()[0]))
-        cast = w.detach().to(qtype.storage)
-        if cast.data_ptr() == w.data_ptr():  # already in that dtype: copy, never share the caller's tensor
-            cast = cast.clone()
-        if measure_error:
-            err = (w.detach().float() - cast.float())
-            result = (cast, sqnr_db(float(w.detach().float().pow(2).sum()), float(err.pow(2).sum())))
-        else:
-            result = (cast, math.nan)
-    cache[key] = result
-    return result
-
-
 def _load_remaining(qmodel: nn.Module, weights: Mapping, quantized: set) -> None:
     """Load the state_dict entries of the layers left in float into the copy
     (assigning clones, so a meta-device skeleton works); the quantized layers
@@ -405,100 +358,6 @@ def _check_state_dict(sd: Mapping) -> None:
             raise TypeError(f"state_dict keys must be str, got {type(k).__name__} ({k!r})")
         if not isinstance(v, torch.Tensor):
             raise TypeError(f"state_dict[{k!r}] must be a torch.Tensor, got {type(v).__name__}")
-
-
-def state_dict_entry_plan(key: str, tensor: torch.Tensor, cfg: QuantConfig):
-    """What ``quantize(state_dict)`` does with one entry: None when it is copied as it is
-    (not a floating 2-D / 4-D ``*.weight``), else ``(layer name, "Linear" or "Conv2d",
-    reason)`` with ``reason`` None when the weight is to be quantized, else why it stays float."""
-    is_weight = key == "weight" or key.endswith(".weight")
-    if not (is_weight and tensor.is_floating_point() and tensor.dim() in (2, 4)):
-        return None
-    name = key[: -len("weight")].rstrip(".")
-    kind = "Linear" if tensor.dim() == 2 else "Conv2d"
-    reason = _selection_reason(cfg, [name], None)
-    if reason is None and tensor.numel() < cfg.min_weight_numel:
-        reason = f"too small: {tensor.numel()} weights < min_weight_numel={cfg.min_weight_numel}"
-    return name, kind, reason
-
-
-def packs_straight_to_int8(tensor: torch.Tensor, cfg: QuantConfig) -> bool:
-    """Whether a selected weight is quantized straight into the packed int8 layout
-    (per-channel int8 of a 2-D CPU weight: what QuantizedLinear keeps)."""
-    return get_qtype(cfg.dtype).name == "int8" and cfg.granularity == "per_channel" and tensor.dim() == 2 \
-        and tensor.device.type == "cpu" and tensor.numel() > 0
-
-
-def nonfinite_entry_error(key: str, name: str, row: int) -> ValueError:
-    """The error for a state_dict weight holding NaN/Inf under ``nonfinite="error"``."""
-    return ValueError(f"tensor {key!r} has NaN or Inf (output channel {row}): fix it, "
-                      f"exclude it (exclude=[{name!r}]) or pass nonfinite='skip'")
-
-
-def quantize_state_dict_entry(key: str, tensor: torch.Tensor, cfg: QuantConfig, cache: Optional[dict] = None,
-                              *, measure_error: bool = True, copy: bool = True):
-    """Quantize one state_dict entry as ``quantize(state_dict)`` does.
-
-    Returns ``(tensors, layer_report, skipped)``: the output entries (the
-    quantized buffers under the layer's prefix, or a clone of the input under
-    ``key``), a LayerReport when it was quantized, a SkippedLayer when a
-    weight was left float.  Used entry by entry by the state_dict path and by
-    streaming checkpoint quantization, so both give identical tensors.
-    ``measure_error=False`` skips the SQNR (reported as NaN); tensors are the same.
-    ``copy=False`` returns entries left as they are without cloning them (a
-    streaming writer only reads them).
-    """
-    qtype = get_qtype(cfg.dtype)
-    keep = (lambda t: t.detach().clone()) if copy else (lambda t: t.detach())
-    plan = state_dict_entry_plan(key, tensor, cfg)
-    if plan is None:
-        return {key: keep(tensor)}, None, None
-    name, kind, reason = plan
-    if reason is None:
-        cached = None if cache is None else cache.get((id(tensor), qtype.name, "entry"))
-        if cached is not None:  # a tensor stored under several keys: same outputs, shared
-            suffixes, sqnr = cached
-            prefix = key[: -len("weight")]
-            return _finish_entry({prefix + s: t for s, t in suffixes.items()}, key, name, kind, qtype, tensor, sqnr,
-                                 None)
-        try:
-            if packs_straight_to_int8(tensor, cfg):
-                # straight into the packed layout, block by block: what the module path stores,
-                # without a whole plain int8 copy beside the packed one
-                qmin, qmax = qtype.qrange(cfg.symmetric_for(kind))
-                scale, zero_point, packed, sx, se = quantize_and_pack_int8(
-                    tensor, qmin, qmax, cfg.symmetric_for(kind), measure_error)
-                sqnr = sqnr_db(sx, se) if measure_error else math.nan
-                prefix = key[: -len("weight")]
-                out = {prefix + "weight_scale": scale, prefix + "weight_zero_point": zero_point,
-                       **{prefix + n: t for n, t in packed.items()}}
-                return _finish_entry(out, key, name, kind, qtype, tensor, sqnr, cache)
-            stored, sqnr = _convert_weight(tensor, qtype, cfg, kind, {}, measure_error)
-        except NonFiniteWeightError as exc:
-            if cfg.nonfinite == "error":
-                raise nonfinite_entry_error(key, name, exc.row) from None
-            reason = f"non-finite weights (NaN/Inf in channel {exc.row})"
-    if reason is not None:
-        return {key: keep(tensor)}, None, SkippedLayer(name, kind, reason)
-    prefix = key[: -len("weight")]
-    if isinstance(stored, QuantizedWeight):
-        out = {prefix + "weight_scale": stored.scale, prefix + "weight_zero_point": stored.zero_point}
-        if tensor.dim() == 2 and can_pack(stored):  # the same buffers QuantizedLinear.from_float keeps
-            out.update({prefix + name: t for name, t in pack_int8_linear(stored).items()})
-        else:
-            out = {prefix + "weight_qdata": stored.qdata, **out}
-    else:
-        out = {key: stored}
-    return _finish_entry(out, key, name, kind, qtype, tensor, sqnr, cache)
-
-
-def _finish_entry(out, key, name, kind, qtype, tensor, sqnr, cache):
-    """Remember a quantized entry (tied tensors) and report it."""
-    prefix = key[: -len("weight")]
-    if cache is not None:
-        cache[(id(tensor), qtype.name, "entry")] = ({k[len(prefix):]: t for k, t in out.items()}, sqnr)
-    after = sum(tensor_bytes(t) for t in out.values())
-    return out, LayerReport(name, kind, qtype.name, tuple(tensor.shape), tensor_bytes(tensor), after, sqnr), None
 
 
 def _quantize_state_dict(sd: Mapping, cfg: QuantConfig, progress: bool) -> QuantizationResult:

@@ -31,13 +31,16 @@ def build_parser() -> argparse.ArgumentParser:
     quantize.add_argument("src", metavar="SRC", help="checkpoint file, shard folder or *.index.json")
     quantize.add_argument("-o", "--output", required=True, metavar="DST", help="output .safetensors file")
     quantize.add_argument("--dtype", help="int8 (default), uint8, int4, fp16 or bf16")
-    quantize.add_argument("--group-size", type=int, metavar="N", help="group size for grouped formats (int4)")
+    quantize.add_argument("--group-size", type=int, metavar="N",
+                          help="group size for grouped formats (int4); 0 for one group per output channel")
     quantize.add_argument("--method", choices=["rtn", "mse", "hqq"],
                           help="int4 rounding: rtn (fastest), mse (default), hqq (slowest, best)")
     quantize.add_argument("--exclude", nargs="+", action="extend", metavar="GLOB",
                           help="layer-name globs to leave in float")
     quantize.add_argument("--include", nargs="+", action="extend", metavar="GLOB",
                           help="only quantize layers matching these globs")
+    quantize.add_argument("--weight-only", action="store_true",
+                          help="int8 layers multiply float inputs by int8 weights (activations=None) when loaded")
     quantize.add_argument("--config", metavar="FILE", help="TOML config file (default: mono_quant.toml here)")
     quantize.add_argument("--force", action="store_true", help="replace DST if it exists")
     quantize.add_argument("--quiet", action="store_true", help="no progress bar and no summary")
@@ -70,12 +73,16 @@ def _cmd_quantize(args) -> int:
     from .io import quantize_checkpoint
 
     start = time.perf_counter()
-    grouping = {} if args.group_size is None else {"group_size": args.group_size}  # unset: the config's default
+    options = {}  # unset: the config's default
+    if args.group_size is not None:
+        options["group_size"] = args.group_size or None  # 0, as in a config file: per-channel
+    if args.weight_only:
+        options["activations"] = None
     report = quantize_checkpoint(
-        args.src, args.output, args.dtype, **grouping, include=args.include,
+        args.src, args.output, args.dtype, **options, include=args.include,
         exclude=args.exclude, method=args.method, config=args.config, overwrite=args.force,
         progress=not args.quiet and sys.stderr.isatty(),
-    )
+    ).report
     if not args.quiet:
         before, after = report.model_bytes_before, report.model_bytes_after
         ratio = after / before if before else 0.0

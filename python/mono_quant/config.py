@@ -4,7 +4,11 @@ Precedence: arguments given to ``quantize()`` > a config file > defaults.
 The file is, in order: the path passed as ``config=``, else
 ``mono_quant.toml`` in the working directory, else the ``[tool.mono-quant]``
 table of ``pyproject.toml`` there.  Unknown keys are logged as warnings;
-invalid values raise ``ValueError`` naming the file.
+invalid values raise :class:`~mono_quant.errors.ConfigError` (a
+``ValueError``) naming the file.
+
+``quantize()`` and ``quantize_checkpoint()`` share this options type and
+:func:`resolve_options`, which turns their keyword arguments into one.
 """
 from __future__ import annotations
 
@@ -21,40 +25,80 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
+from .errors import ConfigError
 from .qtypes import get_qtype
 
-__all__ = ["QuantConfig", "load_config_file", "find_config_file", "resolve_config"]
+__all__ = ["QuantConfig", "load_config_file", "find_config_file", "resolve_config", "resolve_options", "DEFAULT"]
 
 log = logging.getLogger("mono_quant")
 
 _GRANULARITIES = ("per_channel", "per_tensor")
 _NONFINITE = ("error", "skip")
 _WEIGHT_ONLY = ("none", "weight_only", "weight-only")
+# options where None is a value (weight-only activations, per-channel int4), so "not given" is DEFAULT
+_NONE_IS_A_VALUE = ("activations", "group_size")
+
+
+class _Default:
+    """The type of :data:`DEFAULT` (one instance)."""
+
+    _instance = None
+
+    def __new__(cls):
+        if cls._instance is None:
+            cls._instance = super().__new__(cls)
+        return cls._instance
+
+    def __repr__(self) -> str:
+        return "DEFAULT"
+
+    def __reduce__(self):
+        return "DEFAULT"
+
+
+DEFAULT = _Default()
+"""The default of ``activations`` and ``group_size`` in ``quantize()`` and
+``quantize_checkpoint()``, where None is a value: "not given", so the config
+file's setting applies, else the built-in default ("dynamic", 128)."""
 
 
 @dataclass
 class QuantConfig:
-    """Everything ``quantize()`` decides with.
+    """Every option ``quantize()`` and ``quantize_checkpoint()`` decide with.
 
-    - ``dtype``: "int8", "uint8", "int4", "fp16" or "bf16".
-    - ``symmetric``: None means the scheme's default (int8 weights:
-      symmetric, -127..127, what integer kernels want).
-    - ``granularity``: "per_channel" (one scale per output channel) or "per_tensor".
-    - ``include`` / ``exclude``: module-name globs (a state_dict's key prefixes)
-      or module types; exclude wins.
-    - ``min_weight_numel``: layers with fewer weights stay float ("too small").
-    - ``nonfinite``: "error" (default: raise, naming the layer) or "skip"
-      (leave the layer in float, listed in ``skipped``).
-    - ``activations``: for int8 weights, "dynamic" (default: inputs quantized
-      to int8 per row at each call, integer matmul) or None (weight-only:
-      float inputs times int8 weights).  A config file writes "none" for None.
-    - ``group_size`` (int4 only): columns per group along the input dimension,
-      a positive multiple of 32 (default 128); None (0 in a config file) for
-      one group per output channel.
-    - ``method`` (int4 only): "rtn", "mse" or "hqq"; None means "mse".
-    - ``embeddings``: also quantize nn.Embedding tables (weight-only, rows
-      dequantized on lookup); off by default.
-    - ``source``: where non-default values came from (for the report).
+    Pass one as ``config=`` to either; arguments given to the call win over
+    it.  Also what a config file (``mono_quant.toml``, or ``[tool.mono-quant]``
+    in ``pyproject.toml``) holds, with the same names.
+
+    Args:
+        dtype: "int8", "uint8", "int4", "fp16" or "bf16".
+        symmetric: None means the scheme's default (int8 weights: symmetric,
+            -127..127, what integer kernels want).
+        granularity: "per_channel" (one scale per output channel) or "per_tensor".
+        include: Module-name globs (a state_dict's key prefixes) or module
+            types to quantize; None for all.
+        exclude: Globs or types to leave in float; wins over ``include``.
+        min_weight_numel: Layers with fewer weights stay float ("too small").
+        nonfinite: "error" (raise, naming the layer) or "skip" (leave the
+            layer in float, listed in ``skipped``).
+        activations: For int8 weights, "dynamic" (inputs quantized to int8
+            per row at each call, integer matmul) or None (weight-only: float
+            inputs times int8 weights).  A config file writes "none" for None.
+        group_size: int4 only: columns per group along the input dimension,
+            a positive multiple of 32; None (0 in a config file, which has
+            no null) for one group per output channel.
+        method: int4 only: "rtn", "mse" or "hqq"; None means "mse".
+        embeddings: Also quantize nn.Embedding tables (weight-only, rows
+            dequantized on lookup).
+        source: Where non-default values came from (for the report); set
+            by :func:`resolve_config`.
+
+    Raises:
+        ConfigError: A field is invalid (a ``ValueError``).
+
+    Example:
+        >>> cfg = mq.QuantConfig(dtype="int4", group_size=64, exclude=["lm_head"])
+        >>> qmodel, skipped = mq.quantize(model, config=cfg)
     """
 
     dtype: str = "int8"
@@ -74,34 +118,46 @@ class QuantConfig:
         self.validate()
 
     def validate(self, origin: str = "QuantConfig") -> "QuantConfig":
-        self.dtype = get_qtype(self.dtype).name
+        """Check every field and normalise it in place (dtype aliases, single globs).
+
+        Args:
+            origin: Where the values came from, for the error message.
+
+        Returns:
+            This config.
+
+        Raises:
+            ConfigError: A field is invalid (the message names it and ``origin``).
+        """
+        try:
+            self.dtype = get_qtype(self.dtype).name
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
         if self.symmetric is not None and not isinstance(self.symmetric, bool):
-            raise ValueError(f"{origin}: symmetric must be true, false or unset, got {self.symmetric!r}")
+            raise ConfigError(f"{origin}: symmetric must be true, false or unset, got {self.symmetric!r}")
         if self.granularity not in _GRANULARITIES:
-            raise ValueError(f"{origin}: granularity must be one of {_GRANULARITIES}, got {self.granularity!r}")
+            raise ConfigError(f"{origin}: granularity must be one of {_GRANULARITIES}, got {self.granularity!r}")
         if self.nonfinite not in _NONFINITE:
-            raise ValueError(f"{origin}: nonfinite must be one of {_NONFINITE}, got {self.nonfinite!r}")
+            raise ConfigError(f"{origin}: nonfinite must be one of {_NONFINITE}, got {self.nonfinite!r}")
         if isinstance(self.activations, str) and self.activations.strip().lower() in _WEIGHT_ONLY:
             self.activations = None
         if self.activations not in ("dynamic", None):
-            raise ValueError(f"{origin}: activations must be 'dynamic' or None ('none', weight-only), "
+            raise ConfigError(f"{origin}: activations must be 'dynamic' or None ('none', weight-only), "
                              f"got {self.activations!r}")
         if not isinstance(self.min_weight_numel, int) or self.min_weight_numel < 0:
-            raise ValueError(f"{origin}: min_weight_numel must be a non-negative int, got {self.min_weight_numel!r}")
+            raise ConfigError(f"{origin}: min_weight_numel must be a non-negative int, got {self.min_weight_numel!r}")
         from .int4 import check_group_size, check_method  # lazy: int4 pulls in the C extension
 
-        if self.group_size == 0:
-            self.group_size = None  # a config file's way to say per-channel
         try:
             self.group_size = check_group_size(self.group_size)
             if self.method is not None:
                 check_method(self.method)
         except ValueError as exc:
-            raise ValueError(f"{origin}: {exc}") from None
+            raise ConfigError(f"{origin}: {exc}") from None
         if not isinstance(self.embeddings, bool):
-            raise ValueError(f"{origin}: embeddings must be true or false, got {self.embeddings!r}")
+            raise ConfigError(f"{origin}: embeddings must be true or false, got {self.embeddings!r}")
         if self.method not in (None, "rtn") and get_qtype(self.dtype).name != "int4":
-            raise ValueError(f"{origin}: method={self.method!r} applies to dtype 'int4' only "
+            raise ConfigError(f"{origin}: method={self.method!r} applies to dtype 'int4' only "
                              f"(dtype {self.dtype!r} uses round-to-nearest)")
         for name in ("include", "exclude"):
             value = getattr(self, name)
@@ -112,12 +168,20 @@ class QuantConfig:
         return self
 
     def symmetric_for(self, layer_type: str) -> bool:
-        """The symmetric flag to use for a layer: explicit, else the default for the dtype."""
+        """The symmetric flag to use for a layer: explicit, else the default for the dtype.
+
+        Args:
+            layer_type: The float layer's class name ("Linear", "Conv2d", ...).
+
+        Returns:
+            Whether its weight is quantized symmetrically.
+        """
         if self.symmetric is not None:
             return self.symmetric
         return get_qtype(self.dtype).name == "int8"
 
     def to_dict(self) -> Dict[str, Any]:
+        """The options as plain data (types in include / exclude by name), as a manifest records them."""
         d = dataclasses.asdict(self)
         d.pop("source")
         for name in ("include", "exclude"):
@@ -155,7 +219,7 @@ def load_config_file(path: Union[str, os.PathLike]) -> Dict[str, Any]:
     except FileNotFoundError:
         raise FileNotFoundError(f"config file {path} does not exist") from None
     except tomllib.TOMLDecodeError as exc:
-        raise ValueError(f"config file {path} is not valid TOML: {exc}") from None
+        raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
     if path.name == "pyproject.toml":
         data = data.get("tool", {}).get("mono-quant", {})
     elif "tool" in data and "mono-quant" in data["tool"]:
@@ -166,12 +230,32 @@ def load_config_file(path: Union[str, os.PathLike]) -> Dict[str, Any]:
         if name not in _FIELDS:
             log.warning("%s: unknown setting %r ignored (known: %s)", path, key, ", ".join(sorted(_FIELDS)))
             continue
+        if name == "group_size" and value == 0 and not isinstance(value, bool):
+            value = None  # TOML has no null: a config file's way to say per-channel int4
         settings[name] = value
     return settings
 
 
 def resolve_config(config=None, **arguments) -> QuantConfig:
-    """Merge arguments (those not None) over the config file over defaults."""
+    """Merge arguments over the config file over defaults.
+
+    An argument that is :data:`DEFAULT` is not given; so is one that is None,
+    except ``activations`` and ``group_size``, where None is a value
+    (weight-only, per-channel int4).
+
+    Args:
+        config: A QuantConfig, a TOML file path, or None to look for
+            ``mono_quant.toml`` / ``pyproject.toml`` in the working directory.
+        **arguments: QuantConfig fields given by the caller.
+
+    Returns:
+        The merged, validated QuantConfig (``source`` says where each
+        non-default value came from).
+
+    Raises:
+        ConfigError: A value (given or in the file) is invalid.
+        FileNotFoundError: ``config`` names a file that does not exist.
+    """
     if isinstance(config, QuantConfig):
         base = dataclasses.replace(config)
         base.source = dict(config.source)
@@ -183,10 +267,37 @@ def resolve_config(config=None, **arguments) -> QuantConfig:
         try:
             base = QuantConfig(**file_settings)
         except (TypeError, ValueError) as exc:
-            raise ValueError(f"config file {path}: {exc}") from None
+            raise ConfigError(f"config file {path}: {exc}") from None
         base.source = {k: origin for k in file_settings}
     for name, value in arguments.items():
-        if value is not None:
-            setattr(base, name, value)
-            base.source[name] = "argument"
+        if value is DEFAULT or (value is None and name not in _NONE_IS_A_VALUE):
+            continue
+        if name == "activations" and value is None:
+            value = "none"
+        setattr(base, name, value)
+        base.source[name] = "argument"
     return base.validate("quantize()")
+
+
+def resolve_options(config=None, *, dtype=None, symmetric=None, granularity=None, include=None, exclude=None,
+                    min_weight_numel=None, nonfinite=None, activations=DEFAULT, group_size=DEFAULT, method=None,
+                    embeddings=None) -> QuantConfig:
+    """The QuantConfig of the keyword arguments ``quantize()`` and ``quantize_checkpoint()`` share.
+
+    Args: as :func:`~mono_quant.quantize` (None, or :data:`DEFAULT` for
+    ``activations`` / ``group_size``, means not given).
+
+    Returns:
+        The merged QuantConfig (see :func:`resolve_config`).
+
+    Raises:
+        ConfigError: An invalid value, or ``group_size`` given for a dtype
+            without groups.
+    """
+    cfg = resolve_config(config, dtype=dtype, symmetric=symmetric, granularity=granularity, include=include,
+                         exclude=exclude, min_weight_numel=min_weight_numel, nonfinite=nonfinite,
+                         activations=activations, group_size=group_size, method=method, embeddings=embeddings)
+    if group_size is not DEFAULT and cfg.dtype != "int4":  # given with a format that has no groups: a mistake
+        raise ConfigError(f"group_size applies to dtype 'int4' only; {cfg.dtype} is quantized per channel "
+                          "(granularity='per_channel') or per tensor")
+    return cfg

@@ -11,7 +11,18 @@ __all__ = ["SkippedLayer", "LayerReport", "Report", "tensor_bytes", "unique_tens
 
 
 class SkippedLayer(NamedTuple):
-    """A layer left in float: its name, type and the reason."""
+    """A layer left in float (a named tuple).
+
+    Args:
+        name: The layer's module path ("" for the root; a state_dict key's prefix).
+        type: The layer's class name ("Linear", "Conv2d", ...).
+        reason: Why it was left in float.
+
+    Example:
+        >>> qmodel, skipped = mq.quantize(model)
+        >>> for s in skipped:
+        ...     print(s.name, s.type, s.reason)
+    """
 
     name: str
     type: str
@@ -20,8 +31,25 @@ class SkippedLayer(NamedTuple):
 
 @dataclass
 class LayerReport:
-    """One quantized layer: bytes of its weight (+ bias) before and after,
-    counted from the real tensors, and the weight's SQNR in dB."""
+    """One quantized layer of a :class:`Report`.
+
+    Bytes are counted from the real tensors (weight plus bias, and the
+    quantized buffers after).
+
+    Args:
+        name: The layer's module path (a state_dict key's prefix).
+        type: The float layer's class name ("Linear", "Conv2d", "Embedding").
+        dtype: The format it was quantized to ("int8", "int4", ...).
+        shape: The weight's shape.
+        bytes_before: Bytes of the float weight and bias.
+        bytes_after: Bytes of the quantized weight's buffers and the bias.
+        weight_sqnr_db: The weight's signal-to-quantization-noise ratio in
+            dB (inf when exact; NaN when not measured).
+
+    Example:
+        >>> worst = min(result.report.layers, key=lambda r: r.weight_sqnr_db)
+        >>> print(worst.name, worst.bits_per_weight)
+    """
 
     name: str
     type: str
@@ -33,12 +61,27 @@ class LayerReport:
 
     @property
     def bits_per_weight(self) -> float:
+        """Stored bits per weight element (scales and packing included)."""
         numel = math.prod(self.shape)
         return 8.0 * self.bytes_after / numel if numel else 0.0
 
 
 @dataclass
 class Report:
+    """What a quantization did: the quantized layers, the skipped ones, and
+    the whole model's bytes before and after.  ``str(report)`` is a table.
+
+    Args:
+        layers: One :class:`LayerReport` per quantized layer.
+        skipped: The :class:`SkippedLayer` list.
+        model_bytes_before: Bytes of every tensor of the input (tied tensors once).
+        model_bytes_after: Bytes of every tensor of the output.
+
+    Example:
+        >>> print(mq.quantize(model, dtype="int8").report)
+        >>> mq.quantize(model).report.to_dict()   # JSON-able
+    """
+
     layers: List[LayerReport] = field(default_factory=list)
     skipped: List[SkippedLayer] = field(default_factory=list)
     model_bytes_before: int = 0
@@ -46,13 +89,16 @@ class Report:
 
     @property
     def bytes_before(self) -> int:
+        """Bytes of the quantized layers' float weights and biases."""
         return sum(r.bytes_before for r in self.layers)
 
     @property
     def bytes_after(self) -> int:
+        """Bytes of the quantized layers after quantization."""
         return sum(r.bytes_after for r in self.layers)
 
     def to_dict(self) -> dict:
+        """The report as plain data (for JSON): layers, skipped and the model's bytes."""
         return {
             "layers": [asdict(r) for r in self.layers],
             "skipped": [s._asdict() for s in self.skipped],

@@ -12,17 +12,10 @@ from typing import Optional, Tuple
 import torch
 
 from . import kernels
+from .errors import NonFiniteWeightError
 from .qtypes import QType, get_qtype
 
 __all__ = ["QuantizedWeight", "quantize_weight", "quantize_int_with_error", "sqnr_db", "NonFiniteWeightError"]
-
-
-class NonFiniteWeightError(ValueError):
-    """A weight holds NaN or Inf; ``row`` is the first channel where it was found."""
-
-    def __init__(self, message: str, row: int):
-        super().__init__(message)
-        self.row = row
 
 
 @dataclass
@@ -127,14 +120,27 @@ def quantize_weight(
     zero-point.  Scales follow torch's MinMaxObserver (see docs/formats.md).
     The input is never modified.
 
-    Raises ``TypeError`` for a non-tensor or non-float input, ``ValueError``
-    for an unknown or non-integer dtype, a bad axis or group size, and
-    ``NonFiniteWeightError`` (a ``ValueError``) when the tensor holds NaN/Inf.
+    Args:
+        tensor: A floating-point tensor.
+        dtype: "int8", "uint8" or "int4" (or the torch dtype).
+        axis: The channel axis (one scale per channel), or None for one
+            scale for the whole tensor.  int4 needs 0 (output channels first).
+        group_size: int4 only: columns per group along the input dimension
+            (a positive multiple of 32), or None for one group per output channel.
+        symmetric: Symmetric range (zero-point 0) instead of min/max.
+        method: int4 only: "rtn", "mse" (default) or "hqq".
 
-    ``dtype="int4"`` returns an ``Int4Weight`` (see ``mono_quant.int4``):
-    groups of ``group_size`` columns along the input dimension (None: one group
-    per output channel), ``method`` "rtn", "mse" (default) or "hqq"; ``axis``
-    must be 0 (output channels first).
+    Returns:
+        A :class:`QuantizedWeight` (an ``Int4Weight`` for int4).
+
+    Raises:
+        TypeError: A non-tensor or non-float input.
+        ValueError: An unknown or non-integer dtype, a bad axis or group size.
+        NonFiniteWeightError: The tensor holds NaN/Inf (a ``ValueError``).
+
+    Example:
+        >>> qw = mq.quantize_weight(linear.weight, "int8", axis=0, symmetric=True)
+        >>> w = qw.dequantize()
     """
     qtype = get_qtype(dtype)
     if qtype.name == "int4":

@@ -1,10 +1,7 @@
-"""The exception raised for unreadable or inconsistent mono-quant files."""
+"""The exception raised for unreadable or inconsistent mono-quant files
+(defined in :mod:`mono_quant.errors`; kept importable from here)."""
 from __future__ import annotations
 
+from ..errors import CheckpointError
+
 __all__ = ["CheckpointError"]
-
-
-class CheckpointError(ValueError):
-    """A checkpoint file is truncated, corrupted, from a newer format version,
-    disagrees with its own manifest, or does not match the model it is loaded
-    into.  The message names the file and the offending keys."""

@@ -9,8 +9,10 @@ from collections import OrderedDict
 from typing import Any, Dict, Iterator, List, Mapping, Optional, Tuple
 
 import torch
+from safetensors import safe_open
 from torch import nn
 
+from ..int4 import Int4Weight, effective_group
 from ..packing import PACKED_BUFFERS, check_packed_int8, check_packed_module, unpack_int8_linear
 from ..modules import QuantizedLinear
 from ..modules.registry import qmodule_for
@@ -26,21 +28,33 @@ __all__ = ["load", "QuantizedStateDict", "dequantize_layer"]
 
 
 def load(path, model: Optional[nn.Module] = None):
-    """Read a file written by :func:`save` or :func:`quantize_checkpoint`.
+    """Read a file written by :func:`~mono_quant.save` or :func:`~mono_quant.quantize_checkpoint`.
 
-    With ``model`` (an instance of the float architecture, possibly on the
-    ``meta`` device; it is not modified) returns the quantized model: the
-    layers named in the manifest are rebuilt as quantized modules, every other
-    parameter and persistent buffer comes from the file (tied weights stay
-    tied), non-persistent buffers come from ``model``.  Its outputs are
-    bit-identical to those of the model that was saved.  Without ``model``
-    returns a :class:`QuantizedStateDict`.
+    Never unpickles anything: the file is validated as untrusted input.
 
-    Raises ``FileNotFoundError`` for a missing file and :class:`CheckpointError`
-    for a truncated or corrupted file, a newer format version, a manifest
-    that disagrees with the tensors, or a model that doesn't match (the
-    message lists missing / unexpected keys, shape and dtype mismatches).  Never
-    unpickles anything.
+    Args:
+        path: The ``.safetensors`` file.
+        model: An instance of the float architecture (possibly on the
+            ``meta`` device; it is not modified), or None.
+
+    Returns:
+        With ``model``, the quantized model: the layers named in the manifest
+        rebuilt as quantized modules, every other parameter and persistent
+        buffer from the file (tied weights stay tied), non-persistent buffers
+        from ``model``; its outputs are bit-identical to those of the model
+        that was saved.  Without ``model``, a :class:`QuantizedStateDict`.
+
+    Raises:
+        FileNotFoundError: ``path`` does not exist.
+        CheckpointError: A truncated or corrupted file, a newer format
+            version, a manifest that disagrees with the tensors, or a model
+            that doesn't match (the message lists missing / unexpected keys,
+            shape and dtype mismatches).
+
+    Example:
+        >>> with torch.device("meta"):
+        ...     skeleton = MyModel()
+        >>> qmodel = mq.load("model-int8.safetensors", model=skeleton)
     """
     qsd = _read(path)
     return qsd if model is None else qsd.load_into(model)
@@ -51,8 +65,6 @@ def _read(path) -> "QuantizedStateDict":
     header = read_header(path)
     manifest = parse_manifest(header.metadata, path)
     check_against_header(manifest, header)
-    from safetensors import safe_open
-
     tensors: Dict[str, torch.Tensor] = OrderedDict()
     try:
         with safe_open(path, framework="pt", device="cpu") as f:
@@ -69,12 +81,21 @@ def _read(path) -> "QuantizedStateDict":
 
 
 class QuantizedStateDict(Mapping):
-    """The tensors of a mono-quant file by name (aliases resolved: tied names
-    map to the same tensor) plus its manifest.
+    """The tensors of a mono-quant file by name, plus its manifest (what :func:`load` returns without a model).
 
-    ``layers`` lists the quantized layers (name, type, dtype, scheme, axis,
-    group_size, shape, orig_dtype, tensors); :meth:`dequantize` gives a float
-    state_dict, :meth:`load_into` the quantized model.
+    A read-only mapping; aliases are resolved (tied names map to the same
+    tensor).  ``layers`` lists the quantized layers (name, type, dtype,
+    scheme, axis, group_size, shape, orig_dtype, tensors); :meth:`dequantize`
+    gives a float state_dict, :meth:`load_into` the quantized model.
+
+    Args:
+        tensors: The tensors by name.
+        manifest: The validated manifest.
+        path: The file they were read from ("" if none).
+
+    Example:
+        >>> qsd = mq.load("model-int8.safetensors")
+        >>> qsd.layers[0]["dtype"], len(qsd)
     """
 
     def __init__(self, tensors: Mapping[str, torch.Tensor], manifest: Mapping[str, Any], path: str = ""):
@@ -109,6 +130,16 @@ class QuantizedStateDict(Mapping):
     @property
     def config(self) -> Optional[Dict[str, Any]]:
         return self.manifest.get("config")
+
+    def _weight_only(self) -> bool:
+        """Whether the config recorded with a state_dict file asks for weight-only int8
+        (``activations=None``); files without one, or with "dynamic", use dynamic activations."""
+        config = self.config
+        activations = config.get("activations", "dynamic") if isinstance(config, dict) else "dynamic"
+        if activations not in ("dynamic", None):
+            raise CheckpointError(f"{self.path or 'file'}: manifest config activations {activations!r} is not "
+                                  f"'dynamic' or null")
+        return activations is None
 
     @property
     def nbytes(self) -> int:
@@ -231,6 +262,8 @@ class QuantizedStateDict(Mapping):
                 if bias is None:
                     raise CheckpointError(f"missing key {layer_key(layer['name'], 'bias')!r} for layer {name!r}")
             qmodule._set_bias(bias)
+            if self._weight_only() and get_qtype(layer["dtype"]).kind == "int" and hasattr(qmodule, "set_activations"):
+                qmodule.set_activations(None)  # as quantize(activations=None) recorded it in the config
             extra = set(own) - set(qmodule.state_dict())
             if "weight_packed" in qmodule._buffers:  # the file's plain weight became the packed copy
                 extra.discard("weight_qdata")
@@ -381,8 +414,6 @@ def _stored_weight(layer, own: Dict[str, torch.Tensor], orig_dtype: torch.dtype)
 
 def _stored_int4_weight(layer, own: Dict[str, torch.Tensor], orig_dtype: torch.dtype, name: str, shape):
     """An int4 layer's Int4Weight, its tensors checked against the format (docs/formats.md)."""
-    from ..int4 import Int4Weight, effective_group
-
     need = ("weight_qdata", "weight_scale", "weight_zero_point")
     if any(n not in own for n in need):
         raise CheckpointError(f"layer {name!r}: an int4 layer needs tensors {list(need)}, has {sorted(own)}")

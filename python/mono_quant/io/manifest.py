@@ -30,6 +30,8 @@ from typing import Any, Dict, List, Mapping, Optional, Type
 
 import torch
 
+from ..modules.registry import QMODULES
+from ..version import __version__
 from .container import SafetensorsHeader
 from .dtypes import dtype_name
 from .errors import CheckpointError
@@ -55,8 +57,6 @@ def tensor_spec(t: torch.Tensor) -> Dict[str, Any]:
 
 
 def new_manifest(kind: str, config=None, skipped=()) -> Dict[str, Any]:
-    from .. import __version__
-
     return {
         "format": FORMAT_NAME, "format_version": FORMAT_VERSION, "mono_quant_version": __version__,
         "kind": kind, "layers": [], "tensor_aliases": {},
@@ -77,8 +77,6 @@ def dump_manifest(manifest: Mapping[str, Any]) -> Dict[str, str]:
 
 def quantized_class(name: str) -> Type:
     """The registered quantized module class called ``name`` (never an arbitrary import)."""
-    from ..modules.registry import QMODULES
-
     by_name = {cls.__name__: cls for cls in QMODULES.values()}
     if name not in by_name:
         raise CheckpointError(f"unknown quantized module class {name!r} (this mono-quant knows "

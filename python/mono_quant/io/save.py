@@ -7,9 +7,11 @@ from pathlib import Path
 from typing import Dict, Mapping, Tuple
 
 import torch
+import safetensors.torch
 from torch import nn
 
 from ..modules.registry import QuantizedModule
+from ..result import QuantizationResult
 from .atomic import atomic_output
 from .layers import guess_orig_dtype, module_layer_entry, state_dict_layer_entry
 from .manifest import dump_manifest, new_manifest
@@ -18,23 +20,34 @@ __all__ = ["save", "dedupe_tensors"]
 
 
 def save(model_or_result, path, *, overwrite: bool = False) -> Path:
-    """Save a quantized model, a :class:`QuantizationResult` (of a model or of
-    a state_dict) or a plain state_dict to one ``.safetensors`` file.
+    """Save a quantized model, a QuantizationResult or a state_dict to one ``.safetensors`` file.
 
     Every tensor is stored at its real size (int8 data, scales, zero-points,
     float parameters, persistent buffers); tensors shared by several names
     (tied weights, shared modules) are stored once.  The manifest in the
     metadata describes every quantized layer (see ``mono_quant.io.manifest``).
-    The write is atomic; an existing ``path`` is only replaced with
-    ``overwrite=True``.  Returns the path.
+    The write is atomic.
 
-    Raises ``TypeError`` for another input or a non-tensor state entry,
-    ``ValueError`` for tensors on the ``meta`` device, ``FileExistsError``
-    when ``path`` exists, ``OSError`` for write failures (nothing is left
-    behind).
+    Args:
+        model_or_result: A quantized model, a :class:`~mono_quant.QuantizationResult`
+            of ``quantize()`` (of a model or of a state_dict), or a plain state_dict.
+        path: The file to write.
+        overwrite: Replace an existing ``path``.
+
+    Returns:
+        The path written.
+
+    Raises:
+        TypeError: Another input, a non-tensor state entry, or the result of
+            ``quantize_checkpoint`` (already in its file).
+        ValueError: A tensor is on the ``meta`` device.
+        FileExistsError: ``path`` exists and ``overwrite`` is False.
+        OSError: The write failed (nothing is left behind).
+
+    Example:
+        >>> result = mq.quantize(model, dtype="int8")
+        >>> mq.save(result, "model-int8.safetensors")
     """
-    from ..api import QuantizationResult
-
     if isinstance(model_or_result, QuantizationResult):
         result = model_or_result
         if result.model is not None:
@@ -52,11 +65,9 @@ def save(model_or_result, path, *, overwrite: bool = False) -> Path:
     manifest["tensor_aliases"] = aliases
     metadata = dump_manifest(manifest)
 
-    from safetensors.torch import save_file
-
     path = Path(os.fspath(path))
     with atomic_output(path, overwrite) as tmp:
-        save_file(unique, os.fspath(tmp), metadata=metadata)
+        safetensors.torch.save_file(unique, os.fspath(tmp), metadata=metadata)
     return path
 
 

@@ -25,7 +25,7 @@ from typing import Dict, Tuple
 import torch
 
 from .. import kernels
-from ..api import _finish_entry, nonfinite_entry_error
+from ..entries import finish_entry, nonfinite_entry_error
 from ..int4 import DEFAULT_INT4_METHOD, effective_group, quantize_int4_rows
 from ..packing import PACKED_LAYOUT_VERSION, packed_sizes
 from ..qtypes import get_qtype
@@ -128,7 +128,7 @@ def stream_packed_int8(key: str, tensor: torch.Tensor, name: str, cfg, writer, r
     for suffix in ("weight_colsum", "weight_packed_info", "weight_scale", "weight_zero_point"):
         writer.add(prefix + suffix, own[suffix])
     sqnr = sqnr_db(job.sum_x2, job.sum_err2) if measure_error else math.nan
-    _, layer, _ = _finish_entry({prefix + s: t for s, t in own.items()}, key, name, "Linear", qtype, tensor,
+    _, layer, _ = finish_entry({prefix + s: t for s, t in own.items()}, key, name, "Linear", qtype, tensor,
                                 sqnr, None)
     return layer, own
 
@@ -169,6 +169,6 @@ def stream_int4(key: str, tensor: torch.Tensor, name: str, cfg, writer, reader,
            "weight_scale": scale, "weight_zero_point": zero_point}
     writer.add(prefix + "weight_scale", scale)
     writer.add(prefix + "weight_zero_point", zero_point)
-    _, layer, _ = _finish_entry({prefix + s: t for s, t in own.items()}, key, name, "Linear", qtype, tensor,
+    _, layer, _ = finish_entry({prefix + s: t for s, t in own.items()}, key, name, "Linear", qtype, tensor,
                                 sqnr_db(sum_x2, sum_err2), None)
     return layer, own

@@ -14,8 +14,12 @@ from typing import Any, Callable, Dict, Mapping, Optional
 
 import torch
 
+from ..int4 import effective_group
+from ..modules.linear import ACTIVATION_MODES
+from ..modules.registry import QMODULES
 from ..qtypes import QTYPES, QType
 from .errors import CheckpointError
+from .manifest import quantized_class
 
 __all__ = ["check_layer", "check_weight_tensors", "ALLOWED_LAYER_TENSORS"]
 
@@ -99,8 +103,6 @@ def _check_int4_group_size(group_size) -> None:
 
 
 def _check_state_dict_fields(layer: Mapping[str, Any], qtype: QType) -> None:
-    from ..modules.registry import QMODULES
-
     types = sorted(t.__name__ for t in QMODULES)
     _need(layer.get("type") is None or layer.get("type") in types,
           f"type {layer.get('type')!r} is not one of {types}")
@@ -156,9 +158,6 @@ _KWARGS: Dict[str, Callable[[Mapping], tuple]] = {
 
 
 def _check_model_fields(layer: Mapping[str, Any], qtype: QType) -> None:
-    from ..modules.linear import ACTIVATION_MODES
-    from .manifest import quantized_class
-
     cls = quantized_class(layer["class"])
     _need(layer.get("type") == cls.float_type.__name__,
           f"type {layer.get('type')!r} disagrees with class {cls.__name__} (a {cls.float_type.__name__})")
@@ -276,8 +275,6 @@ def _check_int8_tensors(qtype: QType, symmetric: bool, axis: Optional[int], shap
 
 
 def _check_int4_tensors(symmetric: bool, group_size: Optional[int], shape: tuple, tensors) -> None:
-    from ..int4 import effective_group
-
     _check_int4_group_size(group_size or None)
     rows, cols = shape[0], math.prod(shape[1:])
     kpad = -(-cols // _INT4_BLOCK) * _INT4_BLOCK

@@ -1,0 +1,156 @@
+"""Quantizing one weight, and one state_dict entry, as ``quantize()`` does.
+
+The layer below both :mod:`mono_quant.api` (``quantize()`` of a model or of a
+state_dict) and :mod:`mono_quant.io` (``quantize_checkpoint()`` streams a
+checkpoint entry by entry), so both give tensor for tensor the same output.
+"""
+from __future__ import annotations
+
+import math
+from typing import Dict, Mapping, Optional, Tuple
+
+import torch
+
+from .config import QuantConfig
+from .errors import NonFiniteWeightError
+from .int4 import quantize_int4
+from .packing import can_pack, pack_int8_linear, quantize_and_pack_int8
+from .qtypes import QType, get_qtype
+from .report import LayerReport, SkippedLayer, tensor_bytes
+from .selection import selection_reason
+from .tensor import QuantizedWeight, quantize_int_with_error, sqnr_db
+
+__all__ = ["convert_weight", "state_dict_entry_plan", "packs_straight_to_int8", "nonfinite_entry_error",
+           "quantize_state_dict_entry", "finish_entry"]
+
+
+def convert_weight(w: torch.Tensor, qtype: QType, cfg: QuantConfig, layer_type: str, cache: dict,
+                   measure_error: bool = True):
+    """The stored form of a weight (QuantizedWeight or a cast tensor) and its SQNR
+    (NaN when not ``measure_error``: saves a pass and, for casts, full-size temporaries).
+    A weight shared by several layers (tied) is converted once, so they share storage.
+    Raises NonFiniteWeightError (without a layer name) for NaN/Inf."""
+    key = (id(w), qtype.name)
+    if key in cache:
+        return cache[key]
+    if qtype.name == "int4":
+        result = quantize_int4(w, group_size=cfg.group_size, symmetric=cfg.symmetric_for(layer_type),
+                               method=cfg.method, with_error=True)
+    elif qtype.kind == "int":
+        axis = 0 if cfg.granularity == "per_channel" else None
+        result = quantize_int_with_error(w, qtype, axis, cfg.symmetric_for(layer_type), with_error=measure_error)
+        if not measure_error:
+            result = (result[0], math.nan)
+    else:
+        result = _cast(w, qtype, measure_error)
+    cache[key] = result
+    return result
+
+
+def _cast(w: torch.Tensor, qtype: QType, measure_error: bool):
+    bad = ~torch.isfinite(w.detach())
+    if bool(bad.any()):
+        raise NonFiniteWeightError("non-finite weight", int(bad.reshape(w.shape[0], -1).any(1).nonzero()[0]))
+    cast = w.detach().to(qtype.storage)
+    if cast.data_ptr() == w.data_ptr():  # already in that dtype: copy, never share the caller's tensor
+        cast = cast.clone()
+    if not measure_error:
+        return cast, math.nan
+    err = (w.detach().float() - cast.float())
+    return cast, sqnr_db(float(w.detach().float().pow(2).sum()), float(err.pow(2).sum()))
+
+
+def state_dict_entry_plan(key: str, tensor: torch.Tensor, cfg: QuantConfig):
+    """What ``quantize(state_dict)`` does with one entry: None when it is copied as it is
+    (not a floating 2-D / 4-D ``*.weight``), else ``(layer name, "Linear" or "Conv2d",
+    reason)`` with ``reason`` None when the weight is to be quantized, else why it stays float."""
+    is_weight = key == "weight" or key.endswith(".weight")
+    if not (is_weight and tensor.is_floating_point() and tensor.dim() in (2, 4)):
+        return None
+    name = key[: -len("weight")].rstrip(".")
+    kind = "Linear" if tensor.dim() == 2 else "Conv2d"
+    reason = selection_reason(cfg, [name], None)
+    if reason is None and tensor.numel() < cfg.min_weight_numel:
+        reason = f"too small: {tensor.numel()} weights < min_weight_numel={cfg.min_weight_numel}"
+    return name, kind, reason
+
+
+def packs_straight_to_int8(tensor: torch.Tensor, cfg: QuantConfig) -> bool:
+    """Whether a selected weight is quantized straight into the packed int8 layout
+    (per-channel int8 of a 2-D CPU weight: what QuantizedLinear keeps)."""
+    return get_qtype(cfg.dtype).name == "int8" and cfg.granularity == "per_channel" and tensor.dim() == 2 \
+        and tensor.device.type == "cpu" and tensor.numel() > 0
+
+
+def nonfinite_entry_error(key: str, name: str, row: int) -> NonFiniteWeightError:
+    """The error for a state_dict weight holding NaN/Inf under ``nonfinite="error"``."""
+    return NonFiniteWeightError(f"tensor {key!r} has NaN or Inf (output channel {row}): fix it, "
+                                f"exclude it (exclude=[{name!r}]) or pass nonfinite='skip'", row, name)
+
+
+def quantize_state_dict_entry(key: str, tensor: torch.Tensor, cfg: QuantConfig, cache: Optional[dict] = None,
+                              *, measure_error: bool = True, copy: bool = True):
+    """Quantize one state_dict entry as ``quantize(state_dict)`` does.
+
+    Returns ``(tensors, layer_report, skipped)``: the output entries (the
+    quantized buffers under the layer's prefix, or a clone of the input under
+    ``key``), a LayerReport when it was quantized, a SkippedLayer when a
+    weight was left float.  Used entry by entry by the state_dict path and by
+    streaming checkpoint quantization, so both give identical tensors.
+    ``measure_error=False`` skips the SQNR (reported as NaN); tensors are the same.
+    ``copy=False`` returns entries left as they are without cloning them (a
+    streaming writer only reads them).
+    """
+    keep = (lambda t: t.detach().clone()) if copy else (lambda t: t.detach())
+    plan = state_dict_entry_plan(key, tensor, cfg)
+    if plan is None:
+        return {key: keep(tensor)}, None, None
+    name, kind, reason = plan
+    if reason is not None:
+        return {key: keep(tensor)}, None, SkippedLayer(name, kind, reason)
+    qtype = get_qtype(cfg.dtype)
+    prefix = key[: -len("weight")]
+    cached = None if cache is None else cache.get((id(tensor), qtype.name, "entry"))
+    if cached is not None:  # a tensor stored under several keys: same outputs, shared
+        suffixes, sqnr = cached
+        return finish_entry({prefix + s: t for s, t in suffixes.items()}, key, name, kind, qtype, tensor, sqnr, None)
+    try:
+        out, sqnr = _quantize_entry(prefix, key, tensor, cfg, qtype, kind, measure_error)
+    except NonFiniteWeightError as exc:
+        if cfg.nonfinite == "error":
+            raise nonfinite_entry_error(key, name, exc.row) from None
+        return {key: keep(tensor)}, None, SkippedLayer(name, kind, f"non-finite weights (NaN/Inf in channel {exc.row})")
+    return finish_entry(out, key, name, kind, qtype, tensor, sqnr, cache)
+
+
+def _quantize_entry(prefix: str, key: str, tensor: torch.Tensor, cfg: QuantConfig, qtype: QType, kind: str,
+                    measure_error: bool) -> Tuple[Dict[str, torch.Tensor], float]:
+    """The output entries of a selected weight and its SQNR."""
+    if packs_straight_to_int8(tensor, cfg):
+        # straight into the packed layout, block by block: what the module path stores,
+        # without a whole plain int8 copy beside the packed one
+        qmin, qmax = qtype.qrange(cfg.symmetric_for(kind))
+        scale, zero_point, packed, sx, se = quantize_and_pack_int8(
+            tensor, qmin, qmax, cfg.symmetric_for(kind), measure_error)
+        sqnr = sqnr_db(sx, se) if measure_error else math.nan
+        return {prefix + "weight_scale": scale, prefix + "weight_zero_point": zero_point,
+                **{prefix + n: t for n, t in packed.items()}}, sqnr
+    stored, sqnr = convert_weight(tensor, qtype, cfg, kind, {}, measure_error)
+    if not isinstance(stored, QuantizedWeight):
+        return {key: stored}, sqnr
+    out = {prefix + "weight_scale": stored.scale, prefix + "weight_zero_point": stored.zero_point}
+    if tensor.dim() == 2 and can_pack(stored):  # the same buffers QuantizedLinear.from_float keeps
+        out.update({prefix + n: t for n, t in pack_int8_linear(stored).items()})
+    else:
+        out = {prefix + "weight_qdata": stored.qdata, **out}
+    return out, sqnr
+
+
+def finish_entry(out: Mapping[str, torch.Tensor], key: str, name: str, kind: str, qtype: QType,
+                 tensor: torch.Tensor, sqnr: float, cache: Optional[dict]):
+    """Remember a quantized entry (tied tensors) and report it: ``(out, LayerReport, None)``."""
+    prefix = key[: -len("weight")]
+    if cache is not None:
+        cache[(id(tensor), qtype.name, "entry")] = ({k[len(prefix):]: t for k, t in out.items()}, sqnr)
+    after = sum(tensor_bytes(t) for t in out.values())
+    return out, LayerReport(name, kind, qtype.name, tuple(tensor.shape), tensor_bytes(tensor), after, sqnr), None

@@ -1,0 +1,64 @@
+"""The exceptions mono-quant raises on purpose, under one base class.
+
+Every class here also derives from the built-in exception that code written
+for earlier versions caught (``ValueError``), so ``except ValueError`` keeps
+working; new code can catch :class:`MonoQuantError` for all of them.  This
+module imports nothing from the package: every layer can raise these.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+__all__ = ["MonoQuantError", "ConfigError", "CheckpointError", "NonFiniteWeightError"]
+
+
+class MonoQuantError(Exception):
+    """Base class of every error mono-quant raises on purpose.
+
+    Example:
+        >>> import mono_quant as mq
+        >>> try:
+        ...     mq.quantize(model, dtype="int3")
+        ... except mq.MonoQuantError as exc:
+        ...     print(exc)
+    """
+
+
+class ConfigError(MonoQuantError, ValueError):
+    """An option or a config-file setting is invalid: an unknown dtype, a bad
+    ``group_size``, an option the chosen format or path does not take.
+
+    The message names the option, the value given and what would be valid
+    (and the config file, when the value came from one).  A ``ValueError``.
+    """
+
+
+class CheckpointError(MonoQuantError, ValueError):
+    """A checkpoint file is truncated, corrupted, from a newer format version,
+    disagrees with its own manifest, or does not match the model it is loaded
+    into.  The message names the file and the offending keys.  A ``ValueError``."""
+
+
+class NonFiniteWeightError(MonoQuantError, ValueError):
+    """A weight holds NaN or Inf.
+
+    Raised by :func:`~mono_quant.quantize_weight`, and by
+    :func:`~mono_quant.quantize` / :func:`~mono_quant.quantize_checkpoint`
+    with ``nonfinite="error"`` (the message then names the layer and how to
+    skip it).  A ``ValueError``.
+
+    Args:
+        message: What was found and what to do.
+        row: The first output channel (row) holding NaN or Inf.
+        layer: The layer's name (a module path or a state_dict key's prefix),
+            or None when a lone tensor was quantized.
+
+    Attributes:
+        row: The first output channel (row) holding NaN or Inf.
+        layer: The layer's name, or None.
+    """
+
+    def __init__(self, message: str, row: int, layer: Optional[str] = None):
+        super().__init__(message)
+        self.row = row
+        self.layer = layer

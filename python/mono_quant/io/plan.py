@@ -1,0 +1,85 @@
+"""Which files a checkpoint source consists of: a file, a folder of shards, or an
+``*.index.json`` (checked: bounded JSON, shard names inside the folder, no symlink
+leading out of it)."""
+from __future__ import annotations
+
+import os
+from collections import OrderedDict
+from pathlib import Path
+from typing import Dict, List, Optional, Tuple
+
+from .container import MAX_HEADER_BYTES, open_regular_file
+from .errors import CheckpointError
+from .shards import TORCH_SUFFIXES
+from .untrusted_json import UntrustedJSONError, loads_bounded
+
+__all__ = ["shard_plan", "index_plan", "check_inside"]
+
+
+def shard_plan(src: Path) -> List[Tuple[Path, Optional[set]]]:
+    """(shard path, names the index assigns to it or None) in reading order.  Every file
+    found through a folder or an index must lie in that folder (see :func:`check_inside`)."""
+    if src.is_dir():
+        indexes = sorted(src.glob("*.index.json"))
+        if len(indexes) > 1:
+            raise CheckpointError(f"{src}: several index files ({', '.join(p.name for p in indexes)}); "
+                                  f"pass the one to use")
+        if indexes:
+            check_inside(indexes[0], src)
+            return index_plan(indexes[0])
+        files = sorted(src.glob("*.safetensors")) or sorted(p for p in src.iterdir() if p.suffix in TORCH_SUFFIXES)
+        if not files:
+            raise CheckpointError(f"{src}: no *.safetensors, *.bin, *.pt or *.index.json in this directory")
+        for path in files:
+            check_inside(path, src)
+        return [(p, None) for p in files]
+    if src.name.endswith(".index.json"):
+        return index_plan(src)
+    return [(src, None)]
+
+
+def index_plan(index: Path) -> List[Tuple[Path, Optional[set]]]:
+    """(shard path, names) of each shard an ``*.index.json`` lists, checked: bounded JSON,
+    plain file names in the index's folder, shards that exist."""
+    try:
+        with open_regular_file(index) as f:
+            raw = f.read(MAX_HEADER_BYTES + 1)
+        if len(raw) > MAX_HEADER_BYTES:
+            raise CheckpointError(f"{index}: larger than {MAX_HEADER_BYTES} bytes; not a shard index")
+        data = loads_bounded(raw)
+    except UntrustedJSONError as exc:
+        raise CheckpointError(f"{index}: {exc}") from None
+    weight_map = data.get("weight_map") if isinstance(data, dict) else None
+    if not (isinstance(weight_map, dict) and weight_map
+            and all(isinstance(k, str) and isinstance(v, str) for k, v in weight_map.items())):
+        raise CheckpointError(f"{index}: needs a non-empty \"weight_map\" of tensor names to shard files")
+    by_shard: Dict[str, set] = OrderedDict()
+    for key, shard in weight_map.items():
+        if os.path.basename(shard) != shard or shard in ("", ".", "..") or "\0" in shard:
+            raise CheckpointError(f"{index}: shard {shard!r} must be a file name in the index's folder")
+        by_shard.setdefault(shard, set()).add(key)
+    plan = []
+    for shard in sorted(by_shard):
+        path = index.parent / shard
+        check_inside(path, index.parent)
+        if not path.is_file():
+            raise CheckpointError(f"{index}: shard {shard!r} does not exist")
+        plan.append((path, by_shard[shard]))
+    return plan
+
+
+def check_inside(path: Path, folder: Path) -> None:
+    """Refuse a file found in ``folder`` (by a scan or an index) that is a symlink leading
+    out of it: a checkpoint folder from elsewhere must not make us read the rest of the
+    machine.  The Hugging Face hub cache's layout (``snapshots/<revision>/<file>`` linking
+    to ``../../blobs/<hash>``) is allowed."""
+    if not path.is_symlink():
+        return
+    target = Path(os.path.realpath(path))
+    home = Path(os.path.realpath(folder))
+    roots = [home]
+    if home.parent.name == "snapshots":
+        roots.append(home.parent.parent / "blobs")
+    if not any(target == root or root in target.parents for root in roots):
+        raise CheckpointError(f"{path}: a symlink to {target}, outside the checkpoint's folder {home}; refusing to "
+                              f"follow it (pass that file itself, or copy it into the folder)")

@@ -1,0 +1,122 @@
+"""CheckpointReader: the tensors of a checkpoint on disk (one file, a shard folder
+or an index), by name, read one at a time."""
+from __future__ import annotations
+
+import os
+from collections import OrderedDict
+from pathlib import Path
+from typing import Dict, Iterator, List, Optional, Tuple
+
+import torch
+
+from .errors import CheckpointError
+from .manifest import METADATA_KEY
+from .plan import shard_plan
+from .shards import SafetensorsShard, open_shard
+
+__all__ = ["CheckpointReader", "open_checkpoint"]
+
+
+class CheckpointReader:
+    """The tensors of a checkpoint on disk, by name, read one at a time.
+
+    ``keys()`` lists them in file order, ``spec(key)`` gives (dtype, shape)
+    without reading, ``get(key)`` reads one.  Use as a context manager.
+    Raises ``FileNotFoundError`` for a missing source and CheckpointError for
+    an unreadable one, a bad index, or a name found in two shards.
+    """
+
+    def __init__(self, src):
+        self.src = Path(os.fspath(src))
+        if not self.src.exists():
+            raise FileNotFoundError(f"{self.src} does not exist")
+        self._shards = []
+        self._where: "OrderedDict[str, object]" = OrderedDict()
+        try:
+            for path, wanted in shard_plan(self.src):
+                shard = open_shard(path)
+                self._shards.append(shard)
+                keys = shard.keys()
+                if wanted is not None:
+                    absent = sorted(set(wanted) - set(keys))
+                    if absent:
+                        raise CheckpointError(f"{path}: the index lists tensors the shard lacks: {absent[:10]}")
+                    keys = [k for k in keys if k in wanted]
+                for key in keys:
+                    if key in self._where:
+                        raise CheckpointError(f"tensor {key!r} is in two shards ({self._where[key].path} and {path})")
+                    self._where[key] = shard
+        except BaseException:
+            self.close()
+            raise
+
+    def keys(self) -> List[str]:
+        return list(self._where)
+
+    def spec(self, key: str) -> Tuple[torch.dtype, Tuple[int, ...]]:
+        return self._where[key].spec(key)
+
+    def nbytes(self, key: str) -> int:
+        dtype, shape = self.spec(key)
+        n = torch.empty((), dtype=dtype).element_size()
+        for d in shape:
+            n *= d
+        return n
+
+    def metadata(self) -> Optional[Dict[str, str]]:
+        """The ``__metadata__`` of a single-file safetensors source (None otherwise)."""
+        if len(self._shards) == 1 and isinstance(self._shards[0], SafetensorsShard):
+            return self._shards[0].header.metadata
+        return None
+
+    def is_mono_quant(self) -> bool:
+        """Whether a shard carries a mono-quant manifest (an already quantized file)."""
+        return any(isinstance(s, SafetensorsShard) and METADATA_KEY in (s.header.metadata or {})
+                   for s in self._shards)
+
+    def total_bytes(self) -> int:
+        return sum(self.nbytes(k) for k in self._where)
+
+    def get(self, key: str) -> torch.Tensor:
+        return self._where[key].get(key)
+
+    def location(self, key: str) -> Optional[Tuple[int, int]]:
+        """(open file descriptor, byte offset) of ``key``'s data when it can be read
+        straight from its file (a safetensors shard on a POSIX system), else None."""
+        return self._where[key].location(key)
+
+    def shard_path(self, key: str) -> Path:
+        """The file ``key`` is read from."""
+        return self._where[key].path
+
+    def release(self, key: str, tensor: torch.Tensor) -> None:
+        """Drop the pages under ``tensor`` (``key``'s tensor or a view of it) from this
+        process; its data stays valid and is read again if touched."""
+        self._where[key].release(key, tensor)
+
+    def items(self) -> Iterator[Tuple[str, torch.Tensor]]:
+        """(name, tensor) one at a time; each shard is closed once its tensors are done."""
+        previous = None
+        for key, shard in self._where.items():
+            if previous is not None and shard is not previous:
+                previous.close()
+            previous = shard
+            tensor = shard.get(key)
+            yield key, tensor
+            shard.release(key, tensor)
+            del tensor
+
+    def close(self) -> None:
+        for shard in self._shards:
+            shard.close()
+
+    def __enter__(self) -> "CheckpointReader":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def open_checkpoint(src) -> CheckpointReader:
+    """A :class:`CheckpointReader` over ``src`` (file, shard directory or index)."""
+    return CheckpointReader(src)

@@ -1,0 +1,46 @@
+"""Which layers a QuantConfig selects: ``include`` / ``exclude`` globs or types.
+
+Shared by the model path (:mod:`mono_quant.api`) and the per-entry
+state_dict path (:mod:`mono_quant.entries`).
+"""
+from __future__ import annotations
+
+import fnmatch
+from typing import Iterable, List, Optional
+
+from torch import nn
+
+from .config import QuantConfig
+
+__all__ = ["selection_reason"]
+
+
+def _matches(patterns: Iterable, names: List[str], module: Optional[nn.Module]):
+    """The first pattern (glob on any of the names, or a type) that matches, else None."""
+    for p in patterns:
+        if isinstance(p, str):
+            if any(fnmatch.fnmatchcase(n, p) for n in names):
+                return p
+        elif isinstance(p, type):
+            if module is not None and isinstance(module, p):
+                return p
+        else:
+            raise TypeError(f"include/exclude entries must be name globs (str) or module types, got {p!r}")
+    return None
+
+
+def selection_reason(cfg: QuantConfig, names: List[str], module: Optional[nn.Module]) -> Optional[str]:
+    """Why a supported layer (known by ``names``; ``module`` None on the state_dict
+    path) is not selected, or None when it is."""
+    if cfg.exclude:
+        hit = _matches(cfg.exclude, names, module)
+        if hit is not None:
+            return f"excluded by exclude={_pattern_repr(hit)}"
+    if cfg.include:
+        if _matches(cfg.include, names, module) is None:
+            return "not matched by include"
+    return None
+
+
+def _pattern_repr(p) -> str:
+    return repr(p) if isinstance(p, str) else p.__name__
