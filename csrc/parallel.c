@@ -94,7 +94,7 @@ typedef struct {
 
 static struct {
     atomic_int owned;      /* a caller is using the pool; others run alone */
-    atomic_ullong claim;   /* see CLAIM */
+    _Atomic uint64_t claim;/* see CLAIM */
     atomic_uint done;      /* pieces finished (futex word for the caller) */
     atomic_int caller_sleeping;
     uint32_t gen;          /* the owner's: generation of the last job */
