@@ -94,7 +94,7 @@ def quantize(
             (a ``ValueError``; ``.layer`` names the layer).
         KeyError: A state_dict given with ``model=`` lacks a layer's entries.
 
-    Example:
+    Examples:
         >>> import mono_quant as mq
         >>> qmodel, skipped = mq.quantize(model, dtype="int8")
         >>> result = mq.quantize(model, dtype="int4", group_size=64, exclude=["lm_head"])

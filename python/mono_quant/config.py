@@ -96,7 +96,7 @@ class QuantConfig:
     Raises:
         ConfigError: A field is invalid (a ``ValueError``).
 
-    Example:
+    Examples:
         >>> cfg = mq.QuantConfig(dtype="int4", group_size=64, exclude=["lm_head"])
         >>> qmodel, skipped = mq.quantize(model, config=cfg)
     """

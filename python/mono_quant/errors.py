@@ -15,7 +15,7 @@ __all__ = ["MonoQuantError", "ConfigError", "CheckpointError", "NonFiniteWeightE
 class MonoQuantError(Exception):
     """Base class of every error mono-quant raises on purpose.
 
-    Example:
+    Examples:
         >>> import mono_quant as mq
         >>> try:
         ...     mq.quantize(model, dtype="int3")

@@ -13,12 +13,12 @@ __all__ = ["SkippedLayer", "LayerReport", "Report", "tensor_bytes", "unique_tens
 class SkippedLayer(NamedTuple):
     """A layer left in float (a named tuple).
 
-    Args:
+    Attributes:
         name: The layer's module path ("" for the root; a state_dict key's prefix).
         type: The layer's class name ("Linear", "Conv2d", ...).
         reason: Why it was left in float.
 
-    Example:
+    Examples:
         >>> qmodel, skipped = mq.quantize(model)
         >>> for s in skipped:
         ...     print(s.name, s.type, s.reason)
@@ -46,7 +46,7 @@ class LayerReport:
         weight_sqnr_db: The weight's signal-to-quantization-noise ratio in
             dB (inf when exact; NaN when not measured).
 
-    Example:
+    Examples:
         >>> worst = min(result.report.layers, key=lambda r: r.weight_sqnr_db)
         >>> print(worst.name, worst.bits_per_weight)
     """
@@ -77,7 +77,7 @@ class Report:
         model_bytes_before: Bytes of every tensor of the input (tied tensors once).
         model_bytes_after: Bytes of every tensor of the output.
 
-    Example:
+    Examples:
         >>> print(mq.quantize(model, dtype="int8").report)
         >>> mq.quantize(model).report.to_dict()   # JSON-able
     """

@@ -39,7 +39,7 @@ class QuantizationResult:
         config: The :class:`QuantConfig` used.
         path: The output file of ``quantize_checkpoint`` (None otherwise).
 
-    Example:
+    Examples:
         >>> qmodel, skipped = mq.quantize(model, dtype="int8")
         >>> result = mq.quantize_checkpoint("model.safetensors", "model-int8.safetensors")
         >>> print(result.report)

@@ -138,7 +138,7 @@ def quantize_weight(
         ValueError: An unknown or non-integer dtype, a bad axis or group size.
         NonFiniteWeightError: The tensor holds NaN/Inf (a ``ValueError``).
 
-    Example:
+    Examples:
         >>> qw = mq.quantize_weight(linear.weight, "int8", axis=0, symmetric=True)
         >>> w = qw.dequantize()
     """

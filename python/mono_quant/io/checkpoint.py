@@ -90,7 +90,7 @@ def quantize_checkpoint(src, dst, dtype=None, *, symmetric: Optional[bool] = Non
         NonFiniteWeightError: A weight holds NaN/Inf with ``nonfinite="error"``.
         CheckpointError: ``src`` is unreadable, inconsistent, or already quantized.
 
-    Example:
+    Examples:
         >>> result = mq.quantize_checkpoint("model.safetensors", "model-int4.safetensors", dtype="int4")
         >>> qmodel = mq.load(result.path, model=skeleton)
     """

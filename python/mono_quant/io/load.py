@@ -51,7 +51,7 @@ def load(path, model: Optional[nn.Module] = None):
             that doesn't match (the message lists missing / unexpected keys,
             shape and dtype mismatches).
 
-    Example:
+    Examples:
         >>> with torch.device("meta"):
         ...     skeleton = MyModel()
         >>> qmodel = mq.load("model-int8.safetensors", model=skeleton)
@@ -93,7 +93,7 @@ class QuantizedStateDict(Mapping):
         manifest: The validated manifest.
         path: The file they were read from ("" if none).
 
-    Example:
+    Examples:
         >>> qsd = mq.load("model-int8.safetensors")
         >>> qsd.layers[0]["dtype"], len(qsd)
     """

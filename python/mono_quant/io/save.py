@@ -44,7 +44,7 @@ def save(model_or_result, path, *, overwrite: bool = False) -> Path:
         FileExistsError: ``path`` exists and ``overwrite`` is False.
         OSError: The write failed (nothing is left behind).
 
-    Example:
+    Examples:
         >>> result = mq.quantize(model, dtype="int8")
         >>> mq.save(result, "model-int8.safetensors")
     """
