@@ -226,10 +226,13 @@ static PyObject *py_quantize_rows(PyObject *self, PyObject *args, PyObject *kw) 
             }
     }
     if (!(q = (PyArrayObject *)PyArray_EMPTY(2, PyArray_DIMS(x), qmin < 0 ? NPY_INT8 : NPY_UINT8, 0))) goto fail;
-    Py_BEGIN_ALLOW_THREADS
-    mq_rows_quantize(PyArray_DATA(x), src_kind(x), PyArray_DIM(x, 0), PyArray_DIM(x, 1), PyArray_DATA(scale),
-                     PyArray_DATA(zp), per_row, qmin, qmax, use_fma, PyArray_DATA(q), nthreads);
-    Py_END_ALLOW_THREADS
+    /* an empty array may still have ~2^63 rows of no columns: visiting them would take years */
+    if (PyArray_SIZE(q) > 0) {
+        Py_BEGIN_ALLOW_THREADS
+        mq_rows_quantize(PyArray_DATA(x), src_kind(x), PyArray_DIM(x, 0), PyArray_DIM(x, 1), PyArray_DATA(scale),
+                         PyArray_DATA(zp), per_row, qmin, qmax, use_fma, PyArray_DATA(q), nthreads);
+        Py_END_ALLOW_THREADS
+    }
     result = (PyObject *)q;
     q = NULL;
 fail:
@@ -344,10 +347,12 @@ static PyObject *py_dequantize_rows(PyObject *self, PyObject *args, PyObject *kw
     if (!qparam_arrays(s_obj, z_obj, PyArray_DIM(q, 0), &scale, &zp, &per_row)) goto fail;
     if (!(out = (PyArrayObject *)PyArray_EMPTY(2, PyArray_DIMS(q), NPY_FLOAT32, 0))) goto fail;
     int is_signed = PyArray_TYPE(q) == NPY_INT8;
-    Py_BEGIN_ALLOW_THREADS
-    mq_rows_dequantize(PyArray_DATA(q), is_signed, PyArray_DIM(q, 0), PyArray_DIM(q, 1), PyArray_DATA(scale),
-                       PyArray_DATA(zp), per_row, PyArray_DATA(out), nthreads);
-    Py_END_ALLOW_THREADS
+    if (PyArray_SIZE(out) > 0) { /* (no visit of the rows of an empty array: there may be ~2^63) */
+        Py_BEGIN_ALLOW_THREADS
+        mq_rows_dequantize(PyArray_DATA(q), is_signed, PyArray_DIM(q, 0), PyArray_DIM(q, 1), PyArray_DATA(scale),
+                           PyArray_DATA(zp), per_row, PyArray_DATA(out), nthreads);
+        Py_END_ALLOW_THREADS
+    }
     result = (PyObject *)out;
     out = NULL;
 fail:
@@ -931,9 +936,16 @@ static PyObject *py_use_openmp_runtime(PyObject *self, PyObject *arg) {
         mq_use_openmp_runtime(NULL);
         Py_RETURN_TRUE;
     }
-    const char *path = PyUnicode_Check(arg) ? PyUnicode_AsUTF8(arg) : NULL;
+    Py_ssize_t size = 0;
+    const char *path = PyUnicode_Check(arg) ? PyUnicode_AsUTF8AndSize(arg, &size) : NULL;
     if (!path) {
         if (!PyErr_Occurred()) PyErr_SetString(PyExc_TypeError, "use_openmp_runtime() takes a str path or None");
+        return NULL;
+    }
+    /* dlopen("") is the program itself, whose global scope would do: only a real path names a runtime */
+    if (size == 0 || (size_t)size != strlen(path)) {
+        PyErr_SetString(PyExc_ValueError, "use_openmp_runtime() needs the path of a loaded OpenMP runtime, "
+                        "got an empty string or one holding NUL");
         return NULL;
     }
     return PyBool_FromLong(mq_use_openmp_runtime(path) == 0);
