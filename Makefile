@@ -36,10 +36,21 @@ SAN_CC ?= gcc
 SAN_VENV := .venv-sanitize
 SAN_PY := $(SAN_VENV)/bin/python
 SAN_PIP := $(SAN_PY) -m pip --disable-pip-version-check -q
+# --capture=sys: pytest captures Python's output only, so a report the runtime writes to
+# fd 2 before it aborts the interpreter reaches the log (fd capture would swallow it).
+# ASan's "failed to allocate" warnings (MemoryError paths under allocator_may_return_null)
+# are dropped from the log; a real report is "ERROR: AddressSanitizer" or "runtime error:".
+SAN_LOG := build/sanitize.log
 SAN_ENV = LD_PRELOAD="$$($(SAN_CC) -print-file-name=libasan.so):$$($(SAN_CC) -print-file-name=libubsan.so)" \
 	ASAN_OPTIONS=detect_leaks=0:allocator_may_return_null=1:abort_on_error=1 \
 	UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 MONO_QUANT_SANITIZED=1
-SAN_PYTEST = $(SAN_ENV) $(SAN_PY) -m pytest -q -p no:cacheprovider
+# $(call run_sanitized,tests): fails on a failed or crashed test run, or on any sanitizer report
+run_sanitized = mkdir -p build && \
+	{ $(SAN_ENV) $(SAN_PY) -m pytest -q -p no:cacheprovider --capture=sys $(1) 2>&1; echo $$? > $(SAN_LOG).status; } \
+	  | grep --line-buffered -v "WARNING: AddressSanitizer failed to allocate" | tee $(SAN_LOG); \
+	reports=$$(grep -c -e "ERROR: AddressSanitizer" -e "runtime error:" $(SAN_LOG)); \
+	echo "sanitizer reports: $$reports (log: $(SAN_LOG))"; \
+	test "$$(cat $(SAN_LOG).status)" = 0 && test "$$reports" = 0
 SAN_TESTS := tests/test_quant_kernels.py tests/test_int4_kernels.py tests/test_int8_linear.py \
 	tests/test_int8_conv.py tests/test_quantize_pack.py tests/test_quantized_embedding.py \
 	tests/test_properties_c.py tests/test_size_overflow.py tests/test_io_*.py
@@ -57,10 +68,10 @@ sanitize-install: $(SAN_VENV)/.deps
 		-C cmake.define.MQ_SANITIZE=ON -C build-dir=build/sanitize-{wheel_tag} .
 
 sanitize: sanitize-install
-	$(SAN_PYTEST) $(SAN_TESTS)
+	@$(call run_sanitized,$(SAN_TESTS))
 
 sanitize-ci: sanitize-install
-	$(SAN_PYTEST) $(SAN_CI_TESTS)
+	@$(call run_sanitized,$(SAN_CI_TESTS))
 
 clean:
 	rm -rf $(VENV) $(SAN_VENV) build dist

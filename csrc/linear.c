@@ -40,8 +40,9 @@ int mq_pack_int8(const int8_t *w, int64_t n, int64_t k, int8_t *packed, int32_t 
                  int nthreads) {
     const int64_t panels = mq_round_up(n, MQ_PANEL) / MQ_PANEL;
     pack_ctx c = {w, n, k, packed, w_sum, panel_m128, mq_active()->pack_panel};
-    /* ~1 MiB of weight per chunk: smaller layers stay on this thread */
-    mq_parallel_for(panels, 1 + ((int64_t)1 << 20) / (MQ_PANEL * (k > 0 ? k : 1)), nthreads, pack_range, &c);
+    /* ~1 MiB of weight per chunk: smaller layers stay on this thread (divided twice: 16 * k
+     * wraps for the k near 2^63 of a zero-row array) */
+    mq_parallel_for(panels, 1 + ((int64_t)1 << 20) / MQ_PANEL / (k > 0 ? k : 1), nthreads, pack_range, &c);
     int has_m128 = 0;
     for (int64_t p = 0; p < panels; p++) has_m128 |= panel_m128[p];
     return has_m128;
@@ -95,7 +96,7 @@ static void packed_check_range(void *vctx, int64_t p0, int64_t p1) {
 int mq_packed_check(const int8_t *packed, int64_t n, int64_t k, int32_t *sums, uint8_t *panel_flags, int nthreads) {
     const int64_t panels = mq_round_up(n, MQ_PANEL) / MQ_PANEL;
     packed_check_ctx c = {packed, n, k, sums, panel_flags};
-    mq_parallel_for(panels, 1 + ((int64_t)1 << 20) / (MQ_PANEL * (k > 0 ? k : 1)), nthreads, packed_check_range, &c);
+    mq_parallel_for(panels, 1 + ((int64_t)1 << 20) / MQ_PANEL / (k > 0 ? k : 1), nthreads, packed_check_range, &c);
     int flags = 0;
     for (int64_t p = 0; p < panels; p++) flags |= panel_flags[p];
     return flags;

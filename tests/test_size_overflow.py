@@ -111,3 +111,9 @@ def test_empty_arrays_with_huge_row_counts_return_at_once(rows):
     one, zero = np.ones(1, F32), np.zeros(1, I32)
     assert _C.quantize_rows(x, one, zero, -128, 127).shape == (rows, 0)
     assert _C.dequantize_rows(q, one, zero).shape == (rows, 0)
+
+
+def test_pack_int8_of_zero_rows_of_huge_width():
+    # nothing to pack; the driver's chunk size (16 * k bytes per panel) overflowed int64 (UBSan)
+    packed, w_sum, has_m128 = _C.pack_int8(np.empty((0, 2**61 - 1), I8))
+    assert packed.shape == (0,) and w_sum.shape == (0,) and not has_m128
