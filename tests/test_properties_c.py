@@ -78,7 +78,8 @@ def sizes(lo=0, hi=200):
 ISAS = st.sampled_from(SUPPORTED)
 THREADS = st.sampled_from([1, 1, 2, 3, 4])
 SOURCE_DTYPES = ["float32", "float16", "bf16_int16", "bf16_uint16"]
-LAYOUTS = ["contiguous", "fortran", "row_slice", "col_slice", "broadcast_rows", "big_endian"]
+LAYOUTS = ["contiguous", "fortran", "row_slice", "col_slice", "broadcast_rows", "reversed_rows", "unaligned",
+           "big_endian"]
 MAGNITUDES = [1.0, 1.0, 0.05, 1e-3, 100.0, 1e-30, 1e30, 1e-40, 60000.0]
 
 
@@ -131,6 +132,14 @@ def with_layout(a, layout):
         return big[:, ::2]
     if layout == "broadcast_rows" and a.shape[0] > 0:  # every row the first: stride 0
         return np.broadcast_to(a[:1], a.shape)
+    if layout == "reversed_rows":  # a negative row stride
+        return np.ascontiguousarray(a[::-1])[::-1]
+    if layout == "unaligned" and a.dtype.itemsize > 1:  # data one byte past an aligned address
+        buffer = np.empty(a.nbytes + a.dtype.itemsize, np.uint8)
+        view = buffer[1:1 + a.nbytes].view(a.dtype).reshape(a.shape)
+        view[...] = a
+        assert not view.flags.aligned or a.size == 0
+        return view
     if layout == "big_endian":
         return a.astype(a.dtype.newbyteorder(">"))
     return a
@@ -281,7 +290,8 @@ def int8_codes(draw, rows=None, cols=None, signed=None):
     q = rng.integers(info.min, info.max + 1, (rows, cols)).astype(dtype)
     if rows and cols and draw(st.booleans()):
         q[0, 0] = info.min
-    layout = draw(st.sampled_from(["contiguous", "fortran", "row_slice", "col_slice", "broadcast_rows"]))
+    layout = draw(st.sampled_from(["contiguous", "fortran", "row_slice", "col_slice", "broadcast_rows",
+                                   "reversed_rows"]))
     a = with_layout(q, layout)
     return a, np.array(a)  # (the C call's array, its logical values)
 
@@ -744,10 +754,15 @@ def test_q4_linear(data, act_mode, dtype, panel_min_m, isa, nthreads):
     xd = x.double()
     if act_mode != 0 or not bool(torch.isfinite(w).all()) or bool(w.abs().max() >= 1e30):
         return
-    # fp32 activations: the float64 product, to fp32 accumulation error, where nothing overflows fp32
+    # fp32 activations: the float64 product, to fp32 accumulation error, where nothing overflows fp32.
+    # The GEMV kernel sums x * code and x per group and subtracts zero_point * sum(x) after, so
+    # its rounding scales with |x| * (code + zero_point) * scale, not with |x| * |w|.
     b = 0 if bias is None else torch.from_numpy(bias).double()
     exact = xd @ w.T + b
-    magnitude = xd.abs().nan_to_num(0, 0, 0) @ w.abs().T + (0 if bias is None else b.abs())
+    code_part = unpack_int4(torch.from_numpy(packed), torch.from_numpy(scale), torch.zeros_like(torch.from_numpy(zero)),
+                            cols, group).double()  # code * scale
+    terms = code_part.abs() + (code_part - w).abs()  # |code * scale| + |zero_point * scale|
+    magnitude = xd.abs().nan_to_num(0, 0, 0) @ terms.T + (0 if bias is None else b.abs())
     good = (xd.abs() < 1e30).all(dim=1, keepdim=True) & (magnitude < 1e37)
     diff = (torch.from_numpy(y).double() - exact).abs()
     assert bool((diff[good] <= (magnitude * (cols + 34) * 2.0**-23 + 1e-37)[good]).all())
