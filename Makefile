@@ -9,7 +9,7 @@ PIP := $(PY) -m pip --disable-pip-version-check -q
 
 .PHONY: install demo test bench clean sanitize sanitize-ci sanitize-install
 
-$(VENV)/.deps:
+$(VENV)/.deps: Makefile  # a new dependency here reaches existing venvs too
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install torch==2.13.0
 	$(PIP) install "numpy>=1.23" "scikit-build-core>=0.8" "safetensors>=0.4" pytest hypothesis
@@ -57,7 +57,7 @@ SAN_TESTS := tests/test_quant_kernels.py tests/test_int4_kernels.py tests/test_i
 SAN_CI_TESTS := tests/test_properties_c.py tests/test_size_overflow.py tests/test_quant_kernels.py \
 	tests/test_int4_kernels.py tests/test_int8_conv.py tests/test_quantize_pack.py tests/test_io_errors.py
 
-$(SAN_VENV)/.deps:
+$(SAN_VENV)/.deps: Makefile
 	$(PYTHON) -m venv $(SAN_VENV)
 	$(SAN_PIP) install torch==2.13.0
 	$(SAN_PIP) install "numpy>=1.23" "scikit-build-core>=0.8" "safetensors>=0.4" pytest hypothesis
