@@ -776,7 +776,8 @@ static PyObject *py_linear_int8(PyObject *self, PyObject *args, PyObject *kw) {
     int elem = (int)PyArray_ITEMSIZE(xv);
     if (!PyArray_ISALIGNED(xv) || (PyArray_DIM(xv, 1) > 1 && PyArray_STRIDE(xv, 1) != elem) ||
         (PyArray_DIM(xv, 0) > 1 && (PyArray_STRIDE(xv, 0) % elem || PyArray_STRIDE(xv, 0) < 0)))
-        x = (PyArrayObject *)PyArray_GETCONTIGUOUS(xv);
+        x = (PyArrayObject *)PyArray_FROM_OF((PyObject *)xv, NPY_ARRAY_IN_ARRAY); /* GETCONTIGUOUS keeps a
+                                                                                   misaligned C-order array */
     else {
         Py_INCREF(xv);
         x = xv;

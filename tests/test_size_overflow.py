@@ -117,3 +117,17 @@ def test_pack_int8_of_zero_rows_of_huge_width():
     # nothing to pack; the driver's chunk size (16 * k bytes per panel) overflowed int64 (UBSan)
     packed, w_sum, has_m128 = _C.pack_int8(np.empty((0, 2**61 - 1), I8))
     assert packed.shape == (0,) and w_sum.shape == (0,) and not has_m128
+
+
+@pytest.mark.parametrize("mode", ["weight_only", "dynamic"])
+def test_linear_int8_copies_misaligned_half_rows(mode):
+    # a C-contiguous float16 x one byte off its alignment was passed on as it was (GETCONTIGUOUS
+    # copies only non-contiguous arrays): misaligned uint16 loads, a UBSan report under `make sanitize`
+    x = np.random.default_rng(0).standard_normal((3, 8)).astype(np.float16)
+    buffer = np.empty(x.nbytes + 2, np.uint8)
+    misaligned = buffer[1:1 + x.nbytes].view(np.float16).reshape(x.shape)
+    misaligned[...] = x
+    assert not misaligned.flags.aligned and misaligned.flags.c_contiguous
+    packed, w_sum, has_m128 = _C.pack_int8(np.ones((2, 8), I8))
+    args = (packed, w_sum, np.ones(2, F32), np.zeros(2, I32), None, 2, has_m128)
+    np.testing.assert_array_equal(_C.linear_int8(misaligned, *args, mode=mode), _C.linear_int8(x, *args, mode=mode))
