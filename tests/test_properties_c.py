@@ -27,9 +27,10 @@ from hypothesis import strategies as st
 from mono_quant import _C, reference
 from mono_quant.int4 import unpack_int4
 
-settings.register_profile("ci", max_examples=25, deadline=None, database=None, derandomize=False,
+# fresh random examples on every run (no database); a failure prints the blob that replays it
+settings.register_profile("ci", max_examples=25, deadline=None, database=None, print_blob=True,
                           suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
-settings.register_profile("long", max_examples=3000, deadline=None,
+settings.register_profile("long", max_examples=3000, deadline=None, print_blob=True,
                           suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 _LONG = os.environ.get("MONO_QUANT_FUZZ_LONG", "")
 if _LONG.isdigit() and int(_LONG) > 1:  # MONO_QUANT_FUZZ_LONG=<examples per entry point>
