@@ -7,12 +7,12 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip --disable-pip-version-check -q
 
-.PHONY: install demo test test-isa docs bench clean wheel wheel-test aarch64-test
+.PHONY: install demo test test-isa docs bench clean wheel wheel-test aarch64-test sanitize sanitize-ci sanitize-install
 
-$(VENV)/.deps:
+$(VENV)/.deps: Makefile  # a new dependency here reaches existing venvs too
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install torch==2.13.0
-	$(PIP) install "numpy>=1.23" "scikit-build-core>=0.11" "safetensors>=0.4" pytest
+	$(PIP) install "numpy>=1.23" "scikit-build-core>=0.11" "safetensors>=0.4" pytest hypothesis
 	touch $@
 
 install: $(VENV)/.deps
@@ -74,7 +74,7 @@ wheel-test: wheel
 	mkdir -p $(WHEEL_TEST)
 	$(PYTHON) -m venv $(WHEEL_TEST)/venv
 	$(WHEEL_TEST)/venv/bin/python -m pip --disable-pip-version-check -q install torch==2.13.0
-	$(WHEEL_TEST)/venv/bin/python -m pip --disable-pip-version-check -q install dist/*.whl pytest
+	$(WHEEL_TEST)/venv/bin/python -m pip --disable-pip-version-check -q install dist/*.whl pytest hypothesis
 	cp -r tests docs tools examples benchmarks $(WHEEL_TEST)/  # what the tests read beside the package
 	printf '[pytest]\n' > $(WHEEL_TEST)/pytest.ini  # rootdir here, not the source tree
 	cd $(WHEEL_TEST) && venv/bin/python ../../tools/check_installed.py
@@ -85,5 +85,51 @@ wheel-test: wheel
 aarch64-test: install
 	X86_PYTHON=$(CURDIR)/$(PY) tools/aarch64_test.sh
 
+# `make sanitize`: _C built with ASan + UBSan (CMake option MQ_SANITIZE, every report
+# fatal) in its own venv and build folder, the kernel, io and property tests run with gcc's
+# sanitizer runtimes preloaded (the interpreter itself is not instrumented, so its leaks
+# are not ours: detect_leaks=0; huge requests return NULL so MemoryError paths run).
+# `make sanitize-ci` runs the subset .ci/run has time for.
+SAN_CC ?= gcc
+SAN_VENV := .venv-sanitize
+SAN_PY := $(SAN_VENV)/bin/python
+SAN_PIP := $(SAN_PY) -m pip --disable-pip-version-check -q
+# --capture=sys: pytest captures Python's output only, so a report the runtime writes to
+# fd 2 before it aborts the interpreter reaches the log (fd capture would swallow it).
+# ASan's "failed to allocate" warnings (MemoryError paths under allocator_may_return_null)
+# are dropped from the log; a real report is "ERROR: AddressSanitizer" or "runtime error:".
+SAN_LOG := build/sanitize.log
+SAN_ENV = LD_PRELOAD="$$($(SAN_CC) -print-file-name=libasan.so):$$($(SAN_CC) -print-file-name=libubsan.so)" \
+	ASAN_OPTIONS=detect_leaks=0:allocator_may_return_null=1:abort_on_error=1 \
+	UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 MONO_QUANT_SANITIZED=1
+# $(call run_sanitized,tests): fails on a failed or crashed test run, or on any sanitizer report
+run_sanitized = mkdir -p build && \
+	{ $(SAN_ENV) $(SAN_PY) -m pytest -q -p no:cacheprovider --capture=sys $(1) 2>&1; echo $$? > $(SAN_LOG).status; } \
+	  | grep --line-buffered -v "WARNING: AddressSanitizer failed to allocate" | tee $(SAN_LOG); \
+	reports=$$(grep -c -e "ERROR: AddressSanitizer" -e "runtime error:" $(SAN_LOG)); \
+	echo "sanitizer reports: $$reports (log: $(SAN_LOG))"; \
+	test "$$(cat $(SAN_LOG).status)" = 0 && test "$$reports" = 0
+SAN_TESTS := tests/test_quant_kernels.py tests/test_int4_kernels.py tests/test_int8_linear.py \
+	tests/test_int8_conv.py tests/test_quantize_pack.py tests/test_quantized_embedding.py \
+	tests/test_properties_c.py tests/test_size_overflow.py tests/test_io_*.py
+SAN_CI_TESTS := tests/test_properties_c.py tests/test_size_overflow.py tests/test_quant_kernels.py \
+	tests/test_int4_kernels.py tests/test_int8_conv.py tests/test_quantize_pack.py tests/test_io_errors.py
+
+$(SAN_VENV)/.deps: Makefile
+	$(PYTHON) -m venv $(SAN_VENV)
+	$(SAN_PIP) install torch==2.13.0
+	$(SAN_PIP) install "numpy>=1.23" "scikit-build-core>=0.11" "safetensors>=0.4" pytest hypothesis
+	touch $@
+
+sanitize-install: $(SAN_VENV)/.deps
+	CC=$(SAN_CC) $(SAN_PIP) install --no-build-isolation --no-deps --force-reinstall \
+		-C cmake.define.MQ_SANITIZE=ON -C build-dir=build/sanitize-{wheel_tag} .
+
+sanitize: sanitize-install
+	@$(call run_sanitized,$(SAN_TESTS))
+
+sanitize-ci: sanitize-install
+	@$(call run_sanitized,$(SAN_CI_TESTS))
+
 clean:
-	rm -rf $(VENV) $(WHEEL_VENV) build dist
+	rm -rf $(VENV) $(WHEEL_VENV) $(SAN_VENV) build dist

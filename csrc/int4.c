@@ -13,6 +13,7 @@
 #include <stdlib.h>
 
 #include "mq.h"
+#include "size_check.h"
 
 int64_t mq_q4_panel_min_m = 4;
 /* Automatic mode: int8 activations from this many rows on.  Measured with the
@@ -431,8 +432,7 @@ int mq_q4_linear(const void *x, mq_src_t kind, int64_t m, int64_t cols, const ui
     if (act_mode == 1 && !i8) i8 = mq_ref_q4_gemv_i8;
     int use_i8 = act_mode != 0 && i8 && mq_q4_int8_ok(kpad, group) && (act_mode == 1 || m >= mq_q4_int8_min_m);
     int64_t ngroups = (kpad + group - 1) / group;
-    size_t bytes = ((size_t)m * (size_t)kpad + (size_t)m * (size_t)ngroups) * sizeof(float);
-    float *xpad = aligned_alloc(64, (bytes + 63) / 64 * 64);
+    float *xpad = aligned_alloc(64, mq_alloc_bytes(mq_size_mul(m, mq_size_add(kpad, ngroups)), sizeof(float), 64));
     if (!xpad) return -1;
     float *xsum = xpad + (size_t)m * (size_t)kpad;
     size_t row_bytes = (size_t)cols * mq_src_size(kind);
@@ -447,8 +447,8 @@ int mq_q4_linear(const void *x, mq_src_t kind, int64_t m, int64_t cols, const ui
     }
     linear_ctx c = {xpad, xsum, m, kpad, group, rows, packed, scale, zero, y, 0};
     if (use_i8) {
-        int8_t *xq = aligned_alloc(64, ((size_t)m * (size_t)kpad + 63) / 64 * 64);
-        float *xscale = malloc((size_t)m * (size_t)ngroups * (sizeof(float) + sizeof(int32_t)));
+        int8_t *xq = aligned_alloc(64, mq_alloc_bytes(m, kpad, 64));
+        float *xscale = malloc(mq_alloc_bytes(mq_size_mul(m, ngroups), sizeof(float) + sizeof(int32_t), 1));
         if (!xq || !xscale) {
             free(xq);
             free(xscale);

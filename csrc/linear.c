@@ -9,6 +9,7 @@
 #include <stdlib.h>
 
 #include "mq.h"
+#include "size_check.h"
 
 /* Below this many multiply-adds per chunk, fewer threads are faster: a
  * pthread start costs ~20-50 us, waking a pool helper a few us. */
@@ -39,8 +40,9 @@ int mq_pack_int8(const int8_t *w, int64_t n, int64_t k, int8_t *packed, int32_t 
                  int nthreads) {
     const int64_t panels = mq_round_up(n, MQ_PANEL) / MQ_PANEL;
     pack_ctx c = {w, n, k, packed, w_sum, panel_m128, mq_active()->pack_panel};
-    /* ~1 MiB of weight per chunk: smaller layers stay on this thread */
-    mq_parallel_for(panels, 1 + ((int64_t)1 << 20) / (MQ_PANEL * (k > 0 ? k : 1)), nthreads, pack_range, &c);
+    /* ~1 MiB of weight per chunk: smaller layers stay on this thread (divided twice: 16 * k
+     * wraps for the k near 2^63 of a zero-row array) */
+    mq_parallel_for(panels, 1 + ((int64_t)1 << 20) / MQ_PANEL / (k > 0 ? k : 1), nthreads, pack_range, &c);
     int has_m128 = 0;
     for (int64_t p = 0; p < panels; p++) has_m128 |= panel_m128[p];
     return has_m128;
@@ -94,7 +96,7 @@ static void packed_check_range(void *vctx, int64_t p0, int64_t p1) {
 int mq_packed_check(const int8_t *packed, int64_t n, int64_t k, int32_t *sums, uint8_t *panel_flags, int nthreads) {
     const int64_t panels = mq_round_up(n, MQ_PANEL) / MQ_PANEL;
     packed_check_ctx c = {packed, n, k, sums, panel_flags};
-    mq_parallel_for(panels, 1 + ((int64_t)1 << 20) / (MQ_PANEL * (k > 0 ? k : 1)), nthreads, packed_check_range, &c);
+    mq_parallel_for(panels, 1 + ((int64_t)1 << 20) / MQ_PANEL / (k > 0 ? k : 1), nthreads, packed_check_range, &c);
     int flags = 0;
     for (int64_t p = 0; p < panels; p++) flags |= panel_flags[p];
     return flags;
@@ -222,7 +224,7 @@ int mq_linear_dynamic(const void *x, mq_src_t kind, int x_is_q, int64_t m, int64
     const mq_kernels *kt = mq_active();
     const int64_t kp = mq_round_up(k, MQ_KGROUP);
     if (m <= 0 || n <= 0) return 0;
-    uint8_t *xq = aligned_alloc(64, (size_t)mq_round_up(m * kp, 64));
+    uint8_t *xq = aligned_alloc(64, mq_alloc_bytes(m, kp, 64));
     float *x_scale = malloc((size_t)m * sizeof(float));
     int32_t *x_sum = w_zp ? malloc((size_t)m * sizeof(int32_t)) : NULL;
     int status = -1;
@@ -340,18 +342,20 @@ int mq_conv2d_dynamic(const void *x, mq_src_t kind, int64_t batch, int64_t chann
     const int64_t out_h = (height + 2 * ph - dh * (kh - 1) - 1) / sh + 1;
     const int64_t out_w = (width + 2 * pw - dw * (kw - 1) - 1) / sw + 1;
     const int64_t cg = channels / groups, k = cg * kh * kw, kp = mq_round_up(k, MQ_KGROUP);
-    const int64_t n_g = n / groups, np_g = mq_round_up(n_g, MQ_PANEL), m = batch * out_h * out_w;
+    /* m can only pass 64 bits on arguments module.c rejects; -1 then fails the allocations below */
+    const int64_t n_g = n / groups, np_g = mq_round_up(n_g, MQ_PANEL);
+    const int64_t m = mq_size_mul(mq_size_mul(batch, out_h), out_w);
     const int64_t image = channels * height * width;
     const uint8_t zero = kt->qgemm_x_u8 ? 0x80u : 0u;
     /* 1x1, stride 1, no padding, one group, k a multiple of 4: the NHWC image is the rows */
     const int direct = kh == 1 && kw == 1 && sh == 1 && sw == 1 && ph == 0 && pw == 0 && groups == 1 && kp == k;
-    if (m <= 0 || n <= 0) return 0;
-    int8_t *scratch = malloc((size_t)(batch * image));
-    uint8_t *xq = aligned_alloc(64, (size_t)mq_round_up(batch * image, 64));
-    float *image_scale = malloc((size_t)batch * sizeof(float));
-    uint8_t *rows = direct ? xq : aligned_alloc(64, (size_t)mq_round_up(m * kp, 64));
-    float *x_scale = malloc((size_t)m * sizeof(float));
-    int32_t *x_sum = w_zp ? malloc((size_t)m * sizeof(int32_t)) : NULL;
+    if (m == 0 || n <= 0) return 0;
+    int8_t *scratch = malloc(mq_alloc_bytes(batch, image, 1));
+    uint8_t *xq = aligned_alloc(64, mq_alloc_bytes(batch, image, 64));
+    float *image_scale = malloc(mq_alloc_bytes(batch, sizeof(float), 1));
+    uint8_t *rows = direct ? xq : aligned_alloc(64, mq_alloc_bytes(m, kp, 64));
+    float *x_scale = malloc(mq_alloc_bytes(m, sizeof(float), 1));
+    int32_t *x_sum = w_zp ? malloc(mq_alloc_bytes(m, sizeof(int32_t), 1)) : NULL;
     int status = -1;
     if (!scratch || !xq || !image_scale || !rows || !x_scale || (w_zp && !x_sum)) goto done;
     image_quant_ctx qc = {x, kind, channels, height * width, image_scale, scratch, xq, zero, kt};
@@ -408,7 +412,7 @@ int mq_linear_weight_only(const void *x, mq_src_t kind, int64_t m, int64_t k, in
     const float *xf = x;
     float *buffer = NULL;
     if (kind != MQ_SRC_F32 || kp != k || ldx != k) { /* fp32 rows padded to kp, as the kernels read them */
-        buffer = aligned_alloc(64, (size_t)mq_round_up(m * kp * (int64_t)sizeof(float), 64));
+        buffer = aligned_alloc(64, mq_alloc_bytes(mq_size_mul(m, kp), sizeof(float), 64));
         if (!buffer) return -1;
         for (int64_t r = 0; r < m; r++) {
             const uint8_t *row = (const uint8_t *)x + (size_t)(r * ldx) * mq_src_size(kind);

@@ -15,6 +15,7 @@
 
 #include "mq.h"
 #include "observers.h"
+#include "size_check.h"
 
 static const char *isa_names[MQ_ISA_COUNT] = {"scalar", "avx2", "avx512"};
 
@@ -102,6 +103,23 @@ static int qparam_arrays(PyObject *scale_obj, PyObject *zp_obj, npy_intp rows, P
         }
     *per_row = ns == rows && rows != 1;
     return 1;
+}
+
+/* A size computed with the mq_size_* helpers (size_check.h): -1 means that the
+ * shape or arguments make it pass 64 bits, which a raw product would wrap. */
+static int size_fits(int64_t size, const char *fname, const char *what) {
+    if (size >= 0) return 1;
+    PyErr_Format(PyExc_OverflowError, "%s: %s does not fit in 64 bits (a dimension or argument is far too large)",
+                 fname, what);
+    return 0;
+}
+
+/* The packed int8 layout's sizes for an [n, k] weight: round_up(n, 16) channels
+ * (np_) and np_ * round_up(k, 4) bytes; 0 with OverflowError set when they pass 64 bits. */
+static int packed_int8_sizes(npy_intp n, npy_intp k, const char *fname, npy_intp *np_, npy_intp *size) {
+    *np_ = mq_size_round_up(n, MQ_PANEL);
+    *size = mq_size_mul(*np_, mq_size_round_up(k, MQ_KGROUP));
+    return size_fits(*size, fname, "the packed weight's size");
 }
 
 static PyObject *bad_row_obj(int64_t bad) { return PyLong_FromLongLong((long long)bad); }
@@ -209,10 +227,13 @@ static PyObject *py_quantize_rows(PyObject *self, PyObject *args, PyObject *kw) 
             }
     }
     if (!(q = (PyArrayObject *)PyArray_EMPTY(2, PyArray_DIMS(x), qmin < 0 ? NPY_INT8 : NPY_UINT8, 0))) goto fail;
-    Py_BEGIN_ALLOW_THREADS
-    mq_rows_quantize(PyArray_DATA(x), src_kind(x), PyArray_DIM(x, 0), PyArray_DIM(x, 1), PyArray_DATA(scale),
-                     PyArray_DATA(zp), per_row, qmin, qmax, use_fma, PyArray_DATA(q), nthreads);
-    Py_END_ALLOW_THREADS
+    /* an empty array may still have ~2^63 rows of no columns: visiting them would take years */
+    if (PyArray_SIZE(q) > 0) {
+        Py_BEGIN_ALLOW_THREADS
+        mq_rows_quantize(PyArray_DATA(x), src_kind(x), PyArray_DIM(x, 0), PyArray_DIM(x, 1), PyArray_DATA(scale),
+                         PyArray_DATA(zp), per_row, qmin, qmax, use_fma, PyArray_DATA(q), nthreads);
+        Py_END_ALLOW_THREADS
+    }
     result = (PyObject *)q;
     q = NULL;
 fail:
@@ -327,10 +348,12 @@ static PyObject *py_dequantize_rows(PyObject *self, PyObject *args, PyObject *kw
     if (!qparam_arrays(s_obj, z_obj, PyArray_DIM(q, 0), &scale, &zp, &per_row)) goto fail;
     if (!(out = (PyArrayObject *)PyArray_EMPTY(2, PyArray_DIMS(q), NPY_FLOAT32, 0))) goto fail;
     int is_signed = PyArray_TYPE(q) == NPY_INT8;
-    Py_BEGIN_ALLOW_THREADS
-    mq_rows_dequantize(PyArray_DATA(q), is_signed, PyArray_DIM(q, 0), PyArray_DIM(q, 1), PyArray_DATA(scale),
-                       PyArray_DATA(zp), per_row, PyArray_DATA(out), nthreads);
-    Py_END_ALLOW_THREADS
+    if (PyArray_SIZE(out) > 0) { /* (no visit of the rows of an empty array: there may be ~2^63) */
+        Py_BEGIN_ALLOW_THREADS
+        mq_rows_dequantize(PyArray_DATA(q), is_signed, PyArray_DIM(q, 0), PyArray_DIM(q, 1), PyArray_DATA(scale),
+                           PyArray_DATA(zp), per_row, PyArray_DATA(out), nthreads);
+        Py_END_ALLOW_THREADS
+    }
     result = (PyObject *)out;
     out = NULL;
 fail:
@@ -400,8 +423,8 @@ static PyObject *py_pack_int8(PyObject *self, PyObject *args, PyObject *kw) {
     if (!PyArg_ParseTupleAndKeywords(args, kw, "O|iO:pack_int8", kwlist, &w_obj, &nthreads, &out_obj)) return NULL;
     if (!check_threads(nthreads)) return NULL;
     if (!(w = contiguous_array(w_obj, "w", i8, 1, 2, "int8"))) goto fail;
-    npy_intp n = PyArray_DIM(w, 0), k = PyArray_DIM(w, 1);
-    npy_intp np_ = mq_round_up(n, MQ_PANEL), size = np_ * mq_round_up(k, MQ_KGROUP);
+    npy_intp n = PyArray_DIM(w, 0), k = PyArray_DIM(w, 1), np_, size;
+    if (!packed_int8_sizes(n, k, "pack_int8", &np_, &size)) goto fail;
     if (!packed_outputs(out_obj, "pack_int8", size, np_, &packed, &w_sum)) goto fail;
     npy_intp panels = np_ / MQ_PANEL;
     if (!(scratch = (PyArrayObject *)PyArray_EMPTY(1, &panels, NPY_UINT8, 0))) goto fail;
@@ -484,7 +507,9 @@ static void qpack_outputs_clear(qpack_outputs *o) {
 
 static int qpack_outputs_new(qpack_outputs *o, PyObject *out_obj, const char *fname, npy_intp n, npy_intp k,
                              int with_error) {
-    npy_intp np_ = mq_round_up(n, MQ_PANEL), size = np_ * mq_round_up(k, MQ_KGROUP), panels = np_ / MQ_PANEL;
+    npy_intp np_, size;
+    if (!packed_int8_sizes(n, k, fname, &np_, &size)) return 0;
+    npy_intp panels = np_ / MQ_PANEL;
     if (!packed_outputs(out_obj, fname, size, np_, &o->packed, &o->w_sum)) return 0;
     if (!(o->scale = (PyArrayObject *)PyArray_EMPTY(1, &n, NPY_FLOAT32, 0))) return 0;
     if (!(o->zp = (PyArrayObject *)PyArray_EMPTY(1, &n, NPY_INT32, 0))) return 0;
@@ -644,12 +669,18 @@ static int linear_weight_arrays(PyObject *packed_obj, PyObject *w_sum_obj, PyObj
                      (Py_ssize_t)groups);
         return 0;
     }
-    npy_intp np_ = groups * mq_round_up(n / groups, MQ_PANEL); /* each group's block is padded on its own */
+    /* each group's block is padded on its own */
+    npy_intp np_ = mq_size_mul(groups, mq_size_round_up(n / groups, MQ_PANEL));
+    npy_intp packed_size = mq_size_mul(np_, mq_size_round_up(k, MQ_KGROUP));
+    if (packed_size < 0) {
+        PyErr_Format(PyExc_OverflowError, "out_features = %zd (groups = %zd) is far too large: the packed weight's "
+                     "size does not fit in 64 bits", (Py_ssize_t)n, (Py_ssize_t)groups);
+        return 0;
+    }
     if (!(*packed = contiguous_array(packed_obj, "packed", i8, 1, 1, "int8"))) return 0;
-    if (PyArray_DIM(*packed, 0) != np_ * mq_round_up(k, MQ_KGROUP)) {
+    if (PyArray_DIM(*packed, 0) != packed_size) {
         PyErr_Format(PyExc_ValueError, "packed has %zd bytes, expected %zd for a [%zd, %zd] weight",
-                     (Py_ssize_t)PyArray_DIM(*packed, 0), (Py_ssize_t)(np_ * mq_round_up(k, MQ_KGROUP)),
-                     (Py_ssize_t)n, (Py_ssize_t)k);
+                     (Py_ssize_t)PyArray_DIM(*packed, 0), (Py_ssize_t)packed_size, (Py_ssize_t)n, (Py_ssize_t)k);
         return 0;
     }
     if (w_sum_obj) {
@@ -746,7 +777,8 @@ static PyObject *py_linear_int8(PyObject *self, PyObject *args, PyObject *kw) {
     int elem = (int)PyArray_ITEMSIZE(xv);
     if (!PyArray_ISALIGNED(xv) || (PyArray_DIM(xv, 1) > 1 && PyArray_STRIDE(xv, 1) != elem) ||
         (PyArray_DIM(xv, 0) > 1 && (PyArray_STRIDE(xv, 0) % elem || PyArray_STRIDE(xv, 0) < 0)))
-        x = (PyArrayObject *)PyArray_GETCONTIGUOUS(xv);
+        x = (PyArrayObject *)PyArray_FROM_OF((PyObject *)xv, NPY_ARRAY_IN_ARRAY); /* GETCONTIGUOUS keeps a
+                                                                                   misaligned C-order array */
     else {
         Py_INCREF(xv);
         x = xv;
@@ -754,6 +786,8 @@ static PyObject *py_linear_int8(PyObject *self, PyObject *args, PyObject *kw) {
     if (!x) return NULL;
     npy_intp m = PyArray_DIM(x, 0), k = PyArray_DIM(x, 1);
     npy_intp ldx = m > 1 ? PyArray_STRIDE(x, 0) / elem : k;
+    /* rows of a broadcast x cost nothing here, but the driver's int8 copy has m * round_up(k, 4) bytes */
+    if (!size_fits(mq_size_mul(m, mq_size_round_up(k, MQ_KGROUP)), "linear_int8", "rows x in_features")) goto fail;
     if (!linear_weight_arrays(packed_obj, w_sum_obj, scale_obj, zp_obj, bias_obj, n, k, 1, &packed, &w_sum, &scale,
                               &zp, &bias))
         goto fail;
@@ -857,7 +891,15 @@ static PyObject *py_conv2d_int8(PyObject *self, PyObject *args, PyObject *kw) {
     if (!linear_weight_arrays(packed_obj, w_sum_obj, scale_obj, zp_obj, bias_obj, n, k_conv,
                               groups, &packed, &w_sum, &scale, &zp, &bias))
         goto fail;
-    npy_intp dims[2] = {batch * out_h * out_w, n};
+    /* output rows and the int8 im2col buffer: products of the batch and the padded image sizes */
+    npy_intp m = mq_size_mul(mq_size_mul(batch, out_h), out_w);
+    if (m < 0 || mq_size_mul(m, mq_size_round_up(k_conv, MQ_KGROUP)) < 0) {
+        PyErr_Format(PyExc_OverflowError, "conv2d_int8: %zd images of %zd x %zd output pixels (x %zd inputs each) "
+                     "do not fit in 64-bit sizes; reduce the batch or the padding", (Py_ssize_t)batch,
+                     (Py_ssize_t)out_h, (Py_ssize_t)out_w, (Py_ssize_t)k_conv);
+        goto fail;
+    }
+    npy_intp dims[2] = {m, n};
     if (!(y = (PyArrayObject *)PyArray_EMPTY(2, dims, NPY_FLOAT32, 0))) goto fail;
     int status;
     mq_src_t kind = src_kind(x);
@@ -1052,9 +1094,11 @@ static int q4_weight_arrays(PyObject *p_obj, PyObject *s_obj, PyObject *z_obj, l
     if (!(*scale = contiguous_array(s_obj, "scale", h16, 3, 2, "float16 (or its int16 bits)"))) return 0;
     if (!(*zero = contiguous_array(z_obj, "zero_point", u8, 1, 2, "uint8"))) return 0;
     npy_intp rows = PyArray_DIM(*packed, 0), ngroups = PyArray_DIM(*scale, 1);
-    long long kpad = (long long)PyArray_DIM(*packed, 1) * 2;
+    /* a uint8 dimension of a zero-row array can be near 2^63: twice it would wrap */
+    long long kpad = mq_size_mul(PyArray_DIM(*packed, 1), 2), padded = mq_size_round_up(kpad, group);
+    if (!size_fits(padded, "int4 weight", "the packed row length")) return 0;
     if (PyArray_DIM(*scale, 0) != rows || PyArray_DIM(*zero, 0) != rows || PyArray_DIM(*zero, 1) != ngroups ||
-        kpad % MQ_Q4_BLOCK != 0 || (long long)ngroups != (kpad + group - 1) / group) {
+        kpad % MQ_Q4_BLOCK != 0 || (long long)ngroups != padded / group) {
         PyErr_Format(PyExc_ValueError,
                      "inconsistent int4 weight: packed %zdx%zd, scale %zdx%zd, zero_point %zdx%zd with group %lld "
                      "(need packed [rows, kpad/2] with kpad a multiple of 32, scale and zero_point "
@@ -1064,7 +1108,7 @@ static int q4_weight_arrays(PyObject *p_obj, PyObject *s_obj, PyObject *z_obj, l
                      group);
         return 0;
     }
-    if (cols <= kpad - MQ_Q4_BLOCK || cols > kpad) {
+    if (cols < 0 || cols <= kpad - MQ_Q4_BLOCK || cols > kpad) {
         PyErr_Format(PyExc_ValueError, "cols = %lld does not match a packed row of %lld codes", cols, kpad);
         return 0;
     }
@@ -1102,8 +1146,9 @@ static PyObject *py_q4_quantize(PyObject *self, PyObject *args, PyObject *kw) {
         PyErr_SetString(PyExc_ValueError, "x has no columns to quantize");
         goto fail;
     }
-    npy_intp kpad = (cols + MQ_Q4_BLOCK - 1) / MQ_Q4_BLOCK * MQ_Q4_BLOCK;
-    npy_intp ngroups = (npy_intp)((kpad + group - 1) / group);
+    npy_intp kpad = mq_size_round_up(cols, MQ_Q4_BLOCK), padded = mq_size_round_up(kpad, group);
+    if (!size_fits(padded, "q4_quantize", "the padded row length")) goto fail;
+    npy_intp ngroups = padded / group;
     npy_intp pdims[2] = {rows, kpad / 2}, gdims[2] = {rows, ngroups};
     if (!(packed = (PyArrayObject *)PyArray_ZEROS(2, pdims, NPY_UINT8, 0))) goto fail;
     if (!(scale = (PyArrayObject *)PyArray_ZEROS(2, gdims, NPY_FLOAT16, 0))) goto fail;
@@ -1196,7 +1241,11 @@ static PyObject *py_q4_linear(PyObject *self, PyObject *args, PyObject *kw) {
     }
     if (!(x = contiguous_array(x_obj, "x", xtypes, 3, 2, "float32 or int16/uint16 (bf16 bits)"))) goto fail;
     if (!q4_weight_arrays(p_obj, s_obj, z_obj, PyArray_DIM(x, 1), group, &packed, &scale, &zero)) goto fail;
-    npy_intp rows = PyArray_DIM(packed, 0);
+    npy_intp rows = PyArray_DIM(packed, 0), kpad = PyArray_DIM(packed, 1) * 2; /* checked above */
+    /* the driver's fp32 copy of x: m rows of kpad values and one sum per group */
+    if (!size_fits(mq_size_mul(mq_size_mul(PyArray_DIM(x, 0), mq_size_add(kpad, PyArray_DIM(scale, 1))),
+                               (int64_t)sizeof(float)), "q4_linear", "the activation buffer"))
+        goto fail;
     if (act_mode == 1 && !mq_q4_int8_ok(PyArray_DIM(packed, 1) * 2, group)) {
         PyErr_Format(PyExc_ValueError,
                      "int8 activations need group and the padded row (%zd) to be multiples of 128, group <= 4096; "

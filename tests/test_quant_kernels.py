@@ -1,5 +1,7 @@
 """C quantization kernels: every ISA level vs the scalar reference and vs torch,
 on odd shapes, extremes and bad input (which must raise, never crash)."""
+import os
+
 import numpy as np
 import pytest
 import torch
@@ -222,6 +224,8 @@ def _rss_kib() -> int:
     return 0
 
 
+@pytest.mark.skipif(bool(os.environ.get("MONO_QUANT_SANITIZED")),
+                    reason="ASan's quarantine keeps freed memory resident: RSS says nothing under `make sanitize`")
 def test_no_reference_leaks_in_the_c_layer():
     x = np.random.default_rng(0).standard_normal((64, 256)).astype(np.float32)
     s, z = np.ones(64, np.float32), np.zeros(64, np.int32)

@@ -47,7 +47,7 @@ def minmax(x, mn: np.ndarray, mx: np.ndarray, channel_axis=None, reference: bool
         if a.ndim < 2 or channel_axis != 1:
             raise ValueError(f"per-channel statistics need channel_axis=1 and a tensor of rank >= 2, "
                              f"got channel_axis={channel_axis} and shape {tuple(a.shape)}")
-        v = a.reshape(a.shape[0], a.shape[1], -1)
+        v = a.reshape(a.shape[0], a.shape[1], int(np.prod(a.shape[2:])))  # -1 fails on empty arrays
     return _C.obs_minmax(v, mn, mx, reference=reference)
 
 
