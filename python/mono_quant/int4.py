@@ -36,6 +36,7 @@ __all__ = [
     "set_int8_activations",
     "check_group_size",
     "check_method",
+    "BLAS_MIN_ROWS",
 ]
 
 #: Rounding methods: plain round-to-nearest; an MSE-optimal range search per
@@ -179,6 +180,12 @@ def quantize_int4_rows(rows: torch.Tensor, group_size: Optional[int], symmetric:
 
 
 _C_ACTIVATIONS = (torch.float32, torch.bfloat16)
+
+# Rows (of x reshaped to 2-D) from which int4_linear dequantizes the whole weight once
+# per call (the C kernel) and runs torch's BLAS instead of the packed kernels, per kernel
+# level: measured with benchmarks/bench_models.py --crossover.  A rule on the shape,
+# never a timing, so the same input always takes the same path.
+BLAS_MIN_ROWS = {"scalar": 1 << 62, "avx2": 256, "avx512": 1 << 62}
 _INT8_ACTIVATIONS = {"enabled": True}
 
 
@@ -214,6 +221,10 @@ def int4_linear(x: torch.Tensor, weight: Int4Weight, bias: Optional[torch.Tensor
         b = None if bias is None else bias.float()
         return F.linear(x.float(), w, b).to(x.dtype)
     x2 = x.detach().reshape(-1, in_features)
+    if x2.shape[0] >= BLAS_MIN_ROWS[_C.get_isa()]:
+        b = None if bias is None else bias.detach().float()
+        y = F.linear(x2.float(), weight.dequantize(torch.float32), b)
+        return y.reshape(*x.shape[:-1], out_features).to(x.dtype)
     if x2.dtype not in _C_ACTIVATIONS:
         x2 = x2.float()
     b = None if bias is None else bias.detach().float().contiguous().numpy()
