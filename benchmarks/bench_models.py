@@ -19,7 +19,7 @@ faster).  ONNX Runtime is optional (``pip install .[bench]``); without it
 that column is empty.
 
 Usage: python benchmarks/bench_models.py [--quick] [--threads 2,1] [--isa avx512,avx2]
-                                         [--repeats N] [--cases bert384-128,cnn32x8-b1,...]
+                                         [--budget S] [--cases bert384-128,cnn32x8-b1,...] [--crossover]
 """
 from __future__ import annotations
 
@@ -160,7 +160,7 @@ def cosine(a: torch.Tensor, b: torch.Tensor) -> float:
     return float(F.cosine_similarity(a.reshape(1, -1).double(), b.reshape(1, -1).double()))
 
 
-def run_case(name, threads, isas, repeats, use_ort):
+def run_case(name, threads, isas, use_ort, budget_s):
     model, x = build_case(name)
     quantized = {label: mq.quantize(model, **kw).model.eval() for label, kw in MQ_VARIANTS.items()}
     fbgemm = fbgemm_model(model)
@@ -181,10 +181,13 @@ def run_case(name, threads, isas, repeats, use_ort):
                         contenders["fbgemm dyn"] = lambda: fbgemm(x)
                     if n in sessions:
                         contenders["ORT int8 dyn"] = lambda s=sessions[n]: s.run(None, {"x": x_np})
-                    # the slowest case gets fewer rounds: its spread is small next to its time
+                    # rounds from a time budget: fast cases get hundreds (on a loaded machine the
+                    # median needs them), the slowest at least 5
                     t0 = time.perf_counter()
-                    model(x)
-                    rounds = repeats if time.perf_counter() - t0 < 0.2 else max(5, repeats // 3)
+                    for fn in contenders.values():
+                        fn()
+                    round_s = time.perf_counter() - t0
+                    rounds = int(min(max(budget_s / max(round_s, 1e-6), 5), 400))
                     times = rotated(contenders, rounds, warmup=2)
                     stats = {label: summary(samples) for label, samples in times.items()}
                     base = stats["fp32"]["median_us"]
@@ -289,7 +292,9 @@ def main():
     parser.add_argument("--cases", default=None, help="comma-separated case names (see build_case)")
     parser.add_argument("--threads", default="2,1")
     parser.add_argument("--isa", default=None, help="comma-separated kernel levels; default: the best, then avx2")
-    parser.add_argument("--repeats", type=int, default=15)
+    parser.add_argument("--repeats", type=int, default=15, help="rounds of the --crossover sweep")
+    parser.add_argument("--budget", type=float, default=10.0,
+                        help="seconds of timed rounds per case, level and thread count (5 rounds at least)")
     parser.add_argument("--no-ort", action="store_true")
     parser.add_argument("--out", default="bench_models")
     parser.add_argument("--crossover", action="store_true",
@@ -310,7 +315,7 @@ def main():
     print_header()
     rows = []
     for name in cases:
-        rows += run_case(name, threads, isas, args.repeats, not args.no_ort)
+        rows += run_case(name, threads, isas, not args.no_ort, args.budget)
     try:
         import onnxruntime
 

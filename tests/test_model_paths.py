@@ -163,3 +163,21 @@ def test_quantize_and_run_under_inference_mode():
     with torch.inference_mode():
         qmodel = mq.quantize(model).model
         assert torch.equal(qmodel(x), expected)
+
+
+def test_small_weight_kept_for_the_float_paths_follows_its_buffers():
+    torch.manual_seed(7)
+    conv = mq.quantize(nn.Conv2d(3, 8, 3, padding=1)).model  # K = 27: F.conv2d on the dequantized weight
+    x = torch.randn(1, 3, 6, 6)
+    with torch.no_grad():
+        first = conv(x)
+        assert torch.equal(conv(x), first)
+        conv.weight_scale.mul_(2)  # in place: the kept float weight must follow
+        doubled = conv(x)
+        ref = F.conv2d(x, conv.dequantized_weight(), conv.bias, padding=1)
+    assert _close(doubled, ref) and not torch.equal(doubled, first)
+    int4_conv = mq.quantize(nn.Conv2d(4, 8, 3), dtype="int4").model
+    with torch.no_grad():
+        before = int4_conv(torch.ones(1, 4, 5, 5))
+        int4_conv.weight_scale.zero_()
+        assert not torch.equal(int4_conv(torch.ones(1, 4, 5, 5)), before)

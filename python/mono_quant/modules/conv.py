@@ -8,7 +8,8 @@ from torch import nn
 from .. import _C, kernels
 from ..packing import can_pack, pack_int8_linear
 from ..qtypes import QTYPES
-from .linear import ACTIVATION_MODES, _format_of, _kernel_takes, dequantized_packed, kernel_args, packed_linear
+from .linear import (ACTIVATION_MODES, _format_of, _kernel_takes, dequantized_packed, float_weight, kernel_args,
+                     packed_linear)
 from .registry import QuantizedModule, register_qmodule
 
 __all__ = ["QuantizedConv2d", "DYNAMIC_MIN_K", "DYNAMIC_CHUNK_BYTES"]
@@ -149,13 +150,16 @@ class QuantizedConv2d(QuantizedModule):
                 if self._packed_pays(x):
                     return self._packed_conv(x, *packed).to(x.dtype)
                 b = self.bias
-                return self._conv(x.float(), self._dequantized_packed(packed[0]),
-                                  None if b is None else b.float()).to(x.dtype)
+                w = float_weight(self, self._weight_numel(), lambda: self._dequantized_packed(packed[0]), packed)
+                return self._conv(x.float(), w, None if b is None else b.float()).to(x.dtype)
         if self.qtype.kind == "int":
-            w = self.dequantized_weight(torch.float32).to(x.device)
+            w = float_weight(self, self._weight_numel(), lambda: self.dequantized_weight(torch.float32)).to(x.device)
             b = None if self.bias is None else self.bias.float()
             return self._conv(x.float(), w, b).to(x.dtype)
         return self._conv(x, self.weight.to(x.dtype), None if self.bias is None else self.bias.to(x.dtype))
+
+    def _weight_numel(self) -> int:
+        return self.out_channels * (self.in_channels // self.groups) * self.kernel_size[0] * self.kernel_size[1]
 
     def _dequantized_packed(self, info: dict) -> torch.Tensor:
         """The float32 weight ``[out, in/groups, kh, kw]`` straight from the packed buffers

@@ -14,8 +14,8 @@ from ..qtypes import QTYPES
 from ..int4 import int4_linear
 from .registry import QuantizedModule, register_qmodule
 
-__all__ = ["QuantizedLinear", "ACTIVATION_MODES", "BLAS_MIN_ROWS", "blas_min_rows", "dequantized_packed",
-           "kernel_args", "packed_linear"]
+__all__ = ["QuantizedLinear", "ACTIVATION_MODES", "BLAS_MIN_ROWS", "SMALL_WEIGHT_ELEMENTS", "blas_min_rows",
+           "dequantized_packed", "float_weight", "kernel_args", "packed_linear"]
 
 # "dynamic": activations quantized to int8 per row at each call, integer
 # matmul; None: weight-only (float activations x int8 weights)
@@ -158,6 +158,38 @@ def kernel_args(module: QuantizedModule):
     result = None if info is None else (info, *_build_args(module, info))
     _KERNEL_ARGS[module] = (key, result)
     return result
+
+
+# A layer whose dequantized float32 weight is at most this many elements (64 KiB) keeps
+# it, for the paths that run torch's ops on the dequantized weight: for such a weight
+# the per-call dequantization (a few torch and C calls, ~10-30 us) costs as much as the
+# product itself (a first conv on RGB, a small classifier head, the convs of a small
+# CNN); 64 KiB per layer is little next to the activations of any model that has such
+# layers.  Larger weights are dequantized per call and dropped.
+SMALL_WEIGHT_ELEMENTS = 16384
+_SMALL_WEIGHTS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+
+
+def float_weight(module: QuantizedModule, numel: int, dequantize, packed=None) -> torch.Tensor:
+    """``dequantize()`` (the module's float32 weight, ``numel`` elements), kept per module
+    when ``numel <= SMALL_WEIGHT_ELEMENTS`` until one of its buffers changes.  ``packed``:
+    the module's kernel_args, whose identity then stands for its buffers (kernel_args
+    rebuilds them when a buffer changes), else the buffers are compared as kernel_args does."""
+    if numel > SMALL_WEIGHT_ELEMENTS:
+        return dequantize()
+    cached = _SMALL_WEIGHTS.get(module)
+    if packed is not None:
+        if cached is not None and cached[0] is packed:
+            return cached[1]
+        key = packed
+    else:
+        key = tuple([(name, id(t), _version(t), t.data_ptr()) for name, t in module._buffers.items()
+                     if t is not None])
+        if cached is not None and cached[0] == key:
+            return cached[1]
+    weight = dequantize()
+    _SMALL_WEIGHTS[module] = (key, weight)
+    return weight
 
 
 def _version(t: torch.Tensor) -> int:
