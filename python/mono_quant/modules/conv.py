@@ -8,11 +8,21 @@ from torch import nn
 from .. import _C, kernels
 from ..packing import can_pack, pack_int8_linear
 from ..qtypes import QTYPES
-from .linear import (ACTIVATION_MODES, _format_of, _kernel_takes, dequantized_packed, float_weight, kernel_args,
-                     packed_linear)
+from .linear import (ACTIVATION_MODES, _format_of, _kernel_takes, _max_in_features, dequantized_packed, float_weight,
+                     kernel_args, packed_linear)
 from .registry import QuantizedModule, register_qmodule
 
 __all__ = ["QuantizedConv2d", "DYNAMIC_MIN_K", "DYNAMIC_CHUNK_BYTES"]
+
+# Dynamic int8 convs with a reduction (in_channels/groups * kh * kw) shorter than this run
+# F.conv2d on the weight dequantized per call (see QuantizedConv2d._packed_pays).
+DYNAMIC_MIN_K = 64
+# Bytes of int8 im2col rows per dynamic conv call: larger batches go through in chunks of
+# images (see QuantizedConv2d._dynamic_conv); about what the L2 keeps beside the weight.
+DYNAMIC_CHUNK_BYTES = 1 << 20
+
+# integer formats whose weights can be packed for the int8 kernels (int4 has its own storage)
+_PACKABLE_FORMATS = frozenset(name for name, q in QTYPES.items() if q.kind == "int" and name != "int4")
 
 
 @register_qmodule(nn.Conv2d)
@@ -146,9 +156,10 @@ class QuantizedConv2d(QuantizedModule):
             packed = kernel_args(self)
             if (packed is not None and x.dim() == 4 and not isinstance(self.padding, str)
                     and x.shape[1] == self.in_channels and _kernel_takes(x, x.shape[-1])
-                    and packed[0]["in_features"] <= _max_k()):
+                    and packed[0]["in_features"] <= _max_in_features()):
                 if self._packed_pays(x):
-                    return self._packed_conv(x, *packed).to(x.dtype)
+                    y = self._packed_conv(x, *packed)
+                    return y if x.dtype == torch.float32 else y.to(x.dtype)
                 b = self.bias
                 w = float_weight(self, self._weight_numel(), lambda: self._dequantized_packed(packed[0]), packed)
                 return self._conv(x.float(), w, None if b is None else b.float()).to(x.dtype)
@@ -156,7 +167,10 @@ class QuantizedConv2d(QuantizedModule):
             w = float_weight(self, self._weight_numel(), lambda: self.dequantized_weight(torch.float32)).to(x.device)
             b = None if self.bias is None else self.bias.float()
             return self._conv(x.float(), w, b).to(x.dtype)
-        return self._conv(x, self.weight.to(x.dtype), None if self.bias is None else self.bias.to(x.dtype))
+        w = self.weight
+        if w.dtype != x.dtype:
+            w = w.to(x.dtype) if x.dtype != torch.float32 else float_weight(self, w.numel(), lambda: w.float())
+        return self._conv(x, w.to(x.device), None if self.bias is None else self.bias.to(x.dtype))
 
     def _weight_numel(self) -> int:
         return self.out_channels * (self.in_channels // self.groups) * self.kernel_size[0] * self.kernel_size[1]
@@ -174,20 +188,3 @@ class QuantizedConv2d(QuantizedModule):
         return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, "
                 f"padding={self.padding}, groups={self.groups}, " + super().extra_repr()
                 + (f", activations={self.activations}" if self.qtype.kind == "int" else ""))
-
-
-# Dynamic int8 convs with a reduction (in_channels/groups * kh * kw) shorter than this run
-# F.conv2d on the weight dequantized per call (see QuantizedConv2d._packed_pays).
-DYNAMIC_MIN_K = 64
-# Bytes of int8 im2col rows per dynamic conv call: larger batches go through in chunks of
-# images (see QuantizedConv2d._dynamic_conv); about what the L2 keeps beside the weight.
-DYNAMIC_CHUNK_BYTES = 1 << 20
-
-# integer formats whose weights can be packed for the int8 kernels (int4 has its own storage)
-_PACKABLE_FORMATS = frozenset(name for name, q in QTYPES.items() if q.kind == "int" and name != "int4")
-
-
-def _max_k() -> int:
-    from .linear import _max_in_features
-
-    return _max_in_features()
