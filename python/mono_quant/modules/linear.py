@@ -152,7 +152,11 @@ def kernel_args(module: QuantizedModule):
     usable packed weight (see packing.packed_info)."""
     bufs = module._buffers
     # data_ptr too: .data = ... or share_memory_() swap a buffer's storage in place
-    key = tuple([(id(t), _version(t), t.data_ptr()) if t is not None else None for t in map(bufs.get, _ARG_BUFFERS)])
+    try:  # (every call of every layer comes here: one list comprehension, no helper calls)
+        key = tuple([(id(t), t._version, t.data_ptr()) if t is not None else None for t in map(bufs.get, _ARG_BUFFERS)])
+    except RuntimeError:  # a tensor made under torch.inference_mode has no version counter
+        key = tuple([(id(t), _version(t), t.data_ptr()) if t is not None else None
+                     for t in map(bufs.get, _ARG_BUFFERS)])
     cached = _KERNEL_ARGS.get(module)
     if cached is not None and cached[0] == key:
         return cached[1]
@@ -162,13 +166,13 @@ def kernel_args(module: QuantizedModule):
     return result
 
 
-# A layer whose dequantized float32 weight is at most this many elements (64 KiB) keeps
+# A layer whose dequantized float32 weight is at most this many elements (256 KiB) keeps
 # it, for the paths that run torch's ops on the dequantized weight: for such a weight
 # the per-call dequantization (a few torch and C calls, ~10-30 us) costs as much as the
 # product itself (a first conv on RGB, a small classifier head, the convs of a small
-# CNN); 64 KiB per layer is little next to the activations of any model that has such
+# CNN); 256 KiB per layer is little next to the activations of any model that has such
 # layers.  Larger weights are dequantized per call and dropped.
-SMALL_WEIGHT_ELEMENTS = 16384
+SMALL_WEIGHT_ELEMENTS = 65536
 _SMALL_WEIGHTS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 
 
