@@ -128,30 +128,34 @@ def test_dynamic_conv_in_chunks_is_bit_identical(monkeypatch):
     conv = mq.quantize(nn.Conv2d(16, 24, 3, padding=1, stride=2)).model
     x = torch.randn(5, 16, 9, 11)
     x[2] = 0
+    packed = kernel_args(conv)
     with torch.no_grad():
-        whole = conv(x)
+        whole = conv._packed_conv(x, *packed)
         for nthreads in (1, 2):
             previous = torch.get_num_threads()
             torch.set_num_threads(nthreads)
             try:
                 for chunk in (1, 16 * 5 * 6 * 2):  # one image, then two, per call
                     monkeypatch.setattr(conv_module, "DYNAMIC_CHUNK_BYTES", chunk)
-                    assert torch.equal(conv(x), whole)
+                    assert torch.equal(conv._packed_conv(x, *packed), whole)
             finally:
                 torch.set_num_threads(previous)
                 monkeypatch.setattr(conv_module, "DYNAMIC_CHUNK_BYTES", 1 << 20)
 
 
-def test_short_reduction_dynamic_conv_runs_fp32_on_the_dequantized_weight():
+def test_small_dynamic_conv_runs_fp32_on_the_dequantized_weight():
     torch.manual_seed(5)
     first = mq.quantize(nn.Conv2d(3, 16, 3, padding=1)).model  # K = 27 < DYNAMIC_MIN_K
     deeper = mq.quantize(nn.Conv2d(16, 16, 3, padding=1)).model  # K = 144
-    x, y = torch.randn(2, 3, 8, 8), torch.randn(2, 16, 8, 8)
+    x, y = torch.randn(2, 3, 16, 16), torch.randn(2, 16, 16, 16)  # 590k multiply-adds per image
+    small = torch.randn(64, 16, 8, 8)  # 147k per image: too few, whatever the batch
     assert not first._packed_pays(x) and deeper._packed_pays(y)
+    assert not deeper._packed_pays(small) and not deeper._packed_pays(small[:1])
     with torch.no_grad():
         ref = F.conv2d(x, first.dequantized_weight(), first.bias, padding=1)
         assert _close(first(x), ref)
         assert torch.equal(deeper(y), deeper._packed_conv(y, *kernel_args(deeper)))
+        assert _close(deeper(small), F.conv2d(small, deeper.dequantized_weight(), deeper.bias, padding=1))
 
 
 def test_quantize_and_run_under_inference_mode():

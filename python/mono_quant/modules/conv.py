@@ -12,11 +12,13 @@ from .linear import (ACTIVATION_MODES, _format_of, _kernel_takes, _max_in_featur
                      kernel_args, packed_linear)
 from .registry import QuantizedModule, register_qmodule
 
-__all__ = ["QuantizedConv2d", "DYNAMIC_MIN_K", "DYNAMIC_CHUNK_BYTES"]
+__all__ = ["QuantizedConv2d", "DYNAMIC_MIN_K", "DYNAMIC_MIN_MACS_PER_IMAGE", "DYNAMIC_CHUNK_BYTES"]
 
-# Dynamic int8 convs with a reduction (in_channels/groups * kh * kw) shorter than this run
-# F.conv2d on the weight dequantized per call (see QuantizedConv2d._packed_pays).
+# Dynamic int8 convs with a reduction (in_channels/groups * kh * kw) shorter than this, or
+# fewer multiply-adds per image, run F.conv2d on the dequantized weight (see
+# QuantizedConv2d._packed_pays).
 DYNAMIC_MIN_K = 64
+DYNAMIC_MIN_MACS_PER_IMAGE = 1 << 18
 # Bytes of int8 im2col rows per dynamic conv call: larger batches go through in chunks of
 # images (see QuantizedConv2d._dynamic_conv); about what the L2 keeps beside the weight.
 DYNAMIC_CHUNK_BYTES = 1 << 20
@@ -137,15 +139,24 @@ class QuantizedConv2d(QuantizedModule):
     def _packed_pays(self, x: torch.Tensor) -> bool:
         """Whether the packed kernels beat F.conv2d on the weight dequantized per call.
         Dynamic: unless the reduction is short (in_channels/groups * kh * kw below
-        DYNAMIC_MIN_K, e.g. a first conv on RGB): the int8 GEMM's fixed costs (quantizing
-        and copying the image, the NHWC result) then outweigh its few multiply-adds
-        (bench_models.py: 2-10x slower than fp32 at K = 27).  Weight-only convs with many
+        DYNAMIC_MIN_K, e.g. a first conv on RGB) or an image needs fewer than
+        DYNAMIC_MIN_MACS_PER_IMAGE multiply-adds (a 16-channel conv on 8x8): the int8
+        GEMM's fixed costs (quantizing and copying the image, the NHWC result, ~12 us
+        of Python and C per call) then outweigh its few multiply-adds (bench_models.py:
+        2-10x slower than fp32 at K = 27, 1.2-1.5x at 150k multiply-adds per image).
+        Both rules look at one image, never the batch size.  Weight-only convs with many
         output pixels per output channel are faster as F.conv2d on the dequantized
         weight: the fp32 im2col (kh*kw times the input) costs more than dequantizing the
         weight (bench_conv.py: the packed weight-only path wins below about
         out_channels/8 output pixels)."""
         if self.activations == "dynamic":
-            return self.in_channels // self.groups * self.kernel_size[0] * self.kernel_size[1] >= DYNAMIC_MIN_K
+            k = self.in_channels // self.groups * self.kernel_size[0] * self.kernel_size[1]
+            if k < DYNAMIC_MIN_K:
+                return False
+            pixels = 1  # per image, so an image's result never depends on the batch it came in
+            for size, kk, st, p, d in zip(x.shape[2:], self.kernel_size, self.stride, self.padding, self.dilation):
+                pixels *= (size + 2 * p - d * (kk - 1) - 1) // st + 1
+            return pixels * k * (self.out_channels // self.groups) >= DYNAMIC_MIN_MACS_PER_IMAGE
         pixels = x.shape[0]
         for size, k, s, p, d in zip(x.shape[2:], self.kernel_size, self.stride, self.padding, self.dilation):
             pixels *= (size + 2 * p - d * (k - 1) - 1) // s + 1
