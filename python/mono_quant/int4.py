@@ -183,9 +183,12 @@ _C_ACTIVATIONS = (torch.float32, torch.bfloat16)
 
 # Rows (of x reshaped to 2-D) from which int4_linear dequantizes the whole weight once
 # per call (the C kernel) and runs torch's BLAS instead of the packed kernels, per kernel
-# level: measured with benchmarks/bench_models.py --crossover.  A rule on the shape,
-# never a timing, so the same input always takes the same path.
-BLAS_MIN_ROWS = {"scalar": 1 << 62, "avx2": 256, "avx512": 1 << 62}
+# level.  A rule on the shape, never a timing, so the same input always takes the same
+# path.  Off everywhere today: benchmarks/bench_models.py --crossover found the packed
+# kernels ahead of dequantize + BLAS at every row count on AVX-512 (0.3-0.45x vs ~1.0x
+# fp32) and on AVX2 for 4 of 6 BERT shapes (0.74-0.93x vs 1.0-1.07x); the two with 384
+# outputs lose by 0.03-0.13x from 64 rows, too little for a rule of its own.
+BLAS_MIN_ROWS = {"scalar": 1 << 62, "avx2": 1 << 62, "avx512": 1 << 62}
 _INT8_ACTIVATIONS = {"enabled": True}
 
 

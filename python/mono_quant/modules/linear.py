@@ -235,11 +235,12 @@ def packed_linear(module: QuantizedModule, x2d: torch.Tensor, args: tuple) -> to
 
 
 # Rows (of x reshaped to 2-D) from which a weight-only int8 layer runs torch's BLAS on the
-# weight dequantized once per call instead of the packed kernels, per kernel level and
-# weight format.  Measured with benchmarks/bench_models.py and the crossover sweep there
-# (--crossover): the dequantization costs about one pass over an fp32 copy of the weight,
-# which a GEMM of that many rows hides.  A rule on the shape, never a timing: the same
-# input always takes the same path.
+# weight dequantized once per call instead of the packed kernels, per kernel level.  A rule
+# on the shape, never a timing: the same input always takes the same path.  From
+# benchmarks/bench_models.py --crossover (6 BERT shapes, docs/benchmarks.md): on AVX2 the
+# packed kernel passes 1.0x fp32 at 16-32 rows and reaches 1.2-1.45x, dequantize + BLAS
+# (one pass writing an fp32 copy) costs 1.05-1.2x from 64 rows; on AVX-512 the packed
+# kernel wins at every row count (0.5-0.7x); the scalar level was not measured.
 BLAS_MIN_ROWS = {"scalar": 1 << 62, "avx2": 64, "avx512": 1 << 62}
 
 
