@@ -29,10 +29,13 @@ def _close(a, b, rel=1e-5):
 @pytest.fixture
 def blas_tables():
     """Restore the path thresholds after a test forces them."""
-    saved = dict(linear_module.BLAS_MIN_ROWS), dict(int4.BLAS_MIN_ROWS)
+    saved = dict(linear_module.BLAS_MIN_ROWS), dict(int4.BLAS_MIN_ROWS), dict(int4.BLAS_MAX_OUT_FEATURES)
+    for isa in int4.BLAS_MAX_OUT_FEATURES:  # int4: the tests set the row rule alone
+        int4.BLAS_MAX_OUT_FEATURES[isa] = 1 << 62
     yield linear_module.BLAS_MIN_ROWS, int4.BLAS_MIN_ROWS
     linear_module.BLAS_MIN_ROWS.update(saved[0])
     int4.BLAS_MIN_ROWS.update(saved[1])
+    int4.BLAS_MAX_OUT_FEATURES.update(saved[2])
 
 
 @pytest.mark.parametrize("shape", [(1, 5), (16, 4), (37, 70), (48, 33)])
@@ -185,3 +188,17 @@ def test_small_weight_kept_for_the_float_paths_follows_its_buffers():
         before = int4_conv(torch.ones(1, 4, 5, 5))
         int4_conv.weight_scale.zero_()
         assert not torch.equal(int4_conv(torch.ones(1, 4, 5, 5)), before)
+
+
+def test_int4_switch_looks_at_rows_and_outputs(blas_tables):
+    _, int4_rows = blas_tables
+    isa = _C.get_isa()
+    int4_rows[isa], int4.BLAS_MAX_OUT_FEATURES[isa] = 16, 40
+    torch.manual_seed(8)
+    narrow, wide = (mq.quantize(nn.Linear(128, n), dtype="int4").model for n in (40, 48))
+    x = torch.randn(16, 128)
+    with torch.no_grad():
+        for layer, blas in ((narrow, True), (wide, False)):
+            exact = F.linear(x.double(), layer.dequantized_weight().double(), layer.bias.double())
+            y = layer(x)
+            assert _close(y, exact) if blas else not _close(y, exact, 1e-9)

@@ -37,6 +37,7 @@ __all__ = [
     "check_group_size",
     "check_method",
     "BLAS_MIN_ROWS",
+    "BLAS_MAX_OUT_FEATURES",
 ]
 
 #: Rounding methods: plain round-to-nearest; an MSE-optimal range search per
@@ -181,14 +182,16 @@ def quantize_int4_rows(rows: torch.Tensor, group_size: Optional[int], symmetric:
 
 _C_ACTIVATIONS = (torch.float32, torch.bfloat16)
 
-# Rows (of x reshaped to 2-D) from which int4_linear dequantizes the whole weight once
-# per call (the C kernel) and runs torch's BLAS instead of the packed kernels, per kernel
-# level.  A rule on the shape, never a timing, so the same input always takes the same
-# path.  Off everywhere today: benchmarks/bench_models.py --crossover found the packed
-# kernels ahead of dequantize + BLAS at every row count on AVX-512 (0.3-0.45x vs ~1.0x
-# fp32) and on AVX2 for 4 of 6 BERT shapes (0.74-0.93x vs 1.0-1.07x); the two with 384
-# outputs lose by 0.03-0.13x from 64 rows, too little for a rule of its own.
-BLAS_MIN_ROWS = {"scalar": 1 << 62, "avx2": 1 << 62, "avx512": 1 << 62}
+# int4_linear dequantizes the whole weight once per call (the C kernel) and runs torch's
+# BLAS instead of the packed kernels when x has at least BLAS_MIN_ROWS rows (x reshaped
+# to 2-D) and the layer at most BLAS_MAX_OUT_FEATURES outputs, per kernel level.  A rule
+# on the shapes, never a timing, so the same input always takes the same path.  From
+# benchmarks/bench_models.py --crossover (docs/benchmarks.md): on AVX2 the packed
+# kernels lose from 64 rows on layers with 384 outputs (1.01-1.18x fp32 against
+# 0.98-1.11x) and win on those with 768 or more (0.74-0.93x against 1.0-1.07x); on
+# AVX-512 they win everywhere (0.3-0.45x); the scalar level was not measured.
+BLAS_MIN_ROWS = {"scalar": 1 << 62, "avx2": 64, "avx512": 1 << 62}
+BLAS_MAX_OUT_FEATURES = {"scalar": 0, "avx2": 512, "avx512": 0}
 _INT8_ACTIVATIONS = {"enabled": True}
 
 
@@ -224,7 +227,8 @@ def int4_linear(x: torch.Tensor, weight: Int4Weight, bias: Optional[torch.Tensor
         b = None if bias is None else bias.float()
         return F.linear(x.float(), w, b).to(x.dtype)
     x2 = x.detach().reshape(-1, in_features)
-    if x2.shape[0] >= BLAS_MIN_ROWS[_C.get_isa()]:
+    isa = _C.get_isa()
+    if x2.shape[0] >= BLAS_MIN_ROWS[isa] and out_features <= BLAS_MAX_OUT_FEATURES[isa]:
         b = None if bias is None else bias.detach().float()
         y = F.linear(x2.float(), weight.dequantize(torch.float32), b)
         return y.reshape(*x.shape[:-1], out_features).to(x.dtype)
