@@ -47,7 +47,8 @@ class EncoderBlock(nn.Module):
     def __init__(self, hidden: int):
         super().__init__()
         self.heads = hidden // 64
-        self.query, self.key, self.value = nn.Linear(hidden, hidden), nn.Linear(hidden, hidden), nn.Linear(hidden, hidden)
+        self.query, self.key = nn.Linear(hidden, hidden), nn.Linear(hidden, hidden)
+        self.value = nn.Linear(hidden, hidden)
         self.attn_out = nn.Linear(hidden, hidden)
         self.norm1 = nn.LayerNorm(hidden)
         self.ffn_up, self.ffn_down = nn.Linear(hidden, 4 * hidden), nn.Linear(4 * hidden, hidden)
@@ -258,9 +259,9 @@ def crossover(threads, isas, repeats):
                                 row[name] = st["median_us"] / base
                                 row[name + " p10"] = st["p10_us"] / base10
                         rows_out.append(row)
-                        print(f"{n}x{k:<6} {isa:<6} {nt:>3} {m:>5} {base:>10.1f}  " + "  ".join(
-                            f"{name} {row[name]:.2f}/{row[name + ' p10']:.2f}" for name in contenders if name != "fp32"),
-                            flush=True)
+                        cells = [f"{name} {row[name]:.2f}/{row[name + ' p10']:.2f}"
+                                 for name in contenders if name != "fp32"]
+                        print(f"{n}x{k:<6} {isa:<6} {nt:>3} {m:>5} {base:>10.1f}  " + "  ".join(cells), flush=True)
                 kernels.set_isa(previous)
     finally:
         for name, t in tables.items():
