@@ -11,6 +11,7 @@ import torch
 from safetensors.torch import load_file
 
 import mono_quant as mq
+from mono_quant.modules import conv as conv_module
 
 DATA = Path(__file__).resolve().parent / "data"
 
@@ -30,7 +31,12 @@ EXPECTED = load_file(DATA / "layout_v1_expected.safetensors")
     ("layout_v1_int4_model.safetensors", "int4_output"),
     ("layout_v1_checkpoint_int8.safetensors", "checkpoint_output"),
 ])
-def test_previous_layout_loads_with_identical_outputs(name, output):
+def test_previous_layout_loads_with_identical_outputs(name, output, monkeypatch):
+    # The outputs were recorded when every dynamic int8 conv ran the packed kernel; tiny convs now
+    # take F.conv2d on the dequantized weight by a shape rule (a speed choice, not a layout one),
+    # so pin the packed path to compare the bits of the file's layers.
+    monkeypatch.setattr(conv_module, "DYNAMIC_MIN_K", 0)
+    monkeypatch.setattr(conv_module, "DYNAMIC_MIN_MACS_PER_IMAGE", 0)
     with torch.device("meta"):
         skeleton = _fixture_net_class()()
     model = mq.load(DATA / name, model=skeleton)

@@ -36,6 +36,8 @@ __all__ = [
     "set_int8_activations",
     "check_group_size",
     "check_method",
+    "BLAS_MIN_ROWS",
+    "BLAS_MAX_OUT_FEATURES",
 ]
 
 #: Rounding methods: plain round-to-nearest; an MSE-optimal range search per
@@ -193,6 +195,17 @@ def quantize_int4_rows(rows: torch.Tensor, group_size: Optional[int], symmetric:
 
 
 _C_ACTIVATIONS = (torch.float32, torch.bfloat16)
+
+# int4_linear dequantizes the whole weight once per call (the C kernel) and runs torch's
+# BLAS instead of the packed kernels when x has at least BLAS_MIN_ROWS rows (x reshaped
+# to 2-D) and the layer at most BLAS_MAX_OUT_FEATURES outputs, per kernel level.  A rule
+# on the shapes, never a timing, so the same input always takes the same path.  From
+# benchmarks/bench_models.py --crossover (docs/benchmarks.md): on AVX2 the packed
+# kernels lose from 64 rows on layers with 384 outputs (1.01-1.18x fp32 against
+# 0.98-1.11x) and win on those with 768 or more (0.74-0.93x against 1.0-1.07x); on
+# AVX-512 they win everywhere (0.3-0.45x); the scalar level was not measured.
+BLAS_MIN_ROWS = {"scalar": 1 << 62, "avx2": 64, "avx512": 1 << 62}
+BLAS_MAX_OUT_FEATURES = {"scalar": 0, "avx2": 512, "avx512": 0}
 _INT8_ACTIVATIONS = {"enabled": True}
 
 
@@ -229,6 +242,11 @@ def int4_linear(x: torch.Tensor, weight: Int4Weight, bias: Optional[torch.Tensor
         b = None if bias is None else bias.float()
         return F.linear(x.float(), w, b).to(x.dtype)
     x2 = x.detach().reshape(-1, in_features)
+    isa = _C.get_isa()
+    if x2.shape[0] >= BLAS_MIN_ROWS[isa] and out_features <= BLAS_MAX_OUT_FEATURES[isa]:
+        b = None if bias is None else bias.detach().float()
+        y = F.linear(x2.float(), weight.dequantize(torch.float32), b)
+        return y.reshape(*x.shape[:-1], out_features).to(x.dtype)
     if x2.dtype not in _C_ACTIVATIONS:
         x2 = x2.float()
     b = None if bias is None else bias.detach().float().contiguous().numpy()

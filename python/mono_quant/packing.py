@@ -17,8 +17,8 @@ from . import kernels
 from .tensor import QuantizedWeight
 
 __all__ = ["PACKED_LAYOUT_VERSION", "PACKED_BUFFERS", "pack_int8_linear", "quantize_and_pack_int8",
-           "packed_sizes", "unpack_int8_linear", "check_packed_int8", "check_packed_module", "can_pack",
-           "packed_info"]
+           "packed_sizes", "unpack_int8_linear", "unpack_int8_rows", "check_packed_int8", "check_packed_module",
+           "can_pack", "packed_info"]
 
 PACKED_LAYOUT_VERSION = 1
 # buffer names, beside weight_qdata / weight_scale / weight_zero_point
@@ -47,7 +47,8 @@ def pack_int8_linear(qweight: QuantizedWeight, groups: int = 1) -> Dict[str, tor
     # a weight tied between layers is one QuantizedWeight (quantize() converts it once): pack it once too,
     # so the layers share the packed storage as they share weight_qdata
     memo = qweight.__dict__.setdefault("_packed_memo", {})
-    key = (groups, qweight.qdata.data_ptr(), qweight.qdata._version)
+    qdata = qweight.qdata  # (inference-mode tensors have no version counter)
+    key = (groups, qdata.data_ptr(), -1 if qdata.is_inference() else qdata._version)
     if key not in memo:
         memo.clear()
         memo[key] = _pack(qweight, groups)
@@ -127,11 +128,25 @@ def unpack_int8_linear(packed: torch.Tensor, info: torch.Tensor, shape) -> torch
     n_pad, k_pad = -(-out_g // 16) * 16, -(-k // 4) * 4
     if packed.numel() != groups * n_pad * k_pad:
         raise ValueError(f"packed int8 weight has {packed.numel()} bytes, expected {groups * n_pad * k_pad}")
-    panels = packed.reshape(groups, n_pad // 16, k_pad // 4, 16, 4)
-    rows = panels.permute(0, 1, 3, 2, 4).reshape(groups, n_pad, k_pad)[:, :out_g, :k].reshape(n, k)
+    rows = unpack_int8_rows(packed, groups, out_g, k).reshape(n, k)
     if len(shape) == 4:  # conv: K was flattened in (kh, kw, in_channel) order
         return rows.reshape(n, shape[2], shape[3], shape[1]).permute(0, 3, 1, 2).contiguous()
     return rows.reshape(shape).contiguous()
+
+
+def unpack_int8_rows(packed: torch.Tensor, groups: int, out_g: int, k: int) -> torch.Tensor:
+    """The packed buffer back as int8 rows ``[groups, out_g, k]`` (K in the packed
+    order).  Each 16-channel panel holds its K-groups of 4 bytes channel-interleaved:
+    moving those 4-byte groups as int32 values makes the transpose 4x fewer (and
+    word-sized) element moves than a byte-wise permute; the bytes are the same."""
+    n_pad, k_pad = -(-out_g // 16) * 16, -(-k // 4) * 4
+    if packed.device.type == "cpu" and packed.is_contiguous() and packed.storage_offset() % 4 == 0:
+        words = packed.view(torch.int32).reshape(groups * (n_pad // 16), k_pad // 4, 16)
+        rows = words.transpose(1, 2).contiguous().reshape(-1).view(torch.int8).reshape(groups, n_pad, k_pad)
+    else:
+        panels = packed.reshape(groups, n_pad // 16, k_pad // 4, 16, 4)
+        rows = panels.permute(0, 1, 3, 2, 4).reshape(groups, n_pad, k_pad)
+    return rows[:, :out_g, :k]
 
 
 def check_packed_int8(packed: torch.Tensor, colsum: torch.Tensor, info: torch.Tensor, shape) -> Optional[str]:

@@ -7,10 +7,24 @@ from torch import nn
 
 from .. import _C, kernels
 from ..packing import can_pack, pack_int8_linear
-from .linear import ACTIVATION_MODES, _format_of, _kernel_takes, kernel_args, packed_linear
+from ..qtypes import QTYPES
+from .linear import (ACTIVATION_MODES, _format_of, _kernel_takes, _max_in_features, dequantized_packed, float_weight,
+                     kernel_args, packed_linear)
 from .registry import QuantizedModule, register_qmodule
 
-__all__ = ["QuantizedConv2d"]
+__all__ = ["QuantizedConv2d", "DYNAMIC_MIN_K", "DYNAMIC_MIN_MACS_PER_IMAGE", "DYNAMIC_CHUNK_BYTES"]
+
+# Dynamic int8 convs with a reduction (in_channels/groups * kh * kw) shorter than this, or
+# fewer multiply-adds per image, run F.conv2d on the dequantized weight (see
+# QuantizedConv2d._packed_pays).
+DYNAMIC_MIN_K = 64
+DYNAMIC_MIN_MACS_PER_IMAGE = 1 << 18
+# Bytes of int8 im2col rows per dynamic conv call: larger batches go through in chunks of
+# images (see QuantizedConv2d._dynamic_conv); about what the L2 keeps beside the weight.
+DYNAMIC_CHUNK_BYTES = 1 << 20
+
+# integer formats whose weights can be packed for the int8 kernels (int4 has its own storage)
+_PACKABLE_FORMATS = frozenset(name for name, q in QTYPES.items() if q.kind == "int" and name != "int4")
 
 
 @register_qmodule(nn.Conv2d)
@@ -89,52 +103,99 @@ class QuantizedConv2d(QuantizedModule):
         out_h = (height + 2 * padding[0] - dh * (kh - 1) - 1) // sh + 1
         out_w = (width + 2 * padding[1] - dw * (kw - 1) - 1) // sw + 1
         if self.activations == "dynamic":
-            y = torch.from_numpy(_C.conv2d_int8(
-                kernels.to_numpy(x.contiguous()), *whole, tuple(self.kernel_size), tuple(self.stride), padding,
-                tuple(self.dilation), self.groups, nthreads=kernels.num_threads()))
-        elif (kh, kw, sh, sw) == (1, 1, 1, 1) and padding == (0, 0):
+            return self._dynamic_conv(x.contiguous(), whole, padding, out_h, out_w, info["in_features"])
+        if (kh, kw, sh, sw) == (1, 1, 1, 1) and padding == (0, 0):
             rows = x.permute(0, 2, 3, 1).reshape(-1, x.shape[1])  # 1x1: each pixel is a row
         else:  # torch's im2col [B, C*kh*kw, L], reordered to rows of (group, kh, kw, channel): the packed K order
             cols = F.unfold(x, self.kernel_size, self.dilation, padding, self.stride)
             cols = cols.reshape(batch, self.groups, self.in_channels // self.groups, kh * kw, -1)
             rows = cols.permute(0, 4, 1, 3, 2).reshape(-1, cols.shape[1] * cols.shape[2] * cols.shape[3])
-        if self.activations != "dynamic":
-            groups, k = self.groups, info["in_features"]
-            outs = [packed_linear(self, rows[:, g * k:(g + 1) * k], args[g]) for g in range(groups)]
-            y = outs[0] if groups == 1 else torch.cat(outs, dim=1)
+        groups, k = self.groups, info["in_features"]
+        outs = [packed_linear(self, rows[:, g * k:(g + 1) * k], args[g]) for g in range(groups)]
+        y = outs[0] if groups == 1 else torch.cat(outs, dim=1)
         return y.reshape(batch, out_h, out_w, self.out_channels).permute(0, 3, 1, 2).contiguous()
 
+    def _dynamic_conv(self, x: torch.Tensor, whole: tuple, padding, out_h: int, out_w: int, k: int) -> torch.Tensor:
+        """The C dynamic int8 conv over chunks of images whose int8 im2col rows take about
+        DYNAMIC_CHUNK_BYTES, each chunk's NHWC result written into one NCHW output: the
+        rows then stay in cache between im2col and the GEMM, and no large buffer is
+        allocated (and page-faulted) per call.  Activations are quantized per image and
+        the integer GEMM is exact, so the chunks give the same result as one call."""
+        batch = x.shape[0]
+        per_image = out_h * out_w * (-(-k // 4) * 4) * self.groups
+        images = max(1, DYNAMIC_CHUNK_BYTES // max(1, per_image))
+        geometry = (tuple(self.kernel_size), tuple(self.stride), padding, tuple(self.dilation), self.groups)
+        nthreads = kernels.num_threads()
+        if images >= batch:
+            y = torch.from_numpy(_C.conv2d_int8(kernels.to_numpy(x), *whole, *geometry, nthreads=nthreads))
+            return y.reshape(batch, out_h, out_w, self.out_channels).permute(0, 3, 1, 2).contiguous()
+        out = torch.empty(batch, self.out_channels, out_h, out_w)
+        for b0 in range(0, batch, images):
+            y = torch.from_numpy(_C.conv2d_int8(kernels.to_numpy(x[b0:b0 + images]), *whole, *geometry,
+                                                nthreads=nthreads))
+            out[b0:b0 + images].copy_(y.reshape(-1, out_h, out_w, self.out_channels).permute(0, 3, 1, 2))
+        return out
+
     def _packed_pays(self, x: torch.Tensor) -> bool:
-        """Weight-only convs with many output pixels per output channel are faster as
-        F.conv2d on the dequantized weight: the fp32 im2col (kh*kw times the input)
-        costs more than dequantizing the weight (bench_conv.py: the packed weight-only
-        path wins below about out_channels/8 output pixels)."""
+        """Whether the packed kernels beat F.conv2d on the weight dequantized per call.
+        Dynamic: unless the reduction is short (in_channels/groups * kh * kw below
+        DYNAMIC_MIN_K, e.g. a first conv on RGB) or an image needs fewer than
+        DYNAMIC_MIN_MACS_PER_IMAGE multiply-adds (a 16-channel conv on 8x8): the int8
+        GEMM's fixed costs (quantizing and copying the image, the NHWC result, ~12 us
+        of Python and C per call) then outweigh its few multiply-adds (bench_models.py:
+        2-10x slower than fp32 at K = 27, 1.2-1.5x at 150k multiply-adds per image).
+        Both rules look at one image, never the batch size.  Weight-only convs with many
+        output pixels per output channel are faster as F.conv2d on the dequantized
+        weight: the fp32 im2col (kh*kw times the input) costs more than dequantizing the
+        weight (bench_conv.py: the packed weight-only path wins below about
+        out_channels/8 output pixels)."""
         if self.activations == "dynamic":
-            return True
+            k = self.in_channels // self.groups * self.kernel_size[0] * self.kernel_size[1]
+            if k < DYNAMIC_MIN_K:
+                return False
+            pixels = 1  # per image, so an image's result never depends on the batch it came in
+            for size, kk, st, p, d in zip(x.shape[2:], self.kernel_size, self.stride, self.padding, self.dilation):
+                pixels *= (size + 2 * p - d * (kk - 1) - 1) // st + 1
+            return pixels * k * (self.out_channels // self.groups) >= DYNAMIC_MIN_MACS_PER_IMAGE
         pixels = x.shape[0]
         for size, k, s, p, d in zip(x.shape[2:], self.kernel_size, self.stride, self.padding, self.dilation):
             pixels *= (size + 2 * p - d * (k - 1) - 1) // s + 1
         return pixels * 8 <= self.out_channels
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.qtype.kind == "int":
+        if self.weight_format in _PACKABLE_FORMATS:
             packed = kernel_args(self)
             if (packed is not None and x.dim() == 4 and not isinstance(self.padding, str)
                     and x.shape[1] == self.in_channels and _kernel_takes(x, x.shape[-1])
-                    and packed[0]["in_features"] <= _max_k() and self._packed_pays(x)):
-                return self._packed_conv(x, *packed).to(x.dtype)
-            w = self.dequantized_weight(torch.float32).to(x.device)
+                    and packed[0]["in_features"] <= _max_in_features()):
+                if self._packed_pays(x):
+                    y = self._packed_conv(x, *packed)
+                    return y if x.dtype == torch.float32 else y.to(x.dtype)
+                b = self.bias
+                w = float_weight(self, self._weight_numel(), lambda: self._dequantized_packed(packed[0]), packed)
+                return self._conv(x.float(), w, None if b is None else b.float()).to(x.dtype)
+        if self.qtype.kind == "int":
+            w = float_weight(self, self._weight_numel(), lambda: self.dequantized_weight(torch.float32)).to(x.device)
             b = None if self.bias is None else self.bias.float()
             return self._conv(x.float(), w, b).to(x.dtype)
-        return self._conv(x, self.weight.to(x.dtype), None if self.bias is None else self.bias.to(x.dtype))
+        w = self.weight
+        if w.dtype != x.dtype:
+            w = w.to(x.dtype) if x.dtype != torch.float32 else float_weight(self, w.numel(), lambda: w.float())
+        return self._conv(x, w.to(x.device), None if self.bias is None else self.bias.to(x.dtype))
+
+    def _weight_numel(self) -> int:
+        return self.out_channels * (self.in_channels // self.groups) * self.kernel_size[0] * self.kernel_size[1]
+
+    def _dequantized_packed(self, info: dict) -> torch.Tensor:
+        """The float32 weight ``[out, in/groups, kh, kw]`` straight from the packed buffers
+        (the values of ``dequantized_weight``, without its unpack-then-dequantize detour)."""
+        kh, kw = self.kernel_size
+        rows = dequantized_packed(self, info)  # [out, (kh, kw, in/groups)]
+        if kh * kw == 1:  # plain strides (a permuted 1x1 weight would look channels-last to F.conv2d)
+            return rows.reshape(self.out_channels, -1, 1, 1)
+        return rows.reshape(self.out_channels, kh, kw, -1).permute(0, 3, 1, 2).contiguous()
 
     def extra_repr(self) -> str:
         return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, "
                 f"padding={self.padding}, groups={self.groups}, " + super().extra_repr()
                 + (f", activations={self.activations}" if self.qtype.kind == "int" else ""))
-
-
-def _max_k() -> int:
-    from .linear import _max_in_features
-
-    return _max_in_features()

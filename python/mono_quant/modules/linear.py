@@ -14,7 +14,8 @@ from ..qtypes import QTYPES
 from ..int4 import int4_linear
 from .registry import QuantizedModule, register_qmodule
 
-__all__ = ["QuantizedLinear", "ACTIVATION_MODES", "kernel_args", "packed_linear"]
+__all__ = ["QuantizedLinear", "ACTIVATION_MODES", "BLAS_MIN_ROWS", "SMALL_WEIGHT_ELEMENTS", "blas_min_rows",
+           "dequantized_packed", "float_weight", "kernel_args", "packed_linear"]
 
 # "dynamic": activations quantized to int8 per row at each call, integer
 # matmul; None: weight-only (float activations x int8 weights)
@@ -84,23 +85,31 @@ class QuantizedLinear(QuantizedModule):
         self.activations = activations
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.weight_format == "int4":  # packed weight streamed by the C kernels
+        fmt = self.weight_format
+        if fmt == "int4":  # packed weight streamed by the C kernels
             return int4_linear(x, self.quantized_weight(), self.bias)
-        if self.weight_format in _INT_FORMATS:
+        if fmt in _INT_FORMATS:
             packed = kernel_args(self)
             if packed is not None and _kernel_takes(x, packed[0]["in_features"]):
-                if x.dim() == 2:  # (the common case: no reshapes)
-                    y = packed_linear(self, x, packed[1][0])
+                x2d = x if x.dim() == 2 else x.reshape(-1, x.shape[-1])
+                if self.activations is None and x2d.shape[0] >= blas_min_rows():
+                    # many rows: one dequantized fp32 weight per call and torch's BLAS beat the packed kernel
+                    b = self.bias
+                    y = F.linear(x2d.float(), dequantized_packed(self, packed[0]),
+                                 None if b is None else b.float())
                 else:
-                    y = packed_linear(self, x.reshape(-1, x.shape[-1]), packed[1][0])
+                    y = packed_linear(self, x2d, packed[1][0])
+                if x.dim() != 2:
                     y = y.reshape(*x.shape[:-1], self.out_features)
                 return y if x.dtype == torch.float32 else y.to(x.dtype)
             w = self.dequantized_weight(torch.float32).to(x.device)
             b = None if self.bias is None else self.bias.float()
             return F.linear(x.float(), w, b).to(x.dtype)
-        w = self.weight.to(x.dtype)
+        w = self.weight
+        if w.dtype != x.dtype:
+            w = w.to(x.dtype) if x.dtype != torch.float32 else float_weight(self, w.numel(), lambda: w.float())
         b = None if self.bias is None else self.bias.to(x.dtype)
-        return F.linear(x, w, b)
+        return F.linear(x, w.to(x.device), b)
 
     def extra_repr(self) -> str:
         mode = f", activations={self.activations}" if self.qtype.kind == "int" else ""
@@ -143,7 +152,11 @@ def kernel_args(module: QuantizedModule):
     usable packed weight (see packing.packed_info)."""
     bufs = module._buffers
     # data_ptr too: .data = ... or share_memory_() swap a buffer's storage in place
-    key = tuple([(id(t), t._version, t.data_ptr()) if t is not None else None for t in map(bufs.get, _ARG_BUFFERS)])
+    try:  # (every call of every layer comes here: one list comprehension, no helper calls)
+        key = tuple([(id(t), t._version, t.data_ptr()) if t is not None else None for t in map(bufs.get, _ARG_BUFFERS)])
+    except RuntimeError:  # a tensor made under torch.inference_mode has no version counter
+        key = tuple([(id(t), _version(t), t.data_ptr()) if t is not None else None
+                     for t in map(bufs.get, _ARG_BUFFERS)])
     cached = _KERNEL_ARGS.get(module)
     if cached is not None and cached[0] == key:
         return cached[1]
@@ -151,6 +164,44 @@ def kernel_args(module: QuantizedModule):
     result = None if info is None else (info, *_build_args(module, info))
     _KERNEL_ARGS[module] = (key, result)
     return result
+
+
+# A layer whose dequantized float32 weight is at most this many elements (256 KiB) keeps
+# it, for the paths that run torch's ops on the dequantized weight: for such a weight
+# the per-call dequantization (a few torch and C calls, ~10-30 us) costs as much as the
+# product itself (a first conv on RGB, a small classifier head, the convs of a small
+# CNN); 256 KiB per layer is little next to the activations of any model that has such
+# layers.  Larger weights are dequantized per call and dropped.
+SMALL_WEIGHT_ELEMENTS = 65536
+_SMALL_WEIGHTS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+
+
+def float_weight(module: QuantizedModule, numel: int, dequantize, packed=None) -> torch.Tensor:
+    """``dequantize()`` (the module's float32 weight, ``numel`` elements), kept per module
+    when ``numel <= SMALL_WEIGHT_ELEMENTS`` until one of its buffers changes.  ``packed``:
+    the module's kernel_args, whose identity then stands for its buffers (kernel_args
+    rebuilds them when a buffer changes), else the buffers are compared as kernel_args does."""
+    if numel > SMALL_WEIGHT_ELEMENTS:
+        return dequantize()
+    cached = _SMALL_WEIGHTS.get(module)
+    if packed is not None:
+        if cached is not None and cached[0] is packed:
+            return cached[1]
+        key = packed
+    else:
+        key = tuple([(name, id(t), _version(t), t.data_ptr()) for name, t in module._buffers.items()
+                     if t is not None])
+        if cached is not None and cached[0] == key:
+            return cached[1]
+    weight = dequantize()
+    _SMALL_WEIGHTS[module] = (key, weight)
+    return weight
+
+
+def _version(t: torch.Tensor) -> int:
+    """A tensor's in-place write counter; tensors made under torch.inference_mode have
+    none (-1: only a replaced buffer or a moved storage then rebuilds the arguments)."""
+    return -1 if t.is_inference() else t._version
 
 
 def _build_args(module: QuantizedModule, info: dict):
@@ -181,6 +232,33 @@ def packed_linear(module: QuantizedModule, x2d: torch.Tensor, args: tuple) -> to
         x2d = x2d.contiguous()
     mode = "dynamic" if module.activations == "dynamic" else "weight_only"
     return torch.from_numpy(_C.linear_int8(kernels.to_numpy(x2d), *args, mode=mode, nthreads=torch.get_num_threads()))
+
+
+# Rows (of x reshaped to 2-D) from which a weight-only int8 layer runs torch's BLAS on the
+# weight dequantized once per call instead of the packed kernels, per kernel level.  A rule
+# on the shape, never a timing: the same input always takes the same path.  From
+# benchmarks/bench_models.py --crossover (6 BERT shapes, docs/benchmarks.md): on AVX2 the
+# packed kernel passes 1.0x fp32 at 16-32 rows and reaches 1.2-1.45x, dequantize + BLAS
+# (one pass writing an fp32 copy) costs 1.05-1.2x from 64 rows; on AVX-512 the packed
+# kernel wins at every row count (0.5-0.7x); the scalar level was not measured.
+BLAS_MIN_ROWS = {"scalar": 1 << 62, "avx2": 64, "avx512": 1 << 62}
+
+
+def blas_min_rows() -> int:
+    """Rows from which a weight-only int8 layer takes the dequantize + BLAS path on
+    the active kernel level (see BLAS_MIN_ROWS; int4: ``int4.BLAS_MIN_ROWS``)."""
+    return BLAS_MIN_ROWS[kernels.get_isa()]
+
+
+def dequantized_packed(module: QuantizedModule, info: dict) -> torch.Tensor:
+    """The float32 weight ``[out, K]`` of a packed int8 layer (K in the packed order:
+    (kh, kw, in_channel) for a conv), unpacked and dequantized in one call each
+    (the same values as ``dequantized_weight``)."""
+    from ..packing import unpack_int8_rows
+
+    n, k, groups = info["out_features"], info["in_features"], info["groups"]
+    rows = unpack_int8_rows(module.weight_packed, groups, n // groups, k).reshape(n, k)
+    return kernels.dequantize_rows(rows, module.weight_scale, module.weight_zero_point)
 
 
 def _format_of(weight) -> str:
