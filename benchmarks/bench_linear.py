@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import mono_quant as mq
+import common
 from common import background_load, machine_info, summary, write_results
 from mono_quant import kernels
 
@@ -33,22 +34,8 @@ warnings.filterwarnings("ignore")
 
 
 def interleaved(contenders, repeats=15, warmup=2):
-    """Like common.interleaved (A B C, A B C, ...), but each round starts one
-    contender later (A B C, B C A, C A B, ...): the call right after fp32
-    F.linear / conv2d runs measurably slower (~0.4 ms at 4096x4096, batch
-    1), so no contender may always hold that slot.  Seconds per call."""
-    names = list(contenders)
-    for _ in range(warmup):
-        for fn in contenders.values():
-            fn()
-    times = {name: [] for name in names}
-    for r in range(repeats):
-        for j in range(len(names)):
-            name = names[(r + j) % len(names)]
-            t0 = isa_cap.clock()
-            contenders[name]()
-            times[name].append(isa_cap.clock() - t0)
-    return times
+    """common.interleaved with a rotating start, timed by isa_cap.clock (wall or CPU time)."""
+    return common.interleaved(contenders, repeats, warmup, rotate=True, clock=isa_cap.clock)
 
 L3_BYTES = 32 << 20
 

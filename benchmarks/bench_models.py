@@ -35,7 +35,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import mono_quant as mq
-from common import machine_info, summary, write_results
+from common import interleaved, machine_info, summary, write_results
 from mono_quant import kernels
 
 warnings.filterwarnings("ignore")
@@ -141,22 +141,6 @@ def ort_sessions(model, x, threads, workdir):
     return sessions
 
 
-def rotated(contenders, repeats, warmup):
-    """A B C, B C A, C A B, ...: no contender always runs right after the same one."""
-    names = list(contenders)
-    for _ in range(warmup):
-        for fn in contenders.values():
-            fn()
-    times = {name: [] for name in names}
-    for r in range(repeats):
-        for j in range(len(names)):
-            name = names[(r + j) % len(names)]
-            t0 = time.perf_counter()
-            contenders[name]()
-            times[name].append(time.perf_counter() - t0)
-    return times
-
-
 def cosine(a: torch.Tensor, b: torch.Tensor) -> float:
     return float(F.cosine_similarity(a.reshape(1, -1).double(), b.reshape(1, -1).double()))
 
@@ -189,7 +173,7 @@ def run_case(name, threads, isas, use_ort, budget_s):
                         fn()
                     round_s = time.perf_counter() - t0
                     rounds = int(min(max(budget_s / max(round_s, 1e-6), 5), 400))
-                    times = rotated(contenders, rounds, warmup=2)
+                    times = interleaved(contenders, rounds, warmup=2)
                     stats = {label: summary(samples) for label, samples in times.items()}
                     base = stats["fp32"]["median_us"]
                     outputs = {label: m(x) for label, m in quantized.items()}
@@ -247,7 +231,7 @@ def crossover(threads, isas, repeats):
                             contenders[label + " packed"] = forced(label, q, 1 << 62)
                             contenders[label + " blas"] = forced(label, q, 1)
                         with torch.no_grad():
-                            times = rotated(contenders, repeats, warmup=2)
+                            times = interleaved(contenders, repeats, warmup=2)
                         # median and p10 ratios: on a loaded machine the p10 (the calls no other
                         # process interrupted) shows the paths' own cost best
                         stats = {name: summary(t) for name, t in times.items()}

@@ -21,6 +21,15 @@ def isa(request):
         _C.set_isa(previous)
 
 
+@pytest.fixture
+def one_torch_thread():
+    """torch.set_num_threads(1) for the test, restored after (tiny models on a busy host)."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
 @pytest.fixture(autouse=True)
 def _quiet_torch_quantized_deprecation():
     # torch 2.13 deprecates its quantized dtypes; we only use them as test oracles

@@ -12,13 +12,8 @@ from mono_quant.calibration import OBSERVERS, CalibrationWarning, Calibrator
 BINS = 512  # small histograms keep the tests fast; the rule is the same at any size
 
 
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    """These models are tiny: one thread avoids OpenMP start-up and spinning on a busy host."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+# tiny models: one thread avoids OpenMP start-up and spinning on a busy host
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 class Block(nn.Module):

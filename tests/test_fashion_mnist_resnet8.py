@@ -19,13 +19,8 @@ needs_dataset = pytest.mark.skipif(not fashion_mnist_available(),
                                    reason="Fashion-MNIST missing: apt-get install -y dataset-fashion-mnist")
 
 
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    """These models are tiny: one thread avoids OpenMP start-up and spinning on a busy host."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+# tiny models: one thread avoids OpenMP start-up and spinning on a busy host
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def write_idx(path, header: bytes, payload: bytes):

@@ -8,13 +8,8 @@ from torch import nn
 from mono_quant.fold_batchnorm import fold_batchnorm, fold_conv_bn, fold_linear_bn
 
 
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    """These models are tiny: one thread avoids OpenMP start-up and spinning on a busy host."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+# tiny models: one thread avoids OpenMP start-up and spinning on a busy host
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def randomized_bn(bn, seed=0):

@@ -11,6 +11,7 @@ from torch import nn
 import mono_quant as mq
 from mono_quant.io import CheckpointError
 from mono_quant.io.manifest import METADATA_KEY
+from safetensors_bytes import split_file, write_file
 
 
 def _saved(tmp_path, name="m.safetensors"):
@@ -19,15 +20,7 @@ def _saved(tmp_path, name="m.safetensors"):
     return mq.save(qmodel, tmp_path / name), qmodel
 
 
-def _split(path):
-    raw = path.read_bytes()
-    (n,) = struct.unpack("<Q", raw[:8])
-    return json.loads(raw[8:8 + n]), raw[8 + n:]
-
-
-def _write(path, header, data):
-    text = json.dumps(header).encode()
-    path.write_bytes(struct.pack("<Q", len(text)) + text + data)
+_split, _write = split_file, write_file
 
 
 def _edit_header(path, edit):

@@ -1,7 +1,6 @@
 """Files that lie: every buffer a kernel trusts and every manifest field is checked at load,
 and a bad one is a CheckpointError naming the layer (issue 14, findings 2 and 3)."""
 import json
-import struct
 
 import pytest
 import torch
@@ -10,6 +9,7 @@ from torch import nn
 import mono_quant as mq
 from mono_quant.io import CheckpointError
 from mono_quant.io.manifest import METADATA_KEY
+from safetensors_bytes import split_file, write_file
 
 
 class _Net(nn.Module):
@@ -29,15 +29,7 @@ def _saved(tmp_path, dtype="int8", name="m.safetensors"):
     return mq.save(qmodel, tmp_path / name), qmodel
 
 
-def _split(path):
-    raw = path.read_bytes()
-    (n,) = struct.unpack("<Q", raw[:8])
-    return json.loads(raw[8:8 + n]), raw[8 + n:]
-
-
-def _write(path, header, data):
-    text = json.dumps(header).encode()
-    path.write_bytes(struct.pack("<Q", len(text)) + text + data)
+_split, _write = split_file, write_file
 
 
 def _edit_manifest(path, edit):
