@@ -37,7 +37,8 @@
 
 #define MQ_MAX_THREADS 256
 #define PIECES_PER_THREAD 8      /* small pieces: a late or descheduled helper holds little */
-#define HELPER_SPIN_NS 50000     /* a helper's wait for the next job before it sleeps */
+#define HELPER_SPIN_NS 2000      /* a helper spins this long for the next job, then sleeps: longer spins took
+                                    * a core from torch's own OpenMP workers between layers (docs/benchmarks.md) */
 #define CALLER_SPIN_MIN_NS 50000 /* the caller's wait for claimed pieces before it sleeps: at least */
 #define CALLER_SPIN_MAX_NS 2000000 /* and at most (a helper that takes longer was descheduled) */
 
