@@ -334,10 +334,36 @@ static void quantize_images(void *vctx, int64_t begin, int64_t end) {
     }
 }
 
+/* [image][pixel][channel] rows -> [image][channel][pixel], in 32 x 32 tiles (one image's
+ * tiles per work item): the NCHW output written here, with the GIL released, instead of a
+ * torch permute().contiguous() that waits on torch's thread team under load. */
+typedef struct {
+    const float *src;
+    float *dst;
+    int64_t pixels, n;
+} nhwc_to_nchw_ctx;
+
+static void nhwc_to_nchw_range(void *ctx, int64_t begin, int64_t end) {
+    const nhwc_to_nchw_ctx *c = ctx;
+    const int64_t tiles_p = (c->pixels + 31) / 32;
+    for (int64_t t = begin; t < end; t++) {
+        const int64_t image = t / tiles_p, p0 = t % tiles_p * 32;
+        const int64_t p1 = p0 + 32 < c->pixels ? p0 + 32 : c->pixels;
+        const float *src = c->src + image * c->pixels * c->n;
+        float *dst = c->dst + image * c->pixels * c->n;
+        for (int64_t c0 = 0; c0 < c->n; c0 += 32) {
+            const int64_t c1 = c0 + 32 < c->n ? c0 + 32 : c->n;
+            for (int64_t ch = c0; ch < c1; ch++)
+                for (int64_t p = p0; p < p1; p++) dst[ch * c->pixels + p] = src[p * c->n + ch];
+        }
+    }
+}
+
 int mq_conv2d_dynamic(const void *x, mq_src_t kind, int64_t batch, int64_t channels, int64_t height, int64_t width,
                       int64_t kh, int64_t kw, int64_t sh, int64_t sw, int64_t ph, int64_t pw, int64_t dh, int64_t dw,
                       int64_t groups, const int8_t *packed, const int32_t *w_sum, const float *w_scale,
-                      const int32_t *w_zp, int w_has_m128, const float *bias, int64_t n, float *y, int nthreads) {
+                      const int32_t *w_zp, int w_has_m128, const float *bias, int64_t n, float *y, int nchw,
+                      int nthreads) {
     const mq_kernels *kt = mq_active();
     const int64_t out_h = (height + 2 * ph - dh * (kh - 1) - 1) / sh + 1;
     const int64_t out_w = (width + 2 * pw - dw * (kw - 1) - 1) / sw + 1;
@@ -356,8 +382,9 @@ int mq_conv2d_dynamic(const void *x, mq_src_t kind, int64_t batch, int64_t chann
     uint8_t *rows = direct ? xq : aligned_alloc(64, mq_alloc_bytes(m, kp, 64));
     float *x_scale = malloc(mq_alloc_bytes(m, sizeof(float), 1));
     int32_t *x_sum = w_zp ? malloc(mq_alloc_bytes(m, sizeof(int32_t), 1)) : NULL;
+    float *y_rows = nchw ? malloc(mq_alloc_bytes(m, n * (int64_t)sizeof(float), 1)) : y; /* NHWC, then transposed */
     int status = -1;
-    if (!scratch || !xq || !image_scale || !rows || !x_scale || (w_zp && !x_sum)) goto done;
+    if (!scratch || !xq || !image_scale || !rows || !x_scale || (w_zp && !x_sum) || !y_rows) goto done;
     image_quant_ctx qc = {x, kind, channels, height * width, image_scale, scratch, xq, zero, kt};
     mq_parallel_for(batch, 1, nthreads, quantize_images, &qc);
     for (int64_t g = 0; g < groups; g++) {
@@ -377,11 +404,18 @@ int mq_conv2d_dynamic(const void *x, mq_src_t kind, int64_t batch, int64_t chann
         }
         mq_qgemm_args a = {rows, kt->qgemm_x_u8, x_scale, x_sum, m, kp, n_g, packed + g * np_g * kp,
                            w_sum + g * np_g, w_scale + g * n_g, w_zp ? w_zp + g * n_g : NULL, w_has_m128,
-                           bias ? bias + g * n_g : NULL, y + g * n_g, NULL, n, gemv_rows(nthreads)};
+                           bias ? bias + g * n_g : NULL, y_rows + g * n_g, NULL, n, gemv_rows(nthreads)};
         run_qgemm(kt->qgemm, &a, nthreads);
+    }
+    if (nchw) {
+        const int64_t pixels = out_h * out_w;
+        nhwc_to_nchw_ctx tc = {y_rows, y, pixels, n};
+        mq_parallel_for(batch * ((pixels + 31) / 32), 1 + ((int64_t)1 << 16) / (32 * n), nthreads,
+                        nhwc_to_nchw_range, &tc);
     }
     status = 0;
 done:
+    if (nchw) free(y_rows);
     free(scratch);
     free(xq);
     free(image_scale);

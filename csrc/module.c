@@ -824,12 +824,14 @@ fail:
 
 PyDoc_STRVAR(conv2d_int8_doc,
              "conv2d_int8(x, packed, w_sum, w_scale, w_zero_point, bias, out_channels, w_has_m128,\n"
-             "            kernel, stride, padding, dilation, groups, nthreads=1) -> float32 [rows, out_channels]\n\n"
+             "            kernel, stride, padding, dilation, groups, nthreads=1, nchw=False)\n"
+             "    -> float32 [rows, out_channels], or [batch, out_channels, out_h, out_w] with nchw\n\n"
              "Dynamic int8 Conv2d: x is a 4-D NCHW float32 / float16 / int16 (bf16 bits) array;\n"
              "each image is quantized with one symmetric int8 scale, im2col'd in int8 and\n"
              "multiplied per group with the packed weight (pack_int8 of each group's\n"
              "[out/groups, in/groups*kh*kw] block, concatenated).  kernel, stride, padding\n"
-             "and dilation are (h, w) pairs.  Rows are the output pixels in (n, h, w) order.");
+             "and dilation are (h, w) pairs.  Rows are the output pixels in (n, h, w) order;\n"
+             "nchw=True writes the same values as an NCHW array instead (transposed in C).");
 
 /* Conv sizes far below this keep every product in the size arithmetic
  * (kernel * dilation, channels * kernel area, ...) far inside int64. */
@@ -853,17 +855,18 @@ static int pair_arg(PyObject *obj, const char *what, long lo, npy_intp out[2]) {
 
 static PyObject *py_conv2d_int8(PyObject *self, PyObject *args, PyObject *kw) {
     static char *kwlist[] = {"x", "packed", "w_sum", "w_scale", "w_zero_point", "bias", "out_channels",
-                             "w_has_m128", "kernel", "stride", "padding", "dilation", "groups", "nthreads", NULL};
+                             "w_has_m128", "kernel", "stride", "padding", "dilation", "groups", "nthreads",
+                             "nchw", NULL};
     PyObject *x_obj, *packed_obj, *w_sum_obj, *scale_obj, *zp_obj, *bias_obj, *kernel_obj, *stride_obj, *pad_obj,
         *dil_obj, *result = NULL;
     Py_ssize_t n, groups;
-    int has_m128, nthreads = 1;
+    int has_m128, nthreads = 1, nchw = 0;
     npy_intp ks[2], st[2], pd[2], dl[2];
     PyArrayObject *x = NULL, *packed = NULL, *w_sum = NULL, *scale = NULL, *zp = NULL, *bias = NULL, *y = NULL;
     (void)self;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "OOOOOOnpOOOOn|i:conv2d_int8", kwlist, &x_obj, &packed_obj,
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OOOOOOnpOOOOn|ip:conv2d_int8", kwlist, &x_obj, &packed_obj,
                                      &w_sum_obj, &scale_obj, &zp_obj, &bias_obj, &n, &has_m128, &kernel_obj,
-                                     &stride_obj, &pad_obj, &dil_obj, &groups, &nthreads))
+                                     &stride_obj, &pad_obj, &dil_obj, &groups, &nthreads, &nchw))
         return NULL;
     if (!check_threads(nthreads)) return NULL;
     if (!pair_arg(kernel_obj, "kernel", 1, ks) || !pair_arg(stride_obj, "stride", 1, st) ||
@@ -899,15 +902,17 @@ static PyObject *py_conv2d_int8(PyObject *self, PyObject *args, PyObject *kw) {
                      (Py_ssize_t)out_h, (Py_ssize_t)out_w, (Py_ssize_t)k_conv);
         goto fail;
     }
-    npy_intp dims[2] = {m, n};
-    if (!(y = (PyArrayObject *)PyArray_EMPTY(2, dims, NPY_FLOAT32, 0))) goto fail;
+    npy_intp dims[2] = {m, n}, dims_nchw[4] = {batch, n, out_h, out_w};
+    if (!(y = (PyArrayObject *)(nchw ? PyArray_EMPTY(4, dims_nchw, NPY_FLOAT32, 0)
+                                     : PyArray_EMPTY(2, dims, NPY_FLOAT32, 0))))
+        goto fail;
     int status;
     mq_src_t kind = src_kind(x);
     Py_BEGIN_ALLOW_THREADS
     status = mq_conv2d_dynamic(PyArray_DATA(x), kind, batch, channels, height, width, ks[0], ks[1], st[0], st[1],
                                pd[0], pd[1], dl[0], dl[1], groups, PyArray_DATA(packed), PyArray_DATA(w_sum),
                                PyArray_DATA(scale), data_or_null(zp), has_m128, data_or_null(bias), n,
-                               PyArray_DATA(y), nthreads);
+                               PyArray_DATA(y), nchw, nthreads);
     Py_END_ALLOW_THREADS
     if (status < 0) {
         PyErr_NoMemory();

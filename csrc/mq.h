@@ -371,11 +371,12 @@ extern int64_t mq_gemv_max_rows;
  * im2col'd in int8 (zero padding is exact), and multiplied per group with
  * the packed weight [groups blocks of out/groups channels x
  * channels/groups*kh*kw].  y is [batch*out_h*out_w][n] (rows = output
- * pixels, NHWC order).  Returns 0, or -1 when out of memory. */
+ * pixels, NHWC order), or [batch][n][out_h*out_w] (NCHW) when nchw is set.  Returns 0, or -1 when out of memory. */
 int mq_conv2d_dynamic(const void *x, mq_src_t kind, int64_t batch, int64_t channels, int64_t height, int64_t width,
                       int64_t kh, int64_t kw, int64_t sh, int64_t sw, int64_t ph, int64_t pw, int64_t dh, int64_t dw,
                       int64_t groups, const int8_t *packed, const int32_t *w_sum, const float *w_scale,
-                      const int32_t *w_zp, int w_has_m128, const float *bias, int64_t n, float *y, int nthreads);
+                      const int32_t *w_zp, int w_has_m128, const float *bias, int64_t n, float *y, int nchw,
+                      int nthreads);
 int mq_linear_weight_only(const void *x, mq_src_t kind, int64_t m, int64_t k, int64_t ldx, const int8_t *packed,
                           const float *w_scale, const int32_t *w_zp, const float *bias, int64_t n, float *y,
                           int nthreads);

@@ -1,6 +1,7 @@
 """QuantizedConv2d on the int8 matmul kernels vs F.conv2d on the dequantized weight."""
 import math
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -175,3 +176,23 @@ def test_conv_dynamic_row_blocks_bit_exact(isa):
     ref = reference.conv2d_int8(x, qconv.quantized_weight().qdata, qconv.weight_scale, qconv.weight_zero_point,
                                 qconv.bias, conv.stride, conv.padding, conv.dilation, conv.groups)
     assert torch.equal(y, ref)
+
+
+@pytest.mark.parametrize("shape", [(3, 40, 3, 1, 1, 9, 1), (8, 33, 3, 2, 1, 13, 1), (16, 64, 1, 1, 0, 7, 2),
+                                   (12, 36, 3, 1, 1, 6, 3)], ids=str)
+@pytest.mark.parametrize("threads", [1, 2])
+def test_conv_nchw_output_is_the_rows_transposed(isa, shape, threads):
+    """nchw=True writes exactly the NHWC rows' values, transposed in C (tails of the 32x32 tiles)."""
+    cin, cout, k, stride, pad, size, groups = shape
+    torch.manual_seed(1)
+    conv = torch.nn.Conv2d(cin, cout, k, stride=stride, padding=pad, groups=groups).eval()
+    qconv = mq.quantize(conv).model
+    x = torch.randn(3, cin, size, size)
+    _, _, whole = kernel_args(qconv)
+    geometry = ((k, k), (stride, stride), (pad, pad), (1, 1), groups)
+    rows = _C.conv2d_int8(x.numpy(), *whole, *geometry, nthreads=threads)
+    nchw = _C.conv2d_int8(x.numpy(), *whole, *geometry, nthreads=threads, nchw=True)
+    out = (size + 2 * pad - k) // stride + 1
+    want = rows.reshape(3, out, out, cout).transpose(0, 3, 1, 2)
+    assert nchw.shape == (3, cout, out, out) and nchw.flags.c_contiguous
+    assert np.array_equal(nchw, want)

@@ -126,14 +126,15 @@ class QuantizedConv2d(QuantizedModule):
         images = max(1, DYNAMIC_CHUNK_BYTES // max(1, per_image))
         geometry = (tuple(self.kernel_size), tuple(self.stride), padding, tuple(self.dilation), self.groups)
         nthreads = kernels.num_threads()
+        # NCHW straight from C (a torch permute().contiguous() here waited on torch's thread team under load)
         if images >= batch:
-            y = torch.from_numpy(_C.conv2d_int8(kernels.to_numpy(x), *whole, *geometry, nthreads=nthreads))
-            return y.reshape(batch, out_h, out_w, self.out_channels).permute(0, 3, 1, 2).contiguous()
+            return torch.from_numpy(_C.conv2d_int8(kernels.to_numpy(x), *whole, *geometry, nthreads=nthreads,
+                                                   nchw=True))
         out = torch.empty(batch, self.out_channels, out_h, out_w)
+        out_np = out.numpy()  # chunks copied by numpy, one thread: no torch op between the C calls
         for b0 in range(0, batch, images):
-            y = torch.from_numpy(_C.conv2d_int8(kernels.to_numpy(x[b0:b0 + images]), *whole, *geometry,
-                                                nthreads=nthreads))
-            out[b0:b0 + images].copy_(y.reshape(-1, out_h, out_w, self.out_channels).permute(0, 3, 1, 2))
+            out_np[b0:b0 + images] = _C.conv2d_int8(kernels.to_numpy(x[b0:b0 + images]), *whole, *geometry,
+                                                    nthreads=nthreads, nchw=True)
         return out
 
     def _packed_pays(self, x: torch.Tensor) -> bool:
