@@ -8,6 +8,8 @@ import sys
 import time
 from typing import List, Optional
 
+from .report import human_bytes
+
 __all__ = ["main", "build_parser"]
 
 
@@ -87,7 +89,7 @@ def _cmd_quantize(args) -> int:
         before, after = report.model_bytes_before, report.model_bytes_after
         ratio = after / before if before else 0.0
         print(f"{args.output}: {len(report.layers)} layers quantized, {len(report.skipped)} skipped; "
-              f"{_human(before)} -> {_human(after)} ({ratio:.3f}x) in {time.perf_counter() - start:.1f} s")
+              f"{human_bytes(before)} -> {human_bytes(after)} ({ratio:.3f}x) in {time.perf_counter() - start:.1f} s")
     return 0
 
 
@@ -103,15 +105,15 @@ def _cmd_inspect(args) -> int:
         scheme = layer["scheme"] + ("" if layer["axis"] is None else f", axis {layer['axis']}")
         scheme += "" if layer["group_size"] is None else f", group {layer['group_size']}"
         rows.append((layer["name"] or "<root>", f"{layer['type']} ({scheme})", layer["dtype"],
-                     _shape(layer["shape"]), _human(layer["bytes"])))
+                     _shape(layer["shape"]), human_bytes(layer["bytes"])))
     for t in info["tensors"]:
-        rows.append((t["name"], "tensor", t["dtype"], _shape(t["shape"]), _human(t["bytes"])))
+        rows.append((t["name"], "tensor", t["dtype"], _shape(t["shape"]), human_bytes(t["bytes"])))
     _print_table(rows)
     totals = info["totals"]
     version = f"format v{info['format_version']}" if info["format_version"] else "plain safetensors (no manifest)"
     print(f"{info['path']}: {version}, {info['kind']}; {totals['quantized_layers']} quantized layers "
-          f"({_human(totals['quantized_bytes'])}), {len(info['tensors'])} other tensors "
-          f"({_human(totals['float_bytes'])}); total {_human(totals['bytes'])}"
+          f"({human_bytes(totals['quantized_bytes'])}), {len(info['tensors'])} other tensors "
+          f"({human_bytes(totals['float_bytes'])}); total {human_bytes(totals['bytes'])}"
           + (f", {len(info['aliases'])} aliased" if info["aliases"] else ""))
     return 0
 
@@ -125,8 +127,8 @@ def _cmd_compare(args) -> int:
         return 0
     rows = [("name", "shape", "A", "B", "B/A", "SQNR dB")]
     for r in result["rows"]:
-        a = "-" if r["bytes_a"] is None else f"{r['dtype_a']} {_human(r['bytes_a'])}"
-        b = "-" if r["bytes_b"] is None else f"{r['dtype_b']} {_human(r['bytes_b'])}"
+        a = "-" if r["bytes_a"] is None else f"{r['dtype_a']} {human_bytes(r['bytes_a'])}"
+        b = "-" if r["bytes_b"] is None else f"{r['dtype_b']} {human_bytes(r['bytes_b'])}"
         ratio = f"{r['bytes_b'] / r['bytes_a']:.3f}" if r["bytes_a"] and r["bytes_b"] is not None else "-"
         if r["status"] != "ok":
             sqnr = r["status"]
@@ -140,7 +142,7 @@ def _cmd_compare(args) -> int:
     ratio = f"{t['ratio']:.3f}x" if t["ratio"] is not None else "-"
     worst = t["min_sqnr_db"]
     worst = "-" if worst is None else ("inf" if math.isinf(worst) else f"{worst:.1f} dB")
-    print(f"{t['compared']} tensors compared (lowest SQNR {worst}); {_human(t['bytes_a'])} -> {_human(t['bytes_b'])} "
+    print(f"{t['compared']} tensors compared (lowest SQNR {worst}); {human_bytes(t['bytes_a'])} -> {human_bytes(t['bytes_b'])} "
           f"({ratio}); only in A: {t['only_in_a']}, only in B: {t['only_in_b']}, shape mismatches: "
           f"{t['shape_mismatches']}")
     return 0
@@ -148,15 +150,6 @@ def _cmd_compare(args) -> int:
 
 def _shape(shape) -> str:
     return "-" if shape is None else "x".join(str(d) for d in shape) or "scalar"
-
-
-def _human(n) -> str:
-    n = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if n < 1024 or unit == "GiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024.0
-    return str(n)
 
 
 def _print_table(rows) -> None:

@@ -4,10 +4,16 @@ deterministic weights (seeded), so every run prints the same figures."""
 from __future__ import annotations
 
 import math
+import statistics
+import sys
+import time
 from typing import List, Tuple
 
 import torch
 from torch import nn
+
+from .api import quantize
+from .report import human_bytes
 
 __all__ = ["TransformerLike", "SmallConvNet", "demo_models", "output_sqnr_db", "run_demo", "run_speed"]
 
@@ -90,11 +96,6 @@ def output_sqnr_db(reference: torch.Tensor, output: torch.Tensor) -> float:
 
 def run_demo(dtypes=("int8", "int4", "fp16", "bf16"), file=None) -> List[dict]:
     """Quantize each demo model to each dtype; print a table; return the rows."""
-    import sys
-
-    from .api import quantize
-    from .report import _human
-
     out = file or sys.stdout
     rows = []
     for model_name, model, x in demo_models():
@@ -114,7 +115,7 @@ def run_demo(dtypes=("int8", "int4", "fp16", "bf16"), file=None) -> List[dict]:
     print(header, file=out)
     print("-" * len(header), file=out)
     for r in rows:
-        size = f"{_human(r['bytes_before'])} -> {_human(r['bytes_after'])}"
+        size = f"{human_bytes(r['bytes_before'])} -> {human_bytes(r['bytes_after'])}"
         print(f"{r['model']:<18}{r['dtype']:<7}{r['layers']:>7}{len(r['skipped']):>9}   {size:<26}"
               f"{r['output_sqnr_db']:>9.1f} dB", file=out)
         for name, kind, reason in r["skipped"]:
@@ -125,12 +126,6 @@ def run_demo(dtypes=("int8", "int4", "fp16", "bf16"), file=None) -> List[dict]:
 def run_speed(batches=(1, 32), repeats: int = 30, file=None) -> List[dict]:
     """Time the transformer-like model in fp32 and int8 (dynamic and
     weight-only) on this machine, interleaved; print medians and ratios."""
-    import statistics
-    import sys
-    import time
-
-    from .api import quantize
-
     out = file or sys.stdout
     model = _seeded(TransformerLike(), 1)
     contenders = {"fp32": model, "int8 dynamic": quantize(model).model,

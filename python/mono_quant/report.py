@@ -7,7 +7,7 @@ from typing import List, NamedTuple
 
 import torch
 
-__all__ = ["SkippedLayer", "LayerReport", "Report", "tensor_bytes", "unique_tensor_bytes"]
+__all__ = ["SkippedLayer", "LayerReport", "Report", "human_bytes", "tensor_bytes", "unique_tensor_bytes"]
 
 
 class SkippedLayer(NamedTuple):
@@ -110,13 +110,13 @@ class Report:
         rows = [("layer", "type", "dtype", "before", "after", "bits/w", "SQNR dB")]
         for r in self.layers:
             sqnr = "inf" if math.isinf(r.weight_sqnr_db) else f"{r.weight_sqnr_db:.1f}"
-            rows.append((r.name or "<root>", r.type, r.dtype, _human(r.bytes_before), _human(r.bytes_after),
+            rows.append((r.name or "<root>", r.type, r.dtype, human_bytes(r.bytes_before), human_bytes(r.bytes_after),
                          f"{r.bits_per_weight:.2f}", sqnr))
         widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
         lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths)) for row in rows]
         lines.append(
             f"{len(self.layers)} layers quantized, {len(self.skipped)} skipped; model "
-            f"{_human(self.model_bytes_before)} -> {_human(self.model_bytes_after)}"
+            f"{human_bytes(self.model_bytes_before)} -> {human_bytes(self.model_bytes_after)}"
         )
         for s in self.skipped:
             lines.append(f"  skipped {s.name or '<root>'} ({s.type}): {s.reason}")
@@ -141,7 +141,9 @@ def unique_tensor_bytes(module: torch.nn.Module) -> int:
     return total
 
 
-def _human(n: int) -> str:
+def human_bytes(n) -> str:
+    """A byte count for people: "512 B", "1.5 KiB", "2.0 GiB"."""
+    n = float(n)
     for unit in ("B", "KiB", "MiB", "GiB"):
         if n < 1024 or unit == "GiB":
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
