@@ -35,7 +35,7 @@ warnings.filterwarnings("ignore")
 
 def interleaved(contenders, repeats=15, warmup=2):
     """common.interleaved with a rotating start, timed by isa_cap.clock (wall or CPU time)."""
-    return common.interleaved(contenders, repeats, warmup, rotate=True, clock=isa_cap.clock)
+    return common.interleaved(contenders, repeats, warmup, order="rotate", clock=isa_cap.clock)
 
 L3_BYTES = 32 << 20
 

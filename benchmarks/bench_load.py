@@ -1,6 +1,6 @@
 """Steady under load: every shape of the speed targets, each quantized
 layer against fp32 (F.linear / F.conv2d) interleaved in one process (a fresh
-random order each round, common.interleaved_shuffled), with
+random order each round, common.interleaved(order="shuffle")), with
 optional CPU-bound background processes running beside it.
 
 With other work on the cores, a call that waits for a descheduled helper
@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 import mono_quant as mq
-from common import background_load, interleaved_shuffled, machine_info, summary, write_results
+from common import background_load, interleaved, machine_info, summary, write_results
 from mono_quant import kernels
 
 warnings.filterwarnings("ignore")
@@ -83,7 +83,7 @@ def run(args) -> list:
         contenders = {"fp32": lambda f=fp32, x=x: f(x)}
         contenders.update({name: (lambda q=q, x=x: q(x)) for name, q in quantized.items()})
         with torch.no_grad():
-            times = interleaved_shuffled(contenders, repeats=args.repeats, warmup=2)
+            times = interleaved(contenders, repeats=args.repeats, warmup=2, order="shuffle")
         stats = {name: summary(t) for name, t in times.items()}
         base = stats["fp32"]["median_us"]
         ratios = {name: base / st["median_us"] for name, st in stats.items() if name != "fp32"}

@@ -9,6 +9,7 @@ import contextlib
 import json
 import os
 import platform
+import random
 import statistics
 import subprocess
 import sys
@@ -19,7 +20,7 @@ from typing import Callable, Dict, Iterator
 import numpy as np
 import torch
 
-__all__ = ["machine_info", "interleaved", "interleaved_shuffled", "summary", "write_results", "background_load", "RESULTS_DIR"]
+__all__ = ["machine_info", "interleaved", "summary", "write_results", "background_load", "RESULTS_DIR"]
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 
@@ -50,48 +51,34 @@ def machine_info() -> dict:
 
 
 def interleaved(contenders: Dict[str, Callable[[], object]], repeats: int = 15, warmup: int = 2,
-                rotate: bool = True, clock: Callable[[], float] = time.perf_counter) -> Dict[str, list]:
-    """Time each contender ``repeats`` times, interleaved; seconds per call (of ``clock``).
+                order: str = "rotate", seed: int = 0,
+                clock: Callable[[], float] = time.perf_counter) -> Dict[str, list]:
+    """Time each contender ``repeats`` times, interleaved, after ``warmup`` rounds;
+    seconds per call (of ``clock``).
 
-    With ``rotate`` each round starts one contender later (A B C, B C A, C A B,
-    ...): the call right after fp32 F.linear / conv2d runs measurably slower
-    (~0.4 ms at 4096x4096, batch 1), so no contender may always hold that slot.
+    The call right after fp32 F.linear / conv2d runs measurably slower (torch's
+    OpenMP team still winding down; ~0.4 ms at 4096x4096 batch 1, more on a busy
+    machine), so no contender may always hold that slot.  ``order``: "rotate"
+    starts each round one contender later (A B C, B C A, ...); "shuffle" runs
+    each round in a fresh random order (seeded), which also keeps one contender
+    from following fp32 in every round but one; "fixed" is A B C every round.
     """
+    if order not in ("rotate", "shuffle", "fixed"):
+        raise ValueError(f"order must be 'rotate', 'shuffle' or 'fixed', got {order!r}")
     names = list(contenders)
+    shuffler = random.Random(seed)
     for _ in range(warmup):
         for fn in contenders.values():
             fn()
     times = {name: [] for name in names}
     for r in range(repeats):
+        if order == "shuffle":
+            shuffler.shuffle(names)
         for j in range(len(names)):
-            name = names[(r + j) % len(names)] if rotate else names[j]
+            name = names[(r + j) % len(names)] if order == "rotate" else names[j]
             t0 = clock()
             contenders[name]()
             times[name].append(clock() - t0)
-    return times
-
-
-def interleaved_shuffled(contenders: Dict[str, Callable[[], object]], repeats: int = 15, warmup: int = 2,
-                         seed: int = 0) -> Dict[str, list]:
-    """Like ``interleaved``, but each round runs the contenders in a fresh
-    random order (seeded): the call right after fp32 (torch's OpenMP team
-    still winding down) runs slower, most of all on a busy machine, and a
-    rotation (A B C, B C A, ...) keeps the same contender right after fp32
-    in every round but one.  Seconds per call."""
-    import random
-
-    order = random.Random(seed)
-    names = list(contenders)
-    for _ in range(warmup):
-        for fn in contenders.values():
-            fn()
-    times = {name: [] for name in names}
-    for _ in range(repeats):
-        order.shuffle(names)
-        for name in names:
-            t0 = time.perf_counter()
-            contenders[name]()
-            times[name].append(time.perf_counter() - t0)
     return times
 
 

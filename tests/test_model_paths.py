@@ -62,21 +62,27 @@ def test_dequantized_packed_is_dequantized_weight(symmetric):
 
 
 @pytest.mark.parametrize("isa", LEVELS)
+def _packed_and_blas(layer, x, isa, crossover_rows):
+    """The layer's output on the packed kernel and on the dequantize + BLAS path, at kernel level isa
+    (the shape rule's row threshold for that level set out of reach, then to 1)."""
+    previous = _C.set_isa(isa)
+    try:
+        with torch.no_grad():
+            crossover_rows[isa] = 1 << 62
+            packed = layer(x)
+            crossover_rows[isa] = 1
+            return packed, layer(x)
+    finally:
+        _C.set_isa(previous)
+
+
 @pytest.mark.parametrize("rows", [1, 7, 70])
 def test_weight_only_int8_blas_path_matches_packed_kernel(isa, rows, blas_tables):
     int8_rows, _ = blas_tables
     torch.manual_seed(1)
     layer = mq.quantize(nn.Linear(96, 40), activations=None).model
     x = torch.randn(2, rows, 96)
-    previous = _C.set_isa(isa)
-    try:
-        with torch.no_grad():
-            int8_rows[isa] = 1 << 62
-            packed = layer(x)
-            int8_rows[isa] = 1
-            blas = layer(x)
-    finally:
-        _C.set_isa(previous)
+    packed, blas = _packed_and_blas(layer, x, isa, int8_rows)
     ref = F.linear(x.double(), layer.dequantized_weight().double(), layer.bias.double())
     assert blas.shape == packed.shape == ref.shape
     assert _close(blas, ref) and _close(packed, ref)
@@ -88,15 +94,7 @@ def test_int4_blas_path_matches_packed_kernel(isa, blas_tables):
     torch.manual_seed(2)
     layer = mq.quantize(nn.Linear(256, 48), dtype="int4").model
     x = torch.randn(33, 256)
-    previous = _C.set_isa(isa)
-    try:
-        with torch.no_grad():
-            int4_rows[isa] = 1 << 62
-            packed = layer(x)
-            int4_rows[isa] = 1
-            blas = layer(x)
-    finally:
-        _C.set_isa(previous)
+    packed, blas = _packed_and_blas(layer, x, isa, int4_rows)
     exact = F.linear(x.double(), layer.dequantized_weight().double(), layer.bias.double())
     assert _close(blas, exact)  # fp32 activations: the dequantized weight's product
     # the packed kernels may quantize activations to int8 (int4.set_int8_activations): ~0.5% noise
