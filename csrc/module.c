@@ -1568,6 +1568,9 @@ static PyMethodDef module_methods[] = {
 
 static int module_exec(PyObject *m) {
     if (_import_array() < 0) return -1;
+    /* the kernel tables are built once, here, with the GIL held: later calls
+     * from threads running without the GIL only read them */
+    mq_active();
     /* MONO_QUANT_ISA=scalar|avx2|avx512 caps the kernels (debugging, CI on
      * other CPUs); an unsupported value is ignored with a warning. */
     const char *forced = getenv("MONO_QUANT_ISA");

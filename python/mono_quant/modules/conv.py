@@ -117,7 +117,7 @@ class QuantizedConv2d(QuantizedModule):
 
     def _dynamic_conv(self, x: torch.Tensor, whole: tuple, padding, out_h: int, out_w: int, k: int) -> torch.Tensor:
         """The C dynamic int8 conv over chunks of images whose int8 im2col rows take about
-        DYNAMIC_CHUNK_BYTES, each chunk's NHWC result written into one NCHW output: the
+        DYNAMIC_CHUNK_BYTES, each chunk's result written by C in NCHW into one output: the
         rows then stay in cache between im2col and the GEMM, and no large buffer is
         allocated (and page-faulted) per call.  Activations are quantized per image and
         the integer GEMM is exact, so the chunks give the same result as one call."""
