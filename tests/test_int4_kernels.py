@@ -9,7 +9,7 @@ import torch
 
 from mono_quant import _C, kernels
 from mono_quant.int4 import int4_linear, quantize_int4, set_int8_activations, unpack_int4
-from mono_quant.tensor import NonFiniteWeightError, quantize_weight
+from mono_quant import NonFiniteWeightError, quantize_weight
 
 _LEVELS = ["scalar", "avx2", "avx512"]
 ISAS = _LEVELS[: _LEVELS.index(kernels.cpu_info()["best_isa"]) + 1]

@@ -15,7 +15,7 @@ from mono_quant.entries import quantize_state_dict_entry
 from mono_quant.config import QuantConfig
 from mono_quant.modules import QuantizedLinear
 from mono_quant.packing import PACKED_BUFFERS, pack_int8_linear
-from mono_quant.tensor import quantize_weight
+from mono_quant import quantize_weight
 
 LEVELS = ["scalar", "avx2", "avx512"]
 SUPPORTED = LEVELS[: LEVELS.index(_C.cpu_info()["best_isa"]) + 1]

@@ -8,6 +8,7 @@ from torch import nn
 import mono_quant as mq
 from mono_quant import _C, int4
 from mono_quant.modules import conv as conv_module
+from mono_quant.formats import packed_linear as packed_linear_module
 from mono_quant.modules import linear as linear_module
 from mono_quant.modules.linear import dequantized_packed, kernel_args
 from mono_quant.packing import unpack_int8_rows
@@ -108,19 +109,19 @@ def test_path_choice_is_a_rule_on_rows(blas_tables):
     torch.manual_seed(3)
     layer = mq.quantize(nn.Linear(32, 16), activations=None).model
     calls = []
-    original = linear_module.packed_linear
+    original = packed_linear_module.packed_linear
 
     def spy(*args, **kwargs):
         calls.append(args[1].shape[0])
         return original(*args, **kwargs)
 
-    linear_module.packed_linear = spy
+    packed_linear_module.packed_linear = spy
     try:
         with torch.no_grad():
             for rows in (1, 7, 8, 64, 7):
                 layer(torch.randn(rows, 32))
     finally:
-        linear_module.packed_linear = original
+        packed_linear_module.packed_linear = original
     assert calls == [1, 7, 7]
 
 

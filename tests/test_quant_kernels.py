@@ -156,9 +156,9 @@ def test_reference_twins_agree_with_c():
 
 def test_threads_give_identical_results(monkeypatch):
     x = _data((64, 1500), torch.float32, seed=4)
-    monkeypatch.setattr(kernels, "num_threads", lambda: 1)
+    monkeypatch.setattr(kernels.SETTINGS, "num_threads", lambda: 1)
     one = kernels.quantize_rows_fused(x, -128, 127, False)
-    monkeypatch.setattr(kernels, "num_threads", lambda: 7)
+    monkeypatch.setattr(kernels.SETTINGS, "num_threads", lambda: 7)
     many = kernels.quantize_rows_fused(x, -128, 127, False)
     for a, b in zip(one[:3], many[:3]):
         assert torch.equal(a, b)

@@ -8,7 +8,7 @@ import torch
 import mono_quant as mq
 from mono_quant import _C, kernels
 from mono_quant.packing import pack_int8_linear, packed_sizes, quantize_and_pack_int8
-from mono_quant.tensor import quantize_weight
+from mono_quant import quantize_weight
 
 
 def _gen(seed):
@@ -256,7 +256,7 @@ def test_packed_buffers_must_fit_the_module_they_run_in():
     an empty packed layer is not taken as it is."""
     from torch import nn
 
-    from mono_quant.io.load import _packed_int8_layer
+    from mono_quant.io.rebuild import packed_int8_layer as _packed_int8_layer
     from mono_quant.modules import QuantizedLinear
     from mono_quant.packing import check_packed_module
 

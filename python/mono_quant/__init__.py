@@ -7,16 +7,17 @@ from .api import QuantizationResult, SkippedLayer, quantize
 from .config import DEFAULT, QuantConfig
 from .errors import CheckpointError, ConfigError, MonoQuantError, NonFiniteWeightError
 from .io import QuantizedStateDict, load, quantize_checkpoint, save
-from .kernels import cpu_info
+from . import reference  # noqa: F401  (historical module names, kept importable as attributes)
+from .formats import quantize_weight
 from .int4 import Int4Weight
+from .kernels import SETTINGS, cpu_info
 from .modules import QuantizedConv2d, QuantizedEmbedding, QuantizedLinear, QuantizedModule, register_qmodule
 from .qtypes import QTYPES, get_qtype
 from .report import LayerReport, Report
-from .tensor import QuantizedWeight, quantize_weight
+from .tensor import QuantizedWeight
 from .version import __version__
 
-
-
+SETTINGS.apply_environment()  # MONO_QUANT_THREADS, once, where the package starts
 
 __all__ = [
     "quantize",

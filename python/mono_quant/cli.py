@@ -8,14 +8,18 @@ import sys
 import time
 from typing import List, Optional
 
+from . import kernels
+from .demo import run_demo, run_speed
+from .io import quantize_checkpoint
+from .io.compare import compare
+from .io.describe import describe
 from .report import human_bytes
+from .version import __version__
 
 __all__ = ["main", "build_parser"]
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from . import __version__
-
     parser = argparse.ArgumentParser(prog="mono-quant",
                                      description="Quantize PyTorch models to INT8, INT4, FP16 or BF16.")
     parser.add_argument("--version", action="version", version=f"mono-quant {__version__}",
@@ -59,9 +63,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _cmd_demo(args) -> int:
-    from . import kernels
-    from .demo import run_demo, run_speed
-
     info = kernels.cpu_info()
     print(f"mono-quant demo  (kernels: {info['active_isa']}, int8 matmul: {kernels.linear_kernels()['dynamic']}, "
           f"threads: {kernels.num_threads()})")
@@ -72,8 +73,6 @@ def _cmd_demo(args) -> int:
 
 
 def _cmd_quantize(args) -> int:
-    from .io import quantize_checkpoint
-
     start = time.perf_counter()
     options = {}  # unset: the config's default
     if args.group_size is not None:
@@ -94,8 +93,6 @@ def _cmd_quantize(args) -> int:
 
 
 def _cmd_inspect(args) -> int:
-    from .io.describe import describe
-
     info = describe(args.file)
     if args.json:
         print(json.dumps(info, indent=2, default=str))
@@ -119,8 +116,6 @@ def _cmd_inspect(args) -> int:
 
 
 def _cmd_compare(args) -> int:
-    from .io.compare import compare
-
     result = compare(args.a, args.b)
     if args.json:
         print(json.dumps(result, indent=2, default=str))

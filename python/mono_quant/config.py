@@ -26,6 +26,7 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 from .errors import ConfigError
+from .formats.int4_weight import check_group_size, check_method
 from .qtypes import get_qtype
 
 __all__ = ["QuantConfig", "load_config_file", "find_config_file", "resolve_config", "resolve_options", "DEFAULT"]
@@ -146,8 +147,6 @@ class QuantConfig:
                              f"got {self.activations!r}")
         if not isinstance(self.min_weight_numel, int) or self.min_weight_numel < 0:
             raise ConfigError(f"{origin}: min_weight_numel must be a non-negative int, got {self.min_weight_numel!r}")
-        from .int4 import check_group_size, check_method  # lazy: int4 pulls in the C extension
-
         try:
             self.group_size = check_group_size(self.group_size)
             if self.method is not None:

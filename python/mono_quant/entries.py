@@ -13,12 +13,12 @@ import torch
 
 from .config import QuantConfig
 from .errors import NonFiniteWeightError
-from .int4 import quantize_int4
+from .formats import get_format
 from .packing import can_pack, pack_int8_linear, quantize_and_pack_int8
 from .qtypes import QType, get_qtype
 from .report import LayerReport, SkippedLayer, tensor_bytes
 from .selection import selection_reason
-from .tensor import QuantizedWeight, quantize_int_with_error, sqnr_db
+from .tensor import QuantizedWeight, sqnr_db
 
 __all__ = ["convert_weight", "state_dict_entry_plan", "packs_straight_to_int8", "nonfinite_entry_error",
            "quantize_state_dict_entry", "finish_entry"]
@@ -33,31 +33,9 @@ def convert_weight(w: torch.Tensor, qtype: QType, cfg: QuantConfig, layer_type: 
     key = (id(w), qtype.name)
     if key in cache:
         return cache[key]
-    if qtype.name == "int4":
-        result = quantize_int4(w, group_size=cfg.group_size, symmetric=cfg.symmetric_for(layer_type),
-                               method=cfg.method, with_error=True)
-    elif qtype.kind == "int":
-        axis = 0 if cfg.granularity == "per_channel" else None
-        result = quantize_int_with_error(w, qtype, axis, cfg.symmetric_for(layer_type), with_error=measure_error)
-        if not measure_error:
-            result = (result[0], math.nan)
-    else:
-        result = _cast(w, qtype, measure_error)
+    result = get_format(qtype).convert(w, cfg, layer_type, measure_error)
     cache[key] = result
     return result
-
-
-def _cast(w: torch.Tensor, qtype: QType, measure_error: bool):
-    bad = ~torch.isfinite(w.detach())
-    if bool(bad.any()):
-        raise NonFiniteWeightError("non-finite weight", int(bad.reshape(w.shape[0], -1).any(1).nonzero()[0]))
-    cast = w.detach().to(qtype.storage)
-    if cast.data_ptr() == w.data_ptr():  # already in that dtype: copy, never share the caller's tensor
-        cast = cast.clone()
-    if not measure_error:
-        return cast, math.nan
-    err = (w.detach().float() - cast.float())
-    return cast, sqnr_db(float(w.detach().float().pow(2).sum()), float(err.pow(2).sum()))
 
 
 def state_dict_entry_plan(key: str, tensor: torch.Tensor, cfg: QuantConfig):
@@ -78,8 +56,7 @@ def state_dict_entry_plan(key: str, tensor: torch.Tensor, cfg: QuantConfig):
 def packs_straight_to_int8(tensor: torch.Tensor, cfg: QuantConfig) -> bool:
     """Whether a selected weight is quantized straight into the packed int8 layout
     (per-channel int8 of a 2-D CPU weight: what QuantizedLinear keeps)."""
-    return get_qtype(cfg.dtype).name == "int8" and cfg.granularity == "per_channel" and tensor.dim() == 2 \
-        and tensor.device.type == "cpu" and tensor.numel() > 0
+    return get_format(cfg.dtype).packs_straight(tensor, cfg)
 
 
 def nonfinite_entry_error(key: str, name: str, row: int) -> NonFiniteWeightError:

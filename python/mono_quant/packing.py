@@ -14,13 +14,14 @@ from typing import Dict, Optional, Tuple
 import torch
 
 from . import kernels
+from .errors import NonFiniteWeightError
+from .kernels.layout import INT8_K_GROUP, INT8_PANEL_ROWS, PACKED_LAYOUT_VERSION, int8_packed_sizes, round_up
 from .tensor import QuantizedWeight
 
 __all__ = ["PACKED_LAYOUT_VERSION", "PACKED_BUFFERS", "pack_int8_linear", "quantize_and_pack_int8",
            "packed_sizes", "unpack_int8_linear", "unpack_int8_rows", "check_packed_int8", "check_packed_module",
            "can_pack", "packed_info"]
 
-PACKED_LAYOUT_VERSION = 1
 # buffer names, beside weight_qdata / weight_scale / weight_zero_point
 PACKED_BUFFERS = ("weight_packed", "weight_colsum", "weight_packed_info")
 
@@ -28,7 +29,8 @@ PACKED_BUFFERS = ("weight_packed", "weight_colsum", "weight_packed_info")
 def can_pack(qweight) -> bool:
     """Whether the int8 kernels can take this weight: int8 storage, per output
     channel (axis 0) or per tensor, at least 2-D."""
-    return (isinstance(qweight, QuantizedWeight) and qweight.dtype == "int8" and qweight.axis in (0, None)
+    return (isinstance(qweight, QuantizedWeight) and qweight.qtype.storage == torch.int8
+            and qweight.qtype.bits == 8 and qweight.axis in (0, None)
             and qweight.qdata.dim() >= 2 and qweight.qdata.shape[0] > 0 and qweight.qdata[0].numel() > 0)
 
 
@@ -46,7 +48,7 @@ def pack_int8_linear(qweight: QuantizedWeight, groups: int = 1) -> Dict[str, tor
         raise ValueError(f"pack_int8_linear needs an int8 per-channel or per-tensor weight, got {qweight!r}")
     # a weight tied between layers is one QuantizedWeight (quantize() converts it once): pack it once too,
     # so the layers share the packed storage as they share weight_qdata
-    memo = qweight.__dict__.setdefault("_packed_memo", {})
+    memo = qweight.packed_memo
     qdata = qweight.qdata  # (inference-mode tensors have no version counter)
     key = (groups, qdata.data_ptr(), -1 if qdata.is_inference() else qdata._version)
     if key not in memo:
@@ -80,7 +82,7 @@ def _pack(qweight: QuantizedWeight, groups: int) -> Dict[str, torch.Tensor]:
 def quantize_and_pack_int8(weight: torch.Tensor, qmin: int, qmax: int, symmetric: bool, with_error: bool,
                            out: Optional[Tuple[torch.Tensor, torch.Tensor]] = None, block_rows: Optional[int] = None):
     """Per-channel int8 quantization of a 2-D CPU weight straight into the packed layout,
-    one 16-row panel at a time (``kernels.quantize_pack_int8``), so the plain int8 copy
+    one panel of INT8_PANEL_ROWS rows at a time (``kernels.quantize_pack_int8``), so the plain int8 copy
     never exists and the weight is read once.  Gives exactly what quantize_weight
     (axis 0) + pack_int8_linear give.  ``out``: a (packed, column sums) pair of int8 /
     int32 tensors of the right sizes to fill instead of allocating (buffer reuse).
@@ -89,8 +91,6 @@ def quantize_and_pack_int8(weight: torch.Tensor, qmin: int, qmax: int, symmetric
     Returns ``(scale, zero_point, packed_buffers, sum_x2, sum_err2)`` (the sums are 0.0
     unless ``with_error``).  Raises NonFiniteWeightError naming the first bad row.
     """
-    from .tensor import NonFiniteWeightError
-
     rows, cols = weight.shape
     packed, colsum, scale, zero_point, has_m128, bad, sx, se = kernels.quantize_pack_int8(
         weight.detach(), qmin, qmax, symmetric, with_error, out=out)
@@ -105,8 +105,7 @@ def quantize_and_pack_int8(weight: torch.Tensor, qmin: int, qmax: int, symmetric
 
 def packed_sizes(rows: int, cols: int) -> Tuple[int, int]:
     """(bytes of the packed weight, entries of its column sums) for a [rows, cols] int8 weight."""
-    np_ = -(-rows // 16) * 16
-    return np_ * (-(-cols // 4) * 4), np_
+    return int8_packed_sizes(rows, cols)
 
 
 def unpack_int8_linear(packed: torch.Tensor, info: torch.Tensor, shape) -> torch.Tensor:
@@ -125,7 +124,7 @@ def unpack_int8_linear(packed: torch.Tensor, info: torch.Tensor, shape) -> torch
     if groups < 1 or n % groups or shape[0] != n or math.prod(shape[1:]) != k:
         raise ValueError(f"packed int8 info {values} does not describe a weight of shape {shape}")
     out_g = n // groups
-    n_pad, k_pad = -(-out_g // 16) * 16, -(-k // 4) * 4
+    n_pad, k_pad = round_up(out_g, INT8_PANEL_ROWS), round_up(k, INT8_K_GROUP)
     if packed.numel() != groups * n_pad * k_pad:
         raise ValueError(f"packed int8 weight has {packed.numel()} bytes, expected {groups * n_pad * k_pad}")
     rows = unpack_int8_rows(packed, groups, out_g, k).reshape(n, k)
@@ -139,12 +138,15 @@ def unpack_int8_rows(packed: torch.Tensor, groups: int, out_g: int, k: int) -> t
     order).  Each 16-channel panel holds its K-groups of 4 bytes channel-interleaved:
     moving those 4-byte groups as int32 values makes the transpose 4x fewer (and
     word-sized) element moves than a byte-wise permute; the bytes are the same."""
-    n_pad, k_pad = -(-out_g // 16) * 16, -(-k // 4) * 4
+    n_pad, k_pad = round_up(out_g, INT8_PANEL_ROWS), round_up(k, INT8_K_GROUP)
     if packed.device.type == "cpu" and packed.is_contiguous() and packed.storage_offset() % 4 == 0:
-        words = packed.view(torch.int32).reshape(groups * (n_pad // 16), k_pad // 4, 16)
+        # (one int32 word is one K group of INT8_K_GROUP = 4 bytes)
+        words = packed.view(torch.int32).reshape(groups * (n_pad // INT8_PANEL_ROWS), k_pad // INT8_K_GROUP,
+                                                 INT8_PANEL_ROWS)
         rows = words.transpose(1, 2).contiguous().reshape(-1).view(torch.int8).reshape(groups, n_pad, k_pad)
     else:
-        panels = packed.reshape(groups, n_pad // 16, k_pad // 4, 16, 4)
+        panels = packed.reshape(groups, n_pad // INT8_PANEL_ROWS, k_pad // INT8_K_GROUP, INT8_PANEL_ROWS,
+                                INT8_K_GROUP)
         rows = panels.permute(0, 1, 3, 2, 4).reshape(groups, n_pad, k_pad)
     return rows[:, :out_g, :k]
 
@@ -227,8 +229,8 @@ def packed_info(module) -> Optional[dict]:
     _, out_features, in_features, has_m128, groups = values
     if groups < 1 or out_features < 1 or in_features < 1 or out_features % groups:
         return None
-    panels = groups * -(-(out_features // groups) // 16)
-    if (packed.dtype != torch.int8 or packed.dim() != 1 or packed.numel() != panels * 16 * (-(-in_features // 4) * 4)
-            or colsum.dtype != torch.int32 or colsum.dim() != 1 or colsum.numel() != panels * 16):
+    size_g, rows_g = int8_packed_sizes(out_features // groups, in_features)
+    if (packed.dtype != torch.int8 or packed.dim() != 1 or packed.numel() != groups * size_g
+            or colsum.dtype != torch.int32 or colsum.dim() != 1 or colsum.numel() != groups * rows_g):
         return None
     return {"out_features": out_features, "in_features": in_features, "has_m128": bool(has_m128), "groups": groups}

@@ -6,7 +6,7 @@ saves, moves and copies like any tensor.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Optional, Tuple
 
 import torch
@@ -15,7 +15,7 @@ from . import kernels
 from .errors import NonFiniteWeightError
 from .qtypes import QType, get_qtype
 
-__all__ = ["QuantizedWeight", "quantize_weight", "quantize_int_with_error", "sqnr_db", "NonFiniteWeightError"]
+__all__ = ["QuantizedWeight", "quantize_int_with_error", "check_input", "sqnr_db", "NonFiniteWeightError"]
 
 
 @dataclass
@@ -35,6 +35,9 @@ class QuantizedWeight:
     dtype: str
     symmetric: bool
     orig_dtype: torch.dtype = torch.float32
+    # packing.pack_int8_linear's last result for this weight: a weight tied between
+    # layers is one QuantizedWeight, so they share one packed copy too
+    packed_memo: dict = field(default_factory=dict, init=False, repr=False, compare=False)
 
     @property
     def shape(self) -> torch.Size:
@@ -86,7 +89,8 @@ def _from_rows(rows: torch.Tensor, shape: torch.Size, axis: Optional[int]) -> to
     return rows.reshape(moved).movedim(0, axis).contiguous()
 
 
-def _check_input(tensor: torch.Tensor, axis: Optional[int]) -> Tuple[torch.Tensor, Optional[int]]:
+def check_input(tensor: torch.Tensor, axis: Optional[int]) -> Tuple[torch.Tensor, Optional[int]]:
+    """quantize_weight's checks of its tensor and axis: the tensor as the kernels take it, the axis normalized."""
     if not isinstance(tensor, torch.Tensor):
         raise TypeError(f"quantize_weight() takes a torch.Tensor, got {type(tensor).__name__}")
     if not tensor.is_floating_point():
@@ -102,64 +106,6 @@ def _check_input(tensor: torch.Tensor, axis: Optional[int]) -> Tuple[torch.Tenso
             raise ValueError(f"axis {axis} is out of range for a {tensor.dim()}-D tensor")
         axis %= tensor.dim()
     return tensor, axis
-
-
-def quantize_weight(
-    tensor: torch.Tensor,
-    dtype="int8",
-    *,
-    axis: Optional[int] = 0,
-    group_size: Optional[int] = None,
-    symmetric: bool = False,
-    method: Optional[str] = None,
-) -> QuantizedWeight:
-    """Quantize a tensor to an integer type, per channel along ``axis`` (or per tensor with ``axis=None``).
-
-    INT8 results are bit-identical to ``torch.quantize_per_channel`` (per
-    tensor: ``torch.quantize_per_tensor``) with the same scale and
-    zero-point.  Scales follow torch's MinMaxObserver (see docs/formats.md).
-    The input is never modified.
-
-    Args:
-        tensor: A floating-point tensor.
-        dtype: "int8", "uint8" or "int4" (or the torch dtype).
-        axis: The channel axis (one scale per channel), or None for one
-            scale for the whole tensor.  int4 needs 0 (output channels first).
-        group_size: int4 only: columns per group along the input dimension
-            (a positive multiple of 32), or None for one group per output channel.
-        symmetric: Symmetric range (zero-point 0) instead of min/max.
-        method: int4 only: "rtn", "mse" (default) or "hqq".
-
-    Returns:
-        A :class:`QuantizedWeight` (an ``Int4Weight`` for int4).
-
-    Raises:
-        TypeError: A non-tensor or non-float input.
-        ValueError: An unknown or non-integer dtype, a bad axis or group size.
-        NonFiniteWeightError: The tensor holds NaN/Inf (a ``ValueError``).
-
-    Examples:
-        >>> qw = mq.quantize_weight(linear.weight, "int8", axis=0, symmetric=True)
-        >>> w = qw.dequantize()
-    """
-    qtype = get_qtype(dtype)
-    if qtype.name == "int4":
-        from .int4 import quantize_int4  # int4 builds on this module
-
-        if axis != 0:
-            raise ValueError(f"int4 weights are grouped along the input dimension with axis=0, got axis={axis!r}")
-        return quantize_int4(tensor, group_size=group_size, symmetric=bool(symmetric), method=method)[0]
-    if method not in (None, "rtn"):
-        raise ValueError(f"method={method!r} applies to int4 only; {qtype.name} uses round-to-nearest ('rtn')")
-    if qtype.kind != "int":
-        raise ValueError(
-            f"quantize_weight() makes integer formats; for {qtype.name} cast the tensor "
-            f"(tensor.to({qtype.storage})) or use quantize(model, dtype={qtype.name!r})"
-        )
-    if group_size is not None:
-        raise ValueError(f"group_size is not supported for {qtype.name} (per-channel or per-tensor only)")
-    tensor, axis = _check_input(tensor, axis)
-    return quantize_int_with_error(tensor, qtype, axis, bool(symmetric), with_error=False)[0]
 
 
 def quantize_int_with_error(tensor: torch.Tensor, qtype: QType, axis: Optional[int], symmetric: bool,

@@ -12,7 +12,7 @@ from typing import Tuple
 import numpy as np
 import torch
 
-from .. import reference
+from ..kernels import reference
 from .observer_kernels import HIST_MAX_INDEX_BITS, HIST_MIN_EXP
 
 __all__ = ["minmax", "histogram", "hist_exp", "entropy_search", "mse_search"]

@@ -41,7 +41,7 @@ class ActivationStats:
 
     def update(self, t: torch.Tensor) -> int:
         """Add one batch (a tensor whose first dimension is the batch); returns its NaN/Inf count."""
-        x = ok._as_f32(t)
+        x = ok.as_f32(t)
         bmin = np.array([np.inf], dtype=np.float32)
         bmax = np.array([-np.inf], dtype=np.float32)
         if self.histogram is not None:  # the histogram pass finds the batch's extremes anyway

@@ -20,7 +20,7 @@ import torch
 from ..config import DEFAULT, QuantConfig, resolve_options
 from ..entries import packs_straight_to_int8, quantize_state_dict_entry, state_dict_entry_plan
 from ..errors import CheckpointError, ConfigError
-from ..qtypes import get_qtype
+from ..formats import get_format
 from ..report import LayerReport, Report, tensor_bytes
 from ..result import QuantizationResult
 from .atomic import atomic_output, check_destination
@@ -185,7 +185,7 @@ def _streams(key: str, tensor: torch.Tensor, cfg: QuantConfig):
         return None
     if packs_straight_to_int8(tensor, cfg):
         return stream_packed_int8, plan[0]
-    if get_qtype(cfg.dtype).name == "int4":
+    if get_format(cfg.dtype).streams_row_ranges:
         return stream_int4, plan[0]
     return None
 

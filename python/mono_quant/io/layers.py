@@ -8,7 +8,7 @@ from typing import Any, Dict, Mapping, Optional
 import torch
 from torch import nn
 
-from ..qtypes import get_qtype
+from ..formats import get_format
 from .dtypes import dtype_name
 from .manifest import quantized_class, tensor_spec
 
@@ -27,19 +27,13 @@ def own_tensors(module: nn.Module) -> Dict[str, torch.Tensor]:
     return out
 
 
-def _scheme(weight_format: str, symmetric) -> str:
-    if get_qtype(weight_format).kind != "int":
-        return "cast"
-    return "symmetric" if symmetric else "asymmetric"
-
-
 def module_layer_entry(module, names) -> Dict[str, Any]:
     """The manifest entry of a QuantizedModule found under ``names`` (first is its path).
     Raises TypeError for a class the registry doesn't know (it couldn't be loaded back)."""
     cls = type(module)
     if quantized_class(cls.__name__) is not cls:
         raise TypeError(f"{cls.__name__} at {names[0]!r} is not a registered quantized module; it cannot be saved")
-    is_int = get_qtype(module.weight_format).kind == "int"
+    fmt = get_format(module.weight_format)
     orig = getattr(module, "orig_dtype", None)
     return {
         "name": names[0],
@@ -47,8 +41,8 @@ def module_layer_entry(module, names) -> Dict[str, Any]:
         "class": cls.__name__,
         "type": cls.float_type.__name__,
         "dtype": module.weight_format,
-        "scheme": _scheme(module.weight_format, getattr(module, "weight_symmetric", False)),
-        "axis": getattr(module, "weight_axis", None) if is_int else None,
+        "scheme": fmt.scheme(getattr(module, "weight_symmetric", False)),
+        "axis": fmt.saved_axis(module),
         "group_size": getattr(module, "weight_group_size", getattr(module, "group_size", None)),
         "shape": [int(d) for d in module.weight_shape],
         "orig_dtype": dtype_name(orig) if isinstance(orig, torch.dtype) else None,
@@ -65,15 +59,15 @@ def state_dict_layer_entry(layer, config, tensors: Mapping[str, torch.Tensor],
     ``layer`` is its LayerReport, ``tensors`` its output entries by local name
     (``weight_qdata``... or ``weight``), ``config`` the QuantConfig used.
     """
-    is_int = get_qtype(layer.dtype).kind == "int"
+    fmt = get_format(layer.dtype)
     symmetric = config.symmetric_for(layer.type)
     return {
         "name": layer.name,
         "type": layer.type,
         "dtype": layer.dtype,
-        "scheme": _scheme(layer.dtype, symmetric),
-        "axis": (0 if config.granularity == "per_channel" else None) if is_int else None,
-        "group_size": getattr(config, "group_size", None) if layer.dtype == "int4" else None,  # int4's alone
+        "scheme": fmt.scheme(symmetric),
+        "axis": fmt.config_axis(config),
+        "group_size": fmt.config_group_size(config),
         "shape": [int(d) for d in layer.shape],
         "orig_dtype": dtype_name(orig_dtype) if orig_dtype is not None else None,
         "tensors": {name: tensor_spec(t) for name, t in tensors.items()},

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import copy
-import math
 import os
 import warnings
 from collections import OrderedDict
@@ -12,16 +11,14 @@ import torch
 from safetensors import safe_open
 from torch import nn
 
-from ..int4 import Int4Weight, effective_group
-from ..packing import PACKED_BUFFERS, check_packed_int8, check_packed_module, unpack_int8_linear
+from ..formats import get_format
 from ..modules import QuantizedLinear
 from ..modules.registry import qmodule_for
-from ..qtypes import get_qtype
-from ..tensor import QuantizedWeight
 from .container import read_header
-from .dtypes import dtype_from_name
 from .errors import CheckpointError
 from .manifest import check_against_header, layer_key, parse_manifest, quantized_class
+from .rebuild import (check_weight_shape, dequantize_layer, is_uninitialized, packed_int8_layer, packed_linear,
+                      rebuild_saved, stored_weight)
 from .validate import check_layer
 
 __all__ = ["load", "QuantizedStateDict", "dequantize_layer"]
@@ -238,8 +235,8 @@ class QuantizedStateDict(Mapping):
             if type(float_module) is not cls.float_type:
                 raise CheckpointError(f"layer {name!r} is a {type(float_module).__name__} in the model, the checkpoint "
                                       f"has a quantized {cls.float_type.__name__}")
-            _check_weight_shape(layer, float_module, name)
-            qmodule = _rebuild_saved(layer, own)
+            check_weight_shape(layer, float_module, name)
+            qmodule = rebuild_saved(layer, own)
         else:
             cls = qmodule_for(float_module)
             if cls is not None and layer.get("type") not in (None, type(float_module).__name__):
@@ -249,12 +246,12 @@ class QuantizedStateDict(Mapping):
             if cls is None:
                 raise CheckpointError(f"layer {name!r} is quantized in the checkpoint but is a "
                                       f"{type(float_module).__name__} in the model, which mono-quant does not replace")
-            _check_weight_shape(layer, float_module, name)
-            if cls is QuantizedLinear and _packed_int8_layer(layer, own):
+            check_weight_shape(layer, float_module, name)
+            if cls is QuantizedLinear and packed_int8_layer(layer, own):
                 # the file's packed buffers as they are: no unpacking and packing again
-                qmodule = _packed_linear(layer, own, float_module, name)
+                qmodule = packed_linear(layer, own, float_module, name)
             else:
-                stored = _stored_weight(layer, own, float_module.weight.dtype)
+                stored = stored_weight(layer, own, float_module.weight.dtype)
                 qmodule = cls.from_float(float_module, stored)
             bias = None
             if getattr(float_module, "bias", None) is not None:
@@ -262,7 +259,8 @@ class QuantizedStateDict(Mapping):
                 if bias is None:
                     raise CheckpointError(f"missing key {layer_key(layer['name'], 'bias')!r} for layer {name!r}")
             qmodule._set_bias(bias)
-            if self._weight_only() and get_qtype(layer["dtype"]).kind == "int" and hasattr(qmodule, "set_activations"):
+            if self._weight_only() and get_format(layer["dtype"]).has_activation_modes \
+                    and hasattr(qmodule, "set_activations"):
                 qmodule.set_activations(None)  # as quantize(activations=None) recorded it in the config
             extra = set(own) - set(qmodule.state_dict())
             if "weight_packed" in qmodule._buffers:  # the file's plain weight became the packed copy
@@ -295,14 +293,14 @@ class QuantizedStateDict(Mapping):
         unexpected = [k for k in available if k not in expected]
         mismatched = [f"{k}: {list(self._tensors[k].shape)} in the file, {list(t.shape)} in the model"
                       for k, t in expected.items()
-                      if k in self._tensors and k not in consumed and not _is_uninitialized(t)
+                      if k in self._tensors and k not in consumed and not is_uninitialized(t)
                       and tuple(self._tensors[k].shape) != tuple(t.shape)]
         # a real (not meta) model fixes its dtypes: a file tensor of another dtype would make a module
         # that fails at forward (a meta skeleton takes the file's dtypes)
         retyped = [f"{k}: {_dtype(self._tensors[k])} in the file, {_dtype(t)} in the model (build the model in "
                    f"the file's dtype, or on the meta device)"
                    for k, t in expected.items()
-                   if k in self._tensors and k not in consumed and not _is_uninitialized(t)
+                   if k in self._tensors and k not in consumed and not is_uninitialized(t)
                    and t.device.type != "meta" and self._tensors[k].dtype != t.dtype]
         if missing or unexpected or mismatched or retyped:
             parts = []
@@ -327,125 +325,6 @@ class QuantizedStateDict(Mapping):
 
 def _dtype(t: torch.Tensor) -> str:
     return str(t.dtype).replace("torch.", "")
-
-
-def _is_uninitialized(t) -> bool:
-    return isinstance(t, nn.parameter.UninitializedTensorMixin)
-
-
-def _check_weight_shape(layer, float_module: nn.Module, name: str) -> None:
-    weight = getattr(float_module, "weight", None)
-    if isinstance(weight, torch.Tensor) and not _is_uninitialized(weight) and list(weight.shape) != layer["shape"]:
-        raise CheckpointError(f"layer {name!r} has weight shape {list(weight.shape)} in the model, "
-                              f"{layer['shape']} in the checkpoint")
-
-
-def _rebuild_saved(layer, own: Dict[str, torch.Tensor]) -> nn.Module:
-    cls = quantized_class(layer["class"])
-    try:
-        module = cls.from_saved(layer["init_kwargs"], layer["attrs"], own)
-    except (TypeError, ValueError, KeyError) as exc:
-        raise CheckpointError(f"layer {layer['name'] or '<root>'!r}: cannot rebuild {cls.__name__}: {exc}") from exc
-    if "weight_packed" in own:  # the kernels will trust these: check them once, here
-        problem = check_packed_module(module)
-        if problem:
-            raise CheckpointError(f"layer {layer['name'] or '<root>'!r}: bad packed int8 weight: {problem}")
-    return module
-
-
-def _packed_int8_layer(layer, own: Mapping[str, torch.Tensor]) -> bool:
-    shape = layer.get("shape", ())
-    return (layer.get("dtype") == "int8" and layer.get("axis") == 0 and len(shape) == 2 and min(shape) >= 1
-            and "weight_qdata" not in own and all(n in own for n in PACKED_BUFFERS))
-
-
-def _packed_linear(layer, own: Dict[str, torch.Tensor], float_module: nn.Module, name: str) -> nn.Module:
-    """A packed per-channel int8 Linear of a state_dict-kind file, its buffers checked
-    (:func:`check_packed_int8`) and used as they are: what from_float would rebuild."""
-    n, _ = layer["shape"]
-    scale, zero_point = own.get("weight_scale"), own.get("weight_zero_point")
-    if (scale is None or zero_point is None or scale.dtype != torch.float32 or zero_point.dtype != torch.int32
-            or scale.numel() != n or zero_point.numel() != n):
-        raise CheckpointError(f"layer {name!r}: an int8 layer needs float32 weight_scale and int32 "
-                              f"weight_zero_point of {n} channels")
-    problem = check_packed_int8(own["weight_packed"], own["weight_colsum"], own["weight_packed_info"], layer["shape"])
-    if problem:
-        raise CheckpointError(f"layer {name!r}: bad packed int8 weight: {problem}")
-    return QuantizedLinear.from_packed_int8(float_module, scale.reshape(n), zero_point.reshape(n),
-                                            {b: own[b] for b in PACKED_BUFFERS}, layer["scheme"] == "symmetric")
-
-
-def _stored_weight(layer, own: Dict[str, torch.Tensor], orig_dtype: torch.dtype):
-    """The weight of a state_dict-kind layer as quantize() made it: a QuantizedWeight
-    (integer formats, from ``weight_qdata`` or the packed copy, ``weight_scale``, ``weight_zero_point``)
-    or the cast tensor (``weight``).  The inverse of quantize_state_dict_entry."""
-    name = layer["name"] or "<root>"
-    try:
-        qtype = get_qtype(layer["dtype"])
-    except ValueError as exc:
-        raise CheckpointError(f"layer {name!r}: {exc}") from None
-    shape = list(layer["shape"])
-    if qtype.kind != "int":
-        weight = own.get("weight")
-        if weight is None or weight.dtype != qtype.storage or list(weight.shape) != shape:
-            raise CheckpointError(f"layer {name!r}: a {qtype.name} layer needs 'weight' of {qtype.storage} {shape}")
-        return weight
-    if qtype.name == "int4":
-        return _stored_int4_weight(layer, own, orig_dtype, name, shape)
-    if "weight_qdata" not in own and "weight_packed" in own and "weight_packed_info" in own:
-        # a packed int8 layer stores only the kernels' layout: recover the plain weight
-        try:
-            own = {**own, "weight_qdata": unpack_int8_linear(own["weight_packed"], own["weight_packed_info"], shape)}
-        except (ValueError, RuntimeError) as exc:
-            raise CheckpointError(f"layer {name!r}: bad packed int8 weight: {exc}") from None
-    need = ("weight_qdata", "weight_scale", "weight_zero_point")
-    if any(n not in own for n in need):
-        raise CheckpointError(f"layer {name!r}: a {qtype.name} layer needs tensors {list(need)}, has {sorted(own)}")
-    qdata, scale, zero_point = (own[n] for n in need)
-    axis = layer["axis"]
-    channels = 1 if axis is None else (shape[axis] if -len(shape) <= axis < len(shape) else -1)
-    if (qdata.dtype != qtype.storage or list(qdata.shape) != shape or scale.dtype != torch.float32
-            or zero_point.dtype != torch.int32 or scale.numel() != channels or zero_point.numel() != channels):
-        raise CheckpointError(f"layer {name!r}: inconsistent {qtype.name} tensors (qdata {qdata.dtype}"
-                              f"{list(qdata.shape)}, scale {scale.dtype}{list(scale.shape)}, zero_point "
-                              f"{zero_point.dtype}{list(zero_point.shape)}, axis {axis}, shape {shape})")
-    return QuantizedWeight(qdata, scale, zero_point, axis, qtype.name, layer["scheme"] == "symmetric", orig_dtype)
-
-
-def _stored_int4_weight(layer, own: Dict[str, torch.Tensor], orig_dtype: torch.dtype, name: str, shape):
-    """An int4 layer's Int4Weight, its tensors checked against the format (docs/formats.md)."""
-    need = ("weight_qdata", "weight_scale", "weight_zero_point")
-    if any(n not in own for n in need):
-        raise CheckpointError(f"layer {name!r}: an int4 layer needs tensors {list(need)}, has {sorted(own)}")
-    qdata, scale, zero_point = (own[n] for n in need)
-    group_size = layer.get("group_size") or None
-    rows, cols = shape[0], math.prod(shape[1:])
-    kpad = -(-cols // 32) * 32
-    groups = -(-kpad // effective_group(cols, group_size)) if group_size is None or group_size > 0 else -1
-    expected = ((torch.uint8, [rows, kpad // 2]), (torch.float16, [rows, groups]), (torch.uint8, [rows, groups]))
-    for tensor, (dtype, tshape) in zip((qdata, scale, zero_point), expected):
-        if tensor.dtype != dtype or list(tensor.shape) != tshape:
-            raise CheckpointError(f"layer {name!r}: inconsistent int4 tensors (qdata {qdata.dtype}{list(qdata.shape)}, "
-                                  f"scale {scale.dtype}{list(scale.shape)}, zero_point {zero_point.dtype}"
-                                  f"{list(zero_point.shape)}, group_size {group_size}, shape {shape})")
-    return Int4Weight(qdata, scale, zero_point, 0, "int4", layer["scheme"] == "symmetric", orig_dtype, group_size,
-                      tuple(shape))
-
-
-def dequantize_layer(kind: str, layer: Mapping[str, Any], own: Dict[str, torch.Tensor],
-                     dtype: Optional[torch.dtype] = None) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
-    """(float weight, bias or None) of one manifest layer from its own tensors; the weight
-    in ``dtype``, default its original dtype (float32 when unknown).  Raises CheckpointError
-    for a layer whose fields or tensors are invalid (see :func:`.validate.check_layer`)."""
-    check_layer(kind, layer, own)
-    orig = dtype_from_name(layer["orig_dtype"]) if layer.get("orig_dtype") else torch.float32
-    target = dtype or orig
-    if kind == "model":
-        module = _rebuild_saved(layer, own)
-        return module.dequantized_weight(target), own.get("bias")
-    stored = _stored_weight(layer, own, orig)
-    weight = stored.dequantize(target) if isinstance(stored, QuantizedWeight) else stored.to(target)
-    return weight, None  # a state_dict layer's bias is a separate entry
 
 
 def _warn_meta(model: nn.Module) -> None:

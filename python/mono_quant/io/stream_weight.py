@@ -6,7 +6,7 @@ per-channel int8 (:func:`stream_packed_int8`) and group-wise int4
 can be written.  For a checkpoint that costs a fresh output buffer per
 tensor (page faults on every 4 KiB), keeps the whole input tensor's pages
 mapped, and leaves the writer idle until the tensor is done.  Here the
-weight goes through in parts of whole 16-row panels, each quantized by the
+weight goes through in parts of whole whole panels (kernels.layout.INT8_PANEL_ROWS rows), each quantized by the
 C kernel straight into the writer's staging buffer (no copy; written with
 direct I/O where that pays) or into a reusable part buffer, so quantizing
 and writing overlap and memory holds a few parts instead of whole tensors.  A
@@ -26,15 +26,14 @@ import torch
 
 from .. import kernels
 from ..entries import finish_entry, nonfinite_entry_error
-from ..int4 import DEFAULT_INT4_METHOD, effective_group, quantize_int4_rows
-from ..packing import PACKED_LAYOUT_VERSION, packed_sizes
+from ..formats.int4_weight import DEFAULT_INT4_METHOD, effective_group, quantize_int4_rows
+from ..kernels.layout import INT8_PANEL_ROWS, PACKED_LAYOUT_VERSION, int4_padded_cols
+from ..packing import packed_sizes
 from ..qtypes import get_qtype
 from ..tensor import NonFiniteWeightError, sqnr_db
 from .errors import CheckpointError
 
 __all__ = ["stream_packed_int8", "stream_int4"]
-
-_PANEL = 16
 
 
 class _Panels:
@@ -45,7 +44,7 @@ class _Panels:
         self.qmin, self.qmax, self.symmetric, self.measure_error = qmin, qmax, symmetric, measure_error
         rows, cols = tensor.shape
         size, np_ = packed_sizes(rows, cols)
-        self.panel_bytes = size // np_ * _PANEL
+        self.panel_bytes = size // np_ * INT8_PANEL_ROWS
         self.location = reader.location(key)
         self.row_bytes = cols * tensor.element_size()
         self.colsum = torch.empty(np_, dtype=torch.int32)
@@ -56,8 +55,8 @@ class _Panels:
     def fill(self, r0: int, panels: int, out: torch.Tensor) -> None:
         """Quantize rows [r0, r0 + 16 * panels) (clipped to the weight) into ``out``."""
         rows, cols = self.tensor.shape
-        r1 = min(rows, r0 + panels * _PANEL)
-        target = (out, self.colsum[r0:r0 + panels * _PANEL])
+        r1 = min(rows, r0 + panels * INT8_PANEL_ROWS)
+        target = (out, self.colsum[r0:r0 + panels * INT8_PANEL_ROWS])
         if self.location is not None:  # straight from the file: nothing mapped, no pages to drop
             fd, offset = self.location
             try:
@@ -98,7 +97,7 @@ def stream_packed_int8(key: str, tensor: torch.Tensor, name: str, cfg, writer, r
     rows, cols = tensor.shape
     size, _ = packed_sizes(rows, cols)
     job = _Panels(key, tensor, name, qmin, qmax, symmetric, measure_error, reader)
-    total_panels = -(-rows // _PANEL)
+    total_panels = -(-rows // INT8_PANEL_ROWS)
     prefix = key[: -len("weight")]
     writer.begin(prefix + "weight_packed", torch.int8, (size,))
     done = 0
@@ -107,7 +106,7 @@ def stream_packed_int8(key: str, tensor: torch.Tensor, name: str, cfg, writer, r
         fit = 0 if region is None else region.numel() // job.panel_bytes
         if fit:  # in place, in the staging buffer about to be written
             n = min(fit, total_panels - done)
-            job.fill(done * _PANEL, n, region[:n * job.panel_bytes])
+            job.fill(done * INT8_PANEL_ROWS, n, region[:n * job.panel_bytes])
             del region
             writer.commit(n * job.panel_bytes)
         else:  # through a part buffer (copied into the staging buffer's last bytes, or written by a thread)
@@ -117,7 +116,7 @@ def stream_packed_int8(key: str, tensor: torch.Tensor, name: str, cfg, writer, r
             nbytes = n * job.panel_bytes
             pooled = nbytes <= writer.part_bytes
             buf = writer.part_buffer()[:nbytes] if pooled else torch.empty(nbytes, dtype=torch.int8)
-            job.fill(done * _PANEL, n, buf)
+            job.fill(done * INT8_PANEL_ROWS, n, buf)
             writer.add_part(buf, recycle=pooled)
         done += n
     writer.end()
@@ -144,7 +143,7 @@ def stream_int4(key: str, tensor: torch.Tensor, name: str, cfg, writer, reader,
     symmetric = cfg.symmetric_for("Linear")
     method = cfg.method or DEFAULT_INT4_METHOD
     rows, cols = tensor.shape
-    kpad = -(-cols // 32) * 32
+    kpad = int4_padded_cols(cols)
     groups = -(-kpad // effective_group(cols, cfg.group_size))
     part_rows = max(1, writer.part_bytes // (kpad // 2))
     scale = torch.empty(rows, groups, dtype=torch.float16)

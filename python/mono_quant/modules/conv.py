@@ -5,11 +5,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .. import _C, kernels
+from .. import kernels
+from ..formats import ACTIVATION_MODES, format_of
+from ..formats.layer_cache import float_weight
+from ..formats.packed_linear import dequantized_packed, kernel_takes, packed_linear
+from ..kernels.int8 import MAX_IN_FEATURES, conv2d_int8_raw
+from ..kernels.layout import INT8_K_GROUP, round_up
 from ..packing import can_pack, pack_int8_linear
-from ..qtypes import QTYPES
-from .linear import (ACTIVATION_MODES, _format_of, _kernel_takes, _max_in_features, dequantized_packed, float_weight,
-                     kernel_args, packed_linear)
 from .registry import QuantizedModule, register_qmodule
 
 __all__ = ["QuantizedConv2d", "DYNAMIC_MIN_K", "DYNAMIC_MIN_MACS_PER_IMAGE", "DYNAMIC_CHUNK_BYTES"]
@@ -22,9 +24,6 @@ DYNAMIC_MIN_MACS_PER_IMAGE = 1 << 18
 # Bytes of int8 im2col rows per dynamic conv call: larger batches go through in chunks of
 # images (see QuantizedConv2d._dynamic_conv); about what the L2 keeps beside the weight.
 DYNAMIC_CHUNK_BYTES = 1 << 20
-
-# integer formats whose weights can be packed for the int8 kernels (int4 has its own storage)
-_PACKABLE_FORMATS = frozenset(name for name, q in QTYPES.items() if q.kind == "int" and name != "int4")
 
 
 @register_qmodule(nn.Conv2d)
@@ -66,7 +65,7 @@ class QuantizedConv2d(QuantizedModule):
     @classmethod
     def from_float(cls, module: nn.Conv2d, weight, activations="dynamic") -> "QuantizedConv2d":
         q = cls(module.in_channels, module.out_channels, module.kernel_size, module.stride, module.padding,
-                module.dilation, module.groups, module.padding_mode, weight_format=_format_of(weight),
+                module.dilation, module.groups, module.padding_mode, weight_format=format_of(weight).name,
                 orig_dtype=module.weight.dtype)
         q._reversed_padding_repeated_twice = list(module._reversed_padding_repeated_twice)
         q.set_weight(weight)
@@ -83,7 +82,8 @@ class QuantizedConv2d(QuantizedModule):
             raise ValueError(f"activations must be 'dynamic' or None (weight-only), got {activations!r}")
         self.activations = activations
 
-    def _conv(self, x: torch.Tensor, w: torch.Tensor, b) -> torch.Tensor:
+    def conv_with(self, x: torch.Tensor, w: torch.Tensor, b) -> torch.Tensor:
+        """torch's conv of ``x`` with this layer's geometry and the given float weight and bias."""
         if self.padding_mode != "zeros":
             x = F.pad(x, self._reversed_padding_repeated_twice, mode=self.padding_mode)
             return F.conv2d(x, w, b, self.stride, 0, self.dilation, self.groups)
@@ -122,19 +122,16 @@ class QuantizedConv2d(QuantizedModule):
         allocated (and page-faulted) per call.  Activations are quantized per image and
         the integer GEMM is exact, so the chunks give the same result as one call."""
         batch = x.shape[0]
-        per_image = out_h * out_w * (-(-k // 4) * 4) * self.groups
+        per_image = out_h * out_w * round_up(k, INT8_K_GROUP) * self.groups
         images = max(1, DYNAMIC_CHUNK_BYTES // max(1, per_image))
         geometry = (tuple(self.kernel_size), tuple(self.stride), padding, tuple(self.dilation), self.groups)
-        nthreads = kernels.num_threads()
         # NCHW straight from C (a torch permute().contiguous() here waited on torch's thread team under load)
         if images >= batch:
-            return torch.from_numpy(_C.conv2d_int8(kernels.to_numpy(x), *whole, *geometry, nthreads=nthreads,
-                                                   nchw=True))
+            return torch.from_numpy(conv2d_int8_raw(kernels.to_numpy(x), whole, geometry))
         out = torch.empty(batch, self.out_channels, out_h, out_w)
         out_np = out.numpy()  # chunks copied by numpy, one thread: no torch op between the C calls
         for b0 in range(0, batch, images):
-            out_np[b0:b0 + images] = _C.conv2d_int8(kernels.to_numpy(x[b0:b0 + images]), *whole, *geometry,
-                                                    nthreads=nthreads, nchw=True)
+            out_np[b0:b0 + images] = conv2d_int8_raw(kernels.to_numpy(x[b0:b0 + images]), whole, geometry)
         return out
 
     def _packed_pays(self, x: torch.Tensor) -> bool:
@@ -164,27 +161,20 @@ class QuantizedConv2d(QuantizedModule):
         return pixels * 8 <= self.out_channels
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.weight_format in _PACKABLE_FORMATS:
-            packed = kernel_args(self)
-            if (packed is not None and x.dim() == 4 and not isinstance(self.padding, str)
-                    and x.shape[1] == self.in_channels and _kernel_takes(x, x.shape[-1])
-                    and packed[0]["in_features"] <= _max_in_features()):
-                if self._packed_pays(x):
-                    y = self._packed_conv(x, *packed)
-                    return y if x.dtype == torch.float32 else y.to(x.dtype)
-                b = self.bias
-                w = float_weight(self, self._weight_numel(), lambda: self._dequantized_packed(packed[0]), packed)
-                return self._conv(x.float(), w, None if b is None else b.float()).to(x.dtype)
-        if self.qtype.kind == "int":
-            w = float_weight(self, self._weight_numel(), lambda: self.dequantized_weight(torch.float32)).to(x.device)
-            b = None if self.bias is None else self.bias.float()
-            return self._conv(x.float(), w, b).to(x.dtype)
-        w = self.weight
-        if w.dtype != x.dtype:
-            w = w.to(x.dtype) if x.dtype != torch.float32 else float_weight(self, w.numel(), lambda: w.float())
-        return self._conv(x, w.to(x.device), None if self.bias is None else self.bias.to(x.dtype))
+        packed = self.format.kernel_args(self)  # None unless the format has packed int8 kernels
+        if (packed is not None and x.dim() == 4 and not isinstance(self.padding, str)
+                and x.shape[1] == self.in_channels and kernel_takes(x, x.shape[-1])
+                and packed[0]["in_features"] <= MAX_IN_FEATURES):
+            if self._packed_pays(x):
+                y = self._packed_conv(x, *packed)
+                return y if x.dtype == torch.float32 else y.to(x.dtype)
+            b = self.bias
+            w = float_weight(self, self.weight_numel(), lambda: self._dequantized_packed(packed[0]), packed)
+            return self.conv_with(x.float(), w, None if b is None else b.float()).to(x.dtype)
+        return self.format.conv2d(self, x)
 
-    def _weight_numel(self) -> int:
+    def weight_numel(self) -> int:
+        """Elements of the float weight."""
         return self.out_channels * (self.in_channels // self.groups) * self.kernel_size[0] * self.kernel_size[1]
 
     def _dequantized_packed(self, info: dict) -> torch.Tensor:
@@ -199,4 +189,4 @@ class QuantizedConv2d(QuantizedModule):
     def extra_repr(self) -> str:
         return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, "
                 f"padding={self.padding}, groups={self.groups}, " + super().extra_repr()
-                + (f", activations={self.activations}" if self.qtype.kind == "int" else ""))
+                + (f", activations={self.activations}" if self.format.has_activation_modes else ""))

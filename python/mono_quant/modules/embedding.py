@@ -4,16 +4,12 @@ from __future__ import annotations
 from typing import Optional
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from .. import _C
-from ..kernels import num_threads, to_numpy
+from ..formats import format_of
 from .registry import QuantizedModule, register_qmodule
 
 __all__ = ["QuantizedEmbedding"]
-
-_INDEX_DTYPES = (torch.int64, torch.int32)  # what nn.Embedding takes
 
 
 @register_qmodule(nn.Embedding)
@@ -37,9 +33,7 @@ class QuantizedEmbedding(QuantizedModule):
 
     @classmethod
     def from_float(cls, module: nn.Embedding, weight) -> "QuantizedEmbedding":
-        from .linear import _format_of
-
-        q = cls(module.num_embeddings, module.embedding_dim, module.padding_idx, weight_format=_format_of(weight),
+        q = cls(module.num_embeddings, module.embedding_dim, module.padding_idx, weight_format=format_of(weight).name,
                 orig_dtype=module.weight.dtype)
         q.set_weight(weight)
         q.register_buffer("bias", None)
@@ -47,28 +41,7 @@ class QuantizedEmbedding(QuantizedModule):
         return q
 
     def forward(self, indices: torch.Tensor) -> torch.Tensor:
-        if self.qtype.kind != "int":
-            return F.embedding(indices, self.weight).to(self.orig_dtype)
-        if indices.dtype not in _INDEX_DTYPES:
-            # torch's own error for every other dtype (a bool or uint8 tensor would index as a mask)
-            F.embedding(indices, torch.empty(0, 0, device=indices.device))
-            raise RuntimeError(f"embedding indices must be int64 or int32, got {indices.dtype}")
-        flat = indices.reshape(-1)
-        if flat.numel() and (int(flat.min()) < 0 or int(flat.max()) >= self.num_embeddings):
-            raise IndexError(f"index out of range for an embedding of {self.num_embeddings} rows")  # as nn.Embedding
-        qdata, scale, zero = self.weight_qdata[flat], self.weight_scale[flat], self.weight_zero_point[flat]
-        if self.weight_format == "int4":
-            qw = self.quantized_weight()
-            if qdata.device.type == "cpu":
-                rows = torch.from_numpy(_C.q4_dequantize(qdata.numpy(), to_numpy(scale), zero.numpy(),
-                                                         self.embedding_dim, qw.group, nthreads=num_threads()))
-            else:
-                from ..int4 import unpack_int4
-
-                rows = unpack_int4(qdata, scale, zero, self.embedding_dim, qw.group)
-        else:  # int8 / uint8, one scale and zero-point per row (axis 0)
-            rows = (qdata.float() - zero.float()[:, None]) * scale.float()[:, None]
-        return rows.reshape(*indices.shape, self.embedding_dim).to(self.orig_dtype)
+        return self.format.embedding(self, indices)
 
     def extra_repr(self) -> str:
         return f"{self.num_embeddings}, {self.embedding_dim}, padding_idx={self.padding_idx}, " + super().extra_repr()

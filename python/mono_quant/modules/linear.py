@@ -1,26 +1,20 @@
 """QuantizedLinear: replaces nn.Linear."""
 from __future__ import annotations
 
-import weakref
 from typing import Optional
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from .. import _C, kernels
-from ..packing import can_pack, pack_int8_linear, packed_info, packed_sizes
-from ..qtypes import QTYPES
-from ..int4 import int4_linear
+from ..formats import ACTIVATION_MODES, format_of
+from ..formats.layer_cache import SMALL_WEIGHT_ELEMENTS, float_weight, kernel_args
+from ..formats.packed_linear import BLAS_MIN_ROWS, blas_min_rows, dequantized_packed, packed_linear
+from ..packing import can_pack, pack_int8_linear
 from .registry import QuantizedModule, register_qmodule
 
+# the packed-int8 helpers keep their old import path here (they live in mono_quant.formats)
 __all__ = ["QuantizedLinear", "ACTIVATION_MODES", "BLAS_MIN_ROWS", "SMALL_WEIGHT_ELEMENTS", "blas_min_rows",
            "dequantized_packed", "float_weight", "kernel_args", "packed_linear"]
-
-# "dynamic": activations quantized to int8 per row at each call, integer
-# matmul; None: weight-only (float activations x int8 weights)
-ACTIVATION_MODES = ("dynamic", None)
-_KERNEL_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 
 @register_qmodule(nn.Linear)
@@ -52,7 +46,7 @@ class QuantizedLinear(QuantizedModule):
 
     @classmethod
     def from_float(cls, module: nn.Linear, weight, activations: Optional[str] = "dynamic") -> "QuantizedLinear":
-        q = cls(module.in_features, module.out_features, weight_format=_format_of(weight),
+        q = cls(module.in_features, module.out_features, weight_format=format_of(weight).name,
                 orig_dtype=module.weight.dtype)
         q.set_weight(weight)
         q.set_activations(activations)
@@ -85,185 +79,8 @@ class QuantizedLinear(QuantizedModule):
         self.activations = activations
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        fmt = self.weight_format
-        if fmt == "int4":  # packed weight streamed by the C kernels
-            return int4_linear(x, self.quantized_weight(), self.bias)
-        if fmt in _INT_FORMATS:
-            packed = kernel_args(self)
-            if packed is not None and _kernel_takes(x, packed[0]["in_features"]):
-                x2d = x if x.dim() == 2 else x.reshape(-1, x.shape[-1])
-                if self.activations is None and x2d.shape[0] >= blas_min_rows():
-                    # many rows: one dequantized fp32 weight per call and torch's BLAS beat the packed kernel
-                    b = self.bias
-                    y = F.linear(x2d.float(), dequantized_packed(self, packed[0]),
-                                 None if b is None else b.float())
-                else:
-                    y = packed_linear(self, x2d, packed[1][0])
-                if x.dim() != 2:
-                    y = y.reshape(*x.shape[:-1], self.out_features)
-                return y if x.dtype == torch.float32 else y.to(x.dtype)
-            w = self.dequantized_weight(torch.float32).to(x.device)
-            b = None if self.bias is None else self.bias.float()
-            return F.linear(x.float(), w, b).to(x.dtype)
-        w = self.weight
-        if w.dtype != x.dtype:
-            w = w.to(x.dtype) if x.dtype != torch.float32 else float_weight(self, w.numel(), lambda: w.float())
-        b = None if self.bias is None else self.bias.to(x.dtype)
-        return F.linear(x, w.to(x.device), b)
+        return self.format.linear(self, x)
 
     def extra_repr(self) -> str:
-        mode = f", activations={self.activations}" if self.qtype.kind == "int" else ""
+        mode = f", activations={self.activations}" if self.format.has_activation_modes else ""
         return super().extra_repr() + mode
-
-
-# integer formats the packed int8 kernels (or the dequantizing fallback) run; int4 has its own path
-_INT_FORMATS = frozenset(name for name, q in QTYPES.items() if q.kind == "int" and name != "int4")
-
-
-def _kernel_takes(x: torch.Tensor, in_features: int) -> bool:
-    """Whether the C kernels can run this input (else: the torch fallback)."""
-    if x.device.type != "cpu" or x.dtype not in _KERNEL_DTYPES or x.shape[-1] != in_features:
-        return False
-    if in_features > _max_in_features() or x.numel() == 0:
-        return False
-    return not (x.requires_grad and torch.is_grad_enabled())  # the kernels have no backward
-
-
-_MAX_K = []
-
-
-def _max_in_features() -> int:
-    if not _MAX_K:
-        _MAX_K.append(int(kernels.linear_kernels()["max_in_features"]))
-    return _MAX_K[0]
-
-
-# Per module, the packed weight's description and the NumPy views the C
-# kernels take, built once and rebuilt when a buffer is replaced, changed in
-# place (its _version moves) or moved to other memory (its data_ptr).  A weak map, not an attribute, so deepcopy
-# and state_dict never see it.
-_KERNEL_ARGS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
-_ARG_BUFFERS = ("weight_packed_info", "weight_packed", "weight_colsum", "weight_scale", "weight_zero_point", "bias")
-
-
-def kernel_args(module: QuantizedModule):
-    """``(info, per-group argument tuples, whole-weight tuple)`` for
-    ``_C.linear_int8`` / ``_C.conv2d_int8``, or None when the module has no
-    usable packed weight (see packing.packed_info)."""
-    bufs = module._buffers
-    # data_ptr too: .data = ... or share_memory_() swap a buffer's storage in place
-    try:  # (every call of every layer comes here: one list comprehension, no helper calls)
-        key = tuple([(id(t), t._version, t.data_ptr()) if t is not None else None for t in map(bufs.get, _ARG_BUFFERS)])
-    except RuntimeError:  # a tensor made under torch.inference_mode has no version counter
-        key = tuple([(id(t), _version(t), t.data_ptr()) if t is not None else None
-                     for t in map(bufs.get, _ARG_BUFFERS)])
-    cached = _KERNEL_ARGS.get(module)
-    if cached is not None and cached[0] == key:
-        return cached[1]
-    info = packed_info(module)
-    result = None if info is None else (info, *_build_args(module, info))
-    _KERNEL_ARGS[module] = (key, result)
-    return result
-
-
-# A layer whose dequantized float32 weight is at most this many elements (256 KiB) keeps
-# it, for the paths that run torch's ops on the dequantized weight: for such a weight
-# the per-call dequantization (a few torch and C calls, ~10-30 us) costs as much as the
-# product itself (a first conv on RGB, a small classifier head, the convs of a small
-# CNN); 256 KiB per layer is little next to the activations of any model that has such
-# layers.  Larger weights are dequantized per call and dropped.
-SMALL_WEIGHT_ELEMENTS = 65536
-_SMALL_WEIGHTS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
-
-
-def float_weight(module: QuantizedModule, numel: int, dequantize, packed=None) -> torch.Tensor:
-    """``dequantize()`` (the module's float32 weight, ``numel`` elements), kept per module
-    when ``numel <= SMALL_WEIGHT_ELEMENTS`` until one of its buffers changes.  ``packed``:
-    the module's kernel_args, whose identity then stands for its buffers (kernel_args
-    rebuilds them when a buffer changes), else the buffers are compared as kernel_args does."""
-    if numel > SMALL_WEIGHT_ELEMENTS:
-        return dequantize()
-    cached = _SMALL_WEIGHTS.get(module)
-    if packed is not None:
-        if cached is not None and cached[0] is packed:
-            return cached[1]
-        key = packed
-    else:
-        key = tuple([(name, id(t), _version(t), t.data_ptr()) for name, t in module._buffers.items()
-                     if t is not None])
-        if cached is not None and cached[0] == key:
-            return cached[1]
-    weight = dequantize()
-    _SMALL_WEIGHTS[module] = (key, weight)
-    return weight
-
-
-def _version(t: torch.Tensor) -> int:
-    """A tensor's in-place write counter; tensors made under torch.inference_mode have
-    none (-1: only a replaced buffer or a moved storage then rebuilds the arguments)."""
-    return -1 if t.is_inference() else t._version
-
-
-def _build_args(module: QuantizedModule, info: dict):
-    n, k, groups = info["out_features"], info["in_features"], info["groups"]
-    packed, colsum = module.weight_packed, module.weight_colsum
-    scale = module.weight_scale.detach().to(torch.float32).expand(n).contiguous()  # per-tensor: one for all
-    zp = module.weight_zero_point.detach().to(torch.int32).expand(n).contiguous()
-    bias = None if module.bias is None else module.bias.detach().to(torch.float32).contiguous()
-    out_g = n // groups
-    packed_size, colsum_size = packed_sizes(out_g, k)
-    whole = (packed.numpy(), colsum.numpy(), scale.numpy(), zp.numpy(), None if bias is None else bias.numpy(), n,
-             info["has_m128"])
-    per_group = []
-    for g in range(groups):
-        lo, hi = g * out_g, (g + 1) * out_g
-        per_group.append((
-            packed[g * packed_size:(g + 1) * packed_size].numpy(), colsum[g * colsum_size:(g + 1) * colsum_size].numpy(),
-            scale[lo:hi].numpy(), zp[lo:hi].numpy(), None if bias is None else bias[lo:hi].numpy(),
-            out_g, info["has_m128"],
-        ))
-    return per_group, whole
-
-
-def packed_linear(module: QuantizedModule, x2d: torch.Tensor, args: tuple) -> torch.Tensor:
-    """float32 ``x2d @ W.T + b`` through the C kernels with one group's
-    ``kernel_args``; ``module.activations`` picks dynamic int8 or weight-only."""
-    if x2d.shape[-1] > 1 and x2d.stride(-1) != 1:
-        x2d = x2d.contiguous()
-    mode = "dynamic" if module.activations == "dynamic" else "weight_only"
-    return torch.from_numpy(_C.linear_int8(kernels.to_numpy(x2d), *args, mode=mode, nthreads=torch.get_num_threads()))
-
-
-# Rows (of x reshaped to 2-D) from which a weight-only int8 layer runs torch's BLAS on the
-# weight dequantized once per call instead of the packed kernels, per kernel level.  A rule
-# on the shape, never a timing: the same input always takes the same path.  From
-# benchmarks/bench_models.py --crossover (6 BERT shapes, docs/benchmarks.md): on AVX2 the
-# packed kernel passes 1.0x fp32 at 16-32 rows and reaches 1.2-1.45x, dequantize + BLAS
-# (one pass writing an fp32 copy) costs 1.05-1.2x from 64 rows; on AVX-512 the packed
-# kernel wins at every row count (0.5-0.7x); the scalar level was not measured.
-BLAS_MIN_ROWS = {"scalar": 1 << 62, "avx2": 64, "avx512": 1 << 62}
-
-
-def blas_min_rows() -> int:
-    """Rows from which a weight-only int8 layer takes the dequantize + BLAS path on
-    the active kernel level (see BLAS_MIN_ROWS; int4: ``int4.BLAS_MIN_ROWS``)."""
-    return BLAS_MIN_ROWS[kernels.get_isa()]
-
-
-def dequantized_packed(module: QuantizedModule, info: dict) -> torch.Tensor:
-    """The float32 weight ``[out, K]`` of a packed int8 layer (K in the packed order:
-    (kh, kw, in_channel) for a conv), unpacked and dequantized in one call each
-    (the same values as ``dequantized_weight``)."""
-    from ..packing import unpack_int8_rows
-
-    n, k, groups = info["out_features"], info["in_features"], info["groups"]
-    rows = unpack_int8_rows(module.weight_packed, groups, n // groups, k).reshape(n, k)
-    return kernels.dequantize_rows(rows, module.weight_scale, module.weight_zero_point)
-
-
-def _format_of(weight) -> str:
-    from ..tensor import QuantizedWeight
-
-    if isinstance(weight, QuantizedWeight):
-        return weight.dtype
-    return {torch.float16: "fp16", torch.bfloat16: "bf16"}[weight.dtype]

@@ -8,6 +8,7 @@ from typing import Any, Callable, Dict, Mapping, Optional, Tuple, Type
 import torch
 from torch import nn
 
+from ..formats import WeightFormat, get_format
 from ..qtypes import QType, get_qtype
 from ..tensor import QuantizedWeight
 
@@ -62,18 +63,16 @@ class QuantizedModule(nn.Module):
     def qtype(self) -> QType:
         return get_qtype(self.weight_format)
 
+    @property
+    def format(self) -> WeightFormat:
+        """The weight format's object (:mod:`mono_quant.formats`): what this module asks
+        about its weight's storage, dequantization and forward."""
+        return get_format(self.weight_format)
+
     # -- weight storage ------------------------------------------------------
     def set_weight(self, weight) -> None:
         """Store a QuantizedWeight (integer formats) or a cast tensor (float formats)."""
-        if isinstance(weight, QuantizedWeight):
-            self.register_buffer("weight_qdata", weight.qdata)
-            self.register_buffer("weight_scale", weight.scale)
-            self.register_buffer("weight_zero_point", weight.zero_point)
-            self.weight_axis = weight.axis
-            self.weight_symmetric = weight.symmetric
-            self.weight_group_size = getattr(weight, "group_size", None)
-        else:
-            self.register_buffer("weight", weight)
+        self.format.set_weight(self, weight)
 
     def set_packed(self, buffers: Mapping[str, torch.Tensor]) -> None:
         """Keep the kernels' packed copy of the int8 weight *instead of*
@@ -84,39 +83,21 @@ class QuantizedModule(nn.Module):
         self._buffers.pop("weight_qdata", None)
 
     def int_weight(self) -> torch.Tensor:
-        """The integer weight in its original shape: ``weight_qdata``, or unpacked from the packed copy."""
-        qdata = self._buffers.get("weight_qdata")
-        if qdata is not None:
-            return qdata
-        from ..packing import unpack_int8_linear
-
-        return unpack_int8_linear(self.weight_packed, self.weight_packed_info, self.weight_shape)
+        """The integer weight in its original shape: ``weight_qdata``, or unpacked from the packed copy
+        (affine int8 / uint8 formats)."""
+        return self.format.int_weight(self)
 
     def quantized_weight(self) -> QuantizedWeight:
         """The integer weight as a QuantizedWeight (integer formats only)."""
-        if self.weight_format == "int4":
-            from ..int4 import Int4Weight
-
-            return Int4Weight(self.weight_qdata, self.weight_scale, self.weight_zero_point, 0, "int4",
-                              self.weight_symmetric, self.orig_dtype, self.weight_group_size, self.weight_shape)
-        return QuantizedWeight(
-            self.int_weight(), self.weight_scale, self.weight_zero_point, self.weight_axis,
-            self.weight_format, self.weight_symmetric, self.orig_dtype,
-        )
+        return self.format.module_weight(self)
 
     def dequantized_weight(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
         """The weight as a float tensor of the original shape."""
-        if self.qtype.kind == "int":
-            return self.quantized_weight().dequantize(dtype)
-        return self.weight.to(dtype)
+        return self.format.dequantize(self, dtype)
 
     def weight_nbytes(self) -> int:
         """Bytes the stored weight really takes (data, scales, zero-points)."""
-        names = ("weight_qdata", "weight_scale", "weight_zero_point") if self.qtype.kind == "int" else ("weight",)
-        # a packed int8 layer keeps the kernels' copy instead of weight_qdata
-        names += ("weight_packed", "weight_colsum", "weight_packed_info")
-        names = tuple(n for n in names if self._buffers.get(n) is not None)
-        return sum(self._buffers[n].numel() * self._buffers[n].element_size() for n in names)
+        return self.format.weight_nbytes(self)
 
     def _set_bias(self, bias: Optional[torch.Tensor]) -> None:
         # a copy: the caller's bias must never be shared with (or changed through) the quantized model
@@ -166,9 +147,5 @@ class QuantizedModule(nn.Module):
         return module
 
     def extra_repr(self) -> str:
-        scheme = ""
-        if self.qtype.kind == "int":
-            scheme = f", axis={self.weight_axis}, symmetric={self.weight_symmetric}"
-            if self.weight_format == "int4":
-                scheme += f", group_size={self.weight_group_size}"
+        scheme = self.format.describe(self)
         return f"weight={self.weight_format}{list(self.weight_shape)}{scheme}, bias={self.bias is not None}"

@@ -1,0 +1,109 @@
+"""The float cast formats (fp16, bf16): the weight is kept as one tensor, ``weight``, in the
+target dtype; layers compute in the input's dtype."""
+from __future__ import annotations
+
+import math
+from typing import Any, Dict, Mapping, Optional
+
+import torch
+import torch.nn.functional as F
+
+from ..errors import CheckpointError, NonFiniteWeightError
+from ..tensor import sqnr_db
+from .base import WeightFormat
+from .checks import need, spec
+from .layer_cache import float_weight
+
+__all__ = ["CastFormat"]
+
+
+class CastFormat(WeightFormat):
+    """A plain cast of the float weight to ``qtype.storage``."""
+
+    integer = False
+    has_activation_modes = False
+    weight_buffers = ("weight",)
+
+    def quantize_weight(self, tensor, *, axis, group_size, symmetric, method):
+        if method not in (None, "rtn"):
+            raise ValueError(f"method={method!r} applies to int4 only; {self.name} uses round-to-nearest ('rtn')")
+        raise ValueError(
+            f"quantize_weight() makes integer formats; for {self.name} cast the tensor "
+            f"(tensor.to({self.qtype.storage})) or use quantize(model, dtype={self.name!r})"
+        )
+
+    def convert(self, w: torch.Tensor, cfg, layer_type: str, measure_error: bool):
+        bad = ~torch.isfinite(w.detach())
+        if bool(bad.any()):
+            raise NonFiniteWeightError("non-finite weight", int(bad.reshape(w.shape[0], -1).any(1).nonzero()[0]))
+        cast = w.detach().to(self.qtype.storage)
+        if cast.data_ptr() == w.data_ptr():  # already in that dtype: copy, never share the caller's tensor
+            cast = cast.clone()
+        if not measure_error:
+            return cast, math.nan
+        err = (w.detach().float() - cast.float())
+        return cast, sqnr_db(float(w.detach().float().pow(2).sum()), float(err.pow(2).sum()))
+
+    # -- a module's storage -------------------------------------------------------------------------
+    def set_weight(self, module, weight) -> None:
+        module.register_buffer("weight", weight)
+
+    def module_weight(self, module):
+        return module.weight
+
+    def dequantize(self, module, dtype: torch.dtype) -> torch.Tensor:
+        return module.weight.to(dtype)
+
+    def describe(self, module) -> str:
+        return ""
+
+    # -- forward --------------------------------------------------------------------------------------
+    def compute_weight(self, module, x: torch.Tensor, numel: int, cache: bool):
+        """The weight in x's dtype (a float32 copy kept for small layers), bias likewise."""
+        w = module.weight
+        if w.dtype != x.dtype:
+            w = w.to(x.dtype) if x.dtype != torch.float32 else float_weight(module, w.numel(), lambda: w.float())
+        b = None if module.bias is None else module.bias.to(x.dtype)
+        return w.to(x.device), b, x.dtype
+
+    def embedding(self, module, indices: torch.Tensor) -> torch.Tensor:
+        return F.embedding(indices, module.weight).to(module.orig_dtype)
+
+    # -- the manifest and files -----------------------------------------------------------------------
+    def scheme(self, symmetric: bool) -> str:
+        return "cast"
+
+    def schemes(self):
+        return ("cast",)
+
+    def saved_axis(self, module) -> Optional[int]:
+        return None
+
+    def config_axis(self, cfg) -> Optional[int]:
+        return None
+
+    def check_fields(self, layer: Mapping[str, Any]) -> None:
+        dtype, scheme, shape, axis = self.name, layer.get("scheme"), layer["shape"], layer.get("axis")
+        need(scheme in self.schemes(), f"scheme {scheme!r} is not one of {self.schemes()} for {dtype}")
+        need(len(shape) >= 1, f"shape {shape} has too few dimensions for a {dtype} weight")
+        need(axis is None, f"axis {axis!r} on a {dtype} (cast) layer")
+
+    def check_saved_scheme(self, layer, attrs, symmetric: bool) -> None:
+        pass  # a cast has no scheme attributes to agree with
+
+    def check_tensors(self, symmetric, axis, group_size, shape: tuple, tensors) -> None:
+        weight = tensors.get("weight")
+        need(weight is not None and weight.dtype == self.qtype.storage and tuple(weight.shape) == shape,
+             f"a {self.name} layer needs 'weight' of {str(self.qtype.storage).replace('torch.', '')}{list(shape)}"
+             + ("" if weight is None else f", got {spec(weight)}"))
+        extra = set(tensors) - {"weight", "bias"}
+        need(not extra, f"unexpected tensors {sorted(extra)} for a {self.name} layer")
+
+    def stored_weight(self, layer: Mapping[str, Any], own: Dict[str, torch.Tensor], orig_dtype: torch.dtype,
+                      name: str):
+        shape = list(layer["shape"])
+        weight = own.get("weight")
+        if weight is None or weight.dtype != self.qtype.storage or list(weight.shape) != shape:
+            raise CheckpointError(f"layer {name!r}: a {self.name} layer needs 'weight' of {self.qtype.storage} "
+                                  f"{shape}")
+        return weight

@@ -1,0 +1,100 @@
+"""Per-layer caches of what the kernels take, rebuilt when one of the layer's buffers changes:
+the packed int8 kernels' prepared arguments (:func:`kernel_args`) and the float weight of a
+small layer (:func:`float_weight`).
+
+Weak maps keyed by the module, not attributes, so deepcopy and state_dict never see them.
+"""
+from __future__ import annotations
+
+import weakref
+
+import torch
+
+from ..packing import packed_info, packed_sizes
+
+__all__ = ["kernel_args", "float_weight", "SMALL_WEIGHT_ELEMENTS", "tensor_version"]
+
+# Per module, the packed weight's description and the NumPy views the C
+# kernels take, built once and rebuilt when a buffer is replaced, changed in
+# place (its _version moves) or moved to other memory (its data_ptr).
+_KERNEL_ARGS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+_ARG_BUFFERS = ("weight_packed_info", "weight_packed", "weight_colsum", "weight_scale", "weight_zero_point", "bias")
+
+
+def kernel_args(module):
+    """``(info, per-group argument tuples, whole-weight tuple)`` for
+    ``kernels.int8.linear_int8_raw`` / ``conv2d_int8_raw``, or None when the module has no
+    usable packed weight (see packing.packed_info)."""
+    bufs = module._buffers
+    # data_ptr too: .data = ... or share_memory_() swap a buffer's storage in place
+    try:  # (every call of every layer comes here: one list comprehension, no helper calls)
+        key = tuple([(id(t), t._version, t.data_ptr()) if t is not None else None for t in map(bufs.get, _ARG_BUFFERS)])
+    except RuntimeError:  # a tensor made under torch.inference_mode has no version counter
+        key = tuple([(id(t), tensor_version(t), t.data_ptr()) if t is not None else None
+                     for t in map(bufs.get, _ARG_BUFFERS)])
+    cached = _KERNEL_ARGS.get(module)
+    if cached is not None and cached[0] == key:
+        return cached[1]
+    info = packed_info(module)
+    result = None if info is None else (info, *_build_args(module, info))
+    _KERNEL_ARGS[module] = (key, result)
+    return result
+
+
+# A layer whose dequantized float32 weight is at most this many elements (256 KiB) keeps
+# it, for the paths that run torch's ops on the dequantized weight: for such a weight
+# the per-call dequantization (a few torch and C calls, ~10-30 us) costs as much as the
+# product itself (a first conv on RGB, a small classifier head, the convs of a small
+# CNN); 256 KiB per layer is little next to the activations of any model that has such
+# layers.  Larger weights are dequantized per call and dropped.
+SMALL_WEIGHT_ELEMENTS = 65536
+_SMALL_WEIGHTS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+
+
+def float_weight(module, numel: int, dequantize, packed=None) -> torch.Tensor:
+    """``dequantize()`` (the module's float32 weight, ``numel`` elements), kept per module
+    when ``numel <= SMALL_WEIGHT_ELEMENTS`` until one of its buffers changes.  ``packed``:
+    the module's kernel_args, whose identity then stands for its buffers (kernel_args
+    rebuilds them when a buffer changes), else the buffers are compared as kernel_args does."""
+    if numel > SMALL_WEIGHT_ELEMENTS:
+        return dequantize()
+    cached = _SMALL_WEIGHTS.get(module)
+    if packed is not None:
+        if cached is not None and cached[0] is packed:
+            return cached[1]
+        key = packed
+    else:
+        key = tuple([(name, id(t), tensor_version(t), t.data_ptr()) for name, t in module._buffers.items()
+                     if t is not None])
+        if cached is not None and cached[0] == key:
+            return cached[1]
+    weight = dequantize()
+    _SMALL_WEIGHTS[module] = (key, weight)
+    return weight
+
+
+def tensor_version(t: torch.Tensor) -> int:
+    """A tensor's in-place write counter; tensors made under torch.inference_mode have
+    none (-1: only a replaced buffer or a moved storage then rebuilds the arguments)."""
+    return -1 if t.is_inference() else t._version
+
+
+def _build_args(module, info: dict):
+    n, k, groups = info["out_features"], info["in_features"], info["groups"]
+    packed, colsum = module.weight_packed, module.weight_colsum
+    scale = module.weight_scale.detach().to(torch.float32).expand(n).contiguous()  # per-tensor: one for all
+    zp = module.weight_zero_point.detach().to(torch.int32).expand(n).contiguous()
+    bias = None if module.bias is None else module.bias.detach().to(torch.float32).contiguous()
+    out_g = n // groups
+    packed_size, colsum_size = packed_sizes(out_g, k)
+    whole = (packed.numpy(), colsum.numpy(), scale.numpy(), zp.numpy(), None if bias is None else bias.numpy(), n,
+             info["has_m128"])
+    per_group = []
+    for g in range(groups):
+        lo, hi = g * out_g, (g + 1) * out_g
+        per_group.append((
+            packed[g * packed_size:(g + 1) * packed_size].numpy(), colsum[g * colsum_size:(g + 1) * colsum_size].numpy(),
+            scale[lo:hi].numpy(), zp[lo:hi].numpy(), None if bias is None else bias[lo:hi].numpy(),
+            out_g, info["has_m128"],
+        ))
+    return per_group, whole

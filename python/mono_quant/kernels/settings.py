@@ -1,0 +1,141 @@
+"""The kernels' runtime settings in one object, :data:`SETTINGS`.
+
+The settings that live in the C extension (kernel level, threading backend,
+GEMV row limit, the test-only kernel variants) are read and written through
+here, so Python holds no copy that could disagree with C; the one setting the
+C layer takes per call (int4's int8 activations) is kept here.  Tests change
+settings with :meth:`RuntimeSettings.for_tests`, which restores them on exit.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import warnings
+from typing import Iterator, Optional
+
+import torch
+
+from .. import _C
+
+__all__ = ["RuntimeSettings", "SETTINGS", "THREADING_BACKENDS", "ISA_LEVELS"]
+
+THREADING_BACKENDS = ("pool", "pthreads")
+ISA_LEVELS = ("scalar", "avx2", "avx512")
+
+
+class RuntimeSettings:
+    """ISA cap, threads, GEMV rows and the test knobs of the kernels.
+
+    ``isa`` / ``threading_backend`` / ``gemv_max_rows`` are the C module's own
+    state (``MONO_QUANT_ISA`` and ``MONO_QUANT_THREADS`` set their start
+    values); ``int4_int8_activations`` is passed to each int4 kernel call.
+    """
+
+    def __init__(self) -> None:
+        self._int4_int8_activations = True
+        self._vnni256_for_tests = False
+        self._maddubs_for_tests = False
+
+    # -- kernel level ----------------------------------------------------------------------------
+    @property
+    def isa(self) -> str:
+        """The kernel level in use: "scalar", "avx2" or "avx512" (at most what the CPU has)."""
+        return _C.get_isa()
+
+    def set_isa(self, name: str) -> str:
+        """Cap the kernel level at ``name``; returns the previous level.  ValueError for a
+        level the CPU lacks or an unknown name (from the C layer)."""
+        return _C.set_isa(name)
+
+    def cpu_info(self) -> dict:
+        """CPU features the kernels dispatch on, plus ``best_isa`` / ``active_isa``."""
+        return _C.cpu_info()
+
+    # -- threads -----------------------------------------------------------------------------------
+    def num_threads(self) -> int:
+        """Threads a kernel call uses: torch's intra-op setting, so both agree."""
+        return max(1, int(torch.get_num_threads()))
+
+    @property
+    def threading_backend(self) -> str:
+        """How the kernels use threads: "pool" (persistent helpers) or "pthreads" (per call)."""
+        return _C.linear_kernels()["threads"]
+
+    def set_threading_backend(self, name: str) -> str:
+        """Switch the threading backend; returns the previous one."""
+        return _C.set_threading_backend(name)
+
+    def set_gemv_max_rows(self, rows: int) -> int:
+        """Rows up to which the int8 matmul takes its GEMV kernels (-1: chosen by thread
+        count); returns the previous value."""
+        return _C.set_gemv_max_rows(rows)
+
+    def apply_environment(self) -> None:
+        """``MONO_QUANT_THREADS`` ("pool" or "pthreads") picks the threading backend; an
+        unknown value warns and keeps "pool".  Called once, by the package's ``__init__``."""
+        name = os.environ.get("MONO_QUANT_THREADS", "").strip().lower()
+        if not name:
+            return
+        if name not in THREADING_BACKENDS:
+            warnings.warn(f"MONO_QUANT_THREADS={name!r} is not one of {THREADING_BACKENDS}; using \"pool\"",
+                          RuntimeWarning, stacklevel=3)
+            return
+        self.set_threading_backend(name)
+
+    # -- int4 activations ------------------------------------------------------------------------
+    @property
+    def int4_int8_activations(self) -> bool:
+        """Whether int4 layers may quantize activations to int8 (see int4.set_int8_activations)."""
+        return self._int4_int8_activations
+
+    def set_int4_int8_activations(self, enabled: bool) -> bool:
+        """Allow or forbid int4's int8-activation kernels; returns the previous setting."""
+        previous, self._int4_int8_activations = self._int4_int8_activations, bool(enabled)
+        return previous
+
+    # -- test knobs ------------------------------------------------------------------------------
+    def use_vnni256_for_tests(self, on: bool) -> bool:
+        """Run the AVX-512 VNNI int8 kernels on 256-bit vectors (a test-only variant); returns
+        the previous setting.  ValueError (from C) where the CPU has no such kernels."""
+        _C.use_vnni256_for_tests(bool(on))
+        previous, self._vnni256_for_tests = self._vnni256_for_tests, bool(on)
+        return previous
+
+    def use_maddubs_for_tests(self, on: bool) -> bool:
+        """Run the AVX2 maddubs int8 kernels where VNNI would be used (a test-only variant);
+        returns the previous setting."""
+        _C.use_maddubs_for_tests(bool(on))
+        previous, self._maddubs_for_tests = self._maddubs_for_tests, bool(on)
+        return previous
+
+    @contextlib.contextmanager
+    def for_tests(self, *, isa: Optional[str] = None, vnni256: Optional[bool] = None,
+                  maddubs: Optional[bool] = None, int4_int8_activations: Optional[bool] = None,
+                  gemv_max_rows: Optional[int] = None) -> Iterator["RuntimeSettings"]:
+        """Change the given settings inside a ``with`` block, restoring each on exit (also on
+        an exception).  None leaves a setting as it is."""
+        undo = []
+        try:
+            if isa is not None:
+                previous_isa = self.set_isa(isa)
+                undo.append(lambda: self.set_isa(previous_isa))
+            if vnni256 is not None:
+                previous_vnni = self.use_vnni256_for_tests(vnni256)
+                undo.append(lambda: self.use_vnni256_for_tests(previous_vnni))
+            if maddubs is not None:
+                previous_maddubs = self.use_maddubs_for_tests(maddubs)
+                undo.append(lambda: self.use_maddubs_for_tests(previous_maddubs))
+            if int4_int8_activations is not None:
+                previous_act = self.set_int4_int8_activations(int4_int8_activations)
+                undo.append(lambda: self.set_int4_int8_activations(previous_act))
+            if gemv_max_rows is not None:
+                previous_rows = self.set_gemv_max_rows(gemv_max_rows)
+                undo.append(lambda: self.set_gemv_max_rows(previous_rows))
+            yield self
+        finally:
+            for restore in reversed(undo):
+                restore()
+
+
+#: The process's settings (the C module's state is process-wide too).
+SETTINGS = RuntimeSettings()
