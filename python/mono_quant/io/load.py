@@ -200,6 +200,8 @@ class QuantizedStateDict(Mapping):
         consumed = set()
         replaced_paths: List[str] = []
         problems: List[str] = []
+        # a saved module is rebuilt as it was; a state_dict layer is built from the float module
+        build = {"model": self._build_saved_layer, "state_dict": self._build_state_dict_layer}[self.kind]
         for layer in self.layers:
             names = [layer["name"]] + layer.get("aliases", [])
             missing = [n for n in names if n not in modules]
@@ -208,15 +210,15 @@ class QuantizedStateDict(Mapping):
                 continue
             float_module = modules[names[0]]
             try:
-                qmodule = self._build_layer(layer, float_module)
+                qmodule, also_consumed = build(layer, float_module)
             except CheckpointError as exc:
                 problems.append(str(exc))
                 continue
+            qmodule.train(float_module.training)
             for name in names:
                 memo[id(modules[name])] = qmodule
                 consumed.update(layer_key(name, local) for local in layer["tensors"])
-            if self.kind == "state_dict" and float_module.bias is not None:
-                consumed.add(layer_key(names[0], "bias"))
+            consumed.update(also_consumed)
             replaced_paths.extend(names)
         if problems:
             raise CheckpointError(f"{where}the model does not match the checkpoint: " + "; ".join(problems[:10]))
@@ -227,48 +229,53 @@ class QuantizedStateDict(Mapping):
         _warn_meta(qmodel)
         return qmodel
 
-    def _build_layer(self, layer, float_module: nn.Module) -> nn.Module:
+    def _build_saved_layer(self, layer, float_module: nn.Module) -> Tuple[nn.Module, List[str]]:
+        """A kind "model" layer: its saved module rebuilt (no other file key consumed)."""
+        name = layer["name"] or "<root>"
+        cls = quantized_class(layer["class"])
+        if type(float_module) is not cls.float_type:
+            raise CheckpointError(f"layer {name!r} is a {type(float_module).__name__} in the model, the checkpoint "
+                                  f"has a quantized {cls.float_type.__name__}")
+        check_weight_shape(layer, float_module, name)
+        return rebuild_saved(layer, self.layer_tensors(layer)), []
+
+    def _build_state_dict_layer(self, layer, float_module: nn.Module) -> Tuple[nn.Module, List[str]]:
+        """A kind "state_dict" layer: the quantized module of ``float_module`` with the file's
+        weight, and the file key of its bias (a separate entry) when it has one."""
         name = layer["name"] or "<root>"
         own = self.layer_tensors(layer)
-        if self.kind == "model":
-            cls = quantized_class(layer["class"])
-            if type(float_module) is not cls.float_type:
-                raise CheckpointError(f"layer {name!r} is a {type(float_module).__name__} in the model, the checkpoint "
-                                      f"has a quantized {cls.float_type.__name__}")
-            check_weight_shape(layer, float_module, name)
-            qmodule = rebuild_saved(layer, own)
+        cls = qmodule_for(float_module)
+        if cls is not None and layer.get("type") not in (None, type(float_module).__name__):
+            # e.g. a 2-D weight quantized as a Linear's, but the model has an Embedding there
+            raise CheckpointError(f"layer {name!r} is quantized in the checkpoint as a {layer['type']} but is a "
+                                  f"{type(float_module).__name__} in the model")
+        if cls is None:
+            raise CheckpointError(f"layer {name!r} is quantized in the checkpoint but is a "
+                                  f"{type(float_module).__name__} in the model, which mono-quant does not replace")
+        check_weight_shape(layer, float_module, name)
+        if cls is QuantizedLinear and packed_int8_layer(layer, own):
+            # the file's packed buffers as they are: no unpacking and packing again
+            qmodule = packed_linear(layer, own, float_module, name)
         else:
-            cls = qmodule_for(float_module)
-            if cls is not None and layer.get("type") not in (None, type(float_module).__name__):
-                # e.g. a 2-D weight quantized as a Linear's, but the model has an Embedding there
-                raise CheckpointError(f"layer {name!r} is quantized in the checkpoint as a {layer['type']} but is a "
-                                      f"{type(float_module).__name__} in the model")
-            if cls is None:
-                raise CheckpointError(f"layer {name!r} is quantized in the checkpoint but is a "
-                                      f"{type(float_module).__name__} in the model, which mono-quant does not replace")
-            check_weight_shape(layer, float_module, name)
-            if cls is QuantizedLinear and packed_int8_layer(layer, own):
-                # the file's packed buffers as they are: no unpacking and packing again
-                qmodule = packed_linear(layer, own, float_module, name)
-            else:
-                stored = stored_weight(layer, own, float_module.weight.dtype)
-                qmodule = cls.from_float(float_module, stored)
-            bias = None
-            if getattr(float_module, "bias", None) is not None:
-                bias = self._tensors.get(layer_key(layer["name"], "bias"))
-                if bias is None:
-                    raise CheckpointError(f"missing key {layer_key(layer['name'], 'bias')!r} for layer {name!r}")
-            qmodule._set_bias(bias)
-            if self._weight_only() and get_format(layer["dtype"]).has_activation_modes \
-                    and hasattr(qmodule, "set_activations"):
-                qmodule.set_activations(None)  # as quantize(activations=None) recorded it in the config
-            extra = set(own) - set(qmodule.state_dict())
-            if "weight_packed" in qmodule._buffers:  # the file's plain weight became the packed copy
-                extra.discard("weight_qdata")
-            if extra:
-                raise CheckpointError(f"layer {name!r}: unexpected tensors {sorted(extra)} for {cls.__name__}")
-        qmodule.train(float_module.training)
-        return qmodule
+            stored = stored_weight(layer, own, float_module.weight.dtype)
+            qmodule = cls.from_float(float_module, stored)
+        bias, bias_keys = None, []
+        if getattr(float_module, "bias", None) is not None:
+            bias_key = layer_key(layer["name"], "bias")
+            bias = self._tensors.get(bias_key)
+            if bias is None:
+                raise CheckpointError(f"missing key {bias_key!r} for layer {name!r}")
+            bias_keys.append(bias_key)
+        qmodule._set_bias(bias)
+        if self._weight_only() and get_format(layer["dtype"]).has_activation_modes \
+                and hasattr(qmodule, "set_activations"):
+            qmodule.set_activations(None)  # as quantize(activations=None) recorded it in the config
+        extra = set(own) - set(qmodule.state_dict())
+        if "weight_packed" in qmodule._buffers:  # the file's plain weight became the packed copy
+            extra.discard("weight_qdata")
+        if extra:
+            raise CheckpointError(f"layer {name!r}: unexpected tensors {sorted(extra)} for {cls.__name__}")
+        return qmodule, bias_keys
 
     def _map_remaining(self, model, modules, memo, consumed, replaced_paths, where) -> None:
         """Put each remaining file tensor in ``memo`` in place of the model's

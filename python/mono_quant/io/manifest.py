@@ -159,13 +159,21 @@ def _check_layer(layer, kind: str, where: str) -> None:
         _require(isinstance(local, str) and local and "." not in local, where, f"bad tensor name {local!r}")
         _require(isinstance(spec, dict) and isinstance(spec.get("dtype"), str) and _is_shape(spec.get("shape")),
                  where, f"tensor {local!r} needs a dtype and a shape")
-    if kind == "model":
-        _require(isinstance(layer.get("class"), str), where, "class must be a string")
-        _require(isinstance(layer.get("init_kwargs"), dict), where, "init_kwargs must be an object")
-        _require(isinstance(layer.get("attrs"), dict), where, "attrs must be an object")
-        aliases = layer.setdefault("aliases", [])
-        _require(isinstance(aliases, list) and all(isinstance(a, str) for a in aliases), where,
-                 "aliases must be a list of names")
+    _KIND_FIELDS[kind](layer, where)
+
+
+def _check_saved_module_fields(layer, where: str) -> None:
+    """A kind "model" layer also says how to rebuild its module, and may have aliases."""
+    _require(isinstance(layer.get("class"), str), where, "class must be a string")
+    _require(isinstance(layer.get("init_kwargs"), dict), where, "init_kwargs must be an object")
+    _require(isinstance(layer.get("attrs"), dict), where, "attrs must be an object")
+    aliases = layer.setdefault("aliases", [])
+    _require(isinstance(aliases, list) and all(isinstance(a, str) for a in aliases), where,
+             "aliases must be a list of names")
+
+
+# manifest kind -> the checks of the fields only its layers have
+_KIND_FIELDS = {"model": _check_saved_module_fields, "state_dict": lambda layer, where: None}
 
 
 def check_against_header(manifest: Mapping[str, Any], header: SafetensorsHeader) -> None:

@@ -88,9 +88,19 @@ def dequantize_layer(kind: str, layer: Mapping[str, Any], own: Dict[str, torch.T
     check_layer(kind, layer, own)
     orig = dtype_from_name(layer["orig_dtype"]) if layer.get("orig_dtype") else torch.float32
     target = dtype or orig
-    if kind == "model":
-        module = rebuild_saved(layer, own)
-        return module.dequantized_weight(target), own.get("bias")
+    return _DEQUANTIZE[kind](layer, own, orig, target)
+
+
+def _saved_layer_weight(layer, own, orig: torch.dtype, target: torch.dtype):
+    module = rebuild_saved(layer, own)
+    return module.dequantized_weight(target), own.get("bias")
+
+
+def _state_dict_layer_weight(layer, own, orig: torch.dtype, target: torch.dtype):
     stored = stored_weight(layer, own, orig)
     weight = stored.dequantize(target) if isinstance(stored, QuantizedWeight) else stored.to(target)
     return weight, None  # a state_dict layer's bias is a separate entry
+
+
+# manifest kind -> (float weight, bias) of one of its layers
+_DEQUANTIZE = {"model": _saved_layer_weight, "state_dict": _state_dict_layer_weight}
