@@ -2,8 +2,9 @@
 
 The C kernels define the same numbers (csrc); everything in Python that sizes,
 checks or walks a packed buffer reads them from here, never writes its own.
-At merge with the C-side layout header these come from ``_C.LAYOUT`` (the
-``_LAYOUT`` dict below is then that dict), so no layout number is written twice.
+Once the C layout header exports them as ``_C.LAYOUT`` (a dict with these keys),
+the literal below becomes ``from .. import _C`` and ``_LAYOUT = _C.LAYOUT``, so no
+layout number is written twice.
 """
 from __future__ import annotations
 
