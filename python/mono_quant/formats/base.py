@@ -156,11 +156,18 @@ class WeightFormat:
         """The manifest's ``group_size`` of a state_dict weight under ``cfg`` (group-wise formats only)."""
         return None
 
+    #: the fewest dimensions a weight of this format has
+    min_dims: int = 2
+
     def check_fields(self, layer: Mapping[str, Any]) -> None:
-        """Raise BadLayer when a manifest layer's scheme, shape or axis can't be this format's."""
-        dtype, scheme, shape, axis = self.name, layer.get("scheme"), layer["shape"], layer.get("axis")
+        """Raise BadLayer when a manifest layer's scheme or shape can't be this format's
+        (its axis: :meth:`check_axis`)."""
+        dtype, scheme, shape = self.name, layer.get("scheme"), layer["shape"]
         need(scheme in self.schemes(), f"scheme {scheme!r} is not one of {self.schemes()} for {dtype}")
-        need(len(shape) >= 2, f"shape {shape} has too few dimensions for a {dtype} weight")
+        need(len(shape) >= self.min_dims, f"shape {shape} has too few dimensions for a {dtype} weight")
+
+    def check_axis(self, axis, shape) -> None:
+        """Raise BadLayer for a manifest ``axis`` this format can't have on ``shape``."""
         need(axis is None or (is_int(axis, 0) and axis < len(shape)),
              f"axis {axis!r} is not None or a dimension of shape {shape}")
 

@@ -82,11 +82,10 @@ class CastFormat(WeightFormat):
     def config_axis(self, cfg) -> Optional[int]:
         return None
 
-    def check_fields(self, layer: Mapping[str, Any]) -> None:
-        dtype, scheme, shape, axis = self.name, layer.get("scheme"), layer["shape"], layer.get("axis")
-        need(scheme in self.schemes(), f"scheme {scheme!r} is not one of {self.schemes()} for {dtype}")
-        need(len(shape) >= 1, f"shape {shape} has too few dimensions for a {dtype} weight")
-        need(axis is None, f"axis {axis!r} on a {dtype} (cast) layer")
+    min_dims = 1
+
+    def check_axis(self, axis, shape) -> None:
+        need(axis is None, f"axis {axis!r} on a {self.name} (cast) layer")
 
     def check_saved_scheme(self, layer, attrs, symmetric: bool) -> None:
         pass  # a cast has no scheme attributes to agree with

@@ -63,9 +63,7 @@ class Int4Format(WeightFormat):
     def config_group_size(self, cfg) -> Optional[int]:
         return getattr(cfg, "group_size", None)
 
-    def check_fields(self, layer: Mapping[str, Any]) -> None:
-        super().check_fields(layer)
-        axis = layer.get("axis")
+    def check_axis(self, axis, shape) -> None:
         need(axis == 0, f"axis {axis!r}: int4 weights are grouped with axis 0")
 
     def check_group_size(self, group_size, saved_attr: bool) -> None:

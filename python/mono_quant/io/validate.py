@@ -53,9 +53,10 @@ def _check_common_fields(layer: Mapping[str, Any]) -> WeightFormat:
     dtype = layer.get("dtype")
     need(dtype in FORMATS, f"dtype {dtype!r} is not one of {sorted(FORMATS)}")
     fmt = FORMATS[dtype]
-    orig = layer.get("orig_dtype")
     fmt.check_fields(layer)
+    orig = layer.get("orig_dtype")
     need(orig is None or _float_dtype(orig) is not None, f"orig_dtype {orig!r} is not a floating dtype")
+    fmt.check_axis(layer.get("axis"), layer["shape"])
     return fmt
 
 

@@ -114,27 +114,17 @@ class RuntimeSettings:
                   gemv_max_rows: Optional[int] = None) -> Iterator["RuntimeSettings"]:
         """Change the given settings inside a ``with`` block, restoring each on exit (also on
         an exception).  None leaves a setting as it is."""
+        changes = ((self.set_isa, isa), (self.use_vnni256_for_tests, vnni256), (self.use_maddubs_for_tests, maddubs),
+                   (self.set_int4_int8_activations, int4_int8_activations), (self.set_gemv_max_rows, gemv_max_rows))
         undo = []
         try:
-            if isa is not None:
-                previous_isa = self.set_isa(isa)
-                undo.append(lambda: self.set_isa(previous_isa))
-            if vnni256 is not None:
-                previous_vnni = self.use_vnni256_for_tests(vnni256)
-                undo.append(lambda: self.use_vnni256_for_tests(previous_vnni))
-            if maddubs is not None:
-                previous_maddubs = self.use_maddubs_for_tests(maddubs)
-                undo.append(lambda: self.use_maddubs_for_tests(previous_maddubs))
-            if int4_int8_activations is not None:
-                previous_act = self.set_int4_int8_activations(int4_int8_activations)
-                undo.append(lambda: self.set_int4_int8_activations(previous_act))
-            if gemv_max_rows is not None:
-                previous_rows = self.set_gemv_max_rows(gemv_max_rows)
-                undo.append(lambda: self.set_gemv_max_rows(previous_rows))
+            for setter, value in changes:
+                if value is not None:
+                    undo.append((setter, setter(value)))  # each setter returns the previous value
             yield self
         finally:
-            for restore in reversed(undo):
-                restore()
+            for setter, previous in reversed(undo):
+                setter(previous)
 
 
 #: The process's settings (the C module's state is process-wide too).
