@@ -53,8 +53,8 @@ class RuntimeSettings:
 
     # -- threads -----------------------------------------------------------------------------------
     def num_threads(self) -> int:
-        """Threads a kernel call uses: torch's intra-op setting, so both agree."""
-        return max(1, int(torch.get_num_threads()))
+        """Threads a kernel call uses: torch's intra-op setting (at least 1), so both agree."""
+        return torch.get_num_threads()
 
     @property
     def threading_backend(self) -> str:

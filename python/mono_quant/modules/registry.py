@@ -8,7 +8,7 @@ from typing import Any, Callable, Dict, Mapping, Optional, Tuple, Type
 import torch
 from torch import nn
 
-from ..formats import WeightFormat, get_format
+from ..formats import FORMATS, WeightFormat, get_format
 from ..qtypes import QType, get_qtype
 from ..tensor import QuantizedWeight
 
@@ -67,7 +67,8 @@ class QuantizedModule(nn.Module):
     def format(self) -> WeightFormat:
         """The weight format's object (:mod:`mono_quant.formats`): what this module asks
         about its weight's storage, dequantization and forward."""
-        return get_format(self.weight_format)
+        fmt = FORMATS.get(self.weight_format)  # the canonical name: every forward comes here
+        return fmt if fmt is not None else get_format(self.weight_format)
 
     # -- weight storage ------------------------------------------------------
     def set_weight(self, weight) -> None:
