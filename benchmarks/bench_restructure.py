@@ -13,6 +13,9 @@ int8 / int4 ``Linear(768, 768)`` forward at batch 1 and 32 (one torch thread), a
 Prints old / new medians and their ratio; writes results/bench_restructure.json.
 
 Usage: python benchmarks/bench_restructure.py --old /path/to/old/site [--repeats N]
+where the old package is built with, e.g.:
+    git archive 5149257 | tar -x -C /tmp/mq-old
+    .venv/bin/pip install --no-deps --no-build-isolation --target /tmp/mq-old-site /tmp/mq-old
 """
 from __future__ import annotations
 

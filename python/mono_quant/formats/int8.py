@@ -15,9 +15,9 @@ from ..packing import PACKED_BUFFERS, unpack_int8_linear
 from ..tensor import QuantizedWeight, check_input, quantize_int_with_error
 from .base import WeightFormat
 from .checks import check_scales, first_bad, need, spec, value_at
+from . import packed_linear  # packed_linear.packed_linear looked up per call (tests spy on it)
 from .layer_cache import kernel_args
 from .packed_linear import blas_min_rows, dequantized_packed, kernel_takes
-from . import packed_linear
 
 __all__ = ["AffineIntFormat"]
 
