@@ -96,11 +96,12 @@ file "$EXT" | grep -q "ARM aarch64" || { echo "not an aarch64 object: $EXT" >&2;
 # data only (its table, empty), no instructions at all.
 log "checking the x86 SIMD units are empty off x86"
 empty_fail=0
-for src in "$ROOT"/csrc/x86_*.c "$ROOT"/csrc/linear_avx*.c "$ROOT"/csrc/linear_vnni256*.c; do
-    obj=$(find "$BUILD" -name "$(basename "$src").o" | head -n1)
+for src in "$ROOT"/csrc/x86/*/*.c; do
+    rel=${src#"$ROOT"/}  # object files mirror the source path (x86/avx2/quant.c beside csrc/quant.c)
+    obj=$(find "$BUILD" -path "*/$rel.o" | head -n1)
     text=$(aarch64-linux-gnu-size -A "$obj" | awk '$1 ~ /^\.text/ {s += $2} END {print s + 0}')
     if [ "$text" != 0 ]; then
-        echo "  $(basename "$src"): $text bytes of code on aarch64 (expected none)" >&2
+        echo "  $rel: $text bytes of code on aarch64 (expected none)" >&2
         empty_fail=1
     fi
 done
