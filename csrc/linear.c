@@ -3,7 +3,7 @@
  * The drivers prepare the activations once per call (dynamic mode: per-row
  * symmetric int8, -127..127, so no activation is -128; weight-only: fp32
  * rows padded to kp) and split the output channels over threads in whole
- * panels; the dispatched kernel (ref.c, linear_avx2.c, linear_avx512*.c) does
+ * panels; the dispatched kernel (ref.c, x86/avx2/linear.c, x86/avx512{,_vnni}/linear.c) does
  * the rest.  Nothing here re-packs the weight. */
 #include <math.h>
 #include <stdlib.h>

@@ -257,18 +257,18 @@ void mq_ref_wgemm(const mq_wgemm_args *a, int64_t p0, int64_t p1);
  * the lower level's kernel.  dispatch.c overlays them after the CPU and the
  * OS said yes, so no code of those units runs on a CPU that lacks their
  * instructions.  Off x86, or without compiler support, a table is empty. */
-extern const mq_kernels mq_avx2_quant_table;          /* x86_avx2.c */
-extern const mq_kernels mq_avx2_linear_table;         /* linear_avx2.c (maddubs sign trick) */
-extern const mq_kernels mq_avxvnni_linear_table;      /* linear_vnni256.c, VEX (AVX-VNNI) */
+extern const mq_kernels mq_avx2_quant_table;          /* x86/avx2/quant.c */
+extern const mq_kernels mq_avx2_linear_table;         /* x86/avx2/linear.c (maddubs sign trick) */
+extern const mq_kernels mq_avxvnni_linear_table;      /* x86/avx_vnni/linear.c, VEX (AVX-VNNI) */
 extern const mq_kernels mq_vnni256_evex_linear_table; /* the same kernel, EVEX-encoded (tests on AVX-512 VNNI) */
-extern const mq_kernels mq_avx2_pack_table;           /* x86_avx2_pack.c */
-extern const mq_kernels mq_avx2_int4_table;           /* x86_avx2_int4.c */
-extern const mq_kernels mq_avx512_quant_table;        /* x86_avx512.c */
-extern const mq_kernels mq_avx512_linear_table;       /* linear_avx512.c (weight-only) */
-extern const mq_kernels mq_avx512vnni_linear_table;   /* linear_avx512_vnni.c */
-extern const mq_kernels mq_avx512_pack_table;         /* x86_avx512_pack.c */
-extern const mq_kernels mq_avx512_int4_table;         /* x86_avx512_int4.c */
-extern const mq_kernels mq_avx512vnni_int4_table;     /* x86_avx512vnni_int4.c */
+extern const mq_kernels mq_avx2_pack_table;           /* x86/avx2/pack.c */
+extern const mq_kernels mq_avx2_int4_table;           /* x86/avx2/int4.c */
+extern const mq_kernels mq_avx512_quant_table;        /* x86/avx512/quant.c */
+extern const mq_kernels mq_avx512_linear_table;       /* x86/avx512/linear.c (weight-only) */
+extern const mq_kernels mq_avx512vnni_linear_table;   /* x86/avx512_vnni/linear.c */
+extern const mq_kernels mq_avx512_pack_table;         /* x86/avx512/pack.c */
+extern const mq_kernels mq_avx512_int4_table;         /* x86/avx512/int4.c */
+extern const mq_kernels mq_avx512vnni_int4_table;     /* x86/avx512_vnni/int4.c */
 /* Tests only: on the AVX2 level, run the 256-bit VNNI kernel in its EVEX
  * encoding (needs AVX-512 VNNI + VL); 0 ok, -1 when this CPU can't. */
 int mq_use_vnni256_for_tests(int on);

@@ -1,5 +1,5 @@
-/* linear_store256.h - the int8 matmul epilogue for 8 channels in a 256-bit
- * register, shared by linear_avx2.c (maddubs) and linear_vnni256.c (VNNI).
+/* x86/linear_store256.h - the int8 matmul epilogue for 8 channels in a 256-bit
+ * register, shared by x86/avx2/linear.c (maddubs) and x86/avx_vnni/linear.c (VNNI).
  * Include only from compile units built with -mavx2, after defining MQ_INLINE.
  *
  * Exact corrections (the +128 activation shift when x_u8, the weight

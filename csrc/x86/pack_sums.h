@@ -1,6 +1,6 @@
-/* pack_sums.h - the column sums and -128 flag of one packed panel, shared
- * by the SIMD twins of mq_ref_pack_panel (x86_avx2_pack.c,
- * x86_avx512_pack.c), each passing its own row kernel; included after mq.h. */
+/* x86/pack_sums.h - the column sums and -128 flag of one packed panel, shared
+ * by the SIMD twins of mq_ref_pack_panel (x86/avx2/pack.c,
+ * x86/avx512/pack.c), each passing its own row kernel; included after mq.h. */
 #ifndef MQ_PACK_SUMS_H
 #define MQ_PACK_SUMS_H
 

@@ -1,11 +1,10 @@
-/* vnni256_kernel.h - the dynamic int8 matmul with 256-bit vpdpbusd, as
+/* x86/vnni256_kernel.h - the dynamic int8 matmul with 256-bit vpdpbusd, as
  * static functions for the two compile units that build it:
- *   linear_vnni256.c       VEX encoding (AVX-VNNI: Alder Lake and later, Zen 5),
- *                          installed by dispatch.c on the AVX2 level when the
- *                          CPU has avx_vnni;
- *   linear_vnni256_evex.c  EVEX encoding of the same instruction (AVX-512 VNNI +
- *                          VL), so the kernel's arithmetic is tested on AVX-512
- *                          VNNI machines too (_C.use_vnni256_for_tests).
+ *   x86/avx_vnni/linear.c: VEX encoding (AVX-VNNI: Alder Lake and later, Zen 5),
+ *     installed by dispatch.c on the AVX2 level when the CPU has avx_vnni;
+ *   x86/avx512_vnni/linear256.c: EVEX encoding of the same instruction (AVX-512
+ *     VNNI + VL), so the kernel's arithmetic is tested on AVX-512 VNNI machines
+ *     too (_C.use_vnni256_for_tests).
  * A header rather than one .c compiled twice: each unit keeps its own -m flags
  * in CMakeLists.txt (set per source file) and no .c includes another.
  *
@@ -14,13 +13,13 @@
  *
  * A 16-channel panel is read as two 8-channel halves (32 bytes of each
  * 64-byte K-group); activations arrive as uint8 = int8 + 128 (qgemm_x_u8),
- * and the epilogue subtracts 128 * column sum, as linear_avx512_vnni.c does, so
+ * and the epilogue subtracts 128 * column sum, as x86/avx512_vnni/linear.c does, so
  * the int32 accumulators equal mq_ref_qgemm's exactly. */
 #ifndef MQ_VNNI256_KERNEL_H
 #define MQ_VNNI256_KERNEL_H
 
 #define MQ_INLINE static inline __attribute__((always_inline))
-#include "linear_store256.h"
+#include "x86/linear_store256.h"
 
 /* MT rows x one panel, named accumulators (a macro with a constant MT). */
 #define VROW_DECL(i) __m256i acc##i##a = _mm256_setzero_si256(), acc##i##b = acc##i##a;

@@ -1,4 +1,4 @@
-/* x86_avx2_int4.c - AVX2/FMA twins of the INT4 kernels in ref.c.
+/* x86/avx2/int4.c - AVX2/FMA twins of the INT4 kernels in ref.c.
  *
  * Compiled with -mavx2 -mfma -mf16c, reached only through dispatch.c.
  * pack / sqerr / unpack give exactly ref.c's bits (sqerr keeps the 16

@@ -1,4 +1,4 @@
-/* linear_avx2.c - AVX2 twins of mq_ref_qgemm and mq_ref_wgemm.
+/* x86/avx2/linear.c - AVX2 twins of mq_ref_qgemm and mq_ref_wgemm.
  *
  * Compiled with -mavx2 -mfma (CMakeLists.txt).  A 16-channel panel is read
  * as two 8-channel halves (32 bytes of each 64-byte K-group).
@@ -18,7 +18,7 @@
 #include <immintrin.h>
 
 #define MQ_INLINE static inline __attribute__((always_inline))
-#include "linear_store256.h"
+#include "x86/linear_store256.h"
 
 /* MT rows x one panel (two 8-channel halves) over the whole K: 2 * MT
  * named accumulators (a macro with a constant MT: GCC keeps arrays of

@@ -1,4 +1,4 @@
-/* x86_avx2_pack.c - AVX2 twin of mq_ref_pack_panel (ref.c).
+/* x86/avx2/pack.c - AVX2 twin of mq_ref_pack_panel (ref.c).
  *
  * Compiled with -mavx2, reached only through dispatch.c.  32 columns of 8
  * rows are an 8 x 8 matrix of 4-byte words: one word transpose gives the
@@ -10,7 +10,7 @@
 #if defined(__x86_64__) && defined(__AVX2__)
 #include <immintrin.h>
 
-#include "pack_sums.h"
+#include "x86/pack_sums.h"
 
 /* o[j] = word j of rows r[0..7]. */
 static inline void transpose8(__m256i r[8], __m256i o[8]) {

@@ -1,4 +1,4 @@
-/* x86_avx2.c - AVX2 + FMA + F16C twins of the row kernels in ref.c.
+/* x86/avx2/quant.c - AVX2 + FMA + F16C twins of the row kernels in ref.c.
  *
  * Compiled with -mavx2 -mfma -mf16c (CMakeLists.txt) and only called after
  * dispatch.c saw those features.  Same names and results as ref.c: tails

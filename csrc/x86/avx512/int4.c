@@ -1,4 +1,4 @@
-/* x86_avx512_int4.c - AVX-512 (F/BW/VL/DQ) twins of the INT4 kernels in ref.c.
+/* x86/avx512/int4.c - AVX-512 (F/BW/VL/DQ) twins of the INT4 kernels in ref.c.
  *
  * Compiled with its own -mavx512* flags, reached only through dispatch.c.
  * pack / sqerr / unpack give exactly ref.c's bits; gemv / panel are float

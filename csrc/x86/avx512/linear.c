@@ -1,4 +1,4 @@
-/* linear_avx512.c - AVX-512 twin of mq_ref_wgemm (weight-only int8 matmul).
+/* x86/avx512/linear.c - AVX-512 twin of mq_ref_wgemm (weight-only int8 matmul).
  *
  * Compiled with -mavx512f -mavx512bw -mavx512vl -mavx512dq (CMakeLists.txt)
  * and installed by dispatch.c only on CPUs with all of them. */

@@ -1,4 +1,4 @@
-/* x86_avx512_pack.c - AVX-512 twin of mq_ref_pack_panel (ref.c).
+/* x86/avx512/pack.c - AVX-512 twin of mq_ref_pack_panel (ref.c).
  *
  * Compiled with -mavx512f -mavx512bw -mavx512vl, reached only through
  * dispatch.c.  A packed K-group is 16 channels x 4 bytes, so 64 columns of
@@ -11,7 +11,7 @@
 #if defined(__x86_64__) && defined(__AVX512F__) && defined(__AVX512BW__)
 #include <immintrin.h>
 
-#include "pack_sums.h"
+#include "x86/pack_sums.h"
 
 /* o[j] = word j of every row r[0..15]: words 0..15 of 16 rows -> 16 groups. */
 static inline void transpose16(__m512i r[16], __m512i o[16]) {

@@ -1,4 +1,4 @@
-/* x86_avx512.c - AVX-512 (F/BW/VL/DQ) twins of the row kernels in ref.c.
+/* x86/avx512/quant.c - AVX-512 (F/BW/VL/DQ) twins of the row kernels in ref.c.
  *
  * Compiled with -mavx512f -mavx512bw -mavx512vl -mavx512dq -mfma -mf16c and
  * only called after dispatch.c saw those features.  Results equal ref.c's

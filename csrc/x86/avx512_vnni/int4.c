@@ -1,4 +1,4 @@
-/* x86_avx512vnni_int4.c - the int8-activation INT4 GEMV with AVX-512 VNNI.
+/* x86/avx512_vnni/int4.c - the int8-activation INT4 GEMV with AVX-512 VNNI.
  *
  * Own compile unit (-mavx512vnni), installed in the AVX-512 table only when
  * the CPU reports avx512_vnni (else the AVX-512 level keeps AVX2's maddubs kernel).  Codes (u8, 0..15) times activations (s8)

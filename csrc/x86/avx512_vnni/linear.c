@@ -1,4 +1,4 @@
-/* linear_avx512_vnni.c - AVX-512 VNNI twin of mq_ref_qgemm.
+/* x86/avx512_vnni/linear.c - AVX-512 VNNI twin of mq_ref_qgemm.
  *
  * Compiled with -mavx512f -mavx512bw -mavx512vl -mavx512dq -mavx512vnni
  * (CMakeLists.txt); dispatch.c installs its table only on CPUs with all of

@@ -1,6 +1,6 @@
-/* linear_vnni256_evex.c - the kernel of linear_vnni256.c (vnni256_kernel.h)
- * with the EVEX encoding of 256-bit vpdpbusd (AVX-512 VNNI + VL): the same
- * arithmetic, testable on AVX-512 VNNI machines that lack AVX-VNNI
+/* x86/avx512_vnni/linear256.c - the 256-bit VNNI kernel of x86/avx_vnni/linear.c
+ * (x86/vnni256_kernel.h) with the EVEX encoding of vpdpbusd (AVX-512 VNNI + VL):
+ * the same arithmetic, testable on AVX-512 VNNI machines that lack AVX-VNNI
  * (_C.use_vnni256_for_tests). */
 #include "mq.h"
 
@@ -8,7 +8,7 @@
 #include <immintrin.h>
 
 #define MQ_DPBUSD256 _mm256_dpbusd_epi32
-#include "vnni256_kernel.h"
+#include "x86/vnni256_kernel.h"
 
 const mq_kernels mq_vnni256_evex_linear_table = {
     .qgemm = qgemm_vnni256,
