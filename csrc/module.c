@@ -366,10 +366,6 @@ fail:
 
 /* ---- int8 matmul: packing and the linear entry points ------------------------ */
 
-/* The kernels keep int32 accumulators: |255 * 128 * kp| and the zero-point
- * correction stay far inside int32 up to this K. */
-#define MQ_MAX_LINEAR_K 32768
-
 /* The packed weight and column sums to write: fresh arrays when out_obj is
  * None, else the caller's (packed, w_sum) pair checked for exactly these
  * sizes.  New references in *packed and *w_sum; 0 with an exception set. */
@@ -1566,6 +1562,21 @@ static PyMethodDef module_methods[] = {
     {NULL, NULL, 0, NULL},
 };
 
+/* _C.LAYOUT: the stored layouts' constants (layout.h), for the Python side to read
+ * instead of writing them again. */
+static int add_layout(PyObject *m) {
+    PyObject *layout = Py_BuildValue("{s:i,s:i,s:i,s:i,s:i,s:i,s:i}", "packed_layout_version",
+                                     MQ_PACKED_LAYOUT_VERSION, "int8_panel_rows", MQ_PANEL, "int8_k_group", MQ_KGROUP,
+                                     "int4_block", MQ_Q4_BLOCK, "int4_block_bytes", MQ_Q4_BLOCK_BYTES,
+                                     "int4_int8_chunk", MQ_Q4_I8_CHUNK, "int4_int8_max_group", MQ_Q4_I8_MAX_GROUP);
+    if (!layout) return -1;
+    if (PyModule_AddObject(m, "LAYOUT", layout) < 0) { /* steals the reference only on success */
+        Py_DECREF(layout);
+        return -1;
+    }
+    return 0;
+}
+
 static int module_exec(PyObject *m) {
     if (_import_array() < 0) return -1;
     /* the kernel tables are built once, here, with the GIL held: later calls
@@ -1583,6 +1594,7 @@ static int module_exec(PyObject *m) {
                              forced, isa_names[mq_active_isa()]) < 0)
             return -1;
     }
+    if (add_layout(m) < 0) return -1;
     return PyModule_AddStringConstant(m, "ISA_LEVELS", "scalar,avx2,avx512");
 }
 
