@@ -10,6 +10,8 @@
 
 #include <stdint.h>
 
+#include "size_check.h"
+
 /* ---- packed int8 (linear / conv weights) ------------------------------------
  * An int8 weight [n][k] is packed once into panels of MQ_PANEL output
  * channels with K interleaved in groups of MQ_KGROUP:
@@ -46,6 +48,19 @@
  * group of at most MQ_Q4_I8_MAX_GROUP keeps the int32 dot products exact. */
 #define MQ_Q4_I8_CHUNK 128
 #define MQ_Q4_I8_MAX_GROUP 4096
+
+/* ---- the sizes they give (size_check.h arithmetic: -1 when past int64) -------- */
+
+/* Bytes of the packed int8 weight of `groups` blocks of n / groups channels by
+ * k (each block padded on its own), and in *np_out the padded channel count
+ * (entries of the column sums). */
+static inline int64_t mq_packed_int8_bytes(int64_t n, int64_t k, int64_t groups, int64_t *np_out) {
+    *np_out = mq_size_mul(groups, mq_size_round_up(n / groups, MQ_PANEL));
+    return mq_size_mul(*np_out, mq_size_round_up(k, MQ_KGROUP));
+}
+
+/* An int4 row of cols values padded to whole blocks (its packed row has kpad / 2 bytes). */
+static inline int64_t mq_q4_kpad(int64_t cols) { return mq_size_round_up(cols, MQ_Q4_BLOCK); }
 
 /* ---- what ties them together -------------------------------------------------- */
 _Static_assert(MQ_PANEL_GROUP_BYTES == 64, "one K-group of a panel is one 64-byte vpdpbusd operand");

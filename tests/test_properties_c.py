@@ -45,7 +45,7 @@ LEVELS = ["scalar", "avx2", "avx512"]
 SUPPORTED = LEVELS[: LEVELS.index(_C.cpu_info()["best_isa"]) + 1]
 CLEAR_ERRORS = (TypeError, ValueError, OverflowError, MemoryError)
 
-# Every public entry point in csrc/module.c's method table: a new one must get a property here.
+# Every public entry point in the binding files' method tables (csrc/bind_*.c): a new one must get a property here.
 ENTRY_POINTS = {
     "rows_minmax", "choose_qparams", "quantize_rows", "quantize_rows_fused", "dequantize_rows", "rows_sqerr",
     "pack_int8", "quantize_pack_int8", "packed_check", "quantize_pack_int8_file", "linear_int8", "conv2d_int8",
