@@ -1,7 +1,6 @@
 """The static-quantization reference case: Fashion-MNIST loader and the trained ResNet8 checkpoint."""
 import gzip
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -10,11 +9,12 @@ import torch
 from mono_quant.calibration import Calibrator
 from mono_quant.datasets import DatasetMissingError, fashion_mnist_available, load_fashion_mnist
 
-ROOT = Path(__file__).resolve().parents[1]
+from conftest import DATA, ROOT
+
 sys.path.insert(0, str(ROOT / "benchmarks" / "static"))
 from resnet8 import ResNet8, normalize_images  # noqa: E402
 
-CHECKPOINT = ROOT / "tests" / "data" / "resnet8_fashion_mnist.safetensors"
+CHECKPOINT = DATA / "resnet8_fashion_mnist.safetensors"
 needs_dataset = pytest.mark.skipif(not fashion_mnist_available(),
                                    reason="Fashion-MNIST missing: apt-get install -y dataset-fashion-mnist")
 

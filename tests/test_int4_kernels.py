@@ -10,16 +10,13 @@ import torch
 from mono_quant import _C, kernels
 from mono_quant.int4 import int4_linear, quantize_int4, set_int8_activations, unpack_int4
 from mono_quant.tensor import NonFiniteWeightError, quantize_weight
-
-_LEVELS = ["scalar", "avx2", "avx512"]
-ISAS = _LEVELS[: _LEVELS.index(kernels.cpu_info()["best_isa"]) + 1]
+from conftest import SUPPORTED, at_isa
 
 
 @pytest.fixture(autouse=True)
-def restore_isa():
-    before, panel = kernels.get_isa(), _C.q4_panel_min_m()
+def restore_panel_min_m():
+    panel = _C.q4_panel_min_m()
     yield
-    kernels.set_isa(before)
     _C.q4_panel_min_m(panel)
 
 
@@ -120,12 +117,12 @@ def test_simd_matches_scalar_exactly(cols, group, symmetric):
     x = _edge_rows(cols)
     grp = grouped(cols, group)
     results = {}
-    for isa in ISAS:
-        kernels.set_isa(isa)
+    for isa in SUPPORTED:
         for method in range(3):
-            p, s, z, bad, sx, se = q4(x, grp, symmetric, method, True)
-            assert bad == -1
-            d = _C.q4_dequantize(p, s, z, cols, grp)
+            with at_isa(isa):
+                p, s, z, bad, sx, se = q4(x, grp, symmetric, method, True)
+                assert bad == -1
+                d = _C.q4_dequantize(p, s, z, cols, grp)
             assert np.isfinite(d).all()
             results[isa, method] = (p, s.view(np.uint16), z, d, se)
     for (isa, method), got in results.items():
@@ -214,13 +211,11 @@ def test_input_not_modified():
 # ---- linear -----------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("isa", ISAS)
 @pytest.mark.parametrize("path", ["gemv", "panel"])
 @pytest.mark.parametrize("m", [1, 3, 5, 9])
 @pytest.mark.parametrize("rows,cols,group", [(1, 32, 32), (7, 33, 32), (13, 100, 64), (9, 1100, 128),
                                               (6, 300, None), (5, 256, 128)])
 def test_linear_matches_float64(isa, path, m, rows, cols, group):
-    kernels.set_isa(isa)
     before = set_int8_activations(False)  # the fp32-activation kernels (int8 ones: below)
     _C.q4_panel_min_m(1 if path == "panel" else 1000)
     w = torch.randn(rows, cols)
@@ -294,7 +289,6 @@ def test_bad_arguments_raise():
 # ---- int8-activation kernel ---------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("isa", ISAS)
 @pytest.mark.parametrize("rows,cols,group", [(1, 128, 128), (7, 256, 128), (9, 1000, 256), (6, 640, None),
                                               (5, 4096, 4096)])
 @pytest.mark.parametrize("m", [1, 2, 5])
@@ -303,9 +297,8 @@ def test_int8_activations_exact_vs_reference_and_close_to_float(isa, rows, cols,
     x = torch.randn(m, cols) * torch.linspace(0.1, 3, cols)
     x[0, :7] = 0
     args = (x.numpy(), qw.qdata.numpy(), qw.scale.numpy(), qw.zero_point.numpy(), qw.group)
-    kernels.set_isa("scalar")
-    want = _C.q4_linear(*args, int8_activations=1)  # the reference kernel
-    kernels.set_isa(isa)
+    with at_isa("scalar"):
+        want = _C.q4_linear(*args, int8_activations=1)  # the reference kernel
     got = _C.q4_linear(*args, int8_activations=1)
     np.testing.assert_array_equal(got, want)
     # within the activation rounding: |sum w (x - xq s)| <= sum |w| s / 2 per group
@@ -336,9 +329,9 @@ def test_nonfinite_activations_propagate(act):
     x = torch.randn(3, 256)
     x[1, 5] = math.nan
     x[2, 200] = math.inf
-    for isa in ISAS:
-        kernels.set_isa(isa)
-        y = torch.from_numpy(_C.q4_linear(x.numpy(), qw.qdata.numpy(), qw.scale.numpy(), qw.zero_point.numpy(), 128,
-                                          int8_activations=act))
+    for isa in SUPPORTED:
+        with at_isa(isa):
+            y = torch.from_numpy(_C.q4_linear(x.numpy(), qw.qdata.numpy(), qw.scale.numpy(), qw.zero_point.numpy(),
+                                              128, int8_activations=act))
         assert bool(torch.isfinite(y[0]).all())
         assert not bool(torch.isfinite(y[1]).any()) and not bool(torch.isfinite(y[2]).any())

@@ -11,25 +11,11 @@ import mono_quant as mq
 from mono_quant import _C, reference
 from mono_quant.modules import QuantizedConv2d
 from mono_quant.modules.linear import kernel_args
+from conftest import MADDUBS, SUPPORTED, at_isa
 
-LEVELS = ["scalar", "avx2", "avx512"]
-SUPPORTED = LEVELS[: LEVELS.index(_C.cpu_info()["best_isa"]) + 1]
-# plus the AVX2 level's maddubs kernel where the CPU would pick AVX-VNNI instead
-GEMM_KERNELS = SUPPORTED + (["avx2+maddubs"] if _C.cpu_info()["avx_vnni"] and "avx2" in SUPPORTED else [])
+# every level, plus the AVX2 level's maddubs kernel where the CPU would pick AVX-VNNI instead
+GEMM_KERNELS = SUPPORTED + MADDUBS
 
-
-def _force(kernel):
-    """Caps the ISA at kernel's level (forcing the maddubs variant); returns the undo."""
-    level, _, variant = kernel.partition("+")
-    previous = _C.set_isa(level)
-    if variant:
-        _C.use_maddubs_for_tests(True)
-
-    def undo():
-        if variant:
-            _C.use_maddubs_for_tests(False)
-        _C.set_isa(previous)
-    return undo
 
 CASES = [  # in, out, kernel, stride, padding, dilation, groups
     (3, 16, 3, 1, 1, 1, 1),
@@ -63,15 +49,11 @@ def test_conv_weight_only_matches_dequantized(case, isa):
     qconv, _ = mq.quantize(conv, activations=None)
     assert isinstance(qconv, QuantizedConv2d)
     x = torch.randn(2, case[0], 9, 11)
-    previous = _C.set_isa(isa)
-    try:
-        with torch.no_grad():
-            outs = [qconv(x)]  # many pixels per channel: F.conv2d on the dequantized weight
-            packed = kernel_args(qconv)
-            if packed is not None:  # the packed fp32 x int8 kernel, whatever the size
-                outs.append(qconv._packed_conv(x, *packed))
-    finally:
-        _C.set_isa(previous)
+    with at_isa(isa), torch.no_grad():
+        outs = [qconv(x)]  # many pixels per channel: F.conv2d on the dequantized weight
+        packed = kernel_args(qconv)
+        if packed is not None:  # the packed fp32 x int8 kernel, whatever the size
+            outs.append(qconv._packed_conv(x, *packed))
     ref = F.conv2d(x.double(), qconv.dequantized_weight().double(), qconv.bias.double(), conv.stride,
                    conv.padding, conv.dilation, conv.groups)
     assert len(outs) == (1 if case[6] == case[0] else 2)
@@ -91,11 +73,8 @@ def test_conv_dynamic_sqnr(case):
         if case[6] != case[0]:  # not depthwise: the packed path ran, equal across ISAs
             outs = []
             for level in GEMM_KERNELS:
-                undo = _force(level)
-                try:
+                with at_isa(level):
                     outs.append(qconv(x))
-                finally:
-                    undo()
             assert all(torch.equal(outs[0], o) for o in outs[1:])
 
 
@@ -120,13 +99,9 @@ def test_conv_dynamic_bit_exact_vs_reference(case, isa):
         qconv, _ = mq.quantize(conv, symmetric=symmetric)
         x = torch.randn(3, case[0], 8, 9)
         x[1] = 0  # an all-zero image
-        undo = _force(isa)
-        try:
-            with torch.no_grad():  # the C kernels whatever the shape (short reductions run F.conv2d in forward)
-                packed = kernel_args(qconv)
-                y = qconv(x) if packed is None else qconv._packed_conv(x, *packed)
-        finally:
-            undo()
+        with at_isa(isa), torch.no_grad():  # the C kernels whatever the shape (short reductions run F.conv2d)
+            packed = kernel_args(qconv)
+            y = qconv(x) if packed is None else qconv._packed_conv(x, *packed)
         ref = reference.conv2d_int8(x, qconv.quantized_weight().qdata, qconv.weight_scale, qconv.weight_zero_point, qconv.bias,
                                     conv.stride, conv.padding, conv.dilation, conv.groups)
         assert torch.equal(y, ref)
@@ -167,12 +142,8 @@ def test_conv_dynamic_row_blocks_bit_exact(isa):
     conv = nn.Conv2d(64, 40, 3, padding=1).eval()
     qconv, _ = mq.quantize(conv, symmetric=False)
     x = torch.randn(2, 64, 16, 16)
-    undo = _force(isa)
-    try:
-        with torch.no_grad():
-            y = qconv(x)
-    finally:
-        undo()
+    with at_isa(isa), torch.no_grad():
+        y = qconv(x)
     ref = reference.conv2d_int8(x, qconv.quantized_weight().qdata, qconv.weight_scale, qconv.weight_zero_point,
                                 qconv.bias, conv.stride, conv.padding, conv.dilation, conv.groups)
     assert torch.equal(y, ref)

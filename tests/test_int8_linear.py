@@ -16,36 +16,7 @@ from mono_quant.config import QuantConfig
 from mono_quant.modules import QuantizedLinear
 from mono_quant.packing import PACKED_BUFFERS, pack_int8_linear
 from mono_quant.tensor import quantize_weight
-
-LEVELS = ["scalar", "avx2", "avx512"]
-SUPPORTED = LEVELS[: LEVELS.index(_C.cpu_info()["best_isa"]) + 1]
-
-
-# The AVX-VNNI kernel (256-bit vpdpbusd on the AVX2 level) runs here in its EVEX
-# encoding when the CPU has AVX-512 VNNI + VL: the same source, so the same arithmetic.
-# Where the CPU has AVX-VNNI, the AVX2 level's maddubs kernel (what AVX2-only CPUs
-# run) is forced too.
-_INFO = _C.cpu_info()
-KERNELS = (SUPPORTED + (["avx2+vnni256"] if _INFO["avx512_vnni"] and _INFO["avx512vl"] else [])
-           + (["avx2+maddubs"] if _INFO["avx_vnni"] and "avx2" in SUPPORTED else []))
-_VARIANTS = {"vnni256": (_C.use_vnni256_for_tests, "vnni256_evex"), "maddubs": (_C.use_maddubs_for_tests, "avx2_maddubs")}
-
-
-@pytest.fixture(params=KERNELS)
-def kernel_isa(request):
-    """Each kernel level this CPU has, forced in turn (the default restored after)."""
-    level, _, variant = request.param.partition("+")
-    previous = _C.set_isa(level)
-    if variant:
-        use, name = _VARIANTS[variant]
-        use(True)
-        assert _C.linear_kernels()["dynamic"] == name
-    try:
-        yield request.param
-    finally:
-        if variant:
-            use(False)
-        _C.set_isa(previous)
+from conftest import SUPPORTED, at_isa
 
 
 def _gen(seed):
@@ -223,12 +194,9 @@ def test_simd_equals_scalar_dynamic():
     x = torch.randn(13, 300, generator=g)
     outs = []
     for level in SUPPORTED:
-        previous = _C.set_isa(level)
-        try:
+        with at_isa(level):
             outs.append(kernels.linear_int8(x, bufs["weight_packed"], bufs["weight_colsum"], qw.scale,
                                             qw.zero_point, None, 70, False))
-        finally:
-            _C.set_isa(previous)
     assert all(torch.equal(outs[0], o) for o in outs[1:])
 
 

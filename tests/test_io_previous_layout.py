@@ -4,7 +4,6 @@ The fixtures under tests/data/ were written once by make_layout_v1_fixtures.py
 (before the package was restructured) and are kept as they are.
 """
 import importlib.util
-from pathlib import Path
 
 import pytest
 import torch
@@ -12,8 +11,8 @@ from safetensors.torch import load_file
 
 import mono_quant as mq
 from mono_quant.modules import conv as conv_module
+from conftest import DATA
 
-DATA = Path(__file__).resolve().parent / "data"
 
 
 def _fixture_net_class():

@@ -7,8 +7,7 @@ each level the CPU supports and is compared with the best level.
 import isa_smoke
 import pytest
 
-from mono_quant import _C
-from conftest import SUPPORTED
+from conftest import SUPPORTED, at_isa
 
 
 @pytest.fixture(scope="module")
@@ -18,11 +17,8 @@ def best_results():
 
 @pytest.mark.parametrize("level", SUPPORTED[:-1])
 def test_levels_agree_with_the_best(level, best_results):
-    previous = _C.set_isa(level)
-    try:
+    with at_isa(level):
         results = isa_smoke.run_all()
-    finally:
-        _C.set_isa(previous)
     assert isa_smoke.compare(best_results, results) == []
     assert len(results) > 150  # every entry point contributed
 

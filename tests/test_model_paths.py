@@ -11,15 +11,8 @@ from mono_quant.modules import conv as conv_module
 from mono_quant.modules import linear as linear_module
 from mono_quant.modules.linear import dequantized_packed, kernel_args
 from mono_quant.packing import unpack_int8_rows
+from conftest import SUPPORTED, at_isa
 
-def _levels():
-    """The kernel levels this CPU runs."""
-    best = _C.cpu_info()["best_isa"]
-    order = ["scalar", "avx2", "avx512"]
-    return order[:order.index(best) + 1]
-
-
-LEVELS = _levels()
 
 
 def _close(a, b, rel=1e-5):
@@ -61,19 +54,14 @@ def test_dequantized_packed_is_dequantized_weight(symmetric):
     assert torch.equal(conv._dequantized_packed(kernel_args(conv)[0]), conv.dequantized_weight())
 
 
-@pytest.mark.parametrize("isa", LEVELS)
 def _packed_and_blas(layer, x, isa, crossover_rows):
     """The layer's output on the packed kernel and on the dequantize + BLAS path, at kernel level isa
     (the shape rule's row threshold for that level set out of reach, then to 1)."""
-    previous = _C.set_isa(isa)
-    try:
-        with torch.no_grad():
-            crossover_rows[isa] = 1 << 62
-            packed = layer(x)
-            crossover_rows[isa] = 1
-            return packed, layer(x)
-    finally:
-        _C.set_isa(previous)
+    with at_isa(isa), torch.no_grad():
+        crossover_rows[isa] = 1 << 62
+        packed = layer(x)
+        crossover_rows[isa] = 1
+        return packed, layer(x)
 
 
 @pytest.mark.parametrize("rows", [1, 7, 70])
@@ -88,7 +76,7 @@ def test_weight_only_int8_blas_path_matches_packed_kernel(isa, rows, blas_tables
     assert _close(blas, ref) and _close(packed, ref)
 
 
-@pytest.mark.parametrize("isa", LEVELS)
+@pytest.mark.parametrize("isa", SUPPORTED)
 def test_int4_blas_path_matches_packed_kernel(isa, blas_tables):
     _, int4_rows = blas_tables
     torch.manual_seed(2)

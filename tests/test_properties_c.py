@@ -26,6 +26,7 @@ from hypothesis import strategies as st
 
 from mono_quant import _C, reference
 from mono_quant.int4 import unpack_int4
+from conftest import LEVELS, SUPPORTED, at_isa
 
 # CI: the same examples every run (derandomized), so a merge is never refused by the luck of a draw;
 # the long mode (MONO_QUANT_FUZZ_LONG) draws fresh ones; a failure prints the blob that replays it
@@ -41,8 +42,6 @@ PROFILE = settings.get_profile("long" if _LONG else "ci")
 # casts to float16 overflow and zero scales divide on purpose
 pytestmark = pytest.mark.filterwarnings("ignore::RuntimeWarning")
 
-LEVELS = ["scalar", "avx2", "avx512"]
-SUPPORTED = LEVELS[: LEVELS.index(_C.cpu_info()["best_isa"]) + 1]
 CLEAR_ERRORS = (TypeError, ValueError, OverflowError, MemoryError)
 
 # Every public entry point in the binding files' method tables (csrc/bind_*.c): a new one must get a property here.
@@ -169,19 +168,6 @@ def assert_same(c, twin, what=""):
     np.testing.assert_array_equal(c, twin, err_msg=what)
 
 
-class isa_level:
-    """Force a kernel level for a block, restoring the previous one."""
-
-    def __init__(self, name):
-        self.name = name
-
-    def __enter__(self):
-        self.previous = _C.set_isa(self.name)
-
-    def __exit__(self, *exc):
-        _C.set_isa(self.previous)
-
-
 # ---- row kernels (quant.c) -------------------------------------------------------------------------
 
 
@@ -192,7 +178,7 @@ def test_rows_minmax(src, isa, nthreads):
     if layout == "big_endian":
         raises_clearly(lambda: _C.rows_minmax(a))
         return
-    with isa_level(isa):
+    with at_isa(isa):
         mn, mx, bad = _C.rows_minmax(a, nthreads=nthreads)
     want_mn, want_mx, want_bad = reference.rows_minmax(x)
     assert bad == want_bad
@@ -251,7 +237,7 @@ def test_quantize_rows(src, qrange, use_fma, data, isa, nthreads):
     if layout == "big_endian" or not valid:
         raises_clearly(call)
         return
-    with isa_level(isa):
+    with at_isa(isa):
         q = call()
     want = reference.quantize_rows(x, torch.from_numpy(scale), torch.from_numpy(zp), qmin, qmax, use_fma)
     finite = torch.isfinite(x.float()).numpy()
@@ -269,7 +255,7 @@ def test_quantize_rows_fused(src, qrange, symmetric, with_error, isa, nthreads):
     if layout == "big_endian" or not valid_range:
         raises_clearly(call)
         return
-    with isa_level(isa):
+    with at_isa(isa):
         q, s, z, bad, sx, se = call()
     wq, ws, wz, wbad, wsx, wse = reference.quantize_rows_fused(x, qmin, qmax, symmetric, with_error)
     assert bad == wbad
@@ -372,7 +358,7 @@ def test_pack_int8(codes, out_kind, isa, nthreads):
         out = (np.zeros(np_ * kp + 1, np.int8), np.zeros(np_, np.int32))
         raises_clearly(lambda: _C.pack_int8(a, nthreads=nthreads, out=out))
         return
-    with isa_level(isa):
+    with at_isa(isa):
         packed, w_sum, has_m128 = _C.pack_int8(a, nthreads=nthreads, out=out)
     if out is not None:
         assert packed is out[0] and w_sum is out[1]
@@ -396,7 +382,7 @@ def test_quantize_pack_int8(data, qrange, symmetric, with_error, isa, nthreads):
     if layout == "big_endian" or not (-128 <= qmin < 0 and qmin < qmax <= 127) or n == 0 or k == 0:
         raises_clearly(call)
         return
-    with isa_level(isa):
+    with at_isa(isa):
         packed, w_sum, s, z, has_m128, bad, sx, se = call()
     wq, ws, wz, wbad, _, _ = reference.quantize_rows_fused(x, qmin, qmax, symmetric)
     assert bad == wbad
@@ -513,7 +499,7 @@ def test_linear_int8(data, mode, isa, nthreads):
         if layout == "big_endian":
             raises_clearly(lambda: _C.linear_int8(a, packed, w_sum, scale, zp, bias, n, has_m128, mode=mode))
             return
-    with isa_level(isa):
+    with at_isa(isa):
         y = _C.linear_int8(a, packed, w_sum, scale, zp, bias, n, has_m128, mode=mode, nthreads=nthreads)
     tw = torch.from_numpy(w)
     tb = None if bias is None else torch.from_numpy(bias)
@@ -595,7 +581,7 @@ def test_conv2d_int8(case, data, isa, nthreads):
     if not fits:
         raises_clearly(call)
         return
-    with isa_level(isa):
+    with at_isa(isa):
         y = call()
     out_h = (height + 2 * padding[0] - dilation[0] * (kernel[0] - 1) - 1) // stride[0] + 1
     out_w = (width + 2 * padding[1] - dilation[1] * (kernel[1] - 1) - 1) // stride[1] + 1
@@ -648,7 +634,7 @@ def test_q4_quantize(data, group, symmetric, method, with_error, nthreads):
         return
     results = {}
     for isa in SUPPORTED:  # every level gives the scalar reference's bytes
-        with isa_level(isa):
+        with at_isa(isa):
             results[isa] = call()
     packed, scale, zero, bad, sx, se = results["scalar"]
     for isa, got in results.items():
@@ -715,7 +701,7 @@ def test_q4_dequantize(weight, change, isa, nthreads):
     if not consistent:
         raises_clearly(call)
         return
-    with isa_level(isa):
+    with at_isa(isa):
         d = call()
     if packed.shape[0] == 0:
         assert d.shape == (0, cols)
@@ -738,7 +724,7 @@ def test_q4_linear(data, act_mode, dtype, panel_min_m, isa, nthreads):
     kpad = -(-cols // 32) * 32
 
     def call(level):
-        with isa_level(level):
+        with at_isa(level):
             previous = _C.q4_panel_min_m(panel_min_m)
             try:
                 return _C.q4_linear(a, packed, scale, zero, group, bias=bias, int8_activations=act_mode,

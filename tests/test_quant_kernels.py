@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from mono_quant import _C, kernels, reference
-from conftest import torch_per_channel, torch_per_tensor
+from conftest import SUPPORTED, at_isa, torch_per_channel, torch_per_tensor
 
 SHAPES = [(1, 1), (1, 7), (3, 1), (5, 15), (7, 16), (4, 17), (9, 31), (2, 32), (3, 33), (6, 100), (2, 1000), (1, 4099)]
 SOURCE_DTYPES = [torch.float32, torch.float16, torch.bfloat16]
@@ -46,27 +46,19 @@ def test_fused_quantize_matches_torch_per_channel(isa, shape, dtype, symmetric):
 def test_simd_equals_scalar_reference(dtype):
     x = _data((13, 517), dtype, seed=3)
     results = {}
-    for level in [lv for lv in ("scalar", "avx2", "avx512") if lv in _supported()]:
-        prev = _C.set_isa(level)
-        try:
+    for level in SUPPORTED:
+        with at_isa(level):
             mn, mx, _ = kernels.rows_minmax(x)
             q, s, z, _, sx, se = kernels.quantize_rows_fused(x, -128, 127, False, with_error=True)
             deq = kernels.dequantize_rows(q, s, z)
             qt = kernels.quantize_rows(x, s[:1], z[:1], -128, 127, use_fma=True)
             results[level] = (mn, mx, q, s, z, deq, qt, sx, se)
-        finally:
-            _C.set_isa(prev)
     base = results["scalar"]
     for level, res in results.items():
         for a, b in zip(base[:7], res[:7]):
             assert torch.equal(a, b), level
         # error sums are float reductions: equal up to summation order
         assert torch.allclose(base[7], res[7], rtol=1e-5) and torch.allclose(base[8], res[8], rtol=1e-4)
-
-
-def _supported():
-    levels = ["scalar", "avx2", "avx512"]
-    return levels[: levels.index(_C.cpu_info()["best_isa"]) + 1]
 
 
 @pytest.mark.parametrize("zp", [-3, 0, 7])

@@ -3,15 +3,14 @@ import dataclasses
 import subprocess
 import sys
 from importlib.metadata import version
-from pathlib import Path
 
 import pytest
 
 import mono_quant as mq
 from mono_quant.cli import main
 from mono_quant.config import QuantConfig
+from conftest import ROOT
 
-ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tools"))
 import gen_reference_docs  # noqa: E402
 
