@@ -327,7 +327,7 @@ def test_a_shard_that_is_not_a_regular_file_is_refused_without_blocking(tmp_path
         faulthandler.cancel_dump_traceback_later()
 
 
-if __name__ == "__main__":  # the counts: python tests/test_io_corruption.py [int8 int4 fp16]
+if __name__ == "__main__":  # the counts: python tests/io/test_io_corruption.py [int8 int4 fp16]
     import tempfile
     from pathlib import Path
 
