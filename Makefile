@@ -109,11 +109,11 @@ run_sanitized = mkdir -p build && \
 	reports=$$(grep -c -e "ERROR: AddressSanitizer" -e "runtime error:" $(SAN_LOG)); \
 	echo "sanitizer reports: $$reports (log: $(SAN_LOG))"; \
 	test "$$(cat $(SAN_LOG).status)" = 0 && test "$$reports" = 0
-SAN_TESTS := tests/test_quant_kernels.py tests/test_int4_kernels.py tests/test_int8_linear.py \
-	tests/test_int8_conv.py tests/test_quantize_pack.py tests/test_quantized_embedding.py \
-	tests/test_properties_c.py tests/test_size_overflow.py tests/test_io_*.py
-SAN_CI_TESTS := tests/test_properties_c.py tests/test_size_overflow.py tests/test_quant_kernels.py \
-	tests/test_int4_kernels.py tests/test_int8_conv.py tests/test_quantize_pack.py tests/test_io_errors.py
+SAN_TESTS := tests/kernels/test_quant_kernels.py tests/kernels/test_int4_kernels.py tests/kernels/test_int8_linear.py \
+	tests/nn/test_int8_conv.py tests/kernels/test_quantize_pack.py tests/nn/test_quantized_embedding.py \
+	tests/kernels/test_properties_c.py tests/kernels/test_size_overflow.py tests/io/test_io_*.py
+SAN_CI_TESTS := tests/kernels/test_properties_c.py tests/kernels/test_size_overflow.py tests/kernels/test_quant_kernels.py \
+	tests/kernels/test_int4_kernels.py tests/nn/test_int8_conv.py tests/kernels/test_quantize_pack.py tests/io/test_io_errors.py
 
 $(SAN_VENV)/.deps: Makefile
 	$(PYTHON) -m venv $(SAN_VENV)

@@ -281,8 +281,8 @@ static void quantize_range(void *vctx, int64_t begin, int64_t end) {
 int64_t mq_q4_quantize(const void *src, mq_src_t kind, int64_t rows, int64_t cols, int64_t group, int symmetric,
                        mq_q4_method_t method, uint8_t *packed, uint16_t *scale, uint8_t *zero, double *sum_x2,
                        double *sum_err2, int nthreads) {
-    int64_t kpad = (cols + MQ_Q4_BLOCK - 1) / MQ_Q4_BLOCK * MQ_Q4_BLOCK;
-    if (rows <= 0 || kpad == 0) return -1;
+    int64_t kpad = mq_q4_kpad(cols);
+    if (rows <= 0 || kpad <= 0) return -1; /* (kpad -1: past int64, which the bindings refuse first) */
     int64_t *bad = calloc((size_t)rows, sizeof(int64_t));
     if (!bad) return -2;
     quantize_ctx c = {src, kind, cols, kpad, group, symmetric, method, packed, scale, zero, sum_x2, sum_err2, bad, 0};

@@ -3,7 +3,7 @@
  * The drivers prepare the activations once per call (dynamic mode: per-row
  * symmetric int8, -127..127, so no activation is -128; weight-only: fp32
  * rows padded to kp) and split the output channels over threads in whole
- * panels; the dispatched kernel (ref.c, linear_avx2.c, linear_avx512*.c) does
+ * panels; the dispatched kernel (ref.c, x86/avx2/linear.c, x86/avx512{,_vnni}/linear.c) does
  * the rest.  Nothing here re-packs the weight. */
 #include <math.h>
 #include <stdlib.h>
@@ -368,7 +368,8 @@ int mq_conv2d_dynamic(const void *x, mq_src_t kind, int64_t batch, int64_t chann
     const int64_t out_h = (height + 2 * ph - dh * (kh - 1) - 1) / sh + 1;
     const int64_t out_w = (width + 2 * pw - dw * (kw - 1) - 1) / sw + 1;
     const int64_t cg = channels / groups, k = cg * kh * kw, kp = mq_round_up(k, MQ_KGROUP);
-    /* m can only pass 64 bits on arguments module.c rejects; -1 then fails the allocations below */
+    /* m can only pass 64 bits on arguments the bindings (bind_linear.c) reject; -1 then fails the
+     * allocations below */
     const int64_t n_g = n / groups, np_g = mq_round_up(n_g, MQ_PANEL);
     const int64_t m = mq_size_mul(mq_size_mul(batch, out_h), out_w);
     const int64_t image = channels * height * width;

@@ -12,6 +12,8 @@
 #include <stdint.h>
 #include <string.h>
 
+#include "layout.h"
+
 /* Source element types a kernel can read.  bf16 and fp16 are raw 16-bit
  * patterns (bf16 crosses from torch as an int16 view). */
 typedef enum { MQ_SRC_F32 = 0, MQ_SRC_F16 = 1, MQ_SRC_BF16 = 2, MQ_SRC_COUNT = 3 } mq_src_t;
@@ -77,16 +79,7 @@ typedef void (*mq_dequantize_fn)(const uint8_t *q, int64_t n, float scale, float
 typedef void (*mq_sqerr_fn)(const void *src, const uint8_t *q, int64_t n, float scale, float zero_point,
                             int is_signed, double *sum_x2, double *sum_err2);
 
-/* ---- int8 matmul: packed weights (linear.c; layout in docs/formats.md) ----
- * An int8 weight [n][k] is packed once into panels of MQ_PANEL output
- * channels with K interleaved in groups of MQ_KGROUP:
- *     packed[p][g][c][j] = w[p*16 + c][g*4 + j]      (int8, zero padded)
- * for p < np/16, g < kp/4 (np, kp: n and k rounded up to 16 and 4).  One
- * 64-byte group is 16 channels x 4 k, exactly what one vpdpbusd consumes; the
- * layout does not depend on the ISA (AVX2 reads a panel as two 8-channel
- * halves, the scalar code element by element). */
-#define MQ_PANEL 16
-#define MQ_KGROUP 4
+/* ---- int8 matmul: packed weights (linear.c; layout.h, docs/formats.md) ---- */
 
 static inline int64_t mq_round_up(int64_t v, int64_t m) { return (v + m - 1) / m * m; }
 
@@ -134,16 +127,8 @@ typedef struct {
     float *y;              /* [m][n] */
 } mq_wgemm_args;
 typedef void (*mq_wgemm_fn)(const mq_wgemm_args *a, int64_t p0, int64_t p1);
-/* ---- INT4 group-wise (int4.c drivers; format in docs/formats.md) ---------
- * A packed block holds MQ_Q4_BLOCK = 32 4-bit codes in 16 bytes: byte j =
- * code[j] | code[j + 16] << 4, so one 16-byte load widened to 16 lanes gives
- * codes 0..15 with "& 15" and codes 16..31 with ">> 4".  A group (32..256
- * codes, a multiple of the block) has an fp16 scale and a u4.4 fixed-point
- * zero-point (zero = zp8 / 16): w = (code - zp8 / 16) * scale.  Rows are
- * zero-padded to kpad, a multiple of 32; groups = ceil(kpad / group), the
- * last one possibly shorter.  All int4 kernels take n a multiple of 32. */
-#define MQ_Q4_BLOCK 32
-#define MQ_Q4_BLOCK_BYTES 16
+/* ---- INT4 group-wise (int4.c drivers; layout.h, docs/formats.md) ---------
+ * All int4 kernels take n a multiple of MQ_Q4_BLOCK. */
 
 /* codes = clamp(rint(zero + x[i] * inv_scale), qmin, qmax) (product rounded
  * first, as the int8 path), packed into n / 2 bytes. */
@@ -184,8 +169,6 @@ typedef void (*mq_f32_panel_fn)(const float *x, int64_t ldx, int64_t m, const fl
  * path), xq = clamp(rint(x * (1 / xscale)), -127, 127), xqsum = sum of xq. */
 typedef void (*mq_q4_act_i8_fn)(const float *x, int64_t kpad, int64_t group, int8_t *xq, float *xscale,
                                 int32_t *xqsum);
-#define MQ_Q4_I8_CHUNK 128
-#define MQ_Q4_I8_MAX_GROUP 4096
 typedef void (*mq_q4_gemv_i8_fn)(const int8_t *xq, int64_t m, const float *xscale, const int32_t *xqsum,
                                  const uint8_t *w, int64_t kpad, int64_t group, const uint16_t *scale,
                                  const uint8_t *zero, int64_t r0, int64_t r1, float *y, int64_t ldy);
@@ -257,18 +240,18 @@ void mq_ref_wgemm(const mq_wgemm_args *a, int64_t p0, int64_t p1);
  * the lower level's kernel.  dispatch.c overlays them after the CPU and the
  * OS said yes, so no code of those units runs on a CPU that lacks their
  * instructions.  Off x86, or without compiler support, a table is empty. */
-extern const mq_kernels mq_avx2_quant_table;          /* x86_avx2.c */
-extern const mq_kernels mq_avx2_linear_table;         /* linear_avx2.c (maddubs sign trick) */
-extern const mq_kernels mq_avxvnni_linear_table;      /* linear_vnni256.c, VEX (AVX-VNNI) */
+extern const mq_kernels mq_avx2_quant_table;          /* x86/avx2/quant.c */
+extern const mq_kernels mq_avx2_linear_table;         /* x86/avx2/linear.c (maddubs sign trick) */
+extern const mq_kernels mq_avxvnni_linear_table;      /* x86/avx_vnni/linear.c, VEX (AVX-VNNI) */
 extern const mq_kernels mq_vnni256_evex_linear_table; /* the same kernel, EVEX-encoded (tests on AVX-512 VNNI) */
-extern const mq_kernels mq_avx2_pack_table;           /* x86_avx2_pack.c */
-extern const mq_kernels mq_avx2_int4_table;           /* x86_avx2_int4.c */
-extern const mq_kernels mq_avx512_quant_table;        /* x86_avx512.c */
-extern const mq_kernels mq_avx512_linear_table;       /* linear_avx512.c (weight-only) */
-extern const mq_kernels mq_avx512vnni_linear_table;   /* linear_avx512_vnni.c */
-extern const mq_kernels mq_avx512_pack_table;         /* x86_avx512_pack.c */
-extern const mq_kernels mq_avx512_int4_table;         /* x86_avx512_int4.c */
-extern const mq_kernels mq_avx512vnni_int4_table;     /* x86_avx512vnni_int4.c */
+extern const mq_kernels mq_avx2_pack_table;           /* x86/avx2/pack.c */
+extern const mq_kernels mq_avx2_int4_table;           /* x86/avx2/int4.c */
+extern const mq_kernels mq_avx512_quant_table;        /* x86/avx512/quant.c */
+extern const mq_kernels mq_avx512_linear_table;       /* x86/avx512/linear.c (weight-only) */
+extern const mq_kernels mq_avx512vnni_linear_table;   /* x86/avx512_vnni/linear.c */
+extern const mq_kernels mq_avx512_pack_table;         /* x86/avx512/pack.c */
+extern const mq_kernels mq_avx512_int4_table;         /* x86/avx512/int4.c */
+extern const mq_kernels mq_avx512vnni_int4_table;     /* x86/avx512_vnni/int4.c */
 /* Tests only: on the AVX2 level, run the 256-bit VNNI kernel in its EVEX
  * encoding (needs AVX-512 VNNI + VL); 0 ok, -1 when this CPU can't. */
 int mq_use_vnni256_for_tests(int on);
@@ -324,7 +307,7 @@ void mq_rows_dequantize(const uint8_t *q, int is_signed, int64_t rows, int64_t c
                         float *dst, int nthreads);
 
 /* ---- linear.c: packing and the int8 matmul drivers ------------------------ */
-/* Packs w [n][k] (row-major int8) into the panel layout above (packed must
+/* Packs w [n][k] (row-major int8) into the panel layout (layout.h; packed must
  * hold np*kp bytes) and writes the column sums w_sum [np]; returns 1 if some
  * weight is -128. */
 /* Returns whether some weight is -128; panel_m128 is scratch, one byte per panel. */

@@ -2,7 +2,7 @@
  *
  * A "row" is the run of elements sharing one scale and zero-point (a
  * channel).  Drivers split rows over threads and call the dispatched row
- * kernels; they do no validation (module.c does). */
+ * kernels; they do no validation (the bindings, bind_*.c, do). */
 #include <float.h>
 #include <math.h>
 

@@ -134,7 +134,7 @@ void mq_ref_wgemm(const mq_wgemm_args *a, int64_t p0, int64_t p1) {
 }
 /* ==== INT4 (group-wise, packed nibbles) ======================================
  * Layout and numerics: mq.h "INT4" and docs/formats.md.  These are the
- * ground truth for x86_avx2_int4.c / x86_avx512_int4.c. */
+ * ground truth for x86/avx2/int4.c / x86/avx512/int4.c. */
 
 static inline float q4_code(float x, float inv_scale, float zero, float qmin, float qmax) {
     float product = x * inv_scale; /* rounded to fp32 before the add, as the int8 path */

@@ -6,7 +6,7 @@
  * size.  These return -1 instead, and take a -1 argument through, so a whole
  * expression is checked once at its end:
  *     mq_size_mul(mq_size_mul(batch, out_h), out_w) < 0   means "does not fit".
- * Sizes are never negative, so -1 is free to mean overflow.  module.c turns it
+ * Sizes are never negative, so -1 is free to mean overflow.  The bindings (bind_args.c) turn it
  * into OverflowError; the drivers into an allocation that fails (MemoryError). */
 #ifndef MQ_SIZE_CHECK_H
 #define MQ_SIZE_CHECK_H

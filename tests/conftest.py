@@ -1,24 +1,65 @@
-"""Shared fixtures: the ISA levels this CPU supports, forced one at a time."""
+"""Shared fixtures and helpers: the one place tests switch kernel levels (the ISA
+levels this CPU supports, forced one at a time), and the paths tests read beside
+the package.  Test folders mirror the package (kernels/, formats/, nn/, io/, cli/,
+calibration/); helpers shared across folders stay here, beside this file."""
+import contextlib
 import warnings
+from pathlib import Path
 
 import pytest
 import torch
 
 from mono_quant import _C
 
+TESTS = Path(__file__).resolve().parent
+ROOT = TESTS.parent  # the source tree, or the folder `make wheel-test` copies tests/, docs/, ... into
+DATA = TESTS / "data"
+
 LEVELS = ["scalar", "avx2", "avx512"]
 BEST = _C.cpu_info()["best_isa"]
 SUPPORTED = LEVELS[: LEVELS.index(BEST) + 1]
+
+# The AVX2 level's alternative int8 matmuls, as "level+variant": the AVX-VNNI kernel
+# (256-bit vpdpbusd) in its EVEX encoding where the CPU has AVX-512 VNNI + VL (the same
+# source, so the same arithmetic), and where the CPU has AVX-VNNI, the maddubs kernel
+# that AVX2-only CPUs run.  Each maps to its switch and the kernel name it installs.
+_INFO = _C.cpu_info()
+VARIANTS = {"vnni256": (_C.use_vnni256_for_tests, "vnni256_evex"),
+            "maddubs": (_C.use_maddubs_for_tests, "avx2_maddubs")}
+MADDUBS = ["avx2+maddubs"] if _INFO["avx_vnni"] and "avx2" in SUPPORTED else []
+KERNELS = SUPPORTED + (["avx2+vnni256"] if _INFO["avx512_vnni"] and _INFO["avx512vl"] else []) + MADDUBS
+
+
+@contextlib.contextmanager
+def at_isa(name):
+    """Run the block at kernel level ``name`` ("scalar", "avx2", ... or "avx2+maddubs" for
+    a variant, see KERNELS), restoring the previous level and kernels after."""
+    level, _, variant = name.partition("+")
+    previous = _C.set_isa(level)
+    try:
+        if variant:
+            use, kernel = VARIANTS[variant]
+            use(True)
+            assert _C.linear_kernels()["dynamic"] == kernel
+        yield name
+    finally:
+        if variant:
+            use(False)
+        _C.set_isa(previous)
 
 
 @pytest.fixture(params=SUPPORTED)
 def isa(request):
     """Run the test once per kernel level this CPU has, restoring the default after."""
-    previous = _C.set_isa(request.param)
-    try:
+    with at_isa(request.param):
         yield request.param
-    finally:
-        _C.set_isa(previous)
+
+
+@pytest.fixture(params=KERNELS)
+def kernel_isa(request):
+    """Run the test once per kernel level and int8 matmul variant this CPU has (see KERNELS)."""
+    with at_isa(request.param):
+        yield request.param
 
 
 @pytest.fixture

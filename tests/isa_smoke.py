@@ -10,7 +10,7 @@ instructions), then compares the two.  Quantized buffers and the integer
 paths (int8 dynamic Linear/Conv2d, embeddings) must match bit for bit; float
 outputs (weight-only sums, torch's own kernels, which also dispatch on the
 CPU) must match to fp32 rounding.  Keys say which: "exact/..." or "close/...".
-Not collected by pytest (no test_ prefix); tests/test_isa_smoke.py runs it
+Not collected by pytest (no test_ prefix); tests/kernels/test_isa_smoke.py runs it
 in-process at every level the host has.
 """
 import sys

@@ -96,11 +96,12 @@ file "$EXT" | grep -q "ARM aarch64" || { echo "not an aarch64 object: $EXT" >&2;
 # data only (its table, empty), no instructions at all.
 log "checking the x86 SIMD units are empty off x86"
 empty_fail=0
-for src in "$ROOT"/csrc/x86_*.c "$ROOT"/csrc/linear_avx*.c "$ROOT"/csrc/linear_vnni256*.c; do
-    obj=$(find "$BUILD" -name "$(basename "$src").o" | head -n1)
+for src in "$ROOT"/csrc/x86/*/*.c; do
+    rel=${src#"$ROOT"/}  # object files mirror the source path (x86/avx2/quant.c beside csrc/quant.c)
+    obj=$(find "$BUILD" -path "*/$rel.o" | head -n1)
     text=$(aarch64-linux-gnu-size -A "$obj" | awk '$1 ~ /^\.text/ {s += $2} END {print s + 0}')
     if [ "$text" != 0 ]; then
-        echo "  $(basename "$src"): $text bytes of code on aarch64 (expected none)" >&2
+        echo "  $rel: $text bytes of code on aarch64 (expected none)" >&2
         empty_fail=1
     fi
 done
@@ -138,18 +139,18 @@ PYTHONPATH="$PKG" "$QEMU_PYTHON" -c \
 # platform: the digest below checks that the aarch64 results are
 # bit-identical to the x86 ones instead.
 TORCH_TIE_ORACLE_TESTS=(
-    "tests/test_quant_kernels.py::test_fused_quantize_matches_torch_per_channel[scalar-asym-torch.float16"
-    "tests/test_quant_kernels.py::test_fused_quantize_matches_torch_per_channel[scalar-asym-torch.bfloat16"
-    "tests/test_quant_kernels.py::test_near_ties_follow_torch_per_channel_and_per_tensor[scalar--3]"
-    "tests/test_quant_kernels.py::test_near_ties_follow_torch_per_channel_and_per_tensor[scalar-7]"
-    "tests/test_quantize_weight.py::test_bit_identical_to_torch_per_channel[asym-torch.float16"
-    "tests/test_quantize_weight.py::test_bit_identical_to_torch_per_channel[asym-torch.bfloat16"
+    "tests/kernels/test_quant_kernels.py::test_fused_quantize_matches_torch_per_channel[scalar-asym-torch.float16"
+    "tests/kernels/test_quant_kernels.py::test_fused_quantize_matches_torch_per_channel[scalar-asym-torch.bfloat16"
+    "tests/kernels/test_quant_kernels.py::test_near_ties_follow_torch_per_channel_and_per_tensor[scalar--3]"
+    "tests/kernels/test_quant_kernels.py::test_near_ties_follow_torch_per_channel_and_per_tensor[scalar-7]"
+    "tests/formats/test_quantize_weight.py::test_bit_identical_to_torch_per_channel[asym-torch.float16"
+    "tests/formats/test_quantize_weight.py::test_bit_identical_to_torch_per_channel[asym-torch.bfloat16"
 )
 # And the demo: it times a model in fp32 and int8 and, emulated with the
 # scalar kernels, outruns the test's 120-s limit (quantize + forward of every
 # layer kind is covered by the other tests and by the digest below).
 SLOW_UNDER_EMULATION=(
-    tests/test_demo_and_memory.py::test_python_dash_m_runs_demo
+    tests/cli/test_demo_and_memory.py::test_python_dash_m_runs_demo
 )
 DESELECT=()
 for test in "${TORCH_TIE_ORACLE_TESTS[@]}" "${SLOW_UNDER_EMULATION[@]}"; do DESELECT+=(--deselect "$test"); done

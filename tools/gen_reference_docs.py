@@ -6,7 +6,7 @@
 The CLI page comes from `mono_quant.cli.build_parser()` (every command, flag,
 default and choice), the config page from `QuantConfig`'s fields and the
 bullet list of its docstring, so neither can drift from the code:
-tests/test_reference_docs.py runs the check.
+tests/cli/test_reference_docs.py runs the check.
 """
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Writes the fixtures of tests/test_io_previous_layout.py with the code of the day.
+"""Writes the fixtures of tests/io/test_io_previous_layout.py with the code of the day.
 
 Run once (``python tests/data/make_layout_v1_fixtures.py``) and commit the
 files: they are kept as they were written, so a later change to save() /

@@ -1,23 +1,18 @@
 """The packed layouts' constants, in one place (docs/formats.md).
 
-The C kernels define the same numbers (csrc); everything in Python that sizes,
-checks or walks a packed buffer reads them from here, never writes its own.
-Once the C layout header exports them as ``_C.LAYOUT`` (a dict with these keys),
-the literal below becomes ``from .. import _C`` and ``_LAYOUT = _C.LAYOUT``, so no
-layout number is written twice.
+The numbers are defined once, in the C layout header (csrc/layout.h), and
+exported as ``_C.LAYOUT``; everything in Python that sizes, checks or walks a
+packed buffer reads them from here, never writes its own.
 """
 from __future__ import annotations
+
+from .. import _C
 
 __all__ = ["PACKED_LAYOUT_VERSION", "INT8_PANEL_ROWS", "INT8_K_GROUP", "INT4_BLOCK", "INT4_BLOCK_BYTES",
            "round_up", "int8_packed_sizes", "int4_padded_cols"]
 
-_LAYOUT = {
-    "packed_layout_version": 1,  # weight_packed_info[0]: bumped when the int8 panel layout changes
-    "int8_panel_rows": 16,       # output channels per int8 panel
-    "int8_k_group": 4,           # input bytes of one channel kept together in a panel (one dot-product step)
-    "int4_block": 32,            # int4 codes per packed block
-    "int4_block_bytes": 16,      # bytes per int4 block (two codes per byte)
-}
+# the numbers themselves: csrc/layout.h, with the _Static_asserts that tie them together
+_LAYOUT = _C.LAYOUT
 
 PACKED_LAYOUT_VERSION: int = _LAYOUT["packed_layout_version"]
 INT8_PANEL_ROWS: int = _LAYOUT["int8_panel_rows"]

@@ -1,0 +1,93 @@
+/* bind.h - what the binding files (bind_*.c, module.c) share: Python.h and
+ * NumPy, the argument checks, and one cleanup pattern.
+ *
+ * Only the binding files include this (kernels never see Python).  Every
+ * entry point validates its arguments (type, dtype, rank, lengths, ranges) and
+ * raises a Python exception naming what was wrong; kernels then run on
+ * contiguous buffers with the GIL released.  Weights cross as 2-D NumPy arrays
+ * of rows: float32, float16, or int16/uint16 holding bf16 bits.
+ *
+ * Cleanup: an entry point registers every new reference it owns in one
+ * mq_refs (mq_hold, or the helpers below that take one) and releases them all
+ * at its single exit label: no per-function list of Py_XDECREFs to keep in
+ * step with the declarations. */
+#ifndef MQ_BIND_H
+#define MQ_BIND_H
+
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#define NPY_NO_DEPRECATED_API NPY_1_7_API_VERSION
+/* one NumPy API table for the whole extension, filled by module.c's import_array */
+#define PY_ARRAY_UNIQUE_SYMBOL mq_numpy_api
+#ifndef MQ_BIND_IMPORTS_NUMPY
+#define NO_IMPORT_ARRAY
+#endif
+#include <numpy/arrayobject.h>
+
+#include "mq.h"
+
+/* ---- method tables: each binding file exports one, module.c concatenates them */
+extern PyMethodDef mq_quant_methods[];    /* bind_quant.c: per-row int8 quantization */
+extern PyMethodDef mq_pack_methods[];     /* bind_pack.c: the packed int8 layout */
+extern PyMethodDef mq_linear_methods[];   /* bind_linear.c: int8 linear and conv */
+extern PyMethodDef mq_int4_methods[];     /* bind_int4.c */
+extern PyMethodDef mq_observer_methods[]; /* bind_observers.c: calibration statistics */
+extern PyMethodDef mq_runtime_methods[];  /* bind_runtime.c: ISA level, threads, tuning knobs */
+
+/* A keyword entry point py_<name> with its docstring <name>_doc. */
+#define MQ_KW_METHOD(name) \
+    {#name, (PyCFunction)(void (*)(void))py_##name, METH_VARARGS | METH_KEYWORDS, name##_doc}
+
+/* ---- one cleanup pattern ------------------------------------------------------ */
+#define MQ_REFS_MAX 12
+typedef struct {
+    PyObject *obj[MQ_REFS_MAX];
+    int count;
+} mq_refs;
+
+/* Registers obj (a new reference, or NULL from a failed call) to be released
+ * by mq_release; returns it, so a call can be wrapped: a = mq_hold(&refs, f()). */
+void *mq_hold(mq_refs *refs, void *obj);
+void mq_release(mq_refs *refs);
+/* A new reference to a held object: the entry point's return value. */
+static inline PyObject *mq_return(void *obj) {
+    Py_INCREF((PyObject *)obj);
+    return (PyObject *)obj;
+}
+/* For Py_BuildValue's "O": the array, or None when it was not asked for. */
+static inline PyObject *mq_or_none(PyArrayObject *a) { return a ? (PyObject *)a : Py_None; }
+static inline void *mq_data_or_null(PyArrayObject *a) { return a ? PyArray_DATA(a) : NULL; }
+
+/* ---- arrays ------------------------------------------------------------------- */
+/* A C-contiguous, aligned view (or copy) of obj, which must be an ndarray of
+ * one of the accepted type numbers, native byte order, and the given rank. */
+PyArrayObject *mq_array_in(mq_refs *refs, PyObject *obj, const char *what, const int *types, int ntypes, int ndim,
+                           const char *expected);
+/* A new array of the given shape and type, zero-filled when zeroed. */
+PyArrayObject *mq_array_new(mq_refs *refs, int ndim, const npy_intp *dims, int type, int zeroed);
+
+/* Weights and activations: float32, float16, or int16/uint16 holding bf16 bits. */
+extern const int mq_src_types[4];
+extern const char *const mq_src_expected;
+mq_src_t mq_src_kind(PyArrayObject *a);
+
+/* ---- argument checks: 1 when fine, else 0 with an exception set ------------------ */
+int mq_check_threads(int nthreads);
+int mq_check_qrange(int qmin, int qmax);                       /* int8 or uint8 */
+int mq_check_int8_range(int qmin, int qmax, const char *fname); /* signed int8 only */
+/* scale (float32) and zero_point (int32) of length 1 (per tensor) or rows. */
+int mq_qparam_arrays(mq_refs *refs, PyObject *scale_obj, PyObject *zp_obj, npy_intp rows, PyArrayObject **scale,
+                     PyArrayObject **zp, int *per_row);
+/* A size from the mq_size_* helpers (size_check.h): -1 is OverflowError. */
+int mq_size_fits(int64_t size, const char *fname, const char *what);
+/* The packed int8 weight of an [n, k] weight in `groups` blocks: a 1-D int8
+ * array of exactly `size` bytes (mq_packed_int8_bytes), else ValueError. */
+PyArrayObject *mq_packed_int8_in(mq_refs *refs, PyObject *obj, npy_intp n, npy_intp k, npy_intp size);
+
+/* The first row holding NaN/Inf, or -1, as a Python int. */
+static inline PyObject *mq_bad_row(int64_t bad) { return PyLong_FromLongLong((long long)bad); }
+
+/* ---- bind_runtime.c: "scalar", "avx2", "avx512" by mq_isa_t ----------------------- */
+extern const char *const mq_isa_names[MQ_ISA_COUNT];
+
+#endif /* MQ_BIND_H */

@@ -1,0 +1,129 @@
+/* bind_args.c - the argument checks and the cleanup list every binding file
+ * uses (bind.h): each check and message written once. */
+#include <math.h>
+
+#include "bind.h"
+
+void *mq_hold(mq_refs *refs, void *obj) {
+    if (!obj) return NULL;
+    if (refs->count == MQ_REFS_MAX) { /* a binding holding too much: a bug here, raised, never a crash */
+        Py_DECREF((PyObject *)obj);
+        PyErr_SetString(PyExc_SystemError, "mono_quant._C: too many arrays held by one call");
+        return NULL;
+    }
+    refs->obj[refs->count++] = obj;
+    return obj;
+}
+
+void mq_release(mq_refs *refs) {
+    while (refs->count > 0) Py_DECREF(refs->obj[--refs->count]);
+}
+
+PyArrayObject *mq_array_in(mq_refs *refs, PyObject *obj, const char *what, const int *types, int ntypes, int ndim,
+                           const char *expected) {
+    if (!PyArray_Check(obj)) {
+        PyErr_Format(PyExc_TypeError, "%s must be a numpy.ndarray of %s, got %.100s", what, expected,
+                     Py_TYPE(obj)->tp_name);
+        return NULL;
+    }
+    PyArrayObject *a = (PyArrayObject *)obj;
+    int t = PyArray_TYPE(a), ok = 0;
+    for (int i = 0; i < ntypes; i++) ok |= types[i] == t;
+    if (!ok) {
+        PyErr_Format(PyExc_TypeError, "%s must have dtype %s, got %.50s", what, expected,
+                     PyArray_DESCR(a)->typeobj->tp_name);
+        return NULL;
+    }
+    if (!PyArray_ISNOTSWAPPED(a)) {
+        PyErr_Format(PyExc_TypeError, "%s must be in native byte order (use .astype(its dtype.newbyteorder('=')))",
+                     what);
+        return NULL;
+    }
+    if (PyArray_NDIM(a) != ndim) {
+        PyErr_Format(PyExc_ValueError, "%s must be %d-D, got %d-D", what, ndim, PyArray_NDIM(a));
+        return NULL;
+    }
+    /* C-contiguous and aligned: a view when it already is, else a copy */
+    return mq_hold(refs, PyArray_FROM_OF(obj, NPY_ARRAY_IN_ARRAY));
+}
+
+PyArrayObject *mq_array_new(mq_refs *refs, int ndim, const npy_intp *dims, int type, int zeroed) {
+    npy_intp *d = (npy_intp *)dims; /* (NumPy's macros take a non-const pointer they only read) */
+    return mq_hold(refs, zeroed ? PyArray_ZEROS(ndim, d, type, 0) : PyArray_EMPTY(ndim, d, type, 0));
+}
+
+const int mq_src_types[4] = {NPY_FLOAT32, NPY_FLOAT16, NPY_INT16, NPY_UINT16};
+const char *const mq_src_expected = "float32, float16 or int16/uint16 (bf16 bits)";
+
+mq_src_t mq_src_kind(PyArrayObject *a) {
+    switch (PyArray_TYPE(a)) {
+    case NPY_FLOAT16: return MQ_SRC_F16;
+    case NPY_INT16:
+    case NPY_UINT16: return MQ_SRC_BF16;
+    default: return MQ_SRC_F32;
+    }
+}
+
+int mq_check_threads(int nthreads) {
+    if (nthreads < 1 || nthreads > 1024) {
+        PyErr_Format(PyExc_ValueError, "nthreads must be in 1..1024, got %d", nthreads);
+        return 0;
+    }
+    return 1;
+}
+
+int mq_check_qrange(int qmin, int qmax) {
+    int ok = qmin < qmax && ((qmin >= -128 && qmax <= 127) || (qmin >= 0 && qmax <= 255));
+    if (!ok)
+        PyErr_Format(PyExc_ValueError,
+                     "quantization range [%d, %d] must fit int8 (-128..127) or uint8 (0..255) with qmin < qmax",
+                     qmin, qmax);
+    return ok;
+}
+
+int mq_check_int8_range(int qmin, int qmax, const char *fname) {
+    if (qmin < 0 && qmin >= -128 && qmax <= 127 && qmin < qmax) return 1;
+    PyErr_Format(PyExc_ValueError, "%s needs a signed int8 range (-128 <= qmin < 0, qmin < qmax <= 127), got [%d, %d]",
+                 fname, qmin, qmax);
+    return 0;
+}
+
+int mq_qparam_arrays(mq_refs *refs, PyObject *scale_obj, PyObject *zp_obj, npy_intp rows, PyArrayObject **scale,
+                     PyArrayObject **zp, int *per_row) {
+    static const int f32[] = {NPY_FLOAT32}, i32[] = {NPY_INT32};
+    if (!(*scale = mq_array_in(refs, scale_obj, "scale", f32, 1, 1, "float32"))) return 0;
+    if (!(*zp = mq_array_in(refs, zp_obj, "zero_point", i32, 1, 1, "int32"))) return 0;
+    npy_intp ns = PyArray_DIM(*scale, 0), nz = PyArray_DIM(*zp, 0);
+    if (ns != nz || (ns != rows && ns != 1)) {
+        PyErr_Format(PyExc_ValueError, "scale and zero_point must both have length 1 or %zd (rows), got %zd and %zd",
+                     (Py_ssize_t)rows, (Py_ssize_t)ns, (Py_ssize_t)nz);
+        return 0;
+    }
+    const float *s = PyArray_DATA(*scale);
+    for (npy_intp i = 0; i < ns; i++)
+        if (!(s[i] > 0.0f) || !isfinite(s[i]) || !isfinite(1.0f / s[i])) {
+            PyErr_Format(PyExc_ValueError, "scale[%zd] = %g is not a positive finite number with a finite inverse",
+                         (Py_ssize_t)i, (double)s[i]);
+            return 0;
+        }
+    *per_row = ns == rows && rows != 1;
+    return 1;
+}
+
+int mq_size_fits(int64_t size, const char *fname, const char *what) {
+    if (size >= 0) return 1;
+    PyErr_Format(PyExc_OverflowError, "%s: %s does not fit in 64 bits (a dimension or argument is far too large)",
+                 fname, what);
+    return 0;
+}
+
+PyArrayObject *mq_packed_int8_in(mq_refs *refs, PyObject *obj, npy_intp n, npy_intp k, npy_intp size) {
+    static const int i8[] = {NPY_INT8};
+    PyArrayObject *packed = mq_array_in(refs, obj, "packed", i8, 1, 1, "int8");
+    if (packed && PyArray_SIZE(packed) != size) {
+        PyErr_Format(PyExc_ValueError, "packed has %zd bytes, expected %zd for a [%zd, %zd] weight",
+                     (Py_ssize_t)PyArray_SIZE(packed), (Py_ssize_t)size, (Py_ssize_t)n, (Py_ssize_t)k);
+        return NULL;
+    }
+    return packed;
+}

@@ -1,0 +1,160 @@
+/* bind_runtime.c - process-wide runtime settings: the kernel level (ISA), the
+ * threading backend, tuning knobs for benchmarks and kernel switches for tests
+ * (dispatch.c, parallel.c, linear.c). */
+#include "bind.h"
+
+const char *const mq_isa_names[MQ_ISA_COUNT] = {"scalar", "avx2", "avx512"};
+
+/* The name's argument of a METH_O setter, or NULL with TypeError (naming what it takes). */
+static const char *str_arg(PyObject *arg, const char *type_error) {
+    const char *name = PyUnicode_Check(arg) ? PyUnicode_AsUTF8(arg) : NULL;
+    if (!name && !PyErr_Occurred()) PyErr_SetString(PyExc_TypeError, type_error);
+    return name;
+}
+
+PyDoc_STRVAR(set_threading_backend_doc,
+             "set_threading_backend(name) -> previous\n\n"
+             "How the kernels use threads: \"pool\" (default: persistent helpers that the\n"
+             "caller never waits for to start; safe across fork) or \"pthreads\" (threads\n"
+             "started and joined per call).  Raises ValueError for any other name.");
+
+static PyObject *py_set_threading_backend(PyObject *self, PyObject *arg) {
+    (void)self;
+    const char *name = str_arg(arg, "set_threading_backend() takes a str");
+    if (!name) return NULL;
+    const char *previous = mq_threading_backend();
+    if (mq_set_threading_backend(name) != 0) {
+        PyErr_Format(PyExc_ValueError, "unknown threading backend %R: use \"pool\" or \"pthreads\"", arg);
+        return NULL;
+    }
+    return PyUnicode_FromString(previous);
+}
+
+PyDoc_STRVAR(set_gemv_max_rows_doc,
+             "set_gemv_max_rows(rows) -> previous\n\n"
+             "Tuning: up to this many rows (0..8) the dynamic int8 kernels use the one-panel\n"
+             "GEMV tile, above it the 8-row x 3-panel tile; -1 (default) chooses by thread\n"
+             "count.  For benchmarks.");
+
+static PyObject *py_set_gemv_max_rows(PyObject *self, PyObject *arg) {
+    (void)self;
+    long rows = PyLong_AsLong(arg);
+    if (rows == -1 && PyErr_Occurred()) return NULL;
+    if (rows < -1 || rows > 8) {
+        PyErr_Format(PyExc_ValueError, "rows must be in -1..8, got %ld", rows);
+        return NULL;
+    }
+    long previous = (long)mq_gemv_max_rows;
+    mq_gemv_max_rows = rows;
+    return PyLong_FromLong(previous);
+}
+
+PyDoc_STRVAR(linear_kernels_doc, "linear_kernels() -> dict: the int8 matmul kernels the active ISA level uses.");
+
+static PyObject *py_linear_kernels(PyObject *self, PyObject *unused) {
+    (void)self;
+    (void)unused;
+    const mq_kernels *kt = mq_active();
+    return Py_BuildValue("{s:s,s:s,s:i,s:s}", "dynamic", kt->qgemm_name, "weight_only", kt->wgemm_name,
+                         "max_in_features", MQ_MAX_LINEAR_K, "threads", mq_threading_backend());
+}
+
+/* A tests-only kernel switch: switch(on) < 0 means this CPU or build cannot. */
+static PyObject *kernel_switch(PyObject *arg, int (*switch_fn)(int), const char *cannot) {
+    int on = PyObject_IsTrue(arg);
+    if (on < 0) return NULL;
+    if (switch_fn(on) < 0) {
+        PyErr_SetString(PyExc_RuntimeError, cannot);
+        return NULL;
+    }
+    Py_RETURN_NONE;
+}
+
+PyDoc_STRVAR(use_vnni256_for_tests_doc,
+             "use_vnni256_for_tests(on) -> None\n\n"
+             "Tests only: make the AVX2 level's dynamic int8 matmul the 256-bit VNNI kernel (the\n"
+             "AVX-VNNI one) in its EVEX encoding, so it runs on AVX-512 VNNI CPUs; False restores.\n"
+             "Raises RuntimeError when this CPU or build cannot.");
+
+static PyObject *py_use_vnni256_for_tests(PyObject *self, PyObject *arg) {
+    (void)self;
+    return kernel_switch(arg, mq_use_vnni256_for_tests,
+                         "the EVEX 256-bit VNNI kernel needs AVX-512 VNNI + VL (CPU and build)");
+}
+
+PyDoc_STRVAR(use_maddubs_for_tests_doc,
+             "use_maddubs_for_tests(on) -> None\n\n"
+             "Tests and benchmarks: make the AVX2 level's dynamic int8 matmul the maddubs kernel\n"
+             "(what an AVX2 CPU without AVX-VNNI runs) even where this CPU has AVX-VNNI; False\n"
+             "restores. Raises RuntimeError when this CPU has no AVX2.");
+
+static PyObject *py_use_maddubs_for_tests(PyObject *self, PyObject *arg) {
+    (void)self;
+    return kernel_switch(arg, mq_use_maddubs_for_tests, "the maddubs kernel needs AVX2");
+}
+
+PyDoc_STRVAR(cpu_info_doc, "cpu_info() -> dict of the CPU features mono-quant dispatches on, and the ISA levels.");
+
+/* d[key] = value, stealing value (which may be NULL from a failed call); -1 on error. */
+static int set_item_steal(PyObject *d, const char *key, PyObject *value) {
+    int rc = value ? PyDict_SetItemString(d, key, value) : -1;
+    Py_XDECREF(value);
+    return rc;
+}
+
+static PyObject *py_cpu_info(PyObject *self, PyObject *unused) {
+    static const char *features[] = {"avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512vl", "avx512dq",
+                                     "avx512_vnni", "avx512_bf16", "avx_vnni", "amx_int8"};
+    (void)self;
+    (void)unused;
+    PyObject *d = PyDict_New();
+    int err = !d;
+    for (size_t i = 0; !err && i < sizeof(features) / sizeof(features[0]); i++)
+        err = set_item_steal(d, features[i], PyBool_FromLong(mq_cpu_has(features[i]))) < 0;
+    err = err || set_item_steal(d, "best_isa", PyUnicode_FromString(mq_isa_names[mq_cpu_best_isa()])) < 0 ||
+          set_item_steal(d, "active_isa", PyUnicode_FromString(mq_isa_names[mq_active_isa()])) < 0;
+    if (err) Py_CLEAR(d);
+    return d;
+}
+
+PyDoc_STRVAR(set_isa_doc,
+             "set_isa(name) -> previous name\n\n"
+             "Force the kernel level: 'scalar', 'avx2' or 'avx512' (must be supported by this CPU).");
+
+static PyObject *py_set_isa(PyObject *self, PyObject *arg) {
+    (void)self;
+    const char *name = str_arg(arg, "set_isa() takes a str: 'scalar', 'avx2' or 'avx512'");
+    if (!name) return NULL;
+    const char *previous = mq_isa_names[mq_active_isa()];
+    for (int i = 0; i < MQ_ISA_COUNT; i++)
+        if (!strcmp(name, mq_isa_names[i])) {
+            if (mq_set_isa((mq_isa_t)i) < 0) {
+                PyErr_Format(PyExc_ValueError, "this CPU does not support the '%s' kernels (best is '%s')", name,
+                             mq_isa_names[mq_cpu_best_isa()]);
+                return NULL;
+            }
+            return PyUnicode_FromString(previous);
+        }
+    PyErr_Format(PyExc_ValueError, "unknown ISA '%s': expected 'scalar', 'avx2' or 'avx512'", name);
+    return NULL;
+}
+
+PyDoc_STRVAR(get_isa_doc, "get_isa() -> name of the kernel level in use.");
+
+static PyObject *py_get_isa(PyObject *self, PyObject *unused) {
+    (void)self;
+    (void)unused;
+    return PyUnicode_FromString(mq_isa_names[mq_active_isa()]);
+}
+
+PyMethodDef mq_runtime_methods[] = {
+    {"linear_kernels", py_linear_kernels, METH_NOARGS, linear_kernels_doc},
+    {"set_threading_backend", py_set_threading_backend, METH_O, set_threading_backend_doc},
+    {"set_gemv_max_rows", py_set_gemv_max_rows, METH_O, set_gemv_max_rows_doc},
+    {"use_vnni256_for_tests", py_use_vnni256_for_tests, METH_O, use_vnni256_for_tests_doc},
+    {"use_maddubs_for_tests", py_use_maddubs_for_tests, METH_O, use_maddubs_for_tests_doc},
+    {"cpu_info", py_cpu_info, METH_NOARGS, cpu_info_doc},
+    {"set_isa", py_set_isa, METH_O, set_isa_doc},
+    {"get_isa", py_get_isa, METH_NOARGS, get_isa_doc},
+    {NULL, NULL, 0, NULL},
+};

@@ -1,0 +1,135 @@
+/* x86/avx2/linear.c - AVX2 twins of mq_ref_qgemm and mq_ref_wgemm.
+ *
+ * Compiled with -mavx2 -mfma (CMakeLists.txt).  A 16-channel panel is read
+ * as two 8-channel halves (32 bytes of each 64-byte K-group).
+ *
+ * Integer path: vpmaddubsw multiplies uint8 by int8 and adds pairs into a
+ * saturating int16.  The sign trick feeds it |w| (0..128 as uint8) and
+ * sign(w) * x: |w| is taken once per weight group and shared by every row
+ * of the tile (the sign of x per row, costing one more operation per row).
+ * Each pair sum is at most 2 * 128 * 127 = 32512 < 32767, so it never
+ * saturates, -128 weights (asymmetric quantization) included, provided no
+ * activation is -128 (sign() cannot negate it): the dynamic quantizer's range
+ * is -127..127, and linear.c sends the rare int8 input holding -128 (tests)
+ * to the reference. */
+#include "mq.h"
+
+#if defined(__x86_64__) && defined(__AVX2__) && defined(__FMA__)
+#include <immintrin.h>
+
+#define MQ_INLINE static inline __attribute__((always_inline))
+#include "x86/linear_store256.h"
+
+/* MT rows x one panel (two 8-channel halves) over the whole K: 2 * MT
+ * named accumulators (a macro with a constant MT: GCC keeps arrays of
+ * vectors on the stack).  5 rows: 10 accumulators, |w| of both halves, the
+ * ones and temporaries fit the 16 ymm registers without spills (6 rows
+ * spill with GCC 12; written in assembly without spills, 6 rows measured
+ * slower still, bench_linear.py on Zen 5 at the AVX2 level). */
+#define QROW_DECL(i) __m256i acc##i##a = _mm256_setzero_si256(), acc##i##b = acc##i##a;
+#define QROW(i, MT)                                                                           \
+    if ((i) < (MT)) {                                                                         \
+        int32_t x4;                                                                           \
+        memcpy(&x4, x + (i) * kp + g * 4, 4);                                                 \
+        const __m256i xb = _mm256_set1_epi32(x4);                                             \
+        const __m256i p0 = _mm256_maddubs_epi16(aw0, _mm256_sign_epi8(xb, w0));               \
+        const __m256i p1 = _mm256_maddubs_epi16(aw1, _mm256_sign_epi8(xb, w1));               \
+        acc##i##a = _mm256_add_epi32(acc##i##a, _mm256_madd_epi16(p0, ones));                 \
+        acc##i##b = _mm256_add_epi32(acc##i##b, _mm256_madd_epi16(p1, ones));                 \
+    }
+#define QROW_STORE(i, MT)                                                                     \
+    if ((i) < (MT)) {                                                                         \
+        qgemm_store8(a, acc##i##a, m0 + (i), p * MQ_PANEL);                                   \
+        if (p * MQ_PANEL + 8 < a->n) qgemm_store8(a, acc##i##b, m0 + (i), p * MQ_PANEL + 8);  \
+    }
+#define QTILE(MT)                                                                             \
+    static void qtile_##MT(const mq_qgemm_args *a, int64_t m0, int64_t p) {                   \
+        const int64_t groups = a->kp / MQ_KGROUP, kp = a->kp;                                 \
+        const int8_t *w = a->w + p * groups * 64;                                             \
+        const uint8_t *x = a->x + m0 * kp;                                                    \
+        const __m256i ones = _mm256_set1_epi16(1);                                            \
+        QROW_DECL(0) QROW_DECL(1) QROW_DECL(2) QROW_DECL(3) QROW_DECL(4)                      \
+        for (int64_t g = 0; g < groups; g++) {                                                \
+            const __m256i w0 = _mm256_loadu_si256((const __m256i *)(w + g * 64));             \
+            const __m256i w1 = _mm256_loadu_si256((const __m256i *)(w + g * 64 + 32));        \
+            const __m256i aw0 = _mm256_abs_epi8(w0), aw1 = _mm256_abs_epi8(w1);               \
+            QROW(0, MT) QROW(1, MT) QROW(2, MT) QROW(3, MT) QROW(4, MT)                       \
+        }                                                                                     \
+        QROW_STORE(0, MT) QROW_STORE(1, MT) QROW_STORE(2, MT) QROW_STORE(3, MT)               \
+        QROW_STORE(4, MT)                                                                     \
+    }
+
+#define QTILE_ROWS 5
+typedef void (*qtile_fn)(const mq_qgemm_args *a, int64_t m0, int64_t p);
+QTILE(1) QTILE(2) QTILE(3) QTILE(4) QTILE(5)
+static const qtile_fn qtiles[QTILE_ROWS + 1] = {NULL, qtile_1, qtile_2, qtile_3, qtile_4, qtile_5};
+
+static void qgemm_avx2(const mq_qgemm_args *a, int64_t p0, int64_t p1) {
+    if (a->x_u8) { /* activations shifted for VNNI: only the reference takes them */
+        mq_ref_qgemm(a, p0, p1);
+        return;
+    }
+    for (int64_t p = p0; p < p1; p++)
+        for (int64_t m0 = 0; m0 < a->m; m0 += QTILE_ROWS)
+            qtiles[a->m - m0 < QTILE_ROWS ? a->m - m0 : QTILE_ROWS](a, m0, p);
+}
+
+/* ---- weight-only: lanes are 2 channels x 4 k; channel sums at the end ---- */
+
+MQ_INLINE void wgemm_tile(const mq_wgemm_args *a, int64_t m0, int64_t p, int half, const int mt) {
+    const int64_t groups = a->kp / MQ_KGROUP, kp = a->kp, n0 = p * MQ_PANEL + half * 8;
+    const int8_t *w = a->w + p * groups * 64 + half * 32;
+    const float *x = a->x + m0 * kp;
+    __m256i zp[4] = {_mm256_setzero_si256(), _mm256_setzero_si256(), _mm256_setzero_si256(), _mm256_setzero_si256()};
+    if (a->w_zp)
+        for (int q = 0; q < 4; q++) {
+            int32_t z0 = n0 + 2 * q < a->n ? a->w_zp[n0 + 2 * q] : 0;
+            int32_t z1 = n0 + 2 * q + 1 < a->n ? a->w_zp[n0 + 2 * q + 1] : 0;
+            zp[q] = _mm256_setr_epi32(z0, z0, z0, z0, z1, z1, z1, z1);
+        }
+    __m256 acc[2][4];
+    for (int i = 0; i < mt; i++)
+        for (int q = 0; q < 4; q++) acc[i][q] = _mm256_setzero_ps();
+    for (int64_t g = 0; g < groups; g++) {
+        __m256 wf[4];
+        for (int q = 0; q < 4; q++) {
+            __m256i wi = _mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)(w + g * 64 + q * 8)));
+            if (a->w_zp) wi = _mm256_sub_epi32(wi, zp[q]);
+            wf[q] = _mm256_cvtepi32_ps(wi);
+        }
+        for (int i = 0; i < mt; i++) {
+            __m256 xb = _mm256_broadcast_ps((const __m128 *)(x + i * kp + g * 4));
+            for (int q = 0; q < 4; q++) acc[i][q] = _mm256_fmadd_ps(wf[q], xb, acc[i][q]);
+        }
+    }
+    for (int i = 0; i < mt; i++) {
+        float lanes[32];
+        for (int q = 0; q < 4; q++) _mm256_storeu_ps(lanes + 8 * q, acc[i][q]);
+        for (int c = 0; c < 8 && n0 + c < a->n; c++) {
+            float y = ((lanes[4 * c] + lanes[4 * c + 1]) + (lanes[4 * c + 2] + lanes[4 * c + 3])) * a->w_scale[n0 + c];
+            if (a->bias) y = y + a->bias[n0 + c];
+            a->y[(m0 + i) * a->n + n0 + c] = y;
+        }
+    }
+}
+
+static void wtile_1(const mq_wgemm_args *a, int64_t m0, int64_t p, int h) { wgemm_tile(a, m0, p, h, 1); }
+static void wtile_2(const mq_wgemm_args *a, int64_t m0, int64_t p, int h) { wgemm_tile(a, m0, p, h, 2); }
+
+static void wgemm_avx2(const mq_wgemm_args *a, int64_t p0, int64_t p1) {
+    for (int64_t p = p0; p < p1; p++)
+        for (int h = 0; h < 2 && p * MQ_PANEL + h * 8 < a->n; h++)
+            for (int64_t m0 = 0; m0 < a->m; m0 += 2) (a->m - m0 >= 2 ? wtile_2 : wtile_1)(a, m0, p, h);
+}
+
+const mq_kernels mq_avx2_linear_table = {
+    .qgemm = qgemm_avx2,
+    .qgemm_x_u8 = 0,
+    .qgemm_name = "avx2_maddubs",
+    .wgemm = wgemm_avx2,
+    .wgemm_name = "avx2",
+};
+
+#else
+const mq_kernels mq_avx2_linear_table = {.name = NULL};
+#endif
