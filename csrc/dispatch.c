@@ -38,7 +38,7 @@ static uint64_t read_xcr0(void) {
 static int bit(uint32_t reg, int b) { return (int)((reg >> b) & 1u); }
 
 static void detect(cpu_features *f) {
-    uint32_t a, b, c, d, max_leaf;
+    uint32_t a = 0, b = 0, c = 0, d = 0, max_leaf = 0;
     memset(f, 0, sizeof *f);
     if (!__get_cpuid(0, &max_leaf, &b, &c, &d) || max_leaf < 1) return;
     __get_cpuid(1, &a, &b, &c, &d);

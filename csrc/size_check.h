@@ -38,7 +38,9 @@ static inline int64_t mq_size_round_up(int64_t v, int64_t m) {
  * allocation fails instead of succeeding with a wrapped, too-small size. */
 static inline size_t mq_alloc_bytes(int64_t count, int64_t item_size, int64_t align) {
     int64_t bytes = mq_size_round_up(mq_size_mul(count, item_size), align);
-    return bytes < 0 ? SIZE_MAX & ~(size_t)(align - 1) : (size_t)bytes;
+    /* an overflow asks for PTRDIFF_MAX bytes, which every allocator refuses (NULL: the
+     * caller's out-of-memory path); not SIZE_MAX, which gcc flags as larger than any object */
+    return bytes < 0 ? (size_t)PTRDIFF_MAX & ~(size_t)(align - 1) : (size_t)bytes;
 }
 
 #endif
