@@ -13,6 +13,7 @@ $(VENV)/.deps: Makefile  # a new dependency here reaches existing venvs too
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install torch==2.13.0
 	$(PIP) install "numpy>=1.23" "scikit-build-core>=0.11" "safetensors>=0.4" pytest hypothesis
+	$(PIP) install "transformers==5.24.0" "peft==0.21.2"  # Hugging Face tests; both accept torch 2.13.0 as installed
 	touch $@
 
 install: $(VENV)/.deps

@@ -47,3 +47,13 @@ __all__ = [
     "cpu_info",
     "__version__",
 ]
+
+
+def __getattr__(name):
+    # mono_quant.MonoQuantConfig: the transformers integration, imported on first use only
+    # (mono_quant itself never needs transformers)
+    if name == "MonoQuantConfig":
+        from .integrations.transformers import MonoQuantConfig
+
+        return MonoQuantConfig
+    raise AttributeError(f"module 'mono_quant' has no attribute {name!r}")

@@ -23,6 +23,7 @@ from ..errors import CheckpointError, ConfigError
 from ..qtypes import get_qtype
 from ..report import LayerReport, Report, tensor_bytes
 from ..result import QuantizationResult
+from ..strictness import check_patterns_match, layer_names_of_keys
 from .atomic import atomic_output, check_destination
 from .container import StreamingWriter
 from .layers import state_dict_layer_entry
@@ -102,6 +103,7 @@ def quantize_checkpoint(src, dst, dtype=None, *, symmetric: Optional[bool] = Non
     with open_checkpoint(src) as reader:
         if reader.is_mono_quant():
             raise CheckpointError(f"{src} is already a mono-quant file; quantize the float checkpoint instead")
+        check_patterns_match(cfg, layer_names_of_keys(reader.keys()))
         report = _write(reader, src, dst, cfg, overwrite, progress, measure_error)
     return QuantizationResult(None, report.skipped, report, cfg, path=Path(dst))
 

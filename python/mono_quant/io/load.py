@@ -21,6 +21,7 @@ from ..tensor import QuantizedWeight
 from .container import read_header
 from .dtypes import dtype_from_name
 from .errors import CheckpointError
+from .skeleton import materialize_non_persistent_buffers
 from .manifest import check_against_header, layer_key, parse_manifest, quantized_class
 from .validate import check_layer
 
@@ -227,6 +228,7 @@ class QuantizedStateDict(Mapping):
         if "" in replaced_paths:
             return memo[id(model)]
         qmodel = copy.deepcopy(model, memo)
+        materialize_non_persistent_buffers(qmodel, model, where)  # rotary inv_freq, position_ids, ...
         _warn_meta(qmodel)
         return qmodel
 
@@ -238,7 +240,7 @@ class QuantizedStateDict(Mapping):
             if type(float_module) is not cls.float_type:
                 raise CheckpointError(f"layer {name!r} is a {type(float_module).__name__} in the model, the checkpoint "
                                       f"has a quantized {cls.float_type.__name__}")
-            _check_weight_shape(layer, float_module, name)
+            _check_weight_shape(layer, float_module, name, getattr(cls, "float_weight_shape", None))
             qmodule = _rebuild_saved(layer, own)
         else:
             cls = qmodule_for(float_module)
@@ -333,11 +335,13 @@ def _is_uninitialized(t) -> bool:
     return isinstance(t, nn.parameter.UninitializedTensorMixin)
 
 
-def _check_weight_shape(layer, float_module: nn.Module, name: str) -> None:
+def _check_weight_shape(layer, float_module: nn.Module, name: str, float_shape=None) -> None:
+    # float_shape: the float layer's weight shape for a quantized class that stores it otherwise (GPT-2 Conv1D)
+    expected = layer["shape"] if float_shape is None else float_shape(layer["shape"])
     weight = getattr(float_module, "weight", None)
-    if isinstance(weight, torch.Tensor) and not _is_uninitialized(weight) and list(weight.shape) != layer["shape"]:
+    if isinstance(weight, torch.Tensor) and not _is_uninitialized(weight) and list(weight.shape) != expected:
         raise CheckpointError(f"layer {name!r} has weight shape {list(weight.shape)} in the model, "
-                              f"{layer['shape']} in the checkpoint")
+                              f"{expected} in the checkpoint")
 
 
 def _rebuild_saved(layer, own: Dict[str, torch.Tensor]) -> nn.Module:

@@ -10,6 +10,7 @@ from ..packing import can_pack, pack_int8_linear
 from ..qtypes import QTYPES
 from .linear import (ACTIVATION_MODES, _format_of, _kernel_takes, _max_in_features, dequantized_packed, float_weight,
                      kernel_args, packed_linear)
+from .input_checks import check_float_input
 from .registry import QuantizedModule, register_qmodule
 
 __all__ = ["QuantizedConv2d", "DYNAMIC_MIN_K", "DYNAMIC_MIN_MACS_PER_IMAGE", "DYNAMIC_CHUNK_BYTES"]
@@ -164,6 +165,7 @@ class QuantizedConv2d(QuantizedModule):
         return pixels * 8 <= self.out_channels
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        check_float_input(x, type(self).__name__)
         if self.weight_format in _PACKABLE_FORMATS:
             packed = kernel_args(self)
             if (packed is not None and x.dim() == 4 and not isinstance(self.padding, str)

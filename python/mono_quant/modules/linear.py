@@ -12,6 +12,7 @@ from .. import _C, kernels
 from ..packing import can_pack, pack_int8_linear, packed_info, packed_sizes
 from ..qtypes import QTYPES
 from ..int4 import int4_linear
+from .input_checks import check_float_input
 from .registry import QuantizedModule, register_qmodule
 
 __all__ = ["QuantizedLinear", "ACTIVATION_MODES", "BLAS_MIN_ROWS", "SMALL_WEIGHT_ELEMENTS", "blas_min_rows",
@@ -85,6 +86,7 @@ class QuantizedLinear(QuantizedModule):
         self.activations = activations
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        check_float_input(x, type(self).__name__)
         fmt = self.weight_format
         if fmt == "int4":  # packed weight streamed by the C kernels
             return int4_linear(x, self.quantized_weight(), self.bias)

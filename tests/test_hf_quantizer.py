@@ -1,0 +1,79 @@
+"""MonoQuantConfig through transformers' from_pretrained / save_pretrained (tiny
+models from configs with random weights, saved to tmp folders: no downloads)."""
+import warnings
+
+import pytest
+import torch
+
+pytest.importorskip("transformers")
+import hf_models  # noqa: E402
+
+import mono_quant as mq  # noqa: E402
+
+NEEDS_WEIGHT = pytest.mark.xfail(raises=AttributeError, strict=True,
+                                 reason="needs .weight (eco-torch branch): GPT2's _init_weights reads c_proj.weight")
+
+
+def _cases():
+    for kind in ("bert", "gpt2", "llama"):
+        for dtype in ("int8", "int4", "fp16"):
+            yield pytest.param(kind, dtype, id=f"{kind}-{dtype}")
+
+
+@pytest.fixture(scope="module")
+def float_folders(tmp_path_factory):
+    root = tmp_path_factory.mktemp("hf")
+    out = {}
+    for kind in ("bert", "gpt2", "llama"):
+        model = hf_models.build(kind)
+        model.save_pretrained(root / kind)
+        out[kind] = (model, root / kind)
+    return out
+
+
+@pytest.mark.parametrize("kind,dtype", list(_cases()))
+def test_quantize_while_loading_then_save_and_reload(float_folders, tmp_path, kind, dtype):
+    model, folder = float_folders[kind]
+    cls = hf_models.model_class(kind)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        loaded = cls.from_pretrained(folder, quantization_config=mq.MonoQuantConfig(dtype=dtype))
+        expected = hf_models.forward(mq.quantize(model, dtype=dtype).model, kind)
+    assert torch.equal(hf_models.forward(loaded, kind), expected)  # what quantize(model) gives
+    loaded.save_pretrained(tmp_path / "q")
+    config = loaded.config.quantization_config.to_dict()
+    assert config["quant_method"] == "mono_quant" and config["layers"]
+    if kind == "gpt2" and dtype != "fp16":
+        pytest.xfail("needs .weight (eco-torch branch): GPT2's _init_weights reads c_proj.weight on reload")
+    again = cls.from_pretrained(tmp_path / "q")
+    assert torch.equal(hf_models.forward(again, kind), expected)  # bit-identical after the round trip
+    assert sum(t.numel() * t.element_size() for t in again.state_dict().values()) < \
+        sum(t.numel() * t.element_size() for t in model.state_dict().values())
+
+
+def test_config_options_are_validated_and_serialized():
+    with pytest.raises(mq.ConfigError):
+        mq.MonoQuantConfig(dtype="int3")
+    with pytest.raises(TypeError, match="globs"):
+        mq.MonoQuantConfig(exclude=[torch.nn.Linear])
+    cfg = mq.MonoQuantConfig(dtype="int4", group_size=64, exclude=["lm_head"], activations=None)
+    again = type(cfg).from_dict(cfg.to_dict())
+    assert again.to_dict() == cfg.to_dict() and again.quantize_options()["group_size"] == 64
+
+
+def test_loading_a_non_mono_quant_config_fails_clearly():
+    from mono_quant.integrations.transformers import MonoQuantHfQuantizer
+
+    with pytest.raises(mq.CheckpointError, match="lists no quantized layers"):
+        MonoQuantHfQuantizer(mq.MonoQuantConfig(), pre_quantized=True)
+
+
+def test_package_imports_without_transformers():
+    import subprocess
+    import sys
+
+    code = ("import sys; sys.modules['transformers'] = None\n"
+            "import mono_quant, torch\n"
+            "mono_quant.quantize(torch.nn.Sequential(torch.nn.Linear(4, 4)))\n"
+            "assert 'transformers' not in [m for m in sys.modules if sys.modules[m] is not None]\n")
+    subprocess.run([sys.executable, "-c", code], check=True)
