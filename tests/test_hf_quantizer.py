@@ -77,3 +77,34 @@ def test_package_imports_without_transformers():
             "mono_quant.quantize(torch.nn.Sequential(torch.nn.Linear(4, 4)))\n"
             "assert 'transformers' not in [m for m in sys.modules if sys.modules[m] is not None]\n")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_embeddings_with_tied_head_is_refused_clearly(float_folders, tmp_path):
+    _, folder = float_folders["gpt2"]
+    with pytest.raises(ValueError, match="tied"):
+        hf_models.model_class("gpt2").from_pretrained(folder, quantization_config=mq.MonoQuantConfig(embeddings=True))
+
+
+def test_embeddings_quantized_while_loading_untied(float_folders, tmp_path):
+    model, folder = float_folders["llama"]
+    cls = hf_models.model_class("llama")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        loaded = cls.from_pretrained(folder, quantization_config=mq.MonoQuantConfig(dtype="int8", embeddings=True))
+        expected = hf_models.forward(mq.quantize(model, embeddings=True).model, "llama")
+    assert type(loaded.model.embed_tokens).__name__ == "QuantizedEmbedding"
+    loaded.save_pretrained(tmp_path / "e")
+    assert torch.equal(hf_models.forward(cls.from_pretrained(tmp_path / "e"), "llama"), expected)
+
+
+def test_saved_folder_missing_a_quantized_tensor_is_refused(float_folders, tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    _, folder = float_folders["llama"]
+    cls = hf_models.model_class("llama")
+    cls.from_pretrained(folder, quantization_config=mq.MonoQuantConfig(dtype="int4")).save_pretrained(tmp_path / "q")
+    tensors = load_file(str(tmp_path / "q" / "model.safetensors"))
+    del tensors["model.layers.0.mlp.up_proj.weight_scale"]
+    save_file(tensors, str(tmp_path / "q" / "model.safetensors"), metadata={"format": "pt"})
+    with pytest.raises(mq.CheckpointError, match="up_proj.weight_scale is missing"):
+        cls.from_pretrained(tmp_path / "q")

@@ -13,6 +13,7 @@ from mono_quant.modules import QuantizedConv1d, QuantizedLinear
 
 
 def _sqnr(ref, out):
+    ref, out = ref.detach(), out.detach()
     return float(10 * torch.log10(ref.pow(2).sum() / (ref - out).pow(2).sum()))
 
 

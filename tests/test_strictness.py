@@ -2,16 +2,16 @@
 include / exclude patterns, nothing to quantize, an already quantized model,
 integer inputs to quantized layers, and readable signature defaults."""
 import inspect
-import subprocess
-import sys
+import warnings
 
 import pytest
 import torch
 from torch import nn
 
 import mono_quant as mq
+from mono_quant.cli import main
 from mono_quant.errors import AlreadyQuantizedError
-from mono_quant.strictness import NothingQuantizedWarning, UnmatchedPatternWarning
+from mono_quant.strictness import LargerModelWarning, NothingQuantizedWarning, UnmatchedPatternWarning
 
 
 def _model():
@@ -38,16 +38,15 @@ def test_unmatched_pattern_from_config_file_warns(tmp_path, monkeypatch):
         assert len(mq.quantize(_model()).report.layers) == 2
 
 
-def test_checkpoint_and_cli_unmatched_pattern(tmp_path):
+def test_checkpoint_and_cli_unmatched_pattern(tmp_path, capsys):
     from safetensors.torch import save_file
 
     save_file(_model().state_dict(), str(tmp_path / "m.safetensors"))
     with pytest.raises(mq.ConfigError):
         mq.quantize_checkpoint(tmp_path / "m.safetensors", tmp_path / "q.safetensors", exclude=["nope.*"])
-    proc = subprocess.run([sys.executable, "-m", "mono_quant", "quantize", str(tmp_path / "m.safetensors"),
-                           "-o", str(tmp_path / "q.safetensors"), "--exclude", "nope.*"],
-                          capture_output=True, text=True)
-    assert proc.returncode != 0 and "no layer" in proc.stderr
+    assert main(["quantize", str(tmp_path / "m.safetensors"), "-o", str(tmp_path / "q.safetensors"),
+                 "--exclude", "nope.*"]) == 1
+    assert "no layer" in capsys.readouterr().err
 
 
 def test_nothing_to_quantize_warns():
@@ -84,3 +83,11 @@ def test_signatures_show_readable_defaults():
     for fn in (mq.quantize, mq.quantize_checkpoint):
         text = str(inspect.signature(fn))
         assert "object at 0x" not in text and "activations=DEFAULT" in text
+
+
+def test_larger_quantized_model_warns():
+    with pytest.warns(LargerModelWarning, match="min_weight_numel"):
+        mq.quantize(nn.Sequential(nn.Linear(2, 2)))  # packing pads a 2x2 weight to far more than 16 bytes
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", LargerModelWarning)
+        mq.quantize(nn.Sequential(nn.Linear(64, 64)))

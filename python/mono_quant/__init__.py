@@ -5,7 +5,7 @@
 """
 from .api import QuantizationResult, SkippedLayer, quantize
 from .config import DEFAULT, QuantConfig
-from .errors import CheckpointError, ConfigError, MonoQuantError, NonFiniteWeightError
+from .errors import AlreadyQuantizedError, CheckpointError, ConfigError, MonoQuantError, NonFiniteWeightError
 from .io import QuantizedStateDict, load, quantize_checkpoint, save
 from .kernels import cpu_info
 from .int4 import Int4Weight
@@ -39,6 +39,7 @@ __all__ = [
     "ConfigError",
     "CheckpointError",
     "NonFiniteWeightError",
+    "AlreadyQuantizedError",
     "DEFAULT",
     "Report",
     "LayerReport",

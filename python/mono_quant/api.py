@@ -27,7 +27,7 @@ from .result import QuantizationResult
 from .layer_support import drop_tied_to_float, known_unsupported_reason, qmodule_for_selected, weight_to_quantize
 from .selection import selection_reason
 from .strictness import (check_patterns_match, layer_names_of_keys, refuse_quantized_model, refuse_quantized_state_dict,
-                         warn_if_nothing_quantized)
+                         warn_if_larger, warn_if_nothing_quantized)
 from .tensor import QuantizedWeight, sqnr_db
 
 __all__ = ["quantize", "QuantizationResult", "SkippedLayer"]
@@ -179,6 +179,7 @@ def _quantize_module(model: nn.Module, cfg: QuantConfig, progress: bool, weights
         tensor_bytes(t) for t in weights.values() if isinstance(t, torch.Tensor))
     report.model_bytes_after = unique_tensor_bytes(qmodel)
     warn_if_nothing_quantized(report, skipped)
+    warn_if_larger(report)
     return QuantizationResult(qmodel, skipped, report, cfg)
 
 

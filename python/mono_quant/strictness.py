@@ -13,7 +13,7 @@ from .errors import AlreadyQuantizedError, ConfigError
 from .modules.registry import QuantizedModule
 
 __all__ = ["refuse_quantized_model", "refuse_quantized_state_dict", "check_patterns_match",
-           "warn_if_nothing_quantized", "NothingQuantizedWarning", "UnmatchedPatternWarning", "QUANTIZED_SUFFIXES", "layer_names_of_keys"]
+           "warn_if_nothing_quantized", "warn_if_larger", "LargerModelWarning", "NothingQuantizedWarning", "UnmatchedPatternWarning", "QUANTIZED_SUFFIXES", "layer_names_of_keys"]
 
 # state_dict entries only mono-quant writes (a quantized layer's buffers)
 QUANTIZED_SUFFIXES = ("weight_qdata", "weight_packed", "weight_packed_info", "weight_scale")
@@ -22,6 +22,11 @@ QUANTIZED_SUFFIXES = ("weight_qdata", "weight_packed", "weight_packed_info", "we
 class UnmatchedPatternWarning(UserWarning):
     """An include / exclude pattern from a config file matches no layer (the same pattern
     given as an argument raises ConfigError)."""
+
+
+class LargerModelWarning(UserWarning):
+    """The quantized model takes more bytes than the float one (layers too small for
+    the format's scales and packing)."""
 
 
 class NothingQuantizedWarning(UserWarning):
@@ -97,3 +102,14 @@ def layer_names_of_keys(keys: Iterable[str]) -> List[str]:
         for i in range(1, len(parts) + 1):
             names.add(".".join(parts[:i]))
     return sorted(names)
+
+
+def warn_if_larger(report) -> None:
+    """Warn (LargerModelWarning) when the quantized model takes more bytes than the float one."""
+    before, after = report.model_bytes_before, report.model_bytes_after
+    if report.layers and after > before:
+        small = min(report.layers, key=lambda r: r.bytes_before)
+        warnings.warn(f"the quantized model takes {after} bytes, more than the float model's {before}: its layers "
+                      f"are too small for the format's scales and packing (e.g. {small.name!r}, {small.bytes_before} "
+                      f"bytes float, {small.bytes_after} quantized); min_weight_numel= keeps small layers float",
+                      LargerModelWarning, stacklevel=4)

@@ -126,6 +126,7 @@ class MonoQuantHfQuantizer(HfQuantizer):
     def _process_model_before_weight_loading(self, model, **kwargs):
         if not self.pre_quantized:
             return model
+        _check_files(self.quantization_config.layers, kwargs.get("checkpoint_files") or [])
         modules = dict(model.named_modules(remove_duplicate=False))
         for entry in self.quantization_config.layers:
             empty = _empty_quantized_module(entry)
@@ -146,7 +147,14 @@ class MonoQuantHfQuantizer(HfQuantizer):
             return model
         from .. import quantize
 
-        result = quantize(model, **self.quantization_config.quantize_options())
+        options = self.quantization_config.quantize_options()
+        if options["embeddings"] and _has_tied_head(model):
+            raise ValueError(
+                f"MonoQuantConfig(embeddings=True) on {type(model).__name__}, whose output head is tied to its input "
+                f"embeddings: transformers re-ties them on every load, which a quantized table can't take. Use "
+                f"embeddings=False (the head stays float and tied), or mono_quant.quantize(model, embeddings=True) "
+                f"with mono_quant.save / load")
+        result = quantize(model, **options)
         entries = []
         seen = set()
         names_of: Dict[int, List[str]] = {}
@@ -164,6 +172,12 @@ class MonoQuantHfQuantizer(HfQuantizer):
         return model
 
 
+def _has_tied_head(model: nn.Module) -> bool:
+    get_in, get_out = getattr(model, "get_input_embeddings", None), getattr(model, "get_output_embeddings", None)
+    head, table = (get_out() if get_out else None), (get_in() if get_in else None)
+    return head is not None and table is not None and getattr(head, "weight", None) is getattr(table, "weight", 0)
+
+
 def _empty_quantized_module(entry: Dict[str, Any]) -> nn.Module:
     """A quantized module of a manifest entry, its tensors allocated (uninitialized) for
     transformers to fill.  Raises CheckpointError for an entry that doesn't describe one."""
@@ -174,6 +188,33 @@ def _empty_quantized_module(entry: Dict[str, Any]) -> nn.Module:
         return cls.from_saved(entry["init_kwargs"], entry["attrs"], tensors)
     except (KeyError, TypeError, ValueError) as exc:
         raise CheckpointError(f"quantization_config layer {entry.get('name')!r}: cannot rebuild it: {exc}") from None
+
+
+def _check_files(layers: List[Dict[str, Any]], files) -> None:
+    """Every tensor the layers need is in the safetensors files, with its dtype and shape:
+    transformers would otherwise fill a missing one with an uninitialized tensor."""
+    from ..io.container import read_header
+    from ..io.dtypes import dtype_name
+
+    files = [f for f in files if str(f).endswith(".safetensors")]
+    if not files:
+        return
+    found: Dict[str, Any] = {}
+    for path in files:
+        found.update(read_header(path).tensors)
+    problems = []
+    for entry in layers:
+        for local, spec in entry.get("tensors", {}).items():
+            key = f"{entry['name']}.{local}" if entry["name"] else local
+            have = found.get(key)
+            if have is None:
+                problems.append(f"{key} is missing")
+            elif dtype_name(have.dtype) != spec.get("dtype") or list(have.shape) != list(spec.get("shape", ())):
+                problems.append(f"{key} is {dtype_name(have.dtype)}{list(have.shape)} in the file, "
+                                f"{spec.get('dtype')}{spec.get('shape')} in quantization_config")
+    if problems:
+        raise CheckpointError(f"the checkpoint does not match its quantization_config: {'; '.join(problems[:10])}"
+                              f"{' ...' if len(problems) > 10 else ''}")
 
 
 def _check_loaded_layers(model: nn.Module, layers: List[Dict[str, Any]]) -> None:

@@ -251,10 +251,10 @@ class QuantizedStateDict(Mapping):
             if cls is None:
                 raise CheckpointError(f"layer {name!r} is quantized in the checkpoint but is a "
                                       f"{type(float_module).__name__} in the model, which mono-quant does not replace")
-            _check_weight_shape(layer, float_module, name)
-            if cls is QuantizedLinear and _packed_int8_layer(layer, own):
+            _check_weight_shape(layer, float_module, name, getattr(cls, "float_weight_shape", None))
+            if issubclass(cls, QuantizedLinear) and _packed_int8_layer(layer, own):
                 # the file's packed buffers as they are: no unpacking and packing again
-                qmodule = _packed_linear(layer, own, float_module, name)
+                qmodule = _packed_linear(layer, own, float_module, name, cls)
             else:
                 stored = _stored_weight(layer, own, float_module.weight.dtype)
                 qmodule = cls.from_float(float_module, stored)
@@ -363,7 +363,8 @@ def _packed_int8_layer(layer, own: Mapping[str, torch.Tensor]) -> bool:
             and "weight_qdata" not in own and all(n in own for n in PACKED_BUFFERS))
 
 
-def _packed_linear(layer, own: Dict[str, torch.Tensor], float_module: nn.Module, name: str) -> nn.Module:
+def _packed_linear(layer, own: Dict[str, torch.Tensor], float_module: nn.Module, name: str,
+                   cls=QuantizedLinear) -> nn.Module:
     """A packed per-channel int8 Linear of a state_dict-kind file, its buffers checked
     (:func:`check_packed_int8`) and used as they are: what from_float would rebuild."""
     n, _ = layer["shape"]
@@ -375,7 +376,7 @@ def _packed_linear(layer, own: Dict[str, torch.Tensor], float_module: nn.Module,
     problem = check_packed_int8(own["weight_packed"], own["weight_colsum"], own["weight_packed_info"], layer["shape"])
     if problem:
         raise CheckpointError(f"layer {name!r}: bad packed int8 weight: {problem}")
-    return QuantizedLinear.from_packed_int8(float_module, scale.reshape(n), zero_point.reshape(n),
+    return cls.from_packed_int8(float_module, scale.reshape(n), zero_point.reshape(n),
                                             {b: own[b] for b in PACKED_BUFFERS}, layer["scheme"] == "symmetric")
 
 
@@ -449,6 +450,8 @@ def dequantize_layer(kind: str, layer: Mapping[str, Any], own: Dict[str, torch.T
         return module.dequantized_weight(target), own.get("bias")
     stored = _stored_weight(layer, own, orig)
     weight = stored.dequantize(target) if isinstance(stored, QuantizedWeight) else stored.to(target)
+    if layer.get("type") == "Conv1D":  # GPT-2's Conv1D was quantized as [out, in]: back to its [in, out]
+        weight = weight.t().contiguous()
     return weight, None  # a state_dict layer's bias is a separate entry
 
 

@@ -16,7 +16,7 @@ import torch
 
 from ..int4 import effective_group
 from ..modules.linear import ACTIVATION_MODES
-from ..modules.registry import QMODULES
+from ..modules.registry import QMODULES, QMODULES_BY_NAME
 from ..qtypes import QTYPES, QType
 from .errors import CheckpointError
 from .manifest import quantized_class
@@ -103,7 +103,7 @@ def _check_int4_group_size(group_size) -> None:
 
 
 def _check_state_dict_fields(layer: Mapping[str, Any], qtype: QType) -> None:
-    types = sorted(t.__name__ for t in QMODULES)
+    types = sorted([t.__name__ for t in QMODULES] + [n.rsplit(".", 1)[-1] for n in QMODULES_BY_NAME])
     _need(layer.get("type") is None or layer.get("type") in types,
           f"type {layer.get('type')!r} is not one of {types}")
     group_size = layer.get("group_size")
