@@ -42,7 +42,8 @@ def test_checkpoint_of_hf_folder_is_what_quantize_model_gives(folders, tmp_path,
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         expected = mq.quantize(model, dtype=dtype)
-    assert sorted(layer.name for layer in result.report.layers) == sorted(layer.name for layer in expected.report.layers)
+    names = sorted(layer.name for layer in result.report.layers)
+    assert names == sorted(layer.name for layer in expected.report.layers)
     assert {layer.type for layer in result.report.layers} == {layer.type for layer in expected.report.layers}
     skipped = {s.name for s in result.skipped} | {k[: -len(".weight")] for k in result.report.tied}
     assert skipped == {s.name for s in expected.skipped}

@@ -91,3 +91,8 @@ def test_larger_quantized_model_warns():
     with warnings.catch_warnings():
         warnings.simplefilter("error", LargerModelWarning)
         mq.quantize(nn.Sequential(nn.Linear(64, 64)))
+
+
+def test_other_formats_scales_are_not_taken_for_mono_quant():
+    sd = {"fc.weight": torch.randn(16, 16), "fc.weight_scale": torch.ones(16)}  # e.g. an fp8 checkpoint's
+    assert len(mq.quantize(sd).report.layers) == 1

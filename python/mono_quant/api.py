@@ -18,7 +18,7 @@ from torch import nn
 from .config import DEFAULT, QuantConfig, resolve_options
 from .entries import convert_weight, packs_straight_to_int8, quantize_state_dict_entry
 from .errors import NonFiniteWeightError
-from .modules import QuantizedLinear, QuantizedModule, qmodule_for
+from .modules import QuantizedLinear, QuantizedModule
 from .modules.registry import QMODULES
 from .packing import PACKED_BUFFERS, quantize_and_pack_int8
 from .qtypes import get_qtype

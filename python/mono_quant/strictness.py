@@ -12,11 +12,12 @@ from torch import nn
 from .errors import AlreadyQuantizedError, ConfigError
 from .modules.registry import QuantizedModule
 
-__all__ = ["refuse_quantized_model", "refuse_quantized_state_dict", "check_patterns_match",
-           "warn_if_nothing_quantized", "warn_if_larger", "LargerModelWarning", "NothingQuantizedWarning", "UnmatchedPatternWarning", "QUANTIZED_SUFFIXES", "layer_names_of_keys"]
+__all__ = ["refuse_quantized_model", "refuse_quantized_state_dict", "check_patterns_match", "layer_names_of_keys",
+           "warn_if_nothing_quantized", "warn_if_larger", "NothingQuantizedWarning", "LargerModelWarning",
+           "UnmatchedPatternWarning", "QUANTIZED_SUFFIXES"]
 
-# state_dict entries only mono-quant writes (a quantized layer's buffers)
-QUANTIZED_SUFFIXES = ("weight_qdata", "weight_packed", "weight_packed_info", "weight_scale")
+# the integer weight of a mono-quant layer (beside it: weight_scale and weight_zero_point)
+QUANTIZED_SUFFIXES = ("weight_qdata", "weight_packed")
 
 
 class UnmatchedPatternWarning(UserWarning):
@@ -44,11 +45,15 @@ def refuse_quantized_model(model: nn.Module) -> None:
 
 
 def refuse_quantized_state_dict(sd: Mapping) -> None:
-    """Raise AlreadyQuantizedError when ``sd`` holds a quantized layer's entries."""
+    """Raise AlreadyQuantizedError when ``sd`` holds a mono-quant layer's entries (an integer
+    weight with its ``weight_zero_point``; other formats' ``weight_scale`` alone don't count)."""
     for key in sd:
-        if isinstance(key, str) and key.rsplit(".", 1)[-1] in QUANTIZED_SUFFIXES:
-            raise AlreadyQuantizedError(f"the state_dict is already quantized (entry {key!r}): quantize the float "
-                                        f"state_dict instead")
+        if not isinstance(key, str):
+            continue
+        prefix, _, suffix = key.rpartition(".")
+        if suffix in QUANTIZED_SUFFIXES and (f"{prefix}.weight_zero_point" if prefix else "weight_zero_point") in sd:
+            raise AlreadyQuantizedError(f"the state_dict is already quantized by mono-quant (entry {key!r}): "
+                                        f"quantize the float state_dict instead")
 
 
 def check_patterns_match(cfg, names: Sequence[str], modules: Iterable[nn.Module] = ()) -> None:
@@ -88,7 +93,7 @@ def warn_if_nothing_quantized(report, skipped) -> None:
     if report.layers:
         return
     why = "; ".join(f"{s.name or '<root>'}: {s.reason}" for s in list(skipped)[:3])
-    warnings.warn(f"nothing was quantized: the result holds the float weights"
+    warnings.warn("nothing was quantized: the result holds the float weights"
                   + (f" ({len(skipped)} layer(s) skipped, e.g. {why})" if skipped else
                      " (the model has no layer mono-quant replaces)"),
                   NothingQuantizedWarning, stacklevel=4)
