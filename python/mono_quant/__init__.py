@@ -54,7 +54,10 @@ def __getattr__(name):
     # mono_quant.MonoQuantConfig: the transformers integration, imported on first use only
     # (mono_quant itself never needs transformers)
     if name == "MonoQuantConfig":
-        from .integrations.transformers import MonoQuantConfig
-
+        try:
+            from .integrations.transformers import MonoQuantConfig
+        except ImportError as exc:  # an AttributeError, so hasattr() and getattr(..., default) keep working
+            raise AttributeError(f"mono_quant.MonoQuantConfig needs the transformers package ({exc}): "
+                                 f"pip install transformers") from exc
         return MonoQuantConfig
     raise AttributeError(f"module 'mono_quant' has no attribute {name!r}")

@@ -139,6 +139,7 @@ class MonoQuantHfQuantizer(HfQuantizer):
                     raise CheckpointError(f"layer {name!r} is a {type(float_module).__name__} in the model, "
                                           f"the checkpoint has a quantized {cls.float_type.__name__}")
                 _set_module(model, name, empty)
+                _skip_parent_init(model, name)
         return model
 
     def _process_model_after_weight_loading(self, model, **kwargs):
@@ -229,6 +230,17 @@ def _check_loaded_layers(model: nn.Module, layers: List[Dict[str, Any]]) -> None
             problem = check_packed_module(module)
             if problem:
                 raise CheckpointError(f"layer {entry['name']!r}: bad packed int8 weight: {problem}")
+
+
+def _skip_parent_init(model: nn.Module, name: str) -> None:
+    """Spare the parent of a loaded quantized layer transformers' re-initialization when the
+    parent holds no tensor of its own: its ``_init_weights`` can then only rewrite its
+    children's weights (GPT-2 rescales ``c_proj.weight``), which are loaded, and a quantized
+    child has no float ``weight`` to rewrite.  Children are still visited one by one."""
+    parent_name = name.rpartition(".")[0]
+    parent = model.get_submodule(parent_name) if parent_name else model
+    if parent is not model and not parent._parameters and not parent._buffers:
+        parent._is_hf_initialized = True
 
 
 def _set_module(model: nn.Module, name: str, module: nn.Module) -> None:
