@@ -13,6 +13,7 @@ $(VENV)/.deps: Makefile  # a new dependency here reaches existing venvs too
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install torch==2.13.0
 	$(PIP) install "numpy>=1.23" "scikit-build-core>=0.11" "safetensors>=0.4" pytest hypothesis
+	$(PIP) install "transformers==5.24.0" "peft==0.21.2"  # Hugging Face tests; both accept torch 2.13.0 as installed
 	touch $@
 
 install: $(VENV)/.deps
@@ -74,7 +75,8 @@ wheel-test: wheel
 	mkdir -p $(WHEEL_TEST)
 	$(PYTHON) -m venv $(WHEEL_TEST)/venv
 	$(WHEEL_TEST)/venv/bin/python -m pip --disable-pip-version-check -q install torch==2.13.0
-	$(WHEEL_TEST)/venv/bin/python -m pip --disable-pip-version-check -q install dist/*.whl pytest hypothesis
+	$(WHEEL_TEST)/venv/bin/python -m pip --disable-pip-version-check -q install dist/*.whl pytest hypothesis \
+		"transformers==5.24.0" "peft==0.21.2"
 	cp -r tests docs tools examples benchmarks $(WHEEL_TEST)/  # what the tests read beside the package
 	printf '[pytest]\n' > $(WHEEL_TEST)/pytest.ini  # rootdir here, not the source tree
 	cd $(WHEEL_TEST) && venv/bin/python ../../tools/check_installed.py

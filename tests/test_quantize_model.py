@@ -149,7 +149,7 @@ def test_unsupported_and_subclass_layers_are_listed_with_reasons():
     class MyLinear(nn.Linear):
         pass
 
-    model = nn.Sequential(nn.Embedding(10, 4), nn.Conv1d(4, 4, 3), MyLinear(4, 4),
+    model = nn.Sequential(nn.Embedding(10, 4), nn.Conv3d(4, 4, 3), MyLinear(4, 4),
                           nn.LayerNorm(4), nn.Linear(4, 4))
     result = mq.quantize(model)
     reasons = {s.name: s.reason for s in result.skipped}

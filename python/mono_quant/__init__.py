@@ -5,7 +5,7 @@
 """
 from .api import QuantizationResult, SkippedLayer, quantize
 from .config import DEFAULT, QuantConfig
-from .errors import CheckpointError, ConfigError, MonoQuantError, NonFiniteWeightError
+from .errors import AlreadyQuantizedError, CheckpointError, ConfigError, MonoQuantError, NonFiniteWeightError
 from .io import QuantizedStateDict, load, quantize_checkpoint, save
 from . import reference  # noqa: F401  (historical module names, kept importable as attributes)
 from .formats import quantize_weight
@@ -40,6 +40,7 @@ __all__ = [
     "ConfigError",
     "CheckpointError",
     "NonFiniteWeightError",
+    "AlreadyQuantizedError",
     "DEFAULT",
     "Report",
     "LayerReport",
@@ -48,3 +49,16 @@ __all__ = [
     "cpu_info",
     "__version__",
 ]
+
+
+def __getattr__(name):
+    # mono_quant.MonoQuantConfig: the transformers integration, imported on first use only
+    # (mono_quant itself never needs transformers)
+    if name == "MonoQuantConfig":
+        try:
+            from .integrations.transformers import MonoQuantConfig
+        except ImportError as exc:  # an AttributeError, so hasattr() and getattr(..., default) keep working
+            raise AttributeError(f"mono_quant.MonoQuantConfig needs the transformers package ({exc}): "
+                                 f"pip install transformers") from exc
+        return MonoQuantConfig
+    raise AttributeError(f"module 'mono_quant' has no attribute {name!r}")

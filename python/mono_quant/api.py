@@ -18,13 +18,16 @@ from torch import nn
 from .config import DEFAULT, QuantConfig, resolve_options
 from .entries import convert_weight, packs_straight_to_int8, quantize_state_dict_entry
 from .errors import NonFiniteWeightError
-from .modules import QuantizedLinear, QuantizedModule, qmodule_for
+from .modules import QuantizedLinear, QuantizedModule
 from .modules.registry import QMODULES
 from .packing import PACKED_BUFFERS, quantize_and_pack_int8
 from .qtypes import get_qtype
 from .report import LayerReport, Report, SkippedLayer, tensor_bytes, unique_tensor_bytes
 from .result import QuantizationResult
+from .layer_support import drop_tied_to_float, known_unsupported_reason, qmodule_for_selected, weight_to_quantize
 from .selection import selection_reason
+from .strictness import (check_patterns_match, layer_names_of_keys, refuse_quantized_model, refuse_quantized_state_dict,
+                         warn_if_larger, warn_if_nothing_quantized)
 from .tensor import QuantizedWeight, sqnr_db
 
 __all__ = ["quantize", "QuantizationResult", "SkippedLayer"]
@@ -106,9 +109,11 @@ def quantize(
     if isinstance(model_or_state_dict, nn.Module):
         if model is not None:
             raise TypeError("model= is only for a state_dict input; the module given is the model")
+        refuse_quantized_model(model_or_state_dict)
         return _quantize_module(model_or_state_dict, cfg, progress)
     if isinstance(model_or_state_dict, Mapping):
         _check_state_dict(model_or_state_dict)
+        refuse_quantized_state_dict(model_or_state_dict)
         if model is not None:
             if not isinstance(model, nn.Module):
                 raise TypeError(f"model= must be an nn.Module instance of the architecture, got {type(model).__name__}")
@@ -132,10 +137,14 @@ def _unsupported_reason(module: nn.Module) -> Optional[str]:
     has_matrix = any(p.dim() >= 2 for p in params)
     if not has_matrix:
         return None
+    known = known_unsupported_reason(module)
+    if known is not None:
+        return known
     for float_type in QMODULES:
         if isinstance(module, float_type):
             return (f"subclass {type(module).__name__} of {float_type.__name__} may have its own forward "
-                    f"or be read directly by its parent; only exact {float_type.__name__} is replaced")
+                    f"or be read directly by its parent; only exact {float_type.__name__} is replaced "
+                    f"(opt it in by type: include=[{type(module).__name__}])")
     supported = ", ".join(t.__name__ for t in QMODULES)
     return f"unsupported type (mono-quant replaces {supported})"
 
@@ -151,7 +160,9 @@ def _quantize_module(model: nn.Module, cfg: QuantConfig, progress: bool, weights
     for name, m in model.named_modules(remove_duplicate=False):
         names_of.setdefault(id(m), []).append(name)
         modules[id(m)] = m
+    check_patterns_match(cfg, [n for names in names_of.values() for n in names], modules.values())
     targets, skipped = _select_targets(modules, names_of, cfg, weights)
+    targets = drop_tied_to_float(targets, skipped, modules, names_of)
     layers = _LayerQuantizer(cfg, weights)
     for i, (name, m) in enumerate(targets):
         if progress:
@@ -167,6 +178,8 @@ def _quantize_module(model: nn.Module, cfg: QuantConfig, progress: bool, weights
     report.model_bytes_before = unique_tensor_bytes(model) if weights is None else sum(
         tensor_bytes(t) for t in weights.values() if isinstance(t, torch.Tensor))
     report.model_bytes_after = unique_tensor_bytes(qmodel)
+    warn_if_nothing_quantized(report, skipped)
+    warn_if_larger(report)
     return QuantizationResult(qmodel, skipped, report, cfg)
 
 
@@ -177,7 +190,7 @@ def _select_targets(modules: Dict[int, nn.Module], names_of: Dict[int, List[str]
     targets: List[Tuple[str, nn.Module]] = []
     for key, m in modules.items():
         names = names_of[key]
-        if qmodule_for(m) is None:
+        if qmodule_for_selected(m, cfg) is None:
             reason = _unsupported_reason(m) if not isinstance(m, QuantizedModule) else None
         else:
             reason = _skip_reason(m, names, cfg, weights)
@@ -223,6 +236,7 @@ class _LayerQuantizer:
         and ``nonfinite="skip"``."""
         weights = self.weights
         w = weights[_key(name, "weight")] if weights is not None else m.weight
+        w = weight_to_quantize(m, w, qmodule_for_selected(m, self.cfg), self.weight_cache)  # e.g. Conv1D's [in, out]
         has_bias = getattr(m, "bias", None) is not None  # nn.Embedding has no bias
         b = (weights.get(_key(name, "bias")) if weights is not None else m.bias) if has_bias else None
         key = (id(w), self.qtype.name)
@@ -263,7 +277,7 @@ class _LayerQuantizer:
                 sqnr_db(sx, se)
         else:
             stored, sqnr = convert_weight(w, qtype, cfg, type(m).__name__, self.weight_cache)
-        qm = qmodule_for(m).from_float(m, stored)
+        qm = qmodule_for_selected(m, cfg).from_float(m, stored)
         if hasattr(qm, "set_activations") and isinstance(stored, QuantizedWeight):
             qm.set_activations(cfg.activations)
         return qm, sqnr
@@ -365,6 +379,7 @@ def _quantize_state_dict(sd: Mapping, cfg: QuantConfig, progress: bool) -> Quant
     report = Report()
     cache: dict = {}
     keys = list(sd.keys())
+    check_patterns_match(cfg, layer_names_of_keys(keys))
     for i, key in enumerate(keys):
         if progress:
             print(f"[{i + 1}/{len(keys)}] {key}", file=sys.stderr, flush=True)
@@ -376,4 +391,5 @@ def _quantize_state_dict(sd: Mapping, cfg: QuantConfig, progress: bool) -> Quant
             report.skipped.append(skip)
     report.model_bytes_before = sum(tensor_bytes(t) for t in sd.values())
     report.model_bytes_after = sum(tensor_bytes(t) for t in out.values())
+    warn_if_nothing_quantized(report, report.skipped)
     return QuantizationResult(None, report.skipped, report, cfg, state_dict=out)

@@ -88,7 +88,8 @@ def _cmd_quantize(args) -> int:
         before, after = report.model_bytes_before, report.model_bytes_after
         ratio = after / before if before else 0.0
         print(f"{args.output}: {len(report.layers)} layers quantized, {len(report.skipped)} skipped; "
-              f"{human_bytes(before)} -> {human_bytes(after)} ({ratio:.3f}x) in {time.perf_counter() - start:.1f} s")
+              f"{human_bytes(before)} -> {human_bytes(after)} ({ratio:.3f}x) in {time.perf_counter() - start:.1f} s"
+              + (f"; tied: {', '.join(f'{a} = {t}' for a, t in report.tied.items())}" if report.tied else ""))
     return 0
 
 

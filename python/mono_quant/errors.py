@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Optional
 
-__all__ = ["MonoQuantError", "ConfigError", "CheckpointError", "NonFiniteWeightError"]
+__all__ = ["MonoQuantError", "ConfigError", "CheckpointError", "NonFiniteWeightError", "AlreadyQuantizedError"]
 
 
 class MonoQuantError(Exception):
@@ -31,6 +31,12 @@ class ConfigError(MonoQuantError, ValueError):
     The message names the option, the value given and what would be valid
     (and the config file, when the value came from one).  A ``ValueError``.
     """
+
+
+class AlreadyQuantizedError(MonoQuantError, ValueError):
+    """quantize() was given a model (or state_dict) that mono-quant already
+    quantized: quantizing quantized weights again would compound the error and
+    report nothing useful.  Quantize the float original instead.  A ``ValueError``."""
 
 
 class CheckpointError(MonoQuantError, ValueError):

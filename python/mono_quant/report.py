@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, field
-from typing import List, NamedTuple
+from typing import Dict, List, NamedTuple
 
 import torch
 
@@ -76,6 +76,8 @@ class Report:
         skipped: The :class:`SkippedLayer` list.
         model_bytes_before: Bytes of every tensor of the input (tied tensors once).
         model_bytes_after: Bytes of every tensor of the output.
+        tied: Names stored as aliases of a tied tensor (alias -> stored name;
+            quantize_checkpoint of a Hugging Face folder).
 
     Examples:
         >>> print(mq.quantize(model, dtype="int8").report)
@@ -86,6 +88,7 @@ class Report:
     skipped: List[SkippedLayer] = field(default_factory=list)
     model_bytes_before: int = 0
     model_bytes_after: int = 0
+    tied: Dict[str, str] = field(default_factory=dict)
 
     @property
     def bytes_before(self) -> int:

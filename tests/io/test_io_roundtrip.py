@@ -4,6 +4,7 @@ import torch
 from torch import nn
 
 import mono_quant as mq
+from mono_quant.io.skeleton import parameters_on_meta
 from mono_quant.io import CheckpointError, QuantizedStateDict
 
 
@@ -194,9 +195,11 @@ def test_state_dict_result_roundtrip(tmp_path):
         assert qsd[key].dtype == tensor.dtype and torch.equal(qsd[key], tensor), key
     # into a model: the same model quantize(model) gives
     expected, _ = mq.quantize(net, exclude=["head"])
-    with pytest.warns(UserWarning, match="meta device.*offset"):
-        loaded = mq.load(path, model=Net().eval().to("meta"))
-    loaded.offset = Net().offset
+    with pytest.raises(mq.CheckpointError, match="non-persistent buffers.*offset"):  # never a placeholder
+        mq.load(path, model=Net().eval().to("meta"))
+    with parameters_on_meta():  # parameters on meta, buffers real
+        skeleton = Net().eval()
+    loaded = mq.load(path, model=skeleton)
     assert torch.equal(loaded(INPUT), expected(INPUT))
     assert torch.equal(qsd.dequantize()["fc1.weight"], expected.fc1.dequantized_weight())
 
@@ -204,8 +207,10 @@ def test_state_dict_result_roundtrip(tmp_path):
 def test_plain_state_dict_and_mismatches(tmp_path):
     net = _trained_net()
     path = mq.save(net.state_dict(), tmp_path / "float.safetensors")
-    with pytest.warns(UserWarning, match="meta device"):
-        loaded = mq.load(path, model=Net().to("meta"))
+    with pytest.raises(mq.CheckpointError, match="offset"):
+        mq.load(path, model=Net().to("meta"))
+    with parameters_on_meta():
+        loaded = mq.load(path, model=Net())
     assert all(type(m) in (nn.Linear, nn.Conv2d, nn.BatchNorm2d, Net) for m in loaded.modules())
     qmodel, _ = mq.quantize(net)
     qpath = mq.save(qmodel, tmp_path / "q.safetensors")

@@ -23,8 +23,10 @@ from ..errors import CheckpointError, ConfigError
 from ..formats import get_format
 from ..report import LayerReport, Report, tensor_bytes
 from ..result import QuantizationResult
+from ..strictness import check_patterns_match, layer_names_of_keys
 from .atomic import atomic_output, check_destination
 from .container import StreamingWriter
+from .hf_checkpoint import HfCheckpointPlan, add_tied_aliases, hf_checkpoint_plan, write_hf_entry
 from .layers import state_dict_layer_entry
 from .manifest import dump_manifest, new_manifest
 from .progress import Progress
@@ -102,7 +104,8 @@ def quantize_checkpoint(src, dst, dtype=None, *, symmetric: Optional[bool] = Non
     with open_checkpoint(src) as reader:
         if reader.is_mono_quant():
             raise CheckpointError(f"{src} is already a mono-quant file; quantize the float checkpoint instead")
-        report = _write(reader, src, dst, cfg, overwrite, progress, measure_error)
+        check_patterns_match(cfg, layer_names_of_keys(reader.keys()))
+        report = _write(reader, src, dst, cfg, overwrite, progress, measure_error, hf_checkpoint_plan(src))
     return QuantizationResult(None, report.skipped, report, cfg, path=Path(dst))
 
 
@@ -120,7 +123,7 @@ def _check_checkpoint_options(cfg: QuantConfig) -> None:
 
 
 def _write(reader: CheckpointReader, src, dst, cfg: QuantConfig, overwrite: bool, progress: bool,
-           measure_error: bool) -> Report:
+           measure_error: bool, hf_plan: HfCheckpointPlan) -> Report:
     """Quantize every tensor of ``reader`` into ``dst`` (atomically); the report."""
     report = Report()
     manifest = new_manifest("state_dict", cfg)
@@ -132,10 +135,13 @@ def _write(reader: CheckpointReader, src, dst, cfg: QuantConfig, overwrite: bool
                                                         part_bytes=_PART_BYTES) as writer:
                 for key, tensor in reader.items():
                     report.model_bytes_before += tensor_bytes(tensor)
-                    _write_entry(key, tensor, cfg, writer, reader, src, report, manifest, measure_error)
+                    if not write_hf_entry(hf_plan, _write_entry, key, tensor, cfg, writer, reader, src, report,
+                                          manifest, measure_error):
+                        _write_entry(key, tensor, cfg, writer, reader, src, report, manifest, measure_error)
                     bar.update(tensor_bytes(tensor), key)
                     del tensor
                 manifest["skipped"] = [list(s) for s in report.skipped]
+                report.tied = add_tied_aliases(hf_plan, keys, manifest)  # an HF folder's tied names: kept tied
                 writer.finish(dump_manifest(manifest))
     finally:
         bar.close()
@@ -143,9 +149,11 @@ def _write(reader: CheckpointReader, src, dst, cfg: QuantConfig, overwrite: bool
 
 
 def _write_entry(key: str, tensor: torch.Tensor, cfg: QuantConfig, writer: StreamingWriter,
-                 reader: CheckpointReader, src, report: Report, manifest: dict, measure_error: bool) -> None:
-    """Quantize (or copy) one entry into ``writer``; record it in the report and the manifest."""
-    streamed = _streams(key, tensor, cfg)
+                 reader: CheckpointReader, src, report: Report, manifest: dict, measure_error: bool,
+                 streamable: bool = True) -> None:
+    """Quantize (or copy) one entry into ``writer``; record it in the report and the manifest.
+    ``streamable=False``: ``tensor`` is not the reader's (a transposed copy), so it is never re-read in parts."""
+    streamed = _streams(key, tensor, cfg) if streamable else None
     if streamed is not None:
         stream, name = streamed
         layer, own = stream(key, tensor, name, cfg, writer, reader, measure_error)

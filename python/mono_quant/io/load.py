@@ -16,6 +16,7 @@ from ..modules import QuantizedLinear
 from ..modules.registry import qmodule_for
 from .container import read_header
 from .errors import CheckpointError
+from .skeleton import materialize_non_persistent_buffers
 from .manifest import check_against_header, layer_key, parse_manifest, quantized_class
 from .rebuild import (check_weight_shape, dequantize_layer, is_uninitialized, packed_int8_layer, packed_linear,
                       rebuild_saved, stored_weight)
@@ -226,6 +227,7 @@ class QuantizedStateDict(Mapping):
         if "" in replaced_paths:
             return memo[id(model)]
         qmodel = copy.deepcopy(model, memo)
+        materialize_non_persistent_buffers(qmodel, model, where)  # rotary inv_freq, position_ids, ...
         _warn_meta(qmodel)
         return qmodel
 
@@ -236,7 +238,7 @@ class QuantizedStateDict(Mapping):
         if type(float_module) is not cls.float_type:
             raise CheckpointError(f"layer {name!r} is a {type(float_module).__name__} in the model, the checkpoint "
                                   f"has a quantized {cls.float_type.__name__}")
-        check_weight_shape(layer, float_module, name)
+        check_weight_shape(layer, float_module, name, getattr(cls, "float_weight_shape", None))
         return rebuild_saved(layer, self.layer_tensors(layer)), []
 
     def _build_state_dict_layer(self, layer, float_module: nn.Module) -> Tuple[nn.Module, List[str]]:
@@ -252,10 +254,10 @@ class QuantizedStateDict(Mapping):
         if cls is None:
             raise CheckpointError(f"layer {name!r} is quantized in the checkpoint but is a "
                                   f"{type(float_module).__name__} in the model, which mono-quant does not replace")
-        check_weight_shape(layer, float_module, name)
-        if cls is QuantizedLinear and packed_int8_layer(layer, own):
+        check_weight_shape(layer, float_module, name, getattr(cls, "float_weight_shape", None))
+        if issubclass(cls, QuantizedLinear) and packed_int8_layer(layer, own):
             # the file's packed buffers as they are: no unpacking and packing again
-            qmodule = packed_linear(layer, own, float_module, name)
+            qmodule = packed_linear(layer, own, float_module, name, cls)
         else:
             stored = stored_weight(layer, own, float_module.weight.dtype)
             qmodule = cls.from_float(float_module, stored)

@@ -26,11 +26,13 @@ def is_uninitialized(t) -> bool:
     return isinstance(t, nn.parameter.UninitializedTensorMixin)
 
 
-def check_weight_shape(layer, float_module: nn.Module, name: str) -> None:
+def check_weight_shape(layer, float_module: nn.Module, name: str, float_shape=None) -> None:
+    # float_shape: the float layer's weight shape for a quantized class that stores it otherwise (GPT-2 Conv1D)
+    expected = layer["shape"] if float_shape is None else float_shape(layer["shape"])
     weight = getattr(float_module, "weight", None)
-    if isinstance(weight, torch.Tensor) and not is_uninitialized(weight) and list(weight.shape) != layer["shape"]:
+    if isinstance(weight, torch.Tensor) and not is_uninitialized(weight) and list(weight.shape) != expected:
         raise CheckpointError(f"layer {name!r} has weight shape {list(weight.shape)} in the model, "
-                              f"{layer['shape']} in the checkpoint")
+                              f"{expected} in the checkpoint")
 
 
 def rebuild_saved(layer, own: Dict[str, torch.Tensor]) -> nn.Module:
@@ -52,7 +54,8 @@ def packed_int8_layer(layer, own: Mapping[str, torch.Tensor]) -> bool:
     return fmt is not None and fmt.takes_packed_file_layer(layer, own)
 
 
-def packed_linear(layer, own: Dict[str, torch.Tensor], float_module: nn.Module, name: str) -> nn.Module:
+def packed_linear(layer, own: Dict[str, torch.Tensor], float_module: nn.Module, name: str,
+                  cls=QuantizedLinear) -> nn.Module:
     """A packed per-channel int8 Linear of a state_dict-kind file, its buffers checked
     (:func:`check_packed_int8`) and used as they are: what from_float would rebuild."""
     n, _ = layer["shape"]
@@ -64,8 +67,8 @@ def packed_linear(layer, own: Dict[str, torch.Tensor], float_module: nn.Module, 
     problem = check_packed_int8(own["weight_packed"], own["weight_colsum"], own["weight_packed_info"], layer["shape"])
     if problem:
         raise CheckpointError(f"layer {name!r}: bad packed int8 weight: {problem}")
-    return QuantizedLinear.from_packed_int8(float_module, scale.reshape(n), zero_point.reshape(n),
-                                            {b: own[b] for b in PACKED_BUFFERS}, layer["scheme"] == "symmetric")
+    return cls.from_packed_int8(float_module, scale.reshape(n), zero_point.reshape(n),
+                                {b: own[b] for b in PACKED_BUFFERS}, layer["scheme"] == "symmetric")
 
 
 def stored_weight(layer, own: Dict[str, torch.Tensor], orig_dtype: torch.dtype):
@@ -99,6 +102,8 @@ def _saved_layer_weight(layer, own, orig: torch.dtype, target: torch.dtype):
 def _state_dict_layer_weight(layer, own, orig: torch.dtype, target: torch.dtype):
     stored = stored_weight(layer, own, orig)
     weight = stored.dequantize(target) if isinstance(stored, QuantizedWeight) else stored.to(target)
+    if layer.get("type") == "Conv1D":  # GPT-2's Conv1D was quantized as [out, in]: back to its [in, out]
+        weight = weight.t().contiguous()
     return weight, None  # a state_dict layer's bias is a separate entry
 
 

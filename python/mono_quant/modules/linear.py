@@ -10,6 +10,7 @@ from ..formats import ACTIVATION_MODES, format_of
 from ..formats.layer_cache import SMALL_WEIGHT_ELEMENTS, float_weight, kernel_args
 from ..formats.packed_linear import BLAS_MIN_ROWS, blas_min_rows, dequantized_packed, packed_linear
 from ..packing import can_pack, pack_int8_linear
+from .input_checks import check_float_input
 from .registry import QuantizedModule, register_qmodule
 
 # the packed-int8 helpers keep their old import path here (they live in mono_quant.formats)
@@ -79,6 +80,7 @@ class QuantizedLinear(QuantizedModule):
         self.activations = activations
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        check_float_input(x, type(self).__name__)
         return self.format.linear(self, x)
 
     def extra_repr(self) -> str:

@@ -12,9 +12,13 @@ from ..formats import FORMATS, WeightFormat, get_format
 from ..qtypes import QType, get_qtype
 from ..tensor import QuantizedWeight
 
-__all__ = ["QuantizedModule", "register_qmodule", "qmodule_for", "QMODULES"]
+__all__ = ["QuantizedModule", "register_qmodule", "register_qmodule_by_name", "qmodule_for", "QMODULES",
+           "QMODULES_BY_NAME"]
 
 QMODULES: Dict[Type[nn.Module], Type["QuantizedModule"]] = {}
+# float types of optional packages (transformers' Conv1D), keyed "module.QualName" so that
+# mono_quant never imports the package itself
+QMODULES_BY_NAME: Dict[str, Type["QuantizedModule"]] = {}
 
 
 def register_qmodule(float_type: Type[nn.Module]) -> Callable:
@@ -28,10 +32,25 @@ def register_qmodule(float_type: Type[nn.Module]) -> Callable:
     return wrap
 
 
+def register_qmodule_by_name(qualified_name: str) -> Callable:
+    """Class decorator for a float type of an optional package, named
+    ``"package.module.ClassName"``: matched by name, never imported here."""
+
+    def wrap(cls):
+        QMODULES_BY_NAME[qualified_name] = cls
+        return cls
+
+    return wrap
+
+
 def qmodule_for(module: nn.Module) -> Optional[Type["QuantizedModule"]]:
     """The quantized class for this module's exact type (subclasses may have
     their own forward, or be read directly by a parent, so they don't match)."""
-    return QMODULES.get(type(module))
+    cls = type(module)
+    found = QMODULES.get(cls)
+    if found is None and QMODULES_BY_NAME:
+        found = QMODULES_BY_NAME.get(f"{cls.__module__}.{cls.__qualname__}")
+    return found
 
 
 class QuantizedModule(nn.Module):

@@ -1,0 +1,3 @@
+"""Integrations with other libraries, each imported only when used
+(``mono_quant.integrations.transformers`` needs the ``transformers`` package)."""
+__all__: list = []

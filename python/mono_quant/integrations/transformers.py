@@ -1,0 +1,262 @@
+"""mono-quant as a Hugging Face ``transformers`` quantization method.
+
+    from mono_quant.integrations.transformers import MonoQuantConfig
+    model = AutoModelForCausalLM.from_pretrained(path, quantization_config=MonoQuantConfig(dtype="int8"))
+    model.save_pretrained("out")                          # the quantized buffers + the layer list in config.json
+    again = AutoModelForCausalLM.from_pretrained("out")   # the same quantized model, bit for bit
+
+Importing this module registers ``quant_method="mono_quant"`` through
+transformers' public hooks (``register_quantization_config`` /
+``register_quantizer``); it must be imported before ``from_pretrained`` of a
+saved folder (``mono_quant.MonoQuantConfig`` imports it too).
+
+- Quantizing while loading: the float weights load as usual, then
+  :func:`mono_quant.quantize` with the config's options replaces the layers in
+  place (what ``quantize(model)`` gives, layer for layer).
+- A saved quantized folder: before the weights are read, the layers listed in
+  ``quantization_config.layers`` (class, constructor arguments, tensor specs:
+  the manifest entries :func:`mono_quant.save` writes) are replaced by empty
+  quantized modules that transformers fills from the safetensors files; each
+  layer is then validated as :func:`mono_quant.load` validates a file.
+"""
+from __future__ import annotations
+
+from typing import Any, Dict, List, Optional
+
+import torch
+from torch import nn
+from transformers.quantizers.auto import (AUTO_QUANTIZATION_CONFIG_MAPPING, AUTO_QUANTIZER_MAPPING,
+                                          register_quantization_config, register_quantizer)
+from transformers.quantizers.base import HfQuantizer
+from transformers.utils.quantization_config import QuantizationConfigMixin
+
+from ..io.errors import CheckpointError
+from ..io.layers import module_layer_entry, own_tensors
+from ..io.manifest import quantized_class
+from ..io.validate import check_layer
+from ..io.dtypes import dtype_from_name
+from ..modules.registry import QuantizedModule
+
+__all__ = ["MonoQuantConfig", "MonoQuantHfQuantizer", "QUANT_METHOD"]
+
+QUANT_METHOD = "mono_quant"
+# options of quantize() a config carries (JSON values only: include / exclude are name globs)
+_OPTIONS = ("dtype", "symmetric", "granularity", "group_size", "method", "activations", "include", "exclude",
+            "min_weight_numel", "embeddings")
+
+
+class MonoQuantConfig(QuantizationConfigMixin):
+    """The options of :func:`mono_quant.quantize` as a transformers quantization config.
+
+    Args:
+        dtype: "int8" (default), "uint8", "int4", "fp16" or "bf16".
+        activations: int8 only: "dynamic" (the default when None) or "weight_only".
+        group_size: int4 only: columns per group (default 128 when None), 0 for one
+            group per output channel.
+        method: int4 rounding ("rtn", "mse", "hqq").
+        include / exclude: module-name globs (types cannot go in a JSON config).
+        symmetric, granularity, min_weight_numel, embeddings: as for quantize().
+        layers: Filled in when the model is quantized: the manifest entry of each
+            quantized layer, from which a saved folder is rebuilt.  Leave it unset.
+
+    Raises:
+        ConfigError: An invalid option (checked as quantize() checks it).
+    """
+
+    def __init__(self, dtype: str = "int8", *, activations: Optional[str] = None, group_size: Optional[int] = None,
+                 method: Optional[str] = None, include: Optional[List[str]] = None,
+                 exclude: Optional[List[str]] = None, symmetric: Optional[bool] = None,
+                 granularity: Optional[str] = None, min_weight_numel: Optional[int] = None,
+                 embeddings: Optional[bool] = None, layers: Optional[List[Dict[str, Any]]] = None, **kwargs):
+        self.quant_method = QUANT_METHOD
+        self.dtype, self.activations, self.group_size, self.method = dtype, activations, group_size, method
+        self.include, self.exclude = include, exclude
+        self.symmetric, self.granularity, self.min_weight_numel = symmetric, granularity, min_weight_numel
+        self.embeddings = embeddings
+        self.layers = layers
+        for name in ("include", "exclude"):
+            value = getattr(self, name)
+            if value is not None and not (isinstance(value, list) and all(isinstance(p, str) for p in value)):
+                raise TypeError(f"MonoQuantConfig({name}=...) takes a list of module-name globs, got {value!r}")
+        self.quantize_options()  # validated now, not at the end of a long load
+
+    def quantize_options(self) -> Dict[str, Any]:
+        """Keyword arguments of :func:`mono_quant.quantize` (validated; raises ConfigError)."""
+        from ..config import DEFAULT, QuantConfig, resolve_options
+
+        options = {name: getattr(self, name) for name in _OPTIONS}
+        # JSON has no "unset": None is the default here, as in a config file ("weight_only", 0 per channel)
+        options["activations"] = DEFAULT if self.activations is None else self.activations
+        options["group_size"] = DEFAULT if self.group_size is None else (self.group_size or None)
+        resolve_options(QuantConfig(), **options)
+        return {**options, "config": QuantConfig()}  # never a config file of the working directory
+
+    def to_dict(self) -> Dict[str, Any]:
+        return {"quant_method": QUANT_METHOD, **{name: getattr(self, name) for name in _OPTIONS},
+                "layers": self.layers}
+
+
+class MonoQuantHfQuantizer(HfQuantizer):
+    """The transformers quantizer of ``quant_method="mono_quant"`` (see the module doc)."""
+
+    requires_calibration = False
+
+    def __init__(self, quantization_config: MonoQuantConfig, **kwargs):
+        super().__init__(quantization_config, **kwargs)
+        if self.pre_quantized and not quantization_config.layers:
+            raise CheckpointError("the model's quantization_config (quant_method 'mono_quant') lists no quantized "
+                                  "layers: it was not saved from a mono-quant model")
+
+    def validate_environment(self, *args, **kwargs):
+        device_map = kwargs.get("device_map")
+        if isinstance(device_map, dict) and {str(d) for d in device_map.values()} - {"cpu"}:
+            raise ValueError("mono-quant models load on the CPU (device_map={'': 'cpu'} or none); its kernels are CPU "
+                             "kernels (a CUDA tensor runs torch's fallback)")
+
+    def update_dtype(self, dtype):
+        return torch.float32 if dtype is None else dtype
+
+    def is_serializable(self, *args, **kwargs):
+        return True
+
+    @property
+    def is_trainable(self):
+        return False
+
+    def _process_model_before_weight_loading(self, model, **kwargs):
+        if not self.pre_quantized:
+            return model
+        _check_files(self.quantization_config.layers, kwargs.get("checkpoint_files") or [])
+        modules = dict(model.named_modules(remove_duplicate=False))
+        for entry in self.quantization_config.layers:
+            empty = _empty_quantized_module(entry)
+            for name in [entry["name"]] + list(entry.get("aliases", [])):
+                float_module = modules.get(name)
+                if float_module is None:
+                    raise CheckpointError(f"quantization_config lists layer {name!r}, which the model does not have")
+                cls = type(empty)
+                if type(float_module) is not cls.float_type:
+                    raise CheckpointError(f"layer {name!r} is a {type(float_module).__name__} in the model, "
+                                          f"the checkpoint has a quantized {cls.float_type.__name__}")
+                _set_module(model, name, empty)
+                _skip_parent_init(model, name)
+        return model
+
+    def _process_model_after_weight_loading(self, model, **kwargs):
+        if self.pre_quantized:
+            _check_loaded_layers(model, self.quantization_config.layers)
+            return model
+        from .. import quantize
+
+        options = self.quantization_config.quantize_options()
+        if options["embeddings"] and _has_tied_head(model):
+            raise ValueError(
+                f"MonoQuantConfig(embeddings=True) on {type(model).__name__}, whose output head is tied to its input "
+                f"embeddings: transformers re-ties them on every load, which a quantized table can't take. Use "
+                f"embeddings=False (the head stays float and tied), or mono_quant.quantize(model, embeddings=True) "
+                f"with mono_quant.save / load")
+        result = quantize(model, **options)
+        entries = []
+        seen = set()
+        names_of: Dict[int, List[str]] = {}
+        for name, m in result.model.named_modules(remove_duplicate=False):
+            if isinstance(m, QuantizedModule):
+                names_of.setdefault(id(m), []).append(name)
+        for name, m in result.model.named_modules(remove_duplicate=False):
+            if isinstance(m, QuantizedModule):
+                _set_module(model, name, m)
+                if id(m) not in seen:
+                    seen.add(id(m))
+                    entries.append(module_layer_entry(m, names_of[id(m)]))
+        self.quantization_config.layers = entries
+        model.mono_quant_report = result.report
+        return model
+
+
+def _has_tied_head(model: nn.Module) -> bool:
+    get_in, get_out = getattr(model, "get_input_embeddings", None), getattr(model, "get_output_embeddings", None)
+    head, table = (get_out() if get_out else None), (get_in() if get_in else None)
+    return head is not None and table is not None and getattr(head, "weight", None) is getattr(table, "weight", 0)
+
+
+def _empty_quantized_module(entry: Dict[str, Any]) -> nn.Module:
+    """A quantized module of a manifest entry, its tensors allocated (uninitialized) for
+    transformers to fill.  Raises CheckpointError for an entry that doesn't describe one."""
+    try:
+        cls = quantized_class(entry["class"])
+        tensors = {local: torch.empty(spec["shape"], dtype=dtype_from_name(spec["dtype"]))
+                   for local, spec in entry["tensors"].items()}
+        return cls.from_saved(entry["init_kwargs"], entry["attrs"], tensors)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise CheckpointError(f"quantization_config layer {entry.get('name')!r}: cannot rebuild it: {exc}") from None
+
+
+def _check_files(layers: List[Dict[str, Any]], files) -> None:
+    """Every tensor the layers need is in the safetensors files, with its dtype and shape:
+    transformers would otherwise fill a missing one with an uninitialized tensor."""
+    from ..io.container import read_header
+    from ..io.dtypes import dtype_name
+
+    files = [f for f in files if str(f).endswith(".safetensors")]
+    if not files:
+        return
+    found: Dict[str, Any] = {}
+    for path in files:
+        found.update(read_header(path).tensors)
+    problems = []
+    for entry in layers:
+        for local, spec in entry.get("tensors", {}).items():
+            key = f"{entry['name']}.{local}" if entry["name"] else local
+            have = found.get(key)
+            if have is None:
+                problems.append(f"{key} is missing")
+            elif dtype_name(have.dtype) != spec.get("dtype") or list(have.shape) != list(spec.get("shape", ())):
+                problems.append(f"{key} is {dtype_name(have.dtype)}{list(have.shape)} in the file, "
+                                f"{spec.get('dtype')}{spec.get('shape')} in quantization_config")
+    if problems:
+        raise CheckpointError(f"the checkpoint does not match its quantization_config: {'; '.join(problems[:10])}"
+                              f"{' ...' if len(problems) > 10 else ''}")
+
+
+def _check_loaded_layers(model: nn.Module, layers: List[Dict[str, Any]]) -> None:
+    """Validate each loaded quantized layer as mono_quant.load validates a file's."""
+    from ..packing import check_packed_module
+
+    modules = dict(model.named_modules(remove_duplicate=False))
+    for entry in layers:
+        module = modules[entry["name"]]
+        check_layer("model", entry, own_tensors(module), "")
+        if "weight_packed" in module._buffers:
+            problem = check_packed_module(module)
+            if problem:
+                raise CheckpointError(f"layer {entry['name']!r}: bad packed int8 weight: {problem}")
+
+
+def _skip_parent_init(model: nn.Module, name: str) -> None:
+    """Spare the parent of a loaded quantized layer transformers' re-initialization when the
+    parent holds no tensor of its own: its ``_init_weights`` can then only rewrite its
+    children's weights (GPT-2 rescales ``c_proj.weight``), which are loaded, and a quantized
+    child has no float ``weight`` to rewrite.  Children are still visited one by one."""
+    parent_name = name.rpartition(".")[0]
+    parent = model.get_submodule(parent_name) if parent_name else model
+    if parent is not model and not parent._parameters and not parent._buffers:
+        parent._is_hf_initialized = True
+
+
+def _set_module(model: nn.Module, name: str, module: nn.Module) -> None:
+    parent_name, _, child = name.rpartition(".")
+    parent = model.get_submodule(parent_name) if parent_name else model
+    parent._modules[child] = module
+
+
+def register() -> None:
+    """Register the config and the quantizer with transformers (once)."""
+    if AUTO_QUANTIZATION_CONFIG_MAPPING.get(QUANT_METHOD) is not MonoQuantConfig:
+        AUTO_QUANTIZATION_CONFIG_MAPPING.pop(QUANT_METHOD, None)  # a reloaded module's older class
+        register_quantization_config(QUANT_METHOD)(MonoQuantConfig)
+    if AUTO_QUANTIZER_MAPPING.get(QUANT_METHOD) is not MonoQuantHfQuantizer:
+        AUTO_QUANTIZER_MAPPING.pop(QUANT_METHOD, None)
+        register_quantizer(QUANT_METHOD)(MonoQuantHfQuantizer)
+
+
+register()

@@ -1,0 +1,159 @@
+"""quantize_checkpoint() of a Hugging Face model folder: quantize what
+``quantize(model)`` would, so the output loads back into the HF class.
+
+Without a model a 2-D ``*.weight`` could be an embedding table or a GPT-2
+``Conv1D`` (weight ``[in, out]``) as well as a Linear's.  When ``src`` is a
+folder whose ``config.json`` names an architecture of the installed
+``transformers``, that architecture is built on the meta device (no weights)
+and gives each weight its treatment:
+
+(``src`` may also be a file of such a folder: its shards' index, or ``model.safetensors``.)
+
+- kept float, with the reason: embedding tables (quantize the model with
+  ``embeddings=True`` for those), layers mono-quant does not replace, and a
+  Linear whose weight is tied to a layer kept float (GPT-2's ``lm_head``);
+- transposed: a GPT-2 ``Conv1D`` weight is quantized as ``[out, in]`` (scales per
+  output feature, as ``quantize(model)`` does) and recorded as a "Conv1D" layer,
+  which ``load(dst, model=skeleton)`` rebuilds as QuantizedGPT2Conv1D.
+
+Tied weights the folder stores once (transformers drops ``lm_head.weight`` when
+it is tied) stay tied: load() maps the model's tied names to the one tensor.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Dict, Tuple
+
+import torch
+from torch import nn
+
+from ..entries import state_dict_entry_plan
+from ..modules import QuantizedConv2d, QuantizedGPT2Conv1D, QuantizedLinear, qmodule_for
+from ..report import SkippedLayer, tensor_bytes
+
+__all__ = ["HfCheckpointPlan", "hf_checkpoint_plan", "write_hf_entry", "add_tied_aliases"]
+
+log = logging.getLogger("mono_quant")
+
+
+@dataclass
+class HfCheckpointPlan:
+    """``keep_float``: key -> (module type, reason); ``transposed``: key -> module type
+    of weights stored ``[in, out]``; ``tied``: key -> the first key it shares its tensor with."""
+
+    keep_float: Dict[str, Tuple[str, str]] = field(default_factory=dict)
+    transposed: Dict[str, str] = field(default_factory=dict)
+    tied: Dict[str, str] = field(default_factory=dict)
+
+
+def hf_checkpoint_plan(src) -> HfCheckpointPlan:
+    """The plan for the HF folder ``src``; an empty plan when ``src`` is not one, or
+    transformers is not installed or cannot build its architecture."""
+    plan = HfCheckpointPlan()
+    model = _meta_model(Path(src))
+    if model is None:
+        return plan
+    owners: Dict[int, Tuple[str, nn.Module]] = {}
+    for name, m in model.named_modules(remove_duplicate=False):
+        weight = m._parameters.get("weight")
+        if weight is None or weight.dim() not in (2, 4):
+            continue
+        key = f"{name}.weight" if name else "weight"
+        first = owners.setdefault(id(weight), (key, m))
+        qcls = qmodule_for(m)
+        if first[0] != key:
+            plan.tied[key] = first[0]
+        if isinstance(m, nn.Embedding):
+            plan.keep_float[key] = (type(m).__name__, "embedding tables are quantized only with embeddings=True "
+                                                      "(quantize the model for that)")
+        elif qcls is None:
+            plan.keep_float[key] = (type(m).__name__, f"{type(m).__name__} is not a layer mono-quant replaces")
+        elif qcls is QuantizedGPT2Conv1D:
+            plan.transposed[key] = type(m).__name__
+        elif qcls not in (QuantizedLinear, QuantizedConv2d):
+            plan.keep_float[key] = (type(m).__name__, f"{type(m).__name__} is quantized by quantize(model) only")
+    for key, first in plan.tied.items():  # a layer tied to one kept float stays float (never a larger model)
+        if first in plan.keep_float and key not in plan.keep_float:
+            plan.keep_float[key] = (plan.transposed.get(key, "Linear"),
+                                    f"weight tied to {first[:-len('.weight')]!r}, which stays float")
+        if key in plan.keep_float and first not in plan.keep_float:
+            plan.keep_float[first] = (plan.transposed.get(first, "Linear"),
+                                      f"weight tied to {key[:-len('.weight')]!r}, which stays float")
+    return plan
+
+
+def write_hf_entry(plan: HfCheckpointPlan, write_entry, key: str, tensor: torch.Tensor, cfg, writer, reader, src,
+                   report, manifest: dict, measure_error: bool) -> bool:
+    """Write ``key`` as the plan says; False when the plan has nothing to say and the
+    caller's ``write_entry`` (checkpoint._write_entry, also used here on the transposed
+    copy, never streamed from the reader) does it."""
+    name = key[: -len(".weight")]
+    if key in plan.keep_float:
+        kind, reason = plan.keep_float[key]
+        writer.add(key, tensor)
+        report.model_bytes_after += tensor_bytes(tensor)
+        report.skipped.append(SkippedLayer(name, kind, reason))
+        return True
+    if key not in plan.transposed:
+        return False
+    entry = state_dict_entry_plan(key, tensor, cfg)
+    if entry is None or entry[2] is not None or not bool(torch.isfinite(tensor).all()):
+        return False  # left float as stored (non-finite weights: _write_entry raises or skips)
+    layers = len(report.layers)
+    write_entry(key, tensor.t().contiguous(), cfg, writer, reader, src, report, manifest, measure_error,
+                streamable=False)
+    if len(report.layers) > layers:  # quantized as the [out, in] Linear it is: recorded as its own type
+        report.layers[-1].type = manifest["layers"][-1]["type"] = plan.transposed[key]
+    return True
+
+
+def _meta_model(src: Path):
+    src = src if src.is_dir() else src.parent  # a folder, or one of its files (model.safetensors, the index)
+    if not (src / "config.json").is_file():
+        return None
+    try:
+        import transformers
+    except ImportError:
+        return None
+    try:
+        config = transformers.AutoConfig.from_pretrained(str(src), local_files_only=True)
+        arch = (getattr(config, "architectures", None) or [None])[0]
+        cls = getattr(transformers, arch, None) if isinstance(arch, str) else None
+        if cls is None:
+            log.warning("%s: config.json names no architecture of the installed transformers (%r); quantizing "
+                        "as a plain state_dict", src, arch)
+            return None
+        with torch.device("meta"):
+            return cls(config)
+    except Exception as exc:  # an architecture this transformers can't build: plain state_dict rules
+        log.warning("%s: cannot build the model from config.json (%s); quantizing as a plain state_dict", src, exc)
+        return None
+
+
+def add_tied_aliases(plan: HfCheckpointPlan, keys, manifest: dict) -> Dict[str, str]:
+    """Record in ``manifest`` each tied key the folder does not store (transformers saves a
+    tied tensor once) as an alias of the key it does store: a layer alias when that key was
+    quantized, else a tensor alias.  Returns {alias: stored key}."""
+    groups: Dict[str, list] = {}
+    for key, first in plan.tied.items():
+        groups.setdefault(first, [first]).append(key)
+    present = set(keys)
+    layers = {layer["name"] + ".weight": layer for layer in manifest["layers"]}
+    added: Dict[str, str] = {}
+    for group in groups.values():
+        stored = [k for k in group if k in present]
+        if not stored:
+            continue
+        for key in group:
+            if key in present:
+                continue
+            added[key] = stored[0]
+            if stored[0] in layers:
+                layers[stored[0]].setdefault("aliases", []).append(key[: -len(".weight")])
+            else:
+                manifest["tensor_aliases"][key] = stored[0]
+    if added:
+        log.info("tied weights stored once: %s", ", ".join(f"{a} -> {t}" for a, t in added.items()))
+    return added

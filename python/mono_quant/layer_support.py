@@ -1,0 +1,111 @@
+"""Which layers quantize() can replace beyond the exact registered types, how
+their weights are oriented for quantization, and why others stay float.
+
+- A user's subclass of a supported type (``class MyLinear(nn.Linear)``) is
+  replaced only when opted in by type: ``include=[MyLinear]`` (its own
+  forward, if any, is then replaced by the quantized base type's).
+- GPT-2's ``Conv1D`` stores its weight ``[in, out]`` and nn.Conv1d ``[out,
+  in, k]``: the weight is quantized in the orientation of the module that
+  replaces it (``[out, in]``; ``[out, in, 1, k]``), so scales are per output
+  feature as for nn.Linear / nn.Conv2d.
+- A Linear whose weight is tied to a layer left in float (GPT-2's ``lm_head``
+  and ``wte`` without ``embeddings=True``) stays float with a warning: a
+  quantized copy beside the float original would make the model larger.
+"""
+from __future__ import annotations
+
+import warnings
+from typing import Dict, List, Optional, Tuple, Type
+
+import torch
+from torch import nn
+
+from .modules.conv1d import QuantizedConv1d, conv2d_weight_of
+from .modules.gpt2_conv1d import QuantizedGPT2Conv1D, linear_weight_of
+from .modules.registry import QMODULES, QuantizedModule, qmodule_for
+from .report import SkippedLayer
+
+__all__ = ["qmodule_for_selected", "weight_to_quantize", "known_unsupported_reason", "drop_tied_to_float",
+           "TiedWeightWarning"]
+
+
+class TiedWeightWarning(UserWarning):
+    """A layer stayed float because its weight is tied to a layer that stays float."""
+
+
+def qmodule_for_selected(module: nn.Module, cfg) -> Optional[Type[QuantizedModule]]:
+    """The quantized class for ``module``: its exact type's, or, for a subclass of a
+    supported type that ``cfg.include`` names by type (a class that is not itself a
+    supported float type: ``include=[nn.Linear]`` does not opt in subclasses), the
+    base type's.  nn.MultiheadAttention's ``out_proj`` is never opted in."""
+    found = qmodule_for(module)
+    if found is not None or not cfg.include or known_unsupported_reason(module) is not None:
+        return found
+    for pattern in cfg.include:
+        if isinstance(pattern, type) and pattern not in QMODULES and isinstance(module, pattern):
+            for float_type in type(module).__mro__[1:]:
+                if float_type in QMODULES:
+                    return QMODULES[float_type]
+    return None
+
+
+def weight_to_quantize(module: nn.Module, weight: torch.Tensor, qcls, keep: dict) -> torch.Tensor:
+    """``weight`` in the orientation ``qcls`` stores.  A view made here is kept in ``keep``
+    (the caller's per-call cache) so one weight always gives the same view object (tied
+    layers share their quantized weight by the view's id, which must not be reused)."""
+    if qcls is QuantizedGPT2Conv1D:
+        make = linear_weight_of
+    elif qcls is QuantizedConv1d:
+        make = conv2d_weight_of
+    else:
+        return weight
+    key = ("oriented view", id(weight), qcls.__name__)
+    if key not in keep:
+        keep[key] = (make(module, weight) if make is linear_weight_of else make(weight), weight)
+    return keep[key][0]
+
+
+_RNN_REASON = ("recurrent layers are not quantized (mono-quant has no quantized LSTM/GRU cell; torch.ao's "
+               "dynamic ones are deprecated): kept float")
+
+
+def known_unsupported_reason(module: nn.Module) -> Optional[str]:
+    """Why a weight-bearing layer of a well-known type stays float, or None."""
+    if isinstance(module, nn.modules.linear.NonDynamicallyQuantizableLinear):
+        return ("out_proj of nn.MultiheadAttention: F.multi_head_attention_forward reads its weight "
+                "directly, so a quantized module would not be called: kept float")
+    if isinstance(module, nn.MultiheadAttention):
+        return ("nn.MultiheadAttention: F.multi_head_attention_forward reads in_proj_weight directly "
+                "(no quantized path): kept float")
+    if isinstance(module, nn.RNNBase):
+        return _RNN_REASON
+    return None
+
+
+def drop_tied_to_float(targets: List[Tuple[str, nn.Module]], skipped: List[SkippedLayer],
+                       modules: Dict[int, nn.Module], names_of: Dict[int, List[str]]) -> List[Tuple[str, nn.Module]]:
+    """``targets`` less the layers whose weight is also a parameter of a module that stays
+    float (each added to ``skipped``, and one TiedWeightWarning for them all)."""
+    chosen = {id(m) for _, m in targets}
+    float_owner: Dict[int, Tuple[str, nn.Module]] = {}
+    for key, m in modules.items():
+        if key not in chosen:
+            for p in m.parameters(recurse=False):
+                float_owner.setdefault(id(p), (names_of[key][0], m))
+    kept, dropped = [], []
+    for name, m in targets:
+        weight = getattr(m, "weight", None)
+        owner = float_owner.get(id(weight)) if isinstance(weight, torch.Tensor) else None
+        if owner is None:
+            kept.append((name, m))
+            continue
+        dropped.append(name)
+        skipped.append(SkippedLayer(name, type(m).__name__,
+                                    f"weight tied to {owner[0]!r} ({type(owner[1]).__name__}), which stays float: "
+                                    f"a quantized copy would make the model larger (quantize both, e.g. with "
+                                    f"embeddings=True, to quantize it)"))
+    if dropped:
+        warnings.warn(f"{len(dropped)} layer(s) kept float because their weight is tied to a layer that stays "
+                      f"float ({', '.join(repr(d) for d in dropped[:5])}); see the skipped list",
+                      TiedWeightWarning, stacklevel=4)
+    return kept

@@ -1,0 +1,63 @@
+"""QuantizedConv1d: replaces nn.Conv1d (audio front ends, 1-D CNNs).
+
+A Conv1d is the Conv2d of height 1: its weight ``[out, in/groups, k]`` is
+quantized as ``[out, in/groups, 1, k]`` (scales per output channel, as for
+nn.Conv2d) and forward runs QuantizedConv2d on the input viewed as
+``[N, C, 1, L]``.  So every QuantizedConv2d path (packed dynamic int8,
+weight-only, int4 / fp16 / bf16 through ``F.conv2d``) serves 1-D convs too.
+"""
+from __future__ import annotations
+
+from typing import List
+
+import torch
+from torch import nn
+
+from .conv import QuantizedConv2d
+from .registry import register_qmodule
+
+__all__ = ["QuantizedConv1d", "conv2d_weight_of"]
+
+
+@register_qmodule(nn.Conv1d)
+class QuantizedConv1d(QuantizedConv2d):
+    """A Conv1d stored and run as the height-1 QuantizedConv2d.  Inputs are
+    ``[N, C, L]`` or unbatched ``[C, L]``, as for nn.Conv1d."""
+
+    @classmethod
+    def from_float(cls, module: nn.Conv1d, weight, activations="dynamic") -> "QuantizedConv1d":
+        """``weight`` is the quantized (or cast) form of ``conv2d_weight_of(module.weight)``."""
+        return super().from_float(_Conv2dView(module), weight, activations)
+
+    @staticmethod
+    def float_weight_shape(shape: List[int]) -> List[int]:
+        """The float Conv1d's weight shape for this module's stored (height-1) ``shape``."""
+        return [shape[0], shape[1], shape[3]]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() not in (2, 3):
+            raise RuntimeError(f"Expected 2D (unbatched) or 3D (batched) input to conv1d, but got input of size: "
+                               f"{list(x.shape)}")
+        unbatched = x.dim() == 2
+        y = super().forward((x.unsqueeze(0) if unbatched else x).unsqueeze(2)).squeeze(2)
+        return y.squeeze(0) if unbatched else y
+
+
+class _Conv2dView:
+    """What QuantizedConv2d.from_float reads of a float Conv2d, for a Conv1d."""
+
+    def __init__(self, module: nn.Conv1d):
+        self.in_channels, self.out_channels, self.groups = module.in_channels, module.out_channels, module.groups
+        self.kernel_size = (1, module.kernel_size[0])
+        self.stride = (1, module.stride[0])
+        self.padding = module.padding if isinstance(module.padding, str) else (0, module.padding[0])
+        self.dilation = (1, module.dilation[0])
+        self.padding_mode = module.padding_mode
+        left, right = module._reversed_padding_repeated_twice
+        self._reversed_padding_repeated_twice = [left, right, 0, 0]  # F.pad order: (left, right, top, bottom)
+        self.weight, self.bias, self.training = module.weight, module.bias, module.training
+
+
+def conv2d_weight_of(weight: torch.Tensor) -> torch.Tensor:
+    """The height-1 ``[out, in/groups, 1, k]`` view of a Conv1d weight, the one quantized."""
+    return weight.unsqueeze(2)

@@ -1,0 +1,120 @@
+"""quantize()'s refusals and warnings for calls that would otherwise do nothing
+silently: include / exclude patterns that match no layer, a model with nothing
+to quantize, and a model (or state_dict) that is already quantized."""
+from __future__ import annotations
+
+import fnmatch
+import warnings
+from typing import Iterable, List, Mapping, Sequence
+
+from torch import nn
+
+from .errors import AlreadyQuantizedError, ConfigError
+from .modules.registry import QuantizedModule
+
+__all__ = ["refuse_quantized_model", "refuse_quantized_state_dict", "check_patterns_match", "layer_names_of_keys",
+           "warn_if_nothing_quantized", "warn_if_larger", "NothingQuantizedWarning", "LargerModelWarning",
+           "UnmatchedPatternWarning", "QUANTIZED_SUFFIXES"]
+
+# the integer weight of a mono-quant layer (beside it: weight_scale and weight_zero_point)
+QUANTIZED_SUFFIXES = ("weight_qdata", "weight_packed")
+
+
+class UnmatchedPatternWarning(UserWarning):
+    """An include / exclude pattern from a config file matches no layer (the same pattern
+    given as an argument raises ConfigError)."""
+
+
+class LargerModelWarning(UserWarning):
+    """The quantized model takes more bytes than the float one (layers too small for
+    the format's scales and packing)."""
+
+
+class NothingQuantizedWarning(UserWarning):
+    """quantize() found no layer to quantize: the result is the float model."""
+
+
+def refuse_quantized_model(model: nn.Module) -> None:
+    """Raise AlreadyQuantizedError when ``model`` holds a mono-quant quantized module."""
+    for name, m in model.named_modules():
+        if isinstance(m, QuantizedModule):
+            raise AlreadyQuantizedError(
+                f"the model is already quantized ({name or '<root>'!r} is a {type(m).__name__}, "
+                f"{m.weight_format}): quantize the float model instead (quantizing again would compound "
+                f"the error); to change the format, start again from the float weights")
+
+
+def refuse_quantized_state_dict(sd: Mapping) -> None:
+    """Raise AlreadyQuantizedError when ``sd`` holds a mono-quant layer's entries (an integer
+    weight with its ``weight_zero_point``; other formats' ``weight_scale`` alone don't count)."""
+    for key in sd:
+        if not isinstance(key, str):
+            continue
+        prefix, _, suffix = key.rpartition(".")
+        if suffix in QUANTIZED_SUFFIXES and (f"{prefix}.weight_zero_point" if prefix else "weight_zero_point") in sd:
+            raise AlreadyQuantizedError(f"the state_dict is already quantized by mono-quant (entry {key!r}): "
+                                        f"quantize the float state_dict instead")
+
+
+def check_patterns_match(cfg, names: Sequence[str], modules: Iterable[nn.Module] = ()) -> None:
+    """Raise ConfigError naming each ``include`` / ``exclude`` argument that matches none
+    of ``names`` (module names, or layer names of a state_dict) nor, for a type, any of
+    ``modules``: a typo there would otherwise quantize everything (or nothing) silently.
+    Entries from a config file only warn (UnmatchedPatternWarning).  TypeError for an
+    entry that is neither a str nor a type."""
+    modules = list(modules)
+    unmatched: List[str] = []
+    from_file: List[str] = []
+    for option in ("include", "exclude"):
+        for pattern in getattr(cfg, option) or ():
+            if not isinstance(pattern, (str, type)):
+                raise TypeError(f"include/exclude entries must be name globs (str) or module types, got {pattern!r}")
+            if isinstance(pattern, str):
+                hit = any(fnmatch.fnmatchcase(n, pattern) for n in names)
+                label = repr(pattern)
+            else:
+                hit = any(isinstance(m, pattern) for m in modules)
+                label = getattr(pattern, "__name__", repr(pattern))
+            if not hit:
+                source = cfg.source.get(option, "argument")
+                (unmatched if source == "argument" else from_file).append(f"{option}={label}")
+    if from_file:  # a config file is shared by the models of a project: one that has no such layer is fine
+        warnings.warn(f"{', '.join(from_file)} from the config file match no layer of this model",
+                      UnmatchedPatternWarning, stacklevel=4)
+    if unmatched:
+        shown = [n for n in names if n][:8]
+        raise ConfigError(f"{', '.join(unmatched)} match{'es' if len(unmatched) == 1 else ''} no layer of the "
+                          f"model: check the spelling (names look like {shown}{' ...' if len(names) > 9 else ''}; "
+                          f"globs use fnmatch: 'encoder.*', '*.q_proj')")
+
+
+def warn_if_nothing_quantized(report, skipped) -> None:
+    """Warn (NothingQuantizedWarning) when no layer was quantized, with the first reasons."""
+    if report.layers:
+        return
+    why = "; ".join(f"{s.name or '<root>'}: {s.reason}" for s in list(skipped)[:3])
+    warnings.warn("nothing was quantized: the result holds the float weights"
+                  + (f" ({len(skipped)} layer(s) skipped, e.g. {why})" if skipped else
+                     " (the model has no layer mono-quant replaces)"),
+                  NothingQuantizedWarning, stacklevel=4)
+
+
+def layer_names_of_keys(keys: Iterable[str]) -> List[str]:
+    """Every module path a state_dict's keys imply (``"a.b.weight"``: ``"a.b"`` and ``"a"``)."""
+    names = set()
+    for key in keys:
+        parts = key.split(".")[:-1]
+        for i in range(1, len(parts) + 1):
+            names.add(".".join(parts[:i]))
+    return sorted(names)
+
+
+def warn_if_larger(report) -> None:
+    """Warn (LargerModelWarning) when the quantized model takes more bytes than the float one."""
+    before, after = report.model_bytes_before, report.model_bytes_after
+    if report.layers and after > before:
+        small = min(report.layers, key=lambda r: r.bytes_before)
+        warnings.warn(f"the quantized model takes {after} bytes, more than the float model's {before}: its layers "
+                      f"are too small for the format's scales and packing (e.g. {small.name!r}, {small.bytes_before} "
+                      f"bytes float, {small.bytes_after} quantized); min_weight_numel= keeps small layers float",
+                      LargerModelWarning, stacklevel=4)

@@ -1,0 +1,105 @@
+"""MonoQuantConfig through transformers' from_pretrained / save_pretrained (tiny
+models from configs with random weights, saved to tmp folders: no downloads)."""
+import warnings
+
+import pytest
+import torch
+
+pytest.importorskip("transformers")
+import hf_models  # noqa: E402
+
+import mono_quant as mq  # noqa: E402
+
+def _cases():
+    for kind in ("bert", "gpt2", "llama"):
+        for dtype in ("int8", "int4", "fp16"):
+            yield pytest.param(kind, dtype, id=f"{kind}-{dtype}")
+
+
+@pytest.fixture(scope="module")
+def float_folders(tmp_path_factory):
+    root = tmp_path_factory.mktemp("hf")
+    out = {}
+    for kind in ("bert", "gpt2", "llama"):
+        model = hf_models.build(kind)
+        model.save_pretrained(root / kind)
+        out[kind] = (model, root / kind)
+    return out
+
+
+@pytest.mark.parametrize("kind,dtype", list(_cases()))
+def test_quantize_while_loading_then_save_and_reload(float_folders, tmp_path, kind, dtype):
+    model, folder = float_folders[kind]
+    cls = hf_models.model_class(kind)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        loaded = cls.from_pretrained(folder, quantization_config=mq.MonoQuantConfig(dtype=dtype))
+        expected = hf_models.forward(mq.quantize(model, dtype=dtype).model, kind)
+    assert torch.equal(hf_models.forward(loaded, kind), expected)  # what quantize(model) gives
+    loaded.save_pretrained(tmp_path / "q")
+    config = loaded.config.quantization_config.to_dict()
+    assert config["quant_method"] == "mono_quant" and config["layers"]
+    again = cls.from_pretrained(tmp_path / "q")
+    assert torch.equal(hf_models.forward(again, kind), expected)  # bit-identical after the round trip
+    assert sum(t.numel() * t.element_size() for t in again.state_dict().values()) < \
+        sum(t.numel() * t.element_size() for t in model.state_dict().values())
+
+
+def test_config_options_are_validated_and_serialized():
+    with pytest.raises(mq.ConfigError):
+        mq.MonoQuantConfig(dtype="int3")
+    with pytest.raises(TypeError, match="globs"):
+        mq.MonoQuantConfig(exclude=[torch.nn.Linear])
+    cfg = mq.MonoQuantConfig(dtype="int4", group_size=64, exclude=["lm_head"], activations=None)
+    again = type(cfg).from_dict(cfg.to_dict())
+    assert again.to_dict() == cfg.to_dict() and again.quantize_options()["group_size"] == 64
+
+
+def test_loading_a_non_mono_quant_config_fails_clearly():
+    from mono_quant.integrations.transformers import MonoQuantHfQuantizer
+
+    with pytest.raises(mq.CheckpointError, match="lists no quantized layers"):
+        MonoQuantHfQuantizer(mq.MonoQuantConfig(), pre_quantized=True)
+
+
+def test_package_imports_without_transformers():
+    import subprocess
+    import sys
+
+    code = ("import sys; sys.modules['transformers'] = None\n"
+            "import mono_quant, torch\n"
+            "mono_quant.quantize(torch.nn.Sequential(torch.nn.Linear(4, 4)))\n"
+            "assert 'transformers' not in [m for m in sys.modules if sys.modules[m] is not None]\n"
+            "assert not hasattr(mono_quant, 'MonoQuantConfig')\n")
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_embeddings_with_tied_head_is_refused_clearly(float_folders, tmp_path):
+    _, folder = float_folders["gpt2"]
+    with pytest.raises(ValueError, match="tied"):
+        hf_models.model_class("gpt2").from_pretrained(folder, quantization_config=mq.MonoQuantConfig(embeddings=True))
+
+
+def test_embeddings_quantized_while_loading_untied(float_folders, tmp_path):
+    model, folder = float_folders["llama"]
+    cls = hf_models.model_class("llama")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        loaded = cls.from_pretrained(folder, quantization_config=mq.MonoQuantConfig(dtype="int8", embeddings=True))
+        expected = hf_models.forward(mq.quantize(model, embeddings=True).model, "llama")
+    assert type(loaded.model.embed_tokens).__name__ == "QuantizedEmbedding"
+    loaded.save_pretrained(tmp_path / "e")
+    assert torch.equal(hf_models.forward(cls.from_pretrained(tmp_path / "e"), "llama"), expected)
+
+
+def test_saved_folder_missing_a_quantized_tensor_is_refused(float_folders, tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    _, folder = float_folders["llama"]
+    cls = hf_models.model_class("llama")
+    cls.from_pretrained(folder, quantization_config=mq.MonoQuantConfig(dtype="int4")).save_pretrained(tmp_path / "q")
+    tensors = load_file(str(tmp_path / "q" / "model.safetensors"))
+    del tensors["model.layers.0.mlp.up_proj.weight_scale"]
+    save_file(tensors, str(tmp_path / "q" / "model.safetensors"), metadata={"format": "pt"})
+    with pytest.raises(mq.CheckpointError, match="up_proj.weight_scale is missing"):
+        cls.from_pretrained(tmp_path / "q")
