@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .. import _C, kernels
+from .. import _C, kernels, torch_ops
 from ..packing import can_pack, pack_int8_linear
 from ..qtypes import QTYPES
 from .linear import (ACTIVATION_MODES, _format_of, _kernel_takes, _max_in_features, dequantized_packed, float_weight,
@@ -164,6 +164,8 @@ class QuantizedConv2d(QuantizedModule):
         return pixels * 8 <= self.out_channels
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if torch_ops.use_ops(x, self.bias):  # graph capture or autograd: the torch.library ops
+            return torch_ops.conv2d_forward(self, x)
         if self.weight_format in _PACKABLE_FORMATS:
             packed = kernel_args(self)
             if (packed is not None and x.dim() == 4 and not isinstance(self.padding, str)

@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .. import _C
+from .. import _C, torch_ops
 from ..kernels import num_threads, to_numpy
 from .registry import QuantizedModule, register_qmodule
 
@@ -47,6 +47,8 @@ class QuantizedEmbedding(QuantizedModule):
         return q
 
     def forward(self, indices: torch.Tensor) -> torch.Tensor:
+        if torch_ops.use_ops(indices):  # graph capture: the torch.library ops
+            return torch_ops.embedding_forward(self, indices)
         if self.qtype.kind != "int":
             return F.embedding(indices, self.weight).to(self.orig_dtype)
         if indices.dtype not in _INDEX_DTYPES:

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .. import _C, kernels
+from .. import _C, kernels, torch_ops
 from ..packing import can_pack, pack_int8_linear, packed_info, packed_sizes
 from ..qtypes import QTYPES
 from ..int4 import int4_linear
@@ -85,6 +85,8 @@ class QuantizedLinear(QuantizedModule):
         self.activations = activations
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if torch_ops.use_ops(x, self.bias):  # graph capture or autograd: the torch.library ops
+            return torch_ops.linear_forward(self, x)
         fmt = self.weight_format
         if fmt == "int4":  # packed weight streamed by the C kernels
             return int4_linear(x, self.quantized_weight(), self.bias)
@@ -143,7 +145,7 @@ def _max_in_features() -> int:
 # place (its _version moves) or moved to other memory (its data_ptr).  A weak map, not an attribute, so deepcopy
 # and state_dict never see it.
 _KERNEL_ARGS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
-_ARG_BUFFERS = ("weight_packed_info", "weight_packed", "weight_colsum", "weight_scale", "weight_zero_point", "bias")
+_ARG_BUFFERS = ("weight_packed_info", "weight_packed", "weight_colsum", "weight_scale", "weight_zero_point")
 
 
 def kernel_args(module: QuantizedModule):
@@ -153,10 +155,11 @@ def kernel_args(module: QuantizedModule):
     bufs = module._buffers
     # data_ptr too: .data = ... or share_memory_() swap a buffer's storage in place
     try:  # (every call of every layer comes here: one list comprehension, no helper calls)
-        key = tuple([(id(t), t._version, t.data_ptr()) if t is not None else None for t in map(bufs.get, _ARG_BUFFERS)])
+        key = tuple([(id(t), t._version, t.data_ptr()) if t is not None else None
+                     for t in (*map(bufs.get, _ARG_BUFFERS), module.bias)])  # bias: a Parameter
     except RuntimeError:  # a tensor made under torch.inference_mode has no version counter
         key = tuple([(id(t), _version(t), t.data_ptr()) if t is not None else None
-                     for t in map(bufs.get, _ARG_BUFFERS)])
+                     for t in (*map(bufs.get, _ARG_BUFFERS), module.bias)])
     cached = _KERNEL_ARGS.get(module)
     if cached is not None and cached[0] == key:
         return cached[1]
