@@ -341,7 +341,7 @@ def _isa() -> str:
 def dequantized_weight(module, dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """``module.dequantized_weight(dtype)`` built from ops and torch only (traceable)."""
     if module.qtype.kind != "int":
-        return module.weight.to(dtype)
+        return module._buffers["weight"].to(dtype)
     shape = tuple(module.weight_shape)
     qdata = module._buffers.get("weight_qdata")
     if module.weight_format == "int4":
@@ -385,7 +385,7 @@ def linear_forward(module, x: torch.Tensor) -> torch.Tensor:
     if fmt == "int4":
         return int4_linear_forward(module, x)
     if module.qtype.kind != "int":
-        w = module.weight
+        w = module._buffers["weight"]
         return F.linear(x, w.to(x.dtype).to(x.device), None if bias is None else bias.to(x.dtype))
     n, k = module.out_features, module.in_features
     if _takes(x, module, k):
@@ -439,7 +439,7 @@ def conv2d_forward(module, x: torch.Tensor) -> torch.Tensor:
     bias = m.bias
     if m.qtype.kind != "int":
         b = None if bias is None else bias.to(x.dtype)
-        return m._conv(x, m.weight.to(x.dtype).to(x.device), b)
+        return m._conv(x, m._buffers["weight"].to(x.dtype).to(x.device), b)
     k = m.in_channels // m.groups * m.kernel_size[0] * m.kernel_size[1]
     if (m.weight_format == "int8" and x.dim() == 4 and not isinstance(m.padding, str) and x.shape[1] == m.in_channels
             and _takes(x, m, x.shape[-1]) and k <= _max_in_features()):
@@ -464,7 +464,7 @@ def embedding_forward(module, indices: torch.Tensor) -> torch.Tensor:
     """QuantizedEmbedding.forward through the ops."""
     m = module
     if m.qtype.kind != "int":
-        return F.embedding(indices, m.weight).to(m.orig_dtype)
+        return F.embedding(indices, m._buffers["weight"]).to(m.orig_dtype)
     if indices.dtype not in (torch.int64, torch.int32):
         raise RuntimeError(f"embedding indices must be int64 or int32, got {indices.dtype}")
     group = _int4_group(m) if m.weight_format == "int4" else 0

@@ -181,7 +181,7 @@ class QuantizedConv2d(QuantizedModule):
             w = float_weight(self, self._weight_numel(), lambda: self.dequantized_weight(torch.float32)).to(x.device)
             b = None if self.bias is None else self.bias.float()
             return self._conv(x.float(), w, b).to(x.dtype)
-        w = self.weight
+        w = self._buffers["weight"]
         if w.dtype != x.dtype:
             w = w.to(x.dtype) if x.dtype != torch.float32 else float_weight(self, w.numel(), lambda: w.float())
         return self._conv(x, w.to(x.device), None if self.bias is None else self.bias.to(x.dtype))

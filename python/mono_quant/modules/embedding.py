@@ -50,7 +50,7 @@ class QuantizedEmbedding(QuantizedModule):
         if torch_ops.use_ops(indices):  # graph capture: the torch.library ops
             return torch_ops.embedding_forward(self, indices)
         if self.qtype.kind != "int":
-            return F.embedding(indices, self.weight).to(self.orig_dtype)
+            return F.embedding(indices, self._buffers["weight"]).to(self.orig_dtype)
         if indices.dtype not in _INDEX_DTYPES:
             # torch's own error for every other dtype (a bool or uint8 tensor would index as a mask)
             F.embedding(indices, torch.empty(0, 0, device=indices.device))

@@ -107,7 +107,7 @@ class QuantizedLinear(QuantizedModule):
             w = self.dequantized_weight(torch.float32).to(x.device)
             b = None if self.bias is None else self.bias.float()
             return F.linear(x.float(), w, b).to(x.dtype)
-        w = self.weight
+        w = self._buffers["weight"]
         if w.dtype != x.dtype:
             w = w.to(x.dtype) if x.dtype != torch.float32 else float_weight(self, w.numel(), lambda: w.float())
         b = None if self.bias is None else self.bias.to(x.dtype)

@@ -10,6 +10,7 @@ from torch import nn
 
 from ..qtypes import QType, get_qtype
 from ..tensor import QuantizedWeight
+from ..torch_compat import TorchCompatMixin
 
 __all__ = ["QuantizedModule", "register_qmodule", "qmodule_for", "QMODULES"]
 
@@ -33,7 +34,7 @@ def qmodule_for(module: nn.Module) -> Optional[Type["QuantizedModule"]]:
     return QMODULES.get(type(module))
 
 
-class QuantizedModule(nn.Module):
+class QuantizedModule(TorchCompatMixin, nn.Module):
     """Shared storage and bookkeeping; subclasses say how to build from the
     float module and how to run forward.
 
@@ -108,7 +109,7 @@ class QuantizedModule(nn.Module):
         """The weight as a float tensor of the original shape."""
         if self.qtype.kind == "int":
             return self.quantized_weight().dequantize(dtype)
-        return self.weight.to(dtype)
+        return self._buffers["weight"].to(dtype)  # (.weight is a view: torch_compat)
 
     def weight_nbytes(self) -> int:
         """Bytes the stored weight really takes (data, scales, zero-points)."""
