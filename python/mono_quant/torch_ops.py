@@ -21,6 +21,7 @@ from typing import List, Optional
 
 import torch
 import torch.nn.functional as F
+from torch.utils.weak import WeakIdKeyDictionary
 
 from . import _C, kernels
 from .kernels import num_threads, to_numpy
@@ -56,22 +57,50 @@ def _packed_geometry(info: torch.Tensor):
     return values[1], values[2], bool(values[3]), values[4]
 
 
+# Per packed weight (keyed weakly by its small ``weight_packed_info`` tensor, which the cached
+# arrays never reference, so an entry dies with its module), the NumPy arguments built for
+# the last call, reused while no input tensor was replaced, written in place or moved:
+# building them costs about as much as a batch-1 kernel call (benchmarks/bench_torch_ops.py).
+_ARGS = WeakIdKeyDictionary()  # (tensors compare elementwise: keyed by identity)
+
+
+def _tensor_key(t):
+    if t is None:
+        return None
+    return (id(t), -1 if t.is_inference() else t._version, t.data_ptr())
+
+
 def _group_args(packed, colsum, info, scale, zero_point, bias, group: int) -> tuple:
-    """The ``_C.linear_int8`` weight arguments of one group (as modules/linear.py builds them)."""
+    """The ``_C.linear_int8`` weight arguments of one group (as modules/linear.py builds them);
+    group -1: the whole weight (the conv kernel's arguments)."""
+    key = (group, *map(_tensor_key, (packed, colsum, info, scale, zero_point, bias)))
+    cached = _ARGS.get(info)
+    if cached is not None and cached[0] == key:
+        return cached[1]
+    args = _build_group_args(packed, colsum, info, scale, zero_point, bias, group)
+    _ARGS[info] = (key, args)
+    return args
+
+
+def _build_group_args(packed, colsum, info, scale, zero_point, bias, group: int) -> tuple:
     from .packing import packed_sizes
 
     n, k, has_m128, groups = _packed_geometry(info)
-    if not 0 <= group < groups:
+    if not -1 <= group < groups:
         raise ValueError(f"group {group} out of range for a weight packed in {groups} groups")
-    out_g = n // groups
-    packed_size, colsum_size = packed_sizes(out_g, k)
     scale = scale.detach().to(torch.float32).expand(n).contiguous()
     zero_point = zero_point.detach().to(torch.int32).expand(n).contiguous()
+    bias = None if bias is None else bias.detach().to(torch.float32).contiguous()
+    if group == -1 or groups == 1:
+        return (packed.numpy(), colsum.numpy(), scale.numpy(), zero_point.numpy(),
+                None if bias is None else bias.numpy(), n, has_m128)
+    out_g = n // groups
+    packed_size, colsum_size = packed_sizes(out_g, k)
     lo, hi = group * out_g, (group + 1) * out_g
-    b = None if bias is None else bias.detach().to(torch.float32).contiguous()[lo:hi].numpy()
     return (packed[group * packed_size:(group + 1) * packed_size].numpy(),
             colsum[group * colsum_size:(group + 1) * colsum_size].numpy(),
-            scale[lo:hi].numpy(), zero_point[lo:hi].numpy(), b, out_g, has_m128)
+            scale[lo:hi].numpy(), zero_point[lo:hi].numpy(), None if bias is None else bias[lo:hi].numpy(),
+            out_g, has_m128)
 
 
 _LIB.define("linear_int8(Tensor x, Tensor packed, Tensor colsum, Tensor info, Tensor scale, Tensor zero_point, "
@@ -161,9 +190,7 @@ def _conv2d_int8(x, packed, colsum, info, scale, zero_point, bias, kernel_size, 
     out_h, out_w = _conv_out_size(x.shape, kernel_size, stride, padding, dilation)
     if dynamic:
         x = x.contiguous()
-        whole = (packed.numpy(), colsum.numpy(), scale.detach().to(torch.float32).expand(n).contiguous().numpy(),
-                 zero_point.detach().to(torch.int32).expand(n).contiguous().numpy(),
-                 None if bias is None else bias.detach().to(torch.float32).contiguous().numpy(), n, has_m128)
+        whole = _group_args(packed, colsum, info, scale, zero_point, bias, -1)
         geometry = (tuple(kernel_size), tuple(stride), tuple(padding), tuple(dilation), groups)
         per_image = out_h * out_w * (-(-k // 4) * 4) * groups
         images = max(1, _CONV_CHUNK_BYTES // max(1, per_image))
