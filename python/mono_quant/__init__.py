@@ -5,6 +5,7 @@
 """
 from .api import QuantizationResult, SkippedLayer, quantize
 from .config import DEFAULT, QuantConfig
+from .export_onnx import export_onnx
 from .errors import CheckpointError, ConfigError, MonoQuantError, NonFiniteWeightError
 from .io import QuantizedStateDict, load, quantize_checkpoint, save
 from .kernels import cpu_info
@@ -24,6 +25,7 @@ __all__ = [
     "save",
     "load",
     "quantize_checkpoint",
+    "export_onnx",
     "QuantizedStateDict",
     "QuantizationResult",
     "SkippedLayer",
