@@ -95,3 +95,10 @@ def test_export_leaves_the_model_untouched(tmp_path):
     assert type(qmodel[0]) is mq.QuantizedLinear
     with pytest.raises(ValueError, match="opset"):
         mq.export_onnx(qmodel, inputs, tmp_path / "x.onnx", opset_version=17)
+
+
+def test_torchscript_onnx_export_raises_instead_of_freezing_the_output(tmp_path):
+    qmodel, _ = mq.quantize(nn.Sequential(nn.Linear(16, 8)), dtype="int8")
+    with warnings.catch_warnings(), pytest.raises(Exception, match="mono_quant"):
+        warnings.simplefilter("ignore")
+        torch.onnx.export(qmodel, (torch.randn(2, 16),), str(tmp_path / "m.onnx"), dynamo=False)

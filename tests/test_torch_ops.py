@@ -79,7 +79,7 @@ class _Mixed(nn.Module):
     def forward(self, x, idx):
         h = F.relu(self.conv2(F.relu(self.conv1(x))))
         h = F.relu(self.fc2(F.relu(self.fc1(h.flatten(1))) + self.emb(idx)))
-        return self.fc3(h)
+        return self.fc3(h.to(self.fc3.weight.dtype))  # as T5 does: .weight read inside the graph
 
 
 def _inputs(seed):

@@ -155,9 +155,24 @@ def _int4_parts(module):
     return codes, scale, zero_point, cols, group
 
 
-class _OnnxLinear(nn.Module):
+class _Twin(nn.Module):
+    """``.weight``: the quantized module's view (torch_compat), so code that inspects it
+    (shape, dtype; nn.TransformerEncoderLayer's fast-path test) sees what eager sees."""
+
     def __init__(self, module):
         super().__init__()
+        self._source = (module,)  # a tuple: not a submodule, its buffers stay out of the graph
+
+    @property
+    def weight(self):
+        from .torch_compat import _weight_view
+
+        return _weight_view(self._source[0])
+
+
+class _OnnxLinear(_Twin):
+    def __init__(self, module):
+        super().__init__(module)
         self.out_features = module.out_features
         self.register_buffer("bias", _bias(module))
         fmt = module.weight_format
@@ -199,9 +214,9 @@ class _OnnxLinear(nn.Module):
         return F.linear(x, w, self.bias)
 
 
-class _OnnxConv2d(nn.Module):
+class _OnnxConv2d(_Twin):
     def __init__(self, module):
-        super().__init__()
+        super().__init__(module)
         for name in ("stride", "padding", "dilation", "groups", "padding_mode", "_reversed_padding_repeated_twice"):
             setattr(self, name, copy.copy(getattr(module, name)))
         self.register_buffer("bias", _bias(module))
@@ -232,9 +247,9 @@ class _OnnxConv2d(nn.Module):
         return F.conv2d(x, w, self.bias, self.stride, self.padding, self.dilation, self.groups)
 
 
-class _OnnxEmbedding(nn.Module):
+class _OnnxEmbedding(_Twin):
     def __init__(self, module):
-        super().__init__()
+        super().__init__(module)
         self.orig_dtype = module.orig_dtype
         self.dim = module.embedding_dim
         if module.weight_format == "int4":

@@ -74,6 +74,17 @@ class DequantizedWeightView(torch.Tensor):
         return func(*args, **kwargs)
 
 
+class _TracedWeight(torch.Tensor):
+    """``.weight`` inside a torch.compile graph: the dequantized tensor, marked as a
+    subclass only so that fast paths testing ``has_torch_function`` (nn.TransformerEncoderLayer)
+    fall back to calling the quantized modules, as they do in eager."""
+
+    @classmethod
+    def __torch_function__(cls, func, types, args=(), kwargs=None):
+        with torch._C.DisableTorchFunctionSubclass():
+            return func(*args, **(kwargs or {}))
+
+
 def _plain(value):
     return value.dequantize() if isinstance(value, DequantizedWeightView) else value
 
@@ -99,6 +110,10 @@ class TorchCompatMixin:
     def __getattr__(self, name: str):
         buffers = self.__dict__.get("_buffers", {})
         if name == "weight" and ("weight" in buffers or "weight_scale" in buffers):  # once the weight is stored
+            if torch.compiler.is_dynamo_compiling():  # dynamo can't build the view: the dequantized tensor, traced
+                from .torch_ops import dequantized_weight  # (dead code in the graph when only metadata is read)
+
+                return dequantized_weight(self, self.orig_dtype).as_subclass(_TracedWeight)
             return _weight_view(self)
         return super().__getattr__(name)
 
