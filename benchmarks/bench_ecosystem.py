@@ -13,7 +13,7 @@ Also the per-call overhead of the custom-op route against the direct C call for 
 768 x 768 int8 layer at batch 1.  Every speed figure is a ratio of medians timed
 interleaved in one run (common.interleaved).
 
-    python benchmarks/bench_ecosystem.py [--quick]
+    python benchmarks/bench_ecosystem.py [--quick] [--threads N]
 """
 from __future__ import annotations
 
@@ -57,7 +57,10 @@ def _models(quick: bool):
 def _ort_session(path):
     import onnxruntime as ort
 
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = torch.get_num_threads()  # the same threads as torch (--threads)
+    options.inter_op_num_threads = 1
+    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     name = session.get_inputs()[0].name
     return lambda x: session.run(None, {name: x})[0]
 
@@ -148,7 +151,11 @@ def bench_op_overhead(quick: bool) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="smaller models, fewer repeats")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch.set_num_threads (and ONNX Runtime's intra-op threads); default torch's")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     warnings.filterwarnings("ignore")
     overhead = bench_op_overhead(args.quick)
     print("per-call time, 768x768 int8 layer, batch 1 (median us, ratio to the direct call)")

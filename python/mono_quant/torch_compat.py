@@ -107,15 +107,17 @@ def _weight_view(module) -> DequantizedWeightView:
 class TorchCompatMixin:
     """Mixed into QuantizedModule (before nn.Module): ``.weight`` and dtype conversions."""
 
-    def __getattr__(self, name: str):
+    @property
+    def weight(self):
+        """The float weight this module replaced, as a DequantizedWeightView (see the module docstring)."""
         buffers = self.__dict__.get("_buffers", {})
-        if name == "weight" and ("weight" in buffers or "weight_scale" in buffers):  # once the weight is stored
-            if torch.compiler.is_dynamo_compiling():  # dynamo can't build the view: the dequantized tensor, traced
-                from .torch_ops import dequantized_weight  # (dead code in the graph when only metadata is read)
+        if "weight" not in buffers and "weight_scale" not in buffers:  # not stored yet (or no weight at all)
+            raise AttributeError(f"'{type(self).__name__}' object has no attribute 'weight'")
+        if torch.compiler.is_dynamo_compiling():  # dynamo can't build the view: the dequantized tensor, traced
+            from .torch_ops import dequantized_weight  # (dead code in the graph when only metadata is read)
 
-                return dequantized_weight(self, self.orig_dtype).as_subclass(_TracedWeight)
-            return _weight_view(self)
-        return super().__getattr__(name)
+            return dequantized_weight(self, self.orig_dtype).as_subclass(_TracedWeight)
+        return _weight_view(self)
 
     def _apply(self, fn, recurse=True):
         """``.to(device)`` moves every buffer; a dtype conversion (``.to(torch.bfloat16)``,
