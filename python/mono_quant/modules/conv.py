@@ -164,7 +164,7 @@ class QuantizedConv2d(QuantizedModule):
         return pixels * 8 <= self.out_channels
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if torch_ops.use_ops(x, self.bias):  # graph capture or autograd: the torch.library ops
+        if torch_ops.use_ops(x, self):  # graph capture or autograd: the torch.library ops
             return torch_ops.conv2d_forward(self, x)
         if self.weight_format in _PACKABLE_FORMATS:
             packed = kernel_args(self)

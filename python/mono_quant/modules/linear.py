@@ -85,7 +85,7 @@ class QuantizedLinear(QuantizedModule):
         self.activations = activations
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if torch_ops.use_ops(x, self.bias):  # graph capture or autograd: the torch.library ops
+        if torch_ops.use_ops(x, self):  # graph capture or autograd: the torch.library ops
             return torch_ops.linear_forward(self, x)
         fmt = self.weight_format
         if fmt == "int4":  # packed weight streamed by the C kernels
@@ -156,10 +156,10 @@ def kernel_args(module: QuantizedModule):
     # data_ptr too: .data = ... or share_memory_() swap a buffer's storage in place
     try:  # (every call of every layer comes here: one list comprehension, no helper calls)
         key = tuple([(id(t), t._version, t.data_ptr()) if t is not None else None
-                     for t in (*map(bufs.get, _ARG_BUFFERS), module.bias)])  # bias: a Parameter
+                     for t in (*map(bufs.get, _ARG_BUFFERS), module._parameters.get("bias"))])  # bias: a Parameter
     except RuntimeError:  # a tensor made under torch.inference_mode has no version counter
         key = tuple([(id(t), _version(t), t.data_ptr()) if t is not None else None
-                     for t in (*map(bufs.get, _ARG_BUFFERS), module.bias)])
+                     for t in (*map(bufs.get, _ARG_BUFFERS), module._parameters.get("bias"))])
     cached = _KERNEL_ARGS.get(module)
     if cached is not None and cached[0] == key:
         return cached[1]
