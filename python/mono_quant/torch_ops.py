@@ -77,12 +77,14 @@ def _tensor_key(t):
 def _group_args(packed, colsum, info, scale, zero_point, bias, group: int) -> tuple:
     """The ``_C.linear_int8`` weight arguments of one group (as modules/linear.py builds them);
     group -1: the whole weight (the conv kernel's arguments)."""
-    key = (group, *map(_tensor_key, (packed, colsum, info, scale, zero_point, bias)))
-    cached = _ARGS.get(info)
-    if cached is not None and cached[0] == key:
-        return cached[1]
-    args = _build_group_args(packed, colsum, info, scale, zero_point, bias, group)
-    _ARGS[info] = (key, args)
+    key = tuple(map(_tensor_key, (packed, colsum, info, scale, zero_point, bias)))
+    per_group = _ARGS.get(info)
+    if per_group is None or per_group[0] != key:
+        per_group = (key, {})
+        _ARGS[info] = per_group
+    args = per_group[1].get(group)
+    if args is None:
+        args = per_group[1][group] = _build_group_args(packed, colsum, info, scale, zero_point, bias, group)
     return args
 
 
