@@ -5,8 +5,8 @@
 """
 from .api import QuantizationResult, SkippedLayer, quantize
 from .config import DEFAULT, QuantConfig
-from .export_onnx import export_onnx
 from .errors import CheckpointError, ConfigError, MonoQuantError, NonFiniteWeightError
+from .export_onnx import export_onnx
 from .io import QuantizedStateDict, load, quantize_checkpoint, save
 from .kernels import cpu_info
 from .int4 import Int4Weight
