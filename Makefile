@@ -14,6 +14,7 @@ $(VENV)/.deps: Makefile  # a new dependency here reaches existing venvs too
 	$(PIP) install torch==2.13.0
 	$(PIP) install "numpy>=1.23" "scikit-build-core>=0.11" "safetensors>=0.4" pytest hypothesis
 	$(PIP) install "transformers==5.24.0" "peft==0.21.2"  # Hugging Face tests; both accept torch 2.13.0 as installed
+	$(PIP) install onnx==1.23.2 onnxruntime==1.32.0 onnxscript==0.7.2  # export_onnx tests (none needs torch)
 	touch $@
 
 install: $(VENV)/.deps

@@ -111,7 +111,8 @@ def test_quantized_model_outputs_close_to_fp32():
 def test_float_formats_store_dtype_and_return_input_dtype(dtype, storage):
     model = nn.Sequential(nn.Linear(16, 16), nn.Conv2d(1, 1, 1))
     qmodel, _ = mq.quantize(model, dtype=dtype)
-    assert qmodel[0].weight.dtype == storage and qmodel[1].weight.dtype == storage
+    assert qmodel[0].state_dict()["weight"].dtype == storage and qmodel[1].state_dict()["weight"].dtype == storage
+    assert qmodel[0].weight.dtype == torch.float32  # .weight: the float weight it replaced (torch_compat)
     x = torch.randn(3, 16)
     assert qmodel[0](x).dtype == torch.float32
     assert qmodel[0](x.to(storage)).dtype == storage

@@ -6,6 +6,7 @@
 from .api import QuantizationResult, SkippedLayer, quantize
 from .config import DEFAULT, QuantConfig
 from .errors import AlreadyQuantizedError, CheckpointError, ConfigError, MonoQuantError, NonFiniteWeightError
+from .export_onnx import export_onnx
 from .io import QuantizedStateDict, load, quantize_checkpoint, save
 from . import reference  # noqa: F401  (historical module names, kept importable as attributes)
 from .formats import quantize_weight
@@ -25,6 +26,7 @@ __all__ = [
     "save",
     "load",
     "quantize_checkpoint",
+    "export_onnx",
     "QuantizedStateDict",
     "QuantizationResult",
     "SkippedLayer",

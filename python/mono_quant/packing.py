@@ -15,7 +15,8 @@ import torch
 
 from . import kernels
 from .errors import NonFiniteWeightError
-from .kernels.layout import INT8_K_GROUP, INT8_PANEL_ROWS, PACKED_LAYOUT_VERSION, int8_packed_sizes, round_up
+from .kernels.layout import (INT8_K_GROUP, INT8_PANEL_ROWS, PACKED_LAYOUT_VERSION, int8_packed_sizes, round_up,
+                             unpack_int8_rows)
 from .tensor import QuantizedWeight
 
 __all__ = ["PACKED_LAYOUT_VERSION", "PACKED_BUFFERS", "pack_int8_linear", "quantize_and_pack_int8",
@@ -131,24 +132,6 @@ def unpack_int8_linear(packed: torch.Tensor, info: torch.Tensor, shape) -> torch
     if len(shape) == 4:  # conv: K was flattened in (kh, kw, in_channel) order
         return rows.reshape(n, shape[2], shape[3], shape[1]).permute(0, 3, 1, 2).contiguous()
     return rows.reshape(shape).contiguous()
-
-
-def unpack_int8_rows(packed: torch.Tensor, groups: int, out_g: int, k: int) -> torch.Tensor:
-    """The packed buffer back as int8 rows ``[groups, out_g, k]`` (K in the packed
-    order).  Each 16-channel panel holds its K-groups of 4 bytes channel-interleaved:
-    moving those 4-byte groups as int32 values makes the transpose 4x fewer (and
-    word-sized) element moves than a byte-wise permute; the bytes are the same."""
-    n_pad, k_pad = round_up(out_g, INT8_PANEL_ROWS), round_up(k, INT8_K_GROUP)
-    if packed.device.type == "cpu" and packed.is_contiguous() and packed.storage_offset() % 4 == 0:
-        # (one int32 word is one K group of INT8_K_GROUP = 4 bytes)
-        words = packed.view(torch.int32).reshape(groups * (n_pad // INT8_PANEL_ROWS), k_pad // INT8_K_GROUP,
-                                                 INT8_PANEL_ROWS)
-        rows = words.transpose(1, 2).contiguous().reshape(-1).view(torch.int8).reshape(groups, n_pad, k_pad)
-    else:
-        panels = packed.reshape(groups, n_pad // INT8_PANEL_ROWS, k_pad // INT8_K_GROUP, INT8_PANEL_ROWS,
-                                INT8_K_GROUP)
-        rows = panels.permute(0, 1, 3, 2, 4).reshape(groups, n_pad, k_pad)
-    return rows[:, :out_g, :k]
 
 
 def check_packed_int8(packed: torch.Tensor, colsum: torch.Tensor, info: torch.Tensor, shape) -> Optional[str]:

@@ -15,7 +15,8 @@ from . import kernels
 from .errors import NonFiniteWeightError
 from .qtypes import QType, get_qtype
 
-__all__ = ["QuantizedWeight", "quantize_int_with_error", "check_input", "sqnr_db", "NonFiniteWeightError"]
+__all__ = ["QuantizedWeight", "channel_rows", "from_channel_rows", "quantize_int_with_error", "check_input", "sqnr_db",
+           "NonFiniteWeightError"]
 
 
 @dataclass
@@ -54,9 +55,9 @@ class QuantizedWeight:
 
     def dequantize(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
         """The float tensor this stands for, in ``dtype`` (float32 by default)."""
-        rows = _as_rows(self.qdata, self.axis)
+        rows = channel_rows(self.qdata, self.axis)
         out = kernels.dequantize_rows(rows, self.scale, self.zero_point)
-        return _from_rows(out, self.qdata.shape, self.axis).to(dtype)
+        return from_channel_rows(out, self.qdata.shape, self.axis).to(dtype)
 
     def to(self, device) -> "QuantizedWeight":
         return QuantizedWeight(
@@ -71,7 +72,7 @@ class QuantizedWeight:
         )
 
 
-def _as_rows(t: torch.Tensor, axis: Optional[int]) -> torch.Tensor:
+def channel_rows(t: torch.Tensor, axis: Optional[int]) -> torch.Tensor:
     """View (or copy, for axis != 0) a tensor as [channels, elements per channel]."""
     # explicit sizes, not -1: reshape can't infer a dimension of an empty tensor
     if axis is None:
@@ -81,7 +82,7 @@ def _as_rows(t: torch.Tensor, axis: Optional[int]) -> torch.Tensor:
     return t.reshape(t.shape[0], math.prod(t.shape[1:]))
 
 
-def _from_rows(rows: torch.Tensor, shape: torch.Size, axis: Optional[int]) -> torch.Tensor:
+def from_channel_rows(rows: torch.Tensor, shape: torch.Size, axis: Optional[int]) -> torch.Tensor:
     if axis is None or axis == 0:
         return rows.reshape(shape)
     moved = list(shape)
@@ -113,7 +114,7 @@ def quantize_int_with_error(tensor: torch.Tensor, qtype: QType, axis: Optional[i
     """quantize_weight on a checked input; also returns the SQNR in dB (None
     unless ``with_error``), measured in the same pass over each channel."""
     qmin, qmax = qtype.qrange(symmetric)
-    rows = _as_rows(tensor.detach(), axis)
+    rows = channel_rows(tensor.detach(), axis)
     if axis is None:
         mn, mx, bad = kernels.rows_minmax(rows)
         _raise_if_bad(bad, None)
@@ -127,7 +128,7 @@ def quantize_int_with_error(tensor: torch.Tensor, qtype: QType, axis: Optional[i
         _raise_if_bad(bad, axis)
     device = tensor.device
     qw = QuantizedWeight(
-        _from_rows(q, tensor.shape, axis).to(device), scale.to(device), zero_point.to(device),
+        from_channel_rows(q, tensor.shape, axis).to(device), scale.to(device), zero_point.to(device),
         axis, qtype.name, symmetric, tensor.dtype,
     )
     return qw, (sqnr_db(float(sx.sum()), float(se.sum())) if with_error else None)

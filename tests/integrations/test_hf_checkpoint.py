@@ -30,9 +30,7 @@ def folders(tmp_path_factory):
 def _cases():
     for kind in KINDS + ("t5",):
         for dtype in ("int8", "int4", "fp16"):
-            marks = [pytest.mark.xfail(raises=AttributeError, strict=True, reason="needs .weight (eco-torch branch)")] \
-                if kind == "t5" and dtype != "fp16" else []
-            yield pytest.param(kind, dtype, id=f"{kind}-{dtype}", marks=marks)
+            yield pytest.param(kind, dtype, id=f"{kind}-{dtype}")
 
 
 @pytest.mark.parametrize("kind,dtype", list(_cases()))

@@ -14,15 +14,10 @@ import hf_models  # noqa: E402  (needs transformers)
 import mono_quant as mq  # noqa: E402
 from mono_quant.io.skeleton import parameters_on_meta  # noqa: E402
 
-NEEDS_WEIGHT = pytest.mark.xfail(raises=AttributeError, strict=True,
-                                 reason="needs .weight (eco-torch branch): T5DenseActDense reads wo.weight.dtype")
-
-
 def _cases():
     for kind in hf_models.KINDS:
         for dtype in ("int8", "int4", "fp16"):
-            marks = [NEEDS_WEIGHT] if kind == "t5" and dtype != "fp16" else []
-            yield pytest.param(kind, dtype, id=f"{kind}-{dtype}", marks=marks)
+            yield pytest.param(kind, dtype, id=f"{kind}-{dtype}")
 
 
 @pytest.fixture(scope="module")

@@ -159,7 +159,7 @@ def test_int4_qdata_with_the_wrong_shape_is_refused(tmp_path):
 
 def test_fp16_weight_with_the_wrong_shape_or_dtype_is_refused(tmp_path):
     path, qmodel = _saved(tmp_path, "fp16")
-    w = qmodel.fc.weight
+    w = qmodel.fc.state_dict()["weight"]  # the stored fp16 tensor (.weight is the float32 view)
     _replace_tensor(path, "fc.weight", "F16", [w.shape[0] - 1, w.shape[1]], w[1:].numpy().tobytes())
     _expect_error(path, "fc", "weight|shape")
     path, qmodel = _saved(tmp_path, "fp16", "b.safetensors")

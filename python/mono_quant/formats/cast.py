@@ -49,10 +49,10 @@ class CastFormat(WeightFormat):
         module.register_buffer("weight", weight)
 
     def module_weight(self, module):
-        return module.weight
+        return module._buffers["weight"]
 
     def dequantize(self, module, dtype: torch.dtype) -> torch.Tensor:
-        return module.weight.to(dtype)
+        return module._buffers["weight"].to(dtype)
 
     def describe(self, module) -> str:
         return ""
@@ -60,14 +60,14 @@ class CastFormat(WeightFormat):
     # -- forward --------------------------------------------------------------------------------------
     def compute_weight(self, module, x: torch.Tensor, numel: int, cache: bool):
         """The weight in x's dtype (a float32 copy kept for small layers), bias likewise."""
-        w = module.weight
+        w = module._buffers["weight"]
         if w.dtype != x.dtype:
             w = w.to(x.dtype) if x.dtype != torch.float32 else float_weight(module, w.numel(), lambda: w.float())
         b = None if module.bias is None else module.bias.to(x.dtype)
         return w.to(x.device), b, x.dtype
 
     def embedding(self, module, indices: torch.Tensor) -> torch.Tensor:
-        return F.embedding(indices, module.weight).to(module.orig_dtype)
+        return F.embedding(indices, module._buffers["weight"]).to(module.orig_dtype)
 
     # -- the manifest and files -----------------------------------------------------------------------
     def scheme(self, symmetric: bool) -> str:

@@ -18,7 +18,7 @@ __all__ = ["kernel_args", "float_weight", "SMALL_WEIGHT_ELEMENTS", "tensor_versi
 # kernels take, built once and rebuilt when a buffer is replaced, changed in
 # place (its _version moves) or moved to other memory (its data_ptr).
 _KERNEL_ARGS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
-_ARG_BUFFERS = ("weight_packed_info", "weight_packed", "weight_colsum", "weight_scale", "weight_zero_point", "bias")
+_ARG_BUFFERS = ("weight_packed_info", "weight_packed", "weight_colsum", "weight_scale", "weight_zero_point")
 
 
 def kernel_args(module):
@@ -28,10 +28,11 @@ def kernel_args(module):
     bufs = module._buffers
     # data_ptr too: .data = ... or share_memory_() swap a buffer's storage in place
     try:  # (every call of every layer comes here: one list comprehension, no helper calls)
-        key = tuple([(id(t), t._version, t.data_ptr()) if t is not None else None for t in map(bufs.get, _ARG_BUFFERS)])
+        key = tuple([(id(t), t._version, t.data_ptr()) if t is not None else None
+                     for t in (*map(bufs.get, _ARG_BUFFERS), module._parameters.get("bias"))])  # bias: a Parameter
     except RuntimeError:  # a tensor made under torch.inference_mode has no version counter
         key = tuple([(id(t), tensor_version(t), t.data_ptr()) if t is not None else None
-                     for t in map(bufs.get, _ARG_BUFFERS)])
+                     for t in (*map(bufs.get, _ARG_BUFFERS), module._parameters.get("bias"))])
     cached = _KERNEL_ARGS.get(module)
     if cached is not None and cached[0] == key:
         return cached[1]

@@ -6,10 +6,12 @@ packed buffer reads them from here, never writes its own.
 """
 from __future__ import annotations
 
+import torch
+
 from .. import _C
 
 __all__ = ["PACKED_LAYOUT_VERSION", "INT8_PANEL_ROWS", "INT8_K_GROUP", "INT4_BLOCK", "INT4_BLOCK_BYTES",
-           "round_up", "int8_packed_sizes", "int4_padded_cols"]
+           "round_up", "int8_packed_sizes", "int4_padded_cols", "unpack_int8_rows"]
 
 # the numbers themselves: csrc/layout.h, with the _Static_asserts that tie them together
 _LAYOUT = _C.LAYOUT
@@ -35,3 +37,21 @@ def int8_packed_sizes(rows: int, cols: int):
 def int4_padded_cols(cols: int) -> int:
     """Columns of an int4 row once zero-padded to whole blocks."""
     return round_up(cols, INT4_BLOCK)
+
+
+def unpack_int8_rows(packed: torch.Tensor, groups: int, out_g: int, k: int) -> torch.Tensor:
+    """The packed buffer back as int8 rows ``[groups, out_g, k]`` (K in the packed
+    order).  Each 16-channel panel holds its K-groups of 4 bytes channel-interleaved:
+    moving those 4-byte groups as int32 values makes the transpose 4x fewer (and
+    word-sized) element moves than a byte-wise permute; the bytes are the same."""
+    n_pad, k_pad = round_up(out_g, INT8_PANEL_ROWS), round_up(k, INT8_K_GROUP)
+    if packed.device.type == "cpu" and packed.is_contiguous() and packed.storage_offset() % 4 == 0:
+        # (one int32 word is one K group of INT8_K_GROUP = 4 bytes)
+        words = packed.view(torch.int32).reshape(groups * (n_pad // INT8_PANEL_ROWS), k_pad // INT8_K_GROUP,
+                                                 INT8_PANEL_ROWS)
+        rows = words.transpose(1, 2).contiguous().reshape(-1).view(torch.int8).reshape(groups, n_pad, k_pad)
+    else:
+        panels = packed.reshape(groups, n_pad // INT8_PANEL_ROWS, k_pad // INT8_K_GROUP, INT8_PANEL_ROWS,
+                                INT8_K_GROUP)
+        rows = panels.permute(0, 1, 3, 2, 4).reshape(groups, n_pad, k_pad)
+    return rows[:, :out_g, :k]

@@ -12,6 +12,7 @@ from ..formats.packed_linear import dequantized_packed, kernel_takes, packed_lin
 from ..kernels.int8 import MAX_IN_FEATURES, conv2d_int8_raw
 from ..kernels.layout import INT8_K_GROUP, round_up
 from ..packing import can_pack, pack_int8_linear
+from ..formats import traced_forward
 from .input_checks import check_float_input
 from .registry import QuantizedModule, register_qmodule
 
@@ -163,6 +164,8 @@ class QuantizedConv2d(QuantizedModule):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         check_float_input(x, type(self).__name__)
+        if traced_forward.use_ops(x, self):  # graph capture or autograd: the torch.library ops
+            return traced_forward.conv2d_forward(self, x)
         packed = self.format.kernel_args(self)  # None unless the format has packed int8 kernels
         if (packed is not None and x.dim() == 4 and not isinstance(self.padding, str)
                 and x.shape[1] == self.in_channels and kernel_takes(x, x.shape[-1])

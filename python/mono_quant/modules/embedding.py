@@ -6,6 +6,7 @@ from typing import Optional
 import torch
 from torch import nn
 
+from ..formats import traced_forward
 from ..formats import format_of
 from .registry import QuantizedModule, register_qmodule
 
@@ -41,6 +42,8 @@ class QuantizedEmbedding(QuantizedModule):
         return q
 
     def forward(self, indices: torch.Tensor) -> torch.Tensor:
+        if traced_forward.use_ops(indices):  # graph capture: the torch.library ops
+            return traced_forward.embedding_forward(self, indices)
         return self.format.embedding(self, indices)
 
     def extra_repr(self) -> str:

@@ -10,6 +10,7 @@ from ..formats import ACTIVATION_MODES, format_of
 from ..formats.layer_cache import SMALL_WEIGHT_ELEMENTS, float_weight, kernel_args
 from ..formats.packed_linear import BLAS_MIN_ROWS, blas_min_rows, dequantized_packed, packed_linear
 from ..packing import can_pack, pack_int8_linear
+from ..formats import traced_forward
 from .input_checks import check_float_input
 from .registry import QuantizedModule, register_qmodule
 
@@ -81,6 +82,8 @@ class QuantizedLinear(QuantizedModule):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         check_float_input(x, type(self).__name__)
+        if traced_forward.use_ops(x, self):  # graph capture or autograd: the torch.library ops
+            return traced_forward.linear_forward(self, x)
         return self.format.linear(self, x)
 
     def extra_repr(self) -> str:

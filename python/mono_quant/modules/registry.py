@@ -11,6 +11,7 @@ from torch import nn
 from ..formats import FORMATS, WeightFormat, get_format
 from ..qtypes import QType, get_qtype
 from ..tensor import QuantizedWeight
+from ..torch_compat import TorchCompatMixin
 
 __all__ = ["QuantizedModule", "register_qmodule", "register_qmodule_by_name", "qmodule_for", "QMODULES",
            "QMODULES_BY_NAME"]
@@ -53,7 +54,7 @@ def qmodule_for(module: nn.Module) -> Optional[Type["QuantizedModule"]]:
     return found
 
 
-class QuantizedModule(nn.Module):
+class QuantizedModule(TorchCompatMixin, nn.Module):
     """Shared storage and bookkeeping; subclasses say how to build from the
     float module and how to run forward.
 
@@ -121,7 +122,8 @@ class QuantizedModule(nn.Module):
 
     def _set_bias(self, bias: Optional[torch.Tensor]) -> None:
         # a copy: the caller's bias must never be shared with (or changed through) the quantized model
-        self.register_buffer("bias", None if bias is None else bias.detach().clone())
+        # a Parameter (frozen, as the weight: requires_grad_() opts in), so parameters() lists it
+        self.bias = None if bias is None else nn.Parameter(bias.detach().clone(), requires_grad=False)
 
     @classmethod
     def from_float(cls, module: nn.Module, weight) -> "QuantizedModule":
@@ -161,9 +163,10 @@ class QuantizedModule(nn.Module):
         for name, tensor in tensors.items():
             if "." in name:
                 raise ValueError(f"{cls.__name__}: saved tensor {name!r} belongs to a child module")
-            module.register_buffer(name, tensor)
-        if "bias" not in tensors:
-            module.register_buffer("bias", None)
+            if name != "bias":
+                module.register_buffer(name, tensor)
+        bias = tensors.get("bias")  # as-is, a frozen Parameter (see _set_bias)
+        module.bias = None if bias is None else nn.Parameter(bias, requires_grad=False)
         return module
 
     def extra_repr(self) -> str:

@@ -1,0 +1,381 @@
+"""``export_onnx(qmodel, args, path)``: a quantized model as standard ONNX that ONNX
+Runtime runs, with its weights still quantized.
+
+Route: each quantized module of a copy of the model is swapped for an export twin
+holding its weight in the plain layout ONNX wants (never the kernels' packed one),
+whose forward calls ``mono_quant::onnx_*`` ops; ``torch.onnx.export(dynamo=True)``
+captures the model and translates those ops (``custom_translation_table``, onnxscript)
+into:
+
+- int8 dynamic Linear: ``DynamicQuantizeLinear`` + ``MatMulInteger`` (int32) + scales;
+- int8 weight-only Linear / Conv2d: ``DequantizeLinear`` (per channel) + ``MatMul`` / ``Conv``;
+- int8 dynamic Conv2d: the activation as ``DynamicQuantizeLinear`` + ``DequantizeLinear``
+  (QDQ; ONNX Runtime's ConvInteger takes no int8 weights), the weight as above;
+- int4 Linear with a power-of-two group: ``com.microsoft.MatMulNBits`` (4-bit blocks,
+  float zero-points: ours are fractional, u4.4); other int4 weights (per channel, convs,
+  embeddings): the codes one per byte, dequantized in the graph (``Cast``, ``Sub``, ``Mul``);
+- int8 / int4 Embedding: ``Gather`` of the codes and of the per-row scales, dequantized;
+- fp16 / bf16 weights: stored in that dtype and ``Cast`` (plain torch ops).
+
+ONNX's dynamic quantization is per tensor (one scale for the whole activation) where ours
+is per row / per image, so dynamic int8 outputs differ from ours by quantization noise;
+weight-only outputs match ours to float rounding.  Needs the ``onnx`` and ``onnxscript``
+packages (``pip install mono-quant[onnx]``).
+"""
+from __future__ import annotations
+
+import copy
+import math
+from pathlib import Path
+from typing import Any, Optional, Tuple, Union
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+__all__ = ["export_onnx", "onnx_twin"]
+
+_LIB = torch.library.Library("mono_quant", "FRAGMENT")
+
+# -- the export ops: definitions with a torch reference (the same math as the ONNX ops) -----------------------
+
+_LIB.define("onnx_dequantize(Tensor q, Tensor scale, Tensor zero_point, int axis) -> Tensor")
+
+
+def _dequantize(q, scale, zero_point, axis):
+    shape = [1] * q.dim()
+    if scale.dim():
+        shape[axis] = -1
+    return (q.float() - zero_point.float().reshape(shape)) * scale.reshape(shape)
+
+
+_LIB.impl("onnx_dequantize", _dequantize, "CompositeExplicitAutograd")
+torch.library.register_fake("mono_quant::onnx_dequantize",
+                            lambda q, scale, zero_point, axis: q.new_empty(q.shape, dtype=torch.float32), lib=_LIB)
+
+
+def _dynamic_quantize(x):
+    """ONNX DynamicQuantizeLinear: uint8, one asymmetric scale for the tensor (range holds 0)."""
+    lo, hi = torch.clamp(x.min(), max=0.0), torch.clamp(x.max(), min=0.0)
+    scale = (hi - lo) / 255.0
+    scale = torch.where(scale == 0, torch.ones_like(scale), scale)
+    zero_point = torch.clamp(torch.round(-lo / scale), 0, 255)
+    return torch.clamp(torch.round(x / scale) + zero_point, 0, 255), scale, zero_point
+
+
+_LIB.define("onnx_fake_quantize_dynamic(Tensor x) -> Tensor")
+
+
+def _fake_quantize_dynamic(x):
+    q, scale, zero_point = _dynamic_quantize(x)
+    return (q - zero_point) * scale
+
+
+_LIB.impl("onnx_fake_quantize_dynamic", _fake_quantize_dynamic, "CompositeExplicitAutograd")
+torch.library.register_fake("mono_quant::onnx_fake_quantize_dynamic", lambda x: torch.empty_like(x), lib=_LIB)
+
+_LIB.define("onnx_linear_dynamic(Tensor x, Tensor weight_t, Tensor scale, Tensor zero_point, Tensor? bias) -> Tensor")
+
+
+def _linear_dynamic(x, weight_t, scale, zero_point, bias):
+    q, x_scale, x_zero_point = _dynamic_quantize(x)
+    acc = (q - x_zero_point) @ (weight_t.float() - zero_point.float())
+    y = acc * (x_scale * scale)
+    return y if bias is None else y + bias
+
+
+_LIB.impl("onnx_linear_dynamic", _linear_dynamic, "CompositeExplicitAutograd")
+torch.library.register_fake(
+    "mono_quant::onnx_linear_dynamic",
+    lambda x, weight_t, scale, zero_point, bias: x.new_empty((*x.shape[:-1], weight_t.shape[1])), lib=_LIB)
+
+_LIB.define("onnx_dequantize_int4(Tensor codes, Tensor scale, Tensor zero_point, int cols, int[] shape) -> Tensor")
+
+
+def _dequantize_int4(codes, scale, zero_point, cols, shape):
+    w = (codes.float() - zero_point) * scale  # [rows, groups, group]
+    return w.reshape(codes.shape[0], -1)[:, :cols].reshape(shape)
+
+
+_LIB.impl("onnx_dequantize_int4", _dequantize_int4, "CompositeExplicitAutograd")
+torch.library.register_fake("mono_quant::onnx_dequantize_int4",
+                            lambda codes, scale, zero_point, cols, shape: codes.new_empty(shape, dtype=torch.float32),
+                            lib=_LIB)
+
+_LIB.define("onnx_matmul_nbits(Tensor x, Tensor blocks, Tensor scale, Tensor zero_point, Tensor? bias, int K, "
+            "int N, int block_size) -> Tensor")
+
+
+def _matmul_nbits(x, blocks, scale, zero_point, bias, K, N, block_size):
+    low, high = blocks & 15, blocks >> 4
+    codes = torch.stack([low, high], dim=-1).reshape(N, -1, block_size).float()  # byte i: codes 2i, 2i+1
+    w = ((codes - zero_point.reshape(N, -1, 1)) * scale.reshape(N, -1, 1)).reshape(N, -1)[:, :K]
+    return F.linear(x, w, bias)
+
+
+_LIB.impl("onnx_matmul_nbits", _matmul_nbits, "CompositeExplicitAutograd")
+torch.library.register_fake(
+    "mono_quant::onnx_matmul_nbits",
+    lambda x, blocks, scale, zero_point, bias, K, N, block_size: x.new_empty((*x.shape[:-1], N)), lib=_LIB)
+
+
+# -- the export twins of the quantized modules ----------------------------------------------------------------
+
+def _bias(module) -> Optional[torch.Tensor]:
+    return None if module.bias is None else module.bias.detach().float().clone()
+
+
+def _int8_parts(module):
+    """(codes in the float weight's shape, scale, zero-point in the codes' dtype, axis) for DequantizeLinear."""
+    qw = module.quantized_weight()
+    qdata = qw.qdata.detach().clone()
+    if qw.axis is None:
+        return qdata, qw.scale.detach().float().reshape(()), qw.zero_point.detach().to(qdata.dtype).reshape(()), 0
+    if qw.axis != 0:
+        raise NotImplementedError(f"ONNX export of an int8 weight quantized along axis {qw.axis}: only axis 0 "
+                                  f"(output channels) or per tensor")
+    n = qdata.shape[0]
+    return (qdata, qw.scale.detach().float().expand(n).contiguous(),
+            qw.zero_point.detach().to(qdata.dtype).expand(n).contiguous(), 0)
+
+
+def _int4_parts(module):
+    """Codes one per byte ``[rows, groups, group]`` (padded), and float scale / zero-point ``[rows, groups, 1]``."""
+    from .int4 import effective_group
+
+    qw = module.quantized_weight()
+    rows, cols = qw.orig_shape[0], qw.cols
+    group = effective_group(cols, qw.group_size)
+    blocks = qw.qdata.detach().reshape(rows, -1, 16)
+    codes = torch.cat([blocks & 15, blocks >> 4], dim=2).reshape(rows, -1)  # byte j: codes j and j + 16
+    groups = qw.scale.shape[1]
+    codes = F.pad(codes, (0, groups * group - codes.shape[1])).reshape(rows, groups, group).contiguous()
+    scale = qw.scale.detach().float().reshape(rows, groups, 1).contiguous()
+    zero_point = (qw.zero_point.detach().float() / 16.0).reshape(rows, groups, 1).contiguous()
+    return codes, scale, zero_point, cols, group
+
+
+class _Twin(nn.Module):
+    """``.weight``: the quantized module's view (torch_compat), so code that inspects it
+    (shape, dtype; nn.TransformerEncoderLayer's fast-path test) sees what eager sees."""
+
+    def __init__(self, module):
+        super().__init__()
+        self._source = (module,)  # a tuple: not a submodule, its buffers stay out of the graph
+
+    @property
+    def weight(self):
+        from .torch_compat import _weight_view
+
+        return _weight_view(self._source[0])
+
+
+class _OnnxLinear(_Twin):
+    def __init__(self, module):
+        super().__init__(module)
+        self.out_features = module.out_features
+        self.register_buffer("bias", _bias(module))
+        fmt = module.weight_format
+        if fmt == "int4":
+            codes, scale, zero_point, cols, group = _int4_parts(module)
+            self.cols, self.group = cols, group
+            if group >= 16 and group & (group - 1) == 0:  # MatMulNBits: power-of-two blocks of at least 16
+                self.mode = "nbits"
+                pairs = codes.reshape(codes.shape[0], codes.shape[1], group // 2, 2)
+                self.register_buffer("blocks", (pairs[..., 0] | (pairs[..., 1] << 4)).contiguous())
+                self.register_buffer("scale", scale.reshape(-1))
+                self.register_buffer("zero_point", zero_point.reshape(-1))
+            else:
+                self.mode = "int4"
+                self.register_buffer("codes", codes)
+                self.register_buffer("scale", scale)
+                self.register_buffer("zero_point", zero_point)
+            return
+        q, scale, zero_point, axis = _int8_parts(module)
+        self.mode = "dynamic" if module.activations == "dynamic" else "weight_only"
+        if self.mode == "dynamic":  # MatMulInteger's B is [K, N], zero-point per column
+            q = q.t().contiguous()
+        self.register_buffer("q", q)
+        self.register_buffer("scale", scale)
+        self.register_buffer("zero_point", zero_point)
+
+    def forward(self, x):
+        ops = torch.ops.mono_quant
+        if self.mode == "dynamic":
+            return ops.onnx_linear_dynamic(x, self.q, self.scale, self.zero_point, self.bias)
+        if self.mode == "nbits":
+            return ops.onnx_matmul_nbits(x, self.blocks, self.scale, self.zero_point, self.bias, self.cols,
+                                         self.out_features, self.group)
+        if self.mode == "int4":
+            w = ops.onnx_dequantize_int4(self.codes, self.scale, self.zero_point, self.cols,
+                                         [self.out_features, self.cols])
+        else:
+            w = ops.onnx_dequantize(self.q, self.scale, self.zero_point, 0)
+        return F.linear(x, w, self.bias)
+
+
+class _OnnxConv2d(_Twin):
+    def __init__(self, module):
+        super().__init__(module)
+        for name in ("stride", "padding", "dilation", "groups", "padding_mode", "_reversed_padding_repeated_twice"):
+            setattr(self, name, copy.copy(getattr(module, name)))
+        self.register_buffer("bias", _bias(module))
+        self.shape = list(module.weight_shape)
+        self.dynamic = module.activations == "dynamic" and module.weight_format != "int4"
+        if module.weight_format == "int4":
+            codes, scale, zero_point, cols, _ = _int4_parts(module)
+            self.cols = cols
+            self.register_buffer("codes", codes)
+        else:
+            self.cols = None
+            q, scale, zero_point, _ = _int8_parts(module)
+            self.register_buffer("q", q)
+        self.register_buffer("scale", scale)
+        self.register_buffer("zero_point", zero_point)
+
+    def forward(self, x):
+        ops = torch.ops.mono_quant
+        if self.cols is not None:
+            w = ops.onnx_dequantize_int4(self.codes, self.scale, self.zero_point, self.cols, self.shape)
+        else:
+            w = ops.onnx_dequantize(self.q, self.scale, self.zero_point, 0)
+        if self.dynamic:
+            x = ops.onnx_fake_quantize_dynamic(x)
+        if self.padding_mode != "zeros":
+            x = F.pad(x, self._reversed_padding_repeated_twice, mode=self.padding_mode)
+            return F.conv2d(x, w, self.bias, self.stride, 0, self.dilation, self.groups)
+        return F.conv2d(x, w, self.bias, self.stride, self.padding, self.dilation, self.groups)
+
+
+class _OnnxEmbedding(_Twin):
+    def __init__(self, module):
+        super().__init__(module)
+        self.orig_dtype = module.orig_dtype
+        self.dim = module.embedding_dim
+        if module.weight_format == "int4":
+            codes, scale, zero_point, cols, _ = _int4_parts(module)
+            self.int4 = True
+            self.register_buffer("q", codes)
+        else:
+            q, scale, zero_point, _ = _int8_parts(module)
+            self.int4 = False
+            self.register_buffer("q", q)
+            scale, zero_point = scale.reshape(-1, 1), zero_point.reshape(-1, 1)
+        self.register_buffer("scale", scale)
+        self.register_buffer("zero_point", zero_point)
+
+    def forward(self, indices):
+        q, scale, zero_point = self.q[indices], self.scale[indices], self.zero_point[indices]
+        rows = (q.float() - zero_point.float()) * scale
+        if self.int4:
+            rows = rows.reshape(*indices.shape, -1)[..., :self.dim]
+        return rows.to(self.orig_dtype)
+
+
+def onnx_twin(module: nn.Module) -> Optional[nn.Module]:
+    """The export twin of one quantized module (None: exported as it is, e.g. fp16 / bf16)."""
+    from .modules.conv import QuantizedConv2d
+    from .modules.embedding import QuantizedEmbedding
+    from .modules.linear import QuantizedLinear
+
+    if getattr(module, "qtype", None) is None or module.qtype.kind != "int":
+        return None
+    if isinstance(module, QuantizedLinear):
+        return _OnnxLinear(module)
+    if isinstance(module, QuantizedConv2d):
+        return _OnnxConv2d(module)
+    if isinstance(module, QuantizedEmbedding):
+        return _OnnxEmbedding(module)
+    raise NotImplementedError(f"ONNX export of {type(module).__name__} is not supported yet")
+
+
+def _twinned(model: nn.Module) -> nn.Module:
+    twin = onnx_twin(model)
+    if twin is not None:
+        return twin
+    model = copy.copy(model)  # shallow: only the module tree is rebuilt; float weights are shared, not copied
+    model._modules = dict(model._modules)
+    for name, child in model._modules.items():
+        if child is not None:
+            model._modules[name] = _twinned(child)
+    return model
+
+
+# -- the translations to ONNX (onnxscript) --------------------------------------------------------------------
+
+_FLOAT = 1  # onnx.TensorProto.FLOAT
+
+
+def _matmul_nbits_schema():
+    """ONNX Runtime's com.microsoft MatMulNBits (contrib op: onnx has no schema for it),
+    as far as this export uses it: float A / scales / zero-points, 4-bit blocks in uint8."""
+    from onnx.defs import OpSchema
+
+    param, optional = OpSchema.FormalParameter, OpSchema.FormalParameterOption.Optional
+    return OpSchema(
+        "MatMulNBits", "com.microsoft", 1,
+        inputs=[param("A", "T1"), param("B", "T2"), param("scales", "T1"),
+                param("zero_points", "T1", param_option=optional)],
+        outputs=[param("Y", "T1")],
+        type_constraints=[("T1", ["tensor(float)"], ""), ("T2", ["tensor(uint8)"], "")],
+        attributes=[OpSchema.Attribute(name, OpSchema.AttrType.INT, "") for name in ("K", "N", "bits", "block_size")])
+
+
+def _translation_table():
+    try:
+        from onnxscript import opset21 as op
+        from onnxscript.values import Op, Opset
+    except ImportError as error:
+        raise ImportError("export_onnx needs the onnx and onnxscript packages: pip install onnx onnxscript "
+                          "(or mono-quant[onnx])") from error
+    matmul_nbits_op = Op(Opset("com.microsoft", 1), "MatMulNBits", _matmul_nbits_schema())
+
+    def dequantize(q, scale, zero_point, axis):
+        return op.DequantizeLinear(q, scale, zero_point, axis=axis)
+
+    def fake_quantize_dynamic(x):
+        q, scale, zero_point = op.DynamicQuantizeLinear(x)
+        return op.DequantizeLinear(q, scale, zero_point)
+
+    def linear_dynamic(x, weight_t, scale, zero_point, bias):
+        q, x_scale, x_zero_point = op.DynamicQuantizeLinear(x)
+        acc = op.MatMulInteger(q, weight_t, x_zero_point, zero_point)
+        y = op.Mul(op.Cast(acc, to=_FLOAT), op.Mul(x_scale, scale))
+        return y if bias is None else op.Add(y, bias)
+
+    def dequantize_int4(codes, scale, zero_point, cols, shape):
+        w = op.Mul(op.Sub(op.Cast(codes, to=_FLOAT), zero_point), scale)
+        w = op.Reshape(w, op.Constant(value_ints=[codes.shape[0], -1]))
+        w = op.Slice(w, op.Constant(value_ints=[0]), op.Constant(value_ints=[cols]), op.Constant(value_ints=[1]))
+        return op.Reshape(w, op.Constant(value_ints=list(shape)))
+
+    def matmul_nbits(x, blocks, scale, zero_point, bias, K, N, block_size):
+        y = matmul_nbits_op(x, blocks, scale, zero_point, K=K, N=N, bits=4, block_size=block_size)
+        return y if bias is None else op.Add(y, bias)
+
+    ops = torch.ops.mono_quant
+    return {ops.onnx_dequantize.default: dequantize, ops.onnx_fake_quantize_dynamic.default: fake_quantize_dynamic,
+            ops.onnx_linear_dynamic.default: linear_dynamic, ops.onnx_dequantize_int4.default: dequantize_int4,
+            ops.onnx_matmul_nbits.default: matmul_nbits}
+
+
+def export_onnx(model: nn.Module, args: Union[torch.Tensor, Tuple[Any, ...]], path: Union[str, Path], *,
+                opset_version: int = 21, dynamic_shapes=None, input_names=None, output_names=None) -> Path:
+    """Write ``model`` (a quantized model, or any model holding quantized modules) to
+    ``path`` as ONNX (opset ``opset_version``, at least 21 for blocked DequantizeLinear
+    semantics), traced with the example ``args`` (a tensor or a tuple).  The model is not
+    modified.  ``dynamic_shapes``, ``input_names``, ``output_names``: as for
+    ``torch.onnx.export``.  Returns the path.  Raises ImportError without onnx /
+    onnxscript, NotImplementedError for a layer this export can't express."""
+    if opset_version < 21:
+        raise ValueError(f"export_onnx writes opset 21 or later (blocked DequantizeLinear), got {opset_version}")
+    if isinstance(args, torch.Tensor):
+        args = (args,)
+    table = _translation_table()
+    twin = _twinned(model)
+    program = torch.onnx.export(twin, tuple(args), dynamo=True, opset_version=opset_version,
+                                custom_translation_table=table, dynamic_shapes=dynamic_shapes,
+                                input_names=input_names, output_names=output_names, verbose=False)
+    path = Path(path)
+    program.save(str(path))
+    return path

@@ -1,0 +1,158 @@
+"""The quantized modules' forward written with the ``mono_quant`` torch.library ops
+(``kernels/torch_library.py``): what runs under ``torch.compile``, ``torch.export``,
+``torch.jit.trace`` and autograd.  The same paths as the eager forward of each format,
+on the same kernels, so the same results (tests/integrations/test_torch_ops.py)."""
+from __future__ import annotations
+
+import math
+import torch
+import torch.nn.functional as F
+
+from ..kernels.int8 import MAX_IN_FEATURES
+from ..kernels.settings import SETTINGS
+from ..kernels.torch_library import KERNEL_DTYPES, conv_weight, use_ops
+from ..tensor import channel_rows, from_channel_rows
+from .int4 import Int4Format
+from .int4_weight import BLAS_MAX_OUT_FEATURES, effective_group
+from .int4_weight import BLAS_MIN_ROWS as INT4_BLAS_MIN_ROWS
+from .packed_linear import BLAS_MIN_ROWS
+
+__all__ = ["use_ops", "linear_forward", "conv2d_forward", "embedding_forward", "int4_linear_forward",
+           "dequantized_weight"]
+
+# Read from C at trace time and kept as a constant of a compiled graph (dynamo can't call
+# into _C): it only chooses between paths that give the same results up to rounding.
+@torch.compiler.assume_constant_result
+def _isa() -> str:
+    return SETTINGS.isa
+
+
+@torch.compiler.assume_constant_result
+def _int4_int8_activations() -> bool:
+    return SETTINGS.int4_int8_activations
+
+
+def dequantized_weight(module, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """``module.dequantized_weight(dtype)`` built from ops and torch only (traceable)."""
+    if not module.format.integer:
+        return module._buffers["weight"].to(dtype)
+    shape = tuple(module.weight_shape)
+    qdata = module._buffers.get("weight_qdata")
+    if isinstance(module.format, Int4Format):
+        rows = torch.ops.mono_quant.dequantize_int4(qdata, module.weight_scale, module.weight_zero_point,
+                                                    math.prod(shape[1:]), _int4_group(module))
+        return rows.reshape(shape).to(dtype)
+    if qdata is None:  # packed int8: the packed order is (kh, kw, in) for a conv
+        groups = getattr(module, "groups", 1)
+        if len(shape) == 4:
+            w = conv_weight(module.weight_packed, module.weight_packed_info, module.weight_scale,
+                             module.weight_zero_point, shape[0], shape[1], shape[2:], groups)
+        else:
+            w = torch.ops.mono_quant.dequantize_int8_packed(module.weight_packed, module.weight_packed_info,
+                                                            module.weight_scale, module.weight_zero_point,
+                                                            shape[0], math.prod(shape[1:]), 0)
+        return w.reshape(shape).to(dtype)
+    axis = module.weight_axis
+    rows = torch.ops.mono_quant.dequantize_rows(channel_rows(qdata, axis), module.weight_scale, module.weight_zero_point)
+    return from_channel_rows(rows, qdata.shape, axis).to(dtype)
+
+
+def _int4_group(module) -> int:
+    return effective_group(math.prod(module.weight_shape[1:]), module.weight_group_size)
+
+
+def _takes(x: torch.Tensor, module, in_features: int) -> bool:
+    packed = module._buffers.get("weight_packed")
+    return (packed is not None and packed.device.type == "cpu" and x.device.type == "cpu"
+            and x.dtype in KERNEL_DTYPES and x.shape[-1] == in_features and in_features <= MAX_IN_FEATURES
+            and x.numel() > 0)
+
+
+def linear_forward(module, x: torch.Tensor) -> torch.Tensor:
+    """QuantizedLinear.forward through the ops (the same paths and results as eager)."""
+    bias = module.bias
+    if isinstance(module.format, Int4Format):
+        return int4_linear_forward(module, x)
+    if not module.format.integer:
+        w = module._buffers["weight"]
+        return F.linear(x, w.to(x.dtype).to(x.device), None if bias is None else bias.to(x.dtype))
+    n, k = module.out_features, module.in_features
+    if _takes(x, module, k):
+        x2d = x if x.dim() == 2 else x.reshape(-1, k)
+        if module.activations is None and x2d.shape[0] >= BLAS_MIN_ROWS[_isa()]:
+            w = torch.ops.mono_quant.dequantize_int8_packed(module.weight_packed, module.weight_packed_info,
+                                                            module.weight_scale, module.weight_zero_point, n, k, 0)
+            y = F.linear(x2d.float(), w, None if bias is None else bias.float())
+        else:
+            y = torch.ops.mono_quant.linear_int8(x2d, module.weight_packed, module.weight_colsum,
+                                                 module.weight_packed_info, module.weight_scale,
+                                                 module.weight_zero_point, bias, n, 0, module.activations == "dynamic")
+        if x.dim() != 2:
+            y = y.reshape(*x.shape[:-1], n)
+        return y if x.dtype == torch.float32 else y.to(x.dtype)
+    w = dequantized_weight(module).to(x.device)
+    return F.linear(x.float(), w, None if bias is None else bias.float()).to(x.dtype)
+
+
+def int4_linear_forward(module, x: torch.Tensor) -> torch.Tensor:
+    """An int4 QuantizedLinear's forward through the ops (as ``int4.int4_linear``)."""
+    bias = module.bias
+    qdata, scale, zero_point = module.weight_qdata, module.weight_scale, module.weight_zero_point
+    n, k = module.weight_shape[0], math.prod(module.weight_shape[1:])
+    if x.shape[-1] != k:
+        raise ValueError(f"input has {x.shape[-1]} features, the int4 weight expects {k}")
+    if x.device.type != "cpu" or qdata.device.type != "cpu" or x.numel() == 0 or qdata.numel() == 0:
+        w = dequantized_weight(module).reshape(n, k).to(x.device) if qdata.numel() else x.new_zeros((n, k)).float()
+        return F.linear(x.float(), w, None if bias is None else bias.float()).to(x.dtype)
+    x2 = x.reshape(-1, k)
+    group = _int4_group(module)
+    isa = _isa()
+    if x2.shape[0] >= INT4_BLAS_MIN_ROWS[isa] and n <= BLAS_MAX_OUT_FEATURES[isa]:
+        w = torch.ops.mono_quant.dequantize_int4(qdata, scale, zero_point, k, group)
+        y = F.linear(x2.float(), w, None if bias is None else bias.float())
+    else:
+        if x2.dtype not in (torch.float32, torch.bfloat16):
+            x2 = x2.float()
+        y = torch.ops.mono_quant.int4_linear(x2, qdata, scale, zero_point, bias, group,
+                                             _int4_int8_activations())
+    return y.reshape(*x.shape[:-1], n).to(x.dtype)
+
+
+def conv2d_forward(module, x: torch.Tensor) -> torch.Tensor:
+    """QuantizedConv2d.forward through the ops (the same paths and results as eager)."""
+    m = module
+    bias = m.bias
+    if not m.format.integer:
+        b = None if bias is None else bias.to(x.dtype)
+        return m.conv_with(x, m._buffers["weight"].to(x.dtype).to(x.device), b)
+    k = m.in_channels // m.groups * m.kernel_size[0] * m.kernel_size[1]
+    if (x.dim() == 4 and not isinstance(m.padding, str) and x.shape[1] == m.in_channels
+            and _takes(x, m, x.shape[-1]) and k <= MAX_IN_FEATURES):
+        if m._packed_pays(x):
+            if m.padding_mode != "zeros":
+                x = F.pad(x, m._reversed_padding_repeated_twice, mode=m.padding_mode)
+                padding = [0, 0]
+            else:
+                padding = list(m.padding)
+            y = torch.ops.mono_quant.conv2d_int8(x, m.weight_packed, m.weight_colsum, m.weight_packed_info,
+                                                 m.weight_scale, m.weight_zero_point, bias, list(m.kernel_size),
+                                                 list(m.stride), padding, list(m.dilation), m.groups, m.out_channels,
+                                                 m.activations == "dynamic")
+            return y if x.dtype == torch.float32 else y.to(x.dtype)
+        w = dequantized_weight(m)
+        return m.conv_with(x.float(), w, None if bias is None else bias.float()).to(x.dtype)
+    w = dequantized_weight(m).to(x.device)
+    return m.conv_with(x.float(), w, None if bias is None else bias.float()).to(x.dtype)
+
+
+def embedding_forward(module, indices: torch.Tensor) -> torch.Tensor:
+    """QuantizedEmbedding.forward through the ops."""
+    m = module
+    if not m.format.integer:
+        return F.embedding(indices, m._buffers["weight"]).to(m.orig_dtype)
+    if indices.dtype not in (torch.int64, torch.int32):
+        raise RuntimeError(f"embedding indices must be int64 or int32, got {indices.dtype}")
+    group = _int4_group(m) if isinstance(m.format, Int4Format) else 0
+    rows = torch.ops.mono_quant.embedding_lookup(indices, m.weight_qdata, m.weight_scale, m.weight_zero_point,
+                                                 m.num_embeddings, m.embedding_dim, group)
+    return rows.to(m.orig_dtype)

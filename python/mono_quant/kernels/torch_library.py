@@ -1,0 +1,348 @@
+"""The C kernels as ``torch.library`` custom ops (namespace ``mono_quant``); the
+quantized modules' forward written with them is ``formats/traced_forward.py``.
+
+Each op has a schema, a CPU implementation calling ``mono_quant._C`` (defined here in
+Python: no libtorch linkage), a fake implementation giving the output's shape and dtype
+(for ``torch.compile``, ``torch.export`` and FakeTensor tracing) and, where the op
+takes a float input, a backward to that input (``grad_x = grad_y @ W_dequantized``;
+the quantized weights stay frozen, a bias gets its gradient when it requires one).
+
+Eager calls keep the direct ``_C`` call (the dispatcher adds a few microseconds per op,
+a large share of a batch-1 layer; benchmarks/bench_ecosystem.py measures it): a
+module's forward takes the op route (``formats/traced_forward.py``) only when :func:`use_ops`
+says so, i.e. under ``torch.compile`` / ``torch.export`` / ``torch.jit.trace``, on a
+FakeTensor or other tensor subclass, or when autograd must see the layer.  Both routes
+run the same kernels on the same inputs, so they give identical results (tested).
+"""
+from __future__ import annotations
+
+import math
+from typing import List, Optional
+
+import torch
+import torch.nn.functional as F
+from torch.utils.weak import WeakIdKeyDictionary
+
+from .. import _C
+from .layout import PACKED_LAYOUT_VERSION, int8_packed_sizes, unpack_int8_rows
+from .rows import dequantize_rows, to_numpy
+from .settings import SETTINGS
+
+__all__ = ["use_ops", "conv_weight", "KERNEL_DTYPES"]
+
+_LIB = torch.library.Library("mono_quant", "DEF")  # kept alive: the ops live as long as this object
+KERNEL_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+
+
+def use_ops(x: torch.Tensor, module=None) -> bool:
+    """Whether a quantized module's forward must go through the ``mono_quant`` ops
+    (graph capture, a tensor subclass, or autograd to record: ``x`` or the module's
+    bias requires grad) instead of the direct ``_C`` calls of eager inference.
+    (~0.3 us under no_grad: every eager call of every layer asks.)"""
+    if torch.compiler.is_compiling() or torch._C._is_tracing() or type(x) is not torch.Tensor:
+        return True  # (type: FakeTensor in non-strict export / make_fx, functional tensors, subclasses)
+    if not torch.is_grad_enabled():
+        return False
+    if x.requires_grad:
+        return True
+    bias = None if module is None else module._parameters.get("bias")
+    return bias is not None and bias.requires_grad
+
+
+# -- packed int8 ----------------------------------------------------------------------------------------------
+
+def _packed_geometry(info: torch.Tensor):
+    """(out_features, in_features, has_m128, groups) from a ``weight_packed_info`` tensor."""
+    values = info.tolist() if info.dtype == torch.int32 and info.dim() == 1 else []
+    if len(values) != 5 or values[0] != PACKED_LAYOUT_VERSION:
+        raise ValueError(f"weight_packed_info {values} is not a packed layout this version reads "
+                         f"(version {PACKED_LAYOUT_VERSION}); re-quantize the model")
+    return values[1], values[2], bool(values[3]), values[4]
+
+
+# Per packed weight (keyed weakly by its small ``weight_packed_info`` tensor, which the cached
+# arrays never reference, so an entry dies with its module), the NumPy arguments built for
+# the last call, reused while no input tensor was replaced, written in place or moved:
+# building them costs about as much as a batch-1 kernel call (benchmarks/bench_ecosystem.py).
+_ARGS = WeakIdKeyDictionary()  # (tensors compare elementwise: keyed by identity)
+
+
+def _tensor_key(t):
+    if t is None:
+        return None
+    return (id(t), -1 if t.is_inference() else t._version, t.data_ptr())
+
+
+def _group_args(packed, colsum, info, scale, zero_point, bias, group: int) -> tuple:
+    """The ``_C.linear_int8`` weight arguments of one group (as modules/linear.py builds them);
+    group -1: the whole weight (the conv kernel's arguments)."""
+    key = tuple(map(_tensor_key, (packed, colsum, info, scale, zero_point, bias)))
+    per_group = _ARGS.get(info)
+    if per_group is None or per_group[0] != key:
+        per_group = (key, {})
+        _ARGS[info] = per_group
+    args = per_group[1].get(group)
+    if args is None:
+        args = per_group[1][group] = _build_group_args(packed, colsum, info, scale, zero_point, bias, group)
+    return args
+
+
+def _build_group_args(packed, colsum, info, scale, zero_point, bias, group: int) -> tuple:
+    n, k, has_m128, groups = _packed_geometry(info)
+    if not -1 <= group < groups:
+        raise ValueError(f"group {group} out of range for a weight packed in {groups} groups")
+    scale = scale.detach().to(torch.float32).expand(n).contiguous()
+    zero_point = zero_point.detach().to(torch.int32).expand(n).contiguous()
+    bias = None if bias is None else bias.detach().to(torch.float32).contiguous()
+    if group == -1 or groups == 1:
+        return (packed.numpy(), colsum.numpy(), scale.numpy(), zero_point.numpy(),
+                None if bias is None else bias.numpy(), n, has_m128)
+    out_g = n // groups
+    packed_size, colsum_size = int8_packed_sizes(out_g, k)
+    lo, hi = group * out_g, (group + 1) * out_g
+    return (packed[group * packed_size:(group + 1) * packed_size].numpy(),
+            colsum[group * colsum_size:(group + 1) * colsum_size].numpy(),
+            scale[lo:hi].numpy(), zero_point[lo:hi].numpy(), None if bias is None else bias[lo:hi].numpy(),
+            out_g, has_m128)
+
+
+_LIB.define("linear_int8(Tensor x, Tensor packed, Tensor colsum, Tensor info, Tensor scale, Tensor zero_point, "
+            "Tensor? bias, int out_features, int group, bool dynamic) -> Tensor")
+
+
+def _linear_int8(x, packed, colsum, info, scale, zero_point, bias, out_features, group, dynamic):
+    if x.shape[-1] > 1 and x.stride(-1) != 1:
+        x = x.contiguous()
+    args = _group_args(packed, colsum, info, scale, zero_point, bias, group)
+    y = _C.linear_int8(to_numpy(x), *args, mode="dynamic" if dynamic else "weight_only", nthreads=SETTINGS.num_threads())
+    return torch.from_numpy(y)
+
+
+def _linear_int8_fake(x, packed, colsum, info, scale, zero_point, bias, out_features, group, dynamic):
+    return x.new_empty((x.shape[0], out_features), dtype=torch.float32)
+
+
+_LIB.impl("linear_int8", _linear_int8, "CPU")
+torch.library.register_fake("mono_quant::linear_int8", _linear_int8_fake, lib=_LIB)
+
+_LIB.define("dequantize_int8_packed(Tensor packed, Tensor info, Tensor scale, Tensor zero_point, "
+            "int out_features, int in_features, int group) -> Tensor")
+
+
+def _dequantize_int8_packed(packed, info, scale, zero_point, out_features, in_features, group):
+    n, k, _, groups = _packed_geometry(info)
+    out_g = n // groups
+    rows = unpack_int8_rows(packed, groups, out_g, k)[group]
+    lo = group * out_g
+    scale = scale.detach().to(torch.float32).expand(n)[lo:lo + out_g]
+    zero_point = zero_point.detach().to(torch.int32).expand(n)[lo:lo + out_g]
+    return dequantize_rows(rows, scale, zero_point)
+
+
+def _dequantize_int8_packed_fake(packed, info, scale, zero_point, out_features, in_features, group):
+    return packed.new_empty((out_features, in_features), dtype=torch.float32)
+
+
+_LIB.impl("dequantize_int8_packed", _dequantize_int8_packed, "CPU")
+torch.library.register_fake("mono_quant::dequantize_int8_packed", _dequantize_int8_packed_fake, lib=_LIB)
+
+
+def _linear_int8_setup(ctx, inputs, output):
+    x, packed, _, info, scale, zero_point, bias, out_features, group, _ = inputs
+    ctx.save_for_backward(packed, info, scale, zero_point)
+    ctx.meta = (x.dtype, x.shape[-1], out_features, group, bias is not None)
+
+
+def _linear_int8_backward(ctx, grad):
+    packed, info, scale, zero_point = ctx.saved_tensors
+    x_dtype, k, n, group, has_bias = ctx.meta
+    grad_x = grad_bias = None
+    if ctx.needs_input_grad[0]:
+        w = torch.ops.mono_quant.dequantize_int8_packed(packed, info, scale, zero_point, n, k, group)
+        grad_x = (grad @ w).to(x_dtype)
+    if has_bias and ctx.needs_input_grad[6]:
+        grad_bias = grad.sum(0)
+    return grad_x, None, None, None, None, None, grad_bias, None, None, None
+
+
+torch.library.register_autograd("mono_quant::linear_int8", _linear_int8_backward, setup_context=_linear_int8_setup,
+                                lib=_LIB)
+
+_LIB.define("conv2d_int8(Tensor x, Tensor packed, Tensor colsum, Tensor info, Tensor scale, Tensor zero_point, "
+            "Tensor? bias, int[] kernel_size, int[] stride, int[] padding, int[] dilation, int groups, "
+            "int out_channels, bool dynamic) -> Tensor")
+
+# bytes of int8 im2col rows per dynamic C call (as modules/conv.py DYNAMIC_CHUNK_BYTES)
+_CONV_CHUNK_BYTES = 1 << 20
+
+
+def _conv_out_size(x_shape, kernel_size, stride, padding, dilation):
+    return [(size + 2 * p - d * (k - 1) - 1) // s + 1
+            for size, k, s, p, d in zip(x_shape[2:], kernel_size, stride, padding, dilation)]
+
+
+def _conv2d_int8(x, packed, colsum, info, scale, zero_point, bias, kernel_size, stride, padding, dilation, groups,
+                 out_channels, dynamic):
+    n, k, has_m128, packed_groups = _packed_geometry(info)
+    if packed_groups != groups or n != out_channels:
+        raise ValueError(f"packed weight ({n} outputs in {packed_groups} groups) does not match the conv "
+                         f"({out_channels} outputs in {groups} groups)")
+    batch = x.shape[0]
+    out_h, out_w = _conv_out_size(x.shape, kernel_size, stride, padding, dilation)
+    if dynamic:
+        x = x.contiguous()
+        whole = _group_args(packed, colsum, info, scale, zero_point, bias, -1)
+        geometry = (tuple(kernel_size), tuple(stride), tuple(padding), tuple(dilation), groups)
+        per_image = out_h * out_w * (-(-k // 4) * 4) * groups
+        images = max(1, _CONV_CHUNK_BYTES // max(1, per_image))
+        out = torch.empty(batch, out_channels, out_h, out_w)
+        out_np = out.numpy()
+        for b0 in range(0, batch, images):
+            out_np[b0:b0 + images] = _C.conv2d_int8(to_numpy(x[b0:b0 + images]), *whole, *geometry,
+                                                    nthreads=SETTINGS.num_threads(), nchw=True)
+        return out
+    (kh, kw), (sh, sw) = kernel_size, stride
+    if (kh, kw, sh, sw) == (1, 1, 1, 1) and tuple(padding) == (0, 0):
+        rows = x.permute(0, 2, 3, 1).reshape(-1, x.shape[1])
+    else:  # im2col rows in the packed K order (group, kh, kw, channel), as modules/conv.py
+        cols = F.unfold(x, tuple(kernel_size), tuple(dilation), tuple(padding), tuple(stride))
+        cols = cols.reshape(batch, groups, x.shape[1] // groups, kh * kw, -1)
+        rows = cols.permute(0, 4, 1, 3, 2).reshape(-1, cols.shape[1] * cols.shape[2] * cols.shape[3])
+    outs = [_linear_int8(rows[:, g * k:(g + 1) * k], packed, colsum, info, scale, zero_point, bias, n // groups,
+                         g, False) for g in range(groups)]
+    y = outs[0] if groups == 1 else torch.cat(outs, dim=1)
+    return y.reshape(batch, out_h, out_w, out_channels).permute(0, 3, 1, 2).contiguous()
+
+
+def _conv2d_int8_fake(x, packed, colsum, info, scale, zero_point, bias, kernel_size, stride, padding, dilation,
+                      groups, out_channels, dynamic):
+    out_h, out_w = _conv_out_size(x.shape, kernel_size, stride, padding, dilation)
+    return x.new_empty((x.shape[0], out_channels, out_h, out_w), dtype=torch.float32)
+
+
+_LIB.impl("conv2d_int8", _conv2d_int8, "CPU")
+torch.library.register_fake("mono_quant::conv2d_int8", _conv2d_int8_fake, lib=_LIB)
+
+
+def conv_weight(packed, info, scale, zero_point, out_channels, in_per_group, kernel_size, groups):
+    """The float32 conv weight [out, in/groups, kh, kw] from the packed buffers (K in (kh, kw, c) order)."""
+    kh, kw = kernel_size
+    k = in_per_group * kh * kw
+    out_g = out_channels // groups
+    parts = [torch.ops.mono_quant.dequantize_int8_packed(packed, info, scale, zero_point, out_g, k, g)
+             for g in range(groups)]
+    rows = parts[0] if groups == 1 else torch.cat(parts)
+    if kh * kw == 1:
+        return rows.reshape(out_channels, -1, 1, 1)
+    return rows.reshape(out_channels, kh, kw, -1).permute(0, 3, 1, 2).contiguous()
+
+
+def _conv2d_int8_setup(ctx, inputs, output):
+    x, packed, _, info, scale, zero_point, bias, kernel_size, stride, padding, dilation, groups, out_channels, _ = inputs
+    ctx.save_for_backward(packed, info, scale, zero_point)
+    ctx.meta = (x.dtype, tuple(x.shape), tuple(kernel_size), tuple(stride), tuple(padding), tuple(dilation), groups,
+                out_channels, bias is not None)
+
+
+def _conv2d_int8_backward(ctx, grad):
+    packed, info, scale, zero_point = ctx.saved_tensors
+    x_dtype, x_shape, kernel_size, stride, padding, dilation, groups, out_channels, has_bias = ctx.meta
+    grad_x = grad_bias = None
+    if ctx.needs_input_grad[0]:
+        w = conv_weight(packed, info, scale, zero_point, out_channels, x_shape[1] // groups, kernel_size, groups)
+        grad_x = torch.nn.grad.conv2d_input(x_shape, w, grad, stride, padding, dilation, groups).to(x_dtype)
+    if has_bias and ctx.needs_input_grad[6]:
+        grad_bias = grad.sum((0, 2, 3))
+    return (grad_x,) + (None,) * 5 + (grad_bias,) + (None,) * 7
+
+
+torch.library.register_autograd("mono_quant::conv2d_int8", _conv2d_int8_backward, setup_context=_conv2d_int8_setup,
+                                lib=_LIB)
+
+# -- plain integer weights (not packed: uint8, per-group, ...) -----------------------------------------------
+
+_LIB.define("dequantize_rows(Tensor q, Tensor scale, Tensor zero_point) -> Tensor")
+_LIB.impl("dequantize_rows", dequantize_rows, "CPU")
+torch.library.register_fake("mono_quant::dequantize_rows",
+                            lambda q, scale, zero_point: q.new_empty(q.shape, dtype=torch.float32), lib=_LIB)
+
+# -- int4 ---------------------------------------------------------------------------------------------------
+
+_LIB.define("dequantize_int4(Tensor qdata, Tensor scale, Tensor zero_point, int cols, int group) -> Tensor")
+
+
+def _dequantize_int4(qdata, scale, zero_point, cols, group):
+    return torch.from_numpy(_C.q4_dequantize(qdata.contiguous().numpy(), to_numpy(scale.contiguous()),
+                                             zero_point.contiguous().numpy(), cols, group, nthreads=SETTINGS.num_threads()))
+
+
+_LIB.impl("dequantize_int4", _dequantize_int4, "CPU")
+torch.library.register_fake(
+    "mono_quant::dequantize_int4",
+    lambda qdata, scale, zero_point, cols, group: qdata.new_empty((qdata.shape[0], cols), dtype=torch.float32),
+    lib=_LIB)
+
+_LIB.define("int4_linear(Tensor x, Tensor qdata, Tensor scale, Tensor zero_point, Tensor? bias, int group, "
+            "bool int8_activations) -> Tensor")
+
+
+def _int4_linear(x, qdata, scale, zero_point, bias, group, int8_activations):
+    b = None if bias is None else bias.detach().float().contiguous().numpy()
+    y = _C.q4_linear(to_numpy(x.contiguous()), qdata.numpy(), to_numpy(scale), zero_point.numpy(), group, bias=b,
+                     int8_activations=-1 if int8_activations else 0, nthreads=SETTINGS.num_threads())
+    return torch.from_numpy(y)
+
+
+def _int4_linear_fake(x, qdata, scale, zero_point, bias, group, int8_activations):
+    return x.new_empty((x.shape[0], qdata.shape[0]), dtype=torch.float32)
+
+
+_LIB.impl("int4_linear", _int4_linear, "CPU")
+torch.library.register_fake("mono_quant::int4_linear", _int4_linear_fake, lib=_LIB)
+
+
+def _int4_linear_setup(ctx, inputs, output):
+    x, qdata, scale, zero_point, bias, group, _ = inputs
+    ctx.save_for_backward(qdata, scale, zero_point)
+    ctx.meta = (x.dtype, x.shape[-1], group, bias is not None)
+
+
+def _int4_linear_backward(ctx, grad):
+    qdata, scale, zero_point = ctx.saved_tensors
+    x_dtype, cols, group, has_bias = ctx.meta
+    grad_x = grad_bias = None
+    if ctx.needs_input_grad[0]:
+        w = torch.ops.mono_quant.dequantize_int4(qdata, scale, zero_point, cols, group)
+        grad_x = (grad @ w).to(x_dtype)
+    if has_bias and ctx.needs_input_grad[4]:
+        grad_bias = grad.sum(0)
+    return grad_x, None, None, None, grad_bias, None, None
+
+
+torch.library.register_autograd("mono_quant::int4_linear", _int4_linear_backward, setup_context=_int4_linear_setup,
+                                lib=_LIB)
+
+# -- embedding lookup ---------------------------------------------------------------------------------------
+
+_LIB.define("embedding_lookup(Tensor indices, Tensor qdata, Tensor scale, Tensor zero_point, int num_embeddings, "
+            "int embedding_dim, int group) -> Tensor")
+
+
+def _embedding_lookup(indices, qdata, scale, zero_point, num_embeddings, embedding_dim, group):
+    flat = indices.reshape(-1)
+    if flat.numel() and (int(flat.min()) < 0 or int(flat.max()) >= num_embeddings):
+        raise IndexError(f"index out of range for an embedding of {num_embeddings} rows")  # as nn.Embedding
+    q, s, z = qdata[flat], scale[flat], zero_point[flat]
+    if group:  # int4, group-wise along the embedding dimension
+        rows = _dequantize_int4(q, s, z, embedding_dim, group)
+    else:  # int8 / uint8, one scale and zero-point per row
+        rows = (q.float() - z.float()[:, None]) * s.float()[:, None]
+    return rows.reshape(*indices.shape, embedding_dim)
+
+
+_LIB.impl("embedding_lookup", _embedding_lookup, "CPU")
+torch.library.register_fake(
+    "mono_quant::embedding_lookup",
+    lambda indices, qdata, scale, zero_point, num_embeddings, embedding_dim, group:
+        qdata.new_empty((*indices.shape, embedding_dim), dtype=torch.float32),
+    lib=_LIB)

@@ -1,0 +1,154 @@
+"""What makes a quantized module behave like the float module it replaced, for code
+that inspects it: a ``.weight`` of the float weight's shape, dtype and device, and
+``.to(dtype)`` / ``.half()`` / ``.bfloat16()`` that change the compute dtype without
+touching the stored format.
+
+``.weight`` of an integer-format module is a :class:`DequantizedWeightView`: a
+``torch.Tensor`` subclass holding no data, whose metadata (``shape``, ``dtype``,
+``device``, ``size()``, ``dim()``, ...) costs nothing and whose every other use
+dequantizes the module's current weight (``module.dequantized_weight``) and runs on
+that.  Code that only reads ``.weight.dtype`` (T5) pays nothing; code that computes
+with it (``F.linear(x, layer.weight)``, ``nn.MultiheadAttention`` on a quantized
+``out_proj``) gets the right numbers at the cost of one dequantization.  Fast paths
+that test for tensor subclasses (``nn.TransformerEncoderLayer``,
+``nn.MultiheadAttention``) see one and take their regular path, which calls the
+quantized modules.  Float formats (fp16/bf16) get the same view (of ``orig_dtype``)
+over their stored ``weight`` buffer, which ``state_dict()`` keeps as before.
+"""
+from __future__ import annotations
+
+import weakref
+
+import torch
+from torch.utils._pytree import tree_map
+
+from .formats.traced_forward import dequantized_weight
+
+__all__ = ["DequantizedWeightView", "TorchCompatMixin"]
+
+# Tensor methods answered from the view's metadata, without dequantizing
+_METADATA_METHODS = frozenset({
+    torch.Tensor.size, torch.Tensor.dim, torch.Tensor.ndimension, torch.Tensor.numel, torch.Tensor.nelement,
+    torch.Tensor.element_size, torch.Tensor.is_floating_point, torch.Tensor.is_complex, torch.Tensor.get_device,
+    torch.Tensor.__len__, torch.Tensor.is_contiguous, torch.Tensor.stride,
+})
+
+
+class DequantizedWeightView(torch.Tensor):
+    """The float weight of a quantized module, dequantized on use (see the module docstring).
+
+    ``requires_grad`` is False: quantized weights are frozen.  Raises RuntimeError if
+    used after its module was garbage-collected.
+    """
+
+    @staticmethod
+    def __new__(cls, module, dtype: torch.dtype, device: torch.device):
+        view = torch.Tensor._make_wrapper_subclass(cls, tuple(module.weight_shape), dtype=dtype, device=device,
+                                                   requires_grad=False)
+        view._module = weakref.ref(module)
+        return view
+
+    def dequantize(self) -> torch.Tensor:
+        """The module's weight as a plain float tensor of this view's dtype."""
+        module = self._module()
+        if module is None:
+            raise RuntimeError("the quantized module this weight view belongs to no longer exists")
+        with torch.no_grad():
+            if module.qtype.kind != "int":  # fp16 / bf16: the stored weight, cast
+                return module._buffers["weight"].to(self.dtype)
+            return module.dequantized_weight(torch.float32).to(self.dtype)
+
+    def __repr__(self, *, tensor_contents=None) -> str:
+        return f"DequantizedWeightView(shape={tuple(self.shape)}, dtype={self.dtype}, device={self.device})"
+
+    @classmethod
+    def __torch_function__(cls, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func in _METADATA_METHODS or getattr(func, "__name__", "") == "__get__":  # shape, dtype, device, ...
+            with torch._C.DisableTorchFunctionSubclass():
+                return func(*args, **kwargs)
+        args, kwargs = tree_map(_plain, (args, kwargs))
+        return func(*args, **kwargs)
+
+    @classmethod
+    def __torch_dispatch__(cls, func, types, args=(), kwargs=None):  # reached only below torch_function
+        args, kwargs = tree_map(_plain, (args, kwargs or {}))
+        return func(*args, **kwargs)
+
+
+class _TracedWeight(torch.Tensor):
+    """``.weight`` inside a torch.compile graph: the dequantized tensor, marked as a
+    subclass only so that fast paths testing ``has_torch_function`` (nn.TransformerEncoderLayer)
+    fall back to calling the quantized modules, as they do in eager."""
+
+    @classmethod
+    def __torch_function__(cls, func, types, args=(), kwargs=None):
+        with torch._C.DisableTorchFunctionSubclass():
+            return func(*args, **(kwargs or {}))
+
+
+def _plain(value):
+    return value.dequantize() if isinstance(value, DequantizedWeightView) else value
+
+
+# one view per module, rebuilt when its dtype or device changes (a weak map: deepcopy and
+# state_dict never see it, and the view's weak reference keeps no module alive)
+_VIEWS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+
+
+def _weight_view(module) -> DequantizedWeightView:
+    stored = module._buffers.get("weight_scale", module._buffers.get("weight"))
+    device = stored.device if stored is not None else torch.device("cpu")
+    view = _VIEWS.get(module)
+    if view is None or view.dtype != module.orig_dtype or view.device != device:
+        view = DequantizedWeightView(module, module.orig_dtype, device)
+        _VIEWS[module] = view
+    return view
+
+
+class TorchCompatMixin:
+    """Mixed into QuantizedModule (before nn.Module): ``.weight`` and dtype conversions."""
+
+    @property
+    def weight(self):
+        """The float weight this module replaced, as a DequantizedWeightView (see the module docstring)."""
+        buffers = self.__dict__.get("_buffers", {})
+        if "weight" not in buffers and "weight_scale" not in buffers:  # not stored yet (or no weight at all)
+            raise AttributeError(f"'{type(self).__name__}' object has no attribute 'weight'")
+        if torch.compiler.is_dynamo_compiling():  # dynamo can't build the view: the dequantized tensor, traced
+
+            return dequantized_weight(self, self.orig_dtype).as_subclass(_TracedWeight)
+        return _weight_view(self)
+
+    def _apply(self, fn, recurse=True):
+        """``.to(device)`` moves every buffer; a dtype conversion (``.to(torch.bfloat16)``,
+        ``.half()``, ``.float()``) leaves the stored format's buffers (integer codes, scales,
+        zero-points, fp16/bf16 weights) in their dtypes and changes the compute dtype
+        instead: the bias and ``orig_dtype`` (the dtype of ``.weight`` and of an
+        embedding's output) follow, and outputs keep following the input's dtype.  (Cast
+        as other buffers are, an int4 layer's fp16 scales would be read back as fp16 bits
+        of bf16 values: garbage.)"""
+        stored = {name: t for name, t in self._buffers.items() if t is not None and t.is_floating_point()}
+        cast_to = _conversion_dtype(fn)
+        result = super()._apply(fn, recurse)
+        for name, old in stored.items():
+            new = self._buffers.get(name)
+            if new is not None and new.dtype != old.dtype:
+                self._buffers[name] = old.to(new.device)
+        if cast_to is not None:
+            self.orig_dtype = cast_to
+        return result
+
+
+def _conversion_dtype(fn):
+    """The float dtype ``fn`` (what Module._apply applies to each tensor) converts
+    floating-point tensors to, or None when it keeps their dtype (a device move, ...)."""
+    try:
+        to32, to16 = fn(torch.empty(0)), fn(torch.empty(0, dtype=torch.float16))
+    except Exception:  # a conversion that can't take an empty CPU probe: assume no dtype change
+        return None
+    if not isinstance(to32, torch.Tensor) or not isinstance(to16, torch.Tensor):
+        return None
+    if to32.dtype == torch.float32 and to16.dtype == torch.float16:
+        return None
+    return to32.dtype if to32.dtype.is_floating_point else None

@@ -1,0 +1,104 @@
+"""export_onnx: standard ONNX that ONNX Runtime runs, matching our eager outputs
+(weight-only formats to float rounding; dynamic int8 within quantization noise, as
+ONNX quantizes activations per tensor where we quantize per row / image)."""
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import mono_quant as mq
+
+onnx = pytest.importorskip("onnx")
+ort = pytest.importorskip("onnxruntime")
+pytest.importorskip("onnxscript")
+
+CASES = [("int8", "dynamic"), ("int8", None), ("int4", None), ("fp16", None)]
+EXPECTED_OPS = {("int8", "dynamic"): {"DynamicQuantizeLinear", "MatMulInteger"},
+                ("int8", None): {"DequantizeLinear"}, ("int4", None): {"MatMulNBits"}, ("fp16", None): set()}
+
+
+def _sqnr(ref, y):
+    ref, y = torch.as_tensor(ref).double(), torch.as_tensor(y).double()
+    return float(10 * torch.log10(ref.pow(2).sum() / (ref - y).pow(2).sum().clamp_min(1e-30)))
+
+
+def _run(qmodel, inputs, path, level=None):
+    """ONNX Runtime's output and the graph's op types.  ``level``: ORT's graph
+    optimizations (default: all; at that level ORT may rewrite DequantizeLinear + MatMul
+    into its own MatMulNBits with int8 activations, which adds activation rounding)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        mq.export_onnx(qmodel, inputs, path)
+    options = ort.SessionOptions()
+    if level is not None:
+        options.graph_optimization_level = level
+    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    feeds = {i.name: t.numpy() for i, t in zip(session.get_inputs(), inputs)}
+    return session.run(None, feeds)[0], {n.op_type for n in onnx.load(str(path)).graph.node}
+
+
+def _models():
+    torch.manual_seed(0)
+    mlp = nn.Sequential(nn.Linear(64, 128), nn.ReLU(), nn.Linear(128, 32)).eval()
+    cnn = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(), nn.Conv2d(16, 64, 3, stride=2, groups=2),
+                        nn.ReLU(), nn.Flatten(), nn.Linear(64 * 7 * 7, 10)).eval()
+    return {"mlp": (mlp, (torch.randn(4, 64),)), "cnn": (cnn, (torch.randn(2, 3, 16, 16),))}
+
+
+@pytest.mark.parametrize("dtype,activations", CASES, ids=lambda v: str(v))
+@pytest.mark.parametrize("name", ["mlp", "cnn"])
+def test_onnx_runtime_matches_eager(tmp_path, name, dtype, activations):
+    model, inputs = _models()[name]
+    kw = {"activations": activations} if dtype == "int8" else ({"group_size": 32} if dtype == "int4" else {})
+    qmodel, skipped = mq.quantize(model, dtype=dtype, **kw)
+    assert not skipped
+    with torch.no_grad():
+        ref, ours = model(*inputs), qmodel(*inputs)
+    y, op_types = _run(qmodel, inputs, tmp_path / "m.onnx")
+    assert EXPECTED_OPS[(dtype, activations)] <= op_types, op_types
+    if activations == "dynamic":  # per-tensor vs per-row activation scales: the same noise level, not the same bits
+        assert _sqnr(ref, y) > _sqnr(ref, ours) - 3 and _sqnr(ours, y) > 30
+    else:
+        assert np.allclose(y, ours.numpy(), rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("dtype", ["int8", "int4"])
+def test_onnx_per_channel_int4_and_embeddings(tmp_path, dtype):
+    class Model(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.emb, self.fc = nn.Embedding(50, 96), nn.Linear(96, 8)
+
+        def forward(self, idx):
+            return self.fc(self.emb(idx))
+
+    torch.manual_seed(0)
+    kw = {"group_size": None} if dtype == "int4" else {"activations": None}
+    qmodel, _ = mq.quantize(Model().eval(), dtype=dtype, embeddings=True, **kw)  # int4 per channel: 96 columns
+    idx = torch.randint(0, 50, (3, 5))
+    with torch.no_grad():
+        ours = qmodel(idx)
+    y, _ = _run(qmodel, (idx,), tmp_path / "e.onnx", ort.GraphOptimizationLevel.ORT_ENABLE_BASIC)
+    assert np.allclose(y, ours.numpy(), rtol=1e-4, atol=1e-4)  # the graph computes what we compute
+    y, _ = _run(qmodel, (idx,), tmp_path / "e.onnx")
+    assert _sqnr(ours, y) > 30  # ORT's own rewrites stay within quantization noise
+
+
+def test_export_leaves_the_model_untouched(tmp_path):
+    model, inputs = _models()["mlp"]
+    qmodel, _ = mq.quantize(model, dtype="int8")
+    before = {k: v.clone() for k, v in qmodel.state_dict().items()}
+    _run(qmodel, inputs, tmp_path / "m.onnx")
+    assert all(torch.equal(before[k], v) for k, v in qmodel.state_dict().items())
+    assert type(qmodel[0]) is mq.QuantizedLinear
+    with pytest.raises(ValueError, match="opset"):
+        mq.export_onnx(qmodel, inputs, tmp_path / "x.onnx", opset_version=17)
+
+
+def test_torchscript_onnx_export_raises_instead_of_freezing_the_output(tmp_path):
+    qmodel, _ = mq.quantize(nn.Sequential(nn.Linear(16, 8)), dtype="int8")
+    with warnings.catch_warnings(), pytest.raises(Exception, match="mono_quant"):
+        warnings.simplefilter("ignore")
+        torch.onnx.export(qmodel, (torch.randn(2, 16),), str(tmp_path / "m.onnx"), dynamo=False)
