@@ -1,4 +1,4 @@
-"""A Hugging Face GPT-2 quantized to int8: while loading (MonoQuantConfig), saved, reloaded.
+"""A Hugging Face GPT-2 quantized to int8: while loading (MonoQuantConfig), saved, reloaded, from its folder.
 
 The model is built from a config with random weights (no download); a real
 checkpoint goes through the same calls with its own path.  Needs transformers
@@ -62,15 +62,22 @@ def main() -> None:
             skeleton = transformers.GPT2LMHeadModel(model.config)  # no memory
         loaded = mq.load(path, model=skeleton).eval()
 
+        # 4. the folder on disk, never loaded in float (`mono-quant quantize gpt2-float -o ...` does the same)
+        streamed = mq.quantize_checkpoint(float_dir, Path(tmp, "gpt2-folder-int8.safetensors"), "int8")
+        with torch.device("meta"):
+            skeleton = transformers.GPT2LMHeadModel(model.config)
+        from_folder = mq.load(streamed.path, model=skeleton).eval()
+
         with torch.no_grad():
-            ref, q, q_again, q_file, q_direct = (m(tokens).logits for m in (model, qmodel, again, loaded, result.model))
+            ref, q, q_again, q_file, q_direct, q_folder = (m(tokens).logits for m in (model, qmodel, again, loaded,
+                                                                             result.model, from_folder))
     print(f"safetensors size: float {size_mb['gpt2-float']:.2f} MB, int8 {size_mb['gpt2-int8']:.2f} MB "
           f"(wte stays float, the lm_head is tied to it: see result.skipped)")
     print(f"logits SQNR vs float: {sqnr_db(ref, q):.1f} dB; from_pretrained(int8 folder) identical: "
           f"{torch.equal(q, q_again)}; mq.load(meta skeleton) identical to quantize(): "
-          f"{torch.equal(q_file, q_direct)}")
+          f"{torch.equal(q_file, q_direct)}; quantize_checkpoint(folder) identical: {torch.equal(q_folder, q_direct)}")
     print(f"kept float: {[s.name for s in result.skipped]}")
-    if not (torch.equal(q, q_again) and torch.equal(q_file, q_direct)):
+    if not (torch.equal(q, q_again) and torch.equal(q_file, q_direct) and torch.equal(q_folder, q_direct)):
         sys.exit("a reloaded model differs from the saved one")
 
 
