@@ -54,7 +54,10 @@ def quantize(
     """Quantize every Linear and Conv2d of a model (or the 2-D/4-D ``*.weight``
     tensors of a state_dict) to ``dtype``.
 
-    The caller's model and tensors are never modified.  Options left as None
+    Also replaced: nn.Conv1d and GPT-2's ``Conv1D`` (as their 2-D
+    equivalents), and nn.Embedding with ``embeddings=True``; every
+    weight-bearing layer left float is in ``skipped`` with its reason
+    (docs/huggingface.md has the coverage table).  The caller's model and tensors are never modified.  Options left as None
     (or ``DEFAULT``) take the config file's value, else the default in
     brackets; arguments win over the file, the file over defaults.
 
@@ -92,10 +95,21 @@ def quantize(
     Raises:
         TypeError: The input is neither an ``nn.Module`` nor a mapping of
             tensors, or the model cannot be deep-copied.
-        ConfigError: An unknown dtype or an invalid option (a ``ValueError``).
+        ConfigError: An unknown dtype, an invalid option, or an ``include`` /
+            ``exclude`` argument that matches no layer (a ``ValueError``).
         NonFiniteWeightError: A weight holds NaN/Inf with ``nonfinite="error"``
             (a ``ValueError``; ``.layer`` names the layer).
+        AlreadyQuantizedError: The model (or state_dict) is already quantized
+            by mono-quant (a ``ValueError``).
         KeyError: A state_dict given with ``model=`` lacks a layer's entries.
+
+    Warns:
+        UnmatchedPatternWarning: An ``include`` / ``exclude`` entry from a
+            config file matches no layer (given as an argument: ConfigError).
+        NothingQuantizedWarning: No layer was quantized.
+        TiedWeightWarning: A layer stayed float because its weight is tied to
+            a layer that stays float (GPT-2's ``lm_head``).
+        LargerModelWarning: The quantized model takes more bytes than the float one.
 
     Examples:
         >>> import mono_quant as mq

@@ -29,20 +29,49 @@ class ConfigError(MonoQuantError, ValueError):
     ``group_size``, an option the chosen format or path does not take.
 
     The message names the option, the value given and what would be valid
-    (and the config file, when the value came from one).  A ``ValueError``.
+    (and the config file, when the value came from one).  Also raised when an
+    ``include`` / ``exclude`` argument matches no layer of the model (a typo
+    there would otherwise quantize everything, or nothing, silently).  A
+    ``ValueError``.  What to do: fix the option the message names.
+
+    Examples:
+        >>> mq.quantize(model, dtype="int4", group_size=48)
+        Traceback (most recent call last):
+        mono_quant.errors.ConfigError: quantize(): int4 group_size must be a positive multiple of 32 ...
     """
 
 
 class AlreadyQuantizedError(MonoQuantError, ValueError):
     """quantize() was given a model (or state_dict) that mono-quant already
     quantized: quantizing quantized weights again would compound the error and
-    report nothing useful.  Quantize the float original instead.  A ``ValueError``."""
+    report nothing useful.  A ``ValueError``.
+
+    What to do: quantize the float original instead; to change the format,
+    start again from the float weights.
+
+    Examples:
+        >>> qmodel, _ = mq.quantize(model)
+        >>> mq.quantize(qmodel)
+        Traceback (most recent call last):
+        mono_quant.errors.AlreadyQuantizedError: the model is already quantized (...)
+    """
 
 
 class CheckpointError(MonoQuantError, ValueError):
     """A checkpoint file is truncated, corrupted, from a newer format version,
     disagrees with its own manifest, or does not match the model it is loaded
-    into.  The message names the file and the offending keys.  A ``ValueError``."""
+    into.  The message names the file and the offending keys.  A ``ValueError``.
+
+    What to do: re-create the file from the float model; check that the
+    skeleton given to :func:`~mono_quant.load` is the same architecture (and
+    config) as the saved model; upgrade mono-quant for a newer format version.
+
+    Examples:
+        >>> try:
+        ...     qmodel = mq.load("model.mq.safetensors", model=MyModel())
+        ... except mq.CheckpointError as exc:
+        ...     print(exc)   # names the file and what is wrong
+    """
 
 
 class NonFiniteWeightError(MonoQuantError, ValueError):
@@ -62,6 +91,15 @@ class NonFiniteWeightError(MonoQuantError, ValueError):
     Attributes:
         row: The first output channel (row) holding NaN or Inf.
         layer: The layer's name, or None.
+
+    What to do: fix the checkpoint (a NaN usually comes from training), or
+    pass ``nonfinite="skip"`` to leave those layers in float (listed in ``skipped``).
+
+    Examples:
+        >>> try:
+        ...     mq.quantize(model)
+        ... except mq.NonFiniteWeightError as exc:
+        ...     print(exc.layer, exc.row)
     """
 
     def __init__(self, message: str, row: int, layer: Optional[str] = None):

@@ -30,7 +30,15 @@ __all__ = ["qmodule_for_selected", "weight_to_quantize", "known_unsupported_reas
 
 
 class TiedWeightWarning(UserWarning):
-    """A layer stayed float because its weight is tied to a layer that stays float."""
+    """A layer stayed float because its weight is tied to a layer that stays float.
+
+    Typical case: GPT-2's (or any tied) ``lm_head`` shares its weight with the
+    input embedding, which stays float without ``embeddings=True``; a quantized
+    copy beside the float table would make the model larger.  The layer is in
+    ``skipped`` with the reason.  What to do: nothing, or pass
+    ``embeddings=True`` to quantize the table and its tied head together.
+    Import it from ``mono_quant.layer_support``.
+    """
 
 
 def qmodule_for_selected(module: nn.Module, cfg) -> Optional[Type[QuantizedModule]]:

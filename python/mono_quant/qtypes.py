@@ -44,6 +44,7 @@ QTYPES = {
     "fp16": QType("fp16", "float", 16, storage=torch.float16),
     "bf16": QType("bf16", "float", 16, storage=torch.bfloat16),
 }
+"""Every dtype mono-quant quantizes to, by name: "int8", "uint8", "int4", "fp16", "bf16"."""
 
 _ALIASES = {
     "qint8": "int8",
@@ -63,7 +64,20 @@ _TORCH_DTYPES = {
 def get_qtype(dtype: Union[str, torch.dtype, QType]) -> QType:
     """Resolve a dtype given as a name (``"int8"``), a torch dtype or a QType.
 
-    Raises ``ValueError`` listing the valid names for anything else.
+    Args:
+        dtype: A name from :data:`~mono_quant.QTYPES` (case-insensitive; aliases
+            such as "qint8", "float16" accepted), ``torch.int8``, ``torch.uint8``,
+            ``torch.float16``, ``torch.bfloat16``, or a QType (returned as is).
+
+    Returns:
+        The QType: name, kind ("int" or "float"), bits, integer ranges, storage dtype.
+
+    Raises:
+        ValueError: Anything else; the message lists the valid names.
+
+    Examples:
+        >>> mq.get_qtype("INT8").sym_qmin, mq.get_qtype(torch.float16).name
+        (-127, 'fp16')
     """
     if isinstance(dtype, QType):
         return dtype

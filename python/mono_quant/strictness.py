@@ -22,16 +22,35 @@ QUANTIZED_SUFFIXES = ("weight_qdata", "weight_packed")
 
 class UnmatchedPatternWarning(UserWarning):
     """An include / exclude pattern from a config file matches no layer (the same pattern
-    given as an argument raises ConfigError)."""
+    given as an argument raises ConfigError).
+
+    A config file is shared by a project's models, so a pattern one model lacks
+    is not an error.  What to do: check the pattern's spelling against
+    ``[n for n, _ in model.named_modules()]``, or silence it with
+    ``warnings.filterwarnings("ignore", category=UnmatchedPatternWarning)``.
+    Import it from ``mono_quant.strictness``.
+    """
 
 
 class LargerModelWarning(UserWarning):
     """The quantized model takes more bytes than the float one (layers too small for
-    the format's scales and packing)."""
+    the format's scales and packing).
+
+    What to do: keep small layers float with ``min_weight_numel=`` (the
+    message names the smallest layer), or use per-channel int8 rather than
+    small int4 groups.  Import it from ``mono_quant.strictness``.
+    """
 
 
 class NothingQuantizedWarning(UserWarning):
-    """quantize() found no layer to quantize: the result is the float model."""
+    """quantize() found no layer to quantize: the result is the float model.
+
+    The message gives the first skipped layers and why.  What to do: read
+    ``result.skipped``; check ``include`` / ``exclude`` / ``min_weight_numel``;
+    a model whose layers mono-quant does not replace (RNNs,
+    nn.MultiheadAttention, custom layers) stays float (docs/huggingface.md has
+    the coverage table).  Import it from ``mono_quant.strictness``.
+    """
 
 
 def refuse_quantized_model(model: nn.Module) -> None:

@@ -23,10 +23,24 @@ __all__ = ["QuantizedWeight", "channel_rows", "from_channel_rows", "quantize_int
 class QuantizedWeight:
     """An affine-quantized tensor: ``w ~= (qdata - zero_point) * scale``.
 
-    ``axis`` is the channel axis (``None`` for one scale for the whole
-    tensor); ``scale`` (float32) and ``zero_point`` (int32) have one entry per
-    channel along it.  ``shape`` is the original shape, ``dtype`` the QType
-    name, ``orig_dtype`` the floating dtype it came from.
+    What :func:`~mono_quant.quantize_weight` returns for int8 / uint8 (int4
+    gives its subclass :class:`~mono_quant.Int4Weight`).  ``shape`` is the
+    original shape.
+
+    Args:
+        qdata: The integer codes, the original shape (``torch.int8`` or ``torch.uint8``).
+        scale: float32, one entry per channel along ``axis`` (one in all when ``axis`` is None).
+        zero_point: int32, shaped as ``scale`` (zeros for a symmetric weight).
+        axis: The channel axis, or None for one scale for the whole tensor.
+        dtype: The QType name ("int8", "uint8", "int4").
+        symmetric: Whether the range is symmetric around 0 (zero-point 0).
+        orig_dtype: The floating dtype the weight came from (what ``dequantize()`` returns by default).
+
+    Examples:
+        >>> qw = mq.quantize_weight(torch.randn(64, 32), "int8")
+        >>> qw.qdata.dtype, qw.scale.shape, qw.axis
+        (torch.int8, torch.Size([64]), 0)
+        >>> w = qw.dequantize()   # float32, shape [64, 32]
     """
 
     qdata: torch.Tensor

@@ -79,11 +79,26 @@ def check_method(method) -> str:
 
 @dataclass
 class Int4Weight(QuantizedWeight):
-    """A group-wise int4 weight (see the module docstring for the format).
+    """A group-wise int4 weight: two 4-bit codes per byte, one fp16 scale and
+    one zero-point per group of ``group_size`` columns (docs/formats.md has the
+    bytes).  What :func:`~mono_quant.quantize_weight` returns for ``"int4"``.
 
-    ``qdata``: uint8 ``[rows, padded_cols / 2]`` packed codes; ``scale``:
-    float16 ``[rows, groups]``; ``zero_point``: uint8 ``[rows, groups]`` (u4.4).
-    ``group_size`` is None for per-channel; ``orig_shape`` the float weight's shape.
+    Args:
+        qdata: uint8 ``[rows, padded_cols / 2]``: packed codes, rows zero-padded to a multiple of 32 columns.
+        scale: float16 ``[rows, groups]``.
+        zero_point: uint8 ``[rows, groups]``, u4.4 fixed point.
+        axis: Always 0 (groups run along the input dimension of each output row).
+        dtype: "int4".
+        symmetric: Whether the codes are symmetric (-7..7 around code 8).
+        orig_dtype: The floating dtype the weight came from.
+        group_size: Columns per group, or None for one group per output row.
+        orig_shape: The float weight's shape (``shape`` returns it).
+
+    Examples:
+        >>> qw = mq.quantize_weight(torch.randn(64, 256), "int4", group_size=128)
+        >>> qw.shape, qw.qdata.shape, qw.scale.shape
+        (torch.Size([64, 256]), torch.Size([64, 128]), torch.Size([64, 2]))
+        >>> w = qw.dequantize()
     """
 
     group_size: Optional[int] = None

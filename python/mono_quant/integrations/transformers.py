@@ -48,19 +48,39 @@ _OPTIONS = ("dtype", "symmetric", "granularity", "group_size", "method", "activa
 class MonoQuantConfig(QuantizationConfigMixin):
     """The options of :func:`mono_quant.quantize` as a transformers quantization config.
 
+    Pass it to ``from_pretrained(..., quantization_config=...)`` to quantize
+    while loading; ``save_pretrained`` then writes the quantized buffers and
+    this config (with ``layers``) to the folder, which ``from_pretrained``
+    reloads bit for bit once this module is imported (``mono_quant.MonoQuantConfig``
+    imports it).  Also importable as ``mono_quant.MonoQuantConfig`` (an
+    AttributeError naming the package when transformers is missing).
+
     Args:
         dtype: "int8" (default), "uint8", "int4", "fp16" or "bf16".
         activations: int8 only: "dynamic" (the default when None) or "weight_only".
         group_size: int4 only: columns per group (default 128 when None), 0 for one
             group per output channel.
         method: int4 rounding ("rtn", "mse", "hqq").
-        include / exclude: module-name globs (types cannot go in a JSON config).
-        symmetric, granularity, min_weight_numel, embeddings: as for quantize().
+        include: Module-name globs to quantize (types cannot go in a JSON config).
+        exclude: Module-name globs to leave in float.
+        symmetric: As for quantize().
+        granularity: As for quantize().
+        min_weight_numel: As for quantize().
+        embeddings: As for quantize(); refused for a model whose output head is
+            tied to its input embeddings (transformers re-ties them on load).
         layers: Filled in when the model is quantized: the manifest entry of each
             quantized layer, from which a saved folder is rebuilt.  Leave it unset.
+        **kwargs: Keys transformers itself adds to a saved config; ignored.
 
     Raises:
-        ConfigError: An invalid option (checked as quantize() checks it).
+        ConfigError: An invalid option (checked as quantize() checks it), at construction.
+        TypeError: ``include`` / ``exclude`` that is not a list of strings.
+
+    Examples:
+        >>> from transformers import AutoModelForCausalLM
+        >>> model = AutoModelForCausalLM.from_pretrained(path, quantization_config=mq.MonoQuantConfig(dtype="int8"))
+        >>> model.save_pretrained("model-int8")
+        >>> again = AutoModelForCausalLM.from_pretrained("model-int8")
     """
 
     def __init__(self, dtype: str = "int8", *, activations: Optional[str] = None, group_size: Optional[int] = None,

@@ -25,7 +25,20 @@ __all__ = [
 
 # thin aliases of the settings object (the names callers and tests have used)
 def cpu_info() -> dict:
-    """CPU features mono-quant dispatches on, plus ``best_isa`` / ``active_isa``."""
+    """The CPU features mono-quant dispatches on, and the kernel level in use.
+
+    Returns:
+        A dict of booleans (``avx2``, ``fma``, ``f16c``, ``avx512f``, ``avx512bw``,
+        ``avx512vl``, ``avx512dq``, ``avx512_vnni``, ``avx512_bf16``, ``avx_vnni``,
+        ``amx_int8``: each true only when the CPU and the OS support it) plus
+        ``best_isa`` (the best level this CPU runs: "scalar", "avx2" or "avx512")
+        and ``active_isa`` (the level in use: lower when ``MONO_QUANT_ISA`` caps it).
+
+    Examples:
+        >>> info = mq.cpu_info()
+        >>> info["active_isa"], info["avx512_vnni"]
+        ('avx512', True)
+    """
     return SETTINGS.cpu_info()
 
 

@@ -37,7 +37,27 @@ class QuantizedConv2d(QuantizedModule):
     stride 1, no padding) into the same dynamic int8 or weight-only matmul as
     QuantizedLinear.  Depthwise convs (one input channel per group), string
     paddings and inputs the kernels can't take run ``F.conv2d`` on the
-    dequantized weight.
+    dequantized weight.  int4 / fp16 / bf16 weights run ``F.conv2d`` on the
+    dequantized (or cast) weight.
+
+    Built by :func:`~mono_quant.quantize` or :func:`~mono_quant.load`; the
+    constructor (nn.Conv2d's arguments) makes an empty layer.
+
+    Args:
+        in_channels: As for nn.Conv2d.
+        out_channels: As for nn.Conv2d.
+        kernel_size: As for nn.Conv2d (an int or a pair).
+        stride: As for nn.Conv2d.
+        padding: As for nn.Conv2d (an int, a pair, "same" or "valid").
+        dilation: As for nn.Conv2d.
+        groups: As for nn.Conv2d.
+        padding_mode: As for nn.Conv2d ("zeros", "reflect", "replicate", "circular").
+        weight_format: "int8", "uint8", "int4", "fp16" or "bf16".
+        orig_dtype: The float weight's dtype.
+
+    Examples:
+        >>> qmodel, _ = mq.quantize(nn.Sequential(nn.Conv2d(64, 128, 3, padding=1)))
+        >>> y = qmodel(torch.randn(8, 64, 56, 56))
     """
 
     def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, dilation=1, groups=1,

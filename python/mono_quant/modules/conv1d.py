@@ -22,7 +22,35 @@ __all__ = ["QuantizedConv1d", "conv2d_weight_of"]
 @register_qmodule(nn.Conv1d)
 class QuantizedConv1d(QuantizedConv2d):
     """A Conv1d stored and run as the height-1 QuantizedConv2d.  Inputs are
-    ``[N, C, L]`` or unbatched ``[C, L]``, as for nn.Conv1d."""
+    ``[N, C, L]`` or unbatched ``[C, L]``, as for nn.Conv1d.
+
+    :func:`~mono_quant.quantize` replaces every exact ``nn.Conv1d`` with one
+    (scales per output channel; every QuantizedConv2d path serves it).  The
+    constructor is QuantizedConv2d's, with the height-1 2-D geometry
+    (``kernel_size=(1, k)``, ``stride=(1, s)``, ...); build it with
+    ``from_float`` or :func:`~mono_quant.load` rather than by hand.  Import it
+    from ``mono_quant.modules``.
+
+    Args:
+        in_channels: As for nn.Conv1d.
+        out_channels: As for nn.Conv1d.
+        kernel_size: ``(1, k)`` for a Conv1d of kernel ``k``.
+        stride: ``(1, s)``.
+        padding: ``(0, p)``, or "same" / "valid".
+        dilation: ``(1, d)``.
+        groups: As for nn.Conv1d.
+        padding_mode: As for nn.Conv1d.
+        weight_format: "int8", "uint8", "int4", "fp16" or "bf16".
+        orig_dtype: The float weight's dtype.
+
+    Raises:
+        RuntimeError: At forward, an input that is neither 2-D nor 3-D (as nn.Conv1d).
+
+    Examples:
+        >>> qmodel, _ = mq.quantize(nn.Sequential(nn.Conv1d(80, 256, 3, padding=1)))
+        >>> type(qmodel[0]).__name__, qmodel(torch.randn(2, 80, 100)).shape
+        ('QuantizedConv1d', torch.Size([2, 256, 100]))
+    """
 
     @classmethod
     def from_float(cls, module: nn.Conv1d, weight, activations="dynamic") -> "QuantizedConv1d":

@@ -19,7 +19,20 @@ class QuantizedEmbedding(QuantizedModule):
     along the embedding dimension) or fp16/bf16.  A lookup dequantizes only the
     rows it reads and returns ``orig_dtype`` (the table's float dtype).
     Embeddings are quantized only on request (they are often the largest tensor
-    but also the most sensitive one)."""
+    but also the most sensitive one): ``quantize(..., embeddings=True)``.
+
+    Args:
+        num_embeddings: Rows of the table, as for nn.Embedding.
+        embedding_dim: Columns of the table, as for nn.Embedding.
+        padding_idx: As for nn.Embedding.
+        weight_format: "int8", "uint8", "int4", "fp16" or "bf16".
+        orig_dtype: The table's float dtype, which lookups return.
+
+    Examples:
+        >>> qmodel, _ = mq.quantize(nn.Sequential(nn.Embedding(32000, 512)), dtype="int8", embeddings=True)
+        >>> qmodel(torch.tensor([[1, 2, 3]])).shape
+        torch.Size([1, 3, 512])
+    """
 
     def __init__(self, num_embeddings: int, embedding_dim: int, padding_idx: Optional[int] = None,
                  weight_format: str = "int8", orig_dtype: torch.dtype = torch.float32):

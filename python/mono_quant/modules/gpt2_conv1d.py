@@ -34,7 +34,26 @@ class _FloatType:
 class QuantizedGPT2Conv1D(QuantizedLinear):
     """A GPT-2 ``Conv1D`` (weight ``[in, out]``) stored and run as the equivalent
     QuantizedLinear (weight ``[out, in]``): same outputs as the float layer up to
-    quantization, same options (int8 dynamic / weight-only, int4, fp16, bf16)."""
+    quantization, same options (int8 dynamic / weight-only, int4, fp16, bf16).
+
+    :func:`~mono_quant.quantize` replaces every
+    ``transformers.pytorch_utils.Conv1D`` with one (matched by name:
+    mono-quant never imports transformers for it).  A file stores the
+    ``[out, in]`` weight; ``float_weight_shape`` gives the float layer's.
+    Import it from ``mono_quant.modules``.
+
+    Args:
+        in_features: The Conv1D's ``nx`` (its weight's first dimension).
+        out_features: The Conv1D's ``nf``.
+        weight_format: "int8", "uint8", "int4", "fp16" or "bf16".
+        orig_dtype: The float weight's dtype.
+
+    Examples:
+        >>> model = transformers.GPT2LMHeadModel(config)
+        >>> qmodel, skipped = mq.quantize(model, dtype="int8")
+        >>> type(qmodel.transformer.h[0].attn.c_attn).__name__
+        'QuantizedGPT2Conv1D'
+    """
 
     float_type = _FloatType()
 

@@ -31,6 +31,22 @@ class QuantizedLinear(QuantizedModule):
     in integers; ``activations=None`` multiplies float inputs by the weight
     dequantized in registers.  Inputs the kernels can't take (CUDA, float64,
     autograd, no packed buffers) run ``F.linear`` on the dequantized weight.
+
+    Built by :func:`~mono_quant.quantize` (``from_float``) or by
+    :func:`~mono_quant.load`, rarely by hand: the constructor makes an empty
+    layer whose buffers a state_dict fills.
+
+    Args:
+        in_features: Input features, as for nn.Linear.
+        out_features: Output features, as for nn.Linear.
+        weight_format: "int8", "uint8", "int4", "fp16" or "bf16".
+        orig_dtype: The float weight's dtype (outputs follow the input's dtype).
+
+    Examples:
+        >>> qmodel, _ = mq.quantize(nn.Sequential(nn.Linear(512, 256)), dtype="int8")
+        >>> qmodel[0]
+        QuantizedLinear(weight=int8[256, 512], axis=0, symmetric=True, bias=True, activations=dynamic)
+        >>> qmodel[0].set_activations(None)   # weight-only from now on
     """
 
     state_attrs = QuantizedModule.state_attrs + ("activations",)

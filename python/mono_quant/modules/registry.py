@@ -23,7 +23,24 @@ QMODULES_BY_NAME: Dict[str, Type["QuantizedModule"]] = {}
 
 
 def register_qmodule(float_type: Type[nn.Module]) -> Callable:
-    """Class decorator: ``@register_qmodule(nn.Linear)`` makes the class replace exactly that type."""
+    """Class decorator: the decorated QuantizedModule subclass replaces exactly ``float_type``.
+
+    :func:`~mono_quant.quantize` then swaps every module of that exact type
+    (subclasses only when opted in by type through ``include=``), and
+    :func:`~mono_quant.load` rebuilds the class by name from a file.
+
+    Args:
+        float_type: The float module type the class replaces.
+
+    Returns:
+        The decorator; it returns the class unchanged after registering it
+        and setting ``cls.float_type``.
+
+    Examples:
+        >>> @mq.register_qmodule(MyLinear)
+        ... class QuantizedMyLinear(mq.QuantizedLinear):
+        ...     pass
+    """
 
     def wrap(cls):
         QMODULES[float_type] = cls
@@ -55,12 +72,24 @@ def qmodule_for(module: nn.Module) -> Optional[Type["QuantizedModule"]]:
 
 
 class QuantizedModule(TorchCompatMixin, nn.Module):
-    """Shared storage and bookkeeping; subclasses say how to build from the
-    float module and how to run forward.
+    """Base class of every quantized layer: shared storage and bookkeeping;
+    subclasses say how to build from the float module (``from_float``) and how
+    to run forward.
 
     Integer formats keep ``weight_qdata`` / ``weight_scale`` /
     ``weight_zero_point`` buffers, float formats a ``weight`` buffer in that
     dtype, so ``state_dict()``, ``.to()`` and ``copy.deepcopy`` just work.
+    ``weight_format`` names the format; ``float_type`` is the float module
+    type a class replaces (see :func:`~mono_quant.register_qmodule`).
+
+    Args:
+        weight_format: "int8", "uint8", "int4", "fp16" or "bf16".
+        weight_shape: The float weight's shape (as the module stores it).
+        orig_dtype: The float weight's dtype.
+
+    Examples:
+        >>> qmodel, _ = mq.quantize(model)
+        >>> [n for n, m in qmodel.named_modules() if isinstance(m, mq.QuantizedModule)]
     """
 
     float_type: Type[nn.Module] = nn.Module
