@@ -33,6 +33,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .formats.int4 import Int4Format
+from .formats.int4_weight import effective_group
+from .modules import QuantizedConv2d, QuantizedEmbedding, QuantizedLinear, QuantizedModule
+from .torch_compat import weight_view
+
 __all__ = ["export_onnx", "onnx_twin"]
 
 _LIB = torch.library.Library("mono_quant", "FRAGMENT")
@@ -141,8 +146,6 @@ def _int8_parts(module):
 
 def _int4_parts(module):
     """Codes one per byte ``[rows, groups, group]`` (padded), and float scale / zero-point ``[rows, groups, 1]``."""
-    from .int4 import effective_group
-
     qw = module.quantized_weight()
     rows, cols = qw.orig_shape[0], qw.cols
     group = effective_group(cols, qw.group_size)
@@ -165,9 +168,7 @@ class _Twin(nn.Module):
 
     @property
     def weight(self):
-        from .torch_compat import _weight_view
-
-        return _weight_view(self._source[0])
+        return weight_view(self._source[0])
 
 
 class _OnnxLinear(_Twin):
@@ -175,8 +176,7 @@ class _OnnxLinear(_Twin):
         super().__init__(module)
         self.out_features = module.out_features
         self.register_buffer("bias", _bias(module))
-        fmt = module.weight_format
-        if fmt == "int4":
+        if isinstance(module.format, Int4Format):
             codes, scale, zero_point, cols, group = _int4_parts(module)
             self.cols, self.group = cols, group
             if group >= 16 and group & (group - 1) == 0:  # MatMulNBits: power-of-two blocks of at least 16
@@ -221,8 +221,8 @@ class _OnnxConv2d(_Twin):
             setattr(self, name, copy.copy(getattr(module, name)))
         self.register_buffer("bias", _bias(module))
         self.shape = list(module.weight_shape)
-        self.dynamic = module.activations == "dynamic" and module.weight_format != "int4"
-        if module.weight_format == "int4":
+        self.dynamic = module.activations == "dynamic" and not isinstance(module.format, Int4Format)
+        if isinstance(module.format, Int4Format):
             codes, scale, zero_point, cols, _ = _int4_parts(module)
             self.cols = cols
             self.register_buffer("codes", codes)
@@ -252,7 +252,7 @@ class _OnnxEmbedding(_Twin):
         super().__init__(module)
         self.orig_dtype = module.orig_dtype
         self.dim = module.embedding_dim
-        if module.weight_format == "int4":
+        if isinstance(module.format, Int4Format):
             codes, scale, zero_point, cols, _ = _int4_parts(module)
             self.int4 = True
             self.register_buffer("q", codes)
@@ -274,11 +274,7 @@ class _OnnxEmbedding(_Twin):
 
 def onnx_twin(module: nn.Module) -> Optional[nn.Module]:
     """The export twin of one quantized module (None: exported as it is, e.g. fp16 / bf16)."""
-    from .modules.conv import QuantizedConv2d
-    from .modules.embedding import QuantizedEmbedding
-    from .modules.linear import QuantizedLinear
-
-    if getattr(module, "qtype", None) is None or module.qtype.kind != "int":
+    if not isinstance(module, QuantizedModule) or not module.format.integer:
         return None
     if isinstance(module, QuantizedLinear):
         return _OnnxLinear(module)

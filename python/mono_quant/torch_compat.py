@@ -24,7 +24,7 @@ from torch.utils._pytree import tree_map
 
 from .formats.traced_forward import dequantized_weight
 
-__all__ = ["DequantizedWeightView", "TorchCompatMixin"]
+__all__ = ["DequantizedWeightView", "TorchCompatMixin", "weight_view"]
 
 # Tensor methods answered from the view's metadata, without dequantizing
 _METADATA_METHODS = frozenset({
@@ -54,7 +54,7 @@ class DequantizedWeightView(torch.Tensor):
         if module is None:
             raise RuntimeError("the quantized module this weight view belongs to no longer exists")
         with torch.no_grad():
-            if module.qtype.kind != "int":  # fp16 / bf16: the stored weight, cast
+            if not module.format.integer:  # fp16 / bf16: the stored weight, cast
                 return module._buffers["weight"].to(self.dtype)
             return module.dequantized_weight(torch.float32).to(self.dtype)
 
@@ -96,7 +96,7 @@ def _plain(value):
 _VIEWS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 
 
-def _weight_view(module) -> DequantizedWeightView:
+def weight_view(module) -> DequantizedWeightView:
     stored = module._buffers.get("weight_scale", module._buffers.get("weight"))
     device = stored.device if stored is not None else torch.device("cpu")
     view = _VIEWS.get(module)
@@ -118,7 +118,7 @@ class TorchCompatMixin:
         if torch.compiler.is_dynamo_compiling():  # dynamo can't build the view: the dequantized tensor, traced
 
             return dequantized_weight(self, self.orig_dtype).as_subclass(_TracedWeight)
-        return _weight_view(self)
+        return weight_view(self)
 
     def _apply(self, fn, recurse=True):
         """``.to(device)`` moves every buffer; a dtype conversion (``.to(torch.bfloat16)``,
