@@ -17,6 +17,8 @@
 #include "observers.h"
 #include "size_check.h"
 
+extern PyMethodDef mq_static_methods[]; /* bind_static.c */
+
 static const char *isa_names[MQ_ISA_COUNT] = {"scalar", "avx2", "avx512"};
 
 /* ---- argument helpers ---------------------------------------------------- */
@@ -1571,6 +1573,7 @@ static int module_exec(PyObject *m) {
     /* the kernel tables are built once, here, with the GIL held: later calls
      * from threads running without the GIL only read them */
     mq_active();
+    if (PyModule_AddFunctions(m, mq_static_methods) < 0) return -1;
     /* MONO_QUANT_ISA=scalar|avx2|avx512 caps the kernels (debugging, CI on
      * other CPUs); an unsupported value is ignored with a warning. */
     const char *forced = getenv("MONO_QUANT_ISA");
