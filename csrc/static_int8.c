@@ -1,11 +1,14 @@
 /* static_int8.c - static int8 activations (see static_int8.h): fixed-scale
  * quantize, conv / linear on int8 NHWC rows through the dispatched int8 GEMM
- * (mq_linear_dynamic on already-int8 rows), a depthwise kernel, residual add
+ * (the dispatched qgemm kernel on int8 rows), a depthwise kernel, residual add
  * and global average pool, each with the same requantizing epilogue.
  *
  * Plain C in the baseline compile unit on purpose: the only ISA-dependent
  * part is the GEMM, whose int32 accumulators are exact on every ISA, so
- * everything here gives the same bits at every dispatch level. */
+ * everything here gives the same bits at every dispatch level.  The GEMM is the
+ * table's qgemm kernel (linear.c's layout and contract), driven here per block of
+ * output rows so that im2col, GEMM and requantize share the cache. */
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -30,6 +33,15 @@ static inline int8_t requantize(float v, float inv_out_scale) {
     return (int8_t)(int)round_even_small(s);
 }
 
+/* Plain loops over restrict locals (not the context's fields): gcc vectorizes them. */
+static void epilogue_q(const float *restrict src, int64_t n, float lo, float hi, float inv, int8_t *restrict dst) {
+    for (int64_t j = 0; j < n; j++) dst[j] = requantize(activate(src[j], lo, hi), inv);
+}
+
+static void epilogue_f32(const float *restrict src, int64_t n, float lo, float hi, float *restrict dst) {
+    for (int64_t j = 0; j < n; j++) dst[j] = activate(src[j], lo, hi);
+}
+
 /* ---- fixed-scale quantize / dequantize (NCHW float <-> NHWC int8) ---------------- */
 
 typedef struct {
@@ -46,8 +58,8 @@ static void quantize_range(void *vctx, int64_t begin, int64_t end) {
     for (int64_t b = begin; b < end; b++) {
         const float *src = c->x + b * c->channels * c->plane;
         int8_t *dst = c->q + b * c->channels * c->plane;
-        if (c->plane == 1) {
-            for (int64_t ch = 0; ch < c->channels; ch++) dst[ch] = requantize(src[ch], c->scale);
+        if (c->plane == 1 || c->channels == 1) { /* the same order in both layouts */
+            epilogue_q(src, c->channels * c->plane, -INFINITY, INFINITY, c->scale, dst);
             continue;
         }
         for (int64_t p0 = 0; p0 < c->plane; p0 += 64) { /* 64-pixel blocks: both sides stay in cache lines */
@@ -98,44 +110,103 @@ static void epilogue_range(void *vctx, int64_t begin, int64_t end) {
     const epilogue_ctx *c = vctx;
     for (int64_t r = begin; r < end; r++) {
         const float *src = c->y + r * c->ldy_in;
-        if (c->y_q) {
-            int8_t *dst = c->y_q + r * c->ldy_out + c->col0;
-            for (int64_t j = 0; j < c->n_g; j++)
-                dst[j] = requantize(activate(src[j], c->act_lo, c->act_hi), c->inv_out_scale);
-        } else {
-            float *dst = c->y_f32 + r * c->ldy_out + c->col0;
-            for (int64_t j = 0; j < c->n_g; j++) dst[j] = activate(src[j], c->act_lo, c->act_hi);
-        }
+        if (c->y_q)
+            epilogue_q(src, c->n_g, c->act_lo, c->act_hi, c->inv_out_scale, c->y_q + r * c->ldy_out + c->col0);
+        else
+            epilogue_f32(src, c->n_g, c->act_lo, c->act_hi, c->y_f32 + r * c->ldy_out + c->col0);
     }
 }
 
 /* ---- conv / linear through the int8 GEMM ------------------------------------------- */
 
+/* Work items are blocks of output rows (pixels).  Per block, per group: im2col into a
+ * cache-sized buffer already in the kernel's encoding (int8, or int8 ^ 0x80 = int8 + 128
+ * for VNNI), the dispatched GEMM over every panel into fp32 rows, then the epilogue
+ * into the output: the rows never leave L2 between the three steps. */
 typedef struct {
     const int8_t *x;
-    int64_t channels, height, width, kh, kw, sh, sw, ph, pw, dh, dw, out_h, out_w, cg, k, group;
-    int8_t *rows; /* [m][k] */
-} static_im2col_ctx;
+    int64_t channels, height, width, kh, kw, sh, sw, ph, pw, dh, dw, out_h, out_w, groups, cg, k, kp, n, n_g, np_g;
+    int64_t m, block_rows;
+    const mq_kernels *kt;
+    const int8_t *packed;
+    const int32_t *w_sum, *w_zp;
+    const float *x_w_scale, *bias;
+    int w_has_m128;
+    float act_lo, act_hi, inv_out_scale;
+    int8_t *y_q;
+    float *y_f32;
+    int failed;
+} static_conv_ctx;
 
-/* Rows in the packed weight's K order (kh, kw, channel); 0 is int8's encoding of 0. */
-static void static_im2col_range(void *vctx, int64_t begin, int64_t end) {
-    const static_im2col_ctx *c = vctx;
+static void im2col_rows(const static_conv_ctx *c, int64_t r0, int64_t nr, int64_t group, uint8_t *rows) {
     const int64_t pixels = c->out_h * c->out_w;
-    for (int64_t r = begin; r < end; r++) {
-        const int64_t b = r / pixels, oh = (r % pixels) / c->out_w, ow = r % c->out_w;
-        int8_t *dst = c->rows + r * c->k;
+    const uint8_t flip = c->kt->qgemm_x_u8 ? 0x80u : 0u;
+    const int whole_rows = c->cg == c->channels && c->dw == 1; /* a tap row's kw pixels are one channel run */
+    for (int64_t r = 0; r < nr; r++) {
+        const int64_t p = r0 + r, b = p / pixels, oh = (p % pixels) / c->out_w, ow = p % c->out_w;
+        uint8_t *dst = rows + r * c->kp, *row = dst;
+        const int64_t iw0 = ow * c->sw - c->pw;
         for (int64_t i = 0; i < c->kh; i++) {
             const int64_t ih = oh * c->sh - c->ph + i * c->dh;
+            if (whole_rows && ih >= 0 && ih < c->height && iw0 >= 0 && iw0 + c->kw <= c->width) {
+                memcpy(dst, c->x + ((b * c->height + ih) * c->width + iw0) * c->channels, (size_t)(c->kw * c->cg));
+                dst += c->kw * c->cg;
+                continue;
+            }
             for (int64_t j = 0; j < c->kw; j++, dst += c->cg) {
-                const int64_t iw = ow * c->sw - c->pw + j * c->dw;
+                const int64_t iw = iw0 + j * c->dw;
                 if (ih >= 0 && ih < c->height && iw >= 0 && iw < c->width)
-                    memcpy(dst, c->x + ((b * c->height + ih) * c->width + iw) * c->channels + c->group * c->cg,
+                    memcpy(dst, c->x + ((b * c->height + ih) * c->width + iw) * c->channels + group * c->cg,
                            (size_t)c->cg);
                 else
                     memset(dst, 0, (size_t)c->cg);
             }
         }
+        memset(dst, 0, (size_t)(c->kp - c->k));
+        if (flip)
+            for (int64_t i = 0; i < c->kp; i++) row[i] ^= flip;
     }
+}
+
+static void static_conv_range(void *vctx, int64_t begin, int64_t end) {
+    static_conv_ctx *c = vctx;
+    const int64_t cap = c->block_rows;
+    uint8_t *rows = aligned_alloc(64, mq_alloc_bytes(cap, c->kp, 64));
+    float *y = malloc(mq_alloc_bytes(cap, c->n_g * (int64_t)sizeof(float), 1));
+    float *x_scale = malloc(mq_alloc_bytes(cap, sizeof(float), 1));
+    int32_t *x_sum = c->w_zp ? malloc(mq_alloc_bytes(cap, sizeof(int32_t), 1)) : NULL;
+    if (!rows || !y || !x_scale || (c->w_zp && !x_sum)) {
+        __atomic_store_n(&c->failed, 1, __ATOMIC_RELAXED);
+        goto done;
+    }
+    for (int64_t i = 0; i < cap; i++) x_scale[i] = 1.0f; /* 1.0f * x_w_scale[n] is x_w_scale[n] exactly */
+    const int64_t panels = c->np_g / MQ_PANEL;
+    const uint8_t flip = c->kt->qgemm_x_u8 ? 0x80u : 0u;
+    for (int64_t blk = begin; blk < end; blk++) {
+        const int64_t r0 = blk * cap, nr = c->m - r0 < cap ? c->m - r0 : cap;
+        for (int64_t g = 0; g < c->groups; g++) {
+            im2col_rows(c, r0, nr, g, rows);
+            if (x_sum)
+                for (int64_t r = 0; r < nr; r++) {
+                    int32_t sum = 0;
+                    for (int64_t i = 0; i < c->k; i++) sum += (int8_t)(rows[r * c->kp + i] ^ flip);
+                    x_sum[r] = sum;
+                }
+            mq_qgemm_args a = {rows, c->kt->qgemm_x_u8, x_scale, x_sum, nr, c->kp, c->n_g,
+                               c->packed + g * c->np_g * c->kp, c->w_sum + g * c->np_g, c->x_w_scale + g * c->n_g,
+                               c->w_zp ? c->w_zp + g * c->n_g : NULL, c->w_has_m128,
+                               c->bias ? c->bias + g * c->n_g : NULL, y, NULL, c->n_g, 1};
+            c->kt->qgemm(&a, 0, panels);
+            epilogue_ctx ec = {y, c->n_g, c->n_g, g * c->n_g, c->n, c->act_lo, c->act_hi, c->inv_out_scale,
+                               c->y_q ? c->y_q + r0 * c->n : NULL, c->y_f32 ? c->y_f32 + r0 * c->n : NULL};
+            epilogue_range(&ec, 0, nr);
+        }
+    }
+done:
+    free(rows);
+    free(y);
+    free(x_scale);
+    free(x_sum);
 }
 
 int mq_conv2d_static(const int8_t *x, int64_t batch, int64_t channels, int64_t height, int64_t width, int64_t kh,
@@ -148,33 +219,22 @@ int mq_conv2d_static(const int8_t *x, int64_t batch, int64_t channels, int64_t h
     const int64_t cg = channels / groups, k = cg * kh * kw, kp = mq_round_up(k, MQ_KGROUP);
     const int64_t n_g = n / groups, np_g = mq_round_up(n_g, MQ_PANEL);
     const int64_t m = mq_size_mul(mq_size_mul(batch, out_h), out_w);
-    /* 1x1, stride 1, no padding, one group (a linear layer too): the NHWC input is the rows */
-    const int direct = kh == 1 && kw == 1 && sh == 1 && sw == 1 && ph == 0 && pw == 0 && groups == 1;
-    if (m == 0 || n <= 0) return 0;
-    int8_t *rows = direct ? (int8_t *)x : malloc(mq_alloc_bytes(m, k, 1));
-    /* the GEMM writes fp32; an fp32 output of one group is written in place */
-    float *y = (y_f32 && groups == 1) ? y_f32 : malloc(mq_alloc_bytes(m, n_g * (int64_t)sizeof(float), 1));
-    int status = -1;
-    if (!rows || !y) goto done;
-    for (int64_t g = 0; g < groups; g++) {
-        if (!direct) {
-            static_im2col_ctx ic = {x, channels, height, width, kh, kw, sh, sw, ph, pw, dh, dw, out_h, out_w, cg, k,
-                                    g, rows};
-            mq_parallel_for(m, (1 << 16) / (k + 1) + 1, nthreads, static_im2col_range, &ic);
-        }
-        /* x_scale = 1 in the GEMM's epilogue: 1.0f * x_w_scale[n] is x_w_scale[n] exactly */
-        if (mq_linear_dynamic(rows, MQ_SRC_F32, 1, m, k, k, packed + g * np_g * kp, w_sum + g * np_g,
-                              x_w_scale + g * n_g, w_zp ? w_zp + g * n_g : NULL, w_has_m128,
-                              bias ? bias + g * n_g : NULL, n_g, y, NULL, nthreads) < 0)
-            goto done;
-        epilogue_ctx ec = {y, n_g, n_g, g * n_g, n, act_lo, act_hi, inv_out_scale, y_q, y_f32};
-        mq_parallel_for(m, 1 + ((int64_t)1 << 14) / (n_g + 1), nthreads, epilogue_range, &ec);
-    }
-    status = 0;
-done:
-    if (!direct) free(rows);
-    if (y != y_f32) free(y);
-    return status;
+    if (m <= 0 || n <= 0) return m < 0 ? -1 : 0;
+    /* rows per block: im2col rows plus fp32 results in ~192 KiB (L2), whole 40-row tiles */
+    int64_t block_rows = ((int64_t)192 << 10) / (kp + 4 * n_g) / 40 * 40;
+    block_rows = block_rows < 40 ? 40 : block_rows > 1024 ? 1024 : block_rows;
+    /* several threads: at least two blocks each when the rows allow it */
+    if (nthreads > 1 && m < block_rows * 2 * nthreads)
+        block_rows = mq_round_up((m + 2 * nthreads - 1) / (2 * nthreads), 8);
+    if (block_rows > m) block_rows = m;
+    static_conv_ctx c = {x, channels, height, width, kh, kw, sh, sw, ph, pw, dh, dw, out_h, out_w, groups, cg, k, kp,
+                         n, n_g, np_g, m, block_rows, mq_active(), packed, w_sum, w_zp, x_w_scale, bias, w_has_m128,
+                         act_lo, act_hi, inv_out_scale, y_q, y_f32, 0};
+    /* rows * k multiply-adds per block: tiny layers stay on one thread */
+    const int64_t blocks = (m + block_rows - 1) / block_rows;
+    const int64_t per_block = block_rows * k * n;
+    mq_parallel_for(blocks, per_block >= ((int64_t)1 << 18) ? 1 : blocks, nthreads, static_conv_range, &c);
+    return c.failed ? -1 : 0;
 }
 
 /* ---- depthwise ------------------------------------------------------------------------ */
@@ -260,16 +320,25 @@ typedef struct {
     float *y_f32;
 } add_ctx;
 
+static void add_q(const int8_t *restrict a, float sa, const int8_t *restrict b, float sb, int64_t n, float lo,
+                  float hi, float inv, int8_t *restrict y) {
+    /* two products then one sum, never fused (-ffp-contract=off): the torch reference's order */
+    for (int64_t i = 0; i < n; i++) y[i] = requantize(activate((float)a[i] * sa + (float)b[i] * sb, lo, hi), inv);
+}
+
+static void add_f32(const int8_t *restrict a, float sa, const int8_t *restrict b, float sb, int64_t n, float lo,
+                    float hi, float *restrict y) {
+    for (int64_t i = 0; i < n; i++) y[i] = activate((float)a[i] * sa + (float)b[i] * sb, lo, hi);
+}
+
 static void add_range(void *vctx, int64_t begin, int64_t end) {
     const add_ctx *c = vctx;
-    for (int64_t i = begin; i < end; i++) {
-        /* two products then one sum, never fused (-ffp-contract=off): the torch reference's order */
-        const float v = activate((float)c->a[i] * c->a_scale + (float)c->b[i] * c->b_scale, c->act_lo, c->act_hi);
-        if (c->y_q)
-            c->y_q[i] = requantize(v, c->inv_out_scale);
-        else
-            c->y_f32[i] = v;
-    }
+    if (c->y_q)
+        add_q(c->a + begin, c->a_scale, c->b + begin, c->b_scale, end - begin, c->act_lo, c->act_hi,
+              c->inv_out_scale, c->y_q + begin);
+    else
+        add_f32(c->a + begin, c->a_scale, c->b + begin, c->b_scale, end - begin, c->act_lo, c->act_hi,
+                c->y_f32 + begin);
 }
 
 void mq_add_static(const int8_t *a, float a_scale, const int8_t *b, float b_scale, int64_t n, float act_lo,

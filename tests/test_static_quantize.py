@@ -244,3 +244,54 @@ def quantized_and_expected(data):
 def test_outputs_are_bit_identical_across_isa_levels(isa, quantized_and_expected):
     q, x, expected = quantized_and_expected
     assert torch.equal(q(x), expected)
+
+
+@pytest.mark.parametrize("net", ["resnet", "depthwise"])
+def test_save_and_load_are_bit_exact(tmp_path, data, net):
+    model = trained_like(TinyResNet() if net == "resnet" else DepthwiseSeparable(), seed=6)
+    result = quiet_quantize(model, calibration=data)
+    path = mq.save(result, tmp_path / "static.safetensors")
+    loaded = mq.load(path)
+    assert type(loaded) is type(result.model)
+    assert list(loaded.layers) == list(result.model.layers)
+    for name, m in result.model.layers.items():
+        assert type(loaded.layers[name]) is type(m)
+        if hasattr(m, "init_kwargs"):
+            assert loaded.layers[name].init_kwargs() == m.init_kwargs()
+    x = data[:5]
+    assert torch.equal(loaded(x), result.model(x))
+
+
+def test_damaged_static_files_are_refused(tmp_path, data):
+    import json
+
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    result = quiet_quantize(trained_like(TinyResNet()), calibration=data)
+    path = mq.save(result.model, tmp_path / "s.safetensors")
+    with safe_open(str(path), framework="pt") as f:
+        meta, tensors = f.metadata(), {k: f.get_tensor(k) for k in f.keys()}
+    manifest = json.loads(meta["mono_quant.static"])
+
+    def write(m, t, name):
+        p = tmp_path / name
+        save_file(t, str(p), metadata={"mono_quant.static": json.dumps(m)})
+        return p
+    bad = dict(tensors)
+    bad["layers.b1_conv1.weight_scale"] = bad["layers.b1_conv1.weight_scale"][:-1]
+    with pytest.raises(mq.CheckpointError, match="weight_scale"):
+        mq.load(write(manifest, bad, "scale.safetensors"))
+    evil = json.loads(json.dumps(manifest))
+    evil["program"][3] = {"name": evil["program"][3]["name"], "kind": "call", "inputs": [],
+                          "call": {"how": "call_function", "target": "os.system", "args": ["true"], "kwargs": {}}}
+    with pytest.raises(mq.CheckpointError, match="not allowed"):
+        mq.load(write(evil, tensors, "evil.safetensors"))
+    wrong = json.loads(json.dumps(manifest))
+    wrong["layers"]["b1_conv1"]["init_kwargs"]["in_scale"] = -1.0
+    with pytest.raises(mq.CheckpointError, match="in_scale"):
+        mq.load(write(wrong, tensors, "scale2.safetensors"))
+    order = json.loads(json.dumps(manifest))
+    order["program"].reverse()
+    with pytest.raises(mq.CheckpointError, match="before they are computed"):
+        mq.load(write(order, tensors, "order.safetensors"))
