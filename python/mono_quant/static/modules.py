@@ -90,8 +90,23 @@ class _WeightedStatic(_StaticBase):
         self._derive()
 
     def _derive(self) -> None:
-        """x_w_scale = in_scale * weight_scale in float32 (the GEMM epilogue's per-channel factor)."""
+        """x_w_scale = in_scale * weight_scale in float32 (the GEMM epilogue's per-channel factor),
+        and the kernel's constant arguments as NumPy views, built once (not per call)."""
         self.x_w_scale = (torch.tensor(self.in_scale, dtype=torch.float32) * self.weight_scale).contiguous()
+        bias = None if self.bias is None else self.bias.numpy()
+        if "weight_dw" in self._buffers:
+            self._weights = (self.weight_dw.numpy(), None, self.x_w_scale.numpy(), bias)
+        else:
+            self._weights = (self.weight_packed.numpy(), self.weight_colsum.numpy(), self.x_w_scale.numpy(), None,
+                             bias, bool(int(self.weight_packed_info[3])))
+        self._epilogue = self._epilogue_args()
+        self._out_sizes = {}
+
+    def _apply(self, fn, *args, **kwargs):
+        out = super()._apply(fn, *args, **kwargs)
+        if "weight_scale" in self._buffers:
+            self._derive()  # the buffers may be new tensors now
+        return out
 
     def _quantize_input(self, x: torch.Tensor) -> torch.Tensor:
         x = x.detach().float().contiguous()
@@ -104,20 +119,20 @@ class _WeightedStatic(_StaticBase):
 
     def _gemm(self, x_nhwc: torch.Tensor, n: int, kernel, stride, padding, dilation, groups) -> torch.Tensor:
         b, h, w, _ = x_nhwc.shape
-        oh = (h + 2 * padding[0] - dilation[0] * (kernel[0] - 1) - 1) // stride[0] + 1
-        ow = (w + 2 * padding[1] - dilation[1] * (kernel[1] - 1) - 1) // stride[1] + 1
-        out = torch.empty(b, oh, ow, n, dtype=self._out_dtype())
-        lo, hi, inv = self._epilogue_args()
-        bias = None if self.bias is None else self.bias.numpy()
-        if "weight_dw" in self._buffers:
-            _C.depthwise_static(x_nhwc.numpy(), self.weight_dw.numpy(), None, self.x_w_scale.numpy(), bias,
-                                out.numpy(), tuple(stride), tuple(padding), tuple(dilation), lo, hi, inv,
-                                kernels.num_threads())
+        size = self._out_sizes.get((h, w))
+        if size is None:
+            size = self._out_sizes[(h, w)] = (
+                (h + 2 * padding[0] - dilation[0] * (kernel[0] - 1) - 1) // stride[0] + 1,
+                (w + 2 * padding[1] - dilation[1] * (kernel[1] - 1) - 1) // stride[1] + 1)
+        out = torch.empty(b, size[0], size[1], n, dtype=self._out_dtype())
+        if len(self._weights) == 4:
+            w, _, xw, bias = self._weights
+            _C.depthwise_static(x_nhwc.numpy(), w, None, xw, bias, out.numpy(), stride, padding, dilation,
+                                *self._epilogue, torch.get_num_threads())
         else:
-            has_m128 = bool(int(self.weight_packed_info[3]))
-            _C.conv2d_static(x_nhwc.numpy(), self.weight_packed.numpy(), self.weight_colsum.numpy(),
-                             self.x_w_scale.numpy(), None, bias, out.numpy(), has_m128, tuple(kernel), tuple(stride),
-                             tuple(padding), tuple(dilation), groups, lo, hi, inv, kernels.num_threads())
+            packed, colsum, xw, zp, bias, has_m128 = self._weights
+            _C.conv2d_static(x_nhwc.numpy(), packed, colsum, xw, zp, bias, out.numpy(), has_m128, kernel, stride,
+                             padding, dilation, groups, *self._epilogue, torch.get_num_threads())
         return out
 
 
