@@ -171,6 +171,11 @@ static void im2col_rows(const static_conv_ctx *c, int64_t r0, int64_t nr, int64_
 static void static_conv_range(void *vctx, int64_t begin, int64_t end) {
     static_conv_ctx *c = vctx;
     const int64_t cap = c->block_rows;
+    if (cap <= 0 || cap > 1024 || c->n_g <= 0 || c->n_g > ((int64_t)1 << 40)) { /* never (bounds for gcc's
+                                                                                     allocation-size check) */
+        __atomic_store_n(&c->failed, 1, __ATOMIC_RELAXED);
+        return;
+    }
     uint8_t *rows = aligned_alloc(64, mq_alloc_bytes(cap, c->kp, 64));
     float *y = malloc(mq_alloc_bytes(cap, c->n_g * (int64_t)sizeof(float), 1));
     float *x_scale = malloc(mq_alloc_bytes(cap, sizeof(float), 1));
