@@ -236,9 +236,14 @@ def test_bad_static_options_are_errors(data):
 
 @pytest.fixture(scope="module")
 def quantized_and_expected(data):
-    model = trained_like(TinyResNet(), seed=5)
-    q = quiet_quantize(model, calibration=data).model
-    return q, data[:6], q(data[:6])  # at the best level this CPU has
+    previous = torch.get_num_threads()  # module scope: set up before the one_torch_thread fixture
+    torch.set_num_threads(1)
+    try:
+        model = trained_like(TinyResNet(), seed=5)
+        q = quiet_quantize(model, calibration=data).model
+        return q, data[:6], q(data[:6])  # at the best level this CPU has
+    finally:
+        torch.set_num_threads(previous)
 
 
 def test_outputs_are_bit_identical_across_isa_levels(isa, quantized_and_expected):

@@ -80,13 +80,18 @@ def main() -> None:
     model.eval()
     seconds = time.perf_counter() - t0
     results = {"fp32": top1(model, test_x, test_y)}
+    reports = {}
     for observer in args.observers.split(","):
         q = mq.quantize(model, "int8", activations="static", calibration=train_x[:512], observer=observer)
         results[f"static {observer} 512"] = top1(q.model, test_x, test_y)
+        reports[observer] = str(q.report)
     print(f"# DSNet (MobileNet-style, {sum(p.numel() for p in model.parameters())} parameters), {args.epochs} "
           f"epoch(s) in {seconds:.0f} s, ISA {_C.get_isa()}")
     for name, acc in results.items():
         print(f"{name:<24} {acc:6.2f}  drop {results['fp32'] - acc:5.2f}")
+    for observer, text in reports.items():
+        print(f"\n{text}")
+    torch.save(model.state_dict(), HERE.parent / "results" / "dsnet_fashion_mnist.pt")  # to look at it again
     write_results(f"static_dsnet_{_C.get_isa()}", {"machine": machine_info(), "epochs": args.epochs,
                                                     "train_seconds": seconds, "top1": results})
 
