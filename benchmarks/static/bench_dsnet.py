@@ -91,7 +91,10 @@ def main() -> None:
         print(f"{name:<24} {acc:6.2f}  drop {results['fp32'] - acc:5.2f}")
     for observer, text in reports.items():
         print(f"\n{text}")
-    torch.save(model.state_dict(), HERE.parent / "results" / "dsnet_fashion_mnist.pt")  # to look at it again
+    from safetensors.torch import save_file
+
+    (HERE.parent / "results").mkdir(exist_ok=True)  # the trained net, to look at it again (not committed)
+    save_file(model.state_dict(), str(HERE.parent / "results" / "dsnet_fashion_mnist.safetensors"))
     write_results(f"static_dsnet_{_C.get_isa()}", {"machine": machine_info(), "epochs": args.epochs,
                                                     "train_seconds": seconds, "top1": results})
 
