@@ -97,6 +97,15 @@ static int check_scale(const char *fname, const char *what, float v, int positiv
     return 1;
 }
 
+/* An activation zero-point: a code of the -127..127 encoding. */
+static int check_zp(const char *fname, const char *what, int zp) {
+    if (zp < -127 || zp > 127) {
+        PyErr_Format(PyExc_ValueError, "%s: %s must be in -127..127, got %d", fname, what, zp);
+        return 0;
+    }
+    return 1;
+}
+
 static int pair_arg(PyObject *obj, const char *fname, const char *what, long lo, int64_t out[2]) {
     long a, b;
     if (!PyArg_ParseTuple(obj, "ll", &a, &b)) {
@@ -162,22 +171,24 @@ static int check_out_shape(const char *fname, const Py_buffer *out, int ndim, co
 /* ---- quantize_static / dequantize_static ------------------------------------------ */
 
 PyDoc_STRVAR(quantize_static_doc,
-             "quantize_static(x, inv_scale, out, nthreads=1)\n\n"
+             "quantize_static(x, inv_scale, out, nthreads=1, zero_point=0)\n\n"
              "x: float32 NCHW [b, c, h, w] (or [rows, features]); out: int8 [b, h, w, c] (or\n"
-             "[rows, features]) = clamp(rint(x * inv_scale), -127, 127), channels-last.");
+             "[rows, features]) = clamp(rint(x * inv_scale) + zero_point, -127, 127), channels-last.");
 
 static PyObject *py_quantize_static(PyObject *self, PyObject *args, PyObject *kw) {
-    static char *kwlist[] = {"x", "inv_scale", "out", "nthreads", NULL};
+    static char *kwlist[] = {"x", "inv_scale", "out", "nthreads", "zero_point", NULL};
     static const char *fname = "quantize_static";
     PyObject *x_obj, *out_obj, *result = NULL;
     float inv_scale;
-    int nthreads = 1;
+    int nthreads = 1, zp = 0;
     buffer_arg x = {0}, out = {0};
     (void)self;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "OfO|i:quantize_static", kwlist, &x_obj, &inv_scale, &out_obj,
-                                     &nthreads))
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OfO|ii:quantize_static", kwlist, &x_obj, &inv_scale, &out_obj,
+                                     &nthreads, &zp))
         return NULL;
-    if (!check_threads(fname, nthreads) || !check_scale(fname, "inv_scale", inv_scale, 1)) return NULL;
+    if (!check_threads(fname, nthreads) || !check_scale(fname, "inv_scale", inv_scale, 1) ||
+        !check_zp(fname, "zero_point", zp))
+        return NULL;
     if (!get_buffer(x_obj, fname, "x", "f", 0, 2, 4, &x) || !get_buffer(out_obj, fname, "out", "b", 1, 2, 4, &out))
         goto fail;
     if (x.view.ndim == 3) {
@@ -189,7 +200,7 @@ static PyObject *py_quantize_static(PyObject *self, PyObject *args, PyObject *kw
     int64_t dims4[4] = {s[0], x.view.ndim == 4 ? s[2] : 0, x.view.ndim == 4 ? s[3] : 0, s[1]}, dims2[2] = {s[0], s[1]};
     if (!check_out_shape(fname, &out.view, x.view.ndim, x.view.ndim == 4 ? dims4 : dims2)) goto fail;
     Py_BEGIN_ALLOW_THREADS
-    mq_static_quantize(x.view.buf, batch, channels, plane, inv_scale, out.view.buf, nthreads);
+    mq_static_quantize(x.view.buf, batch, channels, plane, inv_scale, zp, out.view.buf, nthreads);
     Py_END_ALLOW_THREADS
     result = Py_NewRef(Py_None);
 fail:
@@ -199,22 +210,24 @@ fail:
 }
 
 PyDoc_STRVAR(dequantize_static_doc,
-             "dequantize_static(q, scale, out, nthreads=1)\n\n"
+             "dequantize_static(q, scale, out, nthreads=1, zero_point=0)\n\n"
              "q: int8 [b, h, w, c] (or [rows, features]); out: float32 [b, c, h, w] (or\n"
-             "[rows, features]) = q * scale, back to NCHW.");
+             "[rows, features]) = (q - zero_point) * scale, back to NCHW.");
 
 static PyObject *py_dequantize_static(PyObject *self, PyObject *args, PyObject *kw) {
-    static char *kwlist[] = {"q", "scale", "out", "nthreads", NULL};
+    static char *kwlist[] = {"q", "scale", "out", "nthreads", "zero_point", NULL};
     static const char *fname = "dequantize_static";
     PyObject *q_obj, *out_obj, *result = NULL;
     float scale;
-    int nthreads = 1;
+    int nthreads = 1, zp = 0;
     buffer_arg q = {0}, out = {0};
     (void)self;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "OfO|i:dequantize_static", kwlist, &q_obj, &scale, &out_obj,
-                                     &nthreads))
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OfO|ii:dequantize_static", kwlist, &q_obj, &scale, &out_obj,
+                                     &nthreads, &zp))
         return NULL;
-    if (!check_threads(fname, nthreads) || !check_scale(fname, "scale", scale, 1)) return NULL;
+    if (!check_threads(fname, nthreads) || !check_scale(fname, "scale", scale, 1) ||
+        !check_zp(fname, "zero_point", zp))
+        return NULL;
     if (!get_buffer(q_obj, fname, "q", "b", 0, 2, 4, &q) || !get_buffer(out_obj, fname, "out", "f", 1, 2, 4, &out))
         goto fail;
     if (q.view.ndim == 3) {
@@ -227,7 +240,7 @@ static PyObject *py_dequantize_static(PyObject *self, PyObject *args, PyObject *
     int64_t dims4[4] = {s[0], channels, nd == 4 ? s[1] : 0, nd == 4 ? s[2] : 0}, dims2[2] = {s[0], s[1]};
     if (!check_out_shape(fname, &out.view, nd, nd == 4 ? dims4 : dims2)) goto fail;
     Py_BEGIN_ALLOW_THREADS
-    mq_static_dequantize(q.view.buf, s[0], plane, channels, scale, out.view.buf, nthreads);
+    mq_static_dequantize(q.view.buf, s[0], plane, channels, scale, zp, out.view.buf, nthreads);
     Py_END_ALLOW_THREADS
     result = Py_NewRef(Py_None);
 fail:
@@ -240,30 +253,35 @@ fail:
 
 PyDoc_STRVAR(conv2d_static_doc,
              "conv2d_static(x, packed, w_sum, x_w_scale, w_zero_point, bias, out, w_has_m128, kernel,\n"
-             "              stride, padding, dilation, groups, act_lo, act_hi, inv_out_scale, nthreads=1)\n\n"
+             "              stride, padding, dilation, groups, act_lo, act_hi, inv_out_scale, nthreads=1,\n"
+             "              x_zero_point=0, out_zero_point=0)\n\n"
              "Static int8 Conv2d (a Linear is the 1x1 case on [rows, 1, 1, features]): x int8 NHWC\n"
              "[b, h, w, c] (-127..127, zero-point 0); packed / w_sum as conv2d_int8; x_w_scale\n"
              "float32 [n] = x_scale * w_scale; out int8 or float32 [b, out_h, out_w, n]:\n"
-             "y = act(acc * x_w_scale + bias) then, for int8, clamp(rint(y * inv_out_scale)).");
+             "y = act((acc - x_zero_point * colsum) * x_w_scale + bias) then, for int8,\n"
+             "clamp(rint(y * inv_out_scale) + out_zero_point).");
 
 static PyObject *py_conv2d_static(PyObject *self, PyObject *args, PyObject *kw) {
     static char *kwlist[] = {"x", "packed", "w_sum", "x_w_scale", "w_zero_point", "bias", "out", "w_has_m128",
                              "kernel", "stride", "padding", "dilation", "groups", "act_lo", "act_hi",
-                             "inv_out_scale", "nthreads", NULL};
+                             "inv_out_scale", "nthreads", "x_zero_point", "out_zero_point", NULL};
     static const char *fname = "conv2d_static";
     PyObject *x_obj, *packed_obj, *w_sum_obj, *scale_obj, *zp_obj, *bias_obj, *out_obj, *ks_obj, *st_obj, *pd_obj,
         *dl_obj, *result = NULL;
-    int has_m128, nthreads = 1;
+    int has_m128, nthreads = 1, x_zp = 0, out_zp = 0;
     Py_ssize_t groups;
     float act_lo, act_hi, inv_out;
     int64_t ks[2], st[2], pd[2], dl[2], out_h, out_w;
     buffer_arg x = {0}, packed = {0}, w_sum = {0}, scale = {0}, zp = {0}, bias = {0}, out = {0};
     (void)self;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "OOOOOOOpOOOOnfff|i:conv2d_static", kwlist, &x_obj, &packed_obj,
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OOOOOOOpOOOOnfff|iii:conv2d_static", kwlist, &x_obj, &packed_obj,
                                      &w_sum_obj, &scale_obj, &zp_obj, &bias_obj, &out_obj, &has_m128, &ks_obj,
-                                     &st_obj, &pd_obj, &dl_obj, &groups, &act_lo, &act_hi, &inv_out, &nthreads))
+                                     &st_obj, &pd_obj, &dl_obj, &groups, &act_lo, &act_hi, &inv_out, &nthreads, &x_zp,
+                                     &out_zp))
         return NULL;
-    if (!check_threads(fname, nthreads) || !check_scale(fname, "inv_out_scale", inv_out, 1)) return NULL;
+    if (!check_threads(fname, nthreads) || !check_scale(fname, "inv_out_scale", inv_out, 1) ||
+        !check_zp(fname, "x_zero_point", x_zp) || !check_zp(fname, "out_zero_point", out_zp))
+        return NULL;
     if (isnan(act_lo) || isnan(act_hi) || act_lo > act_hi) {
         PyErr_Format(PyExc_ValueError, "%s: need act_lo <= act_hi (use -inf / inf for none)", fname);
         return NULL;
@@ -316,7 +334,8 @@ static PyObject *py_conv2d_static(PyObject *self, PyObject *args, PyObject *kw) 
     status = mq_conv2d_static(x.view.buf, batch, channels, x.view.shape[1], x.view.shape[2], ks[0], ks[1], st[0],
                               st[1], pd[0], pd[1], dl[0], dl[1], groups, packed.view.buf, w_sum.view.buf,
                               scale.view.buf, data_or_null(&zp), has_m128, data_or_null(&bias), n, act_lo, act_hi,
-                              inv_out, is_q ? out.view.buf : NULL, is_q ? NULL : out.view.buf, nthreads);
+                              inv_out, x_zp, out_zp, is_q ? out.view.buf : NULL, is_q ? NULL : out.view.buf,
+                              nthreads);
     Py_END_ALLOW_THREADS
     if (status < 0) {
         PyErr_NoMemory();
@@ -338,26 +357,29 @@ fail:
 
 PyDoc_STRVAR(depthwise_static_doc,
              "depthwise_static(x, weight, w_zero_point, x_w_scale, bias, out, stride, padding, dilation,\n"
-             "                 act_lo, act_hi, inv_out_scale, nthreads=1)\n\n"
+             "                 act_lo, act_hi, inv_out_scale, nthreads=1, x_zero_point=0, out_zero_point=0)\n\n"
              "Static int8 depthwise Conv2d (groups = in = out channels): x int8 NHWC [b, h, w, c];\n"
              "weight int8 [kh, kw, c]; out int8 or float32 [b, out_h, out_w, c]; epilogue as\n"
              "conv2d_static.");
 
 static PyObject *py_depthwise_static(PyObject *self, PyObject *args, PyObject *kw) {
     static char *kwlist[] = {"x", "weight", "w_zero_point", "x_w_scale", "bias", "out", "stride", "padding",
-                             "dilation", "act_lo", "act_hi", "inv_out_scale", "nthreads", NULL};
+                             "dilation", "act_lo", "act_hi", "inv_out_scale", "nthreads", "x_zero_point",
+                             "out_zero_point", NULL};
     static const char *fname = "depthwise_static";
     PyObject *x_obj, *w_obj, *zp_obj, *scale_obj, *bias_obj, *out_obj, *st_obj, *pd_obj, *dl_obj, *result = NULL;
-    int nthreads = 1;
+    int nthreads = 1, x_zp = 0, out_zp = 0;
     float act_lo, act_hi, inv_out;
     int64_t ks[2], st[2], pd[2], dl[2], out_h, out_w;
     buffer_arg x = {0}, w = {0}, zp = {0}, scale = {0}, bias = {0}, out = {0};
     (void)self;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "OOOOOOOOOfff|i:depthwise_static", kwlist, &x_obj, &w_obj, &zp_obj,
-                                     &scale_obj, &bias_obj, &out_obj, &st_obj, &pd_obj, &dl_obj, &act_lo, &act_hi,
-                                     &inv_out, &nthreads))
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OOOOOOOOOfff|iii:depthwise_static", kwlist, &x_obj, &w_obj,
+                                     &zp_obj, &scale_obj, &bias_obj, &out_obj, &st_obj, &pd_obj, &dl_obj, &act_lo,
+                                     &act_hi, &inv_out, &nthreads, &x_zp, &out_zp))
         return NULL;
-    if (!check_threads(fname, nthreads) || !check_scale(fname, "inv_out_scale", inv_out, 1)) return NULL;
+    if (!check_threads(fname, nthreads) || !check_scale(fname, "inv_out_scale", inv_out, 1) ||
+        !check_zp(fname, "x_zero_point", x_zp) || !check_zp(fname, "out_zero_point", out_zp))
+        return NULL;
     if (isnan(act_lo) || isnan(act_hi) || act_lo > act_hi) {
         PyErr_Format(PyExc_ValueError, "%s: need act_lo <= act_hi (use -inf / inf for none)", fname);
         return NULL;
@@ -392,7 +414,7 @@ static PyObject *py_depthwise_static(PyObject *self, PyObject *args, PyObject *k
     Py_BEGIN_ALLOW_THREADS
     status = mq_depthwise_static(x.view.buf, x.view.shape[0], channels, x.view.shape[1], x.view.shape[2], ks[0],
                                  ks[1], st[0], st[1], pd[0], pd[1], dl[0], dl[1], w.view.buf, data_or_null(&zp),
-                                 scale.view.buf, data_or_null(&bias), act_lo, act_hi, inv_out,
+                                 scale.view.buf, data_or_null(&bias), act_lo, act_hi, inv_out, x_zp, out_zp,
                                  is_q ? out.view.buf : NULL, is_q ? NULL : out.view.buf, nthreads);
     Py_END_ALLOW_THREADS
     if (status < 0) {
@@ -413,24 +435,27 @@ fail:
 /* ---- add_static / avgpool_static ---------------------------------------------------- */
 
 PyDoc_STRVAR(add_static_doc,
-             "add_static(a, a_scale, b, b_scale, out, act_lo, act_hi, inv_out_scale, nthreads=1)\n\n"
-             "Elementwise act(a * a_scale + b * b_scale) of two int8 arrays of one shape into out\n"
-             "(int8: requantized with inv_out_scale; float32: as is).");
+             "add_static(a, a_scale, b, b_scale, out, act_lo, act_hi, inv_out_scale, nthreads=1,\n"
+             "           a_zero_point=0, b_zero_point=0, out_zero_point=0)\n\n"
+             "Elementwise act((a - a_zp) * a_scale + (b - b_zp) * b_scale) of two int8 arrays of one\n"
+             "shape into out (int8: requantized with inv_out_scale and out_zero_point; float32: as is).");
 
 static PyObject *py_add_static(PyObject *self, PyObject *args, PyObject *kw) {
     static char *kwlist[] = {"a", "a_scale", "b", "b_scale", "out", "act_lo", "act_hi", "inv_out_scale", "nthreads",
-                             NULL};
+                             "a_zero_point", "b_zero_point", "out_zero_point", NULL};
     static const char *fname = "add_static";
     PyObject *a_obj, *b_obj, *out_obj, *result = NULL;
     float sa, sb, act_lo, act_hi, inv_out;
-    int nthreads = 1;
+    int nthreads = 1, za = 0, zb = 0, zo = 0;
     buffer_arg a = {0}, b = {0}, out = {0};
     (void)self;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "OfOfOfff|i:add_static", kwlist, &a_obj, &sa, &b_obj, &sb, &out_obj,
-                                     &act_lo, &act_hi, &inv_out, &nthreads))
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OfOfOfff|iiii:add_static", kwlist, &a_obj, &sa, &b_obj, &sb,
+                                     &out_obj, &act_lo, &act_hi, &inv_out, &nthreads, &za, &zb, &zo))
         return NULL;
     if (!check_threads(fname, nthreads) || !check_scale(fname, "a_scale", sa, 1) ||
-        !check_scale(fname, "b_scale", sb, 1) || !check_scale(fname, "inv_out_scale", inv_out, 1))
+        !check_scale(fname, "b_scale", sb, 1) || !check_scale(fname, "inv_out_scale", inv_out, 1) ||
+        !check_zp(fname, "a_zero_point", za) || !check_zp(fname, "b_zero_point", zb) ||
+        !check_zp(fname, "out_zero_point", zo))
         return NULL;
     if (isnan(act_lo) || isnan(act_hi) || act_lo > act_hi) {
         PyErr_Format(PyExc_ValueError, "%s: need act_lo <= act_hi (use -inf / inf for none)", fname);
@@ -446,7 +471,7 @@ static PyObject *py_add_static(PyObject *self, PyObject *args, PyObject *kw) {
     const int64_t n = a.view.len;
     int is_q = format_char(&out.view) == 'b';
     Py_BEGIN_ALLOW_THREADS
-    mq_add_static(a.view.buf, sa, b.view.buf, sb, n, act_lo, act_hi, inv_out, is_q ? out.view.buf : NULL,
+    mq_add_static(a.view.buf, sa, za, b.view.buf, sb, zb, n, act_lo, act_hi, inv_out, zo, is_q ? out.view.buf : NULL,
                   is_q ? NULL : out.view.buf, nthreads);
     Py_END_ALLOW_THREADS
     result = Py_NewRef(Py_None);
@@ -458,21 +483,25 @@ fail:
 }
 
 PyDoc_STRVAR(avgpool_static_doc,
-             "avgpool_static(x, mul, out, act_lo, act_hi, inv_out_scale)\n\n"
+             "avgpool_static(x, mul, out, act_lo, act_hi, inv_out_scale, x_zero_point=0, out_zero_point=0)\n\n"
              "Global average pool of int8 NHWC x [b, h, w, c] into out [b, c] (int8 or float32):\n"
-             "act(sum over pixels * mul), mul = x_scale / (h * w) in float32.");
+             "act((sum over pixels - h * w * x_zero_point) * mul), mul = x_scale / (h * w) in float32.");
 
 static PyObject *py_avgpool_static(PyObject *self, PyObject *args, PyObject *kw) {
-    static char *kwlist[] = {"x", "mul", "out", "act_lo", "act_hi", "inv_out_scale", NULL};
+    static char *kwlist[] = {"x", "mul", "out", "act_lo", "act_hi", "inv_out_scale", "x_zero_point", "out_zero_point",
+                             NULL};
     static const char *fname = "avgpool_static";
     PyObject *x_obj, *out_obj, *result = NULL;
     float mul, act_lo, act_hi, inv_out;
+    int x_zp = 0, out_zp = 0;
     buffer_arg x = {0}, out = {0};
     (void)self;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "OfOfff:avgpool_static", kwlist, &x_obj, &mul, &out_obj, &act_lo,
-                                     &act_hi, &inv_out))
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OfOfff|ii:avgpool_static", kwlist, &x_obj, &mul, &out_obj, &act_lo,
+                                     &act_hi, &inv_out, &x_zp, &out_zp))
         return NULL;
-    if (!check_scale(fname, "mul", mul, 1) || !check_scale(fname, "inv_out_scale", inv_out, 1)) return NULL;
+    if (!check_scale(fname, "mul", mul, 1) || !check_scale(fname, "inv_out_scale", inv_out, 1) ||
+        !check_zp(fname, "x_zero_point", x_zp) || !check_zp(fname, "out_zero_point", out_zp))
+        return NULL;
     if (isnan(act_lo) || isnan(act_hi) || act_lo > act_hi) {
         PyErr_Format(PyExc_ValueError, "%s: need act_lo <= act_hi (use -inf / inf for none)", fname);
         return NULL;
@@ -488,7 +517,7 @@ static PyObject *py_avgpool_static(PyObject *self, PyObject *args, PyObject *kw)
     }
     int status, is_q = format_char(&out.view) == 'b';
     Py_BEGIN_ALLOW_THREADS
-    status = mq_avgpool_static(x.view.buf, dims[0], pixels, dims[1], mul, act_lo, act_hi, inv_out,
+    status = mq_avgpool_static(x.view.buf, x_zp, dims[0], pixels, dims[1], mul, act_lo, act_hi, inv_out, out_zp,
                                is_q ? out.view.buf : NULL, is_q ? NULL : out.view.buf);
     Py_END_ALLOW_THREADS
     if (status < 0) {

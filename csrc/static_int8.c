@@ -26,20 +26,20 @@ static inline float activate(float y, float act_lo, float act_hi) {
     return v < act_hi ? v : act_hi;
 }
 
-static inline int8_t requantize(float v, float inv_out_scale) {
+/* q = clamp(round_half_even(v * inv) + zp, -127, 127): s is clamped to the integers whose
+ * q is in range first (equivalent, and keeps |s| small for the rounding trick). */
+static inline int8_t requantize(float v, float inv_out_scale, int zp) {
+    const float lo = (float)(-127 - zp), hi = (float)(127 - zp);
     float s = v * inv_out_scale;
-    s = s > -127.0f ? s : -127.0f; /* a NaN product (inf * 0) becomes -127, never UB */
-    s = s < 127.0f ? s : 127.0f;
-    return (int8_t)(int)round_even_small(s);
+    s = s > lo ? s : lo; /* a NaN product (inf * 0) becomes the lowest code, never UB */
+    s = s < hi ? s : hi;
+    return (int8_t)((int)round_even_small(s) + zp);
 }
 
 /* Plain loops over restrict locals (not the context's fields): gcc vectorizes them. */
-static void epilogue_q(const float *restrict src, int64_t n, float lo, float hi, float inv, int8_t *restrict dst) {
-    for (int64_t j = 0; j < n; j++) dst[j] = requantize(activate(src[j], lo, hi), inv);
-}
-
-static void epilogue_f32(const float *restrict src, int64_t n, float lo, float hi, float *restrict dst) {
-    for (int64_t j = 0; j < n; j++) dst[j] = activate(src[j], lo, hi);
+static void epilogue_q(const float *restrict src, int64_t n, float lo, float hi, float inv, int zp,
+                       int8_t *restrict dst) {
+    for (int64_t j = 0; j < n; j++) dst[j] = requantize(activate(src[j], lo, hi), inv, zp);
 }
 
 /* ---- fixed-scale quantize / dequantize (NCHW float <-> NHWC int8) ---------------- */
@@ -51,6 +51,7 @@ typedef struct {
     const int8_t *qc;
     int64_t channels, plane;
     float scale;
+    int zp;
 } layout_ctx;
 
 static void quantize_range(void *vctx, int64_t begin, int64_t end) {
@@ -59,21 +60,21 @@ static void quantize_range(void *vctx, int64_t begin, int64_t end) {
         const float *src = c->x + b * c->channels * c->plane;
         int8_t *dst = c->q + b * c->channels * c->plane;
         if (c->plane == 1 || c->channels == 1) { /* the same order in both layouts */
-            epilogue_q(src, c->channels * c->plane, -INFINITY, INFINITY, c->scale, dst);
+            epilogue_q(src, c->channels * c->plane, -INFINITY, INFINITY, c->scale, c->zp, dst);
             continue;
         }
         for (int64_t p0 = 0; p0 < c->plane; p0 += 64) { /* 64-pixel blocks: both sides stay in cache lines */
             const int64_t p1 = p0 + 64 < c->plane ? p0 + 64 : c->plane;
             for (int64_t ch = 0; ch < c->channels; ch++)
                 for (int64_t p = p0; p < p1; p++)
-                    dst[p * c->channels + ch] = requantize(src[ch * c->plane + p], c->scale);
+                    dst[p * c->channels + ch] = requantize(src[ch * c->plane + p], c->scale, c->zp);
         }
     }
 }
 
-void mq_static_quantize(const float *x, int64_t batch, int64_t channels, int64_t plane, float inv_scale, int8_t *dst,
-                        int nthreads) {
-    layout_ctx c = {x, NULL, dst, NULL, channels, plane, inv_scale};
+void mq_static_quantize(const float *x, int64_t batch, int64_t channels, int64_t plane, float inv_scale, int zp,
+                        int8_t *dst, int nthreads) {
+    layout_ctx c = {x, NULL, dst, NULL, channels, plane, inv_scale, zp};
     mq_parallel_for(batch, 1 + ((int64_t)1 << 16) / (channels * plane + 1), nthreads, quantize_range, &c);
 }
 
@@ -85,36 +86,16 @@ static void dequantize_range(void *vctx, int64_t begin, int64_t end) {
         for (int64_t p0 = 0; p0 < c->plane; p0 += 64) {
             const int64_t p1 = p0 + 64 < c->plane ? p0 + 64 : c->plane;
             for (int64_t ch = 0; ch < c->channels; ch++)
-                for (int64_t p = p0; p < p1; p++) dst[ch * c->plane + p] = (float)src[p * c->channels + ch] * c->scale;
+                for (int64_t p = p0; p < p1; p++)
+                    dst[ch * c->plane + p] = (float)(src[p * c->channels + ch] - c->zp) * c->scale;
         }
     }
 }
 
-void mq_static_dequantize(const int8_t *q, int64_t batch, int64_t plane, int64_t channels, float scale, float *dst,
-                          int nthreads) {
-    layout_ctx c = {NULL, dst, NULL, q, channels, plane, scale};
+void mq_static_dequantize(const int8_t *q, int64_t batch, int64_t plane, int64_t channels, float scale, int zp,
+                          float *dst, int nthreads) {
+    layout_ctx c = {NULL, dst, NULL, q, channels, plane, scale, zp};
     mq_parallel_for(batch, 1 + ((int64_t)1 << 16) / (channels * plane + 1), nthreads, dequantize_range, &c);
-}
-
-/* ---- the epilogue over GEMM results ------------------------------------------------ */
-
-typedef struct {
-    const float *y;   /* [m][ldy_in] fp32 GEMM results of one group */
-    int64_t ldy_in, n_g, col0, ldy_out;
-    float act_lo, act_hi, inv_out_scale;
-    int8_t *y_q;
-    float *y_f32;
-} epilogue_ctx;
-
-static void epilogue_range(void *vctx, int64_t begin, int64_t end) {
-    const epilogue_ctx *c = vctx;
-    for (int64_t r = begin; r < end; r++) {
-        const float *src = c->y + r * c->ldy_in;
-        if (c->y_q)
-            epilogue_q(src, c->n_g, c->act_lo, c->act_hi, c->inv_out_scale, c->y_q + r * c->ldy_out + c->col0);
-        else
-            epilogue_f32(src, c->n_g, c->act_lo, c->act_hi, c->y_f32 + r * c->ldy_out + c->col0);
-    }
 }
 
 /* ---- conv / linear through the int8 GEMM ------------------------------------------- */
@@ -133,6 +114,7 @@ typedef struct {
     const float *x_w_scale, *bias;
     int w_has_m128;
     float act_lo, act_hi, inv_out_scale;
+    int x_zp, out_zp;
     int8_t *y_q;
     float *y_f32;
     int failed;
@@ -140,7 +122,7 @@ typedef struct {
 
 static void im2col_rows(const static_conv_ctx *c, int64_t r0, int64_t nr, int64_t group, uint8_t *rows) {
     const int64_t pixels = c->out_h * c->out_w;
-    const uint8_t flip = c->kt->qgemm_x_u8 ? 0x80u : 0u;
+    const uint8_t flip = c->kt->qgemm_x_u8 ? 0x80u : 0u, pad = (uint8_t)(int8_t)c->x_zp; /* the encoding of 0 */
     const int whole_rows = c->cg == c->channels && c->dw == 1; /* a tap row's kw pixels are one channel run */
     for (int64_t r = 0; r < nr; r++) {
         const int64_t p = r0 + r, b = p / pixels, oh = (p % pixels) / c->out_w, ow = p % c->out_w;
@@ -159,12 +141,33 @@ static void im2col_rows(const static_conv_ctx *c, int64_t r0, int64_t nr, int64_
                     memcpy(dst, c->x + ((b * c->height + ih) * c->width + iw) * c->channels + group * c->cg,
                            (size_t)c->cg);
                 else
-                    memset(dst, 0, (size_t)c->cg);
+                    memset(dst, pad, (size_t)c->cg);
             }
         }
-        memset(dst, 0, (size_t)(c->kp - c->k));
+        memset(dst, 0, (size_t)(c->kp - c->k)); /* against the weight's zero padding: any value */
         if (flip)
             for (int64_t i = 0; i < c->kp; i++) row[i] ^= flip;
+    }
+}
+
+/* y = (float)(acc - x_zp * colsum'[n]) * x_w_scale[n] (+ bias[n]), colsum' = sum_k (w - w_zp):
+ * the activations' zero-point removed exactly in int64 before the one fp32 product. */
+static void conv_epilogue(const static_conv_ctx *c, const int32_t *restrict acc, int64_t nr, int64_t g,
+                          const int64_t *restrict colsum, int64_t r0) {
+    const float *restrict xw = c->x_w_scale + g * c->n_g;
+    const float *restrict bias = c->bias ? c->bias + g * c->n_g : NULL;
+    for (int64_t r = 0; r < nr; r++) {
+        const int32_t *restrict a = acc + r * c->n_g;
+        const int64_t o = (r0 + r) * c->n + g * c->n_g;
+        for (int64_t j = 0; j < c->n_g; j++) {
+            float y = (float)((int64_t)a[j] - c->x_zp * colsum[j]) * xw[j];
+            if (bias) y += bias[j];
+            const float v = activate(y, c->act_lo, c->act_hi);
+            if (c->y_q)
+                c->y_q[o + j] = requantize(v, c->inv_out_scale, c->out_zp);
+            else
+                c->y_f32[o + j] = v;
+        }
     }
 }
 
@@ -177,19 +180,22 @@ static void static_conv_range(void *vctx, int64_t begin, int64_t end) {
         return;
     }
     uint8_t *rows = aligned_alloc(64, mq_alloc_bytes(cap, c->kp, 64));
-    float *y = malloc(mq_alloc_bytes(cap, c->n_g * (int64_t)sizeof(float), 1));
+    int32_t *acc = malloc(mq_alloc_bytes(cap, c->n_g * (int64_t)sizeof(int32_t), 1));
     float *x_scale = malloc(mq_alloc_bytes(cap, sizeof(float), 1));
     int32_t *x_sum = c->w_zp ? malloc(mq_alloc_bytes(cap, sizeof(int32_t), 1)) : NULL;
-    if (!rows || !y || !x_scale || (c->w_zp && !x_sum)) {
+    int64_t *colsum = malloc(mq_alloc_bytes(c->n_g, sizeof(int64_t), 1));
+    if (!rows || !acc || !x_scale || (c->w_zp && !x_sum) || !colsum) {
         __atomic_store_n(&c->failed, 1, __ATOMIC_RELAXED);
         goto done;
     }
-    for (int64_t i = 0; i < cap; i++) x_scale[i] = 1.0f; /* 1.0f * x_w_scale[n] is x_w_scale[n] exactly */
+    for (int64_t i = 0; i < cap; i++) x_scale[i] = 1.0f; /* unused with exact accumulators */
     const int64_t panels = c->np_g / MQ_PANEL;
     const uint8_t flip = c->kt->qgemm_x_u8 ? 0x80u : 0u;
     for (int64_t blk = begin; blk < end; blk++) {
         const int64_t r0 = blk * cap, nr = c->m - r0 < cap ? c->m - r0 : cap;
         for (int64_t g = 0; g < c->groups; g++) {
+            for (int64_t j = 0; j < c->n_g; j++)
+                colsum[j] = (int64_t)c->w_sum[g * c->np_g + j] - (c->w_zp ? (int64_t)c->w_zp[g * c->n_g + j] * c->k : 0);
             im2col_rows(c, r0, nr, g, rows);
             if (x_sum)
                 for (int64_t r = 0; r < nr; r++) {
@@ -199,26 +205,24 @@ static void static_conv_range(void *vctx, int64_t begin, int64_t end) {
                 }
             mq_qgemm_args a = {rows, c->kt->qgemm_x_u8, x_scale, x_sum, nr, c->kp, c->n_g,
                                c->packed + g * c->np_g * c->kp, c->w_sum + g * c->np_g, c->x_w_scale + g * c->n_g,
-                               c->w_zp ? c->w_zp + g * c->n_g : NULL, c->w_has_m128,
-                               c->bias ? c->bias + g * c->n_g : NULL, y, NULL, c->n_g, 1};
+                               c->w_zp ? c->w_zp + g * c->n_g : NULL, c->w_has_m128, NULL, NULL, acc, c->n_g, 1};
             c->kt->qgemm(&a, 0, panels);
-            epilogue_ctx ec = {y, c->n_g, c->n_g, g * c->n_g, c->n, c->act_lo, c->act_hi, c->inv_out_scale,
-                               c->y_q ? c->y_q + r0 * c->n : NULL, c->y_f32 ? c->y_f32 + r0 * c->n : NULL};
-            epilogue_range(&ec, 0, nr);
+            conv_epilogue(c, acc, nr, g, colsum, r0);
         }
     }
 done:
     free(rows);
-    free(y);
+    free(acc);
     free(x_scale);
     free(x_sum);
+    free(colsum);
 }
 
 int mq_conv2d_static(const int8_t *x, int64_t batch, int64_t channels, int64_t height, int64_t width, int64_t kh,
                      int64_t kw, int64_t sh, int64_t sw, int64_t ph, int64_t pw, int64_t dh, int64_t dw, int64_t groups,
                      const int8_t *packed, const int32_t *w_sum, const float *x_w_scale, const int32_t *w_zp,
                      int w_has_m128, const float *bias, int64_t n, float act_lo, float act_hi, float inv_out_scale,
-                     int8_t *y_q, float *y_f32, int nthreads) {
+                     int x_zp, int out_zp, int8_t *y_q, float *y_f32, int nthreads) {
     const int64_t out_h = (height + 2 * ph - dh * (kh - 1) - 1) / sh + 1;
     const int64_t out_w = (width + 2 * pw - dw * (kw - 1) - 1) / sw + 1;
     const int64_t cg = channels / groups, k = cg * kh * kw, kp = mq_round_up(k, MQ_KGROUP);
@@ -234,7 +238,7 @@ int mq_conv2d_static(const int8_t *x, int64_t batch, int64_t channels, int64_t h
     if (block_rows > m) block_rows = m;
     static_conv_ctx c = {x, channels, height, width, kh, kw, sh, sw, ph, pw, dh, dw, out_h, out_w, groups, cg, k, kp,
                          n, n_g, np_g, m, block_rows, mq_active(), packed, w_sum, w_zp, x_w_scale, bias, w_has_m128,
-                         act_lo, act_hi, inv_out_scale, y_q, y_f32, 0};
+                         act_lo, act_hi, inv_out_scale, x_zp, out_zp, y_q, y_f32, 0};
     /* rows * k multiply-adds per block: tiny layers stay on one thread */
     const int64_t blocks = (m + block_rows - 1) / block_rows;
     const int64_t per_block = block_rows * k * n;
@@ -250,67 +254,69 @@ typedef struct {
     const float *x_w_scale, *bias;
     int64_t channels, height, width, kh, kw, sh, sw, ph, pw, dh, dw, out_h, out_w;
     float act_lo, act_hi, inv_out_scale;
+    int x_zp, out_zp;
     int8_t *y_q;
     float *y_f32;
     int failed; /* set (atomically) by a range that could not allocate its sums */
 } depthwise_ctx;
 
-/* Work items are output rows (image, oh); int32 sums per channel, the
- * channels innermost (NHWC), which the compiler vectorizes. */
+/* Work items are output rows (image, oh); int32 sums per channel of (x - x_zp) * (w - w_zp)
+ * over the taps inside the image (padding is x_zp: it adds 0), channels innermost (NHWC),
+ * which the compiler vectorizes. */
 static void depthwise_range(void *vctx, int64_t begin, int64_t end) {
-    const depthwise_ctx *c = vctx;
+    depthwise_ctx *c = vctx;
     const int64_t ch = c->channels;
     int32_t *acc = malloc((size_t)ch * sizeof(int32_t));
-    int32_t *zp_sum = malloc((size_t)ch * sizeof(int32_t));
-    if (!acc || !zp_sum) {
-        __atomic_store_n(&((depthwise_ctx *)vctx)->failed, 1, __ATOMIC_RELAXED);
+    int16_t *w = malloc((size_t)(ch * c->kh * c->kw) * sizeof(int16_t));
+    if (!acc || !w) {
+        __atomic_store_n(&c->failed, 1, __ATOMIC_RELAXED);
         free(acc);
-        free(zp_sum);
+        free(w);
         return;
     }
+    for (int64_t t = 0; t < c->kh * c->kw; t++)
+        for (int64_t q = 0; q < ch; q++) w[t * ch + q] = (int16_t)(c->w[t * ch + q] - (c->w_zp ? c->w_zp[q] : 0));
+    const int16_t xz = (int16_t)c->x_zp;
     for (int64_t r = begin; r < end; r++) {
         const int64_t b = r / c->out_h, oh = r % c->out_h;
         for (int64_t ow = 0; ow < c->out_w; ow++) {
             memset(acc, 0, (size_t)ch * sizeof(int32_t));
-            memset(zp_sum, 0, (size_t)ch * sizeof(int32_t));
             for (int64_t i = 0; i < c->kh; i++) {
                 const int64_t ih = oh * c->sh - c->ph + i * c->dh;
                 if (ih < 0 || ih >= c->height) continue;
                 for (int64_t j = 0; j < c->kw; j++) {
                     const int64_t iw = ow * c->sw - c->pw + j * c->dw;
                     if (iw < 0 || iw >= c->width) continue;
-                    const int8_t *xs = c->x + ((b * c->height + ih) * c->width + iw) * ch;
-                    const int8_t *ws = c->w + (i * c->kw + j) * ch;
-                    for (int64_t q = 0; q < ch; q++) acc[q] += (int32_t)xs[q] * (int32_t)ws[q];
-                    if (c->w_zp)
-                        for (int64_t q = 0; q < ch; q++) zp_sum[q] += xs[q];
+                    const int8_t *restrict xs = c->x + ((b * c->height + ih) * c->width + iw) * ch;
+                    const int16_t *restrict ws = w + (i * c->kw + j) * ch;
+                    for (int64_t q = 0; q < ch; q++) acc[q] += (int32_t)((int16_t)xs[q] - xz) * ws[q];
                 }
             }
             const int64_t o = ((b * c->out_h + oh) * c->out_w + ow) * ch;
             for (int64_t q = 0; q < ch; q++) {
-                const int32_t a = c->w_zp ? acc[q] - c->w_zp[q] * zp_sum[q] : acc[q];
-                float y = (float)a * c->x_w_scale[q];
+                float y = (float)acc[q] * c->x_w_scale[q];
                 if (c->bias) y += c->bias[q];
                 const float v = activate(y, c->act_lo, c->act_hi);
                 if (c->y_q)
-                    c->y_q[o + q] = requantize(v, c->inv_out_scale);
+                    c->y_q[o + q] = requantize(v, c->inv_out_scale, c->out_zp);
                 else
                     c->y_f32[o + q] = v;
             }
         }
     }
     free(acc);
-    free(zp_sum);
+    free(w);
 }
 
 int mq_depthwise_static(const int8_t *x, int64_t batch, int64_t channels, int64_t height, int64_t width, int64_t kh,
                          int64_t kw, int64_t sh, int64_t sw, int64_t ph, int64_t pw, int64_t dh, int64_t dw,
                          const int8_t *w, const int32_t *w_zp, const float *x_w_scale, const float *bias, float act_lo,
-                         float act_hi, float inv_out_scale, int8_t *y_q, float *y_f32, int nthreads) {
+                         float act_hi, float inv_out_scale, int x_zp, int out_zp, int8_t *y_q, float *y_f32,
+                         int nthreads) {
     const int64_t out_h = (height + 2 * ph - dh * (kh - 1) - 1) / sh + 1;
     const int64_t out_w = (width + 2 * pw - dw * (kw - 1) - 1) / sw + 1;
     depthwise_ctx c = {x, w, w_zp, x_w_scale, bias, channels, height, width, kh, kw, sh, sw, ph, pw, dh, dw,
-                       out_h, out_w, act_lo, act_hi, inv_out_scale, y_q, y_f32, 0};
+                       out_h, out_w, act_lo, act_hi, inv_out_scale, x_zp, out_zp, y_q, y_f32, 0};
     const int64_t per_row = out_w * channels * kh * kw;
     mq_parallel_for(batch * out_h, 1 + ((int64_t)1 << 16) / (per_row + 1), nthreads, depthwise_range, &c);
     return c.failed ? -1 : 0;
@@ -321,41 +327,45 @@ int mq_depthwise_static(const int8_t *x, int64_t batch, int64_t channels, int64_
 typedef struct {
     const int8_t *a, *b;
     float a_scale, b_scale, act_lo, act_hi, inv_out_scale;
+    int a_zp, b_zp, out_zp;
     int8_t *y_q;
     float *y_f32;
 } add_ctx;
 
-static void add_q(const int8_t *restrict a, float sa, const int8_t *restrict b, float sb, int64_t n, float lo,
-                  float hi, float inv, int8_t *restrict y) {
-    /* two products then one sum, never fused (-ffp-contract=off): the torch reference's order */
-    for (int64_t i = 0; i < n; i++) y[i] = requantize(activate((float)a[i] * sa + (float)b[i] * sb, lo, hi), inv);
+/* (a - a_zp) and (b - b_zp) are exact in fp32; two products then one sum, never fused
+ * (-ffp-contract=off): the torch reference's order */
+static void add_q(const int8_t *restrict a, float sa, int za, const int8_t *restrict b, float sb, int zb, int64_t n,
+                  float lo, float hi, float inv, int zo, int8_t *restrict y) {
+    for (int64_t i = 0; i < n; i++)
+        y[i] = requantize(activate((float)(a[i] - za) * sa + (float)(b[i] - zb) * sb, lo, hi), inv, zo);
 }
 
-static void add_f32(const int8_t *restrict a, float sa, const int8_t *restrict b, float sb, int64_t n, float lo,
-                    float hi, float *restrict y) {
-    for (int64_t i = 0; i < n; i++) y[i] = activate((float)a[i] * sa + (float)b[i] * sb, lo, hi);
+static void add_f32(const int8_t *restrict a, float sa, int za, const int8_t *restrict b, float sb, int zb,
+                    int64_t n, float lo, float hi, float *restrict y) {
+    for (int64_t i = 0; i < n; i++) y[i] = activate((float)(a[i] - za) * sa + (float)(b[i] - zb) * sb, lo, hi);
 }
 
 static void add_range(void *vctx, int64_t begin, int64_t end) {
     const add_ctx *c = vctx;
     if (c->y_q)
-        add_q(c->a + begin, c->a_scale, c->b + begin, c->b_scale, end - begin, c->act_lo, c->act_hi,
-              c->inv_out_scale, c->y_q + begin);
+        add_q(c->a + begin, c->a_scale, c->a_zp, c->b + begin, c->b_scale, c->b_zp, end - begin, c->act_lo,
+              c->act_hi, c->inv_out_scale, c->out_zp, c->y_q + begin);
     else
-        add_f32(c->a + begin, c->a_scale, c->b + begin, c->b_scale, end - begin, c->act_lo, c->act_hi,
-                c->y_f32 + begin);
+        add_f32(c->a + begin, c->a_scale, c->a_zp, c->b + begin, c->b_scale, c->b_zp, end - begin, c->act_lo,
+                c->act_hi, c->y_f32 + begin);
 }
 
-void mq_add_static(const int8_t *a, float a_scale, const int8_t *b, float b_scale, int64_t n, float act_lo,
-                   float act_hi, float inv_out_scale, int8_t *y_q, float *y_f32, int nthreads) {
-    add_ctx c = {a, b, a_scale, b_scale, act_lo, act_hi, inv_out_scale, y_q, y_f32};
+void mq_add_static(const int8_t *a, float a_scale, int a_zp, const int8_t *b, float b_scale, int b_zp, int64_t n,
+                   float act_lo, float act_hi, float inv_out_scale, int out_zp, int8_t *y_q, float *y_f32,
+                   int nthreads) {
+    add_ctx c = {a, b, a_scale, b_scale, act_lo, act_hi, inv_out_scale, a_zp, b_zp, out_zp, y_q, y_f32};
     mq_parallel_for(n, (int64_t)1 << 16, nthreads, add_range, &c);
 }
 
 /* ---- global average pool -------------------------------------------------------------- */
 
-int mq_avgpool_static(const int8_t *x, int64_t batch, int64_t pixels, int64_t channels, float mul, float act_lo,
-                       float act_hi, float inv_out_scale, int8_t *y_q, float *y_f32) {
+int mq_avgpool_static(const int8_t *x, int x_zp, int64_t batch, int64_t pixels, int64_t channels, float mul,
+                      float act_lo, float act_hi, float inv_out_scale, int out_zp, int8_t *y_q, float *y_f32) {
     int32_t *sum = malloc((size_t)(channels > 0 ? channels : 1) * sizeof(int32_t));
     if (!sum) return -1;
     for (int64_t b = 0; b < batch; b++) {
@@ -365,9 +375,9 @@ int mq_avgpool_static(const int8_t *x, int64_t batch, int64_t pixels, int64_t ch
             for (int64_t q = 0; q < channels; q++) sum[q] += src[q];
         }
         for (int64_t q = 0; q < channels; q++) {
-            const float v = activate((float)sum[q] * mul, act_lo, act_hi);
+            const float v = activate((float)((int64_t)sum[q] - x_zp * pixels) * mul, act_lo, act_hi);
             if (y_q)
-                y_q[b * channels + q] = requantize(v, inv_out_scale);
+                y_q[b * channels + q] = requantize(v, inv_out_scale, out_zp);
             else
                 y_f32[b * channels + q] = v;
         }

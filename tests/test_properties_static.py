@@ -23,9 +23,9 @@ ACTS = [(-math.inf, math.inf), (0.0, math.inf), (0.0, 6.0)]
 @given(st.integers(1, 3), st.integers(1, 9), st.integers(1, 9), st.integers(1, 3), st.integers(1, 3),
        st.integers(1, 3), st.integers(1, 3), st.integers(1, 2), st.integers(0, 2), st.integers(1, 2),
        st.sampled_from([1, 1, 2]), st.sampled_from(ACTS), st.booleans(), st.sampled_from(SUPPORTED),
-       st.sampled_from([1, 2, 3]), st.integers(0, 2**16))
+       st.sampled_from([1, 2, 3]), st.integers(0, 2**16), st.sampled_from([0, -127, 3]), st.sampled_from([0, -127]))
 def test_conv2d_static_equals_the_twin(batch, h, w, cg, ng, kh, kw, stride, pad, dil, groups, act, out_int8, isa,
-                                       threads, seed):
+                                       threads, seed, x_zp, out_zp):
     c, n = cg * groups, ng * groups
     if h + 2 * pad < dil * (kh - 1) + 1 or w + 2 * pad < dil * (kw - 1) + 1:
         return
@@ -34,17 +34,18 @@ def test_conv2d_static_equals_the_twin(batch, h, w, cg, ng, kh, kw, stride, pad,
     bias = torch.randn(n, generator=torch.Generator().manual_seed(seed + 2))
     inv = 3.0 if out_int8 else None
     st_, pd, dl = (stride, stride), (pad, pad), (dil, dil)
-    expected = ref.conv2d_ref(x, wq, x_w_scale, bias, st_, pd, dl, groups, act, inv)
+    expected = ref.conv2d_ref(x, wq, x_w_scale, bias, st_, pd, dl, groups, act, inv, x_zp, out_zp)
     packed, colsum, m128 = packed_args(wq, groups)
     out = torch.empty(expected.shape, dtype=expected.dtype)
     previous = _C.set_isa(isa)
     try:
         _C.conv2d_static(x.numpy(), packed, colsum, x_w_scale.numpy(), None, bias.numpy(), out.numpy(), m128,
-                         (kh, kw), st_, pd, dl, groups, *act, inv or 1.0, threads)
+                         (kh, kw), st_, pd, dl, groups, *act, inv or 1.0, threads, x_zp, out_zp)
         if groups == c == n:
             dw = torch.empty(expected.shape, dtype=expected.dtype)
             _C.depthwise_static(x.numpy(), wq[:, 0].permute(1, 2, 0).contiguous().numpy(), None,
-                                x_w_scale.numpy(), bias.numpy(), dw.numpy(), st_, pd, dl, *act, inv or 1.0, threads)
+                                x_w_scale.numpy(), bias.numpy(), dw.numpy(), st_, pd, dl, *act, inv or 1.0, threads,
+                                x_zp, out_zp)
             assert torch.equal(dw, expected)
     finally:
         _C.set_isa(previous)

@@ -37,24 +37,32 @@ CONV_CASES = [  # (batch, c, h, w, n, kernel, stride, padding, dilation, groups)
 ]
 
 
-@pytest.mark.parametrize("act", list(ACTS))
-@pytest.mark.parametrize("out_int8", [True, False], ids=["int8_out", "float_out"])
+ZPS = {"zp0": (0, 0), "relu_codes": (-127, -127), "mixed": (-127, 5)}  # (x_zp, out_zp)
+
+
+# (int8 output, activation, zero-points): every activation at zero-point 0, the zero-points on int8 outputs
+VARIANTS = [(o, a, "zp0") for o in (True, False) for a in ACTS] + [(True, a, z) for a in ACTS for z in ZPS if z != "zp0"]
+
+
+@pytest.mark.parametrize("variant", VARIANTS, ids=lambda v: f"{'int8' if v[0] else 'float'}_out-{v[1]}-{v[2]}")
 @pytest.mark.parametrize("case", CONV_CASES, ids=lambda c: "x".join(map(str, c[:5])) + f"g{c[-1]}")
-def test_conv2d_static_matches_reference(isa, case, out_int8, act):
+def test_conv2d_static_matches_reference(isa, case, variant):
+    out_int8, act, zps = variant
+    x_zp, out_zp = ZPS[zps]
     b, c, h, w, n, ks, st, pd, dl, groups = case
     x = rand_q(b, h, w, c, seed=1)
     wq = rand_q(n, c // groups, *ks, seed=2)
     x_w_scale = torch.rand(n, generator=torch.Generator().manual_seed(3)) * 1e-3 + 1e-4
     bias = torch.randn(n, generator=torch.Generator().manual_seed(4))
     inv_out = 0.37 if out_int8 else None
-    expected = ref.conv2d_ref(x, wq, x_w_scale, bias, st, pd, dl, groups, ACTS[act], inv_out)
+    expected = ref.conv2d_ref(x, wq, x_w_scale, bias, st, pd, dl, groups, ACTS[act], inv_out, x_zp, out_zp)
     packed, colsum, m128 = packed_args(wq, groups)
     out = torch.empty(expected.shape, dtype=expected.dtype)
     _C.conv2d_static(x.numpy(), packed, colsum, x_w_scale.numpy(), None, bias.numpy(), out.numpy(), m128, ks, st,
-                     pd, dl, groups, *ACTS[act], inv_out or 1.0, 2)
+                     pd, dl, groups, *ACTS[act], inv_out or 1.0, 2, x_zp, out_zp)
     assert torch.equal(out, expected)
     if out_int8:
-        assert int(out.min()) >= (0 if act != "none" else -127)
+        assert int(out.min()) >= (out_zp if act != "none" else -127)
 
 
 @pytest.mark.parametrize("out_int8", [True, False], ids=["int8_out", "float_out"])
@@ -72,35 +80,39 @@ def test_linear_as_1x1_conv(isa, shape, out_int8):
     assert torch.equal(out.view(rows, n), expected)
 
 
+@pytest.mark.parametrize("zps", list(ZPS))
 @pytest.mark.parametrize("act", ["none", "relu6"])
 @pytest.mark.parametrize("case", [(1, 7, 5, 3, (3, 3), (1, 1), (1, 1), (1, 1)),
                                   (2, 9, 8, 19, (3, 3), (2, 2), (1, 1), (1, 1)),
                                   (1, 6, 6, 4, (5, 3), (1, 2), (2, 0), (1, 2))], ids=str)
-def test_depthwise_static_matches_reference(isa, case, act):
+def test_depthwise_static_matches_reference(isa, case, act, zps):
+    x_zp, out_zp = ZPS[zps]
     b, h, w, c, ks, st, pd, dl = case
     x = rand_q(b, h, w, c, seed=7)
     wq = rand_q(c, 1, *ks, seed=8)
     x_w_scale = torch.rand(c, generator=torch.Generator().manual_seed(9)) * 1e-2
     bias = torch.randn(c)
-    expected = ref.conv2d_ref(x, wq, x_w_scale, bias, st, pd, dl, c, ACTS[act], 0.5)
+    expected = ref.conv2d_ref(x, wq, x_w_scale, bias, st, pd, dl, c, ACTS[act], 0.5, x_zp, out_zp)
     out = torch.empty(expected.shape, dtype=torch.int8)
     _C.depthwise_static(x.numpy(), wq[:, 0].permute(1, 2, 0).contiguous().numpy(), None, x_w_scale.numpy(),
-                        bias.numpy(), out.numpy(), st, pd, dl, *ACTS[act], 0.5, 2)
+                        bias.numpy(), out.numpy(), st, pd, dl, *ACTS[act], 0.5, 2, x_zp, out_zp)
     assert torch.equal(out, expected)
 
 
+@pytest.mark.parametrize("zps", [(0, 0, 0), (-127, -127, -127), (-127, 0, 3)], ids=str)
 @pytest.mark.parametrize("out_int8", [True, False], ids=["int8_out", "float_out"])
-def test_add_and_pool_match_reference(out_int8):
+def test_add_and_pool_match_reference(out_int8, zps):
+    za, zb, zo = zps
     a, b = rand_q(2, 5, 3, 7, seed=10), rand_q(2, 5, 3, 7, seed=11)
     inv = 1 / 0.07 if out_int8 else None
-    expected = ref.add_ref(a, 0.05, b, 0.03, ACTS["relu"], inv)
+    expected = ref.add_ref(a, 0.05, b, 0.03, ACTS["relu"], inv, za, zb, zo)
     out = torch.empty(a.shape, dtype=expected.dtype)
-    _C.add_static(a.numpy(), 0.05, b.numpy(), 0.03, out.numpy(), *ACTS["relu"], inv or 1.0, 2)
+    _C.add_static(a.numpy(), 0.05, b.numpy(), 0.03, out.numpy(), *ACTS["relu"], inv or 1.0, 2, za, zb, zo)
     assert torch.equal(out, expected)
     mul = float(np.float32(0.05) / np.float32(15))
-    expected = ref.avgpool_ref(a, mul, ACTS["none"], inv)
+    expected = ref.avgpool_ref(a, mul, ACTS["none"], inv, za, zo)
     out = torch.empty(2, 7, dtype=expected.dtype)
-    _C.avgpool_static(a.numpy(), mul, out.numpy(), *ACTS["none"], inv or 1.0)
+    _C.avgpool_static(a.numpy(), mul, out.numpy(), *ACTS["none"], inv or 1.0, za, zo)
     assert torch.equal(out, expected)
 
 
@@ -114,6 +126,13 @@ def test_quantize_and_dequantize_static_round_trip():
     back = torch.empty(2, 3, 5, 7)
     _C.dequantize_static(q.numpy(), 0.1, back.numpy())
     assert torch.equal(back, q.permute(0, 3, 1, 2).float() * torch.tensor(0.1))
+    relu = x.clamp(min=0)  # ReLU codes: zero-point -127, all 255 levels on [0, max]
+    _C.quantize_static(relu.numpy(), 20.0, q.numpy(), 1, -127)
+    assert torch.equal(q, ref.quantize_ref(relu, 20.0, -127)) and int(q.min()) == -127
+    _C.dequantize_static(q.numpy(), 0.05, back.numpy(), 1, -127)
+    assert torch.equal(back, (q.permute(0, 3, 1, 2).float() + 127) * torch.tensor(0.05))
+    with pytest.raises(ValueError, match="zero_point must be in -127..127"):
+        _C.quantize_static(relu.numpy(), 20.0, q.numpy(), 1, -128)
     rows = torch.randn(4, 9)
     q2 = torch.empty(4, 9, dtype=torch.int8)
     _C.quantize_static(rows.numpy(), 30.0, q2.numpy())

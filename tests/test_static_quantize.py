@@ -105,6 +105,9 @@ def test_resnet_fuses_and_stays_int8_between_layers(data):
     # every layer but the head passes int8 on; the head's output is the model's (float)
     assert [r.output for r in report.layers].count("float") == 1 and report.layers[-1].output == "float"
     assert q.layers["b1_conv2"].int8_input and q.layers["b1_conv2"].out_scale is not None
+    # ReLU outputs use all 255 codes (zero-point -127); signed ones are symmetric
+    assert q.layers["b1_conv1"].out_zp == -127 and q.layers["b1_conv2"].in_zp == -127
+    assert q.layers["b1_conv2"].out_zp == 0 and q.layers["add"].out_zp == -127
     x = data[:16]
     assert sqnr(model(x), q(x)) > 25
     assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())  # caller's model untouched

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from typing import Dict, List, Optional, Tuple
 
+import numpy as np
 from torch import nn
 
 from ..calibration import ActivationRange
@@ -20,7 +21,7 @@ from .capture import FusionPlan, PlanOp
 from .graph import FusedAddFloat, FusedGapFloat, StaticGraphModel, float_op_entry
 from .modules import StaticAdd, StaticConv2d, StaticGlobalAvgPool, StaticLinear
 
-__all__ = ["convert_plan", "int8_values", "input_point"]
+__all__ = ["convert_plan", "int8_values", "input_point", "qparams", "NONNEGATIVE_ZERO_POINT"]
 
 _QUANT_KINDS = ("conv", "linear", "add", "gap")
 
@@ -81,39 +82,57 @@ def input_point(op: PlanOp, position: int, aliases: Dict[str, str]) -> str:
     return aliases.get(point, point)
 
 
-def convert_plan(plan: FusionPlan, ranges: Dict[str, ActivationRange], aliases: Dict[str, str]
+#: zero-point of an activation that is never negative (ReLU outputs): codes -127..127 cover [0, max]
+NONNEGATIVE_ZERO_POINT = -127
+
+
+def qparams(r: ActivationRange, nonnegative: bool) -> Tuple[float, int]:
+    """(scale, zero-point) of an activation in the -127..127 codes: symmetric (zero-point 0,
+    scale max|x| / 127), or, for a never-negative one, all 255 levels on [0, max]
+    (zero-point -127, scale max / 254: one more bit than a symmetric ReLU output)."""
+    if not nonnegative:
+        return r.scale, 0
+    top = np.float32(max(r.hi, 0.0))
+    return (float(top / np.float32(254.0)) if top > 0 else 1.0), NONNEGATIVE_ZERO_POINT
+
+
+def convert_plan(plan: FusionPlan, ranges: Dict[str, ActivationRange], aliases: Dict[str, str],
+                 nonnegative: Optional[Dict[str, bool]] = None
                  ) -> Tuple[StaticGraphModel, Dict[str, bool], List[Tuple[str, str]]]:
-    """(static model, int8-output map, [(op, why it runs in float)])."""
+    """(static model, int8-output map, [(op, why it runs in float)]).  ``nonnegative``: point ->
+    whether calibration saw no negative value there (those get zero-point -127)."""
+    nonnegative = nonnegative or {}
     int8 = int8_values(plan)
     layers: Dict[str, nn.Module] = {}
     program = []
     in_float: List[Tuple[str, str]] = []
 
-    def scale_of(point: str) -> float:
+    def qparams_of(point: str) -> Tuple[float, int]:
         r = ranges.get(point)
         if r is None:
             raise RuntimeError(f"no calibration statistics for {point!r}: the calibration data never reached it")
-        return r.scale
+        return qparams(r, nonnegative.get(point, False))
 
     for op in plan.ops:
-        out_scale = scale_of(f"{op.name}.output") if int8.get(op.name) else None
+        out_scale, out_zp = qparams_of(f"{op.name}.output") if int8.get(op.name) else (None, 0)
         if op.kind in ("conv", "linear"):
             src = op.inputs[0]
             int8_in = int8[src]
-            in_scale = scale_of(f"{src}.output") if int8_in else scale_of(input_point(op, 0, aliases))
+            in_scale, in_zp = qparams_of(f"{src}.output") if int8_in else qparams_of(input_point(op, 0, aliases))
             cls = StaticConv2d if op.kind == "conv" else StaticLinear
-            layers[op.name] = cls.from_float(op.module, op.act, in_scale, out_scale, int8_in)
+            layers[op.name] = cls.from_float(op.module, op.act, in_scale, out_scale, int8_in, in_zp, out_zp)
         elif op.kind == "add":
             if all(int8[i] for i in op.inputs):
-                a, b = (scale_of(f"{i}.output") for i in op.inputs)
-                layers[op.name] = StaticAdd(op.act, a, b, out_scale)
+                (a, za), (b, zb) = (qparams_of(f"{i}.output") for i in op.inputs)
+                layers[op.name] = StaticAdd(op.act, a, b, out_scale, za, zb, out_zp)
             else:
                 layers[op.name] = FusedAddFloat(op.act)
                 in_float.append((op.name, "add of a float input (its producer has no int8 output)"))
         elif op.kind == "gap":
             src = op.inputs[0]
             if int8[src]:
-                layers[op.name] = StaticGlobalAvgPool(scale_of(f"{src}.output"), out_scale, op.flatten)
+                in_scale, in_zp = qparams_of(f"{src}.output")
+                layers[op.name] = StaticGlobalAvgPool(in_scale, out_scale, op.flatten, None, in_zp, out_zp)
             else:
                 layers[op.name] = FusedGapFloat(op.flatten)
                 in_float.append((op.name, "global pool of a float input"))

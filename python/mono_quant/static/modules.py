@@ -1,11 +1,12 @@
 """Static int8 runtime modules: int8 activations with calibrated, fixed scales.
 
-Between fused layers activations are int8 tensors, symmetric (zero-point 0,
--127..127: AVX2's ``vpmaddubsw`` sign trick stays exact and VNNI takes them
-as ``q + 128`` with column sums), channels-last: ``[batch, h, w, c]`` for
+Between fused layers activations are int8 codes in -127..127 (never -128:
+AVX2's ``vpmaddubsw`` sign trick stays exact and VNNI takes them as ``q + 128``
+with column sums) with a zero-point: 0 for signed values, -127 for ReLU
+outputs (all 255 levels on [0, max]); channels-last: ``[batch, h, w, c]`` for
 images, ``[rows, features]`` for linear layers.  Each module knows its input
-scale(s) and output scale from calibration; ``out_scale=None`` means a float
-output (NCHW for images, as a channels-last view).  The C kernels are in
+scale(s) / zero-point(s) and output ones from calibration; ``out_scale=None``
+means a float output (NCHW for images, as a channels-last view).  The C kernels are in
 csrc/static_int8.c; ``static/reference.py`` is their pure-torch twin.
 """
 from __future__ import annotations
@@ -45,6 +46,12 @@ def inverse(scale: float) -> float:
     return float(np.float32(1.0) / np.float32(scale))
 
 
+def _check_zp(name: str, value) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not -127 <= value <= 127:
+        raise ValueError(f"{name} must be an int in -127..127, got {value!r}")
+    return int(value)
+
+
 def _check_scale(name: str, value) -> Optional[float]:
     if value is None:
         return None
@@ -55,20 +62,25 @@ def _check_scale(name: str, value) -> Optional[float]:
 
 
 class _StaticBase(nn.Module):
-    """Scales and the fused activation; ``out_scale=None``: float output."""
-    state_attrs = ("act", "in_scale", "out_scale", "int8_input")
+    """Scales, zero-points and the fused activation; ``out_scale=None``: float output."""
 
-    def __init__(self, act: Optional[str], in_scale: float, out_scale: Optional[float], int8_input: bool):
+    def __init__(self, act: Optional[str], in_scale: float, out_scale: Optional[float], int8_input: bool,
+                 in_zp: int = 0, out_zp: int = 0):
         super().__init__()
         act_bounds(act)
         self.act = act
         self.in_scale = _check_scale("in_scale", in_scale)
         self.out_scale = _check_scale("out_scale", out_scale)
         self.int8_input = bool(int8_input)
+        self.in_zp = _check_zp("in_zp", in_zp)
+        self.out_zp = _check_zp("out_zp", out_zp)
 
     def _epilogue_args(self):
         lo, hi = act_bounds(self.act)
         return lo, hi, inverse(self.out_scale) if self.out_scale is not None else 1.0
+
+    def _out_repr(self) -> str:
+        return f"int8 scale {self.out_scale:.4g} zp {self.out_zp}" if self.out_scale is not None else "float"
 
     def _out_dtype(self):
         return torch.int8 if self.out_scale is not None else torch.float32
@@ -114,7 +126,7 @@ class _WeightedStatic(_StaticBase):
             q = torch.empty(x.shape[0], x.shape[2], x.shape[3], x.shape[1], dtype=torch.int8)
         else:
             q = torch.empty(x.shape, dtype=torch.int8)
-        _C.quantize_static(x.numpy(), inverse(self.in_scale), q.numpy(), kernels.num_threads())
+        _C.quantize_static(x.numpy(), inverse(self.in_scale), q.numpy(), kernels.num_threads(), self.in_zp)
         return q
 
     def _gemm(self, x_nhwc: torch.Tensor, n: int, kernel, stride, padding, dilation, groups) -> torch.Tensor:
@@ -128,11 +140,12 @@ class _WeightedStatic(_StaticBase):
         if len(self._weights) == 4:
             w, _, xw, bias = self._weights
             _C.depthwise_static(x_nhwc.numpy(), w, None, xw, bias, out.numpy(), stride, padding, dilation,
-                                *self._epilogue, torch.get_num_threads())
+                                *self._epilogue, torch.get_num_threads(), self.in_zp, self.out_zp)
         else:
             packed, colsum, xw, zp, bias, has_m128 = self._weights
             _C.conv2d_static(x_nhwc.numpy(), packed, colsum, xw, zp, bias, out.numpy(), has_m128, kernel, stride,
-                             padding, dilation, groups, *self._epilogue, torch.get_num_threads())
+                             padding, dilation, groups, *self._epilogue, torch.get_num_threads(), self.in_zp,
+                             self.out_zp)
         return out
 
 
@@ -140,8 +153,8 @@ class StaticConv2d(_WeightedStatic):
     """Conv2d (BatchNorm folded, ReLU fused) on int8 NHWC activations with fixed scales."""
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1, padding=0, dilation=1, groups=1,
-                 act=None, in_scale=1.0, out_scale=None, int8_input=False):
-        super().__init__(act, in_scale, out_scale, int8_input)
+                 act=None, in_scale=1.0, out_scale=None, int8_input=False, in_zp=0, out_zp=0):
+        super().__init__(act, in_scale, out_scale, int8_input, in_zp, out_zp)
         pair = nn.modules.utils._pair
         self.in_channels, self.out_channels, self.groups = int(in_channels), int(out_channels), int(groups)
         self.kernel_size, self.stride = tuple(pair(kernel_size)), tuple(pair(stride))
@@ -149,9 +162,9 @@ class StaticConv2d(_WeightedStatic):
         self.depthwise = self.groups == self.in_channels == self.out_channels and self.groups > 1
 
     @classmethod
-    def from_float(cls, conv: nn.Conv2d, act, in_scale, out_scale, int8_input) -> "StaticConv2d":
+    def from_float(cls, conv: nn.Conv2d, act, in_scale, out_scale, int8_input, in_zp=0, out_zp=0) -> "StaticConv2d":
         q = cls(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding, conv.dilation,
-                conv.groups, act, in_scale, out_scale, int8_input)
+                conv.groups, act, in_scale, out_scale, int8_input, in_zp, out_zp)
         q._set_weight(conv.weight, conv.bias, conv.groups, q.depthwise)
         return q
 
@@ -159,7 +172,7 @@ class StaticConv2d(_WeightedStatic):
         return {"in_channels": self.in_channels, "out_channels": self.out_channels,
                 "kernel_size": list(self.kernel_size), "stride": list(self.stride), "padding": list(self.padding),
                 "dilation": list(self.dilation), "groups": self.groups, "act": self.act, "in_scale": self.in_scale,
-                "out_scale": self.out_scale, "int8_input": self.int8_input}
+                "out_scale": self.out_scale, "int8_input": self.int8_input, "in_zp": self.in_zp, "out_zp": self.out_zp}
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         xq = x if self.int8_input else self._quantize_input(x)
@@ -169,27 +182,28 @@ class StaticConv2d(_WeightedStatic):
 
     def extra_repr(self) -> str:
         return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, "
-                f"groups={self.groups}, act={self.act}, in_scale={self.in_scale:.4g}, "
-                f"out={'int8 scale %.4g' % self.out_scale if self.out_scale else 'float'}")
+                f"groups={self.groups}, act={self.act}, in_scale={self.in_scale:.4g} zp {self.in_zp}, "
+                f"out={self._out_repr()}")
 
 
 class StaticLinear(_WeightedStatic):
     """Linear (BatchNorm1d folded, ReLU fused) on int8 [rows, features] activations."""
 
     def __init__(self, in_features: int, out_features: int, act=None, in_scale=1.0, out_scale=None,
-                 int8_input=False):
-        super().__init__(act, in_scale, out_scale, int8_input)
+                 int8_input=False, in_zp=0, out_zp=0):
+        super().__init__(act, in_scale, out_scale, int8_input, in_zp, out_zp)
         self.in_features, self.out_features = int(in_features), int(out_features)
 
     @classmethod
-    def from_float(cls, linear: nn.Linear, act, in_scale, out_scale, int8_input) -> "StaticLinear":
-        q = cls(linear.in_features, linear.out_features, act, in_scale, out_scale, int8_input)
+    def from_float(cls, linear: nn.Linear, act, in_scale, out_scale, int8_input, in_zp=0, out_zp=0) -> "StaticLinear":
+        q = cls(linear.in_features, linear.out_features, act, in_scale, out_scale, int8_input, in_zp, out_zp)
         q._set_weight(linear.weight, linear.bias, 1, False)
         return q
 
     def init_kwargs(self):
         return {"in_features": self.in_features, "out_features": self.out_features, "act": self.act,
-                "in_scale": self.in_scale, "out_scale": self.out_scale, "int8_input": self.int8_input}
+                "in_scale": self.in_scale, "out_scale": self.out_scale, "int8_input": self.int8_input,
+                "in_zp": self.in_zp, "out_zp": self.out_zp}
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         lead = x.shape[:-1]
@@ -200,20 +214,21 @@ class StaticLinear(_WeightedStatic):
         return out.reshape(*lead, self.out_features)
 
     def extra_repr(self) -> str:
-        return (f"{self.in_features}, {self.out_features}, act={self.act}, in_scale={self.in_scale:.4g}, "
-                f"out={'int8 scale %.4g' % self.out_scale if self.out_scale else 'float'}")
+        return (f"{self.in_features}, {self.out_features}, act={self.act}, in_scale={self.in_scale:.4g} "
+                f"zp {self.in_zp}, out={self._out_repr()}")
 
 
 class StaticAdd(_StaticBase):
-    """act(a + b) of two int8 activations (scales a_scale = in_scale, b_scale), requantized."""
-    state_attrs = _StaticBase.state_attrs + ("b_scale",)
+    """act(a + b) of two int8 activations (a: in_scale / in_zp, b: b_scale / b_zp), requantized."""
 
-    def __init__(self, act=None, in_scale=1.0, b_scale=1.0, out_scale=None, int8_input=True):
-        super().__init__(act, in_scale, out_scale, True)
+    def __init__(self, act=None, in_scale=1.0, b_scale=1.0, out_scale=None, in_zp=0, b_zp=0, out_zp=0):
+        super().__init__(act, in_scale, out_scale, True, in_zp, out_zp)
         self.b_scale = _check_scale("b_scale", b_scale)
+        self.b_zp = _check_zp("b_zp", b_zp)
 
     def init_kwargs(self):
-        return {"act": self.act, "in_scale": self.in_scale, "b_scale": self.b_scale, "out_scale": self.out_scale}
+        return {"act": self.act, "in_scale": self.in_scale, "b_scale": self.b_scale, "out_scale": self.out_scale,
+                "in_zp": self.in_zp, "b_zp": self.b_zp, "out_zp": self.out_zp}
 
     def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         if a.shape != b.shape:
@@ -222,37 +237,36 @@ class StaticAdd(_StaticBase):
         out = torch.empty(a.shape, dtype=self._out_dtype())
         lo, hi, inv = self._epilogue_args()
         _C.add_static(a.contiguous().numpy(), self.in_scale, b.contiguous().numpy(), self.b_scale, out.numpy(), lo,
-                      hi, inv, kernels.num_threads())
+                      hi, inv, kernels.num_threads(), self.in_zp, self.b_zp, self.out_zp)
         if self.out_scale is None and out.dim() == 4:
             return out.permute(0, 3, 1, 2)
         return out
 
     def extra_repr(self) -> str:
-        return (f"act={self.act}, scales=({self.in_scale:.4g}, {self.b_scale:.4g}), "
-                f"out={'int8 scale %.4g' % self.out_scale if self.out_scale else 'float'}")
+        return (f"act={self.act}, scales=({self.in_scale:.4g}, {self.b_scale:.4g}), zps=({self.in_zp}, {self.b_zp}), "
+                f"out={self._out_repr()}")
 
 
 class StaticGlobalAvgPool(_StaticBase):
     """Mean over the pixels of int8 NHWC activations: exact int32 sums, one scale."""
-    state_attrs = _StaticBase.state_attrs + ("flatten",)
 
-    def __init__(self, in_scale=1.0, out_scale=None, flatten=False, act=None):
-        super().__init__(act, in_scale, out_scale, True)
+    def __init__(self, in_scale=1.0, out_scale=None, flatten=False, act=None, in_zp=0, out_zp=0):
+        super().__init__(act, in_scale, out_scale, True, in_zp, out_zp)
         self.flatten = bool(flatten)
 
     def init_kwargs(self):
-        return {"in_scale": self.in_scale, "out_scale": self.out_scale, "flatten": self.flatten, "act": self.act}
+        return {"in_scale": self.in_scale, "out_scale": self.out_scale, "flatten": self.flatten, "act": self.act,
+                "in_zp": self.in_zp, "out_zp": self.out_zp}
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, h, w, c = x.shape
         out = torch.empty(b, c, dtype=self._out_dtype())
         lo, hi, inv = self._epilogue_args()
         mul = float(np.float32(self.in_scale) / np.float32(h * w))
-        _C.avgpool_static(x.contiguous().numpy(), mul, out.numpy(), lo, hi, inv)
+        _C.avgpool_static(x.contiguous().numpy(), mul, out.numpy(), lo, hi, inv, self.in_zp, self.out_zp)
         if self.flatten:
             return out
         return out.view(b, 1, 1, c) if self.out_scale is not None else out.view(b, c, 1, 1)
 
     def extra_repr(self) -> str:
-        return (f"in_scale={self.in_scale:.4g}, flatten={self.flatten}, "
-                f"out={'int8 scale %.4g' % self.out_scale if self.out_scale else 'float'}")
+        return f"in_scale={self.in_scale:.4g} zp {self.in_zp}, flatten={self.flatten}, out={self._out_repr()}"

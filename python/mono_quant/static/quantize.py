@@ -24,7 +24,7 @@ from ..errors import ConfigError
 from ..report import SkippedLayer
 from ..result import QuantizationResult
 from .capture import TraceError, build_plan
-from .convert import convert_plan
+from .convert import convert_plan, qparams
 from .graph import FusedFloat, float_graph
 from .modules import StaticAdd, StaticConv2d, StaticGlobalAvgPool, StaticLinear
 from .report import StaticLayerReport, StaticReport, clipped_fraction
@@ -72,7 +72,8 @@ def quantize_static(model, cfg, calibration, observer: Optional[str], calibratio
     ranges = {_op_point(k): v for k, v in cal.ranges(cfg.observer).items()}
     stats = {_op_point(k): v for k, v in cal.stats.items()}
     aliases = {_op_point(k): _op_point(v) for k, v in cal.aliases.items()}
-    qmodel, int8, in_float = convert_plan(plan, ranges, aliases)
+    nonnegative = {p: bool(s.has_data and s.min[0] >= 0) for p, s in stats.items()}
+    qmodel, int8, in_float = convert_plan(plan, ranges, aliases, nonnegative)
     report = StaticReport(capture="fx", observer=cfg.observer, samples=cal.samples, not_fused=plan.not_fused)
     for op in plan.ops:
         if op.kind not in ("conv", "linear", "add", "gap"):
@@ -82,7 +83,8 @@ def quantize_static(model, cfg, calibration, observer: Optional[str], calibratio
         clipped = clipped_fraction(st, r.lo, r.hi) if (r is not None and st is not None) else None
         report.layers.append(StaticLayerReport(
             op.name, op.kind, op.fused, op.act, "int8" if int8.get(op.name) else "float",
-            r.lo if r else math.nan, r.hi if r else math.nan, r.scale if (r and int8.get(op.name)) else None,
+            (0.0 if nonnegative.get(f"{op.name}.output") else r.lo) if r else math.nan, r.hi if r else math.nan,
+            qparams(r, nonnegative.get(f"{op.name}.output", False))[0] if (r and int8.get(op.name)) else None,
             clipped))
     for name, why in in_float + plan.not_fused:
         report.skipped.append(SkippedLayer(name, "op", why))
@@ -137,7 +139,7 @@ def _as_float(module: nn.Module, y: torch.Tensor) -> torch.Tensor:
     """A static op's output as the float tensor it stands for (int8 NHWC -> NCHW float)."""
     if y.dtype != torch.int8:
         return y.float()
-    y = y.float() * module.out_scale
+    y = (y.float() - module.out_zp) * module.out_scale
     return y.permute(0, 3, 1, 2) if y.dim() == 4 else y
 
 
