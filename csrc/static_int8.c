@@ -120,33 +120,38 @@ typedef struct {
     int failed;
 } static_conv_ctx;
 
+/* dst = src ^ flip: an inline loop the compiler vectorizes (a memcpy call per short channel
+ * run, then a second XOR pass over the row, cost more than the copy itself). */
+static inline void copy_encoded(uint8_t *restrict dst, const int8_t *restrict src, int64_t len, uint8_t flip) {
+    for (int64_t t = 0; t < len; t++) dst[t] = (uint8_t)src[t] ^ flip;
+}
+
 static void im2col_rows(const static_conv_ctx *c, int64_t r0, int64_t nr, int64_t group, uint8_t *rows) {
     const int64_t pixels = c->out_h * c->out_w;
-    const uint8_t flip = c->kt->qgemm_x_u8 ? 0x80u : 0u, pad = (uint8_t)(int8_t)c->x_zp; /* the encoding of 0 */
+    const uint8_t flip = c->kt->qgemm_x_u8 ? 0x80u : 0u;
+    const uint8_t pad = (uint8_t)(int8_t)c->x_zp ^ flip; /* the encoding of 0 */
     const int whole_rows = c->cg == c->channels && c->dw == 1; /* a tap row's kw pixels are one channel run */
     for (int64_t r = 0; r < nr; r++) {
         const int64_t p = r0 + r, b = p / pixels, oh = (p % pixels) / c->out_w, ow = p % c->out_w;
-        uint8_t *dst = rows + r * c->kp, *row = dst;
+        uint8_t *dst = rows + r * c->kp;
         const int64_t iw0 = ow * c->sw - c->pw;
         for (int64_t i = 0; i < c->kh; i++) {
             const int64_t ih = oh * c->sh - c->ph + i * c->dh;
             if (whole_rows && ih >= 0 && ih < c->height && iw0 >= 0 && iw0 + c->kw <= c->width) {
-                memcpy(dst, c->x + ((b * c->height + ih) * c->width + iw0) * c->channels, (size_t)(c->kw * c->cg));
+                copy_encoded(dst, c->x + ((b * c->height + ih) * c->width + iw0) * c->channels, c->kw * c->cg, flip);
                 dst += c->kw * c->cg;
                 continue;
             }
             for (int64_t j = 0; j < c->kw; j++, dst += c->cg) {
                 const int64_t iw = iw0 + j * c->dw;
                 if (ih >= 0 && ih < c->height && iw >= 0 && iw < c->width)
-                    memcpy(dst, c->x + ((b * c->height + ih) * c->width + iw) * c->channels + group * c->cg,
-                           (size_t)c->cg);
+                    copy_encoded(dst, c->x + ((b * c->height + ih) * c->width + iw) * c->channels + group * c->cg,
+                                 c->cg, flip);
                 else
                     memset(dst, pad, (size_t)c->cg);
             }
         }
-        memset(dst, 0, (size_t)(c->kp - c->k)); /* against the weight's zero padding: any value */
-        if (flip)
-            for (int64_t i = 0; i < c->kp; i++) row[i] ^= flip;
+        memset(dst, flip, (size_t)(c->kp - c->k)); /* against the weight's zero padding: any value */
     }
 }
 
