@@ -26,13 +26,13 @@ def case():
 
     model = ResNet8()
     model.load_state_dict(load_file(str(ROOT / "tests" / "data" / "resnet8_fashion_mnist.safetensors")))
-    train_x, _ = load_fashion_mnist("train", limit=100)
-    test_x, test_y = load_fashion_mnist("test", limit=2000)
-    test_x, test_y = normalize_images(test_x), torch.as_tensor(test_y)
+    images, labels = load_fashion_mnist("test", limit=5100)  # the small file: 2,000 to score, 100 to calibrate
+    images = normalize_images(images)
+    test_x, test_y, calib = images[:2000], torch.as_tensor(labels[:2000]), images[5000:5100]
     previous = torch.get_num_threads()  # module scope runs before the one_torch_thread fixture
     torch.set_num_threads(1)
     try:
-        return model.eval(), normalize_images(train_x), test_x, test_y, correct(model.eval(), test_x, test_y)
+        return model.eval(), calib, test_x, test_y, correct(model.eval(), test_x, test_y)
     finally:
         torch.set_num_threads(previous)
 
