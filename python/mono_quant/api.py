@@ -50,6 +50,7 @@ def quantize(
     config=None,
     model: Optional[nn.Module] = None,
     progress: bool = False,
+    calibration=None, observer: Optional[str] = None, calibration_samples: Optional[int] = None,
 ) -> QuantizationResult:
     """Quantize every Linear and Conv2d of a model (or the 2-D/4-D ``*.weight``
     tensors of a state_dict) to ``dtype``.
@@ -72,8 +73,9 @@ def quantize(
         nonfinite: "error" (default: raise on NaN/Inf weights, naming the
             layer) or "skip" (leave that layer in float).
         activations: For int8, "dynamic" (default: each call quantizes the
-            input per row to int8 and multiplies in integers) or None
-            (weight-only: float input times the int8 weight).
+            input per row to int8 and multiplies in integers), "static"
+            (calibrated fixed scales, int8 between layers; needs
+            ``calibration``) or None (weight-only: float input times the int8 weight).
         group_size: int4 only: columns per group along the input dimension
             (default 128; a multiple of 32), or None for one group per output
             channel.  Rows are zero-padded to a multiple of 32 columns, so a
@@ -86,6 +88,12 @@ def quantize(
         model: With a state_dict, an instance (possibly on ``meta``) of the
             architecture to build the quantized model from.
         progress: Print one line per layer on stderr.
+        calibration: activations="static": a tensor, a list / iterable /
+            DataLoader of tensors, (x, y) tuples or dicts (``model(**batch)``),
+            or a callable that runs the model (docs/static.md).
+        observer: activations="static": "minmax" (default), "moving_average",
+            "histogram", "percentile", "entropy" or "mse".
+        calibration_samples: activations="static": use at most this many samples.
 
     Returns:
         A QuantizationResult that unpacks as ``(model, skipped)`` (a
@@ -120,6 +128,9 @@ def quantize(
     cfg = resolve_options(config, dtype=dtype, symmetric=symmetric, granularity=granularity, include=include,
                           exclude=exclude, min_weight_numel=min_weight_numel, nonfinite=nonfinite,
                           activations=activations, group_size=group_size, method=method, embeddings=embeddings)
+    if cfg.activations == "static" or calibration is not None or observer is not None or calibration_samples:
+        from .static import quantize_static  # static int8 (issue 12)
+        return quantize_static(model_or_state_dict, cfg, calibration, observer, calibration_samples, progress)
     if isinstance(model_or_state_dict, nn.Module):
         if model is not None:
             raise TypeError("model= is only for a state_dict input; the module given is the model")

@@ -83,7 +83,8 @@ class QuantConfig:
         nonfinite: "error" (raise, naming the layer) or "skip" (leave the
             layer in float, listed in ``skipped``).
         activations: For int8 weights, "dynamic" (inputs quantized to int8
-            per row at each call, integer matmul) or None (weight-only: float
+            per row at each call, integer matmul), "static" (calibrated fixed
+            scales; quantize() with calibration= data) or None (weight-only: float
             inputs times int8 weights).  A config file writes "none" for None.
         group_size: int4 only: columns per group along the input dimension,
             a positive multiple of 32; None (0 in a config file, which has
@@ -91,6 +92,11 @@ class QuantConfig:
         method: int4 only: "rtn", "mse" or "hqq"; None means "mse".
         embeddings: Also quantize nn.Embedding tables (weight-only, rows
             dequantized on lookup).
+        observer: activations="static": how calibration picks each range:
+            "minmax", "moving_average", "histogram" (entropy), "percentile",
+            "entropy" or "mse".
+        calibration_samples: activations="static": calibrate on at most
+            this many samples (None: all the data given).
         source: Where non-default values came from (for the report); set
             by :func:`resolve_config`.
 
@@ -113,6 +119,9 @@ class QuantConfig:
     group_size: Optional[int] = 128
     method: Optional[str] = None
     embeddings: bool = False
+    # static int8 (activations="static", issue 12): the range observer and the samples to calibrate on
+    observer: str = "minmax"
+    calibration_samples: Optional[int] = None
     source: Dict[str, str] = field(default_factory=dict, compare=False, repr=False)
 
     def __post_init__(self):
@@ -142,9 +151,16 @@ class QuantConfig:
             raise ConfigError(f"{origin}: nonfinite must be one of {_NONFINITE}, got {self.nonfinite!r}")
         if isinstance(self.activations, str) and self.activations.strip().lower() in _WEIGHT_ONLY:
             self.activations = None
-        if self.activations not in ("dynamic", None):
-            raise ConfigError(f"{origin}: activations must be 'dynamic' or None ('none', weight-only), "
+        if self.activations not in ("dynamic", "static", None):
+            raise ConfigError(f"{origin}: activations must be 'dynamic', 'static' or None ('none', weight-only), "
                              f"got {self.activations!r}")
+        observers = ("minmax", "moving_average", "histogram", "percentile", "entropy", "mse")  # calibration.OBSERVERS
+        if self.observer not in observers:
+            raise ConfigError(f"{origin}: observer must be one of {', '.join(observers)}, got {self.observer!r}")
+        if self.calibration_samples is not None and (isinstance(self.calibration_samples, bool) or not isinstance(
+                self.calibration_samples, int) or self.calibration_samples < 1):
+            raise ConfigError(f"{origin}: calibration_samples must be a positive int or unset, "
+                             f"got {self.calibration_samples!r}")
         if not isinstance(self.min_weight_numel, int) or self.min_weight_numel < 0:
             raise ConfigError(f"{origin}: min_weight_numel must be a non-negative int, got {self.min_weight_numel!r}")
         try:

@@ -53,6 +53,8 @@ ENTRY_POINTS = {
     "get_isa", "q4_quantize", "q4_dequantize", "q4_linear", "q4_panel_min_m", "q4_int8_min_m",
     # calibration observers: properties in tests/kernels/test_properties_observers.py
     "obs_minmax", "obs_hist_update", "obs_entropy_search", "obs_mse_search",
+    # static int8: properties in tests/test_properties_static.py
+    "quantize_static", "dequantize_static", "conv2d_static", "depthwise_static", "add_static", "avgpool_static",
 }
 
 

@@ -100,6 +100,8 @@ def quantize_checkpoint(src, dst, dtype=None, *, symmetric: Optional[bool] = Non
                           exclude=exclude, min_weight_numel=min_weight_numel, nonfinite=nonfinite,
                           activations=activations, group_size=group_size, method=method, embeddings=embeddings)
     _check_checkpoint_options(cfg)
+    if cfg.activations == "static":  # calibration runs a model: a checkpoint has none (issue 12)
+        raise ConfigError("activations='static' needs the model and calibration data: use mono_quant.quantize()")
     check_destination(dst, overwrite)
     with open_checkpoint(src) as reader:
         if reader.is_mono_quant():

@@ -54,6 +54,9 @@ def load(path, model: Optional[nn.Module] = None):
         ...     skeleton = MyModel()
         >>> qmodel = mq.load("model-int8.safetensors", model=skeleton)
     """
+    from ..static.persist import is_static_file, load_static  # static int8 models (issue 12)
+    if is_static_file(path):
+        return load_static(path)
     qsd = _read(path)
     return qsd if model is None else qsd.load_into(model)
 

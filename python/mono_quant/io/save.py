@@ -48,6 +48,9 @@ def save(model_or_result, path, *, overwrite: bool = False) -> Path:
         >>> result = mq.quantize(model, dtype="int8")
         >>> mq.save(result, "model-int8.safetensors")
     """
+    from ..static.persist import save_static, saves_as_static  # static int8 models (issue 12)
+    if saves_as_static(model_or_result):
+        return save_static(getattr(model_or_result, "model", model_or_result), path, overwrite)
     if isinstance(model_or_result, QuantizationResult):
         result = model_or_result
         if result.model is not None:

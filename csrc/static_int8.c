@@ -1,0 +1,410 @@
+/* static_int8.c - static int8 activations (see static_int8.h): fixed-scale
+ * quantize, conv / linear on int8 NHWC rows through the dispatched int8 GEMM
+ * (the dispatched qgemm kernel on int8 rows), a depthwise kernel, residual add
+ * and global average pool, each with the same requantizing epilogue.
+ *
+ * Plain C in the baseline compile unit on purpose: the only ISA-dependent
+ * part is the GEMM, whose int32 accumulators are exact on every ISA, so
+ * everything here gives the same bits at every dispatch level.  The GEMM is the
+ * table's qgemm kernel (linear.c's layout and contract), driven here per block of
+ * output rows so that im2col, GEMM and requantize share the cache. */
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "mq.h"
+#include "size_check.h"
+#include "static_int8.h"
+
+/* Round half to even for |s| <= 2^22 without a libm call (vectorizes):
+ * adding 1.5 * 2^23 leaves no fraction bits, and the FPU rounds to even. */
+static inline float round_even_small(float s) { return (s + 12582912.0f) - 12582912.0f; }
+
+/* Clamp to the fused activation (a NaN becomes act_lo), the value written as float. */
+static inline float activate(float y, float act_lo, float act_hi) {
+    float v = y > act_lo ? y : act_lo;
+    return v < act_hi ? v : act_hi;
+}
+
+/* q = clamp(round_half_even(v * inv) + zp, -127, 127): s is clamped to the integers whose
+ * q is in range first (equivalent, and keeps |s| small for the rounding trick). */
+static inline int8_t requantize(float v, float inv_out_scale, int zp) {
+    const float lo = (float)(-127 - zp), hi = (float)(127 - zp);
+    float s = v * inv_out_scale;
+    s = s > lo ? s : lo; /* a NaN product (inf * 0) becomes the lowest code, never UB */
+    s = s < hi ? s : hi;
+    return (int8_t)((int)round_even_small(s) + zp);
+}
+
+/* Plain loops over restrict locals (not the context's fields): gcc vectorizes them. */
+static void epilogue_q(const float *restrict src, int64_t n, float lo, float hi, float inv, int zp,
+                       int8_t *restrict dst) {
+    for (int64_t j = 0; j < n; j++) dst[j] = requantize(activate(src[j], lo, hi), inv, zp);
+}
+
+/* ---- fixed-scale quantize / dequantize (NCHW float <-> NHWC int8) ---------------- */
+
+typedef struct {
+    const float *x;
+    float *xf;
+    int8_t *q;
+    const int8_t *qc;
+    int64_t channels, plane;
+    float scale;
+    int zp;
+} layout_ctx;
+
+static void quantize_range(void *vctx, int64_t begin, int64_t end) {
+    const layout_ctx *c = vctx;
+    for (int64_t b = begin; b < end; b++) {
+        const float *src = c->x + b * c->channels * c->plane;
+        int8_t *dst = c->q + b * c->channels * c->plane;
+        if (c->plane == 1 || c->channels == 1) { /* the same order in both layouts */
+            epilogue_q(src, c->channels * c->plane, -INFINITY, INFINITY, c->scale, c->zp, dst);
+            continue;
+        }
+        for (int64_t p0 = 0; p0 < c->plane; p0 += 64) { /* 64-pixel blocks: both sides stay in cache lines */
+            const int64_t p1 = p0 + 64 < c->plane ? p0 + 64 : c->plane;
+            for (int64_t ch = 0; ch < c->channels; ch++)
+                for (int64_t p = p0; p < p1; p++)
+                    dst[p * c->channels + ch] = requantize(src[ch * c->plane + p], c->scale, c->zp);
+        }
+    }
+}
+
+void mq_static_quantize(const float *x, int64_t batch, int64_t channels, int64_t plane, float inv_scale, int zp,
+                        int8_t *dst, int nthreads) {
+    layout_ctx c = {x, NULL, dst, NULL, channels, plane, inv_scale, zp};
+    mq_parallel_for(batch, 1 + ((int64_t)1 << 16) / (channels * plane + 1), nthreads, quantize_range, &c);
+}
+
+static void dequantize_range(void *vctx, int64_t begin, int64_t end) {
+    const layout_ctx *c = vctx;
+    for (int64_t b = begin; b < end; b++) {
+        const int8_t *src = c->qc + b * c->channels * c->plane;
+        float *dst = c->xf + b * c->channels * c->plane;
+        for (int64_t p0 = 0; p0 < c->plane; p0 += 64) {
+            const int64_t p1 = p0 + 64 < c->plane ? p0 + 64 : c->plane;
+            for (int64_t ch = 0; ch < c->channels; ch++)
+                for (int64_t p = p0; p < p1; p++)
+                    dst[ch * c->plane + p] = (float)(src[p * c->channels + ch] - c->zp) * c->scale;
+        }
+    }
+}
+
+void mq_static_dequantize(const int8_t *q, int64_t batch, int64_t plane, int64_t channels, float scale, int zp,
+                          float *dst, int nthreads) {
+    layout_ctx c = {NULL, dst, NULL, q, channels, plane, scale, zp};
+    mq_parallel_for(batch, 1 + ((int64_t)1 << 16) / (channels * plane + 1), nthreads, dequantize_range, &c);
+}
+
+/* ---- conv / linear through the int8 GEMM ------------------------------------------- */
+
+/* Work items are blocks of output rows (pixels).  Per block, per group: im2col into a
+ * cache-sized buffer already in the kernel's encoding (int8, or int8 ^ 0x80 = int8 + 128
+ * for VNNI), the dispatched GEMM over every panel into fp32 rows, then the epilogue
+ * into the output: the rows never leave L2 between the three steps. */
+typedef struct {
+    const int8_t *x;
+    int64_t channels, height, width, kh, kw, sh, sw, ph, pw, dh, dw, out_h, out_w, groups, cg, k, kp, n, n_g, np_g;
+    int64_t m, block_rows;
+    const mq_kernels *kt;
+    const int8_t *packed;
+    const int32_t *w_sum, *w_zp;
+    const float *x_w_scale, *bias;
+    int w_has_m128;
+    float act_lo, act_hi, inv_out_scale;
+    int x_zp, out_zp;
+    int8_t *y_q;
+    float *y_f32;
+    int failed;
+} static_conv_ctx;
+
+/* dst = src ^ flip: an inline loop the compiler vectorizes (a memcpy call per short channel
+ * run, then a second XOR pass over the row, cost more than the copy itself). */
+static inline void copy_encoded(uint8_t *restrict dst, const int8_t *restrict src, int64_t len, uint8_t flip) {
+    for (int64_t t = 0; t < len; t++) dst[t] = (uint8_t)src[t] ^ flip;
+}
+
+static void im2col_rows(const static_conv_ctx *c, int64_t r0, int64_t nr, int64_t group, uint8_t *rows) {
+    const int64_t pixels = c->out_h * c->out_w;
+    const uint8_t flip = c->kt->qgemm_x_u8 ? 0x80u : 0u;
+    const uint8_t pad = (uint8_t)(int8_t)c->x_zp ^ flip; /* the encoding of 0 */
+    const int whole_rows = c->cg == c->channels && c->dw == 1; /* a tap row's kw pixels are one channel run */
+    for (int64_t r = 0; r < nr; r++) {
+        const int64_t p = r0 + r, b = p / pixels, oh = (p % pixels) / c->out_w, ow = p % c->out_w;
+        uint8_t *dst = rows + r * c->kp;
+        const int64_t iw0 = ow * c->sw - c->pw;
+        for (int64_t i = 0; i < c->kh; i++) {
+            const int64_t ih = oh * c->sh - c->ph + i * c->dh;
+            if (whole_rows && ih >= 0 && ih < c->height && iw0 >= 0 && iw0 + c->kw <= c->width) {
+                copy_encoded(dst, c->x + ((b * c->height + ih) * c->width + iw0) * c->channels, c->kw * c->cg, flip);
+                dst += c->kw * c->cg;
+                continue;
+            }
+            for (int64_t j = 0; j < c->kw; j++, dst += c->cg) {
+                const int64_t iw = iw0 + j * c->dw;
+                if (ih >= 0 && ih < c->height && iw >= 0 && iw < c->width)
+                    copy_encoded(dst, c->x + ((b * c->height + ih) * c->width + iw) * c->channels + group * c->cg,
+                                 c->cg, flip);
+                else
+                    memset(dst, pad, (size_t)c->cg);
+            }
+        }
+        memset(dst, flip, (size_t)(c->kp - c->k)); /* against the weight's zero padding: any value */
+    }
+}
+
+/* y = (float)(acc - x_zp * colsum'[n]) * x_w_scale[n] (+ bias[n]), colsum' = sum_k (w - w_zp):
+ * the activations' zero-point removed exactly in int32 (|acc| + |x_zp * colsum'| < 2^31 for
+ * k <= 32768) before the one fp32 product.  Plain loops over restrict locals: vectorized. */
+static void acc_to_float(const int32_t *restrict acc, int64_t nr, int64_t n_g, const int32_t *restrict zcol,
+                         const float *restrict xw, const float *restrict bias, float *restrict y) {
+    for (int64_t r = 0; r < nr; r++)
+        for (int64_t j = 0; j < n_g; j++) y[r * n_g + j] = (float)(acc[r * n_g + j] - zcol[j]) * xw[j];
+    if (bias)
+        for (int64_t r = 0; r < nr; r++)
+            for (int64_t j = 0; j < n_g; j++) y[r * n_g + j] += bias[j];
+}
+
+static void activate_f32(const float *restrict src, int64_t n, float lo, float hi, float *restrict dst) {
+    for (int64_t j = 0; j < n; j++) dst[j] = activate(src[j], lo, hi);
+}
+
+/* The block's fp32 results, then one flat pass into the output (one group: its rows are
+ * contiguous there too) or one pass per row (a group's columns of each row). */
+static void conv_epilogue(const static_conv_ctx *c, const int32_t *acc, int64_t nr, int64_t g, const int32_t *zcol,
+                          int64_t r0, float *y) {
+    const int64_t n_g = c->n_g, n = c->n;
+    acc_to_float(acc, nr, n_g, zcol, c->x_w_scale + g * n_g, c->bias ? c->bias + g * n_g : NULL, y);
+    const int64_t rows = n_g == n ? 1 : nr, len = n_g == n ? nr * n : n_g;
+    for (int64_t r = 0; r < rows; r++) {
+        const int64_t o = (r0 + r) * n + g * n_g;
+        if (c->y_q)
+            epilogue_q(y + r * n_g, len, c->act_lo, c->act_hi, c->inv_out_scale, c->out_zp, c->y_q + o);
+        else
+            activate_f32(y + r * n_g, len, c->act_lo, c->act_hi, c->y_f32 + o);
+    }
+}
+
+static void static_conv_range(void *vctx, int64_t begin, int64_t end) {
+    static_conv_ctx *c = vctx;
+    const int64_t cap = c->block_rows;
+    if (cap <= 0 || cap > 1024 || c->n_g <= 0 || c->n_g > ((int64_t)1 << 40)) { /* never (bounds for gcc's
+                                                                                     allocation-size check) */
+        __atomic_store_n(&c->failed, 1, __ATOMIC_RELAXED);
+        return;
+    }
+    if (c->kp <= 0 || c->kp > 32768) { /* never: bind_static.c bounds k (and this tells gcc) */
+        __atomic_store_n(&c->failed, 1, __ATOMIC_RELAXED);
+        return;
+    }
+    uint8_t *rows = aligned_alloc(64, mq_alloc_bytes(cap, c->kp, 64));
+    int32_t *acc = malloc(mq_alloc_bytes(cap, c->n_g * (int64_t)sizeof(int32_t), 1));
+    float *x_scale = malloc(mq_alloc_bytes(cap, sizeof(float), 1));
+    int32_t *x_sum = c->w_zp ? malloc(mq_alloc_bytes(cap, sizeof(int32_t), 1)) : NULL;
+    int32_t *zcol = malloc(mq_alloc_bytes(c->n_g, sizeof(int32_t), 1));
+    float *yrow = malloc(mq_alloc_bytes(cap, c->n_g * (int64_t)sizeof(float), 1));
+    if (!rows || !acc || !x_scale || (c->w_zp && !x_sum) || !zcol || !yrow) {
+        __atomic_store_n(&c->failed, 1, __ATOMIC_RELAXED);
+        goto done;
+    }
+    for (int64_t i = 0; i < cap; i++) x_scale[i] = 1.0f; /* unused with exact accumulators */
+    const int64_t panels = c->np_g / MQ_PANEL;
+    const uint8_t flip = c->kt->qgemm_x_u8 ? 0x80u : 0u;
+    for (int64_t blk = begin; blk < end; blk++) {
+        const int64_t r0 = blk * cap, nr = c->m - r0 < cap ? c->m - r0 : cap;
+        for (int64_t g = 0; g < c->groups; g++) {
+            for (int64_t j = 0; j < c->n_g; j++) /* x_zp * sum_k (w - w_zp): |.| <= 127 * 255 * 32768 < 2^31 */
+                zcol[j] = (int32_t)(c->x_zp * ((int64_t)c->w_sum[g * c->np_g + j] -
+                                               (c->w_zp ? (int64_t)c->w_zp[g * c->n_g + j] * c->k : 0)));
+            im2col_rows(c, r0, nr, g, rows);
+            if (x_sum)
+                for (int64_t r = 0; r < nr; r++) {
+                    int32_t sum = 0;
+                    for (int64_t i = 0; i < c->k; i++) sum += (int8_t)(rows[r * c->kp + i] ^ flip);
+                    x_sum[r] = sum;
+                }
+            mq_qgemm_args a = {rows, c->kt->qgemm_x_u8, x_scale, x_sum, nr, c->kp, c->n_g,
+                               c->packed + g * c->np_g * c->kp, c->w_sum + g * c->np_g, c->x_w_scale + g * c->n_g,
+                               c->w_zp ? c->w_zp + g * c->n_g : NULL, c->w_has_m128, NULL, NULL, acc, c->n_g, 1};
+            c->kt->qgemm(&a, 0, panels);
+            conv_epilogue(c, acc, nr, g, zcol, r0, yrow);
+        }
+    }
+done:
+    free(rows);
+    free(acc);
+    free(x_scale);
+    free(x_sum);
+    free(zcol);
+    free(yrow);
+}
+
+int mq_conv2d_static(const int8_t *x, int64_t batch, int64_t channels, int64_t height, int64_t width, int64_t kh,
+                     int64_t kw, int64_t sh, int64_t sw, int64_t ph, int64_t pw, int64_t dh, int64_t dw, int64_t groups,
+                     const int8_t *packed, const int32_t *w_sum, const float *x_w_scale, const int32_t *w_zp,
+                     int w_has_m128, const float *bias, int64_t n, float act_lo, float act_hi, float inv_out_scale,
+                     int x_zp, int out_zp, int8_t *y_q, float *y_f32, int nthreads) {
+    const int64_t out_h = (height + 2 * ph - dh * (kh - 1) - 1) / sh + 1;
+    const int64_t out_w = (width + 2 * pw - dw * (kw - 1) - 1) / sw + 1;
+    const int64_t cg = channels / groups, k = cg * kh * kw, kp = mq_round_up(k, MQ_KGROUP);
+    const int64_t n_g = n / groups, np_g = mq_round_up(n_g, MQ_PANEL);
+    const int64_t m = mq_size_mul(mq_size_mul(batch, out_h), out_w);
+    if (m <= 0 || n <= 0) return m < 0 ? -1 : 0;
+    /* rows per block: im2col rows plus fp32 results in ~192 KiB (L2), whole 40-row tiles */
+    int64_t block_rows = ((int64_t)192 << 10) / (kp + 4 * n_g) / 40 * 40;
+    block_rows = block_rows < 40 ? 40 : block_rows > 1024 ? 1024 : block_rows;
+    /* several threads: at least two blocks each when the rows allow it */
+    if (nthreads > 1 && m < block_rows * 2 * nthreads)
+        block_rows = mq_round_up((m + 2 * nthreads - 1) / (2 * nthreads), 8);
+    if (block_rows > m) block_rows = m;
+    static_conv_ctx c = {x, channels, height, width, kh, kw, sh, sw, ph, pw, dh, dw, out_h, out_w, groups, cg, k, kp,
+                         n, n_g, np_g, m, block_rows, mq_active(), packed, w_sum, w_zp, x_w_scale, bias, w_has_m128,
+                         act_lo, act_hi, inv_out_scale, x_zp, out_zp, y_q, y_f32, 0};
+    /* rows * k multiply-adds per block: tiny layers stay on one thread */
+    const int64_t blocks = (m + block_rows - 1) / block_rows;
+    const int64_t per_block = block_rows * k * n;
+    mq_parallel_for(blocks, per_block >= ((int64_t)1 << 18) ? 1 : blocks, nthreads, static_conv_range, &c);
+    return c.failed ? -1 : 0;
+}
+
+/* ---- depthwise ------------------------------------------------------------------------ */
+
+typedef struct {
+    const int8_t *x, *w;
+    const int32_t *w_zp;
+    const float *x_w_scale, *bias;
+    int64_t channels, height, width, kh, kw, sh, sw, ph, pw, dh, dw, out_h, out_w;
+    float act_lo, act_hi, inv_out_scale;
+    int x_zp, out_zp;
+    int8_t *y_q;
+    float *y_f32;
+    int failed; /* set (atomically) by a range that could not allocate its sums */
+} depthwise_ctx;
+
+/* Work items are output rows (image, oh); int32 sums per channel of (x - x_zp) * (w - w_zp)
+ * over the taps inside the image (padding is x_zp: it adds 0), channels innermost (NHWC),
+ * which the compiler vectorizes. */
+static void depthwise_range(void *vctx, int64_t begin, int64_t end) {
+    depthwise_ctx *c = vctx;
+    const int64_t ch = c->channels;
+    int32_t *acc = malloc((size_t)ch * sizeof(int32_t));
+    int16_t *w = malloc((size_t)(ch * c->kh * c->kw) * sizeof(int16_t));
+    if (!acc || !w) {
+        __atomic_store_n(&c->failed, 1, __ATOMIC_RELAXED);
+        free(acc);
+        free(w);
+        return;
+    }
+    for (int64_t t = 0; t < c->kh * c->kw; t++)
+        for (int64_t q = 0; q < ch; q++) w[t * ch + q] = (int16_t)(c->w[t * ch + q] - (c->w_zp ? c->w_zp[q] : 0));
+    const int16_t xz = (int16_t)c->x_zp;
+    for (int64_t r = begin; r < end; r++) {
+        const int64_t b = r / c->out_h, oh = r % c->out_h;
+        for (int64_t ow = 0; ow < c->out_w; ow++) {
+            memset(acc, 0, (size_t)ch * sizeof(int32_t));
+            for (int64_t i = 0; i < c->kh; i++) {
+                const int64_t ih = oh * c->sh - c->ph + i * c->dh;
+                if (ih < 0 || ih >= c->height) continue;
+                for (int64_t j = 0; j < c->kw; j++) {
+                    const int64_t iw = ow * c->sw - c->pw + j * c->dw;
+                    if (iw < 0 || iw >= c->width) continue;
+                    const int8_t *restrict xs = c->x + ((b * c->height + ih) * c->width + iw) * ch;
+                    const int16_t *restrict ws = w + (i * c->kw + j) * ch;
+                    for (int64_t q = 0; q < ch; q++) acc[q] += (int32_t)((int16_t)xs[q] - xz) * ws[q];
+                }
+            }
+            const int64_t o = ((b * c->out_h + oh) * c->out_w + ow) * ch;
+            for (int64_t q = 0; q < ch; q++) {
+                float y = (float)acc[q] * c->x_w_scale[q];
+                if (c->bias) y += c->bias[q];
+                const float v = activate(y, c->act_lo, c->act_hi);
+                if (c->y_q)
+                    c->y_q[o + q] = requantize(v, c->inv_out_scale, c->out_zp);
+                else
+                    c->y_f32[o + q] = v;
+            }
+        }
+    }
+    free(acc);
+    free(w);
+}
+
+int mq_depthwise_static(const int8_t *x, int64_t batch, int64_t channels, int64_t height, int64_t width, int64_t kh,
+                         int64_t kw, int64_t sh, int64_t sw, int64_t ph, int64_t pw, int64_t dh, int64_t dw,
+                         const int8_t *w, const int32_t *w_zp, const float *x_w_scale, const float *bias, float act_lo,
+                         float act_hi, float inv_out_scale, int x_zp, int out_zp, int8_t *y_q, float *y_f32,
+                         int nthreads) {
+    const int64_t out_h = (height + 2 * ph - dh * (kh - 1) - 1) / sh + 1;
+    const int64_t out_w = (width + 2 * pw - dw * (kw - 1) - 1) / sw + 1;
+    depthwise_ctx c = {x, w, w_zp, x_w_scale, bias, channels, height, width, kh, kw, sh, sw, ph, pw, dh, dw,
+                       out_h, out_w, act_lo, act_hi, inv_out_scale, x_zp, out_zp, y_q, y_f32, 0};
+    const int64_t per_row = out_w * channels * kh * kw;
+    mq_parallel_for(batch * out_h, 1 + ((int64_t)1 << 16) / (per_row + 1), nthreads, depthwise_range, &c);
+    return c.failed ? -1 : 0;
+}
+
+/* ---- residual add ------------------------------------------------------------------- */
+
+typedef struct {
+    const int8_t *a, *b;
+    float a_scale, b_scale, act_lo, act_hi, inv_out_scale;
+    int a_zp, b_zp, out_zp;
+    int8_t *y_q;
+    float *y_f32;
+} add_ctx;
+
+/* (a - a_zp) and (b - b_zp) are exact in fp32; two products then one sum, never fused
+ * (-ffp-contract=off): the torch reference's order */
+static void add_q(const int8_t *restrict a, float sa, int za, const int8_t *restrict b, float sb, int zb, int64_t n,
+                  float lo, float hi, float inv, int zo, int8_t *restrict y) {
+    for (int64_t i = 0; i < n; i++)
+        y[i] = requantize(activate((float)(a[i] - za) * sa + (float)(b[i] - zb) * sb, lo, hi), inv, zo);
+}
+
+static void add_f32(const int8_t *restrict a, float sa, int za, const int8_t *restrict b, float sb, int zb,
+                    int64_t n, float lo, float hi, float *restrict y) {
+    for (int64_t i = 0; i < n; i++) y[i] = activate((float)(a[i] - za) * sa + (float)(b[i] - zb) * sb, lo, hi);
+}
+
+static void add_range(void *vctx, int64_t begin, int64_t end) {
+    const add_ctx *c = vctx;
+    if (c->y_q)
+        add_q(c->a + begin, c->a_scale, c->a_zp, c->b + begin, c->b_scale, c->b_zp, end - begin, c->act_lo,
+              c->act_hi, c->inv_out_scale, c->out_zp, c->y_q + begin);
+    else
+        add_f32(c->a + begin, c->a_scale, c->a_zp, c->b + begin, c->b_scale, c->b_zp, end - begin, c->act_lo,
+                c->act_hi, c->y_f32 + begin);
+}
+
+void mq_add_static(const int8_t *a, float a_scale, int a_zp, const int8_t *b, float b_scale, int b_zp, int64_t n,
+                   float act_lo, float act_hi, float inv_out_scale, int out_zp, int8_t *y_q, float *y_f32,
+                   int nthreads) {
+    add_ctx c = {a, b, a_scale, b_scale, act_lo, act_hi, inv_out_scale, a_zp, b_zp, out_zp, y_q, y_f32};
+    mq_parallel_for(n, (int64_t)1 << 16, nthreads, add_range, &c);
+}
+
+/* ---- global average pool -------------------------------------------------------------- */
+
+int mq_avgpool_static(const int8_t *x, int x_zp, int64_t batch, int64_t pixels, int64_t channels, float mul,
+                      float act_lo, float act_hi, float inv_out_scale, int out_zp, int8_t *y_q, float *y_f32) {
+    int32_t *sum = malloc((size_t)(channels > 0 ? channels : 1) * sizeof(int32_t));
+    if (!sum) return -1;
+    for (int64_t b = 0; b < batch; b++) {
+        memset(sum, 0, (size_t)channels * sizeof(int32_t));
+        for (int64_t p = 0; p < pixels; p++) {
+            const int8_t *src = x + (b * pixels + p) * channels;
+            for (int64_t q = 0; q < channels; q++) sum[q] += src[q];
+        }
+        for (int64_t q = 0; q < channels; q++) {
+            const float v = activate((float)((int64_t)sum[q] - x_zp * pixels) * mul, act_lo, act_hi);
+            if (y_q)
+                y_q[b * channels + q] = requantize(v, inv_out_scale, out_zp);
+            else
+                y_f32[b * channels + q] = v;
+        }
+    }
+    free(sum);
+    return 0;
+}

@@ -1,0 +1,16 @@
+"""Static (calibrated) int8: int8 activations with fixed scales, BatchNorm folded,
+ReLU fused, int8 between layers (issue 12; docs/static.md).
+
+    qmodel, skipped = mq.quantize(model, "int8", activations="static", calibration=loader,
+                                  observer="entropy", calibration_samples=512)
+"""
+from .capture import FusionPlan, PlanOp, TraceError, build_plan
+from .graph import StaticGraphModel, float_graph
+from .modules import StaticAdd, StaticConv2d, StaticGlobalAvgPool, StaticLinear
+from .persist import load_static, save_static
+from .quantize import MAX_CLIPPED, MIN_SQNR_DB, quantize_static
+from .report import StaticLayerReport, StaticReport
+
+__all__ = ["quantize_static", "StaticGraphModel", "StaticConv2d", "StaticLinear", "StaticAdd", "StaticGlobalAvgPool",
+           "StaticReport", "StaticLayerReport", "FusionPlan", "PlanOp", "TraceError", "build_plan", "float_graph",
+           "MAX_CLIPPED", "MIN_SQNR_DB", "save_static", "load_static"]

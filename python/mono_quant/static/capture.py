@@ -1,0 +1,256 @@
+"""Graph capture for static int8: a torch.fx trace turned into a fusion plan.
+
+The plan is the model's computation as a list of ``PlanOp`` in execution
+order, with the patterns static int8 runs as one kernel already fused:
+
+- ``conv``: Conv2d (+ BatchNorm2d folded into its weight and bias) (+ ReLU / ReLU6)
+- ``linear``: Linear (+ BatchNorm1d folded) (+ ReLU / ReLU6)
+- ``add``: a residual ``a + b`` of two tensors (+ ReLU / ReLU6)
+- ``gap``: global average pooling (AdaptiveAvgPool2d(1) or ``mean((2, 3))``), + ``flatten(x, 1)``
+- ``float``: anything else, run as traced, in float
+
+Each fused op records the fx nodes it absorbed (for the report).  The model
+is never modified: folded layers are new modules (fold_batchnorm.py).
+"""
+from __future__ import annotations
+
+import operator
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import fx, nn
+
+from ..fold_batchnorm import fold_batchnorm
+
+__all__ = ["PlanOp", "FusionPlan", "ValueRef", "build_plan", "TraceError"]
+
+
+class TraceError(RuntimeError):
+    """torch.fx could not trace the model (the caller falls back to per-layer static int8)."""
+
+
+@dataclass(frozen=True)
+class ValueRef:
+    """A reference to another op's output inside a float op's arguments."""
+    name: str
+
+
+@dataclass
+class PlanOp:
+    name: str
+    kind: str                        # input, conv, linear, add, gap, float, output
+    inputs: List[str] = field(default_factory=list)
+    module: Optional[nn.Module] = None   # conv / linear: the (folded) float layer; float call_module: the module
+    act: Optional[str] = None        # None, "relu", "relu6"
+    flatten: bool = False            # gap: flattened to [batch, channels]
+    fused: List[str] = field(default_factory=list)  # names of the fx nodes this op absorbed
+    # float ops: how to call them (op is call_module / call_function / call_method / get_attr)
+    call: Optional[Tuple[str, Any, tuple, dict]] = None
+    output_structure: Any = None     # output op: the model's output with ValueRefs at the tensors
+
+
+@dataclass
+class FusionPlan:
+    ops: List[PlanOp]
+    not_fused: List[Tuple[str, str]]  # (fx node, why it stays in float)
+
+    def op(self, name: str) -> PlanOp:
+        for o in self.ops:
+            if o.name == name:
+                return o
+        raise KeyError(name)
+
+    def consumers(self) -> Dict[str, List[Tuple[str, int]]]:
+        """value name -> [(consumer op, input position)]."""
+        out: Dict[str, List[Tuple[str, int]]] = {o.name: [] for o in self.ops}
+        for o in self.ops:
+            for i, v in enumerate(o.inputs):
+                out.setdefault(v, []).append((o.name, i))
+        return out
+
+
+# modules that return their input in eval mode
+_PASSTHROUGH = (nn.Identity, nn.Dropout, nn.Dropout2d, nn.AlphaDropout)
+_RELU_FUNCS = {F.relu: "relu", torch.relu: "relu", F.relu6: "relu6"}
+_ADD_FUNCS = (operator.add, operator.iadd, torch.add)
+
+
+def _activation_of(node: fx.Node, modules: Dict[str, nn.Module]) -> Optional[str]:
+    """'relu' / 'relu6' when the node is a plain ReLU / ReLU6 of its only tensor input."""
+    if node.op == "call_module":
+        m = modules.get(node.target)
+        if type(m) is nn.ReLU:
+            return "relu"
+        if type(m) is nn.ReLU6 or (type(m) is nn.Hardtanh and m.min_val == 0.0 and m.max_val == 6.0):
+            return "relu6"
+    elif node.op == "call_function" and node.target in _RELU_FUNCS and len(node.args) == 1:
+        return _RELU_FUNCS[node.target]
+    elif node.op == "call_method" and node.target in ("relu", "relu_") and len(node.args) == 1:
+        return "relu"
+    return None
+
+
+def _only_user(node: fx.Node) -> Optional[fx.Node]:
+    return next(iter(node.users)) if len(node.users) == 1 else None
+
+
+def _is_gap(node: fx.Node, modules) -> bool:
+    if node.op == "call_module":
+        m = modules.get(node.target)
+        return type(m) is nn.AdaptiveAvgPool2d and m.output_size in (1, (1, 1))
+    if node.op == "call_function" and node.target is F.adaptive_avg_pool2d:
+        size = node.args[1] if len(node.args) > 1 else node.kwargs.get("output_size")
+        return size in (1, (1, 1))
+    return False
+
+
+def _is_flatten1(node: fx.Node, modules) -> bool:
+    if node.op == "call_module":
+        m = modules.get(node.target)
+        return type(m) is nn.Flatten and m.start_dim == 1 and m.end_dim == -1
+    if node.op == "call_function" and node.target is torch.flatten:
+        return tuple(node.args[1:]) in ((1,), (1, -1)) and not node.kwargs
+    if node.op == "call_method" and node.target == "flatten":
+        return tuple(node.args[1:]) in ((1,), (1, -1)) and not node.kwargs
+    return False
+
+
+def _is_add(node: fx.Node) -> bool:
+    if node.kwargs:
+        return False
+    is_add = (node.op == "call_function" and node.target in _ADD_FUNCS) or (
+        node.op == "call_method" and node.target in ("add", "add_"))
+    return is_add and len(node.args) == 2 and all(isinstance(a, fx.Node) for a in node.args)
+
+
+def _conv_unsupported(m: nn.Conv2d) -> Optional[str]:
+    if isinstance(m.padding, str):
+        return f"string padding {m.padding!r}"
+    if m.padding_mode != "zeros":
+        return f"padding_mode {m.padding_mode!r}"
+    return None
+
+
+def _bn_after(node: fx.Node, modules, bn_type) -> Optional[fx.Node]:
+    user = _only_user(node)
+    if user is not None and user.op == "call_module":
+        m = modules.get(user.target)
+        if type(m) is bn_type and m.track_running_stats and m.running_mean is not None:
+            return user
+    return None
+
+
+def _refs(obj, names: Dict[fx.Node, str]):
+    """fx arguments with every Node replaced by a ValueRef to the op producing it."""
+    return fx.node.map_arg(obj, lambda n: ValueRef(names[n]))
+
+
+def _input_names(obj) -> List[str]:
+    found: List[str] = []
+
+    def visit(x):
+        if isinstance(x, ValueRef):
+            found.append(x.name)
+        elif isinstance(x, (list, tuple)):
+            for v in x:
+                visit(v)
+        elif isinstance(x, dict):
+            for v in x.values():
+                visit(v)
+    visit(obj)
+    return found
+
+
+def trace(model: nn.Module) -> fx.GraphModule:
+    try:
+        return fx.symbolic_trace(model)
+    except Exception as exc:  # noqa: BLE001 - any tracing failure means: fall back, with the reason
+        raise TraceError(f"torch.fx could not trace {type(model).__name__} ({type(exc).__name__}: {exc})") from exc
+
+
+def build_plan(model: nn.Module) -> FusionPlan:
+    """The fusion plan of an eval-mode model.  Raises TraceError when fx can't trace it."""
+    gm = trace(model)
+    modules = dict(gm.named_modules())
+    names: Dict[fx.Node, str] = {}      # fx node -> op whose output it is
+    absorbed: Dict[fx.Node, str] = {}
+    ops: List[PlanOp] = []
+    not_fused: List[Tuple[str, str]] = []
+
+    def absorb_act(op: PlanOp, node: fx.Node) -> fx.Node:
+        user = _only_user(node)
+        if user is not None:
+            act = _activation_of(user, modules)
+            if act is not None:
+                op.act = act
+                op.fused.append(user.name)
+                absorbed[user] = op.name
+                return user
+        return node
+
+    for node in gm.graph.nodes:
+        if node in absorbed:
+            names[node] = absorbed[node]
+            continue
+        if node.op == "call_module" and type(modules.get(node.target)) in _PASSTHROUGH and len(node.args) == 1 \
+                and isinstance(node.args[0], fx.Node):
+            names[node] = names[node.args[0]]  # identity in eval mode: the same value
+            continue
+        if node.op == "placeholder":
+            op = PlanOp(node.name, "input")
+        elif node.op == "output":
+            op = PlanOp(node.name, "output", output_structure=_refs(node.args[0], names))
+            op.inputs = _input_names(op.output_structure)
+        elif node.op == "call_module" and type(modules.get(node.target)) in (nn.Conv2d, nn.Linear) \
+                and len(node.args) == 1 and not node.kwargs:
+            layer = modules[node.target]
+            is_conv = isinstance(layer, nn.Conv2d)
+            why = _conv_unsupported(layer) if is_conv else None
+            if why is not None:
+                not_fused.append((node.name, f"Conv2d with {why}: runs in float"))
+                op = _float_op(node, names, modules)
+            else:
+                op = PlanOp(node.name, "conv" if is_conv else "linear", [names[node.args[0]]], module=layer)
+                op.fused.append(node.name)
+                last = node
+                bn = _bn_after(node, modules, nn.BatchNorm2d if is_conv else nn.BatchNorm1d)
+                if bn is not None:
+                    op.module = fold_batchnorm(layer, modules[bn.target])
+                    op.fused.append(bn.name)
+                    absorbed[bn] = op.name
+                    last = bn
+                absorb_act(op, last)
+        elif _is_add(node):
+            op = PlanOp(node.name, "add", [names[a] for a in node.args], fused=[node.name])
+            absorb_act(op, node)
+        elif _is_gap(node, modules):
+            op = PlanOp(node.name, "gap", [names[node.args[0]]], fused=[node.name])
+            user = _only_user(node)
+            if user is not None and _is_flatten1(user, modules):
+                op.flatten = True
+                op.fused.append(user.name)
+                absorbed[user] = op.name
+        else:
+            op = _float_op(node, names, modules)
+            if node.op in ("call_module", "call_function", "call_method"):
+                what = node.target if isinstance(node.target, str) else getattr(node.target, "__name__", node.target)
+                not_fused.append((node.name, f"{node.op} {what}: no int8 kernel, runs in float"))
+        names[node] = op.name
+        ops.append(op)
+    return FusionPlan(ops, not_fused)
+
+
+def _float_op(node: fx.Node, names, modules) -> PlanOp:
+    args, kwargs = _refs(node.args, names), _refs(node.kwargs, names)
+    op = PlanOp(node.name, "float", _input_names((args, kwargs)))
+    if node.op == "call_module":
+        op.module = modules[node.target]
+        op.call = ("call_module", node.target, args, kwargs)
+    elif node.op == "get_attr":
+        value = operator.attrgetter(node.target)(modules[""])
+        op.call = ("get_attr", value, (), {})
+    else:
+        op.call = (node.op, node.target, args, kwargs)
+    return op

@@ -1,0 +1,160 @@
+"""StaticGraphModel: runs a fusion plan, in float (for calibration) or static int8.
+
+The plan's ops run in order; each op with a module is ``layers[name]`` called
+on its inputs; float ops replay the traced call.  The float modules here
+(``FusedConvFloat`` ...) are what calibration observes: their outputs are the
+fused outputs (after folded BatchNorm and ReLU), exactly the tensors static
+int8 requantizes.
+"""
+from __future__ import annotations
+
+from typing import Any, Dict, List, Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.nn.modules import module as _torch_module
+
+from .capture import FusionPlan, PlanOp, ValueRef
+
+__all__ = ["FusedFloat", "FusedConvFloat", "FusedLinearFloat", "FusedAddFloat", "FusedGapFloat",
+           "StaticGraphModel", "float_graph", "apply_act"]
+
+
+def apply_act(y: torch.Tensor, act: Optional[str]) -> torch.Tensor:
+    if act == "relu":
+        return F.relu(y)
+    if act == "relu6":
+        return F.relu6(y)
+    return y
+
+
+class FusedFloat(nn.Module):
+    """Marker base of the fused float ops (what the Calibrator hooks)."""
+
+
+class FusedConvFloat(FusedFloat):
+    def __init__(self, conv: nn.Conv2d, act: Optional[str]):
+        super().__init__()
+        self.conv, self.act = conv, act
+
+    def forward(self, x):
+        return apply_act(self.conv(x), self.act)
+
+
+class FusedLinearFloat(FusedFloat):
+    def __init__(self, linear: nn.Linear, act: Optional[str]):
+        super().__init__()
+        self.linear, self.act = linear, act
+
+    def forward(self, x):
+        return apply_act(self.linear(x), self.act)
+
+
+class FusedAddFloat(FusedFloat):
+    def __init__(self, act: Optional[str]):
+        super().__init__()
+        self.act = act
+
+    def forward(self, a, b):
+        return apply_act(a + b, self.act)
+
+
+class FusedGapFloat(FusedFloat):
+    def __init__(self, flatten: bool):
+        super().__init__()
+        self.flatten = flatten
+
+    def forward(self, x):
+        y = F.adaptive_avg_pool2d(x, 1)
+        return torch.flatten(y, 1) if self.flatten else y
+
+
+def _global_hooks() -> bool:
+    return bool(_torch_module._global_forward_hooks or _torch_module._global_forward_pre_hooks)
+
+
+def _resolve(obj, env: Dict[str, Any]):
+    if isinstance(obj, ValueRef):
+        return env[obj.name]
+    if isinstance(obj, tuple):
+        return tuple(_resolve(v, env) for v in obj)
+    if isinstance(obj, list):
+        return [_resolve(v, env) for v in obj]
+    if isinstance(obj, dict):
+        return {k: _resolve(v, env) for k, v in obj.items()}
+    return obj
+
+
+class StaticGraphModel(nn.Module):
+    """A model as a list of ops over named values; ``layers`` holds the op modules.
+
+    ``program`` entries: (name, kind, inputs, call).  kind "input" takes the
+    next positional argument, "module" calls ``layers[name]`` on its inputs,
+    "call" replays a traced function / method call, "output" returns."""
+
+    def __init__(self, program: List[tuple], layers: Dict[str, nn.Module]):
+        super().__init__()
+        self.program = program
+        self.layers = nn.ModuleDict(layers)
+
+    def forward(self, *args, **kwargs):
+        env: Dict[str, Any] = {}
+        inputs = iter(args)
+        for name, kind, ins, call in self.program:
+            if kind == "module":
+                m = self._modules["layers"]._modules[name]
+                # no hooks on it: its forward directly (nn.Module.__call__ costs ~2 us a layer)
+                fn = m.forward if not (m._forward_hooks or m._forward_pre_hooks or _global_hooks()) else m
+                env[name] = fn(*[env[i] for i in ins])
+            elif kind == "input":
+                env[name] = kwargs[name] if name in kwargs else next(inputs)
+            elif kind == "call":
+                how, target, cargs, ckwargs = call
+                cargs, ckwargs = _resolve(cargs, env), _resolve(ckwargs, env)
+                if how == "call_function":
+                    env[name] = target(*cargs, **ckwargs)
+                elif how == "call_method":
+                    env[name] = getattr(cargs[0], target)(*cargs[1:], **ckwargs)
+                else:  # get_attr: a constant
+                    env[name] = target
+            else:  # output
+                return _resolve(call, env)
+        return None
+
+
+def float_op_entry(op: PlanOp, layers: Dict[str, nn.Module]) -> tuple:
+    """The program entry of an op that stays float (a traced call or module)."""
+    if op.kind == "input":
+        return (op.name, "input", [], None)
+    if op.kind == "output":
+        return (op.name, "output", op.inputs, op.output_structure)
+    how, target, args, kwargs = op.call
+    if how == "call_module":
+        if kwargs or not all(isinstance(a, ValueRef) for a in args):
+            # a module called with constants or keywords: replay the call on the module
+            layers[op.name] = op.module
+            return (op.name, "call", op.inputs, ("call_function", layers[op.name], args, kwargs))
+        layers[op.name] = op.module
+        return (op.name, "module", [a.name for a in args], None)
+    return (op.name, "call", op.inputs, op.call)
+
+
+def float_graph(plan: FusionPlan) -> StaticGraphModel:
+    """The plan run in float with the fused ops as FusedFloat modules (calibration, SQNR reference)."""
+    layers: Dict[str, nn.Module] = {}
+    program = []
+    for op in plan.ops:
+        if op.kind == "conv":
+            layers[op.name] = FusedConvFloat(op.module, op.act)
+        elif op.kind == "linear":
+            layers[op.name] = FusedLinearFloat(op.module, op.act)
+        elif op.kind == "add":
+            layers[op.name] = FusedAddFloat(op.act)
+        elif op.kind == "gap":
+            layers[op.name] = FusedGapFloat(op.flatten)
+        else:
+            program.append(float_op_entry(op, layers))
+            continue
+        program.append((op.name, "module", list(op.inputs), None))
+    return StaticGraphModel(program, layers).eval()

@@ -1,0 +1,273 @@
+"""Static int8 runtime modules: int8 activations with calibrated, fixed scales.
+
+Between fused layers activations are int8 codes in -127..127 (never -128:
+AVX2's ``vpmaddubsw`` sign trick stays exact and VNNI takes them as ``q + 128``
+with column sums) with a zero-point: 0 for signed values, -127 for ReLU
+outputs (all 255 levels on [0, max]); channels-last: ``[batch, h, w, c]`` for
+images, ``[rows, features]`` for linear layers.  Each module knows its input
+scale(s) / zero-point(s) and output ones from calibration; ``out_scale=None``
+means a float output (NCHW for images, as a channels-last view).  The C kernels are in
+csrc/static_int8.c; ``static/reference.py`` is their pure-torch twin.
+"""
+from __future__ import annotations
+
+import math
+from typing import Optional, Tuple
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..kernels import static_int8 as static_kernels
+from ..kernels.settings import SETTINGS
+from ..packing import pack_int8_linear
+from ..formats import quantize_weight
+
+__all__ = ["StaticConv2d", "StaticLinear", "StaticAdd", "StaticGlobalAvgPool", "ACTIVATIONS", "act_bounds",
+           "f32", "inverse"]
+
+#: fused activations: (lower, upper) clamp applied before requantizing
+ACTIVATIONS = {None: (-math.inf, math.inf), "relu": (0.0, math.inf), "relu6": (0.0, 6.0)}
+
+
+def act_bounds(act: Optional[str]) -> Tuple[float, float]:
+    try:
+        return ACTIVATIONS[act]
+    except KeyError:
+        raise ValueError(f"fused activation must be None, 'relu' or 'relu6', got {act!r}") from None
+
+
+def f32(value: float) -> float:
+    """The float32 nearest to value (scales are float32 everywhere in the kernels)."""
+    return float(np.float32(value))
+
+
+def inverse(scale: float) -> float:
+    """1 / scale computed in float32, as the reference does."""
+    return float(np.float32(1.0) / np.float32(scale))
+
+
+def _check_zp(name: str, value) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not -127 <= value <= 127:
+        raise ValueError(f"{name} must be an int in -127..127, got {value!r}")
+    return int(value)
+
+
+def _check_scale(name: str, value) -> Optional[float]:
+    if value is None:
+        return None
+    value = f32(value)
+    if not (math.isfinite(value) and value > 0):
+        raise ValueError(f"{name} must be a finite positive float, got {value}")
+    return value
+
+
+class _StaticBase(nn.Module):
+    """Scales, zero-points and the fused activation; ``out_scale=None``: float output."""
+
+    def __init__(self, act: Optional[str], in_scale: float, out_scale: Optional[float], int8_input: bool,
+                 in_zp: int = 0, out_zp: int = 0):
+        super().__init__()
+        act_bounds(act)
+        self.act = act
+        self.in_scale = _check_scale("in_scale", in_scale)
+        self.out_scale = _check_scale("out_scale", out_scale)
+        self.int8_input = bool(int8_input)
+        self.in_zp = _check_zp("in_zp", in_zp)
+        self.out_zp = _check_zp("out_zp", out_zp)
+
+    def _epilogue_args(self):
+        lo, hi = act_bounds(self.act)
+        return lo, hi, inverse(self.out_scale) if self.out_scale is not None else 1.0
+
+    def _out_repr(self) -> str:
+        return f"int8 scale {self.out_scale:.4g} zp {self.out_zp}" if self.out_scale is not None else "float"
+
+    def _out_dtype(self):
+        return torch.int8 if self.out_scale is not None else torch.float32
+
+
+class _WeightedStatic(_StaticBase):
+    """Per-output-channel symmetric int8 weight, packed for the int8 GEMM (or
+    kept [kh, kw, c] for the depthwise kernel), float32 bias."""
+
+    def _set_weight(self, weight: torch.Tensor, bias: Optional[torch.Tensor], groups: int, depthwise: bool):
+        qw = quantize_weight(weight.detach().float(), "int8", axis=0, symmetric=True)
+        self.register_buffer("weight_scale", qw.scale.float().contiguous())
+        if depthwise:  # [c, 1, kh, kw] -> [kh, kw, c]: channels innermost, as the NHWC input
+            self.register_buffer("weight_dw", qw.qdata[:, 0].permute(1, 2, 0).contiguous())
+        else:
+            for name, t in pack_int8_linear(qw, groups=groups).items():
+                self.register_buffer(name, t)
+        self.register_buffer("bias", None if bias is None else bias.detach().float().contiguous().clone())
+        self._derive()
+
+    def _derive(self) -> None:
+        """x_w_scale = in_scale * weight_scale in float32 (the GEMM epilogue's per-channel factor),
+        and the kernel's constant arguments as NumPy views, built once (not per call)."""
+        self.x_w_scale = (torch.tensor(self.in_scale, dtype=torch.float32) * self.weight_scale).contiguous()
+        bias = None if self.bias is None else self.bias.numpy()
+        if "weight_dw" in self._buffers:
+            self._weights = (self.weight_dw.numpy(), None, self.x_w_scale.numpy(), bias)
+        else:
+            self._weights = (self.weight_packed.numpy(), self.weight_colsum.numpy(), self.x_w_scale.numpy(), None,
+                             bias, bool(int(self.weight_packed_info[3])))
+        self._epilogue = self._epilogue_args()
+        self._out_sizes = {}
+
+    def _apply(self, fn, *args, **kwargs):
+        out = super()._apply(fn, *args, **kwargs)
+        if "weight_scale" in self._buffers:
+            self._derive()  # the buffers may be new tensors now
+        return out
+
+    def _quantize_input(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.detach().float().contiguous()
+        if x.dim() == 4:
+            q = torch.empty(x.shape[0], x.shape[2], x.shape[3], x.shape[1], dtype=torch.int8)
+        else:
+            q = torch.empty(x.shape, dtype=torch.int8)
+        static_kernels.quantize_static(x.numpy(), inverse(self.in_scale), q.numpy(), SETTINGS.num_threads(), self.in_zp)
+        return q
+
+    def _gemm(self, x_nhwc: torch.Tensor, n: int, kernel, stride, padding, dilation, groups) -> torch.Tensor:
+        b, h, w, _ = x_nhwc.shape
+        size = self._out_sizes.get((h, w))
+        if size is None:
+            size = self._out_sizes[(h, w)] = (
+                (h + 2 * padding[0] - dilation[0] * (kernel[0] - 1) - 1) // stride[0] + 1,
+                (w + 2 * padding[1] - dilation[1] * (kernel[1] - 1) - 1) // stride[1] + 1)
+        out = torch.empty(b, size[0], size[1], n, dtype=self._out_dtype())
+        if len(self._weights) == 4:
+            w, _, xw, bias = self._weights
+            static_kernels.depthwise_static(x_nhwc.numpy(), w, None, xw, bias, out.numpy(), stride, padding, dilation,
+                                *self._epilogue, torch.get_num_threads(), self.in_zp, self.out_zp)
+        else:
+            packed, colsum, xw, zp, bias, has_m128 = self._weights
+            static_kernels.conv2d_static(x_nhwc.numpy(), packed, colsum, xw, zp, bias, out.numpy(), has_m128, kernel, stride,
+                             padding, dilation, groups, *self._epilogue, torch.get_num_threads(), self.in_zp,
+                             self.out_zp)
+        return out
+
+
+class StaticConv2d(_WeightedStatic):
+    """Conv2d (BatchNorm folded, ReLU fused) on int8 NHWC activations with fixed scales."""
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1, padding=0, dilation=1, groups=1,
+                 act=None, in_scale=1.0, out_scale=None, int8_input=False, in_zp=0, out_zp=0):
+        super().__init__(act, in_scale, out_scale, int8_input, in_zp, out_zp)
+        pair = nn.modules.utils._pair
+        self.in_channels, self.out_channels, self.groups = int(in_channels), int(out_channels), int(groups)
+        self.kernel_size, self.stride = tuple(pair(kernel_size)), tuple(pair(stride))
+        self.padding, self.dilation = tuple(pair(padding)), tuple(pair(dilation))
+        self.depthwise = self.groups == self.in_channels == self.out_channels and self.groups > 1
+
+    @classmethod
+    def from_float(cls, conv: nn.Conv2d, act, in_scale, out_scale, int8_input, in_zp=0, out_zp=0) -> "StaticConv2d":
+        q = cls(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding, conv.dilation,
+                conv.groups, act, in_scale, out_scale, int8_input, in_zp, out_zp)
+        q._set_weight(conv.weight, conv.bias, conv.groups, q.depthwise)
+        return q
+
+    def init_kwargs(self):
+        return {"in_channels": self.in_channels, "out_channels": self.out_channels,
+                "kernel_size": list(self.kernel_size), "stride": list(self.stride), "padding": list(self.padding),
+                "dilation": list(self.dilation), "groups": self.groups, "act": self.act, "in_scale": self.in_scale,
+                "out_scale": self.out_scale, "int8_input": self.int8_input, "in_zp": self.in_zp, "out_zp": self.out_zp}
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        xq = x if self.int8_input else self._quantize_input(x)
+        out = self._gemm(xq, self.out_channels, self.kernel_size, self.stride, self.padding, self.dilation,
+                         self.groups)
+        return out if self.out_scale is not None else out.permute(0, 3, 1, 2)
+
+    def extra_repr(self) -> str:
+        return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, "
+                f"groups={self.groups}, act={self.act}, in_scale={self.in_scale:.4g} zp {self.in_zp}, "
+                f"out={self._out_repr()}")
+
+
+class StaticLinear(_WeightedStatic):
+    """Linear (BatchNorm1d folded, ReLU fused) on int8 [rows, features] activations."""
+
+    def __init__(self, in_features: int, out_features: int, act=None, in_scale=1.0, out_scale=None,
+                 int8_input=False, in_zp=0, out_zp=0):
+        super().__init__(act, in_scale, out_scale, int8_input, in_zp, out_zp)
+        self.in_features, self.out_features = int(in_features), int(out_features)
+
+    @classmethod
+    def from_float(cls, linear: nn.Linear, act, in_scale, out_scale, int8_input, in_zp=0, out_zp=0) -> "StaticLinear":
+        q = cls(linear.in_features, linear.out_features, act, in_scale, out_scale, int8_input, in_zp, out_zp)
+        q._set_weight(linear.weight, linear.bias, 1, False)
+        return q
+
+    def init_kwargs(self):
+        return {"in_features": self.in_features, "out_features": self.out_features, "act": self.act,
+                "in_scale": self.in_scale, "out_scale": self.out_scale, "int8_input": self.int8_input,
+                "in_zp": self.in_zp, "out_zp": self.out_zp}
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        lead = x.shape[:-1]
+        rows = x.reshape(-1, self.in_features)
+        xq = rows.contiguous() if self.int8_input else self._quantize_input(rows)
+        out = self._gemm(xq.view(xq.shape[0], 1, 1, self.in_features), self.out_features, (1, 1), (1, 1), (0, 0),
+                         (1, 1), 1)
+        return out.reshape(*lead, self.out_features)
+
+    def extra_repr(self) -> str:
+        return (f"{self.in_features}, {self.out_features}, act={self.act}, in_scale={self.in_scale:.4g} "
+                f"zp {self.in_zp}, out={self._out_repr()}")
+
+
+class StaticAdd(_StaticBase):
+    """act(a + b) of two int8 activations (a: in_scale / in_zp, b: b_scale / b_zp), requantized."""
+
+    def __init__(self, act=None, in_scale=1.0, b_scale=1.0, out_scale=None, in_zp=0, b_zp=0, out_zp=0):
+        super().__init__(act, in_scale, out_scale, True, in_zp, out_zp)
+        self.b_scale = _check_scale("b_scale", b_scale)
+        self.b_zp = _check_zp("b_zp", b_zp)
+
+    def init_kwargs(self):
+        return {"act": self.act, "in_scale": self.in_scale, "b_scale": self.b_scale, "out_scale": self.out_scale,
+                "in_zp": self.in_zp, "b_zp": self.b_zp, "out_zp": self.out_zp}
+
+    def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        if a.shape != b.shape:
+            raise ValueError(f"StaticAdd: int8 inputs of shapes {tuple(a.shape)} and {tuple(b.shape)} (no "
+                             "broadcasting on the int8 path)")
+        out = torch.empty(a.shape, dtype=self._out_dtype())
+        lo, hi, inv = self._epilogue_args()
+        static_kernels.add_static(a.contiguous().numpy(), self.in_scale, b.contiguous().numpy(), self.b_scale, out.numpy(), lo,
+                      hi, inv, SETTINGS.num_threads(), self.in_zp, self.b_zp, self.out_zp)
+        if self.out_scale is None and out.dim() == 4:
+            return out.permute(0, 3, 1, 2)
+        return out
+
+    def extra_repr(self) -> str:
+        return (f"act={self.act}, scales=({self.in_scale:.4g}, {self.b_scale:.4g}), zps=({self.in_zp}, {self.b_zp}), "
+                f"out={self._out_repr()}")
+
+
+class StaticGlobalAvgPool(_StaticBase):
+    """Mean over the pixels of int8 NHWC activations: exact int32 sums, one scale."""
+
+    def __init__(self, in_scale=1.0, out_scale=None, flatten=False, act=None, in_zp=0, out_zp=0):
+        super().__init__(act, in_scale, out_scale, True, in_zp, out_zp)
+        self.flatten = bool(flatten)
+
+    def init_kwargs(self):
+        return {"in_scale": self.in_scale, "out_scale": self.out_scale, "flatten": self.flatten, "act": self.act,
+                "in_zp": self.in_zp, "out_zp": self.out_zp}
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, h, w, c = x.shape
+        out = torch.empty(b, c, dtype=self._out_dtype())
+        lo, hi, inv = self._epilogue_args()
+        mul = float(np.float32(self.in_scale) / np.float32(h * w))
+        static_kernels.avgpool_static(x.contiguous().numpy(), mul, out.numpy(), lo, hi, inv, self.in_zp, self.out_zp)
+        if self.flatten:
+            return out
+        return out.view(b, 1, 1, c) if self.out_scale is not None else out.view(b, c, 1, 1)
+
+    def extra_repr(self) -> str:
+        return f"in_scale={self.in_scale:.4g} zp {self.in_zp}, flatten={self.flatten}, out={self._out_repr()}"

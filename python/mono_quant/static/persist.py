@@ -1,0 +1,297 @@
+"""Save / load of static int8 models (StaticGraphModel): safetensors + a JSON manifest.
+
+The manifest (metadata key ``mono_quant.static``) holds the program (ops in
+order, their inputs, the traced calls of float ops) and each layer's class,
+constructor arguments (scales, fused activation, geometry) and buffer names;
+the tensors are ``layers.<op>.<buffer>``.  Loading never unpickles and never
+imports by name: classes, functions and tensor methods come from fixed
+allow-lists, and every tensor is checked (dtype, shape) against the layer it
+belongs to.  A loaded model gives bit-identical outputs.
+"""
+from __future__ import annotations
+
+import json
+import math
+import operator
+import os
+from pathlib import Path
+from typing import Any, Dict, List
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..errors import CheckpointError
+from .capture import ValueRef
+from .graph import FusedAddFloat, FusedGapFloat, StaticGraphModel
+from .modules import StaticAdd, StaticConv2d, StaticGlobalAvgPool, StaticLinear
+
+__all__ = ["save_static", "load_static", "is_static_file", "saves_as_static", "STATIC_FORMAT"]
+
+STATIC_FORMAT = "mono_quant.static/1"
+_META_KEY = "mono_quant.static"
+
+_STATIC_CLASSES = {c.__name__: c for c in (StaticConv2d, StaticLinear, StaticAdd, StaticGlobalAvgPool)}
+# parameter-free float modules a program may keep, with the constructor arguments read back from attributes
+_FLOAT_MODULES = {
+    nn.ReLU: (), nn.ReLU6: (), nn.Sigmoid: (), nn.Tanh: (), nn.SiLU: (), nn.Hardswish: (), nn.Identity: (),
+    nn.GELU: ("approximate",), nn.Flatten: ("start_dim", "end_dim"), nn.Softmax: ("dim",),
+    nn.Dropout: ("p",), nn.LeakyReLU: ("negative_slope",), nn.Hardtanh: ("min_val", "max_val"),
+    nn.MaxPool2d: ("kernel_size", "stride", "padding", "dilation", "ceil_mode"),
+    nn.AvgPool2d: ("kernel_size", "stride", "padding", "ceil_mode", "count_include_pad"),
+    nn.AdaptiveAvgPool2d: ("output_size",),
+}
+_FLOAT_BY_NAME = {c.__name__: c for c in _FLOAT_MODULES}
+_FUNCTIONS = {f"{mod}.{f.__name__}": f for mod, fs in (
+    ("torch", (torch.flatten, torch.cat, torch.relu, torch.add, torch.mul, torch.sigmoid, torch.tanh,
+               torch.reshape, torch.mean, torch.sum)),
+    ("operator", (operator.add, operator.mul, operator.getitem, operator.sub, operator.truediv, operator.iadd)),
+    ("torch.nn.functional", (F.relu, F.relu6, F.adaptive_avg_pool2d, F.avg_pool2d, F.max_pool2d, F.hardswish,
+                             F.silu, F.gelu, F.sigmoid, F.softmax, F.dropout, F.interpolate)),
+) for f in fs}
+_FUNCTION_NAMES = {id(f): name for name, f in _FUNCTIONS.items()}
+_METHODS = frozenset({"flatten", "view", "reshape", "relu", "relu_", "mean", "sum", "size", "permute", "contiguous",
+                      "transpose", "squeeze", "unsqueeze", "add", "add_", "mul", "sigmoid", "softmax", "clamp",
+                      "chunk", "split", "float", "dim"})
+
+
+def _encode(obj):
+    if isinstance(obj, ValueRef):
+        return {"$ref": obj.name}
+    if isinstance(obj, tuple):
+        return {"$tuple": [_encode(v) for v in obj]}
+    if isinstance(obj, list):
+        return [_encode(v) for v in obj]
+    if isinstance(obj, dict):
+        return {"$dict": {str(k): _encode(v) for k, v in obj.items()}}
+    if isinstance(obj, slice):
+        return {"$slice": [obj.start, obj.stop, obj.step]}
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return {"$float": repr(obj)}
+    if obj is None or isinstance(obj, (bool, int, float, str)):
+        return obj
+    if isinstance(obj, torch.dtype):
+        return {"$dtype": str(obj).replace("torch.", "")}
+    raise TypeError(f"cannot save a {type(obj).__name__} constant in a static program")
+
+
+def _decode(obj):
+    if isinstance(obj, list):
+        return [_decode(v) for v in obj]
+    if isinstance(obj, dict):
+        if len(obj) != 1:
+            raise ValueError(f"bad encoded value {obj!r}")
+        (tag, value), = obj.items()
+        if tag == "$ref":
+            return ValueRef(str(value))
+        if tag == "$tuple":
+            return tuple(_decode(v) for v in value)
+        if tag == "$dict":
+            return {k: _decode(v) for k, v in value.items()}
+        if tag == "$slice":
+            return slice(*value)
+        if tag == "$float" and value in ("inf", "-inf", "nan"):
+            return float(value)
+        if tag == "$dtype" and isinstance(getattr(torch, str(value), None), torch.dtype):
+            return getattr(torch, value)
+        raise ValueError(f"bad encoded value {obj!r}")
+    if obj is None or isinstance(obj, (bool, int, float, str)):
+        return obj
+    raise ValueError(f"bad encoded value {obj!r}")
+
+
+def _layer_entry(name: str, m: nn.Module) -> dict:
+    cls = type(m)
+    if cls.__name__ in _STATIC_CLASSES and _STATIC_CLASSES[cls.__name__] is cls:
+        return {"class": cls.__name__, "init_kwargs": _encode(m.init_kwargs())}
+    if cls is FusedAddFloat:
+        return {"class": "FusedAddFloat", "init_kwargs": {"act": m.act}}
+    if cls is FusedGapFloat:
+        return {"class": "FusedGapFloat", "init_kwargs": {"flatten": m.flatten}}
+    if cls in _FLOAT_MODULES:
+        return {"class": cls.__name__, "init_kwargs": _encode({a: getattr(m, a) for a in _FLOAT_MODULES[cls]})}
+    raise TypeError(f"cannot save static model: layer {name!r} is a {cls.__name__}, which a static file cannot "
+                    "hold (a float module with weights, or a custom module)")
+
+
+def _program_entry(entry: tuple) -> dict:
+    name, kind, inputs, call = entry
+    out = {"name": name, "kind": kind, "inputs": list(inputs)}
+    if kind == "output":
+        out["structure"] = _encode(call)
+    elif kind == "call":
+        how, target, args, kwargs = call
+        if how == "call_function":
+            fname = _FUNCTION_NAMES.get(id(target))
+            if fname is None:
+                raise TypeError(f"cannot save static model: op {name!r} calls "
+                                f"{getattr(target, '__name__', target)!r}, which is not in the allow-list")
+            target = fname
+        elif how == "call_method":
+            if target not in _METHODS:
+                raise TypeError(f"cannot save static model: op {name!r} calls the tensor method {target!r}")
+        else:
+            raise TypeError(f"cannot save static model: op {name!r} is a {how} (a constant tensor)")
+        out["call"] = {"how": how, "target": target, "args": _encode(args), "kwargs": _encode(kwargs)}
+    return out
+
+
+def saves_as_static(obj) -> bool:
+    """Whether mono_quant.save should write ``obj`` (a model or QuantizationResult) as a static file."""
+    return isinstance(getattr(obj, "model", obj), StaticGraphModel)
+
+
+def save_static(model: StaticGraphModel, path, overwrite: bool = True) -> Path:
+    """Write ``model`` to ``path`` (safetensors with the JSON manifest); returns the path."""
+    from safetensors.torch import save_file
+
+    from ..io.atomic import atomic_output
+
+    if not isinstance(model, StaticGraphModel):
+        raise TypeError(f"save_static takes a StaticGraphModel, got {type(model).__name__}")
+    layers = {name: _layer_entry(name, m) for name, m in model.layers.items()}
+    program = [_program_entry(e) for e in model.program]
+    tensors = {}
+    for name, m in model.layers.items():
+        for key, t in m.state_dict(keep_vars=False).items():
+            tensors[f"layers.{name}.{key}"] = t.detach().contiguous().clone()
+            layers[name].setdefault("tensors", []).append(key)
+    manifest = {"format": STATIC_FORMAT, "layers": layers, "program": program}
+    path = Path(os.fspath(path))
+    with atomic_output(path, overwrite) as tmp:
+        save_file(tensors, os.fspath(tmp), metadata={_META_KEY: json.dumps(manifest)})
+    return path
+
+
+def is_static_file(path) -> bool:
+    """Whether ``path`` is a safetensors file written by save_static (False on any read error)."""
+    import stat
+
+    from safetensors import safe_open
+
+    try:
+        if not stat.S_ISREG(os.stat(path).st_mode):  # a FIFO or device would block the open
+            return False
+        with safe_open(os.fspath(path), framework="pt") as f:
+            return _META_KEY in (f.metadata() or {})
+    except Exception:  # noqa: BLE001 - not ours, or unreadable: the general loader reports it
+        return False
+
+
+def _check_tensor(where: str, t: torch.Tensor, dtype: torch.dtype, shape) -> None:
+    if t.dtype != dtype or tuple(t.shape) != tuple(shape):
+        raise CheckpointError(f"{where}: expected {str(dtype).replace('torch.', '')}{list(shape)}, got "
+                              f"{str(t.dtype).replace('torch.', '')}{list(t.shape)}")
+
+
+def _build_layer(name: str, entry: dict, tensors: Dict[str, torch.Tensor]) -> nn.Module:
+    cls_name, kwargs = entry["class"], _decode(entry.get("init_kwargs", {}))
+    if not isinstance(kwargs, dict):
+        raise ValueError("init_kwargs must be a mapping")
+    own = {k[len(f"layers.{name}."):]: v for k, v in tensors.items() if k.startswith(f"layers.{name}.")}
+    if cls_name in _STATIC_CLASSES:
+        m = _STATIC_CLASSES[cls_name](**kwargs)
+        _attach_static_tensors(name, m, own)
+        return m
+    if own:
+        raise CheckpointError(f"layer {name!r} ({cls_name}) has unexpected tensors {sorted(own)}")
+    if cls_name == "FusedAddFloat":
+        return FusedAddFloat(kwargs["act"])
+    if cls_name == "FusedGapFloat":
+        return FusedGapFloat(bool(kwargs["flatten"]))
+    if cls_name in _FLOAT_BY_NAME:
+        return _FLOAT_BY_NAME[cls_name](**kwargs)
+    raise CheckpointError(f"layer {name!r}: unknown class {cls_name!r}")
+
+
+def _attach_static_tensors(name: str, m: nn.Module, own: Dict[str, torch.Tensor]) -> None:
+    where = f"layer {name!r}"
+    if isinstance(m, (StaticAdd, StaticGlobalAvgPool)):
+        if own:
+            raise CheckpointError(f"{where}: unexpected tensors {sorted(own)}")
+        return
+    if isinstance(m, StaticConv2d):
+        n, groups = m.out_channels, m.groups
+        k = m.in_channels // groups * m.kernel_size[0] * m.kernel_size[1]
+    else:
+        n, groups, k = m.out_features, 1, m.in_features
+    expected = {"weight_scale", "bias"} | ({"weight_dw"} if getattr(m, "depthwise", False) else
+                                          {"weight_packed", "weight_colsum", "weight_packed_info"})
+    if not set(own) <= expected or not (expected - {"bias"}) <= set(own):
+        raise CheckpointError(f"{where}: tensors {sorted(own)}, expected {sorted(expected)} (bias optional)")
+    _check_tensor(f"{where} weight_scale", own["weight_scale"], torch.float32, (n,))
+    if not bool(torch.isfinite(own["weight_scale"]).all()) or not bool((own["weight_scale"] > 0).all()):
+        raise CheckpointError(f"{where}: weight_scale must be finite and positive")
+    if "bias" in own:
+        _check_tensor(f"{where} bias", own["bias"], torch.float32, (n,))
+    if "weight_dw" in own:
+        _check_tensor(f"{where} weight_dw", own["weight_dw"], torch.int8, (*m.kernel_size, n))
+        if bool((own["weight_dw"] == -128).any()):
+            raise CheckpointError(f"{where}: weight_dw holds -128 (symmetric int8 is -127..127)")
+    else:
+        from ..packing import packed_sizes
+        size, colsum = packed_sizes(n // groups, k)
+        _check_tensor(f"{where} weight_packed", own["weight_packed"], torch.int8, (groups * size,))
+        _check_tensor(f"{where} weight_colsum", own["weight_colsum"], torch.int32, (groups * colsum,))
+        _check_tensor(f"{where} weight_packed_info", own["weight_packed_info"], torch.int32, (5,))
+        info = [int(v) for v in own["weight_packed_info"]]
+        if info[1:3] != [n, k] or info[3] not in (0, 1) or info[4] != groups:
+            raise CheckpointError(f"{where}: weight_packed_info {info} does not match the layer ({n} outputs, "
+                                  f"{k} inputs, {groups} groups)")
+    for key, t in own.items():
+        m.register_buffer(key, t)
+    if "bias" not in own:
+        m.register_buffer("bias", None)
+    m._derive()
+
+
+def load_static(path) -> StaticGraphModel:
+    """Read a file written by save_static.  Raises CheckpointError on anything inconsistent."""
+    from safetensors import safe_open
+
+    path = os.fspath(path)
+    try:
+        with safe_open(path, framework="pt", device="cpu") as f:
+            meta = f.metadata() or {}
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+    except Exception as exc:  # noqa: BLE001 - safetensors raises several types for a damaged file
+        raise CheckpointError(f"{path}: not a readable safetensors file ({exc})") from exc
+    try:
+        manifest = json.loads(meta[_META_KEY])
+        if manifest.get("format") != STATIC_FORMAT:
+            raise CheckpointError(f"format {manifest.get('format')!r}; this version reads {STATIC_FORMAT!r}")
+        layers = {str(name): _build_layer(str(name), entry, tensors) for name, entry in manifest["layers"].items()}
+        claimed = {f"layers.{n}.{k}" for n, e in manifest["layers"].items() for k in e.get("tensors", [])}
+        if claimed != set(tensors):
+            raise CheckpointError(f"tensors in the file {sorted(set(tensors) ^ claimed)} disagree with the manifest")
+        program: List[tuple] = []
+        defined = set()
+        for e in manifest["program"]:
+            name, kind, inputs = str(e["name"]), e["kind"], [str(i) for i in e["inputs"]]
+            missing = [i for i in inputs if i not in defined]
+            if missing:
+                raise CheckpointError(f"op {name!r} reads {missing} before they are computed")
+            if kind == "module":
+                if name not in layers:
+                    raise CheckpointError(f"op {name!r} has no layer")
+                program.append((name, "module", inputs, None))
+            elif kind == "input":
+                program.append((name, "input", [], None))
+            elif kind == "output":
+                program.append((name, "output", inputs, _decode(e["structure"])))
+            elif kind == "call":
+                c = e["call"]
+                how, target = c["how"], c["target"]
+                if how == "call_function" and target in _FUNCTIONS:
+                    target = _FUNCTIONS[target]
+                elif not (how == "call_method" and target in _METHODS):
+                    raise CheckpointError(f"op {name!r}: {how} {target!r} is not allowed")
+                program.append((name, "call", inputs, (how, target, _decode(c["args"]), _decode(c["kwargs"]))))
+            else:
+                raise CheckpointError(f"op {name!r}: unknown kind {kind!r}")
+            defined.add(name)
+    except CheckpointError as exc:
+        raise CheckpointError(f"{path}: {exc}") from None
+    except (KeyError, TypeError, ValueError, json.JSONDecodeError) as exc:
+        raise CheckpointError(f"{path}: invalid static manifest: {type(exc).__name__}: {exc}") from exc
+    return StaticGraphModel(program, layers).eval()

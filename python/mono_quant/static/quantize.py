@@ -1,0 +1,194 @@
+"""quantize(model, "int8", activations="static", calibration=data, observer=...) (issue 12).
+
+1. Capture: torch.fx trace -> fusion plan (BatchNorm folded, ReLU fused; capture.py).
+   A model fx can't trace falls back to per-layer static int8 (fallback.py).
+2. Calibrate: the fused float graph through ``calibration.Calibrator`` (ranges at the
+   fused outputs, any observer).
+3. Convert: int8 modules with fixed scales, int8 between them where every consumer
+   takes int8 (convert.py).
+4. Check: warnings for few samples, NaN/Inf, > 1 % clipped, low output SQNR.
+"""
+from __future__ import annotations
+
+import copy
+import math
+import warnings
+from typing import Any, Dict, List, Optional
+
+import torch
+from torch import nn
+
+from ..calibration import DEFAULT_BINS, CalibrationWarning, Calibrator
+from ..config import resolve_config
+from ..errors import ConfigError
+from ..report import SkippedLayer
+from ..result import QuantizationResult
+from .capture import TraceError, build_plan
+from .convert import convert_plan, qparams
+from .graph import FusedFloat, float_graph
+from .modules import StaticAdd, StaticConv2d, StaticGlobalAvgPool, StaticLinear
+from .report import StaticLayerReport, StaticReport, clipped_fraction
+
+__all__ = ["quantize_static", "MAX_CLIPPED", "MIN_SQNR_DB", "SQNR_PROBE_SAMPLES"]
+
+#: warn when more than this share of an activation's calibration values fall outside its range
+MAX_CLIPPED = 0.01
+#: warn when a layer's output SQNR against the float model falls below this (dB)
+MIN_SQNR_DB = 20.0
+#: calibration samples the SQNR check runs through both models
+SQNR_PROBE_SAMPLES = 64
+
+_STATIC_TYPES = (StaticConv2d, StaticLinear, StaticAdd, StaticGlobalAvgPool)
+
+
+def quantize_static(model, cfg, calibration, observer: Optional[str], calibration_samples: Optional[int],
+                    progress: bool = False) -> QuantizationResult:
+    """The static branch of ``quantize()``; see its docstring and docs/static.md."""
+    cfg = resolve_config(cfg, observer=observer, calibration_samples=calibration_samples)
+    if cfg.activations != "static":
+        raise ConfigError("calibration=, observer= and calibration_samples= apply to activations='static' only "
+                          f"(got activations={cfg.activations!r})")
+    if not isinstance(model, nn.Module):
+        raise TypeError("activations='static' needs the model (an nn.Module): calibration runs it; a state_dict "
+                        "cannot be calibrated")
+    if cfg.dtype != "int8":
+        raise ConfigError(f"activations='static' is for dtype 'int8', got {cfg.dtype!r}")
+    if calibration is None:
+        raise ConfigError("activations='static' needs calibration= data: a tensor, a list / iterable / DataLoader "
+                          "of tensors, (x, y) tuples or dicts, or a callable that runs the model")
+    work = copy.deepcopy(model).eval()  # the caller's model is never touched (fx, folding, hooks)
+    try:
+        plan = build_plan(work)
+    except TraceError as exc:
+        from .fallback import quantize_per_layer
+        return quantize_per_layer(work, cfg, calibration, str(exc))
+    fmodel = float_graph(plan)
+    bins = None if cfg.observer == "minmax" else DEFAULT_BINS
+    cal = Calibrator(fmodel, bins=bins, per_channel=False)
+    cal.types = (FusedFloat,)  # only the fused outputs (and inputs coming from outside them)
+    probe: List[Any] = []
+    cal.feed(_keep_first(calibration, probe), cfg.calibration_samples)
+    # points are named after the graph's modules, "layers.<op>": keyed by op here
+    ranges = {_op_point(k): v for k, v in cal.ranges(cfg.observer).items()}
+    stats = {_op_point(k): v for k, v in cal.stats.items()}
+    aliases = {_op_point(k): _op_point(v) for k, v in cal.aliases.items()}
+    nonnegative = {p: bool(s.has_data and s.min[0] >= 0) for p, s in stats.items()}
+    qmodel, int8, in_float = convert_plan(plan, ranges, aliases, nonnegative)
+    report = StaticReport(capture="fx", observer=cfg.observer, samples=cal.samples, not_fused=plan.not_fused)
+    for op in plan.ops:
+        if op.kind not in ("conv", "linear", "add", "gap"):
+            continue
+        r = ranges.get(f"{op.name}.output")
+        st = stats.get(f"{op.name}.output")
+        clipped = clipped_fraction(st, r.lo, r.hi) if (r is not None and st is not None) else None
+        report.layers.append(StaticLayerReport(
+            op.name, op.kind, op.fused, op.act, "int8" if int8.get(op.name) else "float",
+            (0.0 if nonnegative.get(f"{op.name}.output") else r.lo) if r else math.nan, r.hi if r else math.nan,
+            qparams(r, nonnegative.get(f"{op.name}.output", False))[0] if (r and int8.get(op.name)) else None,
+            clipped))
+    for name, why in in_float + plan.not_fused:
+        report.skipped.append(SkippedLayer(name, "op", why))
+    if probe:
+        _add_sqnr(report, fmodel, qmodel, probe[0])
+    _warn(report)
+    return QuantizationResult(qmodel, report.skipped, report, cfg)
+
+
+def _op_point(point: str) -> str:
+    return point[len("layers."):] if point.startswith("layers.") else point
+
+
+def _keep_first(data, probe: List[Any]):
+    """The data as fed, keeping (up to SQNR_PROBE_SAMPLES of) its first batch for the SQNR check."""
+    if isinstance(data, torch.Tensor):
+        probe.append(data[:SQNR_PROBE_SAMPLES])
+        return data
+    if callable(data) and not hasattr(data, "__iter__"):
+        return data  # a callable runs the model itself: no batch to keep, no SQNR
+
+    def batches():
+        for i, batch in enumerate(data):
+            if i == 0:
+                probe.append(_head(batch))
+            yield batch
+    if isinstance(data, dict):
+        probe.append(_head(data))
+        return data
+    return batches()
+
+
+def _head(batch):
+    if isinstance(batch, torch.Tensor):
+        return batch[:SQNR_PROBE_SAMPLES]
+    if isinstance(batch, dict):
+        return {k: _head(v) for k, v in batch.items()}
+    if isinstance(batch, (list, tuple)):
+        return type(batch)(_head(v) for v in batch)
+    return batch
+
+
+def _call(model, batch):
+    if isinstance(batch, dict):
+        return model(**batch)
+    if isinstance(batch, (list, tuple)):
+        return model(batch[0])
+    return model(batch)
+
+
+def _as_float(module: nn.Module, y: torch.Tensor) -> torch.Tensor:
+    """A static op's output as the float tensor it stands for (int8 NHWC -> NCHW float)."""
+    if y.dtype != torch.int8:
+        return y.float()
+    y = (y.float() - module.out_zp) * module.out_scale
+    return y.permute(0, 3, 1, 2) if y.dim() == 4 else y
+
+
+def _sqnr_db(ref: torch.Tensor, got: torch.Tensor) -> float:
+    ref, got = ref.double().reshape(-1), got.double().reshape(-1)
+    finite = torch.isfinite(ref)  # NaN/Inf in the probe batch (calibration warned already) don't count
+    ref, got = ref[finite], got[finite]
+    noise = float(((ref - got) ** 2).sum())
+    signal = float((ref ** 2).sum())
+    if noise == 0.0:
+        return math.inf
+    return 10.0 * math.log10(signal / noise) if signal > 0 else -math.inf
+
+
+def _add_sqnr(report: StaticReport, fmodel: nn.Module, qmodel: nn.Module, batch) -> None:
+    """Each fused op's output SQNR against the float graph on the probe batch (errors of the
+    layers before it included: what the network really sees)."""
+    outs: Dict[str, Dict[str, torch.Tensor]] = {"f": {}, "q": {}}
+
+    def hook(tag, name):
+        def run(module, args, out):
+            outs[tag][name] = out if tag == "f" else _as_float(module, out) if isinstance(module, _STATIC_TYPES) \
+                else out
+        return run
+    handles = []
+    for tag, model in (("f", fmodel), ("q", qmodel)):
+        for name, m in model.layers.items():
+            handles.append(m.register_forward_hook(hook(tag, name)))
+    try:
+        with torch.no_grad():
+            _call(fmodel, batch)
+            _call(qmodel, batch)
+    finally:
+        for h in handles:
+            h.remove()
+    for r in report.layers:
+        if r.name in outs["f"] and r.name in outs["q"]:
+            r.sqnr_db = _sqnr_db(outs["f"][r.name], outs["q"][r.name])
+
+
+def _warn(report: StaticReport) -> None:
+    clipped = [(r.name, r.clipped) for r in report.layers if r.clipped is not None and r.clipped > MAX_CLIPPED]
+    if clipped:
+        listed = ", ".join(f"{n} {100 * c:.2f}%" for n, c in clipped)
+        warnings.warn(f"more than {100 * MAX_CLIPPED:g}% of the calibration values fall outside the range of: "
+                      f"{listed} (observer {report.observer!r}; 'minmax' clips nothing)", CalibrationWarning,
+                      stacklevel=3)
+    low = [(r.name, r.sqnr_db) for r in report.layers if r.sqnr_db is not None and r.sqnr_db < MIN_SQNR_DB]
+    if low:
+        listed = ", ".join(f"{n} {s:.1f} dB" for n, s in low)
+        warnings.warn(f"output SQNR against float below {MIN_SQNR_DB:g} dB at: {listed} (more calibration data, "
+                      "another observer, or exclude those layers)", CalibrationWarning, stacklevel=3)
