@@ -114,6 +114,19 @@ static int64_t gemv_rows(int nthreads) {
     return mq_gemv_max_rows >= 0 ? mq_gemv_max_rows : (nthreads == 1 ? 1 : 0);
 }
 
+/* A call of fewer multiply-adds than this runs on the calling thread alone.
+ * Splitting it saves less than a helper can cost: between layers torch's
+ * OpenMP workers (and any other process) hold the cores, and a woken helper
+ * that claims a piece and is then descheduled makes the call wait for it.
+ * Measured on the demo model (layers of 2^23 multiply-adds, 2 threads, batch
+ * 32, a shared 2-core host; docs/benchmarks.md "Steady under load"). */
+#ifndef MQ_ONE_THREAD_MACS
+#define MQ_ONE_THREAD_MACS ((double)(1 << 24))
+#endif
+static int threads_for_call(int64_t m, int64_t kp, int64_t n, int nthreads) {
+    return (double)m * (double)kp * (double)n < MQ_ONE_THREAD_MACS ? 1 : nthreads;
+}
+
 static int64_t panels_per_chunk(int64_t m, int64_t kp) {
     const int64_t per_panel = m * kp * MQ_PANEL, min_macs = min_macs_per_thread();
     return per_panel >= min_macs ? 1 : (min_macs + per_panel - 1) / per_panel;
@@ -224,6 +237,7 @@ int mq_linear_dynamic(const void *x, mq_src_t kind, int x_is_q, int64_t m, int64
     const mq_kernels *kt = mq_active();
     const int64_t kp = mq_round_up(k, MQ_KGROUP);
     if (m <= 0 || n <= 0) return 0;
+    nthreads = threads_for_call(m, kp, n, nthreads);
     uint8_t *xq = aligned_alloc(64, mq_alloc_bytes(m, kp, 64));
     float *x_scale = malloc((size_t)m * sizeof(float));
     int32_t *x_sum = w_zp ? malloc((size_t)m * sizeof(int32_t)) : NULL;
@@ -444,6 +458,7 @@ int mq_linear_weight_only(const void *x, mq_src_t kind, int64_t m, int64_t k, in
     const mq_kernels *kt = mq_active();
     const int64_t kp = mq_round_up(k, MQ_KGROUP), panels = mq_round_up(n, MQ_PANEL) / MQ_PANEL;
     if (m <= 0 || n <= 0) return 0;
+    nthreads = threads_for_call(m, kp, n, nthreads);
     const float *xf = x;
     float *buffer = NULL;
     if (kind != MQ_SRC_F32 || kp != k || ldx != k) { /* fp32 rows padded to kp, as the kernels read them */

@@ -186,6 +186,24 @@ def test_weight_only_matches_dequantized(kernel_isa, symmetric):
         assert torch.allclose(y.double(), ref, rtol=1e-5, atol=1e-5 * float(ref.abs().max()))
 
 
+@pytest.mark.parametrize("symmetric", [True, False])
+@pytest.mark.parametrize("n", [1, 7, 9, 16, 35])
+def test_weight_only_panel_tails(kernel_isa, symmetric, n):
+    """Every row count's tiles (one row over a whole 16-channel panel, pairs of rows over
+    8-channel halves) on a last panel of fewer than 8 or 16 channels, K not a multiple of 4."""
+    g = _gen(12)
+    k = 70
+    qw = quantize_weight(torch.randn(n, k, generator=g) + (0.0 if symmetric else 0.4), symmetric=symmetric)
+    bias = torch.randn(n, generator=g)
+    bufs = pack_int8_linear(qw)
+    for m in (1, 3, 4):
+        x = torch.randn(m, k, generator=g)
+        y = kernels.linear_int8(x, bufs["weight_packed"], bufs["weight_colsum"], qw.scale, qw.zero_point, bias, n,
+                                False, mode="weight_only")
+        ref = x.double() @ qw.dequantize().double().T + bias.double()
+        assert torch.allclose(y.double(), ref, rtol=1e-5, atol=1e-5 * float(ref.abs().max()))
+
+
 def test_simd_equals_scalar_dynamic():
     """Each SIMD level gives the scalar reference's bits (same shapes, same inputs)."""
     g = _gen(6)

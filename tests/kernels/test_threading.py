@@ -112,14 +112,15 @@ def backend_and_threads():
 
 
 def _layers():
-    """Quantized layers with enough work to be split over threads, and an input each."""
+    """Quantized layers with enough work to be split over threads (int8 Linear: 2^24 multiply-adds
+    or more, csrc/linear.c), and an input each."""
     torch.manual_seed(0)
     lin = nn.Linear(1000, 777)  # tails: 777 outputs = 48 panels of 16 + 9
     conv = nn.Conv2d(32, 48, 3, padding=1)
     return [
         (mq.quantize(lin, activations="dynamic").model, torch.randn(37, 1000)),
         (mq.quantize(lin, activations="dynamic").model, torch.randn(1, 1000)),
-        (mq.quantize(lin, activations=None).model, torch.randn(5, 1000)),
+        (mq.quantize(lin, activations=None).model, torch.randn(23, 1000)),  # > 2^24 multiply-adds: split
         (mq.quantize(nn.Sequential(lin), dtype="int4").model, torch.randn(1, 1000)),
         (mq.quantize(nn.Sequential(lin), dtype="int4").model, torch.randn(64, 1000)),
         (mq.quantize(conv).model, torch.randn(2, 32, 20, 20)),

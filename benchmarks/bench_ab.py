@@ -1,0 +1,157 @@
+"""Before/after of a kernel change in one process: the installed mono_quant._C
+against another build of it (say the main branch's, copied aside), interleaved
+with fp32, so the two builds meet the same machine load.
+
+  weight-only  int8 weight-only Linear (_C.linear_int8 called directly, no
+               Python layer), BERT and LLM shapes; each build streams its own
+               copies of the weights (no L3 hits left by the other build).
+  demo         the demo's transformer-like model (mono_quant.demo), int8
+               dynamic, the build swapped under kernels.int8 per call.
+
+Order: a fresh random order each round (common.interleaved "shuffle"), so no
+contender always follows fp32 or the other build.
+
+Usage: python benchmarks/bench_ab.py --baseline /path/to/old/_C.cpython-311-x86_64-linux-gnu.so
+           [weight-only|demo] [--threads T] [--batches 1 32] [--repeats N] [--background-load N]
+           [--isa avx2 ...] [--torch-isa avx2] [--clock cpu] (see isa_cap.py)
+"""
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import warnings
+
+import isa_cap  # noqa: F401  (before torch: --isa / --torch-isa set the environment)
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+import mono_quant as mq
+import mono_quant.kernels.int8 as kernels_int8
+from common import background_load, interleaved, machine_info, summary, write_results
+from mono_quant import _C
+
+warnings.filterwarnings("ignore")
+
+L3_BYTES = 32 << 20
+SHAPES = [(768, 768), (768, 3072), (3072, 768), (4096, 4096), (11008, 4096), (4096, 11008)]
+
+
+def load_build(path: str):
+    """Another build of the extension, loaded beside the installed one under its own name."""
+    spec = importlib.util.spec_from_file_location("mq_baseline._C", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    if module.cpu_info()["active_isa"] != _C.cpu_info()["active_isa"]:
+        raise SystemExit(f"the two builds run different levels: {module.cpu_info()['active_isa']} vs "
+                         f"{_C.cpu_info()['active_isa']}")
+    return module
+
+
+def timed(contenders, repeats):
+    times = interleaved(contenders, repeats=repeats, warmup=3, order="shuffle", clock=isa_cap.clock)
+    return {name: summary(t) for name, t in times.items()}
+
+
+def report(label, stats):
+    base = stats["fp32"]["median_us"]
+    line = f"{label:<26} fp32 {base:9.1f} us"
+    for name in ("baseline", "this build"):
+        line += f" | {name} {stats[name]['median_us']:8.1f} us x{base / stats[name]['median_us']:.2f}"
+    print(line + f" | this/baseline speed x{stats['baseline']['median_us'] / stats['this build']['median_us']:.2f}",
+          flush=True)
+    return {"stats": stats, "ratios_vs_fp32": {k: base / v["median_us"] for k, v in stats.items()}}
+
+
+def bench_weight_only(old, batches, threads, repeats):
+    rows = []
+    for n, k in SHAPES:
+        copies = min(16, max(2, -(-3 * L3_BYTES // (2 * n * k))))
+        floats, packs = [], []
+        for c in range(copies):
+            torch.manual_seed(c)
+            w = torch.randn(n, k)
+            qw = mq.quantize_weight(w, symmetric=True)
+            packed, w_sum, m128 = _C.pack_int8(np.ascontiguousarray(qw.qdata.numpy()))
+            floats.append(w)
+            packs.append((packed, w_sum, qw.scale.float().numpy(), qw.zero_point.int().numpy(), m128))
+        for m in batches:
+            x = torch.randn(m, k)
+            xn = x.numpy()
+
+            def rotating(fn, items):
+                state = {"i": 0}
+
+                def call():
+                    state["i"] = (state["i"] + 1) % copies
+                    return fn(items[state["i"]])
+                return call
+
+            def kernel(module):
+                own = [(p.copy(), s.copy(), sc.copy(), zp.copy(), m128) for p, s, sc, zp, m128 in packs]
+                return rotating(lambda a: module.linear_int8(xn, a[0], a[1], a[2], a[3], None, n, a[4],
+                                                             mode="weight_only", nthreads=threads), own)
+
+            stats = timed({"fp32": rotating(lambda w: F.linear(x, w), floats), "baseline": kernel(old),
+                           "this build": kernel(_C)}, repeats)
+            rows.append(dict(report(f"{n}x{k} batch {m}", stats), shape=[n, k], batch=m, copies=copies))
+    return rows
+
+
+def bench_demo(old, batches, repeats):
+    from mono_quant.demo import TransformerLike, _seeded
+
+    model = _seeded(TransformerLike(), 1).eval()
+    qmodel = mq.quantize(model).model
+    rows = []
+    for m in batches:
+        x = torch.randn(m, 256)
+
+        def with_build(module):
+            def call():
+                kernels_int8._C = module
+                try:
+                    return qmodel(x)
+                finally:
+                    kernels_int8._C = _C
+            return call
+
+        with torch.inference_mode():
+            stats = timed({"fp32": lambda: model(x), "baseline": with_build(old), "this build": with_build(_C)},
+                          repeats)
+        rows.append(dict(report(f"demo int8 dynamic batch {m}", stats), batch=m))
+    return rows
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("what", choices=["weight-only", "demo"], nargs="?", default="weight-only")
+    parser.add_argument("--baseline", required=True, help="path of the other build's _C extension file")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--batches", type=int, nargs="+", default=None)
+    parser.add_argument("--repeats", type=int, default=15)
+    parser.add_argument("--background-load", type=int, default=0, metavar="N")
+    isa_cap.add_isa_arguments(parser)
+    args = parser.parse_args()
+    isa_cap.apply_isa()
+    isa_cap.check_clock(args.threads)
+    torch.set_num_threads(args.threads)
+    old = load_build(args.baseline)
+    info = machine_info()
+    info["isa"] = isa_cap.isa_description()
+    info["background_load"] = args.background_load
+    print(f"{info['cpu']}, {info['cores']} cores, torch threads {args.threads}, ISA {info['dispatched_isa']}, "
+          f"baseline {args.baseline}")
+    with background_load(args.background_load):
+        if args.what == "weight-only":
+            rows = bench_weight_only(old, args.batches or [1], args.threads, args.repeats)
+        else:
+            rows = bench_demo(old, args.batches or [1, 32], args.repeats)
+    path = write_results(f"bench_ab_{args.what}_t{args.threads}" + (f"_bg{args.background_load}"
+                                                                   if args.background_load else ""),
+                         {"machine": info, "rows": rows})
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()
