@@ -120,9 +120,7 @@ static int64_t gemv_rows(int nthreads) {
  * that claims a piece and is then descheduled makes the call wait for it.
  * Measured on the demo model (layers of 2^23 multiply-adds, 2 threads, batch
  * 32, a shared 2-core host; docs/benchmarks.md "Steady under load"). */
-#ifndef MQ_ONE_THREAD_MACS
 #define MQ_ONE_THREAD_MACS ((double)(1 << 24))
-#endif
 static int threads_for_call(int64_t m, int64_t kp, int64_t n, int nthreads) {
     return (double)m * (double)kp * (double)n < MQ_ONE_THREAD_MACS ? 1 : nthreads;
 }
