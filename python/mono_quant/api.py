@@ -24,7 +24,7 @@ from .packing import PACKED_BUFFERS, quantize_and_pack_int8
 from .qtypes import get_qtype
 from .report import LayerReport, Report, SkippedLayer, tensor_bytes, unique_tensor_bytes
 from .result import QuantizationResult
-from .composites import children_of_composites, composite_skip_reason, quantize_composite
+from .composites import attention_out_proj_keys, children_of_composites, composite_skip_reason, quantize_composite
 from .modules.composite import is_composite
 from .layer_support import drop_tied_to_float, known_unsupported_reason, qmodule_for_selected, weight_to_quantize
 from .selection import selection_reason
@@ -389,9 +389,14 @@ def _quantize_state_dict(sd: Mapping, cfg: QuantConfig, progress: bool) -> Quant
     cache: dict = {}
     keys = list(sd.keys())
     check_patterns_match(cfg, layer_names_of_keys(keys))
+    keep_float = attention_out_proj_keys(keys)
     for i, key in enumerate(keys):
         if progress:
             print(f"[{i + 1}/{len(keys)}] {key}", file=sys.stderr, flush=True)
+        if key in keep_float:
+            out[key] = sd[key].detach().clone()
+            report.skipped.append(SkippedLayer(key[: -len(".weight")], *keep_float[key]))
+            continue
         tensors, layer, skip = quantize_state_dict_entry(key, sd[key], cfg, cache)
         out.update(tensors)
         if layer is not None:

@@ -5,7 +5,7 @@ quantized children are put in the composite (:mod:`mono_quant.modules.composite`
 from __future__ import annotations
 
 from dataclasses import replace
-from typing import List, Optional, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import torch
 from torch import nn
@@ -13,7 +13,12 @@ from torch import nn
 from .modules.composite import is_composite
 from .report import SkippedLayer
 
-__all__ = ["composite_skip_reason", "quantize_composite", "children_of_composites"]
+__all__ = ["composite_skip_reason", "quantize_composite", "children_of_composites", "attention_out_proj_keys"]
+
+#: why a state_dict's attention out_proj.weight stays float (its in_proj is no ``*.weight``)
+ATTENTION_OUT_PROJ_REASON = ("out_proj of an nn.MultiheadAttention (in_proj_weight beside it): the float attention "
+                             "reads the weight directly, and a state_dict quantizes no in_proj_weight, so the "
+                             "attention stays float (quantize the model to quantize it as a whole)")
 
 
 def composite_skip_reason(qcls, module: nn.Module, cfg, weights) -> Optional[str]:
@@ -69,3 +74,18 @@ def children_of_composites(targets: List[Tuple[str, nn.Module]], skipped: List[S
     if not prefixes:
         return skipped
     return [s for s in skipped if not any(s.name.startswith(p) for p in prefixes)]
+
+
+def attention_out_proj_keys(keys) -> Dict[str, Tuple[str, str]]:
+    """The ``*.out_proj.weight`` keys of nn.MultiheadAttention modules among a state_dict's
+    ``keys`` (an ``in_proj_weight`` or ``q_proj_weight`` beside them), each with the
+    (type, reason) of its SkippedLayer: quantize(state_dict) and quantize_checkpoint keep
+    them float, so the result loads back into the float architecture."""
+    keys = set(keys)
+    out = {}
+    for key in keys:
+        if key == "out_proj.weight" or key.endswith(".out_proj.weight"):
+            prefix = key[: -len("out_proj.weight")]
+            if f"{prefix}in_proj_weight" in keys or f"{prefix}q_proj_weight" in keys:
+                out[key] = ("NonDynamicallyQuantizableLinear", ATTENTION_OUT_PROJ_REASON)
+    return out

@@ -55,8 +55,13 @@ RNN_CASES = {
 }
 
 
-@pytest.mark.parametrize("case", list(RNN_CASES))
-@pytest.mark.parametrize("dtype,activations,min_sqnr", OPTIONS, ids=OPTION_IDS)
+# every case in int8 dynamic; every format on an LSTM with projections and a bidirectional GRU
+RNN_RUNS = [(case, *OPTIONS[0]) for case in RNN_CASES] + [
+    (case, *option) for option in OPTIONS[1:] for case in ("lstm-proj", "gru-2layer-bidir")]
+
+
+@pytest.mark.parametrize("case,dtype,activations,min_sqnr", RNN_RUNS,
+                         ids=[f"{c}-{d}-{a}" for c, d, a, _ in RNN_RUNS])
 def test_rnn_matches_float(case, dtype, activations, min_sqnr):
     torch.manual_seed(0)
     float_rnn = RNN_CASES[case]().eval()
@@ -283,3 +288,30 @@ def test_load_refuses_a_file_missing_a_child(tmp_path):
     mq.save(q, path)
     with pytest.raises(mq.CheckpointError, match="0.hh_l0"):
         mq.load(path, model=nn.Sequential(nn.LSTM(8, 16)))
+
+
+def test_state_dict_paths_keep_attention_float_and_load_back(tmp_path):
+    import safetensors.torch
+
+    def build():
+        return nn.ModuleDict({"attn": nn.MultiheadAttention(16, 2), "lstm": nn.LSTM(16, 16), "fc": nn.Linear(16, 16)})
+
+    torch.manual_seed(11)
+    model = build()
+    result = mq.quantize(model.state_dict())
+    assert [(s.name, s.type) for s in result.skipped] == [("attn.out_proj", "NonDynamicallyQuantizableLinear")]
+    assert "quantize the model" in result.skipped[0].reason
+    assert [layer.name for layer in result.report.layers] == ["fc"]
+    src, dst = tmp_path / "float.safetensors", tmp_path / "q.safetensors"
+    safetensors.torch.save_file({k: v.contiguous() for k, v in model.state_dict().items()}, src)
+    report = mq.quantize_checkpoint(src, dst)
+    assert [s.name for s in report.skipped] == ["attn.out_proj"]
+    loaded = mq.load(dst, model=build())
+    x = torch.randn(3, 2, 16)
+    with torch.no_grad():
+        assert torch.equal(loaded["attn"](x, x, x)[0], model["attn"](x, x, x)[0])
+        assert torch.equal(loaded["lstm"](x)[0], model["lstm"](x)[0])
+    # with model=: the attention and the LSTM stay float, with a reason
+    qmodel, skipped = mq.quantize(model.state_dict(), model=build())
+    assert sorted(s.name for s in skipped) == ["attn", "attn.out_proj", "lstm"]
+    assert type(qmodel["lstm"]) is nn.LSTM
