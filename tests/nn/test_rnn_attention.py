@@ -97,12 +97,33 @@ def test_rnn_initial_states_and_unbatched(case):
             assert sqnr(r, o) > 30
 
 
+@pytest.mark.parametrize("case", ["lstm-proj", "gru-batchfirst-nobias", "lstm-bidir-batchfirst"])
+def test_rnn_packed_sequence_matches_float(case):
+    torch.manual_seed(12)
+    float_rnn = RNN_CASES[case]().eval()
+    q, _ = quantized(float_rnn, "int8", "dynamic")
+    lengths = torch.tensor([3, 6, 1, 6, 4])
+    x = torch.randn(5, 6, 24) if float_rnn.batch_first else torch.randn(6, 5, 24)
+    packed = pack_padded_sequence(x, lengths, batch_first=float_rnn.batch_first, enforce_sorted=False)
+    d = 2 if float_rnn.bidirectional else 1
+    h0 = torch.randn(float_rnn.num_layers * d, 5, float_rnn.proj_size or float_rnn.hidden_size)
+    hx = (h0, torch.randn(float_rnn.num_layers * d, 5, float_rnn.hidden_size)) if isinstance(float_rnn, nn.LSTM) \
+        else h0
+    with torch.no_grad():
+        for state in (None, hx):
+            ref, out = float_rnn(packed, state), q(packed, state)
+            assert type(out[0]) is type(ref[0])
+            assert torch.equal(out[0].batch_sizes, ref[0].batch_sizes)
+            assert torch.equal(out[0].sorted_indices, ref[0].sorted_indices)
+            check_same_structure(ref[0].data, out[0].data)
+            check_same_structure(ref[1], out[1])
+            for r, o in zip([ref[0].data, *flat(ref[1])], [out[0].data, *flat(out[1])]):
+                assert sqnr(r, o) > 25
+
+
 def test_rnn_bad_inputs_raise():
     q, _ = quantized(nn.LSTM(8, 16))
     x = torch.randn(4, 2, 8)
-    packed = pack_padded_sequence(x, torch.tensor([4, 3]))
-    with pytest.raises(NotImplementedError, match="pad_packed_sequence"):
-        q(packed)
     with pytest.raises(RuntimeError, match="input_size"):
         q(torch.randn(4, 2, 9))
     with pytest.raises(RuntimeError, match="hidden size"):

@@ -6,7 +6,7 @@ Each layer and direction keeps its input projection ``ih_l{k}[_reverse]`` (weigh
 bias ``b_hh``) as QuantizedLinear children (``proj_size``: also ``hr_l{k}[_reverse]``, no
 bias); the gates and the recurrence run in torch.  The input projection of a whole
 sequence is one matmul (``T*B`` rows: where int8 pays); the hidden projection runs once
-per step on ``B`` rows.
+per step on ``B`` rows.  A PackedSequence runs padded, each sequence's state held past its end.
 """
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from typing import List, Optional, Tuple
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.nn.utils.rnn import PackedSequence
+from torch.nn.utils.rnn import PackedSequence, pad_packed_sequence
 
 from .composite import ChildSpec, QuantizedComposite
 from .input_checks import check_float_input
@@ -77,10 +77,6 @@ class _QuantizedRNNBase(QuantizedComposite):
     # -- forward -------------------------------------------------------------------------------------
     def _inputs(self, x, hx):
         """``(x as [T, B, in], initial states as tuple of [L*D, B, size], batched)``; raises as nn.LSTM does."""
-        if isinstance(x, PackedSequence):
-            raise NotImplementedError(f"{type(self).__name__} takes padded tensors, not a PackedSequence: unpack it "
-                                      f"with torch.nn.utils.rnn.pad_packed_sequence first (the padded steps are then "
-                                      f"computed too), or exclude the layer from quantization")
         check_float_input(x, type(self).__name__)
         if x.dim() not in (2, 3):
             raise ValueError(f"{type(self).__name__}: Expected input to be 2D or 3D, got {x.dim()}D instead")
@@ -118,6 +114,14 @@ class _QuantizedRNNBase(QuantizedComposite):
         return tuple(out)
 
     def forward(self, x, hx=None):
+        packed, lengths = None, None
+        if isinstance(x, PackedSequence):
+            # padded (batch in the caller's order, as hx and the returned states are); each step
+            # updates only the sequences still running, so padding never enters a state
+            packed, (x, lengths) = x, pad_packed_sequence(x)
+            lengths = lengths.to(x.device)
+            check_float_input(x, type(self).__name__)
+            x = x.transpose(0, 1) if self.batch_first else x
         x, states, batched = self._inputs(x, hx)
         finals: List[List[torch.Tensor]] = [[] for _ in states]
         layer_input = x
@@ -126,7 +130,8 @@ class _QuantizedRNNBase(QuantizedComposite):
             for direction in range(self.num_directions):
                 index = layer * self.num_directions + direction
                 tail = f"l{layer}{'_reverse' if direction else ''}"
-                out, last = self._run_direction(layer_input, tail, tuple(s[index] for s in states), bool(direction))
+                out, last = self._run_direction(layer_input, tail, tuple(s[index] for s in states), bool(direction),
+                                                lengths)
                 outputs.append(out)
                 for kept, state in zip(finals, last):
                     kept.append(state)
@@ -135,15 +140,18 @@ class _QuantizedRNNBase(QuantizedComposite):
                 layer_input = F.dropout(layer_input, p=self.dropout, training=True)
         output = layer_input
         finals = [torch.stack(f) for f in finals]
-        if not batched:
+        if packed is not None:
+            output = _repack(output, packed)
+        elif not batched:
             output, finals = output.squeeze(1), [f.squeeze(1) for f in finals]
         elif self.batch_first:
             output = output.transpose(0, 1)
         return output, (tuple(finals) if self.has_cell else finals[0])
 
-    def _run_direction(self, x: torch.Tensor, tail: str, state, reverse: bool):
+    def _run_direction(self, x: torch.Tensor, tail: str, state, reverse: bool, lengths=None):
         """One layer in one direction over the whole sequence ``x`` ``[T, B, in]``:
-        ``(outputs [T, B, out], final states)``."""
+        ``(outputs [T, B, out], final states)``.  ``lengths`` (a PackedSequence's): a sequence
+        keeps its state past its end, so the reverse direction starts at its own last step."""
         steps, batch = x.shape[0], x.shape[1]
         # the input projection of every step at once: one matmul of T*B rows
         projected = getattr(self, f"ih_{tail}")(x.reshape(steps * batch, x.shape[2])).reshape(steps, batch, -1)
@@ -152,18 +160,31 @@ class _QuantizedRNNBase(QuantizedComposite):
         outputs: List[Optional[torch.Tensor]] = [None] * steps
         order = range(steps - 1, -1, -1) if reverse else range(steps)
         for t in order:
-            state = self._cell(projected[t], hidden(state[0]), state)
+            new = self._cell(projected[t], hidden(state[0]), state)
             if project is not None:
-                state = (project(state[0]),) + tuple(state[1:])
+                new = (project(new[0]),) + tuple(new[1:])
+            if lengths is not None:
+                running = (lengths > t).unsqueeze(1)
+                new = tuple(torch.where(running, n, old) for n, old in zip(new, state))
+            state = new
             outputs[t] = state[0]
         out = torch.stack(outputs) if steps else x.new_zeros(0, batch, self.output_size)
         return out, state
 
 
+def _repack(padded: torch.Tensor, like: PackedSequence) -> PackedSequence:
+    """``padded`` ``[T, B, ...]`` (batch in the caller's order) packed as ``like`` is."""
+    if like.sorted_indices is not None:
+        padded = padded.index_select(1, like.sorted_indices.to(padded.device))
+    sizes = like.batch_sizes.tolist()
+    data = torch.cat([padded[t, :size] for t, size in enumerate(sizes)]) if sizes else padded.reshape(0, *padded.shape[2:])
+    return PackedSequence(data, like.batch_sizes, like.sorted_indices, like.unsorted_indices)
+
+
 @register_qmodule(nn.LSTM)
 class QuantizedLSTM(_QuantizedRNNBase):
     """nn.LSTM with quantized input / hidden (/ projection) weights: same arguments,
-    outputs and states ``(output, (h_n, c_n))`` as nn.LSTM.  PackedSequence inputs raise."""
+    outputs and states ``(output, (h_n, c_n))`` as nn.LSTM, PackedSequence inputs included."""
 
     gates = 4
     has_cell = True
@@ -179,7 +200,7 @@ class QuantizedLSTM(_QuantizedRNNBase):
 @register_qmodule(nn.GRU)
 class QuantizedGRU(_QuantizedRNNBase):
     """nn.GRU with quantized input / hidden weights: same arguments, outputs and
-    state ``(output, h_n)`` as nn.GRU.  PackedSequence inputs raise."""
+    state ``(output, h_n)`` as nn.GRU, PackedSequence inputs included."""
 
     gates = 3
 
