@@ -24,6 +24,8 @@ from .packing import PACKED_BUFFERS, quantize_and_pack_int8
 from .qtypes import get_qtype
 from .report import LayerReport, Report, SkippedLayer, tensor_bytes, unique_tensor_bytes
 from .result import QuantizationResult
+from .composites import attention_out_proj_keys, children_of_composites, composite_skip_reason, quantize_composite
+from .modules.composite import is_composite
 from .layer_support import drop_tied_to_float, known_unsupported_reason, qmodule_for_selected, weight_to_quantize
 from .selection import selection_reason
 from .strictness import (check_patterns_match, layer_names_of_keys, refuse_quantized_model, refuse_quantized_state_dict,
@@ -187,6 +189,7 @@ def _quantize_module(model: nn.Module, cfg: QuantConfig, progress: bool, weights
         modules[id(m)] = m
     check_patterns_match(cfg, [n for names in names_of.values() for n in names], modules.values())
     targets, skipped = _select_targets(modules, names_of, cfg, weights)
+    skipped = children_of_composites(targets, skipped, lambda m: qmodule_for_selected(m, cfg))
     targets = drop_tied_to_float(targets, skipped, modules, names_of)
     layers = _LayerQuantizer(cfg, weights)
     for i, (name, m) in enumerate(targets):
@@ -230,6 +233,9 @@ def _skip_reason(m: nn.Module, names: List[str], cfg: QuantConfig, weights: Opti
     """Why a supported layer stays float (not selected, an embedding without embeddings=True,
     no data, too small), or None to quantize it."""
     reason = selection_reason(cfg, names, m)
+    qcls = qmodule_for_selected(m, cfg)
+    if reason is None and is_composite(qcls):  # several weights (LSTM, attention): their own checks
+        return composite_skip_reason(qcls, m, cfg, weights)
     if reason is None and type(m) is nn.Embedding:
         if not cfg.embeddings:
             reason = "embedding tables are quantized only with embeddings=True"
@@ -259,6 +265,9 @@ class _LayerQuantizer:
     def quantize(self, name: str, m: nn.Module, names: List[str]) -> Optional[SkippedLayer]:
         """Quantize layer ``m`` (known by ``names``); a SkippedLayer when its weight is non-finite
         and ``nonfinite="skip"``."""
+        qcls = qmodule_for_selected(m, self.cfg)
+        if is_composite(qcls):
+            return quantize_composite(self, name, m, names, qcls)
         weights = self.weights
         w = weights[_key(name, "weight")] if weights is not None else m.weight
         w = weight_to_quantize(m, w, qmodule_for_selected(m, self.cfg), self.weight_cache)  # e.g. Conv1D's [in, out]
@@ -405,9 +414,14 @@ def _quantize_state_dict(sd: Mapping, cfg: QuantConfig, progress: bool) -> Quant
     cache: dict = {}
     keys = list(sd.keys())
     check_patterns_match(cfg, layer_names_of_keys(keys))
+    keep_float = attention_out_proj_keys(keys)
     for i, key in enumerate(keys):
         if progress:
             print(f"[{i + 1}/{len(keys)}] {key}", file=sys.stderr, flush=True)
+        if key in keep_float:
+            out[key] = sd[key].detach().clone()
+            report.skipped.append(SkippedLayer(key[: -len(".weight")], *keep_float[key]))
+            continue
         tensors, layer, skip = quantize_state_dict_entry(key, sd[key], cfg, cache)
         out.update(tensors)
         if layer is not None:

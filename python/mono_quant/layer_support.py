@@ -8,6 +8,10 @@ their weights are oriented for quantization, and why others stay float.
   in, k]``: the weight is quantized in the orientation of the module that
   replaces it (``[out, in]``; ``[out, in, 1, k]``), so scales are per output
   feature as for nn.Linear / nn.Conv2d.
+- nn.LSTM, nn.GRU and nn.MultiheadAttention hold several weight matrices: each is
+  quantized as the Linear it is used as, inside QuantizedLSTM / QuantizedGRU /
+  QuantizedMultiheadAttention (:mod:`mono_quant.composites`); their submodules (MHA's
+  ``out_proj``) are quantized with them, not listed as skipped.
 - A Linear whose weight is tied to a layer left in float (GPT-2's ``lm_head``
   and ``wte`` without ``embeddings=True``) stays float with a warning: a
   quantized copy beside the float original would make the model larger.
@@ -73,18 +77,18 @@ def weight_to_quantize(module: nn.Module, weight: torch.Tensor, qcls, keep: dict
     return keep[key][0]
 
 
-_RNN_REASON = ("recurrent layers are not quantized (mono-quant has no quantized LSTM/GRU cell; torch.ao's "
-               "dynamic ones are deprecated): kept float")
+_RNN_REASON = ("nn.RNN (tanh / relu cells) and subclasses of nn.RNNBase are not quantized (nn.LSTM and nn.GRU "
+               "are, by QuantizedLSTM / QuantizedGRU): kept float")
 
 
 def known_unsupported_reason(module: nn.Module) -> Optional[str]:
     """Why a weight-bearing layer of a well-known type stays float, or None."""
     if isinstance(module, nn.modules.linear.NonDynamicallyQuantizableLinear):
-        return ("out_proj of nn.MultiheadAttention: F.multi_head_attention_forward reads its weight "
-                "directly, so a quantized module would not be called: kept float")
+        return ("out_proj of nn.MultiheadAttention: quantized only with its nn.MultiheadAttention as a whole "
+                "(its forward reads the weight directly), which stays float here: kept float")
     if isinstance(module, nn.MultiheadAttention):
-        return ("nn.MultiheadAttention: F.multi_head_attention_forward reads in_proj_weight directly "
-                "(no quantized path): kept float")
+        return (f"subclass {type(module).__name__} of nn.MultiheadAttention may have its own forward; only exact "
+                f"nn.MultiheadAttention is replaced (by QuantizedMultiheadAttention): kept float")
     if isinstance(module, nn.RNNBase):
         return _RNN_REASON
     return None

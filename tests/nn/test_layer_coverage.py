@@ -84,18 +84,21 @@ def test_linear_subclass_opted_in_by_type():
     assert [s.name for s in mq.quantize(model, include=[nn.Linear]).skipped] == ["0"]
 
 
-def test_multihead_attention_and_rnns_stay_float_with_reasons():
+def test_multihead_attention_and_rnns_not_included_stay_float_with_reasons():
     model = nn.Module()
     model.attn = nn.MultiheadAttention(16, 4)
-    model.lstm, model.gru = nn.LSTM(16, 16), nn.GRU(16, 16)
+    model.lstm, model.gru, model.rnn = nn.LSTM(16, 16), nn.GRU(16, 16), nn.RNN(16, 16)
     model.head = nn.Linear(16, 4)
     result = mq.quantize(model, include=[nn.modules.linear.NonDynamicallyQuantizableLinear, nn.Linear])
     reasons = {s.name: s.reason for s in result.skipped}
-    assert "in_proj_weight directly" in reasons["attn"] and "weight directly" in reasons["attn.out_proj"]
-    assert "recurrent" in reasons["lstm"] and "recurrent" in reasons["gru"]
+    assert "include" in reasons["attn"] and "as a whole" in reasons["attn.out_proj"]
+    assert "include" in reasons["lstm"] and "include" in reasons["gru"] and "nn.LSTM and nn.GRU" in reasons["rnn"]
     assert [layer.name for layer in result.report.layers] == ["head"]
     x = torch.randn(5, 2, 16)
     assert torch.equal(result.model.attn(x, x, x)[0], model.attn(x, x, x)[0])
+    # by default they are quantized as a whole (tests/nn/test_rnn_attention.py)
+    result = mq.quantize(model)
+    assert [s.name for s in result.skipped] == ["rnn"]
 
 
 def _tied_lm():

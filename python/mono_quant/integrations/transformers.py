@@ -30,11 +30,13 @@ from transformers.quantizers.auto import (AUTO_QUANTIZATION_CONFIG_MAPPING, AUTO
 from transformers.quantizers.base import HfQuantizer
 from transformers.utils.quantization_config import QuantizationConfigMixin
 
+from ..io.composites import expand_shells
 from ..io.errors import CheckpointError
 from ..io.layers import module_layer_entry, own_tensors
 from ..io.manifest import quantized_class
 from ..io.validate import check_layer
 from ..io.dtypes import dtype_from_name
+from ..modules.composite import QuantizedComposite
 from ..modules.registry import QuantizedModule
 
 __all__ = ["MonoQuantConfig", "MonoQuantHfQuantizer", "QUANT_METHOD"]
@@ -148,6 +150,8 @@ class MonoQuantHfQuantizer(HfQuantizer):
             return model
         _check_files(self.quantization_config.layers, kwargs.get("checkpoint_files") or [])
         modules = dict(model.named_modules(remove_duplicate=False))
+        for path, (_, shell) in expand_shells(modules, self.quantization_config.layers).items():
+            _set_module(model, path, shell)  # an LSTM / attention: its children are filled below
         for entry in self.quantization_config.layers:
             empty = _empty_quantized_module(entry)
             for name in [entry["name"]] + list(entry.get("aliases", [])):
@@ -183,6 +187,8 @@ class MonoQuantHfQuantizer(HfQuantizer):
             if isinstance(m, QuantizedModule):
                 names_of.setdefault(id(m), []).append(name)
         for name, m in result.model.named_modules(remove_duplicate=False):
+            if isinstance(m, QuantizedComposite):
+                _set_module(model, name, m)  # an LSTM / attention; its children are recorded below
             if isinstance(m, QuantizedModule):
                 _set_module(model, name, m)
                 if id(m) not in seen:

@@ -18,6 +18,7 @@ from typing import Dict, List, Optional
 import torch
 
 from ..config import DEFAULT, QuantConfig, resolve_options
+from ..composites import attention_out_proj_keys
 from ..entries import packs_straight_to_int8, quantize_state_dict_entry, state_dict_entry_plan
 from ..errors import CheckpointError, ConfigError
 from ..formats import get_format
@@ -107,7 +108,9 @@ def quantize_checkpoint(src, dst, dtype=None, *, symmetric: Optional[bool] = Non
         if reader.is_mono_quant():
             raise CheckpointError(f"{src} is already a mono-quant file; quantize the float checkpoint instead")
         check_patterns_match(cfg, layer_names_of_keys(reader.keys()))
-        report = _write(reader, src, dst, cfg, overwrite, progress, measure_error, hf_checkpoint_plan(src))
+        hf_plan = hf_checkpoint_plan(src)
+        hf_plan.keep_float.update(attention_out_proj_keys(reader.keys()))  # as quantize(state_dict) does
+        report = _write(reader, src, dst, cfg, overwrite, progress, measure_error, hf_plan)
     return QuantizationResult(None, report.skipped, report, cfg, path=Path(dst))
 
 

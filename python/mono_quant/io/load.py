@@ -13,6 +13,7 @@ from torch import nn
 
 from ..formats import get_format
 from ..modules import QuantizedLinear
+from ..modules.composite import is_composite
 from ..modules.registry import qmodule_for
 from .container import read_header
 from .errors import CheckpointError
@@ -20,6 +21,7 @@ from .skeleton import materialize_non_persistent_buffers
 from .manifest import check_against_header, layer_key, parse_manifest, quantized_class
 from .rebuild import (check_weight_shape, dequantize_layer, is_uninitialized, packed_int8_layer, packed_linear,
                       rebuild_saved, stored_weight)
+from .composites import expand_shells, finish_shells
 from .validate import check_layer
 
 __all__ = ["load", "QuantizedStateDict", "dequantize_layer"]
@@ -200,6 +202,8 @@ class QuantizedStateDict(Mapping):
                             f"got {type(model).__name__}")
         where = f"{self.path}: " if self.path else ""
         modules = dict(model.named_modules(remove_duplicate=False))
+        # an LSTM / attention saved as its quantized children: their placeholders join `modules`
+        shells = expand_shells(modules, self.layers) if self.kind == "model" else {}
         memo: Dict[int, Any] = {}
         consumed = set()
         replaced_paths: List[str] = []
@@ -224,6 +228,7 @@ class QuantizedStateDict(Mapping):
                 consumed.update(layer_key(name, local) for local in layer["tensors"])
             consumed.update(also_consumed)
             replaced_paths.extend(names)
+        finish_shells(shells, memo, replaced_paths, problems)
         if problems:
             raise CheckpointError(f"{where}the model does not match the checkpoint: " + "; ".join(problems[:10]))
         self._map_remaining(model, modules, memo, consumed, replaced_paths, where)
@@ -250,6 +255,9 @@ class QuantizedStateDict(Mapping):
         name = layer["name"] or "<root>"
         own = self.layer_tensors(layer)
         cls = qmodule_for(float_module)
+        if is_composite(cls):  # an LSTM / attention is saved by save(quantized model), as its children
+            raise CheckpointError(f"layer {name!r} is a {type(float_module).__name__} in the model, whose weights "
+                                  f"a state_dict file does not hold as one layer")
         if cls is not None and layer.get("type") not in (None, type(float_module).__name__):
             # e.g. a 2-D weight quantized as a Linear's, but the model has an Embedding there
             raise CheckpointError(f"layer {name!r} is quantized in the checkpoint as a {layer['type']} but is a "

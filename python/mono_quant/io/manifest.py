@@ -30,6 +30,7 @@ from typing import Any, Dict, List, Mapping, Optional, Type
 
 import torch
 
+from ..modules.composite import is_composite
 from ..modules.registry import QMODULES, QMODULES_BY_NAME
 from ..version import __version__
 from .container import SafetensorsHeader
@@ -77,7 +78,8 @@ def dump_manifest(manifest: Mapping[str, Any]) -> Dict[str, str]:
 
 def quantized_class(name: str) -> Type:
     """The registered quantized module class called ``name`` (never an arbitrary import)."""
-    by_name = {cls.__name__: cls for cls in [*QMODULES.values(), *QMODULES_BY_NAME.values()]}
+    # a composite (LSTM, attention) is saved as its children's layers, never as a layer itself
+    by_name = {cls.__name__: cls for cls in [*QMODULES.values(), *QMODULES_BY_NAME.values()] if not is_composite(cls)}
     if name not in by_name:
         raise CheckpointError(f"unknown quantized module class {name!r} (this mono-quant knows "
                               f"{', '.join(sorted(by_name))}; written by a newer version?)")

@@ -17,6 +17,7 @@ import torch
 
 from ..formats import ACTIVATION_MODES, ALLOWED_LAYER_TENSORS, FORMATS, BadLayer, WeightFormat
 from ..formats.checks import is_int, need, spec
+from ..modules.composite import is_composite
 from ..modules.registry import QMODULES, QMODULES_BY_NAME
 from .errors import CheckpointError
 from .manifest import quantized_class
@@ -61,7 +62,8 @@ def _check_common_fields(layer: Mapping[str, Any]) -> WeightFormat:
 
 
 def _check_state_dict_fields(layer: Mapping[str, Any], fmt: WeightFormat) -> bool:
-    types = sorted([t.__name__ for t in QMODULES] + [n.rsplit(".", 1)[-1] for n in QMODULES_BY_NAME])
+    types = sorted([t.__name__ for t, c in QMODULES.items() if not is_composite(c)]
+                   + [n.rsplit(".", 1)[-1] for n in QMODULES_BY_NAME])
     need(layer.get("type") is None or layer.get("type") in types,
           f"type {layer.get('type')!r} is not one of {types}")
     fmt.check_group_size(layer.get("group_size"), saved_attr=False)

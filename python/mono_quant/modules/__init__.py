@@ -4,8 +4,11 @@ from .conv1d import QuantizedConv1d
 from .embedding import QuantizedEmbedding
 from .gpt2_conv1d import QuantizedGPT2Conv1D
 from .linear import QuantizedLinear
+from .attention import QuantizedMultiheadAttention
+from .composite import QuantizedComposite
+from .rnn import QuantizedGRU, QuantizedLSTM
 from .registry import QMODULES, QuantizedModule, qmodule_for, register_qmodule
 
 __all__ = ["QuantizedModule", "QuantizedLinear", "QuantizedConv2d", "QuantizedEmbedding", "register_qmodule", "qmodule_for", "QMODULES"]
 __all__ += ["QuantizedConv1d", "QuantizedGPT2Conv1D"]
-
+__all__ += ["QuantizedComposite", "QuantizedLSTM", "QuantizedGRU", "QuantizedMultiheadAttention"]

@@ -1,0 +1,215 @@
+"""QuantizedLSTM and QuantizedGRU: replace nn.LSTM / nn.GRU, as torch.ao's dynamic
+quantized LSTM / GRU did.
+
+Each layer and direction keeps its input projection ``ih_l{k}[_reverse]`` (weight
+``[G*H, input]``, bias ``b_ih``) and its hidden projection ``hh_l{k}[_reverse]`` (``[G*H, H]``,
+bias ``b_hh``) as QuantizedLinear children (``proj_size``: also ``hr_l{k}[_reverse]``, no
+bias); the gates and the recurrence run in torch.  The input projection of a whole
+sequence is one matmul (``T*B`` rows: where int8 pays); the hidden projection runs once
+per step on ``B`` rows.  A PackedSequence runs padded, each sequence's state held past its end.
+"""
+from __future__ import annotations
+
+from typing import List, Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.nn.utils.rnn import PackedSequence, pad_packed_sequence
+
+from .composite import ChildSpec, QuantizedComposite
+from .input_checks import check_float_input
+from .registry import register_qmodule
+
+__all__ = ["QuantizedLSTM", "QuantizedGRU"]
+
+
+class _QuantizedRNNBase(QuantizedComposite):
+    """What QuantizedLSTM and QuantizedGRU share: configuration, children, shapes, layers."""
+
+    gates = 1
+    has_cell = False
+
+    def _configure(self, module: nn.RNNBase) -> None:
+        self.input_size = module.input_size
+        self.hidden_size = module.hidden_size
+        self.num_layers = module.num_layers
+        self.bias = module.bias
+        self.batch_first = module.batch_first
+        self.dropout = float(module.dropout)
+        self.bidirectional = module.bidirectional
+        self.proj_size = getattr(module, "proj_size", 0)
+
+    @classmethod
+    def child_specs(cls, module: nn.RNNBase) -> List[ChildSpec]:
+        specs = []
+        for layer in range(module.num_layers):
+            for suffix in ("", "_reverse")[: 2 if module.bidirectional else 1]:
+                tail = f"l{layer}{suffix}"
+                for part in ("ih", "hh"):
+                    bias = getattr(module, f"bias_{part}_{tail}") if module.bias else None
+                    specs.append((f"{part}_{tail}", getattr(module, f"weight_{part}_{tail}"), bias))
+                if getattr(module, "proj_size", 0) > 0:
+                    specs.append((f"hr_{tail}", getattr(module, f"weight_hr_{tail}"), None))
+        return specs
+
+    @property
+    def num_directions(self) -> int:
+        return 2 if self.bidirectional else 1
+
+    @property
+    def output_size(self) -> int:
+        return self.proj_size if self.proj_size > 0 else self.hidden_size
+
+    def extra_repr(self) -> str:
+        s = f"{self.input_size}, {self.hidden_size}, num_layers={self.num_layers}"
+        if self.proj_size:
+            s += f", proj_size={self.proj_size}"
+        for flag in ("batch_first", "bidirectional"):
+            if getattr(self, flag):
+                s += f", {flag}=True"
+        if not self.bias:
+            s += ", bias=False"
+        if self.dropout:
+            s += f", dropout={self.dropout}"
+        return s
+
+    # -- forward -------------------------------------------------------------------------------------
+    def _inputs(self, x, hx):
+        """``(x as [T, B, in], initial states as tuple of [L*D, B, size], batched)``; raises as nn.LSTM does."""
+        check_float_input(x, type(self).__name__)
+        if x.dim() not in (2, 3):
+            raise ValueError(f"{type(self).__name__}: Expected input to be 2D or 3D, got {x.dim()}D instead")
+        batched = x.dim() == 3
+        if x.shape[-1] != self.input_size:
+            raise RuntimeError(f"input.size(-1) must be equal to input_size. Expected {self.input_size}, "
+                               f"got {x.shape[-1]}")
+        if not batched:
+            x = x.unsqueeze(1)
+        elif self.batch_first:
+            x = x.transpose(0, 1)
+        batch = x.shape[1]
+        sizes = [self.output_size, self.hidden_size] if self.has_cell else [self.hidden_size]
+        states = self._initial_states(hx, batch, batched, sizes, x)
+        return x, states, batched
+
+    def _initial_states(self, hx, batch: int, batched: bool, sizes, x) -> Tuple[torch.Tensor, ...]:
+        count = self.num_layers * self.num_directions
+        if hx is None:
+            return tuple(torch.zeros(count, batch, s, dtype=x.dtype, device=x.device) for s in sizes)
+        given = tuple(hx) if self.has_cell else (hx,)
+        if self.has_cell and len(given) != 2:
+            raise RuntimeError(f"{type(self).__name__}: hx must be a tuple (h_0, c_0)")
+        out = []
+        for state, size in zip(given, sizes):
+            if not isinstance(state, torch.Tensor):
+                raise TypeError(f"{type(self).__name__}: initial states must be tensors, got {type(state).__name__}")
+            if state.dim() != (3 if batched else 2):
+                raise RuntimeError(f"For {'batched 3-D' if batched else 'unbatched 2-D'} input, hx should also be "
+                                   f"{3 if batched else 2}-D but got {state.dim()}-D tensor")
+            state = state if batched else state.unsqueeze(1)
+            if tuple(state.shape) != (count, batch, size):
+                raise RuntimeError(f"Expected hidden size {(count, batch, size)}, got {list(state.shape)}")
+            out.append(state.to(x.dtype))
+        return tuple(out)
+
+    def forward(self, x, hx=None):
+        packed, lengths = None, None
+        if isinstance(x, PackedSequence):
+            # padded (batch in the caller's order, as hx and the returned states are); each step
+            # updates only the sequences still running, so padding never enters a state
+            packed, (x, lengths) = x, pad_packed_sequence(x)
+            lengths = lengths.to(x.device)
+            check_float_input(x, type(self).__name__)
+            x = x.transpose(0, 1) if self.batch_first else x
+        x, states, batched = self._inputs(x, hx)
+        finals: List[List[torch.Tensor]] = [[] for _ in states]
+        layer_input = x
+        for layer in range(self.num_layers):
+            outputs = []
+            for direction in range(self.num_directions):
+                index = layer * self.num_directions + direction
+                tail = f"l{layer}{'_reverse' if direction else ''}"
+                out, last = self._run_direction(layer_input, tail, tuple(s[index] for s in states), bool(direction),
+                                                lengths)
+                outputs.append(out)
+                for kept, state in zip(finals, last):
+                    kept.append(state)
+            layer_input = outputs[0] if len(outputs) == 1 else torch.cat(outputs, dim=2)
+            if self.dropout and self.training and layer < self.num_layers - 1:
+                layer_input = F.dropout(layer_input, p=self.dropout, training=True)
+        output = layer_input
+        finals = [torch.stack(f) for f in finals]
+        if packed is not None:
+            output = _repack(output, packed)
+        elif not batched:
+            output, finals = output.squeeze(1), [f.squeeze(1) for f in finals]
+        elif self.batch_first:
+            output = output.transpose(0, 1)
+        return output, (tuple(finals) if self.has_cell else finals[0])
+
+    def _run_direction(self, x: torch.Tensor, tail: str, state, reverse: bool, lengths=None):
+        """One layer in one direction over the whole sequence ``x`` ``[T, B, in]``:
+        ``(outputs [T, B, out], final states)``.  ``lengths`` (a PackedSequence's): a sequence
+        keeps its state past its end, so the reverse direction starts at its own last step."""
+        steps, batch = x.shape[0], x.shape[1]
+        # the input projection of every step at once: one matmul of T*B rows
+        projected = getattr(self, f"ih_{tail}")(x.reshape(steps * batch, x.shape[2])).reshape(steps, batch, -1)
+        hidden = getattr(self, f"hh_{tail}")
+        project = getattr(self, f"hr_{tail}") if self.proj_size else None
+        outputs: List[Optional[torch.Tensor]] = [None] * steps
+        order = range(steps - 1, -1, -1) if reverse else range(steps)
+        for t in order:
+            new = self._cell(projected[t], hidden(state[0]), state)
+            if project is not None:
+                new = (project(new[0]),) + tuple(new[1:])
+            if lengths is not None:
+                running = (lengths > t).unsqueeze(1)
+                new = tuple(torch.where(running, n, old) for n, old in zip(new, state))
+            state = new
+            outputs[t] = state[0]
+        out = torch.stack(outputs) if steps else x.new_zeros(0, batch, self.output_size)
+        return out, state
+
+
+def _repack(padded: torch.Tensor, like: PackedSequence) -> PackedSequence:
+    """``padded`` ``[T, B, ...]`` (batch in the caller's order) packed as ``like`` is."""
+    if like.sorted_indices is not None:
+        padded = padded.index_select(1, like.sorted_indices.to(padded.device))
+    sizes = like.batch_sizes.tolist()
+    data = torch.cat([padded[t, :size] for t, size in enumerate(sizes)]) if sizes else padded.reshape(0, *padded.shape[2:])
+    return PackedSequence(data, like.batch_sizes, like.sorted_indices, like.unsorted_indices)
+
+
+@register_qmodule(nn.LSTM)
+class QuantizedLSTM(_QuantizedRNNBase):
+    """nn.LSTM with quantized input / hidden (/ projection) weights: same arguments,
+    outputs and states ``(output, (h_n, c_n))`` as nn.LSTM, PackedSequence inputs included."""
+
+    gates = 4
+    has_cell = True
+
+    @staticmethod
+    def _cell(gi: torch.Tensor, gh: torch.Tensor, state):
+        c = state[1]
+        i, f, g, o = (gi + gh).chunk(4, dim=1)
+        c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+        return torch.sigmoid(o) * torch.tanh(c), c
+
+
+@register_qmodule(nn.GRU)
+class QuantizedGRU(_QuantizedRNNBase):
+    """nn.GRU with quantized input / hidden weights: same arguments, outputs and
+    state ``(output, h_n)`` as nn.GRU, PackedSequence inputs included."""
+
+    gates = 3
+
+    @staticmethod
+    def _cell(gi: torch.Tensor, gh: torch.Tensor, state):
+        h = state[0]
+        i_r, i_z, i_n = gi.chunk(3, dim=1)
+        h_r, h_z, h_n = gh.chunk(3, dim=1)
+        r = torch.sigmoid(i_r + h_r)
+        z = torch.sigmoid(i_z + h_z)
+        n = torch.tanh(i_n + r * h_n)
+        return ((1 - z) * n + z * h,)
