@@ -9,12 +9,14 @@ PIP := $(PY) -m pip --disable-pip-version-check -q
 
 .PHONY: install demo test test-isa docs bench clean wheel wheel-test aarch64-test sanitize sanitize-ci sanitize-install
 
+# Hugging Face, PEFT and ONNX tests (none of them pulls another torch than the pinned one)
+TEST_DEPS := "transformers==5.24.0" "peft==0.21.2" "onnx==1.23.2" "onnxruntime==1.32.0" "onnxscript==0.7.2"
+
 $(VENV)/.deps: Makefile  # a new dependency here reaches existing venvs too
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install torch==2.13.0
 	$(PIP) install "numpy>=1.23" "scikit-build-core>=0.11" "safetensors>=0.4" pytest hypothesis
-	$(PIP) install "transformers==5.24.0" "peft==0.21.2"  # Hugging Face tests; both accept torch 2.13.0 as installed
-	$(PIP) install onnx==1.23.2 onnxruntime==1.32.0 onnxscript==0.7.2  # export_onnx tests (none needs torch)
+	$(PIP) install $(TEST_DEPS)
 	touch $@
 
 install: $(VENV)/.deps
@@ -77,7 +79,7 @@ wheel-test: wheel
 	$(PYTHON) -m venv $(WHEEL_TEST)/venv
 	$(WHEEL_TEST)/venv/bin/python -m pip --disable-pip-version-check -q install torch==2.13.0
 	$(WHEEL_TEST)/venv/bin/python -m pip --disable-pip-version-check -q install dist/*.whl pytest hypothesis \
-		"transformers==5.24.0" "peft==0.21.2"
+		$(TEST_DEPS)
 	cp -r tests docs tools examples benchmarks $(WHEEL_TEST)/  # what the tests read beside the package
 	printf '[pytest]\n' > $(WHEEL_TEST)/pytest.ini  # rootdir here, not the source tree
 	cd $(WHEEL_TEST) && venv/bin/python ../../tools/check_installed.py
