@@ -133,10 +133,15 @@ def test_adapter_trained_on_quantized_base_merges_on_the_float_model(tmp_path):
 
 def test_merge_is_refused_and_leaves_the_model_working():
     qmodel = _quantized("int4")
-    model = get_peft_model(qmodel, lora_config(target_modules=TARGETS, r=4, init_lora_weights=False))
     x, _ = _task()
     with torch.no_grad():
+        base = qmodel(x)
+    model = get_peft_model(qmodel, lora_config(target_modules=TARGETS, r=4, init_lora_weights=False))
+    with torch.no_grad():
         expected = model(x)
+        assert not torch.equal(expected, base)  # a non-zero adapter: merging would matter
+        with model.disable_adapter():
+            assert torch.equal(model(x), base)
     with pytest.raises(LoraMergeError, match="merge_and_unload"):
         model.merge_and_unload()
     with pytest.raises(NotImplementedError, match="float model"):
