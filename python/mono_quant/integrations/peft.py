@@ -1,0 +1,122 @@
+"""LoRA adapters (Hugging Face PEFT) on mono-quant's quantized Linear layers.
+
+    from mono_quant.integrations.peft import get_peft_model, lora_config
+    qmodel, _ = mq.quantize(model, dtype="int4")
+    peft_model = get_peft_model(qmodel, lora_config(r=8, target_modules=["q_proj", "v_proj"]))
+    ...train...                                    # only the adapters train; the quantized base is frozen
+    peft_model.save_pretrained("adapter")          # the adapter only, loadable on the float model too
+    again = from_pretrained(qmodel2, "adapter")    # the adapter back onto a quantized base
+
+PEFT only wraps the layer types it knows (``nn.Linear``, GPT-2 ``Conv1D``, ...):
+on a quantized model ``peft.get_peft_model`` raises "Target module
+QuantizedLinear(...) is not supported".  Its documented hook for other layer
+types is ``LoraConfig._register_custom_module`` (PEFT's "custom models" guide;
+PEFT marks it experimental); :func:`register` puts :class:`QuantizedLoraLinear`
+there for :class:`~mono_quant.modules.QuantizedLinear` and its subclasses
+(GPT-2's :class:`~mono_quant.modules.QuantizedGPT2Conv1D`, int8 dynamic /
+weight-only, int4, fp16, bf16 alike).  The registration lives on the config
+object and is not saved with it, so loading an adapter onto a quantized model
+goes through :func:`from_pretrained` (or ``PeftModel.from_pretrained(...,
+config=register(config))``).
+
+The LoRA layer computes ``base(x) + B(A(dropout(x))) * scaling`` with the
+quantized layer as ``base``: a fresh adapter (B is zero) gives the quantized
+model's outputs exactly, and gradients reach A and B through the quantized
+layers' backward (``grad_x = grad_y @ W``, weights frozen).  Merging is
+refused with :class:`LoraMergeError`: adding a low-rank update to a quantized
+weight means requantizing it, which would round most of the update away (and
+could never be unmerged).  Merge on the float model instead:
+``PeftModel.from_pretrained(float_model, "adapter").merge_and_unload()``, then
+``mq.quantize`` it again.  LoRA variants (DoRA, ...) and PEFT's other adapter
+types (IA3, LoHa, ...) are not supported on quantized layers.
+
+Importing this module imports ``peft`` (``pip install peft``); ``mono_quant``
+itself never does.
+"""
+from __future__ import annotations
+
+from typing import Any, Optional
+
+import peft
+from peft import LoraConfig, PeftConfig, PeftModel
+from peft.tuners.lora.layer import Linear as _PeftLoraLinear
+
+from ..errors import MonoQuantError
+from ..modules.linear import QuantizedLinear
+
+__all__ = ["QuantizedLoraLinear", "LoraMergeError", "register", "lora_config", "get_peft_model", "from_pretrained"]
+
+
+class LoraMergeError(MonoQuantError, NotImplementedError):
+    """``merge()`` / ``merge_and_unload()`` asked of a LoRA adapter on a quantized layer.
+    What to do: keep the adapter unmerged, or merge on the float model and quantize again."""
+
+
+class QuantizedLoraLinear(_PeftLoraLinear):
+    """PEFT's LoRA ``Linear`` over a :class:`~mono_quant.modules.QuantizedLinear`
+    (or a subclass): the forward, adapters, scaling, dropout, ``lora_bias``,
+    saving and loading are PEFT's own; this class gives PEFT the layer's
+    sizes, keeps to vanilla LoRA and refuses to merge (see the module docstring).
+    Built by PEFT once :func:`register` put it in a ``LoraConfig``.
+    """
+
+    def __init__(self, base_layer, adapter_name: str, config: LoraConfig, **kwargs: Any) -> None:
+        super().__init__(base_layer, adapter_name, config=config, **kwargs)
+        # the quantized layer's .weight is [out, in] (GPT-2 Conv1D included: it is stored as the Linear it is),
+        # so a delta weight needs no transpose whatever the config says for the float model
+        self.fan_in_fan_out = False
+
+    def _get_in_out_features(self, module):
+        return module.in_features, module.out_features
+
+    @property
+    def lora_variants(self):
+        return {(): None}
+
+    def resolve_lora_variant(self, *, config: LoraConfig, **kwargs):
+        try:
+            return super().resolve_lora_variant(config=config, **kwargs)
+        except ValueError as exc:
+            raise ValueError(f"mono-quant: only vanilla LoRA runs on quantized layers ({exc}); "
+                             "turn the variant off (use_dora=False, ...) or apply it to the float model") from exc
+
+    def merge(self, safe_merge: bool = False, adapter_names: Optional[list] = None) -> None:
+        raise LoraMergeError(
+            f"mono-quant: cannot merge a LoRA adapter into a quantized layer ({self.get_base_layer()!r}): "
+            "requantizing the merged weight would round most of the adapter's update away. Keep the adapter "
+            "unmerged (the model runs base + adapter), or merge on the float model: "
+            "PeftModel.from_pretrained(float_model, adapter_dir).merge_and_unload(), then mono_quant.quantize() it.")
+
+    def __repr__(self) -> str:
+        return super().__repr__().replace("lora.Linear", "lora.QuantizedLoraLinear", 1)
+
+
+def register(config: LoraConfig) -> LoraConfig:
+    """Registers :class:`QuantizedLoraLinear` for quantized Linear layers in
+    ``config`` (PEFT's ``_register_custom_module``) and returns the config.
+    Idempotent; layers that are not quantized keep PEFT's own LoRA layers."""
+    if not isinstance(config, LoraConfig):
+        raise TypeError(f"mono-quant: only LoRA adapters run on quantized layers; got a {type(config).__name__}. "
+                        "Use peft.LoraConfig, or apply this adapter type to the float model.")
+    config._register_custom_module({QuantizedLinear: QuantizedLoraLinear})
+    return config
+
+
+def lora_config(**kwargs: Any) -> LoraConfig:
+    """``peft.LoraConfig(**kwargs)`` with the quantized layers registered."""
+    return register(LoraConfig(**kwargs))
+
+
+def get_peft_model(model, config: LoraConfig, **kwargs: Any):
+    """``peft.get_peft_model(model, config, **kwargs)`` after :func:`register` (config)."""
+    return peft.get_peft_model(model, register(config), **kwargs)
+
+
+def from_pretrained(model, model_id, config: Optional[LoraConfig] = None, **kwargs: Any) -> PeftModel:
+    """``peft.PeftModel.from_pretrained(model, model_id, **kwargs)`` on a quantized
+    ``model``: the adapter's saved config (or ``config``) gets the quantized
+    layers registered first, which a config read from disk does not carry."""
+    if config is None:
+        config = PeftConfig.from_pretrained(model_id, **{k: kwargs[k] for k in ("subfolder", "revision")
+                                                         if k in kwargs})
+    return PeftModel.from_pretrained(model, model_id, config=register(config), **kwargs)
