@@ -28,6 +28,7 @@ from .composites import attention_out_proj_keys, children_of_composites, composi
 from .modules.composite import is_composite
 from .layer_support import drop_tied_to_float, known_unsupported_reason, qmodule_for_selected, weight_to_quantize
 from .selection import selection_reason
+from .static import quantize_static
 from .strictness import (check_patterns_match, layer_names_of_keys, refuse_quantized_model, refuse_quantized_state_dict,
                          warn_if_larger, warn_if_nothing_quantized)
 from .tensor import QuantizedWeight, sqnr_db
@@ -131,7 +132,6 @@ def quantize(
                           exclude=exclude, min_weight_numel=min_weight_numel, nonfinite=nonfinite,
                           activations=activations, group_size=group_size, method=method, embeddings=embeddings)
     if cfg.activations == "static" or calibration is not None or observer is not None or calibration_samples:
-        from .static import quantize_static  # static int8 (issue 12)
         return quantize_static(model_or_state_dict, cfg, calibration, observer, calibration_samples, progress)
     if isinstance(model_or_state_dict, nn.Module):
         if model is not None:

@@ -20,7 +20,7 @@ from .kernels.layout import (INT8_K_GROUP, INT8_PANEL_ROWS, PACKED_LAYOUT_VERSIO
 from .tensor import QuantizedWeight
 
 __all__ = ["PACKED_LAYOUT_VERSION", "PACKED_BUFFERS", "pack_int8_linear", "quantize_and_pack_int8",
-           "packed_sizes", "unpack_int8_linear", "unpack_int8_rows", "check_packed_int8", "check_packed_module",
+           "packed_sizes", "unpack_int8_linear", "unpack_int8_rows", "check_packed_int8", "check_packed_module", "check_packed_groups",
            "can_pack", "packed_info"]
 
 # buffer names, beside weight_qdata / weight_scale / weight_zero_point
@@ -170,16 +170,23 @@ def check_packed_module(module) -> Optional[str]:
         t = getattr(module, name, None)
         if t is not None and t.numel() not in allowed:
             return f"{name} has {t.numel()} entries for {n} output channels"
+    return check_packed_groups(module.weight_packed, module.weight_colsum, n, k, groups, info["has_m128"])
+
+
+def check_packed_groups(packed: torch.Tensor, colsum: torch.Tensor, n: int, k: int, groups: int,
+                        has_m128: bool) -> Optional[str]:
+    """Why the packed buffers of an [n, k] weight in ``groups`` groups (sizes already checked)
+    are not what packing makes (nonzero padding, column sums, the -128 flag), or None."""
     out_g = n // groups
     size_g, np_g = packed_sizes(out_g, k)
     any_m128 = False
     for g in range(groups):
-        problem, has_m128 = _check_group(module.weight_packed[g * size_g:(g + 1) * size_g],
-                                         module.weight_colsum[g * np_g:(g + 1) * np_g], out_g, k)
+        problem, group_m128 = _check_group(packed[g * size_g:(g + 1) * size_g], colsum[g * np_g:(g + 1) * np_g],
+                                           out_g, k)
         if problem is not None:
             return problem
-        any_m128 |= has_m128
-    if any_m128 != info["has_m128"]:
+        any_m128 |= group_m128
+    if any_m128 != bool(has_m128):
         return "weight_packed_info's -128 flag does not match the packed weight"
     return None
 

@@ -28,8 +28,11 @@ from typing import Any, Dict, Iterable, List, Optional, Tuple, Union
 
 import numpy as np
 import torch
+from safetensors import safe_open
+from safetensors.numpy import save_file
 from torch import nn
 
+from ..io.untrusted_json import loads_bounded
 from .histogram import DEFAULT_BINS
 from .ranges import entropy_range, mse_range, percentile_range, qparams_for_range, quant_range
 from .stats import EMA_CONSTANT, ActivationStats
@@ -305,8 +308,6 @@ class Calibrator:
     # ---- persistence -------------------------------------------------------------------------
     def save(self, path: Union[str, Path]) -> None:
         """Statistics to a safetensors file (arrays) with a JSON header entry (scalars); no pickle."""
-        from safetensors.numpy import save_file
-
         arrays, points = {}, {}
         for point, s in self.stats.items():
             a, meta = s.to_arrays_and_meta()
@@ -321,8 +322,6 @@ class Calibrator:
     def load(cls, path: Union[str, Path], model: nn.Module) -> "Calibrator":
         """A Calibrator for ``model`` holding the statistics saved at ``path`` (validated:
         ValueError names what is wrong).  More data can be fed on top."""
-        from safetensors import safe_open
-
         try:
             with safe_open(str(path), framework="numpy") as f:
                 meta = f.metadata() or {}
@@ -330,7 +329,7 @@ class Calibrator:
         except Exception as e:  # noqa: BLE001 - safetensors raises several types for a bad file
             raise ValueError(f"{path}: not a readable safetensors file ({e})") from e
         try:
-            header = json.loads(meta[_META_KEY])
+            header = loads_bounded(meta[_META_KEY])
             if header.get("format") != _FORMAT:
                 raise ValueError(f"format {header.get('format')!r}, expected {_FORMAT!r}")
             cal = cls(model, bins=header["bins"], per_channel=bool(header["per_channel"]))

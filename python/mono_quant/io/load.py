@@ -17,6 +17,7 @@ from ..modules.composite import is_composite
 from ..modules.registry import qmodule_for
 from .container import read_header
 from .errors import CheckpointError
+from .file_kinds import kind_for_file
 from .skeleton import materialize_non_persistent_buffers
 from .manifest import check_against_header, layer_key, parse_manifest, quantized_class
 from .rebuild import (check_weight_shape, dequantize_layer, is_uninitialized, packed_int8_layer, packed_linear,
@@ -56,9 +57,9 @@ def load(path, model: Optional[nn.Module] = None):
         ...     skeleton = MyModel()
         >>> qmodel = mq.load("model-int8.safetensors", model=skeleton)
     """
-    from ..static.persist import is_static_file, load_static  # static int8 models (issue 12)
-    if is_static_file(path):
-        return load_static(path)
+    other = kind_for_file(path)  # e.g. a static int8 model (static/persist.py)
+    if other is not None:
+        return other.load(path)
     qsd = _read(path)
     return qsd if model is None else qsd.load_into(model)
 

@@ -15,6 +15,7 @@ from ..result import QuantizationResult
 from .atomic import atomic_output
 from .layers import guess_orig_dtype, module_layer_entry, state_dict_layer_entry
 from .manifest import dump_manifest, new_manifest
+from .file_kinds import kind_for_object
 
 __all__ = ["save", "dedupe_tensors"]
 
@@ -48,9 +49,9 @@ def save(model_or_result, path, *, overwrite: bool = False) -> Path:
         >>> result = mq.quantize(model, dtype="int8")
         >>> mq.save(result, "model-int8.safetensors")
     """
-    from ..static.persist import save_static, saves_as_static  # static int8 models (issue 12)
-    if saves_as_static(model_or_result):
-        return save_static(getattr(model_or_result, "model", model_or_result), path, overwrite)
+    other = kind_for_object(model_or_result)  # e.g. a static int8 model (static/persist.py)
+    if other is not None:
+        return other.save(model_or_result, path, overwrite)
     if isinstance(model_or_result, QuantizationResult):
         result = model_or_result
         if result.model is not None:

@@ -14,6 +14,7 @@ import json
 import math
 import operator
 import os
+import stat
 from pathlib import Path
 from typing import Any, Dict, List
 
@@ -21,7 +22,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from safetensors import safe_open
+from safetensors.torch import save_file
+
 from ..errors import CheckpointError
+from ..io.atomic import atomic_output
+from ..io.file_kinds import FileKind, register_file_kind
+from ..io.untrusted_json import loads_bounded
+from ..kernels.layout import PACKED_LAYOUT_VERSION
+from ..packing import check_packed_groups, packed_sizes
 from .capture import ValueRef
 from .graph import FusedAddFloat, FusedGapFloat, StaticGraphModel
 from .modules import StaticAdd, StaticConv2d, StaticGlobalAvgPool, StaticLinear
@@ -143,10 +152,6 @@ def saves_as_static(obj) -> bool:
 
 def save_static(model: StaticGraphModel, path, overwrite: bool = True) -> Path:
     """Write ``model`` to ``path`` (safetensors with the JSON manifest); returns the path."""
-    from safetensors.torch import save_file
-
-    from ..io.atomic import atomic_output
-
     if not isinstance(model, StaticGraphModel):
         raise TypeError(f"save_static takes a StaticGraphModel, got {type(model).__name__}")
     layers = {name: _layer_entry(name, m) for name, m in model.layers.items()}
@@ -165,10 +170,6 @@ def save_static(model: StaticGraphModel, path, overwrite: bool = True) -> Path:
 
 def is_static_file(path) -> bool:
     """Whether ``path`` is a safetensors file written by save_static (False on any read error)."""
-    import stat
-
-    from safetensors import safe_open
-
     try:
         if not stat.S_ISREG(os.stat(path).st_mode):  # a FIFO or device would block the open
             return False
@@ -229,15 +230,18 @@ def _attach_static_tensors(name: str, m: nn.Module, own: Dict[str, torch.Tensor]
         if bool((own["weight_dw"] == -128).any()):
             raise CheckpointError(f"{where}: weight_dw holds -128 (symmetric int8 is -127..127)")
     else:
-        from ..packing import packed_sizes
         size, colsum = packed_sizes(n // groups, k)
         _check_tensor(f"{where} weight_packed", own["weight_packed"], torch.int8, (groups * size,))
         _check_tensor(f"{where} weight_colsum", own["weight_colsum"], torch.int32, (groups * colsum,))
         _check_tensor(f"{where} weight_packed_info", own["weight_packed_info"], torch.int32, (5,))
         info = [int(v) for v in own["weight_packed_info"]]
-        if info[1:3] != [n, k] or info[3] not in (0, 1) or info[4] != groups:
+        if info != [PACKED_LAYOUT_VERSION, n, k, info[3], groups] or info[3] not in (0, 1):
             raise CheckpointError(f"{where}: weight_packed_info {info} does not match the layer ({n} outputs, "
-                                  f"{k} inputs, {groups} groups)")
+                                  f"{k} inputs, {groups} groups, layout {PACKED_LAYOUT_VERSION})")
+        # the kernels trust the column sums and the -128 flag: check them against the bytes
+        problem = check_packed_groups(own["weight_packed"], own["weight_colsum"], n, k, groups, info[3])
+        if problem:
+            raise CheckpointError(f"{where}: bad packed int8 weight: {problem}")
     for key, t in own.items():
         m.register_buffer(key, t)
     if "bias" not in own:
@@ -247,8 +251,6 @@ def _attach_static_tensors(name: str, m: nn.Module, own: Dict[str, torch.Tensor]
 
 def load_static(path) -> StaticGraphModel:
     """Read a file written by save_static.  Raises CheckpointError on anything inconsistent."""
-    from safetensors import safe_open
-
     path = os.fspath(path)
     try:
         with safe_open(path, framework="pt", device="cpu") as f:
@@ -257,7 +259,7 @@ def load_static(path) -> StaticGraphModel:
     except Exception as exc:  # noqa: BLE001 - safetensors raises several types for a damaged file
         raise CheckpointError(f"{path}: not a readable safetensors file ({exc})") from exc
     try:
-        manifest = json.loads(meta[_META_KEY])
+        manifest = loads_bounded(meta[_META_KEY])
         if manifest.get("format") != STATIC_FORMAT:
             raise CheckpointError(f"format {manifest.get('format')!r}; this version reads {STATIC_FORMAT!r}")
         layers = {str(name): _build_layer(str(name), entry, tensors) for name, entry in manifest["layers"].items()}
@@ -295,3 +297,9 @@ def load_static(path) -> StaticGraphModel:
     except (KeyError, TypeError, ValueError, json.JSONDecodeError) as exc:
         raise CheckpointError(f"{path}: invalid static manifest: {type(exc).__name__}: {exc}") from exc
     return StaticGraphModel(program, layers).eval()
+
+
+# mono_quant.save / mono_quant.load hand static models and files over to this module
+register_file_kind(FileKind("static int8 model", saves_as_static,
+                            lambda obj, path, overwrite: save_static(getattr(obj, "model", obj), path, overwrite),
+                            is_static_file, load_static))

@@ -25,6 +25,7 @@ from ..report import SkippedLayer
 from ..result import QuantizationResult
 from .capture import TraceError, build_plan
 from .convert import convert_plan, qparams
+from .fallback import quantize_per_layer
 from .graph import FusedFloat, float_graph
 from .modules import StaticAdd, StaticConv2d, StaticGlobalAvgPool, StaticLinear
 from .report import StaticLayerReport, StaticReport, clipped_fraction
@@ -60,7 +61,6 @@ def quantize_static(model, cfg, calibration, observer: Optional[str], calibratio
     try:
         plan = build_plan(work)
     except TraceError as exc:
-        from .fallback import quantize_per_layer
         return quantize_per_layer(work, cfg, calibration, str(exc))
     fmodel = float_graph(plan)
     bins = None if cfg.observer == "minmax" else DEFAULT_BINS

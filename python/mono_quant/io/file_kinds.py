@@ -1,0 +1,46 @@
+"""Files of another layout than the quantized-checkpoint one, which ``mono_quant.save``
+and ``mono_quant.load`` hand over to the package that writes them (static int8 models:
+``mono_quant.static.persist``).  The other package registers itself when it is imported,
+so io/ never imports the packages built on top of it."""
+from __future__ import annotations
+
+from typing import Any, Callable, List, NamedTuple, Optional
+
+__all__ = ["FileKind", "register_file_kind", "kind_for_object", "kind_for_file"]
+
+
+class FileKind(NamedTuple):
+    """One other file layout.
+
+    Attributes:
+        name: What the layout is called in messages.
+        writes: Whether ``save`` should hand this object (a model or result) over.
+        save: ``save(obj, path, overwrite) -> Path``.
+        reads: Whether the file at ``path`` has this layout (False on any read error).
+        load: ``load(path) -> model``; raises CheckpointError on anything inconsistent.
+    """
+
+    name: str
+    writes: Callable[[Any], bool]
+    save: Callable[[Any, Any, bool], Any]
+    reads: Callable[[Any], bool]
+    load: Callable[[Any], Any]
+
+
+_KINDS: List[FileKind] = []
+
+
+def register_file_kind(kind: FileKind) -> None:
+    """Make ``save`` / ``load`` hand objects and files of ``kind`` over to it (once per name)."""
+    if all(k.name != kind.name for k in _KINDS):
+        _KINDS.append(kind)
+
+
+def kind_for_object(obj) -> Optional[FileKind]:
+    """The registered kind that writes ``obj``, or None (the quantized-checkpoint layout)."""
+    return next((k for k in _KINDS if k.writes(obj)), None)
+
+
+def kind_for_file(path) -> Optional[FileKind]:
+    """The registered kind whose layout the file at ``path`` has, or None."""
+    return next((k for k in _KINDS if k.reads(path)), None)
