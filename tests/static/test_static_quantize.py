@@ -303,3 +303,11 @@ def test_damaged_static_files_are_refused(tmp_path, data):
     order["program"].reverse()
     with pytest.raises(mq.CheckpointError, match="before they are computed"):
         mq.load(write(order, tensors, "order.safetensors"))
+    sums = dict(tensors)  # the kernels trust the column sums: a wrong one is refused, not used
+    sums["layers.b1_conv1.weight_colsum"] = sums["layers.b1_conv1.weight_colsum"] + 1
+    with pytest.raises(mq.CheckpointError, match="weight_colsum does not match"):
+        mq.load(write(manifest, sums, "colsum.safetensors"))
+    deep = json.loads(json.dumps(manifest))
+    deep["layers"]["b1_conv1"]["init_kwargs"]["deep"] = json.loads("[" * 200 + "]" * 200)
+    with pytest.raises(mq.CheckpointError):
+        mq.load(write(deep, tensors, "deep.safetensors"))
