@@ -5,6 +5,7 @@ on the same kernels, so the same results (tests/integrations/test_torch_ops.py).
 from __future__ import annotations
 
 import math
+
 import torch
 import torch.nn.functional as F
 
@@ -19,6 +20,7 @@ from .packed_linear import BLAS_MIN_ROWS
 
 __all__ = ["use_ops", "linear_forward", "conv2d_forward", "embedding_forward", "int4_linear_forward",
            "dequantized_weight"]
+
 
 # Read from C at trace time and kept as a constant of a compiled graph (dynamo can't call
 # into _C): it only chooses between paths that give the same results up to rounding.
@@ -46,7 +48,7 @@ def dequantized_weight(module, dtype: torch.dtype = torch.float32) -> torch.Tens
         groups = getattr(module, "groups", 1)
         if len(shape) == 4:
             w = conv_weight(module.weight_packed, module.weight_packed_info, module.weight_scale,
-                             module.weight_zero_point, shape[0], shape[1], shape[2:], groups)
+                            module.weight_zero_point, shape[0], shape[1], shape[2:], groups)
         else:
             w = torch.ops.mono_quant.dequantize_int8_packed(module.weight_packed, module.weight_packed_info,
                                                             module.weight_scale, module.weight_zero_point,
