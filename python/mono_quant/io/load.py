@@ -58,7 +58,7 @@ def load(path, model: Optional[nn.Module] = None):
     """
     from ..static.persist import is_static_file, load_static  # static int8 models (issue 12)
     if is_static_file(path):
-        return load_static(path)
+        return load_static(path, model)
     qsd = _read(path)
     return qsd if model is None else qsd.load_into(model)
 

@@ -30,6 +30,7 @@ __all__ = ["save_static", "load_static", "is_static_file", "saves_as_static", "S
 
 STATIC_FORMAT = "mono_quant.static/1"
 _META_KEY = "mono_quant.static"
+PER_LAYER_META_KEY = "mono_quant.static_per_layer"  # persist_per_layer.py's files (the per-layer fallback)
 
 _STATIC_CLASSES = {c.__name__: c for c in (StaticConv2d, StaticLinear, StaticAdd, StaticGlobalAvgPool)}
 # parameter-free float modules a program may keep, with the constructor arguments read back from attributes
@@ -138,7 +139,9 @@ def _program_entry(entry: tuple) -> dict:
 
 def saves_as_static(obj) -> bool:
     """Whether mono_quant.save should write ``obj`` (a model or QuantizationResult) as a static file."""
-    return isinstance(getattr(obj, "model", obj), StaticGraphModel)
+    from .persist_per_layer import is_per_layer_model
+    model = getattr(obj, "model", obj)
+    return isinstance(model, StaticGraphModel) or is_per_layer_model(model)
 
 
 def save_static(model: StaticGraphModel, path, overwrite: bool = True) -> Path:
@@ -147,6 +150,9 @@ def save_static(model: StaticGraphModel, path, overwrite: bool = True) -> Path:
 
     from ..io.atomic import atomic_output
 
+    from .persist_per_layer import is_per_layer_model, save_per_layer
+    if is_per_layer_model(model) and not isinstance(model, StaticGraphModel):
+        return save_per_layer(model, path, overwrite)  # the per-layer fallback (untraceable model)
     if not isinstance(model, StaticGraphModel):
         raise TypeError(f"save_static takes a StaticGraphModel, got {type(model).__name__}")
     layers = {name: _layer_entry(name, m) for name, m in model.layers.items()}
@@ -173,7 +179,8 @@ def is_static_file(path) -> bool:
         if not stat.S_ISREG(os.stat(path).st_mode):  # a FIFO or device would block the open
             return False
         with safe_open(os.fspath(path), framework="pt") as f:
-            return _META_KEY in (f.metadata() or {})
+            meta = f.metadata() or {}
+            return _META_KEY in meta or PER_LAYER_META_KEY in meta
     except Exception:  # noqa: BLE001 - not ours, or unreadable: the general loader reports it
         return False
 
@@ -245,17 +252,22 @@ def _attach_static_tensors(name: str, m: nn.Module, own: Dict[str, torch.Tensor]
     m._derive()
 
 
-def load_static(path) -> StaticGraphModel:
-    """Read a file written by save_static.  Raises CheckpointError on anything inconsistent."""
+def load_static(path, model=None) -> nn.Module:
+    """Read a file written by save_static (a StaticGraphModel; ``model`` unused) or by save_per_layer
+    (``model``, the float architecture, required).  Raises CheckpointError on anything inconsistent."""
     from safetensors import safe_open
 
     path = os.fspath(path)
     try:
         with safe_open(path, framework="pt", device="cpu") as f:
             meta = f.metadata() or {}
-            tensors = {k: f.get_tensor(k) for k in f.keys()}
+            per_layer = PER_LAYER_META_KEY in meta and _META_KEY not in meta
+            tensors = {} if per_layer else {k: f.get_tensor(k) for k in f.keys()}
     except Exception as exc:  # noqa: BLE001 - safetensors raises several types for a damaged file
         raise CheckpointError(f"{path}: not a readable safetensors file ({exc})") from exc
+    if per_layer:
+        from .persist_per_layer import load_per_layer
+        return load_per_layer(path, model)
     try:
         manifest = json.loads(meta[_META_KEY])
         if manifest.get("format") != STATIC_FORMAT:
