@@ -110,3 +110,22 @@ def test_damaged_files_are_refused(saved, tmp_path):
     float_dtype = dict(tensors, scale=tensors["scale"].double())
     with pytest.raises(mq.CheckpointError, match="scale"):
         mq.load(write(manifest, float_dtype, "dtype.safetensors"), model=Branchy())
+
+
+def test_a_hugging_face_encoder_round_trips_through_a_meta_skeleton(tmp_path):
+    transformers = pytest.importorskip("transformers")
+    cfg = transformers.BertConfig(vocab_size=100, hidden_size=64, num_hidden_layers=2, num_attention_heads=2,
+                                  intermediate_size=128, attn_implementation="eager")
+    torch.manual_seed(0)
+    model = transformers.BertModel(cfg, add_pooling_layer=False).eval()
+    ids = torch.randint(100, (128, 16), generator=torch.Generator().manual_seed(2))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        result = mq.quantize(model, "int8", activations="static", calibration=[{"input_ids": b} for b in ids.split(32)])
+    assert result.report.capture == "hooks"  # BertModel is not fx-traceable: the per-layer path
+    path = mq.save(result, tmp_path / "bert.safetensors")
+    with torch.device("meta"):
+        skeleton = transformers.BertModel(cfg, add_pooling_layer=False)
+    loaded = mq.load(path, model=skeleton)  # position_ids (non-persistent) rebuilt from the architecture
+    x = ids[:4]
+    assert torch.equal(loaded(input_ids=x).last_hidden_state, result.model(input_ids=x).last_hidden_state)
