@@ -17,14 +17,15 @@ class FileKind(NamedTuple):
         writes: Whether ``save`` should hand this object (a model or result) over.
         save: ``save(obj, path, overwrite) -> Path``.
         reads: Whether the file at ``path`` has this layout (False on any read error).
-        load: ``load(path) -> model``; raises CheckpointError on anything inconsistent.
+        load: ``load(path, model) -> model`` (``model``: the ``model=`` given to ``load``, None
+            when not given); raises CheckpointError on anything inconsistent.
     """
 
     name: str
     writes: Callable[[Any], bool]
     save: Callable[[Any, Any, bool], Any]
     reads: Callable[[Any], bool]
-    load: Callable[[Any], Any]
+    load: Callable[[Any, Any], Any]
 
 
 _KINDS: List[FileKind] = []

@@ -59,7 +59,7 @@ def load(path, model: Optional[nn.Module] = None):
     """
     other = kind_for_file(path)  # e.g. a static int8 model (static/persist.py)
     if other is not None:
-        return other.load(path)
+        return other.load(path, model)
     qsd = _read(path)
     return qsd if model is None else qsd.load_into(model)
 

@@ -35,7 +35,8 @@ from .capture import ValueRef
 from .graph import FusedAddFloat, FusedGapFloat, StaticGraphModel
 from .modules import StaticAdd, StaticConv2d, StaticGlobalAvgPool, StaticLinear
 
-__all__ = ["save_static", "load_static", "is_static_file", "saves_as_static", "STATIC_FORMAT"]
+__all__ = ["save_static", "load_static", "is_static_file", "saves_as_static", "STATIC_FORMAT", "encode_value",
+           "build_layer"]
 
 STATIC_FORMAT = "mono_quant.static/1"
 _META_KEY = "mono_quant.static"
@@ -64,15 +65,15 @@ _METHODS = frozenset({"flatten", "view", "reshape", "relu", "relu_", "mean", "su
                       "chunk", "split", "float", "dim"})
 
 
-def _encode(obj):
+def encode_value(obj):
     if isinstance(obj, ValueRef):
         return {"$ref": obj.name}
     if isinstance(obj, tuple):
-        return {"$tuple": [_encode(v) for v in obj]}
+        return {"$tuple": [encode_value(v) for v in obj]}
     if isinstance(obj, list):
-        return [_encode(v) for v in obj]
+        return [encode_value(v) for v in obj]
     if isinstance(obj, dict):
-        return {"$dict": {str(k): _encode(v) for k, v in obj.items()}}
+        return {"$dict": {str(k): encode_value(v) for k, v in obj.items()}}
     if isinstance(obj, slice):
         return {"$slice": [obj.start, obj.stop, obj.step]}
     if isinstance(obj, float) and not math.isfinite(obj):
@@ -112,13 +113,13 @@ def _decode(obj):
 def _layer_entry(name: str, m: nn.Module) -> dict:
     cls = type(m)
     if cls.__name__ in _STATIC_CLASSES and _STATIC_CLASSES[cls.__name__] is cls:
-        return {"class": cls.__name__, "init_kwargs": _encode(m.init_kwargs())}
+        return {"class": cls.__name__, "init_kwargs": encode_value(m.init_kwargs())}
     if cls is FusedAddFloat:
         return {"class": "FusedAddFloat", "init_kwargs": {"act": m.act}}
     if cls is FusedGapFloat:
         return {"class": "FusedGapFloat", "init_kwargs": {"flatten": m.flatten}}
     if cls in _FLOAT_MODULES:
-        return {"class": cls.__name__, "init_kwargs": _encode({a: getattr(m, a) for a in _FLOAT_MODULES[cls]})}
+        return {"class": cls.__name__, "init_kwargs": encode_value({a: getattr(m, a) for a in _FLOAT_MODULES[cls]})}
     raise TypeError(f"cannot save static model: layer {name!r} is a {cls.__name__}, which a static file cannot "
                     "hold (a float module with weights, or a custom module)")
 
@@ -127,7 +128,7 @@ def _program_entry(entry: tuple) -> dict:
     name, kind, inputs, call = entry
     out = {"name": name, "kind": kind, "inputs": list(inputs)}
     if kind == "output":
-        out["structure"] = _encode(call)
+        out["structure"] = encode_value(call)
     elif kind == "call":
         how, target, args, kwargs = call
         if how == "call_function":
@@ -141,7 +142,7 @@ def _program_entry(entry: tuple) -> dict:
                 raise TypeError(f"cannot save static model: op {name!r} calls the tensor method {target!r}")
         else:
             raise TypeError(f"cannot save static model: op {name!r} is a {how} (a constant tensor)")
-        out["call"] = {"how": how, "target": target, "args": _encode(args), "kwargs": _encode(kwargs)}
+        out["call"] = {"how": how, "target": target, "args": encode_value(args), "kwargs": encode_value(kwargs)}
     return out
 
 
@@ -185,7 +186,7 @@ def _check_tensor(where: str, t: torch.Tensor, dtype: torch.dtype, shape) -> Non
                               f"{str(t.dtype).replace('torch.', '')}{list(t.shape)}")
 
 
-def _build_layer(name: str, entry: dict, tensors: Dict[str, torch.Tensor]) -> nn.Module:
+def build_layer(name: str, entry: dict, tensors: Dict[str, torch.Tensor]) -> nn.Module:
     cls_name, kwargs = entry["class"], _decode(entry.get("init_kwargs", {}))
     if not isinstance(kwargs, dict):
         raise ValueError("init_kwargs must be a mapping")
@@ -249,8 +250,9 @@ def _attach_static_tensors(name: str, m: nn.Module, own: Dict[str, torch.Tensor]
     m._derive()
 
 
-def load_static(path) -> StaticGraphModel:
-    """Read a file written by save_static.  Raises CheckpointError on anything inconsistent."""
+def load_static(path, model=None) -> StaticGraphModel:
+    """Read a file written by save_static (the graph is in the file: ``model`` is not needed and
+    not read).  Raises CheckpointError on anything inconsistent."""
     path = os.fspath(path)
     try:
         with safe_open(path, framework="pt", device="cpu") as f:
@@ -262,7 +264,7 @@ def load_static(path) -> StaticGraphModel:
         manifest = loads_bounded(meta[_META_KEY])
         if manifest.get("format") != STATIC_FORMAT:
             raise CheckpointError(f"format {manifest.get('format')!r}; this version reads {STATIC_FORMAT!r}")
-        layers = {str(name): _build_layer(str(name), entry, tensors) for name, entry in manifest["layers"].items()}
+        layers = {str(name): build_layer(str(name), entry, tensors) for name, entry in manifest["layers"].items()}
         claimed = {f"layers.{n}.{k}" for n, e in manifest["layers"].items() for k in e.get("tensors", [])}
         if claimed != set(tensors):
             raise CheckpointError(f"tensors in the file {sorted(set(tensors) ^ claimed)} disagree with the manifest")

@@ -1,0 +1,160 @@
+"""Save / load of per-layer static int8 models (the fallback for models fx cannot trace).
+
+Such a model is the user's own architecture with each Conv2d / Linear replaced by a
+``PerLayerStatic`` (fallback.py), so unlike a StaticGraphModel it cannot be rebuilt
+from the file alone: loading takes ``model=``, an instance of the float architecture
+(possibly on the meta device; it is not modified), as ``mq.load`` does for other
+quantized models.  The file: the model's whole state_dict (float parameters and
+buffers, the static layers' int8 weights and scales) plus a JSON manifest (metadata key
+``mono_quant.static_per_layer``) naming each static layer with its class and
+constructor arguments.  Loading never unpickles, builds only StaticConv2d / StaticLinear,
+checks each against the float layer it replaces (geometry) and every tensor (dtype,
+shape) against its layer; the loaded model gives bit-identical outputs.
+"""
+from __future__ import annotations
+
+import copy
+import json
+import os
+import stat
+from pathlib import Path
+from typing import Dict
+
+import torch
+from torch import nn
+
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from ..errors import CheckpointError
+from ..io.atomic import atomic_output
+from ..io.file_kinds import FileKind, register_file_kind
+from ..io.skeleton import materialize_non_persistent_buffers
+from ..io.untrusted_json import loads_bounded
+from .fallback import PerLayerStatic
+from .graph import StaticGraphModel
+from .modules import StaticConv2d, StaticLinear
+from .persist import build_layer, encode_value
+
+__all__ = ["save_per_layer", "load_per_layer", "is_per_layer_model", "is_per_layer_file", "PER_LAYER_FORMAT",
+           "PER_LAYER_META_KEY"]
+
+PER_LAYER_FORMAT = "mono_quant.static_per_layer/1"
+PER_LAYER_META_KEY = "mono_quant.static_per_layer"
+
+# float layer the static one replaces -> the constructor arguments that must agree with it
+_GEOMETRY = {
+    "StaticConv2d": (nn.Conv2d, ("in_channels", "out_channels", "kernel_size", "stride", "padding", "dilation",
+                                 "groups")),
+    "StaticLinear": (nn.Linear, ("in_features", "out_features")),
+}
+
+
+def is_per_layer_model(model) -> bool:
+    """Whether ``model`` holds per-layer static layers (the fallback's output)."""
+    return isinstance(model, nn.Module) and any(isinstance(m, PerLayerStatic) for m in model.modules())
+
+
+def is_per_layer_file(path) -> bool:
+    """Whether ``path`` is a safetensors file written by save_per_layer (False on any read error)."""
+    try:
+        if not stat.S_ISREG(os.stat(path).st_mode):  # a FIFO or device would block the open
+            return False
+        with safe_open(os.fspath(path), framework="pt") as f:
+            return PER_LAYER_META_KEY in (f.metadata() or {})
+    except Exception:  # noqa: BLE001 - not ours, or unreadable: the general loader reports it
+        return False
+
+
+def save_per_layer(model: nn.Module, path, overwrite: bool = True) -> Path:
+    """Write a per-layer static model to ``path``; returns the path."""
+    layers = {}
+    for name, m in model.named_modules():
+        if isinstance(m, PerLayerStatic):
+            inner = m.layer
+            if type(inner) not in (StaticConv2d, StaticLinear):
+                raise TypeError(f"cannot save: {name!r} wraps a {type(inner).__name__}")
+            layers[name] = {"class": type(inner).__name__, "init_kwargs": encode_value(inner.init_kwargs())}
+    if not layers:
+        raise TypeError("save_per_layer: the model has no per-layer static layers")
+    # clone: safetensors refuses tensors sharing memory (tied weights are stored twice, tied again by the skeleton)
+    tensors = {k: v.detach().contiguous().clone() for k, v in model.state_dict().items()}
+    manifest = {"format": PER_LAYER_FORMAT, "layers": layers}
+    path = Path(os.fspath(path))
+    with atomic_output(path, overwrite) as tmp:
+        save_file(tensors, os.fspath(tmp), metadata={PER_LAYER_META_KEY: json.dumps(manifest)})
+    return path
+
+
+def load_per_layer(path, model: nn.Module) -> nn.Module:
+    """Read a file written by save_per_layer into a copy of ``model`` (the float architecture)."""
+    path = os.fspath(path)
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"{path} holds a per-layer static int8 model (of an architecture torch.fx could not "
+                        "trace): pass model=, an instance of the float architecture (the meta device will do)")
+    try:
+        with safe_open(path, framework="pt", device="cpu") as f:
+            meta = f.metadata() or {}
+            tensors: Dict[str, torch.Tensor] = {k: f.get_tensor(k) for k in f.keys()}
+    except Exception as exc:  # noqa: BLE001 - safetensors raises several types for a damaged file
+        raise CheckpointError(f"{path}: not a readable safetensors file ({exc})") from exc
+    try:
+        manifest = loads_bounded(meta[PER_LAYER_META_KEY])
+        if not isinstance(manifest, dict) or manifest.get("format") != PER_LAYER_FORMAT:
+            raise CheckpointError(f"format {manifest.get('format') if isinstance(manifest, dict) else None!r}; "
+                                  f"this version reads {PER_LAYER_FORMAT!r}")
+        work = copy.deepcopy(model)
+        owned = set()
+        for name, entry in manifest["layers"].items():
+            name = str(name)
+            if not isinstance(entry, dict) or entry.get("class") not in _GEOMETRY:
+                raise CheckpointError(f"layer {name!r}: class must be one of {sorted(_GEOMETRY)}")
+            float_cls, geometry = _GEOMETRY[entry["class"]]
+            try:
+                old = work.get_submodule(name) if name else None
+            except AttributeError:
+                old = None
+            if type(old) is not float_cls:
+                raise CheckpointError(f"layer {name!r}: the model has {type(old).__name__ if old is not None else 'none'}"
+                                      f" there, the file a static {float_cls.__name__}")
+            prefix = f"{name}.layer."
+            own = {f"layers.{name}.{k[len(prefix):]}": v for k, v in tensors.items() if k.startswith(prefix)}
+            layer = build_layer(name, entry, own)
+            if layer.int8_input or layer.out_scale is not None:
+                raise CheckpointError(f"layer {name!r}: a per-layer static layer takes and returns float")
+            for attr in geometry:
+                want, got = getattr(old, attr), getattr(layer, attr)
+                if (tuple(want) if isinstance(want, (tuple, list)) else want) != \
+                        (tuple(got) if isinstance(got, (tuple, list)) else got):
+                    raise CheckpointError(f"layer {name!r}: {attr} {got} in the file, {want} in the model")
+            parent, _, child = name.rpartition(".")
+            setattr(work.get_submodule(parent) if parent else work, child, PerLayerStatic(layer))
+            owned |= {k for k in tensors if k.startswith(prefix)}
+        rest = {k: v for k, v in tensors.items() if k not in owned}
+        expected = {k for k in work.state_dict() if not any(k.startswith(f"{n}.layer.") for n in manifest["layers"])}
+        if set(rest) != expected:
+            raise CheckpointError(f"tensors disagree with the model: missing {sorted(expected - set(rest))}, "
+                                  f"unexpected {sorted(set(rest) - expected)}")
+        own_state = work.state_dict()
+        for k, v in rest.items():
+            if v.dtype != own_state[k].dtype or v.shape != own_state[k].shape:
+                raise CheckpointError(f"{k}: {v.dtype}{list(v.shape)} in the file, "
+                                      f"{own_state[k].dtype}{list(own_state[k].shape)} in the model")
+        work.load_state_dict(rest, strict=False, assign=True)
+        materialize_non_persistent_buffers(work, model)  # a meta skeleton's non-persistent buffers
+    except CheckpointError as exc:
+        raise CheckpointError(f"{path}: {exc}") from None
+    except (KeyError, TypeError, ValueError, AttributeError, json.JSONDecodeError) as exc:
+        raise CheckpointError(f"{path}: invalid per-layer static manifest: {type(exc).__name__}: {exc}") from exc
+    return work.eval()
+
+
+def _writes(obj) -> bool:
+    model = getattr(obj, "model", obj)
+    return not isinstance(model, StaticGraphModel) and is_per_layer_model(model)
+
+
+# mono_quant.save / mono_quant.load hand per-layer static models and their files over to this module
+register_file_kind(FileKind("per-layer static int8 model", _writes,
+                            lambda obj, path, overwrite: save_per_layer(getattr(obj, "model", obj), path, overwrite),
+                            is_per_layer_file, load_per_layer))
