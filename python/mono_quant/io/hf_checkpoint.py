@@ -14,7 +14,10 @@ and gives each weight its treatment:
   Linear whose weight is tied to a layer kept float (GPT-2's ``lm_head``);
 - transposed: a GPT-2 ``Conv1D`` weight is quantized as ``[out, in]`` (scales per
   output feature, as ``quantize(model)`` does) and recorded as a "Conv1D" layer,
-  which ``load(dst, model=skeleton)`` rebuilds as QuantizedGPT2Conv1D.
+  which ``load(dst, model=skeleton)`` rebuilds as QuantizedGPT2Conv1D;
+- reshaped: an nn.Conv1d weight ``[out, in/groups, k]`` is quantized as its height-1
+  Conv2d view ``[out, in/groups, 1, k]`` (as ``quantize(model)`` does) and recorded as a
+  "Conv1d" layer, which ``load(dst, model=skeleton)`` rebuilds as QuantizedConv1d.
 
 Tied weights the folder stores once (transformers drops ``lm_head.weight`` when
 it is tied) stay tied: load() maps the model's tied names to the one tensor.
@@ -30,7 +33,8 @@ import torch
 from torch import nn
 
 from ..entries import state_dict_entry_plan
-from ..modules import QuantizedConv2d, QuantizedGPT2Conv1D, QuantizedLinear, qmodule_for
+from ..modules import QuantizedConv1d, QuantizedConv2d, QuantizedGPT2Conv1D, QuantizedLinear, qmodule_for
+from ..modules.conv1d import conv2d_weight_of
 from ..report import SkippedLayer, tensor_bytes
 
 __all__ = ["HfCheckpointPlan", "hf_checkpoint_plan", "write_hf_entry", "add_tied_aliases"]
@@ -41,10 +45,12 @@ log = logging.getLogger("mono_quant")
 @dataclass
 class HfCheckpointPlan:
     """``keep_float``: key -> (module type, reason); ``transposed``: key -> module type
-    of weights stored ``[in, out]``; ``tied``: key -> the first key it shares its tensor with."""
+    of weights stored ``[in, out]``; ``conv1d``: key -> module type of nn.Conv1d weights
+    (quantized as their height-1 Conv2d view); ``tied``: key -> the first key it shares its tensor with."""
 
     keep_float: Dict[str, Tuple[str, str]] = field(default_factory=dict)
     transposed: Dict[str, str] = field(default_factory=dict)
+    conv1d: Dict[str, str] = field(default_factory=dict)
     tied: Dict[str, str] = field(default_factory=dict)
 
 
@@ -58,11 +64,11 @@ def hf_checkpoint_plan(src) -> HfCheckpointPlan:
     owners: Dict[int, Tuple[str, nn.Module]] = {}
     for name, m in model.named_modules(remove_duplicate=False):
         weight = m._parameters.get("weight")
-        if weight is None or weight.dim() not in (2, 4):
+        qcls = qmodule_for(m)
+        if weight is None or weight.dim() not in ((2, 3, 4) if qcls is QuantizedConv1d else (2, 4)):
             continue
         key = f"{name}.weight" if name else "weight"
         first = owners.setdefault(id(weight), (key, m))
-        qcls = qmodule_for(m)
         if first[0] != key:
             plan.tied[key] = first[0]
         if isinstance(m, nn.Embedding):
@@ -72,6 +78,8 @@ def hf_checkpoint_plan(src) -> HfCheckpointPlan:
             plan.keep_float[key] = (type(m).__name__, f"{type(m).__name__} is not a layer mono-quant replaces")
         elif qcls is QuantizedGPT2Conv1D:
             plan.transposed[key] = type(m).__name__
+        elif qcls is QuantizedConv1d:
+            plan.conv1d[key] = type(m).__name__
         elif qcls not in (QuantizedLinear, QuantizedConv2d):
             plan.keep_float[key] = (type(m).__name__, f"{type(m).__name__} is quantized by quantize(model) only")
     for key, first in plan.tied.items():  # a layer tied to one kept float stays float (never a larger model)
@@ -96,16 +104,18 @@ def write_hf_entry(plan: HfCheckpointPlan, write_entry, key: str, tensor: torch.
         report.model_bytes_after += tensor_bytes(tensor)
         report.skipped.append(SkippedLayer(name, kind, reason))
         return True
-    if key not in plan.transposed:
+    kind = plan.transposed.get(key) or plan.conv1d.get(key)
+    if kind is None:
         return False
-    entry = state_dict_entry_plan(key, tensor, cfg)
+    # the weight as quantize(model) quantizes it: [out, in] for a Conv1D, [out, in/g, 1, k] for a Conv1d
+    oriented = tensor.t().contiguous() if key in plan.transposed else conv2d_weight_of(tensor).contiguous()
+    entry = state_dict_entry_plan(key, oriented, cfg)
     if entry is None or entry[2] is not None or not bool(torch.isfinite(tensor).all()):
         return False  # left float as stored (non-finite weights: _write_entry raises or skips)
     layers = len(report.layers)
-    write_entry(key, tensor.t().contiguous(), cfg, writer, reader, src, report, manifest, measure_error,
-                streamable=False)
-    if len(report.layers) > layers:  # quantized as the [out, in] Linear it is: recorded as its own type
-        report.layers[-1].type = manifest["layers"][-1]["type"] = plan.transposed[key]
+    write_entry(key, oriented, cfg, writer, reader, src, report, manifest, measure_error, streamable=False)
+    if len(report.layers) > layers:  # quantized as the Linear / Conv2d it is: recorded as its own type
+        report.layers[-1].type = manifest["layers"][-1]["type"] = kind
     return True
 
 

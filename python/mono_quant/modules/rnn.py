@@ -114,6 +114,12 @@ class _QuantizedRNNBase(QuantizedComposite):
         return tuple(out)
 
     def forward(self, x, hx=None):
+        if not torch.compiler.is_compiling() and torch._C._is_tracing():  # (dynamo can't call _is_tracing)
+            # the time loop runs in Python: a trace would replay the example's step count
+            # for every later input (silently wrong outputs for other sequence lengths)
+            raise RuntimeError(f"{type(self).__name__} cannot be traced with torch.jit.trace: its recurrence is a "
+                               f"Python loop the trace would freeze at the example's sequence length. Use "
+                               f"torch.export.export, torch.compile or mono_quant.export_onnx instead")
         packed, lengths = None, None
         if isinstance(x, PackedSequence):
             # padded (batch in the caller's order, as hx and the returned states are); each step
