@@ -7,6 +7,7 @@ with fp32, so the two builds meet the same machine load.
                copies of the weights (no L3 hits left by the other build).
   demo         the demo's transformer-like model (mono_quant.demo), int8
                dynamic, the build swapped under kernels.int8 per call.
+  demo-weight-only  the same model, int8 weight-only.
 
 Order: a fresh random order each round (common.interleaved "shuffle"), so no
 contender always follows fp32 or the other build.
@@ -98,11 +99,11 @@ def bench_weight_only(old, batches, threads, repeats):
     return rows
 
 
-def bench_demo(old, batches, repeats):
+def bench_demo(old, batches, repeats, activations="dynamic"):
     from mono_quant.demo import TransformerLike, _seeded
 
     model = _seeded(TransformerLike(), 1).eval()
-    qmodel = mq.quantize(model).model
+    qmodel = mq.quantize(model, activations=activations).model
     rows = []
     for m in batches:
         x = torch.randn(m, 256)
@@ -119,13 +120,14 @@ def bench_demo(old, batches, repeats):
         with torch.inference_mode():
             stats = timed({"fp32": lambda: model(x), "baseline": with_build(old), "this build": with_build(_C)},
                           repeats)
-        rows.append(dict(report(f"demo int8 dynamic batch {m}", stats), batch=m))
+        mode = "dynamic" if activations == "dynamic" else "weight-only"
+        rows.append(dict(report(f"demo int8 {mode} batch {m}", stats), batch=m))
     return rows
 
 
 def main():
     parser = argparse.ArgumentParser()
-    parser.add_argument("what", choices=["weight-only", "demo"], nargs="?", default="weight-only")
+    parser.add_argument("what", choices=["weight-only", "demo", "demo-weight-only"], nargs="?", default="weight-only")
     parser.add_argument("--baseline", required=True, help="path of the other build's _C extension file")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--batches", type=int, nargs="+", default=None)
@@ -146,7 +148,8 @@ def main():
         if args.what == "weight-only":
             rows = bench_weight_only(old, args.batches or [1], args.threads, args.repeats)
         else:
-            rows = bench_demo(old, args.batches or [1, 32], args.repeats)
+            rows = bench_demo(old, args.batches or [1, 32], args.repeats,
+                              "dynamic" if args.what == "demo" else None)
     path = write_results(f"bench_ab_{args.what}_t{args.threads}" + (f"_bg{args.background_load}"
                                                                    if args.background_load else ""),
                          {"machine": info, "rows": rows})
