@@ -217,7 +217,10 @@ class _OnnxLinear(_Twin):
 class _OnnxConv2d(_Twin):
     def __init__(self, module):
         super().__init__(module)
-        for name in ("stride", "padding", "dilation", "groups", "padding_mode", "_reversed_padding_repeated_twice"):
+        # the 2-D geometry the module runs with (a QuantizedConv1d's is its height-1 view)
+        self.stride, self.padding, self.dilation = (copy.copy(module.stride2d), copy.copy(module.padding2d),
+                                                    copy.copy(module.dilation2d))
+        for name in ("groups", "padding_mode", "_reversed_padding_repeated_twice"):
             setattr(self, name, copy.copy(getattr(module, name)))
         self.register_buffer("bias", _bias(module))
         self.shape = list(module.weight_shape)

@@ -56,6 +56,9 @@ def test_conv1d(dtype, kwargs):
     x = torch.randn(2, 16, 40)
     assert q(x).shape == conv(x).shape and q(x[0]).shape == conv(x[0]).shape
     assert _sqnr(conv(x).detach(), q(x)) > (30 if dtype == "int8" else 15)
+    # model code reads the float layer's own 1-D geometry (Whisper: conv.stride[0])
+    for name in ("kernel_size", "stride", "padding", "dilation"):
+        assert getattr(q, name) == getattr(conv, name), name
 
 
 def test_conv1d_save_load(tmp_path):
@@ -67,6 +70,7 @@ def test_conv1d_save_load(tmp_path):
     loaded = mq.load(tmp_path / "c.safetensors", model=skeleton)
     x = torch.randn(2, 8, 20)
     assert torch.equal(loaded(x), result.model(x))
+    assert loaded[0].stride == (1,) and loaded[0].padding == (1,) and loaded[0].kernel_size == (3,)
 
 
 def test_linear_subclass_opted_in_by_type():

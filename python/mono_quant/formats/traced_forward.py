@@ -127,19 +127,19 @@ def conv2d_forward(module, x: torch.Tensor) -> torch.Tensor:
     if not m.format.integer:
         b = None if bias is None else bias.to(x.dtype)
         return m.conv_with(x, m._buffers["weight"].to(x.dtype).to(x.device), b)
-    k = m.in_channels // m.groups * m.kernel_size[0] * m.kernel_size[1]
-    if (x.dim() == 4 and not isinstance(m.padding, str) and x.shape[1] == m.in_channels
+    k = m.in_channels // m.groups * m.kernel_size2d[0] * m.kernel_size2d[1]
+    if (x.dim() == 4 and not isinstance(m.padding2d, str) and x.shape[1] == m.in_channels
             and _takes(x, m, x.shape[-1]) and k <= MAX_IN_FEATURES):
         if m._packed_pays(x):
             if m.padding_mode != "zeros":
                 x = F.pad(x, m._reversed_padding_repeated_twice, mode=m.padding_mode)
                 padding = [0, 0]
             else:
-                padding = list(m.padding)
+                padding = list(m.padding2d)
             y = torch.ops.mono_quant.conv2d_int8(x, m.weight_packed, m.weight_colsum, m.weight_packed_info,
-                                                 m.weight_scale, m.weight_zero_point, bias, list(m.kernel_size),
-                                                 list(m.stride), padding, list(m.dilation), m.groups, m.out_channels,
-                                                 m.activations == "dynamic")
+                                                 m.weight_scale, m.weight_zero_point, bias, list(m.kernel_size2d),
+                                                 list(m.stride2d), padding, list(m.dilation2d), m.groups,
+                                                 m.out_channels, m.activations == "dynamic")
             return y if x.dtype == torch.float32 else y.to(x.dtype)
         w = dequantized_weight(m)
         return m.conv_with(x.float(), w, None if bias is None else bias.float()).to(x.dtype)

@@ -66,10 +66,13 @@ class QuantizedConv2d(QuantizedModule):
         super().__init__(weight_format, (out_channels, in_channels // groups, *kernel_size), orig_dtype)
         self.in_channels = in_channels
         self.out_channels = out_channels
-        self.kernel_size = kernel_size
-        self.stride = nn.modules.utils._pair(stride)
-        self.padding = padding if isinstance(padding, str) else nn.modules.utils._pair(padding)
-        self.dilation = nn.modules.utils._pair(dilation)
+        # the 2-D geometry the forward runs with (a QuantizedConv1d's is its height-1 view) ...
+        self.kernel_size2d = kernel_size
+        self.stride2d = nn.modules.utils._pair(stride)
+        self.padding2d = padding if isinstance(padding, str) else nn.modules.utils._pair(padding)
+        self.dilation2d = nn.modules.utils._pair(dilation)
+        # ... and the float layer's own attributes, which model code reads (Whisper: conv.stride[0])
+        self.kernel_size, self.stride, self.padding, self.dilation = self.float_geometry()
         self.groups = groups
         self.padding_mode = padding_mode
         self._reversed_padding_repeated_twice = None
@@ -77,11 +80,15 @@ class QuantizedConv2d(QuantizedModule):
 
     state_attrs = QuantizedModule.state_attrs + ("_reversed_padding_repeated_twice", "activations")
 
+    def float_geometry(self):
+        """(kernel_size, stride, padding, dilation) as the float layer this replaces has them."""
+        return self.kernel_size2d, self.stride2d, self.padding2d, self.dilation2d
+
     def init_kwargs(self):
         return {"in_channels": self.in_channels, "out_channels": self.out_channels,
-                "kernel_size": list(self.kernel_size), "stride": list(self.stride),
-                "padding": self.padding if isinstance(self.padding, str) else list(self.padding),
-                "dilation": list(self.dilation), "groups": self.groups, "padding_mode": self.padding_mode,
+                "kernel_size": list(self.kernel_size2d), "stride": list(self.stride2d),
+                "padding": self.padding2d if isinstance(self.padding2d, str) else list(self.padding2d),
+                "dilation": list(self.dilation2d), "groups": self.groups, "padding_mode": self.padding_mode,
                 "weight_format": self.weight_format}
 
     @classmethod
@@ -108,8 +115,8 @@ class QuantizedConv2d(QuantizedModule):
         """torch's conv of ``x`` with this layer's geometry and the given float weight and bias."""
         if self.padding_mode != "zeros":
             x = F.pad(x, self._reversed_padding_repeated_twice, mode=self.padding_mode)
-            return F.conv2d(x, w, b, self.stride, 0, self.dilation, self.groups)
-        return F.conv2d(x, w, b, self.stride, self.padding, self.dilation, self.groups)
+            return F.conv2d(x, w, b, self.stride2d, 0, self.dilation2d, self.groups)
+        return F.conv2d(x, w, b, self.stride2d, self.padding2d, self.dilation2d, self.groups)
 
     def _packed_conv(self, x: torch.Tensor, info: dict, args: list, whole: tuple) -> torch.Tensor:
         """The int8 matmul on im2col rows; float32 NCHW out.  Dynamic: all in
@@ -119,9 +126,9 @@ class QuantizedConv2d(QuantizedModule):
             x = F.pad(x, self._reversed_padding_repeated_twice, mode=self.padding_mode)
             padding = (0, 0)
         else:
-            padding = tuple(self.padding)
+            padding = tuple(self.padding2d)
         batch, _, height, width = x.shape
-        (kh, kw), (sh, sw), (dh, dw) = self.kernel_size, self.stride, self.dilation
+        (kh, kw), (sh, sw), (dh, dw) = self.kernel_size2d, self.stride2d, self.dilation2d
         out_h = (height + 2 * padding[0] - dh * (kh - 1) - 1) // sh + 1
         out_w = (width + 2 * padding[1] - dw * (kw - 1) - 1) // sw + 1
         if self.activations == "dynamic":
@@ -129,7 +136,7 @@ class QuantizedConv2d(QuantizedModule):
         if (kh, kw, sh, sw) == (1, 1, 1, 1) and padding == (0, 0):
             rows = x.permute(0, 2, 3, 1).reshape(-1, x.shape[1])  # 1x1: each pixel is a row
         else:  # torch's im2col [B, C*kh*kw, L], reordered to rows of (group, kh, kw, channel): the packed K order
-            cols = F.unfold(x, self.kernel_size, self.dilation, padding, self.stride)
+            cols = F.unfold(x, self.kernel_size2d, self.dilation2d, padding, self.stride2d)
             cols = cols.reshape(batch, self.groups, self.in_channels // self.groups, kh * kw, -1)
             rows = cols.permute(0, 4, 1, 3, 2).reshape(-1, cols.shape[1] * cols.shape[2] * cols.shape[3])
         groups, k = self.groups, info["in_features"]
@@ -146,7 +153,7 @@ class QuantizedConv2d(QuantizedModule):
         batch = x.shape[0]
         per_image = out_h * out_w * round_up(k, INT8_K_GROUP) * self.groups
         images = max(1, DYNAMIC_CHUNK_BYTES // max(1, per_image))
-        geometry = (tuple(self.kernel_size), tuple(self.stride), padding, tuple(self.dilation), self.groups)
+        geometry = (tuple(self.kernel_size2d), tuple(self.stride2d), padding, tuple(self.dilation2d), self.groups)
         # NCHW straight from C (a torch permute().contiguous() here waited on torch's thread team under load)
         if images >= batch:
             return torch.from_numpy(conv2d_int8_raw(kernels.to_numpy(x), whole, geometry))
@@ -170,15 +177,16 @@ class QuantizedConv2d(QuantizedModule):
         weight (bench_conv.py: the packed weight-only path wins below about
         out_channels/8 output pixels)."""
         if self.activations == "dynamic":
-            k = self.in_channels // self.groups * self.kernel_size[0] * self.kernel_size[1]
+            k = self.in_channels // self.groups * self.kernel_size2d[0] * self.kernel_size2d[1]
             if k < DYNAMIC_MIN_K:
                 return False
             pixels = 1  # per image, so an image's result never depends on the batch it came in
-            for size, kk, st, p, d in zip(x.shape[2:], self.kernel_size, self.stride, self.padding, self.dilation):
+            geometry = (self.kernel_size2d, self.stride2d, self.padding2d, self.dilation2d)
+            for size, kk, st, p, d in zip(x.shape[2:], *geometry):
                 pixels *= (size + 2 * p - d * (kk - 1) - 1) // st + 1
             return pixels * k * (self.out_channels // self.groups) >= DYNAMIC_MIN_MACS_PER_IMAGE
         pixels = x.shape[0]
-        for size, k, s, p, d in zip(x.shape[2:], self.kernel_size, self.stride, self.padding, self.dilation):
+        for size, k, s, p, d in zip(x.shape[2:], self.kernel_size2d, self.stride2d, self.padding2d, self.dilation2d):
             pixels *= (size + 2 * p - d * (k - 1) - 1) // s + 1
         return pixels * 8 <= self.out_channels
 
@@ -187,7 +195,7 @@ class QuantizedConv2d(QuantizedModule):
         if traced_forward.use_ops(x, self):  # graph capture or autograd: the torch.library ops
             return traced_forward.conv2d_forward(self, x)
         packed = self.format.kernel_args(self)  # None unless the format has packed int8 kernels
-        if (packed is not None and x.dim() == 4 and not isinstance(self.padding, str)
+        if (packed is not None and x.dim() == 4 and not isinstance(self.padding2d, str)
                 and x.shape[1] == self.in_channels and kernel_takes(x, x.shape[-1])
                 and packed[0]["in_features"] <= MAX_IN_FEATURES):
             if self._packed_pays(x):
@@ -200,12 +208,12 @@ class QuantizedConv2d(QuantizedModule):
 
     def weight_numel(self) -> int:
         """Elements of the float weight."""
-        return self.out_channels * (self.in_channels // self.groups) * self.kernel_size[0] * self.kernel_size[1]
+        return self.out_channels * (self.in_channels // self.groups) * self.kernel_size2d[0] * self.kernel_size2d[1]
 
     def _dequantized_packed(self, info: dict) -> torch.Tensor:
         """The float32 weight ``[out, in/groups, kh, kw]`` straight from the packed buffers
         (the values of ``dequantized_weight``, without its unpack-then-dequantize detour)."""
-        kh, kw = self.kernel_size
+        kh, kw = self.kernel_size2d
         rows = dequantized_packed(self, info)  # [out, (kh, kw, in/groups)]
         if kh * kw == 1:  # plain strides (a permuted 1x1 weight would look channels-last to F.conv2d)
             return rows.reshape(self.out_channels, -1, 1, 1)

@@ -57,6 +57,13 @@ class QuantizedConv1d(QuantizedConv2d):
         """``weight`` is the quantized (or cast) form of ``conv2d_weight_of(module.weight)``."""
         return super().from_float(_Conv2dView(module), weight, activations)
 
+    def float_geometry(self):
+        """nn.Conv1d's own 1-D ``kernel_size``, ``stride``, ``padding``, ``dilation`` (model code
+        reads them: Whisper checks its input length with ``conv.stride[0]``); the forward runs
+        with the height-1 2-D geometry (``stride2d`` ...)."""
+        padding = self.padding2d if isinstance(self.padding2d, str) else (self.padding2d[1],)
+        return (self.kernel_size2d[1],), (self.stride2d[1],), padding, (self.dilation2d[1],)
+
     @staticmethod
     def float_weight_shape(shape: List[int]) -> List[int]:
         """The float Conv1d's weight shape for this module's stored (height-1) ``shape``."""
