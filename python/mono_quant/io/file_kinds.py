@@ -4,9 +4,13 @@ and ``mono_quant.load`` hand over to the package that writes them (static int8 m
 so io/ never imports the packages built on top of it."""
 from __future__ import annotations
 
+import os
+import stat
 from typing import Any, Callable, List, NamedTuple, Optional
 
-__all__ = ["FileKind", "register_file_kind", "kind_for_object", "kind_for_file"]
+from safetensors import safe_open
+
+__all__ = ["FileKind", "register_file_kind", "kind_for_object", "kind_for_file", "has_metadata_key"]
 
 
 class FileKind(NamedTuple):
@@ -45,3 +49,15 @@ def kind_for_object(obj) -> Optional[FileKind]:
 def kind_for_file(path) -> Optional[FileKind]:
     """The registered kind whose layout the file at ``path`` has, or None."""
     return next((k for k in _KINDS if k.reads(path)), None)
+
+
+def has_metadata_key(path, key: str) -> bool:
+    """Whether ``path`` is a regular safetensors file whose metadata has ``key`` (False on any
+    read error: the general loader then reports what is wrong with the file)."""
+    try:
+        if not stat.S_ISREG(os.stat(path).st_mode):  # a FIFO or device would block the open
+            return False
+        with safe_open(os.fspath(path), framework="pt") as f:
+            return key in (f.metadata() or {})
+    except Exception:  # noqa: BLE001 - not ours, or unreadable
+        return False

@@ -14,7 +14,6 @@ import json
 import math
 import operator
 import os
-import stat
 from pathlib import Path
 from typing import Any, Dict, List
 
@@ -27,7 +26,7 @@ from safetensors.torch import save_file
 
 from ..errors import CheckpointError
 from ..io.atomic import atomic_output
-from ..io.file_kinds import FileKind, register_file_kind
+from ..io.file_kinds import FileKind, has_metadata_key, register_file_kind
 from ..io.untrusted_json import loads_bounded
 from ..kernels.layout import PACKED_LAYOUT_VERSION
 from ..packing import check_packed_groups, packed_sizes
@@ -171,13 +170,7 @@ def save_static(model: StaticGraphModel, path, overwrite: bool = True) -> Path:
 
 def is_static_file(path) -> bool:
     """Whether ``path`` is a safetensors file written by save_static (False on any read error)."""
-    try:
-        if not stat.S_ISREG(os.stat(path).st_mode):  # a FIFO or device would block the open
-            return False
-        with safe_open(os.fspath(path), framework="pt") as f:
-            return _META_KEY in (f.metadata() or {})
-    except Exception:  # noqa: BLE001 - not ours, or unreadable: the general loader reports it
-        return False
+    return has_metadata_key(path, _META_KEY)
 
 
 def _check_tensor(where: str, t: torch.Tensor, dtype: torch.dtype, shape) -> None:

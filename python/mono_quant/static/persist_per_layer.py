@@ -16,7 +16,6 @@ from __future__ import annotations
 import copy
 import json
 import os
-import stat
 from pathlib import Path
 from typing import Dict
 
@@ -28,7 +27,7 @@ from safetensors.torch import save_file
 
 from ..errors import CheckpointError
 from ..io.atomic import atomic_output
-from ..io.file_kinds import FileKind, register_file_kind
+from ..io.file_kinds import FileKind, has_metadata_key, register_file_kind
 from ..io.skeleton import materialize_non_persistent_buffers
 from ..io.untrusted_json import loads_bounded
 from .fallback import PerLayerStatic
@@ -57,13 +56,7 @@ def is_per_layer_model(model) -> bool:
 
 def is_per_layer_file(path) -> bool:
     """Whether ``path`` is a safetensors file written by save_per_layer (False on any read error)."""
-    try:
-        if not stat.S_ISREG(os.stat(path).st_mode):  # a FIFO or device would block the open
-            return False
-        with safe_open(os.fspath(path), framework="pt") as f:
-            return PER_LAYER_META_KEY in (f.metadata() or {})
-    except Exception:  # noqa: BLE001 - not ours, or unreadable: the general loader reports it
-        return False
+    return has_metadata_key(path, PER_LAYER_META_KEY)
 
 
 def save_per_layer(model: nn.Module, path, overwrite: bool = True) -> Path:
