@@ -105,31 +105,39 @@ static PyArrayObject *linear_x(mq_refs *refs, PyObject *x_obj, int is_acc) {
 
 PyDoc_STRVAR(linear_int8_doc,
              "linear_int8(x, packed, w_sum, w_scale, w_zero_point, bias, out_features, w_has_m128,\n"
-             "            mode='dynamic', nthreads=1) -> float32 array [m, out_features]\n\n"
+             "            mode='dynamic', nthreads=1, reduce_range=False) -> float32 array [m, out_features]\n\n"
              "y = x @ W.T + bias with W the packed int8 weight (see pack_int8).  x is a 2-D\n"
              "float32 / float16 / int16 (bf16 bits) array whose rows may be strided.\n"
              "mode 'dynamic': x quantized per row to int8 (-127..127), int32 accumulation,\n"
              "one fused epilogue.  mode 'weight_only': x in fp32 times W dequantized in\n"
              "registers.  mode 'int8_acc': x is already int8 and the exact int32\n"
-             "accumulators sum_k x * (w - zero_point) are returned (int32 array; tests).");
+             "accumulators sum_k x * (w - zero_point) are returned (int32 array; tests).\n"
+             "reduce_range=True (mode 'dynamic' only): x quantized per row to 7 bits, asymmetric\n"
+             "(0..127 with a zero-point), the same integers at every kernel level.");
 
 static PyObject *py_linear_int8(PyObject *self, PyObject *args, PyObject *kw) {
     static char *kwlist[] = {"x", "packed", "w_sum", "w_scale", "w_zero_point", "bias", "out_features",
-                             "w_has_m128", "mode", "nthreads", NULL};
+                             "w_has_m128", "mode", "nthreads", "reduce_range", NULL};
     PyObject *x_obj, *packed_obj, *w_sum_obj, *scale_obj, *zp_obj, *bias_obj, *result = NULL;
     Py_ssize_t n;
-    int has_m128, nthreads = 1;
+    int has_m128, nthreads = 1, reduce_range = 0;
     const char *mode = "dynamic";
     mq_refs refs = {0};
     PyArrayObject *x, *packed, *w_sum, *scale, *zp, *bias, *y;
     (void)self;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "OOOOOOnp|si:linear_int8", kwlist, &x_obj, &packed_obj, &w_sum_obj,
-                                     &scale_obj, &zp_obj, &bias_obj, &n, &has_m128, &mode, &nthreads))
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OOOOOOnp|sip:linear_int8", kwlist, &x_obj, &packed_obj, &w_sum_obj,
+                                     &scale_obj, &zp_obj, &bias_obj, &n, &has_m128, &mode, &nthreads,
+                                     &reduce_range))
         return NULL;
     if (!mq_check_threads(nthreads)) return NULL;
     int is_acc = !strcmp(mode, "int8_acc"), is_wo = !strcmp(mode, "weight_only");
     if (!is_acc && !is_wo && strcmp(mode, "dynamic")) {
         PyErr_Format(PyExc_ValueError, "mode must be 'dynamic', 'weight_only' or 'int8_acc', got '%s'", mode);
+        return NULL;
+    }
+    if (reduce_range && (is_acc || is_wo)) {
+        PyErr_Format(PyExc_ValueError, "reduce_range applies to mode 'dynamic' only (quantized activations), "
+                     "got mode '%s'", mode);
         return NULL;
     }
     if (!(x = linear_x(&refs, x_obj, is_acc))) goto done;
@@ -153,7 +161,7 @@ static PyObject *py_linear_int8(PyObject *self, PyObject *args, PyObject *kw) {
         status = mq_linear_dynamic(PyArray_DATA(x), kind, is_acc, m, k, ldx, PyArray_DATA(packed),
                                    PyArray_DATA(w_sum), PyArray_DATA(scale), mq_data_or_null(zp), has_m128,
                                    mq_data_or_null(bias), n, is_acc ? NULL : PyArray_DATA(y),
-                                   is_acc ? PyArray_DATA(y) : NULL, nthreads);
+                                   is_acc ? PyArray_DATA(y) : NULL, reduce_range, nthreads);
     Py_END_ALLOW_THREADS
     result = status < 0 ? PyErr_NoMemory() : mq_return(y);
 done:
@@ -163,14 +171,16 @@ done:
 
 PyDoc_STRVAR(conv2d_int8_doc,
              "conv2d_int8(x, packed, w_sum, w_scale, w_zero_point, bias, out_channels, w_has_m128,\n"
-             "            kernel, stride, padding, dilation, groups, nthreads=1, nchw=False)\n"
+             "            kernel, stride, padding, dilation, groups, nthreads=1, nchw=False,\n"
+             "            reduce_range=False)\n"
              "    -> float32 [rows, out_channels], or [batch, out_channels, out_h, out_w] with nchw\n\n"
              "Dynamic int8 Conv2d: x is a 4-D NCHW float32 / float16 / int16 (bf16 bits) array;\n"
              "each image is quantized with one symmetric int8 scale, im2col'd in int8 and\n"
              "multiplied per group with the packed weight (pack_int8 of each group's\n"
              "[out/groups, in/groups*kh*kw] block, concatenated).  kernel, stride, padding\n"
              "and dilation are (h, w) pairs.  Rows are the output pixels in (n, h, w) order;\n"
-             "nchw=True writes the same values as an NCHW array instead (transposed in C).");
+             "nchw=True writes the same values as an NCHW array instead (transposed in C).\n"
+             "reduce_range=True: each image quantized to 7 bits, asymmetric (0..127).");
 
 /* Conv sizes far below this keep every product in the size arithmetic
  * (kernel * dilation, channels * kernel area, ...) far inside int64. */
@@ -195,18 +205,18 @@ static int pair_arg(PyObject *obj, const char *what, long lo, npy_intp out[2]) {
 static PyObject *py_conv2d_int8(PyObject *self, PyObject *args, PyObject *kw) {
     static char *kwlist[] = {"x", "packed", "w_sum", "w_scale", "w_zero_point", "bias", "out_channels",
                              "w_has_m128", "kernel", "stride", "padding", "dilation", "groups", "nthreads",
-                             "nchw", NULL};
+                             "nchw", "reduce_range", NULL};
     PyObject *x_obj, *packed_obj, *w_sum_obj, *scale_obj, *zp_obj, *bias_obj, *kernel_obj, *stride_obj, *pad_obj,
         *dil_obj, *result = NULL;
     Py_ssize_t n, groups;
-    int has_m128, nthreads = 1, nchw = 0;
+    int has_m128, nthreads = 1, nchw = 0, reduce_range = 0;
     npy_intp ks[2], st[2], pd[2], dl[2];
     mq_refs refs = {0};
     PyArrayObject *x, *packed, *w_sum, *scale, *zp, *bias, *y;
     (void)self;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "OOOOOOnpOOOOn|ip:conv2d_int8", kwlist, &x_obj, &packed_obj,
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OOOOOOnpOOOOn|ipp:conv2d_int8", kwlist, &x_obj, &packed_obj,
                                      &w_sum_obj, &scale_obj, &zp_obj, &bias_obj, &n, &has_m128, &kernel_obj,
-                                     &stride_obj, &pad_obj, &dil_obj, &groups, &nthreads, &nchw))
+                                     &stride_obj, &pad_obj, &dil_obj, &groups, &nthreads, &nchw, &reduce_range))
         return NULL;
     if (!mq_check_threads(nthreads)) return NULL;
     if (!pair_arg(kernel_obj, "kernel", 1, ks) || !pair_arg(stride_obj, "stride", 1, st) ||
@@ -251,7 +261,7 @@ static PyObject *py_conv2d_int8(PyObject *self, PyObject *args, PyObject *kw) {
     status = mq_conv2d_dynamic(PyArray_DATA(x), kind, batch, channels, height, width, ks[0], ks[1], st[0], st[1],
                                pd[0], pd[1], dl[0], dl[1], groups, PyArray_DATA(packed), PyArray_DATA(w_sum),
                                PyArray_DATA(scale), mq_data_or_null(zp), has_m128, mq_data_or_null(bias), n,
-                               PyArray_DATA(y), nchw, nthreads);
+                               PyArray_DATA(y), nchw, reduce_range, nthreads);
     Py_END_ALLOW_THREADS
     result = status < 0 ? PyErr_NoMemory() : mq_return(y);
 done:

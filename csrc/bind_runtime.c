@@ -55,7 +55,9 @@ static PyObject *py_linear_kernels(PyObject *self, PyObject *unused) {
     (void)self;
     (void)unused;
     const mq_kernels *kt = mq_active();
-    return Py_BuildValue("{s:s,s:s,s:i,s:s}", "dynamic", kt->qgemm_name, "weight_only", kt->wgemm_name,
+    /* dynamic_reduce_range: the 7-bit kernel, or the dynamic one where it runs them (act_u7.c) */
+    return Py_BuildValue("{s:s,s:s,s:s,s:i,s:s}", "dynamic", kt->qgemm_name, "dynamic_reduce_range",
+                         kt->qgemm_u7 ? kt->qgemm_u7_name : kt->qgemm_name, "weight_only", kt->wgemm_name,
                          "max_in_features", MQ_MAX_LINEAR_K, "threads", mq_threading_backend());
 }
 

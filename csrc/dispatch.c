@@ -118,6 +118,8 @@ static const mq_kernels scalar_table = {
     .qgemm = mq_ref_qgemm,
     .qgemm_x_u8 = 0,
     .qgemm_name = "scalar",
+    .qgemm_u7 = mq_ref_qgemm_u7, /* the ground truth of the 7-bit kernels (as fast as qgemm on xq) */
+    .qgemm_u7_name = "scalar_u7",
     .wgemm = mq_ref_wgemm,
     .wgemm_name = "scalar",
     .pack_panel = mq_ref_pack_panel,
@@ -145,6 +147,12 @@ static void overlay(mq_kernels *dst, const mq_kernels *src) {
         dst->qgemm = src->qgemm;
         dst->qgemm_x_u8 = src->qgemm_x_u8;
         dst->qgemm_name = src->qgemm_name;
+        /* a new qgemm drops the lower level's 7-bit kernel unless it brings one (VNNI is faster on xq) */
+        dst->qgemm_u7 = src->qgemm_u7;
+        dst->qgemm_u7_name = src->qgemm_u7_name;
+    } else if (src->qgemm_u7) {
+        dst->qgemm_u7 = src->qgemm_u7;
+        dst->qgemm_u7_name = src->qgemm_u7_name;
     }
     TAKE(wgemm);
     TAKE(wgemm_name);
@@ -160,9 +168,10 @@ static void overlay(mq_kernels *dst, const mq_kernels *src) {
 }
 
 /* The AVX2 level's int8 matmul: AVX-VNNI's vpdpbusd where the CPU has it,
- * else the maddubs sign trick. */
+ * else the maddubs sign trick (and maddubs without it on 7-bit activations). */
 static void avx2_int8_matmul(mq_kernels *k) {
     overlay(k, &mq_avx2_linear_table);
+    overlay(k, &mq_avx2_linear_u7_table);
     if (cpu.avx_vnni) overlay(k, &mq_avxvnni_linear_table);
 }
 
@@ -221,9 +230,10 @@ int mq_set_isa(mq_isa_t isa) {
 int mq_use_maddubs_for_tests(int on) {
     init_tables();
     if (best_isa < MQ_ISA_AVX2) return -1;
-    if (on)
+    if (on) {
         overlay(&tables[MQ_ISA_AVX2], &mq_avx2_linear_table);
-    else
+        overlay(&tables[MQ_ISA_AVX2], &mq_avx2_linear_u7_table);
+    } else
         avx2_int8_matmul(&tables[MQ_ISA_AVX2]);
     return 0;
 }

@@ -143,6 +143,8 @@ typedef struct {
     float *x_scale;
     uint8_t *xq;
     const mq_kernels *kt;
+    int32_t *x_zp; /* reduce_range: per-row zero-points (act_u7.c), else NULL */
+    mq_x_encoding_t enc;
 } xquant_ctx;
 
 /* Per-row symmetric int8 of the activations (torch's symmetric MinMax
@@ -153,6 +155,12 @@ static void quantize_x_range(void *vctx, int64_t begin, int64_t end) {
     for (int64_t r = begin; r < end; r++) {
         const uint8_t *src = c->src + (size_t)r * c->row_bytes;
         uint8_t *q = c->xq + r * kp;
+        if (c->x_zp) {
+            int32_t sum;
+            mq_quantize_row_u7(c->kt, src, c->kind, c->k, kp, c->enc, q, &c->x_scale[r], &c->x_zp[r], &sum);
+            if (c->x_sum) c->x_sum[r] = sum;
+            continue;
+        }
         if (c->x_is_q) {
             memcpy(q, src, (size_t)c->k);
             c->x_scale[r] = 1.0f;
@@ -198,6 +206,7 @@ static void qgemm_range(void *vctx, int64_t begin, int64_t end) {
         sub.x += m0 * sub.kp;
         sub.x_scale += m0;
         if (sub.x_sum) sub.x_sum += m0;
+        if (sub.x_zp) sub.x_zp += m0;
         if (sub.y) sub.y += m0 * sub.ldy;
         if (sub.acc) sub.acc += m0 * sub.ldy;
         c->fn(&sub, p0, p1);
@@ -231,26 +240,37 @@ static void run_qgemm(mq_qgemm_fn fn, const mq_qgemm_args *a, int nthreads) {
 
 int mq_linear_dynamic(const void *x, mq_src_t kind, int x_is_q, int64_t m, int64_t k, int64_t ldx,
                       const int8_t *packed, const int32_t *w_sum, const float *w_scale, const int32_t *w_zp,
-                      int w_has_m128, const float *bias, int64_t n, float *y, int32_t *acc, int nthreads) {
+                      int w_has_m128, const float *bias, int64_t n, float *y, int32_t *acc, int reduce_range,
+                      int nthreads) {
     const mq_kernels *kt = mq_active();
     const int64_t kp = mq_round_up(k, MQ_KGROUP);
     if (m <= 0 || n <= 0) return 0;
+    reduce_range = reduce_range && !x_is_q; /* (the bindings refuse the pair) */
     nthreads = threads_for_call(m, kp, n, nthreads);
     uint8_t *xq = aligned_alloc(64, mq_alloc_bytes(m, kp, 64));
     float *x_scale = malloc((size_t)m * sizeof(float));
     int32_t *x_sum = w_zp ? malloc((size_t)m * sizeof(int32_t)) : NULL;
+    int32_t *x_zp = reduce_range ? malloc((size_t)m * sizeof(int32_t)) : NULL;
     int status = -1;
-    if (!xq || !x_scale || (w_zp && !x_sum)) goto done;
-    mq_qgemm_args a = {xq, kt->qgemm_x_u8, x_scale, x_sum, m, kp, n, packed, w_sum, w_scale, w_zp,
-                       w_has_m128, bias, acc ? NULL : y, acc, n, gemv_rows(nthreads)};
-    xquant_ctx xc = {x, (size_t)ldx * (x_is_q ? 1 : mq_src_size(kind)), kind, x_is_q, k, &a, x_sum, x_scale, xq, kt};
+    if (!xq || !x_scale || (w_zp && !x_sum) || (reduce_range && !x_zp)) goto done;
+    /* 7-bit activations: the level's own 7-bit kernel on the codes, or its qgemm on xq */
+    const int u7 = reduce_range && kt->qgemm_u7;
+    mq_qgemm_args a = {xq, u7 ? 0 : kt->qgemm_x_u8, x_scale, x_sum, m, kp, n, packed, w_sum, w_scale, w_zp,
+                       w_has_m128, bias, acc ? NULL : y, acc, n, gemv_rows(nthreads), u7 ? x_zp : NULL};
+    const mq_x_encoding_t enc = u7 ? MQ_X_U7 : kt->qgemm_x_u8 ? MQ_X_INT8_PLUS_128 : MQ_X_INT8;
+    xquant_ctx xc = {x, (size_t)ldx * (x_is_q ? 1 : mq_src_size(kind)), kind, x_is_q, k, &a, x_sum, x_scale, xq, kt,
+                     x_zp, enc};
     mq_parallel_for(m, (1 << 16) / (k + 1) + 1, nthreads, quantize_x_range, &xc);
-    run_qgemm(x_is_q && !a.x_u8 && memchr(xq, 0x80, (size_t)(m * kp)) ? mq_ref_qgemm : kt->qgemm, &a, nthreads);
+    if (u7)
+        run_qgemm(kt->qgemm_u7, &a, nthreads);
+    else
+        run_qgemm(x_is_q && !a.x_u8 && memchr(xq, 0x80, (size_t)(m * kp)) ? mq_ref_qgemm : kt->qgemm, &a, nthreads);
     status = 0;
 done:
     free(xq);
     free(x_scale);
     free(x_sum);
+    free(x_zp);
     return status;
 }
 
@@ -269,6 +289,9 @@ typedef struct {
     int32_t *x_sum;
     uint8_t zero; /* the encoding of 0 */
     uint8_t *rows; /* [batch*out_h*out_w][kp] */
+    const int32_t *image_zp; /* 7-bit codes (reduce_range, MQ_X_U7): each image's zero-point, the encoding
+                              * of its 0; NULL otherwise */
+    int32_t *x_zp;           /* [rows] with image_zp */
 } im2col_ctx;
 
 static void im2col_range(void *vctx, int64_t begin, int64_t end) {
@@ -276,6 +299,7 @@ static void im2col_range(void *vctx, int64_t begin, int64_t end) {
     const int64_t pixels = c->out_h * c->out_w;
     for (int64_t r = begin; r < end; r++) {
         const int64_t b = r / pixels, oh = (r % pixels) / c->out_w, ow = r % c->out_w;
+        const uint8_t zero = c->image_zp ? (uint8_t)c->image_zp[b] : c->zero;
         uint8_t *dst = c->rows + r * c->kp;
         const int64_t iw0 = ow * c->sw - c->pw;
         /* one group, dilation 1, the row of taps inside the image: the kw pixels' channels are one run */
@@ -293,15 +317,19 @@ static void im2col_range(void *vctx, int64_t begin, int64_t end) {
                     memcpy(dst, c->xq + ((b * c->height + ih) * c->width + iw) * c->channels + c->group * c->cg,
                            (size_t)c->cg);
                 else
-                    memset(dst, c->zero, (size_t)c->cg);
+                    memset(dst, zero, (size_t)c->cg);
             }
         }
-        memset(dst, c->zero, (size_t)(c->kp - c->k));
+        memset(dst, zero, (size_t)(c->kp - c->k));
         c->x_scale[r] = c->image_scale[b];
+        if (c->image_zp) c->x_zp[r] = c->image_zp[b];
         if (c->x_sum) {
             const uint8_t *row = c->rows + r * c->kp;
             int32_t sum = 0;
-            for (int64_t i = 0; i < c->k; i++) sum += (int8_t)(row[i] ^ c->zero);
+            if (c->image_zp)
+                for (int64_t i = 0; i < c->k; i++) sum += (int32_t)row[i] - zero;
+            else
+                for (int64_t i = 0; i < c->k; i++) sum += (int8_t)(row[i] ^ zero);
             c->x_sum[r] = sum;
         }
     }
@@ -316,6 +344,8 @@ typedef struct {
     uint8_t *xq;     /* NHWC encoded */
     uint8_t zero;
     const mq_kernels *kt;
+    int32_t *zp;         /* reduce_range: [batch] each image's zero-point (7-bit codes, act_u7.c), else NULL */
+    mq_x_encoding_t enc; /* with zp */
 } image_quant_ctx;
 
 static void quantize_images(void *vctx, int64_t begin, int64_t end) {
@@ -327,20 +357,29 @@ static void quantize_images(void *vctx, int64_t begin, int64_t end) {
         uint8_t *out = c->xq + b * image;
         float mn, mx, scale;
         int32_t zp;
+        if (c->zp) c->zp[b] = 0;
         if (c->kt->minmax[c->kind](src, image, &mn, &mx)) {
             memset(out, c->zero, (size_t)image);
             c->scale[b] = NAN; /* NaN/Inf in the image: its outputs become NaN */
             continue;
         }
-        mq_choose_qparams(mn, mx, -127, 127, 1, &scale, &zp);
-        c->kt->quantize[c->kind](src, image, 1.0f / scale, 0.0f, -127.0f, 127.0f, 0, (uint8_t *)q);
+        uint8_t add = c->zero; /* int8 -> encoding: + 0, or + 128 (= ^ 0x80) for VNNI */
+        if (c->zp) { /* 7-bit codes xu, encoded as xu, xu - zp or xu - zp + 128 */
+            mq_choose_qparams(mn, mx, 0, 127, 0, &scale, &zp);
+            c->kt->quantize[c->kind](src, image, 1.0f / scale, (float)zp, 0.0f, 127.0f, 0, (uint8_t *)q);
+            c->zp[b] = zp;
+            add = (uint8_t)(c->enc == MQ_X_U7 ? 0 : c->enc == MQ_X_INT8_PLUS_128 ? 128 - zp : -zp);
+        } else {
+            mq_choose_qparams(mn, mx, -127, 127, 1, &scale, &zp);
+            c->kt->quantize[c->kind](src, image, 1.0f / scale, 0.0f, -127.0f, 127.0f, 0, (uint8_t *)q);
+        }
         c->scale[b] = scale;
         /* NCHW -> NHWC in blocks of 64 pixels, so reads and writes both stay in cache lines */
         for (int64_t p0 = 0; p0 < c->plane; p0 += 64) {
             const int64_t p1 = p0 + 64 < c->plane ? p0 + 64 : c->plane;
             for (int64_t ch = 0; ch < c->channels; ch++) {
                 const int8_t *in = q + ch * c->plane;
-                for (int64_t p = p0; p < p1; p++) out[p * c->channels + ch] = (uint8_t)in[p] ^ c->zero;
+                for (int64_t p = p0; p < p1; p++) out[p * c->channels + ch] = (uint8_t)((uint8_t)in[p] + add);
             }
         }
     }
@@ -375,8 +414,10 @@ int mq_conv2d_dynamic(const void *x, mq_src_t kind, int64_t batch, int64_t chann
                       int64_t kh, int64_t kw, int64_t sh, int64_t sw, int64_t ph, int64_t pw, int64_t dh, int64_t dw,
                       int64_t groups, const int8_t *packed, const int32_t *w_sum, const float *w_scale,
                       const int32_t *w_zp, int w_has_m128, const float *bias, int64_t n, float *y, int nchw,
-                      int nthreads) {
+                      int reduce_range, int nthreads) {
     const mq_kernels *kt = mq_active();
+    const int u7 = reduce_range && kt->qgemm_u7; /* as mq_linear_dynamic */
+    const mq_x_encoding_t enc = u7 ? MQ_X_U7 : kt->qgemm_x_u8 ? MQ_X_INT8_PLUS_128 : MQ_X_INT8;
     const int64_t out_h = (height + 2 * ph - dh * (kh - 1) - 1) / sh + 1;
     const int64_t out_w = (width + 2 * pw - dw * (kw - 1) - 1) / sw + 1;
     const int64_t cg = channels / groups, k = cg * kh * kw, kp = mq_round_up(k, MQ_KGROUP);
@@ -385,7 +426,7 @@ int mq_conv2d_dynamic(const void *x, mq_src_t kind, int64_t batch, int64_t chann
     const int64_t n_g = n / groups, np_g = mq_round_up(n_g, MQ_PANEL);
     const int64_t m = mq_size_mul(mq_size_mul(batch, out_h), out_w);
     const int64_t image = channels * height * width;
-    const uint8_t zero = kt->qgemm_x_u8 ? 0x80u : 0u;
+    const uint8_t zero = !u7 && kt->qgemm_x_u8 ? 0x80u : 0u; /* the encoding of xq = 0 (u7: per image) */
     /* 1x1, stride 1, no padding, one group, k a multiple of 4: the NHWC image is the rows */
     const int direct = kh == 1 && kw == 1 && sh == 1 && sw == 1 && ph == 0 && pw == 0 && groups == 1 && kp == k;
     if (m == 0 || n <= 0) return 0;
@@ -396,29 +437,37 @@ int mq_conv2d_dynamic(const void *x, mq_src_t kind, int64_t batch, int64_t chann
     float *x_scale = malloc(mq_alloc_bytes(m, sizeof(float), 1));
     int32_t *x_sum = w_zp ? malloc(mq_alloc_bytes(m, sizeof(int32_t), 1)) : NULL;
     float *y_rows = nchw ? malloc(mq_alloc_bytes(m, n * (int64_t)sizeof(float), 1)) : y; /* NHWC, then transposed */
+    int32_t *image_zp = reduce_range ? malloc(mq_alloc_bytes(batch, sizeof(int32_t), 1)) : NULL;
+    int32_t *x_zp = u7 ? malloc(mq_alloc_bytes(m, sizeof(int32_t), 1)) : NULL;
     int status = -1;
     if (!scratch || !xq || !image_scale || !rows || !x_scale || (w_zp && !x_sum) || !y_rows) goto done;
-    image_quant_ctx qc = {x, kind, channels, height * width, image_scale, scratch, xq, zero, kt};
+    if ((reduce_range && !image_zp) || (u7 && !x_zp)) goto done;
+    image_quant_ctx qc = {x, kind, channels, height * width, image_scale, scratch, xq, zero, kt, image_zp, enc};
     mq_parallel_for(batch, 1, nthreads, quantize_images, &qc);
     for (int64_t g = 0; g < groups; g++) {
         im2col_ctx ic = {xq, channels, height, width, kh, kw, sh, sw, ph, pw, dh, dw, out_h, out_w, cg, kp, k,
-                         g, image_scale, x_scale, x_sum, zero, rows};
+                         g, image_scale, x_scale, x_sum, zero, rows, u7 ? image_zp : NULL, x_zp};
         if (direct) {
             const int64_t pixels = out_h * out_w;
             for (int64_t r = 0; r < m; r++) x_scale[r] = image_scale[r / pixels];
+            if (u7)
+                for (int64_t r = 0; r < m; r++) x_zp[r] = image_zp[r / pixels];
             if (x_sum)
                 for (int64_t r = 0; r < m; r++) {
                     int32_t sum = 0;
-                    for (int64_t i = 0; i < k; i++) sum += (int8_t)(rows[r * kp + i] ^ zero);
+                    if (u7)
+                        for (int64_t i = 0; i < k; i++) sum += (int32_t)rows[r * kp + i] - x_zp[r];
+                    else
+                        for (int64_t i = 0; i < k; i++) sum += (int8_t)(rows[r * kp + i] ^ zero);
                     x_sum[r] = sum;
                 }
         } else {
             mq_parallel_for(m, (1 << 16) / (kp + 1) + 1, nthreads, im2col_range, &ic);
         }
-        mq_qgemm_args a = {rows, kt->qgemm_x_u8, x_scale, x_sum, m, kp, n_g, packed + g * np_g * kp,
+        mq_qgemm_args a = {rows, u7 ? 0 : kt->qgemm_x_u8, x_scale, x_sum, m, kp, n_g, packed + g * np_g * kp,
                            w_sum + g * np_g, w_scale + g * n_g, w_zp ? w_zp + g * n_g : NULL, w_has_m128,
-                           bias ? bias + g * n_g : NULL, y_rows + g * n_g, NULL, n, gemv_rows(nthreads)};
-        run_qgemm(kt->qgemm, &a, nthreads);
+                           bias ? bias + g * n_g : NULL, y_rows + g * n_g, NULL, n, gemv_rows(nthreads), x_zp};
+        run_qgemm(u7 ? kt->qgemm_u7 : kt->qgemm, &a, nthreads);
     }
     if (nchw) {
         const int64_t pixels = out_h * out_w;
@@ -435,6 +484,8 @@ done:
     if (!direct) free(rows);
     free(x_scale);
     free(x_sum);
+    free(image_zp);
+    free(x_zp);
     return status;
 }
 

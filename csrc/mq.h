@@ -104,6 +104,8 @@ typedef struct {
     int32_t *acc;          /* [m][ldy] exact accumulators instead of y (tests) */
     int64_t ldy;           /* row stride of y / acc (elements), >= n */
     int64_t gemv_max_rows; /* up to this many rows, kernels stream the weight once (GEMV tiles) */
+    const int32_t *x_zp;   /* [m] reduce_range, for qgemm_u7 kernels only: x holds the 7-bit codes
+                            * xu = xq + x_zp[m] (0..127, uint8) and xq = xu - x_zp[m] (see act_u7.c) */
 } mq_qgemm_args;
 typedef void (*mq_qgemm_fn)(const mq_qgemm_args *a, int64_t p0, int64_t p1);
 
@@ -187,6 +189,11 @@ typedef struct {
     int qgemm_x_u8;
     mq_wgemm_fn wgemm;
     mq_pack_panel_fn pack_panel;
+    /* reduce_range (7-bit activations): a kernel taking the uint8 codes
+     * directly (x_zp set); NULL where qgemm, fed xq = xu - x_zp in its own
+     * encoding, is as fast (VNNI).  Set together with qgemm (dispatch.c). */
+    mq_qgemm_fn qgemm_u7;
+    const char *qgemm_u7_name;
     /* INT4 (int4.c) */
     mq_q4_pack_fn q4_pack;
     mq_q4_sqerr_fn q4_sqerr;
@@ -233,6 +240,8 @@ void mq_ref_f32_panel(const float *x, int64_t ldx, int64_t m, const float *w, in
 void mq_choose_qparams(float mn, float mx, int qmin, int qmax, int symmetric, float *scale, int32_t *zero_point);
 
 void mq_ref_qgemm(const mq_qgemm_args *a, int64_t p0, int64_t p1);
+/* The same int32 and fp32 results from the 7-bit codes (a->x_zp set, x_u8 ignored). */
+void mq_ref_qgemm_u7(const mq_qgemm_args *a, int64_t p0, int64_t p1);
 void mq_ref_wgemm(const mq_wgemm_args *a, int64_t p0, int64_t p1);
 
 /* ---- SIMD twins: one const partial table per ISA-flagged compile unit -----
@@ -242,6 +251,7 @@ void mq_ref_wgemm(const mq_wgemm_args *a, int64_t p0, int64_t p1);
  * instructions.  Off x86, or without compiler support, a table is empty. */
 extern const mq_kernels mq_avx2_quant_table;          /* x86/avx2/quant.c */
 extern const mq_kernels mq_avx2_linear_table;         /* x86/avx2/linear.c (maddubs sign trick) */
+extern const mq_kernels mq_avx2_linear_u7_table;      /* x86/avx2/linear_u7.c (maddubs on 7-bit activations) */
 extern const mq_kernels mq_avxvnni_linear_table;      /* x86/avx_vnni/linear.c, VEX (AVX-VNNI) */
 extern const mq_kernels mq_vnni256_evex_linear_table; /* the same kernel, EVEX-encoded (tests on AVX-512 VNNI) */
 extern const mq_kernels mq_avx2_pack_table;           /* x86/avx2/pack.c */
@@ -346,7 +356,8 @@ int64_t mq_quantize_pack_int8_file(int fd, int64_t offset, mq_src_t kind, int64_
  * already-quantized int8 xq (x_is_q).  Returns 0, or -1 when out of memory. */
 int mq_linear_dynamic(const void *x, mq_src_t kind, int x_is_q, int64_t m, int64_t k, int64_t ldx,
                       const int8_t *packed, const int32_t *w_sum, const float *w_scale, const int32_t *w_zp,
-                      int w_has_m128, const float *bias, int64_t n, float *y, int32_t *acc, int nthreads);
+                      int w_has_m128, const float *bias, int64_t n, float *y, int32_t *acc, int reduce_range,
+                      int nthreads);
 /* The GEMV/GEMM switch in rows, -1 = automatic (see linear.c). */
 extern int64_t mq_gemv_max_rows;
 /* Dynamic int8 Conv2d of x [batch][channels][height][width] (contiguous):
@@ -359,10 +370,24 @@ int mq_conv2d_dynamic(const void *x, mq_src_t kind, int64_t batch, int64_t chann
                       int64_t kh, int64_t kw, int64_t sh, int64_t sw, int64_t ph, int64_t pw, int64_t dh, int64_t dw,
                       int64_t groups, const int8_t *packed, const int32_t *w_sum, const float *w_scale,
                       const int32_t *w_zp, int w_has_m128, const float *bias, int64_t n, float *y, int nchw,
-                      int nthreads);
+                      int reduce_range, int nthreads);
 int mq_linear_weight_only(const void *x, mq_src_t kind, int64_t m, int64_t k, int64_t ldx, const int8_t *packed,
                           const float *w_scale, const int32_t *w_zp, const float *bias, int64_t n, float *y,
                           int nthreads);
+/* ---- act_u7.c: reduce_range, 7-bit activations ------------------------------- */
+/* The activation encodings a qgemm kernel reads (mq_qgemm_args.x). */
+typedef enum { MQ_X_INT8 = 0, MQ_X_INT8_PLUS_128 = 1, MQ_X_U7 = 2 } mq_x_encoding_t;
+/* One row of k elements (kind) to 7-bit codes, per-row asymmetric as torch's
+ * reduce_range: scale / zero-point from min and max over 0..127
+ * (mq_choose_qparams), xu = clamp(rint(zp + x * (1 / scale)), 0, 127) (the
+ * product rounded first), xq = xu - zp in -127..127.  q [kp] receives the
+ * row in the encoding enc (the padding past k encodes xq = 0); *sum = sum of
+ * xq.  A row holding NaN/Inf gets scale NaN, zero-point 0 and xq = 0. */
+void mq_quantize_row_u7(const mq_kernels *kt, const void *src, mq_src_t kind, int64_t k, int64_t kp,
+                        mq_x_encoding_t enc, uint8_t *q, float *scale, int32_t *zero_point, int32_t *sum);
+/* n codes xu (0..127) with zero-point zp re-encoded in place from MQ_X_U7 to enc. */
+void mq_encode_u7(uint8_t *q, int64_t n, int32_t zp, mq_x_encoding_t enc);
+
 /* ---- int4.c: INT4 drivers ---------------------------------------------------- */
 typedef enum { MQ_Q4_RTN = 0, MQ_Q4_MSE = 1, MQ_Q4_HQQ = 2 } mq_q4_method_t;
 /* fp32 -> fp16 bits, round to nearest even (overflow -> inf, like a cast). */
