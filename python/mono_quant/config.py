@@ -92,6 +92,11 @@ class QuantConfig:
         method: int4 only: "rtn", "mse" or "hqq"; None means "mse".
         embeddings: Also quantize nn.Embedding tables (weight-only, rows
             dequantized on lookup).
+        reduce_range: int8 with activations="dynamic" only: quantize the
+            activations to 7 bits (per row, asymmetric, 0..127) instead of 8,
+            as torch.ao's and ONNX Runtime's ``reduce_range``: faster on AVX2
+            CPUs without VNNI (Zen 2/3, Intel before Alder Lake), about 2 dB
+            less SQNR.  Results stay bit-identical across CPUs.  Default off.
         observer: activations="static": how calibration picks each range:
             "minmax", "moving_average", "histogram" (entropy), "percentile",
             "entropy" or "mse".
@@ -119,6 +124,7 @@ class QuantConfig:
     group_size: Optional[int] = 128
     method: Optional[str] = None
     embeddings: bool = False
+    reduce_range: bool = False
     # static int8 (activations="static", issue 12): the range observer and the samples to calibrate on
     observer: str = "minmax"
     calibration_samples: Optional[int] = None
@@ -171,6 +177,12 @@ class QuantConfig:
             raise ConfigError(f"{origin}: {exc}") from None
         if not isinstance(self.embeddings, bool):
             raise ConfigError(f"{origin}: embeddings must be true or false, got {self.embeddings!r}")
+        if not isinstance(self.reduce_range, bool):
+            raise ConfigError(f"{origin}: reduce_range must be true or false, got {self.reduce_range!r}")
+        if self.reduce_range and (self.dtype != "int8" or self.activations != "dynamic"):
+            raise ConfigError(f"{origin}: reduce_range (7-bit activations) applies to dtype 'int8' with "
+                              f"activations='dynamic' only, got dtype {self.dtype!r}, activations "
+                              f"{self.activations!r}")
         if self.method not in (None, "rtn") and get_qtype(self.dtype).name != "int4":
             raise ConfigError(f"{origin}: method={self.method!r} applies to dtype 'int4' only "
                              f"(dtype {self.dtype!r} uses round-to-nearest)")
@@ -296,7 +308,7 @@ def resolve_config(config=None, **arguments) -> QuantConfig:
 
 def resolve_options(config=None, *, dtype=None, symmetric=None, granularity=None, include=None, exclude=None,
                     min_weight_numel=None, nonfinite=None, activations=DEFAULT, group_size=DEFAULT, method=None,
-                    embeddings=None) -> QuantConfig:
+                    embeddings=None, reduce_range=None) -> QuantConfig:
     """The QuantConfig of the keyword arguments ``quantize()`` and ``quantize_checkpoint()`` share.
 
     Args: as :func:`~mono_quant.quantize` (None, or :data:`DEFAULT` for
@@ -311,7 +323,8 @@ def resolve_options(config=None, *, dtype=None, symmetric=None, granularity=None
     """
     cfg = resolve_config(config, dtype=dtype, symmetric=symmetric, granularity=granularity, include=include,
                          exclude=exclude, min_weight_numel=min_weight_numel, nonfinite=nonfinite,
-                         activations=activations, group_size=group_size, method=method, embeddings=embeddings)
+                         activations=activations, group_size=group_size, method=method, embeddings=embeddings,
+                         reduce_range=reduce_range)
     if group_size is not DEFAULT and cfg.dtype != "int4":  # given with a format that has no groups: a mistake
         raise ConfigError(f"group_size applies to dtype 'int4' only; {cfg.dtype} is quantized per channel "
                           "(granularity='per_channel') or per tensor")

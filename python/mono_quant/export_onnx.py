@@ -19,7 +19,8 @@ into:
 
 ONNX's dynamic quantization is per tensor (one scale for the whole activation) where ours
 is per row / per image, so dynamic int8 outputs differ from ours by quantization noise;
-weight-only outputs match ours to float rounding.  Needs the ``onnx`` and ``onnxscript``
+weight-only outputs match ours to float rounding.  Layers with ``reduce_range=True`` (7-bit
+activations) are refused (NotImplementedError): ONNX has no 7-bit dynamic quantization.  Needs the ``onnx`` and ``onnxscript``
 packages (``pip install mono-quant[onnx]``).
 """
 from __future__ import annotations
@@ -279,6 +280,12 @@ def onnx_twin(module: nn.Module) -> Optional[nn.Module]:
     """The export twin of one quantized module (None: exported as it is, e.g. fp16 / bf16)."""
     if not isinstance(module, QuantizedModule) or not module.format.integer:
         return None
+    if getattr(module, "reduce_range", False) and module.activations == "dynamic":
+        # ONNX's DynamicQuantizeLinear is 8-bit only: the graph would compute other numbers than the layer
+        raise NotImplementedError(
+            f"ONNX export of a {type(module).__name__} with reduce_range=True (7-bit dynamic activations) is not "
+            "supported: ONNX's DynamicQuantizeLinear has no 7-bit form.  Call set_reduce_range(False) on its layers "
+            "(or quantize without reduce_range) before exporting")
     if isinstance(module, QuantizedLinear):
         return _OnnxLinear(module)
     if isinstance(module, QuantizedConv2d):

@@ -45,7 +45,8 @@ def packed_linear(module, x2d: torch.Tensor, args: tuple) -> torch.Tensor:
     if x2d.shape[-1] > 1 and x2d.stride(-1) != 1:
         x2d = x2d.contiguous()
     mode = "dynamic" if module.activations == "dynamic" else "weight_only"
-    return torch.from_numpy(linear_int8_raw(kernels.to_numpy(x2d), args, mode))
+    reduce_range = mode == "dynamic" and module.reduce_range  # 7-bit activations (QuantConfig.reduce_range)
+    return torch.from_numpy(linear_int8_raw(kernels.to_numpy(x2d), args, mode, reduce_range))
 
 
 def dequantized_packed(module, info: dict) -> torch.Tensor:

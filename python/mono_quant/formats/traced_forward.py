@@ -88,7 +88,8 @@ def linear_forward(module, x: torch.Tensor) -> torch.Tensor:
         else:
             y = torch.ops.mono_quant.linear_int8(x2d, module.weight_packed, module.weight_colsum,
                                                  module.weight_packed_info, module.weight_scale,
-                                                 module.weight_zero_point, bias, n, 0, module.activations == "dynamic")
+                                                 module.weight_zero_point, bias, n, 0, module.activations == "dynamic",
+                                                 getattr(module, "reduce_range", False))
         if x.dim() != 2:
             y = y.reshape(*x.shape[:-1], n)
         return y if x.dtype == torch.float32 else y.to(x.dtype)
@@ -139,7 +140,8 @@ def conv2d_forward(module, x: torch.Tensor) -> torch.Tensor:
             y = torch.ops.mono_quant.conv2d_int8(x, m.weight_packed, m.weight_colsum, m.weight_packed_info,
                                                  m.weight_scale, m.weight_zero_point, bias, list(m.kernel_size2d),
                                                  list(m.stride2d), padding, list(m.dilation2d), m.groups,
-                                                 m.out_channels, m.activations == "dynamic")
+                                                 m.out_channels, m.activations == "dynamic",
+                                                 getattr(m, "reduce_range", False))
             return y if x.dtype == torch.float32 else y.to(x.dtype)
         w = dequantized_weight(m)
         return m.conv_with(x.float(), w, None if bias is None else bias.float()).to(x.dtype)

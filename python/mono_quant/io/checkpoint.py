@@ -46,7 +46,8 @@ def quantize_checkpoint(src, dst, dtype=None, *, symmetric: Optional[bool] = Non
                         include=None, exclude=None, min_weight_numel: Optional[int] = None,
                         nonfinite: Optional[str] = None, activations=DEFAULT, method: Optional[str] = None,
                         embeddings: Optional[bool] = None, config=None, overwrite: bool = False,
-                        progress: bool = False, measure_error: bool = False) -> QuantizationResult:
+                        progress: bool = False, measure_error: bool = False,
+                        reduce_range: Optional[bool] = None) -> QuantizationResult:
     """Quantize the checkpoint at ``src`` into one mono-quant ``.safetensors`` file ``dst``.
 
     Each tensor is quantized exactly as ``quantize(state_dict, ...)`` does with
@@ -71,6 +72,8 @@ def quantize_checkpoint(src, dst, dtype=None, *, symmetric: Optional[bool] = Non
         nonfinite: As for :func:`~mono_quant.quantize`.
         activations: "dynamic" (default) or None (weight-only): recorded in
             the file, and what ``load(dst, model=...)`` gives its int8 layers.
+        reduce_range: int8 dynamic only: 7-bit activations (see
+            :func:`~mono_quant.quantize`), recorded in the file like ``activations``.
         method: int4 only: "rtn", "mse" (default) or "hqq".
         embeddings: Must not be True: without the model a 2-D ``*.weight``
             cannot be told from an embedding table (quantize the model with
@@ -99,7 +102,8 @@ def quantize_checkpoint(src, dst, dtype=None, *, symmetric: Optional[bool] = Non
     """
     cfg = resolve_options(config, dtype=dtype, symmetric=symmetric, granularity=granularity, include=include,
                           exclude=exclude, min_weight_numel=min_weight_numel, nonfinite=nonfinite,
-                          activations=activations, group_size=group_size, method=method, embeddings=embeddings)
+                          activations=activations, group_size=group_size, method=method, embeddings=embeddings,
+                          reduce_range=reduce_range)
     _check_checkpoint_options(cfg)
     if cfg.activations == "static":  # calibration runs a model: a checkpoint has none (issue 12)
         raise ConfigError("activations='static' needs the model and calibration data: use mono_quant.quantize()")

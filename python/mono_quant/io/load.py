@@ -145,6 +145,16 @@ class QuantizedStateDict(Mapping):
                                   f"'dynamic' or null")
         return activations is None
 
+    def _reduce_range(self) -> bool:
+        """Whether the config recorded with a state_dict file asks for 7-bit activations
+        (``reduce_range=True``); files without the field (older ones) use 8 bits."""
+        config = self.config
+        reduce_range = config.get("reduce_range", False) if isinstance(config, dict) else False
+        if not isinstance(reduce_range, bool):
+            raise CheckpointError(f"{self.path or 'file'}: manifest config reduce_range {reduce_range!r} is not "
+                                  f"true or false")
+        return reduce_range
+
     @property
     def nbytes(self) -> int:
         """Bytes of the stored tensors (aliases counted once)."""
@@ -284,6 +294,8 @@ class QuantizedStateDict(Mapping):
         if self._weight_only() and get_format(layer["dtype"]).has_activation_modes \
                 and hasattr(qmodule, "set_activations"):
             qmodule.set_activations(None)  # as quantize(activations=None) recorded it in the config
+        if self._reduce_range() and getattr(qmodule.format, "packs", False) and hasattr(qmodule, "set_reduce_range"):
+            qmodule.set_reduce_range(True)  # as quantize_checkpoint(reduce_range=True) recorded it
         extra = set(own) - set(qmodule.state_dict())
         if "weight_packed" in qmodule._buffers:  # the file's plain weight became the packed copy
             extra.discard("weight_qdata")

@@ -144,6 +144,10 @@ def _check_model_fields(layer: Mapping[str, Any], fmt: WeightFormat) -> bool:
     if "activations" in attrs:
         need(attrs["activations"] in ACTIVATION_MODES,
               f"activations {attrs['activations']!r} is not one of {ACTIVATION_MODES}")
+    if "reduce_range" in attrs:  # absent from files written before it: False
+        need(isinstance(attrs["reduce_range"], bool), f"reduce_range {attrs['reduce_range']!r} is not true or false")
+        need(not attrs["reduce_range"] or getattr(fmt, "packs", False),
+             f"reduce_range is set on a {fmt.name} layer: only int8 weights have dynamic int8 activations")
     if "_reversed_padding_repeated_twice" in attrs:
         _check_conv_padding(attrs["_reversed_padding_repeated_twice"], kwargs)
     return cls.__name__ not in _KWARGS

@@ -96,12 +96,14 @@ def packed_check(packed: torch.Tensor, n: int, k: int) -> Tuple[torch.Tensor, bo
 
 def linear_int8(x: torch.Tensor, packed: torch.Tensor, w_sum: torch.Tensor, w_scale: torch.Tensor,
                 w_zero_point: torch.Tensor, bias: Optional[torch.Tensor], out_features: int, has_m128: bool,
-                mode: str = "dynamic") -> torch.Tensor:
+                mode: str = "dynamic", reduce_range: bool = False) -> torch.Tensor:
     """``x @ W.T + bias`` on a packed int8 weight, for a 2-D CPU ``x`` [rows, in].
 
     ``mode``: "dynamic" (x quantized per row to int8, int32 accumulation),
     "weight_only" (fp32 x, W dequantized in registers), or "int8_acc" (x is
     int8; returns the exact int32 accumulators ``x @ (W - zero_point).T``).
+    ``reduce_range`` ("dynamic" only): x quantized per row to 7 bits, asymmetric
+    (0..127 with a zero-point; ``QuantConfig.reduce_range``).
     Returns float32 [rows, out_features] (int32 for "int8_acc").  Rows may be
     strided; elements within a row are made contiguous if they are not.
     Raises ValueError / TypeError (from the C layer) on inconsistent inputs.
@@ -116,6 +118,7 @@ def linear_int8(x: torch.Tensor, packed: torch.Tensor, w_sum: torch.Tensor, w_sc
         w_zero_point.detach().to(torch.int32).contiguous().numpy(),
         None if bias is None else bias.detach().to(torch.float32).contiguous().numpy(),
         int(out_features), bool(has_m128), mode=mode, nthreads=SETTINGS.num_threads(),
+        reduce_range=bool(reduce_range),
     )
     return torch.from_numpy(y)
 
@@ -129,15 +132,21 @@ def linear_kernels() -> dict:
 MAX_IN_FEATURES = int(_C.linear_kernels()["max_in_features"])
 
 
-def linear_int8_raw(x2d: np.ndarray, args: tuple, mode: str) -> np.ndarray:
+def linear_int8_raw(x2d: np.ndarray, args: tuple, mode: str, reduce_range: bool = False) -> np.ndarray:
     """The C int8 matmul on NumPy arguments prepared once per layer (``args``: packed,
     column sums, scale, zero-point, bias, out_features, has_m128; see
-    ``formats.packed_int8.kernel_args``): the per-call path of the modules."""
+    ``formats.packed_int8.kernel_args``): the per-call path of the modules.
+    ``reduce_range`` (mode "dynamic"): 7-bit activations, see ``QuantConfig.reduce_range``."""
+    if reduce_range:
+        return _C.linear_int8(x2d, *args, mode=mode, nthreads=SETTINGS.num_threads(), reduce_range=True)
     return _C.linear_int8(x2d, *args, mode=mode, nthreads=SETTINGS.num_threads())
 
 
-def conv2d_int8_raw(x: np.ndarray, args: tuple, geometry: tuple, nchw: bool = True) -> np.ndarray:
+def conv2d_int8_raw(x: np.ndarray, args: tuple, geometry: tuple, nchw: bool = True,
+                    reduce_range: bool = False) -> np.ndarray:
     """The C dynamic int8 conv (NHWC int8 im2col, per-image activation scale) on NumPy
     arguments prepared once per layer; ``geometry`` is (kernel_size, stride, padding,
-    dilation, groups).  float32 NCHW out with ``nchw``."""
-    return _C.conv2d_int8(x, *args, *geometry, nthreads=SETTINGS.num_threads(), nchw=nchw)
+    dilation, groups).  float32 NCHW out with ``nchw``; ``reduce_range``: 7-bit
+    activations (per image, asymmetric 0..127)."""
+    return _C.conv2d_int8(x, *args, *geometry, nthreads=SETTINGS.num_threads(), nchw=nchw,
+                          reduce_range=reduce_range)

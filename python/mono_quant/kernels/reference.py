@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from .layout import INT4_BLOCK, INT8_K_GROUP, INT8_PANEL_ROWS, round_up
 
 __all__ = ["rows_minmax", "choose_qparams", "quantize_rows", "quantize_rows_fused", "rows_sqerr", "dequantize_rows",
-           "linear_int8", "conv2d_int8", "pack_int8", "quantize_pack_int8", "packed_check", "q4_dequantize",
+           "quantize_activations", "linear_int8", "conv2d_int8", "pack_int8", "quantize_pack_int8", "packed_check", "q4_dequantize",
            "q4_linear"]
 
 _FLT_MIN = torch.finfo(torch.float32).tiny
@@ -98,14 +98,29 @@ def dequantize_rows(q: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tens
     return (q.float() - zp) * scale
 
 
+def quantize_activations(x2d: torch.Tensor, reduce_range: bool = False):
+    """The dynamic kernels' activation integers of each row of ``x2d``: (xq, scale), xq
+    int64 with ``x ~ xq * scale``.  Default: symmetric int8, -127..127.  ``reduce_range``:
+    7 bits, asymmetric as torch's reduce_range: codes 0..127 with a per-row zero-point,
+    xq = code - zero_point (-127..127); a row holding NaN/Inf gets xq 0 and scale NaN."""
+    if not reduce_range:
+        q, scale, _, _, _, _ = quantize_rows_fused(x2d, -127, 127, True)
+        return q.long(), scale
+    q, scale, zp, _, _, _ = quantize_rows_fused(x2d, 0, 127, False)
+    xq = q.long() - zp.long().reshape(-1, 1)
+    bad = torch.isnan(scale)
+    return torch.where(bad.reshape(-1, 1), torch.zeros_like(xq), xq), scale
+
+
 def linear_int8(x: torch.Tensor, qdata: torch.Tensor, w_scale: torch.Tensor, w_zero_point: torch.Tensor,
-                bias=None, mode: str = "dynamic") -> torch.Tensor:
+                bias=None, mode: str = "dynamic", reduce_range: bool = False) -> torch.Tensor:
     """Twin of ``kernels.linear_int8`` on the unpacked int8 weight ``qdata`` [out, in].
 
     "dynamic": x quantized per row (symmetric, -127..127), exact integer
     accumulation, then ``float(acc) * (x_scale * w_scale) + bias`` in fp32:
     the kernels' exact arithmetic.  "weight_only": ``x @ dequantized.T + bias``.
     "int8_acc": x is int8, returns the int32 ``x @ (qdata - zero_point).T``.
+    ``reduce_range`` ("dynamic"): 7-bit activations (see ``quantize_activations``).
     """
     w = qdata.double() - w_zero_point.to(qdata.device).double().reshape(-1, 1)
     if mode == "int8_acc":
@@ -116,19 +131,20 @@ def linear_int8(x: torch.Tensor, qdata: torch.Tensor, w_scale: torch.Tensor, w_z
         return y if bias is None else y + bias.float()
     if mode != "dynamic":
         raise ValueError(f"mode must be 'dynamic', 'weight_only' or 'int8_acc', got {mode!r}")
-    q, x_scale, _, _, _, _ = quantize_rows_fused(x, -127, 127, True)
+    q, x_scale = quantize_activations(x, reduce_range)
     acc = q.double() @ w.T
     y = acc.float() * (x_scale.reshape(-1, 1) * w_scale.float().reshape(1, -1))
     return y if bias is None else y + bias.float()
 
 
 def conv2d_int8(x: torch.Tensor, qdata: torch.Tensor, w_scale: torch.Tensor, w_zero_point: torch.Tensor, bias,
-                stride, padding, dilation, groups: int) -> torch.Tensor:
+                stride, padding, dilation, groups: int, reduce_range: bool = False) -> torch.Tensor:
     """Twin of ``_C.conv2d_int8`` (dynamic int8 Conv2d), NCHW float32 out:
-    each image quantized with one symmetric int8 scale (-127..127), exact
+    each image quantized with one symmetric int8 scale (-127..127; 7 bits
+    asymmetric with ``reduce_range``, see ``quantize_activations``), exact
     integer products and sums, then ``float(acc) * (x_scale * w_scale) + bias``."""
     batch = x.shape[0]
-    q, x_scale, _, _, _, _ = quantize_rows_fused(x.float().reshape(batch, -1), -127, 127, True)
+    q, x_scale = quantize_activations(x.float().reshape(batch, -1), reduce_range)
     w = qdata.double() - w_zero_point.to(qdata.device).double().reshape(-1, 1, 1, 1)
     acc = F.conv2d(q.double().reshape(x.shape), w, None, stride, padding, dilation, groups)  # exact below 2**53
     scale = x_scale.reshape(-1, 1, 1, 1) * w_scale.float().reshape(1, -1, 1, 1)

@@ -107,18 +107,21 @@ def _build_group_args(packed, colsum, info, scale, zero_point, bias, group: int)
 
 
 _LIB.define("linear_int8(Tensor x, Tensor packed, Tensor colsum, Tensor info, Tensor scale, Tensor zero_point, "
-            "Tensor? bias, int out_features, int group, bool dynamic) -> Tensor")
+            "Tensor? bias, int out_features, int group, bool dynamic, bool reduce_range=False) -> Tensor")
 
 
-def _linear_int8(x, packed, colsum, info, scale, zero_point, bias, out_features, group, dynamic):
+def _linear_int8(x, packed, colsum, info, scale, zero_point, bias, out_features, group, dynamic, reduce_range=False):
     if x.shape[-1] > 1 and x.stride(-1) != 1:
         x = x.contiguous()
     args = _group_args(packed, colsum, info, scale, zero_point, bias, group)
-    y = _C.linear_int8(to_numpy(x), *args, mode="dynamic" if dynamic else "weight_only", nthreads=SETTINGS.num_threads())
+    extra = {"reduce_range": True} if dynamic and reduce_range else {}  # 7-bit activations (QuantConfig.reduce_range)
+    y = _C.linear_int8(to_numpy(x), *args, mode="dynamic" if dynamic else "weight_only", nthreads=SETTINGS.num_threads(),
+                       **extra)
     return torch.from_numpy(y)
 
 
-def _linear_int8_fake(x, packed, colsum, info, scale, zero_point, bias, out_features, group, dynamic):
+def _linear_int8_fake(x, packed, colsum, info, scale, zero_point, bias, out_features, group, dynamic,
+                      reduce_range=False):
     return x.new_empty((x.shape[0], out_features), dtype=torch.float32)
 
 
@@ -148,7 +151,7 @@ torch.library.register_fake("mono_quant::dequantize_int8_packed", _dequantize_in
 
 
 def _linear_int8_setup(ctx, inputs, output):
-    x, packed, _, info, scale, zero_point, bias, out_features, group, _ = inputs
+    x, packed, _, info, scale, zero_point, bias, out_features, group = inputs[:9]
     ctx.save_for_backward(packed, info, scale, zero_point)
     ctx.meta = (x.dtype, x.shape[-1], out_features, group, bias is not None)
 
@@ -162,7 +165,7 @@ def _linear_int8_backward(ctx, grad):
         grad_x = (grad @ w).to(x_dtype)
     if has_bias and ctx.needs_input_grad[6]:
         grad_bias = grad.sum(0)
-    return grad_x, None, None, None, None, None, grad_bias, None, None, None
+    return grad_x, None, None, None, None, None, grad_bias, None, None, None, None
 
 
 torch.library.register_autograd("mono_quant::linear_int8", _linear_int8_backward, setup_context=_linear_int8_setup,
@@ -170,7 +173,7 @@ torch.library.register_autograd("mono_quant::linear_int8", _linear_int8_backward
 
 _LIB.define("conv2d_int8(Tensor x, Tensor packed, Tensor colsum, Tensor info, Tensor scale, Tensor zero_point, "
             "Tensor? bias, int[] kernel_size, int[] stride, int[] padding, int[] dilation, int groups, "
-            "int out_channels, bool dynamic) -> Tensor")
+            "int out_channels, bool dynamic, bool reduce_range=False) -> Tensor")
 
 # bytes of int8 im2col rows per dynamic C call (as modules/conv.py DYNAMIC_CHUNK_BYTES)
 _CONV_CHUNK_BYTES = 1 << 20
@@ -182,7 +185,7 @@ def _conv_out_size(x_shape, kernel_size, stride, padding, dilation):
 
 
 def _conv2d_int8(x, packed, colsum, info, scale, zero_point, bias, kernel_size, stride, padding, dilation, groups,
-                 out_channels, dynamic):
+                 out_channels, dynamic, reduce_range=False):
     n, k, has_m128, packed_groups = _packed_geometry(info)
     if packed_groups != groups or n != out_channels:
         raise ValueError(f"packed weight ({n} outputs in {packed_groups} groups) does not match the conv "
@@ -199,7 +202,8 @@ def _conv2d_int8(x, packed, colsum, info, scale, zero_point, bias, kernel_size, 
         out_np = out.numpy()
         for b0 in range(0, batch, images):
             out_np[b0:b0 + images] = _C.conv2d_int8(to_numpy(x[b0:b0 + images]), *whole, *geometry,
-                                                    nthreads=SETTINGS.num_threads(), nchw=True)
+                                                    nthreads=SETTINGS.num_threads(), nchw=True,
+                                                    reduce_range=reduce_range)
         return out
     (kh, kw), (sh, sw) = kernel_size, stride
     if (kh, kw, sh, sw) == (1, 1, 1, 1) and tuple(padding) == (0, 0):
@@ -215,7 +219,7 @@ def _conv2d_int8(x, packed, colsum, info, scale, zero_point, bias, kernel_size, 
 
 
 def _conv2d_int8_fake(x, packed, colsum, info, scale, zero_point, bias, kernel_size, stride, padding, dilation,
-                      groups, out_channels, dynamic):
+                      groups, out_channels, dynamic, reduce_range=False):
     out_h, out_w = _conv_out_size(x.shape, kernel_size, stride, padding, dilation)
     return x.new_empty((x.shape[0], out_channels, out_h, out_w), dtype=torch.float32)
 
@@ -238,7 +242,8 @@ def conv_weight(packed, info, scale, zero_point, out_channels, in_per_group, ker
 
 
 def _conv2d_int8_setup(ctx, inputs, output):
-    x, packed, _, info, scale, zero_point, bias, kernel_size, stride, padding, dilation, groups, out_channels, _ = inputs
+    x, packed, _, info, scale, zero_point, bias, kernel_size, stride, padding, dilation, groups, out_channels = \
+        inputs[:13]
     ctx.save_for_backward(packed, info, scale, zero_point)
     ctx.meta = (x.dtype, tuple(x.shape), tuple(kernel_size), tuple(stride), tuple(padding), tuple(dilation), groups,
                 out_channels, bias is not None)
@@ -253,7 +258,7 @@ def _conv2d_int8_backward(ctx, grad):
         grad_x = torch.nn.grad.conv2d_input(x_shape, w, grad, stride, padding, dilation, groups).to(x_dtype)
     if has_bias and ctx.needs_input_grad[6]:
         grad_bias = grad.sum((0, 2, 3))
-    return (grad_x,) + (None,) * 5 + (grad_bias,) + (None,) * 7
+    return (grad_x,) + (None,) * 5 + (grad_bias,) + (None,) * 8
 
 
 torch.library.register_autograd("mono_quant::conv2d_int8", _conv2d_int8_backward, setup_context=_conv2d_int8_setup,

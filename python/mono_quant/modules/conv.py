@@ -14,6 +14,7 @@ from ..kernels.layout import INT8_K_GROUP, round_up
 from ..packing import can_pack, pack_int8_linear
 from ..formats import traced_forward
 from .input_checks import check_float_input
+from .reduce_range import ReduceRange
 from .registry import QuantizedModule, register_qmodule
 
 __all__ = ["QuantizedConv2d", "DYNAMIC_MIN_K", "DYNAMIC_MIN_MACS_PER_IMAGE", "DYNAMIC_CHUNK_BYTES"]
@@ -29,7 +30,7 @@ DYNAMIC_CHUNK_BYTES = 1 << 20
 
 
 @register_qmodule(nn.Conv2d)
-class QuantizedConv2d(QuantizedModule):
+class QuantizedConv2d(ReduceRange, QuantizedModule):
     """A Conv2d whose weight is int8 per output channel, or fp16/bf16.
 
     An int8 weight is also packed per group for the int8 matmul kernels
@@ -78,7 +79,7 @@ class QuantizedConv2d(QuantizedModule):
         self._reversed_padding_repeated_twice = None
         self.activations = "dynamic"
 
-    state_attrs = QuantizedModule.state_attrs + ("_reversed_padding_repeated_twice", "activations")
+    state_attrs = QuantizedModule.state_attrs + ("_reversed_padding_repeated_twice", "activations", "reduce_range")
 
     def float_geometry(self):
         """(kernel_size, stride, padding, dilation) as the float layer this replaces has them."""
@@ -156,11 +157,13 @@ class QuantizedConv2d(QuantizedModule):
         geometry = (tuple(self.kernel_size2d), tuple(self.stride2d), padding, tuple(self.dilation2d), self.groups)
         # NCHW straight from C (a torch permute().contiguous() here waited on torch's thread team under load)
         if images >= batch:
-            return torch.from_numpy(conv2d_int8_raw(kernels.to_numpy(x), whole, geometry))
+            return torch.from_numpy(conv2d_int8_raw(kernels.to_numpy(x), whole, geometry,
+                                                    reduce_range=self.reduce_range))
         out = torch.empty(batch, self.out_channels, out_h, out_w)
         out_np = out.numpy()  # chunks copied by numpy, one thread: no torch op between the C calls
         for b0 in range(0, batch, images):
-            out_np[b0:b0 + images] = conv2d_int8_raw(kernels.to_numpy(x[b0:b0 + images]), whole, geometry)
+            out_np[b0:b0 + images] = conv2d_int8_raw(kernels.to_numpy(x[b0:b0 + images]), whole, geometry,
+                                                     reduce_range=self.reduce_range)
         return out
 
     def _packed_pays(self, x: torch.Tensor) -> bool:
@@ -222,4 +225,5 @@ class QuantizedConv2d(QuantizedModule):
     def extra_repr(self) -> str:
         return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, "
                 f"padding={self.padding}, groups={self.groups}, " + super().extra_repr()
-                + (f", activations={self.activations}" if self.format.has_activation_modes else ""))
+                + (f", activations={self.activations}" if self.format.has_activation_modes else "")
+                + (", reduce_range=True" if self.reduce_range else ""))

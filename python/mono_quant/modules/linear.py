@@ -12,6 +12,7 @@ from ..formats.packed_linear import BLAS_MIN_ROWS, blas_min_rows, dequantized_pa
 from ..packing import can_pack, pack_int8_linear
 from ..formats import traced_forward
 from .input_checks import check_float_input
+from .reduce_range import ReduceRange
 from .registry import QuantizedModule, register_qmodule
 
 # the packed-int8 helpers keep their old import path here (they live in mono_quant.formats)
@@ -20,7 +21,7 @@ __all__ = ["QuantizedLinear", "ACTIVATION_MODES", "BLAS_MIN_ROWS", "SMALL_WEIGHT
 
 
 @register_qmodule(nn.Linear)
-class QuantizedLinear(QuantizedModule):
+class QuantizedLinear(ReduceRange, QuantizedModule):
     """``y = x @ W.T + b`` with W stored as int8 (+ per-channel scale and
     zero-point) or fp16/bf16.  Takes inputs of any leading shape and floating
     dtype and returns the input's dtype.
@@ -49,7 +50,7 @@ class QuantizedLinear(QuantizedModule):
         >>> qmodel[0].set_activations(None)   # weight-only from now on
     """
 
-    state_attrs = QuantizedModule.state_attrs + ("activations",)
+    state_attrs = QuantizedModule.state_attrs + ("activations", "reduce_range")
 
     def __init__(self, in_features: int, out_features: int, weight_format: str = "int8",
                  orig_dtype: torch.dtype = torch.float32):
@@ -104,4 +105,4 @@ class QuantizedLinear(QuantizedModule):
 
     def extra_repr(self) -> str:
         mode = f", activations={self.activations}" if self.format.has_activation_modes else ""
-        return super().extra_repr() + mode
+        return super().extra_repr() + mode + (", reduce_range=True" if self.reduce_range else "")
