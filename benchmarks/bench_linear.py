@@ -18,6 +18,7 @@ Usage: python benchmarks/bench_linear.py [--repeats N] [--quick] [--threads T] [
 from __future__ import annotations
 
 import argparse
+import copy
 import warnings
 
 import isa_cap  # noqa: F401  (before torch: --isa / --torch-isa set the environment)
@@ -98,12 +99,14 @@ class Rotation:
 
 
 def build_case(n, k, copies, fbgemm, int8pack):
-    floats, dyn, wo, fb, i8 = [], [], [], [], []
+    floats, dyn, wo, fb, i8, dyn7 = [], [], [], [], [], []
     for c in range(copies):
         torch.manual_seed(c)
         lin = nn.Linear(k, n, bias=False).eval()
         floats.append(lin)
         dyn.append(mq.quantize(lin, activations="dynamic").model)
+        dyn7.append(copy.copy(dyn[-1]))  # the same buffers, 7-bit activations (reduce_range)
+        dyn7[-1].set_reduce_range(True)
         wo.append(mq.quantize(lin, activations=None).model)
         qw = dyn[-1]
         if fbgemm:
@@ -112,7 +115,7 @@ def build_case(n, k, copies, fbgemm, int8pack):
             fb.append(torch.ops.quantized.linear_prepack(tq, None))
         if int8pack:
             i8.append((qw.int_weight(), qw.weight_scale.float(), qw.weight_scale.bfloat16()))
-    return floats, dyn, wo, fb, i8
+    return floats, dyn, wo, fb, i8, dyn7
 
 
 def bench_linear(shapes, batches, repeats, fbgemm, int8pack, rows):
@@ -120,11 +123,11 @@ def bench_linear(shapes, batches, repeats, fbgemm, int8pack, rows):
         int8_bytes = n * k
         copies = max(2, -(-3 * L3_BYTES // (2 * int8_bytes))) if int8_bytes < L3_BYTES else 2
         copies = min(copies, 16)
-        floats, dyn, wo, fb, i8 = build_case(n, k, copies, fbgemm, int8pack)
+        floats, dyn, wo, fb, i8, dyn7 = build_case(n, k, copies, fbgemm, int8pack)
         for m in batches:
             x = torch.randn(m, k)
             xb = x.bfloat16()
-            rot = {name: Rotation(list(range(copies))) for name in ("fp32", "dyn", "wo", "fb", "i8", "i8bf")}
+            rot = {name: Rotation(list(range(copies))) for name in ("fp32", "dyn", "wo", "fb", "i8", "i8bf", "dyn7")}
             contenders = {
                 "fp32 F.linear": lambda: F.linear(x, floats[rot["fp32"].next()].weight),
                 "mq dynamic int8": lambda: dyn[rot["dyn"].next()](x),
@@ -132,8 +135,11 @@ def bench_linear(shapes, batches, repeats, fbgemm, int8pack, rows):
             }
             if (n, k) == (4096, 4096) and m in (1, 32) and "avx2" in isa_levels() and isa_cap.ISA == "native":
                 contenders["mq dynamic int8 (AVX2 forced)"] = lambda: forced("avx2", dyn[rot["dyn"].next()], x)
+            if m >= 8:  # opt-in 7-bit activations, as fbgemm's own (torch.ao's dynamic Linear passes reduce_range=True)
+                contenders["mq dynamic int8 reduce_range"] = lambda: dyn7[rot["dyn7"].next()](x)
             if fb:
-                contenders["fbgemm linear_dynamic"] = lambda: torch.ops.quantized.linear_dynamic(x, fb[rot["fb"].next()])
+                contenders["fbgemm linear_dynamic"] = lambda: torch.ops.quantized.linear_dynamic(x, fb[rot["fb"].next()],
+                                                                                                True)
             if i8 and m == 1:  # its fp32 path is scalar-slow (0.1x fp32 at batch 1; minutes at batch 128)
                 contenders["_weight_int8pack_mm fp32"] = lambda: torch._weight_int8pack_mm(
                     x, i8[rot["i8"].next()][0], i8[rot["i8"].i][1])
@@ -159,8 +165,12 @@ def bench_linear(shapes, batches, repeats, fbgemm, int8pack, rows):
             if fb:
                 row["dynamic_vs_fbgemm"] = stats["fbgemm linear_dynamic"]["median_us"] / stats["mq dynamic int8"]["median_us"]
                 print(f"  mq dynamic vs fbgemm: x{row['dynamic_vs_fbgemm']:.2f}")
+                if "mq dynamic int8 reduce_range" in stats:
+                    row["dynamic_reduce_range_vs_fbgemm"] = (stats["fbgemm linear_dynamic"]["median_us"]
+                                                             / stats["mq dynamic int8 reduce_range"]["median_us"])
+                    print(f"  mq dynamic reduce_range vs fbgemm: x{row['dynamic_reduce_range_vs_fbgemm']:.2f}")
             rows.append(row)
-        del floats, dyn, wo, fb, i8
+        del floats, dyn, wo, fb, i8, dyn7
 
 
 def bench_tiles(repeats):

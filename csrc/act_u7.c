@@ -32,12 +32,14 @@ void mq_quantize_row_u7(const mq_kernels *kt, const void *src, mq_src_t kind, in
     } else {
         mq_choose_qparams(mn, mx, 0, 127, 0, &s, &zp);
         kt->quantize[kind](src, k, 1.0f / s, (float)zp, 0.0f, 127.0f, 0, q);
-        for (int64_t i = 0; i < k; i++) total += (int32_t)q[i];
-        total -= zp * (int32_t)k; /* |sum of xq| <= 127 * k: k is at most MQ_MAX_LINEAR_K */
+        if (sum) { /* only a weight zero-point needs it (20% of the quantization time) */
+            for (int64_t i = 0; i < k; i++) total += (int32_t)q[i];
+            total -= zp * (int32_t)k; /* |sum of xq| <= 127 * k: k is at most MQ_MAX_LINEAR_K */
+        }
         *scale = s;
     }
     memset(q + k, (int)zp, (size_t)(kp - k)); /* the padding encodes xq = 0 */
     mq_encode_u7(q, kp, zp, enc);
     *zero_point = zp;
-    *sum = total;
+    if (sum) *sum = total;
 }

@@ -156,9 +156,8 @@ static void quantize_x_range(void *vctx, int64_t begin, int64_t end) {
         const uint8_t *src = c->src + (size_t)r * c->row_bytes;
         uint8_t *q = c->xq + r * kp;
         if (c->x_zp) {
-            int32_t sum;
-            mq_quantize_row_u7(c->kt, src, c->kind, c->k, kp, c->enc, q, &c->x_scale[r], &c->x_zp[r], &sum);
-            if (c->x_sum) c->x_sum[r] = sum;
+            mq_quantize_row_u7(c->kt, src, c->kind, c->k, kp, c->enc, q, &c->x_scale[r], &c->x_zp[r],
+                               c->x_sum ? &c->x_sum[r] : NULL);
             continue;
         }
         if (c->x_is_q) {

@@ -382,7 +382,7 @@ typedef enum { MQ_X_INT8 = 0, MQ_X_INT8_PLUS_128 = 1, MQ_X_U7 = 2 } mq_x_encodin
  * (mq_choose_qparams), xu = clamp(rint(zp + x * (1 / scale)), 0, 127) (the
  * product rounded first), xq = xu - zp in -127..127.  q [kp] receives the
  * row in the encoding enc (the padding past k encodes xq = 0); *sum = sum of
- * xq.  A row holding NaN/Inf gets scale NaN, zero-point 0 and xq = 0. */
+ * xq (NULL: not wanted).  A row holding NaN/Inf gets scale NaN, zero-point 0 and xq = 0. */
 void mq_quantize_row_u7(const mq_kernels *kt, const void *src, mq_src_t kind, int64_t k, int64_t kp,
                         mq_x_encoding_t enc, uint8_t *q, float *scale, int32_t *zero_point, int32_t *sum);
 /* n codes xu (0..127) with zero-point zp re-encoded in place from MQ_X_U7 to enc. */
