@@ -1,7 +1,8 @@
 /* linear.c - int8 weight packing and the quantized matmul drivers.
  *
  * The drivers prepare the activations once per call (dynamic mode: per-row
- * symmetric int8, -127..127, so no activation is -128; weight-only: fp32
+ * symmetric int8, -127..127, so no activation is -128, or with reduce_range
+ * 7-bit codes with a zero-point, act_u7.c; weight-only: fp32
  * rows padded to kp) and split the output channels over threads in whole
  * panels; the dispatched kernel (ref.c, x86/avx2/linear.c, x86/avx512{,_vnni}/linear.c) does
  * the rest.  Nothing here re-packs the weight. */

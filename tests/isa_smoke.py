@@ -81,6 +81,7 @@ def _state(prefix: str, model: nn.Module) -> Dict[str, np.ndarray]:
 # (name, quantize() options, whether the forward is integer arithmetic end to end)
 CASES = [
     ("int8_dynamic", dict(dtype="int8", activations="dynamic", embeddings=True), True),
+    ("int8_dynamic_reduce_range", dict(dtype="int8", embeddings=True, reduce_range=True), True),  # 7-bit activations
     ("int8_weight_only", dict(dtype="int8", activations=None, embeddings=True), False),
     ("int4", dict(dtype="int4", group_size=32, embeddings=True), False),
     ("int4_rtn_sym", dict(dtype="int4", group_size=32, method="rtn", symmetric=True), False),

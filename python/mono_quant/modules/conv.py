@@ -39,7 +39,8 @@ class QuantizedConv2d(ReduceRange, QuantizedModule):
     QuantizedLinear.  Depthwise convs (one input channel per group), string
     paddings and inputs the kernels can't take run ``F.conv2d`` on the
     dequantized weight.  int4 / fp16 / bf16 weights run ``F.conv2d`` on the
-    dequantized (or cast) weight.
+    dequantized (or cast) weight.  ``reduce_range`` (:meth:`set_reduce_range`):
+    dynamic activations in 7 bits, per image, as QuantizedLinear's.
 
     Built by :func:`~mono_quant.quantize` or :func:`~mono_quant.load`; the
     constructor (nn.Conv2d's arguments) makes an empty layer.
