@@ -194,3 +194,26 @@ def test_onnx_export_refuses_7_bit_layers():
         onnx_twin(qmodel.fc1)
     qmodel.fc1.set_reduce_range(False)
     assert onnx_twin(qmodel.fc1) is not None
+
+
+def test_composite_children_take_the_flag(tmp_path):
+    """nn.MultiheadAttention / nn.LSTM become composites of QuantizedLinears: each child has it."""
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.att = nn.MultiheadAttention(32, 4, batch_first=True)
+            self.lstm = nn.LSTM(32, 16, batch_first=True)
+
+        def forward(self, x):
+            return self.lstm(self.att(x, x, x)[0])[0]
+
+    torch.manual_seed(0)
+    model = Net().eval()
+    qmodel = mq.quantize(model, "int8", reduce_range=True).model
+    children = [m for m in qmodel.modules() if isinstance(m, QuantizedLinear)]
+    assert len(children) == 4 and all(m.reduce_range for m in children)
+    loaded = mq.load(mq.save(qmodel, tmp_path / "m.safetensors"), model=copy.deepcopy(model))
+    x = torch.randn(2, 5, 32)
+    with torch.no_grad():
+        assert torch.equal(loaded(x), qmodel(x))
