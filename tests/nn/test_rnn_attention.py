@@ -157,12 +157,6 @@ def test_rnn_children_are_quantized_linears_and_reported():
     assert result.skipped == []
 
 
-def test_vanilla_rnn_still_skipped_with_reason():
-    _, skipped = mq.quantize(nn.Sequential(nn.RNN(8, 8), nn.Linear(8, 8)))
-    assert [(s.name, s.type) for s in skipped] == [("0", "RNN")]
-    assert "nn.LSTM and nn.GRU" in skipped[0].reason
-
-
 # ---- MultiheadAttention ------------------------------------------------------------------------
 
 

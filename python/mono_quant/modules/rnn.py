@@ -1,5 +1,5 @@
-"""QuantizedLSTM and QuantizedGRU: replace nn.LSTM / nn.GRU, as torch.ao's dynamic
-quantized LSTM / GRU did.
+"""QuantizedLSTM, QuantizedGRU and QuantizedRNN: replace nn.LSTM / nn.GRU (as torch.ao's
+dynamic quantized LSTM / GRU did) and nn.RNN (tanh or relu cells).
 
 Each layer and direction keeps its input projection ``ih_l{k}[_reverse]`` (weight
 ``[G*H, input]``, bias ``b_ih``) and its hidden projection ``hh_l{k}[_reverse]`` (``[G*H, H]``,
@@ -21,11 +21,11 @@ from .composite import ChildSpec, QuantizedComposite
 from .input_checks import check_float_input
 from .registry import register_qmodule
 
-__all__ = ["QuantizedLSTM", "QuantizedGRU"]
+__all__ = ["QuantizedLSTM", "QuantizedGRU", "QuantizedRNN"]
 
 
 class _QuantizedRNNBase(QuantizedComposite):
-    """What QuantizedLSTM and QuantizedGRU share: configuration, children, shapes, layers."""
+    """What QuantizedLSTM, QuantizedGRU and QuantizedRNN share: configuration, children, shapes, layers."""
 
     gates = 1
     has_cell = False
@@ -219,3 +219,24 @@ class QuantizedGRU(_QuantizedRNNBase):
         z = torch.sigmoid(i_z + h_z)
         n = torch.tanh(i_n + r * h_n)
         return ((1 - z) * n + z * h,)
+
+
+@register_qmodule(nn.RNN)
+class QuantizedRNN(_QuantizedRNNBase):
+    """nn.RNN (``nonlinearity`` "tanh" or "relu") with quantized input / hidden weights:
+    same arguments, outputs and state ``(output, h_n)`` as nn.RNN, PackedSequence inputs included."""
+
+    def _configure(self, module: nn.RNN) -> None:
+        super()._configure(module)
+        if module.nonlinearity not in ("tanh", "relu"):
+            raise ValueError(f"QuantizedRNN: unknown nonlinearity {module.nonlinearity!r} (nn.RNN takes 'tanh' or "
+                             f"'relu')")
+        self.nonlinearity = module.nonlinearity
+
+    def extra_repr(self) -> str:
+        s = super().extra_repr()
+        return s if self.nonlinearity == "tanh" else s + ", nonlinearity='relu'"
+
+    def _cell(self, gi: torch.Tensor, gh: torch.Tensor, state):
+        pre = gi + gh
+        return (torch.relu(pre) if self.nonlinearity == "relu" else torch.tanh(pre),)
