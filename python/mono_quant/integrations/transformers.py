@@ -51,7 +51,8 @@ __all__ = ["MonoQuantConfig", "MonoQuantHfQuantizer", "QUANT_METHOD", "SAVED_QUA
 QUANT_METHOD = "mono_quant"
 #: the ``quant_method`` of a saved folder's config.json: when mono_quant is not imported,
 #: transformers warns "Unknown quantization type, got <this> ... we will skip the quantization"
-SAVED_QUANT_METHOD = "mono_quant (run `import mono_quant.integrations.transformers` before from_pretrained; pip install mono-quant)"
+SAVED_QUANT_METHOD = ("mono_quant (run `import mono_quant.integrations.transformers` before from_pretrained; "
+                      "pip install mono-quant)")
 # options of quantize() a config carries (JSON values only: include / exclude are name globs)
 _OPTIONS = ("dtype", "symmetric", "granularity", "group_size", "method", "activations", "include", "exclude",
             "min_weight_numel", "embeddings")

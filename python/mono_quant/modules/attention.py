@@ -73,8 +73,8 @@ class QuantizedMultiheadAttention(QuantizedComposite):
     @classmethod
     def skip_reason(cls, module: nn.MultiheadAttention) -> Optional[str]:
         if module.bias_k is not None or module.bias_v is not None:
-            return ("nn.MultiheadAttention with add_bias_kv=True is not quantized: its bias_k / bias_v are float tensors "
-                    "of the attention itself, which a quantized attention (saved and reloaded as its quantized "
+            return ("nn.MultiheadAttention with add_bias_kv=True is not quantized: its bias_k / bias_v are float "
+                    "tensors of the attention itself, which a quantized attention (saved and reloaded as its quantized "
                     "projections only) cannot carry through save / load: kept float, projections included")
         return super().skip_reason(module)
 
@@ -167,7 +167,7 @@ class QuantizedMultiheadAttention(QuantizedComposite):
         q = q.reshape(tgt_len, bsz * heads, head_dim).transpose(0, 1)
         k = k.reshape(src_len, bsz * heads, head_dim).transpose(0, 1)
         v = v.reshape(src_len, bsz * heads, head_dim).transpose(0, 1)
-        if self.add_zero_attn:  # a zero key / value after every sequence, never masked (as F.multi_head_attention_forward)
+        if self.add_zero_attn:  # a zero key / value after each sequence, never masked (F.multi_head_attention_forward)
             zeros = k.new_zeros(bsz * heads, 1, head_dim)
             k, v = torch.cat([k, zeros], dim=1), torch.cat([v, zeros], dim=1)
             attn_mask = None if attn_mask is None else F.pad(attn_mask, (0, 1))

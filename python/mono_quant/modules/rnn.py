@@ -22,7 +22,6 @@ from typing import List, Optional, Tuple
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch._higher_order_ops import scan
 from torch.nn.utils.rnn import PackedSequence, pad_packed_sequence
 
 from .composite import ChildSpec, QuantizedComposite
@@ -30,6 +29,11 @@ from .input_checks import check_float_input
 from .registry import register_qmodule
 
 __all__ = ["QuantizedLSTM", "QuantizedGRU", "QuantizedRNN"]
+
+try:  # torch's scan (a prototype higher-order op; torch 2.13 has it)
+    from torch._higher_order_ops import scan as _scan
+except ImportError:  # older torch: a symbolic length is specialized by the Python loop, as before
+    _scan = None
 
 
 class _QuantizedRNNBase(QuantizedComposite):
@@ -137,7 +141,8 @@ class _QuantizedRNNBase(QuantizedComposite):
             if lengths is not None:
                 raise ValueError(f"{type(self).__name__}: lengths= is for a padded input; a PackedSequence carries "
                                  f"its own")
-            if torch.compiler.is_exporting():  # (torch.export would fail inside pad_packed_sequence, obscurely)
+            # torch.export would fail inside pad_packed_sequence, obscurely
+            if getattr(torch.compiler, "is_exporting", lambda: False)():
                 raise RuntimeError(f"{type(self).__name__}: torch.export cannot capture a PackedSequence input "
                                    f"(its layout is in batch_sizes values). Export with the padded batch and its "
                                    f"lengths instead: rnn(padded, hx, lengths=lengths)")
@@ -203,7 +208,7 @@ class _QuantizedRNNBase(QuantizedComposite):
         projected = getattr(self, f"ih_{tail}")(x.reshape(steps * batch, x.shape[2])).reshape(steps, batch, -1)
         hidden = getattr(self, f"hh_{tail}")
         project = getattr(self, f"hr_{tail}") if self.proj_size else None
-        if isinstance(steps, torch.SymInt):  # a symbolic length: torch's scan, one graph for every length
+        if isinstance(steps, torch.SymInt) and _scan is not None:  # a symbolic length: scan, one graph for all
             return self._scan_direction(projected, hidden, project, state, reverse, lengths)
         outputs: List[Optional[torch.Tensor]] = [None] * steps
         order = range(steps - 1, -1, -1) if reverse else range(steps)
@@ -235,7 +240,7 @@ class _QuantizedRNNBase(QuantizedComposite):
             new = tuple(torch.where(run, n, old) for n, old in zip(new, carry))
             return new, new[0].clone()  # (scan allows no output aliasing the carry)
 
-        final, out = scan(step, tuple(state), (projected, running), reverse=reverse)
+        final, out = _scan(step, tuple(state), (projected, running), reverse=reverse)
         return out, final
 
 
@@ -245,14 +250,22 @@ _PACKED_REASON = ("mono-quant: a PackedSequence input to a quantized LSTM / GRU 
                   "and its lengths instead: rnn(padded, hx, lengths=lengths)")
 
 
-@torch.compiler.disable(reason=_PACKED_REASON)
+def _outside_graphs(fn):
+    """``fn`` never traced by dynamo (under fullgraph=True: an error giving _PACKED_REASON)."""
+    try:
+        return torch.compiler.disable(fn, reason=_PACKED_REASON)
+    except TypeError:  # torch before reason=
+        return torch.compiler.disable(fn)
+
+
+@_outside_graphs
 def _unpack(packed: PackedSequence) -> Tuple[torch.Tensor, torch.Tensor]:
     """``(padded [T, B, ...] in the caller's batch order, lengths on its device)``."""
     padded, lengths = pad_packed_sequence(packed)
     return padded, lengths.to(padded.device)
 
 
-@torch.compiler.disable(reason=_PACKED_REASON)
+@_outside_graphs
 def _repack(padded: torch.Tensor, like: PackedSequence) -> PackedSequence:
     """``padded`` ``[T, B, ...]`` (batch in the caller's order) packed as ``like`` is."""
     if like.sorted_indices is not None:
