@@ -1,5 +1,5 @@
-"""LSTM / GRU / MultiheadAttention speed: mono-quant's QuantizedLSTM / QuantizedGRU /
-QuantizedMultiheadAttention (dynamic int8, int8 weight-only) against the float modules
+"""LSTM / GRU / RNN / MultiheadAttention speed: mono-quant's QuantizedLSTM / QuantizedGRU /
+QuantizedRNN / QuantizedMultiheadAttention (dynamic int8, int8 weight-only) against the float modules
 (torch's fused LSTM / GRU, nn.MultiheadAttention), interleaved in one process, with the
 output SQNR against float beside each ratio.  Two float baselines: torch's default
 (oneDNN for LSTM / GRU on CPU) and torch with oneDNN disabled (ATen's own RNN loop),
@@ -8,7 +8,7 @@ which is much faster for LSTM on some CPUs; ratios are against the faster of the
 Shapes: LSTM / GRU input 512, hidden 512, sequence 64, batch 1 and 32 (one layer, and
 two bidirectional layers); MHA embed 512, 8 heads, sequence 64, batch 1 and 32.
 
-Usage: python benchmarks/bench_rnn.py [--repeats N] [--threads T]
+Usage: python benchmarks/bench_rnn.py [--repeats N] [--threads T] [--only SUBSTRING]
 """
 from __future__ import annotations
 
@@ -39,6 +39,7 @@ def cases():
         yield f"LSTM 512x512 L1 seq64 b{batch}", nn.LSTM(512, 512), (x,)
         yield f"LSTM 512x512 L2 bidir seq64 b{batch}", nn.LSTM(512, 512, num_layers=2, bidirectional=True), (x,)
         yield f"GRU 512x512 L1 seq64 b{batch}", nn.GRU(512, 512), (x,)
+        yield f"RNN tanh 512x512 L1 seq64 b{batch}", nn.RNN(512, 512), (x,)
         yield f"MHA E512 h8 seq64 b{batch}", nn.MultiheadAttention(512, 8), (x, x, x)
 
 
@@ -46,6 +47,7 @@ def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--repeats", type=int, default=15)
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--only", default="", help="run only the cases whose name contains this")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -54,6 +56,8 @@ def main():
     print(f"{'case':34} {'fp32 us':>10} {'no-oneDNN':>10} {'int8 dyn':>9} {'x fp32':>7} {'SQNR':>6} {'int8 w-o':>9} {'x fp32':>7} "
           f"{'SQNR':>6}")
     for name, module, inputs in cases():
+        if args.only not in name:
+            continue
         module.eval()
         dyn = mq.quantize(module, dtype="int8").model
         wo = mq.quantize(module, dtype="int8", activations=None).model

@@ -8,9 +8,9 @@ their weights are oriented for quantization, and why others stay float.
   in, k]``: the weight is quantized in the orientation of the module that
   replaces it (``[out, in]``; ``[out, in, 1, k]``), so scales are per output
   feature as for nn.Linear / nn.Conv2d.
-- nn.LSTM, nn.GRU and nn.MultiheadAttention hold several weight matrices: each is
-  quantized as the Linear it is used as, inside QuantizedLSTM / QuantizedGRU /
-  QuantizedMultiheadAttention (:mod:`mono_quant.composites`); their submodules (MHA's
+- nn.LSTM, nn.GRU, nn.RNN and nn.MultiheadAttention hold several weight matrices: each
+  is quantized as the Linear it is used as, inside QuantizedLSTM / QuantizedGRU /
+  QuantizedRNN / QuantizedMultiheadAttention (:mod:`mono_quant.composites`); their submodules (MHA's
   ``out_proj``) are quantized with them, not listed as skipped.
 - A Linear whose weight is tied to a layer left in float (GPT-2's ``lm_head``
   and ``wte`` without ``embeddings=True``) stays float with a warning: a
@@ -77,8 +77,9 @@ def weight_to_quantize(module: nn.Module, weight: torch.Tensor, qcls, keep: dict
     return keep[key][0]
 
 
-_RNN_REASON = ("nn.RNN (tanh / relu cells) and subclasses of nn.RNNBase are not quantized (nn.LSTM and nn.GRU "
-               "are, by QuantizedLSTM / QuantizedGRU): kept float")
+_RNN_REASON = ("subclasses of nn.LSTM / nn.GRU / nn.RNN (and of nn.RNNBase) may have their own forward or cell and "
+               "are not quantized, not even by include=[...]; only exact nn.LSTM, nn.GRU and nn.RNN are (by "
+               "QuantizedLSTM / QuantizedGRU / QuantizedRNN): kept float")
 
 
 def known_unsupported_reason(module: nn.Module) -> Optional[str]:

@@ -38,7 +38,8 @@ def test_quantize_while_loading_then_save_and_reload(float_folders, tmp_path, ki
     assert torch.equal(hf_models.forward(loaded, kind), expected)  # what quantize(model) gives
     loaded.save_pretrained(tmp_path / "q")
     config = loaded.config.quantization_config.to_dict()
-    assert config["quant_method"] == "mono_quant" and config["layers"]
+    assert config["quant_method"].startswith("mono_quant (run `import mono_quant.integrations.transformers`")
+    assert config["layers"]
     again = cls.from_pretrained(tmp_path / "q")
     assert torch.equal(hf_models.forward(again, kind), expected)  # bit-identical after the round trip
     assert sum(t.numel() * t.element_size() for t in again.state_dict().values()) < \
@@ -103,3 +104,40 @@ def test_saved_folder_missing_a_quantized_tensor_is_refused(float_folders, tmp_p
     save_file(tensors, str(tmp_path / "q" / "model.safetensors"), metadata={"format": "pt"})
     with pytest.raises(mq.CheckpointError, match="up_proj.weight_scale is missing"):
         cls.from_pretrained(tmp_path / "q")
+
+
+def _saved_gpt2_int8(float_folders, tmp_path):
+    _, folder = float_folders["gpt2"]
+    cls = hf_models.model_class("gpt2")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        loaded = cls.from_pretrained(folder, quantization_config=mq.MonoQuantConfig(dtype="int8"))
+    loaded.save_pretrained(tmp_path / "q")
+    return cls, loaded, tmp_path / "q"
+
+
+def test_without_the_import_transformers_warning_says_what_to_do(float_folders, tmp_path):
+    # transformers 5.24 has no hook to load a quantizer by itself: it skips the unknown method with
+    # a warning printing the saved quant_method, which names the import to add
+    import subprocess
+    import sys
+
+    _, _, folder = _saved_gpt2_int8(float_folders, tmp_path)
+    code = ("import sys, transformers\n"
+            f"m = transformers.AutoModelForCausalLM.from_pretrained({str(folder)!r})\n"
+            "assert 'mono_quant' not in sys.modules\n")
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert "Unknown quantization type, got mono_quant (run `import mono_quant.integrations.transformers` " \
+           "before from_pretrained; pip install mono-quant)" in run.stdout + run.stderr
+
+
+def test_folder_saved_with_the_plain_method_name_still_loads(float_folders, tmp_path):
+    import json
+
+    cls, loaded, folder = _saved_gpt2_int8(float_folders, tmp_path)
+    config = json.loads((folder / "config.json").read_text())
+    config["quantization_config"]["quant_method"] = "mono_quant"  # what folders saved before carry
+    (folder / "config.json").write_text(json.dumps(config))
+    again = cls.from_pretrained(folder)
+    assert type(again.transformer.h[0].attn.c_attn).__name__ == "QuantizedGPT2Conv1D"
+    assert torch.equal(hf_models.forward(again, "gpt2"), hf_models.forward(loaded, "gpt2"))

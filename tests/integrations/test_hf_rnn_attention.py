@@ -1,4 +1,4 @@
-"""MonoQuantConfig on a transformers model holding an nn.LSTM and an nn.MultiheadAttention:
+"""MonoQuantConfig on a transformers model holding an nn.LSTM, an nn.RNN and an nn.MultiheadAttention:
 quantized while loading as quantize(model) does, saved and reloaded bit-identical."""
 import warnings
 
@@ -9,7 +9,7 @@ from torch import nn
 transformers = pytest.importorskip("transformers")
 
 import mono_quant as mq  # noqa: E402
-from mono_quant.modules import QuantizedLSTM, QuantizedMultiheadAttention  # noqa: E402
+from mono_quant.modules import QuantizedLSTM, QuantizedMultiheadAttention, QuantizedRNN  # noqa: E402
 
 
 class TinyConfig(transformers.PretrainedConfig):
@@ -27,6 +27,7 @@ class TinyModel(transformers.PreTrainedModel):
         super().__init__(config)
         h = config.hidden
         self.lstm = nn.LSTM(h, h, num_layers=2, batch_first=True)
+        self.rnn = nn.RNN(h, h, nonlinearity="relu", batch_first=True, bidirectional=True)
         self.attn = nn.MultiheadAttention(h, 4, batch_first=True)
         self.head = nn.Linear(h, h)
         self.norm = nn.LayerNorm(h)  # a float parameter (save_pretrained asks the model's dtype)
@@ -37,6 +38,7 @@ class TinyModel(transformers.PreTrainedModel):
 
     def forward(self, x):
         y, _ = self.lstm(x)
+        y = self.rnn(y)[0][..., :32] + y
         y, _ = self.attn(y, y, y, need_weights=False)
         return self.head(self.norm(y))
 
@@ -51,8 +53,10 @@ def test_lstm_and_attention_through_from_pretrained(tmp_path):
         expected = mq.quantize(model, dtype="int8").model(x)
         loaded = TinyModel.from_pretrained(tmp_path / "float", quantization_config=mq.MonoQuantConfig(dtype="int8"))
         assert isinstance(loaded.lstm, QuantizedLSTM) and isinstance(loaded.attn, QuantizedMultiheadAttention)
+        assert isinstance(loaded.rnn, QuantizedRNN) and loaded.rnn.nonlinearity == "relu"
         assert torch.equal(loaded.eval()(x), expected)
         loaded.save_pretrained(tmp_path / "q")
         again = TinyModel.from_pretrained(tmp_path / "q").eval()
         assert isinstance(again.lstm, QuantizedLSTM) and isinstance(again.attn, QuantizedMultiheadAttention)
+        assert isinstance(again.rnn, QuantizedRNN) and again.rnn.nonlinearity == "relu"
         assert torch.equal(again(x), expected)

@@ -157,12 +157,6 @@ def test_rnn_children_are_quantized_linears_and_reported():
     assert result.skipped == []
 
 
-def test_vanilla_rnn_still_skipped_with_reason():
-    _, skipped = mq.quantize(nn.Sequential(nn.RNN(8, 8), nn.Linear(8, 8)))
-    assert [(s.name, s.type) for s in skipped] == [("0", "RNN")]
-    assert "nn.LSTM and nn.GRU" in skipped[0].reason
-
-
 # ---- MultiheadAttention ------------------------------------------------------------------------
 
 
@@ -232,7 +226,71 @@ def test_mha_out_proj_not_listed_skipped_and_add_bias_kv_kept_float():
     assert isinstance(result.model["a"], QuantizedMultiheadAttention)
     assert [(s.name, s.type) for s in result.skipped] == [("b", "MultiheadAttention"),
                                                          ("b.out_proj", "NonDynamicallyQuantizableLinear")]
-    assert "add_bias_kv" in result.skipped[0].reason
+    assert "add_bias_kv" in result.skipped[0].reason and "save / load" in result.skipped[0].reason
+
+
+def _float_mha_of_dequantized(float_mha, q):
+    """The float attention with the quantized module's dequantized projections (the reference)."""
+    ref = nn.MultiheadAttention(float_mha.embed_dim, float_mha.num_heads, kdim=float_mha.kdim, vdim=float_mha.vdim,
+                                add_zero_attn=float_mha.add_zero_attn, batch_first=float_mha.batch_first).eval()
+    with torch.no_grad():
+        if float_mha._qkv_same_embed_dim:
+            ref.in_proj_weight.copy_(q.in_proj.dequantized_weight(torch.float32))
+        else:
+            for p in "qkv":
+                getattr(ref, f"{p}_proj_weight").copy_(getattr(q, f"{p}_proj").dequantized_weight(torch.float32))
+        ref.in_proj_bias.copy_(q.in_proj_bias)
+        ref.out_proj.weight.copy_(q.out_proj.dequantized_weight(torch.float32))
+        ref.out_proj.bias.copy_(q.out_proj.bias)
+    return ref
+
+
+@pytest.mark.parametrize("batch_first", [False, True])
+@pytest.mark.parametrize("self_attention", [True, False])
+@pytest.mark.parametrize("need_weights", [True, False])
+def test_mha_add_zero_attn_matches_float_and_reference(batch_first, self_attention, need_weights):
+    torch.manual_seed(13)
+    float_mha = nn.MultiheadAttention(32, 4, add_zero_attn=True, batch_first=batch_first).eval()
+    q, skipped = quantized(float_mha, "int8", None)
+    assert isinstance(q, QuantizedMultiheadAttention) and not skipped and "add_zero_attn=True" in repr(q)
+    reference = _float_mha_of_dequantized(float_mha, q)
+    query, key, value = mha_inputs(batch_first, self_attention)
+    for masks in mha_masks(batch_first, self_attention):
+        kw = dict(need_weights=need_weights, **masks)
+        with torch.no_grad():
+            ref, exact, out = float_mha(query, key, value, **kw), reference(query, key, value, **kw), \
+                q(query, key, value, **kw)
+        check_same_structure(ref, out)
+        assert sqnr(ref[0], out[0]) > 30
+        for e, o in zip(flat(exact), flat(out)):
+            torch.testing.assert_close(o, e, rtol=1e-4, atol=1e-5)
+
+
+def test_mha_add_zero_attn_kdim_unbatched_save_load_and_compile(tmp_path):
+    torch.manual_seed(14)
+
+    def build():
+        return nn.ModuleDict({"attn": nn.MultiheadAttention(32, 4, kdim=20, vdim=24, add_zero_attn=True)})
+
+    model = build().eval()
+    q, _ = quantized(model, "int8", "dynamic")
+    query, key, value = mha_inputs(False, False, kdim=20)
+    with torch.no_grad():
+        ref, out = model["attn"](query[:, 0], key[:, 0], value[:, 0]), q["attn"](query[:, 0], key[:, 0], value[:, 0])
+        check_same_structure(ref, out)
+        assert sqnr(ref[0], out[0]) > 25
+        path = tmp_path / "m.mq.safetensors"
+        mq.save(q, path)
+        with torch.device("meta"):
+            skeleton = build()
+        loaded = mq.load(path, model=skeleton.eval())
+        assert loaded["attn"].add_zero_attn
+        for r, o in zip(flat(q["attn"](query, key, value)), flat(loaded["attn"](query, key, value))):
+            assert torch.equal(r, o)
+        torch._dynamo.reset()
+        compiled = torch.compile(q["attn"], fullgraph=True)
+        for r, o in zip(flat(q["attn"](query, key, value)), flat(compiled(query, key, value))):
+            torch.testing.assert_close(o, r, rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("layer_type", ["encoder", "decoder"])

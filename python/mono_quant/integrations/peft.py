@@ -1,4 +1,5 @@
-"""LoRA adapters (Hugging Face PEFT) on mono-quant's quantized Linear layers.
+"""LoRA adapters (Hugging Face PEFT) on mono-quant's quantized Linear, Conv2d, Conv1d and
+Embedding layers.
 
     from mono_quant.integrations.peft import get_peft_model, lora_config
     qmodel, _ = mq.quantize(model, dtype="int4")
@@ -14,7 +15,12 @@ types is ``LoraConfig._register_custom_module`` (PEFT's "custom models" guide;
 PEFT marks it experimental); :func:`register` puts :class:`QuantizedLoraLinear`
 there for :class:`~mono_quant.modules.QuantizedLinear` and its subclasses
 (GPT-2's :class:`~mono_quant.modules.QuantizedGPT2Conv1D`, int8 dynamic /
-weight-only, int4, fp16, bf16 alike).  The registration lives on the config
+weight-only, int4, fp16, bf16 alike), and :class:`QuantizedLoraConv2d`,
+:class:`QuantizedLoraConv1d`, :class:`QuantizedLoraEmbedding` for
+:class:`~mono_quant.modules.QuantizedConv2d`, :class:`~mono_quant.modules.QuantizedConv1d`
+and :class:`~mono_quant.modules.QuantizedEmbedding` (PEFT's own LoRA Conv2d / Conv1d /
+Embedding, adapters as PEFT builds them for the float layer, so a saved adapter also loads
+on the float model).  The registration lives on the config
 object and is not saved with it, so loading an adapter onto a quantized model
 goes through :func:`from_pretrained` (or ``PeftModel.from_pretrained(...,
 config=register(config))``).
@@ -39,12 +45,21 @@ from typing import Any, Optional
 
 import peft
 from peft import LoraConfig, PeftConfig, PeftModel
+from peft.tuners.lora.layer import Conv1d as _PeftLoraConv1d
+from peft.tuners.lora.layer import Conv2d as _PeftLoraConv2d
+from peft.tuners.lora.layer import Embedding as _PeftLoraEmbedding
 from peft.tuners.lora.layer import Linear as _PeftLoraLinear
+from torch import nn
+from torch.nn import functional as F
 
 from ..errors import MonoQuantError
+from ..modules.conv import QuantizedConv2d
+from ..modules.conv1d import QuantizedConv1d
+from ..modules.embedding import QuantizedEmbedding
 from ..modules.linear import QuantizedLinear
 
-__all__ = ["QuantizedLoraLinear", "LoraMergeError", "register", "lora_config", "get_peft_model", "from_pretrained"]
+__all__ = ["QuantizedLoraLinear", "QuantizedLoraConv2d", "QuantizedLoraConv1d", "QuantizedLoraEmbedding",
+           "LoraMergeError", "register", "lora_config", "get_peft_model", "from_pretrained"]
 
 
 class LoraMergeError(MonoQuantError, NotImplementedError):
@@ -52,22 +67,8 @@ class LoraMergeError(MonoQuantError, NotImplementedError):
     What to do: keep the adapter unmerged, or merge on the float model and quantize again."""
 
 
-class QuantizedLoraLinear(_PeftLoraLinear):
-    """PEFT's LoRA ``Linear`` over a :class:`~mono_quant.modules.QuantizedLinear`
-    (or a subclass): the forward, adapters, scaling, dropout, ``lora_bias``,
-    saving and loading are PEFT's own; this class gives PEFT the layer's
-    sizes, keeps to vanilla LoRA and refuses to merge (see the module docstring).
-    Built by PEFT once :func:`register` put it in a ``LoraConfig``.
-    """
-
-    def __init__(self, base_layer, adapter_name: str, config: LoraConfig, **kwargs: Any) -> None:
-        super().__init__(base_layer, adapter_name, config=config, **kwargs)
-        # the quantized layer's .weight is [out, in] (GPT-2 Conv1D included: it is stored as the Linear it is),
-        # so a delta weight needs no transpose whatever the config says for the float model
-        self.fan_in_fan_out = False
-
-    def _get_in_out_features(self, module):
-        return module.in_features, module.out_features
+class _QuantizedBase:
+    """What the LoRA layers over quantized layers share: vanilla LoRA only, no merging."""
 
     @property
     def lora_variants(self):
@@ -87,18 +88,98 @@ class QuantizedLoraLinear(_PeftLoraLinear):
             "unmerged (the model runs base + adapter), or merge on the float model: "
             "PeftModel.from_pretrained(float_model, adapter_dir).merge_and_unload(), then mono_quant.quantize() it.")
 
-    def __repr__(self) -> str:
-        return super().__repr__().replace("lora.Linear", "lora.QuantizedLoraLinear", 1)
+
+class QuantizedLoraLinear(_QuantizedBase, _PeftLoraLinear):
+    """PEFT's LoRA ``Linear`` over a :class:`~mono_quant.modules.QuantizedLinear`
+    (or a subclass): the forward, adapters, scaling, dropout, ``lora_bias``,
+    saving and loading are PEFT's own; this class gives PEFT the layer's
+    sizes, keeps to vanilla LoRA and refuses to merge (see the module docstring).
+    Built by PEFT once :func:`register` put it in a ``LoraConfig``.
+    """
+
+    def __init__(self, base_layer, adapter_name: str, config: LoraConfig, **kwargs: Any) -> None:
+        super().__init__(base_layer, adapter_name, config=config, **kwargs)
+        # the quantized layer's .weight is [out, in] (GPT-2 Conv1D included: it is stored as the Linear it is),
+        # so a delta weight needs no transpose whatever the config says for the float model
+        self.fan_in_fan_out = False
+
+    def _get_in_out_features(self, module):
+        return module.in_features, module.out_features
+
+
+class _QuantizedLoraConv(_QuantizedBase):
+    """PEFT's LoRA conv over a quantized conv.  PEFT builds ``lora_A`` / ``lora_B`` as
+    ``type(base_layer)(...)`` with the base's geometry: over a quantized conv that would
+    build quantized convs, so while it builds them :meth:`get_base_layer` answers a float
+    conv of the same geometry (on ``meta``, with an empty weight of the quantized layer's
+    dtype and device, so the adapters land where the layer is)."""
+
+    float_type = nn.Conv2d
+
+    def _get_in_out_features(self, module):
+        return module.in_channels, module.out_channels
+
+    def update_layer(self, adapter_name: str, r: int, lora_alpha: int, config: LoraConfig, **kwargs: Any) -> None:
+        base = self.get_base_layer()
+        self._kernel_dim = 3 if self.float_type is nn.Conv1d else 4  # the float weight's dim (Conv1d: 3)
+        stand_in = self.float_type(base.in_channels, base.out_channels, base.kernel_size, base.stride, base.padding,
+                                   base.dilation, base.groups, bias=base.bias is not None, device="meta")
+        stand_in.weight = nn.Parameter(base.weight.new_empty(0), requires_grad=False)
+        self.__dict__["_geometry_stand_in"] = stand_in  # not a submodule
+        try:
+            super().update_layer(adapter_name, r, lora_alpha, config=config, **kwargs)
+        finally:
+            del self.__dict__["_geometry_stand_in"]
+
+    def get_base_layer(self) -> nn.Module:
+        stand_in = self.__dict__.get("_geometry_stand_in")
+        return stand_in if stand_in is not None else super().get_base_layer()
+
+
+class QuantizedLoraConv2d(_QuantizedLoraConv, _PeftLoraConv2d):
+    """PEFT's LoRA ``Conv2d`` over a :class:`~mono_quant.modules.QuantizedConv2d`:
+    ``base(x) + lora_B(lora_A(dropout(x))) * scaling`` with ``lora_A`` a float conv of the
+    base's kernel, stride and padding and ``lora_B`` a 1x1 conv, as PEFT has it for
+    nn.Conv2d.  Vanilla LoRA only; merging raises :class:`LoraMergeError`."""
+
+
+class QuantizedLoraConv1d(_QuantizedLoraConv, _PeftLoraConv1d):
+    """PEFT's LoRA ``Conv1d`` over a :class:`~mono_quant.modules.QuantizedConv1d` (as
+    :class:`QuantizedLoraConv2d`, with nn.Conv1d adapters)."""
+
+    float_type = nn.Conv1d
+
+
+class QuantizedLoraEmbedding(_QuantizedBase, _PeftLoraEmbedding):
+    """PEFT's LoRA ``Embedding`` over a :class:`~mono_quant.modules.QuantizedEmbedding`:
+    ``base(ids) + (A^T[ids] @ B^T) * scaling`` with PEFT's ``lora_embedding_A`` /
+    ``lora_embedding_B``.  Vanilla LoRA only; merging raises :class:`LoraMergeError`."""
+
+    def _get_in_out_features(self, module):
+        return module.num_embeddings, module.embedding_dim
+
+    def _embed(self, input, weight, input_fn=None, output_fn=None):
+        # PEFT's reads nn.Embedding's max_norm / sparse / ..., which a quantized table (exact
+        # nn.Embedding defaults) does not carry
+        if input_fn is not None:
+            input = input_fn((input,))
+        output = F.embedding(input, weight, padding_idx=self.get_base_layer().padding_idx)
+        return output_fn(output) if output_fn is not None else output
+
+
+#: quantized layer type -> its LoRA layer; a subclass before its base (PEFT takes the first isinstance match)
+_LORA_LAYERS = {QuantizedConv1d: QuantizedLoraConv1d, QuantizedConv2d: QuantizedLoraConv2d,
+                QuantizedEmbedding: QuantizedLoraEmbedding, QuantizedLinear: QuantizedLoraLinear}
 
 
 def register(config: LoraConfig) -> LoraConfig:
-    """Registers :class:`QuantizedLoraLinear` for quantized Linear layers in
+    """Registers the LoRA layers for quantized Linear / Conv2d / Conv1d / Embedding layers in
     ``config`` (PEFT's ``_register_custom_module``) and returns the config.
     Idempotent; layers that are not quantized keep PEFT's own LoRA layers."""
     if not isinstance(config, LoraConfig):
         raise TypeError(f"mono-quant: only LoRA adapters run on quantized layers; got a {type(config).__name__}. "
                         "Use peft.LoraConfig, or apply this adapter type to the float model.")
-    config._register_custom_module({QuantizedLinear: QuantizedLoraLinear})
+    config._register_custom_module(dict(_LORA_LAYERS))
     return config
 
 

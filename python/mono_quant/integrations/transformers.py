@@ -8,7 +8,14 @@
 Importing this module registers ``quant_method="mono_quant"`` through
 transformers' public hooks (``register_quantization_config`` /
 ``register_quantizer``); it must be imported before ``from_pretrained`` of a
-saved folder (``mono_quant.MonoQuantConfig`` imports it too).
+saved folder (``mono_quant.MonoQuantConfig`` imports it too).  transformers
+5.24 has no other way in: its quantizers come from its own table and these
+two calls (no entry points), and ``trust_remote_code`` imports model / config
+classes, not quantizers.  Without the import transformers skips the unknown
+method with a warning that prints the saved ``quant_method``, and loads a float
+model whose quantized layers are MISSING (randomly initialized); so a saved
+folder's ``quant_method`` is :data:`SAVED_QUANT_METHOD`, which says what to do
+in that warning (``"mono_quant"``, what older folders carry, loads too).
 
 - Quantizing while loading: the float weights load as usual, then
   :func:`mono_quant.quantize` with the config's options replaces the layers in
@@ -39,9 +46,13 @@ from ..io.dtypes import dtype_from_name
 from ..modules.composite import QuantizedComposite
 from ..modules.registry import QuantizedModule
 
-__all__ = ["MonoQuantConfig", "MonoQuantHfQuantizer", "QUANT_METHOD"]
+__all__ = ["MonoQuantConfig", "MonoQuantHfQuantizer", "QUANT_METHOD", "SAVED_QUANT_METHOD"]
 
 QUANT_METHOD = "mono_quant"
+#: the ``quant_method`` of a saved folder's config.json: when mono_quant is not imported,
+#: transformers warns "Unknown quantization type, got <this> ... we will skip the quantization"
+SAVED_QUANT_METHOD = ("mono_quant (run `import mono_quant.integrations.transformers` before from_pretrained; "
+                      "pip install mono-quant)")
 # options of quantize() a config carries (JSON values only: include / exclude are name globs)
 _OPTIONS = ("dtype", "symmetric", "granularity", "group_size", "method", "activations", "include", "exclude",
             "min_weight_numel", "embeddings")
@@ -114,7 +125,7 @@ class MonoQuantConfig(QuantizationConfigMixin):
         return {**options, "config": QuantConfig()}  # never a config file of the working directory
 
     def to_dict(self) -> Dict[str, Any]:
-        return {"quant_method": QUANT_METHOD, **{name: getattr(self, name) for name in _OPTIONS},
+        return {"quant_method": SAVED_QUANT_METHOD, **{name: getattr(self, name) for name in _OPTIONS},
                 "layers": self.layers}
 
 
@@ -276,13 +287,14 @@ def _set_module(model: nn.Module, name: str, module: nn.Module) -> None:
 
 
 def register() -> None:
-    """Register the config and the quantizer with transformers (once)."""
-    if AUTO_QUANTIZATION_CONFIG_MAPPING.get(QUANT_METHOD) is not MonoQuantConfig:
-        AUTO_QUANTIZATION_CONFIG_MAPPING.pop(QUANT_METHOD, None)  # a reloaded module's older class
-        register_quantization_config(QUANT_METHOD)(MonoQuantConfig)
-    if AUTO_QUANTIZER_MAPPING.get(QUANT_METHOD) is not MonoQuantHfQuantizer:
-        AUTO_QUANTIZER_MAPPING.pop(QUANT_METHOD, None)
-        register_quantizer(QUANT_METHOD)(MonoQuantHfQuantizer)
+    """Register the config and the quantizer with transformers (once), under both names."""
+    for method in (QUANT_METHOD, SAVED_QUANT_METHOD):
+        if AUTO_QUANTIZATION_CONFIG_MAPPING.get(method) is not MonoQuantConfig:
+            AUTO_QUANTIZATION_CONFIG_MAPPING.pop(method, None)  # a reloaded module's older class
+            register_quantization_config(method)(MonoQuantConfig)
+        if AUTO_QUANTIZER_MAPPING.get(method) is not MonoQuantHfQuantizer:
+            AUTO_QUANTIZER_MAPPING.pop(method, None)
+            register_quantizer(method)(MonoQuantHfQuantizer)
 
 
 register()

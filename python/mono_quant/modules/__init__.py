@@ -6,9 +6,9 @@ from .gpt2_conv1d import QuantizedGPT2Conv1D
 from .linear import QuantizedLinear
 from .attention import QuantizedMultiheadAttention
 from .composite import QuantizedComposite
-from .rnn import QuantizedGRU, QuantizedLSTM
+from .rnn import QuantizedGRU, QuantizedLSTM, QuantizedRNN
 from .registry import QMODULES, QuantizedModule, qmodule_for, register_qmodule
 
 __all__ = ["QuantizedModule", "QuantizedLinear", "QuantizedConv2d", "QuantizedEmbedding", "register_qmodule", "qmodule_for", "QMODULES"]
 __all__ += ["QuantizedConv1d", "QuantizedGPT2Conv1D"]
-__all__ += ["QuantizedComposite", "QuantizedLSTM", "QuantizedGRU", "QuantizedMultiheadAttention"]
+__all__ += ["QuantizedComposite", "QuantizedLSTM", "QuantizedGRU", "QuantizedRNN", "QuantizedMultiheadAttention"]

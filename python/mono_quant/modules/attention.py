@@ -6,6 +6,11 @@ for ``kdim`` / ``vdim``); the output projection is the QuantizedLinear ``out_pro
 attention itself (masks, softmax, dropout) runs in torch as F.multi_head_attention_forward
 does: F.scaled_dot_product_attention without weights, an explicit softmax with them.
 
+``add_zero_attn=True`` (a zero key and value appended to every sequence) is supported: it
+holds no tensor.  ``add_bias_kv=True`` keeps the attention float: its ``bias_k`` / ``bias_v``
+are float tensors of the attention itself, and a quantized composite is saved and rebuilt
+as its quantized projections only (nowhere to keep them across ``save`` / ``load``).
+
 The fast paths of nn.TransformerEncoderLayer / nn.TransformerEncoder read the float
 ``in_proj_weight`` and call a fused kernel; ``_qkv_same_embed_dim`` is False here and
 ``in_proj_weight`` (a dequantized copy) is a tensor subclass, so both take their slow
@@ -52,6 +57,8 @@ class QuantizedMultiheadAttention(QuantizedComposite):
         self.dropout = float(module.dropout)
         self.batch_first = module.batch_first
         self.packed_in_proj = bool(module._qkv_same_embed_dim)
+        self.add_zero_attn = bool(module.add_zero_attn)
+        self.bias_k = self.bias_v = None  # add_bias_kv stays float (skip_reason)
 
     @classmethod
     def child_specs(cls, module: nn.MultiheadAttention) -> List[ChildSpec]:
@@ -65,8 +72,10 @@ class QuantizedMultiheadAttention(QuantizedComposite):
 
     @classmethod
     def skip_reason(cls, module: nn.MultiheadAttention) -> Optional[str]:
-        if module.bias_k is not None or module.add_zero_attn:
-            return "nn.MultiheadAttention with add_bias_kv or add_zero_attn is not quantized: kept float"
+        if module.bias_k is not None or module.bias_v is not None:
+            return ("nn.MultiheadAttention with add_bias_kv=True is not quantized: its bias_k / bias_v are float "
+                    "tensors of the attention itself, which a quantized attention (saved and reloaded as its quantized "
+                    "projections only) cannot carry through save / load: kept float, projections included")
         return super().skip_reason(module)
 
     @property
@@ -84,7 +93,8 @@ class QuantizedMultiheadAttention(QuantizedComposite):
         return self.in_proj.dequantized_weight(torch.float32).as_subclass(DequantizedInProjWeight)
 
     def extra_repr(self) -> str:
-        return f"embed_dim={self.embed_dim}, num_heads={self.num_heads}, batch_first={self.batch_first}"
+        s = f"embed_dim={self.embed_dim}, num_heads={self.num_heads}, batch_first={self.batch_first}"
+        return s + (", add_zero_attn=True" if self.add_zero_attn else "")
 
     # -- forward -------------------------------------------------------------------------------------
     def _project(self, query, key, value):
@@ -157,6 +167,12 @@ class QuantizedMultiheadAttention(QuantizedComposite):
         q = q.reshape(tgt_len, bsz * heads, head_dim).transpose(0, 1)
         k = k.reshape(src_len, bsz * heads, head_dim).transpose(0, 1)
         v = v.reshape(src_len, bsz * heads, head_dim).transpose(0, 1)
+        if self.add_zero_attn:  # a zero key / value after each sequence, never masked (F.multi_head_attention_forward)
+            zeros = k.new_zeros(bsz * heads, 1, head_dim)
+            k, v = torch.cat([k, zeros], dim=1), torch.cat([v, zeros], dim=1)
+            attn_mask = None if attn_mask is None else F.pad(attn_mask, (0, 1))
+            key_padding_mask = None if key_padding_mask is None else F.pad(key_padding_mask, (0, 1))
+            src_len += 1
         if key_padding_mask is not None:
             if tuple(key_padding_mask.shape) != (bsz, src_len):
                 raise AssertionError(f"expecting key_padding_mask shape of {(bsz, src_len)}, but got "

@@ -1,12 +1,19 @@
-"""QuantizedLSTM and QuantizedGRU: replace nn.LSTM / nn.GRU, as torch.ao's dynamic
-quantized LSTM / GRU did.
+"""QuantizedLSTM, QuantizedGRU and QuantizedRNN: replace nn.LSTM / nn.GRU (as torch.ao's
+dynamic quantized LSTM / GRU did) and nn.RNN (tanh or relu cells).
 
 Each layer and direction keeps its input projection ``ih_l{k}[_reverse]`` (weight
 ``[G*H, input]``, bias ``b_ih``) and its hidden projection ``hh_l{k}[_reverse]`` (``[G*H, H]``,
 bias ``b_hh``) as QuantizedLinear children (``proj_size``: also ``hr_l{k}[_reverse]``, no
 bias); the gates and the recurrence run in torch.  The input projection of a whole
 sequence is one matmul (``T*B`` rows: where int8 pays); the hidden projection runs once
-per step on ``B`` rows.  A PackedSequence runs padded, each sequence's state held past its end.
+per step on ``B`` rows.  A PackedSequence runs padded, each sequence's state held past its end;
+``forward(padded, hx, lengths=...)`` does the same on a padded batch (what torch.compile(fullgraph=True)
+and torch.export can capture: a PackedSequence's layout is in its batch_sizes *values*).
+
+The time loop is a Python loop, which torch.compile / torch.export unroll for the example's
+sequence length (a guard refuses another length).  When the length is symbolic (torch.export
+with a dynamic dimension, a compile with dynamic shapes) the loop is torch's ``scan`` instead:
+one graph for every length.
 """
 from __future__ import annotations
 
@@ -21,11 +28,16 @@ from .composite import ChildSpec, QuantizedComposite
 from .input_checks import check_float_input
 from .registry import register_qmodule
 
-__all__ = ["QuantizedLSTM", "QuantizedGRU"]
+__all__ = ["QuantizedLSTM", "QuantizedGRU", "QuantizedRNN"]
+
+try:  # torch's scan (a prototype higher-order op; torch 2.13 has it)
+    from torch._higher_order_ops import scan as _scan
+except ImportError:  # older torch: a symbolic length is specialized by the Python loop, as before
+    _scan = None
 
 
 class _QuantizedRNNBase(QuantizedComposite):
-    """What QuantizedLSTM and QuantizedGRU share: configuration, children, shapes, layers."""
+    """What QuantizedLSTM, QuantizedGRU and QuantizedRNN share: configuration, children, shapes, layers."""
 
     gates = 1
     has_cell = False
@@ -113,22 +125,36 @@ class _QuantizedRNNBase(QuantizedComposite):
             out.append(state.to(x.dtype))
         return tuple(out)
 
-    def forward(self, x, hx=None):
+    def forward(self, x, hx=None, *, lengths: Optional[torch.Tensor] = None):
+        """As the float module's forward.  ``lengths`` (keyword, mono-quant only): the length of each
+        sequence of a padded batched ``x``, as a PackedSequence would carry them: each state is held
+        past its sequence's end and outputs there are zero (what ``pad_packed_sequence`` of the packed
+        output gives); unlike a PackedSequence, torch.compile(fullgraph=True) and torch.export capture it."""
         if not torch.compiler.is_compiling() and torch._C._is_tracing():  # (dynamo can't call _is_tracing)
             # the time loop runs in Python: a trace would replay the example's step count
             # for every later input (silently wrong outputs for other sequence lengths)
             raise RuntimeError(f"{type(self).__name__} cannot be traced with torch.jit.trace: its recurrence is a "
                                f"Python loop the trace would freeze at the example's sequence length. Use "
                                f"torch.export.export, torch.compile or mono_quant.export_onnx instead")
-        packed, lengths = None, None
+        packed = None
         if isinstance(x, PackedSequence):
+            if lengths is not None:
+                raise ValueError(f"{type(self).__name__}: lengths= is for a padded input; a PackedSequence carries "
+                                 f"its own")
+            # torch.export would fail inside pad_packed_sequence, obscurely
+            if getattr(torch.compiler, "is_exporting", lambda: False)():
+                raise RuntimeError(f"{type(self).__name__}: torch.export cannot capture a PackedSequence input "
+                                   f"(its layout is in batch_sizes values). Export with the padded batch and its "
+                                   f"lengths instead: rnn(padded, hx, lengths=lengths)")
             # padded (batch in the caller's order, as hx and the returned states are); each step
             # updates only the sequences still running, so padding never enters a state
-            packed, (x, lengths) = x, pad_packed_sequence(x)
-            lengths = lengths.to(x.device)
+            packed, (x, lengths) = x, _unpack(x)
             check_float_input(x, type(self).__name__)
             x = x.transpose(0, 1) if self.batch_first else x
         x, states, batched = self._inputs(x, hx)
+        padded_lengths = packed is None and lengths is not None
+        if padded_lengths:
+            lengths = self._check_lengths(lengths, x, batched)
         finals: List[List[torch.Tensor]] = [[] for _ in states]
         layer_input = x
         for layer in range(self.num_layers):
@@ -146,6 +172,9 @@ class _QuantizedRNNBase(QuantizedComposite):
                 layer_input = F.dropout(layer_input, p=self.dropout, training=True)
         output = layer_input
         finals = [torch.stack(f) for f in finals]
+        if padded_lengths:  # zero past each end, as pad_packed_sequence pads a packed output
+            running = torch.arange(output.shape[0], device=output.device).unsqueeze(1) < lengths.unsqueeze(0)
+            output = output * running.unsqueeze(2).to(output.dtype)
         if packed is not None:
             output = _repack(output, packed)
         elif not batched:
@@ -153,6 +182,22 @@ class _QuantizedRNNBase(QuantizedComposite):
         elif self.batch_first:
             output = output.transpose(0, 1)
         return output, (tuple(finals) if self.has_cell else finals[0])
+
+    def _check_lengths(self, lengths, x: torch.Tensor, batched: bool) -> torch.Tensor:
+        """``lengths`` as a ``[B]`` int64 tensor on ``x``'s device; raises on what can't be lengths."""
+        name = type(self).__name__
+        if not batched:
+            raise ValueError(f"{name}: lengths= needs a batched 3-D input (one length per sequence)")
+        if not isinstance(lengths, torch.Tensor):
+            raise TypeError(f"{name}: lengths must be a tensor, got {type(lengths).__name__}")
+        if lengths.dim() != 1 or lengths.is_floating_point() or lengths.is_complex() or lengths.dtype == torch.bool \
+                or lengths.shape[0] != x.shape[1]:
+            raise ValueError(f"{name}: lengths must be a 1-D integer tensor of one length per sequence "
+                             f"({x.shape[1]}), got {lengths.dtype} of shape {tuple(lengths.shape)}")
+        if not torch.compiler.is_compiling() and bool(((lengths < 0) | (lengths > x.shape[0])).any()):
+            raise ValueError(f"{name}: lengths must be between 0 and the padded length {x.shape[0]}, got "
+                             f"{lengths.tolist()}")
+        return lengths.to(device=x.device, dtype=torch.int64)
 
     def _run_direction(self, x: torch.Tensor, tail: str, state, reverse: bool, lengths=None):
         """One layer in one direction over the whole sequence ``x`` ``[T, B, in]``:
@@ -163,6 +208,8 @@ class _QuantizedRNNBase(QuantizedComposite):
         projected = getattr(self, f"ih_{tail}")(x.reshape(steps * batch, x.shape[2])).reshape(steps, batch, -1)
         hidden = getattr(self, f"hh_{tail}")
         project = getattr(self, f"hr_{tail}") if self.proj_size else None
+        if isinstance(steps, torch.SymInt) and _scan is not None:  # a symbolic length: scan, one graph for all
+            return self._scan_direction(projected, hidden, project, state, reverse, lengths)
         outputs: List[Optional[torch.Tensor]] = [None] * steps
         order = range(steps - 1, -1, -1) if reverse else range(steps)
         for t in order:
@@ -177,7 +224,48 @@ class _QuantizedRNNBase(QuantizedComposite):
         out = torch.stack(outputs) if steps else x.new_zeros(0, batch, self.output_size)
         return out, state
 
+    def _scan_direction(self, projected: torch.Tensor, hidden, project, state, reverse: bool, lengths):
+        """:meth:`_run_direction`'s loop as torch's ``scan`` over ``projected`` ``[T, B, G*H]``."""
+        steps = projected.shape[0]
+        if lengths is None:
+            running = projected.new_ones(steps, projected.shape[1], 1, dtype=torch.bool)
+        else:
+            running = (torch.arange(steps, device=projected.device).unsqueeze(1) < lengths.unsqueeze(0)).unsqueeze(2)
 
+        def step(carry, inputs):
+            gi, run = inputs
+            new = self._cell(gi, hidden(carry[0]), carry)
+            if project is not None:
+                new = (project(new[0]),) + tuple(new[1:])
+            new = tuple(torch.where(run, n, old) for n, old in zip(new, carry))
+            return new, new[0].clone()  # (scan allows no output aliasing the carry)
+
+        final, out = _scan(step, tuple(state), (projected, running), reverse=reverse)
+        return out, final
+
+
+_PACKED_REASON = ("mono-quant: a PackedSequence input to a quantized LSTM / GRU / RNN is unpacked outside the graph "
+                  "(its layout is in batch_sizes values, which dynamo cannot trace, as it cannot trace torch's "
+                  "pad_packed_sequence). Under torch.compile(fullgraph=True) or torch.export pass the padded batch "
+                  "and its lengths instead: rnn(padded, hx, lengths=lengths)")
+
+
+def _outside_graphs(fn):
+    """``fn`` never traced by dynamo (under fullgraph=True: an error giving _PACKED_REASON)."""
+    try:
+        return torch.compiler.disable(fn, reason=_PACKED_REASON)
+    except TypeError:  # torch before reason=
+        return torch.compiler.disable(fn)
+
+
+@_outside_graphs
+def _unpack(packed: PackedSequence) -> Tuple[torch.Tensor, torch.Tensor]:
+    """``(padded [T, B, ...] in the caller's batch order, lengths on its device)``."""
+    padded, lengths = pad_packed_sequence(packed)
+    return padded, lengths.to(padded.device)
+
+
+@_outside_graphs
 def _repack(padded: torch.Tensor, like: PackedSequence) -> PackedSequence:
     """``padded`` ``[T, B, ...]`` (batch in the caller's order) packed as ``like`` is."""
     if like.sorted_indices is not None:
@@ -219,3 +307,24 @@ class QuantizedGRU(_QuantizedRNNBase):
         z = torch.sigmoid(i_z + h_z)
         n = torch.tanh(i_n + r * h_n)
         return ((1 - z) * n + z * h,)
+
+
+@register_qmodule(nn.RNN)
+class QuantizedRNN(_QuantizedRNNBase):
+    """nn.RNN (``nonlinearity`` "tanh" or "relu") with quantized input / hidden weights:
+    same arguments, outputs and state ``(output, h_n)`` as nn.RNN, PackedSequence inputs included."""
+
+    def _configure(self, module: nn.RNN) -> None:
+        super()._configure(module)
+        if module.nonlinearity not in ("tanh", "relu"):
+            raise ValueError(f"QuantizedRNN: unknown nonlinearity {module.nonlinearity!r} (nn.RNN takes 'tanh' or "
+                             f"'relu')")
+        self.nonlinearity = module.nonlinearity
+
+    def extra_repr(self) -> str:
+        s = super().extra_repr()
+        return s if self.nonlinearity == "tanh" else s + ", nonlinearity='relu'"
+
+    def _cell(self, gi: torch.Tensor, gh: torch.Tensor, state):
+        pre = gi + gh
+        return (torch.relu(pre) if self.nonlinearity == "relu" else torch.tanh(pre),)
