@@ -56,6 +56,23 @@ def test_config_options_are_validated_and_serialized():
     assert again.to_dict() == cfg.to_dict() and again.quantize_options()["group_size"] == 64
 
 
+def test_reduce_range_reaches_the_layers_and_survives_the_round_trip(float_folders, tmp_path):
+    model, folder = float_folders["bert"]
+    cls = hf_models.model_class("bert")
+    with pytest.raises(mq.ConfigError, match="reduce_range"):
+        mq.MonoQuantConfig(dtype="int4", reduce_range=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        loaded = cls.from_pretrained(folder, quantization_config=mq.MonoQuantConfig(reduce_range=True))
+        expected = hf_models.forward(mq.quantize(model, dtype="int8", reduce_range=True).model, "bert")
+    assert torch.equal(hf_models.forward(loaded, "bert"), expected)
+    loaded.save_pretrained(tmp_path / "q")
+    again = cls.from_pretrained(tmp_path / "q")
+    flags = {m.reduce_range for m in again.modules() if isinstance(m, mq.QuantizedLinear)}
+    assert flags == {True}
+    assert torch.equal(hf_models.forward(again, "bert"), expected)
+
+
 def test_loading_a_non_mono_quant_config_fails_clearly():
     from mono_quant.integrations.transformers import MonoQuantHfQuantizer
 
