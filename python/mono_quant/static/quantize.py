@@ -24,7 +24,7 @@ from ..errors import ConfigError
 from ..report import SkippedLayer
 from ..result import QuantizationResult
 from .capture import TraceError, build_plan
-from .convert import convert_plan, qparams
+from .convert import NONNEGATIVE_ZERO_POINT, convert_plan, qparams
 from .fallback import quantize_per_layer
 from .graph import FusedFloat, float_graph
 from .modules import StaticAdd, StaticConv2d, StaticGlobalAvgPool, StaticLinear
@@ -69,7 +69,9 @@ def quantize_static(model, cfg, calibration, observer: Optional[str], calibratio
     probe: List[Any] = []
     cal.feed(_keep_first(calibration, probe), cfg.calibration_samples)
     # points are named after the graph's modules, "layers.<op>": keyed by op here
-    ranges = {_op_point(k): v for k, v in cal.ranges(cfg.observer).items()}
+    # a never-negative activation gets the 255 codes -127..127 on [0, max] (convert.qparams)
+    one_sided = 127 - NONNEGATIVE_ZERO_POINT + 1
+    ranges = {_op_point(k): v for k, v in cal.ranges(cfg.observer, one_sided_levels=one_sided).items()}
     stats = {_op_point(k): v for k, v in cal.stats.items()}
     aliases = {_op_point(k): _op_point(v) for k, v in cal.aliases.items()}
     nonnegative = {p: bool(s.has_data and s.min[0] >= 0) for p, s in stats.items()}
