@@ -89,3 +89,15 @@ def test_a_point_mass_the_threshold_would_clip_is_put_back_and_searched_again(mo
     assert len(seen) == 2
     assert seen[0][spike] < folded[spike] / POINT_MASS_FACTOR and seen[1][spike] == folded[spike]
     assert hi == pytest.approx(real(seen[1], 255, 1)[0] * width)
+
+
+def test_the_vectorised_rule_equals_the_plain_one():
+    from point_mass_reference import point_masses_reference
+
+    rng = np.random.default_rng(4)
+    for t in range(150):
+        n = int(rng.integers(1, 300))
+        f = (rng.integers(0, 30, n) * (rng.random(n) < rng.random())).astype(float)
+        f[rng.integers(0, n, 3)] = rng.integers(0, 2000, 3)
+        got, want = without_point_masses(f, t % 2 == 0), point_masses_reference(f, t % 2 == 0)
+        assert np.array_equal(got[0], want[0]) and np.array_equal(got[1], want[1]), t

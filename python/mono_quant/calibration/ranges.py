@@ -96,13 +96,14 @@ def without_point_masses(folded: np.ndarray, one_sided: bool) -> Tuple[np.ndarra
     # neighbours: the nonzero bins within POINT_MASS_RADIUS (data on a grid coarser than the bins,
     # such as normalised 8-bit pixels, fill one bin in four: zeros between them are no evidence)
     r = POINT_MASS_RADIUS
-    window = np.lib.stride_tricks.sliding_window_view(np.pad(g, r), 2 * r + 1).copy()
-    window[:, r] = 0.0
-    window[window == 0] = np.nan
-    populated = np.sum(~np.isnan(window), axis=1)
-    median = np.zeros(g.size)
+    window = np.lib.stride_tricks.sliding_window_view(np.pad(g, r), 2 * r + 1)
+    neighbours = np.sort(np.delete(window, r, axis=1), axis=1)  # zeros first, then the nonzero ones
+    populated = np.count_nonzero(neighbours, axis=1)
+    first = neighbours.shape[1] - populated
+    lo = np.minimum(first + (populated - 1) // 2, neighbours.shape[1] - 1)[:, None]
+    hi = np.minimum(first + populated // 2, neighbours.shape[1] - 1)[:, None]
+    median = 0.5 * (np.take_along_axis(neighbours, lo, 1) + np.take_along_axis(neighbours, hi, 1))[:, 0]
     some = populated >= 2  # a lone bin in an empty tail is an outlier, not a point mass
-    median[some] = np.nanmedian(window[some], axis=1)
     mask = some & (g > POINT_MASS_FACTOR * median)
     g[mask] = median[mask]
     return g, mask
