@@ -5,7 +5,8 @@ Every search works on one StreamingHistogram (no second pass over data):
   of |x|; asymmetric: (100 - p) / 2 % cut from each tail), as ONNX Runtime's
   percentile calibrator;
 - ``entropy``: TensorRT's KL search over |x| (symmetric by nature; an
-  asymmetric request keeps the data's own side where it is narrower);
+  asymmetric request keeps the data's own side where it is narrower), point
+  masses flattened first (``without_point_masses``);
 - ``mse``: the range (a * min, a * max) that minimises the expected
   quantization error under the qparams the range gives.
 
@@ -26,7 +27,8 @@ from .. import kernels
 from . import observer_kernels as ok
 from .histogram import StreamingHistogram
 
-__all__ = ["ENCODINGS", "quant_range", "percentile_range", "entropy_range", "without_point_masses", "mse_range", "qparams_for_range"]
+__all__ = ["ENCODINGS", "quant_range", "percentile_range", "entropy_range", "without_point_masses", "mse_range",
+           "qparams_for_range", "POINT_MASS_FACTOR", "POINT_MASS_RADIUS"]
 
 ENCODINGS = {
     ("int8", True): (-127, 127),

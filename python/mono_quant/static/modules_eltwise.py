@@ -21,7 +21,6 @@ from __future__ import annotations
 import math
 from typing import List, Optional, Sequence
 
-import numpy as np
 import torch
 from torch import nn
 
