@@ -43,7 +43,7 @@ def correct(model, x, y) -> int:
         return int((model(x).argmax(1) == y).sum())
 
 
-@pytest.mark.parametrize("observer", ["minmax", "mse"])
+@pytest.mark.parametrize("observer", ["minmax", "mse", "entropy"])
 def test_resnet8_static_int8_keeps_top1_with_100_images(case, observer):
     model, calib, x, y, fp32 = case
     result = mq.quantize(model, "int8", activations="static", calibration=calib, observer=observer)

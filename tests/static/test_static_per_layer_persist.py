@@ -1,5 +1,4 @@
 """mq.save / mq.load of a per-layer static int8 model (the fallback for models fx can't trace)."""
-import json
 import warnings
 
 import pytest
@@ -10,6 +9,7 @@ import mono_quant as mq
 from mono_quant.calibration import CalibrationWarning
 from mono_quant.static.fallback import PerLayerStatic
 from mono_quant.static.modules import StaticConv2d, StaticLinear
+from static_file_edits import StaticFileEdits
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -80,36 +80,26 @@ def test_a_mismatched_architecture_is_refused(saved):
 
 
 def test_damaged_files_are_refused(saved, tmp_path):
-    from safetensors import safe_open
-    from safetensors.torch import save_file
-
-    path = saved[2]
-    with safe_open(str(path), framework="pt") as f:
-        meta, tensors = f.metadata(), {k: f.get_tensor(k) for k in f.keys()}
-    manifest = json.loads(meta["mono_quant.static_per_layer"])
-
-    def write(m, t, name):
-        p = tmp_path / name
-        save_file(t, str(p), metadata={"mono_quant.static_per_layer": json.dumps(m)})
-        return p
+    edits = StaticFileEdits(saved[2], "mono_quant.static_per_layer", tmp_path)
+    tensors = edits.tensors
     bad = dict(tensors)
     bad["conv.layer.weight_scale"] = bad["conv.layer.weight_scale"][:-1]
     with pytest.raises(mq.CheckpointError, match="weight_scale"):
-        mq.load(write(manifest, bad, "scale.safetensors"), model=Branchy())
-    evil = json.loads(json.dumps(manifest))
+        mq.load(edits.write("scale.safetensors", tensors=bad), model=Branchy())
+    evil = edits.manifest_copy()
     evil["layers"]["conv"]["class"] = "os.system"
     with pytest.raises(mq.CheckpointError, match="class"):
-        mq.load(write(evil, tensors, "evil.safetensors"), model=Branchy())
-    wrong = json.loads(json.dumps(manifest))
+        mq.load(edits.write("evil.safetensors", evil), model=Branchy())
+    wrong = edits.manifest_copy()
     wrong["layers"]["head.0"]["init_kwargs"]["in_scale"] = -1.0
     with pytest.raises(mq.CheckpointError, match="in_scale"):
-        mq.load(write(wrong, tensors, "neg.safetensors"), model=Branchy())
+        mq.load(edits.write("neg.safetensors", wrong), model=Branchy())
     missing = {k: v for k, v in tensors.items() if k != "scale"}
     with pytest.raises(mq.CheckpointError, match="missing"):
-        mq.load(write(manifest, missing, "missing.safetensors"), model=Branchy())
+        mq.load(edits.write("missing.safetensors", tensors=missing), model=Branchy())
     float_dtype = dict(tensors, scale=tensors["scale"].double())
     with pytest.raises(mq.CheckpointError, match="scale"):
-        mq.load(write(manifest, float_dtype, "dtype.safetensors"), model=Branchy())
+        mq.load(edits.write("dtype.safetensors", tensors=float_dtype), model=Branchy())
 
 
 def test_a_hugging_face_encoder_round_trips_through_a_meta_skeleton(tmp_path):

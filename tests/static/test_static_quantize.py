@@ -1,5 +1,6 @@
 """quantize(..., activations="static"): capture, fusion, calibration data forms,
 int8 between layers, fallback, warnings, ISA bit-identity."""
+import json
 import math
 import warnings
 
@@ -14,6 +15,7 @@ from mono_quant.errors import ConfigError
 from mono_quant.static import StaticAdd, StaticConv2d, StaticGlobalAvgPool, StaticLinear, StaticReport
 from mono_quant.static.quantize import _warn
 from mono_quant.static.report import StaticLayerReport
+from static_file_edits import StaticFileEdits
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -271,43 +273,31 @@ def test_save_and_load_are_bit_exact(tmp_path, data, net):
 
 
 def test_damaged_static_files_are_refused(tmp_path, data):
-    import json
-
-    from safetensors import safe_open
-    from safetensors.torch import save_file
-
     result = quiet_quantize(trained_like(TinyResNet()), calibration=data)
-    path = mq.save(result.model, tmp_path / "s.safetensors")
-    with safe_open(str(path), framework="pt") as f:
-        meta, tensors = f.metadata(), {k: f.get_tensor(k) for k in f.keys()}
-    manifest = json.loads(meta["mono_quant.static"])
-
-    def write(m, t, name):
-        p = tmp_path / name
-        save_file(t, str(p), metadata={"mono_quant.static": json.dumps(m)})
-        return p
+    edits = StaticFileEdits(mq.save(result.model, tmp_path / "s.safetensors"), "mono_quant.static", tmp_path)
+    tensors = edits.tensors
     bad = dict(tensors)
     bad["layers.b1_conv1.weight_scale"] = bad["layers.b1_conv1.weight_scale"][:-1]
     with pytest.raises(mq.CheckpointError, match="weight_scale"):
-        mq.load(write(manifest, bad, "scale.safetensors"))
-    evil = json.loads(json.dumps(manifest))
+        mq.load(edits.write("scale.safetensors", tensors=bad))
+    evil = edits.manifest_copy()
     evil["program"][3] = {"name": evil["program"][3]["name"], "kind": "call", "inputs": [],
                           "call": {"how": "call_function", "target": "os.system", "args": ["true"], "kwargs": {}}}
     with pytest.raises(mq.CheckpointError, match="not allowed"):
-        mq.load(write(evil, tensors, "evil.safetensors"))
-    wrong = json.loads(json.dumps(manifest))
+        mq.load(edits.write("evil.safetensors", evil))
+    wrong = edits.manifest_copy()
     wrong["layers"]["b1_conv1"]["init_kwargs"]["in_scale"] = -1.0
     with pytest.raises(mq.CheckpointError, match="in_scale"):
-        mq.load(write(wrong, tensors, "scale2.safetensors"))
-    order = json.loads(json.dumps(manifest))
+        mq.load(edits.write("scale2.safetensors", wrong))
+    order = edits.manifest_copy()
     order["program"].reverse()
     with pytest.raises(mq.CheckpointError, match="before they are computed"):
-        mq.load(write(order, tensors, "order.safetensors"))
+        mq.load(edits.write("order.safetensors", order))
     sums = dict(tensors)  # the kernels trust the column sums: a wrong one is refused, not used
     sums["layers.b1_conv1.weight_colsum"] = sums["layers.b1_conv1.weight_colsum"] + 1
     with pytest.raises(mq.CheckpointError, match="weight_colsum does not match"):
-        mq.load(write(manifest, sums, "colsum.safetensors"))
-    deep = json.loads(json.dumps(manifest))
+        mq.load(edits.write("colsum.safetensors", tensors=sums))
+    deep = edits.manifest_copy()
     deep["layers"]["b1_conv1"]["init_kwargs"]["deep"] = json.loads("[" * 200 + "]" * 200)
     with pytest.raises(mq.CheckpointError):
-        mq.load(write(deep, tensors, "deep.safetensors"))
+        mq.load(edits.write("deep.safetensors", deep))

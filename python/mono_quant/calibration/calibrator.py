@@ -247,8 +247,11 @@ class Calibrator:
         return sum(s.nbytes() for s in self.stats.values())
 
     def ranges(self, observer: str = "minmax", *, encoding: str = "int8", symmetric: bool = True,
-               percentile: float = 99.99) -> Dict[str, ActivationRange]:
+               percentile: float = 99.99, one_sided_levels: Optional[int] = None) -> Dict[str, ActivationRange]:
         """Range and qparams of every observed activation under ``observer`` (see OBSERVERS).
+
+        ``one_sided_levels``: the codes a never-negative activation will get (static int8 gives
+        255 on [0, max]); the entropy search matches its levels to them (ranges.entropy_range).
 
         "histogram" is the best histogram method for int8 here (entropy);
         warns when fewer than MIN_RECOMMENDED_SAMPLES samples were fed."""
@@ -280,7 +283,7 @@ class Calibrator:
             elif observer == "mse":
                 lo, hi = mse_range(s.histogram, encoding, symmetric)
             else:  # "entropy", "histogram"
-                lo, hi = entropy_range(s.histogram, encoding, symmetric)
+                lo, hi = entropy_range(s.histogram, encoding, symmetric, one_sided_levels=one_sided_levels)
             scale, zp = qparams_for_range(lo, hi, encoding, symmetric)
             out[point] = ActivationRange(lo, hi, scale, zp, qmin, qmax, observer)
         return out

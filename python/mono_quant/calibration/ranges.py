@@ -5,7 +5,8 @@ Every search works on one StreamingHistogram (no second pass over data):
   of |x|; asymmetric: (100 - p) / 2 % cut from each tail), as ONNX Runtime's
   percentile calibrator;
 - ``entropy``: TensorRT's KL search over |x| (symmetric by nature; an
-  asymmetric request keeps the data's own side where it is narrower);
+  asymmetric request keeps the data's own side where it is narrower), point
+  masses flattened first (``without_point_masses``);
 - ``mse``: the range (a * min, a * max) that minimises the expected
   quantization error under the qparams the range gives.
 
@@ -17,7 +18,7 @@ saturating on AVX2 without VNNI).
 """
 from __future__ import annotations
 
-from typing import Tuple
+from typing import Optional, Tuple
 
 import numpy as np
 import torch
@@ -26,7 +27,8 @@ from .. import kernels
 from . import observer_kernels as ok
 from .histogram import StreamingHistogram
 
-__all__ = ["ENCODINGS", "quant_range", "percentile_range", "entropy_range", "mse_range", "qparams_for_range"]
+__all__ = ["ENCODINGS", "quant_range", "percentile_range", "entropy_range", "without_point_masses", "mse_range",
+           "qparams_for_range", "POINT_MASS_FACTOR", "POINT_MASS_RADIUS"]
 
 ENCODINGS = {
     ("int8", True): (-127, 127),
@@ -69,15 +71,76 @@ def percentile_range(h: StreamingHistogram, percentile: float = 99.99, symmetric
     return lo, max(lo, hi)
 
 
+#: a bin holding more than POINT_MASS_FACTOR times the median of the POINT_MASS_RADIUS bins on each side
+#: is a point mass for the entropy search (see entropy_range)
+POINT_MASS_FACTOR = 8.0
+POINT_MASS_RADIUS = 8
+
+
+def without_point_masses(folded: np.ndarray, one_sided: bool) -> Tuple[np.ndarray, np.ndarray]:
+    """(the |x| histogram with its point masses flattened, where they were).
+
+    A point mass is many values at one number: the exact zeros of a ReLU (about half its
+    outputs: the first bin of one-sided data, replaced by its neighbour's count as NVIDIA's
+    histogram calibrator does), or the one output a channel gives on a constant input region
+    (an image's uniform background gives each channel of the first conv one value, 1-2 % of
+    all values each).  A range that holds a point mass rounds it with an error no larger than
+    its neighbours', so it says nothing about how fine the levels must be; left in, it makes
+    every long threshold look bad (Q smears it over a whole level) and the search clips the
+    tail instead (2-12 % of the ReLU outputs of the Fashion-MNIST ResNet8).  A bin above
+    POINT_MASS_FACTOR times the median of its (nonzero, at least two) neighbours gets that median."""
+    g = np.array(folded, dtype=np.float64)
+    mask = np.zeros(g.size, dtype=bool)
+    if g.size < 2:
+        return g, mask
+    if one_sided:
+        g[0] = g[1]
+    # neighbours: the nonzero bins within POINT_MASS_RADIUS (data on a grid coarser than the bins,
+    # such as normalised 8-bit pixels, fill one bin in four: zeros between them are no evidence)
+    r = POINT_MASS_RADIUS
+    window = np.lib.stride_tricks.sliding_window_view(np.pad(g, r), 2 * r + 1)
+    neighbours = np.sort(np.delete(window, r, axis=1), axis=1)  # zeros first, then the nonzero ones
+    populated = np.count_nonzero(neighbours, axis=1)
+    first = neighbours.shape[1] - populated
+    lo = np.minimum(first + (populated - 1) // 2, neighbours.shape[1] - 1)[:, None]
+    hi = np.minimum(first + populated // 2, neighbours.shape[1] - 1)[:, None]
+    median = 0.5 * (np.take_along_axis(neighbours, lo, 1) + np.take_along_axis(neighbours, hi, 1))[:, 0]
+    some = populated >= 2  # a lone bin in an empty tail is an outlier, not a point mass
+    mask = some & (g > POINT_MASS_FACTOR * median)
+    g[mask] = median[mask]
+    return g, mask
+
+
 def entropy_range(h: StreamingHistogram, encoding: str = "int8", symmetric: bool = True,
-                  stride: int = 1) -> Tuple[float, float]:
-    """TensorRT-style KL threshold t over |x| with as many levels as the encoding's positive half (+1)."""
+                  stride: int = 1, one_sided_levels: Optional[int] = None) -> Tuple[float, float]:
+    """TensorRT-style KL threshold t over |x|, point masses flattened where t holds them.
+
+    The search runs on the histogram with its point masses flattened (without_point_masses);
+    a point mass the threshold found would clip is put back at full weight (clipping it costs
+    its whole mass: a saturated pixel value at the top of an image input) and the search
+    runs again, until the threshold clips none of the flattened ones.
+    Levels: the encoding's positive half (+1) for signed data; one-sided data (no negative
+    value seen: ReLU outputs, sums of them) is a distribution on [0, t] and gets the codes
+    the encoding spends there: ``one_sided_levels`` when given (static int8: 255, zero-point
+    -127), else the positive half (symmetric) or all the codes (asymmetric)."""
     if _empty(h):
         return 0.0, 0.0
-    qmin, qmax = quant_range(encoding, True)
-    levels = qmax + 1
+    qmin, qmax = quant_range(encoding, symmetric)
     folded, width = h.folded()
-    best, _ = ok.entropy_search(folded, levels, stride)
+    one_sided = h.min >= 0.0
+    if one_sided:
+        levels = one_sided_levels if one_sided_levels is not None else (qmax + 1 if symmetric else qmax - qmin + 1)
+    else:
+        levels = quant_range(encoding, True)[1] + 1
+    g, flattened = without_point_masses(folded, one_sided)
+    while True:
+        best, _ = ok.entropy_search(g, int(levels), stride)
+        clipped = flattened.copy()
+        clipped[:best] = False
+        if not clipped.any():
+            break
+        g[clipped] = folded[clipped]
+        flattened &= ~clipped
     t = min(best * width, max(abs(h.min), abs(h.max)))
     if symmetric:
         return -t, t

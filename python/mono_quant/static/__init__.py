@@ -7,11 +7,13 @@ ReLU fused, int8 between layers (issue 12; docs/static.md).
 from .capture import FusionPlan, PlanOp, TraceError, build_plan
 from .graph import StaticGraphModel, float_graph
 from .modules import StaticAdd, StaticConv2d, StaticGlobalAvgPool, StaticLinear
+from .modules_eltwise import StaticBroadcastAdd, StaticCat
 from .persist import load_static, save_static
 from .persist_per_layer import load_per_layer, save_per_layer
 from .quantize import MAX_CLIPPED, MIN_SQNR_DB, quantize_static
 from .report import StaticLayerReport, StaticReport
 
 __all__ = ["quantize_static", "StaticGraphModel", "StaticConv2d", "StaticLinear", "StaticAdd", "StaticGlobalAvgPool",
-           "StaticReport", "StaticLayerReport", "FusionPlan", "PlanOp", "TraceError", "build_plan", "float_graph",
+           "StaticCat", "StaticBroadcastAdd", "StaticReport", "StaticLayerReport", "FusionPlan", "PlanOp", "TraceError",
+           "build_plan", "float_graph",
            "MAX_CLIPPED", "MIN_SQNR_DB", "save_static", "load_static", "save_per_layer", "load_per_layer"]

@@ -5,7 +5,9 @@ order, with the patterns static int8 runs as one kernel already fused:
 
 - ``conv``: Conv2d (+ BatchNorm2d folded into its weight and bias) (+ ReLU / ReLU6)
 - ``linear``: Linear (+ BatchNorm1d folded) (+ ReLU / ReLU6)
-- ``add``: a residual ``a + b`` of two tensors (+ ReLU / ReLU6)
+- ``add``: a residual ``a + b`` of two tensors, or of a tensor and a constant (a
+  buffer / parameter or a number, in ``const``) (+ ReLU / ReLU6)
+- ``cat``: ``torch.cat`` of tensors along ``dim`` (of the traced, NCHW tensors)
 - ``gap``: global average pooling (AdaptiveAvgPool2d(1) or ``mean((2, 3))``), + ``flatten(x, 1)``
 - ``float``: anything else, run as traced, in float
 
@@ -40,7 +42,7 @@ class ValueRef:
 @dataclass
 class PlanOp:
     name: str
-    kind: str                        # input, conv, linear, add, gap, float, output
+    kind: str                        # input, conv, linear, add, cat, gap, float, output
     inputs: List[str] = field(default_factory=list)
     module: Optional[nn.Module] = None   # conv / linear: the (folded) float layer; float call_module: the module
     act: Optional[str] = None        # None, "relu", "relu6"
@@ -49,6 +51,9 @@ class PlanOp:
     # float ops: how to call them (op is call_module / call_function / call_method / get_attr)
     call: Optional[Tuple[str, Any, tuple, dict]] = None
     output_structure: Any = None     # output op: the model's output with ValueRefs at the tensors
+    const: Optional[torch.Tensor] = None  # add: the constant operand (float32), when not a second tensor
+    dim: int = 0                     # cat: the dimension concatenated
+    seen_rank: Optional[int] = None  # cat: the rank of its inputs in calibration (-1: not one rank)
 
 
 @dataclass
@@ -123,6 +128,53 @@ def _is_add(node: fx.Node) -> bool:
     is_add = (node.op == "call_function" and node.target in _ADD_FUNCS) or (
         node.op == "call_method" and node.target in ("add", "add_"))
     return is_add and len(node.args) == 2 and all(isinstance(a, fx.Node) for a in node.args)
+
+
+_CAT_FUNCS = (torch.cat, torch.concat, torch.concatenate)
+
+
+def _cat_operands(node: fx.Node):
+    """(tensor nodes, dim) of ``torch.cat(tensors, dim)``, or None."""
+    if node.op != "call_function" or node.target not in _CAT_FUNCS or not node.args:
+        return None
+    if set(node.kwargs) - {"dim", "axis"} or len(node.args) > 2:
+        return None
+    seq = node.args[0]
+    dim = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim", node.kwargs.get("axis", 0))
+    if not isinstance(seq, (list, tuple)) or not seq or not all(isinstance(a, fx.Node) for a in seq) \
+            or isinstance(dim, bool) or not isinstance(dim, int):
+        return None
+    return list(seq), dim
+
+
+def _constant_of(arg, root: nn.Module) -> Optional[torch.Tensor]:
+    """A number, or a float buffer / parameter read by get_attr, as a float32 tensor; else None."""
+    if isinstance(arg, (int, float)) and not isinstance(arg, bool):
+        return torch.tensor(float(arg), dtype=torch.float32)
+    if isinstance(arg, fx.Node) and arg.op == "get_attr":
+        try:
+            value = operator.attrgetter(arg.target)(root)
+        except AttributeError:
+            return None
+        if isinstance(value, torch.Tensor) and value.is_floating_point():
+            return value.detach().to(torch.float32).clone()
+    return None
+
+
+def _add_with_constant(node: fx.Node, root: nn.Module):
+    """(tensor node, constant) of ``x + c`` / ``c + x``, c a number or a float buffer / parameter."""
+    if node.kwargs or len(node.args) != 2:
+        return None
+    if not ((node.op == "call_function" and node.target in _ADD_FUNCS) or
+            (node.op == "call_method" and node.target in ("add", "add_"))):
+        return None
+    a, b = node.args
+    for x, c in ((a, b), (b, a)):
+        if isinstance(x, fx.Node) and x.op != "get_attr":
+            const = _constant_of(c, root)
+            if const is not None:
+                return x, const
+    return None
 
 
 def _conv_unsupported(m: nn.Conv2d) -> Optional[str]:
@@ -222,9 +274,17 @@ def build_plan(model: nn.Module) -> FusionPlan:
                     absorbed[bn] = op.name
                     last = bn
                 absorb_act(op, last)
-        elif _is_add(node):
+        elif _is_add(node) and not any(a.op == "get_attr" for a in node.args):
             op = PlanOp(node.name, "add", [names[a] for a in node.args], fused=[node.name])
             absorb_act(op, node)
+        elif _add_with_constant(node, gm) is not None:
+            x, const = _add_with_constant(node, gm)
+            op = PlanOp(node.name, "add", [names[x]], fused=[node.name], const=const)
+            absorb_act(op, node)
+        elif _cat_operands(node) is not None:
+            seq, dim = _cat_operands(node)
+            op = PlanOp(node.name, "cat", [names[a] for a in seq], fused=[node.name], dim=dim)
+            op.call = (node.op, node.target, _refs(node.args, names), _refs(node.kwargs, names))
         elif _is_gap(node, modules):
             op = PlanOp(node.name, "gap", [names[node.args[0]]], fused=[node.name])
             user = _only_user(node)
@@ -239,7 +299,13 @@ def build_plan(model: nn.Module) -> FusionPlan:
                 not_fused.append((node.name, f"{node.op} {what}: no int8 kernel, runs in float"))
         names[node] = op.name
         ops.append(op)
-    return FusionPlan(ops, not_fused)
+    return FusionPlan(_without_unused_constants(ops), not_fused)
+
+
+def _without_unused_constants(ops: List[PlanOp]) -> List[PlanOp]:
+    """The ops less the get_attr constants no op reads any more (an add took them in)."""
+    used = {i for o in ops for i in o.inputs}
+    return [o for o in ops if not (o.kind == "float" and o.call and o.call[0] == "get_attr" and o.name not in used)]
 
 
 def _float_op(node: fx.Node, names, modules) -> PlanOp:

@@ -3,15 +3,21 @@
 Which values stay int8 between ops: a fused op's output is int8 when every
 consumer takes int8 at that input (a conv from a 4-D producer, a linear from
 a 2-D one, a global pool from a 4-D one, an add whose two inputs are both
-int8 of one rank) and it is not a model output; otherwise it is float and
-the consumer quantizes it with its own calibrated input scale.  Adds and
-global pools run in int8 only on int8 inputs (else in float).  Decided by
-iterating to a fixed point: an add that loses an int8 input makes its other
-producer float too.
+int8 of one rank, a concatenation of int8 inputs of one rank) and it is not
+a model output; otherwise it is float and the consumer quantizes it with its
+own calibrated input scale.  Adds, concatenations and global pools run in
+int8 only on int8 inputs (else in float).  Decided by iterating to a fixed
+point: an add that loses an int8 input makes its other producer float too.
+
+A concatenation shares its output scale with its inputs (as torch.ao's shared
+observers): each int8 producer feeding it outputs at the concatenation's
+calibrated (scale, zero-point), so its codes are copied as they are; a
+producer already claimed by a later concatenation keeps that one's qparams
+and is requantized inside this one (modules_eltwise.StaticCat).
 """
 from __future__ import annotations
 
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, Iterable, List, Optional, Tuple
 
 import numpy as np
 from torch import nn
@@ -20,10 +26,11 @@ from ..calibration import ActivationRange
 from .capture import FusionPlan, PlanOp
 from .graph import FusedAddFloat, FusedGapFloat, StaticGraphModel, float_op_entry
 from .modules import StaticAdd, StaticConv2d, StaticGlobalAvgPool, StaticLinear
+from .modules_eltwise import StaticBroadcastAdd, StaticCat, nhwc_dim
 
-__all__ = ["convert_plan", "int8_values", "input_point", "qparams", "NONNEGATIVE_ZERO_POINT"]
+__all__ = ["convert_plan", "int8_values", "shared_qparams", "input_point", "qparams", "NONNEGATIVE_ZERO_POINT"]
 
-_QUANT_KINDS = ("conv", "linear", "add", "gap")
+_QUANT_KINDS = ("conv", "linear", "add", "cat", "gap")
 
 
 def _rank(op: PlanOp, plan: FusionPlan, ranks: Dict[str, int]) -> int:
@@ -33,9 +40,26 @@ def _rank(op: PlanOp, plan: FusionPlan, ranks: Dict[str, int]) -> int:
         return 2
     if op.kind == "gap":
         return 2 if op.flatten else 4
-    if op.kind == "add":
+    if op.kind in ("add", "cat"):
         return ranks.get(op.inputs[0], 0)
     return 0
+
+
+def _runs_int8(op: PlanOp, int8: Dict[str, bool], ranks: Dict[str, int]) -> bool:
+    """Whether an add / cat / gap can run on its inputs as int8 (all int8, one rank it supports)."""
+    if not all(int8[i] for i in op.inputs):
+        return False
+    rs = {ranks[i] for i in op.inputs}
+    if op.kind == "gap":
+        return rs == {4}
+    if op.kind == "cat":  # int8 layout: channels-last when rank 4 (conv-like), else the float one
+        seen = op.seen_rank
+        return len(rs) == 1 and seen is not None and ((rs == {4} and seen == 4) or (rs == {2} and seen >= 1))
+    if op.kind == "add":
+        if len(rs) != 1:
+            return False
+        return op.const is None or (rs <= {2, 4} and op.const.dim() <= next(iter(rs)))
+    return True
 
 
 def int8_values(plan: FusionPlan) -> Dict[str, bool]:
@@ -52,11 +76,7 @@ def int8_values(plan: FusionPlan) -> Dict[str, bool]:
         for o in plan.ops:
             if not int8[o.name]:
                 continue
-            ok = True
-            if o.kind in ("add", "gap") and not all(int8[i] for i in o.inputs):
-                ok = False  # runs in float: float output
-            if o.kind == "add" and ranks[o.inputs[0]] != ranks[o.inputs[1]]:
-                ok = False
+            ok = o.kind in ("conv", "linear") or _runs_int8(o, int8, ranks)  # else: runs in float, float output
             for c, _pos in consumers[o.name]:
                 cop = ops[c]
                 r = ranks[o.name]
@@ -64,10 +84,7 @@ def int8_values(plan: FusionPlan) -> Dict[str, bool]:
                     continue
                 if cop.kind == "linear" and r == 2:
                     continue
-                if cop.kind == "gap" and r == 4:
-                    continue
-                if cop.kind == "add" and all(int8[i] for i in cop.inputs) and \
-                        ranks[cop.inputs[0]] == ranks[cop.inputs[1]]:
+                if cop.kind in ("gap", "add", "cat") and _runs_int8(cop, int8, ranks):
                     continue
                 ok = False
             if not ok:
@@ -96,13 +113,35 @@ def qparams(r: ActivationRange, nonnegative: bool) -> Tuple[float, int]:
     return (float(top / np.float32(254.0)) if top > 0 else 1.0), NONNEGATIVE_ZERO_POINT
 
 
+def shared_qparams(plan: FusionPlan, int8: Dict[str, bool], own: Dict[str, Tuple[float, int]]
+                   ) -> Dict[str, Tuple[float, int]]:
+    """Output (scale, zero-point) of every int8 op once concatenations share theirs: from the last
+    concatenation back, each hands its qparams to the int8 producers feeding it that no later
+    concatenation claimed (an inner concatenation passes them on to its own inputs)."""
+    out = dict(own)
+    claimed = set()
+    for op in reversed(plan.ops):
+        if op.kind != "cat" or not int8.get(op.name):
+            continue
+        for src in dict.fromkeys(op.inputs):
+            if int8.get(src) and src not in claimed:
+                out[src] = out[op.name]
+                claimed.add(src)
+    return out
+
+
 def convert_plan(plan: FusionPlan, ranges: Dict[str, ActivationRange], aliases: Dict[str, str],
-                 nonnegative: Optional[Dict[str, bool]] = None
+                 nonnegative: Optional[Dict[str, bool]] = None, broadcast_adds: Iterable[str] = ()
                  ) -> Tuple[StaticGraphModel, Dict[str, bool], List[Tuple[str, str]]]:
     """(static model, int8-output map, [(op, why it runs in float)]).  ``nonnegative``: point ->
-    whether calibration saw no negative value there (those get zero-point -127)."""
+    whether calibration saw no negative value there (those get zero-point -127);
+    ``broadcast_adds``: adds whose operands broadcast in calibration (StaticBroadcastAdd)."""
     nonnegative = nonnegative or {}
+    broadcast_adds = set(broadcast_adds)
     int8 = int8_values(plan)
+    ranks: Dict[str, int] = {}
+    for o in plan.ops:
+        ranks[o.name] = _rank(o, plan, ranks)
     layers: Dict[str, nn.Module] = {}
     program = []
     in_float: List[Tuple[str, str]] = []
@@ -113,25 +152,44 @@ def convert_plan(plan: FusionPlan, ranges: Dict[str, ActivationRange], aliases: 
             raise RuntimeError(f"no calibration statistics for {point!r}: the calibration data never reached it")
         return qparams(r, nonnegative.get(point, False))
 
+    out_q = shared_qparams(plan, int8, {o.name: qparams_of(f"{o.name}.output") for o in plan.ops if int8[o.name]})
     for op in plan.ops:
-        out_scale, out_zp = qparams_of(f"{op.name}.output") if int8.get(op.name) else (None, 0)
+        out_scale, out_zp = out_q[op.name] if int8.get(op.name) else (None, 0)
         if op.kind in ("conv", "linear"):
             src = op.inputs[0]
             int8_in = int8[src]
-            in_scale, in_zp = qparams_of(f"{src}.output") if int8_in else qparams_of(input_point(op, 0, aliases))
+            in_scale, in_zp = out_q[src] if int8_in else qparams_of(input_point(op, 0, aliases))
             cls = StaticConv2d if op.kind == "conv" else StaticLinear
             layers[op.name] = cls.from_float(op.module, op.act, in_scale, out_scale, int8_in, in_zp, out_zp)
         elif op.kind == "add":
             if all(int8[i] for i in op.inputs):
-                (a, za), (b, zb) = (qparams_of(f"{i}.output") for i in op.inputs)
-                layers[op.name] = StaticAdd(op.act, a, b, out_scale, za, zb, out_zp)
+                (a, za) = out_q[op.inputs[0]]
+                if op.const is not None:
+                    layers[op.name] = StaticBroadcastAdd.with_constant(op.const, ranks[op.inputs[0]], op.act, a,
+                                                                       out_scale, za, out_zp)
+                else:
+                    (b, zb) = out_q[op.inputs[1]]
+                    cls = StaticBroadcastAdd if op.name in broadcast_adds else StaticAdd
+                    layers[op.name] = cls(op.act, a, b, out_scale, za, zb, out_zp)
             else:
-                layers[op.name] = FusedAddFloat(op.act)
+                layers[op.name] = FusedAddFloat(op.act, op.const)
                 in_float.append((op.name, "add of a float input (its producer has no int8 output)"))
+        elif op.kind == "cat":
+            if _runs_int8(op, int8, ranks):
+                q = [out_q[i] for i in op.inputs]
+                channels_last = ranks[op.inputs[0]] == 4
+                dim = nhwc_dim(op.dim, 4) if channels_last else op.dim % op.seen_rank
+                layers[op.name] = StaticCat([s for s, _ in q], [z for _, z in q], out_scale, out_zp, dim,
+                                            op.seen_rank, channels_last)
+            else:
+                program.append(float_op_entry(op, layers))
+                in_float.append((op.name, "concatenation of a float input, of inputs of different layouts, or "
+                                          "not reached in calibration"))
+                continue
         elif op.kind == "gap":
             src = op.inputs[0]
             if int8[src]:
-                in_scale, in_zp = qparams_of(f"{src}.output")
+                in_scale, in_zp = out_q[src]
                 layers[op.name] = StaticGlobalAvgPool(in_scale, out_scale, op.flatten, None, in_zp, out_zp)
             else:
                 layers[op.name] = FusedGapFloat(op.flatten)

@@ -17,7 +17,7 @@ from torch.nn.modules import module as _torch_module
 
 from .capture import FusionPlan, PlanOp, ValueRef
 
-__all__ = ["FusedFloat", "FusedConvFloat", "FusedLinearFloat", "FusedAddFloat", "FusedGapFloat",
+__all__ = ["FusedFloat", "FusedConvFloat", "FusedLinearFloat", "FusedAddFloat", "FusedCatFloat", "FusedGapFloat",
            "StaticGraphModel", "float_graph", "apply_act"]
 
 
@@ -52,12 +52,36 @@ class FusedLinearFloat(FusedFloat):
 
 
 class FusedAddFloat(FusedFloat):
-    def __init__(self, act: Optional[str]):
+    """act(a + b); ``const``: b is that constant (a float buffer), the op takes a alone.
+    ``broadcast`` records whether a call ever broadcast (the int8 add then expands)."""
+
+    def __init__(self, act: Optional[str], const: Optional[torch.Tensor] = None):
         super().__init__()
         self.act = act
+        self.broadcast = const is not None
+        self.register_buffer("const", None if const is None else const.detach().to(torch.float32).clone())
 
-    def forward(self, a, b):
+    def forward(self, a, b=None):
+        if b is None:
+            b = self.const
+        if a.shape != b.shape:
+            self.broadcast = True
         return apply_act(a + b, self.act)
+
+
+class FusedCatFloat(FusedFloat):
+    """torch.cat; ``seen_rank`` records its inputs' rank (-1 when they differed)."""
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.dim = dim
+        self.seen_rank: Optional[int] = None
+
+    def forward(self, *xs):
+        r = xs[0].dim()
+        one_rank = all(x.dim() == r for x in xs) and self.seen_rank in (None, r)
+        self.seen_rank = r if one_rank else -1
+        return torch.cat(xs, self.dim)
 
 
 class FusedGapFloat(FusedFloat):
@@ -150,7 +174,9 @@ def float_graph(plan: FusionPlan) -> StaticGraphModel:
         elif op.kind == "linear":
             layers[op.name] = FusedLinearFloat(op.module, op.act)
         elif op.kind == "add":
-            layers[op.name] = FusedAddFloat(op.act)
+            layers[op.name] = FusedAddFloat(op.act, op.const)
+        elif op.kind == "cat":
+            layers[op.name] = FusedCatFloat(op.dim)
         elif op.kind == "gap":
             layers[op.name] = FusedGapFloat(op.flatten)
         else:

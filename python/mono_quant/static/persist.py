@@ -33,6 +33,7 @@ from ..packing import check_packed_groups, packed_sizes
 from .capture import ValueRef
 from .graph import FusedAddFloat, FusedGapFloat, StaticGraphModel
 from .modules import StaticAdd, StaticConv2d, StaticGlobalAvgPool, StaticLinear
+from .persist_eltwise import ELTWISE_CLASSES, attach_eltwise_tensors, build_fused_add
 
 __all__ = ["save_static", "load_static", "is_static_file", "saves_as_static", "STATIC_FORMAT", "encode_value",
            "build_layer"]
@@ -40,7 +41,8 @@ __all__ = ["save_static", "load_static", "is_static_file", "saves_as_static", "S
 STATIC_FORMAT = "mono_quant.static/1"
 _META_KEY = "mono_quant.static"
 
-_STATIC_CLASSES = {c.__name__: c for c in (StaticConv2d, StaticLinear, StaticAdd, StaticGlobalAvgPool)}
+_STATIC_CLASSES = {c.__name__: c for c in (StaticConv2d, StaticLinear, StaticAdd, StaticGlobalAvgPool,
+                                           *ELTWISE_CLASSES)}
 # parameter-free float modules a program may keep, with the constructor arguments read back from attributes
 _FLOAT_MODULES = {
     nn.ReLU: (), nn.ReLU6: (), nn.Sigmoid: (), nn.Tanh: (), nn.SiLU: (), nn.Hardswish: (), nn.Identity: (),
@@ -114,9 +116,9 @@ def _layer_entry(name: str, m: nn.Module) -> dict:
     if cls.__name__ in _STATIC_CLASSES and _STATIC_CLASSES[cls.__name__] is cls:
         return {"class": cls.__name__, "init_kwargs": encode_value(m.init_kwargs())}
     if cls is FusedAddFloat:
-        return {"class": "FusedAddFloat", "init_kwargs": {"act": m.act}}
+        return {"class": "FusedAddFloat", "init_kwargs": encode_value({"act": m.act})}
     if cls is FusedGapFloat:
-        return {"class": "FusedGapFloat", "init_kwargs": {"flatten": m.flatten}}
+        return {"class": "FusedGapFloat", "init_kwargs": encode_value({"flatten": m.flatten})}
     if cls in _FLOAT_MODULES:
         return {"class": cls.__name__, "init_kwargs": encode_value({a: getattr(m, a) for a in _FLOAT_MODULES[cls]})}
     raise TypeError(f"cannot save static model: layer {name!r} is a {cls.__name__}, which a static file cannot "
@@ -179,8 +181,14 @@ def _check_tensor(where: str, t: torch.Tensor, dtype: torch.dtype, shape) -> Non
                               f"{str(t.dtype).replace('torch.', '')}{list(t.shape)}")
 
 
+_LEGACY_RAW_KWARGS = {"FusedAddFloat": {"act"}, "FusedGapFloat": {"flatten"}}
+
+
 def build_layer(name: str, entry: dict, tensors: Dict[str, torch.Tensor]) -> nn.Module:
-    cls_name, kwargs = entry["class"], _decode(entry.get("init_kwargs", {}))
+    cls_name, raw = entry["class"], entry.get("init_kwargs", {})
+    if cls_name in _LEGACY_RAW_KWARGS and isinstance(raw, dict) and set(raw) == _LEGACY_RAW_KWARGS[cls_name]:
+        raw = encode_value(raw)  # files before the fix wrote these two unencoded (and could not load them)
+    kwargs = _decode(raw)
     if not isinstance(kwargs, dict):
         raise ValueError("init_kwargs must be a mapping")
     own = {k[len(f"layers.{name}."):]: v for k, v in tensors.items() if k.startswith(f"layers.{name}.")}
@@ -188,10 +196,10 @@ def build_layer(name: str, entry: dict, tensors: Dict[str, torch.Tensor]) -> nn.
         m = _STATIC_CLASSES[cls_name](**kwargs)
         _attach_static_tensors(name, m, own)
         return m
+    if cls_name == "FusedAddFloat":
+        return build_fused_add(name, kwargs, own)
     if own:
         raise CheckpointError(f"layer {name!r} ({cls_name}) has unexpected tensors {sorted(own)}")
-    if cls_name == "FusedAddFloat":
-        return FusedAddFloat(kwargs["act"])
     if cls_name == "FusedGapFloat":
         return FusedGapFloat(bool(kwargs["flatten"]))
     if cls_name in _FLOAT_BY_NAME:
@@ -201,6 +209,8 @@ def build_layer(name: str, entry: dict, tensors: Dict[str, torch.Tensor]) -> nn.
 
 def _attach_static_tensors(name: str, m: nn.Module, own: Dict[str, torch.Tensor]) -> None:
     where = f"layer {name!r}"
+    if isinstance(m, ELTWISE_CLASSES):
+        return attach_eltwise_tensors(name, m, own)
     if isinstance(m, (StaticAdd, StaticGlobalAvgPool)):
         if own:
             raise CheckpointError(f"{where}: unexpected tensors {sorted(own)}")

@@ -24,10 +24,11 @@ from ..errors import ConfigError
 from ..report import SkippedLayer
 from ..result import QuantizationResult
 from .capture import TraceError, build_plan
-from .convert import convert_plan, qparams
+from .convert import NONNEGATIVE_ZERO_POINT, convert_plan
 from .fallback import quantize_per_layer
 from .graph import FusedFloat, float_graph
 from .modules import StaticAdd, StaticConv2d, StaticGlobalAvgPool, StaticLinear
+from .modules_eltwise import StaticCat
 from .report import StaticLayerReport, StaticReport, clipped_fraction
 
 __all__ = ["quantize_static", "MAX_CLIPPED", "MIN_SQNR_DB", "SQNR_PROBE_SAMPLES"]
@@ -39,7 +40,7 @@ MIN_SQNR_DB = 20.0
 #: calibration samples the SQNR check runs through both models
 SQNR_PROBE_SAMPLES = 64
 
-_STATIC_TYPES = (StaticConv2d, StaticLinear, StaticAdd, StaticGlobalAvgPool)
+_STATIC_TYPES = (StaticConv2d, StaticLinear, StaticAdd, StaticGlobalAvgPool, StaticCat)
 
 
 def quantize_static(model, cfg, calibration, observer: Optional[str], calibration_samples: Optional[int],
@@ -69,14 +70,20 @@ def quantize_static(model, cfg, calibration, observer: Optional[str], calibratio
     probe: List[Any] = []
     cal.feed(_keep_first(calibration, probe), cfg.calibration_samples)
     # points are named after the graph's modules, "layers.<op>": keyed by op here
-    ranges = {_op_point(k): v for k, v in cal.ranges(cfg.observer).items()}
+    # a never-negative activation gets the 255 codes -127..127 on [0, max] (convert.qparams)
+    one_sided = 127 - NONNEGATIVE_ZERO_POINT + 1
+    ranges = {_op_point(k): v for k, v in cal.ranges(cfg.observer, one_sided_levels=one_sided).items()}
     stats = {_op_point(k): v for k, v in cal.stats.items()}
     aliases = {_op_point(k): _op_point(v) for k, v in cal.aliases.items()}
     nonnegative = {p: bool(s.has_data and s.min[0] >= 0) for p, s in stats.items()}
-    qmodel, int8, in_float = convert_plan(plan, ranges, aliases, nonnegative)
+    broadcast = [n for n, m in fmodel.layers.items() if getattr(m, "broadcast", False)]
+    for op in plan.ops:
+        if op.kind == "cat":
+            op.seen_rank = fmodel.layers[op.name].seen_rank
+    qmodel, int8, in_float = convert_plan(plan, ranges, aliases, nonnegative, broadcast)
     report = StaticReport(capture="fx", observer=cfg.observer, samples=cal.samples, not_fused=plan.not_fused)
     for op in plan.ops:
-        if op.kind not in ("conv", "linear", "add", "gap"):
+        if op.kind not in ("conv", "linear", "add", "cat", "gap"):
             continue
         r = ranges.get(f"{op.name}.output")
         st = stats.get(f"{op.name}.output")
@@ -84,7 +91,7 @@ def quantize_static(model, cfg, calibration, observer: Optional[str], calibratio
         report.layers.append(StaticLayerReport(
             op.name, op.kind, op.fused, op.act, "int8" if int8.get(op.name) else "float",
             (0.0 if nonnegative.get(f"{op.name}.output") else r.lo) if r else math.nan, r.hi if r else math.nan,
-            qparams(r, nonnegative.get(f"{op.name}.output", False))[0] if (r and int8.get(op.name)) else None,
+            _out_scale(qmodel, op.name) if (r and int8.get(op.name)) else None,
             clipped))
     for name, why in in_float + plan.not_fused:
         report.skipped.append(SkippedLayer(name, "op", why))
@@ -92,6 +99,11 @@ def quantize_static(model, cfg, calibration, observer: Optional[str], calibratio
         _add_sqnr(report, fmodel, qmodel, probe[0])
     _warn(report)
     return QuantizationResult(qmodel, report.skipped, report, cfg)
+
+
+def _out_scale(qmodel, name: str) -> Optional[float]:
+    """The output scale the op's module was built with (a concatenation's, when it shares one)."""
+    return getattr(qmodel.layers[name], "out_scale", None) if name in qmodel.layers else None
 
 
 def _op_point(point: str) -> str:

@@ -16,7 +16,7 @@ class StaticLayerReport:
     """One fused op: what it absorbed, its output range and qparams, the share of
     calibration values outside the range, and its output SQNR against float."""
     name: str
-    kind: str                     # conv, linear, add, gap
+    kind: str                     # conv, linear, add, cat, gap
     fused: List[str]
     act: Optional[str]
     output: str                   # "int8" or "float"
