@@ -130,6 +130,8 @@ static const mq_kernels scalar_table = {
     .f32_panel = mq_ref_f32_panel,
     .q4_gemv_i8 = NULL, /* the int8-activation path only pays with integer dot-product instructions */
     .q4_act_i8 = mq_ref_q4_act_i8,
+    .f16_gemm = mq_ref_f16_gemm,
+    .bf16_gemm = mq_ref_bf16_gemm,
 };
 
 /* dst takes every entry that src sets (reads data only; calls nothing). */
@@ -164,6 +166,8 @@ static void overlay(mq_kernels *dst, const mq_kernels *src) {
     TAKE(f32_panel);
     TAKE(q4_gemv_i8);
     TAKE(q4_act_i8);
+    TAKE(f16_gemm);
+    TAKE(bf16_gemm);
 #undef TAKE
 }
 
@@ -189,6 +193,7 @@ static void init_tables(void) {
         avx2_int8_matmul(&tables[MQ_ISA_AVX2]);
         overlay(&tables[MQ_ISA_AVX2], &mq_avx2_pack_table);
         overlay(&tables[MQ_ISA_AVX2], &mq_avx2_int4_table);
+        if (cpu.f16c) overlay(&tables[MQ_ISA_AVX2], &mq_avx2_fp16_table); /* vcvtph2ps: its own cpuid bit */
     }
     tables[MQ_ISA_AVX512] = tables[MQ_ISA_AVX2];
     if (best_isa >= MQ_ISA_AVX512) {
@@ -196,6 +201,7 @@ static void init_tables(void) {
         overlay(&tables[MQ_ISA_AVX512], &mq_avx512_linear_table);
         overlay(&tables[MQ_ISA_AVX512], &mq_avx512_pack_table);
         overlay(&tables[MQ_ISA_AVX512], &mq_avx512_int4_table);
+        overlay(&tables[MQ_ISA_AVX512], &mq_avx512_fp16_table);
         if (cpu.avx512_vnni) {
             overlay(&tables[MQ_ISA_AVX512], &mq_avx512vnni_linear_table);
             overlay(&tables[MQ_ISA_AVX512], &mq_avx512vnni_int4_table);

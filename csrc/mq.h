@@ -175,6 +175,15 @@ typedef void (*mq_q4_gemv_i8_fn)(const int8_t *xq, int64_t m, const float *xscal
                                  const uint8_t *w, int64_t kpad, int64_t group, const uint16_t *scale,
                                  const uint8_t *zero, int64_t r0, int64_t r1, float *y, int64_t ldy);
 
+/* ---- fp16 / bf16 weights (fp16.c driver) ----------------------------------
+ * For i < m and j in [n0, n1), with w(j, k) the 16-bit weight w[j * ldw + k]
+ * widened to fp32 (exact: IEEE fp16 for f16_gemm, bf16 for bf16_gemm):
+ *   y[i * ldy + j] = (accumulate ? y[i * ldy + j] : bias ? bias[j] : 0)
+ *                    + sum_{k < kc} x[i * ldx + k] * w(j, k)
+ * (the sum's order is the kernel's own: equal to fp32 rounding only). */
+typedef void (*mq_h16_gemm_fn)(const float *x, int64_t ldx, int64_t m, const uint16_t *w, int64_t ldw, int64_t kc,
+                               int64_t n0, int64_t n1, const float *bias, int accumulate, float *y, int64_t ldy);
+
 /* The per-ISA function table (see dispatch.c). */
 typedef struct {
     const char *name;
@@ -202,6 +211,8 @@ typedef struct {
     mq_f32_panel_fn f32_panel;
     mq_q4_gemv_i8_fn q4_gemv_i8; /* NULL where the ISA has no fast integer dot product */
     mq_q4_act_i8_fn q4_act_i8;
+    /* fp16 / bf16 weights (fp16.c) */
+    mq_h16_gemm_fn f16_gemm, bf16_gemm;
 } mq_kernels;
 
 /* ---- reference kernels (ref.c) --------------------------------------------- */
@@ -239,6 +250,11 @@ void mq_ref_f32_panel(const float *x, int64_t ldx, int64_t m, const float *w, in
  * see quant.c for the one deliberate difference: the scale floor). */
 void mq_choose_qparams(float mn, float mx, int qmin, int qmax, int symmetric, float *scale, int32_t *zero_point);
 
+void mq_ref_f16_gemm(const float *x, int64_t ldx, int64_t m, const uint16_t *w, int64_t ldw, int64_t kc, int64_t n0,
+                     int64_t n1, const float *bias, int accumulate, float *y, int64_t ldy);
+void mq_ref_bf16_gemm(const float *x, int64_t ldx, int64_t m, const uint16_t *w, int64_t ldw, int64_t kc, int64_t n0,
+                      int64_t n1, const float *bias, int accumulate, float *y, int64_t ldy);
+
 void mq_ref_qgemm(const mq_qgemm_args *a, int64_t p0, int64_t p1);
 /* The same int32 and fp32 results from the 7-bit codes (a->x_zp set, x_u8 ignored). */
 void mq_ref_qgemm_u7(const mq_qgemm_args *a, int64_t p0, int64_t p1);
@@ -262,6 +278,8 @@ extern const mq_kernels mq_avx512vnni_linear_table;   /* x86/avx512_vnni/linear.
 extern const mq_kernels mq_avx512_pack_table;         /* x86/avx512/pack.c */
 extern const mq_kernels mq_avx512_int4_table;         /* x86/avx512/int4.c */
 extern const mq_kernels mq_avx512vnni_int4_table;     /* x86/avx512_vnni/int4.c */
+extern const mq_kernels mq_avx2_fp16_table;           /* x86/avx2/fp16.c (F16C) */
+extern const mq_kernels mq_avx512_fp16_table;         /* x86/avx512/fp16.c */
 /* Tests only: on the AVX2 level, run the 256-bit VNNI kernel in its EVEX
  * encoding (needs AVX-512 VNNI + VL); 0 ok, -1 when this CPU can't. */
 int mq_use_vnni256_for_tests(int on);
@@ -416,5 +434,13 @@ int mq_q4_int8_ok(int64_t kpad, int64_t group);
 extern int64_t mq_q4_panel_min_m;
 /* Automatic mode uses int8 activations from this batch size on. */
 extern int64_t mq_q4_int8_min_m;
+
+/* ---- fp16.c: fp16 / bf16 weight linear ---------------------------------------- */
+/* y [m][n] = x [m][k] (fp32, row stride ldx elements) @ W^T (+ bias [n]) for
+ * W [n][k] row-major 16-bit weights (IEEE fp16, or bf16 when is_bf16),
+ * widened to fp32 in registers: the weight is read as stored, never
+ * converted whole.  No allocation, so no failure. */
+void mq_h16_linear(const float *x, int64_t m, int64_t k, int64_t ldx, const uint16_t *w, int is_bf16,
+                   const float *bias, int64_t n, float *y, int nthreads);
 
 #endif /* MQ_H */

@@ -331,3 +331,30 @@ void mq_ref_pack_panel(const int8_t *rows, int64_t ld, int64_t nvalid, int64_t k
     }
     *has_m128 = m128;
 }
+
+/* ---- fp16 / bf16 weights (mq_h16_gemm_fn, fp16.c) ----------------------------
+ * The plain definition: each dot product summed in k order in one fp32
+ * accumulator, the weight widened by mq.h's exact conversions. */
+static void ref_h16_gemm(const float *x, int64_t ldx, int64_t m, const uint16_t *w, int64_t ldw, int64_t kc,
+                         int64_t n0, int64_t n1, const float *bias, int accumulate, float *y, int64_t ldy,
+                         int is_bf16) {
+    for (int64_t i = 0; i < m; i++)
+        for (int64_t j = n0; j < n1; j++) {
+            const uint16_t *wr = w + j * ldw;
+            float acc = 0.0f;
+            for (int64_t k = 0; k < kc; k++)
+                acc += x[i * ldx + k] * (is_bf16 ? mq_bf16_to_f32(wr[k]) : mq_f16_to_f32(wr[k]));
+            float start = accumulate ? y[i * ldy + j] : bias ? bias[j] : 0.0f;
+            y[i * ldy + j] = start + acc;
+        }
+}
+
+void mq_ref_f16_gemm(const float *x, int64_t ldx, int64_t m, const uint16_t *w, int64_t ldw, int64_t kc, int64_t n0,
+                     int64_t n1, const float *bias, int accumulate, float *y, int64_t ldy) {
+    ref_h16_gemm(x, ldx, m, w, ldw, kc, n0, n1, bias, accumulate, y, ldy, 0);
+}
+
+void mq_ref_bf16_gemm(const float *x, int64_t ldx, int64_t m, const uint16_t *w, int64_t ldw, int64_t kc, int64_t n0,
+                      int64_t n1, const float *bias, int accumulate, float *y, int64_t ldy) {
+    ref_h16_gemm(x, ldx, m, w, ldw, kc, n0, n1, bias, accumulate, y, ldy, 1);
+}

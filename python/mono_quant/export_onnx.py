@@ -359,10 +359,14 @@ def _translation_table():
         y = matmul_nbits_op(x, blocks, scale, zero_point, K=K, N=N, bits=4, block_size=block_size)
         return y if bias is None else op.Add(y, bias)
 
+    def half_linear(x, weight, bias):  # an fp16 / bf16 Linear's kernel op: the weight stored 16-bit, Cast
+        y = op.MatMul(x, op.Transpose(op.Cast(weight, to=_FLOAT), perm=[1, 0]))
+        return y if bias is None else op.Add(y, op.Cast(bias, to=_FLOAT))
+
     ops = torch.ops.mono_quant
     return {ops.onnx_dequantize.default: dequantize, ops.onnx_fake_quantize_dynamic.default: fake_quantize_dynamic,
             ops.onnx_linear_dynamic.default: linear_dynamic, ops.onnx_dequantize_int4.default: dequantize_int4,
-            ops.onnx_matmul_nbits.default: matmul_nbits}
+            ops.onnx_matmul_nbits.default: matmul_nbits, ops.half_linear.default: half_linear}
 
 
 def export_onnx(model: nn.Module, args: Union[torch.Tensor, Tuple[Any, ...]], path: Union[str, Path], *,

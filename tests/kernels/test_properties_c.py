@@ -55,6 +55,8 @@ ENTRY_POINTS = {
     "obs_minmax", "obs_hist_update", "obs_entropy_search", "obs_mse_search",
     # static int8: properties in tests/test_properties_static.py
     "quantize_static", "dequantize_static", "conv2d_static", "depthwise_static", "add_static", "avgpool_static",
+    # fp16 / bf16 weight linear: properties in tests/kernels/test_fp16_properties.py
+    "h16_linear",
 }
 
 

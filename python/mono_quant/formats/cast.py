@@ -1,5 +1,7 @@
 """The float cast formats (fp16, bf16): the weight is kept as one tensor, ``weight``, in the
-target dtype; layers compute in the input's dtype."""
+target dtype; layers compute in the input's dtype.  A Linear with float32 inputs on the CPU
+runs the C kernel that widens the 16-bit weight in registers (``kernels.fp16.half_linear``)
+up to the row counts where it beats torch's op on the converted weight (``KERNEL_MAX_ROWS``)."""
 from __future__ import annotations
 
 import math
@@ -9,12 +11,36 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import CheckpointError, NonFiniteWeightError
+from ..kernels.fp16 import HALF_WEIGHT_DTYPES, half_linear
+from ..kernels.settings import SETTINGS
 from ..tensor import sqnr_db
 from .base import WeightFormat
 from .checks import need, spec
 from .layer_cache import float_weight
 
-__all__ = ["CastFormat"]
+__all__ = ["CastFormat", "KERNEL_MAX_ROWS", "takes_half_kernel"]
+
+# A Linear runs kernels.fp16.half_linear when x (reshaped to 2-D) has at most this many rows,
+# per kernel level, and torch's F.linear on the weight converted to float32 above.  A rule on
+# the shapes, never a timing, so the same input always takes the same path.  From
+# benchmarks/bench_fp16.py --crossover (docs/benchmarks.md, "fp16 weights"; BERT layer shapes,
+# rows 1-4096, 1 thread, Zen 5): the kernel beat fp32 F.linear and the converted-weight path
+# at every row count on both levels (AVX-512 0.5-0.7x fp32 time, AVX2 0.4-0.97x), so no
+# crossover.  The scalar level (no F16C: the portable reference, 4-11x slower) keeps torch's op.
+KERNEL_MAX_ROWS = {"scalar": 0, "avx2": 1 << 62, "avx512": 1 << 62}
+
+
+def takes_half_kernel(x: torch.Tensor, weight: torch.Tensor, isa: str) -> bool:
+    """Whether a Linear of ``weight`` (fp16 / bf16 ``[out, in]``) on ``x`` runs the C kernel:
+    float32 ``x`` on the CPU with ``in`` features, both non-empty, rows within
+    ``KERNEL_MAX_ROWS[isa]``."""
+    if (x.dtype != torch.float32 or weight.dtype not in HALF_WEIGHT_DTYPES or weight.dim() != 2
+            or x.device.type != "cpu" or weight.device.type != "cpu" or x.dim() == 0):
+        return False
+    in_features = weight.shape[1]
+    if x.shape[-1] != in_features or x.numel() == 0 or weight.numel() == 0:
+        return False
+    return x.numel() // in_features <= KERNEL_MAX_ROWS[isa]
 
 
 class CastFormat(WeightFormat):
@@ -65,6 +91,13 @@ class CastFormat(WeightFormat):
             w = w.to(x.dtype) if x.dtype != torch.float32 else float_weight(module, w.numel(), lambda: w.float())
         b = None if module.bias is None else module.bias.to(x.dtype)
         return w.to(x.device), b, x.dtype
+
+    def linear(self, module, x: torch.Tensor) -> torch.Tensor:
+        weight = module._buffers["weight"]
+        if takes_half_kernel(x, weight, SETTINGS.isa):
+            y = half_linear(x.reshape(-1, weight.shape[1]), weight, module.bias)
+            return y.reshape(*x.shape[:-1], weight.shape[0])
+        return super().linear(module, x)
 
     def embedding(self, module, indices: torch.Tensor) -> torch.Tensor:
         return F.embedding(indices, module._buffers["weight"]).to(module.orig_dtype)

@@ -13,6 +13,7 @@ from ..kernels.int8 import MAX_IN_FEATURES
 from ..kernels.settings import SETTINGS
 from ..kernels.torch_library import KERNEL_DTYPES, conv_weight, use_ops
 from ..tensor import channel_rows, from_channel_rows
+from .cast import takes_half_kernel
 from .int4 import Int4Format
 from .int4_weight import BLAS_MAX_OUT_FEATURES, effective_group
 from .int4_weight import BLAS_MIN_ROWS as INT4_BLAS_MIN_ROWS
@@ -77,6 +78,9 @@ def linear_forward(module, x: torch.Tensor) -> torch.Tensor:
         return int4_linear_forward(module, x)
     if not module.format.integer:
         w = module._buffers["weight"]
+        if takes_half_kernel(x, w, _isa()):  # as CastFormat.linear
+            y = torch.ops.mono_quant.half_linear(x.reshape(-1, w.shape[1]), w, bias)
+            return y.reshape(*x.shape[:-1], w.shape[0])
         return F.linear(x, w.to(x.dtype).to(x.device), None if bias is None else bias.to(x.dtype))
     n, k = module.out_features, module.in_features
     if _takes(x, module, k):

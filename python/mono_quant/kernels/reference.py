@@ -13,8 +13,8 @@ import torch.nn.functional as F
 from .layout import INT4_BLOCK, INT8_K_GROUP, INT8_PANEL_ROWS, round_up
 
 __all__ = ["rows_minmax", "choose_qparams", "quantize_rows", "quantize_rows_fused", "rows_sqerr", "dequantize_rows",
-           "quantize_activations", "linear_int8", "conv2d_int8", "pack_int8", "quantize_pack_int8", "packed_check", "q4_dequantize",
-           "q4_linear"]
+           "quantize_activations", "linear_int8", "conv2d_int8", "pack_int8", "quantize_pack_int8", "packed_check",
+           "q4_dequantize", "q4_linear", "half_linear"]
 
 _FLT_MIN = torch.finfo(torch.float32).tiny
 
@@ -204,3 +204,9 @@ def q4_linear(x2d: torch.Tensor, packed: torch.Tensor, scale: torch.Tensor, zero
     """Twin of ``kernels.int4.q4_linear`` with fp32 activations: ``x2d @ W.T + bias`` in float32."""
     w = q4_dequantize(packed, scale, zero_point, x2d.shape[-1], group)
     return F.linear(x2d.float(), w, None if bias is None else bias.float())
+
+
+def half_linear(x2d: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Twin of ``kernels.fp16.half_linear``: ``x2d @ W.T + bias`` in float32 with the fp16 /
+    bf16 weight converted by torch (exact)."""
+    return F.linear(x2d.float(), weight.float(), None if bias is None else bias.float())

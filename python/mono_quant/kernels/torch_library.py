@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch.utils.weak import WeakIdKeyDictionary
 
 from .. import _C
+from .fp16 import half_linear
 from .layout import PACKED_LAYOUT_VERSION, int8_packed_sizes, unpack_int8_rows
 from .rows import dequantize_rows, to_numpy
 from .settings import SETTINGS
@@ -351,3 +352,29 @@ torch.library.register_fake(
     lambda indices, qdata, scale, zero_point, num_embeddings, embedding_dim, group:
         qdata.new_empty((*indices.shape, embedding_dim), dtype=torch.float32),
     lib=_LIB)
+
+# -- fp16 / bf16 weights ------------------------------------------------------------------------------------
+
+_LIB.define("half_linear(Tensor x, Tensor weight, Tensor? bias) -> Tensor")
+_LIB.impl("half_linear", half_linear, "CPU")
+torch.library.register_fake(
+    "mono_quant::half_linear",
+    lambda x, weight, bias: x.new_empty((x.shape[0], weight.shape[0]), dtype=torch.float32), lib=_LIB)
+
+
+def _half_linear_setup(ctx, inputs, output):
+    x, weight, bias = inputs
+    ctx.save_for_backward(weight)
+    ctx.meta = (x.dtype, bias is not None)
+
+
+def _half_linear_backward(ctx, grad):
+    (weight,) = ctx.saved_tensors
+    x_dtype, has_bias = ctx.meta
+    grad_x = (grad @ weight.float()).to(x_dtype) if ctx.needs_input_grad[0] else None
+    grad_bias = grad.sum(0) if has_bias and ctx.needs_input_grad[2] else None
+    return grad_x, None, grad_bias
+
+
+torch.library.register_autograd("mono_quant::half_linear", _half_linear_backward, setup_context=_half_linear_setup,
+                                lib=_LIB)

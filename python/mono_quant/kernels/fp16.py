@@ -1,0 +1,34 @@
+"""Wrapper over the C fp16 / bf16 weight linear (csrc/fp16.c): float32 activations times a
+16-bit weight widened to float32 in registers, so the weight is read as stored (half the
+bytes of a float32 one) and never converted whole per call."""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+
+from .. import _C
+from .settings import SETTINGS
+
+__all__ = ["half_linear", "HALF_WEIGHT_DTYPES"]
+
+#: weight dtypes half_linear takes
+HALF_WEIGHT_DTYPES = (torch.float16, torch.bfloat16)
+
+
+def half_linear(x2d: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]) -> torch.Tensor:
+    """float32 ``x2d @ weight.T + bias`` on the CPU for a float32 ``x2d`` ``[m, k]`` and a
+    float16 / bfloat16 ``weight`` ``[n, k]`` (non-contiguous inputs are copied first); the
+    bias (any float dtype) is taken as float32.  Twin: ``F.linear(x2d, weight.float(), bias)``.
+    Raises TypeError / ValueError (from the C layer) for other dtypes or mismatched shapes."""
+    if weight.dtype not in HALF_WEIGHT_DTYPES:
+        raise TypeError(f"half_linear takes a float16 or bfloat16 weight, got {weight.dtype}")
+    # (no .contiguous() here: the C layer copies a strided array itself; each torch call
+    # costs ~0.5 us, a tenth of a small layer's whole call)
+    is_bf16 = weight.dtype == torch.bfloat16
+    w = weight.detach()
+    w = w.view(torch.int16).numpy() if is_bf16 else w.numpy()  # bf16 crosses as its bits
+    if bias is not None:
+        bias = (bias if bias.dtype == torch.float32 and not bias.requires_grad else bias.detach().float()).numpy()
+    y = _C.h16_linear(x2d.detach().numpy(), w, is_bf16, bias=bias, nthreads=SETTINGS.num_threads())
+    return torch.from_numpy(y)
