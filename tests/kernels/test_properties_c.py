@@ -55,6 +55,7 @@ ENTRY_POINTS = {
     "obs_minmax", "obs_hist_update", "obs_entropy_search", "obs_mse_search",
     # static int8: properties in tests/test_properties_static.py
     "quantize_static", "dequantize_static", "conv2d_static", "depthwise_static", "add_static", "avgpool_static",
+    "static_program", "static_program_run",
 }
 
 
