@@ -285,7 +285,7 @@ int mq_conv2d_static(const int8_t *x, int64_t batch, int64_t channels, int64_t h
 /* The scalar twin of the table's static_conv (mq.h): the definition the SIMD kernels are
  * held to, bit for bit.  Signed int8 input (static_conv_x_u8 = 0 in the scalar table). */
 void mq_ref_static_conv(const mq_static_conv_args *a) {
-    const int64_t panels = (a->n + MQ_PANEL - 1) / MQ_PANEL, groups = a->kh * a->kw * a->c / MQ_KGROUP;
+    const int64_t groups = a->kh * a->kw * a->c / MQ_KGROUP; /* K-groups per panel */
     for (int64_t r = 0; r < a->out_rows; r++)
         for (int64_t ow = 0; ow < a->out_w; ow++) {
             const int64_t pix = r * a->out_w + ow;
@@ -309,7 +309,6 @@ void mq_ref_static_conv(const mq_static_conv_args *a) {
                     a->y_f32[pix * a->n + col] = v;
             }
         }
-    (void)panels;
 }
 
 /* Work items are blocks of output rows of one image.  Per item: the input rows it reads,
@@ -381,7 +380,8 @@ static void direct_range(void *vctx, int64_t begin, int64_t end) {
                 for (int64_t i = 0; i < kh; i++) {
                     const uint8_t *restrict src_row = rows + (r * c->sh + i * c->dh) * wp * ch;
                     if (words) {
-                        for (int64_t ow = 0; ow < out_w; ow++) memcpy(row_cols + ow * kp + i * kw, src_row + ow, 4);
+                        for (int64_t ow = 0; ow < out_w; ow++)
+                            memcpy(row_cols + ow * kp + i * kw, src_row + ow, 4);
                         continue;
                     }
                     for (int64_t j = 0; j < kw; j++) {
