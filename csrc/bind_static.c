@@ -6,14 +6,13 @@
  * torch.from_numpy shares it), and this layer only checks dtypes, shapes and
  * contiguity.  The output's dtype picks the mode: int8 = requantized with
  * inv_out_scale, float32 = the activated fp32 values.  module.c appends
- * mq_static_methods to the module. */
-#define PY_SSIZE_T_CLEAN
-#include <Python.h>
-
+ * mq_static_methods to the module.  The checks every binding shares (threads,
+ * the method-table entry) come from bind.h; the buffer checks stay here: outputs
+ * must be written in place, never through a converted copy. */
 #include <math.h>
 #include <string.h>
 
-#include "mq.h"
+#include "bind.h"
 #include "size_check.h"
 #include "static_int8.h"
 
@@ -80,14 +79,6 @@ static int optional_buffer(PyObject *obj, const char *fname, const char *what, c
 
 static void *data_or_null(buffer_arg *b) { return b->held ? b->view.buf : NULL; }
 
-static int check_threads(const char *fname, int nthreads) {
-    if (nthreads < 1 || nthreads > 1024) {
-        PyErr_Format(PyExc_ValueError, "%s: nthreads must be in 1..1024, got %d", fname, nthreads);
-        return 0;
-    }
-    return 1;
-}
-
 static int check_scale(const char *fname, const char *what, float v, int positive) {
     if (!isfinite(v) || (positive && !(v > 0.0f))) {
         PyErr_Format(PyExc_ValueError, "%s: %s must be a finite%s float, got %g", fname, what,
@@ -101,6 +92,15 @@ static int check_scale(const char *fname, const char *what, float v, int positiv
 static int check_zp(const char *fname, const char *what, int zp) {
     if (zp < -127 || zp > 127) {
         PyErr_Format(PyExc_ValueError, "%s: %s must be in -127..127, got %d", fname, what, zp);
+        return 0;
+    }
+    return 1;
+}
+
+/* The fused activation's clamp: act_lo <= act_hi, neither NaN. */
+static int check_act(const char *fname, float act_lo, float act_hi) {
+    if (isnan(act_lo) || isnan(act_hi) || act_lo > act_hi) {
+        PyErr_Format(PyExc_ValueError, "%s: need act_lo <= act_hi (use -inf / inf for none)", fname);
         return 0;
     }
     return 1;
@@ -175,78 +175,63 @@ PyDoc_STRVAR(quantize_static_doc,
              "x: float32 NCHW [b, c, h, w] (or [rows, features]); out: int8 [b, h, w, c] (or\n"
              "[rows, features]) = clamp(rint(x * inv_scale) + zero_point, -127, 127), channels-last.");
 
-static PyObject *py_quantize_static(PyObject *self, PyObject *args, PyObject *kw) {
-    static char *kwlist[] = {"x", "inv_scale", "out", "nthreads", "zero_point", NULL};
-    static const char *fname = "quantize_static";
-    PyObject *x_obj, *out_obj, *result = NULL;
-    float inv_scale;
-    int nthreads = 1, zp = 0;
-    buffer_arg x = {0}, out = {0};
-    (void)self;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "OfO|ii:quantize_static", kwlist, &x_obj, &inv_scale, &out_obj,
-                                     &nthreads, &zp))
-        return NULL;
-    if (!check_threads(fname, nthreads) || !check_scale(fname, "inv_scale", inv_scale, 1) ||
-        !check_zp(fname, "zero_point", zp))
-        return NULL;
-    if (!get_buffer(x_obj, fname, "x", "f", 0, 2, 4, &x) || !get_buffer(out_obj, fname, "out", "b", 1, 2, 4, &out))
-        goto fail;
-    if (x.view.ndim == 3) {
-        PyErr_Format(PyExc_ValueError, "%s: x must be 2-D or 4-D", fname);
-        goto fail;
-    }
-    const Py_ssize_t *s = x.view.shape;
-    int64_t batch = s[0], channels = s[1], plane = x.view.ndim == 4 ? s[2] * s[3] : 1;
-    int64_t dims4[4] = {s[0], x.view.ndim == 4 ? s[2] : 0, x.view.ndim == 4 ? s[3] : 0, s[1]}, dims2[2] = {s[0], s[1]};
-    if (!check_out_shape(fname, &out.view, x.view.ndim, x.view.ndim == 4 ? dims4 : dims2)) goto fail;
-    Py_BEGIN_ALLOW_THREADS
-    mq_static_quantize(x.view.buf, batch, channels, plane, inv_scale, zp, out.view.buf, nthreads);
-    Py_END_ALLOW_THREADS
-    result = Py_NewRef(Py_None);
-fail:
-    release(&x);
-    release(&out);
-    return result;
-}
-
 PyDoc_STRVAR(dequantize_static_doc,
              "dequantize_static(q, scale, out, nthreads=1, zero_point=0)\n\n"
              "q: int8 [b, h, w, c] (or [rows, features]); out: float32 [b, c, h, w] (or\n"
              "[rows, features]) = (q - zero_point) * scale, back to NCHW.");
 
-static PyObject *py_dequantize_static(PyObject *self, PyObject *args, PyObject *kw) {
-    static char *kwlist[] = {"q", "scale", "out", "nthreads", "zero_point", NULL};
-    static const char *fname = "dequantize_static";
-    PyObject *q_obj, *out_obj, *result = NULL;
+/* The two mirror each other: float NCHW <-> int8 NHWC with one fixed scale.  `quantize`
+ * picks the direction; src is x (float32) or q (int8), out the other. */
+static PyObject *layout_binding(PyObject *args, PyObject *kw, int quantize) {
+    static char *qkw[] = {"x", "inv_scale", "out", "nthreads", "zero_point", NULL};
+    static char *dkw[] = {"q", "scale", "out", "nthreads", "zero_point", NULL};
+    const char *fname = quantize ? "quantize_static" : "dequantize_static";
+    const char *src_name = quantize ? "x" : "q", *scale_name = quantize ? "inv_scale" : "scale";
+    PyObject *src_obj, *out_obj, *result = NULL;
     float scale;
     int nthreads = 1, zp = 0;
-    buffer_arg q = {0}, out = {0};
-    (void)self;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "OfO|ii:dequantize_static", kwlist, &q_obj, &scale, &out_obj,
-                                     &nthreads, &zp))
+    buffer_arg src = {0}, out = {0};
+    if (!PyArg_ParseTupleAndKeywords(args, kw, quantize ? "OfO|ii:quantize_static" : "OfO|ii:dequantize_static",
+                                     quantize ? qkw : dkw, &src_obj, &scale, &out_obj, &nthreads, &zp))
         return NULL;
-    if (!check_threads(fname, nthreads) || !check_scale(fname, "scale", scale, 1) ||
+    if (!mq_check_threads(nthreads) || !check_scale(fname, scale_name, scale, 1) ||
         !check_zp(fname, "zero_point", zp))
         return NULL;
-    if (!get_buffer(q_obj, fname, "q", "b", 0, 2, 4, &q) || !get_buffer(out_obj, fname, "out", "f", 1, 2, 4, &out))
+    if (!get_buffer(src_obj, fname, src_name, quantize ? "f" : "b", 0, 2, 4, &src) ||
+        !get_buffer(out_obj, fname, "out", quantize ? "b" : "f", 1, 2, 4, &out))
         goto fail;
-    if (q.view.ndim == 3) {
-        PyErr_Format(PyExc_ValueError, "%s: q must be 2-D or 4-D", fname);
+    const int nd = src.view.ndim;
+    if (nd == 3) {
+        PyErr_Format(PyExc_ValueError, "%s: %s must be 2-D or 4-D", fname, src_name);
         goto fail;
     }
-    const Py_ssize_t *s = q.view.shape;
-    int nd = q.view.ndim;
-    int64_t channels = nd == 4 ? s[3] : s[1], plane = nd == 4 ? s[1] * s[2] : 1;
-    int64_t dims4[4] = {s[0], channels, nd == 4 ? s[1] : 0, nd == 4 ? s[2] : 0}, dims2[2] = {s[0], s[1]};
-    if (!check_out_shape(fname, &out.view, nd, nd == 4 ? dims4 : dims2)) goto fail;
+    const Py_ssize_t *s = src.view.shape;
+    /* NCHW float side [b][c][h][w] and NHWC int8 side [b][h][w][c]; 2-D: [rows][features] both */
+    const int64_t channels = nd == 2 ? s[1] : quantize ? s[1] : s[3];
+    const int64_t h = nd == 2 ? 1 : quantize ? s[2] : s[1], w = nd == 2 ? 1 : quantize ? s[3] : s[2];
+    int64_t nhwc[4] = {s[0], h, w, channels}, nchw[4] = {s[0], channels, h, w}, rows[2] = {s[0], s[1]};
+    if (!check_out_shape(fname, &out.view, nd, nd == 2 ? rows : quantize ? nhwc : nchw)) goto fail;
     Py_BEGIN_ALLOW_THREADS
-    mq_static_dequantize(q.view.buf, s[0], plane, channels, scale, zp, out.view.buf, nthreads);
+    if (quantize)
+        mq_static_quantize(src.view.buf, s[0], channels, h * w, scale, zp, out.view.buf, nthreads);
+    else
+        mq_static_dequantize(src.view.buf, s[0], h * w, channels, scale, zp, out.view.buf, nthreads);
     Py_END_ALLOW_THREADS
     result = Py_NewRef(Py_None);
 fail:
-    release(&q);
+    release(&src);
     release(&out);
     return result;
+}
+
+static PyObject *py_quantize_static(PyObject *self, PyObject *args, PyObject *kw) {
+    (void)self;
+    return layout_binding(args, kw, 1);
+}
+
+static PyObject *py_dequantize_static(PyObject *self, PyObject *args, PyObject *kw) {
+    (void)self;
+    return layout_binding(args, kw, 0);
 }
 
 /* ---- conv2d_static ---------------------------------------------------------------- */
@@ -279,13 +264,10 @@ static PyObject *py_conv2d_static(PyObject *self, PyObject *args, PyObject *kw) 
                                      &st_obj, &pd_obj, &dl_obj, &groups, &act_lo, &act_hi, &inv_out, &nthreads, &x_zp,
                                      &out_zp))
         return NULL;
-    if (!check_threads(fname, nthreads) || !check_scale(fname, "inv_out_scale", inv_out, 1) ||
+    if (!mq_check_threads(nthreads) || !check_scale(fname, "inv_out_scale", inv_out, 1) ||
         !check_zp(fname, "x_zero_point", x_zp) || !check_zp(fname, "out_zero_point", out_zp))
         return NULL;
-    if (isnan(act_lo) || isnan(act_hi) || act_lo > act_hi) {
-        PyErr_Format(PyExc_ValueError, "%s: need act_lo <= act_hi (use -inf / inf for none)", fname);
-        return NULL;
-    }
+    if (!check_act(fname, act_lo, act_hi)) return NULL;
     if (!pair_arg(ks_obj, fname, "kernel", 1, ks) || !pair_arg(st_obj, fname, "stride", 1, st) ||
         !pair_arg(pd_obj, fname, "padding", 0, pd) || !pair_arg(dl_obj, fname, "dilation", 1, dl))
         return NULL;
@@ -377,13 +359,10 @@ static PyObject *py_depthwise_static(PyObject *self, PyObject *args, PyObject *k
                                      &zp_obj, &scale_obj, &bias_obj, &out_obj, &st_obj, &pd_obj, &dl_obj, &act_lo,
                                      &act_hi, &inv_out, &nthreads, &x_zp, &out_zp))
         return NULL;
-    if (!check_threads(fname, nthreads) || !check_scale(fname, "inv_out_scale", inv_out, 1) ||
+    if (!mq_check_threads(nthreads) || !check_scale(fname, "inv_out_scale", inv_out, 1) ||
         !check_zp(fname, "x_zero_point", x_zp) || !check_zp(fname, "out_zero_point", out_zp))
         return NULL;
-    if (isnan(act_lo) || isnan(act_hi) || act_lo > act_hi) {
-        PyErr_Format(PyExc_ValueError, "%s: need act_lo <= act_hi (use -inf / inf for none)", fname);
-        return NULL;
-    }
+    if (!check_act(fname, act_lo, act_hi)) return NULL;
     if (!pair_arg(st_obj, fname, "stride", 1, st) || !pair_arg(pd_obj, fname, "padding", 0, pd) ||
         !pair_arg(dl_obj, fname, "dilation", 1, dl))
         return NULL;
@@ -452,15 +431,12 @@ static PyObject *py_add_static(PyObject *self, PyObject *args, PyObject *kw) {
     if (!PyArg_ParseTupleAndKeywords(args, kw, "OfOfOfff|iiii:add_static", kwlist, &a_obj, &sa, &b_obj, &sb,
                                      &out_obj, &act_lo, &act_hi, &inv_out, &nthreads, &za, &zb, &zo))
         return NULL;
-    if (!check_threads(fname, nthreads) || !check_scale(fname, "a_scale", sa, 1) ||
+    if (!mq_check_threads(nthreads) || !check_scale(fname, "a_scale", sa, 1) ||
         !check_scale(fname, "b_scale", sb, 1) || !check_scale(fname, "inv_out_scale", inv_out, 1) ||
         !check_zp(fname, "a_zero_point", za) || !check_zp(fname, "b_zero_point", zb) ||
         !check_zp(fname, "out_zero_point", zo))
         return NULL;
-    if (isnan(act_lo) || isnan(act_hi) || act_lo > act_hi) {
-        PyErr_Format(PyExc_ValueError, "%s: need act_lo <= act_hi (use -inf / inf for none)", fname);
-        return NULL;
-    }
+    if (!check_act(fname, act_lo, act_hi)) return NULL;
     if (!get_buffer(a_obj, fname, "a", "b", 0, 0, 8, &a) || !get_buffer(b_obj, fname, "b", "b", 0, 0, 8, &b) ||
         !get_buffer(out_obj, fname, "out", "bf", 1, 0, 8, &out))
         goto fail;
@@ -502,10 +478,7 @@ static PyObject *py_avgpool_static(PyObject *self, PyObject *args, PyObject *kw)
     if (!check_scale(fname, "mul", mul, 1) || !check_scale(fname, "inv_out_scale", inv_out, 1) ||
         !check_zp(fname, "x_zero_point", x_zp) || !check_zp(fname, "out_zero_point", out_zp))
         return NULL;
-    if (isnan(act_lo) || isnan(act_hi) || act_lo > act_hi) {
-        PyErr_Format(PyExc_ValueError, "%s: need act_lo <= act_hi (use -inf / inf for none)", fname);
-        return NULL;
-    }
+    if (!check_act(fname, act_lo, act_hi)) return NULL;
     if (!get_buffer(x_obj, fname, "x", "b", 0, 4, 4, &x) || !get_buffer(out_obj, fname, "out", "bf", 1, 2, 2, &out))
         goto fail;
     const int64_t pixels = x.view.shape[1] * x.view.shape[2];
@@ -532,16 +505,11 @@ fail:
 }
 
 PyMethodDef mq_static_methods[] = {
-    {"quantize_static", (PyCFunction)(void (*)(void))py_quantize_static, METH_VARARGS | METH_KEYWORDS,
-     quantize_static_doc},
-    {"dequantize_static", (PyCFunction)(void (*)(void))py_dequantize_static, METH_VARARGS | METH_KEYWORDS,
-     dequantize_static_doc},
-    {"conv2d_static", (PyCFunction)(void (*)(void))py_conv2d_static, METH_VARARGS | METH_KEYWORDS,
-     conv2d_static_doc},
-    {"depthwise_static", (PyCFunction)(void (*)(void))py_depthwise_static, METH_VARARGS | METH_KEYWORDS,
-     depthwise_static_doc},
-    {"add_static", (PyCFunction)(void (*)(void))py_add_static, METH_VARARGS | METH_KEYWORDS, add_static_doc},
-    {"avgpool_static", (PyCFunction)(void (*)(void))py_avgpool_static, METH_VARARGS | METH_KEYWORDS,
-     avgpool_static_doc},
+    MQ_KW_METHOD(quantize_static),
+    MQ_KW_METHOD(dequantize_static),
+    MQ_KW_METHOD(conv2d_static),
+    MQ_KW_METHOD(depthwise_static),
+    MQ_KW_METHOD(add_static),
+    MQ_KW_METHOD(avgpool_static),
     {NULL, NULL, 0, NULL},
 };

@@ -123,6 +123,8 @@ static const mq_kernels scalar_table = {
     .wgemm = mq_ref_wgemm,
     .wgemm_name = "scalar",
     .pack_panel = mq_ref_pack_panel,
+    .static_conv = mq_ref_static_conv,
+    .static_add = mq_ref_static_add,
     .q4_pack = mq_ref_q4_pack,
     .q4_sqerr = mq_ref_q4_sqerr,
     .q4_unpack = mq_ref_q4_unpack,
@@ -159,6 +161,11 @@ static void overlay(mq_kernels *dst, const mq_kernels *src) {
     TAKE(wgemm);
     TAKE(wgemm_name);
     TAKE(pack_panel);
+    if (src->static_conv) { /* the kernel and its activation encoding go together */
+        dst->static_conv = src->static_conv;
+        dst->static_conv_x_u8 = src->static_conv_x_u8;
+    }
+    TAKE(static_add);
     TAKE(q4_pack);
     TAKE(q4_sqerr);
     TAKE(q4_unpack);
@@ -176,7 +183,9 @@ static void overlay(mq_kernels *dst, const mq_kernels *src) {
 static void avx2_int8_matmul(mq_kernels *k) {
     overlay(k, &mq_avx2_linear_table);
     overlay(k, &mq_avx2_linear_u7_table);
+    overlay(k, &mq_avx2_static_table);
     if (cpu.avx_vnni) overlay(k, &mq_avxvnni_linear_table);
+    if (cpu.avx_vnni) overlay(k, &mq_avxvnni_static_table);
 }
 
 static void init_tables(void) {
@@ -194,6 +203,7 @@ static void init_tables(void) {
         overlay(&tables[MQ_ISA_AVX2], &mq_avx2_pack_table);
         overlay(&tables[MQ_ISA_AVX2], &mq_avx2_int4_table);
         if (cpu.f16c) overlay(&tables[MQ_ISA_AVX2], &mq_avx2_fp16_table); /* vcvtph2ps: its own cpuid bit */
+        overlay(&tables[MQ_ISA_AVX2], &mq_avx2_eltwise_table);
     }
     tables[MQ_ISA_AVX512] = tables[MQ_ISA_AVX2];
     if (best_isa >= MQ_ISA_AVX512) {
@@ -202,9 +212,11 @@ static void init_tables(void) {
         overlay(&tables[MQ_ISA_AVX512], &mq_avx512_pack_table);
         overlay(&tables[MQ_ISA_AVX512], &mq_avx512_int4_table);
         overlay(&tables[MQ_ISA_AVX512], &mq_avx512_fp16_table);
+        overlay(&tables[MQ_ISA_AVX512], &mq_avx512_eltwise_table);
         if (cpu.avx512_vnni) {
             overlay(&tables[MQ_ISA_AVX512], &mq_avx512vnni_linear_table);
             overlay(&tables[MQ_ISA_AVX512], &mq_avx512vnni_int4_table);
+            overlay(&tables[MQ_ISA_AVX512], &mq_avx512vnni_static_table);
         }
     }
     active_isa = best_isa;
@@ -239,6 +251,7 @@ int mq_use_maddubs_for_tests(int on) {
     if (on) {
         overlay(&tables[MQ_ISA_AVX2], &mq_avx2_linear_table);
         overlay(&tables[MQ_ISA_AVX2], &mq_avx2_linear_u7_table);
+        overlay(&tables[MQ_ISA_AVX2], &mq_avx2_static_table);
     } else
         avx2_int8_matmul(&tables[MQ_ISA_AVX2]);
     return 0;

@@ -109,6 +109,36 @@ typedef struct {
 } mq_qgemm_args;
 typedef void (*mq_qgemm_fn)(const mq_qgemm_args *a, int64_t p0, int64_t p1);
 
+/* Static int8 direct convolution (static_int8.c drives it, static_int8.h has the numerics):
+ * output rows of one image read straight from padded, encoded NHWC input rows (no im2col),
+ * int32 sums in registers, then the requantizing epilogue in registers:
+ *     acc = sum over taps (i, j) and channels of x[r*sh + i*dh][ow*sw + j*dw][c] * w   (exact)
+ *     y   = (float)(acc - zcol[n]) * xw[n] (+ bias[n]); v = clamp(y, act_lo, act_hi)
+ *     q   = clamp(round_half_even(v * inv_out_scale) + out_zp, -127, 127)
+ * fp32 in this order without FMA, so every ISA writes the same bits. */
+typedef struct {
+    const uint8_t *x;        /* padded input rows [..][wp][c]: int8, or int8 ^ 0x80 (= int8 + 128) when the
+                                table's static_conv_x_u8 */
+    int64_t wp, c;           /* padded row width (pixels) and channels, c % 4 == 0 */
+    int64_t kh, kw, sh, sw, dh, dw;
+    int64_t out_rows, out_w; /* output row r, pixel ow reads rows r*sh + i*dh, pixels ow*sw + j*dw */
+    const int8_t *w;         /* packed weight (layout.h), k = kh * kw * c in (i, j, c) order */
+    int64_t n;               /* output channels, ceil(n / MQ_PANEL) panels */
+    const int32_t *zcol;     /* [panels * MQ_PANEL] subtracted from each sum (zero-points, the +128) */
+    const float *xw, *bias;  /* [n]; bias may be NULL */
+    float act_lo, act_hi, inv_out_scale;
+    int out_zp;
+    int8_t *y_q;             /* [out_rows][out_w][n] int8, or NULL: then y_f32 gets v */
+    float *y_f32;
+} mq_static_conv_args;
+typedef void (*mq_static_conv_fn)(const mq_static_conv_args *a);
+/* Static int8 residual add over n values (static_int8.h's numerics, mq_ref_static_add):
+ * v = clamp((a - a_zp) * a_scale + (b - b_zp) * b_scale, act_lo, act_hi) (two products, one sum,
+ * no FMA), then y_q = requantize(v) or y_f32 = v (exactly one of them non-NULL). */
+typedef void (*mq_static_add_fn)(const int8_t *a, float a_scale, int a_zp, const int8_t *b, float b_scale, int b_zp,
+                                 int64_t n, float act_lo, float act_hi, float inv_out_scale, int out_zp, int8_t *y_q,
+                                 float *y_f32);
+
 /* One panel of that layout (16*kp bytes at dst, w_sum[16]) from nvalid <= 16
  * rows of k int8 (row stride ld), the channels past nvalid zero; *has_m128 =
  * some weight is -128.  Exact: every ISA writes the same bytes. */
@@ -203,6 +233,10 @@ typedef struct {
      * encoding, is as fast (VNNI).  Set together with qgemm (dispatch.c). */
     mq_qgemm_fn qgemm_u7;
     const char *qgemm_u7_name;
+    /* static int8 direct conv (static_int8.c) and whether it wants x + 128 */
+    mq_static_conv_fn static_conv;
+    int static_conv_x_u8;
+    mq_static_add_fn static_add;
     /* INT4 (int4.c) */
     mq_q4_pack_fn q4_pack;
     mq_q4_sqerr_fn q4_sqerr;
@@ -258,6 +292,10 @@ void mq_ref_bf16_gemm(const float *x, int64_t ldx, int64_t m, const uint16_t *w,
 void mq_ref_qgemm(const mq_qgemm_args *a, int64_t p0, int64_t p1);
 /* The same int32 and fp32 results from the 7-bit codes (a->x_zp set, x_u8 ignored). */
 void mq_ref_qgemm_u7(const mq_qgemm_args *a, int64_t p0, int64_t p1);
+void mq_ref_static_conv(const mq_static_conv_args *a); /* static_int8.c */
+void mq_ref_static_add(const int8_t *a, float a_scale, int a_zp, const int8_t *b, float b_scale, int b_zp,
+                       int64_t n, float act_lo, float act_hi, float inv_out_scale, int out_zp, int8_t *y_q,
+                       float *y_f32); /* static_int8.c */
 void mq_ref_wgemm(const mq_wgemm_args *a, int64_t p0, int64_t p1);
 
 /* ---- SIMD twins: one const partial table per ISA-flagged compile unit -----
@@ -280,6 +318,11 @@ extern const mq_kernels mq_avx512_int4_table;         /* x86/avx512/int4.c */
 extern const mq_kernels mq_avx512vnni_int4_table;     /* x86/avx512_vnni/int4.c */
 extern const mq_kernels mq_avx2_fp16_table;           /* x86/avx2/fp16.c (F16C) */
 extern const mq_kernels mq_avx512_fp16_table;         /* x86/avx512/fp16.c */
+extern const mq_kernels mq_avx2_static_table;         /* x86/avx2/static_conv.c */
+extern const mq_kernels mq_avxvnni_static_table;      /* x86/avx_vnni/static_conv.c */
+extern const mq_kernels mq_avx512vnni_static_table;   /* x86/avx512_vnni/static_conv.c */
+extern const mq_kernels mq_avx2_eltwise_table;        /* x86/avx2/static_eltwise.c */
+extern const mq_kernels mq_avx512_eltwise_table;      /* x86/avx512/static_eltwise.c */
 /* Tests only: on the AVX2 level, run the 256-bit VNNI kernel in its EVEX
  * encoding (needs AVX-512 VNNI + VL); 0 ok, -1 when this CPU can't. */
 int mq_use_vnni256_for_tests(int on);

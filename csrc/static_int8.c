@@ -241,6 +241,13 @@ done:
     free(yrow);
 }
 
+static int conv2d_direct(const int8_t *x, int64_t batch, int64_t channels, int64_t height, int64_t width,
+                         int64_t kh, int64_t kw, int64_t sh, int64_t sw, int64_t ph, int64_t pw, int64_t dh,
+                         int64_t dw, int64_t groups, const int8_t *packed, const int32_t *w_sum,
+                         const float *x_w_scale, const int32_t *w_zp, const float *bias, int64_t n, float act_lo,
+                         float act_hi, float inv_out_scale, int x_zp, int out_zp, int8_t *y_q, float *y_f32,
+                         int nthreads);
+
 int mq_conv2d_static(const int8_t *x, int64_t batch, int64_t channels, int64_t height, int64_t width, int64_t kh,
                      int64_t kw, int64_t sh, int64_t sw, int64_t ph, int64_t pw, int64_t dh, int64_t dw, int64_t groups,
                      const int8_t *packed, const int32_t *w_sum, const float *x_w_scale, const int32_t *w_zp,
@@ -252,6 +259,10 @@ int mq_conv2d_static(const int8_t *x, int64_t batch, int64_t channels, int64_t h
     const int64_t n_g = n / groups, np_g = mq_round_up(n_g, MQ_PANEL);
     const int64_t m = mq_size_mul(mq_size_mul(batch, out_h), out_w);
     if (m <= 0 || n <= 0) return m < 0 ? -1 : 0;
+    const int direct = conv2d_direct(x, batch, channels, height, width, kh, kw, sh, sw, ph, pw, dh, dw, groups, packed,
+                                     w_sum, x_w_scale, w_zp, bias, n, act_lo, act_hi, inv_out_scale, x_zp, out_zp,
+                                     y_q, y_f32, nthreads);
+    if (direct) return direct < 0 ? -1 : 0;
     /* rows per block: im2col rows plus fp32 results in ~192 KiB (L2), whole 40-row tiles */
     int64_t block_rows = ((int64_t)192 << 10) / (kp + 4 * n_g) / 40 * 40;
     block_rows = block_rows < 40 ? 40 : block_rows > 1024 ? 1024 : block_rows;
@@ -267,6 +278,169 @@ int mq_conv2d_static(const int8_t *x, int64_t batch, int64_t channels, int64_t h
     const int64_t per_block = block_rows * k * n;
     mq_parallel_for(blocks, per_block >= ((int64_t)1 << 18) ? 1 : blocks, nthreads, static_conv_range, &c);
     return c.failed ? -1 : 0;
+}
+
+/* ---- direct conv: padded input rows, sums and epilogue without leaving registers ------ */
+
+/* The scalar twin of the table's static_conv (mq.h): the definition the SIMD kernels are
+ * held to, bit for bit.  Signed int8 input (static_conv_x_u8 = 0 in the scalar table). */
+void mq_ref_static_conv(const mq_static_conv_args *a) {
+    const int64_t groups = a->kh * a->kw * a->c / MQ_KGROUP; /* K-groups per panel */
+    for (int64_t r = 0; r < a->out_rows; r++)
+        for (int64_t ow = 0; ow < a->out_w; ow++) {
+            const int64_t pix = r * a->out_w + ow;
+            for (int64_t col = 0; col < a->n; col++) {
+                const int8_t *w = a->w + (col / MQ_PANEL) * groups * MQ_PANEL_GROUP_BYTES + (col % MQ_PANEL) * 4;
+                int32_t acc = 0;
+                int64_t k = 0;
+                for (int64_t i = 0; i < a->kh; i++)
+                    for (int64_t j = 0; j < a->kw; j++) {
+                        const int8_t *x =
+                            (const int8_t *)a->x + ((r * a->sh + i * a->dh) * a->wp + ow * a->sw + j * a->dw) * a->c;
+                        for (int64_t ch = 0; ch < a->c; ch++, k++)
+                            acc += (int32_t)x[ch] * w[(k / 4) * MQ_PANEL_GROUP_BYTES + k % 4];
+                    }
+                float y = (float)(acc - a->zcol[col]) * a->xw[col];
+                if (a->bias) y += a->bias[col];
+                const float v = activate(y, a->act_lo, a->act_hi);
+                if (a->y_q)
+                    a->y_q[pix * a->n + col] = requantize(v, a->inv_out_scale, a->out_zp);
+                else
+                    a->y_f32[pix * a->n + col] = v;
+            }
+        }
+}
+
+/* Work items are blocks of output rows of one image.  Per item: the input rows it reads,
+ * padded with the zero-point and encoded for the kernel (a small buffer that stays in
+ * L1/L2), then either the kernel on them directly (channels % 4 == 0: the packed weight's
+ * K-groups are 4 channels of one tap), or, for other channel counts (a first layer's one
+ * input channel), an im2col of those padded rows (kp bytes per pixel) fed to the kernel
+ * as a 1x1 conv. */
+typedef struct {
+    const mq_kernels *kt;
+    const int8_t *x;
+    int64_t channels, height, width, kh, kw, sh, sw, ph, pw, dh, dw, out_h, out_w, k, kp;
+    int64_t rows_per_item, items_per_image;
+    int im2col;
+    const int8_t *packed;
+    const int32_t *zcol;
+    const float *x_w_scale, *bias;
+    int64_t n;
+    float act_lo, act_hi, inv_out_scale;
+    int x_zp, out_zp;
+    int8_t *y_q;
+    float *y_f32;
+    int failed;
+} direct_ctx;
+
+static void direct_range(void *vctx, int64_t begin, int64_t end) {
+    direct_ctx *c = vctx;
+    const uint8_t flip = c->kt->static_conv_x_u8 ? 0x80u : 0u, pad = (uint8_t)(int8_t)c->x_zp ^ flip;
+    const int64_t wp = c->width + 2 * c->pw, rb = c->rows_per_item, ch = c->channels;
+    const int64_t in_rows = (rb - 1) * c->sh + (c->kh - 1) * c->dh + 1;
+    if (rb <= 0 || in_rows <= 0 || wp <= 0 || ch <= 0 || c->kp <= 0 || c->kp > 32768) { /* never (bounds for gcc) */
+        __atomic_store_n(&c->failed, 1, __ATOMIC_RELAXED);
+        return;
+    }
+    /* (+ 4 bytes: the one-channel im2col's 4-byte words read up to 3 bytes past the last row) */
+    uint8_t *rows = malloc(mq_alloc_bytes(mq_size_add(mq_size_mul(mq_size_mul(in_rows, wp), ch), 4), 1, 64));
+    uint8_t *cols = c->im2col ? malloc(mq_alloc_bytes(mq_size_mul(rb, c->out_w), c->kp, 64)) : NULL;
+    if (!rows || (c->im2col && !cols)) {
+        __atomic_store_n(&c->failed, 1, __ATOMIC_RELAXED);
+        goto done;
+    }
+    for (int64_t item = begin; item < end; item++) {
+        const int64_t b = item / c->items_per_image, oh0 = (item % c->items_per_image) * rb;
+        const int64_t nr = c->out_h - oh0 < rb ? c->out_h - oh0 : rb;
+        const int64_t nin = (nr - 1) * c->sh + (c->kh - 1) * c->dh + 1;
+        for (int64_t t = 0; t < nin; t++) { /* padded row t is input row ih */
+            const int64_t ih = oh0 * c->sh - c->ph + t;
+            uint8_t *dst = rows + t * wp * ch;
+            if (ih < 0 || ih >= c->height) {
+                memset(dst, pad, (size_t)(wp * ch));
+                continue;
+            }
+            memset(dst, pad, (size_t)(c->pw * ch));
+            copy_encoded(dst + c->pw * ch, c->x + (b * c->height + ih) * c->width * ch, c->width * ch, flip);
+            memset(dst + (c->pw + c->width) * ch, pad, (size_t)(c->pw * ch));
+        }
+        mq_static_conv_args a = {rows, wp, ch, c->kh, c->kw, c->sh, c->sw, c->dh, c->dw, nr, c->out_w,
+                                 c->packed, c->n, c->zcol, c->x_w_scale, c->bias, c->act_lo, c->act_hi,
+                                 c->inv_out_scale, c->out_zp,
+                                 c->y_q ? c->y_q + (b * c->out_h + oh0) * c->out_w * c->n : NULL,
+                                 c->y_f32 ? c->y_f32 + (b * c->out_h + oh0) * c->out_w * c->n : NULL};
+        if (c->im2col) { /* tap by tap over a row of pixels: no call per (pixel, tap) of few channels */
+            const int64_t kp = c->kp, sw = c->sw, out_w = c->out_w, kh = c->kh, kw = c->kw, k = c->k;
+            /* one channel, unit steps: a tap row's kw bytes are adjacent in the padded row; copied as
+             * one 4-byte word (its extra bytes land where the next tap row or the padding goes) */
+            const int words = ch == 1 && sw == 1 && c->dw == 1 && kw <= 4 && k - kw + 4 <= kp;
+            for (int64_t r = 0; r < nr; r++) {
+                uint8_t *restrict row_cols = cols + r * out_w * kp;
+                for (int64_t i = 0; i < kh; i++) {
+                    const uint8_t *restrict src_row = rows + (r * c->sh + i * c->dh) * wp * ch;
+                    if (words) {
+                        for (int64_t ow = 0; ow < out_w; ow++)
+                            memcpy(row_cols + ow * kp + i * kw, src_row + ow, 4);
+                        continue;
+                    }
+                    for (int64_t j = 0; j < kw; j++) {
+                        const uint8_t *restrict src = src_row + j * c->dw * ch;
+                        uint8_t *restrict dst = row_cols + (i * kw + j) * ch;
+                        if (ch == 1)
+                            for (int64_t ow = 0; ow < out_w; ow++) dst[ow * kp] = src[ow * sw];
+                        else
+                            for (int64_t ow = 0; ow < out_w; ow++)
+                                memcpy(dst + ow * kp, src + ow * sw * ch, (size_t)ch);
+                    }
+                }
+                for (int64_t ow = 0; ow < out_w; ow++) /* against the weight's zero padding: any value */
+                    for (int64_t t = k; t < kp; t++) row_cols[ow * kp + t] = flip;
+            }
+            a.x = cols;
+            a.wp = c->out_w;
+            a.c = c->kp;
+            a.kh = a.kw = a.sh = a.sw = a.dh = a.dw = 1;
+        }
+        c->kt->static_conv(&a);
+    }
+done:
+    free(rows);
+    free(cols);
+}
+
+/* The direct path, when it applies (one group, no weight zero-points): 1 when done, 0 to
+ * take the im2col + GEMM path, -1 out of memory. */
+static int conv2d_direct(const int8_t *x, int64_t batch, int64_t channels, int64_t height, int64_t width,
+                         int64_t kh, int64_t kw, int64_t sh, int64_t sw, int64_t ph, int64_t pw, int64_t dh,
+                         int64_t dw, int64_t groups, const int8_t *packed, const int32_t *w_sum,
+                         const float *x_w_scale, const int32_t *w_zp, const float *bias, int64_t n, float act_lo,
+                         float act_hi, float inv_out_scale, int x_zp, int out_zp, int8_t *y_q, float *y_f32,
+                         int nthreads) {
+    const mq_kernels *kt = mq_active();
+    if (!kt->static_conv || groups != 1 || w_zp) return 0;
+    const int64_t out_h = (height + 2 * ph - dh * (kh - 1) - 1) / sh + 1;
+    const int64_t out_w = (width + 2 * pw - dw * (kw - 1) - 1) / sw + 1;
+    const int64_t k = channels * kh * kw, kp = mq_round_up(k, MQ_KGROUP), np = mq_round_up(n, MQ_PANEL);
+    if (batch <= 0 || out_h <= 0 || out_w <= 0) return 1;
+    int32_t *zcol = malloc(mq_alloc_bytes(np, sizeof(int32_t), 1));
+    if (!zcol) return -1;
+    const int64_t shift = x_zp + (kt->static_conv_x_u8 ? 128 : 0); /* |shift * colsum| < 2^31 for k <= 32768 */
+    for (int64_t j = 0; j < np; j++) zcol[j] = (int32_t)(shift * (int64_t)w_sum[j]);
+    /* items: whole images, or row blocks when the batch leaves threads idle */
+    int64_t per_image = 1;
+    if (nthreads > 1 && batch < 2 * nthreads) per_image = (2 * nthreads + batch - 1) / batch;
+    if (per_image > out_h) per_image = out_h;
+    const int64_t rows_per_item = (out_h + per_image - 1) / per_image;
+    per_image = (out_h + rows_per_item - 1) / rows_per_item;
+    direct_ctx c = {kt, x, channels, height, width, kh, kw, sh, sw, ph, pw, dh, dw, out_h, out_w, k, kp,
+                    rows_per_item, per_image, channels % MQ_KGROUP != 0, packed, zcol, x_w_scale, bias, n,
+                    act_lo, act_hi, inv_out_scale, x_zp, out_zp, y_q, y_f32, 0};
+    const int64_t work = rows_per_item * out_w * k * n; /* multiply-adds per item: tiny layers on one thread */
+    mq_parallel_for(batch * per_image, work >= ((int64_t)1 << 17) ? 1 : batch * per_image, nthreads, direct_range,
+                    &c);
+    free(zcol);
+    return c.failed ? -1 : 1;
 }
 
 /* ---- depthwise ------------------------------------------------------------------------ */
@@ -356,26 +530,21 @@ typedef struct {
 } add_ctx;
 
 /* (a - a_zp) and (b - b_zp) are exact in fp32; two products then one sum, never fused
- * (-ffp-contract=off): the torch reference's order */
-static void add_q(const int8_t *restrict a, float sa, int za, const int8_t *restrict b, float sb, int zb, int64_t n,
-                  float lo, float hi, float inv, int zo, int8_t *restrict y) {
-    for (int64_t i = 0; i < n; i++)
-        y[i] = requantize(activate((float)(a[i] - za) * sa + (float)(b[i] - zb) * sb, lo, hi), inv, zo);
-}
-
-static void add_f32(const int8_t *restrict a, float sa, int za, const int8_t *restrict b, float sb, int zb,
-                    int64_t n, float lo, float hi, float *restrict y) {
-    for (int64_t i = 0; i < n; i++) y[i] = activate((float)(a[i] - za) * sa + (float)(b[i] - zb) * sb, lo, hi);
+ * (-ffp-contract=off): the torch reference's order.  The scalar twin of the table's static_add. */
+void mq_ref_static_add(const int8_t *a, float sa, int za, const int8_t *b, float sb, int zb, int64_t n, float lo,
+                       float hi, float inv, int zo, int8_t *y_q, float *y_f32) {
+    if (y_q)
+        for (int64_t i = 0; i < n; i++)
+            y_q[i] = requantize(activate((float)(a[i] - za) * sa + (float)(b[i] - zb) * sb, lo, hi), inv, zo);
+    else
+        for (int64_t i = 0; i < n; i++) y_f32[i] = activate((float)(a[i] - za) * sa + (float)(b[i] - zb) * sb, lo, hi);
 }
 
 static void add_range(void *vctx, int64_t begin, int64_t end) {
     const add_ctx *c = vctx;
-    if (c->y_q)
-        add_q(c->a + begin, c->a_scale, c->a_zp, c->b + begin, c->b_scale, c->b_zp, end - begin, c->act_lo,
-              c->act_hi, c->inv_out_scale, c->out_zp, c->y_q + begin);
-    else
-        add_f32(c->a + begin, c->a_scale, c->a_zp, c->b + begin, c->b_scale, c->b_zp, end - begin, c->act_lo,
-                c->act_hi, c->y_f32 + begin);
+    mq_active()->static_add(c->a + begin, c->a_scale, c->a_zp, c->b + begin, c->b_scale, c->b_zp, end - begin,
+                            c->act_lo, c->act_hi, c->inv_out_scale, c->out_zp, c->y_q ? c->y_q + begin : NULL,
+                            c->y_f32 ? c->y_f32 + begin : NULL);
 }
 
 void mq_add_static(const int8_t *a, float a_scale, int a_zp, const int8_t *b, float b_scale, int b_zp, int64_t n,

@@ -5,7 +5,8 @@ observer at 100 and 512 calibration images (the first training images), and
 of ONNX Runtime static uint8 QDQ (MinMax, per-channel weights, 512 images).
 Speed: batch 1 and 64, interleaved in one run (common.interleaved), median
 per call: fp32 eager, mono-quant dynamic int8, mono-quant static int8
-(minmax, 512 images), ONNX Runtime static uint8 QDQ (``--ort-threads``).
+(minmax, 512 images; also op by op from Python, ``static_int8_nodes``: the same model
+without the one-call program), ONNX Runtime static uint8 QDQ (``--ort-threads``).
 
     python benchmarks/static/bench_static.py                     # this CPU's best ISA
     MONO_QUANT_ISA=avx2 python benchmarks/static/bench_static.py # the AVX2 kernels
@@ -16,6 +17,7 @@ Writes benchmarks/results/static_resnet8_<isa>.json.
 from __future__ import annotations
 
 import argparse
+import copy
 import logging
 import sys
 import tempfile
@@ -94,7 +96,13 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2, help="torch / mono-quant threads")
     parser.add_argument("--ort-threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=30)
+    parser.add_argument("--clock", choices=["wall", "cpu"], default="wall",
+                        help="cpu: each call timed in the process's CPU time (process_time), which a busy shared "
+                             "host's preemptions do not inflate; needs --threads 1 --ort-threads 1")
     args = parser.parse_args()
+    if args.clock == "cpu" and (args.threads != 1 or args.ort_threads != 1):
+        raise SystemExit("--clock cpu needs --threads 1 --ort-threads 1 (waiting threads would not be counted)")
+    clock = time.process_time if args.clock == "cpu" else time.perf_counter
     torch.set_num_threads(args.threads)
     warnings.simplefilter("ignore", CalibrationWarning)
     model = load_model()
@@ -120,20 +128,22 @@ def main() -> None:
             accuracy["ort static uint8 qdq minmax 512"] = top1(ort, test_x, test_y)
 
         static = static_models.get(("minmax", 512)) or next(iter(static_models.values()))
+        static_nodes = copy.deepcopy(static)  # the same model, op by op from Python (no one-call program)
+        static_nodes.run_as_program = False
         speed = {}
         for batch in (1, 64):
             x = test_x[:batch].contiguous()
             contenders = {"fp32": lambda: model(x), "dynamic_int8": lambda: dynamic(x),
-                          "static_int8": lambda: static(x)}
+                          "static_int8": lambda: static(x), "static_int8_nodes": lambda: static_nodes(x)}
             if ort is not None:
                 contenders["ort_static_uint8"] = lambda: ort(x)
             with torch.inference_mode():
-                times = interleaved(contenders, repeats=args.repeats, warmup=3)
+                times = interleaved(contenders, repeats=args.repeats, warmup=3, clock=clock)
             speed[batch] = {name: summary(t) for name, t in times.items()}
 
     isa = _C.get_isa()
     print(f"# Fashion-MNIST ResNet8, static int8, ISA {isa}, {args.threads} threads (ORT {args.ort_threads}), "
-          f"{len(test_x)} test images")
+          f"{len(test_x)} test images, {args.clock} clock")
     print(f"{'setting':<36} {'top-1 %':>8} {'drop':>6}")
     for name, acc in accuracy.items():
         print(f"{name:<36} {acc:8.2f} {accuracy['fp32'] - acc:6.2f}")
@@ -146,7 +156,7 @@ def main() -> None:
     print("\nquantize() seconds (trace + calibrate + convert + SQNR check):",
           {k: round(v, 3) for k, v in calib_seconds.items()})
     path = write_results(f"static_resnet8_{isa}", {"machine": machine_info(), "isa": isa, "threads": args.threads,
-                                                   "ort_threads": args.ort_threads, "accuracy": accuracy,
+                                                   "ort_threads": args.ort_threads, "clock": args.clock, "accuracy": accuracy,
                                                    "speed": speed, "quantize_seconds": calib_seconds})
     print(f"wrote {path}")
 

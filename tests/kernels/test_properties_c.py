@@ -57,6 +57,7 @@ ENTRY_POINTS = {
     "quantize_static", "dequantize_static", "conv2d_static", "depthwise_static", "add_static", "avgpool_static",
     # fp16 / bf16 weight linear: properties in tests/kernels/test_fp16_properties.py
     "h16_linear",
+    "static_program", "static_program_run",
 }
 
 

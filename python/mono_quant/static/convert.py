@@ -27,6 +27,7 @@ from .capture import FusionPlan, PlanOp
 from .graph import FusedAddFloat, FusedGapFloat, StaticGraphModel, float_op_entry
 from .modules import StaticAdd, StaticConv2d, StaticGlobalAvgPool, StaticLinear
 from .modules_eltwise import StaticBroadcastAdd, StaticCat, nhwc_dim
+from .program import StaticInt8Model
 
 __all__ = ["convert_plan", "int8_values", "shared_qparams", "input_point", "qparams", "NONNEGATIVE_ZERO_POINT"]
 
@@ -198,4 +199,4 @@ def convert_plan(plan: FusionPlan, ranges: Dict[str, ActivationRange], aliases: 
             program.append(float_op_entry(op, layers))
             continue
         program.append((op.name, "module", list(op.inputs), None))
-    return StaticGraphModel(program, layers).eval(), int8, in_float
+    return StaticInt8Model(program, layers).eval(), int8, in_float

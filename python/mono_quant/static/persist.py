@@ -34,6 +34,7 @@ from .capture import ValueRef
 from .graph import FusedAddFloat, FusedGapFloat, StaticGraphModel
 from .modules import StaticAdd, StaticConv2d, StaticGlobalAvgPool, StaticLinear
 from .persist_eltwise import ELTWISE_CLASSES, attach_eltwise_tensors, build_fused_add
+from .program import StaticInt8Model
 
 __all__ = ["save_static", "load_static", "is_static_file", "saves_as_static", "STATIC_FORMAT", "encode_value",
            "build_layer"]
@@ -301,7 +302,7 @@ def load_static(path, model=None) -> StaticGraphModel:
         raise CheckpointError(f"{path}: {exc}") from None
     except (KeyError, TypeError, ValueError, json.JSONDecodeError) as exc:
         raise CheckpointError(f"{path}: invalid static manifest: {type(exc).__name__}: {exc}") from exc
-    return StaticGraphModel(program, layers).eval()
+    return StaticInt8Model(program, layers).eval()
 
 
 # mono_quant.save / mono_quant.load hand static models and files over to this module

@@ -1,0 +1,272 @@
+/* bind_static_program.c - builds a static int8 program (static_program.h) once from
+ * Python's description of its nodes, and runs it on a batch in one call.
+ *
+ * The program is a capsule owning the C node array and a list of every array the
+ * nodes point into (the layers' packed weights, scales, biases), so they stay alive
+ * and in place as long as the program does.  Everything is validated when the
+ * program is built (kinds, value slots, scales, zero-points, every array's dtype,
+ * contiguity and length against its layer); a run validates the input's shape
+ * against the program before releasing the GIL. */
+#include <math.h>
+#include <stdlib.h>
+
+#include "bind.h"
+#include "size_check.h"
+#include "layout.h"
+#include "static_program.h"
+
+#define CAPSULE_NAME "mono_quant._C.static_program"
+#define MAX_NODES 4096
+#define MAX_DIM (1L << 20)
+
+typedef struct {
+    mq_sp_program program;
+    PyObject *keep; /* list of the arrays the nodes point into */
+} program_box;
+
+static void program_free(PyObject *capsule) {
+    program_box *box = PyCapsule_GetPointer(capsule, CAPSULE_NAME);
+    if (!box) return;
+    free(box->program.nodes);
+    Py_XDECREF(box->keep);
+    free(box);
+}
+
+/* A C-contiguous, aligned, native ndarray of `type` with `size` elements (any rank), appended
+ * to keep; its data, or NULL with an exception set. */
+static void *kept_array(PyObject *keep, PyObject *obj, int node, const char *what, int type, const char *tname,
+                        npy_intp size) {
+    if (!PyArray_Check(obj) || PyArray_TYPE((PyArrayObject *)obj) != type ||
+        !PyArray_ISNOTSWAPPED((PyArrayObject *)obj) || !PyArray_IS_C_CONTIGUOUS((PyArrayObject *)obj) ||
+        !PyArray_ISALIGNED((PyArrayObject *)obj)) {
+        PyErr_Format(PyExc_TypeError, "static program node %d: %s must be a C-contiguous, aligned numpy %s array",
+                     node, what, tname);
+        return NULL;
+    }
+    if (PyArray_SIZE((PyArrayObject *)obj) != size) {
+        PyErr_Format(PyExc_ValueError, "static program node %d: %s must have %zd entries, got %zd", node, what,
+                     (Py_ssize_t)size, (Py_ssize_t)PyArray_SIZE((PyArrayObject *)obj));
+        return NULL;
+    }
+    if (PyList_Append(keep, obj) < 0) return NULL;
+    return PyArray_DATA((PyArrayObject *)obj);
+}
+
+static int check_node(const mq_sp_node *nd, int i, int last) {
+#define BAD(...)                                                                      \
+    do {                                                                              \
+        PyErr_Format(PyExc_ValueError, "static program node %d: " __VA_ARGS__);      \
+        return 0;                                                                     \
+    } while (0)
+    if (nd->kind < MQ_SP_QUANTIZE || nd->kind > MQ_SP_POOL) BAD("unknown kind %d", i, nd->kind);
+    if ((i == 0) != (nd->kind == MQ_SP_QUANTIZE)) BAD("the first node (and only it) quantizes the input", i);
+    if (nd->out_float != (i == last)) BAD("the last node (and only it) has a float output", i);
+    if (nd->x_zp < -127 || nd->x_zp > 127 || nd->out_zp < -127 || nd->out_zp > 127 || nd->b_zp < -127 ||
+        nd->b_zp > 127)
+        BAD("zero-points must be in -127..127", i);
+    if (isnan(nd->act_lo) || isnan(nd->act_hi) || nd->act_lo > nd->act_hi) BAD("need act_lo <= act_hi", i);
+    if (!(nd->inv_out_scale > 0.0f) || !isfinite(nd->inv_out_scale)) BAD("inv_out_scale must be finite > 0", i);
+    if (nd->kind == MQ_SP_ADD && (!(nd->a_scale > 0.0f) || !isfinite(nd->a_scale) || !(nd->b_scale > 0.0f) ||
+                                  !isfinite(nd->b_scale)))
+        BAD("add scales must be finite > 0", i);
+    if (nd->kind == MQ_SP_POOL && (!(nd->pool_scale > 0.0f) || !isfinite(nd->pool_scale)))
+        BAD("pool scale must be finite > 0", i);
+    if (nd->in_channels < 0 || nd->in_channels > MAX_DIM) BAD("in_channels out of range", i);
+    if (nd->kind == MQ_SP_QUANTIZE && nd->in_channels < 1) BAD("in_channels must be >= 1", i);
+    if (nd->kind == MQ_SP_CONV || nd->kind == MQ_SP_DEPTHWISE) {
+        if (nd->n < 1 || nd->n > MAX_DIM || nd->in_channels < 1) BAD("channels must be >= 1", i);
+        if (nd->kh < 1 || nd->kw < 1 || nd->sh < 1 || nd->sw < 1 || nd->dh < 1 || nd->dw < 1 || nd->ph < 0 ||
+            nd->pw < 0 || nd->kh > MAX_DIM || nd->kw > MAX_DIM || nd->sh > MAX_DIM || nd->sw > MAX_DIM ||
+            nd->dh > MAX_DIM || nd->dw > MAX_DIM || nd->ph > MAX_DIM || nd->pw > MAX_DIM)
+            BAD("kernel, stride and dilation must be in 1..%ld, padding in 0..%ld", i, MAX_DIM, MAX_DIM);
+        if (nd->kind == MQ_SP_CONV && nd->in_channels * nd->kh * nd->kw > MQ_MAX_LINEAR_K)
+            BAD("in_channels * kernel area must be at most %d", i, MQ_MAX_LINEAR_K);
+        if (nd->kind == MQ_SP_DEPTHWISE && nd->n != nd->in_channels) BAD("depthwise needs n == in_channels", i);
+    }
+    return 1;
+#undef BAD
+}
+
+PyDoc_STRVAR(static_program_doc,
+             "static_program(nodes) -> program\n\n"
+             "Builds a static int8 program (csrc/static_program.h) from a list of nodes, each\n"
+             "(kind, in0, in1, out, ints, floats, arrays): kind 0 quantize, 1 conv / linear, 2 depthwise,\n"
+             "3 add, 4 global average pool; in0 / in1 / out value slots (in1 -1 unless add);\n"
+             "ints (in_channels, n, kh, kw, sh, sw, ph, pw, dh, dw, x_zp, out_zp, b_zp, out_float,\n"
+             "w_has_m128); floats (act_lo, act_hi, inv_out_scale, a_scale, b_scale, pool_scale);\n"
+             "arrays (packed, w_sum, x_w_scale, bias) for conv (int8, int32, float32, float32 or None),\n"
+             "(weight [kh, kw, c], None, x_w_scale, bias) for depthwise, else ().  The arrays are kept\n"
+             "and read in place at every run.");
+
+static PyObject *py_static_program(PyObject *self, PyObject *arg) {
+    (void)self;
+    if (!PyList_Check(arg) || PyList_GET_SIZE(arg) < 2 || PyList_GET_SIZE(arg) > MAX_NODES) {
+        PyErr_Format(PyExc_TypeError, "static_program: nodes must be a list of 2..%d node tuples", MAX_NODES);
+        return NULL;
+    }
+    const int count = (int)PyList_GET_SIZE(arg);
+    program_box *box = calloc(1, sizeof *box);
+    PyObject *capsule = NULL;
+    char *written = NULL;
+    if (!box || !(box->program.nodes = calloc((size_t)count, sizeof(mq_sp_node))) || !(written = calloc(count, 1))) {
+        PyErr_NoMemory();
+        goto fail;
+    }
+    if (!(box->keep = PyList_New(0))) goto fail;
+    box->program.count = count;
+    box->program.values = count; /* every node writes its own slot: at most count slots */
+    for (int i = 0; i < count; i++) {
+        PyObject *t = PyList_GET_ITEM(arg, i), *ints, *floats, *arrays;
+        mq_sp_node *nd = &box->program.nodes[i];
+        long long iv[15];
+        float fv[6];
+        if (!PyTuple_Check(t) || !PyArg_ParseTuple(t, "iiiiO!O!O!:static_program node", &nd->kind, &nd->in0,
+                                                   &nd->in1, &nd->out, &PyTuple_Type, &ints, &PyTuple_Type,
+                                                   &floats, &PyTuple_Type, &arrays)) {
+            if (!PyErr_Occurred() || PyErr_ExceptionMatches(PyExc_TypeError)) {
+                PyErr_Clear();
+                PyErr_Format(PyExc_TypeError, "static program node %d must be (kind, in0, in1, out, ints tuple, "
+                             "floats tuple, arrays tuple)", i);
+            }
+            goto fail;
+        }
+        if (!PyArg_ParseTuple(ints, "LLLLLLLLLLLLLLL", &iv[0], &iv[1], &iv[2], &iv[3], &iv[4], &iv[5], &iv[6],
+                              &iv[7], &iv[8], &iv[9], &iv[10], &iv[11], &iv[12], &iv[13], &iv[14]) ||
+            !PyArg_ParseTuple(floats, "ffffff", &fv[0], &fv[1], &fv[2], &fv[3], &fv[4], &fv[5]))
+            goto fail;
+        nd->in_channels = iv[0], nd->n = iv[1], nd->kh = iv[2], nd->kw = iv[3], nd->sh = iv[4], nd->sw = iv[5];
+        nd->ph = iv[6], nd->pw = iv[7], nd->dh = iv[8], nd->dw = iv[9];
+        for (int j = 10; j < 15; j++)
+            if (iv[j] < -128 || iv[j] > 127) {
+                PyErr_Format(PyExc_ValueError, "static program node %d: int argument %d out of range", i, j);
+                goto fail;
+            }
+        nd->x_zp = (int)iv[10], nd->out_zp = (int)iv[11], nd->b_zp = (int)iv[12];
+        nd->out_float = iv[13] != 0, nd->w_has_m128 = iv[14] != 0;
+        nd->act_lo = fv[0], nd->act_hi = fv[1], nd->inv_out_scale = fv[2];
+        nd->a_scale = fv[3], nd->b_scale = fv[4], nd->pool_scale = fv[5];
+        if (!check_node(nd, i, count - 1)) goto fail;
+        /* value slots: read only what an earlier node wrote; each slot written once */
+        const int reads0 = nd->kind != MQ_SP_QUANTIZE, reads1 = nd->kind == MQ_SP_ADD;
+        if ((reads0 && (nd->in0 < 0 || nd->in0 >= count || !written[nd->in0])) ||
+            (reads1 && (nd->in1 < 0 || nd->in1 >= count || !written[nd->in1])) || nd->out < 0 || nd->out >= count ||
+            written[nd->out]) {
+            PyErr_Format(PyExc_ValueError, "static program node %d: its value slots must name values written "
+                         "before it, and its output a new slot in 0..%d", i, count - 1);
+            goto fail;
+        }
+        written[nd->out] = 1;
+        const Py_ssize_t narr = PyTuple_GET_SIZE(arrays);
+        if (nd->kind == MQ_SP_CONV || nd->kind == MQ_SP_DEPTHWISE) {
+            if (narr != 4) {
+                PyErr_Format(PyExc_TypeError, "static program node %d: needs 4 arrays", i);
+                goto fail;
+            }
+            const npy_intp n = nd->n, k = nd->in_channels * nd->kh * nd->kw;
+            if (nd->kind == MQ_SP_CONV) {
+                int64_t np64;
+                const npy_intp size = mq_packed_int8_bytes(n, k, 1, &np64);
+                if (!(nd->packed = kept_array(box->keep, PyTuple_GET_ITEM(arrays, 0), i, "packed", NPY_INT8, "int8",
+                                              size)) ||
+                    !(nd->w_sum = kept_array(box->keep, PyTuple_GET_ITEM(arrays, 1), i, "w_sum", NPY_INT32, "int32",
+                                             (npy_intp)np64)))
+                    goto fail;
+            } else if (!(nd->packed = kept_array(box->keep, PyTuple_GET_ITEM(arrays, 0), i, "weight", NPY_INT8,
+                                                 "int8", k))) {
+                goto fail;
+            }
+            if (!(nd->x_w_scale = kept_array(box->keep, PyTuple_GET_ITEM(arrays, 2), i, "x_w_scale", NPY_FLOAT32,
+                                             "float32", n)))
+                goto fail;
+            PyObject *bias = PyTuple_GET_ITEM(arrays, 3);
+            if (bias != Py_None && !(nd->bias = kept_array(box->keep, bias, i, "bias", NPY_FLOAT32, "float32", n)))
+                goto fail;
+        } else if (narr != 0) {
+            PyErr_Format(PyExc_TypeError, "static program node %d: takes no arrays", i);
+            goto fail;
+        }
+    }
+    capsule = PyCapsule_New(box, CAPSULE_NAME, program_free);
+    if (!capsule) goto fail;
+    free(written);
+    return capsule;
+fail:
+    free(written);
+    if (box) {
+        free(box->program.nodes);
+        Py_XDECREF(box->keep);
+        free(box);
+    }
+    return NULL;
+}
+
+PyDoc_STRVAR(static_program_run_doc,
+             "static_program_run(program, x, nthreads=1) -> out\n\n"
+             "Runs a static_program on x (float32 NCHW [b, c, h, w], or [b, features]), image by\n"
+             "image; out float32 [b, h, w, c] in the last node's NHWC shape (a linear or pool: h = w = 1).");
+
+static PyObject *py_static_program_run(PyObject *self, PyObject *args, PyObject *kw) {
+    static char *kwlist[] = {"program", "x", "nthreads", NULL};
+    static const int f32[] = {NPY_FLOAT32};
+    PyObject *cap, *x_obj, *result = NULL;
+    int nthreads = 1;
+    mq_refs refs = {0};
+    mq_sp_shape *shapes = NULL;
+    (void)self;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OO|i:static_program_run", kwlist, &cap, &x_obj, &nthreads))
+        return NULL;
+    if (!PyCapsule_IsValid(cap, CAPSULE_NAME)) {
+        PyErr_SetString(PyExc_TypeError, "static_program_run: program must be what static_program() returned");
+        return NULL;
+    }
+    program_box *box = PyCapsule_GetPointer(cap, CAPSULE_NAME);
+    if (!box) return NULL;
+    if (!mq_check_threads(nthreads)) return NULL;
+    const int nd = PyArray_Check(x_obj) ? PyArray_NDIM((PyArrayObject *)x_obj) : 0;
+    if (nd != 2 && nd != 4) {
+        PyErr_SetString(PyExc_ValueError, "static_program_run: x must be a 2-D or 4-D numpy float32 array");
+        return NULL;
+    }
+    PyArrayObject *x = mq_array_in(&refs, x_obj, "x", f32, 1, nd, "float32");
+    if (!x) goto fail;
+    const npy_intp *d = PyArray_DIMS(x);
+    const int64_t batch = d[0], c = d[1], h = nd == 4 ? d[2] : 1, w = nd == 4 ? d[3] : 1;
+    shapes = malloc(sizeof(mq_sp_shape) * (size_t)box->program.values);
+    if (!shapes) {
+        PyErr_NoMemory();
+        goto fail;
+    }
+    int64_t out_elems = 0;
+    char err[200];
+    if (mq_sp_shapes(&box->program, c, h, w, shapes, &out_elems, err, sizeof err) < 0) {
+        PyErr_SetString(PyExc_ValueError, err);
+        goto fail;
+    }
+    const mq_sp_shape o = shapes[box->program.nodes[box->program.count - 1].out];
+    if (!mq_size_fits(mq_size_mul(batch, out_elems), "static_program_run", "the output")) goto fail;
+    npy_intp dims[4] = {batch, o.h, o.w, o.c};
+    PyArrayObject *out = mq_array_new(&refs, 4, dims, NPY_FLOAT32, 0);
+    if (!out) goto fail;
+    int status = 0;
+    if (batch > 0) {
+        Py_BEGIN_ALLOW_THREADS
+        status = mq_sp_run(&box->program, shapes, PyArray_DATA(x), batch, c * h * w, PyArray_DATA(out), out_elems,
+                           nthreads);
+        Py_END_ALLOW_THREADS
+    }
+    if (status < 0) {
+        PyErr_NoMemory();
+        goto fail;
+    }
+    result = mq_return(out);
+fail:
+    free(shapes);
+    mq_release(&refs);
+    return result;
+}
+
+PyMethodDef mq_static_program_methods[] = {
+    {"static_program", py_static_program, METH_O, static_program_doc},
+    MQ_KW_METHOD(static_program_run),
+    {NULL, NULL, 0, NULL},
+};

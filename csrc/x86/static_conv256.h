@@ -1,0 +1,128 @@
+/* x86/static_conv256.h - the static int8 direct conv (mq_static_conv_args, mq.h) on 256-bit
+ * registers, as static functions for the two compile units that build it:
+ *   x86/avx2/static_conv.c: AVX2's maddubs sign trick on int8 activations;
+ *   x86/avx_vnni/static_conv.c: AVX-VNNI's vpdpbusd on int8 + 128 (Zen 5, Alder Lake and later).
+ * A header rather than one .c compiled twice: each unit keeps its own -m flags.
+ *
+ * The including unit defines, after <immintrin.h> and mq.h:
+ *   SC_WIDE                     pixels per tile (accumulators: 2 per pixel)
+ *   SC_GROUP_PREP               per 64-byte K-group, from w0 / w1 (the panel's two 8-channel halves)
+ *   SC_DOT(acc_a, acc_b, xb)    acc += the 4 broadcast activation bytes xb times w0 / w1
+ * A tile is SC_WIDE consecutive output pixels (row-major, across row ends: each has its own
+ * base pointer) x one panel, read straight from the padded input rows (no im2col); the sums
+ * never leave registers, and the epilogue is mq_ref_static_conv's, in its order. */
+#ifndef MQ_STATIC_CONV256_H
+#define MQ_STATIC_CONV256_H
+
+#define MQ_INLINE static inline __attribute__((always_inline))
+
+/* 8 channels n0 .. n0 + 7 (fewer at the tail) of output pixel pix. */
+MQ_INLINE void store_half(const mq_static_conv_args *a, __m256i acc, int64_t pix, int64_t n0) {
+    const int64_t valid = a->n - n0 < 8 ? a->n - n0 : 8;
+    __m256 xw, bias = _mm256_setzero_ps();
+    if (valid == 8) {
+        xw = _mm256_loadu_ps(a->xw + n0);
+        if (a->bias) bias = _mm256_loadu_ps(a->bias + n0);
+    } else { /* never read past the arrays' ends */
+        float t[8] = {0}, u[8] = {0};
+        memcpy(t, a->xw + n0, (size_t)valid * sizeof(float));
+        if (a->bias) memcpy(u, a->bias + n0, (size_t)valid * sizeof(float));
+        xw = _mm256_loadu_ps(t);
+        bias = _mm256_loadu_ps(u);
+    }
+    acc = _mm256_sub_epi32(acc, _mm256_loadu_si256((const __m256i *)(a->zcol + n0)));
+    __m256 y = _mm256_mul_ps(_mm256_cvtepi32_ps(acc), xw);
+    if (a->bias) y = _mm256_add_ps(y, bias);
+    /* max(y, lo) is (y > lo ? y : lo): a NaN gives lo, as the reference */
+    __m256 v = _mm256_min_ps(_mm256_max_ps(y, _mm256_set1_ps(a->act_lo)), _mm256_set1_ps(a->act_hi));
+    if (!a->y_q) {
+        if (valid == 8) {
+            _mm256_storeu_ps(a->y_f32 + pix * a->n + n0, v);
+        } else {
+            float tmp[8];
+            _mm256_storeu_ps(tmp, v);
+            memcpy(a->y_f32 + pix * a->n + n0, tmp, (size_t)valid * sizeof(float));
+        }
+        return;
+    }
+    const float lo = (float)(-127 - a->out_zp), hi = (float)(127 - a->out_zp);
+    __m256 s = _mm256_mul_ps(v, _mm256_set1_ps(a->inv_out_scale));
+    s = _mm256_min_ps(_mm256_max_ps(s, _mm256_set1_ps(lo)), _mm256_set1_ps(hi));
+    __m256i q = _mm256_add_epi32(_mm256_cvtps_epi32(s), _mm256_set1_epi32(a->out_zp)); /* nearest even */
+    /* 8 int32 in -127..127 -> 8 bytes: saturating packs keep the values */
+    __m128i q16 = _mm_packs_epi32(_mm256_castsi256_si128(q), _mm256_extracti128_si256(q, 1));
+    __m128i q8 = _mm_packs_epi16(q16, q16);
+    if (valid == 8) {
+        _mm_storel_epi64((__m128i *)(void *)(a->y_q + pix * a->n + n0), q8);
+    } else {
+        int8_t bytes[16];
+        _mm_storeu_si128((__m128i *)(void *)bytes, q8);
+        for (int64_t t = 0; t < valid; t++) a->y_q[pix * a->n + n0 + t] = bytes[t];
+    }
+}
+
+/* The first input byte output pixel pix (row-major over the call's rows) reads: tap (0, 0). */
+MQ_INLINE const uint8_t *pixel_base(const mq_static_conv_args *a, int64_t pix) {
+    const int64_t r = pix / a->out_w, ow = pix % a->out_w;
+    return a->x + (r * a->sh * a->wp + ow * a->sw) * a->c;
+}
+
+#define SROW_DECL(i, MT) __m256i acc##i##a = _mm256_setzero_si256(), acc##i##b = acc##i##a; \
+    const uint8_t *xp##i = pixel_base(a, pix0 + ((i) < (MT) ? (i) : 0));
+#define SROW(i, MT)                                                                   \
+    if ((i) < (MT)) {                                                                 \
+        int32_t x4;                                                                   \
+        memcpy(&x4, xp##i + off, 4);                                                  \
+        const __m256i xb = _mm256_set1_epi32(x4);                                     \
+        SC_DOT(acc##i##a, acc##i##b, xb)                                              \
+    }
+#define SROW_STORE(i, MT)                                                             \
+    if ((i) < (MT)) {                                                                 \
+        store_half(a, acc##i##a, pix0 + (i), p * MQ_PANEL);                           \
+        if (p * MQ_PANEL + 8 < a->n) store_half(a, acc##i##b, pix0 + (i), p * MQ_PANEL + 8); \
+    }
+/* MT consecutive output pixels (row-major, across row ends) x one panel p. */
+#define STILE(MT)                                                                                      \
+    static void stile_##MT(const mq_static_conv_args *a, int64_t pix0, int64_t p) {                    \
+        const int64_t cg4 = a->c / 4, groups = a->kh * a->kw * cg4;                                    \
+        const int8_t *w = a->w + p * groups * 64;                                                      \
+        SROW_DECL(0, MT) SROW_DECL(1, MT) SROW_DECL(2, MT) SROW_DECL(3, MT) SROW_DECL(4, MT)           \
+        SROW_DECL(5, MT)                                                                               \
+        int64_t g = 0;                                                                                 \
+        for (int64_t i = 0; i < a->kh; i++)                                                            \
+            for (int64_t j = 0; j < a->kw; j++) {                                                      \
+                const int64_t tap = (i * a->dh * a->wp + j * a->dw) * a->c;                            \
+                for (int64_t cb = 0; cb < cg4; cb++, g++) {                                            \
+                    const int64_t off = tap + cb * 4;                                                  \
+                    const __m256i w0 = _mm256_loadu_si256((const __m256i *)(const void *)(w + g * 64));        \
+                    const __m256i w1 = _mm256_loadu_si256((const __m256i *)(const void *)(w + g * 64 + 32));   \
+                    SC_GROUP_PREP                                                                      \
+                    SROW(0, MT) SROW(1, MT) SROW(2, MT) SROW(3, MT) SROW(4, MT) SROW(5, MT)            \
+                }                                                                                      \
+            }                                                                                          \
+        SROW_STORE(0, MT) SROW_STORE(1, MT) SROW_STORE(2, MT) SROW_STORE(3, MT) SROW_STORE(4, MT)      \
+        SROW_STORE(5, MT)                                                                              \
+    }
+
+#define SC_CAT2(a, b) a##b
+#define SC_CAT(a, b) SC_CAT2(a, b)
+#define SC_STILE(mt) STILE(mt) /* expands SC_WIDE before the paste */
+SC_STILE(SC_WIDE)
+STILE(1)
+#define stile_wide SC_CAT(stile_, SC_WIDE)
+
+/* Per panel: the call's pixels in tiles of SC_WIDE, the last one moved back to end at the last
+ * pixel (a pixel computed twice is written twice with the same bits); fewer pixels one by one. */
+static void static_conv256(const mq_static_conv_args *a) {
+    const int64_t panels = (a->n + MQ_PANEL - 1) / MQ_PANEL, pixels = a->out_rows * a->out_w;
+    for (int64_t p = 0; p < panels; p++) {
+        if (pixels < SC_WIDE) {
+            for (int64_t pix = 0; pix < pixels; pix++) stile_1(a, pix, p);
+            continue;
+        }
+        for (int64_t pix0 = 0; pix0 < pixels; pix0 += SC_WIDE)
+            stile_wide(a, pix0 + SC_WIDE <= pixels ? pix0 : pixels - SC_WIDE, p);
+    }
+}
+
+#endif /* MQ_STATIC_CONV256_H */

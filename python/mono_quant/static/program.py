@@ -1,0 +1,189 @@
+"""StaticInt8Model: a static int8 model whose chain of fused int8 ops runs in one C call.
+
+Run node by node from Python, every op of a small CNN pays a few microseconds of
+interpreter and tensor overhead (most of the time at batch 1), and every
+intermediate activation of a batch makes a round trip through memory.  When the
+whole program is int8 from the quantized input to one float output (ResNet-style
+chains of convs, residual adds, global pool, linear head), it is compiled once,
+on the first call, into a compact node array (``_C.static_program``,
+csrc/static_program.h) that runs every op on one image at a time with the same
+kernels, so outputs are bit-identical to the node-by-node path.
+
+Anything else takes the node-by-node path of StaticGraphModel: a program with
+float ops, several inputs or outputs, grouped (non-depthwise) convs, hooks on a
+layer, keyword arguments, non-CPU or unexpected input shapes.
+``model.run_as_program = False`` forces it (benchmarks, debugging).
+"""
+from __future__ import annotations
+
+from typing import Callable, Dict, List, Optional, Union
+
+import numpy as np
+import torch
+
+from ..kernels import static_int8 as static_kernels
+from ..kernels.settings import SETTINGS
+from .capture import ValueRef
+from .graph import StaticGraphModel, _global_hooks
+from .modules import StaticAdd, StaticConv2d, StaticGlobalAvgPool, StaticLinear, act_bounds, inverse
+
+__all__ = ["StaticInt8Model", "compile_program"]
+
+_QUANTIZE, _CONV, _DEPTHWISE, _ADD, _POOL = range(5)
+_NO_ARRAYS = ()
+_NO_GEOMETRY = (0,) * 10
+
+
+def _node(kind: int, ins: List[int], out: int, geometry=_NO_GEOMETRY, zps=(0, 0, 0), out_float=False,
+          has_m128=False, epilogue=(0.0, 0.0, 1.0), scales=(1.0, 1.0, 1.0), arrays=_NO_ARRAYS) -> tuple:
+    in0 = ins[0] if ins else -1
+    in1 = ins[1] if len(ins) > 1 else -1
+    ints = tuple(int(v) for v in geometry) + (zps[0], zps[1], zps[2], int(out_float), int(has_m128))
+    return (kind, in0, in1, out, ints, tuple(float(v) for v in epilogue + scales), arrays)
+
+
+def _epilogue(layer) -> tuple:
+    return tuple(layer._epilogue_args())
+
+
+def compile_program(model: StaticGraphModel) -> Optional[Callable[[torch.Tensor], torch.Tensor]]:
+    """The model's program as one C call (x -> output), or None when it is not a chain of int8
+    ops from one quantized input to one float output (see the module docstring)."""
+    program, layers = model.program, model.layers
+    if len(program) < 3 or program[0][1] != "input" or program[-1][1] != "output":
+        return None
+    input_name = program[0][0]
+    out_ref = program[-1][3]
+    body = program[1:-1]
+    if not isinstance(out_ref, ValueRef) or not body or out_ref.name != body[-1][0]:
+        return None
+    if any(kind != "module" for _, kind, _, _ in body) or any(entry[1] == "input" for entry in body):
+        return None
+    slots: Dict[str, int] = {}
+    ranks: Dict[str, int] = {}
+    nodes: List[tuple] = []
+    quantized_input = None  # (in_scale, in_zp) of the input's quantization, shared by its consumers
+    first = layers[body[0][0]]
+    input_rank = 4 if isinstance(first, StaticConv2d) else 2 if isinstance(first, StaticLinear) else 0
+    if not input_rank:
+        return None
+    for index, (name, _, ins, _) in enumerate(body):
+        layer = layers[name]
+        last = index == len(body) - 1
+        if (layer.out_scale is None) != last:
+            return None  # intermediate values must stay int8; only the model output is float
+        if type(layer) in (StaticConv2d, StaticLinear):
+            if len(ins) != 1:
+                return None
+            if ins[0] == input_name:
+                if layer.int8_input:
+                    return None
+                key = (layer.in_scale, layer.in_zp)
+                if quantized_input is None:
+                    quantized_input = key
+                    channels = layer.in_channels if isinstance(layer, StaticConv2d) else layer.in_features
+                    slots[input_name], ranks[input_name] = len(nodes), input_rank
+                    nodes.append(_node(_QUANTIZE, [], len(nodes), (channels,) + (0,) * 9, (0, layer.in_zp, 0),
+                                       epilogue=(0.0, 0.0, inverse(layer.in_scale))))
+                elif key != quantized_input:
+                    return None
+            elif not layer.int8_input or ins[0] not in slots:
+                return None
+            rank = ranks[ins[0]]
+            if isinstance(layer, StaticConv2d):
+                if rank != 4:
+                    return None
+                depthwise = "weight_dw" in layer._buffers
+                if layer.groups != 1 and not depthwise:
+                    return None
+                geometry = (layer.in_channels, layer.out_channels, *layer.kernel_size, *layer.stride,
+                            *layer.padding, *layer.dilation)
+                out_rank = 4
+            else:
+                if rank != 2:
+                    return None
+                geometry = (layer.in_features, layer.out_features, 1, 1, 1, 1, 0, 0, 1, 1)
+                depthwise, out_rank = False, 2
+            if depthwise:
+                w, _, xw, bias = layer._weights
+                arrays, has_m128, kind = (w, None, xw, bias), False, _DEPTHWISE
+            else:
+                packed, colsum, xw, _, bias, has_m128 = layer._weights
+                arrays, kind = (packed, colsum, xw, bias), _CONV
+            node = _node(kind, [slots[ins[0]]], len(nodes), geometry, (layer.in_zp, layer.out_zp, 0), last,
+                         has_m128, _epilogue(layer), arrays=arrays)
+        elif type(layer) is StaticAdd:
+            if len(ins) != 2 or any(i not in slots for i in ins) or ranks[ins[0]] != ranks[ins[1]]:
+                return None
+            out_rank = ranks[ins[0]]
+            node = _node(_ADD, [slots[i] for i in ins], len(nodes), zps=(layer.in_zp, layer.out_zp, layer.b_zp),
+                         out_float=last, epilogue=_epilogue(layer), scales=(layer.in_scale, layer.b_scale, 1.0))
+        elif type(layer) is StaticGlobalAvgPool:
+            if len(ins) != 1 or ins[0] not in slots or ranks[ins[0]] != 4:
+                return None
+            out_rank = 2 if layer.flatten else 4
+            node = _node(_POOL, [slots[ins[0]]], len(nodes), zps=(layer.in_zp, layer.out_zp, 0), out_float=last,
+                         epilogue=_epilogue(layer), scales=(1.0, 1.0, layer.in_scale))
+        else:
+            return None
+        slots[name], ranks[name] = len(nodes), out_rank
+        nodes.append(node)
+    handle = static_kernels.static_program(nodes)
+    last_layer, out_rank = layers[body[-1][0]], ranks[body[-1][0]]
+    pool_nchw = isinstance(last_layer, StaticGlobalAvgPool) and not last_layer.flatten
+
+    def run(x: torch.Tensor) -> torch.Tensor:
+        out = torch.from_numpy(static_kernels.static_program_run(handle, x.numpy(), SETTINGS.num_threads()))
+        if out_rank == 2:
+            return out.view(out.shape[0], out.shape[3])
+        if pool_nchw:
+            return out.view(out.shape[0], out.shape[3], 1, 1)
+        return out.permute(0, 3, 1, 2)
+
+    run.input_rank = input_rank  # type: ignore[attr-defined]
+    return run
+
+
+class StaticInt8Model(StaticGraphModel):
+    """StaticGraphModel that runs its program in one C call where it can (module docstring);
+    outputs are bit-identical either way."""
+
+    def __init__(self, program: List[tuple], layers: Dict[str, torch.nn.Module]):
+        super().__init__(program, layers)
+        self.run_as_program = True
+        self._compiled: Union[None, bool, Callable] = None  # None: not tried yet; False: can't
+
+    def _apply(self, fn, *args, **kwargs):
+        self._compiled = None  # the layers' buffers may be new tensors: rebuild on the next call
+        return super()._apply(fn, *args, **kwargs)
+
+    def __getstate__(self):
+        state = self.__dict__.copy()
+        state["_compiled"] = None  # points into this model's buffers: a copy compiles its own
+        return state
+
+    def _fast(self, args, kwargs) -> Optional[Callable]:
+        if not self.run_as_program or kwargs or len(args) != 1:
+            return None
+        compiled = self._compiled
+        if compiled is None or (compiled and compiled.owner != id(self)):  # (a copy compiles its own)
+            compiled = self._compiled = compile_program(self) or False
+            if compiled:
+                compiled.owner = id(self)
+        if not compiled:
+            return None
+        x = args[0]
+        if not isinstance(x, torch.Tensor) or x.device.type != "cpu" or x.dim() != compiled.input_rank \
+                or not x.dtype.is_floating_point or _global_hooks() \
+                or any(m._forward_hooks or m._forward_pre_hooks for m in self.layers.values()):
+            return None
+        return compiled
+
+    def forward(self, *args, **kwargs):
+        run = self._fast(args, kwargs)
+        if run is None:
+            return super().forward(*args, **kwargs)
+        x = args[0].detach()
+        if x.dtype != torch.float32:
+            x = x.float()
+        return run(x.contiguous())
