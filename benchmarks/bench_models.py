@@ -18,17 +18,26 @@ stand-in for an AVX2-only CPU).  Time ratios are contender / fp32 (lower is
 faster).  ONNX Runtime is optional (``pip install .[bench]``); without it
 that column is empty.
 
+With ``--isa avx2 --torch-isa avx2`` torch's libraries (MKL, oneDNN, fbgemm)
+are capped at AVX2 too (isa_cap.py), as on an AVX2-only CPU; otherwise the
+fp32 baseline runs at the host's best level whatever mono-quant's.
+
 Usage: python benchmarks/bench_models.py [--quick] [--threads 2,1] [--isa avx512,avx2]
                                          [--budget S] [--cases bert384-128,cnn32x8-b1,...] [--crossover]
+                                         [--rows 16,128,4096] [--torch-isa avx2]
 """
 from __future__ import annotations
 
 import argparse
 import copy
 import os
+import sys
 import tempfile
 import time
 import warnings
+
+if any(a == "--torch-isa" or a.startswith("--torch-isa=") for a in sys.argv):
+    import isa_cap  # noqa: F401  (before torch: caps torch's libraries; one --isa level)
 
 import torch
 import torch.nn.functional as F
@@ -197,7 +206,7 @@ CROSSOVER_SHAPES = [(384, 384), (1536, 384), (384, 1536), (768, 768), (3072, 768
 CROSSOVER_ROWS = [1, 4, 16, 32, 64, 128, 256, 512]
 
 
-def crossover(threads, isas, repeats):
+def crossover(threads, isas, repeats, row_counts=CROSSOVER_ROWS):
     """Weight-only int8 and int4 Linear: the packed kernels against dequantize-once +
     BLAS (each forced through its threshold table), as time / fp32 F.linear, per row
     count: where the BLAS path starts to win is the BLAS_MIN_ROWS rule."""
@@ -217,7 +226,7 @@ def crossover(threads, isas, repeats):
                 previous = kernels.set_isa(isa)
                 for nt in threads:
                     torch.set_num_threads(nt)
-                    for m in CROSSOVER_ROWS:
+                    for m in row_counts:
                         x = torch.randn(m, k)
 
                         def forced(label, q, rows_from):
@@ -282,19 +291,26 @@ def main():
                         help="seconds of timed rounds per case, level and thread count (5 rounds at least)")
     parser.add_argument("--no-ort", action="store_true")
     parser.add_argument("--out", default="bench_models")
+    parser.add_argument("--rows", default=None, help="--crossover row counts (default 1,4,...,512)")
+    parser.add_argument("--torch-isa", choices=["native", "avx2"], default="native",
+                        help="cap torch's MKL / oneDNN / fbgemm at AVX2 too (needs --isa avx2)")
     parser.add_argument("--crossover", action="store_true",
                         help="only the weight-only packed-kernel vs dequantize+BLAS sweep over row counts")
     args = parser.parse_args()
+    if args.torch_isa != "native" and args.isa != "avx2":
+        raise SystemExit("--torch-isa avx2 caps the whole process: pass --isa avx2 alone with it")
     cases = args.cases.split(",") if args.cases else (QUICK_CASES if args.quick else FULL_CASES)
     threads = [int(t) for t in args.threads.split(",")]
     best = kernels.cpu_info()["best_isa"]
     isas = args.isa.split(",") if args.isa else ([best, "avx2"] if best == "avx512" else [best])
     info = machine_info()
+    info["torch_isa"] = args.torch_isa
     print(f"{info['cpu']}, {info['cores']} cores, torch {info['torch']}, best ISA {best}; levels {isas}; "
-          f"threads {threads}")
+          f"threads {threads}; torch capped: {args.torch_isa}")
     if args.crossover:
         print("shape     isa    thr  rows    fp32 us  (time / fp32 F.linear: median / p10)")
-        path = write_results(args.out + "_crossover", {"machine": info, "rows": crossover(threads, isas, args.repeats)})
+        path = write_results(args.out + "_crossover", {"machine": info, "rows": crossover(
+            threads, isas, args.repeats, [int(r) for r in args.rows.split(",")] if args.rows else CROSSOVER_ROWS)})
         print(f"wrote {path}")
         return
     print_header()
