@@ -178,8 +178,20 @@ static void wgemv_panel(const mq_wgemm_args *a, int64_t m0, int64_t p) {
     if ((i) < (R)) wquarter_store(a, acc##i##a, acc##i##b, m0 + (i), n0);
 
 /* One row's 4 channels from the two accumulators (lanes: channel c's 4 k
- * partial sums at 4c..4c+3), summed in the order ref.c's tolerance allows. */
+ * partial sums at 4c..4c+3): ((l0 + l1) + (l2 + l3)) * scale + bias, the
+ * same operations as the other tiles' scalar epilogue (two hadds pair the
+ * lanes in that order), so the same bits; 4 stores in one.  A last quarter
+ * of fewer than 4 channels takes the scalar loop. */
 MQ_INLINE void wquarter_store(const mq_wgemm_args *a, __m256 lo, __m256 hi, int64_t row, int64_t n0) {
+    if (n0 + 4 <= a->n) {
+        const __m256 pairs = _mm256_hadd_ps(lo, hi);     /* c0 01, c0 23, c2 01, c2 23 | c1 .., c3 .. */
+        const __m256 sums = _mm256_hadd_ps(pairs, pairs); /* c0, c2, c0, c2 | c1, c3, c1, c3 */
+        __m128 y = _mm_unpacklo_ps(_mm256_castps256_ps128(sums), _mm256_extractf128_ps(sums, 1));
+        y = _mm_mul_ps(y, _mm_loadu_ps(a->w_scale + n0));
+        if (a->bias) y = _mm_add_ps(y, _mm_loadu_ps(a->bias + n0));
+        _mm_storeu_ps(a->y + row * a->n + n0, y);
+        return;
+    }
     float lanes[16];
     _mm256_storeu_ps(lanes, lo);
     _mm256_storeu_ps(lanes + 8, hi);
@@ -255,7 +267,7 @@ static void wpanel_rows(const mq_wgemm_args *a, int64_t r0, int64_t m, int64_t p
  * 1.12-1.37x on both (bench_ab.py, AVX2 level, 1 thread, Zen 5). */
 static void wgemm_avx2(const mq_wgemm_args *a, int64_t p0, int64_t p1) {
     const int64_t most = a->w_zp ? 5 : 6;
-    int64_t block = ((int64_t)1 << 20) / (4 * a->kp) / most * most;
+    int64_t block = ((int64_t)1 << 20) / (4 * (a->kp > 0 ? a->kp : 1)) / most * most;
     if (block < most) block = most;
     for (int64_t r0 = 0; r0 < a->m; r0 += block) {
         const int64_t rows = a->m - r0 < block ? a->m - r0 : block;
