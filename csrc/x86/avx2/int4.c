@@ -237,7 +237,7 @@ static inline __attribute__((always_inline)) void q4i8_tile(const int8_t *xq, in
                                                             int64_t row_bytes, int64_t kpad, int64_t group,
                                                             int64_t ngroups, const __m128 *sw_g,
                                                             const __m128i *z_g, int64_t r, float *y, int64_t ldy,
-                                                            int prefetch_rows, const int R) {
+                                                            int prefetch_rows, const int R, const int one_chunk) {
     const __m256i low = _mm256_set1_epi8(15), ones = _mm256_set1_epi16(1);
     __m128 acc[2] = {_mm_setzero_ps(), _mm_setzero_ps()};
     for (int64_t g = 0; g < ngroups; g++) {
@@ -245,7 +245,9 @@ static inline __attribute__((always_inline)) void q4i8_tile(const int8_t *xq, in
         __m256i d[2][4];
         for (int i = 0; i < R; i++)
             for (int j = 0; j < 4; j++) d[i][j] = _mm256_setzero_si256();
-        for (int64_t k = k0; k < k1; k += MQ_Q4_I8_CHUNK) {
+        /* one_chunk (group 128, the default): one pass, so GCC keeps d in registers */
+        const int64_t kend = one_chunk ? k0 + MQ_Q4_I8_CHUNK : k1;
+        for (int64_t k = k0; k < kend; k += MQ_Q4_I8_CHUNK) {
             /* the next 4 rows' same 64 bytes, while these are consumed: 4 interleaved row
              * streams defeat the hardware prefetcher (batch 1 from DRAM ran at ~12 GB/s, ~25 with this) */
             if (prefetch_rows)
@@ -306,12 +308,16 @@ static void q4_gemv_i8(const int8_t *xq, int64_t m, const float *xscale, const i
         }
         const int prefetch = r + 8 <= r1;
         int64_t i = 0;
+        if (group == MQ_Q4_I8_CHUNK)
+            for (; i + 2 <= m; i += 2)
+                q4i8_tile(xq, i, xscale, xqsum, w0, row_bytes, kpad, group, ngroups, sw_g, z_g, r, y, ldy,
+                          prefetch && i == 0, 2, 1);
         for (; i + 2 <= m; i += 2)
             q4i8_tile(xq, i, xscale, xqsum, w0, row_bytes, kpad, group, ngroups, sw_g, z_g, r, y, ldy,
-                      prefetch && i == 0, 2);
+                      prefetch && i == 0, 2, 0);
         if (i < m)
             q4i8_tile(xq, i, xscale, xqsum, w0, row_bytes, kpad, group, ngroups, sw_g, z_g, r, y, ldy,
-                      0, 1);
+                      0, 1, 0);
     }
     free(sw_g);
     if (r < r1) mq_ref_q4_gemv_i8(xq, m, xscale, xqsum, w, kpad, group, scale, zero, r, r1, y, ldy);
