@@ -8,12 +8,15 @@ with fp32, so the two builds meet the same machine load.
   demo         the demo's transformer-like model (mono_quant.demo), int8
                dynamic, the build swapped under kernels.int8 per call.
   demo-weight-only  the same model, int8 weight-only.
+  int4         int4 group-128 Linear (_C.q4_linear called directly, int8
+               activations where the kernels take them), the same shapes.
 
 Order: a fresh random order each round (common.interleaved "shuffle"), so no
 contender always follows fp32 or the other build.
 
 Usage: python benchmarks/bench_ab.py --baseline /path/to/old/_C.cpython-311-x86_64-linux-gnu.so
-           [weight-only|demo] [--threads T] [--batches 1 32] [--repeats N] [--background-load N]
+           [weight-only|int4|demo] [--threads T] [--batches 1 32] [--repeats N] [--background-load N]
+           [--shapes 768x768,3072x768]
            [--isa avx2 ...] [--torch-isa avx2] [--clock cpu] (see isa_cap.py)
 """
 from __future__ import annotations
@@ -64,9 +67,9 @@ def report(label, stats):
     return {"stats": stats, "ratios_vs_fp32": {k: base / v["median_us"] for k, v in stats.items()}}
 
 
-def bench_weight_only(old, batches, threads, repeats):
+def bench_weight_only(old, batches, threads, repeats, shapes=SHAPES):
     rows = []
-    for n, k in SHAPES:
+    for n, k in shapes:
         copies = min(16, max(2, -(-3 * L3_BYTES // (2 * n * k))))
         floats, packs = [], []
         for c in range(copies):
@@ -99,6 +102,42 @@ def bench_weight_only(old, batches, threads, repeats):
     return rows
 
 
+def bench_int4(old, batches, threads, repeats, shapes=SHAPES):
+    from mono_quant.int4 import quantize_int4
+
+    rows = []
+    for n, k in shapes:
+        copies = min(16, max(2, -(-3 * L3_BYTES // (2 * n * k))))
+        floats, packs = [], []
+        for c in range(copies):
+            torch.manual_seed(c)
+            w = torch.randn(n, k)
+            qw, _ = quantize_int4(w, group_size=128)
+            floats.append(w)
+            packs.append((qw.qdata.numpy(), qw.scale.numpy(), qw.zero_point.numpy(), qw.group))
+        for m in batches:
+            x = torch.randn(m, k)
+            xn = x.numpy()
+
+            def rotating(fn, items):
+                state = {"i": 0}
+
+                def call():
+                    state["i"] = (state["i"] + 1) % copies
+                    return fn(items[state["i"]])
+                return call
+
+            def kernel(module):
+                own = [(p.copy(), s.copy(), z.copy(), g) for p, s, z, g in packs]
+                return rotating(lambda a: module.q4_linear(xn, a[0], a[1], a[2], a[3], int8_activations=-1,
+                                                           nthreads=threads), own)
+
+            stats = timed({"fp32": rotating(lambda w: F.linear(x, w), floats), "baseline": kernel(old),
+                           "this build": kernel(_C)}, repeats)
+            rows.append(dict(report(f"int4 {n}x{k} batch {m}", stats), shape=[n, k], batch=m, copies=copies))
+    return rows
+
+
 def bench_demo(old, batches, repeats, activations="dynamic"):
     from mono_quant.demo import TransformerLike, _seeded
 
@@ -127,12 +166,13 @@ def bench_demo(old, batches, repeats, activations="dynamic"):
 
 def main():
     parser = argparse.ArgumentParser()
-    parser.add_argument("what", choices=["weight-only", "demo", "demo-weight-only"], nargs="?", default="weight-only")
+    parser.add_argument("what", choices=["weight-only", "int4", "demo", "demo-weight-only"], nargs="?", default="weight-only")
     parser.add_argument("--baseline", required=True, help="path of the other build's _C extension file")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--batches", type=int, nargs="+", default=None)
     parser.add_argument("--repeats", type=int, default=15)
     parser.add_argument("--background-load", type=int, default=0, metavar="N")
+    parser.add_argument("--shapes", default=None, help="weight-only: out x in list, e.g. 768x768,3072x768")
     isa_cap.add_isa_arguments(parser)
     args = parser.parse_args()
     isa_cap.apply_isa()
@@ -146,7 +186,11 @@ def main():
           f"baseline {args.baseline}")
     with background_load(args.background_load):
         if args.what == "weight-only":
-            rows = bench_weight_only(old, args.batches or [1], args.threads, args.repeats)
+            shapes = [tuple(int(v) for v in s.split("x")) for s in args.shapes.split(",")] if args.shapes else SHAPES
+            rows = bench_weight_only(old, args.batches or [1], args.threads, args.repeats, shapes)
+        elif args.what == "int4":
+            shapes = [tuple(int(v) for v in s.split("x")) for s in args.shapes.split(",")] if args.shapes else SHAPES
+            rows = bench_int4(old, args.batches or [1], args.threads, args.repeats, shapes)
         else:
             rows = bench_demo(old, args.batches or [1, 32], args.repeats,
                               "dynamic" if args.what == "demo" else None)

@@ -18,17 +18,26 @@ stand-in for an AVX2-only CPU).  Time ratios are contender / fp32 (lower is
 faster).  ONNX Runtime is optional (``pip install .[bench]``); without it
 that column is empty.
 
+With ``--isa avx2 --torch-isa avx2`` torch's libraries (MKL, oneDNN, fbgemm)
+are capped at AVX2 too (isa_cap.py), as on an AVX2-only CPU; otherwise the
+fp32 baseline runs at the host's best level whatever mono-quant's.
+
 Usage: python benchmarks/bench_models.py [--quick] [--threads 2,1] [--isa avx512,avx2]
                                          [--budget S] [--cases bert384-128,cnn32x8-b1,...] [--crossover]
+                                         [--rows 16,128,4096] [--torch-isa avx2] [--clock cpu]
 """
 from __future__ import annotations
 
 import argparse
 import copy
 import os
+import sys
 import tempfile
 import time
 import warnings
+
+if any(a == "--torch-isa" or a.startswith("--torch-isa=") for a in sys.argv):
+    import isa_cap  # noqa: F401  (before torch: caps torch's libraries; one --isa level)
 
 import torch
 import torch.nn.functional as F
@@ -88,6 +97,11 @@ class SmallCNN(nn.Module):
         x = F.max_pool2d(F.relu(self.conv2(F.relu(self.conv1(x)))), 2)
         x = F.relu(self.conv3(x))
         return self.fc(torch.flatten(F.adaptive_avg_pool2d(x, 1), 1))
+
+
+#: the timing clock: wall time, or with --clock cpu the calling thread's CPU time (one
+#: thread: on a shared machine it leaves out the time other processes held the core)
+CLOCK = [time.perf_counter]
 
 
 def build_case(name: str):
@@ -173,7 +187,7 @@ def run_case(name, threads, isas, use_ort, budget_s):
                         fn()
                     round_s = time.perf_counter() - t0
                     rounds = int(min(max(budget_s / max(round_s, 1e-6), 5), 400))
-                    times = interleaved(contenders, rounds, warmup=2)
+                    times = interleaved(contenders, rounds, warmup=2, clock=CLOCK[0])
                     stats = {label: summary(samples) for label, samples in times.items()}
                     base = stats["fp32"]["median_us"]
                     outputs = {label: m(x) for label, m in quantized.items()}
@@ -197,7 +211,7 @@ CROSSOVER_SHAPES = [(384, 384), (1536, 384), (384, 1536), (768, 768), (3072, 768
 CROSSOVER_ROWS = [1, 4, 16, 32, 64, 128, 256, 512]
 
 
-def crossover(threads, isas, repeats):
+def crossover(threads, isas, repeats, row_counts=CROSSOVER_ROWS):
     """Weight-only int8 and int4 Linear: the packed kernels against dequantize-once +
     BLAS (each forced through its threshold table), as time / fp32 F.linear, per row
     count: where the BLAS path starts to win is the BLAS_MIN_ROWS rule."""
@@ -206,6 +220,9 @@ def crossover(threads, isas, repeats):
 
     tables = {"int8 w-only": linear.BLAS_MIN_ROWS, "int4": int4.BLAS_MIN_ROWS}
     saved = {name: dict(t) for name, t in tables.items()}
+    saved_out = dict(int4.BLAS_MAX_OUT_FEATURES)
+    for isa in int4.BLAS_MAX_OUT_FEATURES:  # the row rule alone decides here, whatever the width
+        int4.BLAS_MAX_OUT_FEATURES[isa] = 1 << 62
     rows_out = []
     try:
         for (n, k) in CROSSOVER_SHAPES:
@@ -217,7 +234,7 @@ def crossover(threads, isas, repeats):
                 previous = kernels.set_isa(isa)
                 for nt in threads:
                     torch.set_num_threads(nt)
-                    for m in CROSSOVER_ROWS:
+                    for m in row_counts:
                         x = torch.randn(m, k)
 
                         def forced(label, q, rows_from):
@@ -231,7 +248,7 @@ def crossover(threads, isas, repeats):
                             contenders[label + " packed"] = forced(label, q, 1 << 62)
                             contenders[label + " blas"] = forced(label, q, 1)
                         with torch.no_grad():
-                            times = interleaved(contenders, repeats, warmup=2)
+                            times = interleaved(contenders, repeats, warmup=2, clock=CLOCK[0])
                         # median and p10 ratios: on a loaded machine the p10 (the calls no other
                         # process interrupted) shows the paths' own cost best
                         stats = {name: summary(t) for name, t in times.items()}
@@ -250,6 +267,7 @@ def crossover(threads, isas, repeats):
     finally:
         for name, t in tables.items():
             t.update(saved[name])
+        int4.BLAS_MAX_OUT_FEATURES.update(saved_out)
     return rows_out
 
 
@@ -282,19 +300,32 @@ def main():
                         help="seconds of timed rounds per case, level and thread count (5 rounds at least)")
     parser.add_argument("--no-ort", action="store_true")
     parser.add_argument("--out", default="bench_models")
+    parser.add_argument("--clock", choices=["wall", "cpu"], default="wall",
+                        help="cpu: the calling thread's CPU time per call (needs --threads 1)")
+    parser.add_argument("--rows", default=None, help="--crossover row counts (default 1,4,...,512)")
+    parser.add_argument("--torch-isa", choices=["native", "avx2"], default="native",
+                        help="cap torch's MKL / oneDNN / fbgemm at AVX2 too (needs --isa avx2)")
     parser.add_argument("--crossover", action="store_true",
                         help="only the weight-only packed-kernel vs dequantize+BLAS sweep over row counts")
     args = parser.parse_args()
+    if args.torch_isa != "native" and args.isa != "avx2":
+        raise SystemExit("--torch-isa avx2 caps the whole process: pass --isa avx2 alone with it")
+    if args.clock == "cpu":
+        if args.threads != "1":
+            raise SystemExit("--clock cpu needs --threads 1 (helper threads' work would not be counted)")
+        CLOCK[0] = time.thread_time
     cases = args.cases.split(",") if args.cases else (QUICK_CASES if args.quick else FULL_CASES)
     threads = [int(t) for t in args.threads.split(",")]
     best = kernels.cpu_info()["best_isa"]
     isas = args.isa.split(",") if args.isa else ([best, "avx2"] if best == "avx512" else [best])
     info = machine_info()
+    info["torch_isa"], info["clock"] = args.torch_isa, args.clock
     print(f"{info['cpu']}, {info['cores']} cores, torch {info['torch']}, best ISA {best}; levels {isas}; "
-          f"threads {threads}")
+          f"threads {threads}; torch capped: {args.torch_isa}")
     if args.crossover:
         print("shape     isa    thr  rows    fp32 us  (time / fp32 F.linear: median / p10)")
-        path = write_results(args.out + "_crossover", {"machine": info, "rows": crossover(threads, isas, args.repeats)})
+        path = write_results(args.out + "_crossover", {"machine": info, "rows": crossover(
+            threads, isas, args.repeats, [int(r) for r in args.rows.split(",")] if args.rows else CROSSOVER_ROWS)})
         print(f"wrote {path}")
         return
     print_header()

@@ -159,12 +159,119 @@ static void wgemv_panel(const mq_wgemm_args *a, int64_t m0, int64_t p) {
     else wgemv_body(a, m0, p, 0);
 }
 
+/* Up to 6 rows x a quarter panel (4 channels: two weight vectors of 2
+ * channels x 4 k).  Each weight vector is converted int8 -> fp32 once per
+ * group and used by every row of the tile, as an sgemm micro-kernel reuses
+ * its B registers: 2 * R named accumulators, the two converted vectors and
+ * one row's broadcast 4 x values: 15 of the 16 ymm registers at 6 rows (5
+ * with zero-points, whose two vectors take the 16th and one more).  The
+ * 2-row half-panel tile converted each vector for 2 rows only: the
+ * conversions, not the FMAs, bounded it (1.0-1.4x fp32 sgemm at 16-512 rows). */
+#define WQ_DECL(i) __m256 acc##i##a = _mm256_setzero_ps(), acc##i##b = acc##i##a;
+#define WQ_ROW(i, R)                                                                         \
+    if ((i) < (R)) {                                                                         \
+        const __m256 xb = _mm256_broadcast_ps((const __m128 *)(x + (i) * kp + g * 4));       \
+        acc##i##a = _mm256_fmadd_ps(w0, xb, acc##i##a);                                      \
+        acc##i##b = _mm256_fmadd_ps(w1, xb, acc##i##b);                                      \
+    }
+#define WQ_STORE(i, R)                                                                       \
+    if ((i) < (R)) wquarter_store(a, acc##i##a, acc##i##b, m0 + (i), n0);
+
+/* One row's 4 channels from the two accumulators (lanes: channel c's 4 k
+ * partial sums at 4c..4c+3): ((l0 + l1) + (l2 + l3)) * scale + bias, the
+ * same operations as the other tiles' scalar epilogue (two hadds pair the
+ * lanes in that order), so the same bits; 4 stores in one.  A last quarter
+ * of fewer than 4 channels takes the scalar loop. */
+MQ_INLINE void wquarter_store(const mq_wgemm_args *a, __m256 lo, __m256 hi, int64_t row, int64_t n0) {
+    if (n0 + 4 <= a->n) {
+        const __m256 pairs = _mm256_hadd_ps(lo, hi);     /* c0 01, c0 23, c2 01, c2 23 | c1 .., c3 .. */
+        const __m256 sums = _mm256_hadd_ps(pairs, pairs); /* c0, c2, c0, c2 | c1, c3, c1, c3 */
+        __m128 y = _mm_unpacklo_ps(_mm256_castps256_ps128(sums), _mm256_extractf128_ps(sums, 1));
+        y = _mm_mul_ps(y, _mm_loadu_ps(a->w_scale + n0));
+        if (a->bias) y = _mm_add_ps(y, _mm_loadu_ps(a->bias + n0));
+        _mm_storeu_ps(a->y + row * a->n + n0, y);
+        return;
+    }
+    float lanes[16];
+    _mm256_storeu_ps(lanes, lo);
+    _mm256_storeu_ps(lanes + 8, hi);
+    for (int c = 0; c < 4 && n0 + c < a->n; c++) {
+        float y = ((lanes[4 * c] + lanes[4 * c + 1]) + (lanes[4 * c + 2] + lanes[4 * c + 3])) * a->w_scale[n0 + c];
+        if (a->bias) y = y + a->bias[n0 + c];
+        a->y[row * a->n + n0 + c] = y;
+    }
+}
+
+MQ_INLINE void wquarter_body(const mq_wgemm_args *a, int64_t m0, int64_t p, int quarter, const int R,
+                             const int has_zp) {
+    const int64_t groups = a->kp / MQ_KGROUP, kp = a->kp, n0 = p * MQ_PANEL + quarter * 4;
+    const int8_t *w = a->w + p * groups * 64 + quarter * 16;
+    const float *x = a->x + m0 * kp;
+    __m256i zp0 = _mm256_setzero_si256(), zp1 = zp0;
+    if (has_zp) {
+        int32_t z[4];
+        for (int c = 0; c < 4; c++) z[c] = n0 + c < a->n ? a->w_zp[n0 + c] : 0;
+        zp0 = _mm256_setr_epi32(z[0], z[0], z[0], z[0], z[1], z[1], z[1], z[1]);
+        zp1 = _mm256_setr_epi32(z[2], z[2], z[2], z[2], z[3], z[3], z[3], z[3]);
+    }
+    WQ_DECL(0) WQ_DECL(1) WQ_DECL(2) WQ_DECL(3) WQ_DECL(4) WQ_DECL(5)
+    for (int64_t g = 0; g < groups; g++) {
+        __m256i wi0 = _mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)(w + g * 64)));
+        __m256i wi1 = _mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)(w + g * 64 + 8)));
+        if (has_zp) wi0 = _mm256_sub_epi32(wi0, zp0), wi1 = _mm256_sub_epi32(wi1, zp1);
+        const __m256 w0 = _mm256_cvtepi32_ps(wi0), w1 = _mm256_cvtepi32_ps(wi1);
+        WQ_ROW(0, R) WQ_ROW(1, R) WQ_ROW(2, R) WQ_ROW(3, R) WQ_ROW(4, R) WQ_ROW(5, R)
+    }
+    WQ_STORE(0, R) WQ_STORE(1, R) WQ_STORE(2, R) WQ_STORE(3, R) WQ_STORE(4, R) WQ_STORE(5, R)
+}
+
+#define WQUARTER(R)                                                                          \
+    static void wquarter_##R(const mq_wgemm_args *a, int64_t m0, int64_t p, int quarter) {   \
+        if (a->w_zp) wquarter_body(a, m0, p, quarter, R, 1);                                 \
+        else wquarter_body(a, m0, p, quarter, R, 0);                                         \
+    }
+WQUARTER(3) WQUARTER(4) WQUARTER(5) WQUARTER(6)
+typedef void (*wquarter_fn)(const mq_wgemm_args *a, int64_t m0, int64_t p, int quarter);
+
+/* Rows [r0, r0 + m) of panel p: ceil(m / 6) tiles as even as can be (6, or
+ * 5 with zero-points: registers), so every tile has 3 rows or more once
+ * m >= 3 (8 rows: 4 + 4, not 6 + 2).  One row takes the whole-panel GEMV
+ * tile and two rows the pair tile: both keep 8 FMA chains in flight, which a
+ * quarter tile of 1-2 rows (2-4 chains) cannot.  Every tile sums a row's
+ * products in the same order, so the split never changes a result. */
+static void wpanel_rows(const mq_wgemm_args *a, int64_t r0, int64_t m, int64_t p) {
+    static const wquarter_fn tiles[7] = {NULL, NULL, NULL, wquarter_3, wquarter_4, wquarter_5, wquarter_6};
+    const int64_t most = a->w_zp ? 5 : 6, count = (m + most - 1) / most, left = a->n - p * MQ_PANEL;
+    const int quarters = (int)((left + 3) / 4 < 4 ? (left + 3) / 4 : 4);
+    if (m == 1) {
+        wgemv_panel(a, r0, p);
+        return;
+    }
+    if (m == 2) {
+        for (int h = 0; h < 2 && h * 8 < left; h++) wtile_2(a, r0, p, h);
+        return;
+    }
+    for (int64_t t = 0, m0 = r0; t < count; t++) {
+        const int64_t rows = m / count + (t < m % count);
+        for (int q = 0; q < quarters; q++) tiles[rows](a, m0, p, q);
+        m0 += rows;
+    }
+}
+
+/* Blocks of rows (about 1 MiB of fp32 activations) that every panel of
+ * [p0, p1) passes over before the next block: the activations come from L2
+ * or L3, and the weight is read once per block (1 / rows of a byte per
+ * multiply-add).  Without blocks, all the rows stream from memory once per
+ * panel (768x3072 at 2048 rows: 0.84x fp32); blocks of 256 KiB re-read a
+ * big weight too often (4096x4096 at 128-2048 rows: 0.85-0.99x).  1 MiB:
+ * 1.12-1.37x on both (bench_ab.py, AVX2 level, 1 thread, Zen 5). */
 static void wgemm_avx2(const mq_wgemm_args *a, int64_t p0, int64_t p1) {
-    for (int64_t p = p0; p < p1; p++) {
-        int64_t m0 = 0;
-        for (; m0 + 2 <= a->m; m0 += 2)
-            for (int h = 0; h < 2 && p * MQ_PANEL + h * 8 < a->n; h++) wtile_2(a, m0, p, h);
-        if (m0 < a->m) wgemv_panel(a, m0, p);
+    const int64_t most = a->w_zp ? 5 : 6;
+    int64_t block = ((int64_t)1 << 20) / (4 * (a->kp > 0 ? a->kp : 1)) / most * most;
+    if (block < most) block = most;
+    for (int64_t r0 = 0; r0 < a->m; r0 += block) {
+        const int64_t rows = a->m - r0 < block ? a->m - r0 : block;
+        for (int64_t p = p0; p < p1; p++) wpanel_rows(a, r0, rows, p);
     }
 }
 

@@ -203,12 +203,14 @@ def quantize_int4_rows(rows: torch.Tensor, group_size: Optional[int], symmetric:
 # BLAS instead of the packed kernels when x has at least BLAS_MIN_ROWS rows (x reshaped
 # to 2-D) and the layer at most BLAS_MAX_OUT_FEATURES outputs, per kernel level.  A rule
 # on the shapes, never a timing, so the same input always takes the same path.  From
-# benchmarks/bench_models.py --crossover (docs/benchmarks.md): on AVX2 the packed
-# kernels lose from 64 rows on layers with 384 outputs (1.01-1.18x fp32 against
-# 0.98-1.11x) and win on those with 768 or more (0.74-0.93x against 1.0-1.07x); on
-# AVX-512 they win everywhere (0.3-0.45x); the scalar level was not measured.
-BLAS_MIN_ROWS = {"scalar": 1 << 62, "avx2": 64, "avx512": 1 << 62}
-BLAS_MAX_OUT_FEATURES = {"scalar": 0, "avx2": 512, "avx512": 0}
+# benchmarks/bench_models.py --crossover (docs/benchmarks.md, "Whole models"): on AVX2
+# (torch capped at AVX2 too) the packed kernels, with pairs of activation rows per tile,
+# run at 0.4-1.05x fp32 time from 16 to 2048 rows and dequantize + BLAS at 0.5-1.16x, the
+# two tied (within 2%) only on 384x384 at 2048 rows; on AVX-512 the packed kernels win
+# everywhere (0.3-0.45x); the scalar level was not measured.  No level takes the BLAS
+# path today; the tables stay for tests and for levels that may need them.
+BLAS_MIN_ROWS = {"scalar": 1 << 62, "avx2": 1 << 62, "avx512": 1 << 62}
+BLAS_MAX_OUT_FEATURES = {"scalar": 0, "avx2": 0, "avx512": 0}
 
 
 def set_int8_activations(enabled: bool) -> bool:

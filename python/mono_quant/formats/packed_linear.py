@@ -17,11 +17,13 @@ KERNEL_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 # Rows (of x reshaped to 2-D) from which a weight-only int8 layer runs torch's BLAS on the
 # weight dequantized once per call instead of the packed kernels, per kernel level.  A rule
 # on the shape, never a timing: the same input always takes the same path.  From
-# benchmarks/bench_models.py --crossover (6 BERT shapes, docs/benchmarks.md): on AVX2 the
-# packed kernel passes 1.0x fp32 at 16-32 rows and reaches 1.2-1.45x, dequantize + BLAS
-# (one pass writing an fp32 copy) costs 1.05-1.2x from 64 rows; on AVX-512 the packed
-# kernel wins at every row count (0.5-0.7x); the scalar level was not measured.
-BLAS_MIN_ROWS = {"scalar": 1 << 62, "avx2": 64, "avx512": 1 << 62}
+# benchmarks/bench_ab.py and bench_models.py --crossover (docs/benchmarks.md, "Whole
+# models"): on AVX2 (torch capped at AVX2 too, as on an AVX2-only CPU) the packed kernel's
+# 6-row tiles run at 1.1-1.4x fp32 from 16 to 2048 rows, dequantize + BLAS at 0.8-1.0x;
+# on AVX-512 the packed kernel wins at every row count (0.5-0.7x fp32 time); the scalar
+# level was not measured.  No level takes the BLAS path today; the table stays for tests
+# and for levels that may need it.
+BLAS_MIN_ROWS = {"scalar": 1 << 62, "avx2": 1 << 62, "avx512": 1 << 62}
 
 
 def blas_min_rows() -> int:
