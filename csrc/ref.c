@@ -88,6 +88,13 @@ static inline int packed_w(const int8_t *w, int64_t kp, int64_t p, int64_t g, in
     return w[((p * (kp / MQ_KGROUP) + g) * MQ_PANEL + c) * MQ_KGROUP + j];
 }
 
+/* The activation the kernel multiplies: int8 as stored, int8 + 128 (x_u8), or
+ * with reduce_range the 7-bit code minus its row's zero-point (x_zp). */
+static inline int act_value(const mq_qgemm_args *a, int64_t m, uint8_t x) {
+    if (a->x_zp) return (int)x - a->x_zp[m];
+    return a->x_u8 ? (int)x - 128 : (int)(int8_t)x;
+}
+
 void mq_ref_qgemm(const mq_qgemm_args *a, int64_t p0, int64_t p1) {
     const int64_t groups = a->kp / MQ_KGROUP;
     for (int64_t p = p0; p < p1; p++)
@@ -98,10 +105,8 @@ void mq_ref_qgemm(const mq_qgemm_args *a, int64_t p0, int64_t p1) {
                 const uint8_t *x = a->x + m * a->kp;
                 int32_t acc = 0;
                 for (int64_t g = 0; g < groups; g++)
-                    for (int j = 0; j < MQ_KGROUP; j++) {
-                        int xv = a->x_u8 ? (int)x[g * 4 + j] - 128 : (int)(int8_t)x[g * 4 + j];
-                        acc += xv * packed_w(a->w, a->kp, p, g, c, j);
-                    }
+                    for (int j = 0; j < MQ_KGROUP; j++)
+                        acc += act_value(a, m, x[g * 4 + j]) * packed_w(a->w, a->kp, p, g, c, j);
                 if (a->w_zp) acc -= a->w_zp[n] * a->x_sum[m];
                 if (a->acc) {
                     a->acc[m * a->ldy + n] = acc;
@@ -115,30 +120,8 @@ void mq_ref_qgemm(const mq_qgemm_args *a, int64_t p0, int64_t p1) {
 }
 
 /* reduce_range: the activations are the 7-bit codes xu with per-row
- * zero-points, xq = xu - x_zp[m]; the rest as mq_ref_qgemm. */
-void mq_ref_qgemm_u7(const mq_qgemm_args *a, int64_t p0, int64_t p1) {
-    const int64_t groups = a->kp / MQ_KGROUP;
-    for (int64_t p = p0; p < p1; p++)
-        for (int64_t m = 0; m < a->m; m++)
-            for (int c = 0; c < MQ_PANEL; c++) {
-                int64_t n = p * MQ_PANEL + c;
-                if (n >= a->n) break;
-                const uint8_t *x = a->x + m * a->kp;
-                int32_t acc = 0;
-                for (int64_t g = 0; g < groups; g++)
-                    for (int j = 0; j < MQ_KGROUP; j++)
-                        acc += ((int)x[g * 4 + j] - a->x_zp[m]) * packed_w(a->w, a->kp, p, g, c, j);
-                if (a->w_zp) acc -= a->w_zp[n] * a->x_sum[m];
-                if (a->acc) {
-                    a->acc[m * a->ldy + n] = acc;
-                    continue;
-                }
-                float s = a->x_scale[m] * a->w_scale[n];
-                float y = (float)acc * s;
-                if (a->bias) y = y + a->bias[n];
-                a->y[m * a->ldy + n] = y;
-            }
-}
+ * zero-points (a->x_zp set), xq = xu - x_zp[m]: the same loop. */
+void mq_ref_qgemm_u7(const mq_qgemm_args *a, int64_t p0, int64_t p1) { mq_ref_qgemm(a, p0, p1); }
 
 void mq_ref_wgemm(const mq_wgemm_args *a, int64_t p0, int64_t p1) {
     const int64_t groups = a->kp / MQ_KGROUP;
