@@ -25,14 +25,14 @@ def kernel_args(module):
     """``(info, per-group argument tuples, whole-weight tuple)`` for
     ``kernels.int8.linear_int8_raw`` / ``conv2d_int8_raw``, or None when the module has no
     usable packed weight (see packing.packed_info)."""
-    bufs = module._buffers
+    get = module._buffers.get
+    tensors = (get("weight_packed_info"), get("weight_packed"), get("weight_colsum"), get("weight_scale"),
+               get("weight_zero_point"), module._parameters.get("bias"))  # _ARG_BUFFERS; bias: a Parameter
     # data_ptr too: .data = ... or share_memory_() swap a buffer's storage in place
-    try:  # (every call of every layer comes here: one list comprehension, no helper calls)
-        key = tuple([(id(t), t._version, t.data_ptr()) if t is not None else None
-                     for t in (*map(bufs.get, _ARG_BUFFERS), module._parameters.get("bias"))])  # bias: a Parameter
+    try:  # (every call of every layer comes here: one list comprehension, no helper calls, no tuple())
+        key = [(id(t), t._version, t.data_ptr()) if t is not None else None for t in tensors]
     except RuntimeError:  # a tensor made under torch.inference_mode has no version counter
-        key = tuple([(id(t), tensor_version(t), t.data_ptr()) if t is not None else None
-                     for t in (*map(bufs.get, _ARG_BUFFERS), module._parameters.get("bias"))])
+        key = [(id(t), tensor_version(t), t.data_ptr()) if t is not None else None for t in tensors]
     cached = _KERNEL_ARGS.get(module)
     if cached is not None and cached[0] == key:
         return cached[1]

@@ -34,7 +34,7 @@ def blas_min_rows() -> int:
 
 def kernel_takes(x: torch.Tensor, in_features: int) -> bool:
     """Whether the C kernels can run this input (else: the torch fallback)."""
-    if x.device.type != "cpu" or x.dtype not in KERNEL_DTYPES or x.shape[-1] != in_features:
+    if not x.is_cpu or x.dtype not in KERNEL_DTYPES or x.shape[-1] != in_features:
         return False
     if in_features > MAX_IN_FEATURES or x.numel() == 0:
         return False

@@ -1,12 +1,15 @@
 """QuantizedConv2d: replaces nn.Conv2d (any stride, padding, dilation, groups, padding mode)."""
 from __future__ import annotations
 
+import weakref
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from .. import kernels
 from ..formats import ACTIVATION_MODES, format_of
+from ..formats import layer_cache
 from ..formats.layer_cache import float_weight
 from ..formats.packed_linear import dequantized_packed, kernel_takes, packed_linear
 from ..kernels.int8 import MAX_IN_FEATURES, conv2d_int8_raw
@@ -27,6 +30,11 @@ DYNAMIC_MIN_MACS_PER_IMAGE = 1 << 18
 # Bytes of int8 im2col rows per dynamic conv call: larger batches go through in chunks of
 # images (see QuantizedConv2d._dynamic_conv); about what the L2 keeps beside the weight.
 DYNAMIC_CHUNK_BYTES = 1 << 20
+
+# QuantizedConv2d.forward's routes (see QuantizedConv2d._route), and per module the last one
+# taken with what it was chosen for: a weak map, so deepcopy and state_dict never see it.
+_PACKED, _FLOAT, _FORMAT, _READ_BIAS = "packed", "float", "format", "read bias"
+_ROUTES: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 
 
 @register_qmodule(nn.Conv2d)
@@ -199,16 +207,54 @@ class QuantizedConv2d(ReduceRange, QuantizedModule):
         if traced_forward.use_ops(x, self):  # graph capture or autograd: the torch.library ops
             return traced_forward.conv2d_forward(self, x)
         packed = self.format.kernel_args(self)  # None unless the format has packed int8 kernels
-        if (packed is not None and x.dim() == 4 and not isinstance(self.padding2d, str)
-                and x.shape[1] == self.in_channels and kernel_takes(x, x.shape[-1])
-                and packed[0]["in_features"] <= MAX_IN_FEATURES):
-            if self._packed_pays(x):
-                y = self._packed_conv(x, *packed)
-                return y if x.dtype == torch.float32 else y.to(x.dtype)
-            b = self.bias
-            w = float_weight(self, self.weight_numel(), lambda: self._dequantized_packed(packed[0]), packed)
+        if packed is None:
+            return self.format.conv2d(self, x)
+        route = _ROUTES.get(self)
+        key = (x.shape, x.dtype, x.is_cpu, self.activations, self.in_channels, self.out_channels, self.groups,
+               self.kernel_size2d, self.stride2d, self.padding2d, self.dilation2d, DYNAMIC_MIN_K,
+               DYNAMIC_MIN_MACS_PER_IMAGE)
+        if route is None or route[0] is not packed or route[1] != key:
+            route = self._route(x, packed, key)
+        if route[2] is _PACKED:
+            y = self._packed_conv(x, *packed)
+            return y if x.dtype == torch.float32 else y.to(x.dtype)
+        if route[2] is _FLOAT:
+            w = route[3]
+            if w is None:  # a large weight: dequantized per call
+                w = float_weight(self, self.weight_numel(), lambda: self._dequantized_packed(packed[0]), packed)
+            b = route[4]
+            if b is _READ_BIAS:
+                b = self.bias
+            if x.dtype == torch.float32:  # (no x.float() / .to(x.dtype): ~1.5 us of no-ops per call)
+                return self.conv_with(x, w, b if b is None or b.dtype == torch.float32 else b.float())
             return self.conv_with(x.float(), w, None if b is None else b.float()).to(x.dtype)
         return self.format.conv2d(self, x)
+
+    def _route(self, x: torch.Tensor, packed, key: tuple) -> tuple:
+        """How forward runs ``x`` (_PACKED: the int8 kernels, _FLOAT: F.conv2d on the
+        dequantized weight, _FORMAT: the format's conv2d), kept per module with what it
+        depends on: ``packed`` (kernel_args, rebuilt when a buffer or the bias changes) and
+        ``key`` (x's shape, dtype and device, the layer's geometry, mode and the size rules).
+        The float route keeps the small dequantized weight (float_weight's) and the bias
+        beside it.  A tiny conv's whole forward is ~15 us: the checks made once per shape
+        here instead of per call were a third of it (bench_models.py, 8x8 CNNs)."""
+        route = _FORMAT
+        if (x.dim() == 4 and not isinstance(self.padding2d, str) and x.shape[1] == self.in_channels
+                and kernel_takes(x, x.shape[-1]) and packed[0]["in_features"] <= MAX_IN_FEATURES):
+            # kernel_takes' "no grad to record" holds for every later call too: use_ops sent those away
+            route = _PACKED if self._packed_pays(x) else _FLOAT
+        w = b = None
+        if route is _FLOAT:
+            numel = self.weight_numel()
+            w = float_weight(self, numel, lambda: self._dequantized_packed(packed[0]), packed)
+            if numel > layer_cache.SMALL_WEIGHT_ELEMENTS:  # (read here: tests may change it)
+                w = None  # not kept by float_weight either: dequantized per call
+            # a Parameter is in kernel_args' key (so ``packed`` changes with it); a plain attribute
+            # (None after load, then assigned) isn't: read per call
+            b = self.bias if "bias" in self._parameters else _READ_BIAS
+        memo = (packed, key, route, w, b)
+        _ROUTES[self] = memo
+        return memo
 
     def weight_numel(self) -> int:
         """Elements of the float weight."""

@@ -1,0 +1,71 @@
+"""QuantizedConv2d keeps the route it chose per module (modules/conv.py, _route): every
+change the route or its kept weight and bias depend on must give what a fresh copy of
+the layer (no memo) gives, bit for bit."""
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+import mono_quant as mq
+
+
+def _qconv(cin, cout, activations="dynamic"):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(cin, cout, 3, padding=1)).eval()
+    return mq.quantize(model, dtype="int8", activations=activations).model[0]
+
+
+def _same_as_fresh(q, x):
+    with torch.no_grad():
+        y = q(x)
+        fresh = copy.deepcopy(q)(x)
+    assert torch.equal(y, fresh)
+    return y
+
+
+@pytest.mark.parametrize("cin,cout", [(16, 16), (32, 64)])  # the float route, the packed route (at 16x16)
+def test_shapes_dtypes_and_modes_rechoose(cin, cout):
+    q = _qconv(cin, cout)
+    for shape in [(1, cin, 8, 8), (2, cin, 16, 16), (1, cin, 8, 8), (1, cin, 5, 7)]:
+        _same_as_fresh(q, torch.randn(shape))
+    y16 = _same_as_fresh(q, torch.randn(1, cin, 8, 8).half())
+    assert y16.dtype == torch.float16
+    q.set_activations(None)
+    _same_as_fresh(q, torch.randn(1, cin, 16, 16))
+    q.set_activations("dynamic")
+    _same_as_fresh(q, torch.randn(1, cin, 16, 16))
+
+
+def test_bias_and_buffer_changes_are_seen():
+    q = _qconv(16, 16)
+    x = torch.randn(1, 16, 8, 8)
+    y0 = _same_as_fresh(q, x)
+    with torch.no_grad():
+        q.bias.add_(1.0)  # in place
+    y1 = _same_as_fresh(q, x)
+    assert not torch.equal(y0, y1)
+    q.bias = nn.Parameter(torch.zeros(16), requires_grad=False)  # replaced
+    y2 = _same_as_fresh(q, x)
+    q.bias.data = torch.full((16,), 2.0)  # storage swapped
+    y3 = _same_as_fresh(q, x)
+    assert not torch.equal(y2, y3)
+    with torch.no_grad():
+        q.weight_scale.mul_(2.0)  # a weight buffer in place: the kept float weight is rebuilt
+    y4 = _same_as_fresh(q, x)
+    assert not torch.equal(y3, y4)
+    q.bias = None
+    _same_as_fresh(q, x)
+
+
+def test_size_rules_read_per_call(monkeypatch):
+    from mono_quant.modules import conv as conv_module
+
+    q = _qconv(16, 16)
+    x = torch.randn(1, 16, 8, 8)
+    with torch.no_grad():
+        float_route = q(x)
+        monkeypatch.setattr(conv_module, "DYNAMIC_MIN_MACS_PER_IMAGE", 0)  # now the int8 kernels
+        packed_route = q(x)
+    assert not torch.equal(float_route, packed_route)
+    _same_as_fresh(q, x)
