@@ -9,6 +9,7 @@
  * against the program before releasing the GIL. */
 #include <math.h>
 #include <stdlib.h>
+#include <string.h>
 
 #include "bind.h"
 #include "size_check.h"
@@ -27,6 +28,8 @@ typedef struct {
 static void program_free(PyObject *capsule) {
     program_box *box = PyCapsule_GetPointer(capsule, CAPSULE_NAME);
     if (!box) return;
+    for (int i = 0; box->program.nodes && i < box->program.count; i++)
+        free((void *)box->program.nodes[i].cat_in); /* one block: slots, zero-points, scales */
     free(box->program.nodes);
     Py_XDECREF(box->keep);
     free(box);
@@ -58,7 +61,7 @@ static int check_node(const mq_sp_node *nd, int i, int last) {
         PyErr_Format(PyExc_ValueError, "static program node %d: " __VA_ARGS__);      \
         return 0;                                                                     \
     } while (0)
-    if (nd->kind < MQ_SP_QUANTIZE || nd->kind > MQ_SP_POOL) BAD("unknown kind %d", i, nd->kind);
+    if (nd->kind < MQ_SP_QUANTIZE || nd->kind > MQ_SP_LAST_KIND) BAD("unknown kind %d", i, nd->kind);
     if ((i == 0) != (nd->kind == MQ_SP_QUANTIZE)) BAD("the first node (and only it) quantizes the input", i);
     if (nd->out_float != (i == last)) BAD("the last node (and only it) has a float output", i);
     if (nd->x_zp < -127 || nd->x_zp > 127 || nd->out_zp < -127 || nd->out_zp > 127 || nd->b_zp < -127 ||
@@ -66,11 +69,20 @@ static int check_node(const mq_sp_node *nd, int i, int last) {
         BAD("zero-points must be in -127..127", i);
     if (isnan(nd->act_lo) || isnan(nd->act_hi) || nd->act_lo > nd->act_hi) BAD("need act_lo <= act_hi", i);
     if (!(nd->inv_out_scale > 0.0f) || !isfinite(nd->inv_out_scale)) BAD("inv_out_scale must be finite > 0", i);
-    if (nd->kind == MQ_SP_ADD && (!(nd->a_scale > 0.0f) || !isfinite(nd->a_scale) || !(nd->b_scale > 0.0f) ||
+    if ((nd->kind == MQ_SP_ADD || nd->kind == MQ_SP_BCAST_ADD) && (!(nd->a_scale > 0.0f) || !isfinite(nd->a_scale) || !(nd->b_scale > 0.0f) ||
                                   !isfinite(nd->b_scale)))
         BAD("add scales must be finite > 0", i);
     if (nd->kind == MQ_SP_POOL && (!(nd->pool_scale > 0.0f) || !isfinite(nd->pool_scale)))
         BAD("pool scale must be finite > 0", i);
+    if (nd->kind == MQ_SP_CAT) {
+        if (nd->n < 1 || nd->n > MAX_NODES) BAD("a concatenation takes 1..%d inputs", i, MAX_NODES);
+        if (!(nd->a_scale > 0.0f) || !isfinite(nd->a_scale)) BAD("the output scale must be finite > 0", i);
+        if (nd->out_float) BAD("a concatenation can't be the last (float output) node", i);
+    }
+    if (nd->kind == MQ_SP_BCAST_ADD && nd->in1 == -1 &&
+        (nd->kh < 1 || nd->kw < 1 || nd->n < 1 || nd->kh > MAX_DIM || nd->kw > MAX_DIM || nd->n > MAX_DIM ||
+         mq_size_mul(mq_size_mul(nd->kh, nd->kw), nd->n) < 0))
+        BAD("the constant's shape (kh, kw, n) must be in 1..%ld", i, MAX_DIM);
     if (nd->in_channels < 0 || nd->in_channels > MAX_DIM) BAD("in_channels out of range", i);
     if (nd->kind == MQ_SP_QUANTIZE && nd->in_channels < 1) BAD("in_channels must be >= 1", i);
     if (nd->kind == MQ_SP_CONV || nd->kind == MQ_SP_DEPTHWISE) {
@@ -91,11 +103,15 @@ PyDoc_STRVAR(static_program_doc,
              "static_program(nodes) -> program\n\n"
              "Builds a static int8 program (csrc/static_program.h) from a list of nodes, each\n"
              "(kind, in0, in1, out, ints, floats, arrays): kind 0 quantize, 1 conv / linear, 2 depthwise,\n"
-             "3 add, 4 global average pool; in0 / in1 / out value slots (in1 -1 unless add);\n"
+             "3 add, 4 global average pool, 5 channel concatenation, 6 broadcasting add; in0 / in1 / out\n"
+             "value slots (in1 -1 unless add; a broadcasting add of a constant: -1);\n"
              "ints (in_channels, n, kh, kw, sh, sw, ph, pw, dh, dw, x_zp, out_zp, b_zp, out_float,\n"
              "w_has_m128); floats (act_lo, act_hi, inv_out_scale, a_scale, b_scale, pool_scale);\n"
              "arrays (packed, w_sum, x_w_scale, bias) for conv (int8, int32, float32, float32 or None),\n"
-             "(weight [kh, kw, c], None, x_w_scale, bias) for depthwise, else ().  The arrays are kept\n"
+             "(weight [kh, kw, c], None, x_w_scale, bias) for depthwise, (input slots int32, scales float32,\n"
+             "zero-points int32) for a concatenation of n inputs (a_scale: the output scale; in0 the first\n"
+             "slot), (codes int8 [kh*kw*n],) for a broadcasting add of a constant of per-image shape\n"
+             "(kh, kw, n), else ().  The arrays are kept\n"
              "and read in place at every run.");
 
 static PyObject *py_static_program(PyObject *self, PyObject *arg) {
@@ -147,7 +163,8 @@ static PyObject *py_static_program(PyObject *self, PyObject *arg) {
         nd->a_scale = fv[3], nd->b_scale = fv[4], nd->pool_scale = fv[5];
         if (!check_node(nd, i, count - 1)) goto fail;
         /* value slots: read only what an earlier node wrote; each slot written once */
-        const int reads0 = nd->kind != MQ_SP_QUANTIZE, reads1 = nd->kind == MQ_SP_ADD;
+        const int reads0 = nd->kind != MQ_SP_QUANTIZE,
+                  reads1 = nd->kind == MQ_SP_ADD || (nd->kind == MQ_SP_BCAST_ADD && nd->in1 != -1);
         if ((reads0 && (nd->in0 < 0 || nd->in0 >= count || !written[nd->in0])) ||
             (reads1 && (nd->in1 < 0 || nd->in1 >= count || !written[nd->in1])) || nd->out < 0 || nd->out >= count ||
             written[nd->out]) {
@@ -181,6 +198,54 @@ static PyObject *py_static_program(PyObject *self, PyObject *arg) {
             PyObject *bias = PyTuple_GET_ITEM(arrays, 3);
             if (bias != Py_None && !(nd->bias = kept_array(box->keep, bias, i, "bias", NPY_FLOAT32, "float32", n)))
                 goto fail;
+        } else if (nd->kind == MQ_SP_CAT) {
+            if (narr != 3) {
+                PyErr_Format(PyExc_TypeError, "static program node %d: a concatenation needs 3 arrays", i);
+                goto fail;
+            }
+            const int32_t *ins, *zps;
+            const float *scales;
+            if (!(ins = kept_array(box->keep, PyTuple_GET_ITEM(arrays, 0), i, "input slots", NPY_INT32, "int32",
+                                   nd->n)) ||
+                !(scales = kept_array(box->keep, PyTuple_GET_ITEM(arrays, 1), i, "input scales", NPY_FLOAT32,
+                                      "float32", nd->n)) ||
+                !(zps = kept_array(box->keep, PyTuple_GET_ITEM(arrays, 2), i, "input zero-points", NPY_INT32, "int32",
+                                   nd->n)))
+                goto fail;
+            /* a private copy: the run indexes the scratch with these, so later edits of the arrays must not reach it */
+            int32_t *block = malloc((size_t)nd->n * (2 * sizeof(int32_t) + sizeof(float)));
+            if (!block) {
+                PyErr_NoMemory();
+                goto fail;
+            }
+            nd->cat_in = block, nd->cat_zp = block + nd->n, nd->cat_scale = (const float *)(block + 2 * nd->n);
+            memcpy(block, ins, (size_t)nd->n * sizeof(int32_t));
+            memcpy(block + nd->n, zps, (size_t)nd->n * sizeof(int32_t));
+            memcpy(block + 2 * nd->n, scales, (size_t)nd->n * sizeof(float));
+            if (ins[0] != nd->in0) {
+                PyErr_Format(PyExc_ValueError, "static program node %d: in0 must be the first input slot", i);
+                goto fail;
+            }
+            for (int64_t j = 0; j < nd->n; j++) {
+                if (ins[j] < 0 || ins[j] >= count || !written[ins[j]] || ins[j] == nd->out) {
+                    PyErr_Format(PyExc_ValueError, "static program node %d: input %d must name a value written "
+                                 "before it", i, (int)j);
+                    goto fail;
+                }
+                if (!(scales[j] > 0.0f) || !isfinite(scales[j]) || zps[j] < -127 || zps[j] > 127) {
+                    PyErr_Format(PyExc_ValueError, "static program node %d: input %d needs a finite scale > 0 and a "
+                                 "zero-point in -127..127", i, (int)j);
+                    goto fail;
+                }
+            }
+        } else if (nd->kind == MQ_SP_BCAST_ADD && nd->in1 == -1) {
+            if (narr != 1) {
+                PyErr_Format(PyExc_TypeError, "static program node %d: an add of a constant needs its codes", i);
+                goto fail;
+            }
+            if (!(nd->b_codes = kept_array(box->keep, PyTuple_GET_ITEM(arrays, 0), i, "constant codes", NPY_INT8,
+                                           "int8", nd->kh * nd->kw * nd->n)))
+                goto fail;
         } else if (narr != 0) {
             PyErr_Format(PyExc_TypeError, "static program node %d: takes no arrays", i);
             goto fail;
@@ -193,6 +258,7 @@ static PyObject *py_static_program(PyObject *self, PyObject *arg) {
 fail:
     free(written);
     if (box) {
+        for (int i = 0; box->program.nodes && i < box->program.count; i++) free((void *)box->program.nodes[i].cat_in);
         free(box->program.nodes);
         Py_XDECREF(box->keep);
         free(box);

@@ -1,5 +1,6 @@
 /* static_program.c - one call runs a whole static int8 program (static_program.h),
  * image by image, through the kernels of static_int8.c. */
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -38,6 +39,21 @@ int mq_sp_shapes(const mq_sp_program *p, int64_t c, int64_t h, int64_t w, mq_sp_
         } else if (nd->kind == MQ_SP_ADD) {
             const mq_sp_shape b = shapes[nd->in1];
             if (b.h != in.h || b.w != in.w || b.c != in.c) return fail(err, err_len, i, "add of two shapes");
+        } else if (nd->kind == MQ_SP_BCAST_ADD) {
+            const mq_sp_shape b = nd->in1 >= 0 ? shapes[nd->in1] : (mq_sp_shape){nd->kh, nd->kw, nd->n};
+            if ((in.h != b.h && in.h != 1 && b.h != 1) || (in.w != b.w && in.w != 1 && b.w != 1) ||
+                (in.c != b.c && in.c != 1 && b.c != 1))
+                return fail(err, err_len, i, "add of two shapes that do not broadcast");
+            out = (mq_sp_shape){in.h > b.h ? in.h : b.h, in.w > b.w ? in.w : b.w, in.c > b.c ? in.c : b.c};
+        } else if (nd->kind == MQ_SP_CAT) {
+            out.c = 0;
+            for (int64_t j = 0; j < nd->n; j++) {
+                const mq_sp_shape part = shapes[nd->cat_in[j]];
+                if (part.h != in.h || part.w != in.w)
+                    return fail(err, err_len, i, "concatenation of inputs of different pixel counts");
+                out.c = mq_size_add(out.c, part.c);
+            }
+            if (out.c < 0) return fail(err, err_len, i, "output too large");
         } else if (nd->kind == MQ_SP_POOL) {
             if (in.h * in.w > INT32_MAX / 128) return fail(err, err_len, i, "too many pixels to pool");
             out.h = out.w = 1;
@@ -57,10 +73,44 @@ typedef struct {
     const float *x;
     int64_t in_elems, out_elems, scratch_bytes;
     const int64_t *offsets;
+    int64_t expand_offset, expand_stride; /* bcast add: its two expanded operands in the scratch */
     float *out;
     int inner_threads;
     int failed;
 } run_ctx;
+
+/* x of per-image shape s broadcast to shape o (each dimension equal or 1), into dst. */
+static void expand(const int8_t *x, mq_sp_shape s, mq_sp_shape o, int8_t *dst) {
+    for (int64_t y = 0; y < o.h; y++)
+        for (int64_t xx = 0; xx < o.w; xx++) {
+            const int8_t *src = x + ((s.h == 1 ? 0 : y) * s.w + (s.w == 1 ? 0 : xx)) * s.c;
+            int8_t *d = dst + (y * o.w + xx) * o.c;
+            if (s.c == o.c)
+                memcpy(d, src, (size_t)o.c);
+            else
+                memset(d, src[0], (size_t)o.c);
+        }
+}
+
+/* One input of a concatenation, [pixels][c] at (scale, zp), into its channels [off, off + c) of
+ * dst ([pixels][oc]): copied, or requantized with StaticCat's fp32 arithmetic (requantize_codes). */
+static void cat_part(const int8_t *x, int64_t pixels, int64_t c, float scale, int zp, int same, float inv,
+                     int out_zp, int8_t *dst, int64_t oc) {
+    const float lo = (float)(-127 - out_zp), hi = (float)(127 - out_zp);
+    for (int64_t p = 0; p < pixels; p++) {
+        const int8_t *s = x + p * c;
+        int8_t *d = dst + p * oc;
+        if (same) {
+            memcpy(d, s, (size_t)c);
+            continue;
+        }
+        for (int64_t k = 0; k < c; k++) {
+            float v = ((float)(s[k] - zp) * scale) * inv;
+            v = v < lo ? lo : v > hi ? hi : v;
+            d[k] = (int8_t)((int)rintf(v) + out_zp);
+        }
+    }
+}
 
 /* One image through every node; 0, or -1 out of memory. */
 static int run_image(const run_ctx *c, int64_t b, int8_t *scratch) {
@@ -94,6 +144,33 @@ static int run_image(const run_ctx *c, int64_t b, int8_t *scratch) {
             mq_add_static(src, nd->a_scale, nd->x_zp, scratch + c->offsets[nd->in1], nd->b_scale, nd->b_zp,
                           o.h * o.w * o.c, nd->act_lo, nd->act_hi, nd->inv_out_scale, nd->out_zp, yq, yf, t);
             break;
+        case MQ_SP_BCAST_ADD: {
+            const mq_sp_shape bs = nd->in1 >= 0 ? c->shapes[nd->in1] : (mq_sp_shape){nd->kh, nd->kw, nd->n};
+            const int8_t *b = nd->in1 >= 0 ? scratch + c->offsets[nd->in1] : nd->b_codes;
+            int8_t *ea = scratch + c->expand_offset, *eb = ea + c->expand_stride;
+            if (in.h != o.h || in.w != o.w || in.c != o.c) {
+                expand(src, in, o, ea);
+                src = ea;
+            }
+            if (bs.h != o.h || bs.w != o.w || bs.c != o.c) {
+                expand(b, bs, o, eb);
+                b = eb;
+            }
+            mq_add_static(src, nd->a_scale, nd->x_zp, b, nd->b_scale, nd->b_zp, o.h * o.w * o.c, nd->act_lo,
+                          nd->act_hi, nd->inv_out_scale, nd->out_zp, yq, yf, t);
+            break;
+        }
+        case MQ_SP_CAT: {
+            int64_t off = 0;
+            for (int64_t j = 0; j < nd->n; j++) {
+                const mq_sp_shape ps = c->shapes[nd->cat_in[j]];
+                const int same = nd->cat_scale[j] == nd->a_scale && nd->cat_zp[j] == nd->out_zp;
+                cat_part(scratch + c->offsets[nd->cat_in[j]], o.h * o.w, ps.c, nd->cat_scale[j], nd->cat_zp[j], same,
+                         nd->inv_out_scale, nd->out_zp, yq + off, o.c);
+                off += ps.c;
+            }
+            break;
+        }
         default: /* MQ_SP_POOL */
             status = mq_avgpool_static(src, nd->x_zp, 1, in.h * in.w, in.c, nd->pool_scale / (float)(in.h * in.w),
                                        nd->act_lo, nd->act_hi, nd->inv_out_scale, nd->out_zp, yq, yf);
@@ -124,13 +201,23 @@ int mq_sp_run(const mq_sp_program *p, const mq_sp_shape *shapes, const float *x,
         offsets[v] = total;
         total = mq_size_add(total, mq_size_round_up(shapes[v].h * shapes[v].w * shapes[v].c, 64));
     }
+    int64_t expand_stride = 0; /* the largest broadcast add's output: room for its two expanded operands */
+    for (int i = 0; i < p->count; i++)
+        if (p->nodes[i].kind == MQ_SP_BCAST_ADD) {
+            const mq_sp_shape o = shapes[p->nodes[i].out];
+            const int64_t bytes = mq_size_round_up(o.h * o.w * o.c, 64);
+            if (bytes > expand_stride) expand_stride = bytes;
+        }
+    const int64_t expand_offset = total;
+    total = mq_size_add(total, mq_size_mul(expand_stride, 2));
     if (total < 0) {
         free(offsets);
         return -1;
     }
     /* threads take whole images; a batch smaller than the team runs each node on all threads */
     const int outer = batch >= nthreads ? nthreads : 1;
-    run_ctx c = {p, shapes, x, in_elems, out_elems, total > 0 ? total : 1, offsets, out, outer > 1 ? 1 : nthreads, 0};
+    run_ctx c = {p,      shapes,        x,         in_elems, out_elems, total > 0 ? total : 1,
+                 offsets, expand_offset, expand_stride, out,    outer > 1 ? 1 : nthreads, 0};
     mq_parallel_for(batch, 1, outer, run_range, &c);
     free(offsets);
     return c.failed ? -1 : 0;

@@ -20,7 +20,11 @@ typedef enum {
     MQ_SP_DEPTHWISE = 2,
     MQ_SP_ADD = 3,
     MQ_SP_POOL = 4,     /* global average pool */
+    MQ_SP_CAT = 5,      /* concatenation along channels: each input copied, or requantized, at its offset */
+    MQ_SP_BCAST_ADD = 6, /* add of operands that broadcast, or of a constant's codes: expanded, then as ADD */
 } mq_sp_kind;
+
+#define MQ_SP_LAST_KIND MQ_SP_BCAST_ADD
 
 /* Per-image shape of a value: int8 NHWC [h][w][c] (a [features] row: 1 x 1 x c). */
 typedef struct {
@@ -44,6 +48,14 @@ typedef struct {
     float a_scale, b_scale;
     int b_zp;
     float pool_scale; /* pool: x_scale (the multiplier is x_scale / pixels in fp32) */
+    /* cat: n inputs, slot cat_in[j] at (cat_scale[j], cat_zp[j]); an input whose scale and zero-point
+     * are not (a_scale, out_zp), the output's, is requantized as StaticCat does, in fp32:
+     * clamp(rint(((q - zp) * s) * inv_out_scale), -127 - out_zp, 127 - out_zp) + out_zp */
+    const int32_t *cat_in, *cat_zp;
+    const float *cat_scale;
+    /* bcast add with a constant second operand (in1 == -1): its int8 codes, per-image shape
+     * (kh, kw, n) (channels-last, batch 1) */
+    const int8_t *b_codes;
 } mq_sp_node;
 
 typedef struct {

@@ -7,15 +7,19 @@ two blocks, global pool, Linear.  Trains for ``--epochs`` on the first
 the 10k test images of fp32 and static int8 (512 calibration images) per
 observer, which concatenations run in int8 and how many of their inputs are
 requantized (the rest are copied: their producers share the concatenation's
-scale), and the speed of fp32 eager against static int8 at batch 1 and 64,
-interleaved (median of ``--repeats``).
+scale), and the speed at batch 1 and 64, interleaved (median of ``--repeats``,
+1 thread each): fp32 eager, static int8 (the one-call program), the same model
+op by op from Python, and ONNX Runtime static uint8 QDQ (MinMax, 512 images;
+when onnxruntime is installed).
 
     python benchmarks/static/bench_densenet.py [--epochs 1]
 """
 from __future__ import annotations
 
 import argparse
+import copy
 import sys
+import tempfile
 import time
 import warnings
 from pathlib import Path
@@ -27,6 +31,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent))
 from common import interleaved, machine_info, summary, write_results  # noqa: E402
+from bench_static import ort_static  # noqa: E402
 from resnet8 import normalize_images  # noqa: E402
 
 import mono_quant as mq  # noqa: E402
@@ -108,27 +113,39 @@ def main() -> None:
         cats[observer] = {n: {"int8_output": m.out_scale is not None, "requantized": m.requantized_inputs()}
                           for n, m in q.model.layers.items() if isinstance(m, StaticCat)}
         static = static or q.model
+    static_nodes = copy.deepcopy(static)  # the same model, op by op from Python (no one-call program)
+    static_nodes.run_as_program = False
     speed = {}
-    for batch in (1, 64):
-        x = test_x[:batch].contiguous()
-        with torch.inference_mode():
-            times = interleaved({"fp32": lambda: model(x), "static_int8": lambda: static(x)}, repeats=args.repeats,
-                                warmup=3)
-        speed[batch] = {name: summary(t) for name, t in times.items()}
+    with tempfile.TemporaryDirectory() as tmp:
+        ort = ort_static(model, train_x[:512], 1, Path(tmp))
+        if ort is not None:
+            results["ort static uint8 qdq minmax 512"] = top1(ort, test_x, test_y)
+        for batch in (1, 64):
+            x = test_x[:batch].contiguous()
+            contenders = {"fp32": lambda: model(x), "static_int8": lambda: static(x),
+                          "static_int8_nodes": lambda: static_nodes(x)}
+            if ort is not None:
+                contenders["ort_static_uint8"] = lambda: ort(x)
+            with torch.inference_mode():
+                times = interleaved(contenders, repeats=args.repeats, warmup=3)
+            speed[batch] = {name: summary(t) for name, t in times.items()}
+    one_call = bool(static._compiled)
     print(f"# TinyDenseNet ({sum(p.numel() for p in model.parameters())} parameters), {args.epochs} epoch(s) on "
           f"{len(train_x)} images in {seconds:.0f} s, ISA {_C.get_isa()}, 1 thread")
     for name, acc in results.items():
         print(f"{name:<24} {acc:6.2f}  drop {results['fp32'] - acc:5.2f}")
+    print(f"static int8 runs as one C call: {one_call}")
     first = next(iter(cats.values()))
     print(f"\nconcatenations on int8: {sum(c['int8_output'] for c in first.values())} of {len(first)}; inputs "
           f"requantized: {sum(len(c['requantized']) for c in first.values())}")
     for batch, rows in speed.items():
         base = rows["fp32"]["median_us"]
         for name, s in rows.items():
-            print(f"batch {batch:<3} {name:<12} {s['median_us']:10.1f} us  {base / s['median_us']:5.2f}x")
+            print(f"batch {batch:<3} {name:<18} {s['median_us']:10.1f} us  {base / s['median_us']:5.2f}x")
     write_results(f"static_densenet_{_C.get_isa()}", {"machine": machine_info(), "epochs": args.epochs,
                                                        "train_images": len(train_x), "train_seconds": seconds,
-                                                       "top1": results, "concatenations": cats, "speed": speed})
+                                                       "top1": results, "concatenations": cats, "one_call": one_call,
+                                                       "speed": speed})
 
 
 if __name__ == "__main__":

@@ -15,6 +15,9 @@ quantized once at conversion to symmetric int8 codes kept in the
 activations' channels-last layout).  The operands are expanded (an int8 copy)
 and added by StaticAdd's kernel: the same arithmetic and bits as a plain
 add of the expanded tensors.
+
+Both also run inside the one-call program (program.py, csrc/static_program.c: node kinds
+MQ_SP_CAT and MQ_SP_BCAST_ADD) with the same arithmetic, bit for bit.
 """
 from __future__ import annotations
 

@@ -4,7 +4,8 @@ Run node by node from Python, every op of a small CNN pays a few microseconds of
 interpreter and tensor overhead (most of the time at batch 1), and every
 intermediate activation of a batch makes a round trip through memory.  When the
 whole program is int8 from the quantized input to one float output (ResNet-style
-chains of convs, residual adds, global pool, linear head), it is compiled once,
+chains of convs, residual adds, broadcasting adds, channel concatenations, global
+pool, linear head), it is compiled once,
 on the first call, into a compact node array (``_C.static_program``,
 csrc/static_program.h) that runs every op on one image at a time with the same
 kernels, so outputs are bit-identical to the node-by-node path.
@@ -26,10 +27,11 @@ from ..kernels.settings import SETTINGS
 from .capture import ValueRef
 from .graph import StaticGraphModel, _global_hooks
 from .modules import StaticAdd, StaticConv2d, StaticGlobalAvgPool, StaticLinear, act_bounds, inverse
+from .modules_eltwise import StaticBroadcastAdd, StaticCat
 
 __all__ = ["StaticInt8Model", "compile_program"]
 
-_QUANTIZE, _CONV, _DEPTHWISE, _ADD, _POOL = range(5)
+_QUANTIZE, _CONV, _DEPTHWISE, _ADD, _POOL, _CAT, _BCAST_ADD = range(7)
 _NO_ARRAYS = ()
 _NO_GEOMETRY = (0,) * 10
 
@@ -44,6 +46,46 @@ def _node(kind: int, ins: List[int], out: int, geometry=_NO_GEOMETRY, zps=(0, 0,
 
 def _epilogue(layer) -> tuple:
     return tuple(layer._epilogue_args())
+
+
+def _broadcast_add_node(layer: StaticBroadcastAdd, ins, slots, ranks, out: int, last: bool):
+    """(node, rank) of a broadcasting add (two activations, or one and the layer's constant codes,
+    per-image shape (h, w, c) in the node's (kh, kw, n)), or (None, 0)."""
+    if any(i not in slots for i in ins):
+        return None, 0
+    rank = ranks[ins[0]]
+    zps, scales = (layer.in_zp, layer.out_zp, layer.b_zp), (layer.in_scale, layer.b_scale, 1.0)
+    if layer.b_codes is None:
+        if len(ins) != 2 or ranks[ins[1]] != rank:
+            return None, 0
+        return _node(_BCAST_ADD, [slots[i] for i in ins], out, zps=zps, out_float=last, epilogue=_epilogue(layer),
+                     scales=scales), rank
+    shape = layer.const_shape
+    if len(ins) != 1 or len(shape) != rank or shape[0] != 1 or tuple(layer.b_codes.shape) != tuple(shape):
+        return None, 0  # a constant that broadcasts over the batch too runs op by op
+    h, w, c = shape[1:] if rank == 4 else (1, 1, shape[1])
+    codes = layer.b_codes.contiguous().numpy()
+    return _node(_BCAST_ADD, [slots[ins[0]]], out, (0, c, h, w, 0, 0, 0, 0, 0, 0), zps, last,
+                 epilogue=_epilogue(layer), scales=scales, arrays=(codes,)), rank
+
+
+def _cat_node(layer: StaticCat, ins, slots, ranks, out: int):
+    """(node, rank) of an int8 concatenation along the channels (NHWC's last dimension, a [rows,
+    features] activation's features), or (None, 0).  The C node copies each input, or requantizes
+    it with StaticCat's arithmetic where its qparams are not the output's."""
+    if layer.out_scale is None or not ins or any(i not in slots for i in ins):
+        return None, 0
+    rank = ranks[ins[0]]
+    if any(ranks[i] != rank for i in ins) or layer.rank != rank or len(ins) != len(layer.in_scales):
+        return None, 0
+    if not ((rank == 4 and layer.channels_last and layer.dim == 3) or
+            (rank == 2 and not layer.channels_last and layer.dim == 1)):
+        return None, 0
+    arrays = (np.array([slots[i] for i in ins], dtype=np.int32), np.array(layer.in_scales, dtype=np.float32),
+              np.array(layer.in_zps, dtype=np.int32))
+    return _node(_CAT, [slots[ins[0]]], out, (0, len(ins)) + (0,) * 8, (0, layer.out_zp, 0),
+                 epilogue=(0.0, 0.0, inverse(layer.out_scale)), scales=(layer.out_scale, 1.0, 1.0),
+                 arrays=arrays), rank
 
 
 def compile_program(model: StaticGraphModel) -> Optional[Callable[[torch.Tensor], torch.Tensor]]:
@@ -118,6 +160,14 @@ def compile_program(model: StaticGraphModel) -> Optional[Callable[[torch.Tensor]
             out_rank = ranks[ins[0]]
             node = _node(_ADD, [slots[i] for i in ins], len(nodes), zps=(layer.in_zp, layer.out_zp, layer.b_zp),
                          out_float=last, epilogue=_epilogue(layer), scales=(layer.in_scale, layer.b_scale, 1.0))
+        elif type(layer) is StaticBroadcastAdd:
+            node, out_rank = _broadcast_add_node(layer, ins, slots, ranks, len(nodes), last)
+            if node is None:
+                return None
+        elif type(layer) is StaticCat:
+            node, out_rank = _cat_node(layer, ins, slots, ranks, len(nodes))
+            if node is None:
+                return None
         elif type(layer) is StaticGlobalAvgPool:
             if len(ins) != 1 or ins[0] not in slots or ranks[ins[0]] != 4:
                 return None
