@@ -220,6 +220,58 @@ done:
     return result;
 }
 
+PyDoc_STRVAR(quantize_activations_doc,
+             "quantize_activations(x, reduce_range, encoding, kp=0) -> (q, scale, zero_point, sum)\n\n"
+             "The dynamic int8 Linear's activation rows (the active level's act_rows): per-row\n"
+             "symmetric int8 (-127..127), or with reduce_range 7-bit codes with a zero-point\n"
+             "(zero_point None without).  encoding: 0 int8, 1 int8 + 128, 2 the 7-bit codes\n"
+             "(reduce_range only).  q is uint8 [rows][kp] (kp >= cols, 0: cols), the padding\n"
+             "encoding 0; sum (int32) the per-row sums of the int8 values.");
+
+static PyObject *py_quantize_activations(PyObject *self, PyObject *args, PyObject *kw) {
+    static char *kwlist[] = {"x", "reduce_range", "encoding", "kp", NULL};
+    PyObject *x_obj, *result = NULL;
+    int reduce_range, encoding;
+    long long kp = 0;
+    mq_refs refs = {0};
+    PyArrayObject *x, *q, *scale, *zp = NULL, *sum;
+    (void)self;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "Opi|L:quantize_activations", kwlist, &x_obj, &reduce_range,
+                                     &encoding, &kp))
+        return NULL;
+    if (encoding < MQ_X_INT8 || encoding > (reduce_range ? MQ_X_U7 : MQ_X_INT8_PLUS_128)) {
+        PyErr_SetString(PyExc_ValueError, "quantize_activations: encoding must be 0 (int8), 1 (int8 + 128) or, "
+                                          "with reduce_range, 2 (7-bit codes)");
+        return NULL;
+    }
+    if (!(x = mq_array_in(&refs, x_obj, "x", mq_src_types, 4, 2, mq_src_expected))) goto done;
+    npy_intp rows = PyArray_DIM(x, 0), cols = PyArray_DIM(x, 1);
+    if (kp == 0) kp = cols;
+    if (cols > MQ_MAX_LINEAR_K) {
+        PyErr_Format(PyExc_ValueError, "quantize_activations: at most %d columns (the Linear's limit), got %lld",
+                     MQ_MAX_LINEAR_K, (long long)cols);
+        goto done;
+    }
+    if (kp < cols || kp > (long long)cols + 64) {
+        PyErr_Format(PyExc_ValueError, "quantize_activations: kp must be 0 or in [cols, cols + 64], got %lld", kp);
+        goto done;
+    }
+    npy_intp qdims[2] = {rows, (npy_intp)kp};
+    if (!(q = mq_array_new(&refs, 2, qdims, NPY_UINT8, 0))) goto done;
+    if (!(scale = mq_array_new(&refs, 1, &rows, NPY_FLOAT32, 0))) goto done;
+    if (reduce_range && !(zp = mq_array_new(&refs, 1, &rows, NPY_INT32, 0))) goto done;
+    if (!(sum = mq_array_new(&refs, 1, &rows, NPY_INT32, 0))) goto done;
+    const mq_src_t kind = mq_src_kind(x);
+    Py_BEGIN_ALLOW_THREADS
+    mq_active()->act_rows[kind](PyArray_DATA(x), (size_t)cols * mq_src_size(kind), rows, cols, kp, encoding,
+                                PyArray_DATA(q), PyArray_DATA(scale), mq_data_or_null(zp), PyArray_DATA(sum));
+    Py_END_ALLOW_THREADS
+    result = Py_BuildValue("OOOO", q, scale, mq_or_none(zp), sum);
+done:
+    mq_release(&refs);
+    return result;
+}
+
 PyMethodDef mq_quant_methods[] = {
     MQ_KW_METHOD(rows_minmax),
     MQ_KW_METHOD(choose_qparams),
@@ -227,5 +279,6 @@ PyMethodDef mq_quant_methods[] = {
     MQ_KW_METHOD(quantize_rows_fused),
     MQ_KW_METHOD(dequantize_rows),
     MQ_KW_METHOD(rows_sqerr),
+    MQ_KW_METHOD(quantize_activations),
     {NULL, NULL, 0, NULL},
 };

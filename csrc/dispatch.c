@@ -115,6 +115,8 @@ static const mq_kernels scalar_table = {
                  [MQ_SRC_BF16] = mq_ref_quantize_bf16},
     .dequantize = mq_ref_dequantize,
     .sqerr = {[MQ_SRC_F32] = mq_ref_sqerr_f32, [MQ_SRC_F16] = mq_ref_sqerr_f16, [MQ_SRC_BF16] = mq_ref_sqerr_bf16},
+    .act_rows = {[MQ_SRC_F32] = mq_ref_act_rows_f32, [MQ_SRC_F16] = mq_ref_act_rows_f16,
+                 [MQ_SRC_BF16] = mq_ref_act_rows_bf16},
     .qgemm = mq_ref_qgemm,
     .qgemm_x_u8 = 0,
     .qgemm_name = "scalar",
@@ -145,6 +147,7 @@ static void overlay(mq_kernels *dst, const mq_kernels *src) {
         TAKE(minmax[s]);
         TAKE(quantize[s]);
         TAKE(sqerr[s]);
+        TAKE(act_rows[s]);
     }
     TAKE(dequantize);
     if (src->qgemm) { /* the kernel, its activation encoding and its name go together */

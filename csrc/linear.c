@@ -149,33 +149,21 @@ typedef struct {
 } xquant_ctx;
 
 /* Per-row symmetric int8 of the activations (torch's symmetric MinMax
- * formula with qmin = -127), zero padded to kp, shifted to uint8 for VNNI. */
+ * formula with qmin = -127), or reduce_range's 7-bit codes, zero padded to
+ * kp, in the qgemm's encoding: the level's act_rows, one call per block. */
 static void quantize_x_range(void *vctx, int64_t begin, int64_t end) {
     xquant_ctx *c = vctx;
     const int64_t kp = c->a->kp;
-    for (int64_t r = begin; r < end; r++) {
-        const uint8_t *src = c->src + (size_t)r * c->row_bytes;
+    if (!c->x_is_q) {
+        c->kt->act_rows[c->kind](c->src + (size_t)begin * c->row_bytes, c->row_bytes, end - begin, c->k, kp, c->enc,
+                                 c->xq + begin * kp, c->x_scale + begin, c->x_zp ? c->x_zp + begin : NULL,
+                                 c->x_sum ? c->x_sum + begin : NULL);
+        return;
+    }
+    for (int64_t r = begin; r < end; r++) { /* int8 input (tests): copied as is */
         uint8_t *q = c->xq + r * kp;
-        if (c->x_zp) {
-            mq_quantize_row_u7(c->kt, src, c->kind, c->k, kp, c->enc, q, &c->x_scale[r], &c->x_zp[r],
-                               c->x_sum ? &c->x_sum[r] : NULL);
-            continue;
-        }
-        if (c->x_is_q) {
-            memcpy(q, src, (size_t)c->k);
-            c->x_scale[r] = 1.0f;
-        } else {
-            float mn, mx, scale;
-            int32_t zp;
-            if (c->kt->minmax[c->kind](src, c->k, &mn, &mx)) {
-                memset(q, 0, (size_t)kp); /* NaN/Inf in the row: the row's outputs become NaN */
-                c->x_scale[r] = NAN;
-            } else {
-                mq_choose_qparams(mn, mx, -127, 127, 1, &scale, &zp);
-                c->kt->quantize[c->kind](src, c->k, 1.0f / scale, 0.0f, -127.0f, 127.0f, 0, q);
-                c->x_scale[r] = scale;
-            }
-        }
+        memcpy(q, c->src + (size_t)r * c->row_bytes, (size_t)c->k);
+        c->x_scale[r] = 1.0f;
         memset(q + c->k, 0, (size_t)(kp - c->k));
         if (c->x_sum) {
             int32_t s = 0;

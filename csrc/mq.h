@@ -214,6 +214,17 @@ typedef void (*mq_q4_gemv_i8_fn)(const int8_t *xq, int64_t m, const float *xscal
 typedef void (*mq_h16_gemm_fn)(const float *x, int64_t ldx, int64_t m, const uint16_t *w, int64_t ldw, int64_t kc,
                                int64_t n0, int64_t n1, const float *bias, int accumulate, float *y, int64_t ldy);
 
+/* Dynamic activations: rows rows of k elements (row_bytes apart) to the
+ * qgemm's encoding, min/max, qparams, codes, row sum and encoding in one call
+ * per block of rows (act_u7.c has the scalar twin).  zero_point NULL: per-row
+ * symmetric int8, -127..127 (mq_choose_qparams with qmin -127), enc MQ_X_INT8
+ * or MQ_X_INT8_PLUS_128; else reduce_range 7-bit codes (act_u7.c) in any
+ * encoding.  q [rows][kp], the padding past k encodes xq = 0; sum [rows]
+ * (NULL: not wanted) the sum of xq.  A row holding NaN/Inf: scale NaN,
+ * zero-point 0, xq = 0.  enc is an mq_x_encoding_t. */
+typedef void (*mq_act_rows_fn)(const void *src, size_t row_bytes, int64_t rows, int64_t k, int64_t kp, int enc,
+                               uint8_t *q, float *scale, int32_t *zero_point, int32_t *sum);
+
 /* The per-ISA function table (see dispatch.c). */
 typedef struct {
     const char *name;
@@ -221,6 +232,7 @@ typedef struct {
     mq_quantize_fn quantize[MQ_SRC_COUNT];
     mq_dequantize_fn dequantize;
     mq_sqerr_fn sqerr[MQ_SRC_COUNT];
+    mq_act_rows_fn act_rows[MQ_SRC_COUNT];
     /* int8 matmul (linear.c): kernel names for reports, and whether qgemm
      * wants the activations shifted to uint8 (VNNI) */
     const char *qgemm_name, *wgemm_name;
@@ -438,16 +450,24 @@ int mq_linear_weight_only(const void *x, mq_src_t kind, int64_t m, int64_t k, in
 /* ---- act_u7.c: reduce_range, 7-bit activations ------------------------------- */
 /* The activation encodings a qgemm kernel reads (mq_qgemm_args.x). */
 typedef enum { MQ_X_INT8 = 0, MQ_X_INT8_PLUS_128 = 1, MQ_X_U7 = 2 } mq_x_encoding_t;
-/* One row of k elements (kind) to 7-bit codes, per-row asymmetric as torch's
- * reduce_range: scale / zero-point from min and max over 0..127
+/* reduce_range rows (mq_act_rows_fn with zero_point set): per-row asymmetric
+ * as torch's reduce_range, scale / zero-point from min and max over 0..127
  * (mq_choose_qparams), xu = clamp(rint(zp + x * (1 / scale)), 0, 127) (the
- * product rounded first), xq = xu - zp in -127..127.  q [kp] receives the
- * row in the encoding enc (the padding past k encodes xq = 0); *sum = sum of
- * xq (NULL: not wanted).  A row holding NaN/Inf gets scale NaN, zero-point 0 and xq = 0. */
-void mq_quantize_row_u7(const mq_kernels *kt, const void *src, mq_src_t kind, int64_t k, int64_t kp,
-                        mq_x_encoding_t enc, uint8_t *q, float *scale, int32_t *zero_point, int32_t *sum);
-/* n codes xu (0..127) with zero-point zp re-encoded in place from MQ_X_U7 to enc. */
-void mq_encode_u7(uint8_t *q, int64_t n, int32_t zp, mq_x_encoding_t enc);
+ * product rounded first), xq = xu - zp in -127..127, stored as enc: MQ_X_U7 xu,
+ * MQ_X_INT8 xq, MQ_X_INT8_PLUS_128 xq + 128.  The scalar twins of every
+ * level's act_rows (symmetric int8 too): */
+void mq_ref_act_rows_f32(const void *src, size_t row_bytes, int64_t rows, int64_t k, int64_t kp, int enc, uint8_t *q,
+                         float *scale, int32_t *zero_point, int32_t *sum);
+void mq_ref_act_rows_f16(const void *src, size_t row_bytes, int64_t rows, int64_t k, int64_t kp, int enc, uint8_t *q,
+                         float *scale, int32_t *zero_point, int32_t *sum);
+void mq_ref_act_rows_bf16(const void *src, size_t row_bytes, int64_t rows, int64_t k, int64_t kp, int enc, uint8_t *q,
+                          float *scale, int32_t *zero_point, int32_t *sum);
+/* What is added to a row's code (xu 0..127, or the symmetric int8 -127..127)
+ * to give its byte in encoding enc (shared by every level's act_rows). */
+static inline int32_t mq_act_bias(int u7, int32_t zp, int enc) {
+    if (!u7) return enc == MQ_X_INT8_PLUS_128 ? 128 : 0;
+    return enc == MQ_X_U7 ? 0 : enc == MQ_X_INT8_PLUS_128 ? 128 - zp : -zp;
+}
 
 /* ---- int4.c: INT4 drivers ---------------------------------------------------- */
 typedef enum { MQ_Q4_RTN = 0, MQ_Q4_MSE = 1, MQ_Q4_HQQ = 2 } mq_q4_method_t;

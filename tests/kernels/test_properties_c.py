@@ -47,7 +47,7 @@ CLEAR_ERRORS = (TypeError, ValueError, OverflowError, MemoryError)
 # Every public entry point in the binding files' method tables (csrc/bind_*.c): a new one must get a property here.
 ENTRY_POINTS = {
     "rows_minmax", "choose_qparams", "quantize_rows", "quantize_rows_fused", "dequantize_rows", "rows_sqerr",
-    "pack_int8", "quantize_pack_int8", "packed_check", "quantize_pack_int8_file", "linear_int8", "conv2d_int8",
+    "quantize_activations", "pack_int8", "quantize_pack_int8", "packed_check", "quantize_pack_int8_file", "linear_int8", "conv2d_int8",
     "linear_kernels", "set_threading_backend", "set_gemv_max_rows", "use_vnni256_for_tests",
     "use_maddubs_for_tests", "cpu_info", "set_isa",
     "get_isa", "q4_quantize", "q4_dequantize", "q4_linear", "q4_panel_min_m", "q4_int8_min_m",
@@ -272,6 +272,30 @@ def test_quantize_rows_fused(src, qrange, symmetric, with_error, isa, nthreads):
         assert_sums_close(sx, se, wsx, wse, x, x.float() - reference.dequantize_rows(wq, ws, wz))
     else:
         assert sx is None and se is None
+
+
+@PROFILE
+@given(source_arrays(), st.booleans(), st.integers(-1, 3), st.integers(-2, 70), ISAS)
+def test_quantize_activations(src, reduce_range, encoding, extra, isa):
+    """Every level's activation rows equal the scalar twin's (tests/kernels/test_act_rows.py
+    checks that one against torch); bad encodings and paddings raise."""
+    a, x, layout = src
+    cols = a.shape[1] if a.ndim == 2 else 0
+    kp = cols + extra if extra >= 0 else 0 if extra == -1 else cols + 65  # 0: cols; cols + 65: too wide
+    call = lambda: _C.quantize_activations(a, reduce_range, encoding, kp)  # noqa: E731
+    if layout == "big_endian" or not 0 <= encoding <= (2 if reduce_range else 1) or extra == -2 or extra > 64:
+        raises_clearly(call)
+        return
+    with at_isa("scalar"):
+        want = call()
+    with at_isa(isa):
+        got = call()
+    assert_same(got[0], want[0], "q")
+    assert_same(got[1], want[1], "scale")
+    assert (got[2] is None) == (not reduce_range)
+    if reduce_range:
+        assert_same(got[2], want[2], "zero_point")
+    assert_same(got[3], want[3], "sum")
 
 
 @st.composite

@@ -18,11 +18,6 @@ static inline __m256 load8(const void *src, mq_src_t kind, int64_t i) {
     return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
 }
 
-/* x - x is NaN exactly when x is NaN or +-Inf. */
-static inline __m256 nonfinite_mask(__m256 x) {
-    __m256 d = _mm256_sub_ps(x, x);
-    return _mm256_cmp_ps(d, d, _CMP_UNORD_Q);
-}
 
 static inline float hmin8(__m256 v) {
     __m128 m = _mm_min_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
@@ -45,7 +40,7 @@ static inline int minmax_avx2(const void *src, mq_src_t kind, int64_t n, float *
     __m256 mn1 = mn0, mx1 = mx0, bad = _mm256_setzero_ps();
     for (; i + 16 <= n; i += 16) {
         __m256 a = load8(src, kind, i), b = load8(src, kind, i + 8);
-        bad = _mm256_or_ps(bad, _mm256_or_ps(nonfinite_mask(a), nonfinite_mask(b)));
+        bad = _mm256_or_ps(bad, _mm256_cmp_ps(a, b, _CMP_UNORD_Q)); /* a NaN in a or b */
         mn0 = _mm256_min_ps(mn0, a);
         mx0 = _mm256_max_ps(mx0, a);
         mn1 = _mm256_min_ps(mn1, b);
@@ -53,12 +48,14 @@ static inline int minmax_avx2(const void *src, mq_src_t kind, int64_t n, float *
     }
     for (; i + 8 <= n; i += 8) {
         __m256 a = load8(src, kind, i);
-        bad = _mm256_or_ps(bad, nonfinite_mask(a));
+        bad = _mm256_or_ps(bad, _mm256_cmp_ps(a, a, _CMP_UNORD_Q));
         mn0 = _mm256_min_ps(mn0, a);
         mx0 = _mm256_max_ps(mx0, a);
     }
     float mn = hmin8(_mm256_min_ps(mn0, mn1)), mx = hmax8(_mm256_max_ps(mx0, mx1));
-    int is_bad = _mm256_movemask_ps(bad) != 0;
+    /* NaN was caught above (one compare per two vectors); an Inf, were there
+     * one, is the min or the max of the NaN-free elements seen */
+    int is_bad = _mm256_movemask_ps(bad) != 0 || (i > 0 && (isinf(mn) || isinf(mx)));
     if (i < n) {
         float tmn, tmx;
         is_bad |= tail((const uint8_t *)src + (size_t)i * mq_src_size(kind), n - i, &tmn, &tmx);
@@ -180,6 +177,94 @@ static void sqerr_bf16(const void *s, const uint8_t *q, int64_t n, float sc, flo
     sqerr_avx2(s, MQ_SRC_BF16, q, n, sc, zp, sg, x2, e2, mq_ref_sqerr_bf16);
 }
 
+/* Dynamic activation rows (mq_act_rows_fn, scalar twin in act_u7.c): the
+ * row is read twice while it sits in L1 (min/max, then the codes), and the
+ * codes pass also sums the codes and adds the encoding's bias in registers,
+ * so each row costs two passes and no per-row indirect calls.  The last
+ * k % 8 elements go through a zero-padded copy: the same arithmetic. */
+static inline __m128i act_bytes8(__m256i c, int out_unsigned) {
+    __m128i w = _mm_packs_epi32(_mm256_castsi256_si128(c), _mm256_extracti128_si256(c, 1));
+    return out_unsigned ? _mm_packus_epi16(w, w) : _mm_packs_epi16(w, w);
+}
+
+static inline void act_rows_avx2(const void *src, mq_src_t kind, size_t row_bytes, int64_t rows, int64_t k,
+                                 int64_t kp, int enc, uint8_t *q, float *scale, int32_t *zero_point, int32_t *sum,
+                                 mq_minmax_fn minmax_tail) {
+    const int u7 = zero_point != NULL;
+    const __m256i lane_order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
+    for (int64_t r = 0; r < rows; r++) {
+        const uint8_t *x = (const uint8_t *)src + (size_t)r * row_bytes;
+        uint8_t *qr = q + r * kp;
+        float mn, mx, s = NAN;
+        int32_t zp = 0, total = 0;
+        int64_t i = 0;
+        if (minmax_avx2(x, kind, k, &mn, &mx, minmax_tail)) {
+            memset(qr, (int)mq_act_bias(u7, 0, enc), (size_t)kp); /* NaN/Inf: xq = 0, outputs NaN by the scale */
+        } else {
+            if (u7)
+                mq_choose_qparams(mn, mx, 0, 127, 0, &s, &zp);
+            else
+                mq_choose_qparams(mn, mx, -127, 127, 1, &s, &zp);
+            const int32_t bias = mq_act_bias(u7, zp, enc);
+            /* every biased code is in -127..127 (int8) or 0..255 (uint8): the saturating packs are exact */
+            const int out_unsigned = u7 ? enc != MQ_X_INT8 : enc == MQ_X_INT8_PLUS_128;
+            const __m256 inv = _mm256_set1_ps(1.0f / s), vzp = _mm256_set1_ps((float)zp);
+            const __m256 lo = _mm256_set1_ps(u7 ? 0.0f : -127.0f), hi = _mm256_set1_ps(127.0f);
+            const __m256i vb = _mm256_set1_epi32(bias);
+            __m256i acc = _mm256_setzero_si256();
+            for (; i + 32 <= k; i += 32) {
+                __m256i a = quantize8(load8(x, kind, i), inv, vzp, lo, hi, 0);
+                __m256i b = quantize8(load8(x, kind, i + 8), inv, vzp, lo, hi, 0);
+                __m256i c = quantize8(load8(x, kind, i + 16), inv, vzp, lo, hi, 0);
+                __m256i d = quantize8(load8(x, kind, i + 24), inv, vzp, lo, hi, 0);
+                acc = _mm256_add_epi32(acc, _mm256_add_epi32(_mm256_add_epi32(a, b), _mm256_add_epi32(c, d)));
+                __m256i ab = _mm256_packs_epi32(_mm256_add_epi32(a, vb), _mm256_add_epi32(b, vb));
+                __m256i cd = _mm256_packs_epi32(_mm256_add_epi32(c, vb), _mm256_add_epi32(d, vb));
+                __m256i bytes = out_unsigned ? _mm256_packus_epi16(ab, cd) : _mm256_packs_epi16(ab, cd);
+                _mm256_storeu_si256((__m256i *)(qr + i), _mm256_permutevar8x32_epi32(bytes, lane_order));
+            }
+            for (; i + 8 <= k; i += 8) {
+                __m256i c = quantize8(load8(x, kind, i), inv, vzp, lo, hi, 0);
+                acc = _mm256_add_epi32(acc, c);
+                _mm_storel_epi64((__m128i *)(qr + i), act_bytes8(_mm256_add_epi32(c, vb), out_unsigned));
+            }
+            __m128i t = _mm_add_epi32(_mm256_castsi256_si128(acc), _mm256_extracti128_si256(acc, 1));
+            t = _mm_add_epi32(t, _mm_shuffle_epi32(t, 0x4E));
+            t = _mm_add_epi32(t, _mm_shuffle_epi32(t, 0xB1));
+            total = _mm_cvtsi128_si32(t);
+            if (i < k) {
+                float part[8] = {0};
+                int32_t codes[8];
+                uint8_t bytes[8];
+                for (int64_t j = i; j < k; j++) part[j - i] = mq_load_src(x, kind, j);
+                __m256i c = quantize8(_mm256_loadu_ps(part), inv, vzp, lo, hi, 0);
+                _mm256_storeu_si256((__m256i *)codes, c);
+                _mm_storel_epi64((__m128i *)bytes, act_bytes8(_mm256_add_epi32(c, vb), out_unsigned));
+                for (int64_t j = i; j < k; j++) total += codes[j - i];
+                memcpy(qr + i, bytes, (size_t)(k - i));
+            }
+            total -= zp * (int32_t)k; /* exact: |sum| <= 255 * MQ_MAX_LINEAR_K */
+            memset(qr + k, (int)(u7 ? zp + bias : bias), (size_t)(kp - k)); /* the padding encodes xq = 0 */
+        }
+        scale[r] = s;
+        if (u7) zero_point[r] = zp;
+        if (sum) sum[r] = total;
+    }
+}
+
+static void act_rows_f32(const void *x, size_t rb, int64_t rows, int64_t k, int64_t kp, int enc, uint8_t *q,
+                         float *s, int32_t *zp, int32_t *sum) {
+    act_rows_avx2(x, MQ_SRC_F32, rb, rows, k, kp, enc, q, s, zp, sum, mq_ref_minmax_f32);
+}
+static void act_rows_f16(const void *x, size_t rb, int64_t rows, int64_t k, int64_t kp, int enc, uint8_t *q,
+                         float *s, int32_t *zp, int32_t *sum) {
+    act_rows_avx2(x, MQ_SRC_F16, rb, rows, k, kp, enc, q, s, zp, sum, mq_ref_minmax_f16);
+}
+static void act_rows_bf16(const void *x, size_t rb, int64_t rows, int64_t k, int64_t kp, int enc, uint8_t *q,
+                          float *s, int32_t *zp, int32_t *sum) {
+    act_rows_avx2(x, MQ_SRC_BF16, rb, rows, k, kp, enc, q, s, zp, sum, mq_ref_minmax_bf16);
+}
+
 /* Data only: dispatch.c installs it after the CPU check (no code of this
  * unit runs before). */
 const mq_kernels mq_avx2_quant_table = {
@@ -188,6 +273,7 @@ const mq_kernels mq_avx2_quant_table = {
     .quantize = {[MQ_SRC_F32] = quantize_f32, [MQ_SRC_F16] = quantize_f16, [MQ_SRC_BF16] = quantize_bf16},
     .dequantize = dequantize,
     .sqerr = {[MQ_SRC_F32] = sqerr_f32, [MQ_SRC_F16] = sqerr_f16, [MQ_SRC_BF16] = sqerr_bf16},
+    .act_rows = {[MQ_SRC_F32] = act_rows_f32, [MQ_SRC_F16] = act_rows_f16, [MQ_SRC_BF16] = act_rows_bf16},
 };
 
 #else /* not x86-64: nothing to add, the table keeps the scalar kernels */

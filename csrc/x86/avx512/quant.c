@@ -16,11 +16,6 @@ static inline __m512 load16(const void *src, mq_src_t kind, int64_t i) {
     return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
 }
 
-/* lanes where x is NaN or +-Inf (x - x is NaN exactly then) */
-static inline __mmask16 nonfinite(__m512 x) {
-    __m512 d = _mm512_sub_ps(x, x);
-    return _mm512_cmp_ps_mask(d, d, _CMP_UNORD_Q);
-}
 
 static inline int minmax_avx512(const void *src, mq_src_t kind, int64_t n, float *out_min, float *out_max,
                                 mq_minmax_fn tail) {
@@ -29,7 +24,7 @@ static inline int minmax_avx512(const void *src, mq_src_t kind, int64_t n, float
     __mmask16 bad = 0;
     for (; i + 32 <= n; i += 32) {
         __m512 a = load16(src, kind, i), b = load16(src, kind, i + 16);
-        bad |= nonfinite(a) | nonfinite(b);
+        bad |= _mm512_cmp_ps_mask(a, b, _CMP_UNORD_Q); /* a NaN in a or b */
         mn0 = _mm512_min_ps(mn0, a);
         mx0 = _mm512_max_ps(mx0, a);
         mn1 = _mm512_min_ps(mn1, b);
@@ -37,13 +32,15 @@ static inline int minmax_avx512(const void *src, mq_src_t kind, int64_t n, float
     }
     for (; i + 16 <= n; i += 16) {
         __m512 a = load16(src, kind, i);
-        bad |= nonfinite(a);
+        bad |= _mm512_cmp_ps_mask(a, a, _CMP_UNORD_Q);
         mn0 = _mm512_min_ps(mn0, a);
         mx0 = _mm512_max_ps(mx0, a);
     }
     float mn = _mm512_reduce_min_ps(_mm512_min_ps(mn0, mn1));
     float mx = _mm512_reduce_max_ps(_mm512_max_ps(mx0, mx1));
-    int is_bad = bad != 0;
+    /* NaN was caught above (one compare per two vectors); an Inf, were there
+     * one, is the min or the max of the NaN-free elements seen */
+    int is_bad = bad != 0 || (i > 0 && (isinf(mn) || isinf(mx)));
     if (i < n) {
         float tmn, tmx;
         is_bad |= tail((const uint8_t *)src + (size_t)i * mq_src_size(kind), n - i, &tmn, &tmx);
@@ -162,6 +159,83 @@ static void sqerr_bf16(const void *s, const uint8_t *q, int64_t n, float sc, flo
     sqerr_avx512(s, MQ_SRC_BF16, q, n, sc, zp, sg, x2, e2, mq_ref_sqerr_bf16);
 }
 
+/* Dynamic activation rows (mq_act_rows_fn, scalar twin in act_u7.c): the
+ * row is read twice while it sits in L1 (min/max, then the codes), and the
+ * codes pass also sums the codes and adds the encoding's bias in registers,
+ * so each row costs two passes and no per-row indirect calls.  The tail is
+ * done with masked loads and stores: the same arithmetic as the body. */
+static inline void act_rows_avx512(const void *src, mq_src_t kind, size_t row_bytes, int64_t rows, int64_t k,
+                                   int64_t kp, int enc, uint8_t *q, float *scale, int32_t *zero_point, int32_t *sum,
+                                   mq_minmax_fn minmax_tail) {
+    const int u7 = zero_point != NULL;
+    const __m512i order = _mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15);
+    for (int64_t r = 0; r < rows; r++) {
+        const uint8_t *x = (const uint8_t *)src + (size_t)r * row_bytes;
+        uint8_t *qr = q + r * kp;
+        float mn, mx, s = NAN;
+        int32_t zp = 0, total = 0;
+        int64_t i = 0;
+        if (minmax_avx512(x, kind, k, &mn, &mx, minmax_tail)) {
+            memset(qr, (int)mq_act_bias(u7, 0, enc), (size_t)kp); /* NaN/Inf: xq = 0, outputs NaN by the scale */
+        } else {
+            if (u7)
+                mq_choose_qparams(mn, mx, 0, 127, 0, &s, &zp);
+            else
+                mq_choose_qparams(mn, mx, -127, 127, 1, &s, &zp);
+            const int32_t bias = mq_act_bias(u7, zp, enc);
+            /* every biased code is in -127..127 (int8) or 0..255 (uint8): the saturating packs are exact */
+            const int out_unsigned = u7 ? enc != MQ_X_INT8 : enc == MQ_X_INT8_PLUS_128;
+            const __m512 inv = _mm512_set1_ps(1.0f / s), vzp = _mm512_set1_ps((float)zp);
+            const __m512 lo = _mm512_set1_ps(u7 ? 0.0f : -127.0f), hi = _mm512_set1_ps(127.0f);
+            const __m512i vb = _mm512_set1_epi32(bias);
+            __m512i acc = _mm512_setzero_si512();
+            for (; i + 64 <= k; i += 64) {
+                __m512i a = quantize16(load16(x, kind, i), inv, vzp, lo, hi, 0);
+                __m512i b = quantize16(load16(x, kind, i + 16), inv, vzp, lo, hi, 0);
+                __m512i c = quantize16(load16(x, kind, i + 32), inv, vzp, lo, hi, 0);
+                __m512i d = quantize16(load16(x, kind, i + 48), inv, vzp, lo, hi, 0);
+                acc = _mm512_add_epi32(acc, _mm512_add_epi32(_mm512_add_epi32(a, b), _mm512_add_epi32(c, d)));
+                __m512i ab = _mm512_packs_epi32(_mm512_add_epi32(a, vb), _mm512_add_epi32(b, vb));
+                __m512i cd = _mm512_packs_epi32(_mm512_add_epi32(c, vb), _mm512_add_epi32(d, vb));
+                __m512i bytes = out_unsigned ? _mm512_packus_epi16(ab, cd) : _mm512_packs_epi16(ab, cd);
+                _mm512_storeu_si512((void *)(qr + i), _mm512_permutexvar_epi32(order, bytes));
+            }
+            for (; i < k; i += 16) {
+                const __mmask16 m = k - i >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (k - i)) - 1u);
+                __m512 v = kind == MQ_SRC_F32 ? _mm512_maskz_loadu_ps(m, (const float *)x + i)
+                                              : _mm512_setzero_ps();
+                if (kind != MQ_SRC_F32) {
+                    __m256i h = _mm256_maskz_loadu_epi16(m, (const uint16_t *)x + i);
+                    v = kind == MQ_SRC_F16 ? _mm512_cvtph_ps(h)
+                                           : _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+                }
+                __m512i c = quantize16(v, inv, vzp, lo, hi, 0);
+                acc = _mm512_mask_add_epi32(acc, m, acc, c);
+                /* vpmovdb keeps the low byte: right for int8 and uint8 alike */
+                _mm_mask_storeu_epi8(qr + i, m, _mm512_cvtepi32_epi8(_mm512_add_epi32(c, vb)));
+            }
+            total = _mm512_reduce_add_epi32(acc) - zp * (int32_t)k; /* exact: |sum| <= 255 * MQ_MAX_LINEAR_K */
+            memset(qr + k, (int)(u7 ? zp + bias : bias), (size_t)(kp - k)); /* the padding encodes xq = 0 */
+        }
+        scale[r] = s;
+        if (u7) zero_point[r] = zp;
+        if (sum) sum[r] = total;
+    }
+}
+
+static void act_rows_f32(const void *x, size_t rb, int64_t rows, int64_t k, int64_t kp, int enc, uint8_t *q,
+                         float *s, int32_t *zp, int32_t *sum) {
+    act_rows_avx512(x, MQ_SRC_F32, rb, rows, k, kp, enc, q, s, zp, sum, mq_ref_minmax_f32);
+}
+static void act_rows_f16(const void *x, size_t rb, int64_t rows, int64_t k, int64_t kp, int enc, uint8_t *q,
+                         float *s, int32_t *zp, int32_t *sum) {
+    act_rows_avx512(x, MQ_SRC_F16, rb, rows, k, kp, enc, q, s, zp, sum, mq_ref_minmax_f16);
+}
+static void act_rows_bf16(const void *x, size_t rb, int64_t rows, int64_t k, int64_t kp, int enc, uint8_t *q,
+                          float *s, int32_t *zp, int32_t *sum) {
+    act_rows_avx512(x, MQ_SRC_BF16, rb, rows, k, kp, enc, q, s, zp, sum, mq_ref_minmax_bf16);
+}
+
 /* Data only: dispatch.c installs it after the CPU check (no code of this
  * unit runs before). */
 const mq_kernels mq_avx512_quant_table = {
@@ -170,6 +244,7 @@ const mq_kernels mq_avx512_quant_table = {
     .quantize = {[MQ_SRC_F32] = quantize_f32, [MQ_SRC_F16] = quantize_f16, [MQ_SRC_BF16] = quantize_bf16},
     .dequantize = dequantize,
     .sqerr = {[MQ_SRC_F32] = sqerr_f32, [MQ_SRC_F16] = sqerr_f16, [MQ_SRC_BF16] = sqerr_bf16},
+    .act_rows = {[MQ_SRC_F32] = act_rows_f32, [MQ_SRC_F16] = act_rows_f16, [MQ_SRC_BF16] = act_rows_bf16},
 };
 
 #else /* not x86-64: the table keeps the lower level's kernels */
