@@ -2,7 +2,6 @@
 csrc/static_program.c) gives bit-identical outputs to the node-by-node path, at every ISA
 level and thread count; what it can't run goes node by node; hostile programs are refused."""
 import copy
-import math
 import warnings
 
 import numpy as np
@@ -14,6 +13,7 @@ import mono_quant as mq
 from mono_quant import _C
 from mono_quant.calibration import CalibrationWarning
 from mono_quant.static.program import StaticInt8Model, compile_program
+from static_program_helpers import assert_loads_as_program, program_node as _node
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -189,20 +189,7 @@ def test_float_ops_hooks_and_copies_take_the_right_path():
 
 def test_saved_and_loaded_model_runs_as_program(tmp_path):
     model, shape = quantized("mobile")
-    x = torch.randn(3, *shape)
-    path = tmp_path / "m.static.safetensors"
-    mq.save(model, path)
-    loaded = mq.load(path)
-    assert isinstance(loaded, StaticInt8Model)
-    with torch.inference_mode():
-        assert torch.equal(loaded(x), model(x))
-    assert loaded._compiled
-
-
-def _node(kind, in0, in1, out, ints=None, floats=None, arrays=()):
-    ints = ints or (1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0)
-    floats = floats or (-math.inf, math.inf, 1.0, 1.0, 1.0, 1.0)
-    return (kind, in0, in1, out, ints, floats, arrays)
+    assert_loads_as_program(model, torch.randn(3, *shape), tmp_path / "m.static.safetensors")
 
 
 def test_hostile_programs_are_refused():

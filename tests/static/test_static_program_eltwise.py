@@ -15,6 +15,7 @@ from mono_quant import _C
 from mono_quant.calibration import CalibrationWarning
 from mono_quant.static import StaticBroadcastAdd, StaticCat
 from mono_quant.static.program import StaticInt8Model, compile_program
+from static_program_helpers import assert_loads_as_program, program_node as _node
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -152,20 +153,7 @@ def test_other_input_sizes_run_as_program():
 def test_saved_and_loaded_model_runs_as_program(tmp_path):
     for name in ("dense", "broadcast"):
         model, shape = quantized(name)
-        x = torch.randn(3, *shape)
-        path = tmp_path / f"{name}.static.safetensors"
-        mq.save(model, path)
-        loaded = mq.load(path)
-        assert isinstance(loaded, StaticInt8Model)
-        with torch.inference_mode():
-            assert torch.equal(loaded(x), model(x))
-        assert loaded._compiled
-
-
-def _node(kind, in0, in1, out, ints=None, floats=None, arrays=()):
-    ints = ints or (1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0)
-    floats = floats or (-math.inf, math.inf, 1.0, 1.0, 1.0, 1.0)
-    return (kind, in0, in1, out, ints, floats, arrays)
+        assert_loads_as_program(model, torch.randn(3, *shape), tmp_path / f"{name}.static.safetensors")
 
 
 QUANT = _node(0, -1, -1, 0, (4, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0))
