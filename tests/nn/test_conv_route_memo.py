@@ -69,3 +69,17 @@ def test_size_rules_read_per_call(monkeypatch):
         packed_route = q(x)
     assert not torch.equal(float_route, packed_route)
     _same_as_fresh(q, x)
+
+
+@pytest.mark.parametrize("float_layer,x", [
+    (nn.Linear(64, 32, bias=False), torch.randn(4, 64)),
+    (nn.Conv2d(16, 32, 3, padding=1, bias=False), torch.randn(2, 16, 12, 12)),
+])
+def test_a_bias_assigned_after_a_forward_is_used_on_the_next_call(float_layer, x):
+    q = mq.quantize(nn.Sequential(float_layer), "int8").model[0]
+    with torch.no_grad():
+        y0 = q(x)  # the kernel arguments are cached without a bias
+        q.bias = torch.ones(32)  # a plain tensor attribute (no bias Parameter was registered)
+        y1 = q(x)
+    shape = (1, 32) if x.dim() == 2 else (1, 32, 1, 1)
+    assert torch.allclose(y1, y0 + torch.ones(shape), atol=1e-5)

@@ -234,3 +234,18 @@ def test_hostile_programs_are_refused():
         _C.static_program_run(prog, np.ones((1, 4, 5, 5), np.float64))
     with pytest.raises(TypeError):
         _C.static_program_run("capsule?", np.ones((1, 4, 5, 5), np.float32))
+
+
+def test_a_replaced_layer_rebuilds_the_program():
+    model, shape = quantized("resnet", seed=0)
+    other, _ = quantized("resnet", seed=3)  # other weights and scales, the same graph
+    x = torch.randn(2, *shape)
+    with torch.inference_mode():
+        before = model(x)  # compiled from the first layers
+        for name in list(model.layers):
+            model.layers[name] = other.layers[name]
+        ref, got = both_paths(model, x)
+        assert torch.equal(got, ref) and not torch.equal(got, before)
+        compiled = model._compiled
+        model(x)
+        assert model._compiled is compiled  # no rebuild while nothing changes

@@ -18,7 +18,6 @@ __all__ = ["kernel_args", "float_weight", "SMALL_WEIGHT_ELEMENTS", "tensor_versi
 # kernels take, built once and rebuilt when a buffer is replaced, changed in
 # place (its _version moves) or moved to other memory (its data_ptr).
 _KERNEL_ARGS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
-_ARG_BUFFERS = ("weight_packed_info", "weight_packed", "weight_colsum", "weight_scale", "weight_zero_point")
 
 
 def kernel_args(module):
@@ -26,8 +25,10 @@ def kernel_args(module):
     ``kernels.int8.linear_int8_raw`` / ``conv2d_int8_raw``, or None when the module has no
     usable packed weight (see packing.packed_info)."""
     get = module._buffers.get
+    # the buffers the arguments view, and the bias: a Parameter, or a plain tensor attribute
+    # (assigned after load) that _build_args reads as module.bias too
     tensors = (get("weight_packed_info"), get("weight_packed"), get("weight_colsum"), get("weight_scale"),
-               get("weight_zero_point"), module._parameters.get("bias"))  # _ARG_BUFFERS; bias: a Parameter
+               get("weight_zero_point"), module._parameters.get("bias"), module.__dict__.get("bias"))
     # data_ptr too: .data = ... or share_memory_() swap a buffer's storage in place
     try:  # (every call of every layer comes here: one list comprehension, no helper calls, no tuple())
         key = [(id(t), t._version, t.data_ptr()) if t is not None else None for t in tensors]

@@ -246,9 +246,9 @@ class QuantizedConv2d(ReduceRange, QuantizedModule):
         w = b = None
         if route is _FLOAT:
             numel = self.weight_numel()
-            w = float_weight(self, numel, lambda: self._dequantized_packed(packed[0]), packed)
-            if numel > layer_cache.SMALL_WEIGHT_ELEMENTS:  # (read here: tests may change it)
-                w = None  # not kept by float_weight either: dequantized per call
+            if numel <= layer_cache.SMALL_WEIGHT_ELEMENTS:  # (read here: tests may change it)
+                w = float_weight(self, numel, lambda: self._dequantized_packed(packed[0]), packed)
+            # else None: not kept by float_weight either, dequantized per call
             # a Parameter is in kernel_args' key (so ``packed`` changes with it); a plain attribute
             # (None after load, then assigned) isn't: read per call
             b = self.bias if "bias" in self._parameters else _READ_BIAS

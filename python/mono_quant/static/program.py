@@ -202,6 +202,7 @@ class StaticInt8Model(StaticGraphModel):
         super().__init__(program, layers)
         self.run_as_program = True
         self._compiled: Union[None, bool, Callable] = None  # None: not tried yet; False: can't
+        self._compiled_for: Optional[tuple] = None  # the layers it was compiled from (_fast)
 
     def _apply(self, fn, *args, **kwargs):
         self._compiled = None  # the layers' buffers may be new tensors: rebuild on the next call
@@ -216,8 +217,13 @@ class StaticInt8Model(StaticGraphModel):
         if not self.run_as_program or kwargs or len(args) != 1:
             return None
         compiled = self._compiled
-        if compiled is None or (compiled and compiled.owner != id(self)):  # (a copy compiles its own)
+        # rebuilt when a layer was replaced (the program holds copies of the layers' scales
+        # and views of their arrays, as each layer holds its own derived arguments)
+        signature = tuple(map(id, self.layers.values()))
+        if compiled is None or getattr(self, "_compiled_for", None) != signature \
+                or (compiled and compiled.owner != id(self)):  # (a copy compiles its own)
             compiled = self._compiled = compile_program(self) or False
+            self._compiled_for = signature
             if compiled:
                 compiled.owner = id(self)
         if not compiled:
