@@ -41,6 +41,11 @@ extern PyMethodDef mq_static_program_methods[]; /* bind_static_program.c: a whol
 #define MQ_KW_METHOD(name) \
     {#name, (PyCFunction)(void (*)(void))py_##name, METH_VARARGS | METH_KEYWORDS, name##_doc}
 
+/* The largest kernel size, stride, padding, dilation or constant dimension a binding
+ * accepts: products in the kernels' size arithmetic (kernel * dilation, channels *
+ * kernel area, ...) then stay far inside int64. */
+#define MQ_MAX_CONV_ARG (1L << 20)
+
 /* ---- one cleanup pattern ------------------------------------------------------ */
 #define MQ_REFS_MAX 12
 typedef struct {

@@ -182,10 +182,6 @@ PyDoc_STRVAR(conv2d_int8_doc,
              "nchw=True writes the same values as an NCHW array instead (transposed in C).\n"
              "reduce_range=True: each image quantized to 7 bits, asymmetric (0..127).");
 
-/* Conv sizes far below this keep every product in the size arithmetic
- * (kernel * dilation, channels * kernel area, ...) far inside int64. */
-#define MQ_MAX_CONV_ARG (1L << 20)
-
 static int pair_arg(PyObject *obj, const char *what, long lo, npy_intp out[2]) {
     long a, b;
     if (!PyArg_ParseTuple(obj, "ll", &a, &b)) {

@@ -17,7 +17,6 @@
 #include "static_int8.h"
 
 #define MAX_K MQ_MAX_LINEAR_K /* as linear_int8 (layout.h): no int32 accumulator can overflow */
-#define MAX_CONV_ARG (1L << 20) /* keeps the size arithmetic of kernels far inside int64 */
 
 typedef struct {
     Py_buffer view;
@@ -113,8 +112,8 @@ static int pair_arg(PyObject *obj, const char *fname, const char *what, long lo,
         PyErr_Format(PyExc_TypeError, "%s: %s must be a pair of ints", fname, what);
         return 0;
     }
-    if (a < lo || b < lo || a > MAX_CONV_ARG || b > MAX_CONV_ARG) {
-        PyErr_Format(PyExc_ValueError, "%s: %s must be in %ld..%ld, got (%ld, %ld)", fname, what, lo, MAX_CONV_ARG,
+    if (a < lo || b < lo || a > MQ_MAX_CONV_ARG || b > MQ_MAX_CONV_ARG) {
+        PyErr_Format(PyExc_ValueError, "%s: %s must be in %ld..%ld, got (%ld, %ld)", fname, what, lo, MQ_MAX_CONV_ARG,
                      a, b);
         return 0;
     }
@@ -376,7 +375,7 @@ static PyObject *py_depthwise_static(PyObject *self, PyObject *args, PyObject *k
     }
     ks[0] = w.view.shape[0];
     ks[1] = w.view.shape[1];
-    if (w.view.shape[2] != channels || ks[0] < 1 || ks[1] < 1 || ks[0] > MAX_CONV_ARG || ks[1] > MAX_CONV_ARG) {
+    if (w.view.shape[2] != channels || ks[0] < 1 || ks[1] < 1 || ks[0] > MQ_MAX_CONV_ARG || ks[1] > MQ_MAX_CONV_ARG) {
         PyErr_Format(PyExc_ValueError, "%s: weight must be [kh, kw, %lld]", fname, (long long)channels);
         goto fail;
     }

@@ -18,15 +18,13 @@
 
 #define CAPSULE_NAME "mono_quant._C.static_program"
 #define MAX_NODES 4096
-#define MAX_DIM (1L << 20)
 
 typedef struct {
     mq_sp_program program;
     PyObject *keep; /* list of the arrays the nodes point into */
 } program_box;
 
-static void program_free(PyObject *capsule) {
-    program_box *box = PyCapsule_GetPointer(capsule, CAPSULE_NAME);
+static void box_free(program_box *box) {
     if (!box) return;
     for (int i = 0; box->program.nodes && i < box->program.count; i++)
         free((void *)box->program.nodes[i].cat_in); /* one block: slots, zero-points, scales */
@@ -34,6 +32,8 @@ static void program_free(PyObject *capsule) {
     Py_XDECREF(box->keep);
     free(box);
 }
+
+static void program_free(PyObject *capsule) { box_free(PyCapsule_GetPointer(capsule, CAPSULE_NAME)); }
 
 /* A C-contiguous, aligned, native ndarray of `type` with `size` elements (any rank), appended
  * to keep; its data, or NULL with an exception set. */
@@ -80,17 +80,17 @@ static int check_node(const mq_sp_node *nd, int i, int last) {
         if (nd->out_float) BAD("a concatenation can't be the last (float output) node", i);
     }
     if (nd->kind == MQ_SP_BCAST_ADD && nd->in1 == -1 &&
-        (nd->kh < 1 || nd->kw < 1 || nd->n < 1 || nd->kh > MAX_DIM || nd->kw > MAX_DIM || nd->n > MAX_DIM ||
+        (nd->kh < 1 || nd->kw < 1 || nd->n < 1 || nd->kh > MQ_MAX_CONV_ARG || nd->kw > MQ_MAX_CONV_ARG || nd->n > MQ_MAX_CONV_ARG ||
          mq_size_mul(mq_size_mul(nd->kh, nd->kw), nd->n) < 0))
-        BAD("the constant's shape (kh, kw, n) must be in 1..%ld", i, MAX_DIM);
-    if (nd->in_channels < 0 || nd->in_channels > MAX_DIM) BAD("in_channels out of range", i);
+        BAD("the constant's shape (kh, kw, n) must be in 1..%ld", i, MQ_MAX_CONV_ARG);
+    if (nd->in_channels < 0 || nd->in_channels > MQ_MAX_CONV_ARG) BAD("in_channels out of range", i);
     if (nd->kind == MQ_SP_QUANTIZE && nd->in_channels < 1) BAD("in_channels must be >= 1", i);
     if (nd->kind == MQ_SP_CONV || nd->kind == MQ_SP_DEPTHWISE) {
-        if (nd->n < 1 || nd->n > MAX_DIM || nd->in_channels < 1) BAD("channels must be >= 1", i);
+        if (nd->n < 1 || nd->n > MQ_MAX_CONV_ARG || nd->in_channels < 1) BAD("channels must be >= 1", i);
         if (nd->kh < 1 || nd->kw < 1 || nd->sh < 1 || nd->sw < 1 || nd->dh < 1 || nd->dw < 1 || nd->ph < 0 ||
-            nd->pw < 0 || nd->kh > MAX_DIM || nd->kw > MAX_DIM || nd->sh > MAX_DIM || nd->sw > MAX_DIM ||
-            nd->dh > MAX_DIM || nd->dw > MAX_DIM || nd->ph > MAX_DIM || nd->pw > MAX_DIM)
-            BAD("kernel, stride and dilation must be in 1..%ld, padding in 0..%ld", i, MAX_DIM, MAX_DIM);
+            nd->pw < 0 || nd->kh > MQ_MAX_CONV_ARG || nd->kw > MQ_MAX_CONV_ARG || nd->sh > MQ_MAX_CONV_ARG || nd->sw > MQ_MAX_CONV_ARG ||
+            nd->dh > MQ_MAX_CONV_ARG || nd->dw > MQ_MAX_CONV_ARG || nd->ph > MQ_MAX_CONV_ARG || nd->pw > MQ_MAX_CONV_ARG)
+            BAD("kernel, stride and dilation must be in 1..%ld, padding in 0..%ld", i, MQ_MAX_CONV_ARG, MQ_MAX_CONV_ARG);
         if (nd->kind == MQ_SP_CONV && nd->in_channels * nd->kh * nd->kw > MQ_MAX_LINEAR_K)
             BAD("in_channels * kernel area must be at most %d", i, MQ_MAX_LINEAR_K);
         if (nd->kind == MQ_SP_DEPTHWISE && nd->n != nd->in_channels) BAD("depthwise needs n == in_channels", i);
@@ -257,12 +257,7 @@ static PyObject *py_static_program(PyObject *self, PyObject *arg) {
     return capsule;
 fail:
     free(written);
-    if (box) {
-        for (int i = 0; box->program.nodes && i < box->program.count; i++) free((void *)box->program.nodes[i].cat_in);
-        free(box->program.nodes);
-        Py_XDECREF(box->keep);
-        free(box);
-    }
+    box_free(box);
     return NULL;
 }
 

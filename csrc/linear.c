@@ -356,7 +356,7 @@ static void quantize_images(void *vctx, int64_t begin, int64_t end) {
             mq_choose_qparams(mn, mx, 0, 127, 0, &scale, &zp);
             c->kt->quantize[c->kind](src, image, 1.0f / scale, (float)zp, 0.0f, 127.0f, 0, (uint8_t *)q);
             c->zp[b] = zp;
-            add = (uint8_t)(c->enc == MQ_X_U7 ? 0 : c->enc == MQ_X_INT8_PLUS_128 ? 128 - zp : -zp);
+            add = (uint8_t)mq_act_bias(1, zp, c->enc);
         } else {
             mq_choose_qparams(mn, mx, -127, 127, 1, &scale, &zp);
             c->kt->quantize[c->kind](src, image, 1.0f / scale, 0.0f, -127.0f, 127.0f, 0, (uint8_t *)q);

@@ -132,6 +132,11 @@ typedef struct {
     float *y_f32;
 } mq_static_conv_args;
 typedef void (*mq_static_conv_fn)(const mq_static_conv_args *a);
+/* The first input byte output pixel pix (row-major over the call's rows) reads: tap (0, 0). */
+static inline const uint8_t *mq_static_pixel_base(const mq_static_conv_args *a, int64_t pix) {
+    const int64_t r = pix / a->out_w, ow = pix % a->out_w;
+    return a->x + (r * a->sh * a->wp + ow * a->sw) * a->c;
+}
 /* Static int8 residual add over n values (static_int8.h's numerics, mq_ref_static_add):
  * v = clamp((a - a_zp) * a_scale + (b - b_zp) * b_scale, act_lo, act_hi) (two products, one sum,
  * no FMA), then y_q = requantize(v) or y_f32 = v (exactly one of them non-NULL). */

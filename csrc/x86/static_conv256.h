@@ -61,14 +61,8 @@ MQ_INLINE void store_half(const mq_static_conv_args *a, __m256i acc, int64_t pix
     }
 }
 
-/* The first input byte output pixel pix (row-major over the call's rows) reads: tap (0, 0). */
-MQ_INLINE const uint8_t *pixel_base(const mq_static_conv_args *a, int64_t pix) {
-    const int64_t r = pix / a->out_w, ow = pix % a->out_w;
-    return a->x + (r * a->sh * a->wp + ow * a->sw) * a->c;
-}
-
 #define SROW_DECL(i, MT) __m256i acc##i##a = _mm256_setzero_si256(), acc##i##b = acc##i##a; \
-    const uint8_t *xp##i = pixel_base(a, pix0 + ((i) < (MT) ? (i) : 0));
+    const uint8_t *xp##i = mq_static_pixel_base(a, pix0 + ((i) < (MT) ? (i) : 0));
 #define SROW(i, MT)                                                                   \
     if ((i) < (MT)) {                                                                 \
         int32_t x4;                                                                   \

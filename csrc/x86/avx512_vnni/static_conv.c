@@ -43,7 +43,7 @@ MQ_INLINE void store_tile(const mq_static_conv_args *a, __m512i acc, int64_t pix
 
 #define SACC_DECL(i, MT) __m512i acc##i##0 = _mm512_setzero_si512(), acc##i##1 = acc##i##0, acc##i##2 = acc##i##0, \
                              acc##i##3 = acc##i##0;                                                      \
-    const uint8_t *xp##i = pixel_base(a, pix0 + ((i) < (MT) ? (i) : 0));
+    const uint8_t *xp##i = mq_static_pixel_base(a, pix0 + ((i) < (MT) ? (i) : 0));
 #define SACC_PIX(i, MT, NT)                                                    \
     if ((i) < (MT)) {                                                          \
         int32_t x4;                                                            \
@@ -61,12 +61,6 @@ MQ_INLINE void store_tile(const mq_static_conv_args *a, __m512i acc, int64_t pix
         if ((NT) > 2) store_tile(a, acc##i##2, pix0 + (i), p + 2);             \
         if ((NT) > 3) store_tile(a, acc##i##3, pix0 + (i), p + 3);             \
     }
-
-/* The first input byte output pixel pix (row-major over the call's rows) reads: tap (0, 0). */
-MQ_INLINE const uint8_t *pixel_base(const mq_static_conv_args *a, int64_t pix) {
-    const int64_t r = pix / a->out_w, ow = pix % a->out_w;
-    return a->x + (r * a->sh * a->wp + ow * a->sw) * a->c;
-}
 
 /* MT consecutive output pixels (row-major, across row ends: each has its own base pointer)
  * x NT panels from panel p. */
