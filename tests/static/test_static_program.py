@@ -13,7 +13,7 @@ import mono_quant as mq
 from mono_quant import _C
 from mono_quant.calibration import CalibrationWarning
 from mono_quant.static.program import StaticInt8Model, compile_program
-from static_program_helpers import assert_loads_as_program, program_node as _node
+from static_helpers import assert_loads_as_program, program_node as _node, trained_like
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -86,16 +86,6 @@ class WithFloatOp(nn.Module):
     def forward(self, x):
         return self.b(torch.sigmoid(self.a(x)))
 
-
-def trained_like(model, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    for m in model.modules():
-        if isinstance(m, nn.BatchNorm2d):
-            m.running_mean.copy_(torch.randn(m.num_features, generator=g) * 0.1)
-            m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.5)
-            m.weight.data.copy_(torch.rand(m.num_features, generator=g) + 0.5)
-            m.bias.data.copy_(torch.randn(m.num_features, generator=g) * 0.1)
-    return model.eval()
 
 
 MODELS = {"resnet": (ResNetLike, (1, 15, 13)), "mobile": (MobileLike, (3, 12, 12)),

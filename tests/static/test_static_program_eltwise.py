@@ -15,7 +15,7 @@ from mono_quant import _C
 from mono_quant.calibration import CalibrationWarning
 from mono_quant.static import StaticBroadcastAdd, StaticCat
 from mono_quant.static.program import StaticInt8Model, compile_program
-from static_program_helpers import assert_loads_as_program, program_node as _node
+from static_helpers import assert_loads_as_program, program_node as _node, trained_like
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -76,16 +76,6 @@ class MlpCat(nn.Module):
         h = torch.cat([torch.relu(self.l1(x)), torch.relu(self.l2(x))], 1)
         return self.l3(h + self.bias2)
 
-
-def trained_like(model, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    for m in model.modules():
-        if isinstance(m, nn.BatchNorm2d):
-            m.running_mean.copy_(torch.randn(m.num_features, generator=g) * 0.1)
-            m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.5)
-            m.weight.data.copy_(torch.rand(m.num_features, generator=g) + 0.5)
-            m.bias.data.copy_(torch.randn(m.num_features, generator=g) * 0.1)
-    return model.eval()
 
 
 MODELS = {"dense": (DenseLike, (1, 11, 9)), "broadcast": (BroadcastLike, (3, 9, 7)), "mlp_cat": (MlpCat, (9,))}

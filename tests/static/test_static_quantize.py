@@ -16,6 +16,7 @@ from mono_quant.static import StaticAdd, StaticConv2d, StaticGlobalAvgPool, Stat
 from mono_quant.static.quantize import _warn
 from mono_quant.static.report import StaticLayerReport
 from static_file_edits import StaticFileEdits
+from static_helpers import trained_like
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -60,17 +61,6 @@ class DepthwiseSeparable(nn.Module):
     def forward(self, x):
         return self.head(self.pw(self.dw(self.stem(x))).mean((2, 3)))
 
-
-def trained_like(model, seed=0):
-    """Random weights and BatchNorm statistics that look trained (not identity BN)."""
-    g = torch.Generator().manual_seed(seed)
-    for m in model.modules():
-        if isinstance(m, nn.BatchNorm2d):
-            m.running_mean.copy_(torch.randn(m.num_features, generator=g) * 0.1)
-            m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.5)
-            m.weight.data.copy_(torch.rand(m.num_features, generator=g) + 0.5)
-            m.bias.data.copy_(torch.randn(m.num_features, generator=g) * 0.1)
-    return model.eval()
 
 
 @torch.no_grad()

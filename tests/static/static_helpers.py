@@ -1,0 +1,40 @@
+"""Helpers shared by the static int8 tests: BatchNorm statistics that look trained,
+a raw program node for ``_C.static_program`` and the save -> load -> still-one-C-call check."""
+import math
+
+import torch
+from torch import nn
+
+import mono_quant as mq
+from mono_quant.static.program import StaticInt8Model
+
+__all__ = ["trained_like", "program_node", "assert_loads_as_program"]
+
+
+def trained_like(model: nn.Module, seed: int = 0) -> nn.Module:
+    """Random weights and BatchNorm statistics that look trained (not identity BN); eval mode."""
+    g = torch.Generator().manual_seed(seed)
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.copy_(torch.randn(m.num_features, generator=g) * 0.1)
+            m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.5)
+            m.weight.data.copy_(torch.rand(m.num_features, generator=g) + 0.5)
+            m.bias.data.copy_(torch.randn(m.num_features, generator=g) * 0.1)
+    return model.eval()
+
+
+def program_node(kind, in0, in1, out, ints=None, floats=None, arrays=()):
+    """One node tuple as ``_C.static_program`` takes it (defaults: a neutral node)."""
+    ints = ints or (1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0)
+    floats = floats or (-math.inf, math.inf, 1.0, 1.0, 1.0, 1.0)
+    return (kind, in0, in1, out, ints, floats, arrays)
+
+
+def assert_loads_as_program(model, x: torch.Tensor, path) -> None:
+    """Saved and loaded, the model is a compiled program giving the same bits."""
+    mq.save(model, path)
+    loaded = mq.load(path)
+    assert isinstance(loaded, StaticInt8Model)
+    with torch.inference_mode():
+        assert torch.equal(loaded(x), model(x))
+    assert loaded._compiled
