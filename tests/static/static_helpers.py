@@ -1,14 +1,16 @@
 """Helpers shared by the static int8 tests: BatchNorm statistics that look trained,
 a raw program node for ``_C.static_program`` and the save -> load -> still-one-C-call check."""
 import math
+import warnings
 
 import torch
 from torch import nn
 
 import mono_quant as mq
+from mono_quant.calibration import CalibrationWarning
 from mono_quant.static.program import StaticInt8Model
 
-__all__ = ["trained_like", "program_node", "assert_loads_as_program"]
+__all__ = ["trained_like", "quantized_static", "program_node", "assert_loads_as_program"]
 
 
 def trained_like(model: nn.Module, seed: int = 0) -> nn.Module:
@@ -21,6 +23,16 @@ def trained_like(model: nn.Module, seed: int = 0) -> nn.Module:
             m.weight.data.copy_(torch.rand(m.num_features, generator=g) + 0.5)
             m.bias.data.copy_(torch.randn(m.num_features, generator=g) * 0.1)
     return model.eval()
+
+
+def quantized_static(cls, shape, seed: int = 0) -> nn.Module:
+    """``cls()`` with trained-looking BatchNorm, static int8 from 100 random calibration inputs."""
+    torch.manual_seed(seed)
+    model = trained_like(cls(), seed)
+    calib = torch.randn(100, *shape, generator=torch.Generator().manual_seed(seed + 1))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", CalibrationWarning)
+        return mq.quantize(model, "int8", activations="static", calibration=calib).model
 
 
 def program_node(kind, in0, in1, out, ints=None, floats=None, arrays=()):

@@ -13,7 +13,7 @@ import mono_quant as mq
 from mono_quant import _C
 from mono_quant.calibration import CalibrationWarning
 from mono_quant.static.program import StaticInt8Model, compile_program
-from static_helpers import assert_loads_as_program, program_node as _node, trained_like
+from static_helpers import assert_loads_as_program, program_node as _node, quantized_static
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -93,14 +93,8 @@ MODELS = {"resnet": (ResNetLike, (1, 15, 13)), "mobile": (MobileLike, (3, 12, 12
 
 
 def quantized(name, seed=0):
-    torch.manual_seed(seed)
     cls, shape = MODELS[name]
-    model = trained_like(cls(), seed)
-    calib = torch.randn(100, *shape, generator=torch.Generator().manual_seed(seed + 1))
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", CalibrationWarning)
-        result = mq.quantize(model, "int8", activations="static", calibration=calib)
-    return result.model, shape
+    return quantized_static(cls, shape, seed), shape
 
 
 def both_paths(model, x):

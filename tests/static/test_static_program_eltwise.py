@@ -3,19 +3,16 @@ requantized ones) and broadcasting adds (StaticBroadcastAdd: two activations, or
 constant) bit-identically to the node-by-node path, at every ISA level and thread count, after
 save / load; hostile cat / broadcast-add nodes are refused."""
 import math
-import warnings
 
 import numpy as np
 import pytest
 import torch
 from torch import nn
 
-import mono_quant as mq
 from mono_quant import _C
-from mono_quant.calibration import CalibrationWarning
 from mono_quant.static import StaticBroadcastAdd, StaticCat
 from mono_quant.static.program import StaticInt8Model, compile_program
-from static_helpers import assert_loads_as_program, program_node as _node, trained_like
+from static_helpers import assert_loads_as_program, program_node as _node, quantized_static
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -82,14 +79,8 @@ MODELS = {"dense": (DenseLike, (1, 11, 9)), "broadcast": (BroadcastLike, (3, 9, 
 
 
 def quantized(name, seed=0):
-    torch.manual_seed(seed)
     cls, shape = MODELS[name]
-    model = trained_like(cls(), seed)
-    calib = torch.randn(100, *shape, generator=torch.Generator().manual_seed(seed + 1))
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", CalibrationWarning)
-        result = mq.quantize(model, "int8", activations="static", calibration=calib)
-    return result.model, shape
+    return quantized_static(cls, shape, seed), shape
 
 
 @pytest.fixture(scope="module", params=list(MODELS))
