@@ -37,7 +37,7 @@ from transformers.quantizers.auto import (AUTO_QUANTIZATION_CONFIG_MAPPING, AUTO
 from transformers.quantizers.base import HfQuantizer
 from transformers.utils.quantization_config import QuantizationConfigMixin
 
-from ..io.composites import expand_shells
+from ..io.composites import check_loaded_float_parameters, expand_shells, float_parameter_keys
 from ..io.errors import CheckpointError
 from ..io.layers import module_layer_entry, own_tensors
 from ..io.manifest import quantized_class
@@ -161,9 +161,12 @@ class MonoQuantHfQuantizer(HfQuantizer):
     def _process_model_before_weight_loading(self, model, **kwargs):
         if not self.pre_quantized:
             return model
-        _check_files(self.quantization_config.layers, kwargs.get("checkpoint_files") or [])
         modules = dict(model.named_modules(remove_duplicate=False))
-        for path, (_, shell) in expand_shells(modules, self.quantization_config.layers).items():
+        shells = expand_shells(modules, self.quantization_config.layers)
+        # an attention's float bias_k / bias_v are checked as the layers' tensors are
+        _check_files(self.quantization_config.layers, kwargs.get("checkpoint_files") or [],
+                     float_parameter_keys(shells))
+        for path, (_, shell) in shells.items():
             _set_module(model, path, shell)  # an LSTM / attention: its children are filled below
         for entry in self.quantization_config.layers:
             empty = _empty_quantized_module(entry)
@@ -182,6 +185,7 @@ class MonoQuantHfQuantizer(HfQuantizer):
     def _process_model_after_weight_loading(self, model, **kwargs):
         if self.pre_quantized:
             _check_loaded_layers(model, self.quantization_config.layers)
+            check_loaded_float_parameters(model)
             return model
         from .. import quantize
 
@@ -230,9 +234,10 @@ def _empty_quantized_module(entry: Dict[str, Any]) -> nn.Module:
         raise CheckpointError(f"quantization_config layer {entry.get('name')!r}: cannot rebuild it: {exc}") from None
 
 
-def _check_files(layers: List[Dict[str, Any]], files) -> None:
-    """Every tensor the layers need is in the safetensors files, with its dtype and shape:
-    transformers would otherwise fill a missing one with an uninitialized tensor."""
+def _check_files(layers: List[Dict[str, Any]], files, float_parameters: Dict[str, torch.Tensor]) -> None:
+    """Every tensor the layers need is in the safetensors files, with its dtype and shape, and
+    every composite's float parameter (``float_parameters``: key -> the model's parameter)
+    with its shape: transformers would otherwise fill a missing one with an uninitialized tensor."""
     from ..io.container import read_header
     from ..io.dtypes import dtype_name
 
@@ -252,6 +257,11 @@ def _check_files(layers: List[Dict[str, Any]], files) -> None:
             elif dtype_name(have.dtype) != spec.get("dtype") or list(have.shape) != list(spec.get("shape", ())):
                 problems.append(f"{key} is {dtype_name(have.dtype)}{list(have.shape)} in the file, "
                                 f"{spec.get('dtype')}{spec.get('shape')} in quantization_config")
+    for key, expected in float_parameters.items():
+        have = found.get(key)
+        if have is None or not have.dtype.is_floating_point or list(have.shape) != list(expected.shape):
+            problems.append(f"{key} is missing" if have is None else f"{key} is {dtype_name(have.dtype)}"
+                            f"{list(have.shape)} in the file, a float {list(expected.shape)} in the model")
     if problems:
         raise CheckpointError(f"the checkpoint does not match its quantization_config: {'; '.join(problems[:10])}"
                               f"{' ...' if len(problems) > 10 else ''}")

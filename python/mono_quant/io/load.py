@@ -22,7 +22,7 @@ from .skeleton import materialize_non_persistent_buffers
 from .manifest import check_against_header, layer_key, parse_manifest, quantized_class
 from .rebuild import (check_weight_shape, dequantize_layer, is_uninitialized, packed_int8_layer, packed_linear,
                       rebuild_saved, stored_weight)
-from .composites import expand_shells, finish_shells
+from .composites import expand_shells, finish_shells, load_float_parameters
 from .validate import check_layer
 
 __all__ = ["load", "QuantizedStateDict", "dequantize_layer"]
@@ -239,6 +239,7 @@ class QuantizedStateDict(Mapping):
                 consumed.update(layer_key(name, local) for local in layer["tensors"])
             consumed.update(also_consumed)
             replaced_paths.extend(names)
+        load_float_parameters(shells, self._tensors, memo, consumed, problems)  # an attention's bias_k / bias_v
         finish_shells(shells, memo, replaced_paths, problems)
         if problems:
             raise CheckpointError(f"{where}the model does not match the checkpoint: " + "; ".join(problems[:10]))

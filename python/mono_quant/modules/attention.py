@@ -6,10 +6,11 @@ for ``kdim`` / ``vdim``); the output projection is the QuantizedLinear ``out_pro
 attention itself (masks, softmax, dropout) runs in torch as F.multi_head_attention_forward
 does: F.scaled_dot_product_attention without weights, an explicit softmax with them.
 
-``add_zero_attn=True`` (a zero key and value appended to every sequence) is supported: it
-holds no tensor.  ``add_bias_kv=True`` keeps the attention float: its ``bias_k`` / ``bias_v``
-are float tensors of the attention itself, and a quantized composite is saved and rebuilt
-as its quantized projections only (nowhere to keep them across ``save`` / ``load``).
+``add_zero_attn=True`` (a zero key and value appended to every sequence) holds no tensor.
+``add_bias_kv=True`` appends the learned ``bias_k`` / ``bias_v`` (``[1, 1, E]`` each) to the
+projected keys and values: they stay float ``nn.Parameter``s of this module under the float
+module's names (:meth:`float_parameters`), so ``save`` / ``load`` and Hugging Face folders
+carry them as any float parameter.
 
 The fast paths of nn.TransformerEncoderLayer / nn.TransformerEncoder read the float
 ``in_proj_weight`` and call a fused kernel; ``_qkv_same_embed_dim`` is False here and
@@ -19,7 +20,7 @@ path, which calls this module.
 from __future__ import annotations
 
 import math
-from typing import List, Optional
+from typing import Dict, List, Optional
 
 import torch
 import torch.nn.functional as F
@@ -58,7 +59,8 @@ class QuantizedMultiheadAttention(QuantizedComposite):
         self.batch_first = module.batch_first
         self.packed_in_proj = bool(module._qkv_same_embed_dim)
         self.add_zero_attn = bool(module.add_zero_attn)
-        self.bias_k = self.bias_v = None  # add_bias_kv stays float (skip_reason)
+        self.register_parameter("bias_k", None)  # from_float / shell set them with add_bias_kv=True
+        self.register_parameter("bias_v", None)
 
     @classmethod
     def child_specs(cls, module: nn.MultiheadAttention) -> List[ChildSpec]:
@@ -71,11 +73,16 @@ class QuantizedMultiheadAttention(QuantizedComposite):
         return specs + [("out_proj", module.out_proj.weight, module.out_proj.bias)]
 
     @classmethod
+    def float_parameters(cls, module: nn.MultiheadAttention) -> Dict[str, Optional[torch.Tensor]]:
+        return {"bias_k": module.bias_k, "bias_v": module.bias_v}
+
+    @classmethod
     def skip_reason(cls, module: nn.MultiheadAttention) -> Optional[str]:
-        if module.bias_k is not None or module.bias_v is not None:
-            return ("nn.MultiheadAttention with add_bias_kv=True is not quantized: its bias_k / bias_v are float "
-                    "tensors of the attention itself, which a quantized attention (saved and reloaded as its quantized "
-                    "projections only) cannot carry through save / load: kept float, projections included")
+        if (module.bias_k is None) != (module.bias_v is None):
+            return "nn.MultiheadAttention with only one of bias_k / bias_v set (torch's forward refuses it): kept float"
+        for name, p in cls.float_parameters(module).items():
+            if p is not None and (p.device.type == "meta" or not p.is_floating_point()):
+                return f"{name} is {'on the meta device' if p.device.type == 'meta' else p.dtype}: kept float"
         return super().skip_reason(module)
 
     @property
@@ -94,6 +101,7 @@ class QuantizedMultiheadAttention(QuantizedComposite):
 
     def extra_repr(self) -> str:
         s = f"embed_dim={self.embed_dim}, num_heads={self.num_heads}, batch_first={self.batch_first}"
+        s += ", add_bias_kv=True" if self.bias_k is not None else ""
         return s + (", add_zero_attn=True" if self.add_zero_attn else "")
 
     # -- forward -------------------------------------------------------------------------------------
@@ -163,6 +171,12 @@ class QuantizedMultiheadAttention(QuantizedComposite):
                                        f"{(bsz * heads, tgt_len, src_len)}.")
             else:
                 raise RuntimeError(f"attn_mask's dimension {attn_mask.dim()} is not supported")
+        if self.bias_k is not None:  # a learned key / value after each sequence (F.multi_head_attention_forward)
+            k = torch.cat([k, self.bias_k.to(k.dtype).expand(1, bsz, -1)])
+            v = torch.cat([v, self.bias_v.to(v.dtype).expand(1, bsz, -1)])
+            attn_mask = None if attn_mask is None else F.pad(attn_mask, (0, 1))
+            key_padding_mask = None if key_padding_mask is None else F.pad(key_padding_mask, (0, 1))
+            src_len += 1
         # [B*H, L, head_dim], the layout F.multi_head_attention_forward uses
         q = q.reshape(tgt_len, bsz * heads, head_dim).transpose(0, 1)
         k = k.reshape(src_len, bsz * heads, head_dim).transpose(0, 1)

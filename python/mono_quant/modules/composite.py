@@ -7,14 +7,17 @@ torch around them.  So each weight is stored, packed, validated at load and run 
 as a QuantizedLinear's (every format and activation mode), and whatever QuantizedLinear
 gains later (custom ops, autograd, ``.weight``) the composite gets through its children.
 
-The composite itself holds no tensors and is no QuantizedModule: ``save`` records its
-children as ordinary layers (``lstm.ih_l0``...), and ``load(path, model=skeleton)``
-rebuilds it from the skeleton's float module (its configuration: sizes, flags) with
-:meth:`shell` and puts the loaded children in it.
+The composite itself is no QuantizedModule: ``save`` records its children as ordinary
+layers (``lstm.ih_l0``...), and ``load(path, model=skeleton)`` rebuilds it from the
+skeleton's float module (its configuration: sizes, flags) with :meth:`shell` and puts the
+loaded children in it.  Its only tensors of its own are the float module's small float
+parameters that are no weight matrix (:meth:`float_parameters`: MultiheadAttention's
+``bias_k`` / ``bias_v``), kept float under their float names, so they are saved and
+loaded as any float parameter of a model.
 """
 from __future__ import annotations
 
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, Mapping, Optional, Tuple
 
 import torch
 from torch import nn
@@ -49,6 +52,12 @@ class QuantizedComposite(nn.Module):
         raise NotImplementedError
 
     @classmethod
+    def float_parameters(cls, module: nn.Module) -> Mapping[str, Optional[torch.Tensor]]:
+        """The float module's parameters kept float beside the quantized children (name ->
+        parameter or None); none by default."""
+        return {}
+
+    @classmethod
     def skip_reason(cls, module: nn.Module) -> Optional[str]:
         """Why this float module stays float (an option the quantized class does not
         implement), or None."""
@@ -68,17 +77,24 @@ class QuantizedComposite(nn.Module):
             raise ValueError(f"{cls.__name__}: children {sorted(children)}, expected {sorted(expected)}")
         for name in expected:
             q.add_module(name, children[name])
+        for name, p in cls.float_parameters(module).items():  # a copy: the caller's model is never shared
+            q.register_parameter(name, None if p is None else
+                                 nn.Parameter(p.detach().clone(), requires_grad=p.requires_grad))
         q.train(module.training)
         return q
 
     @classmethod
     def shell(cls, module: nn.Module) -> "QuantizedComposite":
         """The module of ``module``'s configuration with a meta-device nn.Linear placeholder
-        per child: what ``load`` fills with the file's quantized children."""
+        per child and a meta parameter per float parameter: what ``load`` fills with the
+        file's quantized children and float tensors."""
         q = cls(module)
         for name, w, b in cls.child_specs(module):
             placeholder = nn.Linear(int(w.shape[1]), int(w.shape[0]), bias=b is not None, device="meta")
             q.add_module(name, placeholder)
+        for name, p in cls.float_parameters(module).items():
+            q.register_parameter(name, None if p is None else nn.Parameter(
+                torch.empty(p.shape, dtype=p.dtype, device="meta"), requires_grad=p.requires_grad))
         q.train(module.training)
         return q
 
