@@ -213,13 +213,8 @@ class _QuantizedRNNBase(QuantizedComposite):
         outputs: List[Optional[torch.Tensor]] = [None] * steps
         order = range(steps - 1, -1, -1) if reverse else range(steps)
         for t in order:
-            new = self._cell(projected[t], hidden(state[0]), state)
-            if project is not None:
-                new = (project(new[0]),) + tuple(new[1:])
-            if lengths is not None:
-                running = (lengths > t).unsqueeze(1)
-                new = tuple(torch.where(running, n, old) for n, old in zip(new, state))
-            state = new
+            running = None if lengths is None else (lengths > t).unsqueeze(1)
+            state = self._step(hidden, project, projected[t], state, running)
             outputs[t] = state[0]
         out = torch.stack(outputs) if steps else x.new_zeros(0, batch, self.output_size)
         return out, state
@@ -233,15 +228,23 @@ class _QuantizedRNNBase(QuantizedComposite):
             running = (torch.arange(steps, device=projected.device).unsqueeze(1) < lengths.unsqueeze(0)).unsqueeze(2)
 
         def step(carry, inputs):
-            gi, run = inputs
-            new = self._cell(gi, hidden(carry[0]), carry)
-            if project is not None:
-                new = (project(new[0]),) + tuple(new[1:])
-            new = tuple(torch.where(run, n, old) for n, old in zip(new, carry))
+            new = self._step(hidden, project, inputs[0], carry, inputs[1])
             return new, new[0].clone()  # (scan allows no output aliasing the carry)
 
         final, out = _scan(step, tuple(state), (projected, running), reverse=reverse)
         return out, final
+
+    def _step(self, hidden, project, gi: torch.Tensor, state, running: Optional[torch.Tensor]):
+        """One time step of one layer and direction, for the Python loop and for ``scan``: the new
+        states from the step's input projection ``gi`` ``[B, G*H]``, the hidden projection
+        ``hidden`` (and ``proj_size``'s ``project``, or None) and ``state``; where ``running``
+        (``[B, 1]`` bool, None: every sequence) is False a sequence keeps its state."""
+        new = self._cell(gi, hidden(state[0]), state)
+        if project is not None:
+            new = (project(new[0]),) + tuple(new[1:])
+        if running is not None:
+            new = tuple(torch.where(running, n, old) for n, old in zip(new, state))
+        return new
 
 
 _PACKED_REASON = ("mono-quant: a PackedSequence input to a quantized LSTM / GRU / RNN is unpacked outside the graph "
