@@ -68,6 +68,8 @@ def test_round_trip_bit_identical(folders):
         again = TinyModel.from_pretrained(saved).eval()
     assert isinstance(again.attn, QuantizedMultiheadAttention) and again.attn.bias_k is not None
     assert torch.equal(again(x), expected)
+    # frozen as quantize() and mono_quant.load leave them (transformers' loader makes what it fills trainable)
+    assert [n for n, p in again.named_parameters() if p.requires_grad] == []
 
 
 @pytest.mark.parametrize("damage,message", [(lambda t: t["attn.bias_k"].fill_(float("inf")), "NaN or Inf"),

@@ -145,13 +145,16 @@ def test_weight_views_parameters_and_gradients():
     q, _ = quantized(float_mha, "int4", None)
     assert q.in_proj_weight.shape == float_mha.in_proj_weight.shape
     assert q.out_proj.weight.shape == float_mha.out_proj.weight.shape and q.out_proj.weight.dtype == torch.float32
-    names = {n for n, _ in q.named_parameters()}
-    assert {"bias_k", "bias_v", "in_proj.bias", "out_proj.bias"} <= names
+    frozen = {n: p.requires_grad for n, p in q.named_parameters()}
+    assert frozen == {"bias_k": False, "bias_v": False, "in_proj.bias": False, "out_proj.bias": False}  # as biases
     query, key, value = inputs(False, False)
+    q.bias_k.requires_grad_()  # opted in, as a bias
+    q.bias_v.requires_grad_()
+    query.requires_grad_()
     q.train()
     out, _ = q(query, key, value)
     out.pow(2).sum().backward()
-    for p in (q.bias_k, q.bias_v):
+    for p in (q.bias_k, q.bias_v, query):
         assert p.grad is not None and p.grad.abs().sum() > 0
 
 

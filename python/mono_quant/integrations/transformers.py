@@ -186,6 +186,7 @@ class MonoQuantHfQuantizer(HfQuantizer):
         if self.pre_quantized:
             _check_loaded_layers(model, self.quantization_config.layers)
             check_loaded_float_parameters(model)
+            _freeze_quantized_parameters(model)
             return model
         from .. import quantize
 
@@ -279,6 +280,15 @@ def _check_loaded_layers(model: nn.Module, layers: List[Dict[str, Any]]) -> None
             problem = check_packed_module(module)
             if problem:
                 raise CheckpointError(f"layer {entry['name']!r}: bad packed int8 weight: {problem}")
+
+
+def _freeze_quantized_parameters(model: nn.Module) -> None:
+    """Biases of quantized layers (and an attention's bias_k / bias_v) frozen, as quantize() and
+    mono_quant.load leave them: transformers' loader makes every parameter it fills trainable."""
+    for m in model.modules():
+        if isinstance(m, (QuantizedModule, QuantizedComposite)):
+            for p in m.parameters(recurse=False):
+                p.requires_grad_(False)
 
 
 def _skip_parent_init(model: nn.Module, name: str) -> None:

@@ -77,9 +77,9 @@ class QuantizedComposite(nn.Module):
             raise ValueError(f"{cls.__name__}: children {sorted(children)}, expected {sorted(expected)}")
         for name in expected:
             q.add_module(name, children[name])
-        for name, p in cls.float_parameters(module).items():  # a copy: the caller's model is never shared
-            q.register_parameter(name, None if p is None else
-                                 nn.Parameter(p.detach().clone(), requires_grad=p.requires_grad))
+        for name, p in cls.float_parameters(module).items():
+            # a copy (the caller's model is never shared), frozen as the children's biases are
+            q.register_parameter(name, None if p is None else nn.Parameter(p.detach().clone(), requires_grad=False))
         q.train(module.training)
         return q
 
@@ -94,7 +94,7 @@ class QuantizedComposite(nn.Module):
             q.add_module(name, placeholder)
         for name, p in cls.float_parameters(module).items():
             q.register_parameter(name, None if p is None else nn.Parameter(
-                torch.empty(p.shape, dtype=p.dtype, device="meta"), requires_grad=p.requires_grad))
+                torch.empty(p.shape, dtype=p.dtype, device="meta"), requires_grad=False))
         q.train(module.training)
         return q
 
