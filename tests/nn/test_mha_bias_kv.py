@@ -141,9 +141,15 @@ def test_formats_kdim_causal_unbatched(dtype, activations, min_sqnr):
 
 
 def test_weight_views_parameters_and_gradients():
+    separate = bias_kv_mha(4, kdim=20, vdim=24)
+    q, _ = quantized(separate, "int8", None)
+    assert q.in_proj_weight is None and q.in_proj_bias.shape == separate.in_proj_bias.shape
+    for p in "qkv":  # the float attribute names, dequantized
+        assert torch.equal(getattr(q, f"{p}_proj_weight"), getattr(q, f"{p}_proj").dequantized_weight(torch.float32))
+        assert getattr(q, f"{p}_proj_weight").shape == getattr(separate, f"{p}_proj_weight").shape
     float_mha = bias_kv_mha(4)
     q, _ = quantized(float_mha, "int4", None)
-    assert q.in_proj_weight.shape == float_mha.in_proj_weight.shape
+    assert q.in_proj_weight.shape == float_mha.in_proj_weight.shape and q.q_proj_weight is None
     assert q.out_proj.weight.shape == float_mha.out_proj.weight.shape and q.out_proj.weight.dtype == torch.float32
     frozen = {n: p.requires_grad for n, p in q.named_parameters()}
     assert frozen == {"bias_k": False, "bias_v": False, "in_proj.bias": False, "out_proj.bias": False}  # as biases

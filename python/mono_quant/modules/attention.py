@@ -99,6 +99,24 @@ class QuantizedMultiheadAttention(QuantizedComposite):
             return None
         return self.in_proj.dequantized_weight(torch.float32).as_subclass(DequantizedInProjWeight)
 
+    @property
+    def q_proj_weight(self) -> Optional[torch.Tensor]:
+        return self._separate_proj_weight("q")
+
+    @property
+    def k_proj_weight(self) -> Optional[torch.Tensor]:
+        return self._separate_proj_weight("k")
+
+    @property
+    def v_proj_weight(self) -> Optional[torch.Tensor]:
+        return self._separate_proj_weight("v")
+
+    def _separate_proj_weight(self, part: str) -> Optional[torch.Tensor]:
+        """The dequantized q / k / v projection with kdim / vdim (None without, as nn.MultiheadAttention)."""
+        if self.packed_in_proj:
+            return None
+        return getattr(self, f"{part}_proj").dequantized_weight(torch.float32).as_subclass(DequantizedInProjWeight)
+
     def extra_repr(self) -> str:
         s = f"embed_dim={self.embed_dim}, num_heads={self.num_heads}, batch_first={self.batch_first}"
         s += ", add_bias_kv=True" if self.bias_k is not None else ""
