@@ -24,7 +24,7 @@ from ..errors import CheckpointError, ConfigError
 from ..formats import get_format
 from ..report import LayerReport, Report, tensor_bytes
 from ..result import QuantizationResult
-from ..strictness import check_patterns_match, layer_names_of_keys
+from ..strictness import check_patterns_match, layer_names_of_keys, warn_if_nothing_quantized
 from .atomic import atomic_output, check_destination
 from .container import StreamingWriter
 from .hf_checkpoint import HfCheckpointPlan, add_tied_aliases, hf_checkpoint_plan, write_hf_entry
@@ -96,6 +96,9 @@ def quantize_checkpoint(src, dst, dtype=None, *, symmetric: Optional[bool] = Non
         NonFiniteWeightError: A weight holds NaN/Inf with ``nonfinite="error"``.
         CheckpointError: ``src`` is unreadable, inconsistent, or already quantized.
 
+    Warns:
+        NothingQuantizedWarning: No entry was quantized (the output holds the float tensors).
+
     Examples:
         >>> result = mq.quantize_checkpoint("model.safetensors", "model-int4.safetensors", dtype="int4")
         >>> qmodel = mq.load(result.path, model=skeleton)
@@ -115,6 +118,7 @@ def quantize_checkpoint(src, dst, dtype=None, *, symmetric: Optional[bool] = Non
         hf_plan = hf_checkpoint_plan(src)
         hf_plan.keep_float.update(attention_out_proj_keys(reader.keys()))  # as quantize(state_dict) does
         report = _write(reader, src, dst, cfg, overwrite, progress, measure_error, hf_plan)
+    warn_if_nothing_quantized(report, report.skipped)  # as quantize(state_dict) does
     return QuantizationResult(None, report.skipped, report, cfg, path=Path(dst))
 
 
