@@ -1,13 +1,14 @@
-"""Threading backends A/B in one process: dynamic int8 Linear on the "pool"
-backend (our helpers, or torch's OpenMP team when torch's libgomp is loaded;
-csrc/omp_team.c) against "own-pool" (our helpers only), interleaved in a fresh
+"""Threading backends A/B in one process: dynamic int8 Linear on the
+"omp-team" backend (our helpers, with jobs of 1 ms or more on torch's OpenMP
+team when torch's libgomp is loaded; csrc/omp_team.c) against "pool" (our
+helpers only, the default), interleaved in a fresh
 random order each round with fp32 F.linear and fbgemm's dynamic linear (which
 run on torch's OpenMP team, so its worker spins between calls as it does
 between a model's torch ops).  8-bit and reduce_range (7-bit) activations.
 
 Prints median us [p10-p90], each contender's speed against fp32 and fbgemm,
-pool / own-pool, and the share of the "pool" contender's parallel jobs that
-ran on torch's team.  Run it once under torch's default OpenMP wait policy and
+omp-team / pool, and how many of the "omp-team" contender's parallel jobs ran
+on torch's team.  Run it once under torch's default OpenMP wait policy and
 once with OMP_WAIT_POLICY=PASSIVE; --background-load N adds N busy processes.
 
 Usage: python benchmarks/bench_omp_team.py [--threads 2] [--shapes 4096x4096 768x768]
@@ -53,21 +54,21 @@ def bench_case(n, k, batches, repeats, fbgemm, rows):
         rot = {name: Rotation(list(range(copies))) for name in ("fp32", "fb", "p", "o", "p7", "o7")}
         team_before = [0]
 
-        def pool(mods, key):
+        def on_team(mods, key):
             def call():
                 before = team_calls()
-                on_backend("pool", mods[rot[key].next()], x)
+                on_backend("omp-team", mods[rot[key].next()], x)
                 team_before[0] += team_calls() - before
             return call
 
         contenders = {
             "fp32 F.linear": lambda: F.linear(x, floats[rot["fp32"].next()].weight),
-            "pool 8-bit": pool(dyn, "p"),
-            "own-pool 8-bit": lambda: on_backend("own-pool", dyn[rot["o"].next()], x),
+            "omp-team 8-bit": on_team(dyn, "p"),
+            "pool 8-bit": lambda: on_backend("pool", dyn[rot["o"].next()], x),
         }
         if m >= 8:
-            contenders["pool reduce_range"] = pool(dyn7, "p7")
-            contenders["own-pool reduce_range"] = lambda: on_backend("own-pool", dyn7[rot["o7"].next()], x)
+            contenders["omp-team reduce_range"] = on_team(dyn7, "p7")
+            contenders["pool reduce_range"] = lambda: on_backend("pool", dyn7[rot["o7"].next()], x)
         if fb:
             contenders["fbgemm"] = lambda: torch.ops.quantized.linear_dynamic(x, fb[rot["fb"].next()], True)
         with torch.no_grad():
@@ -76,17 +77,17 @@ def bench_case(n, k, batches, repeats, fbgemm, rows):
         fp32 = stats["fp32 F.linear"]["median_us"]
         base = stats.get("fbgemm", stats["fp32 F.linear"])["median_us"]
         pool_calls = (repeats + 3) * (2 if m >= 8 else 1)
-        print(f"\n{n}x{k} batch {m}: jobs on torch's team {team_before[0]} in {pool_calls} pool calls")
+        print(f"\n{n}x{k} batch {m}: jobs on torch's team {team_before[0]} in {pool_calls} omp-team calls")
         for name, st in stats.items():
             us = st["median_us"]
             print(f"  {name:<22} {us:9.1f} us [{st['p10_us']:8.1f} - {st['p90_us']:8.1f}]  x{fp32 / us:5.2f} fp32"
                   + (f"  x{base / us:5.2f} fbgemm" if fb else ""))
         row = {"shape": [n, k], "batch": m, "stats": stats, "team_jobs": team_before[0], "pool_calls": pool_calls}
         for bits in ("8-bit", "reduce_range"):
-            if f"pool {bits}" in stats:
-                ratio = stats[f"own-pool {bits}"]["median_us"] / stats[f"pool {bits}"]["median_us"]
-                row[f"pool_speedup_{bits}"] = ratio
-                print(f"  pool vs own-pool, {bits}: x{ratio:.2f}")
+            if f"omp-team {bits}" in stats:
+                ratio = stats[f"pool {bits}"]["median_us"] / stats[f"omp-team {bits}"]["median_us"]
+                row[f"team_speedup_{bits}"] = ratio
+                print(f"  omp-team vs pool, {bits}: x{ratio:.2f}")
         rows.append(row)
 
 

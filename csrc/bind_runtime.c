@@ -15,9 +15,10 @@ static const char *str_arg(PyObject *arg, const char *type_error) {
 PyDoc_STRVAR(set_threading_backend_doc,
              "set_threading_backend(name) -> previous\n\n"
              "How the kernels use threads: \"pool\" (default: persistent helpers that the\n"
-             "caller never waits for to start, or torch's OpenMP team where torch loaded\n"
-             "libgomp; safe across fork), \"own-pool\" (the helpers only) or \"pthreads\"\n"
-             "(threads started and joined per call).  Raises ValueError for any other name.");
+             "caller never waits for to start; safe across fork), \"pthreads\" (threads\n"
+             "started and joined per call) or \"omp-team\" (the pool, with jobs of 1 ms or\n"
+             "more on torch's OpenMP team where torch loaded libgomp).  Raises ValueError for\n"
+             "any other name.");
 
 static PyObject *py_set_threading_backend(PyObject *self, PyObject *arg) {
     (void)self;
@@ -25,7 +26,7 @@ static PyObject *py_set_threading_backend(PyObject *self, PyObject *arg) {
     if (!name) return NULL;
     const char *previous = mq_threading_backend();
     if (mq_set_threading_backend(name) != 0) {
-        PyErr_Format(PyExc_ValueError, "unknown threading backend %R: use \"pool\", \"own-pool\" or \"pthreads\"", arg);
+        PyErr_Format(PyExc_ValueError, "unknown threading backend %R: use \"pool\", \"pthreads\" or \"omp-team\"", arg);
         return NULL;
     }
     return PyUnicode_FromString(previous);

@@ -15,17 +15,20 @@
  *    take a core from the caller or from another process.
  *  - fork(): the child has only the forking thread, so a child handler
  *    forgets the helpers and the child starts its own on its first call.
- *  - torch's OpenMP team, when torch's libgomp is in the process: with
- *    libgomp's default wait policy its worker spins for milliseconds after
- *    each torch op on the core our helper wants, so the job goes to that team
- *    instead (omp_team.c says how, and how fork stays safe).  The team's end
- *    of region waits for every worker, so after a call that waited too long
- *    for one (descheduled: other processes hold the cores) the pool is used
- *    alone for a while (TEAM_PAUSE_*).
  *
- * "own-pool" (MONO_QUANT_THREADS=own-pool) is the pool without the team;
- * "pthreads" is the simple fallback: threads started and joined per call,
- * one contiguous share each. */
+ * "omp-team" (MONO_QUANT_THREADS=omp-team, opt-in) is the pool that hands
+ * jobs of 1 ms or more to torch's OpenMP team when torch's libgomp is in the
+ * process: with libgomp's default wait policy its worker spins for
+ * milliseconds after each torch op on the core our helper wants, so a
+ * 2-thread call on the pool runs at about 1-thread speed there.  omp_team.c
+ * says how, and how fork stays safe.  The team's end of region waits for
+ * every worker, so after a call that waited too long for one (descheduled:
+ * other processes hold the cores) the pool is used alone for a while
+ * (TEAM_PAUSE_*).  Not the default: on a loaded 2-core host it measured no
+ * better than the pool (docs/benchmarks.md, "torch's OpenMP team").
+ *
+ * "pthreads" (MONO_QUANT_THREADS=pthreads) is the simple fallback: threads
+ * started and joined per call, one contiguous share each. */
 #define _GNU_SOURCE /* syscall, pthread_sigmask, clock_gettime under -std=c11 */
 #include <pthread.h>
 #include <signal.h>
@@ -364,8 +367,8 @@ static void run_on_new_threads(int64_t n, int64_t unit, int parts, mq_range_fn f
 
 /* ---- entry point --------------------------------------------------------------------------- */
 
-enum { BACKEND_POOL, BACKEND_OWN_POOL, BACKEND_PTHREADS };
-static const char *const backend_names[] = {"pool", "own-pool", "pthreads"};
+enum { BACKEND_POOL, BACKEND_PTHREADS, BACKEND_OMP_TEAM };
+static const char *const backend_names[] = {"pool", "pthreads", "omp-team"};
 static atomic_int backend; /* BACKEND_POOL by default */
 
 int mq_set_threading_backend(const char *name) {
@@ -396,7 +399,7 @@ void mq_parallel_for(int64_t n, int64_t min_chunk, int nthreads, mq_range_fn fn,
         fn(ctx, 0, n); /* one thread's worth, nested, or another caller owns the pool */
         return;
     }
-    if (chosen == BACKEND_POOL && team_wanted(fn, n)) {
+    if (chosen == BACKEND_OMP_TEAM && team_wanted(fn, n)) {
         const int64_t target = (int64_t)parts * PIECES_PER_THREAD;
         const int64_t piece_items = (units + target - 1) / target * min_chunk;
         run_on_team(n, piece_items, (int)((n + piece_items - 1) / piece_items), parts, fn, ctx);

@@ -1,4 +1,4 @@
-"""The "pool" backend's use of torch's OpenMP team (csrc/omp_team.c): the same
+"""The "omp-team" backend's use of torch's OpenMP team (csrc/omp_team.c): the same
 bits as our own helpers, no hang in a child forked after the team ran our
 work, and libgomp never loaded by us."""
 import os
@@ -36,8 +36,8 @@ exec(RUN_ON_TEAM)
 
 
 @pytest.fixture
-def two_threads_pool():
-    threads, backend = torch.get_num_threads(), _C.set_threading_backend("pool")
+def two_threads_team():
+    threads, backend = torch.get_num_threads(), _C.set_threading_backend("omp-team")
     torch.set_num_threads(2)
     yield
     torch.set_num_threads(threads)
@@ -56,18 +56,19 @@ def _heavy_layers():
     ]
 
 
-def test_team_gives_the_same_bits_as_our_helpers(two_threads_pool):
+def test_team_gives_the_same_bits_as_our_helpers(two_threads_team):
     with torch.no_grad():
         for layer, x in _heavy_layers():
-            _C.set_threading_backend("own-pool")
-            expected = layer(x)
             _C.set_threading_backend("pool")
+            expected = layer(x)
+            _C.set_threading_backend("omp-team")
             assert torch.equal(run_on_team(lambda: layer(x)), expected), layer
 
 
-def test_own_pool_never_uses_the_team(two_threads_pool):
+@pytest.mark.parametrize("backend", ["pool", "pthreads"])
+def test_other_backends_never_use_the_team(two_threads_team, backend):
     layer, x = _heavy_layers()[0]
-    _C.set_threading_backend("own-pool")
+    _C.set_threading_backend(backend)
     before = _C.linear_kernels()["omp_team_calls"]
     with torch.no_grad():
         for _ in range(5):
@@ -138,7 +139,7 @@ FORK_AFTER_TEAM = RUN_ON_TEAM + textwrap.dedent("""
 @pytest.mark.parametrize("where", ["main-thread", "second-thread"])
 def test_fork_after_forward_on_the_team(where):
     args = [sys.executable, "-c", FORK_AFTER_TEAM, "60"] + (["--from-thread"] if where == "second-thread" else [])
-    env = dict(os.environ, MONO_QUANT_THREADS="pool", OMP_NUM_THREADS="2")
+    env = dict(os.environ, MONO_QUANT_THREADS="omp-team", OMP_NUM_THREADS="2")
     env.pop("OMP_WAIT_POLICY", None)
     try:
         proc = subprocess.run(args, env=env, capture_output=True, text=True, timeout=180)
