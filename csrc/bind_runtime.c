@@ -15,8 +15,10 @@ static const char *str_arg(PyObject *arg, const char *type_error) {
 PyDoc_STRVAR(set_threading_backend_doc,
              "set_threading_backend(name) -> previous\n\n"
              "How the kernels use threads: \"pool\" (default: persistent helpers that the\n"
-             "caller never waits for to start; safe across fork) or \"pthreads\" (threads\n"
-             "started and joined per call).  Raises ValueError for any other name.");
+             "caller never waits for to start; safe across fork), \"pthreads\" (threads\n"
+             "started and joined per call) or \"omp-team\" (the pool, with jobs of 1 ms or\n"
+             "more on torch's OpenMP team where torch loaded libgomp).  Raises ValueError for\n"
+             "any other name.");
 
 static PyObject *py_set_threading_backend(PyObject *self, PyObject *arg) {
     (void)self;
@@ -24,7 +26,7 @@ static PyObject *py_set_threading_backend(PyObject *self, PyObject *arg) {
     if (!name) return NULL;
     const char *previous = mq_threading_backend();
     if (mq_set_threading_backend(name) != 0) {
-        PyErr_Format(PyExc_ValueError, "unknown threading backend %R: use \"pool\" or \"pthreads\"", arg);
+        PyErr_Format(PyExc_ValueError, "unknown threading backend %R: use \"pool\", \"pthreads\" or \"omp-team\"", arg);
         return NULL;
     }
     return PyUnicode_FromString(previous);
@@ -56,9 +58,10 @@ static PyObject *py_linear_kernels(PyObject *self, PyObject *unused) {
     (void)unused;
     const mq_kernels *kt = mq_active();
     /* dynamic_reduce_range: the 7-bit kernel, or the dynamic one where it runs them (act_u7.c) */
-    return Py_BuildValue("{s:s,s:s,s:s,s:i,s:s}", "dynamic", kt->qgemm_name, "dynamic_reduce_range",
+    return Py_BuildValue("{s:s,s:s,s:s,s:i,s:s,s:L}", "dynamic", kt->qgemm_name, "dynamic_reduce_range",
                          kt->qgemm_u7 ? kt->qgemm_u7_name : kt->qgemm_name, "weight_only", kt->wgemm_name,
-                         "max_in_features", MQ_MAX_LINEAR_K, "threads", mq_threading_backend());
+                         "max_in_features", MQ_MAX_LINEAR_K, "threads", mq_threading_backend(),
+                         "omp_team_calls", (long long)mq_omp_team_calls());
 }
 
 /* A tests-only kernel switch: switch(on) < 0 means this CPU or build cannot. */

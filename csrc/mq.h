@@ -362,10 +362,12 @@ typedef void (*mq_range_fn)(void *ctx, int64_t begin, int64_t end);
  * min_chunk (or n), on up to nthreads threads, the caller's among them; one
  * thread when n < 2 * min_chunk.  Never waits for a helper thread to start. */
 void mq_parallel_for(int64_t n, int64_t min_chunk, int nthreads, mq_range_fn fn, void *ctx);
-/* "pool" (default: persistent helpers, fork-safe) or "pthreads" (threads
- * started per call).  0 ok, -1 for an unknown name. */
+/* "pool" (default: persistent helpers, fork-safe), "pthreads" (threads
+ * started per call) or "omp-team" (the pool, with long jobs on torch's
+ * OpenMP team where torch loaded libgomp).  0 ok, -1 for an unknown name. */
 int mq_set_threading_backend(const char *name);
-const char *mq_threading_backend(void); /* "pool" or "pthreads" */
+const char *mq_threading_backend(void); /* "pool", "pthreads" or "omp-team" */
+int64_t mq_omp_team_calls(void);        /* jobs "omp-team" ran on torch's OpenMP team (this process) */
 
 /* ---- quant.c: whole-tensor drivers over rows ------------------------------- */
 /* Each returns the index of the first row holding NaN/Inf, or -1. */

@@ -15,8 +15,17 @@
  *    take a core from the caller or from another process.
  *  - fork(): the child has only the forking thread, so a child handler
  *    forgets the helpers and the child starts its own on its first call.
- *    (An OpenMP team, which we used to borrow from torch, cannot be reset in
- *    the child: libgomp's next parallel region there waits forever.)
+ *
+ * "omp-team" (MONO_QUANT_THREADS=omp-team, opt-in) is the pool that hands
+ * jobs of 1 ms or more to torch's OpenMP team when torch's libgomp is in the
+ * process: with libgomp's default wait policy its worker spins for
+ * milliseconds after each torch op on the core our helper wants, so a
+ * 2-thread call on the pool runs at about 1-thread speed there.  omp_team.c
+ * says how, and how fork stays safe.  The team's end of region waits for
+ * every worker, so after a call that waited too long for one (descheduled:
+ * other processes hold the cores) the pool is used alone for a while
+ * (TEAM_PAUSE_*).  Not the default: on a loaded 2-core host it measured no
+ * better than the pool (docs/benchmarks.md, "torch's OpenMP team").
  *
  * "pthreads" (MONO_QUANT_THREADS=pthreads) is the simple fallback: threads
  * started and joined per call, one contiguous share each. */
@@ -34,6 +43,7 @@
 #endif
 
 #include "mq.h"
+#include "omp_team.h"
 
 #define MQ_MAX_THREADS 256
 #define PIECES_PER_THREAD 8      /* small pieces: a late or descheduled helper holds little */
@@ -41,6 +51,13 @@
                                     * a core from torch's own OpenMP workers between layers (docs/benchmarks.md) */
 #define CALLER_SPIN_MIN_NS 50000 /* the caller's wait for claimed pieces before it sleeps: at least */
 #define CALLER_SPIN_MAX_NS 2000000 /* and at most (a helper that takes longer was descheduled) */
+#define TEAM_WAIT_MIN_NS 200000 /* a team call whose caller waited past its last piece longer than this */
+                                /* and than 2 of its own pieces had a descheduled worker: */
+#define TEAM_PAUSE_MIN_NS 50000000    /* then the pool alone for 50 ms, */
+#define TEAM_PAUSE_MAX_NS 1600000000  /* doubled while it stays so, up to 1.6 s */
+#define TEAM_MIN_WORK_NS 1000000 /* jobs of less work (one thread's time, last seen) stay on the pool: */
+                                 /* a wait for a descheduled worker would cost them many times their time */
+#define WORK_SEEN_SLOTS 64
 
 /* ---- waiting: spin briefly, then sleep on a futex ---------------------------------------- */
 
@@ -170,11 +187,10 @@ static void forget_pool_in_child(void) {
 }
 
 static void register_fork_handler(void) { pthread_atfork(NULL, NULL, forget_pool_in_child); }
+static pthread_once_t fork_handler_once = PTHREAD_ONCE_INIT; /* before the pool is first owned */
 
 /* Starts helpers up to `wanted` (the owner only); returns how many exist. */
 static int start_helpers(int wanted) {
-    static pthread_once_t once = PTHREAD_ONCE_INIT;
-    pthread_once(&once, register_fork_handler);
     if (pool.started >= wanted) return wanted;
     pthread_attr_t attr;
     sigset_t all, old;
@@ -194,7 +210,8 @@ static int start_helpers(int wanted) {
     return pool.started;
 }
 
-static void run_on_pool(int64_t n, int64_t piece_items, int pieces, int helpers, mq_range_fn fn, void *ctx) {
+/* Returns the caller's longest piece in ns (0 if it ran none). */
+static int64_t run_on_pool(int64_t n, int64_t piece_items, int pieces, int helpers, mq_range_fn fn, void *ctx) {
     pool.fn = fn;
     pool.ctx = ctx;
     pool.n = n;
@@ -215,7 +232,7 @@ static void run_on_pool(int64_t n, int64_t piece_items, int pieces, int helpers,
      * our own longest piece); past that it was descheduled: sleep, freeing
      * our core.  Sleeping sooner costs more than it saves: on a busy machine
      * a woken caller may wait a whole round of the run queue for its core. */
-    if (atomic_load_explicit(&pool.done, memory_order_acquire) == (unsigned)pieces) return;
+    if (atomic_load_explicit(&pool.done, memory_order_acquire) == (unsigned)pieces) return longest;
     int64_t spin = 2 * longest;
     spin = spin < CALLER_SPIN_MIN_NS ? CALLER_SPIN_MIN_NS : spin > CALLER_SPIN_MAX_NS ? CALLER_SPIN_MAX_NS : spin;
     const int64_t spin_until = now_ns() + spin;
@@ -230,7 +247,89 @@ static void run_on_pool(int64_t n, int64_t piece_items, int pieces, int helpers,
         futex_wait(&pool.done, finished);
     }
     atomic_store(&pool.caller_sleeping, 0);
+    return longest;
 }
+
+/* ---- torch's OpenMP team ------------------------------------------------------------------- */
+
+typedef struct {
+    mq_range_fn fn;
+    void *ctx;
+    int64_t n, piece_items;
+    int pieces;
+    atomic_int next;        /* the next piece: every thread of the team takes from it */
+    int64_t caller_done_ns; /* the caller's, when it found no piece left */
+    int64_t caller_longest_ns;
+} team_job;
+
+static _Thread_local int team_caller; /* set around the caller's GOMP region */
+static _Atomic int64_t team_paused_until_ns, team_pause_ns, team_calls;
+
+static void team_body(void *arg) {
+    team_job *job = arg;
+    const int caller = team_caller;
+    int64_t longest = 0;
+    for (int p; (p = atomic_fetch_add_explicit(&job->next, 1, memory_order_relaxed)) < job->pieces;) {
+        const int64_t begin = (int64_t)p * job->piece_items;
+        const int64_t end = begin + job->piece_items < job->n ? begin + job->piece_items : job->n;
+        const int64_t start = caller ? now_ns() : 0;
+        job->fn(job->ctx, begin, end);
+        if (caller && now_ns() - start > longest) longest = now_ns() - start;
+    }
+    if (caller) { /* the region's start and end order these with the caller's reads */
+        job->caller_done_ns = now_ns();
+        job->caller_longest_ns = longest;
+    }
+}
+
+/* One thread's time for the last job of each (fn, n) seen, in ns: what a
+ * call will cost is known only from the previous one like it.  Read and
+ * written by the pool's owner only. */
+static struct {
+    mq_range_fn fn;
+    int64_t n, work_ns;
+} work_seen[WORK_SEEN_SLOTS];
+
+static int work_slot(mq_range_fn fn, int64_t n) {
+    uint64_t h = (uint64_t)(uintptr_t)fn ^ ((uint64_t)n * 0x9e3779b97f4a7c15ull);
+    return (int)((h ^ (h >> 29)) % WORK_SEEN_SLOTS);
+}
+
+static void remember_work(mq_range_fn fn, int64_t n, int64_t longest_piece_ns, int pieces) {
+    if (longest_piece_ns <= 0) return; /* the caller ran no piece: nothing learned */
+    const int slot = work_slot(fn, n);
+    work_seen[slot].fn = fn;
+    work_seen[slot].n = n;
+    work_seen[slot].work_ns = longest_piece_ns * pieces;
+}
+
+/* 1 if this call may go to torch's team: enough work, last time, and not paused after a slow call. */
+static int team_wanted(mq_range_fn fn, int64_t n) {
+    const int slot = work_slot(fn, n);
+    if (work_seen[slot].fn != fn || work_seen[slot].n != n || work_seen[slot].work_ns < TEAM_MIN_WORK_NS) return 0;
+    return now_ns() >= atomic_load_explicit(&team_paused_until_ns, memory_order_relaxed) && mq_omp_team_usable();
+}
+
+static void run_on_team(int64_t n, int64_t piece_items, int pieces, int threads, mq_range_fn fn, void *ctx) {
+    team_job job = {fn, ctx, n, piece_items, pieces, 0, 0, 0};
+    team_caller = 1;
+    mq_omp_team_run(team_body, &job, threads);
+    team_caller = 0;
+    const int64_t end = now_ns(), waited = end - job.caller_done_ns;
+    atomic_fetch_add_explicit(&team_calls, 1, memory_order_relaxed);
+    remember_work(fn, n, job.caller_longest_ns, pieces);
+    int64_t pause = atomic_load_explicit(&team_pause_ns, memory_order_relaxed);
+    if (waited > TEAM_WAIT_MIN_NS && waited > 2 * job.caller_longest_ns) {
+        pause = pause < TEAM_PAUSE_MIN_NS ? TEAM_PAUSE_MIN_NS : pause * 2 > TEAM_PAUSE_MAX_NS ? TEAM_PAUSE_MAX_NS : pause * 2;
+        atomic_store_explicit(&team_pause_ns, pause, memory_order_relaxed);
+        atomic_store_explicit(&team_paused_until_ns, end + pause, memory_order_relaxed);
+    } else if (pause) {
+        pause -= pause / 8; /* a good call shortens the next pause a little: load comes and goes */
+        atomic_store_explicit(&team_pause_ns, pause < TEAM_PAUSE_MIN_NS ? 0 : pause, memory_order_relaxed);
+    }
+}
+
+int64_t mq_omp_team_calls(void) { return atomic_load(&team_calls); }
 
 /* ---- the per-call pthreads fallback -------------------------------------------------------- */
 
@@ -268,16 +367,20 @@ static void run_on_new_threads(int64_t n, int64_t unit, int parts, mq_range_fn f
 
 /* ---- entry point --------------------------------------------------------------------------- */
 
-static atomic_int use_new_threads; /* 0: the pool (default), 1: per-call pthreads */
+enum { BACKEND_POOL, BACKEND_PTHREADS, BACKEND_OMP_TEAM };
+static const char *const backend_names[] = {"pool", "pthreads", "omp-team"};
+static atomic_int backend; /* BACKEND_POOL by default */
 
 int mq_set_threading_backend(const char *name) {
-    if (strcmp(name, "pool") == 0) atomic_store(&use_new_threads, 0);
-    else if (strcmp(name, "pthreads") == 0) atomic_store(&use_new_threads, 1);
-    else return -1;
-    return 0;
+    for (int b = 0; b < (int)(sizeof backend_names / sizeof *backend_names); b++)
+        if (strcmp(name, backend_names[b]) == 0) {
+            atomic_store(&backend, b);
+            return 0;
+        }
+    return -1;
 }
 
-const char *mq_threading_backend(void) { return atomic_load(&use_new_threads) ? "pthreads" : "pool"; }
+const char *mq_threading_backend(void) { return backend_names[atomic_load(&backend)]; }
 
 void mq_parallel_for(int64_t n, int64_t min_chunk, int nthreads, mq_range_fn fn, void *ctx) {
     if (n <= 0) return;
@@ -286,12 +389,21 @@ void mq_parallel_for(int64_t n, int64_t min_chunk, int nthreads, mq_range_fn fn,
     const int64_t whole_units = n / min_chunk;              /* a thread gets one whole unit of work at least */
     int parts = nthreads < 1 ? 1 : nthreads > MQ_MAX_THREADS ? MQ_MAX_THREADS : nthreads;
     if (parts > whole_units) parts = whole_units > 1 ? (int)whole_units : 1;
-    if (parts > 1 && atomic_load(&use_new_threads)) {
+    const int chosen = atomic_load(&backend);
+    if (parts > 1 && chosen == BACKEND_PTHREADS) {
         run_on_new_threads(n, min_chunk, parts, fn, ctx);
         return;
     }
+    if (parts > 1) pthread_once(&fork_handler_once, register_fork_handler);
     if (parts == 1 || inside_pool_thread || atomic_exchange(&pool.owned, 1)) {
         fn(ctx, 0, n); /* one thread's worth, nested, or another caller owns the pool */
+        return;
+    }
+    if (chosen == BACKEND_OMP_TEAM && team_wanted(fn, n)) {
+        const int64_t target = (int64_t)parts * PIECES_PER_THREAD;
+        const int64_t piece_items = (units + target - 1) / target * min_chunk;
+        run_on_team(n, piece_items, (int)((n + piece_items - 1) / piece_items), parts, fn, ctx);
+        atomic_store(&pool.owned, 0);
         return;
     }
     const int helpers = start_helpers(parts - 1);
@@ -300,7 +412,8 @@ void mq_parallel_for(int64_t n, int64_t min_chunk, int nthreads, mq_range_fn fn,
     } else {
         const int64_t target = (int64_t)(helpers + 1) * PIECES_PER_THREAD;
         const int64_t piece_items = (units + target - 1) / target * min_chunk;
-        run_on_pool(n, piece_items, (int)((n + piece_items - 1) / piece_items), helpers, fn, ctx);
+        const int pieces = (int)((n + piece_items - 1) / piece_items);
+        remember_work(fn, n, run_on_pool(n, piece_items, pieces, helpers, fn, ctx), pieces);
     }
     atomic_store(&pool.owned, 0);
 }

@@ -19,7 +19,7 @@ from .. import _C
 
 __all__ = ["RuntimeSettings", "SETTINGS", "THREADING_BACKENDS", "ISA_LEVELS"]
 
-THREADING_BACKENDS = ("pool", "pthreads")
+THREADING_BACKENDS = ("pool", "pthreads", "omp-team")
 ISA_LEVELS = ("scalar", "avx2", "avx512")
 
 
@@ -58,7 +58,9 @@ class RuntimeSettings:
 
     @property
     def threading_backend(self) -> str:
-        """How the kernels use threads: "pool" (persistent helpers) or "pthreads" (per call)."""
+        """How the kernels use threads: "pool" (persistent helpers), "pthreads" (per call) or
+        "omp-team" (the pool, with jobs of 1 ms or more on torch's OpenMP team when torch's
+        libgomp is loaded)."""
         return _C.linear_kernels()["threads"]
 
     def set_threading_backend(self, name: str) -> str:
@@ -71,7 +73,7 @@ class RuntimeSettings:
         return _C.set_gemv_max_rows(rows)
 
     def apply_environment(self) -> None:
-        """``MONO_QUANT_THREADS`` ("pool" or "pthreads") picks the threading backend; an
+        """``MONO_QUANT_THREADS`` ("pool", "pthreads" or "omp-team") picks the threading backend; an
         unknown value warns and keeps "pool".  Called once, by the package's ``__init__``."""
         name = os.environ.get("MONO_QUANT_THREADS", "").strip().lower()
         if not name:

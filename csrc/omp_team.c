@@ -1,0 +1,82 @@
+/* omp_team.c - borrowing torch's OpenMP team for parallel.c's jobs.
+ *
+ * Why: with libgomp's default wait policy, the worker thread of torch's team
+ * spins for milliseconds after each torch op, on the core our pool's helper
+ * wants; the helper then barely runs and a 2-thread call runs at about
+ * 1-thread speed (docs/benchmarks.md, "OMP_WAIT_POLICY").  That spinning
+ * worker is exactly the thread that can start our pieces at once, so when it
+ * is there, parallel.c hands it the job (it takes pieces from the job's
+ * shared counter, so a late worker holds little).
+ *
+ *  - Never loads or links libgomp: only a libgomp that is already in the
+ *    process (torch's) is used, found through dl_iterate_phdr and opened
+ *    with RTLD_NOLOAD.  GOMP_parallel is libgomp's documented entry for
+ *    "#pragma omp parallel" (its ABI since GCC 4.9).
+ *  - fork(): a libgomp team cannot be used in a child (its next region waits
+ *    for workers that do not exist there; torch's own ops hang too).  Before
+ *    a fork the forking thread's team is released with
+ *    omp_pause_resource_all (OpenMP 5.0; torch's next region starts it
+ *    again), so a child's OpenMP regions start a fresh team; and the child
+ *    itself never uses the team from here (pid check): it runs on our pool.
+ */
+#define _GNU_SOURCE /* dl_iterate_phdr, RTLD_NOLOAD */
+#include <dlfcn.h>
+#include <link.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "omp_team.h"
+
+#define OMP_PAUSE_HARD 2 /* omp_pause_resource_t's omp_pause_hard (OpenMP 5.0) */
+
+typedef void (*gomp_parallel_fn)(void (*fn)(void *), void *data, unsigned num_threads, unsigned flags);
+typedef int (*omp_in_parallel_fn)(void);
+typedef int (*omp_pause_resource_all_fn)(int kind);
+
+static struct {
+    gomp_parallel_fn parallel;
+    omp_in_parallel_fn in_parallel;
+    omp_pause_resource_all_fn pause_all;
+    atomic_int pid; /* the process that found libgomp; 0: none found */
+} team;
+
+/* dl_iterate_phdr callback: the path of the first loaded object named libgomp*.so* */
+static int find_libgomp(struct dl_phdr_info *info, size_t size, void *out) {
+    (void)size;
+    const char *path = info->dlpi_name, *slash = path ? strrchr(path, '/') : NULL;
+    const char *base = slash ? slash + 1 : path;
+    if (!base || strncmp(base, "libgomp", 7) != 0 || !strstr(base, ".so")) return 0;
+    *(const char **)out = path;
+    return 1;
+}
+
+static void release_team_before_fork(void) {
+    if (atomic_load(&team.pid) == getpid() && !team.in_parallel()) team.pause_all(OMP_PAUSE_HARD);
+}
+
+static void forget_team_in_child(void) { atomic_store(&team.pid, 0); }
+
+static void find_team(void) {
+    const char *path = NULL;
+    dl_iterate_phdr(find_libgomp, &path);
+    void *lib = path ? dlopen(path, RTLD_LAZY | RTLD_LOCAL | RTLD_NOLOAD) : NULL;
+    if (!lib) return;
+    team.parallel = (gomp_parallel_fn)dlsym(lib, "GOMP_parallel");
+    team.in_parallel = (omp_in_parallel_fn)dlsym(lib, "omp_in_parallel");
+    team.pause_all = (omp_pause_resource_all_fn)dlsym(lib, "omp_pause_resource_all");
+    /* Without the pause, a team we started could hang a forked child: then not at all. */
+    if (!team.parallel || !team.in_parallel || !team.pause_all) return; /* lib stays open: it was loaded anyway */
+    if (pthread_atfork(release_team_before_fork, NULL, forget_team_in_child) != 0) return;
+    atomic_store(&team.pid, getpid());
+}
+
+int mq_omp_team_usable(void) {
+    static pthread_once_t once = PTHREAD_ONCE_INIT;
+    pthread_once(&once, find_team);
+    const int pid = atomic_load(&team.pid);
+    return pid != 0 && pid == getpid() && !team.in_parallel();
+}
+
+void mq_omp_team_run(void (*body)(void *), void *data, int threads) { team.parallel(body, data, (unsigned)threads, 0); }
