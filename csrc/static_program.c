@@ -169,8 +169,7 @@ int mq_sp_run_node(const mq_sp_run_ctx *c, int64_t b, int i, int8_t *scratch, in
     return 0;
 }
 
-/* One image through every node; 0, or -1 out of memory. */
-static int run_image(const mq_sp_run_ctx *c, int64_t b, int8_t *scratch) {
+int mq_sp_run_image(const mq_sp_run_ctx *c, int64_t b, int8_t *scratch) {
     for (int i = 0; i < c->p->count; i++)
         if (mq_sp_run_node(c, b, i, scratch, c->inner_threads) < 0) return -1;
     return 0;
@@ -184,7 +183,7 @@ static void run_range(void *vctx, int64_t begin, int64_t end) {
         return;
     }
     for (int64_t b = begin; b < end; b++)
-        if (run_image(c, b, scratch) < 0) __atomic_store_n(&c->failed, 1, __ATOMIC_RELAXED);
+        if (mq_sp_run_image(c, b, scratch) < 0) __atomic_store_n(&c->failed, 1, __ATOMIC_RELAXED);
     free(scratch);
 }
 
@@ -210,20 +209,24 @@ int mq_sp_run(const mq_sp_program *p, const mq_sp_shape *shapes, const float *x,
         free(offsets);
         return -1;
     }
-    /* threads take whole images; the images left over (fewer than the threads) are split node by
-     * node between them (static_program_split.c) */
-    int64_t whole = split == MQ_SP_SPLIT_NODES ? 0 : nthreads > 1 ? batch / nthreads * nthreads : batch;
-    if (split == MQ_SP_SPLIT_IMAGES) whole = batch;
-    int inner = nthreads;
-    if (whole < batch && split == MQ_SP_SPLIT_AUTO && mq_sp_split_backing_off()) /* the rest on this thread alone */
-        whole = batch, inner = 1;
-    const int outer = whole >= nthreads ? nthreads : 1;
-    mq_sp_run_ctx c = {p,      shapes,        x,         in_elems, out_elems, mq_size_round_up(total > 0 ? total : 1, 64),
-                 offsets, expand_offset, expand_stride, out,    outer > 1 ? 1 : inner, 0};
-    mq_parallel_for(whole, 1, outer, run_range, &c);
-    int status = c.failed ? -1 : 0;
-    if (status == 0 && whole < batch)
-        status = mq_sp_run_split(&c, whole, batch - whole, nthreads, split == MQ_SP_SPLIT_NODES);
+    /* Threads take whole images; the images left over (fewer than the threads: batch 1 on 2) have
+     * each node split between them.  Both in one job (static_program_split.c), where a thread that
+     * ran out of work takes the pieces others have not started, so no one waits for more than the
+     * piece a running thread holds. */
+    int64_t whole = split == MQ_SP_SPLIT_NODES ? 0 : batch / nthreads * nthreads;
+    if (whole < batch && split == MQ_SP_SPLIT_AUTO && mq_sp_split_backing_off())
+        whole = batch; /* recent splits gained too little: whole images only */
+    mq_sp_run_ctx c = {p, shapes, x, in_elems, out_elems, mq_size_round_up(total > 0 ? total : 1, 64), offsets,
+                       expand_offset, expand_stride, out, 1, 0};
+    int status;
+    if (nthreads > 1 && split != MQ_SP_SPLIT_IMAGES && (whole < batch || batch >= nthreads)) {
+        status = mq_sp_run_split(&c, whole, batch, nthreads, split == MQ_SP_SPLIT_NODES);
+    } else { /* one thread, or whole images only, each node on every thread when the batch is small */
+        const int outer = batch >= nthreads ? nthreads : 1;
+        c.inner_threads = outer == 1 && split == MQ_SP_SPLIT_IMAGES ? nthreads : 1;
+        mq_parallel_for(batch, 1, outer, run_range, &c);
+        status = c.failed ? -1 : 0;
+    }
     free(offsets);
     return status;
 }

@@ -23,9 +23,13 @@ typedef struct {
 /* Node i of image b (its values in scratch) on t threads; 0, or -1 out of memory. */
 int mq_sp_run_node(const mq_sp_run_ctx *c, int64_t b, int i, int8_t *scratch, int t);
 
-/* Images [first, first + count) with every node split between nthreads threads (fine: each
- * node in as many pieces as it allows); 0, or -1 out of memory. */
-int mq_sp_run_split(const mq_sp_run_ctx *c, int64_t first, int64_t count, int nthreads, int fine);
+/* Every node of image b (scratch: c->scratch_bytes) on c->inner_threads; 0, or -1 out of memory. */
+int mq_sp_run_image(const mq_sp_run_ctx *c, int64_t b, int8_t *scratch);
+
+/* The batch on nthreads threads: images [0, whole) whole, each node of images [whole, batch)
+ * split between the threads (fine: each node in as many pieces as it allows); 0, or -1 out of
+ * memory. */
+int mq_sp_run_split(const mq_sp_run_ctx *c, int64_t whole, int64_t batch, int nthreads, int fine);
 
 /* 1 while recent split calls gained too little (the rest of this call then runs on one thread). */
 int mq_sp_split_backing_off(void);

@@ -1,14 +1,18 @@
-/* static_program_split.c - the images of a static program call that leave threads idle
- * (fewer than the threads: batch 1 on 2 threads) run with every node split between them.
+/* static_program_split.c - a static program call as one job of pieces for the threads: whole
+ * images, and for the images that would leave threads idle (fewer than the threads: batch 1 on
+ * 2 threads) every node split between them.
  *
- * Every node of those images becomes a step of a few pieces (blocks of a conv's output rows,
- * ranges of an add; a small node is one piece, see plan_step), the pieces of all steps are
- * numbered in program order, and one mq_parallel_for hands them out.  A thread runs a piece
- * once it claimed it (one flag per piece) and the steps that wrote its inputs are done; while
- * such a step is not done it runs that step's unclaimed pieces itself, and spins only for
- * pieces another thread is running.  So the pool's property holds: nobody waits for a thread
- * that has not started, a caller alone runs every piece, and no order in which the pool hands
- * out the pieces can deadlock (a thread only waits for steps before the one it is in).
+ * A node of a split image is a step of a few pieces (blocks of a conv's output rows, ranges of
+ * an add; a small node is one piece, see plan_step); a whole image is a step of one piece.  The
+ * pieces are numbered in program order and one mq_parallel_for hands them out.  A thread runs a
+ * piece once it claimed it (one flag per piece) and the steps that wrote its inputs are done;
+ * while such a step is not done it runs that step's unclaimed pieces itself, and spins only for
+ * pieces another thread is running.  After its own pieces it takes any piece nobody started.
+ * So the pool's property holds in full: nobody waits for a thread that has not started, and
+ * nobody for more than the one piece a thread is running (the pool waits for the ranges it
+ * handed out: a late or descheduled helper's range is taken over piece by piece); a caller
+ * alone runs every piece; and no order in which the pool hands out the pieces can deadlock (a
+ * thread only waits for steps before the one it is in, and runs what is unclaimed there).
  * Why not one mq_parallel_for per node: the helper, asleep after each short node, was woken
  * per node (a futex wake: tens of microseconds on a busy host) to arrive when a 2-10 us node
  * was over; here it is woken once per call and goes from node to node with the caller.
@@ -32,7 +36,7 @@ typedef struct {
     _Alignas(64) atomic_llong done; /* pieces finished (its own cache line: the threads' meeting point) */
     int64_t first, items;           /* its pieces: [first, first + items) of the job's numbering */
     int64_t image;                  /* the image (batch index) */
-    int node, slot;                 /* node, and the image's scratch slot */
+    int node, slot;                 /* node (-1: the whole image), and the image's scratch slot */
     int split;                      /* 1: the pieces of work; 0: one piece, the whole node */
     mq_static_work work;
 } team_step;
@@ -71,9 +75,9 @@ static void wait_step_done(team_job *t, int s);
 /* Waits for the steps that write the inputs of step s (same image). */
 static void wait_inputs(team_job *t, int s) {
     const team_step *st = &t->steps[s];
-    const mq_sp_node *nd = &t->c->p->nodes[st->node];
+    const mq_sp_node *nd = &t->c->p->nodes[st->node < 0 ? 0 : st->node];
     const int first = s - st->node; /* node 0 of this image */
-    if (nd->kind == MQ_SP_QUANTIZE) return;
+    if (st->node < 0 || nd->kind == MQ_SP_QUANTIZE) return; /* a whole image, or its first node */
     wait_step_done(t, first + t->producer[nd->in0]);
     if ((nd->kind == MQ_SP_ADD || nd->kind == MQ_SP_BCAST_ADD) && nd->in1 >= 0)
         wait_step_done(t, first + t->producer[nd->in1]);
@@ -96,10 +100,16 @@ static void run_piece(team_job *t, int s, int64_t k) {
         !atomic_compare_exchange_strong_explicit(flag, &free_flag, 1, memory_order_relaxed, memory_order_relaxed))
         return;
     wait_inputs(t, s);
-    if (st->split)
+    if (st->node < 0) { /* a whole image, in scratch of its own */
+        int8_t *scratch = malloc(mq_alloc_bytes(t->c->scratch_bytes, 1, 64));
+        if (!scratch || mq_sp_run_image(t->c, st->image, scratch) < 0)
+            atomic_store_explicit(&t->failed, 1, memory_order_relaxed);
+        free(scratch);
+    } else if (st->split) {
         st->work.run(st->work.ctx, k, k + 1);
-    else if (mq_sp_run_node(t->c, st->image, st->node, t->scratch + st->slot * t->c->scratch_bytes, 1) < 0)
+    } else if (mq_sp_run_node(t->c, st->image, st->node, t->scratch + st->slot * t->c->scratch_bytes, 1) < 0) {
         atomic_store_explicit(&t->failed, 1, memory_order_relaxed);
+    }
     atomic_fetch_add_explicit(&st->done, 1, memory_order_release);
     if (called_job == t) t->caller_pieces++;
 }
@@ -137,6 +147,11 @@ static void team_pieces(void *vjob, int64_t begin, int64_t end) {
         const int64_t p1 = end < st->first + st->items ? end - st->first : st->items;
         for (int64_t k = p0; k < p1; k++) run_piece(t, s, k);
     }
+    /* then any piece not started yet, whoever the pool gave it to: the pool waits for the pieces it
+     * handed out, and this way none of them holds more than the one piece its thread is running */
+    for (int s = 0; s < t->nsteps; s++)
+        if (atomic_load_explicit(&t->steps[s].done, memory_order_relaxed) < t->steps[s].items)
+            for (int64_t k = 0; k < t->steps[s].items; k++) run_piece(t, s, k);
     if (called_job == t) t->caller_ns += now_ns() - start - waited_ns;
 }
 
@@ -219,12 +234,13 @@ static int plan_step(const mq_sp_run_ctx *c, team_step *st, int8_t *scratch, int
     return 0;
 }
 
-int mq_sp_run_split(const mq_sp_run_ctx *c, int64_t first, int64_t count, int nthreads, int fine) {
+int mq_sp_run_split(const mq_sp_run_ctx *c, int64_t whole, int64_t batch, int nthreads, int fine) {
     const mq_sp_program *p = c->p;
-    const int nsteps = (int)count * p->count;
+    const int64_t count = batch - whole; /* images split node by node */
+    const int nsteps = (int)(whole + count * p->count);
     team_step *steps = aligned_alloc(64, mq_alloc_bytes(nsteps, sizeof(team_step), 64));
     int *producer = malloc(mq_alloc_bytes(p->values > 0 ? p->values : 1, sizeof(int), 1));
-    int8_t *scratch = malloc(mq_alloc_bytes(count, c->scratch_bytes, 64));
+    int8_t *scratch = malloc(mq_alloc_bytes(count > 0 ? count : 1, c->scratch_bytes, 64));
     atomic_char *claimed = NULL;
     int status = 0, planned = 0;
     if (!steps || !producer || !scratch) {
@@ -236,12 +252,18 @@ int mq_sp_run_split(const mq_sp_run_ctx *c, int64_t first, int64_t count, int nt
     for (; planned < nsteps; planned++) {
         team_step *st = &steps[planned];
         memset(st, 0, sizeof *st);
-        st->slot = planned / p->count;
-        st->image = first + st->slot;
-        st->node = planned % p->count;
-        if (plan_step(c, st, scratch + st->slot * c->scratch_bytes, nthreads, fine) < 0) {
-            status = -1;
-            goto done;
+        if (planned < whole) { /* a whole image: one piece */
+            st->image = planned;
+            st->node = -1;
+            st->items = 1;
+        } else {
+            st->slot = (int)((planned - whole) / p->count);
+            st->image = whole + st->slot;
+            st->node = (int)((planned - whole) % p->count);
+            if (plan_step(c, st, scratch + st->slot * c->scratch_bytes, nthreads, fine) < 0) {
+                status = -1;
+                goto done;
+            }
         }
         st->first = pieces;
         pieces += st->items;
@@ -256,7 +278,7 @@ int mq_sp_run_split(const mq_sp_run_ctx *c, int64_t first, int64_t count, int nt
     called_job = &job;
     mq_parallel_for(pieces, 1, nthreads, team_pieces, &job);
     called_job = NULL;
-    if (!fine && nthreads > 1) {
+    if (!fine && whole == 0) { /* (pieces of one kind: the caller's time per piece is an estimate) */
         const double alone = job.caller_pieces ? (double)job.caller_ns * (double)pieces / (double)job.caller_pieces : 0;
         split_went((double)(now_ns() - start) > SLOWER_THAN_ALONE * alone);
     }
