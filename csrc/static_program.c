@@ -219,7 +219,8 @@ int mq_sp_run(const mq_sp_program *p, const mq_sp_shape *shapes, const float *x,
     mq_sp_run_ctx c = {p, shapes, x, in_elems, out_elems, mq_size_round_up(total > 0 ? total : 1, 64), offsets,
                        expand_offset, expand_stride, out, 1, 0};
     int status;
-    if (nthreads > 1 && split != MQ_SP_SPLIT_IMAGES && (whole < batch || batch >= nthreads)) {
+    if (nthreads > 1 && split != MQ_SP_SPLIT_IMAGES && (whole < batch || batch >= nthreads) &&
+        batch <= ((int64_t)1 << 20) / (p->count > 0 ? p->count : 1)) { /* (the job's step count stays an int) */
         status = mq_sp_run_split(&c, whole, batch, nthreads, split == MQ_SP_SPLIT_NODES);
     } else { /* one thread, or whole images only, each node on every thread when the batch is small */
         const int outer = batch >= nthreads ? nthreads : 1;

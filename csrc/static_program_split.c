@@ -68,7 +68,8 @@ static inline void cpu_pause(void) {
 #endif
 }
 
-static _Thread_local int64_t waited_ns; /* this thread's spins in wait_step_done */
+static _Thread_local int64_t waited_ns;      /* this thread's spins in wait_step_done */
+static _Thread_local int8_t *image_scratch; /* this thread's scratch for whole images (in team_pieces) */
 
 static void wait_step_done(team_job *t, int s);
 
@@ -100,11 +101,10 @@ static void run_piece(team_job *t, int s, int64_t k) {
         !atomic_compare_exchange_strong_explicit(flag, &free_flag, 1, memory_order_relaxed, memory_order_relaxed))
         return;
     wait_inputs(t, s);
-    if (st->node < 0) { /* a whole image, in scratch of its own */
-        int8_t *scratch = malloc(mq_alloc_bytes(t->c->scratch_bytes, 1, 64));
-        if (!scratch || mq_sp_run_image(t->c, st->image, scratch) < 0)
+    if (st->node < 0) { /* a whole image, in this thread's scratch */
+        if (!image_scratch) image_scratch = malloc(mq_alloc_bytes(t->c->scratch_bytes, 1, 64));
+        if (!image_scratch || mq_sp_run_image(t->c, st->image, image_scratch) < 0)
             atomic_store_explicit(&t->failed, 1, memory_order_relaxed);
-        free(scratch);
     } else if (st->split) {
         st->work.run(st->work.ctx, k, k + 1);
     } else if (mq_sp_run_node(t->c, st->image, st->node, t->scratch + st->slot * t->c->scratch_bytes, 1) < 0) {
@@ -152,6 +152,8 @@ static void team_pieces(void *vjob, int64_t begin, int64_t end) {
     for (int s = 0; s < t->nsteps; s++)
         if (atomic_load_explicit(&t->steps[s].done, memory_order_relaxed) < t->steps[s].items)
             for (int64_t k = 0; k < t->steps[s].items; k++) run_piece(t, s, k);
+    free(image_scratch);
+    image_scratch = NULL;
     if (called_job == t) t->caller_ns += now_ns() - start - waited_ns;
 }
 
