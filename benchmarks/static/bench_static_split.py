@@ -14,8 +14,9 @@ one run, each contender the same C call on the same images:
 
     python benchmarks/static/bench_static_split.py --threads 2
     MONO_QUANT_ISA=avx2 python benchmarks/static/bench_static_split.py --threads 2
+    python benchmarks/static/bench_static_split.py --threads 2 --size 112 --batches 1
 
-Writes benchmarks/results/static_split_<isa>.json.
+Writes benchmarks/results/static_split_<isa>_<size>.json.
 """
 from __future__ import annotations
 
@@ -31,6 +32,8 @@ from bench_static import load_model  # noqa: E402
 from common import interleaved, machine_info, summary, write_results  # noqa: E402
 from resnet8 import normalize_images  # noqa: E402
 
+import torch  # noqa: E402
+
 import mono_quant as mq  # noqa: E402
 from mono_quant import _C  # noqa: E402
 from mono_quant.calibration import CalibrationWarning  # noqa: E402
@@ -44,6 +47,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--batches", default="1,3,64")
     parser.add_argument("--repeats", type=int, default=200, help="calls per contender (batch 64: a tenth)")
+    parser.add_argument("--size", type=int, default=28,
+                        help="image side: the images resized (bilinear) to size x size, more work per node")
     args = parser.parse_args()
     warnings.simplefilter("ignore", CalibrationWarning)
     train_x, _ = load_fashion_mnist("train", limit=512)
@@ -53,7 +58,10 @@ def main() -> None:
     run = static_kernels.static_program_run
     results = {}
     for batch in (int(b) for b in args.batches.split(",")):
-        x = train_x[:batch].contiguous().numpy()
+        x = train_x[:batch]
+        if args.size != 28:
+            x = torch.nn.functional.interpolate(x, size=(args.size, args.size), mode="bilinear")
+        x = x.contiguous().numpy()
         contenders = {"1 thread": lambda: run(program.handle, x, 1)}
         for split in ("auto", "nodes", "images"):
             contenders[split] = lambda split=split: run(program.handle, x, args.threads, split=split)
@@ -61,15 +69,17 @@ def main() -> None:
         times = interleaved(contenders, repeats=repeats, warmup=5)
         results[batch] = {name: summary(t) for name, t in times.items()}
     isa = _C.get_isa()
-    print(f"# static int8 program (Fashion-MNIST ResNet8), ISA {isa}, {args.threads} threads")
+    print(f"# static int8 program (Fashion-MNIST ResNet8), {args.size}x{args.size} images, ISA {isa}, "
+          f"{args.threads} threads")
     print(f"{'batch':<6} {'contender':<10} {'median us':>10} {'p10':>9} {'p90':>9} {'vs 1 thread':>12}")
     for batch, rows in results.items():
         base = rows["1 thread"]["median_us"]
         for name, s in rows.items():
             print(f"{batch:<6} {name:<10} {s['median_us']:10.1f} {s['p10_us']:9.1f} {s['p90_us']:9.1f} "
                   f"{base / s['median_us']:11.2f}x")
-    path = write_results(f"static_split_{isa}", {"machine": machine_info(), "isa": isa, "threads": args.threads,
-                                                 "speed": results})
+    path = write_results(f"static_split_{isa}_{args.size}", {"machine": machine_info(), "isa": isa,
+                                                             "threads": args.threads, "size": args.size,
+                                                             "speed": results})
     print(f"wrote {path}")
 
 
