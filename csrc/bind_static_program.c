@@ -262,20 +262,34 @@ fail:
 }
 
 PyDoc_STRVAR(static_program_run_doc,
-             "static_program_run(program, x, nthreads=1) -> out\n\n"
+             "static_program_run(program, x, nthreads=1, split='auto') -> out\n\n"
              "Runs a static_program on x (float32 NCHW [b, c, h, w], or [b, features]), image by\n"
-             "image; out float32 [b, h, w, c] in the last node's NHWC shape (a linear or pool: h = w = 1).");
+             "image; out float32 [b, h, w, c] in the last node's NHWC shape (a linear or pool: h = w = 1).\n"
+             "split: 'auto' (threads take whole images; images left over, fewer than the threads, have\n"
+             "each node split between them), 'images' (whole images only) or 'nodes' (every image split,\n"
+             "each node in as many pieces as it allows: for tests).  The bits are the same in every mode.");
 
 static PyObject *py_static_program_run(PyObject *self, PyObject *args, PyObject *kw) {
-    static char *kwlist[] = {"program", "x", "nthreads", NULL};
+    static char *kwlist[] = {"program", "x", "nthreads", "split", NULL};
     static const int f32[] = {NPY_FLOAT32};
     PyObject *cap, *x_obj, *result = NULL;
     int nthreads = 1;
+    const char *split_name = "auto";
     mq_refs refs = {0};
     mq_sp_shape *shapes = NULL;
     (void)self;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "OO|i:static_program_run", kwlist, &cap, &x_obj, &nthreads))
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OO|is:static_program_run", kwlist, &cap, &x_obj, &nthreads,
+                                     &split_name))
         return NULL;
+    const int split = strcmp(split_name, "auto") == 0     ? MQ_SP_SPLIT_AUTO
+                      : strcmp(split_name, "images") == 0 ? MQ_SP_SPLIT_IMAGES
+                      : strcmp(split_name, "nodes") == 0  ? MQ_SP_SPLIT_NODES
+                                                          : -1;
+    if (split < 0) {
+        PyErr_Format(PyExc_ValueError, "static_program_run: split must be 'auto', 'images' or 'nodes', not '%s'",
+                     split_name);
+        return NULL;
+    }
     if (!PyCapsule_IsValid(cap, CAPSULE_NAME)) {
         PyErr_SetString(PyExc_TypeError, "static_program_run: program must be what static_program() returned");
         return NULL;
@@ -312,7 +326,7 @@ static PyObject *py_static_program_run(PyObject *self, PyObject *args, PyObject 
     if (batch > 0) {
         Py_BEGIN_ALLOW_THREADS
         status = mq_sp_run(&box->program, shapes, PyArray_DATA(x), batch, c * h * w, PyArray_DATA(out), out_elems,
-                           nthreads);
+                           nthreads, split);
         Py_END_ALLOW_THREADS
     }
     if (status < 0) {

@@ -409,34 +409,57 @@ done:
     free(cols);
 }
 
-/* The direct path, when it applies (one group, no weight zero-points): 1 when done, 0 to
- * take the im2col + GEMM path, -1 out of memory. */
+/* The direct path's context for batch images: 1 when it applies (one group, no weight
+ * zero-points), 0 to take the im2col + GEMM path, -1 out of memory; *zcol is the caller's
+ * to free.  Items are rows_per_item output rows of one image (batch * per_image items). */
+static int direct_prepare(const int8_t *x, int64_t batch, int64_t channels, int64_t height, int64_t width,
+                          int64_t kh, int64_t kw, int64_t sh, int64_t sw, int64_t ph, int64_t pw, int64_t dh,
+                          int64_t dw, int64_t groups, const int8_t *packed, const int32_t *w_sum,
+                          const float *x_w_scale, const int32_t *w_zp, const float *bias, int64_t n, float act_lo,
+                          float act_hi, float inv_out_scale, int x_zp, int out_zp, int8_t *y_q, float *y_f32,
+                          int64_t rows_per_item, direct_ctx *c, int32_t **zcol) {
+    const mq_kernels *kt = mq_active();
+    if (!kt->static_conv || groups != 1 || w_zp) return 0;
+    const int64_t out_h = (height + 2 * ph - dh * (kh - 1) - 1) / sh + 1;
+    const int64_t out_w = (width + 2 * pw - dw * (kw - 1) - 1) / sw + 1;
+    const int64_t k = channels * kh * kw, kp = mq_round_up(k, MQ_KGROUP), np = mq_round_up(n, MQ_PANEL);
+    int32_t *z = malloc(mq_alloc_bytes(np, sizeof(int32_t), 1));
+    if (!z) return -1;
+    const int64_t shift = x_zp + (kt->static_conv_x_u8 ? 128 : 0); /* |shift * colsum| < 2^31 for k <= 32768 */
+    for (int64_t j = 0; j < np; j++) z[j] = (int32_t)(shift * (int64_t)w_sum[j]);
+    rows_per_item = rows_per_item < 1 ? 1 : rows_per_item > out_h ? out_h : rows_per_item;
+    *c = (direct_ctx){kt, x, channels, height, width, kh, kw, sh, sw, ph, pw, dh, dw, out_h, out_w, k, kp,
+                      rows_per_item, (out_h + rows_per_item - 1) / rows_per_item, channels % MQ_KGROUP != 0, packed,
+                      z, x_w_scale, bias, n, act_lo, act_hi, inv_out_scale, x_zp, out_zp, y_q, y_f32, 0};
+    (void)batch;
+    *zcol = z;
+    return 1;
+}
+
+/* The direct path, when it applies: 1 when done, 0 to take the im2col + GEMM path, -1 out
+ * of memory. */
 static int conv2d_direct(const int8_t *x, int64_t batch, int64_t channels, int64_t height, int64_t width,
                          int64_t kh, int64_t kw, int64_t sh, int64_t sw, int64_t ph, int64_t pw, int64_t dh,
                          int64_t dw, int64_t groups, const int8_t *packed, const int32_t *w_sum,
                          const float *x_w_scale, const int32_t *w_zp, const float *bias, int64_t n, float act_lo,
                          float act_hi, float inv_out_scale, int x_zp, int out_zp, int8_t *y_q, float *y_f32,
                          int nthreads) {
-    const mq_kernels *kt = mq_active();
-    if (!kt->static_conv || groups != 1 || w_zp) return 0;
     const int64_t out_h = (height + 2 * ph - dh * (kh - 1) - 1) / sh + 1;
     const int64_t out_w = (width + 2 * pw - dw * (kw - 1) - 1) / sw + 1;
-    const int64_t k = channels * kh * kw, kp = mq_round_up(k, MQ_KGROUP), np = mq_round_up(n, MQ_PANEL);
+    if (!mq_active()->static_conv || groups != 1 || w_zp) return 0;
     if (batch <= 0 || out_h <= 0 || out_w <= 0) return 1;
-    int32_t *zcol = malloc(mq_alloc_bytes(np, sizeof(int32_t), 1));
-    if (!zcol) return -1;
-    const int64_t shift = x_zp + (kt->static_conv_x_u8 ? 128 : 0); /* |shift * colsum| < 2^31 for k <= 32768 */
-    for (int64_t j = 0; j < np; j++) zcol[j] = (int32_t)(shift * (int64_t)w_sum[j]);
     /* items: whole images, or row blocks when the batch leaves threads idle */
     int64_t per_image = 1;
     if (nthreads > 1 && batch < 2 * nthreads) per_image = (2 * nthreads + batch - 1) / batch;
     if (per_image > out_h) per_image = out_h;
-    const int64_t rows_per_item = (out_h + per_image - 1) / per_image;
-    per_image = (out_h + rows_per_item - 1) / rows_per_item;
-    direct_ctx c = {kt, x, channels, height, width, kh, kw, sh, sw, ph, pw, dh, dw, out_h, out_w, k, kp,
-                    rows_per_item, per_image, channels % MQ_KGROUP != 0, packed, zcol, x_w_scale, bias, n,
-                    act_lo, act_hi, inv_out_scale, x_zp, out_zp, y_q, y_f32, 0};
-    const int64_t work = rows_per_item * out_w * k * n; /* multiply-adds per item: tiny layers on one thread */
+    direct_ctx c;
+    int32_t *zcol = NULL;
+    const int ready = direct_prepare(x, batch, channels, height, width, kh, kw, sh, sw, ph, pw, dh, dw, groups,
+                                     packed, w_sum, x_w_scale, w_zp, bias, n, act_lo, act_hi, inv_out_scale, x_zp,
+                                     out_zp, y_q, y_f32, (out_h + per_image - 1) / per_image, &c, &zcol);
+    if (ready <= 0) return ready;
+    per_image = c.items_per_image;
+    const int64_t work = c.rows_per_item * out_w * c.k * n; /* multiply-adds per item: tiny layers on one thread */
     mq_parallel_for(batch * per_image, work >= ((int64_t)1 << 17) ? 1 : batch * per_image, nthreads, direct_range,
                     &c);
     free(zcol);
@@ -576,4 +599,100 @@ int mq_avgpool_static(const int8_t *x, int x_zp, int64_t batch, int64_t pixels, 
     }
     free(sum);
     return 0;
+}
+
+/* ---- one image's node as independent pieces (static_program.c's split of one image) ---- */
+
+/* What mq_static_work points at: the kernel's own range function and context, over items of
+ * `unit` of its work items (rows, values), the last one cut at n. */
+typedef struct {
+    mq_range_fn fn;
+    void *inner;
+    int64_t unit, n;
+    int *failed;
+    int32_t *zcol;
+    union {
+        direct_ctx conv;
+        depthwise_ctx depthwise;
+        add_ctx add;
+    } k;
+} work_box;
+
+static void run_units(void *vbox, int64_t begin, int64_t end) {
+    work_box *w = vbox;
+    const int64_t lo = begin * w->unit, hi = end * w->unit < w->n ? end * w->unit : w->n;
+    if (lo < hi) w->fn(w->inner, lo, hi);
+}
+
+static int no_failure = 0; /* the add cannot fail: its pieces allocate nothing */
+
+static int work_box_new(mq_static_work *out, work_box **box) {
+    *box = calloc(1, sizeof(work_box));
+    if (!*box) return -1;
+    *out = (mq_static_work){run_units, *box, 0, NULL};
+    return 0;
+}
+
+static void work_box_items(mq_static_work *out, work_box *w, mq_range_fn fn, void *inner, int64_t unit, int64_t n,
+                           int *failed) {
+    w->fn = fn, w->inner = inner, w->unit = unit, w->n = n, w->failed = failed;
+    out->items = n > 0 ? (n + unit - 1) / unit : 0;
+    out->failed = failed;
+}
+
+int mq_conv2d_static_work(const int8_t *x, int64_t channels, int64_t height, int64_t width, int64_t kh, int64_t kw,
+                          int64_t sh, int64_t sw, int64_t ph, int64_t pw, int64_t dh, int64_t dw,
+                          const int8_t *packed, const int32_t *w_sum, const float *x_w_scale, const float *bias,
+                          int64_t n, float act_lo, float act_hi, float inv_out_scale, int x_zp, int out_zp,
+                          int8_t *y_q, float *y_f32, int64_t items, mq_static_work *work) {
+    const int64_t out_h = (height + 2 * ph - dh * (kh - 1) - 1) / sh + 1;
+    work_box *w;
+    if (!mq_active()->static_conv || out_h <= 0) return 0;
+    if (work_box_new(work, &w) < 0) return -1;
+    items = items < 1 ? 1 : items > out_h ? out_h : items;
+    const int ready = direct_prepare(x, 1, channels, height, width, kh, kw, sh, sw, ph, pw, dh, dw, 1, packed, w_sum,
+                                     x_w_scale, NULL, bias, n, act_lo, act_hi, inv_out_scale, x_zp, out_zp, y_q,
+                                     y_f32, (out_h + items - 1) / items, &w->k.conv, &w->zcol);
+    if (ready <= 0) {
+        free(w);
+        return ready;
+    }
+    work_box_items(work, w, direct_range, &w->k.conv, 1, w->k.conv.items_per_image, &w->k.conv.failed);
+    return 1;
+}
+
+int mq_depthwise_static_work(const int8_t *x, int64_t channels, int64_t height, int64_t width, int64_t kh,
+                             int64_t kw, int64_t sh, int64_t sw, int64_t ph, int64_t pw, int64_t dh, int64_t dw,
+                             const int8_t *wt, const float *x_w_scale, const float *bias, float act_lo, float act_hi,
+                             float inv_out_scale, int x_zp, int out_zp, int8_t *y_q, float *y_f32, int64_t items,
+                             mq_static_work *work) {
+    const int64_t out_h = (height + 2 * ph - dh * (kh - 1) - 1) / sh + 1;
+    const int64_t out_w = (width + 2 * pw - dw * (kw - 1) - 1) / sw + 1;
+    work_box *w;
+    if (work_box_new(work, &w) < 0) return -1;
+    w->k.depthwise = (depthwise_ctx){x, wt, NULL, x_w_scale, bias, channels, height, width, kh, kw, sh, sw, ph, pw,
+                                     dh, dw, out_h, out_w, act_lo, act_hi, inv_out_scale, x_zp, out_zp, y_q, y_f32, 0};
+    items = items < 1 ? 1 : items > out_h ? out_h : items;
+    work_box_items(work, w, depthwise_range, &w->k.depthwise, (out_h + items - 1) / items, out_h,
+                   &w->k.depthwise.failed);
+    return 1;
+}
+
+int mq_add_static_work(const int8_t *a, float a_scale, int a_zp, const int8_t *b, float b_scale, int b_zp, int64_t n,
+                       float act_lo, float act_hi, float inv_out_scale, int out_zp, int8_t *y_q, float *y_f32,
+                       int64_t items, mq_static_work *work) {
+    work_box *w;
+    if (work_box_new(work, &w) < 0) return -1;
+    w->k.add = (add_ctx){a, b, a_scale, b_scale, act_lo, act_hi, inv_out_scale, a_zp, b_zp, out_zp, y_q, y_f32};
+    items = items < 1 ? 1 : items;
+    const int64_t unit = mq_round_up((n + items - 1) / items, 64); /* whole cache lines per piece */
+    work_box_items(work, w, add_range, &w->k.add, unit > 0 ? unit : 64, n, &no_failure);
+    return 1;
+}
+
+void mq_static_work_free(mq_static_work *work) {
+    work_box *w = work->ctx;
+    if (w) free(w->zcol);
+    free(w);
+    work->ctx = NULL;
 }

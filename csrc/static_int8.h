@@ -54,4 +54,37 @@ void mq_add_static(const int8_t *a, float a_scale, int a_zp, const int8_t *b, fl
 int mq_avgpool_static(const int8_t *x, int x_zp, int64_t batch, int64_t pixels, int64_t channels, float mul,
                       float act_lo, float act_hi, float inv_out_scale, int out_zp, int8_t *y_q, float *y_f32);
 
+/* ---- one image's node as independent pieces -------------------------------------------
+ * For a caller that schedules the pieces itself (static_program.c splits one image's nodes
+ * between threads): run(ctx, begin, end) over items [begin, end), each item once, on any
+ * thread, in any order, with the bits of the call above on one image; then
+ * mq_static_work_free.  *failed is nonzero once a piece ran out of memory. */
+typedef struct {
+    void (*run)(void *ctx, int64_t begin, int64_t end);
+    void *ctx;
+    int64_t items;
+    int *failed;
+} mq_static_work;
+
+/* mq_conv2d_static on one image (groups 1, no weight zero-points) as up to `items` blocks of
+ * output rows: 1, 0 where the direct kernel does not apply (run the whole call instead), or
+ * -1 out of memory. */
+int mq_conv2d_static_work(const int8_t *x, int64_t channels, int64_t height, int64_t width, int64_t kh, int64_t kw,
+                          int64_t sh, int64_t sw, int64_t ph, int64_t pw, int64_t dh, int64_t dw,
+                          const int8_t *packed, const int32_t *w_sum, const float *x_w_scale, const float *bias,
+                          int64_t n, float act_lo, float act_hi, float inv_out_scale, int x_zp, int out_zp,
+                          int8_t *y_q, float *y_f32, int64_t items, mq_static_work *work);
+/* mq_depthwise_static on one image (no weight zero-points) as up to `items` blocks of output
+ * rows: 1, or -1 out of memory. */
+int mq_depthwise_static_work(const int8_t *x, int64_t channels, int64_t height, int64_t width, int64_t kh,
+                             int64_t kw, int64_t sh, int64_t sw, int64_t ph, int64_t pw, int64_t dh, int64_t dw,
+                             const int8_t *w, const float *x_w_scale, const float *bias, float act_lo, float act_hi,
+                             float inv_out_scale, int x_zp, int out_zp, int8_t *y_q, float *y_f32, int64_t items,
+                             mq_static_work *work);
+/* mq_add_static as up to `items` ranges of whole cache lines: 1, or -1 out of memory. */
+int mq_add_static_work(const int8_t *a, float a_scale, int a_zp, const int8_t *b, float b_scale, int b_zp, int64_t n,
+                       float act_lo, float act_hi, float inv_out_scale, int out_zp, int8_t *y_q, float *y_f32,
+                       int64_t items, mq_static_work *work);
+void mq_static_work_free(mq_static_work *work);
+
 #endif

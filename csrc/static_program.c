@@ -1,5 +1,6 @@
 /* static_program.c - one call runs a whole static int8 program (static_program.h),
- * image by image, through the kernels of static_int8.c. */
+ * image by image, through the kernels of static_int8.c (an image split between the
+ * threads: static_program_split.c). */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -9,6 +10,7 @@
 #include "size_check.h"
 #include "static_int8.h"
 #include "static_program.h"
+#include "static_program_run.h"
 
 #define MAX_DIM ((int64_t)1 << 20) /* as bind_static.c: size arithmetic stays far inside int64 */
 
@@ -67,17 +69,6 @@ int mq_sp_shapes(const mq_sp_program *p, int64_t c, int64_t h, int64_t w, mq_sp_
     return 0;
 }
 
-typedef struct {
-    const mq_sp_program *p;
-    const mq_sp_shape *shapes;
-    const float *x;
-    int64_t in_elems, out_elems, scratch_bytes;
-    const int64_t *offsets;
-    int64_t expand_offset, expand_stride; /* bcast add: its two expanded operands in the scratch */
-    float *out;
-    int inner_threads;
-    int failed;
-} run_ctx;
 
 /* x of per-image shape s broadcast to shape o (each dimension equal or 1), into dst. */
 static void expand(const int8_t *x, mq_sp_shape s, mq_sp_shape o, int8_t *dst) {
@@ -112,12 +103,10 @@ static void cat_part(const int8_t *x, int64_t pixels, int64_t c, float scale, in
     }
 }
 
-/* One image through every node; 0, or -1 out of memory. */
-static int run_image(const run_ctx *c, int64_t b, int8_t *scratch) {
+int mq_sp_run_node(const mq_sp_run_ctx *c, int64_t b, int i, int8_t *scratch, int t) {
     const mq_sp_program *p = c->p;
     float *out = c->out + b * c->out_elems;
-    const int t = c->inner_threads;
-    for (int i = 0; i < p->count; i++) {
+    {
         const mq_sp_node *nd = &p->nodes[i];
         const mq_sp_shape in = nd->kind == MQ_SP_QUANTIZE ? (mq_sp_shape){0, 0, 0} : c->shapes[nd->in0];
         const mq_sp_shape o = c->shapes[nd->out];
@@ -180,20 +169,26 @@ static int run_image(const run_ctx *c, int64_t b, int8_t *scratch) {
     return 0;
 }
 
+int mq_sp_run_image(const mq_sp_run_ctx *c, int64_t b, int8_t *scratch) {
+    for (int i = 0; i < c->p->count; i++)
+        if (mq_sp_run_node(c, b, i, scratch, c->inner_threads) < 0) return -1;
+    return 0;
+}
+
 static void run_range(void *vctx, int64_t begin, int64_t end) {
-    run_ctx *c = vctx;
+    mq_sp_run_ctx *c = vctx;
     int8_t *scratch = malloc(mq_alloc_bytes(c->scratch_bytes, 1, 64));
     if (!scratch) {
         __atomic_store_n(&c->failed, 1, __ATOMIC_RELAXED);
         return;
     }
     for (int64_t b = begin; b < end; b++)
-        if (run_image(c, b, scratch) < 0) __atomic_store_n(&c->failed, 1, __ATOMIC_RELAXED);
+        if (mq_sp_run_image(c, b, scratch) < 0) __atomic_store_n(&c->failed, 1, __ATOMIC_RELAXED);
     free(scratch);
 }
 
 int mq_sp_run(const mq_sp_program *p, const mq_sp_shape *shapes, const float *x, int64_t batch, int64_t in_elems,
-              float *out, int64_t out_elems, int nthreads) {
+              float *out, int64_t out_elems, int nthreads, int split) {
     int64_t *offsets = malloc(mq_alloc_bytes(p->values > 0 ? p->values : 1, sizeof(int64_t), 1));
     if (!offsets) return -1;
     int64_t total = 0;
@@ -214,11 +209,25 @@ int mq_sp_run(const mq_sp_program *p, const mq_sp_shape *shapes, const float *x,
         free(offsets);
         return -1;
     }
-    /* threads take whole images; a batch smaller than the team runs each node on all threads */
-    const int outer = batch >= nthreads ? nthreads : 1;
-    run_ctx c = {p,      shapes,        x,         in_elems, out_elems, total > 0 ? total : 1,
-                 offsets, expand_offset, expand_stride, out,    outer > 1 ? 1 : nthreads, 0};
-    mq_parallel_for(batch, 1, outer, run_range, &c);
+    /* Threads take whole images; the images left over (fewer than the threads: batch 1 on 2) have
+     * each node split between them.  Both in one job (static_program_split.c), where a thread that
+     * ran out of work takes the pieces others have not started, so no one waits for more than the
+     * piece a running thread holds. */
+    int64_t whole = split == MQ_SP_SPLIT_NODES ? 0 : batch / nthreads * nthreads;
+    if (whole < batch && split == MQ_SP_SPLIT_AUTO && mq_sp_split_backing_off())
+        whole = batch; /* recent splits gained too little: whole images only */
+    mq_sp_run_ctx c = {p, shapes, x, in_elems, out_elems, mq_size_round_up(total > 0 ? total : 1, 64), offsets,
+                       expand_offset, expand_stride, out, 1, 0};
+    int status;
+    if (nthreads > 1 && split != MQ_SP_SPLIT_IMAGES && (whole < batch || batch >= nthreads) &&
+        batch <= ((int64_t)1 << 20) / (p->count > 0 ? p->count : 1)) { /* (the job's step count stays an int) */
+        status = mq_sp_run_split(&c, whole, batch, nthreads, split == MQ_SP_SPLIT_NODES);
+    } else { /* one thread, or whole images only, each node on every thread when the batch is small */
+        const int outer = batch >= nthreads ? nthreads : 1;
+        c.inner_threads = outer == 1 && split == MQ_SP_SPLIT_IMAGES ? nthreads : 1;
+        mq_parallel_for(batch, 1, outer, run_range, &c);
+        status = c.failed ? -1 : 0;
+    }
     free(offsets);
-    return c.failed ? -1 : 0;
+    return status;
 }

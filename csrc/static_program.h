@@ -6,7 +6,8 @@
  * batch makes a round trip through memory.  Here the program is a compact array
  * of nodes built once (bind_static_program.c), and one call runs every node on
  * one image at a time, so the activations of an image (tens of KB) stay in
- * L1/L2 from one op to the next; threads take whole images.  Every node calls
+ * L1/L2 from one op to the next; threads take whole images, and split the nodes of
+ * the images left over (batch 1 on 2 threads) between them.  Every node calls
  * the same kernels as the per-op path (static_int8.h) on a batch of one, so
  * the results are bit-identical to it. */
 #ifndef MQ_STATIC_PROGRAM_H
@@ -73,7 +74,11 @@ int mq_sp_shapes(const mq_sp_program *p, int64_t c, int64_t h, int64_t w, mq_sp_
 /* Runs the program on batch images x (float32, [batch][c][h][w]) into out (float32, [batch]
  * [out_elems], the last node's layout: NHWC for a conv, [features] for a linear or a pool).
  * shapes from mq_sp_shapes.  0, or -1 when out of memory. */
+/* How the threads share the work (split): */
+#define MQ_SP_SPLIT_AUTO 0   /* whole images, the rest (fewer than the threads) node by node */
+#define MQ_SP_SPLIT_IMAGES 1 /* whole images only (each node on every thread when the batch is small) */
+#define MQ_SP_SPLIT_NODES 2  /* every image node by node, each node in as many pieces as it allows (tests) */
 int mq_sp_run(const mq_sp_program *p, const mq_sp_shape *shapes, const float *x, int64_t batch, int64_t in_elems,
-              float *out, int64_t out_elems, int nthreads);
+              float *out, int64_t out_elems, int nthreads, int split);
 
 #endif

@@ -8,7 +8,7 @@ the 10k test images of fp32 and static int8 (512 calibration images) per
 observer, which concatenations run in int8 and how many of their inputs are
 requantized (the rest are copied: their producers share the concatenation's
 scale), and the speed at batch 1 and 64, interleaved (median of ``--repeats``,
-1 thread each): fp32 eager, static int8 (the one-call program), the same model
+``--threads`` each, default 1): fp32 eager, static int8 (the one-call program), the same model
 op by op from Python, and ONNX Runtime static uint8 QDQ (MinMax, 512 images;
 when onnxruntime is installed).
 
@@ -84,6 +84,7 @@ def main() -> None:
     parser.add_argument("--train-images", type=int, default=30000)
     parser.add_argument("--observers", default="minmax,entropy,mse")
     parser.add_argument("--repeats", type=int, default=20)
+    parser.add_argument("--threads", type=int, default=1, help="threads of every contender in the speed runs")
     args = parser.parse_args()
     torch.manual_seed(0)
     torch.set_num_threads(1)
@@ -116,8 +117,9 @@ def main() -> None:
     static_nodes = copy.deepcopy(static)  # the same model, op by op from Python (no one-call program)
     static_nodes.run_as_program = False
     speed = {}
+    torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory() as tmp:
-        ort = ort_static(model, train_x[:512], 1, Path(tmp))
+        ort = ort_static(model, train_x[:512], args.threads, Path(tmp))
         if ort is not None:
             results["ort static uint8 qdq minmax 512"] = top1(ort, test_x, test_y)
         for batch in (1, 64):
@@ -131,7 +133,8 @@ def main() -> None:
             speed[batch] = {name: summary(t) for name, t in times.items()}
     one_call = bool(static._compiled)
     print(f"# TinyDenseNet ({sum(p.numel() for p in model.parameters())} parameters), {args.epochs} epoch(s) on "
-          f"{len(train_x)} images in {seconds:.0f} s, ISA {_C.get_isa()}, 1 thread")
+          f"{len(train_x)} images in {seconds:.0f} s (1 thread), ISA {_C.get_isa()}, speed at {args.threads} "
+          f"thread(s)")
     for name, acc in results.items():
         print(f"{name:<24} {acc:6.2f}  drop {results['fp32'] - acc:5.2f}")
     print(f"static int8 runs as one C call: {one_call}")
@@ -143,7 +146,7 @@ def main() -> None:
         for name, s in rows.items():
             print(f"batch {batch:<3} {name:<18} {s['median_us']:10.1f} us  {base / s['median_us']:5.2f}x")
     write_results(f"static_densenet_{_C.get_isa()}", {"machine": machine_info(), "epochs": args.epochs,
-                                                       "train_images": len(train_x), "train_seconds": seconds,
+                                                       "train_images": len(train_x), "train_seconds": seconds, "threads": args.threads,
                                                        "top1": results, "concatenations": cats, "one_call": one_call,
                                                        "speed": speed})
 

@@ -191,6 +191,7 @@ def compile_program(model: StaticGraphModel) -> Optional[Callable[[torch.Tensor]
         return out.permute(0, 3, 1, 2)
 
     run.input_rank = input_rank  # type: ignore[attr-defined]
+    run.handle = handle  # type: ignore[attr-defined]  # (tests run it with other thread splits)
     return run
 
 
