@@ -136,10 +136,9 @@ def linear_int8_raw(x2d: np.ndarray, args: tuple, mode: str, reduce_range: bool 
     """The C int8 matmul on NumPy arguments prepared once per layer (``args``: packed,
     column sums, scale, zero-point, bias, out_features, has_m128; see
     ``formats.packed_int8.kernel_args``): the per-call path of the modules.
-    ``reduce_range`` (mode "dynamic"): 7-bit activations, see ``QuantConfig.reduce_range``."""
-    if reduce_range:
-        return _C.linear_int8(x2d, *args, mode=mode, nthreads=SETTINGS.num_threads(), reduce_range=True)
-    return _C.linear_int8(x2d, *args, mode=mode, nthreads=SETTINGS.num_threads())
+    ``reduce_range`` (mode "dynamic"): 7-bit activations, see ``QuantConfig.reduce_range``.
+    (Arguments passed by position: matching keywords cost more than a batch-1 kernel.)"""
+    return _C.linear_int8(x2d, *args, mode, SETTINGS.num_threads(), reduce_range)
 
 
 def conv2d_int8_raw(x: np.ndarray, args: tuple, geometry: tuple, nchw: bool = True,
@@ -148,5 +147,4 @@ def conv2d_int8_raw(x: np.ndarray, args: tuple, geometry: tuple, nchw: bool = Tr
     arguments prepared once per layer; ``geometry`` is (kernel_size, stride, padding,
     dilation, groups).  float32 NCHW out with ``nchw``; ``reduce_range``: 7-bit
     activations (per image, asymmetric 0..127)."""
-    return _C.conv2d_int8(x, *args, *geometry, nthreads=SETTINGS.num_threads(), nchw=nchw,
-                          reduce_range=reduce_range)
+    return _C.conv2d_int8(x, *args, *geometry, SETTINGS.num_threads(), nchw, reduce_range)  # (by position, as above)
