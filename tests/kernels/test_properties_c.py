@@ -60,6 +60,8 @@ ENTRY_POINTS = {
     "static_program", "static_program_run",
     # the layers' cache check: properties in tests/kernels/test_stamps.py
     "tensors_unchanged",
+    # the prepared dynamic int8 call: properties in tests/kernels/test_linear_prepared.py
+    "linear_int8_prepare", "linear_int8_prepared",
 }
 
 

@@ -8,7 +8,7 @@ import weakref
 import torch
 
 from .. import kernels
-from ..kernels.int8 import MAX_IN_FEATURES, linear_int8_raw
+from ..kernels.int8 import MAX_IN_FEATURES, linear_int8_prepared, linear_int8_raw, prepare_linear_int8
 from ..kernels.stamps import make_stamp, tensors_unchanged
 from ..packing import unpack_int8_rows
 from .layer_cache import kernel_args_stamped
@@ -93,7 +93,8 @@ def _keep_dynamic_call(module) -> tuple:
     call = None
     if (packed is not None and module.activations == "dynamic" and packed[0]["groups"] == 1
             and packed[0]["in_features"] <= MAX_IN_FEATURES):
-        call = (packed[0]["in_features"], packed[0]["out_features"], packed[1][0], bool(module.reduce_range))
+        k = packed[0]["in_features"]
+        call = (k, packed[0]["out_features"], prepare_linear_int8(packed[1][0], k), bool(module.reduce_range))
     kept = (stamp, call)
     _DYNAMIC_CALLS[module] = kept
     return kept
@@ -113,9 +114,9 @@ def dynamic_linear(module, x: torch.Tensor):
     if call is None or x.shape[-1] != call[0] or x.numel() == 0:
         return None
     if x.dim() == 2 and x.stride(1) == 1:
-        return torch.from_numpy(linear_int8_raw(x.numpy(), call[2], "dynamic", call[3]))
+        return torch.from_numpy(linear_int8_prepared(x.numpy(), call[2], call[3]))
     x2d = x.reshape(-1, call[0])
     if call[0] > 1 and x2d.stride(1) != 1:
         x2d = x2d.contiguous()
-    y = torch.from_numpy(linear_int8_raw(x2d.numpy(), call[2], "dynamic", call[3]))
+    y = torch.from_numpy(linear_int8_prepared(x2d.numpy(), call[2], call[3]))
     return y.reshape(*x.shape[:-1], call[1])
