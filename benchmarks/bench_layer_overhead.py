@@ -9,8 +9,13 @@ layers of that build run too, in the same process: a Python-layer before/after (
 copy is imported as ``mono_quant_base``, its torch.library namespace renamed so both
 register).  bench_ab.py swaps only ``_C``.
 
+With ``--in-model`` each layer is timed inside the whole model's forward instead (forward
+hooks on the same layers of every contender, the models called in rotation): at batch 64 a
+layer then starts with the caches the previous layers' activations went through, which
+the layer alone, called in a loop, never sees.
+
 Usage: python benchmarks/bench_layer_overhead.py [--baseline DIR] [--cases cnn16x8-b1,cnn32x8-b1]
-           [--repeats N] [--calls N] [--clock cpu]
+           [--repeats N] [--calls N] [--clock cpu] [--in-model]
 """
 from __future__ import annotations
 
@@ -58,6 +63,7 @@ def main() -> None:
     parser.add_argument("--calls", type=int, default=200, help="calls per timed sample")
     parser.add_argument("--clock", choices=["wall", "cpu"], default="wall",
                         help="cpu: the thread's CPU time (leaves out time other processes held the core)")
+    parser.add_argument("--in-model", action="store_true", help="time each layer inside the whole model's forward")
     args = parser.parse_args()
     torch.set_num_threads(1)
     torch.set_grad_enabled(False)
@@ -72,6 +78,9 @@ def main() -> None:
         quantized = {b: pkg.quantize(copy.deepcopy(model), dtype="int8").model.eval() for b, pkg in builds.items()}
         outs = [q(x) for q in quantized.values()]
         assert all(torch.equal(outs[0], o) for o in outs[1:]), "the builds' results differ"
+        if args.in_model:
+            rows += in_model(case, x, {"fp32": model, **quantized}, args.repeats * args.calls // 10, args.clock)
+            continue
         inputs = {}
         hooks = [getattr(model, n).register_forward_pre_hook(lambda m, a, n=n: inputs.__setitem__(n, a[0]))
                  for n in LAYERS]
@@ -95,8 +104,48 @@ def main() -> None:
                 line += f"{med - fp32:+10.2f} {ratio:8.2f} "
             rows.append(row)
             print(line, flush=True)
-    path = write_results("layer_overhead", {"machine": machine_info(), "threads": 1, "clock": args.clock, "rows": rows})
+    name = "layer_overhead_in_model" if args.in_model else "layer_overhead"
+    path = write_results(name, {"machine": machine_info(), "threads": 1, "clock": args.clock, "rows": rows})
     print(f"wrote {path}")
+
+
+def in_model(case: str, x: torch.Tensor, models: dict, calls: int, clock: str) -> list:
+    """Per-layer median times inside each model's forward (hooks on LAYERS), the models
+    called in rotation ``calls`` times; printed beside fp32's, returned as rows."""
+    now = time.thread_time_ns if clock == "cpu" else time.perf_counter_ns
+    samples = {m: {n: [] for n in LAYERS} for m in models}
+    for label, model in models.items():
+        for n in LAYERS:
+            layer, started = getattr(model, n), {}
+            layer.register_forward_pre_hook(lambda mod, a, started=started: started.__setitem__(0, now()))
+            layer.register_forward_hook(lambda mod, a, y, n=n, label=label, started=started:
+                                        samples[label][n].append(now() - started[0]))
+    labels = list(models)
+    for _ in range(3):
+        for model in models.values():
+            model(x)
+    for label in labels:
+        for n in LAYERS:
+            samples[label][n].clear()
+    for r in range(max(1, calls)):
+        for j in range(len(labels)):
+            models[labels[(r + j) % len(labels)]](x)
+    rows = []
+    for n in LAYERS:
+        fp32 = statistics.median(samples["fp32"][n]) / 1e3
+        row = {"case": case, "layer": n, "in_model": True, "fp32_us": fp32}
+        line = f"{case:14s} {n:6s} {fp32:9.2f} "
+        for label in labels[1:]:
+            med = statistics.median(samples[label][n]) / 1e3
+            row[f"{label}_us"], row[f"{label}_ratio"] = med, med / fp32
+            line += f"{med - fp32:+10.2f} {med / fp32:8.2f} "
+        rows.append(row)
+        print(line, flush=True)
+    for model in models.values():  # (the hooks stay on these throwaway copies only)
+        for n in LAYERS:
+            getattr(model, n)._forward_hooks.clear()
+            getattr(model, n)._forward_pre_hooks.clear()
+    return rows
 
 
 if __name__ == "__main__":

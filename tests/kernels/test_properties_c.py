@@ -58,6 +58,10 @@ ENTRY_POINTS = {
     # fp16 / bf16 weight linear: properties in tests/kernels/test_fp16_properties.py
     "h16_linear",
     "static_program", "static_program_run",
+    # the layers' cache check: properties in tests/kernels/test_stamps.py
+    "tensors_unchanged",
+    # the prepared dynamic int8 call: properties in tests/kernels/test_linear_prepared.py
+    "linear_int8_prepare", "linear_int8_prepared",
 }
 
 

@@ -70,6 +70,9 @@ class AffineIntFormat(WeightFormat):
     def linear(self, module, x: torch.Tensor) -> torch.Tensor:
         """The packed int8 kernels where they take ``x`` (dynamic, or weight-only below the
         BLAS row rule), else torch on the dequantized weight."""
+        y = packed_linear.dynamic_linear(module, x)  # the common dynamic call, while its kept arguments hold
+        if y is not None:
+            return y
         packed = kernel_args(module)
         if packed is not None and kernel_takes(x, packed[0]["in_features"]):
             x2d = x if x.dim() == 2 else x.reshape(-1, x.shape[-1])

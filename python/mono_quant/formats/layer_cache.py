@@ -10,37 +10,48 @@ import weakref
 
 import torch
 
+from ..kernels.stamps import make_stamp, tensor_version, tensors_unchanged
 from ..packing import packed_info, packed_sizes
 
-__all__ = ["kernel_args", "float_weight", "SMALL_WEIGHT_ELEMENTS", "tensor_version"]
+__all__ = ["kernel_args", "kernel_args_stamped", "KERNEL_ARG_SOURCES", "float_weight", "SMALL_WEIGHT_ELEMENTS",
+           "tensor_version"]
 
 # Per module, the packed weight's description and the NumPy views the C
 # kernels take, built once and rebuilt when a buffer is replaced, changed in
-# place (its _version moves) or moved to other memory (its data_ptr).
+# place (its _version moves) or moved to other memory (its data_ptr): the
+# stamp (kernels/stamps.py) of KERNEL_ARG_SOURCES, checked in one C call.
 _KERNEL_ARGS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+
+#: What the arguments are built from, as (where, name) stamp sources: the buffers they view,
+#: and the bias: a Parameter, or a plain tensor attribute (assigned after load) that
+#: _build_args reads as module.bias too.
+KERNEL_ARG_SOURCES = (("_buffers", "weight_packed_info"), ("_buffers", "weight_packed"),
+                      ("_buffers", "weight_colsum"), ("_buffers", "weight_scale"),
+                      ("_buffers", "weight_zero_point"), ("_parameters", "bias"), (None, "bias"))
 
 
 def kernel_args(module):
     """``(info, per-group argument tuples, whole-weight tuple)`` for
     ``kernels.int8.linear_int8_raw`` / ``conv2d_int8_raw``, or None when the module has no
     usable packed weight (see packing.packed_info)."""
-    get = module._buffers.get
-    # the buffers the arguments view, and the bias: a Parameter, or a plain tensor attribute
-    # (assigned after load) that _build_args reads as module.bias too
-    tensors = (get("weight_packed_info"), get("weight_packed"), get("weight_colsum"), get("weight_scale"),
-               get("weight_zero_point"), module._parameters.get("bias"), module.__dict__.get("bias"))
-    # data_ptr too: .data = ... or share_memory_() swap a buffer's storage in place
-    try:  # (every call of every layer comes here: one list comprehension, no helper calls, no tuple())
-        key = [(id(t), t._version, t.data_ptr()) if t is not None else None for t in tensors]
-    except RuntimeError:  # a tensor made under torch.inference_mode has no version counter
-        key = [(id(t), tensor_version(t), t.data_ptr()) if t is not None else None for t in tensors]
     cached = _KERNEL_ARGS.get(module)
-    if cached is not None and cached[0] == key:
+    if cached is not None and tensors_unchanged(module.__dict__, cached[0]):
         return cached[1]
+    return kernel_args_stamped(module)[1]
+
+
+def kernel_args_stamped(module) -> tuple:
+    """``(stamp, kernel_args(module))``: the arguments with the stamp of what they were
+    built from, for a caller that keeps them (it checks the stamp instead of asking again)."""
+    cached = _KERNEL_ARGS.get(module)
+    if cached is not None and tensors_unchanged(module.__dict__, cached[0]):
+        return cached
+    stamp = make_stamp(module, KERNEL_ARG_SOURCES)
     info = packed_info(module)
     result = None if info is None else (info, *_build_args(module, info))
-    _KERNEL_ARGS[module] = (key, result)
-    return result
+    cached = (stamp, result)
+    _KERNEL_ARGS[module] = cached
+    return cached
 
 
 # A layer whose dequantized float32 weight is at most this many elements (256 KiB) keeps
@@ -73,12 +84,6 @@ def float_weight(module, numel: int, dequantize, packed=None) -> torch.Tensor:
     weight = dequantize()
     _SMALL_WEIGHTS[module] = (key, weight)
     return weight
-
-
-def tensor_version(t: torch.Tensor) -> int:
-    """A tensor's in-place write counter; tensors made under torch.inference_mode have
-    none (-1: only a replaced buffer or a moved storage then rebuilds the arguments)."""
-    return -1 if t.is_inference() else t._version
 
 
 def _build_args(module, info: dict):

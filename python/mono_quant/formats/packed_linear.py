@@ -3,13 +3,18 @@ im2col rows): when the C kernels take an input, the product through them, and th
 shape rule choosing dequantize + BLAS instead for weight-only layers."""
 from __future__ import annotations
 
+import weakref
+
 import torch
 
 from .. import kernels
-from ..kernels.int8 import MAX_IN_FEATURES, linear_int8_raw
+from ..kernels.int8 import MAX_IN_FEATURES, linear_int8_prepared, linear_int8_raw, prepare_linear_int8
+from ..kernels.stamps import make_stamp, tensors_unchanged
 from ..packing import unpack_int8_rows
+from .layer_cache import kernel_args_stamped
 
-__all__ = ["BLAS_MIN_ROWS", "blas_min_rows", "kernel_takes", "packed_linear", "dequantized_packed", "KERNEL_DTYPES"]
+__all__ = ["BLAS_MIN_ROWS", "blas_min_rows", "kernel_takes", "conv_kernel_takes", "packed_linear", "dequantized_packed",
+           "KERNEL_DTYPES", "dynamic_linear"]
 
 #: activation dtypes the int8 kernels read
 KERNEL_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
@@ -41,6 +46,20 @@ def kernel_takes(x: torch.Tensor, in_features: int) -> bool:
     return not (x.requires_grad and torch.is_grad_enabled())  # the kernels have no backward
 
 
+def conv_kernel_takes(module, x: torch.Tensor, k: int) -> bool:
+    """Whether the packed int8 conv kernels can run ``x`` through ``module`` (a
+    QuantizedConv2d whose packed reduction is ``k`` = in_channels/groups * kh * kw): a
+    non-empty 4-D CPU input of a kernel dtype with the layer's channels, numeric padding,
+    the packed weight on the CPU, and ``k`` (and, as :func:`kernel_takes` asks of a row,
+    the input's width) within MAX_IN_FEATURES.  The eager forward and the traced one
+    (formats/traced_forward.py) both ask this; gradients are not asked about: the eager
+    forward sends inputs that record them to the traced one first (``use_ops``)."""
+    packed = module._buffers.get("weight_packed")
+    return (x.dim() == 4 and not isinstance(module.padding2d, str) and x.shape[1] == module.in_channels
+            and packed is not None and packed.is_cpu and x.is_cpu and x.dtype in KERNEL_DTYPES
+            and k <= MAX_IN_FEATURES and x.shape[-1] <= MAX_IN_FEATURES and x.numel() > 0)
+
+
 def packed_linear(module, x2d: torch.Tensor, args: tuple) -> torch.Tensor:
     """float32 ``x2d @ W.T + b`` through the C kernels with one group's
     ``kernel_args``; ``module.activations`` picks dynamic int8 or weight-only."""
@@ -58,3 +77,46 @@ def dequantized_packed(module, info: dict) -> torch.Tensor:
     n, k, groups = info["out_features"], info["in_features"], info["groups"]
     rows = unpack_int8_rows(module.weight_packed, groups, n // groups, k).reshape(n, k)
     return kernels.dequantize_rows(rows, module.weight_scale, module.weight_zero_point)
+
+
+# Per dynamic int8 layer, what its common call (a float32 CPU input) needs, kept with the
+# stamp (kernels/stamps.py) of everything it was made from (None: the layer has no such
+# call): that call then skips the general path's checks (~0.7 us, as much as a small
+# layer's kernel).
+_DYNAMIC_CALLS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+_DYNAMIC_SOURCES = ((None, "activations"), (None, "reduce_range"))
+
+
+def _keep_dynamic_call(module) -> tuple:
+    stamp, packed = kernel_args_stamped(module)
+    stamp += make_stamp(module, _DYNAMIC_SOURCES)
+    call = None
+    if (packed is not None and module.activations == "dynamic" and packed[0]["groups"] == 1
+            and packed[0]["in_features"] <= MAX_IN_FEATURES):
+        k = packed[0]["in_features"]
+        call = (k, packed[0]["out_features"], prepare_linear_int8(packed[1][0], k), bool(module.reduce_range))
+    kept = (stamp, call)
+    _DYNAMIC_CALLS[module] = kept
+    return kept
+
+
+def dynamic_linear(module, x: torch.Tensor):
+    """``x @ W.T + b`` of a dynamic int8 layer for a float32 CPU ``x`` (rows of any leading
+    shape) through the kernel arguments kept per layer while they hold: the same kernel call
+    as :func:`packed_linear`'s.  None where that call does not apply (the caller then takes
+    the general path): another dtype or device, a gradient, an empty input, another width."""
+    if module.activations != "dynamic" or x.dtype is not torch.float32 or not x.is_cpu or x.requires_grad:
+        return None
+    kept = _DYNAMIC_CALLS.get(module)
+    if kept is None or not tensors_unchanged(module.__dict__, kept[0]):
+        kept = _keep_dynamic_call(module)
+    call = kept[1]
+    if call is None or x.shape[-1] != call[0] or x.numel() == 0:
+        return None
+    if x.dim() == 2 and x.stride(1) == 1:
+        return torch.from_numpy(linear_int8_prepared(x.numpy(), call[2], call[3]))
+    x2d = x.reshape(-1, call[0])
+    if call[0] > 1 and x2d.stride(1) != 1:
+        x2d = x2d.contiguous()
+    y = torch.from_numpy(linear_int8_prepared(x2d.numpy(), call[2], call[3]))
+    return y.reshape(*x.shape[:-1], call[1])

@@ -17,7 +17,7 @@ from .cast import takes_half_kernel
 from .int4 import Int4Format
 from .int4_weight import BLAS_MAX_OUT_FEATURES, effective_group
 from .int4_weight import BLAS_MIN_ROWS as INT4_BLAS_MIN_ROWS
-from .packed_linear import BLAS_MIN_ROWS
+from .packed_linear import BLAS_MIN_ROWS, conv_kernel_takes
 
 __all__ = ["use_ops", "linear_forward", "conv2d_forward", "embedding_forward", "int4_linear_forward",
            "dequantized_weight"]
@@ -133,8 +133,7 @@ def conv2d_forward(module, x: torch.Tensor) -> torch.Tensor:
         b = None if bias is None else bias.to(x.dtype)
         return m.conv_with(x, m._buffers["weight"].to(x.dtype).to(x.device), b)
     k = m.in_channels // m.groups * m.kernel_size2d[0] * m.kernel_size2d[1]
-    if (x.dim() == 4 and not isinstance(m.padding2d, str) and x.shape[1] == m.in_channels
-            and _takes(x, m, x.shape[-1]) and k <= MAX_IN_FEATURES):
+    if conv_kernel_takes(m, x, k):
         if m._packed_pays(x):
             if m.padding_mode != "zeros":
                 x = F.pad(x, m._reversed_padding_repeated_twice, mode=m.padding_mode)

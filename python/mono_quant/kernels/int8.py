@@ -14,7 +14,8 @@ from .rows import as_rows, quantize_rows_fused, to_numpy, uses_c
 from .settings import SETTINGS
 
 __all__ = ["pack_int8", "quantize_pack_int8", "quantize_pack_int8_file", "packed_check", "linear_int8",
-           "linear_int8_raw", "conv2d_int8_raw", "linear_kernels", "MAX_IN_FEATURES"]
+           "linear_int8_raw", "conv2d_int8_raw", "linear_kernels", "MAX_IN_FEATURES", "prepare_linear_int8",
+           "linear_int8_prepared"]
 
 
 def pack_int8(q: torch.Tensor, out: Optional[Tuple[torch.Tensor, torch.Tensor]] = None
@@ -136,10 +137,23 @@ def linear_int8_raw(x2d: np.ndarray, args: tuple, mode: str, reduce_range: bool 
     """The C int8 matmul on NumPy arguments prepared once per layer (``args``: packed,
     column sums, scale, zero-point, bias, out_features, has_m128; see
     ``formats.packed_int8.kernel_args``): the per-call path of the modules.
-    ``reduce_range`` (mode "dynamic"): 7-bit activations, see ``QuantConfig.reduce_range``."""
-    if reduce_range:
-        return _C.linear_int8(x2d, *args, mode=mode, nthreads=SETTINGS.num_threads(), reduce_range=True)
-    return _C.linear_int8(x2d, *args, mode=mode, nthreads=SETTINGS.num_threads())
+    ``reduce_range`` (mode "dynamic"): 7-bit activations, see ``QuantConfig.reduce_range``.
+    (Arguments passed by position: matching keywords cost more than a batch-1 kernel.)"""
+    return _C.linear_int8(x2d, *args, mode, SETTINGS.num_threads(), reduce_range)
+
+
+def prepare_linear_int8(args: tuple, in_features: int):
+    """``args`` (one group's weight arguments of :func:`linear_int8_raw`) checked once by C
+    for an ``in_features``-wide input: an opaque object for :func:`linear_int8_prepared`,
+    which holds the arrays.  Raises as ``linear_int8`` does on inconsistent arguments."""
+    return _C.linear_int8_prepare(*args, in_features)
+
+
+def linear_int8_prepared(x2d: np.ndarray, prepared, reduce_range: bool = False) -> np.ndarray:
+    """:func:`linear_int8_raw` in mode "dynamic" with weight arguments checked once
+    (:func:`prepare_linear_int8`): the same result, without matching and checking the
+    weight's six arguments per call (~0.3 us, as much as a small layer's GEMV)."""
+    return _C.linear_int8_prepared(x2d, prepared, SETTINGS.num_threads(), reduce_range)
 
 
 def conv2d_int8_raw(x: np.ndarray, args: tuple, geometry: tuple, nchw: bool = True,
@@ -148,5 +162,4 @@ def conv2d_int8_raw(x: np.ndarray, args: tuple, geometry: tuple, nchw: bool = Tr
     arguments prepared once per layer; ``geometry`` is (kernel_size, stride, padding,
     dilation, groups).  float32 NCHW out with ``nchw``; ``reduce_range``: 7-bit
     activations (per image, asymmetric 0..127)."""
-    return _C.conv2d_int8(x, *args, *geometry, nthreads=SETTINGS.num_threads(), nchw=nchw,
-                          reduce_range=reduce_range)
+    return _C.conv2d_int8(x, *args, *geometry, SETTINGS.num_threads(), nchw, reduce_range)  # (by position, as above)

@@ -35,14 +35,20 @@ _LIB = torch.library.Library("mono_quant", "DEF")  # kept alive: the ops live as
 KERNEL_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 
+# use_ops' functions bound once (the same objects, which dynamo recognizes under any name):
+# three attribute chains less on every eager call of every layer
+_is_compiling, _is_tracing, _grad_enabled, _Tensor = (torch.compiler.is_compiling, torch._C._is_tracing,
+                                                      torch.is_grad_enabled, torch.Tensor)
+
+
 def use_ops(x: torch.Tensor, module=None) -> bool:
     """Whether a quantized module's forward must go through the ``mono_quant`` ops
     (graph capture, a tensor subclass, or autograd to record: ``x`` or the module's
     bias requires grad) instead of the direct ``_C`` calls of eager inference.
     (~0.3 us under no_grad: every eager call of every layer asks.)"""
-    if torch.compiler.is_compiling() or torch._C._is_tracing() or type(x) is not torch.Tensor:
+    if _is_compiling() or _is_tracing() or type(x) is not _Tensor:
         return True  # (type: FakeTensor in non-strict export / make_fx, functional tensors, subclasses)
-    if not torch.is_grad_enabled():
+    if not _grad_enabled():
         return False
     if x.requires_grad:
         return True

@@ -10,9 +10,10 @@ from torch import nn
 from .. import kernels
 from ..formats import ACTIVATION_MODES, format_of
 from ..formats import layer_cache
-from ..formats.layer_cache import float_weight
-from ..formats.packed_linear import dequantized_packed, kernel_takes, packed_linear
-from ..kernels.int8 import MAX_IN_FEATURES, conv2d_int8_raw
+from ..formats.layer_cache import float_weight, kernel_args_stamped
+from ..formats.packed_linear import conv_kernel_takes, dequantized_packed, packed_linear
+from ..kernels.int8 import conv2d_int8_raw
+from ..kernels.stamps import make_stamp, tensors_unchanged
 from ..kernels.layout import INT8_K_GROUP, round_up
 from ..packing import can_pack, pack_int8_linear
 from ..formats import traced_forward
@@ -33,8 +34,16 @@ DYNAMIC_CHUNK_BYTES = 1 << 20
 
 # QuantizedConv2d.forward's routes (see QuantizedConv2d._route), and per module the last one
 # taken with what it was chosen for: a weak map, so deepcopy and state_dict never see it.
-_PACKED, _FLOAT, _FORMAT, _READ_BIAS = "packed", "float", "format", "read bias"
+_PACKED, _FLOAT, _FORMAT = "packed", "float", "format"
 _ROUTES: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+# What a route depends on besides x and kernel_args' tensors (stamp sources, kernels/stamps.py):
+# the layer's format, mode, geometry and the size rules of this module (tests change them).
+_ROUTE_SOURCES = tuple((None, name) for name in (
+    "weight_format", "activations", "in_channels", "out_channels", "groups", "kernel_size2d", "stride2d",
+    "padding2d", "dilation2d", "padding_mode")) + ((globals(), "DYNAMIC_MIN_K"),
+                                                   (globals(), "DYNAMIC_MIN_MACS_PER_IMAGE"))
+# What the float route's weight and bias are made of: kernel_args' sources but the column sums.
+_FLOAT_SOURCES = tuple(source for source in layer_cache.KERNEL_ARG_SOURCES if source[1] != "weight_colsum")
 
 
 @register_qmodule(nn.Conv2d)
@@ -203,56 +212,65 @@ class QuantizedConv2d(ReduceRange, QuantizedModule):
         return pixels * 8 <= self.out_channels
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        check_float_input(x, type(self).__name__)
         if traced_forward.use_ops(x, self):  # graph capture or autograd: the torch.library ops
+            check_float_input(x, type(self).__name__)
             return traced_forward.conv2d_forward(self, x)
-        packed = self.format.kernel_args(self)  # None unless the format has packed int8 kernels
-        if packed is None:
-            return self.format.conv2d(self, x)
         route = _ROUTES.get(self)
-        key = (x.shape, x.dtype, x.is_cpu, self.activations, self.in_channels, self.out_channels, self.groups,
-               self.kernel_size2d, self.stride2d, self.padding2d, self.dilation2d, DYNAMIC_MIN_K,
-               DYNAMIC_MIN_MACS_PER_IMAGE)
-        if route is None or route[0] is not packed or route[1] != key:
-            route = self._route(x, packed, key)
-        if route[2] is _PACKED:
+        # (a kept route was made for a floating x of this dtype: the input check is made here only)
+        if (route is None or route[0] != x.shape or route[1] is not x.dtype or route[2] is not x.is_cpu
+                or not tensors_unchanged(self.__dict__, route[3])):
+            check_float_input(x, type(self).__name__)
+            route = self._route(x)
+            if route is None:  # no packed int8 weight
+                return self.format.conv2d(self, x)
+        if route[4] is not None:  # float32 x, a kept float weight: fp32's own call
+            return F.conv2d(x, *route[4])
+        packed = route[6]
+        if route[5] is _PACKED:
             y = self._packed_conv(x, *packed)
             return y if x.dtype == torch.float32 else y.to(x.dtype)
-        if route[2] is _FLOAT:
-            w = route[3]
+        if route[5] is _FLOAT:
+            w = route[7]
             if w is None:  # a large weight: dequantized per call
                 w = float_weight(self, self.weight_numel(), lambda: self._dequantized_packed(packed[0]), packed)
-            b = route[4]
-            if b is _READ_BIAS:
-                b = self.bias
+            b = route[8]
             if x.dtype == torch.float32:  # (no x.float() / .to(x.dtype): ~1.5 us of no-ops per call)
                 return self.conv_with(x, w, b if b is None or b.dtype == torch.float32 else b.float())
             return self.conv_with(x.float(), w, None if b is None else b.float()).to(x.dtype)
         return self.format.conv2d(self, x)
 
-    def _route(self, x: torch.Tensor, packed, key: tuple) -> tuple:
+    def _route(self, x: torch.Tensor):
         """How forward runs ``x`` (_PACKED: the int8 kernels, _FLOAT: F.conv2d on the
         dequantized weight, _FORMAT: the format's conv2d), kept per module with what it
-        depends on: ``packed`` (kernel_args, rebuilt when a buffer or the bias changes) and
-        ``key`` (x's shape, dtype and device, the layer's geometry, mode and the size rules).
-        The float route keeps the small dequantized weight (float_weight's) and the bias
-        beside it.  A tiny conv's whole forward is ~15 us: the checks made once per shape
-        here instead of per call were a third of it (bench_models.py, 8x8 CNNs)."""
+        depends on: x's shape, dtype and device, and the stamp (kernels/stamps.py) of the
+        layer's packed buffers and bias (kernel_args'), its geometry, mode and the size
+        rules, checked in one C call per forward; or None when the layer has no packed
+        int8 weight (the format's conv2d, nothing kept).  The float route keeps the small
+        dequantized weight (float_weight's) and the bias beside it, and for a float32
+        input F.conv2d's whole argument list.  A tiny conv's whole forward is ~15 us:
+        the checks made once per shape here instead of per call were a third of it
+        (bench_models.py, 8x8 CNNs)."""
+        if self.format.kernel_args(self) is None:
+            return None
+        stamp, packed = kernel_args_stamped(self)
         route = _FORMAT
-        if (x.dim() == 4 and not isinstance(self.padding2d, str) and x.shape[1] == self.in_channels
-                and kernel_takes(x, x.shape[-1]) and packed[0]["in_features"] <= MAX_IN_FEATURES):
-            # kernel_takes' "no grad to record" holds for every later call too: use_ops sent those away
+        if conv_kernel_takes(self, x, packed[0]["in_features"]):
+            # "no grad to record" holds for every call that comes here: use_ops sent those away
             route = _PACKED if self._packed_pays(x) else _FLOAT
-        w = b = None
+        if route is _FLOAT:  # (the float weight never reads the column sums: one tensor less per call)
+            stamp = make_stamp(self, _FLOAT_SOURCES)
+        stamp += make_stamp(self, _ROUTE_SOURCES)
+        w = b = direct = None
         if route is _FLOAT:
             numel = self.weight_numel()
             if numel <= layer_cache.SMALL_WEIGHT_ELEMENTS:  # (read here: tests may change it)
                 w = float_weight(self, numel, lambda: self._dequantized_packed(packed[0]), packed)
             # else None: not kept by float_weight either, dequantized per call
-            # a Parameter is in kernel_args' key (so ``packed`` changes with it); a plain attribute
-            # (None after load, then assigned) isn't: read per call
-            b = self.bias if "bias" in self._parameters else _READ_BIAS
-        memo = (packed, key, route, w, b)
+            b = self.bias  # a Parameter or a plain tensor attribute: the stamp sees either replaced
+            if (w is not None and x.dtype == torch.float32 and self.padding_mode == "zeros"
+                    and (b is None or b.dtype == torch.float32)):  # (b's dtype: .data = moves data_ptr)
+                direct = (w, b, self.stride2d, self.padding2d, self.dilation2d, self.groups)
+        memo = (x.shape, x.dtype, x.is_cpu, stamp, direct, route, packed, w, b)
         _ROUTES[self] = memo
         return memo
 

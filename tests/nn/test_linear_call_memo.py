@@ -1,0 +1,89 @@
+"""A dynamic int8 QuantizedLinear keeps its kernel call's arguments per module
+(formats/packed_linear.py, dynamic_linear): every change they depend on must give what a
+fresh copy of the layer (nothing kept) gives, bit for bit, and the inputs that call does
+not take must go the general way with the same results."""
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+import mono_quant as mq
+from mono_quant.formats import packed_linear
+
+
+def _qlinear(bias=True):
+    torch.manual_seed(0)
+    return mq.quantize(nn.Sequential(nn.Linear(48, 20, bias=bias)), "int8").model[0]
+
+
+def _same_as_fresh(q, x):
+    with torch.no_grad():
+        y = q(x)
+        fresh = copy.deepcopy(q)(x)
+    assert torch.equal(y, fresh)
+    return y
+
+
+def test_the_call_is_kept_and_used():
+    q = _qlinear()
+    x = torch.randn(3, 48)
+    _same_as_fresh(q, x)
+    assert packed_linear._DYNAMIC_CALLS.get(q) is not None
+    with torch.no_grad():
+        assert torch.equal(packed_linear.dynamic_linear(q, x), q(x))
+
+
+def test_weight_bias_and_mode_changes_are_seen():
+    q = _qlinear()
+    x = torch.randn(3, 48)
+    y0 = _same_as_fresh(q, x)
+    with torch.no_grad():
+        q.weight_scale.mul_(2.0)  # a buffer in place
+    y1 = _same_as_fresh(q, x)
+    assert not torch.equal(y0, y1)
+    q.weight_scale.data = q.weight_scale.data / 2  # storage swapped
+    y2 = _same_as_fresh(q, x)
+    assert torch.equal(y0, y2)
+    q.register_buffer("weight_zero_point", q.weight_zero_point.clone())  # a buffer replaced
+    _same_as_fresh(q, x)
+    with torch.no_grad():
+        q.bias.add_(1.0)  # the bias in place
+    y3 = _same_as_fresh(q, x)
+    assert not torch.equal(y2, y3)
+    q.bias = nn.Parameter(torch.zeros(20), requires_grad=False)  # replaced
+    y4 = _same_as_fresh(q, x)
+    assert not torch.equal(y3, y4)
+    q.bias = None
+    y5 = _same_as_fresh(q, x)
+    q.set_reduce_range(True)  # 7-bit activations: another kernel
+    assert not torch.equal(_same_as_fresh(q, x), y5)
+    q.set_activations(None)  # weight-only: the general path
+    _same_as_fresh(q, x)
+    q.set_activations("dynamic")
+    _same_as_fresh(q, x)
+
+
+@pytest.mark.parametrize("make_x", [
+    lambda: torch.randn(2, 5, 48),  # rows of any leading shape
+    lambda: torch.randn(48),  # one unbatched row
+    lambda: torch.randn(6, 96)[:, ::2],  # strided elements
+    lambda: torch.randn(7, 60)[:, 5:53],  # strided rows
+    lambda: torch.randn(3, 48).half(),  # another dtype: the general path
+    lambda: torch.randn(3, 48, dtype=torch.float64),  # one the kernels don't take
+    lambda: torch.randn(0, 48),  # empty
+    lambda: torch.randn(3, 48).requires_grad_(),  # a leaf that records no grad under no_grad
+], ids=["3d", "1d", "strided-elements", "strided-rows", "half", "float64", "empty", "requires-grad"])
+def test_inputs_of_every_shape_and_dtype(make_x):
+    q = _qlinear()
+    _same_as_fresh(q, torch.randn(3, 48))  # the call kept first
+    x = make_x()
+    y = _same_as_fresh(q, x)
+    assert y.shape == (*x.shape[:-1], 20) and y.dtype == x.dtype
+
+
+def test_a_wrong_width_raises_as_before():
+    q = _qlinear()
+    _same_as_fresh(q, torch.randn(3, 48))
+    with pytest.raises(RuntimeError), torch.no_grad():
+        q(torch.randn(3, 47))
