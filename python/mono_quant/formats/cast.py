@@ -16,6 +16,7 @@ from ..kernels.settings import SETTINGS
 from ..tensor import sqnr_db
 from .base import WeightFormat
 from .checks import need, spec
+from .half_conv import eager_half_conv
 from .layer_cache import float_weight
 
 __all__ = ["CastFormat", "KERNEL_MAX_ROWS", "takes_half_kernel"]
@@ -98,6 +99,10 @@ class CastFormat(WeightFormat):
             y = half_linear(x.reshape(-1, weight.shape[1]), weight, module.bias)
             return y.reshape(*x.shape[:-1], weight.shape[0])
         return super().linear(module, x)
+
+    def conv2d(self, module, x: torch.Tensor) -> torch.Tensor:
+        y = eager_half_conv(module, x)  # the C kernel on small images, long reductions (formats/half_conv.py)
+        return super().conv2d(module, x) if y is None else y
 
     def embedding(self, module, indices: torch.Tensor) -> torch.Tensor:
         return F.embedding(indices, module._buffers["weight"]).to(module.orig_dtype)

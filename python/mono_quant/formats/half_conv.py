@@ -1,0 +1,110 @@
+"""The fp16 / bf16 Conv2d route: which convs run the C kernel (``kernels.half_conv``) and
+which keep torch's conv on the weight widened to float32 (``CastFormat.conv2d``).
+
+The C kernel (im2col rows times the 16-bit weight widened in registers) beats torch's
+float32 conv where the image is small and the reduction long: torch's conv (oneDNN) then
+spends much of its time on fixed per-call costs (reordering the whole weight, setting up a
+blocked layout) that the few output pixels don't amortize, while the C kernel reads the
+stored 16-bit weight once.  On many output pixels torch's direct conv wins (the C kernel
+writes kh*kw times the image as im2col rows), and depthwise or short reductions are faster
+in torch too.  So a rule on the shapes, never a timing (the same input always takes the same
+path): rows (batch x output pixels) at most ``MAX_ROWS[isa]`` and a reduction
+(in_channels/groups x kh x kw) of at least ``MIN_K``.  Measured with
+benchmarks/bench_fp16_conv.py (docs/benchmarks.md, "fp16 / bf16 Conv2d").  The scalar level
+(no F16C) keeps torch's op.  Both routes give torch's result up to float32 rounding (another
+summation order), not the same bits: which one a layer takes depends on the batch, as for
+torch's own conv algorithms.
+"""
+from __future__ import annotations
+
+import weakref
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+
+from ..kernels.fp16 import HALF_WEIGHT_DTYPES
+from ..kernels.half_conv import half_conv2d, half_conv2d_arrays, half_conv2d_raw
+from ..kernels.settings import SETTINGS
+from .layer_cache import tensor_version
+
+__all__ = ["MAX_ROWS", "MIN_K", "LONG_K", "takes_half_conv", "eager_half_conv", "half_conv_forward",
+           "traced_half_conv_forward"]
+
+#: the most rows (batch x out_h x out_w) a conv runs the C kernel with, per kernel level ...
+MAX_ROWS = {"scalar": 0, "avx2": 196, "avx512": 196}
+#: ... times k // LONG_K for reductions of LONG_K and more (a long reduction amortizes im2col;
+#: ResNet-18's 512-channel 3x3 convs on 7x7 at batch 8, 392 rows, still win)
+LONG_K = 2304
+#: the shortest reduction (in_channels/groups x kh x kw) that runs the C kernel
+MIN_K = 144
+
+
+def takes_half_conv(module, x: torch.Tensor, isa: str) -> bool:
+    """Whether QuantizedConv2d ``module`` (fp16 / bf16 weight) runs ``x`` through the C kernel:
+    a non-empty float32 4-D CPU input with the layer's channels, a numeric padding, and the
+    shape rule of this module's docstring."""
+    weight = module._buffers["weight"]
+    if (x.dtype != torch.float32 or weight.dtype not in HALF_WEIGHT_DTYPES or x.dim() != 4
+            or x.device.type != "cpu" or weight.device.type != "cpu" or isinstance(module.padding2d, str)
+            or x.shape[1] != module.in_channels or x.numel() == 0 or weight.numel() == 0):
+        return False
+    (kh, kw), (sh, sw), (dh, dw) = module.kernel_size2d, module.stride2d, module.dilation2d
+    k = module.in_channels // module.groups * kh * kw
+    if k < MIN_K:
+        return False
+    ph, pw = module.padding2d
+    out_h = (x.shape[2] + 2 * ph - dh * (kh - 1) - 1) // sh + 1
+    out_w = (x.shape[3] + 2 * pw - dw * (kw - 1) - 1) // sw + 1
+    return out_h > 0 and out_w > 0 and x.shape[0] * out_h * out_w <= MAX_ROWS[isa] * max(1, k // LONG_K)
+
+
+# Per module, the route last taken with what it depends on (x's shape, dtype and device, the
+# kernel level, the layer's geometry, the weight and bias tensors: replaced, written in place
+# or moved) and the kernel's prepared arguments (NumPy views of the weight, the float32 bias):
+# a small conv's whole call is ~15 us, the checks and conversions made once here were a third
+# of it.  A weak map: deepcopy and state_dict never see it.
+_MEMO: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+
+
+def eager_half_conv(module, x: torch.Tensor) -> Optional[torch.Tensor]:
+    """The conv of ``x`` through the C kernel when takes_half_conv says so, else None (eager
+    inference only: graph capture and autograd take traced_half_conv_forward)."""
+    weight = module._buffers["weight"]
+    bias = module._parameters.get("bias", module.__dict__.get("bias"))  # a Parameter, or a plain tensor after load
+    try:
+        tensors = [(id(t), t._version, t.data_ptr()) if t is not None else None for t in (weight, bias)]
+    except RuntimeError:  # made under torch.inference_mode: no version counter
+        tensors = [(id(t), tensor_version(t), t.data_ptr()) if t is not None else None for t in (weight, bias)]
+    key = (x.shape, x.dtype, x.is_cpu, SETTINGS.isa, tensors, module.kernel_size2d, module.stride2d,
+           module.padding2d, module.dilation2d, module.groups, module.padding_mode)
+    memo = _MEMO.get(module)
+    if memo is None or memo[0] != key:
+        takes = takes_half_conv(module, x, key[3])
+        memo = (key, half_conv2d_arrays(weight, bias) if takes else None)
+        _MEMO[module] = memo
+    if memo[1] is None:
+        return None
+    x, padding = _padded(module, x)
+    return half_conv2d_raw(x, *memo[1], module.stride2d, padding, module.dilation2d, module.groups)
+
+
+def _padded(module, x: torch.Tensor):
+    """``(x, padding)`` for the kernel's zero padding: other padding modes padded by torch first."""
+    if module.padding_mode != "zeros":
+        return F.pad(x, module._reversed_padding_repeated_twice, mode=module.padding_mode), (0, 0)
+    return x, module.padding2d
+
+
+def half_conv_forward(module, x: torch.Tensor) -> torch.Tensor:
+    """The conv of ``x`` through the C kernel (eager inference; see takes_half_conv)."""
+    x, padding = _padded(module, x)
+    return half_conv2d(x, module._buffers["weight"], module.bias, module.stride2d, padding, module.dilation2d,
+                       module.groups)
+
+
+def traced_half_conv_forward(module, x: torch.Tensor) -> torch.Tensor:
+    """The same through the ``mono_quant::half_conv2d`` op (graph capture and autograd)."""
+    x, padding = _padded(module, x)
+    return torch.ops.mono_quant.half_conv2d(x, module._buffers["weight"], module.bias, list(module.stride2d),
+                                            list(padding), list(module.dilation2d), module.groups)
