@@ -66,6 +66,16 @@ def test_the_shape_rule(monkeypatch):
     assert not half_conv.takes_half_conv(q, torch.randn(1, 16, 7, 7).half(), "avx512")
     assert not half_conv.takes_half_conv(q, torch.randn(16, 7, 7), "avx512")        # unbatched: torch
     assert not half_conv.takes_half_conv(q, torch.randn(0, 16, 7, 7), "avx512")
+    monkeypatch.setitem(half_conv.MAX_ROWS, "avx2", 100)
+    assert half_conv.takes_half_conv(q, torch.randn(1, 16, 10, 10), "avx2")         # 100 rows
+    assert not half_conv.takes_half_conv(q, torch.randn(1, 16, 11, 10), "avx2")
+    # long reductions pay for more rows on AVX-512 (k // LONG_K times), not at the AVX2 level
+    monkeypatch.setitem(half_conv.LONG_K, "avx512", 2304)
+    monkeypatch.setitem(half_conv.LONG_K, "avx2", 0)
+    _, deep = quantized_conv("fp16", cin=512, cout=8, padding=1)  # k = 4608
+    assert half_conv.takes_half_conv(deep, torch.randn(8, 512, 7, 7), "avx512")     # 392 <= 2 x 196
+    assert not half_conv.takes_half_conv(deep, torch.randn(9, 512, 7, 7), "avx512")
+    assert not half_conv.takes_half_conv(deep, torch.randn(8, 512, 7, 7), "avx2")
     _, short = quantized_conv("fp16", cin=15, cout=16, padding=1)  # k = 135 < MIN_K
     assert not half_conv.takes_half_conv(short, torch.randn(1, 15, 7, 7), "avx512")
     _, depthwise = quantized_conv("fp16", cin=32, cout=32, padding=1, groups=32)
@@ -149,3 +159,18 @@ def test_onnx_export_runs_in_onnxruntime(tmp_path):
     y = session.run(None, {session.get_inputs()[0].name: x.numpy()})[0]
     with torch.no_grad():
         close(torch.from_numpy(y), model(x), 32 * 9)
+
+
+@pytest.mark.parametrize("image", [5, 20], ids=["kernel-route", "torch-route"])
+def test_weight_and_bias_changes_are_seen(image):
+    """The per-module memo of each route's arguments notices in-place writes and replaced tensors."""
+    _, q = quantized_conv("fp16", padding=1)
+    x = torch.randn(1, 32, image, image)
+    with torch.no_grad():
+        q(x)
+        q._buffers["weight"].mul_(2)
+        torch.testing.assert_close(q(x), torch_route(q, x), rtol=1e-5, atol=1e-4)
+        q.bias.add_(1)
+        torch.testing.assert_close(q(x), torch_route(q, x), rtol=1e-5, atol=1e-4)
+        q.register_buffer("weight", torch.zeros_like(q._buffers["weight"]))
+        assert torch.equal(q(x), q.bias.view(1, -1, 1, 1).expand_as(q(x)))

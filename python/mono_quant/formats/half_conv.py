@@ -8,8 +8,9 @@ blocked layout) that the few output pixels don't amortize, while the C kernel re
 stored 16-bit weight once.  On many output pixels torch's direct conv wins (the C kernel
 writes kh*kw times the image as im2col rows), and depthwise or short reductions are faster
 in torch too.  So a rule on the shapes, never a timing (the same input always takes the same
-path): rows (batch x output pixels) at most ``MAX_ROWS[isa]`` and a reduction
-(in_channels/groups x kh x kw) of at least ``MIN_K``.  Measured with
+path): rows (batch x output pixels) at most ``MAX_ROWS[isa]`` (times ``k // LONG_K[isa]``
+for long reductions on AVX-512) and a reduction k (in_channels/groups x kh x kw) of at
+least ``MIN_K``.  Measured with
 benchmarks/bench_fp16_conv.py (docs/benchmarks.md, "fp16 / bf16 Conv2d").  The scalar level
 (no F16C) keeps torch's op.  Both routes give torch's result up to float32 rounding (another
 summation order), not the same bits: which one a layer takes depends on the batch, as for
@@ -26,16 +27,18 @@ import torch.nn.functional as F
 from ..kernels.fp16 import HALF_WEIGHT_DTYPES
 from ..kernels.half_conv import half_conv2d, half_conv2d_arrays, half_conv2d_raw
 from ..kernels.settings import SETTINGS
-from .layer_cache import tensor_version
+from . import layer_cache
+from .layer_cache import float_weight, tensor_version
 
 __all__ = ["MAX_ROWS", "MIN_K", "LONG_K", "takes_half_conv", "eager_half_conv", "half_conv_forward",
            "traced_half_conv_forward"]
 
 #: the most rows (batch x out_h x out_w) a conv runs the C kernel with, per kernel level ...
-MAX_ROWS = {"scalar": 0, "avx2": 196, "avx512": 196}
-#: ... times k // LONG_K for reductions of LONG_K and more (a long reduction amortizes im2col;
-#: ResNet-18's 512-channel 3x3 convs on 7x7 at batch 8, 392 rows, still win)
-LONG_K = 2304
+MAX_ROWS = {"scalar": 0, "avx2": 100, "avx512": 196}
+#: ... times k // LONG_K[isa] for reductions of LONG_K and more, where a long reduction pays for
+#: more rows (AVX-512: ResNet-18's 512-channel 3x3 convs on 7x7 at batch 8, 392 rows, still win;
+#: at the AVX2 level they don't)
+LONG_K = {"scalar": 0, "avx2": 0, "avx512": 2304}
 #: the shortest reduction (in_channels/groups x kh x kw) that runs the C kernel
 MIN_K = 144
 
@@ -56,20 +59,27 @@ def takes_half_conv(module, x: torch.Tensor, isa: str) -> bool:
     ph, pw = module.padding2d
     out_h = (x.shape[2] + 2 * ph - dh * (kh - 1) - 1) // sh + 1
     out_w = (x.shape[3] + 2 * pw - dw * (kw - 1) - 1) // sw + 1
-    return out_h > 0 and out_w > 0 and x.shape[0] * out_h * out_w <= MAX_ROWS[isa] * max(1, k // LONG_K)
+    long_k = LONG_K[isa]
+    return out_h > 0 and out_w > 0 and x.shape[0] * out_h * out_w <= MAX_ROWS[isa] * max(1, long_k and k // long_k)
 
 
 # Per module, the route last taken with what it depends on (x's shape, dtype and device, the
 # kernel level, the layer's geometry, the weight and bias tensors: replaced, written in place
-# or moved) and the kernel's prepared arguments (NumPy views of the weight, the float32 bias):
-# a small conv's whole call is ~15 us, the checks and conversions made once here were a third
-# of it.  A weak map: deepcopy and state_dict never see it.
+# or moved) and what that route takes: the kernel's arguments (NumPy views of the weight, the
+# float32 bias), or for torch's conv the float32 weight of a small layer (layer_cache's copy,
+# so kept once) and the float32 bias.  A small conv's whole call is ~15 us: the checks and
+# conversions made once here were a third of it.  A weak map: deepcopy and state_dict never
+# see it.
 _MEMO: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+_KERNEL, _TORCH = "kernel", "torch"
 
 
 def eager_half_conv(module, x: torch.Tensor) -> Optional[torch.Tensor]:
-    """The conv of ``x`` through the C kernel when takes_half_conv says so, else None (eager
-    inference only: graph capture and autograd take traced_half_conv_forward)."""
+    """The conv of a float32 CPU ``x`` in eager inference: through the C kernel when
+    takes_half_conv says so, else through torch's conv on the weight widened to float32 (the
+    same bits as CastFormat's general path, with less Python around it).  None for other
+    inputs (the caller's general path).  Graph capture and autograd take
+    traced_half_conv_forward / traced_forward.py instead."""
     weight = module._buffers["weight"]
     bias = module._parameters.get("bias", module.__dict__.get("bias"))  # a Parameter, or a plain tensor after load
     try:
@@ -80,13 +90,30 @@ def eager_half_conv(module, x: torch.Tensor) -> Optional[torch.Tensor]:
            module.padding2d, module.dilation2d, module.groups, module.padding_mode)
     memo = _MEMO.get(module)
     if memo is None or memo[0] != key:
-        takes = takes_half_conv(module, x, key[3])
-        memo = (key, half_conv2d_arrays(weight, bias) if takes else None)
+        memo = (key, *_choose(module, x, key[3], weight, bias))
         _MEMO[module] = memo
-    if memo[1] is None:
-        return None
-    x, padding = _padded(module, x)
-    return half_conv2d_raw(x, *memo[1], module.stride2d, padding, module.dilation2d, module.groups)
+    route, args = memo[1], memo[2]
+    if route is _KERNEL:
+        x, padding = _padded(module, x)
+        return half_conv2d_raw(x, *args, module.stride2d, padding, module.dilation2d, module.groups)
+    if route is _TORCH:
+        w = args[0] if args[0] is not None else weight.float()  # a large weight: widened per call
+        if module.padding_mode != "zeros" or isinstance(module.padding2d, str):
+            return module.conv_with(x, w, args[1])
+        return F.conv2d(x, w, args[1], module.stride2d, module.padding2d, module.dilation2d, module.groups)
+    return None
+
+
+def _choose(module, x: torch.Tensor, isa: str, weight: torch.Tensor, bias) -> tuple:
+    """``(route, its arguments)`` for eager_half_conv."""
+    if takes_half_conv(module, x, isa):
+        return _KERNEL, half_conv2d_arrays(weight, bias)
+    if x.dtype != torch.float32 or not x.is_cpu or not weight.is_cpu or weight.dtype not in HALF_WEIGHT_DTYPES:
+        return None, None
+    numel = weight.numel()
+    w = float_weight(module, numel, lambda: weight.float()) if numel <= layer_cache.SMALL_WEIGHT_ELEMENTS else None
+    b = bias if bias is None or bias.dtype == torch.float32 else bias.float()
+    return _TORCH, (w, b)
 
 
 def _padded(module, x: torch.Tensor):
