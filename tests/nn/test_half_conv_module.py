@@ -69,13 +69,6 @@ def test_the_shape_rule(monkeypatch):
     monkeypatch.setitem(half_conv.MAX_ROWS, "avx2", 100)
     assert half_conv.takes_half_conv(q, torch.randn(1, 16, 10, 10), "avx2")         # 100 rows
     assert not half_conv.takes_half_conv(q, torch.randn(1, 16, 11, 10), "avx2")
-    # long reductions pay for more rows on AVX-512 (k // LONG_K times), not at the AVX2 level
-    monkeypatch.setitem(half_conv.LONG_K, "avx512", 2304)
-    monkeypatch.setitem(half_conv.LONG_K, "avx2", 0)
-    _, deep = quantized_conv("fp16", cin=512, cout=8, padding=1)  # k = 4608
-    assert half_conv.takes_half_conv(deep, torch.randn(8, 512, 7, 7), "avx512")     # 392 <= 2 x 196
-    assert not half_conv.takes_half_conv(deep, torch.randn(9, 512, 7, 7), "avx512")
-    assert not half_conv.takes_half_conv(deep, torch.randn(8, 512, 7, 7), "avx2")
     _, short = quantized_conv("fp16", cin=15, cout=16, padding=1)  # k = 135 < MIN_K
     assert not half_conv.takes_half_conv(short, torch.randn(1, 15, 7, 7), "avx512")
     _, depthwise = quantized_conv("fp16", cin=32, cout=32, padding=1, groups=32)

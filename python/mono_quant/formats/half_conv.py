@@ -2,15 +2,16 @@
 which keep torch's conv on the weight widened to float32 (``CastFormat.conv2d``).
 
 The C kernel (im2col rows times the 16-bit weight widened in registers) beats torch's
-float32 conv where the image is small and the reduction long: torch's conv (oneDNN) then
-spends much of its time on fixed per-call costs (reordering the whole weight, setting up a
-blocked layout) that the few output pixels don't amortize, while the C kernel reads the
-stored 16-bit weight once.  On many output pixels torch's direct conv wins (the C kernel
-writes kh*kw times the image as im2col rows), and depthwise or short reductions are faster
-in torch too.  So a rule on the shapes, never a timing (the same input always takes the same
-path): rows (batch x output pixels) at most ``MAX_ROWS[isa]`` (times ``k // LONG_K[isa]``
-for long reductions on AVX-512) and a reduction k (in_channels/groups x kh x kw) of at
-least ``MIN_K``.  Measured with
+float32 conv where the image is small and the reduction long: there torch's conv (oneDNN)
+gets far fewer multiply-adds per second than on large images (ResNet-18's 512-channel 3x3
+conv on 7x7 runs at ~45 GMAC/s on Zen 5, one thread, its 64-channel one on 56x56 at ~110:
+per-call costs over the whole weight, amortized over few output pixels), and torch's route
+for us adds widening the weight per call, while the C kernel reads the stored 16-bit weight
+once and its GEMM runs at the same speed on any image size.  On many output pixels torch's
+direct conv wins (the C kernel writes kh*kw times the image as im2col rows), and depthwise
+or short reductions are faster in torch too.  So a rule on the shapes, never a timing (the same input always takes the same
+path): rows (batch x output pixels) at most ``MAX_ROWS[isa]`` and a reduction
+(in_channels/groups x kh x kw) of at least ``MIN_K``.  Measured with
 benchmarks/bench_fp16_conv.py (docs/benchmarks.md, "fp16 / bf16 Conv2d").  The scalar level
 (no F16C) keeps torch's op.  Both routes give torch's result up to float32 rounding (another
 summation order), not the same bits: which one a layer takes depends on the batch, as for
@@ -30,15 +31,11 @@ from ..kernels.settings import SETTINGS
 from . import layer_cache
 from .layer_cache import float_weight, tensor_version
 
-__all__ = ["MAX_ROWS", "MIN_K", "LONG_K", "takes_half_conv", "eager_half_conv", "half_conv_forward",
+__all__ = ["MAX_ROWS", "MIN_K", "takes_half_conv", "eager_half_conv", "half_conv_forward",
            "traced_half_conv_forward"]
 
-#: the most rows (batch x out_h x out_w) a conv runs the C kernel with, per kernel level ...
+#: the most rows (batch x out_h x out_w) a conv runs the C kernel with, per kernel level
 MAX_ROWS = {"scalar": 0, "avx2": 100, "avx512": 196}
-#: ... times k // LONG_K[isa] for reductions of LONG_K and more, where a long reduction pays for
-#: more rows (AVX-512: ResNet-18's 512-channel 3x3 convs on 7x7 at batch 8, 392 rows, still win;
-#: at the AVX2 level they don't)
-LONG_K = {"scalar": 0, "avx2": 0, "avx512": 2304}
 #: the shortest reduction (in_channels/groups x kh x kw) that runs the C kernel
 MIN_K = 144
 
@@ -59,8 +56,7 @@ def takes_half_conv(module, x: torch.Tensor, isa: str) -> bool:
     ph, pw = module.padding2d
     out_h = (x.shape[2] + 2 * ph - dh * (kh - 1) - 1) // sh + 1
     out_w = (x.shape[3] + 2 * pw - dw * (kw - 1) - 1) // sw + 1
-    long_k = LONG_K[isa]
-    return out_h > 0 and out_w > 0 and x.shape[0] * out_h * out_w <= MAX_ROWS[isa] * max(1, long_k and k // long_k)
+    return out_h > 0 and out_w > 0 and x.shape[0] * out_h * out_w <= MAX_ROWS[isa]
 
 
 # Per module, the route last taken with what it depends on (x's shape, dtype and device, the
