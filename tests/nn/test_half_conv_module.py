@@ -128,6 +128,21 @@ def test_compile_and_export_take_the_op():
         assert torch.equal(program.module()(x), want)
 
 
+def test_export_with_a_dynamic_batch_takes_torchs_conv():
+    """Symbolic sizes never reach the rows rule (it would guard the batch to a range): torch's conv."""
+    _, q = quantized_conv("fp16", padding=1)
+    model = nn.Sequential(q, nn.ReLU()).eval()
+    x = torch.randn(2, 32, 6, 6)
+    batch = torch.export.Dim("batch", min=1, max=64)
+    program = torch.export.export(model, (x,), dynamic_shapes={"input": {0: batch}})
+    targets = [n.target for n in program.graph.nodes if n.op == "call_function"]
+    assert torch.ops.mono_quant.half_conv2d.default not in targets
+    for n in (1, 5, 40):
+        xn = torch.randn(n, 32, 6, 6)
+        with torch.no_grad():
+            close(program.module()(xn), model(xn), 32 * 9)
+
+
 def test_save_load_keeps_the_route(tmp_path):
     conv, q = quantized_conv("bf16", padding=1)
     model = nn.Sequential(q)

@@ -46,8 +46,11 @@ def takes_half_conv(module, x: torch.Tensor, isa: str) -> bool:
     shape rule of this module's docstring."""
     weight = module._buffers["weight"]
     if (x.dtype != torch.float32 or weight.dtype not in HALF_WEIGHT_DTYPES or x.dim() != 4
-            or x.device.type != "cpu" or weight.device.type != "cpu" or isinstance(module.padding2d, str)
-            or x.shape[1] != module.in_channels or x.numel() == 0 or weight.numel() == 0):
+            or x.device.type != "cpu" or weight.device.type != "cpu" or isinstance(module.padding2d, str)):
+        return False
+    if not all(type(size) is int for size in x.shape):
+        return False  # symbolic sizes (export or compile with dynamic shapes): torch's conv, which guards none
+    if x.shape[1] != module.in_channels or x.numel() == 0 or weight.numel() == 0:
         return False
     (kh, kw), (sh, sw), (dh, dw) = module.kernel_size2d, module.stride2d, module.dilation2d
     k = module.in_channels // module.groups * kh * kw
