@@ -119,7 +119,8 @@ SAN_TESTS := tests/kernels/test_quant_kernels.py tests/kernels/test_int4_kernels
 	tests/kernels/test_properties_c.py tests/kernels/test_size_overflow.py tests/io/test_io_*.py \
 	tests/kernels/test_static_kernels.py tests/kernels/test_properties_static.py \
 	tests/kernels/test_threading.py tests/kernels/test_omp_team.py \
-	tests/static/test_static_program_split.py
+	tests/static/test_static_program_split.py \
+	tests/kernels/test_half_conv.py tests/kernels/test_half_conv_properties.py
 SAN_CI_TESTS := tests/kernels/test_properties_c.py tests/kernels/test_size_overflow.py tests/kernels/test_quant_kernels.py \
 	tests/kernels/test_int4_kernels.py tests/nn/test_int8_conv.py tests/kernels/test_quantize_pack.py tests/io/test_io_errors.py \
 	tests/kernels/test_static_kernels.py tests/kernels/test_properties_static.py

@@ -93,6 +93,9 @@ int mq_size_fits(int64_t size, const char *fname, const char *what);
  * array of exactly `size` bytes (mq_packed_int8_bytes), else ValueError. */
 PyArrayObject *mq_packed_int8_in(mq_refs *refs, PyObject *obj, npy_intp n, npy_intp k, npy_intp size);
 
+/* A conv argument (kernel, stride, padding, dilation): a pair of ints in lo..MQ_MAX_CONV_ARG. */
+int mq_conv_pair(PyObject *obj, const char *what, long lo, npy_intp out[2]);
+
 /* The first row holding NaN/Inf, or -1, as a Python int. */
 static inline PyObject *mq_bad_row(int64_t bad) { return PyLong_FromLongLong((long long)bad); }
 

@@ -127,3 +127,19 @@ PyArrayObject *mq_packed_int8_in(mq_refs *refs, PyObject *obj, npy_intp n, npy_i
     }
     return packed;
 }
+
+int mq_conv_pair(PyObject *obj, const char *what, long lo, npy_intp out[2]) {
+    long a, b;
+    if (!PyTuple_Check(obj) || !PyArg_ParseTuple(obj, "ll", &a, &b)) {
+        PyErr_Clear();
+        PyErr_Format(PyExc_TypeError, "%s must be a pair of ints", what);
+        return 0;
+    }
+    if (a < lo || b < lo || a > MQ_MAX_CONV_ARG || b > MQ_MAX_CONV_ARG) {
+        PyErr_Format(PyExc_ValueError, "%s must be in %ld..%ld, got (%ld, %ld)", what, lo, MQ_MAX_CONV_ARG, a, b);
+        return 0;
+    }
+    out[0] = a;
+    out[1] = b;
+    return 1;
+}

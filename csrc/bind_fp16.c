@@ -1,4 +1,4 @@
-/* bind_fp16.c - the fp16 / bf16 weight linear (fp16.c driver). */
+/* bind_fp16.c - the fp16 / bf16 weight linear (fp16.c driver) and Conv2d (h16_conv.c). */
 #include "bind.h"
 
 PyDoc_STRVAR(h16_linear_doc,
@@ -54,7 +54,92 @@ done:
     return result;
 }
 
+PyDoc_STRVAR(h16_conv2d_doc,
+             "h16_conv2d(x, w, bf16, bias, stride, padding, dilation, groups, nthreads=1) -> y\n\n"
+             "y [batch, n, out_h, out_w] float32 = conv2d(x [batch, channels, height, width] float32,\n"
+             "W [n, channels/groups, kh, kw] 16-bit (as h16_linear's w), bias [n] float32 or None)\n"
+             "with zero padding; stride, padding and dilation are (h, w) pairs.  fp32\n"
+             "accumulation (im2col rows times the weight widened in registers).");
+
+static PyObject *py_h16_conv2d(PyObject *self, PyObject *args, PyObject *kw) {
+    static char *kwlist[] = {"x", "w", "bf16", "bias", "stride", "padding", "dilation", "groups", "nthreads", NULL};
+    static const int f32[] = {NPY_FLOAT32}, h16[] = {NPY_FLOAT16, NPY_INT16, NPY_UINT16}, bits[] = {NPY_INT16,
+                                                                                                     NPY_UINT16};
+    PyObject *x_obj, *w_obj, *b_obj, *stride_obj, *pad_obj, *dil_obj, *result = NULL;
+    int is_bf16, nthreads = 1;
+    Py_ssize_t groups;
+    npy_intp st[2], pd[2], dl[2];
+    mq_refs refs = {0};
+    PyArrayObject *x, *w, *bias = NULL, *out;
+    (void)self;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OOpOOOOn|i:h16_conv2d", kwlist, &x_obj, &w_obj, &is_bf16, &b_obj,
+                                     &stride_obj, &pad_obj, &dil_obj, &groups, &nthreads))
+        return NULL;
+    if (!mq_check_threads(nthreads)) return NULL;
+    if (!mq_conv_pair(stride_obj, "stride", 1, st) || !mq_conv_pair(pad_obj, "padding", 0, pd) ||
+        !mq_conv_pair(dil_obj, "dilation", 1, dl))
+        return NULL;
+    if (!(x = mq_array_in(&refs, x_obj, "x", f32, 1, 4, "float32"))) goto done;
+    if (is_bf16) {
+        if (!(w = mq_array_in(&refs, w_obj, "w", bits, 2, 4, "int16/uint16 (bf16 bits)"))) goto done;
+    } else if (!(w = mq_array_in(&refs, w_obj, "w", h16, 3, 4, "float16 (or its int16/uint16 bits)"))) {
+        goto done;
+    }
+    npy_intp batch = PyArray_DIM(x, 0), channels = PyArray_DIM(x, 1), height = PyArray_DIM(x, 2),
+             width = PyArray_DIM(x, 3), n = PyArray_DIM(w, 0), kh = PyArray_DIM(w, 2), kwd = PyArray_DIM(w, 3);
+    if (groups < 1 || groups > MQ_MAX_CONV_ARG || channels % groups || n % groups) {
+        PyErr_Format(PyExc_ValueError, "groups=%zd must divide in_channels %zd and out_channels %zd",
+                     (Py_ssize_t)groups, (Py_ssize_t)channels, (Py_ssize_t)n);
+        goto done;
+    }
+    if (PyArray_DIM(w, 1) != channels / groups) {
+        PyErr_Format(PyExc_ValueError, "x has %zd channels in %zd groups, the weight expects %zd per group",
+                     (Py_ssize_t)channels, (Py_ssize_t)groups, (Py_ssize_t)PyArray_DIM(w, 1));
+        goto done;
+    }
+    if (kh < 1 || kwd < 1 || kh > MQ_MAX_CONV_ARG || kwd > MQ_MAX_CONV_ARG) {
+        PyErr_Format(PyExc_ValueError, "kernel size (%zd, %zd) must be in 1..%ld", (Py_ssize_t)kh,
+                     (Py_ssize_t)kwd, MQ_MAX_CONV_ARG);
+        goto done;
+    }
+    if (height + 2 * pd[0] < dl[0] * (kh - 1) + 1 || width + 2 * pd[1] < dl[1] * (kwd - 1) + 1) {
+        PyErr_SetString(PyExc_ValueError, "the (padded) input is smaller than the dilated kernel");
+        goto done;
+    }
+    npy_intp out_h = (height + 2 * pd[0] - dl[0] * (kh - 1) - 1) / st[0] + 1;
+    npy_intp out_w = (width + 2 * pd[1] - dl[1] * (kwd - 1) - 1) / st[1] + 1;
+    /* the GEMM's sizes: rows (batch x output pixels) times k and times n must fit */
+    npy_intp m = mq_size_mul(mq_size_mul(batch, out_h), out_w);
+    npy_intp k = mq_size_mul(channels / groups, mq_size_mul(kh, kwd));
+    if (!mq_size_fits(mq_size_mul(m, k), "h16_conv2d", "batch x output pixels x in_channels/groups x kernel area") ||
+        !mq_size_fits(mq_size_mul(m, n), "h16_conv2d", "batch x output pixels x out_channels"))
+        goto done;
+    if (b_obj != Py_None) {
+        if (!(bias = mq_array_in(&refs, b_obj, "bias", f32, 1, 1, "float32"))) goto done;
+        if (PyArray_DIM(bias, 0) != n) {
+            PyErr_Format(PyExc_ValueError, "bias has %zd entries, the weight %zd output channels",
+                         (Py_ssize_t)PyArray_DIM(bias, 0), (Py_ssize_t)n);
+            goto done;
+        }
+    }
+    npy_intp dims[4] = {batch, n, out_h, out_w};
+    if (!(out = mq_array_new(&refs, 4, dims, NPY_FLOAT32, 0))) goto done;
+    int status = 0;
+    if (m * n > 0) {
+        Py_BEGIN_ALLOW_THREADS
+        status = mq_h16_conv2d(PyArray_DATA(x), batch, channels, height, width, kh, kwd, st[0], st[1], pd[0], pd[1],
+                               dl[0], dl[1], groups, PyArray_DATA(w), is_bf16, mq_data_or_null(bias), n,
+                               PyArray_DATA(out), nthreads);
+        Py_END_ALLOW_THREADS
+    }
+    result = status < 0 ? PyErr_NoMemory() : mq_return(out);
+done:
+    mq_release(&refs);
+    return result;
+}
+
 PyMethodDef mq_fp16_methods[] = {
     MQ_KW_METHOD(h16_linear),
+    MQ_KW_METHOD(h16_conv2d),
     {NULL, NULL, 0, NULL},
 };

@@ -513,4 +513,14 @@ extern int64_t mq_q4_int8_min_m;
 void mq_h16_linear(const float *x, int64_t m, int64_t k, int64_t ldx, const uint16_t *w, int is_bf16,
                    const float *bias, int64_t n, float *y, int nthreads);
 
+/* ---- h16_conv.c: fp16 / bf16 weight Conv2d ------------------------------------- */
+/* y [batch][n][out_h][out_w] = conv2d(x [batch][channels][height][width] fp32,
+ * W [n][channels/groups][kh][kw] 16-bit (IEEE fp16, or bf16 when is_bf16),
+ * bias [n] or NULL), zero padding (ph, pw), any stride / dilation / groups:
+ * im2col rows in (channel, kh, kw) order times W through mq_h16_linear.
+ * Returns 0, or -1 when a buffer could not be allocated. */
+int mq_h16_conv2d(const float *x, int64_t batch, int64_t channels, int64_t height, int64_t width, int64_t kh,
+                  int64_t kw, int64_t sh, int64_t sw, int64_t ph, int64_t pw, int64_t dh, int64_t dw, int64_t groups,
+                  const uint16_t *w, int is_bf16, const float *bias, int64_t n, float *y, int nthreads);
+
 #endif /* MQ_H */

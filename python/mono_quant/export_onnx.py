@@ -363,10 +363,16 @@ def _translation_table():
         y = op.MatMul(x, op.Transpose(op.Cast(weight, to=_FLOAT), perm=[1, 0]))
         return y if bias is None else op.Add(y, op.Cast(bias, to=_FLOAT))
 
+    def half_conv2d(x, weight, bias, stride, padding, dilation, groups):  # an fp16 / bf16 Conv2d's kernel op
+        b = None if bias is None else op.Cast(bias, to=_FLOAT)
+        return op.Conv(x, op.Cast(weight, to=_FLOAT), b, strides=list(stride), pads=[*padding, *padding],
+                       dilations=list(dilation), group=groups)
+
     ops = torch.ops.mono_quant
     return {ops.onnx_dequantize.default: dequantize, ops.onnx_fake_quantize_dynamic.default: fake_quantize_dynamic,
             ops.onnx_linear_dynamic.default: linear_dynamic, ops.onnx_dequantize_int4.default: dequantize_int4,
-            ops.onnx_matmul_nbits.default: matmul_nbits, ops.half_linear.default: half_linear}
+            ops.onnx_matmul_nbits.default: matmul_nbits, ops.half_linear.default: half_linear,
+            ops.half_conv2d.default: half_conv2d}
 
 
 def export_onnx(model: nn.Module, args: Union[torch.Tensor, Tuple[Any, ...]], path: Union[str, Path], *,

@@ -11,11 +11,12 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import CheckpointError, NonFiniteWeightError
-from ..kernels.fp16 import HALF_WEIGHT_DTYPES, half_linear
-from ..kernels.settings import SETTINGS
+from ..kernels.fp16 import HALF_WEIGHT_DTYPES
 from ..tensor import sqnr_db
 from .base import WeightFormat
 from .checks import need, spec
+from .half_conv import eager_half_conv
+from .half_linear import eager_half_linear
 from .layer_cache import float_weight
 
 __all__ = ["CastFormat", "KERNEL_MAX_ROWS", "takes_half_kernel"]
@@ -93,11 +94,12 @@ class CastFormat(WeightFormat):
         return w.to(x.device), b, x.dtype
 
     def linear(self, module, x: torch.Tensor) -> torch.Tensor:
-        weight = module._buffers["weight"]
-        if takes_half_kernel(x, weight, SETTINGS.isa):
-            y = half_linear(x.reshape(-1, weight.shape[1]), weight, module.bias)
-            return y.reshape(*x.shape[:-1], weight.shape[0])
-        return super().linear(module, x)
+        y = eager_half_linear(module, x, takes_half_kernel)  # the C kernel, its arguments kept per layer
+        return super().linear(module, x) if y is None else y
+
+    def conv2d(self, module, x: torch.Tensor) -> torch.Tensor:
+        y = eager_half_conv(module, x)  # the C kernel on small images, long reductions (formats/half_conv.py)
+        return super().conv2d(module, x) if y is None else y
 
     def embedding(self, module, indices: torch.Tensor) -> torch.Tensor:
         return F.embedding(indices, module._buffers["weight"]).to(module.orig_dtype)

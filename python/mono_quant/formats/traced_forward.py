@@ -14,6 +14,7 @@ from ..kernels.settings import SETTINGS
 from ..kernels.torch_library import KERNEL_DTYPES, conv_weight, use_ops
 from ..tensor import channel_rows, from_channel_rows
 from .cast import takes_half_kernel
+from .half_conv import takes_half_conv, traced_half_conv_forward
 from .int4 import Int4Format
 from .int4_weight import BLAS_MAX_OUT_FEATURES, effective_group
 from .int4_weight import BLAS_MIN_ROWS as INT4_BLAS_MIN_ROWS
@@ -130,6 +131,8 @@ def conv2d_forward(module, x: torch.Tensor) -> torch.Tensor:
     m = module
     bias = m.bias
     if not m.format.integer:
+        if takes_half_conv(m, x, _isa()):  # as CastFormat.conv2d
+            return traced_half_conv_forward(m, x)
         b = None if bias is None else bias.to(x.dtype)
         return m.conv_with(x, m._buffers["weight"].to(x.dtype).to(x.device), b)
     k = m.in_channels // m.groups * m.kernel_size2d[0] * m.kernel_size2d[1]

@@ -10,7 +10,7 @@ import torch
 from .. import _C
 from .settings import SETTINGS
 
-__all__ = ["half_linear", "HALF_WEIGHT_DTYPES"]
+__all__ = ["half_linear", "half_linear_arrays", "half_linear_raw", "HALF_WEIGHT_DTYPES"]
 
 #: weight dtypes half_linear takes
 HALF_WEIGHT_DTYPES = (torch.float16, torch.bfloat16)
@@ -32,3 +32,19 @@ def half_linear(x2d: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Te
         bias = (bias if bias.dtype == torch.float32 and not bias.requires_grad else bias.detach().float()).numpy()
     y = _C.h16_linear(x2d.detach().numpy(), w, is_bf16, bias=bias, nthreads=SETTINGS.num_threads())
     return torch.from_numpy(y)
+
+
+def half_linear_arrays(weight: torch.Tensor, bias: Optional[torch.Tensor]) -> tuple:
+    """``(weight array, is_bf16, float32 bias array or None)``: what :func:`half_linear_raw`
+    takes for a layer (views where the tensors allow; a caller may keep them per layer)."""
+    if weight.dtype not in HALF_WEIGHT_DTYPES:
+        raise TypeError(f"half_linear takes a float16 or bfloat16 weight, got {weight.dtype}")
+    is_bf16 = weight.dtype == torch.bfloat16
+    w = weight.detach()
+    w = w.view(torch.int16).numpy() if is_bf16 else w.numpy()
+    return w, is_bf16, None if bias is None else bias.detach().to(torch.float32).numpy()
+
+
+def half_linear_raw(x2d: torch.Tensor, w, is_bf16: bool, bias) -> torch.Tensor:
+    """:func:`half_linear` on the arrays of :func:`half_linear_arrays` (``x2d`` float32, no grad)."""
+    return torch.from_numpy(_C.h16_linear(x2d.numpy(), w, is_bf16, bias=bias, nthreads=SETTINGS.num_threads()))

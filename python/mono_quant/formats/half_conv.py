@@ -1,0 +1,136 @@
+"""The fp16 / bf16 Conv2d route: which convs run the C kernel (``kernels.half_conv``) and
+which keep torch's conv on the weight widened to float32 (``CastFormat.conv2d``).
+
+The C kernel (im2col rows times the 16-bit weight widened in registers) beats torch's
+float32 conv where the image is small and the reduction long: there torch's conv (oneDNN)
+gets far fewer multiply-adds per second than on large images (ResNet-18's 512-channel 3x3
+conv on 7x7 runs at ~45 GMAC/s on Zen 5, one thread, its 64-channel one on 56x56 at ~110:
+per-call costs over the whole weight, amortized over few output pixels), and torch's route
+for us adds widening the weight per call, while the C kernel reads the stored 16-bit weight
+once and its GEMM runs at the same speed on any image size.  On many output pixels torch's
+direct conv wins (the C kernel writes kh*kw times the image as im2col rows), and depthwise
+or short reductions are faster in torch too.  So a rule on the shapes, never a timing (the same input always takes the same
+path): rows (batch x output pixels) at most ``MAX_ROWS[isa]`` and a reduction
+(in_channels/groups x kh x kw) of at least ``MIN_K``.  Measured with
+benchmarks/bench_fp16_conv.py (docs/benchmarks.md, "fp16 / bf16 Conv2d").  The scalar level
+(no F16C) keeps torch's op.  Both routes give torch's result up to float32 rounding (another
+summation order), not the same bits: which one a layer takes depends on the batch, as for
+torch's own conv algorithms.
+"""
+from __future__ import annotations
+
+import weakref
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+
+from ..kernels.fp16 import HALF_WEIGHT_DTYPES
+from ..kernels.half_conv import half_conv2d, half_conv2d_arrays, half_conv2d_raw
+from ..kernels.settings import SETTINGS
+from . import layer_cache
+from .layer_cache import float_weight, tensor_version
+
+__all__ = ["MAX_ROWS", "MIN_K", "takes_half_conv", "eager_half_conv", "half_conv_forward",
+           "traced_half_conv_forward"]
+
+#: the most rows (batch x out_h x out_w) a conv runs the C kernel with, per kernel level
+MAX_ROWS = {"scalar": 0, "avx2": 100, "avx512": 196}
+#: the shortest reduction (in_channels/groups x kh x kw) that runs the C kernel
+MIN_K = 144
+
+
+def takes_half_conv(module, x: torch.Tensor, isa: str) -> bool:
+    """Whether QuantizedConv2d ``module`` (fp16 / bf16 weight) runs ``x`` through the C kernel:
+    a non-empty float32 4-D CPU input with the layer's channels, a numeric padding, and the
+    shape rule of this module's docstring."""
+    weight = module._buffers["weight"]
+    if (x.dtype != torch.float32 or weight.dtype not in HALF_WEIGHT_DTYPES or x.dim() != 4
+            or x.device.type != "cpu" or weight.device.type != "cpu" or isinstance(module.padding2d, str)):
+        return False
+    if not all(type(size) is int for size in x.shape):
+        return False  # symbolic sizes (export or compile with dynamic shapes): torch's conv, which guards none
+    if x.shape[1] != module.in_channels or x.numel() == 0 or weight.numel() == 0:
+        return False
+    (kh, kw), (sh, sw), (dh, dw) = module.kernel_size2d, module.stride2d, module.dilation2d
+    k = module.in_channels // module.groups * kh * kw
+    if k < MIN_K:
+        return False
+    ph, pw = module.padding2d
+    out_h = (x.shape[2] + 2 * ph - dh * (kh - 1) - 1) // sh + 1
+    out_w = (x.shape[3] + 2 * pw - dw * (kw - 1) - 1) // sw + 1
+    return out_h > 0 and out_w > 0 and x.shape[0] * out_h * out_w <= MAX_ROWS[isa]
+
+
+# Per module, the route last taken with what it depends on (x's shape, dtype and device, the
+# kernel level, the layer's geometry, the weight and bias tensors: replaced, written in place
+# or moved) and what that route takes: the kernel's arguments (NumPy views of the weight, the
+# float32 bias), or for torch's conv the float32 weight of a small layer (layer_cache's copy,
+# so kept once) and the float32 bias.  A small conv's whole call is ~15 us: the checks and
+# conversions made once here were a third of it.  A weak map: deepcopy and state_dict never
+# see it.
+_MEMO: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+_KERNEL, _TORCH = "kernel", "torch"
+
+
+def eager_half_conv(module, x: torch.Tensor) -> Optional[torch.Tensor]:
+    """The conv of a float32 CPU ``x`` in eager inference: through the C kernel when
+    takes_half_conv says so, else through torch's conv on the weight widened to float32 (the
+    same bits as CastFormat's general path, with less Python around it).  None for other
+    inputs (the caller's general path).  Graph capture and autograd take
+    traced_half_conv_forward / traced_forward.py instead."""
+    weight = module._buffers["weight"]
+    bias = module._parameters.get("bias", module.__dict__.get("bias"))  # a Parameter, or a plain tensor after load
+    try:
+        tensors = [(id(t), t._version, t.data_ptr()) if t is not None else None for t in (weight, bias)]
+    except RuntimeError:  # made under torch.inference_mode: no version counter
+        tensors = [(id(t), tensor_version(t), t.data_ptr()) if t is not None else None for t in (weight, bias)]
+    key = (x.shape, x.dtype, x.is_cpu, SETTINGS.isa, tensors, module.kernel_size2d, module.stride2d,
+           module.padding2d, module.dilation2d, module.groups, module.padding_mode)
+    memo = _MEMO.get(module)
+    if memo is None or memo[0] != key:
+        memo = (key, *_choose(module, x, key[3], weight, bias))
+        _MEMO[module] = memo
+    route, args = memo[1], memo[2]
+    if route is _KERNEL:
+        x, padding = _padded(module, x)
+        return half_conv2d_raw(x, *args, module.stride2d, padding, module.dilation2d, module.groups)
+    if route is _TORCH:
+        w = args[0] if args[0] is not None else weight.float()  # a large weight: widened per call
+        if module.padding_mode != "zeros" or isinstance(module.padding2d, str):
+            return module.conv_with(x, w, args[1])
+        return F.conv2d(x, w, args[1], module.stride2d, module.padding2d, module.dilation2d, module.groups)
+    return None
+
+
+def _choose(module, x: torch.Tensor, isa: str, weight: torch.Tensor, bias) -> tuple:
+    """``(route, its arguments)`` for eager_half_conv."""
+    if takes_half_conv(module, x, isa):
+        return _KERNEL, half_conv2d_arrays(weight, bias)
+    if x.dtype != torch.float32 or not x.is_cpu or not weight.is_cpu or weight.dtype not in HALF_WEIGHT_DTYPES:
+        return None, None
+    numel = weight.numel()
+    w = float_weight(module, numel, lambda: weight.float()) if numel <= layer_cache.SMALL_WEIGHT_ELEMENTS else None
+    b = bias if bias is None or bias.dtype == torch.float32 else bias.float()
+    return _TORCH, (w, b)
+
+
+def _padded(module, x: torch.Tensor):
+    """``(x, padding)`` for the kernel's zero padding: other padding modes padded by torch first."""
+    if module.padding_mode != "zeros":
+        return F.pad(x, module._reversed_padding_repeated_twice, mode=module.padding_mode), (0, 0)
+    return x, module.padding2d
+
+
+def half_conv_forward(module, x: torch.Tensor) -> torch.Tensor:
+    """The conv of ``x`` through the C kernel (eager inference; see takes_half_conv)."""
+    x, padding = _padded(module, x)
+    return half_conv2d(x, module._buffers["weight"], module.bias, module.stride2d, padding, module.dilation2d,
+                       module.groups)
+
+
+def traced_half_conv_forward(module, x: torch.Tensor) -> torch.Tensor:
+    """The same through the ``mono_quant::half_conv2d`` op (graph capture and autograd)."""
+    x, padding = _padded(module, x)
+    return torch.ops.mono_quant.half_conv2d(x, module._buffers["weight"], module.bias, list(module.stride2d),
+                                            list(padding), list(module.dilation2d), module.groups)

@@ -1,0 +1,42 @@
+"""The fp16 / bf16 Linear's eager route with its per-layer preparation kept: which inputs run
+the C kernel is ``cast.takes_half_kernel``'s rule; this keeps, per module, that answer for
+the last input shape and the kernel's arguments (NumPy views of the weight, the float32 bias),
+rebuilt when the weight or bias is replaced, written in place or moved.  A small layer's
+whole call (a classifier head on a batch-1 CNN) is ~4 us in fp32: re-deciding and converting
+per call (~7 us) made it 2.6x slower than fp32 (bench_models.py, cnn16x8-b1)."""
+from __future__ import annotations
+
+import weakref
+from typing import Optional
+
+import torch
+
+from ..kernels.fp16 import half_linear_arrays, half_linear_raw
+from ..kernels.settings import SETTINGS
+from .layer_cache import tensor_version
+
+__all__ = ["eager_half_linear"]
+
+_MEMO: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+
+
+def eager_half_linear(module, x: torch.Tensor, takes) -> Optional[torch.Tensor]:
+    """``x @ W.T + b`` through the C kernel when ``takes(x, weight, isa)`` (cast.takes_half_kernel)
+    says so, else None (the caller's general path).  Eager inference only."""
+    weight = module._buffers["weight"]
+    bias = module._parameters.get("bias", module.__dict__.get("bias"))  # a Parameter, or a plain tensor after load
+    try:
+        tensors = [(id(t), t._version, t.data_ptr()) if t is not None else None for t in (weight, bias)]
+    except RuntimeError:  # made under torch.inference_mode: no version counter
+        tensors = [(id(t), tensor_version(t), t.data_ptr()) if t is not None else None for t in (weight, bias)]
+    key = (x.shape, x.dtype, x.is_cpu, x.requires_grad, SETTINGS.isa, tensors)
+    memo = _MEMO.get(module)
+    if memo is None or memo[0] != key:
+        memo = (key, half_linear_arrays(weight, bias) if takes(x, weight, key[4]) else None)
+        _MEMO[module] = memo
+    if memo[1] is None:
+        return None
+    k = weight.shape[1]
+    x2d = x if x.dim() == 2 else x.reshape(-1, k)
+    y = half_linear_raw(x2d.detach() if x.requires_grad else x2d, *memo[1])
+    return y if x.dim() == 2 else y.reshape(*x.shape[:-1], weight.shape[0])

@@ -1,0 +1,97 @@
+"""Wrapper over the C fp16 / bf16 weight Conv2d (csrc/h16_conv.c), and the same kernel as the
+``torch.library`` op ``mono_quant::half_conv2d`` (fake implementation and backward to the input
+and bias), for ``torch.compile``, ``torch.export`` and autograd.
+
+float32 NCHW images, im2col rows in fp32, times the 16-bit weight as stored, widened to fp32 in
+registers (fp32 accumulation): the weight is never converted whole per call."""
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+import torch
+import torch.nn.functional as F
+
+from .. import _C
+from .fp16 import HALF_WEIGHT_DTYPES
+from .settings import SETTINGS
+
+__all__ = ["half_conv2d", "half_conv2d_arrays", "half_conv2d_raw", "half_conv2d_reference"]
+
+# The op lives in the package's "mono_quant" namespace (kernels/torch_library.py defines it):
+# a FRAGMENT library adds to it, kept alive as long as this module
+_LIB = torch.library.Library("mono_quant", "FRAGMENT")
+
+
+def half_conv2d(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], stride: Sequence[int],
+                padding: Sequence[int], dilation: Sequence[int], groups: int) -> torch.Tensor:
+    """float32 ``F.conv2d(x, weight.float(), bias, stride, padding, dilation, groups)`` on the
+    CPU for a float32 NCHW ``x`` and a float16 / bfloat16 ``weight`` ``[out, in/groups, kh, kw]``
+    (zero padding; non-contiguous inputs are copied by the C layer); the bias (any float dtype)
+    is taken as float32.  Twin: :func:`half_conv2d_reference`.  Raises TypeError / ValueError
+    (from the C layer) for other dtypes or shapes that do not fit."""
+    return half_conv2d_raw(x, *half_conv2d_arrays(weight, bias), stride, padding, dilation, groups)
+
+
+def half_conv2d_arrays(weight: torch.Tensor, bias: Optional[torch.Tensor]) -> tuple:
+    """``(weight array, is_bf16, float32 bias array or None)``: what :func:`half_conv2d_raw`
+    takes for a layer (views where the tensors allow; a caller may keep them per layer)."""
+    if weight.dtype not in HALF_WEIGHT_DTYPES:
+        raise TypeError(f"half_conv2d takes a float16 or bfloat16 weight, got {weight.dtype}")
+    is_bf16 = weight.dtype == torch.bfloat16
+    w = weight.detach()
+    w = w.view(torch.int16).numpy() if is_bf16 else w.numpy()  # bf16 crosses as its bits
+    if bias is not None:
+        bias = bias.detach().to(torch.float32).numpy()
+    return w, is_bf16, bias
+
+
+def half_conv2d_raw(x: torch.Tensor, w, is_bf16: bool, bias, stride, padding, dilation, groups: int) -> torch.Tensor:
+    """:func:`half_conv2d` on the arrays of :func:`half_conv2d_arrays`."""
+    y = _C.h16_conv2d((x.detach() if x.requires_grad else x).numpy(), w, is_bf16, bias, tuple(stride),
+                      tuple(padding), tuple(dilation), groups, nthreads=SETTINGS.num_threads())
+    return torch.from_numpy(y)
+
+
+def half_conv2d_reference(x, weight, bias, stride, padding, dilation, groups) -> torch.Tensor:
+    """The pure-torch twin of :func:`half_conv2d`: torch's conv on the weight widened to float32."""
+    return F.conv2d(x.float(), weight.float(), None if bias is None else bias.float(), tuple(stride), tuple(padding),
+                    tuple(dilation), groups)
+
+
+# -- the torch.library op -------------------------------------------------------------------------------------
+
+_LIB.define("half_conv2d(Tensor x, Tensor weight, Tensor? bias, int[] stride, int[] padding, int[] dilation, "
+            "int groups) -> Tensor")
+
+
+def _half_conv2d_fake(x, weight, bias, stride, padding, dilation, groups):
+    kernel = weight.shape[2:]
+    out = [(size + 2 * p - d * (k - 1) - 1) // s + 1
+           for size, k, s, p, d in zip(x.shape[2:], kernel, stride, padding, dilation)]
+    return x.new_empty((x.shape[0], weight.shape[0], *out), dtype=torch.float32)
+
+
+_LIB.impl("half_conv2d", half_conv2d, "CPU")
+torch.library.register_fake("mono_quant::half_conv2d", _half_conv2d_fake, lib=_LIB)
+
+
+def _half_conv2d_setup(ctx, inputs, output):
+    x, weight, bias, stride, padding, dilation, groups = inputs
+    ctx.save_for_backward(weight)
+    ctx.meta = (x.dtype, tuple(x.shape), tuple(stride), tuple(padding), tuple(dilation), groups, bias is not None)
+
+
+def _half_conv2d_backward(ctx, grad):
+    (weight,) = ctx.saved_tensors
+    x_dtype, x_shape, stride, padding, dilation, groups, has_bias = ctx.meta
+    grad_x = grad_bias = None
+    if ctx.needs_input_grad[0]:
+        grad_x = torch.nn.grad.conv2d_input(x_shape, weight.float(), grad, stride, padding, dilation,
+                                            groups).to(x_dtype)
+    if has_bias and ctx.needs_input_grad[2]:
+        grad_bias = grad.sum((0, 2, 3))
+    return grad_x, None, grad_bias, None, None, None, None
+
+
+torch.library.register_autograd("mono_quant::half_conv2d", _half_conv2d_backward, setup_context=_half_conv2d_setup,
+                                lib=_LIB)

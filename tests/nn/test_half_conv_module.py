@@ -1,0 +1,184 @@
+"""fp16 / bf16 Conv2d layers on the C kernel (formats/half_conv.py): which inputs take it (the
+shape rule, per kernel level), the kernel's results in eager, autograd, torch.compile,
+torch.export and ONNX, and torch's route for everything else.  Results are compared with
+torch's conv on the widened weight within float32 rounding (another summation order: see
+tests/kernels/test_half_conv.py for the bound)."""
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import mono_quant as mq
+from mono_quant.formats import half_conv
+from mono_quant.formats.traced_forward import conv2d_forward
+from mono_quant.kernels.half_conv import half_conv2d
+
+
+def quantized_conv(dtype, cin=32, cout=24, kernel=3, bias=True, **kw):
+    torch.manual_seed(0)
+    conv = nn.Conv2d(cin, cout, kernel, bias=bias, **kw).eval()
+    return conv, mq.quantize(nn.Sequential(conv), dtype=dtype).model[0]
+
+
+def torch_route(q, x):
+    """The layer through torch's conv on the weight widened to float32."""
+    w = q._buffers["weight"].float()
+    b = None if q.bias is None else q.bias.float()
+    if q.padding_mode != "zeros":
+        return F.conv2d(F.pad(x, q._reversed_padding_repeated_twice, mode=q.padding_mode), w, b, q.stride2d, 0,
+                        q.dilation2d, q.groups)
+    return F.conv2d(x, w, b, q.stride2d, q.padding2d, q.dilation2d, q.groups)
+
+
+def close(y, ref, k):
+    torch.testing.assert_close(y, ref, rtol=0, atol=(k + 2) * 2.0 ** -24 * float(ref.abs().max() + 1) * 4)
+
+
+@pytest.mark.parametrize("dtype", ["fp16", "bf16"])
+@pytest.mark.parametrize("kw", [dict(padding=1), dict(padding=2, stride=2, dilation=2),
+                                dict(padding=1, padding_mode="reflect"), dict(padding=1, padding_mode="circular"),
+                                dict(padding=(1, 0), groups=2), dict(bias=False)],
+                         ids=["pad", "stride-dilation", "reflect", "circular", "groups", "nobias"])
+def test_small_images_run_the_kernel(isa, dtype, kw):
+    _, q = quantized_conv(dtype, **kw)
+    x = torch.randn(2, 32, 7, 6)
+    takes = half_conv.takes_half_conv(q, x, isa)
+    assert takes == (isa != "scalar")
+    with torch.no_grad():
+        y = q(x)
+    assert y.dtype == torch.float32
+    if takes:
+        pad_x = x if q.padding_mode == "zeros" else F.pad(x, q._reversed_padding_repeated_twice, mode=q.padding_mode)
+        padding = q.padding2d if q.padding_mode == "zeros" else (0, 0)
+        assert torch.equal(y, half_conv2d(pad_x, q._buffers["weight"], q.bias, q.stride2d, padding, q.dilation2d,
+                                          q.groups))
+    close(y, torch_route(q, x), 32 // q.groups * 9)
+
+
+def test_the_shape_rule(monkeypatch):
+    _, q = quantized_conv("fp16", cin=16, cout=16, padding=1)  # k = 144 = MIN_K
+    monkeypatch.setitem(half_conv.MAX_ROWS, "avx512", 196)
+    assert half_conv.takes_half_conv(q, torch.randn(1, 16, 14, 14), "avx512")       # 196 rows
+    assert half_conv.takes_half_conv(q, torch.randn(4, 16, 7, 7), "avx512")         # 196 rows in 4 images
+    assert not half_conv.takes_half_conv(q, torch.randn(1, 16, 15, 14), "avx512")   # 210 rows
+    assert not half_conv.takes_half_conv(q, torch.randn(1, 16, 7, 7), "scalar")     # no F16C: torch's op
+    assert not half_conv.takes_half_conv(q, torch.randn(1, 16, 7, 7).double(), "avx512")
+    assert not half_conv.takes_half_conv(q, torch.randn(1, 16, 7, 7).half(), "avx512")
+    assert not half_conv.takes_half_conv(q, torch.randn(16, 7, 7), "avx512")        # unbatched: torch
+    assert not half_conv.takes_half_conv(q, torch.randn(0, 16, 7, 7), "avx512")
+    monkeypatch.setitem(half_conv.MAX_ROWS, "avx2", 100)
+    assert half_conv.takes_half_conv(q, torch.randn(1, 16, 10, 10), "avx2")         # 100 rows
+    assert not half_conv.takes_half_conv(q, torch.randn(1, 16, 11, 10), "avx2")
+    _, short = quantized_conv("fp16", cin=15, cout=16, padding=1)  # k = 135 < MIN_K
+    assert not half_conv.takes_half_conv(short, torch.randn(1, 15, 7, 7), "avx512")
+    _, depthwise = quantized_conv("fp16", cin=32, cout=32, padding=1, groups=32)
+    assert not half_conv.takes_half_conv(depthwise, torch.randn(1, 32, 7, 7), "avx512")
+    _, same = quantized_conv("fp16", cin=16, cout=16, padding="same")
+    assert not half_conv.takes_half_conv(same, torch.randn(1, 16, 7, 7), "avx512")
+
+
+@pytest.mark.parametrize("dtype", ["fp16", "bf16"])
+def test_torchs_route_outside_the_rule(isa, dtype):
+    """Large images (and other input dtypes) keep torch's conv on the widened weight: its exact result."""
+    _, q = quantized_conv(dtype, padding=1)
+    x = torch.randn(1, 32, 20, 20)
+    assert not half_conv.takes_half_conv(q, x, isa)
+    with torch.no_grad():
+        assert torch.equal(q(x), torch_route(q, x))
+        xd = torch.randn(1, 32, 5, 5, dtype=torch.float64)
+        assert q(xd).dtype == torch.float64
+
+
+@pytest.mark.parametrize("dtype", ["fp16", "bf16"])
+def test_autograd_reaches_the_input_and_bias(dtype):
+    conv, q = quantized_conv(dtype, padding=1, stride=2)
+    q.bias.requires_grad_(True)  # (quantize() leaves it frozen; fine-tuning it is allowed)
+    x = torch.randn(1, 32, 9, 9)
+    assert half_conv.takes_half_conv(q, x, "avx512")
+    xa, xb = x.clone().requires_grad_(), x.clone().requires_grad_()
+    ya = q(xa)
+    w = q._buffers["weight"].float()
+    yb = F.conv2d(xb, w, q.bias, 2, 1)
+    grad = torch.randn_like(yb)
+    ya.backward(grad)
+    xb_grad, bias_grad = torch.autograd.grad(yb, (xb, q.bias), grad)
+    torch.testing.assert_close(xa.grad, xb_grad)
+    torch.testing.assert_close(q.bias.grad, bias_grad)
+
+
+@pytest.mark.parametrize("dtype", ["fp16", "bf16"])
+def test_traced_forward_is_the_eager_result(isa, dtype):
+    _, q = quantized_conv(dtype, padding=1)
+    x = torch.randn(1, 32, 6, 6)
+    with torch.no_grad():
+        assert torch.equal(conv2d_forward(q, x), q(x))
+
+
+def test_compile_and_export_take_the_op():
+    _, q = quantized_conv("fp16", padding=1)
+    model = nn.Sequential(q, nn.ReLU()).eval()
+    x = torch.randn(1, 32, 6, 6)
+    with torch.no_grad():
+        want = model(x)
+        assert torch.equal(torch.compile(model)(x), want)
+    program = torch.export.export(model, (x,))
+    targets = [n.target for n in program.graph.nodes if n.op == "call_function"]
+    assert torch.ops.mono_quant.half_conv2d.default in targets
+    with torch.no_grad():
+        assert torch.equal(program.module()(x), want)
+
+
+def test_export_with_a_dynamic_batch_takes_torchs_conv():
+    """Symbolic sizes never reach the rows rule (it would guard the batch to a range): torch's conv."""
+    _, q = quantized_conv("fp16", padding=1)
+    model = nn.Sequential(q, nn.ReLU()).eval()
+    x = torch.randn(2, 32, 6, 6)
+    batch = torch.export.Dim("batch", min=1, max=64)
+    program = torch.export.export(model, (x,), dynamic_shapes={"input": {0: batch}})
+    targets = [n.target for n in program.graph.nodes if n.op == "call_function"]
+    assert torch.ops.mono_quant.half_conv2d.default not in targets
+    for n in (1, 5, 40):
+        xn = torch.randn(n, 32, 6, 6)
+        with torch.no_grad():
+            close(program.module()(xn), model(xn), 32 * 9)
+
+
+def test_save_load_keeps_the_route(tmp_path):
+    conv, q = quantized_conv("bf16", padding=1)
+    model = nn.Sequential(q)
+    path = tmp_path / "m.mq.safetensors"
+    mq.save(model, path)
+    loaded = mq.load(path, model=nn.Sequential(nn.Conv2d(32, 24, 3, padding=1)))
+    x = torch.randn(1, 32, 5, 5)
+    with torch.no_grad():
+        assert torch.equal(loaded(x), model(x))
+
+
+def test_onnx_export_runs_in_onnxruntime(tmp_path):
+    pytest.importorskip("onnx")
+    ort = pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnxscript")
+    _, q = quantized_conv("fp16", padding=1, stride=2)
+    model = nn.Sequential(q, nn.ReLU()).eval()
+    x = torch.randn(1, 32, 9, 9)
+    assert half_conv.takes_half_conv(q, x, "avx512")
+    path = mq.export_onnx(model, x, tmp_path / "m.onnx")
+    session = ort.InferenceSession(str(path))
+    y = session.run(None, {session.get_inputs()[0].name: x.numpy()})[0]
+    with torch.no_grad():
+        close(torch.from_numpy(y), model(x), 32 * 9)
+
+
+@pytest.mark.parametrize("image", [5, 20], ids=["kernel-route", "torch-route"])
+def test_weight_and_bias_changes_are_seen(image):
+    """The per-module memo of each route's arguments notices in-place writes and replaced tensors."""
+    _, q = quantized_conv("fp16", padding=1)
+    x = torch.randn(1, 32, image, image)
+    with torch.no_grad():
+        q(x)
+        q._buffers["weight"].mul_(2)
+        torch.testing.assert_close(q(x), torch_route(q, x), rtol=1e-5, atol=1e-4)
+        q.bias.add_(1)
+        torch.testing.assert_close(q(x), torch_route(q, x), rtol=1e-5, atol=1e-4)
+        q.register_buffer("weight", torch.zeros_like(q._buffers["weight"]))
+        assert torch.equal(q(x), q.bias.view(1, -1, 1, 1).expand_as(q(x)))
