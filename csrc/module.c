@@ -45,6 +45,7 @@ static int module_exec(PyObject *m) {
      * from threads running without the GIL only read them */
     mq_active();
     if (isa_from_environment() < 0) return -1;
+    mq_parallel_watch_forks();
     for (size_t i = 0; i < sizeof method_tables / sizeof method_tables[0]; i++)
         if (PyModule_AddFunctions(m, method_tables[i]) < 0) return -1;
     if (add_layout(m) < 0) return -1;

@@ -34,13 +34,22 @@
 typedef void (*gomp_parallel_fn)(void (*fn)(void *), void *data, unsigned num_threads, unsigned flags);
 typedef int (*omp_in_parallel_fn)(void);
 typedef int (*omp_pause_resource_all_fn)(int kind);
+typedef int (*omp_get_max_threads_fn)(void);
 
 static struct {
     gomp_parallel_fn parallel;
     omp_in_parallel_fn in_parallel;
     omp_pause_resource_all_fn pause_all;
-    atomic_int pid; /* the process that found libgomp; 0: none found */
+    omp_get_max_threads_fn max_threads;
+    pthread_t owner; /* the thread that found it: other threads would get (and start) a team of their own */
+    atomic_int pid;  /* the process that found libgomp; 0: none found */
 } team;
+
+/* Set in every forked child of a process that imported us (and inherited by its
+ * children): a child must never run a region on the team copied from its parent,
+ * whether or not the parent had found the team before the fork. */
+static atomic_int forked_child;
+static int home_pid;
 
 /* dl_iterate_phdr callback: the path of the first loaded object named libgomp*.so* */
 static int find_libgomp(struct dl_phdr_info *info, size_t size, void *out) {
@@ -56,7 +65,17 @@ static void release_team_before_fork(void) {
     if (atomic_load(&team.pid) == getpid() && !team.in_parallel()) team.pause_all(OMP_PAUSE_HARD);
 }
 
-static void forget_team_in_child(void) { atomic_store(&team.pid, 0); }
+static void forget_team_in_child(void) {
+    atomic_store(&forked_child, 1);
+    atomic_store(&team.pid, 0);
+}
+
+void mq_omp_team_watch_forks(void) {
+    static int registered;
+    if (registered) return; /* called once, at import, with the GIL held */
+    home_pid = getpid();
+    registered = pthread_atfork(release_team_before_fork, NULL, forget_team_in_child) == 0;
+}
 
 static void find_team(void) {
     const char *path = NULL;
@@ -66,17 +85,23 @@ static void find_team(void) {
     team.parallel = (gomp_parallel_fn)dlsym(lib, "GOMP_parallel");
     team.in_parallel = (omp_in_parallel_fn)dlsym(lib, "omp_in_parallel");
     team.pause_all = (omp_pause_resource_all_fn)dlsym(lib, "omp_pause_resource_all");
+    team.max_threads = (omp_get_max_threads_fn)dlsym(lib, "omp_get_max_threads");
     /* Without the pause, a team we started could hang a forked child: then not at all. */
-    if (!team.parallel || !team.in_parallel || !team.pause_all) return; /* lib stays open: it was loaded anyway */
-    if (pthread_atfork(release_team_before_fork, NULL, forget_team_in_child) != 0) return;
+    if (!team.parallel || !team.in_parallel || !team.pause_all || !team.max_threads) return; /* lib stays open */
+    /* the fork handlers come from mq_omp_team_watch_forks, registered at import: without them, no team */
+    if (atomic_load(&forked_child) || home_pid != getpid()) return;
+    team.owner = pthread_self();
     atomic_store(&team.pid, getpid());
 }
 
-int mq_omp_team_usable(void) {
+int mq_omp_team_usable(int threads) {
     static pthread_once_t once = PTHREAD_ONCE_INIT;
     pthread_once(&once, find_team);
     const int pid = atomic_load(&team.pid);
-    return pid != 0 && pid == getpid() && !team.in_parallel();
+    /* Only the team's own size: a region of fewer threads makes libgomp end the
+     * extra workers, and torch's next op then waits for new ones to start. */
+    return pid != 0 && pid == getpid() && !atomic_load(&forked_child) && pthread_equal(pthread_self(), team.owner) &&
+           !team.in_parallel() && team.max_threads() == threads;
 }
 
 void mq_omp_team_run(void (*body)(void *), void *data, int threads) { team.parallel(body, data, (unsigned)threads, 0); }

@@ -304,10 +304,10 @@ static void remember_work(mq_range_fn fn, int64_t n, int64_t longest_piece_ns, i
 }
 
 /* 1 if this call may go to torch's team: enough work, last time, and not paused after a slow call. */
-static int team_wanted(mq_range_fn fn, int64_t n) {
+static int team_wanted(mq_range_fn fn, int64_t n, int threads) {
     const int slot = work_slot(fn, n);
     if (work_seen[slot].fn != fn || work_seen[slot].n != n || work_seen[slot].work_ns < TEAM_MIN_WORK_NS) return 0;
-    return now_ns() >= atomic_load_explicit(&team_paused_until_ns, memory_order_relaxed) && mq_omp_team_usable();
+    return now_ns() >= atomic_load_explicit(&team_paused_until_ns, memory_order_relaxed) && mq_omp_team_usable(threads);
 }
 
 static void run_on_team(int64_t n, int64_t piece_items, int pieces, int threads, mq_range_fn fn, void *ctx) {
@@ -330,6 +330,8 @@ static void run_on_team(int64_t n, int64_t piece_items, int pieces, int threads,
 }
 
 int64_t mq_omp_team_calls(void) { return atomic_load(&team_calls); }
+
+void mq_parallel_watch_forks(void) { mq_omp_team_watch_forks(); }
 
 /* ---- the per-call pthreads fallback -------------------------------------------------------- */
 
@@ -399,7 +401,7 @@ void mq_parallel_for(int64_t n, int64_t min_chunk, int nthreads, mq_range_fn fn,
         fn(ctx, 0, n); /* one thread's worth, nested, or another caller owns the pool */
         return;
     }
-    if (chosen == BACKEND_OMP_TEAM && team_wanted(fn, n)) {
+    if (chosen == BACKEND_OMP_TEAM && team_wanted(fn, n, parts)) {
         const int64_t target = (int64_t)parts * PIECES_PER_THREAD;
         const int64_t piece_items = (units + target - 1) / target * min_chunk;
         run_on_team(n, piece_items, (int)((n + piece_items - 1) / piece_items), parts, fn, ctx);

@@ -280,8 +280,10 @@ int mq_sp_run_split(const mq_sp_run_ctx *c, int64_t whole, int64_t batch, int nt
     called_job = &job;
     mq_parallel_for(pieces, 1, nthreads, team_pieces, &job);
     called_job = NULL;
-    if (!fine && whole == 0) { /* (pieces of one kind: the caller's time per piece is an estimate) */
-        const double alone = job.caller_pieces ? (double)job.caller_ns * (double)pieces / (double)job.caller_pieces : 0;
+    /* (pieces of one kind: the caller's time per piece is an estimate; a call where the
+     * helpers took every piece says nothing about the caller alone, so it does not count) */
+    if (!fine && whole == 0 && job.caller_pieces) {
+        const double alone = (double)job.caller_ns * (double)pieces / (double)job.caller_pieces;
         split_went((double)(now_ns() - start) > SLOWER_THAN_ALONE * alone);
     }
     if (atomic_load(&job.failed)) status = -1;

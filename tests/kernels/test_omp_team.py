@@ -95,14 +95,16 @@ FORK_AFTER_TEAM = RUN_ON_TEAM + textwrap.dedent("""
         expected = layer(x)
         assert torch.equal(run_on_team(lambda: layer(x)), expected)
         big.add_(1.0)  # torch's own parallel op, on the same team
-    if "--from-thread" in sys.argv:  # the team of another Python thread, too
-        done = threading.Event()
+    if "--from-thread" in sys.argv:  # another Python thread: our pool, never a team of its own
+        done, same = threading.Event(), []
+        before = _C.linear_kernels()["omp_team_calls"]
         def work():
             with torch.no_grad():
-                run_on_team(lambda: layer(x))
+                same.append(all(torch.equal(layer(x), expected) for _ in range(5)))
             done.set()
         threading.Thread(target=work).start()
         done.wait()
+        assert same == [True] and _C.linear_kernels()["omp_team_calls"] == before
     team_calls = _C.linear_kernels()["omp_team_calls"]
 
     pid = os.fork()
@@ -168,3 +170,50 @@ def test_libgomp_never_loaded_by_us():
     """)
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
+
+
+# A child forked before any of our work ran on the team (the team was found in
+# no process yet, torch's own team running): the child must not find and use
+# the team copied from its parent (it would wait for workers that are not there).
+FORK_BEFORE_TEAM = textwrap.dedent("""
+    import os, sys, time
+    import torch
+    from torch import nn
+    import mono_quant as mq
+    from mono_quant import _C
+
+    torch.set_num_threads(2)
+    torch.manual_seed(0)
+    layer = mq.quantize(nn.Linear(1024, 1024)).model
+    x = torch.randn(256, 1024)
+    torch.randn(4_000_000).add_(1.0)  # torch's team started; none of our jobs on it yet
+    assert _C.linear_kernels()["omp_team_calls"] == 0
+    pid = os.fork()
+    if pid == 0:
+        with torch.no_grad():
+            for _ in range(20):  # long enough jobs to be offered to the team
+                layer(x)
+        os._exit(0 if _C.linear_kernels()["omp_team_calls"] == 0 else 3)
+    deadline = time.monotonic() + float(sys.argv[1])
+    while time.monotonic() < deadline:
+        done_pid, status = os.waitpid(pid, os.WNOHANG)
+        if done_pid:
+            sys.exit(os.waitstatus_to_exitcode(status))
+        time.sleep(0.02)
+    os.kill(pid, 9)
+    os.waitpid(pid, 0)
+    print("child hung after fork", flush=True)
+    sys.exit(2)
+""")
+
+
+def test_fork_before_any_team_job():
+    env = dict(os.environ, MONO_QUANT_THREADS="omp-team", OMP_NUM_THREADS="2")
+    env.pop("OMP_WAIT_POLICY", None)
+    try:
+        proc = subprocess.run([sys.executable, "-c", FORK_BEFORE_TEAM, "60"], env=env, capture_output=True,
+                              text=True, timeout=180)
+    except subprocess.TimeoutExpired:
+        pytest.fail("the forking script hung")
+    assert proc.returncode == 0, f"exit {proc.returncode}\n{proc.stdout}\n{proc.stderr}"
+
