@@ -94,7 +94,7 @@ def test_backend_from_environment_and_unknown_names():
     out = subprocess.run([sys.executable, "-W", "always", "-c", code],
                          env=dict(os.environ, MONO_QUANT_THREADS="openmp"), capture_output=True, text=True,
                          timeout=120)
-    assert out.stdout.strip() == "pool" and "MONO_QUANT_THREADS" in out.stderr
+    assert out.stdout.strip() == "omp-team" and "MONO_QUANT_THREADS" in out.stderr
     with pytest.raises(ValueError, match="pool"):
         _C.set_threading_backend("gomp")
     with pytest.raises(TypeError):

@@ -74,12 +74,12 @@ class RuntimeSettings:
 
     def apply_environment(self) -> None:
         """``MONO_QUANT_THREADS`` ("pool", "pthreads" or "omp-team") picks the threading backend; an
-        unknown value warns and keeps "pool".  Called once, by the package's ``__init__``."""
+        unknown value warns and keeps the default ("omp-team").  Called once, by the package's ``__init__``."""
         name = os.environ.get("MONO_QUANT_THREADS", "").strip().lower()
         if not name:
             return
         if name not in THREADING_BACKENDS:
-            warnings.warn(f"MONO_QUANT_THREADS={name!r} is not one of {THREADING_BACKENDS}; using \"pool\"",
+            warnings.warn(f"MONO_QUANT_THREADS={name!r} is not one of {THREADING_BACKENDS}; using \"omp-team\"",
                           RuntimeWarning, stacklevel=3)
             return
         self.set_threading_backend(name)
