@@ -182,22 +182,6 @@ PyDoc_STRVAR(conv2d_int8_doc,
              "nchw=True writes the same values as an NCHW array instead (transposed in C).\n"
              "reduce_range=True: each image quantized to 7 bits, asymmetric (0..127).");
 
-static int pair_arg(PyObject *obj, const char *what, long lo, npy_intp out[2]) {
-    long a, b;
-    if (!PyArg_ParseTuple(obj, "ll", &a, &b)) {
-        PyErr_Clear();
-        PyErr_Format(PyExc_TypeError, "%s must be a pair of ints", what);
-        return 0;
-    }
-    if (a < lo || b < lo || a > MQ_MAX_CONV_ARG || b > MQ_MAX_CONV_ARG) {
-        PyErr_Format(PyExc_ValueError, "%s must be in %ld..%ld, got (%ld, %ld)", what, lo, MQ_MAX_CONV_ARG, a, b);
-        return 0;
-    }
-    out[0] = a;
-    out[1] = b;
-    return 1;
-}
-
 static PyObject *py_conv2d_int8(PyObject *self, PyObject *args, PyObject *kw) {
     static char *kwlist[] = {"x", "packed", "w_sum", "w_scale", "w_zero_point", "bias", "out_channels",
                              "w_has_m128", "kernel", "stride", "padding", "dilation", "groups", "nthreads",
@@ -215,8 +199,8 @@ static PyObject *py_conv2d_int8(PyObject *self, PyObject *args, PyObject *kw) {
                                      &stride_obj, &pad_obj, &dil_obj, &groups, &nthreads, &nchw, &reduce_range))
         return NULL;
     if (!mq_check_threads(nthreads)) return NULL;
-    if (!pair_arg(kernel_obj, "kernel", 1, ks) || !pair_arg(stride_obj, "stride", 1, st) ||
-        !pair_arg(pad_obj, "padding", 0, pd) || !pair_arg(dil_obj, "dilation", 1, dl))
+    if (!mq_conv_pair(kernel_obj, "kernel", 1, ks) || !mq_conv_pair(stride_obj, "stride", 1, st) ||
+        !mq_conv_pair(pad_obj, "padding", 0, pd) || !mq_conv_pair(dil_obj, "dilation", 1, dl))
         return NULL;
     if (!(x = mq_array_in(&refs, x_obj, "x", mq_src_types, 4, 4, mq_src_expected))) goto done;
     npy_intp batch = PyArray_DIM(x, 0), channels = PyArray_DIM(x, 1), height = PyArray_DIM(x, 2),

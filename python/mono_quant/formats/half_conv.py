@@ -29,7 +29,7 @@ from ..kernels.fp16 import HALF_WEIGHT_DTYPES
 from ..kernels.half_conv import half_conv2d, half_conv2d_arrays, half_conv2d_raw
 from ..kernels.settings import SETTINGS
 from . import layer_cache
-from .layer_cache import float_weight, tensor_version
+from .layer_cache import float_weight, weight_bias
 
 __all__ = ["MAX_ROWS", "MIN_K", "takes_half_conv", "eager_half_conv", "half_conv_forward",
            "traced_half_conv_forward"]
@@ -79,12 +79,7 @@ def eager_half_conv(module, x: torch.Tensor) -> Optional[torch.Tensor]:
     same bits as CastFormat's general path, with less Python around it).  None for other
     inputs (the caller's general path).  Graph capture and autograd take
     traced_half_conv_forward / traced_forward.py instead."""
-    weight = module._buffers["weight"]
-    bias = module._parameters.get("bias", module.__dict__.get("bias"))  # a Parameter, or a plain tensor after load
-    try:
-        tensors = [(id(t), t._version, t.data_ptr()) if t is not None else None for t in (weight, bias)]
-    except RuntimeError:  # made under torch.inference_mode: no version counter
-        tensors = [(id(t), tensor_version(t), t.data_ptr()) if t is not None else None for t in (weight, bias)]
+    weight, bias, tensors = weight_bias(module)
     key = (x.shape, x.dtype, x.is_cpu, SETTINGS.isa, tensors, module.kernel_size2d, module.stride2d,
            module.padding2d, module.dilation2d, module.groups, module.padding_mode)
     memo = _MEMO.get(module)

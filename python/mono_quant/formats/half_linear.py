@@ -13,7 +13,7 @@ import torch
 
 from ..kernels.fp16 import half_linear_arrays, half_linear_raw
 from ..kernels.settings import SETTINGS
-from .layer_cache import tensor_version
+from .layer_cache import weight_bias
 
 __all__ = ["eager_half_linear"]
 
@@ -23,12 +23,7 @@ _MEMO: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 def eager_half_linear(module, x: torch.Tensor, takes) -> Optional[torch.Tensor]:
     """``x @ W.T + b`` through the C kernel when ``takes(x, weight, isa)`` (cast.takes_half_kernel)
     says so, else None (the caller's general path).  Eager inference only."""
-    weight = module._buffers["weight"]
-    bias = module._parameters.get("bias", module.__dict__.get("bias"))  # a Parameter, or a plain tensor after load
-    try:
-        tensors = [(id(t), t._version, t.data_ptr()) if t is not None else None for t in (weight, bias)]
-    except RuntimeError:  # made under torch.inference_mode: no version counter
-        tensors = [(id(t), tensor_version(t), t.data_ptr()) if t is not None else None for t in (weight, bias)]
+    weight, bias, tensors = weight_bias(module)
     key = (x.shape, x.dtype, x.is_cpu, x.requires_grad, SETTINGS.isa, tensors)
     memo = _MEMO.get(module)
     if memo is None or memo[0] != key:

@@ -14,7 +14,7 @@ from ..kernels.stamps import make_stamp, tensor_version, tensors_unchanged
 from ..packing import packed_info, packed_sizes
 
 __all__ = ["kernel_args", "kernel_args_stamped", "KERNEL_ARG_SOURCES", "float_weight", "SMALL_WEIGHT_ELEMENTS",
-           "tensor_version"]
+           "tensor_version", "weight_bias"]
 
 # Per module, the packed weight's description and the NumPy views the C
 # kernels take, built once and rebuilt when a buffer is replaced, changed in
@@ -105,3 +105,16 @@ def _build_args(module, info: dict):
             out_g, info["has_m128"],
         ))
     return per_group, whole
+
+
+def weight_bias(module):
+    """A layer's weight buffer and its bias (a Parameter, or a plain tensor after load or a
+    user's assignment), and a key that changes when either is replaced, written in place
+    (its version) or given new storage (``.data =``): what a per-layer memo is valid for."""
+    weight = module._buffers["weight"]
+    bias = module._parameters.get("bias", module.__dict__.get("bias"))
+    try:
+        key = [(id(t), t._version, t.data_ptr()) if t is not None else None for t in (weight, bias)]
+    except RuntimeError:  # made under torch.inference_mode: no version counter
+        key = [(id(t), tensor_version(t), t.data_ptr()) if t is not None else None for t in (weight, bias)]
+    return weight, bias, key
