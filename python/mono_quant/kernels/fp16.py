@@ -34,11 +34,12 @@ def half_linear(x2d: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Te
     return torch.from_numpy(y)
 
 
-def half_linear_arrays(weight: torch.Tensor, bias: Optional[torch.Tensor]) -> tuple:
+def half_linear_arrays(weight: torch.Tensor, bias: Optional[torch.Tensor], op: str = "half_linear") -> tuple:
     """``(weight array, is_bf16, float32 bias array or None)``: what :func:`half_linear_raw`
-    takes for a layer (views where the tensors allow; a caller may keep them per layer)."""
+    (and half_conv2d_raw) takes for a layer (views where the tensors allow; a caller may keep
+    them per layer).  ``op`` names the caller in the error for another weight dtype."""
     if weight.dtype not in HALF_WEIGHT_DTYPES:
-        raise TypeError(f"half_linear takes a float16 or bfloat16 weight, got {weight.dtype}")
+        raise TypeError(f"{op} takes a float16 or bfloat16 weight, got {weight.dtype}")
     is_bf16 = weight.dtype == torch.bfloat16
     w = weight.detach()
     w = w.view(torch.int16).numpy() if is_bf16 else w.numpy()

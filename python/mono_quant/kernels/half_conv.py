@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from .. import _C
-from .fp16 import HALF_WEIGHT_DTYPES
+from .fp16 import half_linear_arrays
 from .settings import SETTINGS
 
 __all__ = ["half_conv2d", "half_conv2d_arrays", "half_conv2d_raw", "half_conv2d_reference"]
@@ -34,15 +34,8 @@ def half_conv2d(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tens
 
 def half_conv2d_arrays(weight: torch.Tensor, bias: Optional[torch.Tensor]) -> tuple:
     """``(weight array, is_bf16, float32 bias array or None)``: what :func:`half_conv2d_raw`
-    takes for a layer (views where the tensors allow; a caller may keep them per layer)."""
-    if weight.dtype not in HALF_WEIGHT_DTYPES:
-        raise TypeError(f"half_conv2d takes a float16 or bfloat16 weight, got {weight.dtype}")
-    is_bf16 = weight.dtype == torch.bfloat16
-    w = weight.detach()
-    w = w.view(torch.int16).numpy() if is_bf16 else w.numpy()  # bf16 crosses as its bits
-    if bias is not None:
-        bias = bias.detach().to(torch.float32).numpy()
-    return w, is_bf16, bias
+    takes for a layer (the Linear's arrays: the same views and bias)."""
+    return half_linear_arrays(weight, bias, "half_conv2d")
 
 
 def half_conv2d_raw(x: torch.Tensor, w, is_bf16: bool, bias, stride, padding, dilation, groups: int) -> torch.Tensor:
