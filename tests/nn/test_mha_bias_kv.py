@@ -245,3 +245,31 @@ def test_load_refuses_a_skeleton_that_disagrees_on_add_bias_kv(tmp_path):
                            "cross": nn.MultiheadAttention(32, 4, kdim=16, vdim=16, add_bias_kv=True)})
     with pytest.raises(mq.CheckpointError, match="unexpected keys.*attn.bias_k"):
         mq.load(path, model=plain)
+
+
+def _shared_twice(meta=False):
+    """One attention module under two names (``a`` and ``b``), as tied modules are."""
+    with torch.device("meta" if meta else "cpu"):
+        torch.manual_seed(8)
+        attn = nn.MultiheadAttention(32, 4, add_bias_kv=True, batch_first=True)
+        model = nn.ModuleDict({"a": attn, "b": attn})
+    if not meta:
+        with torch.no_grad():
+            attn.bias_k.normal_()
+    return model.eval()
+
+
+def test_shared_module_loads_once_and_a_file_disagreeing_with_itself_is_refused(tmp_path):
+    q, _ = quantized(_shared_twice())
+    path = tmp_path / "m.mq.safetensors"
+    mq.save(q, path)
+    loaded = mq.load(path, model=_shared_twice(meta=True))
+    assert loaded["a"] is loaded["b"]
+    x = torch.randn(2, 5, 32)
+    with torch.no_grad():
+        assert torch.equal(q["a"](x, x, x)[0], loaded["a"](x, x, x)[0])
+    with safetensors.safe_open(path, "pt") as f:
+        assert {k for k in f.keys() if k.endswith(".bias_k")} == {"a.bias_k"}  # stored once
+    _rewrite(path, lambda t: t.__setitem__("b.bias_k", t["a.bias_k"] + 1.0))  # a second, different value
+    with pytest.raises(mq.CheckpointError, match="b.bias_k"):
+        mq.load(path, model=_shared_twice(meta=True))

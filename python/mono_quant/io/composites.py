@@ -74,6 +74,7 @@ def load_float_parameters(shells: Dict[str, tuple], tensors: Mapping[str, torch.
     ``<path>.<name>``, checked as untrusted input (present, floating point, the skeleton's
     shape, finite; the skeleton's dtype unless it is on the meta device), and mark the keys
     ``consumed``; what is wrong is appended to ``problems``."""
+    first_key: Dict[int, str] = {}
     for key, (module, shell, name) in _float_parameters_of(shells).items():
         problem = _float_parameter_problem(tensors.get(key), getattr(module, name))
         if problem:
@@ -83,6 +84,10 @@ def load_float_parameters(shells: Dict[str, tuple], tensors: Mapping[str, torch.
         placeholder = shell._parameters[name]
         if id(placeholder) not in memo:  # a composite under several names: its first name's tensor
             memo[id(placeholder)] = nn.Parameter(tensors[key], requires_grad=placeholder.requires_grad)
+            first_key[id(placeholder)] = key
+        elif not torch.equal(tensors[key], memo[id(placeholder)].data):  # one module: one value, not two
+            problems.append(f"{key!r}: differs from {first_key[id(placeholder)]!r}, the same module under "
+                            f"another name in the model (the file was edited, or saved from another model)")
 
 
 def float_parameter_keys(shells: Dict[str, tuple]) -> Dict[str, torch.Tensor]:
