@@ -102,8 +102,10 @@ int mq_qparam_arrays(mq_refs *refs, PyObject *scale_obj, PyObject *zp_obj, npy_i
     const float *s = PyArray_DATA(*scale);
     for (npy_intp i = 0; i < ns; i++)
         if (!(s[i] > 0.0f) || !isfinite(s[i]) || !isfinite(1.0f / s[i])) {
-            PyErr_Format(PyExc_ValueError, "scale[%zd] = %g is not a positive finite number with a finite inverse",
-                         (Py_ssize_t)i, (double)s[i]);
+            char msg[160]; /* snprintf: PyErr_Format has no %g */
+            snprintf(msg, sizeof msg, "scale[%lld] = %g is not a positive finite number with a finite inverse",
+                     (long long)i, (double)s[i]);
+            PyErr_SetString(PyExc_ValueError, msg);
             return 0;
         }
     *per_row = ns == rows && rows != 1;

@@ -74,10 +74,13 @@ static int hist_grid_ok(const mq_hist_grid *grid, npy_intp bins) {
     float mn = grid->min, mx = grid->max;
     int ok = isfinite(mn) && isfinite(mx) && mn <= mx && grid->exp == mq_obs_hist_exp(mn, mx, (int64_t)bins) &&
              grid->k0 == (long long)floor(ldexp((double)mn, -grid->exp));
-    if (!ok)
-        PyErr_Format(PyExc_ValueError, "histogram grid (k0=%lld, exp=%d, min=%g, max=%g) does not follow the "
-                     "binning rule for %zd bins: the statistics are corrupt", (long long)grid->k0, grid->exp,
-                     (double)mn, (double)mx, (Py_ssize_t)bins);
+    if (!ok) {
+        char msg[256]; /* snprintf: PyErr_Format has no %g */
+        snprintf(msg, sizeof msg, "histogram grid (k0=%lld, exp=%d, min=%g, max=%g) does not follow the "
+                 "binning rule for %lld bins: the statistics are corrupt", (long long)grid->k0, grid->exp,
+                 (double)mn, (double)mx, (long long)bins);
+        PyErr_SetString(PyExc_ValueError, msg);
+    }
     return ok;
 }
 
@@ -175,9 +178,11 @@ static PyObject *py_obs_mse_search(PyObject *self, PyObject *args, PyObject *kw)
     if (!mq_check_qrange(qmin, qmax)) return NULL;
     if (ncand < 1 || ncand > 1000000 || !(width > 0.0) || !isfinite(width) || !isfinite(lo) ||
         !isfinite(range_lo) || !isfinite(range_hi)) {
-        PyErr_Format(PyExc_ValueError, "obs_mse_search needs 1..1e6 candidates, a finite positive width and finite "
-                     "lo / range (got %lld, %g, %g, [%g, %g])", ncand, width, lo, (double)range_lo,
-                     (double)range_hi);
+        char msg[256]; /* snprintf: PyErr_Format has no %g */
+        snprintf(msg, sizeof msg, "obs_mse_search needs 1..1e6 candidates, a finite positive width and finite "
+                 "lo / range (got %lld, %g, %g, [%g, %g])", (long long)ncand, (double)width, (double)lo,
+                 (double)range_lo, (double)range_hi);
+        PyErr_SetString(PyExc_ValueError, msg);
         return NULL;
     }
     if (!(h = mq_array_in(&refs, h_obj, "h", f64, 1, 1, "float64"))) goto done;

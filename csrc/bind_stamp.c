@@ -13,9 +13,9 @@
 static PyObject *version_name, *data_ptr_name;
 
 static int intern_names(void) {
-    if (version_name) return 1;
-    version_name = PyUnicode_InternFromString("_version");
-    data_ptr_name = PyUnicode_InternFromString("data_ptr");
+    if (version_name && data_ptr_name) return 1; /* both, or try again: a half-made pair must not pass */
+    if (!version_name) version_name = PyUnicode_InternFromString("_version");
+    if (!data_ptr_name) data_ptr_name = PyUnicode_InternFromString("data_ptr");
     return version_name && data_ptr_name;
 }
 

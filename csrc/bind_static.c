@@ -80,8 +80,10 @@ static void *data_or_null(buffer_arg *b) { return b->held ? b->view.buf : NULL; 
 
 static int check_scale(const char *fname, const char *what, float v, int positive) {
     if (!isfinite(v) || (positive && !(v > 0.0f))) {
-        PyErr_Format(PyExc_ValueError, "%s: %s must be a finite%s float, got %g", fname, what,
-                     positive ? " positive" : "", (double)v);
+        char msg[200]; /* snprintf: PyErr_Format has no %g */
+        snprintf(msg, sizeof msg, "%s: %s must be a finite%s float, got %g", fname, what, positive ? " positive" : "",
+                 (double)v);
+        PyErr_SetString(PyExc_ValueError, msg);
         return 0;
     }
     return 1;

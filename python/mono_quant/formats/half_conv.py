@@ -19,7 +19,6 @@ torch's own conv algorithms.
 """
 from __future__ import annotations
 
-import weakref
 from typing import Optional
 
 import torch
@@ -29,7 +28,7 @@ from ..kernels.fp16 import HALF_WEIGHT_DTYPES
 from ..kernels.half_conv import half_conv2d, half_conv2d_arrays, half_conv2d_raw
 from ..kernels.settings import SETTINGS
 from . import layer_cache
-from .layer_cache import float_weight, weight_bias
+from .layer_cache import float_weight, pinned, weight_bias
 
 __all__ = ["MAX_ROWS", "MIN_K", "takes_half_conv", "eager_half_conv", "half_conv_forward",
            "traced_half_conv_forward"]
@@ -69,7 +68,7 @@ def takes_half_conv(module, x: torch.Tensor, isa: str) -> bool:
 # so kept once) and the float32 bias.  A small conv's whole call is ~15 us: the checks and
 # conversions made once here were a third of it.  A weak map: deepcopy and state_dict never
 # see it.
-_MEMO: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+_MEMO = layer_cache.per_layer_cache()
 _KERNEL, _TORCH = "kernel", "torch"
 
 
@@ -84,7 +83,7 @@ def eager_half_conv(module, x: torch.Tensor) -> Optional[torch.Tensor]:
            module.padding2d, module.dilation2d, module.groups, module.padding_mode)
     memo = _MEMO.get(module)
     if memo is None or memo[0] != key:
-        memo = (key, *_choose(module, x, key[3], weight, bias))
+        memo = (key, *_choose(module, x, key[3], weight, bias), pinned(weight, bias))
         _MEMO[module] = memo
     route, args = memo[1], memo[2]
     if route is _KERNEL:

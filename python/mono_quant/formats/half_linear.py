@@ -6,18 +6,17 @@ whole call (a classifier head on a batch-1 CNN) is ~4 us in fp32: re-deciding an
 per call (~7 us) made it 2.6x slower than fp32 (bench_models.py, cnn16x8-b1)."""
 from __future__ import annotations
 
-import weakref
 from typing import Optional
 
 import torch
 
 from ..kernels.fp16 import half_linear_arrays, half_linear_raw
 from ..kernels.settings import SETTINGS
-from .layer_cache import weight_bias
+from .layer_cache import per_layer_cache, pinned, weight_bias
 
 __all__ = ["eager_half_linear"]
 
-_MEMO: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+_MEMO = per_layer_cache()
 
 
 def eager_half_linear(module, x: torch.Tensor, takes) -> Optional[torch.Tensor]:
@@ -27,7 +26,7 @@ def eager_half_linear(module, x: torch.Tensor, takes) -> Optional[torch.Tensor]:
     key = (x.shape, x.dtype, x.is_cpu, x.requires_grad, SETTINGS.isa, tensors)
     memo = _MEMO.get(module)
     if memo is None or memo[0] != key:
-        memo = (key, half_linear_arrays(weight, bias) if takes(x, weight, key[4]) else None)
+        memo = (key, half_linear_arrays(weight, bias) if takes(x, weight, key[4]) else None, pinned(weight, bias))
         _MEMO[module] = memo
     if memo[1] is None:
         return None

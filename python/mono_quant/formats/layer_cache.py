@@ -14,13 +14,32 @@ from ..kernels.stamps import make_stamp, tensor_version, tensors_unchanged
 from ..packing import packed_info, packed_sizes
 
 __all__ = ["kernel_args", "kernel_args_stamped", "KERNEL_ARG_SOURCES", "float_weight", "SMALL_WEIGHT_ELEMENTS",
-           "tensor_version", "weight_bias"]
+           "tensor_version", "weight_bias", "pinned", "per_layer_cache", "forget"]
 
 # Per module, the packed weight's description and the NumPy views the C
 # kernels take, built once and rebuilt when a buffer is replaced, changed in
 # place (its _version moves) or moved to other memory (its data_ptr): the
 # stamp (kernels/stamps.py) of KERNEL_ARG_SOURCES, checked in one C call.
-_KERNEL_ARGS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+_PER_LAYER_CACHES: list = []
+
+
+def per_layer_cache() -> "weakref.WeakKeyDictionary":
+    """A new module -> derived-data map that :func:`forget` clears for a module."""
+    cache: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+    _PER_LAYER_CACHES.append(cache)
+    return cache
+
+
+def forget(module, *_hook_args) -> None:
+    """Drop everything kept for ``module`` (it is rebuilt on the next call).  Run after every
+    load_state_dict (a QuantizedModule's post hook): under torch.inference_mode an in-place
+    load moves no version counter, so no key could see it, and derived copies (a widened
+    weight, an expanded scale) would stay stale."""
+    for cache in _PER_LAYER_CACHES:
+        cache.pop(module, None)
+
+
+_KERNEL_ARGS = per_layer_cache()
 
 #: What the arguments are built from, as (where, name) stamp sources: the buffers they view,
 #: and the bias: a Parameter, or a plain tensor attribute (assigned after load) that
@@ -61,7 +80,7 @@ def kernel_args_stamped(module) -> tuple:
 # CNN); 256 KiB per layer is little next to the activations of any model that has such
 # layers.  Larger weights are dequantized per call and dropped.
 SMALL_WEIGHT_ELEMENTS = 65536
-_SMALL_WEIGHTS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+_SMALL_WEIGHTS = per_layer_cache()
 
 
 def float_weight(module, numel: int, dequantize, packed=None) -> torch.Tensor:
@@ -82,7 +101,8 @@ def float_weight(module, numel: int, dequantize, packed=None) -> torch.Tensor:
         if cached is not None and cached[0] == key:
             return cached[1]
     weight = dequantize()
-    _SMALL_WEIGHTS[module] = (key, weight)
+    # (the buffers pinned: their addresses are in the key; see pinned)
+    _SMALL_WEIGHTS[module] = (key, weight, None if packed is not None else pinned(*module._buffers.values()))
     return weight
 
 
@@ -110,7 +130,9 @@ def _build_args(module, info: dict):
 def weight_bias(module):
     """A layer's weight buffer and its bias (a Parameter, or a plain tensor after load or a
     user's assignment), and a key that changes when either is replaced, written in place
-    (its version) or given new storage (``.data =``): what a per-layer memo is valid for."""
+    (its version) or given new storage (``.data =``): what a per-layer memo is valid for.
+    A memo keeps :func:`pinned` of the two beside the key, so that the storage the key's
+    addresses name cannot be freed and reused by a later ``.data =`` while the memo lives."""
     weight = module._buffers["weight"]
     bias = module._parameters.get("bias", module.__dict__.get("bias"))
     try:
@@ -118,3 +140,10 @@ def weight_bias(module):
     except RuntimeError:  # made under torch.inference_mode: no version counter
         key = [(id(t), tensor_version(t), t.data_ptr()) if t is not None else None for t in (weight, bias)]
     return weight, bias, key
+
+
+def pinned(*tensors) -> tuple:
+    """Aliases of ``tensors`` (None kept) that hold their storage: kept beside a key of
+    ``data_ptr()`` values, no other tensor can be given those addresses (two ``.data =``
+    in a row could otherwise land on the address the key remembers)."""
+    return tuple(None if t is None else t.detach() for t in tensors)

@@ -3,7 +3,6 @@ im2col rows): when the C kernels take an input, the product through them, and th
 shape rule choosing dequantize + BLAS instead for weight-only layers."""
 from __future__ import annotations
 
-import weakref
 
 import torch
 
@@ -11,7 +10,7 @@ from .. import kernels
 from ..kernels.int8 import MAX_IN_FEATURES, linear_int8_prepared, linear_int8_raw, prepare_linear_int8
 from ..kernels.stamps import make_stamp, tensors_unchanged
 from ..packing import unpack_int8_rows
-from .layer_cache import kernel_args_stamped
+from .layer_cache import kernel_args_stamped, per_layer_cache
 
 __all__ = ["BLAS_MIN_ROWS", "blas_min_rows", "kernel_takes", "conv_kernel_takes", "packed_linear", "dequantized_packed",
            "KERNEL_DTYPES", "dynamic_linear"]
@@ -83,7 +82,7 @@ def dequantized_packed(module, info: dict) -> torch.Tensor:
 # stamp (kernels/stamps.py) of everything it was made from (None: the layer has no such
 # call): that call then skips the general path's checks (~0.7 us, as much as a small
 # layer's kernel).
-_DYNAMIC_CALLS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+_DYNAMIC_CALLS = per_layer_cache()
 _DYNAMIC_SOURCES = ((None, "activations"), (None, "reduce_range"))
 
 

@@ -79,7 +79,8 @@ def linear_forward(module, x: torch.Tensor) -> torch.Tensor:
         return int4_linear_forward(module, x)
     if not module.format.integer:
         w = module._buffers["weight"]
-        if takes_half_kernel(x, w, _isa()):  # as CastFormat.linear
+        # as CastFormat.linear; a weight that requires grad takes torch's op (ours give no weight gradient)
+        if takes_half_kernel(x, w, _isa()) and not (w.requires_grad and torch.is_grad_enabled()):
             y = torch.ops.mono_quant.half_linear(x.reshape(-1, w.shape[1]), w, bias)
             return y.reshape(*x.shape[:-1], w.shape[0])
         return F.linear(x, w.to(x.dtype).to(x.device), None if bias is None else bias.to(x.dtype))
@@ -131,7 +132,8 @@ def conv2d_forward(module, x: torch.Tensor) -> torch.Tensor:
     m = module
     bias = m.bias
     if not m.format.integer:
-        if takes_half_conv(m, x, _isa()):  # as CastFormat.conv2d
+        # as CastFormat.conv2d; a weight that requires grad takes torch's conv (ours gives no weight gradient)
+        if takes_half_conv(m, x, _isa()) and not (m._buffers["weight"].requires_grad and torch.is_grad_enabled()):
             return traced_half_conv_forward(m, x)
         b = None if bias is None else bias.to(x.dtype)
         return m.conv_with(x, m._buffers["weight"].to(x.dtype).to(x.device), b)

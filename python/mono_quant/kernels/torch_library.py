@@ -50,10 +50,11 @@ def use_ops(x: torch.Tensor, module=None) -> bool:
         return True  # (type: FakeTensor in non-strict export / make_fx, functional tensors, subclasses)
     if not _grad_enabled():
         return False
-    if x.requires_grad:
-        return True
-    bias = None if module is None else module._parameters.get("bias")
-    return bias is not None and bias.requires_grad
+    if x.requires_grad or module is None:
+        return x.requires_grad
+    bias, weight = module._parameters.get("bias"), module._buffers.get("weight")
+    # (a float16/bf16 weight a user made trainable: its gradient comes from torch's own op)
+    return (bias is not None and bias.requires_grad) or (weight is not None and weight.requires_grad)
 
 
 # -- packed int8 ----------------------------------------------------------------------------------------------

@@ -1,7 +1,6 @@
 """QuantizedConv2d: replaces nn.Conv2d (any stride, padding, dilation, groups, padding mode)."""
 from __future__ import annotations
 
-import weakref
 
 import torch
 import torch.nn.functional as F
@@ -35,7 +34,7 @@ DYNAMIC_CHUNK_BYTES = 1 << 20
 # QuantizedConv2d.forward's routes (see QuantizedConv2d._route), and per module the last one
 # taken with what it was chosen for: a weak map, so deepcopy and state_dict never see it.
 _PACKED, _FLOAT, _FORMAT = "packed", "float", "format"
-_ROUTES: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+_ROUTES = layer_cache.per_layer_cache()
 # What a route depends on besides x and kernel_args' tensors (stamp sources, kernels/stamps.py):
 # the layer's format, mode, geometry and the size rules of this module (tests change them).
 _ROUTE_SOURCES = tuple((None, name) for name in (

@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from ..formats import FORMATS, WeightFormat, get_format
+from ..formats.layer_cache import forget
 from ..qtypes import QType, get_qtype
 from ..tensor import QuantizedWeight
 from ..torch_compat import TorchCompatMixin
@@ -107,6 +108,7 @@ class QuantizedModule(TorchCompatMixin, nn.Module):
         self.weight_symmetric = False
         self.weight_group_size: Optional[int] = None  # int4: columns per group (None: per channel)
         self.orig_dtype = orig_dtype
+        self.register_load_state_dict_post_hook(forget)  # derived copies go stale on a load: see forget
 
     @property
     def qtype(self) -> QType:
