@@ -285,28 +285,34 @@ int mq_conv2d_static(const int8_t *x, int64_t batch, int64_t channels, int64_t h
 /* The scalar twin of the table's static_conv (mq.h): the definition the SIMD kernels are
  * held to, bit for bit.  Signed int8 input (static_conv_x_u8 = 0 in the scalar table). */
 void mq_ref_static_conv(const mq_static_conv_args *a) {
-    const int64_t groups = a->kh * a->kw * a->c / MQ_KGROUP; /* K-groups per panel */
     for (int64_t r = 0; r < a->out_rows; r++)
         for (int64_t ow = 0; ow < a->out_w; ow++) {
             const int64_t pix = r * a->out_w + ow;
-            for (int64_t col = 0; col < a->n; col++) {
-                const int8_t *w = a->w + (col / MQ_PANEL) * groups * MQ_PANEL_GROUP_BYTES + (col % MQ_PANEL) * 4;
-                int32_t acc = 0;
-                int64_t k = 0;
+            /* A panel's 16 sums at once: each K-group (4 channels of one tap, c % 4 == 0) is 64
+             * contiguous weight bytes, so the weight pointer only steps; exact int32 sums. */
+            const int8_t *w = a->w;
+            for (int64_t col0 = 0; col0 < a->n; col0 += MQ_PANEL) {
+                int32_t acc[MQ_PANEL] = {0};
                 for (int64_t i = 0; i < a->kh; i++)
                     for (int64_t j = 0; j < a->kw; j++) {
                         const int8_t *x =
                             (const int8_t *)a->x + ((r * a->sh + i * a->dh) * a->wp + ow * a->sw + j * a->dw) * a->c;
-                        for (int64_t ch = 0; ch < a->c; ch++, k++)
-                            acc += (int32_t)x[ch] * w[(k / 4) * MQ_PANEL_GROUP_BYTES + k % 4];
+                        for (int64_t ch = 0; ch < a->c; ch += MQ_KGROUP, w += MQ_PANEL_GROUP_BYTES)
+                            for (int c = 0; c < MQ_PANEL; c++)
+                                for (int t = 0; t < MQ_KGROUP; t++)
+                                    acc[c] += (int32_t)x[ch + t] * w[c * MQ_KGROUP + t];
                     }
-                float y = (float)(acc - a->zcol[col]) * a->xw[col];
-                if (a->bias) y += a->bias[col];
-                const float v = activate(y, a->act_lo, a->act_hi);
-                if (a->y_q)
-                    a->y_q[pix * a->n + col] = requantize(v, a->inv_out_scale, a->out_zp);
-                else
-                    a->y_f32[pix * a->n + col] = v;
+                const int64_t cols = a->n - col0 < MQ_PANEL ? a->n - col0 : MQ_PANEL;
+                for (int64_t c = 0; c < cols; c++) {
+                    const int64_t col = col0 + c;
+                    float y = (float)(acc[c] - a->zcol[col]) * a->xw[col];
+                    if (a->bias) y += a->bias[col];
+                    const float v = activate(y, a->act_lo, a->act_hi);
+                    if (a->y_q)
+                        a->y_q[pix * a->n + col] = requantize(v, a->inv_out_scale, a->out_zp);
+                    else
+                        a->y_f32[pix * a->n + col] = v;
+                }
             }
         }
 }
