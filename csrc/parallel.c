@@ -24,8 +24,9 @@
  * says how, and how fork stays safe.  The team's end of region waits for
  * every worker, so after a call that waited too long for one (descheduled:
  * other processes hold the cores) the pool is used alone for a while
- * (TEAM_PAUSE_*).  Not the default: on a loaded 2-core host it measured no
- * better than the pool (docs/benchmarks.md, "torch's OpenMP team").
+ * (TEAM_PAUSE_*).  The default since a quiet 2-core host measured it at
+ * 1.3-1.9x the pool's speed on large calls (docs/benchmarks.md, "torch's
+ * OpenMP team"); MONO_QUANT_THREADS=pool uses the pool alone.
  *
  * "pthreads" (MONO_QUANT_THREADS=pthreads) is the simple fallback: threads
  * started and joined per call, one contiguous share each. */
