@@ -16,7 +16,7 @@
  *  - fork(): the child has only the forking thread, so a child handler
  *    forgets the helpers and the child starts its own on its first call.
  *
- * "omp-team" (MONO_QUANT_THREADS=omp-team, opt-in) is the pool that hands
+ * "omp-team" (the default; MONO_QUANT_THREADS=omp-team) is the pool that hands
  * jobs of 1 ms or more to torch's OpenMP team when torch's libgomp is in the
  * process: with libgomp's default wait policy its worker spins for
  * milliseconds after each torch op on the core our helper wants, so a
