@@ -5,7 +5,6 @@ import os
 import subprocess
 import sys
 import textwrap
-import time
 
 import pytest
 import torch
@@ -13,6 +12,8 @@ from torch import nn
 
 import mono_quant as mq
 from mono_quant import _C
+
+from fork_scripts import WAIT_FOR_CHILD
 
 # The team path is taken only for jobs whose previous run of the same shape
 # took 1 ms of one thread's time or more, and not right after a call that
@@ -80,7 +81,7 @@ def test_other_backends_never_use_the_team(two_threads_team, backend):
 # usable there (its next region waits for workers that do not exist), so
 # the team is released before fork; torch's own parallel ops and ours must
 # both run in the child.  A hang fails the test, not the suite.
-FORK_AFTER_TEAM = RUN_ON_TEAM + textwrap.dedent("""
+FORK_AFTER_TEAM = RUN_ON_TEAM + WAIT_FOR_CHILD + textwrap.dedent("""
     import os, sys, threading
     import torch
     from torch import nn
@@ -120,17 +121,7 @@ FORK_AFTER_TEAM = RUN_ON_TEAM + textwrap.dedent("""
             os._exit(0 if ok else 3)
         except BaseException:
             os._exit(4)
-    deadline = time.monotonic() + float(sys.argv[1])
-    while time.monotonic() < deadline:
-        done_pid, status = os.waitpid(pid, os.WNOHANG)
-        if done_pid:
-            break
-        time.sleep(0.02)
-    else:
-        os.kill(pid, 9)
-        os.waitpid(pid, 0)
-        print("child hung after fork", flush=True)
-        sys.exit(2)
+    status = wait_for_child(pid, float(sys.argv[1]))
     with torch.no_grad():
         big.add_(1.0)
         assert torch.equal(run_on_team(lambda: layer(x)), expected)  # and the parent's team still works
@@ -175,7 +166,7 @@ def test_libgomp_never_loaded_by_us():
 # A child forked before any of our work ran on the team (the team was found in
 # no process yet, torch's own team running): the child must not find and use
 # the team copied from its parent (it would wait for workers that are not there).
-FORK_BEFORE_TEAM = textwrap.dedent("""
+FORK_BEFORE_TEAM = WAIT_FOR_CHILD + textwrap.dedent("""
     import os, sys, time
     import torch
     from torch import nn
@@ -194,16 +185,7 @@ FORK_BEFORE_TEAM = textwrap.dedent("""
             for _ in range(20):  # long enough jobs to be offered to the team
                 layer(x)
         os._exit(0 if _C.linear_kernels()["omp_team_calls"] == 0 else 3)
-    deadline = time.monotonic() + float(sys.argv[1])
-    while time.monotonic() < deadline:
-        done_pid, status = os.waitpid(pid, os.WNOHANG)
-        if done_pid:
-            sys.exit(os.waitstatus_to_exitcode(status))
-        time.sleep(0.02)
-    os.kill(pid, 9)
-    os.waitpid(pid, 0)
-    print("child hung after fork", flush=True)
-    sys.exit(2)
+    sys.exit(os.waitstatus_to_exitcode(wait_for_child(pid, float(sys.argv[1]))))
 """)
 
 

@@ -15,12 +15,14 @@ import mono_quant as mq
 from mono_quant import _C
 from mono_quant.kernels import THREADING_BACKENDS
 
+from fork_scripts import WAIT_FOR_CHILD
+
 # Issue 14, finding 1: after a quantized forward in the parent, a parallel
 # torch op in a forked child (a DataLoader worker) never returned, because the
 # kernels ran on torch's OpenMP team, which libgomp cannot rebuild in a child.
 # A hang must fail the test, not the suite: the child is waited for with a
 # deadline, and the whole script runs under a subprocess timeout.
-FORK_SCRIPT = textwrap.dedent("""
+FORK_SCRIPT = WAIT_FOR_CHILD + textwrap.dedent("""
     import os, sys, threading, time
     import torch
     from torch import nn
@@ -56,17 +58,7 @@ FORK_SCRIPT = textwrap.dedent("""
         except BaseException:
             os._exit(4)
     stop.set()
-    deadline = time.monotonic() + float(sys.argv[1])
-    while time.monotonic() < deadline:
-        done, status = os.waitpid(pid, os.WNOHANG)
-        if done:
-            break
-        time.sleep(0.02)
-    else:
-        os.kill(pid, 9)
-        os.waitpid(pid, 0)
-        print("child hung after fork", flush=True)
-        sys.exit(2)
+    status = wait_for_child(pid, float(sys.argv[1]))
     with torch.no_grad():
         assert torch.equal(layer(x), expected)  # and still in the parent
     sys.exit(os.waitstatus_to_exitcode(status))
