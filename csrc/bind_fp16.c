@@ -59,21 +59,24 @@ PyDoc_STRVAR(h16_conv2d_doc,
              "y [batch, n, out_h, out_w] float32 = conv2d(x [batch, channels, height, width] float32,\n"
              "W [n, channels/groups, kh, kw] 16-bit (as h16_linear's w), bias [n] float32 or None)\n"
              "with zero padding; stride, padding and dilation are (h, w) pairs.  fp32\n"
-             "accumulation (im2col rows times the weight widened in registers).");
+             "accumulation (im2col rows times the weight widened in registers); direct=True:\n"
+             "without im2col (h16_dconv.c: each output an fmaf chain from the bias, the same\n"
+             "bits at every kernel level and thread count).");
 
 static PyObject *py_h16_conv2d(PyObject *self, PyObject *args, PyObject *kw) {
-    static char *kwlist[] = {"x", "w", "bf16", "bias", "stride", "padding", "dilation", "groups", "nthreads", NULL};
+    static char *kwlist[] = {"x",      "w",        "bf16",   "bias",     "stride", "padding",
+                             "dilation", "groups", "nthreads", "direct", NULL};
     static const int f32[] = {NPY_FLOAT32}, h16[] = {NPY_FLOAT16, NPY_INT16, NPY_UINT16}, bits[] = {NPY_INT16,
                                                                                                      NPY_UINT16};
     PyObject *x_obj, *w_obj, *b_obj, *stride_obj, *pad_obj, *dil_obj, *result = NULL;
-    int is_bf16, nthreads = 1;
+    int is_bf16, nthreads = 1, direct = 0;
     Py_ssize_t groups;
     npy_intp st[2], pd[2], dl[2];
     mq_refs refs = {0};
     PyArrayObject *x, *w, *bias = NULL, *out;
     (void)self;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "OOpOOOOn|i:h16_conv2d", kwlist, &x_obj, &w_obj, &is_bf16, &b_obj,
-                                     &stride_obj, &pad_obj, &dil_obj, &groups, &nthreads))
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OOpOOOOn|ip:h16_conv2d", kwlist, &x_obj, &w_obj, &is_bf16, &b_obj,
+                                     &stride_obj, &pad_obj, &dil_obj, &groups, &nthreads, &direct))
         return NULL;
     if (!mq_check_threads(nthreads)) return NULL;
     if (!mq_conv_pair(stride_obj, "stride", 1, st) || !mq_conv_pair(pad_obj, "padding", 0, pd) ||
@@ -127,9 +130,9 @@ static PyObject *py_h16_conv2d(PyObject *self, PyObject *args, PyObject *kw) {
     int status = 0;
     if (m * n > 0) {
         Py_BEGIN_ALLOW_THREADS
-        status = mq_h16_conv2d(PyArray_DATA(x), batch, channels, height, width, kh, kwd, st[0], st[1], pd[0], pd[1],
-                               dl[0], dl[1], groups, PyArray_DATA(w), is_bf16, mq_data_or_null(bias), n,
-                               PyArray_DATA(out), nthreads);
+        status = (direct ? mq_h16_dconv2d : mq_h16_conv2d)(
+            PyArray_DATA(x), batch, channels, height, width, kh, kwd, st[0], st[1], pd[0], pd[1], dl[0], dl[1], groups,
+            PyArray_DATA(w), is_bf16, mq_data_or_null(bias), n, PyArray_DATA(out), nthreads);
         Py_END_ALLOW_THREADS
     }
     result = status < 0 ? PyErr_NoMemory() : mq_return(out);

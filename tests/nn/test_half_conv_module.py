@@ -37,7 +37,7 @@ def close(y, ref, k):
 @pytest.mark.parametrize("dtype", ["fp16", "bf16"])
 @pytest.mark.parametrize("kw", [dict(padding=1), dict(padding=2, stride=2, dilation=2),
                                 dict(padding=1, padding_mode="reflect"), dict(padding=1, padding_mode="circular"),
-                                dict(padding=(1, 0), groups=2), dict(bias=False)],
+                                dict(padding=(1, 0), groups=2, cout=32), dict(bias=False)],
                          ids=["pad", "stride-dilation", "reflect", "circular", "groups", "nobias"])
 def test_small_images_run_the_kernel(isa, dtype, kw):
     _, q = quantized_conv(dtype, **kw)
@@ -56,32 +56,50 @@ def test_small_images_run_the_kernel(isa, dtype, kw):
 
 
 def test_the_shape_rule(monkeypatch):
-    _, q = quantized_conv("fp16", cin=16, cout=16, padding=1)  # k = 144 = MIN_K
-    monkeypatch.setitem(half_conv.MAX_ROWS, "avx512", 196)
-    assert half_conv.takes_half_conv(q, torch.randn(1, 16, 14, 14), "avx512")       # 196 rows
-    assert half_conv.takes_half_conv(q, torch.randn(4, 16, 7, 7), "avx512")         # 196 rows in 4 images
-    assert not half_conv.takes_half_conv(q, torch.randn(1, 16, 15, 14), "avx512")   # 210 rows
+    _, q = quantized_conv("fp16", cin=16, cout=16, padding=1)  # k = 144, 16 output channels
+    monkeypatch.setitem(half_conv.MAX_OUTPUTS, "avx512", 16 * 196)
+    assert half_conv.takes_half_conv(q, torch.randn(1, 16, 14, 14), "avx512")       # 196 x 16 outputs
+    assert half_conv.takes_half_conv(q, torch.randn(4, 16, 7, 7), "avx512")         # the same in 4 images
+    assert not half_conv.takes_half_conv(q, torch.randn(1, 16, 15, 14), "avx512")   # 210 x 16
     assert not half_conv.takes_half_conv(q, torch.randn(1, 16, 7, 7), "scalar")     # no F16C: torch's op
     assert not half_conv.takes_half_conv(q, torch.randn(1, 16, 7, 7).double(), "avx512")
     assert not half_conv.takes_half_conv(q, torch.randn(1, 16, 7, 7).half(), "avx512")
+    assert not half_conv.takes_half_conv(q, torch.randn(1, 16, 7, 7).bfloat16(), "avx512")
     assert not half_conv.takes_half_conv(q, torch.randn(16, 7, 7), "avx512")        # unbatched: torch
     assert not half_conv.takes_half_conv(q, torch.randn(0, 16, 7, 7), "avx512")
-    monkeypatch.setitem(half_conv.MAX_ROWS, "avx2", 100)
-    assert half_conv.takes_half_conv(q, torch.randn(1, 16, 10, 10), "avx2")         # 100 rows
+    monkeypatch.setitem(half_conv.MAX_OUTPUTS, "avx2", 16 * 100)
+    assert half_conv.takes_half_conv(q, torch.randn(1, 16, 10, 10), "avx2")         # 100 x 16
     assert not half_conv.takes_half_conv(q, torch.randn(1, 16, 11, 10), "avx2")
-    _, short = quantized_conv("fp16", cin=15, cout=16, padding=1)  # k = 135 < MIN_K
-    assert not half_conv.takes_half_conv(short, torch.randn(1, 15, 7, 7), "avx512")
+    _, rgb = quantized_conv("fp16", cin=3, cout=16, padding=1)  # k = 27 = MIN_K
+    assert half_conv.takes_half_conv(rgb, torch.randn(1, 3, 7, 7), "avx512")
+    _, short = quantized_conv("fp16", cin=2, cout=16, padding=1)  # k = 18 < MIN_K
+    assert not half_conv.takes_half_conv(short, torch.randn(1, 2, 7, 7), "avx512")
+    _, narrow = quantized_conv("fp16", cin=16, cout=15, padding=1)  # 15 < MIN_GROUP_OUT output channels
+    assert not half_conv.takes_half_conv(narrow, torch.randn(1, 16, 7, 7), "avx512")
     _, depthwise = quantized_conv("fp16", cin=32, cout=32, padding=1, groups=32)
     assert not half_conv.takes_half_conv(depthwise, torch.randn(1, 32, 7, 7), "avx512")
     _, same = quantized_conv("fp16", cin=16, cout=16, padding="same")
     assert not half_conv.takes_half_conv(same, torch.randn(1, 16, 7, 7), "avx512")
 
 
+def test_the_algorithm_rule():
+    """The im2col GEMM for few output pixels times a large weight, the direct kernel elsewhere."""
+    from mono_quant.kernels.half_conv import GEMM_MIN_K, takes_direct, uses_direct
+    one = ((1, 1), (1, 1), (1, 1))
+    assert not takes_direct((1, 512, 7, 7), (512, 512, 3, 3), *one)    # 49 rows x 2.4M weights: GEMM
+    assert takes_direct((1, 512, 14, 14), (512, 512, 3, 3), *one)      # 196 rows: direct
+    assert not takes_direct((1, 256, 4, 4), (256, 256, 3, 3), *one)    # 16 rows x 590k
+    assert takes_direct((1, 256, 7, 7), (256, 256, 3, 3), *one)        # 49 rows x 590k
+    assert takes_direct((1, 16, 4, 4), (16, 16, 3, 3), *one)           # a small weight
+    assert uses_direct(1, 1 << 24, GEMM_MIN_K - 1)                     # a short reduction
+    assert not uses_direct(1, 1 << 24, GEMM_MIN_K)
+
+
 @pytest.mark.parametrize("dtype", ["fp16", "bf16"])
 def test_torchs_route_outside_the_rule(isa, dtype):
     """Large images (and other input dtypes) keep torch's conv on the widened weight: its exact result."""
     _, q = quantized_conv(dtype, padding=1)
-    x = torch.randn(1, 32, 20, 20)
+    x = torch.randn(1, 32, 80, 80)  # 6400 x 24 outputs: past MAX_OUTPUTS at every level
     assert not half_conv.takes_half_conv(q, x, isa)
     with torch.no_grad():
         assert torch.equal(q(x), torch_route(q, x))

@@ -1,21 +1,21 @@
-"""The fp16 / bf16 Conv2d route: which convs run the C kernel (``kernels.half_conv``) and
+"""The fp16 / bf16 Conv2d route: which convs run a C kernel (``kernels.half_conv``) and
 which keep torch's conv on the weight widened to float32 (``CastFormat.conv2d``).
 
-The C kernel (im2col rows times the 16-bit weight widened in registers) beats torch's
-float32 conv where the image is small and the reduction long: there torch's conv (oneDNN)
-gets far fewer multiply-adds per second than on large images (ResNet-18's 512-channel 3x3
-conv on 7x7 runs at ~45 GMAC/s on Zen 5, one thread, its 64-channel one on 56x56 at ~110:
-per-call costs over the whole weight, amortized over few output pixels), and torch's route
-for us adds widening the weight per call, while the C kernel reads the stored 16-bit weight
-once and its GEMM runs at the same speed on any image size.  On many output pixels torch's
-direct conv wins (the C kernel writes kh*kw times the image as im2col rows), and depthwise
-or short reductions are faster in torch too.  So a rule on the shapes, never a timing (the same input always takes the same
-path): rows (batch x output pixels) at most ``MAX_ROWS[isa]`` and a reduction
-(in_channels/groups x kh x kw) of at least ``MIN_K``.  Measured with
-benchmarks/bench_fp16_conv.py (docs/benchmarks.md, "fp16 / bf16 Conv2d").  The scalar level
-(no F16C) keeps torch's op.  Both routes give torch's result up to float32 rounding (another
-summation order), not the same bits: which one a layer takes depends on the batch, as for
-torch's own conv algorithms.
+Two C kernels (``kernels.half_conv.uses_direct`` picks between them): the direct conv
+(csrc/h16_dconv.c: no im2col, output channels in vector lanes, an outer product per tap) and,
+for few output pixels times a large weight, im2col rows times the 16-bit weight streamed once
+(csrc/h16_conv.c).  Both beat torch's float32 conv (oneDNN) where oneDNN's per-call costs over
+the weight and the image are not amortized: small outputs.  On large outputs oneDNN runs at
+85-90% of the FMA units' peak, the direct kernel at about the same, and the 16-bit weight saves
+no time (the weight is read once per call either way), so torch's conv keeps them (par).  So a
+rule on the shapes, never a timing (the same input always takes the same path): at most
+``MAX_OUTPUTS[isa]`` output elements (batch x out_h x out_w x out_channels), a reduction
+(in_channels/groups x kh x kw) of at least ``MIN_K`` and at least ``MIN_GROUP_OUT`` output
+channels per group (the direct kernel's lanes: depthwise convs keep torch's).  Measured with
+benchmarks/bench_fp16_conv.py (docs/benchmarks.md, "fp16 / bf16 Conv2d: the direct kernel").
+The scalar level (no F16C) keeps torch's op.  Both routes give torch's result up to float32
+rounding (another summation order), not the same bits: which one a layer takes depends on the
+batch, as for torch's own conv algorithms.
 """
 from __future__ import annotations
 
@@ -25,18 +25,22 @@ import torch
 import torch.nn.functional as F
 
 from ..kernels.fp16 import HALF_WEIGHT_DTYPES
-from ..kernels.half_conv import half_conv2d, half_conv2d_arrays, half_conv2d_raw
+from ..kernels.half_conv import half_conv2d, half_conv2d_arrays, half_conv2d_raw, takes_direct
 from ..kernels.settings import SETTINGS
 from . import layer_cache
 from .layer_cache import float_weight, pinned, weight_bias
 
-__all__ = ["MAX_ROWS", "MIN_K", "takes_half_conv", "eager_half_conv", "half_conv_forward",
+__all__ = ["MAX_OUTPUTS", "MIN_K", "MIN_GROUP_OUT", "takes_half_conv", "eager_half_conv", "half_conv_forward",
            "traced_half_conv_forward"]
 
-#: the most rows (batch x out_h x out_w) a conv runs the C kernel with, per kernel level
-MAX_ROWS = {"scalar": 0, "avx2": 100, "avx512": 196}
-#: the shortest reduction (in_channels/groups x kh x kw) that runs the C kernel
-MIN_K = 144
+#: the most output elements (batch x out_h x out_w x out_channels) a conv runs a C kernel with,
+#: per kernel level (AVX-512: up to 128->128 on 28x28 at batch 1; the AVX2 level: 64->64 on
+#: 14x14, 16->16 on 28x28; measured against torch's AVX-512 fp32 conv on an AVX-512 host)
+MAX_OUTPUTS = {"scalar": 0, "avx2": 12800, "avx512": 1 << 17}
+#: the shortest reduction (in_channels/groups x kh x kw) that runs a C kernel (an RGB 3x3 conv)
+MIN_K = 27
+#: the fewest output channels per group that run a C kernel (the direct kernel's 16 lanes)
+MIN_GROUP_OUT = 16
 
 
 def takes_half_conv(module, x: torch.Tensor, isa: str) -> bool:
@@ -53,12 +57,12 @@ def takes_half_conv(module, x: torch.Tensor, isa: str) -> bool:
         return False
     (kh, kw), (sh, sw), (dh, dw) = module.kernel_size2d, module.stride2d, module.dilation2d
     k = module.in_channels // module.groups * kh * kw
-    if k < MIN_K:
+    if k < MIN_K or module.out_channels // module.groups < MIN_GROUP_OUT:
         return False
     ph, pw = module.padding2d
     out_h = (x.shape[2] + 2 * ph - dh * (kh - 1) - 1) // sh + 1
     out_w = (x.shape[3] + 2 * pw - dw * (kw - 1) - 1) // sw + 1
-    return out_h > 0 and out_w > 0 and x.shape[0] * out_h * out_w <= MAX_ROWS[isa]
+    return out_h > 0 and out_w > 0 and x.shape[0] * out_h * out_w * module.out_channels <= MAX_OUTPUTS[isa]
 
 
 # Per module, the route last taken with what it depends on (x's shape, dtype and device, the
@@ -88,7 +92,8 @@ def eager_half_conv(module, x: torch.Tensor) -> Optional[torch.Tensor]:
     route, args = memo[1], memo[2]
     if route is _KERNEL:
         x, padding = _padded(module, x)
-        return half_conv2d_raw(x, *args, module.stride2d, padding, module.dilation2d, module.groups)
+        return half_conv2d_raw(x, *args[0], module.stride2d, padding, module.dilation2d, module.groups,
+                               direct=args[1])
     if route is _TORCH:
         w = args[0] if args[0] is not None else weight.float()  # a large weight: widened per call
         if module.padding_mode != "zeros" or isinstance(module.padding2d, str):
@@ -100,7 +105,9 @@ def eager_half_conv(module, x: torch.Tensor) -> Optional[torch.Tensor]:
 def _choose(module, x: torch.Tensor, isa: str, weight: torch.Tensor, bias) -> tuple:
     """``(route, its arguments)`` for eager_half_conv."""
     if takes_half_conv(module, x, isa):
-        return _KERNEL, half_conv2d_arrays(weight, bias)
+        # (the module's padding: a reflect / circular one padded by torch first gives the same rows)
+        direct = takes_direct(x.shape, weight.shape, module.stride2d, module.padding2d, module.dilation2d)
+        return _KERNEL, (half_conv2d_arrays(weight, bias), direct)
     if x.dtype != torch.float32 or not x.is_cpu or not weight.is_cpu or weight.dtype not in HALF_WEIGHT_DTYPES:
         return None, None
     numel = weight.numel()

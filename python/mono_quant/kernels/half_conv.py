@@ -2,8 +2,11 @@
 ``torch.library`` op ``mono_quant::half_conv2d`` (fake implementation and backward to the input
 and bias), for ``torch.compile``, ``torch.export`` and autograd.
 
-float32 NCHW images, im2col rows in fp32, times the 16-bit weight as stored, widened to fp32 in
-registers (fp32 accumulation): the weight is never converted whole per call."""
+Two algorithms, the same contract: im2col rows in fp32 times the 16-bit weight as stored,
+widened to fp32 in registers (h16_conv.c: streams the weight once, for few output pixels and
+large weights), or the direct conv (h16_dconv.c: no im2col, output channels in vector lanes, the
+weight widened per call into a tap-major panel; for everything else).  ``uses_direct`` picks,
+on the shapes only, so eager calls and the op take the same one."""
 from __future__ import annotations
 
 from typing import Optional, Sequence
@@ -15,7 +18,33 @@ from .. import _C
 from .fp16 import half_linear_arrays
 from .settings import SETTINGS
 
-__all__ = ["half_conv2d", "half_conv2d_arrays", "half_conv2d_raw", "half_conv2d_reference"]
+__all__ = ["half_conv2d", "half_conv2d_arrays", "half_conv2d_raw", "half_conv2d_reference", "uses_direct",
+           "takes_direct", "GEMM_ROWS_WEIGHT", "GEMM_MIN_K"]
+
+#: the im2col GEMM (h16_conv.c) runs a conv of at most ``rows`` rows (batch x output pixels)
+#: and a weight of at least ``elements`` elements, for each pair: there the weight's bytes
+#: dominate (the GEMM streams the 16-bit weight once, the direct kernel widens it into a panel
+#: first); anywhere else the direct kernel is faster (benchmarks/bench_fp16_conv.py --crossover:
+#: e.g. 512->512 3x3 on 4x4 0.36 vs 0.68 fp32 time, on 7x7 0.53 vs 0.64; 256->256 on 7x7 0.40
+#: vs 0.37)
+GEMM_ROWS_WEIGHT = ((16, 1 << 15), (100, 1 << 20))
+#: the GEMM's dot products need a long reduction (in/groups x kh x kw)
+GEMM_MIN_K = 144
+
+
+def uses_direct(rows: int, weight_numel: int, k: int) -> bool:
+    """Whether a conv of ``rows`` (batch x output pixels), a weight of ``weight_numel``
+    elements and a reduction of ``k`` runs the direct kernel rather than the im2col GEMM (both
+    give torch's conv to float32 rounding; the direct kernel's bits are the same at every
+    kernel level and thread count)."""
+    return k < GEMM_MIN_K or not any(rows <= r and weight_numel >= e for r, e in GEMM_ROWS_WEIGHT)
+
+
+def takes_direct(x_shape, weight_shape, stride, padding, dilation) -> bool:
+    """:func:`uses_direct` for a conv of these shapes."""
+    numel = weight_shape[0] * weight_shape[1] * weight_shape[2] * weight_shape[3]
+    k = weight_shape[1] * weight_shape[2] * weight_shape[3]
+    return uses_direct(_rows(x_shape, weight_shape, stride, padding, dilation), numel, k)
 
 # The op lives in the package's "mono_quant" namespace (kernels/torch_library.py defines it):
 # a FRAGMENT library adds to it, kept alive as long as this module
@@ -38,11 +67,22 @@ def half_conv2d_arrays(weight: torch.Tensor, bias: Optional[torch.Tensor]) -> tu
     return half_linear_arrays(weight, bias, "half_conv2d")
 
 
-def half_conv2d_raw(x: torch.Tensor, w, is_bf16: bool, bias, stride, padding, dilation, groups: int) -> torch.Tensor:
-    """:func:`half_conv2d` on the arrays of :func:`half_conv2d_arrays`."""
+def half_conv2d_raw(x: torch.Tensor, w, is_bf16: bool, bias, stride, padding, dilation, groups: int,
+                    direct: Optional[bool] = None) -> torch.Tensor:
+    """:func:`half_conv2d` on the arrays of :func:`half_conv2d_arrays`; ``direct``: the
+    algorithm (None: :func:`uses_direct` on the shapes)."""
+    if direct is None:
+        direct = len(w.shape) != 4 or takes_direct(x.shape, w.shape, stride, padding, dilation)
     y = _C.h16_conv2d((x.detach() if x.requires_grad else x).numpy(), w, is_bf16, bias, tuple(stride),
-                      tuple(padding), tuple(dilation), groups, nthreads=SETTINGS.num_threads())
+                      tuple(padding), tuple(dilation), groups, nthreads=SETTINGS.num_threads(), direct=direct)
     return torch.from_numpy(y)
+
+
+def _rows(x_shape, w_shape, stride, padding, dilation) -> int:
+    """batch x output pixels (0 where the kernel does not fit: the C layer raises)."""
+    out = [(size + 2 * p - d * (k - 1) - 1) // s + 1
+           for size, k, s, p, d in zip(x_shape[2:], w_shape[2:], stride, padding, dilation)]
+    return x_shape[0] * max(out[0], 0) * max(out[1], 0) if len(out) == 2 else 0
 
 
 def half_conv2d_reference(x, weight, bias, stride, padding, dilation, groups) -> torch.Tensor:
