@@ -1,6 +1,7 @@
 """fp16 / bf16 Conv2d speed: the QuantizedConv2d route (formats/half_conv.py's rule), each C
 kernel forced (csrc/h16_conv.c, "gemm": im2col rows times the 16-bit weight widened in
-registers; csrc/h16_dconv.c, "direct": no im2col, output channels in vector lanes) and torch's
+registers; csrc/h16_dconv.c, "direct": no im2col, output channels in vector lanes; for 3x3
+stride-1 convs csrc/h16_winograd.c, "winograd": F(2x2, 3x3) on the direct kernel) and torch's
 route forced (F.conv2d on the weight widened to float32, a small one kept),
 against fp32 nn.Conv2d (oneDNN), interleaved in one process.  Shapes: the ResNet-18 3x3
 convs (and its stride-2 and 1x1 shortcut convs) at batch 1 and 8, and small-CNN convs
@@ -25,7 +26,7 @@ from bench_linear import interleaved  # rotating start: no contender always foll
 from common import machine_info, summary, write_results
 from mono_quant.formats.base import WeightFormat
 from mono_quant.formats.half_conv import takes_half_conv
-from mono_quant.kernels.half_conv import half_conv2d_arrays, half_conv2d_raw, takes_direct
+from mono_quant.kernels.half_conv import conv_algorithm, half_conv2d_arrays, half_conv2d_raw
 from mono_quant.kernels import SETTINGS
 
 warnings.filterwarnings("ignore")
@@ -56,19 +57,18 @@ CROSSOVER_EXTRA = [((3, 16, 3, 1, 1, 32), (1,)), ((3, 32, 3, 1, 1, 32), (1,)), (
                    ((512, 512, 1, 1, 0, 14), (1,)), ((32, 64, 5, 1, 2, 16), (1,))]
 
 
-def forced(module, x, direct: bool):
+def forced(module, x, algorithm: str):
     """The module's conv through one C algorithm, whatever the rule says."""
-    padding = module.padding2d
-    return half_conv2d_raw(x, *half_conv2d_arrays(module._buffers["weight"], module.bias), module.stride2d, padding,
-                           module.dilation2d, module.groups, direct=direct)
+    return half_conv2d_raw(x, *half_conv2d_arrays(module._buffers["weight"], module.bias), module.stride2d,
+                           module.padding2d, module.dilation2d, module.groups, algorithm=algorithm)
 
 
 def route(module, x) -> str:
-    """The rule's choice for this input: "direct", "gemm" or "torch"."""
+    """The rule's choice for this input: "gemm", "direct", "winograd" or "torch"."""
     if not takes_half_conv(module, x, SETTINGS.isa):
         return "torch"
-    w = module._buffers["weight"]
-    return "direct" if takes_direct(x.shape, w.shape, module.stride2d, module.padding2d, module.dilation2d) else "gemm"
+    return conv_algorithm(x.shape, module._buffers["weight"].shape, module.stride2d, module.padding2d,
+                          module.dilation2d, module.groups)
 
 
 def run(cases, repeats, batch_override=None):
@@ -83,8 +83,10 @@ def run(cases, repeats, batch_override=None):
             contenders = {"fp32": lambda: conv(x), "fp16 (rule)": lambda: q16(x), "bf16 (rule)": lambda: qbf(x),
                           "fp16 torch": lambda: WeightFormat.conv2d(q16.format, q16, x)}
             if SETTINGS.isa != "scalar":
-                contenders["fp16 gemm"] = lambda: forced(q16, x, False)
-                contenders["fp16 direct"] = lambda: forced(q16, x, True)
+                contenders["fp16 gemm"] = lambda: forced(q16, x, "gemm")
+                contenders["fp16 direct"] = lambda: forced(q16, x, "direct")
+                if (k, s) == (3, 1):
+                    contenders["fp16 winograd"] = lambda: forced(q16, x, "winograd")
             with torch.no_grad():
                 times = interleaved(contenders, repeats=repeats)
             stats = {name: summary(t) for name, t in times.items()}
@@ -96,7 +98,7 @@ def run(cases, repeats, batch_override=None):
             rows.append(row)
             ratios = "  ".join(f"{n} {r:5.2f}" for n, r in row["time_vs_fp32"].items() if n != "fp32")
             print(f"{cin:>4}->{cout:<4} {k}x{k} s{s} {hw:>3}x{hw:<3} b{batch:<3} rows {row['rows']:>6} "
-                  f"k {row['k']:>5}  fp32 {base:9.1f} us  route {row['route']:<6}  {ratios}", flush=True)
+                  f"k {row['k']:>5}  fp32 {base:9.1f} us  route {row['route']:<8}  {ratios}", flush=True)
     return rows
 
 

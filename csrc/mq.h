@@ -550,6 +550,12 @@ int mq_h16_conv2d(const float *x, int64_t batch, int64_t channels, int64_t heigh
 int mq_h16_dconv2d(const float *x, int64_t batch, int64_t channels, int64_t height, int64_t width, int64_t kh,
                    int64_t kw, int64_t sh, int64_t sw, int64_t ph, int64_t pw, int64_t dh, int64_t dw, int64_t groups,
                    const uint16_t *w, int is_bf16, const float *bias, int64_t n, float *y, int nthreads);
+/* ---- h16_winograd.c: the same for a 3x3 stride-1 conv without groups, by Winograd's
+ * F(2x2, 3x3) (2.25x fewer multiply-adds; torch's result to a few times float32
+ * rounding of the per-tile magnitudes; an output that is not finite reruns the call
+ * as mq_h16_dconv2d).  The same bits at every level and thread count.  0, or -1. */
+int mq_h16_wino2d(const float *x, int64_t batch, int64_t channels, int64_t height, int64_t width, int64_t ph,
+                  int64_t pw, const uint16_t *w, int is_bf16, const float *bias, int64_t n, float *y, int nthreads);
 /* The scalar twins (ref_h16_dconv.c) */
 void mq_ref_h16_dconv_panel(const uint16_t *w, int64_t k, int is_bf16, int64_t nb, int64_t ldp, float *panel);
 void mq_ref_h16_dconv(const float *x, const int64_t *pix, int64_t npix, const int64_t *off, int64_t kc,

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from mono_quant import _C
-from mono_quant.kernels.half_conv import half_conv2d_arrays, half_conv2d_raw
+from mono_quant.kernels.half_conv import conv_algorithm, half_conv2d_arrays, half_conv2d_raw
 from conftest import SUPPORTED, at_isa
 from test_half_conv import CASES, HALF, IDS, check, geometry, rand_case
 
@@ -68,18 +68,16 @@ def test_non_contiguous_inputs_give_the_contiguous_bits(isa, dtype):
     assert torch.equal(direct(x, big[::2], b, case), want)
 
 
-def test_the_automatic_choice_is_one_of_the_two_algorithms(isa):
-    """half_conv2d_raw without ``direct`` takes kernels.half_conv.takes_direct's algorithm."""
-    for case, want_direct in ((DIRECT_CASES[len(CASES)], True), (CASES[11], True)):
-        x, w, b = rand_case(case, torch.float16)
-        arrays = half_conv2d_arrays(w, b)
-        auto = half_conv2d_raw(x, *arrays, *geometry(case))
-        assert torch.equal(auto, half_conv2d_raw(x, *arrays, *geometry(case), direct=want_direct))
-    # few pixels, a weight of 2.4M elements: the im2col GEMM
-    x, w = torch.randn(1, 512, 4, 4), (torch.randn(512, 512, 3, 3) * 0.02).half()
-    arrays = half_conv2d_arrays(w, None)
+def test_the_automatic_choice_is_conv_algorithms(isa):
+    """half_conv2d_raw without ``algorithm`` takes kernels.half_conv.conv_algorithm's."""
     one = ((1, 1), (1, 1), (1, 1), 1)
-    assert torch.equal(half_conv2d_raw(x, *arrays, *one), half_conv2d_raw(x, *arrays, *one, direct=False))
+    for x_shape, w_shape, want in (((1, 64, 9, 11), (80, 64, 3, 3), "direct"),
+                                   ((1, 512, 4, 4), (512, 512, 3, 3), "gemm"),      # few pixels x 2.4M weights
+                                   ((1, 64, 32, 32), (64, 64, 3, 3), "winograd")):  # 37.7M multiply-adds
+        x, w = torch.randn(x_shape), (torch.randn(w_shape) * 0.05).half()
+        arrays = half_conv2d_arrays(w, None)
+        assert conv_algorithm(x.shape, w.shape, *one) == want
+        assert torch.equal(half_conv2d_raw(x, *arrays, *one), half_conv2d_raw(x, *arrays, *one, algorithm=want))
 
 
 def test_inf_and_nan_follow_the_exact_conv(isa):

@@ -83,23 +83,39 @@ def test_the_shape_rule(monkeypatch):
 
 
 def test_the_algorithm_rule():
-    """The im2col GEMM for few output pixels times a large weight, the direct kernel elsewhere."""
-    from mono_quant.kernels.half_conv import GEMM_MIN_K, takes_direct, uses_direct
-    one = ((1, 1), (1, 1), (1, 1))
-    assert not takes_direct((1, 512, 7, 7), (512, 512, 3, 3), *one)    # 49 rows x 2.4M weights: GEMM
-    assert takes_direct((1, 512, 14, 14), (512, 512, 3, 3), *one)      # 196 rows: direct
-    assert not takes_direct((1, 256, 4, 4), (256, 256, 3, 3), *one)    # 16 rows x 590k
-    assert takes_direct((1, 256, 7, 7), (256, 256, 3, 3), *one)        # 49 rows x 590k
-    assert takes_direct((1, 16, 4, 4), (16, 16, 3, 3), *one)           # a small weight
-    assert uses_direct(1, 1 << 24, GEMM_MIN_K - 1)                     # a short reduction
+    """The im2col GEMM for few output pixels times a large weight, Winograd for large 3x3
+    stride-1 convs that fit its buffers, the direct kernel elsewhere."""
+    from mono_quant.kernels.half_conv import GEMM_MIN_K, conv_algorithm, uses_direct
+    one = ((1, 1), (1, 1), (1, 1), 1)
+    assert conv_algorithm((1, 512, 7, 7), (512, 512, 3, 3), *one) == "gemm"        # 49 rows x 2.4M weights
+    assert conv_algorithm((1, 512, 14, 14), (512, 512, 3, 3), *one) == "direct"   # Winograd's buffers too big
+    assert conv_algorithm((1, 256, 4, 4), (256, 256, 3, 3), *one) == "gemm"       # 16 rows x 590k
+    assert conv_algorithm((1, 256, 7, 7), (256, 256, 3, 3), *one) == "direct"     # 49 rows x 590k, 29M MACs
+    assert conv_algorithm((1, 16, 4, 4), (16, 16, 3, 3), *one) == "direct"        # a small weight
+    for x_shape, w_shape in (((1, 64, 56, 56), (64, 64, 3, 3)), ((1, 128, 28, 28), (128, 128, 3, 3)),
+                             ((1, 256, 14, 14), (256, 256, 3, 3))):              # ResNet-18's at batch 1
+        assert conv_algorithm(x_shape, w_shape, *one) == "winograd"
+    assert conv_algorithm((8, 64, 56, 56), (64, 64, 3, 3), *one) == "direct"      # batch 8: past its buffers
+    assert conv_algorithm((1, 64, 56, 56), (64, 64, 3, 3), (2, 2), (1, 1), (1, 1), 1) == "direct"  # stride 2
+    assert conv_algorithm((1, 64, 56, 56), (64, 32, 3, 3), (1, 1), (1, 1), (1, 1), 2) == "direct"  # groups
+    assert uses_direct(1, 1 << 24, GEMM_MIN_K - 1)                                 # a short reduction
     assert not uses_direct(1, 1 << 24, GEMM_MIN_K)
+
+
+def test_winograd_past_max_outputs_at_its_levels(monkeypatch):
+    _, q = quantized_conv("fp16", cin=64, cout=64, padding=1)
+    x = torch.randn(1, 64, 56, 56)  # 200704 outputs > MAX_OUTPUTS["avx512"], Winograd's shape
+    assert half_conv.takes_half_conv(q, x, "avx512")
+    assert not half_conv.takes_half_conv(q, x, "avx2")
+    monkeypatch.setattr(half_conv, "WINOGRAD_LEVELS", ())
+    assert not half_conv.takes_half_conv(q, x, "avx512")
 
 
 @pytest.mark.parametrize("dtype", ["fp16", "bf16"])
 def test_torchs_route_outside_the_rule(isa, dtype):
     """Large images (and other input dtypes) keep torch's conv on the widened weight: its exact result."""
     _, q = quantized_conv(dtype, padding=1)
-    x = torch.randn(1, 32, 80, 80)  # 6400 x 24 outputs: past MAX_OUTPUTS at every level
+    x = torch.randn(1, 32, 120, 120)  # 14400 x 24 outputs: past MAX_OUTPUTS, and past Winograd's buffers
     assert not half_conv.takes_half_conv(q, x, isa)
     with torch.no_grad():
         assert torch.equal(q(x), torch_route(q, x))
@@ -146,6 +162,36 @@ def test_compile_and_export_take_the_op():
         assert torch.equal(program.module()(x), want)
 
 
+@pytest.mark.parametrize("dtype", ["fp16", "bf16"])
+def test_a_winograd_layer_in_eager_traced_and_compiled_forward(dtype):
+    """A large 3x3 conv (Winograd at AVX-512): the same bits through the op (autograd,
+    compile, export take it) as in eager, torch's result within Winograd's rounding."""
+    from mono_quant.kernels.half_conv import conv_algorithm
+    _, q = quantized_conv(dtype, cin=64, cout=64, padding=1)
+    x = torch.randn(1, 64, 32, 32)
+    assert conv_algorithm(x.shape, q._buffers["weight"].shape, (1, 1), (1, 1), (1, 1), 1) == "winograd"
+    with torch.no_grad():
+        y = q(x)
+        assert torch.equal(conv2d_forward(q, x), y)
+        assert torch.equal(torch.compile(q)(x), y)
+    close(y, torch_route(q, x), 4 * 64 * 9)
+    xa = x.clone().requires_grad_()
+    ya = q(xa)
+    ya.sum().backward()
+    grad = torch.nn.grad.conv2d_input(x.shape, q._buffers["weight"].float(), torch.ones_like(ya), 1, 1)
+    torch.testing.assert_close(xa.grad, grad)
+
+
+def test_bf16_activations_take_torchs_conv_in_bf16():
+    _, q = quantized_conv("bf16", cin=64, cout=64, padding=1)
+    x = torch.randn(1, 64, 14, 14)
+    assert not half_conv.takes_half_conv(q, x.bfloat16(), "avx512")
+    with torch.no_grad():
+        y = q(x.bfloat16())
+    assert y.dtype == torch.bfloat16
+    torch.testing.assert_close(y.float(), torch_route(q, x.bfloat16().float()), rtol=2e-2, atol=5e-2)
+
+
 def test_export_with_a_dynamic_batch_takes_torchs_conv():
     """Symbolic sizes never reach the rows rule (it would guard the batch to a range): torch's conv."""
     _, q = quantized_conv("fp16", padding=1)
@@ -187,7 +233,7 @@ def test_onnx_export_runs_in_onnxruntime(tmp_path):
         close(torch.from_numpy(y), model(x), 32 * 9)
 
 
-@pytest.mark.parametrize("image", [5, 20], ids=["kernel-route", "torch-route"])
+@pytest.mark.parametrize("image", [5, 120], ids=["kernel-route", "torch-route"])
 def test_weight_and_bias_changes_are_seen(image):
     """The per-module memo of each route's arguments notices in-place writes and replaced tensors."""
     _, q = quantized_conv("fp16", padding=1)

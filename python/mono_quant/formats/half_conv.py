@@ -9,7 +9,9 @@ the weight and the image are not amortized: small outputs.  On large outputs one
 85-90% of the FMA units' peak, the direct kernel at about the same, and the 16-bit weight saves
 no time (the weight is read once per call either way), so torch's conv keeps them (par).  So a
 rule on the shapes, never a timing (the same input always takes the same path): at most
-``MAX_OUTPUTS[isa]`` output elements (batch x out_h x out_w x out_channels), a reduction
+``MAX_OUTPUTS[isa]`` output elements (batch x out_h x out_w x out_channels), or a 3x3 stride-1
+conv that takes Winograd F(2x2, 3x3) (2.25x fewer multiply-adds: faster than oneDNN's direct
+conv where the direct kernel is only at par) at the ``WINOGRAD_LEVELS``, a reduction
 (in_channels/groups x kh x kw) of at least ``MIN_K`` and at least ``MIN_GROUP_OUT`` output
 channels per group (the direct kernel's lanes: depthwise convs keep torch's).  Measured with
 benchmarks/bench_fp16_conv.py (docs/benchmarks.md, "fp16 / bf16 Conv2d: the direct kernel").
@@ -25,12 +27,12 @@ import torch
 import torch.nn.functional as F
 
 from ..kernels.fp16 import HALF_WEIGHT_DTYPES
-from ..kernels.half_conv import half_conv2d, half_conv2d_arrays, half_conv2d_raw, takes_direct
+from ..kernels.half_conv import conv_algorithm, half_conv2d, half_conv2d_arrays, half_conv2d_raw
 from ..kernels.settings import SETTINGS
 from . import layer_cache
 from .layer_cache import float_weight, pinned, weight_bias
 
-__all__ = ["MAX_OUTPUTS", "MIN_K", "MIN_GROUP_OUT", "takes_half_conv", "eager_half_conv", "half_conv_forward",
+__all__ = ["MAX_OUTPUTS", "MIN_K", "MIN_GROUP_OUT", "WINOGRAD_LEVELS", "takes_half_conv", "eager_half_conv", "half_conv_forward",
            "traced_half_conv_forward"]
 
 #: the most output elements (batch x out_h x out_w x out_channels) a conv runs a C kernel with,
@@ -41,6 +43,10 @@ MAX_OUTPUTS = {"scalar": 0, "avx2": 12800, "avx512": 1 << 17}
 MIN_K = 27
 #: the fewest output channels per group that run a C kernel (the direct kernel's 16 lanes)
 MIN_GROUP_OUT = 16
+#: the kernel levels where a conv that takes Winograd (kernels.half_conv.conv_algorithm) runs it
+#: past MAX_OUTPUTS (AVX-512: ResNet-18's 3x3 convs at batch 1 in 0.60-0.74x fp32 time; the AVX2
+#: level measured 0.98-1.27x against torch's AVX-512 conv on the same host, so not there)
+WINOGRAD_LEVELS = ("avx512",)
 
 
 def takes_half_conv(module, x: torch.Tensor, isa: str) -> bool:
@@ -62,7 +68,12 @@ def takes_half_conv(module, x: torch.Tensor, isa: str) -> bool:
     ph, pw = module.padding2d
     out_h = (x.shape[2] + 2 * ph - dh * (kh - 1) - 1) // sh + 1
     out_w = (x.shape[3] + 2 * pw - dw * (kw - 1) - 1) // sw + 1
-    return out_h > 0 and out_w > 0 and x.shape[0] * out_h * out_w * module.out_channels <= MAX_OUTPUTS[isa]
+    if out_h <= 0 or out_w <= 0:
+        return False
+    if x.shape[0] * out_h * out_w * module.out_channels <= MAX_OUTPUTS[isa]:
+        return True
+    return isa in WINOGRAD_LEVELS and conv_algorithm(x.shape, weight.shape, module.stride2d, module.padding2d,
+                                                     module.dilation2d, module.groups) == "winograd"
 
 
 # Per module, the route last taken with what it depends on (x's shape, dtype and device, the
@@ -93,7 +104,7 @@ def eager_half_conv(module, x: torch.Tensor) -> Optional[torch.Tensor]:
     if route is _KERNEL:
         x, padding = _padded(module, x)
         return half_conv2d_raw(x, *args[0], module.stride2d, padding, module.dilation2d, module.groups,
-                               direct=args[1])
+                               algorithm=args[1])
     if route is _TORCH:
         w = args[0] if args[0] is not None else weight.float()  # a large weight: widened per call
         if module.padding_mode != "zeros" or isinstance(module.padding2d, str):
@@ -105,9 +116,10 @@ def eager_half_conv(module, x: torch.Tensor) -> Optional[torch.Tensor]:
 def _choose(module, x: torch.Tensor, isa: str, weight: torch.Tensor, bias) -> tuple:
     """``(route, its arguments)`` for eager_half_conv."""
     if takes_half_conv(module, x, isa):
-        # (the module's padding: a reflect / circular one padded by torch first gives the same rows)
-        direct = takes_direct(x.shape, weight.shape, module.stride2d, module.padding2d, module.dilation2d)
-        return _KERNEL, (half_conv2d_arrays(weight, bias), direct)
+        # (the module's padding: a reflect / circular one padded by torch first gives the same choice)
+        algorithm = conv_algorithm(x.shape, weight.shape, module.stride2d, module.padding2d, module.dilation2d,
+                                   module.groups)
+        return _KERNEL, (half_conv2d_arrays(weight, bias), algorithm)
     if x.dtype != torch.float32 or not x.is_cpu or not weight.is_cpu or weight.dtype not in HALF_WEIGHT_DTYPES:
         return None, None
     numel = weight.numel()
