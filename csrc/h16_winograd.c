@@ -55,8 +55,9 @@ static void input_range(void *vctx, int64_t begin, int64_t end) {
         const float *src = c->x + plane * c->height * c->width;
         for (int64_t r = 0; r < hq; r++) {
             const int64_t ih = r - c->ph;
-            memset(row, 0, (size_t)wq * sizeof(float));
-            if (ih >= 0 && ih < c->height) memcpy(row + c->pw, src + ih * c->width, (size_t)c->width * sizeof(float));
+            for (int64_t q = 0; q < wq; q++) row[q] = 0.0f; /* (plain loops: a libc call a row costs more) */
+            if (ih >= 0 && ih < c->height)
+                for (int64_t q = 0; q < c->width; q++) row[c->pw + q] = src[ih * c->width + q];
             float *restrict h0 = h + r * tw, *restrict h1 = h0 + hq * tw, *restrict h2 = h1 + hq * tw,
                             *restrict h3 = h2 + hq * tw;
             for (int64_t tx = 0; tx < tw; tx++) {

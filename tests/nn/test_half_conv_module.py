@@ -58,6 +58,7 @@ def test_small_images_run_the_kernel(isa, dtype, kw):
 def test_the_shape_rule(monkeypatch):
     _, q = quantized_conv("fp16", cin=16, cout=16, padding=1)  # k = 144, 16 output channels
     monkeypatch.setitem(half_conv.MAX_OUTPUTS, "avx512", 16 * 196)
+    monkeypatch.setitem(half_conv.FULL_LANES, "avx512", 16)
     assert half_conv.takes_half_conv(q, torch.randn(1, 16, 14, 14), "avx512")       # 196 x 16 outputs
     assert half_conv.takes_half_conv(q, torch.randn(4, 16, 7, 7), "avx512")         # the same in 4 images
     assert not half_conv.takes_half_conv(q, torch.randn(1, 16, 15, 14), "avx512")   # 210 x 16
@@ -70,6 +71,9 @@ def test_the_shape_rule(monkeypatch):
     monkeypatch.setitem(half_conv.MAX_OUTPUTS, "avx2", 16 * 100)
     assert half_conv.takes_half_conv(q, torch.randn(1, 16, 10, 10), "avx2")         # 100 x 16
     assert not half_conv.takes_half_conv(q, torch.randn(1, 16, 11, 10), "avx2")
+    monkeypatch.setitem(half_conv.FULL_LANES, "avx512", 64)  # 16 of 64 lanes: a quarter of the outputs
+    assert half_conv.takes_half_conv(q, torch.randn(1, 16, 7, 7), "avx512")          # 49 x 16 <= 196 x 16 / 4
+    assert not half_conv.takes_half_conv(q, torch.randn(1, 16, 10, 10), "avx512")
     _, rgb = quantized_conv("fp16", cin=3, cout=16, padding=1)  # k = 27 = MIN_K
     assert half_conv.takes_half_conv(rgb, torch.randn(1, 3, 7, 7), "avx512")
     _, short = quantized_conv("fp16", cin=2, cout=16, padding=1)  # k = 18 < MIN_K
@@ -96,6 +100,7 @@ def test_the_algorithm_rule():
                              ((1, 256, 14, 14), (256, 256, 3, 3))):              # ResNet-18's at batch 1
         assert conv_algorithm(x_shape, w_shape, *one) == "winograd"
     assert conv_algorithm((8, 64, 56, 56), (64, 64, 3, 3), *one) == "direct"      # batch 8: past its buffers
+    assert conv_algorithm((64, 64, 8, 8), (64, 64, 3, 3), *one) == "direct"       # small images
     assert conv_algorithm((1, 64, 56, 56), (64, 64, 3, 3), (2, 2), (1, 1), (1, 1), 1) == "direct"  # stride 2
     assert conv_algorithm((1, 64, 56, 56), (64, 32, 3, 3), (1, 1), (1, 1), (1, 1), 2) == "direct"  # groups
     assert uses_direct(1, 1 << 24, GEMM_MIN_K - 1)                                 # a short reduction
@@ -109,6 +114,15 @@ def test_winograd_past_max_outputs_at_its_levels(monkeypatch):
     assert not half_conv.takes_half_conv(q, x, "avx2")
     monkeypatch.setattr(half_conv, "WINOGRAD_LEVELS", ())
     assert not half_conv.takes_half_conv(q, x, "avx512")
+
+
+def test_the_gemm_past_max_outputs():
+    """Few output pixels times a large weight (the im2col GEMM streams the 16-bit weight once)."""
+    _, q = quantized_conv("fp16", cin=512, cout=512, padding=1)
+    x = torch.randn(1, 512, 7, 7)  # 25088 outputs > MAX_OUTPUTS["avx2"]
+    assert half_conv.takes_half_conv(q, x, "avx2") and half_conv.takes_half_conv(q, x, "avx512")
+    assert not half_conv.takes_half_conv(q, x, "scalar")
+    assert not half_conv.takes_half_conv(q, torch.randn(1, 512, 12, 12), "avx2")  # 144 rows: the direct kernel
 
 
 @pytest.mark.parametrize("dtype", ["fp16", "bf16"])

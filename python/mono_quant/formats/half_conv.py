@@ -9,9 +9,11 @@ the weight and the image are not amortized: small outputs.  On large outputs one
 85-90% of the FMA units' peak, the direct kernel at about the same, and the 16-bit weight saves
 no time (the weight is read once per call either way), so torch's conv keeps them (par).  So a
 rule on the shapes, never a timing (the same input always takes the same path): at most
-``MAX_OUTPUTS[isa]`` output elements (batch x out_h x out_w x out_channels), or a 3x3 stride-1
+``MAX_OUTPUTS[isa]`` output elements (batch x out_h x out_w x out_channels; less with fewer
+output channels per group than ``FULL_LANES[isa]``), or a 3x3 stride-1
 conv that takes Winograd F(2x2, 3x3) (2.25x fewer multiply-adds: faster than oneDNN's direct
-conv where the direct kernel is only at par) at the ``WINOGRAD_LEVELS``, a reduction
+conv where the direct kernel is only at par) at the ``WINOGRAD_LEVELS``, or one that takes the
+im2col GEMM (few output pixels times a large weight: the 16-bit weight streamed once), a reduction
 (in_channels/groups x kh x kw) of at least ``MIN_K`` and at least ``MIN_GROUP_OUT`` output
 channels per group (the direct kernel's lanes: depthwise convs keep torch's).  Measured with
 benchmarks/bench_fp16_conv.py (docs/benchmarks.md, "fp16 / bf16 Conv2d: the direct kernel").
@@ -32,13 +34,19 @@ from ..kernels.settings import SETTINGS
 from . import layer_cache
 from .layer_cache import float_weight, pinned, weight_bias
 
-__all__ = ["MAX_OUTPUTS", "MIN_K", "MIN_GROUP_OUT", "WINOGRAD_LEVELS", "takes_half_conv", "eager_half_conv", "half_conv_forward",
+__all__ = ["MAX_OUTPUTS", "FULL_LANES", "MIN_K", "MIN_GROUP_OUT", "WINOGRAD_LEVELS", "takes_half_conv",
+           "eager_half_conv", "half_conv_forward",
            "traced_half_conv_forward"]
 
 #: the most output elements (batch x out_h x out_w x out_channels) a conv runs a C kernel with,
 #: per kernel level (AVX-512: up to 128->128 on 28x28 at batch 1; the AVX2 level: 64->64 on
 #: 14x14, 16->16 on 28x28; measured against torch's AVX-512 fp32 conv on an AVX-512 host)
 MAX_OUTPUTS = {"scalar": 0, "avx2": 12800, "avx512": 1 << 17}
+#: ... for a conv of at least this many output channels per group: with fewer, the limit shrinks
+#: in proportion (the AVX-512 direct kernel fills 64 lanes a pixel, 16 or 32 run at a fraction
+#: of its speed: 16->16 on 8x8 at batch 64, 65536 outputs, took 1.23-1.33x fp32 time, 1.02 on
+#: 64x64 at batch 1; 16 channels up to 40x40 0.81); the AVX2 kernel fills 16
+FULL_LANES = {"scalar": 1, "avx2": 16, "avx512": 64}
 #: the shortest reduction (in_channels/groups x kh x kw) that runs a C kernel (an RGB 3x3 conv)
 MIN_K = 27
 #: the fewest output channels per group that run a C kernel (the direct kernel's 16 lanes)
@@ -68,12 +76,14 @@ def takes_half_conv(module, x: torch.Tensor, isa: str) -> bool:
     ph, pw = module.padding2d
     out_h = (x.shape[2] + 2 * ph - dh * (kh - 1) - 1) // sh + 1
     out_w = (x.shape[3] + 2 * pw - dw * (kw - 1) - 1) // sw + 1
-    if out_h <= 0 or out_w <= 0:
-        return False
-    if x.shape[0] * out_h * out_w * module.out_channels <= MAX_OUTPUTS[isa]:
+    if out_h <= 0 or out_w <= 0 or MAX_OUTPUTS[isa] <= 0:
+        return False  # (no output, or the scalar level: no F16C, torch's op)
+    lanes = min(module.out_channels // module.groups, FULL_LANES[isa])
+    if x.shape[0] * out_h * out_w * module.out_channels * FULL_LANES[isa] <= MAX_OUTPUTS[isa] * lanes:
         return True
-    return isa in WINOGRAD_LEVELS and conv_algorithm(x.shape, weight.shape, module.stride2d, module.padding2d,
-                                                     module.dilation2d, module.groups) == "winograd"
+    algorithm = conv_algorithm(x.shape, weight.shape, module.stride2d, module.padding2d, module.dilation2d,
+                               module.groups)
+    return algorithm == "gemm" or (algorithm == "winograd" and isa in WINOGRAD_LEVELS)
 
 
 # Per module, the route last taken with what it depends on (x's shape, dtype and device, the

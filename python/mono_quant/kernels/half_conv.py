@@ -21,7 +21,7 @@ from .settings import SETTINGS
 
 __all__ = ["half_conv2d", "half_conv2d_arrays", "half_conv2d_raw", "half_conv2d_reference", "uses_direct",
            "uses_winograd", "conv_algorithm", "ALGORITHMS", "GEMM_ROWS_WEIGHT", "GEMM_MIN_K", "WINOGRAD_MIN_MACS",
-           "WINOGRAD_MAX_TRAFFIC", "WINOGRAD_BLOCK"]
+           "WINOGRAD_MAX_TRAFFIC", "WINOGRAD_MIN_SIDE", "WINOGRAD_BLOCK"]
 
 #: the C kernels: im2col rows x the weight (h16_conv.c), the direct conv (h16_dconv.c), Winograd
 #: F(2x2, 3x3) (h16_winograd.c)
@@ -43,6 +43,10 @@ WINOGRAD_MIN_MACS = 1 << 25
 #: past this it leaves the caches (ResNet-18's 3x3 convs at batch 8: 1.03-1.21x fp32 time, the
 #: direct kernel at par; at batch 1, 50176 of them, 0.60-0.74x)
 WINOGRAD_MAX_TRAFFIC = 1 << 16
+#: ... on images of at least this many output rows and columns (its transforms go row by row
+#: of each image and channel: on small images their per-row costs dominate; 64->64 on 8x8 at
+#: batch 64 took 2.1x fp32 time)
+WINOGRAD_MIN_SIDE = 14
 #: output channels per block of h16_winograd.c (its BLOCK)
 WINOGRAD_BLOCK = 64
 
@@ -58,6 +62,8 @@ def uses_winograd(batch: int, in_channels: int, out_channels: int, out_h: int, o
                   dilation, groups: int) -> bool:
     """Whether a conv of this geometry fits Winograd F(2x2, 3x3) and pays (the constants above)."""
     if tuple(kernel) != (3, 3) or tuple(stride) != (1, 1) or tuple(dilation) != (1, 1) or groups != 1:
+        return False
+    if out_h < WINOGRAD_MIN_SIDE or out_w < WINOGRAD_MIN_SIDE:
         return False
     tiles = batch * ((out_h + 1) // 2) * ((out_w + 1) // 2)
     blocks = -(-out_channels // WINOGRAD_BLOCK)
