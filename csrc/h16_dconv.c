@@ -22,8 +22,12 @@
 #define STRIP 96
 /* taps per pass over a strip: a 128 x 64 fp32 panel slice is 32 KiB, in L1 beside the strip */
 #define K_CHUNK 128
-/* below this many multiply-adds a call stays on the calling thread (as fp16.c) */
+/* below this many multiply-adds a call stays on the calling thread (as fp16.c; 2M was tried:
+ * on the shared 2-core host a second thread never paid below 16M, and cost 30% at 2.4M) */
 #define ONE_THREAD_MACS ((double)(1 << 24))
+/* with threads, strips shrink (halving, to this many pixels at least: a multiple of the kernels'
+ * 6- and 8-pixel tiles) until there are two work items a thread */
+#define MIN_STRIP 24
 
 typedef struct {
     const float *x;
@@ -85,7 +89,7 @@ typedef struct {
     const int64_t *off;
     const float *panels, *biases;
     float *y;
-    int64_t channels, hp, wp, sh, sw, out_w, pixels, m, k, n, n_g, cg, blocks, strips;
+    int64_t channels, hp, wp, sh, sw, out_w, pixels, m, k, n, n_g, cg, blocks, strips, strip_pixels;
 } conv_ctx;
 
 static void conv_range(void *vctx, int64_t begin, int64_t end) {
@@ -96,7 +100,8 @@ static void conv_range(void *vctx, int64_t begin, int64_t end) {
         const int64_t b = item / c->strips, strip = item % c->strips; /* b: group * blocks + block */
         const int64_t g = b / c->blocks, blk = b % c->blocks;
         const int64_t nb = block_width(c->n_g, blk), ldp = block_ldp(nb);
-        const int64_t row0 = strip * STRIP, npix = c->m - row0 < STRIP ? c->m - row0 : STRIP;
+        const int64_t row0 = strip * c->strip_pixels;
+        const int64_t npix = c->m - row0 < c->strip_pixels ? c->m - row0 : c->strip_pixels;
         for (int64_t s = 0; s < npix; s++) {
             const int64_t row = row0 + s, img = row / c->pixels, p = row % c->pixels;
             pix[s] = (img * c->channels + g * c->cg) * c->hp * c->wp + p / c->out_w * c->sh * c->wp +
@@ -136,7 +141,7 @@ int mq_h16_dconv2d(const float *x, int64_t batch, int64_t channels, int64_t heig
     const int64_t m = mq_size_mul(batch, pixels);
     if (m <= 0 || n <= 0) return 0;
     const mq_kernels *kt = mq_active();
-    const int64_t blocks = (n_g + BLOCK - 1) / BLOCK, strips = (m + STRIP - 1) / STRIP;
+    const int64_t blocks = (n_g + BLOCK - 1) / BLOCK;
     const int padded = ph > 0 || pw > 0;
     const int64_t padded_floats = mq_size_mul(mq_size_mul(batch, channels), mq_size_mul(hp, wp));
     float *xp = padded ? malloc(mq_alloc_bytes(padded_floats, sizeof(float), 1)) : NULL;
@@ -147,6 +152,11 @@ int mq_h16_dconv2d(const float *x, int64_t batch, int64_t channels, int64_t heig
     int status = -1;
     if ((padded && !xp) || !off || !panels || !biases) goto done;
     if ((double)m * (double)k * (double)n < ONE_THREAD_MACS) nthreads = 1;
+    int64_t strip_pixels = STRIP;
+    while (nthreads > 1 && strip_pixels > MIN_STRIP && groups * blocks * ((m + strip_pixels - 1) / strip_pixels) <
+                                                           2 * (int64_t)nthreads)
+        strip_pixels /= 2;
+    const int64_t strips = (m + strip_pixels - 1) / strip_pixels;
     if (padded) {
         pad_ctx pc = {x, xp, height, width, hp, wp, ph, pw};
         mq_parallel_for(batch * channels, 1 + ((int64_t)1 << 14) / (hp * wp), nthreads, pad_range, &pc);
@@ -158,7 +168,7 @@ int mq_h16_dconv2d(const float *x, int64_t batch, int64_t channels, int64_t heig
     panel_ctx pn = {kt, w, bias, panels, biases, is_bf16, k, n_g, blocks};
     mq_parallel_for(groups * blocks, 1, nthreads, panel_range, &pn);
     conv_ctx cc = {kt, padded ? xp : x, off, panels, biases, y, channels, hp, wp, sh, sw, out_w, pixels, m, k, n,
-                   n_g, cg, blocks, strips};
+                   n_g, cg, blocks, strips, strip_pixels};
     mq_parallel_for(groups * blocks * strips, 1, nthreads, conv_range, &cc);
     status = 0;
 done:
