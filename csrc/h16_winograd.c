@@ -34,11 +34,15 @@
 #define STRIP 48        /* tiles per work item: its 16 x STRIP x BLOCK products (192 KiB) stay in L2 */
 #define K_CHUNK 128     /* channels per GEMM pass (h16_dconv.c's) */
 #define ONE_THREAD_MACS ((double)(1 << 24))
+/* channels x tiles x blocks of BLOCK output channels per pass over the image (kernels/half_conv.py's
+ * WINOGRAD_MAX_TRAFFIC, the same number): a larger batch goes in passes of as many images */
+#define MAX_TRAFFIC ((int64_t)1 << 16)
 
 typedef struct {
     const float *x;
     float *v;
     int64_t channels, height, width, ph, pw, th, tw, tiles, hq, wq;
+    int *failed; /* set when a buffer could not be allocated */
 } vin_ctx;
 
 /* Planes (image, channel) [begin, end) to V: the plane zero-padded to hq x wq, d B along
@@ -47,7 +51,10 @@ static void input_range(void *vctx, int64_t begin, int64_t end) {
     const vin_ctx *c = vctx;
     const int64_t hq = c->hq, wq = c->wq, tw = c->tw;
     float *buf = malloc((size_t)(wq + 4 * hq * tw) * sizeof(float));
-    if (!buf) return; /* (never: the caller probed this size) */
+    if (!buf) {
+        __atomic_store_n(c->failed, 1, __ATOMIC_RELAXED);
+        return;
+    }
     float *row = buf, *h = buf + wq; /* h [4][hq][tw]: (d B) column b of every row's tiles */
     const int64_t xi_stride = c->channels * c->tiles;
     for (int64_t plane = begin; plane < end; plane++) {
@@ -139,6 +146,7 @@ typedef struct {
     const int64_t *off;
     float *y;
     int64_t channels, n, blocks, strips, tiles, th, tw, out_h, out_w;
+    int *failed;
 } gemm_ctx;
 
 /* Items [begin, end): (block, strip of tiles): the 16 GEMMs, then A^T M A + bias into y. */
@@ -146,7 +154,10 @@ static void gemm_range(void *vctx, int64_t begin, int64_t end) {
     const gemm_ctx *c = vctx;
     float *m = malloc((size_t)16 * STRIP * BLOCK * sizeof(float));
     int64_t pix[STRIP];
-    if (!m) return; /* (never: the caller probed) */
+    if (!m) {
+        __atomic_store_n(c->failed, 1, __ATOMIC_RELAXED);
+        return;
+    }
     for (int64_t item = begin; item < end; item++) {
         const int64_t blk = item / c->strips, t0 = item % c->strips * STRIP;
         const int64_t ntl = c->tiles - t0 < STRIP ? c->tiles - t0 : STRIP;
@@ -212,36 +223,41 @@ int mq_h16_wino2d(const float *x, int64_t batch, int64_t channels, int64_t heigh
         return mq_h16_dconv2d(x, batch, channels, height, width, 3, 3, 1, 1, ph, pw, 1, 1, 1, w, is_bf16, bias, n, y,
                               nthreads);
     const mq_kernels *kt = mq_active();
-    const int64_t th = (out_h + 1) / 2, tw = (out_w + 1) / 2, tiles = mq_size_mul(batch, mq_size_mul(th, tw));
-    const int64_t hq = 2 * th + 2, wq = 2 * tw + 2, blocks = (n + BLOCK - 1) / BLOCK, strips = (tiles + STRIP - 1) / STRIP;
-    float *v = malloc(mq_alloc_bytes(mq_size_mul(16 * channels, tiles), sizeof(float), 1));
+    const int64_t th = (out_h + 1) / 2, tw = (out_w + 1) / 2, image_tiles = mq_size_mul(th, tw);
+    const int64_t hq = 2 * th + 2, wq = 2 * tw + 2, blocks = (n + BLOCK - 1) / BLOCK;
+    /* images per pass: the transformed image of a pass, read once per block, stays near MAX_TRAFFIC */
+    const int64_t per_image = mq_size_mul(mq_size_mul(channels, image_tiles), blocks);
+    int64_t chunk = per_image > 0 && per_image < MAX_TRAFFIC ? MAX_TRAFFIC / per_image : 1;
+    chunk = chunk < batch ? chunk : batch;
+    float *v = malloc(mq_alloc_bytes(mq_size_mul(16 * channels, mq_size_mul(chunk, image_tiles)), sizeof(float), 1));
     float *u = malloc(mq_alloc_bytes(mq_size_mul(blocks * 16, channels * BLOCK), sizeof(float), 1));
     float *panel = malloc(mq_alloc_bytes(mq_size_mul(blocks * 9, channels * BLOCK), sizeof(float), 1));
     float *biases = malloc(mq_alloc_bytes(blocks, BLOCK * sizeof(float), 1));
     int64_t *off = malloc(mq_alloc_bytes(channels, sizeof(int64_t), 1));
-    /* the per-thread buffers the ranges allocate, probed once here (a range cannot report a failure) */
-    void *probe = malloc((size_t)16 * STRIP * BLOCK * sizeof(float) + (size_t)(wq + 4 * hq * tw) * sizeof(float));
     float zeros[BLOCK] = {0};
-    int status = -1;
-    if (!v || !u || !panel || !biases || !off || !probe) goto done;
-    free(probe);
-    probe = NULL;
+    int status = -1, failed = 0; /* failed: a range could not allocate its buffer */
+    if (!v || !u || !panel || !biases || !off) goto done;
     if ((double)batch * out_h * out_w * (double)channels * 9.0 * (double)n < ONE_THREAD_MACS) nthreads = 1;
-    vin_ctx vc = {x, v, channels, height, width, ph, pw, th, tw, tiles, hq, wq};
-    mq_parallel_for(batch * channels, 1, nthreads, input_range, &vc);
     wu_ctx wc = {kt, w, bias, u, biases, panel, is_bf16, channels, n, blocks};
     mq_parallel_for(blocks, 1, nthreads, weight_range, &wc);
-    for (int64_t ch = 0; ch < channels; ch++) off[ch] = ch * tiles;
-    gemm_ctx gc = {kt, v, u, biases, zeros, off, y, channels, n, blocks, strips, tiles, th, tw, out_h, out_w};
-    mq_parallel_for(blocks * strips, 1, nthreads, gemm_range, &gc);
-    status = 0;
+    for (int64_t b0 = 0; b0 < batch && !__atomic_load_n(&failed, __ATOMIC_RELAXED); b0 += chunk) {
+        const int64_t images = batch - b0 < chunk ? batch - b0 : chunk, tiles = images * image_tiles;
+        vin_ctx vc = {x + b0 * channels * height * width, v, channels, height, width, ph, pw, th, tw, tiles, hq, wq,
+                      &failed};
+        mq_parallel_for(images * channels, 1, nthreads, input_range, &vc);
+        for (int64_t ch = 0; ch < channels; ch++) off[ch] = ch * tiles;
+        gemm_ctx gc = {kt, v, u, biases, zeros, off, y + b0 * n * out_h * out_w, channels, n, blocks,
+                       (tiles + STRIP - 1) / STRIP, tiles, th, tw, out_h, out_w, &failed};
+        if (!__atomic_load_n(&failed, __ATOMIC_RELAXED))
+            mq_parallel_for(blocks * gc.strips, 1, nthreads, gemm_range, &gc);
+    }
+    status = __atomic_load_n(&failed, __ATOMIC_RELAXED) ? -1 : 0;
 done:
     free(v);
     free(u);
     free(panel);
     free(biases);
     free(off);
-    free(probe);
     if (status == 0 && !all_finite(y, batch * n * out_h * out_w)) /* Inf / NaN: the direct conv's, torch's */
         status = mq_h16_dconv2d(x, batch, channels, height, width, 3, 3, 1, 1, ph, pw, 1, 1, 1, w, is_bf16, bias, n,
                                 y, nthreads);

@@ -20,7 +20,8 @@ from conftest import SUPPORTED, at_isa
 
 HALF = [torch.float16, torch.bfloat16]
 # (batch, in, out, padding, height, width): odd outputs (a tile's half outside), block tails
-# (out 80, 130), more channels than a chunk (136), more tiles than a strip (100)
+# (out 80, 130), more channels than a chunk (136), more tiles than a strip (100), a batch in
+# passes (h16_winograd.c's MAX_TRAFFIC)
 CASES = [
     (1, 16, 16, 1, 8, 8),
     (2, 3, 20, 1, 9, 7),
@@ -29,6 +30,7 @@ CASES = [
     (1, 64, 80, 1, 13, 14),
     (1, 136, 130, 0, 6, 7),
     (1, 16, 33, 1, 20, 20),      # 100 tiles: three strips
+    (2, 136, 8, 1, 32, 32),      # 136 x 256 tiles an image > 2^16 / 2: one image a pass
 ]
 IDS = ["x".join(map(str, c)) for c in CASES]
 
@@ -136,3 +138,45 @@ def test_other_geometries_are_refused_clearly(geometry):
         _C.h16_conv2d(x, w, False, None, stride, (1, 1), dilation, groups, winograd=True)
     with pytest.raises(ValueError, match="winograd=True needs a 3x3 kernel"):
         _C.h16_conv2d(x, np.zeros((4, 4, 1, 1), np.float16), False, None, (1, 1), (0, 0), (1, 1), 1, winograd=True)
+
+
+# -- properties (hypothesis), in the manner of test_half_conv_properties.py -----------------------------------
+
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+from test_fp16_properties import ENCODINGS, encode, values  # noqa: E402
+
+
+@settings(max_examples=40, deadline=None, database=None, derandomize=True,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@given(data=st.data(), encoding=st.sampled_from(ENCODINGS), isa=st.sampled_from(SUPPORTED),
+       nthreads=st.sampled_from([1, 2, 3]))
+def test_winograd_matches_the_exact_conv_with_specials(data, encoding, isa, nthreads):
+    """Any batch (0 included), channels, padding and image (down to one output), values with
+    zeros, subnormals, large values, Inf and NaN: NaN and Inf where the exact conv has them (a
+    result that is not finite is the direct conv's), else within Winograd's bound."""
+    draw = data.draw
+    batch, cin, cout, padding = draw(st.integers(0, 3)), draw(st.integers(1, 9)), draw(st.integers(1, 20)), \
+        draw(st.integers(0, 2))
+    height, width = max(1, 3 - 2 * padding) + draw(st.integers(0, 9)), max(1, 3 - 2 * padding) + draw(st.integers(0, 9))
+    x = values(draw, (batch, cin, height, width), [0.0, -0.0, 1e-40, 3e4, np.inf, np.nan])
+    w_bits, w, is_bf16 = encode(values(draw, (cout, cin, 3, 3), [0.0, -0.0, 6e-8, 1e-5, 6e4, -np.inf, np.nan]),
+                                encoding)
+    bias = values(draw, (cout,), [0.0, np.inf]) if draw(st.booleans()) else None
+    with at_isa(isa):
+        y = _C.h16_conv2d(x, w_bits, is_bf16, bias, (1, 1), (padding, padding), (1, 1), 1, nthreads=nthreads,
+                          winograd=True)
+    xt, wd = torch.from_numpy(x), w.double()
+    bd = None if bias is None else torch.from_numpy(bias).double()
+    exact = F.conv2d(xt.double(), wd, bd, 1, padding)
+    got = torch.from_numpy(y).double()
+    assert y.dtype == np.float32 and got.shape == exact.shape
+    assert torch.equal(torch.isnan(got), torch.isnan(exact))
+    inf = torch.isinf(exact)
+    assert torch.equal(got[inf], exact[inf])
+    fine = torch.isfinite(exact)
+    if batch and fine.any():
+        bound = tile_bound(xt.nan_to_num(0.0, 0.0, 0.0), wd.nan_to_num(0.0, 0.0, 0.0).float(),
+                           None if bd is None else bd.nan_to_num(0.0, 0.0, 0.0).float(), padding)
+        assert bool(((got - exact).abs()[fine] <= bound[fine]).all())

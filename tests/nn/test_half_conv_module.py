@@ -99,7 +99,8 @@ def test_the_algorithm_rule():
     for x_shape, w_shape in (((1, 64, 56, 56), (64, 64, 3, 3)), ((1, 128, 28, 28), (128, 128, 3, 3)),
                              ((1, 256, 14, 14), (256, 256, 3, 3))):              # ResNet-18's at batch 1
         assert conv_algorithm(x_shape, w_shape, *one) == "winograd"
-    assert conv_algorithm((8, 64, 56, 56), (64, 64, 3, 3), *one) == "direct"      # batch 8: past its buffers
+    assert conv_algorithm((8, 64, 56, 56), (64, 64, 3, 3), *one) == "winograd"    # batch 8: image by image
+    assert conv_algorithm((1, 64, 120, 120), (64, 64, 3, 3), *one) == "direct"    # one image past its buffers
     assert conv_algorithm((64, 64, 8, 8), (64, 64, 3, 3), *one) == "direct"       # small images
     assert conv_algorithm((1, 64, 56, 56), (64, 64, 3, 3), (2, 2), (1, 1), (1, 1), 1) == "direct"  # stride 2
     assert conv_algorithm((1, 64, 56, 56), (64, 32, 3, 3), (1, 1), (1, 1), (1, 1), 2) == "direct"  # groups

@@ -38,10 +38,10 @@ GEMM_MIN_K = 144
 #: direct conv on: below, its per-call transforms (the weight's above all) cost more than the
 #: 2.25x fewer multiply-adds save
 WINOGRAD_MIN_MACS = 1 << 25
-#: ... and up to this many in_channels x tiles (2x2 outputs) x blocks of WINOGRAD_BLOCK output
-#: channels: the transformed image (16 floats a channel and tile) is read once per block, and
-#: past this it leaves the caches (ResNet-18's 3x3 convs at batch 8: 1.03-1.21x fp32 time, the
-#: direct kernel at par; at batch 1, 50176 of them, 0.60-0.74x)
+#: ... and up to this many in_channels x tiles (2x2 outputs) of one image x blocks of
+#: WINOGRAD_BLOCK output channels: the transformed image (16 floats a channel and tile) is read
+#: once per block, and past this it leaves the caches (h16_winograd.c takes a batch in passes of
+#: as many images as fit; ResNet-18's 3x3 convs have 50176 an image)
 WINOGRAD_MAX_TRAFFIC = 1 << 16
 #: ... on images of at least this many output rows and columns (its transforms go row by row
 #: of each image and channel: on small images their per-row costs dominate; 64->64 on 8x8 at
@@ -65,10 +65,10 @@ def uses_winograd(batch: int, in_channels: int, out_channels: int, out_h: int, o
         return False
     if out_h < WINOGRAD_MIN_SIDE or out_w < WINOGRAD_MIN_SIDE:
         return False
-    tiles = batch * ((out_h + 1) // 2) * ((out_w + 1) // 2)
+    image_tiles = ((out_h + 1) // 2) * ((out_w + 1) // 2)
     blocks = -(-out_channels // WINOGRAD_BLOCK)
     macs = batch * out_h * out_w * in_channels * 9 * out_channels
-    return macs >= WINOGRAD_MIN_MACS and in_channels * tiles * blocks <= WINOGRAD_MAX_TRAFFIC
+    return macs >= WINOGRAD_MIN_MACS and in_channels * image_tiles * blocks <= WINOGRAD_MAX_TRAFFIC
 
 
 def conv_algorithm(x_shape, weight_shape, stride, padding, dilation, groups: int) -> str:
