@@ -102,6 +102,7 @@ def test_the_algorithm_rule():
     assert conv_algorithm((8, 64, 56, 56), (64, 64, 3, 3), *one) == "winograd"    # batch 8: image by image
     assert conv_algorithm((1, 64, 120, 120), (64, 64, 3, 3), *one) == "direct"    # one image past its buffers
     assert conv_algorithm((64, 64, 8, 8), (64, 64, 3, 3), *one) == "direct"       # small images
+    assert conv_algorithm((64, 32, 16, 16), (32, 32, 3, 3), *one) == "direct"    # few channels
     assert conv_algorithm((1, 64, 56, 56), (64, 64, 3, 3), (2, 2), (1, 1), (1, 1), 1) == "direct"  # stride 2
     assert conv_algorithm((1, 64, 56, 56), (64, 32, 3, 3), (1, 1), (1, 1), (1, 1), 2) == "direct"  # groups
     assert uses_direct(1, 1 << 24, GEMM_MIN_K - 1)                                 # a short reduction
@@ -114,6 +115,16 @@ def test_winograd_past_max_outputs_at_its_levels(monkeypatch):
     assert half_conv.takes_half_conv(q, x, "avx512")
     assert not half_conv.takes_half_conv(q, x, "avx2")
     monkeypatch.setattr(half_conv, "WINOGRAD_LEVELS", ())
+    assert not half_conv.takes_half_conv(q, x, "avx512")
+
+
+def test_a_large_weight_takes_the_direct_kernel_past_max_outputs(monkeypatch):
+    """torch's route would widen a weight past SMALL_WEIGHT_ELEMENTS per call (AVX-512 only)."""
+    from mono_quant.formats import layer_cache
+    _, q = quantized_conv("fp16", cin=64, cout=128, padding=1, stride=2)  # 73728 weights
+    x = torch.randn(8, 64, 56, 56)  # 8 x 784 x 128 outputs: past MAX_OUTPUTS; stride 2: not Winograd
+    assert half_conv.takes_half_conv(q, x, "avx512") and not half_conv.takes_half_conv(q, x, "avx2")
+    monkeypatch.setattr(layer_cache, "SMALL_WEIGHT_ELEMENTS", 1 << 17)
     assert not half_conv.takes_half_conv(q, x, "avx512")
 
 

@@ -13,7 +13,8 @@ rule on the shapes, never a timing (the same input always takes the same path): 
 output channels per group than ``FULL_LANES[isa]``), or a 3x3 stride-1
 conv that takes Winograd F(2x2, 3x3) (2.25x fewer multiply-adds: faster than oneDNN's direct
 conv where the direct kernel is only at par) at the ``WINOGRAD_LEVELS``, or one that takes the
-im2col GEMM (few output pixels times a large weight: the 16-bit weight streamed once), a reduction
+im2col GEMM (few output pixels times a large weight: the 16-bit weight streamed once), or (the
+same levels) any conv of a weight torch's route would widen per call, a reduction
 (in_channels/groups x kh x kw) of at least ``MIN_K`` and at least ``MIN_GROUP_OUT`` output
 channels per group (the direct kernel's lanes: depthwise convs keep torch's).  Measured with
 benchmarks/bench_fp16_conv.py (docs/benchmarks.md, "fp16 / bf16 Conv2d: the direct kernel").
@@ -52,8 +53,10 @@ MIN_K = 27
 #: the fewest output channels per group that run a C kernel (the direct kernel's 16 lanes)
 MIN_GROUP_OUT = 16
 #: the kernel levels where a conv that takes Winograd (kernels.half_conv.conv_algorithm) runs it
-#: past MAX_OUTPUTS (AVX-512: ResNet-18's 3x3 convs at batch 1 in 0.60-0.74x fp32 time; the AVX2
-#: level measured 0.98-1.27x against torch's AVX-512 conv on the same host, so not there)
+#: past MAX_OUTPUTS (AVX-512: ResNet-18's 3x3 convs at batch 1 and 8 in 0.63-0.78x fp32 time; the
+#: AVX2 level measured 0.98-1.27x against torch's AVX-512 conv on the same host, so not there),
+#: and so does the direct kernel for a weight past layer_cache.SMALL_WEIGHT_ELEMENTS (torch's route
+#: widens such a weight per call: 1.01-1.05x, the direct kernel 0.92-1.01x)
 WINOGRAD_LEVELS = ("avx512",)
 
 
@@ -83,7 +86,10 @@ def takes_half_conv(module, x: torch.Tensor, isa: str) -> bool:
         return True
     algorithm = conv_algorithm(x.shape, weight.shape, module.stride2d, module.padding2d, module.dilation2d,
                                module.groups)
-    return algorithm == "gemm" or (algorithm == "winograd" and isa in WINOGRAD_LEVELS)
+    if algorithm == "gemm" or (algorithm == "winograd" and isa in WINOGRAD_LEVELS):
+        return True
+    # a large weight: torch's route widens it per call, the direct kernel (at oneDNN's speed) does not
+    return algorithm == "direct" and isa in WINOGRAD_LEVELS and weight.numel() > layer_cache.SMALL_WEIGHT_ELEMENTS
 
 
 # Per module, the route last taken with what it depends on (x's shape, dtype and device, the

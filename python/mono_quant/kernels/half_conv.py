@@ -21,7 +21,7 @@ from .settings import SETTINGS
 
 __all__ = ["half_conv2d", "half_conv2d_arrays", "half_conv2d_raw", "half_conv2d_reference", "uses_direct",
            "uses_winograd", "conv_algorithm", "ALGORITHMS", "GEMM_ROWS_WEIGHT", "GEMM_MIN_K", "WINOGRAD_MIN_MACS",
-           "WINOGRAD_MAX_TRAFFIC", "WINOGRAD_MIN_SIDE", "WINOGRAD_BLOCK"]
+           "WINOGRAD_MAX_TRAFFIC", "WINOGRAD_MIN_SIDE", "WINOGRAD_MIN_CHANNELS", "WINOGRAD_BLOCK"]
 
 #: the C kernels: im2col rows x the weight (h16_conv.c), the direct conv (h16_dconv.c), Winograd
 #: F(2x2, 3x3) (h16_winograd.c)
@@ -47,6 +47,9 @@ WINOGRAD_MAX_TRAFFIC = 1 << 16
 #: of each image and channel: on small images their per-row costs dominate; 64->64 on 8x8 at
 #: batch 64 took 2.1x fp32 time)
 WINOGRAD_MIN_SIDE = 14
+#: ... and at least this many input channels (the reduction of each of its 16 GEMMs: with 32,
+#: 32->32 on 16x16 at batch 64 took 1.7x fp32 time, the direct kernel 1.1x)
+WINOGRAD_MIN_CHANNELS = 64
 #: output channels per block of h16_winograd.c (its BLOCK)
 WINOGRAD_BLOCK = 64
 
@@ -63,7 +66,7 @@ def uses_winograd(batch: int, in_channels: int, out_channels: int, out_h: int, o
     """Whether a conv of this geometry fits Winograd F(2x2, 3x3) and pays (the constants above)."""
     if tuple(kernel) != (3, 3) or tuple(stride) != (1, 1) or tuple(dilation) != (1, 1) or groups != 1:
         return False
-    if out_h < WINOGRAD_MIN_SIDE or out_w < WINOGRAD_MIN_SIDE:
+    if out_h < WINOGRAD_MIN_SIDE or out_w < WINOGRAD_MIN_SIDE or in_channels < WINOGRAD_MIN_CHANNELS:
         return False
     image_tiles = ((out_h + 1) // 2) * ((out_w + 1) // 2)
     blocks = -(-out_channels // WINOGRAD_BLOCK)
