@@ -11,8 +11,10 @@
  * with G = [1 0 0; .5 .5 .5; .5 -.5 .5; 0 0 1], B^T = [1 0 -1 0; 0 1 1 0;
  * 0 -1 1 0; 0 1 0 -1], A^T = [1 1 1 0; 0 1 -1 -1].
  *
- * Layouts: V [16][channels][tiles] (tiles = batch x tile rows x tile columns),
- * so a tap of the GEMM (a channel) is one offset for every tile; U per block
+ * Layouts: V [16][channels][tiles] (the tiles of the images of one pass: a
+ * batch goes in passes of as many images as keep V near MAX_TRAFFIC, so it is
+ * read from cache by every block), so a tap of the GEMM (a channel) is one
+ * offset for every tile; U (once per call) per block
  * of BLOCK output channels [16][channels][ldp], from the direct kernel's
  * panel ([channel x 9 taps][ldp]).  The transforms are plain C over whole rows
  * or vectors of lanes (the compiler vectorizes them) and the same code at
@@ -33,7 +35,7 @@
 #define BLOCK 64        /* output channels per U block (h16_dconv.c's) */
 #define STRIP 48        /* tiles per work item: its 16 x STRIP x BLOCK products (192 KiB) stay in L2 */
 #define K_CHUNK 128     /* channels per GEMM pass (h16_dconv.c's) */
-#define ONE_THREAD_MACS ((double)(1 << 24))
+#define ONE_THREAD_MACS ((double)(1 << 24)) /* below: one thread (h16_dconv.c's) */
 /* channels x tiles x blocks of BLOCK output channels per pass over the image (kernels/half_conv.py's
  * WINOGRAD_MAX_TRAFFIC, the same number): a larger batch goes in passes of as many images */
 #define MAX_TRAFFIC ((int64_t)1 << 16)
