@@ -59,21 +59,26 @@ PyDoc_STRVAR(h16_conv2d_doc,
              "y [batch, n, out_h, out_w] float32 = conv2d(x [batch, channels, height, width] float32,\n"
              "W [n, channels/groups, kh, kw] 16-bit (as h16_linear's w), bias [n] float32 or None)\n"
              "with zero padding; stride, padding and dilation are (h, w) pairs.  fp32\n"
-             "accumulation (im2col rows times the weight widened in registers).");
+             "accumulation (im2col rows times the weight widened in registers); direct=True:\n"
+             "without im2col (h16_dconv.c: each output an fmaf chain from the bias, the same\n"
+             "bits at every kernel level and thread count); winograd=True (a 3x3 stride-1 conv\n"
+             "without groups): Winograd F(2x2, 3x3), h16_winograd.c (the same bits at every\n"
+             "level; float32 rounding of the per-tile magnitudes).");
 
 static PyObject *py_h16_conv2d(PyObject *self, PyObject *args, PyObject *kw) {
-    static char *kwlist[] = {"x", "w", "bf16", "bias", "stride", "padding", "dilation", "groups", "nthreads", NULL};
+    static char *kwlist[] = {"x",      "w",        "bf16",   "bias",     "stride", "padding",
+                             "dilation", "groups", "nthreads", "direct", "winograd", NULL};
     static const int f32[] = {NPY_FLOAT32}, h16[] = {NPY_FLOAT16, NPY_INT16, NPY_UINT16}, bits[] = {NPY_INT16,
                                                                                                      NPY_UINT16};
     PyObject *x_obj, *w_obj, *b_obj, *stride_obj, *pad_obj, *dil_obj, *result = NULL;
-    int is_bf16, nthreads = 1;
+    int is_bf16, nthreads = 1, direct = 0, winograd = 0;
     Py_ssize_t groups;
     npy_intp st[2], pd[2], dl[2];
     mq_refs refs = {0};
     PyArrayObject *x, *w, *bias = NULL, *out;
     (void)self;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "OOpOOOOn|i:h16_conv2d", kwlist, &x_obj, &w_obj, &is_bf16, &b_obj,
-                                     &stride_obj, &pad_obj, &dil_obj, &groups, &nthreads))
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OOpOOOOn|ipp:h16_conv2d", kwlist, &x_obj, &w_obj, &is_bf16, &b_obj,
+                                     &stride_obj, &pad_obj, &dil_obj, &groups, &nthreads, &direct, &winograd))
         return NULL;
     if (!mq_check_threads(nthreads)) return NULL;
     if (!mq_conv_pair(stride_obj, "stride", 1, st) || !mq_conv_pair(pad_obj, "padding", 0, pd) ||
@@ -122,14 +127,23 @@ static PyObject *py_h16_conv2d(PyObject *self, PyObject *args, PyObject *kw) {
             goto done;
         }
     }
+    if (winograd && (kh != 3 || kwd != 3 || st[0] != 1 || st[1] != 1 || dl[0] != 1 || dl[1] != 1 || groups != 1)) {
+        PyErr_SetString(PyExc_ValueError, "winograd=True needs a 3x3 kernel, stride 1, dilation 1 and groups=1; "
+                                          "pass winograd=False for this conv");
+        goto done;
+    }
     npy_intp dims[4] = {batch, n, out_h, out_w};
     if (!(out = mq_array_new(&refs, 4, dims, NPY_FLOAT32, 0))) goto done;
     int status = 0;
     if (m * n > 0) {
         Py_BEGIN_ALLOW_THREADS
-        status = mq_h16_conv2d(PyArray_DATA(x), batch, channels, height, width, kh, kwd, st[0], st[1], pd[0], pd[1],
-                               dl[0], dl[1], groups, PyArray_DATA(w), is_bf16, mq_data_or_null(bias), n,
-                               PyArray_DATA(out), nthreads);
+        if (winograd)
+            status = mq_h16_wino2d(PyArray_DATA(x), batch, channels, height, width, pd[0], pd[1], PyArray_DATA(w),
+                                   is_bf16, mq_data_or_null(bias), n, PyArray_DATA(out), nthreads);
+        else
+            status = (direct ? mq_h16_dconv2d : mq_h16_conv2d)(
+                PyArray_DATA(x), batch, channels, height, width, kh, kwd, st[0], st[1], pd[0], pd[1], dl[0], dl[1],
+                groups, PyArray_DATA(w), is_bf16, mq_data_or_null(bias), n, PyArray_DATA(out), nthreads);
         Py_END_ALLOW_THREADS
     }
     result = status < 0 ? PyErr_NoMemory() : mq_return(out);

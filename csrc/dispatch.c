@@ -136,6 +136,8 @@ static const mq_kernels scalar_table = {
     .q4_act_i8 = mq_ref_q4_act_i8,
     .f16_gemm = mq_ref_f16_gemm,
     .bf16_gemm = mq_ref_bf16_gemm,
+    .h16_dconv_panel = mq_ref_h16_dconv_panel,
+    .h16_dconv = mq_ref_h16_dconv,
 };
 
 /* dst takes every entry that src sets (reads data only; calls nothing). */
@@ -178,6 +180,8 @@ static void overlay(mq_kernels *dst, const mq_kernels *src) {
     TAKE(q4_act_i8);
     TAKE(f16_gemm);
     TAKE(bf16_gemm);
+    TAKE(h16_dconv_panel);
+    TAKE(h16_dconv);
 #undef TAKE
 }
 
@@ -206,6 +210,7 @@ static void init_tables(void) {
         overlay(&tables[MQ_ISA_AVX2], &mq_avx2_pack_table);
         overlay(&tables[MQ_ISA_AVX2], &mq_avx2_int4_table);
         if (cpu.f16c) overlay(&tables[MQ_ISA_AVX2], &mq_avx2_fp16_table); /* vcvtph2ps: its own cpuid bit */
+        if (cpu.f16c) overlay(&tables[MQ_ISA_AVX2], &mq_avx2_h16_dconv_table);
         overlay(&tables[MQ_ISA_AVX2], &mq_avx2_eltwise_table);
     }
     tables[MQ_ISA_AVX512] = tables[MQ_ISA_AVX2];
@@ -215,6 +220,7 @@ static void init_tables(void) {
         overlay(&tables[MQ_ISA_AVX512], &mq_avx512_pack_table);
         overlay(&tables[MQ_ISA_AVX512], &mq_avx512_int4_table);
         overlay(&tables[MQ_ISA_AVX512], &mq_avx512_fp16_table);
+        overlay(&tables[MQ_ISA_AVX512], &mq_avx512_h16_dconv_table);
         overlay(&tables[MQ_ISA_AVX512], &mq_avx512_eltwise_table);
         if (cpu.avx512_vnni) {
             overlay(&tables[MQ_ISA_AVX512], &mq_avx512vnni_linear_table);

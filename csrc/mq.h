@@ -219,6 +219,20 @@ typedef void (*mq_q4_gemv_i8_fn)(const int8_t *xq, int64_t m, const float *xscal
 typedef void (*mq_h16_gemm_fn)(const float *x, int64_t ldx, int64_t m, const uint16_t *w, int64_t ldw, int64_t kc,
                                int64_t n0, int64_t n1, const float *bias, int accumulate, float *y, int64_t ldy);
 
+/* ---- fp16 / bf16 weight direct Conv2d (h16_dconv.c driver) ----------------
+ * The panel: for t < k and j < ldp (ldp a multiple of 16, nb <= ldp),
+ *   panel[t * ldp + j] = j < nb ? w[j * k + t] widened to fp32 (exact) : 0
+ * (a block of output channels' weights, tap-major: one row of ldp lanes a tap). */
+typedef void (*mq_h16_dconv_panel_fn)(const uint16_t *w, int64_t k, int is_bf16, int64_t nb, int64_t ldp,
+                                      float *panel);
+/* For s < npix and j < ldp, one fused multiply-add a tap, in tap order:
+ *   acc = accumulate ? out[s * ldp + j] : bias[j];
+ *   for t < kc: acc = fmaf(x[pix[s] + off[t]], panel[t * ldp + j], acc);
+ *   out[s * ldp + j] = acc
+ * (so every level, and any split of the taps over calls, gives the same bits). */
+typedef void (*mq_h16_dconv_fn)(const float *x, const int64_t *pix, int64_t npix, const int64_t *off, int64_t kc,
+                                const float *panel, int64_t ldp, const float *bias, int accumulate, float *out);
+
 /* Dynamic activations: rows rows of k elements (row_bytes apart) to the
  * qgemm's encoding, min/max, qparams, codes, row sum and encoding in one call
  * per block of rows (act_u7.c has the scalar twin).  zero_point NULL: per-row
@@ -264,6 +278,9 @@ typedef struct {
     mq_q4_act_i8_fn q4_act_i8;
     /* fp16 / bf16 weights (fp16.c) */
     mq_h16_gemm_fn f16_gemm, bf16_gemm;
+    /* fp16 / bf16 weight direct Conv2d (h16_dconv.c) */
+    mq_h16_dconv_panel_fn h16_dconv_panel;
+    mq_h16_dconv_fn h16_dconv;
 } mq_kernels;
 
 /* ---- reference kernels (ref.c) --------------------------------------------- */
@@ -335,6 +352,8 @@ extern const mq_kernels mq_avx512_int4_table;         /* x86/avx512/int4.c */
 extern const mq_kernels mq_avx512vnni_int4_table;     /* x86/avx512_vnni/int4.c */
 extern const mq_kernels mq_avx2_fp16_table;           /* x86/avx2/fp16.c (F16C) */
 extern const mq_kernels mq_avx512_fp16_table;         /* x86/avx512/fp16.c */
+extern const mq_kernels mq_avx2_h16_dconv_table;      /* x86/avx2/h16_dconv.c (F16C) */
+extern const mq_kernels mq_avx512_h16_dconv_table;    /* x86/avx512/h16_dconv.c */
 extern const mq_kernels mq_avx2_static_table;         /* x86/avx2/static_conv.c */
 extern const mq_kernels mq_avxvnni_static_table;      /* x86/avx_vnni/static_conv.c */
 extern const mq_kernels mq_avx512vnni_static_table;   /* x86/avx512_vnni/static_conv.c */
@@ -523,5 +542,23 @@ void mq_h16_linear(const float *x, int64_t m, int64_t k, int64_t ldx, const uint
 int mq_h16_conv2d(const float *x, int64_t batch, int64_t channels, int64_t height, int64_t width, int64_t kh,
                   int64_t kw, int64_t sh, int64_t sw, int64_t ph, int64_t pw, int64_t dh, int64_t dw, int64_t groups,
                   const uint16_t *w, int is_bf16, const float *bias, int64_t n, float *y, int nthreads);
+
+/* ---- h16_dconv.c: fp16 / bf16 weight direct Conv2d ---------------------------- */
+/* mq_h16_conv2d's result without im2col: output channels in vector lanes, each
+ * output an fmaf chain over its taps from the bias (bit-identical on every
+ * level and thread count).  Returns 0, or -1 when a buffer could not be allocated. */
+int mq_h16_dconv2d(const float *x, int64_t batch, int64_t channels, int64_t height, int64_t width, int64_t kh,
+                   int64_t kw, int64_t sh, int64_t sw, int64_t ph, int64_t pw, int64_t dh, int64_t dw, int64_t groups,
+                   const uint16_t *w, int is_bf16, const float *bias, int64_t n, float *y, int nthreads);
+/* ---- h16_winograd.c: the same for a 3x3 stride-1 conv without groups, by Winograd's
+ * F(2x2, 3x3) (2.25x fewer multiply-adds; torch's result to a few times float32
+ * rounding of the per-tile magnitudes; an output that is not finite reruns the call
+ * as mq_h16_dconv2d).  The same bits at every level and thread count.  0, or -1. */
+int mq_h16_wino2d(const float *x, int64_t batch, int64_t channels, int64_t height, int64_t width, int64_t ph,
+                  int64_t pw, const uint16_t *w, int is_bf16, const float *bias, int64_t n, float *y, int nthreads);
+/* The scalar twins (ref_h16_dconv.c) */
+void mq_ref_h16_dconv_panel(const uint16_t *w, int64_t k, int is_bf16, int64_t nb, int64_t ldp, float *panel);
+void mq_ref_h16_dconv(const float *x, const int64_t *pix, int64_t npix, const int64_t *off, int64_t kc,
+                      const float *panel, int64_t ldp, const float *bias, int accumulate, float *out);
 
 #endif /* MQ_H */

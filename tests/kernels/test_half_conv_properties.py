@@ -2,9 +2,9 @@
 test_fp16_properties.py: hypothesis draws the geometry (batch 0 included, groups, kernel,
 stride, padding, dilation, images down to one pixel), weight encodings (float16, bf16 bits
 as int16 / uint16), input layouts (channels-last, sliced), values with specials, the kernel
-level and the thread count.  A valid call agrees with torch's float64 conv of the widened
-weight to float32 rounding (NaN and Inf where they are); an invalid one raises a clear
-error; a huge padding is refused, never wrapped."""
+level, the thread count and the algorithm (im2col GEMM or direct).  A valid call agrees
+with torch's float64 conv of the widened weight to float32 rounding (NaN and Inf where they
+are); an invalid one raises a clear error; a huge padding is refused, never wrapped."""
 import numpy as np
 import pytest
 import torch
@@ -47,8 +47,10 @@ def test_h16_conv2d_matches_the_widened_conv(data, encoding, isa, nthreads):
                                        [0.0, -0.0, 6e-8, 1e-5, 6e4, -np.inf, np.nan]), encoding)
     bias = values(draw, (cout,), [0.0, np.inf]) if draw(st.booleans()) else None
     xa = x_layout(x, draw(st.sampled_from(["contiguous", "channels_last", "width_slice"])))
+    direct = draw(st.booleans())  # the im2col GEMM or the direct kernel (h16_dconv.c)
     with at_isa(isa):
-        y = _C.h16_conv2d(xa, w_bits, is_bf16, bias, stride, padding, dilation, groups, nthreads=nthreads)
+        y = _C.h16_conv2d(xa, w_bits, is_bf16, bias, stride, padding, dilation, groups, nthreads=nthreads,
+                          direct=direct)
     xd, wd = torch.from_numpy(x).double(), w.double()
     bd = None if bias is None else torch.from_numpy(bias).double()
     exact = F.conv2d(xd, wd, bd, stride, padding, dilation, groups)

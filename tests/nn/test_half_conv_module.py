@@ -37,7 +37,7 @@ def close(y, ref, k):
 @pytest.mark.parametrize("dtype", ["fp16", "bf16"])
 @pytest.mark.parametrize("kw", [dict(padding=1), dict(padding=2, stride=2, dilation=2),
                                 dict(padding=1, padding_mode="reflect"), dict(padding=1, padding_mode="circular"),
-                                dict(padding=(1, 0), groups=2), dict(bias=False)],
+                                dict(padding=(1, 0), groups=2, cout=32), dict(bias=False)],
                          ids=["pad", "stride-dilation", "reflect", "circular", "groups", "nobias"])
 def test_small_images_run_the_kernel(isa, dtype, kw):
     _, q = quantized_conv(dtype, **kw)
@@ -56,32 +56,92 @@ def test_small_images_run_the_kernel(isa, dtype, kw):
 
 
 def test_the_shape_rule(monkeypatch):
-    _, q = quantized_conv("fp16", cin=16, cout=16, padding=1)  # k = 144 = MIN_K
-    monkeypatch.setitem(half_conv.MAX_ROWS, "avx512", 196)
-    assert half_conv.takes_half_conv(q, torch.randn(1, 16, 14, 14), "avx512")       # 196 rows
-    assert half_conv.takes_half_conv(q, torch.randn(4, 16, 7, 7), "avx512")         # 196 rows in 4 images
-    assert not half_conv.takes_half_conv(q, torch.randn(1, 16, 15, 14), "avx512")   # 210 rows
+    _, q = quantized_conv("fp16", cin=16, cout=16, padding=1)  # k = 144, 16 output channels
+    monkeypatch.setitem(half_conv.MAX_OUTPUTS, "avx512", 16 * 196)
+    monkeypatch.setitem(half_conv.FULL_LANES, "avx512", 16)
+    assert half_conv.takes_half_conv(q, torch.randn(1, 16, 14, 14), "avx512")       # 196 x 16 outputs
+    assert half_conv.takes_half_conv(q, torch.randn(4, 16, 7, 7), "avx512")         # the same in 4 images
+    assert not half_conv.takes_half_conv(q, torch.randn(1, 16, 15, 14), "avx512")   # 210 x 16
     assert not half_conv.takes_half_conv(q, torch.randn(1, 16, 7, 7), "scalar")     # no F16C: torch's op
     assert not half_conv.takes_half_conv(q, torch.randn(1, 16, 7, 7).double(), "avx512")
     assert not half_conv.takes_half_conv(q, torch.randn(1, 16, 7, 7).half(), "avx512")
+    assert not half_conv.takes_half_conv(q, torch.randn(1, 16, 7, 7).bfloat16(), "avx512")
     assert not half_conv.takes_half_conv(q, torch.randn(16, 7, 7), "avx512")        # unbatched: torch
     assert not half_conv.takes_half_conv(q, torch.randn(0, 16, 7, 7), "avx512")
-    monkeypatch.setitem(half_conv.MAX_ROWS, "avx2", 100)
-    assert half_conv.takes_half_conv(q, torch.randn(1, 16, 10, 10), "avx2")         # 100 rows
+    monkeypatch.setitem(half_conv.MAX_OUTPUTS, "avx2", 16 * 100)
+    assert half_conv.takes_half_conv(q, torch.randn(1, 16, 10, 10), "avx2")         # 100 x 16
     assert not half_conv.takes_half_conv(q, torch.randn(1, 16, 11, 10), "avx2")
-    _, short = quantized_conv("fp16", cin=15, cout=16, padding=1)  # k = 135 < MIN_K
-    assert not half_conv.takes_half_conv(short, torch.randn(1, 15, 7, 7), "avx512")
+    monkeypatch.setitem(half_conv.FULL_LANES, "avx512", 64)  # 16 of 64 lanes: a quarter of the outputs
+    assert half_conv.takes_half_conv(q, torch.randn(1, 16, 7, 7), "avx512")          # 49 x 16 <= 196 x 16 / 4
+    assert not half_conv.takes_half_conv(q, torch.randn(1, 16, 10, 10), "avx512")
+    _, rgb = quantized_conv("fp16", cin=3, cout=16, padding=1)  # k = 27 = MIN_K
+    assert half_conv.takes_half_conv(rgb, torch.randn(1, 3, 7, 7), "avx512")
+    _, short = quantized_conv("fp16", cin=2, cout=16, padding=1)  # k = 18 < MIN_K
+    assert not half_conv.takes_half_conv(short, torch.randn(1, 2, 7, 7), "avx512")
+    _, narrow = quantized_conv("fp16", cin=16, cout=15, padding=1)  # 15 < MIN_GROUP_OUT output channels
+    assert not half_conv.takes_half_conv(narrow, torch.randn(1, 16, 7, 7), "avx512")
     _, depthwise = quantized_conv("fp16", cin=32, cout=32, padding=1, groups=32)
     assert not half_conv.takes_half_conv(depthwise, torch.randn(1, 32, 7, 7), "avx512")
     _, same = quantized_conv("fp16", cin=16, cout=16, padding="same")
     assert not half_conv.takes_half_conv(same, torch.randn(1, 16, 7, 7), "avx512")
 
 
+def test_the_algorithm_rule():
+    """The im2col GEMM for few output pixels times a large weight, Winograd for large 3x3
+    stride-1 convs that fit its buffers, the direct kernel elsewhere."""
+    from mono_quant.kernels.half_conv import GEMM_MIN_K, conv_algorithm, uses_direct
+    one = ((1, 1), (1, 1), (1, 1), 1)
+    assert conv_algorithm((1, 512, 7, 7), (512, 512, 3, 3), *one) == "gemm"        # 49 rows x 2.4M weights
+    assert conv_algorithm((1, 512, 14, 14), (512, 512, 3, 3), *one) == "direct"   # Winograd's buffers too big
+    assert conv_algorithm((1, 256, 4, 4), (256, 256, 3, 3), *one) == "gemm"       # 16 rows x 590k
+    assert conv_algorithm((1, 256, 7, 7), (256, 256, 3, 3), *one) == "direct"     # 49 rows x 590k, 29M MACs
+    assert conv_algorithm((1, 16, 4, 4), (16, 16, 3, 3), *one) == "direct"        # a small weight
+    for x_shape, w_shape in (((1, 64, 56, 56), (64, 64, 3, 3)), ((1, 128, 28, 28), (128, 128, 3, 3)),
+                             ((1, 256, 14, 14), (256, 256, 3, 3))):              # ResNet-18's at batch 1
+        assert conv_algorithm(x_shape, w_shape, *one) == "winograd"
+    assert conv_algorithm((8, 64, 56, 56), (64, 64, 3, 3), *one) == "winograd"    # batch 8: image by image
+    assert conv_algorithm((1, 64, 120, 120), (64, 64, 3, 3), *one) == "direct"    # one image past its buffers
+    assert conv_algorithm((64, 64, 8, 8), (64, 64, 3, 3), *one) == "direct"       # small images
+    assert conv_algorithm((64, 32, 16, 16), (32, 32, 3, 3), *one) == "direct"    # few channels
+    assert conv_algorithm((1, 64, 56, 56), (64, 64, 3, 3), (2, 2), (1, 1), (1, 1), 1) == "direct"  # stride 2
+    assert conv_algorithm((1, 64, 56, 56), (64, 32, 3, 3), (1, 1), (1, 1), (1, 1), 2) == "direct"  # groups
+    assert uses_direct(1, 1 << 24, GEMM_MIN_K - 1)                                 # a short reduction
+    assert not uses_direct(1, 1 << 24, GEMM_MIN_K)
+
+
+def test_winograd_past_max_outputs_at_its_levels(monkeypatch):
+    _, q = quantized_conv("fp16", cin=64, cout=64, padding=1)
+    x = torch.randn(1, 64, 56, 56)  # 200704 outputs > MAX_OUTPUTS["avx512"], Winograd's shape
+    assert half_conv.takes_half_conv(q, x, "avx512")
+    assert not half_conv.takes_half_conv(q, x, "avx2")
+    monkeypatch.setattr(half_conv, "WINOGRAD_LEVELS", ())
+    assert not half_conv.takes_half_conv(q, x, "avx512")
+
+
+def test_a_large_weight_takes_the_direct_kernel_past_max_outputs(monkeypatch):
+    """torch's route would widen a weight past SMALL_WEIGHT_ELEMENTS per call (AVX-512 only)."""
+    from mono_quant.formats import layer_cache
+    _, q = quantized_conv("fp16", cin=64, cout=128, padding=1, stride=2)  # 73728 weights
+    x = torch.randn(8, 64, 56, 56)  # 8 x 784 x 128 outputs: past MAX_OUTPUTS; stride 2: not Winograd
+    assert half_conv.takes_half_conv(q, x, "avx512") and not half_conv.takes_half_conv(q, x, "avx2")
+    monkeypatch.setattr(layer_cache, "SMALL_WEIGHT_ELEMENTS", 1 << 17)
+    assert not half_conv.takes_half_conv(q, x, "avx512")
+
+
+def test_the_gemm_past_max_outputs():
+    """Few output pixels times a large weight (the im2col GEMM streams the 16-bit weight once)."""
+    _, q = quantized_conv("fp16", cin=512, cout=512, padding=1)
+    x = torch.randn(1, 512, 7, 7)  # 25088 outputs > MAX_OUTPUTS["avx2"]
+    assert half_conv.takes_half_conv(q, x, "avx2") and half_conv.takes_half_conv(q, x, "avx512")
+    assert not half_conv.takes_half_conv(q, x, "scalar")
+    assert not half_conv.takes_half_conv(q, torch.randn(1, 512, 12, 12), "avx2")  # 144 rows: the direct kernel
+
+
 @pytest.mark.parametrize("dtype", ["fp16", "bf16"])
 def test_torchs_route_outside_the_rule(isa, dtype):
     """Large images (and other input dtypes) keep torch's conv on the widened weight: its exact result."""
     _, q = quantized_conv(dtype, padding=1)
-    x = torch.randn(1, 32, 20, 20)
+    x = torch.randn(1, 32, 120, 120)  # 14400 x 24 outputs: past MAX_OUTPUTS, and past Winograd's buffers
     assert not half_conv.takes_half_conv(q, x, isa)
     with torch.no_grad():
         assert torch.equal(q(x), torch_route(q, x))
@@ -128,6 +188,36 @@ def test_compile_and_export_take_the_op():
         assert torch.equal(program.module()(x), want)
 
 
+@pytest.mark.parametrize("dtype", ["fp16", "bf16"])
+def test_a_winograd_layer_in_eager_traced_and_compiled_forward(dtype):
+    """A large 3x3 conv (Winograd at AVX-512): the same bits through the op (autograd,
+    compile, export take it) as in eager, torch's result within Winograd's rounding."""
+    from mono_quant.kernels.half_conv import conv_algorithm
+    _, q = quantized_conv(dtype, cin=64, cout=64, padding=1)
+    x = torch.randn(1, 64, 32, 32)
+    assert conv_algorithm(x.shape, q._buffers["weight"].shape, (1, 1), (1, 1), (1, 1), 1) == "winograd"
+    with torch.no_grad():
+        y = q(x)
+        assert torch.equal(conv2d_forward(q, x), y)
+        assert torch.equal(torch.compile(q)(x), y)
+    close(y, torch_route(q, x), 4 * 64 * 9)
+    xa = x.clone().requires_grad_()
+    ya = q(xa)
+    ya.sum().backward()
+    grad = torch.nn.grad.conv2d_input(x.shape, q._buffers["weight"].float(), torch.ones_like(ya), 1, 1)
+    torch.testing.assert_close(xa.grad, grad)
+
+
+def test_bf16_activations_take_torchs_conv_in_bf16():
+    _, q = quantized_conv("bf16", cin=64, cout=64, padding=1)
+    x = torch.randn(1, 64, 14, 14)
+    assert not half_conv.takes_half_conv(q, x.bfloat16(), "avx512")
+    with torch.no_grad():
+        y = q(x.bfloat16())
+    assert y.dtype == torch.bfloat16
+    torch.testing.assert_close(y.float(), torch_route(q, x.bfloat16().float()), rtol=2e-2, atol=5e-2)
+
+
 def test_export_with_a_dynamic_batch_takes_torchs_conv():
     """Symbolic sizes never reach the rows rule (it would guard the batch to a range): torch's conv."""
     _, q = quantized_conv("fp16", padding=1)
@@ -169,7 +259,7 @@ def test_onnx_export_runs_in_onnxruntime(tmp_path):
         close(torch.from_numpy(y), model(x), 32 * 9)
 
 
-@pytest.mark.parametrize("image", [5, 20], ids=["kernel-route", "torch-route"])
+@pytest.mark.parametrize("image", [5, 120], ids=["kernel-route", "torch-route"])
 def test_weight_and_bias_changes_are_seen(image):
     """The per-module memo of each route's arguments notices in-place writes and replaced tensors."""
     _, q = quantized_conv("fp16", padding=1)

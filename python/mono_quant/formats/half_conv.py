@@ -1,21 +1,26 @@
-"""The fp16 / bf16 Conv2d route: which convs run the C kernel (``kernels.half_conv``) and
+"""The fp16 / bf16 Conv2d route: which convs run a C kernel (``kernels.half_conv``) and
 which keep torch's conv on the weight widened to float32 (``CastFormat.conv2d``).
 
-The C kernel (im2col rows times the 16-bit weight widened in registers) beats torch's
-float32 conv where the image is small and the reduction long: there torch's conv (oneDNN)
-gets far fewer multiply-adds per second than on large images (ResNet-18's 512-channel 3x3
-conv on 7x7 runs at ~45 GMAC/s on Zen 5, one thread, its 64-channel one on 56x56 at ~110:
-per-call costs over the whole weight, amortized over few output pixels), and torch's route
-for us adds widening the weight per call, while the C kernel reads the stored 16-bit weight
-once and its GEMM runs at the same speed on any image size.  On many output pixels torch's
-direct conv wins (the C kernel writes kh*kw times the image as im2col rows), and depthwise
-or short reductions are faster in torch too.  So a rule on the shapes, never a timing (the same input always takes the same
-path): rows (batch x output pixels) at most ``MAX_ROWS[isa]`` and a reduction
-(in_channels/groups x kh x kw) of at least ``MIN_K``.  Measured with
-benchmarks/bench_fp16_conv.py (docs/benchmarks.md, "fp16 / bf16 Conv2d").  The scalar level
-(no F16C) keeps torch's op.  Both routes give torch's result up to float32 rounding (another
-summation order), not the same bits: which one a layer takes depends on the batch, as for
-torch's own conv algorithms.
+Two C kernels (``kernels.half_conv.uses_direct`` picks between them): the direct conv
+(csrc/h16_dconv.c: no im2col, output channels in vector lanes, an outer product per tap) and,
+for few output pixels times a large weight, im2col rows times the 16-bit weight streamed once
+(csrc/h16_conv.c).  Both beat torch's float32 conv (oneDNN) where oneDNN's per-call costs over
+the weight and the image are not amortized: small outputs.  On large outputs oneDNN runs at
+85-90% of the FMA units' peak, the direct kernel at about the same, and the 16-bit weight saves
+no time (the weight is read once per call either way), so torch's conv keeps them (par).  So a
+rule on the shapes, never a timing (the same input always takes the same path): at most
+``MAX_OUTPUTS[isa]`` output elements (batch x out_h x out_w x out_channels; less with fewer
+output channels per group than ``FULL_LANES[isa]``), or a 3x3 stride-1
+conv that takes Winograd F(2x2, 3x3) (2.25x fewer multiply-adds: faster than oneDNN's direct
+conv where the direct kernel is only at par) at the ``WINOGRAD_LEVELS``, or one that takes the
+im2col GEMM (few output pixels times a large weight: the 16-bit weight streamed once), or (the
+same levels) any conv of a weight torch's route would widen per call, a reduction
+(in_channels/groups x kh x kw) of at least ``MIN_K`` and at least ``MIN_GROUP_OUT`` output
+channels per group (the direct kernel's lanes: depthwise convs keep torch's).  Measured with
+benchmarks/bench_fp16_conv.py (docs/benchmarks.md, "fp16 / bf16 Conv2d: the direct kernel").
+The scalar level (no F16C) keeps torch's op.  Both routes give torch's result up to float32
+rounding (another summation order), not the same bits: which one a layer takes depends on the
+batch, as for torch's own conv algorithms.
 """
 from __future__ import annotations
 
@@ -25,18 +30,34 @@ import torch
 import torch.nn.functional as F
 
 from ..kernels.fp16 import HALF_WEIGHT_DTYPES
-from ..kernels.half_conv import half_conv2d, half_conv2d_arrays, half_conv2d_raw
+from ..kernels.half_conv import conv_algorithm, half_conv2d, half_conv2d_arrays, half_conv2d_raw
 from ..kernels.settings import SETTINGS
 from . import layer_cache
 from .layer_cache import float_weight, pinned, weight_bias
 
-__all__ = ["MAX_ROWS", "MIN_K", "takes_half_conv", "eager_half_conv", "half_conv_forward",
+__all__ = ["MAX_OUTPUTS", "FULL_LANES", "MIN_K", "MIN_GROUP_OUT", "WINOGRAD_LEVELS", "takes_half_conv",
+           "eager_half_conv", "half_conv_forward",
            "traced_half_conv_forward"]
 
-#: the most rows (batch x out_h x out_w) a conv runs the C kernel with, per kernel level
-MAX_ROWS = {"scalar": 0, "avx2": 100, "avx512": 196}
-#: the shortest reduction (in_channels/groups x kh x kw) that runs the C kernel
-MIN_K = 144
+#: the most output elements (batch x out_h x out_w x out_channels) a conv runs a C kernel with,
+#: per kernel level (AVX-512: up to 128->128 on 28x28 at batch 1; the AVX2 level: 64->64 on
+#: 14x14, 16->16 on 28x28; measured against torch's AVX-512 fp32 conv on an AVX-512 host)
+MAX_OUTPUTS = {"scalar": 0, "avx2": 12800, "avx512": 1 << 17}
+#: ... for a conv of at least this many output channels per group: with fewer, the limit shrinks
+#: in proportion (the AVX-512 direct kernel fills 64 lanes a pixel, 16 or 32 run at a fraction
+#: of its speed: 16->16 on 8x8 at batch 64, 65536 outputs, took 1.23-1.33x fp32 time, 1.02 on
+#: 64x64 at batch 1; 16 channels up to 40x40 0.81); the AVX2 kernel fills 16
+FULL_LANES = {"scalar": 1, "avx2": 16, "avx512": 64}
+#: the shortest reduction (in_channels/groups x kh x kw) that runs a C kernel (an RGB 3x3 conv)
+MIN_K = 27
+#: the fewest output channels per group that run a C kernel (the direct kernel's 16 lanes)
+MIN_GROUP_OUT = 16
+#: the kernel levels where a conv that takes Winograd (kernels.half_conv.conv_algorithm) runs it
+#: past MAX_OUTPUTS (AVX-512: ResNet-18's 3x3 convs at batch 1 and 8 in 0.63-0.78x fp32 time; the
+#: AVX2 level measured 0.98-1.27x against torch's AVX-512 conv on the same host, so not there),
+#: and so does the direct kernel for a weight past layer_cache.SMALL_WEIGHT_ELEMENTS (torch's route
+#: widens such a weight per call: 1.01-1.05x, the direct kernel 0.92-1.01x)
+WINOGRAD_LEVELS = ("avx512",)
 
 
 def takes_half_conv(module, x: torch.Tensor, isa: str) -> bool:
@@ -53,12 +74,22 @@ def takes_half_conv(module, x: torch.Tensor, isa: str) -> bool:
         return False
     (kh, kw), (sh, sw), (dh, dw) = module.kernel_size2d, module.stride2d, module.dilation2d
     k = module.in_channels // module.groups * kh * kw
-    if k < MIN_K:
+    if k < MIN_K or module.out_channels // module.groups < MIN_GROUP_OUT:
         return False
     ph, pw = module.padding2d
     out_h = (x.shape[2] + 2 * ph - dh * (kh - 1) - 1) // sh + 1
     out_w = (x.shape[3] + 2 * pw - dw * (kw - 1) - 1) // sw + 1
-    return out_h > 0 and out_w > 0 and x.shape[0] * out_h * out_w <= MAX_ROWS[isa]
+    if out_h <= 0 or out_w <= 0 or MAX_OUTPUTS[isa] <= 0:
+        return False  # (no output, or the scalar level: no F16C, torch's op)
+    lanes = min(module.out_channels // module.groups, FULL_LANES[isa])
+    if x.shape[0] * out_h * out_w * module.out_channels * FULL_LANES[isa] <= MAX_OUTPUTS[isa] * lanes:
+        return True
+    algorithm = conv_algorithm(x.shape, weight.shape, module.stride2d, module.padding2d, module.dilation2d,
+                               module.groups)
+    if algorithm == "gemm" or (algorithm == "winograd" and isa in WINOGRAD_LEVELS):
+        return True
+    # a large weight: torch's route widens it per call, the direct kernel (at oneDNN's speed) does not
+    return algorithm == "direct" and isa in WINOGRAD_LEVELS and weight.numel() > layer_cache.SMALL_WEIGHT_ELEMENTS
 
 
 # Per module, the route last taken with what it depends on (x's shape, dtype and device, the
@@ -88,7 +119,8 @@ def eager_half_conv(module, x: torch.Tensor) -> Optional[torch.Tensor]:
     route, args = memo[1], memo[2]
     if route is _KERNEL:
         x, padding = _padded(module, x)
-        return half_conv2d_raw(x, *args, module.stride2d, padding, module.dilation2d, module.groups)
+        return half_conv2d_raw(x, *args[0], module.stride2d, padding, module.dilation2d, module.groups,
+                               algorithm=args[1])
     if route is _TORCH:
         w = args[0] if args[0] is not None else weight.float()  # a large weight: widened per call
         if module.padding_mode != "zeros" or isinstance(module.padding2d, str):
@@ -100,7 +132,10 @@ def eager_half_conv(module, x: torch.Tensor) -> Optional[torch.Tensor]:
 def _choose(module, x: torch.Tensor, isa: str, weight: torch.Tensor, bias) -> tuple:
     """``(route, its arguments)`` for eager_half_conv."""
     if takes_half_conv(module, x, isa):
-        return _KERNEL, half_conv2d_arrays(weight, bias)
+        # (the module's padding: a reflect / circular one padded by torch first gives the same choice)
+        algorithm = conv_algorithm(x.shape, weight.shape, module.stride2d, module.padding2d, module.dilation2d,
+                                   module.groups)
+        return _KERNEL, (half_conv2d_arrays(weight, bias), algorithm)
     if x.dtype != torch.float32 or not x.is_cpu or not weight.is_cpu or weight.dtype not in HALF_WEIGHT_DTYPES:
         return None, None
     numel = weight.numel()

@@ -2,8 +2,12 @@
 ``torch.library`` op ``mono_quant::half_conv2d`` (fake implementation and backward to the input
 and bias), for ``torch.compile``, ``torch.export`` and autograd.
 
-float32 NCHW images, im2col rows in fp32, times the 16-bit weight as stored, widened to fp32 in
-registers (fp32 accumulation): the weight is never converted whole per call."""
+Three algorithms, the same contract: im2col rows in fp32 times the 16-bit weight as stored,
+widened to fp32 in registers (h16_conv.c: streams the weight once, for few output pixels and
+large weights), the direct conv (h16_dconv.c: no im2col, output channels in vector lanes, the
+weight widened per call into a tap-major panel), or for large 3x3 stride-1 convs Winograd
+F(2x2, 3x3) on the direct conv's kernel (h16_winograd.c: 2.25x fewer multiply-adds).
+``conv_algorithm`` picks, on the shapes only, so eager calls and the op take the same one."""
 from __future__ import annotations
 
 from typing import Optional, Sequence
@@ -15,7 +19,77 @@ from .. import _C
 from .fp16 import half_linear_arrays
 from .settings import SETTINGS
 
-__all__ = ["half_conv2d", "half_conv2d_arrays", "half_conv2d_raw", "half_conv2d_reference"]
+__all__ = ["half_conv2d", "half_conv2d_arrays", "half_conv2d_raw", "half_conv2d_reference", "uses_direct",
+           "uses_winograd", "conv_algorithm", "ALGORITHMS", "GEMM_ROWS_WEIGHT", "GEMM_MIN_K", "WINOGRAD_MIN_MACS",
+           "WINOGRAD_MAX_TRAFFIC", "WINOGRAD_MIN_SIDE", "WINOGRAD_MIN_CHANNELS", "WINOGRAD_BLOCK"]
+
+#: the C kernels: im2col rows x the weight (h16_conv.c), the direct conv (h16_dconv.c), Winograd
+#: F(2x2, 3x3) (h16_winograd.c)
+ALGORITHMS = ("gemm", "direct", "winograd")
+#: the im2col GEMM (h16_conv.c) runs a conv of at most ``rows`` rows (batch x output pixels)
+#: and a weight of at least ``elements`` elements, for each pair: there the weight's bytes
+#: dominate (the GEMM streams the 16-bit weight once, the others widen it first); anywhere else
+#: the direct kernel is faster (benchmarks/bench_fp16_conv.py --crossover: e.g. 512->512 3x3 on
+#: 4x4 0.36 vs 0.68 fp32 time, on 7x7 0.53 vs 0.64; 256->256 on 7x7 0.40 vs 0.37)
+GEMM_ROWS_WEIGHT = ((16, 1 << 15), (100, 1 << 20))
+#: the GEMM's dot products need a long reduction (in/groups x kh x kw)
+GEMM_MIN_K = 144
+#: Winograd (a 3x3 stride-1 conv, no dilation, no groups) from this many multiply-adds of the
+#: direct conv on: below, its per-call transforms (the weight's above all) cost more than the
+#: 2.25x fewer multiply-adds save
+WINOGRAD_MIN_MACS = 1 << 25
+#: ... and up to this many in_channels x tiles (2x2 outputs) of one image x blocks of
+#: WINOGRAD_BLOCK output channels: the transformed image (16 floats a channel and tile) is read
+#: once per block, and past this it leaves the caches (h16_winograd.c takes a batch in passes of
+#: as many images as fit; ResNet-18's 3x3 convs have 50176 an image)
+WINOGRAD_MAX_TRAFFIC = 1 << 16
+#: ... on images of at least this many output rows and columns (its transforms go row by row
+#: of each image and channel: on small images their per-row costs dominate; 64->64 on 8x8 at
+#: batch 64 took 2.1x fp32 time)
+WINOGRAD_MIN_SIDE = 14
+#: ... and at least this many input channels (the reduction of each of its 16 GEMMs: with 32,
+#: 32->32 on 16x16 at batch 64 took 1.7x fp32 time, the direct kernel 1.1x)
+WINOGRAD_MIN_CHANNELS = 64
+#: output channels per block of h16_winograd.c (its BLOCK)
+WINOGRAD_BLOCK = 64
+
+
+def uses_direct(rows: int, weight_numel: int, k: int) -> bool:
+    """Whether a conv of ``rows`` (batch x output pixels), a weight of ``weight_numel``
+    elements and a reduction of ``k`` runs the direct kernel (or Winograd) rather than the
+    im2col GEMM."""
+    return k < GEMM_MIN_K or not any(rows <= r and weight_numel >= e for r, e in GEMM_ROWS_WEIGHT)
+
+
+def uses_winograd(batch: int, in_channels: int, out_channels: int, out_h: int, out_w: int, kernel, stride,
+                  dilation, groups: int) -> bool:
+    """Whether a conv of this geometry fits Winograd F(2x2, 3x3) and pays (the constants above)."""
+    if tuple(kernel) != (3, 3) or tuple(stride) != (1, 1) or tuple(dilation) != (1, 1) or groups != 1:
+        return False
+    if out_h < WINOGRAD_MIN_SIDE or out_w < WINOGRAD_MIN_SIDE or in_channels < WINOGRAD_MIN_CHANNELS:
+        return False
+    image_tiles = ((out_h + 1) // 2) * ((out_w + 1) // 2)
+    blocks = -(-out_channels // WINOGRAD_BLOCK)
+    macs = batch * out_h * out_w * in_channels * 9 * out_channels
+    return macs >= WINOGRAD_MIN_MACS and in_channels * image_tiles * blocks <= WINOGRAD_MAX_TRAFFIC
+
+
+def conv_algorithm(x_shape, weight_shape, stride, padding, dilation, groups: int) -> str:
+    """Which of ``ALGORITHMS`` a conv of these shapes runs: the GEMM for few output pixels
+    times a large weight (:func:`uses_direct`), else Winograd where it fits and pays
+    (:func:`uses_winograd`), else the direct conv.  Each gives torch's conv to float32
+    rounding (Winograd: of the per-tile magnitudes; docs/benchmarks.md); the direct conv and
+    Winograd give the same bits at every kernel level and thread count."""
+    n, cg, kh, kw = weight_shape
+    out = [(size + 2 * p - d * (k - 1) - 1) // s + 1
+           for size, k, s, p, d in zip(x_shape[2:], (kh, kw), stride, padding, dilation)]
+    if len(out) != 2 or out[0] <= 0 or out[1] <= 0:
+        return "direct"  # (the C layer raises)
+    if not uses_direct(x_shape[0] * out[0] * out[1], n * cg * kh * kw, cg * kh * kw):
+        return "gemm"
+    if uses_winograd(x_shape[0], cg * groups, n, out[0], out[1], (kh, kw), stride, dilation, groups):
+        return "winograd"
+    return "direct"
 
 # The op lives in the package's "mono_quant" namespace (kernels/torch_library.py defines it):
 # a FRAGMENT library adds to it, kept alive as long as this module
@@ -38,10 +112,16 @@ def half_conv2d_arrays(weight: torch.Tensor, bias: Optional[torch.Tensor]) -> tu
     return half_linear_arrays(weight, bias, "half_conv2d")
 
 
-def half_conv2d_raw(x: torch.Tensor, w, is_bf16: bool, bias, stride, padding, dilation, groups: int) -> torch.Tensor:
-    """:func:`half_conv2d` on the arrays of :func:`half_conv2d_arrays`."""
+def half_conv2d_raw(x: torch.Tensor, w, is_bf16: bool, bias, stride, padding, dilation, groups: int,
+                    algorithm: Optional[str] = None) -> torch.Tensor:
+    """:func:`half_conv2d` on the arrays of :func:`half_conv2d_arrays`; ``algorithm``: one of
+    ``ALGORITHMS`` (None: :func:`conv_algorithm` on the shapes)."""
+    if algorithm is None:
+        algorithm = "direct" if len(w.shape) != 4 else conv_algorithm(x.shape, w.shape, stride, padding, dilation,
+                                                                      groups)
     y = _C.h16_conv2d((x.detach() if x.requires_grad else x).numpy(), w, is_bf16, bias, tuple(stride),
-                      tuple(padding), tuple(dilation), groups, nthreads=SETTINGS.num_threads())
+                      tuple(padding), tuple(dilation), groups, nthreads=SETTINGS.num_threads(),
+                      direct=algorithm == "direct", winograd=algorithm == "winograd")
     return torch.from_numpy(y)
 
 

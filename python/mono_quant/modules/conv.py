@@ -55,8 +55,9 @@ class QuantizedConv2d(ReduceRange, QuantizedModule):
     QuantizedLinear.  Depthwise convs (one input channel per group), string
     paddings and inputs the kernels can't take run ``F.conv2d`` on the
     dequantized weight.  int4 weights run ``F.conv2d`` on the dequantized
-    weight; fp16 / bf16 ones the C fp16 conv on small images, else ``F.conv2d``
-    on the widened weight (formats/half_conv.py).  ``reduce_range`` (:meth:`set_reduce_range`):
+    weight; fp16 / bf16 ones the C fp16 convs where they win (small outputs, large
+    3x3 stride-1 convs by Winograd), else ``F.conv2d`` on the widened weight
+    (formats/half_conv.py).  ``reduce_range`` (:meth:`set_reduce_range`):
     dynamic activations in 7 bits, per image, as QuantizedLinear's.
 
     Built by :func:`~mono_quant.quantize` or :func:`~mono_quant.load`; the

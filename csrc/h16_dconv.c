@@ -1,0 +1,180 @@
+/* h16_dconv.c - the fp16 / bf16 weight Conv2d without im2col, for images with
+ * many output pixels (h16_conv.c's im2col + dot-product GEMM loses to oneDNN
+ * there: it writes kh*kw times the image and sums each output across lanes).
+ *
+ * Output channels go in vector lanes.  Per block of up to BLOCK output
+ * channels the weight is widened once per call into a tap-major fp32 panel
+ * ([k][ldp], mq.h): one vector load of it serves a tap of every pixel in a
+ * tile, and each tap's input value is broadcast from the (zero-padded) NCHW
+ * image: an outer product, no gather, no im2col.  Work items are strips of
+ * STRIP output pixels of one block; the taps go in chunks of K_CHUNK, so the
+ * chunk's panel slice stays in L1 while every tile of the strip uses it.  A
+ * strip's results ([pixel][lane]) are written to the NCHW output at the end.
+ * Each output is an fmaf chain over its taps from the bias in tap order
+ * (mq.h): the same bits at every kernel level and thread count. */
+#include <stdlib.h>
+
+#include "mq.h"
+
+/* output channels per panel block: four zmm of lanes */
+#define BLOCK 64
+/* output pixels per work item: its [STRIP][BLOCK] results (24 KiB) stay in L1 */
+#define STRIP 96
+/* taps per pass over a strip: a 128 x 64 fp32 panel slice is 32 KiB, in L1 beside the strip */
+#define K_CHUNK 128
+/* below this many multiply-adds a call stays on the calling thread (as fp16.c; 2M was tried:
+ * on the shared 2-core host a second thread never paid below 16M, and cost 30% at 2.4M) */
+#define ONE_THREAD_MACS ((double)(1 << 24))
+/* with threads, strips shrink (halving, to this many pixels at least: a multiple of the kernels'
+ * 6- and 8-pixel tiles) until there are two work items a thread */
+#define MIN_STRIP 24
+
+typedef struct {
+    const float *x;
+    float *xp;
+    int64_t height, width, hp, wp, ph, pw;
+} pad_ctx;
+
+/* Planes [begin, end) of the image, each into its zero-padded copy (plain loops, not memcpy /
+ * memset: rows of a small image are a few floats, and a libc call a row cost more than the
+ * conv itself on 8x8 images at batch 64). */
+static void pad_range(void *vctx, int64_t begin, int64_t end) {
+    const pad_ctx *c = vctx;
+    for (int64_t p = begin; p < end; p++) {
+        const float *src = c->x + p * c->height * c->width;
+        float *dst = c->xp + p * c->hp * c->wp;
+        for (int64_t i = 0; i < c->ph * c->wp; i++) dst[i] = 0.0f;
+        for (int64_t i = 0; i < c->height; i++) {
+            float *restrict row = dst + (c->ph + i) * c->wp;
+            const float *restrict in = src + i * c->width;
+            for (int64_t j = 0; j < c->pw; j++) row[j] = 0.0f;
+            for (int64_t j = 0; j < c->width; j++) row[c->pw + j] = in[j];
+            for (int64_t j = c->pw + c->width; j < c->wp; j++) row[j] = 0.0f;
+        }
+        float *bottom = dst + (c->ph + c->height) * c->wp;
+        for (int64_t i = 0; i < (c->hp - c->ph - c->height) * c->wp; i++) bottom[i] = 0.0f;
+    }
+}
+
+typedef struct {
+    const mq_kernels *kt;
+    const uint16_t *w;
+    const float *bias;
+    float *panels, *biases; /* per block: [k][BLOCK] and [BLOCK] */
+    int is_bf16;
+    int64_t k, n_g, blocks; /* blocks per group */
+} panel_ctx;
+
+static int64_t block_width(int64_t n_g, int64_t blk) {
+    return n_g - blk * BLOCK < BLOCK ? n_g - blk * BLOCK : BLOCK;
+}
+
+/* lanes of a block: its channels rounded up to 16 (a zmm, two ymm) */
+static int64_t block_ldp(int64_t nb) { return (nb + 15) / 16 * 16; }
+
+static void panel_range(void *vctx, int64_t begin, int64_t end) {
+    const panel_ctx *c = vctx;
+    for (int64_t b = begin; b < end; b++) {
+        const int64_t g = b / c->blocks, blk = b % c->blocks, oc0 = g * c->n_g + blk * BLOCK;
+        const int64_t nb = block_width(c->n_g, blk), ldp = block_ldp(nb);
+        c->kt->h16_dconv_panel(c->w + oc0 * c->k, c->k, c->is_bf16, nb, ldp, c->panels + b * c->k * BLOCK);
+        float *bias = c->biases + b * BLOCK;
+        for (int64_t j = 0; j < ldp; j++) bias[j] = c->bias && j < nb ? c->bias[oc0 + j] : 0.0f;
+    }
+}
+
+typedef struct {
+    const mq_kernels *kt;
+    const float *xp;
+    const int64_t *off;
+    const float *panels, *biases;
+    float *y;
+    int64_t channels, hp, wp, sh, sw, out_w, pixels, m, k, n, n_g, cg, blocks, strips, strip_pixels;
+} conv_ctx;
+
+static void conv_range(void *vctx, int64_t begin, int64_t end) {
+    const conv_ctx *c = vctx;
+    int64_t pix[STRIP];
+    float out[STRIP * BLOCK];
+    for (int64_t item = begin; item < end; item++) {
+        const int64_t b = item / c->strips, strip = item % c->strips; /* b: group * blocks + block */
+        const int64_t g = b / c->blocks, blk = b % c->blocks;
+        const int64_t nb = block_width(c->n_g, blk), ldp = block_ldp(nb);
+        const int64_t row0 = strip * c->strip_pixels;
+        const int64_t npix = c->m - row0 < c->strip_pixels ? c->m - row0 : c->strip_pixels;
+        for (int64_t s = 0; s < npix; s++) {
+            const int64_t row = row0 + s, img = row / c->pixels, p = row % c->pixels;
+            pix[s] = (img * c->channels + g * c->cg) * c->hp * c->wp + p / c->out_w * c->sh * c->wp +
+                     p % c->out_w * c->sw;
+        }
+        const float *panel = c->panels + b * c->k * BLOCK;
+        int64_t k0 = 0;
+        do { /* (k = 0, no channels: one call, the bias alone) */
+            const int64_t kc = c->k - k0 < K_CHUNK ? c->k - k0 : K_CHUNK;
+            c->kt->h16_dconv(c->xp, pix, npix, c->off + k0, kc, panel + k0 * ldp, ldp, c->biases + b * BLOCK,
+                             k0 > 0, out);
+            k0 += kc;
+        } while (k0 < c->k);
+        /* [pixel][lane] to NCHW: each channel's pixels are consecutive within an image */
+        const int64_t oc0 = g * c->n_g + blk * BLOCK;
+        for (int64_t s0 = 0; s0 < npix;) {
+            const int64_t row = row0 + s0, img = row / c->pixels, p0 = row % c->pixels;
+            const int64_t run = c->pixels - p0 < npix - s0 ? c->pixels - p0 : npix - s0;
+            for (int64_t j = 0; j < nb; j++) {
+                float *dst = c->y + (img * c->n + oc0 + j) * c->pixels + p0;
+                const float *src = out + s0 * ldp + j;
+                for (int64_t s = 0; s < run; s++) dst[s] = src[s * ldp];
+            }
+            s0 += run;
+        }
+    }
+}
+
+int mq_h16_dconv2d(const float *x, int64_t batch, int64_t channels, int64_t height, int64_t width, int64_t kh,
+                   int64_t kw, int64_t sh, int64_t sw, int64_t ph, int64_t pw, int64_t dh, int64_t dw, int64_t groups,
+                   const uint16_t *w, int is_bf16, const float *bias, int64_t n, float *y, int nthreads) {
+    const int64_t out_h = (height + 2 * ph - dh * (kh - 1) - 1) / sh + 1;
+    const int64_t out_w = (width + 2 * pw - dw * (kw - 1) - 1) / sw + 1;
+    const int64_t cg = channels / groups, k = cg * kh * kw, n_g = n / groups, pixels = out_h * out_w;
+    const int64_t hp = height + 2 * ph, wp = width + 2 * pw;
+    /* m, and the padded image below, can only pass 64 bits on arguments the binding (bind_fp16.c) rejects */
+    const int64_t m = mq_size_mul(batch, pixels);
+    if (m <= 0 || n <= 0) return 0;
+    const mq_kernels *kt = mq_active();
+    const int64_t blocks = (n_g + BLOCK - 1) / BLOCK;
+    const int padded = ph > 0 || pw > 0;
+    const int64_t padded_floats = mq_size_mul(mq_size_mul(batch, channels), mq_size_mul(hp, wp));
+    float *xp = padded ? malloc(mq_alloc_bytes(padded_floats, sizeof(float), 1)) : NULL;
+    /* (+ 1: k may be 0, and malloc(0) may return NULL) */
+    int64_t *off = malloc(mq_alloc_bytes(mq_size_add(k, 1), sizeof(int64_t), 1));
+    float *panels = malloc(mq_alloc_bytes(mq_size_add(mq_size_mul(groups * blocks, k * BLOCK), 1), sizeof(float), 1));
+    float *biases = malloc(mq_alloc_bytes(groups * blocks, BLOCK * sizeof(float), 1));
+    int status = -1;
+    if ((padded && !xp) || !off || !panels || !biases) goto done;
+    if ((double)m * (double)k * (double)n < ONE_THREAD_MACS) nthreads = 1;
+    int64_t strip_pixels = STRIP;
+    while (nthreads > 1 && strip_pixels > MIN_STRIP && groups * blocks * ((m + strip_pixels - 1) / strip_pixels) <
+                                                           2 * (int64_t)nthreads)
+        strip_pixels /= 2;
+    const int64_t strips = (m + strip_pixels - 1) / strip_pixels;
+    if (padded) {
+        pad_ctx pc = {x, xp, height, width, hp, wp, ph, pw};
+        mq_parallel_for(batch * channels, 1 + ((int64_t)1 << 14) / (hp * wp), nthreads, pad_range, &pc);
+    }
+    /* tap t = (channel, i, j), the weight's own order: its offset in the padded image */
+    for (int64_t ch = 0, t = 0; ch < cg; ch++)
+        for (int64_t i = 0; i < kh; i++)
+            for (int64_t j = 0; j < kw; j++, t++) off[t] = ch * hp * wp + i * dh * wp + j * dw;
+    panel_ctx pn = {kt, w, bias, panels, biases, is_bf16, k, n_g, blocks};
+    mq_parallel_for(groups * blocks, 1, nthreads, panel_range, &pn);
+    conv_ctx cc = {kt, padded ? xp : x, off, panels, biases, y, channels, hp, wp, sh, sw, out_w, pixels, m, k, n,
+                   n_g, cg, blocks, strips, strip_pixels};
+    mq_parallel_for(groups * blocks * strips, 1, nthreads, conv_range, &cc);
+    status = 0;
+done:
+    free(xp);
+    free(off);
+    free(panels);
+    free(biases);
+    return status;
+}

@@ -1,0 +1,65 @@
+/* h16_dconv_panel.h - the direct Conv2d's weight panel (mq.h: mq_h16_dconv_panel_fn)
+ * with 256-bit AVX2 + F16C, shared by the AVX2 and AVX-512 units (each
+ * compiles it with its own flags; included only inside their ISA guards).
+ * 8 output channels x 8 taps at a time: 8 loads of 8 16-bit weights, widened
+ * to fp32 in registers (vcvtph2ps, or a shift for bf16), an 8 x 8 transpose,
+ * 8 stores of a panel row's 8 lanes; the tails one value at a time. */
+#ifndef MQ_X86_H16_DCONV_PANEL_H
+#define MQ_X86_H16_DCONV_PANEL_H
+
+#include <immintrin.h>
+
+#include "mq.h"
+
+/* 8 weights widened to fp32 */
+static inline __attribute__((always_inline)) __m256 dconv_widen8(const uint16_t *p, const int bf16) {
+    const __m128i h = _mm_loadu_si128((const __m128i *)p);
+    if (bf16) return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
+    return _mm256_cvtph_ps(h);
+}
+
+static inline __attribute__((always_inline)) float dconv_widen1(uint16_t h, const int bf16) {
+    return bf16 ? mq_bf16_to_f32(h) : _cvtsh_ss(h);
+}
+
+/* rows r[0..7] (8 channels' 8 taps) to columns: panel rows t..t+7, lanes j..j+7 */
+static inline __attribute__((always_inline)) void dconv_transpose8(__m256 r[8], float *dst, int64_t ldp) {
+    const __m256 t0 = _mm256_unpacklo_ps(r[0], r[1]), t1 = _mm256_unpackhi_ps(r[0], r[1]);
+    const __m256 t2 = _mm256_unpacklo_ps(r[2], r[3]), t3 = _mm256_unpackhi_ps(r[2], r[3]);
+    const __m256 t4 = _mm256_unpacklo_ps(r[4], r[5]), t5 = _mm256_unpackhi_ps(r[4], r[5]);
+    const __m256 t6 = _mm256_unpacklo_ps(r[6], r[7]), t7 = _mm256_unpackhi_ps(r[6], r[7]);
+    const __m256 s0 = _mm256_shuffle_ps(t0, t2, 0x44), s1 = _mm256_shuffle_ps(t0, t2, 0xEE);
+    const __m256 s2 = _mm256_shuffle_ps(t1, t3, 0x44), s3 = _mm256_shuffle_ps(t1, t3, 0xEE);
+    const __m256 s4 = _mm256_shuffle_ps(t4, t6, 0x44), s5 = _mm256_shuffle_ps(t4, t6, 0xEE);
+    const __m256 s6 = _mm256_shuffle_ps(t5, t7, 0x44), s7 = _mm256_shuffle_ps(t5, t7, 0xEE);
+    _mm256_storeu_ps(dst + 0 * ldp, _mm256_permute2f128_ps(s0, s4, 0x20));
+    _mm256_storeu_ps(dst + 1 * ldp, _mm256_permute2f128_ps(s1, s5, 0x20));
+    _mm256_storeu_ps(dst + 2 * ldp, _mm256_permute2f128_ps(s2, s6, 0x20));
+    _mm256_storeu_ps(dst + 3 * ldp, _mm256_permute2f128_ps(s3, s7, 0x20));
+    _mm256_storeu_ps(dst + 4 * ldp, _mm256_permute2f128_ps(s0, s4, 0x31));
+    _mm256_storeu_ps(dst + 5 * ldp, _mm256_permute2f128_ps(s1, s5, 0x31));
+    _mm256_storeu_ps(dst + 6 * ldp, _mm256_permute2f128_ps(s2, s6, 0x31));
+    _mm256_storeu_ps(dst + 7 * ldp, _mm256_permute2f128_ps(s3, s7, 0x31));
+}
+
+static inline __attribute__((always_inline)) void dconv_panel(const uint16_t *w, int64_t k, const int bf16,
+                                                              int64_t nb, int64_t ldp, float *panel) {
+    const int64_t nb8 = nb / 8 * 8, k8 = k / 8 * 8;
+    for (int64_t j = 0; j < nb8; j += 8) {
+        const uint16_t *rows = w + j * k;
+        int64_t t = 0;
+        for (; t < k8; t += 8) {
+            __m256 r[8];
+            for (int i = 0; i < 8; i++) r[i] = dconv_widen8(rows + i * k + t, bf16);
+            dconv_transpose8(r, panel + t * ldp + j, ldp);
+        }
+        for (; t < k; t++)
+            for (int64_t i = 0; i < 8; i++) panel[t * ldp + j + i] = dconv_widen1(rows[i * k + t], bf16);
+    }
+    for (int64_t t = 0; t < k; t++) {
+        for (int64_t j = nb8; j < nb; j++) panel[t * ldp + j] = dconv_widen1(w[j * k + t], bf16);
+        for (int64_t j = nb; j < ldp; j++) panel[t * ldp + j] = 0.0f;
+    }
+}
+
+#endif
