@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from .config import DEFAULT, QuantConfig, resolve_options
-from .entries import convert_weight, packs_straight_to_int8, quantize_state_dict_entry
+from .entries import convert_weight, nonfinite_skip_reason, packs_straight_to_int8, quantize_state_dict_entry
 from .errors import NonFiniteWeightError
 from .modules import QuantizedLinear, QuantizedModule
 from .modules.registry import QMODULES
@@ -286,11 +286,11 @@ class _LayerQuantizer:
         except NonFiniteWeightError as exc:
             if self.cfg.nonfinite == "error":
                 raise NonFiniteWeightError(
-                    f"layer {name or '<root>'!r} ({type(m).__name__}) has NaN or Inf in its weight "
+                    f"layer {name or '<root>'!r} ({type(m).__name__}) has {exc.what} in its weight "
                     f"(output channel {exc.row}): fix the weights, exclude the layer "
-                    f"(exclude=[{name!r}]) or pass nonfinite='skip'", exc.row, name
+                    f"(exclude=[{name!r}]) or pass nonfinite='skip'", exc.row, name, exc.what
                 ) from None
-            return SkippedLayer(name, type(m).__name__, f"non-finite weights (NaN/Inf in channel {exc.row})")
+            return SkippedLayer(name, type(m).__name__, nonfinite_skip_reason(exc))
         if weights is not None:
             qm._set_bias(b)
         self._share_packed(qm, key, sqnr)

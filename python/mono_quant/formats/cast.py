@@ -64,6 +64,13 @@ class CastFormat(WeightFormat):
         if bool(bad.any()):
             raise NonFiniteWeightError("non-finite weight", int(bad.reshape(w.shape[0], -1).any(1).nonzero()[0]))
         cast = w.detach().to(self.qtype.storage)
+        overflow = torch.isinf(cast)  # finite weights beyond the dtype's range (fp16: |w| > 65504) become Inf
+        if bool(overflow.any()):
+            big, limit = float(w.detach()[overflow].abs().max()), torch.finfo(self.qtype.storage).max
+            hint = ", bf16 holds them" if self.name == "fp16" else ""
+            raise NonFiniteWeightError(
+                "weight overflows the cast", int(overflow.reshape(w.shape[0], -1).any(1).nonzero()[0]),
+                what=f"values beyond {self.name}'s range (|w| up to {big:.4g} > {limit:.6g}: stored as Inf{hint})")
         if cast.data_ptr() == w.data_ptr():  # already in that dtype: copy, never share the caller's tensor
             cast = cast.clone()
         if not measure_error:
