@@ -15,6 +15,7 @@ from ..formats import get_format
 from ..modules import QuantizedLinear
 from ..modules.composite import is_composite
 from ..modules.registry import qmodule_for
+from ..parametrized import parametrized_base
 from .container import read_header
 from .errors import CheckpointError
 from .file_kinds import kind_for_file
@@ -255,7 +256,7 @@ class QuantizedStateDict(Mapping):
         """A kind "model" layer: its saved module rebuilt (no other file key consumed)."""
         name = layer["name"] or "<root>"
         cls = quantized_class(layer["class"])
-        if type(float_module) is not cls.float_type:
+        if (parametrized_base(float_module) or type(float_module)) is not cls.float_type:  # (weight_norm'd too)
             raise CheckpointError(f"layer {name!r} is a {type(float_module).__name__} in the model, the checkpoint "
                                   f"has a quantized {cls.float_type.__name__}")
         check_weight_shape(layer, float_module, name, getattr(cls, "float_weight_shape", None))
