@@ -61,3 +61,12 @@ def test_quantize_checkpoint_and_cli_report_it(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "tensor '2.weight' has values beyond fp16's range" in err and "Traceback" not in err
     assert not (tmp_path / "q.safetensors").exists()
+
+
+@pytest.mark.parametrize("dtype", ["fp16", "bf16"])
+def test_float8_weights_cast(dtype):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(16, 16)).to(torch.float8_e4m3fn)
+    qmodel, skipped = mq.quantize(model, dtype=dtype)
+    assert not skipped
+    assert torch.equal(qmodel[0]._buffers["weight"].float(), model[0].weight.float())  # float8 values are exact

@@ -71,6 +71,8 @@ class CastFormat(WeightFormat):
         signal = noise = 0.0
         for r0 in range(0, rows.shape[0], step):
             block, done = rows[r0:r0 + step], out[r0:r0 + step]
+            if block.element_size() == 1:  # float8: torch has no isfinite / pow for it
+                block = block.float()
             bad = ~torch.isfinite(block)
             if bool(bad.any()):
                 raise NonFiniteWeightError("non-finite weight", r0 + int(bad.any(1).nonzero()[0]))
