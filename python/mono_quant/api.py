@@ -170,6 +170,9 @@ def _unsupported_reason(module: nn.Module) -> Optional[str]:
     without a matrix weight (norms, activations, containers)."""
     if isinstance(module, parametrize.ParametrizationList):
         return None  # its owner is the layer (listed, with its reason, or quantized)
+    if isinstance(module, torch.jit.ScriptModule) and any(p.dim() >= 2 for p in module.parameters(recurse=False)):
+        return ("TorchScript module (torch.jit.script / trace): its compiled code calls its own layers, which "
+                "can't be replaced; quantize the eager model, then script it")
     if parametrize.is_parametrized(module):
         return parametrized_reason(module)
     params = list(module.parameters(recurse=False))
