@@ -54,3 +54,12 @@ def test_a_bad_layer_entry_names_the_layer_then_the_problem(tmp_path):
     bad.write_bytes(struct.pack("<Q", len(text)) + text + raw[8 + n:])
     with pytest.raises(CheckpointError, match=r"layer #0 \('0'\): bad manifest: shape must be"):
         mq.load(bad)
+
+
+def test_inspect_of_a_shard_index_says_what_it_is(tmp_path, capsys):
+    index = tmp_path / "model.safetensors.index.json"
+    index.write_text(json.dumps({"metadata": {}, "weight_map": {"0.weight": "model-00001-of-00001.safetensors"}}))
+    with pytest.raises(CheckpointError, match="a JSON file \\(a shard index\\?\\), not a .safetensors file"):
+        mq.load(index)
+    assert main(["inspect", os.fspath(index)]) == 1
+    assert "a shard index" in capsys.readouterr().err
