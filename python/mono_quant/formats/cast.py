@@ -60,8 +60,8 @@ class CastFormat(WeightFormat):
         )
 
     def convert(self, w: torch.Tensor, cfg, layer_type: str, measure_error: bool):
-        # Block by block (about 256K weights each), so the checks and the error's float64 temporaries
-        # stay small beside the weight: peak memory near the float model plus the cast copy.
+        # Block by block (about 256K weights each), so the checks and the error's temporaries stay
+        # small beside the weight: peak memory near the float model plus the cast copy.
         w = w.detach()
         cast = torch.empty(w.shape, dtype=self.qtype.storage, device=w.device)  # never the caller's tensor
         if w.numel() == 0:
@@ -80,10 +80,10 @@ class CastFormat(WeightFormat):
             overflow = torch.isinf(done)  # finite weights beyond the dtype's range (fp16: |w| > 65504) become Inf
             if bool(overflow.any()):
                 self._raise_overflow(rows, out, r0 + int(overflow.any(1).nonzero()[0]))
-            if measure_error:
-                exact = block.double()
-                signal += float(exact.pow(2).sum())
-                noise += float((exact - done.double()).pow(2).sum())
+            if measure_error:  # float32 terms, float64 sums (a float32 sum of squares may overflow)
+                exact = block.float()
+                signal += float(exact.pow(2).sum(dtype=torch.float64))
+                noise += float((exact - done.float()).pow_(2).sum(dtype=torch.float64))
         return cast, (sqnr_db(signal, noise) if measure_error else math.nan)
 
     def _raise_overflow(self, rows: torch.Tensor, out: torch.Tensor, row: int) -> None:
