@@ -14,9 +14,10 @@ from typing import Dict, List, Mapping, Optional, Tuple
 
 import torch
 from torch import nn
+from torch.nn.utils import parametrize
 
 from .config import DEFAULT, QuantConfig, resolve_options
-from .entries import convert_weight, packs_straight_to_int8, quantize_state_dict_entry
+from .entries import convert_weight, nonfinite_skip_reason, packs_straight_to_int8, quantize_state_dict_entry
 from .errors import NonFiniteWeightError
 from .modules import QuantizedLinear, QuantizedModule
 from .modules.registry import QMODULES
@@ -26,6 +27,8 @@ from .report import LayerReport, Report, SkippedLayer, tensor_bytes, unique_tens
 from .result import QuantizationResult
 from .composites import attention_out_proj_keys, children_of_composites, composite_skip_reason, quantize_composite
 from .modules.composite import is_composite
+from .module_hooks import carry_hooks, weight_in_use
+from .parametrized import parametrized_base, parametrized_reason, plain_float_layer, raw_weight
 from .layer_support import drop_tied_to_float, known_unsupported_reason, qmodule_for_selected, weight_to_quantize
 from .selection import selection_reason
 from .static import quantize_static
@@ -165,6 +168,13 @@ def quantize(
 def _unsupported_reason(module: nn.Module) -> Optional[str]:
     """A reason to list a weight-bearing module we don't replace; None for modules
     without a matrix weight (norms, activations, containers)."""
+    if isinstance(module, parametrize.ParametrizationList):
+        return None  # its owner is the layer (listed, with its reason, or quantized)
+    if isinstance(module, torch.jit.ScriptModule) and any(p.dim() >= 2 for p in module.parameters(recurse=False)):
+        return ("TorchScript module (torch.jit.script / trace): its compiled code calls its own layers, which "
+                "can't be replaced; quantize the eager model, then script it")
+    if parametrize.is_parametrized(module):
+        return parametrized_reason(module)
     params = list(module.parameters(recurse=False))
     if any(isinstance(p, nn.parameter.UninitializedParameter) for p in params):
         return "uninitialized lazy module (run a forward pass first)"
@@ -205,6 +215,8 @@ def _quantize_module(model: nn.Module, cfg: QuantConfig, progress: bool, weights
         skip = layers.quantize(name, m, names_of[id(m)])
         if skip is not None:
             skipped.append(skip)
+    for key, qm in layers.memo.items():
+        carry_hooks(modules[key], qm)
     qmodel = _copy_around(model, layers.memo)
     if weights is not None:
         _load_remaining(qmodel, weights, set(layers.quantized_names))
@@ -243,7 +255,7 @@ def _skip_reason(m: nn.Module, names: List[str], cfg: QuantConfig, weights: Opti
     qcls = qmodule_for_selected(m, cfg)
     if reason is None and is_composite(qcls):  # several weights (LSTM, attention): their own checks
         return composite_skip_reason(qcls, m, cfg, weights)
-    if reason is None and type(m) is nn.Embedding:
+    if reason is None and (parametrized_base(m) or type(m)) is nn.Embedding:
         if not cfg.embeddings:
             reason = "embedding tables are quantized only with embeddings=True"
         elif m.max_norm is not None:
@@ -275,22 +287,41 @@ class _LayerQuantizer:
         qcls = qmodule_for_selected(m, self.cfg)
         if is_composite(qcls):
             return quantize_composite(self, name, m, names, qcls)
+        if self.weights is not None:
+            return self._quantize_layer(name, m, m, self.weights[_key(name, "weight")], names)
+        plain = plain_float_layer(m)  # a parametrized weight: a plain copy holding the computed weight
+        src = m if plain is None else plain
+        w = weight_in_use(src)  # (a weight-norm hook's weight, computed)
+        if plain is None and w is m.weight:
+            return self._quantize_layer(name, m, src, w, names)
+        # A weight computed for this call stays out of the caches the model's layers share: tied weights
+        # are found there by id, and the id of a tensor freed after its layer may be reused.
+        shared = self.weight_cache, self.packed_by_weight
+        self.weight_cache, self.packed_by_weight = {}, {}
+        try:
+            return self._quantize_layer(name, m, src, w, names)
+        finally:
+            self.weight_cache, self.packed_by_weight = shared
+
+    def _quantize_layer(self, name: str, m: nn.Module, src: nn.Module, w: torch.Tensor,
+                        names: List[str]) -> Optional[SkippedLayer]:
+        """Quantize layer ``m`` from ``src`` (``m``, or its plain float copy) and weight ``w``."""
         weights = self.weights
-        w = weights[_key(name, "weight")] if weights is not None else m.weight
-        w = weight_to_quantize(m, w, qmodule_for_selected(m, self.cfg), self.weight_cache)  # e.g. Conv1D's [in, out]
-        has_bias = getattr(m, "bias", None) is not None  # nn.Embedding has no bias
-        b = (weights.get(_key(name, "bias")) if weights is not None else m.bias) if has_bias else None
+        qcls = qmodule_for_selected(src, self.cfg)
+        w = weight_to_quantize(src, w, qcls, self.weight_cache)  # e.g. Conv1D's [in, out]
+        has_bias = getattr(src, "bias", None) is not None  # nn.Embedding has no bias
+        b = (weights.get(_key(name, "bias")) if weights is not None else src.bias) if has_bias else None
         key = (id(w), self.qtype.name)
         try:
-            qm, sqnr = self._build(m, w, key)
+            qm, sqnr = self._build(src, w, key)
         except NonFiniteWeightError as exc:
             if self.cfg.nonfinite == "error":
                 raise NonFiniteWeightError(
-                    f"layer {name or '<root>'!r} ({type(m).__name__}) has NaN or Inf in its weight "
+                    f"layer {name or '<root>'!r} ({type(m).__name__}) has {exc.what} in its weight "
                     f"(output channel {exc.row}): fix the weights, exclude the layer "
-                    f"(exclude=[{name!r}]) or pass nonfinite='skip'", exc.row, name
+                    f"(exclude=[{name!r}]) or pass nonfinite='skip'", exc.row, name, exc.what
                 ) from None
-            return SkippedLayer(name, type(m).__name__, f"non-finite weights (NaN/Inf in channel {exc.row})")
+            return SkippedLayer(name, type(m).__name__, nonfinite_skip_reason(exc))
         if weights is not None:
             qm._set_bias(b)
         self._share_packed(qm, key, sqnr)
@@ -368,6 +399,9 @@ def _check_shared_entries(weights: Mapping, names: List[str]) -> None:
 def _shape_reason(m: nn.Module, cfg: QuantConfig, weights: Optional[Mapping], name: str) -> Optional[str]:
     """Reasons a selected layer still can't be quantized: no data, too small."""
     if weights is not None:
+        if parametrize.is_parametrized(m):
+            return ("parametrized weight: the state_dict holds its parametrization's tensors (load it into the model "
+                    "and quantize the model)")
         w = weights.get(_key(name, "weight"))
         if w is None:
             raise KeyError(f"state_dict has no {_key(name, 'weight')!r} for layer {name!r} of the model")
@@ -377,7 +411,7 @@ def _shape_reason(m: nn.Module, cfg: QuantConfig, weights: Optional[Mapping], na
             raise ValueError(f"state_dict {_key(name, 'weight')!r} has shape {tuple(w.shape)}, "
                              f"the model's layer expects {tuple(m.weight.shape)}")
     else:
-        w = m.weight
+        w = raw_weight(m)  # (a parametrized weight is not computed here)
         if isinstance(w, nn.parameter.UninitializedParameter):
             return "uninitialized lazy module (run a forward pass first)"
         if w.device.type == "meta":

@@ -101,7 +101,7 @@ def _cmd_quantize(args) -> int:
 def _cmd_inspect(args) -> int:
     info = describe(args.file)
     if args.json:
-        print(json.dumps(info, indent=2, default=str))
+        print(_strict_json(info))
         return 0
     rows = [("name", "kind", "dtype", "shape", "bytes")]
     for layer in info["layers"]:
@@ -124,7 +124,7 @@ def _cmd_inspect(args) -> int:
 def _cmd_compare(args) -> int:
     result = compare(args.a, args.b)
     if args.json:
-        print(json.dumps(result, indent=2, default=str))
+        print(_strict_json(result))
         return 0
     rows = [("name", "shape", "A", "B", "B/A", "SQNR dB")]
     for r in result["rows"]:
@@ -147,6 +147,25 @@ def _cmd_compare(args) -> int:
           f"({ratio}); only in A: {t['only_in_a']}, only in B: {t['only_in_b']}, shape mismatches: "
           f"{t['shape_mismatches']}")
     return 0
+
+
+_INF = "\x00mono-quant inf\x00"
+
+
+def _strict_json(obj) -> str:
+    """JSON that strict parsers (jq, JavaScript, Go) accept: json.dumps writes Infinity / NaN,
+    which only Python reads back.  An infinite SQNR (identical tensors) is written 1e999, a
+    number that Python reads back as inf and others as their largest double; NaN as null."""
+    def clean(x):
+        if isinstance(x, float) and not math.isfinite(x):
+            return None if math.isnan(x) else (_INF if x > 0 else "-" + _INF)
+        if isinstance(x, dict):
+            return {k: clean(v) for k, v in x.items()}
+        if isinstance(x, (list, tuple)):
+            return [clean(v) for v in x]
+        return x
+    text = json.dumps(clean(obj), indent=2, default=str, allow_nan=False)
+    return text.replace(json.dumps("-" + _INF), "-1e999").replace(json.dumps(_INF), "1e999")
 
 
 def _shape(shape) -> str:

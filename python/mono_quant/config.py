@@ -245,6 +245,11 @@ def load_config_file(path: Union[str, os.PathLike]) -> Dict[str, Any]:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise FileNotFoundError(f"config file {path} does not exist") from None
+    except IsADirectoryError:
+        raise IsADirectoryError(f"config file {path} is a folder: give the TOML file itself "
+                                f"(e.g. {path / 'mono_quant.toml'})") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"config file {path} is not valid TOML: not UTF-8 text") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
     if path.name == "pyproject.toml":
@@ -288,6 +293,8 @@ def resolve_config(config=None, **arguments) -> QuantConfig:
         base.source = dict(config.source)
         origin = "QuantConfig"
     else:
+        if config is not None and not isinstance(config, (str, os.PathLike)):
+            raise TypeError(f"config= takes a QuantConfig or the path of a TOML file, got {type(config).__name__}")
         path = Path(config) if config is not None else find_config_file()
         file_settings = load_config_file(path) if path is not None else {}
         origin = str(path) if path is not None else "defaults"

@@ -21,6 +21,7 @@ from .selection import selection_reason
 from .tensor import QuantizedWeight, sqnr_db
 
 __all__ = ["convert_weight", "state_dict_entry_plan", "packs_straight_to_int8", "nonfinite_entry_error",
+           "nonfinite_skip_reason",
            "quantize_state_dict_entry", "finish_entry"]
 
 
@@ -59,10 +60,17 @@ def packs_straight_to_int8(tensor: torch.Tensor, cfg: QuantConfig) -> bool:
     return get_format(cfg.dtype).packs_straight(tensor, cfg)
 
 
-def nonfinite_entry_error(key: str, name: str, row: int) -> NonFiniteWeightError:
+def nonfinite_entry_error(key: str, name: str, row: int, what: str = "NaN or Inf") -> NonFiniteWeightError:
     """The error for a state_dict weight holding NaN/Inf under ``nonfinite="error"``."""
-    return NonFiniteWeightError(f"tensor {key!r} has NaN or Inf (output channel {row}): fix it, "
-                                f"exclude it (exclude=[{name!r}]) or pass nonfinite='skip'", row, name)
+    return NonFiniteWeightError(f"tensor {key!r} has {what} (output channel {row}): fix it, "
+                                f"exclude it (exclude=[{name!r}]) or pass nonfinite='skip'", row, name, what)
+
+
+def nonfinite_skip_reason(exc: NonFiniteWeightError) -> str:
+    """The ``skipped`` reason of a layer left float under ``nonfinite="skip"``."""
+    if exc.what == "NaN or Inf":
+        return f"non-finite weights (NaN/Inf in channel {exc.row})"
+    return f"non-finite after the cast: {exc.what} in channel {exc.row}"
 
 
 def quantize_state_dict_entry(key: str, tensor: torch.Tensor, cfg: QuantConfig, cache: Optional[dict] = None,
@@ -95,8 +103,8 @@ def quantize_state_dict_entry(key: str, tensor: torch.Tensor, cfg: QuantConfig, 
         out, sqnr = _quantize_entry(prefix, key, tensor, cfg, qtype, kind, measure_error)
     except NonFiniteWeightError as exc:
         if cfg.nonfinite == "error":
-            raise nonfinite_entry_error(key, name, exc.row) from None
-        return {key: keep(tensor)}, None, SkippedLayer(name, kind, f"non-finite weights (NaN/Inf in channel {exc.row})")
+            raise nonfinite_entry_error(key, name, exc.row, exc.what) from None
+        return {key: keep(tensor)}, None, SkippedLayer(name, kind, nonfinite_skip_reason(exc))
     return finish_entry(out, key, name, kind, qtype, tensor, sqnr, cache)
 
 

@@ -87,10 +87,13 @@ class NonFiniteWeightError(MonoQuantError, ValueError):
         row: The first output channel (row) holding NaN or Inf.
         layer: The layer's name (a module path or a state_dict key's prefix),
             or None when a lone tensor was quantized.
+        what: What was found, for messages: "NaN or Inf", or finite values
+            that the target dtype would store as Inf (fp16 beyond 65504).
 
     Attributes:
         row: The first output channel (row) holding NaN or Inf.
         layer: The layer's name, or None.
+        what: What was found ("NaN or Inf" unless a cast would overflow).
 
     What to do: fix the checkpoint (a NaN usually comes from training), or
     pass ``nonfinite="skip"`` to leave those layers in float (listed in ``skipped``).
@@ -102,7 +105,8 @@ class NonFiniteWeightError(MonoQuantError, ValueError):
         ...     print(exc.layer, exc.row)
     """
 
-    def __init__(self, message: str, row: int, layer: Optional[str] = None):
+    def __init__(self, message: str, row: int, layer: Optional[str] = None, what: str = "NaN or Inf"):
         super().__init__(message)
         self.row = row
         self.layer = layer
+        self.what = what

@@ -26,7 +26,9 @@ from torch import nn
 
 from .modules.conv1d import QuantizedConv1d, conv2d_weight_of
 from .modules.gpt2_conv1d import QuantizedGPT2Conv1D, linear_weight_of
+from .modules.composite import is_composite
 from .modules.registry import QMODULES, QuantizedModule, qmodule_for
+from .parametrized import parametrized_base
 from .report import SkippedLayer
 
 __all__ = ["qmodule_for_selected", "weight_to_quantize", "known_unsupported_reason", "drop_tied_to_float",
@@ -51,6 +53,9 @@ def qmodule_for_selected(module: nn.Module, cfg) -> Optional[Type[QuantizedModul
     supported float type: ``include=[nn.Linear]`` does not opt in subclasses), the
     base type's.  nn.MultiheadAttention's ``out_proj`` is never opted in."""
     found = qmodule_for(module)
+    if found is None and parametrized_base(module) in QMODULES:  # a parametrized weight (weight_norm, ...)
+        found = QMODULES[parametrized_base(module)]
+        return None if is_composite(found) else found
     if found is not None or not cfg.include or known_unsupported_reason(module) is not None:
         return found
     for pattern in cfg.include:
@@ -107,7 +112,7 @@ def drop_tied_to_float(targets: List[Tuple[str, nn.Module]], skipped: List[Skipp
                 float_owner.setdefault(id(p), (names_of[key][0], m))
     kept, dropped = [], []
     for name, m in targets:
-        weight = getattr(m, "weight", None)
+        weight = None if parametrized_base(m) is not None else getattr(m, "weight", None)  # (never computed here)
         owner = float_owner.get(id(weight)) if isinstance(weight, torch.Tensor) else None
         if owner is None:
             kept.append((name, m))

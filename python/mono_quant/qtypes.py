@@ -1,6 +1,8 @@
 """The registry of target dtypes: names, bit widths, integer ranges."""
 from __future__ import annotations
 
+import difflib
+
 from dataclasses import dataclass
 from typing import Optional, Union
 
@@ -93,8 +95,10 @@ def get_qtype(dtype: Union[str, torch.dtype, QType]) -> QType:
         name = None
     if name not in QTYPES:
         valid = ", ".join(repr(n) for n in QTYPES)
+        close = difflib.get_close_matches(name, list(QTYPES) + list(_ALIASES), n=1) if isinstance(name, str) else []
+        hint = f"did you mean {_ALIASES.get(close[0], close[0])!r}? " if close else ""
         raise ValueError(
-            f"unknown dtype {dtype!r}: expected one of {valid} "
+            f"unknown dtype {dtype!r}: {hint}expected one of {valid} "
             "(or torch.int8, torch.uint8, torch.float16, torch.bfloat16)"
         )
     return QTYPES[name]

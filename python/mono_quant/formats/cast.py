@@ -60,16 +60,38 @@ class CastFormat(WeightFormat):
         )
 
     def convert(self, w: torch.Tensor, cfg, layer_type: str, measure_error: bool):
-        bad = ~torch.isfinite(w.detach())
-        if bool(bad.any()):
-            raise NonFiniteWeightError("non-finite weight", int(bad.reshape(w.shape[0], -1).any(1).nonzero()[0]))
-        cast = w.detach().to(self.qtype.storage)
-        if cast.data_ptr() == w.data_ptr():  # already in that dtype: copy, never share the caller's tensor
-            cast = cast.clone()
-        if not measure_error:
-            return cast, math.nan
-        err = (w.detach().float() - cast.float())
-        return cast, sqnr_db(float(w.detach().float().pow(2).sum()), float(err.pow(2).sum()))
+        # Block by block (about 256K weights each), so the checks and the error's temporaries stay
+        # small beside the weight: peak memory near the float model plus the cast copy.
+        w = w.detach()
+        cast = torch.empty(w.shape, dtype=self.qtype.storage, device=w.device)  # never the caller's tensor
+        if w.numel() == 0:
+            return cast, (math.inf if measure_error else math.nan)
+        rows, out = w.reshape(w.shape[0], -1), cast.view(w.shape[0], -1)
+        step = max(1, (1 << 18) // rows.shape[1])
+        signal = noise = 0.0
+        for r0 in range(0, rows.shape[0], step):
+            block, done = rows[r0:r0 + step], out[r0:r0 + step]
+            if block.element_size() == 1:  # float8: torch has no isfinite / pow for it
+                block = block.float()
+            bad = ~torch.isfinite(block)
+            if bool(bad.any()):
+                raise NonFiniteWeightError("non-finite weight", r0 + int(bad.any(1).nonzero()[0]))
+            done.copy_(block)
+            overflow = torch.isinf(done)  # finite weights beyond the dtype's range (fp16: |w| > 65504) become Inf
+            if bool(overflow.any()):
+                self._raise_overflow(rows, out, r0 + int(overflow.any(1).nonzero()[0]))
+            if measure_error:  # float32 terms, float64 sums (a float32 sum of squares may overflow)
+                exact = block.float()
+                signal += float(exact.pow(2).sum(dtype=torch.float64))
+                noise += float((exact - done.float()).pow_(2).sum(dtype=torch.float64))
+        return cast, (sqnr_db(signal, noise) if measure_error else math.nan)
+
+    def _raise_overflow(self, rows: torch.Tensor, out: torch.Tensor, row: int) -> None:
+        big, limit = float(rows[row][torch.isinf(out[row])].abs().max()), torch.finfo(self.qtype.storage).max
+        hint = ", bf16 holds them" if self.name == "fp16" else ""
+        raise NonFiniteWeightError(
+            "weight overflows the cast", row,
+            what=f"values beyond {self.name}'s range (|w| up to {big:.4g} > {limit:.6g}: stored as Inf{hint})")
 
     # -- a module's storage -------------------------------------------------------------------------
     def set_weight(self, module, weight) -> None:

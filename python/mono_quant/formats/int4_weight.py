@@ -196,7 +196,30 @@ def quantize_int4_rows(rows: torch.Tensor, group_size: Optional[int], symmetric:
     packed, scale, zero, bad, sx, se = q4.q4_quantize(rows, group, symmetric, INT4_METHODS.index(method), with_error)
     if bad >= 0:
         raise NonFiniteWeightError(f"weight holds NaN or Inf in channel {bad} (axis 0); fix or exclude it", bad)
+    _raise_if_scales_saturate(rows, scale, symmetric)
     return packed, scale, zero, sx, se
+
+
+_FP16_MAX = 65504.0
+
+
+def _raise_if_scales_saturate(rows: torch.Tensor, scale: torch.Tensor, symmetric: bool) -> None:
+    """A group wider than 15 (asymmetric) or 7 (symmetric) x 65504 needs a scale beyond fp16: the
+    kernel clamps it, and the group's large weights would come back clipped.  Raise instead,
+    naming the first such row (checked only on rows whose scale reached the maximum)."""
+    hit = (scale == _FP16_MAX).any(1)
+    if not bool(hit.any()):
+        return
+    candidates = hit.nonzero().flatten()
+    r = rows[candidates].float()
+    span = r.abs().amax(1) if symmetric else r.amax(1).clamp(min=0) - r.amin(1).clamp(max=0)
+    limit = (7 if symmetric else 15) * _FP16_MAX
+    over = span > limit * (1 + 2 ** -10)  # beyond the fp16 rounding of the last scale step
+    if bool(over.any()):
+        row = int(candidates[over.nonzero()[0]])
+        what = (f"values beyond int4's range (|w| up to {float(rows[row].float().abs().max()):.4g}; fp16 group "
+                f"scales cover a span of {limit:.6g}{' with symmetric=True' if symmetric else ''}: use int8 or bf16)")
+        raise NonFiniteWeightError(f"weight holds {what} in channel {row} (axis 0)", row, what=what)
 
 
 # int4_linear dequantizes the whole weight once per call (the C kernel) and runs torch's

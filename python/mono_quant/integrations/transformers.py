@@ -28,6 +28,8 @@ in that warning (``"mono_quant"``, what older folders carry, loads too).
 """
 from __future__ import annotations
 
+import difflib
+import warnings
 from typing import Any, Dict, List, Optional
 
 import torch
@@ -37,6 +39,7 @@ from transformers.quantizers.auto import (AUTO_QUANTIZATION_CONFIG_MAPPING, AUTO
 from transformers.quantizers.base import HfQuantizer
 from transformers.utils.quantization_config import QuantizationConfigMixin
 
+from ..errors import ConfigError
 from ..io.composites import check_loaded_float_parameters, expand_shells, float_parameter_keys
 from ..io.errors import CheckpointError
 from ..io.layers import module_layer_entry, own_tensors
@@ -109,6 +112,11 @@ class MonoQuantConfig(QuantizationConfigMixin):
         self.symmetric, self.granularity, self.min_weight_numel = symmetric, granularity, min_weight_numel
         self.embeddings, self.reduce_range = embeddings, reduce_range
         self.layers = layers
+        _warn_unknown_keys(kwargs)
+        if activations == "static":  # calibration runs the model on data: from_pretrained has none
+            raise ConfigError("MonoQuantConfig(activations='static') is not supported: static int8 needs calibration "
+                              "data; load the float model, then mono_quant.quantize(model, activations='static', "
+                              "calibration=...)")
         for name in ("include", "exclude"):
             value = getattr(self, name)
             if value is not None and not (isinstance(value, list) and all(isinstance(p, str) for p in value)):
@@ -129,6 +137,17 @@ class MonoQuantConfig(QuantizationConfigMixin):
     def to_dict(self) -> Dict[str, Any]:
         return {"quant_method": SAVED_QUANT_METHOD, **{name: getattr(self, name) for name in _OPTIONS},
                 "layers": self.layers}
+
+
+def _warn_unknown_keys(kwargs: Dict[str, Any]) -> None:
+    """Warn about keys that are neither options nor what transformers adds (``quant_method``,
+    private ``_*`` keys): a misspelled option would otherwise be dropped silently."""
+    unknown = [k for k in kwargs if k != "quant_method" and not k.startswith("_")]
+    for key in unknown:
+        close = difflib.get_close_matches(key, _OPTIONS, n=1)
+        warnings.warn(f"MonoQuantConfig: unknown option {key!r} ignored"
+                      + (f" (did you mean {close[0]!r}?)" if close else f" (options: {', '.join(_OPTIONS)})"),
+                      UserWarning, stacklevel=3)
 
 
 class MonoQuantHfQuantizer(HfQuantizer):

@@ -12,6 +12,7 @@ about one input tensor and its quantized form at a time.
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 from typing import Dict, List, Optional
 
@@ -114,12 +115,29 @@ def quantize_checkpoint(src, dst, dtype=None, *, symmetric: Optional[bool] = Non
     with open_checkpoint(src) as reader:
         if reader.is_mono_quant():
             raise CheckpointError(f"{src} is already a mono-quant file; quantize the float checkpoint instead")
+        _refuse_overwriting_source(reader, src, dst)
         check_patterns_match(cfg, layer_names_of_keys(reader.keys()))
         hf_plan = hf_checkpoint_plan(src)
         hf_plan.keep_float.update(attention_out_proj_keys(reader.keys()))  # as quantize(state_dict) does
         report = _write(reader, src, dst, cfg, overwrite, progress, measure_error, hf_plan)
     warn_if_nothing_quantized(report, report.skipped)  # as quantize(state_dict) does
     return QuantizationResult(None, report.skipped, report, cfg, path=Path(dst))
+
+
+def _refuse_overwriting_source(reader: CheckpointReader, src, dst) -> None:
+    """Refuse a ``dst`` that is one of the files being read: with ``overwrite`` the rename at the
+    end would replace the float checkpoint by its quantized copy, and the original would be lost."""
+    dst = Path(os.fspath(dst))
+    if not dst.exists():
+        return
+    sources = {reader.shard_path(k) for k in reader.keys()}
+    src = Path(os.fspath(src))
+    if src.is_file():
+        sources.add(src)  # an *.index.json too
+    for path in sources:
+        if os.path.samefile(path, dst):
+            raise CheckpointError(f"{dst} is the checkpoint being quantized ({path}): write the quantized "
+                                  f"file to another path (overwriting would lose the float weights)")
 
 
 def _check_checkpoint_options(cfg: QuantConfig) -> None:

@@ -73,6 +73,14 @@ def read_header(path) -> SafetensorsHeader:
             raise CheckpointError(f"{path}: not a safetensors file (only {size} bytes, truncated?)")
         (n,) = struct.unpack("<Q", prefix)
         if n > MAX_HEADER_BYTES:
+            if prefix.startswith(b"PK\x03\x04") or (prefix[0] == 0x80 and 2 <= prefix[1] <= 5):  # zip / pickle
+                raise CheckpointError(f"{path}: a torch.save file (.pt / .bin), not a .safetensors file: "
+                                      f"quantize_checkpoint / `mono-quant quantize` and `compare` read it, "
+                                      f"load / `inspect` read .safetensors")
+            if prefix.lstrip().startswith(b"{"):
+                raise CheckpointError(f"{path}: a JSON file (a shard index?), not a .safetensors file: inspect or "
+                                      f"load one shard, or give the index to quantize_checkpoint / `mono-quant "
+                                      f"quantize` / `compare`")
             raise CheckpointError(f"{path}: corrupted header (claims {n} bytes of header, limit {MAX_HEADER_BYTES})")
         if n > size - 8:
             raise CheckpointError(f"{path}: truncated file (header of {n} bytes, file has {size - 8} after the length)")

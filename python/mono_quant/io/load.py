@@ -15,9 +15,11 @@ from ..formats import get_format
 from ..modules import QuantizedLinear
 from ..modules.composite import is_composite
 from ..modules.registry import qmodule_for
+from ..parametrized import parametrized_base
 from .container import read_header
 from .errors import CheckpointError
 from .file_kinds import kind_for_file
+from .layer_geometry import check_layer_geometry
 from .skeleton import materialize_non_persistent_buffers
 from .manifest import check_against_header, layer_key, parse_manifest, quantized_class
 from .rebuild import (check_weight_shape, dequantize_layer, is_uninitialized, packed_int8_layer, packed_linear,
@@ -255,11 +257,13 @@ class QuantizedStateDict(Mapping):
         """A kind "model" layer: its saved module rebuilt (no other file key consumed)."""
         name = layer["name"] or "<root>"
         cls = quantized_class(layer["class"])
-        if type(float_module) is not cls.float_type:
+        if (parametrized_base(float_module) or type(float_module)) is not cls.float_type:  # (weight_norm'd too)
             raise CheckpointError(f"layer {name!r} is a {type(float_module).__name__} in the model, the checkpoint "
                                   f"has a quantized {cls.float_type.__name__}")
         check_weight_shape(layer, float_module, name, getattr(cls, "float_weight_shape", None))
-        return rebuild_saved(layer, self.layer_tensors(layer)), []
+        qmodule = rebuild_saved(layer, self.layer_tensors(layer))
+        check_layer_geometry(name, float_module, qmodule)
+        return qmodule, []
 
     def _build_state_dict_layer(self, layer, float_module: nn.Module) -> Tuple[nn.Module, List[str]]:
         """A kind "state_dict" layer: the quantized module of ``float_module`` with the file's

@@ -127,7 +127,7 @@ def parse_manifest(metadata: Optional[Mapping[str, str]], path: str = "") -> Dic
     _require(isinstance(m.get("layers"), list), where, "layers must be a list")
     names = set()
     for i, layer in enumerate(m["layers"]):
-        _check_layer(layer, m["kind"], f"{where}layer #{i}")
+        _check_layer(layer, m["kind"], f"{where}layer #{i}: ")
         for name in [layer["name"]] + layer.get("aliases", []):
             _require(name not in names, where, f"layer {name!r} is listed twice")
             names.add(name)
@@ -145,7 +145,7 @@ def _is_shape(value) -> bool:
 
 def _check_layer(layer, kind: str, where: str) -> None:
     _require(isinstance(layer, dict), where, "is not an object")
-    where = f"{where} ({layer.get('name')!r})"
+    where = f"{where[:-2]} ({layer.get('name')!r}): "
     _require(isinstance(layer.get("name"), str), where, "name must be a string")
     _require(isinstance(layer.get("dtype"), str), where, "dtype must be a string")
     _require(layer.get("scheme") in _SCHEMES, where, f"scheme must be one of {_SCHEMES}")

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import mmap
 import os
+import pickle
+import re
 import stat
 import sys
 import zipfile
@@ -109,9 +111,14 @@ class TorchShard(_Descriptor):
         self.path = path
         try:
             obj = torch.load(os.fspath(path), map_location="cpu", mmap=True, weights_only=True)
-        except Exception as exc:  # UnpicklingError for non-weights content, RuntimeError for legacy / corrupted files
+        except pickle.UnpicklingError as exc:  # weights_only refused an object: never unpickled here
+            raise CheckpointError(f"{path}: holds Python objects besides tensors (a whole model saved with "
+                                  f"torch.save(model)?), which mono-quant never unpickles: save "
+                                  f"model.state_dict() (or a .safetensors file) and quantize that") from exc
+        except Exception as exc:  # RuntimeError for legacy (non-zip) or corrupted files
+            reason = re.sub(r"\x1b\[[0-9;]*m", "", str(exc)).strip().splitlines()
             raise CheckpointError(f"{path}: cannot read as a state_dict with torch.load(mmap=True, "
-                                  f"weights_only=True): {exc}") from exc
+                                  f"weights_only=True): {reason[0] if reason else type(exc).__name__}") from exc
         if isinstance(obj, dict) and not all(isinstance(v, torch.Tensor) for v in obj.values()):
             for wrapper in ("state_dict", "model"):
                 if isinstance(obj.get(wrapper), dict):

@@ -157,7 +157,7 @@ def stream_int4(key: str, tensor: torch.Tensor, name: str, cfg, writer, reader,
         try:
             packed, s, z, sx, se = quantize_int4_rows(chunk, cfg.group_size, symmetric, method, True)
         except NonFiniteWeightError as exc:
-            raise nonfinite_entry_error(key, name, r0 + exc.row) from None
+            raise nonfinite_entry_error(key, name, r0 + exc.row, exc.what) from None
         reader.release(key, chunk)
         writer.add_part(packed)
         scale[r0:r1], zero_point[r0:r1] = s, z

@@ -14,6 +14,7 @@ from torch import nn
 from ..calibration import DEFAULT_BINS, Calibrator
 from ..report import SkippedLayer
 from ..result import QuantizationResult
+from .eager_only import refuse_traced_input
 from .modules import StaticConv2d, StaticLinear
 from .report import StaticLayerReport, StaticReport
 
@@ -28,6 +29,7 @@ class PerLayerStatic(nn.Module):
         self.layer = layer
 
     def forward(self, x):
+        refuse_traced_input((x,))
         y = self.layer(x)
         return y.contiguous() if y.dim() == 4 else y
 

@@ -16,6 +16,7 @@ from torch import nn
 from torch.nn.modules import module as _torch_module
 
 from .capture import FusionPlan, PlanOp, ValueRef
+from .eager_only import refuse_traced_input
 
 __all__ = ["FusedFloat", "FusedConvFloat", "FusedLinearFloat", "FusedAddFloat", "FusedCatFloat", "FusedGapFloat",
            "StaticGraphModel", "float_graph", "apply_act"]
@@ -123,6 +124,7 @@ class StaticGraphModel(nn.Module):
         self.layers = nn.ModuleDict(layers)
 
     def forward(self, *args, **kwargs):
+        refuse_traced_input(args)
         env: Dict[str, Any] = {}
         inputs = iter(args)
         for name, kind, ins, call in self.program:

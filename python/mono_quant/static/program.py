@@ -238,7 +238,7 @@ class StaticInt8Model(StaticGraphModel):
 
     def forward(self, *args, **kwargs):
         run = self._fast(args, kwargs)
-        if run is None:
+        if run is None or type(args[0]) is not torch.Tensor:  # (a traced input: refused by the graph's forward)
             return super().forward(*args, **kwargs)
         x = args[0].detach()
         if x.dtype != torch.float32:

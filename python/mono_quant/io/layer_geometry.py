@@ -1,0 +1,31 @@
+"""A saved conv layer's geometry against the model's layer it replaces at load.
+
+The file rebuilds the layer with its own stride, padding, dilation, groups and padding
+mode; a skeleton built with other values (another config of the same architecture) has
+the same weight shape, so without this check the loaded model would silently compute
+another convolution than the model it is loaded into describes."""
+from __future__ import annotations
+
+from torch import nn
+
+from .errors import CheckpointError
+
+__all__ = ["check_layer_geometry"]
+
+_GEOMETRY = ("kernel_size", "stride", "padding", "dilation", "groups", "padding_mode")
+
+
+def _plain(value):
+    return tuple(value) if isinstance(value, (list, tuple)) else value
+
+
+def check_layer_geometry(name: str, float_module: nn.Module, qmodule: nn.Module) -> None:
+    """Raise CheckpointError naming each geometry attribute the rebuilt ``qmodule`` and the
+    model's ``float_module`` both have, with different values."""
+    differ = [f"{attr} {_plain(getattr(qmodule, attr))} in the checkpoint, {_plain(getattr(float_module, attr))} "
+              f"in the model" for attr in _GEOMETRY
+              if hasattr(qmodule, attr) and hasattr(float_module, attr)
+              and _plain(getattr(qmodule, attr)) != _plain(getattr(float_module, attr))]
+    if differ:
+        raise CheckpointError(f"layer {name!r}: {'; '.join(differ)} (build the model with the configuration the "
+                              f"checkpoint was saved from)")

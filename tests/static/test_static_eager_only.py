@@ -1,0 +1,31 @@
+"""A static int8 model runs eagerly: torch.export refuses it with what to do (it failed inside a
+kernel wrapper with ".numpy() is not supported for tensor subclasses"); eager calls and
+torch.compile without fullgraph (a graph break around it) still give the eager outputs."""
+import pytest
+import torch
+from torch import nn
+
+import mono_quant as mq
+
+
+def _static_model():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 6 * 6, 10)).eval()
+    qmodel, _ = mq.quantize(model, "int8", activations="static", calibration=torch.randn(128, 1, 8, 8))
+    return qmodel
+
+
+def test_export_names_the_limitation_and_the_way_out():
+    qmodel = _static_model()
+    x = torch.randn(2, 1, 8, 8)
+    with pytest.raises(NotImplementedError, match="static int8 models run eagerly only.*dynamic int8"):
+        torch.export.export(qmodel, (x,))
+    assert qmodel(x).shape == (2, 10)  # the model still runs
+
+
+@pytest.mark.filterwarnings("ignore:Dynamo does not know how to trace")  # the graph break, as meant
+def test_compile_without_fullgraph_runs_it_eagerly():
+    qmodel = _static_model()
+    x = torch.randn(2, 1, 8, 8)
+    torch._dynamo.reset()
+    assert torch.equal(torch.compile(qmodel)(x), qmodel(x))

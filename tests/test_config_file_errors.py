@@ -1,0 +1,31 @@
+"""A config= that is not a usable TOML file says what it got and what to give."""
+import pytest
+from torch import nn
+
+import mono_quant as mq
+from mono_quant.cli import main
+
+
+def test_a_folder_names_the_file_to_give(tmp_path):
+    with pytest.raises(IsADirectoryError, match="is a folder: give the TOML file itself"):
+        mq.quantize(nn.Linear(4, 4), config=tmp_path)
+
+
+def test_binary_garbage_is_a_config_error(tmp_path):
+    path = tmp_path / "mono_quant.toml"
+    path.write_bytes(b"\xff\xfe\x00garbage")
+    with pytest.raises(mq.ConfigError, match="not valid TOML: not UTF-8 text"):
+        mq.quantize(nn.Linear(4, 4), config=path)
+
+
+@pytest.mark.parametrize("config", [123, ["a.toml"]])
+def test_a_wrong_type_names_what_config_takes(config):
+    with pytest.raises(TypeError, match="config= takes a QuantConfig or the path of a TOML file"):
+        mq.quantize(nn.Linear(4, 4), config=config)
+
+
+def test_cli_config_folder_is_one_line(tmp_path, capsys):
+    src = tmp_path / "missing.safetensors"
+    assert main(["quantize", str(src), "-o", str(tmp_path / "q.safetensors"), "--config", str(tmp_path)]) == 1
+    err = capsys.readouterr().err
+    assert "is a folder: give the TOML file itself" in err and len(err.strip().splitlines()) == 1
