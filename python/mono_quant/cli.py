@@ -9,6 +9,8 @@ import time
 from typing import List, Optional
 
 from . import kernels
+from .bench import DEFAULT_BATCHES, DEFAULT_DTYPES, DEFAULT_SHAPES, bench_header, cases_from_file, default_cases, \
+    parse_shape, run_bench
 from .demo import run_demo, run_speed
 from .io import quantize_checkpoint
 from .io.compare import compare
@@ -62,6 +64,27 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("a", metavar="A", help="reference checkpoint (e.g. the float original)")
     compare.add_argument("b", metavar="B", help="checkpoint to compare (e.g. the quantized file)")
     compare.add_argument("--json", action="store_true", help="print JSON instead of a table")
+
+    bench = sub.add_parser("bench", help="time quantized Linear layers against fp32 on this machine",
+                           description="Time quantized Linear layers against fp32 F.linear on the same weight, "
+                                       "interleaved call by call, and print medians and the speed-up. Shapes come "
+                                       "from --shape or from the quantized Linear layers of FILE (with its dtype "
+                                       "and settings); weights are seeded random.")
+    bench.add_argument("file", metavar="FILE", nargs="?", help="a mono-quant .safetensors file (optional)")
+    bench.add_argument("--shape", action="append", metavar="OUTxIN",
+                       help=f"a Linear weight shape, out x in (repeatable; default "
+                            f"{', '.join(f'{o}x{i}' for o, i in DEFAULT_SHAPES)} without FILE)")
+    bench.add_argument("--dtype", action="append", metavar="DTYPE",
+                       help=f"int8, uint8, int4, fp16 or bf16 (repeatable; default {', '.join(DEFAULT_DTYPES)}, "
+                            "or FILE's dtype)")
+    bench.add_argument("--batch", action="append", type=int, metavar="N",
+                       help=f"rows per call (repeatable; default {', '.join(map(str, DEFAULT_BATCHES))})")
+    bench.add_argument("--weight-only", action="store_true", help="int8 layers take float inputs (activations=None)")
+    bench.add_argument("--reduce-range", action="store_true", help="int8 dynamic layers use 7-bit activations")
+    bench.add_argument("--group-size", type=int, metavar="N", help="int4 group size (0: one group per channel)")
+    bench.add_argument("--threads", type=int, metavar="N", help="threads for torch and mono-quant (torch.set_num_threads)")
+    bench.add_argument("--repeats", type=int, default=20, metavar="N", help="timed calls of each (default 20)")
+    bench.add_argument("--json", action="store_true", help="print JSON instead of a table")
     return parser
 
 
@@ -149,6 +172,47 @@ def _cmd_compare(args) -> int:
     return 0
 
 
+def _cmd_bench(args) -> int:
+    import torch
+
+    if args.threads is not None:
+        if args.threads < 1:
+            raise ValueError(f"--threads {args.threads}: give 1 or more")
+        torch.set_num_threads(args.threads)
+    if args.repeats < 1:
+        raise ValueError(f"--repeats {args.repeats}: give 1 or more")
+    notes: List[str] = []
+    if args.file is not None:
+        if args.shape:
+            raise ValueError("give FILE or --shape, not both")
+        if args.weight_only or args.reduce_range or args.group_size is not None:
+            raise ValueError("--weight-only, --reduce-range and --group-size are read from FILE; "
+                             "drop them, or give --shape instead of FILE")
+        cases, notes = cases_from_file(args.file, args.dtype)
+    else:
+        shapes = [parse_shape(s) for s in args.shape] if args.shape else list(DEFAULT_SHAPES)
+        cases = default_cases(shapes, args.dtype or DEFAULT_DTYPES, weight_only=args.weight_only,
+                              reduce_range=args.reduce_range, group_size=args.group_size)
+    header = bench_header()
+    rows = run_bench(cases, batches=args.batch or DEFAULT_BATCHES, repeats=args.repeats)
+    if args.json:
+        print(_strict_json({"machine": header, "rows": rows, "notes": notes}))
+        return 0
+    print(f"mono-quant bench  (kernels: {header['active_isa']}, int8 matmul: {header['int8_matmul']}, "
+          f"threads: {header['threads']}, torch {header['torch']}); median of {args.repeats} interleaved calls")
+    table = [("shape", "dtype", "mode", "batch", "fp32 us", "quantized us", "speed-up")]
+    for r in rows:
+        if r["batch"] is None:
+            table.append((_shape(r["shape"]), r["dtype"], r["mode"], "-", "-", "-", r["note"]))
+            continue
+        table.append((_shape(r["shape"]), r["dtype"], r["mode"], str(r["batch"]), f"{r['fp32_us']:.1f}",
+                      f"{r['quantized_us']:.1f}", f"{r['speedup']:.2f}x"))
+    _print_table(table)
+    for note in notes:
+        print(f"note: {note}")
+    return 0
+
+
 _INF = "\x00mono-quant inf\x00"
 
 
@@ -180,7 +244,8 @@ def _print_table(rows) -> None:
 
 def main(argv: Optional[List[str]] = None) -> int:
     args = build_parser().parse_args(argv)
-    handlers = {"demo": _cmd_demo, "quantize": _cmd_quantize, "inspect": _cmd_inspect, "compare": _cmd_compare}
+    handlers = {"demo": _cmd_demo, "quantize": _cmd_quantize, "inspect": _cmd_inspect, "compare": _cmd_compare,
+                "bench": _cmd_bench}
     try:
         return handlers[args.command](args)
     except KeyboardInterrupt:

@@ -1,0 +1,114 @@
+"""`mono-quant bench`: the shapes, dtypes and settings it times, its JSON, and its errors.
+Never asserts a speed (tests don't time things): only that every case ran and the
+speed-up is the ratio of the two medians it reports."""
+import json
+import os
+
+import pytest
+import torch
+from safetensors.torch import save_file
+from torch import nn
+
+import mono_quant as mq
+from mono_quant.bench import BenchCase, parse_shape, run_bench
+from mono_quant.cli import main
+
+
+def _bench_json(capsys, *argv):
+    assert main(["bench", *argv, "--repeats", "2", "--json"]) == 0
+    return json.loads(capsys.readouterr().out)
+
+
+def _check_row(row):
+    assert row["fp32_us"] > 0 and row["quantized_us"] > 0
+    assert row["speedup"] == pytest.approx(row["fp32_us"] / row["quantized_us"])
+
+
+def test_shapes_dtypes_and_batches(capsys):
+    out = _bench_json(capsys, "--shape", "48x40", "--shape", "16X8", "--batch", "1", "--batch", "3")
+    rows = out["rows"]
+    assert {(tuple(r["shape"]), r["dtype"], r["batch"]) for r in rows} == {
+        (s, d, b) for s in [(48, 40), (16, 8)] for d in ["int8", "int4", "fp16"] for b in [1, 3]}
+    for r in rows:
+        _check_row(r)
+    assert {r["mode"] for r in rows if r["dtype"] == "int8"} == {"dynamic"}
+    assert {r["mode"] for r in rows if r["dtype"] == "int4"} == {"group 128"}
+    assert out["machine"]["active_isa"] in ("scalar", "avx2", "avx512")
+
+
+def test_options_reach_the_quantized_layer(capsys):
+    rows = _bench_json(capsys, "--shape", "32x64", "--dtype", "INT8", "--dtype", "int4", "--weight-only",
+                       "--group-size", "32", "--batch", "2", "--threads", "1")["rows"]
+    assert [(r["dtype"], r["mode"]) for r in rows] == [("int8", "weight-only"), ("int4", "group 32")]
+    rows = _bench_json(capsys, "--shape", "32x64", "--dtype", "int8", "--reduce-range", "--batch", "1")["rows"]
+    assert rows[0]["mode"] == "dynamic, reduce_range"
+
+
+def test_table_output(capsys):
+    assert main(["bench", "--shape", "24x16", "--dtype", "bf16", "--batch", "1", "--repeats", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "24x16" in out and "bf16" in out and "speed-up" in out
+
+
+def test_shapes_and_settings_from_a_file(tmp_path, capsys):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 32), nn.Linear(32, 32), nn.Conv2d(3, 4, 3))
+    path = tmp_path / "q.safetensors"
+    mq.save(mq.quantize(model, dtype="int4", group_size=32), path)
+    out = _bench_json(capsys, os.fspath(path), "--batch", "2")
+    assert [(tuple(r["shape"]), r["mode"], r["layers"]) for r in out["rows"]] == [
+        ((32, 64), "group 32", ["0"]), ((32, 32), "group 32", ["2", "3"])]
+    assert out["notes"] == ["1 Conv2d layer not timed (bench times Linear layers)"]
+    for r in out["rows"]:
+        _check_row(r)
+    # --dtype replaces the file's dtype
+    rows = _bench_json(capsys, os.fspath(path), "--dtype", "fp16", "--batch", "1")["rows"]
+    assert {r["dtype"] for r in rows} == {"fp16"} and len(rows) == 2
+
+
+def test_weight_only_int8_file(tmp_path, capsys):
+    path = tmp_path / "q.safetensors"
+    mq.save(mq.quantize(nn.Linear(16, 8), dtype="int8", activations=None), path)
+    rows = _bench_json(capsys, os.fspath(path), "--batch", "1")["rows"]
+    assert [(r["dtype"], r["mode"]) for r in rows] == [("int8", "weight-only")]
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--shape", "10x0"], "at least 1"),
+    (["--shape", "ten"], "expected OUTxIN"),
+    (["--shape", "100000x100000"], "more than this"),
+    (["--dtype", "int9", "--shape", "8x8"], "did you mean 'int8'"),
+    (["--shape", "8x8", "--batch", "0"], "batch sizes must be at least 1"),
+    (["--shape", "8x8", "--repeats", "0"], "--repeats 0"),
+    (["--shape", "8x8", "--threads", "0"], "--threads 0"),
+])
+def test_bad_arguments_say_what_to_give(argv, message, capsys):
+    assert main(["bench", *argv]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("mono-quant bench: error:") and message in err
+
+
+def test_bad_files_say_what_to_do(tmp_path, capsys):
+    path = tmp_path / "q.safetensors"
+    mq.save(mq.quantize(nn.Linear(16, 8), dtype="int8"), path)
+    assert main(["bench", os.fspath(path), "--shape", "8x8"]) == 1
+    assert "not both" in capsys.readouterr().err
+    assert main(["bench", os.fspath(path), "--weight-only"]) == 1
+    assert "read from FILE" in capsys.readouterr().err
+    float_file = tmp_path / "float.safetensors"
+    save_file(nn.Linear(4, 4).state_dict(), os.fspath(float_file))
+    assert main(["bench", os.fspath(float_file)]) == 1
+    assert "no quantized layers" in capsys.readouterr().err
+    conv_only = tmp_path / "conv.safetensors"
+    mq.save(mq.quantize(nn.Conv2d(3, 8, 3), dtype="int8"), conv_only)
+    assert main(["bench", os.fspath(conv_only)]) == 1
+    assert "no quantized Linear layer" in capsys.readouterr().err
+    assert main(["bench", os.fspath(tmp_path / "missing.safetensors")]) == 1
+
+
+def test_parse_shape_and_run_bench_api():
+    assert parse_shape(" 4096 x 11008 ") == (4096, 11008)
+    rows = run_bench([BenchCase(8, 4, "int8")], batches=[1], repeats=1, warmup=0)
+    assert len(rows) == 1 and rows[0]["shape"] == [8, 4]
+    with pytest.raises(ValueError, match="repeats"):
+        run_bench([BenchCase(8, 4, "int8")], repeats=0)
