@@ -481,3 +481,26 @@ THREADS_AT_ONCE = RUN_ON_TEAM + HEAVY_LAYER + textwrap.dedent("""
 
 def test_python_threads_at_once_with_the_team():
     _run_script(THREADS_AT_ONCE)
+
+
+# torch on another OpenMP runtime (Intel's libiomp5 or LLVM's libomp also export GOMP_parallel):
+# simulated by torch's libgomp under the file name libiomp5.so, loaded first into the global scope
+# (torch's libraries then bind to it: same soname).  Not libgomp: the pool alone, the same bits.
+OTHER_OPENMP = textwrap.dedent("""
+    import ctypes, os, shutil, sys, sysconfig
+    shutil.copy(os.path.join(sysconfig.get_paths()["purelib"], "torch", "lib", "libgomp.so.1"), sys.argv[1])
+    ctypes.CDLL(sys.argv[1], mode=os.RTLD_GLOBAL)
+    from mono_quant import _C
+""") + HEAVY_LAYER + textwrap.dedent("""
+    assert not any(line.rstrip().endswith("/libgomp.so.1") for line in open("/proc/self/maps"))
+    torch.set_num_threads(2)
+    expected = expected_on_pool()
+    assert all(torch.equal(forward(), expected) for _ in range(10))
+    assert _C.linear_kernels()["omp_team_calls"] == 0
+""")
+
+
+def test_no_team_on_another_openmp_runtime(tmp_path):
+    if not os.path.exists(os.path.join(os.path.dirname(torch.__file__), "lib", "libgomp.so.1")):
+        pytest.skip("this torch has no libgomp of its own")
+    _run_script(OTHER_OPENMP, str(tmp_path / "libiomp5.so"))
