@@ -9,9 +9,12 @@
  * shared counter, so a late worker holds little).
  *
  *  - Never loads or links libgomp: only a libgomp that is already in the
- *    process (torch's) is used, found through dl_iterate_phdr and opened
- *    with RTLD_NOLOAD.  GOMP_parallel is libgomp's documented entry for
- *    "#pragma omp parallel" (its ABI since GCC 4.9).
+ *    process (torch's) is used, opened with RTLD_NOLOAD: the one the global
+ *    scope gives GOMP_parallel (torch loads its libgomp there, and its own
+ *    calls bind to it), not the first of several (another package's vendored
+ *    libgomp, loaded first, is a second team with its own thread count).
+ *    GOMP_parallel is libgomp's documented entry for "#pragma omp parallel"
+ *    (its ABI since GCC 4.9).
  *  - fork(): a libgomp team cannot be used in a child (its next region waits
  *    for workers that do not exist there; torch's own ops hang too).  Before
  *    a fork the forking thread's team is released with
@@ -32,16 +35,16 @@
 #define OMP_PAUSE_HARD 2 /* omp_pause_resource_t's omp_pause_hard (OpenMP 5.0) */
 
 typedef void (*gomp_parallel_fn)(void (*fn)(void *), void *data, unsigned num_threads, unsigned flags);
-typedef int (*omp_in_parallel_fn)(void);
+typedef int (*omp_get_level_fn)(void);
 typedef int (*omp_pause_resource_all_fn)(int kind);
 typedef int (*omp_get_max_threads_fn)(void);
 
 static struct {
     gomp_parallel_fn parallel;
-    omp_in_parallel_fn in_parallel;
+    omp_get_level_fn level; /* regions around the caller, active or not: omp_in_parallel says 0 inside a
+                             * region of one thread, where ours would be a nested team (new threads each call) */
     omp_pause_resource_all_fn pause_all;
     omp_get_max_threads_fn max_threads;
-    pthread_t owner; /* the thread that found it: other threads would get (and start) a team of their own */
     atomic_int pid;  /* the process that found libgomp; 0: none found */
 } team;
 
@@ -51,18 +54,40 @@ static struct {
 static atomic_int forked_child;
 static int home_pid;
 
-/* dl_iterate_phdr callback: the path of the first loaded object named libgomp*.so* */
-static int find_libgomp(struct dl_phdr_info *info, size_t size, void *out) {
+/* Set in the thread that found the team: other threads would get (and start) a team of
+ * their own.  Thread-local, not a pthread_t: a thread started after the finder exited
+ * often gets its pthread_t back (glibc reuses the stack), and with it a team of its own. */
+static _Thread_local int found_team_here;
+
+static int is_libgomp(const char *path) {
+    const char *slash = path ? strrchr(path, '/') : NULL, *base = slash ? slash + 1 : path;
+    return base && strncmp(base, "libgomp", 7) == 0 && strstr(base, ".so");
+}
+
+/* dl_iterate_phdr callback: counts the loaded objects named libgomp*.so*, keeping the last path */
+static int count_libgomps(struct dl_phdr_info *info, size_t size, void *out) {
     (void)size;
-    const char *path = info->dlpi_name, *slash = path ? strrchr(path, '/') : NULL;
-    const char *base = slash ? slash + 1 : path;
-    if (!base || strncmp(base, "libgomp", 7) != 0 || !strstr(base, ".so")) return 0;
-    *(const char **)out = path;
-    return 1;
+    if (!is_libgomp(info->dlpi_name)) return 0;
+    struct { const char *path; int count; } *found = out;
+    found->path = info->dlpi_name;
+    found->count++;
+    return 0;
+}
+
+/* The path of torch's libgomp: the object the global scope resolves GOMP_parallel to (what
+ * torch's calls bind to; an Intel or LLVM OpenMP exporting the same name is not libgomp),
+ * else the only libgomp loaded; NULL if none or several. */
+static const char *torch_libgomp(void) {
+    Dl_info info;
+    void *sym = dlsym(RTLD_DEFAULT, "GOMP_parallel");
+    if (sym) return dladdr(sym, &info) && is_libgomp(info.dli_fname) ? info.dli_fname : NULL;
+    struct { const char *path; int count; } found = {NULL, 0};
+    dl_iterate_phdr(count_libgomps, &found);
+    return found.count == 1 ? found.path : NULL;
 }
 
 static void release_team_before_fork(void) {
-    if (atomic_load(&team.pid) == getpid() && !team.in_parallel()) team.pause_all(OMP_PAUSE_HARD);
+    if (atomic_load(&team.pid) == getpid() && team.level() == 0) team.pause_all(OMP_PAUSE_HARD);
 }
 
 static void forget_team_in_child(void) {
@@ -78,19 +103,18 @@ void mq_omp_team_watch_forks(void) {
 }
 
 static void find_team(void) {
-    const char *path = NULL;
-    dl_iterate_phdr(find_libgomp, &path);
+    const char *path = torch_libgomp();
     void *lib = path ? dlopen(path, RTLD_LAZY | RTLD_LOCAL | RTLD_NOLOAD) : NULL;
     if (!lib) return;
     team.parallel = (gomp_parallel_fn)dlsym(lib, "GOMP_parallel");
-    team.in_parallel = (omp_in_parallel_fn)dlsym(lib, "omp_in_parallel");
+    team.level = (omp_get_level_fn)dlsym(lib, "omp_get_level");
     team.pause_all = (omp_pause_resource_all_fn)dlsym(lib, "omp_pause_resource_all");
     team.max_threads = (omp_get_max_threads_fn)dlsym(lib, "omp_get_max_threads");
     /* Without the pause, a team we started could hang a forked child: then not at all. */
-    if (!team.parallel || !team.in_parallel || !team.pause_all || !team.max_threads) return; /* lib stays open */
+    if (!team.parallel || !team.level || !team.pause_all || !team.max_threads) return; /* lib stays open */
     /* the fork handlers come from mq_omp_team_watch_forks, registered at import: without them, no team */
     if (atomic_load(&forked_child) || home_pid != getpid()) return;
-    team.owner = pthread_self();
+    found_team_here = 1;
     atomic_store(&team.pid, getpid());
 }
 
@@ -100,8 +124,8 @@ int mq_omp_team_usable(int threads) {
     const int pid = atomic_load(&team.pid);
     /* Only the team's own size: a region of fewer threads makes libgomp end the
      * extra workers, and torch's next op then waits for new ones to start. */
-    return pid != 0 && pid == getpid() && !atomic_load(&forked_child) && pthread_equal(pthread_self(), team.owner) &&
-           !team.in_parallel() && team.max_threads() == threads;
+    return pid != 0 && pid == getpid() && !atomic_load(&forked_child) && found_team_here && team.level() == 0 &&
+           team.max_threads() == threads;
 }
 
 void mq_omp_team_run(void (*body)(void *), void *data, int threads) { team.parallel(body, data, (unsigned)threads, 0); }

@@ -9,7 +9,7 @@ void mq_omp_team_watch_forks(void);
 
 /* 1 when this thread may start an OpenMP region of `threads` threads on the
  * libgomp that torch already loaded: found, in the process that imported us
- * (never a forked child), by this thread, not inside an OpenMP region, and
+ * (never a forked child), by this thread, inside no OpenMP region (not even one of one thread), and
  * `threads` is the team's size (so libgomp neither ends nor starts workers). */
 int mq_omp_team_usable(int threads);
 

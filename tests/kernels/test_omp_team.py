@@ -199,3 +199,308 @@ def test_fork_before_any_team_job():
         pytest.fail("the forking script hung")
     assert proc.returncode == 0, f"exit {proc.returncode}\n{proc.stdout}\n{proc.stderr}"
 
+
+
+def _run_script(code, *args, env_extra=None, timeout=240):
+    """Runs `code` with `python -c` (omp-team, torch's default wait policy); fails on a hang or a non-zero exit."""
+    env = dict(os.environ, MONO_QUANT_THREADS="omp-team", OMP_NUM_THREADS="2")
+    env.pop("OMP_WAIT_POLICY", None)
+    env.update(env_extra or {})
+    try:
+        proc = subprocess.run([sys.executable, "-c", code, *args], env=env, capture_output=True, text=True,
+                              timeout=timeout)
+    except subprocess.TimeoutExpired:
+        pytest.fail("the script hung")
+    assert proc.returncode == 0, f"exit {proc.returncode}\n{proc.stdout}\n{proc.stderr}"
+    return proc.stdout
+
+
+# A heavy layer, its pool result, and the process's thread ids (torch's team, our helpers).
+HEAVY_LAYER = textwrap.dedent("""
+    import os
+    import torch
+    from torch import nn
+    import mono_quant as mq
+
+    torch.manual_seed(0)
+    layer = mq.quantize(nn.Linear(1024, 1024)).model
+    x = torch.randn(512, 1024)  # a job of a few ms on one thread: offered to the team
+    big = torch.randn(4_000_000)
+
+    def forward():
+        with torch.no_grad():
+            return layer(x)
+
+    def expected_on_pool():
+        previous = _C.set_threading_backend("pool")
+        try:
+            return forward()
+        finally:
+            _C.set_threading_backend(previous)
+
+    def thread_ids():
+        '''The process's threads once none has started or ended for 0.1 s (workers that
+        libgomp let go when a team shrank end on their own time).'''
+        import time
+        ids, end = set(os.listdir("/proc/self/task")), time.monotonic() + 5.0
+        while time.monotonic() < end:
+            time.sleep(0.1)
+            now = set(os.listdir("/proc/self/task"))
+            if now == ids:
+                break
+            ids = now
+        return ids
+""")
+
+
+# The thread that found the team is the only one that may use it.  A thread started after it
+# exited often gets its pthread_t back (glibc reuses the stack): it must not take the team as
+# its own (it would start a second OpenMP team).  The finder here is a thread started before
+# the package was imported, so its thread-local state comes to it after the fact.
+FINDER_EXITS = textwrap.dedent("""
+    import threading, time
+    go, done = threading.Event(), threading.Event()
+    results = {}
+    def finder():
+        go.wait()
+        results["finder"] = threading.get_ident()
+        results["team"] = torch.equal(run_on_team(forward), expected)
+        done.set()
+    early = threading.Thread(target=finder)
+    early.start()  # before mono_quant is imported
+""") + RUN_ON_TEAM + HEAVY_LAYER + textwrap.dedent("""
+    torch.set_num_threads(2)
+    expected = expected_on_pool()
+    go.set(); done.wait(); early.join()
+    assert results["team"]
+    time.sleep(0.1)  # the finder's stack back in glibc's cache
+    before, reused = _C.linear_kernels()["omp_team_calls"], 0
+    def later():
+        global reused
+        reused += threading.get_ident() == results["finder"]
+        for _ in range(10):
+            assert torch.equal(forward(), expected)
+    for _ in range(6):
+        t = threading.Thread(target=later)
+        t.start(); t.join(); time.sleep(0.05)
+    for _ in range(10):  # nor the main thread: it did not find the team
+        assert torch.equal(forward(), expected)
+    assert _C.linear_kernels()["omp_team_calls"] == before, "a thread that did not find the team used it"
+    print("reused", reused)
+""")
+
+
+def test_only_the_finder_thread_runs_on_the_team():
+    _run_script(FINDER_EXITS)
+
+
+# Another package's vendored libgomp (scikit-learn, xgboost and lightgbm wheels ship one under
+# their own soname), loaded before torch: the team must be torch's, not a second team of
+# that libgomp's (which starts threads of its own and reads its own thread count).
+OTHER_LIBGOMP_FIRST = textwrap.dedent("""
+    import ctypes, os, sys, sysconfig
+    src = os.path.join(sysconfig.get_paths()["purelib"], "torch", "lib", "libgomp.so.1")
+    data = open(src, "rb").read()
+    assert data.count(b"libgomp.so.1\\0") == 1
+    with open(sys.argv[1], "wb") as f:  # the same code under another soname, as auditwheel renames it
+        f.write(data.replace(b"libgomp.so.1\\0", b"libgomp.so.9\\0"))
+    other = ctypes.CDLL(sys.argv[1], mode=os.RTLD_LOCAL)
+    from mono_quant import _C
+""") + RUN_ON_TEAM + HEAVY_LAYER + textwrap.dedent("""
+    for threads in (2, 3):  # 3: more than this host's cores, the other libgomp's default
+        torch.set_num_threads(threads)
+        expected = expected_on_pool()
+        big.add_(1.0)
+        before = thread_ids()
+        assert torch.equal(run_on_team(forward), expected)
+        big.add_(1.0)
+        assert thread_ids() == before, f"{threads} threads: new threads {thread_ids() - before}"
+""")
+
+
+def test_the_team_is_torchs_when_another_libgomp_was_loaded_first(tmp_path):
+    if not os.path.exists(os.path.join(os.path.dirname(torch.__file__), "lib", "libgomp.so.1")):
+        pytest.skip("this torch has no libgomp of its own")
+    _run_script(OTHER_LIBGOMP_FIRST, str(tmp_path / "libgomp-vendored.so.1"))
+
+
+# Our kernels called from inside an OpenMP region of torch's libgomp (a ctypes GOMP_parallel,
+# as a C extension's "#pragma omp parallel" would): never a nested team (libgomp starts new
+# threads for each nested region), also in a region of one thread, where omp_in_parallel()
+# says 0; the same bits; the team still ours after the region.
+INSIDE_REGION = RUN_ON_TEAM + textwrap.dedent("""
+    import ctypes, sys, threading
+    from mono_quant import _C
+""") + HEAVY_LAYER + textwrap.dedent("""
+    torch.set_num_threads(2)
+    expected = expected_on_pool()
+    run_on_team(forward)
+    path = next(line.split()[-1] for line in open("/proc/self/maps") if "/libgomp" in line)
+    gomp = ctypes.CDLL(path, mode=os.RTLD_NOLOAD)
+    seen, lock = [], threading.Lock()
+    @ctypes.CFUNCTYPE(None, ctypes.c_void_p)
+    def body(_):
+        same = all(torch.equal(forward(), expected) for _ in range(int(sys.argv[2])))
+        with lock:
+            seen.append((gomp.omp_get_level(), same))
+    before = _C.linear_kernels()["omp_team_calls"]
+    region = int(sys.argv[1])
+    gomp.GOMP_parallel(body, None, region, 0)
+    assert sorted(seen) == [(1, True)] * region, seen
+    assert _C.linear_kernels()["omp_team_calls"] == before, "a job ran on a team nested in a region"
+    assert torch.equal(run_on_team(forward), expected)
+""")
+
+
+@pytest.mark.parametrize("region_threads,calls", [(1, 60), (2, 10)], ids=["one-thread-region", "two-thread-region"])
+def test_called_inside_an_openmp_region(region_threads, calls):
+    _run_script(INSIDE_REGION, str(region_threads), str(calls))
+
+
+# torch.set_num_threads between calls, up and down and to 1: every count's jobs run on the
+# team at that count (libgomp's team is resized by torch's regions and ours alike), give the
+# pool's bits, and ours never end or start torch's workers: after a team job the threads are
+# those torch's own op left.
+THREAD_COUNTS = RUN_ON_TEAM + HEAVY_LAYER + textwrap.dedent("""
+    from mono_quant import _C
+    for threads in (2, 3, 1, 2, 4, 2):
+        torch.set_num_threads(threads)
+        expected = expected_on_pool()
+        big.add_(1.0)
+        if threads == 1:
+            before = _C.linear_kernels()["omp_team_calls"]
+            assert all(torch.equal(forward(), expected) for _ in range(5))
+            assert _C.linear_kernels()["omp_team_calls"] == before
+            continue
+        assert torch.equal(run_on_team(forward), expected)
+        big.add_(1.0)
+        ids = thread_ids()
+        assert torch.equal(run_on_team(forward), expected)
+        assert thread_ids() == ids, (threads, thread_ids() ^ ids)
+        big.add_(1.0)
+        assert thread_ids() == ids, (threads, thread_ids() ^ ids)
+""")
+
+
+def test_thread_count_changed_between_calls():
+    _run_script(THREAD_COUNTS)
+
+
+# libgomp's settings: the bits of the pool whatever they are, and a forked child still runs
+# torch's parallel ops and ours.  OMP_NUM_THREADS=1 with torch.set_num_threads(2) after it;
+# a thread limit of 1 or OMP_DYNAMIC give regions smaller than asked for (the caller then
+# takes every piece).
+OMP_SETTINGS = RUN_ON_TEAM + WAIT_FOR_CHILD + HEAVY_LAYER + textwrap.dedent("""
+    from mono_quant import _C
+    torch.set_num_threads(2)
+    expected = expected_on_pool()
+    assert torch.equal(run_on_team(forward), expected)  # (without a team job, torch's own op hangs a child)
+    for _ in range(10):
+        assert torch.equal(forward(), expected)
+    big.add_(1.0)
+    pid = os.fork()
+    if pid == 0:
+        try:
+            big.add_(1.0)
+            os._exit(0 if all(torch.equal(forward(), expected) for _ in range(3)) else 3)
+        except BaseException:
+            os._exit(4)
+    sys.exit(os.waitstatus_to_exitcode(wait_for_child(pid, 60.0)))
+""")
+
+
+@pytest.mark.parametrize("setting", ["OMP_NUM_THREADS=1", "OMP_WAIT_POLICY=PASSIVE", "OMP_WAIT_POLICY=ACTIVE",
+                                     "OMP_DYNAMIC=true", "OMP_THREAD_LIMIT=1", "GOMP_SPINCOUNT=0"])
+def test_openmp_environment_settings(setting):
+    name, value = setting.split("=")
+    _run_script(OMP_SETTINGS, env_extra={name: value})
+
+
+# fork() while the finder thread runs team jobs in a loop, several times, and a fork of the
+# child: our kernels run in every process (the grandchild's torch ops are not checked: after
+# torch's own parallel op in the child, libgomp's team hangs a grandchild without us too).
+FORK_DURING_TEAM_JOBS = RUN_ON_TEAM + WAIT_FOR_CHILD + textwrap.dedent("""
+    import threading
+    import numpy as np
+    from mono_quant import _C
+""") + HEAVY_LAYER + textwrap.dedent("""
+    torch.set_num_threads(2)
+    expected = expected_on_pool()
+    stop, found, same = threading.Event(), threading.Event(), []
+    def finder():
+        run_on_team(forward)
+        found.set()
+        while not stop.is_set():
+            same.append(torch.equal(forward(), expected))
+    worker = threading.Thread(target=finder)
+    worker.start()
+    found.wait()
+    big.add_(1.0)  # the forking thread's own team too
+    def ours_match():
+        return all(np.array_equal(forward().numpy(), expected.numpy()) for _ in range(3))
+    for _ in range(4):
+        pid = os.fork()
+        if pid == 0:
+            try:
+                big.add_(1.0)
+                ok = ours_match()
+                grandchild = os.fork()
+                if grandchild == 0:
+                    os._exit(0 if ours_match() else 3)
+                ok = ok and os.waitstatus_to_exitcode(wait_for_child(grandchild, 60.0)) == 0
+                os._exit(0 if ok else 3)
+            except BaseException:
+                os._exit(4)
+        assert os.waitstatus_to_exitcode(wait_for_child(pid, 90.0)) == 0
+    stop.set()
+    worker.join()
+    assert same and all(same)
+""")
+
+
+def test_fork_while_another_thread_runs_team_jobs():
+    _run_script(FORK_DURING_TEAM_JOBS, timeout=400)
+
+
+# Python threads calling at once, with the finder among them: callers that find the pool or
+# the team in use run alone; every result exact.
+THREADS_AT_ONCE = RUN_ON_TEAM + HEAVY_LAYER + textwrap.dedent("""
+    from concurrent.futures import ThreadPoolExecutor
+    from mono_quant import _C
+    torch.set_num_threads(2)
+    expected = expected_on_pool()
+    run_on_team(forward)
+    def calls(_):
+        return all(torch.equal(forward(), expected) for _ in range(8))
+    with ThreadPoolExecutor(4) as executor:
+        futures = [executor.submit(calls, i) for i in range(8)]
+        assert calls(0)  # the finder, at the same time
+        assert all(f.result(timeout=200) for f in futures)
+""")
+
+
+def test_python_threads_at_once_with_the_team():
+    _run_script(THREADS_AT_ONCE)
+
+
+# torch on another OpenMP runtime (Intel's libiomp5 or LLVM's libomp also export GOMP_parallel):
+# simulated by torch's libgomp under the file name libiomp5.so, loaded first into the global scope
+# (torch's libraries then bind to it: same soname).  Not libgomp: the pool alone, the same bits.
+OTHER_OPENMP = textwrap.dedent("""
+    import ctypes, os, shutil, sys, sysconfig
+    shutil.copy(os.path.join(sysconfig.get_paths()["purelib"], "torch", "lib", "libgomp.so.1"), sys.argv[1])
+    ctypes.CDLL(sys.argv[1], mode=os.RTLD_GLOBAL)
+    from mono_quant import _C
+""") + HEAVY_LAYER + textwrap.dedent("""
+    assert not any(line.rstrip().endswith("/libgomp.so.1") for line in open("/proc/self/maps"))
+    torch.set_num_threads(2)
+    expected = expected_on_pool()
+    assert all(torch.equal(forward(), expected) for _ in range(10))
+    assert _C.linear_kernels()["omp_team_calls"] == 0
+""")
+
+
+def test_no_team_on_another_openmp_runtime(tmp_path):
+    if not os.path.exists(os.path.join(os.path.dirname(torch.__file__), "lib", "libgomp.so.1")):
+        pytest.skip("this torch has no libgomp of its own")
+    _run_script(OTHER_OPENMP, str(tmp_path / "libiomp5.so"))

@@ -6,6 +6,7 @@ import subprocess
 import sys
 import textwrap
 import threading
+import warnings
 
 import pytest
 import torch
@@ -153,3 +154,157 @@ def test_pool_shared_by_several_python_threads(backend_and_threads):
     for t in callers:
         t.join()
     assert not errors
+
+
+def _kernel_families():
+    """One call per kernel family that splits work with mq_parallel_for (parallel.c), each big
+    enough to split (and, for some, to be offered to torch's team: 1 ms of one thread or more),
+    as (name, call returning a list of tensors)."""
+    torch.manual_seed(1)
+    w = torch.randn(3000, 1000)
+    lin = nn.Linear(1000, 1500)
+    conv = nn.Conv2d(256, 256, 3, padding=1)
+    half_conv = mq.quantize(nn.Sequential(conv), dtype="fp16").model  # 196 rows x K 2304: its C route
+    fp16 = mq.quantize(nn.Sequential(lin), dtype="fp16").model
+    bf16 = mq.quantize(nn.Sequential(lin), dtype="bf16").model
+    static = nn.Sequential(nn.Conv2d(16, 32, 3, padding=1), nn.ReLU(), nn.Conv2d(32, 32, 3, padding=1)).eval()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        static = mq.quantize(static, "int8", activations="static", calibration=torch.randn(8, 16, 32, 32)).model
+    x, image, small = torch.randn(200, 1000), torch.randn(1, 256, 14, 14), torch.randn(4, 16, 32, 32)
+
+    def weight(dtype, **kw):
+        q = mq.quantize_weight(w, dtype, **kw)
+        return [q.qdata, q.scale, q.zero_point, q.dequantize()]
+
+    return [
+        ("rows int8", lambda: weight("int8")),
+        ("rows int4", lambda: weight("int4", group_size=128)),
+        ("int8 quantize+pack", lambda: list(mq.quantize(lin).model.state_dict().values())),
+        ("fp16 linear", lambda: [fp16(x)]),
+        ("bf16 linear", lambda: [bf16(x)]),
+        ("fp16 conv", lambda: [half_conv(image)]),
+        ("static int8", lambda: [static(small)]),
+    ]
+
+
+def test_same_bits_for_every_kernel_family_backend_and_thread_count(backend_and_threads):
+    families = _kernel_families()
+    _C.set_threading_backend("pool")
+    torch.set_num_threads(1)
+    with torch.no_grad():
+        expected = {name: call() for name, call in families}
+        team_calls = _C.linear_kernels()["omp_team_calls"]
+        for backend in THREADING_BACKENDS:
+            _C.set_threading_backend(backend)
+            for threads in (2, 3):
+                torch.set_num_threads(threads)
+                for name, call in families:
+                    for _ in range(3):  # a job is offered to the team after one like it took 1 ms
+                        got = call()
+                        assert all(torch.equal(a, b) for a, b in zip(got, expected[name], strict=True)), \
+                            (name, backend, threads)
+    if _C.linear_kernels()["omp_team_calls"] == team_calls and any("libgomp" in line for line in
+                                                                   open("/proc/self/maps")):
+        pytest.fail("no job ran on torch's team: the omp-team backend was not exercised")
+
+
+# DataLoader workers doing quantized forwards, for each start method: a forked worker
+# inherits a process whose kernels ran on torch's team (it runs on our pool, at torch's
+# 1 thread or at 2 set in worker_init_fn); a spawned one starts afresh.
+DATALOADER_SCRIPT = textwrap.dedent("""
+    import sys
+    import torch
+    from torch import nn
+    from torch.utils.data import DataLoader, Dataset
+    import mono_quant as mq
+
+    torch.manual_seed(0)
+    layer = mq.quantize(nn.Linear(1024, 1024)).model
+    x = torch.randn(512, 1024)
+
+
+    class Forwards(Dataset):
+        def __init__(self, expected):
+            self.expected = expected
+
+        def __len__(self):
+            return 6
+
+        def __getitem__(self, i):
+            with torch.no_grad():
+                return torch.tensor(torch.equal(layer(x), self.expected))
+
+
+    def two_threads(worker_id):
+        if worker_id == 0:
+            torch.set_num_threads(2)
+
+
+    if __name__ == "__main__":
+        torch.set_num_threads(2)
+        with torch.no_grad():
+            expected = layer(x)
+            for _ in range(10):
+                layer(x)
+        loader = DataLoader(Forwards(expected), batch_size=1, num_workers=2, multiprocessing_context=sys.argv[1],
+                            worker_init_fn=two_threads, timeout=120)
+        assert all(bool(b) for b in loader)
+        with torch.no_grad():
+            assert torch.equal(layer(x), expected)
+""")
+
+
+@pytest.mark.parametrize("method", ["fork", "spawn", "forkserver"])
+def test_dataloader_workers_run_quantized_forwards(tmp_path, method):
+    script = tmp_path / "loader.py"
+    script.write_text(DATALOADER_SCRIPT)
+    env = dict(os.environ, MONO_QUANT_THREADS="omp-team", OMP_NUM_THREADS="2")
+    try:
+        proc = subprocess.run([sys.executable, str(script), method], env=env, capture_output=True, text=True,
+                              timeout=300, cwd=tmp_path)
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"{method}: the DataLoader hung")
+    assert proc.returncode == 0, f"{method}: exit {proc.returncode}\n{proc.stdout}\n{proc.stderr}"
+
+
+# The interpreter exits while daemon threads are inside our kernels (GIL released, helpers or
+# torch's team at work) and an atexit function calls one: a clean exit.  Only our kernels are
+# called on numpy arrays: daemon threads inside torch's own ops abort torch at exit (its
+# static destructors; "terminate called without an active exception") with or without us.
+SHUTDOWN_SCRIPT = textwrap.dedent("""
+    import atexit, threading, time
+    import numpy as np
+    import torch
+    from mono_quant import _C
+
+    torch.set_num_threads(2)
+    x = np.random.default_rng(0).standard_normal((8192, 1024)).astype(np.float32)
+    expected = _C.rows_minmax(x, nthreads=1)
+
+    def loop():
+        while True:
+            _C.rows_minmax(x, nthreads=2)
+
+    def at_exit():
+        got = _C.rows_minmax(x, nthreads=2)
+        print("atexit", all(np.array_equal(a, b) for a, b in zip(got, expected)), flush=True)
+
+    atexit.register(at_exit)
+    for _ in range(2):
+        threading.Thread(target=loop, daemon=True).start()
+    time.sleep(0.3)
+""")
+
+
+@pytest.mark.parametrize("backend", THREADING_BACKENDS)
+def test_interpreter_exit_with_daemon_threads_in_kernels(backend):
+    env = dict(os.environ, MONO_QUANT_THREADS=backend, OMP_NUM_THREADS="2")
+    for _ in range(2):
+        try:
+            proc = subprocess.run([sys.executable, "-c", SHUTDOWN_SCRIPT], env=env, capture_output=True, text=True,
+                                  timeout=120)
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"{backend}: the interpreter hung at exit")
+        assert proc.returncode == 0 and "atexit True" in proc.stdout, \
+            f"{backend}: exit {proc.returncode}\n{proc.stdout}\n{proc.stderr}"
