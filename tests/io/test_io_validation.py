@@ -247,6 +247,9 @@ MODEL_EDITS = {
     "conv-groups-zero": ("conv", lambda l: l["init_kwargs"].update(groups=0), "groups"),
     "conv-stride-zero": ("conv", lambda l: l["init_kwargs"].update(stride=[0, 1]), "stride"),
     "embed-padding-idx": ("embed", lambda l: l["init_kwargs"].update(padding_idx=10), "padding_idx"),
+    "linear-unknown-kwarg": ("fc", lambda l: l["init_kwargs"].update(bogus=1), "unknown init_kwargs key 'bogus'"),
+    "conv-unknown-kwarg": ("conv", lambda l: l["init_kwargs"].update(in_channel=3), "unknown init_kwargs key"),
+    "embed-unknown-kwarg": ("embed", lambda l: l["init_kwargs"].update(sparse2=True), "unknown init_kwargs key"),
     # top-level layer fields against attrs and buffers
     "dtype-disagrees": ("fc", lambda l: l.update(dtype="uint8"), "dtype"),
     "scheme-disagrees": ("fc", lambda l: l.update(scheme="asymmetric"), "scheme|symmetric"),

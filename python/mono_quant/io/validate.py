@@ -11,6 +11,8 @@ The packed int8 buffers have their own, deeper check (``packing.check_packed_int
 """
 from __future__ import annotations
 
+import functools
+import inspect
 from typing import Any, Callable, Dict, Mapping, Optional
 
 import torch
@@ -121,6 +123,9 @@ def _check_model_fields(layer: Mapping[str, Any], fmt: WeightFormat) -> bool:
     kwargs, attrs = layer["init_kwargs"], layer["attrs"]
     need(kwargs.get("weight_format") == fmt.name,
           f"init_kwargs weight_format {kwargs.get('weight_format')!r} disagrees with dtype {fmt.name!r}")
+    unknown_kwargs = _unknown_init_kwargs(cls, kwargs)
+    need(not unknown_kwargs, lambda: f"unknown init_kwargs key {unknown_kwargs[0]!r} for {cls.__name__} "
+                                     f"(it takes {', '.join(_init_parameters(cls))})")
     check_kwargs = _KWARGS.get(cls.__name__)
     if check_kwargs is not None:
         shape = list(check_kwargs(kwargs))
@@ -151,6 +156,21 @@ def _check_model_fields(layer: Mapping[str, Any], fmt: WeightFormat) -> bool:
     if "_reversed_padding_repeated_twice" in attrs:
         _check_conv_padding(attrs["_reversed_padding_repeated_twice"], kwargs)
     return cls.__name__ not in _KWARGS
+
+
+@functools.lru_cache(maxsize=None)
+def _init_parameters(cls) -> tuple:
+    """The keyword names cls(...) takes; None when it takes **kwargs (anything goes)."""
+    params = inspect.signature(cls.__init__).parameters.values()
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params):
+        return None
+    return tuple(p.name for p in params if p.name != "self" and p.kind is not inspect.Parameter.VAR_POSITIONAL)
+
+
+def _unknown_init_kwargs(cls, kwargs: Mapping) -> list:
+    """A key the constructor doesn't take would fail only at the first forward, blaming the model."""
+    known = _init_parameters(cls)
+    return [] if known is None else sorted(k for k in kwargs if k not in known)
 
 
 # a manifest kind -> the checks of a layer's own fields, returning whether the layer's module is
