@@ -259,8 +259,10 @@ typedef struct {
     int64_t n, piece_items;
     int pieces;
     atomic_int next;        /* the next piece: every thread of the team takes from it */
-    int64_t caller_done_ns; /* the caller's, when it found no piece left */
-    int64_t caller_longest_ns;
+    int64_t caller_start_ns;   /* when the caller's region began: libgomp's start waits at the dock
+                                * for every worker, so a descheduled one delays it */
+    int64_t caller_done_ns;    /* the caller's, when it found no piece left */
+    int64_t caller_longest_ns; /* the caller's slowest piece */
 } team_job;
 
 static _Thread_local int team_caller; /* set around the caller's GOMP region */
@@ -270,6 +272,7 @@ static void team_body(void *arg) {
     team_job *job = arg;
     const int caller = team_caller;
     int64_t longest = 0;
+    if (caller) job->caller_start_ns = now_ns();
     for (int p; (p = atomic_fetch_add_explicit(&job->next, 1, memory_order_relaxed)) < job->pieces;) {
         const int64_t begin = (int64_t)p * job->piece_items;
         const int64_t end = begin + job->piece_items < job->n ? begin + job->piece_items : job->n;
@@ -312,11 +315,13 @@ static int team_wanted(mq_range_fn fn, int64_t n, int threads) {
 }
 
 static void run_on_team(int64_t n, int64_t piece_items, int pieces, int threads, mq_range_fn fn, void *ctx) {
-    team_job job = {fn, ctx, n, piece_items, pieces, 0, 0, 0};
+    team_job job = {fn, ctx, n, piece_items, pieces, 0, 0, 0, 0};
     team_caller = 1;
+    const int64_t begin = now_ns();
     mq_omp_team_run(team_body, &job, threads);
     team_caller = 0;
-    const int64_t end = now_ns(), waited = end - job.caller_done_ns;
+    /* waited: for the region to start (workers not yet docked) and, past its own last piece, for the others */
+    const int64_t end = now_ns(), waited = (job.caller_start_ns - begin) + (end - job.caller_done_ns);
     atomic_fetch_add_explicit(&team_calls, 1, memory_order_relaxed);
     remember_work(fn, n, job.caller_longest_ns, pieces);
     int64_t pause = atomic_load_explicit(&team_pause_ns, memory_order_relaxed);
