@@ -162,12 +162,12 @@ def run_case(name, threads, ort_mode, budget_s, profile_calls):
                     dynamic_conv.set_direct(previous)
                 pass_stats = {key: summary(samples) for key, samples in times.items()}
                 base = pass_stats["fp32"]["median_us"]
-                for s_ in pass_stats.values():
-                    s_["ratio_vs_fp32"] = s_["median_us"] / base
+                for entry in pass_stats.values():
+                    entry["ratio_vs_fp32"] = entry["median_us"] / base
                 stats[label] = pass_stats.pop(label)
-                stats.update({(key if route == "direct" else f"{key} (im2col pass)"): v for key, v in pass_stats.items()})
-            row = {"case": name, "threads": n, "ort": ort_mode, "repeats": repeats,
-                   "contenders": stats}
+                suffix = "" if route == "direct" else " (im2col pass)"
+                stats.update({key + suffix: entry for key, entry in pass_stats.items()})
+            row = {"case": name, "threads": n, "ort": ort_mode, "repeats": repeats, "contenders": stats}
             print_row(row)
             if profile_calls:
                 row["profile"] = {"direct": profile_layers(qmodel, x, profile_calls)}
