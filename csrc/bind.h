@@ -37,6 +37,7 @@ extern PyMethodDef mq_runtime_methods[];  /* bind_runtime.c: ISA level, threads,
 extern PyMethodDef mq_static_methods[];   /* bind_static.c: static int8 (calibrated activations) */
 extern PyMethodDef mq_static_program_methods[]; /* bind_static_program.c: a whole static int8 model */
 extern PyMethodDef mq_stamp_methods[];   /* bind_stamp.c: whether a layer's cached kernel arguments still hold */
+extern PyMethodDef mq_dynamic_conv_methods[]; /* bind_dynamic_conv.c: the dynamic conv's route switch, profile */
 
 /* A keyword entry point py_<name> with its docstring <name>_doc. */
 #define MQ_KW_METHOD(name) \

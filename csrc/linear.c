@@ -9,6 +9,8 @@
 #include <math.h>
 #include <stdlib.h>
 
+#include "conv_dynamic_direct.h"
+#include "conv_profile.h"
 #include "mq.h"
 #include "size_check.h"
 
@@ -403,6 +405,16 @@ int mq_conv2d_dynamic(const void *x, mq_src_t kind, int64_t batch, int64_t chann
                       int64_t groups, const int8_t *packed, const int32_t *w_sum, const float *w_scale,
                       const int32_t *w_zp, int w_has_m128, const float *bias, int64_t n, float *y, int nchw,
                       int reduce_range, int nthreads) {
+    const int64_t profile_t0 = mq_conv_profile_start();
+    /* the direct conv kernel, one region per call, where it applies (conv_dynamic_direct.c) */
+    const int taken = mq_conv2d_dynamic_direct(x, kind, batch, channels, height, width, kh, kw, sh, sw, ph, pw, dh,
+                                               dw, groups, packed, w_sum, w_scale, w_zp, bias, n, y, nchw,
+                                               reduce_range, nthreads);
+    mq_conv_profile_count_call(taken != 0);
+    if (taken) {
+        mq_conv_profile_stop(MQ_CONV_WALL_TOTAL, profile_t0);
+        return taken < 0 ? -1 : 0;
+    }
     const mq_kernels *kt = mq_active();
     const int u7 = reduce_range && kt->qgemm_u7; /* as mq_linear_dynamic */
     const mq_x_encoding_t enc = u7 ? MQ_X_U7 : kt->qgemm_x_u8 ? MQ_X_INT8_PLUS_128 : MQ_X_INT8;
@@ -431,7 +443,9 @@ int mq_conv2d_dynamic(const void *x, mq_src_t kind, int64_t batch, int64_t chann
     if (!scratch || !xq || !image_scale || !rows || !x_scale || (w_zp && !x_sum) || !y_rows) goto done;
     if ((reduce_range && !image_zp) || (u7 && !x_zp)) goto done;
     image_quant_ctx qc = {x, kind, channels, height * width, image_scale, scratch, xq, zero, kt, image_zp, enc};
+    int64_t profile_t = mq_conv_profile_start();
     mq_parallel_for(batch, 1, nthreads, quantize_images, &qc);
+    mq_conv_profile_stop(MQ_CONV_WALL_QUANTIZE, profile_t);
     for (int64_t g = 0; g < groups; g++) {
         im2col_ctx ic = {xq, channels, height, width, kh, kw, sh, sw, ph, pw, dh, dw, out_h, out_w, cg, kp, k,
                          g, image_scale, x_scale, x_sum, zero, rows, u7 ? image_zp : NULL, x_zp};
@@ -450,20 +464,27 @@ int mq_conv2d_dynamic(const void *x, mq_src_t kind, int64_t batch, int64_t chann
                     x_sum[r] = sum;
                 }
         } else {
+            profile_t = mq_conv_profile_start();
             mq_parallel_for(m, (1 << 16) / (kp + 1) + 1, nthreads, im2col_range, &ic);
+            mq_conv_profile_stop(MQ_CONV_WALL_IM2COL, profile_t);
         }
         mq_qgemm_args a = {rows, u7 ? 0 : kt->qgemm_x_u8, x_scale, x_sum, m, kp, n_g, packed + g * np_g * kp,
                            w_sum + g * np_g, w_scale + g * n_g, w_zp ? w_zp + g * n_g : NULL, w_has_m128,
                            bias ? bias + g * n_g : NULL, y_rows + g * n_g, NULL, n, gemv_rows(nthreads), x_zp};
+        profile_t = mq_conv_profile_start();
         run_qgemm(u7 ? kt->qgemm_u7 : kt->qgemm, &a, nthreads);
+        mq_conv_profile_stop(MQ_CONV_WALL_GEMM, profile_t);
     }
     if (nchw) {
         const int64_t pixels = out_h * out_w;
         nhwc_to_nchw_ctx tc = {y_rows, y, pixels, n};
+        profile_t = mq_conv_profile_start();
         mq_parallel_for(batch * ((pixels + 31) / 32), 1 + ((int64_t)1 << 16) / (32 * n), nthreads,
                         nhwc_to_nchw_range, &tc);
+        mq_conv_profile_stop(MQ_CONV_WALL_NCHW, profile_t);
     }
     status = 0;
+    mq_conv_profile_stop(MQ_CONV_WALL_TOTAL, profile_t0);
 done:
     if (nchw) free(y_rows);
     free(scratch);

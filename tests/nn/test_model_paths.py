@@ -9,6 +9,7 @@ import mono_quant as mq
 from mono_quant import _C, int4
 from mono_quant.modules import conv as conv_module
 from mono_quant.formats import packed_linear as packed_linear_module
+from mono_quant.kernels import dynamic_conv
 from mono_quant.modules import linear as linear_module
 from mono_quant.modules.linear import dequantized_packed, kernel_args
 from mono_quant.packing import unpack_int8_rows
@@ -121,8 +122,8 @@ def test_dynamic_conv_in_chunks_is_bit_identical(monkeypatch):
     packed = kernel_args(conv)
     with torch.no_grad():
         whole = conv._packed_conv(x, *packed)
-        for nthreads in (1, 2):
-            previous = torch.get_num_threads()
+        for nthreads, direct in ((1, True), (2, True), (1, False), (2, False)):  # (the direct route never chunks)
+            previous, previous_direct = torch.get_num_threads(), dynamic_conv.set_direct(direct)
             torch.set_num_threads(nthreads)
             try:
                 for chunk in (1, 16 * 5 * 6 * 2):  # one image, then two, per call
@@ -130,13 +131,16 @@ def test_dynamic_conv_in_chunks_is_bit_identical(monkeypatch):
                     assert torch.equal(conv._packed_conv(x, *packed), whole)
             finally:
                 torch.set_num_threads(previous)
+                dynamic_conv.set_direct(previous_direct)
                 monkeypatch.setattr(conv_module, "DYNAMIC_CHUNK_BYTES", 1 << 20)
 
 
 def test_small_dynamic_conv_runs_fp32_on_the_dequantized_weight():
     torch.manual_seed(5)
     first = mq.quantize(nn.Conv2d(3, 16, 3, padding=1)).model  # K = 27 < DYNAMIC_MIN_K
-    deeper = mq.quantize(nn.Conv2d(16, 16, 3, padding=1)).model  # K = 144
+    # K = 144; asymmetric weights: the im2col route's rule (test_dynamic_conv_direct.py has the direct route's)
+    deeper = mq.quantize(nn.Conv2d(16, 16, 3, padding=1), symmetric=False).model
+    assert deeper.weight_zero_point.any()
     x, y = torch.randn(2, 3, 16, 16), torch.randn(2, 16, 16, 16)  # 590k multiply-adds per image
     small = torch.randn(64, 16, 8, 8)  # 147k per image: too few, whatever the batch
     assert not first._packed_pays(x) and deeper._packed_pays(y)

@@ -11,6 +11,8 @@ from ..formats import ACTIVATION_MODES, format_of
 from ..formats import layer_cache
 from ..formats.layer_cache import float_weight, kernel_args_stamped
 from ..formats.packed_linear import conv_kernel_takes, dequantized_packed, packed_linear
+from ..kernels import dynamic_conv
+from ..kernels.dynamic_conv import direct_applies
 from ..kernels.int8 import conv2d_int8_raw
 from ..kernels.stamps import make_stamp, tensors_unchanged
 from ..kernels.layout import INT8_K_GROUP, round_up
@@ -20,13 +22,18 @@ from .input_checks import check_float_input
 from .reduce_range import ReduceRange
 from .registry import QuantizedModule, register_qmodule
 
-__all__ = ["QuantizedConv2d", "DYNAMIC_MIN_K", "DYNAMIC_MIN_MACS_PER_IMAGE", "DYNAMIC_CHUNK_BYTES"]
+__all__ = ["QuantizedConv2d", "DYNAMIC_MIN_K", "DYNAMIC_MIN_MACS_PER_IMAGE", "DIRECT_MIN_MACS_PER_IMAGE",
+           "DYNAMIC_CHUNK_BYTES"]
 
 # Dynamic int8 convs with a reduction (in_channels/groups * kh * kw) shorter than this, or
 # fewer multiply-adds per image, run F.conv2d on the dequantized weight (see
 # QuantizedConv2d._packed_pays).
 DYNAMIC_MIN_K = 64
 DYNAMIC_MIN_MACS_PER_IMAGE = 1 << 18
+# The same rule's floor where the direct conv route takes the layer (kernels.dynamic_conv): no
+# im2col and one C region per call, so far smaller convs beat F.conv2d (bench_dynamic_conv.py:
+# 16->16 channels on 8x8, 147k per image, and 36k-per-image convs ran faster packed).
+DIRECT_MIN_MACS_PER_IMAGE = 1 << 15
 # Bytes of int8 im2col rows per dynamic conv call: larger batches go through in chunks of
 # images (see QuantizedConv2d._dynamic_conv); about what the L2 keeps beside the weight.
 DYNAMIC_CHUNK_BYTES = 1 << 20
@@ -39,8 +46,10 @@ _ROUTES = layer_cache.per_layer_cache()
 # the layer's format, mode, geometry and the size rules of this module (tests change them).
 _ROUTE_SOURCES = tuple((None, name) for name in (
     "weight_format", "activations", "in_channels", "out_channels", "groups", "kernel_size2d", "stride2d",
-    "padding2d", "dilation2d", "padding_mode")) + ((globals(), "DYNAMIC_MIN_K"),
-                                                   (globals(), "DYNAMIC_MIN_MACS_PER_IMAGE"))
+    "padding2d", "dilation2d", "padding_mode", "weight_symmetric")) + ((globals(), "DYNAMIC_MIN_K"),
+                                                   (globals(), "DYNAMIC_MIN_MACS_PER_IMAGE"),
+                                                   (globals(), "DIRECT_MIN_MACS_PER_IMAGE"),
+                                                   (vars(dynamic_conv), "DIRECT_ROUTE"))
 # What the float route's weight and bias are made of: kernel_args' sources but the column sums.
 _FLOAT_SOURCES = tuple(source for source in layer_cache.KERNEL_ARG_SOURCES if source[1] != "weight_colsum")
 
@@ -52,7 +61,9 @@ class QuantizedConv2d(ReduceRange, QuantizedModule):
     An int8 weight is also packed per group for the int8 matmul kernels
     (docs/formats.md); forward then runs im2col (a plain reshape for 1x1,
     stride 1, no padding) into the same dynamic int8 or weight-only matmul as
-    QuantizedLinear.  Depthwise convs (one input channel per group), string
+    QuantizedLinear, or, dynamic with one group and symmetric weights, the
+    direct int8 conv kernel on the same packed weight (no im2col; the same
+    bits, ``kernels.dynamic_conv``).  Depthwise convs (one input channel per group), string
     paddings and inputs the kernels can't take run ``F.conv2d`` on the
     dequantized weight.  int4 weights run ``F.conv2d`` on the dequantized
     weight; fp16 / bf16 ones the C fp16 convs where they win (small outputs, large
@@ -175,7 +186,7 @@ class QuantizedConv2d(ReduceRange, QuantizedModule):
         images = max(1, DYNAMIC_CHUNK_BYTES // max(1, per_image))
         geometry = (tuple(self.kernel_size2d), tuple(self.stride2d), padding, tuple(self.dilation2d), self.groups)
         # NCHW straight from C (a torch permute().contiguous() here waited on torch's thread team under load)
-        if images >= batch:
+        if images >= batch or direct_applies(x.shape[1], self.groups, self.kernel_size2d, whole[3].any()):  # no im2col
             return torch.from_numpy(conv2d_int8_raw(kernels.to_numpy(x), whole, geometry,
                                                     reduce_range=self.reduce_range))
         out = torch.empty(batch, self.out_channels, out_h, out_w)
@@ -192,7 +203,9 @@ class QuantizedConv2d(ReduceRange, QuantizedModule):
         DYNAMIC_MIN_MACS_PER_IMAGE multiply-adds (a 16-channel conv on 8x8): the int8
         GEMM's fixed costs (quantizing and copying the image, the NHWC result, ~12 us
         of Python and C per call) then outweigh its few multiply-adds (bench_models.py:
-        2-10x slower than fp32 at K = 27, 1.2-1.5x at 150k multiply-adds per image).
+        2-10x slower than fp32 at K = 27, 1.2-1.5x at 150k multiply-adds per image);
+        where the direct conv route takes the layer (kernels.dynamic_conv.direct_applies:
+        no im2col, one C region) the floor is DIRECT_MIN_MACS_PER_IMAGE instead.
         Both rules look at one image, never the batch size.  Weight-only convs with many
         output pixels per output channel are faster as F.conv2d on the dequantized
         weight: the fp32 im2col (kh*kw times the input) costs more than dequantizing the
@@ -206,7 +219,12 @@ class QuantizedConv2d(ReduceRange, QuantizedModule):
             geometry = (self.kernel_size2d, self.stride2d, self.padding2d, self.dilation2d)
             for size, kk, st, p, d in zip(x.shape[2:], *geometry):
                 pixels *= (size + 2 * p - d * (kk - 1) - 1) // st + 1
-            return pixels * k * (self.out_channels // self.groups) >= DYNAMIC_MIN_MACS_PER_IMAGE
+            # (weight_symmetric, not the zero-point buffer's values: torch.compile traces this rule;
+            # a symmetric weight's zero-points are 0, and C checks the buffer itself)
+            direct = direct_applies(self.in_channels, self.groups, self.kernel_size2d,
+                                    not getattr(self, "weight_symmetric", False))
+            floor = DIRECT_MIN_MACS_PER_IMAGE if direct else DYNAMIC_MIN_MACS_PER_IMAGE
+            return pixels * k * (self.out_channels // self.groups) >= floor
         pixels = x.shape[0]
         for size, k, s, p, d in zip(x.shape[2:], self.kernel_size2d, self.stride2d, self.padding2d, self.dilation2d):
             pixels *= (size + 2 * p - d * (k - 1) - 1) // s + 1
@@ -228,6 +246,8 @@ class QuantizedConv2d(ReduceRange, QuantizedModule):
             return F.conv2d(x, *route[4])
         packed = route[6]
         if route[5] is _PACKED:
+            if route[9] is not None and not x.requires_grad and x.is_contiguous():  # float32 x, dynamic, one call
+                return torch.from_numpy(conv2d_int8_raw(x.numpy(), *route[9], reduce_range=self.reduce_range))
             y = self._packed_conv(x, *packed)
             return y if x.dtype == torch.float32 else y.to(x.dtype)
         if route[5] is _FLOAT:
@@ -271,7 +291,20 @@ class QuantizedConv2d(ReduceRange, QuantizedModule):
             if (w is not None and x.dtype == torch.float32 and self.padding_mode == "zeros"
                     and (b is None or b.dtype == torch.float32)):  # (b's dtype: .data = moves data_ptr)
                 direct = (w, b, self.stride2d, self.padding2d, self.dilation2d, self.groups)
-        memo = (x.shape, x.dtype, x.is_cpu, stamp, direct, route, packed, w, b)
+        # a float32 x of a dynamic layer with numeric zero padding: _C.conv2d_int8's arguments but x, when one
+        # C call takes the whole batch (no chunks: see _dynamic_conv); ~2.5 us of Python less per call
+        call = None
+        if (route is _PACKED and x.dtype == torch.float32 and self.activations == "dynamic"
+                and self.padding_mode == "zeros"):
+            (kh, kw), (sh, sw), (dh, dw) = self.kernel_size2d, self.stride2d, self.dilation2d
+            pixels = (((x.shape[2] + 2 * self.padding2d[0] - dh * (kh - 1) - 1) // sh + 1)
+                      * ((x.shape[3] + 2 * self.padding2d[1] - dw * (kw - 1) - 1) // sw + 1))
+            per_image = pixels * round_up(packed[0]["in_features"], INT8_K_GROUP) * self.groups
+            if (DYNAMIC_CHUNK_BYTES // max(1, per_image) >= x.shape[0]
+                    or direct_applies(x.shape[1], self.groups, self.kernel_size2d, packed[2][3].any())):
+                call = (packed[2], (tuple(self.kernel_size2d), tuple(self.stride2d), tuple(self.padding2d),
+                                    tuple(self.dilation2d), self.groups), True)
+        memo = (x.shape, x.dtype, x.is_cpu, stamp, direct, route, packed, w, b, call)
         _ROUTES[self] = memo
         return memo
 

@@ -1,0 +1,82 @@
+/* bind_dynamic_conv.c - the dynamic int8 conv's route switch, route rule and step profile
+ * (conv_dynamic_direct.c, conv_profile.c); the conv itself is bind_linear.c's conv2d_int8. */
+#include "bind.h"
+#include "conv_dynamic_direct.h"
+#include "conv_profile.h"
+
+PyDoc_STRVAR(set_conv_direct_doc,
+             "set_conv_direct(on) -> previous\n\n"
+             "Whether conv2d_int8 (dynamic) may take the direct conv route where it applies (default True);\n"
+             "False keeps every call on the im2col route (tests compare the two: the same bits).");
+
+static PyObject *py_set_conv_direct(PyObject *self, PyObject *arg) {
+    (void)self;
+    const int on = PyObject_IsTrue(arg);
+    if (on < 0) return NULL;
+    const int previous = __atomic_exchange_n(&mq_conv_direct_enabled, on, __ATOMIC_RELAXED);
+    return PyBool_FromLong(previous);
+}
+
+PyDoc_STRVAR(conv2d_int8_direct_applies_doc,
+             "conv2d_int8_direct_applies(in_channels, groups, kernel_h, kernel_w, has_w_zero_point) -> bool\n\n"
+             "Whether conv2d_int8 (dynamic) takes the direct conv route for this layer at the active kernel\n"
+             "level: it then needs no im2col buffer (so no chunking of large batches).");
+
+static PyObject *py_conv2d_int8_direct_applies(PyObject *self, PyObject *args) {
+    (void)self;
+    Py_ssize_t channels, groups, kh, kw;
+    int has_zp;
+    if (!PyArg_ParseTuple(args, "nnnnp:conv2d_int8_direct_applies", &channels, &groups, &kh, &kw, &has_zp))
+        return NULL;
+    return PyBool_FromLong(mq_conv2d_dynamic_direct_applies(channels, groups, kh, kw, has_zp));
+}
+
+PyDoc_STRVAR(conv_profile_doc,
+             "conv_profile(enable=None) -> dict\n\n"
+             "The dynamic int8 conv's step times since the last call, in ns (then zeroed), and 'calls'.\n"
+             "Wall steps (the calling thread's time per region): 'quantize', 'im2col', 'gemm', 'nchw'\n"
+             "(im2col route), 'prequantize', 'direct' (direct route), 'total' (the C call).  Summed over\n"
+             "threads (direct route): 'thread_quantize', 'thread_conv', 'thread_epilogue'; 'calls' and\n"
+             "'direct_calls' (those that took the direct route) count C calls.  enable=True /\n"
+             "False switches the timing on / off (off by default: the kernels then read one flag per step).");
+
+static PyObject *py_conv_profile(PyObject *self, PyObject *args, PyObject *kw) {
+    static char *kwlist[] = {"enable", NULL};
+    static const char *const names[MQ_CONV_STEPS] = {
+        [MQ_CONV_WALL_QUANTIZE] = "quantize",          [MQ_CONV_WALL_IM2COL] = "im2col",
+        [MQ_CONV_WALL_GEMM] = "gemm",                  [MQ_CONV_WALL_NCHW] = "nchw",
+        [MQ_CONV_WALL_PREQUANT] = "prequantize",       [MQ_CONV_WALL_DIRECT] = "direct",
+        [MQ_CONV_WALL_TOTAL] = "total",                [MQ_CONV_THREAD_QUANTIZE] = "thread_quantize",
+        [MQ_CONV_THREAD_CONV] = "thread_conv",         [MQ_CONV_THREAD_EPILOGUE] = "thread_epilogue",
+    };
+    PyObject *enable = Py_None;
+    (void)self;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "|O:conv_profile", kwlist, &enable)) return NULL;
+    int64_t ns[MQ_CONV_STEPS], calls, direct_calls;
+    mq_conv_profile_take(ns, &calls, &direct_calls);
+    if (enable != Py_None) {
+        const int on = PyObject_IsTrue(enable);
+        if (on < 0) return NULL;
+        __atomic_store_n(&mq_conv_profile_on, on, __ATOMIC_RELAXED);
+    }
+    PyObject *result = PyDict_New();
+    if (!result) return NULL;
+    for (int s = 0; s < MQ_CONV_STEPS + 2; s++) {
+        PyObject *value = PyLong_FromLongLong(s < MQ_CONV_STEPS ? ns[s] : s == MQ_CONV_STEPS ? calls : direct_calls);
+        const char *name = s < MQ_CONV_STEPS ? names[s] : s == MQ_CONV_STEPS ? "calls" : "direct_calls";
+        if (!value || PyDict_SetItemString(result, name, value) < 0) {
+            Py_XDECREF(value);
+            Py_DECREF(result);
+            return NULL;
+        }
+        Py_DECREF(value);
+    }
+    return result;
+}
+
+PyMethodDef mq_dynamic_conv_methods[] = {
+    {"set_conv_direct", py_set_conv_direct, METH_O, set_conv_direct_doc},
+    {"conv2d_int8_direct_applies", py_conv2d_int8_direct_applies, METH_VARARGS, conv2d_int8_direct_applies_doc},
+    {"conv_profile", (PyCFunction)(void (*)(void))py_conv_profile, METH_VARARGS | METH_KEYWORDS, conv_profile_doc},
+    {NULL, NULL, 0, NULL},
+};

@@ -1,0 +1,310 @@
+/* conv_dynamic_direct.c - the dynamic int8 conv on the static path's direct conv kernel.
+ *
+ * The im2col route (linear.c) runs four parallel regions per call (quantize the images, int8
+ * im2col, GEMM, NCHW copy-back), each too short on a small CNN's layers to gain from a second
+ * thread, and writes kh*kw copies of every image.  Here each image is quantized straight into
+ * padded, encoded NHWC rows, the table's static_conv (x86/static_conv256.h, VNNI or maddubs;
+ * mq_ref_static_conv at the scalar level) reads them with no im2col, and the same thread writes
+ * the image's NCHW result: one region per call, whole images per thread (or, when the batch
+ * is smaller than twice the threads, blocks of output rows after the images are quantized).
+ *
+ * Bits: the kernel is given xw = 1 and no bias, so it writes (float)acc exactly (acc: the
+ * exact int32 sum, the encoding's +128 removed through zcol); the epilogue here then computes
+ * y = (float)acc * (x_scale * w_scale[n]) + bias[n] in fp32 in that order, without FMA, as the
+ * GEMM's (mq_ref_qgemm): the im2col route's results, bit for bit, at every level.  Plain C in
+ * the baseline unit; the only ISA-dependent part is the kernel, whose sums are exact. */
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "conv_dynamic_direct.h"
+#include "conv_profile.h"
+#include "size_check.h"
+
+int mq_conv_direct_enabled = 1;
+
+int mq_conv2d_dynamic_direct_applies(int64_t channels, int64_t groups, int64_t kh, int64_t kw, int has_w_zp) {
+    if (!__atomic_load_n(&mq_conv_direct_enabled, __ATOMIC_RELAXED) || !mq_active()->static_conv) return 0;
+    if (groups != 1 || has_w_zp || channels <= 0 || channels % MQ_KGROUP) return 0;
+    return kh > 0 && kw > 0 && channels <= 32768 / kh / kw; /* k <= 32768: exact int32 sums */
+}
+
+typedef struct {
+    const mq_kernels *kt;
+    const uint8_t *x;
+    mq_src_t kind;
+    int64_t channels, height, width, kh, kw, sh, sw, ph, pw, dh, dw, out_h, out_w, wp, image, padded_bytes;
+    const int8_t *packed;
+    const int32_t *w_sum;
+    const float *w_scale, *bias;
+    int64_t n, np;
+    const float *ones;    /* [np] 1.0f: the kernel's xw, so that it writes (float)acc */
+    const int32_t *zcol;  /* [np] the encoding's shift times w_sum (symmetric); per image with reduce_range */
+    int reduce_range;
+    uint8_t flip;         /* 0x80 when the kernel reads int8 + 128 */
+    float *y;
+    int nchw;
+    int64_t rows_per_item, items_per_image;
+    uint8_t *pre;         /* row blocks: [batch][padded_bytes] the images quantized first; else NULL */
+    float *pre_scale;     /* [batch] with pre */
+    int32_t *pre_zp;      /* [batch] with pre */
+    int failed;
+} direct_ctx;
+
+/* Image b quantized as linear.c's quantize_images does (the same kernels and arguments: the
+ * same codes) into padded NHWC rows [height + 2 ph][wp][channels], encoded for the kernel,
+ * the padding holding the code of 0 (the zero-point). */
+static void quantize_padded(const direct_ctx *c, int64_t b, int8_t *restrict q, uint8_t *restrict padded,
+                            float *scale_out, int32_t *zp_out) {
+    const int64_t plane = c->height * c->width, ch = c->channels, wp = c->wp;
+    const uint8_t *src = c->x + (size_t)(b * c->image) * mq_src_size(c->kind);
+    float mn, mx, scale;
+    int32_t zp = 0;
+    if (c->kt->minmax[c->kind](src, c->image, &mn, &mx)) { /* NaN/Inf: the image's outputs become NaN */
+        memset(padded, c->flip, (size_t)c->padded_bytes);
+        *scale_out = NAN;
+        *zp_out = 0;
+        return;
+    }
+    if (c->reduce_range) { /* 7-bit codes 0..127 with a zero-point */
+        mq_choose_qparams(mn, mx, 0, 127, 0, &scale, &zp);
+        c->kt->quantize[c->kind](src, c->image, 1.0f / scale, (float)zp, 0.0f, 127.0f, 0, (uint8_t *)q);
+    } else {
+        mq_choose_qparams(mn, mx, -127, 127, 1, &scale, &zp);
+        c->kt->quantize[c->kind](src, c->image, 1.0f / scale, 0.0f, -127.0f, 127.0f, 0, (uint8_t *)q);
+    }
+    *scale_out = scale;
+    *zp_out = zp;
+    const uint8_t flip = c->flip, pad = (uint8_t)(int8_t)zp ^ flip;
+    const int64_t row_bytes = wp * ch;
+    memset(padded, pad, (size_t)(c->ph * row_bytes)); /* the rows above and below */
+    memset(padded + (c->ph + c->height) * row_bytes, pad, (size_t)(c->ph * row_bytes));
+    for (int64_t ih = 0; ih < c->height; ih++) {
+        uint8_t *restrict row = padded + (c->ph + ih) * row_bytes;
+        memset(row, pad, (size_t)(c->pw * ch));
+        memset(row + (c->pw + c->width) * ch, pad, (size_t)(c->pw * ch));
+        uint8_t *restrict dst = row + c->pw * ch;
+        const uint8_t *restrict in = (const uint8_t *)q + ih * c->width;
+        /* NCHW -> NHWC, one input row (a few cache lines) at a time, 4 channels (ch % 4 == 0) per
+         * 4-byte store: a quarter of the byte stores a plain transpose makes */
+        const uint32_t flip4 = flip * 0x01010101u;
+        for (int64_t k = 0; k < ch; k += 4) {
+            const uint8_t *restrict i0 = in + k * plane, *restrict i1 = i0 + plane, *restrict i2 = i1 + plane,
+                                    *restrict i3 = i2 + plane;
+            for (int64_t iw = 0; iw < c->width; iw++) {
+                const uint32_t word = ((uint32_t)i0[iw] | (uint32_t)i1[iw] << 8 | (uint32_t)i2[iw] << 16 |
+                                       (uint32_t)i3[iw] << 24) ^ flip4; /* little-endian: channel k first */
+                memcpy(dst + iw * ch + k, &word, 4);
+            }
+        }
+    }
+}
+
+/* The kernel on output rows [oh0, oh0 + nr) of one image, then the epilogue into y. */
+static void conv_rows(const direct_ctx *c, const uint8_t *padded, int64_t b, int64_t oh0, int64_t nr, float scale,
+                      int32_t zp, float *restrict acc_f, float *restrict s, int32_t *restrict zcol_image) {
+    const int64_t n = c->n, pixels = c->out_h * c->out_w, p0 = oh0 * c->out_w, np = nr * c->out_w;
+    const int32_t *zcol = c->zcol;
+    if (c->reduce_range) { /* (zp + shift) * w_sum: |.| <= 255 * 128 * 32768 < 2^31 */
+        const int64_t shift = zp + (c->flip ? 128 : 0);
+        for (int64_t j = 0; j < c->np; j++) zcol_image[j] = (int32_t)(shift * (int64_t)c->w_sum[j]);
+        zcol = zcol_image;
+    }
+    float *out = c->nchw ? acc_f : c->y + (b * pixels + p0) * n;
+    int64_t t = mq_conv_profile_start();
+    mq_static_conv_args a = {padded + oh0 * c->sh * c->wp * c->channels, c->wp, c->channels, c->kh, c->kw, c->sh,
+                             c->sw, c->dh, c->dw, nr, c->out_w, c->packed, n, zcol, c->ones, NULL, -INFINITY,
+                             INFINITY, 1.0f, 0, NULL, out};
+    c->kt->static_conv(&a);
+    mq_conv_profile_stop(MQ_CONV_THREAD_CONV, t);
+    t = mq_conv_profile_start();
+    for (int64_t j = 0; j < n; j++) s[j] = scale * c->w_scale[j]; /* the GEMM's x_scale * w_scale */
+    const float *restrict bias = c->bias;
+    if (!c->nchw) {
+        for (int64_t p = 0; p < np; p++) {
+            float *restrict row = out + p * n;
+            for (int64_t j = 0; j < n; j++) row[j] = row[j] * s[j];
+            if (bias)
+                for (int64_t j = 0; j < n; j++) row[j] = row[j] + bias[j];
+        }
+    } else { /* [pixel][n] -> [n][pixel] in blocks of 32 pixels (both sides stay in L1) */
+        float *restrict y = c->y + b * n * pixels + p0;
+        for (int64_t q0 = 0; q0 < np; q0 += 32) {
+            const int64_t q1 = q0 + 32 < np ? q0 + 32 : np;
+            for (int64_t j = 0; j < n; j++) {
+                float *restrict dst = y + j * pixels;
+                const float sj = s[j];
+                if (bias) {
+                    const float bj = bias[j];
+                    for (int64_t p = q0; p < q1; p++) dst[p] = acc_f[p * n + j] * sj + bj;
+                } else {
+                    for (int64_t p = q0; p < q1; p++) dst[p] = acc_f[p * n + j] * sj;
+                }
+            }
+        }
+    }
+    mq_conv_profile_stop(MQ_CONV_THREAD_EPILOGUE, t);
+}
+
+/* A piece's buffers: the image's int8 codes, its padded rows, the kernel's fp32 sums, the
+ * per-column scales and (reduce_range) zcol.  NULL members where the piece needs none. */
+typedef struct {
+    int8_t *q;
+    uint8_t *padded;
+    float *acc_f, *s;
+    int32_t *zcol;
+} piece_buffers;
+
+/* malloc that never asks for 0 bytes (an image with no pixels, only padding: malloc(0) may be NULL). */
+static void *alloc_bytes(size_t bytes) { return malloc(bytes ? bytes : 1); }
+
+static int buffers_get(const direct_ctx *c, piece_buffers *p, int quantize, int64_t rows) {
+    memset(p, 0, sizeof *p);
+    if (quantize) {
+        p->q = alloc_bytes(mq_alloc_bytes(c->image, 1, 64));
+        p->padded = alloc_bytes(mq_alloc_bytes(c->padded_bytes, 1, 64));
+        if (!p->q || !p->padded) return -1;
+    }
+    if (rows > 0) {
+        p->acc_f = c->nchw ? malloc(mq_alloc_bytes(mq_size_mul(rows, c->out_w), c->n * (int64_t)sizeof(float), 64))
+                           : NULL;
+        p->s = malloc(mq_alloc_bytes(c->n, sizeof(float), 64));
+        p->zcol = c->reduce_range ? malloc(mq_alloc_bytes(c->np, sizeof(int32_t), 64)) : NULL;
+        if ((c->nchw && !p->acc_f) || !p->s || (c->reduce_range && !p->zcol)) return -1;
+    }
+    return 0;
+}
+
+static void buffers_free(piece_buffers *p) {
+    free(p->q);
+    free(p->padded);
+    free(p->acc_f);
+    free(p->s);
+    free(p->zcol);
+}
+
+/* Items are whole images: quantize, convolve and write back each on this thread. */
+static void images_range(void *vctx, int64_t begin, int64_t end) {
+    direct_ctx *c = vctx;
+    piece_buffers p;
+    if (buffers_get(c, &p, 1, c->out_h) < 0) {
+        __atomic_store_n(&c->failed, 1, __ATOMIC_RELAXED);
+        buffers_free(&p);
+        return;
+    }
+    for (int64_t b = begin; b < end; b++) {
+        float scale;
+        int32_t zp;
+        const int64_t t = mq_conv_profile_start();
+        quantize_padded(c, b, p.q, p.padded, &scale, &zp);
+        mq_conv_profile_stop(MQ_CONV_THREAD_QUANTIZE, t);
+        conv_rows(c, p.padded, b, 0, c->out_h, scale, zp, p.acc_f, p.s, p.zcol);
+    }
+    buffers_free(&p);
+}
+
+/* Small batches, first region: every image into c->pre. */
+static void prequantize_range(void *vctx, int64_t begin, int64_t end) {
+    direct_ctx *c = vctx;
+    int8_t *q = alloc_bytes(mq_alloc_bytes(c->image, 1, 64));
+    if (!q) {
+        __atomic_store_n(&c->failed, 1, __ATOMIC_RELAXED);
+        return;
+    }
+    for (int64_t b = begin; b < end; b++)
+        quantize_padded(c, b, q, c->pre + b * c->padded_bytes, &c->pre_scale[b], &c->pre_zp[b]);
+    free(q);
+}
+
+/* Small batches, second region: items are blocks of rows_per_item output rows of one image. */
+static void blocks_range(void *vctx, int64_t begin, int64_t end) {
+    direct_ctx *c = vctx;
+    piece_buffers p;
+    if (buffers_get(c, &p, 0, c->rows_per_item) < 0) {
+        __atomic_store_n(&c->failed, 1, __ATOMIC_RELAXED);
+        buffers_free(&p);
+        return;
+    }
+    for (int64_t item = begin; item < end; item++) {
+        const int64_t b = item / c->items_per_image, oh0 = item % c->items_per_image * c->rows_per_item;
+        const int64_t nr = c->out_h - oh0 < c->rows_per_item ? c->out_h - oh0 : c->rows_per_item;
+        conv_rows(c, c->pre + b * c->padded_bytes, b, oh0, nr, c->pre_scale[b], c->pre_zp[b], p.acc_f, p.s,
+                  p.zcol);
+    }
+    buffers_free(&p);
+}
+
+/* Multiply-adds from which a work item is worth a thread of its own: a helper's wake-up
+ * costs a few microseconds, about this much int8 work. */
+#define MIN_ITEM_MACS ((int64_t)1 << 18)
+#define MIN_CALL_MACS ((int64_t)1 << 24)
+
+int mq_conv2d_dynamic_direct(const void *x, mq_src_t kind, int64_t batch, int64_t channels, int64_t height,
+                             int64_t width, int64_t kh, int64_t kw, int64_t sh, int64_t sw, int64_t ph, int64_t pw,
+                             int64_t dh, int64_t dw, int64_t groups, const int8_t *packed, const int32_t *w_sum,
+                             const float *w_scale, const int32_t *w_zp, const float *bias, int64_t n, float *y,
+                             int nchw, int reduce_range, int nthreads) {
+    if (!mq_conv2d_dynamic_direct_applies(channels, groups, kh, kw, w_zp != NULL)) return 0;
+    const mq_kernels *kt = mq_active();
+    const int64_t out_h = (height + 2 * ph - dh * (kh - 1) - 1) / sh + 1;
+    const int64_t out_w = (width + 2 * pw - dw * (kw - 1) - 1) / sw + 1;
+    const int64_t wp = width + 2 * pw, np = mq_round_up(n, MQ_PANEL), k = channels * kh * kw;
+    const int64_t image = mq_size_mul(mq_size_mul(channels, height), width);
+    const int64_t padded_bytes = mq_size_mul(mq_size_mul(height + 2 * ph, wp), channels);
+    if (batch <= 0 || out_h <= 0 || out_w <= 0 || n <= 0) return 1;
+    if (image < 0 || padded_bytes < 0) return -1;
+    const uint8_t flip = kt->static_conv_x_u8 ? 0x80u : 0u;
+    float *ones = malloc(mq_alloc_bytes(np, sizeof(float), 64));
+    int32_t *zcol = malloc(mq_alloc_bytes(np, sizeof(int32_t), 64));
+    if (!ones || !zcol) {
+        free(ones);
+        free(zcol);
+        return -1;
+    }
+    for (int64_t j = 0; j < np; j++) {
+        ones[j] = 1.0f;
+        zcol[j] = flip ? 128 * w_sum[j] : 0; /* |128 * w_sum| <= 128 * 128 * 32768 = 2^29 */
+    }
+    const int64_t call_macs = mq_size_mul(mq_size_mul(mq_size_mul(batch, out_h), out_w), mq_size_mul(k, n));
+    /* A call of fewer multiply-adds than this runs on the calling thread alone (linear.c's rule
+     * for its calls): a woken helper costs more than it saves, and waits on one that the OS
+     * deschedules cost a scheduler slice (ResNet8 at batch 1: each conv ~1.8M). */
+    if (call_macs >= 0 && call_macs < MIN_CALL_MACS) nthreads = 1;
+    /* items: whole images, or blocks of output rows when the batch leaves threads idle */
+    int64_t per_image = 1;
+    if (nthreads > 1 && batch < 2 * nthreads) per_image = (2 * nthreads + batch - 1) / batch;
+    if (per_image > out_h) per_image = out_h;
+    const int64_t rows_per_item = (out_h + per_image - 1) / per_image;
+    per_image = (out_h + rows_per_item - 1) / rows_per_item;
+    direct_ctx c = {kt, x, kind, channels, height, width, kh, kw, sh, sw, ph, pw, dh, dw, out_h, out_w, wp, image,
+                    padded_bytes, packed, w_sum, w_scale, bias, n, np, ones, zcol, reduce_range, flip, y, nchw,
+                    rows_per_item, per_image, NULL, NULL, NULL, 0};
+    const int64_t item_macs = mq_size_mul(mq_size_mul(mq_size_mul(rows_per_item, out_w), k), n);
+    const int64_t min_chunk = item_macs >= MIN_ITEM_MACS ? 1 : (MIN_ITEM_MACS + item_macs - 1) / item_macs;
+    int64_t t = mq_conv_profile_start();
+    if (per_image == 1) {
+        mq_parallel_for(batch, min_chunk, nthreads, images_range, &c);
+        mq_conv_profile_stop(MQ_CONV_WALL_DIRECT, t);
+    } else {
+        c.pre = alloc_bytes(mq_alloc_bytes(mq_size_mul(batch, padded_bytes), 1, 64));
+        c.pre_scale = malloc(mq_alloc_bytes(batch, sizeof(float), 1));
+        c.pre_zp = malloc(mq_alloc_bytes(batch, sizeof(int32_t), 1));
+        if (!c.pre || !c.pre_scale || !c.pre_zp) {
+            c.failed = 1;
+        } else {
+            /* (fewer images than 2 per thread: each its own piece when it is large enough) */
+            const int64_t image_macs = mq_size_mul(item_macs, per_image);
+            mq_parallel_for(batch, image_macs >= 4 * MIN_ITEM_MACS ? 1 : batch, nthreads, prequantize_range, &c);
+            mq_conv_profile_stop(MQ_CONV_WALL_PREQUANT, t);
+            t = mq_conv_profile_start();
+            if (!c.failed) mq_parallel_for(batch * per_image, min_chunk, nthreads, blocks_range, &c);
+            mq_conv_profile_stop(MQ_CONV_WALL_DIRECT, t);
+        }
+        free(c.pre);
+        free(c.pre_scale);
+        free(c.pre_zp);
+    }
+    free(ones);
+    free(zcol);
+    return c.failed ? -1 : 1;
+}

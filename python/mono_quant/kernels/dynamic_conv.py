@@ -1,0 +1,44 @@
+"""The dynamic int8 conv's two C routes (``_C.conv2d_int8``): the direct conv kernel (one
+parallel region per call, no im2col; csrc/conv_dynamic_direct.c) where it applies, else int8
+im2col + GEMM (csrc/linear.c).  Both give the same bits; this module says which one a layer
+takes, switches the direct one off for tests, and reads the per-step timings that
+benchmarks/bench_dynamic_conv.py --profile prints."""
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+from .. import _C
+from .layout import INT8_K_GROUP
+
+__all__ = ["DIRECT_ROUTE", "DIRECT_MAX_K", "direct_applies", "set_direct", "profile"]
+
+#: the C switch's setting as :func:`set_direct` last left it: the layers' kept routes are stamped with it
+DIRECT_ROUTE = True
+#: the direct route's largest reduction (in_channels * kh * kw): its int32 sums stay exact
+DIRECT_MAX_K = 32768
+
+
+def direct_applies(in_channels: int, groups: int, kernel_size: Sequence[int], has_zero_points: bool) -> bool:
+    """Whether a dynamic conv of this layer takes the direct route (one group, in_channels a
+    multiple of 4, no weight zero-points, a reduction of at most DIRECT_MAX_K; every kernel
+    level has the direct kernel).  That route needs no im2col buffer, so a large batch goes to
+    C in one call.  Plain Python, so that torch.compile traces the route rule: the twin of
+    ``_C.conv2d_int8_direct_applies``, the rule C itself follows (tests hold them equal)."""
+    kh, kw = kernel_size
+    return bool(DIRECT_ROUTE and groups == 1 and not has_zero_points and 0 < in_channels
+                and in_channels % INT8_K_GROUP == 0 and kh > 0 and kw > 0 and in_channels * kh * kw <= DIRECT_MAX_K)
+
+
+def set_direct(on: bool) -> bool:
+    """Let the direct route run where it applies (True, the default) or keep every dynamic conv
+    on the im2col route (False; tests compare the two); returns the previous setting."""
+    global DIRECT_ROUTE
+    previous = _C.set_conv_direct(bool(on))
+    DIRECT_ROUTE = bool(on)
+    return previous
+
+
+def profile(enable: Optional[bool] = None) -> dict:
+    """The dynamic conv's step times (ns) and C calls since the last call, then zeroed;
+    ``enable`` switches the timing on or off (off by default).  Keys: see ``_C.conv_profile``."""
+    return _C.conv_profile(enable)

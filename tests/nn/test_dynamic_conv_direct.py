@@ -1,0 +1,306 @@
+"""The dynamic int8 conv's direct route (csrc/conv_dynamic_direct.c: the static path's direct
+conv kernel, one parallel region) against its im2col route and the pure-torch twin: the same
+bits at every kernel level, at 1 and 2 threads, in whole-image and row-block work items."""
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import mono_quant as mq
+from mono_quant import reference
+from mono_quant.kernels import dynamic_conv
+from mono_quant.modules.linear import kernel_args
+from conftest import KERNELS, SUPPORTED, at_isa
+
+CASES = [  # in, out, kernel, stride, padding, dilation, groups
+    (4, 8, 3, 1, 1, 1, 1),
+    (8, 20, 3, 2, 1, 1, 1),  # stride 2
+    (8, 12, (3, 1), (1, 2), (0, 1), 1, 1),  # rectangular kernel, uneven strides
+    (12, 18, 3, 1, 2, 2, 1),  # dilation 2
+    (16, 24, 1, 1, 0, 1, 1),  # 1x1
+    (16, 16, 1, 2, 0, 1, 1),  # 1x1 stride 2
+    (32, 5, 5, 1, 2, 1, 1),  # fewer outputs than a panel
+    (4, 33, 3, 1, 0, 1, 1),  # a panel's tail, no padding
+    (2, 16, 3, 1, 1, 1, 1),  # channels not a multiple of 4 (one channel is not packed): im2col route only
+    (6, 7, 3, 2, 0, 1, 1),
+    (12, 18, 3, 1, 2, 2, 3),  # groups: im2col route only
+]
+IDS = [str(c) for c in CASES]
+
+
+def _takes_direct(case, symmetric):
+    cin, _, _, _, _, _, groups = case
+    return symmetric and groups == 1 and cin % 4 == 0
+
+
+def _quantized(case, seed, symmetric=True, bias=True):
+    cin, cout, k, s, p, d, g = case
+    torch.manual_seed(seed)
+    conv = nn.Conv2d(cin, cout, k, stride=s, padding=p, dilation=d, groups=g, bias=bias).eval()
+    with torch.no_grad():
+        conv.weight.copy_(torch.randn(conv.weight.shape))
+    return conv, mq.quantize(conv, symmetric=symmetric).model
+
+
+def _bits(t):
+    return t.contiguous().view(torch.int32)
+
+
+def _run(qconv, x, threads, direct):
+    """The layer's packed C call (the route rule's size limits aside) on one route; (y, C calls
+    that took the direct route)."""
+    previous_threads, previous_direct = torch.get_num_threads(), dynamic_conv.set_direct(direct)
+    torch.set_num_threads(threads)
+    dynamic_conv.profile(True)
+    try:
+        with torch.no_grad():
+            y = qconv._packed_conv(x, *kernel_args(qconv))
+    finally:
+        counts = dynamic_conv.profile(False)
+        torch.set_num_threads(previous_threads)
+        dynamic_conv.set_direct(previous_direct)
+    return y, counts["direct_calls"]
+
+
+def _inputs(cin, batch, size=(9, 10)):
+    """A batch with an all-zero image, and (batch > 1) a strided, non-contiguous view."""
+    torch.manual_seed(batch)
+    x = torch.randn(batch, cin, size[0], 2 * size[1])[..., ::2]
+    assert not x.is_contiguous()
+    x[0] = 0
+    return x
+
+
+@pytest.mark.parametrize("case", CASES, ids=IDS)
+@pytest.mark.parametrize("isa", KERNELS)
+def test_direct_route_matches_im2col_route_and_reference(case, isa):
+    for symmetric, reduce_range, bias in ((True, False, True), (True, True, False), (False, False, True)):
+        conv, qconv = _quantized(case, 3, symmetric, bias)
+        qconv.set_reduce_range(reduce_range)
+        for batch in (1, 3):
+            x = _inputs(case[0], batch)
+            with at_isa(isa):
+                results = [_run(qconv, x, threads, direct) for direct in (True, False) for threads in (1, 2)]
+            im2col = results[2][0]
+            ref = reference.conv2d_int8(x, qconv.quantized_weight().qdata, qconv.weight_scale,
+                                        qconv.weight_zero_point, qconv.bias, conv.stride, conv.padding,
+                                        conv.dilation, conv.groups, reduce_range=reduce_range)
+            assert torch.equal(im2col, ref)
+            for y, _ in results:
+                assert torch.equal(_bits(y), _bits(im2col))
+            took = results[0][1]
+            assert took == (1 if _takes_direct(case, symmetric) else 0)
+            assert results[2][1] == 0  # switched off
+
+
+@pytest.mark.parametrize("isa", SUPPORTED)
+def test_direct_route_nan_image_gives_nan_outputs_as_the_im2col_route(isa):
+    conv, qconv = _quantized((8, 20, 3, 2, 1, 1, 1), 5)
+    x = _inputs(8, 3)
+    x[1, 2, 3, 4] = float("nan")
+    x[2, 0, 0, 0] = float("inf")
+    with at_isa(isa):
+        direct, took = _run(qconv, x, 2, True)
+        im2col, _ = _run(qconv, x, 2, False)
+    assert took == 1
+    assert torch.equal(_bits(direct), _bits(im2col))
+    assert torch.isnan(direct[1:]).all() and not torch.isnan(direct[0]).any()
+
+
+@pytest.mark.parametrize("isa", SUPPORTED)
+@pytest.mark.parametrize("batch", [1, 3, 5])
+def test_direct_route_row_blocks_at_two_threads(isa, batch):
+    """Calls large enough for two threads (2^24 multiply-adds and more): fewer images than twice
+    the threads are cut into blocks of output rows after a first region quantizes them; more
+    go whole to each thread.  Both give the one-thread bits."""
+    conv, qconv = _quantized((64, 64, 3, 1, 1, 1, 1), 7)
+    torch.manual_seed(batch)
+    x = torch.randn(batch, 64, 31, 33)
+    with at_isa(isa):
+        one, _ = _run(qconv, x, 1, True)
+        two, took = _run(qconv, x, 2, True)
+        im2col, _ = _run(qconv, x, 2, False)
+    assert took == 1
+    assert torch.equal(_bits(one), _bits(two)) and torch.equal(_bits(one), _bits(im2col))
+
+
+def test_direct_route_rows_output_matches_nchw():
+    """nchw=False: the NHWC rows (the kernel writes them in place, the epilogue scales them)."""
+    from mono_quant.kernels.int8 import conv2d_int8_raw
+
+    conv, qconv = _quantized((8, 20, 3, 2, 1, 1, 1), 11)
+    x = torch.randn(3, 8, 9, 10)
+    _, _, whole = kernel_args(qconv)
+    geometry = ((3, 3), (2, 2), (1, 1), (1, 1), 1)
+    for threads in (1, 2):
+        rows = conv2d_int8_raw(x.numpy(), whole, geometry, nchw=False)
+        nchw = conv2d_int8_raw(x.numpy(), whole, geometry, nchw=True)
+        previous = dynamic_conv.set_direct(False)
+        try:
+            rows_im2col = conv2d_int8_raw(x.numpy(), whole, geometry, nchw=False)
+        finally:
+            dynamic_conv.set_direct(previous)
+        assert np.array_equal(rows.view(np.int32), rows_im2col.view(np.int32))
+        assert np.array_equal(nchw, rows.reshape(3, 5, 5, 20).transpose(0, 3, 1, 2))
+
+
+def test_module_forward_takes_one_call_and_follows_reduce_range(one_torch_thread):
+    """The eager forward's kept call (a float32 input of a dynamic layer) gives _packed_conv's
+    bits, reads reduce_range per call, and sends a large batch to C in one call."""
+    conv, qconv = _quantized((16, 24, 3, 1, 1, 1, 1), 13)
+    x = torch.randn(70, 16, 12, 12)  # 70 images of 144 x 144 im2col bytes: chunks on the im2col route
+    with torch.no_grad():
+        for reduce_range in (False, True, False):
+            qconv.set_reduce_range(reduce_range)
+            dynamic_conv.profile(True)
+            try:
+                y = qconv(x)
+            finally:
+                counts = dynamic_conv.profile(False)
+            assert counts["calls"] == 1 and counts["direct_calls"] == 1
+            assert torch.equal(y, qconv._packed_conv(x, *kernel_args(qconv)))
+            ref = reference.conv2d_int8(x, qconv.quantized_weight().qdata, qconv.weight_scale,
+                                        qconv.weight_zero_point, qconv.bias, conv.stride, conv.padding,
+                                        conv.dilation, conv.groups, reduce_range=reduce_range)
+            assert torch.equal(y, ref)
+
+
+def test_direct_applies_rule():
+    zero, nonzero = False, True
+    assert dynamic_conv.direct_applies(16, 1, (3, 3), zero)
+    assert not dynamic_conv.direct_applies(16, 1, (3, 3), nonzero)  # weight zero-points
+    assert not dynamic_conv.direct_applies(16, 2, (3, 3), zero)  # groups
+    assert not dynamic_conv.direct_applies(6, 1, (3, 3), zero)  # channels not a multiple of 4
+    assert not dynamic_conv.direct_applies(4096, 1, (3, 3), zero)  # reduction over 32768
+    previous = dynamic_conv.set_direct(False)
+    try:
+        assert not dynamic_conv.direct_applies(16, 1, (3, 3), zero)
+    finally:
+        assert dynamic_conv.set_direct(previous) is False
+
+
+def test_profile_is_off_by_default_and_zeroes_on_read():
+    conv, qconv = _quantized((8, 20, 3, 2, 1, 1, 1), 17)
+    x = torch.randn(2, 8, 9, 10)
+    dynamic_conv.profile(False)
+    with torch.no_grad():
+        qconv._packed_conv(x, *kernel_args(qconv))
+    assert all(v == 0 for v in dynamic_conv.profile().values())
+    dynamic_conv.profile(True)
+    try:
+        with torch.no_grad():
+            qconv._packed_conv(x, *kernel_args(qconv))
+        first = dynamic_conv.profile()
+        second = dynamic_conv.profile()
+    finally:
+        dynamic_conv.profile(False)
+    assert first["calls"] == 1 and first["direct_calls"] == 1 and first["total"] > 0
+    assert all(v == 0 for v in second.values())
+
+
+# ---- properties (hypothesis): the route's entry points, on drawn shapes and values ------------------
+
+from hypothesis import given, settings, strategies as st  # noqa: E402
+
+from mono_quant import _C  # noqa: E402
+
+
+@st.composite
+def direct_cases(draw):
+    cin, cout = 4 * draw(st.integers(1, 3)), draw(st.integers(1, 37))
+    kernel = (draw(st.integers(1, 4)), draw(st.integers(1, 4)))
+    stride = (draw(st.integers(1, 3)), draw(st.integers(1, 3)))
+    padding = (draw(st.integers(0, 3)), draw(st.integers(0, 3)))
+    dilation = (draw(st.integers(1, 3)), draw(st.integers(1, 3)))
+    batch, height, width = draw(st.integers(0, 3)), draw(st.integers(0, 9)), draw(st.integers(0, 9))
+    return cin, cout, kernel, stride, padding, dilation, batch, height, width
+
+
+@settings(max_examples=60, deadline=None)
+@given(direct_cases(), st.integers(0, 2**32 - 1), st.sampled_from(SUPPORTED), st.sampled_from([1, 2]),
+       st.booleans(), st.booleans(), st.sampled_from([1.0, 1e-3, 100.0, 1e30, 1e-40]))
+def test_direct_route_property(case, seed, isa, threads, reduce_range, nchw, magnitude):
+    """Drawn shapes (only padding, empty batches, -128 weights, specials in x): the direct route's
+    bits are the im2col route's, and either both raise or neither does."""
+    cin, cout, kernel, stride, padding, dilation, batch, height, width = case
+    rng = np.random.default_rng(seed)
+    k = cin * kernel[0] * kernel[1]
+    w = rng.integers(-128, 128, (cout, k), dtype=np.int8)
+    packed, w_sum, has_m128 = _C.pack_int8(w)
+    scale = (rng.random(cout) + 0.01).astype(np.float32)
+    zp = np.zeros(cout, np.int32)
+    bias = (rng.standard_normal(cout) * 3).astype(np.float32) if rng.random() < 0.5 else None
+    x = (rng.standard_normal((batch, cin, height, width)) * magnitude).astype(np.float32)
+    if x.size and rng.random() < 0.3:
+        x.reshape(-1)[rng.integers(x.size)] = rng.choice([np.nan, np.inf, 0.0, 3.4e38])
+    args = (x, packed, w_sum, scale, zp, bias, cout, has_m128, kernel, stride, padding, dilation, 1)
+
+    def call(direct):
+        previous = dynamic_conv.set_direct(direct)
+        try:
+            with at_isa(isa):
+                return _C.conv2d_int8(*args, nthreads=threads, nchw=nchw, reduce_range=reduce_range)
+        except (ValueError, OverflowError) as error:
+            return type(error)
+        finally:
+            dynamic_conv.set_direct(previous)
+
+    direct, im2col = call(True), call(False)
+    if isinstance(im2col, type):
+        assert direct is im2col
+        return
+    assert direct.shape == im2col.shape and np.array_equal(direct.view(np.int32), im2col.view(np.int32))
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.sampled_from(["channels", "groups", "kernel", "arity", "profile_kw"]), st.data())
+def test_route_entry_points_bad_arguments(broken, data):
+    args = [16, 1, 3, 3, False]
+    if broken == "arity":
+        call = lambda: _C.conv2d_int8_direct_applies(*args[:4])  # noqa: E731
+    elif broken == "profile_kw":
+        call = lambda: _C.conv_profile(enabled=True)  # noqa: E731
+    else:
+        where = {"channels": 0, "groups": 1, "kernel": 2}[broken]
+        args[where] = data.draw(st.sampled_from(["16", None, 2.5, 2**70]))
+        call = lambda: _C.conv2d_int8_direct_applies(*args)  # noqa: E731
+    with pytest.raises((TypeError, OverflowError)) as info:
+        call()
+    assert str(info.value)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.one_of(st.integers(-(2**40), 2**40), st.sampled_from([4, 8, 3640, 3641, 3644, 8192, 32768])),
+       st.integers(-5, 5), st.integers(-5, 5), st.integers(-5, 5))
+def test_direct_applies_never_fails_on_odd_sizes(channels, groups, kh, kw):
+    """Zero, negative and huge sizes: a plain False (the route's rule is asked before any check);
+    the Python twin (the one torch.compile traces) answers as C does."""
+    for has_zp in (False, True):
+        got = _C.conv2d_int8_direct_applies(channels, groups, kh, kw, has_zp)
+        assert got is (not has_zp and groups == 1 and 0 < channels and channels % 4 == 0 and kh > 0 and kw > 0
+                       and channels * kh * kw <= 32768)
+        assert dynamic_conv.direct_applies(channels, groups, (kh, kw), has_zp) is got  # the Python twin
+
+
+def test_direct_route_size_floor():
+    """A layer the direct route takes runs packed from DIRECT_MIN_MACS_PER_IMAGE multiply-adds per
+    image (16->16 on 8x8: 147k, under the im2col route's floor); switched off, the im2col
+    route's floor again (the kept route follows the switch)."""
+    from mono_quant.modules import conv as conv_module
+
+    conv, qconv = _quantized((16, 16, 3, 1, 1, 1, 1), 19)
+    small, tiny = torch.randn(2, 16, 8, 8), torch.randn(2, 16, 2, 2)  # 147k and 9k per image
+    assert conv_module.DIRECT_MIN_MACS_PER_IMAGE <= 147456 < conv_module.DYNAMIC_MIN_MACS_PER_IMAGE
+    assert qconv._packed_pays(small) and not qconv._packed_pays(tiny)
+    with torch.no_grad():
+        packed = qconv(small)
+        assert torch.equal(packed, qconv._packed_conv(small, *kernel_args(qconv)))
+        previous = dynamic_conv.set_direct(False)
+        try:
+            assert not qconv._packed_pays(small)
+            float_route = qconv(small)
+        finally:
+            dynamic_conv.set_direct(previous)
+        assert not torch.equal(float_route, packed)
+        assert torch.allclose(float_route, packed, atol=0.05 * float(packed.abs().max()))
+        assert torch.equal(qconv(small), packed)
