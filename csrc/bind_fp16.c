@@ -55,7 +55,8 @@ done:
 }
 
 PyDoc_STRVAR(h16_conv2d_doc,
-             "h16_conv2d(x, w, bf16, bias, stride, padding, dilation, groups, nthreads=1) -> y\n\n"
+             "h16_conv2d(x, w, bf16, bias, stride, padding, dilation, groups, nthreads=1, direct=False,\n"
+             "           winograd=False) -> y\n\n"
              "y [batch, n, out_h, out_w] float32 = conv2d(x [batch, channels, height, width] float32,\n"
              "W [n, channels/groups, kh, kw] 16-bit (as h16_linear's w), bias [n] float32 or None)\n"
              "with zero padding; stride, padding and dilation are (h, w) pairs.  fp32\n"
@@ -127,6 +128,11 @@ static PyObject *py_h16_conv2d(PyObject *self, PyObject *args, PyObject *kw) {
             goto done;
         }
     }
+    if (direct && winograd) {
+        PyErr_SetString(PyExc_ValueError, "h16_conv2d: direct=True and winograd=True both asked for; pass at most "
+                                          "one of them (neither: the im2col GEMM)");
+        goto done;
+    }
     if (winograd && (kh != 3 || kwd != 3 || st[0] != 1 || st[1] != 1 || dl[0] != 1 || dl[1] != 1 || groups != 1)) {
         PyErr_SetString(PyExc_ValueError, "winograd=True needs a 3x3 kernel, stride 1, dilation 1 and groups=1; "
                                           "pass winograd=False for this conv");
@@ -146,7 +152,24 @@ static PyObject *py_h16_conv2d(PyObject *self, PyObject *args, PyObject *kw) {
                 groups, PyArray_DATA(w), is_bf16, mq_data_or_null(bias), n, PyArray_DATA(out), nthreads);
         Py_END_ALLOW_THREADS
     }
-    result = status < 0 ? PyErr_NoMemory() : mq_return(out);
+    if (status < 0) {
+        /* PyErr_NoMemory() says nothing: name the conv and what it needed (in MB) */
+        const int copies = direct && (pd[0] > 0 || pd[1] > 0);
+        const double floats = (double)batch * (double)channels * (double)(height + (copies ? 2 * pd[0] : 0)) *
+                               (double)(width + (copies ? 2 * pd[1] : 0));
+        const long long mb = (long long)(floats * sizeof(float) / 1e6 < 1e15 ? floats * sizeof(float) / 1e6 : 1e15);
+        PyErr_Format(PyExc_MemoryError,
+                     "h16_conv2d: out of memory for the working buffers of the %s conv of x [%zd, %zd, %zd, %zd] "
+                     "with padding (%zd, %zd) into %zd output channels (%s: %lld MB); %s",
+                     winograd ? "Winograd" : direct ? "direct" : "im2col GEMM", (Py_ssize_t)batch,
+                     (Py_ssize_t)channels, (Py_ssize_t)height, (Py_ssize_t)width, (Py_ssize_t)pd[0],
+                     (Py_ssize_t)pd[1], (Py_ssize_t)n,
+                     copies ? "its copy of the zero-padded image alone" : "the image", mb,
+                     copies ? "a smaller padding, or direct=False (the GEMM reads the image without a copy)"
+                            : "a smaller batch");
+    } else {
+        result = mq_return(out);
+    }
 done:
     mq_release(&refs);
     return result;

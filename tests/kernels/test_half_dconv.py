@@ -69,14 +69,17 @@ def test_non_contiguous_inputs_give_the_contiguous_bits(isa, dtype):
 
 
 def test_the_automatic_choice_is_conv_algorithms(isa):
-    """half_conv2d_raw without ``algorithm`` takes kernels.half_conv.conv_algorithm's."""
+    """half_conv2d_raw without ``algorithm`` takes kernels.half_conv.conv_algorithm's at the
+    active level (Winograd at WINOGRAD_LEVELS only, the direct conv elsewhere)."""
+    from mono_quant.kernels.half_conv import WINOGRAD_LEVELS
     one = ((1, 1), (1, 1), (1, 1), 1)
+    wino = "winograd" if isa in WINOGRAD_LEVELS else "direct"
     for x_shape, w_shape, want in (((1, 64, 9, 11), (80, 64, 3, 3), "direct"),
-                                   ((1, 512, 4, 4), (512, 512, 3, 3), "gemm"),      # few pixels x 2.4M weights
-                                   ((1, 64, 32, 32), (64, 64, 3, 3), "winograd")):  # 37.7M multiply-adds
+                                   ((1, 512, 4, 4), (512, 512, 3, 3), "gemm"),  # few pixels x 2.4M weights
+                                   ((1, 64, 32, 32), (64, 64, 3, 3), wino)):    # 37.7M multiply-adds
         x, w = torch.randn(x_shape), (torch.randn(w_shape) * 0.05).half()
         arrays = half_conv2d_arrays(w, None)
-        assert conv_algorithm(x.shape, w.shape, *one) == want
+        assert conv_algorithm(x.shape, w.shape, *one) == conv_algorithm(x.shape, w.shape, *one, isa) == want
         assert torch.equal(half_conv2d_raw(x, *arrays, *one), half_conv2d_raw(x, *arrays, *one, algorithm=want))
 
 
@@ -108,3 +111,20 @@ def test_inputs_are_not_modified(isa):
     copies = [t.clone() for t in (x, w, b)]
     direct(x, w, b, case, nthreads=2)
     assert all(torch.equal(a, c) for a, c in zip((x, w, b), copies))
+
+
+def test_a_padded_copy_past_memory_raises_a_memory_error_that_says_so():
+    """The direct kernel copies the zero-padded image first (2^63 bytes here: every allocator
+    refuses it): a MemoryError naming the conv and that copy's size, not a bare one."""
+    x = np.zeros((1, 1 << 19, 1, 1), np.float32)
+    w = np.zeros((1, 1 << 19, 1, 1), np.float16)
+    big = (1 << 20, 1 << 20)
+    with pytest.raises(MemoryError, match=r"direct conv of x \[1, 524288, 1, 1\] with padding \(1048576, 1048576\)"
+                                          r".*zero-padded image alone: \d+ MB"):
+        _C.h16_conv2d(x, w, False, None, big, big, (1, 1), 1, direct=True)
+
+
+def test_direct_and_winograd_together_are_refused():
+    x, w = np.zeros((1, 8, 5, 5), np.float32), np.zeros((8, 8, 3, 3), np.float16)
+    with pytest.raises(ValueError, match="direct=True and winograd=True"):
+        _C.h16_conv2d(x, w, False, None, (1, 1), (1, 1), (1, 1), 1, direct=True, winograd=True)

@@ -11,7 +11,8 @@ from torch import nn
 import mono_quant as mq
 from mono_quant.formats import half_conv
 from mono_quant.formats.traced_forward import conv2d_forward
-from mono_quant.kernels.half_conv import half_conv2d
+from mono_quant.kernels.half_conv import half_conv2d, half_conv2d_arrays, half_conv2d_raw
+from conftest import SUPPORTED, at_isa
 
 
 def quantized_conv(dtype, cin=32, cout=24, kernel=3, bias=True, **kw):
@@ -90,7 +91,7 @@ def test_the_algorithm_rule():
     """The im2col GEMM for few output pixels times a large weight, Winograd for large 3x3
     stride-1 convs that fit its buffers, the direct kernel elsewhere."""
     from mono_quant.kernels.half_conv import GEMM_MIN_K, conv_algorithm, uses_direct
-    one = ((1, 1), (1, 1), (1, 1), 1)
+    one = ((1, 1), (1, 1), (1, 1), 1, "avx512")  # (Winograd: WINOGRAD_LEVELS only)
     assert conv_algorithm((1, 512, 7, 7), (512, 512, 3, 3), *one) == "gemm"        # 49 rows x 2.4M weights
     assert conv_algorithm((1, 512, 14, 14), (512, 512, 3, 3), *one) == "direct"   # Winograd's buffers too big
     assert conv_algorithm((1, 256, 4, 4), (256, 256, 3, 3), *one) == "gemm"       # 16 rows x 590k
@@ -103,8 +104,9 @@ def test_the_algorithm_rule():
     assert conv_algorithm((1, 64, 120, 120), (64, 64, 3, 3), *one) == "direct"    # one image past its buffers
     assert conv_algorithm((64, 64, 8, 8), (64, 64, 3, 3), *one) == "direct"       # small images
     assert conv_algorithm((64, 32, 16, 16), (32, 32, 3, 3), *one) == "direct"    # few channels
-    assert conv_algorithm((1, 64, 56, 56), (64, 64, 3, 3), (2, 2), (1, 1), (1, 1), 1) == "direct"  # stride 2
-    assert conv_algorithm((1, 64, 56, 56), (64, 32, 3, 3), (1, 1), (1, 1), (1, 1), 2) == "direct"  # groups
+    assert conv_algorithm((1, 64, 56, 56), (64, 64, 3, 3), (2, 2), (1, 1), (1, 1), 1, "avx512") == "direct"  # stride 2
+    assert conv_algorithm((1, 64, 56, 56), (64, 32, 3, 3), (1, 1), (1, 1), (1, 1), 2, "avx512") == "direct"  # groups
+    assert conv_algorithm((1, 64, 56, 56), (64, 64, 3, 3), *one[:-1], "avx2") == "direct"
     assert uses_direct(1, 1 << 24, GEMM_MIN_K - 1)                                 # a short reduction
     assert not uses_direct(1, 1 << 24, GEMM_MIN_K)
 
@@ -114,7 +116,8 @@ def test_winograd_past_max_outputs_at_its_levels(monkeypatch):
     x = torch.randn(1, 64, 56, 56)  # 200704 outputs > MAX_OUTPUTS["avx512"], Winograd's shape
     assert half_conv.takes_half_conv(q, x, "avx512")
     assert not half_conv.takes_half_conv(q, x, "avx2")
-    monkeypatch.setattr(half_conv, "WINOGRAD_LEVELS", ())
+    from mono_quant.kernels import half_conv as half_conv_kernels
+    monkeypatch.setattr(half_conv_kernels, "WINOGRAD_LEVELS", ())
     assert not half_conv.takes_half_conv(q, x, "avx512")
 
 
@@ -188,6 +191,7 @@ def test_compile_and_export_take_the_op():
         assert torch.equal(program.module()(x), want)
 
 
+@pytest.mark.skipif("avx512" not in SUPPORTED, reason="Winograd runs at the AVX-512 level only (WINOGRAD_LEVELS)")
 @pytest.mark.parametrize("dtype", ["fp16", "bf16"])
 def test_a_winograd_layer_in_eager_traced_and_compiled_forward(dtype):
     """A large 3x3 conv (Winograd at AVX-512): the same bits through the op (autograd,
@@ -195,9 +199,12 @@ def test_a_winograd_layer_in_eager_traced_and_compiled_forward(dtype):
     from mono_quant.kernels.half_conv import conv_algorithm
     _, q = quantized_conv(dtype, cin=64, cout=64, padding=1)
     x = torch.randn(1, 64, 32, 32)
-    assert conv_algorithm(x.shape, q._buffers["weight"].shape, (1, 1), (1, 1), (1, 1), 1) == "winograd"
-    with torch.no_grad():
+    assert conv_algorithm(x.shape, q._buffers["weight"].shape, (1, 1), (1, 1), (1, 1), 1, "avx512") == "winograd"
+    assert half_conv.takes_half_conv(q, x, "avx512")
+    with torch.no_grad(), at_isa("avx512"):
         y = q(x)
+        arrays = half_conv2d_arrays(q._buffers["weight"], q.bias)
+        assert torch.equal(y, half_conv2d_raw(x, *arrays, (1, 1), (1, 1), (1, 1), 1, algorithm="winograd"))
         assert torch.equal(conv2d_forward(q, x), y)
         assert torch.equal(torch.compile(q)(x), y)
     close(y, torch_route(q, x), 4 * 64 * 9)
@@ -206,6 +213,48 @@ def test_a_winograd_layer_in_eager_traced_and_compiled_forward(dtype):
     ya.sum().backward()
     grad = torch.nn.grad.conv2d_input(x.shape, q._buffers["weight"].float(), torch.ones_like(ya), 1, 1)
     torch.testing.assert_close(xa.grad, grad)
+
+
+@pytest.mark.skipif("avx2" not in SUPPORTED, reason="needs an AVX2 CPU")
+def test_the_avx2_level_runs_the_direct_kernel_where_winograd_would_fit():
+    """WINOGRAD_LEVELS holds for a conv within MAX_OUTPUTS too, eager and through the op alike."""
+    _, q = quantized_conv("fp16", cin=512, cout=64, padding=1)
+    x = torch.randn(1, 512, 14, 14)  # 12544 outputs: within MAX_OUTPUTS["avx2"]
+    assert half_conv.layer_algorithm(q, x, "avx2") == "direct"
+    assert half_conv.layer_algorithm(q, x, "avx512") == "winograd"
+    arrays = half_conv2d_arrays(q._buffers["weight"], q.bias)
+    with torch.no_grad(), at_isa("avx2"):
+        assert half_conv.takes_half_conv(q, x, "avx2")
+        want = half_conv2d_raw(x, *arrays, (1, 1), (1, 1), (1, 1), 1, algorithm="direct")
+        assert torch.equal(q(x), want)
+        assert torch.equal(conv2d_forward(q, x), want)  # the op (compile, export)
+
+
+def test_a_padding_far_past_the_image_takes_the_gemm_not_a_padded_copy(isa):
+    """The direct kernel would copy the zero-padded image (200 GB here): the GEMM runs it."""
+    conv, q = quantized_conv("fp16", cin=32, cout=16, kernel=1, stride=20000, padding=20000)
+    x = torch.randn(1, 32, 1, 1)
+    assert half_conv.takes_half_conv(q, x, isa) == (isa != "scalar")
+    assert half_conv.layer_algorithm(q, x, isa) == "gemm"
+    with torch.no_grad():
+        y = q(x)
+        assert y.shape == conv(x).shape == (1, 16, 3, 3)
+        close(y, torch_route(q, x), 32)
+        assert torch.equal(conv2d_forward(q, x), y)
+
+
+def test_the_direct_kernel_keeps_convs_whose_padded_copy_is_small():
+    from mono_quant.kernels.half_conv import DIRECT_PAD_FACTOR, conv_algorithm, direct_pad_fits
+    one = ((1, 1), (1, 1), (1, 1), 1)
+    assert conv_algorithm((1, 16, 2, 2), (16, 16, 3, 3), *one, "avx512") == "direct"   # 16 -> 4 x 4 floats
+    assert conv_algorithm((8, 32, 7, 7), (64, 32, 3, 3), *one, "avx512") == "direct"
+    assert conv_algorithm((1, 32, 1, 1), (16, 32, 1, 1), (2000, 2000), (2000, 2000), (1, 1), 1, "avx2") == "gemm"
+    # past DIRECT_PAD_FREE, the factor decides: 1 x 64 x 130 x 130 floats against 64 + 16 x 3 x 3
+    assert not direct_pad_fits((1, 64, 1, 1), 16 * 9, (65, 65))
+    assert direct_pad_fits((1, 64, 128, 128), 64 * 130 * 130, (1, 1))
+    big = 1 << 22
+    assert direct_pad_fits((1, 1, 1, big), DIRECT_PAD_FACTOR * 3 * big, (1, 0))
+    assert not direct_pad_fits((1, 1, 1, big), 0, (2, 0))
 
 
 def test_bf16_activations_take_torchs_conv_in_bf16():

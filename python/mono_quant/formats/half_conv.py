@@ -18,9 +18,11 @@ same levels) any conv of a weight torch's route would widen per call, a reductio
 (in_channels/groups x kh x kw) of at least ``MIN_K`` and at least ``MIN_GROUP_OUT`` output
 channels per group (the direct kernel's lanes: depthwise convs keep torch's).  Measured with
 benchmarks/bench_fp16_conv.py (docs/benchmarks.md, "fp16 / bf16 Conv2d: the direct kernel").
-The scalar level (no F16C) keeps torch's op.  Both routes give torch's result up to float32
-rounding (another summation order), not the same bits: which one a layer takes depends on the
-batch, as for torch's own conv algorithms.
+The scalar level (no F16C) keeps torch's op.  The GEMM and the direct conv give torch's result
+up to float32 rounding of each output's sum |w x| (another summation order), not the same bits
+(which one a layer takes depends on the batch, as for torch's own conv algorithms); Winograd's
+rounding error scales instead with the magnitudes of the weights and inputs across each 3x3
+window, so one large input beside a pruned (zero) tap can make it many times larger there.
 """
 from __future__ import annotations
 
@@ -30,12 +32,14 @@ import torch
 import torch.nn.functional as F
 
 from ..kernels.fp16 import HALF_WEIGHT_DTYPES
-from ..kernels.half_conv import conv_algorithm, half_conv2d, half_conv2d_arrays, half_conv2d_raw
+from ..kernels import half_conv as half_conv_kernels
+from ..kernels.half_conv import WINOGRAD_LEVELS, conv_algorithm, half_conv2d, half_conv2d_arrays, half_conv2d_raw
 from ..kernels.settings import SETTINGS
 from . import layer_cache
 from .layer_cache import float_weight, pinned, weight_bias
 
 __all__ = ["MAX_OUTPUTS", "FULL_LANES", "MIN_K", "MIN_GROUP_OUT", "WINOGRAD_LEVELS", "takes_half_conv",
+           "layer_algorithm",
            "eager_half_conv", "half_conv_forward",
            "traced_half_conv_forward"]
 
@@ -52,12 +56,10 @@ FULL_LANES = {"scalar": 1, "avx2": 16, "avx512": 64}
 MIN_K = 27
 #: the fewest output channels per group that run a C kernel (the direct kernel's 16 lanes)
 MIN_GROUP_OUT = 16
-#: the kernel levels where a conv that takes Winograd (kernels.half_conv.conv_algorithm) runs it
-#: past MAX_OUTPUTS (AVX-512: ResNet-18's 3x3 convs at batch 1 and 8 in 0.63-0.78x fp32 time; the
-#: AVX2 level measured 0.98-1.27x against torch's AVX-512 conv on the same host, so not there),
-#: and so does the direct kernel for a weight past layer_cache.SMALL_WEIGHT_ELEMENTS (torch's route
-#: widens such a weight per call: 1.01-1.05x, the direct kernel 0.92-1.01x)
-WINOGRAD_LEVELS = ("avx512",)
+# WINOGRAD_LEVELS (kernels.half_conv, where conv_algorithm reads it): the kernel levels where a
+# conv runs Winograd, past MAX_OUTPUTS too, and so does the direct kernel for a weight past
+# layer_cache.SMALL_WEIGHT_ELEMENTS (torch's route widens such a weight per call: 1.01-1.05x fp32
+# time, the direct kernel 0.92-1.01x)
 
 
 def takes_half_conv(module, x: torch.Tensor, isa: str) -> bool:
@@ -84,12 +86,23 @@ def takes_half_conv(module, x: torch.Tensor, isa: str) -> bool:
     lanes = min(module.out_channels // module.groups, FULL_LANES[isa])
     if x.shape[0] * out_h * out_w * module.out_channels * FULL_LANES[isa] <= MAX_OUTPUTS[isa] * lanes:
         return True
-    algorithm = conv_algorithm(x.shape, weight.shape, module.stride2d, module.padding2d, module.dilation2d,
-                               module.groups)
-    if algorithm == "gemm" or (algorithm == "winograd" and isa in WINOGRAD_LEVELS):
+    algorithm = layer_algorithm(module, x, isa)
+    if algorithm in ("gemm", "winograd"):  # (Winograd: conv_algorithm picks it at WINOGRAD_LEVELS only)
         return True
     # a large weight: torch's route widens it per call, the direct kernel (at oneDNN's speed) does not
-    return algorithm == "direct" and isa in WINOGRAD_LEVELS and weight.numel() > layer_cache.SMALL_WEIGHT_ELEMENTS
+    return (algorithm == "direct" and isa in half_conv_kernels.WINOGRAD_LEVELS
+            and weight.numel() > layer_cache.SMALL_WEIGHT_ELEMENTS)
+
+
+def layer_algorithm(module, x: torch.Tensor, isa: str) -> str:
+    """kernels.half_conv.conv_algorithm for QuantizedConv2d ``module`` on ``x`` at level ``isa``,
+    on what the kernel is given: a reflect / circular padding is padded by torch first (so the
+    op path, half_conv2d on the padded input, picks the same)."""
+    weight = module._buffers["weight"]
+    shape, padding = tuple(x.shape), module.padding2d
+    if module.padding_mode != "zeros":
+        shape, padding = (*shape[:2], shape[2] + 2 * padding[0], shape[3] + 2 * padding[1]), (0, 0)
+    return conv_algorithm(shape, weight.shape, module.stride2d, padding, module.dilation2d, module.groups, isa)
 
 
 # Per module, the route last taken with what it depends on (x's shape, dtype and device, the
@@ -132,9 +145,7 @@ def eager_half_conv(module, x: torch.Tensor) -> Optional[torch.Tensor]:
 def _choose(module, x: torch.Tensor, isa: str, weight: torch.Tensor, bias) -> tuple:
     """``(route, its arguments)`` for eager_half_conv."""
     if takes_half_conv(module, x, isa):
-        # (the module's padding: a reflect / circular one padded by torch first gives the same choice)
-        algorithm = conv_algorithm(x.shape, weight.shape, module.stride2d, module.padding2d, module.dilation2d,
-                                   module.groups)
+        algorithm = layer_algorithm(module, x, isa)
         return _KERNEL, (half_conv2d_arrays(weight, bias), algorithm)
     if x.dtype != torch.float32 or not x.is_cpu or not weight.is_cpu or weight.dtype not in HALF_WEIGHT_DTYPES:
         return None, None

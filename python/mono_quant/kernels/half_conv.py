@@ -21,7 +21,8 @@ from .settings import SETTINGS
 
 __all__ = ["half_conv2d", "half_conv2d_arrays", "half_conv2d_raw", "half_conv2d_reference", "uses_direct",
            "uses_winograd", "conv_algorithm", "ALGORITHMS", "GEMM_ROWS_WEIGHT", "GEMM_MIN_K", "WINOGRAD_MIN_MACS",
-           "WINOGRAD_MAX_TRAFFIC", "WINOGRAD_MIN_SIDE", "WINOGRAD_MIN_CHANNELS", "WINOGRAD_BLOCK"]
+           "WINOGRAD_MAX_TRAFFIC", "WINOGRAD_MIN_SIDE", "WINOGRAD_MIN_CHANNELS", "WINOGRAD_BLOCK", "WINOGRAD_LEVELS",
+           "DIRECT_PAD_FACTOR", "DIRECT_PAD_FREE", "direct_pad_fits"]
 
 #: the C kernels: im2col rows x the weight (h16_conv.c), the direct conv (h16_dconv.c), Winograd
 #: F(2x2, 3x3) (h16_winograd.c)
@@ -52,6 +53,19 @@ WINOGRAD_MIN_SIDE = 14
 WINOGRAD_MIN_CHANNELS = 64
 #: output channels per block of h16_winograd.c (its BLOCK)
 WINOGRAD_BLOCK = 64
+#: the kernel levels where a conv that fits Winograd runs it (AVX-512: ResNet-18's 3x3 convs at
+#: batch 1 and 8 in 0.63-0.78x fp32 time; the AVX2 level measured 0.98-1.27x against torch's
+#: AVX-512 conv on the same host, so not there: the direct kernel instead)
+WINOGRAD_LEVELS = ("avx512",)
+#: the direct kernel copies the whole zero-padded image (batch x channels x (h + 2 ph) x
+#: (w + 2 pw) floats, h16_dconv.c) first: it runs a conv only while that copy is at most this
+#: many times the input and output together ...
+DIRECT_PAD_FACTOR = 4
+#: ... or at most this many floats (4 MB: a small image with padding 1 is several times its
+#: size and costs nothing); past both (a padding far larger than the image, as Conv2d(32, 16, 1,
+#: stride=20000, padding=20000) on 1x1: a 200 GB copy for 3x3 outputs) the im2col GEMM, which
+#: reads the image through bounds checks, runs it
+DIRECT_PAD_FREE = 1 << 20
 
 
 def uses_direct(rows: int, weight_numel: int, k: int) -> bool:
@@ -74,12 +88,27 @@ def uses_winograd(batch: int, in_channels: int, out_channels: int, out_h: int, o
     return macs >= WINOGRAD_MIN_MACS and in_channels * image_tiles * blocks <= WINOGRAD_MAX_TRAFFIC
 
 
-def conv_algorithm(x_shape, weight_shape, stride, padding, dilation, groups: int) -> str:
-    """Which of ``ALGORITHMS`` a conv of these shapes runs: the GEMM for few output pixels
-    times a large weight (:func:`uses_direct`), else Winograd where it fits and pays
-    (:func:`uses_winograd`), else the direct conv.  Each gives torch's conv to float32
-    rounding (Winograd: of the per-tile magnitudes; docs/benchmarks.md); the direct conv and
-    Winograd give the same bits at every kernel level and thread count."""
+def direct_pad_fits(x_shape, out_numel: int, padding) -> bool:
+    """Whether the direct kernel's copy of the zero-padded image is small enough
+    (``DIRECT_PAD_FACTOR``, ``DIRECT_PAD_FREE``) for a conv of input ``x_shape`` and
+    ``out_numel`` output elements."""
+    if not any(padding):
+        return True  # no copy
+    batch, channels, height, width = x_shape
+    copy = batch * channels * (height + 2 * padding[0]) * (width + 2 * padding[1])
+    return copy <= DIRECT_PAD_FREE or copy <= DIRECT_PAD_FACTOR * (batch * channels * height * width + out_numel)
+
+
+def conv_algorithm(x_shape, weight_shape, stride, padding, dilation, groups: int, isa: Optional[str] = None) -> str:
+    """Which of ``ALGORITHMS`` a conv of these shapes runs at kernel level ``isa`` (None: the
+    active one): the GEMM for few output pixels times a large weight (:func:`uses_direct`),
+    else Winograd where it fits and pays (:func:`uses_winograd`) at the ``WINOGRAD_LEVELS``,
+    else the direct conv, unless its padded copy of the image would be too large
+    (:func:`direct_pad_fits`: the GEMM then).  The GEMM and the direct conv give torch's conv to
+    float32 rounding; Winograd's error scales with the weights' and inputs' magnitudes across each
+    3x3 window (its 4x4 tile), not each output's sum |w x| (the bound: tests/kernels/
+    test_half_winograd.py); the direct conv and Winograd give the same bits at every kernel
+    level and thread count."""
     n, cg, kh, kw = weight_shape
     out = [(size + 2 * p - d * (k - 1) - 1) // s + 1
            for size, k, s, p, d in zip(x_shape[2:], (kh, kw), stride, padding, dilation)]
@@ -87,9 +116,10 @@ def conv_algorithm(x_shape, weight_shape, stride, padding, dilation, groups: int
         return "direct"  # (the C layer raises)
     if not uses_direct(x_shape[0] * out[0] * out[1], n * cg * kh * kw, cg * kh * kw):
         return "gemm"
-    if uses_winograd(x_shape[0], cg * groups, n, out[0], out[1], (kh, kw), stride, dilation, groups):
+    if (uses_winograd(x_shape[0], cg * groups, n, out[0], out[1], (kh, kw), stride, dilation, groups)
+            and (SETTINGS.isa if isa is None else isa) in WINOGRAD_LEVELS):
         return "winograd"
-    return "direct"
+    return "direct" if direct_pad_fits(x_shape, x_shape[0] * n * out[0] * out[1], padding) else "gemm"
 
 # The op lives in the package's "mono_quant" namespace (kernels/torch_library.py defines it):
 # a FRAGMENT library adds to it, kept alive as long as this module
@@ -115,10 +145,10 @@ def half_conv2d_arrays(weight: torch.Tensor, bias: Optional[torch.Tensor]) -> tu
 def half_conv2d_raw(x: torch.Tensor, w, is_bf16: bool, bias, stride, padding, dilation, groups: int,
                     algorithm: Optional[str] = None) -> torch.Tensor:
     """:func:`half_conv2d` on the arrays of :func:`half_conv2d_arrays`; ``algorithm``: one of
-    ``ALGORITHMS`` (None: :func:`conv_algorithm` on the shapes)."""
+    ``ALGORITHMS`` (None: :func:`conv_algorithm` on the shapes at the active kernel level)."""
     if algorithm is None:
         algorithm = "direct" if len(w.shape) != 4 else conv_algorithm(x.shape, w.shape, stride, padding, dilation,
-                                                                      groups)
+                                                                      groups, SETTINGS.isa)
     y = _C.h16_conv2d((x.detach() if x.requires_grad else x).numpy(), w, is_bf16, bias, tuple(stride),
                       tuple(padding), tuple(dilation), groups, nthreads=SETTINGS.num_threads(),
                       direct=algorithm == "direct", winograd=algorithm == "winograd")
