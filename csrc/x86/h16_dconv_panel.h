@@ -62,4 +62,12 @@ static inline __attribute__((always_inline)) void dconv_panel(const uint16_t *w,
     }
 }
 
+/* The table's entry: one inlined copy of the loop per 16-bit format. */
+static void h16_dconv_panel(const uint16_t *w, int64_t k, int is_bf16, int64_t nb, int64_t ldp, float *panel) {
+    if (is_bf16)
+        dconv_panel(w, k, 1, nb, ldp, panel);
+    else
+        dconv_panel(w, k, 0, nb, ldp, panel);
+}
+
 #endif

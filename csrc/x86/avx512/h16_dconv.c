@@ -63,13 +63,6 @@ static void h16_dconv(const float *x, const int64_t *pix, int64_t npix, const in
     }
 }
 
-static void h16_dconv_panel(const uint16_t *w, int64_t k, int is_bf16, int64_t nb, int64_t ldp, float *panel) {
-    if (is_bf16)
-        dconv_panel(w, k, 1, nb, ldp, panel);
-    else
-        dconv_panel(w, k, 0, nb, ldp, panel);
-}
-
 const mq_kernels mq_avx512_h16_dconv_table = {
     .h16_dconv_panel = h16_dconv_panel,
     .h16_dconv = h16_dconv,
