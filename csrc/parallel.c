@@ -56,9 +56,12 @@
                                 /* and than 2 of its own pieces had a descheduled worker: */
 #define TEAM_PAUSE_MIN_NS 50000000    /* then the pool alone for 50 ms, */
 #define TEAM_PAUSE_MAX_NS 1600000000  /* doubled while it stays so, up to 1.6 s */
-#define TEAM_MIN_WORK_NS 1000000 /* jobs of less work (one thread's time, last seen) stay on the pool: */
-                                 /* a wait for a descheduled worker would cost them many times their time */
-#define WORK_SEEN_SLOTS 64
+#define TEAM_MIN_WORK_NS 200000 /* jobs of less work (one thread's time, last seen) stay on the pool: */
+                                /* a wait for a descheduled worker would cost them many times their time. */
+                                /* 0.2 ms, not 1 ms: the fp16 convs' 0.2-1 ms regions on the pool, just */
+                                /* after a torch op, ran at 1-thread speed (1.4-1.5x fp32 at 2 threads) */
+#define WORK_SEEN_SETS 256 /* x WORK_SEEN_WAYS: a model's layers x regions per layer, with room */
+#define WORK_SEEN_WAYS 4
 
 /* ---- waiting: spin briefly, then sleep on a futex ---------------------------------------- */
 
@@ -287,30 +290,45 @@ static void team_body(void *arg) {
 }
 
 /* One thread's time for the last job of each (fn, n) seen, in ns: what a
- * call will cost is known only from the previous one like it.  Read and
- * written by the pool's owner only. */
-static struct {
+ * call will cost is known only from the previous one like it.  Set-associative
+ * with least-recently-used replacement: a model has a few regions per layer
+ * times its layers, and two jobs that evicted each other would both stay on
+ * the pool for good (a direct-mapped table of 64 did that to fp16 convs).
+ * Read and written by the pool's owner only. */
+typedef struct {
     mq_range_fn fn;
     int64_t n, work_ns;
-} work_seen[WORK_SEEN_SLOTS];
+    uint64_t used;
+} work_entry;
+static work_entry work_seen[WORK_SEEN_SETS][WORK_SEEN_WAYS];
+static uint64_t work_clock;
 
-static int work_slot(mq_range_fn fn, int64_t n) {
+static work_entry *work_find(mq_range_fn fn, int64_t n, int for_insert) {
     uint64_t h = (uint64_t)(uintptr_t)fn ^ ((uint64_t)n * 0x9e3779b97f4a7c15ull);
-    return (int)((h ^ (h >> 29)) % WORK_SEEN_SLOTS);
+    work_entry *set = work_seen[(h ^ (h >> 29)) % WORK_SEEN_SETS], *oldest = &set[0];
+    for (int w = 0; w < WORK_SEEN_WAYS; w++) {
+        if (set[w].fn == fn && set[w].n == n) {
+            set[w].used = ++work_clock;
+            return &set[w];
+        }
+        if (set[w].used < oldest->used) oldest = &set[w];
+    }
+    if (!for_insert) return NULL;
+    oldest->fn = fn;
+    oldest->n = n;
+    oldest->used = ++work_clock;
+    return oldest;
 }
 
 static void remember_work(mq_range_fn fn, int64_t n, int64_t longest_piece_ns, int pieces) {
     if (longest_piece_ns <= 0) return; /* the caller ran no piece: nothing learned */
-    const int slot = work_slot(fn, n);
-    work_seen[slot].fn = fn;
-    work_seen[slot].n = n;
-    work_seen[slot].work_ns = longest_piece_ns * pieces;
+    work_find(fn, n, 1)->work_ns = longest_piece_ns * pieces;
 }
 
 /* 1 if this call may go to torch's team: enough work, last time, and not paused after a slow call. */
 static int team_wanted(mq_range_fn fn, int64_t n, int threads) {
-    const int slot = work_slot(fn, n);
-    if (work_seen[slot].fn != fn || work_seen[slot].n != n || work_seen[slot].work_ns < TEAM_MIN_WORK_NS) return 0;
+    const work_entry *seen = work_find(fn, n, 0);
+    if (!seen || seen->work_ns < TEAM_MIN_WORK_NS) return 0;
     return now_ns() >= atomic_load_explicit(&team_paused_until_ns, memory_order_relaxed) && mq_omp_team_usable(threads);
 }
 

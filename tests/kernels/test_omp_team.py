@@ -5,6 +5,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import time
 
 import pytest
 import torch
@@ -16,7 +17,7 @@ from mono_quant import _C
 from fork_scripts import WAIT_FOR_CHILD
 
 # The team path is taken only for jobs whose previous run of the same shape
-# took 1 ms of one thread's time or more, and not right after a call that
+# took 0.2 ms of one thread's time or more, and not right after a call that
 # waited for a descheduled worker (then it pauses): so call until it ran.
 RUN_ON_TEAM = textwrap.dedent("""
     import time
@@ -504,3 +505,22 @@ def test_no_team_on_another_openmp_runtime(tmp_path):
     if not os.path.exists(os.path.join(os.path.dirname(torch.__file__), "lib", "libgomp.so.1")):
         pytest.skip("this torch has no libgomp of its own")
     _run_script(OTHER_OPENMP, str(tmp_path / "libiomp5.so"))
+
+
+def test_a_model_of_many_layers_keeps_every_layer_on_the_team(two_threads_team):
+    """What a job cost is remembered per (kernel, size): a model has more of those than a
+    small direct-mapped table holds, and two that evict each other would stay on the pool."""
+    torch.manual_seed(0)
+    layers = [(mq.quantize(nn.Linear(512, 16 * k), activations=None).model, torch.randn(160, 512))
+              for k in range(40, 140)]  # 100 distinct sizes of one kernel, each a job of 0.3 ms or more
+    deadline = time.monotonic() + 90
+    with torch.inference_mode():
+        while True:
+            missed = 0
+            for layer, x in layers:
+                before = _C.linear_kernels()["omp_team_calls"]
+                layer(x)
+                missed += _C.linear_kernels()["omp_team_calls"] == before
+            if missed == 0:
+                return
+            assert time.monotonic() < deadline, f"{missed} of {len(layers)} layers never ran on the team"

@@ -158,7 +158,7 @@ def test_pool_shared_by_several_python_threads(backend_and_threads):
 
 def _kernel_families():
     """One call per kernel family that splits work with mq_parallel_for (parallel.c), each big
-    enough to split (and, for some, to be offered to torch's team: 1 ms of one thread or more),
+    enough to split (and, for some, to be offered to torch's team: 0.2 ms of one thread or more),
     as (name, call returning a list of tensors)."""
     torch.manual_seed(1)
     w = torch.randn(3000, 1000)
@@ -200,7 +200,7 @@ def test_same_bits_for_every_kernel_family_backend_and_thread_count(backend_and_
             for threads in (2, 3):
                 torch.set_num_threads(threads)
                 for name, call in families:
-                    for _ in range(3):  # a job is offered to the team after one like it took 1 ms
+                    for _ in range(3):  # a job is offered to the team after one like it took 0.2 ms
                         got = call()
                         assert all(torch.equal(a, b) for a, b in zip(got, expected[name], strict=True)), \
                             (name, backend, threads)
