@@ -7,7 +7,8 @@
 PyDoc_STRVAR(set_conv_direct_doc,
              "set_conv_direct(on) -> previous\n\n"
              "Whether conv2d_int8 (dynamic) may take the direct conv route where it applies (default True);\n"
-             "False keeps every call on the im2col route (tests compare the two: the same bits).");
+             "False keeps every C call on the im2col route (the same bits for a given call; the module's\n"
+             "rule then also sends the smallest convs to F.conv2d, as before the direct route).");
 
 static PyObject *py_set_conv_direct(PyObject *self, PyObject *arg) {
     (void)self;
@@ -18,17 +19,19 @@ static PyObject *py_set_conv_direct(PyObject *self, PyObject *arg) {
 }
 
 PyDoc_STRVAR(conv2d_int8_direct_applies_doc,
-             "conv2d_int8_direct_applies(in_channels, groups, kernel_h, kernel_w, has_w_zero_point) -> bool\n\n"
+             "conv2d_int8_direct_applies(in_channels, groups, kernel_h, kernel_w, pad_h, pad_w, dilation_h,\n"
+             "                           dilation_w, has_w_zero_point) -> bool\n\n"
              "Whether conv2d_int8 (dynamic) takes the direct conv route for this layer at the active kernel\n"
              "level: it then needs no im2col buffer (so no chunking of large batches).");
 
 static PyObject *py_conv2d_int8_direct_applies(PyObject *self, PyObject *args) {
     (void)self;
-    Py_ssize_t channels, groups, kh, kw;
+    Py_ssize_t channels, groups, kh, kw, ph, pw, dh, dw;
     int has_zp;
-    if (!PyArg_ParseTuple(args, "nnnnp:conv2d_int8_direct_applies", &channels, &groups, &kh, &kw, &has_zp))
+    if (!PyArg_ParseTuple(args, "nnnnnnnnp:conv2d_int8_direct_applies", &channels, &groups, &kh, &kw, &ph, &pw, &dh,
+                          &dw, &has_zp))
         return NULL;
-    return PyBool_FromLong(mq_conv2d_dynamic_direct_applies(channels, groups, kh, kw, has_zp));
+    return PyBool_FromLong(mq_conv2d_dynamic_direct_applies(channels, groups, kh, kw, ph, pw, dh, dw, has_zp));
 }
 
 PyDoc_STRVAR(conv_profile_doc,
@@ -52,13 +55,11 @@ static PyObject *py_conv_profile(PyObject *self, PyObject *args, PyObject *kw) {
     PyObject *enable = Py_None;
     (void)self;
     if (!PyArg_ParseTupleAndKeywords(args, kw, "|O:conv_profile", kwlist, &enable)) return NULL;
+    const int on = enable == Py_None ? -1 : PyObject_IsTrue(enable);
+    if (enable != Py_None && on < 0) return NULL; /* before taking (and zeroing) the counters */
     int64_t ns[MQ_CONV_STEPS], calls, direct_calls;
     mq_conv_profile_take(ns, &calls, &direct_calls);
-    if (enable != Py_None) {
-        const int on = PyObject_IsTrue(enable);
-        if (on < 0) return NULL;
-        __atomic_store_n(&mq_conv_profile_on, on, __ATOMIC_RELAXED);
-    }
+    if (on >= 0) __atomic_store_n(&mq_conv_profile_on, on, __ATOMIC_RELAXED);
     PyObject *result = PyDict_New();
     if (!result) return NULL;
     for (int s = 0; s < MQ_CONV_STEPS + 2; s++) {

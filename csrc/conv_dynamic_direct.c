@@ -23,10 +23,16 @@
 
 int mq_conv_direct_enabled = 1;
 
-int mq_conv2d_dynamic_direct_applies(int64_t channels, int64_t groups, int64_t kh, int64_t kw, int has_w_zp) {
+int mq_conv2d_dynamic_direct_applies(int64_t channels, int64_t groups, int64_t kh, int64_t kw, int64_t ph,
+                                     int64_t pw, int64_t dh, int64_t dw, int has_w_zp) {
     if (!__atomic_load_n(&mq_conv_direct_enabled, __ATOMIC_RELAXED) || !mq_active()->static_conv) return 0;
     if (groups != 1 || has_w_zp || channels <= 0 || channels % MQ_KGROUP) return 0;
-    return kh > 0 && kw > 0 && channels <= 32768 / kh / kw; /* k <= 32768: exact int32 sums */
+    if (kh <= 0 || kw <= 0 || dh <= 0 || dw <= 0 || ph < 0 || pw < 0) return 0;
+    /* the image is copied padded: padding far past what a tap can reach ((k - 1) * d) would make
+     * that copy as large as the padding, not the image (the im2col route reads padding as zeros);
+     * a few more (a 3x1 kernel given padding=1) cost little */
+    if (ph > (kh - 1) * dh + MQ_DIRECT_EXTRA_PAD || pw > (kw - 1) * dw + MQ_DIRECT_EXTRA_PAD) return 0;
+    return channels <= 32768 / kh / kw; /* k <= 32768: exact int32 sums */
 }
 
 typedef struct {
@@ -244,7 +250,7 @@ int mq_conv2d_dynamic_direct(const void *x, mq_src_t kind, int64_t batch, int64_
                              int64_t dh, int64_t dw, int64_t groups, const int8_t *packed, const int32_t *w_sum,
                              const float *w_scale, const int32_t *w_zp, const float *bias, int64_t n, float *y,
                              int nchw, int reduce_range, int nthreads) {
-    if (!mq_conv2d_dynamic_direct_applies(channels, groups, kh, kw, w_zp != NULL)) return 0;
+    if (!mq_conv2d_dynamic_direct_applies(channels, groups, kh, kw, ph, pw, dh, dw, w_zp != NULL)) return 0;
     const mq_kernels *kt = mq_active();
     const int64_t out_h = (height + 2 * ph - dh * (kh - 1) - 1) / sh + 1;
     const int64_t out_w = (width + 2 * pw - dw * (kw - 1) - 1) / sw + 1;
@@ -263,7 +269,8 @@ int mq_conv2d_dynamic_direct(const void *x, mq_src_t kind, int64_t batch, int64_
     }
     for (int64_t j = 0; j < np; j++) {
         ones[j] = 1.0f;
-        zcol[j] = flip ? 128 * w_sum[j] : 0; /* |128 * w_sum| <= 128 * 128 * 32768 = 2^29 */
+        /* |128 * w_sum| <= 2^29 for a packed weight; in 64 bits, so a bad w_sum from a caller wraps, no UB */
+        zcol[j] = flip ? (int32_t)(128 * (int64_t)w_sum[j]) : 0;
     }
     const int64_t call_macs = mq_size_mul(mq_size_mul(mq_size_mul(batch, out_h), out_w), mq_size_mul(k, n));
     /* A call of fewer multiply-adds than this runs on the calling thread alone (linear.c's rule

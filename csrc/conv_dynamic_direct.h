@@ -14,7 +14,10 @@ extern int mq_conv_direct_enabled;
 /* Whether the direct route takes a conv of this shape at the active level (and the switch
  * above): one group, channels a multiple of MQ_KGROUP, no weight zero-points, a reduction of
  * at most 32768 (the kernel's exact int32 bound). */
-int mq_conv2d_dynamic_direct_applies(int64_t channels, int64_t groups, int64_t kh, int64_t kw, int has_w_zp);
+#define MQ_DIRECT_EXTRA_PAD 4 /* padding beyond (k - 1) * dilation that the direct route still takes */
+
+int mq_conv2d_dynamic_direct_applies(int64_t channels, int64_t groups, int64_t kh, int64_t kw, int64_t ph,
+                                     int64_t pw, int64_t dh, int64_t dw, int has_w_zp);
 
 /* mq_conv2d_dynamic's arguments and bits (per-image activation scale, symmetric -127..127 or
  * reduce_range's 7-bit codes with a zero-point; y = (float)acc * (x_scale * w_scale[n]) +

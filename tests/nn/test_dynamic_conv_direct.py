@@ -166,15 +166,19 @@ def test_module_forward_takes_one_call_and_follows_reduce_range(one_torch_thread
 
 
 def test_direct_applies_rule():
-    zero, nonzero = False, True
-    assert dynamic_conv.direct_applies(16, 1, (3, 3), zero)
-    assert not dynamic_conv.direct_applies(16, 1, (3, 3), nonzero)  # weight zero-points
-    assert not dynamic_conv.direct_applies(16, 2, (3, 3), zero)  # groups
-    assert not dynamic_conv.direct_applies(6, 1, (3, 3), zero)  # channels not a multiple of 4
-    assert not dynamic_conv.direct_applies(4096, 1, (3, 3), zero)  # reduction over 32768
+    zero, nonzero, pad, dil = False, True, (1, 1), (1, 1)
+    assert dynamic_conv.direct_applies(16, 1, (3, 3), pad, dil, zero)
+    assert not dynamic_conv.direct_applies(16, 1, (3, 3), pad, dil, nonzero)  # weight zero-points
+    assert not dynamic_conv.direct_applies(16, 2, (3, 3), pad, dil, zero)  # groups
+    assert not dynamic_conv.direct_applies(6, 1, (3, 3), pad, dil, zero)  # channels not a multiple of 4
+    assert not dynamic_conv.direct_applies(4096, 1, (3, 3), pad, dil, zero)  # reduction over 32768
+    assert dynamic_conv.direct_applies(16, 1, (3, 3), (2, 4), (1, 2), zero)  # padding a tap can reach
+    assert dynamic_conv.direct_applies(16, 1, (3, 1), (1, 1), dil, zero)  # a few more: cheap
+    assert not dynamic_conv.direct_applies(16, 1, (3, 3), (7, 1), dil, zero)  # far wider: the copy grows
+    assert not dynamic_conv.direct_applies(16, 1, (1, 1), (0, 5), dil, zero)
     previous = dynamic_conv.set_direct(False)
     try:
-        assert not dynamic_conv.direct_applies(16, 1, (3, 3), zero)
+        assert not dynamic_conv.direct_applies(16, 1, (3, 3), pad, dil, zero)
     finally:
         assert dynamic_conv.set_direct(previous) is False
 
@@ -255,9 +259,9 @@ def test_direct_route_property(case, seed, isa, threads, reduce_range, nchw, mag
 @settings(max_examples=30, deadline=None)
 @given(st.sampled_from(["channels", "groups", "kernel", "arity", "profile_kw"]), st.data())
 def test_route_entry_points_bad_arguments(broken, data):
-    args = [16, 1, 3, 3, False]
+    args = [16, 1, 3, 3, 1, 1, 1, 1, False]
     if broken == "arity":
-        call = lambda: _C.conv2d_int8_direct_applies(*args[:4])  # noqa: E731
+        call = lambda: _C.conv2d_int8_direct_applies(*args[:8])  # noqa: E731
     elif broken == "profile_kw":
         call = lambda: _C.conv_profile(enabled=True)  # noqa: E731
     else:
@@ -271,15 +275,17 @@ def test_route_entry_points_bad_arguments(broken, data):
 
 @settings(max_examples=60, deadline=None)
 @given(st.one_of(st.integers(-(2**40), 2**40), st.sampled_from([4, 8, 3640, 3641, 3644, 8192, 32768])),
-       st.integers(-5, 5), st.integers(-5, 5), st.integers(-5, 5))
-def test_direct_applies_never_fails_on_odd_sizes(channels, groups, kh, kw):
+       st.integers(-5, 5), st.integers(-5, 5), st.integers(-5, 5),
+       st.tuples(st.integers(-1, 16), st.integers(-1, 16)), st.tuples(st.integers(1, 3), st.integers(1, 3)))
+def test_direct_applies_never_fails_on_odd_sizes(channels, groups, kh, kw, padding, dilation):
     """Zero, negative and huge sizes: a plain False (the route's rule is asked before any check);
     the Python twin (the one torch.compile traces) answers as C does."""
+    (ph, pw), (dh, dw) = padding, dilation
     for has_zp in (False, True):
-        got = _C.conv2d_int8_direct_applies(channels, groups, kh, kw, has_zp)
+        got = _C.conv2d_int8_direct_applies(channels, groups, kh, kw, ph, pw, dh, dw, has_zp)
         assert got is (not has_zp and groups == 1 and 0 < channels and channels % 4 == 0 and kh > 0 and kw > 0
-                       and channels * kh * kw <= 32768)
-        assert dynamic_conv.direct_applies(channels, groups, (kh, kw), has_zp) is got  # the Python twin
+                       and channels * kh * kw <= 32768 and 0 <= ph <= (kh - 1) * dh + 4 and 0 <= pw <= (kw - 1) * dw + 4)
+        assert dynamic_conv.direct_applies(channels, groups, (kh, kw), padding, dilation, has_zp) is got
 
 
 def test_direct_route_size_floor():
@@ -304,3 +310,39 @@ def test_direct_route_size_floor():
         assert not torch.equal(float_route, packed)
         assert torch.allclose(float_route, packed, atol=0.05 * float(packed.abs().max()))
         assert torch.equal(qconv(small), packed)
+
+
+def test_padding_wider_than_the_kernel_reaches_takes_the_im2col_route():
+    """The direct route copies each image padded: padding 12000 on a 1x1 image with stride 24000
+    made a 2 GB copy for a 2x2 output (and MemoryError at 500000); such convs keep the im2col
+    route, which reads padding as zeros. Same numbers as the reference."""
+    torch.manual_seed(0)
+    conv = nn.Conv2d(4, 16, 1, stride=24000, padding=12000)
+    qconv = mq.quantize(conv, dtype="int8").model
+    x = torch.randn(1, 4, 1, 1)
+    counts = dynamic_conv.profile(True)
+    try:
+        dynamic_conv.profile()
+        y = qconv(x)
+        counts = dynamic_conv.profile()
+    finally:
+        dynamic_conv.profile(False)
+    assert y.shape == conv(x).shape == (1, 16, 2, 2)
+    assert counts["direct_calls"] == 0
+    ref = reference.conv2d_int8(x, qconv.quantized_weight().qdata, qconv.weight_scale, qconv.weight_zero_point,
+                                qconv.bias, conv.stride, conv.padding, conv.dilation, conv.groups)
+    assert torch.equal(y, ref)
+
+
+@pytest.mark.parametrize("reduce_range", [False, True])
+def test_a_caller_given_w_sum_at_the_int32_limit_is_no_undefined_behaviour(reduce_range):
+    """w_sum comes from the caller; 128 * w_sum was int arithmetic (signed overflow, which the
+    sanitizer build of this file reports). Any value only gives some numbers, never UB."""
+    from mono_quant import _C
+    cout, cin = 4, 16
+    packed, w_sum, m128 = _C.pack_int8(np.ones((cout, cin * 9), np.int8))
+    w_sum = np.full_like(w_sum, 2**31 - 1)
+    x = np.ones((1, cin, 4, 4), np.float32)
+    y = _C.conv2d_int8(x, packed, w_sum, np.ones(cout, np.float32), np.zeros(cout, np.int32), None, cout, m128,
+                       (3, 3), (1, 1), (1, 1), (1, 1), 1, nthreads=1, nchw=True, reduce_range=reduce_range)
+    assert y.shape == (1, cout, 4, 4)

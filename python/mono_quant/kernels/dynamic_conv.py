@@ -10,28 +10,35 @@ from typing import Optional, Sequence
 from .. import _C
 from .layout import INT8_K_GROUP
 
-__all__ = ["DIRECT_ROUTE", "DIRECT_MAX_K", "direct_applies", "set_direct", "profile"]
+__all__ = ["DIRECT_ROUTE", "DIRECT_MAX_K", "DIRECT_EXTRA_PAD", "direct_applies", "set_direct", "profile"]
 
 #: the C switch's setting as :func:`set_direct` last left it: the layers' kept routes are stamped with it
 DIRECT_ROUTE = True
 #: the direct route's largest reduction (in_channels * kh * kw): its int32 sums stay exact
 DIRECT_MAX_K = 32768
+#: padding beyond (k - 1) * dilation the direct route still takes (csrc/conv_dynamic_direct.h)
+DIRECT_EXTRA_PAD = 4
 
 
-def direct_applies(in_channels: int, groups: int, kernel_size: Sequence[int], has_zero_points: bool) -> bool:
+def direct_applies(in_channels: int, groups: int, kernel_size: Sequence[int], padding: Sequence[int],
+                   dilation: Sequence[int], has_zero_points: bool) -> bool:
     """Whether a dynamic conv of this layer takes the direct route (one group, in_channels a
-    multiple of 4, no weight zero-points, a reduction of at most DIRECT_MAX_K; every kernel
+    multiple of 4, no weight zero-points, padding at most DIRECT_EXTRA_PAD wider than a tap
+    reaches ((k - 1) * dilation: the route copies the image padded), a reduction of at most DIRECT_MAX_K; every kernel
     level has the direct kernel).  That route needs no im2col buffer, so a large batch goes to
     C in one call.  Plain Python, so that torch.compile traces the route rule: the twin of
     ``_C.conv2d_int8_direct_applies``, the rule C itself follows (tests hold them equal)."""
-    kh, kw = kernel_size
+    (kh, kw), (ph, pw), (dh, dw) = kernel_size, padding, dilation
     return bool(DIRECT_ROUTE and groups == 1 and not has_zero_points and 0 < in_channels
-                and in_channels % INT8_K_GROUP == 0 and kh > 0 and kw > 0 and in_channels * kh * kw <= DIRECT_MAX_K)
+                and in_channels % INT8_K_GROUP == 0 and kh > 0 and kw > 0 and in_channels * kh * kw <= DIRECT_MAX_K
+                and 0 <= ph <= (kh - 1) * dh + DIRECT_EXTRA_PAD and 0 <= pw <= (kw - 1) * dw + DIRECT_EXTRA_PAD)
 
 
 def set_direct(on: bool) -> bool:
     """Let the direct route run where it applies (True, the default) or keep every dynamic conv
-    on the im2col route (False; tests compare the two); returns the previous setting."""
+    on the im2col route (False; tests compare the two); returns the previous setting.  The same
+    bits for a given C call; but with it off, the module's size rule also sends convs of 2^15 to
+    2^18 multiply-adds per image back to F.conv2d on the dequantized weight (other numbers)."""
     global DIRECT_ROUTE
     previous = _C.set_conv_direct(bool(on))
     DIRECT_ROUTE = bool(on)

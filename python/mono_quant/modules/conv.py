@@ -186,7 +186,8 @@ class QuantizedConv2d(ReduceRange, QuantizedModule):
         images = max(1, DYNAMIC_CHUNK_BYTES // max(1, per_image))
         geometry = (tuple(self.kernel_size2d), tuple(self.stride2d), padding, tuple(self.dilation2d), self.groups)
         # NCHW straight from C (a torch permute().contiguous() here waited on torch's thread team under load)
-        if images >= batch or direct_applies(x.shape[1], self.groups, self.kernel_size2d, whole[3].any()):  # no im2col
+        if images >= batch or direct_applies(x.shape[1], self.groups, self.kernel_size2d, padding,
+                                             self.dilation2d, whole[3].any()):  # no im2col
             return torch.from_numpy(conv2d_int8_raw(kernels.to_numpy(x), whole, geometry,
                                                     reduce_range=self.reduce_range))
         out = torch.empty(batch, self.out_channels, out_h, out_w)
@@ -221,8 +222,8 @@ class QuantizedConv2d(ReduceRange, QuantizedModule):
                 pixels *= (size + 2 * p - d * (kk - 1) - 1) // st + 1
             # (weight_symmetric, not the zero-point buffer's values: torch.compile traces this rule;
             # a symmetric weight's zero-points are 0, and C checks the buffer itself)
-            direct = direct_applies(self.in_channels, self.groups, self.kernel_size2d,
-                                    not getattr(self, "weight_symmetric", False))
+            direct = direct_applies(self.in_channels, self.groups, self.kernel_size2d, self.padding2d,
+                                    self.dilation2d, not getattr(self, "weight_symmetric", False))
             floor = DIRECT_MIN_MACS_PER_IMAGE if direct else DYNAMIC_MIN_MACS_PER_IMAGE
             return pixels * k * (self.out_channels // self.groups) >= floor
         pixels = x.shape[0]
@@ -301,7 +302,8 @@ class QuantizedConv2d(ReduceRange, QuantizedModule):
                       * ((x.shape[3] + 2 * self.padding2d[1] - dw * (kw - 1) - 1) // sw + 1))
             per_image = pixels * round_up(packed[0]["in_features"], INT8_K_GROUP) * self.groups
             if (DYNAMIC_CHUNK_BYTES // max(1, per_image) >= x.shape[0]
-                    or direct_applies(x.shape[1], self.groups, self.kernel_size2d, packed[2][3].any())):
+                    or direct_applies(x.shape[1], self.groups, self.kernel_size2d, self.padding2d,
+                                      self.dilation2d, packed[2][3].any())):
                 call = (packed[2], (tuple(self.kernel_size2d), tuple(self.stride2d), tuple(self.padding2d),
                                     tuple(self.dilation2d), self.groups), True)
         memo = (x.shape, x.dtype, x.is_cpu, stamp, direct, route, packed, w, b, call)
