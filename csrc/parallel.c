@@ -17,7 +17,7 @@
  *    forgets the helpers and the child starts its own on its first call.
  *
  * "omp-team" (the default; MONO_QUANT_THREADS=omp-team) is the pool that hands
- * jobs of 1 ms or more to torch's OpenMP team when torch's libgomp is in the
+ * jobs of 0.2 ms or more (TEAM_MIN_WORK_NS) to torch's OpenMP team when torch's libgomp is in the
  * process: with libgomp's default wait policy its worker spins for
  * milliseconds after each torch op on the core our helper wants, so a
  * 2-thread call on the pool runs at about 1-thread speed there.  omp_team.c

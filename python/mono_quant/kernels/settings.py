@@ -59,7 +59,7 @@ class RuntimeSettings:
     @property
     def threading_backend(self) -> str:
         """How the kernels use threads: "pool" (persistent helpers), "pthreads" (per call) or
-        "omp-team" (the pool, with jobs of 1 ms or more on torch's OpenMP team when torch's
+        "omp-team" (the pool, with jobs of 0.2 ms or more on torch's OpenMP team when torch's
         libgomp is loaded)."""
         return _C.linear_kernels()["threads"]
 
