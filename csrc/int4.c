@@ -340,10 +340,19 @@ void mq_q4_dequantize(const uint8_t *packed, const uint16_t *scale, const uint8_
 
 /* Threads: mq_parallel_for (parallel.c), shared with the int8 kernels. */
 
-/* Rows per chunk: about 256 KiB of packed weight (the kernels prefetch within
- * a chunk only, so its first rows stream unprefetched), a multiple of 4 rows. */
-static int64_t row_chunk(int64_t kpad) {
+/* Weight rows per chunk, a multiple of 4 (the kernels' row tile).  For a few
+ * activation rows the call streams the weight: about 256 KiB of packed weight
+ * a chunk (the kernels prefetch within a chunk only, so its first rows stream
+ * unprefetched).  For many activation rows each weight row carries m * kpad
+ * multiply-adds, and 256 KiB of it (1365 rows at kpad 384) would leave a
+ * BERT-sized layer (384-1536 rows) in one or two uneven chunks, so on one
+ * thread: chunks shrink to Q4_MIN_CHUNK_MACS of work. */
+#define Q4_MIN_CHUNK_MACS ((int64_t)1 << 20)
+static int64_t row_chunk(int64_t m, int64_t kpad) {
     int64_t rows = (int64_t)(256 << 10) / (kpad / 2 > 0 ? kpad / 2 : 1);
+    const int64_t per_row = m * kpad;
+    const int64_t work_rows = per_row > 0 ? (Q4_MIN_CHUNK_MACS + per_row - 1) / per_row : rows;
+    if (work_rows < rows) rows = (work_rows + 3) / 4 * 4;
     rows = rows / 4 * 4;
     return rows < 4 ? 4 : rows;
 }
@@ -360,13 +369,22 @@ typedef struct {
     const uint16_t *scale;
     const uint8_t *zero;
     float *y;
+    const float *bias; /* added by the GEMV paths per chunk (the panel path starts from it) */
     int oom;
 } linear_ctx;
+
+/* y[:, begin:end] += bias[begin:end], by the thread that wrote those columns. */
+static void add_bias(float *y, int64_t m, int64_t ldy, const float *bias, int64_t begin, int64_t end) {
+    if (!bias) return;
+    for (int64_t i = 0; i < m; i++)
+        for (int64_t r = begin; r < end; r++) y[i * ldy + r] += bias[r];
+}
 
 static void gemv_range(void *vctx, int64_t begin, int64_t end) {
     linear_ctx *c = vctx;
     mq_active()->q4_gemv(c->x, c->kpad, c->m, c->xsum, c->packed, c->kpad, c->group, c->scale, c->zero, begin, end,
                          c->y, c->rows);
+    add_bias(c->y, c->m, c->rows, c->bias, begin, end);
 }
 
 /* Over row panels: dequantize each panel chunk (rows x MQ_Q4_KC) once into a
@@ -411,6 +429,7 @@ typedef struct {
     const uint16_t *scale;
     const uint8_t *zero;
     float *y;
+    const float *bias;
     mq_q4_gemv_i8_fn fn;
 } linear_i8_ctx;
 
@@ -418,10 +437,41 @@ static void gemv_i8_range(void *vctx, int64_t begin, int64_t end) {
     linear_i8_ctx *c = vctx;
     c->fn(c->xq, c->m, c->xscale, c->xqsum, c->packed, c->kpad, c->group, c->scale, c->zero, begin, end, c->y,
           c->rows);
+    add_bias(c->y, c->m, c->rows, c->bias, begin, end);
 }
 
 int mq_q4_int8_ok(int64_t kpad, int64_t group) {
     return kpad % MQ_Q4_I8_CHUNK == 0 && group % MQ_Q4_I8_CHUNK == 0 && group <= MQ_Q4_I8_MAX_GROUP;
+}
+
+/* The activations' prologue, per activation row: fp32 copy padded to kpad,
+ * per-group sums, and (xq set) the int8 codes.  Over rows, so that at
+ * thousands of rows it is not a serial step before the threaded GEMM. */
+typedef struct {
+    const uint8_t *x;
+    size_t row_bytes;
+    mq_src_t kind;
+    int64_t cols, kpad, group, ngroups;
+    float *xpad, *xsum;
+    int8_t *xq;
+    float *xscale;
+    int32_t *xqsum;
+} prologue_ctx;
+
+static void prologue_range(void *vctx, int64_t begin, int64_t end) {
+    prologue_ctx *c = vctx;
+    mq_q4_act_i8_fn act = mq_active()->q4_act_i8;
+    for (int64_t i = begin; i < end; i++) {
+        float *xr = c->xpad + i * c->kpad;
+        row_to_f32(c->x + (size_t)i * c->row_bytes, c->kind, c->cols, c->kpad, xr);
+        for (int64_t g = 0; g < c->ngroups; g++) {
+            float s = 0.0f;
+            for (int64_t j = g * c->group; j < (g + 1) * c->group && j < c->kpad; j++) s += xr[j];
+            c->xsum[i * c->ngroups + g] = s;
+        }
+        if (c->xq)
+            act(xr, c->kpad, c->group, c->xq + i * c->kpad, c->xscale + i * c->ngroups, c->xqsum + i * c->ngroups);
+    }
 }
 
 int mq_q4_linear(const void *x, mq_src_t kind, int64_t m, int64_t cols, const uint8_t *packed,
@@ -433,44 +483,28 @@ int mq_q4_linear(const void *x, mq_src_t kind, int64_t m, int64_t cols, const ui
     int use_i8 = act_mode != 0 && i8 && mq_q4_int8_ok(kpad, group) && (act_mode == 1 || m >= mq_q4_int8_min_m);
     int64_t ngroups = (kpad + group - 1) / group;
     float *xpad = aligned_alloc(64, mq_alloc_bytes(mq_size_mul(m, mq_size_add(kpad, ngroups)), sizeof(float), 64));
-    if (!xpad) return -1;
-    float *xsum = xpad + (size_t)m * (size_t)kpad;
-    size_t row_bytes = (size_t)cols * mq_src_size(kind);
-    for (int64_t i = 0; i < m; i++) {
-        float *xr = xpad + i * kpad;
-        row_to_f32((const uint8_t *)x + (size_t)i * row_bytes, kind, cols, kpad, xr);
-        for (int64_t g = 0; g < ngroups; g++) {
-            float s = 0.0f;
-            for (int64_t j = g * group; j < (g + 1) * group && j < kpad; j++) s += xr[j];
-            xsum[i * ngroups + g] = s;
-        }
-    }
-    linear_ctx c = {xpad, xsum, m, kpad, group, rows, packed, scale, zero, y, 0};
-    if (use_i8) {
-        int8_t *xq = aligned_alloc(64, mq_alloc_bytes(m, kpad, 64));
-        float *xscale = malloc(mq_alloc_bytes(mq_size_mul(m, ngroups), sizeof(float) + sizeof(int32_t), 1));
-        if (!xq || !xscale) {
-            free(xq);
-            free(xscale);
-            free(xpad);
-            return -1;
-        }
-        int32_t *xqsum = (int32_t *)(xscale + m * ngroups);
-        mq_q4_act_i8_fn act = mq_active()->q4_act_i8;
-        for (int64_t i = 0; i < m; i++)
-            act(xpad + i * kpad, kpad, group, xq + i * kpad, xscale + i * ngroups, xqsum + i * ngroups);
-        linear_i8_ctx ci = {xq, xscale, xqsum, m, kpad, group, rows, packed, scale, zero, y, i8};
-        mq_parallel_for(rows, row_chunk(kpad), nthreads, gemv_i8_range, &ci);
+    int8_t *xq = use_i8 ? aligned_alloc(64, mq_alloc_bytes(m, kpad, 64)) : NULL;
+    float *xscale =
+        use_i8 ? malloc(mq_alloc_bytes(mq_size_mul(m, ngroups), sizeof(float) + sizeof(int32_t), 1)) : NULL;
+    if (!xpad || (use_i8 && (!xq || !xscale))) {
         free(xq);
         free(xscale);
-        if (bias)
-            for (int64_t i = 0; i < m; i++)
-                for (int64_t r = 0; r < rows; r++) y[i * rows + r] += bias[r];
+        free(xpad);
+        return -1;
+    }
+    float *xsum = xpad + (size_t)m * (size_t)kpad;
+    int32_t *xqsum = use_i8 ? (int32_t *)(xscale + m * ngroups) : NULL;
+    prologue_ctx pc = {(const uint8_t *)x, (size_t)cols * mq_src_size(kind), kind, cols, kpad, group, ngroups, xpad, xsum,
+                       xq, xscale, xqsum};
+    mq_parallel_for(m, 1 + ((int64_t)1 << 16) / (kpad + 1), nthreads, prologue_range, &pc);
+    linear_ctx c = {xpad, xsum, m, kpad, group, rows, packed, scale, zero, y, bias, 0};
+    if (use_i8) {
+        linear_i8_ctx ci = {xq, xscale, xqsum, m, kpad, group, rows, packed, scale, zero, y, bias, i8};
+        mq_parallel_for(rows, row_chunk(m, kpad), nthreads, gemv_i8_range, &ci);
+        free(xq);
+        free(xscale);
     } else if (m < mq_q4_panel_min_m) {
-        mq_parallel_for(rows, row_chunk(kpad), nthreads, gemv_range, &c);
-        if (bias)
-            for (int64_t i = 0; i < m; i++)
-                for (int64_t r = 0; r < rows; r++) y[i * rows + r] += bias[r];
+        mq_parallel_for(rows, row_chunk(m, kpad), nthreads, gemv_range, &c);
     } else {
         for (int64_t i = 0; i < m; i++) /* the panel kernel accumulates into y */
             for (int64_t r = 0; r < rows; r++) y[i * rows + r] = bias ? bias[r] : 0.0f;

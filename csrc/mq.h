@@ -387,6 +387,7 @@ void mq_parallel_for(int64_t n, int64_t min_chunk, int nthreads, mq_range_fn fn,
 int mq_set_threading_backend(const char *name);
 const char *mq_threading_backend(void); /* "pool", "pthreads" or "omp-team" */
 int64_t mq_omp_team_calls(void);        /* jobs "omp-team" ran on torch's OpenMP team (this process) */
+int64_t mq_parallel_split_calls(void);  /* mq_parallel_for calls cut for more than one thread */
 void mq_parallel_watch_forks(void); /* once, at import: fork handlers that must see every later fork */
 
 /* ---- quant.c: whole-tensor drivers over rows ------------------------------- */

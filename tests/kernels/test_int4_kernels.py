@@ -335,3 +335,37 @@ def test_nonfinite_activations_propagate(act):
                                               128, int8_activations=act))
         assert bool(torch.isfinite(y[0]).all())
         assert not bool(torch.isfinite(y[1]).any()) and not bool(torch.isfinite(y[2]).any())
+
+
+# ---- threads ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("act", [0, 1])
+@pytest.mark.parametrize("rows,cols,m", [(384, 384, 256), (1536, 384, 64), (384, 1536, 64)])
+def test_many_activation_rows_are_cut_for_two_threads(isa, act, rows, cols, m):
+    """A BERT-sized layer at many activation rows is work for two threads: the
+    chunk rule once sized chunks by the weight's bytes alone (1365 rows at 384
+    columns), which left these layers on one thread.  Two threads give the same
+    bits as one, bias included (added per chunk by the thread that wrote it)."""
+    qw, _ = quantize_int4(torch.randn(rows, cols), group_size=128)
+    x = torch.randn(m, cols)
+    bias = torch.randn(rows)
+    args = (x.numpy(), qw.qdata.numpy(), qw.scale.numpy(), qw.zero_point.numpy(), 128, bias.numpy(), act)
+    one = _C.q4_linear(*args, nthreads=1)
+    before = _C.linear_kernels()["split_calls"]
+    two = _C.q4_linear(*args, nthreads=2)
+    assert _C.linear_kernels()["split_calls"] > before
+    np.testing.assert_array_equal(two, one)
+    with at_isa("scalar"):
+        want = _C.q4_linear(*args, nthreads=1)
+    if act == 1 or isa == "scalar":
+        np.testing.assert_array_equal(one, want)
+    np.testing.assert_allclose(one, want, rtol=1e-4, atol=1e-3)
+
+
+def test_one_activation_row_of_a_small_layer_stays_on_one_thread():
+    qw, _ = quantize_int4(torch.randn(384, 384), group_size=128)
+    args = (torch.randn(1, 384).numpy(), qw.qdata.numpy(), qw.scale.numpy(), qw.zero_point.numpy(), 128)
+    before = _C.linear_kernels()["split_calls"]
+    _C.q4_linear(*args, nthreads=2)
+    assert _C.linear_kernels()["split_calls"] == before
