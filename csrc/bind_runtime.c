@@ -88,6 +88,17 @@ static PyObject *py_use_vnni256_for_tests(PyObject *self, PyObject *arg) {
                          "the EVEX 256-bit VNNI kernel needs AVX-512 VNNI + VL (CPU and build)");
 }
 
+PyDoc_STRVAR(team_backoff_for_tests_doc,
+             "team_backoff_for_tests(on) -> None\n\n"
+             "Tests only: False turns off the omp-team back-off (the pause after a call that waited\n"
+             "on torch's descheduled OpenMP worker), so a test of which jobs reach the team does not\n"
+             "depend on the host's load; True restores it.");
+
+static PyObject *py_team_backoff_for_tests(PyObject *self, PyObject *arg) {
+    (void)self;
+    return kernel_switch(arg, mq_team_backoff_for_tests, "cannot switch the back-off");
+}
+
 PyDoc_STRVAR(use_maddubs_for_tests_doc,
              "use_maddubs_for_tests(on) -> None\n\n"
              "Tests and benchmarks: make the AVX2 level's dynamic int8 matmul the maddubs kernel\n"
@@ -159,6 +170,7 @@ PyMethodDef mq_runtime_methods[] = {
     {"set_gemv_max_rows", py_set_gemv_max_rows, METH_O, set_gemv_max_rows_doc},
     {"use_vnni256_for_tests", py_use_vnni256_for_tests, METH_O, use_vnni256_for_tests_doc},
     {"use_maddubs_for_tests", py_use_maddubs_for_tests, METH_O, use_maddubs_for_tests_doc},
+    {"team_backoff_for_tests", py_team_backoff_for_tests, METH_O, team_backoff_for_tests_doc},
     {"cpu_info", py_cpu_info, METH_NOARGS, cpu_info_doc},
     {"set_isa", py_set_isa, METH_O, set_isa_doc},
     {"get_isa", py_get_isa, METH_NOARGS, get_isa_doc},

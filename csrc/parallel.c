@@ -325,11 +325,22 @@ static void remember_work(mq_range_fn fn, int64_t n, int64_t longest_piece_ns, i
     work_find(fn, n, 1)->work_ns = longest_piece_ns * pieces;
 }
 
+static atomic_int team_backoff_off; /* tests: the back-off's pauses off (a loaded host pauses for real) */
+
+int mq_team_backoff_for_tests(int on) {
+    atomic_store(&team_backoff_off, !on);
+    atomic_store(&team_paused_until_ns, 0);
+    atomic_store(&team_pause_ns, 0);
+    return 0;
+}
+
 /* 1 if this call may go to torch's team: enough work, last time, and not paused after a slow call. */
 static int team_wanted(mq_range_fn fn, int64_t n, int threads) {
     const work_entry *seen = work_find(fn, n, 0);
     if (!seen || seen->work_ns < TEAM_MIN_WORK_NS) return 0;
-    return now_ns() >= atomic_load_explicit(&team_paused_until_ns, memory_order_relaxed) && mq_omp_team_usable(threads);
+    const int paused = !atomic_load(&team_backoff_off) &&
+                       now_ns() < atomic_load_explicit(&team_paused_until_ns, memory_order_relaxed);
+    return !paused && mq_omp_team_usable(threads);
 }
 
 static void run_on_team(int64_t n, int64_t piece_items, int pieces, int threads, mq_range_fn fn, void *ctx) {
