@@ -1,0 +1,99 @@
+"""Jobs with a lot of work are cut for two threads, whatever the shape of the work, and the
+cut never changes a bit.  ``_C.linear_kernels()["split_calls"]`` counts mq_parallel_for calls
+cut for more than one thread (csrc/parallel.c): a chunk rule that sizes its chunks by one
+dimension (output columns, items) leaves such a job on one thread and the count unchanged.
+
+The shapes: narrow layers at many rows (a token-classification head, Linear(768, 2..16) at
+4096 rows; a Linear(4096, 8)), where the output columns alone are one or two work units."""
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from mono_quant import _C
+from mono_quant.packing import pack_int8_linear
+from mono_quant.static import reference as static_ref
+from mono_quant.tensor import QuantizedWeight
+
+
+def _gen(seed):
+    return torch.Generator().manual_seed(seed)
+
+
+def _splits():
+    return int(_C.linear_kernels()["split_calls"])
+
+
+def _one_and_two(call):
+    """call(nthreads) at 1 thread, then at 2; returns both and whether the 2-thread call split."""
+    one = call(1)
+    before = _splits()
+    two = call(2)
+    return one, two, _splits() > before
+
+
+def _int8_args(m, n, k, x_dtype=torch.float32, zero_points=False):
+    w = torch.randint(-127, 128, (n, k), generator=_gen(1), dtype=torch.int8)
+    zp = torch.randint(-3, 4, (n,), generator=_gen(2), dtype=torch.int32) if zero_points else torch.zeros(n, dtype=torch.int32)
+    qw = QuantizedWeight(w, torch.rand(n, generator=_gen(3)) * 1e-2 + 1e-3, zp, 0, "int8", not zero_points,
+                         torch.float32)
+    p = pack_int8_linear(qw)
+    x = torch.randn(m, k, generator=_gen(4)).to(x_dtype)
+    xa = x.view(torch.int16).numpy() if x_dtype == torch.bfloat16 else x.numpy()
+    return (xa, p["weight_packed"].numpy(), p["weight_colsum"].numpy(), qw.scale.numpy(), qw.zero_point.numpy(),
+            torch.randn(n, generator=_gen(5)).numpy(), n, bool(int(p["weight_packed_info"][3])))
+
+
+# ---- int8 Linear, dynamic: the call's work counted in whole panels and the activation pass ------
+
+
+@pytest.mark.parametrize("reduce_range", [False, True])
+@pytest.mark.parametrize("m,n,k", [(4096, 2, 768), (2048, 9, 768)])
+def test_dynamic_narrow_layer_at_many_rows_is_split(isa, m, n, k, reduce_range):
+    """Linear(768, 2) at 4096 rows: 6.3 M multiply-adds counted by its two outputs, but a whole
+    16-column panel and the quantization of 3 M activations to do: the threshold once judged
+    it by n alone and kept it on one thread."""
+    args = _int8_args(m, n, k)
+    one, two, split = _one_and_two(lambda t: _C.linear_int8(*args, nthreads=t, reduce_range=reduce_range))
+    assert split
+    np.testing.assert_array_equal(two, one)
+
+
+def test_dynamic_small_call_stays_on_one_thread():
+    args = _int8_args(32, 384, 384)
+    one, two, split = _one_and_two(lambda t: _C.linear_int8(*args, nthreads=t))
+    assert not split
+    np.testing.assert_array_equal(two, one)
+
+
+# ---- int8 Linear, weight-only: row blocks for a few panels, the fp32 copy threaded ----------------
+
+
+@pytest.mark.parametrize("zero_points", [False, True])
+@pytest.mark.parametrize("m,n,k", [(4096, 16, 768), (4096, 2, 768), (1024, 8, 4096), (1001, 20, 531)])
+def test_weight_only_narrow_layer_is_cut_over_rows(isa, m, n, k, zero_points):
+    """One or two panels of output columns at many rows: cut over rows too (each tile sums a
+    row's products in the same order whatever rows it shares a call with)."""
+    args = _int8_args(m, n, k, zero_points=zero_points)
+    one, two, split = _one_and_two(lambda t: _C.linear_int8(*args, mode="weight_only", nthreads=t))
+    assert split
+    np.testing.assert_array_equal(two, one)
+    three = _C.linear_int8(*args, mode="weight_only", nthreads=3)
+    np.testing.assert_array_equal(three, one)
+
+
+@pytest.mark.parametrize("x_dtype", [torch.float16, torch.bfloat16])
+def test_weight_only_half_activations_copied_by_both_threads(isa, x_dtype):
+    """16-bit activations are widened to fp32 rows first: that copy is cut too (the GEMM's
+    own split adds one call, the copy's a second)."""
+    args = _int8_args(2048, 384, 768, x_dtype=x_dtype)
+    one = _C.linear_int8(*args, mode="weight_only", nthreads=1)
+    before = _splits()
+    two = _C.linear_int8(*args, mode="weight_only", nthreads=2)
+    assert _splits() - before >= 2
+    np.testing.assert_array_equal(two, one)
+    want = _C.linear_int8(args[0].astype(np.float32) if x_dtype == torch.float16 else
+                          torch.from_numpy(args[0]).view(torch.bfloat16).float().numpy(), *args[1:],
+                          mode="weight_only", nthreads=1)
+    np.testing.assert_array_equal(one, want)
