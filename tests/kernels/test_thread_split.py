@@ -97,3 +97,32 @@ def test_weight_only_half_activations_copied_by_both_threads(isa, x_dtype):
                           torch.from_numpy(args[0]).view(torch.bfloat16).float().numpy(), *args[1:],
                           mode="weight_only", nthreads=1)
     np.testing.assert_array_equal(one, want)
+
+
+# ---- fp16 / bf16 Linear: groups of whole row blocks for a few column units ------------------------
+
+
+@pytest.mark.parametrize("bf16", [False, True])
+@pytest.mark.parametrize("m,n,k", [(4096, 4, 1536), (1024, 8, 4096), (4096, 16, 768), (1000, 23, 1100)])
+def test_half_linear_narrow_layer_is_cut_over_rows(isa, bf16, m, n, k):
+    """A few 12-column units at many rows: whole 64-row blocks go to different threads (the
+    same tiles and K blocks as one thread), so two threads give one thread's bits."""
+    w = torch.randn(n, k, generator=_gen(1))
+    wa = w.to(torch.bfloat16).view(torch.int16).numpy() if bf16 else w.half().numpy()
+    x, b = torch.randn(m, k, generator=_gen(2)).numpy(), torch.randn(n, generator=_gen(3)).numpy()
+    one, two, split = _one_and_two(lambda t: _C.h16_linear(x, wa, bf16, bias=b, nthreads=t))
+    assert split
+    np.testing.assert_array_equal(two, one)
+    np.testing.assert_array_equal(_C.h16_linear(x, wa, bf16, bias=b, nthreads=3), one)
+    want = x.astype(np.float64) @ (torch.from_numpy(wa).view(torch.bfloat16) if bf16 else torch.from_numpy(wa)) \
+        .double().numpy().T + b
+    np.testing.assert_allclose(one, want, rtol=1e-4, atol=1e-3 * math.sqrt(k))
+
+
+@pytest.mark.parametrize("m,n,k", [(1, 384, 384), (4096, 2, 768)])
+def test_half_linear_small_call_stays_on_one_thread(m, n, k):
+    """Under 2^24 multiply-adds (4096 x 2 x 768: 0.14-0.16 ms at AVX-512 / AVX2, one thread)."""
+    x, w = torch.randn(m, k).numpy(), torch.randn(n, k).half().numpy()
+    one, two, split = _one_and_two(lambda t: _C.h16_linear(x, w, False, nthreads=t))
+    assert not split
+    np.testing.assert_array_equal(two, one)
