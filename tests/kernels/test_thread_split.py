@@ -126,3 +126,44 @@ def test_half_linear_small_call_stays_on_one_thread(m, n, k):
     one, two, split = _one_and_two(lambda t: _C.h16_linear(x, w, False, nthreads=t))
     assert not split
     np.testing.assert_array_equal(two, one)
+
+
+# ---- static int8: many tiny items (a Linear head as one-pixel images) ----------------------------
+
+
+@pytest.mark.parametrize("out_int8", [True, False])
+@pytest.mark.parametrize("m,n,k", [(4096, 16, 768), (4096, 2, 768)])
+def test_static_linear_head_at_many_rows_is_split(isa, m, n, k, out_int8):
+    """A Linear as 4096 one-pixel images of 768 x 16 multiply-adds each: every item under the
+    per-item threshold, the whole 50 M multiply-adds once on one thread."""
+    xq = torch.randint(-127, 128, (m, k), generator=_gen(1), dtype=torch.int8)
+    wq = torch.randint(-127, 128, (n, k), generator=_gen(2), dtype=torch.int8)
+    qw = QuantizedWeight(wq, torch.ones(n), torch.zeros(n, dtype=torch.int32), 0, "int8", True, torch.float32)
+    p = pack_int8_linear(qw)
+    x_w_scale = torch.full((n,), 1e-3)
+    inv_out = 4.0 if out_int8 else None
+    expected = static_ref.linear_ref(xq, wq, x_w_scale, None, (-math.inf, math.inf), inv_out)
+
+    def call(t):
+        out = torch.empty(m, 1, 1, n, dtype=expected.dtype)
+        _C.conv2d_static(xq.view(m, 1, 1, k).numpy(), p["weight_packed"].numpy(), p["weight_colsum"].numpy(),
+                         x_w_scale.numpy(), None, None, out.numpy(), bool(int(p["weight_packed_info"][3])), (1, 1),
+                         (1, 1), (0, 0), (1, 1), 1, -math.inf, math.inf, inv_out or 1.0, t)
+        return out.view(m, n)
+
+    one, two, split = _one_and_two(call)
+    assert split
+    assert torch.equal(one, expected) and torch.equal(two, expected)
+
+
+def test_static_tiny_linear_stays_on_one_thread():
+    xq = torch.randint(-127, 128, (64, 1, 1, 32), generator=_gen(1), dtype=torch.int8)
+    wq = torch.randint(-127, 128, (8, 32), generator=_gen(2), dtype=torch.int8)
+    qw = QuantizedWeight(wq, torch.ones(8), torch.zeros(8, dtype=torch.int32), 0, "int8", True, torch.float32)
+    p = pack_int8_linear(qw)
+    out = np.empty((64, 1, 1, 8), np.float32)
+    before = _splits()
+    _C.conv2d_static(xq.numpy(), p["weight_packed"].numpy(), p["weight_colsum"].numpy(), np.ones(8, np.float32),
+                     None, None, out, bool(int(p["weight_packed_info"][3])), (1, 1), (1, 1), (0, 0), (1, 1), 1,
+                     -math.inf, math.inf, 1.0, 2)
+    assert _splits() == before
