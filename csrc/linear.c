@@ -126,10 +126,11 @@ static int64_t gemv_rows(int nthreads) {
 #define MQ_ONE_THREAD_MACS ((double)(1 << 24))
 /* The call's work counts what the kernels do, not the layer's size: whole
  * panels of MQ_PANEL outputs (Linear(768, 2) at 4096 rows is 8x its 6.3 M
- * multiply-adds), and a pass over the activations (quantized, or copied to
- * fp32) that costs about MQ_ACT_MACS multiply-adds a value (4096 x 768
- * quantized in 0.26 ms at AVX-512, 0.41 at AVX2: what 2^24-2^25 of the GEMM
- * take); counted by n alone, that Linear ran on one thread at 2. */
+ * multiply-adds), and a pass over the activations (quantized, or read and
+ * copied to fp32), MQ_ACT_MACS multiply-adds a value: 4096 x 768 quantized
+ * in 0.26 ms at AVX-512, 0.41 at AVX2, what the int8 GEMM does 40 / 16
+ * multiply-adds a value in.  Counted by n alone, that Linear ran on one
+ * thread at 2 threads. */
 #define MQ_ACT_MACS 16
 static int threads_for_call(int64_t m, int64_t kp, int64_t n, int nthreads) {
     const double panel_cols = (double)mq_round_up(n, MQ_PANEL);
