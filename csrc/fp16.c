@@ -37,19 +37,33 @@ typedef struct {
     const float *bias;
     int64_t n;
     float *y;
+    int64_t units, group_rows; /* work items: (row group, unit), row group major */
 } h16_ctx;
 
-static void h16_range(void *vctx, int64_t begin, int64_t end) {
-    const h16_ctx *c = vctx;
-    const int64_t n0 = begin * UNIT_COLS, n1 = end * UNIT_COLS < c->n ? end * UNIT_COLS : c->n;
+/* Units [u0, u1) over rows [r0, r1): r0 a multiple of ROW_BLOCK, so every row
+ * is in the same block and tile as in a call over all the rows, and K is cut
+ * by the whole call's row count: the same sums whatever the split. */
+static void h16_block(const h16_ctx *c, int64_t r0, int64_t r1, int64_t u0, int64_t u1) {
+    const int64_t n0 = u0 * UNIT_COLS, n1 = u1 * UNIT_COLS < c->n ? u1 * UNIT_COLS : c->n;
     const int64_t k_step = c->m <= UNBLOCKED_ROWS ? c->k : K_BLOCK;
-    for (int64_t i0 = 0; i0 < c->m; i0 += ROW_BLOCK) {
-        const int64_t rows = c->m - i0 < ROW_BLOCK ? c->m - i0 : ROW_BLOCK;
+    for (int64_t i0 = r0; i0 < r1; i0 += ROW_BLOCK) {
+        const int64_t rows = r1 - i0 < ROW_BLOCK ? r1 - i0 : ROW_BLOCK;
         for (int64_t k0 = 0; k0 < c->k; k0 += k_step) {
             const int64_t kc = c->k - k0 < k_step ? c->k - k0 : k_step;
             c->fn(c->x + i0 * c->ldx + k0, c->ldx, rows, c->w + k0, c->k, kc, n0, n1, c->bias, k0 > 0,
                   c->y + i0 * c->n, c->n);
         }
+    }
+}
+
+static void h16_range(void *vctx, int64_t begin, int64_t end) {
+    const h16_ctx *c = vctx;
+    while (begin < end) {
+        const int64_t g = begin / c->units, u0 = begin % c->units;
+        const int64_t u1 = u0 + (end - begin) < c->units ? u0 + (end - begin) : c->units;
+        const int64_t r0 = g * c->group_rows, r1 = r0 + c->group_rows < c->m ? r0 + c->group_rows : c->m;
+        h16_block(c, r0, r1, u0, u1);
+        begin += u1 - u0;
     }
 }
 
@@ -62,9 +76,16 @@ void mq_h16_linear(const float *x, int64_t m, int64_t k, int64_t ldx, const uint
         return;
     }
     const mq_kernels *kt = mq_active();
-    h16_ctx c = {is_bf16 ? kt->bf16_gemm : kt->f16_gemm, x, m, k, ldx, w, bias, n, y};
     if ((double)m * (double)k * (double)n < ONE_THREAD_MACS) nthreads = 1;
-    const int64_t units = (n + UNIT_COLS - 1) / UNIT_COLS, per_unit = m * k * UNIT_COLS;
+    const int64_t units = (n + UNIT_COLS - 1) / UNIT_COLS;
+    /* Few units (fewer than 4 a thread: a narrow head at many rows, Linear(768, 16) being one unit
+     * and a third) and rows for several blocks: groups of whole row blocks too, about two a thread.
+     * Cut over units alone, such a layer sat on one thread, or split 12 : 4 columns. */
+    int64_t group_rows = m;
+    if (nthreads > 1 && units < 4 * nthreads && m >= 2 * ROW_BLOCK)
+        group_rows = mq_round_up((m + 2 * nthreads - 1) / (2 * nthreads), ROW_BLOCK);
+    h16_ctx c = {is_bf16 ? kt->bf16_gemm : kt->f16_gemm, x, m, k, ldx, w, bias, n, y, units, group_rows};
+    const int64_t per_unit = group_rows * k * UNIT_COLS, groups = (m + group_rows - 1) / group_rows;
     const int64_t min_units = per_unit >= MIN_MACS_PER_PIECE ? 1 : (MIN_MACS_PER_PIECE + per_unit - 1) / per_unit;
-    mq_parallel_for(units, min_units, nthreads, h16_range, &c);
+    mq_parallel_for(groups * units, min_units, nthreads, h16_range, &c);
 }

@@ -124,8 +124,17 @@ static int64_t gemv_rows(int nthreads) {
  * Measured on the demo model (layers of 2^23 multiply-adds, 2 threads, batch
  * 32, a shared 2-core host; docs/benchmarks.md "Steady under load"). */
 #define MQ_ONE_THREAD_MACS ((double)(1 << 24))
+/* The call's work counts what the kernels do, not the layer's size: whole
+ * panels of MQ_PANEL outputs (Linear(768, 2) at 4096 rows is 8x its 6.3 M
+ * multiply-adds), and a pass over the activations (quantized, or read and
+ * copied to fp32), MQ_ACT_MACS multiply-adds a value: 4096 x 768 quantized
+ * in 0.26 ms at AVX-512, 0.41 at AVX2, what the int8 GEMM does 40 / 16
+ * multiply-adds a value in.  Counted by n alone, that Linear ran on one
+ * thread at 2 threads. */
+#define MQ_ACT_MACS 16
 static int threads_for_call(int64_t m, int64_t kp, int64_t n, int nthreads) {
-    return (double)m * (double)kp * (double)n < MQ_ONE_THREAD_MACS ? 1 : nthreads;
+    const double panel_cols = (double)mq_round_up(n, MQ_PANEL);
+    return (double)m * (double)kp * (panel_cols + MQ_ACT_MACS) < MQ_ONE_THREAD_MACS ? 1 : nthreads;
 }
 
 static int64_t panels_per_chunk(int64_t m, int64_t kp) {
@@ -500,14 +509,55 @@ done:
 
 /* ---- weight-only ------------------------------------------------------------- */
 
+/* Work items are (row block, panel) pairs, row block major, as run_qgemm's:
+ * a narrow layer (a few panels: a classifier head at many rows) is cut over
+ * rows too.  Every tile sums a row's products in the same order whatever
+ * rows it shares a call with, so the cut never changes a result. */
 typedef struct {
     mq_wgemm_fn fn;
     const mq_wgemm_args *a;
+    int64_t panels, row_block;
 } wgemm_ctx;
 
 static void wgemm_range(void *vctx, int64_t begin, int64_t end) {
-    wgemm_ctx *c = vctx;
-    c->fn(c->a, begin, end);
+    const wgemm_ctx *c = vctx;
+    while (begin < end) {
+        const int64_t rb = begin / c->panels, p0 = begin % c->panels;
+        const int64_t p1 = p0 + (end - begin) < c->panels ? p0 + (end - begin) : c->panels;
+        const int64_t m0 = rb * c->row_block;
+        mq_wgemm_args sub = *c->a;
+        sub.m = c->a->m - m0 < c->row_block ? c->a->m - m0 : c->row_block;
+        sub.x += m0 * sub.kp;
+        sub.y += m0 * sub.n;
+        c->fn(&sub, p0, p1);
+        begin += p1 - p0;
+    }
+}
+
+/* fp32 rows padded to kp, as the kernels read them (f16 / bf16 input, a
+ * strided one or k not a multiple of 4), over rows. */
+typedef struct {
+    const void *x;
+    mq_src_t kind;
+    int64_t k, kp, ldx;
+    float *dst;
+} wo_rows_ctx;
+
+static void wo_rows_range(void *vctx, int64_t begin, int64_t end) {
+    const wo_rows_ctx *c = vctx;
+    for (int64_t r = begin; r < end; r++) {
+        const uint8_t *row = (const uint8_t *)c->x + (size_t)(r * c->ldx) * mq_src_size(c->kind);
+        float *dst = c->dst + r * c->kp;
+        if (c->kind == MQ_SRC_F32) {
+            memcpy(dst, row, (size_t)c->k * sizeof(float));
+        } else if (c->kind == MQ_SRC_BF16) { /* a shift: the compiler vectorizes it */
+            const uint16_t *h = (const uint16_t *)(const void *)row;
+            for (int64_t i = 0; i < c->k; i++) dst[i] = mq_bf16_to_f32(h[i]);
+        } else {
+            for (int64_t i = 0; i < c->k; i++) dst[i] = mq_f16_to_f32(((const uint16_t *)(const void *)row)[i]);
+        }
+        for (int64_t i = c->k; i < c->kp; i++) dst[i] = 0.0f;
+    }
 }
 
 int mq_linear_weight_only(const void *x, mq_src_t kind, int64_t m, int64_t k, int64_t ldx, const int8_t *packed,
@@ -519,27 +569,21 @@ int mq_linear_weight_only(const void *x, mq_src_t kind, int64_t m, int64_t k, in
     nthreads = threads_for_call(m, kp, n, nthreads);
     const float *xf = x;
     float *buffer = NULL;
-    if (kind != MQ_SRC_F32 || kp != k || ldx != k) { /* fp32 rows padded to kp, as the kernels read them */
+    if (kind != MQ_SRC_F32 || kp != k || ldx != k) {
         buffer = aligned_alloc(64, mq_alloc_bytes(mq_size_mul(m, kp), sizeof(float), 64));
         if (!buffer) return -1;
-        for (int64_t r = 0; r < m; r++) {
-            const uint8_t *row = (const uint8_t *)x + (size_t)(r * ldx) * mq_src_size(kind);
-            float *dst = buffer + r * kp;
-            if (kind == MQ_SRC_F32) {
-                memcpy(dst, row, (size_t)k * sizeof(float));
-            } else if (kind == MQ_SRC_BF16) { /* a shift: the compiler vectorizes it */
-                const uint16_t *h = (const uint16_t *)(const void *)row;
-                for (int64_t i = 0; i < k; i++) dst[i] = mq_bf16_to_f32(h[i]);
-            } else {
-                for (int64_t i = 0; i < k; i++) dst[i] = mq_f16_to_f32(((const uint16_t *)(const void *)row)[i]);
-            }
-            for (int64_t i = k; i < kp; i++) dst[i] = 0.0f;
-        }
+        wo_rows_ctx rc = {x, kind, k, kp, ldx, buffer};
+        mq_parallel_for(m, (1 << 16) / (kp + 1) + 1, nthreads, wo_rows_range, &rc);
         xf = buffer;
     }
+    /* a few panels (fewer than 4 a thread) and many rows: row blocks too, about two a thread */
+    int64_t row_block = m;
+    if (nthreads > 1 && panels < 4 * nthreads && m >= 64)
+        row_block = mq_round_up((m + 2 * nthreads - 1) / (2 * nthreads), 8);
     mq_wgemm_args a = {xf, m, kp, n, packed, w_scale, w_zp, bias, y};
-    wgemm_ctx wc = {kt->wgemm, &a};
-    mq_parallel_for(panels, panels_per_chunk(m, kp), nthreads, wgemm_range, &wc);
+    wgemm_ctx wc = {kt->wgemm, &a, panels, row_block};
+    const int64_t blocks = (m + row_block - 1) / row_block;
+    mq_parallel_for(blocks * panels, panels_per_chunk(row_block, kp), nthreads, wgemm_range, &wc);
     free(buffer);
     return 0;
 }

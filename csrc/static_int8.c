@@ -100,6 +100,15 @@ void mq_static_dequantize(const int8_t *q, int64_t batch, int64_t plane, int64_t
 
 /* ---- conv / linear through the int8 GEMM ------------------------------------------- */
 
+/* Items (blocks of rows, images) below the kernels' per-item threshold are run in chunks of
+ * about this many multiply-adds: a job of many tiny items (a Linear head at many rows, as
+ * 4096 one-pixel "images" of 768 x 16) is still work for two threads.  It was all on one
+ * thread whatever the item count; a small layer (under two chunks) still is. */
+#define TINY_ITEMS_CHUNK_MACS ((int64_t)1 << 20)
+static int64_t tiny_items_chunk(int64_t item_macs) {
+    return item_macs > 0 ? (TINY_ITEMS_CHUNK_MACS + item_macs - 1) / item_macs : TINY_ITEMS_CHUNK_MACS;
+}
+
 /* Work items are blocks of output rows (pixels).  Per block, per group: im2col into a
  * cache-sized buffer already in the kernel's encoding (int8, or int8 ^ 0x80 = int8 + 128
  * for VNNI), the dispatched GEMM over every panel into fp32 rows, then the epilogue
@@ -273,10 +282,11 @@ int mq_conv2d_static(const int8_t *x, int64_t batch, int64_t channels, int64_t h
     static_conv_ctx c = {x, channels, height, width, kh, kw, sh, sw, ph, pw, dh, dw, out_h, out_w, groups, cg, k, kp,
                          n, n_g, np_g, m, block_rows, mq_active(), packed, w_sum, w_zp, x_w_scale, bias, w_has_m128,
                          act_lo, act_hi, inv_out_scale, x_zp, out_zp, y_q, y_f32, 0};
-    /* rows * k multiply-adds per block: tiny layers stay on one thread */
+    /* rows * k * n multiply-adds per block: small blocks go in chunks of TINY_ITEMS_CHUNK_MACS */
     const int64_t blocks = (m + block_rows - 1) / block_rows;
     const int64_t per_block = block_rows * k * n;
-    mq_parallel_for(blocks, per_block >= ((int64_t)1 << 18) ? 1 : blocks, nthreads, static_conv_range, &c);
+    mq_parallel_for(blocks, per_block >= ((int64_t)1 << 18) ? 1 : tiny_items_chunk(per_block), nthreads,
+                    static_conv_range, &c);
     return c.failed ? -1 : 0;
 }
 
@@ -465,9 +475,9 @@ static int conv2d_direct(const int8_t *x, int64_t batch, int64_t channels, int64
                                      out_zp, y_q, y_f32, (out_h + per_image - 1) / per_image, &c, &zcol);
     if (ready <= 0) return ready;
     per_image = c.items_per_image;
-    const int64_t work = c.rows_per_item * out_w * c.k * n; /* multiply-adds per item: tiny layers on one thread */
-    mq_parallel_for(batch * per_image, work >= ((int64_t)1 << 17) ? 1 : batch * per_image, nthreads, direct_range,
-                    &c);
+    const int64_t work = c.rows_per_item * out_w * c.k * n; /* multiply-adds per item */
+    mq_parallel_for(batch * per_image, work >= ((int64_t)1 << 17) ? 1 : tiny_items_chunk(work), nthreads,
+                    direct_range, &c);
     free(zcol);
     return c.failed ? -1 : 1;
 }
