@@ -165,3 +165,20 @@ def test_int8_codes_flow_only_between_static_layers_that_agree(saved, tmp_path, 
     path = _edited(saved, tmp_path, lambda m: _kwargs(m, layer).update({key: value}))
     with pytest.raises(mq.CheckpointError, match="takes (int8 codes|floats)"):
         mq.load(path)
+
+
+@pytest.mark.parametrize("count", [0, 2])
+def test_a_layer_op_with_the_wrong_number_of_inputs_is_refused(saved, tmp_path, count):
+    _graph_only(saved)
+
+    def edit(m):
+        conv = next(e for e in m["program"] if e["name"] == "conv")
+        conv["inputs"] = conv["inputs"][:1] * count
+    with pytest.raises(mq.CheckpointError, match="inputs for StaticConv2d"):
+        mq.load(_edited(saved, tmp_path, edit))
+
+
+def test_an_input_scale_of_none_is_refused(saved, tmp_path):
+    path = _edited(saved, tmp_path, lambda m: _kwargs(m, "conv").update(in_scale=None))
+    with pytest.raises(mq.CheckpointError, match="in_scale"):
+        mq.load(path, model=saved[0]())

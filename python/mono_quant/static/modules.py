@@ -90,6 +90,8 @@ class _StaticBase(nn.Module):
         super().__init__()
         act_bounds(act)
         self.act = act
+        if in_scale is None:  # (only an output may be float: out_scale None)
+            raise ValueError("in_scale must be a finite positive float, got None")
         self.in_scale = _check_scale("in_scale", in_scale)
         self.out_scale = _check_scale("out_scale", out_scale)
         self.int8_input = bool(int8_input)
@@ -249,6 +251,8 @@ class StaticAdd(_StaticBase):
 
     def __init__(self, act=None, in_scale=1.0, b_scale=1.0, out_scale=None, in_zp=0, b_zp=0, out_zp=0):
         super().__init__(act, in_scale, out_scale, True, in_zp, out_zp)
+        if b_scale is None:
+            raise ValueError("b_scale must be a finite positive float, got None")
         self.b_scale = _check_scale("b_scale", b_scale)
         self.b_zp = _check_zp("b_zp", b_zp)
 

@@ -10,6 +10,7 @@ belongs to.  A loaded model gives bit-identical outputs.
 """
 from __future__ import annotations
 
+import inspect
 import json
 import math
 import operator
@@ -268,6 +269,17 @@ def _check_refs(op: str, obj, defined) -> None:
             _check_refs(op, v, defined)
 
 
+def _check_arity(op: str, layer: nn.Module, inputs: List[str]) -> None:
+    """A layer op's inputs must be the arguments its forward takes (a concatenation: as many as it was built for)."""
+    try:
+        inspect.signature(layer.forward).bind(*inputs)
+    except TypeError as exc:
+        raise CheckpointError(f"op {op!r}: {len(inputs)} inputs for {type(layer).__name__} ({exc})") from None
+    built_for = getattr(layer, "in_scales", None)
+    if built_for is not None and len(built_for) != len(inputs):
+        raise CheckpointError(f"op {op!r}: {len(inputs)} inputs, its layer was built for {len(built_for)}")
+
+
 def _is_static(layer) -> bool:
     return isinstance(layer, (StaticAdd, StaticConv2d, StaticGlobalAvgPool, StaticLinear) + ELTWISE_CLASSES)
 
@@ -315,6 +327,7 @@ def load_static(path, model=None) -> StaticGraphModel:
             if kind == "module":
                 if name not in layers:
                     raise CheckpointError(f"op {name!r} has no layer")
+                _check_arity(name, layers[name], inputs)
                 program.append((name, "module", inputs, None))
             elif kind == "input":
                 program.append((name, "input", [], None))
