@@ -182,3 +182,14 @@ def test_an_input_scale_of_none_is_refused(saved, tmp_path):
     path = _edited(saved, tmp_path, lambda m: _kwargs(m, "conv").update(in_scale=None))
     with pytest.raises(mq.CheckpointError, match="in_scale"):
         mq.load(path, model=saved[0]())
+
+
+@pytest.mark.parametrize("args", [None, 5, {"$tuple": []}, {"$tuple": [1, 2]}], ids=["None", "int", "empty", "no-ref"])
+def test_a_replayed_call_that_does_not_read_its_inputs_is_refused(saved, tmp_path, args):
+    # the traced mean(): its arguments replaced by ones without the value it reads
+    _graph_only(saved)
+
+    def edit(m):
+        next(e for e in m["program"] if e["kind"] == "call")["call"]["args"] = args
+    with pytest.raises(mq.CheckpointError, match="do not read its inputs"):
+        mq.load(_edited(saved, tmp_path, edit))

@@ -256,17 +256,32 @@ def _attach_static_tensors(name: str, m: nn.Module, own: Dict[str, torch.Tensor]
     m._derive()
 
 
-def _check_refs(op: str, obj, defined) -> None:
-    """Every value an op's arguments (or the output) name must be computed before it."""
+def _ref_names(obj):
+    """The names of the values an op's arguments (or the output structure) read."""
     if isinstance(obj, ValueRef):
-        if obj.name not in defined:
-            raise CheckpointError(f"op {op!r} reads {obj.name!r} before it is computed")
+        yield obj.name
     elif isinstance(obj, (list, tuple)):
         for v in obj:
-            _check_refs(op, v, defined)
+            yield from _ref_names(v)
     elif isinstance(obj, dict):
         for v in obj.values():
-            _check_refs(op, v, defined)
+            yield from _ref_names(v)
+
+
+def _check_refs(op: str, obj, defined) -> None:
+    """Every value an op's arguments (or the output) name must be computed before it."""
+    for ref in _ref_names(obj):
+        if ref not in defined:
+            raise CheckpointError(f"op {op!r} reads {ref!r} before it is computed")
+
+
+def _check_call(op: str, how: str, args, kwargs, inputs: List[str]) -> None:
+    """A replayed call's arguments read exactly the op's inputs (a method: on the first argument)."""
+    ok = isinstance(args, (list, tuple)) and isinstance(kwargs, dict) and \
+        set(_ref_names((args, kwargs))) == set(inputs) and \
+        (how != "call_method" or (len(args) > 0 and isinstance(args[0], ValueRef)))
+    if not ok:
+        raise CheckpointError(f"op {op!r}: its call's arguments do not read its inputs {inputs}")
 
 
 def _check_arity(op: str, layer: nn.Module, inputs: List[str]) -> None:
@@ -344,6 +359,7 @@ def load_static(path, model=None) -> StaticGraphModel:
                     raise CheckpointError(f"op {name!r}: {how} {target!r} is not allowed")
                 cargs, ckwargs = _decode(c["args"]), _decode(c["kwargs"])
                 _check_refs(name, (cargs, ckwargs), defined)
+                _check_call(name, how, cargs, ckwargs, inputs)
                 program.append((name, "call", inputs, (how, target, cargs, ckwargs)))
             else:
                 raise CheckpointError(f"op {name!r}: unknown kind {kind!r}")
