@@ -120,10 +120,10 @@ SAN_TESTS := tests/nn/test_dynamic_conv_direct.py tests/kernels/test_quant_kerne
 	tests/kernels/test_static_kernels.py tests/kernels/test_properties_static.py \
 	tests/kernels/test_threading.py tests/kernels/test_omp_team.py \
 	tests/static/test_static_program_split.py \
-	tests/kernels/test_half_conv.py tests/kernels/test_half_conv_properties.py
+	tests/kernels/test_half_conv.py tests/kernels/test_half_conv_properties.py tests/kernels/test_c_argument_checks.py
 SAN_CI_TESTS := tests/nn/test_dynamic_conv_direct.py tests/kernels/test_properties_c.py tests/kernels/test_size_overflow.py tests/kernels/test_quant_kernels.py \
 	tests/kernels/test_int4_kernels.py tests/nn/test_int8_conv.py tests/kernels/test_quantize_pack.py tests/io/test_io_errors.py \
-	tests/kernels/test_static_kernels.py tests/kernels/test_properties_static.py
+	tests/kernels/test_static_kernels.py tests/kernels/test_properties_static.py tests/kernels/test_c_argument_checks.py
 
 $(SAN_VENV)/.deps: Makefile
 	$(PYTHON) -m venv $(SAN_VENV)

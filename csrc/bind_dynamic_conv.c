@@ -31,6 +31,10 @@ static PyObject *py_conv2d_int8_direct_applies(PyObject *self, PyObject *args) {
     if (!PyArg_ParseTuple(args, "nnnnnnnnp:conv2d_int8_direct_applies", &channels, &groups, &kh, &kw, &ph, &pw, &dh,
                           &dw, &has_zp))
         return NULL;
+    /* the rule multiplies (k - 1) * d: sizes past what conv2d_int8 accepts are a plain False, not an overflow */
+    if (kh > MQ_MAX_CONV_ARG || kw > MQ_MAX_CONV_ARG || ph > MQ_MAX_CONV_ARG || pw > MQ_MAX_CONV_ARG ||
+        dh > MQ_MAX_CONV_ARG || dw > MQ_MAX_CONV_ARG)
+        Py_RETURN_FALSE;
     return PyBool_FromLong(mq_conv2d_dynamic_direct_applies(channels, groups, kh, kw, ph, pw, dh, dw, has_zp));
 }
 

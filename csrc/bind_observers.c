@@ -106,6 +106,18 @@ static PyObject *py_obs_hist_update(PyObject *self, PyObject *args, PyObject *kw
     }
     mq_hist_grid grid = {.k0 = k0, .exp = exp, .has_data = has_data, .min = mn, .max = mx};
     if (!hist_grid_ok(&grid, bins)) goto done;
+    /* re-binning adds counts together and binning adds up to n more: with counts that no data could
+     * give (negative, or summing near 2^63: a corrupt file) those int64 sums would overflow */
+    const int64_t *c = PyArray_DATA(counts);
+    int64_t room = INT64_MAX - (int64_t)PyArray_DIM(x, 0);
+    for (npy_intp j = 0; j < bins; j++) {
+        if (c[j] < 0 || c[j] > room) {
+            PyErr_Format(PyExc_ValueError, "histogram counts[%zd] = %lld is negative or the counts sum past 2^63: "
+                         "the statistics are corrupt", (Py_ssize_t)j, (long long)c[j]);
+            goto done;
+        }
+        room -= c[j];
+    }
     int64_t bad;
     float batch_min, batch_max;
     Py_BEGIN_ALLOW_THREADS

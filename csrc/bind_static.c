@@ -21,9 +21,15 @@
 typedef struct {
     Py_buffer view;
     int held;
+    void *copy, *orig; /* an aligned copy of a misaligned input (view.buf then points to it), its source */
 } buffer_arg;
 
 static void release(buffer_arg *b) {
+    if (b->copy) {
+        b->view.buf = b->orig; /* (the exporter gets back the view it made) */
+        PyMem_Free(b->copy);
+        b->copy = NULL;
+    }
     if (b->held) PyBuffer_Release(&b->view);
     b->held = 0;
 }
@@ -56,6 +62,25 @@ static int get_buffer(PyObject *obj, const char *fname, const char *what, const 
                      format_name(formats[0]), formats[1] ? " or " : "", formats[1] ? format_name(formats[1]) : "",
                      b->view.format ? b->view.format : "B");
         return 0;
+    }
+    /* the kernels read int32 / float32 through typed pointers: an element off its alignment is
+     * undefined behaviour (the buffer protocol, unlike NumPy's flags, says nothing about it).  An
+     * input is copied (e.g. a tensor of a safetensors file whose header length is not a multiple of
+     * 4); an output must be written in place, so it is an error */
+    if ((uintptr_t)b->view.buf % (uintptr_t)(b->view.itemsize > 0 ? b->view.itemsize : 1)) {
+        if (writable) {
+            PyErr_Format(PyExc_ValueError, "%s: %s is not aligned to its %zd-byte elements (a view at an odd "
+                         "byte offset): pass a freshly allocated array (torch.empty, numpy.empty)", fname, what,
+                         b->view.itemsize);
+            return 0;
+        }
+        if (!(b->copy = PyMem_Malloc(b->view.len > 0 ? (size_t)b->view.len : 1))) {
+            PyErr_NoMemory();
+            return 0;
+        }
+        memcpy(b->copy, b->view.buf, (size_t)b->view.len);
+        b->orig = b->view.buf;
+        b->view.buf = b->copy;
     }
     if (b->view.ndim < ndim_lo || b->view.ndim > ndim_hi) {
         PyErr_Format(PyExc_ValueError, "%s: %s must have %d%s dimensions, got %d", fname, what, ndim_lo,
@@ -145,6 +170,11 @@ static int zero_points(PyObject *obj, const char *fname, Py_ssize_t n, buffer_ar
 static int conv_geometry(const char *fname, const Py_buffer *x, const int64_t ks[2], const int64_t st[2],
                          const int64_t pd[2], const int64_t dl[2], int64_t *out_h, int64_t *out_w) {
     const int64_t height = x->shape[1], width = x->shape[2];
+    /* a dimension of an empty array can be near 2^63: the padded size must not wrap */
+    if (mq_size_add(height, 2 * pd[0]) < 0 || mq_size_add(width, 2 * pd[1]) < 0) {
+        PyErr_Format(PyExc_OverflowError, "%s: the padded input's size does not fit in 64 bits", fname);
+        return 0;
+    }
     if (height + 2 * pd[0] < dl[0] * (ks[0] - 1) + 1 || width + 2 * pd[1] < dl[1] * (ks[1] - 1) + 1) {
         PyErr_Format(PyExc_ValueError, "%s: the (padded) input is smaller than the dilated kernel", fname);
         return 0;
@@ -287,14 +317,16 @@ static PyObject *py_conv2d_static(PyObject *self, PyObject *args, PyObject *kw) 
     if (!conv_geometry(fname, &x.view, ks, st, pd, dl, &out_h, &out_w)) goto fail;
     int64_t dims[4] = {batch, out_h, out_w, n};
     if (!check_out_shape(fname, &out.view, 4, dims)) goto fail;
-    const int64_t k = channels / groups * ks[0] * ks[1];
-    if (k > MAX_K) {
+    const int64_t k = mq_size_mul(channels / groups, ks[0] * ks[1]); /* -1: past 64 bits (an empty x) */
+    if (k < 0 || k > MAX_K) {
         PyErr_Format(PyExc_ValueError, "%s: in_channels/groups * kernel area must be at most %d", fname, MAX_K);
         goto fail;
     }
-    const int64_t np_g = mq_round_up(n / groups, MQ_PANEL), kp = mq_round_up(k, MQ_KGROUP);
+    const int64_t np_g = mq_size_round_up(n / groups, MQ_PANEL), kp = mq_round_up(k, MQ_KGROUP);
     const int64_t m = mq_size_mul(mq_size_mul(batch, out_h), out_w);
-    if (m < 0 || mq_size_mul(m, kp) < 0 || mq_size_mul(m, n * 4) < 0) {
+    /* (n of an empty out can be near 2^63: the packed sizes below must not wrap either) */
+    if (m < 0 || mq_size_mul(m, kp) < 0 || mq_size_mul(m, mq_size_mul(n, 4)) < 0 ||
+        mq_size_mul(mq_size_mul(groups, np_g), kp) < 0) {
         PyErr_Format(PyExc_OverflowError, "%s: the output does not fit in 64-bit sizes", fname);
         goto fail;
     }

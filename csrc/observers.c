@@ -306,8 +306,8 @@ int64_t mq_obs_entropy_search(const double *h, int64_t m, int64_t levels, int64_
     }
     int64_t best = m;
     double best_kl = INFINITY;
-    for (int64_t i = levels;; i += stride) {
-        if (i > m) i = m;
+    /* the step never adds past m: i + stride may pass int64 (a huge stride), and a wrapped i indexes kl_out */
+    for (int64_t i = levels;; i = stride > m - i ? m : i + stride) {
         double kl = kl_of_candidate(h, &ps, i, levels, ps.mass[m] - ps.mass[i]);
         if (kl_out) kl_out[i] = kl;
         if (kl < best_kl) { best_kl = kl; best = i; }

@@ -1,6 +1,7 @@
 """Files that lie: every buffer a kernel trusts and every manifest field is checked at load,
 and a bad one is a CheckpointError naming the layer (issue 14, findings 2 and 3)."""
 import json
+import struct
 
 import pytest
 import torch
@@ -344,3 +345,49 @@ def test_file_tensor_of_another_dtype_than_a_real_model(tmp_path):
     loaded = mq.load(tmp_path / "h.safetensors", model=nn.Linear(8, 4, device="meta"))  # a skeleton takes them
     assert loaded.weight.dtype == torch.float16
     assert mq.load(tmp_path / "h.safetensors", model=nn.Linear(8, 4, dtype=torch.float16)).weight.dtype == torch.float16
+
+
+# ---- the adversarial audit: dtypes of one element size, and tensors at odd addresses ------------
+
+_SAME_SIZE = {"F32": "I32", "I32": "F32", "F16": "BF16", "BF16": "F16", "I8": "U8", "U8": "I8"}
+_DTYPE_NAMES = {"F32": "float32", "I32": "int32", "F16": "float16", "BF16": "bfloat16", "I8": "int8", "U8": "uint8"}
+
+
+@pytest.mark.parametrize("dtype", ["int8", "uint8", "int4", "fp16", "bf16"])
+def test_a_tensor_read_as_another_dtype_of_its_size_is_refused(tmp_path, dtype):
+    # the same bytes under another dtype of the same element size, file and manifest agreeing:
+    # every buffer the kernels read is typed, so each such swap must be refused, never run
+    path, _ = _saved(tmp_path, dtype)
+    original = path.read_bytes()
+    header, _ = _split(path)
+    keys = [k for k in header if k != "__metadata__" and header[k]["dtype"] in _SAME_SIZE]
+    assert keys
+    for key in keys:
+        path.write_bytes(original)
+        header, data = _split(path)
+        code = _SAME_SIZE[header[key]["dtype"]]
+        header[key]["dtype"] = code
+        _write(path, header, data)
+        layer, local = key.split(".", 1)
+        _edit_manifest(path, lambda m: _layer(m, layer)["tensors"][local].update(dtype=_DTYPE_NAMES[code]))
+        with pytest.raises(CheckpointError):
+            mq.load(path, model=_Net())
+
+
+@pytest.mark.parametrize("dtype", ["int8", "int4", "fp16"])
+def test_tensors_at_odd_addresses_load_aligned_and_identical(tmp_path, dtype):
+    # a valid file whose header length is odd (another writer, a hand-edited manifest): its
+    # int32 / float32 tensors start at odd addresses; loaded, they are copied aligned
+    path, qmodel = _saved(tmp_path, dtype)
+    raw = path.read_bytes()
+    (n,) = struct.unpack("<Q", raw[:8])
+    text = raw[8:8 + n].rstrip(b" ") + b" "
+    if (8 + len(text)) % 2 == 0:
+        text += b" "
+    path.write_bytes(struct.pack("<Q", len(text)) + text + raw[8 + n:])
+    loaded = mq.load(path, model=_Net())
+    for name, t in list(loaded.state_dict().items()):
+        assert t.data_ptr() % t.element_size() == 0, name
+    x, img, idx = torch.randn(3, 64), torch.randn(2, 4, 7, 7), torch.tensor([[1, 9], [0, 3]])
+    assert torch.equal(loaded.fc(x), qmodel.fc(x)) and torch.equal(loaded.conv(img), qmodel.conv(img))
+    assert torch.equal(loaded.embed(idx), qmodel.embed(idx))

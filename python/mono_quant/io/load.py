@@ -16,6 +16,7 @@ from ..modules import QuantizedLinear
 from ..modules.composite import is_composite
 from ..modules.registry import qmodule_for
 from ..parametrized import parametrized_base
+from .aligned import aligned
 from .container import read_header
 from .errors import CheckpointError
 from .file_kinds import kind_for_file
@@ -75,7 +76,7 @@ def _read(path) -> "QuantizedStateDict":
     try:
         with safe_open(path, framework="pt", device="cpu") as f:
             for key in header.tensors:
-                tensors[key] = f.get_tensor(key)
+                tensors[key] = aligned(f.get_tensor(key))
     except Exception as exc:  # the safetensors package's own checks (SafetensorError)
         raise CheckpointError(f"{path}: cannot read the tensors: {exc}") from exc
     for alias, target in manifest["tensor_aliases"].items():

@@ -62,6 +62,26 @@ def _check_scale(name: str, value) -> Optional[float]:
     return value
 
 
+#: the C bindings' bound on a kernel size, stride, padding or dilation (MQ_MAX_CONV_ARG, csrc/bind.h)
+_MAX_CONV_ARG = 1 << 20
+
+
+def _check_count(name: str, value) -> int:
+    """A channel / feature count or groups: an int >= 1 (a file's manifest may hold anything)."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be an int >= 1, got {value!r}")
+    return int(value)
+
+
+def _check_pair(name: str, value, lo: int) -> Tuple[int, int]:
+    """kernel_size / stride / padding / dilation: an int or a pair of ints in lo..2**20."""
+    pair = nn.modules.utils._pair(value)
+    if len(pair) != 2 or any(isinstance(v, bool) or not isinstance(v, int) or not lo <= v <= _MAX_CONV_ARG
+                             for v in pair):
+        raise ValueError(f"{name} must be an int or a pair of ints in {lo}..{_MAX_CONV_ARG}, got {value!r}")
+    return int(pair[0]), int(pair[1])
+
+
 class _StaticBase(nn.Module):
     """Scales, zero-points and the fused activation; ``out_scale=None``: float output."""
 
@@ -70,6 +90,8 @@ class _StaticBase(nn.Module):
         super().__init__()
         act_bounds(act)
         self.act = act
+        if in_scale is None:  # (only an output may be float: out_scale None)
+            raise ValueError("in_scale must be a finite positive float, got None")
         self.in_scale = _check_scale("in_scale", in_scale)
         self.out_scale = _check_scale("out_scale", out_scale)
         self.int8_input = bool(int8_input)
@@ -156,10 +178,14 @@ class StaticConv2d(_WeightedStatic):
     def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1, padding=0, dilation=1, groups=1,
                  act=None, in_scale=1.0, out_scale=None, int8_input=False, in_zp=0, out_zp=0):
         super().__init__(act, in_scale, out_scale, int8_input, in_zp, out_zp)
-        pair = nn.modules.utils._pair
-        self.in_channels, self.out_channels, self.groups = int(in_channels), int(out_channels), int(groups)
-        self.kernel_size, self.stride = tuple(pair(kernel_size)), tuple(pair(stride))
-        self.padding, self.dilation = tuple(pair(padding)), tuple(pair(dilation))
+        self.in_channels, self.out_channels = _check_count("in_channels", in_channels), _check_count(
+            "out_channels", out_channels)
+        self.groups = _check_count("groups", groups)
+        if self.in_channels % self.groups or self.out_channels % self.groups:
+            raise ValueError(f"groups={self.groups} must divide in_channels {self.in_channels} and out_channels "
+                             f"{self.out_channels}")
+        self.kernel_size, self.stride = _check_pair("kernel_size", kernel_size, 1), _check_pair("stride", stride, 1)
+        self.padding, self.dilation = _check_pair("padding", padding, 0), _check_pair("dilation", dilation, 1)
         self.depthwise = self.groups == self.in_channels == self.out_channels and self.groups > 1
 
     @classmethod
@@ -193,7 +219,8 @@ class StaticLinear(_WeightedStatic):
     def __init__(self, in_features: int, out_features: int, act=None, in_scale=1.0, out_scale=None,
                  int8_input=False, in_zp=0, out_zp=0):
         super().__init__(act, in_scale, out_scale, int8_input, in_zp, out_zp)
-        self.in_features, self.out_features = int(in_features), int(out_features)
+        self.in_features = _check_count("in_features", in_features)
+        self.out_features = _check_count("out_features", out_features)
 
     @classmethod
     def from_float(cls, linear: nn.Linear, act, in_scale, out_scale, int8_input, in_zp=0, out_zp=0) -> "StaticLinear":
@@ -224,6 +251,8 @@ class StaticAdd(_StaticBase):
 
     def __init__(self, act=None, in_scale=1.0, b_scale=1.0, out_scale=None, in_zp=0, b_zp=0, out_zp=0):
         super().__init__(act, in_scale, out_scale, True, in_zp, out_zp)
+        if b_scale is None:
+            raise ValueError("b_scale must be a finite positive float, got None")
         self.b_scale = _check_scale("b_scale", b_scale)
         self.b_zp = _check_zp("b_zp", b_zp)
 

@@ -10,6 +10,7 @@ belongs to.  A loaded model gives bit-identical outputs.
 """
 from __future__ import annotations
 
+import inspect
 import json
 import math
 import operator
@@ -25,6 +26,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from ..errors import CheckpointError
+from ..io.aligned import aligned
 from ..io.atomic import atomic_output
 from ..io.file_kinds import FileKind, has_metadata_key, register_file_kind
 from ..io.untrusted_json import loads_bounded
@@ -254,6 +256,64 @@ def _attach_static_tensors(name: str, m: nn.Module, own: Dict[str, torch.Tensor]
     m._derive()
 
 
+def _ref_names(obj):
+    """The names of the values an op's arguments (or the output structure) read."""
+    if isinstance(obj, ValueRef):
+        yield obj.name
+    elif isinstance(obj, (list, tuple)):
+        for v in obj:
+            yield from _ref_names(v)
+    elif isinstance(obj, dict):
+        for v in obj.values():
+            yield from _ref_names(v)
+
+
+def _check_refs(op: str, obj, defined) -> None:
+    """Every value an op's arguments (or the output) name must be computed before it."""
+    for ref in _ref_names(obj):
+        if ref not in defined:
+            raise CheckpointError(f"op {op!r} reads {ref!r} before it is computed")
+
+
+def _check_call(op: str, how: str, args, kwargs, inputs: List[str]) -> None:
+    """A replayed call's arguments read exactly the op's inputs (a method: on the first argument)."""
+    ok = isinstance(args, (list, tuple)) and isinstance(kwargs, dict) and \
+        set(_ref_names((args, kwargs))) == set(inputs) and \
+        (how != "call_method" or (len(args) > 0 and isinstance(args[0], ValueRef)))
+    if not ok:
+        raise CheckpointError(f"op {op!r}: its call's arguments do not read its inputs {inputs}")
+
+
+def _check_arity(op: str, layer: nn.Module, inputs: List[str]) -> None:
+    """A layer op's inputs must be the arguments its forward takes (a concatenation: as many as it was built for)."""
+    try:
+        inspect.signature(layer.forward).bind(*inputs)
+    except TypeError as exc:
+        raise CheckpointError(f"op {op!r}: {len(inputs)} inputs for {type(layer).__name__} ({exc})") from None
+    built_for = getattr(layer, "in_scales", None)
+    if built_for is not None and len(built_for) != len(inputs):
+        raise CheckpointError(f"op {op!r}: {len(inputs)} inputs, its layer was built for {len(built_for)}")
+
+
+def _is_static(layer) -> bool:
+    return isinstance(layer, (StaticAdd, StaticConv2d, StaticGlobalAvgPool, StaticLinear) + ELTWISE_CLASSES)
+
+
+def _check_int8_flow(program: List[tuple], layers: Dict[str, nn.Module]) -> None:
+    """int8 codes flow only from a static layer with an int8 output (out_scale set) into a static
+    layer that takes int8 (int8_input); everything else passes floats.  A file whose scales or
+    flags break that chain would load and then fail (or misread codes as floats) at its first call."""
+    int8: Dict[str, bool] = {}
+    for name, kind, inputs, _ in program:
+        layer = layers.get(name) if kind == "module" else None
+        wants = bool(getattr(layer, "int8_input", True)) if _is_static(layer) else False
+        for i in inputs:
+            if int8.get(i, False) != wants:
+                raise CheckpointError(f"op {name!r} takes {'int8 codes' if wants else 'floats'} but its input {i!r} "
+                                      f"is {'int8 codes' if int8.get(i) else 'float'} (an edited scale or flag?)")
+        int8[name] = _is_static(layer) and getattr(layer, "out_scale", None) is not None
+
+
 def load_static(path, model=None) -> StaticGraphModel:
     """Read a file written by save_static (the graph is in the file: ``model`` is not needed and
     not read).  Raises CheckpointError on anything inconsistent."""
@@ -261,7 +321,7 @@ def load_static(path, model=None) -> StaticGraphModel:
     try:
         with safe_open(path, framework="pt", device="cpu") as f:
             meta = f.metadata() or {}
-            tensors = {k: f.get_tensor(k) for k in f.keys()}
+            tensors = {k: aligned(f.get_tensor(k)) for k in f.keys()}
     except Exception as exc:  # noqa: BLE001 - safetensors raises several types for a damaged file
         raise CheckpointError(f"{path}: not a readable safetensors file ({exc})") from exc
     try:
@@ -282,11 +342,14 @@ def load_static(path, model=None) -> StaticGraphModel:
             if kind == "module":
                 if name not in layers:
                     raise CheckpointError(f"op {name!r} has no layer")
+                _check_arity(name, layers[name], inputs)
                 program.append((name, "module", inputs, None))
             elif kind == "input":
                 program.append((name, "input", [], None))
             elif kind == "output":
-                program.append((name, "output", inputs, _decode(e["structure"])))
+                structure = _decode(e["structure"])
+                _check_refs(name, structure, defined)
+                program.append((name, "output", inputs, structure))
             elif kind == "call":
                 c = e["call"]
                 how, target = c["how"], c["target"]
@@ -294,13 +357,21 @@ def load_static(path, model=None) -> StaticGraphModel:
                     target = _FUNCTIONS[target]
                 elif not (how == "call_method" and target in _METHODS):
                     raise CheckpointError(f"op {name!r}: {how} {target!r} is not allowed")
-                program.append((name, "call", inputs, (how, target, _decode(c["args"]), _decode(c["kwargs"]))))
+                cargs, ckwargs = _decode(c["args"]), _decode(c["kwargs"])
+                _check_refs(name, (cargs, ckwargs), defined)
+                _check_call(name, how, cargs, ckwargs, inputs)
+                program.append((name, "call", inputs, (how, target, cargs, ckwargs)))
             else:
                 raise CheckpointError(f"op {name!r}: unknown kind {kind!r}")
             defined.add(name)
+        if [op[1] for op in program].count("output") != 1 or program[-1][1] != "output":
+            raise CheckpointError("the program must end with its one output op")
+        _check_int8_flow(program, layers)
     except CheckpointError as exc:
         raise CheckpointError(f"{path}: {exc}") from None
-    except (KeyError, TypeError, ValueError, json.JSONDecodeError) as exc:
+    # (a manifest may hold any JSON where a mapping or list is expected: .items() / [i] of the wrong type)
+    except (KeyError, TypeError, ValueError, AttributeError, IndexError, OverflowError,
+            json.JSONDecodeError) as exc:
         raise CheckpointError(f"{path}: invalid static manifest: {type(exc).__name__}: {exc}") from exc
     return StaticInt8Model(program, layers).eval()
 

@@ -26,6 +26,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from ..errors import CheckpointError
+from ..io.aligned import aligned
 from ..io.atomic import atomic_output
 from ..io.file_kinds import FileKind, has_metadata_key, register_file_kind
 from ..io.skeleton import materialize_non_persistent_buffers
@@ -88,7 +89,7 @@ def load_per_layer(path, model: nn.Module) -> nn.Module:
     try:
         with safe_open(path, framework="pt", device="cpu") as f:
             meta = f.metadata() or {}
-            tensors: Dict[str, torch.Tensor] = {k: f.get_tensor(k) for k in f.keys()}
+            tensors: Dict[str, torch.Tensor] = {k: aligned(f.get_tensor(k)) for k in f.keys()}
     except Exception as exc:  # noqa: BLE001 - safetensors raises several types for a damaged file
         raise CheckpointError(f"{path}: not a readable safetensors file ({exc})") from exc
     try:
@@ -137,7 +138,7 @@ def load_per_layer(path, model: nn.Module) -> nn.Module:
         materialize_non_persistent_buffers(work, model)  # a meta skeleton's non-persistent buffers
     except CheckpointError as exc:
         raise CheckpointError(f"{path}: {exc}") from None
-    except (KeyError, TypeError, ValueError, AttributeError, json.JSONDecodeError) as exc:
+    except (KeyError, TypeError, ValueError, AttributeError, IndexError, OverflowError, json.JSONDecodeError) as exc:
         raise CheckpointError(f"{path}: invalid per-layer static manifest: {type(exc).__name__}: {exc}") from exc
     return work.eval()
 
