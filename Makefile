@@ -114,14 +114,14 @@ run_sanitized = mkdir -p build && \
 	reports=$$(grep -c -e "ERROR: AddressSanitizer" -e "runtime error:" $(SAN_LOG)); \
 	echo "sanitizer reports: $$reports (log: $(SAN_LOG))"; \
 	test "$$(cat $(SAN_LOG).status)" = 0 && test "$$reports" = 0
-SAN_TESTS := tests/nn/test_dynamic_conv_direct.py tests/kernels/test_quant_kernels.py tests/kernels/test_int4_kernels.py tests/kernels/test_int8_linear.py \
+SAN_TESTS := tests/nn/test_dynamic_conv_direct.py tests/nn/test_dynamic_conv_odd_channels.py tests/kernels/test_quant_kernels.py tests/kernels/test_int4_kernels.py tests/kernels/test_int8_linear.py \
 	tests/nn/test_int8_conv.py tests/kernels/test_quantize_pack.py tests/nn/test_quantized_embedding.py \
 	tests/kernels/test_properties_c.py tests/kernels/test_size_overflow.py tests/io/test_io_*.py \
 	tests/kernels/test_static_kernels.py tests/kernels/test_properties_static.py \
 	tests/kernels/test_threading.py tests/kernels/test_omp_team.py \
 	tests/static/test_static_program_split.py \
 	tests/kernels/test_half_conv.py tests/kernels/test_half_conv_properties.py tests/kernels/test_c_argument_checks.py
-SAN_CI_TESTS := tests/nn/test_dynamic_conv_direct.py tests/kernels/test_properties_c.py tests/kernels/test_size_overflow.py tests/kernels/test_quant_kernels.py \
+SAN_CI_TESTS := tests/nn/test_dynamic_conv_direct.py tests/nn/test_dynamic_conv_odd_channels.py tests/kernels/test_properties_c.py tests/kernels/test_size_overflow.py tests/kernels/test_quant_kernels.py \
 	tests/kernels/test_int4_kernels.py tests/nn/test_int8_conv.py tests/kernels/test_quantize_pack.py tests/io/test_io_errors.py \
 	tests/kernels/test_static_kernels.py tests/kernels/test_properties_static.py tests/kernels/test_c_argument_checks.py
 

@@ -7,6 +7,10 @@
  * mq_ref_static_conv at the scalar level) reads them with no im2col, and the same thread writes
  * the image's NCHW result: one region per call, whole images per thread (or, when the batch
  * is smaller than twice the threads, blocks of output rows after the images are quantized).
+ * Channels that are not a multiple of 4 (a first layer's 1 or 3): the packed weight's K-groups
+ * then straddle taps, so blocks of output rows are im2col'd from the padded rows into a small
+ * buffer (kp bytes per pixel, the packed K order) and fed to the same kernel as a 1x1 conv, as
+ * the static path does (static_int8.c): the weight is used as packed, never re-packed.
  *
  * Bits: the kernel is given xw = 1 and no bias, so it writes (float)acc exactly (acc: the
  * exact int32 sum, the encoding's +128 removed through zcol); the epilogue here then computes
@@ -26,7 +30,7 @@ int mq_conv_direct_enabled = 1;
 int mq_conv2d_dynamic_direct_applies(int64_t channels, int64_t groups, int64_t kh, int64_t kw, int64_t ph,
                                      int64_t pw, int64_t dh, int64_t dw, int has_w_zp) {
     if (!__atomic_load_n(&mq_conv_direct_enabled, __ATOMIC_RELAXED) || !mq_active()->static_conv) return 0;
-    if (groups != 1 || has_w_zp || channels <= 0 || channels % MQ_KGROUP) return 0;
+    if (groups != 1 || has_w_zp || channels <= 0) return 0;
     if (kh <= 0 || kw <= 0 || dh <= 0 || dw <= 0 || ph < 0 || pw < 0) return 0;
     /* the image is copied padded: padding far past what a tap can reach ((k - 1) * d) would make
      * that copy as large as the padding, not the image (the im2col route reads padding as zeros);
@@ -40,6 +44,8 @@ typedef struct {
     const uint8_t *x;
     mq_src_t kind;
     int64_t channels, height, width, kh, kw, sh, sw, ph, pw, dh, dw, out_h, out_w, wp, image, padded_bytes;
+    int64_t k, kp;        /* the reduction, and rounded up to whole K-groups (the packed weight's) */
+    int64_t cols_rows;    /* channels % 4: output rows per im2col block (about 32 KiB); 0 otherwise */
     const int8_t *packed;
     const int32_t *w_sum;
     const float *w_scale, *bias;
@@ -91,10 +97,11 @@ static void quantize_padded(const direct_ctx *c, int64_t b, int8_t *restrict q, 
         memset(row + (c->pw + c->width) * ch, pad, (size_t)(c->pw * ch));
         uint8_t *restrict dst = row + c->pw * ch;
         const uint8_t *restrict in = (const uint8_t *)q + ih * c->width;
-        /* NCHW -> NHWC, one input row (a few cache lines) at a time, 4 channels (ch % 4 == 0) per
-         * 4-byte store: a quarter of the byte stores a plain transpose makes */
+        /* NCHW -> NHWC, one input row (a few cache lines) at a time, 4 channels per 4-byte store: a
+         * quarter of the byte stores a plain transpose makes; the last ch % 4 channels byte by byte */
         const uint32_t flip4 = flip * 0x01010101u;
-        for (int64_t k = 0; k < ch; k += 4) {
+        const int64_t ch4 = ch - ch % 4;
+        for (int64_t k = 0; k < ch4; k += 4) {
             const uint8_t *restrict i0 = in + k * plane, *restrict i1 = i0 + plane, *restrict i2 = i1 + plane,
                                     *restrict i3 = i2 + plane;
             for (int64_t iw = 0; iw < c->width; iw++) {
@@ -103,12 +110,57 @@ static void quantize_padded(const direct_ctx *c, int64_t b, int8_t *restrict q, 
                 memcpy(dst + iw * ch + k, &word, 4);
             }
         }
+        for (int64_t k = ch4; k < ch; k++) {
+            const uint8_t *restrict ik = in + k * plane;
+            for (int64_t iw = 0; iw < c->width; iw++) dst[iw * ch + k] = ik[iw] ^ flip;
+        }
+    }
+}
+
+/* Output rows [oh0, oh0 + nr) of an image's padded rows as im2col rows [nr * out_w][kp] in the
+ * packed K order (kh, kw, channel), the kp - k bytes after them any value (the weight's zero
+ * padding).  Taps are written in increasing order per pixel, so a copy that spills a few bytes
+ * into the next tap's place is overwritten by it; the last tap's spill lands in the K padding
+ * (the conditions below), and reads pass the padded rows' end by at most 3 bytes (DIRECT_SLACK). */
+static void im2col_rows(const direct_ctx *c, const uint8_t *restrict padded, int64_t oh0, int64_t nr,
+                        uint8_t *restrict cols) {
+    const int64_t ch = c->channels, kp = c->kp, k = c->k, kh = c->kh, kw = c->kw, sw = c->sw, dw = c->dw;
+    const int64_t out_w = c->out_w, row_bytes = c->wp * ch, chunk = mq_round_up(ch, 4);
+    /* one channel, unit steps: a tap row's kw bytes are adjacent, copied as one 4-byte word */
+    const int row_words = ch == 1 && sw == 1 && dw == 1 && kw <= 4 && k - kw + 4 <= kp;
+    /* any channel count: a tap's ch bytes copied as chunk / 4 words */
+    const int tap_words = k + chunk - ch <= kp;
+    for (int64_t r = 0; r < nr; r++) {
+        uint8_t *restrict row_cols = cols + r * out_w * kp;
+        for (int64_t i = 0; i < kh; i++) {
+            const uint8_t *restrict src_row = padded + ((oh0 + r) * c->sh + i * c->dh) * row_bytes;
+            if (row_words) {
+                for (int64_t ow = 0; ow < out_w; ow++) memcpy(row_cols + ow * kp + i * kw, src_row + ow, 4);
+                continue;
+            }
+            for (int64_t j = 0; j < kw; j++) {
+                const uint8_t *restrict src = src_row + j * dw * ch;
+                uint8_t *restrict dst = row_cols + (i * kw + j) * ch;
+                if (tap_words && chunk == 4) {
+                    for (int64_t ow = 0; ow < out_w; ow++) memcpy(dst + ow * kp, src + ow * sw * ch, 4);
+                } else if (tap_words) {
+                    for (int64_t ow = 0; ow < out_w; ow++)
+                        for (int64_t t = 0; t < chunk; t += 4) memcpy(dst + ow * kp + t, src + ow * sw * ch + t, 4);
+                } else {
+                    for (int64_t ow = 0; ow < out_w; ow++)
+                        for (int64_t t = 0; t < ch; t++) dst[ow * kp + t] = src[ow * sw * ch + t];
+                }
+            }
+        }
+        for (int64_t ow = 0; ow < out_w; ow++) /* defined bytes against the weight's zero padding */
+            for (int64_t t = k; t < kp; t++) row_cols[ow * kp + t] = c->flip;
     }
 }
 
 /* The kernel on output rows [oh0, oh0 + nr) of one image, then the epilogue into y. */
 static void conv_rows(const direct_ctx *c, const uint8_t *padded, int64_t b, int64_t oh0, int64_t nr, float scale,
-                      int32_t zp, float *restrict acc_f, float *restrict s, int32_t *restrict zcol_image) {
+                      int32_t zp, float *restrict acc_f, float *restrict s, int32_t *restrict zcol_image,
+                      uint8_t *restrict cols) {
     const int64_t n = c->n, pixels = c->out_h * c->out_w, p0 = oh0 * c->out_w, np = nr * c->out_w;
     const int32_t *zcol = c->zcol;
     if (c->reduce_range) { /* (zp + shift) * w_sum: |.| <= 255 * 128 * 32768 < 2^31 */
@@ -118,10 +170,20 @@ static void conv_rows(const direct_ctx *c, const uint8_t *padded, int64_t b, int
     }
     float *out = c->nchw ? acc_f : c->y + (b * pixels + p0) * n;
     int64_t t = mq_conv_profile_start();
-    mq_static_conv_args a = {padded + oh0 * c->sh * c->wp * c->channels, c->wp, c->channels, c->kh, c->kw, c->sh,
-                             c->sw, c->dh, c->dw, nr, c->out_w, c->packed, n, zcol, c->ones, NULL, -INFINITY,
-                             INFINITY, 1.0f, 0, NULL, out};
-    c->kt->static_conv(&a);
+    if (!c->cols_rows) {
+        mq_static_conv_args a = {padded + oh0 * c->sh * c->wp * c->channels, c->wp, c->channels, c->kh, c->kw, c->sh,
+                                 c->sw, c->dh, c->dw, nr, c->out_w, c->packed, n, zcol, c->ones, NULL, -INFINITY,
+                                 INFINITY, 1.0f, 0, NULL, out};
+        c->kt->static_conv(&a);
+    } else { /* im2col blocks, each a 1x1 conv of kp channels over rn rows of out_w pixels */
+        for (int64_t r0 = 0; r0 < nr; r0 += c->cols_rows) {
+            const int64_t rn = nr - r0 < c->cols_rows ? nr - r0 : c->cols_rows;
+            im2col_rows(c, padded, oh0 + r0, rn, cols);
+            mq_static_conv_args a = {cols, c->out_w, c->kp, 1, 1, 1, 1, 1, 1, rn, c->out_w, c->packed, n, zcol,
+                                     c->ones, NULL, -INFINITY, INFINITY, 1.0f, 0, NULL, out + r0 * c->out_w * n};
+            c->kt->static_conv(&a);
+        }
+    }
     mq_conv_profile_stop(MQ_CONV_THREAD_CONV, t);
     t = mq_conv_profile_start();
     for (int64_t j = 0; j < n; j++) s[j] = scale * c->w_scale[j]; /* the GEMM's x_scale * w_scale */
@@ -159,7 +221,11 @@ typedef struct {
     uint8_t *padded;
     float *acc_f, *s;
     int32_t *zcol;
+    uint8_t *cols;
 } piece_buffers;
+
+/* Bytes past the padded rows that im2col_rows' 4-byte copies may read (never use). */
+#define DIRECT_SLACK 4
 
 /* malloc that never asks for 0 bytes (an image with no pixels, only padding: malloc(0) may be NULL). */
 static void *alloc_bytes(size_t bytes) { return malloc(bytes ? bytes : 1); }
@@ -168,7 +234,7 @@ static int buffers_get(const direct_ctx *c, piece_buffers *p, int quantize, int6
     memset(p, 0, sizeof *p);
     if (quantize) {
         p->q = alloc_bytes(mq_alloc_bytes(c->image, 1, 64));
-        p->padded = alloc_bytes(mq_alloc_bytes(c->padded_bytes, 1, 64));
+        p->padded = alloc_bytes(mq_alloc_bytes(mq_size_add(c->padded_bytes, DIRECT_SLACK), 1, 64));
         if (!p->q || !p->padded) return -1;
     }
     if (rows > 0) {
@@ -176,7 +242,9 @@ static int buffers_get(const direct_ctx *c, piece_buffers *p, int quantize, int6
                            : NULL;
         p->s = malloc(mq_alloc_bytes(c->n, sizeof(float), 64));
         p->zcol = c->reduce_range ? malloc(mq_alloc_bytes(c->np, sizeof(int32_t), 64)) : NULL;
-        if ((c->nchw && !p->acc_f) || !p->s || (c->reduce_range && !p->zcol)) return -1;
+        p->cols = c->cols_rows ? malloc(mq_alloc_bytes(mq_size_mul(c->cols_rows, c->out_w), c->kp, 64)) : NULL;
+        if ((c->nchw && !p->acc_f) || !p->s || (c->reduce_range && !p->zcol) || (c->cols_rows && !p->cols))
+            return -1;
     }
     return 0;
 }
@@ -187,6 +255,7 @@ static void buffers_free(piece_buffers *p) {
     free(p->acc_f);
     free(p->s);
     free(p->zcol);
+    free(p->cols);
 }
 
 /* Items are whole images: quantize, convolve and write back each on this thread. */
@@ -204,7 +273,7 @@ static void images_range(void *vctx, int64_t begin, int64_t end) {
         const int64_t t = mq_conv_profile_start();
         quantize_padded(c, b, p.q, p.padded, &scale, &zp);
         mq_conv_profile_stop(MQ_CONV_THREAD_QUANTIZE, t);
-        conv_rows(c, p.padded, b, 0, c->out_h, scale, zp, p.acc_f, p.s, p.zcol);
+        conv_rows(c, p.padded, b, 0, c->out_h, scale, zp, p.acc_f, p.s, p.zcol, p.cols);
     }
     buffers_free(&p);
 }
@@ -235,7 +304,7 @@ static void blocks_range(void *vctx, int64_t begin, int64_t end) {
         const int64_t b = item / c->items_per_image, oh0 = item % c->items_per_image * c->rows_per_item;
         const int64_t nr = c->out_h - oh0 < c->rows_per_item ? c->out_h - oh0 : c->rows_per_item;
         conv_rows(c, c->pre + b * c->padded_bytes, b, oh0, nr, c->pre_scale[b], c->pre_zp[b], p.acc_f, p.s,
-                  p.zcol);
+                  p.zcol, p.cols);
     }
     buffers_free(&p);
 }
@@ -255,6 +324,13 @@ int mq_conv2d_dynamic_direct(const void *x, mq_src_t kind, int64_t batch, int64_
     const int64_t out_h = (height + 2 * ph - dh * (kh - 1) - 1) / sh + 1;
     const int64_t out_w = (width + 2 * pw - dw * (kw - 1) - 1) / sw + 1;
     const int64_t wp = width + 2 * pw, np = mq_round_up(n, MQ_PANEL), k = channels * kh * kw;
+    const int64_t kp = mq_round_up(k, MQ_KGROUP);
+    /* channels % 4: im2col blocks of about 32 KiB (they stay in L1/L2 for the kernel) */
+    int64_t cols_rows = 0;
+    if (channels % MQ_KGROUP) {
+        cols_rows = ((int64_t)1 << 15) / (out_w > 0 ? out_w * kp : 1);
+        cols_rows = cols_rows < 1 ? 1 : cols_rows > out_h ? out_h : cols_rows;
+    }
     const int64_t image = mq_size_mul(mq_size_mul(channels, height), width);
     const int64_t padded_bytes = mq_size_mul(mq_size_mul(height + 2 * ph, wp), channels);
     if (batch <= 0 || out_h <= 0 || out_w <= 0 || n <= 0) return 1;
@@ -275,7 +351,9 @@ int mq_conv2d_dynamic_direct(const void *x, mq_src_t kind, int64_t batch, int64_
     const int64_t call_macs = mq_size_mul(mq_size_mul(mq_size_mul(batch, out_h), out_w), mq_size_mul(k, n));
     /* A call of fewer multiply-adds than this runs on the calling thread alone (linear.c's rule
      * for its calls): a woken helper costs more than it saves, and waits on one that the OS
-     * deschedules cost a scheduler slice (ResNet8 at batch 1: each conv ~1.8M). */
+     * deschedules cost a scheduler slice (ResNet8 at batch 1: each conv ~1.8M).  A stem conv
+     * (k = 9 or 27) costs more per multiply-add (each output pixel's fixed costs); counting those
+     * sent the 8x8 CNNs at batch 64 to two threads, 4x slower in a run under load (one, noisy). */
     if (call_macs >= 0 && call_macs < MIN_CALL_MACS) nthreads = 1;
     /* items: whole images, or blocks of output rows when the batch leaves threads idle */
     int64_t per_image = 1;
@@ -284,8 +362,8 @@ int mq_conv2d_dynamic_direct(const void *x, mq_src_t kind, int64_t batch, int64_
     const int64_t rows_per_item = (out_h + per_image - 1) / per_image;
     per_image = (out_h + rows_per_item - 1) / rows_per_item;
     direct_ctx c = {kt, x, kind, channels, height, width, kh, kw, sh, sw, ph, pw, dh, dw, out_h, out_w, wp, image,
-                    padded_bytes, packed, w_sum, w_scale, bias, n, np, ones, zcol, reduce_range, flip, y, nchw,
-                    rows_per_item, per_image, NULL, NULL, NULL, 0};
+                    padded_bytes, k, kp, cols_rows, packed, w_sum, w_scale, bias, n, np, ones, zcol, reduce_range,
+                    flip, y, nchw, rows_per_item, per_image, NULL, NULL, NULL, 0};
     const int64_t item_macs = mq_size_mul(mq_size_mul(mq_size_mul(rows_per_item, out_w), k), n);
     const int64_t min_chunk = item_macs >= MIN_ITEM_MACS ? 1 : (MIN_ITEM_MACS + item_macs - 1) / item_macs;
     int64_t t = mq_conv_profile_start();
@@ -293,7 +371,7 @@ int mq_conv2d_dynamic_direct(const void *x, mq_src_t kind, int64_t batch, int64_
         mq_parallel_for(batch, min_chunk, nthreads, images_range, &c);
         mq_conv_profile_stop(MQ_CONV_WALL_DIRECT, t);
     } else {
-        c.pre = alloc_bytes(mq_alloc_bytes(mq_size_mul(batch, padded_bytes), 1, 64));
+        c.pre = alloc_bytes(mq_alloc_bytes(mq_size_add(mq_size_mul(batch, padded_bytes), DIRECT_SLACK), 1, 64));
         c.pre_scale = malloc(mq_alloc_bytes(batch, sizeof(float), 1));
         c.pre_zp = malloc(mq_alloc_bytes(batch, sizeof(int32_t), 1));
         if (!c.pre || !c.pre_scale || !c.pre_zp) {

@@ -12,8 +12,9 @@
 extern int mq_conv_direct_enabled;
 
 /* Whether the direct route takes a conv of this shape at the active level (and the switch
- * above): one group, channels a multiple of MQ_KGROUP, no weight zero-points, a reduction of
- * at most 32768 (the kernel's exact int32 bound). */
+ * above): one group, no weight zero-points, padding at most MQ_DIRECT_EXTRA_PAD past what a tap
+ * reaches, a reduction of at most 32768 (the kernel's exact int32 bound).  Any channel count:
+ * other than a multiple of MQ_KGROUP, through small im2col blocks (conv_dynamic_direct.c). */
 #define MQ_DIRECT_EXTRA_PAD 4 /* padding beyond (k - 1) * dilation that the direct route still takes */
 
 int mq_conv2d_dynamic_direct_applies(int64_t channels, int64_t groups, int64_t kh, int64_t kw, int64_t ph,

@@ -21,7 +21,7 @@ CASES = [  # in, out, kernel, stride, padding, dilation, groups
     (16, 16, 1, 2, 0, 1, 1),  # 1x1 stride 2
     (32, 5, 5, 1, 2, 1, 1),  # fewer outputs than a panel
     (4, 33, 3, 1, 0, 1, 1),  # a panel's tail, no padding
-    (2, 16, 3, 1, 1, 1, 1),  # channels not a multiple of 4 (one channel is not packed): im2col route only
+    (2, 16, 3, 1, 1, 1, 1),  # channels not a multiple of 4: im2col blocks inside the direct route
     (6, 7, 3, 2, 0, 1, 1),
     (12, 18, 3, 1, 2, 2, 3),  # groups: im2col route only
 ]
@@ -30,7 +30,7 @@ IDS = [str(c) for c in CASES]
 
 def _takes_direct(case, symmetric):
     cin, _, _, _, _, _, groups = case
-    return symmetric and groups == 1 and cin % 4 == 0
+    return symmetric and groups == 1
 
 
 def _quantized(case, seed, symmetric=True, bias=True):
@@ -170,7 +170,8 @@ def test_direct_applies_rule():
     assert dynamic_conv.direct_applies(16, 1, (3, 3), pad, dil, zero)
     assert not dynamic_conv.direct_applies(16, 1, (3, 3), pad, dil, nonzero)  # weight zero-points
     assert not dynamic_conv.direct_applies(16, 2, (3, 3), pad, dil, zero)  # groups
-    assert not dynamic_conv.direct_applies(6, 1, (3, 3), pad, dil, zero)  # channels not a multiple of 4
+    assert dynamic_conv.direct_applies(6, 1, (3, 3), pad, dil, zero)  # any channel count (im2col blocks)
+    assert dynamic_conv.direct_applies(1, 1, (3, 3), pad, dil, zero)  # a grayscale stem
     assert not dynamic_conv.direct_applies(4096, 1, (3, 3), pad, dil, zero)  # reduction over 32768
     assert dynamic_conv.direct_applies(16, 1, (3, 3), (2, 4), (1, 2), zero)  # padding a tap can reach
     assert dynamic_conv.direct_applies(16, 1, (3, 1), (1, 1), dil, zero)  # a few more: cheap
@@ -211,7 +212,7 @@ from mono_quant import _C  # noqa: E402
 
 @st.composite
 def direct_cases(draw):
-    cin, cout = 4 * draw(st.integers(1, 3)), draw(st.integers(1, 37))
+    cin, cout = draw(st.integers(1, 12)), draw(st.integers(1, 37))  # any channel count (im2col blocks)
     kernel = (draw(st.integers(1, 4)), draw(st.integers(1, 4)))
     stride = (draw(st.integers(1, 3)), draw(st.integers(1, 3)))
     padding = (draw(st.integers(0, 3)), draw(st.integers(0, 3)))
@@ -283,33 +284,40 @@ def test_direct_applies_never_fails_on_odd_sizes(channels, groups, kh, kw, paddi
     (ph, pw), (dh, dw) = padding, dilation
     for has_zp in (False, True):
         got = _C.conv2d_int8_direct_applies(channels, groups, kh, kw, ph, pw, dh, dw, has_zp)
-        assert got is (not has_zp and groups == 1 and 0 < channels and channels % 4 == 0 and kh > 0 and kw > 0
+        assert got is (not has_zp and groups == 1 and 0 < channels and kh > 0 and kw > 0
                        and channels * kh * kw <= 32768 and 0 <= ph <= (kh - 1) * dh + 4 and 0 <= pw <= (kw - 1) * dw + 4)
         assert dynamic_conv.direct_applies(channels, groups, (kh, kw), padding, dilation, has_zp) is got
 
 
 def test_direct_route_size_floor():
-    """A layer the direct route takes runs packed from DIRECT_MIN_MACS_PER_IMAGE multiply-adds per
-    image (16->16 on 8x8: 147k, under the im2col route's floor); switched off, the im2col
-    route's floor again (the kept route follows the switch)."""
+    """A layer the direct route takes runs packed at any size (DIRECT_MIN_MACS_PER_IMAGE is 0 and
+    the short-reduction floor DYNAMIC_MIN_K does not apply: 16->16 on 2x2 is 9k multiply-adds per
+    image); switched off, the im2col route's floors again (the kept route follows the switch)."""
     from mono_quant.modules import conv as conv_module
 
     conv, qconv = _quantized((16, 16, 3, 1, 1, 1, 1), 19)
     small, tiny = torch.randn(2, 16, 8, 8), torch.randn(2, 16, 2, 2)  # 147k and 9k per image
-    assert conv_module.DIRECT_MIN_MACS_PER_IMAGE <= 147456 < conv_module.DYNAMIC_MIN_MACS_PER_IMAGE
-    assert qconv._packed_pays(small) and not qconv._packed_pays(tiny)
+    assert conv_module.DIRECT_MIN_MACS_PER_IMAGE == 0
+    assert 147456 < conv_module.DYNAMIC_MIN_MACS_PER_IMAGE
+    assert qconv._packed_pays(small) and qconv._packed_pays(tiny)
     with torch.no_grad():
         packed = qconv(small)
         assert torch.equal(packed, qconv._packed_conv(small, *kernel_args(qconv)))
         previous = dynamic_conv.set_direct(False)
         try:
-            assert not qconv._packed_pays(small)
+            assert not qconv._packed_pays(small) and not qconv._packed_pays(tiny)
             float_route = qconv(small)
         finally:
             dynamic_conv.set_direct(previous)
         assert not torch.equal(float_route, packed)
         assert torch.allclose(float_route, packed, atol=0.05 * float(packed.abs().max()))
         assert torch.equal(qconv(small), packed)
+    previous = conv_module.DIRECT_MIN_MACS_PER_IMAGE
+    conv_module.DIRECT_MIN_MACS_PER_IMAGE = 1 << 15  # the floor still works where one is set
+    try:
+        assert qconv._packed_pays(small) and not qconv._packed_pays(tiny)
+    finally:
+        conv_module.DIRECT_MIN_MACS_PER_IMAGE = previous
 
 
 def test_padding_wider_than_the_kernel_reaches_takes_the_im2col_route():

@@ -137,8 +137,10 @@ def test_dynamic_conv_in_chunks_is_bit_identical(monkeypatch):
 
 def test_small_dynamic_conv_runs_fp32_on_the_dequantized_weight():
     torch.manual_seed(5)
-    first = mq.quantize(nn.Conv2d(3, 16, 3, padding=1)).model  # K = 27 < DYNAMIC_MIN_K
-    # K = 144; asymmetric weights: the im2col route's rule (test_dynamic_conv_direct.py has the direct route's)
+    # asymmetric weights: the im2col route's rules (test_dynamic_conv_direct.py has the direct route's,
+    # which takes symmetric ones at any size); K = 27 < DYNAMIC_MIN_K
+    first = mq.quantize(nn.Conv2d(3, 16, 3, padding=1), symmetric=False).model
+    # K = 144
     deeper = mq.quantize(nn.Conv2d(16, 16, 3, padding=1), symmetric=False).model
     assert deeper.weight_zero_point.any()
     x, y = torch.randn(2, 3, 16, 16), torch.randn(2, 16, 16, 16)  # 590k multiply-adds per image
@@ -165,7 +167,8 @@ def test_quantize_and_run_under_inference_mode():
 
 def test_small_weight_kept_for_the_float_paths_follows_its_buffers():
     torch.manual_seed(7)
-    conv = mq.quantize(nn.Conv2d(3, 8, 3, padding=1)).model  # K = 27: F.conv2d on the dequantized weight
+    # K = 27, asymmetric (the direct route would take a symmetric one): F.conv2d on the dequantized weight
+    conv = mq.quantize(nn.Conv2d(3, 8, 3, padding=1), symmetric=False).model
     x = torch.randn(1, 3, 6, 6)
     with torch.no_grad():
         first = conv(x)

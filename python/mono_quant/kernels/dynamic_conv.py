@@ -8,7 +8,6 @@ from __future__ import annotations
 from typing import Optional, Sequence
 
 from .. import _C
-from .layout import INT8_K_GROUP
 
 __all__ = ["DIRECT_ROUTE", "DIRECT_MAX_K", "DIRECT_EXTRA_PAD", "direct_applies", "set_direct", "profile"]
 
@@ -22,15 +21,17 @@ DIRECT_EXTRA_PAD = 4
 
 def direct_applies(in_channels: int, groups: int, kernel_size: Sequence[int], padding: Sequence[int],
                    dilation: Sequence[int], has_zero_points: bool) -> bool:
-    """Whether a dynamic conv of this layer takes the direct route (one group, in_channels a
-    multiple of 4, no weight zero-points, padding at most DIRECT_EXTRA_PAD wider than a tap
-    reaches ((k - 1) * dilation: the route copies the image padded), a reduction of at most DIRECT_MAX_K; every kernel
-    level has the direct kernel).  That route needs no im2col buffer, so a large batch goes to
-    C in one call.  Plain Python, so that torch.compile traces the route rule: the twin of
-    ``_C.conv2d_int8_direct_applies``, the rule C itself follows (tests hold them equal)."""
+    """Whether a dynamic conv of this layer takes the direct route (one group, no weight
+    zero-points, padding at most DIRECT_EXTRA_PAD wider than a tap reaches ((k - 1) * dilation:
+    the route copies the image padded), a reduction of at most DIRECT_MAX_K; any in_channels,
+    those not a multiple of 4 (a first layer's 1 or 3) through small im2col blocks in C; every
+    kernel level has the direct kernel).  That route needs no whole-batch im2col buffer, so a
+    large batch goes to C in one call.  Plain Python, so that torch.compile traces the route
+    rule: the twin of ``_C.conv2d_int8_direct_applies``, the rule C itself follows (tests hold
+    them equal)."""
     (kh, kw), (ph, pw), (dh, dw) = kernel_size, padding, dilation
     return bool(DIRECT_ROUTE and groups == 1 and not has_zero_points and 0 < in_channels
-                and in_channels % INT8_K_GROUP == 0 and kh > 0 and kw > 0 and in_channels * kh * kw <= DIRECT_MAX_K
+                and kh > 0 and kw > 0 and in_channels * kh * kw <= DIRECT_MAX_K
                 and 0 <= ph <= (kh - 1) * dh + DIRECT_EXTRA_PAD and 0 <= pw <= (kw - 1) * dw + DIRECT_EXTRA_PAD)
 
 

@@ -32,8 +32,13 @@ DYNAMIC_MIN_K = 64
 DYNAMIC_MIN_MACS_PER_IMAGE = 1 << 18
 # The same rule's floor where the direct conv route takes the layer (kernels.dynamic_conv): no
 # im2col and one C region per call, so far smaller convs beat F.conv2d (bench_dynamic_conv.py:
-# 16->16 channels on 8x8, 147k per image, and 36k-per-image convs ran faster packed).
-DIRECT_MIN_MACS_PER_IMAGE = 1 << 15
+# 16->16 channels on 8x8, 147k per image, and 36k-per-image convs ran faster packed).  Since
+# the route takes any channel count (30 Nov, branch stemconv): none, and no DYNAMIC_MIN_K
+# either: 16->16 on 2x2 (9k) and a 3->16 stem on 8x8 (28k) ran at 0.58 / 0.84 of F.conv2d's
+# time at batch 1 (1 thread; at batch 64 0.40 / 1.18), and F.conv2d at 2 threads waits on
+# torch's OpenMP worker under load (ResNet8 at batch 1: 112 ms a call in one run, docs/
+# benchmarks.md).  So a layer the direct route takes always runs int8, at any input size.
+DIRECT_MIN_MACS_PER_IMAGE = 0
 # Bytes of int8 im2col rows per dynamic conv call: larger batches go through in chunks of
 # images (see QuantizedConv2d._dynamic_conv); about what the L2 keeps beside the weight.
 DYNAMIC_CHUNK_BYTES = 1 << 20
@@ -130,7 +135,9 @@ class QuantizedConv2d(ReduceRange, QuantizedModule):
         q._reversed_padding_repeated_twice = list(module._reversed_padding_repeated_twice)
         q.set_weight(weight)
         q.set_activations(activations)
-        if can_pack(weight) and module.in_channels // module.groups > 1:  # not depthwise
+        # packed unless depthwise (one input channel per group, groups > 1): a one-group conv of
+        # one input channel (a grayscale stem) is packed for the direct route (kernels.dynamic_conv)
+        if can_pack(weight) and (module.in_channels // module.groups > 1 or module.groups == 1):
             q.set_packed(pack_int8_linear(weight, groups=module.groups))
         q._set_bias(module.bias)
         q.train(module.training)
@@ -206,7 +213,9 @@ class QuantizedConv2d(ReduceRange, QuantizedModule):
         of Python and C per call) then outweigh its few multiply-adds (bench_models.py:
         2-10x slower than fp32 at K = 27, 1.2-1.5x at 150k multiply-adds per image);
         where the direct conv route takes the layer (kernels.dynamic_conv.direct_applies:
-        no im2col, one C region) the floor is DIRECT_MIN_MACS_PER_IMAGE instead.
+        no im2col, one C region, any channel count) neither floor applies, only
+        DIRECT_MIN_MACS_PER_IMAGE (0: a stem conv of 1 or 3 channels runs int8 in C, on our
+        threads, where F.conv2d at 2 threads waited on torch's OpenMP worker under load).
         Both rules look at one image, never the batch size.  Weight-only convs with many
         output pixels per output channel are faster as F.conv2d on the dequantized
         weight: the fp32 im2col (kh*kw times the input) costs more than dequantizing the
@@ -214,16 +223,17 @@ class QuantizedConv2d(ReduceRange, QuantizedModule):
         out_channels/8 output pixels)."""
         if self.activations == "dynamic":
             k = self.in_channels // self.groups * self.kernel_size2d[0] * self.kernel_size2d[1]
-            if k < DYNAMIC_MIN_K:
+            # (weight_symmetric, not the zero-point buffer's values: torch.compile traces this rule;
+            # a symmetric weight's zero-points are 0, and C checks the buffer itself)
+            direct = not isinstance(self.padding2d, str) and direct_applies(
+                self.in_channels, self.groups, self.kernel_size2d, self.padding2d, self.dilation2d,
+                not getattr(self, "weight_symmetric", False))
+            if k < DYNAMIC_MIN_K and not direct:  # (the direct route takes short reductions: a stem conv's)
                 return False
             pixels = 1  # per image, so an image's result never depends on the batch it came in
             geometry = (self.kernel_size2d, self.stride2d, self.padding2d, self.dilation2d)
             for size, kk, st, p, d in zip(x.shape[2:], *geometry):
                 pixels *= (size + 2 * p - d * (kk - 1) - 1) // st + 1
-            # (weight_symmetric, not the zero-point buffer's values: torch.compile traces this rule;
-            # a symmetric weight's zero-points are 0, and C checks the buffer itself)
-            direct = direct_applies(self.in_channels, self.groups, self.kernel_size2d, self.padding2d,
-                                    self.dilation2d, not getattr(self, "weight_symmetric", False))
             floor = DIRECT_MIN_MACS_PER_IMAGE if direct else DYNAMIC_MIN_MACS_PER_IMAGE
             return pixels * k * (self.out_channels // self.groups) >= floor
         pixels = x.shape[0]
