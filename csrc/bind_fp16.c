@@ -112,8 +112,8 @@ static PyObject *py_h16_conv2d(PyObject *self, PyObject *args, PyObject *kw) {
         PyErr_SetString(PyExc_ValueError, "the (padded) input is smaller than the dilated kernel");
         goto done;
     }
-    npy_intp out_h = (height + 2 * pd[0] - dl[0] * (kh - 1) - 1) / st[0] + 1;
-    npy_intp out_w = (width + 2 * pd[1] - dl[1] * (kwd - 1) - 1) / st[1] + 1;
+    npy_intp out_h = mq_conv_out(height, kh, st[0], pd[0], dl[0]);
+    npy_intp out_w = mq_conv_out(width, kwd, st[1], pd[1], dl[1]);
     /* the GEMM's sizes: rows (batch x output pixels) times k and times n must fit */
     npy_intp m = mq_size_mul(mq_size_mul(batch, out_h), out_w);
     npy_intp k = mq_size_mul(channels / groups, mq_size_mul(kh, kwd));

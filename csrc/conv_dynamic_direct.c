@@ -321,8 +321,8 @@ int mq_conv2d_dynamic_direct(const void *x, mq_src_t kind, int64_t batch, int64_
                              int nchw, int reduce_range, int nthreads) {
     if (!mq_conv2d_dynamic_direct_applies(channels, groups, kh, kw, ph, pw, dh, dw, w_zp != NULL)) return 0;
     const mq_kernels *kt = mq_active();
-    const int64_t out_h = (height + 2 * ph - dh * (kh - 1) - 1) / sh + 1;
-    const int64_t out_w = (width + 2 * pw - dw * (kw - 1) - 1) / sw + 1;
+    const int64_t out_h = mq_conv_out(height, kh, sh, ph, dh);
+    const int64_t out_w = mq_conv_out(width, kw, sw, pw, dw);
     const int64_t wp = width + 2 * pw, np = mq_round_up(n, MQ_PANEL), k = channels * kh * kw;
     const int64_t kp = mq_round_up(k, MQ_KGROUP);
     /* channels % 4: im2col blocks of about 32 KiB (they stay in L1/L2 for the kernel) */

@@ -92,8 +92,8 @@ static void h16_to_nchw_range(void *vctx, int64_t begin, int64_t end) {
 int mq_h16_conv2d(const float *x, int64_t batch, int64_t channels, int64_t height, int64_t width, int64_t kh,
                   int64_t kw, int64_t sh, int64_t sw, int64_t ph, int64_t pw, int64_t dh, int64_t dw, int64_t groups,
                   const uint16_t *w, int is_bf16, const float *bias, int64_t n, float *y, int nthreads) {
-    const int64_t out_h = (height + 2 * ph - dh * (kh - 1) - 1) / sh + 1;
-    const int64_t out_w = (width + 2 * pw - dw * (kw - 1) - 1) / sw + 1;
+    const int64_t out_h = mq_conv_out(height, kh, sh, ph, dh);
+    const int64_t out_w = mq_conv_out(width, kw, sw, pw, dw);
     const int64_t cg = channels / groups, k = cg * kh * kw, n_g = n / groups, pixels = out_h * out_w;
     /* m can only pass 64 bits on arguments the binding (bind_fp16.c) rejects */
     const int64_t m = mq_size_mul(batch, pixels);

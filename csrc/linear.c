@@ -427,8 +427,8 @@ int mq_conv2d_dynamic(const void *x, mq_src_t kind, int64_t batch, int64_t chann
     const mq_kernels *kt = mq_active();
     const int u7 = reduce_range && kt->qgemm_u7; /* as mq_linear_dynamic */
     const mq_x_encoding_t enc = u7 ? MQ_X_U7 : kt->qgemm_x_u8 ? MQ_X_INT8_PLUS_128 : MQ_X_INT8;
-    const int64_t out_h = (height + 2 * ph - dh * (kh - 1) - 1) / sh + 1;
-    const int64_t out_w = (width + 2 * pw - dw * (kw - 1) - 1) / sw + 1;
+    const int64_t out_h = mq_conv_out(height, kh, sh, ph, dh);
+    const int64_t out_w = mq_conv_out(width, kw, sw, pw, dw);
     const int64_t cg = channels / groups, k = cg * kh * kw, kp = mq_round_up(k, MQ_KGROUP);
     /* m can only pass 64 bits on arguments the bindings (bind_linear.c) reject; -1 then fails the
      * allocations below */

@@ -367,6 +367,12 @@ int mq_use_vnni256_for_tests(int on);
  * restores the CPU's choice.  0 ok, -1 when this CPU has no AVX2. */
 int mq_use_maddubs_for_tests(int on);
 
+/* A conv's output size along one axis (torch's formula; the callers have checked
+ * that the padded input covers the dilated kernel, so it is at least 1). */
+static inline int64_t mq_conv_out(int64_t in, int64_t k, int64_t stride, int64_t pad, int64_t dilation) {
+    return (in + 2 * pad - dilation * (k - 1) - 1) / stride + 1;
+}
+
 /* ---- dispatch.c ------------------------------------------------------------ */
 mq_isa_t mq_cpu_best_isa(void);           /* best level this CPU and OS support */
 int mq_cpu_has(const char *feature);      /* "avx2", "avx512bw", "avx512_vnni", ... */

@@ -262,8 +262,8 @@ int mq_conv2d_static(const int8_t *x, int64_t batch, int64_t channels, int64_t h
                      const int8_t *packed, const int32_t *w_sum, const float *x_w_scale, const int32_t *w_zp,
                      int w_has_m128, const float *bias, int64_t n, float act_lo, float act_hi, float inv_out_scale,
                      int x_zp, int out_zp, int8_t *y_q, float *y_f32, int nthreads) {
-    const int64_t out_h = (height + 2 * ph - dh * (kh - 1) - 1) / sh + 1;
-    const int64_t out_w = (width + 2 * pw - dw * (kw - 1) - 1) / sw + 1;
+    const int64_t out_h = mq_conv_out(height, kh, sh, ph, dh);
+    const int64_t out_w = mq_conv_out(width, kw, sw, pw, dw);
     const int64_t cg = channels / groups, k = cg * kh * kw, kp = mq_round_up(k, MQ_KGROUP);
     const int64_t n_g = n / groups, np_g = mq_round_up(n_g, MQ_PANEL);
     const int64_t m = mq_size_mul(mq_size_mul(batch, out_h), out_w);
@@ -436,8 +436,8 @@ static int direct_prepare(const int8_t *x, int64_t batch, int64_t channels, int6
                           int64_t rows_per_item, direct_ctx *c, int32_t **zcol) {
     const mq_kernels *kt = mq_active();
     if (!kt->static_conv || groups != 1 || w_zp) return 0;
-    const int64_t out_h = (height + 2 * ph - dh * (kh - 1) - 1) / sh + 1;
-    const int64_t out_w = (width + 2 * pw - dw * (kw - 1) - 1) / sw + 1;
+    const int64_t out_h = mq_conv_out(height, kh, sh, ph, dh);
+    const int64_t out_w = mq_conv_out(width, kw, sw, pw, dw);
     const int64_t k = channels * kh * kw, kp = mq_round_up(k, MQ_KGROUP), np = mq_round_up(n, MQ_PANEL);
     int32_t *z = malloc(mq_alloc_bytes(np, sizeof(int32_t), 1));
     if (!z) return -1;
@@ -460,8 +460,8 @@ static int conv2d_direct(const int8_t *x, int64_t batch, int64_t channels, int64
                          const float *x_w_scale, const int32_t *w_zp, const float *bias, int64_t n, float act_lo,
                          float act_hi, float inv_out_scale, int x_zp, int out_zp, int8_t *y_q, float *y_f32,
                          int nthreads) {
-    const int64_t out_h = (height + 2 * ph - dh * (kh - 1) - 1) / sh + 1;
-    const int64_t out_w = (width + 2 * pw - dw * (kw - 1) - 1) / sw + 1;
+    const int64_t out_h = mq_conv_out(height, kh, sh, ph, dh);
+    const int64_t out_w = mq_conv_out(width, kw, sw, pw, dw);
     if (!mq_active()->static_conv || groups != 1 || w_zp) return 0;
     if (batch <= 0 || out_h <= 0 || out_w <= 0) return 1;
     /* items: whole images, or row blocks when the batch leaves threads idle */
@@ -549,8 +549,8 @@ int mq_depthwise_static(const int8_t *x, int64_t batch, int64_t channels, int64_
                          const int8_t *w, const int32_t *w_zp, const float *x_w_scale, const float *bias, float act_lo,
                          float act_hi, float inv_out_scale, int x_zp, int out_zp, int8_t *y_q, float *y_f32,
                          int nthreads) {
-    const int64_t out_h = (height + 2 * ph - dh * (kh - 1) - 1) / sh + 1;
-    const int64_t out_w = (width + 2 * pw - dw * (kw - 1) - 1) / sw + 1;
+    const int64_t out_h = mq_conv_out(height, kh, sh, ph, dh);
+    const int64_t out_w = mq_conv_out(width, kw, sw, pw, dw);
     depthwise_ctx c = {x, w, w_zp, x_w_scale, bias, channels, height, width, kh, kw, sh, sw, ph, pw, dh, dw,
                        out_h, out_w, act_lo, act_hi, inv_out_scale, x_zp, out_zp, y_q, y_f32, 0};
     const int64_t per_row = out_w * channels * kh * kw;
@@ -661,7 +661,7 @@ int mq_conv2d_static_work(const int8_t *x, int64_t channels, int64_t height, int
                           const int8_t *packed, const int32_t *w_sum, const float *x_w_scale, const float *bias,
                           int64_t n, float act_lo, float act_hi, float inv_out_scale, int x_zp, int out_zp,
                           int8_t *y_q, float *y_f32, int64_t items, mq_static_work *work) {
-    const int64_t out_h = (height + 2 * ph - dh * (kh - 1) - 1) / sh + 1;
+    const int64_t out_h = mq_conv_out(height, kh, sh, ph, dh);
     work_box *w;
     if (!mq_active()->static_conv || out_h <= 0) return 0;
     if (work_box_new(work, &w) < 0) return -1;
@@ -682,8 +682,8 @@ int mq_depthwise_static_work(const int8_t *x, int64_t channels, int64_t height, 
                              const int8_t *wt, const float *x_w_scale, const float *bias, float act_lo, float act_hi,
                              float inv_out_scale, int x_zp, int out_zp, int8_t *y_q, float *y_f32, int64_t items,
                              mq_static_work *work) {
-    const int64_t out_h = (height + 2 * ph - dh * (kh - 1) - 1) / sh + 1;
-    const int64_t out_w = (width + 2 * pw - dw * (kw - 1) - 1) / sw + 1;
+    const int64_t out_h = mq_conv_out(height, kh, sh, ph, dh);
+    const int64_t out_w = mq_conv_out(width, kw, sw, pw, dw);
     work_box *w;
     if (work_box_new(work, &w) < 0) return -1;
     w->k.depthwise = (depthwise_ctx){x, wt, NULL, x_w_scale, bias, channels, height, width, kh, kw, sh, sw, ph, pw,
