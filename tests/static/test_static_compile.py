@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 import mono_quant as mq
+from static_helpers import Branchy
 
 
 def _quantized(model, calibration):
@@ -27,19 +28,6 @@ def _conv_stack():  # a float NCHW output (the program's is a channels-last view
     torch.manual_seed(0)
     return _quantized(nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 4, 3)),
                       torch.randn(128, 3, 10, 10))
-
-
-class _Branchy(nn.Module):  # torch.fx can't trace it: the per-layer fallback
-    def __init__(self):
-        super().__init__()
-        self.conv = nn.Conv2d(3, 8, 3)
-        self.fc = nn.Linear(8, 2)
-
-    def forward(self, x):
-        y = self.conv(x)
-        if y.sum() > 0:
-            y = y * 2
-        return self.fc(y.mean((2, 3)))
 
 
 def _check_compiled_equals_eager(fn, eager, shapes, dynamic):
@@ -81,7 +69,7 @@ def test_compiled_graph_around_the_model_gets_its_float_nchw_output():
 
 
 def test_per_layer_fallback_compiles_with_fullgraph():
-    qmodel = _quantized(_Branchy(), torch.randn(128, 3, 8, 8))
+    qmodel = _quantized(Branchy(), torch.randn(128, 3, 8, 8))
     assert qmodel.conv.__class__.__name__ == "PerLayerStatic"
     # the model's own data-dependent branch stays a graph break: compile the quantized layers alone
     _check_compiled_equals_eager(qmodel.conv, qmodel.conv, [(2, 3, 8, 8), (2, 3, 8, 8)], None)
