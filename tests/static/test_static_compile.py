@@ -75,6 +75,14 @@ def test_per_layer_fallback_compiles_with_fullgraph():
     _check_compiled_equals_eager(qmodel.conv, qmodel.conv, [(2, 3, 8, 8), (2, 3, 8, 8)], None)
 
 
+def test_an_input_that_requires_grad_gives_what_eager_gives():
+    qmodel = _conv_stack()
+    x = torch.randn(2, 3, 10, 10, requires_grad=True)
+    torch._dynamo.reset()
+    y = torch.compile(qmodel, fullgraph=True)(x)
+    assert torch.equal(y, qmodel(x)) and not y.requires_grad and not qmodel(x).requires_grad
+
+
 def test_a_copy_runs_its_own_weights():
     qmodel = _classifier()
     twin = copy.deepcopy(qmodel)

@@ -119,7 +119,8 @@ class CompilesAsOneOp:
                     "returning one; compile without fullgraph=True (it runs eagerly between graphs), or quantize "
                     "with dynamic int8 activations (mono_quant.quantize(model, 'int8'))")
             return None
-        return torch.ops.mono_quant.static_forward(args[0], self._static_op_key)
+        # detached, as the eager forward takes it: no gradient flows through static int8 kernels
+        return torch.ops.mono_quant.static_forward(args[0].detach(), self._static_op_key)
 
     def one_tensor_in_and_out(self) -> bool:
         """Whether the model takes one tensor and returns one (what the op can stand for)."""
