@@ -36,8 +36,10 @@ def _flag_row(action: argparse.Action) -> str:
             name += f" `{action.metavar or action.dest.upper()}`"
     else:
         name = f"`{action.metavar or action.dest}`"
-    if action.required or not action.option_strings:
+    if action.required or (not action.option_strings and action.nargs not in ("?", "*")):
         default = "required"
+    elif not action.option_strings:
+        default = "optional"
     elif action.nargs == 0:
         default = "off"
     elif action.default is None:
@@ -47,7 +49,7 @@ def _flag_row(action: argparse.Action) -> str:
     text = (action.help or "").replace("|", "\\|")
     if action.choices:
         text += " (one of: " + ", ".join(f"`{c}`" for c in action.choices) + ")"
-    if action.nargs in ("+", "*") or isinstance(action, argparse._AppendAction):
+    if (action.nargs in ("+", "*") or isinstance(action, argparse._AppendAction)) and "repeatable" not in text:
         text += "; may be repeated"
     return f"| {name} | {default} | {text} |"
 
@@ -68,7 +70,8 @@ def cli_markdown() -> str:
     lines = [HEADER + "# The `mono-quant` command\n",
              f"{parser.description}\n",
              "Every command exits 0 on success, 1 with a one-line `mono-quant COMMAND: error: ...` on "
-             "stderr when its input is wrong (no traceback), 2 on a usage error, 130 when interrupted. "
+             "stderr when its input is wrong (no traceback), 2 on a usage error, 130 when interrupted, "
+             "141 (quietly) when the reader of its output goes away (`mono-quant inspect FILE | head`). "
              "`python -m mono_quant` is the same command.\n"]
     top = [a for a in parser._actions if a.option_strings and a.dest != "help"]
     if top:

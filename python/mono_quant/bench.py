@@ -9,8 +9,6 @@ random because the kernels' speed does not depend on their values.
 from __future__ import annotations
 
 import re
-import statistics
-import time
 from dataclasses import dataclass, field
 from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
@@ -20,6 +18,7 @@ import torch.nn.functional as F
 from . import kernels
 from .api import quantize
 from .qtypes import get_qtype
+from .timing import interleaved_medians
 
 __all__ = ["BenchCase", "parse_shape", "cases_from_file", "default_cases", "run_bench", "bench_header"]
 
@@ -138,26 +137,11 @@ def run_bench(cases: Sequence[BenchCase], batches: Sequence[int] = DEFAULT_BATCH
         weight, bias = layer.weight.detach(), layer.bias.detach()
         for batch in batches:
             x = torch.randn(int(batch), case.in_features, generator=generator)
-            fp32_s, quant_s = _interleaved(lambda: F.linear(x, weight, bias), lambda: qlayer(x), repeats, warmup)
-            rows.append(_row(case, result.config, int(batch), fp32_s * 1e6, quant_s * 1e6))
+            med = interleaved_medians({"fp32": lambda: F.linear(x, weight, bias), "quantized": lambda: qlayer(x)},
+                                      repeats, warmup)
+            rows.append(_row(case, result.config, int(batch), med["fp32"] * 1e6, med["quantized"] * 1e6))
         del qlayer, result, layer, weight, bias
     return rows
-
-
-def _interleaved(fp32_call, quant_call, repeats: int, warmup: int) -> Tuple[float, float]:
-    times: Tuple[List[float], List[float]] = ([], [])
-    with torch.inference_mode():
-        for _ in range(warmup):
-            fp32_call()
-            quant_call()
-        for i in range(repeats):
-            # alternate which one goes first so neither always runs on a warmed cache
-            order = ((0, fp32_call), (1, quant_call)) if i % 2 == 0 else ((1, quant_call), (0, fp32_call))
-            for slot, call in order:
-                t0 = time.perf_counter()
-                call()
-                times[slot].append(time.perf_counter() - t0)
-    return statistics.median(times[0]), statistics.median(times[1])
 
 
 def _mode(dtype: str, config) -> str:

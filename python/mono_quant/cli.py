@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import sys
 import time
 from typing import List, Optional
@@ -57,7 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
     quantize.add_argument("--quiet", action="store_true", help="no progress bar and no summary")
 
     inspect = sub.add_parser("inspect", help="list the layers, dtypes, shapes and bytes of a .safetensors file")
-    inspect.add_argument("file", metavar="FILE")
+    inspect.add_argument("file", metavar="FILE", help="a .safetensors file: a mono-quant file or a plain checkpoint")
     inspect.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
     compare = sub.add_parser("compare", help="per-tensor SQNR and sizes of checkpoint B against reference A")
@@ -70,7 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
                                        "interleaved call by call, and print medians and the speed-up. Shapes come "
                                        "from --shape or from the quantized Linear layers of FILE (with its dtype "
                                        "and settings); weights are seeded random.")
-    bench.add_argument("file", metavar="FILE", nargs="?", help="a mono-quant .safetensors file (optional)")
+    bench.add_argument("file", metavar="FILE", nargs="?", help="a mono-quant .safetensors file")
     bench.add_argument("--shape", action="append", metavar="OUTxIN",
                        help=f"a Linear weight shape, out x in (repeatable; default "
                             f"{', '.join(f'{o}x{i}' for o, i in DEFAULT_SHAPES)} without FILE)")
@@ -251,6 +252,12 @@ def main(argv: Optional[List[str]] = None) -> int:
     except KeyboardInterrupt:
         print(f"mono-quant {args.command}: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # the reader of our output went away (mono-quant inspect FILE | head): stop quietly, with the
+        # status of a command that SIGPIPE ended; stdout on /dev/null, so that Python's flush at exit
+        # does not fail a second time
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
     except (ValueError, TypeError, KeyError, OSError, RecursionError, MemoryError) as exc:
         # bad input of any shape (CheckpointError is a ValueError): one line, no traceback
         message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__

@@ -4,9 +4,7 @@ deterministic weights (seeded), so every run prints the same figures."""
 from __future__ import annotations
 
 import math
-import statistics
 import sys
-import time
 from typing import List, Tuple
 
 import torch
@@ -14,6 +12,7 @@ from torch import nn
 
 from .api import quantize
 from .report import human_bytes
+from .timing import interleaved_medians
 
 __all__ = ["TransformerLike", "SmallConvNet", "demo_models", "output_sqnr_db", "run_demo", "run_speed"]
 
@@ -135,16 +134,8 @@ def run_speed(batches=(1, 32), repeats: int = 30, file=None) -> List[dict]:
           f"median of {repeats} interleaved calls:", file=out)
     for batch in batches:
         x = torch.randn(batch, 256, generator=torch.Generator().manual_seed(batch))
-        times = {name: [] for name in contenders}
-        with torch.no_grad():
-            for m in contenders.values():  # warm-up
-                m(x)
-            for _ in range(repeats):
-                for name, m in contenders.items():
-                    t0 = time.perf_counter()
-                    m(x)
-                    times[name].append(time.perf_counter() - t0)
-        med = {name: statistics.median(t) * 1e6 for name, t in times.items()}
+        seconds = interleaved_medians({name: (lambda m=m: m(x)) for name, m in contenders.items()}, repeats)
+        med = {name: t * 1e6 for name, t in seconds.items()}
         line = ", ".join(f"{name} {us:.0f} us (x{med['fp32'] / us:.2f})" for name, us in med.items())
         print(f"  batch {batch:>3}: {line}", file=out)
         rows.append({"batch": batch, "median_us": med})

@@ -13,6 +13,7 @@ import torch
 
 from . import kernels
 from .errors import NonFiniteWeightError
+from .orig_dtype import check_orig_dtype, orig_dtype_of
 from .qtypes import QType, get_qtype
 
 __all__ = ["QuantizedWeight", "channel_rows", "from_channel_rows", "quantize_int_with_error", "check_input", "sqnr_db",
@@ -34,7 +35,8 @@ class QuantizedWeight:
         axis: The channel axis, or None for one scale for the whole tensor.
         dtype: The QType name ("int8", "uint8", "int4").
         symmetric: Whether the range is symmetric around 0 (zero-point 0).
-        orig_dtype: The floating dtype the weight came from (what ``dequantize()`` returns by default).
+        orig_dtype: The floating dtype the weight stands for: float32, float16, bfloat16 or float64
+            (ConfigError for another; a float8 weight stands for float32).
 
     Examples:
         >>> qw = mq.quantize_weight(torch.randn(64, 32), "int8")
@@ -53,6 +55,9 @@ class QuantizedWeight:
     # packing.pack_int8_linear's last result for this weight: a weight tied between
     # layers is one QuantizedWeight, so they share one packed copy too
     packed_memo: dict = field(default_factory=dict, init=False, repr=False, compare=False)
+
+    def __post_init__(self):
+        self.orig_dtype = check_orig_dtype(self.orig_dtype)
 
     @property
     def shape(self) -> torch.Size:
@@ -143,7 +148,7 @@ def quantize_int_with_error(tensor: torch.Tensor, qtype: QType, axis: Optional[i
     device = tensor.device
     qw = QuantizedWeight(
         from_channel_rows(q, tensor.shape, axis).to(device), scale.to(device), zero_point.to(device),
-        axis, qtype.name, symmetric, tensor.dtype,
+        axis, qtype.name, symmetric, orig_dtype_of(tensor.dtype),
     )
     return qw, (sqnr_db(float(sx.sum()), float(se.sum())) if with_error else None)
 

@@ -23,6 +23,7 @@ import torch
 from torch.utils._pytree import tree_map
 
 from .formats.traced_forward import dequantized_weight
+from .orig_dtype import check_orig_dtype
 
 __all__ = ["DequantizedWeightView", "TorchCompatMixin", "weight_view"]
 
@@ -125,11 +126,15 @@ class TorchCompatMixin:
         ``.half()``, ``.float()``) leaves the stored format's buffers (integer codes, scales,
         zero-points, fp16/bf16 weights) in their dtypes and changes the compute dtype
         instead: the bias and ``orig_dtype`` (the dtype of ``.weight`` and of an
-        embedding's output) follow, and outputs keep following the input's dtype.  (Cast
+        embedding's output) follow, and outputs keep following the input's dtype.  Only to a
+        dtype a weight may stand for (``orig_dtype.ORIG_DTYPES``): ConfigError for float8.  (Cast
         as other buffers are, an int4 layer's fp16 scales would be read back as fp16 bits
         of bf16 values: garbage.)"""
         stored = {name: t for name, t in self._buffers.items() if t is not None and t.is_floating_point()}
         cast_to = _conversion_dtype(fn)
+        if cast_to is not None:  # before any tensor moves: a refused conversion leaves the module as it was
+            check_orig_dtype(cast_to, f"{type(self).__name__}: the conversion's dtype",
+                             "; convert to one of those (float8 has no matmul or conv on the CPU)")
         result = super()._apply(fn, recurse)
         for name, old in stored.items():
             new = self._buffers.get(name)

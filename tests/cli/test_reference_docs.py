@@ -59,3 +59,14 @@ def test_every_public_name_is_in_the_api_reference():
 def test_every_public_callable_has_a_docstring():
     undocumented = [name for name in mq.__all__ if callable(getattr(mq, name)) and not getattr(mq, name).__doc__]
     assert undocumented == []
+
+
+def test_every_argument_has_help_and_an_optional_one_is_not_required():
+    page = (ROOT / "docs/cli.md").read_text(encoding="utf-8")
+    for name, sub in gen_reference_docs._subparsers(gen_reference_docs.build_parser()).items():
+        for action in sub._actions:
+            assert action.help, f"mono-quant {name} {action.metavar or action.dest}: no help text"
+    rows = [line for line in page.splitlines() if line.startswith("| `FILE` |")]
+    assert "| `FILE` | optional | a mono-quant .safetensors file |" in rows  # bench's (it said required)
+    assert not any(line.endswith("|  |") for line in page.splitlines())  # an empty "what it does"
+    assert "; may be repeated" not in "".join(line for line in page.splitlines() if "repeatable" in line)

@@ -30,6 +30,13 @@ def test_inspect_and_load_of_a_torch_save_file_say_what_it_is(tmp_path, capsys):
         assert "a torch.save file" in err and "corrupted header" not in err
 
 
+def test_inspect_of_a_text_file_says_it_is_not_a_safetensors_file(tmp_path, capsys):
+    path = tmp_path / "script.py"
+    path.write_text("import torch, mono_quant as mq\n" * 4)
+    assert main(["inspect", os.fspath(path)]) == 1
+    assert "script.py: not a safetensors file, or a corrupted header" in capsys.readouterr().err
+
+
 def test_quantize_of_a_pickled_whole_model_says_to_save_the_state_dict(tmp_path, capsys):
     path = tmp_path / "model.pt"
     torch.save(_model(), path)

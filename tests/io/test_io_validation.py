@@ -221,6 +221,9 @@ def test_valid_files_still_load_bit_identically(tmp_path):
 
 # ---- finding 3: manifest fields ----------------------------------------------------------------
 
+ORIG_DTYPES_MESSAGE = "orig_dtype 'float8_e4m3fn' is not one of ['float32', 'float16', 'bfloat16', 'float64']|" \
+                      "orig_dtype 'float8_e5m2' is not one of ['float32', 'float16', 'bfloat16', 'float64']"
+
 MODEL_EDITS = {
     # attrs
     "activations-bogus": ("fc", lambda l: l["attrs"].update(activations="bogus"), "activations"),
@@ -236,6 +239,11 @@ MODEL_EDITS = {
     "symmetric-flipped": ("fc", lambda l: l["attrs"].update(weight_symmetric=False), "symmetric|scheme"),
     "orig-dtype-int": ("fc", lambda l: l["attrs"].update(orig_dtype="int64"), "orig_dtype"),
     "orig-dtype-disagrees": ("fc", lambda l: l["attrs"].update(orig_dtype="float16"), "orig_dtype"),
+    # float8 is a storage dtype: no quantized weight stands for it (its .weight would report float8)
+    "orig-dtype-float8": ("fc", lambda l: (l["attrs"].update(orig_dtype="float8_e4m3fn"),
+                                           l.update(orig_dtype="float8_e4m3fn")), ORIG_DTYPES_MESSAGE),
+    "orig-dtype-float8-attrs": ("embed", lambda l: (l["attrs"].update(orig_dtype="float8_e5m2"), l.pop("orig_dtype")),
+                                ORIG_DTYPES_MESSAGE),
     "group-size-on-int8": ("fc", lambda l: l["attrs"].update(weight_group_size=32), "group"),
     "padding-list": ("conv", lambda l: l["attrs"].update(_reversed_padding_repeated_twice=[0, 0, 0, -1]),
                      "padding"),
@@ -305,6 +313,7 @@ STATE_DICT_EDITS = {
     "group-size-string": (lambda l: l.update(group_size="32"), "group"),
     "type-unknown": (lambda l: l.update(type="LSTM"), "type"),
     "orig-dtype-bogus": (lambda l: l.update(orig_dtype="floaty"), "orig_dtype|dtype"),
+    "orig-dtype-float8": (lambda l: l.update(orig_dtype="float8_e4m3fn"), ORIG_DTYPES_MESSAGE),
 }
 
 

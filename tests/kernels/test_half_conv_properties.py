@@ -14,7 +14,8 @@ from hypothesis import strategies as st
 
 from mono_quant import _C
 from conftest import SUPPORTED, at_isa
-from test_fp16_properties import ENCODINGS, encode, values
+from half_conv_specials import check_specials, draw_conv_operands
+from test_fp16_properties import ENCODINGS
 
 SETTINGS = settings(max_examples=40, deadline=None, database=None, derandomize=True,
                     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
@@ -42,10 +43,8 @@ def test_h16_conv2d_matches_the_widened_conv(data, encoding, isa, nthreads):
     height = max(1, dilation[0] * (kh - 1) + 1 - 2 * padding[0]) + draw(st.integers(0, 9))
     width = max(1, dilation[1] * (kw - 1) + 1 - 2 * padding[1]) + draw(st.integers(0, 9))
     batch = draw(st.integers(0, 3))
-    x = values(draw, (batch, cin, height, width), [0.0, -0.0, 1e-40, 3e4, np.inf, np.nan])
-    w_bits, w, is_bf16 = encode(values(draw, (cout, cin // groups, kh, kw),
-                                       [0.0, -0.0, 6e-8, 1e-5, 6e4, -np.inf, np.nan]), encoding)
-    bias = values(draw, (cout,), [0.0, np.inf]) if draw(st.booleans()) else None
+    x, w_bits, w, is_bf16, bias = draw_conv_operands(draw, encoding, (batch, cin, height, width),
+                                                     (cout, cin // groups, kh, kw))
     xa = x_layout(x, draw(st.sampled_from(["contiguous", "channels_last", "width_slice"])))
     direct = draw(st.booleans())  # the im2col GEMM or the direct kernel (h16_dconv.c)
     with at_isa(isa):
@@ -54,12 +53,7 @@ def test_h16_conv2d_matches_the_widened_conv(data, encoding, isa, nthreads):
     xd, wd = torch.from_numpy(x).double(), w.double()
     bd = None if bias is None else torch.from_numpy(bias).double()
     exact = F.conv2d(xd, wd, bd, stride, padding, dilation, groups)
-    got = torch.from_numpy(y).double()
-    assert y.dtype == np.float32 and got.shape == exact.shape
-    assert torch.equal(torch.isnan(got), torch.isnan(exact))
-    inf = torch.isinf(exact)
-    assert torch.equal(got[inf], exact[inf])
-    fine = torch.isfinite(exact)
+    got, fine = check_specials(y, exact)
     mag = F.conv2d(xd.abs(), wd.abs(), None if bd is None else bd.abs(), stride, padding, dilation, groups)
     bound = (cin // groups * kh * kw + 2) * 2.0 ** -24 * mag
     assert bool(((got - exact).abs()[fine] <= bound[fine]).all())

@@ -145,7 +145,8 @@ def test_other_geometries_are_refused_clearly(geometry):
 from hypothesis import HealthCheck, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
-from test_fp16_properties import ENCODINGS, encode, values  # noqa: E402
+from half_conv_specials import check_specials, draw_conv_operands  # noqa: E402
+from test_fp16_properties import ENCODINGS  # noqa: E402
 
 
 @settings(max_examples=40, deadline=None, database=None, derandomize=True,
@@ -160,22 +161,14 @@ def test_winograd_matches_the_exact_conv_with_specials(data, encoding, isa, nthr
     batch, cin, cout, padding = draw(st.integers(0, 3)), draw(st.integers(1, 9)), draw(st.integers(1, 20)), \
         draw(st.integers(0, 2))
     height, width = max(1, 3 - 2 * padding) + draw(st.integers(0, 9)), max(1, 3 - 2 * padding) + draw(st.integers(0, 9))
-    x = values(draw, (batch, cin, height, width), [0.0, -0.0, 1e-40, 3e4, np.inf, np.nan])
-    w_bits, w, is_bf16 = encode(values(draw, (cout, cin, 3, 3), [0.0, -0.0, 6e-8, 1e-5, 6e4, -np.inf, np.nan]),
-                                encoding)
-    bias = values(draw, (cout,), [0.0, np.inf]) if draw(st.booleans()) else None
+    x, w_bits, w, is_bf16, bias = draw_conv_operands(draw, encoding, (batch, cin, height, width), (cout, cin, 3, 3))
     with at_isa(isa):
         y = _C.h16_conv2d(x, w_bits, is_bf16, bias, (1, 1), (padding, padding), (1, 1), 1, nthreads=nthreads,
                           winograd=True)
     xt, wd = torch.from_numpy(x), w.double()
     bd = None if bias is None else torch.from_numpy(bias).double()
     exact = F.conv2d(xt.double(), wd, bd, 1, padding)
-    got = torch.from_numpy(y).double()
-    assert y.dtype == np.float32 and got.shape == exact.shape
-    assert torch.equal(torch.isnan(got), torch.isnan(exact))
-    inf = torch.isinf(exact)
-    assert torch.equal(got[inf], exact[inf])
-    fine = torch.isfinite(exact)
+    got, fine = check_specials(y, exact)
     if batch and fine.any():
         bound = tile_bound(xt.nan_to_num(0.0, 0.0, 0.0), wd.nan_to_num(0.0, 0.0, 0.0).float(),
                            None if bd is None else bd.nan_to_num(0.0, 0.0, 0.0).float(), padding)

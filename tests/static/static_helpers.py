@@ -1,5 +1,6 @@
 """Helpers shared by the static int8 tests: BatchNorm statistics that look trained,
-a raw program node for ``_C.static_program`` and the save -> load -> still-one-C-call check."""
+a raw program node for ``_C.static_program``, the save -> load -> still-one-C-call check and a
+model torch.fx cannot trace (the per-layer fallback's)."""
 import math
 import warnings
 
@@ -10,7 +11,22 @@ import mono_quant as mq
 from mono_quant.calibration import CalibrationWarning
 from mono_quant.static.program import StaticInt8Model
 
-__all__ = ["trained_like", "quantized_static", "program_node", "assert_loads_as_program"]
+__all__ = ["trained_like", "quantized_static", "program_node", "assert_loads_as_program", "Branchy"]
+
+
+class Branchy(nn.Module):
+    """A conv and a linear head around data-dependent control flow, which torch.fx can't trace."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 3)
+        self.fc = nn.Linear(8, 2)
+
+    def forward(self, x):
+        y = self.conv(x)
+        if y.sum() > 0:
+            y = y * 2
+        return self.fc(y.mean((2, 3)))
 
 
 def trained_like(model: nn.Module, seed: int = 0) -> nn.Module:

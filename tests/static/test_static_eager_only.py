@@ -1,6 +1,6 @@
 """A static int8 model runs eagerly: torch.export refuses it with what to do (it failed inside a
 kernel wrapper with ".numpy() is not supported for tensor subclasses"); eager calls and
-torch.compile without fullgraph (a graph break around it) still give the eager outputs."""
+torch.compile still give the eager outputs (fullgraph=True: test_static_compile.py)."""
 import pytest
 import torch
 from torch import nn
@@ -23,7 +23,6 @@ def test_export_names_the_limitation_and_the_way_out():
     assert qmodel(x).shape == (2, 10)  # the model still runs
 
 
-@pytest.mark.filterwarnings("ignore:Dynamo does not know how to trace")  # the graph break, as meant
 def test_compile_without_fullgraph_runs_it_eagerly():
     qmodel = _static_model()
     x = torch.randn(2, 1, 8, 8)

@@ -16,7 +16,7 @@ from mono_quant.static import StaticAdd, StaticConv2d, StaticGlobalAvgPool, Stat
 from mono_quant.static.quantize import _warn
 from mono_quant.static.report import StaticLayerReport
 from static_file_edits import StaticFileEdits
-from static_helpers import trained_like
+from static_helpers import Branchy, trained_like
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -164,17 +164,6 @@ def test_depthwise_separable_net_keeps_its_accuracy(data):
 
 
 def test_untraceable_model_falls_back_per_layer(data):
-    class Branchy(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.conv = nn.Conv2d(3, 8, 3)
-            self.fc = nn.Linear(8, 2)
-
-        def forward(self, x):
-            y = self.conv(x)
-            if y.sum() > 0:  # data-dependent control flow: fx can't trace it
-                y = y * 2
-            return self.fc(y.mean((2, 3)))
     model = Branchy().eval()
     result = quiet_quantize(model, calibration=data)
     assert result.report.capture == "hooks" and "torch.fx" in result.report.fallback_reason

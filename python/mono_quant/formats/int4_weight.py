@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import NonFiniteWeightError
+from ..orig_dtype import orig_dtype_of
 from ..kernels import SETTINGS
 from ..kernels import int4 as q4
 from ..kernels.layout import INT4_BLOCK, int4_padded_cols
@@ -90,7 +91,7 @@ class Int4Weight(QuantizedWeight):
         axis: Always 0 (groups run along the input dimension of each output row).
         dtype: "int4".
         symmetric: Whether the codes are symmetric (-7..7 around code 8).
-        orig_dtype: The floating dtype the weight came from.
+        orig_dtype: The floating dtype the weight stands for (see :class:`~mono_quant.QuantizedWeight`).
         group_size: Columns per group, or None for one group per output row.
         orig_shape: The float weight's shape (``shape`` returns it).
 
@@ -163,7 +164,7 @@ def quantize_int4(tensor: torch.Tensor, *, group_size: Optional[int] = DEFAULT_I
     group_size = check_group_size(group_size)
     method = check_method(method)
     w = tensor.detach()
-    orig_dtype, device = w.dtype, w.device
+    orig_dtype, device = orig_dtype_of(w.dtype), w.device
     if w.numel() == 0:  # an empty layer: empty tensors of the format's shapes (as torch quantizes empty tensors)
         return _empty_int4(tuple(tensor.shape), group_size, bool(symmetric), orig_dtype, device), math.inf
     if w.dtype not in (torch.float32, torch.float16, torch.bfloat16):

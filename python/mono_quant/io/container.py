@@ -81,7 +81,8 @@ def read_header(path) -> SafetensorsHeader:
                 raise CheckpointError(f"{path}: a JSON file (a shard index?), not a .safetensors file: inspect or "
                                       f"load one shard, or give the index to quantize_checkpoint / `mono-quant "
                                       f"quantize` / `compare`")
-            raise CheckpointError(f"{path}: corrupted header (claims {n} bytes of header, limit {MAX_HEADER_BYTES})")
+            raise CheckpointError(f"{path}: not a safetensors file, or a corrupted header (its first 8 bytes claim "
+                                  f"{n} bytes of header, limit {MAX_HEADER_BYTES})")
         if n > size - 8:
             raise CheckpointError(f"{path}: truncated file (header of {n} bytes, file has {size - 8} after the length)")
         raw = f.read(n)

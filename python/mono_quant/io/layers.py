@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from ..formats import get_format
+from ..orig_dtype import orig_dtype_of
 from .dtypes import dtype_name
 from .manifest import quantized_class, tensor_spec
 
@@ -69,7 +70,7 @@ def state_dict_layer_entry(layer, config, tensors: Mapping[str, torch.Tensor],
         "axis": fmt.config_axis(config),
         "group_size": fmt.config_group_size(config),
         "shape": [int(d) for d in layer.shape],
-        "orig_dtype": dtype_name(orig_dtype) if orig_dtype is not None else None,
+        "orig_dtype": dtype_name(orig_dtype_of(orig_dtype)) if orig_dtype is not None else None,  # float8: float32
         "tensors": {name: tensor_spec(t) for name, t in tensors.items()},
     }
 

@@ -21,6 +21,8 @@ from ..formats import ACTIVATION_MODES, ALLOWED_LAYER_TENSORS, FORMATS, BadLayer
 from ..formats.checks import is_int, need, spec
 from ..modules.composite import is_composite
 from ..modules.registry import QMODULES, QMODULES_BY_NAME
+from ..orig_dtype import ORIG_DTYPES
+from .dtypes import dtype_name
 from .errors import CheckpointError
 from .manifest import quantized_class
 
@@ -31,9 +33,12 @@ def _int_list(value, length: int, low: int) -> bool:
     return isinstance(value, list) and len(value) == length and all(is_int(v, low) for v in value)
 
 
-def _float_dtype(name) -> Optional[torch.dtype]:
-    value = getattr(torch, name, None) if isinstance(name, str) else None
-    return value if isinstance(value, torch.dtype) and value.is_floating_point else None
+def _orig_dtype(name) -> Optional[torch.dtype]:
+    """The dtype a weight may stand for (``ORIG_DTYPES``) by its manifest name, or None."""
+    return next((d for d in ORIG_DTYPES if dtype_name(d) == name), None)
+
+
+_ORIG_DTYPE_NAMES = [dtype_name(d) for d in ORIG_DTYPES]
 
 
 def check_layer(kind: str, layer: Mapping[str, Any], tensors: Mapping[str, torch.Tensor], where: str = "") -> None:
@@ -58,7 +63,7 @@ def _check_common_fields(layer: Mapping[str, Any]) -> WeightFormat:
     fmt = FORMATS[dtype]
     fmt.check_fields(layer)
     orig = layer.get("orig_dtype")
-    need(orig is None or _float_dtype(orig) is not None, f"orig_dtype {orig!r} is not a floating dtype")
+    need(orig is None or _orig_dtype(orig) is not None, f"orig_dtype {orig!r} is not one of {_ORIG_DTYPE_NAMES}")
     fmt.check_axis(layer.get("axis"), layer["shape"])
     return fmt
 
@@ -143,7 +148,7 @@ def _check_model_fields(layer: Mapping[str, Any], fmt: WeightFormat) -> bool:
     need(group_size == layer.get("group_size"),
           f"weight_group_size {group_size!r} disagrees with group_size {layer.get('group_size')!r}")
     orig = attrs.get("orig_dtype", "float32")
-    need(_float_dtype(orig) is not None, f"orig_dtype {orig!r} is not a floating dtype")
+    need(_orig_dtype(orig) is not None, f"attrs orig_dtype {orig!r} is not one of {_ORIG_DTYPE_NAMES}")
     need(layer.get("orig_dtype") in (None, orig), f"attrs orig_dtype {orig!r} disagrees with orig_dtype "
                                                    f"{layer.get('orig_dtype')!r}")
     if "activations" in attrs:

@@ -17,6 +17,7 @@ from ..kernels.int8 import conv2d_int8_raw
 from ..kernels.stamps import make_stamp, tensors_unchanged
 from ..kernels.layout import INT8_K_GROUP, round_up
 from ..packing import can_pack, pack_int8_linear
+from ..orig_dtype import orig_dtype_of
 from ..formats import traced_forward
 from .input_checks import check_float_input
 from .reduce_range import ReduceRange
@@ -131,7 +132,7 @@ class QuantizedConv2d(ReduceRange, QuantizedModule):
     def from_float(cls, module: nn.Conv2d, weight, activations="dynamic") -> "QuantizedConv2d":
         q = cls(module.in_channels, module.out_channels, module.kernel_size, module.stride, module.padding,
                 module.dilation, module.groups, module.padding_mode, weight_format=format_of(weight).name,
-                orig_dtype=module.weight.dtype)
+                orig_dtype=orig_dtype_of(module.weight.dtype))
         q._reversed_padding_repeated_twice = list(module._reversed_padding_repeated_twice)
         q.set_weight(weight)
         q.set_activations(activations)

@@ -8,6 +8,7 @@ from torch import nn
 
 from ..formats import traced_forward
 from ..formats import format_of
+from ..orig_dtype import orig_dtype_of
 from .registry import QuantizedModule, register_qmodule
 
 __all__ = ["QuantizedEmbedding"]
@@ -48,7 +49,7 @@ class QuantizedEmbedding(QuantizedModule):
     @classmethod
     def from_float(cls, module: nn.Embedding, weight) -> "QuantizedEmbedding":
         q = cls(module.num_embeddings, module.embedding_dim, module.padding_idx, weight_format=format_of(weight).name,
-                orig_dtype=module.weight.dtype)
+                orig_dtype=orig_dtype_of(module.weight.dtype))
         q.set_weight(weight)
         q.register_buffer("bias", None)
         q.train(module.training)

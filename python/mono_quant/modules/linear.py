@@ -10,6 +10,7 @@ from ..formats import ACTIVATION_MODES, format_of
 from ..formats.layer_cache import SMALL_WEIGHT_ELEMENTS, float_weight, kernel_args
 from ..formats.packed_linear import BLAS_MIN_ROWS, blas_min_rows, dequantized_packed, packed_linear
 from ..packing import can_pack, pack_int8_linear
+from ..orig_dtype import orig_dtype_of
 from ..formats import traced_forward
 from .input_checks import check_float_input
 from .reduce_range import ReduceRange
@@ -69,7 +70,7 @@ class QuantizedLinear(ReduceRange, QuantizedModule):
     @classmethod
     def from_float(cls, module: nn.Linear, weight, activations: Optional[str] = "dynamic") -> "QuantizedLinear":
         q = cls(module.in_features, module.out_features, weight_format=format_of(weight).name,
-                orig_dtype=module.weight.dtype)
+                orig_dtype=orig_dtype_of(module.weight.dtype))
         q.set_weight(weight)
         q.set_activations(activations)
         if can_pack(weight):
@@ -84,7 +85,8 @@ class QuantizedLinear(ReduceRange, QuantizedModule):
         """The module :meth:`from_float` builds for a per-channel int8 weight, from what
         ``packing.quantize_and_pack_int8`` made of it (scale, zero-point, packed buffers):
         the plain int8 copy never exists.  Same buffers, in the same order."""
-        q = cls(module.in_features, module.out_features, weight_format="int8", orig_dtype=module.weight.dtype)
+        q = cls(module.in_features, module.out_features, weight_format="int8",
+                orig_dtype=orig_dtype_of(module.weight.dtype))
         q.register_buffer("weight_scale", scale)
         q.register_buffer("weight_zero_point", zero_point)
         q.weight_axis, q.weight_symmetric, q.weight_group_size = 0, bool(symmetric), None

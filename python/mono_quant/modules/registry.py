@@ -10,6 +10,7 @@ from torch import nn
 
 from ..formats import FORMATS, WeightFormat, get_format
 from ..formats.layer_cache import forget
+from ..orig_dtype import check_orig_dtype, orig_dtype_of
 from ..qtypes import QType, get_qtype
 from ..tensor import QuantizedWeight
 from ..torch_compat import TorchCompatMixin
@@ -86,7 +87,8 @@ class QuantizedModule(TorchCompatMixin, nn.Module):
     Args:
         weight_format: "int8", "uint8", "int4", "fp16" or "bf16".
         weight_shape: The float weight's shape (as the module stores it).
-        orig_dtype: The float weight's dtype.
+        orig_dtype: The dtype the weight stands for (``.weight``'s dtype): float32, float16,
+            bfloat16 or float64 (a dtype or its name); ConfigError for another.
 
     Examples:
         >>> qmodel, _ = mq.quantize(model)
@@ -107,7 +109,7 @@ class QuantizedModule(TorchCompatMixin, nn.Module):
         self.weight_axis: Optional[int] = 0
         self.weight_symmetric = False
         self.weight_group_size: Optional[int] = None  # int4: columns per group (None: per channel)
-        self.orig_dtype = orig_dtype
+        self.orig_dtype = check_orig_dtype(orig_dtype)
         self.register_load_state_dict_post_hook(forget)  # derived copies go stale on a load: see forget
 
     @property
@@ -154,7 +156,10 @@ class QuantizedModule(TorchCompatMixin, nn.Module):
     def _set_bias(self, bias: Optional[torch.Tensor]) -> None:
         # a copy: the caller's bias must never be shared with (or changed through) the quantized model
         # a Parameter (frozen, as the weight: requires_grad_() opts in), so parameters() lists it
-        self.bias = None if bias is None else nn.Parameter(bias.detach().clone(), requires_grad=False)
+        # in the dtype the weight stands for when that differs (a float8 bias: float32, as orig_dtype)
+        self.bias = None if bias is None else nn.Parameter(
+            bias.detach().to(orig_dtype_of(bias.dtype) if bias.is_floating_point() else bias.dtype, copy=True),
+            requires_grad=False)
 
     @classmethod
     def from_float(cls, module: nn.Module, weight) -> "QuantizedModule":
@@ -186,9 +191,7 @@ class QuantizedModule(TorchCompatMixin, nn.Module):
             if name not in cls.state_attrs:
                 raise ValueError(f"{cls.__name__}: unknown saved attribute {name!r}")
             if name == "orig_dtype":
-                value = getattr(torch, str(value), None)
-                if not isinstance(value, torch.dtype):
-                    raise ValueError(f"{cls.__name__}: bad saved orig_dtype {attrs[name]!r}")
+                value = check_orig_dtype(value, f"{cls.__name__}: saved orig_dtype")
             setattr(module, name, value)
         module.weight_format = get_qtype(module.weight_format).name  # validated, and canonical (forward tests it)
         for name, tensor in tensors.items():

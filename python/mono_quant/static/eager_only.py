@@ -1,8 +1,8 @@
 """Static int8 models run eagerly: their kernels read the input's memory (``.numpy()``), which a
 traced input (torch.export's FakeTensor, make_fx, any tensor subclass) has none of.  Refuse
 such an input with what to do, instead of torch's ".numpy() is not supported for tensor
-subclasses".  (torch.compile without ``fullgraph`` still works: dynamo breaks the graph
-around the static model and runs it eagerly.)"""
+subclasses".  (torch.compile works, ``fullgraph=True`` too: the model is one op in its graph,
+which runs it eagerly; see compiled.py.)"""
 from __future__ import annotations
 
 import torch
@@ -14,12 +14,11 @@ def refuse_traced_input(args) -> None:
     """NotImplementedError when a tensor among ``args`` is a tensor subclass (a traced input)."""
     exporting = torch.compiler.is_exporting()
     if torch.compiler.is_compiling() and not exporting:
-        return  # torch.compile: its graph break runs the model eagerly on real tensors
+        return  # torch.compile: the model's op (or a graph break) runs it eagerly on real tensors
     for x in args:
         if exporting or (isinstance(x, torch.Tensor) and type(x) is not torch.Tensor
                          and not isinstance(x, torch.nn.Parameter)):
             raise NotImplementedError(
                 f"static int8 models run eagerly only (got a {type(x).__name__} input under torch.export, make_fx or "
-                f"a tensor subclass): export_onnx / torch.export / torch.compile(fullgraph=True) need a dynamic "
-                f"int8 or weight-only model (mono_quant.quantize(model, 'int8')); torch.compile without fullgraph "
-                f"runs a static model eagerly")
+                f"a tensor subclass): export_onnx / torch.export need a dynamic int8 or weight-only model "
+                f"(mono_quant.quantize(model, 'int8')); torch.compile runs a static model as one op")

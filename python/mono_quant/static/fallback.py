@@ -14,6 +14,7 @@ from torch import nn
 from ..calibration import DEFAULT_BINS, Calibrator
 from ..report import SkippedLayer
 from ..result import QuantizationResult
+from .compiled import CompilesAsOneOp
 from .eager_only import refuse_traced_input
 from .modules import StaticConv2d, StaticLinear
 from .report import StaticLayerReport, StaticReport
@@ -21,14 +22,18 @@ from .report import StaticLayerReport, StaticReport
 __all__ = ["quantize_per_layer", "PerLayerStatic"]
 
 
-class PerLayerStatic(nn.Module):
+class PerLayerStatic(CompilesAsOneOp, nn.Module):
     """Wraps one static layer that takes and returns float NCHW (the fallback's unit)."""
 
     def __init__(self, layer: nn.Module):
         super().__init__()
         self.layer = layer
+        self._register_for_compile()
 
     def forward(self, x):
+        compiled = self.compiled_call((x,), None)  # torch.compile: one op (compiled.py)
+        if compiled is not None:
+            return compiled
         refuse_traced_input((x,))
         y = self.layer(x)
         return y.contiguous() if y.dim() == 4 else y

@@ -16,6 +16,7 @@ from torch import nn
 from torch.nn.modules import module as _torch_module
 
 from .capture import FusionPlan, PlanOp, ValueRef
+from .compiled import CompilesAsOneOp
 from .eager_only import refuse_traced_input
 
 __all__ = ["FusedFloat", "FusedConvFloat", "FusedLinearFloat", "FusedAddFloat", "FusedCatFloat", "FusedGapFloat",
@@ -111,7 +112,7 @@ def _resolve(obj, env: Dict[str, Any]):
     return obj
 
 
-class StaticGraphModel(nn.Module):
+class StaticGraphModel(CompilesAsOneOp, nn.Module):
     """A model as a list of ops over named values; ``layers`` holds the op modules.
 
     ``program`` entries: (name, kind, inputs, call).  kind "input" takes the
@@ -122,8 +123,16 @@ class StaticGraphModel(nn.Module):
         super().__init__()
         self.program = program
         self.layers = nn.ModuleDict(layers)
+        self._register_for_compile()
+
+    def one_tensor_in_and_out(self) -> bool:
+        inputs = [kind for _, kind, _, _ in self.program].count("input")
+        return inputs == 1 and isinstance(self.program[-1][3], ValueRef)
 
     def forward(self, *args, **kwargs):
+        compiled = self.compiled_call(args, kwargs)  # torch.compile: the whole model as one op (compiled.py)
+        if compiled is not None:
+            return compiled
         refuse_traced_input(args)
         env: Dict[str, Any] = {}
         inputs = iter(args)

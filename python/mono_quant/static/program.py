@@ -237,6 +237,9 @@ class StaticInt8Model(StaticGraphModel):
         return compiled
 
     def forward(self, *args, **kwargs):
+        compiled = self.compiled_call(args, kwargs)  # torch.compile: the whole model as one op (compiled.py)
+        if compiled is not None:
+            return compiled
         run = self._fast(args, kwargs)
         if run is None or type(args[0]) is not torch.Tensor:  # (a traced input: refused by the graph's forward)
             return super().forward(*args, **kwargs)
