@@ -290,34 +290,27 @@ def test_direct_applies_never_fails_on_odd_sizes(channels, groups, kh, kw, paddi
 
 
 def test_direct_route_size_floor():
-    """A layer the direct route takes runs packed at any size (DIRECT_MIN_MACS_PER_IMAGE is 0 and
-    the short-reduction floor DYNAMIC_MIN_K does not apply: 16->16 on 2x2 is 9k multiply-adds per
-    image); switched off, the im2col route's floors again (the kept route follows the switch)."""
+    """A layer the direct route takes runs packed from DIRECT_MIN_MACS_PER_IMAGE multiply-adds per
+    image (16->16 on 8x8: 147k, under the im2col route's floor); switched off, the im2col
+    route's floor again (the kept route follows the switch)."""
     from mono_quant.modules import conv as conv_module
 
     conv, qconv = _quantized((16, 16, 3, 1, 1, 1, 1), 19)
     small, tiny = torch.randn(2, 16, 8, 8), torch.randn(2, 16, 2, 2)  # 147k and 9k per image
-    assert conv_module.DIRECT_MIN_MACS_PER_IMAGE == 0
-    assert 147456 < conv_module.DYNAMIC_MIN_MACS_PER_IMAGE
-    assert qconv._packed_pays(small) and qconv._packed_pays(tiny)
+    assert conv_module.DIRECT_MIN_MACS_PER_IMAGE <= 147456 < conv_module.DYNAMIC_MIN_MACS_PER_IMAGE
+    assert qconv._packed_pays(small) and not qconv._packed_pays(tiny)
     with torch.no_grad():
         packed = qconv(small)
         assert torch.equal(packed, qconv._packed_conv(small, *kernel_args(qconv)))
         previous = dynamic_conv.set_direct(False)
         try:
-            assert not qconv._packed_pays(small) and not qconv._packed_pays(tiny)
+            assert not qconv._packed_pays(small)
             float_route = qconv(small)
         finally:
             dynamic_conv.set_direct(previous)
         assert not torch.equal(float_route, packed)
         assert torch.allclose(float_route, packed, atol=0.05 * float(packed.abs().max()))
         assert torch.equal(qconv(small), packed)
-    previous = conv_module.DIRECT_MIN_MACS_PER_IMAGE
-    conv_module.DIRECT_MIN_MACS_PER_IMAGE = 1 << 15  # the floor still works where one is set
-    try:
-        assert qconv._packed_pays(small) and not qconv._packed_pays(tiny)
-    finally:
-        conv_module.DIRECT_MIN_MACS_PER_IMAGE = previous
 
 
 def test_padding_wider_than_the_kernel_reaches_takes_the_im2col_route():

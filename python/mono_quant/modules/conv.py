@@ -33,13 +33,12 @@ DYNAMIC_MIN_K = 64
 DYNAMIC_MIN_MACS_PER_IMAGE = 1 << 18
 # The same rule's floor where the direct conv route takes the layer (kernels.dynamic_conv): no
 # im2col and one C region per call, so far smaller convs beat F.conv2d (bench_dynamic_conv.py:
-# 16->16 channels on 8x8, 147k per image, and 36k-per-image convs ran faster packed).  Since
-# the route takes any channel count (30 Nov, branch stemconv): none, and no DYNAMIC_MIN_K
-# either: 16->16 on 2x2 (9k) and a 3->16 stem on 8x8 (28k) ran at 0.58 / 0.84 of F.conv2d's
-# time at batch 1 (1 thread; at batch 64 0.40 / 1.18), and F.conv2d at 2 threads waits on
-# torch's OpenMP worker under load (ResNet8 at batch 1: 112 ms a call in one run, docs/
-# benchmarks.md).  So a layer the direct route takes always runs int8, at any input size.
-DIRECT_MIN_MACS_PER_IMAGE = 0
+# 16->16 channels on 8x8, 147k per image, and 36k-per-image convs ran faster packed).  The
+# route takes any channel count since 30 Nov, but short reductions (k < DYNAMIC_MIN_K: a
+# grayscale stem's 9, a 16-channel 1x1 shortcut's 16) stay on F.conv2d: with the floors off,
+# ResNet8 at batch 64 ran at 0.68 of fp32's time instead of 0.56 on a quiet host, 1.32
+# instead of 0.99 beside two busy processes (bench_dynamic_conv.py --old-stem, 2 threads).
+DIRECT_MIN_MACS_PER_IMAGE = 1 << 15
 # Bytes of int8 im2col rows per dynamic conv call: larger batches go through in chunks of
 # images (see QuantizedConv2d._dynamic_conv); about what the L2 keeps beside the weight.
 DYNAMIC_CHUNK_BYTES = 1 << 20
@@ -214,9 +213,9 @@ class QuantizedConv2d(ReduceRange, QuantizedModule):
         of Python and C per call) then outweigh its few multiply-adds (bench_models.py:
         2-10x slower than fp32 at K = 27, 1.2-1.5x at 150k multiply-adds per image);
         where the direct conv route takes the layer (kernels.dynamic_conv.direct_applies:
-        no im2col, one C region, any channel count) neither floor applies, only
-        DIRECT_MIN_MACS_PER_IMAGE (0: a stem conv of 1 or 3 channels runs int8 in C, on our
-        threads, where F.conv2d at 2 threads waited on torch's OpenMP worker under load).
+        no im2col, one C region, any channel count) the floor is DIRECT_MIN_MACS_PER_IMAGE
+        instead; DYNAMIC_MIN_K holds on both routes (a grayscale stem's 9 multiply-adds per
+        output ran slower in int8 than F.conv2d at batch 64).
         Both rules look at one image, never the batch size.  Weight-only convs with many
         output pixels per output channel are faster as F.conv2d on the dequantized
         weight: the fp32 im2col (kh*kw times the input) costs more than dequantizing the
@@ -229,7 +228,7 @@ class QuantizedConv2d(ReduceRange, QuantizedModule):
             direct = not isinstance(self.padding2d, str) and direct_applies(
                 self.in_channels, self.groups, self.kernel_size2d, self.padding2d, self.dilation2d,
                 not getattr(self, "weight_symmetric", False))
-            if k < DYNAMIC_MIN_K and not direct:  # (the direct route takes short reductions: a stem conv's)
+            if k < DYNAMIC_MIN_K:  # too few multiply-adds per output for int8 to pay, either route
                 return False
             pixels = 1  # per image, so an image's result never depends on the batch it came in
             geometry = (self.kernel_size2d, self.stride2d, self.padding2d, self.dilation2d)
