@@ -87,6 +87,18 @@ def test_odd_channels_direct_route_matches_im2col_route_at_every_level(channels,
                         assert _same_bits(y_im2col, im2col)
 
 
+def _forward_counting_calls(model, x):
+    """model(x) without grad, and the dynamic conv C calls it made (kernels.dynamic_conv.profile)."""
+    dynamic_conv.profile(True)
+    dynamic_conv.profile()
+    try:
+        with torch.no_grad():
+            y = model(x)
+    finally:
+        counts = dynamic_conv.profile(False)
+    return y, counts
+
+
 @pytest.mark.parametrize("channels,kernel", [(1, 9), (3, 5), (5, 5), (7, 5)])
 def test_odd_channels_direct_route_matches_the_torch_twin(channels, kernel):
     """Reductions of DYNAMIC_MIN_K (64) and more (a shorter one keeps F.conv2d, below)."""
@@ -101,13 +113,8 @@ def test_odd_channels_direct_route_matches_the_torch_twin(channels, kernel):
                                     reduce_range=reduce_range)
         assert qconv._packed_pays(x)
         for isa in SUPPORTED:
-            with at_isa(isa), torch.no_grad():
-                dynamic_conv.profile(True)
-                dynamic_conv.profile()
-                try:
-                    y = qconv(x)
-                finally:
-                    counts = dynamic_conv.profile(False)
+            with at_isa(isa):
+                y, counts = _forward_counting_calls(qconv, x)
             assert counts["direct_calls"] == 1
             assert torch.equal(y, ref), isa
 
@@ -166,13 +173,7 @@ def test_an_rgb_stem_takes_the_direct_route_in_int8():
     for batch in (1, 16):
         x = torch.randn(batch, 3, 32, 32)
         assert stem._packed_pays(x)
-        dynamic_conv.profile(True)
-        dynamic_conv.profile()
-        try:
-            with torch.no_grad():
-                y = qmodel(x)
-        finally:
-            counts = dynamic_conv.profile(False)
+        y, counts = _forward_counting_calls(qmodel, x)
         assert counts["calls"] == 2 and counts["direct_calls"] == 2
         with torch.no_grad():
             h = reference.conv2d_int8(x, stem.quantized_weight().qdata, stem.weight_scale, stem.weight_zero_point,
@@ -194,13 +195,7 @@ def test_short_reductions_keep_f_conv2d(in_channels):
     assert stem.weight_packed is not None
     x = torch.randn(2, in_channels, 28, 28)
     assert not stem._packed_pays(x) and not shortcut._packed_pays(torch.relu(stem(x)))
-    dynamic_conv.profile(True)
-    dynamic_conv.profile()
-    try:
-        with torch.no_grad():
-            y = qmodel(x)
-    finally:
-        counts = dynamic_conv.profile(False)
+    y, counts = _forward_counting_calls(qmodel, x)
     assert counts["calls"] == 0
     with torch.no_grad():
         float_y = model(x)
@@ -218,12 +213,7 @@ def test_stem_route_is_int8_unless_switched_off_or_asymmetric():
         int8 = stem(x)
         previous = dynamic_conv.set_direct(False)
         try:
-            dynamic_conv.profile(True)
-            dynamic_conv.profile()
-            try:
-                im2col = stem(x)
-            finally:
-                counts = dynamic_conv.profile(False)
+            im2col, counts = _forward_counting_calls(stem, x)
         finally:
             dynamic_conv.set_direct(previous)
         assert counts["direct_calls"] == 0
