@@ -11,6 +11,7 @@ from torch import nn
 import mono_quant as mq
 from mono_quant.io import CheckpointError
 from mono_quant.io.manifest import METADATA_KEY
+from safetensors.torch import save_file
 from safetensors_bytes import split_file, write_file
 
 
@@ -241,3 +242,17 @@ def test_never_overwrites_unless_asked(tmp_path):
     with pytest.raises(FileNotFoundError, match="does not exist"):
         mq.save(qmodel, tmp_path / "no" / "such" / "dir.safetensors")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.safetensors"]
+
+
+@pytest.mark.parametrize("name", ["model.bin", "model.pt", "model.PTH", "model.ckpt"])
+def test_a_pickle_name_for_the_output_is_refused(tmp_path, name):
+    """What mono-quant writes is safetensors: under a .bin / .pt name, torch.load and Hugging Face
+    tools (and our own checkpoint reader) would take it for a pickled state_dict."""
+    qmodel = mq.quantize(nn.Linear(16, 8)).model
+    with pytest.raises(ValueError, match=r"safetensors.*name it model\.safetensors"):
+        mq.save(qmodel, tmp_path / name)
+    assert not (tmp_path / name).exists()
+    src = tmp_path / "float.safetensors"
+    save_file({"fc.weight": torch.randn(8, 16)}, str(src))
+    with pytest.raises(ValueError, match="safetensors"):
+        mq.quantize_checkpoint(src, tmp_path / name)

@@ -10,14 +10,22 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
-__all__ = ["atomic_output", "check_destination"]
+__all__ = ["PICKLE_SUFFIXES", "atomic_output", "check_destination"]
+
+
+# names that say "pickled torch.save file" (io/shards.py reads .pt / .pth / .bin that way)
+PICKLE_SUFFIXES = (".pt", ".pth", ".bin", ".pkl", ".pickle", ".ckpt")
 
 
 def check_destination(dst, overwrite: bool) -> Path:
-    """Raise before any work is done if ``dst`` can't be written: ``FileExistsError``
-    when it exists and ``overwrite`` is false, ``IsADirectoryError`` for a
-    directory, ``FileNotFoundError`` when its folder doesn't exist."""
+    """Raise before any work is done if ``dst`` can't be written: ``ValueError`` for a
+    pickle's name (.pt / .pth / .bin ...), ``FileExistsError`` when it exists and
+    ``overwrite`` is false, ``IsADirectoryError`` for a directory,
+    ``FileNotFoundError`` when its folder doesn't exist."""
     dst = Path(os.fspath(dst))
+    if dst.suffix.lower() in PICKLE_SUFFIXES:  # what we write is safetensors, whatever its name says
+        raise ValueError(f"{dst}: mono-quant writes safetensors files; a {dst.suffix} name makes tools (and "
+                         f"torch.load) read it as a pickled state_dict: name it {dst.with_suffix('.safetensors').name}")
     if dst.is_dir():
         raise IsADirectoryError(f"{dst} is a directory; give a file name")
     if dst.exists() and not overwrite:
