@@ -325,16 +325,18 @@ int mq_conv2d_dynamic_direct(const void *x, mq_src_t kind, int64_t batch, int64_
     const int64_t out_w = mq_conv_out(width, kw, sw, pw, dw);
     const int64_t wp = width + 2 * pw, np = mq_round_up(n, MQ_PANEL), k = channels * kh * kw;
     const int64_t kp = mq_round_up(k, MQ_KGROUP);
-    /* channels % 4: im2col blocks of about 32 KiB (they stay in L1/L2 for the kernel) */
-    int64_t cols_rows = 0;
-    if (channels % MQ_KGROUP) {
-        cols_rows = ((int64_t)1 << 15) / (out_w > 0 ? out_w * kp : 1);
-        cols_rows = cols_rows < 1 ? 1 : cols_rows > out_h ? out_h : cols_rows;
-    }
     const int64_t image = mq_size_mul(mq_size_mul(channels, height), width);
     const int64_t padded_bytes = mq_size_mul(mq_size_mul(height + 2 * ph, wp), channels);
     if (batch <= 0 || out_h <= 0 || out_w <= 0 || n <= 0) return 1;
     if (image < 0 || padded_bytes < 0) return -1;
+    /* channels % 4: im2col blocks of about 32 KiB (they stay in L1/L2 for the kernel); the row's
+     * bytes checked (an empty batch may carry a width near 2^60: 2^64 wrapped to 0 divided by it) */
+    int64_t cols_rows = 0;
+    if (channels % MQ_KGROUP) {
+        const int64_t row_bytes = mq_size_mul(out_w, kp);
+        cols_rows = row_bytes > 0 && row_bytes <= ((int64_t)1 << 15) ? ((int64_t)1 << 15) / row_bytes : 1;
+        cols_rows = cols_rows > out_h ? out_h : cols_rows;
+    }
     const uint8_t flip = kt->static_conv_x_u8 ? 0x80u : 0u;
     float *ones = malloc(mq_alloc_bytes(np, sizeof(float), 64));
     int32_t *zcol = malloc(mq_alloc_bytes(np, sizeof(int32_t), 64));

@@ -366,8 +366,8 @@ static void run_on_team(int64_t n, int64_t piece_items, int pieces, int threads,
 
 int64_t mq_omp_team_calls(void) { return atomic_load(&team_calls); }
 
-/* Calls whose work was cut for more than one thread (tests: a kernel's chunk
- * rule that leaves a large job on one thread shows as no change here). */
+/* Calls whose work went to more than one thread (tests: a kernel's chunk rule
+ * that leaves a large job on one thread shows as no change here). */
 static _Atomic int64_t split_calls;
 int64_t mq_parallel_split_calls(void) { return atomic_load(&split_calls); }
 
@@ -434,9 +434,9 @@ void mq_parallel_for(int64_t n, int64_t min_chunk, int nthreads, mq_range_fn fn,
     const int64_t whole_units = n / min_chunk;              /* a thread gets one whole unit of work at least */
     int parts = nthreads < 1 ? 1 : nthreads > MQ_MAX_THREADS ? MQ_MAX_THREADS : nthreads;
     if (parts > whole_units) parts = whole_units > 1 ? (int)whole_units : 1;
-    if (parts > 1) atomic_fetch_add_explicit(&split_calls, 1, memory_order_relaxed);
     const int chosen = atomic_load(&backend);
     if (parts > 1 && chosen == BACKEND_PTHREADS) {
+        atomic_fetch_add_explicit(&split_calls, 1, memory_order_relaxed);
         run_on_new_threads(n, min_chunk, parts, fn, ctx);
         return;
     }
@@ -448,6 +448,7 @@ void mq_parallel_for(int64_t n, int64_t min_chunk, int nthreads, mq_range_fn fn,
     if (chosen == BACKEND_OMP_TEAM && team_wanted(fn, n, parts)) {
         const int64_t target = (int64_t)parts * PIECES_PER_THREAD;
         const int64_t piece_items = (units + target - 1) / target * min_chunk;
+        atomic_fetch_add_explicit(&split_calls, 1, memory_order_relaxed);
         run_on_team(n, piece_items, (int)((n + piece_items - 1) / piece_items), parts, fn, ctx);
         atomic_store(&pool.owned, 0);
         return;
@@ -456,6 +457,7 @@ void mq_parallel_for(int64_t n, int64_t min_chunk, int nthreads, mq_range_fn fn,
     if (helpers == 0) {
         fn(ctx, 0, n);
     } else {
+        atomic_fetch_add_explicit(&split_calls, 1, memory_order_relaxed);
         const int64_t target = (int64_t)(helpers + 1) * PIECES_PER_THREAD;
         const int64_t piece_items = (units + target - 1) / target * min_chunk;
         const int pieces = (int)((n + piece_items - 1) / piece_items);

@@ -131,3 +131,13 @@ def test_linear_int8_copies_misaligned_half_rows(mode):
     packed, w_sum, has_m128 = _C.pack_int8(np.ones((2, 8), I8))
     args = (packed, w_sum, np.ones(2, F32), np.zeros(2, I32), None, 2, has_m128)
     np.testing.assert_array_equal(_C.linear_int8(misaligned, *args, mode=mode), _C.linear_int8(x, *args, mode=mode))
+
+
+def test_empty_batch_with_a_width_near_2_60_never_divides_by_a_wrapped_zero():
+    """The direct route's im2col block size divided 2^15 by out_w x kp before its early return
+    for an empty batch: out_w = 2^60 and kp = 16 wrapped to 0 (SIGFPE, the interpreter died)."""
+    x = np.empty((0, 1, 1, 2**60), np.float16)
+    assert _C.conv2d_int8_direct_applies(1, 1, 16, 1, 8, 0, 1, 1, False)
+    y = _C.conv2d_int8(x, np.zeros(256, np.int8), np.zeros(16, I32), np.ones(1, F32), np.zeros(1, I32), None, 1,
+                       False, (16, 1), (1, 1), (8, 0), (1, 1), 1)
+    assert y.shape[0] == 0

@@ -115,3 +115,40 @@ def test_two_inputs_under_fullgraph_say_what_to_do():
     torch._dynamo.reset()
     with pytest.warns(UserWarning):  # the graph break, as meant
         assert torch.equal(torch.compile(qmodel)(x, y), qmodel(x, y))
+
+
+def test_two_threads_call_one_compiled_model():
+    """No state is shared between the op's calls: a global 'inside the op' counter once made
+    dynamo guard on it, so a thread calling the compiled model while another ran the op
+    recompiled, and under fullgraph=True failed on torch's error."""
+    import threading
+
+    qmodel = _classifier()
+    torch._dynamo.reset()
+    compiled = torch.compile(qmodel, fullgraph=True)
+    inputs = [torch.randn(4, 1, 8, 8, generator=torch.Generator().manual_seed(i)) for i in range(2)]
+    expected = [qmodel(x) for x in inputs]
+    compiled(inputs[0])  # compiled once, before the threads
+    errors = []
+
+    def run(i):
+        try:
+            for _ in range(60):
+                assert torch.equal(compiled(inputs[i]), expected[i])
+        except BaseException as error:  # noqa: BLE001  (reported below)
+            errors.append(repr(error))
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+
+
+def test_strict_export_gives_the_refusal():
+    """torch.export strict=True sees a plain tensor: the refusal comes before the fast path
+    (it failed on torch's 'torch.* op returned non-Tensor')."""
+    qmodel = _classifier()
+    with pytest.raises(Exception, match="static int8 models run eagerly only"):
+        torch.export.export(qmodel, (torch.randn(2, 1, 8, 8),), strict=True)

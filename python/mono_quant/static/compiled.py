@@ -9,7 +9,8 @@ forward on the real input: the same kernels, the same bits.  ``model`` is a key 
 table of the live models (an op takes no Python object); each model gets its own key when
 it is built or copied.  The op's fake implementation (the output's shape and dtype while
 tracing) runs the model once on zeros of the input's shape (of batch 1 and 2 when the batch
-is a symbolic size): a static model's output shape follows from its input's.
+is a symbolic size): a static model's output shape follows from its input's.  Only the batch
+may be dynamic: the other sizes are specialized (``mark_dynamic`` on them fails in torch).
 torch.export still refuses a static model (``eager_only.py``): its graph would call back
 into Python.
 """
@@ -47,17 +48,12 @@ def _model(key: int):
     return module
 
 
-_running_eagerly = 0  # > 0 inside the op: the model's own forward, not the op again (dynamo may be tracing)
-
-
 def _eager(module, x: torch.Tensor) -> torch.Tensor:
-    global _running_eagerly
-    _running_eagerly += 1
-    try:
-        with torch.no_grad():
-            out = module.forward(x)
-    finally:
-        _running_eagerly -= 1
+    # the model's eager forward, never its forward (which under dynamo's tracing, in the fake
+    # implementation's probe, would call the op again); no shared state, so threads may call
+    # compiled models at once (a global "inside the op" counter made dynamo guard on it)
+    with torch.no_grad():
+        out = module._forward_eager(x)
     if not isinstance(out, torch.Tensor):
         raise TypeError(f"static int8 model returned a {type(out).__name__}, not a tensor, under torch.compile")
     # a fresh contiguous tensor: the strides the fake implementation promises, never the input's memory
@@ -99,7 +95,9 @@ torch.library.register_fake("mono_quant::static_forward", _static_forward_fake, 
 
 class CompilesAsOneOp:
     """Mixed into a static model (before nn.Module): its key in the table of live models,
-    given at construction and again to a copy, and :meth:`compiled_call`."""
+    given at construction and again to a copy, and :meth:`compiled_call`.  The model's
+    ``forward`` returns ``compiled_call``'s op when it gives one, else ``_forward_eager``,
+    the eager body the op runs."""
 
     def _register_for_compile(self) -> None:
         self._static_op_key = _register(self)
@@ -111,7 +109,7 @@ class CompilesAsOneOp:
     def compiled_call(self, args, kwargs) -> Optional[torch.Tensor]:
         """Under torch.compile (not torch.export), the op call standing for this model's forward
         on one tensor; None otherwise (eager, or not one tensor in: dynamo breaks the graph)."""
-        if not torch.compiler.is_compiling() or torch.compiler.is_exporting() or _running_eagerly:
+        if not torch.compiler.is_compiling() or torch.compiler.is_exporting():
             return None
         if kwargs or len(args) != 1 or not isinstance(args[0], torch.Tensor) or not self.one_tensor_in_and_out():
             torch._dynamo.graph_break(

@@ -34,6 +34,9 @@ class PerLayerStatic(CompilesAsOneOp, nn.Module):
         compiled = self.compiled_call((x,), None)  # torch.compile: one op (compiled.py)
         if compiled is not None:
             return compiled
+        return self._forward_eager(x)
+
+    def _forward_eager(self, x):
         refuse_traced_input((x,))
         y = self.layer(x)
         return y.contiguous() if y.dim() == 4 else y

@@ -133,6 +133,10 @@ class StaticGraphModel(CompilesAsOneOp, nn.Module):
         compiled = self.compiled_call(args, kwargs)  # torch.compile: the whole model as one op (compiled.py)
         if compiled is not None:
             return compiled
+        return self._forward_eager(*args, **kwargs)
+
+    def _forward_eager(self, *args, **kwargs):
+        """The eager forward (what the compiled op runs: it never calls the op again)."""
         refuse_traced_input(args)
         env: Dict[str, Any] = {}
         inputs = iter(args)

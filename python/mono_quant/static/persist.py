@@ -16,7 +16,7 @@ import math
 import operator
 import os
 from pathlib import Path
-from typing import Any, Dict, List
+from typing import Dict, List
 
 import torch
 import torch.nn.functional as F

@@ -25,8 +25,9 @@ import torch
 from ..kernels import static_int8 as static_kernels
 from ..kernels.settings import SETTINGS
 from .capture import ValueRef
+from .eager_only import refuse_traced_input
 from .graph import StaticGraphModel, _global_hooks
-from .modules import StaticAdd, StaticConv2d, StaticGlobalAvgPool, StaticLinear, act_bounds, inverse
+from .modules import StaticAdd, StaticConv2d, StaticGlobalAvgPool, StaticLinear, inverse
 from .modules_eltwise import StaticBroadcastAdd, StaticCat
 
 __all__ = ["StaticInt8Model", "compile_program"]
@@ -236,13 +237,13 @@ class StaticInt8Model(StaticGraphModel):
             return None
         return compiled
 
-    def forward(self, *args, **kwargs):
-        compiled = self.compiled_call(args, kwargs)  # torch.compile: the whole model as one op (compiled.py)
-        if compiled is not None:
-            return compiled
+    def _forward_eager(self, *args, **kwargs):
+        """The eager forward (StaticGraphModel.forward calls it, so does the compiled op)."""
+        if torch.compiler.is_exporting():  # (strict export sees a plain tensor: refuse before the fast path)
+            refuse_traced_input(args)
         run = self._fast(args, kwargs)
         if run is None or type(args[0]) is not torch.Tensor:  # (a traced input: refused by the graph's forward)
-            return super().forward(*args, **kwargs)
+            return super()._forward_eager(*args, **kwargs)
         x = args[0].detach()
         if x.dtype != torch.float32:
             x = x.float()
