@@ -243,6 +243,18 @@ def _print_table(rows) -> None:
         print("  ".join(str(c).ljust(w) for c, w in zip(row, widths)).rstrip())
 
 
+# The library's messages name its Python arguments; on the command line the same values are options.
+_CLI_WORDING = (("quantize(): ", ""), ("or None for one group", "or 0 for one group"),
+                ("include=", "--include "), ("exclude=", "--exclude "),
+                ("pass overwrite=True, or --force, to replace it", "pass --force to replace it"))
+
+
+def _cli_wording(message: str) -> str:
+    for api, cli in _CLI_WORDING:
+        message = message.replace(api, cli)
+    return message
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     handlers = {"demo": _cmd_demo, "quantize": _cmd_quantize, "inspect": _cmd_inspect, "compare": _cmd_compare,
@@ -261,5 +273,5 @@ def main(argv: Optional[List[str]] = None) -> int:
     except (ValueError, TypeError, KeyError, OSError, RecursionError, MemoryError) as exc:
         # bad input of any shape (CheckpointError is a ValueError): one line, no traceback
         message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        print(f"mono-quant {args.command}: error: {message}", file=sys.stderr)
+        print(f"mono-quant {args.command}: error: {_cli_wording(message)}", file=sys.stderr)
         return 1

@@ -93,6 +93,24 @@ def test_quantize_options_and_failures(tmp_path, checkpoint, capsys):
     assert not (tmp_path / "x.safetensors").exists()
 
 
+def test_errors_name_the_command_line_options(tmp_path, checkpoint, capsys):
+    """The library's messages name its Python arguments (group_size=None, include=...); the
+    command's say what to type (0 for one group, --include, --force)."""
+    dst = tmp_path / "q.safetensors"
+    for argv, says, never in [
+        (["--dtype", "int4", "--group-size", "48"], "or 0 for one group", "None"),
+        (["--include", "nothing*"], "--include 'nothing*'", "include="),
+        (["--exclude", "nothing*"], "--exclude 'nothing*'", "exclude="),
+    ]:
+        assert main(["quantize", str(checkpoint), "-o", str(dst)] + argv) == 1
+        err = capsys.readouterr().err
+        assert says in err and never not in err and "quantize(): " not in err, err
+    dst.write_bytes(b"")
+    assert main(["quantize", str(checkpoint), "-o", str(dst)]) == 1
+    err = capsys.readouterr().err
+    assert "pass --force to replace it" in err and "overwrite=True" not in err
+
+
 def test_inspect_saved_model_with_aliases(tmp_path, capsys):
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(8, 8), nn.ReLU())
