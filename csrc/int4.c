@@ -218,15 +218,6 @@ typedef struct {
     int oom;
 } quantize_ctx;
 
-static void row_to_f32(const void *src, mq_src_t kind, int64_t cols, int64_t kpad, float *dst) {
-    if (kind == MQ_SRC_F32) memcpy(dst, src, (size_t)cols * sizeof(float));
-    else if (kind == MQ_SRC_F16)
-        for (int64_t i = 0; i < cols; i++) dst[i] = mq_f16_to_f32(((const uint16_t *)src)[i]);
-    else
-        for (int64_t i = 0; i < cols; i++) dst[i] = mq_bf16_to_f32(((const uint16_t *)src)[i]);
-    for (int64_t i = cols; i < kpad; i++) dst[i] = 0.0f;
-}
-
 static void quantize_range(void *vctx, int64_t begin, int64_t end) {
     quantize_ctx *c = vctx;
     const mq_kernels *k = mq_active();
@@ -240,7 +231,7 @@ static void quantize_range(void *vctx, int64_t begin, int64_t end) {
     int64_t ngroups = (c->kpad + c->group - 1) / c->group;
     size_t row_bytes = (size_t)c->cols * mq_src_size(c->kind);
     for (int64_t r = begin; r < end; r++) {
-        row_to_f32(c->src + (size_t)r * row_bytes, c->kind, c->cols, c->kpad, xbuf);
+        mq_row_to_f32(c->src + (size_t)r * row_bytes, c->kind, c->cols, c->kpad, xbuf);
         uint8_t *prow = c->packed + (size_t)r * (size_t)(c->kpad / 2);
         c->bad[r] = 0;
         for (int64_t g = 0; g < ngroups; g++) {
@@ -463,7 +454,7 @@ static void prologue_range(void *vctx, int64_t begin, int64_t end) {
     mq_q4_act_i8_fn act = mq_active()->q4_act_i8;
     for (int64_t i = begin; i < end; i++) {
         float *xr = c->xpad + i * c->kpad;
-        row_to_f32(c->x + (size_t)i * c->row_bytes, c->kind, c->cols, c->kpad, xr);
+        mq_row_to_f32(c->x + (size_t)i * c->row_bytes, c->kind, c->cols, c->kpad, xr);
         for (int64_t g = 0; g < c->ngroups; g++) {
             float s = 0.0f;
             for (int64_t j = g * c->group; j < (g + 1) * c->group && j < c->kpad; j++) s += xr[j];

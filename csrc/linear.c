@@ -545,19 +545,9 @@ typedef struct {
 
 static void wo_rows_range(void *vctx, int64_t begin, int64_t end) {
     const wo_rows_ctx *c = vctx;
-    for (int64_t r = begin; r < end; r++) {
-        const uint8_t *row = (const uint8_t *)c->x + (size_t)(r * c->ldx) * mq_src_size(c->kind);
-        float *dst = c->dst + r * c->kp;
-        if (c->kind == MQ_SRC_F32) {
-            memcpy(dst, row, (size_t)c->k * sizeof(float));
-        } else if (c->kind == MQ_SRC_BF16) { /* a shift: the compiler vectorizes it */
-            const uint16_t *h = (const uint16_t *)(const void *)row;
-            for (int64_t i = 0; i < c->k; i++) dst[i] = mq_bf16_to_f32(h[i]);
-        } else {
-            for (int64_t i = 0; i < c->k; i++) dst[i] = mq_f16_to_f32(((const uint16_t *)(const void *)row)[i]);
-        }
-        for (int64_t i = c->k; i < c->kp; i++) dst[i] = 0.0f;
-    }
+    for (int64_t r = begin; r < end; r++)
+        mq_row_to_f32((const uint8_t *)c->x + (size_t)(r * c->ldx) * mq_src_size(c->kind), c->kind, c->k, c->kp,
+                      c->dst + r * c->kp);
 }
 
 int mq_linear_weight_only(const void *x, mq_src_t kind, int64_t m, int64_t k, int64_t ldx, const int8_t *packed,

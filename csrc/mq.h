@@ -54,6 +54,18 @@ static inline float mq_load_src(const void *src, mq_src_t kind, int64_t i) {
 
 static inline size_t mq_src_size(mq_src_t kind) { return kind == MQ_SRC_F32 ? 4 : 2; }
 
+/* One row of n source values as fp32, zero-filled to n_pad (the kernels' padded rows).  A loop
+ * per kind, not mq_load_src per value: the compiler vectorizes each (bf16 is a shift). */
+static inline void mq_row_to_f32(const void *src, mq_src_t kind, int64_t n, int64_t n_pad, float *dst) {
+    if (kind == MQ_SRC_F32)
+        memcpy(dst, src, (size_t)n * sizeof(float));
+    else if (kind == MQ_SRC_BF16)
+        for (int64_t i = 0; i < n; i++) dst[i] = mq_bf16_to_f32(((const uint16_t *)src)[i]);
+    else
+        for (int64_t i = 0; i < n; i++) dst[i] = mq_f16_to_f32(((const uint16_t *)src)[i]);
+    for (int64_t i = n; i < n_pad; i++) dst[i] = 0.0f;
+}
+
 /* ---- kernel signatures ---------------------------------------------------- */
 
 /* min and max of n elements; returns 1 if any element is NaN or +-Inf. */
