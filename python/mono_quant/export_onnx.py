@@ -165,12 +165,15 @@ _INTEGER_MATMUL: ContextVar[str] = ContextVar("mono_quant_integer_matmul", defau
 INTEGER_MATMULS = ("u8u8", "u8s8")
 
 
-def _as_uint8(q: torch.Tensor, zero_point: torch.Tensor):
-    """int8 codes and zero-points as uint8, both shifted by 128: the same ``q - zero_point``.
+def _integer_matmul_weights(q: torch.Tensor, zero_point: torch.Tensor):
+    """Under integer_matmul="u8u8" (the default), int8 codes and zero-points as uint8, both
+    shifted by 128: the same ``q - zero_point``; otherwise (uint8 codes, "u8s8") as they are.
     ONNX Runtime runs MatMulInteger with an int8 B (U8S8) on x86 CPUs without VNNI (AVX2,
     AVX-512 before Cascade Lake) with VPMADDUBSW, which saturates a pair of products at
     32767: a Linear exported that way lost 25 dB of SQNR on an AVX2 CPU (qemu Haswell). Its
     U8U8 kernels widen to 16 bits first and never saturate."""
+    if q.dtype != torch.int8 or _INTEGER_MATMUL.get() != "u8u8":
+        return q, zero_point
     return ((q.to(torch.int16) + 128).to(torch.uint8),
             (zero_point.to(torch.int16) + 128).to(torch.uint8))
 
@@ -212,8 +215,7 @@ class _OnnxLinear(_Twin):
         self.mode = "dynamic" if module.activations == "dynamic" else "weight_only"
         if self.mode == "dynamic":  # MatMulInteger's B is [K, N], zero-point per column
             q = q.t().contiguous()
-            if q.dtype == torch.int8 and _INTEGER_MATMUL.get() == "u8u8":
-                q, zero_point = _as_uint8(q, zero_point)
+            q, zero_point = _integer_matmul_weights(q, zero_point)
         self.register_buffer("q", q)
         self.register_buffer("scale", scale)
         self.register_buffer("zero_point", zero_point)
@@ -251,8 +253,8 @@ class _OnnxConv2d(_Twin):
         else:
             self.cols = None
             q, scale, zero_point, _ = _int8_parts(module)
-            if self.dynamic and q.dtype == torch.int8 and _INTEGER_MATMUL.get() == "u8u8":
-                q, zero_point = _as_uint8(q, zero_point)  # ORT fuses this QDQ conv into an integer one
+            if self.dynamic:  # (ONNX Runtime may fuse a QDQ conv into an integer one)
+                q, zero_point = _integer_matmul_weights(q, zero_point)
             self.register_buffer("q", q)
         self.register_buffer("scale", scale)
         self.register_buffer("zero_point", zero_point)
