@@ -2,7 +2,6 @@
 layer geometry, a value reference or a container of the wrong type is a CheckpointError at
 load, never a model that loads and then fails (or divides by zero) at its first forward; and
 a valid file whose tensors sit at odd addresses loads aligned and runs bit-identically."""
-import copy
 import json
 import struct
 import warnings
@@ -14,6 +13,7 @@ from torch import nn
 import mono_quant as mq
 from mono_quant.calibration import CalibrationWarning
 from safetensors_bytes import split_file, write_file
+from static_helpers import Branchy  # data-dependent control flow: saved per layer
 
 GRAPH_KEY, PER_LAYER_KEY = "mono_quant.static", "mono_quant.static_per_layer"
 
@@ -26,19 +26,6 @@ class Traced(nn.Module):
 
     def forward(self, x):
         return self.fc(torch.relu(self.conv(x)).mean((2, 3)))
-
-
-class Branchy(nn.Module):  # data-dependent control flow: saved per layer
-    def __init__(self):
-        super().__init__()
-        self.conv = nn.Conv2d(3, 8, 3, padding=1)
-        self.fc = nn.Linear(8, 2)
-
-    def forward(self, x):
-        y = self.conv(x)
-        if y.sum() > 0:
-            y = y * 1.5
-        return self.fc(y.mean((2, 3)))
 
 
 X = torch.randn(2, 3, 6, 6, generator=torch.Generator().manual_seed(1))
