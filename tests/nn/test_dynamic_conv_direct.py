@@ -10,6 +10,7 @@ import mono_quant as mq
 from mono_quant import reference
 from mono_quant.kernels import dynamic_conv
 from mono_quant.modules.linear import kernel_args
+from conv_calls import counting_conv_calls
 from conftest import KERNELS, SUPPORTED, at_isa
 
 CASES = [  # in, out, kernel, stride, padding, dilation, groups
@@ -51,12 +52,10 @@ def _run(qconv, x, threads, direct):
     that took the direct route)."""
     previous_threads, previous_direct = torch.get_num_threads(), dynamic_conv.set_direct(direct)
     torch.set_num_threads(threads)
-    dynamic_conv.profile(True)
     try:
-        with torch.no_grad():
+        with counting_conv_calls() as counts, torch.no_grad():
             y = qconv._packed_conv(x, *kernel_args(qconv))
     finally:
-        counts = dynamic_conv.profile(False)
         torch.set_num_threads(previous_threads)
         dynamic_conv.set_direct(previous_direct)
     return y, counts["direct_calls"]
@@ -152,11 +151,8 @@ def test_module_forward_takes_one_call_and_follows_reduce_range(one_torch_thread
     with torch.no_grad():
         for reduce_range in (False, True, False):
             qconv.set_reduce_range(reduce_range)
-            dynamic_conv.profile(True)
-            try:
+            with counting_conv_calls() as counts:
                 y = qconv(x)
-            finally:
-                counts = dynamic_conv.profile(False)
             assert counts["calls"] == 1 and counts["direct_calls"] == 1
             assert torch.equal(y, qconv._packed_conv(x, *kernel_args(qconv)))
             ref = reference.conv2d_int8(x, qconv.quantized_weight().qdata, qconv.weight_scale,

@@ -15,6 +15,7 @@ from torch import nn
 import mono_quant as mq
 from mono_quant import _C, reference
 from mono_quant.kernels import SETTINGS, THREADING_BACKENDS, dynamic_conv
+from conv_calls import counting_conv_calls
 from conftest import KERNELS, SUPPORTED, at_isa
 
 EMULATED = bool(os.environ.get("MONO_QUANT_TEST_EMULATED"))  # under qemu (make test-isa): fewer large calls
@@ -44,13 +45,10 @@ def _weights(rng, cout, k, symmetric_range=True):
 def _call(args, direct, isa, threads, nchw, reduce_range):
     """(y, C calls that took the direct route)."""
     previous = dynamic_conv.set_direct(direct)
-    dynamic_conv.profile(True)
-    dynamic_conv.profile()
     try:
-        with at_isa(isa):
+        with at_isa(isa), counting_conv_calls() as counts:
             y = _C.conv2d_int8(*args, nthreads=threads, nchw=nchw, reduce_range=reduce_range)
     finally:
-        counts = dynamic_conv.profile(False)
         dynamic_conv.set_direct(previous)
     return y, counts["direct_calls"]
 
@@ -89,13 +87,8 @@ def test_odd_channels_direct_route_matches_im2col_route_at_every_level(channels,
 
 def _forward_counting_calls(model, x):
     """model(x) without grad, and the dynamic conv C calls it made (kernels.dynamic_conv.profile)."""
-    dynamic_conv.profile(True)
-    dynamic_conv.profile()
-    try:
-        with torch.no_grad():
-            y = model(x)
-    finally:
-        counts = dynamic_conv.profile(False)
+    with counting_conv_calls() as counts, torch.no_grad():
+        y = model(x)
     return y, counts
 
 
