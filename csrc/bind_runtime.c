@@ -90,9 +90,9 @@ static PyObject *py_use_vnni256_for_tests(PyObject *self, PyObject *arg) {
 
 PyDoc_STRVAR(team_backoff_for_tests_doc,
              "team_backoff_for_tests(on) -> None\n\n"
-             "Tests only: False turns off the omp-team back-off (the pause after a call that waited\n"
-             "on torch's descheduled OpenMP worker), so a test of which jobs reach the team does not\n"
-             "depend on the host's load; True restores it.");
+             "Tests only: False turns off the back-offs (after a call that waited on a descheduled\n"
+             "thread: the pause of the omp-team and of the split of middling calls), so a test of\n"
+             "which jobs reach the team or split does not depend on the host's load; True restores it.");
 
 static PyObject *py_team_backoff_for_tests(PyObject *self, PyObject *arg) {
     (void)self;

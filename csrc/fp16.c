@@ -24,9 +24,12 @@
  * the weight rows stream front to back (what the prefetchers like best). */
 #define UNBLOCKED_ROWS 8
 
-/* As linear.c: below these many multiply-adds a call (or a piece of it)
- * stays on the calling thread; a helper can cost more than it saves. */
-#define ONE_THREAD_MACS ((double)(1 << 24))
+/* As linear.c's weight-only calls (a multiply-add here costs about what it
+ * costs them: a conversion and an fp32 FMA): below ONE_THREAD_MACS a call
+ * stays on the calling thread, below SPLIT_ALWAYS_MACS it splits only while
+ * no call waited for a descheduled helper lately (mq_parallel_small_split). */
+#define ONE_THREAD_MACS ((double)(1 << 20))
+#define SPLIT_ALWAYS_MACS ((double)(1 << 24))
 #define MIN_MACS_PER_PIECE ((int64_t)1 << 20)
 
 typedef struct {
@@ -76,7 +79,8 @@ void mq_h16_linear(const float *x, int64_t m, int64_t k, int64_t ldx, const uint
         return;
     }
     const mq_kernels *kt = mq_active();
-    if ((double)m * (double)k * (double)n < ONE_THREAD_MACS) nthreads = 1;
+    const double work = (double)m * (double)k * (double)n;
+    nthreads = work < ONE_THREAD_MACS ? 1 : work < SPLIT_ALWAYS_MACS ? mq_parallel_small_split(nthreads) : nthreads;
     const int64_t units = (n + UNIT_COLS - 1) / UNIT_COLS;
     /* Few units (fewer than 4 a thread: a narrow head at many rows, Linear(768, 16) being one unit
      * and a third) and rows for several blocks: groups of whole row blocks too, about two a thread.

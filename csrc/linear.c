@@ -117,13 +117,17 @@ static int64_t gemv_rows(int nthreads) {
     return mq_gemv_max_rows >= 0 ? mq_gemv_max_rows : (nthreads == 1 ? 1 : 0);
 }
 
-/* A call of fewer multiply-adds than this runs on the calling thread alone.
- * Splitting it saves less than a helper can cost: between layers torch's
- * OpenMP workers (and any other process) hold the cores, and a woken helper
- * that claims a piece and is then descheduled makes the call wait for it.
- * Measured on the demo model (layers of 2^23 multiply-adds, 2 threads, batch
- * 32, a shared 2-core host; docs/benchmarks.md "Steady under load"). */
-#define MQ_ONE_THREAD_MACS ((double)(1 << 24))
+/* A call of fewer multiply-adds than MQ_ONE_THREAD_MACS runs on the calling
+ * thread alone; one of fewer than MQ_SPLIT_ALWAYS_MACS splits only while the
+ * host lets it (mq_parallel_small_split: no call waited for a descheduled
+ * helper lately).  Splitting such a call gains up to 2x on a quiet host, but
+ * beside busy processes a woken helper that claims a piece and is then
+ * descheduled makes the call wait a scheduler slice: the demo model's layers
+ * of 2^23 multiply-adds at batch 32 took milliseconds instead of 0.1 ms, which
+ * is why they once ran on one thread for good (docs/benchmarks.md, "Steady
+ * under load"). */
+#define MQ_ONE_THREAD_MACS ((double)(1 << 22))
+#define MQ_SPLIT_ALWAYS_MACS ((double)(1 << 24))
 /* The call's work counts what the kernels do, not the layer's size: whole
  * panels of MQ_PANEL outputs (Linear(768, 2) at 4096 rows is 8x its 6.3 M
  * multiply-adds), and a pass over the activations (quantized, or read and
@@ -132,13 +136,22 @@ static int64_t gemv_rows(int nthreads) {
  * multiply-adds a value in.  Counted by n alone, that Linear ran on one
  * thread at 2 threads. */
 #define MQ_ACT_MACS 16
-static int threads_for_call(int64_t m, int64_t kp, int64_t n, int nthreads) {
-    const double panel_cols = (double)mq_round_up(n, MQ_PANEL);
-    return (double)m * (double)kp * (panel_cols + MQ_ACT_MACS) < MQ_ONE_THREAD_MACS ? 1 : nthreads;
+/* The weight-only kernels convert every weight to fp32 and run fp32 FMAs: a
+ * multiply-add costs them about 4 of the int8 kernels' (Linear 1024x256 at 32
+ * rows: 129 us on one thread, the fp32 BLAS 138 us on two), so their work is
+ * counted 4x against the one-thread floor and for the pieces (counted 1x, the
+ * demo model's 2^23 layers at batch 32 never split: parity with fp32).  The
+ * always-split threshold stays in plain multiply-adds, where it was measured
+ * safe under load. */
+#define MQ_WO_MAC_COST 4
+static int threads_for_call(int64_t m, int64_t kp, int64_t n, int nthreads, int mac_cost) {
+    const double work = (double)m * (double)kp * ((double)mq_round_up(n, MQ_PANEL) + MQ_ACT_MACS);
+    if (work * mac_cost < MQ_ONE_THREAD_MACS) return 1;
+    return work < MQ_SPLIT_ALWAYS_MACS ? mq_parallel_small_split(nthreads) : nthreads;
 }
 
-static int64_t panels_per_chunk(int64_t m, int64_t kp) {
-    const int64_t per_panel = m * kp * MQ_PANEL, min_macs = min_macs_per_thread();
+static int64_t panels_per_chunk(int64_t m, int64_t kp, int mac_cost) {
+    const int64_t per_panel = m * kp * MQ_PANEL * mac_cost, min_macs = min_macs_per_thread();
     return per_panel >= min_macs ? 1 : (min_macs + per_panel - 1) / per_panel;
 }
 
@@ -234,7 +247,7 @@ static void run_qgemm(mq_qgemm_fn fn, const mq_qgemm_args *a, int nthreads) {
         row_block = rows_in_l2;
     qgemm_ctx c = {fn, a, panels, row_block};
     const int64_t blocks = (a->m + row_block - 1) / row_block;
-    mq_parallel_for(blocks * panels, panels_per_chunk(row_block, a->kp), nthreads, qgemm_range, &c);
+    mq_parallel_for(blocks * panels, panels_per_chunk(row_block, a->kp, 1), nthreads, qgemm_range, &c);
 }
 
 int mq_linear_dynamic(const void *x, mq_src_t kind, int x_is_q, int64_t m, int64_t k, int64_t ldx,
@@ -245,7 +258,7 @@ int mq_linear_dynamic(const void *x, mq_src_t kind, int x_is_q, int64_t m, int64
     const int64_t kp = mq_round_up(k, MQ_KGROUP);
     if (m <= 0 || n <= 0) return 0;
     reduce_range = reduce_range && !x_is_q; /* (the bindings refuse the pair) */
-    nthreads = threads_for_call(m, kp, n, nthreads);
+    nthreads = threads_for_call(m, kp, n, nthreads, 1);
     uint8_t *xq = aligned_alloc(64, mq_alloc_bytes(m, kp, 64));
     float *x_scale = malloc((size_t)m * sizeof(float));
     int32_t *x_sum = w_zp ? malloc((size_t)m * sizeof(int32_t)) : NULL;
@@ -556,7 +569,7 @@ int mq_linear_weight_only(const void *x, mq_src_t kind, int64_t m, int64_t k, in
     const mq_kernels *kt = mq_active();
     const int64_t kp = mq_round_up(k, MQ_KGROUP), panels = mq_round_up(n, MQ_PANEL) / MQ_PANEL;
     if (m <= 0 || n <= 0) return 0;
-    nthreads = threads_for_call(m, kp, n, nthreads);
+    nthreads = threads_for_call(m, kp, n, nthreads, MQ_WO_MAC_COST);
     const float *xf = x;
     float *buffer = NULL;
     if (kind != MQ_SRC_F32 || kp != k || ldx != k) {
@@ -573,7 +586,7 @@ int mq_linear_weight_only(const void *x, mq_src_t kind, int64_t m, int64_t k, in
     mq_wgemm_args a = {xf, m, kp, n, packed, w_scale, w_zp, bias, y};
     wgemm_ctx wc = {kt->wgemm, &a, panels, row_block};
     const int64_t blocks = (m + row_block - 1) / row_block;
-    mq_parallel_for(blocks * panels, panels_per_chunk(row_block, kp), nthreads, wgemm_range, &wc);
+    mq_parallel_for(blocks * panels, panels_per_chunk(row_block, kp, MQ_WO_MAC_COST), nthreads, wgemm_range, &wc);
     free(buffer);
     return 0;
 }

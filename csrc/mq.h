@@ -406,7 +406,10 @@ int mq_set_threading_backend(const char *name);
 const char *mq_threading_backend(void); /* "pool", "pthreads" or "omp-team" */
 int64_t mq_omp_team_calls(void);        /* jobs "omp-team" ran on torch's OpenMP team (this process) */
 int64_t mq_parallel_split_calls(void);  /* mq_parallel_for calls cut for more than one thread */
-int mq_team_backoff_for_tests(int on); /* tests: 0 turns the omp-team back-off's pauses off */
+int mq_team_backoff_for_tests(int on); /* tests: 0 turns the back-offs' pauses off (team and small splits) */
+/* nthreads, or 1 while calls have lately waited for a descheduled helper: for
+ * calls a kernel would split on a quiet host but not beside busy processes. */
+int mq_parallel_small_split(int nthreads);
 void mq_parallel_watch_forks(void); /* once, at import: fork handlers that must see every later fork */
 
 /* ---- quant.c: whole-tensor drivers over rows ------------------------------- */

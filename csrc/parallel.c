@@ -60,6 +60,9 @@
                                 /* a wait for a descheduled worker would cost them many times their time. */
                                 /* 0.2 ms, not 1 ms: the fp16 convs' 0.2-1 ms regions on the pool, just */
                                 /* after a torch op, ran at 1-thread speed (1.4-1.5x fp32 at 2 threads) */
+#define SMALL_OFF_CPU_MIN_NS 50000 /* a split call whose caller was off its core longer than this and */
+                                   /* than a quarter of the call: then calls that may stay on one thread */
+                                   /* (mq_parallel_small_split) do, for a while */
 #define WORK_SEEN_SETS 256 /* x WORK_SEEN_WAYS: a model's layers x regions per layer, with room */
 #define WORK_SEEN_WAYS 4
 
@@ -79,6 +82,12 @@ static int64_t now_ns(void) {
     return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
 }
 
+static int64_t thread_cpu_ns(void) {
+    struct timespec ts;
+    if (clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts) != 0) return -1;
+    return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+}
+
 #ifdef __linux__
 static void futex_wait(atomic_uint *word, unsigned expected) {
     syscall(SYS_futex, (unsigned *)word, FUTEX_WAIT_PRIVATE, expected, NULL, NULL, 0);
@@ -93,6 +102,59 @@ static void futex_wait(atomic_uint *word, unsigned expected) {
 }
 static void futex_wake(atomic_uint *word, int count) { (void)word, (void)count; }
 #endif
+
+/* ---- back-off: after a call that waited for a descheduled thread, pause ---------------------- */
+
+/* A pause that starts at TEAM_PAUSE_MIN_NS after a call that waited, doubles
+ * while calls keep waiting (up to TEAM_PAUSE_MAX_NS) and shrinks a little with
+ * each call that did not: load comes and goes, and under steady load a wait
+ * costs a scheduler slice once per longest pause instead of once per call. */
+typedef struct {
+    _Atomic int64_t paused_until_ns, pause_ns;
+} backoff;
+
+static atomic_int backoff_off; /* tests: the pauses off (a loaded host pauses for real) */
+
+static int backoff_paused(backoff *b) {
+    return !atomic_load(&backoff_off) && now_ns() < atomic_load_explicit(&b->paused_until_ns, memory_order_relaxed);
+}
+
+static void backoff_note(backoff *b, int waited_too_long, int64_t end_ns) {
+    int64_t pause = atomic_load_explicit(&b->pause_ns, memory_order_relaxed);
+    if (waited_too_long) {
+        pause = pause < TEAM_PAUSE_MIN_NS ? TEAM_PAUSE_MIN_NS : pause * 2 > TEAM_PAUSE_MAX_NS ? TEAM_PAUSE_MAX_NS : pause * 2;
+        atomic_store_explicit(&b->pause_ns, pause, memory_order_relaxed);
+        atomic_store_explicit(&b->paused_until_ns, end_ns + pause, memory_order_relaxed);
+    } else if (pause) {
+        pause -= pause / 8;
+        atomic_store_explicit(&b->pause_ns, pause < TEAM_PAUSE_MIN_NS ? 0 : pause, memory_order_relaxed);
+    }
+}
+
+static void backoff_reset(backoff *b) {
+    atomic_store(&b->paused_until_ns, 0);
+    atomic_store(&b->pause_ns, 0);
+}
+
+/* Calls of middling work (a kernel's own rule, mq_parallel_small_split) split
+ * only while the split calls' callers have kept their cores: on a quiet host
+ * such a call runs at up to twice its one-thread speed on 2 threads, but where
+ * the cores are shared (busy processes beside, or a process given one core)
+ * the helper takes the caller's core or claims a piece and is descheduled.
+ * The sign is the caller's time off its core during a split call (sleeping
+ * on a late piece, or preempted): wall time less its thread's CPU time.  (A
+ * caller's wait for claimed pieces alone missed the one-core case: there the
+ * helper preempts the caller inside its own pieces.) */
+static backoff small_backoff;
+
+static void note_split_call(int64_t wall_start_ns, int64_t cpu_start_ns) {
+    const int64_t end = now_ns(), cpu = thread_cpu_ns();
+    if (cpu_start_ns < 0 || cpu < 0) return;
+    const int64_t wall = end - wall_start_ns, off_cpu = wall - (cpu - cpu_start_ns);
+    backoff_note(&small_backoff, off_cpu > SMALL_OFF_CPU_MIN_NS && 4 * off_cpu > wall, end);
+}
+
+int mq_parallel_small_split(int nthreads) { return backoff_paused(&small_backoff) ? 1 : nthreads; }
 
 /* ---- the pool ---------------------------------------------------------------------------- */
 
@@ -269,7 +331,8 @@ typedef struct {
 } team_job;
 
 static _Thread_local int team_caller; /* set around the caller's GOMP region */
-static _Atomic int64_t team_paused_until_ns, team_pause_ns, team_calls;
+static _Atomic int64_t team_calls;
+static backoff team_backoff; /* after a team call that waited: the pool alone for a while */
 
 static void team_body(void *arg) {
     team_job *job = arg;
@@ -325,12 +388,10 @@ static void remember_work(mq_range_fn fn, int64_t n, int64_t longest_piece_ns, i
     work_find(fn, n, 1)->work_ns = longest_piece_ns * pieces;
 }
 
-static atomic_int team_backoff_off; /* tests: the back-off's pauses off (a loaded host pauses for real) */
-
 int mq_team_backoff_for_tests(int on) {
-    atomic_store(&team_backoff_off, !on);
-    atomic_store(&team_paused_until_ns, 0);
-    atomic_store(&team_pause_ns, 0);
+    atomic_store(&backoff_off, !on);
+    backoff_reset(&team_backoff);
+    backoff_reset(&small_backoff);
     return 0;
 }
 
@@ -338,9 +399,7 @@ int mq_team_backoff_for_tests(int on) {
 static int team_wanted(mq_range_fn fn, int64_t n, int threads) {
     const work_entry *seen = work_find(fn, n, 0);
     if (!seen || seen->work_ns < TEAM_MIN_WORK_NS) return 0;
-    const int paused = !atomic_load(&team_backoff_off) &&
-                       now_ns() < atomic_load_explicit(&team_paused_until_ns, memory_order_relaxed);
-    return !paused && mq_omp_team_usable(threads);
+    return !backoff_paused(&team_backoff) && mq_omp_team_usable(threads);
 }
 
 static void run_on_team(int64_t n, int64_t piece_items, int pieces, int threads, mq_range_fn fn, void *ctx) {
@@ -353,15 +412,7 @@ static void run_on_team(int64_t n, int64_t piece_items, int pieces, int threads,
     const int64_t end = now_ns(), waited = (job.caller_start_ns - begin) + (end - job.caller_done_ns);
     atomic_fetch_add_explicit(&team_calls, 1, memory_order_relaxed);
     remember_work(fn, n, job.caller_longest_ns, pieces);
-    int64_t pause = atomic_load_explicit(&team_pause_ns, memory_order_relaxed);
-    if (waited > TEAM_WAIT_MIN_NS && waited > 2 * job.caller_longest_ns) {
-        pause = pause < TEAM_PAUSE_MIN_NS ? TEAM_PAUSE_MIN_NS : pause * 2 > TEAM_PAUSE_MAX_NS ? TEAM_PAUSE_MAX_NS : pause * 2;
-        atomic_store_explicit(&team_pause_ns, pause, memory_order_relaxed);
-        atomic_store_explicit(&team_paused_until_ns, end + pause, memory_order_relaxed);
-    } else if (pause) {
-        pause -= pause / 8; /* a good call shortens the next pause a little: load comes and goes */
-        atomic_store_explicit(&team_pause_ns, pause < TEAM_PAUSE_MIN_NS ? 0 : pause, memory_order_relaxed);
-    }
+    backoff_note(&team_backoff, waited > TEAM_WAIT_MIN_NS && waited > 2 * job.caller_longest_ns, end);
 }
 
 int64_t mq_omp_team_calls(void) { return atomic_load(&team_calls); }
@@ -445,11 +496,13 @@ void mq_parallel_for(int64_t n, int64_t min_chunk, int nthreads, mq_range_fn fn,
         fn(ctx, 0, n); /* one thread's worth, nested, or another caller owns the pool */
         return;
     }
+    const int64_t wall_start = now_ns(), cpu_start = thread_cpu_ns();
     if (chosen == BACKEND_OMP_TEAM && team_wanted(fn, n, parts)) {
         const int64_t target = (int64_t)parts * PIECES_PER_THREAD;
         const int64_t piece_items = (units + target - 1) / target * min_chunk;
         atomic_fetch_add_explicit(&split_calls, 1, memory_order_relaxed);
         run_on_team(n, piece_items, (int)((n + piece_items - 1) / piece_items), parts, fn, ctx);
+        note_split_call(wall_start, cpu_start);
         atomic_store(&pool.owned, 0);
         return;
     }
@@ -462,6 +515,7 @@ void mq_parallel_for(int64_t n, int64_t min_chunk, int nthreads, mq_range_fn fn,
         const int64_t piece_items = (units + target - 1) / target * min_chunk;
         const int pieces = (int)((n + piece_items - 1) / piece_items);
         remember_work(fn, n, run_on_pool(n, piece_items, pieces, helpers, fn, ctx), pieces);
+        note_split_call(wall_start, cpu_start);
     }
     atomic_store(&pool.owned, 0);
 }

@@ -71,6 +71,16 @@ def one_torch_thread():
     torch.set_num_threads(previous)
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _no_thread_backoff():
+    """Which calls split over threads must not depend on the host's load: after a call
+    that waited for a descheduled thread, the C layer pauses the omp-team and the split of
+    middling calls (parallel.c), and on a busy CI host that happens for real."""
+    _C.team_backoff_for_tests(False)
+    yield
+    _C.team_backoff_for_tests(True)
+
+
 @pytest.fixture(autouse=True)
 def _quiet_torch_quantized_deprecation():
     # torch 2.13 deprecates its quantized dtypes; we only use them as test oracles

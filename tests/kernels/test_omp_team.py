@@ -507,15 +507,13 @@ def test_no_team_on_another_openmp_runtime(tmp_path):
     _run_script(OTHER_OPENMP, str(tmp_path / "libiomp5.so"))
 
 
-def test_a_model_of_many_layers_keeps_every_layer_on_the_team(two_threads_team, request):
+def test_a_model_of_many_layers_keeps_every_layer_on_the_team(two_threads_team):
     """What a job cost is remembered per (kernel, size): a model has more of those than a
     small direct-mapped table holds, and two that evict each other would stay on the pool."""
     torch.manual_seed(0)
     layers = [(mq.quantize(nn.Linear(512, 16 * k), activations=None).model, torch.randn(160, 512))
               for k in range(40, 140)]  # 100 distinct sizes of one kernel, each a job of 0.3 ms or more
     deadline = time.monotonic() + 90
-    _C.team_backoff_for_tests(False)  # on a loaded host the back-off pauses the team for real
-    request.addfinalizer(lambda: _C.team_backoff_for_tests(True))
     with torch.inference_mode():
         while True:
             missed = 0
