@@ -8,6 +8,7 @@ with fp32, so the two builds meet the same machine load.
   demo         the demo's transformer-like model (mono_quant.demo), int8
                dynamic, the build swapped under kernels.int8 per call.
   demo-weight-only  the same model, int8 weight-only.
+  demo-fp16    the same model, fp16 (the build swapped under kernels.fp16).
   int4         int4 group-128 Linear (_C.q4_linear called directly, int8
                activations where the kernels take them), the same shapes.
 
@@ -15,7 +16,7 @@ Order: a fresh random order each round (common.interleaved "shuffle"), so no
 contender always follows fp32 or the other build.
 
 Usage: python benchmarks/bench_ab.py --baseline /path/to/old/_C.cpython-311-x86_64-linux-gnu.so
-           [weight-only|int4|demo] [--threads T] [--batches 1 32] [--repeats N] [--background-load N]
+           [weight-only|int4|demo|demo-weight-only|demo-fp16] [--threads T] [--batches 1 32] [--repeats N] [--background-load N]
            [--shapes 768x768,3072x768]
            [--isa avx2 ...] [--torch-isa avx2] [--clock cpu] (see isa_cap.py)
 """
@@ -138,35 +139,42 @@ def bench_int4(old, batches, threads, repeats, shapes=SHAPES):
     return rows
 
 
-def bench_demo(old, batches, repeats, activations="dynamic"):
+def bench_demo(old, batches, repeats, mode="dynamic"):
+    """mode: "dynamic" / "weight-only" (int8) or "fp16"; the build swapped in the kernels module
+    that format calls."""
+    import mono_quant.kernels.fp16 as kernels_fp16
     from mono_quant.demo import TransformerLike, _seeded
 
     model = _seeded(TransformerLike(), 1).eval()
-    qmodel = mq.quantize(model, activations=activations).model
+    if mode == "fp16":
+        qmodel, swapped = mq.quantize(model, dtype="fp16").model, kernels_fp16
+    else:
+        qmodel = mq.quantize(model, activations="dynamic" if mode == "dynamic" else None).model
+        swapped = kernels_int8
     rows = []
     for m in batches:
         x = torch.randn(m, 256)
 
         def with_build(module):
             def call():
-                kernels_int8._C = module
+                swapped._C = module
                 try:
                     return qmodel(x)
                 finally:
-                    kernels_int8._C = _C
+                    swapped._C = _C
             return call
 
         with torch.inference_mode():
             stats = timed({"fp32": lambda: model(x), "baseline": with_build(old), "this build": with_build(_C)},
                           repeats)
-        mode = "dynamic" if activations == "dynamic" else "weight-only"
-        rows.append(dict(report(f"demo int8 {mode} batch {m}", stats), batch=m))
+        label = f"demo {mode}" if mode == "fp16" else f"demo int8 {mode}"
+        rows.append(dict(report(f"{label} batch {m}", stats), batch=m))
     return rows
 
 
 def main():
     parser = argparse.ArgumentParser()
-    parser.add_argument("what", choices=["weight-only", "int4", "demo", "demo-weight-only"], nargs="?", default="weight-only")
+    parser.add_argument("what", choices=["weight-only", "int4", "demo", "demo-weight-only", "demo-fp16"], nargs="?", default="weight-only")
     parser.add_argument("--baseline", required=True, help="path of the other build's _C extension file")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--batches", type=int, nargs="+", default=None)
@@ -193,7 +201,7 @@ def main():
             rows = bench_int4(old, args.batches or [1], args.threads, args.repeats, shapes)
         else:
             rows = bench_demo(old, args.batches or [1, 32], args.repeats,
-                              "dynamic" if args.what == "demo" else None)
+                              {"demo": "dynamic", "demo-weight-only": "weight-only", "demo-fp16": "fp16"}[args.what])
     path = write_results(f"bench_ab_{args.what}_t{args.threads}" + (f"_bg{args.background_load}"
                                                                    if args.background_load else ""),
                          {"machine": info, "rows": rows})
