@@ -114,7 +114,7 @@ run_sanitized = mkdir -p build && \
 	reports=$$(grep -c -e "ERROR: AddressSanitizer" -e "runtime error:" $(SAN_LOG)); \
 	echo "sanitizer reports: $$reports (log: $(SAN_LOG))"; \
 	test "$$(cat $(SAN_LOG).status)" = 0 && test "$$reports" = 0
-SAN_TESTS := tests/nn/test_dynamic_conv_direct.py tests/nn/test_dynamic_conv_odd_channels.py tests/kernels/test_quant_kernels.py tests/kernels/test_int4_kernels.py tests/kernels/test_int8_linear.py \
+SAN_TESTS := tests/kernels/test_weight_only_order.py tests/nn/test_dynamic_conv_direct.py tests/nn/test_dynamic_conv_odd_channels.py tests/kernels/test_quant_kernels.py tests/kernels/test_int4_kernels.py tests/kernels/test_int8_linear.py \
 	tests/nn/test_int8_conv.py tests/kernels/test_quantize_pack.py tests/nn/test_quantized_embedding.py \
 	tests/kernels/test_properties_c.py tests/kernels/test_size_overflow.py tests/io/test_io_*.py \
 	tests/kernels/test_static_kernels.py tests/kernels/test_properties_static.py \

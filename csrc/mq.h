@@ -165,7 +165,10 @@ typedef void (*mq_pack_panel_fn)(const int8_t *rows, int64_t ld, int64_t nvalid,
 /* Weight-only matmul over the panels [p0, p1): fp32 activations times the
  * packed int8 weight dequantized in registers:
  *     y[m][n] = (sum_k x[m][k] * (float)(w[n][k] - w_zp[n])) * w_scale[n] + bias[n]
- * (the sum's order is the kernel's own: equal to fp32 rounding only). */
+ * The sum's order: the scalar reference adds the k products in order; every SIMD
+ * level keeps 4 partial sums (lane j over k = 4g + j, g in order, one fma each) and
+ * returns ((l0 + l1) + (l2 + l3)) * scale (+ bias): whatever its tiles, the same bits
+ * (tests/kernels/test_weight_only_order.py models both orders bit for bit). */
 typedef struct {
     const float *x;        /* [m][kp] fp32, zero padded to kp */
     int64_t m, kp, n;

@@ -76,6 +76,31 @@ static void qgemm_avx2(const mq_qgemm_args *a, int64_t p0, int64_t p1) {
 
 /* ---- weight-only: lanes are 2 channels x 4 k; channel sums at the end ---- */
 
+/* One row's 4 channels from the two accumulators (lanes: channel c's 4 k
+ * partial sums at 4c..4c+3): ((l0 + l1) + (l2 + l3)) * scale + bias, the
+ * same operations as the other tiles' scalar epilogue (two hadds pair the
+ * lanes in that order), so the same bits; 4 stores in one.  A last quarter
+ * of fewer than 4 channels takes the scalar loop. */
+MQ_INLINE void wquarter_store(const mq_wgemm_args *a, __m256 lo, __m256 hi, int64_t row, int64_t n0) {
+    if (n0 + 4 <= a->n) {
+        const __m256 pairs = _mm256_hadd_ps(lo, hi);     /* c0 01, c0 23, c2 01, c2 23 | c1 .., c3 .. */
+        const __m256 sums = _mm256_hadd_ps(pairs, pairs); /* c0, c2, c0, c2 | c1, c3, c1, c3 */
+        __m128 y = _mm_unpacklo_ps(_mm256_castps256_ps128(sums), _mm256_extractf128_ps(sums, 1));
+        y = _mm_mul_ps(y, _mm_loadu_ps(a->w_scale + n0));
+        if (a->bias) y = _mm_add_ps(y, _mm_loadu_ps(a->bias + n0));
+        _mm_storeu_ps(a->y + row * a->n + n0, y);
+        return;
+    }
+    float lanes[16];
+    _mm256_storeu_ps(lanes, lo);
+    _mm256_storeu_ps(lanes + 8, hi);
+    for (int c = 0; c < 4 && n0 + c < a->n; c++) {
+        float y = ((lanes[4 * c] + lanes[4 * c + 1]) + (lanes[4 * c + 2] + lanes[4 * c + 3])) * a->w_scale[n0 + c];
+        if (a->bias) y = y + a->bias[n0 + c];
+        a->y[row * a->n + n0 + c] = y;
+    }
+}
+
 MQ_INLINE void wgemm_tile(const mq_wgemm_args *a, int64_t m0, int64_t p, int half, const int mt) {
     const int64_t groups = a->kp / MQ_KGROUP, kp = a->kp, n0 = p * MQ_PANEL + half * 8;
     const int8_t *w = a->w + p * groups * 64 + half * 32;
@@ -103,13 +128,8 @@ MQ_INLINE void wgemm_tile(const mq_wgemm_args *a, int64_t m0, int64_t p, int hal
         }
     }
     for (int i = 0; i < mt; i++) {
-        float lanes[32];
-        for (int q = 0; q < 4; q++) _mm256_storeu_ps(lanes + 8 * q, acc[i][q]);
-        for (int c = 0; c < 8 && n0 + c < a->n; c++) {
-            float y = ((lanes[4 * c] + lanes[4 * c + 1]) + (lanes[4 * c + 2] + lanes[4 * c + 3])) * a->w_scale[n0 + c];
-            if (a->bias) y = y + a->bias[n0 + c];
-            a->y[(m0 + i) * a->n + n0 + c] = y;
-        }
+        wquarter_store(a, acc[i][0], acc[i][1], m0 + i, n0);
+        if (n0 + 4 < a->n) wquarter_store(a, acc[i][2], acc[i][3], m0 + i, n0 + 4);
     }
 }
 
@@ -143,15 +163,12 @@ MQ_INLINE void wgemv_body(const mq_wgemm_args *a, int64_t m0, int64_t p, const i
         WGEMV_STEP(0) WGEMV_STEP(1) WGEMV_STEP(2) WGEMV_STEP(3)
         WGEMV_STEP(4) WGEMV_STEP(5) WGEMV_STEP(6) WGEMV_STEP(7)
     }
-    float lanes[64];
-    _mm256_storeu_ps(lanes, acc0), _mm256_storeu_ps(lanes + 8, acc1), _mm256_storeu_ps(lanes + 16, acc2);
-    _mm256_storeu_ps(lanes + 24, acc3), _mm256_storeu_ps(lanes + 32, acc4), _mm256_storeu_ps(lanes + 40, acc5);
-    _mm256_storeu_ps(lanes + 48, acc6), _mm256_storeu_ps(lanes + 56, acc7);
-    for (int c = 0; c < MQ_PANEL && n0 + c < a->n; c++) {
-        float y = ((lanes[4 * c] + lanes[4 * c + 1]) + (lanes[4 * c + 2] + lanes[4 * c + 3])) * a->w_scale[n0 + c];
-        if (a->bias) y = y + a->bias[n0 + c];
-        a->y[m0 * a->n + n0 + c] = y;
-    }
+    /* quarters of 4 channels (accumulator pairs), vector epilogues: the scalar one was
+     * about 7% of a 1-row call at K = 256 */
+    wquarter_store(a, acc0, acc1, m0, n0);
+    if (n0 + 4 < a->n) wquarter_store(a, acc2, acc3, m0, n0 + 4);
+    if (n0 + 8 < a->n) wquarter_store(a, acc4, acc5, m0, n0 + 8);
+    if (n0 + 12 < a->n) wquarter_store(a, acc6, acc7, m0, n0 + 12);
 }
 
 static void wgemv_panel(const mq_wgemm_args *a, int64_t m0, int64_t p) {
@@ -176,31 +193,6 @@ static void wgemv_panel(const mq_wgemm_args *a, int64_t m0, int64_t p) {
     }
 #define WQ_STORE(i, R)                                                                       \
     if ((i) < (R)) wquarter_store(a, acc##i##a, acc##i##b, m0 + (i), n0);
-
-/* One row's 4 channels from the two accumulators (lanes: channel c's 4 k
- * partial sums at 4c..4c+3): ((l0 + l1) + (l2 + l3)) * scale + bias, the
- * same operations as the other tiles' scalar epilogue (two hadds pair the
- * lanes in that order), so the same bits; 4 stores in one.  A last quarter
- * of fewer than 4 channels takes the scalar loop. */
-MQ_INLINE void wquarter_store(const mq_wgemm_args *a, __m256 lo, __m256 hi, int64_t row, int64_t n0) {
-    if (n0 + 4 <= a->n) {
-        const __m256 pairs = _mm256_hadd_ps(lo, hi);     /* c0 01, c0 23, c2 01, c2 23 | c1 .., c3 .. */
-        const __m256 sums = _mm256_hadd_ps(pairs, pairs); /* c0, c2, c0, c2 | c1, c3, c1, c3 */
-        __m128 y = _mm_unpacklo_ps(_mm256_castps256_ps128(sums), _mm256_extractf128_ps(sums, 1));
-        y = _mm_mul_ps(y, _mm_loadu_ps(a->w_scale + n0));
-        if (a->bias) y = _mm_add_ps(y, _mm_loadu_ps(a->bias + n0));
-        _mm_storeu_ps(a->y + row * a->n + n0, y);
-        return;
-    }
-    float lanes[16];
-    _mm256_storeu_ps(lanes, lo);
-    _mm256_storeu_ps(lanes + 8, hi);
-    for (int c = 0; c < 4 && n0 + c < a->n; c++) {
-        float y = ((lanes[4 * c] + lanes[4 * c + 1]) + (lanes[4 * c + 2] + lanes[4 * c + 3])) * a->w_scale[n0 + c];
-        if (a->bias) y = y + a->bias[n0 + c];
-        a->y[row * a->n + n0 + c] = y;
-    }
-}
 
 MQ_INLINE void wquarter_body(const mq_wgemm_args *a, int64_t m0, int64_t p, int quarter, const int R,
                              const int has_zp) {

@@ -15,6 +15,23 @@ static inline __mmask16 tail_mask(int64_t left) {
 
 /* ---- weight-only: lanes are 4 channels x 4 k; channel sums at the end ---- */
 
+/* Lane 4c of the result: (v[4c] + v[4c+1]) + (v[4c+2] + v[4c+3]) (two in-lane swaps). */
+MQ_INLINE __m512 lane_sums(__m512 v) {
+    const __m512 pairs = _mm512_add_ps(v, _mm512_permute_ps(v, _MM_SHUFFLE(2, 3, 0, 1)));
+    return _mm512_add_ps(pairs, _mm512_permute_ps(pairs, _MM_SHUFFLE(1, 0, 3, 2)));
+}
+
+/* One row's 16 channel sums from its 4 accumulators (channel 4q + c's partial sums at
+ * lanes 4c..4c+3 of acc[q]), in channel order.  The scalar epilogue this replaces (lanes
+ * stored, then 16 x 3 adds, at 6 rows about as many operations as the FMAs of K = 256)
+ * added the same lanes in the same order, so the same bits. */
+MQ_INLINE __m512 wpanel_sums(const __m512 acc[4]) {
+    const __m512i every4th = _mm512_set_epi32(28, 24, 20, 16, 12, 8, 4, 0, 28, 24, 20, 16, 12, 8, 4, 0);
+    const __m512 c0_7 = _mm512_permutex2var_ps(lane_sums(acc[0]), every4th, lane_sums(acc[1]));
+    const __m512 c8_15 = _mm512_permutex2var_ps(lane_sums(acc[2]), every4th, lane_sums(acc[3]));
+    return _mm512_shuffle_f32x4(c0_7, c8_15, _MM_SHUFFLE(1, 0, 1, 0));
+}
+
 MQ_INLINE void wgemm_tile(const mq_wgemm_args *a, int64_t m0, int64_t p, const int mt) {
     const int64_t groups = a->kp / MQ_KGROUP, kp = a->kp, n0 = p * MQ_PANEL;
     const int8_t *w = a->w + p * groups * 64;
@@ -44,14 +61,13 @@ MQ_INLINE void wgemm_tile(const mq_wgemm_args *a, int64_t m0, int64_t p, const i
             for (int q = 0; q < 4; q++) acc[i][q] = _mm512_fmadd_ps(wf[q], xb, acc[i][q]);
         }
     }
+    const __mmask16 valid = tail_mask(a->n - n0);
+    const __m512 scale = _mm512_maskz_loadu_ps(valid, a->w_scale + n0);
+    const __m512 bias = a->bias ? _mm512_maskz_loadu_ps(valid, a->bias + n0) : _mm512_setzero_ps();
     for (int i = 0; i < mt; i++) {
-        float lanes[64];
-        for (int q = 0; q < 4; q++) _mm512_storeu_ps(lanes + 16 * q, acc[i][q]);
-        for (int c = 0; c < MQ_PANEL && n0 + c < a->n; c++) {
-            float y = ((lanes[4 * c] + lanes[4 * c + 1]) + (lanes[4 * c + 2] + lanes[4 * c + 3])) * a->w_scale[n0 + c];
-            if (a->bias) y = y + a->bias[n0 + c];
-            a->y[(m0 + i) * a->n + n0 + c] = y;
-        }
+        __m512 y = _mm512_mul_ps(wpanel_sums(acc[i]), scale);
+        if (a->bias) y = _mm512_add_ps(y, bias); /* no bias, no add: -0 + 0 would be +0 */
+        _mm512_mask_storeu_ps(a->y + (m0 + i) * a->n + n0, valid, y);
     }
 }
 
@@ -61,9 +77,16 @@ typedef void (*wtile_fn)(const mq_wgemm_args *a, int64_t m0, int64_t p);
 WTILE(1) WTILE(2) WTILE(3) WTILE(4) WTILE(5) WTILE(6)
 static const wtile_fn wtiles[7] = {NULL, wtile_1, wtile_2, wtile_3, wtile_4, wtile_5, wtile_6};
 
+/* ceil(m / 6) tiles as even as can be (8 rows: 4 + 4, 32: 6 6 5 5 5 5), not 6s and a
+ * remainder: a 1-2 row tile converts the panel's weights for too few FMAs. */
 static void wgemm_avx512(const mq_wgemm_args *a, int64_t p0, int64_t p1) {
+    const int64_t count = (a->m + 5) / 6;
     for (int64_t p = p0; p < p1; p++)
-        for (int64_t m0 = 0; m0 < a->m; m0 += 6) wtiles[a->m - m0 < 6 ? a->m - m0 : 6](a, m0, p);
+        for (int64_t t = 0, m0 = 0; t < count; t++) {
+            const int64_t rows = a->m / count + (t < a->m % count);
+            wtiles[rows](a, m0, p);
+            m0 += rows;
+        }
 }
 
 const mq_kernels mq_avx512_linear_table = {
