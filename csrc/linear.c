@@ -139,8 +139,8 @@ static int64_t gemv_rows(int nthreads) {
 /* The weight-only kernels convert every weight to fp32 and run fp32 FMAs: a
  * multiply-add costs them about 4 of the int8 kernels' (Linear 1024x256 at 32
  * rows: 129 us on one thread, the fp32 BLAS 138 us on two), so their work is
- * counted 4x against the one-thread floor and for the pieces (counted 1x, the
- * demo model's 2^23 layers at batch 32 never split: parity with fp32).  The
+ * counted 4x against the one-thread floor (the same time as the int8 calls
+ * below it) and for the pieces (4x as many: a late helper holds less).  The
  * always-split threshold stays in plain multiply-adds, where it was measured
  * safe under load. */
 #define MQ_WO_MAC_COST 4

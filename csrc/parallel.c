@@ -24,9 +24,16 @@
  * says how, and how fork stays safe.  The team's end of region waits for
  * every worker, so after a call that waited too long for one (descheduled:
  * other processes hold the cores) the pool is used alone for a while
- * (TEAM_PAUSE_*).  The default since a quiet 2-core host measured it at
+ * (BACKOFF_PAUSE_*).  The default since a quiet 2-core host measured it at
  * 1.3-1.9x the pool's speed on large calls (docs/benchmarks.md, "torch's
  * OpenMP team"); MONO_QUANT_THREADS=pool uses the pool alone.
+ *
+ * Middling calls (a kernel's rule: mq_parallel_small_split) split only while
+ * the split ones' callers keep their cores, and run on one thread for a while
+ * (BACKOFF_PAUSE_*) after one whose caller was off its core for a good part
+ * of the call: where the cores are shared, a woken helper takes the caller's
+ * core or claims a piece and is descheduled, and such a call is short enough
+ * that a lost scheduler slice costs it many times what a second thread saves.
  *
  * "pthreads" (MONO_QUANT_THREADS=pthreads) is the simple fallback: threads
  * started and joined per call, one contiguous share each. */
@@ -54,8 +61,8 @@
 #define CALLER_SPIN_MAX_NS 2000000 /* and at most (a helper that takes longer was descheduled) */
 #define TEAM_WAIT_MIN_NS 200000 /* a team call whose caller waited past its last piece longer than this */
                                 /* and than 2 of its own pieces had a descheduled worker: */
-#define TEAM_PAUSE_MIN_NS 50000000    /* then the pool alone for 50 ms, */
-#define TEAM_PAUSE_MAX_NS 1600000000  /* doubled while it stays so, up to 1.6 s */
+#define BACKOFF_PAUSE_MIN_NS 50000000    /* then the pool alone for 50 ms, */
+#define BACKOFF_PAUSE_MAX_NS 1600000000  /* doubled while it stays so, up to 1.6 s */
 #define TEAM_MIN_WORK_NS 200000 /* jobs of less work (one thread's time, last seen) stay on the pool: */
                                 /* a wait for a descheduled worker would cost them many times their time. */
                                 /* 0.2 ms, not 1 ms: the fp16 convs' 0.2-1 ms regions on the pool, just */
@@ -105,8 +112,8 @@ static void futex_wake(atomic_uint *word, int count) { (void)word, (void)count; 
 
 /* ---- back-off: after a call that waited for a descheduled thread, pause ---------------------- */
 
-/* A pause that starts at TEAM_PAUSE_MIN_NS after a call that waited, doubles
- * while calls keep waiting (up to TEAM_PAUSE_MAX_NS) and shrinks a little with
+/* A pause that starts at BACKOFF_PAUSE_MIN_NS after a call that waited, doubles
+ * while calls keep waiting (up to BACKOFF_PAUSE_MAX_NS) and shrinks a little with
  * each call that did not: load comes and goes, and under steady load a wait
  * costs a scheduler slice once per longest pause instead of once per call. */
 typedef struct {
@@ -119,15 +126,16 @@ static int backoff_paused(backoff *b) {
     return !atomic_load(&backoff_off) && now_ns() < atomic_load_explicit(&b->paused_until_ns, memory_order_relaxed);
 }
 
+/* Read-modify-write without a lock: only the pool's owner (pool.owned) calls it. */
 static void backoff_note(backoff *b, int waited_too_long, int64_t end_ns) {
     int64_t pause = atomic_load_explicit(&b->pause_ns, memory_order_relaxed);
     if (waited_too_long) {
-        pause = pause < TEAM_PAUSE_MIN_NS ? TEAM_PAUSE_MIN_NS : pause * 2 > TEAM_PAUSE_MAX_NS ? TEAM_PAUSE_MAX_NS : pause * 2;
+        pause = pause < BACKOFF_PAUSE_MIN_NS ? BACKOFF_PAUSE_MIN_NS : pause * 2 > BACKOFF_PAUSE_MAX_NS ? BACKOFF_PAUSE_MAX_NS : pause * 2;
         atomic_store_explicit(&b->pause_ns, pause, memory_order_relaxed);
         atomic_store_explicit(&b->paused_until_ns, end_ns + pause, memory_order_relaxed);
     } else if (pause) {
         pause -= pause / 8;
-        atomic_store_explicit(&b->pause_ns, pause < TEAM_PAUSE_MIN_NS ? 0 : pause, memory_order_relaxed);
+        atomic_store_explicit(&b->pause_ns, pause < BACKOFF_PAUSE_MIN_NS ? 0 : pause, memory_order_relaxed);
     }
 }
 
@@ -154,7 +162,11 @@ static void note_split_call(int64_t wall_start_ns, int64_t cpu_start_ns) {
     backoff_note(&small_backoff, off_cpu > SMALL_OFF_CPU_MIN_NS && 4 * off_cpu > wall, end);
 }
 
-int mq_parallel_small_split(int nthreads) { return backoff_paused(&small_backoff) ? 1 : nthreads; }
+/* Set when a middling call was let split: the next split call on this thread
+ * (that one's) is timed for the back-off.  Only those: the two thread-CPU-clock
+ * reads are system calls (~0.75 us each), and the other calls' good runs would
+ * shorten the pause the middling ones' bad runs set. */
+static _Thread_local int time_next_split;
 
 /* ---- the pool ---------------------------------------------------------------------------- */
 
@@ -478,6 +490,13 @@ int mq_set_threading_backend(const char *name) {
 
 const char *mq_threading_backend(void) { return backend_names[atomic_load(&backend)]; }
 
+int mq_parallel_small_split(int nthreads) {
+    /* pthreads starts threads per call: never worth it for a middling call */
+    if (nthreads <= 1 || atomic_load(&backend) == BACKEND_PTHREADS || backoff_paused(&small_backoff)) return 1;
+    time_next_split = 1;
+    return nthreads;
+}
+
 void mq_parallel_for(int64_t n, int64_t min_chunk, int nthreads, mq_range_fn fn, void *ctx) {
     if (n <= 0) return;
     if (min_chunk < 1) min_chunk = 1;
@@ -496,13 +515,15 @@ void mq_parallel_for(int64_t n, int64_t min_chunk, int nthreads, mq_range_fn fn,
         fn(ctx, 0, n); /* one thread's worth, nested, or another caller owns the pool */
         return;
     }
-    const int64_t wall_start = now_ns(), cpu_start = thread_cpu_ns();
+    const int timed = time_next_split;
+    time_next_split = 0;
+    const int64_t wall_start = timed ? now_ns() : 0, cpu_start = timed ? thread_cpu_ns() : -1;
     if (chosen == BACKEND_OMP_TEAM && team_wanted(fn, n, parts)) {
         const int64_t target = (int64_t)parts * PIECES_PER_THREAD;
         const int64_t piece_items = (units + target - 1) / target * min_chunk;
         atomic_fetch_add_explicit(&split_calls, 1, memory_order_relaxed);
         run_on_team(n, piece_items, (int)((n + piece_items - 1) / piece_items), parts, fn, ctx);
-        note_split_call(wall_start, cpu_start);
+        if (timed) note_split_call(wall_start, cpu_start);
         atomic_store(&pool.owned, 0);
         return;
     }
@@ -515,7 +536,7 @@ void mq_parallel_for(int64_t n, int64_t min_chunk, int nthreads, mq_range_fn fn,
         const int64_t piece_items = (units + target - 1) / target * min_chunk;
         const int pieces = (int)((n + piece_items - 1) / piece_items);
         remember_work(fn, n, run_on_pool(n, piece_items, pieces, helpers, fn, ctx), pieces);
-        note_split_call(wall_start, cpu_start);
+        if (timed) note_split_call(wall_start, cpu_start);
     }
     atomic_store(&pool.owned, 0);
 }
