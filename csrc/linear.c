@@ -152,7 +152,7 @@ static int threads_for_call(int64_t m, int64_t kp, int64_t n, int nthreads, int 
 
 static int64_t panels_per_chunk(int64_t m, int64_t kp, int mac_cost) {
     const int64_t per_panel = m * kp * MQ_PANEL * mac_cost, min_macs = min_macs_per_thread();
-    return per_panel >= min_macs ? 1 : (min_macs + per_panel - 1) / per_panel;
+    return mq_items_per_chunk(per_panel, min_macs);
 }
 
 /* ---- dynamic int8 ------------------------------------------------------------ */
