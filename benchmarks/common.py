@@ -6,10 +6,10 @@ reported (see ../shared/BENCHMARKS.md)."""
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import json
 import os
 import platform
-import random
 import statistics
 import subprocess
 import sys
@@ -19,6 +19,20 @@ from typing import Callable, Dict, Iterator
 
 import numpy as np
 import torch
+
+
+def _checkout_timing():
+    """This checkout's python/mono_quant/timing.py, loaded by path: the A/B scripts
+    (bench_act_rows.py --base, bench_restructure.py --old) run a worker with an older
+    mono_quant first on the path, and both workers must time with the same loop."""
+    path = Path(__file__).resolve().parent.parent / "python" / "mono_quant" / "timing.py"
+    spec = importlib.util.spec_from_file_location("_checkout_mono_quant_timing", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+interleaved_times = _checkout_timing().interleaved_times
 
 __all__ = ["machine_info", "interleaved", "summary", "write_results", "background_load", "RESULTS_DIR"]
 
@@ -54,32 +68,18 @@ def interleaved(contenders: Dict[str, Callable[[], object]], repeats: int = 15, 
                 order: str = "rotate", seed: int = 0,
                 clock: Callable[[], float] = time.perf_counter) -> Dict[str, list]:
     """Time each contender ``repeats`` times, interleaved, after ``warmup`` rounds;
-    seconds per call (of ``clock``).
+    seconds per call (of ``clock``): the package's timer (mono_quant.timing), the one
+    ``mono-quant bench`` uses, with the benchmarks' default order.
 
     The call right after fp32 F.linear / conv2d runs measurably slower (torch's
     OpenMP team still winding down; ~0.4 ms at 4096x4096 batch 1, more on a busy
     machine), so no contender may always hold that slot.  ``order``: "rotate"
     starts each round one contender later (A B C, B C A, ...); "shuffle" runs
     each round in a fresh random order (seeded), which also keeps one contender
-    from following fp32 in every round but one; "fixed" is A B C every round.
+    from following fp32 in every round but one; "fixed" is A B C every round;
+    "reverse" (the package's) runs every other round backwards.
     """
-    if order not in ("rotate", "shuffle", "fixed"):
-        raise ValueError(f"order must be 'rotate', 'shuffle' or 'fixed', got {order!r}")
-    names = list(contenders)
-    shuffler = random.Random(seed)
-    for _ in range(warmup):
-        for fn in contenders.values():
-            fn()
-    times = {name: [] for name in names}
-    for r in range(repeats):
-        if order == "shuffle":
-            shuffler.shuffle(names)
-        for j in range(len(names)):
-            name = names[(r + j) % len(names)] if order == "rotate" else names[j]
-            t0 = clock()
-            contenders[name]()
-            times[name].append(clock() - t0)
-    return times
+    return interleaved_times(contenders, repeats, warmup, order=order, seed=seed, clock=clock)
 
 
 def summary(samples: list) -> dict:

@@ -367,7 +367,7 @@ int mq_conv2d_dynamic_direct(const void *x, mq_src_t kind, int64_t batch, int64_
                     padded_bytes, k, kp, cols_rows, packed, w_sum, w_scale, bias, n, np, ones, zcol, reduce_range,
                     flip, y, nchw, rows_per_item, per_image, NULL, NULL, NULL, 0};
     const int64_t item_macs = mq_size_mul(mq_size_mul(mq_size_mul(rows_per_item, out_w), k), n);
-    const int64_t min_chunk = item_macs >= MIN_ITEM_MACS ? 1 : (MIN_ITEM_MACS + item_macs - 1) / item_macs;
+    const int64_t min_chunk = mq_items_per_chunk(item_macs, MIN_ITEM_MACS);
     int64_t t = mq_conv_profile_start();
     if (per_image == 1) {
         mq_parallel_for(batch, min_chunk, nthreads, images_range, &c);

@@ -90,6 +90,6 @@ void mq_h16_linear(const float *x, int64_t m, int64_t k, int64_t ldx, const uint
         group_rows = mq_round_up((m + 2 * nthreads - 1) / (2 * nthreads), ROW_BLOCK);
     h16_ctx c = {is_bf16 ? kt->bf16_gemm : kt->f16_gemm, x, m, k, ldx, w, bias, n, y, units, group_rows};
     const int64_t per_unit = group_rows * k * UNIT_COLS, groups = (m + group_rows - 1) / group_rows;
-    const int64_t min_units = per_unit >= MIN_MACS_PER_PIECE ? 1 : (MIN_MACS_PER_PIECE + per_unit - 1) / per_unit;
+    const int64_t min_units = mq_items_per_chunk(per_unit, MIN_MACS_PER_PIECE);
     mq_parallel_for(groups * units, min_units, nthreads, h16_range, &c);
 }

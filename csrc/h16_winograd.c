@@ -149,13 +149,16 @@ typedef struct {
     float *y;
     int64_t channels, n, blocks, strips, tiles, th, tw, out_h, out_w;
     int *failed;
+    int *nonfinite; /* set when an output written is Inf or NaN: the call then reruns as the direct conv */
 } gemm_ctx;
 
-/* Items [begin, end): (block, strip of tiles): the 16 GEMMs, then A^T M A + bias into y. */
+/* Items [begin, end): (block, strip of tiles): the 16 GEMMs, then A^T M A + bias into y,
+ * each output checked for Inf / NaN as it is written (no serial pass over y after). */
 static void gemm_range(void *vctx, int64_t begin, int64_t end) {
     const gemm_ctx *c = vctx;
     float *m = malloc((size_t)16 * STRIP * BLOCK * sizeof(float));
     int64_t pix[STRIP];
+    uint32_t bad = 0; /* an exponent of all ones: Inf or NaN */
     if (!m) {
         __atomic_store_n(c->failed, 1, __ATOMIC_RELAXED);
         return;
@@ -199,22 +202,16 @@ static void gemm_range(void *vctx, int64_t begin, int64_t end) {
             for (int64_t j = 0; j < nb; j++) {
                 float *dst = c->y + ((b * c->n + blk * BLOCK + j) * c->out_h + oh) * c->out_w + ow;
                 for (int i = 0; i < rows; i++)
-                    for (int q = 0; q < cols; q++) dst[i * c->out_w + q] = out[2 * i + q][j];
+                    for (int q = 0; q < cols; q++) {
+                        const float value = out[2 * i + q][j];
+                        dst[i * c->out_w + q] = value;
+                        bad |= (mq_f32_to_bits(value) & 0x7F800000u) == 0x7F800000u;
+                    }
             }
         }
     }
+    if (bad) __atomic_store_n(c->nonfinite, 1, __ATOMIC_RELAXED);
     free(m);
-}
-
-/* Whether every one of count floats is finite (no Inf, no NaN). */
-static int all_finite(const float *y, int64_t count) {
-    uint32_t bad = 0;
-    for (int64_t i = 0; i < count; i++) {
-        uint32_t bits;
-        memcpy(&bits, y + i, 4);
-        bad |= (bits & 0x7F800000u) == 0x7F800000u;
-    }
-    return !bad;
 }
 
 int mq_h16_wino2d(const float *x, int64_t batch, int64_t channels, int64_t height, int64_t width, int64_t ph,
@@ -237,19 +234,22 @@ int mq_h16_wino2d(const float *x, int64_t batch, int64_t channels, int64_t heigh
     float *biases = malloc(mq_alloc_bytes(blocks, BLOCK * sizeof(float), 1));
     int64_t *off = malloc(mq_alloc_bytes(channels, sizeof(int64_t), 1));
     float zeros[BLOCK] = {0};
-    int status = -1, failed = 0; /* failed: a range could not allocate its buffer */
+    int status = -1, failed = 0, nonfinite = 0; /* failed: a range could not allocate its buffer */
     if (!v || !u || !panel || !biases || !off) goto done;
     if ((double)batch * out_h * out_w * (double)channels * 9.0 * (double)n < ONE_THREAD_MACS) nthreads = 1;
     wu_ctx wc = {kt, w, bias, u, biases, panel, is_bf16, channels, n, blocks};
     mq_parallel_for(blocks, 1, nthreads, weight_range, &wc);
-    for (int64_t b0 = 0; b0 < batch && !__atomic_load_n(&failed, __ATOMIC_RELAXED); b0 += chunk) {
+    /* (a pass that wrote an Inf / NaN ends the passes: the direct conv reruns the whole call) */
+    for (int64_t b0 = 0;
+         b0 < batch && !__atomic_load_n(&failed, __ATOMIC_RELAXED) && !__atomic_load_n(&nonfinite, __ATOMIC_RELAXED);
+         b0 += chunk) {
         const int64_t images = batch - b0 < chunk ? batch - b0 : chunk, tiles = images * image_tiles;
         vin_ctx vc = {x + b0 * channels * height * width, v, channels, height, width, ph, pw, th, tw, tiles, hq, wq,
                       &failed};
         mq_parallel_for(images * channels, 1, nthreads, input_range, &vc);
         for (int64_t ch = 0; ch < channels; ch++) off[ch] = ch * tiles;
         gemm_ctx gc = {kt, v, u, biases, zeros, off, y + b0 * n * out_h * out_w, channels, n, blocks,
-                       (tiles + STRIP - 1) / STRIP, tiles, th, tw, out_h, out_w, &failed};
+                       (tiles + STRIP - 1) / STRIP, tiles, th, tw, out_h, out_w, &failed, &nonfinite};
         if (!__atomic_load_n(&failed, __ATOMIC_RELAXED))
             mq_parallel_for(blocks * gc.strips, 1, nthreads, gemm_range, &gc);
     }
@@ -260,7 +260,7 @@ done:
     free(panel);
     free(biases);
     free(off);
-    if (status == 0 && !all_finite(y, batch * n * out_h * out_w)) /* Inf / NaN: the direct conv's, torch's */
+    if (status == 0 && __atomic_load_n(&nonfinite, __ATOMIC_RELAXED)) /* Inf / NaN: the direct conv's, torch's */
         status = mq_h16_dconv2d(x, batch, channels, height, width, 3, 3, 1, 1, ph, pw, 1, 1, 1, w, is_bf16, bias, n,
                                 y, nthreads);
     return status;

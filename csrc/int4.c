@@ -342,7 +342,7 @@ void mq_q4_dequantize(const uint8_t *packed, const uint16_t *scale, const uint8_
 static int64_t row_chunk(int64_t m, int64_t kpad) {
     int64_t rows = (int64_t)(256 << 10) / (kpad / 2 > 0 ? kpad / 2 : 1);
     const int64_t per_row = m * kpad;
-    const int64_t work_rows = per_row > 0 ? (Q4_MIN_CHUNK_MACS + per_row - 1) / per_row : rows;
+    const int64_t work_rows = mq_items_per_chunk(per_row, Q4_MIN_CHUNK_MACS);
     if (work_rows < rows) rows = (work_rows + 3) / 4 * 4;
     rows = rows / 4 * 4;
     return rows < 4 ? 4 : rows;

@@ -152,7 +152,7 @@ static int threads_for_call(int64_t m, int64_t kp, int64_t n, int nthreads, int 
 
 static int64_t panels_per_chunk(int64_t m, int64_t kp, int mac_cost) {
     const int64_t per_panel = m * kp * MQ_PANEL * mac_cost, min_macs = min_macs_per_thread();
-    return per_panel >= min_macs ? 1 : (min_macs + per_panel - 1) / per_panel;
+    return mq_items_per_chunk(per_panel, min_macs);
 }
 
 /* ---- dynamic int8 ------------------------------------------------------------ */
@@ -199,31 +199,49 @@ static void quantize_x_range(void *vctx, int64_t begin, int64_t end) {
     }
 }
 
-/* Work items are (row block, panel) pairs, flattened row block major; a
- * chunk of items runs as one kernel call per row block it touches. */
+/* Work items of the int8 and weight-only GEMMs are (row block, panel) pairs,
+ * flattened row block major; a chunk of items runs as one kernel call per
+ * row block it touches: block(ctx, m0, rows, p0, p1) on rows [m0, m0 + rows)
+ * and panels [p0, p1).  A GEMM's context starts with this walk. */
 typedef struct {
-    mq_qgemm_fn fn;
-    const mq_qgemm_args *a;
-    int64_t panels, row_block;
-} qgemm_ctx;
+    void (*block)(const void *ctx, int64_t m0, int64_t rows, int64_t p0, int64_t p1);
+    int64_t m, panels, row_block;
+} block_panel_walk;
 
-static void qgemm_range(void *vctx, int64_t begin, int64_t end) {
-    const qgemm_ctx *c = vctx;
+static void block_panel_range(void *vctx, int64_t begin, int64_t end) {
+    const block_panel_walk *w = vctx;
     while (begin < end) {
-        const int64_t rb = begin / c->panels, p0 = begin % c->panels;
-        const int64_t p1 = p0 + (end - begin) < c->panels ? p0 + (end - begin) : c->panels;
-        const int64_t m0 = rb * c->row_block;
-        mq_qgemm_args sub = *c->a;
-        sub.m = c->a->m - m0 < c->row_block ? c->a->m - m0 : c->row_block;
-        sub.x += m0 * sub.kp;
-        sub.x_scale += m0;
-        if (sub.x_sum) sub.x_sum += m0;
-        if (sub.x_zp) sub.x_zp += m0;
-        if (sub.y) sub.y += m0 * sub.ldy;
-        if (sub.acc) sub.acc += m0 * sub.ldy;
-        c->fn(&sub, p0, p1);
+        const int64_t m0 = begin / w->panels * w->row_block, p0 = begin % w->panels;
+        const int64_t p1 = p0 + (end - begin) < w->panels ? p0 + (end - begin) : w->panels;
+        w->block(vctx, m0, w->m - m0 < w->row_block ? w->m - m0 : w->row_block, p0, p1);
         begin += p1 - p0;
     }
+}
+
+/* Every (row block, panel) item of w on up to nthreads threads, chunks of kp-deep panels
+ * sized by panels_per_chunk (mac_cost: its weight of a multiply-add). */
+static void run_block_panels(block_panel_walk *w, int64_t kp, int mac_cost, int nthreads) {
+    const int64_t blocks = (w->m + w->row_block - 1) / w->row_block;
+    mq_parallel_for(blocks * w->panels, panels_per_chunk(w->row_block, kp, mac_cost), nthreads, block_panel_range, w);
+}
+
+typedef struct {
+    block_panel_walk walk; /* first: block_panel_range reads the context as its walk */
+    mq_qgemm_fn fn;
+    const mq_qgemm_args *a;
+} qgemm_ctx;
+
+static void qgemm_block(const void *vctx, int64_t m0, int64_t rows, int64_t p0, int64_t p1) {
+    const qgemm_ctx *c = vctx;
+    mq_qgemm_args sub = *c->a;
+    sub.m = rows;
+    sub.x += m0 * sub.kp;
+    sub.x_scale += m0;
+    if (sub.x_sum) sub.x_sum += m0;
+    if (sub.x_zp) sub.x_zp += m0;
+    if (sub.y) sub.y += m0 * sub.ldy;
+    if (sub.acc) sub.acc += m0 * sub.ldy;
+    c->fn(&sub, p0, p1);
 }
 
 /* Threads over output panels (fn: the table's kernel; kernels that take
@@ -245,9 +263,8 @@ static void run_qgemm(mq_qgemm_fn fn, const mq_qgemm_args *a, int nthreads) {
     const int64_t rows_in_l2 = ((int64_t)128 << 10) / a->kp / 40 * 40; /* 40: whole 5- and 8-row tiles */
     if (panels > 1 && panels * MQ_PANEL * a->kp <= ((int64_t)1 << 20) && rows_in_l2 >= 40 && row_block > rows_in_l2)
         row_block = rows_in_l2;
-    qgemm_ctx c = {fn, a, panels, row_block};
-    const int64_t blocks = (a->m + row_block - 1) / row_block;
-    mq_parallel_for(blocks * panels, panels_per_chunk(row_block, a->kp, 1), nthreads, qgemm_range, &c);
+    qgemm_ctx c = {{qgemm_block, a->m, panels, row_block}, fn, a};
+    run_block_panels(&c.walk, a->kp, 1, nthreads);
 }
 
 int mq_linear_dynamic(const void *x, mq_src_t kind, int x_is_q, int64_t m, int64_t k, int64_t ldx,
@@ -522,29 +539,23 @@ done:
 
 /* ---- weight-only ------------------------------------------------------------- */
 
-/* Work items are (row block, panel) pairs, row block major, as run_qgemm's:
+/* Work items are (row block, panel) pairs, as run_qgemm's (block_panel_walk):
  * a narrow layer (a few panels: a classifier head at many rows) is cut over
  * rows too.  Every tile sums a row's products in the same order whatever
  * rows it shares a call with, so the cut never changes a result. */
 typedef struct {
+    block_panel_walk walk; /* first: block_panel_range reads the context as its walk */
     mq_wgemm_fn fn;
     const mq_wgemm_args *a;
-    int64_t panels, row_block;
 } wgemm_ctx;
 
-static void wgemm_range(void *vctx, int64_t begin, int64_t end) {
+static void wgemm_block(const void *vctx, int64_t m0, int64_t rows, int64_t p0, int64_t p1) {
     const wgemm_ctx *c = vctx;
-    while (begin < end) {
-        const int64_t rb = begin / c->panels, p0 = begin % c->panels;
-        const int64_t p1 = p0 + (end - begin) < c->panels ? p0 + (end - begin) : c->panels;
-        const int64_t m0 = rb * c->row_block;
-        mq_wgemm_args sub = *c->a;
-        sub.m = c->a->m - m0 < c->row_block ? c->a->m - m0 : c->row_block;
-        sub.x += m0 * sub.kp;
-        sub.y += m0 * sub.n;
-        c->fn(&sub, p0, p1);
-        begin += p1 - p0;
-    }
+    mq_wgemm_args sub = *c->a;
+    sub.m = rows;
+    sub.x += m0 * sub.kp;
+    sub.y += m0 * sub.n;
+    c->fn(&sub, p0, p1);
 }
 
 /* fp32 rows padded to kp, as the kernels read them (f16 / bf16 input, a
@@ -584,9 +595,8 @@ int mq_linear_weight_only(const void *x, mq_src_t kind, int64_t m, int64_t k, in
     if (nthreads > 1 && panels < 4 * nthreads && m >= 64)
         row_block = mq_round_up((m + 2 * nthreads - 1) / (2 * nthreads), 8);
     mq_wgemm_args a = {xf, m, kp, n, packed, w_scale, w_zp, bias, y};
-    wgemm_ctx wc = {kt->wgemm, &a, panels, row_block};
-    const int64_t blocks = (m + row_block - 1) / row_block;
-    mq_parallel_for(blocks * panels, panels_per_chunk(row_block, kp, MQ_WO_MAC_COST), nthreads, wgemm_range, &wc);
+    wgemm_ctx wc = {{wgemm_block, m, panels, row_block}, kt->wgemm, &a};
+    run_block_panels(&wc.walk, kp, MQ_WO_MAC_COST, nthreads);
     free(buffer);
     return 0;
 }

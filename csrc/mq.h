@@ -402,6 +402,15 @@ typedef void (*mq_range_fn)(void *ctx, int64_t begin, int64_t end);
  * min_chunk (or n), on up to nthreads threads, the caller's among them; one
  * thread when n < 2 * min_chunk.  Never waits for a helper thread to start. */
 void mq_parallel_for(int64_t n, int64_t min_chunk, int nthreads, mq_range_fn fn, void *ctx);
+/* Items per mq_parallel_for chunk so that a chunk holds at least min_work (multiply-adds,
+ * values) when each item holds item_work: ceil(min_work / item_work), never below 1.  An item
+ * of no work counts as one unit (min_work of them a chunk); a negative item_work is a size that
+ * overflowed (mq_size_mul's -1: more than any floor), one item a chunk.  Never divides by 0,
+ * never overflows. */
+static inline int64_t mq_items_per_chunk(int64_t item_work, int64_t min_work) {
+    if (item_work < 0 || item_work >= min_work) return 1;
+    return item_work == 0 ? min_work : (min_work - 1) / item_work + 1;
+}
 /* "pool" (default: persistent helpers, fork-safe), "pthreads" (threads
  * started per call) or "omp-team" (the pool, with long jobs on torch's
  * OpenMP team where torch loaded libgomp).  0 ok, -1 for an unknown name. */

@@ -49,7 +49,7 @@ void mq_choose_qparams(float mn, float mx, int qmin, int qmax, int symmetric, fl
 /* Rows shorter than this many elements are grouped so a thread gets real work. */
 static int64_t rows_per_chunk(int64_t cols) {
     const int64_t min_elems = 1 << 15;
-    return cols >= min_elems ? 1 : (min_elems + cols - 1) / (cols > 0 ? cols : 1);
+    return mq_items_per_chunk(cols, min_elems);
 }
 
 /* A row holding NaN/Inf is marked by a NaN in a per-row float output, so

@@ -106,7 +106,7 @@ void mq_static_dequantize(const int8_t *q, int64_t batch, int64_t plane, int64_t
  * thread whatever the item count; a small layer (under two chunks) still is. */
 #define TINY_ITEMS_CHUNK_MACS ((int64_t)1 << 20)
 static int64_t tiny_items_chunk(int64_t item_macs) {
-    return item_macs > 0 ? (TINY_ITEMS_CHUNK_MACS + item_macs - 1) / item_macs : TINY_ITEMS_CHUNK_MACS;
+    return mq_items_per_chunk(item_macs, TINY_ITEMS_CHUNK_MACS);
 }
 
 /* Work items are blocks of output rows (pixels).  Per block, per group: im2col into a

@@ -131,7 +131,7 @@ def _cmd_inspect(args) -> int:
     for layer in info["layers"]:
         scheme = layer["scheme"] + ("" if layer["axis"] is None else f", axis {layer['axis']}")
         scheme += "" if layer["group_size"] is None else f", group {layer['group_size']}"
-        rows.append((layer["name"] or "<root>", f"{layer['type']} ({scheme})", layer["dtype"],
+        rows.append((layer["name"] or "<root>", f"{layer['layer_kind']} ({scheme})", layer["dtype"],
                      _shape(layer["shape"]), human_bytes(layer["bytes"])))
     for t in info["tensors"]:
         rows.append((t["name"], "tensor", t["dtype"], _shape(t["shape"]), human_bytes(t["bytes"])))

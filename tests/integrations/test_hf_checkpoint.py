@@ -104,3 +104,16 @@ def test_conv1d_of_hf_folder_is_quantized_as_quantize_model_does(tmp_path, dtype
     with torch.no_grad():
         assert torch.equal(loaded.encoder.conv2(loaded.encoder.conv1(x)),
                            expected.model.encoder.conv2(expected.model.encoder.conv1(x)))
+
+
+def test_hf_model_confirms_the_layer_types_inspect_prints(folders, tmp_path):
+    """The folder's model says what each quantized weight is (embeddings stay float), so the file
+    records "type_from": "module" and inspect names every layer (a GPT-2 Conv1D as one)."""
+    from mono_quant.io.describe import describe
+
+    for kind in ("bert", "gpt2"):
+        mq.quantize_checkpoint(folders[kind][1], tmp_path / f"{kind}.safetensors")
+        layers = describe(tmp_path / f"{kind}.safetensors")["layers"]
+        assert layers and all(layer["type_from"] == "module" for layer in layers)
+        assert all(layer["layer_kind"] == layer["type"] for layer in layers)
+        assert ("Conv1D" in {layer["type"] for layer in layers}) is (kind == "gpt2")

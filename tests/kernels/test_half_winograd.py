@@ -120,6 +120,21 @@ def test_inf_nan_and_overflow_give_the_direct_convs_bits(isa, where):
         assert torch.equal(torch.isinf(y), torch.isinf(ref))
 
 
+@pytest.mark.parametrize("case,where", [(CASES[7], (1, 135, 31, 31)), (CASES[7], (0, 0, 0, 0)),
+                                        (CASES[1], (1, 2, 8, 6)), (CASES[3], (2, 4, 4, 5))],
+                         ids=["second-pass-corner", "first-pass-origin", "odd-edge-tile", "batch3-last-image"])
+def test_non_finite_found_by_the_threaded_pass_at_two_threads(isa, case, where):
+    """The Inf / NaN check runs inside the threaded GEMM pass (no serial pass over y): an Inf in
+    any image of a batch in passes, or under an edge tile whose other half is outside the output,
+    still sends the call to the direct conv, at one thread and at two, with the same bits."""
+    x, w, b = rand_case(case, torch.bfloat16, seed=5)
+    x[where] = float("inf")
+    direct = winograd(x, w, b, case[3], winograd=False, direct=True)
+    assert not torch.isfinite(direct).all()
+    for nthreads in (1, 2):
+        assert np.array_equal(winograd(x, w, b, case[3], nthreads=nthreads).numpy(), direct.numpy(), equal_nan=True)
+
+
 def test_no_input_channels_give_the_bias(isa):
     x = np.zeros((2, 0, 5, 5), np.float32)
     w = np.zeros((20, 0, 3, 3), np.float16)

@@ -285,6 +285,39 @@ def test_direct_applies_never_fails_on_odd_sizes(channels, groups, kh, kw, paddi
         assert dynamic_conv.direct_applies(channels, groups, (kh, kw), padding, dilation, has_zp) is got
 
 
+_EDGE_CHANNELS = [0, 1, 3, 3640, 3641, 32768, 32769, 2**40]
+_EDGE_KERNEL = [-1, 0, 1, 3, 2**20, 2**20 + 1]
+_EDGE_PADDING = [-1, 0, 4, 5, 2**20 - 1, 2**20, 2**20 + 1, 2**62]
+_EDGE_DILATION = [-1, 0, 1, 2**19 + 1, 2**20, 2**20 + 1]
+
+
+@pytest.mark.parametrize("axis", ["h", "w"])
+def test_direct_applies_twin_agrees_on_edge_sizes(isa, axis):
+    """The Python twin and the C rule on the edges of every bound: zero and negative sizes,
+    the reduction cap (32768), padding one past what a tap reaches, and the bindings' 2^20 cap
+    on kernel, padding and dilation (a pad of 2^20 + 1 with a dilation of 2^19 + 1 is within
+    reach of a 3-tap kernel but past the cap: C says False, and so must the twin)."""
+    disagree = []
+    for channels in _EDGE_CHANNELS:
+        for k in _EDGE_KERNEL:
+            for pad in _EDGE_PADDING + [2 * (2**19 + 1) + 4]:
+                for dil in _EDGE_DILATION:
+                    kernel, padding, dilation = ((k, 3), (pad, 1), (dil, 1)) if axis == "h" else \
+                        ((3, k), (1, pad), (1, dil))
+                    for kernel_size in (kernel, (3, 3)):
+                        args = (channels, 1, *kernel_size, *padding, *dilation, False)
+                        c_rule = _C.conv2d_int8_direct_applies(*args)
+                        twin = dynamic_conv.direct_applies(channels, 1, kernel_size, padding, dilation, False)
+                        if twin is not c_rule:
+                            disagree.append((args, c_rule))
+    assert disagree == []
+    # the edges are really met: each answer occurs, and the 2^20 caps decide some of them
+    assert dynamic_conv.direct_applies(1, 1, (3, 3), (2**20, 1), (2**19 + 1, 1), False)
+    assert not dynamic_conv.direct_applies(1, 1, (3, 3), (2**20 + 1, 1), (2**19 + 1, 1), False)
+    assert not dynamic_conv.direct_applies(1, 1, (1, 3), (4, 1), (2**20 + 1, 1), False)
+    assert not dynamic_conv.direct_applies(1, 1, (1, 3), (0, 1), (0, 1), False)
+
+
 def test_direct_route_size_floor():
     """A layer the direct route takes runs packed from DIRECT_MIN_MACS_PER_IMAGE multiply-adds per
     image (16->16 on 8x8: 147k, under the im2col route's floor); switched off, the im2col

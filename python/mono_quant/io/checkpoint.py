@@ -28,7 +28,7 @@ from ..result import QuantizationResult
 from ..strictness import check_patterns_match, layer_names_of_keys, warn_if_nothing_quantized
 from .atomic import atomic_output, check_destination
 from .container import StreamingWriter
-from .hf_checkpoint import HfCheckpointPlan, add_tied_aliases, hf_checkpoint_plan, write_hf_entry
+from .hf_checkpoint import HfCheckpointPlan, add_tied_aliases, hf_checkpoint_plan, mark_module_types, write_hf_entry
 from .layers import state_dict_layer_entry
 from .manifest import dump_manifest, new_manifest
 from .progress import Progress
@@ -172,6 +172,7 @@ def _write(reader: CheckpointReader, src, dst, cfg: QuantConfig, overwrite: bool
                     bar.update(tensor_bytes(tensor), key)
                     del tensor
                 manifest["skipped"] = [list(s) for s in report.skipped]
+                mark_module_types(hf_plan, manifest)
                 report.tied = add_tied_aliases(hf_plan, keys, manifest)  # an HF folder's tied names: kept tied
                 writer.finish(dump_manifest(manifest))
     finally:

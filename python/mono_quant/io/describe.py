@@ -11,15 +11,29 @@ from .container import read_header
 from .dtypes import dtype_from_name, dtype_name
 from .manifest import check_against_header, layer_key, parse_manifest
 
-__all__ = ["describe"]
+__all__ = ["describe", "layer_kind"]
+
+
+def layer_kind(layer: Dict[str, Any], file_kind: str) -> Any:
+    """What a manifest layer is, as far as its file knows: its type, except for a 2-D weight of
+    a "state_dict" file quantized as a Linear's with nothing to confirm it (the type read off
+    the weight's dims, or an older file that does not say): a state_dict cannot tell a Linear's
+    weight from an Embedding's, so "Linear or Embedding" rather than a guess."""
+    if (file_kind == "state_dict" and layer.get("type") == "Linear" and len(layer["shape"]) == 2
+            and layer.get("type_from") != "module"):
+        return "Linear or Embedding"
+    return layer.get("type")
 
 
 def describe(path) -> Dict[str, Any]:
     """A JSON-able description of a safetensors file without reading its data:
-    ``layers`` (quantized: name, type, dtype, scheme, axis, group_size, shape,
-    bytes stored, bytes of the original float weight), ``tensors`` (every
+    ``layers`` (quantized: name, type, type_from, layer_kind, dtype, scheme, axis,
+    group_size, shape, bytes stored, bytes of the original float weight), ``tensors`` (every
     other stored tensor: name, dtype, shape, bytes), ``aliases`` and
-    ``totals``.  Raises CheckpointError for an invalid file."""
+    ``totals``.  ``type`` is the float type the weight was quantized as, ``type_from`` what
+    says so ("module", "shape": the weight's dims, None: an older file that does not say), and
+    ``layer_kind`` what the layer is as far as the file knows (see :func:`layer_kind`).  Raises
+    CheckpointError for an invalid file."""
     path = os.fspath(path)
     header = read_header(path)
     manifest = parse_manifest(header.metadata, path)
@@ -37,6 +51,8 @@ def describe(path) -> Dict[str, Any]:
         itemsize = torch.empty((), dtype=dtype_from_name(orig)).element_size() if orig else 4
         layers.append({
             "name": layer["name"], "aliases": layer.get("aliases", []), "type": layer.get("type"),
+            "type_from": "module" if manifest["kind"] == "model" else layer.get("type_from"),
+            "layer_kind": layer_kind(layer, manifest["kind"]),
             "dtype": layer["dtype"], "scheme": layer["scheme"], "axis": layer["axis"],
             "group_size": layer["group_size"], "shape": layer["shape"], "orig_dtype": orig,
             "bytes": stored, "orig_bytes": math.prod(layer["shape"]) * itemsize,

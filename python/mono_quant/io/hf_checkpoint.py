@@ -37,7 +37,7 @@ from ..modules import QuantizedConv1d, QuantizedConv2d, QuantizedGPT2Conv1D, Qua
 from ..modules.conv1d import conv2d_weight_of
 from ..report import SkippedLayer, tensor_bytes
 
-__all__ = ["HfCheckpointPlan", "hf_checkpoint_plan", "write_hf_entry", "add_tied_aliases"]
+__all__ = ["HfCheckpointPlan", "hf_checkpoint_plan", "write_hf_entry", "add_tied_aliases", "mark_module_types"]
 
 log = logging.getLogger("mono_quant")
 
@@ -46,12 +46,14 @@ log = logging.getLogger("mono_quant")
 class HfCheckpointPlan:
     """``keep_float``: key -> (module type, reason); ``transposed``: key -> module type
     of weights stored ``[in, out]``; ``conv1d``: key -> module type of nn.Conv1d weights
-    (quantized as their height-1 Conv2d view); ``tied``: key -> the first key it shares its tensor with."""
+    (quantized as their height-1 Conv2d view); ``tied``: key -> the first key it shares its tensor with;
+    ``module_types``: key -> the type of the module holding every 2-D / 4-D weight of the model."""
 
     keep_float: Dict[str, Tuple[str, str]] = field(default_factory=dict)
     transposed: Dict[str, str] = field(default_factory=dict)
     conv1d: Dict[str, str] = field(default_factory=dict)
     tied: Dict[str, str] = field(default_factory=dict)
+    module_types: Dict[str, str] = field(default_factory=dict)
 
 
 def hf_checkpoint_plan(src) -> HfCheckpointPlan:
@@ -68,6 +70,7 @@ def hf_checkpoint_plan(src) -> HfCheckpointPlan:
         if weight is None or weight.dim() not in ((2, 3, 4) if qcls is QuantizedConv1d else (2, 4)):
             continue
         key = f"{name}.weight" if name else "weight"
+        plan.module_types[key] = type(m).__name__
         first = owners.setdefault(id(weight), (key, m))
         if first[0] != key:
             plan.tied[key] = first[0]
@@ -90,6 +93,16 @@ def hf_checkpoint_plan(src) -> HfCheckpointPlan:
             plan.keep_float[first] = (plan.transposed.get(first, "Linear"),
                                       f"weight tied to {key[:-len('.weight')]!r}, which stays float")
     return plan
+
+
+def mark_module_types(plan: HfCheckpointPlan, manifest: dict) -> None:
+    """Record ``"type_from": "module"`` on the manifest's layers whose type (read off the weight's
+    dims, or set by write_hf_entry) the model confirms: ``mono-quant inspect`` then names them
+    as they are, where a bare 2-D weight could be a Linear's or an Embedding's."""
+    for layer in manifest["layers"]:
+        key = f"{layer['name']}.weight" if layer["name"] else "weight"
+        if plan.module_types.get(key) == layer["type"]:
+            layer["type_from"] = "module"
 
 
 def write_hf_entry(plan: HfCheckpointPlan, write_entry, key: str, tensor: torch.Tensor, cfg, writer, reader, src,

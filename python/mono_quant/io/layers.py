@@ -54,11 +54,13 @@ def module_layer_entry(module, names) -> Dict[str, Any]:
 
 
 def state_dict_layer_entry(layer, config, tensors: Mapping[str, torch.Tensor],
-                           orig_dtype: Optional[torch.dtype]) -> Dict[str, Any]:
+                           orig_dtype: Optional[torch.dtype], type_from: str = "shape") -> Dict[str, Any]:
     """The manifest entry of a quantized state_dict weight.
 
     ``layer`` is its LayerReport, ``tensors`` its output entries by local name
-    (``weight_qdata``... or ``weight``), ``config`` the QuantConfig used.
+    (``weight_qdata``... or ``weight``), ``config`` the QuantConfig used; ``type_from``
+    "shape" when ``layer.type`` was read off the weight's dims (state_dict_entry_plan), "module"
+    when a model says what the layer is.
     """
     fmt = get_format(layer.dtype)
     symmetric = config.symmetric_for(layer.type)
@@ -72,6 +74,7 @@ def state_dict_layer_entry(layer, config, tensors: Mapping[str, torch.Tensor],
         "shape": [int(d) for d in layer.shape],
         "orig_dtype": dtype_name(orig_dtype_of(orig_dtype)) if orig_dtype is not None else None,  # float8: float32
         "tensors": {name: tensor_spec(t) for name, t in tensors.items()},
+        "type_from": type_from,
     }
 
 

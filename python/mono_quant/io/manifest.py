@@ -9,6 +9,8 @@ Layout (``__metadata__["mono_quant"]``, a JSON string)::
                  "scheme": "symmetric" | "asymmetric" | "cast", "axis": 0, "group_size": null,
                  "shape": [out, in], "orig_dtype": "float32",
                  "tensors": {"weight_qdata": {"dtype": "int8", "shape": [out, in]}, ...},
+                 # kind "state_dict" only (absent in older files: not known)
+                 "type_from": "module" | "shape",
                  # kind "model" only: how to rebuild the module
                  "class": "QuantizedLinear", "init_kwargs": {...}, "attrs": {...}, "aliases": ["fc1_again"]}],
      "tensor_aliases": {"lm_head.weight": "embed.weight"},
@@ -38,7 +40,7 @@ from .dtypes import dtype_name
 from .errors import CheckpointError
 from .untrusted_json import UntrustedJSONError, loads_bounded
 
-__all__ = ["FORMAT_NAME", "FORMAT_VERSION", "METADATA_KEY", "layer_key", "parse_manifest", "dump_manifest",
+__all__ = ["FORMAT_NAME", "FORMAT_VERSION", "METADATA_KEY", "TYPE_FROM", "layer_key", "parse_manifest", "dump_manifest",
            "check_against_header", "quantized_class", "new_manifest", "tensor_spec"]
 
 FORMAT_NAME = "mono-quant"
@@ -46,6 +48,9 @@ FORMAT_VERSION = 1
 METADATA_KEY = "mono_quant"
 _KINDS = ("model", "state_dict")
 _SCHEMES = ("symmetric", "asymmetric", "cast")
+#: where a state_dict layer's "type" came from: its module (an HF skeleton), or the weight's
+#: dims alone (2-D: "Linear", 4-D: "Conv2d"), which cannot tell a Linear from an Embedding
+TYPE_FROM = ("module", "shape")
 
 
 def layer_key(name: str, local: str) -> str:
@@ -155,6 +160,7 @@ def _check_layer(layer, kind: str, where: str) -> None:
     _require(_is_shape(layer.get("shape")), where, "shape must be a list of non-negative ints")
     _require(layer.get("orig_dtype") is None or isinstance(layer.get("orig_dtype"), str), where,
              "orig_dtype must be a string or null")
+    _require(layer.get("type_from") in (None, *TYPE_FROM), where, f"type_from must be one of {TYPE_FROM} or null")
     tensors = layer.get("tensors")
     _require(isinstance(tensors, dict) and tensors, where, "tensors must be a non-empty object")
     for local, spec in tensors.items():

@@ -9,7 +9,8 @@ from typing import Optional, Sequence
 
 from .. import _C
 
-__all__ = ["DIRECT_ROUTE", "DIRECT_MAX_K", "DIRECT_EXTRA_PAD", "direct_applies", "set_direct", "profile"]
+__all__ = ["DIRECT_ROUTE", "DIRECT_MAX_K", "DIRECT_EXTRA_PAD", "DIRECT_MAX_ARG", "direct_applies", "set_direct",
+           "profile"]
 
 #: the C switch's setting as :func:`set_direct` last left it: the layers' kept routes are stamped with it
 DIRECT_ROUTE = True
@@ -17,6 +18,9 @@ DIRECT_ROUTE = True
 DIRECT_MAX_K = 32768
 #: padding beyond (k - 1) * dilation the direct route still takes (csrc/conv_dynamic_direct.h)
 DIRECT_EXTRA_PAD = 4
+#: the largest kernel size, padding or dilation the C rule weighs (csrc/bind.h MQ_MAX_CONV_ARG, what
+#: every conv binding accepts): a larger one is a plain False, never an int64 overflow in C
+DIRECT_MAX_ARG = 2**20
 
 
 def direct_applies(in_channels: int, groups: int, kernel_size: Sequence[int], padding: Sequence[int],
@@ -31,7 +35,9 @@ def direct_applies(in_channels: int, groups: int, kernel_size: Sequence[int], pa
     them equal)."""
     (kh, kw), (ph, pw), (dh, dw) = kernel_size, padding, dilation
     return bool(DIRECT_ROUTE and groups == 1 and not has_zero_points and 0 < in_channels
-                and kh > 0 and kw > 0 and in_channels * kh * kw <= DIRECT_MAX_K
+                and 0 < kh <= DIRECT_MAX_ARG and 0 < kw <= DIRECT_MAX_ARG and 0 < dh <= DIRECT_MAX_ARG
+                and 0 < dw <= DIRECT_MAX_ARG and ph <= DIRECT_MAX_ARG and pw <= DIRECT_MAX_ARG
+                and in_channels * kh * kw <= DIRECT_MAX_K
                 and 0 <= ph <= (kh - 1) * dh + DIRECT_EXTRA_PAD and 0 <= pw <= (kw - 1) * dw + DIRECT_EXTRA_PAD)
 
 
