@@ -27,8 +27,8 @@
 /* As linear.c's weight-only calls (a multiply-add here costs about what it
  * costs them: a conversion and an fp32 FMA): below ONE_THREAD_MACS a call
  * stays on the calling thread, below SPLIT_ALWAYS_MACS it splits only while
- * no call waited for a descheduled helper lately (mq_parallel_small_split). */
-#define ONE_THREAD_MACS ((double)(1 << 20))
+ * the split calls' callers kept their cores (mq_parallel_small_split). */
+#define ONE_THREAD_MACS ((double)(1 << 23))
 #define SPLIT_ALWAYS_MACS ((double)(1 << 24))
 #define MIN_MACS_PER_PIECE ((int64_t)1 << 20)
 

@@ -117,17 +117,24 @@ static int64_t gemv_rows(int nthreads) {
     return mq_gemv_max_rows >= 0 ? mq_gemv_max_rows : (nthreads == 1 ? 1 : 0);
 }
 
-/* A call of fewer multiply-adds than MQ_ONE_THREAD_MACS runs on the calling
- * thread alone; one of fewer than MQ_SPLIT_ALWAYS_MACS splits only while the
- * host lets it (mq_parallel_small_split: no call waited for a descheduled
- * helper lately).  Splitting such a call gains up to 2x on a quiet host, but
- * beside busy processes a woken helper that claims a piece and is then
- * descheduled makes the call wait a scheduler slice: the demo model's layers
- * of 2^23 multiply-adds at batch 32 took milliseconds instead of 0.1 ms, which
- * is why they once ran on one thread for good (docs/benchmarks.md, "Steady
- * under load"). */
-#define MQ_ONE_THREAD_MACS ((double)(1 << 22))
-#define MQ_SPLIT_ALWAYS_MACS ((double)(1 << 24))
+/* Work up to which a call runs on the calling thread alone, whatever the
+ * host: splitting it saves less than a helper can cost.  Between layers
+ * torch's OpenMP workers (and any other process) hold the cores, and a woken
+ * helper that claims a piece and is then descheduled makes the call wait a
+ * scheduler slice (docs/benchmarks.md "Steady under load": the demo model's
+ * 2^23 multiply-add layers at batch 32 went from 0.6 to 5 ms a call with one
+ * busy process beside when they split).  Measured on the demo model, 2
+ * threads, quiet host: int8 dynamic layers of 2^23 (40 us on one thread) lost
+ * 13% split; weight-only ones of 2^21 (8 rows) gained nothing and collapsed
+ * to 2.5 ms a model call beside two busy processes. */
+#define MQ_ONE_THREAD_MACS ((double)(1 << 24))
+/* The weight-only kernels convert every weight to fp32 and run fp32 FMAs, a
+ * few times the int8 kernels' time a multiply-add: from this much work (the
+ * demo model's layers at batch 32, ~0.1 ms on one thread) such a call splits,
+ * while the host lets it (mq_parallel_small_split: the split calls' callers
+ * kept their cores): 1.43x the one-thread speed of the whole demo model on a
+ * quiet host, 1.27-1.35x beside one or two busy processes. */
+#define MQ_WO_SPLIT_MACS ((double)(1 << 23))
 /* The call's work counts what the kernels do, not the layer's size: whole
  * panels of MQ_PANEL outputs (Linear(768, 2) at 4096 rows is 8x its 6.3 M
  * multiply-adds), and a pass over the activations (quantized, or read and
@@ -136,18 +143,13 @@ static int64_t gemv_rows(int nthreads) {
  * multiply-adds a value in.  Counted by n alone, that Linear ran on one
  * thread at 2 threads. */
 #define MQ_ACT_MACS 16
-/* The weight-only kernels convert every weight to fp32 and run fp32 FMAs: a
- * multiply-add costs them about 4 of the int8 kernels' (Linear 1024x256 at 32
- * rows: 129 us on one thread, the fp32 BLAS 138 us on two), so their work is
- * counted 4x against the one-thread floor (the same time as the int8 calls
- * below it) and for the pieces (4x as many: a late helper holds less).  The
- * always-split threshold stays in plain multiply-adds, where it was measured
- * safe under load. */
+/* Weight-only pieces are sized as if a multiply-add cost 4 int8 ones: 4x as
+ * many pieces, so a late helper holds less. */
 #define MQ_WO_MAC_COST 4
-static int threads_for_call(int64_t m, int64_t kp, int64_t n, int nthreads, int mac_cost) {
+static int threads_for_call(int64_t m, int64_t kp, int64_t n, int nthreads, double split_from) {
     const double work = (double)m * (double)kp * ((double)mq_round_up(n, MQ_PANEL) + MQ_ACT_MACS);
-    if (work * mac_cost < MQ_ONE_THREAD_MACS) return 1;
-    return work < MQ_SPLIT_ALWAYS_MACS ? mq_parallel_small_split(nthreads) : nthreads;
+    if (work < split_from) return 1;
+    return work < MQ_ONE_THREAD_MACS ? mq_parallel_small_split(nthreads) : nthreads;
 }
 
 static int64_t panels_per_chunk(int64_t m, int64_t kp, int mac_cost) {
@@ -275,7 +277,7 @@ int mq_linear_dynamic(const void *x, mq_src_t kind, int x_is_q, int64_t m, int64
     const int64_t kp = mq_round_up(k, MQ_KGROUP);
     if (m <= 0 || n <= 0) return 0;
     reduce_range = reduce_range && !x_is_q; /* (the bindings refuse the pair) */
-    nthreads = threads_for_call(m, kp, n, nthreads, 1);
+    nthreads = threads_for_call(m, kp, n, nthreads, MQ_ONE_THREAD_MACS);
     uint8_t *xq = aligned_alloc(64, mq_alloc_bytes(m, kp, 64));
     float *x_scale = malloc((size_t)m * sizeof(float));
     int32_t *x_sum = w_zp ? malloc((size_t)m * sizeof(int32_t)) : NULL;
@@ -580,7 +582,7 @@ int mq_linear_weight_only(const void *x, mq_src_t kind, int64_t m, int64_t k, in
     const mq_kernels *kt = mq_active();
     const int64_t kp = mq_round_up(k, MQ_KGROUP), panels = mq_round_up(n, MQ_PANEL) / MQ_PANEL;
     if (m <= 0 || n <= 0) return 0;
-    nthreads = threads_for_call(m, kp, n, nthreads, MQ_WO_MAC_COST);
+    nthreads = threads_for_call(m, kp, n, nthreads, MQ_WO_SPLIT_MACS);
     const float *xf = x;
     float *buffer = NULL;
     if (kind != MQ_SRC_F32 || kp != k || ldx != k) {
