@@ -132,8 +132,13 @@ def warn_if_larger(report) -> None:
     """Warn (LargerModelWarning) when the quantized model takes more bytes than the float one."""
     before, after = report.model_bytes_before, report.model_bytes_after
     if report.layers and after > before:
-        small = min(report.layers, key=lambda r: r.bytes_before)
-        warnings.warn(f"the quantized model takes {after} bytes, more than the float model's {before}: its layers "
-                      f"are too small for the format's scales and packing (e.g. {small.name!r}, {small.bytes_before} "
-                      f"bytes float, {small.bytes_after} quantized); min_weight_numel= keeps small layers float",
-                      LargerModelWarning, stacklevel=4)
+        # the layer that grew most: a small one (scales, packing), or a narrow one of any size
+        # (packed int8 pads the output channels to 16: Linear(300000, 4) grows 4x over int8)
+        worst = max(report.layers, key=lambda r: r.bytes_after - r.bytes_before)
+        shape = "x".join(str(d) for d in worst.shape)
+        keep_float = f"exclude=[{worst.name!r}] or min_weight_numel=" if worst.name else "min_weight_numel="
+        warnings.warn(f"the quantized model takes {after} bytes, more than the float model's {before}: layer "
+                      f"{worst.name or '<root>'!r} ({shape}) takes {worst.bytes_after} bytes quantized, "
+                      f"{worst.bytes_before} float; small layers cost more in the format's scales and padding than "
+                      f"they save, and so do narrow ones (packed int8 pads output channels to a multiple of 16); "
+                      f"{keep_float} keeps such layers float", LargerModelWarning, stacklevel=4)
