@@ -23,6 +23,7 @@ import torch
 from torch.utils._pytree import tree_map
 
 from .formats.traced_forward import dequantized_weight
+from .weight_view_writes import refuse_writes
 from .orig_dtype import check_orig_dtype
 
 __all__ = ["DequantizedWeightView", "TorchCompatMixin", "weight_view"]
@@ -68,6 +69,7 @@ class DequantizedWeightView(torch.Tensor):
         if func in _METADATA_METHODS or getattr(func, "__name__", "") == "__get__":  # shape, dtype, device, ...
             with torch._C.DisableTorchFunctionSubclass():
                 return func(*args, **kwargs)
+        refuse_writes(func, args, kwargs)
         args, kwargs = tree_map(_plain, (args, kwargs))
         return func(*args, **kwargs)
 
