@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Dict, List, Mapping, Optional
 
 import torch
 
@@ -104,6 +104,11 @@ def quantize_checkpoint(src, dst, dtype=None, *, symmetric: Optional[bool] = Non
         >>> result = mq.quantize_checkpoint("model.safetensors", "model-int4.safetensors", dtype="int4")
         >>> qmodel = mq.load(result.path, model=skeleton)
     """
+    for what, value in (("src", src), ("dst", dst)):
+        if not isinstance(value, (str, bytes, os.PathLike)):
+            raise TypeError(f"quantize_checkpoint() takes file paths; {what} is a {type(value).__name__}"
+                            + (": for a model or a state_dict in memory use mono_quant.quantize()"
+                               if isinstance(value, (torch.nn.Module, Mapping)) else ""))
     cfg = resolve_options(config, dtype=dtype, symmetric=symmetric, granularity=granularity, include=include,
                           exclude=exclude, min_weight_numel=min_weight_numel, nonfinite=nonfinite,
                           activations=activations, group_size=group_size, method=method, embeddings=embeddings,
