@@ -25,7 +25,7 @@ from ..errors import CheckpointError, ConfigError
 from ..formats import get_format
 from ..report import LayerReport, Report, tensor_bytes
 from ..result import QuantizationResult
-from ..strictness import check_patterns_match, layer_names_of_keys, warn_if_nothing_quantized
+from ..strictness import check_patterns_match, holder_names_of_keys, layer_names_of_keys, warn_if_nothing_quantized
 from .atomic import atomic_output, check_destination
 from .container import StreamingWriter
 from .hf_checkpoint import HfCheckpointPlan, add_tied_aliases, hf_checkpoint_plan, write_hf_entry
@@ -121,7 +121,7 @@ def quantize_checkpoint(src, dst, dtype=None, *, symmetric: Optional[bool] = Non
         if reader.is_mono_quant():
             raise CheckpointError(f"{src} is already a mono-quant file; quantize the float checkpoint instead")
         _refuse_overwriting_source(reader, src, dst)
-        check_patterns_match(cfg, layer_names_of_keys(reader.keys()))
+        check_patterns_match(cfg, layer_names_of_keys(reader.keys()), holders=holder_names_of_keys(reader.keys()))
         hf_plan = hf_checkpoint_plan(src)
         hf_plan.keep_float.update(attention_out_proj_keys(reader.keys()))  # as quantize(state_dict) does
         report = _write(reader, src, dst, cfg, overwrite, progress, measure_error, hf_plan)
