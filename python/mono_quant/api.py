@@ -137,6 +137,11 @@ def quantize(
         >>> result = mq.quantize(model, dtype="int4", group_size=64, exclude=["lm_head"])
         >>> print(result.report)
     """
+    if torch.is_inference_mode_enabled():
+        # the result may be trained (adapters, autograd to the input): inference tensors would make its
+        # first backward fail ("Inference tensors cannot be saved for backward"), far from here
+        with torch.inference_mode(False):
+            return quantize(**dict(locals()))
     cfg = resolve_options(config, dtype=dtype, symmetric=symmetric, granularity=granularity, include=include,
                           exclude=exclude, min_weight_numel=min_weight_numel, nonfinite=nonfinite,
                           activations=activations, group_size=group_size, method=method, embeddings=embeddings,

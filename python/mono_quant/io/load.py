@@ -60,6 +60,9 @@ def load(path, model: Optional[nn.Module] = None):
         ...     skeleton = MyModel()
         >>> qmodel = mq.load("model-int8.safetensors", model=skeleton)
     """
+    if torch.is_inference_mode_enabled():  # no inference tensors in a model that may be trained (as quantize())
+        with torch.inference_mode(False):
+            return load(path, model)
     other = kind_for_file(path)  # e.g. a static int8 model (static/persist.py)
     if other is not None:
         return other.load(path, model)
