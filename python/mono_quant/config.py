@@ -157,6 +157,8 @@ class QuantConfig:
             raise ConfigError(f"{origin}: nonfinite must be one of {_NONFINITE}, got {self.nonfinite!r}")
         if isinstance(self.activations, str) and self.activations.strip().lower() in _WEIGHT_ONLY:
             self.activations = None
+        elif isinstance(self.activations, str) and self.activations.strip().lower() in ("dynamic", "static"):
+            self.activations = self.activations.strip().lower()  # as dtype names: "Dynamic" was an error
         if self.activations not in ("dynamic", "static", None):
             raise ConfigError(f"{origin}: activations must be 'dynamic', 'static' or None ('none', weight-only), "
                              f"got {self.activations!r}")
