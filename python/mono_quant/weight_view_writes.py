@@ -8,9 +8,13 @@ import torch
 __all__ = ["refuse_writes"]
 
 
+# in-place by name, but no write into the values (a frozen-weights loop calls requires_grad_(False))
+_NOT_WRITES = frozenset({"requires_grad_", "detach_", "share_memory_"})
+
+
 def _in_place(func) -> bool:
     name = getattr(func, "__name__", "")
-    return name == "__setitem__" or (name.endswith("_") and not name.endswith("__"))
+    return name == "__setitem__" or (name.endswith("_") and not name.endswith("__") and name not in _NOT_WRITES)
 
 
 def refuse_writes(func, args, kwargs) -> None:

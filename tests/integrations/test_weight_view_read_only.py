@@ -24,6 +24,12 @@ def test_writes_into_the_weight_view_raise(dtype, write):
     assert torch.equal(qmodel(x), before)
 
 
+def test_flags_that_write_no_values_still_pass():
+    qmodel, _ = mq.quantize(nn.Sequential(nn.Linear(32, 16)), "int8")
+    qmodel[0].weight.requires_grad_(False)  # e.g. a loop freezing every .weight
+    assert not qmodel[0].weight.requires_grad
+
+
 def test_reads_still_work_and_the_remedy_does():
     torch.manual_seed(0)
     qmodel, _ = mq.quantize(nn.Sequential(nn.Linear(32, 16)), "int8")
