@@ -32,8 +32,8 @@ from .parametrized import parametrized_base, parametrized_reason, plain_float_la
 from .layer_support import drop_tied_to_float, known_unsupported_reason, qmodule_for_selected, weight_to_quantize
 from .selection import selection_reason
 from .static import quantize_static
-from .strictness import (check_patterns_match, layer_names_of_keys, refuse_quantized_model, refuse_quantized_state_dict,
-                         warn_if_larger, warn_if_nothing_quantized)
+from .strictness import (check_patterns_match, holder_names_of_keys, layer_names_of_keys, refuse_quantized_model,
+                         refuse_quantized_state_dict, warn_if_larger, warn_if_nothing_quantized)
 from .tensor import QuantizedWeight, sqnr_db
 
 __all__ = ["quantize", "QuantizationResult", "SkippedLayer"]
@@ -137,6 +137,11 @@ def quantize(
         >>> result = mq.quantize(model, dtype="int4", group_size=64, exclude=["lm_head"])
         >>> print(result.report)
     """
+    if torch.is_inference_mode_enabled():
+        # the result may be trained (adapters, autograd to the input): inference tensors would make its
+        # first backward fail ("Inference tensors cannot be saved for backward"), far from here
+        with torch.inference_mode(False):
+            return quantize(**dict(locals()))
     cfg = resolve_options(config, dtype=dtype, symmetric=symmetric, granularity=granularity, include=include,
                           exclude=exclude, min_weight_numel=min_weight_numel, nonfinite=nonfinite,
                           activations=activations, group_size=group_size, method=method, embeddings=embeddings,
@@ -196,6 +201,13 @@ def _unsupported_reason(module: nn.Module) -> Optional[str]:
 # ---- module path ------------------------------------------------------------------------------
 
 
+def _is_layer(module: nn.Module) -> bool:
+    """A module include / exclude select: a type mono-quant replaces, or one with its own matrix weight."""
+    return isinstance(module, tuple(QMODULES)) or any(
+        not isinstance(p, nn.parameter.UninitializedParameter) and p.dim() >= 2
+        for p in module.parameters(recurse=False))
+
+
 def _quantize_module(model: nn.Module, cfg: QuantConfig, progress: bool, weights: Optional[Mapping] = None):
     """The model path: quantize the selected layers (weights from ``weights`` when given), then
     deep-copy the model around them."""
@@ -204,7 +216,9 @@ def _quantize_module(model: nn.Module, cfg: QuantConfig, progress: bool, weights
     for name, m in model.named_modules(remove_duplicate=False):
         names_of.setdefault(id(m), []).append(name)
         modules[id(m)] = m
-    check_patterns_match(cfg, [n for names in names_of.values() for n in names], modules.values())
+    layers = {key for key, m in modules.items() if _is_layer(m)}  # (a block or an encoder only holds layers)
+    check_patterns_match(cfg, [n for key in layers for n in names_of[key]], [modules[key] for key in layers],
+                         [(n, m) for key, m in modules.items() if key not in layers for n in names_of[key]])
     targets, skipped = _select_targets(modules, names_of, cfg, weights)
     skipped = children_of_composites(targets, skipped, lambda m: qmodule_for_selected(m, cfg))
     targets = drop_tied_to_float(targets, skipped, modules, names_of)
@@ -457,7 +471,7 @@ def _quantize_state_dict(sd: Mapping, cfg: QuantConfig, progress: bool) -> Quant
     report = Report()
     cache: dict = {}
     keys = list(sd.keys())
-    check_patterns_match(cfg, layer_names_of_keys(keys))
+    check_patterns_match(cfg, layer_names_of_keys(keys), holders=holder_names_of_keys(keys))
     keep_float = attention_out_proj_keys(keys)
     for i, key in enumerate(keys):
         if progress:

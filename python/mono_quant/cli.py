@@ -5,6 +5,7 @@ import argparse
 import json
 import math
 import os
+import re
 import sys
 import time
 from typing import List, Optional
@@ -245,11 +246,13 @@ def _print_table(rows) -> None:
 
 # The library's messages name its Python arguments; on the command line the same values are options.
 _CLI_WORDING = (("quantize(): ", ""), ("or None for one group", "or 0 for one group"),
+                ("pass nonfinite='skip'", "set nonfinite = \"skip\" in the config file (--config FILE)"),
                 ("include=", "--include "), ("exclude=", "--exclude "),
                 ("pass overwrite=True, or --force, to replace it", "pass --force to replace it"))
 
 
 def _cli_wording(message: str) -> str:
+    message = re.sub(r"exclude=\[('[^']*')\]", r"exclude=\1", message)  # a one-name list: the option's argument
     for api, cli in _CLI_WORDING:
         message = message.replace(api, cli)
     return message

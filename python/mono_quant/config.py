@@ -157,6 +157,8 @@ class QuantConfig:
             raise ConfigError(f"{origin}: nonfinite must be one of {_NONFINITE}, got {self.nonfinite!r}")
         if isinstance(self.activations, str) and self.activations.strip().lower() in _WEIGHT_ONLY:
             self.activations = None
+        elif isinstance(self.activations, str) and self.activations.strip().lower() in ("dynamic", "static"):
+            self.activations = self.activations.strip().lower()  # as dtype names: "Dynamic" was an error
         if self.activations not in ("dynamic", "static", None):
             raise ConfigError(f"{origin}: activations must be 'dynamic', 'static' or None ('none', weight-only), "
                              f"got {self.activations!r}")
@@ -325,14 +327,26 @@ def resolve_options(config=None, *, dtype=None, symmetric=None, granularity=None
         The merged QuantConfig (see :func:`resolve_config`).
 
     Raises:
-        ConfigError: An invalid value, or ``group_size`` given for a dtype
-            without groups.
+        ConfigError: An invalid value, ``group_size`` given for a dtype
+            without groups, or ``granularity="per_tensor"`` for a dtype without it.
     """
     cfg = resolve_config(config, dtype=dtype, symmetric=symmetric, granularity=granularity, include=include,
                          exclude=exclude, min_weight_numel=min_weight_numel, nonfinite=nonfinite,
                          activations=activations, group_size=group_size, method=method, embeddings=embeddings,
                          reduce_range=reduce_range)
     if group_size is not DEFAULT and cfg.dtype != "int4":  # given with a format that has no groups: a mistake
-        raise ConfigError(f"group_size applies to dtype 'int4' only; {cfg.dtype} is quantized per channel "
-                          "(granularity='per_channel') or per tensor")
+        raise ConfigError(f"group_size applies to dtype 'int4' only; {_how_stored(cfg.dtype)}")
+    if granularity == "per_tensor" and cfg.dtype not in ("int8", "uint8"):  # was ignored without a word
+        raise ConfigError(f"granularity='per_tensor' applies to dtypes 'int8' and 'uint8' only; "
+                          f"{_how_stored(cfg.dtype)}")
     return cfg
+
+
+def _how_stored(dtype: str) -> str:
+    """How a dtype's weights are stored, for the errors above."""
+    if dtype == "int4":
+        return ("int4 has one scale per group of group_size columns (group_size=None: one group per output "
+                "channel)")
+    if dtype in ("fp16", "bf16"):
+        return f"{dtype} is a cast of each weight, with no scales"
+    return f"{dtype} is quantized per channel (granularity='per_channel') or per tensor"

@@ -117,6 +117,8 @@ def unpack_int8_linear(packed: torch.Tensor, info: torch.Tensor, shape) -> torch
     weight (dequantize, the fallback paths, save/compare) is recovered.
     Raises ValueError when the buffers don't describe a weight of ``shape``.
     """
+    if packed.is_meta or info.is_meta:  # a model moved to "meta" (shape inference): no values to read
+        return torch.empty(tuple(shape), dtype=torch.int8, device="meta")
     values = [int(v) for v in info.reshape(-1).tolist()]
     if len(values) != 5 or values[0] != PACKED_LAYOUT_VERSION:
         raise ValueError(f"unknown packed int8 layout {values}: expected version {PACKED_LAYOUT_VERSION}")

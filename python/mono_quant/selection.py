@@ -36,7 +36,9 @@ def selection_reason(cfg: QuantConfig, names: List[str], module: Optional[nn.Mod
         hit = _matches(cfg.exclude, names, module)
         if hit is not None:
             return f"excluded by exclude={_pattern_repr(hit)}"
-    if cfg.include:
+    if cfg.include is not None:  # (an empty list selects nothing: None is "every layer")
+        if not cfg.include:
+            return "include is empty: it selects no layer (include=None selects every layer)"
         if _matches(cfg.include, names, module) is None:
             return "not matched by include"
     return None

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import fnmatch
 import warnings
-from typing import Iterable, List, Mapping, Sequence
+from typing import Iterable, List, Mapping, Optional, Sequence, Tuple
 
 from torch import nn
 
@@ -13,8 +13,8 @@ from .errors import AlreadyQuantizedError, ConfigError
 from .modules.registry import QuantizedModule
 
 __all__ = ["refuse_quantized_model", "refuse_quantized_state_dict", "check_patterns_match", "layer_names_of_keys",
-           "warn_if_nothing_quantized", "warn_if_larger", "NothingQuantizedWarning", "LargerModelWarning",
-           "UnmatchedPatternWarning", "QUANTIZED_SUFFIXES"]
+           "holder_names_of_keys", "warn_if_nothing_quantized", "warn_if_larger", "NothingQuantizedWarning",
+           "LargerModelWarning", "UnmatchedPatternWarning", "QUANTIZED_SUFFIXES"]
 
 # the integer weight of a mono-quant layer (beside it: weight_scale and weight_zero_point)
 QUANTIZED_SUFFIXES = ("weight_qdata", "weight_packed")
@@ -75,13 +75,17 @@ def refuse_quantized_state_dict(sd: Mapping) -> None:
                                         f"quantize the float state_dict instead")
 
 
-def check_patterns_match(cfg, names: Sequence[str], modules: Iterable[nn.Module] = ()) -> None:
+def check_patterns_match(cfg, names: Sequence[str], modules: Iterable[nn.Module] = (),
+                         holders: Iterable[Tuple[str, Optional[nn.Module]]] = ()) -> None:
     """Raise ConfigError naming each ``include`` / ``exclude`` argument that matches none
-    of ``names`` (module names, or layer names of a state_dict) nor, for a type, any of
-    ``modules``: a typo there would otherwise quantize everything (or nothing) silently.
-    Entries from a config file only warn (UnmatchedPatternWarning).  TypeError for an
-    entry that is neither a str nor a type."""
+    of ``names`` (the layers' names, of a model or a state_dict) nor, for a type, any of
+    ``modules`` (the layers): a typo there would otherwise quantize everything (or nothing)
+    silently.  A pattern that names only ``holders`` ((name, module) of the modules that hold
+    layers without being one: a block, an encoder) is unmatched too, as selection looks at
+    layers only: the message says to name the layers inside it.  Entries from a config file
+    only warn (UnmatchedPatternWarning).  TypeError for an entry that is neither a str nor a type."""
     modules = list(modules)
+    holders = list(holders)
     unmatched: List[str] = []
     from_file: List[str] = []
     for option in ("include", "exclude"):
@@ -91,9 +95,14 @@ def check_patterns_match(cfg, names: Sequence[str], modules: Iterable[nn.Module]
             if isinstance(pattern, str):
                 hit = any(fnmatch.fnmatchcase(n, pattern) for n in names)
                 label = repr(pattern)
+                held = [n for n, _ in holders if fnmatch.fnmatchcase(n, pattern)]
             else:
                 hit = any(isinstance(m, pattern) for m in modules)
                 label = getattr(pattern, "__name__", repr(pattern))
+                held = [n for n, m in holders if m is not None and isinstance(m, pattern)]
+            if not hit and held:  # e.g. exclude=["encoder"]: it excluded nothing inside the encoder
+                label += (f" (it names {held[0] or '<root>'!r}, which holds layers but is none: "
+                          f"{(held[0] + '.*') if held[0] else '*'!r} selects the layers inside it)")
             if not hit:
                 source = cfg.source.get(option, "argument")
                 (unmatched if source == "argument" else from_file).append(f"{option}={label}")
@@ -119,21 +128,36 @@ def warn_if_nothing_quantized(report, skipped) -> None:
 
 
 def layer_names_of_keys(keys: Iterable[str]) -> List[str]:
-    """Every module path a state_dict's keys imply (``"a.b.weight"``: ``"a.b"`` and ``"a"``)."""
+    """The layer names a state_dict's ``*.weight`` keys give (``"a.b.weight"``: ``"a.b"``), the
+    names its quantization selects by."""
+    return sorted({key[: -len(".weight")] if key != "weight" else "" for key in keys
+                   if key == "weight" or key.endswith(".weight")})
+
+
+def holder_names_of_keys(keys: Iterable[str]) -> List[Tuple[str, None]]:
+    """The other module paths a state_dict's keys imply (``"a.b.weight"``: ``"a"``), as
+    ``check_patterns_match``'s holders."""
+    keys = list(keys)
+    layers = set(layer_names_of_keys(keys))
     names = set()
     for key in keys:
         parts = key.split(".")[:-1]
         for i in range(1, len(parts) + 1):
             names.add(".".join(parts[:i]))
-    return sorted(names)
+    return [(n, None) for n in sorted(names - layers)]
 
 
 def warn_if_larger(report) -> None:
     """Warn (LargerModelWarning) when the quantized model takes more bytes than the float one."""
     before, after = report.model_bytes_before, report.model_bytes_after
     if report.layers and after > before:
-        small = min(report.layers, key=lambda r: r.bytes_before)
-        warnings.warn(f"the quantized model takes {after} bytes, more than the float model's {before}: its layers "
-                      f"are too small for the format's scales and packing (e.g. {small.name!r}, {small.bytes_before} "
-                      f"bytes float, {small.bytes_after} quantized); min_weight_numel= keeps small layers float",
-                      LargerModelWarning, stacklevel=4)
+        # the layer that grew most: a small one (scales, packing), or a narrow one of any size
+        # (packed int8 pads the output channels to 16: Linear(300000, 4) grows 4x over int8)
+        worst = max(report.layers, key=lambda r: r.bytes_after - r.bytes_before)
+        shape = "x".join(str(d) for d in worst.shape)
+        keep_float = f"exclude=[{worst.name!r}] or min_weight_numel=" if worst.name else "min_weight_numel="
+        warnings.warn(f"the quantized model takes {after} bytes, more than the float model's {before}: layer "
+                      f"{worst.name or '<root>'!r} ({shape}) takes {worst.bytes_after} bytes quantized, "
+                      f"{worst.bytes_before} float; small layers cost more in the format's scales and padding than "
+                      f"they save, and so do narrow ones (packed int8 pads output channels to a multiple of 16); "
+                      f"{keep_float} keeps such layers float", LargerModelWarning, stacklevel=4)

@@ -23,6 +23,7 @@ import torch
 from torch.utils._pytree import tree_map
 
 from .formats.traced_forward import dequantized_weight
+from .weight_view_writes import refuse_writes
 from .orig_dtype import check_orig_dtype
 
 __all__ = ["DequantizedWeightView", "TorchCompatMixin", "weight_view"]
@@ -44,7 +45,7 @@ class DequantizedWeightView(torch.Tensor):
 
     @staticmethod
     def __new__(cls, module, dtype: torch.dtype, device: torch.device):
-        view = torch.Tensor._make_wrapper_subclass(cls, tuple(module.weight_shape), dtype=dtype, device=device,
+        view = torch.Tensor._make_wrapper_subclass(cls, _view_shape(module), dtype=dtype, device=device,
                                                    requires_grad=False)
         view._module = weakref.ref(module)
         return view
@@ -56,8 +57,8 @@ class DequantizedWeightView(torch.Tensor):
             raise RuntimeError("the quantized module this weight view belongs to no longer exists")
         with torch.no_grad():
             if not module.format.integer:  # fp16 / bf16: the stored weight, cast
-                return module._buffers["weight"].to(self.dtype)
-            return module.dequantized_weight(torch.float32).to(self.dtype)
+                return module._buffers["weight"].to(self.dtype).reshape(self.shape)
+            return module.dequantized_weight(torch.float32).to(self.dtype).reshape(self.shape)
 
     def __repr__(self, *, tensor_contents=None) -> str:
         return f"DequantizedWeightView(shape={tuple(self.shape)}, dtype={self.dtype}, device={self.device})"
@@ -68,6 +69,7 @@ class DequantizedWeightView(torch.Tensor):
         if func in _METADATA_METHODS or getattr(func, "__name__", "") == "__get__":  # shape, dtype, device, ...
             with torch._C.DisableTorchFunctionSubclass():
                 return func(*args, **kwargs)
+        refuse_writes(func, args, kwargs)
         args, kwargs = tree_map(_plain, (args, kwargs))
         return func(*args, **kwargs)
 
@@ -86,6 +88,16 @@ class _TracedWeight(torch.Tensor):
     def __torch_function__(cls, func, types, args=(), kwargs=None):
         with torch._C.DisableTorchFunctionSubclass():
             return func(*args, **(kwargs or {}))
+
+
+def _view_shape(module) -> tuple:
+    """The float layer's weight shape: a QuantizedConv1d stores its ``[out, in, k]`` weight as
+    the height-1 ``[out, in, 1, k]`` and shows the 3-D one (reshape-only classes say so with
+    ``view_reshapes_stored_weight``; GPT-2's Conv1D keeps the [out, in] it is stored as, which
+    PEFT relies on, see integrations/peft.py)."""
+    if getattr(module, "view_reshapes_stored_weight", False):
+        return tuple(module.float_weight_shape(list(module.weight_shape)))
+    return tuple(module.weight_shape)
 
 
 def _plain(value):
@@ -118,7 +130,7 @@ class TorchCompatMixin:
             raise AttributeError(f"'{type(self).__name__}' object has no attribute 'weight'")
         if torch.compiler.is_dynamo_compiling():  # dynamo can't build the view: the dequantized tensor, traced
 
-            return dequantized_weight(self, self.orig_dtype).as_subclass(_TracedWeight)
+            return dequantized_weight(self, self.orig_dtype).reshape(_view_shape(self)).as_subclass(_TracedWeight)
         return weight_view(self)
 
     def _apply(self, fn, recurse=True):

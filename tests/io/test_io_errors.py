@@ -155,7 +155,7 @@ def test_quantized_weight_into_a_module_mono_quant_does_not_replace(tmp_path):
             super().__init__()
             self.embed = nn.Embedding(10, 4)
 
-    with pytest.raises(CheckpointError, match="'embed' is quantized in the checkpoint as a Linear but is a Embedding"):
+    with pytest.raises(CheckpointError, match="'embed' is quantized in the checkpoint as a Linear but is an Embedding"):
         mq.load(tmp_path / "q.safetensors", model=Emb())
 
 

@@ -41,7 +41,7 @@ def quantize_weight(
         A :class:`~mono_quant.QuantizedWeight` (an ``Int4Weight`` for int4).
 
     Raises:
-        TypeError: A non-tensor or non-float input.
+        TypeError: A non-tensor or non-float input, or a ``symmetric`` that is not a bool.
         ValueError: An unknown or non-integer dtype, a bad axis or group size.
         NonFiniteWeightError: The tensor holds NaN/Inf (a ``ValueError``).
 
@@ -49,5 +49,7 @@ def quantize_weight(
         >>> qw = mq.quantize_weight(linear.weight, "int8", axis=0, symmetric=True)
         >>> w = qw.dequantize()
     """
+    if not isinstance(symmetric, bool):  # ("no" is truthy: it gave symmetric weights)
+        raise TypeError(f"symmetric must be True or False, got {symmetric!r}")
     return get_format(dtype).quantize_weight(tensor, axis=axis, group_size=group_size, symmetric=symmetric,
                                              method=method)

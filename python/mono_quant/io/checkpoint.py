@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Dict, List, Mapping, Optional
 
 import torch
 
@@ -25,7 +25,7 @@ from ..errors import CheckpointError, ConfigError
 from ..formats import get_format
 from ..report import LayerReport, Report, tensor_bytes
 from ..result import QuantizationResult
-from ..strictness import check_patterns_match, layer_names_of_keys, warn_if_nothing_quantized
+from ..strictness import check_patterns_match, holder_names_of_keys, layer_names_of_keys, warn_if_nothing_quantized
 from .atomic import atomic_output, check_destination
 from .container import StreamingWriter
 from .hf_checkpoint import HfCheckpointPlan, add_tied_aliases, hf_checkpoint_plan, mark_module_types, write_hf_entry
@@ -104,6 +104,11 @@ def quantize_checkpoint(src, dst, dtype=None, *, symmetric: Optional[bool] = Non
         >>> result = mq.quantize_checkpoint("model.safetensors", "model-int4.safetensors", dtype="int4")
         >>> qmodel = mq.load(result.path, model=skeleton)
     """
+    for what, value in (("src", src), ("dst", dst)):
+        if not isinstance(value, (str, bytes, os.PathLike)):
+            raise TypeError(f"quantize_checkpoint() takes file paths; {what} is a {type(value).__name__}"
+                            + (": for a model or a state_dict in memory use mono_quant.quantize()"
+                               if isinstance(value, (torch.nn.Module, Mapping)) else ""))
     cfg = resolve_options(config, dtype=dtype, symmetric=symmetric, granularity=granularity, include=include,
                           exclude=exclude, min_weight_numel=min_weight_numel, nonfinite=nonfinite,
                           activations=activations, group_size=group_size, method=method, embeddings=embeddings,
@@ -116,7 +121,7 @@ def quantize_checkpoint(src, dst, dtype=None, *, symmetric: Optional[bool] = Non
         if reader.is_mono_quant():
             raise CheckpointError(f"{src} is already a mono-quant file; quantize the float checkpoint instead")
         _refuse_overwriting_source(reader, src, dst)
-        check_patterns_match(cfg, layer_names_of_keys(reader.keys()))
+        check_patterns_match(cfg, layer_names_of_keys(reader.keys()), holders=holder_names_of_keys(reader.keys()))
         hf_plan = hf_checkpoint_plan(src)
         hf_plan.keep_float.update(attention_out_proj_keys(reader.keys()))  # as quantize(state_dict) does
         report = _write(reader, src, dst, cfg, overwrite, progress, measure_error, hf_plan)

@@ -60,6 +60,9 @@ def load(path, model: Optional[nn.Module] = None):
         ...     skeleton = MyModel()
         >>> qmodel = mq.load("model-int8.safetensors", model=skeleton)
     """
+    if torch.is_inference_mode_enabled():  # no inference tensors in a model that may be trained (as quantize())
+        with torch.inference_mode(False):
+            return load(path, model)
     other = kind_for_file(path)  # e.g. a static int8 model (static/persist.py)
     if other is not None:
         return other.load(path, model)
@@ -277,8 +280,13 @@ class QuantizedStateDict(Mapping):
                                   f"a state_dict file does not hold as one layer")
         if cls is not None and layer.get("type") not in (None, type(float_module).__name__):
             # e.g. a 2-D weight quantized as a Linear's, but the model has an Embedding there
-            raise CheckpointError(f"layer {name!r} is quantized in the checkpoint as a {layer['type']} but is a "
-                                  f"{type(float_module).__name__} in the model")
+            kind = type(float_module).__name__
+            raise CheckpointError(
+                f"layer {name!r} is quantized in the checkpoint as a {layer['type']} but is "
+                f"{'an' if kind[0] in 'AEIOU' else 'a'} {kind} in the model (quantized without the model, every "
+                f"2-D *.weight is taken for a Linear's): quantize the checkpoint again with "
+                f"exclude=[{layer['name']!r}] (--exclude {layer['name']}; and any layer tied to it, such as an "
+                f"lm_head), or quantize the model itself")
         if cls is None:
             raise CheckpointError(f"layer {name!r} is quantized in the checkpoint but is a "
                                   f"{type(float_module).__name__} in the model, which mono-quant does not replace")

@@ -12,6 +12,7 @@ from torch import nn
 
 from ..modules.registry import QuantizedModule
 from ..result import QuantizationResult
+from ..strictness import QUANTIZED_SUFFIXES
 from .atomic import atomic_output
 from .layers import guess_orig_dtype, module_layer_entry, state_dict_layer_entry
 from .manifest import dump_manifest, new_manifest
@@ -61,6 +62,7 @@ def save(model_or_result, path, *, overwrite: bool = False) -> Path:
     elif isinstance(model_or_result, nn.Module):
         manifest, tensors = _model_payload(model_or_result, None, ())
     elif isinstance(model_or_result, Mapping):
+        _refuse_quantized_modules_state_dict(model_or_result)
         manifest, tensors = new_manifest("state_dict"), _check_tensors(model_or_result)
     else:
         raise TypeError(f"save() takes a quantized model, a QuantizationResult or a state_dict, "
@@ -73,6 +75,18 @@ def save(model_or_result, path, *, overwrite: bool = False) -> Path:
     with atomic_output(path, overwrite) as tmp:
         safetensors.torch.save_file(unique, os.fspath(tmp), metadata=metadata)
     return path
+
+
+def _refuse_quantized_modules_state_dict(sd: Mapping) -> None:
+    """TypeError for ``qmodel.state_dict()`` / ``result.state_dict()`` of a quantized model: its
+    buffers without their modules' description made a file no skeleton could load ("missing keys
+    ['0.weight']; unexpected keys ['0.weight_scale', ...]")."""
+    for key in sd:
+        prefix, _, suffix = key.rpartition(".") if isinstance(key, str) else ("", "", "")
+        if suffix in QUANTIZED_SUFFIXES and (f"{prefix}.weight_zero_point" if prefix else "weight_zero_point") in sd:
+            raise TypeError(f"save() got the state_dict of a quantized model (entry {key!r}): a file describes "
+                            f"quantized layers with their modules, so pass the quantized model or the "
+                            f"QuantizationResult itself (mq.save(qmodel, path)), not its state_dict()")
 
 
 def _check_tensors(sd: Mapping) -> Dict[str, torch.Tensor]:

@@ -22,6 +22,8 @@ from typing import Dict, List, Mapping, Optional, Tuple
 import torch
 from torch import nn
 
+from ..no_torchscript import RefusesTorchScript
+
 __all__ = ["QuantizedComposite", "ChildSpec", "is_composite"]
 
 #: one weight matrix of a float composite: (child name, weight [out, in], bias or None)
@@ -33,11 +35,12 @@ def is_composite(cls) -> bool:
     return isinstance(cls, type) and issubclass(cls, QuantizedComposite)
 
 
-class QuantizedComposite(nn.Module):
+class QuantizedComposite(RefusesTorchScript, nn.Module):
     """Subclasses define ``_configure(float_module)`` (copy the float module's
     configuration onto ``self``), :meth:`child_specs` and ``forward``."""
 
     float_type = nn.Module
+    torchscript_alternatives = "torch.compile or torch.export.export"
 
     def __init__(self, float_module: nn.Module):
         super().__init__()

@@ -13,6 +13,7 @@ from ..formats.layer_cache import forget
 from ..orig_dtype import check_orig_dtype, orig_dtype_of
 from ..qtypes import QType, get_qtype
 from ..tensor import QuantizedWeight
+from ..no_torchscript import RefusesTorchScript
 from ..torch_compat import TorchCompatMixin
 
 __all__ = ["QuantizedModule", "register_qmodule", "register_qmodule_by_name", "qmodule_for", "QMODULES",
@@ -73,7 +74,7 @@ def qmodule_for(module: nn.Module) -> Optional[Type["QuantizedModule"]]:
     return found
 
 
-class QuantizedModule(TorchCompatMixin, nn.Module):
+class QuantizedModule(RefusesTorchScript, TorchCompatMixin, nn.Module):
     """Base class of every quantized layer: shared storage and bookkeeping;
     subclasses say how to build from the float module (``from_float``) and how
     to run forward.

@@ -23,6 +23,8 @@ from typing import Dict, Optional
 import torch
 from torch._subclasses.fake_tensor import unset_fake_temporarily
 
+from ..no_torchscript import RefusesTorchScript
+
 __all__ = ["CompilesAsOneOp"]
 
 _LIB = torch.library.Library("mono_quant", "FRAGMENT")  # the namespace kernels/torch_library.py defines
@@ -93,11 +95,13 @@ torch.library.impl("mono_quant::static_forward", "CPU", lib=_LIB)(_static_forwar
 torch.library.register_fake("mono_quant::static_forward", _static_forward_fake, lib=_LIB)
 
 
-class CompilesAsOneOp:
+class CompilesAsOneOp(RefusesTorchScript):
     """Mixed into a static model (before nn.Module): its key in the table of live models,
     given at construction and again to a copy, and :meth:`compiled_call`.  The model's
     ``forward`` returns ``compiled_call``'s op when it gives one, else ``_forward_eager``,
     the eager body the op runs."""
+
+    torchscript_alternatives = "torch.compile (the model is one op in its graph) or the eager model"
 
     def _register_for_compile(self) -> None:
         self._static_op_key = _register(self)

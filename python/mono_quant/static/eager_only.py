@@ -11,7 +11,16 @@ __all__ = ["refuse_traced_input"]
 
 
 def refuse_traced_input(args) -> None:
-    """NotImplementedError when a tensor among ``args`` is a tensor subclass (a traced input)."""
+    """NotImplementedError when a tensor among ``args`` is a tensor subclass (a traced input), or
+    under torch.jit.trace."""
+    if torch.jit.is_tracing():
+        # the kernels write the output through NumPy, which a trace does not record: the traced
+        # module would return the uninitialized memory of its recorded torch.empty
+        raise NotImplementedError(
+            "static int8 models can't be traced with torch.jit.trace: their kernels fill the output outside "
+            "torch, so the traced module would return uninitialized memory; run the model eagerly or with "
+            "torch.compile, or quantize with dynamic int8 activations (mono_quant.quantize(model, 'int8')), "
+            "which torch.jit.trace records")
     exporting = torch.compiler.is_exporting()
     if torch.compiler.is_compiling() and not exporting:
         return  # torch.compile: the model's op (or a graph break) runs it eagerly on real tensors

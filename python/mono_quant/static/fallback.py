@@ -14,6 +14,7 @@ from torch import nn
 from ..calibration import DEFAULT_BINS, Calibrator
 from ..report import SkippedLayer
 from ..result import QuantizationResult
+from .calibration_check import require_samples
 from .compiled import CompilesAsOneOp
 from .eager_only import refuse_traced_input
 from .modules import StaticConv2d, StaticLinear
@@ -51,6 +52,7 @@ def quantize_per_layer(model: nn.Module, cfg, calibration, reason: str) -> Quant
     cal = Calibrator(model, bins=bins, per_channel=False)
     cal.types = (nn.Conv2d, nn.Linear)
     cal.feed(calibration, cfg.calibration_samples)
+    require_samples(cal)
     ranges = cal.ranges(cfg.observer)
     report = StaticReport(capture="hooks", fallback_reason=reason, observer=cfg.observer, samples=cal.samples)
     replaced: Dict[str, nn.Module] = {}

@@ -239,7 +239,7 @@ class StaticInt8Model(StaticGraphModel):
 
     def _forward_eager(self, *args, **kwargs):
         """The eager forward (StaticGraphModel.forward calls it, so does the compiled op)."""
-        if torch.compiler.is_exporting():  # (strict export sees a plain tensor: refuse before the fast path)
+        if torch.compiler.is_exporting() or torch.jit.is_tracing():  # (plain tensors: refuse before the fast path)
             refuse_traced_input(args)
         run = self._fast(args, kwargs)
         if run is None or type(args[0]) is not torch.Tensor:  # (a traced input: refused by the graph's forward)

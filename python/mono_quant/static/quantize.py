@@ -21,6 +21,7 @@ from torch import nn
 from ..calibration import DEFAULT_BINS, CalibrationWarning, Calibrator
 from ..config import resolve_config
 from ..errors import ConfigError
+from .calibration_check import require_samples
 from ..report import SkippedLayer
 from ..result import QuantizationResult
 from .capture import TraceError, build_plan
@@ -69,6 +70,7 @@ def quantize_static(model, cfg, calibration, observer: Optional[str], calibratio
     cal.types = (FusedFloat,)  # only the fused outputs (and inputs coming from outside them)
     probe: List[Any] = []
     cal.feed(_keep_first(calibration, probe), cfg.calibration_samples)
+    require_samples(cal)
     # points are named after the graph's modules, "layers.<op>": keyed by op here
     # a never-negative activation gets the 255 codes -127..127 on [0, max] (convert.qparams)
     one_sided = 127 - NONNEGATIVE_ZERO_POINT + 1

@@ -1,0 +1,22 @@
+"""A quantized model moved to the meta device runs forward on meta inputs (shape inference), as
+a float model does: int8 layers failed reading their packed layout's header ("Cannot copy out of
+meta tensor; no data!") while int4 / fp16 ones ran."""
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+import mono_quant as mq
+
+
+@pytest.mark.parametrize("dtype,activations", [("int8", "dynamic"), ("int8", None), ("uint8", None), ("int4", None),
+                                               ("fp16", None)])
+def test_forward_on_meta(dtype, activations):
+    model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.Flatten(), nn.Linear(64, 48), nn.ReLU(), nn.Linear(48, 10))
+    qmodel, _ = mq.quantize(model, dtype, activations=activations)
+    on_meta = copy.deepcopy(qmodel).to("meta")
+    y = on_meta(torch.randn(3, 3, 4, 4, device="meta"))
+    assert y.shape == (3, 10) and y.device.type == "meta"
+    assert on_meta[2].weight.device.type == "meta" and (on_meta[2].weight * 1).shape == (48, 64)
+    assert qmodel(torch.randn(3, 3, 4, 4)).shape == (3, 10)  # the CPU model is unaffected

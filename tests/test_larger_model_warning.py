@@ -1,0 +1,38 @@
+"""LargerModelWarning names the layer that grew most, with its shape: a narrow layer of any size
+grows (packed int8 pads output channels to 16: a Linear(300000, 4) took as many bytes as fp32),
+and the warning used to blame the smallest layer as "too small" (e.g. a 64x64 layer beside it)."""
+import warnings
+
+import pytest
+from torch import nn
+
+import mono_quant as mq
+from mono_quant.strictness import LargerModelWarning
+
+
+class RegressionHead(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.body = nn.Linear(64, 64)
+        self.head = nn.Linear(20000, 1)  # 20000 weights, one output channel
+
+    def forward(self, x):
+        return self.head(x)
+
+
+def test_the_layer_that_grew_is_named_with_what_to_do():
+    with pytest.warns(LargerModelWarning) as record:
+        mq.quantize(RegressionHead(), "int8")
+    message = str(record[0].message)
+    assert "'head' (1x20000)" in message and "pads output channels" in message, message
+    assert "exclude=['head']" in message, message
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", LargerModelWarning)
+        mq.quantize(RegressionHead(), "int8", exclude=["head"])  # the remedy it names
+
+
+def test_a_root_layer_is_named_without_an_exclude_that_cannot_work():
+    with pytest.warns(LargerModelWarning) as record:
+        mq.quantize(nn.Linear(2, 2))
+    message = str(record[0].message)
+    assert "'<root>' (2x2)" in message and "exclude=" not in message and "min_weight_numel=" in message, message
