@@ -67,6 +67,11 @@
                                 /* a wait for a descheduled worker would cost them many times their time. */
                                 /* 0.2 ms, not 1 ms: the fp16 convs' 0.2-1 ms regions on the pool, just */
                                 /* after a torch op, ran at 1-thread speed (1.4-1.5x fp32 at 2 threads) */
+#define TEAM_MIN_MIDDLING_NS 60000 /* the middling calls (mq_parallel_small_split), which the small-split */
+                                   /* back-off already keeps on one thread under load: on the pool, just */
+                                   /* after a torch op, they ran at one thread's speed (demo model, weight-only */
+                                   /* batch 32: 1.0x at AVX-512, 0.79 -> 1.28x fp32 at the AVX2 level on the team). */
+                                   /* Not for every job: int4 384x384 at 1024 rows then ran 0.6-1.2x, bimodal */
 #define SMALL_OFF_CPU_MIN_NS 50000 /* a split call whose caller was off its core longer than this and */
                                    /* than a quarter of the call: then calls that may stay on one thread */
                                    /* (mq_parallel_small_split) do, for a while */
@@ -408,9 +413,9 @@ int mq_team_backoff_for_tests(int on) {
 }
 
 /* 1 if this call may go to torch's team: enough work, last time, and not paused after a slow call. */
-static int team_wanted(mq_range_fn fn, int64_t n, int threads) {
+static int team_wanted(mq_range_fn fn, int64_t n, int threads, int64_t min_work_ns) {
     const work_entry *seen = work_find(fn, n, 0);
-    if (!seen || seen->work_ns < TEAM_MIN_WORK_NS) return 0;
+    if (!seen || seen->work_ns < min_work_ns) return 0;
     return !backoff_paused(&team_backoff) && mq_omp_team_usable(threads);
 }
 
@@ -518,7 +523,7 @@ void mq_parallel_for(int64_t n, int64_t min_chunk, int nthreads, mq_range_fn fn,
     const int timed = time_next_split;
     time_next_split = 0;
     const int64_t wall_start = timed ? now_ns() : 0, cpu_start = timed ? thread_cpu_ns() : -1;
-    if (chosen == BACKEND_OMP_TEAM && team_wanted(fn, n, parts)) {
+    if (chosen == BACKEND_OMP_TEAM && team_wanted(fn, n, parts, timed ? TEAM_MIN_MIDDLING_NS : TEAM_MIN_WORK_NS)) {
         const int64_t target = (int64_t)parts * PIECES_PER_THREAD;
         const int64_t piece_items = (units + target - 1) / target * min_chunk;
         atomic_fetch_add_explicit(&split_calls, 1, memory_order_relaxed);
