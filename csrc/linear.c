@@ -130,10 +130,12 @@ static int64_t gemv_rows(int nthreads) {
 #define MQ_ONE_THREAD_MACS ((double)(1 << 24))
 /* The weight-only kernels convert every weight to fp32 and run fp32 FMAs, a
  * few times the int8 kernels' time a multiply-add: from this much work (the
- * demo model's layers at batch 32, ~0.1 ms on one thread) such a call splits,
- * while the host lets it (mq_parallel_small_split: the split calls' callers
- * kept their cores): 1.43x the one-thread speed of the whole demo model on a
- * quiet host, 1.27-1.35x beside one or two busy processes. */
+ * demo model's layers at batch 32, 0.07 ms on one thread at AVX-512, 0.14 at
+ * AVX2) such a call splits, while the host lets it (mq_parallel_small_split:
+ * the split calls' callers kept their cores), on torch's OpenMP team when it
+ * can (parallel.c): the whole demo model at batch 32 ran 1.21-1.39x its
+ * one-thread speed at AVX-512 on a quiet host and beside one or two busy
+ * processes, 1.45-1.64x at the AVX2 level (quiet). */
 #define MQ_WO_SPLIT_MACS ((double)(1 << 23))
 /* The call's work counts what the kernels do, not the layer's size: whole
  * panels of MQ_PANEL outputs (Linear(768, 2) at 4096 rows is 8x its 6.3 M
