@@ -80,7 +80,7 @@ wheel-test: wheel
 	$(WHEEL_TEST)/venv/bin/python -m pip --disable-pip-version-check -q install torch==2.13.0
 	$(WHEEL_TEST)/venv/bin/python -m pip --disable-pip-version-check -q install dist/*.whl pytest hypothesis \
 		$(TEST_DEPS)
-	cp -r tests docs tools examples benchmarks $(WHEEL_TEST)/  # what the tests read beside the package
+	cp -r tests docs tools examples benchmarks README.md $(WHEEL_TEST)/  # what the tests read beside the package
 	printf '[pytest]\n' > $(WHEEL_TEST)/pytest.ini  # rootdir here, not the source tree
 	cd $(WHEEL_TEST) && venv/bin/python ../../tools/check_installed.py
 	cd $(WHEEL_TEST) && venv/bin/python -m pytest -q -p no:cacheprovider tests
