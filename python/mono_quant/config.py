@@ -328,7 +328,8 @@ def resolve_options(config=None, *, dtype=None, symmetric=None, granularity=None
 
     Raises:
         ConfigError: An invalid value, ``group_size`` given for a dtype
-            without groups, or ``granularity="per_tensor"`` for a dtype without it.
+            without groups, ``granularity="per_tensor"`` for a dtype without it,
+            or ``symmetric`` / ``activations="dynamic"`` for fp16 / bf16.
     """
     cfg = resolve_config(config, dtype=dtype, symmetric=symmetric, granularity=granularity, include=include,
                          exclude=exclude, min_weight_numel=min_weight_numel, nonfinite=nonfinite,
@@ -339,6 +340,13 @@ def resolve_options(config=None, *, dtype=None, symmetric=None, granularity=None
     if granularity == "per_tensor" and cfg.dtype not in ("int8", "uint8"):  # was ignored without a word
         raise ConfigError(f"granularity='per_tensor' applies to dtypes 'int8' and 'uint8' only; "
                           f"{_how_stored(cfg.dtype)}")
+    if cfg.dtype in ("fp16", "bf16"):  # options of the integer formats, accepted and ignored before
+        if symmetric is not None:
+            raise ConfigError(f"symmetric applies to the integer dtypes only; {_how_stored(cfg.dtype)} "
+                              f"(no zero-points): drop symmetric=")
+        if activations is not DEFAULT and activations is not None:
+            raise ConfigError(f"activations={activations!r} applies to dtype 'int8' only; {cfg.dtype} layers take "
+                              f"float inputs: drop activations=")
     return cfg
 
 

@@ -105,9 +105,15 @@ class QuantizedLinear(ReduceRange, QuantizedModule):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dtype is not torch.float32:  # (float32 is floating: the check can't fail, ~0.08 us a call)
             check_float_input(x, type(self).__name__)
-        if traced_forward.use_ops(x, self):  # graph capture or autograd: the torch.library ops
-            return traced_forward.linear_forward(self, x)
-        return self.format.linear(self, x)
+        try:  # (free when nothing is raised: the check costs only the 0-d input)
+            if traced_forward.use_ops(x, self):  # graph capture or autograd: the torch.library ops
+                return traced_forward.linear_forward(self, x)
+            return self.format.linear(self, x)
+        except IndexError:
+            if x.dim() == 0:  # nn.Linear's own error, where ours read x.shape[-1] of a 0-d tensor
+                raise RuntimeError(f"{type(self).__name__}: the input is 0-d (a scalar): a Linear needs an "
+                                   f"input of at least 1 dimension, [..., {self.in_features}]") from None
+            raise
 
     def extra_repr(self) -> str:
         mode = f", activations={self.activations}" if self.format.has_activation_modes else ""
