@@ -12,53 +12,7 @@ import mono_quant as mq
 from mono_quant.errors import AlreadyQuantizedError
 from mono_quant.modules.registry import QuantizedModule
 from mono_quant.strictness import NothingQuantizedWarning
-
-D = 64
-
-
-class Block(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.attn = nn.Sequential(nn.Linear(D, D), nn.Linear(D, D))
-        self.norm = nn.LayerNorm(D)
-        self.mlp = nn.Sequential(nn.Linear(D, 2 * D), nn.GELU(), nn.Linear(2 * D, D))
-
-    def forward(self, x):
-        x = x + self.attn(x)
-        return x + self.mlp(self.norm(x))
-
-
-class Net(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.blocks = nn.ModuleList([Block(), Block()])
-        self.mha = nn.MultiheadAttention(D, 4, batch_first=True)
-        self.extra = nn.Linear(D, D)  # left float by every call below
-        self.head = nn.Linear(D, 32)
-
-    def forward(self, x):
-        for block in self.blocks:
-            x = block(x)
-        x = x + self.mha(x, x, x, need_weights=False)[0]
-        return self.head(x + self.extra(x))
-
-
-FORMATS = {"blocks.*.mlp.*": "int4", "blocks.*.attn.*": "int8", "mha": "int8", "head": "fp16"}
-
-
-def _float():
-    torch.manual_seed(0)
-    return Net().eval()
-
-
-def _mixed(model):
-    """int4 MLPs, int8 attention (and the MHA), fp16 head; ``extra`` stays float."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        first = mq.quantize(model, "int4", include=["blocks.*.mlp.*"])
-        second = mq.quantize(first.model, "int8", include=["blocks.*.attn.*", "mha"])
-        third = mq.quantize(second.model, "fp16", include=["head"])
-    return first, second, third
+from mixed_models import D, float_model as _float, formats as _formats, mixed as _mixed
 
 
 def _snapshot(model):
@@ -74,10 +28,6 @@ def _same(model, snapshot):
     for k, v in tensors.items():
         assert now[k].dtype == v.dtype and now[k].shape == v.shape and torch.equal(now[k], v), k
     assert [(n, type(m).__name__) for n, m in model.named_modules()] == types
-
-
-def _formats(model):
-    return {n: m.weight_format for n, m in model.named_modules() if isinstance(m, QuantizedModule)}
 
 
 def test_each_call_quantizes_only_the_float_layers():

@@ -32,6 +32,7 @@ from .parametrized import parametrized_base, parametrized_reason, plain_float_la
 from .layer_support import drop_tied_to_float, known_unsupported_reason, qmodule_for_selected, weight_to_quantize
 from .selection import selection_reason
 from .static import quantize_static
+from .integrations.hf_layer_list import refresh_layer_list
 from .mixed import already_quantized_skips, inside_quantized, quantized_layers
 from .strictness import (check_patterns_match, holder_names_of_keys, layer_names_of_keys,
                          refuse_quantized_state_dict, warn_if_larger, warn_if_nothing_quantized)
@@ -238,6 +239,7 @@ def _quantize_module(model: nn.Module, cfg: QuantConfig, progress: bool, weights
     for key, qm in layers.memo.items():
         carry_hooks(modules[key], qm)
     qmodel = _copy_around(model, layers.memo)
+    refresh_layer_list(qmodel)  # a Hugging Face model loaded quantized: save_pretrained lists the new layers too
     if weights is not None:
         _load_remaining(qmodel, weights, set(layers.quantized_names))
     report = layers.report
