@@ -166,3 +166,9 @@ def test_mixed_model_compiles():
     eager = third.model(x)
     compiled = torch.compile(third.model)
     torch.testing.assert_close(compiled(x), eager, rtol=1e-4, atol=1e-4)
+
+
+def test_nothing_quantized_counts_the_layers_quantized_already():
+    first, _, _ = _mixed(_float())
+    with pytest.warns(NothingQuantizedWarning, match=r"float weights \(and 4 layer\(s\) quantized already"):
+        mq.quantize(first.model, "int8", exclude=["blocks.*.attn.*", "mha", "extra", "head"])

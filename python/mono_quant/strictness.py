@@ -10,7 +10,7 @@ from typing import Iterable, List, Mapping, Optional, Sequence, Tuple
 from torch import nn
 
 from .errors import AlreadyQuantizedError, ConfigError
-from .mixed import all_already_quantized
+from .mixed import ALREADY_QUANTIZED, all_already_quantized
 
 __all__ = ["refuse_quantized_state_dict", "check_patterns_match", "layer_names_of_keys",
            "holder_names_of_keys", "warn_if_nothing_quantized", "warn_if_larger", "NothingQuantizedWarning",
@@ -43,13 +43,16 @@ class LargerModelWarning(UserWarning):
 
 
 class NothingQuantizedWarning(UserWarning):
-    """quantize() found no layer to quantize: the result is the float model.
+    """quantize() found no layer to quantize: the result is the float model (a
+    copy of the model as it was when every layer is quantized already).
 
     The message gives the first skipped layers and why.  What to do: read
     ``result.skipped``; check ``include`` / ``exclude`` / ``min_weight_numel``;
-    a model whose layers mono-quant does not replace (RNNs,
-    nn.MultiheadAttention, custom layers) stays float (docs/huggingface.md has
-    the coverage table).  Import it from ``mono_quant.strictness``.
+    layers an earlier call quantized are never quantized again (mixed
+    precision: to change their format, quantize the float model); a model
+    whose layers mono-quant does not replace (RNNs, nn.MultiheadAttention,
+    custom layers) stays float (docs/huggingface.md has the coverage table).
+    Import it from ``mono_quant.strictness``.
     """
 
 
@@ -121,7 +124,9 @@ def warn_if_nothing_quantized(report, skipped) -> None:
                       f"of the model", NothingQuantizedWarning, stacklevel=4)
         return
     why = "; ".join(f"{s.name or '<root>'}: {s.reason}" for s in list(skipped)[:3])
+    done = sum(s.reason.startswith(ALREADY_QUANTIZED) for s in skipped)
     warnings.warn("nothing was quantized: the result holds the float weights"
+                  + (f" (and {done} layer(s) quantized already, as they were)" if done else "")
                   + (f" ({len(skipped)} layer(s) skipped, e.g. {why})" if skipped else
                      " (the model has no layer mono-quant replaces)"),
                   NothingQuantizedWarning, stacklevel=4)
