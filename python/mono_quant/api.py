@@ -32,7 +32,9 @@ from .parametrized import parametrized_base, parametrized_reason, plain_float_la
 from .layer_support import drop_tied_to_float, known_unsupported_reason, qmodule_for_selected, weight_to_quantize
 from .selection import selection_reason
 from .static import quantize_static
-from .strictness import (check_patterns_match, holder_names_of_keys, layer_names_of_keys, refuse_quantized_model,
+from .integrations.hf_layer_list import refresh_layer_list
+from .mixed import already_quantized_skips, inside_quantized, quantized_layers
+from .strictness import (check_patterns_match, holder_names_of_keys, layer_names_of_keys,
                          refuse_quantized_state_dict, warn_if_larger, warn_if_nothing_quantized)
 from .tensor import QuantizedWeight, sqnr_db
 
@@ -119,8 +121,10 @@ def quantize(
             ``exclude`` argument that matches no layer (a ``ValueError``).
         NonFiniteWeightError: A weight holds NaN/Inf with ``nonfinite="error"``
             (a ``ValueError``; ``.layer`` names the layer).
-        AlreadyQuantizedError: The model (or state_dict) is already quantized
-            by mono-quant (a ``ValueError``).
+        AlreadyQuantizedError: The state_dict is already quantized by
+            mono-quant (a ``ValueError``).  A model that holds quantized
+            layers is fine: only its float layers are quantized, the others
+            are listed in ``skipped`` (mixed precision, docs/guide.md).
         KeyError: A state_dict given with ``model=`` lacks a layer's entries.
 
     Warns:
@@ -151,7 +155,6 @@ def quantize(
     if isinstance(model_or_state_dict, nn.Module):
         if model is not None:
             raise TypeError("model= is only for a state_dict input; the module given is the model")
-        refuse_quantized_model(model_or_state_dict)
         return _quantize_module(model_or_state_dict, cfg, progress)
     if isinstance(model_or_state_dict, Mapping):
         _check_state_dict(model_or_state_dict)
@@ -216,10 +219,14 @@ def _quantize_module(model: nn.Module, cfg: QuantConfig, progress: bool, weights
     for name, m in model.named_modules(remove_duplicate=False):
         names_of.setdefault(id(m), []).append(name)
         modules[id(m)] = m
-    layers = {key for key, m in modules.items() if _is_layer(m)}  # (a block or an encoder only holds layers)
+    # layers quantized by an earlier call stay as they are (mixed precision: mixed.py); what is
+    # inside one (a composite's children) counts as a layer for include / exclude, never as a holder
+    held = inside_quantized(modules)
+    layers = {key for key, m in modules.items() if key in held or _is_layer(m)}  # (a block only holds layers)
     check_patterns_match(cfg, [n for key in layers for n in names_of[key]], [modules[key] for key in layers],
                          [(n, m) for key, m in modules.items() if key not in layers for n in names_of[key]])
-    targets, skipped = _select_targets(modules, names_of, cfg, weights)
+    already = already_quantized_skips(quantized_layers(modules), names_of, cfg)
+    targets, skipped = _select_targets(modules, names_of, cfg, weights, held, already)
     skipped = children_of_composites(targets, skipped, lambda m: qmodule_for_selected(m, cfg))
     targets = drop_tied_to_float(targets, skipped, modules, names_of)
     layers = _LayerQuantizer(cfg, weights)
@@ -232,6 +239,7 @@ def _quantize_module(model: nn.Module, cfg: QuantConfig, progress: bool, weights
     for key, qm in layers.memo.items():
         carry_hooks(modules[key], qm)
     qmodel = _copy_around(model, layers.memo)
+    refresh_layer_list(qmodel)  # a Hugging Face model loaded quantized: save_pretrained lists the new layers too
     if weights is not None:
         _load_remaining(qmodel, weights, set(layers.quantized_names))
     report = layers.report
@@ -245,11 +253,19 @@ def _quantize_module(model: nn.Module, cfg: QuantConfig, progress: bool, weights
 
 
 def _select_targets(modules: Dict[int, nn.Module], names_of: Dict[int, List[str]], cfg: QuantConfig,
-                    weights: Optional[Mapping]) -> Tuple[List[Tuple[str, nn.Module]], List[SkippedLayer]]:
-    """(name, module) of each layer to quantize, and the weight-bearing layers left float with why."""
+                    weights: Optional[Mapping], held: frozenset = frozenset(),
+                    already: Optional[Dict[int, SkippedLayer]] = None
+                    ) -> Tuple[List[Tuple[str, nn.Module]], List[SkippedLayer]]:
+    """(name, module) of each layer to quantize, and the weight-bearing layers left float with why;
+    the modules in ``held`` (quantized layers and their insides) are never selected, and each
+    quantized layer is listed as ``already`` says."""
     skipped: List[SkippedLayer] = []
     targets: List[Tuple[str, nn.Module]] = []
     for key, m in modules.items():
+        if key in held:
+            if already and key in already:
+                skipped.append(already[key])
+            continue
         names = names_of[key]
         if qmodule_for_selected(m, cfg) is None:
             reason = _unsupported_reason(m) if not isinstance(m, QuantizedModule) else None

@@ -42,18 +42,24 @@ class ConfigError(MonoQuantError, ValueError):
 
 
 class AlreadyQuantizedError(MonoQuantError, ValueError):
-    """quantize() was given a model (or state_dict) that mono-quant already
-    quantized: quantizing quantized weights again would compound the error and
-    report nothing useful.  A ``ValueError``.
+    """quantize() was given a state_dict that mono-quant already quantized.  A
+    ``ValueError``.
 
-    What to do: quantize the float original instead; to change the format,
-    start again from the float weights.
+    A *model* holding quantized layers is not refused: quantize() quantizes only
+    its float layers and lists the others in ``skipped`` as already quantized
+    (mixed precision).  A state_dict can't be mixed that way: its fp16 / bf16
+    layers look like float entries and would be quantized twice, compounding
+    the error.
+
+    What to do: quantize the float state_dict; to quantize the float layers a
+    quantized file left, load it into its model (``mq.load``) and quantize the
+    model; to change a layer's format, start again from the float weights.
 
     Examples:
         >>> qmodel, _ = mq.quantize(model)
-        >>> mq.quantize(qmodel)
+        >>> mq.quantize(qmodel.state_dict())
         Traceback (most recent call last):
-        mono_quant.errors.AlreadyQuantizedError: the model is already quantized (...)
+        mono_quant.errors.AlreadyQuantizedError: the state_dict is already quantized by mono-quant (...)
     """
 
 

@@ -11,12 +11,13 @@ __all__ = ["SkippedLayer", "LayerReport", "Report", "human_bytes", "tensor_bytes
 
 
 class SkippedLayer(NamedTuple):
-    """A layer left in float (a named tuple).
+    """A layer left in float, or left as it was because an earlier quantize() call
+    quantized it (mixed precision: its reason starts "already quantized as ...").  A named tuple.
 
     Attributes:
         name: The layer's module path ("" for the root; a state_dict key's prefix).
         type: The layer's class name ("Linear", "Conv2d", ...).
-        reason: Why it was left in float.
+        reason: Why it was left in float (or as it was).
 
     Examples:
         >>> qmodel, skipped = mq.quantize(model)

@@ -12,7 +12,7 @@ from torch import nn
 
 from .config import QuantConfig
 
-__all__ = ["selection_reason"]
+__all__ = ["selection_reason", "matching_include"]
 
 
 def _matches(patterns: Iterable, names: List[str], module: Optional[nn.Module]):
@@ -42,6 +42,13 @@ def selection_reason(cfg: QuantConfig, names: List[str], module: Optional[nn.Mod
         if _matches(cfg.include, names, module) is None:
             return "not matched by include"
     return None
+
+
+def matching_include(cfg: QuantConfig, names: List[str], module: Optional[nn.Module]) -> Optional[str]:
+    """The ``include`` entry (as written: a quoted glob or a type's name) that names this
+    layer, or None (no include, or none matches)."""
+    hit = _matches(cfg.include, names, module) if cfg.include else None
+    return None if hit is None else _pattern_repr(hit)
 
 
 def _pattern_repr(p) -> str:

@@ -1,6 +1,6 @@
 """quantize()'s refusals and warnings for calls that would otherwise do nothing
 silently: include / exclude patterns that match no layer, a model with nothing
-to quantize, and a model (or state_dict) that is already quantized."""
+to quantize (or only layers quantized already), and a state_dict that is already quantized."""
 from __future__ import annotations
 
 import fnmatch
@@ -10,9 +10,9 @@ from typing import Iterable, List, Mapping, Optional, Sequence, Tuple
 from torch import nn
 
 from .errors import AlreadyQuantizedError, ConfigError
-from .modules.registry import QuantizedModule
+from .mixed import ALREADY_QUANTIZED, all_already_quantized
 
-__all__ = ["refuse_quantized_model", "refuse_quantized_state_dict", "check_patterns_match", "layer_names_of_keys",
+__all__ = ["refuse_quantized_state_dict", "check_patterns_match", "layer_names_of_keys",
            "holder_names_of_keys", "warn_if_nothing_quantized", "warn_if_larger", "NothingQuantizedWarning",
            "LargerModelWarning", "UnmatchedPatternWarning", "QUANTIZED_SUFFIXES"]
 
@@ -43,36 +43,34 @@ class LargerModelWarning(UserWarning):
 
 
 class NothingQuantizedWarning(UserWarning):
-    """quantize() found no layer to quantize: the result is the float model.
+    """quantize() found no layer to quantize: the result is the float model (a
+    copy of the model as it was when every layer is quantized already).
 
     The message gives the first skipped layers and why.  What to do: read
     ``result.skipped``; check ``include`` / ``exclude`` / ``min_weight_numel``;
-    a model whose layers mono-quant does not replace (RNNs,
-    nn.MultiheadAttention, custom layers) stays float (docs/huggingface.md has
-    the coverage table).  Import it from ``mono_quant.strictness``.
+    layers an earlier call quantized are never quantized again (mixed
+    precision: to change their format, quantize the float model); a model
+    whose layers mono-quant does not replace (RNNs, nn.MultiheadAttention,
+    custom layers) stays float (docs/huggingface.md has the coverage table).
+    Import it from ``mono_quant.strictness``.
     """
-
-
-def refuse_quantized_model(model: nn.Module) -> None:
-    """Raise AlreadyQuantizedError when ``model`` holds a mono-quant quantized module."""
-    for name, m in model.named_modules():
-        if isinstance(m, QuantizedModule):
-            raise AlreadyQuantizedError(
-                f"the model is already quantized ({name or '<root>'!r} is a {type(m).__name__}, "
-                f"{m.weight_format}): quantize the float model instead (quantizing again would compound "
-                f"the error); to change the format, start again from the float weights")
 
 
 def refuse_quantized_state_dict(sd: Mapping) -> None:
     """Raise AlreadyQuantizedError when ``sd`` holds a mono-quant layer's entries (an integer
-    weight with its ``weight_zero_point``; other formats' ``weight_scale`` alone don't count)."""
+    weight with its ``weight_zero_point``; other formats' ``weight_scale`` alone don't count).
+    Unlike a model (mixed.py), a partly quantized state_dict is refused: its fp16 / bf16
+    layers look like float entries, so quantizing "only the float ones" would round them twice."""
     for key in sd:
         if not isinstance(key, str):
             continue
         prefix, _, suffix = key.rpartition(".")
         if suffix in QUANTIZED_SUFFIXES and (f"{prefix}.weight_zero_point" if prefix else "weight_zero_point") in sd:
-            raise AlreadyQuantizedError(f"the state_dict is already quantized by mono-quant (entry {key!r}): "
-                                        f"quantize the float state_dict instead")
+            raise AlreadyQuantizedError(
+                f"the state_dict is already quantized by mono-quant (entry {key!r}): quantize the float "
+                f"state_dict instead; to quantize only the layers it left float (mixed precision), load it into "
+                f"the quantized model (mq.load) and quantize that model: a state_dict does not say which of its "
+                f"float-looking entries (fp16 / bf16 layers) are already quantized")
 
 
 def check_patterns_match(cfg, names: Sequence[str], modules: Iterable[nn.Module] = (),
@@ -120,8 +118,15 @@ def warn_if_nothing_quantized(report, skipped) -> None:
     """Warn (NothingQuantizedWarning) when no layer was quantized, with the first reasons."""
     if report.layers:
         return
+    if all_already_quantized(skipped):
+        warnings.warn(f"nothing was quantized: every layer mono-quant replaces is already quantized ({len(skipped)} "
+                      f"layer(s), e.g. {skipped[0].name or '<root>'!r}: {skipped[0].reason}); the result is a copy "
+                      f"of the model", NothingQuantizedWarning, stacklevel=4)
+        return
     why = "; ".join(f"{s.name or '<root>'}: {s.reason}" for s in list(skipped)[:3])
+    done = sum(s.reason.startswith(ALREADY_QUANTIZED) for s in skipped)
     warnings.warn("nothing was quantized: the result holds the float weights"
+                  + (f" (and {done} layer(s) quantized already, as they were)" if done else "")
                   + (f" ({len(skipped)} layer(s) skipped, e.g. {why})" if skipped else
                      " (the model has no layer mono-quant replaces)"),
                   NothingQuantizedWarning, stacklevel=4)

@@ -22,7 +22,11 @@ A layer's tensors are stored under ``name + "." + local name``.  Kind
 from ``quantize(state_dict)`` / ``quantize_checkpoint()`` and are built into a
 model from its float skeleton, as ``quantize(state_dict, model=...)`` does.
 ``tensor_aliases`` lists names whose tensor is stored once under another name
-(tied weights, modules shared under several names).  A safetensors file
+(tied weights, modules shared under several names).  Each layer's format is
+its own "dtype" (a mixed-precision model has several), checked at load against
+its class's ``init_kwargs`` / ``attrs`` and tensors; "config" only records the
+options of the quantize() call that made the result (with mixed precision, the
+last one), and nothing is rebuilt from its dtype.  A safetensors file
 without a manifest reads as format version 0: a plain float state_dict.
 """
 from __future__ import annotations

@@ -1,0 +1,37 @@
+"""Keeps a Hugging Face model's mono-quant layer list in step with its modules.
+
+A model loaded with ``MonoQuantConfig`` carries, in ``config.quantization_config.layers``,
+the manifest entry of every quantized layer: ``save_pretrained`` writes that list to
+config.json and ``from_pretrained`` rebuilds exactly the layers it names.  When
+``quantize()`` quantizes more of such a model (mixed precision: int4 MLPs from the load,
+then int8 for the rest), the copy's list must name the new layers too; a stale list
+would reload their buffers as UNEXPECTED keys and leave randomly initialized float
+layers in their place, silently.  No transformers import here: quantize() calls this
+for every model, and the check is by the config's ``quant_method``.
+"""
+from __future__ import annotations
+
+from typing import Dict, List, Tuple
+
+from torch import nn
+
+from ..io.layers import module_layer_entry
+from ..modules.registry import QuantizedModule
+
+__all__ = ["refresh_layer_list"]
+
+# integrations/transformers.py's QUANT_METHOD (importing it would import transformers)
+_QUANT_METHOD = "mono_quant"
+
+
+def refresh_layer_list(model: nn.Module) -> None:
+    """Set ``model.config.quantization_config.layers`` to the entries of the model's quantized
+    layers (each once, with its aliases) when that config is mono-quant's; else do nothing."""
+    config = getattr(getattr(model, "config", None), "quantization_config", None)
+    if getattr(config, "quant_method", None) != _QUANT_METHOD or not hasattr(config, "layers"):
+        return
+    found: Dict[int, Tuple[QuantizedModule, List[str]]] = {}
+    for name, m in model.named_modules(remove_duplicate=False):
+        if isinstance(m, QuantizedModule):
+            found.setdefault(id(m), (m, []))[1].append(name)
+    config.layers = [module_layer_entry(m, names) for m, names in found.values()]
