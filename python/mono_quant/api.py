@@ -29,7 +29,8 @@ from .composites import attention_out_proj_keys, children_of_composites, composi
 from .modules.composite import is_composite
 from .module_hooks import carry_hooks, weight_in_use
 from .parametrized import parametrized_base, parametrized_reason, plain_float_layer, raw_weight
-from .layer_support import drop_tied_to_float, known_unsupported_reason, qmodule_for_selected, weight_to_quantize
+from .layer_support import (drop_tied_to_float, known_unsupported_reason, lora_adapter_reason, qmodule_for_selected,
+                            weight_to_quantize)
 from .selection import selection_reason
 from .static import quantize_static
 from .integrations.hf_layer_list import refresh_layer_list
@@ -282,6 +283,8 @@ def _skip_reason(m: nn.Module, names: List[str], cfg: QuantConfig, weights: Opti
     """Why a supported layer stays float (not selected, an embedding without embeddings=True,
     no data, too small), or None to quantize it."""
     reason = selection_reason(cfg, names, m)
+    if reason is None:
+        reason = lora_adapter_reason(names)
     qcls = qmodule_for_selected(m, cfg)
     if reason is None and is_composite(qcls):  # several weights (LSTM, attention): their own checks
         return composite_skip_reason(qcls, m, cfg, weights)

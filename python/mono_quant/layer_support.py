@@ -31,8 +31,8 @@ from .modules.registry import QMODULES, QuantizedModule, qmodule_for
 from .parametrized import parametrized_base
 from .report import SkippedLayer
 
-__all__ = ["qmodule_for_selected", "weight_to_quantize", "known_unsupported_reason", "drop_tied_to_float",
-           "TiedWeightWarning"]
+__all__ = ["qmodule_for_selected", "weight_to_quantize", "known_unsupported_reason", "lora_adapter_reason",
+           "drop_tied_to_float", "TiedWeightWarning"]
 
 
 class TiedWeightWarning(UserWarning):
@@ -97,6 +97,20 @@ def known_unsupported_reason(module: nn.Module) -> Optional[str]:
                 f"nn.MultiheadAttention is replaced (by QuantizedMultiheadAttention): kept float")
     if isinstance(module, nn.RNNBase):
         return _RNN_REASON
+    return None
+
+
+# PEFT keeps each LoRA adapter's layers in ModuleDicts under these names (lora_A.<adapter>, ...)
+_LORA_CONTAINERS = frozenset(("lora_A", "lora_B"))
+
+
+def lora_adapter_reason(names: List[str]) -> Optional[str]:
+    """Why a PEFT LoRA adapter's layer stays float (``...q_proj.lora_A.default``), or None.
+    Quantized, an adapter would be frozen: training would silently stop updating it."""
+    if any(_LORA_CONTAINERS.intersection(name.split(".")) for name in names):
+        return ("a PEFT LoRA adapter: kept float so that it trains (a quantized layer is frozen); to quantize a "
+                "trained adapter, merge it into the float model (PeftModel.from_pretrained(float_model, "
+                "'adapter').merge_and_unload()), then quantize the merged model")
     return None
 
 
