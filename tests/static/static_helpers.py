@@ -11,7 +11,7 @@ import mono_quant as mq
 from mono_quant.calibration import CalibrationWarning
 from mono_quant.static.program import StaticInt8Model
 
-__all__ = ["trained_like", "quantized_static", "program_node", "assert_loads_as_program", "Branchy"]
+__all__ = ["trained_like", "quantized_static", "program_node", "assert_loads_as_program", "Branchy", "DataDependent"]
 
 
 class Branchy(nn.Module):
@@ -27,6 +27,20 @@ class Branchy(nn.Module):
         if y.sum() > 0:
             y = y * 2
         return self.fc(y.mean((2, 3)))
+
+
+class DataDependent(nn.Module):
+    """A Linear behind an `if` on the data, which torch.fx can't trace: quantize() falls back to
+    per-layer static int8."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(16, 8)
+
+    def forward(self, x):
+        if x.sum() > -1e9:
+            x = x + 0
+        return self.fc(x)
 
 
 def trained_like(model: nn.Module, seed: int = 0) -> nn.Module:

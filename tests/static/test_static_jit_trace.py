@@ -8,19 +8,7 @@ import torch
 from torch import nn
 
 import mono_quant as mq
-
-
-class DataDependent(nn.Module):
-    """fx can't trace its `if`: quantize() falls back to per-layer static int8."""
-
-    def __init__(self):
-        super().__init__()
-        self.fc = nn.Linear(16, 8)
-
-    def forward(self, x):
-        if x.sum() > -1e9:
-            x = x + 0
-        return self.fc(x)
+from static_helpers import DataDependent
 
 
 def _quantized(model, calibration):
