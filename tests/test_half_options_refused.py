@@ -22,3 +22,19 @@ def test_half_dtype_without_them_and_with_activations_none_runs(dtype):
 
 def test_int8_still_takes_them():
     mq.quantize(nn.Sequential(nn.Linear(64, 32)), dtype="int8", symmetric=False, activations="dynamic")
+
+
+@pytest.mark.parametrize("dtype", ["fp16", "bf16"])
+def test_weight_only_spelling_is_accepted(dtype):
+    assert not mq.quantize(nn.Sequential(nn.Linear(64, 32)), dtype=dtype, activations="weight_only").skipped
+
+
+def test_a_hugging_face_config_saved_with_the_ignored_options_still_loads():
+    pytest.importorskip("transformers")
+    from mono_quant.integrations.transformers import MonoQuantConfig
+
+    saved = {"quant_method": "mono_quant", "dtype": "fp16", "activations": "dynamic", "symmetric": True,
+             "layers": [{"name": "x"}]}
+    MonoQuantConfig.from_dict(saved)  # saved before fp16 refused them: a checkpoint must still load
+    with pytest.raises(ConfigError):  # quantizing with them is refused
+        MonoQuantConfig(dtype="fp16", activations="dynamic")

@@ -344,7 +344,7 @@ def resolve_options(config=None, *, dtype=None, symmetric=None, granularity=None
         if symmetric is not None:
             raise ConfigError(f"symmetric applies to the integer dtypes only; {_how_stored(cfg.dtype)} "
                               f"(no zero-points): drop symmetric=")
-        if activations is not DEFAULT and activations is not None:
+        if isinstance(activations, str) and activations.lower() == "dynamic":
             raise ConfigError(f"activations={activations!r} applies to dtype 'int8' only; {cfg.dtype} layers take "
                               f"float inputs: drop activations=")
     return cfg

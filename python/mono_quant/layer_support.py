@@ -100,17 +100,30 @@ def known_unsupported_reason(module: nn.Module) -> Optional[str]:
     return None
 
 
-# PEFT keeps each LoRA adapter's layers in ModuleDicts under these names (lora_A.<adapter>, ...)
-_LORA_CONTAINERS = frozenset(("lora_A", "lora_B"))
+# PEFT keeps each adapter's layers in ModuleDicts keyed by the adapter's name: a LoRA layer's
+# "lora_A.<adapter>" / "lora_B.<adapter>", and the trainable copy of a modules_to_save layer
+# (and everything inside it) under "modules_to_save.<adapter>"
+_LORA_DICTS = ("lora_A", "lora_B")
+
+
+def _peft_trainable(name: str) -> Optional[str]:
+    parts = name.split(".")
+    if len(parts) >= 2 and parts[-2] in _LORA_DICTS:
+        return "a PEFT LoRA adapter"
+    if "modules_to_save" in parts[:-1]:
+        return "a PEFT modules_to_save copy (trained in full)"
+    return None
 
 
 def lora_adapter_reason(names: List[str]) -> Optional[str]:
-    """Why a PEFT LoRA adapter's layer stays float (``...q_proj.lora_A.default``), or None.
-    Quantized, an adapter would be frozen: training would silently stop updating it."""
-    if any(_LORA_CONTAINERS.intersection(name.split(".")) for name in names):
-        return ("a PEFT LoRA adapter: kept float so that it trains (a quantized layer is frozen); to quantize a "
-                "trained adapter, merge it into the float model (PeftModel.from_pretrained(float_model, "
-                "'adapter').merge_and_unload()), then quantize the merged model")
+    """Why a layer PEFT trains stays float (``...q_proj.lora_A.default``, ``head.modules_to_save.default``),
+    or None.  Quantized, it would be frozen: training would silently stop updating it."""
+    for name in names:
+        what = _peft_trainable(name)
+        if what:
+            return (f"{what}: kept float so that it trains (a quantized layer is frozen); to quantize it once "
+                    f"trained, merge the adapter into the float model (PeftModel.from_pretrained(float_model, "
+                    f"'adapter').merge_and_unload()), then quantize the merged model")
     return None
 
 

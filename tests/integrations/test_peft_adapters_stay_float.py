@@ -38,3 +38,31 @@ def test_adapters_stay_float_and_train(base):
     loss.backward()
     opt.step()
     assert any(not torch.equal(before[n], p) for n, p in result.model.named_parameters() if "lora_" in n)
+
+
+def test_modules_to_save_copies_stay_float_and_train():
+    from peft import LoraConfig
+
+    from mono_quant.integrations.peft import register
+
+    peft_model = get_peft_model(_mlp(), register(LoraConfig(r=4, target_modules=["0"], modules_to_save=["4"])))
+    result = mq.quantize(peft_model, "int8")
+    copies = {n: m for n, m in result.model.named_modules() if ".modules_to_save." in n and isinstance(m, nn.Linear)}
+    assert copies and not any(isinstance(m, QuantizedModule) for m in copies.values())
+    reasons = {s.name: s.reason for s in result.skipped}
+    assert all("modules_to_save" in reasons[n] for n in copies)
+    trainable = [n for n, p in result.model.named_parameters() if p.requires_grad]
+    assert any("modules_to_save" in n for n in trainable)
+
+
+def test_a_users_own_layer_named_lora_a_is_quantized():
+    class Own(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lora_A, self.lora_B = nn.Linear(64, 64), nn.Linear(64, 8)
+
+        def forward(self, x):
+            return self.lora_B(self.lora_A(x))
+
+    result = mq.quantize(Own(), "int8")
+    assert isinstance(result.model.lora_A, QuantizedModule) and isinstance(result.model.lora_B, QuantizedModule)

@@ -131,6 +131,9 @@ class MonoQuantConfig(QuantizationConfigMixin):
         # JSON has no "unset": None is the default here, as in a config file ("weight_only", 0 per channel)
         options["activations"] = DEFAULT if self.activations is None else self.activations
         options["group_size"] = DEFAULT if self.group_size is None else (self.group_size or None)
+        if self.layers is not None and str(self.dtype).lower() in ("fp16", "bf16"):
+            # a checkpoint saved when fp16 / bf16 took (and ignored) these: it must still load
+            options["symmetric"], options["activations"] = None, DEFAULT
         resolve_options(QuantConfig(), **options)
         return {**options, "config": QuantConfig()}  # never a config file of the working directory
 
