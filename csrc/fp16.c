@@ -26,10 +26,9 @@
 
 /* As linear.c's weight-only calls (a multiply-add here costs about what it
  * costs them: a conversion and an fp32 FMA): below ONE_THREAD_MACS a call
- * stays on the calling thread, below SPLIT_ALWAYS_MACS it splits only while
- * the split calls' callers kept their cores (mq_parallel_small_split). */
+ * stays on the calling thread, below MQ_SPLIT_ALWAYS_MACS it splits only while
+ * the split calls' callers kept their cores (mq_threads_for_work). */
 #define ONE_THREAD_MACS ((double)(1 << 23))
-#define SPLIT_ALWAYS_MACS ((double)(1 << 24))
 #define MIN_MACS_PER_PIECE ((int64_t)1 << 20)
 
 typedef struct {
@@ -79,8 +78,7 @@ void mq_h16_linear(const float *x, int64_t m, int64_t k, int64_t ldx, const uint
         return;
     }
     const mq_kernels *kt = mq_active();
-    const double work = (double)m * (double)k * (double)n;
-    nthreads = work < ONE_THREAD_MACS ? 1 : work < SPLIT_ALWAYS_MACS ? mq_parallel_small_split(nthreads) : nthreads;
+    nthreads = mq_threads_for_work((double)m * (double)k * (double)n, ONE_THREAD_MACS, nthreads);
     const int64_t units = (n + UNIT_COLS - 1) / UNIT_COLS;
     /* Few units (fewer than 4 a thread: a narrow head at many rows, Linear(768, 16) being one unit
      * and a third) and rows for several blocks: groups of whole row blocks too, about two a thread.

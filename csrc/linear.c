@@ -127,11 +127,11 @@ static int64_t gemv_rows(int nthreads) {
  * threads, quiet host: int8 dynamic layers of 2^23 (40 us on one thread) lost
  * 13% split; weight-only ones of 2^21 (8 rows) gained nothing and collapsed
  * to 2.5 ms a model call beside two busy processes. */
-#define MQ_ONE_THREAD_MACS ((double)(1 << 24))
+#define MQ_ONE_THREAD_MACS MQ_SPLIT_ALWAYS_MACS
 /* The weight-only kernels convert every weight to fp32 and run fp32 FMAs, a
  * few times the int8 kernels' time a multiply-add: from this much work (the
  * demo model's layers at batch 32, 0.07 ms on one thread at AVX-512, 0.14 at
- * AVX2) such a call splits, while the host lets it (mq_parallel_small_split:
+ * AVX2) such a call splits, while the host lets it (mq_threads_for_work:
  * the split calls' callers kept their cores), on torch's OpenMP team when it
  * can (parallel.c): the whole demo model at batch 32 ran 1.21-1.39x its
  * one-thread speed at AVX-512 on a quiet host and beside one or two busy
@@ -150,8 +150,7 @@ static int64_t gemv_rows(int nthreads) {
 #define MQ_WO_MAC_COST 4
 static int threads_for_call(int64_t m, int64_t kp, int64_t n, int nthreads, double split_from) {
     const double work = (double)m * (double)kp * ((double)mq_round_up(n, MQ_PANEL) + MQ_ACT_MACS);
-    if (work < split_from) return 1;
-    return work < MQ_ONE_THREAD_MACS ? mq_parallel_small_split(nthreads) : nthreads;
+    return mq_threads_for_work(work, split_from, nthreads);
 }
 
 static int64_t panels_per_chunk(int64_t m, int64_t kp, int mac_cost) {

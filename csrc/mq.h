@@ -419,9 +419,12 @@ const char *mq_threading_backend(void); /* "pool", "pthreads" or "omp-team" */
 int64_t mq_omp_team_calls(void);        /* jobs "omp-team" ran on torch's OpenMP team (this process) */
 int64_t mq_parallel_split_calls(void);  /* mq_parallel_for calls cut for more than one thread */
 int mq_team_backoff_for_tests(int on); /* tests: 0 turns the back-offs' pauses off (team and small splits) */
-/* nthreads, or 1 while calls have lately waited for a descheduled helper: for
- * calls a kernel would split on a quiet host but not beside busy processes. */
-int mq_parallel_small_split(int nthreads);
+/* Multiply-adds from which every call splits (linear.c: measured safe under load). */
+#define MQ_SPLIT_ALWAYS_MACS ((double)(1 << 24))
+/* Threads for a call of `work` multiply-adds: 1 below split_from (the kernel's own bound);
+ * from there up to MQ_SPLIT_ALWAYS_MACS, nthreads only while the split calls' callers kept
+ * their cores lately (parallel.c's back-off), else 1; nthreads from MQ_SPLIT_ALWAYS_MACS. */
+int mq_threads_for_work(double work, double split_from, int nthreads);
 void mq_parallel_watch_forks(void); /* once, at import: fork handlers that must see every later fork */
 
 /* ---- quant.c: whole-tensor drivers over rows ------------------------------- */

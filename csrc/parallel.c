@@ -28,7 +28,7 @@
  * 1.3-1.9x the pool's speed on large calls (docs/benchmarks.md, "torch's
  * OpenMP team"); MONO_QUANT_THREADS=pool uses the pool alone.
  *
- * Middling calls (a kernel's rule: mq_parallel_small_split) split only while
+ * Middling calls (a kernel's rule: mq_threads_for_work) split only while
  * the split ones' callers keep their cores, and run on one thread for a while
  * (BACKOFF_PAUSE_*) after one whose caller was off its core for a good part
  * of the call: where the cores are shared, a woken helper takes the caller's
@@ -67,14 +67,14 @@
                                 /* a wait for a descheduled worker would cost them many times their time. */
                                 /* 0.2 ms, not 1 ms: the fp16 convs' 0.2-1 ms regions on the pool, just */
                                 /* after a torch op, ran at 1-thread speed (1.4-1.5x fp32 at 2 threads) */
-#define TEAM_MIN_MIDDLING_NS 60000 /* the middling calls (mq_parallel_small_split), which the small-split */
+#define TEAM_MIN_MIDDLING_NS 60000 /* the middling calls (mq_threads_for_work), which the small-split */
                                    /* back-off already keeps on one thread under load: on the pool, just */
                                    /* after a torch op, they ran at one thread's speed (demo model, weight-only */
                                    /* batch 32: 1.0x at AVX-512, 0.79 -> 1.28x fp32 at the AVX2 level on the team). */
                                    /* Not for every job: int4 384x384 at 1024 rows then ran 0.6-1.2x, bimodal */
 #define SMALL_OFF_CPU_MIN_NS 50000 /* a split call whose caller was off its core longer than this and */
                                    /* than a quarter of the call: then calls that may stay on one thread */
-                                   /* (mq_parallel_small_split) do, for a while */
+                                   /* (mq_threads_for_work) do, for a while */
 #define WORK_SEEN_SETS 256 /* x WORK_SEEN_WAYS: a model's layers x regions per layer, with room */
 #define WORK_SEEN_WAYS 4
 
@@ -88,17 +88,14 @@ static inline void cpu_relax(void) {
 #endif
 }
 
-static int64_t now_ns(void) {
+static int64_t clock_ns(clockid_t clock) { /* -1 if the clock can't be read */
     struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
+    if (clock_gettime(clock, &ts) != 0) return -1;
     return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
 }
 
-static int64_t thread_cpu_ns(void) {
-    struct timespec ts;
-    if (clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts) != 0) return -1;
-    return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
-}
+static int64_t now_ns(void) { return clock_ns(CLOCK_MONOTONIC); }
+static int64_t thread_cpu_ns(void) { return clock_ns(CLOCK_THREAD_CPUTIME_ID); }
 
 #ifdef __linux__
 static void futex_wait(atomic_uint *word, unsigned expected) {
@@ -149,7 +146,7 @@ static void backoff_reset(backoff *b) {
     atomic_store(&b->pause_ns, 0);
 }
 
-/* Calls of middling work (a kernel's own rule, mq_parallel_small_split) split
+/* Calls of middling work (a kernel's own rule, mq_threads_for_work) split
  * only while the split calls' callers have kept their cores: on a quiet host
  * such a call runs at up to twice its one-thread speed on 2 threads, but where
  * the cores are shared (busy processes beside, or a process given one core)
@@ -495,9 +492,12 @@ int mq_set_threading_backend(const char *name) {
 
 const char *mq_threading_backend(void) { return backend_names[atomic_load(&backend)]; }
 
-int mq_parallel_small_split(int nthreads) {
-    /* pthreads starts threads per call: never worth it for a middling call */
-    if (nthreads <= 1 || atomic_load(&backend) == BACKEND_PTHREADS || backoff_paused(&small_backoff)) return 1;
+int mq_threads_for_work(double work, double split_from, int nthreads) {
+    if (work >= MQ_SPLIT_ALWAYS_MACS) return nthreads;
+    /* middling work: pthreads starts threads per call, never worth it for such a call */
+    if (work < split_from || nthreads <= 1 || atomic_load(&backend) == BACKEND_PTHREADS ||
+        backoff_paused(&small_backoff))
+        return 1;
     time_next_split = 1;
     return nthreads;
 }
