@@ -11,12 +11,9 @@ for every model, and the check is by the config's ``quant_method``.
 """
 from __future__ import annotations
 
-from typing import Dict, List, Tuple
-
 from torch import nn
 
-from ..io.layers import module_layer_entry
-from ..modules.registry import QuantizedModule
+from ..io.layers import quantized_layer_entries
 
 __all__ = ["refresh_layer_list"]
 
@@ -30,8 +27,4 @@ def refresh_layer_list(model: nn.Module) -> None:
     config = getattr(getattr(model, "config", None), "quantization_config", None)
     if getattr(config, "quant_method", None) != _QUANT_METHOD or not hasattr(config, "layers"):
         return
-    found: Dict[int, Tuple[QuantizedModule, List[str]]] = {}
-    for name, m in model.named_modules(remove_duplicate=False):
-        if isinstance(m, QuantizedModule):
-            found.setdefault(id(m), (m, []))[1].append(name)
-    config.layers = [module_layer_entry(m, names) for m, names in found.values()]
+    config.layers = quantized_layer_entries(model)

@@ -42,7 +42,7 @@ from transformers.utils.quantization_config import QuantizationConfigMixin
 from ..errors import ConfigError
 from ..io.composites import check_loaded_float_parameters, expand_shells, float_parameter_keys
 from ..io.errors import CheckpointError
-from ..io.layers import module_layer_entry, own_tensors
+from ..io.layers import own_tensors, quantized_layer_entries
 from ..io.manifest import quantized_class
 from ..io.validate import check_layer
 from ..io.dtypes import dtype_from_name
@@ -220,21 +220,10 @@ class MonoQuantHfQuantizer(HfQuantizer):
                 f"embeddings=False (the head stays float and tied), or mono_quant.quantize(model, embeddings=True) "
                 f"with mono_quant.save / load")
         result = quantize(model, **options)
-        entries = []
-        seen = set()
-        names_of: Dict[int, List[str]] = {}
         for name, m in result.model.named_modules(remove_duplicate=False):
-            if isinstance(m, QuantizedModule):
-                names_of.setdefault(id(m), []).append(name)
-        for name, m in result.model.named_modules(remove_duplicate=False):
-            if isinstance(m, QuantizedComposite):
-                _set_module(model, name, m)  # an LSTM / attention; its children are recorded below
-            if isinstance(m, QuantizedModule):
+            if isinstance(m, (QuantizedComposite, QuantizedModule)):  # a composite's children are recorded too
                 _set_module(model, name, m)
-                if id(m) not in seen:
-                    seen.add(id(m))
-                    entries.append(module_layer_entry(m, names_of[id(m)]))
-        self.quantization_config.layers = entries
+        self.quantization_config.layers = quantized_layer_entries(result.model)
         model.mono_quant_report = result.report
         return model
 

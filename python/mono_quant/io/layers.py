@@ -3,17 +3,19 @@ what the state_dict path records for a quantized ``*.weight`` entry."""
 from __future__ import annotations
 
 import math
-from typing import Any, Dict, Mapping, Optional
+from typing import Any, Dict, List, Mapping, Optional
 
 import torch
 from torch import nn
 
 from ..formats import get_format
+from ..modules.registry import QuantizedModule
 from ..orig_dtype import orig_dtype_of
 from .dtypes import dtype_name
 from .manifest import quantized_class, tensor_spec
 
-__all__ = ["module_layer_entry", "state_dict_layer_entry", "own_tensors", "guess_orig_dtype"]
+__all__ = ["module_layer_entry", "quantized_layer_entries", "state_dict_layer_entry", "own_tensors",
+           "guess_orig_dtype"]
 
 
 def own_tensors(module: nn.Module) -> Dict[str, torch.Tensor]:
@@ -26,6 +28,18 @@ def own_tensors(module: nn.Module) -> Dict[str, torch.Tensor]:
         if b is not None and name not in module._non_persistent_buffers_set:
             out[name] = b.detach()
     return out
+
+
+def quantized_layer_entries(model: nn.Module) -> List[Dict[str, Any]]:
+    """The manifest entry of each QuantizedModule of ``model``, once, with every name it has
+    (a shared layer's aliases), in ``named_modules`` order."""
+    names_of: Dict[int, List[str]] = {}
+    found = {}
+    for name, m in model.named_modules(remove_duplicate=False):
+        if isinstance(m, QuantizedModule):
+            names_of.setdefault(id(m), []).append(name)
+            found.setdefault(id(m), m)
+    return [module_layer_entry(m, names_of[key]) for key, m in found.items()]
 
 
 def module_layer_entry(module, names) -> Dict[str, Any]:

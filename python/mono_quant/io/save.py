@@ -10,11 +10,10 @@ import torch
 import safetensors.torch
 from torch import nn
 
-from ..modules.registry import QuantizedModule
 from ..result import QuantizationResult
 from ..strictness import QUANTIZED_SUFFIXES
 from .atomic import atomic_output
-from .layers import guess_orig_dtype, module_layer_entry, state_dict_layer_entry
+from .layers import guess_orig_dtype, quantized_layer_entries, state_dict_layer_entry
 from .manifest import dump_manifest, new_manifest
 from .file_kinds import kind_for_object
 
@@ -105,14 +104,7 @@ def _check_tensors(sd: Mapping) -> Dict[str, torch.Tensor]:
 
 def _model_payload(model: nn.Module, config, skipped) -> Tuple[dict, Dict[str, torch.Tensor]]:
     manifest = new_manifest("model", config, skipped)
-    names_of: Dict[int, list] = {}
-    modules = {}
-    for name, m in model.named_modules(remove_duplicate=False):
-        names_of.setdefault(id(m), []).append(name)
-        modules[id(m)] = m
-    for key, m in modules.items():
-        if isinstance(m, QuantizedModule):
-            manifest["layers"].append(module_layer_entry(m, names_of[key]))
+    manifest["layers"].extend(quantized_layer_entries(model))
     return manifest, _check_tensors(model.state_dict())
 
 
