@@ -516,8 +516,15 @@ void mq_parallel_for(int64_t n, int64_t min_chunk, int nthreads, mq_range_fn fn,
         return;
     }
     if (parts > 1) pthread_once(&fork_handler_once, register_fork_handler);
-    if (parts == 1 || inside_pool_thread || atomic_exchange(&pool.owned, 1)) {
-        fn(ctx, 0, n); /* one thread's worth, nested, or another caller owns the pool */
+    if (parts == 1 || inside_pool_thread) {
+        fn(ctx, 0, n); /* one thread's worth (a middling call's bf16 copy pass keeps its timing mark), or nested */
+        return;
+    }
+    if (atomic_exchange(&pool.owned, 1)) {
+        /* another caller owns the pool: this call runs alone, so its mark goes, lest a later
+         * (perhaps large) call on this thread be timed and judged as a middling one */
+        time_next_split = 0;
+        fn(ctx, 0, n);
         return;
     }
     const int timed = time_next_split;
