@@ -23,10 +23,10 @@ import torch
 from torch.utils._pytree import tree_map
 
 from .formats.traced_forward import dequantized_weight
-from .weight_view_writes import refuse_writes
+from .weight_view_writes import refuse_dispatch_writes, refuse_writes
 from .orig_dtype import check_orig_dtype
 
-__all__ = ["DequantizedWeightView", "TorchCompatMixin", "weight_view"]
+__all__ = ["DequantizedWeightView", "TorchCompatMixin", "weight_replaced_message", "weight_view"]
 
 # Tensor methods answered from the view's metadata, without dequantizing
 _METADATA_METHODS = frozenset({
@@ -34,6 +34,9 @@ _METADATA_METHODS = frozenset({
     torch.Tensor.element_size, torch.Tensor.is_floating_point, torch.Tensor.is_complex, torch.Tensor.get_device,
     torch.Tensor.__len__, torch.Tensor.is_contiguous, torch.Tensor.stride,
 })
+
+# aliases of the view's (absent) storage: the view itself (a write through one would be lost)
+_ALIASES = frozenset({torch.Tensor.detach, torch.detach})
 
 
 class DequantizedWeightView(torch.Tensor):
@@ -66,6 +69,8 @@ class DequantizedWeightView(torch.Tensor):
     @classmethod
     def __torch_function__(cls, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
+        if func in _ALIASES or (func.__name__ == "__get__" and getattr(func.__self__, "__name__", "") == "data"):
+            return args[0]  # .data / .detach(): the view itself, so a write through it is refused (writes.py)
         if func in _METADATA_METHODS or getattr(func, "__name__", "") == "__get__":  # shape, dtype, device, ...
             with torch._C.DisableTorchFunctionSubclass():
                 return func(*args, **kwargs)
@@ -75,6 +80,7 @@ class DequantizedWeightView(torch.Tensor):
 
     @classmethod
     def __torch_dispatch__(cls, func, types, args=(), kwargs=None):  # reached only below torch_function
+        refuse_dispatch_writes(func, args, kwargs or {})  # (Tensor.set_ comes here only)
         args, kwargs = tree_map(_plain, (args, kwargs or {}))
         return func(*args, **kwargs)
 
@@ -133,6 +139,23 @@ class TorchCompatMixin:
             return dequantized_weight(self, self.orig_dtype).reshape(_view_shape(self)).as_subclass(_TracedWeight)
         return weight_view(self)
 
+    def __setattr__(self, name, value):
+        # nn.Module's own path for a Parameter dropped an fp16 layer's weight buffer, then raised KeyError
+        buffers = self.__dict__.get("_buffers", {})
+        if name == "weight" and ("weight" in buffers or "weight_scale" in buffers):
+            stored = buffers.get("weight")
+            # (a plain tensor of the stored buffer's dtype and shape replaces it, as nn.Module does: the
+            # Hugging Face loader fills an fp16 layer so)
+            if not (isinstance(value, torch.Tensor) and not isinstance(value, torch.nn.Parameter)
+                    and stored is not None and value.dtype == stored.dtype and value.shape == stored.shape):
+                raise AttributeError(weight_replaced_message(self, f"layer.weight = <{type(value).__name__}>"))
+        super().__setattr__(name, value)
+
+    def __delattr__(self, name):
+        if name == "weight" and ("weight" in self._buffers or "weight_scale" in self._buffers):
+            raise AttributeError(weight_replaced_message(self, "del layer.weight"))
+        super().__delattr__(name)
+
     def _apply(self, fn, recurse=True):
         """``.to(device)`` moves every buffer; a dtype conversion (``.to(torch.bfloat16)``,
         ``.half()``, ``.float()``) leaves the stored format's buffers (integer codes, scales,
@@ -155,6 +178,14 @@ class TorchCompatMixin:
         if cast_to is not None:
             self.orig_dtype = cast_to
         return result
+
+
+def weight_replaced_message(module, what: str) -> str:
+    """Why ``what`` (an assignment to / deletion of ``.weight``) is refused on a quantized ``module``."""
+    return (f"{what} on {type(module).__name__} ({module.weight_format}): a quantized layer's weight is its "
+            f"stored format (integer codes and scales, or a 16-bit buffer), and .weight a read-only view of it.  "
+            f"Give it a new weight with layer.set_weight(mono_quant.quantize_weight(w, ...)), or change the float "
+            f"model and quantize it again")
 
 
 def _conversion_dtype(fn):
