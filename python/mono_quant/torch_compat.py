@@ -158,18 +158,22 @@ class TorchCompatMixin:
 
     def _apply(self, fn, recurse=True):
         """``.to(device)`` moves every buffer; a dtype conversion (``.to(torch.bfloat16)``,
-        ``.half()``, ``.float()``) leaves the stored format's buffers (integer codes, scales,
+        ``.half()``, ``.float()``, ``.double()``, ``.type(torch.float64)``) leaves the stored format's buffers (integer codes, scales,
         zero-points, fp16/bf16 weights) in their dtypes and changes the compute dtype
         instead: the bias and ``orig_dtype`` (the dtype of ``.weight`` and of an
         embedding's output) follow, and outputs keep following the input's dtype.  Only to a
-        dtype a weight may stand for (``orig_dtype.ORIG_DTYPES``): ConfigError for float8.  (Cast
+        dtype a weight may stand for (``orig_dtype.ORIG_DTYPES``): ConfigError for float8 or an
+        integer dtype (``.type(torch.int8)``).  (Cast
         as other buffers are, an int4 layer's fp16 scales would be read back as fp16 bits
         of bf16 values: garbage.)"""
-        stored = {name: t for name, t in self._buffers.items() if t is not None and t.is_floating_point()}
+        # every stored buffer: .type(dtype) (Module.type) casts integer ones too, which turned the int8 codes,
+        # packed weights and their int32 layout into float64 (the packed layout then unreadable)
+        stored = {name: t for name, t in self._buffers.items() if t is not None}
         cast_to = _conversion_dtype(fn)
         if cast_to is not None:  # before any tensor moves: a refused conversion leaves the module as it was
             check_orig_dtype(cast_to, f"{type(self).__name__}: the conversion's dtype",
-                             "; convert to one of those (float8 has no matmul or conv on the CPU)")
+                             "; convert to one of those (float8 has no matmul or conv on the CPU; an integer or "
+                             "complex dtype none at all)")
         result = super()._apply(fn, recurse)
         for name, old in stored.items():
             new = self._buffers.get(name)
@@ -189,8 +193,8 @@ def weight_replaced_message(module, what: str) -> str:
 
 
 def _conversion_dtype(fn):
-    """The float dtype ``fn`` (what Module._apply applies to each tensor) converts
-    floating-point tensors to, or None when it keeps their dtype (a device move, ...)."""
+    """The dtype ``fn`` (what Module._apply applies to each tensor) converts floating-point
+    tensors to, or None when it keeps their dtype (a device move, ...)."""
     try:
         to32, to16 = fn(torch.empty(0)), fn(torch.empty(0, dtype=torch.float16))
     except Exception:  # a conversion that can't take an empty CPU probe: assume no dtype change
@@ -199,4 +203,4 @@ def _conversion_dtype(fn):
         return None
     if to32.dtype == torch.float32 and to16.dtype == torch.float16:
         return None
-    return to32.dtype if to32.dtype.is_floating_point else None
+    return to32.dtype  # (an integer or complex one too: .type(torch.int8) is refused, not half applied)
