@@ -18,6 +18,7 @@ over their stored ``weight`` buffer, which ``state_dict()`` keeps as before.
 from __future__ import annotations
 
 import weakref
+from sys import _getframe
 
 import torch
 from torch.utils._pytree import tree_map
@@ -25,6 +26,7 @@ from torch.utils._pytree import tree_map
 from .formats.traced_forward import dequantized_weight
 from .weight_view_writes import refuse_dispatch_writes, refuse_writes
 from .orig_dtype import check_orig_dtype
+from .parametrized import REPARAMETRIZER_FILES, refuse_reparametrizing, refuse_weight_parametrization
 
 __all__ = ["DequantizedWeightView", "TorchCompatMixin", "weight_replaced_message", "weight_view"]
 
@@ -137,7 +139,19 @@ class TorchCompatMixin:
         if torch.compiler.is_dynamo_compiling():  # dynamo can't build the view: the dequantized tensor, traced
 
             return dequantized_weight(self, self.orig_dtype).reshape(_view_shape(self)).as_subclass(_TracedWeight)
+        if _getframe(1).f_code.co_filename.endswith(REPARAMETRIZER_FILES):  # (one file name: ~0.1 us a read)
+            refuse_reparametrizing(self)  # weight_norm, prune, parametrize read it here first: fail before any change
         return weight_view(self)
+
+    @property
+    def parametrizations(self):
+        """torch.nn.utils.parametrize's ModuleDict once one is registered (on the bias); asked for
+        first by ``register_parametrization``, which is refused here for the weight."""
+        found = self.__dict__.get("_modules", {}).get("parametrizations")
+        if found is not None:
+            return found
+        refuse_weight_parametrization(self)
+        raise AttributeError(f"'{type(self).__name__}' object has no attribute 'parametrizations'")
 
     def __setattr__(self, name, value):
         # nn.Module's own path for a Parameter dropped an fp16 layer's weight buffer, then raised KeyError
@@ -158,13 +172,13 @@ class TorchCompatMixin:
 
     def _apply(self, fn, recurse=True):
         """``.to(device)`` moves every buffer; a dtype conversion (``.to(torch.bfloat16)``,
-        ``.half()``, ``.float()``, ``.double()``, ``.type(torch.float64)``) leaves the stored format's buffers (integer codes, scales,
-        zero-points, fp16/bf16 weights) in their dtypes and changes the compute dtype
-        instead: the bias and ``orig_dtype`` (the dtype of ``.weight`` and of an
-        embedding's output) follow, and outputs keep following the input's dtype.  Only to a
-        dtype a weight may stand for (``orig_dtype.ORIG_DTYPES``): ConfigError for float8 or an
-        integer dtype (``.type(torch.int8)``).  (Cast
-        as other buffers are, an int4 layer's fp16 scales would be read back as fp16 bits
+        ``.half()``, ``.float()``, ``.double()``, ``.type(torch.float64)``) leaves the stored
+        format's buffers (integer codes, scales, zero-points, fp16/bf16 weights) in their
+        dtypes and changes the compute dtype instead: the bias and ``orig_dtype`` (the dtype
+        of ``.weight`` and of an embedding's output) follow, and outputs keep following the
+        input's dtype.  Only to a dtype a weight may stand for (``orig_dtype.ORIG_DTYPES``):
+        ConfigError for float8 or an integer dtype (``.type(torch.int8)``).  (Cast as other
+        buffers are, an int4 layer's fp16 scales would be read back as fp16 bits
         of bf16 values: garbage.)"""
         # every stored buffer: .type(dtype) (Module.type) casts integer ones too, which turned the int8 codes,
         # packed weights and their int32 layout into float64 (the packed layout then unreadable)

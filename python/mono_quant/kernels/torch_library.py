@@ -48,10 +48,10 @@ def refuse_functorch(module) -> None:
     ops' backward is an autograd.Function functorch can't take.  (Plain autograd is not a transform.)"""
     if _transforms_active():
         raise NotImplementedError(
-            f"{'a quantized layer' if module is None else type(module).__name__}: torch.func transforms (vmap, grad, jacrev, jacfwd, functorch) over a "
-            f"quantized layer are not supported.  For gradients to the input use plain autograd "
-            f"(loss.backward() or torch.autograd.grad, which work); instead of vmap, run the batch as one "
-            f"call or loop; or apply the transform to the float model")
+            f"{'a quantized layer' if module is None else type(module).__name__}: torch.func transforms (vmap, "
+            f"grad, jacrev, jacfwd, functorch) over a quantized layer are not supported.  For gradients to the "
+            f"input use plain autograd (loss.backward() or torch.autograd.grad, which work); instead of vmap, "
+            f"run the batch as one call or loop; or apply the transform to the float model")
 
 
 def use_ops(x: torch.Tensor, module=None) -> bool:
