@@ -71,9 +71,11 @@ class DequantizedWeightView(torch.Tensor):
     @classmethod
     def __torch_function__(cls, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
-        if func in _ALIASES or (func.__name__ == "__get__" and getattr(func.__self__, "__name__", "") == "data"):
+        name = getattr(func, "__name__", "")
+        if func in _ALIASES or (name == "__get__" and getattr(getattr(func, "__self__", None), "__name__", None)
+                                == "data"):
             return args[0]  # .data / .detach(): the view itself, so a write through it is refused (writes.py)
-        if func in _METADATA_METHODS or getattr(func, "__name__", "") == "__get__":  # shape, dtype, device, ...
+        if func in _METADATA_METHODS or name == "__get__":  # shape, dtype, device, ...
             with torch._C.DisableTorchFunctionSubclass():
                 return func(*args, **kwargs)
         refuse_writes(func, args, kwargs)
