@@ -8,7 +8,8 @@ captures the model and translates those ops (``custom_translation_table``, onnxs
 into:
 
 - int8 dynamic Linear: ``DynamicQuantizeLinear`` + ``MatMulInteger`` (int32) + scales;
-- int8 weight-only Linear / Conv2d: ``DequantizeLinear`` (per channel) + ``MatMul`` / ``Conv``;
+- int8 weight-only Linear / Conv2d / Conv1d: ``DequantizeLinear`` (per channel) + ``MatMul`` / ``Conv``
+  (a Conv1d as a 1-D ``Conv`` on its 3-D weight, not the height-1 2-D view it runs as);
 - int8 dynamic Conv2d: the activation as ``DynamicQuantizeLinear`` + ``DequantizeLinear``
   (QDQ; ONNX Runtime's ConvInteger takes no int8 weights), the weight as above;
 - int4 Linear with a power-of-two group: ``com.microsoft.MatMulNBits`` (4-bit blocks,
@@ -37,7 +38,7 @@ from torch import nn
 
 from .formats.int4 import Int4Format
 from .formats.int4_weight import effective_group
-from .modules import QuantizedConv2d, QuantizedEmbedding, QuantizedLinear, QuantizedModule
+from .modules import QuantizedConv1d, QuantizedConv2d, QuantizedEmbedding, QuantizedLinear, QuantizedModule
 from .torch_compat import weight_view
 
 __all__ = ["export_onnx", "onnx_twin"]
@@ -236,15 +237,26 @@ class _OnnxLinear(_Twin):
 
 
 class _OnnxConv2d(_Twin):
+    """A QuantizedConv2d's twin, and a QuantizedConv1d's: that one runs ``F.conv1d`` with the
+    float layer's 1-D geometry on a 3-D weight (the height-1 view it is stored as would take
+    the ``[N, C, L]`` input for an unbatched ``[C, H, W]`` one: wrong numbers, or no export)."""
+
     def __init__(self, module):
         super().__init__(module)
-        # the 2-D geometry the module runs with (a QuantizedConv1d's is its height-1 view)
-        self.stride, self.padding, self.dilation = (copy.copy(module.stride2d), copy.copy(module.padding2d),
-                                                    copy.copy(module.dilation2d))
+        self.one_d = isinstance(module, QuantizedConv1d)
+        if self.one_d:  # nn.Conv1d's own geometry
+            _, stride, padding, dilation = module.float_geometry()
+        else:
+            stride, padding, dilation = module.stride2d, module.padding2d, module.dilation2d
+        self.stride, self.padding, self.dilation = copy.copy(stride), copy.copy(padding), copy.copy(dilation)
         for name in ("groups", "padding_mode", "_reversed_padding_repeated_twice"):
             setattr(self, name, copy.copy(getattr(module, name)))
+        if self.one_d and self._reversed_padding_repeated_twice is not None:
+            self._reversed_padding_repeated_twice = list(self._reversed_padding_repeated_twice[:2])  # (left, right)
         self.register_buffer("bias", _bias(module))
         self.shape = list(module.weight_shape)
+        if self.one_d:
+            self.shape = list(module.float_weight_shape(self.shape))  # [out, in/groups, k]
         self.dynamic = module.activations == "dynamic" and not isinstance(module.format, Int4Format)
         if isinstance(module.format, Int4Format):
             codes, scale, zero_point, cols, _ = _int4_parts(module)
@@ -253,6 +265,7 @@ class _OnnxConv2d(_Twin):
         else:
             self.cols = None
             q, scale, zero_point, _ = _int8_parts(module)
+            q = q.reshape(self.shape)  # (a Conv1d's codes: [out, in/groups, k])
             if self.dynamic:  # (ONNX Runtime may fuse a QDQ conv into an integer one)
                 q, zero_point = _integer_matmul_weights(q, zero_point)
             self.register_buffer("q", q)
@@ -267,10 +280,11 @@ class _OnnxConv2d(_Twin):
             w = ops.onnx_dequantize(self.q, self.scale, self.zero_point, 0)
         if self.dynamic:
             x = ops.onnx_fake_quantize_dynamic(x)
+        conv = F.conv1d if self.one_d else F.conv2d
         if self.padding_mode != "zeros":
             x = F.pad(x, self._reversed_padding_repeated_twice, mode=self.padding_mode)
-            return F.conv2d(x, w, self.bias, self.stride, 0, self.dilation, self.groups)
-        return F.conv2d(x, w, self.bias, self.stride, self.padding, self.dilation, self.groups)
+            return conv(x, w, self.bias, self.stride, 0, self.dilation, self.groups)
+        return conv(x, w, self.bias, self.stride, self.padding, self.dilation, self.groups)
 
 
 class _OnnxEmbedding(_Twin):

@@ -8,17 +8,26 @@ like the plain layer, with the weight the float model computes in eval mode
 (spectral_norm's power iteration never runs: the caller's ``u`` / ``v`` are not
 touched), taken from a parametrization-free copy of the layer.  A layer with another
 tensor parametrized (its bias) stays float, with a reason.
+
+The other way round, torch's reparametrizations of an already quantized layer's weight
+(``parametrize`` / ``parametrizations.*``, ``weight_norm``, ``spectral_norm``, ``prune``)
+are refused by :func:`refuse_reparametrizing`: they would take the dequantized view for the
+weight (a Parameter to train, a buffer to replace) and fail obscurely or, for a 16-bit layer,
+detach its stored weight.
 """
 from __future__ import annotations
 
 import copy
+import os
+import sys
 from typing import List, Optional
 
 import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
-__all__ = ["parametrized_base", "parametrized_reason", "plain_float_layer", "raw_weight"]
+__all__ = ["REPARAMETRIZER_FILES", "parametrized_base", "parametrized_reason", "plain_float_layer", "raw_weight",
+           "refuse_reparametrizing", "refuse_weight_parametrization"]
 
 
 def parametrized_base(module: nn.Module) -> Optional[type]:
@@ -66,3 +75,39 @@ def plain_float_layer(module: nn.Module) -> Optional[nn.Module]:
     del plain._modules["parametrizations"]
     plain.weight = nn.Parameter(weight, requires_grad=False)
     return plain
+
+
+# torch's files whose code reads a layer's weight only to reparametrize it
+_REPARAMETRIZERS = {os.path.join("torch", "nn", "utils", f"{name}.py"): label for name, label in (
+    ("parametrize", "torch.nn.utils.parametrize (parametrizations.weight_norm / spectral_norm / orthogonal)"),
+    ("parametrizations", "torch.nn.utils.parametrizations"), ("weight_norm", "torch.nn.utils.weight_norm"),
+    ("spectral_norm", "torch.nn.utils.spectral_norm"), ("prune", "torch.nn.utils.prune"))}
+REPARAMETRIZER_FILES = tuple(_REPARAMETRIZERS)
+
+
+def refuse_reparametrizing(module: nn.Module, depth: int = 2) -> None:
+    """NotImplementedError when the code reading ``module.weight`` (the frame ``depth`` up, the
+    weight property's caller) is one of torch's reparametrizations (:data:`REPARAMETRIZER_FILES`)."""
+    filename = sys._getframe(depth).f_code.co_filename
+    if filename.endswith(REPARAMETRIZER_FILES):
+        raise _refusal(module, next(v for k, v in _REPARAMETRIZERS.items() if filename.endswith(k)))
+
+
+def refuse_weight_parametrization(module: nn.Module) -> None:
+    """NotImplementedError when ``parametrize.register_parametrization(module, "weight", ...)`` asks
+    whether ``module`` is parametrized (its ``parametrizations`` lookup, two frames up): an
+    integer-format layer has no ``weight`` tensor, and torch would say only that."""
+    frame = sys._getframe(2)
+    caller = frame.f_back
+    if (frame.f_code.co_filename.endswith(REPARAMETRIZER_FILES) and caller is not None
+            and caller.f_code.co_name == "register_parametrization" and caller.f_locals.get("tensor_name") == "weight"):
+        raise _refusal(module, _REPARAMETRIZERS[os.path.join("torch", "nn", "utils", "parametrize.py")])
+
+
+def _refusal(module: nn.Module, label: str) -> NotImplementedError:
+    return NotImplementedError(
+        f"{label} on the weight of {type(module).__name__} ({getattr(module, 'weight_format', '?')}): a quantized "
+        f"layer's weight is its stored format (integer codes and scales, or a 16-bit buffer) behind a read-only "
+        f".weight view, not a Parameter to reparametrize or prune.  Apply it to the float model and quantize "
+        f"that (quantize() takes a layer whose weight is parametrized with the weight it computes; prune.remove() "
+        f"first makes pruning permanent); its bias, a float Parameter, may still be pruned")

@@ -18,15 +18,17 @@ over their stored ``weight`` buffer, which ``state_dict()`` keeps as before.
 from __future__ import annotations
 
 import weakref
+from sys import _getframe
 
 import torch
 from torch.utils._pytree import tree_map
 
 from .formats.traced_forward import dequantized_weight
-from .weight_view_writes import refuse_writes
+from .weight_view_writes import refuse_dispatch_writes, refuse_writes
 from .orig_dtype import check_orig_dtype
+from .parametrized import REPARAMETRIZER_FILES, refuse_reparametrizing, refuse_weight_parametrization
 
-__all__ = ["DequantizedWeightView", "TorchCompatMixin", "weight_view"]
+__all__ = ["DequantizedWeightView", "TorchCompatMixin", "weight_replaced_message", "weight_view"]
 
 # Tensor methods answered from the view's metadata, without dequantizing
 _METADATA_METHODS = frozenset({
@@ -34,6 +36,9 @@ _METADATA_METHODS = frozenset({
     torch.Tensor.element_size, torch.Tensor.is_floating_point, torch.Tensor.is_complex, torch.Tensor.get_device,
     torch.Tensor.__len__, torch.Tensor.is_contiguous, torch.Tensor.stride,
 })
+
+# aliases of the view's (absent) storage: the view itself (a write through one would be lost)
+_ALIASES = frozenset({torch.Tensor.detach, torch.detach})
 
 
 class DequantizedWeightView(torch.Tensor):
@@ -66,7 +71,11 @@ class DequantizedWeightView(torch.Tensor):
     @classmethod
     def __torch_function__(cls, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
-        if func in _METADATA_METHODS or getattr(func, "__name__", "") == "__get__":  # shape, dtype, device, ...
+        name = getattr(func, "__name__", "")
+        if func in _ALIASES or (name == "__get__" and getattr(getattr(func, "__self__", None), "__name__", None)
+                                == "data"):
+            return args[0]  # .data / .detach(): the view itself, so a write through it is refused (writes.py)
+        if func in _METADATA_METHODS or name == "__get__":  # shape, dtype, device, ...
             with torch._C.DisableTorchFunctionSubclass():
                 return func(*args, **kwargs)
         refuse_writes(func, args, kwargs)
@@ -75,6 +84,7 @@ class DequantizedWeightView(torch.Tensor):
 
     @classmethod
     def __torch_dispatch__(cls, func, types, args=(), kwargs=None):  # reached only below torch_function
+        refuse_dispatch_writes(func, args, kwargs or {})  # (Tensor.set_ comes here only)
         args, kwargs = tree_map(_plain, (args, kwargs or {}))
         return func(*args, **kwargs)
 
@@ -131,22 +141,55 @@ class TorchCompatMixin:
         if torch.compiler.is_dynamo_compiling():  # dynamo can't build the view: the dequantized tensor, traced
 
             return dequantized_weight(self, self.orig_dtype).reshape(_view_shape(self)).as_subclass(_TracedWeight)
+        if _getframe(1).f_code.co_filename.endswith(REPARAMETRIZER_FILES):  # (one file name: ~0.1 us a read)
+            refuse_reparametrizing(self)  # weight_norm, prune, parametrize read it here first: fail before any change
         return weight_view(self)
+
+    @property
+    def parametrizations(self):
+        """torch.nn.utils.parametrize's ModuleDict once one is registered (on the bias); asked for
+        first by ``register_parametrization``, which is refused here for the weight."""
+        found = self.__dict__.get("_modules", {}).get("parametrizations")
+        if found is not None:
+            return found
+        refuse_weight_parametrization(self)
+        raise AttributeError(f"'{type(self).__name__}' object has no attribute 'parametrizations'")
+
+    def __setattr__(self, name, value):
+        # nn.Module's own path for a Parameter dropped an fp16 layer's weight buffer, then raised KeyError
+        buffers = self.__dict__.get("_buffers", {})
+        if name == "weight" and ("weight" in buffers or "weight_scale" in buffers):
+            stored = buffers.get("weight")
+            # (a plain tensor of the stored buffer's dtype and shape replaces it, as nn.Module does: the
+            # Hugging Face loader fills an fp16 layer so)
+            if not (isinstance(value, torch.Tensor) and not isinstance(value, torch.nn.Parameter)
+                    and stored is not None and value.dtype == stored.dtype and value.shape == stored.shape):
+                raise AttributeError(weight_replaced_message(self, f"layer.weight = <{type(value).__name__}>"))
+        super().__setattr__(name, value)
+
+    def __delattr__(self, name):
+        if name == "weight" and ("weight" in self._buffers or "weight_scale" in self._buffers):
+            raise AttributeError(weight_replaced_message(self, "del layer.weight"))
+        super().__delattr__(name)
 
     def _apply(self, fn, recurse=True):
         """``.to(device)`` moves every buffer; a dtype conversion (``.to(torch.bfloat16)``,
-        ``.half()``, ``.float()``) leaves the stored format's buffers (integer codes, scales,
-        zero-points, fp16/bf16 weights) in their dtypes and changes the compute dtype
-        instead: the bias and ``orig_dtype`` (the dtype of ``.weight`` and of an
-        embedding's output) follow, and outputs keep following the input's dtype.  Only to a
-        dtype a weight may stand for (``orig_dtype.ORIG_DTYPES``): ConfigError for float8.  (Cast
-        as other buffers are, an int4 layer's fp16 scales would be read back as fp16 bits
+        ``.half()``, ``.float()``, ``.double()``, ``.type(torch.float64)``) leaves the stored
+        format's buffers (integer codes, scales, zero-points, fp16/bf16 weights) in their
+        dtypes and changes the compute dtype instead: the bias and ``orig_dtype`` (the dtype
+        of ``.weight`` and of an embedding's output) follow, and outputs keep following the
+        input's dtype.  Only to a dtype a weight may stand for (``orig_dtype.ORIG_DTYPES``):
+        ConfigError for float8 or an integer dtype (``.type(torch.int8)``).  (Cast as other
+        buffers are, an int4 layer's fp16 scales would be read back as fp16 bits
         of bf16 values: garbage.)"""
-        stored = {name: t for name, t in self._buffers.items() if t is not None and t.is_floating_point()}
+        # every stored buffer: .type(dtype) (Module.type) casts integer ones too, which turned the int8 codes,
+        # packed weights and their int32 layout into float64 (the packed layout then unreadable)
+        stored = {name: t for name, t in self._buffers.items() if t is not None}
         cast_to = _conversion_dtype(fn)
         if cast_to is not None:  # before any tensor moves: a refused conversion leaves the module as it was
             check_orig_dtype(cast_to, f"{type(self).__name__}: the conversion's dtype",
-                             "; convert to one of those (float8 has no matmul or conv on the CPU)")
+                             "; convert to one of those (float8 has no matmul or conv on the CPU; an integer or "
+                             "complex dtype none at all)")
         result = super()._apply(fn, recurse)
         for name, old in stored.items():
             new = self._buffers.get(name)
@@ -157,9 +200,17 @@ class TorchCompatMixin:
         return result
 
 
+def weight_replaced_message(module, what: str) -> str:
+    """Why ``what`` (an assignment to / deletion of ``.weight``) is refused on a quantized ``module``."""
+    return (f"{what} on {type(module).__name__} ({module.weight_format}): a quantized layer's weight is its "
+            f"stored format (integer codes and scales, or a 16-bit buffer), and .weight a read-only view of it.  "
+            f"Give it a new weight with layer.set_weight(mono_quant.quantize_weight(w, ...)), or change the float "
+            f"model and quantize it again")
+
+
 def _conversion_dtype(fn):
-    """The float dtype ``fn`` (what Module._apply applies to each tensor) converts
-    floating-point tensors to, or None when it keeps their dtype (a device move, ...)."""
+    """The dtype ``fn`` (what Module._apply applies to each tensor) converts floating-point
+    tensors to, or None when it keeps their dtype (a device move, ...)."""
     try:
         to32, to16 = fn(torch.empty(0)), fn(torch.empty(0, dtype=torch.float16))
     except Exception:  # a conversion that can't take an empty CPU probe: assume no dtype change
@@ -168,4 +219,4 @@ def _conversion_dtype(fn):
         return None
     if to32.dtype == torch.float32 and to16.dtype == torch.float16:
         return None
-    return to32.dtype if to32.dtype.is_floating_point else None
+    return to32.dtype  # (an integer or complex one too: .type(torch.int8) is refused, not half applied)

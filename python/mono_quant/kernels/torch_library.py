@@ -29,7 +29,7 @@ from .layout import PACKED_LAYOUT_VERSION, int8_packed_sizes, unpack_int8_rows
 from .rows import dequantize_rows, to_numpy
 from .settings import SETTINGS
 
-__all__ = ["use_ops", "conv_weight", "KERNEL_DTYPES"]
+__all__ = ["use_ops", "conv_weight", "refuse_functorch", "KERNEL_DTYPES"]
 
 _LIB = torch.library.Library("mono_quant", "DEF")  # kept alive: the ops live as long as this object
 KERNEL_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
@@ -39,6 +39,19 @@ KERNEL_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 # three attribute chains less on every eager call of every layer
 _is_compiling, _is_tracing, _grad_enabled, _Tensor = (torch.compiler.is_compiling, torch._C._is_tracing,
                                                       torch.is_grad_enabled, torch.Tensor)
+_transforms_active = torch._C._are_functorch_transforms_active  # (~0.06 us)
+
+
+def refuse_functorch(module) -> None:
+    """NotImplementedError under a ``torch.func`` transform (vmap, grad, jacrev, jacfwd, ...): the
+    direct C calls read a batched tensor's missing storage ("Cannot access data pointer"), and the
+    ops' backward is an autograd.Function functorch can't take.  (Plain autograd is not a transform.)"""
+    if _transforms_active():
+        raise NotImplementedError(
+            f"{'a quantized layer' if module is None else type(module).__name__}: torch.func transforms (vmap, "
+            f"grad, jacrev, jacfwd, functorch) over a quantized layer are not supported.  For gradients to the "
+            f"input use plain autograd (loss.backward() or torch.autograd.grad, which work); instead of vmap, "
+            f"run the batch as one call or loop; or apply the transform to the float model")
 
 
 def use_ops(x: torch.Tensor, module=None) -> bool:
@@ -48,6 +61,8 @@ def use_ops(x: torch.Tensor, module=None) -> bool:
     (~0.3 us under no_grad: every eager call of every layer asks.)"""
     if _is_compiling() or _is_tracing() or type(x) is not _Tensor:
         return True  # (type: FakeTensor in non-strict export / make_fx, functional tensors, subclasses)
+    if _transforms_active():  # (vmap's batched and grad's wrapped tensors are of type Tensor)
+        refuse_functorch(module)
     if not _grad_enabled():
         return False
     if x.requires_grad or module is None:
