@@ -14,8 +14,10 @@ from __future__ import annotations
 from torch import nn
 
 from ..io.layers import quantized_layer_entries
+from ..io.manifest import check_layer_list
+from ..io.validate import check_layer_fields
 
-__all__ = ["refresh_layer_list"]
+__all__ = ["refresh_layer_list", "check_config_layers"]
 
 # integrations/transformers.py's QUANT_METHOD (importing it would import transformers)
 _QUANT_METHOD = "mono_quant"
@@ -28,3 +30,14 @@ def refresh_layer_list(model: nn.Module) -> None:
     if getattr(config, "quant_method", None) != _QUANT_METHOD or not hasattr(config, "layers"):
         return
     config.layers = quantized_layer_entries(model)
+
+
+def check_config_layers(layers) -> None:
+    """Raise CheckpointError unless ``layers`` (a config.json's ``quantization_config.layers``,
+    untrusted as a file's manifest is) is a list of saved-layer entries whose every field has
+    the type and value a mono-quant manifest allows: the quantizer indexes and builds modules
+    from them before any tensor is read."""
+    where = "config.json quantization_config.layers: "
+    check_layer_list(layers, "model", where, what="bad entry")
+    for layer in layers:
+        check_layer_fields("model", layer, where)

@@ -48,6 +48,7 @@ from ..io.validate import check_layer
 from ..io.dtypes import dtype_from_name
 from ..modules.composite import QuantizedComposite
 from ..modules.registry import QuantizedModule
+from .hf_layer_list import check_config_layers
 
 __all__ = ["MonoQuantConfig", "MonoQuantHfQuantizer", "QUANT_METHOD", "SAVED_QUANT_METHOD"]
 
@@ -163,6 +164,8 @@ class MonoQuantHfQuantizer(HfQuantizer):
         if self.pre_quantized and not quantization_config.layers:
             raise CheckpointError("the model's quantization_config (quant_method 'mono_quant') lists no quantized "
                                   "layers: it was not saved from a mono-quant model")
+        if self.pre_quantized:
+            check_config_layers(quantization_config.layers)
 
     def validate_environment(self, *args, **kwargs):
         device_map = kwargs.get("device_map")
