@@ -77,6 +77,21 @@ class Convs(nn.Module):
         return self.fc(self.conv2(torch.relu(self.conv1(x))).mean((2, 3)))
 
 
+class Branchy(nn.Module):
+    """Data-dependent control flow torch.fx can't trace: saved as a per-layer static model."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 3)
+        self.fc = nn.Linear(8, 2)
+
+    def forward(self, x):
+        y = self.conv(x)
+        if y.sum() > 0:
+            y = y * 2
+        return self.fc(y.mean((2, 3)))
+
+
 NET_INPUT = torch.tensor([[0, 3, 19, 7]])
 CONV_INPUT = torch.randn(2, 3, 6, 6, generator=torch.Generator().manual_seed(1))
 
@@ -94,14 +109,20 @@ def seed_files(folder: Path):
     float_file = folder / "float.safetensors"
     from safetensors.torch import save_file
     save_file({k: v.contiguous() for k, v in Net().state_dict().items()}, str(float_file))
-    out = folder / "checkpoint-int8.safetensors"
-    mq.quantize_checkpoint(float_file, out, dtype="int8")
-    seeds["checkpoint-int8"] = (out, Net, NET_INPUT)
+    for dtype, kwargs in {"int8": {}, "int4": {"group_size": 32}}.items():
+        out = folder / f"checkpoint-{dtype}.safetensors"
+        mq.quantize_checkpoint(float_file, out, dtype=dtype, **kwargs)
+        seeds[f"checkpoint-{dtype}"] = (out, Net, NET_INPUT)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         static = mq.quantize(Convs().eval(), "int8", activations="static",
                              calibration=torch.randn(32, 3, 6, 6, generator=torch.Generator().manual_seed(2)))
     seeds["static"] = (mq.save(static, folder / "static.safetensors"), Convs, CONV_INPUT)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        per_layer = mq.quantize(Branchy().eval(), "int8", activations="static",
+                                calibration=torch.randn(32, 3, 6, 6, generator=torch.Generator().manual_seed(2)))
+    seeds["static-per-layer"] = (mq.save(per_layer, folder / "static-per-layer.safetensors"), Branchy, CONV_INPUT)
     return seeds
 
 
@@ -149,13 +170,22 @@ def new_value(rng: random.Random, old):
 
 
 def mutate_json(rng, raw):
-    """One value of the header or of a manifest replaced or removed."""
+    """One to three values of the header or of a manifest replaced or removed."""
+    kind = None
+    for _ in range(rng.choice([1, 1, 1, 2, 3])):
+        kind, raw, _ = _mutate_json_once(rng, raw)
+    return kind, raw, None
+
+
+def _mutate_json_once(rng, raw):
     header, data = split(raw)
     meta = header.get("__metadata__", {})
     targets = [("header", None)] + [(k, json.loads(meta[k])) for k in MANIFEST_KEYS if k in meta]
     where, manifest = rng.choice(targets)
     doc = header if manifest is None else manifest
     paths = [p for p, _ in leaves(doc) if p and p[0] != "__metadata__"]
+    if not paths:
+        return "json-header", raw, None
     path = rng.choice(paths)
     old = doc
     for key in path:
@@ -244,13 +274,15 @@ def judge(path: Path, model_cls, x, float_key):
                             return f"BUG: {step}: non-finite output"
                         outcome.append("non-finite (float tensor edited)")
                 elif step == "load-no-model":
+                    if model_cls is Branchy:  # a per-layer static file needs model= (a TypeError without)
+                        continue
                     qsd = mq.load(path)
                     if hasattr(qsd, "dequantize"):
                         for key, t in qsd.dequantize().items():
                             if t.is_floating_point() and not bool(torch.isfinite(t).all()) and float_key is None:
                                 return f"BUG: {step}: dequantized {key} is not finite"
                 else:
-                    if model_cls is Convs:  # describe reads mono_quant files only
+                    if model_cls in (Convs, Branchy):  # describe reads mono_quant files only
                         continue
                     describe(path)
             outcome.append(f"{step} ok")
