@@ -97,3 +97,25 @@ def test_the_list_a_quantized_model_writes_passes_the_check(saved):
     check_config_layers(copy.deepcopy(layers))
     again = cls.from_pretrained(folder)
     assert torch.isfinite(hf_models.forward(again, "gpt2")).all()
+
+
+def _drop_bias(qc):
+    entry = next(e for e in qc["layers"] if "bias" in e["tensors"])
+    del entry["tensors"]["bias"]
+
+
+UNLISTED = {
+    "entry-removed": lambda qc: qc["layers"].pop(1),
+    "bias-unlisted": _drop_bias,
+}
+
+
+@pytest.mark.parametrize("edit", UNLISTED.values(), ids=UNLISTED.keys())
+def test_a_quantized_tensor_the_list_does_not_account_for_is_refused(saved, tmp_path, edit):
+    """transformers would leave such a layer float and randomly initialized, or without its
+    bias, and only warn: the quantizer refuses the folder instead."""
+    cls, folder = _with_layers(saved, tmp_path, edit)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with pytest.raises(mq.CheckpointError, match="is in the file but no quantization_config.layers entry lists it"):
+            cls.from_pretrained(folder)
