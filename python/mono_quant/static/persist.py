@@ -16,7 +16,7 @@ import math
 import operator
 import os
 from pathlib import Path
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List
 
 import torch
 import torch.nn.functional as F
@@ -26,7 +26,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from ..errors import CheckpointError
-from ..formats.checks import MAX_SCALE, MIN_SCALE, BadLayer, check_scales
+from ..formats.checks import BadLayer, check_scales
 from ..io.aligned import aligned
 from ..io.atomic import atomic_output
 from ..io.file_kinds import FileKind, has_metadata_key, register_file_kind
@@ -36,6 +36,7 @@ from ..packing import check_packed_groups, packed_sizes
 from .capture import ValueRef
 from .graph import FusedAddFloat, FusedGapFloat, StaticGraphModel
 from .modules import StaticAdd, StaticConv2d, StaticGlobalAvgPool, StaticLinear
+from .persist_checks import check_activation_scales, check_output_not_constant, check_weight_geometry
 from .persist_eltwise import ELTWISE_CLASSES, attach_eltwise_tensors, build_fused_add
 from .program import StaticInt8Model
 
@@ -234,7 +235,7 @@ def _attach_static_tensors(name: str, m: nn.Module, own: Dict[str, torch.Tensor]
     if not set(own) <= expected or not (expected - {"bias"}) <= set(own):
         raise CheckpointError(f"{where}: tensors {sorted(own)}, expected {sorted(expected)} (bias optional)")
     if "weight_packed_info" in own:  # the weight's own geometry first: a wrong width is named as such
-        _check_weight_geometry(where, m, own["weight_packed_info"], n, k, groups)
+        check_weight_geometry(where, m, own["weight_packed_info"], n, k, groups)
     _check_tensor(f"{where} weight_scale", own["weight_scale"], torch.float32, (n,))
     try:
         check_scales(own["weight_scale"])
@@ -263,78 +264,6 @@ def _attach_static_tensors(name: str, m: nn.Module, own: Dict[str, torch.Tensor]
     if "bias" not in own:
         m.register_buffer("bias", None)
     m._derive()
-
-
-def _width_names(m: nn.Module) -> Tuple[str, str]:
-    """How the layer's init_kwargs name its output and reduction widths."""
-    if isinstance(m, StaticConv2d):
-        return "out_channels", "in_channels / groups x kernel_size"
-    return "out_features", "in_features"
-
-
-def _check_weight_geometry(where: str, m: nn.Module, info_tensor: torch.Tensor, n: int, k: int, groups: int) -> None:
-    """The packed weight's recorded [version, outputs, inputs, -128 flag, groups] against the
-    layer's init_kwargs, naming both widths where they disagree."""
-    _check_tensor(f"{where} weight_packed_info", info_tensor, torch.int32, (5,))
-    info = [int(v) for v in info_tensor]
-    out_name, in_name = _width_names(m)
-    if info[1] != n:
-        raise CheckpointError(f"{where}: {out_name} is {n} in its init_kwargs but its weight has {info[1]} outputs "
-                              f"(weight_packed_info {info})")
-    if info[2] != k:
-        raise CheckpointError(f"{where}: {in_name} is {k} in its init_kwargs but its weight has {info[2]} inputs "
-                              f"(weight_packed_info {info})")
-    if info[4] != groups:
-        raise CheckpointError(f"{where}: groups is {groups} in its init_kwargs but its weight has {info[4]} "
-                              f"(weight_packed_info {info})")
-
-
-#: the activation scales a static layer may hold
-_ACTIVATION_SCALES = ("in_scale", "b_scale", "out_scale")
-
-
-def check_activation_scales(name: str, m: nn.Module) -> None:
-    """Every activation scale of a static layer in MIN_SCALE..MAX_SCALE (what calibration writes:
-    mq_choose_qparams): a subnormal one overflows its inverse (every code saturated, 0 x inf NaN),
-    a huge one rounds every value to the zero-point."""
-    scales = [(a, getattr(m, a, None)) for a in _ACTIVATION_SCALES]
-    scales += [(f"in_scales[{i}]", s) for i, s in enumerate(getattr(m, "in_scales", None) or ())]
-    for attr, value in scales:
-        if value is not None and not MIN_SCALE <= value <= MAX_SCALE:
-            raise CheckpointError(f"layer {name!r}: {attr} {value!r} is outside {MIN_SCALE:.4g}..{MAX_SCALE:.4g} "
-                                  f"(calibration never writes such a scale: a damaged or edited file)")
-
-
-def _reach(m: nn.Module) -> Optional[float]:
-    """An upper bound on |output| of a static layer before requantizing (None: not bounded here).
-    Input codes are -127..127 around their zero-point, weight codes at most 128 in magnitude."""
-    def span(scale, zp):
-        return float(scale) * (127 + abs(int(zp)))
-    if isinstance(m, (StaticConv2d, StaticLinear)):
-        k = (m.in_channels // m.groups * m.kernel_size[0] * m.kernel_size[1] if isinstance(m, StaticConv2d)
-             else m.in_features)
-        largest = span(m.in_scale, m.in_zp) * float(m.weight_scale.double().max()) * 128 * k
-        return largest + (float(m.bias.double().abs().max()) if m.bias is not None else 0.0)
-    if isinstance(m, StaticAdd):
-        return span(m.in_scale, m.in_zp) + span(m.b_scale, m.b_zp)
-    if isinstance(m, StaticGlobalAvgPool):
-        return span(m.in_scale, m.in_zp)
-    return None
-
-
-def check_output_not_constant(name: str, m: nn.Module) -> None:
-    """Refuse an int8 output scale so large against what the layer can reach that every output
-    rounds to the zero-point: the model would answer one constant, whatever its input."""
-    out_scale = getattr(m, "out_scale", None)
-    reach = None if out_scale is None else _reach(m)
-    if reach is None:
-        return
-    if m.act == "relu6":
-        reach = min(reach, 6.0)
-    if reach < 0.5 * out_scale:
-        raise CheckpointError(f"layer {name!r}: out_scale {out_scale:.4g} is over twice the largest output the layer "
-                              f"can reach ({reach:.4g}): every output would be the zero-point {m.out_zp}, whatever "
-                              f"the input (a damaged or edited scale)")
 
 
 def _ref_names(obj):
