@@ -131,9 +131,11 @@ class WeightFormat:
         return rows.reshape(*indices.shape, module.embedding_dim).to(module.orig_dtype)
 
     def embedding_rows(self, module, flat: torch.Tensor) -> torch.Tensor:
-        """float32 rows ``flat`` of an embedding table (one scale per row)."""
-        qdata, scale, zero = module.weight_qdata[flat], module.weight_scale[flat], module.weight_zero_point[flat]
-        return (qdata.float() - zero.float()[:, None]) * scale.float()[:, None]
+        """float32 rows ``flat`` of an embedding table: one scale per row (axis 0), one for the
+        whole table (axis None, per tensor) or one per column (axis 1)."""
+        scale, zero = embedding_row_params(module.weight_scale, module.weight_zero_point,
+                                           getattr(module, "weight_axis", 0), flat)
+        return (module.weight_qdata[flat].float() - zero) * scale
 
     # -- the manifest and files ---------------------------------------------------------------------
     def scheme(self, symmetric: bool) -> str:
@@ -203,6 +205,18 @@ class WeightFormat:
         """The stored weight of a state_dict-kind file's layer, as :meth:`convert` made it.
         Raises CheckpointError for tensors that don't fit."""
         raise NotImplementedError
+
+
+def embedding_row_params(scale: torch.Tensor, zero_point: torch.Tensor, axis: Optional[int],
+                         flat: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    """float32 ``(scale, zero_point)`` of the table rows ``flat``, shaped to broadcast over
+    ``[len(flat), embedding_dim]``.  Only a per-row (axis 0) table has a scale per row: a
+    per-tensor one has a single scale, which indexing by row would read past."""
+    if axis == 0:
+        return scale[flat].float()[:, None], zero_point[flat].float()[:, None]
+    if axis is None:
+        return scale.float().reshape(1, 1), zero_point.float().reshape(1, 1)
+    return scale.float().reshape(1, -1), zero_point.float().reshape(1, -1)  # axis 1: one per column
 
 
 def checked_indices(indices: torch.Tensor, num_embeddings: int) -> torch.Tensor:

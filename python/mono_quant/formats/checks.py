@@ -7,7 +7,7 @@ from typing import Optional
 
 import torch
 
-__all__ = ["BadLayer", "need", "is_int", "spec", "first_bad", "value_at", "check_scales"]
+__all__ = ["BadLayer", "need", "is_int", "spec", "first_bad", "value_at", "check_scales", "MIN_SCALE", "MAX_SCALE"]
 
 
 class BadLayer(Exception):
@@ -40,6 +40,25 @@ def value_at(t: torch.Tensor, index: int):
     return t.reshape(-1)[index].item()
 
 
-def check_scales(scale: torch.Tensor) -> None:
-    bad = first_bad(~(torch.isfinite(scale) & (scale > 0)))
-    need(bad is None, lambda: f"weight_scale[{bad}] = {value_at(scale, bad)}: scales must be finite and > 0")
+def _largest_scale() -> float:
+    """The largest float32 scale whose 127 steps stay finite in float32."""
+    scale = torch.tensor(torch.finfo(torch.float32).max) / 127.0
+    while not bool(torch.isfinite(scale * 127.0)):
+        scale = torch.nextafter(scale, torch.zeros(()))
+    return float(scale)
+
+
+#: the range of a weight scale our quantizers write (mq_choose_qparams): at least float32's
+#: smallest normal number, at most what keeps int8's symmetric 127 steps finite.  A
+#: subnormal scale loses bits and overflows its inverse; a larger one dequantizes to inf.
+MIN_SCALE = float(torch.finfo(torch.float32).tiny)
+MAX_SCALE = _largest_scale()
+
+
+def check_scales(scale: torch.Tensor, name: str = "weight_scale") -> None:
+    """BadLayer naming the first entry of ``scale`` outside MIN_SCALE..MAX_SCALE (NaN included)."""
+    s = scale.float()
+    bad = first_bad(~((s >= MIN_SCALE) & (s <= MAX_SCALE)))
+    need(bad is None, lambda: f"{name}[{bad}] = {value_at(scale, bad)}: scales must be finite, > 0 and in "
+                              f"{MIN_SCALE:.4g}..{MAX_SCALE:.4g} (float32's normal numbers a quantized float32 "
+                              f"weight can have)")

@@ -165,6 +165,11 @@ def embedding_forward(module, indices: torch.Tensor) -> torch.Tensor:
     if indices.dtype not in (torch.int64, torch.int32):
         raise RuntimeError(f"embedding indices must be int64 or int32, got {indices.dtype}")
     group = _int4_group(m) if isinstance(m.format, Int4Format) else 0
-    rows = torch.ops.mono_quant.embedding_lookup(indices, m.weight_qdata, m.weight_scale, m.weight_zero_point,
+    scale, zero_point = m.weight_scale, m.weight_zero_point
+    if not group and m.weight_axis is None:  # per tensor: the op reads one scale per row
+        scale, zero_point = scale.reshape(1).expand(m.num_embeddings), zero_point.reshape(1).expand(m.num_embeddings)
+    elif not group and m.weight_axis != 0:  # a scale per column: no per-row op for it
+        return m.format.embedding(m, indices)
+    rows = torch.ops.mono_quant.embedding_lookup(indices, m.weight_qdata, scale, zero_point,
                                                  m.num_embeddings, m.embedding_dim, group)
     return rows.to(m.orig_dtype)

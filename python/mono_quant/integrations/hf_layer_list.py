@@ -11,11 +11,16 @@ for every model, and the check is by the config's ``quant_method``.
 """
 from __future__ import annotations
 
+from typing import Iterable, List
+
 from torch import nn
 
+from ..formats.base import INTEGER_BUFFERS, PACKED_BUFFERS
 from ..io.layers import quantized_layer_entries
+from ..io.manifest import check_layer_list
+from ..io.validate import check_layer_fields
 
-__all__ = ["refresh_layer_list"]
+__all__ = ["refresh_layer_list", "check_config_layers", "unlisted_tensors"]
 
 # integrations/transformers.py's QUANT_METHOD (importing it would import transformers)
 _QUANT_METHOD = "mono_quant"
@@ -28,3 +33,33 @@ def refresh_layer_list(model: nn.Module) -> None:
     if getattr(config, "quant_method", None) != _QUANT_METHOD or not hasattr(config, "layers"):
         return
     config.layers = quantized_layer_entries(model)
+
+
+def check_config_layers(layers) -> None:
+    """Raise CheckpointError unless ``layers`` (a config.json's ``quantization_config.layers``,
+    untrusted as a file's manifest is) is a list of saved-layer entries whose every field has
+    the type and value a mono-quant manifest allows: the quantizer indexes and builds modules
+    from them before any tensor is read."""
+    where = "config.json quantization_config.layers: "
+    check_layer_list(layers, "model", where, what="bad entry")
+    for layer in layers:
+        check_layer_fields("model", layer, where)
+
+
+def unlisted_tensors(layers, keys: Iterable[str]) -> List[str]:
+    """The checkpoint ``keys`` that belong to a quantized layer the (checked) ``layers`` do not
+    account for: a tensor under a listed layer's name that its entry does not list (its bias),
+    or an integer / packed weight buffer under a name no entry lists.  transformers would
+    report them UNEXPECTED and leave the layer without its bias, or a float layer randomly
+    initialized, silently."""
+    listed = {}
+    for entry in layers:
+        for name in [entry["name"]] + list(entry.get("aliases", [])):
+            listed[name] = set(entry["tensors"])
+    quantized_names = set(INTEGER_BUFFERS) | set(PACKED_BUFFERS)
+    out = []
+    for key in keys:
+        prefix, _, local = key.rpartition(".")
+        if (local not in listed[prefix]) if prefix in listed else (local in quantized_names):
+            out.append(key)
+    return out

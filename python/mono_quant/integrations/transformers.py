@@ -48,6 +48,7 @@ from ..io.validate import check_layer
 from ..io.dtypes import dtype_from_name
 from ..modules.composite import QuantizedComposite
 from ..modules.registry import QuantizedModule
+from .hf_layer_list import check_config_layers, unlisted_tensors
 
 __all__ = ["MonoQuantConfig", "MonoQuantHfQuantizer", "QUANT_METHOD", "SAVED_QUANT_METHOD"]
 
@@ -163,6 +164,8 @@ class MonoQuantHfQuantizer(HfQuantizer):
         if self.pre_quantized and not quantization_config.layers:
             raise CheckpointError("the model's quantization_config (quant_method 'mono_quant') lists no quantized "
                                   "layers: it was not saved from a mono-quant model")
+        if self.pre_quantized:
+            check_config_layers(quantization_config.layers)
 
     def validate_environment(self, *args, **kwargs):
         device_map = kwargs.get("device_map")
@@ -269,6 +272,8 @@ def _check_files(layers: List[Dict[str, Any]], files, float_parameters: Dict[str
             elif dtype_name(have.dtype) != spec.get("dtype") or list(have.shape) != list(spec.get("shape", ())):
                 problems.append(f"{key} is {dtype_name(have.dtype)}{list(have.shape)} in the file, "
                                 f"{spec.get('dtype')}{spec.get('shape')} in quantization_config")
+    problems += [f"{key} is in the file but no quantization_config.layers entry lists it"
+                 for key in unlisted_tensors(layers, found)]
     for key, expected in float_parameters.items():
         have = found.get(key)
         if have is None or not have.dtype.is_floating_point or list(have.shape) != list(expected.shape):

@@ -130,6 +130,8 @@ def _check_entry(path: str, name: str, info, data_size: int) -> TensorEntry:
     if not isinstance(info, dict):
         raise CheckpointError(f"{where}: header entry is not an object")
     code, shape, offsets = info.get("dtype"), info.get("shape"), info.get("data_offsets")
+    if not isinstance(code, str):  # a number or list would not even be looked up (unhashable)
+        raise CheckpointError(f"{where}: dtype {code!r} is not a string (one of {sorted(SAFETENSORS_DTYPES)})")
     if code not in SAFETENSORS_DTYPES:
         raise CheckpointError(f"{where}: unsupported dtype {code!r}")
     if not (isinstance(shape, list) and all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape)):

@@ -7,8 +7,10 @@ from typing import Any, Dict
 
 import torch
 
+from ..orig_dtype import ORIG_DTYPES
 from .container import read_header
-from .dtypes import dtype_from_name, dtype_name
+from .dtypes import dtype_name
+from .errors import CheckpointError
 from .manifest import check_against_header, layer_key, parse_manifest
 
 __all__ = ["describe", "layer_kind"]
@@ -23,6 +25,19 @@ def layer_kind(layer: Dict[str, Any], file_kind: str) -> Any:
             and layer.get("type_from") != "module"):
         return "Linear or Embedding"
     return layer.get("type")
+
+
+def _orig_itemsize(orig, name: str, path: str) -> int:
+    """Bytes per element of a layer's original float dtype (float32 when the file does not say).
+    CheckpointError for a name that is not one a weight can have (a torch dtype such as qint8
+    included: torch.empty would refuse it)."""
+    if orig is None:
+        return 4
+    dtype = next((d for d in ORIG_DTYPES if dtype_name(d) == orig), None)
+    if dtype is None:
+        raise CheckpointError(f"{path}: layer {name!r}: orig_dtype {orig!r} is not one of "
+                              f"{[dtype_name(d) for d in ORIG_DTYPES]}")
+    return torch.empty((), dtype=dtype).element_size()
 
 
 def describe(path) -> Dict[str, Any]:
@@ -48,13 +63,14 @@ def describe(path) -> Dict[str, Any]:
             layer_keys.update(layer_key(alias, local) for local in layer["tensors"])
         stored = sum(header.tensors[aliases.get(k, k)].nbytes for k in keys)
         orig = layer.get("orig_dtype")
-        itemsize = torch.empty((), dtype=dtype_from_name(orig)).element_size() if orig else 4
+        itemsize = _orig_itemsize(orig, layer["name"], path)
         layers.append({
             "name": layer["name"], "aliases": layer.get("aliases", []), "type": layer.get("type"),
             "type_from": "module" if manifest["kind"] == "model" else layer.get("type_from"),
             "layer_kind": layer_kind(layer, manifest["kind"]),
-            "dtype": layer["dtype"], "scheme": layer["scheme"], "axis": layer["axis"],
-            "group_size": layer["group_size"], "shape": layer["shape"], "orig_dtype": orig,
+            # axis / group_size may be absent (the manifest reads absent as null), as load does
+            "dtype": layer["dtype"], "scheme": layer["scheme"], "axis": layer.get("axis"),
+            "group_size": layer.get("group_size"), "shape": layer["shape"], "orig_dtype": orig,
             "bytes": stored, "orig_bytes": math.prod(layer["shape"]) * itemsize,
         })
     tensors = [{"name": k, "dtype": dtype_name(e.dtype), "shape": list(e.shape), "bytes": e.nbytes}

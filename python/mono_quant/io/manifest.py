@@ -45,7 +45,7 @@ from .errors import CheckpointError
 from .untrusted_json import UntrustedJSONError, loads_bounded
 
 __all__ = ["FORMAT_NAME", "FORMAT_VERSION", "METADATA_KEY", "TYPE_FROM", "layer_key", "parse_manifest", "dump_manifest",
-           "check_against_header", "quantized_class", "new_manifest", "tensor_spec"]
+           "check_layer_list", "check_against_header", "quantized_class", "new_manifest", "tensor_spec"]
 
 FORMAT_NAME = "mono-quant"
 FORMAT_VERSION = 1
@@ -133,59 +133,69 @@ def parse_manifest(metadata: Optional[Mapping[str, str]], path: str = "") -> Dic
     aliases = m["tensor_aliases"]
     _require(isinstance(aliases, dict) and all(isinstance(k, str) and isinstance(v, str) for k, v in aliases.items()),
              where, "tensor_aliases must map names to names")
-    _require(isinstance(m.get("layers"), list), where, "layers must be a list")
-    names = set()
-    for i, layer in enumerate(m["layers"]):
-        _check_layer(layer, m["kind"], f"{where}layer #{i}: ")
-        for name in [layer["name"]] + layer.get("aliases", []):
-            _require(name not in names, where, f"layer {name!r} is listed twice")
-            names.add(name)
+    check_layer_list(m.get("layers"), m["kind"], where)
     return m
 
 
-def _require(ok: bool, where: str, message: str) -> None:
+def check_layer_list(layers, kind: str, where: str = "", what: str = "bad manifest") -> None:
+    """Raise :class:`CheckpointError` (prefixed ``where``, then ``what``) unless ``layers`` is a
+    list of layer entries of manifest kind ``kind``, each with every field of the right type
+    and no name listed twice.  Also what a Hugging Face ``quantization_config.layers`` must be."""
+    _require(isinstance(layers, list), where, "layers must be a list", what)
+    names = set()
+    for i, layer in enumerate(layers):
+        _check_layer(layer, kind, f"{where}layer #{i}: ", what)
+        for name in [layer["name"]] + layer.get("aliases", []):
+            _require(name not in names, where, f"layer {name!r} is listed twice", what)
+            names.add(name)
+
+
+def _require(ok: bool, where: str, message: str, what: str = "bad manifest") -> None:
     if not ok:
-        raise CheckpointError(f"{where}bad manifest: {message}")
+        raise CheckpointError(f"{where}{what}: {message}")
 
 
 def _is_shape(value) -> bool:
     return isinstance(value, list) and all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in value)
 
 
-def _check_layer(layer, kind: str, where: str) -> None:
-    _require(isinstance(layer, dict), where, "is not an object")
+def _check_layer(layer, kind: str, where: str, what: str = "bad manifest") -> None:
+    _require(isinstance(layer, dict), where, "is not an object", what)
     where = f"{where[:-2]} ({layer.get('name')!r}): "
-    _require(isinstance(layer.get("name"), str), where, "name must be a string")
-    _require(isinstance(layer.get("dtype"), str), where, "dtype must be a string")
-    _require(layer.get("scheme") in _SCHEMES, where, f"scheme must be one of {_SCHEMES}")
-    _require(layer.get("axis") is None or isinstance(layer.get("axis"), int), where, "axis must be an int or null")
+    _require(isinstance(layer.get("name"), str), where, "name must be a string", what)
+    _require(isinstance(layer.get("dtype"), str), where, f"dtype must be a string, got {layer.get('dtype')!r}", what)
+    _require(layer.get("scheme") in _SCHEMES, where, f"scheme must be one of {_SCHEMES}", what)
+    _require(layer.get("axis") is None or isinstance(layer.get("axis"), int), where, "axis must be an int or null",
+             what)
     _require(layer.get("group_size") is None or isinstance(layer.get("group_size"), int), where,
-             "group_size must be an int or null")
-    _require(_is_shape(layer.get("shape")), where, "shape must be a list of non-negative ints")
+             "group_size must be an int or null", what)
+    _require(_is_shape(layer.get("shape")), where, "shape must be a list of non-negative ints", what)
     _require(layer.get("orig_dtype") is None or isinstance(layer.get("orig_dtype"), str), where,
-             "orig_dtype must be a string or null")
-    _require(layer.get("type_from") in (None, *TYPE_FROM), where, f"type_from must be one of {TYPE_FROM} or null")
+             "orig_dtype must be a string or null", what)
+    _require(layer.get("type_from") in (None, *TYPE_FROM), where, f"type_from must be one of {TYPE_FROM} or null",
+             what)
     tensors = layer.get("tensors")
-    _require(isinstance(tensors, dict) and tensors, where, "tensors must be a non-empty object")
+    _require(isinstance(tensors, dict) and tensors, where, "tensors must be a non-empty object", what)
     for local, spec in tensors.items():
-        _require(isinstance(local, str) and local and "." not in local, where, f"bad tensor name {local!r}")
+        _require(isinstance(local, str) and local and "." not in local, where, f"bad tensor name {local!r}", what)
         _require(isinstance(spec, dict) and isinstance(spec.get("dtype"), str) and _is_shape(spec.get("shape")),
-                 where, f"tensor {local!r} needs a dtype and a shape")
-    _KIND_FIELDS[kind](layer, where)
+                 where, f"tensor {local!r} needs a dtype (a string) and a shape (a list of ints >= 0), got {spec!r}",
+                 what)
+    _KIND_FIELDS[kind](layer, where, what)
 
 
-def _check_saved_module_fields(layer, where: str) -> None:
+def _check_saved_module_fields(layer, where: str, what: str = "bad manifest") -> None:
     """A kind "model" layer also says how to rebuild its module, and may have aliases."""
-    _require(isinstance(layer.get("class"), str), where, "class must be a string")
-    _require(isinstance(layer.get("init_kwargs"), dict), where, "init_kwargs must be an object")
-    _require(isinstance(layer.get("attrs"), dict), where, "attrs must be an object")
+    _require(isinstance(layer.get("class"), str), where, "class must be a string", what)
+    _require(isinstance(layer.get("init_kwargs"), dict), where, "init_kwargs must be an object", what)
+    _require(isinstance(layer.get("attrs"), dict), where, "attrs must be an object", what)
     aliases = layer.setdefault("aliases", [])
     _require(isinstance(aliases, list) and all(isinstance(a, str) for a in aliases), where,
-             "aliases must be a list of names")
+             "aliases must be a list of names", what)
 
 
 # manifest kind -> the checks of the fields only its layers have
-_KIND_FIELDS = {"model": _check_saved_module_fields, "state_dict": lambda layer, where: None}
+_KIND_FIELDS = {"model": _check_saved_module_fields, "state_dict": lambda layer, where, what: None}
 
 
 def check_against_header(manifest: Mapping[str, Any], header: SafetensorsHeader) -> None:

@@ -26,7 +26,7 @@ from .dtypes import dtype_name
 from .errors import CheckpointError
 from .manifest import quantized_class
 
-__all__ = ["check_layer", "check_weight_tensors", "ALLOWED_LAYER_TENSORS"]
+__all__ = ["check_layer", "check_layer_fields", "check_weight_tensors", "ALLOWED_LAYER_TENSORS"]
 
 
 def _int_list(value, length: int, low: int) -> bool:
@@ -55,6 +55,16 @@ def check_layer(kind: str, layer: Mapping[str, Any], tensors: Mapping[str, torch
                              tuple(layer["shape"]), tensors)
     except BadLayer as exc:
         raise CheckpointError(f"{where}layer {name!r}: {exc}") from None
+
+
+def check_layer_fields(kind: str, layer: Mapping[str, Any], where: str = "") -> None:
+    """:func:`check_layer` without the tensors: the fields of a layer entry (kind "model" or
+    "state_dict") against their allowed values and each other, before any module is built
+    from them (a Hugging Face ``quantization_config.layers`` entry, whose tensors come later)."""
+    try:
+        _FIELD_CHECKS[kind](layer, _check_common_fields(layer))
+    except (BadLayer, CheckpointError) as exc:  # (an unknown class is a CheckpointError of its own)
+        raise CheckpointError(f"{where}layer {layer.get('name') or '<root>'!r}: {exc}") from None
 
 
 def _check_common_fields(layer: Mapping[str, Any]) -> WeightFormat:
@@ -131,7 +141,7 @@ def _check_model_fields(layer: Mapping[str, Any], fmt: WeightFormat) -> bool:
     unknown_kwargs = _unknown_init_kwargs(cls, kwargs)
     need(not unknown_kwargs, lambda: f"unknown init_kwargs key {unknown_kwargs[0]!r} for {cls.__name__} "
                                      f"(it takes {', '.join(_init_parameters(cls))})")
-    check_kwargs = _KWARGS.get(cls.__name__)
+    check_kwargs = _kwargs_check(cls)
     if check_kwargs is not None:
         shape = list(check_kwargs(kwargs))
         need(shape == list(layer["shape"]), f"init_kwargs describe a weight of shape {shape}, the layer "
@@ -161,6 +171,16 @@ def _check_model_fields(layer: Mapping[str, Any], fmt: WeightFormat) -> bool:
     if "_reversed_padding_repeated_twice" in attrs:
         _check_conv_padding(attrs["_reversed_padding_repeated_twice"], kwargs)
     return cls.__name__ not in _KWARGS
+
+
+def _kwargs_check(cls) -> Optional[Callable[[Mapping], tuple]]:
+    """The init_kwargs check of ``cls`` or of the built-in class it derives from, when it keeps
+    that class's constructor (GPT-2's Conv1D as a Linear); None for a constructor of its own."""
+    for base in cls.__mro__:
+        check = _KWARGS.get(base.__name__)
+        if check is not None:
+            return check if _init_parameters(cls) == _init_parameters(base) else None
+    return None
 
 
 @functools.lru_cache(maxsize=None)

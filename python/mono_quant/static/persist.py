@@ -26,6 +26,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from ..errors import CheckpointError
+from ..formats.checks import BadLayer, check_scales
 from ..io.aligned import aligned
 from ..io.atomic import atomic_output
 from ..io.file_kinds import FileKind, has_metadata_key, register_file_kind
@@ -35,6 +36,7 @@ from ..packing import check_packed_groups, packed_sizes
 from .capture import ValueRef
 from .graph import FusedAddFloat, FusedGapFloat, StaticGraphModel
 from .modules import StaticAdd, StaticConv2d, StaticGlobalAvgPool, StaticLinear
+from .persist_checks import check_activation_scales, check_output_not_constant, check_weight_geometry
 from .persist_eltwise import ELTWISE_CLASSES, attach_eltwise_tensors, build_fused_add
 from .program import StaticInt8Model
 
@@ -196,8 +198,13 @@ def build_layer(name: str, entry: dict, tensors: Dict[str, torch.Tensor]) -> nn.
         raise ValueError("init_kwargs must be a mapping")
     own = {k[len(f"layers.{name}."):]: v for k, v in tensors.items() if k.startswith(f"layers.{name}.")}
     if cls_name in _STATIC_CLASSES:
-        m = _STATIC_CLASSES[cls_name](**kwargs)
+        try:
+            m = _STATIC_CLASSES[cls_name](**kwargs)
+        except (TypeError, ValueError) as exc:  # the constructor's own checks: say which layer
+            raise CheckpointError(f"layer {name!r} ({cls_name}): {exc}") from None
+        check_activation_scales(name, m)
         _attach_static_tensors(name, m, own)
+        check_output_not_constant(name, m)
         return m
     if cls_name == "FusedAddFloat":
         return build_fused_add(name, kwargs, own)
@@ -227,9 +234,13 @@ def _attach_static_tensors(name: str, m: nn.Module, own: Dict[str, torch.Tensor]
                                           {"weight_packed", "weight_colsum", "weight_packed_info"})
     if not set(own) <= expected or not (expected - {"bias"}) <= set(own):
         raise CheckpointError(f"{where}: tensors {sorted(own)}, expected {sorted(expected)} (bias optional)")
+    if "weight_packed_info" in own:  # the weight's own geometry first: a wrong width is named as such
+        check_weight_geometry(where, m, own["weight_packed_info"], n, k, groups)
     _check_tensor(f"{where} weight_scale", own["weight_scale"], torch.float32, (n,))
-    if not bool(torch.isfinite(own["weight_scale"]).all()) or not bool((own["weight_scale"] > 0).all()):
-        raise CheckpointError(f"{where}: weight_scale must be finite and positive")
+    try:
+        check_scales(own["weight_scale"])
+    except BadLayer as exc:
+        raise CheckpointError(f"{where}: {exc}") from None
     if "bias" in own:
         _check_tensor(f"{where} bias", own["bias"], torch.float32, (n,))
     if "weight_dw" in own:
@@ -240,7 +251,6 @@ def _attach_static_tensors(name: str, m: nn.Module, own: Dict[str, torch.Tensor]
         size, colsum = packed_sizes(n // groups, k)
         _check_tensor(f"{where} weight_packed", own["weight_packed"], torch.int8, (groups * size,))
         _check_tensor(f"{where} weight_colsum", own["weight_colsum"], torch.int32, (groups * colsum,))
-        _check_tensor(f"{where} weight_packed_info", own["weight_packed_info"], torch.int32, (5,))
         info = [int(v) for v in own["weight_packed_info"]]
         if info != [PACKED_LAYOUT_VERSION, n, k, info[3], groups] or info[3] not in (0, 1):
             raise CheckpointError(f"{where}: weight_packed_info {info} does not match the layer ({n} outputs, "
@@ -349,6 +359,11 @@ def load_static(path, model=None) -> StaticGraphModel:
             elif kind == "output":
                 structure = _decode(e["structure"])
                 _check_refs(name, structure, defined)
+                reads = sorted(set(_ref_names(structure)))
+                if not inputs or reads != sorted(set(inputs)):
+                    # a structure reading no value is a constant: the model would ignore its input
+                    raise CheckpointError(f"op {name!r}: the output structure reads {reads}, not the op's inputs "
+                                          f"{inputs}")
                 program.append((name, "output", inputs, structure))
             elif kind == "call":
                 c = e["call"]
