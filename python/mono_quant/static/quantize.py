@@ -31,6 +31,7 @@ from .graph import FusedFloat, float_graph
 from .modules import StaticAdd, StaticConv2d, StaticGlobalAvgPool, StaticLinear
 from .modules_eltwise import StaticCat
 from .report import StaticLayerReport, StaticReport, clipped_fraction
+from .selection import StaticSelection
 
 __all__ = ["quantize_static", "MAX_CLIPPED", "MIN_SQNR_DB", "SQNR_PROBE_SAMPLES"]
 
@@ -60,10 +61,13 @@ def quantize_static(model, cfg, calibration, observer: Optional[str], calibratio
         raise ConfigError("activations='static' needs calibration= data: a tensor, a list / iterable / DataLoader "
                           "of tensors, (x, y) tuples or dicts, or a callable that runs the model")
     work = copy.deepcopy(model).eval()  # the caller's model is never touched (fx, folding, hooks)
+    sel = StaticSelection(work, cfg)  # include / exclude / min_weight_numel, layers quantized already
+    if sel.already_reason() is not None:  # fx would trace into those layers' own code
+        return quantize_per_layer(work, cfg, calibration, sel.already_reason(), sel.keep_float, sel.held, sel.already)
     try:
-        plan = build_plan(work)
+        plan = build_plan(work, sel.keep_float)
     except TraceError as exc:
-        return quantize_per_layer(work, cfg, calibration, str(exc))
+        return quantize_per_layer(work, cfg, calibration, str(exc), sel.keep_float, sel.held, sel.already)
     fmodel = float_graph(plan)
     bins = None if cfg.observer == "minmax" else DEFAULT_BINS
     cal = Calibrator(fmodel, bins=bins, per_channel=False)
@@ -95,6 +99,8 @@ def quantize_static(model, cfg, calibration, observer: Optional[str], calibratio
             (0.0 if nonnegative.get(f"{op.name}.output") else r.lo) if r else math.nan, r.hi if r else math.nan,
             _out_scale(qmodel, op.name) if (r and int8.get(op.name)) else None,
             clipped))
+    for name, kind, why in plan.kept_float:
+        report.skipped.append(SkippedLayer(name, kind, why))
     for name, why in in_float + plan.not_fused:
         report.skipped.append(SkippedLayer(name, "op", why))
     if probe:
