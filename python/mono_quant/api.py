@@ -18,7 +18,7 @@ from torch.nn.utils import parametrize
 
 from .config import DEFAULT, QuantConfig, resolve_options
 from .entries import convert_weight, nonfinite_skip_reason, packs_straight_to_int8, quantize_state_dict_entry
-from .errors import NonFiniteWeightError
+from .errors import AlreadyQuantizedError, NonFiniteWeightError
 from .modules import QuantizedLinear, QuantizedModule
 from .modules.registry import QMODULES
 from .packing import PACKED_BUFFERS, quantize_and_pack_int8
@@ -123,9 +123,11 @@ def quantize(
         NonFiniteWeightError: A weight holds NaN/Inf with ``nonfinite="error"``
             (a ``ValueError``; ``.layer`` names the layer).
         AlreadyQuantizedError: The state_dict is already quantized by
-            mono-quant (a ``ValueError``).  A model that holds quantized
-            layers is fine: only its float layers are quantized, the others
-            are listed in ``skipped`` (mixed precision, docs/guide.md).
+            mono-quant, or ``model=`` holds quantized layers (a float
+            state_dict fills the float architecture) (a ``ValueError``).  A
+            model that holds quantized layers is fine: only its float layers
+            are quantized, the others are listed in ``skipped`` (mixed
+            precision, docs/guide.md).
         KeyError: A state_dict given with ``model=`` lacks a layer's entries.
 
     Warns:
@@ -163,12 +165,28 @@ def quantize(
         if model is not None:
             if not isinstance(model, nn.Module):
                 raise TypeError(f"model= must be an nn.Module instance of the architecture, got {type(model).__name__}")
+            _refuse_quantized_skeleton(model)
             return _quantize_module(model, cfg, progress, weights=model_or_state_dict)
         return _quantize_state_dict(model_or_state_dict, cfg, progress)
     raise TypeError(
         f"quantize() takes a torch.nn.Module or a state_dict (a mapping of names to tensors), "
         f"got {type(model_or_state_dict).__name__}"
     )
+
+
+def _refuse_quantized_skeleton(model: nn.Module) -> None:
+    """A state_dict's float weights fill the float architecture: a ``model=`` holding quantized
+    layers has no float weight to take them (they would be quantized twice, or dropped)."""
+    modules = {id(m): m for m in model.modules()}
+    held = quantized_layers(modules)
+    if held:
+        names = {id(m): n for n, m in model.named_modules()}
+        shown = ", ".join(f"{names[k] or '<root>'!r} ({type(m).__name__})" for k, m in list(held.items())[:4])
+        raise AlreadyQuantizedError(
+            f"model= holds layers quantized already ({shown}{' ...' if len(held) > 4 else ''}): a state_dict is "
+            f"quantized into the float architecture, which it fills entirely; pass model= an instance of the float "
+            f"model (the meta device will do), or load the state_dict into the float model and quantize that "
+            f"model (mixed precision: quantize the partly quantized model itself, without a state_dict)")
 
 
 # ---- selection -------------------------------------------------------------------------------
