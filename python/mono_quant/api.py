@@ -20,6 +20,8 @@ from .config import DEFAULT, QuantConfig, resolve_options
 from .entries import convert_weight, nonfinite_skip_reason, packs_straight_to_int8, quantize_state_dict_entry
 from .errors import AlreadyQuantizedError, NonFiniteWeightError
 from .modules import QuantizedLinear, QuantizedModule
+from .modules.gpt2_conv1d import QuantizedGPT2Conv1D
+from .narrow import narrow_reason
 from .modules.registry import QMODULES
 from .packing import PACKED_BUFFERS, quantize_and_pack_int8
 from .qtypes import get_qtype
@@ -77,7 +79,9 @@ def quantize(
         dtype: "int8" (default), "uint8", "int4", "fp16", "bf16" or the torch dtype.
         symmetric: None uses the scheme's default (int8: symmetric, -127..127).
         granularity: "per_channel" (default) or "per_tensor".
-        include: Module-name globs or module types to quantize (default: all).
+        include: Module-name globs or module types to quantize (default: all).  An int8
+            Linear too narrow for the packed layout (1-4 outputs in fp32, up to 8 in fp16 /
+            bf16: it would grow) stays float unless named here exactly.
         exclude: Module-name globs or module types to leave in float (wins over ``include``).
         min_weight_numel: Layers with fewer weights stay float (default 0).
         nonfinite: "error" (default: raise on NaN/Inf weights, naming the
@@ -313,6 +317,8 @@ def _skip_reason(m: nn.Module, names: List[str], cfg: QuantConfig, weights: Opti
             reason = "embedding with max_norm renormalizes its float rows on lookup"
     if reason is None:
         reason = _shape_reason(m, cfg, weights, names[0])
+    if reason is None:
+        reason = _narrow_reason(m, cfg, weights, names)
     if reason is None and weights is not None:
         _check_shared_entries(weights, names)
     return reason
@@ -472,6 +478,16 @@ def _shape_reason(m: nn.Module, cfg: QuantConfig, weights: Optional[Mapping], na
     if w.numel() < cfg.min_weight_numel:
         return f"too small: {w.numel()} weights < min_weight_numel={cfg.min_weight_numel}"
     return None
+
+
+def _narrow_reason(m: nn.Module, cfg: QuantConfig, weights: Optional[Mapping], names: List[str]) -> Optional[str]:
+    """Why a Linear (or GPT-2 Conv1D) too narrow for the packed int8 layout stays float (narrow.py), or None."""
+    qcls = qmodule_for_selected(m, cfg)
+    if qcls not in (QuantizedLinear, QuantizedGPT2Conv1D):
+        return None
+    w = weights[_key(names[0], "weight")] if weights is not None else raw_weight(m)
+    shape = tuple(w.shape)[::-1] if qcls is QuantizedGPT2Conv1D else tuple(w.shape)
+    return narrow_reason(cfg, names, shape, w.dtype)
 
 
 def _load_remaining(qmodel: nn.Module, weights: Mapping, quantized: set) -> None:

@@ -14,6 +14,7 @@ import torch
 from .config import QuantConfig
 from .errors import NonFiniteWeightError
 from .formats import get_format
+from .narrow import narrow_reason
 from .packing import can_pack, pack_int8_linear, quantize_and_pack_int8
 from .qtypes import QType, get_qtype
 from .report import LayerReport, SkippedLayer, storage_view, tensor_bytes
@@ -51,6 +52,8 @@ def state_dict_entry_plan(key: str, tensor: torch.Tensor, cfg: QuantConfig):
     reason = selection_reason(cfg, [name], None)
     if reason is None and tensor.numel() < cfg.min_weight_numel:
         reason = f"too small: {tensor.numel()} weights < min_weight_numel={cfg.min_weight_numel}"
+    if reason is None and kind == "Linear":
+        reason = narrow_reason(cfg, [name], tensor.shape, tensor.dtype)
     return name, kind, reason
 
 
