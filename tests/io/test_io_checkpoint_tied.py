@@ -102,3 +102,16 @@ def test_quantize_state_dict_in_memory_shares_the_tied_outputs(tied_pt, tmp_path
     assert not any(k.startswith("lm_head.") for k in read_header(dst).tensors)
     loaded = mq.load(dst)
     assert loaded["lm_head.weight_packed"] is loaded["proj.weight_packed"]
+
+
+def test_tied_tensors_that_are_not_weights(tmp_path):
+    """Any tied tensor is stored once (a bias, a buffer), under its own name in the aliases."""
+    table = torch.randn(5)
+    sd = {"a.weight": torch.randn(16, 8), "a.bias": table, "b.bias": table, "b.weight": torch.randn(16, 8)}
+    torch.save(sd, tmp_path / "m.pt")
+    mq.quantize_checkpoint(tmp_path / "m.pt", tmp_path / "q.safetensors")
+    assert "b.bias" not in read_header(tmp_path / "q.safetensors").tensors
+    loaded = mq.load(tmp_path / "q.safetensors")
+    assert loaded.manifest["tensor_aliases"] == {"b.bias": "a.bias"}
+    assert loaded["b.bias"] is loaded["a.bias"] and torch.equal(loaded["b.bias"], table)
+    assert len(loaded.layers) == 2

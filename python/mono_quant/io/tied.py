@@ -53,10 +53,13 @@ def alias_entry(first: FirstEntry, key: str, manifest: dict, report, own_reason=
     """Record ``key`` (tied to ``first.key``, treated alike) as aliases of what ``first`` stored:
     tensor aliases, and its own layer entries, report layers and skipped entries
     (``own_reason``: its skip reason, when the selection gives it one of its own)."""
-    old, new = first.key[: -len("weight")], key[: -len("weight")]
-    old_name, new_name = old.rstrip("."), new.rstrip(".")
-    for stored in first.names:
-        manifest["tensor_aliases"][new + stored[len(old):]] = stored
+    if first.names == [first.key]:  # copied as it is (any tensor, not only a weight)
+        manifest["tensor_aliases"][key] = first.key
+    else:  # a quantized weight's buffers, all under its layer's prefix
+        old, new = first.key[: -len("weight")], key[: -len("weight")]
+        for stored in first.names:
+            manifest["tensor_aliases"][new + stored[len(old):]] = stored
+    new_name = key[: -len("weight")].rstrip(".") if key.endswith("weight") else key
     for entry in first.manifest_layers:
         entry = copy.deepcopy(entry)
         entry["name"] = new_name
@@ -65,5 +68,4 @@ def alias_entry(first: FirstEntry, key: str, manifest: dict, report, own_reason=
         report.layers.append(dataclasses.replace(layer, name=new_name))
     for skip in first.skipped:
         report.skipped.append(skip._replace(name=new_name, reason=own_reason or skip.reason))
-    if old_name != new_name:
-        report.tied[key] = first.key
+    report.tied[key] = first.key
