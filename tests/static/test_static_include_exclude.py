@@ -128,3 +128,26 @@ def test_save_of_a_model_with_an_excluded_layer_says_why(net, tmp_path):
     with pytest.raises(TypeError, match="'head' is a Linear"):
         mq.save(result, tmp_path / "m.mq")
     assert not (tmp_path / "m.mq").exists()
+
+
+def test_nonfinite_weights_error_names_the_layer_or_skip_it(net):
+    model, data = net
+    with torch.no_grad():
+        model.head.weight[3, 0] = float("nan")
+    with pytest.raises(mq.NonFiniteWeightError, match=r"'head' \(Linear\).*channel 3") as info:
+        _static(model, data)
+    assert info.value.layer == "head" and info.value.row == 3
+    result = _static(model, data, nonfinite="skip")
+    assert type(result.model.layers["head"]) is nn.Linear
+    assert _reasons(result) == {"head": "non-finite weights (NaN/Inf in channel 3)"}
+    assert torch.isnan(model.head.weight[3, 0])  # the caller's model untouched
+
+
+@pytest.mark.parametrize("option,match", [({"symmetric": False}, "symmetric=False"),
+                                          ({"granularity": "per_tensor"}, "granularity='per_tensor'"),
+                                          ({"embeddings": True}, "embeddings=True")])
+def test_options_static_cannot_honour_are_refused(net, option, match):
+    model, data = net
+    with pytest.raises(ConfigError, match=f"cannot honour {match}"):
+        _static(model, data, **option)
+    _static(model, data, symmetric=True, granularity="per_channel", embeddings=False)  # what it does anyway

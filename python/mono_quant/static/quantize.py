@@ -57,6 +57,7 @@ def quantize_static(model, cfg, calibration, observer: Optional[str], calibratio
                         "cannot be calibrated")
     if cfg.dtype != "int8":
         raise ConfigError(f"activations='static' is for dtype 'int8', got {cfg.dtype!r}")
+    _refuse_unused_options(cfg)
     if calibration is None:
         raise ConfigError("activations='static' needs calibration= data: a tensor, a list / iterable / DataLoader "
                           "of tensors, (x, y) tuples or dicts, or a callable that runs the model")
@@ -107,6 +108,22 @@ def quantize_static(model, cfg, calibration, observer: Optional[str], calibratio
         _add_sqnr(report, fmodel, qmodel, probe[0])
     _warn(report)
     return QuantizationResult(qmodel, report.skipped, report, cfg)
+
+
+def _refuse_unused_options(cfg) -> None:
+    """ConfigError for an option given as an argument that static int8 cannot honour (its weights are
+    per-channel symmetric int8; it replaces Conv2d and Linear only), rather than ignoring it."""
+    given = {k for k, v in cfg.source.items() if v == "argument"}
+    wrong = []
+    if "symmetric" in given and cfg.symmetric is False:
+        wrong.append("symmetric=False (static int8 weights are symmetric)")
+    if "granularity" in given and cfg.granularity != "per_channel":
+        wrong.append(f"granularity={cfg.granularity!r} (static int8 weights are per channel)")
+    if "embeddings" in given and cfg.embeddings:
+        wrong.append("embeddings=True (static int8 replaces Conv2d and Linear layers only)")
+    if wrong:
+        raise ConfigError(f"activations='static' cannot honour {', '.join(wrong)}: leave "
+                          f"{'it' if len(wrong) == 1 else 'them'} unset, or use activations='dynamic'")
 
 
 def _out_scale(qmodel, name: str) -> Optional[float]:

@@ -10,8 +10,10 @@ from __future__ import annotations
 
 from typing import Dict, List, Optional
 
+import torch
 from torch import nn
 
+from ..errors import NonFiniteWeightError
 from ..mixed import already_quantized_skips, inside_quantized, quantized_layers
 from ..modules import QMODULES
 from ..report import SkippedLayer
@@ -53,7 +55,23 @@ class StaticSelection:
         reason = selection_reason(self.cfg, self.names_of.get(id(layer), [name]), layer)
         if reason is None and layer.weight.numel() < self.cfg.min_weight_numel:
             reason = f"too small: {layer.weight.numel()} weights < min_weight_numel={self.cfg.min_weight_numel}"
+        if reason is None:
+            reason = self._nonfinite_reason(name, layer)
         return reason
+
+    def _nonfinite_reason(self, name: str, layer: nn.Module) -> Optional[str]:
+        """nonfinite="skip": why a layer with NaN/Inf weights stays float; "error": raise naming it."""
+        w = layer.weight.detach()
+        bad = ~torch.isfinite(w.reshape(w.shape[0], -1)).all(dim=1) if w.numel() else torch.zeros(0, dtype=torch.bool)
+        if not bool(bad.any()):
+            return None
+        row = int(bad.nonzero()[0, 0])
+        if self.cfg.nonfinite == "skip":
+            return f"non-finite weights (NaN/Inf in channel {row})"
+        raise NonFiniteWeightError(
+            f"layer {name or '<root>'!r} ({type(layer).__name__}) has NaN or Inf in its weight (output channel "
+            f"{row}): fix the weights, exclude the layer (exclude=[{name!r}]) or pass nonfinite='skip'",
+            row, name)
 
     def already_reason(self) -> Optional[str]:
         """Why the model takes the per-layer path (it holds layers quantized already), or None."""
