@@ -151,3 +151,19 @@ def test_options_static_cannot_honour_are_refused(net, option, match):
     with pytest.raises(ConfigError, match=f"cannot honour {match}"):
         _static(model, data, **option)
     _static(model, data, symmetric=True, granularity="per_channel", embeddings=False)  # what it does anyway
+
+
+def test_a_layer_static_int8_does_not_replace_is_listed_by_its_path_and_type():
+    class WithConv1d(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.blocks = nn.ModuleList([nn.Conv1d(4, 8, 3)])
+            self.fc = nn.Linear(8, 16)
+
+        def forward(self, x):
+            return self.fc(self.blocks[0](x).mean(2))
+
+    torch.manual_seed(0)
+    result = _static(WithConv1d().eval(), torch.randn(32, 4, 10))
+    listed = {s.name: (s.type, s.reason) for s in result.skipped}
+    assert listed["blocks.0"][0] == "Conv1d" and "no int8 kernel" in listed["blocks.0"][1]

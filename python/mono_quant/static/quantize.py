@@ -102,12 +102,24 @@ def quantize_static(model, cfg, calibration, observer: Optional[str], calibratio
             clipped))
     for name, kind, why in plan.kept_float:
         report.skipped.append(SkippedLayer(name, kind, why))
+    layers = _weighted_float_layers(plan)
     for name, why in in_float + plan.not_fused:
-        report.skipped.append(SkippedLayer(name, "op", why))
+        # a layer with weights (an Embedding, a Conv1d) by its module path and type, as dynamic int8 lists it
+        report.skipped.append(SkippedLayer(*layers[name], why) if name in layers else SkippedLayer(name, "op", why))
     if probe:
         _add_sqnr(report, fmodel, qmodel, probe[0])
     _warn(report)
     return QuantizationResult(qmodel, report.skipped, report, cfg)
+
+
+def _weighted_float_layers(plan) -> Dict[str, tuple]:
+    """fx node -> (module path, type) of each float op that calls a module with a weight of its own."""
+    found = {}
+    for op in plan.ops:
+        if op.kind == "float" and op.call and op.call[0] == "call_module" and op.module is not None \
+                and any(p.dim() >= 2 for p in op.module.parameters(recurse=False)):
+            found[op.name] = (op.call[1], type(op.module).__name__)
+    return found
 
 
 def _refuse_unused_options(cfg) -> None:
