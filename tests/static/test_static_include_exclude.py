@@ -167,3 +167,15 @@ def test_a_layer_static_int8_does_not_replace_is_listed_by_its_path_and_type():
     result = _static(WithConv1d().eval(), torch.randn(32, 4, 10))
     listed = {s.name: (s.type, s.reason) for s in result.skipped}
     assert listed["blocks.0"][0] == "Conv1d" and "no int8 kernel" in listed["blocks.0"][1]
+
+
+@pytest.mark.filterwarnings("ignore::mono_quant.calibration.CalibrationWarning")
+def test_nothing_selected_warns(net):
+    from mono_quant.strictness import NothingQuantizedWarning
+
+    model, data = net
+    with pytest.warns(NothingQuantizedWarning, match="include is empty"):
+        mq.quantize(model, "int8", activations="static", calibration=data, include=[])
+    with pytest.warns(NothingQuantizedWarning, match="excluded"):
+        mq.quantize(Branchy().eval(), "int8", activations="static", calibration=torch.randn(32, 3, 8, 8),
+                    exclude=["conv", "fc"])

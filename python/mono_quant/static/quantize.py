@@ -13,6 +13,7 @@ from __future__ import annotations
 import copy
 import math
 import warnings
+from types import SimpleNamespace
 from typing import Any, Dict, List, Optional
 
 import torch
@@ -24,6 +25,7 @@ from ..errors import ConfigError
 from .calibration_check import require_samples
 from ..report import SkippedLayer
 from ..result import QuantizationResult
+from ..strictness import warn_if_nothing_quantized
 from .capture import TraceError, build_plan
 from .convert import NONNEGATIVE_ZERO_POINT, convert_plan
 from .fallback import quantize_per_layer
@@ -63,12 +65,23 @@ def quantize_static(model, cfg, calibration, observer: Optional[str], calibratio
                           "of tensors, (x, y) tuples or dicts, or a callable that runs the model")
     work = copy.deepcopy(model).eval()  # the caller's model is never touched (fx, folding, hooks)
     sel = StaticSelection(work, cfg)  # include / exclude / min_weight_numel, layers quantized already
-    if sel.already_reason() is not None:  # fx would trace into those layers' own code
-        return quantize_per_layer(work, cfg, calibration, sel.already_reason(), sel.keep_float, sel.held, sel.already)
-    try:
-        plan = build_plan(work, sel.keep_float)
-    except TraceError as exc:
-        return quantize_per_layer(work, cfg, calibration, str(exc), sel.keep_float, sel.held, sel.already)
+    plan, fallback = None, sel.already_reason()  # layers quantized already: fx would trace into their code
+    if fallback is None:
+        try:
+            plan = build_plan(work, sel.keep_float)
+        except TraceError as exc:
+            fallback = str(exc)
+    if plan is None:
+        result = quantize_per_layer(work, cfg, calibration, fallback, sel.keep_float, sel.held, sel.already)
+    else:
+        result = _quantize_plan(plan, cfg, calibration)
+    quantized = [r for r in result.report.layers if r.kind in ("conv", "linear")]
+    warn_if_nothing_quantized(SimpleNamespace(layers=quantized), result.skipped)
+    return result
+
+
+def _quantize_plan(plan, cfg, calibration) -> QuantizationResult:
+    """Steps 2-4 on the fusion plan of the model's copy."""
     fmodel = float_graph(plan)
     bins = None if cfg.observer == "minmax" else DEFAULT_BINS
     cal = Calibrator(fmodel, bins=bins, per_channel=False)
@@ -235,9 +248,9 @@ def _warn(report: StaticReport) -> None:
         listed = ", ".join(f"{n} {100 * c:.2f}%" for n, c in clipped)
         warnings.warn(f"more than {100 * MAX_CLIPPED:g}% of the calibration values fall outside the range of: "
                       f"{listed} (observer {report.observer!r}; 'minmax' clips nothing)", CalibrationWarning,
-                      stacklevel=3)
+                      stacklevel=4)
     low = [(r.name, r.sqnr_db) for r in report.layers if r.sqnr_db is not None and r.sqnr_db < MIN_SQNR_DB]
     if low:
         listed = ", ".join(f"{n} {s:.1f} dB" for n, s in low)
         warnings.warn(f"output SQNR against float below {MIN_SQNR_DB:g} dB at: {listed} (more calibration data, "
-                      "another observer, or exclude those layers)", CalibrationWarning, stacklevel=3)
+                      "another observer, or exclude those layers)", CalibrationWarning, stacklevel=4)
