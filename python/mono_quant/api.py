@@ -486,7 +486,10 @@ def _narrow_reason(m: nn.Module, cfg: QuantConfig, weights: Optional[Mapping], n
     if qcls not in (QuantizedLinear, QuantizedGPT2Conv1D):
         return None
     w = weights[_key(names[0], "weight")] if weights is not None else raw_weight(m)
-    shape = tuple(w.shape)[::-1] if qcls is QuantizedGPT2Conv1D else tuple(w.shape)
+    if qcls is QuantizedGPT2Conv1D:
+        shape = tuple(w.shape)[::-1]  # stored [in, out]
+    else:  # (a parametrized weight's largest original need not be [out, in])
+        shape = (getattr(m, "out_features", w.shape[0]), getattr(m, "in_features", w.shape[-1]))
     return narrow_reason(cfg, names, shape, w.dtype)
 
 

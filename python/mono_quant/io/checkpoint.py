@@ -23,6 +23,7 @@ from ..composites import attention_out_proj_keys
 from ..entries import packs_straight_to_int8, quantize_state_dict_entry, state_dict_entry_plan
 from ..errors import CheckpointError, ConfigError
 from ..formats import get_format
+from ..modules.conv1d import conv2d_weight_of
 from ..report import LayerReport, Report, tensor_bytes
 from ..result import QuantizationResult
 from ..strictness import check_patterns_match, holder_names_of_keys, layer_names_of_keys, warn_if_nothing_quantized
@@ -205,17 +206,24 @@ def _treatment(key: str, tensor: torch.Tensor, cfg: QuantConfig, hf_plan: HfChec
     """How ``key`` is written: two tied names treated alike give the same tensors (stored once)."""
     if key in hf_plan.keep_float:
         return ("float",)
-    plan = state_dict_entry_plan(key, tensor, cfg)
+    plan = state_dict_entry_plan(key, _oriented(key, tensor, hf_plan), cfg)
     if plan is None or plan[2] is not None:
         return ("float",)
     return ("quantized", key in hf_plan.transposed, key in hf_plan.conv1d)
+
+
+def _oriented(key: str, tensor: torch.Tensor, hf_plan: HfCheckpointPlan) -> torch.Tensor:
+    """A view of ``key``'s weight as write_hf_entry quantizes it (a GPT-2 Conv1D's [out, in], a Conv1d's 4-D)."""
+    if key in hf_plan.transposed:
+        return tensor.t()
+    return conv2d_weight_of(tensor) if key in hf_plan.conv1d else tensor
 
 
 def _own_reason(key: str, tensor: torch.Tensor, cfg: QuantConfig, hf_plan: HfCheckpointPlan) -> Optional[str]:
     """Why ``key`` stays float by its own name (its selection), or None."""
     if key in hf_plan.keep_float:
         return hf_plan.keep_float[key][1]
-    plan = state_dict_entry_plan(key, tensor, cfg)
+    plan = state_dict_entry_plan(key, _oriented(key, tensor, hf_plan), cfg)
     return None if plan is None else plan[2]
 
 
