@@ -42,8 +42,9 @@ class Custom(nn.Module):
     def __init__(self):
         super().__init__()
         self.stem = nn.Conv2d(3, 8, 3, padding=1)
-        self.heads = nn.ModuleDict({"a": nn.Linear(8, 4), "b": nn.Sequential(nn.ReLU(), nn.Linear(8, 4))})
-        self.extra = nn.ModuleList([nn.Linear(4, 4), nn.LayerNorm(4)])
+        # (16 outputs: narrower int8 layers stay float, narrow.py)
+        self.heads = nn.ModuleDict({"a": nn.Linear(8, 16), "b": nn.Sequential(nn.ReLU(), nn.Linear(8, 16))})
+        self.extra = nn.ModuleList([nn.Linear(16, 16), nn.LayerNorm(16)])
 
     def forward(self, x):
         h = self.stem(x).mean(dim=(2, 3))
@@ -72,7 +73,7 @@ def test_finds_layers_at_any_depth_and_root():
     assert kinds["stem"] == "QuantizedConv2d"
     assert kinds["heads.a"] == kinds["heads.b.1"] == kinds["extra.0"] == "QuantizedLinear"
     assert kinds["extra.1"] == "LayerNorm"
-    root = nn.Linear(10, 3)
+    root = nn.Linear(10, 16)
     qroot, _ = mq.quantize(root)
     assert isinstance(qroot, mq.QuantizedLinear) and isinstance(root, nn.Linear)
     x = torch.randn(2, 10)
@@ -80,7 +81,7 @@ def test_finds_layers_at_any_depth_and_root():
 
 
 def test_shared_module_quantized_once_and_stays_shared():
-    shared = nn.Linear(6, 6)
+    shared = nn.Linear(16, 16)
     model = nn.Sequential(shared, nn.ReLU(), shared)
     result = mq.quantize(model)
     assert result.model[0] is result.model[2]
@@ -88,7 +89,7 @@ def test_shared_module_quantized_once_and_stays_shared():
 
 
 def test_tied_weights_share_quantized_storage():
-    a, b = nn.Linear(6, 6), nn.Linear(6, 6)
+    a, b = nn.Linear(16, 16), nn.Linear(16, 16)
     b.weight = a.weight
     result = mq.quantize(nn.Sequential(a, b))
     qa, qb = result.model
@@ -119,7 +120,7 @@ def test_float_formats_store_dtype_and_return_input_dtype(dtype, storage):
 
 
 def test_int8_module_buffers_state_dict_to_and_deepcopy():
-    qmodel, _ = mq.quantize(nn.Sequential(nn.Linear(8, 4)))
+    qmodel, _ = mq.quantize(nn.Sequential(nn.Linear(8, 4)), include=["0"])  # named exactly: narrow, yet quantized
     sd = qmodel.state_dict()
     # a Linear keeps only the kernels' packed int8 copy (16-channel panels: 16 x 8 bytes), not a second plain one
     assert "0.weight_qdata" not in sd and sd["0.weight_packed"].dtype == torch.int8
@@ -151,7 +152,7 @@ def test_unsupported_and_subclass_layers_are_listed_with_reasons():
         pass
 
     model = nn.Sequential(nn.Embedding(10, 4), nn.Conv3d(4, 4, 3), MyLinear(4, 4),
-                          nn.LayerNorm(4), nn.Linear(4, 4))
+                          nn.LayerNorm(4), nn.Linear(4, 16))
     result = mq.quantize(model)
     reasons = {s.name: s.reason for s in result.skipped}
     assert set(reasons) == {"0", "1", "2"}
@@ -182,7 +183,7 @@ def test_small_layers_and_lazy_and_meta_are_skipped():
 
 
 def test_nonfinite_weights_error_names_layer_or_skip():
-    model = nn.Sequential(nn.Linear(4, 4), nn.Sequential(nn.Linear(4, 4)))
+    model = nn.Sequential(nn.Linear(4, 16), nn.Sequential(nn.Linear(16, 16)))
     with torch.no_grad():
         model[1][0].weight[2, 1] = float("inf")
     with pytest.raises(ValueError, match=r"'1\.0'.*channel 2"):
@@ -254,7 +255,7 @@ def test_state_dict_input_and_model_argument():
 
 
 def test_result_unpacks_and_indexes():
-    result = mq.quantize(nn.Linear(4, 4))
+    result = mq.quantize(nn.Linear(4, 16))
     model, skipped = result
     assert result[0] is model and result[1] is skipped and len(result) == 2
     assert "QuantizedLinear" in repr(result)

@@ -15,7 +15,7 @@ from mono_quant.strictness import LargerModelWarning, NothingQuantizedWarning, U
 
 
 def _model():
-    return nn.Sequential(nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 4))
+    return nn.Sequential(nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 16))  # (narrower int8 layers stay float: narrow.py)
 
 
 @pytest.mark.parametrize("option", [dict(include=["encoder.*"]), dict(exclude=["lm_haed"]),
@@ -88,7 +88,7 @@ def test_signatures_show_readable_defaults():
 
 def test_larger_quantized_model_warns():
     with pytest.warns(LargerModelWarning, match="min_weight_numel"):
-        mq.quantize(nn.Sequential(nn.Linear(2, 2)))  # packing pads a 2x2 weight to far more than 16 bytes
+        mq.quantize(nn.Sequential(nn.Linear(2, 16)))  # a 16x2 weight's scales and column sums outweigh it
     with warnings.catch_warnings():
         warnings.simplefilter("error", LargerModelWarning)
         mq.quantize(nn.Sequential(nn.Linear(64, 64)))

@@ -18,8 +18,10 @@ from torch.nn.utils import parametrize
 
 from .config import DEFAULT, QuantConfig, resolve_options
 from .entries import convert_weight, nonfinite_skip_reason, packs_straight_to_int8, quantize_state_dict_entry
-from .errors import NonFiniteWeightError
+from .errors import AlreadyQuantizedError, NonFiniteWeightError
 from .modules import QuantizedLinear, QuantizedModule
+from .modules.gpt2_conv1d import QuantizedGPT2Conv1D
+from .narrow import narrow_reason
 from .modules.registry import QMODULES
 from .packing import PACKED_BUFFERS, quantize_and_pack_int8
 from .qtypes import get_qtype
@@ -77,7 +79,9 @@ def quantize(
         dtype: "int8" (default), "uint8", "int4", "fp16", "bf16" or the torch dtype.
         symmetric: None uses the scheme's default (int8: symmetric, -127..127).
         granularity: "per_channel" (default) or "per_tensor".
-        include: Module-name globs or module types to quantize (default: all).
+        include: Module-name globs or module types to quantize (default: all).  An int8
+            Linear too narrow for the packed layout (1-4 outputs in fp32, up to 8 in fp16 /
+            bf16: it would grow) stays float unless named here exactly.
         exclude: Module-name globs or module types to leave in float (wins over ``include``).
         min_weight_numel: Layers with fewer weights stay float (default 0).
         nonfinite: "error" (default: raise on NaN/Inf weights, naming the
@@ -123,9 +127,11 @@ def quantize(
         NonFiniteWeightError: A weight holds NaN/Inf with ``nonfinite="error"``
             (a ``ValueError``; ``.layer`` names the layer).
         AlreadyQuantizedError: The state_dict is already quantized by
-            mono-quant (a ``ValueError``).  A model that holds quantized
-            layers is fine: only its float layers are quantized, the others
-            are listed in ``skipped`` (mixed precision, docs/guide.md).
+            mono-quant, or ``model=`` holds quantized layers (a float
+            state_dict fills the float architecture) (a ``ValueError``).  A
+            model that holds quantized layers is fine: only its float layers
+            are quantized, the others are listed in ``skipped`` (mixed
+            precision, docs/guide.md).
         KeyError: A state_dict given with ``model=`` lacks a layer's entries.
 
     Warns:
@@ -163,12 +169,28 @@ def quantize(
         if model is not None:
             if not isinstance(model, nn.Module):
                 raise TypeError(f"model= must be an nn.Module instance of the architecture, got {type(model).__name__}")
+            _refuse_quantized_skeleton(model)
             return _quantize_module(model, cfg, progress, weights=model_or_state_dict)
         return _quantize_state_dict(model_or_state_dict, cfg, progress)
     raise TypeError(
         f"quantize() takes a torch.nn.Module or a state_dict (a mapping of names to tensors), "
         f"got {type(model_or_state_dict).__name__}"
     )
+
+
+def _refuse_quantized_skeleton(model: nn.Module) -> None:
+    """A state_dict's float weights fill the float architecture: a ``model=`` holding quantized
+    layers has no float weight to take them (they would be quantized twice, or dropped)."""
+    modules = {id(m): m for m in model.modules()}
+    held = quantized_layers(modules)
+    if held:
+        names = {id(m): n for n, m in model.named_modules()}
+        shown = ", ".join(f"{names[k] or '<root>'!r} ({type(m).__name__})" for k, m in list(held.items())[:4])
+        raise AlreadyQuantizedError(
+            f"model= holds layers quantized already ({shown}{' ...' if len(held) > 4 else ''}): a state_dict is "
+            f"quantized into the float architecture, which it fills entirely; pass model= an instance of the float "
+            f"model (the meta device will do), or load the state_dict into the float model and quantize that "
+            f"model (mixed precision: quantize the partly quantized model itself, without a state_dict)")
 
 
 # ---- selection -------------------------------------------------------------------------------
@@ -295,6 +317,8 @@ def _skip_reason(m: nn.Module, names: List[str], cfg: QuantConfig, weights: Opti
             reason = "embedding with max_norm renormalizes its float rows on lookup"
     if reason is None:
         reason = _shape_reason(m, cfg, weights, names[0])
+    if reason is None:
+        reason = _narrow_reason(m, cfg, weights, names)
     if reason is None and weights is not None:
         _check_shared_entries(weights, names)
     return reason
@@ -454,6 +478,19 @@ def _shape_reason(m: nn.Module, cfg: QuantConfig, weights: Optional[Mapping], na
     if w.numel() < cfg.min_weight_numel:
         return f"too small: {w.numel()} weights < min_weight_numel={cfg.min_weight_numel}"
     return None
+
+
+def _narrow_reason(m: nn.Module, cfg: QuantConfig, weights: Optional[Mapping], names: List[str]) -> Optional[str]:
+    """Why a Linear (or GPT-2 Conv1D) too narrow for the packed int8 layout stays float (narrow.py), or None."""
+    qcls = qmodule_for_selected(m, cfg)
+    if qcls not in (QuantizedLinear, QuantizedGPT2Conv1D):
+        return None
+    w = weights[_key(names[0], "weight")] if weights is not None else raw_weight(m)
+    if qcls is QuantizedGPT2Conv1D:
+        shape = tuple(w.shape)[::-1]  # stored [in, out]
+    else:  # (a parametrized weight's largest original need not be [out, in])
+        shape = (getattr(m, "out_features", w.shape[0]), getattr(m, "in_features", w.shape[-1]))
+    return narrow_reason(cfg, names, shape, w.dtype)
 
 
 def _load_remaining(qmodel: nn.Module, weights: Mapping, quantized: set) -> None:

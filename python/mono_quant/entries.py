@@ -14,9 +14,10 @@ import torch
 from .config import QuantConfig
 from .errors import NonFiniteWeightError
 from .formats import get_format
+from .narrow import narrow_reason
 from .packing import can_pack, pack_int8_linear, quantize_and_pack_int8
 from .qtypes import QType, get_qtype
-from .report import LayerReport, SkippedLayer, tensor_bytes
+from .report import LayerReport, SkippedLayer, storage_view, tensor_bytes
 from .selection import selection_reason
 from .tensor import QuantizedWeight, sqnr_db
 
@@ -51,6 +52,8 @@ def state_dict_entry_plan(key: str, tensor: torch.Tensor, cfg: QuantConfig):
     reason = selection_reason(cfg, [name], None)
     if reason is None and tensor.numel() < cfg.min_weight_numel:
         reason = f"too small: {tensor.numel()} weights < min_weight_numel={cfg.min_weight_numel}"
+    if reason is None and kind == "Linear":
+        reason = narrow_reason(cfg, [name], tensor.shape, tensor.dtype)
     return name, kind, reason
 
 
@@ -95,7 +98,7 @@ def quantize_state_dict_entry(key: str, tensor: torch.Tensor, cfg: QuantConfig, 
         return {key: keep(tensor)}, None, SkippedLayer(name, kind, reason)
     qtype = get_qtype(cfg.dtype)
     prefix = key[: -len("weight")]
-    cached = None if cache is None else cache.get((id(tensor), qtype.name, "entry"))
+    cached = None if cache is None else cache.get((_tie_key(tensor), qtype.name, "entry"))
     if cached is not None:  # a tensor stored under several keys: same outputs, shared
         suffixes, sqnr = cached
         return finish_entry({prefix + s: t for s, t in suffixes.items()}, key, name, kind, qtype, tensor, sqnr, None)
@@ -106,6 +109,14 @@ def quantize_state_dict_entry(key: str, tensor: torch.Tensor, cfg: QuantConfig, 
             raise nonfinite_entry_error(key, name, exc.row, exc.what) from None
         return {key: keep(tensor)}, None, SkippedLayer(name, kind, nonfinite_skip_reason(exc))
     return finish_entry(out, key, name, kind, qtype, tensor, sqnr, cache)
+
+
+def _tie_key(tensor: torch.Tensor):
+    """The same for entries holding the very same tensor: one object, or tied (one storage, same view,
+    as torch.load gives a tied state_dict's names); the caller's state_dict keeps them all alive."""
+    if tensor.device.type == "meta" or tensor.numel() == 0:
+        return id(tensor)
+    return storage_view(tensor)[1]
 
 
 def _quantize_entry(prefix: str, key: str, tensor: torch.Tensor, cfg: QuantConfig, qtype: QType, kind: str,
@@ -136,6 +147,6 @@ def finish_entry(out: Mapping[str, torch.Tensor], key: str, name: str, kind: str
     """Remember a quantized entry (tied tensors) and report it: ``(out, LayerReport, None)``."""
     prefix = key[: -len("weight")]
     if cache is not None:
-        cache[(id(tensor), qtype.name, "entry")] = ({k[len(prefix):]: t for k, t in out.items()}, sqnr)
+        cache[(_tie_key(tensor), qtype.name, "entry")] = ({k[len(prefix):]: t for k, t in out.items()}, sqnr)
     after = sum(tensor_bytes(t) for t in out.values())
     return out, LayerReport(name, kind, qtype.name, tuple(tensor.shape), tensor_bytes(tensor), after, sqnr), None

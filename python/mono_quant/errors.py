@@ -42,8 +42,9 @@ class ConfigError(MonoQuantError, ValueError):
 
 
 class AlreadyQuantizedError(MonoQuantError, ValueError):
-    """quantize() was given a state_dict that mono-quant already quantized.  A
-    ``ValueError``.
+    """quantize() was given a state_dict that mono-quant already quantized, or a
+    float state_dict with ``model=`` a model holding quantized layers (the
+    state_dict's weights fill the float architecture).  A ``ValueError``.
 
     A *model* holding quantized layers is not refused: quantize() quantizes only
     its float layers and lists the others in ``skipped`` as already quantized

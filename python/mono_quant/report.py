@@ -3,11 +3,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, field
-from typing import Dict, List, NamedTuple
+from typing import Dict, List, NamedTuple, Tuple
 
 import torch
 
-__all__ = ["SkippedLayer", "LayerReport", "Report", "human_bytes", "tensor_bytes", "unique_tensor_bytes"]
+__all__ = ["SkippedLayer", "LayerReport", "Report", "human_bytes", "tensor_bytes", "unique_tensor_bytes",
+           "storage_view"]
 
 
 class SkippedLayer(NamedTuple):
@@ -129,6 +130,14 @@ class Report:
 
 def tensor_bytes(t) -> int:
     return 0 if t is None else t.numel() * t.element_size()
+
+
+def storage_view(t: torch.Tensor) -> Tuple[tuple, tuple]:
+    """(storage, view) of a tensor with data: two tensors with the same view hold the very same
+    values (tied: same storage, offset, shape, strides and dtype); the same storage alone means
+    they overlap.  Compare only tensors alive together (a freed storage's address is reused)."""
+    storage = (t.device, t.untyped_storage().data_ptr())
+    return storage, storage + (t.storage_offset(), tuple(t.shape), t.stride(), t.dtype)
 
 
 def unique_tensor_bytes(module: torch.nn.Module) -> int:

@@ -134,12 +134,12 @@ def test_manifest_that_cannot_be_rebuilt(tmp_path):
 
 
 def test_state_dict_layer_with_inconsistent_tensors(tmp_path):
-    sd = {"fc.weight": torch.randn(4, 8), "fc.bias": torch.randn(4)}
+    sd = {"fc.weight": torch.randn(16, 8), "fc.bias": torch.randn(16)}
     mq.save(mq.quantize(sd), tmp_path / "q.safetensors")
     path = tmp_path / "q.safetensors"
-    _edit_manifest(path, lambda m: m["layers"][0].update(axis=1))  # scale has 4 entries, axis 1 has 8 channels
+    _edit_manifest(path, lambda m: m["layers"][0].update(axis=1))  # scale has 16 entries, axis 1 has 8 channels
     model = nn.Module()
-    model.fc = nn.Linear(8, 4)
+    model.fc = nn.Linear(8, 16)
     with pytest.raises(CheckpointError, match="'fc'.*axis"):
         mq.load(path, model=model)
     with pytest.raises(CheckpointError, match="'fc'.*axis"):

@@ -85,7 +85,7 @@ class Shared(nn.Module):
         super().__init__()
         self.a = nn.Linear(8, 8)
         self.b = self.a
-        self.head = nn.Linear(8, 2)
+        self.head = nn.Linear(8, 16)
 
     def forward(self, x):
         return self.head(self.b(self.a(x)))

@@ -77,7 +77,7 @@ def test_linear_subclass_opted_in_by_type():
     class MyLinear(nn.Linear):
         pass
 
-    model = nn.Sequential(MyLinear(16, 16), nn.Linear(16, 4))
+    model = nn.Sequential(MyLinear(16, 16), nn.Linear(16, 16))
     skipped = mq.quantize(model).skipped
     assert [s.name for s in skipped] == ["0"] and "include=[MyLinear]" in skipped[0].reason
     result = mq.quantize(model, include=[MyLinear, nn.Linear])
@@ -92,7 +92,7 @@ def test_multihead_attention_and_rnns_not_included_stay_float_with_reasons():
     model = nn.Module()
     model.attn = nn.MultiheadAttention(16, 4)
     model.lstm, model.gru, model.rnn = nn.LSTM(16, 16), nn.GRU(16, 16), nn.RNN(16, 16)
-    model.head = nn.Linear(16, 4)
+    model.head = nn.Linear(16, 16)
     result = mq.quantize(model, include=[nn.modules.linear.NonDynamicallyQuantizableLinear, nn.Linear])
     reasons = {s.name: s.reason for s in result.skipped}
     assert "include" in reasons["attn"] and "as a whole" in reasons["attn.out_proj"]

@@ -23,6 +23,7 @@ from ..composites import attention_out_proj_keys
 from ..entries import packs_straight_to_int8, quantize_state_dict_entry, state_dict_entry_plan
 from ..errors import CheckpointError, ConfigError
 from ..formats import get_format
+from ..modules.conv1d import conv2d_weight_of
 from ..report import LayerReport, Report, tensor_bytes
 from ..result import QuantizationResult
 from ..strictness import check_patterns_match, holder_names_of_keys, layer_names_of_keys, warn_if_nothing_quantized
@@ -34,6 +35,7 @@ from .manifest import dump_manifest, new_manifest
 from .progress import Progress
 from .reader import CheckpointReader, open_checkpoint
 from .stream_weight import stream_int4, stream_packed_int8
+from .tied import FirstEntry, alias_entry, storage_ties
 
 __all__ = ["quantize_checkpoint", "CheckpointReader", "open_checkpoint"]
 
@@ -165,24 +167,64 @@ def _write(reader: CheckpointReader, src, dst, cfg: QuantConfig, overwrite: bool
     manifest = new_manifest("state_dict", cfg)
     keys = reader.keys()
     bar = Progress(reader.total_bytes(), bool(progress))
+    ties = storage_ties(reader)  # a torch.save'd state_dict's tied weights: stored once, as mq.save does
+    tied_to = set(ties.values())
+    firsts: Dict[str, FirstEntry] = {}
     try:
         with atomic_output(dst, overwrite) as tmp:
             with open(tmp, "w+b") as f, StreamingWriter(f, _header_reserve(reader, keys), path=tmp,
                                                         part_bytes=_PART_BYTES) as writer:
                 for key, tensor in reader.items():
-                    report.model_bytes_before += tensor_bytes(tensor)
-                    if not write_hf_entry(hf_plan, _write_entry, key, tensor, cfg, writer, reader, src, report,
-                                          manifest, measure_error):
-                        _write_entry(key, tensor, cfg, writer, reader, src, report, manifest, measure_error)
+                    treatment = _treatment(key, tensor, cfg, hf_plan)
+                    first = firsts.get(ties.get(key))
+                    if first is not None and first.treatment == treatment:
+                        alias_entry(first, key, manifest, report, _own_reason(key, tensor, cfg, hf_plan))
+                    else:
+                        report.model_bytes_before += tensor_bytes(tensor)
+                        before = (len(writer.names), len(manifest["layers"]), len(report.layers),
+                                  len(report.skipped)) if key in tied_to else None
+                        if not write_hf_entry(hf_plan, _write_entry, key, tensor, cfg, writer, reader, src, report,
+                                              manifest, measure_error):
+                            _write_entry(key, tensor, cfg, writer, reader, src, report, manifest, measure_error)
+                        if before is not None:
+                            firsts[key] = FirstEntry(key, writer.names[before[0]:], manifest["layers"][before[1]:],
+                                                     report.layers[before[2]:], report.skipped[before[3]:],
+                                                     treatment)
                     bar.update(tensor_bytes(tensor), key)
                     del tensor
                 manifest["skipped"] = [list(s) for s in report.skipped]
                 mark_module_types(hf_plan, manifest)
-                report.tied = add_tied_aliases(hf_plan, keys, manifest)  # an HF folder's tied names: kept tied
+                # an HF folder's tied names it does not store: kept tied
+                report.tied.update(add_tied_aliases(hf_plan, keys, manifest))
                 writer.finish(dump_manifest(manifest))
     finally:
         bar.close()
     return report
+
+
+def _treatment(key: str, tensor: torch.Tensor, cfg: QuantConfig, hf_plan: HfCheckpointPlan) -> tuple:
+    """How ``key`` is written: two tied names treated alike give the same tensors (stored once)."""
+    if key in hf_plan.keep_float:
+        return ("float",)
+    plan = state_dict_entry_plan(key, _oriented(key, tensor, hf_plan), cfg)
+    if plan is None or plan[2] is not None:
+        return ("float",)
+    return ("quantized", key in hf_plan.transposed, key in hf_plan.conv1d)
+
+
+def _oriented(key: str, tensor: torch.Tensor, hf_plan: HfCheckpointPlan) -> torch.Tensor:
+    """A view of ``key``'s weight as write_hf_entry quantizes it (a GPT-2 Conv1D's [out, in], a Conv1d's 4-D)."""
+    if key in hf_plan.transposed:
+        return tensor.t()
+    return conv2d_weight_of(tensor) if key in hf_plan.conv1d else tensor
+
+
+def _own_reason(key: str, tensor: torch.Tensor, cfg: QuantConfig, hf_plan: HfCheckpointPlan) -> Optional[str]:
+    """Why ``key`` stays float by its own name (its selection), or None."""
+    if key in hf_plan.keep_float:
+        return hf_plan.keep_float[key][1]
+    plan = state_dict_entry_plan(key, _oriented(key, tensor, hf_plan), cfg)
+    return None if plan is None else plan[2]
 
 
 def _write_entry(key: str, tensor: torch.Tensor, cfg: QuantConfig, writer: StreamingWriter,

@@ -89,6 +89,12 @@ class CheckpointReader:
         """The file ``key`` is read from."""
         return self._where[key].path
 
+    def may_share_storage(self, key: str) -> bool:
+        """Whether ``key``'s tensor may be another key's too: a torch.save'd state_dict keeps
+        tied weights tied (its tensors stay mapped while the reader is open); a safetensors
+        file stores each name's own bytes."""
+        return not isinstance(self._where[key], SafetensorsShard)
+
     def release(self, key: str, tensor: torch.Tensor) -> None:
         """Drop the pages under ``tensor`` (``key``'s tensor or a view of it) from this
         process; its data stays valid and is read again if touched."""

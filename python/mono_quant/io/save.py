@@ -10,6 +10,7 @@ import torch
 import safetensors.torch
 from torch import nn
 
+from ..report import storage_view
 from ..result import QuantizationResult
 from ..strictness import QUANTIZED_SUFFIXES
 from .atomic import atomic_output
@@ -132,8 +133,7 @@ def dedupe_tensors(tensors: Mapping[str, torch.Tensor]) -> Tuple[Dict[str, torch
     views: Dict[tuple, str] = {}
     storages = set()
     for name, t in tensors.items():
-        storage = (t.device, t.untyped_storage().data_ptr())
-        view = storage + (t.storage_offset(), tuple(t.shape), t.stride(), t.dtype)
+        storage, view = storage_view(t)
         if view in views and t.numel():
             aliases[name] = views[view]
             continue

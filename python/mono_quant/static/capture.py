@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import operator
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -60,6 +60,8 @@ class PlanOp:
 class FusionPlan:
     ops: List[PlanOp]
     not_fused: List[Tuple[str, str]]  # (fx node, why it stays in float)
+    # (layer name, type, why) of each Conv2d / Linear ``keep_float`` kept in float (include / exclude)
+    kept_float: List[Tuple[str, str, str]] = field(default_factory=list)
 
     def op(self, name: str) -> PlanOp:
         for o in self.ops:
@@ -222,10 +224,15 @@ def trace(model: nn.Module) -> fx.GraphModule:
         raise TraceError(f"torch.fx could not trace {type(model).__name__} ({type(exc).__name__}: {exc})") from exc
 
 
-def build_plan(model: nn.Module) -> FusionPlan:
-    """The fusion plan of an eval-mode model.  Raises TraceError when fx can't trace it."""
+def build_plan(model: nn.Module, keep_float: Optional[Callable[[str, nn.Module], Optional[str]]] = None
+               ) -> FusionPlan:
+    """The fusion plan of an eval-mode model.  Raises TraceError when fx can't trace it.
+
+    ``keep_float(name, layer)``: why a Conv2d / Linear stays float (then it runs as traced,
+    nothing fused into it, listed in ``kept_float``), or None to quantize it."""
     gm = trace(model)
     modules = dict(gm.named_modules())
+    kept_float: List[Tuple[str, str, str]] = []
     names: Dict[fx.Node, str] = {}      # fx node -> op whose output it is
     absorbed: Dict[fx.Node, str] = {}
     ops: List[PlanOp] = []
@@ -260,7 +267,11 @@ def build_plan(model: nn.Module) -> FusionPlan:
             layer = modules[node.target]
             is_conv = isinstance(layer, nn.Conv2d)
             why = _conv_unsupported(layer) if is_conv else None
-            if why is not None:
+            kept = keep_float(node.target, layer) if keep_float is not None else None
+            if kept is not None:
+                kept_float.append((node.target, type(layer).__name__, kept))
+                op = _float_op(node, names, modules)
+            elif why is not None:
                 not_fused.append((node.name, f"Conv2d with {why}: runs in float"))
                 op = _float_op(node, names, modules)
             else:
@@ -299,7 +310,7 @@ def build_plan(model: nn.Module) -> FusionPlan:
                 not_fused.append((node.name, f"{node.op} {what}: no int8 kernel, runs in float"))
         names[node] = op.name
         ops.append(op)
-    return FusionPlan(_without_unused_constants(ops), not_fused)
+    return FusionPlan(_without_unused_constants(ops), not_fused, kept_float)
 
 
 def _without_unused_constants(ops: List[PlanOp]) -> List[PlanOp]:

@@ -7,7 +7,7 @@ folding, no int8 between layers): the report says so, with the trace error.
 """
 from __future__ import annotations
 
-from typing import Dict
+from typing import Callable, Dict, Iterable, Optional
 
 from torch import nn
 
@@ -43,18 +43,45 @@ class PerLayerStatic(CompilesAsOneOp, nn.Module):
         return y.contiguous() if y.dim() == 4 else y
 
 
-def quantize_per_layer(model: nn.Module, cfg, calibration, reason: str) -> QuantizationResult:
-    """``model`` is already a private eval-mode copy; its layers are replaced in place."""
-    targets = {name: m for name, m in model.named_modules()
-               if type(m) in (nn.Conv2d, nn.Linear) and not (isinstance(m, nn.Conv2d) and
-                                                             (isinstance(m.padding, str) or m.padding_mode != "zeros"))}
+def _float_reason(m: nn.Module) -> Optional[str]:
+    """Why a weight-bearing module this path never replaces stays float, or None (a Conv2d / Linear it takes)."""
+    if type(m) is nn.Conv2d and isinstance(m.padding, str):
+        return f"Conv2d with string padding {m.padding!r}: runs in float"
+    if type(m) is nn.Conv2d and m.padding_mode != "zeros":
+        return f"Conv2d with padding_mode {m.padding_mode!r}: runs in float"
+    if type(m) in (nn.Conv2d, nn.Linear):
+        return None
+    if any(p.dim() >= 2 for p in m.parameters(recurse=False)):
+        return "static int8 replaces exact Conv2d and Linear layers only: runs in float"
+    return ""  # no weight of its own (a container, a norm, an activation): not a layer
+
+
+def quantize_per_layer(model: nn.Module, cfg, calibration, reason: str,
+                       keep_float: Optional[Callable[[str, nn.Module], Optional[str]]] = None,
+                       held: frozenset = frozenset(), skipped: Iterable[SkippedLayer] = ()) -> QuantizationResult:
+    """``model`` is already a private eval-mode copy; its layers are replaced in place.  ``keep_float(name,
+    layer)``: why a Conv2d / Linear stays float (include / exclude), or None; ``held``: ids of the modules
+    of layers quantized already (never touched), listed in ``skipped`` (with every layer left float)."""
+    report = StaticReport(capture="hooks", fallback_reason=reason, observer=cfg.observer, samples=0)
+    report.skipped.extend(skipped)
+    targets = {}
+    for name, m in model.named_modules():
+        if id(m) in held:
+            continue
+        why = _float_reason(m)
+        if why is None and keep_float is not None:
+            why = keep_float(name, m)
+        if why is None:
+            targets[name] = m
+        elif why:
+            report.skipped.append(SkippedLayer(name, type(m).__name__, why))
     bins = None if cfg.observer == "minmax" else DEFAULT_BINS
     cal = Calibrator(model, bins=bins, per_channel=False)
     cal.types = (nn.Conv2d, nn.Linear)
     cal.feed(calibration, cfg.calibration_samples)
     require_samples(cal)
     ranges = cal.ranges(cfg.observer)
-    report = StaticReport(capture="hooks", fallback_reason=reason, observer=cfg.observer, samples=cal.samples)
+    report.samples = cal.samples
     replaced: Dict[str, nn.Module] = {}
     for name, m in targets.items():
         point = cal.aliases.get(f"{name}.input", f"{name}.input")

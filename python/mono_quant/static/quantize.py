@@ -13,6 +13,7 @@ from __future__ import annotations
 import copy
 import math
 import warnings
+from types import SimpleNamespace
 from typing import Any, Dict, List, Optional
 
 import torch
@@ -24,6 +25,7 @@ from ..errors import ConfigError
 from .calibration_check import require_samples
 from ..report import SkippedLayer
 from ..result import QuantizationResult
+from ..strictness import warn_if_nothing_quantized
 from .capture import TraceError, build_plan
 from .convert import NONNEGATIVE_ZERO_POINT, convert_plan
 from .fallback import quantize_per_layer
@@ -31,6 +33,7 @@ from .graph import FusedFloat, float_graph
 from .modules import StaticAdd, StaticConv2d, StaticGlobalAvgPool, StaticLinear
 from .modules_eltwise import StaticCat
 from .report import StaticLayerReport, StaticReport, clipped_fraction
+from .selection import StaticSelection
 
 __all__ = ["quantize_static", "MAX_CLIPPED", "MIN_SQNR_DB", "SQNR_PROBE_SAMPLES"]
 
@@ -56,14 +59,29 @@ def quantize_static(model, cfg, calibration, observer: Optional[str], calibratio
                         "cannot be calibrated")
     if cfg.dtype != "int8":
         raise ConfigError(f"activations='static' is for dtype 'int8', got {cfg.dtype!r}")
+    _refuse_unused_options(cfg)
     if calibration is None:
         raise ConfigError("activations='static' needs calibration= data: a tensor, a list / iterable / DataLoader "
                           "of tensors, (x, y) tuples or dicts, or a callable that runs the model")
     work = copy.deepcopy(model).eval()  # the caller's model is never touched (fx, folding, hooks)
-    try:
-        plan = build_plan(work)
-    except TraceError as exc:
-        return quantize_per_layer(work, cfg, calibration, str(exc))
+    sel = StaticSelection(work, cfg)  # include / exclude / min_weight_numel, layers quantized already
+    plan, fallback = None, sel.already_reason()  # layers quantized already: fx would trace into their code
+    if fallback is None:
+        try:
+            plan = build_plan(work, sel.keep_float)
+        except TraceError as exc:
+            fallback = str(exc)
+    if plan is None:
+        result = quantize_per_layer(work, cfg, calibration, fallback, sel.keep_float, sel.held, sel.already)
+    else:
+        result = _quantize_plan(plan, cfg, calibration)
+    quantized = [r for r in result.report.layers if r.kind in ("conv", "linear")]
+    warn_if_nothing_quantized(SimpleNamespace(layers=quantized), result.skipped)
+    return result
+
+
+def _quantize_plan(plan, cfg, calibration) -> QuantizationResult:
+    """Steps 2-4 on the fusion plan of the model's copy."""
     fmodel = float_graph(plan)
     bins = None if cfg.observer == "minmax" else DEFAULT_BINS
     cal = Calibrator(fmodel, bins=bins, per_channel=False)
@@ -95,12 +113,42 @@ def quantize_static(model, cfg, calibration, observer: Optional[str], calibratio
             (0.0 if nonnegative.get(f"{op.name}.output") else r.lo) if r else math.nan, r.hi if r else math.nan,
             _out_scale(qmodel, op.name) if (r and int8.get(op.name)) else None,
             clipped))
+    for name, kind, why in plan.kept_float:
+        report.skipped.append(SkippedLayer(name, kind, why))
+    layers = _weighted_float_layers(plan)
     for name, why in in_float + plan.not_fused:
-        report.skipped.append(SkippedLayer(name, "op", why))
+        # a layer with weights (an Embedding, a Conv1d) by its module path and type, as dynamic int8 lists it
+        report.skipped.append(SkippedLayer(*layers[name], why) if name in layers else SkippedLayer(name, "op", why))
     if probe:
         _add_sqnr(report, fmodel, qmodel, probe[0])
     _warn(report)
     return QuantizationResult(qmodel, report.skipped, report, cfg)
+
+
+def _weighted_float_layers(plan) -> Dict[str, tuple]:
+    """fx node -> (module path, type) of each float op that calls a module with a weight of its own."""
+    found = {}
+    for op in plan.ops:
+        if op.kind == "float" and op.call and op.call[0] == "call_module" and op.module is not None \
+                and any(p.dim() >= 2 for p in op.module.parameters(recurse=False)):
+            found[op.name] = (op.call[1], type(op.module).__name__)
+    return found
+
+
+def _refuse_unused_options(cfg) -> None:
+    """ConfigError for an option given as an argument that static int8 cannot honour (its weights are
+    per-channel symmetric int8; it replaces Conv2d and Linear only), rather than ignoring it."""
+    given = {k for k, v in cfg.source.items() if v == "argument"}
+    wrong = []
+    if "symmetric" in given and cfg.symmetric is False:
+        wrong.append("symmetric=False (static int8 weights are symmetric)")
+    if "granularity" in given and cfg.granularity != "per_channel":
+        wrong.append(f"granularity={cfg.granularity!r} (static int8 weights are per channel)")
+    if "embeddings" in given and cfg.embeddings:
+        wrong.append("embeddings=True (static int8 replaces Conv2d and Linear layers only)")
+    if wrong:
+        raise ConfigError(f"activations='static' cannot honour {', '.join(wrong)}: leave "
+                          f"{'it' if len(wrong) == 1 else 'them'} unset, or use activations='dynamic'")
 
 
 def _out_scale(qmodel, name: str) -> Optional[float]:
@@ -200,9 +248,9 @@ def _warn(report: StaticReport) -> None:
         listed = ", ".join(f"{n} {100 * c:.2f}%" for n, c in clipped)
         warnings.warn(f"more than {100 * MAX_CLIPPED:g}% of the calibration values fall outside the range of: "
                       f"{listed} (observer {report.observer!r}; 'minmax' clips nothing)", CalibrationWarning,
-                      stacklevel=3)
+                      stacklevel=4)
     low = [(r.name, r.sqnr_db) for r in report.layers if r.sqnr_db is not None and r.sqnr_db < MIN_SQNR_DB]
     if low:
         listed = ", ".join(f"{n} {s:.1f} dB" for n, s in low)
         warnings.warn(f"output SQNR against float below {MIN_SQNR_DB:g} dB at: {listed} (more calibration data, "
-                      "another observer, or exclude those layers)", CalibrationWarning, stacklevel=3)
+                      "another observer, or exclude those layers)", CalibrationWarning, stacklevel=4)
