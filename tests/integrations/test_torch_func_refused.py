@@ -17,7 +17,7 @@ MATCH = r"torch.func transforms .* not supported.*plain autograd"
 def _quantized(kind, dtype):
     torch.manual_seed(0)
     model, x = {
-        "linear": (nn.Sequential(nn.Linear(32, 16), nn.ReLU(), nn.Linear(16, 4)), torch.randn(3, 32)),
+        "linear": (nn.Sequential(nn.Linear(32, 16), nn.ReLU(), nn.Linear(16, 16)), torch.randn(3, 32)),
         "conv2d": (nn.Sequential(nn.Conv2d(8, 16, 3)), torch.randn(3, 8, 6, 6)),
         "conv1d": (nn.Sequential(nn.Conv1d(8, 16, 3)), torch.randn(3, 8, 10)),
         "lstm": (nn.LSTM(16, 32), torch.randn(5, 3, 16)),
