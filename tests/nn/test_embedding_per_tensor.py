@@ -10,7 +10,7 @@ from mono_quant.formats import traced_forward
 
 
 def _float_model():
-    return nn.Sequential(nn.Embedding(30, 16), nn.Linear(16, 4))
+    return nn.Sequential(nn.Embedding(30, 16), nn.Linear(16, 16))
 
 
 def _per_tensor_embedding(dtype):
@@ -31,7 +31,7 @@ def test_every_row_of_a_per_tensor_table_looks_up(dtype):
     torch.testing.assert_close(got, emb.dequantized_weight()[idx], rtol=0, atol=0)
     step = float(emb.weight_scale)
     assert (got - model[0](idx)).abs().max() <= step / 2 + 1e-6
-    assert qmodel(idx).shape == (2, 3, 4)
+    assert qmodel(idx).shape == (2, 3, 16)
     with pytest.raises(IndexError):
         emb(torch.tensor([30]))
 
