@@ -89,6 +89,6 @@ def test_is_parametrized_and_quantize_again_still_work():
     register_parametrization; quantize() of a model holding quantized layers asks it of each."""
     qmodel, x = _quantized("int8")
     assert not parametrize.is_parametrized(qmodel[0]) and getattr(qmodel[0], "parametrizations", None) is None
-    mixed = nn.Sequential(qmodel[0], nn.Linear(16, 4))
+    mixed = nn.Sequential(qmodel[0], nn.Linear(16, 16))
     again, skipped = mq.quantize(mixed, "int8")
     assert [s.name for s in skipped] == ["0"] and type(again[1]).__name__ == "QuantizedLinear"
