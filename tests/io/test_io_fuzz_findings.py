@@ -28,7 +28,7 @@ class Net(nn.Module):
     def __init__(self):
         super().__init__()
         self.fc1 = nn.Linear(32, 16)
-        self.fc2 = nn.Linear(16, 4)
+        self.fc2 = nn.Linear(16, 16)
 
     def forward(self, x):
         return self.fc2(torch.relu(self.fc1(x)))
@@ -146,7 +146,7 @@ def test_extreme_but_real_weights_still_load(tmp_path):
         model[0].weight.copy_(torch.tensor([[3.0e38, 1.0, -1.0, 0.0],
                                             [1.1754944e-38, 0.0, 0.0, 0.0],
                                             [0.5, -0.25, 0.125, 0.0]]))
-    result = mq.quantize(model, dtype="int8", activations=None)
+    result = mq.quantize(model, dtype="int8", activations=None, include=["0"])  # (named: a narrow layer)
     path = mq.save(result, tmp_path / "extremes.safetensors")
     loaded = mq.load(path, model=nn.Sequential(nn.Linear(4, 3, bias=False)))[0]
     scale = loaded.weight_scale
