@@ -2,7 +2,6 @@
 layer geometry, a value reference or a container of the wrong type is a CheckpointError at
 load, never a model that loads and then fails (or divides by zero) at its first forward; and
 a valid file whose tensors sit at odd addresses loads aligned and runs bit-identically."""
-import json
 import struct
 import warnings
 
@@ -12,7 +11,7 @@ from torch import nn
 
 import mono_quant as mq
 from mono_quant.calibration import CalibrationWarning
-from safetensors_bytes import split_file, write_file
+from safetensors_bytes import edited_metadata
 from static_helpers import Branchy  # data-dependent control flow: saved per layer
 
 GRAPH_KEY, PER_LAYER_KEY = "mono_quant.static", "mono_quant.static_per_layer"
@@ -48,13 +47,7 @@ def saved(request, tmp_path_factory):
 
 def _edited(saved, tmp_path, edit):
     cls, path, key, _ = saved
-    header, data = split_file(path)
-    manifest = json.loads(header["__metadata__"][key])
-    edit(manifest)
-    header["__metadata__"][key] = json.dumps(manifest)
-    out = tmp_path / "edited.safetensors"
-    write_file(out, header, data)
-    return out
+    return edited_metadata(path, tmp_path / "edited.safetensors", key, edit)
 
 
 def _kwargs(manifest, layer):

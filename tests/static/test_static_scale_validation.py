@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 import mono_quant as mq
-from safetensors_bytes import split_file, write_file
+from safetensors_bytes import edited_metadata, split_file, write_file
 
 KEY = "mono_quant.static"
 
@@ -50,13 +50,7 @@ def _kwargs(manifest, layer):
 
 
 def _edited(path, tmp_path, edit):
-    header, data = split_file(path)
-    manifest = json.loads(header["__metadata__"][KEY])
-    edit(manifest)
-    header["__metadata__"][KEY] = json.dumps(manifest)
-    out = tmp_path / "edited.safetensors"
-    write_file(out, header, data)
-    return out
+    return edited_metadata(path, tmp_path / "edited.safetensors", KEY, edit)
 
 
 def test_the_saved_file_loads_and_runs(saved):
