@@ -85,12 +85,11 @@ _REPARAMETRIZERS = {os.path.join("torch", "nn", "utils", f"{name}.py"): label fo
 REPARAMETRIZER_FILES = tuple(_REPARAMETRIZERS)
 
 
-def refuse_reparametrizing(module: nn.Module, depth: int = 2) -> None:
-    """NotImplementedError when the code reading ``module.weight`` (the frame ``depth`` up, the
-    weight property's caller) is one of torch's reparametrizations (:data:`REPARAMETRIZER_FILES`)."""
-    filename = sys._getframe(depth).f_code.co_filename
-    if filename.endswith(REPARAMETRIZER_FILES):
-        raise _refusal(module, next(v for k, v in _REPARAMETRIZERS.items() if filename.endswith(k)))
+def refuse_reparametrizing(module: nn.Module, reader: str) -> None:
+    """NotImplementedError when ``reader``, the file of the code reading ``module.weight``, is one
+    of torch's reparametrizations (:data:`REPARAMETRIZER_FILES`)."""
+    if reader.endswith(REPARAMETRIZER_FILES):
+        raise _refusal(module, next(v for k, v in _REPARAMETRIZERS.items() if reader.endswith(k)))
 
 
 def refuse_weight_parametrization(module: nn.Module) -> None:

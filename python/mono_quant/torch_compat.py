@@ -26,7 +26,7 @@ from torch.utils._pytree import tree_map
 from .formats.traced_forward import dequantized_weight
 from .weight_view_writes import refuse_dispatch_writes, refuse_writes
 from .orig_dtype import check_orig_dtype
-from .parametrized import REPARAMETRIZER_FILES, refuse_reparametrizing, refuse_weight_parametrization
+from .parametrized import refuse_reparametrizing, refuse_weight_parametrization
 
 __all__ = ["DequantizedWeightView", "TorchCompatMixin", "weight_replaced_message", "weight_view"]
 
@@ -141,8 +141,8 @@ class TorchCompatMixin:
         if torch.compiler.is_dynamo_compiling():  # dynamo can't build the view: the dequantized tensor, traced
 
             return dequantized_weight(self, self.orig_dtype).reshape(_view_shape(self)).as_subclass(_TracedWeight)
-        if _getframe(1).f_code.co_filename.endswith(REPARAMETRIZER_FILES):  # (one file name: ~0.1 us a read)
-            refuse_reparametrizing(self)  # weight_norm, prune, parametrize read it here first: fail before any change
+        # weight_norm, prune, parametrize read it here first: fail before any change (one file name: ~0.1 us a read)
+        refuse_reparametrizing(self, _getframe(1).f_code.co_filename)
         return weight_view(self)
 
     @property
