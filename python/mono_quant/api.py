@@ -17,7 +17,7 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from .config import DEFAULT, QuantConfig, resolve_options
-from .entries import convert_weight, nonfinite_skip_reason, packs_straight_to_int8, quantize_state_dict_entry
+from .entries import convert_weight, nonfinite_layer_error, nonfinite_skip_reason, packs_straight_to_int8, quantize_state_dict_entry
 from .errors import AlreadyQuantizedError, NonFiniteWeightError
 from .modules import QuantizedLinear, QuantizedModule
 from .modules.gpt2_conv1d import QuantizedGPT2Conv1D
@@ -33,7 +33,7 @@ from .module_hooks import carry_hooks, weight_in_use
 from .parametrized import parametrized_base, parametrized_reason, plain_float_layer, raw_weight
 from .layer_support import (drop_tied_to_float, known_unsupported_reason, lora_adapter_reason, qmodule_for_selected,
                             weight_to_quantize)
-from .selection import selection_reason
+from .selection import selection_reason, too_small_reason
 from .static import quantize_static
 from .integrations.hf_layer_list import refresh_layer_list
 from .mixed import already_quantized_skips, inside_quantized, quantized_layers
@@ -270,7 +270,7 @@ def _quantize_module(model: nn.Module, cfg: QuantConfig, progress: bool, weights
     report.model_bytes_before = unique_tensor_bytes(model) if weights is None else sum(
         tensor_bytes(t) for t in weights.values() if isinstance(t, torch.Tensor))
     report.model_bytes_after = unique_tensor_bytes(qmodel)
-    warn_if_nothing_quantized(report, skipped)
+    warn_if_nothing_quantized(report.layers, skipped)
     warn_if_larger(report)
     return QuantizationResult(qmodel, skipped, report, cfg)
 
@@ -373,11 +373,7 @@ class _LayerQuantizer:
             qm, sqnr = self._build(src, w, key)
         except NonFiniteWeightError as exc:
             if self.cfg.nonfinite == "error":
-                raise NonFiniteWeightError(
-                    f"layer {name or '<root>'!r} ({type(m).__name__}) has {exc.what} in its weight "
-                    f"(output channel {exc.row}): fix the weights, exclude the layer "
-                    f"(exclude=[{name!r}]) or pass nonfinite='skip'", exc.row, name, exc.what
-                ) from None
+                raise nonfinite_layer_error(name, type(m).__name__, exc.row, exc.what) from None
             return SkippedLayer(name, type(m).__name__, nonfinite_skip_reason(exc))
         if weights is not None:
             qm._set_bias(b)
@@ -475,9 +471,7 @@ def _shape_reason(m: nn.Module, cfg: QuantConfig, weights: Optional[Mapping], na
             return "weight is on the meta device (no data to quantize)"
     if not w.is_floating_point():
         return f"weight dtype {w.dtype} is not floating point"
-    if w.numel() < cfg.min_weight_numel:
-        return f"too small: {w.numel()} weights < min_weight_numel={cfg.min_weight_numel}"
-    return None
+    return too_small_reason(w.numel(), cfg)
 
 
 def _narrow_reason(m: nn.Module, cfg: QuantConfig, weights: Optional[Mapping], names: List[str]) -> Optional[str]:
@@ -544,5 +538,5 @@ def _quantize_state_dict(sd: Mapping, cfg: QuantConfig, progress: bool) -> Quant
             report.skipped.append(skip)
     report.model_bytes_before = sum(tensor_bytes(t) for t in sd.values())
     report.model_bytes_after = sum(tensor_bytes(t) for t in out.values())
-    warn_if_nothing_quantized(report, report.skipped)
+    warn_if_nothing_quantized(report.layers, report.skipped)
     return QuantizationResult(None, report.skipped, report, cfg, state_dict=out)

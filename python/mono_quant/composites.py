@@ -12,6 +12,7 @@ from torch import nn
 
 from .modules.composite import is_composite
 from .report import SkippedLayer
+from .selection import too_small_reason
 
 __all__ = ["composite_skip_reason", "quantize_composite", "children_of_composites", "attention_out_proj_keys"]
 
@@ -28,8 +29,8 @@ def composite_skip_reason(qcls, module: nn.Module, cfg, weights) -> Optional[str
                 f"(quantize the model itself): kept float")
     reason = qcls.skip_reason(module)
     numel = sum(w.numel() for _, w, _ in qcls.child_specs(module))
-    if reason is None and numel < cfg.min_weight_numel:
-        reason = f"too small: {numel} weights < min_weight_numel={cfg.min_weight_numel}"
+    if reason is None:
+        reason = too_small_reason(numel, cfg)
     return reason
 
 

@@ -18,11 +18,11 @@ from .narrow import narrow_reason
 from .packing import can_pack, pack_int8_linear, quantize_and_pack_int8
 from .qtypes import QType, get_qtype
 from .report import LayerReport, SkippedLayer, storage_view, tensor_bytes
-from .selection import selection_reason
+from .selection import selection_reason, too_small_reason
 from .tensor import QuantizedWeight, sqnr_db
 
 __all__ = ["convert_weight", "state_dict_entry_plan", "packs_straight_to_int8", "nonfinite_entry_error",
-           "nonfinite_skip_reason",
+           "nonfinite_layer_error", "nonfinite_skip_reason",
            "quantize_state_dict_entry", "finish_entry"]
 
 
@@ -50,8 +50,8 @@ def state_dict_entry_plan(key: str, tensor: torch.Tensor, cfg: QuantConfig):
     name = key[: -len("weight")].rstrip(".")
     kind = "Linear" if tensor.dim() == 2 else "Conv2d"
     reason = selection_reason(cfg, [name], None)
-    if reason is None and tensor.numel() < cfg.min_weight_numel:
-        reason = f"too small: {tensor.numel()} weights < min_weight_numel={cfg.min_weight_numel}"
+    if reason is None:
+        reason = too_small_reason(tensor.numel(), cfg)
     if reason is None and kind == "Linear":
         reason = narrow_reason(cfg, [name], tensor.shape, tensor.dtype)
     return name, kind, reason
@@ -67,6 +67,13 @@ def nonfinite_entry_error(key: str, name: str, row: int, what: str = "NaN or Inf
     """The error for a state_dict weight holding NaN/Inf under ``nonfinite="error"``."""
     return NonFiniteWeightError(f"tensor {key!r} has {what} (output channel {row}): fix it, "
                                 f"exclude it (exclude=[{name!r}]) or pass nonfinite='skip'", row, name, what)
+
+
+def nonfinite_layer_error(name: str, kind: str, row: int, what: str = "NaN or Inf") -> NonFiniteWeightError:
+    """The error for a model layer whose weight holds NaN/Inf under ``nonfinite="error"``."""
+    return NonFiniteWeightError(f"layer {name or '<root>'!r} ({kind}) has {what} in its weight (output channel {row}): "
+                                f"fix the weights, exclude the layer (exclude=[{name!r}]) or pass nonfinite='skip'",
+                                row, name, what)
 
 
 def nonfinite_skip_reason(exc: NonFiniteWeightError) -> str:

@@ -12,7 +12,7 @@ from torch import nn
 
 from .config import QuantConfig
 
-__all__ = ["selection_reason", "matching_include"]
+__all__ = ["selection_reason", "matching_include", "too_small_reason"]
 
 
 def _matches(patterns: Iterable, names: List[str], module: Optional[nn.Module]):
@@ -41,6 +41,13 @@ def selection_reason(cfg: QuantConfig, names: List[str], module: Optional[nn.Mod
             return "include is empty: it selects no layer (include=None selects every layer)"
         if _matches(cfg.include, names, module) is None:
             return "not matched by include"
+    return None
+
+
+def too_small_reason(numel: int, cfg: QuantConfig) -> Optional[str]:
+    """Why a layer of ``numel`` weights stays float under ``min_weight_numel``, or None."""
+    if numel < cfg.min_weight_numel:
+        return f"too small: {numel} weights < min_weight_numel={cfg.min_weight_numel}"
     return None
 
 

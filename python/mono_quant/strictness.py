@@ -114,9 +114,9 @@ def check_patterns_match(cfg, names: Sequence[str], modules: Iterable[nn.Module]
                           f"globs use fnmatch: 'encoder.*', '*.q_proj')")
 
 
-def warn_if_nothing_quantized(report, skipped) -> None:
-    """Warn (NothingQuantizedWarning) when no layer was quantized, with the first reasons."""
-    if report.layers:
+def warn_if_nothing_quantized(layers, skipped) -> None:
+    """Warn (NothingQuantizedWarning) when ``layers`` (the quantized ones) is empty, with the first reasons."""
+    if layers:
         return
     if all_already_quantized(skipped):
         warnings.warn(f"nothing was quantized: every layer mono-quant replaces is already quantized ({len(skipped)} "

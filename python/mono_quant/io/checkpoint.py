@@ -127,7 +127,7 @@ def quantize_checkpoint(src, dst, dtype=None, *, symmetric: Optional[bool] = Non
         hf_plan = hf_checkpoint_plan(src)
         hf_plan.keep_float.update(attention_out_proj_keys(reader.keys()))  # as quantize(state_dict) does
         report = _write(reader, src, dst, cfg, overwrite, progress, measure_error, hf_plan)
-    warn_if_nothing_quantized(report, report.skipped)  # as quantize(state_dict) does
+    warn_if_nothing_quantized(report.layers, report.skipped)  # as quantize(state_dict) does
     return QuantizationResult(None, report.skipped, report, cfg, path=Path(dst))
 
 
@@ -175,10 +175,12 @@ def _write(reader: CheckpointReader, src, dst, cfg: QuantConfig, overwrite: bool
             with open(tmp, "w+b") as f, StreamingWriter(f, _header_reserve(reader, keys), path=tmp,
                                                         part_bytes=_PART_BYTES) as writer:
                 for key, tensor in reader.items():
-                    treatment = _treatment(key, tensor, cfg, hf_plan)
                     first = firsts.get(ties.get(key))
+                    # (only a tie's names need it: the plan once more for each)
+                    treatment, own_reason = _treatment(key, tensor, cfg, hf_plan) \
+                        if first is not None or key in tied_to else (None, None)
                     if first is not None and first.treatment == treatment:
-                        alias_entry(first, key, manifest, report, _own_reason(key, tensor, cfg, hf_plan))
+                        alias_entry(first, key, manifest, report, own_reason)
                     else:
                         report.model_bytes_before += tensor_bytes(tensor)
                         before = (len(writer.names), len(manifest["layers"]), len(report.layers),
@@ -203,13 +205,14 @@ def _write(reader: CheckpointReader, src, dst, cfg: QuantConfig, overwrite: bool
 
 
 def _treatment(key: str, tensor: torch.Tensor, cfg: QuantConfig, hf_plan: HfCheckpointPlan) -> tuple:
-    """How ``key`` is written: two tied names treated alike give the same tensors (stored once)."""
+    """How ``key`` is written (two tied names treated alike give the same tensors: stored once),
+    and why it stays float by its own name (its selection), or None."""
     if key in hf_plan.keep_float:
-        return ("float",)
+        return ("float",), hf_plan.keep_float[key][1]
     plan = state_dict_entry_plan(key, _oriented(key, tensor, hf_plan), cfg)
     if plan is None or plan[2] is not None:
-        return ("float",)
-    return ("quantized", key in hf_plan.transposed, key in hf_plan.conv1d)
+        return ("float",), None if plan is None else plan[2]
+    return ("quantized", key in hf_plan.transposed, key in hf_plan.conv1d), None
 
 
 def _oriented(key: str, tensor: torch.Tensor, hf_plan: HfCheckpointPlan) -> torch.Tensor:
@@ -217,14 +220,6 @@ def _oriented(key: str, tensor: torch.Tensor, hf_plan: HfCheckpointPlan) -> torc
     if key in hf_plan.transposed:
         return tensor.t()
     return conv2d_weight_of(tensor) if key in hf_plan.conv1d else tensor
-
-
-def _own_reason(key: str, tensor: torch.Tensor, cfg: QuantConfig, hf_plan: HfCheckpointPlan) -> Optional[str]:
-    """Why ``key`` stays float by its own name (its selection), or None."""
-    if key in hf_plan.keep_float:
-        return hf_plan.keep_float[key][1]
-    plan = state_dict_entry_plan(key, _oriented(key, tensor, hf_plan), cfg)
-    return None if plan is None else plan[2]
 
 
 def _write_entry(key: str, tensor: torch.Tensor, cfg: QuantConfig, writer: StreamingWriter,

@@ -13,7 +13,6 @@ from __future__ import annotations
 import copy
 import math
 import warnings
-from types import SimpleNamespace
 from typing import Any, Dict, List, Optional
 
 import torch
@@ -75,8 +74,7 @@ def quantize_static(model, cfg, calibration, observer: Optional[str], calibratio
         result = quantize_per_layer(work, cfg, calibration, fallback, sel.keep_float, sel.held, sel.already)
     else:
         result = _quantize_plan(plan, cfg, calibration)
-    quantized = [r for r in result.report.layers if r.kind in ("conv", "linear")]
-    warn_if_nothing_quantized(SimpleNamespace(layers=quantized), result.skipped)
+    warn_if_nothing_quantized([r for r in result.report.layers if r.kind in ("conv", "linear")], result.skipped)
     return result
 
 

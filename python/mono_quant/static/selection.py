@@ -13,11 +13,11 @@ from typing import Dict, List, Optional
 import torch
 from torch import nn
 
-from ..errors import NonFiniteWeightError
+from ..entries import nonfinite_layer_error, nonfinite_skip_reason
 from ..mixed import already_quantized_skips, inside_quantized, quantized_layers
 from ..modules import QMODULES
 from ..report import SkippedLayer
-from ..selection import selection_reason
+from ..selection import selection_reason, too_small_reason
 from ..strictness import check_patterns_match
 
 __all__ = ["StaticSelection"]
@@ -53,8 +53,8 @@ class StaticSelection:
     def keep_float(self, name: str, layer: nn.Module) -> Optional[str]:
         """Why the Conv2d / Linear ``layer`` (module path ``name``) stays float, or None to quantize it."""
         reason = selection_reason(self.cfg, self.names_of.get(id(layer), [name]), layer)
-        if reason is None and layer.weight.numel() < self.cfg.min_weight_numel:
-            reason = f"too small: {layer.weight.numel()} weights < min_weight_numel={self.cfg.min_weight_numel}"
+        if reason is None:
+            reason = too_small_reason(layer.weight.numel(), self.cfg)
         if reason is None:
             reason = self._nonfinite_reason(name, layer)
         return reason
@@ -65,13 +65,10 @@ class StaticSelection:
         bad = ~torch.isfinite(w.reshape(w.shape[0], -1)).all(dim=1) if w.numel() else torch.zeros(0, dtype=torch.bool)
         if not bool(bad.any()):
             return None
-        row = int(bad.nonzero()[0, 0])
+        exc = nonfinite_layer_error(name, type(layer).__name__, int(bad.nonzero()[0, 0]))
         if self.cfg.nonfinite == "skip":
-            return f"non-finite weights (NaN/Inf in channel {row})"
-        raise NonFiniteWeightError(
-            f"layer {name or '<root>'!r} ({type(layer).__name__}) has NaN or Inf in its weight (output channel "
-            f"{row}): fix the weights, exclude the layer (exclude=[{name!r}]) or pass nonfinite='skip'",
-            row, name)
+            return nonfinite_skip_reason(exc)
+        raise exc
 
     def already_reason(self) -> Optional[str]:
         """Why the model takes the per-layer path (it holds layers quantized already), or None."""
