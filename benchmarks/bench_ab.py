@@ -9,6 +9,9 @@ with fp32, so the two builds meet the same machine load.
                dynamic, the build swapped under kernels.int8 per call.
   demo-weight-only  the same model, int8 weight-only.
   demo-fp16    the same model, fp16 (the build swapped under kernels.fp16).
+  dynamic      dynamic int8 Linear (_C.linear_int8 mode 'dynamic', 8-bit activations)
+               against fbgemm's linear_dynamic (reduce_range=True, as
+               quantize_dynamic runs it), 4096x4096 at batch 8 / 32 / 128.
   int4         int4 group-128 Linear (_C.q4_linear called directly, int8
                activations where the kernels take them), the same shapes.
 
@@ -16,7 +19,7 @@ Order: a fresh random order each round (common.interleaved "shuffle"), so no
 contender always follows fp32 or the other build.
 
 Usage: python benchmarks/bench_ab.py --baseline /path/to/old/_C.cpython-311-x86_64-linux-gnu.so
-           [weight-only|int4|demo|demo-weight-only|demo-fp16] [--threads T] [--batches 1 32] [--repeats N] [--background-load N]
+           [weight-only|dynamic|int4|demo|demo-weight-only|demo-fp16] [--threads T] [--batches 1 32] [--repeats N] [--background-load N]
            [--shapes 768x768,3072x768]
            [--isa avx2 ...] [--torch-isa avx2] [--clock cpu] (see isa_cap.py)
 """
@@ -103,6 +106,43 @@ def bench_weight_only(old, batches, threads, repeats, shapes=SHAPES):
     return rows
 
 
+def report_dynamic(label, stats):
+    """report()'s line with fbgemm's time beside the two builds (fbgemm time / ours)."""
+    row = report(label, stats)
+    fb = stats["fbgemm"]["median_us"]
+    print(f"{'':<26} vs fbgemm: " + ", ".join(f"{name} x{fb / stats[name]['median_us']:.2f}" for name in stats
+                                                 if name not in ("fp32", "fbgemm")), flush=True)
+    row["ratios_vs_fbgemm"] = {k: fb / v["median_us"] for k, v in stats.items()}
+    return row
+
+
+def bench_dynamic(old, batches, threads, repeats, shapes=((4096, 4096),)):
+    """Weights that fit L3 (compute-bound batches): one copy each, no rotation."""
+    rows = []
+    for n, k in shapes:
+        torch.manual_seed(0)
+        w = torch.randn(n, k)
+        qw = mq.quantize_weight(w, symmetric=True)
+        packed, w_sum, m128 = _C.pack_int8(np.ascontiguousarray(qw.qdata.numpy()))
+        scale, zp = qw.scale.float().numpy(), qw.zero_point.int().numpy()
+        tq = torch.quantize_per_channel(w, qw.scale.double(), torch.zeros(n, dtype=torch.long), 0, torch.qint8)
+        fb_packed = torch.ops.quantized.linear_prepack(tq, None)
+        for m in batches:
+            x = torch.randn(m, k)
+            xn = x.numpy()
+
+            def kernel(module, reduce_range=False):
+                own = (packed.copy(), w_sum.copy(), scale.copy(), zp.copy())
+                return lambda: module.linear_int8(xn, own[0], own[1], own[2], own[3], None, n, m128,
+                                                  mode="dynamic", nthreads=threads, reduce_range=reduce_range)
+
+            stats = timed({"fp32": lambda: F.linear(x, w), "baseline": kernel(old), "this build": kernel(_C),
+                           "baseline reduce_range": kernel(old, True), "this build reduce_range": kernel(_C, True),
+                           "fbgemm": lambda: torch.ops.quantized.linear_dynamic(x, fb_packed, True)}, repeats)
+            rows.append(dict(report_dynamic(f"dynamic {n}x{k} batch {m}", stats), shape=[n, k], batch=m))
+    return rows
+
+
 def bench_int4(old, batches, threads, repeats, shapes=SHAPES):
     from mono_quant.int4 import quantize_int4
 
@@ -174,7 +214,7 @@ def bench_demo(old, batches, repeats, mode="dynamic"):
 
 def main():
     parser = argparse.ArgumentParser()
-    parser.add_argument("what", choices=["weight-only", "int4", "demo", "demo-weight-only", "demo-fp16"], nargs="?", default="weight-only")
+    parser.add_argument("what", choices=["weight-only", "dynamic", "int4", "demo", "demo-weight-only", "demo-fp16"], nargs="?", default="weight-only")
     parser.add_argument("--baseline", required=True, help="path of the other build's _C extension file")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--batches", type=int, nargs="+", default=None)
@@ -187,6 +227,8 @@ def main():
     isa_cap.check_clock(args.threads)
     torch.set_num_threads(args.threads)
     old = load_build(args.baseline)
+    if isa_cap.ISA == "avx2-maddubs":  # apply_isa switched the installed build only
+        old.use_maddubs_for_tests(True)
     info = machine_info()
     info["isa"] = isa_cap.isa_description()
     info["background_load"] = args.background_load
@@ -196,6 +238,10 @@ def main():
         if args.what == "weight-only":
             shapes = [tuple(int(v) for v in s.split("x")) for s in args.shapes.split(",")] if args.shapes else SHAPES
             rows = bench_weight_only(old, args.batches or [1], args.threads, args.repeats, shapes)
+        elif args.what == "dynamic":
+            shapes = [tuple(int(v) for v in s.split("x")) for s in args.shapes.split(",")] if args.shapes else None
+            rows = bench_dynamic(old, args.batches or [8, 32, 128], args.threads, args.repeats,
+                                 shapes or ((4096, 4096),))
         elif args.what == "int4":
             shapes = [tuple(int(v) for v in s.split("x")) for s in args.shapes.split(",")] if args.shapes else SHAPES
             rows = bench_int4(old, args.batches or [1], args.threads, args.repeats, shapes)

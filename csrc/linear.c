@@ -180,15 +180,18 @@ typedef struct {
  * kp, in the qgemm's encoding: the level's act_rows, one call per block. */
 static void quantize_x_range(void *vctx, int64_t begin, int64_t end) {
     xquant_ctx *c = vctx;
-    const int64_t kp = c->a->kp;
+    const int64_t kp = c->a->kp, ldx = c->a->ldx;
     if (!c->x_is_q) {
-        c->kt->act_rows[c->kind](c->src + (size_t)begin * c->row_bytes, c->row_bytes, end - begin, c->k, kp, c->enc,
-                                 c->xq + begin * kp, c->x_scale + begin, c->x_zp ? c->x_zp + begin : NULL,
-                                 c->x_sum ? c->x_sum + begin : NULL);
+        /* act_rows writes rows kp apart: one call for the block, or one per row when padded */
+        const int64_t step = ldx == kp ? end - begin : 1;
+        for (int64_t r = begin; r < end; r += step)
+            c->kt->act_rows[c->kind](c->src + (size_t)r * c->row_bytes, c->row_bytes, step, c->k, kp, c->enc,
+                                     c->xq + r * ldx, c->x_scale + r, c->x_zp ? c->x_zp + r : NULL,
+                                     c->x_sum ? c->x_sum + r : NULL);
         return;
     }
     for (int64_t r = begin; r < end; r++) { /* int8 input (tests): copied as is */
-        uint8_t *q = c->xq + r * kp;
+        uint8_t *q = c->xq + r * ldx;
         memcpy(q, c->src + (size_t)r * c->row_bytes, (size_t)c->k);
         c->x_scale[r] = 1.0f;
         memset(q + c->k, 0, (size_t)(kp - c->k));
@@ -238,7 +241,7 @@ static void qgemm_block(const void *vctx, int64_t m0, int64_t rows, int64_t p0, 
     const qgemm_ctx *c = vctx;
     mq_qgemm_args sub = *c->a;
     sub.m = rows;
-    sub.x += m0 * sub.kp;
+    sub.x += m0 * sub.ldx;
     sub.x_scale += m0;
     if (sub.x_sum) sub.x_sum += m0;
     if (sub.x_zp) sub.x_zp += m0;
@@ -270,6 +273,13 @@ static void run_qgemm(mq_qgemm_fn fn, const mq_qgemm_args *a, int nthreads) {
     run_block_panels(&c.walk, a->kp, 1, nthreads);
 }
 
+/* Some int8 activation is -128 (rows of kp bytes, ld apart; the padding is not written). */
+static int rows_hold_m128(const uint8_t *xq, int64_t m, int64_t kp, int64_t ld) {
+    for (int64_t r = 0; r < m; r++)
+        if (memchr(xq + r * ld, 0x80, (size_t)kp)) return 1;
+    return 0;
+}
+
 int mq_linear_dynamic(const void *x, mq_src_t kind, int x_is_q, int64_t m, int64_t k, int64_t ldx,
                       const int8_t *packed, const int32_t *w_sum, const float *w_scale, const int32_t *w_zp,
                       int w_has_m128, const float *bias, int64_t n, float *y, int32_t *acc, int reduce_range,
@@ -279,7 +289,8 @@ int mq_linear_dynamic(const void *x, mq_src_t kind, int x_is_q, int64_t m, int64
     if (m <= 0 || n <= 0) return 0;
     reduce_range = reduce_range && !x_is_q; /* (the bindings refuse the pair) */
     nthreads = threads_for_call(m, kp, n, nthreads, MQ_ONE_THREAD_MACS);
-    uint8_t *xq = aligned_alloc(64, mq_alloc_bytes(m, kp, 64));
+    const int64_t ldq = mq_x_row_stride(kp);
+    uint8_t *xq = aligned_alloc(64, mq_alloc_bytes(m, ldq, 64));
     float *x_scale = malloc((size_t)m * sizeof(float));
     int32_t *x_sum = w_zp ? malloc((size_t)m * sizeof(int32_t)) : NULL;
     int32_t *x_zp = reduce_range ? malloc((size_t)m * sizeof(int32_t)) : NULL;
@@ -288,7 +299,7 @@ int mq_linear_dynamic(const void *x, mq_src_t kind, int x_is_q, int64_t m, int64
     /* 7-bit activations: the level's own 7-bit kernel on the codes, or its qgemm on xq */
     const int u7 = reduce_range && kt->qgemm_u7;
     mq_qgemm_args a = {xq, u7 ? 0 : kt->qgemm_x_u8, x_scale, x_sum, m, kp, n, packed, w_sum, w_scale, w_zp,
-                       w_has_m128, bias, acc ? NULL : y, acc, n, gemv_rows(nthreads), u7 ? x_zp : NULL};
+                       w_has_m128, bias, acc ? NULL : y, acc, n, gemv_rows(nthreads), u7 ? x_zp : NULL, ldq};
     const mq_x_encoding_t enc = u7 ? MQ_X_U7 : kt->qgemm_x_u8 ? MQ_X_INT8_PLUS_128 : MQ_X_INT8;
     xquant_ctx xc = {x, (size_t)ldx * (x_is_q ? 1 : mq_src_size(kind)), kind, x_is_q, k, &a, x_sum, x_scale, xq, kt,
                      x_zp, enc};
@@ -296,7 +307,7 @@ int mq_linear_dynamic(const void *x, mq_src_t kind, int x_is_q, int64_t m, int64
     if (u7)
         run_qgemm(kt->qgemm_u7, &a, nthreads);
     else
-        run_qgemm(x_is_q && !a.x_u8 && memchr(xq, 0x80, (size_t)(m * kp)) ? mq_ref_qgemm : kt->qgemm, &a, nthreads);
+        run_qgemm(x_is_q && !a.x_u8 && rows_hold_m128(xq, m, kp, ldq) ? mq_ref_qgemm : kt->qgemm, &a, nthreads);
     status = 0;
 done:
     free(xq);
@@ -512,7 +523,7 @@ int mq_conv2d_dynamic(const void *x, mq_src_t kind, int64_t batch, int64_t chann
         }
         mq_qgemm_args a = {rows, u7 ? 0 : kt->qgemm_x_u8, x_scale, x_sum, m, kp, n_g, packed + g * np_g * kp,
                            w_sum + g * np_g, w_scale + g * n_g, w_zp ? w_zp + g * n_g : NULL, w_has_m128,
-                           bias ? bias + g * n_g : NULL, y_rows + g * n_g, NULL, n, gemv_rows(nthreads), x_zp};
+                           bias ? bias + g * n_g : NULL, y_rows + g * n_g, NULL, n, gemv_rows(nthreads), x_zp, kp};
         profile_t = mq_conv_profile_start();
         run_qgemm(u7 ? kt->qgemm_u7 : kt->qgemm, &a, nthreads);
         mq_conv_profile_stop(MQ_CONV_WALL_GEMM, profile_t);

@@ -95,6 +95,14 @@ typedef void (*mq_sqerr_fn)(const void *src, const uint8_t *q, int64_t n, float 
 
 static inline int64_t mq_round_up(int64_t v, int64_t m) { return (v + m - 1) / m * m; }
 
+/* The row stride of quantized activations kp bytes long.  A 32 KiB 8-way
+ * L1D (Haswell to Ice Lake, Zen 2 to 4) maps addresses 4 KiB apart to one
+ * set: a 12-row tile reading 12 rows of a 4096-wide layer at once evicted
+ * its own rows every group (the AVX2 12-row kernels ran at half speed at
+ * K = 4096 on Zen 4, not at K = 4160).  64 more bytes put every row of a
+ * tile in its own set. */
+static inline int64_t mq_x_row_stride(int64_t kp) { return kp % 1024 == 0 ? kp + 64 : kp; }
+
 /* Dynamic int8 x int8 -> int32 matmul over the panels [p0, p1) of one
  * packed weight, with the fused epilogue
  *     acc[m][n] = sum_k xq[m][k] * (w[n][k] - w_zp[n])               (exact int32)
@@ -118,6 +126,8 @@ typedef struct {
     int64_t gemv_max_rows; /* up to this many rows, kernels stream the weight once (GEMV tiles) */
     const int32_t *x_zp;   /* [m] reduce_range, for qgemm_u7 kernels only: x holds the 7-bit codes
                             * xu = xq + x_zp[m] (0..127, uint8) and xq = xu - x_zp[m] (see act_u7.c) */
+    int64_t ldx;           /* row stride of x in bytes, >= kp (mq_x_row_stride: rows a multiple of 1 KiB
+                            * long are padded so that a tile's rows fall in different L1 sets) */
 } mq_qgemm_args;
 typedef void (*mq_qgemm_fn)(const mq_qgemm_args *a, int64_t p0, int64_t p1);
 

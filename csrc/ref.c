@@ -102,7 +102,7 @@ void mq_ref_qgemm(const mq_qgemm_args *a, int64_t p0, int64_t p1) {
             for (int c = 0; c < MQ_PANEL; c++) {
                 int64_t n = p * MQ_PANEL + c;
                 if (n >= a->n) break;
-                const uint8_t *x = a->x + m * a->kp;
+                const uint8_t *x = a->x + m * a->ldx;
                 int32_t acc = 0;
                 for (int64_t g = 0; g < groups; g++)
                     for (int j = 0; j < MQ_KGROUP; j++)

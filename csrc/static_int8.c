@@ -236,7 +236,8 @@ static void static_conv_range(void *vctx, int64_t begin, int64_t end) {
                 }
             mq_qgemm_args a = {rows, c->kt->qgemm_x_u8, x_scale, x_sum, nr, c->kp, c->n_g,
                                c->packed + g * c->np_g * c->kp, c->w_sum + g * c->np_g, c->x_w_scale + g * c->n_g,
-                               c->w_zp ? c->w_zp + g * c->n_g : NULL, c->w_has_m128, NULL, NULL, acc, c->n_g, 1};
+                               c->w_zp ? c->w_zp + g * c->n_g : NULL, c->w_has_m128, NULL, NULL, acc, c->n_g, 1,
+                               NULL, c->kp};
             c->kt->qgemm(&a, 0, panels);
             conv_epilogue(c, acc, nr, g, zcol, r0, yrow);
         }

@@ -26,7 +26,7 @@
 #define VROW(i, MT)                                                                           \
     if ((i) < (MT)) {                                                                         \
         int32_t x4;                                                                           \
-        memcpy(&x4, x + (i) * kp + g * 4, 4);                                                 \
+        memcpy(&x4, x + (i) * ldx + g * 4, 4);                                                \
         const __m256i xb = _mm256_set1_epi32(x4);                                             \
         acc##i##a = MQ_DPBUSD256(acc##i##a, xb, w0);                                          \
         acc##i##b = MQ_DPBUSD256(acc##i##b, xb, w1);                                          \
@@ -38,9 +38,9 @@
     }
 #define VTILE(MT)                                                                             \
     static void vtile_##MT(const mq_qgemm_args *a, int64_t m0, int64_t p) {                   \
-        const int64_t groups = a->kp / MQ_KGROUP, kp = a->kp;                                 \
+        const int64_t groups = a->kp / MQ_KGROUP, ldx = a->ldx;                               \
         const int8_t *w = a->w + p * groups * 64;                                             \
-        const uint8_t *x = a->x + m0 * kp;                                                    \
+        const uint8_t *x = a->x + m0 * ldx;                                                   \
         VROW_DECL(0) VROW_DECL(1) VROW_DECL(2) VROW_DECL(3)                                   \
         for (int64_t g = 0; g < groups; g++) {                                                \
             const __m256i w0 = _mm256_loadu_si256((const __m256i *)(w + g * 64));             \

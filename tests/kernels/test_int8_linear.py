@@ -65,10 +65,10 @@ def test_pack_int8_linear_buffers():
 # ---- kernels vs the exact integer reference, every ISA ------------------------------------------
 
 
-@pytest.mark.parametrize("m", list(range(1, 18)))
+@pytest.mark.parametrize("m", list(range(1, 18)) + [25])
 def test_int8_acc_exact_all_m(kernel_isa, m):
     g = _gen(m)
-    for n, k in [(1, 1), (17, 3), (33, 67), (16, 64)]:
+    for n, k in [(1, 1), (17, 3), (33, 67), (16, 64), (18, 1024)]:  # 1024: rows padded to 1088 bytes
         w = torch.randint(-127, 128, (n, k), generator=g, dtype=torch.int8)
         x = torch.randint(-127, 128, (m, k), generator=g, dtype=torch.int8)
         zp = torch.zeros(n, dtype=torch.int32)
@@ -86,14 +86,17 @@ def test_int8_acc_exact_asymmetric_weights(kernel_isa, n, k):
     assert torch.equal(_acc(x, w, zp), reference.linear_int8(x, w, torch.ones(n), zp, mode="int8_acc"))
 
 
-def test_int8_acc_extremes_no_saturation(kernel_isa):
+@pytest.mark.parametrize("rows", [5, 29])
+def test_int8_acc_extremes_no_saturation(kernel_isa, rows):
     """Every maddubs pair at its largest (|x| = |w| = 127, same signs): the
-    AVX2 sign trick's int16 pairs (2*127*127 = 32258) must not saturate."""
+    AVX2 sign trick's int16 pairs (2*127*127 = 32258) must not saturate, in
+    the few-row tile and the 12-row one (29 rows: 12 + 12 + 5)."""
     k, n = 1024, 24
     x = torch.full((5, k), -127, dtype=torch.int8)
     x[1] = 127
     x[2, ::2] = 127
     x[3] = 0  # an all-zero row
+    x = x.repeat((rows + 4) // 5, 1)[:rows]
     w = torch.full((n, k), -127, dtype=torch.int8)
     w[1] = 127
     w[2, 1::2] = 127
@@ -123,14 +126,15 @@ def test_int8_acc_exact_row_blocks(kernel_isa, nthreads):
     assert torch.equal(got, reference.linear_int8(x, w, torch.ones(n), zp, mode="int8_acc"))
 
 
-@pytest.mark.parametrize("m", [1, 5, 6, 7, 13])
-def test_int8_acc_m128_weights_every_row_tile(kernel_isa, m):
+@pytest.mark.parametrize("k", [131, 1024])
+@pytest.mark.parametrize("m", [1, 5, 6, 7, 8, 12, 13, 25])
+def test_int8_acc_m128_weights_every_row_tile(kernel_isa, m, k):
     """-128 weights run in every SIMD kernel (AVX2 maddubs: |w| = 128 as uint8
     times +-127, pairs up to 2*128*127 = 32512) on each row-tile size and a
     column tail; int8 inputs holding -128 (the dynamic quantizers never give
-    one) are exact too."""
+    one) are exact too, in padded rows (k = 1024) as well."""
     g = _gen(100 + m)
-    n, k = 17, 131
+    n = 17
     w = torch.randint(-128, 128, (n, k), generator=g, dtype=torch.int8)
     w[::2, ::3] = -128
     x = torch.where(torch.rand(m, k, generator=g) < 0.5, 127, -127).to(torch.int8)
@@ -142,13 +146,15 @@ def test_int8_acc_m128_weights_every_row_tile(kernel_isa, m):
         assert torch.equal(_acc(x128, w, zp), reference.linear_int8(x128, w, torch.ones(n), zp, mode="int8_acc"))
 
 
+@pytest.mark.parametrize("m,k", [(9, 70), (29, 1021), (13, 2048)])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
-def test_dynamic_bit_exact_vs_reference(kernel_isa, dtype):
-    """The float outputs follow one fixed fp32 formula: equal to the pure-torch twin bit for bit."""
+def test_dynamic_bit_exact_vs_reference(kernel_isa, dtype, m, k):
+    """The float outputs follow one fixed fp32 formula: equal to the pure-torch twin bit for bit
+    (kp = 1024 and 2048: quantized rows kp + 64 apart, linear.c's mq_x_row_stride)."""
     g = _gen(3)
-    n, k = 37, 70
+    n = 37
     qw = quantize_weight(torch.randn(n, k, generator=g), symmetric=True)
-    x = torch.randn(9, k, generator=g).to(dtype)
+    x = torch.randn(m, k, generator=g).to(dtype)
     x[4] = 0  # all-zero row
     bias = torch.randn(n, generator=g)
     bufs = pack_int8_linear(qw)

@@ -14,6 +14,7 @@ from conftest import KERNELS, at_isa
 
 SHAPES = [  # rows, in_features, out_features: tails of every tile (rows 1..13, K % 4, N % 16)
     (1, 1, 1), (3, 5, 17), (7, 37, 19), (13, 64, 33), (5, 130, 40), (25, 100, 3), (12, 4096, 16), (2, 3, 8),
+    (29, 1021, 19), (8, 2048, 33),  # rows padded to kp + 64 (linear.c), 12-row tiles and their tails
 ]
 
 

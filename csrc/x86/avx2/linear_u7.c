@@ -43,16 +43,16 @@ MQ_INLINE void store8_u7(const mq_qgemm_args *a, __m256i acc, int64_t m, int64_t
                 "vpmaddwd %[ones], %[t], %[t]\n\t"                                            \
                 "vpaddd %[t], %[acc], %[acc]"                                                 \
                 : [acc] "+x"(acc##i), [t] "=&x"(prod)                                         \
-                : [xm] "m"(*(const int32_t *)(const void *)(x + (i) * kp + g * 4)), [w] "x"(wv), \
+                : [xm] "m"(*(const int32_t *)(const void *)(x + (i) * ldx + g * 4)), [w] "x"(wv), \
                   [ones] "x"(ones));                                                          \
     }
 #define UROW_STORE(i, MT)                                                                     \
     if ((i) < (MT)) store8_u7(a, acc##i, m0 + (i), n0);
 #define UTILE(MT)                                                                             \
     static void utile_##MT(const mq_qgemm_args *a, int64_t m0, int64_t p, int half, const int8_t *pf) { \
-        const int64_t groups = a->kp / MQ_KGROUP, kp = a->kp, n0 = p * MQ_PANEL + half * 8;   \
+        const int64_t groups = a->kp / MQ_KGROUP, ldx = a->ldx, n0 = p * MQ_PANEL + half * 8; \
         const int8_t *w = a->w + p * groups * 64 + half * 32;                                 \
-        const uint8_t *x = a->x + m0 * kp;                                                    \
+        const uint8_t *x = a->x + m0 * ldx;                                                    \
         const __m256i ones = _mm256_set1_epi16(1);                                            \
         UROW_DECL(0) UROW_DECL(1) UROW_DECL(2) UROW_DECL(3) UROW_DECL(4) UROW_DECL(5)         \
         UROW_DECL(6) UROW_DECL(7) UROW_DECL(8) UROW_DECL(9) UROW_DECL(10) UROW_DECL(11)       \

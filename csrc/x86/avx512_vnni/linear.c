@@ -45,7 +45,7 @@ MQ_INLINE void qgemm_store(const mq_qgemm_args *a, __m512i acc, int64_t m, int64
 #define QACC_ROW(i, MT, NT)                                                  \
     if ((i) < (MT)) {                                                        \
         int32_t x4;                                                          \
-        memcpy(&x4, x + (i) * kp + g * 4, 4);                                \
+        memcpy(&x4, x + (i) * ldx + g * 4, 4);                               \
         const __m512i xb = _mm512_set1_epi32(x4);                            \
         acc##i##0 = _mm512_dpbusd_epi32(acc##i##0, xb, w0);                  \
         if ((NT) > 1) acc##i##1 = _mm512_dpbusd_epi32(acc##i##1, xb, w1);    \
@@ -61,9 +61,9 @@ MQ_INLINE void qgemm_store(const mq_qgemm_args *a, __m512i acc, int64_t m, int64
     }
 #define QTILE(MT, NT)                                                                               \
     static void qtile_##MT##_##NT(const mq_qgemm_args *a, int64_t m0, int64_t p) {                 \
-        const int64_t groups = a->kp / MQ_KGROUP, kp = a->kp;                                       \
+        const int64_t groups = a->kp / MQ_KGROUP, ldx = a->ldx;                                     \
         const int8_t *w = a->w + p * groups * 64;                                                   \
-        const uint8_t *x = a->x + m0 * kp;                                                          \
+        const uint8_t *x = a->x + m0 * ldx;                                                         \
         QACC_DECL(0) QACC_DECL(1) QACC_DECL(2) QACC_DECL(3)                                         \
         QACC_DECL(4) QACC_DECL(5) QACC_DECL(6) QACC_DECL(7)                                         \
         for (int64_t g = 0; g < groups; g++) {                                                      \
@@ -86,7 +86,7 @@ QTILE(1, 1) QTILE(2, 1) QTILE(3, 1) QTILE(4, 1) QTILE(5, 1) QTILE(6, 1) QTILE(7,
 static void qtile_1_1_split(const mq_qgemm_args *a, int64_t m0, int64_t p) {
     const int64_t groups = a->kp / MQ_KGROUP;
     const int8_t *w = a->w + p * groups * 64;
-    const int32_t *x = (const int32_t *)(const void *)(a->x + m0 * a->kp); /* kp is a multiple of 4 */
+    const int32_t *x = (const int32_t *)(const void *)(a->x + m0 * a->ldx); /* kp and ldx: multiples of 4 */
     __m512i acc0 = _mm512_setzero_si512(), acc1 = acc0, acc2 = acc0, acc3 = acc0;
     int64_t g = 0;
     for (; g + 4 <= groups; g += 4) {
