@@ -14,6 +14,7 @@ from ..kernels import int4 as q4
 from ..kernels.layout import int4_padded_cols
 from .base import WeightFormat
 from .checks import check_scales, first_bad, is_int, need, spec, value_at
+from .int4_call import kept_int4_linear
 from .int4_weight import INT4_BLOCK, Int4Weight, effective_group, int4_linear, quantize_int4, unpack_int4
 
 __all__ = ["Int4Format"]
@@ -49,7 +50,11 @@ class Int4Format(WeightFormat):
 
     # -- forward --------------------------------------------------------------------------------------
     def linear(self, module, x: torch.Tensor) -> torch.Tensor:
-        """The packed weight streamed by the C kernels (see int4_weight.int4_linear)."""
+        """The packed weight streamed by the C kernels (see int4_weight.int4_linear); the
+        common call through views kept per layer (int4_call)."""
+        y = kept_int4_linear(module, x)
+        if y is not None:
+            return y
         return int4_linear(x, self.module_weight(module), module.bias)
 
     def embedding_rows(self, module, flat: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,61 @@
+"""An int4 layer's common forward call (a float32 CPU input that records no gradient, rows
+for the packed kernel) through NumPy views of its buffers kept per layer while they hold.
+
+The general path (:func:`.int4_weight.int4_linear`) builds the layer's Int4Weight and
+converts every buffer and the bias on each call: 10-20 us, as much as the kernel of a
+768x768 layer at batch 1, where int4 then ran no faster than fp32.  The views are kept with
+the stamp (kernels/stamps.py) of what they were made from, so a replaced or rewritten
+buffer or bias rebuilds them; the C call and its arguments are the general path's own.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+
+from .. import _C
+from ..kernels.rows import to_numpy
+from ..kernels.settings import SETTINGS
+from ..kernels.stamps import make_stamp, tensors_unchanged
+from .int4_weight import BLAS_MIN_ROWS
+from .layer_cache import per_layer_cache
+
+__all__ = ["kept_int4_linear"]
+
+_CALLS = per_layer_cache()
+_SOURCES = (("_buffers", "weight_qdata"), ("_buffers", "weight_scale"), ("_buffers", "weight_zero_point"),
+            ("_parameters", "bias"), (None, "bias"), (None, "weight_group_size"), (None, "weight_shape"))
+
+
+def _keep(module) -> tuple:
+    stamp = make_stamp(module, _SOURCES)
+    weight, bias = module.format.module_weight(module), module.bias
+    call = None
+    if weight.qdata.is_cpu and weight.qdata.numel() > 0 and (bias is None or bias.is_cpu):
+        b = None if bias is None else bias.detach().float().contiguous().numpy()
+        call = (weight.cols, weight.orig_shape[0], weight.qdata.numpy(), to_numpy(weight.scale),
+                weight.zero_point.numpy(), weight.group, b)
+    kept = (stamp, call)
+    _CALLS[module] = kept
+    return kept
+
+
+def kept_int4_linear(module, x: torch.Tensor) -> Optional[torch.Tensor]:
+    """``x @ W.T + b`` of an int4 layer through the kept views, or None where the general
+    path must run (another dtype or device, a gradient, an empty input, another width, rows
+    for the BLAS rule of ``int4_weight.BLAS_MIN_ROWS``)."""
+    if x.dtype is not torch.float32 or not x.is_cpu or x.requires_grad:
+        return None
+    kept = _CALLS.get(module)
+    if kept is None or not tensors_unchanged(module.__dict__, kept[0]):
+        kept = _keep(module)
+    call = kept[1]
+    if call is None or x.shape[-1] != call[0] or x.numel() == 0:
+        return None
+    x2d = x if x.dim() == 2 else x.reshape(-1, call[0])
+    if x2d.shape[0] >= min(BLAS_MIN_ROWS.values()):  # (no level takes BLAS today; tests may set one)
+        return None
+    y = torch.from_numpy(_C.q4_linear(x2d.contiguous().numpy(), call[2], call[3], call[4], call[5], bias=call[6],
+                                      int8_activations=-1 if SETTINGS.int4_int8_activations else 0,
+                                      nthreads=SETTINGS.num_threads()))
+    return y if x.dim() == 2 else y.reshape(*x.shape[:-1], call[1])
