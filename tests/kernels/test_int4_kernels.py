@@ -313,6 +313,21 @@ def test_int8_activations_exact_vs_reference_and_close_to_float(isa, rows, cols,
     assert bool(((torch.from_numpy(got).double() - exact).abs() <= bound).all())
 
 
+@pytest.mark.parametrize("nthreads", [1, 2])
+@pytest.mark.parametrize("rows,cols,group", [(16, 128, 128), (37, 768, 128), (50, 1000, 256), (33, 640, None),
+                                              (400, 256, 128)])
+def test_int8_activations_one_row_in_16_row_blocks(isa, rows, cols, group, nthreads):
+    """Batch 1 on AVX-512 VNNI takes 16 weight rows at a time (their tail the 4-row loop,
+    then the reference): the reference kernel's bits on every row, split over threads too."""
+    qw, _ = quantize_int4(torch.randn(rows, cols), group_size=group, method="mse")
+    x = torch.randn(1, cols) * torch.linspace(0.1, 3, cols)
+    bias = torch.randn(rows).numpy()
+    args = (x.numpy(), qw.qdata.numpy(), qw.scale.numpy(), qw.zero_point.numpy(), qw.group)
+    with at_isa("scalar"):
+        want = _C.q4_linear(*args, bias=bias, int8_activations=1)
+    np.testing.assert_array_equal(_C.q4_linear(*args, bias=bias, int8_activations=1, nthreads=nthreads), want)
+
+
 def test_int8_activations_shape_rules():
     qw, _ = quantize_int4(torch.randn(4, 96), group_size=32)
     args = (np.zeros((1, 96), np.float32), qw.qdata.numpy(), qw.scale.numpy(), qw.zero_point.numpy(), 32)

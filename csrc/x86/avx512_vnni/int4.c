@@ -26,17 +26,18 @@ static inline __m128i reduce4(__m512i a, __m512i b, __m512i c, __m512i d) {
  * of a row is unpacked once and used for all MB activation rows. */
 static inline __attribute__((always_inline)) void group_dots(const uint8_t *w0, int64_t row_bytes, const int8_t *xr,
                                                              int64_t kpad, int64_t k0, int64_t k1,
-                                                             const char *prefetch_end, __m512i d[4][4],
-                                                             const int MB) {
+                                                             const char *prefetch_end, int64_t ahead,
+                                                             __m512i d[4][4], const int MB) {
     const __m512i low = _mm512_set1_epi8(15);
     for (int i = 0; i < MB; i++)
         for (int j = 0; j < 4; j++) d[i][j] = _mm512_setzero_si512();
     for (int64_t k = k0; k < k1; k += MQ_Q4_I8_CHUNK) {
         const uint8_t *p = w0 + k / 2;
-        if (prefetch_end) { /* the next 4 rows, read linearly while these 4 are consumed (one contiguous block) */
-            const char *ahead = (const char *)w0 + 4 * row_bytes + (k / MQ_Q4_I8_CHUNK) * 256;
-            if (ahead + 256 <= prefetch_end)
-                for (int j = 0; j < 4; j++) _mm_prefetch(ahead + 64 * j, _MM_HINT_T0);
+        if (prefetch_end) { /* the 4 rows `ahead` rows on, read linearly while these 4 are consumed
+                             * (one contiguous block; the same columns of each row ran slower from DRAM) */
+            const char *next = (const char *)w0 + ahead * row_bytes + (k / MQ_Q4_I8_CHUNK) * 256;
+            if (next + 256 <= prefetch_end)
+                for (int j = 0; j < 4; j++) _mm_prefetch(next + 64 * j, _MM_HINT_T0);
         }
         __m512i lo[4], hi[4];
         for (int j = 0; j < 4; j++) {
@@ -74,11 +75,60 @@ static inline __m512i reduce16(__m512i d[4][4]) {
                             _mm512_shuffle_i32x4(s0, s1, _MM_SHUFFLE(3, 1, 3, 1)));
 }
 
+/* One activation row (batch 1) against 16 weight rows at a time: group_dots
+ * of 4 row quads into d[quad][row], then one reduce16 gives the 16 rows'
+ * sums of a group in one vector and the float epilogue runs for 16 rows.  The
+ * 4-row loop below reduced 4 sums at a time (reduce4: 13 operations for 8
+ * vpdpbusd at group 128) and kept them in memory: at K = 768 (6 groups, the
+ * weight in L2) it ran 768 x 768 in 22 us, slower than the AVX2 kernel's 16.
+ * The 16 rows' group scales and zero-points are gathered with scalar loads
+ * (they are [row][group], a row's groups contiguous).  Rows of up to 512
+ * bytes (K <= 1024: a block's rows lie within 8 KiB).  Returns the first row
+ * it did not do. */
+static int64_t q4_gemv_i8_m1(const int8_t *xq, const float *xscale, const int32_t *xqsum, const uint8_t *w,
+                             int64_t kpad, int64_t group, const uint16_t *scale, const uint8_t *zero, int64_t r0,
+                             int64_t r1, float *y) {
+    const int64_t ngroups = (kpad + group - 1) / group, row_bytes = kpad / 2;
+    const char *range_end = (const char *)(w + (size_t)r1 * (size_t)row_bytes);
+    const __m512 sixteenth = _mm512_set1_ps(1.0f / 16.0f); /* exact: a power of two */
+    int64_t r = r0;
+    for (; r + 16 <= r1; r += 16) {
+        __m512 acc = _mm512_setzero_ps();
+        for (int64_t g = 0; g < ngroups; g++) {
+            const int64_t k0 = g * group, k1 = k0 + group < kpad ? k0 + group : kpad;
+            __m512i d[4][4];
+            for (int u = 0; u < 4; u++) {
+                __m512i dq[4][4];
+                group_dots(w + (size_t)(r + 4 * u) * (size_t)row_bytes, row_bytes, xq, kpad, k0, k1, range_end, 16,
+                           dq, 1);
+                for (int j = 0; j < 4; j++) d[u][j] = dq[0][j];
+            }
+            uint16_t s16[16];
+            int32_t z16[16];
+            for (int j = 0; j < 16; j++) {
+                s16[j] = scale[(r + j) * ngroups + g];
+                z16[j] = zero[(r + j) * ngroups + g];
+            }
+            const __m512i dot = reduce16(d); /* lane 4u + j: row r + 4u + j */
+            const __m512i t = _mm512_sub_epi32(_mm512_slli_epi32(dot, 4),
+                                               _mm512_mullo_epi32(_mm512_loadu_si512(z16), _mm512_set1_epi32(xqsum[g])));
+            const __m512 sw = _mm512_mul_ps(_mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)s16)), sixteenth);
+            const __m512 f = _mm512_mul_ps(sw, _mm512_set1_ps(xscale[g]));
+            acc = _mm512_add_ps(acc, _mm512_mul_ps(f, _mm512_cvtepi32_ps(t)));
+        }
+        _mm512_storeu_ps(y + r, acc);
+    }
+    return r;
+}
+
 static void q4_gemv_i8(const int8_t *xq, int64_t m, const float *xscale, const int32_t *xqsum, const uint8_t *w,
                        int64_t kpad, int64_t group, const uint16_t *scale, const uint8_t *zero, int64_t r0,
                        int64_t r1, float *y, int64_t ldy) {
     const int64_t ngroups = (kpad + group - 1) / group, row_bytes = kpad / 2;
     const char *range_end = (const char *)(w + (size_t)r1 * (size_t)row_bytes);
+    /* (a 16-row block of longer rows is 16 streams 2 KiB or more apart: from DRAM, 4096 x 4096
+     * ran at 0.64x the 4-row loop's speed, the L1 sets shared by rows and their prefetches) */
+    if (m == 1 && row_bytes <= 512) r0 = q4_gemv_i8_m1(xq, xscale, xqsum, w, kpad, group, scale, zero, r0, r1, y);
     /* the running sums stay here, not in y: y's rows are ldy floats apart, often a multiple of
      * 4 KiB, and 8+ of them would fight over one L1 set on every group */
     float ybuf[MQ_I8_MB * 4];
@@ -102,7 +152,7 @@ static void q4_gemv_i8(const int8_t *xq, int64_t m, const float *xscale, const i
                     int mb = mb_end - i >= 4 ? 4 : (mb_end - i >= 2 ? 2 : 1);
                     const char *pf = i == 0 ? range_end : NULL;
                     if (mb == 4) { /* the epilogue of 4 activation rows x 4 weight rows in one vector */
-                        group_dots(w0, row_bytes, xq + i * kpad, kpad, k0, k1, pf, d, 4);
+                        group_dots(w0, row_bytes, xq + i * kpad, kpad, k0, k1, pf, 4, d, 4);
                         const __m512i rep4 = _mm512_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3);
                         __m512i dot = reduce16(d);
                         __m512i xs_sum = _mm512_permutexvar_epi32(
@@ -121,8 +171,8 @@ static void q4_gemv_i8(const int8_t *xq, int64_t m, const float *xscale, const i
                         i += 4;
                         continue;
                     }
-                    if (mb == 2) group_dots(w0, row_bytes, xq + i * kpad, kpad, k0, k1, pf, d, 2);
-                    else group_dots(w0, row_bytes, xq + i * kpad, kpad, k0, k1, pf, d, 1);
+                    if (mb == 2) group_dots(w0, row_bytes, xq + i * kpad, kpad, k0, k1, pf, 4, d, 2);
+                    else group_dots(w0, row_bytes, xq + i * kpad, kpad, k0, k1, pf, 4, d, 1);
                     for (int u = 0; u < mb; u++, i++) {
                         __m128i dot = reduce4(d[u][0], d[u][1], d[u][2], d[u][3]);
                         __m128i t = _mm_sub_epi32(_mm_slli_epi32(dot, 4),
