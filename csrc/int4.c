@@ -436,7 +436,7 @@ int mq_q4_int8_ok(int64_t kpad, int64_t group) {
 }
 
 /* The activations' prologue, per activation row: fp32 copy padded to kpad,
- * per-group sums, and (xq set) the int8 codes.  Over rows, so that at
+ * then per-group sums, or (xq set) the int8 codes and their sums.  Over rows, so that at
  * thousands of rows it is not a serial step before the threaded GEMM. */
 typedef struct {
     const uint8_t *x;
@@ -455,13 +455,15 @@ static void prologue_range(void *vctx, int64_t begin, int64_t end) {
     for (int64_t i = begin; i < end; i++) {
         float *xr = c->xpad + i * c->kpad;
         mq_row_to_f32(c->x + (size_t)i * c->row_bytes, c->kind, c->cols, c->kpad, xr);
+        if (c->xq) { /* the int8 kernels take xqsum, not the float sums */
+            act(xr, c->kpad, c->group, c->xq + i * c->kpad, c->xscale + i * c->ngroups, c->xqsum + i * c->ngroups);
+            continue;
+        }
         for (int64_t g = 0; g < c->ngroups; g++) {
             float s = 0.0f;
             for (int64_t j = g * c->group; j < (g + 1) * c->group && j < c->kpad; j++) s += xr[j];
             c->xsum[i * c->ngroups + g] = s;
         }
-        if (c->xq)
-            act(xr, c->kpad, c->group, c->xq + i * c->kpad, c->xscale + i * c->ngroups, c->xqsum + i * c->ngroups);
     }
 }
 

@@ -6,6 +6,10 @@
  * products whose summation order differs (equal to rounding). */
 #include "mq.h"
 
+#include <float.h>
+#include <math.h>
+#include <string.h>
+
 #if defined(__x86_64__) && defined(__AVX2__) && defined(__FMA__)
 #include <immintrin.h>
 
@@ -323,6 +327,57 @@ static void q4_gemv_i8(const int8_t *xq, int64_t m, const float *xscale, const i
     if (r < r1) mq_ref_q4_gemv_i8(xq, m, xscale, xqsum, w, kpad, group, scale, zero, r, r1, y, ldy);
 }
 
+/* int8 activations in the weight's nibble order (mq.h); exactly ref.c's bits:
+ * the group maximum is order-free, rint(x * inv) is cvtps under round-to-nearest-even,
+ * and a group holding NaN/Inf gets codes 0 and a NaN scale.  (The scalar twin ran at
+ * ~4 ns an element: at 512 rows x 384 it was half of an int4 layer's time.)  i8 mode
+ * only: groups are whole 128-column chunks (mq_q4_int8_ok). */
+static void q4_act_i8(const float *x, int64_t kpad, int64_t group, int8_t *xq, float *xscale, int32_t *xqsum) {
+    const int64_t ngroups = (kpad + group - 1) / group;
+    const __m256 sign = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
+    const __m256i lo = _mm256_set1_epi32(-127), hi = _mm256_set1_epi32(127);
+    for (int64_t g = 0; g < ngroups; g++) {
+        const int64_t k0 = g * group, k1 = k0 + group < kpad ? k0 + group : kpad;
+        __m256 amax = _mm256_setzero_ps();
+        int bad = 0;
+        for (int64_t k = k0; k < k1; k += 8) {
+            const __m256 v = _mm256_loadu_ps(x + k), d = _mm256_sub_ps(v, v);
+            bad |= _mm256_movemask_ps(_mm256_cmp_ps(d, d, _CMP_UNORD_Q));
+            amax = _mm256_max_ps(amax, _mm256_and_ps(v, sign));
+        }
+        if (bad) {
+            memset(xq + k0, 0, (size_t)(k1 - k0)); /* the group's codes: its own whole chunks */
+            xscale[g] = NAN;
+            xqsum[g] = 0;
+            continue;
+        }
+        __m128 m4 = _mm_max_ps(_mm256_castps256_ps128(amax), _mm256_extractf128_ps(amax, 1));
+        m4 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
+        const float m = _mm_cvtss_f32(_mm_max_ss(m4, _mm_shuffle_ps(m4, m4, 1)));
+        float s = m > 0.0f ? m / 127.0f : 1.0f;
+        if (!(s >= FLT_MIN)) s = FLT_MIN;
+        const __m256 inv = _mm256_set1_ps(1.0f / s);
+        __m256i sum = _mm256_setzero_si256();
+        for (int64_t c = k0; c < k1; c += MQ_Q4_I8_CHUNK)
+            for (int b = 0; b < 4; b++)
+                for (int h = 0; h < 2; h++) { /* h = 0: columns 32b..32b+15 (low nibbles), 1: the high ones */
+                    const float *src = x + c + 32 * b + 16 * h;
+                    __m256i q0 = _mm256_cvtps_epi32(_mm256_mul_ps(_mm256_loadu_ps(src), inv));
+                    __m256i q1 = _mm256_cvtps_epi32(_mm256_mul_ps(_mm256_loadu_ps(src + 8), inv));
+                    q0 = _mm256_min_epi32(_mm256_max_epi32(q0, lo), hi);
+                    q1 = _mm256_min_epi32(_mm256_max_epi32(q1, lo), hi);
+                    sum = _mm256_add_epi32(sum, _mm256_add_epi32(q0, q1));
+                    const __m256i w16 = _mm256_permute4x64_epi64(_mm256_packs_epi32(q0, q1), 0xD8); /* in order */
+                    _mm_storeu_si128((__m128i *)(xq + c + 64 * h + 16 * b),
+                                     _mm_packs_epi16(_mm256_castsi256_si128(w16), _mm256_extracti128_si256(w16, 1)));
+                }
+        __m128i s4 = _mm_add_epi32(_mm256_castsi256_si128(sum), _mm256_extracti128_si256(sum, 1));
+        s4 = _mm_add_epi32(s4, _mm_shuffle_epi32(s4, 0x4E));
+        xscale[g] = s;
+        xqsum[g] = _mm_cvtsi128_si32(_mm_add_epi32(s4, _mm_shuffle_epi32(s4, 0xB1)));
+    }
+}
+
 const mq_kernels mq_avx2_int4_table = {
     .q4_pack = q4_pack,
     .q4_sqerr = q4_sqerr,
@@ -330,6 +385,7 @@ const mq_kernels mq_avx2_int4_table = {
     .q4_gemv = q4_gemv,
     .f32_panel = f32_panel,
     .q4_gemv_i8 = q4_gemv_i8,
+    .q4_act_i8 = q4_act_i8,
 };
 
 #else
