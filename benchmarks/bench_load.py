@@ -15,12 +15,14 @@ Cases: int8 Linear batch 1 (weight-only and dynamic) and int4 g128 batch 1 on
 BERT-base layers (768x768, 3072x768, 768x3072; out x in) at batch 1.
 
 Usage: python benchmarks/bench_load.py [--background-load N] [--repeats N] [--quick]
+                                       [--isa avx2 ...] [--torch-isa avx2] (see isa_cap.py)
 """
 from __future__ import annotations
 
 import argparse
 import warnings
 
+import isa_cap  # noqa: F401  (before torch: --isa / --torch-isa set the environment)
 import torch
 from torch import nn
 
@@ -106,12 +108,15 @@ def main():
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
     parser.add_argument("--quick", action="store_true", help="4096x4096, the BERT layers and one conv only")
     parser.add_argument("--tag", default="", help="suffix for the JSON file name")
+    isa_cap.add_isa_arguments(parser)
     args = parser.parse_args()
+    isa_cap.apply_isa()
     if args.threads:
         torch.set_num_threads(args.threads)
     info = machine_info()
     info["linear_kernels"] = kernels.linear_kernels()
     info["background_load"] = args.background_load
+    info["isa"] = isa_cap.isa_description()
     print(f"{info['cpu']}, {info['cores']} cores, torch threads {info['torch_threads']}, torch {info['torch']}, "
           f"ISA {info['dispatched_isa']}, threads backend {info['linear_kernels'].get('threads')}, "
           f"background load {args.background_load} processes")
