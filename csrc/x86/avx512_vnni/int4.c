@@ -55,6 +55,11 @@ static inline __attribute__((always_inline)) void group_dots(const uint8_t *w0, 
     }
 }
 
+/* Rows up to this long (bytes) take the 16-row batch-1 loop (q4_gemv_i8_m1); from DRAM,
+ * the 16-row loop on all rows was 0.81-1.12x the 4-row loop's speed at K = 3072-11008. */
+#ifndef MQ_M1_MAX_ROW_BYTES
+#define MQ_M1_MAX_ROW_BYTES 512
+#endif
 #define MQ_I8_MB 64 /* activation rows whose 4 partial outputs live in a local buffer */
 
 /* the 16 lane sums of d[u][j] (u, j < 4) as one vector, lane 4u + j */
@@ -128,7 +133,7 @@ static void q4_gemv_i8(const int8_t *xq, int64_t m, const float *xscale, const i
     const char *range_end = (const char *)(w + (size_t)r1 * (size_t)row_bytes);
     /* (a 16-row block of longer rows is 16 streams 2 KiB or more apart: from DRAM, 4096 x 4096
      * ran at 0.64x the 4-row loop's speed, the L1 sets shared by rows and their prefetches) */
-    if (m == 1 && row_bytes <= 512) r0 = q4_gemv_i8_m1(xq, xscale, xqsum, w, kpad, group, scale, zero, r0, r1, y);
+    if (m == 1 && row_bytes <= MQ_M1_MAX_ROW_BYTES) r0 = q4_gemv_i8_m1(xq, xscale, xqsum, w, kpad, group, scale, zero, r0, r1, y);
     /* the running sums stay here, not in y: y's rows are ldy floats apart, often a multiple of
      * 4 KiB, and 8+ of them would fight over one L1 set on every group */
     float ybuf[MQ_I8_MB * 4];
