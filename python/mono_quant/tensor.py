@@ -141,12 +141,12 @@ def quantize_int_with_error(tensor: torch.Tensor, qtype: QType, axis: Optional[i
         hi = mx.max().reshape(1) if mx.numel() else torch.zeros(1)
         scale, zero_point = kernels.choose_qparams(lo, hi, qmin, qmax, symmetric)
         q = kernels.quantize_rows(rows, scale, zero_point, qmin, qmax, use_fma=kernels.per_tensor_uses_fma())
-        raise_if_dequantize_overflows(rows, scale, zero_point, qmin, qmax)
+        raise_if_dequantize_overflows(rows, scale, zero_point, qmin, qmax, None)
         sx, se = kernels.rows_sqerr(rows, q, scale, zero_point) if with_error else (None, None)
     else:
         q, scale, zero_point, bad, sx, se = kernels.quantize_rows_fused(rows, qmin, qmax, symmetric, with_error)
         _raise_if_bad(bad, axis)
-        raise_if_dequantize_overflows(rows, scale, zero_point, qmin, qmax)
+        raise_if_dequantize_overflows(rows, scale, zero_point, qmin, qmax, axis)
     device = tensor.device
     qw = QuantizedWeight(
         from_channel_rows(q, tensor.shape, axis).to(device), scale.to(device), zero_point.to(device),
@@ -196,7 +196,7 @@ def error_powers(rows: torch.Tensor, sum_x2: torch.Tensor, sum_err2: torch.Tenso
 
 
 def raise_if_dequantize_overflows(rows: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor,
-                                  qmin: int, qmax: int) -> None:
+                                  qmin: int, qmax: int, axis: Optional[int] = 0) -> None:
     """Refuse a weight whose extreme codes dequantize to Inf in float32: ``(q - zero_point) * scale``
     overflows for weights at float32's limit (3.4e38), and the layer would compute with Inf."""
     zp = zero_point.to("cpu", torch.float32)
@@ -208,7 +208,8 @@ def raise_if_dequantize_overflows(rows: torch.Tensor, scale: torch.Tensor, zero_
     row = int(over.nonzero()[0]) if over.numel() > 1 else int(amax.argmax())  # one scale: the largest row
     big = float(amax[row])
     what = f"values at float32's limit (|w| up to {big:.4g}: the integer codes would dequantize to Inf)"
-    raise NonFiniteWeightError(f"weight holds {what} in channel {row} (axis 0)", row, what=what)
+    where = "the tensor" if axis is None else f"channel {row} (axis {axis})"
+    raise NonFiniteWeightError(f"weight holds {what} in {where}", row, what=what)
 
 
 def _raise_if_bad(bad: int, axis: Optional[int]) -> None:
