@@ -80,7 +80,7 @@ def nonfinite_skip_reason(exc: NonFiniteWeightError) -> str:
     """The ``skipped`` reason of a layer left float under ``nonfinite="skip"``."""
     if exc.what == "NaN or Inf":
         return f"non-finite weights (NaN/Inf in channel {exc.row})"
-    return f"non-finite after the cast: {exc.what} in channel {exc.row}"
+    return f"not representable in the target format: {exc.what} in channel {exc.row}"
 
 
 def quantize_state_dict_entry(key: str, tensor: torch.Tensor, cfg: QuantConfig, cache: Optional[dict] = None,

@@ -17,7 +17,7 @@ from . import kernels
 from .errors import NonFiniteWeightError
 from .kernels.layout import (INT8_K_GROUP, INT8_PANEL_ROWS, PACKED_LAYOUT_VERSION, int8_packed_sizes, round_up,
                              unpack_int8_rows)
-from .tensor import QuantizedWeight
+from .tensor import QuantizedWeight, error_powers, raise_if_dequantize_overflows
 
 __all__ = ["PACKED_LAYOUT_VERSION", "PACKED_BUFFERS", "pack_int8_linear", "quantize_and_pack_int8",
            "packed_sizes", "unpack_int8_linear", "unpack_int8_rows", "check_packed_int8", "check_packed_module", "check_packed_groups",
@@ -97,11 +97,12 @@ def quantize_and_pack_int8(weight: torch.Tensor, qmin: int, qmax: int, symmetric
         weight.detach(), qmin, qmax, symmetric, with_error, out=out)
     if bad >= 0:
         raise NonFiniteWeightError(f"weight holds NaN or Inf in channel {bad} (axis 0); fix or exclude it", bad)
+    raise_if_dequantize_overflows(weight.detach(), scale, zero_point, qmin, qmax)
     info = torch.tensor([PACKED_LAYOUT_VERSION, rows, cols, int(has_m128), 1], dtype=torch.int32)
     buffers = {"weight_packed": packed, "weight_colsum": colsum, "weight_packed_info": info}
     if not with_error:
         return scale, zero_point, buffers, 0.0, 0.0
-    return scale, zero_point, buffers, float(sx.sum()), float(se.sum())
+    return (scale, zero_point, buffers) + error_powers(weight.detach(), sx, se, qmin, qmax, symmetric)
 
 
 def packed_sizes(rows: int, cols: int) -> Tuple[int, int]:

@@ -11,7 +11,8 @@ tensor parametrized (its bias) stays float, with a reason.
 
 The other way round, torch's reparametrizations of an already quantized layer's weight
 (``parametrize`` / ``parametrizations.*``, ``weight_norm``, ``spectral_norm``, ``prune``)
-are refused by :func:`refuse_reparametrizing`: they would take the dequantized view for the
+are refused by :func:`refuse_reparametrizing` (the hook-based ``spectral_norm`` through
+:class:`GuardedParameters`): they would take the dequantized view for the
 weight (a Parameter to train, a buffer to replace) and fail obscurely or, for a 16-bit layer,
 detach its stored weight.
 """
@@ -26,8 +27,8 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
-__all__ = ["REPARAMETRIZER_FILES", "parametrized_base", "parametrized_reason", "plain_float_layer", "raw_weight",
-           "refuse_reparametrizing", "refuse_weight_parametrization"]
+__all__ = ["GuardedParameters", "REPARAMETRIZER_FILES", "parametrized_base", "parametrized_reason", "plain_float_layer",
+           "raw_weight", "refuse_reparametrizing", "refuse_weight_parametrization"]
 
 
 def parametrized_base(module: nn.Module) -> Optional[type]:
@@ -101,6 +102,24 @@ def refuse_weight_parametrization(module: nn.Module) -> None:
     if (frame.f_code.co_filename.endswith(REPARAMETRIZER_FILES) and caller is not None
             and caller.f_code.co_name == "register_parametrization" and caller.f_locals.get("tensor_name") == "weight"):
         raise _refusal(module, _REPARAMETRIZERS[os.path.join("torch", "nn", "utils", "parametrize.py")])
+
+
+class GuardedParameters(dict):
+    """A quantized layer's ``_parameters``: nn.Module's dict, whose missing ``"weight"`` looked up
+    by ``torch.nn.utils.spectral_norm`` (it reads ``module._parameters["weight"]`` straight, past
+    ``.weight``) is refused as the other reparametrizations are, before it changes anything (was
+    torch's bare ``KeyError: 'weight'``).  ``__missing__`` runs only for absent keys: lookups of
+    present ones cost what a dict's do."""
+
+    __slots__ = ()
+
+    def __missing__(self, key):
+        if key == "weight":
+            frame = sys._getframe(1)
+            module = frame.f_locals.get("module")
+            if isinstance(module, nn.Module):
+                refuse_reparametrizing(module, frame.f_code.co_filename)
+        raise KeyError(key)
 
 
 def _refusal(module: nn.Module, label: str) -> NotImplementedError:

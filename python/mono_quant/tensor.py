@@ -17,7 +17,7 @@ from .orig_dtype import check_orig_dtype, orig_dtype_of
 from .qtypes import QType, get_qtype
 
 __all__ = ["QuantizedWeight", "channel_rows", "from_channel_rows", "quantize_int_with_error", "check_input", "sqnr_db",
-           "NonFiniteWeightError"]
+           "error_powers", "raise_if_dequantize_overflows", "NonFiniteWeightError"]
 
 
 @dataclass
@@ -141,25 +141,75 @@ def quantize_int_with_error(tensor: torch.Tensor, qtype: QType, axis: Optional[i
         hi = mx.max().reshape(1) if mx.numel() else torch.zeros(1)
         scale, zero_point = kernels.choose_qparams(lo, hi, qmin, qmax, symmetric)
         q = kernels.quantize_rows(rows, scale, zero_point, qmin, qmax, use_fma=kernels.per_tensor_uses_fma())
+        raise_if_dequantize_overflows(rows, scale, zero_point, qmin, qmax, None)
         sx, se = kernels.rows_sqerr(rows, q, scale, zero_point) if with_error else (None, None)
     else:
         q, scale, zero_point, bad, sx, se = kernels.quantize_rows_fused(rows, qmin, qmax, symmetric, with_error)
         _raise_if_bad(bad, axis)
+        raise_if_dequantize_overflows(rows, scale, zero_point, qmin, qmax, axis)
     device = tensor.device
     qw = QuantizedWeight(
         from_channel_rows(q, tensor.shape, axis).to(device), scale.to(device), zero_point.to(device),
         axis, qtype.name, symmetric, orig_dtype_of(tensor.dtype),
     )
-    return qw, (sqnr_db(float(sx.sum()), float(se.sum())) if with_error else None)
+    if not with_error:
+        return qw, None
+    return qw, sqnr_db(*error_powers(rows, sx, se, qmin, qmax, symmetric, q, scale, zero_point))
 
 
 def sqnr_db(signal_power: float, noise_power: float) -> float:
-    """10 log10(signal / noise); +inf for an exact reconstruction, 0 dB for an all-zero signal with error."""
+    """10 log10(signal / noise); +inf for an exact reconstruction, 0 dB for an all-zero signal with
+    error, NaN when a power is NaN or Inf (an overflowed sum: unknown, never a made-up figure)."""
+    if not (math.isfinite(signal_power) and math.isfinite(noise_power)):
+        return math.nan
     if noise_power <= 0.0:
         return math.inf
     if signal_power <= 0.0:
         return 0.0
-    return 10.0 * math.log10(signal_power / noise_power)
+    # a difference of logs: the ratio of two far-apart float64 powers may over- or underflow
+    return 10.0 * (math.log10(signal_power) - math.log10(noise_power))
+
+
+def error_powers(rows: torch.Tensor, sum_x2: torch.Tensor, sum_err2: torch.Tensor, qmin: int, qmax: int,
+                 symmetric: bool, q: Optional[torch.Tensor] = None, scale: Optional[torch.Tensor] = None,
+                 zero_point: Optional[torch.Tensor] = None) -> Tuple[float, float]:
+    """The signal and noise powers of quantized ``rows`` from the kernels' per-row sums.
+
+    The SIMD kernels add float32 partial sums, which overflow for weights beyond about
+    1.8e19: those rows are measured again by the pure-torch reference (float64 squares of
+    the same float32 error).  ``q`` / ``scale`` / ``zero_point``: the codes and qparams
+    when known; without them (per-channel only) the reference quantizes the rows again,
+    to the same codes."""
+    bad = ~(torch.isfinite(sum_x2) & torch.isfinite(sum_err2))
+    if bool(bad.any()):
+        idx = bad.nonzero().flatten()
+        x = rows[idx.to(rows.device)].cpu()
+        if q is None:
+            _, _, _, _, sx, se = kernels.reference.quantize_rows_fused(x, qmin, qmax, symmetric, True)
+        else:
+            if scale.numel() != 1:  # per-channel: these rows' qparams
+                scale, zero_point = scale[idx], zero_point[idx]
+            sx, se = kernels.reference.rows_sqerr(x, q[idx.to(q.device)].cpu(), scale.cpu(), zero_point.cpu())
+        sum_x2, sum_err2 = sum_x2.clone(), sum_err2.clone()
+        sum_x2[idx], sum_err2[idx] = sx.to(sum_x2.dtype), se.to(sum_err2.dtype)
+    return float(sum_x2.sum()), float(sum_err2.sum())
+
+
+def raise_if_dequantize_overflows(rows: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor,
+                                  qmin: int, qmax: int, axis: Optional[int] = 0) -> None:
+    """Refuse a weight whose extreme codes dequantize to Inf in float32: ``(q - zero_point) * scale``
+    overflows for weights at float32's limit (3.4e38), and the layer would compute with Inf."""
+    zp = zero_point.to("cpu", torch.float32)
+    reach = torch.maximum((qmax - zp).abs(), (qmin - zp).abs()) * scale.to("cpu", torch.float32)
+    over = torch.isinf(reach)
+    if not bool(over.any()):
+        return
+    amax = rows.float().abs().amax(1)
+    row = int(over.nonzero()[0]) if over.numel() > 1 else int(amax.argmax())  # one scale: the largest row
+    big = float(amax[row])
+    what = f"values at float32's limit (|w| up to {big:.4g}: the integer codes would dequantize to Inf)"
+    where = "the tensor" if axis is None else f"channel {row} (axis {axis})"
+    raise NonFiniteWeightError(f"weight holds {what} in {where}", row, what=what)
 
 
 def _raise_if_bad(bad: int, axis: Optional[int]) -> None:

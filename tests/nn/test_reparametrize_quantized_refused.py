@@ -1,9 +1,11 @@
 """torch's reparametrizations of a quantized layer's weight (parametrize / parametrizations.*,
-weight_norm, prune) are refused with a clear NotImplementedError, before anything changes.  They
+weight_norm, the hook-based spectral_norm, prune) are refused with a clear NotImplementedError,
+before anything changes.  They
 took the dequantized ``.weight`` view for a Parameter or buffer: on an fp16 / bf16 layer
 parametrize detached the stored weight buffer; elsewhere torch's own puzzling errors ("cannot
 assign 'torch.FloatTensor' object to parameter 'weight_orig'", "does not have a parameter, a
-buffer, or a parametrized element with name 'weight'", KeyError 'weight')."""
+buffer, or a parametrized element with name 'weight'", KeyError 'weight': spectral_norm reads
+``module._parameters["weight"]`` straight)."""
 import copy
 import warnings
 
@@ -26,6 +28,7 @@ REPARAMETRIZE = {
     "parametrizations.orthogonal": lambda l: parametrizations.orthogonal(l),
     "register_parametrization": lambda l: parametrize.register_parametrization(l, "weight", _Double()),
     "weight_norm": lambda l: torch.nn.utils.weight_norm(l),
+    "spectral_norm": lambda l: torch.nn.utils.spectral_norm(l),
     "prune.l1_unstructured": lambda l: prune.l1_unstructured(l, "weight", 0.5),
     "prune.random_unstructured": lambda l: prune.random_unstructured(l, "weight", 0.5),
     "prune.ln_structured": lambda l: prune.ln_structured(l, "weight", 0.5, n=2, dim=0),
@@ -71,6 +74,23 @@ def test_conv_layers_too(dtype):
         prune.l1_unstructured(qmodel[0], "weight", 0.3)
     with pytest.raises(NotImplementedError, match="QuantizedConv2d"):
         parametrizations.weight_norm(qmodel[0])
+    with pytest.raises(NotImplementedError, match=r"torch\.nn\.utils\.spectral_norm on the weight of QuantizedConv2d"):
+        torch.nn.utils.spectral_norm(qmodel[0])
+
+
+def test_spectral_norm_of_the_bias_and_other_missing_parameters_are_torchs_as_before():
+    """The guard on ``_parameters`` answers only spectral_norm's lookup of "weight": any other missing
+    name is a KeyError, a copy keeps the guard, and spectral_norm of the float bias still works."""
+    qmodel, x = _quantized("int8")
+    layer = copy.deepcopy(qmodel[0])
+    with pytest.raises(KeyError):
+        layer._parameters["weight"]  # (not from spectral_norm: a plain KeyError)
+    with pytest.raises(NotImplementedError, match="spectral_norm"):
+        torch.nn.utils.spectral_norm(layer)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        torch.nn.utils.spectral_norm(layer, name="bias", dim=0)
+    assert "bias_orig" in layer._parameters and layer(x).shape == (3, 16)
 
 
 def test_the_float_bias_may_still_be_pruned_and_parametrized():

@@ -153,6 +153,33 @@ def test_options_static_cannot_honour_are_refused(net, option, match):
     _static(model, data, symmetric=True, granularity="per_channel", embeddings=False)  # what it does anyway
 
 
+@pytest.mark.parametrize("line,match,override", [
+    ("symmetric = false", "symmetric=False", {"symmetric": True}),
+    ('granularity = "per_tensor"', "granularity='per_tensor'", {"granularity": "per_channel"}),
+    ("embeddings = true", "embeddings=True", {"embeddings": False})])
+def test_config_file_values_static_cannot_honour_are_refused_as_arguments_are(net, tmp_path, monkeypatch, line, match,
+                                                                                override):
+    """A config file's value is refused as the same argument is, naming the file (it was ignored)."""
+    model, data = net
+    (tmp_path / "mono_quant.toml").write_text(line + "\n")
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ConfigError, match=rf"cannot honour {match} from config file .*mono_quant\.toml .*"
+                                          rf"remove it there or pass {next(iter(override))}="):
+        _static(model, data)
+    _static(model, data, **override)  # the argument wins over the file, as everywhere
+    config = tmp_path / "other.toml"
+    config.write_text('activations = "static"\n' + line + "\n")  # a file asking for static int8 itself
+    with pytest.raises(ConfigError, match=rf"cannot honour {match} from config file .*other\.toml"):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            mq.quantize(model, calibration=data, config=config)
+    cfg = mq.QuantConfig(activations="static", **{"symmetric": False, "granularity": "per_tensor",
+                                                   "embeddings": True})
+    with pytest.raises(ConfigError, match="symmetric=False from the QuantConfig.*granularity='per_tensor' from the "
+                                          "QuantConfig.*embeddings=True from the QuantConfig"):
+        mq.quantize(model, calibration=data, config=cfg)
+
+
 def test_a_layer_static_int8_does_not_replace_is_listed_by_its_path_and_type():
     class WithConv1d(nn.Module):
         def __init__(self):

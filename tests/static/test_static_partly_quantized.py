@@ -72,3 +72,25 @@ def test_save_and_load_back(tmp_path):
     assert torch.equal(loaded(data[:4]), result.model(data[:4]))
     with pytest.raises(CheckpointError, match="fc2"):  # the float architecture lacks the quantized layer
         mq.load(path, model=model)
+
+
+@pytest.mark.parametrize("dtype, stored", [("int8", "weight_packed"), ("int4", "weight_qdata"),
+                                           ("fp16", r"weight \(float16\)")])
+def test_loading_with_the_float_model_says_to_pass_the_partly_quantized_one(tmp_path, dtype, stored):
+    """The float model where the file needs the partly quantized one: an error naming the quantized
+    layers and what to pass (was "tensors disagree with the model: missing ['fc2.weight'], ...", or
+    for fp16 a dtype mismatch of fc2.weight)."""
+    torch.manual_seed(0)
+    model = MLP().eval()
+    data = torch.randn(64, 16)
+    opts = {"group_size": None} if dtype == "int4" else {}
+    partly = mq.quantize(model, dtype, include=["fc2"], **opts).model
+    path = mq.save(_static(partly, data), tmp_path / "m.mq")
+    with pytest.raises(CheckpointError, match=rf"layers \['fc2'\] are quantized in the file \('fc2': .*{stored}.*\) "
+                                              r"but float in the model.*pass model= that partly quantized model"):
+        mq.load(path, model=model)
+    again = mq.quantize(model, dtype, include=["fc2"], **opts).model  # what the message suggests
+    assert torch.equal(mq.load(path, model=again)(data[:4]), mq.load(path, model=partly)(data[:4]))
+    with pytest.raises(CheckpointError, match=r"layer 'fc1': the model has QuantizedLinear there, the file a static "
+                                              r"Linear; pass model= the architecture the file was saved from"):
+        mq.load(path, model=mq.quantize(model, dtype, include=["fc1"], **opts).model)

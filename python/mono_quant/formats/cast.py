@@ -80,10 +80,10 @@ class CastFormat(WeightFormat):
             overflow = torch.isinf(done)  # finite weights beyond the dtype's range (fp16: |w| > 65504) become Inf
             if bool(overflow.any()):
                 self._raise_overflow(rows, out, r0 + int(overflow.any(1).nonzero()[0]))
-            if measure_error:  # float32 terms, float64 sums (a float32 sum of squares may overflow)
-                exact = block.float()
-                signal += float(exact.pow(2).sum(dtype=torch.float64))
-                noise += float((exact - done.float()).pow_(2).sum(dtype=torch.float64))
+            if measure_error:  # float64 terms: a float32 square overflows past |w| ~1.8e19 (bf16 reaches 3.4e38)
+                exact = block.double()
+                signal += float(exact.pow(2).sum())
+                noise += float((exact - done.double()).pow_(2).sum())
         return cast, (sqnr_db(signal, noise) if measure_error else math.nan)
 
     def _raise_overflow(self, rows: torch.Tensor, out: torch.Tensor, row: int) -> None:

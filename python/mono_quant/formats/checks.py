@@ -7,7 +7,8 @@ from typing import Optional
 
 import torch
 
-__all__ = ["BadLayer", "need", "is_int", "spec", "first_bad", "value_at", "check_scales", "MIN_SCALE", "MAX_SCALE"]
+__all__ = ["BadLayer", "need", "is_int", "spec", "first_bad", "value_at", "check_scales", "MIN_SCALE", "MAX_SCALE",
+           "MIN_FP16_SCALE", "MAX_FP16_SCALE"]
 
 
 class BadLayer(Exception):
@@ -55,10 +56,24 @@ MIN_SCALE = float(torch.finfo(torch.float32).tiny)
 MAX_SCALE = _largest_scale()
 
 
+#: the same rule for int4's float16 group scales: every positive finite float16 (the int4 quantizer
+#: writes 2**-24..65504).  The kernels widen them to float32, where a float16 subnormal is a normal
+#: number: a layer of weights near 1e-5 has subnormal float16 scales and computes exactly.
+MIN_FP16_SCALE = 2.0 ** -24
+MAX_FP16_SCALE = float(torch.finfo(torch.float16).max)
+
+_SCALE_RANGES = {
+    torch.float32: (MIN_SCALE, MAX_SCALE, f"{MIN_SCALE:.4g}..{MAX_SCALE:.4g} (float32's normal numbers a "
+                                          f"quantized float32 weight can have)"),
+    torch.float16: (MIN_FP16_SCALE, MAX_FP16_SCALE, f"{MIN_FP16_SCALE:.4g}..{MAX_FP16_SCALE:.0f} (float16 group "
+                                                    f"scales: every positive finite float16, as int4 writes them)"),
+}
+
+
 def check_scales(scale: torch.Tensor, name: str = "weight_scale") -> None:
-    """BadLayer naming the first entry of ``scale`` outside MIN_SCALE..MAX_SCALE (NaN included)."""
+    """BadLayer naming the first entry of ``scale`` outside the range quantizers write for its
+    storage dtype (float32: MIN_SCALE..MAX_SCALE; float16: 2**-24..65504), NaN included."""
+    low, high, shown = _SCALE_RANGES.get(scale.dtype, _SCALE_RANGES[torch.float32])
     s = scale.float()
-    bad = first_bad(~((s >= MIN_SCALE) & (s <= MAX_SCALE)))
-    need(bad is None, lambda: f"{name}[{bad}] = {value_at(scale, bad)}: scales must be finite, > 0 and in "
-                              f"{MIN_SCALE:.4g}..{MAX_SCALE:.4g} (float32's normal numbers a quantized float32 "
-                              f"weight can have)")
+    bad = first_bad(~((s >= low) & (s <= high)))
+    need(bad is None, lambda: f"{name}[{bad}] = {value_at(scale, bad)}: scales must be finite, > 0 and in {shown}")

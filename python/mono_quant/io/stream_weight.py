@@ -30,7 +30,7 @@ from ..formats.int4_weight import DEFAULT_INT4_METHOD, effective_group, quantize
 from ..kernels.layout import INT8_PANEL_ROWS, PACKED_LAYOUT_VERSION, int4_padded_cols
 from ..packing import packed_sizes
 from ..qtypes import get_qtype
-from ..tensor import NonFiniteWeightError, sqnr_db
+from ..tensor import NonFiniteWeightError, error_powers, raise_if_dequantize_overflows, sqnr_db
 from .errors import CheckpointError
 
 __all__ = ["stream_packed_int8", "stream_int4"]
@@ -73,11 +73,17 @@ class _Panels:
             self.reader.release(self.key, chunk)
         if bad >= 0:
             raise nonfinite_entry_error(self.key, self.name, r0 + bad)
+        chunk = self.tensor[r0:r1]  # (read only for a weight at float32's limit)
+        try:
+            raise_if_dequantize_overflows(chunk, s, z, self.qmin, self.qmax)
+        except NonFiniteWeightError as exc:
+            raise nonfinite_entry_error(self.key, self.name, r0 + exc.row, exc.what) from None
         self.scale[r0:r1], self.zero_point[r0:r1] = s, z
         self.has_m128 |= m128
         if self.measure_error:
-            self.sum_x2 += float(sx.sum())
-            self.sum_err2 += float(se.sum())
+            x2, err2 = error_powers(chunk, sx, se, self.qmin, self.qmax, self.symmetric)
+            self.sum_x2 += x2
+            self.sum_err2 += err2
 
 
 def stream_packed_int8(key: str, tensor: torch.Tensor, name: str, cfg, writer, reader,

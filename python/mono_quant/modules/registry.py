@@ -11,6 +11,7 @@ from torch import nn
 from ..formats import FORMATS, WeightFormat, get_format
 from ..formats.layer_cache import forget
 from ..orig_dtype import check_orig_dtype, orig_dtype_of
+from ..parametrized import GuardedParameters
 from ..qtypes import QType, get_qtype
 from ..tensor import QuantizedWeight
 from ..no_torchscript import RefusesTorchScript
@@ -105,6 +106,7 @@ class QuantizedModule(RefusesTorchScript, TorchCompatMixin, nn.Module):
 
     def __init__(self, weight_format: str, weight_shape, orig_dtype=torch.float32):
         super().__init__()
+        self.__dict__["_parameters"] = GuardedParameters()  # (spectral_norm reads it past .weight)
         self.weight_format = get_qtype(weight_format).name
         self.weight_shape = tuple(weight_shape)
         self.weight_axis: Optional[int] = 0

@@ -17,6 +17,7 @@ one graph for every length.
 """
 from __future__ import annotations
 
+import re
 from typing import List, Optional, Tuple
 
 import torch
@@ -36,11 +37,44 @@ except ImportError:  # older torch: a symbolic length is specialized by the Pyth
     _scan = None
 
 
+#: nn.LSTM / nn.GRU / nn.RNN's parameter names: weight_ih_l0, bias_hh_l1_reverse, weight_hr_l0 (proj_size)
+_FLOAT_NAME = re.compile(r"(weight|bias)_(ih|hh|hr)_(l\d+(?:_reverse)?)")
+
+
 class _QuantizedRNNBase(QuantizedComposite):
-    """What QuantizedLSTM, QuantizedGRU and QuantizedRNN share: configuration, children, shapes, layers."""
+    """What QuantizedLSTM, QuantizedGRU and QuantizedRNN share: configuration, children, shapes, layers.
+
+    The float module's ``weight_ih_l0`` / ``bias_hh_l0`` / ``weight_hr_l0``... read as its
+    children's: ``ih_l0.weight`` (the read-only dequantized view a QuantizedLinear gives, same
+    shape as the float parameter) and ``ih_l0.bias`` (the float bias); assigning them is refused."""
 
     gates = 1
     has_cell = False
+
+    def __getattr__(self, name: str):
+        # (only after the normal lookup failed: children, parameters and attributes cost nothing more)
+        if name.startswith(("weight_", "bias_")):
+            child, kind = self._float_name(name)
+            if child is not None:
+                value = getattr(child, kind)
+                if value is not None:  # (bias=False: no bias_* attribute, as on the float module)
+                    return value
+        return super().__getattr__(name)
+
+    def __setattr__(self, name: str, value) -> None:
+        if name.startswith(("weight_", "bias_")) and self._float_name(name)[0] is not None:
+            part = _FLOAT_NAME.fullmatch(name)
+            raise AttributeError(
+                f"{type(self).__name__}.{name} is read-only: it reads the {part[2]}_{part[3]} child's "
+                f"{part[1]} ({type(self._modules[f'{part[2]}_{part[3]}']).__name__}).  Change the float "
+                f"{self.float_type.__name__} and quantize it again")
+        super().__setattr__(name, value)
+
+    def _float_name(self, name: str):
+        """(child, "weight" or "bias") that the float module's parameter ``name`` reads, or (None, None)."""
+        found = _FLOAT_NAME.fullmatch(name)
+        child = self.__dict__.get("_modules", {}).get(f"{found[2]}_{found[3]}") if found else None
+        return (child, found[1]) if child is not None else (None, None)
 
     def _configure(self, module: nn.RNNBase) -> None:
         self.input_size = module.input_size

@@ -202,10 +202,27 @@ class StaticConv2d(_WeightedStatic):
                 "out_scale": self.out_scale, "int8_input": self.int8_input, "in_zp": self.in_zp, "out_zp": self.out_zp}
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        problem = self.input_problem(x)
+        if problem:
+            raise ValueError(problem)
         xq = x if self.int8_input else self._quantize_input(x)
         out = self._gemm(xq, self.out_channels, self.kernel_size, self.stride, self.padding, self.dilation,
                          self.groups)
         return out if self.out_scale is not None else out.permute(0, 3, 1, 2)
+
+    def input_problem(self, x: torch.Tensor) -> Optional[str]:
+        """What is wrong with input ``x`` (its rank or channel count), or None: the C kernel's
+        own checks would only say its arrays disagree."""
+        channel_dim = 3 if self.int8_input else 1  # int8 activations are NHWC, float inputs NCHW
+        if x.dim() == 4 and x.shape[channel_dim] == self.in_channels:
+            return None
+        layout = "[batch, height, width, channels] int8" if self.int8_input else "[batch, channels, height, width]"
+        head = f"StaticConv2d({self.in_channels}, {self.out_channels}) takes a 4-D {layout} input"
+        if x.dim() != 4:
+            hint = " (unsqueeze(0) an unbatched image)" if x.dim() == 3 else ""
+            return f"{head}, got shape {tuple(x.shape)}{hint}"
+        return (f"{head} with in_channels={self.in_channels}, got {x.shape[channel_dim]} channels (shape "
+                f"{tuple(x.shape)}): pass the input the float Conv2d took")
 
     def extra_repr(self) -> str:
         return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, "
@@ -234,12 +251,24 @@ class StaticLinear(_WeightedStatic):
                 "in_zp": self.in_zp, "out_zp": self.out_zp}
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        problem = self.input_problem(x)
+        if problem:
+            raise ValueError(problem)
         lead = x.shape[:-1]
         rows = x.reshape(-1, self.in_features)
         xq = rows.contiguous() if self.int8_input else self._quantize_input(rows)
         out = self._gemm(xq.view(xq.shape[0], 1, 1, self.in_features), self.out_features, (1, 1), (1, 1), (0, 0),
                          (1, 1), 1)
         return out.reshape(*lead, self.out_features)
+
+    def input_problem(self, x: torch.Tensor) -> Optional[str]:
+        """What is wrong with input ``x`` (its width), or None: a reshape to the wrong width
+        fails obscurely or, when the sizes happen to divide, mixes rows up."""
+        if x.dim() > 0 and x.shape[-1] == self.in_features:
+            return None
+        got = "a 0-d tensor" if x.dim() == 0 else f"last dimension {x.shape[-1]} (shape {tuple(x.shape)})"
+        return (f"StaticLinear({self.in_features}, {self.out_features}) takes in_features={self.in_features} in "
+                f"the input's last dimension, got {got}: pass the input the float Linear took")
 
     def extra_repr(self) -> str:
         return (f"{self.in_features}, {self.out_features}, act={self.act}, in_scale={self.in_scale:.4g} "

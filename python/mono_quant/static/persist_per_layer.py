@@ -110,7 +110,8 @@ def load_per_layer(path, model: nn.Module) -> nn.Module:
                 old = None
             if type(old) is not float_cls:
                 raise CheckpointError(f"layer {name!r}: the model has {type(old).__name__ if old is not None else 'none'}"
-                                      f" there, the file a static {float_cls.__name__}")
+                                      f" there, the file a static {float_cls.__name__}; pass model= the architecture "
+                                      f"the file was saved from (a float {float_cls.__name__} at {name!r})")
             prefix = f"{name}.layer."
             own = {f"layers.{name}.{k[len(prefix):]}": v for k, v in tensors.items() if k.startswith(prefix)}
             layer = build_layer(name, entry, own)
@@ -125,10 +126,12 @@ def load_per_layer(path, model: nn.Module) -> nn.Module:
             setattr(work.get_submodule(parent) if parent else work, child, PerLayerStatic(layer))
             owned |= {k for k in tensors if k.startswith(prefix)}
         rest = {k: v for k, v in tensors.items() if k not in owned}
+        _refuse_float_for_quantized(work, rest)
         expected = {k for k in work.state_dict() if not any(k.startswith(f"{n}.layer.") for n in manifest["layers"])}
         if set(rest) != expected:
             raise CheckpointError(f"tensors disagree with the model: missing {sorted(expected - set(rest))}, "
-                                  f"unexpected {sorted(set(rest) - expected)}")
+                                  f"unexpected {sorted(set(rest) - expected)}; pass model= an instance of the "
+                                  f"architecture the file was saved from")
         own_state = work.state_dict()
         for k, v in rest.items():
             if v.dtype != own_state[k].dtype or v.shape != own_state[k].shape:
@@ -141,6 +144,32 @@ def load_per_layer(path, model: nn.Module) -> nn.Module:
     except (KeyError, TypeError, ValueError, AttributeError, IndexError, OverflowError, json.JSONDecodeError) as exc:
         raise CheckpointError(f"{path}: invalid per-layer static manifest: {type(exc).__name__}: {exc}") from exc
     return work.eval()
+
+
+def _refuse_float_for_quantized(work: nn.Module, tensors: Dict[str, torch.Tensor]) -> None:
+    """CheckpointError when layers the file holds quantized (an earlier quantize() call's, kept by
+    static int8: mixed precision) are float layers in ``model``: the float model was passed where
+    the partly quantized one is needed (the bare comparison said only that tensors disagree)."""
+    found = {}
+    for name, m in work.named_modules():
+        weight = m._parameters.get("weight") if isinstance(m, (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Embedding)) \
+            else None
+        if weight is None:
+            continue
+        prefix = f"{name}." if name else ""
+        stored = tensors.get(prefix + "weight")
+        if prefix + "weight_scale" in tensors and stored is None:  # an integer format: codes and scales
+            found[name] = sorted(k[len(prefix):] for k in tensors if k.startswith(prefix + "weight_"))
+        elif stored is not None and stored.dtype in (torch.float16, torch.bfloat16) and weight.dtype != stored.dtype:
+            found[name] = [f"weight ({str(stored.dtype).replace('torch.', '')})"]  # fp16 / bf16
+    if found:
+        names = sorted(found)
+        shown = "; ".join(f"{n!r}: {', '.join(found[n])}" for n in names)
+        raise CheckpointError(
+            f"layers {names} are quantized in the file ({shown}) but float in the model: the file was saved from "
+            f"a model an earlier quantize() call partly quantized (mixed precision), which static int8 kept; pass "
+            f"model= that partly quantized model, or a copy of the float model quantized again as it was then "
+            f"(e.g. mq.quantize(model, dtype, include={names}).model with the same options)")
 
 
 def _writes(obj) -> bool:

@@ -183,7 +183,12 @@ def compile_program(model: StaticGraphModel) -> Optional[Callable[[torch.Tensor]
     last_layer, out_rank = layers[body[-1][0]], ranks[body[-1][0]]
     pool_nchw = isinstance(last_layer, StaticGlobalAvgPool) and not last_layer.flatten
 
+    first_name = body[0][0]
+
     def run(x: torch.Tensor) -> torch.Tensor:
+        problem = first.input_problem(x)  # (the C call's own check says only that the counts differ)
+        if problem:
+            raise ValueError(f"static int8 layer {first_name!r}: {problem}")
         out = torch.from_numpy(static_kernels.static_program_run(handle, x.numpy(), SETTINGS.num_threads()))
         if out_rank == 2:
             return out.view(out.shape[0], out.shape[3])

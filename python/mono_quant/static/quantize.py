@@ -134,19 +134,32 @@ def _weighted_float_layers(plan) -> Dict[str, tuple]:
 
 
 def _refuse_unused_options(cfg) -> None:
-    """ConfigError for an option given as an argument that static int8 cannot honour (its weights are
-    per-channel symmetric int8; it replaces Conv2d and Linear only), rather than ignoring it."""
-    given = {k for k, v in cfg.source.items() if v == "argument"}
-    wrong = []
-    if "symmetric" in given and cfg.symmetric is False:
-        wrong.append("symmetric=False (static int8 weights are symmetric)")
-    if "granularity" in given and cfg.granularity != "per_channel":
-        wrong.append(f"granularity={cfg.granularity!r} (static int8 weights are per channel)")
-    if "embeddings" in given and cfg.embeddings:
-        wrong.append("embeddings=True (static int8 replaces Conv2d and Linear layers only)")
+    """ConfigError for an option static int8 cannot honour (its weights are per-channel symmetric int8;
+    it replaces Conv2d and Linear only), rather than ignoring it: given as an argument, in a config
+    file or in a QuantConfig alike (the file's values were ignored without a word)."""
+    unusable = {  # option -> (value it may not take, as an argument, why, the value that overrides it)
+        "symmetric": (cfg.symmetric is False, "symmetric=False", "static int8 weights are symmetric", "True"),
+        "granularity": (cfg.granularity != "per_channel", f"granularity={cfg.granularity!r}",
+                        "static int8 weights are per channel", "'per_channel'"),
+        "embeddings": (bool(cfg.embeddings), "embeddings=True",
+                       "static int8 replaces Conv2d and Linear layers only", "False"),
+    }
+    wrong, from_files = [], []
+    for name, (bad, shown, why, override) in unusable.items():
+        if not bad:
+            continue
+        origin = cfg.source.get(name, "QuantConfig")
+        if origin == "argument":
+            wrong.append(f"{shown} ({why})")
+        else:
+            where = "the QuantConfig" if origin == "QuantConfig" else f"config file {origin}"
+            wrong.append(f"{shown} from {where} ({why})")
+            from_files.append(f"{name}={override}")
     if wrong:
-        raise ConfigError(f"activations='static' cannot honour {', '.join(wrong)}: leave "
-                          f"{'it' if len(wrong) == 1 else 'them'} unset, or use activations='dynamic'")
+        fix = (f"leave {'it' if len(wrong) == 1 else 'them'} unset, or use activations='dynamic'" if not from_files
+               else f"remove {'it' if len(wrong) == 1 else 'them'} there or pass {', '.join(from_files)} to "
+                    f"override, or use activations='dynamic'")
+        raise ConfigError(f"activations='static' cannot honour {', '.join(wrong)}: {fix}")
 
 
 def _out_scale(qmodel, name: str) -> Optional[float]:
