@@ -10,6 +10,7 @@ import torch
 from safetensors.torch import load_file
 
 import mono_quant as mq
+from mono_quant import _C
 from mono_quant.modules import conv as conv_module
 from conftest import DATA
 
@@ -23,6 +24,7 @@ def _fixture_net_class():
 
 
 EXPECTED = load_file(DATA / "layout_v1_expected.safetensors")
+RECORDED_ISA = "avx512"  # the kernel level the fixtures' outputs were recorded at
 
 
 @pytest.mark.parametrize("name, output", [
@@ -42,6 +44,11 @@ def test_previous_layout_loads_with_identical_outputs(name, output, monkeypatch)
     model = mq.load(DATA / name, model=skeleton)
     with torch.no_grad():
         got = model(EXPECTED["tokens"], EXPECTED["image"])
+    if output == "int4_output" and _C.cpu_info()["active_isa"] != RECORDED_ISA:
+        # int4's float-activation kernels sum in each level's own order (equal to rounding,
+        # docs/formats.md); the int8 paths are the same bits on every level
+        torch.testing.assert_close(got, EXPECTED[output], rtol=1e-5, atol=1e-6)
+        return
     assert torch.equal(got, EXPECTED[output])
 
 
