@@ -43,8 +43,8 @@ def check_loaded_weight(module, state_dict: Mapping, prefix: str, assign: bool) 
     except BadLayer as exc:
         name = prefix[:-1] or "<root>"
         raise CheckpointError(
-            f"load_state_dict: layer {name!r} (keys '{prefix}weight_*'): {exc}. The state_dict is not a "
-            f"{fmt.name} weight mono-quant writes: load one saved from a quantized model of this architecture "
+            f"load_state_dict: layer {name!r} (keys '{prefix}weight_*'): {exc}. These are not the {fmt.name} "
+            f"tensors mono-quant writes: load a state_dict saved from a quantized model of this architecture "
             f"(qmodel.state_dict(), or mq.save / mq.load for files), or quantize the float model again") from None
 
 
