@@ -175,11 +175,12 @@ def error_powers(rows: torch.Tensor, sum_x2: torch.Tensor, sum_err2: torch.Tenso
                  zero_point: Optional[torch.Tensor] = None) -> Tuple[float, float]:
     """The signal and noise powers of quantized ``rows`` from the kernels' per-row sums.
 
-    The SIMD kernels add float32 partial sums, which overflow for weights beyond about
-    1.8e19: those rows are measured again by the pure-torch reference (float64 squares of
-    the same float32 error).  ``q`` / ``scale`` / ``zero_point``: the codes and qparams
-    when known; without them (per-channel only) the reference quantizes the rows again,
-    to the same codes."""
+    The kernels' sums are finite for finite rows at every level (a SIMD level sums a row
+    whose float32 squares overflow, weights beyond about 1.8e19, again in float64); a
+    non-finite sum all the same (a kernel level without that) is measured again by the
+    pure-torch reference (float64 squares of the same float32 error), a safety net.
+    ``q`` / ``scale`` / ``zero_point``: the codes and qparams when known; without them
+    (per-channel only) the reference quantizes the rows again, to the same codes."""
     bad = ~(torch.isfinite(sum_x2) & torch.isfinite(sum_err2))
     if bool(bad.any()):
         idx = bad.nonzero().flatten()

@@ -135,6 +135,21 @@ def test_sqerr_matches_reference(isa):
     assert torch.allclose(tx, rx, rtol=1e-5) and torch.allclose(te, re, rtol=1e-4)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_sqerr_sums_are_finite_near_float32s_limit(isa, dtype):
+    """Rows of weights past ~1.8e19, whose float32 squares overflow, have finite sums at every
+    level, the reference's float64 ones (the SIMD levels returned the inf of their float32
+    partial sums, which quantize() measured again in Python)."""
+    big = (_data((6, 300), torch.float32, seed=4) * torch.tensor([1e19, 1e20, 1e25, 1e30, 1e36, 1e37])[:, None])
+    x = big.to(dtype)
+    q, s, z, _, sx, se = kernels.quantize_rows_fused(x, -128, 127, False, with_error=True)
+    rx, re = reference.rows_sqerr(x, q, s, z)
+    assert bool(torch.isfinite(sx).all() and torch.isfinite(se).all())
+    assert torch.allclose(sx, rx, rtol=1e-9) and torch.allclose(se, re, rtol=1e-9)
+    tx, te = kernels.rows_sqerr(x, q, s, z)
+    assert torch.equal(tx, sx) and torch.equal(te, se)
+
+
 def test_reference_twins_agree_with_c():
     x = _data((9, 70), torch.float32, seed=2)
     for symmetric in (False, True):

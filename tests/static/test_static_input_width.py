@@ -56,12 +56,33 @@ def test_the_one_call_program_names_the_first_layer():
     conv = _static(nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Conv2d(8, 8, 3)), [torch.randn(2, 3, 10, 10)])
     with pytest.raises(ValueError, match=r"layer '_0': StaticConv2d\(3, 8\) .*in_channels=3, got 4 channels"):
         conv(torch.randn(2, 4, 10, 10))
-    conv.run_as_program = False  # the eager graph: the layer's own message
-    with pytest.raises(ValueError, match=r"StaticConv2d\(3, 8\) .*in_channels=3, got 4 channels"):
+    conv.run_as_program = False  # the eager graph, layer by layer: the same message, naming the layer too
+    with pytest.raises(ValueError, match=r"layer '_0': StaticConv2d\(3, 8\) .*in_channels=3, got 4 channels"):
         conv(torch.randn(2, 4, 10, 10))
+
+
+def test_the_eager_graph_names_the_layer_that_refused():
+    model = _static(nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 8)), [torch.randn(4, 16)])
+    model.run_as_program = False
+    with pytest.raises(ValueError, match=r"^static int8 layer '_0': StaticLinear\(16, 32\) takes in_features=16 .*"
+                                         r"last dimension 12"):
+        model(torch.randn(4, 12))
+    layer = model.layers["_0"]
+    with pytest.raises(ValueError, match=r"^StaticLinear\(16, 32\)"):  # the layer on its own: no name to give
+        layer(torch.randn(4, 12))
 
 
 def test_per_layer_fallback_too():
     model = _static(DataDependent().eval(), [torch.randn(4, 16)])
-    with pytest.raises(ValueError, match=r"in_features=16 .*last dimension 20"):
+    with pytest.raises(ValueError, match=r"^static int8 layer 'fc': StaticLinear\(16, 8\) .*in_features=16 .*"
+                                         r"last dimension 20"):
         model(torch.randn(4, 20))
+
+
+def test_per_layer_fallback_loaded_from_a_file_names_the_layer(tmp_path):
+    model = _static(DataDependent().eval(), [torch.randn(4, 16)])
+    path = tmp_path / "per_layer.mq.safetensors"
+    mq.save(model, path)
+    loaded = mq.load(path, model=DataDependent())
+    with pytest.raises(ValueError, match=r"^static int8 layer 'fc': .*last dimension 20"):
+        loaded(torch.randn(4, 20))

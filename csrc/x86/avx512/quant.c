@@ -7,6 +7,7 @@
 
 #if defined(__x86_64__) && defined(__AVX512F__) && defined(__AVX512BW__)
 #include <immintrin.h>
+#include <float.h>
 #include <math.h>
 
 static inline __m512 load16(const void *src, mq_src_t kind, int64_t i) {
@@ -118,6 +119,11 @@ static void dequantize(const uint8_t *q, int64_t n, float scale, float zero_poin
     if (i < n) mq_ref_dequantize(q + i, n - i, scale, zero_point, is_signed, dst + i);
 }
 
+/* Squares added in float32 and flushed to float64 every block.  A float32 square overflows
+ * for |x| or |error| past ~1.8e19 (rows near float32's limit): such a row (its sums inf, or
+ * NaN for a NaN input) is summed again in float64 by the reference (``tail``), as the scalar
+ * level sums it, so every level's sums are finite.  The check is out of the loop: ordinary
+ * rows keep the float32 speed (float64 squares in the loop cost 25-50% of quantize+error). */
 static inline void sqerr_avx512(const void *src, mq_src_t kind, const uint8_t *q, int64_t n, float scale,
                                 float zero_point, int is_signed, double *x2, double *e2, mq_sqerr_fn tail) {
     const __m512 s = _mm512_set1_ps(scale), zp = _mm512_set1_ps(zero_point);
@@ -139,6 +145,8 @@ static inline void sqerr_avx512(const void *src, mq_src_t kind, const uint8_t *q
     }
     sx += _mm512_reduce_add_ps(ax);
     se += _mm512_reduce_add_ps(ae);
+    if (!(sx <= DBL_MAX && se <= DBL_MAX)) /* a float32 square overflowed: see the comment above */
+        tail(src, q, i, scale, zero_point, is_signed, &sx, &se);
     if (i < n) {
         double tx, te;
         tail((const uint8_t *)src + (size_t)i * mq_src_size(kind), q + i, n - i, scale, zero_point, is_signed, &tx, &te);

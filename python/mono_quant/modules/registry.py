@@ -14,6 +14,7 @@ from ..orig_dtype import check_orig_dtype, orig_dtype_of
 from ..parametrized import GuardedParameters
 from ..qtypes import QType, get_qtype
 from ..tensor import QuantizedWeight
+from .load_checks import check_loaded_weight
 from ..no_torchscript import RefusesTorchScript
 from ..torch_compat import TorchCompatMixin
 
@@ -168,6 +169,13 @@ class QuantizedModule(RefusesTorchScript, TorchCompatMixin, nn.Module):
     def from_float(cls, module: nn.Module, weight) -> "QuantizedModule":
         """Build from the float module and its already quantized (or cast) weight."""
         raise NotImplementedError
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                              error_msgs):
+        # a state_dict is untrusted input like a file: its weight tensors pass mq.load's checks first
+        check_loaded_weight(self, state_dict, prefix, local_metadata.get("assign_to_params_buffers", False))
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                                      error_msgs)
 
     # -- persistence protocol (used by save / load) ---------------------------
     def init_kwargs(self) -> Dict[str, Any]:

@@ -17,6 +17,7 @@ from ..result import QuantizationResult
 from .calibration_check import require_samples
 from .compiled import CompilesAsOneOp
 from .eager_only import refuse_traced_input
+from .layer_errors import raise_named_input_problem
 from .modules import StaticConv2d, StaticLinear
 from .report import StaticLayerReport, StaticReport
 
@@ -24,11 +25,13 @@ __all__ = ["quantize_per_layer", "PerLayerStatic"]
 
 
 class PerLayerStatic(CompilesAsOneOp, nn.Module):
-    """Wraps one static layer that takes and returns float NCHW (the fallback's unit)."""
+    """Wraps one static layer that takes and returns float NCHW (the fallback's unit).
+    ``name``: its qualified name in the model, which the wrong input width's error gives."""
 
-    def __init__(self, layer: nn.Module):
+    def __init__(self, layer: nn.Module, name: Optional[str] = None):
         super().__init__()
         self.layer = layer
+        self.layer_name = name
         self._register_for_compile()
 
     def forward(self, x):
@@ -39,7 +42,11 @@ class PerLayerStatic(CompilesAsOneOp, nn.Module):
 
     def _forward_eager(self, x):
         refuse_traced_input((x,))
-        y = self.layer(x)
+        try:  # (free when nothing is raised)
+            y = self.layer(x)
+        except ValueError:
+            raise_named_input_problem(self.layer, getattr(self, "layer_name", None), (x,))
+            raise
         return y.contiguous() if y.dim() == 4 else y
 
 
@@ -90,7 +97,7 @@ def quantize_per_layer(model: nn.Module, cfg, calibration, reason: str,
             report.skipped.append(SkippedLayer(name, type(m).__name__, "never ran during calibration"))
             continue
         cls = StaticConv2d if isinstance(m, nn.Conv2d) else StaticLinear
-        replaced[name] = PerLayerStatic(cls.from_float(m, None, r.scale, None, False))
+        replaced[name] = PerLayerStatic(cls.from_float(m, None, r.scale, None, False), name)
         report.layers.append(StaticLayerReport(name, "conv" if cls is StaticConv2d else "linear", [name], None,
                                                "float", r.lo, r.hi, r.scale, None))
     for name, new in replaced.items():

@@ -18,6 +18,7 @@ from torch.nn.modules import module as _torch_module
 from .capture import FusionPlan, PlanOp, ValueRef
 from .compiled import CompilesAsOneOp
 from .eager_only import refuse_traced_input
+from .layer_errors import raise_named_input_problem
 
 __all__ = ["FusedFloat", "FusedConvFloat", "FusedLinearFloat", "FusedAddFloat", "FusedCatFloat", "FusedGapFloat",
            "StaticGraphModel", "float_graph", "apply_act"]
@@ -145,7 +146,11 @@ class StaticGraphModel(CompilesAsOneOp, nn.Module):
                 m = self._modules["layers"]._modules[name]
                 # no hooks on it: its forward directly (nn.Module.__call__ costs ~2 us a layer)
                 fn = m.forward if not (m._forward_hooks or m._forward_pre_hooks or _global_hooks()) else m
-                env[name] = fn(*[env[i] for i in ins])
+                try:  # (free when nothing is raised)
+                    env[name] = fn(*[env[i] for i in ins])
+                except ValueError:
+                    raise_named_input_problem(m, name, [env[i] for i in ins])  # the wrong input width: which layer
+                    raise
             elif kind == "input":
                 env[name] = kwargs[name] if name in kwargs else next(inputs)
             elif kind == "call":

@@ -123,7 +123,7 @@ def load_per_layer(path, model: nn.Module) -> nn.Module:
                         (tuple(got) if isinstance(got, (tuple, list)) else got):
                     raise CheckpointError(f"layer {name!r}: {attr} {got} in the file, {want} in the model")
             parent, _, child = name.rpartition(".")
-            setattr(work.get_submodule(parent) if parent else work, child, PerLayerStatic(layer))
+            setattr(work.get_submodule(parent) if parent else work, child, PerLayerStatic(layer, name))
             owned |= {k for k in tensors if k.startswith(prefix)}
         rest = {k: v for k, v in tensors.items() if k not in owned}
         _refuse_float_for_quantized(work, rest)

@@ -1,0 +1,137 @@
+"""load_state_dict into a quantized model checks the weight tensors as mq.load checks a file's
+(the formats' check_tensors, and the packed int8 buffers' check): a state_dict is untrusted
+input too.  A bad scale or zero-point used to be taken silently (NaN or inf outputs, or wrong
+numbers from a column sum that disagrees with the packed weight)."""
+import math
+
+import pytest
+import torch
+from torch import nn
+
+import mono_quant as mq
+from mono_quant.errors import CheckpointError
+
+
+def _qmodel(dtype, symmetric=True, conv=False):
+    torch.manual_seed(0)
+    if conv:
+        model = nn.Sequential(nn.Conv2d(8, 16, 3), nn.ReLU(), nn.Conv2d(16, 8, 1))
+    else:
+        model = nn.Sequential(nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 16))
+    scheme = {} if dtype == "fp16" else {"symmetric": symmetric}
+    return mq.quantize(model, dtype=dtype, **scheme).model
+
+
+def _state(qmodel):
+    return {k: v.clone() for k, v in qmodel.state_dict().items()}
+
+
+def _poke(t, index, value):
+    t.view(-1)[index] = value
+    return t
+
+
+BAD_SCALES = [0.0, -1.0, math.nan, math.inf, 1e-45, 3e38]
+
+
+@pytest.mark.parametrize("value", BAD_SCALES)
+def test_int8_bad_scale_is_refused_and_the_layer_kept(value):
+    qmodel = _qmodel("int8")
+    sd = _state(qmodel)
+    _poke(sd["2.weight_scale"], 5, value)
+    before = {k: v.clone() for k, v in qmodel.state_dict().items()}
+    with pytest.raises(CheckpointError, match=r"load_state_dict: layer '2' \(keys '2\.weight_\*'\): "
+                                              r"weight_scale\[5\] = .*scales must be finite, > 0.*state_dict"):
+        qmodel.load_state_dict(sd)
+    for k, v in qmodel.state_dict().items():
+        if k.startswith("2."):
+            assert torch.equal(v, before[k]), k
+
+
+@pytest.mark.parametrize("value", [0.0, -1.0, math.nan, math.inf, 1e-8, 1e5])
+def test_int4_bad_fp16_scale_is_refused(value):
+    qmodel = _qmodel("int4")
+    sd = _state(qmodel)
+    _poke(sd["0.weight_scale"], 3, value)
+    with pytest.raises(CheckpointError, match=r"layer '0'.*weight_scale\[3\] = .*scales must be finite"):
+        qmodel.load_state_dict(sd)
+
+
+def test_int4_float32_scale_is_checked_as_the_float16_it_becomes():
+    """copy_ casts into the float16 buffer: 1e5 would be stored as inf."""
+    qmodel = _qmodel("int4")
+    sd = _state(qmodel)
+    sd["0.weight_scale"] = _poke(sd["0.weight_scale"].float(), 0, 1e5)
+    with pytest.raises(CheckpointError, match=r"weight_scale\[0\] = inf"):
+        qmodel.load_state_dict(sd)
+
+
+def test_int4_symmetric_zero_point_is_checked():
+    qmodel = _qmodel("int4")
+    sd = _state(qmodel)
+    _poke(sd["2.weight_zero_point"], 1, 7)
+    with pytest.raises(CheckpointError, match=r"layer '2'.*weight_zero_point\[1\] = 7: a symmetric int4 zero-point"):
+        qmodel.load_state_dict(sd)
+
+
+@pytest.mark.parametrize("symmetric", [True, False])
+def test_int8_zero_point_is_checked(symmetric):
+    qmodel = _qmodel("int8", symmetric=symmetric)
+    sd = _state(qmodel)
+    _poke(sd["0.weight_zero_point"], 2, 1000)
+    with pytest.raises(CheckpointError, match=r"layer '0'.*weight_zero_point\[2\] = 1000"):
+        qmodel.load_state_dict(sd)
+
+
+@pytest.mark.parametrize("conv", [False, True])
+def test_int8_colsum_must_match_the_packed_weight(conv):
+    qmodel = _qmodel("int8", conv=conv)
+    sd = _state(qmodel)
+    sd["0.weight_colsum"][0] += 1
+    with pytest.raises(CheckpointError, match=r"layer '0'.*bad packed int8 weight: weight_colsum does not match"):
+        qmodel.load_state_dict(sd)
+
+
+def test_packed_bytes_changed_without_their_sums_are_refused():
+    qmodel = _qmodel("int8")
+    sd = _state(qmodel)
+    sd["2.weight_packed"][0] += 1
+    with pytest.raises(CheckpointError, match=r"layer '2'.*weight_colsum does not match"):
+        qmodel.load_state_dict(sd)
+
+
+def test_a_partial_load_is_checked_with_the_layer_it_lands_in():
+    qmodel = _qmodel("int8")
+    with pytest.raises(CheckpointError, match=r"weight_scale\[0\] = nan"):
+        qmodel.load_state_dict({"0.weight_scale": torch.full((32,), math.nan)}, strict=False)
+    qmodel.load_state_dict({"0.weight_scale": torch.full((32,), 0.5)}, strict=False)
+    assert torch.equal(qmodel[0].weight_scale, torch.full((32,), 0.5))
+
+
+def test_assign_keeps_the_checks():
+    qmodel = _qmodel("int8")
+    sd = _state(qmodel)
+    _poke(sd["0.weight_scale"], 0, -2.0)
+    with pytest.raises(CheckpointError, match=r"weight_scale\[0\] = -2"):
+        qmodel.load_state_dict(sd, assign=True)
+
+
+@pytest.mark.parametrize("dtype", ["int8", "uint8", "int4", "fp16"])
+def test_valid_state_dicts_still_load(dtype):
+    source, target = _qmodel(dtype), _qmodel(dtype)
+    torch.manual_seed(1)
+    x = torch.randn(3, 64)
+    with torch.no_grad():
+        for p in source.parameters():
+            p.add_(0.1)
+    target.load_state_dict(source.state_dict())
+    with torch.no_grad():
+        assert torch.equal(target(x), source(x))
+
+
+def test_torch_size_mismatch_is_still_torchs_error():
+    qmodel = _qmodel("int8")
+    sd = _state(qmodel)
+    sd["0.weight_scale"] = torch.ones(7)
+    with pytest.raises(RuntimeError, match="size mismatch for 0.weight_scale"):
+        qmodel.load_state_dict(sd)
