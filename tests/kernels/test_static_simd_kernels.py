@@ -11,6 +11,7 @@ import math
 import pytest
 import torch
 
+from conftest import KERNELS, at_isa
 from mono_quant import _C
 from mono_quant.static import reference as ref
 
@@ -94,3 +95,27 @@ def test_static_add_matches_reference(kernel_isa, n, out):
     got = torch.empty(n, dtype=expected.dtype)
     _C.add_static(a.numpy(), 0.031, b.numpy(), 0.047, got.numpy(), *ACTS[act], inv or 1.0, 1, za, zb, zo)
     assert torch.equal(got, expected)
+
+
+@pytest.mark.parametrize("kernel", KERNELS)
+def test_conv_refuses_the_code_minus_128(kernel):
+    """-128 is no static activation code: the levels would each give other numbers for it
+    (AVX2's sign trick, VNNI's q + 128), so conv2d_static refuses it on every level."""
+    c = 16
+    x = torch.full((1, 6, 6, c), -127, dtype=torch.int8)
+    wq = torch.where(torch.arange(8 * c * 9).view(8, c, 3, 3) % 2 == 0, -127, 5).to(torch.int8)
+    xws = torch.full((8,), 1e-3)
+    expected = ref.conv2d_ref(x, wq, xws, None, (1, 1), (1, 1), (1, 1), 1, ACTS["none"], None, 0, 0)
+    packed, colsum, m128 = packed_args(wq)
+    got = torch.empty(expected.shape, dtype=expected.dtype)
+
+    def run(xq):
+        _C.conv2d_static(xq.numpy(), packed, colsum, xws.numpy(), None, None, got.numpy(), m128, (3, 3), (1, 1),
+                         (1, 1), (1, 1), 1, *ACTS["none"], 1.0, 1, 0, 0)
+
+    with at_isa(kernel):
+        run(x)
+        assert torch.equal(got, expected)
+        x[0, 5, 5, 15] = -128
+        with pytest.raises(ValueError, match="-128"):
+            run(x)
