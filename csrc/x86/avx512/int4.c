@@ -161,10 +161,16 @@ static void q4_act_i8(const float *x, int64_t kpad, int64_t group, int8_t *xq, f
             bad |= _mm512_cmp_ps_mask(d, d, _CMP_UNORD_Q);
             amax = _mm512_max_ps(amax, _mm512_and_ps(v, sign));
         }
+        if (bad) { /* as ref.c: codes 0 (the group's own whole chunks), sum 0, a NaN scale */
+            memset(xq + k0, 0, (size_t)(k1 - k0));
+            xscale[g] = NAN;
+            xqsum[g] = 0;
+            continue;
+        }
         float m = _mm512_reduce_max_ps(amax);
         float s = m > 0.0f ? m / 127.0f : 1.0f;
         if (!(s >= FLT_MIN)) s = FLT_MIN;
-        const __m512 inv = _mm512_set1_ps(bad ? 0.0f : 1.0f / s); /* bad: every code 0, as ref.c */
+        const __m512 inv = _mm512_set1_ps(1.0f / s);
         __m512i sum = _mm512_setzero_si512();
         for (int64_t c = k0; c < k1; c += MQ_Q4_I8_CHUNK)
             for (int b = 0; b < 4; b++)
@@ -174,7 +180,7 @@ static void q4_act_i8(const float *x, int64_t kpad, int64_t group, int8_t *xq, f
                     sum = _mm512_add_epi32(sum, q);
                     _mm_storeu_si128((__m128i *)(xq + c + 64 * h + 16 * b), _mm512_cvtepi32_epi8(q));
                 }
-        xscale[g] = bad ? NAN : s;
+        xscale[g] = s;
         xqsum[g] = _mm512_reduce_add_epi32(sum);
     }
 }
