@@ -7,8 +7,6 @@
 #include "mq.h"
 
 #include <float.h>
-#include <math.h>
-#include <string.h>
 
 #if defined(__x86_64__) && defined(__AVX2__) && defined(__FMA__)
 #include <immintrin.h>
@@ -345,10 +343,8 @@ static void q4_act_i8(const float *x, int64_t kpad, int64_t group, int8_t *xq, f
             bad |= _mm256_movemask_ps(_mm256_cmp_ps(d, d, _CMP_UNORD_Q));
             amax = _mm256_max_ps(amax, _mm256_and_ps(v, sign));
         }
-        if (bad) {
-            memset(xq + k0, 0, (size_t)(k1 - k0)); /* the group's codes: its own whole chunks */
-            xscale[g] = NAN;
-            xqsum[g] = 0;
+        if (bad) { /* NaN/Inf: the reference's rule for the group (its own whole chunks) */
+            mq_ref_q4_act_i8(x + k0, k1 - k0, group, xq + k0, xscale + g, xqsum + g);
             continue;
         }
         __m128 m4 = _mm_max_ps(_mm256_castps256_ps128(amax), _mm256_extractf128_ps(amax, 1));

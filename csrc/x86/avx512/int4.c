@@ -161,10 +161,8 @@ static void q4_act_i8(const float *x, int64_t kpad, int64_t group, int8_t *xq, f
             bad |= _mm512_cmp_ps_mask(d, d, _CMP_UNORD_Q);
             amax = _mm512_max_ps(amax, _mm512_and_ps(v, sign));
         }
-        if (bad) { /* as ref.c: codes 0 (the group's own whole chunks), sum 0, a NaN scale */
-            memset(xq + k0, 0, (size_t)(k1 - k0));
-            xscale[g] = NAN;
-            xqsum[g] = 0;
+        if (bad) { /* NaN/Inf: the reference's rule for the group (its own whole chunks) */
+            mq_ref_q4_act_i8(x + k0, k1 - k0, group, xq + k0, xscale + g, xqsum + g);
             continue;
         }
         float m = _mm512_reduce_max_ps(amax);
