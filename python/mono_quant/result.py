@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from .config import QuantConfig
+from .modules.whole_load import guard_whole_loads
 from .report import Report, SkippedLayer
 
 __all__ = ["QuantizationResult"]
@@ -49,6 +50,7 @@ class QuantizationResult:
                  config: QuantConfig, state_dict: Optional[Dict[str, torch.Tensor]] = None,
                  path: Optional[Path] = None):
         self.model = model
+        guard_whole_loads(model)  # load_state_dict into it: every quantized layer checked before any copy
         self.skipped = skipped
         self.report = report
         self.config = config

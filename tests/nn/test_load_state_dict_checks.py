@@ -135,3 +135,78 @@ def test_torch_size_mismatch_is_still_torchs_error():
     sd["0.weight_scale"] = torch.ones(7)
     with pytest.raises(RuntimeError, match="size mismatch for 0.weight_scale"):
         qmodel.load_state_dict(sd)
+
+
+# ---- all or nothing: a bad layer anywhere leaves every layer as it was -------------------------
+
+def _deep_model():
+    torch.manual_seed(1)
+    return nn.Sequential(nn.Linear(32, 32), nn.ReLU(), nn.Sequential(nn.Linear(32, 32), nn.Linear(32, 16)))
+
+
+def _perturbed(qmodel):
+    """A valid state_dict of other weights (another seed), as a second checkpoint would be."""
+    torch.manual_seed(7)
+    other = nn.Sequential(nn.Linear(32, 32), nn.ReLU(), nn.Sequential(nn.Linear(32, 32), nn.Linear(32, 16)))
+    return _state(mq.quantize(other, dtype="int8").model)
+
+
+@pytest.mark.parametrize("source", ["quantize", "load"])
+def test_a_bad_last_layer_leaves_the_earlier_layers_unloaded(source, tmp_path):
+    qmodel = mq.quantize(_deep_model(), dtype="int8").model
+    if source == "load":
+        mq.save(qmodel, tmp_path / "q.safetensors")
+        qmodel = mq.load(tmp_path / "q.safetensors", _deep_model())
+    sd = _perturbed(qmodel)
+    _poke(sd["2.1.weight_scale"], 0, math.nan)  # the last layer bad, the first two good (and different)
+    before = {k: v.clone() for k, v in qmodel.state_dict().items()}
+    with pytest.raises(CheckpointError, match=r"layer '2\.1'"):
+        qmodel.load_state_dict(sd)
+    for k, v in qmodel.state_dict().items():
+        assert torch.equal(v, before[k]), f"{k} was overwritten by a load that failed"
+    qmodel.load_state_dict(_perturbed(qmodel))  # the valid state_dict loads, and changes the layers
+    assert not torch.equal(qmodel.state_dict()["0.weight_scale"], before["0.weight_scale"])
+
+
+def test_a_nested_load_checks_with_the_prefix_of_each_layer():
+    qmodel = mq.quantize(_deep_model(), dtype="int8").model
+    outer = nn.ModuleDict({"enc": qmodel})
+    sd = {"enc." + k: v for k, v in _perturbed(qmodel).items()}
+    _poke(sd["enc.2.0.weight_scale"], 1, -1.0)
+    before = {k: v.clone() for k, v in outer.state_dict().items()}
+    with pytest.raises(CheckpointError, match=r"layer 'enc\.2\.0'"):
+        outer.load_state_dict(sd)
+    for k, v in outer.state_dict().items():
+        assert torch.equal(v, before[k]), k
+
+
+def test_each_layer_is_checked_once_per_load(monkeypatch):
+    from mono_quant.modules import load_checks, whole_load
+    qmodel = mq.quantize(_deep_model(), dtype="int8").model
+    calls = []
+    real = load_checks.check_loaded_weight
+
+    def counting(module, state_dict, prefix, assign):
+        calls.append(prefix)
+        return real(module, state_dict, prefix, assign)
+
+    monkeypatch.setattr(whole_load, "check_loaded_weight", counting)
+    import mono_quant.modules.registry as registry
+    monkeypatch.setattr(registry, "check_loaded_weight", counting)
+    qmodel.load_state_dict(_perturbed(qmodel))
+    assert sorted(calls) == ["0.", "2.0.", "2.1."]
+    calls.clear()
+    qmodel[2][1].load_state_dict({k[4:]: v for k, v in _perturbed(qmodel).items() if k.startswith("2.1.")})
+    assert calls == [""]  # a load into one layer still checks it
+
+
+def test_the_guard_survives_deepcopy_and_torch_save(tmp_path):
+    import copy
+    qmodel = copy.deepcopy(mq.quantize(_deep_model(), dtype="int8").model)
+    sd = _perturbed(qmodel)
+    _poke(sd["2.1.weight_scale"], 0, 0.0)
+    before = qmodel.state_dict()["0.weight_scale"].clone()
+    with pytest.raises(CheckpointError):
+        qmodel.load_state_dict(sd)
+    assert torch.equal(qmodel.state_dict()["0.weight_scale"], before)
+    torch.save(qmodel, tmp_path / "m.pt")  # the hook pickles by reference (a module-level function)

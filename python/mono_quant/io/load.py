@@ -15,6 +15,7 @@ from ..formats import get_format
 from ..modules import QuantizedLinear
 from ..modules.composite import is_composite
 from ..modules.registry import qmodule_for
+from ..modules.whole_load import guard_whole_loads
 from ..parametrized import parametrized_base
 from .aligned import aligned
 from .container import read_header
@@ -255,6 +256,7 @@ class QuantizedStateDict(Mapping):
         qmodel = copy.deepcopy(model, memo)
         materialize_non_persistent_buffers(qmodel, model, where)  # rotary inv_freq, position_ids, ...
         _warn_meta(qmodel)
+        guard_whole_loads(qmodel)  # a later load_state_dict: all quantized layers checked before any copy
         return qmodel
 
     def _build_saved_layer(self, layer, float_module: nn.Module) -> Tuple[nn.Module, List[str]]:

@@ -15,7 +15,7 @@ from ..errors import CheckpointError
 from ..formats import BadLayer
 from ..packing import PACKED_BUFFERS, check_packed_module
 
-__all__ = ["check_loaded_weight"]
+__all__ = ["check_loaded_weight", "incoming_weight_tensors"]
 
 
 def check_loaded_weight(module, state_dict: Mapping, prefix: str, assign: bool) -> None:
@@ -26,7 +26,7 @@ def check_loaded_weight(module, state_dict: Mapping, prefix: str, assign: bool) 
     if not fmt.integer:
         return
     buffers = module._buffers
-    names = [n for n in fmt.weight_buffers + PACKED_BUFFERS if buffers.get(n) is not None]
+    names = _weight_buffer_names(module)
     if not any(prefix + n in state_dict for n in names):
         return  # (a load of the float layers, or of the bias only)
     stored = {n: _stored(buffers[n], state_dict.get(prefix + n), assign) for n in names}
@@ -46,6 +46,17 @@ def check_loaded_weight(module, state_dict: Mapping, prefix: str, assign: bool) 
             f"load_state_dict: layer {name!r} (keys '{prefix}weight_*'): {exc}. These are not the {fmt.name} "
             f"tensors mono-quant writes: load a state_dict saved from a quantized model of this architecture "
             f"(qmodel.state_dict(), or mq.save / mq.load for files), or quantize the float model again") from None
+
+
+def incoming_weight_tensors(module, state_dict: Mapping, prefix: str) -> dict:
+    """The ``state_dict`` entries (key -> value, None where absent) that ``check_loaded_weight`` reads."""
+    names = _weight_buffer_names(module) if module.format.integer else []
+    return {prefix + n: state_dict.get(prefix + n) for n in names}
+
+
+def _weight_buffer_names(module) -> list:
+    buffers = module._buffers
+    return [n for n in module.format.weight_buffers + PACKED_BUFFERS if buffers.get(n) is not None]
 
 
 def _stored(current: torch.Tensor, incoming, assign: bool) -> torch.Tensor:

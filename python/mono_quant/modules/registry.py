@@ -15,6 +15,7 @@ from ..parametrized import GuardedParameters
 from ..qtypes import QType, get_qtype
 from ..tensor import QuantizedWeight
 from .load_checks import check_loaded_weight
+from .whole_load import already_checked
 from ..no_torchscript import RefusesTorchScript
 from ..torch_compat import TorchCompatMixin
 
@@ -173,7 +174,9 @@ class QuantizedModule(RefusesTorchScript, TorchCompatMixin, nn.Module):
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
                               error_msgs):
         # a state_dict is untrusted input like a file: its weight tensors pass mq.load's checks first
-        check_loaded_weight(self, state_dict, prefix, local_metadata.get("assign_to_params_buffers", False))
+        # (once: the model's root checked every layer before any was copied, whole_load.py)
+        if not already_checked(self, state_dict, prefix):
+            check_loaded_weight(self, state_dict, prefix, local_metadata.get("assign_to_params_buffers", False))
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
                                       error_msgs)
 
