@@ -75,3 +75,19 @@ def test_one_row_split_over_two_threads_same_bits(isa, n, reduce_range):
     np.testing.assert_array_equal(two, _C.linear_int8(*args, nthreads=1, reduce_range=reduce_range))
     want = reference.linear_int8(x, w, qw.scale, qw.zero_point, torch.from_numpy(args[5]), reduce_range=reduce_range)
     np.testing.assert_array_equal(two, want.numpy())
+
+
+# ---- int4, batch 1: 4 weight rows a quarter of the range apart (x86/avx2/int4.c q4_gemv_i8_row) ----
+
+@pytest.mark.parametrize("nthreads", [1, 2])
+@pytest.mark.parametrize("rows", [1, 4, 5, 6, 7, 8, 9, 11, 130, 1027])
+def test_int4_one_row_every_quarter_and_tail(isa, rows, nthreads):
+    from mono_quant.int4 import quantize_int4
+    g = torch.Generator().manual_seed(rows)
+    qw, _ = quantize_int4(torch.randn(rows, 384, generator=g), group_size=128, method="rtn")
+    x = torch.randn(1, 384, generator=g) * torch.linspace(0.1, 3, 384)
+    bias = torch.randn(rows, generator=g).numpy()
+    args = (x.numpy(), qw.qdata.numpy(), qw.scale.numpy(), qw.zero_point.numpy(), qw.group)
+    with at_isa("scalar"):
+        want = _C.q4_linear(*args, bias=bias, int8_activations=1)
+    np.testing.assert_array_equal(_C.q4_linear(*args, bias=bias, int8_activations=1, nthreads=nthreads), want)
