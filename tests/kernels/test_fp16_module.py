@@ -90,3 +90,18 @@ def test_op_route_and_graph_capture_match_eager():
     ops = {str(node.target) for node in program.graph.nodes if node.op == "call_function"}
     assert "mono_quant.half_linear.default" in ops or SETTINGS.isa == "scalar"
     assert torch.equal(program.module()(x), eager)
+
+
+@pytest.mark.parametrize("dtype", ["fp16", "bf16"])
+def test_traced_graph_applies_the_row_rule_at_run_time(isa, dtype, monkeypatch):
+    """torch.export with a dynamic row count: the row rule is the op's, on the real rows (a
+    branch on the symbolic count would add a guard, and refuse the dynamic range); both sides
+    of it give eager's bits."""
+    q = quantized_linear(dtype)
+    monkeypatch.setitem(cast.KERNEL_MAX_ROWS, isa, 5)
+    rows = torch.export.Dim("rows", min=1, max=4096)
+    ep = torch.export.export(q, (torch.randn(8, 37),), dynamic_shapes=({0: rows},))
+    for m in (3, 5, 6, 40):
+        x = torch.randn(m, 37)
+        with torch.no_grad():
+            assert torch.equal(ep.module()(x), q(x)), m

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import CheckpointError, NonFiniteWeightError
-from ..kernels.fp16 import HALF_WEIGHT_DTYPES
+from ..kernels.fp16 import HALF_WEIGHT_DTYPES, KERNEL_MAX_ROWS
 from ..tensor import sqnr_db
 from .base import WeightFormat
 from .checks import need, spec
@@ -21,27 +21,23 @@ from .layer_cache import float_weight
 
 __all__ = ["CastFormat", "KERNEL_MAX_ROWS", "takes_half_kernel"]
 
-# A Linear runs kernels.fp16.half_linear when x (reshaped to 2-D) has at most this many rows,
-# per kernel level, and torch's F.linear on the weight converted to float32 above.  A rule on
-# the shapes, never a timing, so the same input always takes the same path.  From
-# benchmarks/bench_fp16.py --crossover (docs/benchmarks.md, "fp16 weights"; BERT layer shapes,
-# rows 1-4096, 1 thread, Zen 5): the kernel beat fp32 F.linear and the converted-weight path
-# at every row count on both levels (AVX-512 0.5-0.7x fp32 time, AVX2 0.4-0.97x), so no
-# crossover.  The scalar level (no F16C: the portable reference, 4-11x slower) keeps torch's op.
-KERNEL_MAX_ROWS = {"scalar": 0, "avx2": 1 << 62, "avx512": 1 << 62}
+# A Linear runs kernels.fp16.half_linear up to kernels.fp16.KERNEL_MAX_ROWS rows (per kernel
+# level; the crossover measured there), and torch's F.linear on the weight converted to float32
+# above.
 
 
-def takes_half_kernel(x: torch.Tensor, weight: torch.Tensor, isa: str) -> bool:
+def takes_half_kernel(x: torch.Tensor, weight: torch.Tensor, isa: str, any_rows: bool = False) -> bool:
     """Whether a Linear of ``weight`` (fp16 / bf16 ``[out, in]``) on ``x`` runs the C kernel:
     float32 ``x`` on the CPU with ``in`` features, both non-empty, rows within
-    ``KERNEL_MAX_ROWS[isa]``."""
+    ``KERNEL_MAX_ROWS[isa]`` (``any_rows``: whatever the rows, for a traced graph, whose op
+    applies the row rule itself at run time: a symbolic row count is never branched on)."""
     if (x.dtype != torch.float32 or weight.dtype not in HALF_WEIGHT_DTYPES or weight.dim() != 2
             or x.device.type != "cpu" or weight.device.type != "cpu" or x.dim() == 0):
         return False
     in_features = weight.shape[1]
     if x.shape[-1] != in_features or x.numel() == 0 or weight.numel() == 0:
         return False
-    return x.numel() // in_features <= KERNEL_MAX_ROWS[isa]
+    return any_rows or x.numel() // in_features <= KERNEL_MAX_ROWS[isa]
 
 
 class CastFormat(WeightFormat):

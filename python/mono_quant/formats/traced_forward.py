@@ -80,7 +80,7 @@ def linear_forward(module, x: torch.Tensor) -> torch.Tensor:
     if not module.format.integer:
         w = module._buffers["weight"]
         # as CastFormat.linear; a weight that requires grad takes torch's op (ours give no weight gradient)
-        if takes_half_kernel(x, w, _isa()) and not (w.requires_grad and torch.is_grad_enabled()):
+        if takes_half_kernel(x, w, _isa(), any_rows=True) and not (w.requires_grad and torch.is_grad_enabled()):
             y = torch.ops.mono_quant.half_linear(x.reshape(-1, w.shape[1]), w, bias)
             return y.reshape(*x.shape[:-1], w.shape[0])
         return F.linear(x, w.to(x.dtype).to(x.device), None if bias is None else bias.to(x.dtype))

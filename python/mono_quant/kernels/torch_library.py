@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch.utils.weak import WeakIdKeyDictionary
 
 from .. import _C
-from .fp16 import half_linear
+from .fp16 import KERNEL_MAX_ROWS, half_linear
 from .layout import PACKED_LAYOUT_VERSION, int8_packed_sizes, unpack_int8_rows
 from .rows import dequantize_rows, to_numpy
 from .settings import SETTINGS
@@ -378,7 +378,15 @@ torch.library.register_fake(
 # -- fp16 / bf16 weights ------------------------------------------------------------------------------------
 
 _LIB.define("half_linear(Tensor x, Tensor weight, Tensor? bias) -> Tensor")
-_LIB.impl("half_linear", half_linear, "CPU")
+def _half_linear_cpu(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]) -> torch.Tensor:
+    # the eager rule (fp16.KERNEL_MAX_ROWS) decided here, on the real row count: a traced graph
+    # holds this one op whatever its rows, and gives eager's path and bits at each
+    if x.shape[0] > KERNEL_MAX_ROWS[SETTINGS.isa]:
+        return F.linear(x.float(), weight.float(), None if bias is None else bias.float())
+    return half_linear(x, weight, bias)
+
+
+_LIB.impl("half_linear", _half_linear_cpu, "CPU")
 torch.library.register_fake(
     "mono_quant::half_linear",
     lambda x, weight, bias: x.new_empty((x.shape[0], weight.shape[0]), dtype=torch.float32), lib=_LIB)
