@@ -91,3 +91,43 @@ def test_int4_one_row_every_quarter_and_tail(isa, rows, nthreads):
     with at_isa("scalar"):
         want = _C.q4_linear(*args, bias=bias, int8_activations=1)
     np.testing.assert_array_equal(_C.q4_linear(*args, bias=bias, int8_activations=1, nthreads=nthreads), want)
+
+
+# ---- int8 weight-only, batch 1: 2 panels side by side (x86/avx2/linear.c wgemv_2panels) ----------
+# (float sums: a level's tiles all add a row's products in one order, so a row's bits are the
+# same alone as among other rows; levels differ from each other in the last bits)
+
+@pytest.mark.parametrize("kernel", KERNELS)
+@pytest.mark.parametrize("zero_points", [False, True])
+def test_weight_only_one_row_same_bits_as_in_a_tile(kernel, zero_points):
+    g = torch.Generator().manual_seed(11)
+    for n in OUTS:
+        for k in (4, 37, 256, 1000):
+            w = _weight(n, k, g)
+            zp = (torch.randint(-20, 21, (n,), generator=g, dtype=torch.int32) if zero_points
+                  else torch.zeros(n, dtype=torch.int32))
+            scale, bias = torch.rand(n, generator=g) * 0.01 + 1e-4, torch.randn(n, generator=g)
+            x = torch.randn(3, k, generator=g) * 3
+            with at_isa(kernel):
+                p, w_sum, has_m128 = kernels.pack_int8(w)
+                rows = kernels.linear_int8(x, p, w_sum, scale, zp, bias, n, has_m128, mode="weight_only")
+                one = kernels.linear_int8(x[1:2], p, w_sum, scale, zp, bias, n, has_m128, mode="weight_only")
+            assert torch.equal(one[0], rows[1]), (n, k)
+            torch.testing.assert_close(one[0], reference.linear_int8(x[1:2], w, scale, zp, bias, mode="weight_only")[0],
+                                       rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("n", [4096 + 16, 4096 + 48])  # odd panel counts: a single panel left per thread
+def test_weight_only_one_row_split_over_two_threads_same_bits(isa, n):
+    k = 4096
+    g = torch.Generator().manual_seed(n)
+    w = torch.randint(-127, 128, (n, k), generator=g, dtype=torch.int8)
+    qw = QuantizedWeight(w, torch.rand(n, generator=g) * 1e-2 + 1e-3, torch.zeros(n, dtype=torch.int32), 0, "int8",
+                         True, torch.float32)
+    pk = pack_int8_linear(qw)
+    x = torch.randn(3, k, generator=g).numpy()
+    args = (pk["weight_packed"].numpy(), pk["weight_colsum"].numpy(), qw.scale.numpy(), qw.zero_point.numpy(),
+            torch.randn(n, generator=g).numpy(), n, bool(int(pk["weight_packed_info"][3])))
+    two = _C.linear_int8(x[1:2], *args, mode="weight_only", nthreads=2)
+    np.testing.assert_array_equal(two, _C.linear_int8(x[1:2], *args, mode="weight_only", nthreads=1))
+    np.testing.assert_array_equal(two[0], _C.linear_int8(x, *args, mode="weight_only", nthreads=1)[1])

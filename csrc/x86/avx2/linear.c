@@ -254,6 +254,38 @@ static void wgemv_panel(const mq_wgemm_args *a, int64_t m0, int64_t p) {
     else wgemv_body(a, m0, p, 0);
 }
 
+/* One row x 2 panels side by side (no zero-points): 2 DRAM streams at batch 1 where one
+ * panel is one (qgemv_4panels says why; 4 panels' 32 accumulators do not fit).  16 named
+ * accumulators, the broadcast and a converted weight vector: 18 of the 16 ymm registers, so
+ * GCC keeps two on the stack, which a DRAM-bound loop hides.  Each channel's lanes add the
+ * same products in the same order as wgemv_body: the same bits. */
+#define WG2_DECL(q) __m256 acc##q = _mm256_setzero_ps(), bcc##q = acc##q;
+#define WG2_STEP(q)                                                                          \
+    acc##q = _mm256_fmadd_ps(                                                                \
+        _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)(wg + (q) * 8)))), xb, acc##q); \
+    bcc##q = _mm256_fmadd_ps(                                                                \
+        _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)(wg + panel_bytes + (q) * 8)))), \
+        xb, bcc##q);
+static void wgemv_2panels(const mq_wgemm_args *a, int64_t m0, int64_t p) {
+    const int64_t groups = a->kp / MQ_KGROUP, n0 = p * MQ_PANEL, panel_bytes = groups * 64;
+    const int8_t *w = a->w + p * panel_bytes;
+    const float *x = a->x + m0 * a->kp;
+    WG2_DECL(0) WG2_DECL(1) WG2_DECL(2) WG2_DECL(3) WG2_DECL(4) WG2_DECL(5) WG2_DECL(6) WG2_DECL(7)
+    for (int64_t g = 0; g < groups; g++) {
+        const int8_t *wg = w + g * 64;
+        const __m256 xb = _mm256_broadcast_ps((const __m128 *)(x + g * 4));
+        WG2_STEP(0) WG2_STEP(1) WG2_STEP(2) WG2_STEP(3) WG2_STEP(4) WG2_STEP(5) WG2_STEP(6) WG2_STEP(7)
+    }
+    wquarter_store(a, acc0, acc1, m0, n0);
+    wquarter_store(a, acc2, acc3, m0, n0 + 4);
+    wquarter_store(a, acc4, acc5, m0, n0 + 8);
+    wquarter_store(a, acc6, acc7, m0, n0 + 12);
+    wquarter_store(a, bcc0, bcc1, m0, n0 + 16);
+    if (n0 + 20 < a->n) wquarter_store(a, bcc2, bcc3, m0, n0 + 20);
+    if (n0 + 24 < a->n) wquarter_store(a, bcc4, bcc5, m0, n0 + 24);
+    if (n0 + 28 < a->n) wquarter_store(a, bcc6, bcc7, m0, n0 + 28);
+}
+
 /* Up to 6 rows x a quarter panel (4 channels: two weight vectors of 2
  * channels x 4 k).  Each weight vector is converted int8 -> fp32 once per
  * group and used by every row of the tile, as an sgemm micro-kernel reuses
@@ -336,6 +368,12 @@ static void wpanel_rows(const mq_wgemm_args *a, int64_t r0, int64_t m, int64_t p
  * big weight too often (4096x4096 at 128-2048 rows: 0.85-0.99x).  1 MiB:
  * 1.12-1.37x on both (bench_ab.py, AVX2 level, 1 thread, Zen 5). */
 static void wgemm_avx2(const mq_wgemm_args *a, int64_t p0, int64_t p1) {
+    if (a->m == 1 && !a->w_zp) {
+        int64_t p = p0;
+        for (; p + 2 <= p1; p += 2) wgemv_2panels(a, 0, p);
+        for (; p < p1; p++) wgemv_panel(a, 0, p);
+        return;
+    }
     const int64_t most = a->w_zp ? 5 : 6;
     int64_t block = ((int64_t)1 << 20) / (4 * (a->kp > 0 ? a->kp : 1)) / most * most;
     if (block < most) block = most;
