@@ -20,6 +20,7 @@
 #define MQ_INLINE static inline __attribute__((always_inline))
 #include "x86/linear_store256.h"
 #include "x86/avx2/tiles12.h"
+#include "x86/avx2/gemv4.h"
 
 /* MT rows x one panel (two 8-channel halves) over the whole K: 2 * MT
  * named accumulators (a macro with a constant MT: GCC keeps arrays of
@@ -88,44 +89,9 @@ static const qtile_fn qtiles[QTILE_ROWS + 1] = {NULL, qtile_1, qtile_2, qtile_3,
     if ((i) < (MT)) qgemm_store8(a, acc##i, m0 + (i), n0);
 MQ_TILES12(sign_tiles, SIGN_SETUP, SIGN_ROW, SIGN_STORE)
 
-/* One row (GEMV: batch-1 decoding) x 4 panels side by side.  At batch 1 the call streams
- * the weight from DRAM, and one core reading one sequential stream gets about 2/3 of the
- * bandwidth it gets from 4 streams read together (Zen 3: 9.4 against 15 GB/s; its prefetchers
- * keep more lines in flight over several streams).  Panels p..p+3 lie a panel apart, so
- * reading them in step makes 4 streams; each channel's sum is the same integer, so the
- * result is the single-panel tile's bit for bit.  8 accumulators, the ones, the broadcast
- * activations and 4 temporaries: 14 ymm registers. */
-#define G4_DECL(s) __m256i acc##s##a = _mm256_setzero_si256(), acc##s##b = acc##s##a;
-#define G4_STEP(s)                                                                            \
-    {                                                                                         \
-        const int8_t *ws = w + (s) * panel_bytes + g * 64;                                    \
-        const __m256i w0 = _mm256_loadu_si256((const __m256i *)ws);                           \
-        const __m256i w1 = _mm256_loadu_si256((const __m256i *)(ws + 32));                    \
-        const __m256i p0 = _mm256_maddubs_epi16(_mm256_abs_epi8(w0), _mm256_sign_epi8(xb, w0)); \
-        const __m256i p1 = _mm256_maddubs_epi16(_mm256_abs_epi8(w1), _mm256_sign_epi8(xb, w1)); \
-        acc##s##a = _mm256_add_epi32(acc##s##a, _mm256_madd_epi16(p0, ones));                 \
-        acc##s##b = _mm256_add_epi32(acc##s##b, _mm256_madd_epi16(p1, ones));                 \
-    }
-#define G4_STORE(s)                                                                           \
-    {                                                                                         \
-        const int64_t n0 = (p + (s)) * MQ_PANEL;                                              \
-        qgemm_store8(a, acc##s##a, 0, n0);                                                    \
-        if (n0 + 8 < a->n) qgemm_store8(a, acc##s##b, 0, n0 + 8);                             \
-    }
-static void qgemv_4panels(const mq_qgemm_args *a, int64_t p) {
-    const int64_t groups = a->kp / MQ_KGROUP, panel_bytes = groups * 64;
-    const int8_t *w = a->w + p * panel_bytes;
-    const uint8_t *x = a->x;
-    const __m256i ones = _mm256_set1_epi16(1);
-    G4_DECL(0) G4_DECL(1) G4_DECL(2) G4_DECL(3)
-    for (int64_t g = 0; g < groups; g++) {
-        int32_t x4;
-        memcpy(&x4, x + g * 4, 4);
-        const __m256i xb = _mm256_set1_epi32(x4);
-        G4_STEP(0) G4_STEP(1) G4_STEP(2) G4_STEP(3)
-    }
-    G4_STORE(0) G4_STORE(1) G4_STORE(2) G4_STORE(3)
-}
+/* One row (batch-1 decoding) x 4 panels side by side: 4 DRAM streams (x86/avx2/gemv4.h) */
+#define SIGN_PRODUCT(wv) _mm256_maddubs_epi16(_mm256_abs_epi8(wv), _mm256_sign_epi8(xb, wv))
+MQ_GEMV4(qgemv_4panels, SIGN_PRODUCT, qgemm_store8)
 
 /* from this many rows the 12-row tiles, below them the 5-row x 16-channel ones */
 #ifndef TILE12_MIN_M

@@ -16,6 +16,7 @@
 #define MQ_INLINE static inline __attribute__((always_inline))
 #include "x86/linear_store256.h"
 #include "x86/avx2/tiles12.h"
+#include "x86/avx2/gemv4.h"
 
 /* 8 channels of row m: the zero-point's term out, then the shared epilogue
  * (the driver gives a 7-bit call x_u8 = 0: no +128 shift to undo there). */
@@ -44,37 +45,9 @@ MQ_INLINE void store8_u7(const mq_qgemm_args *a, __m256i acc, int64_t m, int64_t
     if ((i) < (MT)) store8_u7(a, acc##i, m0 + (i), n0);
 MQ_TILES12(u7_tiles, U7_SETUP, U7_ROW, U7_STORE)
 
-/* One row x 4 panels side by side: 4 DRAM streams at batch 1 (x86/avx2/linear.c's
- * qgemv_4panels says why); the same integer sums as the tiles. */
-#define U7G_DECL(s) __m256i acc##s##a = _mm256_setzero_si256(), acc##s##b = acc##s##a;
-#define U7G_STEP(s)                                                                           \
-    {                                                                                         \
-        const int8_t *ws = w + (s) * panel_bytes + g * 64;                                    \
-        const __m256i p0 = _mm256_maddubs_epi16(xb, _mm256_loadu_si256((const __m256i *)ws)); \
-        const __m256i p1 = _mm256_maddubs_epi16(xb, _mm256_loadu_si256((const __m256i *)(ws + 32))); \
-        acc##s##a = _mm256_add_epi32(acc##s##a, _mm256_madd_epi16(p0, ones));                 \
-        acc##s##b = _mm256_add_epi32(acc##s##b, _mm256_madd_epi16(p1, ones));                 \
-    }
-#define U7G_STORE(s)                                                                          \
-    {                                                                                         \
-        const int64_t n0 = (p + (s)) * MQ_PANEL;                                              \
-        store8_u7(a, acc##s##a, 0, n0);                                                       \
-        if (n0 + 8 < a->n) store8_u7(a, acc##s##b, 0, n0 + 8);                                \
-    }
-static void qgemv_u7_4panels(const mq_qgemm_args *a, int64_t p) {
-    const int64_t groups = a->kp / MQ_KGROUP, panel_bytes = groups * 64;
-    const int8_t *w = a->w + p * panel_bytes;
-    const uint8_t *x = a->x;
-    const __m256i ones = _mm256_set1_epi16(1);
-    U7G_DECL(0) U7G_DECL(1) U7G_DECL(2) U7G_DECL(3)
-    for (int64_t g = 0; g < groups; g++) {
-        int32_t x4;
-        memcpy(&x4, x + g * 4, 4);
-        const __m256i xb = _mm256_set1_epi32(x4);
-        U7G_STEP(0) U7G_STEP(1) U7G_STEP(2) U7G_STEP(3)
-    }
-    U7G_STORE(0) U7G_STORE(1) U7G_STORE(2) U7G_STORE(3)
-}
+/* One row x 4 panels side by side: 4 DRAM streams at batch 1 (x86/avx2/gemv4.h) */
+#define U7_PRODUCT(wv) _mm256_maddubs_epi16(xb, wv)
+MQ_GEMV4(qgemv_u7_4panels, U7_PRODUCT, store8_u7)
 
 static void qgemm_u7_avx2(const mq_qgemm_args *a, int64_t p0, int64_t p1) {
     if (a->m == 1) {
