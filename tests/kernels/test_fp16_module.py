@@ -105,3 +105,18 @@ def test_traced_graph_applies_the_row_rule_at_run_time(isa, dtype, monkeypatch):
         x = torch.randn(m, 37)
         with torch.no_grad():
             assert torch.equal(ep.module()(x), q(x)), m
+
+
+@pytest.mark.parametrize("dtype", ["fp16", "bf16"])
+def test_rows_past_the_rule_same_bits_eager_traced_and_autograd(isa, dtype, monkeypatch):
+    """A 3-D input that is not contiguous, past the row rule: eager computes on the rows as 2-D,
+    as the op of a traced graph and of the autograd path does (torch's linear of such an input
+    adds the bias apart: other bits)."""
+    q = quantized_linear(dtype, in_features=384, out_features=64)
+    monkeypatch.setitem(cast.KERNEL_MAX_ROWS, isa, 5)
+    x = torch.randn(100, 2, 384).transpose(0, 1)  # 200 rows
+    with torch.no_grad():
+        eager = q(x)
+        exported = torch.export.export(q, (x,)).module()(x)
+    assert torch.equal(eager, exported)
+    assert torch.equal(eager, q(x.clone().requires_grad_(True)).detach())

@@ -210,3 +210,48 @@ def test_the_guard_survives_deepcopy_and_torch_save(tmp_path):
         qmodel.load_state_dict(sd)
     assert torch.equal(qmodel.state_dict()["0.weight_scale"], before)
     torch.save(qmodel, tmp_path / "m.pt")  # the hook pickles by reference (a module-level function)
+
+
+def test_a_layer_under_two_names_is_checked_at_each_visit():
+    """The second visit's tensors are judged with what the first visit loaded (a pre-check
+    against the buffers before the load would pass a combination the layer then refuses)."""
+    from mono_quant import kernels
+    from mono_quant.kernels.layout import unpack_int8_rows
+    torch.manual_seed(0)
+    qm = mq.quantize(nn.Sequential(nn.Linear(32, 16)), dtype="int8").model
+    qm.add_module("b", qm[0])
+    layer = qm[0]
+    w = unpack_int8_rows(layer.weight_packed, 1, 16, 32)[0].to(torch.int32)
+    moved = int(w[0, 0]) + 128  # a -128 in channel 0, the column sum kept by raising others
+    w[0, 0] = -128
+    for j in range(1, 32):
+        step = min(127 - int(w[0, j]), moved)
+        w[0, j] += step
+        moved -= step
+    assert moved == 0
+    packed, colsum, has_m128 = kernels.pack_int8(w.to(torch.int8))
+    assert has_m128 and torch.equal(colsum, layer.weight_colsum)
+    flagged, unflagged = layer.weight_packed_info.clone(), layer.weight_packed_info.clone()
+    flagged[3] = 1
+    sd = {"0.weight_packed": packed, "0.weight_packed_info": flagged, "b.weight_packed_info": unflagged}
+    with pytest.raises(CheckpointError, match=r"layer 'b'"):
+        qm.load_state_dict(sd, strict=False)
+
+
+def test_a_load_that_raises_part_way_keeps_no_checkpoint_tensor_alive():
+    import gc
+    import weakref
+    qmodel = mq.quantize(_deep_model(), dtype="int8").model
+
+    def refuse(*_args):
+        raise RuntimeError("a later pre-hook failed")
+
+    qmodel[2][1].register_load_state_dict_pre_hook(refuse) if hasattr(nn.Module, "register_load_state_dict_pre_hook") \
+        else qmodel[2][1]._register_load_state_dict_pre_hook(refuse)
+    sd = _perturbed(qmodel)
+    probe = weakref.ref(sd["0.weight_packed"])
+    with pytest.raises(RuntimeError, match="later pre-hook"):
+        qmodel.load_state_dict(sd)
+    del sd
+    gc.collect()
+    assert probe() is None

@@ -12,6 +12,7 @@ import torch.nn.functional as F
 
 from ..errors import CheckpointError, NonFiniteWeightError
 from ..kernels.fp16 import HALF_WEIGHT_DTYPES, KERNEL_MAX_ROWS
+from ..kernels.settings import SETTINGS
 from ..tensor import sqnr_db
 from .base import WeightFormat
 from .checks import need, spec
@@ -113,7 +114,15 @@ class CastFormat(WeightFormat):
 
     def linear(self, module, x: torch.Tensor) -> torch.Tensor:
         y = eager_half_linear(module, x, takes_half_kernel)  # the C kernel, its arguments kept per layer
-        return super().linear(module, x) if y is None else y
+        if y is not None:
+            return y
+        w = module._buffers["weight"]
+        if x.dim() > 2 and takes_half_kernel(x, w, SETTINGS.isa, any_rows=True):
+            # past the row rule: on the rows as 2-D, as the op of a traced graph computes it (torch's
+            # linear of an N-D input that is not contiguous adds the bias apart, other bits)
+            y = super().linear(module, x.reshape(-1, w.shape[1]))
+            return y.reshape(*x.shape[:-1], w.shape[0])
+        return super().linear(module, x)
 
     def conv2d(self, module, x: torch.Tensor) -> torch.Tensor:
         y = eager_half_conv(module, x)  # the C kernel on small images, long reductions (formats/half_conv.py)
