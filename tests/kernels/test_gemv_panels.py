@@ -1,5 +1,8 @@
-"""Batch 1 (one activation row) reads 4 weight panels side by side on AVX2 (4 DRAM streams in
-place of one: x86/avx2/linear.c qgemv_4panels, linear_u7.c qgemv_u7_4panels).  Every panel
+"""Batch 1 (one activation row) reads several weight panels side by side (DRAM streams in
+place of one): dynamic int8 4 panels (x86/gemv4_256.h in x86/avx2/linear.c, linear_u7.c and
+x86/vnni256_kernel.h; qgemv_4panels in x86/avx512_vnni/linear.c), weight-only 2 panels
+(wgemv_2panels in x86/avx2/linear.c and x86/avx512/linear.c), int4 4 rows a quarter of the
+range apart (x86/avx2/int4.c, x86/avx512_vnni/int4.c).  Every panel
 count (whole groups of 4 and 1-3 panels left over), a last panel's second half present or not,
 weights at -128 and 127, zero-points, and the cut of a big call over two threads (a thread's
 first panel then need not be a multiple of 4): exact against the pure-torch twin, and the same
@@ -77,15 +80,16 @@ def test_one_row_split_over_two_threads_same_bits(isa, n, reduce_range):
     np.testing.assert_array_equal(two, want.numpy())
 
 
-# ---- int4, batch 1: 4 weight rows a quarter of the range apart (x86/avx2/int4.c q4_gemv_i8_row) ----
+# ---- int4, batch 1: 4 weight rows a quarter of the range apart (q4_gemv_i8_row, q4_gemv_i8_quarters) ----
 
 @pytest.mark.parametrize("nthreads", [1, 2])
 @pytest.mark.parametrize("rows", [1, 4, 5, 6, 7, 8, 9, 11, 130, 1027])
-def test_int4_one_row_every_quarter_and_tail(isa, rows, nthreads):
+@pytest.mark.parametrize("k, group", [(384, 128), (1152, 128), (1024, 256)])
+def test_int4_one_row_every_quarter_and_tail(isa, rows, nthreads, k, group):
     from mono_quant.int4 import quantize_int4
     g = torch.Generator().manual_seed(rows)
-    qw, _ = quantize_int4(torch.randn(rows, 384, generator=g), group_size=128, method="rtn")
-    x = torch.randn(1, 384, generator=g) * torch.linspace(0.1, 3, 384)
+    qw, _ = quantize_int4(torch.randn(rows, k, generator=g), group_size=group, method="rtn")
+    x = torch.randn(1, k, generator=g) * torch.linspace(0.1, 3, k)
     bias = torch.randn(rows, generator=g).numpy()
     args = (x.numpy(), qw.qdata.numpy(), qw.scale.numpy(), qw.zero_point.numpy(), qw.group)
     with at_isa("scalar"):
@@ -93,7 +97,7 @@ def test_int4_one_row_every_quarter_and_tail(isa, rows, nthreads):
     np.testing.assert_array_equal(_C.q4_linear(*args, bias=bias, int8_activations=1, nthreads=nthreads), want)
 
 
-# ---- int8 weight-only, batch 1: 2 panels side by side (x86/avx2/linear.c wgemv_2panels) ----------
+# ---- int8 weight-only, batch 1: 2 panels side by side (wgemv_2panels, AVX2 and AVX-512) ---------
 # (float sums: a level's tiles all add a row's products in one order, so a row's bits are the
 # same alone as among other rows; levels differ from each other in the last bits)
 

@@ -20,7 +20,7 @@
 #define MQ_INLINE static inline __attribute__((always_inline))
 #include "x86/linear_store256.h"
 #include "x86/avx2/tiles12.h"
-#include "x86/avx2/gemv4.h"
+#include "x86/gemv4_256.h"
 
 /* MT rows x one panel (two 8-channel halves) over the whole K: 2 * MT
  * named accumulators (a macro with a constant MT: GCC keeps arrays of
@@ -89,9 +89,10 @@ static const qtile_fn qtiles[QTILE_ROWS + 1] = {NULL, qtile_1, qtile_2, qtile_3,
     if ((i) < (MT)) qgemm_store8(a, acc##i, m0 + (i), n0);
 MQ_TILES12(sign_tiles, SIGN_SETUP, SIGN_ROW, SIGN_STORE)
 
-/* One row (batch-1 decoding) x 4 panels side by side: 4 DRAM streams (x86/avx2/gemv4.h) */
-#define SIGN_PRODUCT(wv) _mm256_maddubs_epi16(_mm256_abs_epi8(wv), _mm256_sign_epi8(xb, wv))
-MQ_GEMV4(qgemv_4panels, SIGN_PRODUCT, qgemm_store8)
+/* One row (batch-1 decoding) x 4 panels side by side: 4 DRAM streams (x86/gemv4_256.h) */
+#define SIGN_ACCUMULATE(acc, wv) \
+    MQ_GEMV4_MADD(acc, _mm256_maddubs_epi16(_mm256_abs_epi8(wv), _mm256_sign_epi8(xb, wv)))
+MQ_GEMV4(qgemv_4panels, SIGN_ACCUMULATE, qgemm_store8)
 
 /* from this many rows the 12-row tiles, below them the 5-row x 16-channel ones */
 #ifndef TILE12_MIN_M

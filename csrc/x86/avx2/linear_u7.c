@@ -16,7 +16,7 @@
 #define MQ_INLINE static inline __attribute__((always_inline))
 #include "x86/linear_store256.h"
 #include "x86/avx2/tiles12.h"
-#include "x86/avx2/gemv4.h"
+#include "x86/gemv4_256.h"
 
 /* 8 channels of row m: the zero-point's term out, then the shared epilogue
  * (the driver gives a 7-bit call x_u8 = 0: no +128 shift to undo there). */
@@ -45,9 +45,9 @@ MQ_INLINE void store8_u7(const mq_qgemm_args *a, __m256i acc, int64_t m, int64_t
     if ((i) < (MT)) store8_u7(a, acc##i, m0 + (i), n0);
 MQ_TILES12(u7_tiles, U7_SETUP, U7_ROW, U7_STORE)
 
-/* One row x 4 panels side by side: 4 DRAM streams at batch 1 (x86/avx2/gemv4.h) */
-#define U7_PRODUCT(wv) _mm256_maddubs_epi16(xb, wv)
-MQ_GEMV4(qgemv_u7_4panels, U7_PRODUCT, store8_u7)
+/* One row x 4 panels side by side: 4 DRAM streams at batch 1 (x86/gemv4_256.h) */
+#define U7_ACCUMULATE(acc, wv) MQ_GEMV4_MADD(acc, _mm256_maddubs_epi16(xb, wv))
+MQ_GEMV4(qgemv_u7_4panels, U7_ACCUMULATE, store8_u7)
 
 static void qgemm_u7_avx2(const mq_qgemm_args *a, int64_t p0, int64_t p1) {
     if (a->m == 1) {

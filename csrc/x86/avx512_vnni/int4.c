@@ -55,11 +55,6 @@ static inline __attribute__((always_inline)) void group_dots(const uint8_t *w0, 
     }
 }
 
-/* Rows up to this long (bytes) take the 16-row batch-1 loop (q4_gemv_i8_m1); from DRAM,
- * the 16-row loop on all rows was 0.81-1.12x the 4-row loop's speed at K = 3072-11008. */
-#ifndef MQ_M1_MAX_ROW_BYTES
-#define MQ_M1_MAX_ROW_BYTES 512
-#endif
 #define MQ_I8_MB 64 /* activation rows whose 4 partial outputs live in a local buffer */
 
 /* the 16 lane sums of d[u][j] (u, j < 4) as one vector, lane 4u + j */
@@ -80,50 +75,53 @@ static inline __m512i reduce16(__m512i d[4][4]) {
                             _mm512_shuffle_i32x4(s0, s1, _MM_SHUFFLE(3, 1, 3, 1)));
 }
 
-/* One activation row (batch 1) against 16 weight rows at a time: group_dots
- * of 4 row quads into d[quad][row], then one reduce16 gives the 16 rows'
- * sums of a group in one vector and the float epilogue runs for 16 rows.  The
- * 4-row loop below reduced 4 sums at a time (reduce4: 13 operations for 8
- * vpdpbusd at group 128) and kept them in memory: at K = 768 (6 groups, the
- * weight in L2) it ran 768 x 768 in 22 us, slower than the AVX2 kernel's 16.
- * The 16 rows' group scales and zero-points are gathered with scalar loads
- * (they are [row][group], a row's groups contiguous).  Rows of up to 512
- * bytes (K <= 1024: a block's rows lie within 8 KiB).  Returns the first row
- * it did not do. */
-static int64_t q4_gemv_i8_m1(const int8_t *xq, const float *xscale, const int32_t *xqsum, const uint8_t *w,
-                             int64_t kpad, int64_t group, const uint16_t *scale, const uint8_t *zero, int64_t r0,
-                             int64_t r1, float *y) {
-    const int64_t ngroups = (kpad + group - 1) / group, row_bytes = kpad / 2;
-    const char *range_end = (const char *)(w + (size_t)r1 * (size_t)row_bytes);
-    const __m512 sixteenth = _mm512_set1_ps(1.0f / 16.0f); /* exact: a power of two */
-    int64_t r = r0;
-    for (; r + 16 <= r1; r += 16) {
-        __m512 acc = _mm512_setzero_ps();
+/* One activation row (batch 1): the 4 weight rows of a step a quarter of the range apart
+ * (rows t, q + t, 2q + t, 3q + t), 4 DRAM streams where 4 adjacent rows are one (as
+ * x86/avx2/int4.c's q4_gemv_i8_row); each row's sums and epilogue are the 4-row loop's, so
+ * the same bits.  Intel Xeon with AMX, 1 Dec, 1 thread, against the 4-row loop (K > 1024) and
+ * a 16-row loop (K <= 1024, removed): weights from DRAM 1.07-1.65x the speed, from L3
+ * 1.05-1.34x; hot in L2 0.92-1.22x (a layer alone in a loop, not a model).  Returns the
+ * first row it did not do. */
+static int64_t q4_gemv_i8_quarters(const int8_t *xq, const float *xscale, const int32_t *xqsum, const uint8_t *w,
+                                   int64_t kpad, int64_t group, const uint16_t *scale, const uint8_t *zero,
+                                   int64_t r0, int64_t r1, float *y) {
+    const int64_t ngroups = (kpad + group - 1) / group, row_bytes = kpad / 2, q = (r1 - r0) / 4;
+    const __m512i low = _mm512_set1_epi8(15);
+    for (int64_t t = 0; t < q; t++) {
+        const int64_t rr[4] = {r0 + t, r0 + q + t, r0 + 2 * q + t, r0 + 3 * q + t};
+        const uint8_t *wr[4];
+        for (int j = 0; j < 4; j++) wr[j] = w + (size_t)rr[j] * (size_t)row_bytes;
+        __m128 acc = _mm_setzero_ps();
         for (int64_t g = 0; g < ngroups; g++) {
             const int64_t k0 = g * group, k1 = k0 + group < kpad ? k0 + group : kpad;
-            __m512i d[4][4];
-            for (int u = 0; u < 4; u++) {
-                __m512i dq[4][4];
-                group_dots(w + (size_t)(r + 4 * u) * (size_t)row_bytes, row_bytes, xq, kpad, k0, k1, range_end, 16,
-                           dq, 1);
-                for (int j = 0; j < 4; j++) d[u][j] = dq[0][j];
+            __m512i d[4];
+            for (int j = 0; j < 4; j++) d[j] = _mm512_setzero_si512();
+            for (int64_t k = k0; k < k1; k += MQ_Q4_I8_CHUNK) {
+                if (t + 1 < q) /* each stream's next row, same 64 bytes, while these are consumed */
+                    for (int j = 0; j < 4; j++) _mm_prefetch((const char *)(wr[j] + row_bytes + k / 2), _MM_HINT_T0);
+                const __m512i xl = _mm512_loadu_si512(xq + k), xh = _mm512_loadu_si512(xq + k + 64);
+                for (int j = 0; j < 4; j++) {
+                    const __m512i v = _mm512_loadu_si512(wr[j] + k / 2);
+                    d[j] = _mm512_dpbusd_epi32(d[j], _mm512_and_si512(v, low), xl);
+                    d[j] = _mm512_dpbusd_epi32(d[j], _mm512_and_si512(_mm512_srli_epi16(v, 4), low), xh);
+                }
             }
-            uint16_t s16[16];
-            int32_t z16[16];
-            for (int j = 0; j < 16; j++) {
-                s16[j] = scale[(r + j) * ngroups + g];
-                z16[j] = zero[(r + j) * ngroups + g];
-            }
-            const __m512i dot = reduce16(d); /* lane 4u + j: row r + 4u + j */
-            const __m512i t = _mm512_sub_epi32(_mm512_slli_epi32(dot, 4),
-                                               _mm512_mullo_epi32(_mm512_loadu_si512(z16), _mm512_set1_epi32(xqsum[g])));
-            const __m512 sw = _mm512_mul_ps(_mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)s16)), sixteenth);
-            const __m512 f = _mm512_mul_ps(sw, _mm512_set1_ps(xscale[g]));
-            acc = _mm512_add_ps(acc, _mm512_mul_ps(f, _mm512_cvtepi32_ps(t)));
+            const __m128i dot = reduce4(d[0], d[1], d[2], d[3]);
+            const __m128i z = _mm_setr_epi32(zero[rr[0] * ngroups + g], zero[rr[1] * ngroups + g],
+                                             zero[rr[2] * ngroups + g], zero[rr[3] * ngroups + g]);
+            const __m128i s16 = _mm_setr_epi16((short)scale[rr[0] * ngroups + g], (short)scale[rr[1] * ngroups + g],
+                                               (short)scale[rr[2] * ngroups + g], (short)scale[rr[3] * ngroups + g],
+                                               0, 0, 0, 0);
+            const __m128 sw = _mm_mul_ps(_mm_cvtph_ps(s16), _mm_set1_ps(1.0f / 16.0f)); /* exact: a power of two */
+            const __m128i tt = _mm_sub_epi32(_mm_slli_epi32(dot, 4), _mm_mullo_epi32(z, _mm_set1_epi32(xqsum[g])));
+            const __m128 f = _mm_mul_ps(sw, _mm_set1_ps(xscale[g]));
+            acc = _mm_add_ps(acc, _mm_mul_ps(f, _mm_cvtepi32_ps(tt)));
         }
-        _mm512_storeu_ps(y + r, acc);
+        float out[4];
+        _mm_storeu_ps(out, acc);
+        for (int j = 0; j < 4; j++) y[rr[j]] = out[j];
     }
-    return r;
+    return r0 + 4 * q;
 }
 
 static void q4_gemv_i8(const int8_t *xq, int64_t m, const float *xscale, const int32_t *xqsum, const uint8_t *w,
@@ -131,9 +129,11 @@ static void q4_gemv_i8(const int8_t *xq, int64_t m, const float *xscale, const i
                        int64_t r1, float *y, int64_t ldy) {
     const int64_t ngroups = (kpad + group - 1) / group, row_bytes = kpad / 2;
     const char *range_end = (const char *)(w + (size_t)r1 * (size_t)row_bytes);
-    /* (a 16-row block of longer rows is 16 streams 2 KiB or more apart: from DRAM, 4096 x 4096
-     * ran at 0.64x the 4-row loop's speed, the L1 sets shared by rows and their prefetches) */
-    if (m == 1 && row_bytes <= MQ_M1_MAX_ROW_BYTES) r0 = q4_gemv_i8_m1(xq, xscale, xqsum, w, kpad, group, scale, zero, r0, r1, y);
+    if (m == 1) {
+        r0 = q4_gemv_i8_quarters(xq, xscale, xqsum, w, kpad, group, scale, zero, r0, r1, y);
+        if (r0 < r1) mq_ref_q4_gemv_i8(xq, m, xscale, xqsum, w, kpad, group, scale, zero, r0, r1, y, ldy);
+        return;
+    }
     /* the running sums stay here, not in y: y's rows are ldy floats apart, often a multiple of
      * 4 KiB, and 8+ of them would fight over one L1 set on every group */
     float ybuf[MQ_I8_MB * 4];
