@@ -110,7 +110,8 @@ static PyObject *py_use_maddubs_for_tests(PyObject *self, PyObject *arg) {
     return kernel_switch(arg, mq_use_maddubs_for_tests, "the maddubs kernel needs AVX2");
 }
 
-PyDoc_STRVAR(cpu_info_doc, "cpu_info() -> dict of the CPU features mono-quant dispatches on, and the ISA levels.");
+PyDoc_STRVAR(cpu_info_doc, "cpu_info() -> dict of the CPU features mono-quant dispatches on, the ISA levels and "
+                            "the vendor (cpuid's string, '' where there is none).");
 
 /* d[key] = value, stealing value (which may be NULL from a failed call); -1 on error. */
 static int set_item_steal(PyObject *d, const char *key, PyObject *value) {
@@ -129,7 +130,8 @@ static PyObject *py_cpu_info(PyObject *self, PyObject *unused) {
     for (size_t i = 0; !err && i < sizeof(features) / sizeof(features[0]); i++)
         err = set_item_steal(d, features[i], PyBool_FromLong(mq_cpu_has(features[i]))) < 0;
     err = err || set_item_steal(d, "best_isa", PyUnicode_FromString(mq_isa_names[mq_cpu_best_isa()])) < 0 ||
-          set_item_steal(d, "active_isa", PyUnicode_FromString(mq_isa_names[mq_active_isa()])) < 0;
+          set_item_steal(d, "active_isa", PyUnicode_FromString(mq_isa_names[mq_active_isa()])) < 0 ||
+          set_item_steal(d, "vendor", PyUnicode_DecodeLatin1(mq_cpu_vendor(), (Py_ssize_t)strlen(mq_cpu_vendor()), NULL)) < 0;
     if (err) Py_CLEAR(d);
     return d;
 }

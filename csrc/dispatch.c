@@ -20,6 +20,7 @@
 
 typedef struct {
     int avx2, fma, f16c, avx512f, avx512bw, avx512vl, avx512dq, avx512_vnni, avx512_bf16, avx_vnni, amx_int8;
+    char vendor[13]; /* cpuid leaf 0: "GenuineIntel", "AuthenticAMD", ... ("" elsewhere) */
 } cpu_features;
 
 static cpu_features cpu;
@@ -40,7 +41,12 @@ static int bit(uint32_t reg, int b) { return (int)((reg >> b) & 1u); }
 static void detect(cpu_features *f) {
     uint32_t a = 0, b = 0, c = 0, d = 0, max_leaf = 0;
     memset(f, 0, sizeof *f);
-    if (!__get_cpuid(0, &max_leaf, &b, &c, &d) || max_leaf < 1) return;
+    if (!__get_cpuid(0, &max_leaf, &b, &c, &d)) return;
+    memcpy(f->vendor, &b, 4);
+    memcpy(f->vendor + 4, &d, 4);
+    memcpy(f->vendor + 8, &c, 4);
+    f->vendor[12] = '\0';
+    if (max_leaf < 1) return;
     __get_cpuid(1, &a, &b, &c, &d);
     const int avx = bit(c, 28), osxsave = bit(c, 27), fma = bit(c, 12), f16c = bit(c, 29);
     /* the OS must save the wider registers, or using them corrupts state */
@@ -94,6 +100,11 @@ int mq_cpu_has(const char *feature) {
     for (size_t i = 0; i < sizeof names / sizeof names[0]; i++)
         if (!strcmp(feature, names[i].name)) return *(const int *)((const char *)&cpu + names[i].offset);
     return 0;
+}
+
+const char *mq_cpu_vendor(void) {
+    mq_active(); /* detection runs once, inside the table set-up */
+    return cpu.vendor;
 }
 
 static mq_isa_t best_level(const cpu_features *f) {

@@ -401,6 +401,7 @@ static inline int64_t mq_conv_out(int64_t in, int64_t k, int64_t stride, int64_t
 /* ---- dispatch.c ------------------------------------------------------------ */
 mq_isa_t mq_cpu_best_isa(void);           /* best level this CPU and OS support */
 int mq_cpu_has(const char *feature);      /* "avx2", "avx512bw", "avx512_vnni", ... */
+const char *mq_cpu_vendor(void);          /* cpuid's vendor string ("GenuineIntel", ...), "" if none */
 const mq_kernels *mq_kernels_for(mq_isa_t isa);
 const mq_kernels *mq_active(void);
 mq_isa_t mq_active_isa(void);

@@ -53,7 +53,7 @@ def kept_int4_linear(module, x: torch.Tensor) -> Optional[torch.Tensor]:
     if call is None or x.shape[-1] != call[0] or x.numel() == 0:
         return None
     x2d = x if x.dim() == 2 else x.reshape(-1, call[0])
-    if x2d.shape[0] >= min(BLAS_MIN_ROWS.values()):  # (no level takes BLAS today; tests may set one)
+    if x2d.shape[0] >= BLAS_MIN_ROWS[SETTINGS.isa]:  # int4_linear decides (with the output rule)
         return None
     y = torch.from_numpy(_C.q4_linear(x2d.contiguous().numpy(), call[2], call[3], call[4], call[5], bias=call[6],
                                       int8_activations=-1 if SETTINGS.int4_int8_activations else 0,

@@ -23,6 +23,7 @@ from ..errors import NonFiniteWeightError
 from ..orig_dtype import orig_dtype_of
 from ..kernels import SETTINGS
 from ..kernels import int4 as q4
+from ..kernels.row_rules import INT4_BLAS_MAX_OUT_FEATURES, INT4_BLAS_MIN_ROWS
 from ..kernels.layout import INT4_BLOCK, int4_padded_cols
 from ..kernels.reference import q4_dequantize
 from ..tensor import QuantizedWeight, sqnr_db
@@ -225,16 +226,10 @@ def _raise_if_scales_saturate(rows: torch.Tensor, scale: torch.Tensor, symmetric
 
 # int4_linear dequantizes the whole weight once per call (the C kernel) and runs torch's
 # BLAS instead of the packed kernels when x has at least BLAS_MIN_ROWS rows (x reshaped
-# to 2-D) and the layer at most BLAS_MAX_OUT_FEATURES outputs, per kernel level.  A rule
-# on the shapes, never a timing, so the same input always takes the same path.  From
-# benchmarks/bench_models.py --crossover (docs/benchmarks.md, "Whole models"): on AVX2
-# (torch capped at AVX2 too) the packed kernels, with pairs of activation rows per tile,
-# run at 0.4-1.05x fp32 time from 16 to 2048 rows and dequantize + BLAS at 0.5-1.16x, the
-# two tied (within 2%) only on 384x384 at 2048 rows; on AVX-512 the packed kernels win
-# everywhere (0.3-0.45x); the scalar level was not measured.  No level takes the BLAS
-# path today; the tables stay for tests and for levels that may need them.
-BLAS_MIN_ROWS = {"scalar": 1 << 62, "avx2": 1 << 62, "avx512": 1 << 62}
-BLAS_MAX_OUT_FEATURES = {"scalar": 0, "avx2": 0, "avx512": 0}
+# to 2-D) and the layer at most BLAS_MAX_OUT_FEATURES outputs, per kernel level
+# (kernels/row_rules.py; the traced op applies the same tables).
+BLAS_MIN_ROWS = INT4_BLAS_MIN_ROWS
+BLAS_MAX_OUT_FEATURES = INT4_BLAS_MAX_OUT_FEATURES
 
 
 def set_int8_activations(enabled: bool) -> bool:

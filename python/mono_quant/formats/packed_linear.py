@@ -7,6 +7,7 @@ from __future__ import annotations
 import torch
 
 from .. import kernels
+from ..kernels.row_rules import INT8_WEIGHT_ONLY_BLAS_MIN_ROWS
 from ..kernels.int8 import MAX_IN_FEATURES, linear_int8_prepared, linear_int8_raw, prepare_linear_int8
 from ..kernels.stamps import make_stamp, tensors_unchanged
 from ..packing import unpack_int8_rows
@@ -19,15 +20,9 @@ __all__ = ["BLAS_MIN_ROWS", "blas_min_rows", "kernel_takes", "conv_kernel_takes"
 KERNEL_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 # Rows (of x reshaped to 2-D) from which a weight-only int8 layer runs torch's BLAS on the
-# weight dequantized once per call instead of the packed kernels, per kernel level.  A rule
-# on the shape, never a timing: the same input always takes the same path.  From
-# benchmarks/bench_ab.py and bench_models.py --crossover (docs/benchmarks.md, "Whole
-# models"): on AVX2 (torch capped at AVX2 too, as on an AVX2-only CPU) the packed kernel's
-# 6-row tiles run at 1.1-1.4x fp32 from 16 to 2048 rows, dequantize + BLAS at 0.8-1.0x;
-# on AVX-512 the packed kernel wins at every row count (0.5-0.7x fp32 time); the scalar
-# level was not measured.  No level takes the BLAS path today; the table stays for tests
-# and for levels that may need it.
-BLAS_MIN_ROWS = {"scalar": 1 << 62, "avx2": 1 << 62, "avx512": 1 << 62}
+# weight dequantized once per call instead of the packed kernels, per kernel level
+# (kernels/row_rules.py; the traced op applies the same table).
+BLAS_MIN_ROWS = INT8_WEIGHT_ONLY_BLAS_MIN_ROWS
 
 
 def blas_min_rows() -> int:

@@ -16,9 +16,8 @@ from ..tensor import channel_rows, from_channel_rows
 from .cast import takes_half_kernel
 from .half_conv import takes_half_conv, traced_half_conv_forward
 from .int4 import Int4Format
-from .int4_weight import BLAS_MAX_OUT_FEATURES, effective_group
-from .int4_weight import BLAS_MIN_ROWS as INT4_BLAS_MIN_ROWS
-from .packed_linear import BLAS_MIN_ROWS, conv_kernel_takes
+from .int4_weight import effective_group
+from .packed_linear import conv_kernel_takes
 
 __all__ = ["use_ops", "linear_forward", "conv2d_forward", "embedding_forward", "int4_linear_forward",
            "dequantized_weight"]
@@ -87,15 +86,11 @@ def linear_forward(module, x: torch.Tensor) -> torch.Tensor:
     n, k = module.out_features, module.in_features
     if _takes(x, module, k):
         x2d = x if x.dim() == 2 else x.reshape(-1, k)
-        if module.activations is None and x2d.shape[0] >= BLAS_MIN_ROWS[_isa()]:
-            w = torch.ops.mono_quant.dequantize_int8_packed(module.weight_packed, module.weight_packed_info,
-                                                            module.weight_scale, module.weight_zero_point, n, k, 0)
-            y = F.linear(x2d.float(), w, None if bias is None else bias.float())
-        else:
-            y = torch.ops.mono_quant.linear_int8(x2d, module.weight_packed, module.weight_colsum,
-                                                 module.weight_packed_info, module.weight_scale,
-                                                 module.weight_zero_point, bias, n, 0, module.activations == "dynamic",
-                                                 getattr(module, "reduce_range", False))
+        # (weight-only past packed_linear.BLAS_MIN_ROWS rows: the op itself takes the BLAS path)
+        y = torch.ops.mono_quant.linear_int8(x2d, module.weight_packed, module.weight_colsum,
+                                             module.weight_packed_info, module.weight_scale,
+                                             module.weight_zero_point, bias, n, 0, module.activations == "dynamic",
+                                             getattr(module, "reduce_range", False))
         if x.dim() != 2:
             y = y.reshape(*x.shape[:-1], n)
         return y if x.dtype == torch.float32 else y.to(x.dtype)
@@ -115,15 +110,10 @@ def int4_linear_forward(module, x: torch.Tensor) -> torch.Tensor:
         return F.linear(x.float(), w, None if bias is None else bias.float()).to(x.dtype)
     x2 = x.reshape(-1, k)
     group = _int4_group(module)
-    isa = _isa()
-    if x2.shape[0] >= INT4_BLAS_MIN_ROWS[isa] and n <= BLAS_MAX_OUT_FEATURES[isa]:
-        w = torch.ops.mono_quant.dequantize_int4(qdata, scale, zero_point, k, group)
-        y = F.linear(x2.float(), w, None if bias is None else bias.float())
-    else:
-        if x2.dtype not in (torch.float32, torch.bfloat16):
-            x2 = x2.float()
-        y = torch.ops.mono_quant.int4_linear(x2, qdata, scale, zero_point, bias, group,
-                                             _int4_int8_activations())
+    # (past int4_weight.BLAS_MIN_ROWS rows: the op itself takes the BLAS path)
+    if x2.dtype not in (torch.float32, torch.bfloat16):
+        x2 = x2.float()
+    y = torch.ops.mono_quant.int4_linear(x2, qdata, scale, zero_point, bias, group, _int4_int8_activations())
     return y.reshape(*x.shape[:-1], n).to(x.dtype)
 
 

@@ -8,6 +8,7 @@ from typing import Optional
 import torch
 
 from .. import _C
+from .row_rules import HALF_KERNEL_MAX_ROWS
 from .settings import SETTINGS
 
 __all__ = ["half_linear", "half_linear_arrays", "half_linear_raw", "HALF_WEIGHT_DTYPES", "KERNEL_MAX_ROWS"]
@@ -16,18 +17,9 @@ __all__ = ["half_linear", "half_linear_arrays", "half_linear_raw", "HALF_WEIGHT_
 HALF_WEIGHT_DTYPES = (torch.float16, torch.bfloat16)
 
 
-# A Linear runs half_linear when x (reshaped to 2-D) has at most this many rows,
-# per kernel level, and torch's F.linear on the weight converted to float32 above.  A rule on
-# the shapes, never a timing, so the same input always takes the same path.  From
-# benchmarks/bench_fp16.py --crossover (docs/benchmarks.md, "fp16 weights"; BERT layer shapes,
-# rows 1-4096, 1 thread).  AVX-512 (Zen 5): the kernel beat fp32 F.linear and the
-# converted-weight path at every row count (0.5-0.7x fp32 time).  AVX2: on a real AVX2-only
-# CPU (Zen 3, 1 Dec) the kernel is ahead up to 64 rows (0.28-0.93x the converted path's time)
-# and behind from 128-256 (1.02-1.33x: sgemm's outer-product tiles against the kernel's
-# dot-product tiles and their horizontal sums); Zen 4 at the AVX2 level agreed (1.07-1.14x
-# at K = 384); only Zen 5 capped at AVX2 had the kernel ahead everywhere.  The scalar level
-# (no F16C: the portable reference, 4-11x slower) keeps torch's op.
-KERNEL_MAX_ROWS = {"scalar": 0, "avx2": 64, "avx512": 1 << 62}
+# A Linear runs half_linear when x (reshaped to 2-D) has at most this many rows, per kernel
+# level, and torch's F.linear on the weight converted to float32 above (kernels/row_rules.py).
+KERNEL_MAX_ROWS = HALF_KERNEL_MAX_ROWS
 
 
 def half_linear(x2d: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]) -> torch.Tensor:

@@ -25,6 +25,7 @@ from torch.utils.weak import WeakIdKeyDictionary
 
 from .. import _C
 from .fp16 import KERNEL_MAX_ROWS, half_linear
+from .row_rules import INT4_BLAS_MAX_OUT_FEATURES, INT4_BLAS_MIN_ROWS, INT8_WEIGHT_ONLY_BLAS_MIN_ROWS
 from .layout import PACKED_LAYOUT_VERSION, int8_packed_sizes, unpack_int8_rows
 from .rows import dequantize_rows, to_numpy
 from .settings import SETTINGS
@@ -134,6 +135,11 @@ _LIB.define("linear_int8(Tensor x, Tensor packed, Tensor colsum, Tensor info, Te
 
 
 def _linear_int8(x, packed, colsum, info, scale, zero_point, bias, out_features, group, dynamic, reduce_range=False):
+    # weight-only: eager's row rule (row_rules.INT8_WEIGHT_ONLY_BLAS_MIN_ROWS) decided here, on
+    # the real row count, as half_linear's: a traced graph holds this one op whatever its rows
+    if not dynamic and x.shape[0] >= INT8_WEIGHT_ONLY_BLAS_MIN_ROWS[SETTINGS.isa]:
+        w = _dequantize_int8_packed(packed, info, scale, zero_point, out_features, x.shape[-1], group)
+        return F.linear(x.float(), w, None if bias is None else bias.float())
     if x.shape[-1] > 1 and x.stride(-1) != 1:
         x = x.contiguous()
     args = _group_args(packed, colsum, info, scale, zero_point, bias, group)
@@ -315,6 +321,10 @@ _LIB.define("int4_linear(Tensor x, Tensor qdata, Tensor scale, Tensor zero_point
 
 
 def _int4_linear(x, qdata, scale, zero_point, bias, group, int8_activations):
+    isa = SETTINGS.isa  # eager's row rule (row_rules.INT4_BLAS_*), decided on the real row count
+    if x.shape[0] >= INT4_BLAS_MIN_ROWS[isa] and qdata.shape[0] <= INT4_BLAS_MAX_OUT_FEATURES[isa]:
+        w = _dequantize_int4(qdata, scale, zero_point, x.shape[-1], group)
+        return F.linear(x.float(), w, None if bias is None else bias.float())
     b = None if bias is None else bias.detach().float().contiguous().numpy()
     y = _C.q4_linear(to_numpy(x.contiguous()), qdata.numpy(), to_numpy(scale), zero_point.numpy(), group, bias=b,
                      int8_activations=-1 if int8_activations else 0, nthreads=SETTINGS.num_threads())

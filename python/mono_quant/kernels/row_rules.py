@@ -1,0 +1,65 @@
+"""Row rules: from how many rows (of an input reshaped to 2-D) a layer leaves its C kernel for
+torch's BLAS on a float32 weight made per call, per kernel level and BLAS class.
+
+Rules on the shapes, never a timing: the same input always takes the same path on a machine.
+Eager forwards and the ops of traced graphs (kernels/torch_library.py) read the same tables,
+so a compiled or exported model takes eager's path, and its bits, at each row count.
+
+Which side wins depends on torch's BLAS as much as on our kernels.  torch's x86 wheels run
+MKL, whose AVX-512 sgemm runs on Intel CPUs only: on an AMD CPU with AVX-512 (Zen 4 / Zen 5)
+sgemm runs its AVX2 code, and our AVX-512 kernels win at every row count; on an Intel CPU
+with AVX-512 sgemm is about twice as fast, and our kernels lose from some tens or hundreds
+of rows.  So the AVX-512 level has two rows in each table: ``BLAS_AVX512`` picks one at
+import.  From ``benchmarks/bench_fp16.py --crossover`` and the weight-only / int4
+crossover of docs/benchmarks.md ("Row rules on an Intel AVX-512 CPU"), 1 thread, BERT
+layer shapes, rows 1-2048:
+
+- AMD Zen 3 (AVX2) / Zen 4, Zen 5 (AVX-512): see each table.
+- Intel Xeon with AVX-512 and AMX (1 Dec 2026): fp16 kernel 0.42-0.89x fp32's time up to 16
+  rows, 0.89-1.24x the converted path's at 64; int8 weight-only kernel 0.40-1.05x fp32 up to
+  16 rows, behind the dequantize + BLAS path from 256 (1.19-1.27x fp32 against 1.13-1.39x,
+  512 rows: 1.24-1.29x against 1.09-1.21x); int4 kernel 0.26-0.98x fp32 up to 128 rows, behind
+  from 512-1024 (1024 rows: 1.12-1.43x against 1.00-1.07x).
+"""
+from __future__ import annotations
+
+import torch
+
+from .. import _C
+
+__all__ = ["BLAS_AVX512", "HALF_KERNEL_MAX_ROWS", "INT8_WEIGHT_ONLY_BLAS_MIN_ROWS", "INT4_BLAS_MIN_ROWS",
+           "INT4_BLAS_MAX_OUT_FEATURES", "blas_runs_avx512"]
+
+_NEVER = 1 << 62
+
+
+def blas_runs_avx512(info: dict) -> bool:
+    """Whether torch's float32 matmul runs AVX-512 code on the CPU that ``info``
+    (``_C.cpu_info()``) describes: MKL's AVX-512 kernels on an Intel CPU with AVX-512."""
+    return (info.get("vendor") == "GenuineIntel" and bool(info.get("avx512f"))
+            and torch.backends.mkl.is_available())
+
+
+#: this machine's class (see the module's note); the tables below are built for it
+BLAS_AVX512 = blas_runs_avx512(_C.cpu_info())
+
+#: fp16 / bf16 weights: the C kernel up to this many rows, torch's F.linear on the weight
+#: converted to float32 above.  AVX2 (Zen 3, 1 Dec): the kernel 0.28-0.93x the converted path's
+#: time up to 64 rows, 1.02-1.33x from 128-256.  AVX-512 on AMD (Zen 5): the kernel ahead at
+#: every row count (0.5-0.7x fp32).  The scalar level (no F16C: the portable reference, 4-11x
+#: slower) keeps torch's op.
+HALF_KERNEL_MAX_ROWS = {"scalar": 0, "avx2": 64, "avx512": 32 if BLAS_AVX512 else _NEVER}
+
+#: int8 weight-only: from this many rows torch's BLAS on the weight dequantized once per call.
+#: AVX2 (torch capped at AVX2 too): the 6-row tiles 1.1-1.4x faster than fp32 from 16 to 2048
+#: rows, dequantize + BLAS 0.8-1.0x; AVX-512 on AMD: the kernel wins at every row count (0.5-0.7x
+#: fp32's time).
+INT8_WEIGHT_ONLY_BLAS_MIN_ROWS = {"scalar": _NEVER, "avx2": _NEVER, "avx512": 256 if BLAS_AVX512 else _NEVER}
+
+#: int4: from this many rows, on layers of at most INT4_BLAS_MAX_OUT_FEATURES outputs, torch's
+#: BLAS on the weight dequantized once per call.  AVX2 (torch capped at AVX2): the kernels with
+#: pairs of activation rows 0.4-1.05x fp32's time from 16 to 2048 rows, dequantize + BLAS
+#: 0.5-1.16x, tied only on 384x384 at 2048 rows; AVX-512 on AMD: the kernels win everywhere
+#: (0.3-0.45x).
+INT4_BLAS_MIN_ROWS = {"scalar": _NEVER, "avx2": _NEVER, "avx512": 1024 if BLAS_AVX512 else _NEVER}
+INT4_BLAS_MAX_OUT_FEATURES = {"scalar": 0, "avx2": 0, "avx512": _NEVER if BLAS_AVX512 else 0}

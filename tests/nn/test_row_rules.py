@@ -1,0 +1,96 @@
+"""The row rules of kernels/row_rules.py: which CPUs count as running torch's BLAS at AVX-512
+(MKL's AVX-512 sgemm runs on Intel CPUs only), the tables built for each, and the int8
+weight-only and int4 rules applied inside the ops, so a graph exported with a dynamic row
+count takes eager's path and bits on both sides of a rule."""
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import mono_quant as mq
+from mono_quant import _C
+from mono_quant.formats import int4_weight, packed_linear
+from mono_quant.kernels import row_rules
+from mono_quant.kernels.fp16 import KERNEL_MAX_ROWS
+
+NEVER = 1 << 62
+
+
+@pytest.mark.parametrize("vendor, avx512f, expected", [
+    ("GenuineIntel", True, True), ("GenuineIntel", False, False), ("AuthenticAMD", True, False),
+    ("AuthenticAMD", False, False), ("", True, False), ("HygonGenuine", True, False)])
+def test_blas_class_is_intel_with_avx512(vendor, avx512f, expected):
+    assert row_rules.blas_runs_avx512({"vendor": vendor, "avx512f": avx512f}) == (
+        expected and torch.backends.mkl.is_available())
+    assert row_rules.blas_runs_avx512({}) is False  # an old build's cpu_info without the vendor
+
+
+def test_this_machines_tables():
+    info = _C.cpu_info()
+    assert isinstance(info["vendor"], str) and len(info["vendor"]) <= 12
+    assert row_rules.BLAS_AVX512 == row_rules.blas_runs_avx512(info)
+    # the formats read the same table objects (tests and users patch them there)
+    assert packed_linear.BLAS_MIN_ROWS is row_rules.INT8_WEIGHT_ONLY_BLAS_MIN_ROWS
+    assert int4_weight.BLAS_MIN_ROWS is row_rules.INT4_BLAS_MIN_ROWS
+    assert int4_weight.BLAS_MAX_OUT_FEATURES is row_rules.INT4_BLAS_MAX_OUT_FEATURES
+    assert KERNEL_MAX_ROWS is row_rules.HALF_KERNEL_MAX_ROWS
+    # levels below AVX-512 and AMD's AVX-512 keep the kernels at every row count
+    assert row_rules.INT8_WEIGHT_ONLY_BLAS_MIN_ROWS["avx2"] == row_rules.INT4_BLAS_MIN_ROWS["avx2"] == NEVER
+    finite = row_rules.BLAS_AVX512
+    assert (row_rules.INT8_WEIGHT_ONLY_BLAS_MIN_ROWS["avx512"] < NEVER) == finite
+    assert (row_rules.INT4_BLAS_MIN_ROWS["avx512"] < NEVER) == finite
+    assert (row_rules.HALF_KERNEL_MAX_ROWS["avx512"] < NEVER) == finite
+
+
+def _layers(in_features=96, out_features=40):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(in_features, out_features))
+    return {"int8 weight-only": mq.quantize(model, activations=None).model,
+            "int4": mq.quantize(model, dtype="int4", group_size=32).model}
+
+
+@pytest.fixture
+def rules_at_5_rows(isa, monkeypatch):
+    monkeypatch.setitem(packed_linear.BLAS_MIN_ROWS, isa, 5)
+    monkeypatch.setitem(int4_weight.BLAS_MIN_ROWS, isa, 5)
+    monkeypatch.setitem(int4_weight.BLAS_MAX_OUT_FEATURES, isa, NEVER)
+    return isa
+
+
+@pytest.mark.parametrize("kind", ["int8 weight-only", "int4"])
+def test_eager_takes_blas_from_the_rule_and_the_kernel_below(rules_at_5_rows, kind):
+    model = _layers()[kind]
+    layer = model[0]
+    w = layer.dequantized_weight()
+    for m in (4, 5, 6):
+        x = torch.randn(m, 96)
+        with torch.no_grad():
+            y = model(x)
+        blas = F.linear(x, w, layer.bias)
+        assert torch.equal(y, blas) == (m >= 5) or rules_at_5_rows == "scalar", m
+        torch.testing.assert_close(y, blas, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("kind", ["int8 weight-only", "int4"])
+def test_export_with_dynamic_rows_applies_the_rule_at_run_time(rules_at_5_rows, kind):
+    """torch.export with a dynamic row count: the rule is the op's, on the real rows (a branch
+    on the symbolic count would add a guard and refuse the range); eager's bits on both sides."""
+    model = _layers()[kind]
+    rows = torch.export.Dim("rows", min=1, max=4096)
+    ep = torch.export.export(model, (torch.randn(8, 96),), dynamic_shapes=({0: rows},))
+    for m in (1, 4, 5, 6, 33):
+        x = torch.randn(m, 96)
+        with torch.no_grad():
+            assert torch.equal(ep.module()(x), model(x)), m
+    x3 = torch.randn(3, 4, 96)  # 12 rows past the rule, as N-D
+    with torch.no_grad():
+        assert torch.equal(torch.export.export(model, (x3,)).module()(x3), model(x3))
+
+
+@pytest.mark.parametrize("kind", ["int8 weight-only", "int4"])
+def test_autograd_past_the_rule_reaches_the_input(rules_at_5_rows, kind):
+    model = _layers()[kind]
+    x = torch.randn(9, 96, requires_grad=True)
+    model(x).sum().backward()
+    w = model[0].dequantized_weight()
+    torch.testing.assert_close(x.grad, w.sum(0).expand(9, 96), rtol=1e-5, atol=1e-5)
