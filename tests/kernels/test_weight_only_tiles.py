@@ -72,6 +72,26 @@ def test_tiles_same_with_threads(isa, nthreads):
     assert np.array_equal(_run(x, args, nthreads), _run(x, args, 1))
 
 
+@pytest.mark.parametrize("symmetric", [True, False], ids=["symmetric", "zero_points"])
+@pytest.mark.parametrize("n, k, m", [(35, 70, 31), (35, 70, 32), (17, 6, 45), (40, 4100, 70), (21, 1500, 400)])
+def test_many_rows_same_bits_as_each_row_alone(isa, symmetric, n, k, m):
+    """From 32 rows the AVX-512 tiles read each panel converted once per block of rows (x86/avx512/
+    linear.c WBUF_MIN_ROWS; blocks of about 1 MiB of activations: 4100 columns give 63-row
+    blocks, 1500 give 174): each row's bits as alone (1 row: the 2-panel GEMV) and as among 3
+    rows (the converting tiles), channel tails and zero-points included."""
+    qw, args = _layer(n, k, symmetric, seed=n + k + m)
+    x = torch.randn(m, k, generator=torch.Generator().manual_seed(m)).numpy() * 2
+    y = _run(x, args)
+    for i in sorted({0, 1, m // 2, m - 2, m - 1}):
+        assert np.array_equal(y[i], _run(np.ascontiguousarray(x[i:i + 1]), args)[0]), i
+        lo = min(i, m - 3)
+        assert np.array_equal(y[lo:lo + 3], _run(np.ascontiguousarray(x[lo:lo + 3]), args)), i
+    wd = qw.dequantize().double()
+    exact = torch.from_numpy(x).double() @ wd.T + torch.from_numpy(args[4]).double()
+    magnitude = torch.from_numpy(x).double().abs() @ wd.abs().T + torch.from_numpy(args[4]).double().abs()
+    assert bool(((torch.from_numpy(y).double() - exact).abs() <= magnitude * (k + 2) * 2.0**-23).all())
+
+
 # ---- int4 with int8 activations: tiles of 2 activation rows x 4 weight rows ---------------------
 
 

@@ -16,10 +16,11 @@ layer shapes, rows 1-2048:
 
 - AMD Zen 3 (AVX2) / Zen 4, Zen 5 (AVX-512): see each table.
 - Intel Xeon with AVX-512 and AMX (1 Dec 2026): fp16 kernel 0.42-0.89x fp32's time up to 16
-  rows, 0.89-1.24x the converted path's at 64; int8 weight-only kernel 0.40-1.05x fp32 up to
-  16 rows, behind the dequantize + BLAS path from 256 (1.19-1.27x fp32 against 1.13-1.39x,
-  512 rows: 1.24-1.29x against 1.09-1.21x); int4 kernel 0.26-0.98x fp32 up to 128 rows, behind
-  from 512-1024 (1024 rows: 1.12-1.43x against 1.00-1.07x).
+  rows, 0.89-1.24x the converted path's at 64; int8 weight-only kernel (its panels converted
+  once per block of rows from 32 rows) 0.79-1.05x fp32's time up to 512 rows, ahead of
+  dequantize + BLAS (1.07-1.81x) there, mixed at 1024-2048 (0.94-1.11x against 1.01-1.07x);
+  int4 kernel 0.64-0.95x fp32 up to 128 rows, behind from 512-1024 (1024 rows: 1.06-1.40x
+  against 1.00-1.08x).
 """
 from __future__ import annotations
 
@@ -54,7 +55,7 @@ HALF_KERNEL_MAX_ROWS = {"scalar": 0, "avx2": 64, "avx512": 32 if BLAS_AVX512 els
 #: AVX2 (torch capped at AVX2 too): the 6-row tiles 1.1-1.4x faster than fp32 from 16 to 2048
 #: rows, dequantize + BLAS 0.8-1.0x; AVX-512 on AMD: the kernel wins at every row count (0.5-0.7x
 #: fp32's time).
-INT8_WEIGHT_ONLY_BLAS_MIN_ROWS = {"scalar": _NEVER, "avx2": _NEVER, "avx512": 256 if BLAS_AVX512 else _NEVER}
+INT8_WEIGHT_ONLY_BLAS_MIN_ROWS = {"scalar": _NEVER, "avx2": _NEVER, "avx512": 1024 if BLAS_AVX512 else _NEVER}
 
 #: int4: from this many rows, on layers of at most INT4_BLAS_MAX_OUT_FEATURES outputs, torch's
 #: BLAS on the weight dequantized once per call.  AVX2 (torch capped at AVX2): the kernels with
