@@ -16,6 +16,7 @@
 
 #if defined(__x86_64__) && defined(__AVX2__) && defined(__FMA__)
 #include <immintrin.h>
+#include <stdlib.h>
 
 #define MQ_INLINE static inline __attribute__((always_inline))
 #include "x86/linear_store256.h"
@@ -271,8 +272,11 @@ static void wgemv_2panels(const mq_wgemm_args *a, int64_t m0, int64_t p) {
 #define WQ_STORE(i, R)                                                                       \
     if ((i) < (R)) wquarter_store(a, acc##i##a, acc##i##b, m0 + (i), n0);
 
+/* from_buf: the quarter's two weight vectors read from wbuf (wpanel_to_float's, made once for
+ * all the row tiles of a block; zero-points already subtracted) instead of converted here: the
+ * same values, so the same products in the same order and the same bits. */
 MQ_INLINE void wquarter_body(const mq_wgemm_args *a, int64_t m0, int64_t p, int quarter, const int R,
-                             const int has_zp) {
+                             const int has_zp, const float *wbuf, const int from_buf) {
     const int64_t groups = a->kp / MQ_KGROUP, kp = a->kp, n0 = p * MQ_PANEL + quarter * 4;
     const int8_t *w = a->w + p * groups * 64 + quarter * 16;
     const float *x = a->x + m0 * kp;
@@ -285,10 +289,16 @@ MQ_INLINE void wquarter_body(const mq_wgemm_args *a, int64_t m0, int64_t p, int 
     }
     WQ_DECL(0) WQ_DECL(1) WQ_DECL(2) WQ_DECL(3) WQ_DECL(4) WQ_DECL(5)
     for (int64_t g = 0; g < groups; g++) {
-        __m256i wi0 = _mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)(w + g * 64)));
-        __m256i wi1 = _mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)(w + g * 64 + 8)));
-        if (has_zp) wi0 = _mm256_sub_epi32(wi0, zp0), wi1 = _mm256_sub_epi32(wi1, zp1);
-        const __m256 w0 = _mm256_cvtepi32_ps(wi0), w1 = _mm256_cvtepi32_ps(wi1);
+        __m256 w0, w1;
+        if (from_buf) {
+            w0 = _mm256_load_ps(wbuf + g * 64 + quarter * 16);
+            w1 = _mm256_load_ps(wbuf + g * 64 + quarter * 16 + 8);
+        } else {
+            __m256i wi0 = _mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)(w + g * 64)));
+            __m256i wi1 = _mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)(w + g * 64 + 8)));
+            if (has_zp) wi0 = _mm256_sub_epi32(wi0, zp0), wi1 = _mm256_sub_epi32(wi1, zp1);
+            w0 = _mm256_cvtepi32_ps(wi0), w1 = _mm256_cvtepi32_ps(wi1);
+        }
         WQ_ROW(0, R) WQ_ROW(1, R) WQ_ROW(2, R) WQ_ROW(3, R) WQ_ROW(4, R) WQ_ROW(5, R)
     }
     WQ_STORE(0, R) WQ_STORE(1, R) WQ_STORE(2, R) WQ_STORE(3, R) WQ_STORE(4, R) WQ_STORE(5, R)
@@ -296,11 +306,48 @@ MQ_INLINE void wquarter_body(const mq_wgemm_args *a, int64_t m0, int64_t p, int 
 
 #define WQUARTER(R)                                                                          \
     static void wquarter_##R(const mq_wgemm_args *a, int64_t m0, int64_t p, int quarter) {   \
-        if (a->w_zp) wquarter_body(a, m0, p, quarter, R, 1);                                 \
-        else wquarter_body(a, m0, p, quarter, R, 0);                                         \
+        if (a->w_zp) wquarter_body(a, m0, p, quarter, R, 1, NULL, 0);                        \
+        else wquarter_body(a, m0, p, quarter, R, 0, NULL, 0);                                \
+    }                                                                                        \
+    static void wquarter_buf_##R(const mq_wgemm_args *a, int64_t m0, int64_t p, int quarter, \
+                                 const float *wbuf) {                                        \
+        wquarter_body(a, m0, p, quarter, R, 0, wbuf, 1);                                     \
     }
 WQUARTER(3) WQUARTER(4) WQUARTER(5) WQUARTER(6)
 typedef void (*wquarter_fn)(const mq_wgemm_args *a, int64_t m0, int64_t p, int quarter);
+typedef void (*wquarter_buf_fn)(const mq_wgemm_args *a, int64_t m0, int64_t p, int quarter, const float *wbuf);
+
+/* Panel p's weight vectors as float32 (codes - zero-point, exactly), where the quarter tiles
+ * read them: wbuf[g * 64 + 8 * v + 4 * c + j] is channel 2v + c of the panel at k = 4g + j. */
+static void wpanel_to_float(const mq_wgemm_args *a, int64_t p, float *wbuf) {
+    const int64_t groups = a->kp / MQ_KGROUP, n0 = p * MQ_PANEL;
+    const int8_t *w = a->w + p * groups * 64;
+    __m256i zp[8];
+    for (int v = 0; v < 8; v++) {
+        const int32_t z0 = a->w_zp && n0 + 2 * v < a->n ? a->w_zp[n0 + 2 * v] : 0;
+        const int32_t z1 = a->w_zp && n0 + 2 * v + 1 < a->n ? a->w_zp[n0 + 2 * v + 1] : 0;
+        zp[v] = _mm256_setr_epi32(z0, z0, z0, z0, z1, z1, z1, z1);
+    }
+    for (int64_t g = 0; g < groups; g++)
+        for (int v = 0; v < 8; v++) {
+            const __m256i wi = _mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)(w + g * 64 + v * 8)));
+            _mm256_store_ps(wbuf + g * 64 + v * 8, _mm256_cvtepi32_ps(_mm256_sub_epi32(wi, zp[v])));
+        }
+}
+
+/* Rows [r0, r0 + m) (m >= 3) of panel p on its converted weights: 6-row tiles (no zero-point
+ * registers left to hold), split as evenly as wpanel_rows splits. */
+static void wpanel_rows_buf(const mq_wgemm_args *a, int64_t r0, int64_t m, int64_t p, const float *wbuf) {
+    static const wquarter_buf_fn tiles[7] = {NULL, NULL, NULL, wquarter_buf_3, wquarter_buf_4, wquarter_buf_5,
+                                             wquarter_buf_6};
+    const int64_t count = (m + 5) / 6, left = a->n - p * MQ_PANEL;
+    const int quarters = (int)((left + 3) / 4 < 4 ? (left + 3) / 4 : 4);
+    for (int64_t t = 0, m0 = r0; t < count; t++) {
+        const int64_t rows = m / count + (t < m % count);
+        for (int q = 0; q < quarters; q++) tiles[rows](a, m0, p, q, wbuf);
+        m0 += rows;
+    }
+}
 
 /* Rows [r0, r0 + m) of panel p: ceil(m / 6) tiles as even as can be (6, or
  * 5 with zero-points: registers), so every tile has 3 rows or more once
@@ -334,6 +381,13 @@ static void wpanel_rows(const mq_wgemm_args *a, int64_t r0, int64_t m, int64_t p
  * panel (768x3072 at 2048 rows: 0.84x fp32); blocks of 256 KiB re-read a
  * big weight too often (4096x4096 at 128-2048 rows: 0.85-0.99x).  1 MiB:
  * 1.12-1.37x on both (bench_ab.py, AVX2 level, 1 thread, Zen 5). */
+/* The AVX2 level on an Intel Xeon (1 Dec, 1 thread, BERT and 4096 layers): 1.05-1.16x the
+ * converting tiles' speed from 64 rows, 0.95-1.07x at 32, 0.85-0.96x at 12-16 (the weight read
+ * from DRAM once: the buffer's store and reload cost more than they save) */
+#ifndef WBUF_MIN_ROWS
+#define WBUF_MIN_ROWS 64
+#endif
+
 static void wgemm_avx2(const mq_wgemm_args *a, int64_t p0, int64_t p1) {
     if (a->m == 1 && !a->w_zp) {
         int64_t p = p0;
@@ -341,13 +395,26 @@ static void wgemm_avx2(const mq_wgemm_args *a, int64_t p0, int64_t p1) {
         for (; p < p1; p++) wgemv_panel(a, 0, p);
         return;
     }
-    const int64_t most = a->w_zp ? 5 : 6;
+    const int64_t most = a->w_zp ? 5 : 6, groups = a->kp / MQ_KGROUP;
     int64_t block = ((int64_t)1 << 20) / (4 * (a->kp > 0 ? a->kp : 1)) / most * most;
     if (block < most) block = most;
+    /* From WBUF_MIN_ROWS rows each panel's weights are converted once per block of rows and the
+     * quarter tiles run on loads and FMAs only (converting in every tile: 4-6 operations per 12
+     * FMAs) */
+    float *wbuf = a->m >= WBUF_MIN_ROWS && groups > 0 ? aligned_alloc(32, (size_t)groups * 64 * sizeof(float))
+                                                      : NULL;
     for (int64_t r0 = 0; r0 < a->m; r0 += block) {
         const int64_t rows = a->m - r0 < block ? a->m - r0 : block;
-        for (int64_t p = p0; p < p1; p++) wpanel_rows(a, r0, rows, p);
+        for (int64_t p = p0; p < p1; p++) {
+            if (wbuf && rows >= 3) {
+                wpanel_to_float(a, p, wbuf);
+                wpanel_rows_buf(a, r0, rows, p, wbuf);
+            } else {
+                wpanel_rows(a, r0, rows, p);
+            }
+        }
     }
+    free(wbuf);
 }
 
 const mq_kernels mq_avx2_linear_table = {
