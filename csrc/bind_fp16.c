@@ -2,22 +2,25 @@
 #include "bind.h"
 
 PyDoc_STRVAR(h16_linear_doc,
-             "h16_linear(x, w, bf16, bias=None, nthreads=1) -> y\n\n"
+             "h16_linear(x, w, bf16, bias=None, nthreads=1, panels=False) -> y\n\n"
              "y [m, n] float32 = x [m, k] float32 @ W.T (+ bias [n] float32) for W [n, k] 16-bit\n"
              "weights widened to fp32 in registers: IEEE fp16 (bf16=False: float16, or its\n"
-             "int16/uint16 bits) or bf16 (bf16=True: int16/uint16 bits).  fp32 accumulation.");
+             "int16/uint16 bits) or bf16 (bf16=True: int16/uint16 bits).  fp32 accumulation.\n"
+             "panels=True (for many rows): each 16-channel panel widened once per block of rows\n"
+             "and the weight-only tiles' sum order, where the kernel level has them (AVX-512;\n"
+             "elsewhere as panels=False).  MemoryError if a buffer cannot be allocated.");
 
 static PyObject *py_h16_linear(PyObject *self, PyObject *args, PyObject *kw) {
-    static char *kwlist[] = {"x", "w", "bf16", "bias", "nthreads", NULL};
+    static char *kwlist[] = {"x", "w", "bf16", "bias", "nthreads", "panels", NULL};
     static const int f32[] = {NPY_FLOAT32}, h16[] = {NPY_FLOAT16, NPY_INT16, NPY_UINT16}, bits[] = {NPY_INT16,
                                                                                                      NPY_UINT16};
     PyObject *x_obj, *w_obj, *b_obj = Py_None, *result = NULL;
-    int is_bf16, nthreads = 1;
+    int is_bf16, nthreads = 1, panels = 0;
     mq_refs refs = {0};
     PyArrayObject *x, *w, *bias = NULL, *out;
     (void)self;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "OOp|Oi:h16_linear", kwlist, &x_obj, &w_obj, &is_bf16, &b_obj,
-                                     &nthreads))
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OOp|Oip:h16_linear", kwlist, &x_obj, &w_obj, &is_bf16, &b_obj,
+                                     &nthreads, &panels))
         return NULL;
     if (!mq_check_threads(nthreads)) return NULL;
     if (!(x = mq_array_in(&refs, x_obj, "x", f32, 1, 2, "float32"))) goto done;
@@ -43,10 +46,19 @@ static PyObject *py_h16_linear(PyObject *self, PyObject *args, PyObject *kw) {
     npy_intp dims[2] = {m, n};
     if (!(out = mq_array_new(&refs, 2, dims, NPY_FLOAT32, 0))) goto done;
     if (m * n > 0) {
+        int rc = 1;
         Py_BEGIN_ALLOW_THREADS
-        mq_h16_linear(PyArray_DATA(x), m, k, k, PyArray_DATA(w), is_bf16, mq_data_or_null(bias), n,
-                      PyArray_DATA(out), nthreads);
+        if (panels)
+            rc = mq_h16_linear_panels(PyArray_DATA(x), m, k, PyArray_DATA(w), is_bf16, mq_data_or_null(bias), n,
+                                      PyArray_DATA(out), nthreads);
+        if (rc == 1)
+            mq_h16_linear(PyArray_DATA(x), m, k, k, PyArray_DATA(w), is_bf16, mq_data_or_null(bias), n,
+                          PyArray_DATA(out), nthreads);
         Py_END_ALLOW_THREADS
+        if (rc < 0) {
+            PyErr_NoMemory();
+            goto done;
+        }
     }
     result = mq_return(out);
 done:

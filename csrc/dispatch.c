@@ -191,6 +191,7 @@ static void overlay(mq_kernels *dst, const mq_kernels *src) {
     TAKE(q4_act_i8);
     TAKE(f16_gemm);
     TAKE(bf16_gemm);
+    TAKE(h16_panels);
     TAKE(h16_dconv_panel);
     TAKE(h16_dconv);
 #undef TAKE

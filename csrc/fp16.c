@@ -9,6 +9,9 @@
  * every activation row of a block (the weight rows stay in L1), the
  * activation block stays in L2 (ROW_BLOCK rows x K_BLOCK columns), and the
  * outputs are split over threads (parallel.c's rules). */
+#include <stdlib.h>
+#include <string.h>
+
 #include "mq.h"
 
 /* Output columns per unit of work handed to threads: a multiple of every
@@ -90,4 +93,52 @@ void mq_h16_linear(const float *x, int64_t m, int64_t k, int64_t ldx, const uint
     const int64_t per_unit = group_rows * k * UNIT_COLS, groups = (m + group_rows - 1) / group_rows;
     const int64_t min_units = mq_items_per_chunk(per_unit, MIN_MACS_PER_PIECE);
     mq_parallel_for(groups * units, min_units, nthreads, h16_range, &c);
+}
+
+/* ---- many rows: the level's h16_panels kernel (mq.h) ----------------------------------- */
+
+typedef struct {
+    mq_h16_panels_fn fn;
+    const float *x;
+    int64_t m, kp, k;
+    const uint16_t *w;
+    int is_bf16;
+    const float *bias;
+    int64_t n;
+    float *y;
+    int failed; /* a piece could not allocate its panel buffer */
+} panels_ctx;
+
+/* Panels [begin, end), with a panel buffer of this piece's own. */
+static void panels_range(void *vctx, int64_t begin, int64_t end) {
+    panels_ctx *c = vctx;
+    float *wbuf = aligned_alloc(64, (size_t)c->kp * MQ_PANEL * sizeof(float));
+    if (!wbuf) {
+        __atomic_store_n(&c->failed, 1, __ATOMIC_RELAXED);
+        return;
+    }
+    c->fn(c->x, c->m, c->kp, c->w, c->k, c->is_bf16, c->bias, c->n, c->y, begin, end, wbuf);
+    free(wbuf);
+}
+
+int mq_h16_linear_panels(const float *x, int64_t m, int64_t k, const uint16_t *w, int is_bf16, const float *bias,
+                         int64_t n, float *y, int nthreads) {
+    const mq_kernels *kt = mq_active();
+    if (!kt->h16_panels || m <= 0 || n <= 0 || k <= 0) return 1;
+    const int64_t kp = mq_round_up(k, MQ_KGROUP), panels = (n + MQ_PANEL - 1) / MQ_PANEL;
+    float *xpad = NULL;
+    if (kp != k) { /* the tiles read rows of kp floats: a zero-padded copy */
+        xpad = malloc((size_t)m * (size_t)kp * sizeof(float));
+        if (!xpad) return -1;
+        for (int64_t i = 0; i < m; i++) {
+            memcpy(xpad + i * kp, x + i * k, (size_t)k * sizeof(float));
+            memset(xpad + i * kp + k, 0, (size_t)(kp - k) * sizeof(float));
+        }
+    }
+    panels_ctx c = {kt->h16_panels, xpad ? xpad : x, m, kp, k, w, is_bf16, bias, n, y, 0};
+    nthreads = mq_threads_for_work((double)m * (double)k * (double)n, ONE_THREAD_MACS, nthreads);
+    const int64_t min_panels = mq_items_per_chunk(m * kp * MQ_PANEL, MIN_MACS_PER_PIECE);
+    mq_parallel_for(panels, min_panels, nthreads, panels_range, &c);
+    free(xpad);
+    return c.failed ? -1 : 0;
 }

@@ -344,7 +344,7 @@ static int64_t row_chunk(int64_t m, int64_t kpad) {
     const int64_t per_row = m * kpad;
     const int64_t work_rows = mq_items_per_chunk(per_row, Q4_MIN_CHUNK_MACS);
     if (work_rows < rows) rows = (work_rows + 3) / 4 * 4;
-    rows = rows >= 16 ? rows / 16 * 16 : rows / 4 * 4; /* whole 16-row blocks of the AVX-512 VNNI GEMV */
+    rows = rows >= 16 ? rows / 16 * 16 : rows / 4 * 4; /* whole 4-row steps: the batch-1 quarter loops leave none */
     return rows < 4 ? 4 : rows;
 }
 

@@ -244,6 +244,15 @@ typedef void (*mq_q4_gemv_i8_fn)(const int8_t *xq, int64_t m, const float *xscal
 typedef void (*mq_h16_gemm_fn)(const float *x, int64_t ldx, int64_t m, const uint16_t *w, int64_t ldw, int64_t kc,
                                int64_t n0, int64_t n1, const float *bias, int accumulate, float *y, int64_t ldy);
 
+/* fp16 / bf16 weights at many rows (fp16.c's mq_h16_linear_panels): for i < m and output
+ * panels [p0, p1) of MQ_PANEL channels,
+ *   y[i * n + j] = lane sums of the weight-only tiles over x [m][kp] (zero-padded to kp, k
+ *                  rounded up to MQ_KGROUP) and W [n][k] widened to fp32, + bias[j]
+ * (each panel widened once per block of rows into wbuf: kp * MQ_PANEL floats, 64-byte aligned;
+ * the sum's order is the weight-only tiles': the same bits at any thread split). */
+typedef void (*mq_h16_panels_fn)(const float *x, int64_t m, int64_t kp, const uint16_t *w, int64_t k, int is_bf16,
+                                 const float *bias, int64_t n, float *y, int64_t p0, int64_t p1, float *wbuf);
+
 /* ---- fp16 / bf16 weight direct Conv2d (h16_dconv.c driver) ----------------
  * The panel: for t < k and j < ldp (ldp a multiple of 16, nb <= ldp),
  *   panel[t * ldp + j] = j < nb ? w[j * k + t] widened to fp32 (exact) : 0
@@ -303,6 +312,7 @@ typedef struct {
     mq_q4_act_i8_fn q4_act_i8;
     /* fp16 / bf16 weights (fp16.c) */
     mq_h16_gemm_fn f16_gemm, bf16_gemm;
+    mq_h16_panels_fn h16_panels; /* NULL where the level has none (fp16.c then declines) */
     /* fp16 / bf16 weight direct Conv2d (h16_dconv.c) */
     mq_h16_dconv_panel_fn h16_dconv_panel;
     mq_h16_dconv_fn h16_dconv;
@@ -581,6 +591,11 @@ extern int64_t mq_q4_int8_min_m;
  * converted whole.  No allocation, so no failure. */
 void mq_h16_linear(const float *x, int64_t m, int64_t k, int64_t ldx, const uint16_t *w, int is_bf16,
                    const float *bias, int64_t n, float *y, int nthreads);
+/* mq_h16_linear's product through the level's h16_panels kernel (x [m][k], row stride k).
+ * Returns 0, 1 where the level has no such kernel (nothing written), or -1 when a buffer could
+ * not be allocated (nothing written). */
+int mq_h16_linear_panels(const float *x, int64_t m, int64_t k, const uint16_t *w, int is_bf16, const float *bias,
+                         int64_t n, float *y, int nthreads);
 
 /* ---- h16_conv.c: fp16 / bf16 weight Conv2d ------------------------------------- */
 /* y [batch][n][out_h][out_w] = conv2d(x [batch][channels][height][width] fp32,

@@ -1,16 +1,18 @@
 """fp16 / bf16 Linear layers on the C kernel (formats/cast.py): which inputs take it, the
 same results as the kernel and close to torch's product, the row rule's torch path,
 autograd and graph capture through the ``mono_quant::half_linear`` op."""
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 import mono_quant as mq
+from mono_quant import _C
 from mono_quant.formats import cast
 from mono_quant.formats.traced_forward import linear_forward
 from mono_quant.kernels import SETTINGS
-from mono_quant.kernels.fp16 import half_linear
+from mono_quant.kernels.fp16 import PANEL_MAX_ROWS, half_linear
 
 
 def quantized_linear(dtype, in_features=37, out_features=23, bias=True):
@@ -38,6 +40,7 @@ def test_rows_past_the_rule_take_torchs_op(isa, dtype, monkeypatch):
     q = quantized_linear(dtype)
     x = torch.randn(6, 37)
     monkeypatch.setitem(cast.KERNEL_MAX_ROWS, isa, 5)
+    monkeypatch.setitem(PANEL_MAX_ROWS, isa, 0)  # past 5 rows: torch's op, no panel path
     assert not cast.takes_half_kernel(x, q._buffers["weight"], isa)
     with torch.no_grad():
         assert torch.equal(q(x), F.linear(x, q._buffers["weight"].float(), q.bias))
@@ -99,6 +102,7 @@ def test_traced_graph_applies_the_row_rule_at_run_time(isa, dtype, monkeypatch):
     of it give eager's bits."""
     q = quantized_linear(dtype)
     monkeypatch.setitem(cast.KERNEL_MAX_ROWS, isa, 5)
+    monkeypatch.setitem(PANEL_MAX_ROWS, isa, 0)  # past 5 rows: torch's op, no panel path
     rows = torch.export.Dim("rows", min=1, max=4096)
     ep = torch.export.export(q, (torch.randn(8, 37),), dynamic_shapes=({0: rows},))
     for m in (3, 5, 6, 40):
@@ -114,9 +118,63 @@ def test_rows_past_the_rule_same_bits_eager_traced_and_autograd(isa, dtype, monk
     adds the bias apart: other bits)."""
     q = quantized_linear(dtype, in_features=384, out_features=64)
     monkeypatch.setitem(cast.KERNEL_MAX_ROWS, isa, 5)
+    monkeypatch.setitem(PANEL_MAX_ROWS, isa, 0)  # past 5 rows: torch's op, no panel path
     x = torch.randn(100, 2, 384).transpose(0, 1)  # 200 rows
     with torch.no_grad():
         eager = q(x)
         exported = torch.export.export(q, (x,)).module()(x)
     assert torch.equal(eager, exported)
     assert torch.equal(eager, q(x.clone().requires_grad_(True)).detach())
+
+
+# ---- the panel path (kernels/row_rules.py HALF_PANEL_MAX_ROWS): rows past the tiles' rule ----------
+
+@pytest.mark.parametrize("dtype", ["fp16", "bf16"])
+def test_panel_rows_same_bits_eager_traced_threads(isa, dtype, monkeypatch):
+    """Rows 6-50 on the panel path (where the level has one; elsewhere the tiles): eager and the
+    op of an exported graph with dynamic rows give the C call's bits, close to torch's product;
+    3 rows keep the tiles and 60 take torch's op."""
+    q = quantized_linear(dtype, in_features=70, out_features=37)  # K not a multiple of 4, a panel tail
+    monkeypatch.setitem(cast.KERNEL_MAX_ROWS, isa, 5)
+    monkeypatch.setitem(PANEL_MAX_ROWS, isa, 50)
+    w = q._buffers["weight"]
+    rows = torch.export.Dim("rows", min=1, max=4096)
+    ep = torch.export.export(q, (torch.randn(8, 70),), dynamic_shapes=({0: rows},))
+    for m in (3, 6, 33, 50, 60):
+        x = torch.randn(m, 70)
+        with torch.no_grad():
+            y = q(x)
+            assert torch.equal(ep.module()(x), y), m
+        if m == 60:
+            assert torch.equal(y, F.linear(x, w.float(), q.bias)), m
+        else:
+            panels = m > 5
+            want = torch.from_numpy(_C.h16_linear(x.numpy(), w.view(torch.int16).numpy() if dtype == "bf16"
+                                                  else w.numpy(), dtype == "bf16", bias=q.bias.numpy(),
+                                                  nthreads=1, panels=panels))
+            assert torch.equal(y, want), m
+        exact = x.double() @ w.double().T + q.bias.double()
+        torch.testing.assert_close(y.double(), exact, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("shape", [(40, 1, 1), (33, 37, 23), (64, 300, 65), (100, 4, 17), (256, 1030, 65)])
+def test_panel_kernel_against_float64_every_tail(isa, shape):
+    """The C panel path itself (_C.h16_linear(panels=True)) on odd shapes: K tails (1, 37, 1030),
+    channel tails (1, 23, 65), fp16 and bf16, extreme weights; within fp32 rounding of the
+    float64 product and the same bits on 1 and 2 threads (the last shape is cut over them)."""
+    m, k, n = shape
+    g = torch.Generator().manual_seed(m * k + n)
+    x = torch.randn(m, k, generator=g) * 3
+    w = torch.randn(n, k, generator=g)
+    w[0, :] = 65504.0 if n > 1 else w[0, :]
+    w[-1, ::2] = 0.0
+    for bf16 in (False, True):
+        wh = w.bfloat16() if bf16 else w.half()
+        arr = wh.view(torch.int16).numpy() if bf16 else wh.numpy()
+        bias = torch.randn(n, generator=g)
+        one = _C.h16_linear(x.numpy(), arr, bf16, bias=bias.numpy(), nthreads=1, panels=True)
+        two = _C.h16_linear(x.numpy(), arr, bf16, bias=bias.numpy(), nthreads=2, panels=True)
+        assert np.array_equal(one, two)
+        exact = x.double() @ wh.double().T + bias.double()
+        magnitude = x.double().abs() @ wh.double().abs().T + bias.double().abs()
+        assert bool(((torch.from_numpy(one).double() - exact).abs() <= magnitude * (k + 2) * 2.0**-23).all())

@@ -1,7 +1,7 @@
 """int4 with int8 activations, at every level against the scalar kernels bit for bit,
 on inputs built for the edges of the activation quantizer (q4_act_i8: NaN / Inf
 groups, all-zero groups, halfway roundings, huge and subnormal values) and of the
-AVX-512 VNNI batch-1 GEMV (16-row blocks, their 4-row and single-row tails,
+batch-1 GEMV (4 rows a quarter of the range apart, the 1-3 rows left to the reference,
 thread ranges, a last group shorter than the others)."""
 import numpy as np
 import pytest
@@ -95,8 +95,8 @@ def test_act_edges_every_level_equals_scalar(m, rows, cols, group):
                                               (37, 640, 256), (1024 + 22, 1024, 512)])
 def test_batch1_row_blocks_and_short_last_group(rows, cols, group, nthreads):
     """Batch 1: the weight split over threads (256 KiB chunks: 2048 rows of 128 bytes), each
-    range 16-row blocks, then 4 rows, then the reference; 640 columns in groups of 256: a
-    last group of 128."""
+    range in 4 quarters read side by side, the 1-3 rows left to the reference; 640 columns in
+    groups of 256: a last group of 128."""
     qw = _weight(rows, cols, group, rows)
     rng = np.random.default_rng(rows)
     x = (rng.standard_normal((1, cols)) * np.linspace(0.1, 3, cols)).astype(np.float32)

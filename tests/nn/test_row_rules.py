@@ -94,3 +94,21 @@ def test_autograd_past_the_rule_reaches_the_input(rules_at_5_rows, kind):
     model(x).sum().backward()
     w = model[0].dequantized_weight()
     torch.testing.assert_close(x.grad, w.sum(0).expand(9, 96), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("groups, bias", [(1, True), (2, True), (2, False)])
+def test_weight_only_conv_keeps_its_kernel_past_the_linear_rule(rules_at_5_rows, groups, bias):
+    """The Linear's BLAS rule is not the conv's: the op route of a weight-only conv (autograd,
+    export) calls the kernel per group as eager does, whatever its im2col rows (it took the
+    Linear's branch once: other bits, and a grouped conv's whole bias against one group)."""
+    torch.manual_seed(groups)
+    # 16 pixels and 256 outputs: the packed route (pixels * 8 <= outputs), 16 im2col rows > 5
+    model = mq.quantize(nn.Sequential(nn.Conv2d(8 * groups, 256, 1, groups=groups, bias=bias)),
+                        activations=None).model
+    x = torch.randn(1, 8 * groups, 4, 4)
+    with torch.no_grad():
+        eager = model(x)
+    traced = model(x.clone().requires_grad_(True)).detach()
+    assert torch.equal(eager, traced)
+    with torch.no_grad():
+        assert torch.equal(torch.export.export(model, (x,)).module()(x), eager)

@@ -77,10 +77,10 @@ MQ_INLINE void wgemm_tile(const mq_wgemm_args *a, int64_t m0, int64_t p, const i
         }
     }
     const __mmask16 valid = tail_mask(a->n - n0);
-    const __m512 scale = _mm512_maskz_loadu_ps(valid, a->w_scale + n0);
+    const __m512 scale = a->w_scale ? _mm512_maskz_loadu_ps(valid, a->w_scale + n0) : _mm512_set1_ps(1.0f);
     const __m512 bias = a->bias ? _mm512_maskz_loadu_ps(valid, a->bias + n0) : _mm512_setzero_ps();
     for (int i = 0; i < mt; i++) {
-        __m512 y = _mm512_mul_ps(wpanel_sums(acc[i]), scale);
+        __m512 y = a->w_scale ? _mm512_mul_ps(wpanel_sums(acc[i]), scale) : wpanel_sums(acc[i]);
         if (a->bias) y = _mm512_add_ps(y, bias); /* no bias, no add: -0 + 0 would be +0 */
         _mm512_mask_storeu_ps(a->y + (m0 + i) * a->n + n0, valid, y);
     }
@@ -180,7 +180,69 @@ static void wgemm_avx512(const mq_wgemm_args *a, int64_t p0, int64_t p1) {
     free(wbuf);
 }
 
+/* ---- fp16 / bf16 weights at many rows (fp16.c, mq_h16_linear_panels) ---- */
+
+/* 16 weights of w's row `row` from column k0 widened to fp32 (zeros beyond n and k: masked
+ * lanes are not read). */
+MQ_INLINE __m512 h16_widen(const uint16_t *w, int64_t n, int64_t k, int64_t row, int64_t k0, int is_bf16) {
+    const int64_t left = row < n ? k - k0 : 0;
+    const __mmask16 mask = left >= 16 ? (__mmask16)0xFFFF : left > 0 ? (__mmask16)((1u << left) - 1u) : 0;
+    const __m256i h = _mm256_maskz_loadu_epi16(mask, row < n ? w + row * k + k0 : w);
+    return is_bf16 ? _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16)) : _mm512_cvtph_ps(h);
+}
+
+/* Panel p of the 16-bit weight w [n][k] widened to float32 where the tiles read it:
+ * wbuf[g * 64 + 4 * c + j] = w(16p + c, 4g + j), zeros beyond n and k (exact widening).
+ * 4 channels x 16 columns at a time, transposed in registers by 128-bit blocks, so each
+ * 64-byte line of wbuf (4 channels x 4 columns) is written once, whole (16-byte stores of one
+ * channel at a time left every line to 4 passes over the panel: at K = 3072 the buffer is past
+ * L1, and those stores cost more than the tiles' FMAs). */
+static void h16_panel_to_float(const uint16_t *w, int64_t n, int64_t k, int64_t kp, int is_bf16, int64_t p,
+                               float *wbuf) {
+    const int64_t groups = kp / MQ_KGROUP, n0 = p * MQ_PANEL;
+    for (int cq = 0; cq < 4; cq++) {
+        const int64_t row = n0 + 4 * cq;
+        for (int64_t k0 = 0; k0 < kp; k0 += 16) {
+            const __m512 v0 = h16_widen(w, n, k, row, k0, is_bf16), v1 = h16_widen(w, n, k, row + 1, k0, is_bf16);
+            const __m512 v2 = h16_widen(w, n, k, row + 2, k0, is_bf16), v3 = h16_widen(w, n, k, row + 3, k0, is_bf16);
+            const __m512 lo01 = _mm512_shuffle_f32x4(v0, v1, _MM_SHUFFLE(1, 0, 1, 0));
+            const __m512 lo23 = _mm512_shuffle_f32x4(v2, v3, _MM_SHUFFLE(1, 0, 1, 0));
+            const __m512 hi01 = _mm512_shuffle_f32x4(v0, v1, _MM_SHUFFLE(3, 2, 3, 2));
+            const __m512 hi23 = _mm512_shuffle_f32x4(v2, v3, _MM_SHUFFLE(3, 2, 3, 2));
+            float *dst = wbuf + (k0 / 4) * 64 + 16 * cq;
+            const int64_t gl = groups - k0 / 4; /* groups of this step inside kp */
+            _mm512_store_ps(dst, _mm512_shuffle_f32x4(lo01, lo23, _MM_SHUFFLE(2, 0, 2, 0)));
+            if (gl > 1) _mm512_store_ps(dst + 64, _mm512_shuffle_f32x4(lo01, lo23, _MM_SHUFFLE(3, 1, 3, 1)));
+            if (gl > 2) _mm512_store_ps(dst + 128, _mm512_shuffle_f32x4(hi01, hi23, _MM_SHUFFLE(2, 0, 2, 0)));
+            if (gl > 3) _mm512_store_ps(dst + 192, _mm512_shuffle_f32x4(hi01, hi23, _MM_SHUFFLE(3, 1, 3, 1)));
+        }
+    }
+}
+
+/* Rows [0, m) x panels [p0, p1) of y [m][n] = x [m][kp] (zero-padded) @ W^T + bias for a 16-bit
+ * W [n][k]: each panel widened into wbuf (groups * 64 floats, 64-byte aligned) once per block
+ * of rows, then the weight-only tiles from it (scale 1: y = lane sums + bias). */
+static void h16_panels_avx512(const float *x, int64_t m, int64_t kp, const uint16_t *w, int64_t k, int is_bf16,
+                              const float *bias, int64_t n, float *y, int64_t p0, int64_t p1, float *wbuf) {
+    const mq_wgemm_args a = {.x = x, .m = m, .kp = kp, .n = n, .w = NULL, .w_scale = NULL, .w_zp = NULL,
+                             .bias = bias, .y = y};
+    int64_t block = ((int64_t)1 << 20) / (4 * kp) / 6 * 6;
+    if (block < 6) block = 6;
+    for (int64_t r0 = 0; r0 < m; r0 += block) {
+        const int64_t rows_b = m - r0 < block ? m - r0 : block, count = (rows_b + 5) / 6;
+        for (int64_t p = p0; p < p1; p++) {
+            h16_panel_to_float(w, n, k, kp, is_bf16, p, wbuf);
+            for (int64_t t = 0, m0 = r0; t < count; t++) {
+                const int64_t rows = rows_b / count + (t < rows_b % count);
+                wtiles_buf[rows](&a, m0, p, wbuf);
+                m0 += rows;
+            }
+        }
+    }
+}
+
 const mq_kernels mq_avx512_linear_table = {
+    .h16_panels = h16_panels_avx512,
     .wgemm = wgemm_avx512,
     .wgemm_name = "avx512",
 };

@@ -114,15 +114,17 @@ static void qtile_1_1_split(const mq_qgemm_args *a, int64_t m0, int64_t p) {
 static void qgemv_4panels(const mq_qgemm_args *a, int64_t p) {
     const int64_t groups = a->kp / MQ_KGROUP, panel_bytes = groups * 64;
     const int8_t *w = a->w + p * panel_bytes;
-    const int32_t *x = (const int32_t *)(const void *)a->x; /* kp: a multiple of 4 */
     GEMV4_ACC(0) GEMV4_ACC(1) GEMV4_ACC(2) GEMV4_ACC(3)
     int64_t g = 0;
+    int32_t x4[2]; /* 4 activation bytes a group (memcpy: no aliasing or alignment assumed) */
     for (; g + 2 <= groups; g += 2) {
-        const __m512i x0 = _mm512_set1_epi32(x[g]), x1 = _mm512_set1_epi32(x[g + 1]);
+        memcpy(x4, a->x + g * 4, 8);
+        const __m512i x0 = _mm512_set1_epi32(x4[0]), x1 = _mm512_set1_epi32(x4[1]);
         GEMV4_STEP(0) GEMV4_STEP(1) GEMV4_STEP(2) GEMV4_STEP(3)
     }
     if (g < groups) {
-        const __m512i x0 = _mm512_set1_epi32(x[g]);
+        memcpy(x4, a->x + g * 4, 4);
+        const __m512i x0 = _mm512_set1_epi32(x4[0]);
         GEMV4_TAIL(0) GEMV4_TAIL(1) GEMV4_TAIL(2) GEMV4_TAIL(3)
     }
     GEMV4_STORE(0) GEMV4_STORE(1) GEMV4_STORE(2) GEMV4_STORE(3)

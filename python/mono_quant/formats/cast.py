@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import CheckpointError, NonFiniteWeightError
-from ..kernels.fp16 import HALF_WEIGHT_DTYPES, KERNEL_MAX_ROWS
+from ..kernels.fp16 import HALF_WEIGHT_DTYPES, KERNEL_MAX_ROWS, half_path
 from ..kernels.settings import SETTINGS
 from ..tensor import sqnr_db
 from .base import WeightFormat
@@ -22,15 +22,15 @@ from .layer_cache import float_weight
 
 __all__ = ["CastFormat", "KERNEL_MAX_ROWS", "takes_half_kernel"]
 
-# A Linear runs kernels.fp16.half_linear up to kernels.fp16.KERNEL_MAX_ROWS rows (per kernel
-# level; the crossover measured there), and torch's F.linear on the weight converted to float32
-# above.
+# A Linear runs kernels.fp16.half_linear where kernels.fp16.half_path says so (its tiles up to
+# KERNEL_MAX_ROWS rows, its panel path up to PANEL_MAX_ROWS, per kernel level; the crossovers
+# measured there), and torch's F.linear on the weight converted to float32 above.
 
 
 def takes_half_kernel(x: torch.Tensor, weight: torch.Tensor, isa: str, any_rows: bool = False) -> bool:
     """Whether a Linear of ``weight`` (fp16 / bf16 ``[out, in]``) on ``x`` runs the C kernel:
     float32 ``x`` on the CPU with ``in`` features, both non-empty, rows within
-    ``KERNEL_MAX_ROWS[isa]`` (``any_rows``: whatever the rows, for a traced graph, whose op
+    ``PANEL_MAX_ROWS[isa]`` or ``KERNEL_MAX_ROWS[isa]`` (kernels.fp16.half_path; ``any_rows``: whatever the rows, for a traced graph, whose op
     applies the row rule itself at run time: a symbolic row count is never branched on)."""
     if (x.dtype != torch.float32 or weight.dtype not in HALF_WEIGHT_DTYPES or weight.dim() != 2
             or x.device.type != "cpu" or weight.device.type != "cpu" or x.dim() == 0):
@@ -38,7 +38,7 @@ def takes_half_kernel(x: torch.Tensor, weight: torch.Tensor, isa: str, any_rows:
     in_features = weight.shape[1]
     if x.shape[-1] != in_features or x.numel() == 0 or weight.numel() == 0:
         return False
-    return any_rows or x.numel() // in_features <= KERNEL_MAX_ROWS[isa]
+    return any_rows or half_path(x.numel() // in_features, isa) != "torch"
 
 
 class CastFormat(WeightFormat):

@@ -8,18 +8,29 @@ from typing import Optional
 import torch
 
 from .. import _C
-from .row_rules import HALF_KERNEL_MAX_ROWS
+from .row_rules import HALF_KERNEL_MAX_ROWS, HALF_PANEL_MAX_ROWS
 from .settings import SETTINGS
 
-__all__ = ["half_linear", "half_linear_arrays", "half_linear_raw", "HALF_WEIGHT_DTYPES", "KERNEL_MAX_ROWS"]
+__all__ = ["half_linear", "half_linear_arrays", "half_linear_raw", "half_path", "HALF_WEIGHT_DTYPES",
+           "KERNEL_MAX_ROWS", "PANEL_MAX_ROWS"]
 
 #: weight dtypes half_linear takes
 HALF_WEIGHT_DTYPES = (torch.float16, torch.bfloat16)
 
 
 # A Linear runs half_linear when x (reshaped to 2-D) has at most this many rows, per kernel
-# level, and torch's F.linear on the weight converted to float32 above (kernels/row_rules.py).
+# level: its tiles up to KERNEL_MAX_ROWS, its panel path up to PANEL_MAX_ROWS, and torch's
+# F.linear on the weight converted to float32 above (kernels/row_rules.py).
 KERNEL_MAX_ROWS = HALF_KERNEL_MAX_ROWS
+PANEL_MAX_ROWS = HALF_PANEL_MAX_ROWS
+
+
+def half_path(rows: int, isa: str) -> str:
+    """"kernel", "panels" (both through :func:`half_linear`) or "torch" for ``rows`` rows on
+    kernel level ``isa`` (the row rules above)."""
+    if rows <= KERNEL_MAX_ROWS[isa]:
+        return "kernel"
+    return "panels" if rows <= PANEL_MAX_ROWS[isa] else "torch"
 
 
 def half_linear(x2d: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]) -> torch.Tensor:
@@ -36,7 +47,8 @@ def half_linear(x2d: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Te
     w = w.view(torch.int16).numpy() if is_bf16 else w.numpy()  # bf16 crosses as its bits
     if bias is not None:
         bias = (bias if bias.dtype == torch.float32 and not bias.requires_grad else bias.detach().float()).numpy()
-    y = _C.h16_linear(x2d.detach().numpy(), w, is_bf16, bias=bias, nthreads=SETTINGS.num_threads())
+    y = _C.h16_linear(x2d.detach().numpy(), w, is_bf16, bias=bias, nthreads=SETTINGS.num_threads(),
+                      panels=x2d.shape[0] > KERNEL_MAX_ROWS[SETTINGS.isa])
     return torch.from_numpy(y)
 
 
@@ -54,4 +66,5 @@ def half_linear_arrays(weight: torch.Tensor, bias: Optional[torch.Tensor], op: s
 
 def half_linear_raw(x2d: torch.Tensor, w, is_bf16: bool, bias) -> torch.Tensor:
     """:func:`half_linear` on the arrays of :func:`half_linear_arrays` (``x2d`` float32, no grad)."""
-    return torch.from_numpy(_C.h16_linear(x2d.numpy(), w, is_bf16, bias=bias, nthreads=SETTINGS.num_threads()))
+    return torch.from_numpy(_C.h16_linear(x2d.numpy(), w, is_bf16, bias=bias, nthreads=SETTINGS.num_threads(),
+                                          panels=x2d.shape[0] > KERNEL_MAX_ROWS[SETTINGS.isa]))

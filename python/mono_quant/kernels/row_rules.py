@@ -16,7 +16,7 @@ layer shapes, rows 1-2048:
 
 - AMD Zen 3 (AVX2) / Zen 4, Zen 5 (AVX-512): see each table.
 - Intel Xeon with AVX-512 and AMX (1 Dec 2026): fp16 kernel 0.42-0.89x fp32's time up to 16
-  rows, 0.89-1.24x the converted path's at 64; int8 weight-only kernel (its panels converted
+  rows, 0.89-1.24x the converted path's at 64 (past 32 rows the panel path, below); int8 weight-only kernel (its panels converted
   once per block of rows from 32 rows) 0.79-1.05x fp32's time up to 512 rows, ahead of
   dequantize + BLAS (1.07-1.81x) there, mixed at 1024-2048 (0.94-1.11x against 1.01-1.07x);
   int4 kernel 0.64-0.95x fp32 up to 128 rows, behind from 512-1024 (1024 rows: 1.06-1.40x
@@ -28,7 +28,7 @@ import torch
 
 from .. import _C
 
-__all__ = ["BLAS_AVX512", "HALF_KERNEL_MAX_ROWS", "INT8_WEIGHT_ONLY_BLAS_MIN_ROWS", "INT4_BLAS_MIN_ROWS",
+__all__ = ["BLAS_AVX512", "HALF_KERNEL_MAX_ROWS", "HALF_PANEL_MAX_ROWS", "INT8_WEIGHT_ONLY_BLAS_MIN_ROWS", "INT4_BLAS_MIN_ROWS",
            "INT4_BLAS_MAX_OUT_FEATURES", "blas_runs_avx512"]
 
 _NEVER = 1 << 62
@@ -50,6 +50,14 @@ BLAS_AVX512 = blas_runs_avx512(_C.cpu_info())
 #: every row count (0.5-0.7x fp32).  The scalar level (no F16C: the portable reference, 4-11x
 #: slower) keeps torch's op.
 HALF_KERNEL_MAX_ROWS = {"scalar": 0, "avx2": 64, "avx512": 32 if BLAS_AVX512 else _NEVER}
+
+#: fp16 / bf16 weights past HALF_KERNEL_MAX_ROWS and up to this many rows: the C panel path
+#: (``_C.h16_linear(..., panels=True)``: each 16-channel panel widened once per block of rows,
+#: the weight-only tiles' FMAs), on levels that have it; torch's F.linear on the converted weight
+#: above.  Intel Xeon (1 Dec, 1 thread, BERT shapes): the panels 0.77-0.96x fp32's time at
+#: 64-256 rows where the converted path took 1.08-1.47x; at 512 0.90-1.11x against 1.03-1.11x;
+#: at 2048 1.04-1.16x against 1.00-1.04x.  (No AVX2 panel kernel yet: 0 there.)
+HALF_PANEL_MAX_ROWS = {"scalar": 0, "avx2": 0, "avx512": 1023 if BLAS_AVX512 else 0}
 
 #: int8 weight-only: from this many rows torch's BLAS on the weight dequantized once per call.
 #: AVX2 (torch capped at AVX2 too): the 6-row tiles 1.1-1.4x faster than fp32 from 16 to 2048

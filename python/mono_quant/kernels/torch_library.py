@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch.utils.weak import WeakIdKeyDictionary
 
 from .. import _C
-from .fp16 import KERNEL_MAX_ROWS, half_linear
+from .fp16 import half_linear, half_path
 from .row_rules import INT4_BLAS_MAX_OUT_FEATURES, INT4_BLAS_MIN_ROWS, INT8_WEIGHT_ONLY_BLAS_MIN_ROWS
 from .layout import PACKED_LAYOUT_VERSION, int8_packed_sizes, unpack_int8_rows
 from .rows import dequantize_rows, to_numpy
@@ -136,10 +136,16 @@ _LIB.define("linear_int8(Tensor x, Tensor packed, Tensor colsum, Tensor info, Te
 
 def _linear_int8(x, packed, colsum, info, scale, zero_point, bias, out_features, group, dynamic, reduce_range=False):
     # weight-only: eager's row rule (row_rules.INT8_WEIGHT_ONLY_BLAS_MIN_ROWS) decided here, on
-    # the real row count, as half_linear's: a traced graph holds this one op whatever its rows
+    # the real row count, as half_linear's: a traced graph holds this one op whatever its rows.
+    # (A Linear's rule only: conv2d_int8 calls the kernel below, as the eager conv does.)
     if not dynamic and x.shape[0] >= INT8_WEIGHT_ONLY_BLAS_MIN_ROWS[SETTINGS.isa]:
         w = _dequantize_int8_packed(packed, info, scale, zero_point, out_features, x.shape[-1], group)
-        return F.linear(x.float(), w, None if bias is None else bias.float())
+        b = None if bias is None else bias[group * out_features:(group + 1) * out_features].float()
+        return F.linear(x.float(), w, b)
+    return _linear_int8_kernel(x, packed, colsum, info, scale, zero_point, bias, group, dynamic, reduce_range)
+
+
+def _linear_int8_kernel(x, packed, colsum, info, scale, zero_point, bias, group, dynamic, reduce_range=False):
     if x.shape[-1] > 1 and x.stride(-1) != 1:
         x = x.contiguous()
     args = _group_args(packed, colsum, info, scale, zero_point, bias, group)
@@ -241,8 +247,8 @@ def _conv2d_int8(x, packed, colsum, info, scale, zero_point, bias, kernel_size, 
         cols = F.unfold(x, tuple(kernel_size), tuple(dilation), tuple(padding), tuple(stride))
         cols = cols.reshape(batch, groups, x.shape[1] // groups, kh * kw, -1)
         rows = cols.permute(0, 4, 1, 3, 2).reshape(-1, cols.shape[1] * cols.shape[2] * cols.shape[3])
-    outs = [_linear_int8(rows[:, g * k:(g + 1) * k], packed, colsum, info, scale, zero_point, bias, n // groups,
-                         g, False) for g in range(groups)]
+    outs = [_linear_int8_kernel(rows[:, g * k:(g + 1) * k], packed, colsum, info, scale, zero_point, bias, g, False)
+            for g in range(groups)]
     y = outs[0] if groups == 1 else torch.cat(outs, dim=1)
     return y.reshape(batch, out_h, out_w, out_channels).permute(0, 3, 1, 2).contiguous()
 
@@ -391,7 +397,7 @@ _LIB.define("half_linear(Tensor x, Tensor weight, Tensor? bias) -> Tensor")
 def _half_linear_cpu(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]) -> torch.Tensor:
     # the eager rule (fp16.KERNEL_MAX_ROWS) decided here, on the real row count: a traced graph
     # holds this one op whatever its rows, and gives eager's path and bits at each
-    if x.shape[0] > KERNEL_MAX_ROWS[SETTINGS.isa]:
+    if half_path(x.shape[0], SETTINGS.isa) == "torch":
         return F.linear(x.float(), weight.float(), None if bias is None else bias.float())
     return half_linear(x, weight, bias)
 
