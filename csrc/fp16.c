@@ -97,6 +97,9 @@ void mq_h16_linear(const float *x, int64_t m, int64_t k, int64_t ldx, const uint
 
 /* ---- many rows: the level's h16_panels kernel (mq.h) ----------------------------------- */
 
+/* fewer rows take the tiles (the AVX2 panel tiles hold 3-6 rows; panels pay off from tens) */
+#define PANELS_MIN_ROWS 8
+
 typedef struct {
     mq_h16_panels_fn fn;
     const float *x;
@@ -124,7 +127,7 @@ static void panels_range(void *vctx, int64_t begin, int64_t end) {
 int mq_h16_linear_panels(const float *x, int64_t m, int64_t k, const uint16_t *w, int is_bf16, const float *bias,
                          int64_t n, float *y, int nthreads) {
     const mq_kernels *kt = mq_active();
-    if (!kt->h16_panels || m <= 0 || n <= 0 || k <= 0) return 1;
+    if (!kt->h16_panels || m < PANELS_MIN_ROWS || n <= 0 || k <= 0) return 1;
     const int64_t kp = mq_round_up(k, MQ_KGROUP), panels = (n + MQ_PANEL - 1) / MQ_PANEL;
     float *xpad = NULL;
     if (kp != k) { /* the tiles read rows of kp floats: a zero-padded copy */

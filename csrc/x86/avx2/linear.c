@@ -1,6 +1,6 @@
 /* x86/avx2/linear.c - AVX2 twins of mq_ref_qgemm and mq_ref_wgemm.
  *
- * Compiled with -mavx2 -mfma (CMakeLists.txt).  A 16-channel panel is read
+ * Compiled with -mavx2 -mfma -mf16c (CMakeLists.txt).  A 16-channel panel is read
  * as two 8-channel halves (32 bytes of each 64-byte K-group).
  *
  * Integer path: vpmaddubsw multiplies uint8 by int8 and adds pairs into a
@@ -14,7 +14,7 @@
  * to the reference. */
 #include "mq.h"
 
-#if defined(__x86_64__) && defined(__AVX2__) && defined(__FMA__)
+#if defined(__x86_64__) && defined(__AVX2__) && defined(__FMA__) && defined(__F16C__)
 #include <immintrin.h>
 #include <stdlib.h>
 
@@ -132,7 +132,7 @@ MQ_INLINE void wquarter_store(const mq_wgemm_args *a, __m256 lo, __m256 hi, int6
         const __m256 pairs = _mm256_hadd_ps(lo, hi);     /* c0 01, c0 23, c2 01, c2 23 | c1 .., c3 .. */
         const __m256 sums = _mm256_hadd_ps(pairs, pairs); /* c0, c2, c0, c2 | c1, c3, c1, c3 */
         __m128 y = _mm_unpacklo_ps(_mm256_castps256_ps128(sums), _mm256_extractf128_ps(sums, 1));
-        y = _mm_mul_ps(y, _mm_loadu_ps(a->w_scale + n0));
+        if (a->w_scale) y = _mm_mul_ps(y, _mm_loadu_ps(a->w_scale + n0)); /* (none: fp16 panels, scale 1) */
         if (a->bias) y = _mm_add_ps(y, _mm_loadu_ps(a->bias + n0));
         _mm_storeu_ps(a->y + row * a->n + n0, y);
         return;
@@ -141,7 +141,8 @@ MQ_INLINE void wquarter_store(const mq_wgemm_args *a, __m256 lo, __m256 hi, int6
     _mm256_storeu_ps(lanes, lo);
     _mm256_storeu_ps(lanes + 8, hi);
     for (int c = 0; c < 4 && n0 + c < a->n; c++) {
-        float y = ((lanes[4 * c] + lanes[4 * c + 1]) + (lanes[4 * c + 2] + lanes[4 * c + 3])) * a->w_scale[n0 + c];
+        float y = ((lanes[4 * c] + lanes[4 * c + 1]) + (lanes[4 * c + 2] + lanes[4 * c + 3]));
+        if (a->w_scale) y = y * a->w_scale[n0 + c];
         if (a->bias) y = y + a->bias[n0 + c];
         a->y[row * a->n + n0 + c] = y;
     }
@@ -417,7 +418,66 @@ static void wgemm_avx2(const mq_wgemm_args *a, int64_t p0, int64_t p1) {
     free(wbuf);
 }
 
+/* ---- fp16 / bf16 weights at many rows (fp16.c, mq_h16_linear_panels) ---- */
+
+/* 8 weights of w's row `row` from column k0 widened to fp32 (zeros beyond n and k). */
+MQ_INLINE __m256 h16_widen8(const uint16_t *w, int64_t n, int64_t k, int64_t row, int64_t k0, int is_bf16) {
+    __m128i h;
+    if (row < n && k0 + 8 <= k) {
+        h = _mm_loadu_si128((const __m128i *)(w + row * k + k0));
+    } else { /* a tail: the columns left, then zeros */
+        uint16_t t[8] = {0};
+        for (int64_t j = 0; row < n && j < 8 && k0 + j < k; j++) t[j] = w[row * k + k0 + j];
+        h = _mm_loadu_si128((const __m128i *)t);
+    }
+    return is_bf16 ? _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16)) : _mm256_cvtph_ps(h);
+}
+
+/* Panel p of the 16-bit weight w [n][k] widened to float32 where the quarter tiles read it
+ * (wpanel_to_float's layout: wbuf[g * 64 + 4 * c + j] = w(16p + c, 4g + j), zeros beyond n and
+ * k), 4 channels x 8 columns at a time, each 32-byte half line written once, whole. */
+static void h16_panel_to_float(const uint16_t *w, int64_t n, int64_t k, int64_t kp, int is_bf16, int64_t p,
+                               float *wbuf) {
+    const int64_t groups = kp / MQ_KGROUP, n0 = p * MQ_PANEL;
+    for (int cq = 0; cq < 4; cq++) {
+        const int64_t row = n0 + 4 * cq;
+        for (int64_t k0 = 0; k0 < kp; k0 += 8) {
+            const __m256 v0 = h16_widen8(w, n, k, row, k0, is_bf16), v1 = h16_widen8(w, n, k, row + 1, k0, is_bf16);
+            const __m256 v2 = h16_widen8(w, n, k, row + 2, k0, is_bf16), v3 = h16_widen8(w, n, k, row + 3, k0, is_bf16);
+            float *dst = wbuf + (k0 / 4) * 64 + 16 * cq;
+            _mm256_store_ps(dst, _mm256_permute2f128_ps(v0, v1, 0x20));
+            _mm256_store_ps(dst + 8, _mm256_permute2f128_ps(v2, v3, 0x20));
+            if (groups - k0 / 4 > 1) {
+                _mm256_store_ps(dst + 64, _mm256_permute2f128_ps(v0, v1, 0x31));
+                _mm256_store_ps(dst + 72, _mm256_permute2f128_ps(v2, v3, 0x31));
+            }
+        }
+    }
+}
+
+/* Rows [0, m) (m >= 3) x panels [p0, p1) of y [m][n] = x [m][kp] (zero-padded) @ W^T + bias for
+ * a 16-bit W [n][k]: each panel widened into wbuf once per block of rows (a last block of 1-2
+ * rows joins the one before: the quarter tiles take 3-6 rows), then the quarter tiles from it
+ * (scale 1: y = lane sums + bias). */
+static void h16_panels_avx2(const float *x, int64_t m, int64_t kp, const uint16_t *w, int64_t k, int is_bf16,
+                            const float *bias, int64_t n, float *y, int64_t p0, int64_t p1, float *wbuf) {
+    const mq_wgemm_args a = {.x = x, .m = m, .kp = kp, .n = n, .w = NULL, .w_scale = NULL, .w_zp = NULL,
+                             .bias = bias, .y = y};
+    int64_t block = ((int64_t)1 << 20) / (4 * kp) / 6 * 6;
+    if (block < 6) block = 6;
+    for (int64_t r0 = 0; r0 < m;) {
+        int64_t rows = m - r0 < block ? m - r0 : block;
+        if (m - r0 - rows < 3) rows = m - r0;
+        for (int64_t p = p0; p < p1; p++) {
+            h16_panel_to_float(w, n, k, kp, is_bf16, p, wbuf);
+            wpanel_rows_buf(&a, r0, rows, p, wbuf);
+        }
+        r0 += rows;
+    }
+}
+
 const mq_kernels mq_avx2_linear_table = {
+    .h16_panels = h16_panels_avx2,
     .qgemm = qgemm_avx2,
     .qgemm_x_u8 = 0,
     .qgemm_name = "avx2_maddubs",
