@@ -56,10 +56,12 @@ HALF_KERNEL_MAX_ROWS = {"scalar": 0, "avx2": 64, "avx512": 32 if BLAS_AVX512 els
 #: the weight-only tiles' FMAs; the same bits at both levels); torch's F.linear on the converted
 #: weight above.  Intel Xeon (1 Dec, 1 thread, BERT shapes): the panels 0.77-0.96x fp32's time
 #: at 64-256 rows where the converted path took 1.08-1.47x, at 512 0.94-1.09x against 1.01-1.09x,
-#: at 1024 0.97-1.14x against 1.00-1.06x.  AVX2: measured only on that Xeon with torch capped at
-#: AVX2 too (MKL_ENABLE_INSTRUCTIONS=AVX2, the AVX2-only CPU's sgemm): the panels 0.90-1.05x at
-#: 64-128 rows where the converted path took 1.09-1.16x, 1.00-1.09x at 256 against 1.05-1.09x.
-HALF_PANEL_MAX_ROWS = {"scalar": 0, "avx2": 255, "avx512": 1023 if BLAS_AVX512 else 0}
+#: at 1024 0.97-1.14x against 1.00-1.06x.  AVX2 (its panel kernel exists, the rule keeps it
+#: off): measured only on that Xeon with torch capped at AVX2 too (MKL_ENABLE_INSTRUCTIONS=AVX2,
+#: an AVX2-only CPU's sgemm), one layer alone 0.90-1.05x at 64-128 rows against 1.09-1.16x, but
+#: the BERT encoders at 128 rows 1.09 of fp32's time against 1.08 without it; to be measured on
+#: a real AVX2-only CPU before it is turned on.
+HALF_PANEL_MAX_ROWS = {"scalar": 0, "avx2": 0, "avx512": 1023 if BLAS_AVX512 else 0}
 
 #: int8 weight-only: from this many rows torch's BLAS on the weight dequantized once per call.
 #: AVX2 (torch capped at AVX2 too): the 6-row tiles 1.1-1.4x faster than fp32 from 16 to 2048
