@@ -7,8 +7,9 @@ PyDoc_STRVAR(h16_linear_doc,
              "weights widened to fp32 in registers: IEEE fp16 (bf16=False: float16, or its\n"
              "int16/uint16 bits) or bf16 (bf16=True: int16/uint16 bits).  fp32 accumulation.\n"
              "panels=True (for many rows): each 16-channel panel widened once per block of rows\n"
-             "and the weight-only tiles' sum order, where the kernel level has them (AVX-512;\n"
-             "elsewhere as panels=False).  MemoryError if a buffer cannot be allocated.");
+             "and the weight-only tiles' sum order (the same bits on AVX2 and AVX-512; the scalar\n"
+             "level, or fewer than 8 rows, as panels=False).  MemoryError if a buffer cannot be\n"
+             "allocated.");
 
 static PyObject *py_h16_linear(PyObject *self, PyObject *args, PyObject *kw) {
     static char *kwlist[] = {"x", "w", "bf16", "bias", "nthreads", "panels", NULL};

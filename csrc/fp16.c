@@ -4,7 +4,8 @@
  *
  * The weight stays as stored (row-major [n][k], the module's own `.weight`):
  * at a few rows the layer reads half the bytes of an fp32 one, and nothing is
- * converted whole per call.  Blocking, so each byte is fetched from memory
+ * converted whole per call (the panel path at the end widens one 16-channel
+ * panel at a time, into a buffer per thread).  Blocking, so each byte is fetched from memory
  * once per row block: the kernels walk 3-4 weight rows at a time against
  * every activation row of a block (the weight rows stay in L1), the
  * activation block stays in L2 (ROW_BLOCK rows x K_BLOCK columns), and the

@@ -592,8 +592,8 @@ extern int64_t mq_q4_int8_min_m;
 void mq_h16_linear(const float *x, int64_t m, int64_t k, int64_t ldx, const uint16_t *w, int is_bf16,
                    const float *bias, int64_t n, float *y, int nthreads);
 /* mq_h16_linear's product through the level's h16_panels kernel (x [m][k], row stride k).
- * Returns 0, 1 where the level has no such kernel (nothing written), or -1 when a buffer could
- * not be allocated (nothing written). */
+ * Returns 0, 1 where the level has no such kernel or m < 8 (nothing written: the caller runs
+ * mq_h16_linear), or -1 when a buffer could not be allocated (y partly written). */
 int mq_h16_linear_panels(const float *x, int64_t m, int64_t k, const uint16_t *w, int is_bf16, const float *bias,
                          int64_t n, float *y, int nthreads);
 

@@ -1,7 +1,6 @@
 """fp16 / bf16 Linear layers on the C kernel (formats/cast.py): which inputs take it, the
 same results as the kernel and close to torch's product, the row rule's torch path,
 autograd and graph capture through the ``mono_quant::half_linear`` op."""
-import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -155,26 +154,3 @@ def test_panel_rows_same_bits_eager_traced_threads(isa, dtype, monkeypatch):
             assert torch.equal(y, want), m
         exact = x.double() @ w.double().T + q.bias.double()
         torch.testing.assert_close(y.double(), exact, rtol=1e-5, atol=1e-5)
-
-
-@pytest.mark.parametrize("shape", [(40, 1, 1), (33, 37, 23), (64, 300, 65), (100, 4, 17), (256, 1030, 65)])
-def test_panel_kernel_against_float64_every_tail(isa, shape):
-    """The C panel path itself (_C.h16_linear(panels=True)) on odd shapes: K tails (1, 37, 1030),
-    channel tails (1, 23, 65), fp16 and bf16, extreme weights; within fp32 rounding of the
-    float64 product and the same bits on 1 and 2 threads (the last shape is cut over them)."""
-    m, k, n = shape
-    g = torch.Generator().manual_seed(m * k + n)
-    x = torch.randn(m, k, generator=g) * 3
-    w = torch.randn(n, k, generator=g)
-    w[0, :] = 65504.0 if n > 1 else w[0, :]
-    w[-1, ::2] = 0.0
-    for bf16 in (False, True):
-        wh = w.bfloat16() if bf16 else w.half()
-        arr = wh.view(torch.int16).numpy() if bf16 else wh.numpy()
-        bias = torch.randn(n, generator=g)
-        one = _C.h16_linear(x.numpy(), arr, bf16, bias=bias.numpy(), nthreads=1, panels=True)
-        two = _C.h16_linear(x.numpy(), arr, bf16, bias=bias.numpy(), nthreads=2, panels=True)
-        assert np.array_equal(one, two)
-        exact = x.double() @ wh.double().T + bias.double()
-        magnitude = x.double().abs() @ wh.double().abs().T + bias.double().abs()
-        assert bool(((torch.from_numpy(one).double() - exact).abs() <= magnitude * (k + 2) * 2.0**-23).all())

@@ -1,4 +1,5 @@
-/* x86/avx2/linear.c - AVX2 twins of mq_ref_qgemm and mq_ref_wgemm.
+/* x86/avx2/linear.c - AVX2 twins of mq_ref_qgemm and mq_ref_wgemm, and the fp16 / bf16 panel
+ * path on the weight-only tiles (mq.h mq_h16_panels_fn).
  *
  * Compiled with -mavx2 -mfma -mf16c (CMakeLists.txt).  A 16-channel panel is read
  * as two 8-channel halves (32 bytes of each 64-byte K-group).
@@ -279,7 +280,7 @@ static void wgemv_2panels(const mq_wgemm_args *a, int64_t m0, int64_t p) {
 MQ_INLINE void wquarter_body(const mq_wgemm_args *a, int64_t m0, int64_t p, int quarter, const int R,
                              const int has_zp, const float *wbuf, const int from_buf) {
     const int64_t groups = a->kp / MQ_KGROUP, kp = a->kp, n0 = p * MQ_PANEL + quarter * 4;
-    const int8_t *w = a->w + p * groups * 64 + quarter * 16;
+    const int8_t *w = from_buf ? NULL : a->w + p * groups * 64 + quarter * 16; /* (fp16 panels: a->w is NULL) */
     const float *x = a->x + m0 * kp;
     __m256i zp0 = _mm256_setzero_si256(), zp1 = zp0;
     if (has_zp) {

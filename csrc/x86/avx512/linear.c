@@ -1,4 +1,5 @@
-/* x86/avx512/linear.c - AVX-512 twin of mq_ref_wgemm (weight-only int8 matmul).
+/* x86/avx512/linear.c - AVX-512 twin of mq_ref_wgemm (weight-only int8 matmul), and the fp16 /
+ * bf16 panel path on the same tiles (mq.h mq_h16_panels_fn).
  *
  * Compiled with -mavx512f -mavx512bw -mavx512vl -mavx512dq (CMakeLists.txt)
  * and installed by dispatch.c only on CPUs with all of them. */
@@ -60,7 +61,7 @@ MQ_INLINE __m512 weight_vector(const mq_wgemm_args *a, const int8_t *w, int64_t 
 MQ_INLINE void wgemm_tile(const mq_wgemm_args *a, int64_t m0, int64_t p, const int mt, const float *wbuf,
                           const int from_buf) {
     const int64_t groups = a->kp / MQ_KGROUP, kp = a->kp, n0 = p * MQ_PANEL;
-    const int8_t *w = a->w + p * groups * 64;
+    const int8_t *w = from_buf ? NULL : a->w + p * groups * 64; /* (fp16 panels: a->w is NULL) */
     const float *x = a->x + m0 * kp;
     __m512i zp[4];
     if (!from_buf) panel_zero_points(a, p, zp);

@@ -1,7 +1,8 @@
 """The float cast formats (fp16, bf16): the weight is kept as one tensor, ``weight``, in the
 target dtype; layers compute in the input's dtype.  A Linear with float32 inputs on the CPU
-runs the C kernel that widens the 16-bit weight in registers (``kernels.fp16.half_linear``)
-up to the row counts where it beats torch's op on the converted weight (``KERNEL_MAX_ROWS``)."""
+runs the C kernel that widens the 16-bit weight in registers (``kernels.fp16.half_linear``:
+its tiles up to ``KERNEL_MAX_ROWS`` rows, its panel path up to ``PANEL_MAX_ROWS``) where it
+beats torch's op on the converted weight (``kernels.fp16.half_path``)."""
 from __future__ import annotations
 
 import math
