@@ -11,7 +11,6 @@
  * activation block stays in L2 (ROW_BLOCK rows x K_BLOCK columns), and the
  * outputs are split over threads (parallel.c's rules). */
 #include <stdlib.h>
-#include <string.h>
 
 #include "mq.h"
 
@@ -134,10 +133,7 @@ int mq_h16_linear_panels(const float *x, int64_t m, int64_t k, const uint16_t *w
     if (kp != k) { /* the tiles read rows of kp floats: a zero-padded copy */
         xpad = malloc((size_t)m * (size_t)kp * sizeof(float));
         if (!xpad) return -1;
-        for (int64_t i = 0; i < m; i++) {
-            memcpy(xpad + i * kp, x + i * k, (size_t)k * sizeof(float));
-            memset(xpad + i * kp + k, 0, (size_t)(kp - k) * sizeof(float));
-        }
+        for (int64_t i = 0; i < m; i++) mq_row_to_f32(x + i * k, MQ_SRC_F32, k, kp, xpad + i * kp);
     }
     panels_ctx c = {kt->h16_panels, xpad ? xpad : x, m, kp, k, w, is_bf16, bias, n, y, 0};
     nthreads = mq_threads_for_work((double)m * (double)k * (double)n, ONE_THREAD_MACS, nthreads);

@@ -33,10 +33,12 @@ def half_path(rows: int, isa: str) -> str:
     return "panels" if rows <= PANEL_MAX_ROWS[isa] else "torch"
 
 
-def half_linear(x2d: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]) -> torch.Tensor:
+def half_linear(x2d: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
+                panels: bool = False) -> torch.Tensor:
     """float32 ``x2d @ weight.T + bias`` on the CPU for a float32 ``x2d`` ``[m, k]`` and a
     float16 / bfloat16 ``weight`` ``[n, k]`` (non-contiguous inputs are copied first); the
     bias (any float dtype) is taken as float32.  Twin: ``F.linear(x2d, weight.float(), bias)``.
+    ``panels``: the panel path (:func:`half_path` says which, for the rows and level).
     Raises TypeError / ValueError (from the C layer) for other dtypes or mismatched shapes."""
     if weight.dtype not in HALF_WEIGHT_DTYPES:
         raise TypeError(f"half_linear takes a float16 or bfloat16 weight, got {weight.dtype}")
@@ -47,8 +49,7 @@ def half_linear(x2d: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Te
     w = w.view(torch.int16).numpy() if is_bf16 else w.numpy()  # bf16 crosses as its bits
     if bias is not None:
         bias = (bias if bias.dtype == torch.float32 and not bias.requires_grad else bias.detach().float()).numpy()
-    y = _C.h16_linear(x2d.detach().numpy(), w, is_bf16, bias=bias, nthreads=SETTINGS.num_threads(),
-                      panels=x2d.shape[0] > KERNEL_MAX_ROWS[SETTINGS.isa])
+    y = _C.h16_linear(x2d.detach().numpy(), w, is_bf16, bias=bias, nthreads=SETTINGS.num_threads(), panels=panels)
     return torch.from_numpy(y)
 
 
@@ -64,7 +65,7 @@ def half_linear_arrays(weight: torch.Tensor, bias: Optional[torch.Tensor], op: s
     return w, is_bf16, None if bias is None else bias.detach().to(torch.float32).numpy()
 
 
-def half_linear_raw(x2d: torch.Tensor, w, is_bf16: bool, bias) -> torch.Tensor:
+def half_linear_raw(x2d: torch.Tensor, w, is_bf16: bool, bias, panels: bool = False) -> torch.Tensor:
     """:func:`half_linear` on the arrays of :func:`half_linear_arrays` (``x2d`` float32, no grad)."""
     return torch.from_numpy(_C.h16_linear(x2d.numpy(), w, is_bf16, bias=bias, nthreads=SETTINGS.num_threads(),
-                                          panels=x2d.shape[0] > KERNEL_MAX_ROWS[SETTINGS.isa]))
+                                          panels=panels))

@@ -11,13 +11,13 @@ sgemm runs its AVX2 code, and our AVX-512 kernels win at every row count; on an 
 with AVX-512 sgemm is about twice as fast, and our kernels lose from some tens or hundreds
 of rows.  So the AVX-512 level has two rows in each table: ``BLAS_AVX512`` picks one at
 import.  From ``benchmarks/bench_fp16.py --crossover`` and the weight-only / int4
-crossover of docs/benchmarks.md ("Row rules on an Intel AVX-512 CPU"), 1 thread, BERT
-layer shapes, rows 1-2048:
+crossover of docs/benchmarks.md ("Row rules per BLAS class", in the Intel AVX-512 CPU's
+section), 1 thread, BERT layer shapes, rows 1-2048:
 
 - AMD Zen 3 (AVX2) / Zen 4, Zen 5 (AVX-512): see each table.
 - Intel Xeon with AVX-512 and AMX (1 Dec 2026): fp16 kernel 0.42-0.89x fp32's time up to 16
-  rows, 0.89-1.24x the converted path's at 64 (past 32 rows the panel path, below); int8 weight-only kernel (its panels converted
-  once per block of rows from 32 rows) 0.79-1.05x fp32's time up to 512 rows, ahead of
+  rows, 0.89-1.24x the converted path's at 64 (past 32 rows the panel path, below); int8
+  weight-only kernel (its panels converted once per block of rows from 32 rows) 0.79-1.05x fp32's time up to 512 rows, ahead of
   dequantize + BLAS (1.07-1.81x) there, mixed at 1024-2048 (0.94-1.11x against 1.01-1.07x);
   int4 kernel 0.64-0.95x fp32 up to 128 rows, behind from 512-1024 (1024 rows: 1.06-1.40x
   against 1.00-1.08x).
@@ -28,8 +28,8 @@ import torch
 
 from .. import _C
 
-__all__ = ["BLAS_AVX512", "HALF_KERNEL_MAX_ROWS", "HALF_PANEL_MAX_ROWS", "INT8_WEIGHT_ONLY_BLAS_MIN_ROWS", "INT4_BLAS_MIN_ROWS",
-           "INT4_BLAS_MAX_OUT_FEATURES", "blas_runs_avx512"]
+__all__ = ["BLAS_AVX512", "HALF_KERNEL_MAX_ROWS", "HALF_PANEL_MAX_ROWS", "INT8_WEIGHT_ONLY_BLAS_MIN_ROWS",
+           "INT4_BLAS_MIN_ROWS", "INT4_BLAS_MAX_OUT_FEATURES", "blas_runs_avx512"]
 
 _NEVER = 1 << 62
 
