@@ -88,6 +88,25 @@ static PyObject *py_use_vnni256_for_tests(PyObject *self, PyObject *arg) {
                          "the EVEX 256-bit VNNI kernel needs AVX-512 VNNI + VL (CPU and build)");
 }
 
+PyDoc_STRVAR(use_amx_doc,
+             "use_amx(on) -> bool\n\n"
+             "The AVX-512 level's dynamic int8 matmul on AMX tiles (True, the default where the CPU\n"
+             "has AMX-INT8 and the OS granted the tile data) or on AVX-512 VNNI (False); None only\n"
+             "asks.  The two give the same bits.  Returns the previous state; RuntimeError when AMX\n"
+             "was asked for where this CPU, OS or build can't.");
+
+static PyObject *py_use_amx(PyObject *self, PyObject *arg) {
+    (void)self;
+    int on = -1;
+    if (arg != Py_None && (on = PyObject_IsTrue(arg)) < 0) return NULL;
+    const int previous = mq_use_amx(on);
+    if (previous < 0) {
+        PyErr_SetString(PyExc_RuntimeError, "AMX kernels need AMX-INT8 + AVX-512 VNNI (CPU, OS grant and build)");
+        return NULL;
+    }
+    return PyBool_FromLong(previous);
+}
+
 PyDoc_STRVAR(team_backoff_for_tests_doc,
              "team_backoff_for_tests(on) -> None\n\n"
              "Tests only: False turns off the back-offs (after a call that waited on a descheduled\n"
@@ -172,6 +191,7 @@ PyMethodDef mq_runtime_methods[] = {
     {"set_gemv_max_rows", py_set_gemv_max_rows, METH_O, set_gemv_max_rows_doc},
     {"use_vnni256_for_tests", py_use_vnni256_for_tests, METH_O, use_vnni256_for_tests_doc},
     {"use_maddubs_for_tests", py_use_maddubs_for_tests, METH_O, use_maddubs_for_tests_doc},
+    {"use_amx", py_use_amx, METH_O, use_amx_doc},
     {"team_backoff_for_tests", py_team_backoff_for_tests, METH_O, team_backoff_for_tests_doc},
     {"cpu_info", py_cpu_info, METH_NOARGS, cpu_info_doc},
     {"set_isa", py_set_isa, METH_O, set_isa_doc},

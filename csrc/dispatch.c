@@ -15,6 +15,10 @@
 #if defined(__x86_64__) || defined(__i386__)
 #include <cpuid.h>
 #endif
+#if defined(__linux__) && defined(__x86_64__)
+#include <sys/syscall.h>
+#include <unistd.h>
+#endif
 
 #include "mq.h"
 
@@ -106,6 +110,20 @@ const char *mq_cpu_vendor(void) {
     mq_active(); /* detection runs once, inside the table set-up */
     return cpu.vendor;
 }
+
+/* Linux hands out AMX tile data per process, on request (since 5.16; without it the first
+ * tile instruction raises SIGILL).  Asked once, only where cpuid and XCR0 showed AMX; the
+ * grant is inherited by threads and fork() children. */
+static int amx_granted(const cpu_features *f) {
+    if (!(f->amx_int8 && f->avx512_vnni)) return 0;
+#if defined(__linux__) && defined(__x86_64__) && defined(SYS_arch_prctl)
+    enum { ARCH_REQ_XCOMP_PERM = 0x1023, XFEATURE_XTILEDATA = 18 };
+    return syscall(SYS_arch_prctl, ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA) == 0;
+#else
+    return 0;
+#endif
+}
+static int amx_ready = 0; /* granted, and this build has the kernel */
 
 static mq_isa_t best_level(const cpu_features *f) {
     const int avx2 = f->avx2 && f->fma && f->f16c;
@@ -238,6 +256,8 @@ static void init_tables(void) {
             overlay(&tables[MQ_ISA_AVX512], &mq_avx512vnni_linear_table);
             overlay(&tables[MQ_ISA_AVX512], &mq_avx512vnni_int4_table);
             overlay(&tables[MQ_ISA_AVX512], &mq_avx512vnni_static_table);
+            amx_ready = mq_amx_linear_table.qgemm && amx_granted(&cpu);
+            if (amx_ready) overlay(&tables[MQ_ISA_AVX512], &mq_amx_linear_table);
         }
     }
     active_isa = best_isa;
@@ -289,4 +309,13 @@ int mq_use_vnni256_for_tests(int on) {
     }
     if (best_isa >= MQ_ISA_AVX2) avx2_int8_matmul(avx2);
     return 0;
+}
+
+int mq_use_amx(int on) {
+    init_tables();
+    const int previous = amx_ready && tables[MQ_ISA_AVX512].qgemm == mq_amx_linear_table.qgemm;
+    if (on < 0) return previous;
+    if (!amx_ready) return on ? -1 : 0;
+    overlay(&tables[MQ_ISA_AVX512], on ? &mq_amx_linear_table : &mq_avx512vnni_linear_table);
+    return previous;
 }

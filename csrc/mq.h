@@ -382,6 +382,7 @@ extern const mq_kernels mq_avx2_int4_table;           /* x86/avx2/int4.c */
 extern const mq_kernels mq_avx512_quant_table;        /* x86/avx512/quant.c */
 extern const mq_kernels mq_avx512_linear_table;       /* x86/avx512/linear.c (weight-only) */
 extern const mq_kernels mq_avx512vnni_linear_table;   /* x86/avx512_vnni/linear.c */
+extern const mq_kernels mq_amx_linear_table;          /* x86/amx/linear.c (AMX-INT8, 16 rows and more) */
 extern const mq_kernels mq_avx512_pack_table;         /* x86/avx512/pack.c */
 extern const mq_kernels mq_avx512_int4_table;         /* x86/avx512/int4.c */
 extern const mq_kernels mq_avx512vnni_int4_table;     /* x86/avx512_vnni/int4.c */
@@ -394,6 +395,13 @@ extern const mq_kernels mq_avxvnni_static_table;      /* x86/avx_vnni/static_con
 extern const mq_kernels mq_avx512vnni_static_table;   /* x86/avx512_vnni/static_conv.c */
 extern const mq_kernels mq_avx2_eltwise_table;        /* x86/avx2/static_eltwise.c */
 extern const mq_kernels mq_avx512_eltwise_table;      /* x86/avx512/static_eltwise.c */
+/* The AVX-512 VNNI int8 matmul (x86/avx512_vnni/linear.c); the AMX kernel runs it on the
+ * rows and calls its tiles don't take.  Only called after dispatch.c's VNNI check. */
+void mq_avx512vnni_qgemm(const mq_qgemm_args *a, int64_t p0, int64_t p1);
+/* The AVX-512 level's int8 matmul on AMX (on = 1, the default where the CPU and the OS allow
+ * it) or on AVX-512 VNNI (on = 0); on < 0 only asks.  Returns the previous state (1 on AMX),
+ * -1 when asked for AMX where this CPU, OS or build can't. */
+int mq_use_amx(int on);
 /* Tests only: on the AVX2 level, run the 256-bit VNNI kernel in its EVEX
  * encoding (needs AVX-512 VNNI + VL); 0 ok, -1 when this CPU can't. */
 int mq_use_vnni256_for_tests(int on);

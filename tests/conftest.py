@@ -22,12 +22,17 @@ SUPPORTED = LEVELS[: LEVELS.index(BEST) + 1]
 # The AVX2 level's alternative int8 matmuls, as "level+variant": the AVX-VNNI kernel
 # (256-bit vpdpbusd) in its EVEX encoding where the CPU has AVX-512 VNNI + VL (the same
 # source, so the same arithmetic), and where the CPU has AVX-VNNI, the maddubs kernel
-# that AVX2-only CPUs run.  Each maps to its switch and the kernel name it installs.
+# that AVX2-only CPUs run; and where the AVX-512 level runs its int8 matmul on AMX tiles, that
+# level's AVX-512 VNNI kernel (what AVX-512 CPUs without AMX run).  Each maps to its switch
+# and the kernel name it installs.
 _INFO = _C.cpu_info()
+AMX = "avx512" in SUPPORTED and _C.use_amx(None)
 VARIANTS = {"vnni256": (_C.use_vnni256_for_tests, "vnni256_evex"),
-            "maddubs": (_C.use_maddubs_for_tests, "avx2_maddubs")}
+            "maddubs": (_C.use_maddubs_for_tests, "avx2_maddubs"),
+            "vnni": (lambda on: _C.use_amx(not on), "avx512_vnni")}
 MADDUBS = ["avx2+maddubs"] if _INFO["avx_vnni"] and "avx2" in SUPPORTED else []
-KERNELS = SUPPORTED + (["avx2+vnni256"] if _INFO["avx512_vnni"] and _INFO["avx512vl"] else []) + MADDUBS
+KERNELS = (SUPPORTED + (["avx2+vnni256"] if _INFO["avx512_vnni"] and _INFO["avx512vl"] else []) + MADDUBS
+           + (["avx512+vnni"] if AMX else []))
 
 
 @contextlib.contextmanager

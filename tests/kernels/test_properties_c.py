@@ -49,7 +49,7 @@ ENTRY_POINTS = {
     "rows_minmax", "choose_qparams", "quantize_rows", "quantize_rows_fused", "dequantize_rows", "rows_sqerr",
     "quantize_activations", "pack_int8", "quantize_pack_int8", "packed_check", "quantize_pack_int8_file", "linear_int8", "conv2d_int8",
     "linear_kernels", "set_threading_backend", "set_gemv_max_rows", "use_vnni256_for_tests",
-    "use_maddubs_for_tests", "team_backoff_for_tests", "cpu_info", "set_isa",
+    "use_maddubs_for_tests", "team_backoff_for_tests", "cpu_info", "set_isa", "use_amx",
     "get_isa", "q4_quantize", "q4_dequantize", "q4_linear", "q4_panel_min_m", "q4_int8_min_m",
     # calibration observers: properties in tests/kernels/test_properties_observers.py
     "obs_minmax", "obs_hist_update", "obs_entropy_search", "obs_mse_search",
@@ -974,3 +974,19 @@ def test_vnni256_switch_and_threading_backend_arguments(value):
         assert "VNNI" in str(e)
     finally:
         _C.use_vnni256_for_tests(False)
+
+
+@PROFILE
+@given(st.one_of(st.none(), st.booleans(), st.integers(), st.text(max_size=3), st.binary(max_size=3)))
+def test_amx_switch_arguments(value):
+    # any truthy / falsy value switches (None only asks); AMX where it can't run: a clear error
+    before = _C.use_amx(None)
+    try:
+        previous = _C.use_amx(value)
+        assert previous == before
+        assert _C.use_amx(None) == (before if value is None else bool(value))
+    except RuntimeError as e:
+        assert "AMX" in str(e) and value and not before
+    finally:
+        _C.use_amx(before)
+    assert _C.use_amx(None) == before

@@ -11,30 +11,7 @@
 #if defined(__x86_64__) && defined(__AVX512F__) && defined(__AVX512VNNI__)
 #include <immintrin.h>
 
-#define MQ_INLINE static inline __attribute__((always_inline))
-
-static inline __mmask16 tail_mask(int64_t left) {
-    return left >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << left) - 1u);
-}
-
-/* Exact correction, then y = (float)acc * (x_scale * w_scale) + bias (the
- * reference's order, no FMA), for row m and panel p. */
-MQ_INLINE void qgemm_store(const mq_qgemm_args *a, __m512i acc, int64_t m, int64_t p) {
-    const int64_t n0 = p * MQ_PANEL;
-    const __mmask16 mask = tail_mask(a->n - n0);
-    if (a->x_u8) acc = _mm512_sub_epi32(acc, _mm512_slli_epi32(_mm512_loadu_si512(a->w_sum + n0), 7));
-    if (a->w_zp)
-        acc = _mm512_sub_epi32(acc, _mm512_mullo_epi32(_mm512_maskz_loadu_epi32(mask, a->w_zp + n0),
-                                                       _mm512_set1_epi32(a->x_sum[m])));
-    if (a->acc) {
-        _mm512_mask_storeu_epi32(a->acc + m * a->ldy + n0, mask, acc);
-        return;
-    }
-    __m512 s = _mm512_mul_ps(_mm512_set1_ps(a->x_scale[m]), _mm512_maskz_loadu_ps(mask, a->w_scale + n0));
-    __m512 y = _mm512_mul_ps(_mm512_cvtepi32_ps(acc), s);
-    if (a->bias) y = _mm512_add_ps(y, _mm512_maskz_loadu_ps(mask, a->bias + n0));
-    _mm512_mask_storeu_ps(a->y + m * a->ldy + n0, mask, y);
-}
+#include "x86/avx512_vnni/qgemm_store.h"
 
 /* MT rows x NT panels of accumulators in registers over the whole K: each
  * 64-byte weight group is loaded once and used by MT rows.  Spelled out with
@@ -140,8 +117,9 @@ static const qtile_fn one_panel_tiles[9] = {NULL, qtile_1_1, qtile_2_1, qtile_3_
 /* One row: 4 panels side by side (qgemv_4panels).  Up to gemv_max_rows rows (GEMV,
  * memory-bound): one panel at a time, each weight byte read once.  More rows (GEMM):
  * 8 rows x 3 panels (24 accumulators), the 3 panels (3 * 16 * kp bytes)
- * staying in L2 while all row tiles pass over them. */
-static void qgemm_vnni(const mq_qgemm_args *a, int64_t p0, int64_t p1) {
+ * staying in L2 while all row tiles pass over them.  Exported: the AMX kernel
+ * (x86/amx/linear.c) runs it on the rows its 16-row tiles leave. */
+void mq_avx512vnni_qgemm(const mq_qgemm_args *a, int64_t p0, int64_t p1) {
     /* batch 1, any thread count: 1.09-1.22x the speed of the one-panel tile at 1 thread,
      * 1.02-1.13x the 3-panel tile at 2 (docs/benchmarks.md, Intel Xeon with AMX) */
     if (a->m == 1) {
@@ -164,7 +142,7 @@ static void qgemm_vnni(const mq_qgemm_args *a, int64_t p0, int64_t p1) {
 }
 
 const mq_kernels mq_avx512vnni_linear_table = {
-    .qgemm = qgemm_vnni,
+    .qgemm = mq_avx512vnni_qgemm,
     .qgemm_x_u8 = 1,
     .qgemm_name = "avx512_vnni",
 };

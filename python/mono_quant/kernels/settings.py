@@ -110,14 +110,27 @@ class RuntimeSettings:
         previous, self._maddubs_for_tests = self._maddubs_for_tests, bool(on)
         return previous
 
+    # -- AMX ----------------------------------------------------------------------------------------
+    @property
+    def amx(self) -> bool:
+        """Whether the AVX-512 level's dynamic int8 matmul runs on AMX tiles (on by default where
+        the CPU has AMX-INT8 and the OS granted the tile data; the same bits as AVX-512 VNNI)."""
+        return _C.use_amx(None)
+
+    def set_amx(self, enabled: bool) -> bool:
+        """Run the AVX-512 level's dynamic int8 matmul on AMX (True) or on AVX-512 VNNI (False);
+        returns the previous setting.  RuntimeError (from C) for True where AMX can't run."""
+        return _C.use_amx(bool(enabled))
+
     @contextlib.contextmanager
     def for_tests(self, *, isa: Optional[str] = None, vnni256: Optional[bool] = None,
                   maddubs: Optional[bool] = None, int4_int8_activations: Optional[bool] = None,
-                  gemv_max_rows: Optional[int] = None) -> Iterator["RuntimeSettings"]:
+                  gemv_max_rows: Optional[int] = None, amx: Optional[bool] = None) -> Iterator["RuntimeSettings"]:
         """Change the given settings inside a ``with`` block, restoring each on exit (also on
         an exception).  None leaves a setting as it is."""
         changes = ((self.set_isa, isa), (self.use_vnni256_for_tests, vnni256), (self.use_maddubs_for_tests, maddubs),
-                   (self.set_int4_int8_activations, int4_int8_activations), (self.set_gemv_max_rows, gemv_max_rows))
+                   (self.set_int4_int8_activations, int4_int8_activations), (self.set_gemv_max_rows, gemv_max_rows),
+                   (self.set_amx, amx))
         undo = []
         try:
             for setter, value in changes:

@@ -1,0 +1,146 @@
+"""The AVX-512 level's dynamic int8 matmul on AMX tiles (x86/amx/linear.c): whole 16-row tiles
+on tdpbusd, the K-groups past whole 64-byte tiles and the rows past whole 16-row tiles on
+vpdpbusd, one epilogue with the VNNI kernel.  Integer sums are exact in any order, so every
+case must give the VNNI kernel's bits and the reference's exact accumulators: rows around
+the 16- and 32-row tiles and across the kernel's row chunks, K with and without a tail, a
+last panel alone, weights at -128 / 127, zero-points, 7-bit activations, two threads, conv,
+and a fork after an AMX call.  Skipped where the CPU (or the OS) has no AMX."""
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from mono_quant import _C, kernels
+from mono_quant.kernels import reference
+from mono_quant.kernels.settings import SETTINGS
+from conftest import AMX, at_isa
+from fork_scripts import WAIT_FOR_CHILD
+
+pytestmark = pytest.mark.skipif(not AMX, reason="the CPU or the OS has no AMX-INT8")
+
+ROWS = [16, 17, 31, 32, 33, 47, 48, 100, 257]
+KS = [64, 68, 131, 200, 1024, 1030]
+OUTS = [1, 16, 17, 40, 130]
+
+
+def _weight(n, k, g):
+    w = torch.randint(-128, 128, (n, k), generator=g, dtype=torch.int8)
+    w[::3, ::5] = -128
+    w[1::5, 1::2] = 127
+    return w
+
+
+def _both(fn):
+    """fn() on AMX and on the VNNI kernel, at the AVX-512 level."""
+    with at_isa("avx512"):
+        with SETTINGS.for_tests(amx=True):
+            assert _C.linear_kernels()["dynamic"] == "amx_int8"
+            on = fn()
+        with SETTINGS.for_tests(amx=False):
+            assert _C.linear_kernels()["dynamic"] == "avx512_vnni"
+            off = fn()
+    return on, off
+
+
+@pytest.mark.parametrize("k", KS)
+def test_exact_accumulators_every_tile_edge(k):
+    g = torch.Generator().manual_seed(k)
+    for n in OUTS:
+        w = _weight(n, k, g)
+        p, w_sum, has_m128 = kernels.pack_int8(w)
+        for rows in ROWS:
+            x = torch.randint(-127, 128, (rows, k), generator=g, dtype=torch.int8)
+            x[::2, ::2] = torch.where(x[::2, ::2] < 0, -127, 127).to(torch.int8)  # the largest sums
+            zp = torch.randint(-128, 128, (n,), generator=g, dtype=torch.int32) if rows % 2 else torch.zeros(
+                n, dtype=torch.int32)
+            want = reference.linear_int8(x, w, torch.ones(n), zp, mode="int8_acc")
+            on, off = _both(lambda: kernels.linear_int8(x, p, w_sum, torch.ones(n), zp, None, n, has_m128,
+                                                        mode="int8_acc"))
+            assert torch.equal(on, want), (rows, n, k, int(torch.ne(on, want).sum()))
+            assert torch.equal(off, want), (rows, n, k)
+
+
+@pytest.mark.parametrize("reduce_range", [False, True])
+@pytest.mark.parametrize("rows, n, k", [(16, 64, 200), (48, 77, 96), (130, 130, 515), (600, 48, 1024),
+                                        (1030, 40, 64), (64, 208, 4096)])
+def test_float_outputs_same_bits_as_vnni_and_the_twin(rows, n, k, reduce_range):
+    # 600 and 1030 rows pass several of the kernel's row chunks (about 256 KiB of activations)
+    g = torch.Generator().manual_seed(rows + n)
+    w = _weight(n, k, g)
+    zp = torch.randint(-10, 11, (n,), generator=g, dtype=torch.int32)
+    scale, bias = torch.rand(n, generator=g) * 0.01 + 1e-4, torch.randn(n, generator=g)
+    x = torch.randn(rows, k, generator=g) * 2 + 0.3
+    x[rows // 2] = 0.0  # an all-zero row
+    p, w_sum, has_m128 = kernels.pack_int8(w)
+    on, off = _both(lambda: kernels.linear_int8(x, p, w_sum, scale, zp, bias, n, has_m128,
+                                                reduce_range=reduce_range))
+    assert torch.equal(on, off)
+    assert torch.equal(on, reference.linear_int8(x, w, scale, zp, bias, reduce_range=reduce_range))
+
+
+@pytest.mark.parametrize("rows", [64, 100, 2048])
+def test_two_threads_same_bits_as_one(rows):
+    # a narrow layer (few panels) is cut over row blocks, a wide one over panels
+    g = torch.Generator().manual_seed(rows)
+    for n, k in [(40, 768), (768, 768)]:
+        w = torch.randint(-127, 128, (n, k), generator=g, dtype=torch.int8)
+        p, w_sum, has_m128 = kernels.pack_int8(w)
+        args = (torch.randn(rows, k, generator=g).numpy(), p.numpy(), w_sum.numpy(),
+                (torch.rand(n, generator=g) * 1e-2).numpy(), np.zeros(n, np.int32), None, n, has_m128)
+        with at_isa("avx512"):
+            one = _C.linear_int8(*args, nthreads=1)
+            np.testing.assert_array_equal(_C.linear_int8(*args, nthreads=2), one)
+            with SETTINGS.for_tests(amx=False):
+                np.testing.assert_array_equal(_C.linear_int8(*args, nthreads=2), one)
+
+
+def test_conv2d_same_bits_as_vnni():
+    import mono_quant as mq
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(16, 32, 3, padding=1), torch.nn.ReLU(),
+                                torch.nn.Conv2d(32, 24, 3, stride=2, groups=2), torch.nn.Flatten(),
+                                torch.nn.LazyLinear(70))
+    x = torch.randn(3, 16, 14, 14)
+    model(x)
+    qmodel, _ = mq.quantize(model, dtype="int8")
+    with torch.no_grad():
+        on, off = _both(lambda: qmodel(x))
+    assert torch.equal(on, off)
+
+
+def test_setting_reports_and_restores():
+    assert SETTINGS.amx is True
+    assert SETTINGS.set_amx(False) is True
+    try:
+        assert SETTINGS.amx is False
+        with at_isa("avx512"):
+            assert _C.linear_kernels()["dynamic"] == "avx512_vnni"
+    finally:
+        SETTINGS.set_amx(True)
+    assert SETTINGS.amx is True
+
+
+def test_a_forked_child_runs_amx():
+    # the OS grant of the tile data is per process, inherited by fork(): a DataLoader worker
+    # forked after an AMX call runs AMX too (without the grant, SIGILL)
+    code = WAIT_FOR_CHILD + (
+        "import os, numpy as np, torch\n"
+        "from mono_quant import _C, kernels\n"
+        "w = torch.randint(-127, 128, (64, 256), dtype=torch.int8)\n"
+        "p, s, m = kernels.pack_int8(w)\n"
+        "x = torch.randn(64, 256)\n"
+        "f = lambda: kernels.linear_int8(x, p, s, torch.ones(64), torch.zeros(64, dtype=torch.int32), None, 64, m)\n"
+        "assert _C.linear_kernels()['dynamic'] == 'amx_int8'\n"
+        "want = f()\n"
+        "pid = os.fork()\n"
+        "if pid == 0:\n"
+        "    os._exit(0 if torch.equal(f(), want) else 3)\n"
+        "status = wait_for_child(pid, 60)\n"
+        "print('child', os.waitstatus_to_exitcode(status), flush=True)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                         env=dict(os.environ, MONO_QUANT_ISA="avx512"))
+    assert out.returncode == 0, out.stderr
+    assert "child 0" in out.stdout, out.stdout + out.stderr
