@@ -155,6 +155,15 @@ def ort_sessions(model, x, threads, workdir):
     return sessions
 
 
+def without_amx(model, x):
+    """model(x) with the AVX-512 level's int8 matmul on AVX-512 VNNI instead of AMX (the same bits)."""
+    kernels.SETTINGS.set_amx(False)
+    try:
+        return model(x)
+    finally:
+        kernels.SETTINGS.set_amx(True)
+
+
 def cosine(a: torch.Tensor, b: torch.Tensor) -> float:
     return float(F.cosine_similarity(a.reshape(1, -1).double(), b.reshape(1, -1).double()))
 
@@ -176,6 +185,8 @@ def run_case(name, threads, isas, use_ort, budget_s):
                     torch.set_num_threads(n)
                     contenders = {"fp32": lambda: model(x)}
                     contenders.update({label: (lambda m=m: m(x)) for label, m in quantized.items()})
+                    if isa == "avx512" and kernels.SETTINGS.amx:  # the AVX-512 VNNI kernel beside AMX
+                        contenders["int8 dyn vnni"] = lambda m=quantized["int8 dyn"]: without_amx(m, x)
                     if fbgemm is not None:
                         contenders["fbgemm dyn"] = lambda: fbgemm(x)
                     if n in sessions:
@@ -271,7 +282,7 @@ def crossover(threads, isas, repeats, row_counts=CROSSOVER_ROWS):
     return rows_out
 
 
-COLUMNS = ["int8 dyn", "fbgemm dyn", "ORT int8 dyn", "int8 w-only", "int4", "fp16"]
+COLUMNS = ["int8 dyn", "int8 dyn vnni", "fbgemm dyn", "ORT int8 dyn", "int8 w-only", "int4", "fp16"]
 
 
 def print_header():

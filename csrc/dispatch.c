@@ -184,6 +184,8 @@ static void overlay(mq_kernels *dst, const mq_kernels *src) {
     if (src->qgemm) { /* the kernel, its activation encoding and its name go together */
         dst->qgemm = src->qgemm;
         dst->qgemm_x_u8 = src->qgemm_x_u8;
+        dst->qgemm_speed = src->qgemm_speed;
+        dst->qgemm_tile_rows = src->qgemm_tile_rows;
         dst->qgemm_name = src->qgemm_name;
         /* a new qgemm drops the lower level's 7-bit kernel unless it brings one (VNNI is faster on xq) */
         dst->qgemm_u7 = src->qgemm_u7;

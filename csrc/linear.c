@@ -143,13 +143,20 @@ static int64_t gemv_rows(int nthreads) {
  * copied to fp32), MQ_ACT_MACS multiply-adds a value: 4096 x 768 quantized
  * in 0.26 ms at AVX-512, 0.41 at AVX2, what the int8 GEMM does 40 / 16
  * multiply-adds a value in.  Counted by n alone, that Linear ran on one
- * thread at 2 threads. */
+ * thread at 2 threads.  A faster GEMM (the table's qgemm_speed: AMX, on
+ * whole 16-row tiles) counts its multiply-adds at that fraction. */
 #define MQ_ACT_MACS 16
 /* Weight-only pieces are sized as if a multiply-add cost 4 int8 ones: 4x as
  * many pieces, so a late helper holds less. */
 #define MQ_WO_MAC_COST 4
-static int threads_for_call(int64_t m, int64_t kp, int64_t n, int nthreads, double split_from) {
-    const double work = (double)m * (double)kp * ((double)mq_round_up(n, MQ_PANEL) + MQ_ACT_MACS);
+static int threads_for_call(int64_t m, int64_t kp, int64_t n, int nthreads, double split_from,
+                            const mq_kernels *fast) {
+    double rows = (double)m; /* the GEMM's rows, at its speed */
+    if (fast && fast->qgemm_speed > 1 && fast->qgemm_tile_rows > 0) {
+        const int64_t tiled = m / fast->qgemm_tile_rows * fast->qgemm_tile_rows;
+        rows = (double)tiled / fast->qgemm_speed + (double)(m - tiled);
+    }
+    const double work = (double)kp * (rows * (double)mq_round_up(n, MQ_PANEL) + (double)m * MQ_ACT_MACS);
     return mq_threads_for_work(work, split_from, nthreads);
 }
 
@@ -288,7 +295,7 @@ int mq_linear_dynamic(const void *x, mq_src_t kind, int x_is_q, int64_t m, int64
     const int64_t kp = mq_round_up(k, MQ_KGROUP);
     if (m <= 0 || n <= 0) return 0;
     reduce_range = reduce_range && !x_is_q; /* (the bindings refuse the pair) */
-    nthreads = threads_for_call(m, kp, n, nthreads, MQ_ONE_THREAD_MACS);
+    nthreads = threads_for_call(m, kp, n, nthreads, MQ_ONE_THREAD_MACS, kt);
     const int64_t ldq = mq_x_row_stride(kp);
     uint8_t *xq = aligned_alloc(64, mq_alloc_bytes(m, ldq, 64));
     float *x_scale = malloc((size_t)m * sizeof(float));
@@ -594,7 +601,7 @@ int mq_linear_weight_only(const void *x, mq_src_t kind, int64_t m, int64_t k, in
     const mq_kernels *kt = mq_active();
     const int64_t kp = mq_round_up(k, MQ_KGROUP), panels = mq_round_up(n, MQ_PANEL) / MQ_PANEL;
     if (m <= 0 || n <= 0) return 0;
-    nthreads = threads_for_call(m, kp, n, nthreads, MQ_WO_SPLIT_MACS);
+    nthreads = threads_for_call(m, kp, n, nthreads, MQ_WO_SPLIT_MACS, NULL);
     const float *xf = x;
     float *buffer = NULL;
     if (kind != MQ_SRC_F32 || kp != k || ldx != k) {

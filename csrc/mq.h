@@ -291,6 +291,9 @@ typedef struct {
     const char *qgemm_name, *wgemm_name;
     mq_qgemm_fn qgemm;
     int qgemm_x_u8;
+    int qgemm_speed;     /* its multiply-adds in the time of one of the VNNI kernel's, on rows in */
+    int qgemm_tile_rows; /* whole tiles of this many (the rest run at VNNI's speed), for the thread
+                          * split rule (linear.c); 0 / 0: as fast as VNNI.  Set together with qgemm. */
     mq_wgemm_fn wgemm;
     mq_pack_panel_fn pack_panel;
     /* reduce_range (7-bit activations): a kernel taking the uint8 codes
