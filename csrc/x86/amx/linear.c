@@ -43,20 +43,22 @@ static void configure_tiles(void) {
 }
 
 /* Rows [m0, m0 + rows) x panels [p, p + np) of the block's tile sums at c: the K-groups
- * past the whole tiles added with vpdpbusd, then the VNNI kernels' epilogue. */
+ * past the whole tiles added with vpdpbusd, then the VNNI kernels' epilogue, each panel's
+ * constants loaded once for its rows. */
 static void finish_block(const mq_qgemm_args *a, const int32_t *c, int64_t m0, int rows, int64_t p, int np) {
     const int64_t groups = a->kp / MQ_KGROUP, tail0 = a->kp / TILE_K * (TILE_K / MQ_KGROUP);
-    for (int r = 0; r < rows; r++) {
-        const uint8_t *x = a->x + (m0 + r) * a->ldx;
-        for (int j = 0; j < np; j++) {
+    for (int j = 0; j < np; j++) {
+        const qgemm_panel q = qgemm_panel_load(a, p + j);
+        const int8_t *w = a->w + (p + j) * groups * MQ_PANEL_GROUP_BYTES;
+        for (int r = 0; r < rows; r++) {
             __m512i acc = _mm512_load_si512(c + r * C_LD + j * MQ_PANEL);
-            const int8_t *w = a->w + (p + j) * groups * MQ_PANEL_GROUP_BYTES;
+            const uint8_t *x = a->x + (m0 + r) * a->ldx;
             for (int64_t g = tail0; g < groups; g++) {
                 int32_t x4;
                 memcpy(&x4, x + g * MQ_KGROUP, 4);
                 acc = _mm512_dpbusd_epi32(acc, _mm512_set1_epi32(x4), _mm512_loadu_si512(w + g * 64));
             }
-            qgemm_store(a, acc, m0 + r, p + j);
+            qgemm_store_panel(a, &q, acc, m0 + r);
         }
     }
 }
