@@ -93,7 +93,7 @@ PyDoc_STRVAR(use_amx_doc,
              "The AVX-512 level's dynamic int8 matmul on AMX tiles (True, the default where the CPU\n"
              "has AMX-INT8 and the OS granted the tile data) or on AVX-512 VNNI (False); None only\n"
              "asks.  The two give the same bits.  Returns the previous state; RuntimeError when AMX\n"
-             "was asked for where this CPU, OS or build can't.");
+             "was asked for where this CPU, OS or build can't, or MONO_QUANT_AMX=0 turned it off.");
 
 static PyObject *py_use_amx(PyObject *self, PyObject *arg) {
     (void)self;
@@ -101,7 +101,7 @@ static PyObject *py_use_amx(PyObject *self, PyObject *arg) {
     if (arg != Py_None && (on = PyObject_IsTrue(arg)) < 0) return NULL;
     const int previous = mq_use_amx(on);
     if (previous < 0) {
-        PyErr_SetString(PyExc_RuntimeError, "AMX kernels need AMX-INT8 + AVX-512 VNNI (CPU, OS grant and build)");
+        PyErr_SetString(PyExc_RuntimeError, "AMX kernels need AMX-INT8 + AVX-512 VNNI (CPU, OS grant and build) and MONO_QUANT_AMX not 0");
         return NULL;
     }
     return PyBool_FromLong(previous);

@@ -112,10 +112,12 @@ const char *mq_cpu_vendor(void) {
 }
 
 /* Linux hands out AMX tile data per process, on request (since 5.16; without it the first
- * tile instruction raises SIGILL).  Asked once, only where cpuid and XCR0 showed AMX; the
- * grant is inherited by threads and fork() children. */
+ * tile instruction raises SIGILL).  Asked once, only where cpuid and XCR0 showed AMX and
+ * MONO_QUANT_AMX is not "0" (which keeps the process from asking: the grant enlarges every
+ * signal frame); the grant is inherited by threads and fork() children. */
 static int amx_granted(const cpu_features *f) {
-    if (!(f->amx_int8 && f->avx512_vnni)) return 0;
+    const char *env = getenv("MONO_QUANT_AMX");
+    if (!(f->amx_int8 && f->avx512_vnni) || (env && !strcmp(env, "0"))) return 0;
 #if defined(__linux__) && defined(__x86_64__) && defined(SYS_arch_prctl)
     enum { ARCH_REQ_XCOMP_PERM = 0x1023, XFEATURE_XTILEDATA = 18 };
     return syscall(SYS_arch_prctl, ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA) == 0;

@@ -144,3 +144,21 @@ def test_a_forked_child_runs_amx():
                          env=dict(os.environ, MONO_QUANT_ISA="avx512"))
     assert out.returncode == 0, out.stderr
     assert "child 0" in out.stdout, out.stdout + out.stderr
+
+
+def test_environment_turns_amx_off():
+    # MONO_QUANT_AMX=0: the tile data is never asked for, the VNNI kernel runs, and asking for
+    # AMX says why it can't
+    code = ("from mono_quant import _C\n"
+            "assert _C.use_amx(None) is False\n"
+            "assert _C.linear_kernels()['dynamic'] == 'avx512_vnni'\n"
+            "try:\n"
+            "    _C.use_amx(True)\n"
+            "except RuntimeError as e:\n"
+            "    assert 'MONO_QUANT_AMX' in str(e)\n"
+            "else:\n"
+            "    raise AssertionError('AMX switched on')\n"
+            "print('ok')\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                         env=dict(os.environ, MONO_QUANT_AMX="0", MONO_QUANT_ISA="avx512"))
+    assert out.returncode == 0 and "ok" in out.stdout, out.stdout + out.stderr
