@@ -85,3 +85,58 @@ def test_a_bias_assigned_after_a_forward_is_used_on_the_next_call(float_layer, x
         y1 = q(x)
     shape = (1, 32) if x.dim() == 2 else (1, 32, 1, 1)
     assert torch.allclose(y1, y0 + torch.ones(shape), atol=1e-5)
+
+
+# ---- formats without a packed int8 weight (int4): the small float route ---------------------------
+
+def _qconv4(cin, cout, padding_mode="zeros"):
+    torch.manual_seed(1)
+    model = nn.Sequential(nn.Conv2d(cin, cout, 3, padding=1, padding_mode=padding_mode)).eval()
+    return mq.quantize(model, dtype="int4", group_size=32).model[0]
+
+
+def _same_as_format(q, x):
+    # the route's fp32 call against the format's own conv2d (what the layer ran before the route)
+    with torch.no_grad():
+        y = q(x)
+        want = q.format.conv2d(q, x)
+    assert torch.equal(y, want)
+    return y
+
+
+def test_int4_small_conv_takes_fp32_call_with_the_format_bits():
+    from mono_quant.modules import conv
+    q = _qconv4(32, 32)
+    x = torch.randn(1, 32, 8, 8)
+    y0 = _same_as_format(q, x)
+    route = conv._ROUTES.get(q)
+    assert route is not None and route[4] is not None  # F.conv2d's argument list kept
+    _same_as_format(q, torch.randn(2, 32, 5, 7))  # another shape: chosen again
+    assert _same_as_format(q, x.half()).dtype == torch.float16  # not float32: the format's path
+    with torch.no_grad():
+        q.weight_scale.mul_(2.0)  # a weight buffer in place: the kept weight is rebuilt
+    y1 = _same_as_format(q, x)
+    assert not torch.equal(y0, y1)
+    with torch.no_grad():
+        q.bias.add_(1.0)
+    y2 = _same_as_format(q, x)
+    assert not torch.equal(y1, y2)
+    q.bias = None
+    _same_as_format(q, x)
+    _same_as_fresh(q, x)
+
+
+def test_int4_conv_float_route_only_where_it_applies():
+    from mono_quant.formats import layer_cache
+    from mono_quant.modules import conv
+    q = _qconv4(8, 8, padding_mode="reflect")  # conv_with pads first: the format's path
+    _same_as_format(q, torch.randn(1, 8, 6, 6))
+    assert conv._ROUTES.get(q) is None
+    q = _qconv4(32, 32)
+    saved = layer_cache.SMALL_WEIGHT_ELEMENTS
+    layer_cache.SMALL_WEIGHT_ELEMENTS = 100  # a "large" weight: dequantized per call, nothing kept
+    try:
+        _same_as_format(q, torch.randn(1, 32, 8, 8))
+        assert conv._ROUTES.get(q) is None
+    finally:
+        layer_cache.SMALL_WEIGHT_ELEMENTS = saved

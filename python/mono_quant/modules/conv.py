@@ -9,6 +9,7 @@ from torch import nn
 from .. import kernels
 from ..formats import ACTIVATION_MODES, format_of
 from ..formats import layer_cache
+from ..formats.base import WeightFormat
 from ..formats.layer_cache import float_weight, kernel_args_stamped
 from ..formats.packed_linear import conv_kernel_takes, dequantized_packed, packed_linear
 from ..kernels import dynamic_conv
@@ -283,7 +284,7 @@ class QuantizedConv2d(ReduceRange, QuantizedModule):
         the checks made once per shape here instead of per call were a third of it
         (bench_models.py, 8x8 CNNs)."""
         if self.format.kernel_args(self) is None:
-            return None
+            return self._small_float_route(x)
         stamp, packed = kernel_args_stamped(self)
         route = _FORMAT
         if conv_kernel_takes(self, x, packed[0]["in_features"]):
@@ -317,6 +318,27 @@ class QuantizedConv2d(ReduceRange, QuantizedModule):
                 call = (packed[2], (tuple(self.kernel_size2d), tuple(self.stride2d), tuple(self.padding2d),
                                     tuple(self.dilation2d), self.groups), True)
         memo = (x.shape, x.dtype, x.is_cpu, stamp, direct, route, packed, w, b, call)
+        _ROUTES[self] = memo
+        return memo
+
+    def _small_float_route(self, x: torch.Tensor):
+        """The route of a layer without a packed int8 weight whose format runs torch's conv on the
+        dequantized weight (``WeightFormat.conv2d``: int4), for a float32 CPU ``x`` and a small
+        weight: its kept float32 copy (float_weight's) and F.conv2d's argument list, kept with the
+        stamp of every buffer, the bias and the route's sources, so the call is fp32's own (the
+        int4 convs of an 8x8 CNN took about 6 us a call more than fp32's through the format's
+        path); else None (the format's conv2d, nothing kept)."""
+        numel = self.weight_numel()
+        if (type(self.format).conv2d is not WeightFormat.conv2d or x.dtype != torch.float32 or not x.is_cpu
+                or self.padding_mode != "zeros" or numel > layer_cache.SMALL_WEIGHT_ELEMENTS):
+            return None
+        w, b, dtype = self.format.compute_weight(self, x, numel, cache=True)
+        if dtype != torch.float32 or w.dtype != torch.float32 or not w.is_cpu or (b is not None and b.dtype != torch.float32):
+            return None
+        sources = tuple(("_buffers", name) for name in self._buffers) + (("_parameters", "bias"), (None, "bias"))
+        stamp = make_stamp(self, sources) + make_stamp(self, _ROUTE_SOURCES)
+        direct = (w, b, self.stride2d, self.padding2d, self.dilation2d, self.groups)
+        memo = (x.shape, x.dtype, x.is_cpu, stamp, direct, _FORMAT, None, w, b, None)
         _ROUTES[self] = memo
         return memo
 
