@@ -101,7 +101,7 @@ static PyObject *py_use_amx(PyObject *self, PyObject *arg) {
     if (arg != Py_None && (on = PyObject_IsTrue(arg)) < 0) return NULL;
     const int previous = mq_use_amx(on);
     if (previous < 0) {
-        PyErr_SetString(PyExc_RuntimeError, "AMX kernels need AMX-INT8 + AVX-512 VNNI (CPU, OS grant and build) and MONO_QUANT_AMX not 0");
+        PyErr_SetString(PyExc_RuntimeError, "AMX is not available here (see cpu_info()['amx'] for why)");
         return NULL;
     }
     return PyBool_FromLong(previous);
@@ -129,8 +129,9 @@ static PyObject *py_use_maddubs_for_tests(PyObject *self, PyObject *arg) {
     return kernel_switch(arg, mq_use_maddubs_for_tests, "the maddubs kernel needs AVX2");
 }
 
-PyDoc_STRVAR(cpu_info_doc, "cpu_info() -> dict of the CPU features mono-quant dispatches on, the ISA levels and "
-                            "the vendor (cpuid's string, '' where there is none).");
+PyDoc_STRVAR(cpu_info_doc, "cpu_info() -> dict of the CPU features mono-quant dispatches on, the ISA levels, "
+                            "the vendor (cpuid's string, '' where there is none) and 'amx': whether the AVX-512 "
+                            "level's int8 matmul may run on AMX tiles ('on') or why not ('off: ...').");
 
 /* d[key] = value, stealing value (which may be NULL from a failed call); -1 on error. */
 static int set_item_steal(PyObject *d, const char *key, PyObject *value) {
@@ -150,7 +151,8 @@ static PyObject *py_cpu_info(PyObject *self, PyObject *unused) {
         err = set_item_steal(d, features[i], PyBool_FromLong(mq_cpu_has(features[i]))) < 0;
     err = err || set_item_steal(d, "best_isa", PyUnicode_FromString(mq_isa_names[mq_cpu_best_isa()])) < 0 ||
           set_item_steal(d, "active_isa", PyUnicode_FromString(mq_isa_names[mq_active_isa()])) < 0 ||
-          set_item_steal(d, "vendor", PyUnicode_DecodeLatin1(mq_cpu_vendor(), (Py_ssize_t)strlen(mq_cpu_vendor()), NULL)) < 0;
+          set_item_steal(d, "vendor", PyUnicode_DecodeLatin1(mq_cpu_vendor(), (Py_ssize_t)strlen(mq_cpu_vendor()), NULL)) < 0 ||
+          set_item_steal(d, "amx", PyUnicode_FromString(mq_amx_status())) < 0;
     if (err) Py_CLEAR(d);
     return d;
 }

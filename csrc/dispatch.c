@@ -9,6 +9,8 @@
  * file, compiled for the baseline, overlays a table onto a level only after
  * cpuid and the OS (XCR0: the register state is saved on context switches)
  * said yes.  Nothing of an ISA unit is called before that check. */
+#include <errno.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -29,6 +31,11 @@ typedef struct {
 
 static cpu_features cpu;
 static mq_kernels tables[MQ_ISA_COUNT];
+/* The table each level runs (mq_active, mq_kernels_for): its entry of tables[], except the
+ * AVX-512 level on AMX, which points at avx512_amx; switched by one atomic store (mq_use_amx),
+ * so a kernel call on another thread sees one whole table or the other. */
+static mq_kernels avx512_amx;
+static mq_kernels *levels[MQ_ISA_COUNT];
 static mq_isa_t best_isa = MQ_ISA_SCALAR;
 static mq_isa_t active_isa = MQ_ISA_SCALAR;
 static int initialized = 0;
@@ -113,19 +120,52 @@ const char *mq_cpu_vendor(void) {
 
 /* Linux hands out AMX tile data per process, on request (since 5.16; without it the first
  * tile instruction raises SIGILL).  Asked once, only where cpuid and XCR0 showed AMX and
- * MONO_QUANT_AMX is not "0" (which keeps the process from asking: the grant enlarges every
- * signal frame); the grant is inherited by threads and fork() children. */
+ * MONO_QUANT_AMX is not 0 / false / off / no (which keeps the process from asking: the
+ * grant raises the process's minimum signal stack to about 12 KiB, so a later 8 KiB
+ * sigaltstack() fails); the grant is inherited by threads and fork() children.  The kernel
+ * refuses it when some thread's alternate signal stack is too small for the tile state. */
+static char amx_status[96] = "no AMX-INT8 + AVX-512 VNNI on this CPU";
+
+static int env_says_off(const char *name) {
+    const char *v = getenv(name);
+    static const char *const off[] = {"0", "false", "off", "no"};
+    if (!v) return 0;
+    for (size_t i = 0; i < sizeof off / sizeof off[0]; i++) {
+        size_t j = 0;
+        while (off[i][j] && v[j] && (v[j] | 0x20) == off[i][j]) j++; /* ASCII, any case */
+        if (!off[i][j] && !v[j]) return 1;
+    }
+    return 0;
+}
+
 static int amx_granted(const cpu_features *f) {
-    const char *env = getenv("MONO_QUANT_AMX");
-    if (!(f->amx_int8 && f->avx512_vnni) || (env && !strcmp(env, "0"))) return 0;
+    if (!(f->amx_int8 && f->avx512_vnni)) return 0;
+    if (!mq_amx_linear_table.qgemm) {
+        strcpy(amx_status, "off: this build has no AMX kernel");
+        return 0;
+    }
+    if (env_says_off("MONO_QUANT_AMX")) {
+        strcpy(amx_status, "off: MONO_QUANT_AMX");
+        return 0;
+    }
 #if defined(__linux__) && defined(__x86_64__) && defined(SYS_arch_prctl)
     enum { ARCH_REQ_XCOMP_PERM = 0x1023, XFEATURE_XTILEDATA = 18 };
-    return syscall(SYS_arch_prctl, ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA) == 0;
+    if (syscall(SYS_arch_prctl, ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA) == 0) {
+        strcpy(amx_status, "on");
+        return 1;
+    }
+    snprintf(amx_status, sizeof amx_status, "off: Linux refused the tile data (arch_prctl errno %d)", errno);
 #else
-    return 0;
+    strcpy(amx_status, "off: no way to ask this OS for the tile data");
 #endif
+    return 0;
 }
 static int amx_ready = 0; /* granted, and this build has the kernel */
+
+const char *mq_amx_status(void) {
+    mq_active();
+    return amx_status;
+}
 
 static mq_isa_t best_level(const cpu_features *f) {
     const int avx2 = f->avx2 && f->fma && f->f16c;
@@ -188,6 +228,7 @@ static void overlay(mq_kernels *dst, const mq_kernels *src) {
         dst->qgemm_x_u8 = src->qgemm_x_u8;
         dst->qgemm_speed = src->qgemm_speed;
         dst->qgemm_tile_rows = src->qgemm_tile_rows;
+        dst->qgemm_tile_k = src->qgemm_tile_k;
         dst->qgemm_name = src->qgemm_name;
         /* a new qgemm drops the lower level's 7-bit kernel unless it brings one (VNNI is faster on xq) */
         dst->qgemm_u7 = src->qgemm_u7;
@@ -260,22 +301,25 @@ static void init_tables(void) {
             overlay(&tables[MQ_ISA_AVX512], &mq_avx512vnni_linear_table);
             overlay(&tables[MQ_ISA_AVX512], &mq_avx512vnni_int4_table);
             overlay(&tables[MQ_ISA_AVX512], &mq_avx512vnni_static_table);
-            amx_ready = mq_amx_linear_table.qgemm && amx_granted(&cpu);
-            if (amx_ready) overlay(&tables[MQ_ISA_AVX512], &mq_amx_linear_table);
+            amx_ready = amx_granted(&cpu);
         }
     }
+    avx512_amx = tables[MQ_ISA_AVX512];
+    if (amx_ready) overlay(&avx512_amx, &mq_amx_linear_table);
+    for (int i = 0; i < MQ_ISA_COUNT; i++) levels[i] = &tables[i];
+    if (amx_ready) levels[MQ_ISA_AVX512] = &avx512_amx;
     active_isa = best_isa;
     initialized = 1;
 }
 
 const mq_kernels *mq_kernels_for(mq_isa_t isa) {
     init_tables();
-    return &tables[isa];
+    return __atomic_load_n(&levels[isa], __ATOMIC_ACQUIRE);
 }
 
 const mq_kernels *mq_active(void) {
     init_tables();
-    return &tables[active_isa];
+    return __atomic_load_n(&levels[active_isa], __ATOMIC_ACQUIRE);
 }
 
 mq_isa_t mq_active_isa(void) {
@@ -317,9 +361,9 @@ int mq_use_vnni256_for_tests(int on) {
 
 int mq_use_amx(int on) {
     init_tables();
-    const int previous = amx_ready && tables[MQ_ISA_AVX512].qgemm == mq_amx_linear_table.qgemm;
+    const int previous = __atomic_load_n(&levels[MQ_ISA_AVX512], __ATOMIC_ACQUIRE) == &avx512_amx;
     if (on < 0) return previous;
     if (!amx_ready) return on ? -1 : 0;
-    overlay(&tables[MQ_ISA_AVX512], on ? &mq_amx_linear_table : &mq_avx512vnni_linear_table);
+    __atomic_store_n(&levels[MQ_ISA_AVX512], on ? &avx512_amx : &tables[MQ_ISA_AVX512], __ATOMIC_RELEASE);
     return previous;
 }

@@ -152,7 +152,7 @@ static int64_t gemv_rows(int nthreads) {
 static int threads_for_call(int64_t m, int64_t kp, int64_t n, int nthreads, double split_from,
                             const mq_kernels *fast) {
     double rows = (double)m; /* the GEMM's rows, at its speed */
-    if (fast && fast->qgemm_speed > 1 && fast->qgemm_tile_rows > 0) {
+    if (fast && fast->qgemm_speed > 1 && fast->qgemm_tile_rows > 0 && kp >= fast->qgemm_tile_k) {
         const int64_t tiled = m / fast->qgemm_tile_rows * fast->qgemm_tile_rows;
         rows = (double)tiled / fast->qgemm_speed + (double)(m - tiled);
     }
@@ -263,18 +263,24 @@ static void qgemm_block(const void *vctx, int64_t m0, int64_t rows, int64_t p0, 
  * runs the reference); when there are too few panels to keep every
  * thread busy (a narrow layer or a conv group) and many rows, over row
  * blocks too (each thread then reads the whole, small, weight). */
-static void run_qgemm(mq_qgemm_fn fn, const mq_qgemm_args *a, int nthreads) {
+static void run_qgemm(mq_qgemm_fn fn, const mq_qgemm_args *a, int nthreads, const mq_kernels *kt) {
     const int64_t panels = mq_round_up(a->n, MQ_PANEL) / MQ_PANEL;
+    /* a kernel on row tiles (AMX: 16 rows, in blocks of 2) gets row blocks of whole blocks of
+     * them, else the rows a block leaves run on its slower kernel; others whole 8-row tiles */
+    const int tiled = fn == kt->qgemm && kt->qgemm_tile_rows > 0 && a->kp >= kt->qgemm_tile_k;
+    const int64_t granule = tiled ? 2 * kt->qgemm_tile_rows : 8;
     int64_t row_block = a->m;
     if (nthreads > 1 && panels < 4 * nthreads && a->m >= 64)
-        row_block = mq_round_up((a->m + 2 * nthreads - 1) / (2 * nthreads), 8);
+        row_block = mq_round_up((a->m + 2 * nthreads - 1) / (2 * nthreads), granule);
     /* Many rows times a small weight (a conv's im2col): blocks of rows that
      * stay in L2 while every panel passes over them, instead of streaming
      * all the rows from memory once per panel (conv 64ch 56x56 batch 8: the
      * 14 MiB of rows read 4 times).  A weight too big for the caches is
-     * still read once (batched linear layers). */
-    const int64_t rows_in_l2 = ((int64_t)128 << 10) / a->kp / 40 * 40; /* 40: whole 5- and 8-row tiles */
-    if (panels > 1 && panels * MQ_PANEL * a->kp <= ((int64_t)1 << 20) && rows_in_l2 >= 40 && row_block > rows_in_l2)
+     * still read once (batched linear layers).  40 rows: whole 5- and 8-row VNNI / AVX2 tiles. */
+    const int64_t l2_granule = tiled ? granule : 40;
+    const int64_t rows_in_l2 = ((int64_t)128 << 10) / a->kp / l2_granule * l2_granule;
+    if (panels > 1 && panels * MQ_PANEL * a->kp <= ((int64_t)1 << 20) && rows_in_l2 >= l2_granule &&
+        row_block > rows_in_l2)
         row_block = rows_in_l2;
     qgemm_ctx c = {{qgemm_block, a->m, panels, row_block}, fn, a};
     run_block_panels(&c.walk, a->kp, 1, nthreads);
@@ -312,9 +318,9 @@ int mq_linear_dynamic(const void *x, mq_src_t kind, int x_is_q, int64_t m, int64
                      x_zp, enc};
     mq_parallel_for(m, (1 << 16) / (k + 1) + 1, nthreads, quantize_x_range, &xc);
     if (u7)
-        run_qgemm(kt->qgemm_u7, &a, nthreads);
+        run_qgemm(kt->qgemm_u7, &a, nthreads, kt);
     else
-        run_qgemm(x_is_q && !a.x_u8 && rows_hold_m128(xq, m, kp, ldq) ? mq_ref_qgemm : kt->qgemm, &a, nthreads);
+        run_qgemm(x_is_q && !a.x_u8 && rows_hold_m128(xq, m, kp, ldq) ? mq_ref_qgemm : kt->qgemm, &a, nthreads, kt);
     status = 0;
 done:
     free(xq);
@@ -532,7 +538,7 @@ int mq_conv2d_dynamic(const void *x, mq_src_t kind, int64_t batch, int64_t chann
                            w_sum + g * np_g, w_scale + g * n_g, w_zp ? w_zp + g * n_g : NULL, w_has_m128,
                            bias ? bias + g * n_g : NULL, y_rows + g * n_g, NULL, n, gemv_rows(nthreads), x_zp, kp};
         profile_t = mq_conv_profile_start();
-        run_qgemm(u7 ? kt->qgemm_u7 : kt->qgemm, &a, nthreads);
+        run_qgemm(u7 ? kt->qgemm_u7 : kt->qgemm, &a, nthreads, kt);
         mq_conv_profile_stop(MQ_CONV_WALL_GEMM, profile_t);
     }
     if (nchw) {

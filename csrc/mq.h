@@ -292,8 +292,9 @@ typedef struct {
     mq_qgemm_fn qgemm;
     int qgemm_x_u8;
     int qgemm_speed;     /* its multiply-adds in the time of one of the VNNI kernel's, on rows in */
-    int qgemm_tile_rows; /* whole tiles of this many (the rest run at VNNI's speed), for the thread
-                          * split rule (linear.c); 0 / 0: as fast as VNNI.  Set together with qgemm. */
+    int qgemm_tile_rows; /* whole tiles of this many (the rest run at VNNI's speed) when K (kp) is */
+    int qgemm_tile_k;    /* at least this, for the thread split and the row blocks (linear.c);
+                          * 0: as fast as VNNI everywhere.  Set together with qgemm. */
     mq_wgemm_fn wgemm;
     mq_pack_panel_fn pack_panel;
     /* reduce_range (7-bit activations): a kernel taking the uint8 codes
@@ -405,6 +406,8 @@ void mq_avx512vnni_qgemm(const mq_qgemm_args *a, int64_t p0, int64_t p1);
  * it) or on AVX-512 VNNI (on = 0); on < 0 only asks.  Returns the previous state (1 on AMX),
  * -1 when asked for AMX where this CPU, OS or build can't. */
 int mq_use_amx(int on);
+/* Why the AVX-512 level does or does not run AMX: "on", or "off: ..." / "no AMX-INT8 ..." */
+const char *mq_amx_status(void);
 /* Tests only: on the AVX2 level, run the 256-bit VNNI kernel in its EVEX
  * encoding (needs AVX-512 VNNI + VL); 0 ok, -1 when this CPU can't. */
 int mq_use_vnni256_for_tests(int on);

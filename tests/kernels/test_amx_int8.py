@@ -19,10 +19,12 @@ from mono_quant.kernels.settings import SETTINGS
 from conftest import AMX, at_isa
 from fork_scripts import WAIT_FOR_CHILD
 
-pytestmark = pytest.mark.skipif(not AMX, reason="the CPU or the OS has no AMX-INT8")
+needs_amx = pytest.mark.skipif(not AMX, reason="the CPU or the OS has no AMX-INT8")
 
-ROWS = [16, 17, 31, 32, 33, 47, 48, 100, 257]
-KS = [64, 68, 131, 200, 1024, 1030]
+# 1-15 rows: the VNNI kernel alone; 16-257: whole tiles, 2-tile blocks and the rows left over
+ROWS = [1, 7, 15, 16, 17, 31, 32, 33, 47, 48, 100, 257]
+# under one 64-byte tile (60-63: the VNNI kernel), a tile and a tail, whole tiles, long K
+KS = [60, 61, 63, 64, 68, 131, 200, 1024, 1030]
 OUTS = [1, 16, 17, 40, 130]
 
 
@@ -45,6 +47,7 @@ def _both(fn):
     return on, off
 
 
+@needs_amx
 @pytest.mark.parametrize("k", KS)
 def test_exact_accumulators_every_tile_edge(k):
     g = torch.Generator().manual_seed(k)
@@ -63,6 +66,7 @@ def test_exact_accumulators_every_tile_edge(k):
             assert torch.equal(off, want), (rows, n, k)
 
 
+@needs_amx
 @pytest.mark.parametrize("reduce_range", [False, True])
 @pytest.mark.parametrize("rows, n, k", [(16, 64, 200), (48, 77, 96), (130, 130, 515), (600, 48, 1024),
                                         (1030, 40, 64), (64, 208, 4096)])
@@ -81,22 +85,27 @@ def test_float_outputs_same_bits_as_vnni_and_the_twin(rows, n, k, reduce_range):
     assert torch.equal(on, reference.linear_int8(x, w, scale, zp, bias, reduce_range=reduce_range))
 
 
-@pytest.mark.parametrize("rows", [64, 100, 2048])
-def test_two_threads_same_bits_as_one(rows):
-    # a narrow layer (few panels) is cut over row blocks, a wide one over panels
+@needs_amx
+@pytest.mark.parametrize("rows, n, k", [(1000, 40, 2048), (600, 130, 1030), (2048, 768, 768), (200, 1000, 576)])
+def test_two_threads_same_bits_as_one(rows, n, k):
+    # split for real (the call's split counter moves): a narrow layer over row blocks (whole
+    # 32-row blocks and a few VNNI rows), a wide one over panels (threads' first panels anywhere)
     g = torch.Generator().manual_seed(rows)
-    for n, k in [(40, 768), (768, 768)]:
-        w = torch.randint(-127, 128, (n, k), generator=g, dtype=torch.int8)
-        p, w_sum, has_m128 = kernels.pack_int8(w)
-        args = (torch.randn(rows, k, generator=g).numpy(), p.numpy(), w_sum.numpy(),
-                (torch.rand(n, generator=g) * 1e-2).numpy(), np.zeros(n, np.int32), None, n, has_m128)
-        with at_isa("avx512"):
-            one = _C.linear_int8(*args, nthreads=1)
+    w = _weight(n, k, g)
+    p, w_sum, has_m128 = kernels.pack_int8(w)
+    zp = torch.randint(-5, 6, (n,), generator=g, dtype=torch.int32).numpy()
+    args = (torch.randn(rows, k, generator=g).numpy(), p.numpy(), w_sum.numpy(),
+            (torch.rand(n, generator=g) * 1e-2).numpy(), zp, torch.randn(n, generator=g).numpy(), n, has_m128)
+    with at_isa("avx512"):
+        one = _C.linear_int8(*args, nthreads=1)
+        before = int(_C.linear_kernels()["split_calls"])
+        np.testing.assert_array_equal(_C.linear_int8(*args, nthreads=2), one)
+        assert int(_C.linear_kernels()["split_calls"]) > before
+        with SETTINGS.for_tests(amx=False):
             np.testing.assert_array_equal(_C.linear_int8(*args, nthreads=2), one)
-            with SETTINGS.for_tests(amx=False):
-                np.testing.assert_array_equal(_C.linear_int8(*args, nthreads=2), one)
 
 
+@needs_amx
 def test_conv2d_same_bits_as_vnni():
     import mono_quant as mq
     torch.manual_seed(0)
@@ -111,6 +120,7 @@ def test_conv2d_same_bits_as_vnni():
     assert torch.equal(on, off)
 
 
+@needs_amx
 def test_setting_reports_and_restores():
     assert SETTINGS.amx is True
     assert SETTINGS.set_amx(False) is True
@@ -123,6 +133,7 @@ def test_setting_reports_and_restores():
     assert SETTINGS.amx is True
 
 
+@needs_amx
 def test_a_forked_child_runs_amx():
     # the OS grant of the tile data is per process, inherited by fork(): a DataLoader worker
     # forked after an AMX call runs AMX too (without the grant, SIGILL)
@@ -146,19 +157,66 @@ def test_a_forked_child_runs_amx():
     assert "child 0" in out.stdout, out.stdout + out.stderr
 
 
-def test_environment_turns_amx_off():
-    # MONO_QUANT_AMX=0: the tile data is never asked for, the VNNI kernel runs, and asking for
-    # AMX says why it can't
+def _run(code, **env):
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                          env=dict(os.environ, MONO_QUANT_ISA="avx512", **env))
+
+
+@needs_amx
+@pytest.mark.parametrize("value", ["0", "off", "FALSE", "No"])
+def test_environment_turns_amx_off(value):
+    # MONO_QUANT_AMX off: the tile data is never asked for, the VNNI kernel runs, and asking
+    # for AMX says where to look
     code = ("from mono_quant import _C\n"
             "assert _C.use_amx(None) is False\n"
+            "assert _C.cpu_info()['amx'] == 'off: MONO_QUANT_AMX', _C.cpu_info()['amx']\n"
             "assert _C.linear_kernels()['dynamic'] == 'avx512_vnni'\n"
             "try:\n"
             "    _C.use_amx(True)\n"
             "except RuntimeError as e:\n"
-            "    assert 'MONO_QUANT_AMX' in str(e)\n"
+            "    assert \"cpu_info()['amx']\" in str(e)\n"
             "else:\n"
             "    raise AssertionError('AMX switched on')\n"
             "print('ok')\n")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
-                         env=dict(os.environ, MONO_QUANT_AMX="0", MONO_QUANT_ISA="avx512"))
+    out = _run(code, MONO_QUANT_AMX=value)
     assert out.returncode == 0 and "ok" in out.stdout, out.stdout + out.stderr
+
+
+@needs_amx
+def test_refused_tile_data_falls_back_and_says_why():
+    # Linux refuses the tile data when a thread's alternate signal stack is too small for it:
+    # the VNNI kernel then runs (the same bits) and cpu_info says why
+    code = ("import ctypes, numpy as np\n"
+            "class Stack(ctypes.Structure):\n"
+            "    _fields_ = [('sp', ctypes.c_void_p), ('flags', ctypes.c_int), ('size', ctypes.c_size_t)]\n"
+            "buf = ctypes.create_string_buffer(8192)\n"
+            "st = Stack(ctypes.cast(buf, ctypes.c_void_p), 0, 8192)\n"
+            "assert ctypes.CDLL(None, use_errno=True).sigaltstack(ctypes.byref(st), None) == 0\n"
+            "import torch\n"
+            "from mono_quant import _C, kernels\n"
+            "status = _C.cpu_info()['amx']\n"
+            "assert status.startswith('off: Linux refused'), status\n"
+            "assert _C.linear_kernels()['dynamic'] == 'avx512_vnni'\n"
+            "w = torch.randint(-127, 128, (64, 256), dtype=torch.int8)\n"
+            "p, s, m = kernels.pack_int8(w)\n"
+            "x = torch.randint(-127, 128, (64, 256), dtype=torch.int8)\n"
+            "got = kernels.linear_int8(x, p, s, torch.ones(64), torch.zeros(64, dtype=torch.int32), None, 64, m,\n"
+            "                          mode='int8_acc')\n"
+            "assert torch.equal(got, (x.double() @ w.double().T).to(torch.int32))\n"
+            "print('ok')\n")
+    out = _run(code)
+    assert out.returncode == 0 and "ok" in out.stdout, out.stdout + out.stderr
+
+
+def test_amx_is_on_where_the_cpu_has_it():
+    # not a skip: a CPU with AMX-INT8 whose OS grants the tile data must run the AMX kernel,
+    # or the tests above would silently stop testing it
+    info = _C.cpu_info()
+    if not (info["amx_int8"] and info["avx512_vnni"] and info["best_isa"] == "avx512"):
+        assert info["amx"].startswith("no AMX") and not _C.use_amx(None)
+        return
+    if os.environ.get("MONO_QUANT_AMX", "").lower() in ("0", "false", "off", "no"):
+        assert info["amx"] == "off: MONO_QUANT_AMX"
+        return
+    assert info["amx"] == "on", info["amx"]
+    assert AMX

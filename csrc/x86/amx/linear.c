@@ -144,6 +144,7 @@ const mq_kernels mq_amx_linear_table = {
      * 285 and 238-250 (VNNI's split point is 2^24) */
     .qgemm_speed = 8,
     .qgemm_tile_rows = TILE_ROWS,
+    .qgemm_tile_k = TILE_K,
     .qgemm_name = "amx_int8",
 };
 
