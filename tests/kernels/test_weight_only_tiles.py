@@ -74,11 +74,12 @@ def test_tiles_same_with_threads(isa, nthreads):
 
 @pytest.mark.parametrize("symmetric", [True, False], ids=["symmetric", "zero_points"])
 @pytest.mark.parametrize("n, k, m", [(35, 70, 31), (35, 70, 32), (17, 6, 45), (13, 9, 64), (40, 4100, 70), (40, 4100, 130),
-                                     (21, 1500, 400)])
+                                     (40, 4100, 121), (40, 4100, 122), (21, 1500, 400)])
 def test_many_rows_same_bits_as_each_row_alone(isa, symmetric, n, k, m):
     """From 32 rows (AVX-512) or 64 (AVX2) the tiles read each panel converted once per block of
     rows (WBUF_MIN_ROWS in x86/avx512/linear.c and x86/avx2/linear.c; blocks of about 1 MiB of
-    activations: 4100 columns give 60-63-row blocks, 1500 give 174-175): each row's bits as alone
+    activations: 4100 columns give 60-row blocks, 1500 give 174; at AVX2 a last block of 1-2 rows,
+    121 and 122 rows here, joins the one before): each row's bits as alone
     (1 row: the GEMV tiles) and as among 3 rows (the converting tiles), channel tails and
     zero-points included."""
     qw, args = _layer(n, k, symmetric, seed=n + k + m)

@@ -144,8 +144,41 @@ static void panel_to_float(const mq_wgemm_args *a, int64_t p, float *wbuf) {
 #define WBUF_MIN_ROWS 32
 #endif
 
-/* ceil(m / 6) tiles as even as can be (8 rows: 4 + 4, 32: 6 6 5 5 5 5), not 6s and a
- * remainder: a 1-2 row tile converts the panel's weights for too few FMAs. */
+/* Rows [r0, r0 + m) of panel p in ceil(m / 6) tiles as even as can be (8 rows: 4 + 4, 32:
+ * 6 6 5 5 5 5), not 6s and a remainder: a 1-2 row tile converts the panel's weights for too
+ * few FMAs.  (Every tile sums a row's products in one order: the split never changes a bit.) */
+static void even_tiles(const mq_wgemm_args *a, int64_t r0, int64_t m, int64_t p, const wtile_fn *tiles,
+                       const float *wbuf) {
+    const int64_t count = (m + 5) / 6;
+    for (int64_t t = 0, m0 = r0; t < count; t++) {
+        const int64_t rows = m / count + (t < m % count);
+        tiles[rows](a, m0, p, wbuf);
+        m0 += rows;
+    }
+}
+
+/* Panel p widened to float32 into wbuf (groups * 64 floats, the buffered tiles' order). */
+typedef void (*panel_fill_fn)(const void *ctx, int64_t p, float *wbuf);
+
+/* Rows [0, a->m) x panels [p0, p1) on buffered panels, for the int8 weight-only path and the
+ * fp16 / bf16 panel path alike: blocks of about 1 MiB of fp32 activations, so each block's rows
+ * stay in L2 while every panel passes over them; each panel widened once per block by fill,
+ * then the tiles on float32 loads and FMAs only. */
+static void buffered_rows(const mq_wgemm_args *a, int64_t p0, int64_t p1, float *wbuf, panel_fill_fn fill,
+                          const void *ctx) {
+    int64_t block = ((int64_t)1 << 20) / (4 * a->kp) / 6 * 6;
+    if (block < 6) block = 6;
+    for (int64_t r0 = 0; r0 < a->m; r0 += block) {
+        const int64_t rows = a->m - r0 < block ? a->m - r0 : block;
+        for (int64_t p = p0; p < p1; p++) {
+            fill(ctx, p, wbuf);
+            even_tiles(a, r0, rows, p, wtiles_buf, wbuf);
+        }
+    }
+}
+
+static void int8_panel_fill(const void *ctx, int64_t p, float *wbuf) { panel_to_float(ctx, p, wbuf); }
+
 static void wgemm_avx512(const mq_wgemm_args *a, int64_t p0, int64_t p1) {
     /* batch 1: 2 panels side by side (Intel Xeon with AMX, 1 Dec: 1.05-1.30x the one-panel
      * tile's speed at 1 thread, 1.07-1.25x at 2; 4 panels were no faster than 2) */
@@ -155,29 +188,15 @@ static void wgemm_avx512(const mq_wgemm_args *a, int64_t p0, int64_t p1) {
         for (; p < p1; p++) wtiles[1](a, 0, p, NULL);
         return;
     }
-    /* From WBUF_MIN_ROWS rows each panel's weights are converted once per block of rows into
-     * wbuf and the tiles run on float32 loads and FMAs only: converting in every tile took a
-     * third of the issue slots (8 conversions per 24 FMAs).  Blocks of about 1 MiB of
-     * activations, so each block's rows stay in L2 while every panel passes over them. */
+    /* From WBUF_MIN_ROWS rows each panel's weights are converted once per block of rows
+     * (buffered_rows): converting in every tile took a third of the issue slots (8
+     * conversions per 24 FMAs).  Fewer rows: the converting tiles, each panel once. */
     const int64_t groups = a->kp / MQ_KGROUP;
-    float *wbuf = NULL;
-    if (a->m >= WBUF_MIN_ROWS && groups > 0) wbuf = aligned_alloc(64, (size_t)groups * 64 * sizeof(float));
-    int64_t block = a->m;
-    if (wbuf) {
-        block = ((int64_t)1 << 20) / (4 * a->kp) / 6 * 6;
-        if (block < 6) block = 6;
-    }
-    for (int64_t r0 = 0; r0 < a->m; r0 += block) {
-        const int64_t m = a->m - r0 < block ? a->m - r0 : block, count = (m + 5) / 6;
-        for (int64_t p = p0; p < p1; p++) {
-            if (wbuf) panel_to_float(a, p, wbuf);
-            for (int64_t t = 0, m0 = r0; t < count; t++) {
-                const int64_t rows = m / count + (t < m % count);
-                (wbuf ? wtiles_buf : wtiles)[rows](a, m0, p, wbuf);
-                m0 += rows;
-            }
-        }
-    }
+    float *wbuf = a->m >= WBUF_MIN_ROWS && groups > 0 ? aligned_alloc(64, (size_t)groups * 64 * sizeof(float)) : NULL;
+    if (wbuf)
+        buffered_rows(a, p0, p1, wbuf, int8_panel_fill, a);
+    else
+        for (int64_t p = p0; p < p1; p++) even_tiles(a, 0, a->m, p, wtiles, NULL);
     free(wbuf);
 }
 
@@ -220,26 +239,27 @@ static void h16_panel_to_float(const uint16_t *w, int64_t n, int64_t k, int64_t 
     }
 }
 
+/* What h16_fill widens: the 16-bit weight w [n][k] (kp: k rounded up to whole K-groups). */
+typedef struct {
+    const uint16_t *w;
+    int64_t n, k, kp;
+    int is_bf16;
+} h16_source;
+
+static void h16_fill(const void *ctx, int64_t p, float *wbuf) {
+    const h16_source *s = ctx;
+    h16_panel_to_float(s->w, s->n, s->k, s->kp, s->is_bf16, p, wbuf);
+}
+
 /* Rows [0, m) x panels [p0, p1) of y [m][n] = x [m][kp] (zero-padded) @ W^T + bias for a 16-bit
- * W [n][k]: each panel widened into wbuf (groups * 64 floats, 64-byte aligned) once per block
- * of rows, then the weight-only tiles from it (scale 1: y = lane sums + bias). */
+ * W [n][k]: buffered_rows with each panel widened by h16_panel_to_float into wbuf (groups * 64
+ * floats, 64-byte aligned), then the weight-only tiles from it (scale 1: y = lane sums + bias). */
 static void h16_panels_avx512(const float *x, int64_t m, int64_t kp, const uint16_t *w, int64_t k, int is_bf16,
                               const float *bias, int64_t n, float *y, int64_t p0, int64_t p1, float *wbuf) {
     const mq_wgemm_args a = {.x = x, .m = m, .kp = kp, .n = n, .w = NULL, .w_scale = NULL, .w_zp = NULL,
                              .bias = bias, .y = y};
-    int64_t block = ((int64_t)1 << 20) / (4 * kp) / 6 * 6;
-    if (block < 6) block = 6;
-    for (int64_t r0 = 0; r0 < m; r0 += block) {
-        const int64_t rows_b = m - r0 < block ? m - r0 : block, count = (rows_b + 5) / 6;
-        for (int64_t p = p0; p < p1; p++) {
-            h16_panel_to_float(w, n, k, kp, is_bf16, p, wbuf);
-            for (int64_t t = 0, m0 = r0; t < count; t++) {
-                const int64_t rows = rows_b / count + (t < rows_b % count);
-                wtiles_buf[rows](&a, m0, p, wbuf);
-                m0 += rows;
-            }
-        }
-    }
+    const h16_source src = {w, n, k, kp, is_bf16};
+    buffered_rows(&a, p0, p1, wbuf, h16_fill, &src);
 }
 
 const mq_kernels mq_avx512_linear_table = {
