@@ -246,14 +246,7 @@ typedef struct {
 
 static void qgemm_block(const void *vctx, int64_t m0, int64_t rows, int64_t p0, int64_t p1) {
     const qgemm_ctx *c = vctx;
-    mq_qgemm_args sub = *c->a;
-    sub.m = rows;
-    sub.x += m0 * sub.ldx;
-    sub.x_scale += m0;
-    if (sub.x_sum) sub.x_sum += m0;
-    if (sub.x_zp) sub.x_zp += m0;
-    if (sub.y) sub.y += m0 * sub.ldy;
-    if (sub.acc) sub.acc += m0 * sub.ldy;
+    const mq_qgemm_args sub = mq_qgemm_rows(c->a, m0, rows);
     c->fn(&sub, p0, p1);
 }
 

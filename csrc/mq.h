@@ -131,6 +131,19 @@ typedef struct {
 } mq_qgemm_args;
 typedef void (*mq_qgemm_fn)(const mq_qgemm_args *a, int64_t p0, int64_t p1);
 
+/* The arguments of a's rows [m0, m0 + rows) as a call of their own. */
+static inline mq_qgemm_args mq_qgemm_rows(const mq_qgemm_args *a, int64_t m0, int64_t rows) {
+    mq_qgemm_args sub = *a;
+    sub.m = rows;
+    sub.x += m0 * sub.ldx;
+    sub.x_scale += m0;
+    if (sub.x_sum) sub.x_sum += m0;
+    if (sub.x_zp) sub.x_zp += m0;
+    if (sub.y) sub.y += m0 * sub.ldy;
+    if (sub.acc) sub.acc += m0 * sub.ldy;
+    return sub;
+}
+
 /* Static int8 direct convolution (static_int8.c drives it, static_int8.h has the numerics):
  * output rows of one image read straight from padded, encoded NHWC input rows (no im2col),
  * int32 sums in registers, then the requantizing epilogue in registers:

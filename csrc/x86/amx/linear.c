@@ -97,19 +97,6 @@ static void finish_block(const mq_qgemm_args *a, const int32_t *c, int64_t m0, i
     }
 AMX_BLOCK(2, 2) AMX_BLOCK(2, 1) AMX_BLOCK(1, 2) AMX_BLOCK(1, 1)
 
-/* Rows [m0, m) of a, as their own call of the VNNI kernel. */
-static void vnni_rows(const mq_qgemm_args *a, int64_t m0, int64_t p0, int64_t p1) {
-    mq_qgemm_args sub = *a;
-    sub.m = a->m - m0;
-    sub.x += m0 * sub.ldx;
-    sub.x_scale += m0;
-    if (sub.x_sum) sub.x_sum += m0;
-    if (sub.x_zp) sub.x_zp += m0;
-    if (sub.y) sub.y += m0 * sub.ldy;
-    if (sub.acc) sub.acc += m0 * sub.ldy;
-    mq_avx512vnni_qgemm(&sub, p0, p1);
-}
-
 /* Whole 16-row tiles on AMX, in row chunks of about 256 KiB of activations that stay in L2
  * while every panel pair passes over them; the rows left (< 16) and calls with fewer than
  * 16 rows or K under one tile (nothing for AMX to win) on the VNNI kernel. */
@@ -133,7 +120,10 @@ static void qgemm_amx(const mq_qgemm_args *a, int64_t p0, int64_t p1) {
         }
     }
     _tile_release(); /* back to the init state: nothing for a context switch to save */
-    if (full < a->m) vnni_rows(a, full, p0, p1);
+    if (full < a->m) { /* the rows past whole tiles: the VNNI kernel */
+        const mq_qgemm_args rest = mq_qgemm_rows(a, full, a->m - full);
+        mq_avx512vnni_qgemm(&rest, p0, p1);
+    }
 }
 
 const mq_kernels mq_amx_linear_table = {
