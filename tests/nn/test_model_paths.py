@@ -24,13 +24,16 @@ def _close(a, b, rel=1e-5):
 @pytest.fixture
 def blas_tables():
     """Restore the path thresholds after a test forces them."""
-    saved = dict(linear_module.BLAS_MIN_ROWS), dict(int4.BLAS_MIN_ROWS), dict(int4.BLAS_MAX_OUT_FEATURES)
-    for isa in int4.BLAS_MAX_OUT_FEATURES:  # int4: the tests set the row rule alone
+    saved = (dict(linear_module.BLAS_MIN_ROWS), dict(int4.BLAS_MIN_ROWS), dict(int4.BLAS_MAX_OUT_FEATURES),
+             dict(linear_module.BLAS_MIN_IN_FEATURES))
+    for isa in int4.BLAS_MAX_OUT_FEATURES:  # the tests set the row rules alone
         int4.BLAS_MAX_OUT_FEATURES[isa] = 1 << 62
+        linear_module.BLAS_MIN_IN_FEATURES[isa] = 0
     yield linear_module.BLAS_MIN_ROWS, int4.BLAS_MIN_ROWS
     linear_module.BLAS_MIN_ROWS.update(saved[0])
     int4.BLAS_MIN_ROWS.update(saved[1])
     int4.BLAS_MAX_OUT_FEATURES.update(saved[2])
+    linear_module.BLAS_MIN_IN_FEATURES.update(saved[3])
 
 
 @pytest.mark.parametrize("shape", [(1, 5), (16, 4), (37, 70), (48, 33)])

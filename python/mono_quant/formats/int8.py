@@ -17,7 +17,7 @@ from .base import WeightFormat
 from .checks import check_scales, first_bad, need, spec, value_at
 from . import packed_linear  # packed_linear.packed_linear looked up per call (tests spy on it)
 from .layer_cache import kernel_args
-from .packed_linear import blas_min_rows, dequantized_packed, kernel_takes
+from .packed_linear import dequantized_packed, kernel_takes, takes_blas
 
 __all__ = ["AffineIntFormat"]
 
@@ -69,14 +69,14 @@ class AffineIntFormat(WeightFormat):
     # -- forward --------------------------------------------------------------------------------------
     def linear(self, module, x: torch.Tensor) -> torch.Tensor:
         """The packed int8 kernels where they take ``x`` (dynamic, or weight-only below the
-        BLAS row rule), else torch on the dequantized weight."""
+        BLAS rule, packed_linear.takes_blas), else torch on the dequantized weight."""
         y = packed_linear.dynamic_linear(module, x)  # the common dynamic call, while its kept arguments hold
         if y is not None:
             return y
         packed = kernel_args(module)
         if packed is not None and kernel_takes(x, packed[0]["in_features"]):
             x2d = x if x.dim() == 2 else x.reshape(-1, x.shape[-1])
-            if module.activations is None and x2d.shape[0] >= blas_min_rows():
+            if module.activations is None and takes_blas(x2d.shape[0], x2d.shape[-1]):
                 # many rows: one dequantized fp32 weight per call and torch's BLAS beat the packed kernel
                 b = module.bias
                 y = F.linear(x2d.float(), dequantized_packed(module, packed[0]), None if b is None else b.float())

@@ -7,13 +7,14 @@ from __future__ import annotations
 import torch
 
 from .. import kernels
-from ..kernels.row_rules import INT8_WEIGHT_ONLY_BLAS_MIN_ROWS
+from ..kernels.row_rules import (INT8_WEIGHT_ONLY_BLAS_MIN_IN_FEATURES, INT8_WEIGHT_ONLY_BLAS_MIN_ROWS,
+                                  int8_weight_only_takes_blas)
 from ..kernels.int8 import MAX_IN_FEATURES, linear_int8_prepared, linear_int8_raw, prepare_linear_int8
 from ..kernels.stamps import make_stamp, tensors_unchanged
 from ..packing import unpack_int8_rows
 from .layer_cache import kernel_args_stamped, per_layer_cache
 
-__all__ = ["BLAS_MIN_ROWS", "blas_min_rows", "kernel_takes", "conv_kernel_takes", "packed_linear", "dequantized_packed",
+__all__ = ["BLAS_MIN_ROWS", "BLAS_MIN_IN_FEATURES", "blas_min_rows", "takes_blas", "kernel_takes", "conv_kernel_takes", "packed_linear", "dequantized_packed",
            "KERNEL_DTYPES", "dynamic_linear"]
 
 #: activation dtypes the int8 kernels read
@@ -23,12 +24,21 @@ KERNEL_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 # weight dequantized once per call instead of the packed kernels, per kernel level
 # (kernels/row_rules.py; the traced op applies the same table).
 BLAS_MIN_ROWS = INT8_WEIGHT_ONLY_BLAS_MIN_ROWS
+# ... for layers of at least this many in_features (narrower ones keep the kernels).
+BLAS_MIN_IN_FEATURES = INT8_WEIGHT_ONLY_BLAS_MIN_IN_FEATURES
 
 
 def blas_min_rows() -> int:
     """Rows from which a weight-only int8 layer takes the dequantize + BLAS path on
-    the active kernel level (see BLAS_MIN_ROWS; int4: ``int4.BLAS_MIN_ROWS``)."""
+    the active kernel level (see BLAS_MIN_ROWS; int4: ``int4.BLAS_MIN_ROWS``), when it is at
+    least BLAS_MIN_IN_FEATURES wide (:func:`takes_blas`)."""
     return BLAS_MIN_ROWS[kernels.SETTINGS.isa]
+
+
+def takes_blas(rows: int, in_features: int) -> bool:
+    """Whether a weight-only int8 Linear call of ``rows`` rows takes the dequantize + BLAS path
+    at the active kernel level (both tables: row_rules.int8_weight_only_takes_blas)."""
+    return int8_weight_only_takes_blas(rows, in_features, kernels.SETTINGS.isa)
 
 
 def kernel_takes(x: torch.Tensor, in_features: int) -> bool:

@@ -29,6 +29,7 @@ import torch
 from .. import _C
 
 __all__ = ["BLAS_AVX512", "HALF_KERNEL_MAX_ROWS", "HALF_PANEL_MAX_ROWS", "INT8_WEIGHT_ONLY_BLAS_MIN_ROWS",
+           "INT8_WEIGHT_ONLY_BLAS_MIN_IN_FEATURES", "int8_weight_only_takes_blas",
            "INT4_BLAS_MIN_ROWS", "INT4_BLAS_MAX_OUT_FEATURES", "blas_runs_avx512"]
 
 _NEVER = 1 << 62
@@ -68,6 +69,18 @@ HALF_PANEL_MAX_ROWS = {"scalar": 0, "avx2": 0, "avx512": 1023 if BLAS_AVX512 els
 #: rows, dequantize + BLAS 0.8-1.0x; AVX-512 on AMD: the kernel wins at every row count (0.5-0.7x
 #: fp32's time).
 INT8_WEIGHT_ONLY_BLAS_MIN_ROWS = {"scalar": _NEVER, "avx2": _NEVER, "avx512": 1024 if BLAS_AVX512 else _NEVER}
+#: ... and only for layers at least this wide (in_features): narrower ones keep the tiles at any
+#: row count.  Intel Xeon (1 Dec, 1 thread, time / fp32 at 1024 / 2048 / 4096 rows): 384x384
+#: tiles 0.98 / 0.98 / 1.02 against BLAS 1.09-1.11 / 1.06 / 1.10, 1536x384 0.96 / 0.96 / 0.99
+#: against 1.16 / 1.06 / 1.03; from 768 columns BLAS level or ahead (768x768 at 2048: 1.07 against
+#: tiles 1.09, 768x3072 at 4096: 1.02 against 1.14).
+INT8_WEIGHT_ONLY_BLAS_MIN_IN_FEATURES = {"scalar": 0, "avx2": 0, "avx512": 768 if BLAS_AVX512 else 0}
+
+
+def int8_weight_only_takes_blas(rows: int, in_features: int, isa: str) -> bool:
+    """Whether an int8 weight-only Linear call of ``rows`` rows runs torch's BLAS on its weight
+    dequantized per call (else the packed tiles), at kernel level ``isa``: the two tables above."""
+    return rows >= INT8_WEIGHT_ONLY_BLAS_MIN_ROWS[isa] and in_features >= INT8_WEIGHT_ONLY_BLAS_MIN_IN_FEATURES[isa]
 
 #: int4: from this many rows, on layers of at most INT4_BLAS_MAX_OUT_FEATURES outputs, torch's
 #: BLAS on the weight dequantized once per call.  AVX2 (torch capped at AVX2): the kernels with

@@ -25,7 +25,7 @@ from torch.utils.weak import WeakIdKeyDictionary
 
 from .. import _C
 from .fp16 import half_linear, half_path
-from .row_rules import INT4_BLAS_MAX_OUT_FEATURES, INT4_BLAS_MIN_ROWS, INT8_WEIGHT_ONLY_BLAS_MIN_ROWS
+from .row_rules import INT4_BLAS_MAX_OUT_FEATURES, INT4_BLAS_MIN_ROWS, int8_weight_only_takes_blas
 from .layout import PACKED_LAYOUT_VERSION, int8_packed_sizes, unpack_int8_rows
 from .rows import dequantize_rows, to_numpy
 from .settings import SETTINGS
@@ -135,10 +135,10 @@ _LIB.define("linear_int8(Tensor x, Tensor packed, Tensor colsum, Tensor info, Te
 
 
 def _linear_int8(x, packed, colsum, info, scale, zero_point, bias, out_features, group, dynamic, reduce_range=False):
-    # weight-only: eager's row rule (row_rules.INT8_WEIGHT_ONLY_BLAS_MIN_ROWS) decided here, on
-    # the real row count, as half_linear's: a traced graph holds this one op whatever its rows.
+    # weight-only: eager's rule (row_rules.int8_weight_only_takes_blas) decided here, on the
+    # real row count, as half_linear's: a traced graph holds this one op whatever its rows.
     # (A Linear's rule only: conv2d_int8 calls the kernel below, as the eager conv does.)
-    if not dynamic and x.shape[0] >= INT8_WEIGHT_ONLY_BLAS_MIN_ROWS[SETTINGS.isa]:
+    if not dynamic and int8_weight_only_takes_blas(x.shape[0], x.shape[-1], SETTINGS.isa):
         w = _dequantize_int8_packed(packed, info, scale, zero_point, out_features, x.shape[-1], group)
         b = None if bias is None else bias[group * out_features:(group + 1) * out_features].float()
         return F.linear(x.float(), w, b)

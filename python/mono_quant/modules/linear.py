@@ -8,7 +8,7 @@ from torch import nn
 
 from ..formats import ACTIVATION_MODES, format_of
 from ..formats.layer_cache import SMALL_WEIGHT_ELEMENTS, float_weight, kernel_args
-from ..formats.packed_linear import BLAS_MIN_ROWS, blas_min_rows, dequantized_packed, packed_linear
+from ..formats.packed_linear import BLAS_MIN_IN_FEATURES, BLAS_MIN_ROWS, blas_min_rows, dequantized_packed, packed_linear
 from ..packing import can_pack, pack_int8_linear
 from ..orig_dtype import orig_dtype_of
 from ..formats import traced_forward
@@ -17,7 +17,8 @@ from .reduce_range import ReduceRange
 from .registry import QuantizedModule, register_qmodule
 
 # the packed-int8 helpers keep their old import path here (they live in mono_quant.formats)
-__all__ = ["QuantizedLinear", "ACTIVATION_MODES", "BLAS_MIN_ROWS", "SMALL_WEIGHT_ELEMENTS", "blas_min_rows",
+__all__ = ["QuantizedLinear", "ACTIVATION_MODES", "BLAS_MIN_ROWS", "BLAS_MIN_IN_FEATURES", "SMALL_WEIGHT_ELEMENTS",
+           "blas_min_rows",
            "dequantized_packed", "float_weight", "kernel_args", "packed_linear"]
 
 
