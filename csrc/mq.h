@@ -265,6 +265,12 @@ typedef void (*mq_h16_gemm_fn)(const float *x, int64_t ldx, int64_t m, const uin
  * the sum's order is the weight-only tiles': the same bits at any thread split). */
 typedef void (*mq_h16_panels_fn)(const float *x, int64_t m, int64_t kp, const uint16_t *w, int64_t k, int is_bf16,
                                  const float *bias, int64_t n, float *y, int64_t p0, int64_t p1, float *wbuf);
+/* The 16-bit weight w [n][k] a level's panel widening reads (kp: k rounded up to whole K-groups). */
+typedef struct {
+    const uint16_t *w;
+    int64_t n, k, kp;
+    int is_bf16;
+} mq_h16_weight;
 
 /* ---- fp16 / bf16 weight direct Conv2d (h16_dconv.c driver) ----------------
  * The panel: for t < k and j < ldp (ldp a multiple of 16, nb <= ldp),

@@ -456,11 +456,14 @@ MQ_INLINE __m256 h16_widen8(const uint16_t *w, int64_t n, int64_t k, int64_t row
     return is_bf16 ? _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16)) : _mm256_cvtph_ps(h);
 }
 
-/* Panel p of the 16-bit weight w [n][k] widened to float32 where the quarter tiles read it
- * (wpanel_to_float's layout: wbuf[g * 64 + 4 * c + j] = w(16p + c, 4g + j), zeros beyond n and
+/* Panel p of the 16-bit weight w [n][k] (source: an mq_h16_weight) widened to float32 where
+ * the quarter tiles read it (wpanel_to_float's layout: wbuf[g * 64 + 4 * c + j] = w(16p + c, 4g + j), zeros beyond n and
  * k), 4 channels x 8 columns at a time, each 32-byte half line written once, whole. */
-static void h16_panel_to_float(const uint16_t *w, int64_t n, int64_t k, int64_t kp, int is_bf16, int64_t p,
-                               float *wbuf) {
+static void h16_panel_to_float(const void *source, int64_t p, float *wbuf) {
+    const mq_h16_weight *src = source;
+    const uint16_t *w = src->w;
+    const int64_t n = src->n, k = src->k, kp = src->kp;
+    const int is_bf16 = src->is_bf16;
     const int64_t groups = kp / MQ_KGROUP, n0 = p * MQ_PANEL;
     for (int cq = 0; cq < 4; cq++) {
         const int64_t row = n0 + 4 * cq;
@@ -478,18 +481,6 @@ static void h16_panel_to_float(const uint16_t *w, int64_t n, int64_t k, int64_t 
     }
 }
 
-/* What h16_fill widens: the 16-bit weight w [n][k] (kp: k rounded up to whole K-groups). */
-typedef struct {
-    const uint16_t *w;
-    int64_t n, k, kp;
-    int is_bf16;
-} h16_source;
-
-static void h16_fill(const void *ctx, int64_t p, float *wbuf) {
-    const h16_source *s = ctx;
-    h16_panel_to_float(s->w, s->n, s->k, s->kp, s->is_bf16, p, wbuf);
-}
-
 /* Rows [0, m) (m >= 3) x panels [p0, p1) of y [m][n] = x [m][kp] (zero-padded) @ W^T + bias for
  * a 16-bit W [n][k]: buffered_rows with each panel widened by h16_panel_to_float, then the
  * quarter tiles (scale 1: y = lane sums + bias). */
@@ -497,8 +488,8 @@ static void h16_panels_avx2(const float *x, int64_t m, int64_t kp, const uint16_
                             const float *bias, int64_t n, float *y, int64_t p0, int64_t p1, float *wbuf) {
     const mq_wgemm_args a = {.x = x, .m = m, .kp = kp, .n = n, .w = NULL, .w_scale = NULL, .w_zp = NULL,
                              .bias = bias, .y = y};
-    const h16_source src = {w, n, k, kp, is_bf16};
-    buffered_rows(&a, p0, p1, wbuf, h16_fill, &src);
+    const mq_h16_weight src = {w, n, k, kp, is_bf16};
+    buffered_rows(&a, p0, p1, wbuf, h16_panel_to_float, &src);
 }
 
 const mq_kernels mq_avx2_linear_table = {

@@ -211,14 +211,17 @@ MQ_INLINE __m512 h16_widen(const uint16_t *w, int64_t n, int64_t k, int64_t row,
     return is_bf16 ? _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16)) : _mm512_cvtph_ps(h);
 }
 
-/* Panel p of the 16-bit weight w [n][k] widened to float32 where the tiles read it:
- * wbuf[g * 64 + 4 * c + j] = w(16p + c, 4g + j), zeros beyond n and k (exact widening).
+/* Panel p of the 16-bit weight w [n][k] (source: an mq_h16_weight) widened to float32 where
+ * the tiles read it: wbuf[g * 64 + 4 * c + j] = w(16p + c, 4g + j), zeros beyond n and k (exact widening).
  * 4 channels x 16 columns at a time, transposed in registers by 128-bit blocks, so each
  * 64-byte line of wbuf (4 channels x 4 columns) is written once, whole (16-byte stores of one
  * channel at a time left every line to 4 passes over the panel: at K = 3072 the buffer is past
  * L1, and those stores cost more than the tiles' FMAs). */
-static void h16_panel_to_float(const uint16_t *w, int64_t n, int64_t k, int64_t kp, int is_bf16, int64_t p,
-                               float *wbuf) {
+static void h16_panel_to_float(const void *source, int64_t p, float *wbuf) {
+    const mq_h16_weight *src = source;
+    const uint16_t *w = src->w;
+    const int64_t n = src->n, k = src->k, kp = src->kp;
+    const int is_bf16 = src->is_bf16;
     const int64_t groups = kp / MQ_KGROUP, n0 = p * MQ_PANEL;
     for (int cq = 0; cq < 4; cq++) {
         const int64_t row = n0 + 4 * cq;
@@ -239,18 +242,6 @@ static void h16_panel_to_float(const uint16_t *w, int64_t n, int64_t k, int64_t 
     }
 }
 
-/* What h16_fill widens: the 16-bit weight w [n][k] (kp: k rounded up to whole K-groups). */
-typedef struct {
-    const uint16_t *w;
-    int64_t n, k, kp;
-    int is_bf16;
-} h16_source;
-
-static void h16_fill(const void *ctx, int64_t p, float *wbuf) {
-    const h16_source *s = ctx;
-    h16_panel_to_float(s->w, s->n, s->k, s->kp, s->is_bf16, p, wbuf);
-}
-
 /* Rows [0, m) x panels [p0, p1) of y [m][n] = x [m][kp] (zero-padded) @ W^T + bias for a 16-bit
  * W [n][k]: buffered_rows with each panel widened by h16_panel_to_float into wbuf (groups * 64
  * floats, 64-byte aligned), then the weight-only tiles from it (scale 1: y = lane sums + bias). */
@@ -258,8 +249,8 @@ static void h16_panels_avx512(const float *x, int64_t m, int64_t kp, const uint1
                               const float *bias, int64_t n, float *y, int64_t p0, int64_t p1, float *wbuf) {
     const mq_wgemm_args a = {.x = x, .m = m, .kp = kp, .n = n, .w = NULL, .w_scale = NULL, .w_zp = NULL,
                              .bias = bias, .y = y};
-    const h16_source src = {w, n, k, kp, is_bf16};
-    buffered_rows(&a, p0, p1, wbuf, h16_fill, &src);
+    const mq_h16_weight src = {w, n, k, kp, is_bf16};
+    buffered_rows(&a, p0, p1, wbuf, h16_panel_to_float, &src);
 }
 
 const mq_kernels mq_avx512_linear_table = {
