@@ -457,8 +457,9 @@ MQ_INLINE __m256 h16_widen8(const uint16_t *w, int64_t n, int64_t k, int64_t row
 }
 
 /* Panel p of the 16-bit weight w [n][k] (source: an mq_h16_weight) widened to float32 where
- * the quarter tiles read it (wpanel_to_float's layout: wbuf[g * 64 + 4 * c + j] = w(16p + c, 4g + j), zeros beyond n and
- * k), 4 channels x 8 columns at a time, each 32-byte half line written once, whole. */
+ * the quarter tiles read it (wpanel_to_float's layout: wbuf[g * 64 + 4 * c + j] =
+ * w(16p + c, 4g + j), zeros beyond n and k), 4 channels x 8 columns at a time, each 32-byte
+ * half line written once, whole. */
 static void h16_panel_to_float(const void *source, int64_t p, float *wbuf) {
     const mq_h16_weight *src = source;
     const uint16_t *w = src->w;
