@@ -13,6 +13,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h> /* strcasecmp */
 
 #if defined(__x86_64__) || defined(__i386__)
 #include <cpuid.h>
@@ -129,12 +130,8 @@ static char amx_status[96] = "no AMX-INT8 + AVX-512 VNNI on this CPU";
 static int env_says_off(const char *name) {
     const char *v = getenv(name);
     static const char *const off[] = {"0", "false", "off", "no"};
-    if (!v) return 0;
-    for (size_t i = 0; i < sizeof off / sizeof off[0]; i++) {
-        size_t j = 0;
-        while (off[i][j] && v[j] && (v[j] | 0x20) == off[i][j]) j++; /* ASCII, any case */
-        if (!off[i][j] && !v[j]) return 1;
-    }
+    for (size_t i = 0; v && i < sizeof off / sizeof off[0]; i++)
+        if (!strcasecmp(v, off[i])) return 1;
     return 0;
 }
 

@@ -149,10 +149,15 @@ static int64_t gemv_rows(int nthreads) {
 /* Weight-only pieces are sized as if a multiply-add cost 4 int8 ones: 4x as
  * many pieces, so a late helper holds less. */
 #define MQ_WO_MAC_COST 4
+/* Whether kt's qgemm runs a kp-deep call on its row tiles (AMX; qgemm_tile_rows, mq.h). */
+static int qgemm_tiled(const mq_kernels *kt, int64_t kp) {
+    return kt && kt->qgemm_tile_rows > 0 && kp >= kt->qgemm_tile_k;
+}
+
 static int threads_for_call(int64_t m, int64_t kp, int64_t n, int nthreads, double split_from,
                             const mq_kernels *fast) {
     double rows = (double)m; /* the GEMM's rows, at its speed */
-    if (fast && fast->qgemm_speed > 1 && fast->qgemm_tile_rows > 0 && kp >= fast->qgemm_tile_k) {
+    if (qgemm_tiled(fast, kp) && fast->qgemm_speed > 1) {
         const int64_t tiled = m / fast->qgemm_tile_rows * fast->qgemm_tile_rows;
         rows = (double)tiled / fast->qgemm_speed + (double)(m - tiled);
     }
@@ -260,7 +265,7 @@ static void run_qgemm(mq_qgemm_fn fn, const mq_qgemm_args *a, int nthreads, cons
     const int64_t panels = mq_round_up(a->n, MQ_PANEL) / MQ_PANEL;
     /* a kernel on row tiles (AMX: 16 rows, in blocks of 2) gets row blocks of whole blocks of
      * them, else the rows a block leaves run on its slower kernel; others whole 8-row tiles */
-    const int tiled = fn == kt->qgemm && kt->qgemm_tile_rows > 0 && a->kp >= kt->qgemm_tile_k;
+    const int tiled = fn == kt->qgemm && qgemm_tiled(kt, a->kp);
     const int64_t granule = tiled ? 2 * kt->qgemm_tile_rows : 8;
     int64_t row_block = a->m;
     if (nthreads > 1 && panels < 4 * nthreads && a->m >= 64)

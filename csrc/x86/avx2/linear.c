@@ -23,6 +23,7 @@
 #include "x86/linear_store256.h"
 #include "x86/avx2/tiles12.h"
 #include "x86/gemv4_256.h"
+#include "x86/buffered_rows.h"
 
 /* MT rows x one panel (two 8-channel halves) over the whole K: 2 * MT
  * named accumulators (a macro with a constant MT: GCC keeps arrays of
@@ -390,28 +391,6 @@ static void wpanel_rows(const mq_wgemm_args *a, int64_t r0, int64_t m, int64_t p
 #define WBUF_MIN_ROWS 64
 #endif
 
-/* Panel p widened to float32 into wbuf (groups * 64 floats, the quarter tiles' order). */
-typedef void (*panel_fill_fn)(const void *ctx, int64_t p, float *wbuf);
-
-/* Rows [0, a->m) (m >= 3) x panels [p0, p1) on buffered panels, for the int8 weight-only path
- * and the fp16 / bf16 panel path alike: blocks of about 1 MiB of fp32 activations (a last block
- * of 1-2 rows joins the one before: the quarter tiles take 3-6 rows), each panel widened once
- * per block by fill, then the quarter tiles on loads and FMAs only. */
-static void buffered_rows(const mq_wgemm_args *a, int64_t p0, int64_t p1, float *wbuf, panel_fill_fn fill,
-                          const void *ctx) {
-    int64_t block = ((int64_t)1 << 20) / (4 * a->kp) / 6 * 6;
-    if (block < 6) block = 6;
-    for (int64_t r0 = 0; r0 < a->m;) {
-        int64_t rows = a->m - r0 < block ? a->m - r0 : block;
-        if (a->m - r0 - rows < 3) rows = a->m - r0;
-        for (int64_t p = p0; p < p1; p++) {
-            fill(ctx, p, wbuf);
-            wpanel_rows_buf(a, r0, rows, p, wbuf);
-        }
-        r0 += rows;
-    }
-}
-
 static void int8_panel_fill(const void *ctx, int64_t p, float *wbuf) { wpanel_to_float(ctx, p, wbuf); }
 
 static void wgemm_avx2(const mq_wgemm_args *a, int64_t p0, int64_t p1) {
@@ -422,12 +401,12 @@ static void wgemm_avx2(const mq_wgemm_args *a, int64_t p0, int64_t p1) {
         return;
     }
     /* From WBUF_MIN_ROWS rows each panel's weights are converted once per block of rows
-     * (buffered_rows; converting in every tile: 4-6 operations per 12 FMAs) */
+     * (mq_buffered_rows; converting in every tile: 4-6 operations per 12 FMAs) */
     const int64_t groups = a->kp / MQ_KGROUP;
     if (a->m >= WBUF_MIN_ROWS && groups > 0) {
         float *wbuf = aligned_alloc(32, (size_t)groups * 64 * sizeof(float));
         if (wbuf) {
-            buffered_rows(a, p0, p1, wbuf, int8_panel_fill, a);
+            mq_buffered_rows(a, p0, p1, wbuf, int8_panel_fill, a, wpanel_rows_buf, 3); /* quarter tiles: 3-6 rows */
             free(wbuf);
             return;
         }
@@ -483,14 +462,14 @@ static void h16_panel_to_float(const void *source, int64_t p, float *wbuf) {
 }
 
 /* Rows [0, m) (m >= 3) x panels [p0, p1) of y [m][n] = x [m][kp] (zero-padded) @ W^T + bias for
- * a 16-bit W [n][k]: buffered_rows with each panel widened by h16_panel_to_float, then the
+ * a 16-bit W [n][k]: mq_buffered_rows with each panel widened by h16_panel_to_float, then the
  * quarter tiles (scale 1: y = lane sums + bias). */
 static void h16_panels_avx2(const float *x, int64_t m, int64_t kp, const uint16_t *w, int64_t k, int is_bf16,
                             const float *bias, int64_t n, float *y, int64_t p0, int64_t p1, float *wbuf) {
     const mq_wgemm_args a = {.x = x, .m = m, .kp = kp, .n = n, .w = NULL, .w_scale = NULL, .w_zp = NULL,
                              .bias = bias, .y = y};
     const mq_h16_weight src = {w, n, k, kp, is_bf16};
-    buffered_rows(&a, p0, p1, wbuf, h16_panel_to_float, &src);
+    mq_buffered_rows(&a, p0, p1, wbuf, h16_panel_to_float, &src, wpanel_rows_buf, 3);
 }
 
 const mq_kernels mq_avx2_linear_table = {

@@ -9,6 +9,8 @@
 #include <immintrin.h>
 #include <stdlib.h>
 
+#include "x86/buffered_rows.h"
+
 #define MQ_INLINE static inline __attribute__((always_inline))
 
 static inline __mmask16 tail_mask(int64_t left) {
@@ -157,24 +159,9 @@ static void even_tiles(const mq_wgemm_args *a, int64_t r0, int64_t m, int64_t p,
     }
 }
 
-/* Panel p widened to float32 into wbuf (groups * 64 floats, the buffered tiles' order). */
-typedef void (*panel_fill_fn)(const void *ctx, int64_t p, float *wbuf);
-
-/* Rows [0, a->m) x panels [p0, p1) on buffered panels, for the int8 weight-only path and the
- * fp16 / bf16 panel path alike: blocks of about 1 MiB of fp32 activations, so each block's rows
- * stay in L2 while every panel passes over them; each panel widened once per block by fill,
- * then the tiles on float32 loads and FMAs only. */
-static void buffered_rows(const mq_wgemm_args *a, int64_t p0, int64_t p1, float *wbuf, panel_fill_fn fill,
-                          const void *ctx) {
-    int64_t block = ((int64_t)1 << 20) / (4 * a->kp) / 6 * 6;
-    if (block < 6) block = 6;
-    for (int64_t r0 = 0; r0 < a->m; r0 += block) {
-        const int64_t rows = a->m - r0 < block ? a->m - r0 : block;
-        for (int64_t p = p0; p < p1; p++) {
-            fill(ctx, p, wbuf);
-            even_tiles(a, r0, rows, p, wtiles_buf, wbuf);
-        }
-    }
+/* Rows [r0, r0 + m) of panel p on its buffered weights (mq_buffered_rows' step). */
+static void buffered_tiles(const mq_wgemm_args *a, int64_t r0, int64_t m, int64_t p, const float *wbuf) {
+    even_tiles(a, r0, m, p, wtiles_buf, wbuf);
 }
 
 static void int8_panel_fill(const void *ctx, int64_t p, float *wbuf) { panel_to_float(ctx, p, wbuf); }
@@ -189,12 +176,12 @@ static void wgemm_avx512(const mq_wgemm_args *a, int64_t p0, int64_t p1) {
         return;
     }
     /* From WBUF_MIN_ROWS rows each panel's weights are converted once per block of rows
-     * (buffered_rows): converting in every tile took a third of the issue slots (8
+     * (mq_buffered_rows): converting in every tile took a third of the issue slots (8
      * conversions per 24 FMAs).  Fewer rows: the converting tiles, each panel once. */
     const int64_t groups = a->kp / MQ_KGROUP;
     float *wbuf = a->m >= WBUF_MIN_ROWS && groups > 0 ? aligned_alloc(64, (size_t)groups * 64 * sizeof(float)) : NULL;
     if (wbuf)
-        buffered_rows(a, p0, p1, wbuf, int8_panel_fill, a);
+        mq_buffered_rows(a, p0, p1, wbuf, int8_panel_fill, a, buffered_tiles, 1);
     else
         for (int64_t p = p0; p < p1; p++) even_tiles(a, 0, a->m, p, wtiles, NULL);
     free(wbuf);
@@ -243,14 +230,14 @@ static void h16_panel_to_float(const void *source, int64_t p, float *wbuf) {
 }
 
 /* Rows [0, m) x panels [p0, p1) of y [m][n] = x [m][kp] (zero-padded) @ W^T + bias for a 16-bit
- * W [n][k]: buffered_rows with each panel widened by h16_panel_to_float into wbuf (groups * 64
+ * W [n][k]: mq_buffered_rows with each panel widened by h16_panel_to_float into wbuf (groups * 64
  * floats, 64-byte aligned), then the weight-only tiles from it (scale 1: y = lane sums + bias). */
 static void h16_panels_avx512(const float *x, int64_t m, int64_t kp, const uint16_t *w, int64_t k, int is_bf16,
                               const float *bias, int64_t n, float *y, int64_t p0, int64_t p1, float *wbuf) {
     const mq_wgemm_args a = {.x = x, .m = m, .kp = kp, .n = n, .w = NULL, .w_scale = NULL, .w_zp = NULL,
                              .bias = bias, .y = y};
     const mq_h16_weight src = {w, n, k, kp, is_bf16};
-    buffered_rows(&a, p0, p1, wbuf, h16_panel_to_float, &src);
+    mq_buffered_rows(&a, p0, p1, wbuf, h16_panel_to_float, &src, buffered_tiles, 1);
 }
 
 const mq_kernels mq_avx512_linear_table = {
