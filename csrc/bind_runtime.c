@@ -58,8 +58,9 @@ static PyObject *py_linear_kernels(PyObject *self, PyObject *unused) {
     (void)unused;
     const mq_kernels *kt = mq_active();
     /* dynamic_reduce_range: the 7-bit kernel, or the dynamic one where it runs them (act_u7.c) */
-    return Py_BuildValue("{s:s,s:s,s:s,s:i,s:s,s:L,s:L}", "dynamic", kt->qgemm_name, "dynamic_reduce_range",
+    return Py_BuildValue("{s:s,s:s,s:s,s:s,s:i,s:s,s:L,s:L}", "dynamic", kt->qgemm_name, "dynamic_reduce_range",
                          kt->qgemm_u7 ? kt->qgemm_u7_name : kt->qgemm_name, "weight_only", kt->wgemm_name,
+                         "int4_int8", kt->q4_gemv_i8_name,
                          "max_in_features", MQ_MAX_LINEAR_K, "threads", mq_threading_backend(),
                          "omp_team_calls", (long long)mq_omp_team_calls(), "split_calls",
                          (long long)mq_parallel_split_calls());

@@ -201,6 +201,7 @@ static const mq_kernels scalar_table = {
     .q4_gemv = mq_ref_q4_gemv,
     .f32_panel = mq_ref_f32_panel,
     .q4_gemv_i8 = NULL, /* the int8-activation path only pays with integer dot-product instructions */
+    .q4_gemv_i8_name = "reference",
     .q4_act_i8 = mq_ref_q4_act_i8,
     .f16_gemm = mq_ref_f16_gemm,
     .bf16_gemm = mq_ref_bf16_gemm,
@@ -247,7 +248,12 @@ static void overlay(mq_kernels *dst, const mq_kernels *src) {
     TAKE(q4_unpack);
     TAKE(q4_gemv);
     TAKE(f32_panel);
-    TAKE(q4_gemv_i8);
+    if (src->q4_gemv_i8) { /* the kernel and its name go together */
+        dst->q4_gemv_i8 = src->q4_gemv_i8;
+        dst->q4_gemv_i8_name = src->q4_gemv_i8_name;
+        dst->q4_gemv_i8_speed = src->q4_gemv_i8_speed;
+        dst->q4_gemv_i8_channels = src->q4_gemv_i8_channels;
+    }
     TAKE(q4_act_i8);
     TAKE(f16_gemm);
     TAKE(bf16_gemm);
@@ -302,7 +308,10 @@ static void init_tables(void) {
         }
     }
     avx512_amx = tables[MQ_ISA_AVX512];
-    if (amx_ready) overlay(&avx512_amx, &mq_amx_linear_table);
+    if (amx_ready) {
+        overlay(&avx512_amx, &mq_amx_linear_table);
+        overlay(&avx512_amx, &mq_amx_int4_table);
+    }
     for (int i = 0; i < MQ_ISA_COUNT; i++) levels[i] = &tables[i];
     if (amx_ready) levels[MQ_ISA_AVX512] = &avx512_amx;
     active_isa = best_isa;

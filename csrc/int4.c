@@ -348,6 +348,16 @@ static int64_t row_chunk(int64_t m, int64_t kpad) {
     return rows < 4 ? 4 : rows;
 }
 
+/* The int8-activation kernel's chunks: a faster kernel (AMX) needs more channels for the same
+ * time, in whole multiples of the channels it takes at once; under 16 rows (AMX's kernel hands
+ * those to VNNI) row_chunk's. */
+static int64_t i8_row_chunk(const mq_kernels *k, int64_t m, int64_t kpad) {
+    if (k->q4_gemv_i8_speed <= 1 || m < 16) return row_chunk(m, kpad);
+    const int64_t unit = k->q4_gemv_i8_channels > 0 ? k->q4_gemv_i8_channels : 16;
+    const int64_t rows = mq_items_per_chunk(m * kpad, Q4_MIN_CHUNK_MACS * k->q4_gemv_i8_speed);
+    return (rows + unit - 1) / unit * unit;
+}
+
 /* ---- linear driver ----------------------------------------------------------------------- */
 
 #define MQ_Q4_PANEL_ROWS 4
@@ -493,7 +503,7 @@ int mq_q4_linear(const void *x, mq_src_t kind, int64_t m, int64_t cols, const ui
     linear_ctx c = {xpad, xsum, m, kpad, group, rows, packed, scale, zero, y, bias, 0};
     if (use_i8) {
         linear_i8_ctx ci = {xq, xscale, xqsum, m, kpad, group, rows, packed, scale, zero, y, bias, i8};
-        mq_parallel_for(rows, row_chunk(m, kpad), nthreads, gemv_i8_range, &ci);
+        mq_parallel_for(rows, i8_row_chunk(mq_active(), m, kpad), nthreads, gemv_i8_range, &ci);
         free(xq);
         free(xscale);
     } else if (m < mq_q4_panel_min_m) {

@@ -332,6 +332,9 @@ typedef struct {
     mq_q4_gemv_fn q4_gemv;
     mq_f32_panel_fn f32_panel;
     mq_q4_gemv_i8_fn q4_gemv_i8; /* NULL where the ISA has no fast integer dot product */
+    const char *q4_gemv_i8_name; /* set together with q4_gemv_i8, as are: */
+    int q4_gemv_i8_speed;        /* its multiply-adds in the time of one of the VNNI kernel's (0: 1) */
+    int q4_gemv_i8_channels;     /* thread chunks in whole multiples of this many channels (0: 16) */
     mq_q4_act_i8_fn q4_act_i8;
     /* fp16 / bf16 weights (fp16.c) */
     mq_h16_gemm_fn f16_gemm, bf16_gemm;
@@ -406,6 +409,7 @@ extern const mq_kernels mq_avx512_quant_table;        /* x86/avx512/quant.c */
 extern const mq_kernels mq_avx512_linear_table;       /* x86/avx512/linear.c (weight-only) */
 extern const mq_kernels mq_avx512vnni_linear_table;   /* x86/avx512_vnni/linear.c */
 extern const mq_kernels mq_amx_linear_table;          /* x86/amx/linear.c (AMX-INT8, 16 rows and more) */
+extern const mq_kernels mq_amx_int4_table;            /* x86/amx/int4.c (int4 x int8 activations) */
 extern const mq_kernels mq_avx512_pack_table;         /* x86/avx512/pack.c */
 extern const mq_kernels mq_avx512_int4_table;         /* x86/avx512/int4.c */
 extern const mq_kernels mq_avx512vnni_int4_table;     /* x86/avx512_vnni/int4.c */
@@ -421,6 +425,11 @@ extern const mq_kernels mq_avx512_eltwise_table;      /* x86/avx512/static_eltwi
 /* The AVX-512 VNNI int8 matmul (x86/avx512_vnni/linear.c); the AMX kernel runs it on the
  * rows and calls its tiles don't take.  Only called after dispatch.c's VNNI check. */
 void mq_avx512vnni_qgemm(const mq_qgemm_args *a, int64_t p0, int64_t p1);
+/* The AVX-512 VNNI int4 x int8-activation kernel (x86/avx512_vnni/int4.c), for the AMX
+ * unit's rows past whole tiles; same contract as mq_ref_q4_gemv_i8. */
+void mq_avx512vnni_q4_gemv_i8(const int8_t *xq, int64_t m, const float *xscale, const int32_t *xqsum,
+                              const uint8_t *w, int64_t kpad, int64_t group, const uint16_t *scale,
+                              const uint8_t *zero, int64_t r0, int64_t r1, float *y, int64_t ldy);
 /* The AVX-512 level's int8 matmul on AMX (on = 1, the default where the CPU and the OS allow
  * it) or on AVX-512 VNNI (on = 0); on < 0 only asks.  Returns the previous state (1 on AMX),
  * -1 when asked for AMX where this CPU, OS or build can't. */

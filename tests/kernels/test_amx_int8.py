@@ -135,7 +135,7 @@ def test_setting_reports_and_restores():
 
 @needs_amx
 def test_a_forked_child_runs_amx():
-    # the OS grant of the tile data is per process, inherited by fork(): a DataLoader worker
+    # (the int8 matmul and int4 with int8 activations) the OS grant of the tile data is per process, inherited by fork(): a DataLoader worker
     # forked after an AMX call runs AMX too (without the grant, SIGILL)
     code = WAIT_FOR_CHILD + (
         "import os, numpy as np, torch\n"
@@ -144,11 +144,14 @@ def test_a_forked_child_runs_amx():
         "p, s, m = kernels.pack_int8(w)\n"
         "x = torch.randn(64, 256)\n"
         "f = lambda: kernels.linear_int8(x, p, s, torch.ones(64), torch.zeros(64, dtype=torch.int32), None, 64, m)\n"
-        "assert _C.linear_kernels()['dynamic'] == 'amx_int8'\n"
-        "want = f()\n"
+        "from mono_quant.int4 import quantize_int4\n"
+        "q = quantize_int4(torch.randn(40, 256), group_size=128)[0]\n"
+        "f4 = lambda: _C.q4_linear(x.numpy(), q.qdata.numpy(), q.scale.numpy(), q.zero_point.numpy(), 128)\n"
+        "assert _C.linear_kernels()['dynamic'] == _C.linear_kernels()['int4_int8'] == 'amx_int8'\n"
+        "want, want4 = f(), f4()\n"
         "pid = os.fork()\n"
         "if pid == 0:\n"
-        "    os._exit(0 if torch.equal(f(), want) else 3)\n"
+        "    os._exit(0 if torch.equal(f(), want) and np.array_equal(f4(), want4) else 3)\n"
         "status = wait_for_child(pid, 60)\n"
         "print('child', os.waitstatus_to_exitcode(status), flush=True)\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,

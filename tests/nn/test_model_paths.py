@@ -13,7 +13,8 @@ from mono_quant.kernels import dynamic_conv
 from mono_quant.modules import linear as linear_module
 from mono_quant.modules.linear import dequantized_packed, kernel_args
 from mono_quant.packing import unpack_int8_rows
-from conftest import SUPPORTED, at_isa
+from mono_quant.kernels import SETTINGS
+from conftest import AMX, SUPPORTED, at_isa
 
 
 
@@ -87,11 +88,30 @@ def test_int4_blas_path_matches_packed_kernel(isa, blas_tables):
     torch.manual_seed(2)
     layer = mq.quantize(nn.Linear(256, 48), dtype="int4").model
     x = torch.randn(33, 256)
-    packed, blas = _packed_and_blas(layer, x, isa, int4_rows)
+    with SETTINGS.for_tests(amx=False if AMX else None):  # on AMX int8 activations never take the BLAS
+        packed, blas = _packed_and_blas(layer, x, isa, int4_rows)
     exact = F.linear(x.double(), layer.dequantized_weight().double(), layer.bias.double())
     assert _close(blas, exact)  # fp32 activations: the dequantized weight's product
     # the packed kernels may quantize activations to int8 (int4.set_int8_activations): ~0.5% noise
     assert (packed.double() - exact).norm() / exact.norm() < 2e-2
+
+
+@pytest.mark.skipif(not AMX, reason="the AVX-512 level runs no AMX here")
+@pytest.mark.parametrize("int8_activations", [True, False])
+def test_int4_on_amx_keeps_its_int8_kernel_past_the_blas_rows(blas_tables, int8_activations):
+    """On AMX the int4 x int8 tiles beat the BLAS at every row count: past the rule's rows an
+    int4 layer with int8 activations keeps them, each row the bits it has in a short batch;
+    with int8 activations off the BLAS rule holds."""
+    _, int4_rows = blas_tables
+    int4_rows["avx512"] = 40
+    torch.manual_seed(4)
+    layer = mq.quantize(nn.Linear(256, 48), dtype="int4").model
+    x = torch.randn(64, 256)
+    with at_isa("avx512"), SETTINGS.for_tests(int4_int8_activations=int8_activations), torch.no_grad():
+        many, few = layer(x), layer(x[:8])
+    assert torch.equal(many[:8], few) == int8_activations
+    exact = F.linear(x.double(), layer.dequantized_weight().double(), layer.bias.double())
+    assert int8_activations or _close(many, exact)
 
 
 def test_path_choice_is_a_rule_on_rows(blas_tables):
@@ -194,7 +214,7 @@ def test_int4_switch_looks_at_rows_and_outputs(blas_tables):
     torch.manual_seed(8)
     narrow, wide = (mq.quantize(nn.Linear(128, n), dtype="int4").model for n in (40, 48))
     x = torch.randn(16, 128)
-    with torch.no_grad():
+    with torch.no_grad(), SETTINGS.for_tests(amx=False if AMX else None):  # (AMX: no BLAS, test above)
         for layer, blas in ((narrow, True), (wide, False)):
             exact = F.linear(x.double(), layer.dequantized_weight().double(), layer.bias.double())
             y = layer(x)

@@ -13,34 +13,16 @@
 #if defined(__x86_64__) && defined(__AMX_TILE__) && defined(__AMX_INT8__) && defined(__AVX512VNNI__)
 #include <immintrin.h>
 
+#include "x86/amx/tiles.h"
 #include "x86/avx512_vnni/qgemm_store.h"
 
 enum {
-    TILE_ROWS = 16,                    /* rows of an A or C tile, K-groups of a B tile */
-    TILE_K = 64,                       /* activation bytes in an A tile row */
+    TILE_ROWS = AMX_TILE_ROWS,         /* rows of an A or C tile, K-groups of a B tile */
+    TILE_K = AMX_TILE_K,               /* activation bytes in an A tile row */
     TILE_B_BYTES = TILE_K * MQ_PANEL,  /* one B tile: 16 K-groups of a panel */
     BLOCK_ROWS = 2 * TILE_ROWS,        /* a block: 2 row tiles x 2 panels, C tiles 0-3 */
     C_LD = 2 * MQ_PANEL,               /* int32 row stride of the block's sums */
 };
-
-/* ldtilecfg's 64-byte operand, palette 1: every tile used here is 16 rows x 64 bytes
- * (C: 16 rows x 16 int32; A: 16 rows x 64 uint8; B: 16 K-groups x 16 channels x 4 int8). */
-typedef struct {
-    uint8_t palette, start_row, reserved[14];
-    uint16_t colsb[16];
-    uint8_t rows[16];
-} tile_config;
-
-static void configure_tiles(void) {
-    tile_config cfg __attribute__((aligned(64)));
-    memset(&cfg, 0, sizeof cfg);
-    cfg.palette = 1;
-    for (int t = 0; t < 8; t++) {
-        cfg.rows[t] = TILE_ROWS;
-        cfg.colsb[t] = TILE_K;
-    }
-    _tile_loadconfig(&cfg);
-}
 
 /* Rows [m0, m0 + rows) x panels [p, p + np) of the block's tile sums at c: the K-groups
  * past the whole tiles added with vpdpbusd, then the VNNI kernels' epilogue, each panel's
@@ -109,7 +91,7 @@ static void qgemm_amx(const mq_qgemm_args *a, int64_t p0, int64_t p1) {
     int64_t chunk = ((int64_t)256 << 10) / a->ldx / BLOCK_ROWS * BLOCK_ROWS;
     if (chunk < BLOCK_ROWS) chunk = BLOCK_ROWS;
     int32_t c[BLOCK_ROWS * C_LD] __attribute__((aligned(64)));
-    configure_tiles();
+    amx_configure_tiles();
     for (int64_t r0 = 0; r0 < full; r0 += chunk) {
         const int64_t r1 = r0 + chunk < full ? r0 + chunk : full;
         for (int64_t p = p0; p < p1; p += 2) {

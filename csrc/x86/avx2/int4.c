@@ -387,6 +387,7 @@ const mq_kernels mq_avx2_int4_table = {
     .q4_gemv = q4_gemv,
     .f32_panel = f32_panel,
     .q4_gemv_i8 = q4_gemv_i8,
+    .q4_gemv_i8_name = "avx2_maddubs",
     .q4_act_i8 = q4_act_i8,
 };
 

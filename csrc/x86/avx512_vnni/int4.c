@@ -124,9 +124,10 @@ static int64_t q4_gemv_i8_quarters(const int8_t *xq, const float *xscale, const 
     return r0 + 4 * q;
 }
 
-static void q4_gemv_i8(const int8_t *xq, int64_t m, const float *xscale, const int32_t *xqsum, const uint8_t *w,
-                       int64_t kpad, int64_t group, const uint16_t *scale, const uint8_t *zero, int64_t r0,
-                       int64_t r1, float *y, int64_t ldy) {
+/* exported for the AMX unit's rows past whole tiles */
+void mq_avx512vnni_q4_gemv_i8(const int8_t *xq, int64_t m, const float *xscale, const int32_t *xqsum,
+                              const uint8_t *w, int64_t kpad, int64_t group, const uint16_t *scale,
+                              const uint8_t *zero, int64_t r0, int64_t r1, float *y, int64_t ldy) {
     const int64_t ngroups = (kpad + group - 1) / group, row_bytes = kpad / 2;
     const char *range_end = (const char *)(w + (size_t)r1 * (size_t)row_bytes);
     if (m == 1) {
@@ -195,7 +196,8 @@ static void q4_gemv_i8(const int8_t *xq, int64_t m, const float *xscale, const i
 }
 
 /* installed by dispatch.c only where the CPU has AVX-512 VNNI */
-const mq_kernels mq_avx512vnni_int4_table = {.q4_gemv_i8 = q4_gemv_i8};
+const mq_kernels mq_avx512vnni_int4_table = {.q4_gemv_i8 = mq_avx512vnni_q4_gemv_i8,
+                                             .q4_gemv_i8_name = "avx512_vnni"};
 
 #else
 const mq_kernels mq_avx512vnni_int4_table = {.name = NULL};

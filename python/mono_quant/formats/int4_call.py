@@ -17,7 +17,7 @@ from .. import _C
 from ..kernels.rows import to_numpy
 from ..kernels.settings import SETTINGS
 from ..kernels.stamps import make_stamp, tensors_unchanged
-from .int4_weight import BLAS_MIN_ROWS
+from ..kernels.row_rules import int4_takes_blas
 from .layer_cache import per_layer_cache
 
 __all__ = ["kept_int4_linear"]
@@ -43,7 +43,7 @@ def _keep(module) -> tuple:
 def kept_int4_linear(module, x: torch.Tensor) -> Optional[torch.Tensor]:
     """``x @ W.T + b`` of an int4 layer through the kept views, or None where the general
     path must run (another dtype or device, a gradient, an empty input, another width, rows
-    for the BLAS rule of ``int4_weight.BLAS_MIN_ROWS``)."""
+    for the BLAS rule of ``row_rules.int4_takes_blas``)."""
     if x.dtype is not torch.float32 or not x.is_cpu or x.requires_grad:
         return None
     kept = _CALLS.get(module)
@@ -53,7 +53,8 @@ def kept_int4_linear(module, x: torch.Tensor) -> Optional[torch.Tensor]:
     if call is None or x.shape[-1] != call[0] or x.numel() == 0:
         return None
     x2d = x if x.dim() == 2 else x.reshape(-1, call[0])
-    if x2d.shape[0] >= BLAS_MIN_ROWS[SETTINGS.isa]:  # int4_linear decides (with the output rule)
+    if int4_takes_blas(x2d.shape[0], call[1], call[2].shape[1] * 2, call[5], SETTINGS.isa,
+                       SETTINGS.int4_int8_activations):
         return None
     y = torch.from_numpy(_C.q4_linear(x2d.contiguous().numpy(), call[2], call[3], call[4], call[5], bias=call[6],
                                       int8_activations=-1 if SETTINGS.int4_int8_activations else 0,

@@ -23,7 +23,7 @@ from ..errors import NonFiniteWeightError
 from ..orig_dtype import orig_dtype_of
 from ..kernels import SETTINGS
 from ..kernels import int4 as q4
-from ..kernels.row_rules import INT4_BLAS_MAX_OUT_FEATURES, INT4_BLAS_MIN_ROWS
+from ..kernels.row_rules import INT4_BLAS_MAX_OUT_FEATURES, INT4_BLAS_MIN_ROWS, int4_takes_blas
 from ..kernels.layout import INT4_BLOCK, int4_padded_cols
 from ..kernels.reference import q4_dequantize
 from ..tensor import QuantizedWeight, sqnr_db
@@ -226,8 +226,8 @@ def _raise_if_scales_saturate(rows: torch.Tensor, scale: torch.Tensor, symmetric
 
 # int4_linear dequantizes the whole weight once per call (the C kernel) and runs torch's
 # BLAS instead of the packed kernels when x has at least BLAS_MIN_ROWS rows (x reshaped
-# to 2-D) and the layer at most BLAS_MAX_OUT_FEATURES outputs, per kernel level
-# (kernels/row_rules.py; the traced op applies the same tables).
+# to 2-D) and the layer at most BLAS_MAX_OUT_FEATURES outputs, per kernel level, unless
+# AMX runs its int8 activations (kernels/row_rules.int4_takes_blas; the traced op applies it too).
 BLAS_MIN_ROWS = INT4_BLAS_MIN_ROWS
 BLAS_MAX_OUT_FEATURES = INT4_BLAS_MAX_OUT_FEATURES
 
@@ -264,8 +264,8 @@ def int4_linear(x: torch.Tensor, weight: Int4Weight, bias: Optional[torch.Tensor
         b = None if bias is None else bias.float()
         return F.linear(x.float(), w, b).to(x.dtype)
     x2 = x.detach().reshape(-1, in_features)
-    isa = SETTINGS.isa
-    if x2.shape[0] >= BLAS_MIN_ROWS[isa] and out_features <= BLAS_MAX_OUT_FEATURES[isa]:
+    if int4_takes_blas(x2.shape[0], out_features, weight.qdata.shape[-1] * 2, weight.group, SETTINGS.isa,
+                       SETTINGS.int4_int8_activations):
         b = None if bias is None else bias.detach().float()
         y = F.linear(x2.float(), weight.dequantize(torch.float32), b)
         return y.reshape(*x.shape[:-1], out_features).to(x.dtype)

@@ -30,7 +30,8 @@ from .. import _C
 
 __all__ = ["BLAS_AVX512", "HALF_KERNEL_MAX_ROWS", "HALF_PANEL_MAX_ROWS", "INT8_WEIGHT_ONLY_BLAS_MIN_ROWS",
            "INT8_WEIGHT_ONLY_BLAS_MIN_IN_FEATURES", "int8_weight_only_takes_blas",
-           "INT4_BLAS_MIN_ROWS", "INT4_BLAS_MAX_OUT_FEATURES", "blas_runs_avx512"]
+           "INT4_BLAS_MIN_ROWS", "INT4_BLAS_MAX_OUT_FEATURES", "int4_takes_blas", "int4_int8_activations_fit",
+           "blas_runs_avx512"]
 
 _NEVER = 1 << 62
 
@@ -89,3 +90,24 @@ def int8_weight_only_takes_blas(rows: int, in_features: int, isa: str) -> bool:
 #: (0.3-0.45x).
 INT4_BLAS_MIN_ROWS = {"scalar": _NEVER, "avx2": _NEVER, "avx512": 1024 if BLAS_AVX512 else _NEVER}
 INT4_BLAS_MAX_OUT_FEATURES = {"scalar": 0, "avx2": 0, "avx512": _NEVER if BLAS_AVX512 else 0}
+
+#: the int8-activation int4 kernels' shape condition (mq_q4_int8_ok): the padded input width and
+#: the group multiples of 128, the group at most 4096
+INT4_INT8_CHUNK, INT4_INT8_MAX_GROUP = 128, 4096
+
+
+def int4_int8_activations_fit(kpad: int, group: int) -> bool:
+    """Whether an int4 weight of padded width ``kpad`` and group ``group`` can take int8 activations."""
+    return kpad % INT4_INT8_CHUNK == 0 and group % INT4_INT8_CHUNK == 0 and group <= INT4_INT8_MAX_GROUP
+
+
+def int4_takes_blas(rows: int, out_features: int, kpad: int, group: int, isa: str, int8_activations: bool) -> bool:
+    """Whether an int4 Linear call of ``rows`` rows runs torch's BLAS on its weight dequantized
+    per call (else the packed kernels), at kernel level ``isa``: the two tables above, except
+    where the AVX-512 level runs AMX and the call takes int8 activations (``int8_activations``:
+    allowed, and the shape fits): AMX's int4 x int8 tiles took 0.23-0.33 of fp32's time at 1024
+    rows of BERT layers (Intel Xeon, 1 Dec, 1 thread), where dequantize + BLAS took 1.00-1.08."""
+    if rows < INT4_BLAS_MIN_ROWS[isa] or out_features > INT4_BLAS_MAX_OUT_FEATURES[isa]:
+        return False
+    return not (int8_activations and isa == "avx512" and int4_int8_activations_fit(kpad, group)
+                and _C.use_amx(None))

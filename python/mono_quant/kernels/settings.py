@@ -118,7 +118,8 @@ class RuntimeSettings:
         return _C.use_amx(None)
 
     def set_amx(self, enabled: bool) -> bool:
-        """Run the AVX-512 level's dynamic int8 matmul on AMX (True) or on AVX-512 VNNI (False);
+        """Run the AVX-512 level's int8 matmuls (dynamic and static int8, int4 with int8
+        activations) on AMX (True) or on AVX-512 VNNI (False);
         returns the previous setting.  One atomic switch: a call running on another thread
         finishes on the kernel it started with.  RuntimeError (from C) for True where AMX
         can't run: ``cpu_info()["amx"]`` says why (no AMX-INT8, ``MONO_QUANT_AMX``, or Linux

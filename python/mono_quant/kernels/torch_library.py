@@ -25,7 +25,7 @@ from torch.utils.weak import WeakIdKeyDictionary
 
 from .. import _C
 from .fp16 import half_linear, half_path
-from .row_rules import INT4_BLAS_MAX_OUT_FEATURES, INT4_BLAS_MIN_ROWS, int8_weight_only_takes_blas
+from .row_rules import int4_takes_blas, int8_weight_only_takes_blas
 from .layout import PACKED_LAYOUT_VERSION, int8_packed_sizes, unpack_int8_rows
 from .rows import dequantize_rows, to_numpy
 from .settings import SETTINGS
@@ -327,8 +327,9 @@ _LIB.define("int4_linear(Tensor x, Tensor qdata, Tensor scale, Tensor zero_point
 
 
 def _int4_linear(x, qdata, scale, zero_point, bias, group, int8_activations):
-    isa = SETTINGS.isa  # eager's row rule (row_rules.INT4_BLAS_*), decided on the real row count
-    if x.shape[0] >= INT4_BLAS_MIN_ROWS[isa] and qdata.shape[0] <= INT4_BLAS_MAX_OUT_FEATURES[isa]:
+    # eager's row rule, decided on the real row count
+    if int4_takes_blas(x.shape[0], qdata.shape[0], qdata.shape[1] * 2, group, SETTINGS.isa,
+                       int8_activations):
         w = _dequantize_int4(qdata, scale, zero_point, x.shape[-1], group)
         return F.linear(x.float(), w, None if bias is None else bias.float())
     b = None if bias is None else bias.detach().float().contiguous().numpy()
