@@ -8,8 +8,10 @@ PyDoc_STRVAR(h16_linear_doc,
              "int16/uint16 bits) or bf16 (bf16=True: int16/uint16 bits).  fp32 accumulation.\n"
              "panels=True (for many rows): each 16-channel panel widened once per block of rows\n"
              "and the weight-only tiles' sum order (the same bits on AVX2 and AVX-512; the scalar\n"
-             "level, or fewer than 8 rows, as panels=False).  MemoryError if a buffer cannot be\n"
-             "allocated.");
+             "level, or fewer than 8 rows, as panels=False).  panels=2: on AMX-BF16 (x and the\n"
+             "weight split into bf16 pieces with exact sums, exact products, fp32 sums: fp32-accurate,\n"
+             "not the other paths' bits; where the level has no AMX-BF16, as panels=True).\n"
+             "MemoryError if a buffer cannot be allocated.");
 
 static PyObject *py_h16_linear(PyObject *self, PyObject *args, PyObject *kw) {
     static char *kwlist[] = {"x", "w", "bf16", "bias", "nthreads", "panels", NULL};
@@ -20,9 +22,13 @@ static PyObject *py_h16_linear(PyObject *self, PyObject *args, PyObject *kw) {
     mq_refs refs = {0};
     PyArrayObject *x, *w, *bias = NULL, *out;
     (void)self;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "OOp|Oip:h16_linear", kwlist, &x_obj, &w_obj, &is_bf16, &b_obj,
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OOp|Oii:h16_linear", kwlist, &x_obj, &w_obj, &is_bf16, &b_obj,
                                      &nthreads, &panels))
         return NULL;
+    if (panels < 0 || panels > 2) {
+        PyErr_Format(PyExc_ValueError, "panels must be 0, 1 or 2 (AMX), got %d", panels);
+        return NULL;
+    }
     if (!mq_check_threads(nthreads)) return NULL;
     if (!(x = mq_array_in(&refs, x_obj, "x", f32, 1, 2, "float32"))) goto done;
     if (is_bf16) {
@@ -49,7 +55,9 @@ static PyObject *py_h16_linear(PyObject *self, PyObject *args, PyObject *kw) {
     if (m * n > 0) {
         int rc = 1;
         Py_BEGIN_ALLOW_THREADS
-        if (panels)
+        if (panels == 2) rc = mq_h16_linear_amx(PyArray_DATA(x), m, k, PyArray_DATA(w), is_bf16,
+                                                mq_data_or_null(bias), n, PyArray_DATA(out), nthreads);
+        if (panels && rc == 1)
             rc = mq_h16_linear_panels(PyArray_DATA(x), m, k, PyArray_DATA(w), is_bf16, mq_data_or_null(bias), n,
                                       PyArray_DATA(out), nthreads);
         if (rc == 1)

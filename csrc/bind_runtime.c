@@ -51,16 +51,18 @@ static PyObject *py_set_gemv_max_rows(PyObject *self, PyObject *arg) {
     return PyLong_FromLong(previous);
 }
 
-PyDoc_STRVAR(linear_kernels_doc, "linear_kernels() -> dict: the int8 matmul kernels the active ISA level uses.");
+PyDoc_STRVAR(linear_kernels_doc, "linear_kernels() -> dict: the matmul kernels the active ISA level uses (int8 dynamic,\n"
+                                  "reduce_range, weight-only, int4 x int8, fp16 / bf16 many-row) and the threading.");
 
 static PyObject *py_linear_kernels(PyObject *self, PyObject *unused) {
     (void)self;
     (void)unused;
     const mq_kernels *kt = mq_active();
     /* dynamic_reduce_range: the 7-bit kernel, or the dynamic one where it runs them (act_u7.c) */
-    return Py_BuildValue("{s:s,s:s,s:s,s:s,s:i,s:s,s:L,s:L}", "dynamic", kt->qgemm_name, "dynamic_reduce_range",
+    return Py_BuildValue("{s:s,s:s,s:s,s:s,s:s,s:i,s:s,s:L,s:L}", "dynamic", kt->qgemm_name, "dynamic_reduce_range",
                          kt->qgemm_u7 ? kt->qgemm_u7_name : kt->qgemm_name, "weight_only", kt->wgemm_name,
-                         "int4_int8", kt->q4_gemv_i8_name,
+                         "int4_int8", kt->q4_gemv_i8_name, "half_many_rows",
+                         kt->h16_amx_gemm ? "amx_bf16" : kt->h16_panels ? "panels" : "none",
                          "max_in_features", MQ_MAX_LINEAR_K, "threads", mq_threading_backend(),
                          "omp_team_calls", (long long)mq_omp_team_calls(), "split_calls",
                          (long long)mq_parallel_split_calls());
@@ -143,7 +145,7 @@ static int set_item_steal(PyObject *d, const char *key, PyObject *value) {
 
 static PyObject *py_cpu_info(PyObject *self, PyObject *unused) {
     static const char *features[] = {"avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512vl", "avx512dq",
-                                     "avx512_vnni", "avx512_bf16", "avx_vnni", "amx_int8"};
+                                     "avx512_vnni", "avx512_bf16", "avx_vnni", "amx_int8", "amx_bf16"};
     (void)self;
     (void)unused;
     PyObject *d = PyDict_New();

@@ -26,7 +26,7 @@
 #include "mq.h"
 
 typedef struct {
-    int avx2, fma, f16c, avx512f, avx512bw, avx512vl, avx512dq, avx512_vnni, avx512_bf16, avx_vnni, amx_int8;
+    int avx2, fma, f16c, avx512f, avx512bw, avx512vl, avx512dq, avx512_vnni, avx512_bf16, avx_vnni, amx_int8, amx_bf16;
     char vendor[13]; /* cpuid leaf 0: "GenuineIntel", "AuthenticAMD", ... ("" elsewhere) */
 } cpu_features;
 
@@ -74,6 +74,7 @@ static void detect(cpu_features *f) {
     const uint32_t max_sub7 = a;
     f->avx2 = bit(b, 5);
     f->amx_int8 = os_amx && bit(d, 25);
+    f->amx_bf16 = os_amx && bit(d, 22);
     if (os_zmm) {
         f->avx512f = bit(b, 16);
         f->avx512dq = bit(b, 17);
@@ -107,6 +108,7 @@ int mq_cpu_has(const char *feature) {
         {"avx512_bf16", offsetof(cpu_features, avx512_bf16)},
         {"avx_vnni", offsetof(cpu_features, avx_vnni)},
         {"amx_int8", offsetof(cpu_features, amx_int8)},
+        {"amx_bf16", offsetof(cpu_features, amx_bf16)},
     };
     mq_active(); /* detection runs once, inside the table set-up */
     for (size_t i = 0; i < sizeof names / sizeof names[0]; i++)
@@ -258,6 +260,11 @@ static void overlay(mq_kernels *dst, const mq_kernels *src) {
     TAKE(f16_gemm);
     TAKE(bf16_gemm);
     TAKE(h16_panels);
+    if (src->h16_amx_gemm) {
+        dst->h16_amx_split = src->h16_amx_split;
+        dst->h16_amx_pack = src->h16_amx_pack;
+        dst->h16_amx_gemm = src->h16_amx_gemm;
+    }
     TAKE(h16_dconv_panel);
     TAKE(h16_dconv);
 #undef TAKE
@@ -311,6 +318,7 @@ static void init_tables(void) {
     if (amx_ready) {
         overlay(&avx512_amx, &mq_amx_linear_table);
         overlay(&avx512_amx, &mq_amx_int4_table);
+        if (cpu.amx_bf16) overlay(&avx512_amx, &mq_amx_h16_table); /* its own cpuid bit */
     }
     for (int i = 0; i < MQ_ISA_COUNT; i++) levels[i] = &tables[i];
     if (amx_ready) levels[MQ_ISA_AVX512] = &avx512_amx;

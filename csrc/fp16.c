@@ -142,3 +142,69 @@ int mq_h16_linear_panels(const float *x, int64_t m, int64_t k, const uint16_t *w
     free(xpad);
     return c.failed ? -1 : 0;
 }
+
+/* ---- AMX-BF16 (x86/amx/h16.c) ------------------------------------------------------------- */
+
+/* its multiply-adds in the time of one of the fp32 tiles' (Intel Xeon, 1 Dec, 1 thread, BERT
+ * layers at 128-1024 rows), for the thread split */
+#define AMX_SPEED 4
+
+typedef struct {
+    const mq_kernels *kt;
+    const float *x;
+    const uint16_t *w;
+    int is_bf16;
+    int64_t k;
+    uint16_t *xp, *wp;
+    mq_h16_amx_args a;
+    int nonfinite; /* the split or the layout met an infinity or NaN */
+} amx_ctx;
+
+static void amx_split_range(void *vctx, int64_t begin, int64_t end) {
+    amx_ctx *c = vctx;
+    if (c->kt->h16_amx_split(c->x, c->k, c->a.kp, c->a.mpad, begin, end, c->xp))
+        __atomic_store_n(&c->nonfinite, 1, __ATOMIC_RELAXED);
+}
+
+static void amx_pack_range(void *vctx, int64_t begin, int64_t end) {
+    amx_ctx *c = vctx;
+    if (c->kt->h16_amx_pack(c->w, c->a.n, c->k, c->is_bf16, c->a.kp, c->wp, begin, end))
+        __atomic_store_n(&c->nonfinite, 1, __ATOMIC_RELAXED);
+}
+
+static void amx_gemm_range(void *vctx, int64_t begin, int64_t end) {
+    amx_ctx *c = vctx;
+    c->kt->h16_amx_gemm(&c->a, begin, end);
+}
+
+int mq_h16_linear_amx(const float *x, int64_t m, int64_t k, const uint16_t *w, int is_bf16, const float *bias,
+                      int64_t n, float *y, int nthreads) {
+    const mq_kernels *kt = mq_active();
+    if (!kt->h16_amx_gemm || m <= 0 || n <= 0 || k <= 0) return 1;
+    const int64_t kp = mq_round_up(k, 32), mpad = mq_round_up(m, 16), panels = (n + MQ_PANEL - 1) / MQ_PANEL;
+    const int wpieces = is_bf16 ? 1 : 2;
+    /* x's pieces: 3 x mpad x kp bf16; the weight's: panels x pieces x 16 kp bf16 */
+    uint16_t *xp = aligned_alloc(64, mq_alloc_bytes(mq_size_mul(3 * mpad, kp), sizeof(uint16_t), 64));
+    uint16_t *wp = aligned_alloc(64, mq_alloc_bytes(mq_size_mul(panels * wpieces * MQ_PANEL, kp), sizeof(uint16_t), 64));
+    if (!xp || !wp) {
+        free(xp);
+        free(wp);
+        return -1;
+    }
+    for (int p = 0; p < 3; p++) /* the rows past m: zero, so their sums are (and stay unwritten) */
+        memset(xp + ((size_t)p * (size_t)mpad + (size_t)m) * (size_t)kp, 0, (size_t)(mpad - m) * (size_t)kp * 2);
+    amx_ctx c = {kt, x, w, is_bf16, k, xp, wp, {xp, m, mpad, kp, wp, wpieces, bias, n, y}, 0};
+    nthreads = mq_threads_for_work((double)m * (double)k * (double)n, ONE_THREAD_MACS * AMX_SPEED, nthreads);
+    mq_parallel_for(m, mq_items_per_chunk(kp, 1 << 16), nthreads, amx_split_range, &c);
+    mq_parallel_for(panels, 4, nthreads, amx_pack_range, &c);
+    if (c.nonfinite) { /* inf / NaN: the panel path's fp32 arithmetic carries them */
+        free(xp);
+        free(wp);
+        return 1;
+    }
+    const int64_t pairs = mq_items_per_chunk(mpad * kp * 2 * MQ_PANEL, MIN_MACS_PER_PIECE * AMX_SPEED);
+    mq_parallel_for(panels, 2 * pairs, nthreads, amx_gemm_range, &c);
+    free(xp);
+    free(wp);
+    return 0;
+}

@@ -272,6 +272,29 @@ typedef struct {
     int is_bf16;
 } mq_h16_weight;
 
+/* fp16 / bf16 weights on AMX-BF16 (x86/amx/h16.c; fp16.c's mq_h16_linear_amx drives it): x split
+ * into three bf16 pieces and the weight into one (bf16) or two (fp16) whose sums are exact, every
+ * product of pieces exact in fp32 and summed by tdpbf16ps: fp32-accurate, its own bits (a path
+ * of its own, chosen by the row rules).  h16_amx_split: rows [i0, i1) of x [.][k] to the pieces
+ * xp [3][mpad][kp] (kp: k rounded up to 32; zero past k); h16_amx_pack: panels [p0, p1) of w
+ * [n][k] to B tiles wp [panels][pieces][kp / 32][16 x 32]; both return nonzero where they met an
+ * infinity or NaN, which the pieces cannot carry; h16_amx_gemm: y = sums (+ bias) of panels
+ * [p0, p1). */
+typedef struct {
+    const uint16_t *xp;  /* the pieces of x, rows past m zero */
+    int64_t m, mpad, kp; /* mpad: m rounded up to 16 */
+    const uint16_t *wp;
+    int wpieces;         /* 2 for fp16, 1 for bf16 */
+    const float *bias;   /* [n] or NULL */
+    int64_t n;
+    float *y;            /* [m][n] */
+} mq_h16_amx_args;
+typedef int (*mq_h16_amx_split_fn)(const float *x, int64_t k, int64_t kp, int64_t mpad, int64_t i0, int64_t i1,
+                                   uint16_t *xp);
+typedef int (*mq_h16_amx_pack_fn)(const uint16_t *w, int64_t n, int64_t k, int is_bf16, int64_t kp, uint16_t *wp,
+                                  int64_t p0, int64_t p1);
+typedef void (*mq_h16_amx_gemm_fn)(const mq_h16_amx_args *a, int64_t p0, int64_t p1);
+
 /* ---- fp16 / bf16 weight direct Conv2d (h16_dconv.c driver) ----------------
  * The panel: for t < k and j < ldp (ldp a multiple of 16, nb <= ldp),
  *   panel[t * ldp + j] = j < nb ? w[j * k + t] widened to fp32 (exact) : 0
@@ -339,6 +362,9 @@ typedef struct {
     /* fp16 / bf16 weights (fp16.c) */
     mq_h16_gemm_fn f16_gemm, bf16_gemm;
     mq_h16_panels_fn h16_panels; /* NULL where the level has none (fp16.c then declines) */
+    mq_h16_amx_split_fn h16_amx_split; /* the three set together, AMX-BF16 only */
+    mq_h16_amx_pack_fn h16_amx_pack;
+    mq_h16_amx_gemm_fn h16_amx_gemm;
     /* fp16 / bf16 weight direct Conv2d (h16_dconv.c) */
     mq_h16_dconv_panel_fn h16_dconv_panel;
     mq_h16_dconv_fn h16_dconv;
@@ -410,6 +436,7 @@ extern const mq_kernels mq_avx512_linear_table;       /* x86/avx512/linear.c (we
 extern const mq_kernels mq_avx512vnni_linear_table;   /* x86/avx512_vnni/linear.c */
 extern const mq_kernels mq_amx_linear_table;          /* x86/amx/linear.c (AMX-INT8, 16 rows and more) */
 extern const mq_kernels mq_amx_int4_table;            /* x86/amx/int4.c (int4 x int8 activations) */
+extern const mq_kernels mq_amx_h16_table;             /* x86/amx/h16.c (AMX-BF16: fp16 / bf16 weights) */
 extern const mq_kernels mq_avx512_pack_table;         /* x86/avx512/pack.c */
 extern const mq_kernels mq_avx512_int4_table;         /* x86/avx512/int4.c */
 extern const mq_kernels mq_avx512vnni_int4_table;     /* x86/avx512_vnni/int4.c */
@@ -638,6 +665,12 @@ void mq_h16_linear(const float *x, int64_t m, int64_t k, int64_t ldx, const uint
  * mq_h16_linear), or -1 when a buffer could not be allocated (y partly written). */
 int mq_h16_linear_panels(const float *x, int64_t m, int64_t k, const uint16_t *w, int is_bf16, const float *bias,
                          int64_t n, float *y, int nthreads);
+/* The same product on AMX-BF16 (the level's h16_amx_* kernels: fp32-accurate, not the other
+ * paths' bits).  Returns 0, 1 where the level has no such kernel or x or the weight holds an
+ * infinity or NaN (nothing written: the caller runs another path), or -1 when a buffer could
+ * not be allocated (nothing written). */
+int mq_h16_linear_amx(const float *x, int64_t m, int64_t k, const uint16_t *w, int is_bf16, const float *bias,
+                      int64_t n, float *y, int nthreads);
 
 /* ---- h16_conv.c: fp16 / bf16 weight Conv2d ------------------------------------- */
 /* y [batch][n][out_h][out_w] = conv2d(x [batch][channels][height][width] fp32,

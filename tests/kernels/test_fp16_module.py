@@ -12,6 +12,7 @@ from mono_quant.formats import cast
 from mono_quant.formats.traced_forward import linear_forward
 from mono_quant.kernels import SETTINGS
 from mono_quant.kernels.fp16 import PANEL_MAX_ROWS, half_linear
+from mono_quant.kernels.row_rules import HALF_AMX_MIN_ROWS
 
 
 def quantized_linear(dtype, in_features=37, out_features=23, bias=True):
@@ -136,6 +137,7 @@ def test_panel_rows_same_bits_eager_traced_threads(isa, dtype, monkeypatch):
     q = quantized_linear(dtype, in_features=70, out_features=37)  # K not a multiple of 4, a panel tail
     monkeypatch.setitem(cast.KERNEL_MAX_ROWS, isa, 5)
     monkeypatch.setitem(PANEL_MAX_ROWS, isa, 50)
+    monkeypatch.setitem(HALF_AMX_MIN_ROWS, isa, 1 << 62)  # AMX-BF16 rows: test_amx_h16.py
     w = q._buffers["weight"]
     rows = torch.export.Dim("rows", min=1, max=4096)
     ep = torch.export.export(q, (torch.randn(8, 70),), dynamic_shapes=({0: rows},))

@@ -32,31 +32,6 @@ enum {
     TAIL_MIN_ROWS = 8,
 };
 
-/* r[k] <- the k-th 4-byte group of each of r[0..15] (a 16 x 16 transpose of int32) */
-static inline void transpose16(__m512i r[16]) {
-    __m512i t[16], u[16];
-    for (int i = 0; i < 16; i += 2) {
-        t[i] = _mm512_unpacklo_epi32(r[i], r[i + 1]);
-        t[i + 1] = _mm512_unpackhi_epi32(r[i], r[i + 1]);
-    }
-    for (int i = 0; i < 16; i += 4) { /* per 128-bit lane L: u[i + j] = rows i..i+3, element 4L + j */
-        u[i] = _mm512_unpacklo_epi64(t[i], t[i + 2]);
-        u[i + 1] = _mm512_unpackhi_epi64(t[i], t[i + 2]);
-        u[i + 2] = _mm512_unpacklo_epi64(t[i + 1], t[i + 3]);
-        u[i + 3] = _mm512_unpackhi_epi64(t[i + 1], t[i + 3]);
-    }
-    for (int j = 0; j < 4; j++) { /* r[4L + j] lane G = u[4G + j] lane L */
-        __m512i v0 = _mm512_shuffle_i32x4(u[j], u[4 + j], _MM_SHUFFLE(1, 0, 1, 0));
-        __m512i v1 = _mm512_shuffle_i32x4(u[j], u[4 + j], _MM_SHUFFLE(3, 2, 3, 2));
-        __m512i v2 = _mm512_shuffle_i32x4(u[8 + j], u[12 + j], _MM_SHUFFLE(1, 0, 1, 0));
-        __m512i v3 = _mm512_shuffle_i32x4(u[8 + j], u[12 + j], _MM_SHUFFLE(3, 2, 3, 2));
-        r[j] = _mm512_shuffle_i32x4(v0, v2, _MM_SHUFFLE(2, 0, 2, 0));
-        r[4 + j] = _mm512_shuffle_i32x4(v0, v2, _MM_SHUFFLE(3, 1, 3, 1));
-        r[8 + j] = _mm512_shuffle_i32x4(v1, v3, _MM_SHUFFLE(2, 0, 2, 0));
-        r[12 + j] = _mm512_shuffle_i32x4(v1, v3, _MM_SHUFFLE(3, 1, 3, 1));
-    }
-}
-
 /* One panel's rows w[0..nvalid) (row_bytes apart; the rest zero codes) as B tiles, K-step s
  * (activation bytes 64 s .. 64 s + 63) at dst + s * TILE_BYTES, and its group constants:
  * sw[g * C_LD + n] = scale / 16 (exact: a power of two), zf / zi the zero-point. */
@@ -67,7 +42,7 @@ static void fill_panel(const uint8_t *w, int64_t row_bytes, int nvalid, int64_t 
         __m512i r[16];
         for (int n = 0; n < 16; n++)
             r[n] = n < nvalid ? _mm512_loadu_si512(w + n * row_bytes + c * 64) : _mm512_setzero_si512();
-        transpose16(r);
+        amx_transpose16(r);
         uint8_t *lo = dst + 2 * c * TILE_BYTES, *hi = lo + TILE_BYTES;
         for (int k = 0; k < 16; k++) {
             _mm512_store_si512(lo + k * TILE_K, _mm512_and_si512(r[k], low));

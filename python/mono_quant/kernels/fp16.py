@@ -8,10 +8,10 @@ from typing import Optional
 import torch
 
 from .. import _C
-from .row_rules import HALF_KERNEL_MAX_ROWS, HALF_PANEL_MAX_ROWS
+from .row_rules import HALF_KERNEL_MAX_ROWS, HALF_PANEL_MAX_ROWS, half_takes_amx
 from .settings import SETTINGS
 
-__all__ = ["half_linear", "half_linear_arrays", "half_linear_raw", "half_path", "HALF_WEIGHT_DTYPES",
+__all__ = ["half_linear", "half_linear_arrays", "half_linear_raw", "half_path", "path_code", "HALF_WEIGHT_DTYPES",
            "KERNEL_MAX_ROWS", "PANEL_MAX_ROWS"]
 
 #: weight dtypes half_linear takes
@@ -26,19 +26,32 @@ PANEL_MAX_ROWS = HALF_PANEL_MAX_ROWS
 
 
 def half_path(rows: int, isa: str) -> str:
-    """"kernel", "panels" (both through :func:`half_linear`) or "torch" for ``rows`` rows on
-    kernel level ``isa`` (the row rules above)."""
+    """"kernel", "panels", "amx" (all through :func:`half_linear`) or "torch" for ``rows`` rows on
+    kernel level ``isa`` (the row rules above; "amx": row_rules.half_takes_amx)."""
     if rows <= KERNEL_MAX_ROWS[isa]:
         return "kernel"
+    if half_takes_amx(rows, isa):
+        return "amx"
     return "panels" if rows <= PANEL_MAX_ROWS[isa] else "torch"
 
 
+#: half_linear's ``panels`` argument for each C path of half_path
+_PATH_CODES = {"kernel": 0, "panels": 1, "amx": 2}
+
+
+def path_code(path: str) -> int:
+    """``panels=`` for :func:`half_linear` / :func:`half_linear_raw` on a C path of :func:`half_path`."""
+    return _PATH_CODES[path]
+
+
 def half_linear(x2d: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
-                panels: bool = False) -> torch.Tensor:
+                panels: int = 0) -> torch.Tensor:
     """float32 ``x2d @ weight.T + bias`` on the CPU for a float32 ``x2d`` ``[m, k]`` and a
     float16 / bfloat16 ``weight`` ``[n, k]`` (non-contiguous inputs are copied first); the
     bias (any float dtype) is taken as float32.  Twin: ``F.linear(x2d, weight.float(), bias)``.
-    ``panels``: the panel path (:func:`half_path` says which, for the rows and level).
+    ``panels``: 1 (or True) the panel path, 2 AMX-BF16 (fp32-accurate, not the other paths' bits;
+    as 1 where the level has none); :func:`half_path` / :func:`path_code` say which for the rows
+    and level.
     Raises TypeError / ValueError (from the C layer) for other dtypes or mismatched shapes."""
     if weight.dtype not in HALF_WEIGHT_DTYPES:
         raise TypeError(f"half_linear takes a float16 or bfloat16 weight, got {weight.dtype}")
@@ -49,7 +62,7 @@ def half_linear(x2d: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Te
     w = w.view(torch.int16).numpy() if is_bf16 else w.numpy()  # bf16 crosses as its bits
     if bias is not None:
         bias = (bias if bias.dtype == torch.float32 and not bias.requires_grad else bias.detach().float()).numpy()
-    y = _C.h16_linear(x2d.detach().numpy(), w, is_bf16, bias=bias, nthreads=SETTINGS.num_threads(), panels=panels)
+    y = _C.h16_linear(x2d.detach().numpy(), w, is_bf16, bias=bias, nthreads=SETTINGS.num_threads(), panels=int(panels))
     return torch.from_numpy(y)
 
 
@@ -65,7 +78,7 @@ def half_linear_arrays(weight: torch.Tensor, bias: Optional[torch.Tensor], op: s
     return w, is_bf16, None if bias is None else bias.detach().to(torch.float32).numpy()
 
 
-def half_linear_raw(x2d: torch.Tensor, w, is_bf16: bool, bias, panels: bool = False) -> torch.Tensor:
+def half_linear_raw(x2d: torch.Tensor, w, is_bf16: bool, bias, panels: int = 0) -> torch.Tensor:
     """:func:`half_linear` on the arrays of :func:`half_linear_arrays` (``x2d`` float32, no grad)."""
     return torch.from_numpy(_C.h16_linear(x2d.numpy(), w, is_bf16, bias=bias, nthreads=SETTINGS.num_threads(),
-                                          panels=panels))
+                                          panels=int(panels)))

@@ -28,7 +28,7 @@ import torch
 
 from .. import _C
 
-__all__ = ["BLAS_AVX512", "HALF_KERNEL_MAX_ROWS", "HALF_PANEL_MAX_ROWS", "INT8_WEIGHT_ONLY_BLAS_MIN_ROWS",
+__all__ = ["BLAS_AVX512", "HALF_KERNEL_MAX_ROWS", "HALF_PANEL_MAX_ROWS", "HALF_AMX_MIN_ROWS", "half_takes_amx", "INT8_WEIGHT_ONLY_BLAS_MIN_ROWS",
            "INT8_WEIGHT_ONLY_BLAS_MIN_IN_FEATURES", "int8_weight_only_takes_blas",
            "INT4_BLAS_MIN_ROWS", "INT4_BLAS_MAX_OUT_FEATURES", "int4_takes_blas", "int4_int8_activations_fit",
            "blas_runs_avx512"]
@@ -64,6 +64,21 @@ HALF_KERNEL_MAX_ROWS = {"scalar": 0, "avx2": 64, "avx512": 32 if BLAS_AVX512 els
 #: the BERT encoders at 128 rows 1.09 of fp32's time against 1.08 without it; to be measured on
 #: a real AVX2-only CPU before it is turned on.
 HALF_PANEL_MAX_ROWS = {"scalar": 0, "avx2": 0, "avx512": 1023 if BLAS_AVX512 else 0}
+
+#: fp16 / bf16 weights from this many rows (past HALF_KERNEL_MAX_ROWS) on AMX-BF16 where the CPU
+#: has it and the AVX-512 level runs AMX (``_C.h16_linear(..., panels=2)``: x and the weight split
+#: into bf16 pieces with exact sums, fp32-accurate), ahead of the panels and of torch's op.
+#: Intel Xeon (1 Dec, 1 thread, BERT layers, fp16 weights, time / fp32): 32 rows 0.72-0.90
+#: (panels 0.78-0.97), 64 0.70-0.80, 128 0.62-0.70, 1024 0.59-0.74 (converted weight + BLAS
+#: 1.01-1.04); at 16 rows 0.81-1.13 against the panels' 0.65-0.88.
+HALF_AMX_MIN_ROWS = {"scalar": _NEVER, "avx2": _NEVER,
+                     "avx512": 33 if _C.cpu_info().get("amx_bf16") else _NEVER}
+
+
+def half_takes_amx(rows: int, isa: str) -> bool:
+    """Whether an fp16 / bf16 Linear call of ``rows`` rows runs on AMX-BF16 at kernel level ``isa``
+    (HALF_AMX_MIN_ROWS, and the AVX-512 level running AMX now: ``SETTINGS.amx``)."""
+    return rows >= HALF_AMX_MIN_ROWS[isa] and _C.use_amx(None)
 
 #: int8 weight-only: from this many rows torch's BLAS on the weight dequantized once per call.
 #: AVX2 (torch capped at AVX2 too): the 6-row tiles 1.1-1.4x faster than fp32 from 16 to 2048

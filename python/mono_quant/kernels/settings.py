@@ -113,13 +113,16 @@ class RuntimeSettings:
     # -- AMX ----------------------------------------------------------------------------------------
     @property
     def amx(self) -> bool:
-        """Whether the AVX-512 level's dynamic int8 matmul runs on AMX tiles (on by default where
-        the CPU has AMX-INT8 and the OS granted the tile data; the same bits as AVX-512 VNNI)."""
+        """Whether the AVX-512 level's int8 matmuls run on AMX tiles (on by default where the CPU
+        has AMX-INT8 and the OS granted the tile data; the same bits as AVX-512 VNNI), and
+        fp16 / bf16 weights from 33 rows on AMX-BF16 where the CPU has it (fp32-accurate,
+        kernels/row_rules.HALF_AMX_MIN_ROWS)."""
         return _C.use_amx(None)
 
     def set_amx(self, enabled: bool) -> bool:
         """Run the AVX-512 level's int8 matmuls (dynamic and static int8, int4 with int8
-        activations) on AMX (True) or on AVX-512 VNNI (False);
+        activations) on AMX (True) or on AVX-512 VNNI (False), and fp16 / bf16 weights' many-row
+        calls on AMX-BF16 (True, where the CPU has it) or the AVX-512 paths (False);
         returns the previous setting.  One atomic switch: a call running on another thread
         finishes on the kernel it started with.  RuntimeError (from C) for True where AMX
         can't run: ``cpu_info()["amx"]`` says why (no AMX-INT8, ``MONO_QUANT_AMX``, or Linux

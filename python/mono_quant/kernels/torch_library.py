@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch.utils.weak import WeakIdKeyDictionary
 
 from .. import _C
-from .fp16 import half_linear, half_path
+from .fp16 import half_linear, half_path, path_code
 from .row_rules import int4_takes_blas, int8_weight_only_takes_blas
 from .layout import PACKED_LAYOUT_VERSION, int8_packed_sizes, unpack_int8_rows
 from .rows import dequantize_rows, to_numpy
@@ -396,12 +396,12 @@ torch.library.register_fake(
 
 _LIB.define("half_linear(Tensor x, Tensor weight, Tensor? bias) -> Tensor")
 def _half_linear_cpu(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]) -> torch.Tensor:
-    # the eager rule (fp16.half_path: tiles, panels or torch's op) decided here, on the real row
+    # the eager rule (fp16.half_path: tiles, panels, AMX or torch's op) decided here, on the real row
     # count: a traced graph holds this one op whatever its rows, and gives eager's path and bits at each
     path = half_path(x.shape[0], SETTINGS.isa)
     if path == "torch":
         return F.linear(x.float(), weight.float(), None if bias is None else bias.float())
-    return half_linear(x, weight, bias, panels=path == "panels")
+    return half_linear(x, weight, bias, panels=path_code(path))
 
 
 _LIB.impl("half_linear", _half_linear_cpu, "CPU")

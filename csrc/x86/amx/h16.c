@@ -1,0 +1,202 @@
+/* x86/amx/h16.c - fp16 / bf16 weights at many rows on AMX-BF16 (fp16.c's mq_h16_linear_amx).
+ *
+ * Compiled with the AVX-512 flags plus -mamx-tile -mamx-bf16 (CMakeLists.txt); dispatch.c
+ * installs its table with the other AMX units' where the CPU also has AMX-BF16.  tdpbf16ps
+ * takes bf16 only, so both sides are split into bf16 pieces whose sums are exact:
+ *   x = hi + mid + lo   (hi = x cut to its top 16 bits, mid = (x - hi) cut, lo = the rest:
+ *                        24 significant bits in three 8-bit pieces, every step exact)
+ *   w = wh + wl         (fp16: 11 significant bits; a bf16 weight is one piece)
+ * and x w is summed as hi wh + hi wl + mid wh + mid wl + lo wh (lo wl, under 2^-24 of the
+ * product, left out): each product of two bf16 is exact in fp32, and tdpbf16ps adds them in
+ * fp32.  So the result is fp32-accurate, not the other kernels' bits: it is its own path
+ * (row_rules / kernels/fp16.py pick it by the rows), as the BLAS is.  Infinity and NaN do not
+ * survive the pieces (inf - inf, and a piece of 0 times an infinite one, are NaN), so the split
+ * and the layout report them and the driver hands such a call to the panel path.  AMX reads
+ * bf16 subnormals as zero: an x under about 1e-38 (whose pieces are subnormal) adds nothing. */
+#include "mq.h"
+
+#if defined(__x86_64__) && defined(__AMX_TILE__) && defined(__AMX_BF16__) && defined(__AVX512BW__)
+#include <immintrin.h>
+
+#include "x86/amx/tiles.h"
+
+enum {
+    TILE_ROWS = AMX_TILE_ROWS,
+    STEP_K = AMX_TILE_K / 2,  /* bf16 values of k in a tile row: a K-step */
+    TILE_ELEMS = AMX_TILE_ROWS * STEP_K,
+    PANEL = 16,               /* channels of a B tile */
+    BLOCK_ROWS = 2 * TILE_ROWS,
+    C_LD = 2 * PANEL,
+    X_PIECES = 3,
+};
+
+/* 32 floats (a, b in order) -> their top 16 bits as 32 bf16, in order */
+static inline __m512i top_halves(__m512 a, __m512 b) {
+    const __m512i odd = _mm512_set_epi16(63, 61, 59, 57, 55, 53, 51, 49, 47, 45, 43, 41, 39, 37, 35, 33, 31, 29, 27,
+                                         25, 23, 21, 19, 17, 15, 13, 11, 9, 7, 5, 3, 1);
+    return _mm512_permutex2var_epi16(_mm512_castps_si512(a), odd, _mm512_castps_si512(b));
+}
+
+static inline __m512 cut(__m512 v) { /* v's top 16 bits: a bf16 value */
+    return _mm512_castsi512_ps(_mm512_and_si512(_mm512_castps_si512(v), _mm512_set1_epi32((int)0xFFFF0000u)));
+}
+
+/* lanes of v that are infinite or NaN */
+static inline __mmask16 nonfinite(__m512 v) { return _mm512_fpclass_ps_mask(v, 0x99); }
+
+/* Rows [i0, i1) of x [.][k] as the three pieces, rows of kp bf16 (zero past k), piece p at
+ * xp + p * mpad * kp.  Returns nonzero where some x is infinite or NaN (the pieces unusable). */
+static int split_x(const float *x, int64_t k, int64_t kp, int64_t mpad, int64_t i0, int64_t i1, uint16_t *xp) {
+    const size_t piece = (size_t)mpad * (size_t)kp;
+    __mmask16 bad = 0;
+    for (int64_t i = i0; i < i1; i++) {
+        const float *xr = x + i * k;
+        uint16_t *hi = xp + (size_t)i * (size_t)kp, *mid = hi + piece, *lo = mid + piece;
+        for (int64_t j = 0; j < kp; j += 32) {
+            const int64_t left = k - j;
+            const __mmask16 ma = left >= 16 ? 0xFFFF : left > 0 ? (__mmask16)((1u << left) - 1u) : 0;
+            const __mmask16 mb = left >= 32 ? 0xFFFF : left > 16 ? (__mmask16)((1u << (left - 16)) - 1u) : 0;
+            const __m512 a = _mm512_maskz_loadu_ps(ma, xr + j), b = _mm512_maskz_loadu_ps(mb, xr + j + 16);
+            bad |= nonfinite(a) | nonfinite(b);
+            const __m512 ha = cut(a), hb = cut(b);
+            const __m512 ra = _mm512_sub_ps(a, ha), rb = _mm512_sub_ps(b, hb); /* exact */
+            const __m512 ma_ = cut(ra), mb_ = cut(rb);
+            const __m512 la = _mm512_sub_ps(ra, ma_), lb = _mm512_sub_ps(rb, mb_); /* exact, 8 bits: bf16 */
+            _mm512_store_si512(hi + j, top_halves(ha, hb));
+            _mm512_store_si512(mid + j, top_halves(ma_, mb_));
+            _mm512_store_si512(lo + j, top_halves(la, lb));
+        }
+    }
+    return bad != 0;
+}
+
+/* Panels [p0, p1) of w [n][k] (fp16 or bf16 bits) as B tiles: per panel and weight piece,
+ * kp / 32 tiles of 16 K-pairs x 16 channels x 2 bf16 (channels past n and k past k zero).
+ * Returns nonzero where some weight is infinite or NaN (the tiles unusable). */
+static int pack_w(const uint16_t *w, int64_t n, int64_t k, int is_bf16, int64_t kp, uint16_t *wp, int64_t p0,
+                  int64_t p1) {
+    const __m512i exp16 = _mm512_set1_epi16(is_bf16 ? 0x7F80 : 0x7C00); /* all-ones exponent: inf / NaN */
+    __mmask32 bad = 0;
+    const int pieces = is_bf16 ? 1 : 2;
+    const int64_t steps = kp / STEP_K;
+    for (int64_t p = p0; p < p1; p++) {
+        uint16_t *dst = wp + (size_t)p * (size_t)pieces * (size_t)steps * TILE_ELEMS;
+        for (int64_t s = 0; s < steps; s++) {
+            const int64_t left = k - s * STEP_K;
+            const __mmask32 mk = left >= 32 ? 0xFFFFFFFFu : (__mmask32)((1ull << left) - 1u);
+            __m512i hi[16], lo[16];
+            for (int r = 0; r < PANEL; r++) {
+                const int64_t ch = p * PANEL + r;
+                const __m512i v = ch < n ? _mm512_maskz_loadu_epi16(mk, w + ch * k + s * STEP_K) : _mm512_setzero_si512();
+                bad |= _mm512_cmpeq_epi16_mask(_mm512_and_si512(v, exp16), exp16);
+                if (is_bf16) {
+                    hi[r] = v;
+                    continue;
+                }
+                const __m512 a = _mm512_cvtph_ps(_mm512_castsi512_si256(v)), b = _mm512_cvtph_ps(_mm512_extracti64x4_epi64(v, 1));
+                const __m512 ha = cut(a), hb = cut(b);
+                hi[r] = top_halves(ha, hb);
+                lo[r] = top_halves(_mm512_sub_ps(a, ha), _mm512_sub_ps(b, hb)); /* exact: fp16's 3 bits past bf16's 8 */
+            }
+            amx_transpose16(hi);
+            for (int r = 0; r < 16; r++) _mm512_store_si512(dst + s * TILE_ELEMS + r * STEP_K, hi[r]);
+            if (is_bf16) continue;
+            amx_transpose16(lo);
+            for (int r = 0; r < 16; r++) _mm512_store_si512(dst + (steps + s) * TILE_ELEMS + r * STEP_K, lo[r]);
+        }
+    }
+    return bad != 0;
+}
+
+/* RH row tiles x NP panels from row m0 over every K-step: C tile 2 r + j holds row tile r,
+ * panel j; A tiles 4-5 (x pieces), B tiles 6-7 (weight pieces).  WP: weight pieces (1 or 2). */
+#define AMX_H16_BLOCK(RH, NP, WP)                                                                          \
+    static void h16_block_##RH##_##NP##_##WP(const mq_h16_amx_args *a, int64_t m0, const uint16_t *b,     \
+                                             float *c) {                                                  \
+        const int64_t steps = a->kp / STEP_K, ldx = a->kp * 2, piece = a->mpad * a->kp;                   \
+        const int64_t wpiece = steps * TILE_ELEMS, panel = (WP) * wpiece;                                 \
+        const uint16_t *x = a->xp + m0 * a->kp;                                                           \
+        _tile_zero(0);                                                                                    \
+        if ((NP) > 1) _tile_zero(1);                                                                      \
+        if ((RH) > 1) _tile_zero(2);                                                                      \
+        if ((RH) > 1 && (NP) > 1) _tile_zero(3);                                                          \
+        for (int64_t s = 0; s < steps; s++) {                                                             \
+            const uint16_t *xs = x + s * STEP_K, *bs = b + s * TILE_ELEMS;                                \
+            /* (x piece, weight piece) pairs, ordered so each load serves two products */                  \
+            static const int pairs1[3][2] = {{0, 0}, {1, 0}, {2, 0}};                                     \
+            static const int pairs2[5][2] = {{0, 0}, {0, 1}, {1, 1}, {1, 0}, {2, 0}};                     \
+            const int np_ = (WP) == 1 ? 3 : 5;                                                            \
+            int xa = -1, wb = -1;                                                                         \
+            for (int q = 0; q < np_; q++) {                                                               \
+                const int xi = (WP) == 1 ? pairs1[q][0] : pairs2[q][0];                                   \
+                const int wi = (WP) == 1 ? pairs1[q][1] : pairs2[q][1];                                   \
+                if (xi != xa) {                                                                           \
+                    _tile_loadd(4, xs + xi * piece, ldx);                                                 \
+                    if ((RH) > 1) _tile_loadd(5, xs + xi * piece + TILE_ROWS * a->kp, ldx);               \
+                    xa = xi;                                                                              \
+                }                                                                                         \
+                if (wi != wb) {                                                                           \
+                    _tile_loadd(6, bs + wi * wpiece, 64);                                                 \
+                    if ((NP) > 1) _tile_loadd(7, bs + panel + wi * wpiece, 64);                           \
+                    wb = wi;                                                                              \
+                }                                                                                         \
+                _tile_dpbf16ps(0, 4, 6);                                                                  \
+                if ((NP) > 1) _tile_dpbf16ps(1, 4, 7);                                                    \
+                if ((RH) > 1) _tile_dpbf16ps(2, 5, 6);                                                    \
+                if ((RH) > 1 && (NP) > 1) _tile_dpbf16ps(3, 5, 7);                                        \
+            }                                                                                             \
+        }                                                                                                 \
+        _tile_stored(0, c, C_LD * 4);                                                                     \
+        if ((NP) > 1) _tile_stored(1, c + PANEL, C_LD * 4);                                               \
+        if ((RH) > 1) _tile_stored(2, c + TILE_ROWS * C_LD, C_LD * 4);                                    \
+        if ((RH) > 1 && (NP) > 1) _tile_stored(3, c + TILE_ROWS * C_LD + PANEL, C_LD * 4);                \
+    }
+AMX_H16_BLOCK(2, 2, 1) AMX_H16_BLOCK(2, 1, 1) AMX_H16_BLOCK(1, 2, 1) AMX_H16_BLOCK(1, 1, 1)
+AMX_H16_BLOCK(2, 2, 2) AMX_H16_BLOCK(2, 1, 2) AMX_H16_BLOCK(1, 2, 2) AMX_H16_BLOCK(1, 1, 2)
+
+typedef void (*block_fn)(const mq_h16_amx_args *, int64_t, const uint16_t *, float *);
+
+/* Panels [p0, p1): panel pairs over row chunks of about 1.25 MiB of x pieces (they stay in L2
+ * while the pairs pass over them); y = sums (+ bias), the rows under m and channels under n. */
+static void gemm(const mq_h16_amx_args *a, int64_t p0, int64_t p1) {
+    static const block_fn blocks[2][2][2] = {{{h16_block_1_1_1, h16_block_1_1_2}, {h16_block_1_2_1, h16_block_1_2_2}},
+                                             {{h16_block_2_1_1, h16_block_2_1_2}, {h16_block_2_2_1, h16_block_2_2_2}}};
+    const int wp = a->wpieces == 1 ? 0 : 1;
+    const int64_t panel_elems = (int64_t)a->wpieces * (a->kp / STEP_K) * TILE_ELEMS;
+    float c[BLOCK_ROWS * C_LD] __attribute__((aligned(64)));
+    int64_t chunk = ((int64_t)5 << 18) / (X_PIECES * 2 * a->kp) / BLOCK_ROWS * BLOCK_ROWS;
+    if (chunk < BLOCK_ROWS) chunk = BLOCK_ROWS;
+    amx_configure_tiles();
+    for (int64_t i0 = 0; i0 < a->mpad; i0 += chunk) {
+        const int64_t i1 = i0 + chunk < a->mpad ? i0 + chunk : a->mpad;
+        for (int64_t p = p0; p < p1; p += 2) {
+            const int np = p + 1 < p1 ? 2 : 1;
+            const int64_t c0 = p * PANEL, nc = a->n - c0 < np * PANEL ? a->n - c0 : np * PANEL;
+            const uint16_t *b = a->wp + p * panel_elems;
+            for (int64_t m0 = i0; m0 < i1; m0 += BLOCK_ROWS) {
+                const int rh = i1 - m0 >= BLOCK_ROWS ? 2 : 1;
+                blocks[rh - 1][np - 1][wp](a, m0, b, c);
+                const int64_t rows = a->m - m0 < rh * TILE_ROWS ? a->m - m0 : rh * TILE_ROWS;
+                for (int64_t i = 0; i < rows; i++)
+                    for (int j = 0; j * PANEL < nc; j++) {
+                        const int64_t left = nc - j * PANEL;
+                        const __mmask16 mk = left >= PANEL ? 0xFFFF : (__mmask16)((1u << left) - 1u);
+                        __m512 v = _mm512_load_ps(c + i * C_LD + j * PANEL);
+                        if (a->bias) v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(mk, a->bias + c0 + j * PANEL));
+                        _mm512_mask_storeu_ps(a->y + (m0 + i) * a->n + c0 + j * PANEL, mk, v);
+                    }
+            }
+        }
+    }
+    _tile_release(); /* back to the init state: nothing for a context switch to save */
+}
+
+const mq_kernels mq_amx_h16_table = {
+    .h16_amx_split = split_x,
+    .h16_amx_pack = pack_w,
+    .h16_amx_gemm = gemm,
+};
+
+#else
+const mq_kernels mq_amx_h16_table = {.name = NULL};
+#endif

@@ -1,0 +1,167 @@
+"""fp16 / bf16 weights on AMX-BF16 (x86/amx/h16.c): x split into three bf16 pieces and the weight
+into one (bf16) or two (fp16) with exact sums, every product exact, the sums in fp32 by
+tdpbf16ps.  Not the other paths' bits (its own path, by the rows): checked against float64
+within fp32 accumulation's bound, at the tile edges (rows, channels and k around 16 / 32),
+with infinities, NaN, huge and subnormal values, at 1 and 2 threads (same bits), and through
+a module eager and exported.  Skipped where the CPU (or the OS) has no AMX-BF16."""
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+import mono_quant as mq
+from mono_quant import _C
+from mono_quant.kernels import SETTINGS
+from mono_quant.kernels.fp16 import half_path
+from conftest import AMX, at_isa
+
+AMX_BF16 = AMX and bool(_C.cpu_info()["amx_bf16"])
+needs_amx_bf16 = pytest.mark.skipif(not AMX_BF16, reason="the CPU or the OS has no AMX-BF16")
+U = 2.0 ** -24
+
+
+def _weight(n, k, bf16, rng):
+    w = torch.from_numpy((rng.standard_normal((n, k)) * rng.uniform(0.01, 3, (n, 1))).astype(np.float32))
+    w = w.bfloat16() if bf16 else w.half()
+    return w, (w.view(torch.int16).numpy() if bf16 else w.numpy())
+
+
+def _amx(x, w_arr, bf16, bias=None, nthreads=1):
+    with at_isa("avx512"):
+        assert _C.linear_kernels()["half_many_rows"] == "amx_bf16"
+        return _C.h16_linear(x, w_arr, bf16, bias=bias, nthreads=nthreads, panels=2)
+
+
+def _within_fp32_bound(y, x, w, bias):
+    """|y - exact| <= (5 k + 2) u sum |x w| (+ |bias|) per output: fp32 summation's bound with
+    each term added as up to 5 exact partial products."""
+    x64, w64 = x.astype(np.float64), w.double().numpy()
+    exact = x64 @ w64.T + (0 if bias is None else bias.astype(np.float64))
+    mag = np.abs(x64) @ np.abs(w64).T + (0 if bias is None else np.abs(bias.astype(np.float64)))
+    bound = (5 * x.shape[1] + 2) * U * mag + 1e-300
+    return np.all(np.abs(y.astype(np.float64) - exact) <= bound)
+
+
+@needs_amx_bf16
+@pytest.mark.parametrize("bf16", [False, True])
+@pytest.mark.parametrize("k", [1, 7, 31, 32, 33, 100, 384])
+def test_tile_edges_within_fp32_bound(bf16, k):
+    rng = np.random.default_rng(k + 100 * bf16)
+    for m in (1, 15, 16, 17, 33, 100):
+        for n in (1, 15, 16, 17, 33, 48):
+            w, w_arr = _weight(n, k, bf16, rng)
+            x = (rng.standard_normal((m, k)) * rng.uniform(0.1, 10, (m, 1))).astype(np.float32)
+            bias = rng.standard_normal(n).astype(np.float32) if n % 2 else None
+            y = _amx(x, w_arr, bf16, bias)
+            assert y.shape == (m, n)
+            assert _within_fp32_bound(y, x, w, bias), (m, n)
+
+
+@needs_amx_bf16
+@pytest.mark.parametrize("bf16", [False, True])
+def test_as_accurate_as_the_blas(bf16):
+    # every bit of x and w reaches the products: the error is fp32 summation's, like torch's
+    rng = np.random.default_rng(7)
+    w, w_arr = _weight(300, 768, bf16, rng)
+    x = rng.standard_normal((200, 768)).astype(np.float32)
+    exact = x.astype(np.float64) @ w.double().numpy().T
+    amx_err = np.abs(_amx(x, w_arr, bf16) - exact).max()
+    blas_err = np.abs(F.linear(torch.from_numpy(x), w.float()).numpy() - exact).max()
+    assert amx_err <= 4 * blas_err
+    cut = x.view(np.uint32) & np.uint32(0xFFFF0000)  # x cut to bf16: what dropping the pieces would give
+    cut_err = np.abs(cut.view(np.float32).astype(np.float64) @ w.double().numpy().T - exact).max()
+    assert amx_err < cut_err / 100
+
+
+@needs_amx_bf16
+@pytest.mark.parametrize("bf16", [False, True])
+def test_special_values_as_the_float_product(bf16):
+    # infinities and NaN (in x or the weight) hand the call to the panel path: the float product's
+    rng = np.random.default_rng(3)
+    w, w_arr = _weight(40, 96, bf16, rng)
+    x = rng.standard_normal((36, 96)).astype(np.float32)
+    x[1, 5], x[2, 7], x[3, 9] = np.inf, -np.inf, np.nan
+    x[4, :] = 0.0
+    x[4, 10] = np.float32(3.4e38)  # huge: the top piece must not round up to infinity
+    x[5, :] = 0.0
+    x[6, :] = -0.0
+    x[7, :] = 0.0
+    x[7, 3] = np.float32(2.0 ** 127)  # the largest power of two
+    got = _amx(x, w_arr, bf16)
+    want = F.linear(torch.from_numpy(x), w.float()).numpy()
+    with at_isa("avx512"):
+        np.testing.assert_array_equal(got, _C.h16_linear(x, w_arr, bf16, panels=1))
+    finite_x = x[4:]  # huge, zeros: the pieces' path, as close as the float product (overflow alike)
+    got, want = _amx(finite_x, w_arr, bf16), want[4:]
+    np.testing.assert_array_equal(np.isinf(got), np.isinf(want))
+    assert np.isinf(want[0]).any() and np.isfinite(want[0]).any()  # 3.4e38 x w: both sides of FLT_MAX
+    ok = np.isfinite(want)
+    np.testing.assert_allclose(got[ok], want[ok], rtol=1e-5, atol=1e-5 * np.abs(want[ok]).max())
+    w2 = w.clone()
+    w2[3, 4] = float("inf")
+    w2[5, 6] = float("nan")
+    w2_arr = w2.view(torch.int16).numpy() if bf16 else w2.numpy()
+    with at_isa("avx512"):
+        np.testing.assert_array_equal(_amx(finite_x, w2_arr, bf16), _C.h16_linear(finite_x, w2_arr, bf16, panels=1))
+    np.testing.assert_array_equal(np.isnan(got), np.isnan(want))
+    np.testing.assert_array_equal(np.isinf(got), np.isinf(want))
+    finite = np.isfinite(want)
+    np.testing.assert_allclose(got[finite], want[finite], rtol=1e-5, atol=1e-5 * np.abs(want[finite]).max())
+    assert np.all(got[1] == 0) and np.all(got[2] == 0)  # x rows 5, 6: zeros
+
+
+@needs_amx_bf16
+def test_subnormal_activations_add_nothing():
+    # AMX reads bf16 subnormals as zero (documented): x under ~1e-38 contributes 0
+    w, w_arr = _weight(16, 32, False, np.random.default_rng(0))
+    x = np.full((16, 32), 1e-39, np.float32)
+    assert np.all(_amx(x, w_arr, False) == 0)
+
+
+@needs_amx_bf16
+@pytest.mark.parametrize("m, n, k", [(1000, 64, 1024), (300, 1000, 384), (2048, 48, 3072)])
+def test_two_threads_same_bits_as_one(m, n, k):
+    rng = np.random.default_rng(m)
+    w, w_arr = _weight(n, k, False, rng)
+    x = rng.standard_normal((m, k)).astype(np.float32)
+    bias = rng.standard_normal(n).astype(np.float32)
+    one = _amx(x, w_arr, False, bias, nthreads=1)
+    before = int(_C.linear_kernels()["split_calls"])
+    np.testing.assert_array_equal(_amx(x, w_arr, False, bias, nthreads=2), one)
+    assert int(_C.linear_kernels()["split_calls"]) > before
+    rows = one[::97]  # each row alone: its bits in any batch
+    np.testing.assert_array_equal(_amx(np.ascontiguousarray(x[::97]), w_arr, False, bias), rows)
+
+
+@needs_amx_bf16
+@pytest.mark.parametrize("dtype", ["fp16", "bf16"])
+def test_module_eager_and_exported_take_it(dtype):
+    torch.manual_seed(0)
+    q = mq.quantize(torch.nn.Linear(70, 37), dtype=dtype).model
+    w = q._buffers["weight"]
+    rows = torch.export.Dim("rows", min=1, max=4096)
+    ep = torch.export.export(q, (torch.randn(8, 70),), dynamic_shapes=({0: rows},))
+    with at_isa("avx512"), torch.no_grad():
+        for m in (40, 300):
+            assert half_path(m, "avx512") == "amx"
+            x = torch.randn(m, 70)
+            y = q(x)
+            assert torch.equal(ep.module()(x), y)
+            want = _C.h16_linear(x.numpy(), w.view(torch.int16).numpy() if dtype == "bf16" else w.numpy(),
+                                 dtype == "bf16", bias=q.bias.numpy(), nthreads=SETTINGS.num_threads(), panels=2)
+            assert torch.equal(y, torch.from_numpy(want))
+            with SETTINGS.for_tests(amx=False):
+                assert half_path(m, "avx512") != "amx"
+                off = q(x)
+            torch.testing.assert_close(off, y, rtol=1e-5, atol=1e-5)
+
+
+def test_without_amx_bf16_the_request_takes_the_panels():
+    # panels=2 where the level has no AMX-BF16 kernel: the panel path's bits (or the tiles')
+    rng = np.random.default_rng(1)
+    w, w_arr = _weight(20, 40, False, rng)
+    x = rng.standard_normal((50, 40)).astype(np.float32)
+    with at_isa("avx2" if "avx2" in _C.cpu_info()["best_isa"] or AMX else "scalar"):
+        np.testing.assert_array_equal(_C.h16_linear(x, w_arr, False, panels=2), _C.h16_linear(x, w_arr, False, panels=1))
+    with pytest.raises(ValueError, match="panels must be 0, 1 or 2"):
+        _C.h16_linear(x, w_arr, False, panels=3)
