@@ -110,7 +110,10 @@ PyDoc_STRVAR(linear_int8_doc,
              "float32 / float16 / int16 (bf16 bits) array whose rows may be strided.\n"
              "mode 'dynamic': x quantized per row to int8 (-127..127), int32 accumulation,\n"
              "one fused epilogue.  mode 'weight_only': x in fp32 times W dequantized in\n"
-             "registers.  mode 'int8_acc': x is already int8 and the exact int32\n"
+             "registers.  mode 'weight_only_amx': the same on AMX-BF16 (x split into bf16 pieces\n"
+             "with exact sums: fp32-accurate, not the tiles' bits), or as 'weight_only' where the\n"
+             "level has no AMX-BF16, x is not float32 or holds an infinity or NaN.\n"
+             "mode 'int8_acc': x is already int8 and the exact int32\n"
              "accumulators sum_k x * (w - zero_point) are returned (int32 array; tests).\n"
              "reduce_range=True (mode 'dynamic' only): x quantized per row to 7 bits, asymmetric\n"
              "(0..127 with a zero-point), the same integers at every kernel level.");
@@ -130,9 +133,11 @@ static PyObject *py_linear_int8(PyObject *self, PyObject *args, PyObject *kw) {
                                      &reduce_range))
         return NULL;
     if (!mq_check_threads(nthreads)) return NULL;
-    int is_acc = !strcmp(mode, "int8_acc"), is_wo = !strcmp(mode, "weight_only");
+    int is_acc = !strcmp(mode, "int8_acc"), is_wo_amx = !strcmp(mode, "weight_only_amx");
+    int is_wo = is_wo_amx || !strcmp(mode, "weight_only");
     if (!is_acc && !is_wo && strcmp(mode, "dynamic")) {
-        PyErr_Format(PyExc_ValueError, "mode must be 'dynamic', 'weight_only' or 'int8_acc', got '%s'", mode);
+        PyErr_Format(PyExc_ValueError, "mode must be 'dynamic', 'weight_only', 'weight_only_amx' or 'int8_acc', got '%s'",
+                     mode);
         return NULL;
     }
     if (reduce_range && (is_acc || is_wo)) {
@@ -154,10 +159,15 @@ static PyObject *py_linear_int8(PyObject *self, PyObject *args, PyObject *kw) {
     int status;
     mq_src_t kind = mq_src_kind(x);
     Py_BEGIN_ALLOW_THREADS
-    if (is_wo)
+    status = 1;
+    if (is_wo_amx) /* 1: no AMX-BF16 here, another x dtype, or inf / NaN: the tiles */
+        status = mq_linear_weight_only_amx(PyArray_DATA(x), kind, m, k, ldx, PyArray_DATA(packed),
+                                           PyArray_DATA(scale), mq_data_or_null(zp), mq_data_or_null(bias), n,
+                                           PyArray_DATA(y), nthreads);
+    if (is_wo && status == 1)
         status = mq_linear_weight_only(PyArray_DATA(x), kind, m, k, ldx, PyArray_DATA(packed), PyArray_DATA(scale),
                                        mq_data_or_null(zp), mq_data_or_null(bias), n, PyArray_DATA(y), nthreads);
-    else
+    else if (!is_wo)
         status = mq_linear_dynamic(PyArray_DATA(x), kind, is_acc, m, k, ldx, PyArray_DATA(packed),
                                    PyArray_DATA(w_sum), PyArray_DATA(scale), mq_data_or_null(zp), has_m128,
                                    mq_data_or_null(bias), n, is_acc ? NULL : PyArray_DATA(y),

@@ -62,7 +62,7 @@ static PyObject *py_linear_kernels(PyObject *self, PyObject *unused) {
     return Py_BuildValue("{s:s,s:s,s:s,s:s,s:s,s:i,s:s,s:L,s:L}", "dynamic", kt->qgemm_name, "dynamic_reduce_range",
                          kt->qgemm_u7 ? kt->qgemm_u7_name : kt->qgemm_name, "weight_only", kt->wgemm_name,
                          "int4_int8", kt->q4_gemv_i8_name, "half_many_rows",
-                         kt->h16_amx_gemm ? "amx_bf16" : kt->h16_panels ? "panels" : "none",
+                         kt->amxbf16_gemm ? "amx_bf16" : kt->h16_panels ? "panels" : "none",
                          "max_in_features", MQ_MAX_LINEAR_K, "threads", mq_threading_backend(),
                          "omp_team_calls", (long long)mq_omp_team_calls(), "split_calls",
                          (long long)mq_parallel_split_calls());

@@ -260,10 +260,11 @@ static void overlay(mq_kernels *dst, const mq_kernels *src) {
     TAKE(f16_gemm);
     TAKE(bf16_gemm);
     TAKE(h16_panels);
-    if (src->h16_amx_gemm) {
-        dst->h16_amx_split = src->h16_amx_split;
-        dst->h16_amx_pack = src->h16_amx_pack;
-        dst->h16_amx_gemm = src->h16_amx_gemm;
+    if (src->amxbf16_gemm) {
+        dst->amxbf16_split = src->amxbf16_split;
+        dst->amxbf16_pack_h16 = src->amxbf16_pack_h16;
+        dst->amxbf16_pack_i8 = src->amxbf16_pack_i8;
+        dst->amxbf16_gemm = src->amxbf16_gemm;
     }
     TAKE(h16_dconv_panel);
     TAKE(h16_dconv);
@@ -318,7 +319,7 @@ static void init_tables(void) {
     if (amx_ready) {
         overlay(&avx512_amx, &mq_amx_linear_table);
         overlay(&avx512_amx, &mq_amx_int4_table);
-        if (cpu.amx_bf16) overlay(&avx512_amx, &mq_amx_h16_table); /* its own cpuid bit */
+        if (cpu.amx_bf16) overlay(&avx512_amx, &mq_amx_bf16_table); /* its own cpuid bit */
     }
     for (int i = 0; i < MQ_ISA_COUNT; i++) levels[i] = &tables[i];
     if (amx_ready) levels[MQ_ISA_AVX512] = &avx512_amx;

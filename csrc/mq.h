@@ -272,28 +272,33 @@ typedef struct {
     int is_bf16;
 } mq_h16_weight;
 
-/* fp16 / bf16 weights on AMX-BF16 (x86/amx/h16.c; fp16.c's mq_h16_linear_amx drives it): x split
- * into three bf16 pieces and the weight into one (bf16) or two (fp16) whose sums are exact, every
- * product of pieces exact in fp32 and summed by tdpbf16ps: fp32-accurate, its own bits (a path
- * of its own, chosen by the row rules).  h16_amx_split: rows [i0, i1) of x [.][k] to the pieces
- * xp [3][mpad][kp] (kp: k rounded up to 32; zero past k); h16_amx_pack: panels [p0, p1) of w
- * [n][k] to B tiles wp [panels][pieces][kp / 32][16 x 32]; both return nonzero where they met an
- * infinity or NaN, which the pieces cannot carry; h16_amx_gemm: y = sums (+ bias) of panels
- * [p0, p1). */
+/* Float activations times fp16, bf16 or int8 weights on AMX-BF16 (x86/amx/bf16_pieces.c;
+ * amx_bf16.c's mq_amxbf16_linear drives it): x split into three bf16 pieces and the weight into
+ * one (bf16; int8 minus its zero-point) or two (fp16) whose sums are exact, every product of
+ * pieces exact in fp32 and summed by tdpbf16ps: fp32-accurate, its own bits (a path of its
+ * own, chosen by the row rules).  amxbf16_split: rows [i0, i1) of x (rows ldx floats apart) to
+ * the pieces xp [3][mpad][kp] (kp: k rounded up to 32; zero past k); amxbf16_pack_h16: panels
+ * [p0, p1) of w [n][k] to B tiles wp [panels][pieces][kp / 32][16 x 32]; amxbf16_pack_i8: the
+ * same from a packed int8 weight (layout.h, its K rounded to kp4) minus zero-points (zp [n] or
+ * NULL); split and pack_h16 return nonzero where they met an infinity or NaN, which the pieces
+ * cannot carry; amxbf16_gemm: y = sums (* scale) (+ bias) of panels [p0, p1). */
 typedef struct {
     const uint16_t *xp;  /* the pieces of x, rows past m zero */
     int64_t m, mpad, kp; /* mpad: m rounded up to 16 */
     const uint16_t *wp;
-    int wpieces;         /* 2 for fp16, 1 for bf16 */
+    int wpieces;         /* 2 for fp16, 1 for bf16 and int8 */
+    const float *scale;  /* [n] or NULL */
     const float *bias;   /* [n] or NULL */
     int64_t n;
     float *y;            /* [m][n] */
-} mq_h16_amx_args;
-typedef int (*mq_h16_amx_split_fn)(const float *x, int64_t k, int64_t kp, int64_t mpad, int64_t i0, int64_t i1,
-                                   uint16_t *xp);
-typedef int (*mq_h16_amx_pack_fn)(const uint16_t *w, int64_t n, int64_t k, int is_bf16, int64_t kp, uint16_t *wp,
-                                  int64_t p0, int64_t p1);
-typedef void (*mq_h16_amx_gemm_fn)(const mq_h16_amx_args *a, int64_t p0, int64_t p1);
+} mq_amxbf16_args;
+typedef int (*mq_amxbf16_split_fn)(const float *x, int64_t ldx, int64_t k, int64_t kp, int64_t mpad, int64_t i0,
+                                   int64_t i1, uint16_t *xp);
+typedef int (*mq_amxbf16_pack_h16_fn)(const uint16_t *w, int64_t n, int64_t k, int is_bf16, int64_t kp,
+                                      uint16_t *wp, int64_t p0, int64_t p1);
+typedef void (*mq_amxbf16_pack_i8_fn)(const int8_t *packed, int64_t kp4, const int32_t *zp, int64_t n, int64_t kp,
+                                      uint16_t *wp, int64_t p0, int64_t p1);
+typedef void (*mq_amxbf16_gemm_fn)(const mq_amxbf16_args *a, int64_t p0, int64_t p1);
 
 /* ---- fp16 / bf16 weight direct Conv2d (h16_dconv.c driver) ----------------
  * The panel: for t < k and j < ldp (ldp a multiple of 16, nb <= ldp),
@@ -362,9 +367,11 @@ typedef struct {
     /* fp16 / bf16 weights (fp16.c) */
     mq_h16_gemm_fn f16_gemm, bf16_gemm;
     mq_h16_panels_fn h16_panels; /* NULL where the level has none (fp16.c then declines) */
-    mq_h16_amx_split_fn h16_amx_split; /* the three set together, AMX-BF16 only */
-    mq_h16_amx_pack_fn h16_amx_pack;
-    mq_h16_amx_gemm_fn h16_amx_gemm;
+    /* AMX-BF16 (the four set together) */
+    mq_amxbf16_split_fn amxbf16_split;
+    mq_amxbf16_pack_h16_fn amxbf16_pack_h16;
+    mq_amxbf16_pack_i8_fn amxbf16_pack_i8;
+    mq_amxbf16_gemm_fn amxbf16_gemm;
     /* fp16 / bf16 weight direct Conv2d (h16_dconv.c) */
     mq_h16_dconv_panel_fn h16_dconv_panel;
     mq_h16_dconv_fn h16_dconv;
@@ -436,7 +443,7 @@ extern const mq_kernels mq_avx512_linear_table;       /* x86/avx512/linear.c (we
 extern const mq_kernels mq_avx512vnni_linear_table;   /* x86/avx512_vnni/linear.c */
 extern const mq_kernels mq_amx_linear_table;          /* x86/amx/linear.c (AMX-INT8, 16 rows and more) */
 extern const mq_kernels mq_amx_int4_table;            /* x86/amx/int4.c (int4 x int8 activations) */
-extern const mq_kernels mq_amx_h16_table;             /* x86/amx/h16.c (AMX-BF16: fp16 / bf16 weights) */
+extern const mq_kernels mq_amx_bf16_table;            /* x86/amx/bf16_pieces.c (AMX-BF16: fp16 / bf16 / int8 weights) */
 extern const mq_kernels mq_avx512_pack_table;         /* x86/avx512/pack.c */
 extern const mq_kernels mq_avx512_int4_table;         /* x86/avx512/int4.c */
 extern const mq_kernels mq_avx512vnni_int4_table;     /* x86/avx512_vnni/int4.c */
@@ -665,10 +672,28 @@ void mq_h16_linear(const float *x, int64_t m, int64_t k, int64_t ldx, const uint
  * mq_h16_linear), or -1 when a buffer could not be allocated (y partly written). */
 int mq_h16_linear_panels(const float *x, int64_t m, int64_t k, const uint16_t *w, int is_bf16, const float *bias,
                          int64_t n, float *y, int nthreads);
-/* The same product on AMX-BF16 (the level's h16_amx_* kernels: fp32-accurate, not the other
- * paths' bits).  Returns 0, 1 where the level has no such kernel or x or the weight holds an
- * infinity or NaN (nothing written: the caller runs another path), or -1 when a buffer could
- * not be allocated (nothing written). */
+/* ---- amx_bf16.c: the AMX-BF16 matmul (x86/amx/bf16_pieces.c) ------------------------ */
+/* The weight: fp16 / bf16 bits h16 [n][k] (is_bf16), or a packed int8 one (layout.h, K rounded
+ * to kp4) with zero-points zp [n] or NULL. */
+typedef struct {
+    const uint16_t *h16;
+    int is_bf16;
+    const int8_t *packed;
+    int64_t kp4;
+    const int32_t *zp;
+} mq_amxbf16_weight;
+/* y [m][n] = (x [m][k] (rows ldx floats apart) @ W^T) (* scale [n]) (+ bias [n]) on AMX-BF16:
+ * fp32-accurate, not the other paths' bits.  Returns 0, 1 where the level has no such kernel
+ * or x or the weight holds an infinity or NaN (y not written: the caller runs its fp32 path),
+ * or -1 when a buffer could not be allocated (y not written). */
+int mq_amxbf16_linear(const float *x, int64_t ldx, int64_t m, int64_t k, const mq_amxbf16_weight *w,
+                      const float *scale, const float *bias, int64_t n, float *y, int nthreads);
+/* mq_linear_weight_only's product through mq_amxbf16_linear (float32 x only: 1 for another
+ * kind, as for the cases above). */
+int mq_linear_weight_only_amx(const void *x, mq_src_t kind, int64_t m, int64_t k, int64_t ldx, const int8_t *packed,
+                              const float *w_scale, const int32_t *w_zp, const float *bias, int64_t n, float *y,
+                              int nthreads);
+/* mq_h16_linear's product through mq_amxbf16_linear (x rows k floats apart). */
 int mq_h16_linear_amx(const float *x, int64_t m, int64_t k, const uint16_t *w, int is_bf16, const float *bias,
                       int64_t n, float *y, int nthreads);
 

@@ -124,17 +124,23 @@ def test_path_choice_is_a_rule_on_rows(blas_tables):
     original = packed_linear_module.packed_linear
 
     def spy(*args, **kwargs):
-        calls.append(args[1].shape[0])
+        calls.append((args[1].shape[0], bool(args[3]) if len(args) > 3 else False))
         return original(*args, **kwargs)
 
     packed_linear_module.packed_linear = spy
     try:
         with torch.no_grad():
-            for rows in (1, 7, 8, 64, 7):
-                layer(torch.randn(rows, 32))
+            with SETTINGS.for_tests(amx=False if AMX else None):
+                for rows in (1, 7, 8, 64, 7):
+                    layer(torch.randn(rows, 32))
+            assert calls == [(1, False), (7, False), (7, False)]
+            if AMX and _C.cpu_info()["amx_bf16"] and isa == "avx512":  # AMX-BF16 takes 16 rows and more
+                calls.clear()
+                for rows in (1, 8, 16, 64, 7):
+                    layer(torch.randn(rows, 32))
+                assert calls == [(1, False), (16, True), (64, True), (7, False)]
     finally:
         packed_linear_module.packed_linear = original
-    assert calls == [1, 7, 7]
 
 
 def test_dynamic_conv_in_chunks_is_bit_identical(monkeypatch):

@@ -81,7 +81,8 @@ class AffineIntFormat(WeightFormat):
                 b = module.bias
                 y = F.linear(x2d.float(), dequantized_packed(module, packed[0]), None if b is None else b.float())
             else:
-                y = packed_linear.packed_linear(module, x2d, packed[1][0])
+                amx = module.activations is None and packed_linear.takes_amx(x2d.shape[0])
+                y = packed_linear.packed_linear(module, x2d, packed[1][0], amx)
             if x.dim() != 2:
                 y = y.reshape(*x.shape[:-1], module.out_features)
             return y if x.dtype == torch.float32 else y.to(x.dtype)

@@ -8,13 +8,13 @@ import torch
 
 from .. import kernels
 from ..kernels.row_rules import (INT8_WEIGHT_ONLY_BLAS_MIN_IN_FEATURES, INT8_WEIGHT_ONLY_BLAS_MIN_ROWS,
-                                  int8_weight_only_takes_blas)
+                                  int8_weight_only_takes_amx, int8_weight_only_takes_blas)
 from ..kernels.int8 import MAX_IN_FEATURES, linear_int8_prepared, linear_int8_raw, prepare_linear_int8
 from ..kernels.stamps import make_stamp, tensors_unchanged
 from ..packing import unpack_int8_rows
 from .layer_cache import kernel_args_stamped, per_layer_cache
 
-__all__ = ["BLAS_MIN_ROWS", "BLAS_MIN_IN_FEATURES", "blas_min_rows", "takes_blas", "kernel_takes", "conv_kernel_takes", "packed_linear", "dequantized_packed",
+__all__ = ["BLAS_MIN_ROWS", "BLAS_MIN_IN_FEATURES", "blas_min_rows", "takes_blas", "takes_amx", "kernel_takes", "conv_kernel_takes", "packed_linear", "dequantized_packed",
            "KERNEL_DTYPES", "dynamic_linear"]
 
 #: activation dtypes the int8 kernels read
@@ -41,6 +41,12 @@ def takes_blas(rows: int, in_features: int) -> bool:
     return int8_weight_only_takes_blas(rows, in_features, kernels.SETTINGS.isa)
 
 
+def takes_amx(rows: int) -> bool:
+    """Whether a weight-only int8 Linear call of ``rows`` rows runs on AMX-BF16 at the active
+    kernel level (row_rules.int8_weight_only_takes_amx)."""
+    return int8_weight_only_takes_amx(rows, kernels.SETTINGS.isa)
+
+
 def kernel_takes(x: torch.Tensor, in_features: int) -> bool:
     """Whether the C kernels can run this input (else: the torch fallback)."""
     if not x.is_cpu or x.dtype not in KERNEL_DTYPES or x.shape[-1] != in_features:
@@ -64,12 +70,13 @@ def conv_kernel_takes(module, x: torch.Tensor, k: int) -> bool:
             and k <= MAX_IN_FEATURES and x.shape[-1] <= MAX_IN_FEATURES and x.numel() > 0)
 
 
-def packed_linear(module, x2d: torch.Tensor, args: tuple) -> torch.Tensor:
+def packed_linear(module, x2d: torch.Tensor, args: tuple, amx: bool = False) -> torch.Tensor:
     """float32 ``x2d @ W.T + b`` through the C kernels with one group's
-    ``kernel_args``; ``module.activations`` picks dynamic int8 or weight-only."""
+    ``kernel_args``; ``module.activations`` picks dynamic int8 or weight-only; ``amx``
+    (weight-only; a Linear's rows, row_rules.int8_weight_only_takes_amx): on AMX-BF16."""
     if x2d.shape[-1] > 1 and x2d.stride(-1) != 1:
         x2d = x2d.contiguous()
-    mode = "dynamic" if module.activations == "dynamic" else "weight_only"
+    mode = "dynamic" if module.activations == "dynamic" else "weight_only_amx" if amx else "weight_only"
     reduce_range = mode == "dynamic" and module.reduce_range  # 7-bit activations (QuantConfig.reduce_range)
     return torch.from_numpy(linear_int8_raw(kernels.to_numpy(x2d), args, mode, reduce_range))
 

@@ -28,7 +28,7 @@ import torch
 
 from .. import _C
 
-__all__ = ["BLAS_AVX512", "HALF_KERNEL_MAX_ROWS", "HALF_PANEL_MAX_ROWS", "HALF_AMX_MIN_ROWS", "half_takes_amx", "INT8_WEIGHT_ONLY_BLAS_MIN_ROWS",
+__all__ = ["INT8_WEIGHT_ONLY_AMX_MIN_ROWS", "int8_weight_only_takes_amx", "BLAS_AVX512", "HALF_KERNEL_MAX_ROWS", "HALF_PANEL_MAX_ROWS", "HALF_AMX_MIN_ROWS", "half_takes_amx", "INT8_WEIGHT_ONLY_BLAS_MIN_ROWS",
            "INT8_WEIGHT_ONLY_BLAS_MIN_IN_FEATURES", "int8_weight_only_takes_blas",
            "INT4_BLAS_MIN_ROWS", "INT4_BLAS_MAX_OUT_FEATURES", "int4_takes_blas", "int4_int8_activations_fit",
            "blas_runs_avx512"]
@@ -93,10 +93,28 @@ INT8_WEIGHT_ONLY_BLAS_MIN_ROWS = {"scalar": _NEVER, "avx2": _NEVER, "avx512": 10
 INT8_WEIGHT_ONLY_BLAS_MIN_IN_FEATURES = {"scalar": 0, "avx2": 0, "avx512": 768 if BLAS_AVX512 else 0}
 
 
+#: int8 weight-only Linear calls from this many rows on AMX-BF16 where the CPU has it and the
+#: AVX-512 level runs AMX (``_C.linear_int8(..., mode="weight_only_amx")``: x split into bf16
+#: pieces with exact sums, the weight minus its zero-point one exact piece; fp32-accurate, not
+#: the tiles' bits), ahead of the tiles and of the BLAS.  Intel Xeon (1 Dec, 1 thread, BERT
+#: layers, time / fp32): 16 rows 0.38-0.49 (tiles 0.54-0.93), 32-128 0.38-0.49 (tiles 0.70-1.00),
+#: 1024 0.44-0.56 (tiles 0.99-1.13, dequantize + BLAS 1.0-1.1).
+INT8_WEIGHT_ONLY_AMX_MIN_ROWS = {"scalar": _NEVER, "avx2": _NEVER,
+                                 "avx512": 16 if _C.cpu_info().get("amx_bf16") else _NEVER}
+
+
+def int8_weight_only_takes_amx(rows: int, isa: str) -> bool:
+    """Whether an int8 weight-only Linear call of ``rows`` rows runs on AMX-BF16 at kernel level
+    ``isa`` (INT8_WEIGHT_ONLY_AMX_MIN_ROWS, and the AVX-512 level running AMX now: ``SETTINGS.amx``)."""
+    return rows >= INT8_WEIGHT_ONLY_AMX_MIN_ROWS[isa] and _C.use_amx(None)
+
+
 def int8_weight_only_takes_blas(rows: int, in_features: int, isa: str) -> bool:
     """Whether an int8 weight-only Linear call of ``rows`` rows runs torch's BLAS on its weight
-    dequantized per call (else the packed tiles), at kernel level ``isa``: the two tables above."""
-    return rows >= INT8_WEIGHT_ONLY_BLAS_MIN_ROWS[isa] and in_features >= INT8_WEIGHT_ONLY_BLAS_MIN_IN_FEATURES[isa]
+    dequantized per call (else the packed tiles or AMX), at kernel level ``isa``: the two tables
+    above, unless AMX-BF16 takes the call (int8_weight_only_takes_amx)."""
+    return (rows >= INT8_WEIGHT_ONLY_BLAS_MIN_ROWS[isa] and in_features >= INT8_WEIGHT_ONLY_BLAS_MIN_IN_FEATURES[isa]
+            and not int8_weight_only_takes_amx(rows, isa))
 
 #: int4: from this many rows, on layers of at most INT4_BLAS_MAX_OUT_FEATURES outputs, torch's
 #: BLAS on the weight dequantized once per call.  AVX2 (torch capped at AVX2): the kernels with

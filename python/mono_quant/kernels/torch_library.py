@@ -25,7 +25,7 @@ from torch.utils.weak import WeakIdKeyDictionary
 
 from .. import _C
 from .fp16 import half_linear, half_path, path_code
-from .row_rules import int4_takes_blas, int8_weight_only_takes_blas
+from .row_rules import int4_takes_blas, int8_weight_only_takes_amx, int8_weight_only_takes_blas
 from .layout import PACKED_LAYOUT_VERSION, int8_packed_sizes, unpack_int8_rows
 from .rows import dequantize_rows, to_numpy
 from .settings import SETTINGS
@@ -142,16 +142,18 @@ def _linear_int8(x, packed, colsum, info, scale, zero_point, bias, out_features,
         w = _dequantize_int8_packed(packed, info, scale, zero_point, out_features, x.shape[-1], group)
         b = None if bias is None else bias[group * out_features:(group + 1) * out_features].float()
         return F.linear(x.float(), w, b)
-    return _linear_int8_kernel(x, packed, colsum, info, scale, zero_point, bias, group, dynamic, reduce_range)
+    amx = not dynamic and int8_weight_only_takes_amx(x.shape[0], SETTINGS.isa)
+    return _linear_int8_kernel(x, packed, colsum, info, scale, zero_point, bias, group, dynamic, reduce_range, amx)
 
 
-def _linear_int8_kernel(x, packed, colsum, info, scale, zero_point, bias, group, dynamic, reduce_range=False):
+def _linear_int8_kernel(x, packed, colsum, info, scale, zero_point, bias, group, dynamic, reduce_range=False,
+                        amx=False):
     if x.shape[-1] > 1 and x.stride(-1) != 1:
         x = x.contiguous()
     args = _group_args(packed, colsum, info, scale, zero_point, bias, group)
     extra = {"reduce_range": True} if dynamic and reduce_range else {}  # 7-bit activations (QuantConfig.reduce_range)
-    y = _C.linear_int8(to_numpy(x), *args, mode="dynamic" if dynamic else "weight_only", nthreads=SETTINGS.num_threads(),
-                       **extra)
+    mode = "dynamic" if dynamic else "weight_only_amx" if amx else "weight_only"
+    y = _C.linear_int8(to_numpy(x), *args, mode=mode, nthreads=SETTINGS.num_threads(), **extra)
     return torch.from_numpy(y)
 
 

@@ -1,11 +1,13 @@
-/* x86/amx/h16.c - fp16 / bf16 weights at many rows on AMX-BF16 (fp16.c's mq_h16_linear_amx).
+/* x86/amx/bf16_pieces.c - float activations times fp16, bf16 or int8 weights on AMX-BF16
+ * (amx_bf16.c's mq_amxbf16_linear: fp16 / bf16 weights and int8 weight-only at many rows).
  *
  * Compiled with the AVX-512 flags plus -mamx-tile -mamx-bf16 (CMakeLists.txt); dispatch.c
  * installs its table with the other AMX units' where the CPU also has AMX-BF16.  tdpbf16ps
  * takes bf16 only, so both sides are split into bf16 pieces whose sums are exact:
  *   x = hi + mid + lo   (hi = x cut to its top 16 bits, mid = (x - hi) cut, lo = the rest:
  *                        24 significant bits in three 8-bit pieces, every step exact)
- *   w = wh + wl         (fp16: 11 significant bits; a bf16 weight is one piece)
+ *   w = wh + wl         (fp16: 11 significant bits; a bf16 weight is one piece, and so is
+ *                        an int8 one minus its zero-point: |q - zp| <= 255, 8 bits)
  * and x w is summed as hi wh + hi wl + mid wh + mid wl + lo wh (lo wl, under 2^-24 of the
  * product, left out): each product of two bf16 is exact in fp32, and tdpbf16ps adds them in
  * fp32.  So the result is fp32-accurate, not the other kernels' bits: it is its own path
@@ -44,13 +46,14 @@ static inline __m512 cut(__m512 v) { /* v's top 16 bits: a bf16 value */
 /* lanes of v that are infinite or NaN */
 static inline __mmask16 nonfinite(__m512 v) { return _mm512_fpclass_ps_mask(v, 0x99); }
 
-/* Rows [i0, i1) of x [.][k] as the three pieces, rows of kp bf16 (zero past k), piece p at
+/* Rows [i0, i1) of x (rows ldx floats apart) as the three pieces, rows of kp bf16 (zero past k), piece p at
  * xp + p * mpad * kp.  Returns nonzero where some x is infinite or NaN (the pieces unusable). */
-static int split_x(const float *x, int64_t k, int64_t kp, int64_t mpad, int64_t i0, int64_t i1, uint16_t *xp) {
+static int split_x(const float *x, int64_t ldx, int64_t k, int64_t kp, int64_t mpad, int64_t i0, int64_t i1,
+                   uint16_t *xp) {
     const size_t piece = (size_t)mpad * (size_t)kp;
     __mmask16 bad = 0;
     for (int64_t i = i0; i < i1; i++) {
-        const float *xr = x + i * k;
+        const float *xr = x + i * ldx;
         uint16_t *hi = xp + (size_t)i * (size_t)kp, *mid = hi + piece, *lo = mid + piece;
         for (int64_t j = 0; j < kp; j += 32) {
             const int64_t left = k - j;
@@ -73,7 +76,7 @@ static int split_x(const float *x, int64_t k, int64_t kp, int64_t mpad, int64_t 
 /* Panels [p0, p1) of w [n][k] (fp16 or bf16 bits) as B tiles: per panel and weight piece,
  * kp / 32 tiles of 16 K-pairs x 16 channels x 2 bf16 (channels past n and k past k zero).
  * Returns nonzero where some weight is infinite or NaN (the tiles unusable). */
-static int pack_w(const uint16_t *w, int64_t n, int64_t k, int is_bf16, int64_t kp, uint16_t *wp, int64_t p0,
+static int pack_h16(const uint16_t *w, int64_t n, int64_t k, int is_bf16, int64_t kp, uint16_t *wp, int64_t p0,
                   int64_t p1) {
     const __m512i exp16 = _mm512_set1_epi16(is_bf16 ? 0x7F80 : 0x7C00); /* all-ones exponent: inf / NaN */
     __mmask32 bad = 0;
@@ -108,10 +111,44 @@ static int pack_w(const uint16_t *w, int64_t n, int64_t k, int is_bf16, int64_t 
     return bad != 0;
 }
 
+/* Panels [p0, p1) of a packed int8 weight (layout.h: a panel is kp4 / 4 groups of 16 channels
+ * x 4 k) minus its zero-points (zp [n] or NULL) as B tiles, one piece: each K-pair row of a
+ * tile is half a group (its bytes 0-1 or 2-3 of every channel), widened, the zero-point
+ * subtracted (exact in int32 and in bf16: |q - zp| <= 255) and cut to bf16. */
+static void pack_i8(const int8_t *packed, int64_t kp4, const int32_t *zp, int64_t n, int64_t kp, uint16_t *wp,
+                    int64_t p0, int64_t p1) {
+    const int64_t steps = kp / STEP_K, groups = kp4 / MQ_KGROUP;
+    const __m512i top = _mm512_set1_epi32((int)0xFFFF0000u);
+    for (int64_t p = p0; p < p1; p++) {
+        const int8_t *src = packed + p * kp4 * PANEL;
+        const int64_t left = n - p * PANEL;
+        const __mmask16 mk = left >= PANEL ? 0xFFFF : (__mmask16)((1u << left) - 1u);
+        const __m512i z = zp ? _mm512_maskz_loadu_epi32(mk, zp + p * PANEL) : _mm512_setzero_si512();
+        uint16_t *dst = wp + (size_t)p * (size_t)steps * TILE_ELEMS;
+        for (int64_t s = 0; s < steps; s++)
+            for (int r = 0; r < 16; r++) {
+                const int64_t g = s * (STEP_K / MQ_KGROUP) + r / 2;
+                const __m512i v = g < groups ? _mm512_loadu_si512(src + g * 64) : _mm512_setzero_si512();
+                __m512i b0, b1; /* bytes 2h and 2h + 1 of each channel's 4, sign-extended */
+                if (r % 2 == 0) {
+                    b0 = _mm512_srai_epi32(_mm512_slli_epi32(v, 24), 24);
+                    b1 = _mm512_srai_epi32(_mm512_slli_epi32(v, 16), 24);
+                } else {
+                    b0 = _mm512_srai_epi32(_mm512_slli_epi32(v, 8), 24);
+                    b1 = _mm512_srai_epi32(v, 24);
+                }
+                const __m512i f0 = _mm512_castps_si512(_mm512_cvtepi32_ps(_mm512_sub_epi32(b0, z)));
+                const __m512i f1 = _mm512_castps_si512(_mm512_cvtepi32_ps(_mm512_sub_epi32(b1, z)));
+                _mm512_store_si512(dst + s * TILE_ELEMS + r * STEP_K,
+                                   _mm512_or_si512(_mm512_and_si512(f1, top), _mm512_srli_epi32(f0, 16)));
+            }
+    }
+}
+
 /* RH row tiles x NP panels from row m0 over every K-step: C tile 2 r + j holds row tile r,
  * panel j; A tiles 4-5 (x pieces), B tiles 6-7 (weight pieces).  WP: weight pieces (1 or 2). */
 #define AMX_H16_BLOCK(RH, NP, WP)                                                                          \
-    static void h16_block_##RH##_##NP##_##WP(const mq_h16_amx_args *a, int64_t m0, const uint16_t *b,     \
+    static void h16_block_##RH##_##NP##_##WP(const mq_amxbf16_args *a, int64_t m0, const uint16_t *b,     \
                                              float *c) {                                                  \
         const int64_t steps = a->kp / STEP_K, ldx = a->kp * 2, piece = a->mpad * a->kp;                   \
         const int64_t wpiece = steps * TILE_ELEMS, panel = (WP) * wpiece;                                 \
@@ -154,11 +191,12 @@ static int pack_w(const uint16_t *w, int64_t n, int64_t k, int is_bf16, int64_t 
 AMX_H16_BLOCK(2, 2, 1) AMX_H16_BLOCK(2, 1, 1) AMX_H16_BLOCK(1, 2, 1) AMX_H16_BLOCK(1, 1, 1)
 AMX_H16_BLOCK(2, 2, 2) AMX_H16_BLOCK(2, 1, 2) AMX_H16_BLOCK(1, 2, 2) AMX_H16_BLOCK(1, 1, 2)
 
-typedef void (*block_fn)(const mq_h16_amx_args *, int64_t, const uint16_t *, float *);
+typedef void (*block_fn)(const mq_amxbf16_args *, int64_t, const uint16_t *, float *);
 
 /* Panels [p0, p1): panel pairs over row chunks of about 1.25 MiB of x pieces (they stay in L2
- * while the pairs pass over them); y = sums (+ bias), the rows under m and channels under n. */
-static void gemm(const mq_h16_amx_args *a, int64_t p0, int64_t p1) {
+ * while the pairs pass over them); y = sums (* scale) (+ bias), the rows under m and channels
+ * under n. */
+static void gemm(const mq_amxbf16_args *a, int64_t p0, int64_t p1) {
     static const block_fn blocks[2][2][2] = {{{h16_block_1_1_1, h16_block_1_1_2}, {h16_block_1_2_1, h16_block_1_2_2}},
                                              {{h16_block_2_1_1, h16_block_2_1_2}, {h16_block_2_2_1, h16_block_2_2_2}}};
     const int wp = a->wpieces == 1 ? 0 : 1;
@@ -182,6 +220,7 @@ static void gemm(const mq_h16_amx_args *a, int64_t p0, int64_t p1) {
                         const int64_t left = nc - j * PANEL;
                         const __mmask16 mk = left >= PANEL ? 0xFFFF : (__mmask16)((1u << left) - 1u);
                         __m512 v = _mm512_load_ps(c + i * C_LD + j * PANEL);
+                        if (a->scale) v = _mm512_mul_ps(v, _mm512_maskz_loadu_ps(mk, a->scale + c0 + j * PANEL));
                         if (a->bias) v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(mk, a->bias + c0 + j * PANEL));
                         _mm512_mask_storeu_ps(a->y + (m0 + i) * a->n + c0 + j * PANEL, mk, v);
                     }
@@ -191,12 +230,13 @@ static void gemm(const mq_h16_amx_args *a, int64_t p0, int64_t p1) {
     _tile_release(); /* back to the init state: nothing for a context switch to save */
 }
 
-const mq_kernels mq_amx_h16_table = {
-    .h16_amx_split = split_x,
-    .h16_amx_pack = pack_w,
-    .h16_amx_gemm = gemm,
+const mq_kernels mq_amx_bf16_table = {
+    .amxbf16_split = split_x,
+    .amxbf16_pack_h16 = pack_h16,
+    .amxbf16_pack_i8 = pack_i8,
+    .amxbf16_gemm = gemm,
 };
 
 #else
-const mq_kernels mq_amx_h16_table = {.name = NULL};
+const mq_kernels mq_amx_bf16_table = {.name = NULL};
 #endif

@@ -1,9 +1,10 @@
-"""fp16 / bf16 weights on AMX-BF16 (x86/amx/h16.c): x split into three bf16 pieces and the weight
-into one (bf16) or two (fp16) with exact sums, every product exact, the sums in fp32 by
-tdpbf16ps.  Not the other paths' bits (its own path, by the rows): checked against float64
-within fp32 accumulation's bound, at the tile edges (rows, channels and k around 16 / 32),
-with infinities, NaN, huge and subnormal values, at 1 and 2 threads (same bits), and through
-a module eager and exported.  Skipped where the CPU (or the OS) has no AMX-BF16."""
+"""fp16 / bf16 weights and int8 weight-only on AMX-BF16 (x86/amx/bf16_pieces.c): x split into
+three bf16 pieces and the weight into one (bf16; int8 minus its zero-point) or two (fp16) with
+exact sums, every product exact, the sums in fp32 by tdpbf16ps.  Not the other paths' bits (its
+own path, by the rows): checked against float64 within fp32 accumulation's bound, at the tile
+edges (rows, channels and k around 16 / 32), with infinities, NaN, huge and subnormal values,
+strided and 16-bit activations, at 1 and 2 threads (same bits), and through a module eager and
+exported.  Skipped where the CPU (or the OS) has no AMX-BF16."""
 import numpy as np
 import pytest
 import torch
@@ -11,6 +12,7 @@ import torch.nn.functional as F
 
 import mono_quant as mq
 from mono_quant import _C
+from mono_quant import kernels
 from mono_quant.kernels import SETTINGS
 from mono_quant.kernels.fp16 import half_path
 from conftest import AMX, at_isa
@@ -165,3 +167,92 @@ def test_without_amx_bf16_the_request_takes_the_panels():
         np.testing.assert_array_equal(_C.h16_linear(x, w_arr, False, panels=2), _C.h16_linear(x, w_arr, False, panels=1))
     with pytest.raises(ValueError, match="panels must be 0, 1 or 2"):
         _C.h16_linear(x, w_arr, False, panels=3)
+
+
+# ---- int8 weight-only (mode "weight_only_amx") --------------------------------------------------
+
+def _packed(n, k, rng, zp_range=5):
+    w = torch.from_numpy(rng.integers(-128, 128, (n, k), dtype=np.int8))
+    w[::3, ::5] = -128
+    w[1::4, 1::3] = 127
+    p, w_sum, m128 = kernels.pack_int8(w)
+    scale = (rng.random(n) * 1e-2 + 1e-4).astype(np.float32)
+    zp = rng.integers(-zp_range, zp_range + 1, n).astype(np.int32)
+    return w, (p.numpy(), w_sum.numpy(), scale, zp), m128
+
+
+def _wo(x, packed, n, m128, bias=None, mode="weight_only_amx", nthreads=1):
+    p, w_sum, scale, zp = packed
+    with at_isa("avx512"):
+        return _C.linear_int8(x, p, w_sum, scale, zp, bias, n, m128, mode=mode, nthreads=nthreads)
+
+
+@needs_amx_bf16
+@pytest.mark.parametrize("k", [1, 3, 4, 31, 32, 33, 100, 384])
+def test_weight_only_tile_edges_within_fp32_bound(k):
+    rng = np.random.default_rng(k)
+    for m in (1, 15, 16, 17, 33, 100):
+        for n in (1, 15, 16, 17, 33, 48):
+            w, packed, m128 = _packed(n, k, rng)
+            x = (rng.standard_normal((m, k)) * rng.uniform(0.1, 10, (m, 1))).astype(np.float32)
+            bias = rng.standard_normal(n).astype(np.float32) if n % 2 else None
+            y = _wo(x, packed, n, m128, bias)
+            wf = (w.double() - torch.from_numpy(packed[3]).double()[:, None]) * torch.from_numpy(packed[2]).double()[:, None]
+            assert _within_fp32_bound(y, x, wf, bias), (m, n)
+
+
+@needs_amx_bf16
+def test_weight_only_as_accurate_as_the_tiles():
+    rng = np.random.default_rng(5)
+    w, packed, m128 = _packed(300, 768, rng, zp_range=60)
+    x = rng.standard_normal((200, 768)).astype(np.float32)
+    wf = (w.double() - torch.from_numpy(packed[3]).double()[:, None]) * torch.from_numpy(packed[2]).double()[:, None]
+    exact = x.astype(np.float64) @ wf.numpy().T
+    amx_err = np.abs(_wo(x, packed, 300, m128) - exact).max()
+    tiles_err = np.abs(_wo(x, packed, 300, m128, mode="weight_only") - exact).max()
+    assert amx_err <= 4 * tiles_err
+
+
+@needs_amx_bf16
+def test_weight_only_declines_to_the_tiles():
+    # an infinity or NaN in x, or 16-bit activations: the tiles' path and bits
+    rng = np.random.default_rng(6)
+    w, packed, m128 = _packed(40, 96, rng)
+    x = rng.standard_normal((36, 96)).astype(np.float32)
+    x[3, 7] = np.inf
+    x[9, 1] = np.nan
+    np.testing.assert_array_equal(_wo(x, packed, 40, m128), _wo(x, packed, 40, m128, mode="weight_only"))
+    xh = x[10:].astype(np.float16)
+    np.testing.assert_array_equal(_wo(xh, packed, 40, m128), _wo(xh, packed, 40, m128, mode="weight_only"))
+
+
+@needs_amx_bf16
+def test_weight_only_strided_rows_and_threads():
+    rng = np.random.default_rng(8)
+    w, packed, m128 = _packed(1000, 384, rng)
+    wide = rng.standard_normal((300, 500)).astype(np.float32)
+    x = wide[:, 50:434]  # rows 500 floats apart
+    one = _wo(x, packed, 1000, m128)
+    np.testing.assert_array_equal(_wo(np.ascontiguousarray(x), packed, 1000, m128), one)
+    before = int(_C.linear_kernels()["split_calls"])
+    np.testing.assert_array_equal(_wo(x, packed, 1000, m128, nthreads=2), one)
+    assert int(_C.linear_kernels()["split_calls"]) > before
+
+
+@needs_amx_bf16
+def test_weight_only_module_eager_and_exported_take_it():
+    torch.manual_seed(1)
+    q = mq.quantize(torch.nn.Linear(70, 37), activations=None).model
+    rows = torch.export.Dim("rows", min=1, max=4096)
+    ep = torch.export.export(q, (torch.randn(8, 70),), dynamic_shapes=({0: rows},))
+    with at_isa("avx512"), torch.no_grad():
+        for m in (16, 300):
+            x = torch.randn(m, 70)
+            y = q(x)
+            assert torch.equal(ep.module()(x), y)
+            exact = x.double() @ q.dequantized_weight().double().T + q.bias.double()
+            torch.testing.assert_close(y.double(), exact, rtol=1e-5, atol=1e-5)
+            with SETTINGS.for_tests(amx=False):
+                off = q(x)
+            assert not torch.equal(off, y) or m < 16  # the tiles' bits differ somewhere
+            torch.testing.assert_close(off, y, rtol=1e-5, atol=1e-5)
