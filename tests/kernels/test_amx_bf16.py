@@ -144,7 +144,7 @@ def test_module_eager_and_exported_take_it(dtype):
     rows = torch.export.Dim("rows", min=1, max=4096)
     ep = torch.export.export(q, (torch.randn(8, 70),), dynamic_shapes=({0: rows},))
     with at_isa("avx512"), torch.no_grad():
-        for m in (40, 300):
+        for m in (48, 300):
             assert half_path(m, "avx512") == "amx"
             x = torch.randn(m, 70)
             y = q(x)

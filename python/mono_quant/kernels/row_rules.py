@@ -68,11 +68,12 @@ HALF_PANEL_MAX_ROWS = {"scalar": 0, "avx2": 0, "avx512": 1023 if BLAS_AVX512 els
 #: fp16 / bf16 weights from this many rows (past HALF_KERNEL_MAX_ROWS) on AMX-BF16 where the CPU
 #: has it and the AVX-512 level runs AMX (``_C.h16_linear(..., panels=2)``: x and the weight split
 #: into bf16 pieces with exact sums, fp32-accurate), ahead of the panels and of torch's op.
-#: Intel Xeon (1 Dec, 1 thread, BERT layers, fp16 weights, time / fp32): 32 rows 0.72-0.90
-#: (panels 0.78-0.97), 64 0.70-0.80, 128 0.62-0.70, 1024 0.59-0.74 (converted weight + BLAS
-#: 1.01-1.04); at 16 rows 0.81-1.13 against the panels' 0.65-0.88.
+#: Intel Xeon (1 Dec, 1 thread, BERT layers, fp16 weights, time / fp32): 48 rows 0.64-0.83
+#: (panels 0.80-0.97), 64 0.66-0.77, 128 0.62-0.70, 1024 0.59-0.74 (converted weight + BLAS
+#: 1.01-1.04); at 33-40 rows mixed (0.75-1.04 against 0.73-0.95: a row tile mostly padding), at
+#: 16 0.81-1.13 against the panels' 0.65-0.88.
 HALF_AMX_MIN_ROWS = {"scalar": _NEVER, "avx2": _NEVER,
-                     "avx512": 33 if _C.cpu_info().get("amx_bf16") else _NEVER}
+                     "avx512": 48 if _C.cpu_info().get("amx_bf16") else _NEVER}
 
 
 def half_takes_amx(rows: int, isa: str) -> bool:

@@ -114,9 +114,9 @@ class RuntimeSettings:
     @property
     def amx(self) -> bool:
         """Whether the AVX-512 level's int8 matmuls run on AMX tiles (on by default where the CPU
-        has AMX-INT8 and the OS granted the tile data; the same bits as AVX-512 VNNI), and
-        fp16 / bf16 weights from 33 rows on AMX-BF16 where the CPU has it (fp32-accurate,
-        kernels/row_rules.HALF_AMX_MIN_ROWS)."""
+        has AMX-INT8 and the OS granted the tile data; the same bits as AVX-512 VNNI), and int8
+        weight-only Linear calls from 16 rows and fp16 / bf16 ones from 48 on AMX-BF16 where the
+        CPU has it (fp32-accurate; kernels/row_rules.py)."""
         return _C.use_amx(None)
 
     def set_amx(self, enabled: bool) -> bool:
