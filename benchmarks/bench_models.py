@@ -24,7 +24,7 @@ fp32 baseline runs at the host's best level whatever mono-quant's.
 
 Usage: python benchmarks/bench_models.py [--quick] [--threads 2,1] [--isa avx512,avx2]
                                          [--budget S] [--cases bert384-128,cnn32x8-b1,...] [--crossover]
-                                         [--rows 16,128,4096] [--torch-isa avx2] [--clock cpu]
+                                         [--rows 16,128,4096] [--torch-isa avx2] [--clock cpu] [--background-load N]
 """
 from __future__ import annotations
 
@@ -44,7 +44,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import mono_quant as mq
-from common import interleaved, machine_info, summary, write_results
+from common import background_load, interleaved, machine_info, summary, write_results
 from mono_quant import kernels
 
 warnings.filterwarnings("ignore")
@@ -316,6 +316,8 @@ def main():
     parser.add_argument("--rows", default=None, help="--crossover row counts (default 1,4,...,512)")
     parser.add_argument("--torch-isa", choices=["native", "avx2"], default="native",
                         help="cap torch's MKL / oneDNN / fbgemm at AVX2 too (needs --isa avx2)")
+    parser.add_argument("--background-load", type=int, default=0, metavar="N",
+                        help="run N CPU-bound processes beside the benchmark (common.background_load)")
     parser.add_argument("--crossover", action="store_true",
                         help="only the weight-only packed-kernel vs dequantize+BLAS sweep over row counts")
     args = parser.parse_args()
@@ -330,9 +332,9 @@ def main():
     best = kernels.cpu_info()["best_isa"]
     isas = args.isa.split(",") if args.isa else ([best, "avx2"] if best == "avx512" else [best])
     info = machine_info()
-    info["torch_isa"], info["clock"] = args.torch_isa, args.clock
+    info["torch_isa"], info["clock"], info["background_load"] = args.torch_isa, args.clock, args.background_load
     print(f"{info['cpu']}, {info['cores']} cores, torch {info['torch']}, best ISA {best}; levels {isas}; "
-          f"threads {threads}; torch capped: {args.torch_isa}")
+          f"threads {threads}; torch capped: {args.torch_isa}; background load {args.background_load} processes")
     if args.crossover:
         print("shape     isa    thr  rows    fp32 us  (time / fp32 F.linear: median / p10)")
         path = write_results(args.out + "_crossover", {"machine": info, "rows": crossover(
@@ -341,8 +343,9 @@ def main():
         return
     print_header()
     rows = []
-    for name in cases:
-        rows += run_case(name, threads, isas, not args.no_ort, args.budget)
+    with background_load(args.background_load):
+        for name in cases:
+            rows += run_case(name, threads, isas, not args.no_ort, args.budget)
     try:
         import onnxruntime
 

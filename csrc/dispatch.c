@@ -261,7 +261,6 @@ static void overlay(mq_kernels *dst, const mq_kernels *src) {
     TAKE(bf16_gemm);
     TAKE(h16_panels);
     if (src->amxbf16_gemm) {
-        dst->amxbf16_split = src->amxbf16_split;
         dst->amxbf16_pack_h16 = src->amxbf16_pack_h16;
         dst->amxbf16_pack_i8 = src->amxbf16_pack_i8;
         dst->amxbf16_gemm = src->amxbf16_gemm;

@@ -276,15 +276,16 @@ typedef struct {
  * amx_bf16.c's mq_amxbf16_linear drives it): x split into three bf16 pieces and the weight into
  * one (bf16; int8 minus its zero-point) or two (fp16) whose sums are exact, every product of
  * pieces exact in fp32 and summed by tdpbf16ps: fp32-accurate, its own bits (a path of its
- * own, chosen by the row rules).  amxbf16_split: rows [i0, i1) of x (rows ldx floats apart) to
- * the pieces xp [3][mpad][kp] (kp: k rounded up to 32; zero past k); amxbf16_pack_h16: panels
- * [p0, p1) of w [n][k] to B tiles wp [panels][pieces][kp / 32][16 x 32]; amxbf16_pack_i8: the
- * same from a packed int8 weight (layout.h, its K rounded to kp4) minus zero-points (zp [n] or
- * NULL); split and pack_h16 return nonzero where they met an infinity or NaN, which the pieces
- * cannot carry; amxbf16_gemm: y = sums (* scale) (+ bias) of panels [p0, p1). */
+ * own, chosen by the row rules).  amxbf16_pack_h16: panels [p0, p1) of w [n][k] to B tiles
+ * wp [panels][pieces][kp / 32][16 x 32] (kp: k rounded up to 32), nonzero where it met an
+ * infinity or NaN, which the pieces cannot carry; amxbf16_pack_i8: the same from a packed int8
+ * weight (layout.h, its K rounded to kp4) minus zero-points (zp [n] or NULL); amxbf16_gemm: row
+ * tiles [t0, t1) (16 rows each, the last part past m) of y = (x @ W^T) (* scale) (+ bias) over
+ * every panel, x split into pieces by the call itself; nonzero (those rows of y unspecified)
+ * where x holds an infinity or NaN or a buffer could not be allocated. */
 typedef struct {
-    const uint16_t *xp;  /* the pieces of x, rows past m zero */
-    int64_t m, mpad, kp; /* mpad: m rounded up to 16 */
+    const float *x;      /* [m][k], rows ldx floats apart */
+    int64_t ldx, k, m, kp;
     const uint16_t *wp;
     int wpieces;         /* 2 for fp16, 1 for bf16 and int8 */
     const float *scale;  /* [n] or NULL */
@@ -292,13 +293,11 @@ typedef struct {
     int64_t n;
     float *y;            /* [m][n] */
 } mq_amxbf16_args;
-typedef int (*mq_amxbf16_split_fn)(const float *x, int64_t ldx, int64_t k, int64_t kp, int64_t mpad, int64_t i0,
-                                   int64_t i1, uint16_t *xp);
 typedef int (*mq_amxbf16_pack_h16_fn)(const uint16_t *w, int64_t n, int64_t k, int is_bf16, int64_t kp,
                                       uint16_t *wp, int64_t p0, int64_t p1);
 typedef void (*mq_amxbf16_pack_i8_fn)(const int8_t *packed, int64_t kp4, const int32_t *zp, int64_t n, int64_t kp,
                                       uint16_t *wp, int64_t p0, int64_t p1);
-typedef void (*mq_amxbf16_gemm_fn)(const mq_amxbf16_args *a, int64_t p0, int64_t p1);
+typedef int (*mq_amxbf16_gemm_fn)(const mq_amxbf16_args *a, int64_t t0, int64_t t1);
 
 /* ---- fp16 / bf16 weight direct Conv2d (h16_dconv.c driver) ----------------
  * The panel: for t < k and j < ldp (ldp a multiple of 16, nb <= ldp),
@@ -367,8 +366,7 @@ typedef struct {
     /* fp16 / bf16 weights (fp16.c) */
     mq_h16_gemm_fn f16_gemm, bf16_gemm;
     mq_h16_panels_fn h16_panels; /* NULL where the level has none (fp16.c then declines) */
-    /* AMX-BF16 (the four set together) */
-    mq_amxbf16_split_fn amxbf16_split;
+    /* AMX-BF16 (the three set together) */
     mq_amxbf16_pack_h16_fn amxbf16_pack_h16;
     mq_amxbf16_pack_i8_fn amxbf16_pack_i8;
     mq_amxbf16_gemm_fn amxbf16_gemm;
@@ -683,9 +681,10 @@ typedef struct {
     const int32_t *zp;
 } mq_amxbf16_weight;
 /* y [m][n] = (x [m][k] (rows ldx floats apart) @ W^T) (* scale [n]) (+ bias [n]) on AMX-BF16:
- * fp32-accurate, not the other paths' bits.  Returns 0, 1 where the level has no such kernel
- * or x or the weight holds an infinity or NaN (y not written: the caller runs its fp32 path),
- * or -1 when a buffer could not be allocated (y not written). */
+ * fp32-accurate, not the other paths' bits.  Returns 0; 1 where the level has no such kernel,
+ * x or the weight holds an infinity or NaN, or a row piece's buffer could not be allocated (y
+ * then unspecified: the caller runs its fp32 path, which writes all of it); -1 when the
+ * weight's buffer could not be allocated (y not written). */
 int mq_amxbf16_linear(const float *x, int64_t ldx, int64_t m, int64_t k, const mq_amxbf16_weight *w,
                       const float *scale, const float *bias, int64_t n, float *y, int nthreads);
 /* mq_linear_weight_only's product through mq_amxbf16_linear (float32 x only: 1 for another

@@ -141,21 +141,28 @@ def test_module_eager_and_exported_take_it(dtype):
     torch.manual_seed(0)
     q = mq.quantize(torch.nn.Linear(70, 37), dtype=dtype).model
     w = q._buffers["weight"]
+    w_arr = w.view(torch.int16).numpy() if dtype == "bf16" else w.numpy()
     rows = torch.export.Dim("rows", min=1, max=4096)
     ep = torch.export.export(q, (torch.randn(8, 70),), dynamic_shapes=({0: rows},))
-    with at_isa("avx512"), torch.no_grad():
-        for m in (48, 300):
-            assert half_path(m, "avx512") == "amx"
-            x = torch.randn(m, 70)
-            y = q(x)
-            assert torch.equal(ep.module()(x), y)
-            want = _C.h16_linear(x.numpy(), w.view(torch.int16).numpy() if dtype == "bf16" else w.numpy(),
-                                 dtype == "bf16", bias=q.bias.numpy(), nthreads=SETTINGS.num_threads(), panels=2)
-            assert torch.equal(y, torch.from_numpy(want))
-            with SETTINGS.for_tests(amx=False):
-                assert half_path(m, "avx512") != "amx"
-                off = q(x)
-            torch.testing.assert_close(off, y, rtol=1e-5, atol=1e-5)
+    threads = torch.get_num_threads()
+    try:
+        with at_isa("avx512"), torch.no_grad():
+            torch.set_num_threads(2)  # past one thread: 128 rows a thread (row_rules.HALF_AMX_MIN_ROWS_PER_THREAD)
+            assert half_path(48, "avx512") != "amx" and half_path(256, "avx512") == "amx"
+            torch.set_num_threads(1)
+            for m in (48, 300):
+                assert half_path(m, "avx512") == "amx"
+                x = torch.randn(m, 70)
+                y = q(x)
+                assert torch.equal(ep.module()(x), y)
+                want = _C.h16_linear(x.numpy(), w_arr, dtype == "bf16", bias=q.bias.numpy(), nthreads=1, panels=2)
+                assert torch.equal(y, torch.from_numpy(want))
+                with SETTINGS.for_tests(amx=False):
+                    assert half_path(m, "avx512") != "amx"
+                    off = q(x)
+                torch.testing.assert_close(off, y, rtol=1e-5, atol=1e-5)
+    finally:
+        torch.set_num_threads(threads)
 
 
 def test_without_amx_bf16_the_request_takes_the_panels():

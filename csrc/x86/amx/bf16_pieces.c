@@ -46,8 +46,9 @@ static inline __m512 cut(__m512 v) { /* v's top 16 bits: a bf16 value */
 /* lanes of v that are infinite or NaN */
 static inline __mmask16 nonfinite(__m512 v) { return _mm512_fpclass_ps_mask(v, 0x99); }
 
-/* Rows [i0, i1) of x (rows ldx floats apart) as the three pieces, rows of kp bf16 (zero past k), piece p at
- * xp + p * mpad * kp.  Returns nonzero where some x is infinite or NaN (the pieces unusable). */
+/* Rows [i0, i1) of x (rows ldx floats apart) as the three pieces, rows of kp bf16 (zero past k),
+ * piece p at xp + p * mpad * kp.  Returns nonzero where some x is infinite or NaN (the pieces
+ * unusable). */
 static int split_x(const float *x, int64_t ldx, int64_t k, int64_t kp, int64_t mpad, int64_t i0, int64_t i1,
                    uint16_t *xp) {
     const size_t piece = (size_t)mpad * (size_t)kp;
@@ -145,14 +146,14 @@ static void pack_i8(const int8_t *packed, int64_t kp4, const int32_t *zp, int64_
     }
 }
 
-/* RH row tiles x NP panels from row m0 over every K-step: C tile 2 r + j holds row tile r,
- * panel j; A tiles 4-5 (x pieces), B tiles 6-7 (weight pieces).  WP: weight pieces (1 or 2). */
+/* RH row tiles x NP panels over every K-step, the rows' x pieces at x (piece p at x + p * piece):
+ * C tile 2 r + j holds row tile r, panel j; A tiles 4-5 (x pieces), B tiles 6-7 (weight pieces).
+ * WP: weight pieces (1 or 2). */
 #define AMX_H16_BLOCK(RH, NP, WP)                                                                          \
-    static void h16_block_##RH##_##NP##_##WP(const mq_amxbf16_args *a, int64_t m0, const uint16_t *b,     \
-                                             float *c) {                                                  \
-        const int64_t steps = a->kp / STEP_K, ldx = a->kp * 2, piece = a->mpad * a->kp;                   \
+    static void h16_block_##RH##_##NP##_##WP(const mq_amxbf16_args *a, const uint16_t *x, int64_t piece, \
+                                             const uint16_t *b, float *c) {                               \
+        const int64_t steps = a->kp / STEP_K, ldx = a->kp * 2;                                            \
         const int64_t wpiece = steps * TILE_ELEMS, panel = (WP) * wpiece;                                 \
-        const uint16_t *x = a->xp + m0 * a->kp;                                                           \
         _tile_zero(0);                                                                                    \
         if ((NP) > 1) _tile_zero(1);                                                                      \
         if ((RH) > 1) _tile_zero(2);                                                                      \
@@ -191,47 +192,59 @@ static void pack_i8(const int8_t *packed, int64_t kp4, const int32_t *zp, int64_
 AMX_H16_BLOCK(2, 2, 1) AMX_H16_BLOCK(2, 1, 1) AMX_H16_BLOCK(1, 2, 1) AMX_H16_BLOCK(1, 1, 1)
 AMX_H16_BLOCK(2, 2, 2) AMX_H16_BLOCK(2, 1, 2) AMX_H16_BLOCK(1, 2, 2) AMX_H16_BLOCK(1, 1, 2)
 
-typedef void (*block_fn)(const mq_amxbf16_args *, int64_t, const uint16_t *, float *);
+typedef void (*block_fn)(const mq_amxbf16_args *, const uint16_t *, int64_t, const uint16_t *, float *);
 
-/* Panels [p0, p1): panel pairs over row chunks of about 1.25 MiB of x pieces (they stay in L2
- * while the pairs pass over them); y = sums (* scale) (+ bias), the rows under m and channels
- * under n. */
-static void gemm(const mq_amxbf16_args *a, int64_t p0, int64_t p1) {
+/* Row tiles [t0, t1) (rows 16 t0 .. min(16 t1, m)) times every panel: per row chunk of about
+ * 1.25 MiB of x pieces (split here, into a buffer of this call's own that stays in L2 while
+ * the panel pairs pass over it; rows past m zero), y = sums (* scale) (+ bias) for the rows under
+ * m and channels under n.  Returns nonzero, its rows of y unspecified, where x holds an infinity
+ * or NaN or the buffer could not be allocated. */
+static int gemm(const mq_amxbf16_args *a, int64_t t0, int64_t t1) {
     static const block_fn blocks[2][2][2] = {{{h16_block_1_1_1, h16_block_1_1_2}, {h16_block_1_2_1, h16_block_1_2_2}},
                                              {{h16_block_2_1_1, h16_block_2_1_2}, {h16_block_2_2_1, h16_block_2_2_2}}};
     const int wp = a->wpieces == 1 ? 0 : 1;
+    const int64_t panels = (a->n + PANEL - 1) / PANEL, r0 = t0 * TILE_ROWS, r1 = t1 * TILE_ROWS;
     const int64_t panel_elems = (int64_t)a->wpieces * (a->kp / STEP_K) * TILE_ELEMS;
-    float c[BLOCK_ROWS * C_LD] __attribute__((aligned(64)));
     int64_t chunk = ((int64_t)5 << 18) / (X_PIECES * 2 * a->kp) / BLOCK_ROWS * BLOCK_ROWS;
     if (chunk < BLOCK_ROWS) chunk = BLOCK_ROWS;
+    if (chunk > r1 - r0) chunk = r1 - r0;
+    uint16_t *xp = aligned_alloc(64, (size_t)X_PIECES * (size_t)chunk * (size_t)a->kp * sizeof(uint16_t));
+    if (!xp) return 1;
+    float c[BLOCK_ROWS * C_LD] __attribute__((aligned(64)));
+    int bad = 0;
     amx_configure_tiles();
-    for (int64_t i0 = 0; i0 < a->mpad; i0 += chunk) {
-        const int64_t i1 = i0 + chunk < a->mpad ? i0 + chunk : a->mpad;
-        for (int64_t p = p0; p < p1; p += 2) {
-            const int np = p + 1 < p1 ? 2 : 1;
+    for (int64_t i0 = r0; i0 < r1 && !bad; i0 += chunk) {
+        const int64_t i1 = i0 + chunk < r1 ? i0 + chunk : r1, rows = i1 - i0, piece = rows * a->kp;
+        const int64_t valid = (a->m < i1 ? a->m : i1) - i0;
+        bad = split_x(a->x + i0 * a->ldx, a->ldx, a->k, a->kp, rows, 0, valid, xp);
+        for (int q = 0; q < X_PIECES; q++)
+            memset(xp + q * piece + valid * a->kp, 0, (size_t)(rows - valid) * (size_t)a->kp * sizeof(uint16_t));
+        for (int64_t p = 0; p < panels && !bad; p += 2) {
+            const int np = p + 1 < panels ? 2 : 1;
             const int64_t c0 = p * PANEL, nc = a->n - c0 < np * PANEL ? a->n - c0 : np * PANEL;
             const uint16_t *b = a->wp + p * panel_elems;
-            for (int64_t m0 = i0; m0 < i1; m0 += BLOCK_ROWS) {
-                const int rh = i1 - m0 >= BLOCK_ROWS ? 2 : 1;
-                blocks[rh - 1][np - 1][wp](a, m0, b, c);
-                const int64_t rows = a->m - m0 < rh * TILE_ROWS ? a->m - m0 : rh * TILE_ROWS;
-                for (int64_t i = 0; i < rows; i++)
+            for (int64_t m0 = 0; m0 < rows; m0 += BLOCK_ROWS) {
+                const int rh = rows - m0 >= BLOCK_ROWS ? 2 : 1;
+                blocks[rh - 1][np - 1][wp](a, xp + m0 * a->kp, piece, b, c);
+                const int64_t out = valid - m0 < rh * TILE_ROWS ? valid - m0 : rh * TILE_ROWS;
+                for (int64_t i = 0; i < out; i++)
                     for (int j = 0; j * PANEL < nc; j++) {
                         const int64_t left = nc - j * PANEL;
                         const __mmask16 mk = left >= PANEL ? 0xFFFF : (__mmask16)((1u << left) - 1u);
                         __m512 v = _mm512_load_ps(c + i * C_LD + j * PANEL);
                         if (a->scale) v = _mm512_mul_ps(v, _mm512_maskz_loadu_ps(mk, a->scale + c0 + j * PANEL));
                         if (a->bias) v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(mk, a->bias + c0 + j * PANEL));
-                        _mm512_mask_storeu_ps(a->y + (m0 + i) * a->n + c0 + j * PANEL, mk, v);
+                        _mm512_mask_storeu_ps(a->y + (i0 + m0 + i) * a->n + c0 + j * PANEL, mk, v);
                     }
             }
         }
     }
     _tile_release(); /* back to the init state: nothing for a context switch to save */
+    free(xp);
+    return bad;
 }
 
 const mq_kernels mq_amx_bf16_table = {
-    .amxbf16_split = split_x,
     .amxbf16_pack_h16 = pack_h16,
     .amxbf16_pack_i8 = pack_i8,
     .amxbf16_gemm = gemm,

@@ -28,7 +28,7 @@ import torch
 
 from .. import _C
 
-__all__ = ["INT8_WEIGHT_ONLY_AMX_MIN_ROWS", "int8_weight_only_takes_amx", "BLAS_AVX512", "HALF_KERNEL_MAX_ROWS", "HALF_PANEL_MAX_ROWS", "HALF_AMX_MIN_ROWS", "half_takes_amx", "INT8_WEIGHT_ONLY_BLAS_MIN_ROWS",
+__all__ = ["INT8_WEIGHT_ONLY_AMX_MIN_ROWS", "int8_weight_only_takes_amx", "BLAS_AVX512", "HALF_KERNEL_MAX_ROWS", "HALF_PANEL_MAX_ROWS", "HALF_AMX_MIN_ROWS", "HALF_AMX_MIN_ROWS_PER_THREAD", "half_takes_amx", "INT8_WEIGHT_ONLY_BLAS_MIN_ROWS",
            "INT8_WEIGHT_ONLY_BLAS_MIN_IN_FEATURES", "int8_weight_only_takes_blas",
            "INT4_BLAS_MIN_ROWS", "INT4_BLAS_MAX_OUT_FEATURES", "int4_takes_blas", "int4_int8_activations_fit",
            "blas_runs_avx512"]
@@ -74,12 +74,20 @@ HALF_PANEL_MAX_ROWS = {"scalar": 0, "avx2": 0, "avx512": 1023 if BLAS_AVX512 els
 #: 16 0.81-1.13 against the panels' 0.65-0.88.
 HALF_AMX_MIN_ROWS = {"scalar": _NEVER, "avx2": _NEVER,
                      "avx512": 48 if _C.cpu_info().get("amx_bf16") else _NEVER}
+#: ... and with more than one thread from this many rows a thread: each thread's rows share the
+#: weight's tiles, and fp16's five products a term need many rows to beat fp32 on two cores
+#: (Intel Xeon, 1 Dec, 2 threads, BERT layers: 64 rows a thread 0.87-1.26 of fp32's time against
+#: the panels' 0.98-1.07, 128 rows a thread 0.72-0.84 against 0.91-1.03).
+HALF_AMX_MIN_ROWS_PER_THREAD = 128
 
 
-def half_takes_amx(rows: int, isa: str) -> bool:
-    """Whether an fp16 / bf16 Linear call of ``rows`` rows runs on AMX-BF16 at kernel level ``isa``
-    (HALF_AMX_MIN_ROWS, and the AVX-512 level running AMX now: ``SETTINGS.amx``)."""
-    return rows >= HALF_AMX_MIN_ROWS[isa] and _C.use_amx(None)
+def half_takes_amx(rows: int, isa: str, threads: int = 1) -> bool:
+    """Whether an fp16 / bf16 Linear call of ``rows`` rows on ``threads`` threads runs on AMX-BF16
+    at kernel level ``isa`` (HALF_AMX_MIN_ROWS, HALF_AMX_MIN_ROWS_PER_THREAD past one thread, and
+    the AVX-512 level running AMX now: ``SETTINGS.amx``)."""
+    if rows < HALF_AMX_MIN_ROWS[isa] or (threads > 1 and rows < HALF_AMX_MIN_ROWS_PER_THREAD * threads):
+        return False
+    return bool(_C.use_amx(None))
 
 #: int8 weight-only: from this many rows torch's BLAS on the weight dequantized once per call.
 #: AVX2 (torch capped at AVX2 too): the 6-row tiles 1.1-1.4x faster than fp32 from 16 to 2048
