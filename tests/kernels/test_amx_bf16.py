@@ -147,10 +147,11 @@ def test_module_eager_and_exported_take_it(dtype):
     threads = torch.get_num_threads()
     try:
         with at_isa("avx512"), torch.no_grad():
-            torch.set_num_threads(2)  # past one thread: 128 rows a thread (row_rules.HALF_AMX_MIN_ROWS_PER_THREAD)
-            assert half_path(48, "avx512") != "amx" and half_path(256, "avx512") == "amx"
+            for nt in (1, 2):  # a rule on the rows alone: the same path (and bits) at any thread count
+                torch.set_num_threads(nt)
+                assert half_path(255, "avx512") != "amx" and half_path(256, "avx512") == "amx"
             torch.set_num_threads(1)
-            for m in (48, 300):
+            for m in (256, 300):
                 assert half_path(m, "avx512") == "amx"
                 x = torch.randn(m, 70)
                 y = q(x)

@@ -24,7 +24,7 @@ def eager_half_linear(module, x: torch.Tensor, takes) -> Optional[torch.Tensor]:
     """``x @ W.T + b`` through the C kernel when ``takes(x, weight, isa)`` (cast.takes_half_kernel)
     says so, else None (the caller's general path).  Eager inference only."""
     weight, bias, tensors = weight_bias(module)
-    key = (x.shape, x.dtype, x.is_cpu, x.requires_grad, SETTINGS.isa, SETTINGS.amx, SETTINGS.num_threads(), tensors)
+    key = (x.shape, x.dtype, x.is_cpu, x.requires_grad, SETTINGS.isa, SETTINGS.amx, tensors)
     memo = _MEMO.get(module)
     if memo is None or memo[0] != key:
         rows = x.numel() // weight.shape[1] if weight.dim() == 2 and weight.shape[1] else 0

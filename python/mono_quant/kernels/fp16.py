@@ -27,11 +27,10 @@ PANEL_MAX_ROWS = HALF_PANEL_MAX_ROWS
 
 def half_path(rows: int, isa: str) -> str:
     """"kernel", "panels", "amx" (all through :func:`half_linear`) or "torch" for ``rows`` rows on
-    kernel level ``isa`` (the row rules above; "amx": row_rules.half_takes_amx, which also looks
-    at the threads a call uses)."""
+    kernel level ``isa`` (the row rules above; "amx": row_rules.half_takes_amx)."""
     if rows <= KERNEL_MAX_ROWS[isa]:
         return "kernel"
-    if half_takes_amx(rows, isa, SETTINGS.num_threads()):
+    if half_takes_amx(rows, isa):
         return "amx"
     return "panels" if rows <= PANEL_MAX_ROWS[isa] else "torch"
 

@@ -28,7 +28,7 @@ import torch
 
 from .. import _C
 
-__all__ = ["INT8_WEIGHT_ONLY_AMX_MIN_ROWS", "int8_weight_only_takes_amx", "BLAS_AVX512", "HALF_KERNEL_MAX_ROWS", "HALF_PANEL_MAX_ROWS", "HALF_AMX_MIN_ROWS", "HALF_AMX_MIN_ROWS_PER_THREAD", "half_takes_amx", "INT8_WEIGHT_ONLY_BLAS_MIN_ROWS",
+__all__ = ["INT8_WEIGHT_ONLY_AMX_MIN_ROWS", "int8_weight_only_takes_amx", "BLAS_AVX512", "HALF_KERNEL_MAX_ROWS", "HALF_PANEL_MAX_ROWS", "HALF_AMX_MIN_ROWS", "half_takes_amx", "INT8_WEIGHT_ONLY_BLAS_MIN_ROWS",
            "INT8_WEIGHT_ONLY_BLAS_MIN_IN_FEATURES", "int8_weight_only_takes_blas",
            "INT4_BLAS_MIN_ROWS", "INT4_BLAS_MAX_OUT_FEATURES", "int4_takes_blas", "int4_int8_activations_fit",
            "blas_runs_avx512"]
@@ -65,29 +65,23 @@ HALF_KERNEL_MAX_ROWS = {"scalar": 0, "avx2": 64, "avx512": 32 if BLAS_AVX512 els
 #: a real AVX2-only CPU before it is turned on.
 HALF_PANEL_MAX_ROWS = {"scalar": 0, "avx2": 0, "avx512": 1023 if BLAS_AVX512 else 0}
 
-#: fp16 / bf16 weights from this many rows (past HALF_KERNEL_MAX_ROWS) on AMX-BF16 where the CPU
-#: has it and the AVX-512 level runs AMX (``_C.h16_linear(..., panels=2)``: x and the weight split
-#: into bf16 pieces with exact sums, fp32-accurate), ahead of the panels and of torch's op.
-#: Intel Xeon (1 Dec, 1 thread, BERT layers, fp16 weights, time / fp32): 48 rows 0.64-0.83
-#: (panels 0.80-0.97), 64 0.66-0.77, 128 0.62-0.70, 1024 0.59-0.74 (converted weight + BLAS
-#: 1.01-1.04); at 33-40 rows mixed (0.75-1.04 against 0.73-0.95: a row tile mostly padding), at
-#: 16 0.81-1.13 against the panels' 0.65-0.88.
+#: fp16 / bf16 weights from this many rows on AMX-BF16 where the CPU has it and the AVX-512 level
+#: runs AMX (``_C.h16_linear(..., panels=2)``: x and the weight split into bf16 pieces with exact
+#: sums, fp32-accurate), ahead of the panels and of torch's op.  Intel Xeon (1 Dec, BERT layers,
+#: fp16 weights, time / fp32): 1 thread 48 rows 0.64-0.83 (panels 0.80-0.97), 128 0.62-0.70,
+#: 1024 0.59-0.74 (converted weight + BLAS 1.01-1.04); but at 2 threads fp16's five products a
+#: term need about 128 rows a thread (64 a thread 0.87-1.26 against the panels' 0.98-1.07; 128 a
+#: thread 0.72-0.84 against 0.91-1.03).  A rule on the threads would give a call other bits when
+#: torch's thread count changes, so the threshold is the 2-thread one for every thread count.
 HALF_AMX_MIN_ROWS = {"scalar": _NEVER, "avx2": _NEVER,
-                     "avx512": 48 if _C.cpu_info().get("amx_bf16") else _NEVER}
-#: ... and with more than one thread from this many rows a thread: each thread's rows share the
-#: weight's tiles, and fp16's five products a term need many rows to beat fp32 on two cores
-#: (Intel Xeon, 1 Dec, 2 threads, BERT layers: 64 rows a thread 0.87-1.26 of fp32's time against
-#: the panels' 0.98-1.07, 128 rows a thread 0.72-0.84 against 0.91-1.03).
-HALF_AMX_MIN_ROWS_PER_THREAD = 128
+                     "avx512": 256 if _C.cpu_info().get("amx_bf16") else _NEVER}
 
 
-def half_takes_amx(rows: int, isa: str, threads: int = 1) -> bool:
-    """Whether an fp16 / bf16 Linear call of ``rows`` rows on ``threads`` threads runs on AMX-BF16
-    at kernel level ``isa`` (HALF_AMX_MIN_ROWS, HALF_AMX_MIN_ROWS_PER_THREAD past one thread, and
-    the AVX-512 level running AMX now: ``SETTINGS.amx``)."""
-    if rows < HALF_AMX_MIN_ROWS[isa] or (threads > 1 and rows < HALF_AMX_MIN_ROWS_PER_THREAD * threads):
-        return False
-    return bool(_C.use_amx(None))
+def half_takes_amx(rows: int, isa: str) -> bool:
+    """Whether an fp16 / bf16 Linear call of ``rows`` rows runs on AMX-BF16 at kernel level ``isa``
+    (HALF_AMX_MIN_ROWS, and the AVX-512 level running AMX now: ``SETTINGS.amx``)."""
+    return rows >= HALF_AMX_MIN_ROWS[isa] and bool(_C.use_amx(None))
+
 
 #: int8 weight-only: from this many rows torch's BLAS on the weight dequantized once per call.
 #: AVX2 (torch capped at AVX2 too): the 6-row tiles 1.1-1.4x faster than fp32 from 16 to 2048

@@ -115,7 +115,7 @@ class RuntimeSettings:
     def amx(self) -> bool:
         """Whether the AVX-512 level's int8 matmuls run on AMX tiles (on by default where the CPU
         has AMX-INT8 and the OS granted the tile data; the same bits as AVX-512 VNNI), and int8
-        weight-only Linear calls from 16 rows and fp16 / bf16 ones from 48 on AMX-BF16 where the
+        weight-only Linear calls from 16 rows and fp16 / bf16 ones from 256 on AMX-BF16 where the
         CPU has it (fp32-accurate; kernels/row_rules.py)."""
         return _C.use_amx(None)
 
