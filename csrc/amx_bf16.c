@@ -8,12 +8,12 @@
 
 #include "mq.h"
 
-/* its multiply-adds in the time of one of the fp32 tiles' (Intel Xeon, 1 Dec, 1 thread, BERT
- * layers at 128-1024 rows), for the thread split */
-#define AMX_SPEED 4
-/* below this much work a call stays on one thread (as fp16.c's, at AMX_SPEED) */
+/* below this much work a call stays on one thread (fp16.c's threshold).  At 4x it, 128 x 384 x
+ * 384 (19 M multiply-adds) stayed on one thread and lost to fp32's two (Intel Xeon, 1 Dec,
+ * weight-only: 1.09 of fp32's time; split in row ranges from this threshold, 0.94) */
 #define ONE_THREAD_MACS ((double)(1 << 23))
-/* a row range's least work: each range streams every panel's B tiles and sets up its tiles */
+/* a row range's least work (and rows): each range streams every panel's B tiles and sets up
+ * its tiles */
 #define MIN_RANGE_MACS ((int64_t)1 << 23)
 #define MIN_RANGE_TILES 2
 

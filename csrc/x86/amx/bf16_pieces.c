@@ -13,7 +13,7 @@
  * fp32.  So the result is fp32-accurate, not the other kernels' bits: it is its own path
  * (row_rules / kernels/fp16.py pick it by the rows), as the BLAS is.  Infinity and NaN do not
  * survive the pieces (inf - inf, and a piece of 0 times an infinite one, are NaN), so the split
- * and the layout report them and the driver hands such a call to the panel path.  AMX reads
+ * and the layout report them and the driver hands such a call back to its caller's fp32 path.  AMX reads
  * bf16 subnormals as zero: an x under about 1e-38 (whose pieces are subnormal) adds nothing. */
 #include "mq.h"
 
@@ -47,11 +47,11 @@ static inline __m512 cut(__m512 v) { /* v's top 16 bits: a bf16 value */
 static inline __mmask16 nonfinite(__m512 v) { return _mm512_fpclass_ps_mask(v, 0x99); }
 
 /* Rows [i0, i1) of x (rows ldx floats apart) as the three pieces, rows of kp bf16 (zero past k),
- * piece p at xp + p * mpad * kp.  Returns nonzero where some x is infinite or NaN (the pieces
+ * piece p at xp + p * rows * kp.  Returns nonzero where some x is infinite or NaN (the pieces
  * unusable). */
-static int split_x(const float *x, int64_t ldx, int64_t k, int64_t kp, int64_t mpad, int64_t i0, int64_t i1,
+static int split_x(const float *x, int64_t ldx, int64_t k, int64_t kp, int64_t rows, int64_t i0, int64_t i1,
                    uint16_t *xp) {
-    const size_t piece = (size_t)mpad * (size_t)kp;
+    const size_t piece = (size_t)rows * (size_t)kp;
     __mmask16 bad = 0;
     for (int64_t i = i0; i < i1; i++) {
         const float *xr = x + i * ldx;
