@@ -159,19 +159,22 @@ static PyObject *py_linear_int8(PyObject *self, PyObject *args, PyObject *kw) {
     int status;
     mq_src_t kind = mq_src_kind(x);
     Py_BEGIN_ALLOW_THREADS
-    status = 1;
-    if (is_wo_amx) /* 1: no AMX-BF16 here, another x dtype, or inf / NaN: the tiles */
-        status = mq_linear_weight_only_amx(PyArray_DATA(x), kind, m, k, ldx, PyArray_DATA(packed),
+    if (is_wo) {
+        /* 1 from AMX: no AMX-BF16 here, another x dtype, or inf / NaN: the tiles */
+        status = is_wo_amx ? mq_linear_weight_only_amx(PyArray_DATA(x), kind, m, k, ldx, PyArray_DATA(packed),
+                                                       PyArray_DATA(scale), mq_data_or_null(zp),
+                                                       mq_data_or_null(bias), n, PyArray_DATA(y), nthreads)
+                           : 1;
+        if (status == 1)
+            status = mq_linear_weight_only(PyArray_DATA(x), kind, m, k, ldx, PyArray_DATA(packed),
                                            PyArray_DATA(scale), mq_data_or_null(zp), mq_data_or_null(bias), n,
                                            PyArray_DATA(y), nthreads);
-    if (is_wo && status == 1)
-        status = mq_linear_weight_only(PyArray_DATA(x), kind, m, k, ldx, PyArray_DATA(packed), PyArray_DATA(scale),
-                                       mq_data_or_null(zp), mq_data_or_null(bias), n, PyArray_DATA(y), nthreads);
-    else if (!is_wo)
+    } else {
         status = mq_linear_dynamic(PyArray_DATA(x), kind, is_acc, m, k, ldx, PyArray_DATA(packed),
                                    PyArray_DATA(w_sum), PyArray_DATA(scale), mq_data_or_null(zp), has_m128,
                                    mq_data_or_null(bias), n, is_acc ? NULL : PyArray_DATA(y),
                                    is_acc ? PyArray_DATA(y) : NULL, reduce_range, nthreads);
+    }
     Py_END_ALLOW_THREADS
     result = status < 0 ? PyErr_NoMemory() : mq_return(y);
 done:

@@ -142,4 +142,3 @@ int mq_h16_linear_panels(const float *x, int64_t m, int64_t k, const uint16_t *w
     free(xpad);
     return c.failed ? -1 : 0;
 }
-

@@ -21,6 +21,7 @@
 #include <immintrin.h>
 
 #include "x86/amx/tiles.h"
+#include "x86/avx512/transpose16.h"
 
 enum {
     TILE_ROWS = AMX_TILE_ROWS,
@@ -46,14 +47,13 @@ static inline __m512 cut(__m512 v) { /* v's top 16 bits: a bf16 value */
 /* lanes of v that are infinite or NaN */
 static inline __mmask16 nonfinite(__m512 v) { return _mm512_fpclass_ps_mask(v, 0x99); }
 
-/* Rows [i0, i1) of x (rows ldx floats apart) as the three pieces, rows of kp bf16 (zero past k),
- * piece p at xp + p * rows * kp.  Returns nonzero where some x is infinite or NaN (the pieces
- * unusable). */
-static int split_x(const float *x, int64_t ldx, int64_t k, int64_t kp, int64_t rows, int64_t i0, int64_t i1,
-                   uint16_t *xp) {
+/* The first `valid` rows of x (rows ldx floats apart) as the three pieces, rows of kp bf16 (zero
+ * past k), piece p at xp + p * rows * kp.  Returns nonzero where some x is infinite or NaN (the
+ * pieces unusable). */
+static int split_x(const float *x, int64_t ldx, int64_t k, int64_t kp, int64_t rows, int64_t valid, uint16_t *xp) {
     const size_t piece = (size_t)rows * (size_t)kp;
     __mmask16 bad = 0;
-    for (int64_t i = i0; i < i1; i++) {
+    for (int64_t i = 0; i < valid; i++) {
         const float *xr = x + i * ldx;
         uint16_t *hi = xp + (size_t)i * (size_t)kp, *mid = hi + piece, *lo = mid + piece;
         for (int64_t j = 0; j < kp; j += 32) {
@@ -102,10 +102,10 @@ static int pack_h16(const uint16_t *w, int64_t n, int64_t k, int is_bf16, int64_
                 hi[r] = top_halves(ha, hb);
                 lo[r] = top_halves(_mm512_sub_ps(a, ha), _mm512_sub_ps(b, hb)); /* exact: fp16's 3 bits past bf16's 8 */
             }
-            amx_transpose16(hi);
+            mq_avx512_transpose16(hi, hi);
             for (int r = 0; r < 16; r++) _mm512_store_si512(dst + s * TILE_ELEMS + r * STEP_K, hi[r]);
             if (is_bf16) continue;
-            amx_transpose16(lo);
+            mq_avx512_transpose16(lo, lo);
             for (int r = 0; r < 16; r++) _mm512_store_si512(dst + (steps + s) * TILE_ELEMS + r * STEP_K, lo[r]);
         }
     }
@@ -216,7 +216,7 @@ static int gemm(const mq_amxbf16_args *a, int64_t t0, int64_t t1) {
     for (int64_t i0 = r0; i0 < r1 && !bad; i0 += chunk) {
         const int64_t i1 = i0 + chunk < r1 ? i0 + chunk : r1, rows = i1 - i0, piece = rows * a->kp;
         const int64_t valid = (a->m < i1 ? a->m : i1) - i0;
-        bad = split_x(a->x + i0 * a->ldx, a->ldx, a->k, a->kp, rows, 0, valid, xp);
+        bad = split_x(a->x + i0 * a->ldx, a->ldx, a->k, a->kp, rows, valid, xp);
         for (int q = 0; q < X_PIECES; q++)
             memset(xp + q * piece + valid * a->kp, 0, (size_t)(rows - valid) * (size_t)a->kp * sizeof(uint16_t));
         for (int64_t p = 0; p < panels && !bad; p += 2) {

@@ -16,6 +16,7 @@
 #include <immintrin.h>
 
 #include "x86/amx/tiles.h"
+#include "x86/avx512/transpose16.h"
 
 enum {
     TILE_ROWS = AMX_TILE_ROWS,
@@ -42,7 +43,7 @@ static void fill_panel(const uint8_t *w, int64_t row_bytes, int nvalid, int64_t 
         __m512i r[16];
         for (int n = 0; n < 16; n++)
             r[n] = n < nvalid ? _mm512_loadu_si512(w + n * row_bytes + c * 64) : _mm512_setzero_si512();
-        amx_transpose16(r);
+        mq_avx512_transpose16(r, r);
         uint8_t *lo = dst + 2 * c * TILE_BYTES, *hi = lo + TILE_BYTES;
         for (int k = 0; k < 16; k++) {
             _mm512_store_si512(lo + k * TILE_K, _mm512_and_si512(r[k], low));

@@ -11,31 +11,8 @@
 #if defined(__x86_64__) && defined(__AVX512F__) && defined(__AVX512BW__)
 #include <immintrin.h>
 
+#include "x86/avx512/transpose16.h"
 #include "x86/pack_sums.h"
-
-/* o[j] = word j of every row r[0..15]: words 0..15 of 16 rows -> 16 groups. */
-static inline void transpose16(__m512i r[16], __m512i o[16]) {
-    __m512i t[16], u[16];
-    for (int i = 0; i < 16; i += 2) {
-        t[i] = _mm512_unpacklo_epi32(r[i], r[i + 1]);     /* per lane: r_i[0] r_i+1[0] r_i[1] r_i+1[1] */
-        t[i + 1] = _mm512_unpackhi_epi32(r[i], r[i + 1]); /* per lane: words 2 and 3 */
-    }
-    for (int i = 0; i < 16; i += 4) {
-        u[i] = _mm512_unpacklo_epi64(t[i], t[i + 2]);     /* rows i..i+3, word 4l+0 of lane l */
-        u[i + 1] = _mm512_unpackhi_epi64(t[i], t[i + 2]); /* word 4l+1 */
-        u[i + 2] = _mm512_unpacklo_epi64(t[i + 1], t[i + 3]);
-        u[i + 3] = _mm512_unpackhi_epi64(t[i + 1], t[i + 3]);
-    }
-    for (int b = 0; b < 4; b++) { /* gather lane l of rows 0-3, 4-7, 8-11, 12-15 into group 4l+b */
-        __m512i x0 = _mm512_shuffle_i32x4(u[b], u[4 + b], 0x44), x1 = _mm512_shuffle_i32x4(u[b], u[4 + b], 0xEE);
-        __m512i y0 = _mm512_shuffle_i32x4(u[8 + b], u[12 + b], 0x44);
-        __m512i y1 = _mm512_shuffle_i32x4(u[8 + b], u[12 + b], 0xEE);
-        o[b] = _mm512_shuffle_i32x4(x0, y0, 0x88);
-        o[4 + b] = _mm512_shuffle_i32x4(x0, y0, 0xDD);
-        o[8 + b] = _mm512_shuffle_i32x4(x1, y1, 0x88);
-        o[12 + b] = _mm512_shuffle_i32x4(x1, y1, 0xDD);
-    }
-}
 
 /* Sum of a row's k int8 and whether one is -128: vpsadbw on x ^ 0x80 adds
  * x + 128 per byte (masked-off bytes load as 0 and add 128 too, subtracted). */
@@ -62,7 +39,7 @@ static void pack_panel(const int8_t *rows, int64_t ld, int64_t nvalid, int64_t k
     for (int64_t c0 = 0; c0 < full64; c0 += 64) { /* 16 groups of 4 columns per step */
         for (int ch = 0; ch < MQ_PANEL; ch++)
             r[ch] = ch < nvalid ? _mm512_loadu_si512(rows + ch * ld + c0) : _mm512_setzero_si512();
-        transpose16(r, o);
+        mq_avx512_transpose16(r, o);
         int8_t *out = dst + c0 * MQ_PANEL; /* group c0/4 starts at (c0/4) * 64 */
         for (int g = 0; g < 16; g++) _mm512_storeu_si512(out + g * 64, o[g]);
     }
@@ -70,7 +47,7 @@ static void pack_panel(const int8_t *rows, int64_t ld, int64_t nvalid, int64_t k
         __mmask64 m = ((__mmask64)1 << (k - full64)) - 1;
         for (int ch = 0; ch < MQ_PANEL; ch++)
             r[ch] = ch < nvalid ? _mm512_maskz_loadu_epi8(m, rows + ch * ld + full64) : _mm512_setzero_si512();
-        transpose16(r, o);
+        mq_avx512_transpose16(r, o);
         int8_t *out = dst + full64 * MQ_PANEL;
         for (int64_t g = 0; g < (kp - full64) / MQ_KGROUP; g++) _mm512_storeu_si512(out + g * 64, o[g]);
     }

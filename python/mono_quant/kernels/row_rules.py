@@ -20,7 +20,10 @@ section), 1 thread, BERT layer shapes, rows 1-2048:
   weight-only kernel (its panels converted once per block of rows from 32 rows) 0.79-1.05x fp32's time up to 512 rows, ahead of
   dequantize + BLAS (1.07-1.81x) there, mixed at 1024-2048 (0.94-1.11x against 1.01-1.07x);
   int4 kernel 0.64-0.95x fp32 up to 128 rows, behind from 512-1024 (1024 rows: 1.06-1.40x
-  against 1.00-1.08x).
+  against 1.00-1.08x).  Those are the AVX-512 VNNI kernels' figures: where that CPU runs AMX
+  (``SETTINGS.amx``), int4's int8 activations run on AMX-INT8 at every row count and the BLAS
+  rule yields to them (int4_takes_blas), and int8 weight-only and fp16 / bf16 take AMX-BF16 from
+  INT8_WEIGHT_ONLY_AMX_MIN_ROWS / HALF_AMX_MIN_ROWS rows (each table's note).
 """
 from __future__ import annotations
 
@@ -28,8 +31,9 @@ import torch
 
 from .. import _C
 
-__all__ = ["INT8_WEIGHT_ONLY_AMX_MIN_ROWS", "int8_weight_only_takes_amx", "BLAS_AVX512", "HALF_KERNEL_MAX_ROWS", "HALF_PANEL_MAX_ROWS", "HALF_AMX_MIN_ROWS", "half_takes_amx", "INT8_WEIGHT_ONLY_BLAS_MIN_ROWS",
-           "INT8_WEIGHT_ONLY_BLAS_MIN_IN_FEATURES", "int8_weight_only_takes_blas",
+__all__ = ["BLAS_AVX512", "HALF_KERNEL_MAX_ROWS", "HALF_PANEL_MAX_ROWS", "HALF_AMX_MIN_ROWS", "half_takes_amx",
+           "INT8_WEIGHT_ONLY_BLAS_MIN_ROWS", "INT8_WEIGHT_ONLY_BLAS_MIN_IN_FEATURES", "int8_weight_only_takes_blas",
+           "INT8_WEIGHT_ONLY_AMX_MIN_ROWS", "int8_weight_only_takes_amx",
            "INT4_BLAS_MIN_ROWS", "INT4_BLAS_MAX_OUT_FEATURES", "int4_takes_blas", "int4_int8_activations_fit",
            "blas_runs_avx512"]
 
