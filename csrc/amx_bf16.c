@@ -16,6 +16,13 @@
  * its tiles */
 #define MIN_RANGE_MACS ((int64_t)1 << 23)
 #define MIN_RANGE_TILES 2
+/* split over panel pairs (by_panel_pairs) while x's pieces take at most this much (each thread
+ * splits all of x), and on one thread from this much of the weight's B tiles: 1 thread, 16-64
+ * rows: 3072 x 768 0.38 of fp32's time by pairs, 0.50 by rows; 768 x 768 (1.2 MB) the same */
+#define PAIRS_MAX_X_BYTES ((double)(1 << 20))
+#define PAIRS_FROM_B_BYTES ((double)(2 << 20))
+/* a panel-pair piece's least work */
+#define MIN_PAIRS_MACS ((int64_t)1 << 21)
 
 typedef struct {
     const mq_kernels *kt;
@@ -34,10 +41,37 @@ static void pack_range(void *vctx, int64_t begin, int64_t end) {
         __atomic_store_n(&c->declined, 1, __ATOMIC_RELAXED);
 }
 
+static void panels_range(void *vctx, int64_t begin, int64_t end) {
+    amx_ctx *c = vctx;
+    if (__atomic_load_n(&c->declined, __ATOMIC_RELAXED)) return;
+    if (c->kt->amxbf16_gemm_panels(&c->a, c->w, begin, end)) __atomic_store_n(&c->declined, 1, __ATOMIC_RELAXED);
+}
+
 static void gemm_range(void *vctx, int64_t begin, int64_t end) {
     amx_ctx *c = vctx;
     if (__atomic_load_n(&c->declined, __ATOMIC_RELAXED)) return; /* the caller's path redoes it all */
     if (c->kt->amxbf16_gemm(&c->a, begin, end)) __atomic_store_n(&c->declined, 1, __ATOMIC_RELAXED);
+}
+
+/* Whether a call of `tiles` row tiles splits over panel pairs (each pair's B tiles packed just
+ * before its tiles run, by the thread that runs them; every thread splits all of x) rather than
+ * over row ranges (the weight's B tiles packed once, shared): where x's pieces are small and
+ * either the row ranges would leave a thread idle or the weight's B tiles (weight_rows x kp
+ * bf16) are past L2, so that the row ranges would read them back from L3 or memory. */
+static int by_panel_pairs(int64_t tiles, int64_t kp, int64_t weight_rows, int64_t min_tiles, int nthreads) {
+    const double x_bytes = 3.0 * 16 * (double)tiles * (double)kp * 2, b_bytes = (double)weight_rows * (double)kp * 2;
+    if (x_bytes > PAIRS_MAX_X_BYTES) return 0;
+    const int64_t ranges = tiles / min_tiles;
+    return ranges < nthreads || b_bytes >= PAIRS_FROM_B_BYTES;
+}
+
+/* mq_amx_split_for_tests: 0 the rule, 1 panel pairs, 2 row tiles */
+static int split_mode = 0;
+
+int mq_amx_split_for_tests(int mode) {
+    if (mode < 0 || mode > 2) return -1;
+    split_mode = mode;
+    return 0;
 }
 
 int mq_amxbf16_linear(const float *x, int64_t ldx, int64_t m, int64_t k, const mq_amxbf16_weight *w,
@@ -46,17 +80,21 @@ int mq_amxbf16_linear(const float *x, int64_t ldx, int64_t m, int64_t k, const m
     if (!kt->amxbf16_gemm || m <= 0 || n <= 0 || k <= 0) return 1;
     const int64_t kp = mq_round_up(k, 32), tiles = (m + 15) / 16, panels = (n + MQ_PANEL - 1) / MQ_PANEL;
     const int wpieces = w->packed || w->is_bf16 ? 1 : 2;
+    nthreads = mq_threads_for_work((double)m * (double)k * (double)n, ONE_THREAD_MACS, nthreads);
+    int64_t min_tiles = mq_items_per_chunk(16 * n * kp, MIN_RANGE_MACS);
+    if (min_tiles < MIN_RANGE_TILES) min_tiles = MIN_RANGE_TILES;
+    if (split_mode == 1 || (split_mode == 0 && by_panel_pairs(tiles, kp, n * wpieces, min_tiles, nthreads))) {
+        amx_ctx c = {kt, w, {x, ldx, k, m, kp, NULL, wpieces, scale, bias, n, y}, 0};
+        mq_parallel_for((panels + 1) / 2, mq_items_per_chunk(tiles * 16 * 2 * MQ_PANEL * kp, MIN_PAIRS_MACS), nthreads,
+                        panels_range, &c);
+        return c.declined ? 1 : 0;
+    }
     /* the weight's B tiles: panels x pieces x 16 kp bf16 */
     uint16_t *wp = aligned_alloc(64, mq_alloc_bytes(mq_size_mul(panels * wpieces * MQ_PANEL, kp), sizeof(uint16_t), 64));
     if (!wp) return -1;
     amx_ctx c = {kt, w, {x, ldx, k, m, kp, wp, wpieces, scale, bias, n, y}, 0};
-    nthreads = mq_threads_for_work((double)m * (double)k * (double)n, ONE_THREAD_MACS, nthreads);
     mq_parallel_for(panels, 4, nthreads, pack_range, &c);
-    if (!c.declined) {
-        int64_t min_tiles = mq_items_per_chunk(16 * n * kp, MIN_RANGE_MACS);
-        if (min_tiles < MIN_RANGE_TILES) min_tiles = MIN_RANGE_TILES;
-        mq_parallel_for(tiles, min_tiles, nthreads, gemm_range, &c);
-    }
+    if (!c.declined) mq_parallel_for(tiles, min_tiles, nthreads, gemm_range, &c);
     free(wp);
     return c.declined ? 1 : 0;
 }

@@ -121,6 +121,23 @@ static PyObject *py_team_backoff_for_tests(PyObject *self, PyObject *arg) {
     return kernel_switch(arg, mq_team_backoff_for_tests, "cannot switch the back-off");
 }
 
+PyDoc_STRVAR(amx_split_for_tests_doc,
+             "amx_split_for_tests(mode) -> None\n\n"
+             "Tests only: how the AMX-BF16 matmul (fp16 / bf16 weights, int8 weight-only) splits a\n"
+             "call: 0 by its rule (the default), 1 over panel pairs, 2 over row tiles; the same bits\n"
+             "either way.  ValueError for another mode.");
+
+static PyObject *py_amx_split_for_tests(PyObject *self, PyObject *arg) {
+    (void)self;
+    const long mode = PyLong_AsLong(arg);
+    if (mode == -1 && PyErr_Occurred()) return NULL;
+    if (mode < 0 || mode > 2 || mq_amx_split_for_tests((int)mode) < 0) {
+        PyErr_SetString(PyExc_ValueError, "amx_split_for_tests takes 0 (the rule), 1 (panel pairs) or 2 (row tiles)");
+        return NULL;
+    }
+    Py_RETURN_NONE;
+}
+
 PyDoc_STRVAR(use_maddubs_for_tests_doc,
              "use_maddubs_for_tests(on) -> None\n\n"
              "Tests and benchmarks: make the AVX2 level's dynamic int8 matmul the maddubs kernel\n"
@@ -198,6 +215,7 @@ PyMethodDef mq_runtime_methods[] = {
     {"use_maddubs_for_tests", py_use_maddubs_for_tests, METH_O, use_maddubs_for_tests_doc},
     {"use_amx", py_use_amx, METH_O, use_amx_doc},
     {"team_backoff_for_tests", py_team_backoff_for_tests, METH_O, team_backoff_for_tests_doc},
+    {"amx_split_for_tests", py_amx_split_for_tests, METH_O, amx_split_for_tests_doc},
     {"cpu_info", py_cpu_info, METH_NOARGS, cpu_info_doc},
     {"set_isa", py_set_isa, METH_O, set_isa_doc},
     {"get_isa", py_get_isa, METH_NOARGS, get_isa_doc},

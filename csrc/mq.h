@@ -282,7 +282,9 @@ typedef struct {
  * weight (layout.h, its K rounded to kp4) minus zero-points (zp [n] or NULL); amxbf16_gemm: row
  * tiles [t0, t1) (16 rows each, the last part past m) of y = (x @ W^T) (* scale) (+ bias) over
  * every panel, x split into pieces by the call itself; nonzero (those rows of y unspecified)
- * where x holds an infinity or NaN or a buffer could not be allocated. */
+ * where x holds an infinity or NaN or a buffer could not be allocated; amxbf16_gemm_panels: the
+ * same for panel pairs [q0, q1) (panels 2 q0 .. 2 q1) over every row, their B tiles packed from
+ * the weight by the call itself (a.wp unused), for calls of few rows; the same bits. */
 typedef struct {
     const float *x;      /* [m][k], rows ldx floats apart */
     int64_t ldx, k, m, kp;
@@ -298,6 +300,17 @@ typedef int (*mq_amxbf16_pack_h16_fn)(const uint16_t *w, int64_t n, int64_t k, i
 typedef void (*mq_amxbf16_pack_i8_fn)(const int8_t *packed, int64_t kp4, const int32_t *zp, int64_t n, int64_t kp,
                                       uint16_t *wp, int64_t p0, int64_t p1);
 typedef int (*mq_amxbf16_gemm_fn)(const mq_amxbf16_args *a, int64_t t0, int64_t t1);
+/* The weight: fp16 / bf16 bits h16 [n][k] (is_bf16), or a packed int8 one (layout.h, K rounded
+ * to kp4) with zero-points zp [n] or NULL. */
+typedef struct {
+    const uint16_t *h16;
+    int is_bf16;
+    const int8_t *packed;
+    int64_t kp4;
+    const int32_t *zp;
+} mq_amxbf16_weight;
+typedef int (*mq_amxbf16_gemm_panels_fn)(const mq_amxbf16_args *a, const mq_amxbf16_weight *w, int64_t q0,
+                                         int64_t q1);
 
 /* ---- fp16 / bf16 weight direct Conv2d (h16_dconv.c driver) ----------------
  * The panel: for t < k and j < ldp (ldp a multiple of 16, nb <= ldp),
@@ -370,6 +383,7 @@ typedef struct {
     mq_amxbf16_pack_h16_fn amxbf16_pack_h16;
     mq_amxbf16_pack_i8_fn amxbf16_pack_i8;
     mq_amxbf16_gemm_fn amxbf16_gemm;
+    mq_amxbf16_gemm_panels_fn amxbf16_gemm_panels;
     /* fp16 / bf16 weight direct Conv2d (h16_dconv.c) */
     mq_h16_dconv_panel_fn h16_dconv_panel;
     mq_h16_dconv_fn h16_dconv;
@@ -671,15 +685,6 @@ void mq_h16_linear(const float *x, int64_t m, int64_t k, int64_t ldx, const uint
 int mq_h16_linear_panels(const float *x, int64_t m, int64_t k, const uint16_t *w, int is_bf16, const float *bias,
                          int64_t n, float *y, int nthreads);
 /* ---- amx_bf16.c: the AMX-BF16 matmul (x86/amx/bf16_pieces.c) ------------------------ */
-/* The weight: fp16 / bf16 bits h16 [n][k] (is_bf16), or a packed int8 one (layout.h, K rounded
- * to kp4) with zero-points zp [n] or NULL. */
-typedef struct {
-    const uint16_t *h16;
-    int is_bf16;
-    const int8_t *packed;
-    int64_t kp4;
-    const int32_t *zp;
-} mq_amxbf16_weight;
 /* y [m][n] = (x [m][k] (rows ldx floats apart) @ W^T) (* scale [n]) (+ bias [n]) on AMX-BF16:
  * fp32-accurate, not the other paths' bits.  Returns 0; 1 where the level has no such kernel,
  * x or the weight holds an infinity or NaN, or a row piece's buffer could not be allocated (y
@@ -687,6 +692,9 @@ typedef struct {
  * weight's buffer could not be allocated (y not written). */
 int mq_amxbf16_linear(const float *x, int64_t ldx, int64_t m, int64_t k, const mq_amxbf16_weight *w,
                       const float *scale, const float *bias, int64_t n, float *y, int nthreads);
+/* tests: how mq_amxbf16_linear splits a call, 0 by its rule, 1 over panel pairs, 2 over row
+ * tiles (the same bits: the tests compare them); -1 for another mode */
+int mq_amx_split_for_tests(int mode);
 /* mq_linear_weight_only's product through mq_amxbf16_linear (float32 x only: 1 for another
  * kind, as for the cases above). */
 int mq_linear_weight_only_amx(const void *x, mq_src_t kind, int64_t m, int64_t k, int64_t ldx, const int8_t *packed,

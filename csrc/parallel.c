@@ -71,7 +71,10 @@
                                    /* back-off already keeps on one thread under load: on the pool, just */
                                    /* after a torch op, they ran at one thread's speed (demo model, weight-only */
                                    /* batch 32: 1.0x at AVX-512, 0.79 -> 1.28x fp32 at the AVX2 level on the team). */
-                                   /* Not for every job: int4 384x384 at 1024 rows then ran 0.6-1.2x, bimodal */
+                                   /* Not for every job: int4 384x384 at 1024 rows then ran 0.6-1.2x, bimodal. */
+                                   /* A middling call of no work seen yet goes too: on the pool, the helper */
+                                   /* waited ~0.4 ms for torch's spinning worker's core, the back-off set in, */
+                                   /* and the demo's weight-only batch 32 ran 1.1x fp32 in 2 of 4 runs (1.4x) */
 #define SMALL_OFF_CPU_MIN_NS 50000 /* a split call whose caller was off its core longer than this and */
                                    /* than a quarter of the call: then calls that may stay on one thread */
                                    /* (mq_threads_for_work) do, for a while */
@@ -409,10 +412,11 @@ int mq_team_backoff_for_tests(int on) {
     return 0;
 }
 
-/* 1 if this call may go to torch's team: enough work, last time, and not paused after a slow call. */
-static int team_wanted(mq_range_fn fn, int64_t n, int threads, int64_t min_work_ns) {
+/* 1 if this call may go to torch's team: enough work, last time (or, for a middling call, none
+ * seen yet), and not paused after a slow call. */
+static int team_wanted(mq_range_fn fn, int64_t n, int threads, int middling) {
     const work_entry *seen = work_find(fn, n, 0);
-    if (!seen || seen->work_ns < min_work_ns) return 0;
+    if (seen ? seen->work_ns < (middling ? TEAM_MIN_MIDDLING_NS : TEAM_MIN_WORK_NS) : !middling) return 0;
     return !backoff_paused(&team_backoff) && mq_omp_team_usable(threads);
 }
 
@@ -530,7 +534,7 @@ void mq_parallel_for(int64_t n, int64_t min_chunk, int nthreads, mq_range_fn fn,
     const int timed = time_next_split;
     time_next_split = 0;
     const int64_t wall_start = timed ? now_ns() : 0, cpu_start = timed ? thread_cpu_ns() : -1;
-    if (chosen == BACKEND_OMP_TEAM && team_wanted(fn, n, parts, timed ? TEAM_MIN_MIDDLING_NS : TEAM_MIN_WORK_NS)) {
+    if (chosen == BACKEND_OMP_TEAM && team_wanted(fn, n, parts, timed)) {
         const int64_t target = (int64_t)parts * PIECES_PER_THREAD;
         const int64_t piece_items = (units + target - 1) / target * min_chunk;
         atomic_fetch_add_explicit(&split_calls, 1, memory_order_relaxed);
@@ -539,6 +543,7 @@ void mq_parallel_for(int64_t n, int64_t min_chunk, int nthreads, mq_range_fn fn,
         atomic_store(&pool.owned, 0);
         return;
     }
+    const int started_before = pool.started;
     const int helpers = start_helpers(parts - 1);
     if (helpers == 0) {
         fn(ctx, 0, n);
@@ -548,7 +553,8 @@ void mq_parallel_for(int64_t n, int64_t min_chunk, int nthreads, mq_range_fn fn,
         const int64_t piece_items = (units + target - 1) / target * min_chunk;
         const int pieces = (int)((n + piece_items - 1) / piece_items);
         remember_work(fn, n, run_on_pool(n, piece_items, pieces, helpers, fn, ctx), pieces);
-        if (timed) note_split_call(wall_start, cpu_start);
+        /* a call that started the helpers waited on their start, not on a busy host: not judged */
+        if (timed && pool.started == started_before) note_split_call(wall_start, cpu_start);
     }
     atomic_store(&pool.owned, 0);
 }

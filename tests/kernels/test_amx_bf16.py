@@ -264,3 +264,88 @@ def test_weight_only_module_eager_and_exported_take_it():
                 off = q(x)
             assert not torch.equal(off, y) or m < 16  # the tiles' bits differ somewhere
             torch.testing.assert_close(off, y, rtol=1e-5, atol=1e-5)
+
+
+@pytest.fixture
+def amx_split():
+    """Force the AMX-BF16 call's split (1: panel pairs, 2: row tiles); back to the rule after."""
+    yield _C.amx_split_for_tests
+    _C.amx_split_for_tests(0)
+
+
+def _both_splits(call, amx_split):
+    """call() by panel pairs and by row tiles, which must give the same bits; the rule's too."""
+    amx_split(1)
+    pairs = call()
+    amx_split(2)
+    rows = call()
+    amx_split(0)
+    np.testing.assert_array_equal(pairs, rows)
+    np.testing.assert_array_equal(call(), rows)
+    return rows
+
+
+@needs_amx_bf16
+@pytest.mark.parametrize("kind", ["fp16", "bf16", "int8"])
+@pytest.mark.parametrize("k", [1, 33, 384, 3000])
+def test_panel_pairs_same_bits_as_row_tiles(kind, k, amx_split):
+    # few rows split over panel pairs (each packing its own pairs' B tiles, in groups; an odd panel
+    # count leaves a lone panel), many over row tiles: the same sums in the same order
+    rng = np.random.default_rng(k)
+    for m in (1, 16, 17, 40):
+        for n in (1, 17, 32, 33, 100):
+            x = rng.standard_normal((m, k)).astype(np.float32)
+            bias = rng.standard_normal(n).astype(np.float32) if n % 2 else None
+            for nthreads in (1, 2):
+                if kind == "int8":
+                    w, packed, m128 = _packed(n, k, rng)
+                    _both_splits(lambda: _wo(x, packed, n, m128, bias, nthreads=nthreads), amx_split)
+                else:
+                    w, w_arr = _weight(n, k, kind == "bf16", rng)
+                    _both_splits(lambda: _amx(x, w_arr, kind == "bf16", bias, nthreads=nthreads), amx_split)
+
+
+@needs_amx_bf16
+@pytest.mark.parametrize("bf16", [False, True])
+def test_panel_pairs_decline_a_non_finite_weight(bf16, amx_split):
+    # an infinity in the last panel pair only: every split hands the call to the panel path
+    rng = np.random.default_rng(11)
+    w, w_arr = _weight(70, 200, bf16, rng)
+    w[69, 150] = float("inf")
+    w_arr = w.view(torch.int16).numpy() if bf16 else w.numpy()
+    x = rng.standard_normal((20, 200)).astype(np.float32)
+    with at_isa("avx512"):
+        want = _C.h16_linear(x, w_arr, bf16, panels=1)
+    for nthreads in (1, 2):
+        np.testing.assert_array_equal(_both_splits(lambda: _amx(x, w_arr, bf16, nthreads=nthreads), amx_split), want)
+
+
+def test_amx_split_modes_checked():
+    for bad in (-1, 3, 100):
+        with pytest.raises(ValueError, match="0 .the rule., 1 .panel pairs. or 2"):
+            _C.amx_split_for_tests(bad)
+    with pytest.raises(TypeError):
+        _C.amx_split_for_tests("pairs")
+    _C.amx_split_for_tests(0)
+
+
+@needs_amx_bf16
+@pytest.mark.parametrize("kind", ["fp16", "int8"])
+def test_panel_pairs_on_two_threads(kind, amx_split):
+    # 40 x 3000 x 300 (36 M multiply-adds): the pairs split between the threads, same bits as one
+    rng = np.random.default_rng(12)
+    n, k = 300, 3000
+    x = rng.standard_normal((40, k)).astype(np.float32)
+    if kind == "int8":
+        w, packed, m128 = _packed(n, k, rng)
+        call = lambda nthreads: _wo(x, packed, n, m128, nthreads=nthreads)  # noqa: E731
+    else:
+        w, w_arr = _weight(n, k, False, rng)
+        call = lambda nthreads: _amx(x, w_arr, False, nthreads=nthreads)  # noqa: E731
+    amx_split(1)
+    one = call(1)
+    before = int(_C.linear_kernels()["split_calls"])
+    np.testing.assert_array_equal(call(2), one)
+    assert int(_C.linear_kernels()["split_calls"]) > before
+    amx_split(2)
+    np.testing.assert_array_equal(call(2), one)

@@ -74,76 +74,83 @@ static int split_x(const float *x, int64_t ldx, int64_t k, int64_t kp, int64_t r
     return bad != 0;
 }
 
-/* Panels [p0, p1) of w [n][k] (fp16 or bf16 bits) as B tiles: per panel and weight piece,
- * kp / 32 tiles of 16 K-pairs x 16 channels x 2 bf16 (channels past n and k past k zero).
- * Returns nonzero where some weight is infinite or NaN (the tiles unusable). */
-static int pack_h16(const uint16_t *w, int64_t n, int64_t k, int is_bf16, int64_t kp, uint16_t *wp, int64_t p0,
-                  int64_t p1) {
+/* Panel p of w [n][k] (fp16 or bf16 bits) as B tiles at dst: per weight piece, kp / 32 tiles of
+ * 16 K-pairs x 16 channels x 2 bf16 (channels past n and k past k zero).  Returns nonzero where
+ * some weight is infinite or NaN (the tiles unusable). */
+static int pack_h16_panel(const uint16_t *w, int64_t n, int64_t k, int is_bf16, int64_t kp, uint16_t *dst, int64_t p) {
     const __m512i exp16 = _mm512_set1_epi16(is_bf16 ? 0x7F80 : 0x7C00); /* all-ones exponent: inf / NaN */
     __mmask32 bad = 0;
-    const int pieces = is_bf16 ? 1 : 2;
     const int64_t steps = kp / STEP_K;
-    for (int64_t p = p0; p < p1; p++) {
-        uint16_t *dst = wp + (size_t)p * (size_t)pieces * (size_t)steps * TILE_ELEMS;
-        for (int64_t s = 0; s < steps; s++) {
-            const int64_t left = k - s * STEP_K;
-            const __mmask32 mk = left >= 32 ? 0xFFFFFFFFu : (__mmask32)((1ull << left) - 1u);
-            __m512i hi[16], lo[16];
-            for (int r = 0; r < PANEL; r++) {
-                const int64_t ch = p * PANEL + r;
-                const __m512i v = ch < n ? _mm512_maskz_loadu_epi16(mk, w + ch * k + s * STEP_K) : _mm512_setzero_si512();
-                bad |= _mm512_cmpeq_epi16_mask(_mm512_and_si512(v, exp16), exp16);
-                if (is_bf16) {
-                    hi[r] = v;
-                    continue;
-                }
-                const __m512 a = _mm512_cvtph_ps(_mm512_castsi512_si256(v)), b = _mm512_cvtph_ps(_mm512_extracti64x4_epi64(v, 1));
-                const __m512 ha = cut(a), hb = cut(b);
-                hi[r] = top_halves(ha, hb);
-                lo[r] = top_halves(_mm512_sub_ps(a, ha), _mm512_sub_ps(b, hb)); /* exact: fp16's 3 bits past bf16's 8 */
+    for (int64_t s = 0; s < steps; s++) {
+        const int64_t left = k - s * STEP_K;
+        const __mmask32 mk = left >= 32 ? 0xFFFFFFFFu : (__mmask32)((1ull << left) - 1u);
+        __m512i hi[16], lo[16];
+        for (int r = 0; r < PANEL; r++) {
+            const int64_t ch = p * PANEL + r;
+            const __m512i v = ch < n ? _mm512_maskz_loadu_epi16(mk, w + ch * k + s * STEP_K) : _mm512_setzero_si512();
+            bad |= _mm512_cmpeq_epi16_mask(_mm512_and_si512(v, exp16), exp16);
+            if (is_bf16) {
+                hi[r] = v;
+                continue;
             }
-            mq_avx512_transpose16(hi, hi);
-            for (int r = 0; r < 16; r++) _mm512_store_si512(dst + s * TILE_ELEMS + r * STEP_K, hi[r]);
-            if (is_bf16) continue;
-            mq_avx512_transpose16(lo, lo);
-            for (int r = 0; r < 16; r++) _mm512_store_si512(dst + (steps + s) * TILE_ELEMS + r * STEP_K, lo[r]);
+            const __m512 a = _mm512_cvtph_ps(_mm512_castsi512_si256(v)), b = _mm512_cvtph_ps(_mm512_extracti64x4_epi64(v, 1));
+            const __m512 ha = cut(a), hb = cut(b);
+            hi[r] = top_halves(ha, hb);
+            lo[r] = top_halves(_mm512_sub_ps(a, ha), _mm512_sub_ps(b, hb)); /* exact: fp16's 3 bits past bf16's 8 */
         }
+        mq_avx512_transpose16(hi, hi);
+        for (int r = 0; r < 16; r++) _mm512_store_si512(dst + s * TILE_ELEMS + r * STEP_K, hi[r]);
+        if (is_bf16) continue;
+        mq_avx512_transpose16(lo, lo);
+        for (int r = 0; r < 16; r++) _mm512_store_si512(dst + (steps + s) * TILE_ELEMS + r * STEP_K, lo[r]);
     }
     return bad != 0;
 }
 
-/* Panels [p0, p1) of a packed int8 weight (layout.h: a panel is kp4 / 4 groups of 16 channels
- * x 4 k) minus its zero-points (zp [n] or NULL) as B tiles, one piece: each K-pair row of a
- * tile is half a group (its bytes 0-1 or 2-3 of every channel), widened, the zero-point
- * subtracted (exact in int32 and in bf16: |q - zp| <= 255) and cut to bf16. */
-static void pack_i8(const int8_t *packed, int64_t kp4, const int32_t *zp, int64_t n, int64_t kp, uint16_t *wp,
-                    int64_t p0, int64_t p1) {
+/* Panels [p0, p1) of w as B tiles, panel p at wp + p * pieces * kp / 32 tiles (pack_h16_panel). */
+static int pack_h16(const uint16_t *w, int64_t n, int64_t k, int is_bf16, int64_t kp, uint16_t *wp, int64_t p0,
+                    int64_t p1) {
+    const int64_t panel = (int64_t)(is_bf16 ? 1 : 2) * (kp / STEP_K) * TILE_ELEMS;
+    int bad = 0;
+    for (int64_t p = p0; p < p1; p++) bad |= pack_h16_panel(w, n, k, is_bf16, kp, wp + p * panel, p);
+    return bad;
+}
+
+/* Panel p of a packed int8 weight (layout.h: a panel is kp4 / 4 groups of 16 channels x 4 k)
+ * minus its zero-points (zp [n] or NULL) as B tiles at dst, one piece: each K-pair row of a tile
+ * is half a group (its bytes 0-1 or 2-3 of every channel), widened, the zero-point subtracted
+ * (exact in int32 and in bf16: |q - zp| <= 255) and cut to bf16. */
+static void pack_i8_panel(const int8_t *packed, int64_t kp4, const int32_t *zp, int64_t n, int64_t kp, uint16_t *dst,
+                          int64_t p) {
     const int64_t steps = kp / STEP_K, groups = kp4 / MQ_KGROUP;
     const __m512i top = _mm512_set1_epi32((int)0xFFFF0000u);
-    for (int64_t p = p0; p < p1; p++) {
-        const int8_t *src = packed + p * kp4 * PANEL;
-        const int64_t left = n - p * PANEL;
-        const __mmask16 mk = left >= PANEL ? 0xFFFF : (__mmask16)((1u << left) - 1u);
-        const __m512i z = zp ? _mm512_maskz_loadu_epi32(mk, zp + p * PANEL) : _mm512_setzero_si512();
-        uint16_t *dst = wp + (size_t)p * (size_t)steps * TILE_ELEMS;
-        for (int64_t s = 0; s < steps; s++)
-            for (int r = 0; r < 16; r++) {
-                const int64_t g = s * (STEP_K / MQ_KGROUP) + r / 2;
-                const __m512i v = g < groups ? _mm512_loadu_si512(src + g * 64) : _mm512_setzero_si512();
-                __m512i b0, b1; /* bytes 2h and 2h + 1 of each channel's 4, sign-extended */
-                if (r % 2 == 0) {
-                    b0 = _mm512_srai_epi32(_mm512_slli_epi32(v, 24), 24);
-                    b1 = _mm512_srai_epi32(_mm512_slli_epi32(v, 16), 24);
-                } else {
-                    b0 = _mm512_srai_epi32(_mm512_slli_epi32(v, 8), 24);
-                    b1 = _mm512_srai_epi32(v, 24);
-                }
-                const __m512i f0 = _mm512_castps_si512(_mm512_cvtepi32_ps(_mm512_sub_epi32(b0, z)));
-                const __m512i f1 = _mm512_castps_si512(_mm512_cvtepi32_ps(_mm512_sub_epi32(b1, z)));
-                _mm512_store_si512(dst + s * TILE_ELEMS + r * STEP_K,
-                                   _mm512_or_si512(_mm512_and_si512(f1, top), _mm512_srli_epi32(f0, 16)));
+    const int8_t *src = packed + p * kp4 * PANEL;
+    const int64_t left = n - p * PANEL;
+    const __mmask16 mk = left >= PANEL ? 0xFFFF : (__mmask16)((1u << left) - 1u);
+    const __m512i z = zp ? _mm512_maskz_loadu_epi32(mk, zp + p * PANEL) : _mm512_setzero_si512();
+    for (int64_t s = 0; s < steps; s++)
+        for (int r = 0; r < 16; r++) {
+            const int64_t g = s * (STEP_K / MQ_KGROUP) + r / 2;
+            const __m512i v = g < groups ? _mm512_loadu_si512(src + g * 64) : _mm512_setzero_si512();
+            __m512i b0, b1; /* bytes 2h and 2h + 1 of each channel's 4, sign-extended */
+            if (r % 2 == 0) {
+                b0 = _mm512_srai_epi32(_mm512_slli_epi32(v, 24), 24);
+                b1 = _mm512_srai_epi32(_mm512_slli_epi32(v, 16), 24);
+            } else {
+                b0 = _mm512_srai_epi32(_mm512_slli_epi32(v, 8), 24);
+                b1 = _mm512_srai_epi32(v, 24);
             }
-    }
+            const __m512i f0 = _mm512_castps_si512(_mm512_cvtepi32_ps(_mm512_sub_epi32(b0, z)));
+            const __m512i f1 = _mm512_castps_si512(_mm512_cvtepi32_ps(_mm512_sub_epi32(b1, z)));
+            _mm512_store_si512(dst + s * TILE_ELEMS + r * STEP_K,
+                               _mm512_or_si512(_mm512_and_si512(f1, top), _mm512_srli_epi32(f0, 16)));
+        }
+}
+
+/* Panels [p0, p1) of a packed int8 weight as B tiles, panel p at wp + p * kp / 32 tiles. */
+static void pack_i8(const int8_t *packed, int64_t kp4, const int32_t *zp, int64_t n, int64_t kp, uint16_t *wp,
+                    int64_t p0, int64_t p1) {
+    for (int64_t p = p0; p < p1; p++) pack_i8_panel(packed, kp4, zp, n, kp, wp + p * (kp / STEP_K) * TILE_ELEMS, p);
 }
 
 /* RH row tiles x NP panels over every K-step, the rows' x pieces at x (piece p at x + p * piece):
@@ -194,15 +201,49 @@ AMX_H16_BLOCK(2, 2, 2) AMX_H16_BLOCK(2, 1, 2) AMX_H16_BLOCK(1, 2, 2) AMX_H16_BLO
 
 typedef void (*block_fn)(const mq_amxbf16_args *, const uint16_t *, int64_t, const uint16_t *, float *);
 
-/* Row tiles [t0, t1) (rows 16 t0 .. min(16 t1, m)) times every panel: per row chunk of about
- * 1.25 MiB of x pieces (split here, into a buffer of this call's own that stays in L2 while
- * the panel pairs pass over it; rows past m zero), y = sums (* scale) (+ bias) for the rows under
- * m and channels under n.  Returns nonzero, its rows of y unspecified, where x holds an infinity
- * or NaN or the buffer could not be allocated. */
-static int gemm(const mq_amxbf16_args *a, int64_t t0, int64_t t1) {
+/* The pieces of x's rows [i0, i0 + valid) into xp, rows rows (those past valid zero): split_x.
+ * Returns nonzero where x holds an infinity or NaN. */
+static int split_rows(const mq_amxbf16_args *a, int64_t i0, int64_t rows, int64_t valid, uint16_t *xp) {
+    const int64_t piece = rows * a->kp;
+    const int bad = split_x(a->x + i0 * a->ldx, a->ldx, a->k, a->kp, rows, valid, xp);
+    for (int q = 0; q < X_PIECES; q++)
+        memset(xp + q * piece + valid * a->kp, 0, (size_t)(rows - valid) * (size_t)a->kp * sizeof(uint16_t));
+    return bad;
+}
+
+/* Panels p and p + 1 (where under the call's panels; B tiles at b, a panel's pieces apart) times
+ * rows [i0, i0 + rows) of x, their pieces at xp (rows apart; `valid` of them under m): y =
+ * sums (* scale) (+ bias), through c (a block's C tiles). */
+static void panel_pair(const mq_amxbf16_args *a, const uint16_t *xp, int64_t i0, int64_t rows, int64_t valid,
+                       int64_t p, const uint16_t *b, float *c) {
     static const block_fn blocks[2][2][2] = {{{h16_block_1_1_1, h16_block_1_1_2}, {h16_block_1_2_1, h16_block_1_2_2}},
                                              {{h16_block_2_1_1, h16_block_2_1_2}, {h16_block_2_2_1, h16_block_2_2_2}}};
     const int wp = a->wpieces == 1 ? 0 : 1;
+    const int64_t panels = (a->n + PANEL - 1) / PANEL, piece = rows * a->kp;
+    const int np = p + 1 < panels ? 2 : 1;
+    const int64_t c0 = p * PANEL, nc = a->n - c0 < np * PANEL ? a->n - c0 : np * PANEL;
+    for (int64_t m0 = 0; m0 < rows; m0 += BLOCK_ROWS) {
+        const int rh = rows - m0 >= BLOCK_ROWS ? 2 : 1;
+        blocks[rh - 1][np - 1][wp](a, xp + m0 * a->kp, piece, b, c);
+        const int64_t out = valid - m0 < rh * TILE_ROWS ? valid - m0 : rh * TILE_ROWS;
+        for (int64_t i = 0; i < out; i++)
+            for (int j = 0; j * PANEL < nc; j++) {
+                const int64_t left = nc - j * PANEL;
+                const __mmask16 mk = left >= PANEL ? 0xFFFF : (__mmask16)((1u << left) - 1u);
+                __m512 v = _mm512_load_ps(c + i * C_LD + j * PANEL);
+                if (a->scale) v = _mm512_mul_ps(v, _mm512_maskz_loadu_ps(mk, a->scale + c0 + j * PANEL));
+                if (a->bias) v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(mk, a->bias + c0 + j * PANEL));
+                _mm512_mask_storeu_ps(a->y + (i0 + m0 + i) * a->n + c0 + j * PANEL, mk, v);
+            }
+    }
+}
+
+/* Row tiles [t0, t1) (rows 16 t0 .. min(16 t1, m)) times every panel (B tiles at a->wp): per row
+ * chunk of about 1.25 MiB of x pieces (split here, into a buffer of this call's own that stays in
+ * L2 while the panel pairs pass over it; rows past m zero), y = sums (* scale) (+ bias) for the
+ * rows under m and channels under n.  Returns nonzero, its rows of y unspecified, where x holds
+ * an infinity or NaN or the buffer could not be allocated. */
+static int gemm(const mq_amxbf16_args *a, int64_t t0, int64_t t1) {
     const int64_t panels = (a->n + PANEL - 1) / PANEL, r0 = t0 * TILE_ROWS, r1 = t1 * TILE_ROWS;
     const int64_t panel_elems = (int64_t)a->wpieces * (a->kp / STEP_K) * TILE_ELEMS;
     int64_t chunk = ((int64_t)5 << 18) / (X_PIECES * 2 * a->kp) / BLOCK_ROWS * BLOCK_ROWS;
@@ -214,33 +255,50 @@ static int gemm(const mq_amxbf16_args *a, int64_t t0, int64_t t1) {
     int bad = 0;
     amx_configure_tiles();
     for (int64_t i0 = r0; i0 < r1 && !bad; i0 += chunk) {
-        const int64_t i1 = i0 + chunk < r1 ? i0 + chunk : r1, rows = i1 - i0, piece = rows * a->kp;
+        const int64_t i1 = i0 + chunk < r1 ? i0 + chunk : r1, rows = i1 - i0;
         const int64_t valid = (a->m < i1 ? a->m : i1) - i0;
-        bad = split_x(a->x + i0 * a->ldx, a->ldx, a->k, a->kp, rows, valid, xp);
-        for (int q = 0; q < X_PIECES; q++)
-            memset(xp + q * piece + valid * a->kp, 0, (size_t)(rows - valid) * (size_t)a->kp * sizeof(uint16_t));
-        for (int64_t p = 0; p < panels && !bad; p += 2) {
-            const int np = p + 1 < panels ? 2 : 1;
-            const int64_t c0 = p * PANEL, nc = a->n - c0 < np * PANEL ? a->n - c0 : np * PANEL;
-            const uint16_t *b = a->wp + p * panel_elems;
-            for (int64_t m0 = 0; m0 < rows; m0 += BLOCK_ROWS) {
-                const int rh = rows - m0 >= BLOCK_ROWS ? 2 : 1;
-                blocks[rh - 1][np - 1][wp](a, xp + m0 * a->kp, piece, b, c);
-                const int64_t out = valid - m0 < rh * TILE_ROWS ? valid - m0 : rh * TILE_ROWS;
-                for (int64_t i = 0; i < out; i++)
-                    for (int j = 0; j * PANEL < nc; j++) {
-                        const int64_t left = nc - j * PANEL;
-                        const __mmask16 mk = left >= PANEL ? 0xFFFF : (__mmask16)((1u << left) - 1u);
-                        __m512 v = _mm512_load_ps(c + i * C_LD + j * PANEL);
-                        if (a->scale) v = _mm512_mul_ps(v, _mm512_maskz_loadu_ps(mk, a->scale + c0 + j * PANEL));
-                        if (a->bias) v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(mk, a->bias + c0 + j * PANEL));
-                        _mm512_mask_storeu_ps(a->y + (i0 + m0 + i) * a->n + c0 + j * PANEL, mk, v);
-                    }
-            }
-        }
+        bad = split_rows(a, i0, rows, valid, xp);
+        for (int64_t p = 0; p < panels && !bad; p += 2) panel_pair(a, xp, i0, rows, valid, p, a->wp + p * panel_elems, c);
     }
     _tile_release(); /* back to the init state: nothing for a context switch to save */
     free(xp);
+    return bad;
+}
+
+/* Panel pairs [q0, q1) (panels 2 q0 .. 2 q1, those under n) times every row of x, for calls of
+ * few rows: x split whole here (its pieces in this call's buffer, rows past m zero), each pair's
+ * B tiles packed from w into a buffer of this call's own just before its tiles run, so they are
+ * still in L1 / L2 (a->wp unused).  The same sums in the same order as gemm: the same bits.
+ * Returns nonzero, its channels of y unspecified, where x or these panels hold an infinity or
+ * NaN or a buffer could not be allocated. */
+static int gemm_panels(const mq_amxbf16_args *a, const mq_amxbf16_weight *w, int64_t q0, int64_t q1) {
+    const int64_t panels = (a->n + PANEL - 1) / PANEL, rows = (a->m + TILE_ROWS - 1) / TILE_ROWS * TILE_ROWS;
+    const int64_t panel_elems = (int64_t)a->wpieces * (a->kp / STEP_K) * TILE_ELEMS;
+    /* pairs packed at a time: about 256 KiB of B tiles */
+    int64_t group = ((int64_t)1 << 17) / (2 * panel_elems);
+    if (group < 1) group = 1;
+    if (group > q1 - q0) group = q1 - q0;
+    uint16_t *xp = aligned_alloc(64, (size_t)X_PIECES * (size_t)rows * (size_t)a->kp * sizeof(uint16_t));
+    uint16_t *b = aligned_alloc(64, (size_t)group * 2 * (size_t)panel_elems * sizeof(uint16_t));
+    int bad = !xp || !b;
+    if (!bad) bad = split_rows(a, 0, rows, a->m, xp);
+    float c[BLOCK_ROWS * C_LD] __attribute__((aligned(64)));
+    const int tiles_set = !bad;
+    if (tiles_set) amx_configure_tiles();
+    for (int64_t g0 = q0; g0 < q1 && !bad; g0 += group) {
+        const int64_t g1 = g0 + group < q1 ? g0 + group : q1;
+        for (int64_t p = 2 * g0; p < 2 * g1 && p < panels; p++) {
+            uint16_t *dst = b + (p - 2 * g0) * panel_elems;
+            if (w->packed)
+                pack_i8_panel(w->packed, w->kp4, w->zp, a->n, a->kp, dst, p);
+            else
+                bad |= pack_h16_panel(w->h16, a->n, a->k, w->is_bf16, a->kp, dst, p);
+        }
+        for (int64_t q = g0; q < g1 && !bad; q++) panel_pair(a, xp, 0, rows, a->m, 2 * q, b + (q - g0) * 2 * panel_elems, c);
+    }
+    if (tiles_set) _tile_release();
+    free(xp);
+    free(b);
     return bad;
 }
 
@@ -248,6 +306,7 @@ const mq_kernels mq_amx_bf16_table = {
     .amxbf16_pack_h16 = pack_h16,
     .amxbf16_pack_i8 = pack_i8,
     .amxbf16_gemm = gemm,
+    .amxbf16_gemm_panels = gemm_panels,
 };
 
 #else
