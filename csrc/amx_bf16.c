@@ -84,15 +84,21 @@ int mq_amxbf16_linear(const float *x, int64_t ldx, int64_t m, int64_t k, const m
     int64_t min_tiles = mq_items_per_chunk(16 * n * kp, MIN_RANGE_MACS);
     if (min_tiles < MIN_RANGE_TILES) min_tiles = MIN_RANGE_TILES;
     if (split_mode == 1 || (split_mode == 0 && by_panel_pairs(tiles, kp, n * wpieces, min_tiles, nthreads))) {
-        amx_ctx c = {kt, w, {x, ldx, k, m, kp, NULL, wpieces, scale, bias, n, y}, 0};
-        mq_parallel_for((panels + 1) / 2, mq_items_per_chunk(tiles * 16 * 2 * MQ_PANEL * kp, MIN_PAIRS_MACS), nthreads,
-                        panels_range, &c);
+        /* x's pieces once, here: every pair's tiles read all of them */
+        uint16_t *xp = aligned_alloc(64, mq_alloc_bytes(mq_size_mul(3 * tiles * 16, kp), sizeof(uint16_t), 64));
+        if (!xp) return -1;
+        amx_ctx c = {kt, w, {x, ldx, k, m, kp, NULL, wpieces, scale, bias, n, y, xp}, 0};
+        c.declined = kt->amxbf16_split_x(&c.a, xp);
+        if (!c.declined)
+            mq_parallel_for((panels + 1) / 2, mq_items_per_chunk(tiles * 16 * 2 * MQ_PANEL * kp, MIN_PAIRS_MACS),
+                            nthreads, panels_range, &c);
+        free(xp);
         return c.declined ? 1 : 0;
     }
     /* the weight's B tiles: panels x pieces x 16 kp bf16 */
     uint16_t *wp = aligned_alloc(64, mq_alloc_bytes(mq_size_mul(panels * wpieces * MQ_PANEL, kp), sizeof(uint16_t), 64));
     if (!wp) return -1;
-    amx_ctx c = {kt, w, {x, ldx, k, m, kp, wp, wpieces, scale, bias, n, y}, 0};
+    amx_ctx c = {kt, w, {x, ldx, k, m, kp, wp, wpieces, scale, bias, n, y, NULL}, 0};
     mq_parallel_for(panels, 4, nthreads, pack_range, &c);
     if (!c.declined) mq_parallel_for(tiles, min_tiles, nthreads, gemm_range, &c);
     free(wp);

@@ -264,6 +264,7 @@ static void overlay(mq_kernels *dst, const mq_kernels *src) {
         dst->amxbf16_pack_h16 = src->amxbf16_pack_h16;
         dst->amxbf16_pack_i8 = src->amxbf16_pack_i8;
         dst->amxbf16_gemm = src->amxbf16_gemm;
+        dst->amxbf16_split_x = src->amxbf16_split_x;
         dst->amxbf16_gemm_panels = src->amxbf16_gemm_panels;
     }
     TAKE(h16_dconv_panel);

@@ -282,9 +282,11 @@ typedef struct {
  * weight (layout.h, its K rounded to kp4) minus zero-points (zp [n] or NULL); amxbf16_gemm: row
  * tiles [t0, t1) (16 rows each, the last part past m) of y = (x @ W^T) (* scale) (+ bias) over
  * every panel, x split into pieces by the call itself; nonzero (those rows of y unspecified)
- * where x holds an infinity or NaN or a buffer could not be allocated; amxbf16_gemm_panels: the
- * same for panel pairs [q0, q1) (panels 2 q0 .. 2 q1) over every row, their B tiles packed from
- * the weight by the call itself (a.wp unused), for calls of few rows; the same bits. */
+ * where x holds an infinity or NaN or a buffer could not be allocated; amxbf16_split_x: all
+ * of x's rows as pieces into xp (3 x m rounded up to 16 x kp bf16), nonzero where x holds an
+ * infinity or NaN; amxbf16_gemm_panels: y for panel pairs [q0, q1) (panels 2 q0 .. 2 q1) over
+ * every row, x's pieces at a.xpieces, their B tiles packed from the weight by the call itself
+ * (a.wp unused), for calls of few rows; the same bits. */
 typedef struct {
     const float *x;      /* [m][k], rows ldx floats apart */
     int64_t ldx, k, m, kp;
@@ -294,6 +296,7 @@ typedef struct {
     const float *bias;   /* [n] or NULL */
     int64_t n;
     float *y;            /* [m][n] */
+    const uint16_t *xpieces; /* amxbf16_gemm_panels: x's pieces (amxbf16_split_x) */
 } mq_amxbf16_args;
 typedef int (*mq_amxbf16_pack_h16_fn)(const uint16_t *w, int64_t n, int64_t k, int is_bf16, int64_t kp,
                                       uint16_t *wp, int64_t p0, int64_t p1);
@@ -309,6 +312,7 @@ typedef struct {
     int64_t kp4;
     const int32_t *zp;
 } mq_amxbf16_weight;
+typedef int (*mq_amxbf16_split_x_fn)(const mq_amxbf16_args *a, uint16_t *xp);
 typedef int (*mq_amxbf16_gemm_panels_fn)(const mq_amxbf16_args *a, const mq_amxbf16_weight *w, int64_t q0,
                                          int64_t q1);
 
@@ -383,6 +387,7 @@ typedef struct {
     mq_amxbf16_pack_h16_fn amxbf16_pack_h16;
     mq_amxbf16_pack_i8_fn amxbf16_pack_i8;
     mq_amxbf16_gemm_fn amxbf16_gemm;
+    mq_amxbf16_split_x_fn amxbf16_split_x;
     mq_amxbf16_gemm_panels_fn amxbf16_gemm_panels;
     /* fp16 / bf16 weight direct Conv2d (h16_dconv.c) */
     mq_h16_dconv_panel_fn h16_dconv_panel;

@@ -17,7 +17,7 @@
  *    forgets the helpers and the child starts its own on its first call.
  *
  * "omp-team" (the default; MONO_QUANT_THREADS=omp-team) is the pool that hands
- * jobs of 0.2 ms or more (TEAM_MIN_WORK_NS) to torch's OpenMP team when torch's libgomp is in the
+ * jobs of 60 us or more (TEAM_MIN_WORK_NS) to torch's OpenMP team when torch's libgomp is in the
  * process: with libgomp's default wait policy its worker spins for
  * milliseconds after each torch op on the core our helper wants, so a
  * 2-thread call on the pool runs at about 1-thread speed there.  omp_team.c
@@ -63,18 +63,20 @@
                                 /* and than 2 of its own pieces had a descheduled worker: */
 #define BACKOFF_PAUSE_MIN_NS 50000000    /* then the pool alone for 50 ms, */
 #define BACKOFF_PAUSE_MAX_NS 1600000000  /* doubled while it stays so, up to 1.6 s */
-#define TEAM_MIN_WORK_NS 200000 /* jobs of less work (one thread's time, last seen) stay on the pool: */
-                                /* a wait for a descheduled worker would cost them many times their time. */
-                                /* 0.2 ms, not 1 ms: the fp16 convs' 0.2-1 ms regions on the pool, just */
-                                /* after a torch op, ran at 1-thread speed (1.4-1.5x fp32 at 2 threads) */
-#define TEAM_MIN_MIDDLING_NS 60000 /* the middling calls (mq_threads_for_work), which the small-split */
-                                   /* back-off already keeps on one thread under load: on the pool, just */
-                                   /* after a torch op, they ran at one thread's speed (demo model, weight-only */
-                                   /* batch 32: 1.0x at AVX-512, 0.79 -> 1.28x fp32 at the AVX2 level on the team). */
-                                   /* Not for every job: int4 384x384 at 1024 rows then ran 0.6-1.2x, bimodal. */
-                                   /* A middling call of no work seen yet goes too: on the pool, the helper */
-                                   /* waited ~0.4 ms for torch's spinning worker's core, the back-off set in, */
-                                   /* and the demo's weight-only batch 32 ran 1.1x fp32 in 2 of 4 runs (1.4x) */
+#define TEAM_MIN_WORK_NS 60000 /* jobs of less work (one thread's time, last seen) stay on the pool: */
+                               /* a wait for a descheduled worker would cost them many times their time. */
+                               /* On the pool, just after a torch op (torch's worker spinning on the core */
+                               /* our helper wants), a job runs at one thread's speed: 0.2 ms here made */
+                               /* the AMX weight-only 128 x 384 x 384 as slow on 2 threads as on 1, and the */
+                               /* 384-wide encoders at 128 rows 0.81-0.89 of fp32's time (0.72-0.73 at */
+                               /* 0.05 ms; int4 0.61 -> 0.53); the demo's weight-only batch 32 went from */
+                               /* 1.0x to 1.28x fp32 at AVX2 on the team (session 21).  A middling call */
+                               /* (mq_threads_for_work, which the small-split back-off keeps on one */
+                               /* thread under load) of no work seen yet goes too: on the pool its helper */
+                               /* waited ~0.4 ms for torch's worker's core and the back-off set in (the */
+                               /* demo's weight-only batch 32 at 1.1x fp32 in 2 of 4 runs, else 1.4x). */
+                               /* Session 21 saw int4 384x384 at 1024 rows bimodal (0.6-1.2x) with the */
+                               /* team for every job: a floor stays */
 #define SMALL_OFF_CPU_MIN_NS 50000 /* a split call whose caller was off its core longer than this and */
                                    /* than a quarter of the call: then calls that may stay on one thread */
                                    /* (mq_threads_for_work) do, for a while */
@@ -416,7 +418,7 @@ int mq_team_backoff_for_tests(int on) {
  * seen yet), and not paused after a slow call. */
 static int team_wanted(mq_range_fn fn, int64_t n, int threads, int middling) {
     const work_entry *seen = work_find(fn, n, 0);
-    if (seen ? seen->work_ns < (middling ? TEAM_MIN_MIDDLING_NS : TEAM_MIN_WORK_NS) : !middling) return 0;
+    if (seen ? seen->work_ns < TEAM_MIN_WORK_NS : !middling) return 0;
     return !backoff_paused(&team_backoff) && mq_omp_team_usable(threads);
 }
 

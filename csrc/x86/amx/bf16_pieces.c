@@ -265,26 +265,29 @@ static int gemm(const mq_amxbf16_args *a, int64_t t0, int64_t t1) {
     return bad;
 }
 
+/* All of x's rows as pieces into xp (3 pieces of m rounded up to 16 rows, those past m zero), for
+ * gemm_panels.  Returns nonzero where x holds an infinity or NaN. */
+static int split_all(const mq_amxbf16_args *a, uint16_t *xp) {
+    return split_rows(a, 0, (a->m + TILE_ROWS - 1) / TILE_ROWS * TILE_ROWS, a->m, xp);
+}
+
 /* Panel pairs [q0, q1) (panels 2 q0 .. 2 q1, those under n) times every row of x, for calls of
- * few rows: x split whole here (its pieces in this call's buffer, rows past m zero), each pair's
- * B tiles packed from w into a buffer of this call's own just before its tiles run, so they are
- * still in L1 / L2 (a->wp unused).  The same sums in the same order as gemm: the same bits.
- * Returns nonzero, its channels of y unspecified, where x or these panels hold an infinity or
- * NaN or a buffer could not be allocated. */
+ * few rows: x's pieces at a->xpieces (split_all, once per call), each pair's B tiles packed from
+ * w into a buffer of this piece's own, a group of pairs (about 256 KiB) just before their tiles
+ * run, so they are still in L2 (a->wp unused).  The same sums in the same order as gemm: the same
+ * bits.  Returns nonzero, its channels of y unspecified, where these panels hold an infinity or
+ * NaN or the buffer could not be allocated. */
 static int gemm_panels(const mq_amxbf16_args *a, const mq_amxbf16_weight *w, int64_t q0, int64_t q1) {
     const int64_t panels = (a->n + PANEL - 1) / PANEL, rows = (a->m + TILE_ROWS - 1) / TILE_ROWS * TILE_ROWS;
     const int64_t panel_elems = (int64_t)a->wpieces * (a->kp / STEP_K) * TILE_ELEMS;
-    /* pairs packed at a time: about 256 KiB of B tiles */
     int64_t group = ((int64_t)1 << 17) / (2 * panel_elems);
     if (group < 1) group = 1;
     if (group > q1 - q0) group = q1 - q0;
-    uint16_t *xp = aligned_alloc(64, (size_t)X_PIECES * (size_t)rows * (size_t)a->kp * sizeof(uint16_t));
     uint16_t *b = aligned_alloc(64, (size_t)group * 2 * (size_t)panel_elems * sizeof(uint16_t));
-    int bad = !xp || !b;
-    if (!bad) bad = split_rows(a, 0, rows, a->m, xp);
+    if (!b) return 1;
     float c[BLOCK_ROWS * C_LD] __attribute__((aligned(64)));
-    const int tiles_set = !bad;
-    if (tiles_set) amx_configure_tiles();
+    int bad = 0;
+    amx_configure_tiles();
     for (int64_t g0 = q0; g0 < q1 && !bad; g0 += group) {
         const int64_t g1 = g0 + group < q1 ? g0 + group : q1;
         for (int64_t p = 2 * g0; p < 2 * g1 && p < panels; p++) {
@@ -294,10 +297,10 @@ static int gemm_panels(const mq_amxbf16_args *a, const mq_amxbf16_weight *w, int
             else
                 bad |= pack_h16_panel(w->h16, a->n, a->k, w->is_bf16, a->kp, dst, p);
         }
-        for (int64_t q = g0; q < g1 && !bad; q++) panel_pair(a, xp, 0, rows, a->m, 2 * q, b + (q - g0) * 2 * panel_elems, c);
+        for (int64_t q = g0; q < g1 && !bad; q++)
+            panel_pair(a, a->xpieces, 0, rows, a->m, 2 * q, b + (q - g0) * 2 * panel_elems, c);
     }
-    if (tiles_set) _tile_release();
-    free(xp);
+    _tile_release();
     free(b);
     return bad;
 }
@@ -306,6 +309,7 @@ const mq_kernels mq_amx_bf16_table = {
     .amxbf16_pack_h16 = pack_h16,
     .amxbf16_pack_i8 = pack_i8,
     .amxbf16_gemm = gemm,
+    .amxbf16_split_x = split_all,
     .amxbf16_gemm_panels = gemm_panels,
 };
 
