@@ -1,9 +1,12 @@
 /* amx_bf16.c - the driver of the AMX-BF16 matmul (x86/amx/bf16_pieces.c, mq.h): float32
  * activations times fp16 / bf16 weights or a packed int8 one (weight-only), fp32-accurate.
- * The weight's B tiles once per call (over panels, shared), then the tiles over row ranges:
- * each range splits its own rows of x into pieces as it goes (no shared copy of x, and the
- * pieces stay in L2); a call whose x or weight holds an infinity or NaN is declined (the
- * pieces cannot carry them): the caller runs its fp32 path. */
+ * Many rows: the weight's B tiles once per call (over panels, shared), then the tiles over row
+ * ranges: each range splits its own rows of x into pieces as it goes (no shared copy of x, and
+ * the pieces stay in L2).  Few rows (by_panel_pairs): x's pieces once, then the tiles over
+ * panel pairs, each piece packing its pairs' B tiles just before they run (in L2, and on two
+ * threads where the rows make one range).  The same bits either way.  A call whose x or weight
+ * holds an infinity or NaN is declined (the pieces cannot carry them): the caller runs its fp32
+ * path. */
 #include <stdlib.h>
 
 #include "mq.h"
@@ -16,9 +19,9 @@
  * its tiles */
 #define MIN_RANGE_MACS ((int64_t)1 << 23)
 #define MIN_RANGE_TILES 2
-/* split over panel pairs (by_panel_pairs) while x's pieces take at most this much (each thread
- * splits all of x), and on one thread from this much of the weight's B tiles: 1 thread, 16-64
- * rows: 3072 x 768 0.38 of fp32's time by pairs, 0.50 by rows; 768 x 768 (1.2 MB) the same */
+/* split over panel pairs (by_panel_pairs) while x's pieces take at most this much (every pair's
+ * tiles read all of them), and on one thread from this much of the weight's B tiles: 1 thread,
+ * 16-64 rows: 3072 x 768 0.38 of fp32's time by pairs, 0.50 by rows; 768 x 768 (1.2 MB) the same */
 #define PAIRS_MAX_X_BYTES ((double)(1 << 20))
 #define PAIRS_FROM_B_BYTES ((double)(2 << 20))
 /* a panel-pair piece's least work */
@@ -53,8 +56,8 @@ static void gemm_range(void *vctx, int64_t begin, int64_t end) {
     if (c->kt->amxbf16_gemm(&c->a, begin, end)) __atomic_store_n(&c->declined, 1, __ATOMIC_RELAXED);
 }
 
-/* Whether a call of `tiles` row tiles splits over panel pairs (each pair's B tiles packed just
- * before its tiles run, by the thread that runs them; every thread splits all of x) rather than
+/* Whether a call of `tiles` row tiles splits over panel pairs (x's pieces split once, each pair's
+ * B tiles packed just before its tiles run, by the thread that runs them) rather than
  * over row ranges (the weight's B tiles packed once, shared): where x's pieces are small and
  * either the row ranges would leave a thread idle or the weight's B tiles (weight_rows x kp
  * bf16) are past L2, so that the row ranges would read them back from L3 or memory. */
