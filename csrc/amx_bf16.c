@@ -22,7 +22,7 @@
 /* split over panel pairs (by_panel_pairs) while x's pieces take at most this much (every pair's
  * tiles read all of them), and on one thread from this much of the weight's B tiles: 1 thread,
  * 16-64 rows: 3072 x 768 0.38 of fp32's time by pairs, 0.50 by rows; 768 x 768 (1.2 MB) the same */
-#define PAIRS_MAX_X_BYTES ((double)(1 << 20))
+#define PAIRS_MAX_X_BYTES ((double)(3 << 19))
 #define PAIRS_FROM_B_BYTES ((double)(2 << 20))
 /* a panel-pair piece's least work */
 #define MIN_PAIRS_MACS ((int64_t)1 << 21)
@@ -83,7 +83,9 @@ int mq_amxbf16_linear(const float *x, int64_t ldx, int64_t m, int64_t k, const m
     if (!kt->amxbf16_gemm || m <= 0 || n <= 0 || k <= 0) return 1;
     const int64_t kp = mq_round_up(k, 32), tiles = (m + 15) / 16, panels = (n + MQ_PANEL - 1) / MQ_PANEL;
     const int wpieces = w->packed || w->is_bf16 ? 1 : 2;
-    nthreads = mq_threads_for_work((double)m * (double)k * (double)n, ONE_THREAD_MACS, nthreads);
+    /* in int8 weight-only's multiply-adds (3 products a term): fp16's 5 cost 5 / 3 of them */
+    nthreads = mq_threads_for_work((double)m * (double)k * (double)n * (wpieces == 2 ? 5.0 / 3.0 : 1.0),
+                                   ONE_THREAD_MACS, nthreads);
     int64_t min_tiles = mq_items_per_chunk(16 * n * kp, MIN_RANGE_MACS);
     if (min_tiles < MIN_RANGE_TILES) min_tiles = MIN_RANGE_TILES;
     if (split_mode == 1 || (split_mode == 0 && by_panel_pairs(tiles, kp, n * wpieces, min_tiles, nthreads))) {

@@ -15,6 +15,7 @@ from mono_quant import _C
 from mono_quant import kernels
 from mono_quant.kernels import SETTINGS
 from mono_quant.kernels.fp16 import half_path
+from mono_quant.kernels.row_rules import HALF_AMX_MIN_ROWS
 from conftest import AMX, at_isa
 
 AMX_BF16 = AMX and bool(_C.cpu_info()["amx_bf16"])
@@ -144,14 +145,15 @@ def test_module_eager_and_exported_take_it(dtype):
     w_arr = w.view(torch.int16).numpy() if dtype == "bf16" else w.numpy()
     rows = torch.export.Dim("rows", min=1, max=4096)
     ep = torch.export.export(q, (torch.randn(8, 70),), dynamic_shapes=({0: rows},))
+    first = HALF_AMX_MIN_ROWS["avx512"]
     threads = torch.get_num_threads()
     try:
         with at_isa("avx512"), torch.no_grad():
             for nt in (1, 2):  # a rule on the rows alone: the same path (and bits) at any thread count
                 torch.set_num_threads(nt)
-                assert half_path(255, "avx512") != "amx" and half_path(256, "avx512") == "amx"
+                assert half_path(first - 1, "avx512") != "amx" and half_path(first, "avx512") == "amx"
             torch.set_num_threads(1)
-            for m in (256, 300):
+            for m in (first, 300):
                 assert half_path(m, "avx512") == "amx"
                 x = torch.randn(m, 70)
                 y = q(x)

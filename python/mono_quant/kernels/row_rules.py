@@ -72,13 +72,15 @@ HALF_PANEL_MAX_ROWS = {"scalar": 0, "avx2": 0, "avx512": 1023 if BLAS_AVX512 els
 #: fp16 / bf16 weights from this many rows on AMX-BF16 where the CPU has it and the AVX-512 level
 #: runs AMX (``_C.h16_linear(..., panels=2)``: x and the weight split into bf16 pieces with exact
 #: sums, fp32-accurate), ahead of the panels and of torch's op.  Intel Xeon (1 Dec, BERT layers,
-#: fp16 weights, time / fp32): 1 thread 48 rows 0.64-0.83 (panels 0.80-0.97), 128 0.62-0.70,
-#: 1024 0.59-0.74 (converted weight + BLAS 1.01-1.04); but at 2 threads fp16's five products a
-#: term need about 128 rows a thread (64 a thread 0.87-1.26 against the panels' 0.98-1.07; 128 a
-#: thread 0.72-0.84 against 0.91-1.03).  A rule on the threads would give a call other bits when
-#: torch's thread count changes, so the threshold is the 2-thread one for every thread count.
+#: fp16 weights, time / fp32): 1 thread 40 rows 0.64-0.78 (panels 0.76-0.87), 48 0.60-0.71
+#: (0.81-0.88), 128 0.62-0.70, 1024 0.59-0.74 (converted weight + BLAS 1.01-1.04); 2 threads 40
+#: rows 0.68-0.79 (panels 0.69-0.84), 48 0.63-0.73, 64 0.63-0.79 (0.77-0.89), 128 0.63-0.78
+#: (0.90-1.01), since few rows split over panel pairs (session 29: 256 rows before, when a call
+#: of few rows ran its row range on one thread).  384x384 at 40 rows on 2 threads is 1.08 of
+#: fp32's time (the panels 1.57).  At 33 rows the panels won some shapes.  The same at every
+#: thread count: a rule on the threads would give a call other bits when torch's changes.
 HALF_AMX_MIN_ROWS = {"scalar": _NEVER, "avx2": _NEVER,
-                     "avx512": 256 if _C.cpu_info().get("amx_bf16") else _NEVER}
+                     "avx512": 40 if _C.cpu_info().get("amx_bf16") else _NEVER}
 
 
 def half_takes_amx(rows: int, isa: str) -> bool:
