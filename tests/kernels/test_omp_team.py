@@ -17,8 +17,9 @@ from mono_quant import _C
 from fork_scripts import WAIT_FOR_CHILD
 
 # The team path is taken only for jobs whose previous run of the same shape
-# took 0.2 ms of one thread's time or more, and not right after a call that
-# waited for a descheduled worker (then it pauses): so call until it ran.
+# took 60 us of one thread's time or more (or, for a middling call, none seen
+# yet), and not right after a call that waited for a descheduled worker (then
+# it pauses): so call until it ran.
 RUN_ON_TEAM = textwrap.dedent("""
     import time
     from mono_quant import _C
@@ -524,3 +525,24 @@ def test_a_model_of_many_layers_keeps_every_layer_on_the_team(two_threads_team):
             if missed == 0:
                 return
             assert time.monotonic() < deadline, f"{missed} of {len(layers)} layers never ran on the team"
+
+
+def test_a_middling_call_of_a_new_size_starts_on_the_team(two_threads_team):
+    """A middling call (weight-only, 8-16 M multiply-adds: mq_threads_for_work) of a size not
+    seen yet goes to the team at once: on our pool, just after a torch op, its helper waited for
+    the core torch's spinning worker held, and the back-off that followed kept the rest of the
+    run on one thread (csrc/parallel.c, TEAM_MIN_WORK_NS)."""
+    torch.manual_seed(0)
+    warm, wx = _heavy_layers()[1]
+    with torch.inference_mode():
+        run_on_team(lambda: warm(wx))  # torch's team found and in use
+        for out in (1000, 1008, 1016):  # 15 x 1024 x out: a new size each, under 2^24
+            layer = mq.quantize(nn.Linear(1024, out), activations=None).model
+            x = torch.randn(15, 1024)
+            torch.nn.functional.gelu(x)  # a torch op just before, as in a model
+            before = _C.linear_kernels()["omp_team_calls"]
+            y = layer(x)
+            assert _C.linear_kernels()["omp_team_calls"] == before + 1, out
+            torch.set_num_threads(1)
+            torch.testing.assert_close(layer(x), y, rtol=0, atol=0)  # one thread: the same bits
+            torch.set_num_threads(2)
