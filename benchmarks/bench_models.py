@@ -151,6 +151,9 @@ def ort_sessions(model, x, threads, workdir):
         options = ort.SessionOptions()
         options.intra_op_num_threads, options.inter_op_num_threads = n, 1
         options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        # ORT's workers spin between its runs and hold the cores the other contenders of the rotation
+        # need (2 threads, Intel, 1 Dec: fp32's p10-p90 spread over 15-49 ms with them spinning)
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         sessions[n] = ort.InferenceSession(int8_path, options, providers=["CPUExecutionProvider"])
     return sessions
 
