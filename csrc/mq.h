@@ -692,9 +692,10 @@ int mq_h16_linear_panels(const float *x, int64_t m, int64_t k, const uint16_t *w
 /* ---- amx_bf16.c: the AMX-BF16 matmul (x86/amx/bf16_pieces.c) ------------------------ */
 /* y [m][n] = (x [m][k] (rows ldx floats apart) @ W^T) (* scale [n]) (+ bias [n]) on AMX-BF16:
  * fp32-accurate, not the other paths' bits.  Returns 0; 1 where the level has no such kernel,
- * x or the weight holds an infinity or NaN, or a row piece's buffer could not be allocated (y
- * then unspecified: the caller runs its fp32 path, which writes all of it); -1 when the
- * weight's buffer could not be allocated (y not written). */
+ * x or the weight holds an infinity or NaN, or a piece's buffer (its rows' x pieces, or its
+ * panel pairs' B tiles) could not be allocated (y then unspecified: the caller runs its fp32
+ * path, which writes all of it); -1 when the call's own buffer (the weight's B tiles, or x's
+ * pieces for the panel pairs) could not be allocated (y not written). */
 int mq_amxbf16_linear(const float *x, int64_t ldx, int64_t m, int64_t k, const mq_amxbf16_weight *w,
                       const float *scale, const float *bias, int64_t n, float *y, int nthreads);
 /* tests: how mq_amxbf16_linear splits a call, 0 by its rule, 1 over panel pairs, 2 over row
