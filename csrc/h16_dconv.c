@@ -1,9 +1,11 @@
-/* h16_dconv.c - the fp16 / bf16 weight Conv2d without im2col, for images with
- * many output pixels (h16_conv.c's im2col + dot-product GEMM loses to oneDNN
- * there: it writes kh*kw times the image and sums each output across lanes).
+/* h16_dconv.c - the direct Conv2d (no im2col) of an fp16 / bf16 weight, or of a packed
+ * int8 one with float32 activations (weight-only), for images with many output pixels
+ * (h16_conv.c's im2col + dot-product GEMM loses to oneDNN there: it writes kh*kw times
+ * the image and sums each output across lanes).
  *
  * Output channels go in vector lanes.  Per block of up to BLOCK output
- * channels the weight is widened once per call into a tap-major fp32 panel
+ * channels the weight is widened (or dequantized) into a tap-major fp32 panel, once per call
+ * or once per layer (mq_dconv_fill_panels, then mq_dconv2d with the kept panels)
  * ([k][ldp], mq.h): one vector load of it serves a tap of every pixel in a
  * tile, and each tap's input value is broadcast from the (zero-padded) NCHW
  * image: an outer product, no gather, no im2col.  Work items are strips of
@@ -13,6 +15,7 @@
  * Each output is an fmaf chain over its taps from the bias in tap order
  * (mq.h): the same bits at every kernel level and thread count. */
 #include <stdlib.h>
+#include <string.h>
 
 #include "mq.h"
 
@@ -22,12 +25,17 @@
 #define STRIP 96
 /* taps per pass over a strip: a 128 x 64 fp32 panel slice is 32 KiB, in L1 beside the strip */
 #define K_CHUNK 128
-/* below this many multiply-adds a call stays on the calling thread (as fp16.c; 2M was tried:
- * on the shared 2-core host a second thread never paid below 16M, and cost 30% at 2.4M) */
-#define ONE_THREAD_MACS ((double)(1 << 24))
+/* below this many multiply-adds a call stays on the calling thread; from there to
+ * MQ_SPLIT_ALWAYS_MACS it splits while the split calls' callers keep their cores
+ * (mq_threads_for_work).  16M with the old pool, whose second thread never paid below it; on
+ * torch's team, 2 December 2026: 64 channels on 16x16 at batch 1 (9.4M) 157 us on one thread,
+ * 117 on two */
+#define ONE_THREAD_MACS ((double)(1 << 21))
 /* with threads, strips shrink (halving, to this many pixels at least: a multiple of the kernels'
  * 6- and 8-pixel tiles) until there are two work items a thread */
 #define MIN_STRIP 24
+/* panel floats (all blocks) widened on the calling thread alone: below 4 MiB */
+#define PANELS_ON_CALLER ((double)(1 << 20))
 
 typedef struct {
     const float *x;
@@ -58,10 +66,8 @@ static void pad_range(void *vctx, int64_t begin, int64_t end) {
 
 typedef struct {
     const mq_kernels *kt;
-    const uint16_t *w;
-    const float *bias;
-    float *panels, *biases; /* per block: [k][BLOCK] and [BLOCK] */
-    int is_bf16;
+    const mq_dconv_weight *wt;
+    float *panels, *biases; /* per block: [k][ldp] and [ldp] (block_lane0) */
     int64_t k, n_g, blocks; /* blocks per group */
 } panel_ctx;
 
@@ -72,15 +78,89 @@ static int64_t block_width(int64_t n_g, int64_t blk) {
 /* lanes of a block: its channels rounded up to 16 (a zmm, two ymm) */
 static int64_t block_ldp(int64_t nb) { return (nb + 15) / 16 * 16; }
 
+/* Where block b (group * blocks + block) starts among all blocks' lanes: a group takes its
+ * channels rounded up to 16 (full blocks of BLOCK, then the last one's ldp), so kept panels
+ * are no larger than the weight rounded up to 16 channels.  Its panel starts at lane0 * k. */
+static int64_t block_lane0(int64_t b, int64_t blocks, int64_t n_g) {
+    return b / blocks * ((n_g + 15) / 16 * 16) + b % blocks * BLOCK;
+}
+
+/* Block (g, oc0..oc0+nb) of a packed int8 weight dequantized into its panel, taps in the
+ * packed K order (i, j, channel): each value (q - zero_point) * scale in float32, as torch's
+ * dequantize (the same floats as dequantized_packed).  A K-group of a 16-channel panel is 16
+ * words of 4 taps: each tap's 16 values come out of the words by shifts on 32-bit lanes, which
+ * the compiler vectorizes (a byte at a time took 0.55 ns a weight, more than the conv of a
+ * small image), into consecutive panel rows. */
+static void int8_panel(const mq_dconv_weight *wt, int64_t g, int64_t n_g, int64_t oc0, int64_t nb, int64_t ldp,
+                       int64_t k, float *panel) {
+    const int64_t kp = (k + 3) / 4 * 4, np_g = (n_g + 15) / 16 * 16;
+    const int8_t *packed = wt->packed + g * np_g * kp;
+    for (int64_t j0 = 0; j0 < ldp; j0 += 16) {
+        const int64_t lanes = nb - j0 < 16 ? (nb - j0 > 0 ? nb - j0 : 0) : 16;
+        const int64_t oc = oc0 + j0; /* within the group: a multiple of 16 */
+        const int8_t *src = packed + oc / 16 * (kp / 4) * 64;
+        float scale[16], zp[16];
+        for (int64_t c = 0; c < 16; c++) {
+            scale[c] = c < lanes ? wt->scale[g * n_g + oc + c] : 0.0f;
+            zp[c] = c < lanes ? (float)wt->zp[g * n_g + oc + c] : 0.0f;
+        }
+        for (int64_t t0 = 0; t0 < k; t0 += 4) {
+            uint32_t words[16];
+            memcpy(words, src + t0 / 4 * 64, sizeof(words));
+            for (int64_t tt = 0; tt < 4 && t0 + tt < k; tt++) {
+                const int shift = 24 - 8 * (int)tt;
+                float *row = panel + (t0 + tt) * ldp + j0;
+                for (int c = 0; c < 16; c++) /* (0 past the lanes: scale 0, and padding bytes are 0) */
+                    row[c] = ((float)((int32_t)(words[c] << shift) >> 24) - zp[c]) * scale[c];
+            }
+        }
+    }
+}
+
+/* A float32 weight's block ([nb][k] rows) into its panel (mq.h: the 16-bit panel's layout) */
+static void f32_panel(const float *w, int64_t k, int64_t nb, int64_t ldp, float *panel) {
+    for (int64_t t = 0; t < k; t++) {
+        float *row = panel + t * ldp;
+        for (int64_t j = 0; j < nb; j++) row[j] = w[j * k + t];
+        for (int64_t j = nb; j < ldp; j++) row[j] = 0.0f;
+    }
+}
+
 static void panel_range(void *vctx, int64_t begin, int64_t end) {
     const panel_ctx *c = vctx;
+    const mq_dconv_weight *wt = c->wt;
     for (int64_t b = begin; b < end; b++) {
         const int64_t g = b / c->blocks, blk = b % c->blocks, oc0 = g * c->n_g + blk * BLOCK;
         const int64_t nb = block_width(c->n_g, blk), ldp = block_ldp(nb);
-        c->kt->h16_dconv_panel(c->w + oc0 * c->k, c->k, c->is_bf16, nb, ldp, c->panels + b * c->k * BLOCK);
-        float *bias = c->biases + b * BLOCK;
-        for (int64_t j = 0; j < ldp; j++) bias[j] = c->bias && j < nb ? c->bias[oc0 + j] : 0.0f;
+        const int64_t lane0 = block_lane0(b, c->blocks, c->n_g);
+        float *panel = c->panels + lane0 * c->k;
+        if (wt->packed)
+            int8_panel(wt, g, c->n_g, blk * BLOCK, nb, ldp, c->k, panel);
+        else if (wt->f32)
+            f32_panel(wt->f32 + oc0 * c->k, c->k, nb, ldp, panel);
+        else
+            c->kt->h16_dconv_panel(wt->h16 + oc0 * c->k, c->k, wt->is_bf16, nb, ldp, panel);
+        float *bias = c->biases + lane0;
+        for (int64_t j = 0; j < ldp; j++) bias[j] = wt->bias && j < nb ? wt->bias[oc0 + j] : 0.0f;
     }
+}
+
+int64_t mq_dconv_panel_floats(int64_t n, int64_t groups, int64_t k) {
+    return mq_size_mul(mq_dconv_bias_floats(n, groups), k);
+}
+
+int64_t mq_dconv_bias_floats(int64_t n, int64_t groups) {
+    return mq_size_mul(groups, (n / groups + 15) / 16 * 16);
+}
+
+void mq_dconv_fill_panels(const mq_dconv_weight *wt, int64_t n, int64_t groups, int64_t k, float *panels,
+                          float *biases, int nthreads) {
+    const int64_t n_g = n / groups, blocks = (n_g + BLOCK - 1) / BLOCK;
+    panel_ctx pn = {mq_active(), wt, panels, biases, k, n_g, blocks};
+    /* on the calling thread unless the panels are many: a region of their own before the conv's woke
+     * the helpers twice a call (64->128 channels on 8x8 at batch 1: 96 us on two threads, 102 on one) */
+    mq_parallel_for(groups * blocks, 1, (double)mq_dconv_panel_floats(n, groups, k) < PANELS_ON_CALLER ? 1 : nthreads,
+                    panel_range, &pn);
 }
 
 typedef struct {
@@ -107,11 +187,12 @@ static void conv_range(void *vctx, int64_t begin, int64_t end) {
             pix[s] = (img * c->channels + g * c->cg) * c->hp * c->wp + p / c->out_w * c->sh * c->wp +
                      p % c->out_w * c->sw;
         }
-        const float *panel = c->panels + b * c->k * BLOCK;
+        const int64_t lane0 = block_lane0(b, c->blocks, c->n_g);
+        const float *panel = c->panels + lane0 * c->k;
         int64_t k0 = 0;
         do { /* (k = 0, no channels: one call, the bias alone) */
             const int64_t kc = c->k - k0 < K_CHUNK ? c->k - k0 : K_CHUNK;
-            c->kt->h16_dconv(c->xp, pix, npix, c->off + k0, kc, panel + k0 * ldp, ldp, c->biases + b * BLOCK,
+            c->kt->h16_dconv(c->xp, pix, npix, c->off + k0, kc, panel + k0 * ldp, ldp, c->biases + lane0,
                              k0 > 0, out);
             k0 += kc;
         } while (k0 < c->k);
@@ -130,14 +211,14 @@ static void conv_range(void *vctx, int64_t begin, int64_t end) {
     }
 }
 
-int mq_h16_dconv2d(const float *x, int64_t batch, int64_t channels, int64_t height, int64_t width, int64_t kh,
-                   int64_t kw, int64_t sh, int64_t sw, int64_t ph, int64_t pw, int64_t dh, int64_t dw, int64_t groups,
-                   const uint16_t *w, int is_bf16, const float *bias, int64_t n, float *y, int nthreads) {
+int mq_dconv2d(const float *x, int64_t batch, int64_t channels, int64_t height, int64_t width, int64_t kh, int64_t kw,
+               int64_t sh, int64_t sw, int64_t ph, int64_t pw, int64_t dh, int64_t dw, int64_t groups,
+               const float *panels, const float *biases, int tap_major, int64_t n, float *y, int nthreads) {
     const int64_t out_h = mq_conv_out(height, kh, sh, ph, dh);
     const int64_t out_w = mq_conv_out(width, kw, sw, pw, dw);
     const int64_t cg = channels / groups, k = cg * kh * kw, n_g = n / groups, pixels = out_h * out_w;
     const int64_t hp = height + 2 * ph, wp = width + 2 * pw;
-    /* m, and the padded image below, can only pass 64 bits on arguments the binding (bind_fp16.c) rejects */
+    /* m, and the padded image below, can only pass 64 bits on arguments the bindings reject */
     const int64_t m = mq_size_mul(batch, pixels);
     if (m <= 0 || n <= 0) return 0;
     const mq_kernels *kt = mq_active();
@@ -147,11 +228,9 @@ int mq_h16_dconv2d(const float *x, int64_t batch, int64_t channels, int64_t heig
     float *xp = padded ? malloc(mq_alloc_bytes(padded_floats, sizeof(float), 1)) : NULL;
     /* (+ 1: k may be 0, and malloc(0) may return NULL) */
     int64_t *off = malloc(mq_alloc_bytes(mq_size_add(k, 1), sizeof(int64_t), 1));
-    float *panels = malloc(mq_alloc_bytes(mq_size_add(mq_size_mul(groups * blocks, k * BLOCK), 1), sizeof(float), 1));
-    float *biases = malloc(mq_alloc_bytes(groups * blocks, BLOCK * sizeof(float), 1));
     int status = -1;
-    if ((padded && !xp) || !off || !panels || !biases) goto done;
-    if ((double)m * (double)k * (double)n < ONE_THREAD_MACS) nthreads = 1;
+    if ((padded && !xp) || !off) goto done;
+    nthreads = mq_threads_for_work((double)m * (double)k * (double)n, ONE_THREAD_MACS, nthreads);
     int64_t strip_pixels = STRIP;
     while (nthreads > 1 && strip_pixels > MIN_STRIP && groups * blocks * ((m + strip_pixels - 1) / strip_pixels) <
                                                            2 * (int64_t)nthreads)
@@ -161,12 +240,12 @@ int mq_h16_dconv2d(const float *x, int64_t batch, int64_t channels, int64_t heig
         pad_ctx pc = {x, xp, height, width, hp, wp, ph, pw};
         mq_parallel_for(batch * channels, 1 + ((int64_t)1 << 14) / (hp * wp), nthreads, pad_range, &pc);
     }
-    /* tap t = (channel, i, j), the weight's own order: its offset in the padded image */
-    for (int64_t ch = 0, t = 0; ch < cg; ch++)
+    /* tap t = (channel, i, j), the 16-bit weight's own order, or (i, j, channel), the packed int8
+     * weight's: its offset in the padded image */
+    for (int64_t ch = 0; ch < cg; ch++)
         for (int64_t i = 0; i < kh; i++)
-            for (int64_t j = 0; j < kw; j++, t++) off[t] = ch * hp * wp + i * dh * wp + j * dw;
-    panel_ctx pn = {kt, w, bias, panels, biases, is_bf16, k, n_g, blocks};
-    mq_parallel_for(groups * blocks, 1, nthreads, panel_range, &pn);
+            for (int64_t j = 0; j < kw; j++)
+                off[tap_major ? (i * kw + j) * cg + ch : (ch * kh + i) * kw + j] = ch * hp * wp + i * dh * wp + j * dw;
     conv_ctx cc = {kt, padded ? xp : x, off, panels, biases, y, channels, hp, wp, sh, sw, out_w, pixels, m, k, n,
                    n_g, cg, blocks, strips, strip_pixels};
     mq_parallel_for(groups * blocks * strips, 1, nthreads, conv_range, &cc);
@@ -174,7 +253,35 @@ int mq_h16_dconv2d(const float *x, int64_t batch, int64_t channels, int64_t heig
 done:
     free(xp);
     free(off);
+    return status;
+}
+
+int mq_dconv2d_weight(const float *x, int64_t batch, int64_t channels, int64_t height, int64_t width, int64_t kh,
+                      int64_t kw, int64_t sh, int64_t sw, int64_t ph, int64_t pw, int64_t dh, int64_t dw, int64_t groups,
+                      const mq_dconv_weight *wt, int64_t n, float *y, int nthreads) {
+    const int64_t k = channels / groups * kh * kw;
+    if (mq_size_mul(batch, mq_size_mul(mq_conv_out(height, kh, sh, ph, dh), mq_conv_out(width, kw, sw, pw, dw))) <=
+            0 ||
+        n <= 0)
+        return 0;
+    /* (+ 1: k may be 0, and malloc(0) may return NULL) */
+    float *panels = malloc(mq_alloc_bytes(mq_size_add(mq_dconv_panel_floats(n, groups, k), 1), sizeof(float), 1));
+    float *biases = malloc(mq_alloc_bytes(mq_dconv_bias_floats(n, groups), sizeof(float), 1));
+    int status = -1;
+    if (panels && biases) {
+        mq_dconv_fill_panels(wt, n, groups, k, panels, biases, nthreads);
+        status = mq_dconv2d(x, batch, channels, height, width, kh, kw, sh, sw, ph, pw, dh, dw, groups, panels, biases,
+                            wt->packed != NULL, n, y, nthreads);
+    }
     free(panels);
     free(biases);
     return status;
+}
+
+int mq_h16_dconv2d(const float *x, int64_t batch, int64_t channels, int64_t height, int64_t width, int64_t kh,
+                   int64_t kw, int64_t sh, int64_t sw, int64_t ph, int64_t pw, int64_t dh, int64_t dw, int64_t groups,
+                   const uint16_t *w, int is_bf16, const float *bias, int64_t n, float *y, int nthreads) {
+    const mq_dconv_weight wt = {.h16 = w, .is_bf16 = is_bf16, .bias = bias};
+    return mq_dconv2d_weight(x, batch, channels, height, width, kh, kw, sh, sw, ph, pw, dh, dw, groups, &wt, n, y,
+                             nthreads);
 }

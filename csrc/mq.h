@@ -721,6 +721,38 @@ int mq_h16_conv2d(const float *x, int64_t batch, int64_t channels, int64_t heigh
                   const uint16_t *w, int is_bf16, const float *bias, int64_t n, float *y, int nthreads);
 
 /* ---- h16_dconv.c: fp16 / bf16 weight direct Conv2d ---------------------------- */
+/* A direct conv's weight: fp16 / bf16 [n][cg][kh][kw] (h16, is_bf16), float32 (f32, the same), or a
+ * packed int8 one
+ * (packed: weight_packed's groups, each [np_g/16][kp/4][16][4] with K in (kh, kw, cg) order;
+ * scale / zp per output channel; cg, kh, kw its geometry), dequantized as (q - zp) * scale into
+ * panels whose taps keep the packed order.
+ * bias: n floats or NULL. */
+typedef struct {
+    const uint16_t *h16;
+    int is_bf16;
+    const float *f32;
+    const int8_t *packed;
+    const float *scale;
+    const int32_t *zp;
+    int64_t cg, kh, kw;
+    const float *bias;
+} mq_dconv_weight;
+/* Floats of the panels and of the bias lanes of a weight of n output channels, groups and
+ * reduction k (what mq_dconv_fill_panels writes and mq_dconv2d reads) */
+int64_t mq_dconv_panel_floats(int64_t n, int64_t groups, int64_t k);
+int64_t mq_dconv_bias_floats(int64_t n, int64_t groups);
+void mq_dconv_fill_panels(const mq_dconv_weight *wt, int64_t n, int64_t groups, int64_t k, float *panels,
+                          float *biases, int nthreads);
+/* The direct conv on filled panels (the same bits as mq_h16_dconv2d for an fp16 / bf16 weight);
+ * tap_major: the panels' taps in (i, j, channel) order (a packed int8 weight's), else (channel, i, j).
+ * 0, or -1 when a buffer could not be allocated. */
+int mq_dconv2d(const float *x, int64_t batch, int64_t channels, int64_t height, int64_t width, int64_t kh, int64_t kw,
+               int64_t sh, int64_t sw, int64_t ph, int64_t pw, int64_t dh, int64_t dw, int64_t groups,
+               const float *panels, const float *biases, int tap_major, int64_t n, float *y, int nthreads);
+/* The same with the panels filled for this call from wt (mq_h16_dconv2d's for an fp16 / bf16 weight). */
+int mq_dconv2d_weight(const float *x, int64_t batch, int64_t channels, int64_t height, int64_t width, int64_t kh,
+                      int64_t kw, int64_t sh, int64_t sw, int64_t ph, int64_t pw, int64_t dh, int64_t dw, int64_t groups,
+                      const mq_dconv_weight *wt, int64_t n, float *y, int nthreads);
 /* mq_h16_conv2d's result without im2col: output channels in vector lanes, each
  * output an fmaf chain over its taps from the bias (bit-identical on every
  * level and thread count).  Returns 0, or -1 when a buffer could not be allocated. */

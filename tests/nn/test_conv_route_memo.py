@@ -104,8 +104,11 @@ def _same_as_format(q, x):
     return y
 
 
-def test_int4_small_conv_takes_fp32_call_with_the_format_bits():
+def test_int4_small_conv_takes_fp32_call_with_the_format_bits(monkeypatch):
+    from mono_quant.kernels import direct_conv
     from mono_quant.modules import conv
+    # (the direct kernel off: its route, another summation order, is tests/nn/test_direct_conv_route.py's)
+    monkeypatch.setattr(direct_conv, "MAX_OUTPUTS", {"scalar": 0, "avx2": 0, "avx512": 0})
     q = _qconv4(32, 32)
     x = torch.randn(1, 32, 8, 8)
     y0 = _same_as_format(q, x)

@@ -1,6 +1,8 @@
 """QuantizedConv2d: replaces nn.Conv2d (any stride, padding, dilation, groups, padding mode)."""
 from __future__ import annotations
 
+from typing import Optional
+
 
 import torch
 import torch.nn.functional as F
@@ -12,8 +14,11 @@ from ..formats import layer_cache
 from ..formats.base import WeightFormat
 from ..formats.layer_cache import float_weight, kernel_args_stamped
 from ..formats.packed_linear import conv_kernel_takes, dequantized_packed, packed_linear
-from ..kernels import dynamic_conv
+from ..kernels import direct_conv, dynamic_conv
 from ..kernels.dynamic_conv import direct_applies
+from ..kernels.settings import SETTINGS
+from ..kernels.direct_conv import (direct_conv2d, direct_conv2d_int8, float_conv_panels, int8_conv_arrays,
+                                  int8_conv_panels)
 from ..kernels.int8 import conv2d_int8_raw
 from ..kernels.stamps import make_stamp, tensors_unchanged
 from ..kernels.layout import INT8_K_GROUP, round_up
@@ -46,7 +51,7 @@ DYNAMIC_CHUNK_BYTES = 1 << 20
 
 # QuantizedConv2d.forward's routes (see QuantizedConv2d._route), and per module the last one
 # taken with what it was chosen for: a weak map, so deepcopy and state_dict never see it.
-_PACKED, _FLOAT, _FORMAT = "packed", "float", "format"
+_PACKED, _FLOAT, _FORMAT, _DIRECT = "packed", "float", "format", "direct"
 _ROUTES = layer_cache.per_layer_cache()
 # What a route depends on besides x and kernel_args' tensors (stamp sources, kernels/stamps.py):
 # the layer's format, mode, geometry and the size rules of this module (tests change them).
@@ -55,7 +60,10 @@ _ROUTE_SOURCES = tuple((None, name) for name in (
     "padding2d", "dilation2d", "padding_mode", "weight_symmetric")) + ((globals(), "DYNAMIC_MIN_K"),
                                                    (globals(), "DYNAMIC_MIN_MACS_PER_IMAGE"),
                                                    (globals(), "DIRECT_MIN_MACS_PER_IMAGE"),
-                                                   (vars(dynamic_conv), "DIRECT_ROUTE"))
+                                                   (vars(dynamic_conv), "DIRECT_ROUTE"),
+                                                   (vars(direct_conv), "MAX_OUTPUTS"),
+                                                   (vars(direct_conv), "MIN_K"),
+                                                   (vars(direct_conv), "LARGE_WEIGHT_OUTPUTS_FACTOR"))
 # What the float route's weight and bias are made of: kernel_args' sources but the column sums.
 _FLOAT_SOURCES = tuple(source for source in layer_cache.KERNEL_ARG_SOURCES if source[1] != "weight_colsum")
 
@@ -257,6 +265,10 @@ class QuantizedConv2d(ReduceRange, QuantizedModule):
         if route[4] is not None:  # float32 x, a kept float weight: fp32's own call
             return F.conv2d(x, *route[4])
         packed = route[6]
+        if route[5] is _DIRECT:  # float32 x, weight-only: the direct kernel on the layer's kept panels, or filled now
+            if route[7] is not None:
+                return direct_conv2d(x, *route[7], *route[9])
+            return direct_conv2d_int8(x, route[8], *route[9][:6])
         if route[5] is _PACKED:
             if route[9] is not None and not x.requires_grad and x.is_contiguous():  # float32 x, dynamic, one call
                 return torch.from_numpy(conv2d_int8_raw(x.numpy(), *route[9], reduce_range=self.reduce_range))
@@ -289,7 +301,8 @@ class QuantizedConv2d(ReduceRange, QuantizedModule):
         route = _FORMAT
         if conv_kernel_takes(self, x, packed[0]["in_features"]):
             # "no grad to record" holds for every call that comes here: use_ops sent those away
-            route = _PACKED if self._packed_pays(x) else _FLOAT
+            route = (_PACKED if self._packed_pays(x) else
+                     _DIRECT if self.activations is None and self._direct_fits(x) else _FLOAT)
         if route is _FLOAT:  # (the float weight never reads the column sums: one tensor less per call)
             stamp = make_stamp(self, _FLOAT_SOURCES)
         stamp += make_stamp(self, _ROUTE_SOURCES)
@@ -317,9 +330,49 @@ class QuantizedConv2d(ReduceRange, QuantizedModule):
                                       self.dilation2d, packed[2][3].any())):
                 call = (packed[2], (tuple(self.kernel_size2d), tuple(self.stride2d), tuple(self.padding2d),
                                     tuple(self.dilation2d), self.groups), True)
+        if route is _DIRECT:  # the panels: kept for a small weight (in place of its float copy), else filled per call
+            b = int8_conv_arrays(self._buffers["weight_packed"], self.weight_scale, self.weight_zero_point, self.bias)
+            if self.weight_numel() <= layer_cache.SMALL_WEIGHT_ELEMENTS:
+                w = int8_conv_panels(b, self.out_channels, self.in_channels // self.groups, self.kernel_size2d,
+                                     self.groups)
+            call = self._direct_geometry(True)
         memo = (x.shape, x.dtype, x.is_cpu, stamp, direct, route, packed, w, b, call)
         _ROUTES[self] = memo
         return memo
+
+    def _direct_fits(self, x: torch.Tensor, isa: Optional[str] = None) -> bool:
+        """Whether an integer layer's conv (weight-only int8, int4) runs ``x`` through the direct kernel on
+        its weight's panels (kernels.direct_conv): a float32 4-D CPU ``x``, zero padding given as numbers,
+        a float32 bias or none, a reduction (in/groups x kh x kw) of at least direct_conv.MIN_K and at most
+        direct_conv.MAX_OUTPUTS output elements at the active kernel level (more for a weight torch's
+        route would dequantize per call): small convs, where torch's per-call costs dominate; the scalar
+        level: never.  On the shapes, never a timing.  ``isa``: the kernel level (None: the active one;
+        the traced forward passes its compile-time constant)."""
+        bias = self.bias
+        shape = x.shape
+        if not all(type(size) is int for size in shape):
+            if not torch.jit.is_tracing():
+                return False  # symbolic sizes (export or compile with dynamic shapes): torch's conv, which guards none
+            shape = tuple(int(size) for size in shape)  # (jit.trace: 0-d tensors, the example's sizes)
+        if (x.dtype != torch.float32 or x.dim() != 4 or not x.is_cpu
+                or self.padding_mode != "zeros" or isinstance(self.padding2d, str)
+                or (bias is not None and bias.dtype != torch.float32)):
+            return False
+        (kh, kw), (sh, sw), (dh, dw), (ph, pw) = self.kernel_size2d, self.stride2d, self.dilation2d, self.padding2d
+        if self.in_channels // self.groups * kh * kw < direct_conv.MIN_K:
+            return False
+        out_h = (shape[2] + 2 * ph - dh * (kh - 1) - 1) // sh + 1
+        out_w = (shape[3] + 2 * pw - dw * (kw - 1) - 1) // sw + 1
+        outputs = shape[0] * out_h * out_w * self.out_channels
+        limit = direct_conv.MAX_OUTPUTS.get(SETTINGS.isa if isa is None else isa, 0)
+        if self.weight_numel() > layer_cache.SMALL_WEIGHT_ELEMENTS:  # torch's conv would dequantize it per call
+            limit *= direct_conv.LARGE_WEIGHT_OUTPUTS_FACTOR
+        return 0 < outputs <= limit and out_h > 0 and out_w > 0
+
+    def _direct_geometry(self, tap_major: bool) -> tuple:
+        """direct_conv2d's arguments after the panels."""
+        return (self.out_channels, tuple(self.kernel_size2d), tuple(self.stride2d), tuple(self.padding2d),
+                tuple(self.dilation2d), self.groups, tap_major)
 
     def _small_float_route(self, x: torch.Tensor):
         """The route of a layer without a packed int8 weight whose format runs torch's conv on the
@@ -332,11 +385,18 @@ class QuantizedConv2d(ReduceRange, QuantizedModule):
         if (type(self.format).conv2d is not WeightFormat.conv2d or x.dtype != torch.float32 or not x.is_cpu
                 or self.padding_mode != "zeros" or numel > layer_cache.SMALL_WEIGHT_ELEMENTS):
             return None
-        w, b, dtype = self.format.compute_weight(self, x, numel, cache=True)
+        direct = self._direct_fits(x)
+        # (the direct route keeps the panels alone, in place of the float copy)
+        w, b, dtype = self.format.compute_weight(self, x, numel, cache=not direct)
         if dtype != torch.float32 or w.dtype != torch.float32 or not w.is_cpu or (b is not None and b.dtype != torch.float32):
             return None
         sources = tuple(("_buffers", name) for name in self._buffers) + (("_parameters", "bias"), (None, "bias"))
         stamp = make_stamp(self, sources) + make_stamp(self, _ROUTE_SOURCES)
+        if direct:  # the direct kernel on panels of the dequantized weight
+            memo = (x.shape, x.dtype, x.is_cpu, stamp, None, _DIRECT, None, float_conv_panels(w, b, self.groups), None,
+                    self._direct_geometry(False))
+            _ROUTES[self] = memo
+            return memo
         direct = (w, b, self.stride2d, self.padding2d, self.dilation2d, self.groups)
         memo = (x.shape, x.dtype, x.is_cpu, stamp, direct, _FORMAT, None, w, b, None)
         _ROUTES[self] = memo

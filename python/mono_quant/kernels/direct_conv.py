@@ -1,0 +1,183 @@
+"""Wrappers over the direct Conv2d on panels (csrc/h16_dconv.c, the fp16 direct conv's kernel: the
+same tiles and sum order) for the convs whose weight is kept as panels, or filled per call:
+a packed int8 weight dequantized (weight-only int8: float32 activations), a float32 weight (an
+int4 layer's dequantized weight), or an fp16 / bf16 one widened; and their pure-torch twin.
+
+torch's fp32 conv (oneDNN) pays per-call costs over the weight and the image that dominate a
+small conv (~20-50 us), and before this route an integer layer ran it on a weight dequantized
+per call past ``layer_cache.SMALL_WEIGHT_ELEMENTS`` (more than the conv itself).  On kept panels
+(a small weight's: the memory of the float copy they replace) the kernel runs the small convs
+in 0.5-0.8 of fp32's time, and widening the 16-bit weight per call was a fifth of an fp16 conv's
+(docs/benchmarks.md, "Small convs on kept panels").  Results are torch's conv of the
+dequantized (widened) weight up to float32 rounding of each output's sum |w x| (another
+summation order); the same bits at every kernel level and thread count, and kept or filled per
+call."""
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+import torch
+import torch.nn.functional as F
+
+from .. import _C
+from .settings import SETTINGS
+
+__all__ = ["int8_conv_arrays", "int8_conv_panels", "float_conv_panels", "direct_conv2d", "direct_conv2d_int8",
+           "direct_conv2d_reference", "MAX_OUTPUTS", "LARGE_WEIGHT_OUTPUTS_FACTOR", "MIN_K"]
+
+#: the most output elements (batch x out_h x out_w x out_channels) an integer layer's conv (weight-only
+#: int8, int4) runs the direct kernel with, per kernel level: past them torch's conv, batched over more pixels, is as fast or
+#: faster (2 December 2026, Intel Xeon with AMX, 1 and 2 threads: 32->32 channels on 8x8 at batch 8,
+#: 16384 outputs, 0.72-0.81 of fp32's time, at batch 16 0.97-1.23; 16->32 on 32x32 at batch 1,
+#: 32768, 0.72-0.80; the AVX2 level against torch's AVX-512 conv: 0.55-0.81 at 16384, 1.12 for
+#: 64->64 on 16x16).  The scalar level keeps torch's conv.
+MAX_OUTPUTS = {"scalar": 0, "avx2": 8192, "avx512": 24576}
+#: ... times this for a weight past ``layer_cache.SMALL_WEIGHT_ELEMENTS``, whose float copy is not kept:
+#: torch's conv then runs on the weight dequantized per call (64->128 channels on 16x16 at batch 1,
+#: 32768 outputs: FACTOR_MEASURED)
+LARGE_WEIGHT_OUTPUTS_FACTOR = 4
+#: the shortest reduction (in/groups x kh x kw) that runs the direct kernel: an RGB stem's 27 taps
+#: fill few lanes per broadcast input (3->64 on 32x32 at batch 1: 1.28-1.30 of fp32's time)
+MIN_K = 64
+
+
+def int8_conv_arrays(packed: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor,
+                     bias: Optional[torch.Tensor]) -> tuple:
+    """``(packed, scale, zero_point, bias)`` as the C functions take them (NumPy views or float32 /
+    int32 copies; bias None or float32): a packed int8 conv weight (``weight_packed`` of
+    ``[out_channels, in/groups, kh, kw]``, K in (kh, kw, in) order) and its qparams."""
+    return (packed.numpy(), scale.detach().to(torch.float32).contiguous().numpy(),
+            zero_point.detach().to(torch.int32).contiguous().numpy(), None if bias is None else bias.detach().numpy())
+
+
+def int8_conv_panels(arrays: tuple, out_channels: int, in_per_group: int, kernel_size: Sequence[int],
+                     groups: int) -> tuple:
+    """``(panels, biases)`` (NumPy float32) of the weight of :func:`int8_conv_arrays` for
+    :func:`direct_conv2d`: each weight ``(q - zero_point) * scale`` in float32 (torch's
+    dequantize), the bias in lanes beside them."""
+    return _C.dconv_panels_int8(*arrays, out_channels, in_per_group, tuple(kernel_size), groups,
+                                nthreads=SETTINGS.num_threads())
+
+
+def float_conv_panels(weight: torch.Tensor, bias: Optional[torch.Tensor], groups: int) -> tuple:
+    """``(panels, biases)`` (NumPy float32) of a float32, float16 or bfloat16 CPU weight ``[out, in/groups,
+    kh, kw]`` (widened exactly) and a float32 bias or None, for :func:`direct_conv2d` with
+    ``tap_major=False``."""
+    w = weight.detach().contiguous()
+    bf16 = w.dtype == torch.bfloat16
+    return _C.dconv_panels((w.view(torch.int16) if bf16 else w).numpy(), bf16,
+                           None if bias is None else bias.detach().numpy(), groups, nthreads=SETTINGS.num_threads())
+
+
+def direct_conv2d(x: torch.Tensor, panels, biases, out_channels: int, kernel_size: Sequence[int],
+                  stride: Sequence[int], padding: Sequence[int], dilation: Sequence[int], groups: int,
+                  tap_major: bool = True) -> torch.Tensor:
+    """float32 NCHW conv of a float32 CPU ``x`` (zero padding) with the weight and bias of the panels
+    of :func:`int8_conv_panels` (``tap_major``) or :func:`float_conv_panels` (not).  Twin:
+    :func:`direct_conv2d_reference`."""
+    return torch.from_numpy(_C.dconv2d((x.detach() if x.requires_grad else x).numpy(), panels, biases,
+                                       out_channels, tuple(kernel_size), tuple(stride), tuple(padding),
+                                       tuple(dilation), groups, nthreads=SETTINGS.num_threads(),
+                                       tap_major=tap_major))
+
+
+def direct_conv2d_int8(x: torch.Tensor, arrays: tuple, out_channels: int, kernel_size: Sequence[int],
+                       stride: Sequence[int], padding: Sequence[int], dilation: Sequence[int],
+                       groups: int) -> torch.Tensor:
+    """:func:`direct_conv2d` with the panels of :func:`int8_conv_arrays`' weight filled for this
+    call alone (a weight whose panels are not kept): the same bits, one C call."""
+    return torch.from_numpy(_C.dconv2d_int8((x.detach() if x.requires_grad else x).numpy(), *arrays, out_channels,
+                                            tuple(kernel_size), tuple(stride), tuple(padding), tuple(dilation),
+                                            groups, nthreads=SETTINGS.num_threads()))
+
+
+def direct_conv2d_reference(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], stride,
+                                  padding, dilation, groups: int) -> torch.Tensor:
+    """The pure-torch twin: torch's conv on the dequantized (or widened) float32 weight."""
+    return F.conv2d(x, weight, bias, tuple(stride), tuple(padding), tuple(dilation), groups)
+
+
+# -- the torch.library ops (graph capture and autograd: the eager route's kernels, so the same bits) ----------
+
+_LIB = torch.library.Library("mono_quant", "FRAGMENT")
+_LIB.define("direct_conv2d_int8(Tensor x, Tensor packed, Tensor info, Tensor scale, Tensor zero_point, Tensor? bias, "
+            "int[] kernel_size, int[] stride, int[] padding, int[] dilation, int groups, int out_channels) -> Tensor")
+_LIB.define("direct_conv2d(Tensor x, Tensor weight, Tensor? bias, int[] stride, int[] padding, int[] dilation, "
+            "int groups) -> Tensor")
+
+
+def _out_shape(x, out_channels, kernel, stride, padding, dilation):
+    out = [(size + 2 * p - d * (k - 1) - 1) // s + 1
+           for size, k, s, p, d in zip(x.shape[2:], kernel, stride, padding, dilation)]
+    return (x.shape[0], out_channels, *out)
+
+
+def _direct_conv2d_int8(x, packed, info, scale, zero_point, bias, kernel_size, stride, padding, dilation, groups,
+                        out_channels):
+    arrays = int8_conv_arrays(packed, scale, zero_point, None if bias is None else bias.float())
+    return direct_conv2d_int8(x, arrays, out_channels, kernel_size, stride, padding, dilation, groups)
+
+
+def _direct_conv2d_int8_fake(x, packed, info, scale, zero_point, bias, kernel_size, stride, padding, dilation,
+                             groups, out_channels):
+    return x.new_empty(_out_shape(x, out_channels, kernel_size, stride, padding, dilation), dtype=torch.float32)
+
+
+def _direct_conv2d(x, weight, bias, stride, padding, dilation, groups):
+    panels = float_conv_panels(weight, None if bias is None else bias.float(), groups)
+    return direct_conv2d(x, *panels, weight.shape[0], weight.shape[2:], stride, padding, dilation, groups,
+                         tap_major=False)
+
+
+def _direct_conv2d_fake(x, weight, bias, stride, padding, dilation, groups):
+    return x.new_empty(_out_shape(x, weight.shape[0], weight.shape[2:], stride, padding, dilation),
+                       dtype=torch.float32)
+
+
+_LIB.impl("direct_conv2d_int8", _direct_conv2d_int8, "CPU")
+torch.library.register_fake("mono_quant::direct_conv2d_int8", _direct_conv2d_int8_fake, lib=_LIB)
+_LIB.impl("direct_conv2d", _direct_conv2d, "CPU")
+torch.library.register_fake("mono_quant::direct_conv2d", _direct_conv2d_fake, lib=_LIB)
+
+
+def _int8_setup(ctx, inputs, output):
+    x, packed, info, scale, zero_point, bias, kernel_size, stride, padding, dilation, groups, out_channels = inputs
+    ctx.save_for_backward(packed, info, scale, zero_point)
+    ctx.meta = (x.dtype, tuple(x.shape), tuple(kernel_size), tuple(stride), tuple(padding), tuple(dilation), groups,
+                out_channels, bias is not None)
+
+
+def _int8_backward(ctx, grad):
+    from .torch_library import conv_weight  # (the packed conv op's: one home for unpacking a conv weight)
+    packed, info, scale, zero_point = ctx.saved_tensors
+    x_dtype, x_shape, kernel_size, stride, padding, dilation, groups, out_channels, has_bias = ctx.meta
+    grad_x = grad_bias = None
+    if ctx.needs_input_grad[0]:
+        w = conv_weight(packed, info, scale, zero_point, out_channels, x_shape[1] // groups, kernel_size, groups)
+        grad_x = torch.nn.grad.conv2d_input(x_shape, w, grad, stride, padding, dilation, groups).to(x_dtype)
+    if has_bias and ctx.needs_input_grad[5]:
+        grad_bias = grad.sum((0, 2, 3))
+    return (grad_x, None, None, None, None, grad_bias) + (None,) * 6
+
+
+def _float_setup(ctx, inputs, output):
+    x, weight, bias, stride, padding, dilation, groups = inputs
+    ctx.save_for_backward(weight)
+    ctx.meta = (x.dtype, tuple(x.shape), tuple(stride), tuple(padding), tuple(dilation), groups, bias is not None)
+
+
+def _float_backward(ctx, grad):
+    (weight,) = ctx.saved_tensors
+    x_dtype, x_shape, stride, padding, dilation, groups, has_bias = ctx.meta
+    grad_x = grad_w = grad_bias = None
+    if ctx.needs_input_grad[0]:
+        grad_x = torch.nn.grad.conv2d_input(x_shape, weight.float(), grad, stride, padding, dilation,
+                                            groups).to(x_dtype)
+    if has_bias and ctx.needs_input_grad[2]:
+        grad_bias = grad.sum((0, 2, 3))
+    return grad_x, grad_w, grad_bias, None, None, None, None
+
+
+torch.library.register_autograd("mono_quant::direct_conv2d_int8", _int8_backward, setup_context=_int8_setup,
+                                lib=_LIB)
+torch.library.register_autograd("mono_quant::direct_conv2d", _float_backward, setup_context=_float_setup, lib=_LIB)

@@ -1,0 +1,192 @@
+"""Weight-only int8 and int4 Conv2d layers on the direct kernel (modules/conv.py ``_direct_fits``,
+kernels/direct_conv.py): which inputs take it (small outputs, a reduction of at least MIN_K, a
+float32 input and bias, zero padding), its results against torch's conv of the dequantized
+weight (float32 rounding of another summation order), the kept panels following every change of
+the layer, the per-call panels of a large weight, and torch's route everywhere else."""
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import mono_quant as mq
+from mono_quant.formats import layer_cache
+from mono_quant.formats.traced_forward import conv2d_forward
+from mono_quant.kernels import direct_conv
+from mono_quant.modules import conv as conv_module
+
+
+def _layer(dtype="int8", cin=32, cout=24, kernel=3, bias=True, seed=0, **kw):
+    torch.manual_seed(seed)
+    float_conv = nn.Conv2d(cin, cout, kernel, bias=bias, **kw).eval()
+    options = dict(activations=None) if dtype == "int8" else dict(group_size=32)
+    return mq.quantize(nn.Sequential(float_conv), dtype=dtype, **options).model[0]
+
+
+def _route(q):
+    memo = conv_module._ROUTES.get(q)
+    return None if memo is None else memo[5]
+
+
+def _reference(q, x):
+    w = q.dequantized_weight(torch.float32)
+    return F.conv2d(x, w, q.bias, q.stride2d, q.padding2d, q.dilation2d, q.groups)
+
+
+def _close(q, y, x):
+    """Within float32 rounding of each output's sum |w x| (its reduction's length + 2 roundings)."""
+    w = q.dequantized_weight(torch.float32).double()
+    want = F.conv2d(x.double(), w, None if q.bias is None else q.bias.double(), q.stride2d, q.padding2d,
+                    q.dilation2d, q.groups)
+    mag = F.conv2d(x.double().abs(), w.abs(), None if q.bias is None else q.bias.double().abs(), q.stride2d,
+                   q.padding2d, q.dilation2d, q.groups)
+    k = w.shape[1] * w.shape[2] * w.shape[3]
+    assert y.dtype == torch.float32 and y.shape == want.shape
+    assert bool(((y.double() - want).abs() <= (k + 2) * 2.0 ** -24 * mag).all())
+
+
+@pytest.mark.parametrize("dtype", ["int8", "int4"])
+@pytest.mark.parametrize("kw", [dict(padding=1), dict(padding=2, stride=2, dilation=2), dict(padding=(1, 0)),
+                                dict(groups=2, cout=32), dict(bias=False), dict(cout=70, padding=1)],
+                         ids=["pad", "stride-dilation", "uneven-pad", "groups", "nobias", "block-tail"])
+def test_small_convs_take_the_direct_kernel(isa, dtype, kw):
+    q = _layer(dtype, **kw)
+    x = torch.randn(2, 32, 7, 6)
+    with torch.no_grad():
+        y = q(x)
+        again = q(x)
+        fresh = copy.deepcopy(q)(x)
+        channels_last = q(x.contiguous(memory_format=torch.channels_last))
+    assert _route(q) == ("direct" if isa != "scalar" else "float" if dtype == "int8" else "format")
+    assert torch.equal(y, again) and torch.equal(y, fresh)
+    if isa != "scalar":  # (torch's conv takes another algorithm for a channels-last input)
+        assert torch.equal(y, channels_last)
+    _close(q, y, x)
+
+
+def test_the_same_bits_at_every_level_and_thread_count():
+    from conftest import SUPPORTED, at_isa
+    q = _layer(cout=40, padding=1)
+    x = torch.randn(2, 32, 9, 9)  # 6480 outputs: the direct kernel at every SIMD level
+    results = []
+    for level in [level for level in SUPPORTED if level != "scalar"]:
+        for threads in (1, 2):
+            with at_isa(level), torch.no_grad():
+                torch.set_num_threads(threads)
+                conv_module._ROUTES.pop(q, None)
+                results.append(q(x))
+                assert _route(q) == "direct"
+    torch.set_num_threads(2)
+    assert all(torch.equal(results[0], y) for y in results)
+
+
+def test_the_kept_panels_follow_the_layer(isa):
+    if isa == "scalar":
+        pytest.skip("the scalar level keeps torch's conv")
+    q = _layer(padding=1)
+    x = torch.randn(1, 32, 8, 8)
+    with torch.no_grad():
+        y0 = q(x)
+        q.weight_scale.mul_(2.0)  # in place: the panels are rebuilt
+        y1 = q(x)
+        assert torch.equal(y1, copy.deepcopy(q)(x)) and not torch.equal(y0, y1)
+        q.bias.add_(1.0)
+        y2 = q(x)
+        assert torch.equal(y2, copy.deepcopy(q)(x)) and not torch.equal(y1, y2)
+        q.bias = None
+        y3 = q(x)
+        assert torch.equal(y3, copy.deepcopy(q)(x))
+    _close(q, y3, x)
+
+
+def test_a_large_weight_fills_its_panels_per_call(isa, monkeypatch):
+    if isa == "scalar":
+        pytest.skip("the scalar level keeps torch's conv")
+    q = _layer(padding=1)
+    x = torch.randn(2, 32, 8, 8)
+    with torch.no_grad():
+        kept = q(x)
+        assert conv_module._ROUTES[q][7] is not None  # the panels kept
+        monkeypatch.setattr(layer_cache, "SMALL_WEIGHT_ELEMENTS", 100)
+        conv_module._ROUTES.pop(q)
+        per_call = q(x)
+    memo = conv_module._ROUTES[q]
+    assert memo[5] == "direct" and memo[7] is None  # nothing kept, filled per call from the int8 bytes
+    assert torch.equal(kept, per_call)
+
+
+def test_the_rule(monkeypatch):
+    from conftest import BEST, at_isa
+    if BEST == "scalar":
+        pytest.skip("no SIMD level")
+    with at_isa(BEST):
+        limit = direct_conv.MAX_OUTPUTS[BEST]
+        q = _layer(cin=3, cout=32, padding=1)  # an RGB stem: 27 taps, below MIN_K
+        assert not q._direct_fits(torch.randn(1, 3, 8, 8))
+        q = _layer(cin=16, cout=16, padding=1)
+        side = int((limit // 16) ** 0.5)
+        assert q._direct_fits(torch.randn(1, 16, side, side))
+        assert not q._direct_fits(torch.randn(1, 16, side + 2, side + 2))  # past MAX_OUTPUTS
+        assert not q._direct_fits(torch.randn(1, 16, 8, 8).half())  # float32 inputs only
+        monkeypatch.setattr(layer_cache, "SMALL_WEIGHT_ELEMENTS", 100)  # a weight dequantized per call otherwise
+        assert q._direct_fits(torch.randn(1, 16, side + 2, side + 2))
+        assert not _layer(cin=16, cout=16, padding=1, padding_mode="reflect")._direct_fits(torch.randn(1, 16, 8, 8))
+        assert not _layer(cin=16, cout=16, padding="same")._direct_fits(torch.randn(1, 16, 8, 8))
+        monkeypatch.setattr(direct_conv, "MAX_OUTPUTS", {"scalar": 0, "avx2": 0, "avx512": 0})
+        assert not q._direct_fits(torch.randn(1, 16, 4, 4))
+
+
+def test_a_changed_rule_is_seen_by_the_kept_route(isa, monkeypatch):
+    if isa == "scalar":
+        pytest.skip("the scalar level keeps torch's conv")
+    q = _layer(padding=1)
+    x = torch.randn(1, 32, 8, 8)
+    with torch.no_grad():
+        q(x)
+        assert _route(q) == "direct"
+        monkeypatch.setattr(direct_conv, "MAX_OUTPUTS", {"scalar": 0, "avx2": 0, "avx512": 0})
+        y = q(x)
+    assert _route(q) == "float"
+    torch.testing.assert_close(y, _reference(q, x), rtol=0, atol=1e-4)
+
+
+def test_dynamic_layers_keep_their_routes():
+    torch.manual_seed(0)
+    q = mq.quantize(nn.Sequential(nn.Conv2d(32, 24, 3, padding=1)), dtype="int8").model[0]
+    with torch.no_grad():
+        q(torch.randn(1, 32, 8, 8))
+    assert _route(q) != "direct"
+
+
+@pytest.mark.parametrize("dtype", ["int8", "int4"])
+def test_traced_forward_autograd_and_export_take_the_same_kernel(isa, dtype):
+    q = _layer(dtype, padding=1)
+    x = torch.randn(1, 32, 6, 6)
+    with torch.no_grad():
+        eager = q(x)
+        assert torch.equal(conv2d_forward(q, x), eager)  # the ops: the same kernel, the same bits
+    xg = x.clone().requires_grad_(True)
+    y = q(xg)  # autograd: the traced forward
+    assert torch.equal(y.detach(), eager)
+    g = torch.randn_like(y)
+    y.backward(g)
+    want = torch.nn.grad.conv2d_input(x.shape, q.dequantized_weight(torch.float32), g, q.stride2d, q.padding2d,
+                                      q.dilation2d, q.groups)
+    torch.testing.assert_close(xg.grad, want, rtol=1e-5, atol=1e-5)
+    program = torch.export.export(nn.Sequential(q), (x,))
+    targets = {str(n.target) for n in program.graph.nodes if n.op == "call_function"}
+    op = "mono_quant.direct_conv2d_int8.default" if dtype == "int8" else "mono_quant.direct_conv2d.default"
+    assert (op in targets) == (isa != "scalar")
+    x2 = torch.randn(1, 32, 6, 6)
+    with torch.no_grad():
+        assert torch.equal(program.module()(x2), q(x2))  # follows its input, the eager bits
+
+
+def test_compile_matches_eager():
+    q = _layer(padding=1)
+    torch._dynamo.reset()
+    compiled = torch.compile(nn.Sequential(q), fullgraph=True, backend="aot_eager")
+    x = torch.randn(2, 32, 6, 6)
+    with torch.no_grad():
+        assert torch.equal(compiled(x), q(x))
