@@ -33,8 +33,9 @@ __all__ = ["int8_conv_arrays", "int8_conv_panels", "float_conv_panels", "direct_
 #: 64->64 on 16x16).  The scalar level keeps torch's conv.
 MAX_OUTPUTS = {"scalar": 0, "avx2": 8192, "avx512": 24576}
 #: ... times this for a weight past ``layer_cache.SMALL_WEIGHT_ELEMENTS``, whose float copy is not kept:
-#: torch's conv then runs on the weight dequantized per call (64->128 channels on 16x16 at batch 1,
-#: 32768 outputs: FACTOR_MEASURED)
+#: torch's conv then runs on the weight dequantized per call, the direct kernel on panels filled per
+#: call from the int8 bytes (2 threads, time / fp32: 64->128 channels on 16x16 at batch 1, 32768
+#: outputs, 1.04 against 1.79; on 8x8 at batch 16, 131072 outputs, 1.15 against 1.29)
 LARGE_WEIGHT_OUTPUTS_FACTOR = 4
 #: the shortest reduction (in/groups x kh x kw) that runs the direct kernel: an RGB stem's 27 taps
 #: fill few lanes per broadcast input (3->64 on 32x32 at batch 1: 1.28-1.30 of fp32's time)
