@@ -87,3 +87,43 @@ def test_a_wrong_width_raises_as_before():
     _same_as_fresh(q, torch.randn(3, 48))
     with pytest.raises(RuntimeError), torch.no_grad():
         q(torch.randn(3, 47))
+
+
+# ---- weight-only layers: the same memo for their common call (packed_linear.weight_only_linear) ----------
+
+def _qlinear_weight_only():
+    torch.manual_seed(0)
+    return mq.quantize(nn.Sequential(nn.Linear(48, 20)), "int8", activations=None).model[0]
+
+
+def test_the_weight_only_call_is_the_general_paths():
+    from mono_quant.kernels.int8 import linear_int8_raw
+    from mono_quant.formats.layer_cache import kernel_args
+    q = _qlinear_weight_only()
+    x = torch.randn(3, 48)
+    y = _same_as_fresh(q, x)
+    assert packed_linear._WEIGHT_ONLY_CALLS.get(q)[1] is not None
+    with torch.no_grad():
+        assert torch.equal(y, torch.from_numpy(linear_int8_raw(x.numpy(), kernel_args(q)[1][0], "weight_only")))
+        assert packed_linear.weight_only_linear(q, x.unsqueeze(0)) is None  # 3-D: the general path
+        _same_as_fresh(q, x.unsqueeze(0))
+        assert packed_linear.weight_only_linear(q, torch.randn(48, 3).t()) is None  # strided rows
+        _same_as_fresh(q, torch.randn(48, 3).t())
+        assert packed_linear.weight_only_linear(q, torch.randn(1024, 48)) is None  # the row rules' calls
+        _same_as_fresh(q, torch.randn(1024, 48))
+
+
+def test_weight_only_changes_are_seen():
+    q = _qlinear_weight_only()
+    x = torch.randn(2, 48)
+    y0 = _same_as_fresh(q, x)
+    with torch.no_grad():
+        q.weight_scale.mul_(2.0)
+    y1 = _same_as_fresh(q, x)
+    assert not torch.equal(y0, y1)
+    q.bias = None
+    y2 = _same_as_fresh(q, x)
+    assert not torch.equal(y1, y2)
+    q.set_activations("dynamic")  # the mode: the dynamic call's now
+    assert packed_linear.weight_only_linear(q, x) is None
+    _same_as_fresh(q, x)

@@ -128,6 +128,10 @@ def test_path_choice_is_a_rule_on_rows(blas_tables):
         return original(*args, **kwargs)
 
     packed_linear_module.packed_linear = spy
+    # (the general path's rule: the kept common call, packed_linear.weight_only_linear, set aside;
+    # tests/nn/test_linear_call_memo.py has it give the general path's bits)
+    kept_call = packed_linear_module.weight_only_linear
+    packed_linear_module.weight_only_linear = lambda module, x: None
     try:
         with torch.no_grad():
             with SETTINGS.for_tests(amx=False if AMX else None):
@@ -141,6 +145,7 @@ def test_path_choice_is_a_rule_on_rows(blas_tables):
                 assert calls == [(1, False), (16, True), (64, True), (7, False)]
     finally:
         packed_linear_module.packed_linear = original
+        packed_linear_module.weight_only_linear = kept_call
 
 
 def test_dynamic_conv_in_chunks_is_bit_identical(monkeypatch):

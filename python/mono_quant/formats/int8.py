@@ -71,6 +71,8 @@ class AffineIntFormat(WeightFormat):
         """The packed int8 kernels where they take ``x`` (dynamic, or weight-only below the
         BLAS rule, packed_linear.takes_blas), else torch on the dequantized weight."""
         y = packed_linear.dynamic_linear(module, x)  # the common dynamic call, while its kept arguments hold
+        if y is None:
+            y = packed_linear.weight_only_linear(module, x)  # the same for weight-only layers
         if y is not None:
             return y
         packed = kernel_args(module)

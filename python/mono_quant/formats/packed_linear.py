@@ -7,15 +7,16 @@ from __future__ import annotations
 import torch
 
 from .. import kernels
-from ..kernels.row_rules import (INT8_WEIGHT_ONLY_BLAS_MIN_IN_FEATURES, INT8_WEIGHT_ONLY_BLAS_MIN_ROWS,
-                                  int8_weight_only_takes_amx, int8_weight_only_takes_blas)
+from ..kernels.row_rules import (INT8_WEIGHT_ONLY_AMX_MIN_ROWS, INT8_WEIGHT_ONLY_BLAS_MIN_IN_FEATURES,
+                                  INT8_WEIGHT_ONLY_BLAS_MIN_ROWS, int8_weight_only_takes_amx,
+                                  int8_weight_only_takes_blas)
 from ..kernels.int8 import MAX_IN_FEATURES, linear_int8_prepared, linear_int8_raw, prepare_linear_int8
 from ..kernels.stamps import make_stamp, tensors_unchanged
 from ..packing import unpack_int8_rows
 from .layer_cache import kernel_args_stamped, per_layer_cache
 
 __all__ = ["BLAS_MIN_ROWS", "BLAS_MIN_IN_FEATURES", "blas_min_rows", "takes_blas", "takes_amx", "kernel_takes", "conv_kernel_takes", "packed_linear", "dequantized_packed",
-           "KERNEL_DTYPES", "dynamic_linear"]
+           "KERNEL_DTYPES", "dynamic_linear", "weight_only_linear"]
 
 #: activation dtypes the int8 kernels read
 KERNEL_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
@@ -131,3 +132,41 @@ def dynamic_linear(module, x: torch.Tensor):
         x2d = x2d.contiguous()
     y = torch.from_numpy(linear_int8_prepared(x2d.numpy(), call[2], call[3]))
     return y.reshape(*x.shape[:-1], call[1])
+
+
+# Per weight-only int8 layer, the same for its common call: a float32 CPU 2-D input of fewer rows
+# than the AMX and BLAS rules take (the packed tiles): a CNN's Linear head at batch 1-64 paid
+# ~5 us of Python around a 5-10 us call through the general path (bench_models.py, per-layer hooks:
+# 1.3-1.7x fp32's time).
+_WEIGHT_ONLY_CALLS = per_layer_cache()
+_WEIGHT_ONLY_SOURCES = ((None, "activations"),)
+
+
+def _keep_weight_only_call(module) -> tuple:
+    stamp, packed = kernel_args_stamped(module)
+    stamp += make_stamp(module, _WEIGHT_ONLY_SOURCES)
+    call = None
+    if (packed is not None and module.activations is None and packed[0]["groups"] == 1
+            and packed[0]["in_features"] <= MAX_IN_FEATURES):
+        call = (packed[0]["in_features"], packed[1][0])
+    kept = (stamp, call)
+    _WEIGHT_ONLY_CALLS[module] = kept
+    return kept
+
+
+def weight_only_linear(module, x: torch.Tensor):
+    """``x @ W.T + b`` of a weight-only int8 layer for a float32 CPU 2-D ``x`` with fewer rows than
+    the AMX-BF16 and BLAS rules start at (row_rules), through the arguments kept per layer while they
+    hold: the same kernel call as the general path's.  None elsewhere (the caller's general path)."""
+    if module.activations is not None or x.dtype is not torch.float32 or not x.is_cpu or x.requires_grad:
+        return None
+    kept = _WEIGHT_ONLY_CALLS.get(module)
+    if kept is None or not tensors_unchanged(module.__dict__, kept[0]):
+        kept = _keep_weight_only_call(module)
+    call = kept[1]
+    if call is None or x.dim() != 2 or x.shape[1] != call[0] or x.numel() == 0 or (call[0] > 1 and x.stride(1) != 1):
+        return None
+    isa = kernels.SETTINGS.isa
+    if x.shape[0] >= min(INT8_WEIGHT_ONLY_AMX_MIN_ROWS[isa], INT8_WEIGHT_ONLY_BLAS_MIN_ROWS[isa]):
+        return None  # the row rules' calls: the general path
+    return torch.from_numpy(linear_int8_raw(x.numpy(), call[1], "weight_only"))
