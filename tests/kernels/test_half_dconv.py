@@ -68,7 +68,9 @@ def test_non_contiguous_inputs_give_the_contiguous_bits(isa, dtype):
     assert torch.equal(direct(x, big[::2], b, case), want)
 
 
-def test_the_automatic_choice_is_conv_algorithms(isa):
+def test_the_automatic_choice_is_conv_algorithms(isa, monkeypatch):
+    from mono_quant.kernels import half_conv as half_conv_kernels
+    monkeypatch.setattr(half_conv_kernels, "WINOGRAD_ON_THIS_CPU", True)  # (Winograd's choice too, on any CPU)
     """half_conv2d_raw without ``algorithm`` takes kernels.half_conv.conv_algorithm's at the
     active level (Winograd at WINOGRAD_LEVELS only, the direct conv elsewhere)."""
     from mono_quant.kernels.half_conv import WINOGRAD_LEVELS

@@ -15,6 +15,28 @@ from mono_quant.kernels.half_conv import half_conv2d, half_conv2d_arrays, half_c
 from conftest import SUPPORTED, at_isa
 
 
+@pytest.fixture(autouse=True)
+def winograd_on(monkeypatch):
+    """The rules as on a CPU where Winograd pays (kernels.half_conv.WINOGRAD_ON_THIS_CPU: not Intel's): the
+    tests below check the rules' logic; test_no_winograd_where_it_does_not_pay the vendor switch."""
+    from mono_quant.kernels import half_conv as half_conv_kernels
+    monkeypatch.setattr(half_conv_kernels, "WINOGRAD_ON_THIS_CPU", True)
+
+
+def test_no_winograd_where_it_does_not_pay(monkeypatch):
+    from mono_quant.kernels import half_conv as half_conv_kernels
+    from mono_quant.kernels.half_conv import conv_algorithm
+    shape, weight = (8, 64, 56, 56), (64, 64, 3, 3)  # ResNet-18's 3x3 at batch 8: Winograd where it pays
+    assert conv_algorithm(shape, weight, (1, 1), (1, 1), (1, 1), 1, "avx512") == "winograd"
+    monkeypatch.setattr(half_conv_kernels, "WINOGRAD_ON_THIS_CPU", False)  # an Intel CPU's
+    assert conv_algorithm(shape, weight, (1, 1), (1, 1), (1, 1), 1, "avx512") == "direct"
+    _, q = quantized_conv("fp16", cin=64, cout=64, padding=1)
+    x = torch.randn(8, 64, 56, 56)
+    if "avx512" in SUPPORTED:
+        with at_isa("avx512"):
+            assert not half_conv.takes_half_conv(q, x, "avx512")  # past MAX_OUTPUTS: torch's conv
+
+
 def quantized_conv(dtype, cin=32, cout=24, kernel=3, bias=True, **kw):
     torch.manual_seed(0)
     conv = nn.Conv2d(cin, cout, kernel, bias=bias, **kw).eval()

@@ -22,6 +22,7 @@ from .settings import SETTINGS
 __all__ = ["half_conv2d", "half_conv2d_arrays", "half_conv2d_raw", "half_conv2d_reference", "uses_direct",
            "uses_winograd", "conv_algorithm", "ALGORITHMS", "GEMM_ROWS_WEIGHT", "GEMM_MIN_K", "WINOGRAD_MIN_MACS",
            "WINOGRAD_MAX_TRAFFIC", "WINOGRAD_MIN_SIDE", "WINOGRAD_MIN_CHANNELS", "WINOGRAD_BLOCK", "WINOGRAD_LEVELS",
+           "WINOGRAD_ON_THIS_CPU",
            "DIRECT_PAD_FACTOR", "DIRECT_PAD_FREE", "direct_pad_fits"]
 
 #: the C kernels: im2col rows x the weight (h16_conv.c), the direct conv (h16_dconv.c), Winograd
@@ -57,6 +58,11 @@ WINOGRAD_BLOCK = 64
 #: batch 1 and 8 in 0.63-0.78x fp32 time; the AVX2 level measured 0.98-1.27x against torch's
 #: AVX-512 conv on the same host, so not there: the direct kernel instead)
 WINOGRAD_LEVELS = ("avx512",)
+#: ... on CPUs where it was measured to pay: not Intel's, whose torch conv (oneDNN's Intel kernels) it did
+#: not beat (Xeon with AMX, 1 December 2026, 1-2 threads: 0.94-1.62x fp32's time on 64->64 16x16 at batch 8
+#: and 64, 32->32 32x32 at batch 64, 128->128 8x8 at batch 64, 64->64 56x56 at batch 1); those convs keep
+#: the rules without it (torch's conv past MAX_OUTPUTS)
+WINOGRAD_ON_THIS_CPU = _C.cpu_info().get("vendor") != "GenuineIntel"
 #: the direct kernel copies the whole zero-padded image (batch x channels x (h + 2 ph) x
 #: (w + 2 pw) floats, h16_dconv.c) first: it runs a conv only while that copy is at most this
 #: many times the input and output together ...
@@ -117,7 +123,7 @@ def conv_algorithm(x_shape, weight_shape, stride, padding, dilation, groups: int
     if not uses_direct(x_shape[0] * out[0] * out[1], n * cg * kh * kw, cg * kh * kw):
         return "gemm"
     if (uses_winograd(x_shape[0], cg * groups, n, out[0], out[1], (kh, kw), stride, dilation, groups)
-            and (SETTINGS.isa if isa is None else isa) in WINOGRAD_LEVELS):
+            and (SETTINGS.isa if isa is None else isa) in WINOGRAD_LEVELS and WINOGRAD_ON_THIS_CPU):
         return "winograd"
     return "direct" if direct_pad_fits(x_shape, x_shape[0] * n * out[0] * out[1], padding) else "gemm"
 
