@@ -4,6 +4,35 @@
 #include "bind.h"
 #include "layout.h"
 
+/* bias: None, or float32 [n]: 1, or 0 with an exception set */
+static int bias_in(mq_refs *refs, PyObject *b_obj, npy_intp n, PyArrayObject **bias) {
+    static const int f32[] = {NPY_FLOAT32};
+    *bias = NULL;
+    if (b_obj == Py_None) return 1;
+    if (!(*bias = mq_array_in(refs, b_obj, "bias", f32, 1, 1, "float32"))) return 0;
+    if (PyArray_DIM(*bias, 0) != n) {
+        PyErr_Format(PyExc_ValueError, "bias has %zd entries, the weight %zd output channels",
+                     (Py_ssize_t)PyArray_DIM(*bias, 0), (Py_ssize_t)n);
+        return 0;
+    }
+    return 1;
+}
+
+/* (panels, biases) of wt, new arrays filled by mq_dconv_fill_panels; NULL with an exception set */
+static PyObject *panels_out(mq_refs *refs, const char *fname, const mq_dconv_weight *wt, npy_intp n, npy_intp groups,
+                            int64_t k, int nthreads) {
+    npy_intp pdim = mq_dconv_panel_floats(n, groups, k), bdim = mq_dconv_bias_floats(n, groups);
+    PyArrayObject *panels, *biases;
+    if (!mq_size_fits(pdim, fname, "the panels")) return NULL;
+    if (!(panels = mq_array_new(refs, 1, &pdim, NPY_FLOAT32, 0)) ||
+        !(biases = mq_array_new(refs, 1, &bdim, NPY_FLOAT32, 0)))
+        return NULL;
+    Py_BEGIN_ALLOW_THREADS
+    mq_dconv_fill_panels(wt, n, groups, k, PyArray_DATA(panels), PyArray_DATA(biases), nthreads);
+    Py_END_ALLOW_THREADS
+    return Py_BuildValue("OO", panels, biases);
+}
+
 /* wt from a packed int8 weight [n, cg, kh, kw] in `groups` groups and its qparams / bias: 1, or
  * 0 with an exception set. */
 static int int8_weight_in(mq_refs *refs, PyObject *p_obj, PyObject *s_obj, PyObject *z_obj, PyObject *b_obj,
@@ -28,14 +57,7 @@ static int int8_weight_in(mq_refs *refs, PyObject *p_obj, PyObject *s_obj, PyObj
                      (Py_ssize_t)n, (Py_ssize_t)PyArray_DIM(scale, 0), (Py_ssize_t)PyArray_DIM(zp, 0));
         return 0;
     }
-    if (b_obj != Py_None) {
-        if (!(bias = mq_array_in(refs, b_obj, "bias", f32, 1, 1, "float32"))) return 0;
-        if (PyArray_DIM(bias, 0) != n) {
-            PyErr_Format(PyExc_ValueError, "bias has %zd entries, the weight %zd output channels",
-                         (Py_ssize_t)PyArray_DIM(bias, 0), (Py_ssize_t)n);
-            return 0;
-        }
-    }
+    if (!bias_in(refs, b_obj, n, &bias)) return 0;
     const int64_t k = mq_size_mul(cg, ks[0] * ks[1]);
     int64_t np_total;
     if (!(packed = mq_packed_int8_in(refs, p_obj, n, k, mq_packed_int8_bytes(n, k, groups, &np_total)))) return 0;
@@ -62,23 +84,13 @@ static PyObject *py_dconv_panels_int8(PyObject *self, PyObject *args, PyObject *
     npy_intp ks[2];
     mq_refs refs = {0};
     mq_dconv_weight wt;
-    PyArrayObject *panels, *biases;
     (void)self;
     if (!PyArg_ParseTupleAndKeywords(args, kw, "OOOOnnOn|i:dconv_panels_int8", kwlist, &p_obj, &s_obj, &z_obj, &b_obj,
                                      &n, &cg, &kernel_obj, &groups, &nthreads))
         return NULL;
     if (!mq_check_threads(nthreads) || !mq_conv_pair(kernel_obj, "kernel_size", 1, ks)) return NULL;
     if (!int8_weight_in(&refs, p_obj, s_obj, z_obj, b_obj, n, cg, ks, groups, &wt)) goto done;
-    const int64_t k = mq_size_mul(cg, ks[0] * ks[1]);
-    npy_intp pdim = mq_dconv_panel_floats(n, groups, k), bdim = mq_dconv_bias_floats(n, groups);
-    if (!mq_size_fits(pdim, "dconv_panels_int8", "the panels")) goto done;
-    if (!(panels = mq_array_new(&refs, 1, &pdim, NPY_FLOAT32, 0)) ||
-        !(biases = mq_array_new(&refs, 1, &bdim, NPY_FLOAT32, 0)))
-        goto done;
-    Py_BEGIN_ALLOW_THREADS
-    mq_dconv_fill_panels(&wt, n, groups, k, PyArray_DATA(panels), PyArray_DATA(biases), nthreads);
-    Py_END_ALLOW_THREADS
-    result = Py_BuildValue("OO", panels, biases);
+    result = panels_out(&refs, "dconv_panels_int8", &wt, n, groups, mq_size_mul(cg, ks[0] * ks[1]), nthreads);
 done:
     mq_release(&refs);
     return result;
@@ -92,12 +104,12 @@ PyDoc_STRVAR(dconv_panels_doc,
 
 static PyObject *py_dconv_panels(PyObject *self, PyObject *args, PyObject *kw) {
     static char *kwlist[] = {"w", "bf16", "bias", "groups", "nthreads", NULL};
-    static const int f32[] = {NPY_FLOAT32}, wtypes[] = {NPY_FLOAT32, NPY_FLOAT16, NPY_INT16, NPY_UINT16};
+    static const int wtypes[] = {NPY_FLOAT32, NPY_FLOAT16, NPY_INT16, NPY_UINT16};
     PyObject *w_obj, *b_obj, *result = NULL;
     Py_ssize_t groups;
     int is_bf16, nthreads = 1;
     mq_refs refs = {0};
-    PyArrayObject *w, *bias = NULL, *panels, *biases;
+    PyArrayObject *w, *bias = NULL;
     (void)self;
     if (!PyArg_ParseTupleAndKeywords(args, kw, "OpOn|i:dconv_panels", kwlist, &w_obj, &is_bf16, &b_obj, &groups,
                                      &nthreads))
@@ -120,26 +132,10 @@ static PyObject *py_dconv_panels(PyObject *self, PyObject *args, PyObject *kw) {
                      MQ_MAX_CONV_ARG);
         goto done;
     }
-    if (b_obj != Py_None) {
-        if (!(bias = mq_array_in(&refs, b_obj, "bias", f32, 1, 1, "float32"))) goto done;
-        if (PyArray_DIM(bias, 0) != n) {
-            PyErr_Format(PyExc_ValueError, "bias has %zd entries, the weight %zd output channels",
-                         (Py_ssize_t)PyArray_DIM(bias, 0), (Py_ssize_t)n);
-            goto done;
-        }
-    }
-    const int64_t k = mq_size_mul(cg, mq_size_mul(kh, kwd));
-    npy_intp pdim = mq_dconv_panel_floats(n, groups, k), bdim = mq_dconv_bias_floats(n, groups);
-    if (!mq_size_fits(pdim, "dconv_panels", "the panels")) goto done;
-    if (!(panels = mq_array_new(&refs, 1, &pdim, NPY_FLOAT32, 0)) ||
-        !(biases = mq_array_new(&refs, 1, &bdim, NPY_FLOAT32, 0)))
-        goto done;
+    if (!bias_in(&refs, b_obj, n, &bias)) goto done;
     const mq_dconv_weight wt = {.h16 = wtype == NPY_FLOAT32 ? NULL : PyArray_DATA(w), .is_bf16 = is_bf16,
                                 .f32 = wtype == NPY_FLOAT32 ? PyArray_DATA(w) : NULL, .bias = mq_data_or_null(bias)};
-    Py_BEGIN_ALLOW_THREADS
-    mq_dconv_fill_panels(&wt, n, groups, k, PyArray_DATA(panels), PyArray_DATA(biases), nthreads);
-    Py_END_ALLOW_THREADS
-    result = Py_BuildValue("OO", panels, biases);
+    result = panels_out(&refs, "dconv_panels", &wt, n, groups, mq_size_mul(cg, mq_size_mul(kh, kwd)), nthreads);
 done:
     mq_release(&refs);
     return result;

@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from .. import _C
+from .half_conv import _half_conv2d_backward, _half_conv2d_setup
 from .settings import SETTINGS
 
 __all__ = ["int8_conv_arrays", "int8_conv_panels", "float_conv_panels", "direct_conv2d", "direct_conv2d_int8",
@@ -161,24 +162,8 @@ def _int8_backward(ctx, grad):
     return (grad_x, None, None, None, None, grad_bias) + (None,) * 6
 
 
-def _float_setup(ctx, inputs, output):
-    x, weight, bias, stride, padding, dilation, groups = inputs
-    ctx.save_for_backward(weight)
-    ctx.meta = (x.dtype, tuple(x.shape), tuple(stride), tuple(padding), tuple(dilation), groups, bias is not None)
-
-
-def _float_backward(ctx, grad):
-    (weight,) = ctx.saved_tensors
-    x_dtype, x_shape, stride, padding, dilation, groups, has_bias = ctx.meta
-    grad_x = grad_w = grad_bias = None
-    if ctx.needs_input_grad[0]:
-        grad_x = torch.nn.grad.conv2d_input(x_shape, weight.float(), grad, stride, padding, dilation,
-                                            groups).to(x_dtype)
-    if has_bias and ctx.needs_input_grad[2]:
-        grad_bias = grad.sum((0, 2, 3))
-    return grad_x, grad_w, grad_bias, None, None, None, None
-
-
 torch.library.register_autograd("mono_quant::direct_conv2d_int8", _int8_backward, setup_context=_int8_setup,
                                 lib=_LIB)
-torch.library.register_autograd("mono_quant::direct_conv2d", _float_backward, setup_context=_float_setup, lib=_LIB)
+# (the same arguments as mono_quant::half_conv2d: its backward, the input's and the bias's gradients)
+torch.library.register_autograd("mono_quant::direct_conv2d", _half_conv2d_backward, setup_context=_half_conv2d_setup,
+                                lib=_LIB)
