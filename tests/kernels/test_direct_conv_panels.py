@@ -25,12 +25,13 @@ SETTINGS = settings(max_examples=40, deadline=None, database=None, derandomize=T
                     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 
 
-def _int8_layer(cin, cout, k, groups, symmetric, seed=0):
+def _int8_layer(cin, cout, k, groups, symmetric, seed=0, granularity="per_channel"):
     torch.manual_seed(seed)
     conv = nn.Conv2d(cin, cout, k, groups=groups)
     with torch.no_grad():
         conv.weight.mul_(torch.rand(cout, 1, 1, 1) * 4)  # channels of different ranges
-    return mq.quantize(nn.Sequential(conv), dtype="int8", activations=None, symmetric=symmetric).model[0]
+    return mq.quantize(nn.Sequential(conv), dtype="int8", activations=None, symmetric=symmetric,
+                       granularity=granularity).model[0]
 
 
 def _dequantized(layer):
@@ -62,9 +63,10 @@ def test_int8_panels_conv_matches_the_dequantized_conv(data, isa, nthreads):
     height = max(1, dilation[0] * (kh - 1) + 1 - 2 * padding[0]) + draw(st.integers(0, 7))
     width = max(1, dilation[1] * (kw - 1) + 1 - 2 * padding[1]) + draw(st.integers(0, 7))
     batch = draw(st.integers(0, 3))
-    layer = _int8_layer(cin, cout, (kh, kw), groups, draw(st.booleans()))
+    layer = _int8_layer(cin, cout, (kh, kw), groups, draw(st.booleans()),
+                        granularity=draw(st.sampled_from(["per_channel", "per_tensor"])))
     bias = layer.bias if draw(st.booleans()) else None
-    arrays = int8_conv_arrays(layer.weight_packed, layer.weight_scale, layer.weight_zero_point, bias)
+    arrays = int8_conv_arrays(layer.weight_packed, layer.weight_scale, layer.weight_zero_point, bias, cout)
     x = torch.randn(batch, cin, height, width).numpy()
     if draw(st.booleans()):  # channels-last memory: the C layer copies
         x = np.ascontiguousarray(x.transpose(0, 2, 3, 1)).transpose(0, 3, 1, 2)
@@ -113,7 +115,7 @@ def test_float_panels_conv_is_the_direct_h16_conv(data, encoding, isa, nthreads)
 
 def _args():
     layer = _int8_layer(8, 20, 3, 2, True)
-    return layer, int8_conv_arrays(layer.weight_packed, layer.weight_scale, layer.weight_zero_point, layer.bias)
+    return layer, int8_conv_arrays(layer.weight_packed, layer.weight_scale, layer.weight_zero_point, layer.bias, 20)
 
 
 def test_bad_arguments_raise_clear_errors():

@@ -17,10 +17,10 @@ from mono_quant.kernels import direct_conv
 from mono_quant.modules import conv as conv_module
 
 
-def _layer(dtype="int8", cin=32, cout=24, kernel=3, bias=True, seed=0, **kw):
+def _layer(dtype="int8", cin=32, cout=24, kernel=3, bias=True, seed=0, granularity="per_channel", **kw):
     torch.manual_seed(seed)
     float_conv = nn.Conv2d(cin, cout, kernel, bias=bias, **kw).eval()
-    options = dict(activations=None) if dtype == "int8" else dict(group_size=32)
+    options = dict(activations=None, granularity=granularity) if dtype == "int8" else dict(group_size=32)
     return mq.quantize(nn.Sequential(float_conv), dtype=dtype, **options).model[0]
 
 
@@ -46,19 +46,20 @@ def _close(q, y, x):
     assert bool(((y.double() - want).abs() <= (k + 2) * 2.0 ** -24 * mag).all())
 
 
-@pytest.mark.parametrize("dtype", ["int8", "int4"])
+@pytest.mark.parametrize("dtype", ["int8", "int4", "int8-per-tensor"])
 @pytest.mark.parametrize("kw", [dict(padding=1), dict(padding=2, stride=2, dilation=2), dict(padding=(1, 0)),
                                 dict(groups=2, cout=32), dict(bias=False), dict(cout=70, padding=1)],
                          ids=["pad", "stride-dilation", "uneven-pad", "groups", "nobias", "block-tail"])
 def test_small_convs_take_the_direct_kernel(isa, dtype, kw):
-    q = _layer(dtype, **kw)
+    per_tensor = dtype == "int8-per-tensor"
+    q = _layer("int8" if per_tensor else dtype, granularity="per_tensor" if per_tensor else "per_channel", **kw)
     x = torch.randn(2, 32, 7, 6)
     with torch.no_grad():
         y = q(x)
         again = q(x)
         fresh = copy.deepcopy(q)(x)
         channels_last = q(x.contiguous(memory_format=torch.channels_last))
-    assert _route(q) == ("direct" if isa != "scalar" else "float" if dtype == "int8" else "format")
+    assert _route(q) == ("direct" if isa != "scalar" else "format" if dtype == "int4" else "float")
     assert torch.equal(y, again) and torch.equal(y, fresh)
     if isa != "scalar":  # (torch's conv takes another algorithm for a channels-last input)
         assert torch.equal(y, channels_last)

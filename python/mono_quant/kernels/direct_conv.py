@@ -44,12 +44,17 @@ MIN_K = 64
 
 
 def int8_conv_arrays(packed: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor,
-                     bias: Optional[torch.Tensor]) -> tuple:
+                     bias: Optional[torch.Tensor], out_channels: int) -> tuple:
     """``(packed, scale, zero_point, bias)`` as the C functions take them (NumPy views or float32 /
-    int32 copies; bias None or float32): a packed int8 conv weight (``weight_packed`` of
-    ``[out_channels, in/groups, kh, kw]``, K in (kh, kw, in) order) and its qparams."""
-    return (packed.numpy(), scale.detach().to(torch.float32).contiguous().numpy(),
-            zero_point.detach().to(torch.int32).contiguous().numpy(), None if bias is None else bias.detach().numpy())
+    int32 copies, one scale and zero-point per output channel: a per-tensor pair repeated; bias None
+    or float32): a packed int8 conv weight (``weight_packed`` of ``[out_channels, in/groups, kh, kw]``,
+    K in (kh, kw, in) order) and its qparams."""
+    scale = scale.detach().to(torch.float32).reshape(-1)
+    zero_point = zero_point.detach().to(torch.int32).reshape(-1)
+    if scale.numel() == 1 and out_channels != 1:  # per tensor
+        scale, zero_point = scale.expand(out_channels), zero_point.expand(out_channels)
+    return (packed.numpy(), scale.contiguous().numpy(), zero_point.contiguous().numpy(),
+            None if bias is None else bias.detach().numpy())
 
 
 def int8_conv_panels(arrays: tuple, out_channels: int, in_per_group: int, kernel_size: Sequence[int],
@@ -116,7 +121,7 @@ def _out_shape(x, out_channels, kernel, stride, padding, dilation):
 
 def _direct_conv2d_int8(x, packed, info, scale, zero_point, bias, kernel_size, stride, padding, dilation, groups,
                         out_channels):
-    arrays = int8_conv_arrays(packed, scale, zero_point, None if bias is None else bias.float())
+    arrays = int8_conv_arrays(packed, scale, zero_point, None if bias is None else bias.float(), out_channels)
     return direct_conv2d_int8(x, arrays, out_channels, kernel_size, stride, padding, dilation, groups)
 
 

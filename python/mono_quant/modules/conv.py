@@ -331,7 +331,8 @@ class QuantizedConv2d(ReduceRange, QuantizedModule):
                 call = (packed[2], (tuple(self.kernel_size2d), tuple(self.stride2d), tuple(self.padding2d),
                                     tuple(self.dilation2d), self.groups), True)
         if route is _DIRECT:  # the panels: kept for a small weight (in place of its float copy), else filled per call
-            b = int8_conv_arrays(self._buffers["weight_packed"], self.weight_scale, self.weight_zero_point, self.bias)
+            b = int8_conv_arrays(self._buffers["weight_packed"], self.weight_scale, self.weight_zero_point, self.bias,
+                                 self.out_channels)
             if self.weight_numel() <= layer_cache.SMALL_WEIGHT_ELEMENTS:
                 w = int8_conv_panels(b, self.out_channels, self.in_channels // self.groups, self.kernel_size2d,
                                      self.groups)
