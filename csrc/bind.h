@@ -95,6 +95,14 @@ int mq_size_fits(int64_t size, const char *fname, const char *what);
  * array of exactly `size` bytes (mq_packed_int8_bytes), else ValueError. */
 PyArrayObject *mq_packed_int8_in(mq_refs *refs, PyObject *obj, npy_intp n, npy_intp k, npy_intp size);
 
+/* An int4 group size: a positive multiple of MQ_Q4_BLOCK (else ValueError). */
+int mq_q4_check_group(long long group);
+/* The three int4 weight arrays, checked against each other and held in refs: packed uint8
+ * [rows, kpad/2], scale fp16 bits [rows, ceil(kpad/group)], zero uint8 (same shape); cols must
+ * round up to kpad (whole blocks). */
+int mq_q4_weight_arrays(mq_refs *refs, PyObject *p_obj, PyObject *s_obj, PyObject *z_obj, long long cols,
+                        long long group, PyArrayObject **packed, PyArrayObject **scale, PyArrayObject **zero);
+
 /* A conv argument (kernel, stride, padding, dilation): a pair of ints in lo..MQ_MAX_CONV_ARG. */
 int mq_conv_pair(PyObject *obj, const char *what, long lo, npy_intp out[2]);
 

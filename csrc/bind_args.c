@@ -145,3 +145,43 @@ int mq_conv_pair(PyObject *obj, const char *what, long lo, npy_intp out[2]) {
     out[1] = b;
     return 1;
 }
+
+/* ---- int4 weights (bind_int4.c, bind_dconv.c) ---- */
+int mq_q4_check_group(long long group) {
+    if (group < MQ_Q4_BLOCK || group % MQ_Q4_BLOCK != 0 || group > (1LL << 30)) {
+        PyErr_Format(PyExc_ValueError, "group must be a positive multiple of %d, got %lld", MQ_Q4_BLOCK, group);
+        return 0;
+    }
+    return 1;
+}
+
+/* The three int4 weight arrays, checked against each other and held in refs:
+ * packed uint8 [rows, kpad/2], scale fp16 bits [rows, ceil(kpad/group)], zero
+ * uint8 (same shape); cols must round up to kpad (whole blocks). */
+int mq_q4_weight_arrays(mq_refs *refs, PyObject *p_obj, PyObject *s_obj, PyObject *z_obj, long long cols,
+                        long long group, PyArrayObject **packed, PyArrayObject **scale, PyArrayObject **zero) {
+    static const int u8[] = {NPY_UINT8}, h16[] = {NPY_FLOAT16, NPY_INT16, NPY_UINT16};
+    if (!(*packed = mq_array_in(refs, p_obj, "packed", u8, 1, 2, "uint8"))) return 0;
+    if (!(*scale = mq_array_in(refs, s_obj, "scale", h16, 3, 2, "float16 (or its int16 bits)"))) return 0;
+    if (!(*zero = mq_array_in(refs, z_obj, "zero_point", u8, 1, 2, "uint8"))) return 0;
+    npy_intp rows = PyArray_DIM(*packed, 0), ngroups = PyArray_DIM(*scale, 1);
+    /* a uint8 dimension of a zero-row array can be near 2^63: twice it would wrap */
+    long long kpad = mq_size_mul(PyArray_DIM(*packed, 1), 2), padded = mq_size_round_up(kpad, group);
+    if (!mq_size_fits(padded, "int4 weight", "the packed row length")) return 0;
+    if (PyArray_DIM(*scale, 0) != rows || PyArray_DIM(*zero, 0) != rows || PyArray_DIM(*zero, 1) != ngroups ||
+        kpad % MQ_Q4_BLOCK != 0 || (long long)ngroups != padded / group) {
+        PyErr_Format(PyExc_ValueError,
+                     "inconsistent int4 weight: packed %zdx%zd, scale %zdx%zd, zero_point %zdx%zd with group %lld "
+                     "(need packed [rows, kpad/2] with kpad a multiple of 32, scale and zero_point "
+                     "[rows, ceil(kpad/group)])",
+                     (Py_ssize_t)rows, (Py_ssize_t)PyArray_DIM(*packed, 1), (Py_ssize_t)PyArray_DIM(*scale, 0),
+                     (Py_ssize_t)ngroups, (Py_ssize_t)PyArray_DIM(*zero, 0), (Py_ssize_t)PyArray_DIM(*zero, 1),
+                     group);
+        return 0;
+    }
+    if (cols < 0 || cols <= kpad - MQ_Q4_BLOCK || cols > kpad) {
+        PyErr_Format(PyExc_ValueError, "cols = %lld does not match a packed row of %lld codes", cols, kpad);
+        return 0;
+    }
+    return 1;
+}

@@ -27,9 +27,11 @@ static PyObject *panels_out(mq_refs *refs, const char *fname, const mq_dconv_wei
     if (!(panels = mq_array_new(refs, 1, &pdim, NPY_FLOAT32, 0)) ||
         !(biases = mq_array_new(refs, 1, &bdim, NPY_FLOAT32, 0)))
         return NULL;
+    int status;
     Py_BEGIN_ALLOW_THREADS
-    mq_dconv_fill_panels(wt, n, groups, k, PyArray_DATA(panels), PyArray_DATA(biases), nthreads);
+    status = mq_dconv_fill_panels(wt, n, groups, k, PyArray_DATA(panels), PyArray_DATA(biases), nthreads);
     Py_END_ALLOW_THREADS
+    if (status < 0) return PyErr_Format(PyExc_MemoryError, "%s: out of memory for a block's scratch rows", fname);
     return Py_BuildValue("OO", panels, biases);
 }
 
@@ -279,7 +281,58 @@ done:
     return result;
 }
 
+PyDoc_STRVAR(dconv2d_int4_doc,
+             "dconv2d_int4(x, packed, scale, zero_point, bias, group, kernel_size, stride, padding, dilation,\n"
+             "             groups, nthreads=1) -> y\n\n"
+             "The direct conv of x float32 [B, C, H, W] with an int4 weight [out, C/groups, kh, kw] (the\n"
+             "arrays of q4_quantize over its rows: packed uint8 [out, kpad/2], scale float16 and zero_point\n"
+             "uint8 [out, groups]), its panels filled for this call from q4_dequantize's floats: the bits of\n"
+             "dconv2d(..., tap_major=False) on dconv_panels of that float32 weight.");
+
+static PyObject *py_dconv2d_int4(PyObject *self, PyObject *args, PyObject *kw) {
+    static char *kwlist[] = {"x",       "packed",   "scale",  "zero_point", "bias", "group", "kernel_size", "stride",
+                             "padding", "dilation", "groups", "nthreads",   NULL};
+    PyObject *x_obj, *p_obj, *s_obj, *z_obj, *b_obj, *kernel_obj, *stride_obj, *pad_obj, *dil_obj, *result = NULL;
+    long long group;
+    Py_ssize_t groups;
+    int nthreads = 1;
+    npy_intp ks[2], st[2], pd[2], dl[2];
+    mq_refs refs = {0};
+    PyArrayObject *x, *out, *packed, *scale, *zero, *bias;
+    (void)self;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OOOOOLOOOOn|i:dconv2d_int4", kwlist, &x_obj, &p_obj, &s_obj, &z_obj,
+                                     &b_obj, &group, &kernel_obj, &stride_obj, &pad_obj, &dil_obj, &groups,
+                                     &nthreads))
+        return NULL;
+    if (!mq_check_threads(nthreads) || !mq_q4_check_group(group)) return NULL;
+    if (!mq_conv_pair(kernel_obj, "kernel_size", 1, ks)) return NULL;
+    static const int u8[] = {NPY_UINT8};
+    if (!(packed = mq_array_in(&refs, p_obj, "packed", u8, 1, 2, "uint8"))) goto done; /* its rows: the outputs */
+    const npy_intp n = PyArray_DIM(packed, 0);
+    if (!conv_in(&refs, "dconv2d_int4", x_obj, n, kernel_obj, stride_obj, pad_obj, dil_obj, groups, &x, &out, ks, st,
+                 pd, dl))
+        goto done;
+    const long long k = (long long)mq_size_mul(PyArray_DIM(x, 1) / groups, mq_size_mul(ks[0], ks[1]));
+    if (!mq_q4_weight_arrays(&refs, p_obj, s_obj, z_obj, k, group, &packed, &scale, &zero) ||
+        !bias_in(&refs, b_obj, n, &bias))
+        goto done;
+    const mq_dconv_weight wt = {.q4 = PyArray_DATA(packed), .q4_scale = PyArray_DATA(scale),
+                                .q4_zero = PyArray_DATA(zero), .q4_kpad = PyArray_DIM(packed, 1) * 2,
+                                .q4_group = group, .bias = mq_data_or_null(bias)};
+    int status;
+    Py_BEGIN_ALLOW_THREADS
+    status = mq_dconv2d_weight(PyArray_DATA(x), PyArray_DIM(x, 0), PyArray_DIM(x, 1), PyArray_DIM(x, 2),
+                               PyArray_DIM(x, 3), ks[0], ks[1], st[0], st[1], pd[0], pd[1], dl[0], dl[1], groups, &wt,
+                               n, PyArray_DATA(out), nthreads);
+    Py_END_ALLOW_THREADS
+    result = conv_result(status, "dconv2d_int4", x, out, pd);
+done:
+    mq_release(&refs);
+    return result;
+}
+
 PyMethodDef mq_dconv_methods[] = {
+    MQ_KW_METHOD(dconv2d_int4),
     MQ_KW_METHOD(dconv_panels_int8),
     MQ_KW_METHOD(dconv_panels),
     MQ_KW_METHOD(dconv2d),

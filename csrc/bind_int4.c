@@ -2,45 +2,6 @@
  * op (int4.c drivers), and the batch thresholds that pick its paths. */
 #include "bind.h"
 
-static int check_group(long long group) {
-    if (group < MQ_Q4_BLOCK || group % MQ_Q4_BLOCK != 0 || group > (1LL << 30)) {
-        PyErr_Format(PyExc_ValueError, "group must be a positive multiple of %d, got %lld", MQ_Q4_BLOCK, group);
-        return 0;
-    }
-    return 1;
-}
-
-/* The three int4 weight arrays, checked against each other and held in refs:
- * packed uint8 [rows, kpad/2], scale fp16 bits [rows, ceil(kpad/group)], zero
- * uint8 (same shape); cols must round up to kpad (whole blocks). */
-static int q4_weight_arrays(mq_refs *refs, PyObject *p_obj, PyObject *s_obj, PyObject *z_obj, long long cols,
-                            long long group, PyArrayObject **packed, PyArrayObject **scale, PyArrayObject **zero) {
-    static const int u8[] = {NPY_UINT8}, h16[] = {NPY_FLOAT16, NPY_INT16, NPY_UINT16};
-    if (!(*packed = mq_array_in(refs, p_obj, "packed", u8, 1, 2, "uint8"))) return 0;
-    if (!(*scale = mq_array_in(refs, s_obj, "scale", h16, 3, 2, "float16 (or its int16 bits)"))) return 0;
-    if (!(*zero = mq_array_in(refs, z_obj, "zero_point", u8, 1, 2, "uint8"))) return 0;
-    npy_intp rows = PyArray_DIM(*packed, 0), ngroups = PyArray_DIM(*scale, 1);
-    /* a uint8 dimension of a zero-row array can be near 2^63: twice it would wrap */
-    long long kpad = mq_size_mul(PyArray_DIM(*packed, 1), 2), padded = mq_size_round_up(kpad, group);
-    if (!mq_size_fits(padded, "int4 weight", "the packed row length")) return 0;
-    if (PyArray_DIM(*scale, 0) != rows || PyArray_DIM(*zero, 0) != rows || PyArray_DIM(*zero, 1) != ngroups ||
-        kpad % MQ_Q4_BLOCK != 0 || (long long)ngroups != padded / group) {
-        PyErr_Format(PyExc_ValueError,
-                     "inconsistent int4 weight: packed %zdx%zd, scale %zdx%zd, zero_point %zdx%zd with group %lld "
-                     "(need packed [rows, kpad/2] with kpad a multiple of 32, scale and zero_point "
-                     "[rows, ceil(kpad/group)])",
-                     (Py_ssize_t)rows, (Py_ssize_t)PyArray_DIM(*packed, 1), (Py_ssize_t)PyArray_DIM(*scale, 0),
-                     (Py_ssize_t)ngroups, (Py_ssize_t)PyArray_DIM(*zero, 0), (Py_ssize_t)PyArray_DIM(*zero, 1),
-                     group);
-        return 0;
-    }
-    if (cols < 0 || cols <= kpad - MQ_Q4_BLOCK || cols > kpad) {
-        PyErr_Format(PyExc_ValueError, "cols = %lld does not match a packed row of %lld codes", cols, kpad);
-        return 0;
-    }
-    return 1;
-}
-
 PyDoc_STRVAR(q4_quantize_doc,
              "q4_quantize(x, group, symmetric, method, with_error=False, nthreads=1)\n"
              "    -> (packed, scale, zero_point, bad_row, sum_x2, sum_err2)\n\n"
@@ -62,7 +23,7 @@ static PyObject *py_q4_quantize(PyObject *self, PyObject *args, PyObject *kw) {
     if (!PyArg_ParseTupleAndKeywords(args, kw, "OLpi|pi:q4_quantize", kwlist, &x_obj, &group, &symmetric, &method,
                                      &with_error, &nthreads))
         return NULL;
-    if (!check_group(group) || !mq_check_threads(nthreads)) return NULL;
+    if (!mq_q4_check_group(group) || !mq_check_threads(nthreads)) return NULL;
     if (method < MQ_Q4_RTN || method > MQ_Q4_HQQ) {
         PyErr_Format(PyExc_ValueError, "method must be 0 (rtn), 1 (mse) or 2 (hqq), got %d", method);
         return NULL;
@@ -112,8 +73,8 @@ static PyObject *py_q4_dequantize(PyObject *self, PyObject *args, PyObject *kw) 
     if (!PyArg_ParseTupleAndKeywords(args, kw, "OOOLL|i:q4_dequantize", kwlist, &p_obj, &s_obj, &z_obj, &cols, &group,
                                      &nthreads))
         return NULL;
-    if (!check_group(group) || !mq_check_threads(nthreads)) return NULL;
-    if (!q4_weight_arrays(&refs, p_obj, s_obj, z_obj, cols, group, &packed, &scale, &zero)) goto done;
+    if (!mq_q4_check_group(group) || !mq_check_threads(nthreads)) return NULL;
+    if (!mq_q4_weight_arrays(&refs, p_obj, s_obj, z_obj, cols, group, &packed, &scale, &zero)) goto done;
     npy_intp dims[2] = {PyArray_DIM(packed, 0), (npy_intp)cols};
     if (!(out = mq_array_new(&refs, 2, dims, NPY_FLOAT32, 0))) goto done;
     Py_BEGIN_ALLOW_THREADS
@@ -150,13 +111,13 @@ static PyObject *py_q4_linear(PyObject *self, PyObject *args, PyObject *kw) {
     if (!PyArg_ParseTupleAndKeywords(args, kw, "OOOOL|Oii:q4_linear", kwlist, &x_obj, &p_obj, &s_obj, &z_obj, &group,
                                      &b_obj, &act_mode, &nthreads))
         return NULL;
-    if (!check_group(group) || !mq_check_threads(nthreads)) return NULL;
+    if (!mq_q4_check_group(group) || !mq_check_threads(nthreads)) return NULL;
     if (act_mode < -1 || act_mode > 1) {
         PyErr_Format(PyExc_ValueError, "int8_activations must be -1 (auto), 0 or 1, got %d", act_mode);
         return NULL;
     }
     if (!(x = mq_array_in(&refs, x_obj, "x", xtypes, 3, 2, "float32 or int16/uint16 (bf16 bits)"))) goto done;
-    if (!q4_weight_arrays(&refs, p_obj, s_obj, z_obj, PyArray_DIM(x, 1), group, &packed, &scale, &zero)) goto done;
+    if (!mq_q4_weight_arrays(&refs, p_obj, s_obj, z_obj, PyArray_DIM(x, 1), group, &packed, &scale, &zero)) goto done;
     npy_intp rows = PyArray_DIM(packed, 0), kpad = PyArray_DIM(packed, 1) * 2; /* checked above */
     /* the driver's fp32 copy of x: m rows of kpad values and one sum per group */
     if (!mq_size_fits(mq_size_mul(mq_size_mul(PyArray_DIM(x, 0), mq_size_add(kpad, PyArray_DIM(scale, 1))),

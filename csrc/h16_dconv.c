@@ -69,6 +69,7 @@ typedef struct {
     const mq_dconv_weight *wt;
     float *panels, *biases; /* per block: [k][ldp] and [ldp] (block_lane0) */
     int64_t k, n_g, blocks; /* blocks per group */
+    int failed;             /* a block's scratch could not be allocated */
 } panel_ctx;
 
 static int64_t block_width(int64_t n_g, int64_t blk) {
@@ -117,17 +118,42 @@ static void int8_panel(const mq_dconv_weight *wt, int64_t g, int64_t n_g, int64_
     }
 }
 
-/* A float32 weight's block ([nb][k] rows) into its panel (mq.h: the 16-bit panel's layout) */
+/* A float32 weight's block ([nb][k] rows) into its panel (mq.h: the 16-bit panel's layout), in 8 x 8
+ * tiles: a tile's reads and writes stay in a few cache lines each */
 static void f32_panel(const float *w, int64_t k, int64_t nb, int64_t ldp, float *panel) {
-    for (int64_t t = 0; t < k; t++) {
-        float *row = panel + t * ldp;
-        for (int64_t j = 0; j < nb; j++) row[j] = w[j * k + t];
-        for (int64_t j = nb; j < ldp; j++) row[j] = 0.0f;
+    for (int64_t t0 = 0; t0 < k; t0 += 8) {
+        const int64_t t1 = t0 + 8 < k ? t0 + 8 : k;
+        for (int64_t j0 = 0; j0 < nb; j0 += 8) {
+            const int64_t j1 = j0 + 8 < nb ? j0 + 8 : nb;
+            for (int64_t t = t0; t < t1; t++)
+                for (int64_t j = j0; j < j1; j++) panel[t * ldp + j] = w[j * k + t];
+        }
+        for (int64_t t = t0; t < t1; t++)
+            for (int64_t j = nb; j < ldp; j++) panel[t * ldp + j] = 0.0f;
     }
 }
 
+/* An int4 weight's block: its nb rows dequantized (mq_q4_dequantize_row: the floats of
+ * mq_q4_dequantize) into rows, then into the panel.  0, or -1 without scratch memory. */
+static int q4_panel(const mq_kernels *kt, const mq_dconv_weight *wt, int64_t oc0, int64_t nb, int64_t ldp, int64_t k,
+                    float *panel) {
+    const int64_t ngroups = (wt->q4_kpad + wt->q4_group - 1) / wt->q4_group;
+    float *rows = malloc(mq_alloc_bytes(mq_size_add(mq_size_mul(nb, k), 1), sizeof(float), 1));
+    float *tail = malloc(MQ_Q4_BLOCK * sizeof(float));
+    const int ok = rows && tail;
+    if (ok) {
+        for (int64_t j = 0; j < nb; j++)
+            mq_q4_dequantize_row(kt, wt->q4 + (oc0 + j) * (wt->q4_kpad / 2), wt->q4_scale + (oc0 + j) * ngroups,
+                                 wt->q4_zero + (oc0 + j) * ngroups, wt->q4_kpad, wt->q4_group, k, rows + j * k, tail);
+        f32_panel(rows, k, nb, ldp, panel);
+    }
+    free(rows);
+    free(tail);
+    return ok ? 0 : -1;
+}
+
 static void panel_range(void *vctx, int64_t begin, int64_t end) {
-    const panel_ctx *c = vctx;
+    panel_ctx *c = vctx;
     const mq_dconv_weight *wt = c->wt;
     for (int64_t b = begin; b < end; b++) {
         const int64_t g = b / c->blocks, blk = b % c->blocks, oc0 = g * c->n_g + blk * BLOCK;
@@ -136,7 +162,9 @@ static void panel_range(void *vctx, int64_t begin, int64_t end) {
         float *panel = c->panels + lane0 * c->k;
         if (wt->packed)
             int8_panel(wt, g, c->n_g, blk * BLOCK, nb, ldp, c->k, panel);
-        else if (wt->f32)
+        else if (wt->q4) {
+            if (q4_panel(c->kt, wt, oc0, nb, ldp, c->k, panel) < 0) __atomic_store_n(&c->failed, 1, __ATOMIC_RELAXED);
+        } else if (wt->f32)
             f32_panel(wt->f32 + oc0 * c->k, c->k, nb, ldp, panel);
         else
             c->kt->h16_dconv_panel(wt->h16 + oc0 * c->k, c->k, wt->is_bf16, nb, ldp, panel);
@@ -153,14 +181,15 @@ int64_t mq_dconv_bias_floats(int64_t n, int64_t groups) {
     return mq_size_mul(groups, (n / groups + 15) / 16 * 16);
 }
 
-void mq_dconv_fill_panels(const mq_dconv_weight *wt, int64_t n, int64_t groups, int64_t k, float *panels,
-                          float *biases, int nthreads) {
+int mq_dconv_fill_panels(const mq_dconv_weight *wt, int64_t n, int64_t groups, int64_t k, float *panels,
+                         float *biases, int nthreads) {
     const int64_t n_g = n / groups, blocks = (n_g + BLOCK - 1) / BLOCK;
-    panel_ctx pn = {mq_active(), wt, panels, biases, k, n_g, blocks};
+    panel_ctx pn = {mq_active(), wt, panels, biases, k, n_g, blocks, 0};
     /* on the calling thread unless the panels are many: a region of their own before the conv's woke
      * the helpers twice a call (64->128 channels on 8x8 at batch 1: 96 us on two threads, 102 on one) */
     mq_parallel_for(groups * blocks, 1, (double)mq_dconv_panel_floats(n, groups, k) < PANELS_ON_CALLER ? 1 : nthreads,
                     panel_range, &pn);
+    return __atomic_load_n(&pn.failed, __ATOMIC_RELAXED) ? -1 : 0;
 }
 
 typedef struct {
@@ -268,8 +297,7 @@ int mq_dconv2d_weight(const float *x, int64_t batch, int64_t channels, int64_t h
     float *panels = malloc(mq_alloc_bytes(mq_size_add(mq_dconv_panel_floats(n, groups, k), 1), sizeof(float), 1));
     float *biases = malloc(mq_alloc_bytes(mq_dconv_bias_floats(n, groups), sizeof(float), 1));
     int status = -1;
-    if (panels && biases) {
-        mq_dconv_fill_panels(wt, n, groups, k, panels, biases, nthreads);
+    if (panels && biases && mq_dconv_fill_panels(wt, n, groups, k, panels, biases, nthreads) == 0) {
         status = mq_dconv2d(x, batch, channels, height, width, kh, kw, sh, sw, ph, pw, dh, dw, groups, panels, biases,
                             wt->packed != NULL, n, y, nthreads);
     }

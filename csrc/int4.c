@@ -305,22 +305,28 @@ static void dequantize_range(void *vctx, int64_t begin, int64_t end) {
         c->oom = 1;
         return;
     }
-    int64_t ngroups = (c->kpad + c->group - 1) / c->group;
-    for (int64_t r = begin; r < end; r++) {
-        const uint8_t *prow = c->packed + (size_t)r * (size_t)(c->kpad / 2);
-        float *drow = c->dst + (size_t)r * (size_t)c->cols;
-        for (int64_t g = 0; g < ngroups; g++) {
-            int64_t k0 = g * c->group, k1 = k0 + c->group < c->cols ? k0 + c->group : c->cols;
-            int64_t full = k0 + (k1 - k0) / MQ_Q4_BLOCK * MQ_Q4_BLOCK; /* whole blocks go straight to dst */
-            float s = mq_f16_to_f32(c->scale[r * ngroups + g]), z = (float)c->zero[r * ngroups + g] / 16.0f;
-            k->q4_unpack(prow + k0 / 2, full - k0, s, z, drow + k0);
-            if (full < k1) { /* the padded last block: unpack whole, keep the real columns */
-                k->q4_unpack(prow + full / 2, MQ_Q4_BLOCK, s, z, tail);
-                memcpy(drow + full, tail, (size_t)(k1 - full) * sizeof(float));
-            }
+    const int64_t ngroups = (c->kpad + c->group - 1) / c->group;
+    for (int64_t r = begin; r < end; r++)
+        mq_q4_dequantize_row(k, c->packed + (size_t)r * (size_t)(c->kpad / 2), c->scale + r * ngroups,
+                             c->zero + r * ngroups, c->kpad, c->group, c->cols, c->dst + (size_t)r * (size_t)c->cols,
+                             tail);
+    free(tail);
+}
+
+void mq_q4_dequantize_row(const mq_kernels *k, const uint8_t *prow, const uint16_t *scale, const uint8_t *zero,
+                          int64_t kpad, int64_t group, int64_t cols, float *drow, float *tail) {
+    const int64_t ngroups = (kpad + group - 1) / group;
+    for (int64_t g = 0; g < ngroups; g++) {
+        int64_t k0 = g * group, k1 = k0 + group < cols ? k0 + group : cols;
+        if (k1 <= k0) break;
+        int64_t full = k0 + (k1 - k0) / MQ_Q4_BLOCK * MQ_Q4_BLOCK; /* whole blocks go straight to dst */
+        float s = mq_f16_to_f32(scale[g]), z = (float)zero[g] / 16.0f;
+        k->q4_unpack(prow + k0 / 2, full - k0, s, z, drow + k0);
+        if (full < k1) { /* the padded last block: unpack whole, keep the real columns */
+            k->q4_unpack(prow + full / 2, MQ_Q4_BLOCK, s, z, tail);
+            memcpy(drow + full, tail, (size_t)(k1 - full) * sizeof(float));
         }
     }
-    free(tail);
 }
 
 void mq_q4_dequantize(const uint8_t *packed, const uint16_t *scale, const uint8_t *zero, int64_t rows, int64_t kpad,

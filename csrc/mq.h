@@ -663,6 +663,9 @@ int64_t mq_q4_quantize(const void *src, mq_src_t kind, int64_t rows, int64_t col
                        double *sum_err2, int nthreads);
 void mq_q4_dequantize(const uint8_t *packed, const uint16_t *scale, const uint8_t *zero, int64_t rows, int64_t kpad,
                       int64_t group, int64_t cols, float *dst, int nthreads);
+/* One row of it (scale / zero: the row's groups) with level k's unpack; tail: MQ_Q4_BLOCK floats of scratch. */
+void mq_q4_dequantize_row(const mq_kernels *k, const uint8_t *prow, const uint16_t *scale, const uint8_t *zero,
+                          int64_t kpad, int64_t group, int64_t cols, float *drow, float *tail);
 /* y[m][rows] (+ bias) = x[m][cols] @ W^T; x fp32 or bf16 (kind).
  * act_mode: 0 fp32 activations; 1 int8 activations (the reference kernel
  * where the ISA has no integer one; needs mq_q4_int8_ok); -1 automatic
@@ -721,8 +724,8 @@ int mq_h16_conv2d(const float *x, int64_t batch, int64_t channels, int64_t heigh
                   const uint16_t *w, int is_bf16, const float *bias, int64_t n, float *y, int nthreads);
 
 /* ---- h16_dconv.c: fp16 / bf16 weight direct Conv2d ---------------------------- */
-/* A direct conv's weight: fp16 / bf16 [n][cg][kh][kw] (h16, is_bf16), float32 (f32, the same), or a
- * packed int8 one
+/* A direct conv's weight: fp16 / bf16 [n][cg][kh][kw] (h16, is_bf16), float32 (f32, the same), int4
+ * (q4: its rows in the same order, dequantized as mq_q4_dequantize), or a packed int8 one
  * (packed: weight_packed's groups, each [np_g/16][kp/4][16][4] with K in (kh, kw, cg) order;
  * scale / zp per output channel; cg, kh, kw its geometry), dequantized as (q - zp) * scale into
  * panels whose taps keep the packed order.
@@ -731,6 +734,10 @@ typedef struct {
     const uint16_t *h16;
     int is_bf16;
     const float *f32;
+    const uint8_t *q4; /* an int4 weight (mq_q4_quantize's): codes [n][q4_kpad/2], fp16 scales and u4.4 zeros */
+    const uint16_t *q4_scale; /* [n][groups] */
+    const uint8_t *q4_zero;
+    int64_t q4_kpad, q4_group;
     const int8_t *packed;
     const float *scale;
     const int32_t *zp;
@@ -741,8 +748,9 @@ typedef struct {
  * reduction k (what mq_dconv_fill_panels writes and mq_dconv2d reads) */
 int64_t mq_dconv_panel_floats(int64_t n, int64_t groups, int64_t k);
 int64_t mq_dconv_bias_floats(int64_t n, int64_t groups);
-void mq_dconv_fill_panels(const mq_dconv_weight *wt, int64_t n, int64_t groups, int64_t k, float *panels,
-                          float *biases, int nthreads);
+/* 0, or -1 when a scratch buffer (an int4 weight's rows) could not be allocated */
+int mq_dconv_fill_panels(const mq_dconv_weight *wt, int64_t n, int64_t groups, int64_t k, float *panels,
+                         float *biases, int nthreads);
 /* The direct conv on filled panels (the same bits as mq_h16_dconv2d for an fp16 / bf16 weight);
  * tap_major: the panels' taps in (i, j, channel) order (a packed int8 weight's), else (channel, i, j).
  * 0, or -1 when a buffer could not be allocated. */

@@ -169,3 +169,30 @@ def test_nan_and_inf_inputs_reach_their_outputs():
     assert torch.equal(torch.isnan(y), torch.isnan(want))
     fine = torch.isfinite(want)
     assert torch.allclose(y[fine], want[fine], atol=1e-4)
+
+
+@pytest.mark.parametrize("group", [32, 128])
+def test_int4_panels_filled_per_call_are_the_dequantized_weights(group):
+    torch.manual_seed(0)
+    for cin, cout, k, groups in ((64, 70, 3, 1), (10, 24, 3, 2), (8, 17, 1, 1)):
+        conv = nn.Conv2d(cin, cout, k, padding=1, groups=groups)
+        layer = mq.quantize(nn.Sequential(conv), dtype="int4", group_size=group).model[0]
+        w = layer.dequantized_weight(torch.float32)
+        x = torch.randn(2, cin, 7, 6).numpy()
+        bias = layer.bias.detach().numpy()
+        for isa in SUPPORTED:
+            with at_isa(isa):
+                want = _C.dconv2d(x, *_C.dconv_panels(w.numpy(), False, bias, groups), cout, (k, k), (1, 1), (1, 1),
+                                  (1, 1), groups, tap_major=False)
+                got = _C.dconv2d_int4(x, layer.weight_qdata.numpy(), layer.weight_scale.numpy(),
+                                      layer.weight_zero_point.numpy(), bias, layer.weight_group_size or group, (k, k),
+                                      (1, 1), (1, 1), (1, 1), groups, nthreads=2)
+            assert np.array_equal(got, want)
+        if cin != 64:
+            continue
+        with pytest.raises(ValueError, match="cols"):  # codes for another reduction (576 packed, 288 asked)
+            _C.dconv2d_int4(x[:, : cin // 2], layer.weight_qdata.numpy(), layer.weight_scale.numpy(),
+                            layer.weight_zero_point.numpy(), bias, group, (k, k), (1, 1), (1, 1), (1, 1), 1)
+        with pytest.raises(ValueError, match="group"):
+            _C.dconv2d_int4(x, layer.weight_qdata.numpy(), layer.weight_scale.numpy(),
+                            layer.weight_zero_point.numpy(), bias, 20, (k, k), (1, 1), (1, 1), (1, 1), groups)

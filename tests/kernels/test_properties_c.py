@@ -67,7 +67,7 @@ ENTRY_POINTS = {
     # the dynamic conv's route switch, route rule and profile: properties in tests/nn/test_dynamic_conv_direct.py
     "set_conv_direct", "conv2d_int8_direct_applies", "conv_profile",
     # the direct conv on panels: properties in tests/kernels/test_direct_conv_panels.py
-    "dconv_panels_int8", "dconv_panels", "dconv2d", "dconv2d_int8",
+    "dconv_panels_int8", "dconv_panels", "dconv2d", "dconv2d_int8", "dconv2d_int4",
 }
 
 

@@ -129,9 +129,12 @@ def test_int4_small_conv_takes_fp32_call_with_the_format_bits(monkeypatch):
     _same_as_fresh(q, x)
 
 
-def test_int4_conv_float_route_only_where_it_applies():
+def test_int4_conv_float_route_only_where_it_applies(monkeypatch):
     from mono_quant.formats import layer_cache
+    from mono_quant.kernels import direct_conv
     from mono_quant.modules import conv
+    # (the direct kernel off: its routes are tests/nn/test_direct_conv_route.py's)
+    monkeypatch.setattr(direct_conv, "MAX_OUTPUTS", {"scalar": 0, "avx2": 0, "avx512": 0})
     q = _qconv4(8, 8, padding_mode="reflect")  # conv_with pads first: the format's path
     _same_as_format(q, torch.randn(1, 8, 6, 6))
     assert conv._ROUTES.get(q) is None

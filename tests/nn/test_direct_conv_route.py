@@ -101,10 +101,11 @@ def test_the_kept_panels_follow_the_layer(isa):
     _close(q, y3, x)
 
 
-def test_a_large_weight_fills_its_panels_per_call(isa, monkeypatch):
+@pytest.mark.parametrize("dtype", ["int8", "int4"])
+def test_a_large_weight_fills_its_panels_per_call(isa, dtype, monkeypatch):
     if isa == "scalar":
         pytest.skip("the scalar level keeps torch's conv")
-    q = _layer(padding=1)
+    q = _layer(dtype, padding=1)
     x = torch.randn(2, 32, 8, 8)
     with torch.no_grad():
         kept = q(x)
@@ -113,8 +114,13 @@ def test_a_large_weight_fills_its_panels_per_call(isa, monkeypatch):
         conv_module._ROUTES.pop(q)
         per_call = q(x)
     memo = conv_module._ROUTES[q]
-    assert memo[5] == "direct" and memo[7] is None  # nothing kept, filled per call from the int8 bytes
+    assert memo[5] == "direct" and memo[7] is None  # nothing kept, filled per call from the int8 / int4 codes
     assert torch.equal(kept, per_call)
+    with torch.no_grad():
+        assert torch.equal(conv2d_forward(q, x), per_call)  # the op's bits
+        q.bias.add_(1.0)  # a change: the route's arrays are made again
+        assert torch.equal(q(x), copy.deepcopy(q)(x))
+        assert not torch.equal(q(x), per_call)
 
 
 def test_the_rule(monkeypatch):

@@ -24,6 +24,7 @@ from .half_conv import _half_conv2d_backward, _half_conv2d_setup
 from .settings import SETTINGS
 
 __all__ = ["int8_conv_arrays", "int8_conv_panels", "float_conv_panels", "direct_conv2d", "direct_conv2d_int8",
+           "direct_conv2d_int4",
            "direct_conv2d_reference", "MAX_OUTPUTS", "LARGE_WEIGHT_OUTPUTS_FACTOR", "MIN_K"]
 
 #: the most output elements (batch x out_h x out_w x out_channels) an integer layer's conv (weight-only
@@ -96,6 +97,18 @@ def direct_conv2d_int8(x: torch.Tensor, arrays: tuple, out_channels: int, kernel
     return torch.from_numpy(_C.dconv2d_int8((x.detach() if x.requires_grad else x).numpy(), *arrays, out_channels,
                                             tuple(kernel_size), tuple(stride), tuple(padding), tuple(dilation),
                                             groups, nthreads=SETTINGS.num_threads()))
+
+
+def direct_conv2d_int4(x: torch.Tensor, arrays: tuple, out_channels: int, kernel_size: Sequence[int],
+                       stride: Sequence[int], padding: Sequence[int], dilation: Sequence[int],
+                       groups: int) -> torch.Tensor:
+    """:func:`direct_conv2d` (``tap_major=False``) of an int4 weight, ``arrays`` its ``(codes, fp16 scales,
+    u4.4 zero-points, float32 bias or None, group)``: the panels filled for this call from the floats of
+    its dequantized weight, in the same C call (the bits of :func:`float_conv_panels` on that weight)."""
+    packed, scale, zero, bias, group = arrays
+    return torch.from_numpy(_C.dconv2d_int4((x.detach() if x.requires_grad else x).numpy(), packed, scale, zero,
+                                            bias, group, tuple(kernel_size), tuple(stride), tuple(padding),
+                                            tuple(dilation), groups, nthreads=SETTINGS.num_threads()))
 
 
 def direct_conv2d_reference(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], stride,

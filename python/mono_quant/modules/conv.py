@@ -17,8 +17,9 @@ from ..formats.packed_linear import conv_kernel_takes, dequantized_packed, packe
 from ..kernels import direct_conv, dynamic_conv
 from ..kernels.dynamic_conv import direct_applies
 from ..kernels.settings import SETTINGS
-from ..kernels.direct_conv import (direct_conv2d, direct_conv2d_int8, float_conv_panels, int8_conv_arrays,
-                                  int8_conv_panels)
+from ..kernels.direct_conv import (direct_conv2d, direct_conv2d_int4, direct_conv2d_int8, float_conv_panels,
+                                  int8_conv_arrays, int8_conv_panels)
+from ..formats.int4_weight import effective_group
 from ..kernels.int8 import conv2d_int8_raw
 from ..kernels.stamps import make_stamp, tensors_unchanged
 from ..kernels.layout import INT8_K_GROUP, round_up
@@ -268,7 +269,8 @@ class QuantizedConv2d(ReduceRange, QuantizedModule):
         if route[5] is _DIRECT:  # float32 x, weight-only: the direct kernel on the layer's kept panels, or filled now
             if route[7] is not None:
                 return direct_conv2d(x, *route[7], *route[9])
-            return direct_conv2d_int8(x, route[8], *route[9][:6])
+            fill_and_conv, arrays = route[8]  # a large weight: its panels filled in the same C call
+            return fill_and_conv(x, arrays, *route[9][:6])
         if route[5] is _PACKED:
             if route[9] is not None and not x.requires_grad and x.is_contiguous():  # float32 x, dynamic, one call
                 return torch.from_numpy(conv2d_int8_raw(x.numpy(), *route[9], reduce_range=self.reduce_range))
@@ -331,10 +333,10 @@ class QuantizedConv2d(ReduceRange, QuantizedModule):
                 call = (packed[2], (tuple(self.kernel_size2d), tuple(self.stride2d), tuple(self.padding2d),
                                     tuple(self.dilation2d), self.groups), True)
         if route is _DIRECT:  # the panels: kept for a small weight (in place of its float copy), else filled per call
-            b = int8_conv_arrays(self._buffers["weight_packed"], self.weight_scale, self.weight_zero_point, self.bias,
-                                 self.out_channels)
+            b = (direct_conv2d_int8, int8_conv_arrays(self._buffers["weight_packed"], self.weight_scale,
+                                                      self.weight_zero_point, self.bias, self.out_channels))
             if self.weight_numel() <= layer_cache.SMALL_WEIGHT_ELEMENTS:
-                w = int8_conv_panels(b, self.out_channels, self.in_channels // self.groups, self.kernel_size2d,
+                w = int8_conv_panels(b[1], self.out_channels, self.in_channels // self.groups, self.kernel_size2d,
                                      self.groups)
             call = self._direct_geometry(True)
         memo = (x.shape, x.dtype, x.is_cpu, stamp, direct, route, packed, w, b, call)
@@ -384,9 +386,11 @@ class QuantizedConv2d(ReduceRange, QuantizedModule):
         path); else None (the format's conv2d, nothing kept)."""
         numel = self.weight_numel()
         if (type(self.format).conv2d is not WeightFormat.conv2d or x.dtype != torch.float32 or not x.is_cpu
-                or self.padding_mode != "zeros" or numel > layer_cache.SMALL_WEIGHT_ELEMENTS):
+                or self.padding_mode != "zeros"):
             return None
         direct = self._direct_fits(x)
+        if numel > layer_cache.SMALL_WEIGHT_ELEMENTS:  # a large weight: nothing kept; int4's panels filled per call
+            return self._int4_direct_route(x) if direct else None
         # (the direct route keeps the panels alone, in place of the float copy)
         w, b, dtype = self.format.compute_weight(self, x, numel, cache=not direct)
         if dtype != torch.float32 or w.dtype != torch.float32 or not w.is_cpu or (b is not None and b.dtype != torch.float32):
@@ -400,6 +404,27 @@ class QuantizedConv2d(ReduceRange, QuantizedModule):
             return memo
         direct = (w, b, self.stride2d, self.padding2d, self.dilation2d, self.groups)
         memo = (x.shape, x.dtype, x.is_cpu, stamp, direct, _FORMAT, None, w, b, None)
+        _ROUTES[self] = memo
+        return memo
+
+    def _int4_direct_route(self, x: torch.Tensor):
+        """The direct route of an int4 layer whose weight is past SMALL_WEIGHT_ELEMENTS: its panels filled per
+        call in C from the 4-bit codes (the floats of its dequantized weight: the small route's bits), where the
+        format's conv dequantized it through torch (1.5-1.9x fp32's time on 64 -> 128 channels at 8x8); else
+        None."""
+        qdata, scale, zero = (self._buffers.get(name) for name in ("weight_qdata", "weight_scale", "weight_zero_point"))
+        bias = self.bias
+        if (self.weight_format != "int4" or qdata is None or scale is None or zero is None
+                or not (qdata.is_cpu and scale.is_cpu and zero.is_cpu) or qdata.dtype != torch.uint8
+                or scale.dtype != torch.float16 or zero.dtype != torch.uint8 or qdata.dim() != 2):
+            return None
+        k = self.in_channels // self.groups * self.kernel_size2d[0] * self.kernel_size2d[1]
+        arrays = (qdata.contiguous().numpy(), scale.contiguous().numpy(), zero.contiguous().numpy(),
+                  None if bias is None else bias.detach().numpy(), effective_group(k, self.weight_group_size))
+        sources = tuple(("_buffers", name) for name in self._buffers) + (("_parameters", "bias"), (None, "bias"))
+        stamp = make_stamp(self, sources) + make_stamp(self, _ROUTE_SOURCES)
+        memo = (x.shape, x.dtype, x.is_cpu, stamp, None, _DIRECT, None, None, (direct_conv2d_int4, arrays),
+                self._direct_geometry(False))
         _ROUTES[self] = memo
         return memo
 
