@@ -1,7 +1,8 @@
-/* h16_dconv.c - the direct Conv2d (no im2col) of an fp16 / bf16 weight, or of a packed
- * int8 one with float32 activations (weight-only), for images with many output pixels
- * (h16_conv.c's im2col + dot-product GEMM loses to oneDNN there: it writes kh*kw times
- * the image and sums each output across lanes).
+/* h16_dconv.c - the direct Conv2d (no im2col) with float32 activations of an fp16 / bf16
+ * weight, or of a packed int8 (weight-only), int4 or float32 one, for images with many output
+ * pixels (h16_conv.c's im2col + dot-product GEMM loses to oneDNN there: it writes kh*kw times
+ * the image and sums each output across lanes) and for the small convs of the integer formats
+ * (kernels/direct_conv.py).
  *
  * Output channels go in vector lanes.  Per block of up to BLOCK output
  * channels the weight is widened (or dequantized) into a tap-major fp32 panel, once per call
@@ -28,7 +29,7 @@
 /* below this many multiply-adds a call stays on the calling thread; from there to
  * MQ_SPLIT_ALWAYS_MACS it splits while the split calls' callers keep their cores
  * (mq_threads_for_work).  16M with the old pool, whose second thread never paid below it; on
- * torch's team, 2 December 2026: 64 channels on 16x16 at batch 1 (9.4M) 157 us on one thread,
+ * torch's team, 1 December 2026: 64 channels on 16x16 at batch 1 (9.4M) 157 us on one thread,
  * 117 on two */
 #define ONE_THREAD_MACS ((double)(1 << 21))
 /* with threads, strips shrink (halving, to this many pixels at least: a multiple of the kernels'
