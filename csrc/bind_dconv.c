@@ -188,6 +188,20 @@ static PyObject *conv_result(int status, const char *fname, PyArrayObject *x, Py
     return mq_return(out);
 }
 
+/* The conv of x into out with wt's panels filled for the call (mq_dconv2d_weight): out, or NULL with
+ * an exception set */
+static PyObject *weight_conv(const char *fname, PyArrayObject *x, PyArrayObject *out, const npy_intp ks[2],
+                             const npy_intp st[2], const npy_intp pd[2], const npy_intp dl[2], npy_intp groups,
+                             const mq_dconv_weight *wt, npy_intp n, int nthreads) {
+    int status;
+    Py_BEGIN_ALLOW_THREADS
+    status = mq_dconv2d_weight(PyArray_DATA(x), PyArray_DIM(x, 0), PyArray_DIM(x, 1), PyArray_DIM(x, 2),
+                               PyArray_DIM(x, 3), ks[0], ks[1], st[0], st[1], pd[0], pd[1], dl[0], dl[1], groups, wt,
+                               n, PyArray_DATA(out), nthreads);
+    Py_END_ALLOW_THREADS
+    return conv_result(status, fname, x, out, pd);
+}
+
 PyDoc_STRVAR(dconv2d_doc,
              "dconv2d(x, panels, biases, out_channels, kernel_size, stride, padding, dilation, groups,\n"
              "        nthreads=1, tap_major=True) -> y\n\n"
@@ -269,13 +283,7 @@ static PyObject *py_dconv2d_int8(PyObject *self, PyObject *args, PyObject *kw) {
                  pd, dl) ||
         !int8_weight_in(&refs, p_obj, s_obj, z_obj, b_obj, n, PyArray_DIM(x, 1) / groups, ks, groups, &wt))
         goto done;
-    int status;
-    Py_BEGIN_ALLOW_THREADS
-    status = mq_dconv2d_weight(PyArray_DATA(x), PyArray_DIM(x, 0), PyArray_DIM(x, 1), PyArray_DIM(x, 2),
-                               PyArray_DIM(x, 3), ks[0], ks[1], st[0], st[1], pd[0], pd[1], dl[0], dl[1], groups, &wt,
-                               n, PyArray_DATA(out), nthreads);
-    Py_END_ALLOW_THREADS
-    result = conv_result(status, "dconv2d_int8", x, out, pd);
+    result = weight_conv("dconv2d_int8", x, out, ks, st, pd, dl, groups, &wt, n, nthreads);
 done:
     mq_release(&refs);
     return result;
@@ -319,13 +327,7 @@ static PyObject *py_dconv2d_int4(PyObject *self, PyObject *args, PyObject *kw) {
     const mq_dconv_weight wt = {.q4 = PyArray_DATA(packed), .q4_scale = PyArray_DATA(scale),
                                 .q4_zero = PyArray_DATA(zero), .q4_kpad = PyArray_DIM(packed, 1) * 2,
                                 .q4_group = group, .bias = mq_data_or_null(bias)};
-    int status;
-    Py_BEGIN_ALLOW_THREADS
-    status = mq_dconv2d_weight(PyArray_DATA(x), PyArray_DIM(x, 0), PyArray_DIM(x, 1), PyArray_DIM(x, 2),
-                               PyArray_DIM(x, 3), ks[0], ks[1], st[0], st[1], pd[0], pd[1], dl[0], dl[1], groups, &wt,
-                               n, PyArray_DATA(out), nthreads);
-    Py_END_ALLOW_THREADS
-    result = conv_result(status, "dconv2d_int4", x, out, pd);
+    result = weight_conv("dconv2d_int4", x, out, ks, st, pd, dl, groups, &wt, n, nthreads);
 done:
     mq_release(&refs);
     return result;

@@ -168,15 +168,8 @@ def _int8_setup(ctx, inputs, output):
 
 
 def _int8_backward(ctx, grad):
-    from .torch_library import conv_weight  # (the packed conv op's: one home for unpacking a conv weight)
-    packed, info, scale, zero_point = ctx.saved_tensors
-    x_dtype, x_shape, kernel_size, stride, padding, dilation, groups, out_channels, has_bias = ctx.meta
-    grad_x = grad_bias = None
-    if ctx.needs_input_grad[0]:
-        w = conv_weight(packed, info, scale, zero_point, out_channels, x_shape[1] // groups, kernel_size, groups)
-        grad_x = torch.nn.grad.conv2d_input(x_shape, w, grad, stride, padding, dilation, groups).to(x_dtype)
-    if has_bias and ctx.needs_input_grad[5]:
-        grad_bias = grad.sum((0, 2, 3))
+    from .torch_library import packed_conv_grads  # (the packed conv op's: one home for a conv weight's unpacking)
+    grad_x, grad_bias = packed_conv_grads(ctx, grad, 5)
     return (grad_x, None, None, None, None, grad_bias) + (None,) * 6
 
 

@@ -30,7 +30,7 @@ from .layout import PACKED_LAYOUT_VERSION, int8_packed_sizes, unpack_int8_rows
 from .rows import dequantize_rows, to_numpy
 from .settings import SETTINGS
 
-__all__ = ["use_ops", "conv_weight", "refuse_functorch", "KERNEL_DTYPES"]
+__all__ = ["use_ops", "conv_weight", "packed_conv_grads", "refuse_functorch", "KERNEL_DTYPES"]
 
 _LIB = torch.library.Library("mono_quant", "DEF")  # kept alive: the ops live as long as this object
 KERNEL_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
@@ -286,15 +286,22 @@ def _conv2d_int8_setup(ctx, inputs, output):
                 out_channels, bias is not None)
 
 
-def _conv2d_int8_backward(ctx, grad):
+def packed_conv_grads(ctx, grad, bias_index: int):
+    """(grad_x, grad_bias) of a conv op on a packed int8 weight whose setup saved (packed, info, scale,
+    zero_point) and _conv2d_int8_setup's meta; ``bias_index``: the bias's place among the op's inputs."""
     packed, info, scale, zero_point = ctx.saved_tensors
     x_dtype, x_shape, kernel_size, stride, padding, dilation, groups, out_channels, has_bias = ctx.meta
     grad_x = grad_bias = None
     if ctx.needs_input_grad[0]:
         w = conv_weight(packed, info, scale, zero_point, out_channels, x_shape[1] // groups, kernel_size, groups)
         grad_x = torch.nn.grad.conv2d_input(x_shape, w, grad, stride, padding, dilation, groups).to(x_dtype)
-    if has_bias and ctx.needs_input_grad[6]:
+    if has_bias and ctx.needs_input_grad[bias_index]:
         grad_bias = grad.sum((0, 2, 3))
+    return grad_x, grad_bias
+
+
+def _conv2d_int8_backward(ctx, grad):
+    grad_x, grad_bias = packed_conv_grads(ctx, grad, 6)
     return (grad_x,) + (None,) * 5 + (grad_bias,) + (None,) * 8
 
 
