@@ -379,11 +379,13 @@ class QuantizedConv2d(ReduceRange, QuantizedModule):
 
     def _small_float_route(self, x: torch.Tensor):
         """The route of a layer without a packed int8 weight whose format runs torch's conv on the
-        dequantized weight (``WeightFormat.conv2d``: int4), for a float32 CPU ``x`` and a small
-        weight: its kept float32 copy (float_weight's) and F.conv2d's argument list, kept with the
-        stamp of every buffer, the bias and the route's sources, so the call is fp32's own (the
-        int4 convs of an 8x8 CNN took about 6 us a call more than fp32's through the format's
-        path); else None (the format's conv2d, nothing kept)."""
+        dequantized weight (``WeightFormat.conv2d``: int4), for a float32 CPU ``x``: where
+        ``_direct_fits``, the direct kernel on panels of the dequantized weight (kept for a small
+        weight, filled per call for a large int4 one: ``_int4_direct_route``); else, for a small
+        weight, its kept float32 copy (float_weight's) and F.conv2d's argument list, so the call is
+        fp32's own (the int4 convs of an 8x8 CNN took about 6 us a call more than fp32's through the
+        format's path); each kept with the stamp of every buffer, the bias and the route's sources;
+        else None (the format's conv2d, nothing kept)."""
         numel = self.weight_numel()
         if (type(self.format).conv2d is not WeightFormat.conv2d or x.dtype != torch.float32 or not x.is_cpu
                 or self.padding_mode != "zeros"):
