@@ -1,6 +1,6 @@
 /* bind_dconv.c - the direct Conv2d (h16_dconv.c) on panels kept per layer: a packed int8
  * weight's, dequantized (weight-only int8 convs), or a float32 / fp16 / bf16 weight's, widened;
- * and for a packed int8 weight whose panels are not kept, both in one call. */
+ * and for a packed int8 or an int4 weight whose panels are not kept, both in one call. */
 #include "bind.h"
 #include "layout.h"
 
@@ -119,7 +119,7 @@ static PyObject *py_dconv_panels(PyObject *self, PyObject *args, PyObject *kw) {
     if (!mq_check_threads(nthreads)) return NULL;
     if (!(w = mq_array_in(&refs, w_obj, "w", wtypes, 4, 4, "float32, float16 or int16/uint16 (bf16 bits)"))) goto done;
     const int wtype = PyArray_TYPE(w);
-    if (is_bf16 != (wtype == NPY_INT16 || wtype == NPY_UINT16) && !(wtype == NPY_FLOAT16 && !is_bf16)) {
+    if (is_bf16 != (wtype == NPY_INT16 || wtype == NPY_UINT16)) { /* bf16 bits come as int16 / uint16 alone */
         PyErr_Format(PyExc_TypeError, "dconv_panels: bf16=%s does not fit a %s weight (bf16 bits come as int16/uint16)",
                      is_bf16 ? "True" : "False", wtype == NPY_FLOAT32 ? "float32" : "16-bit");
         goto done;
@@ -313,7 +313,6 @@ static PyObject *py_dconv2d_int4(PyObject *self, PyObject *args, PyObject *kw) {
                                      &nthreads))
         return NULL;
     if (!mq_check_threads(nthreads) || !mq_q4_check_group(group)) return NULL;
-    if (!mq_conv_pair(kernel_obj, "kernel_size", 1, ks)) return NULL;
     static const int u8[] = {NPY_UINT8};
     if (!(packed = mq_array_in(&refs, p_obj, "packed", u8, 1, 2, "uint8"))) goto done; /* its rows: the outputs */
     const npy_intp n = PyArray_DIM(packed, 0);

@@ -93,26 +93,28 @@ static int64_t block_lane0(int64_t b, int64_t blocks, int64_t n_g) {
  * words of 4 taps: each tap's 16 values come out of the words by shifts on 32-bit lanes, which
  * the compiler vectorizes (a byte at a time took 0.55 ns a weight, more than the conv of a
  * small image), into consecutive panel rows. */
+_Static_assert(MQ_PANEL == 16 && MQ_KGROUP == 4 && MQ_PANEL_GROUP_BYTES == 64,
+               "int8_panel reads a K-group of a packed panel as 16 words of 4 taps (lanes of 16, block_ldp's)");
 static void int8_panel(const mq_dconv_weight *wt, int64_t g, int64_t n_g, int64_t oc0, int64_t nb, int64_t ldp,
                        int64_t k, float *panel) {
-    const int64_t kp = (k + 3) / 4 * 4, np_g = (n_g + 15) / 16 * 16;
+    const int64_t kp = mq_size_round_up(k, MQ_KGROUP), np_g = mq_size_round_up(n_g, MQ_PANEL);
     const int8_t *packed = wt->packed + g * np_g * kp;
-    for (int64_t j0 = 0; j0 < ldp; j0 += 16) {
-        const int64_t lanes = nb - j0 < 16 ? (nb - j0 > 0 ? nb - j0 : 0) : 16;
-        const int64_t oc = oc0 + j0; /* within the group: a multiple of 16 */
-        const int8_t *src = packed + oc / 16 * (kp / 4) * 64;
-        float scale[16], zp[16];
-        for (int64_t c = 0; c < 16; c++) {
+    for (int64_t j0 = 0; j0 < ldp; j0 += MQ_PANEL) {
+        const int64_t lanes = nb - j0 < MQ_PANEL ? (nb - j0 > 0 ? nb - j0 : 0) : MQ_PANEL;
+        const int64_t oc = oc0 + j0; /* within the group: a multiple of MQ_PANEL */
+        const int8_t *src = packed + oc / MQ_PANEL * (kp / MQ_KGROUP) * MQ_PANEL_GROUP_BYTES;
+        float scale[MQ_PANEL], zp[MQ_PANEL];
+        for (int64_t c = 0; c < MQ_PANEL; c++) {
             scale[c] = c < lanes ? wt->scale[g * n_g + oc + c] : 0.0f;
             zp[c] = c < lanes ? (float)wt->zp[g * n_g + oc + c] : 0.0f;
         }
-        for (int64_t t0 = 0; t0 < k; t0 += 4) {
-            uint32_t words[16];
-            memcpy(words, src + t0 / 4 * 64, sizeof(words));
-            for (int64_t tt = 0; tt < 4 && t0 + tt < k; tt++) {
+        for (int64_t t0 = 0; t0 < k; t0 += MQ_KGROUP) {
+            uint32_t words[MQ_PANEL];
+            memcpy(words, src + t0 / MQ_KGROUP * MQ_PANEL_GROUP_BYTES, sizeof(words));
+            for (int64_t tt = 0; tt < MQ_KGROUP && t0 + tt < k; tt++) {
                 const int shift = 24 - 8 * (int)tt;
                 float *row = panel + (t0 + tt) * ldp + j0;
-                for (int c = 0; c < 16; c++) /* (0 past the lanes: scale 0, and padding bytes are 0) */
+                for (int c = 0; c < MQ_PANEL; c++) /* (0 past the lanes: scale 0, and padding bytes are 0) */
                     row[c] = ((float)((int32_t)(words[c] << shift) >> 24) - zp[c]) * scale[c];
             }
         }

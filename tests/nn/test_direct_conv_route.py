@@ -14,6 +14,7 @@ import mono_quant as mq
 from mono_quant.formats import layer_cache
 from mono_quant.formats.traced_forward import conv2d_forward
 from mono_quant.kernels import direct_conv
+from mono_quant.kernels.direct_conv import direct_conv2d_reference
 from mono_quant.modules import conv as conv_module
 
 
@@ -30,8 +31,8 @@ def _route(q):
 
 
 def _reference(q, x):
-    w = q.dequantized_weight(torch.float32)
-    return F.conv2d(x, w, q.bias, q.stride2d, q.padding2d, q.dilation2d, q.groups)
+    return direct_conv2d_reference(x, q.dequantized_weight(torch.float32), q.bias, q.stride2d, q.padding2d,
+                                   q.dilation2d, q.groups)
 
 
 def _close(q, y, x):

@@ -129,12 +129,13 @@ def conv2d_forward(module, x: torch.Tensor) -> torch.Tensor:
         return m.conv_with(x, m._buffers["weight"].to(x.dtype).to(x.device), b)
     k = m.in_channels // m.groups * m.kernel_size2d[0] * m.kernel_size2d[1]
     if conv_kernel_takes(m, x, k):
-        if not m._packed_pays(x) and m.activations is None and m._direct_fits(x, _isa()):  # eager's direct route
+        packed_pays = m._packed_pays(x)
+        if not packed_pays and m.activations is None and m._direct_fits(x, _isa()):  # eager's direct route
             return torch.ops.mono_quant.direct_conv2d_int8(
                 x, m.weight_packed, m.weight_packed_info, m.weight_scale, m.weight_zero_point, bias,
                 list(m.kernel_size2d), list(m.stride2d), list(m.padding2d), list(m.dilation2d), m.groups,
                 m.out_channels)
-        if m._packed_pays(x):
+        if packed_pays:
             if m.padding_mode != "zeros":
                 x = F.pad(x, m._reversed_padding_repeated_twice, mode=m.padding_mode)
                 padding = [0, 0]

@@ -29,7 +29,7 @@ __all__ = ["int8_conv_arrays", "int8_conv_panels", "float_conv_panels", "direct_
 
 #: the most output elements (batch x out_h x out_w x out_channels) an integer layer's conv (weight-only
 #: int8, int4) runs the direct kernel with, per kernel level: past them torch's conv, batched over more pixels, is as fast or
-#: faster (2 December 2026, Intel Xeon with AMX, 1 and 2 threads: 32->32 channels on 8x8 at batch 8,
+#: faster (1 December 2026, Intel Xeon with AMX, 1 and 2 threads: 32->32 channels on 8x8 at batch 8,
 #: 16384 outputs, 0.72-0.81 of fp32's time, at batch 16 0.97-1.23; 16->32 on 32x32 at batch 1,
 #: 32768, 0.72-0.80; the AVX2 level against torch's AVX-512 conv: 0.55-0.81 at 16384, 1.12 for
 #: 64->64 on 16x16).  The scalar level keeps torch's conv.
@@ -112,7 +112,7 @@ def direct_conv2d_int4(x: torch.Tensor, arrays: tuple, out_channels: int, kernel
 
 
 def direct_conv2d_reference(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], stride,
-                                  padding, dilation, groups: int) -> torch.Tensor:
+                            padding, dilation, groups: int) -> torch.Tensor:
     """The pure-torch twin: torch's conv on the dequantized (or widened) float32 weight."""
     return F.conv2d(x, weight, bias, tuple(stride), tuple(padding), tuple(dilation), groups)
 

@@ -397,8 +397,7 @@ class QuantizedConv2d(ReduceRange, QuantizedModule):
         w, b, dtype = self.format.compute_weight(self, x, numel, cache=not direct)
         if dtype != torch.float32 or w.dtype != torch.float32 or not w.is_cpu or (b is not None and b.dtype != torch.float32):
             return None
-        sources = tuple(("_buffers", name) for name in self._buffers) + (("_parameters", "bias"), (None, "bias"))
-        stamp = make_stamp(self, sources) + make_stamp(self, _ROUTE_SOURCES)
+        stamp = self._buffers_stamp()
         if direct:  # the direct kernel on panels of the dequantized weight
             memo = (x.shape, x.dtype, x.is_cpu, stamp, None, _DIRECT, None, float_conv_panels(w, b, self.groups), None,
                     self._direct_geometry(False))
@@ -408,6 +407,11 @@ class QuantizedConv2d(ReduceRange, QuantizedModule):
         memo = (x.shape, x.dtype, x.is_cpu, stamp, direct, _FORMAT, None, w, b, None)
         _ROUTES[self] = memo
         return memo
+
+    def _buffers_stamp(self) -> tuple:
+        """The stamp of every buffer, the bias and the route's sources (a layer without a packed weight)."""
+        sources = tuple(("_buffers", name) for name in self._buffers) + (("_parameters", "bias"), (None, "bias"))
+        return make_stamp(self, sources) + make_stamp(self, _ROUTE_SOURCES)
 
     def _int4_direct_route(self, x: torch.Tensor):
         """The direct route of an int4 layer whose weight is past SMALL_WEIGHT_ELEMENTS: its panels filled per
@@ -423,8 +427,7 @@ class QuantizedConv2d(ReduceRange, QuantizedModule):
         k = self.in_channels // self.groups * self.kernel_size2d[0] * self.kernel_size2d[1]
         arrays = (qdata.contiguous().numpy(), scale.contiguous().numpy(), zero.contiguous().numpy(),
                   None if bias is None else bias.detach().numpy(), effective_group(k, self.weight_group_size))
-        sources = tuple(("_buffers", name) for name in self._buffers) + (("_parameters", "bias"), (None, "bias"))
-        stamp = make_stamp(self, sources) + make_stamp(self, _ROUTE_SOURCES)
+        stamp = self._buffers_stamp()
         memo = (x.shape, x.dtype, x.is_cpu, stamp, None, _DIRECT, None, None, (direct_conv2d_int4, arrays),
                 self._direct_geometry(False))
         _ROUTES[self] = memo
