@@ -25,6 +25,7 @@ fp32 baseline runs at the host's best level whatever mono-quant's.
 Usage: python benchmarks/bench_models.py [--quick] [--threads 2,1] [--isa avx512,avx2]
                                          [--budget S] [--cases bert384-128,cnn32x8-b1,...] [--crossover]
                                          [--rows 16,128,4096] [--torch-isa avx2] [--clock cpu] [--background-load N]
+                                         [--stat median|mean]
 """
 from __future__ import annotations
 
@@ -102,6 +103,10 @@ class SmallCNN(nn.Module):
 #: the timing clock: wall time, or with --clock cpu the calling thread's CPU time (one
 #: thread: on a shared machine it leaves out the time other processes held the core)
 CLOCK = [time.perf_counter]
+# The statistic the ratios compare: the median, or (under --background-load, where a call either runs
+# through or loses a scheduler slice and the median jumps between the two modes from run to run) the
+# mean, which is what a loop of calls pays.
+STAT = ["median_us"]
 
 
 def build_case(name: str):
@@ -195,22 +200,24 @@ def run_case(name, threads, isas, use_ort, budget_s):
                     if n in sessions:
                         contenders["ORT int8 dyn"] = lambda s=sessions[n]: s.run(None, {"x": x_np})
                     # rounds from a time budget: fast cases get hundreds (on a loaded machine the
-                    # median needs them), the slowest at least 5
+                    # median needs them; the mean, thousands: a lost slice is a rare 20-60 ms call),
+                    # the slowest at least 5
                     t0 = time.perf_counter()
                     for fn in contenders.values():
                         fn()
                     round_s = time.perf_counter() - t0
-                    rounds = int(min(max(budget_s / max(round_s, 1e-6), 5), 400))
+                    rounds = int(min(max(budget_s / max(round_s, 1e-6), 5), 400 if STAT[0] == "median_us" else 20000))
                     times = interleaved(contenders, rounds, warmup=2, clock=CLOCK[0])
                     stats = {label: summary(samples) for label, samples in times.items()}
-                    base = stats["fp32"]["median_us"]
+                    base = stats["fp32"][STAT[0]]
                     outputs = {label: m(x) for label, m in quantized.items()}
                     if fbgemm is not None:
                         outputs["fbgemm dyn"] = fbgemm(x)
                     if n in sessions:
                         outputs["ORT int8 dyn"] = torch.from_numpy(sessions[n].run(None, {"x": x_np})[0])
                     for label, s in stats.items():
-                        s["ratio_vs_fp32"] = s["median_us"] / base
+                        s["ratio_vs_fp32"] = s[STAT[0]] / base
+                        s["ratio_stat"] = STAT[0]
                         if label in outputs:
                             s["cosine_vs_fp32"] = cosine(outputs[label], reference)
                     row = {"case": name, "isa": isa, "threads": n, "rounds": rounds, "contenders": stats}
@@ -290,7 +297,7 @@ COLUMNS = ["int8 dyn", "int8 dyn vnni", "fbgemm dyn", "ORT int8 dyn", "int8 w-on
 
 def print_header():
     print(f"{'case':<14} {'isa':<6} {'thr':>3} {'fp32 ms':>9}  " + "  ".join(f"{c:>13}" for c in COLUMNS)
-          + "   (time / fp32, lower is faster; [p10-p90] of fp32 ms)")
+          + f"   ({STAT[0][:-3]} time / fp32, lower is faster; [p10-p90] of fp32 ms)")
 
 
 def print_row(row):
@@ -299,7 +306,7 @@ def print_row(row):
     cells = []
     for c in COLUMNS:
         cells.append(f"{st[c]['ratio_vs_fp32']:>13.2f}" if c in st else f"{'-':>13}")
-    print(f"{row['case']:<14} {row['isa']:<6} {row['threads']:>3} {fp['median_us'] / 1e3:>9.2f}  " + "  ".join(cells)
+    print(f"{row['case']:<14} {row['isa']:<6} {row['threads']:>3} {fp[STAT[0]] / 1e3:>9.2f}  " + "  ".join(cells)
           + f"   [{fp['p10_us'] / 1e3:.2f}-{fp['p90_us'] / 1e3:.2f}]", flush=True)
 
 
@@ -321,6 +328,8 @@ def main():
                         help="cap torch's MKL / oneDNN / fbgemm at AVX2 too (needs --isa avx2)")
     parser.add_argument("--background-load", type=int, default=0, metavar="N",
                         help="run N CPU-bound processes beside the benchmark (common.background_load)")
+    parser.add_argument("--stat", choices=["median", "mean"], default=None,
+                        help="what the ratios compare (default: median; mean under --background-load)")
     parser.add_argument("--crossover", action="store_true",
                         help="only the weight-only packed-kernel vs dequantize+BLAS sweep over row counts")
     args = parser.parse_args()
@@ -330,6 +339,7 @@ def main():
         if args.threads != "1":
             raise SystemExit("--clock cpu needs --threads 1 (helper threads' work would not be counted)")
         CLOCK[0] = time.thread_time
+    STAT[0] = (args.stat or ("mean" if args.background_load else "median")) + "_us"
     cases = args.cases.split(",") if args.cases else (QUICK_CASES if args.quick else FULL_CASES)
     threads = [int(t) for t in args.threads.split(",")]
     best = kernels.cpu_info()["best_isa"]

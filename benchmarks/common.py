@@ -85,7 +85,8 @@ def interleaved(contenders: Dict[str, Callable[[], object]], repeats: int = 15, 
 def summary(samples: list) -> dict:
     s = sorted(samples)
     q = statistics.quantiles(s, n=10) if len(s) >= 2 else [s[0]] * 9
-    return {"median_us": statistics.median(s) * 1e6, "p10_us": q[0] * 1e6, "p90_us": q[-1] * 1e6, "n": len(s)}
+    return {"median_us": statistics.median(s) * 1e6, "mean_us": statistics.fmean(s) * 1e6,
+            "p10_us": q[0] * 1e6, "p90_us": q[-1] * 1e6, "n": len(s)}
 
 
 def write_results(name: str, payload: dict) -> Path:

@@ -208,6 +208,7 @@ static const mq_kernels scalar_table = {
     .f16_gemm = mq_ref_f16_gemm,
     .bf16_gemm = mq_ref_bf16_gemm,
     .h16_dconv_panel = mq_ref_h16_dconv_panel,
+    .f32_dconv_panel = mq_ref_f32_dconv_panel,
     .h16_dconv = mq_ref_h16_dconv,
 };
 
@@ -268,6 +269,7 @@ static void overlay(mq_kernels *dst, const mq_kernels *src) {
         dst->amxbf16_gemm_panels = src->amxbf16_gemm_panels;
     }
     TAKE(h16_dconv_panel);
+    TAKE(f32_dconv_panel);
     TAKE(h16_dconv);
 #undef TAKE
 }

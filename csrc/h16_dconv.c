@@ -5,12 +5,13 @@
  * (kernels/direct_conv.py).
  *
  * Output channels go in vector lanes.  Per block of up to BLOCK output
- * channels the weight is widened (or dequantized) into a tap-major fp32 panel, once per call
- * or once per layer (mq_dconv_fill_panels, then mq_dconv2d with the kept panels)
+ * channels the weight is widened (or dequantized) into a tap-major fp32 panel, once per layer
+ * (mq_dconv_fill_panels, then mq_dconv2d with the kept panels) or per call inside the conv's
+ * threads, by the first one that needs the block (mq_dconv2d_weight: item_panel)
  * ([k][ldp], mq.h): one vector load of it serves a tap of every pixel in a
  * tile, and each tap's input value is broadcast from the (zero-padded) NCHW
  * image: an outer product, no gather, no im2col.  Work items are strips of
- * STRIP output pixels of one block; the taps go in chunks of K_CHUNK, so the
+ * up to STRIP output pixels of one block; the taps go in chunks of K_CHUNK, so the
  * chunk's panel slice stays in L1 while every tile of the strip uses it.  A
  * strip's results ([pixel][lane]) are written to the NCHW output at the end.
  * Each output is an fmaf chain over its taps from the bias in tap order
@@ -32,8 +33,7 @@
  * torch's team, 1 December 2026: 64 channels on 16x16 at batch 1 (9.4M) 157 us on one thread,
  * 117 on two */
 #define ONE_THREAD_MACS ((double)(1 << 21))
-/* with threads, strips shrink (halving, to this many pixels at least: a multiple of the kernels'
- * 6- and 8-pixel tiles) until there are two work items a thread */
+/* with threads, strips shrink (to this many pixels at least) until there are two work items a thread */
 #define MIN_STRIP 24
 /* panel floats (all blocks) widened on the calling thread alone: below 4 MiB */
 #define PANELS_ON_CALLER ((double)(1 << 20))
@@ -121,21 +121,6 @@ static void int8_panel(const mq_dconv_weight *wt, int64_t g, int64_t n_g, int64_
     }
 }
 
-/* A float32 weight's block ([nb][k] rows) into its panel (mq.h: the 16-bit panel's layout), in 8 x 8
- * tiles: a tile's reads and writes stay in a few cache lines each */
-static void f32_panel(const float *w, int64_t k, int64_t nb, int64_t ldp, float *panel) {
-    for (int64_t t0 = 0; t0 < k; t0 += 8) {
-        const int64_t t1 = t0 + 8 < k ? t0 + 8 : k;
-        for (int64_t j0 = 0; j0 < nb; j0 += 8) {
-            const int64_t j1 = j0 + 8 < nb ? j0 + 8 : nb;
-            for (int64_t t = t0; t < t1; t++)
-                for (int64_t j = j0; j < j1; j++) panel[t * ldp + j] = w[j * k + t];
-        }
-        for (int64_t t = t0; t < t1; t++)
-            for (int64_t j = nb; j < ldp; j++) panel[t * ldp + j] = 0.0f;
-    }
-}
-
 /* An int4 weight's block: its nb rows dequantized (mq_q4_dequantize_row: the floats of
  * mq_q4_dequantize) into rows, then into the panel.  0, or -1 without scratch memory. */
 static int q4_panel(const mq_kernels *kt, const mq_dconv_weight *wt, int64_t oc0, int64_t nb, int64_t ldp, int64_t k,
@@ -148,31 +133,37 @@ static int q4_panel(const mq_kernels *kt, const mq_dconv_weight *wt, int64_t oc0
         for (int64_t j = 0; j < nb; j++)
             mq_q4_dequantize_row(kt, wt->q4 + (oc0 + j) * (wt->q4_kpad / 2), wt->q4_scale + (oc0 + j) * ngroups,
                                  wt->q4_zero + (oc0 + j) * ngroups, wt->q4_kpad, wt->q4_group, k, rows + j * k, tail);
-        f32_panel(rows, k, nb, ldp, panel);
+        kt->f32_dconv_panel(rows, k, nb, ldp, panel);
     }
     free(rows);
     free(tail);
     return ok ? 0 : -1;
 }
 
+/* Block b's panel ([k][ldp]) and bias lanes ([ldp]).  0, or -1 without scratch memory. */
+static int fill_block(const mq_kernels *kt, const mq_dconv_weight *wt, int64_t k, int64_t n_g, int64_t blocks,
+                      int64_t b, float *panel, float *bias) {
+    const int64_t g = b / blocks, blk = b % blocks, oc0 = g * n_g + blk * BLOCK;
+    const int64_t nb = block_width(n_g, blk), ldp = block_ldp(nb);
+    int status = 0;
+    if (wt->packed)
+        int8_panel(wt, g, n_g, blk * BLOCK, nb, ldp, k, panel);
+    else if (wt->q4)
+        status = q4_panel(kt, wt, oc0, nb, ldp, k, panel);
+    else if (wt->f32)
+        kt->f32_dconv_panel(wt->f32 + oc0 * k, k, nb, ldp, panel);
+    else
+        kt->h16_dconv_panel(wt->h16 + oc0 * k, k, wt->is_bf16, nb, ldp, panel);
+    for (int64_t j = 0; j < ldp; j++) bias[j] = wt->bias && j < nb ? wt->bias[oc0 + j] : 0.0f;
+    return status;
+}
+
 static void panel_range(void *vctx, int64_t begin, int64_t end) {
     panel_ctx *c = vctx;
-    const mq_dconv_weight *wt = c->wt;
     for (int64_t b = begin; b < end; b++) {
-        const int64_t g = b / c->blocks, blk = b % c->blocks, oc0 = g * c->n_g + blk * BLOCK;
-        const int64_t nb = block_width(c->n_g, blk), ldp = block_ldp(nb);
         const int64_t lane0 = block_lane0(b, c->blocks, c->n_g);
-        float *panel = c->panels + lane0 * c->k;
-        if (wt->packed)
-            int8_panel(wt, g, c->n_g, blk * BLOCK, nb, ldp, c->k, panel);
-        else if (wt->q4) {
-            if (q4_panel(c->kt, wt, oc0, nb, ldp, c->k, panel) < 0) __atomic_store_n(&c->failed, 1, __ATOMIC_RELAXED);
-        } else if (wt->f32)
-            f32_panel(wt->f32 + oc0 * c->k, c->k, nb, ldp, panel);
-        else
-            c->kt->h16_dconv_panel(wt->h16 + oc0 * c->k, c->k, wt->is_bf16, nb, ldp, panel);
-        float *bias = c->biases + lane0;
-        for (int64_t j = 0; j < ldp; j++) bias[j] = wt->bias && j < nb ? wt->bias[oc0 + j] : 0.0f;
+        if (fill_block(c->kt, c->wt, c->k, c->n_g, c->blocks, b, c->panels + lane0 * c->k, c->biases + lane0) < 0)
+            __atomic_store_n(&c->failed, 1, __ATOMIC_RELAXED);
     }
 }
 
@@ -195,21 +186,53 @@ int mq_dconv_fill_panels(const mq_dconv_weight *wt, int64_t n, int64_t groups, i
     return __atomic_load_n(&pn.failed, __ATOMIC_RELAXED) ? -1 : 0;
 }
 
+/* panels filled in the conv's region (a weight whose panels are not kept): each block's by the
+ * first thread that needs it, which then runs on a panel in its own cache; a thread that finds
+ * the block being filled by another fills a copy of its own instead of waiting for it (that
+ * thread may be descheduled) */
+enum { PANEL_EMPTY, PANEL_FILLING, PANEL_READY };
+
 typedef struct {
     const mq_kernels *kt;
     const float *xp;
     const int64_t *off;
-    const float *panels, *biases;
+    float *panels, *biases;
+    const mq_dconv_weight *wt; /* NULL: the panels are filled; else filled here (state per block) */
+    int *state, *failed;
     float *y;
-    int64_t channels, hp, wp, sh, sw, out_w, pixels, m, k, n, n_g, cg, blocks, strips, strip_pixels;
+    int64_t channels, hp, wp, sh, sw, out_w, pixels, m, k, n, n_g, cg, blocks, all_blocks, strips, strip_pixels;
 } conv_ctx;
+
+/* Block b's panel and bias lanes for this item: the kept or filled ones, else filled now (into the
+ * shared ones, or into *own when another thread is filling those).  NULL without scratch memory. */
+static const float *item_panel(const conv_ctx *c, int64_t b, int64_t ldp, float **own, const float **bias) {
+    const int64_t lane0 = block_lane0(b, c->blocks, c->n_g);
+    float *panel = c->panels + lane0 * c->k, *lanes = c->biases + lane0;
+    *bias = lanes;
+    if (!c->wt || __atomic_load_n(&c->state[b], __ATOMIC_ACQUIRE) == PANEL_READY) return panel;
+    int empty = PANEL_EMPTY;
+    if (!__atomic_compare_exchange_n(&c->state[b], &empty, PANEL_FILLING, 0, __ATOMIC_ACQUIRE, __ATOMIC_RELAXED)) {
+        if (empty == PANEL_READY) return panel;
+        /* (k * BLOCK + BLOCK: any block's panel and lanes; + 1: k may be 0) */
+        if (!*own) *own = malloc(mq_alloc_bytes(mq_size_add(mq_size_mul(c->k + 1, BLOCK), 1), sizeof(float), 1));
+        if (!*own) return NULL;
+        panel = *own;
+        lanes = *own + c->k * ldp;
+        *bias = lanes;
+    }
+    const int filled = fill_block(c->kt, c->wt, c->k, c->n_g, c->blocks, b, panel, lanes);
+    if (panel != *own) __atomic_store_n(&c->state[b], PANEL_READY, __ATOMIC_RELEASE);
+    return filled == 0 ? panel : NULL;
+}
 
 static void conv_range(void *vctx, int64_t begin, int64_t end) {
     const conv_ctx *c = vctx;
     int64_t pix[STRIP];
     float out[STRIP * BLOCK];
+    float *own = NULL;
     for (int64_t item = begin; item < end; item++) {
-        const int64_t b = item / c->strips, strip = item % c->strips; /* b: group * blocks + block */
+        /* strip-major: threads that start together take different blocks (b: group * blocks + block) */
+        const int64_t b = item % c->all_blocks, strip = item / c->all_blocks;
         const int64_t g = b / c->blocks, blk = b % c->blocks;
         const int64_t nb = block_width(c->n_g, blk), ldp = block_ldp(nb);
         const int64_t row0 = strip * c->strip_pixels;
@@ -219,13 +242,16 @@ static void conv_range(void *vctx, int64_t begin, int64_t end) {
             pix[s] = (img * c->channels + g * c->cg) * c->hp * c->wp + p / c->out_w * c->sh * c->wp +
                      p % c->out_w * c->sw;
         }
-        const int64_t lane0 = block_lane0(b, c->blocks, c->n_g);
-        const float *panel = c->panels + lane0 * c->k;
+        const float *bias;
+        const float *panel = item_panel(c, b, ldp, &own, &bias);
+        if (!panel) {
+            __atomic_store_n(c->failed, 1, __ATOMIC_RELAXED);
+            continue;
+        }
         int64_t k0 = 0;
         do { /* (k = 0, no channels: one call, the bias alone) */
             const int64_t kc = c->k - k0 < K_CHUNK ? c->k - k0 : K_CHUNK;
-            c->kt->h16_dconv(c->xp, pix, npix, c->off + k0, kc, panel + k0 * ldp, ldp, c->biases + lane0,
-                             k0 > 0, out);
+            c->kt->h16_dconv(c->xp, pix, npix, c->off + k0, kc, panel + k0 * ldp, ldp, bias, k0 > 0, out);
             k0 += kc;
         } while (k0 < c->k);
         /* [pixel][lane] to NCHW: each channel's pixels are consecutive within an image */
@@ -241,11 +267,28 @@ static void conv_range(void *vctx, int64_t begin, int64_t end) {
             s0 += run;
         }
     }
+    free(own);
 }
 
-int mq_dconv2d(const float *x, int64_t batch, int64_t channels, int64_t height, int64_t width, int64_t kh, int64_t kw,
-               int64_t sh, int64_t sw, int64_t ph, int64_t pw, int64_t dh, int64_t dw, int64_t groups,
-               const float *panels, const float *biases, int tap_major, int64_t n, float *y, int nthreads) {
+/* Pixels per strip of each block's output pixels: STRIP at most; with threads, more strips (of
+ * MIN_STRIP pixels at least) until each thread has two items, the pixels shared evenly (uneven
+ * strips of 48 + 16 left one thread waiting for the other) */
+static int64_t strip_pixels_for(int64_t m, int64_t all_blocks, int nthreads) {
+    int64_t strips = (m + STRIP - 1) / STRIP;
+    if (nthreads > 1) {
+        const int64_t want = (2 * (int64_t)nthreads + all_blocks - 1) / all_blocks;
+        const int64_t most = m / MIN_STRIP > 1 ? m / MIN_STRIP : 1;
+        const int64_t more = want < most ? want : most;
+        if (more > strips) strips = more;
+    }
+    return (m + strips - 1) / strips;
+}
+
+/* mq_dconv2d on panels filled (wt NULL) or to fill in the conv's region from wt (item_panel) */
+static int dconv2d_run(const float *x, int64_t batch, int64_t channels, int64_t height, int64_t width, int64_t kh,
+                       int64_t kw, int64_t sh, int64_t sw, int64_t ph, int64_t pw, int64_t dh, int64_t dw, int64_t groups,
+                       float *panels, float *biases, const mq_dconv_weight *wt, int *state, int tap_major, int64_t n,
+                       float *y, int nthreads) {
     const int64_t out_h = mq_conv_out(height, kh, sh, ph, dh);
     const int64_t out_w = mq_conv_out(width, kw, sw, pw, dw);
     const int64_t cg = channels / groups, k = cg * kh * kw, n_g = n / groups, pixels = out_h * out_w;
@@ -260,13 +303,10 @@ int mq_dconv2d(const float *x, int64_t batch, int64_t channels, int64_t height, 
     float *xp = padded ? malloc(mq_alloc_bytes(padded_floats, sizeof(float), 1)) : NULL;
     /* (+ 1: k may be 0, and malloc(0) may return NULL) */
     int64_t *off = malloc(mq_alloc_bytes(mq_size_add(k, 1), sizeof(int64_t), 1));
-    int status = -1;
+    int status = -1, failed = 0;
     if ((padded && !xp) || !off) goto done;
     nthreads = mq_threads_for_work((double)m * (double)k * (double)n, ONE_THREAD_MACS, nthreads);
-    int64_t strip_pixels = STRIP;
-    while (nthreads > 1 && strip_pixels > MIN_STRIP && groups * blocks * ((m + strip_pixels - 1) / strip_pixels) <
-                                                           2 * (int64_t)nthreads)
-        strip_pixels /= 2;
+    const int64_t strip_pixels = strip_pixels_for(m, groups * blocks, nthreads);
     const int64_t strips = (m + strip_pixels - 1) / strip_pixels;
     if (padded) {
         pad_ctx pc = {x, xp, height, width, hp, wp, ph, pw};
@@ -278,14 +318,22 @@ int mq_dconv2d(const float *x, int64_t batch, int64_t channels, int64_t height, 
         for (int64_t i = 0; i < kh; i++)
             for (int64_t j = 0; j < kw; j++)
                 off[tap_major ? (i * kw + j) * cg + ch : (ch * kh + i) * kw + j] = ch * hp * wp + i * dh * wp + j * dw;
-    conv_ctx cc = {kt, padded ? xp : x, off, panels, biases, y, channels, hp, wp, sh, sw, out_w, pixels, m, k, n,
-                   n_g, cg, blocks, strips, strip_pixels};
+    conv_ctx cc = {kt, padded ? xp : x, off, panels, biases, wt, state, &failed, y, channels, hp, wp, sh, sw, out_w,
+                   pixels, m, k, n, n_g, cg, blocks, groups * blocks, strips, strip_pixels};
     mq_parallel_for(groups * blocks * strips, 1, nthreads, conv_range, &cc);
-    status = 0;
+    status = __atomic_load_n(&failed, __ATOMIC_RELAXED) ? -1 : 0;
 done:
     free(xp);
     free(off);
     return status;
+}
+
+int mq_dconv2d(const float *x, int64_t batch, int64_t channels, int64_t height, int64_t width, int64_t kh, int64_t kw,
+               int64_t sh, int64_t sw, int64_t ph, int64_t pw, int64_t dh, int64_t dw, int64_t groups,
+               const float *panels, const float *biases, int tap_major, int64_t n, float *y, int nthreads) {
+    /* (read only: with wt NULL, conv_range never writes the panels) */
+    return dconv2d_run(x, batch, channels, height, width, kh, kw, sh, sw, ph, pw, dh, dw, groups, (float *)panels,
+                       (float *)biases, NULL, NULL, tap_major, n, y, nthreads);
 }
 
 int mq_dconv2d_weight(const float *x, int64_t batch, int64_t channels, int64_t height, int64_t width, int64_t kh,
@@ -296,16 +344,18 @@ int mq_dconv2d_weight(const float *x, int64_t batch, int64_t channels, int64_t h
             0 ||
         n <= 0)
         return 0;
+    const int64_t all_blocks = groups * ((n / groups + BLOCK - 1) / BLOCK);
     /* (+ 1: k may be 0, and malloc(0) may return NULL) */
     float *panels = malloc(mq_alloc_bytes(mq_size_add(mq_dconv_panel_floats(n, groups, k), 1), sizeof(float), 1));
     float *biases = malloc(mq_alloc_bytes(mq_dconv_bias_floats(n, groups), sizeof(float), 1));
+    int *state = calloc((size_t)all_blocks, sizeof(int)); /* PANEL_EMPTY: 0 */
     int status = -1;
-    if (panels && biases && mq_dconv_fill_panels(wt, n, groups, k, panels, biases, nthreads) == 0) {
-        status = mq_dconv2d(x, batch, channels, height, width, kh, kw, sh, sw, ph, pw, dh, dw, groups, panels, biases,
-                            wt->packed != NULL, n, y, nthreads);
-    }
+    if (panels && biases && state)
+        status = dconv2d_run(x, batch, channels, height, width, kh, kw, sh, sw, ph, pw, dh, dw, groups, panels,
+                             biases, wt, state, wt->packed != NULL, n, y, nthreads);
     free(panels);
     free(biases);
+    free(state);
     return status;
 }
 

@@ -322,6 +322,8 @@ typedef int (*mq_amxbf16_gemm_panels_fn)(const mq_amxbf16_args *a, const mq_amxb
  * (a block of output channels' weights, tap-major: one row of ldp lanes a tap). */
 typedef void (*mq_h16_dconv_panel_fn)(const uint16_t *w, int64_t k, int is_bf16, int64_t nb, int64_t ldp,
                                       float *panel);
+/* The same panel of a float32 weight (w[j * k + t] as it is): a transpose */
+typedef void (*mq_f32_dconv_panel_fn)(const float *w, int64_t k, int64_t nb, int64_t ldp, float *panel);
 /* For s < npix and j < ldp, one fused multiply-add a tap, in tap order:
  *   acc = accumulate ? out[s * ldp + j] : bias[j];
  *   for t < kc: acc = fmaf(x[pix[s] + off[t]], panel[t * ldp + j], acc);
@@ -391,6 +393,7 @@ typedef struct {
     mq_amxbf16_gemm_panels_fn amxbf16_gemm_panels;
     /* fp16 / bf16 weight direct Conv2d (h16_dconv.c) */
     mq_h16_dconv_panel_fn h16_dconv_panel;
+    mq_f32_dconv_panel_fn f32_dconv_panel;
     mq_h16_dconv_fn h16_dconv;
 } mq_kernels;
 
@@ -775,6 +778,7 @@ int mq_h16_wino2d(const float *x, int64_t batch, int64_t channels, int64_t heigh
                   int64_t pw, const uint16_t *w, int is_bf16, const float *bias, int64_t n, float *y, int nthreads);
 /* The scalar twins (ref_h16_dconv.c) */
 void mq_ref_h16_dconv_panel(const uint16_t *w, int64_t k, int is_bf16, int64_t nb, int64_t ldp, float *panel);
+void mq_ref_f32_dconv_panel(const float *w, int64_t k, int64_t nb, int64_t ldp, float *panel);
 void mq_ref_h16_dconv(const float *x, const int64_t *pix, int64_t npix, const int64_t *off, int64_t kc,
                       const float *panel, int64_t ldp, const float *bias, int accumulate, float *out);
 

@@ -1,5 +1,5 @@
 /* ref_h16_dconv.c - the scalar twins of the fp16 / bf16 direct Conv2d's two
- * kernels (mq.h, "fp16 / bf16 weight direct Conv2d"): the ground truth the
+ * kernels, and of the float32 weight's panel (mq.h, "fp16 / bf16 weight direct Conv2d"): the ground truth the
  * AVX2 and AVX-512 versions (x86/<isa>/h16_dconv.c) are tested against, bit
  * for bit.  Each output is one fmaf chain over its taps, in tap order, from
  * the bias: a SIMD lane does the same fused multiply-adds in the same order,
@@ -13,6 +13,11 @@ void mq_ref_h16_dconv_panel(const uint16_t *w, int64_t k, int is_bf16, int64_t n
     for (int64_t t = 0; t < k; t++)
         for (int64_t j = 0; j < ldp; j++)
             panel[t * ldp + j] = j >= nb ? 0.0f : is_bf16 ? mq_bf16_to_f32(w[j * k + t]) : mq_f16_to_f32(w[j * k + t]);
+}
+
+void mq_ref_f32_dconv_panel(const float *w, int64_t k, int64_t nb, int64_t ldp, float *panel) {
+    for (int64_t t = 0; t < k; t++)
+        for (int64_t j = 0; j < ldp; j++) panel[t * ldp + j] = j >= nb ? 0.0f : w[j * k + t];
 }
 
 void mq_ref_h16_dconv(const float *x, const int64_t *pix, int64_t npix, const int64_t *off, int64_t kc,

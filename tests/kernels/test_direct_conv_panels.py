@@ -104,6 +104,10 @@ def test_float_panels_conv_is_the_direct_h16_conv(data, encoding, isa, nthreads)
         panels = _C.dconv_panels(w_bits, is_bf16, bias, groups, nthreads=nthreads)
         y = _C.dconv2d(x, *panels, cout, (kh, kw), stride, padding, (1, 1), groups, nthreads=nthreads,
                        tap_major=False)
+        if encoding == "float32":  # the level's transpose (f32_dconv_panel) is its scalar twin's, exactly
+            with at_isa("scalar"):
+                scalar_panels = _C.dconv_panels(w_bits, is_bf16, bias, groups, nthreads=nthreads)
+            assert all(np.array_equal(a.view(np.int32), b.view(np.int32)) for a, b in zip(panels, scalar_panels))
         if encoding != "float32" and isa != "scalar":  # the 16-bit weight's direct conv: the same bits
             want = _C.h16_conv2d(x, w_bits, is_bf16, bias, stride, padding, (1, 1), groups, nthreads=nthreads,
                                  direct=True)

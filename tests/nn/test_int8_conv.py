@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import mono_quant as mq
-from mono_quant import _C, reference
+from mono_quant import _C, kernels, reference
 from mono_quant.modules import QuantizedConv2d
 from mono_quant.modules.linear import kernel_args
 from conftest import MADDUBS, SUPPORTED, at_isa
@@ -108,12 +108,16 @@ def test_conv_dynamic_bit_exact_vs_reference(case, isa):
 
 
 def test_weight_only_conv_picks_the_packed_kernel_for_few_pixels():
-    conv = nn.Conv2d(32, 256, 3, padding=1).eval()
+    conv = nn.Conv2d(32, 256, 3, padding=1).eval()  # 73728 weights: past SMALL_WEIGHT_ELEMENTS
     qconv, _ = mq.quantize(conv, activations=None)
-    small, big = torch.randn(1, 32, 4, 4), torch.randn(1, 32, 16, 16)  # 16 and 256 output pixels
-    assert qconv._packed_pays(small) and not qconv._packed_pays(big)
+    # 1, 16 and 256 output pixels: the packed kernel for one (the direct kernel's per-call panels would
+    # cost more than the pixel's work), the direct one from FILL_ELEMENTS_PER_PIXEL, neither for many
+    one, small, big = torch.randn(1, 32, 1, 1), torch.randn(1, 32, 4, 4), torch.randn(1, 32, 16, 16)
+    assert qconv._packed_pays(one) and not qconv._packed_pays(big)
+    fits = qconv._direct_fits(small)
+    assert fits == (kernels.SETTINGS.isa != "scalar") and qconv._packed_pays(small) != fits
     with torch.no_grad():
-        for x in (small, big):
+        for x in (one, small, big):
             ref = F.conv2d(x.double(), qconv.dequantized_weight().double(), qconv.bias.double(), padding=1)
             assert torch.allclose(qconv(x).double(), ref, rtol=1e-5, atol=1e-5 * float(ref.abs().max()))
 

@@ -1,4 +1,4 @@
-/* x86/avx2/h16_dconv.c - AVX2/FMA/F16C twins of mq_ref_h16_dconv_panel / mq_ref_h16_dconv
+/* x86/avx2/h16_dconv.c - AVX2/FMA/F16C twins of mq_ref_h16_dconv_panel / mq_ref_f32_dconv_panel / mq_ref_h16_dconv
  * (the fp16 / bf16 weight direct Conv2d, h16_dconv.c).
  *
  * Compiled with -mavx2 -mfma -mf16c (CMakeLists.txt); dispatch.c installs this
@@ -53,6 +53,7 @@ static void h16_dconv(const float *x, const int64_t *pix, int64_t npix, const in
 
 const mq_kernels mq_avx2_h16_dconv_table = {
     .h16_dconv_panel = h16_dconv_panel,
+    .f32_dconv_panel = f32_dconv_panel,
     .h16_dconv = h16_dconv,
 };
 

@@ -1,4 +1,4 @@
-/* x86/avx512/h16_dconv.c - AVX-512 twins of mq_ref_h16_dconv_panel / mq_ref_h16_dconv
+/* x86/avx512/h16_dconv.c - AVX-512 twins of mq_ref_h16_dconv_panel / mq_ref_f32_dconv_panel / mq_ref_h16_dconv
  * (the fp16 / bf16 weight direct Conv2d, h16_dconv.c).
  *
  * Compiled with -mavx512f -mavx512bw -mavx512vl -mavx512dq -mavx2 -mfma -mf16c
@@ -65,6 +65,7 @@ static void h16_dconv(const float *x, const int64_t *pix, int64_t npix, const in
 
 const mq_kernels mq_avx512_h16_dconv_table = {
     .h16_dconv_panel = h16_dconv_panel,
+    .f32_dconv_panel = f32_dconv_panel,
     .h16_dconv = h16_dconv,
 };
 

@@ -25,7 +25,8 @@ from .settings import SETTINGS
 
 __all__ = ["int8_conv_arrays", "int8_conv_panels", "float_conv_panels", "direct_conv2d", "direct_conv2d_int8",
            "direct_conv2d_int4",
-           "direct_conv2d_reference", "MAX_OUTPUTS", "LARGE_WEIGHT_OUTPUTS_FACTOR", "MIN_K"]
+           "direct_conv2d_reference", "MAX_OUTPUTS", "LARGE_WEIGHT_OUTPUTS_FACTOR", "MIN_K",
+           "FILL_ELEMENTS_PER_PIXEL"]
 
 #: the most output elements (batch x out_h x out_w x out_channels) an integer layer's conv (weight-only
 #: int8, int4) runs the direct kernel with, per kernel level: past them torch's conv, batched over more pixels, is as fast or
@@ -39,6 +40,12 @@ MAX_OUTPUTS = {"scalar": 0, "avx2": 8192, "avx512": 24576}
 #: call from the int8 bytes (2 threads, time / fp32: 64->128 channels on 16x16 at batch 1, 32768
 #: outputs, 1.04 against 1.79; on 8x8 at batch 16, 131072 outputs, 1.15 against 1.29)
 LARGE_WEIGHT_OUTPUTS_FACTOR = 4
+#: a weight-only conv of few output pixels (at most out_channels / 8, where the packed int8 kernel, one pass
+#: over the weight, would take it) runs the direct kernel on kept panels, or on panels filled per call from
+#: one output pixel per this many weight elements (2 threads, 2 December 2026, Intel Xeon, microseconds,
+#: packed / direct: 128->128 on 1x1 61 / 56, 2x2 83 / 57; 128->256 on 2x2 101 / 135, 3x3 152 / 105;
+#: 256->256 on 3x3 221 / 218; 64->128 on 4x4 105 / 46, fp32 54)
+FILL_ELEMENTS_PER_PIXEL = 65536
 #: the shortest reduction (in/groups x kh x kw) that runs the direct kernel: an RGB stem's 27 taps
 #: fill few lanes per broadcast input (3->64 on 32x32 at batch 1: 1.28-1.30 of fp32's time)
 MIN_K = 64

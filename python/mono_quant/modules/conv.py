@@ -64,7 +64,8 @@ _ROUTE_SOURCES = tuple((None, name) for name in (
                                                    (vars(dynamic_conv), "DIRECT_ROUTE"),
                                                    (vars(direct_conv), "MAX_OUTPUTS"),
                                                    (vars(direct_conv), "MIN_K"),
-                                                   (vars(direct_conv), "LARGE_WEIGHT_OUTPUTS_FACTOR"))
+                                                   (vars(direct_conv), "LARGE_WEIGHT_OUTPUTS_FACTOR"),
+                                                   (vars(direct_conv), "FILL_ELEMENTS_PER_PIXEL"))
 # What the float route's weight and bias are made of: kernel_args' sources but the column sums.
 _FLOAT_SOURCES = tuple(source for source in layer_cache.KERNEL_ARG_SOURCES if source[1] != "weight_colsum")
 
@@ -214,7 +215,7 @@ class QuantizedConv2d(ReduceRange, QuantizedModule):
                                                      reduce_range=self.reduce_range)
         return out
 
-    def _packed_pays(self, x: torch.Tensor) -> bool:
+    def _packed_pays(self, x: torch.Tensor, isa: Optional[str] = None) -> bool:
         """Whether the packed kernels beat F.conv2d on the weight dequantized per call.
         Dynamic: unless the reduction is short (in_channels/groups * kh * kw below
         DYNAMIC_MIN_K, e.g. a first conv on RGB) or an image needs fewer than
@@ -230,7 +231,9 @@ class QuantizedConv2d(ReduceRange, QuantizedModule):
         output pixels per output channel are faster as F.conv2d on the dequantized
         weight: the fp32 im2col (kh*kw times the input) costs more than dequantizing the
         weight (bench_conv.py: the packed weight-only path wins below about
-        out_channels/8 output pixels)."""
+        out_channels/8 output pixels), except where the direct kernel takes them (kernels.direct_conv:
+        faster on kept panels, and on panels filled per call from about one pixel per
+        FILL_ELEMENTS_PER_PIXEL weight elements).  ``isa``: as ``_direct_fits``'."""
         if self.activations == "dynamic":
             k = self.in_channels // self.groups * self.kernel_size2d[0] * self.kernel_size2d[1]
             # (weight_symmetric, not the zero-point buffer's values: torch.compile traces this rule;
@@ -249,7 +252,13 @@ class QuantizedConv2d(ReduceRange, QuantizedModule):
         pixels = x.shape[0]
         for size, k, s, p, d in zip(x.shape[2:], self.kernel_size2d, self.stride2d, self.padding2d, self.dilation2d):
             pixels *= (size + 2 * p - d * (k - 1) - 1) // s + 1
-        return pixels * 8 <= self.out_channels
+        if pixels * 8 > self.out_channels:
+            return False
+        # few pixels: the direct kernel where it fits (isa: _direct_fits'), on kept panels, or on panels filled
+        # per call once the pixels' work outweighs the fill (direct_conv.FILL_ELEMENTS_PER_PIXEL)
+        numel = self.weight_numel()
+        return not (self._direct_fits(x, isa) and (numel <= layer_cache.SMALL_WEIGHT_ELEMENTS
+                                                   or pixels * direct_conv.FILL_ELEMENTS_PER_PIXEL >= numel))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if traced_forward.use_ops(x, self):  # graph capture or autograd: the torch.library ops
