@@ -121,6 +121,17 @@ static PyObject *py_team_backoff_for_tests(PyObject *self, PyObject *arg) {
     return kernel_switch(arg, mq_team_backoff_for_tests, "cannot switch the back-off");
 }
 
+PyDoc_STRVAR(dconv_own_panels_for_tests_doc,
+             "dconv_own_panels_for_tests(on) -> None\n\n"
+             "Tests only: True makes every work item of a direct conv whose panels are filled per call\n"
+             "fill a copy of its own, as a thread does that finds its block being filled by another\n"
+             "(a race a test cannot time); False restores.");
+
+static PyObject *py_dconv_own_panels_for_tests(PyObject *self, PyObject *arg) {
+    (void)self;
+    return kernel_switch(arg, mq_dconv_own_panels_for_tests, "cannot switch the direct conv's panels");
+}
+
 PyDoc_STRVAR(amx_split_for_tests_doc,
              "amx_split_for_tests(mode) -> None\n\n"
              "Tests only: how the AMX-BF16 matmul (fp16 / bf16 weights, int8 weight-only) splits a\n"
@@ -216,6 +227,7 @@ PyMethodDef mq_runtime_methods[] = {
     {"use_amx", py_use_amx, METH_O, use_amx_doc},
     {"team_backoff_for_tests", py_team_backoff_for_tests, METH_O, team_backoff_for_tests_doc},
     {"amx_split_for_tests", py_amx_split_for_tests, METH_O, amx_split_for_tests_doc},
+    {"dconv_own_panels_for_tests", py_dconv_own_panels_for_tests, METH_O, dconv_own_panels_for_tests_doc},
     {"cpu_info", py_cpu_info, METH_NOARGS, cpu_info_doc},
     {"set_isa", py_set_isa, METH_O, set_isa_doc},
     {"get_isa", py_get_isa, METH_NOARGS, get_isa_doc},

@@ -191,6 +191,12 @@ int mq_dconv_fill_panels(const mq_dconv_weight *wt, int64_t n, int64_t groups, i
  * the block being filled by another fills a copy of its own instead of waiting for it (that
  * thread may be descheduled) */
 enum { PANEL_EMPTY, PANEL_FILLING, PANEL_READY };
+static int own_panels_forced; /* tests: every item takes the copy-of-its-own branch */
+
+int mq_dconv_own_panels_for_tests(int on) {
+    __atomic_store_n(&own_panels_forced, on != 0, __ATOMIC_RELAXED);
+    return 0;
+}
 
 typedef struct {
     const mq_kernels *kt;
@@ -209,9 +215,11 @@ static const float *item_panel(const conv_ctx *c, int64_t b, int64_t ldp, float 
     const int64_t lane0 = block_lane0(b, c->blocks, c->n_g);
     float *panel = c->panels + lane0 * c->k, *lanes = c->biases + lane0;
     *bias = lanes;
-    if (!c->wt || __atomic_load_n(&c->state[b], __ATOMIC_ACQUIRE) == PANEL_READY) return panel;
+    const int forced = __atomic_load_n(&own_panels_forced, __ATOMIC_RELAXED);
+    if (!c->wt || (!forced && __atomic_load_n(&c->state[b], __ATOMIC_ACQUIRE) == PANEL_READY)) return panel;
     int empty = PANEL_EMPTY;
-    if (!__atomic_compare_exchange_n(&c->state[b], &empty, PANEL_FILLING, 0, __ATOMIC_ACQUIRE, __ATOMIC_RELAXED)) {
+    if (forced ||
+        !__atomic_compare_exchange_n(&c->state[b], &empty, PANEL_FILLING, 0, __ATOMIC_ACQUIRE, __ATOMIC_RELAXED)) {
         if (empty == PANEL_READY) return panel;
         /* (k * BLOCK + BLOCK: any block's panel and lanes; + 1: k may be 0) */
         if (!*own) *own = malloc(mq_alloc_bytes(mq_size_add(mq_size_mul(c->k + 1, BLOCK), 1), sizeof(float), 1));

@@ -175,6 +175,49 @@ def test_nan_and_inf_inputs_reach_their_outputs():
     assert torch.allclose(y[fine], want[fine], atol=1e-4)
 
 
+@pytest.mark.parametrize("own", [False, True])
+def test_panels_filled_inside_the_conv_give_the_kept_panels_bits(own):
+    """Per-call panels are filled inside the conv's region, each block by the first thread that needs it,
+    or (own: the branch of a thread that finds the block being filled by another) into a copy of its own:
+    every way gives the kept panels' bits, at every level and thread count.  The shapes pass the split
+    threshold (2 M multiply-adds) with one to three blocks of 64 channels and several strips."""
+    torch.manual_seed(1)
+    _C.team_backoff_for_tests(False)  # (the split must not depend on the host's load)
+    _C.dconv_own_panels_for_tests(own)
+    splits = int(_C.linear_kernels()["split_calls"])
+    try:
+        for cin, cout, groups, batch, size in ((64, 64, 1, 1, 8), (64, 130, 1, 2, 8), (32, 96, 2, 1, 16)):
+            layer = _int8_layer(cin, cout, 3, groups, False)
+            arrays = int8_conv_arrays(layer.weight_packed, layer.weight_scale, layer.weight_zero_point, layer.bias,
+                                      cout)
+            q4 = mq.quantize(nn.Sequential(nn.Conv2d(cin, cout, 3, groups=groups)), dtype="int4",
+                             group_size=32).model[0]
+            w4 = q4.dequantized_weight(torch.float32).numpy()
+            w16 = torch.randn(cout, cin // groups, 3, 3).half().numpy()
+            x = torch.randn(batch, cin, size, size).numpy()
+            geometry = ((3, 3), (1, 1), (1, 1), (1, 1), groups)
+            for isa in SUPPORTED:
+                with at_isa(isa):
+                    kept = _C.dconv2d(x, *_C.dconv_panels_int8(*arrays, cout, cin // groups, (3, 3), groups), cout,
+                                      *geometry)
+                    kept4 = _C.dconv2d(x, *_C.dconv_panels(w4, False, None, groups), cout, *geometry, tap_major=False)
+                    for nthreads in (1, 2, 3):
+                        assert np.array_equal(_C.dconv2d_int8(x, *arrays, cout, *geometry, nthreads=nthreads), kept)
+                        got4 = _C.dconv2d_int4(x, q4.weight_qdata.numpy(), q4.weight_scale.numpy(),
+                                               q4.weight_zero_point.numpy(), None, 32, *geometry, nthreads=nthreads)
+                        assert np.array_equal(got4, kept4)
+                    if isa != "scalar":  # the fp16 weight's per-call direct conv, against its kept panels
+                        want = _C.dconv2d(x, *_C.dconv_panels(w16, False, None, groups), cout,
+                                          *geometry, tap_major=False)
+                        got = _C.h16_conv2d(x, w16, False, None, (1, 1), (1, 1), (1, 1), groups,
+                                            nthreads=2, direct=True)
+                        assert np.array_equal(got, want)
+        assert int(_C.linear_kernels()["split_calls"]) > splits  # the calls at 2 and 3 threads did split
+    finally:
+        _C.dconv_own_panels_for_tests(False)
+        _C.team_backoff_for_tests(True)
+
+
 @pytest.mark.parametrize("group", [32, 128])
 def test_int4_panels_filled_per_call_are_the_dequantized_weights(group):
     torch.manual_seed(0)
