@@ -27,11 +27,9 @@ static PyObject *panels_out(mq_refs *refs, const char *fname, const mq_dconv_wei
     if (!(panels = mq_array_new(refs, 1, &pdim, NPY_FLOAT32, 0)) ||
         !(biases = mq_array_new(refs, 1, &bdim, NPY_FLOAT32, 0)))
         return NULL;
-    int status;
     Py_BEGIN_ALLOW_THREADS
-    status = mq_dconv_fill_panels(wt, n, groups, k, PyArray_DATA(panels), PyArray_DATA(biases), nthreads);
+    mq_dconv_fill_panels(wt, n, groups, k, PyArray_DATA(panels), PyArray_DATA(biases), nthreads);
     Py_END_ALLOW_THREADS
-    if (status < 0) return PyErr_Format(PyExc_MemoryError, "%s: out of memory for a block's scratch rows", fname);
     return Py_BuildValue("OO", panels, biases);
 }
 

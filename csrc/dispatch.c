@@ -209,6 +209,7 @@ static const mq_kernels scalar_table = {
     .bf16_gemm = mq_ref_bf16_gemm,
     .h16_dconv_panel = mq_ref_h16_dconv_panel,
     .f32_dconv_panel = mq_ref_f32_dconv_panel,
+    .q4_dconv_panel = mq_ref_q4_dconv_panel,
     .h16_dconv = mq_ref_h16_dconv,
 };
 
@@ -270,6 +271,7 @@ static void overlay(mq_kernels *dst, const mq_kernels *src) {
     }
     TAKE(h16_dconv_panel);
     TAKE(f32_dconv_panel);
+    TAKE(q4_dconv_panel);
     TAKE(h16_dconv);
 #undef TAKE
 }

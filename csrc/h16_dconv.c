@@ -70,7 +70,6 @@ typedef struct {
     const mq_dconv_weight *wt;
     float *panels, *biases; /* per block: [k][ldp] and [ldp] (block_lane0) */
     int64_t k, n_g, blocks; /* blocks per group */
-    int failed;             /* a block's scratch could not be allocated */
 } panel_ctx;
 
 static int64_t block_width(int64_t n_g, int64_t blk) {
@@ -121,49 +120,29 @@ static void int8_panel(const mq_dconv_weight *wt, int64_t g, int64_t n_g, int64_
     }
 }
 
-/* An int4 weight's block: its nb rows dequantized (mq_q4_dequantize_row: the floats of
- * mq_q4_dequantize) into rows, then into the panel.  0, or -1 without scratch memory. */
-static int q4_panel(const mq_kernels *kt, const mq_dconv_weight *wt, int64_t oc0, int64_t nb, int64_t ldp, int64_t k,
-                    float *panel) {
-    const int64_t ngroups = (wt->q4_kpad + wt->q4_group - 1) / wt->q4_group;
-    float *rows = malloc(mq_alloc_bytes(mq_size_add(mq_size_mul(nb, k), 1), sizeof(float), 1));
-    float *tail = malloc(MQ_Q4_BLOCK * sizeof(float));
-    const int ok = rows && tail;
-    if (ok) {
-        for (int64_t j = 0; j < nb; j++)
-            mq_q4_dequantize_row(kt, wt->q4 + (oc0 + j) * (wt->q4_kpad / 2), wt->q4_scale + (oc0 + j) * ngroups,
-                                 wt->q4_zero + (oc0 + j) * ngroups, wt->q4_kpad, wt->q4_group, k, rows + j * k, tail);
-        kt->f32_dconv_panel(rows, k, nb, ldp, panel);
-    }
-    free(rows);
-    free(tail);
-    return ok ? 0 : -1;
-}
-
-/* Block b's panel ([k][ldp]) and bias lanes ([ldp]).  0, or -1 without scratch memory. */
-static int fill_block(const mq_kernels *kt, const mq_dconv_weight *wt, int64_t k, int64_t n_g, int64_t blocks,
+/* Block b's panel ([k][ldp]) and bias lanes ([ldp]) */
+static void fill_block(const mq_kernels *kt, const mq_dconv_weight *wt, int64_t k, int64_t n_g, int64_t blocks,
                       int64_t b, float *panel, float *bias) {
     const int64_t g = b / blocks, blk = b % blocks, oc0 = g * n_g + blk * BLOCK;
     const int64_t nb = block_width(n_g, blk), ldp = block_ldp(nb);
-    int status = 0;
-    if (wt->packed)
+    if (wt->packed) {
         int8_panel(wt, g, n_g, blk * BLOCK, nb, ldp, k, panel);
-    else if (wt->q4)
-        status = q4_panel(kt, wt, oc0, nb, ldp, k, panel);
-    else if (wt->f32)
+    } else if (wt->q4) { /* its rows oc0.. (an int4 weight's rows are the output channels of every group) */
+        const int64_t ngroups = (wt->q4_kpad + wt->q4_group - 1) / wt->q4_group;
+        kt->q4_dconv_panel(wt->q4 + oc0 * (wt->q4_kpad / 2), wt->q4_scale + oc0 * ngroups, wt->q4_zero + oc0 * ngroups,
+                           wt->q4_kpad, wt->q4_group, k, nb, ldp, panel);
+    } else if (wt->f32)
         kt->f32_dconv_panel(wt->f32 + oc0 * k, k, nb, ldp, panel);
     else
         kt->h16_dconv_panel(wt->h16 + oc0 * k, k, wt->is_bf16, nb, ldp, panel);
     for (int64_t j = 0; j < ldp; j++) bias[j] = wt->bias && j < nb ? wt->bias[oc0 + j] : 0.0f;
-    return status;
 }
 
 static void panel_range(void *vctx, int64_t begin, int64_t end) {
     panel_ctx *c = vctx;
     for (int64_t b = begin; b < end; b++) {
         const int64_t lane0 = block_lane0(b, c->blocks, c->n_g);
-        if (fill_block(c->kt, c->wt, c->k, c->n_g, c->blocks, b, c->panels + lane0 * c->k, c->biases + lane0) < 0)
-            __atomic_store_n(&c->failed, 1, __ATOMIC_RELAXED);
+        fill_block(c->kt, c->wt, c->k, c->n_g, c->blocks, b, c->panels + lane0 * c->k, c->biases + lane0);
     }
 }
 
@@ -175,15 +154,14 @@ int64_t mq_dconv_bias_floats(int64_t n, int64_t groups) {
     return mq_size_mul(groups, (n / groups + 15) / 16 * 16);
 }
 
-int mq_dconv_fill_panels(const mq_dconv_weight *wt, int64_t n, int64_t groups, int64_t k, float *panels,
+void mq_dconv_fill_panels(const mq_dconv_weight *wt, int64_t n, int64_t groups, int64_t k, float *panels,
                          float *biases, int nthreads) {
     const int64_t n_g = n / groups, blocks = (n_g + BLOCK - 1) / BLOCK;
-    panel_ctx pn = {mq_active(), wt, panels, biases, k, n_g, blocks, 0};
+    panel_ctx pn = {mq_active(), wt, panels, biases, k, n_g, blocks};
     /* on the calling thread unless the panels are many: a region of their own before the conv's woke
      * the helpers twice a call (64->128 channels on 8x8 at batch 1: 96 us on two threads, 102 on one) */
     mq_parallel_for(groups * blocks, 1, (double)mq_dconv_panel_floats(n, groups, k) < PANELS_ON_CALLER ? 1 : nthreads,
                     panel_range, &pn);
-    return __atomic_load_n(&pn.failed, __ATOMIC_RELAXED) ? -1 : 0;
 }
 
 /* panels filled in the conv's region (a weight whose panels are not kept): each block's by the
@@ -228,9 +206,9 @@ static const float *item_panel(const conv_ctx *c, int64_t b, int64_t ldp, float 
         lanes = *own + c->k * ldp;
         *bias = lanes;
     }
-    const int filled = fill_block(c->kt, c->wt, c->k, c->n_g, c->blocks, b, panel, lanes);
+    fill_block(c->kt, c->wt, c->k, c->n_g, c->blocks, b, panel, lanes);
     if (panel != *own) __atomic_store_n(&c->state[b], PANEL_READY, __ATOMIC_RELEASE);
-    return filled == 0 ? panel : NULL;
+    return panel;
 }
 
 static void conv_range(void *vctx, int64_t begin, int64_t end) {

@@ -324,6 +324,11 @@ typedef void (*mq_h16_dconv_panel_fn)(const uint16_t *w, int64_t k, int is_bf16,
                                       float *panel);
 /* The same panel of a float32 weight (w[j * k + t] as it is): a transpose */
 typedef void (*mq_f32_dconv_panel_fn)(const float *w, int64_t k, int64_t nb, int64_t ldp, float *panel);
+/* ... of an int4 weight's nb rows (codes kpad / 2 bytes a row, fp16 scales and u4.4 zero-points
+ * ceil(kpad / group) a row: mq_q4_dequantize's layout): the floats of mq_q4_dequantize,
+ * ((float)code - zero / 16.0f) * scale, straight from the codes */
+typedef void (*mq_q4_dconv_panel_fn)(const uint8_t *codes, const uint16_t *scale, const uint8_t *zero, int64_t kpad,
+                                     int64_t group, int64_t k, int64_t nb, int64_t ldp, float *panel);
 /* For s < npix and j < ldp, one fused multiply-add a tap, in tap order:
  *   acc = accumulate ? out[s * ldp + j] : bias[j];
  *   for t < kc: acc = fmaf(x[pix[s] + off[t]], panel[t * ldp + j], acc);
@@ -394,6 +399,7 @@ typedef struct {
     /* fp16 / bf16 weight direct Conv2d (h16_dconv.c) */
     mq_h16_dconv_panel_fn h16_dconv_panel;
     mq_f32_dconv_panel_fn f32_dconv_panel;
+    mq_q4_dconv_panel_fn q4_dconv_panel;
     mq_h16_dconv_fn h16_dconv;
 } mq_kernels;
 
@@ -751,9 +757,8 @@ typedef struct {
  * reduction k (what mq_dconv_fill_panels writes and mq_dconv2d reads) */
 int64_t mq_dconv_panel_floats(int64_t n, int64_t groups, int64_t k);
 int64_t mq_dconv_bias_floats(int64_t n, int64_t groups);
-/* 0, or -1 when a scratch buffer (an int4 weight's rows) could not be allocated */
-int mq_dconv_fill_panels(const mq_dconv_weight *wt, int64_t n, int64_t groups, int64_t k, float *panels,
-                         float *biases, int nthreads);
+void mq_dconv_fill_panels(const mq_dconv_weight *wt, int64_t n, int64_t groups, int64_t k, float *panels,
+                          float *biases, int nthreads);
 /* The direct conv on filled panels (the same bits as mq_h16_dconv2d for an fp16 / bf16 weight);
  * tap_major: the panels' taps in (i, j, channel) order (a packed int8 weight's), else (channel, i, j).
  * 0, or -1 when a buffer could not be allocated. */
@@ -780,6 +785,8 @@ int mq_h16_wino2d(const float *x, int64_t batch, int64_t channels, int64_t heigh
 /* The scalar twins (ref_h16_dconv.c) */
 void mq_ref_h16_dconv_panel(const uint16_t *w, int64_t k, int is_bf16, int64_t nb, int64_t ldp, float *panel);
 void mq_ref_f32_dconv_panel(const float *w, int64_t k, int64_t nb, int64_t ldp, float *panel);
+void mq_ref_q4_dconv_panel(const uint8_t *codes, const uint16_t *scale, const uint8_t *zero, int64_t kpad,
+                           int64_t group, int64_t k, int64_t nb, int64_t ldp, float *panel);
 void mq_ref_h16_dconv(const float *x, const int64_t *pix, int64_t npix, const int64_t *off, int64_t kc,
                       const float *panel, int64_t ldp, const float *bias, int accumulate, float *out);
 

@@ -43,6 +43,8 @@ static inline __attribute__((always_inline)) void dconv_transpose8(__m256 r[8], 
     _mm256_storeu_ps(dst + 7 * ldp, _mm256_permute2f128_ps(s3, s7, 0x31));
 }
 
+#define DCONV_PANEL_TAPS 32
+
 /* the weight's formats: 16-bit ones widened, float32 as it is */
 enum { DCONV_F16, DCONV_BF16, DCONV_F32 };
 
@@ -59,16 +61,20 @@ static inline __attribute__((always_inline)) float dconv_load1(const void *w, in
 static inline __attribute__((always_inline)) void dconv_panel(const void *w, int64_t k, const int fmt, int64_t nb,
                                                               int64_t ldp, float *panel) {
     const int64_t nb8 = nb / 8 * 8, k8 = k / 8 * 8;
-    for (int64_t j = 0; j < nb8; j += 8) {
-        int64_t t = 0;
-        for (; t < k8; t += 8) {
-            __m256 r[8];
-            for (int i = 0; i < 8; i++) r[i] = dconv_load8(w, (j + i) * k + t, fmt);
-            dconv_transpose8(r, panel + t * ldp + j, ldp);
-        }
-        for (; t < k; t++)
-            for (int64_t i = 0; i < 8; i++) panel[t * ldp + j + i] = dconv_load1(w, (j + i) * k + t, fmt);
+    /* taps in chunks of DCONV_PANEL_TAPS: the chunk's panel rows stay in L1 while every 8 channels
+     * write their half lines (a whole row of taps a channel group evicted them: twice the traffic) */
+    for (int64_t t0 = 0; t0 < k8; t0 += DCONV_PANEL_TAPS) {
+        const int64_t t1 = t0 + DCONV_PANEL_TAPS < k8 ? t0 + DCONV_PANEL_TAPS : k8;
+        for (int64_t j = 0; j < nb8; j += 8)
+            for (int64_t t = t0; t < t1; t += 8) {
+                __m256 r[8];
+                for (int i = 0; i < 8; i++) r[i] = dconv_load8(w, (j + i) * k + t, fmt);
+                dconv_transpose8(r, panel + t * ldp + j, ldp);
+            }
     }
+    for (int64_t j = 0; j < nb8; j += 8)
+        for (int64_t t = k8; t < k; t++)
+            for (int64_t i = 0; i < 8; i++) panel[t * ldp + j + i] = dconv_load1(w, (j + i) * k + t, fmt);
     for (int64_t t = 0; t < k; t++) {
         for (int64_t j = nb8; j < nb; j++) panel[t * ldp + j] = dconv_load1(w, j * k + t, fmt);
         for (int64_t j = nb; j < ldp; j++) panel[t * ldp + j] = 0.0f;
@@ -87,6 +93,58 @@ static void h16_dconv_panel(const uint16_t *w, int64_t k, int is_bf16, int64_t n
 
 static void f32_dconv_panel(const float *w, int64_t k, int64_t nb, int64_t ldp, float *panel) {
     dconv_panel(w, k, DCONV_F32, nb, ldp, panel);
+}
+
+/* An int4 weight's panel straight from its codes: per 32-value block, 8 channels' 16 bytes give 4
+ * groups of 8 taps (bytes 0-7 / 8-15, low / high nibbles), widened, ((float)code - zero) * scale as
+ * q4_unpack (a subtraction, then a product: the same floats) and transposed 8 x 8; the tails one
+ * value at a time.  (Rows dequantized first, then transposed, took twice as long.) */
+static inline __attribute__((always_inline)) float q4_panel_value(const uint8_t *row, const uint16_t *scale,
+                                                                  const uint8_t *zero, int64_t group, int64_t t) {
+    const uint8_t byte = row[t / MQ_Q4_BLOCK * (MQ_Q4_BLOCK / 2) + t % 16];
+    const int code = t % MQ_Q4_BLOCK < 16 ? byte & 15 : byte >> 4;
+    return ((float)code - (float)zero[t / group] / 16.0f) * mq_f16_to_f32(scale[t / group]);
+}
+
+static void q4_dconv_panel(const uint8_t *codes, const uint16_t *scale, const uint8_t *zero, int64_t kpad,
+                           int64_t group, int64_t k, int64_t nb, int64_t ldp, float *panel) {
+    const int64_t ngroups = (kpad + group - 1) / group, row_bytes = kpad / 2;
+    const int64_t nb8 = nb / 8 * 8, k8 = k / 8 * 8;
+    const __m256i mask = _mm256_set1_epi32(15);
+    /* blocks outer (DCONV_PANEL_TAPS at a time), as dconv_panel: the panel rows stay in L1 */
+    for (int64_t b0 = 0; b0 < k8; b0 += DCONV_PANEL_TAPS)
+        for (int64_t j = 0; j < nb8; j += 8)
+            for (int64_t b = b0; b < b0 + DCONV_PANEL_TAPS && b < k8; b += MQ_Q4_BLOCK) {
+                __m256 s[8], z[8];
+                for (int i = 0; i < 8; i++) {
+                    const int64_t g = (j + i) * ngroups + b / group;
+                    s[i] = _mm256_set1_ps(mq_f16_to_f32(scale[g]));
+                    z[i] = _mm256_set1_ps((float)zero[g] / 16.0f);
+                }
+                for (int64_t q = 0; q < 4 && b + 8 * q + 8 <= k8; q++) { /* taps b + 8q .. b + 8q + 7 */
+                    __m256 r[8];
+                    for (int i = 0; i < 8; i++) {
+                        const uint8_t *src = codes + (j + i) * row_bytes + b / 2 + (q & 1) * 8;
+                        const __m256i v = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)src));
+                        const __m256 c =
+                            _mm256_cvtepi32_ps(q < 2 ? _mm256_and_si256(v, mask) : _mm256_srli_epi32(v, 4));
+                        r[i] = _mm256_mul_ps(_mm256_sub_ps(c, z[i]), s[i]);
+                    }
+                    dconv_transpose8(r, panel + (b + 8 * q) * ldp + j, ldp);
+                }
+            }
+    for (int64_t j = 0; j < nb8; j += 8) {
+        for (int64_t t = k8; t < k; t++)
+            for (int64_t i = 0; i < 8; i++)
+                panel[t * ldp + j + i] = q4_panel_value(codes + (j + i) * row_bytes, scale + (j + i) * ngroups,
+                                                        zero + (j + i) * ngroups, group, t);
+    }
+    for (int64_t t = 0; t < k; t++) {
+        for (int64_t j = nb8; j < nb; j++)
+            panel[t * ldp + j] =
+                q4_panel_value(codes + j * row_bytes, scale + j * ngroups, zero + j * ngroups, group, t);
+        for (int64_t j = nb; j < ldp; j++) panel[t * ldp + j] = 0.0f;
+    }
 }
 
 #endif

@@ -66,6 +66,7 @@ static void h16_dconv(const float *x, const int64_t *pix, int64_t npix, const in
 const mq_kernels mq_avx512_h16_dconv_table = {
     .h16_dconv_panel = h16_dconv_panel,
     .f32_dconv_panel = f32_dconv_panel,
+    .q4_dconv_panel = q4_dconv_panel,
     .h16_dconv = h16_dconv,
 };
 
