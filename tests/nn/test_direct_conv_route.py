@@ -130,8 +130,10 @@ def test_the_rule(monkeypatch):
         pytest.skip("no SIMD level")
     with at_isa(BEST):
         limit = direct_conv.MAX_OUTPUTS[BEST]
-        q = _layer(cin=3, cout=32, padding=1)  # an RGB stem: 27 taps, below MIN_K
-        assert not q._direct_fits(torch.randn(1, 3, 8, 8))
+        q = _layer(cin=3, cout=16, padding=1)  # an RGB stem: 27 taps, on images of SHORT_K_MAX_PIXELS at most
+        assert q._direct_fits(torch.randn(1, 3, 8, 8)) and q._direct_fits(torch.randn(1, 3, 16, 16))
+        assert not q._direct_fits(torch.randn(1, 3, 17, 16))
+        assert not _layer(cin=1, cout=16, padding=1)._direct_fits(torch.randn(1, 1, 8, 8))  # 9 taps: below MIN_K
         q = _layer(cin=16, cout=16, padding=1)
         side = int((limit // 16) ** 0.5)
         assert q._direct_fits(torch.randn(1, 16, side, side))
@@ -159,12 +161,19 @@ def test_a_changed_rule_is_seen_by_the_kept_route(isa, monkeypatch):
     torch.testing.assert_close(y, _reference(q, x), rtol=0, atol=1e-4)
 
 
-def test_dynamic_layers_keep_their_routes():
+def test_dynamic_layers_take_the_direct_kernel_only_where_int8_does_not_pay(isa):
     torch.manual_seed(0)
     q = mq.quantize(nn.Sequential(nn.Conv2d(32, 24, 3, padding=1)), dtype="int8").model[0]
     with torch.no_grad():
         q(torch.randn(1, 32, 8, 8))
-    assert _route(q) != "direct"
+    assert _route(q) == "packed"  # the int8 kernels
+    stem = mq.quantize(nn.Sequential(nn.Conv2d(3, 16, 3, padding=1)), dtype="int8").model[0]
+    x = torch.randn(2, 3, 8, 8)
+    with torch.no_grad():
+        y = stem(x)
+        assert _route(stem) == ("float" if isa == "scalar" else "direct")  # 27 taps: no int8, its weight in fp32
+        assert torch.equal(conv2d_forward(stem, x), y)  # the traced forward: the same kernel and bits
+    torch.testing.assert_close(y, _reference(stem, x), rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("dtype", ["int8", "int4"])

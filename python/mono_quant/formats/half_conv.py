@@ -31,7 +31,7 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
-from ..kernels.direct_conv import direct_conv2d, float_conv_panels
+from ..kernels.direct_conv import direct_conv2d, float_conv_panels, short_k_fits
 from ..kernels.fp16 import HALF_WEIGHT_DTYPES
 from ..kernels import half_conv as half_conv_kernels
 from ..kernels.half_conv import WINOGRAD_LEVELS, conv_algorithm, half_conv2d, half_conv2d_arrays, half_conv2d_raw
@@ -53,7 +53,9 @@ MAX_OUTPUTS = {"scalar": 0, "avx2": 12800, "avx512": 1 << 17}
 #: of its speed: 16->16 on 8x8 at batch 64, 65536 outputs, took 1.23-1.33x fp32 time, 1.02 on
 #: 64x64 at batch 1; 16 channels up to 40x40 0.81); the AVX2 kernel fills 16
 FULL_LANES = {"scalar": 1, "avx2": 16, "avx512": 64}
-#: the shortest reduction (in_channels/groups x kh x kw) that runs a C kernel (an RGB 3x3 conv)
+#: the shortest reduction (in_channels/groups x kh x kw) that runs a C kernel (an RGB 3x3 conv; below
+#: kernels.direct_conv.SHORT_K only on images of at most its SHORT_K_MAX_PIXELS output pixels: 3->64 on
+#: 32x32 at batch 1 took 1.35x fp32's time, 3->16 on 16x16 at batch 4 0.54)
 MIN_K = 27
 #: the fewest output channels per group that run a C kernel (the direct kernel's 16 lanes)
 MIN_GROUP_OUT = 16
@@ -84,6 +86,8 @@ def takes_half_conv(module, x: torch.Tensor, isa: str) -> bool:
     out_w = (x.shape[3] + 2 * pw - dw * (kw - 1) - 1) // sw + 1
     if out_h <= 0 or out_w <= 0 or MAX_OUTPUTS[isa] <= 0:
         return False  # (no output, or the scalar level: no F16C, torch's op)
+    if not short_k_fits(k, out_h * out_w):  # a stem on a large image: torch's conv
+        return False
     lanes = min(module.out_channels // module.groups, FULL_LANES[isa])
     if x.shape[0] * out_h * out_w * module.out_channels * FULL_LANES[isa] <= MAX_OUTPUTS[isa] * lanes:
         return True

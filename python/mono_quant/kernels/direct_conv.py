@@ -26,7 +26,7 @@ from .settings import SETTINGS
 __all__ = ["int8_conv_arrays", "int8_conv_panels", "float_conv_panels", "direct_conv2d", "direct_conv2d_int8",
            "direct_conv2d_int4",
            "direct_conv2d_reference", "MAX_OUTPUTS", "LARGE_WEIGHT_OUTPUTS_FACTOR", "MIN_K",
-           "FILL_ELEMENTS_PER_PIXEL"]
+           "FILL_ELEMENTS_PER_PIXEL", "SHORT_K", "SHORT_K_MAX_PIXELS", "short_k_fits"]
 
 #: the most output elements (batch x out_h x out_w x out_channels) an integer layer's conv (weight-only
 #: int8, int4) runs the direct kernel with, per kernel level: past them torch's conv, batched over more pixels, is as fast or
@@ -46,9 +46,24 @@ LARGE_WEIGHT_OUTPUTS_FACTOR = 4
 #: packed / direct: 128->128 on 1x1 61 / 56, 2x2 83 / 57; 128->256 on 2x2 101 / 135, 3x3 152 / 105;
 #: 256->256 on 3x3 221 / 218; 64->128 on 4x4 105 / 46, fp32 54)
 FILL_ELEMENTS_PER_PIXEL = 65536
-#: the shortest reduction (in/groups x kh x kw) that runs the direct kernel: an RGB stem's 27 taps
-#: fill few lanes per broadcast input (3->64 on 32x32 at batch 1: 1.28-1.30 of fp32's time)
-MIN_K = 64
+#: the shortest reduction (in/groups x kh x kw) that runs the direct kernel: an RGB 3x3 stem (27 taps),
+#: within MAX_OUTPUTS: torch's conv pays its per-call costs on few multiply-adds there (2 threads, 2
+#: December 2026, Intel Xeon, time / fp32: 3->16 / 3->32 / 3->64 on 8x8 at batch 1 0.23 / 0.26 / 0.34,
+#: on 16x16 0.41 / 0.40 / 0.52, 3->16 on 32x32 0.73; past MAX_OUTPUTS it loses: 3->64 on 32x32 1.11,
+#: 3->64 on 8x8 at batch 64 1.24)
+MIN_K = 27
+#: ... and a reduction shorter than this (a stem) only on images of at most SHORT_K_MAX_PIXELS output
+#: pixels: on 32x32 torch's conv held its own (3->16 / 3->32 on 32x32 at batch 1: 1.01-1.03 weight-only,
+#: fp16 1.11-1.17), on 16x16 and below it did not (3->16 on 16x16 at batch 4: 0.49)
+SHORT_K = 64
+SHORT_K_MAX_PIXELS = 256
+
+
+def short_k_fits(k: int, out_pixels: int) -> bool:
+    """Whether a conv of reduction ``k`` (in/groups x kh x kw) with ``out_pixels`` output pixels per image
+    passes the direct kernel's rule for short reductions (MIN_K, SHORT_K, SHORT_K_MAX_PIXELS); the fp16
+    route asks it too."""
+    return k >= SHORT_K or (k >= MIN_K and out_pixels <= SHORT_K_MAX_PIXELS)
 
 
 def int8_conv_arrays(packed: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor,

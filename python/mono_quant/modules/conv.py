@@ -65,7 +65,9 @@ _ROUTE_SOURCES = tuple((None, name) for name in (
                                                    (vars(direct_conv), "MAX_OUTPUTS"),
                                                    (vars(direct_conv), "MIN_K"),
                                                    (vars(direct_conv), "LARGE_WEIGHT_OUTPUTS_FACTOR"),
-                                                   (vars(direct_conv), "FILL_ELEMENTS_PER_PIXEL"))
+                                                   (vars(direct_conv), "FILL_ELEMENTS_PER_PIXEL"),
+                                                   (vars(direct_conv), "SHORT_K"),
+                                                   (vars(direct_conv), "SHORT_K_MAX_PIXELS"))
 # What the float route's weight and bias are made of: kernel_args' sources but the column sums.
 _FLOAT_SOURCES = tuple(source for source in layer_cache.KERNEL_ARG_SOURCES if source[1] != "weight_colsum")
 
@@ -312,8 +314,8 @@ class QuantizedConv2d(ReduceRange, QuantizedModule):
         route = _FORMAT
         if conv_kernel_takes(self, x, packed[0]["in_features"]):
             # "no grad to record" holds for every call that comes here: use_ops sent those away
-            route = (_PACKED if self._packed_pays(x) else
-                     _DIRECT if self.activations is None and self._direct_fits(x) else _FLOAT)
+            # (a dynamic layer whose int8 route does not pay, a stem: the direct kernel on its weight as well)
+            route = _PACKED if self._packed_pays(x) else _DIRECT if self._direct_fits(x) else _FLOAT
         if route is _FLOAT:  # (the float weight never reads the column sums: one tensor less per call)
             stamp = make_stamp(self, _FLOAT_SOURCES)
         stamp += make_stamp(self, _ROUTE_SOURCES)
@@ -355,7 +357,7 @@ class QuantizedConv2d(ReduceRange, QuantizedModule):
     def _direct_fits(self, x: torch.Tensor, isa: Optional[str] = None) -> bool:
         """Whether an integer layer's conv (weight-only int8, int4) runs ``x`` through the direct kernel on
         its weight's panels (kernels.direct_conv): a float32 4-D CPU ``x``, zero padding given as numbers,
-        a float32 bias or none, a reduction (in/groups x kh x kw) of at least direct_conv.MIN_K and at most
+        a float32 bias or none, a reduction (in/groups x kh x kw) that direct_conv.short_k_fits and at most
         direct_conv.MAX_OUTPUTS output elements at the active kernel level (more for a weight torch's
         route would dequantize per call): small convs, where torch's per-call costs dominate; the scalar
         level: never.  On the shapes, never a timing.  ``isa``: the kernel level (None: the active one;
@@ -371,10 +373,10 @@ class QuantizedConv2d(ReduceRange, QuantizedModule):
                 or (bias is not None and bias.dtype != torch.float32)):
             return False
         (kh, kw), (sh, sw), (dh, dw), (ph, pw) = self.kernel_size2d, self.stride2d, self.dilation2d, self.padding2d
-        if self.in_channels // self.groups * kh * kw < direct_conv.MIN_K:
-            return False
         out_h = (shape[2] + 2 * ph - dh * (kh - 1) - 1) // sh + 1
         out_w = (shape[3] + 2 * pw - dw * (kw - 1) - 1) // sw + 1
+        if not direct_conv.short_k_fits(self.in_channels // self.groups * kh * kw, out_h * out_w):
+            return False
         outputs = shape[0] * out_h * out_w * self.out_channels
         limit = direct_conv.MAX_OUTPUTS.get(SETTINGS.isa if isa is None else isa, 0)
         if self.weight_numel() > layer_cache.SMALL_WEIGHT_ELEMENTS:  # torch's conv would dequantize it per call
