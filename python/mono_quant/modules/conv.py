@@ -396,10 +396,15 @@ class QuantizedConv2d(ReduceRange, QuantizedModule):
         weight, its kept float32 copy (float_weight's) and F.conv2d's argument list, so the call is
         fp32's own (the int4 convs of an 8x8 CNN took about 6 us a call more than fp32's through the
         format's path); each kept with the stamp of every buffer, the bias and the route's sources;
-        else None (the format's conv2d, nothing kept)."""
+        for a format with a conv of its own (fp16 / bf16), a route that sends every call there; else
+        None (the format's conv2d, nothing kept)."""
         numel = self.weight_numel()
-        if (type(self.format).conv2d is not WeightFormat.conv2d or x.dtype != torch.float32 or not x.is_cpu
-                or self.padding_mode != "zeros"):
+        if type(self.format).conv2d is not WeightFormat.conv2d:  # the format's own conv (fp16 / bf16), kept as
+            # the route so later calls go straight to it (~7 us of this method's Python on each call before)
+            memo = (x.shape, x.dtype, x.is_cpu, self._buffers_stamp(), None, _FORMAT, None, None, None, None)
+            _ROUTES[self] = memo
+            return memo
+        if x.dtype != torch.float32 or not x.is_cpu or self.padding_mode != "zeros":
             return None
         direct = self._direct_fits(x)
         if numel > layer_cache.SMALL_WEIGHT_ELEMENTS:  # a large weight: nothing kept; int4's panels filled per call
