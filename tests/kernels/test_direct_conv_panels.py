@@ -181,8 +181,7 @@ def test_panels_filled_inside_the_conv_give_the_kept_panels_bits(own):
     or (own: the branch of a thread that finds the block being filled by another) into a copy of its own:
     every way gives the kept panels' bits, at every level and thread count.  The shapes pass the split
     threshold (2 M multiply-adds) with one to three blocks of 64 channels and several strips."""
-    torch.manual_seed(1)
-    _C.team_backoff_for_tests(False)  # (the split must not depend on the host's load)
+    torch.manual_seed(1)  # (the split does not depend on the host's load: conftest turns the back-off off)
     _C.dconv_own_panels_for_tests(own)
     splits = int(_C.linear_kernels()["split_calls"])
     try:
@@ -215,7 +214,6 @@ def test_panels_filled_inside_the_conv_give_the_kept_panels_bits(own):
         assert int(_C.linear_kernels()["split_calls"]) > splits  # the calls at 2 and 3 threads did split
     finally:
         _C.dconv_own_panels_for_tests(False)
-        _C.team_backoff_for_tests(True)
 
 
 @pytest.mark.parametrize("group", [32, 128])
