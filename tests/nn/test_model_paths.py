@@ -6,6 +6,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import mono_quant as mq
+from mono_quant.kernels import row_rules
 from mono_quant import _C, int4
 from mono_quant.modules import conv as conv_module
 from mono_quant.formats import packed_linear as packed_linear_module
@@ -140,9 +141,15 @@ def test_path_choice_is_a_rule_on_rows(blas_tables):
             assert calls == [(1, False), (7, False), (7, False)]
             if AMX and _C.cpu_info()["amx_bf16"] and isa == "avx512":  # AMX-BF16 takes 16 rows and more
                 calls.clear()
-                for rows in (1, 8, 16, 64, 7):
-                    layer(torch.randn(rows, 32))
+                with pytest.MonkeyPatch.context() as mp:
+                    mp.setattr(row_rules, "INT8_WEIGHT_ONLY_AMX_MIN_MACS", 0)  # (32 -> 16 is below the floor)
+                    for rows in (1, 8, 16, 64, 7):
+                        layer(torch.randn(rows, 32))
                 assert calls == [(1, False), (16, True), (64, True), (7, False)]
+                calls.clear()
+                for rows in (16, 64):  # below INT8_WEIGHT_ONLY_AMX_MIN_MACS: not AMX (BLAS from 8 rows here)
+                    layer(torch.randn(rows, 32))
+                assert calls == []
     finally:
         packed_linear_module.packed_linear = original
         packed_linear_module.weight_only_linear = kept_call

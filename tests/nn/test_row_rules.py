@@ -123,8 +123,9 @@ def test_narrow_weight_only_layers_keep_the_kernel_past_the_row_rule(isa, monkey
     eager and an export with dynamic rows take the kernel below it and BLAS from it."""
     monkeypatch.setitem(packed_linear.BLAS_MIN_ROWS, isa, 5)
     monkeypatch.setitem(packed_linear.BLAS_MIN_IN_FEATURES, isa, 97)
-    assert not row_rules.int8_weight_only_takes_blas(6, 96, isa)
-    assert row_rules.int8_weight_only_takes_blas(6, 97, isa) and not row_rules.int8_weight_only_takes_blas(4, 97, isa)
+    assert not row_rules.int8_weight_only_takes_blas(6, 96, 40, isa)
+    assert (row_rules.int8_weight_only_takes_blas(6, 97, 40, isa)
+            and not row_rules.int8_weight_only_takes_blas(4, 97, 40, isa))
     for k, blas in ((96, False), (97, True)):
         torch.manual_seed(k)
         model = mq.quantize(nn.Sequential(nn.Linear(k, 40)), activations=None).model

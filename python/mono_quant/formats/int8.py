@@ -78,12 +78,13 @@ class AffineIntFormat(WeightFormat):
         packed = kernel_args(module)
         if packed is not None and kernel_takes(x, packed[0]["in_features"]):
             x2d = x if x.dim() == 2 else x.reshape(-1, x.shape[-1])
-            if module.activations is None and takes_blas(x2d.shape[0], x2d.shape[-1]):
+            if module.activations is None and takes_blas(x2d.shape[0], x2d.shape[-1], module.out_features):
                 # many rows: one dequantized fp32 weight per call and torch's BLAS beat the packed kernel
                 b = module.bias
                 y = F.linear(x2d.float(), dequantized_packed(module, packed[0]), None if b is None else b.float())
             else:
-                amx = module.activations is None and packed_linear.takes_amx(x2d.shape[0])
+                amx = module.activations is None and packed_linear.takes_amx(x2d.shape[0], x2d.shape[-1],
+                                                                             module.out_features)
                 y = packed_linear.packed_linear(module, x2d, packed[1][0], amx)
             if x.dim() != 2:
                 y = y.reshape(*x.shape[:-1], module.out_features)

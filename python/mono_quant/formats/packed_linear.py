@@ -36,16 +36,16 @@ def blas_min_rows() -> int:
     return BLAS_MIN_ROWS[kernels.SETTINGS.isa]
 
 
-def takes_blas(rows: int, in_features: int) -> bool:
+def takes_blas(rows: int, in_features: int, out_features: int) -> bool:
     """Whether a weight-only int8 Linear call of ``rows`` rows takes the dequantize + BLAS path
     at the active kernel level (both tables: row_rules.int8_weight_only_takes_blas)."""
-    return int8_weight_only_takes_blas(rows, in_features, kernels.SETTINGS.isa)
+    return int8_weight_only_takes_blas(rows, in_features, out_features, kernels.SETTINGS.isa)
 
 
-def takes_amx(rows: int) -> bool:
+def takes_amx(rows: int, in_features: int, out_features: int) -> bool:
     """Whether a weight-only int8 Linear call of ``rows`` rows runs on AMX-BF16 at the active
     kernel level (row_rules.int8_weight_only_takes_amx)."""
-    return int8_weight_only_takes_amx(rows, kernels.SETTINGS.isa)
+    return int8_weight_only_takes_amx(rows, in_features, out_features, kernels.SETTINGS.isa)
 
 
 def kernel_takes(x: torch.Tensor, in_features: int) -> bool:
@@ -148,7 +148,7 @@ def _keep_weight_only_call(module) -> tuple:
     call = None
     if (packed is not None and module.activations is None and packed[0]["groups"] == 1
             and packed[0]["in_features"] <= MAX_IN_FEATURES):
-        call = (packed[0]["in_features"], packed[1][0])
+        call = (packed[0]["in_features"], packed[1][0], packed[0]["out_features"])
     kept = (stamp, call)
     _WEIGHT_ONLY_CALLS[module] = kept
     return kept
@@ -166,7 +166,8 @@ def weight_only_linear(module, x: torch.Tensor):
     call = kept[1]
     if call is None or x.dim() != 2 or x.shape[1] != call[0] or x.numel() == 0 or (call[0] > 1 and x.stride(1) != 1):
         return None
-    isa = kernels.SETTINGS.isa
-    if x.shape[0] >= min(INT8_WEIGHT_ONLY_AMX_MIN_ROWS[isa], INT8_WEIGHT_ONLY_BLAS_MIN_ROWS[isa]):
+    isa, rows = kernels.SETTINGS.isa, x.shape[0]
+    if rows >= INT8_WEIGHT_ONLY_BLAS_MIN_ROWS[isa] or (
+            rows >= INT8_WEIGHT_ONLY_AMX_MIN_ROWS[isa] and int8_weight_only_takes_amx(rows, call[0], call[2], isa)):
         return None  # the row rules' calls: the general path
     return torch.from_numpy(linear_int8_raw(x.numpy(), call[1], "weight_only"))

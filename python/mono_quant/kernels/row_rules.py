@@ -33,7 +33,7 @@ from .. import _C
 
 __all__ = ["BLAS_AVX512", "HALF_KERNEL_MAX_ROWS", "HALF_PANEL_MAX_ROWS", "HALF_AMX_MIN_ROWS", "half_takes_amx",
            "INT8_WEIGHT_ONLY_BLAS_MIN_ROWS", "INT8_WEIGHT_ONLY_BLAS_MIN_IN_FEATURES", "int8_weight_only_takes_blas",
-           "INT8_WEIGHT_ONLY_AMX_MIN_ROWS", "int8_weight_only_takes_amx",
+           "INT8_WEIGHT_ONLY_AMX_MIN_ROWS", "INT8_WEIGHT_ONLY_AMX_MIN_MACS", "int8_weight_only_takes_amx",
            "INT4_BLAS_MIN_ROWS", "INT4_BLAS_MAX_OUT_FEATURES", "int4_takes_blas", "int4_int8_activations_fit",
            "blas_runs_avx512"]
 
@@ -110,20 +110,26 @@ INT8_WEIGHT_ONLY_BLAS_MIN_IN_FEATURES = {"scalar": 0, "avx2": 0, "avx512": 768 i
 #: 1024 0.44-0.56 (tiles 0.99-1.13, dequantize + BLAS 1.0-1.1).
 INT8_WEIGHT_ONLY_AMX_MIN_ROWS = {"scalar": _NEVER, "avx2": _NEVER,
                                  "avx512": 16 if _C.cpu_info().get("amx_bf16") else _NEVER}
+#: ... and calls of at least this many multiply-adds (rows x in x out): below, AMX's fixed cost per
+#: call (the tile setup, x's bf16 pieces) outweighs the tiles' work.  Intel Xeon (2 Dec, 2 threads): a
+#: CNN's 128 -> 10 head at 16 / 64 rows (20 k / 82 k) took 2.7x / 2.3x fp32's time on AMX
+INT8_WEIGHT_ONLY_AMX_MIN_MACS = 1 << 19
 
 
-def int8_weight_only_takes_amx(rows: int, isa: str) -> bool:
-    """Whether an int8 weight-only Linear call of ``rows`` rows runs on AMX-BF16 at kernel level
-    ``isa`` (INT8_WEIGHT_ONLY_AMX_MIN_ROWS, and the AVX-512 level running AMX now: ``SETTINGS.amx``)."""
-    return rows >= INT8_WEIGHT_ONLY_AMX_MIN_ROWS[isa] and _C.use_amx(None)
+def int8_weight_only_takes_amx(rows: int, in_features: int, out_features: int, isa: str) -> bool:
+    """Whether an int8 weight-only Linear call of ``rows`` rows (``in_features`` -> ``out_features``)
+    runs on AMX-BF16 at kernel level ``isa`` (INT8_WEIGHT_ONLY_AMX_MIN_ROWS and _MIN_MACS, and the
+    AVX-512 level running AMX now: ``SETTINGS.amx``)."""
+    return (rows >= INT8_WEIGHT_ONLY_AMX_MIN_ROWS[isa] and rows * in_features * out_features >= INT8_WEIGHT_ONLY_AMX_MIN_MACS
+            and _C.use_amx(None))
 
 
-def int8_weight_only_takes_blas(rows: int, in_features: int, isa: str) -> bool:
+def int8_weight_only_takes_blas(rows: int, in_features: int, out_features: int, isa: str) -> bool:
     """Whether an int8 weight-only Linear call of ``rows`` rows runs torch's BLAS on its weight
     dequantized per call (else the packed tiles or AMX), at kernel level ``isa``: the two tables
     above, unless AMX-BF16 takes the call (int8_weight_only_takes_amx)."""
     return (rows >= INT8_WEIGHT_ONLY_BLAS_MIN_ROWS[isa] and in_features >= INT8_WEIGHT_ONLY_BLAS_MIN_IN_FEATURES[isa]
-            and not int8_weight_only_takes_amx(rows, isa))
+            and not int8_weight_only_takes_amx(rows, in_features, out_features, isa))
 
 #: int4: from this many rows, on layers of at most INT4_BLAS_MAX_OUT_FEATURES outputs, torch's
 #: BLAS on the weight dequantized once per call.  AVX2 (torch capped at AVX2): the kernels with

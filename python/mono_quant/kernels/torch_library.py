@@ -138,11 +138,11 @@ def _linear_int8(x, packed, colsum, info, scale, zero_point, bias, out_features,
     # weight-only: eager's rule (row_rules.int8_weight_only_takes_blas) decided here, on the
     # real row count, as half_linear's: a traced graph holds this one op whatever its rows.
     # (A Linear's rule only: conv2d_int8 calls the kernel below, as the eager conv does.)
-    if not dynamic and int8_weight_only_takes_blas(x.shape[0], x.shape[-1], SETTINGS.isa):
+    if not dynamic and int8_weight_only_takes_blas(x.shape[0], x.shape[-1], out_features, SETTINGS.isa):
         w = _dequantize_int8_packed(packed, info, scale, zero_point, out_features, x.shape[-1], group)
         b = None if bias is None else bias[group * out_features:(group + 1) * out_features].float()
         return F.linear(x.float(), w, b)
-    amx = not dynamic and int8_weight_only_takes_amx(x.shape[0], SETTINGS.isa)
+    amx = not dynamic and int8_weight_only_takes_amx(x.shape[0], x.shape[-1], out_features, SETTINGS.isa)
     return _linear_int8_kernel(x, packed, colsum, info, scale, zero_point, bias, group, dynamic, reduce_range, amx)
 
 
