@@ -78,9 +78,11 @@ def _check(x, qw):
 
 
 @pytest.mark.parametrize("m", [1, 3, 14, 29])
-@pytest.mark.parametrize("rows,cols,group", [(54, 1536, 128), (23, 1024, 256), (70, 768, 384)])
+@pytest.mark.parametrize("rows,cols,group", [(54, 1536, 128), (23, 1024, 256), (70, 768, 384), (10, 512, 128),
+                                             (3, 256, 128)])
 def test_act_edges_every_level_equals_scalar(m, rows, cols, group):
-    """54 rows: 3 blocks of 16, 4 rows, 2 for the reference; 70: 4 blocks, 4, 2."""
+    """54 rows: 3 blocks of 16, 4 rows, 2 past whole steps (the last 4 again); 70: 4 blocks, 4, 2;
+    10: a classifier head's 2 steps and 2 rows; 3: fewer than a step (the reference)."""
     qw = _weight(rows, cols, group, rows + cols)
     ncases = len(_edge_groups(group, np.random.default_rng(0)))
     for seed in range(ncases) if m == 1 else [m]:  # batch 1: each case in turn

@@ -232,7 +232,12 @@ __attribute__((noinline)) static void q4_gemv_i8_row(const int8_t *xq, int64_t m
             for (int j = 0; j < 4; j++) y[i * ldy + rr[j]] = out[j];
         }
     }
-    if (r0 + 4 * q < r1) mq_ref_q4_gemv_i8(xq, m, xscale, xqsum, w, kpad, group, scale, zero, r0 + 4 * q, r1, y, ldy);
+    if (r0 + 4 * q < r1) {
+        if (q > 0) /* the last rows with the 3 before them again (the same bits): 10 outputs ran 2 on the reference */
+            q4_gemv_i8_row(xq, m, xscale, xqsum, w, kpad, group, scale, zero, r1 - 4, r1, y, ldy);
+        else
+            mq_ref_q4_gemv_i8(xq, m, xscale, xqsum, w, kpad, group, scale, zero, r0, r1, y, ldy);
+    }
 }
 
 /* 4 weight rows x R activation rows (R = 1, 2) over [r, r + 4): each 64-byte
@@ -304,7 +309,9 @@ static void q4_gemv_i8(const int8_t *xq, int64_t m, const float *xscale, const i
     }
     __m128i *z_g = (__m128i *)(sw_g + ngroups);
     int64_t r = r0;
-    for (; r + 4 <= r1; r += 4) {
+    const int64_t last = r1 - r0 >= 4 ? r1 - 4 : -1; /* rows past whole steps: the last 4 again (same bits) */
+    for (; r + 4 <= r1 || (r < r1 && last >= 0); r += 4) {
+        if (r + 4 > r1) r = last;
         const uint8_t *w0 = w + (size_t)r * (size_t)row_bytes;
         for (int64_t g = 0; g < ngroups; g++) {
             z_g[g] = _mm_setr_epi32(zero[r * ngroups + g], zero[(r + 1) * ngroups + g], zero[(r + 2) * ngroups + g],
