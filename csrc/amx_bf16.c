@@ -24,6 +24,10 @@
  * 16-64 rows: 3072 x 768 0.38 of fp32's time by pairs, 0.50 by rows; 768 x 768 (1.2 MB) the same */
 #define PAIRS_MAX_X_BYTES ((double)(3 << 19))
 #define PAIRS_FROM_B_BYTES ((double)(2 << 20))
+/* ... and, where the rows make fewer ranges than threads, while each thread gets this many pairs:
+ * with fewer, every thread reads all of x's pieces for a few tiles' work (768 -> 64 at 256 rows,
+ * 2 threads: 1.6 of fp32's time by pairs, 0.8 on one thread by rows; Intel Xeon, 2 Dec) */
+#define PAIRS_MIN_PER_THREAD 3
 /* a panel-pair piece's least work */
 #define MIN_PAIRS_MACS ((int64_t)1 << 21)
 
@@ -61,11 +65,12 @@ static void gemm_range(void *vctx, int64_t begin, int64_t end) {
  * over row ranges (the weight's B tiles packed once, shared): where x's pieces are small and
  * either the row ranges would leave a thread idle or the weight's B tiles (weight_rows x kp
  * bf16) are past L2, so that the row ranges would read them back from L3 or memory. */
-static int by_panel_pairs(int64_t tiles, int64_t kp, int64_t weight_rows, int64_t min_tiles, int nthreads) {
+static int by_panel_pairs(int64_t tiles, int64_t kp, int64_t weight_rows, int64_t pairs, int64_t min_tiles,
+                          int nthreads) {
     const double x_bytes = 3.0 * 16 * (double)tiles * (double)kp * 2, b_bytes = (double)weight_rows * (double)kp * 2;
     if (x_bytes > PAIRS_MAX_X_BYTES) return 0;
     const int64_t ranges = tiles / min_tiles;
-    return ranges < nthreads || b_bytes >= PAIRS_FROM_B_BYTES;
+    return (ranges < nthreads && pairs >= PAIRS_MIN_PER_THREAD * nthreads) || b_bytes >= PAIRS_FROM_B_BYTES;
 }
 
 /* mq_amx_split_for_tests: 0 the rule, 1 panel pairs, 2 row tiles */
@@ -88,7 +93,7 @@ int mq_amxbf16_linear(const float *x, int64_t ldx, int64_t m, int64_t k, const m
                                    ONE_THREAD_MACS, nthreads);
     int64_t min_tiles = mq_items_per_chunk(16 * n * kp, MIN_RANGE_MACS);
     if (min_tiles < MIN_RANGE_TILES) min_tiles = MIN_RANGE_TILES;
-    if (split_mode == 1 || (split_mode == 0 && by_panel_pairs(tiles, kp, n * wpieces, min_tiles, nthreads))) {
+    if (split_mode == 1 || (split_mode == 0 && by_panel_pairs(tiles, kp, n * wpieces, (panels + 1) / 2, min_tiles, nthreads))) {
         /* x's pieces once, here: every pair's tiles read all of them */
         uint16_t *xp = aligned_alloc(64, mq_alloc_bytes(mq_size_mul(3 * tiles * 16, kp), sizeof(uint16_t), 64));
         if (!xp) return -1;

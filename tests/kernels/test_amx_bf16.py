@@ -152,17 +152,17 @@ def test_module_eager_and_exported_take_it(dtype):
         with at_isa("avx512"), torch.no_grad():
             for nt in (1, 2):  # a rule on the rows alone: the same path (and bits) at any thread count
                 torch.set_num_threads(nt)
-                assert half_path(first - 1, "avx512") != "amx" and half_path(first, "avx512") == "amx"
+                assert half_path(first - 1, 70, 37, "avx512") != "amx" and half_path(first, 70, 37, "avx512") == "amx"
             torch.set_num_threads(1)
             for m in (first, 300):
-                assert half_path(m, "avx512") == "amx"
+                assert half_path(m, 70, 37, "avx512") == "amx"
                 x = torch.randn(m, 70)
                 y = q(x)
                 assert torch.equal(ep.module()(x), y)
                 want = _C.h16_linear(x.numpy(), w_arr, dtype == "bf16", bias=q.bias.numpy(), nthreads=1, panels=2)
                 assert torch.equal(y, torch.from_numpy(want))
                 with SETTINGS.for_tests(amx=False):
-                    assert half_path(m, "avx512") != "amx"
+                    assert half_path(m, 70, 37, "avx512") != "amx"
                     off = q(x)
                 torch.testing.assert_close(off, y, rtol=1e-5, atol=1e-5)
     finally:

@@ -96,6 +96,17 @@ def _qlinear_weight_only():
     return mq.quantize(nn.Sequential(nn.Linear(48, 20)), "int8", activations=None).model[0]
 
 
+def _general_path(q, x):
+    """q's forward through the format's general path (the kept call skipped)."""
+    saved = packed_linear.weight_only_linear
+    packed_linear.weight_only_linear = lambda module, x: None
+    try:
+        with torch.no_grad():
+            return q.format.linear(q, x)
+    finally:
+        packed_linear.weight_only_linear = saved
+
+
 def test_the_weight_only_call_is_the_general_paths():
     from mono_quant.kernels.int8 import linear_int8_raw
     from mono_quant.formats.layer_cache import kernel_args
@@ -105,12 +116,29 @@ def test_the_weight_only_call_is_the_general_paths():
     assert packed_linear._WEIGHT_ONLY_CALLS.get(q)[1] is not None
     with torch.no_grad():
         assert torch.equal(y, torch.from_numpy(linear_int8_raw(x.numpy(), kernel_args(q)[1][0], "weight_only")))
-        assert packed_linear.weight_only_linear(q, x.unsqueeze(0)) is None  # 3-D: the general path
-        _same_as_fresh(q, x.unsqueeze(0))
-        assert packed_linear.weight_only_linear(q, torch.randn(48, 3).t()) is None  # strided rows
-        _same_as_fresh(q, torch.randn(48, 3).t())
-        assert packed_linear.weight_only_linear(q, torch.randn(1024, 48)) is None  # the row rules' calls
-        _same_as_fresh(q, torch.randn(1024, 48))
+        # 3-D, strided rows, the AMX and small-weight BLAS rules' rows: the kept call, the general path's bits
+        for x in (x.unsqueeze(0), torch.randn(2, 5, 48), torch.randn(48, 3).t(), torch.randn(64, 48),
+                  torch.randn(1024, 48)):
+            y = packed_linear.weight_only_linear(q, x)
+            assert y is not None and torch.equal(y, _general_path(q, x))
+            _same_as_fresh(q, x)
+
+
+def test_the_large_weight_blas_rule_takes_the_general_path():
+    from mono_quant.kernels.settings import SETTINGS
+    torch.manual_seed(0)
+    q = mq.quantize(nn.Sequential(nn.Linear(768, 40)), "int8", activations=None).model[0]
+    x = torch.randn(1024, 768)
+    with torch.no_grad():
+        y = packed_linear.weight_only_linear(q, x)
+        if packed_linear.takes_blas(1024, 768, 40):  # an Intel CPU's MKL without AMX: torch's BLAS
+            assert y is None
+        else:
+            assert torch.equal(y, _general_path(q, x))
+        with SETTINGS.for_tests(amx=False):
+            y = packed_linear.weight_only_linear(q, x)
+            assert (y is None) == packed_linear.takes_blas(1024, 768, 40)
+        _same_as_fresh(q, x)
 
 
 def test_weight_only_changes_are_seen():

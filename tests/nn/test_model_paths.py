@@ -120,7 +120,7 @@ def test_path_choice_is_a_rule_on_rows(blas_tables):
     isa = _C.get_isa()
     int8_rows[isa] = 8
     torch.manual_seed(3)
-    layer = mq.quantize(nn.Linear(32, 16), activations=None).model
+    layer = mq.quantize(nn.Linear(32, 48), activations=None).model  # (AMX from 32 outputs)
     calls = []
     original = packed_linear_module.packed_linear
 

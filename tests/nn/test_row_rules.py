@@ -137,3 +137,54 @@ def test_narrow_weight_only_layers_keep_the_kernel_past_the_row_rule(isa, monkey
             assert torch.equal(ep.module()(x), y)
         want = F.linear(x, layer.dequantized_weight(), layer.bias)
         assert torch.equal(y, want) == blas or isa == "scalar", k
+
+
+def test_small_weight_rule_on_the_shapes():
+    for isa in ("scalar", "avx2"):  # not measured there: off
+        assert not row_rules.small_weight_takes_blas(1 << 20, 128, 10, isa)
+    on = row_rules.BLAS_AVX512  # Intel's MKL: a 128 -> 10 head from 1024 rows
+    assert row_rules.small_weight_takes_blas(1024, 128, 10, "avx512") == on
+    assert not row_rules.small_weight_takes_blas(1023, 128, 10, "avx512")
+    assert not row_rules.small_weight_takes_blas(4096, 128, row_rules.SMALL_BLAS_MAX_OUT_FEATURES + 1, "avx512")
+    assert not row_rules.small_weight_takes_blas(4096, 2049, 32, "avx512")  # past 65536 weights
+    if on:  # ahead of AMX and of the large-weight rule
+        assert row_rules.int8_weight_only_takes_blas(1024, 128, 10, "avx512")
+        assert not row_rules.int8_weight_only_takes_amx(1024, 1024, 32, "avx512")
+    # AMX-BF16 only from AMX_MIN_OUT_FEATURES outputs, for int8 weight-only and fp16 / bf16 alike
+    assert not row_rules.int8_weight_only_takes_amx(512, 512, row_rules.AMX_MIN_OUT_FEATURES - 1, "avx512")
+    assert not row_rules.half_takes_amx(512, row_rules.AMX_MIN_OUT_FEATURES - 1, "avx512")
+
+
+@pytest.fixture
+def small_rule_at_5_rows(isa, monkeypatch):
+    monkeypatch.setitem(row_rules.SMALL_BLAS_MIN_ROWS, isa, 5)
+    return isa
+
+
+@pytest.mark.parametrize("dtype", ["int8", "int4", "fp16"])
+def test_small_weight_rule_eager_kept_and_exported_agree(small_rule_at_5_rows, dtype):
+    """A small, narrow weight past the small-weight rule: torch's linear on the float32 weight (kept
+    by the layer), eager's bits in a graph exported with a dynamic row count, on both sides of the
+    rule; a rewritten scale is seen."""
+    torch.manual_seed(0)
+    kwargs = {"activations": None} if dtype == "int8" else {"group_size": 32} if dtype == "int4" else {}
+    model = mq.quantize(nn.Sequential(nn.Linear(96, 20)), dtype=dtype, **kwargs).model
+    layer = model[0]
+    ep = torch.export.export(model, (torch.randn(8, 96),), dynamic_shapes=({0: torch.export.Dim("rows")},))
+    for m in (4, 5, 6, 33):
+        x = torch.randn(m, 96)
+        with torch.no_grad():
+            y, again = model(x), model(x)
+            assert torch.equal(y, again) and torch.equal(ep.module()(x), y), m
+            blas = F.linear(x, layer.dequantized_weight(), layer.bias)
+        if m >= 5:
+            assert torch.equal(y, blas), m
+        torch.testing.assert_close(y, blas, rtol=1e-2 if dtype == "int4" else 1e-4, atol=1e-2 if dtype == "int4" else 1e-4)
+    x3 = torch.randn(3, 4, 96)
+    with torch.no_grad():
+        assert torch.equal(model(x3), F.linear(x3.reshape(12, 96), layer.dequantized_weight(), layer.bias).reshape(3, 4, 20))
+    if dtype != "fp16":
+        with torch.no_grad():
+            layer.weight_scale.mul_(2.0)
+            x = torch.randn(6, 96)
+            assert torch.equal(model(x), F.linear(x, layer.dequantized_weight(), layer.bias))

@@ -39,7 +39,7 @@ def takes_half_kernel(x: torch.Tensor, weight: torch.Tensor, isa: str, any_rows:
     in_features = weight.shape[1]
     if x.shape[-1] != in_features or x.numel() == 0 or weight.numel() == 0:
         return False
-    return any_rows or half_path(x.numel() // in_features, isa) != "torch"
+    return any_rows or half_path(x.numel() // in_features, in_features, weight.shape[0], isa) != "torch"
 
 
 class CastFormat(WeightFormat):

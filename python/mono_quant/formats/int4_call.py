@@ -12,12 +12,14 @@ from __future__ import annotations
 from typing import Optional
 
 import torch
+import torch.nn.functional as F
 
 from .. import _C
 from ..kernels.rows import to_numpy
 from ..kernels.settings import SETTINGS
 from ..kernels.stamps import make_stamp, tensors_unchanged
 from ..kernels.row_rules import int4_takes_blas
+from . import layer_cache
 from .layer_cache import per_layer_cache
 
 __all__ = ["kept_int4_linear"]
@@ -34,7 +36,7 @@ def _keep(module) -> tuple:
     if weight.qdata.is_cpu and weight.qdata.numel() > 0 and (bias is None or bias.is_cpu):
         b = None if bias is None else bias.detach().float().contiguous().numpy()
         call = (weight.cols, weight.orig_shape[0], weight.qdata.numpy(), to_numpy(weight.scale),
-                weight.zero_point.numpy(), weight.group, b)
+                weight.zero_point.numpy(), weight.group, b, None if b is None else torch.from_numpy(b))
     kept = (stamp, call)
     _CALLS[module] = kept
     return kept
@@ -55,7 +57,14 @@ def kept_int4_linear(module, x: torch.Tensor) -> Optional[torch.Tensor]:
     x2d = x if x.dim() == 2 else x.reshape(-1, call[0])
     if int4_takes_blas(x2d.shape[0], call[1], call[2].shape[1] * 2, call[5], SETTINGS.isa,
                        SETTINGS.int4_int8_activations):
-        return None
+        if call[1] * call[0] > layer_cache.SMALL_WEIGHT_ELEMENTS:
+            return None  # the general path dequantizes it per call
+        # a small weight (row_rules.small_weight_takes_blas, or the BLAS rows): torch's BLAS on its
+        # float32 weight, kept, as the general path and a traced graph's op compute it
+        w = layer_cache.float_weight(module, call[1] * call[0], lambda: module.format.module_weight(module).dequantize(),
+                                     kept)
+        y = F.linear(x2d, w, call[7])
+        return y if x.dim() == 2 else y.reshape(*x.shape[:-1], call[1])
     y = torch.from_numpy(_C.q4_linear(x2d.contiguous().numpy(), call[2], call[3], call[4], call[5], bias=call[6],
                                       int8_activations=-1 if SETTINGS.int4_int8_activations else 0,
                                       nthreads=SETTINGS.num_threads()))

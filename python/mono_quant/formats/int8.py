@@ -8,7 +8,6 @@ import math
 from typing import Any, Dict, Mapping
 
 import torch
-import torch.nn.functional as F
 
 from ..errors import CheckpointError
 from ..packing import PACKED_BUFFERS, unpack_int8_linear
@@ -17,7 +16,7 @@ from .base import WeightFormat
 from .checks import check_scales, first_bad, need, spec, value_at
 from . import packed_linear  # packed_linear.packed_linear looked up per call (tests spy on it)
 from .layer_cache import kernel_args
-from .packed_linear import dequantized_packed, kernel_takes, takes_blas
+from .packed_linear import kernel_takes, takes_blas
 
 __all__ = ["AffineIntFormat"]
 
@@ -79,9 +78,9 @@ class AffineIntFormat(WeightFormat):
         if packed is not None and kernel_takes(x, packed[0]["in_features"]):
             x2d = x if x.dim() == 2 else x.reshape(-1, x.shape[-1])
             if module.activations is None and takes_blas(x2d.shape[0], x2d.shape[-1], module.out_features):
-                # many rows: one dequantized fp32 weight per call and torch's BLAS beat the packed kernel
-                b = module.bias
-                y = F.linear(x2d.float(), dequantized_packed(module, packed[0]), None if b is None else b.float())
+                # many rows, or a small narrow weight: torch's BLAS on the dequantized fp32 weight beats
+                # the packed kernel (kept per layer where it is small)
+                y = packed_linear.blas_linear(module, x2d, packed)
             else:
                 amx = module.activations is None and packed_linear.takes_amx(x2d.shape[0], x2d.shape[-1],
                                                                              module.out_features)

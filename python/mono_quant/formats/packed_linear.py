@@ -5,18 +5,19 @@ from __future__ import annotations
 
 
 import torch
+import torch.nn.functional as F
 
 from .. import kernels
-from ..kernels.row_rules import (INT8_WEIGHT_ONLY_AMX_MIN_ROWS, INT8_WEIGHT_ONLY_BLAS_MIN_IN_FEATURES,
-                                  INT8_WEIGHT_ONLY_BLAS_MIN_ROWS, int8_weight_only_takes_amx,
-                                  int8_weight_only_takes_blas)
+from ..kernels.row_rules import (INT8_WEIGHT_ONLY_BLAS_MIN_IN_FEATURES, INT8_WEIGHT_ONLY_BLAS_MIN_ROWS,
+                                  int8_weight_only_takes_amx, int8_weight_only_takes_blas,
+                                  small_weight_takes_blas)
 from ..kernels.int8 import MAX_IN_FEATURES, linear_int8_prepared, linear_int8_raw, prepare_linear_int8
 from ..kernels.stamps import make_stamp, tensors_unchanged
 from ..packing import unpack_int8_rows
-from .layer_cache import kernel_args_stamped, per_layer_cache
+from .layer_cache import float_weight, kernel_args_stamped, per_layer_cache
 
 __all__ = ["BLAS_MIN_ROWS", "BLAS_MIN_IN_FEATURES", "blas_min_rows", "takes_blas", "takes_amx", "kernel_takes", "conv_kernel_takes", "packed_linear", "dequantized_packed",
-           "KERNEL_DTYPES", "dynamic_linear", "weight_only_linear"]
+           "KERNEL_DTYPES", "dynamic_linear", "weight_only_linear", "blas_linear"]
 
 #: activation dtypes the int8 kernels read
 KERNEL_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
@@ -134,10 +135,11 @@ def dynamic_linear(module, x: torch.Tensor):
     return y.reshape(*x.shape[:-1], call[1])
 
 
-# Per weight-only int8 layer, the same for its common call: a float32 CPU 2-D input of fewer rows
-# than the AMX and BLAS rules take (the packed tiles): a CNN's Linear head at batch 1-64 paid
-# ~5 us of Python around a 5-10 us call through the general path (bench_models.py, per-layer hooks:
-# 1.3-1.7x fp32's time).
+# Per weight-only int8 layer, the same for its common call: a float32 CPU input of rows for the packed
+# tiles, AMX-BF16 or the small-weight BLAS rule (row_rules): a CNN's Linear head at batch 1-64 paid ~5 us
+# of Python around a 5-10 us call through the general path (bench_models.py, per-layer hooks: 1.3-1.7x
+# fp32's time), and after a large call (AMX's x pieces) the general path's Python ran from a cold cache:
+# 768 -> 64 at 256 rows took ~70 us around a 120 us kernel.
 _WEIGHT_ONLY_CALLS = per_layer_cache()
 _WEIGHT_ONLY_SOURCES = ((None, "activations"),)
 
@@ -148,26 +150,49 @@ def _keep_weight_only_call(module) -> tuple:
     call = None
     if (packed is not None and module.activations is None and packed[0]["groups"] == 1
             and packed[0]["in_features"] <= MAX_IN_FEATURES):
-        call = (packed[0]["in_features"], packed[1][0], packed[0]["out_features"])
+        bias = module.bias
+        call = (packed[0]["in_features"], packed[1][0], packed[0]["out_features"], packed,
+                None if bias is None else bias.detach().float())
     kept = (stamp, call)
     _WEIGHT_ONLY_CALLS[module] = kept
     return kept
 
 
 def weight_only_linear(module, x: torch.Tensor):
-    """``x @ W.T + b`` of a weight-only int8 layer for a float32 CPU 2-D ``x`` with fewer rows than
-    the AMX-BF16 and BLAS rules start at (row_rules), through the arguments kept per layer while they
-    hold: the same kernel call as the general path's.  None elsewhere (the caller's general path)."""
+    """``x @ W.T + b`` of a weight-only int8 layer for a float32 CPU ``x`` (rows of any leading shape)
+    through the arguments kept per layer while they hold: the general path's call (the tiles, AMX-BF16,
+    or the small-weight BLAS rule on the kept float32 weight).  None where the general path must run
+    (another dtype or device, a gradient, an empty input, another width, rows for the large-weight BLAS
+    rule)."""
     if module.activations is not None or x.dtype is not torch.float32 or not x.is_cpu or x.requires_grad:
         return None
     kept = _WEIGHT_ONLY_CALLS.get(module)
     if kept is None or not tensors_unchanged(module.__dict__, kept[0]):
         kept = _keep_weight_only_call(module)
     call = kept[1]
-    if call is None or x.dim() != 2 or x.shape[1] != call[0] or x.numel() == 0 or (call[0] > 1 and x.stride(1) != 1):
+    if call is None or x.shape[-1] != call[0] or x.numel() == 0:
         return None
-    isa, rows = kernels.SETTINGS.isa, x.shape[0]
-    if rows >= INT8_WEIGHT_ONLY_BLAS_MIN_ROWS[isa] or (
-            rows >= INT8_WEIGHT_ONLY_AMX_MIN_ROWS[isa] and int8_weight_only_takes_amx(rows, call[0], call[2], isa)):
-        return None  # the row rules' calls: the general path
-    return torch.from_numpy(linear_int8_raw(x.numpy(), call[1], "weight_only"))
+    x2d = x if x.dim() == 2 else x.reshape(-1, call[0])
+    isa, rows = kernels.SETTINGS.isa, x2d.shape[0]
+    if small_weight_takes_blas(rows, call[0], call[2], isa):  # blas_linear's call, its bias kept
+        info = call[3][0]
+        w = float_weight(module, call[0] * call[2], lambda: dequantized_packed(module, info), call[3])
+        y = F.linear(x2d, w, call[4])
+    else:
+        amx = int8_weight_only_takes_amx(rows, call[0], call[2], isa)
+        if not amx and rows >= INT8_WEIGHT_ONLY_BLAS_MIN_ROWS[isa] and call[0] >= INT8_WEIGHT_ONLY_BLAS_MIN_IN_FEATURES[isa]:
+            return None  # the large-weight BLAS rule (int8_weight_only_takes_blas): the general path
+        if call[0] > 1 and x2d.stride(1) != 1:
+            x2d = x2d.contiguous()
+        y = torch.from_numpy(linear_int8_raw(x2d.numpy(), call[1], "weight_only_amx" if amx else "weight_only"))
+    return y if x.dim() == 2 else y.reshape(*x.shape[:-1], call[2])
+
+
+def blas_linear(module, x2d: torch.Tensor, packed: tuple) -> torch.Tensor:
+    """float32 ``x2d @ W.T + b`` of a weight-only int8 layer by torch's BLAS on its dequantized weight
+    (``packed``: its kernel_args), kept per layer where it is small (layer_cache.float_weight)."""
+    info = packed[0]
+    w = float_weight(module, info["out_features"] * info["in_features"], lambda: dequantized_packed(module, info),
+                     packed)
+    b = module.bias
+    return F.linear(x2d.float(), w, None if b is None else b.float())

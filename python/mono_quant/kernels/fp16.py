@@ -8,7 +8,7 @@ from typing import Optional
 import torch
 
 from .. import _C
-from .row_rules import HALF_KERNEL_MAX_ROWS, HALF_PANEL_MAX_ROWS, half_takes_amx
+from .row_rules import HALF_KERNEL_MAX_ROWS, HALF_PANEL_MAX_ROWS, half_takes_amx, small_weight_takes_blas
 from .settings import SETTINGS
 
 __all__ = ["half_linear", "half_linear_arrays", "half_linear_raw", "half_path", "path_code", "HALF_WEIGHT_DTYPES",
@@ -25,12 +25,15 @@ KERNEL_MAX_ROWS = HALF_KERNEL_MAX_ROWS
 PANEL_MAX_ROWS = HALF_PANEL_MAX_ROWS
 
 
-def half_path(rows: int, isa: str) -> str:
-    """"kernel", "panels", "amx" (all through :func:`half_linear`) or "torch" for ``rows`` rows on
-    kernel level ``isa`` (the row rules above; "amx": row_rules.half_takes_amx)."""
+def half_path(rows: int, in_features: int, out_features: int, isa: str) -> str:
+    """"kernel", "panels", "amx" (all through :func:`half_linear`) or "torch" for ``rows`` rows of an
+    ``in_features`` -> ``out_features`` layer on kernel level ``isa`` (the row rules above; "amx":
+    row_rules.half_takes_amx; a small, narrow weight: row_rules.small_weight_takes_blas)."""
+    if small_weight_takes_blas(rows, in_features, out_features, isa):
+        return "torch"
     if rows <= KERNEL_MAX_ROWS[isa]:
         return "kernel"
-    if half_takes_amx(rows, isa):
+    if half_takes_amx(rows, out_features, isa):
         return "amx"
     return "panels" if rows <= PANEL_MAX_ROWS[isa] else "torch"
 

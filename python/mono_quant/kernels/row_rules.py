@@ -31,11 +31,12 @@ import torch
 
 from .. import _C
 
-__all__ = ["BLAS_AVX512", "HALF_KERNEL_MAX_ROWS", "HALF_PANEL_MAX_ROWS", "HALF_AMX_MIN_ROWS", "half_takes_amx",
+__all__ = ["BLAS_AVX512", "HALF_KERNEL_MAX_ROWS", "HALF_PANEL_MAX_ROWS", "HALF_AMX_MIN_ROWS", "AMX_MIN_OUT_FEATURES", "half_takes_amx",
            "INT8_WEIGHT_ONLY_BLAS_MIN_ROWS", "INT8_WEIGHT_ONLY_BLAS_MIN_IN_FEATURES", "int8_weight_only_takes_blas",
            "INT8_WEIGHT_ONLY_AMX_MIN_ROWS", "INT8_WEIGHT_ONLY_AMX_MIN_MACS", "int8_weight_only_takes_amx",
            "INT4_BLAS_MIN_ROWS", "INT4_BLAS_MAX_OUT_FEATURES", "int4_takes_blas", "int4_int8_activations_fit",
-           "blas_runs_avx512"]
+           "blas_runs_avx512", "SMALL_BLAS_MAX_WEIGHT_ELEMENTS", "SMALL_BLAS_MAX_OUT_FEATURES", "SMALL_BLAS_MIN_ROWS",
+           "small_weight_takes_blas"]
 
 _NEVER = 1 << 62
 
@@ -49,6 +50,29 @@ def blas_runs_avx512(info: dict) -> bool:
 
 #: this machine's class (see the module's note); the tables below are built for it
 BLAS_AVX512 = blas_runs_avx512(_C.cpu_info())
+
+#: Weight-only layers (int8 weight-only, int4, fp16 / bf16; dynamic int8 keeps its int8 activations)
+#: of a small, narrow weight (at most SMALL_BLAS_MAX_WEIGHT_ELEMENTS weights and
+#: SMALL_BLAS_MAX_OUT_FEATURES outputs) run torch's BLAS on their float32 weight from
+#: SMALL_BLAS_MIN_ROWS[isa] rows: the layer keeps that weight (formats/layer_cache.float_weight; 256 KiB
+#: at most), a traced graph's op dequantizes it per call (the same values, the same bits).  Few outputs
+#: leave the kernels' per-row work (int4's int8 activations, the tiles' row blocks) little to share:
+#: Intel Xeon (2 Dec, 2 threads, time / fp32 at 1024 rows): 128 -> 10 int8 weight-only 1.37, int4 1.91;
+#: 128 -> 32 1.45-1.48 in every format; the BLAS 0.93-1.06.  Fewer rows keep the kernels (at 256 rows
+#: 1024 -> 10 took 0.56 / 0.81 / 0.77 there).  Ahead of every other rule of the format.  AMD CPUs (MKL's
+#: AVX2 code) and the AVX2 level: not measured, off.
+SMALL_BLAS_MAX_WEIGHT_ELEMENTS = 65536
+SMALL_BLAS_MAX_OUT_FEATURES = 32
+SMALL_BLAS_MIN_ROWS = {"scalar": _NEVER, "avx2": _NEVER, "avx512": 1024 if BLAS_AVX512 else _NEVER}
+
+
+def small_weight_takes_blas(rows: int, in_features: int, out_features: int, isa: str) -> bool:
+    """Whether a weight-only Linear call (int8 weight-only, int4, fp16 / bf16) of ``rows`` rows of an
+    ``in_features`` -> ``out_features`` layer runs torch's BLAS on the layer's float32 weight at kernel
+    level ``isa``: a small, narrow weight (the tables above)."""
+    return (rows >= SMALL_BLAS_MIN_ROWS[isa] and out_features <= SMALL_BLAS_MAX_OUT_FEATURES
+            and in_features * out_features <= SMALL_BLAS_MAX_WEIGHT_ELEMENTS)
+
 
 #: fp16 / bf16 weights: the C kernel up to this many rows, torch's F.linear on the weight
 #: converted to float32 above.  AVX2 (Zen 3, 1 Dec): the kernel 0.28-0.93x the converted path's
@@ -83,10 +107,18 @@ HALF_AMX_MIN_ROWS = {"scalar": _NEVER, "avx2": _NEVER,
                      "avx512": 40 if _C.cpu_info().get("amx_bf16") else _NEVER}
 
 
-def half_takes_amx(rows: int, isa: str) -> bool:
-    """Whether an fp16 / bf16 Linear call of ``rows`` rows runs on AMX-BF16 at kernel level ``isa``
-    (HALF_AMX_MIN_ROWS, and the AVX-512 level running AMX now: ``SETTINGS.amx``)."""
-    return rows >= HALF_AMX_MIN_ROWS[isa] and bool(_C.use_amx(None))
+#: AMX-BF16 (fp16 / bf16 and int8 weight-only Linear calls) only for layers of at least this many
+#: outputs: x's bf16 pieces cost the same per row whatever the outputs, and few outputs leave them
+#: little work (Intel Xeon, 2 Dec, 2 threads, time / fp32 at 256 / 1024 rows: a 512 -> 10 head
+#: 2.2 / 2.5 on AMX, 1.16 / 0.85 on the tiles; 768 -> 64 on AMX 0.70 at 1024 rows)
+AMX_MIN_OUT_FEATURES = 32
+
+
+def half_takes_amx(rows: int, out_features: int, isa: str) -> bool:
+    """Whether an fp16 / bf16 Linear call of ``rows`` rows of a layer of ``out_features`` outputs runs
+    on AMX-BF16 at kernel level ``isa`` (HALF_AMX_MIN_ROWS, AMX_MIN_OUT_FEATURES, and the AVX-512
+    level running AMX now: ``SETTINGS.amx``)."""
+    return rows >= HALF_AMX_MIN_ROWS[isa] and out_features >= AMX_MIN_OUT_FEATURES and bool(_C.use_amx(None))
 
 
 #: int8 weight-only: from this many rows torch's BLAS on the weight dequantized once per call.
@@ -118,16 +150,22 @@ INT8_WEIGHT_ONLY_AMX_MIN_MACS = 1 << 19
 
 def int8_weight_only_takes_amx(rows: int, in_features: int, out_features: int, isa: str) -> bool:
     """Whether an int8 weight-only Linear call of ``rows`` rows (``in_features`` -> ``out_features``)
-    runs on AMX-BF16 at kernel level ``isa`` (INT8_WEIGHT_ONLY_AMX_MIN_ROWS and _MIN_MACS, and the
-    AVX-512 level running AMX now: ``SETTINGS.amx``)."""
-    return (rows >= INT8_WEIGHT_ONLY_AMX_MIN_ROWS[isa] and rows * in_features * out_features >= INT8_WEIGHT_ONLY_AMX_MIN_MACS
-            and _C.use_amx(None))
+    runs on AMX-BF16 at kernel level ``isa`` (INT8_WEIGHT_ONLY_AMX_MIN_ROWS and _MIN_MACS,
+    AMX_MIN_OUT_FEATURES, and the
+    AVX-512 level running AMX now: ``SETTINGS.amx``), unless the small-weight rule sends it to
+    torch's BLAS (small_weight_takes_blas)."""
+    return (rows >= INT8_WEIGHT_ONLY_AMX_MIN_ROWS[isa] and out_features >= AMX_MIN_OUT_FEATURES
+            and rows * in_features * out_features >= INT8_WEIGHT_ONLY_AMX_MIN_MACS and _C.use_amx(None)
+            and not small_weight_takes_blas(rows, in_features, out_features, isa))
 
 
 def int8_weight_only_takes_blas(rows: int, in_features: int, out_features: int, isa: str) -> bool:
     """Whether an int8 weight-only Linear call of ``rows`` rows runs torch's BLAS on its weight
-    dequantized per call (else the packed tiles or AMX), at kernel level ``isa``: the two tables
-    above, unless AMX-BF16 takes the call (int8_weight_only_takes_amx)."""
+    dequantized per call (else the packed tiles or AMX), at kernel level ``isa``: a small, narrow
+    weight (small_weight_takes_blas), or the two tables above unless AMX-BF16 takes the call
+    (int8_weight_only_takes_amx)."""
+    if small_weight_takes_blas(rows, in_features, out_features, isa):
+        return True
     return (rows >= INT8_WEIGHT_ONLY_BLAS_MIN_ROWS[isa] and in_features >= INT8_WEIGHT_ONLY_BLAS_MIN_IN_FEATURES[isa]
             and not int8_weight_only_takes_amx(rows, in_features, out_features, isa))
 
@@ -154,7 +192,10 @@ def int4_takes_blas(rows: int, out_features: int, kpad: int, group: int, isa: st
     per call (else the packed kernels), at kernel level ``isa``: the two tables above, except
     where the AVX-512 level runs AMX and the call takes int8 activations (``int8_activations``:
     allowed, and the shape fits): AMX's int4 x int8 tiles took 0.23-0.33 of fp32's time at 1024
-    rows of BERT layers (Intel Xeon, 1 Dec, 1 thread), where dequantize + BLAS took 1.00-1.08."""
+    rows of BERT layers (Intel Xeon, 1 Dec, 1 thread), where dequantize + BLAS took 1.00-1.08.
+    A small, narrow weight (small_weight_takes_blas, on ``kpad`` columns) takes the BLAS first."""
+    if small_weight_takes_blas(rows, kpad, out_features, isa):
+        return True
     if rows < INT4_BLAS_MIN_ROWS[isa] or out_features > INT4_BLAS_MAX_OUT_FEATURES[isa]:
         return False
     return not (int8_activations and isa == "avx512" and int4_int8_activations_fit(kpad, group)

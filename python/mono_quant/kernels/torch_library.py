@@ -407,7 +407,7 @@ _LIB.define("half_linear(Tensor x, Tensor weight, Tensor? bias) -> Tensor")
 def _half_linear_cpu(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]) -> torch.Tensor:
     # the eager rule (fp16.half_path: tiles, panels, AMX or torch's op) decided here, on the real row
     # count: a traced graph holds this one op whatever its rows, and gives eager's path and bits at each
-    path = half_path(x.shape[0], SETTINGS.isa)
+    path = half_path(x.shape[0], x.shape[-1], weight.shape[0], SETTINGS.isa)
     if path == "torch":
         return F.linear(x.float(), weight.float(), None if bias is None else bias.float())
     return half_linear(x, weight, bias, panels=path_code(path))
