@@ -239,14 +239,18 @@ static void panel_pair(const mq_amxbf16_args *a, const uint16_t *xp, int64_t i0,
 }
 
 /* Row tiles [t0, t1) (rows 16 t0 .. min(16 t1, m)) times every panel (B tiles at a->wp): per row
- * chunk of about 1.25 MiB of x pieces (split here, into a buffer of this call's own that stays in
- * L2 while the panel pairs pass over it; rows past m zero), y = sums (* scale) (+ bias) for the
- * rows under m and channels under n.  Returns nonzero, its rows of y unspecified, where x holds
- * an infinity or NaN or the buffer could not be allocated. */
+ * chunk of x pieces (split here, into a buffer of this call's own that stays in L2 while the panel
+ * pairs pass over it; rows past m zero), y = sums (* scale) (+ bias) for the rows under m and
+ * channels under n.  A chunk holds about 1.25 MiB of pieces, and no more than the B tiles, which
+ * each chunk reads once: a narrow weight's pieces serve few pairs, and 1.2 MB of them (768 -> 64
+ * at 256 rows) left the caller's cache cold (its Python after the call: ~25 us more than after
+ * the tiles).  Returns nonzero, its rows of y unspecified, where x holds an infinity or NaN or the
+ * buffer could not be allocated. */
 static int gemm(const mq_amxbf16_args *a, int64_t t0, int64_t t1) {
     const int64_t panels = (a->n + PANEL - 1) / PANEL, r0 = t0 * TILE_ROWS, r1 = t1 * TILE_ROWS;
     const int64_t panel_elems = (int64_t)a->wpieces * (a->kp / STEP_K) * TILE_ELEMS;
-    int64_t chunk = ((int64_t)5 << 18) / (X_PIECES * 2 * a->kp) / BLOCK_ROWS * BLOCK_ROWS;
+    const int64_t b_bytes = panels * panel_elems * 2, most = (int64_t)5 << 18;
+    int64_t chunk = (b_bytes < most ? b_bytes : most) / (X_PIECES * 2 * a->kp) / BLOCK_ROWS * BLOCK_ROWS;
     if (chunk < BLOCK_ROWS) chunk = BLOCK_ROWS;
     if (chunk > r1 - r0) chunk = r1 - r0;
     uint16_t *xp = aligned_alloc(64, (size_t)X_PIECES * (size_t)chunk * (size_t)a->kp * sizeof(uint16_t));
