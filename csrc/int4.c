@@ -297,24 +297,10 @@ typedef struct {
     int oom;
 } dequantize_ctx;
 
-static void dequantize_range(void *vctx, int64_t begin, int64_t end) {
-    dequantize_ctx *c = vctx;
-    const mq_kernels *k = mq_active();
-    float *tail = aligned_alloc(64, MQ_Q4_BLOCK * sizeof(float));
-    if (!tail) {
-        c->oom = 1;
-        return;
-    }
-    const int64_t ngroups = (c->kpad + c->group - 1) / c->group;
-    for (int64_t r = begin; r < end; r++)
-        mq_q4_dequantize_row(k, c->packed + (size_t)r * (size_t)(c->kpad / 2), c->scale + r * ngroups,
-                             c->zero + r * ngroups, c->kpad, c->group, c->cols, c->dst + (size_t)r * (size_t)c->cols,
-                             tail);
-    free(tail);
-}
-
-void mq_q4_dequantize_row(const mq_kernels *k, const uint8_t *prow, const uint16_t *scale, const uint8_t *zero,
-                          int64_t kpad, int64_t group, int64_t cols, float *drow, float *tail) {
+/* One row of mq_q4_dequantize (scale / zero: the row's groups) with level k's unpack; tail:
+ * MQ_Q4_BLOCK floats of scratch. */
+static void dequantize_row(const mq_kernels *k, const uint8_t *prow, const uint16_t *scale,
+                           const uint8_t *zero, int64_t kpad, int64_t group, int64_t cols, float *drow, float *tail) {
     const int64_t ngroups = (kpad + group - 1) / group;
     for (int64_t g = 0; g < ngroups; g++) {
         int64_t k0 = g * group, k1 = k0 + group < cols ? k0 + group : cols;
@@ -328,6 +314,23 @@ void mq_q4_dequantize_row(const mq_kernels *k, const uint8_t *prow, const uint16
         }
     }
 }
+
+static void dequantize_range(void *vctx, int64_t begin, int64_t end) {
+    dequantize_ctx *c = vctx;
+    const mq_kernels *k = mq_active();
+    float *tail = aligned_alloc(64, MQ_Q4_BLOCK * sizeof(float));
+    if (!tail) {
+        c->oom = 1;
+        return;
+    }
+    const int64_t ngroups = (c->kpad + c->group - 1) / c->group;
+    for (int64_t r = begin; r < end; r++)
+        dequantize_row(k, c->packed + (size_t)r * (size_t)(c->kpad / 2), c->scale + r * ngroups,
+                             c->zero + r * ngroups, c->kpad, c->group, c->cols, c->dst + (size_t)r * (size_t)c->cols,
+                             tail);
+    free(tail);
+}
+
 
 void mq_q4_dequantize(const uint8_t *packed, const uint16_t *scale, const uint8_t *zero, int64_t rows, int64_t kpad,
                       int64_t group, int64_t cols, float *dst, int nthreads) {

@@ -322,11 +322,11 @@ typedef int (*mq_amxbf16_gemm_panels_fn)(const mq_amxbf16_args *a, const mq_amxb
  * (a block of output channels' weights, tap-major: one row of ldp lanes a tap). */
 typedef void (*mq_h16_dconv_panel_fn)(const uint16_t *w, int64_t k, int is_bf16, int64_t nb, int64_t ldp,
                                       float *panel);
-/* The same panel of a float32 weight (w[j * k + t] as it is): a transpose */
+/* The same panel of a float32 weight (w[j * k + t] as it is): a transpose (twin: mq_ref_f32_dconv_panel) */
 typedef void (*mq_f32_dconv_panel_fn)(const float *w, int64_t k, int64_t nb, int64_t ldp, float *panel);
 /* ... of an int4 weight's nb rows (codes kpad / 2 bytes a row, fp16 scales and u4.4 zero-points
  * ceil(kpad / group) a row: mq_q4_dequantize's layout): the floats of mq_q4_dequantize,
- * ((float)code - zero / 16.0f) * scale, straight from the codes */
+ * ((float)code - zero / 16.0f) * scale, straight from the codes (twin: mq_ref_q4_dconv_panel) */
 typedef void (*mq_q4_dconv_panel_fn)(const uint8_t *codes, const uint16_t *scale, const uint8_t *zero, int64_t kpad,
                                      int64_t group, int64_t k, int64_t nb, int64_t ldp, float *panel);
 /* For s < npix and j < ldp, one fused multiply-add a tap, in tap order:
@@ -672,9 +672,6 @@ int64_t mq_q4_quantize(const void *src, mq_src_t kind, int64_t rows, int64_t col
                        double *sum_err2, int nthreads);
 void mq_q4_dequantize(const uint8_t *packed, const uint16_t *scale, const uint8_t *zero, int64_t rows, int64_t kpad,
                       int64_t group, int64_t cols, float *dst, int nthreads);
-/* One row of it (scale / zero: the row's groups) with level k's unpack; tail: MQ_Q4_BLOCK floats of scratch. */
-void mq_q4_dequantize_row(const mq_kernels *k, const uint8_t *prow, const uint16_t *scale, const uint8_t *zero,
-                          int64_t kpad, int64_t group, int64_t cols, float *drow, float *tail);
 /* y[m][rows] (+ bias) = x[m][cols] @ W^T; x fp32 or bf16 (kind).
  * act_mode: 0 fp32 activations; 1 int8 activations (the reference kernel
  * where the ISA has no integer one; needs mq_q4_int8_ok); -1 automatic
