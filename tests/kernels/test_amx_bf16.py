@@ -295,9 +295,10 @@ def _both_splits(call, amx_split):
 @pytest.mark.parametrize("k", [1, 33, 384, 3000])
 def test_panel_pairs_same_bits_as_row_tiles(kind, k, amx_split):
     # few rows split over panel pairs (each packing its own pairs' B tiles, in groups; an odd panel
-    # count leaves a lone panel), many over row tiles: the same sums in the same order
+    # count leaves a lone panel), many over row tiles: the same sums in the same order (100 rows: a
+    # narrow weight's row tiles in several chunks of x's pieces, the last one short)
     rng = np.random.default_rng(k)
-    for m in (1, 16, 17, 40):
+    for m in (1, 16, 17, 40, 100):
         for n in (1, 17, 32, 33, 100):
             x = rng.standard_normal((m, k)).astype(np.float32)
             bias = rng.standard_normal(n).astype(np.float32) if n % 2 else None

@@ -129,8 +129,9 @@ def conv2d_forward(module, x: torch.Tensor) -> torch.Tensor:
         return m.conv_with(x, m._buffers["weight"].to(x.dtype).to(x.device), b)
     k = m.in_channels // m.groups * m.kernel_size2d[0] * m.kernel_size2d[1]
     if conv_kernel_takes(m, x, k):
-        packed_pays = m._packed_pays(x, _isa())
-        if not packed_pays and m._direct_fits(x, _isa()):  # eager's direct route
+        isa = _isa()
+        packed_pays = m._packed_pays(x, isa)
+        if not packed_pays and m._direct_fits(x, isa):  # eager's direct route
             return torch.ops.mono_quant.direct_conv2d_int8(
                 x, m.weight_packed, m.weight_packed_info, m.weight_scale, m.weight_zero_point, bias,
                 list(m.kernel_size2d), list(m.stride2d), list(m.padding2d), list(m.dilation2d), m.groups,
