@@ -9,8 +9,8 @@ import torch.nn.functional as F
 
 from .. import kernels
 from ..kernels.row_rules import (INT8_WEIGHT_ONLY_BLAS_MIN_IN_FEATURES, INT8_WEIGHT_ONLY_BLAS_MIN_ROWS,
-                                  int8_weight_only_takes_amx, int8_weight_only_takes_blas,
-                                  small_weight_takes_blas)
+                                  int8_weight_only_blas_rows, int8_weight_only_takes_amx,
+                                  int8_weight_only_takes_blas, small_weight_takes_blas)
 from ..kernels.int8 import MAX_IN_FEATURES, linear_int8_prepared, linear_int8_raw, prepare_linear_int8
 from ..kernels.stamps import make_stamp, tensors_unchanged
 from ..packing import unpack_int8_rows
@@ -175,12 +175,10 @@ def weight_only_linear(module, x: torch.Tensor):
     x2d = x if x.dim() == 2 else x.reshape(-1, call[0])
     isa, rows = kernels.SETTINGS.isa, x2d.shape[0]
     if small_weight_takes_blas(rows, call[0], call[2], isa):  # blas_linear's call, its bias kept
-        info = call[3][0]
-        w = float_weight(module, call[0] * call[2], lambda: dequantized_packed(module, info), call[3])
-        y = F.linear(x2d, w, call[4])
+        y = F.linear(x2d, _float_weight(module, call[3]), call[4])
     else:
         amx = int8_weight_only_takes_amx(rows, call[0], call[2], isa)
-        if not amx and rows >= INT8_WEIGHT_ONLY_BLAS_MIN_ROWS[isa] and call[0] >= INT8_WEIGHT_ONLY_BLAS_MIN_IN_FEATURES[isa]:
+        if not amx and int8_weight_only_blas_rows(rows, call[0], isa):
             return None  # the large-weight BLAS rule (int8_weight_only_takes_blas): the general path
         if call[0] > 1 and x2d.stride(1) != 1:
             x2d = x2d.contiguous()
@@ -191,8 +189,12 @@ def weight_only_linear(module, x: torch.Tensor):
 def blas_linear(module, x2d: torch.Tensor, packed: tuple) -> torch.Tensor:
     """float32 ``x2d @ W.T + b`` of a weight-only int8 layer by torch's BLAS on its dequantized weight
     (``packed``: its kernel_args), kept per layer where it is small (layer_cache.float_weight)."""
-    info = packed[0]
-    w = float_weight(module, info["out_features"] * info["in_features"], lambda: dequantized_packed(module, info),
-                     packed)
     b = module.bias
-    return F.linear(x2d.float(), w, None if b is None else b.float())
+    return F.linear(x2d.float(), _float_weight(module, packed), None if b is None else b.float())
+
+
+def _float_weight(module, packed: tuple) -> torch.Tensor:
+    # the dequantized weight, kept per layer while ``packed`` (its kernel_args) stands where it is small
+    info = packed[0]
+    return float_weight(module, info["out_features"] * info["in_features"], lambda: dequantized_packed(module, info),
+                        packed)

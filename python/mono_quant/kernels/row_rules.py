@@ -33,6 +33,7 @@ from .. import _C
 
 __all__ = ["BLAS_AVX512", "HALF_KERNEL_MAX_ROWS", "HALF_PANEL_MAX_ROWS", "HALF_AMX_MIN_ROWS", "AMX_MIN_OUT_FEATURES", "half_takes_amx",
            "INT8_WEIGHT_ONLY_BLAS_MIN_ROWS", "INT8_WEIGHT_ONLY_BLAS_MIN_IN_FEATURES", "int8_weight_only_takes_blas",
+           "int8_weight_only_blas_rows",
            "INT8_WEIGHT_ONLY_AMX_MIN_ROWS", "INT8_WEIGHT_ONLY_AMX_MIN_MACS", "int8_weight_only_takes_amx",
            "INT4_BLAS_MIN_ROWS", "INT4_BLAS_MAX_OUT_FEATURES", "int4_takes_blas", "int4_int8_activations_fit",
            "blas_runs_avx512", "SMALL_BLAS_MAX_WEIGHT_ELEMENTS", "SMALL_BLAS_MAX_OUT_FEATURES", "SMALL_BLAS_MIN_ROWS",
@@ -151,9 +152,8 @@ INT8_WEIGHT_ONLY_AMX_MIN_MACS = 1 << 19
 def int8_weight_only_takes_amx(rows: int, in_features: int, out_features: int, isa: str) -> bool:
     """Whether an int8 weight-only Linear call of ``rows`` rows (``in_features`` -> ``out_features``)
     runs on AMX-BF16 at kernel level ``isa`` (INT8_WEIGHT_ONLY_AMX_MIN_ROWS and _MIN_MACS,
-    AMX_MIN_OUT_FEATURES, and the
-    AVX-512 level running AMX now: ``SETTINGS.amx``), unless the small-weight rule sends it to
-    torch's BLAS (small_weight_takes_blas)."""
+    AMX_MIN_OUT_FEATURES, and the AVX-512 level running AMX now: ``SETTINGS.amx``), unless the
+    small-weight rule sends it to torch's BLAS (small_weight_takes_blas)."""
     return (rows >= INT8_WEIGHT_ONLY_AMX_MIN_ROWS[isa] and out_features >= AMX_MIN_OUT_FEATURES
             and rows * in_features * out_features >= INT8_WEIGHT_ONLY_AMX_MIN_MACS and _C.use_amx(None)
             and not small_weight_takes_blas(rows, in_features, out_features, isa))
@@ -166,8 +166,14 @@ def int8_weight_only_takes_blas(rows: int, in_features: int, out_features: int, 
     (int8_weight_only_takes_amx)."""
     if small_weight_takes_blas(rows, in_features, out_features, isa):
         return True
-    return (rows >= INT8_WEIGHT_ONLY_BLAS_MIN_ROWS[isa] and in_features >= INT8_WEIGHT_ONLY_BLAS_MIN_IN_FEATURES[isa]
+    return (int8_weight_only_blas_rows(rows, in_features, isa)
             and not int8_weight_only_takes_amx(rows, in_features, out_features, isa))
+
+
+def int8_weight_only_blas_rows(rows: int, in_features: int, isa: str) -> bool:
+    """The two tables' condition alone (INT8_WEIGHT_ONLY_BLAS_MIN_ROWS, _MIN_IN_FEATURES), for a caller
+    that has already asked the small-weight and AMX rules (int8_weight_only_takes_blas asks both)."""
+    return rows >= INT8_WEIGHT_ONLY_BLAS_MIN_ROWS[isa] and in_features >= INT8_WEIGHT_ONLY_BLAS_MIN_IN_FEATURES[isa]
 
 #: int4: from this many rows, on layers of at most INT4_BLAS_MAX_OUT_FEATURES outputs, torch's
 #: BLAS on the weight dequantized once per call.  AVX2 (torch capped at AVX2): the kernels with
