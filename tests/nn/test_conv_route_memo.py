@@ -146,3 +146,22 @@ def test_int4_conv_float_route_only_where_it_applies(monkeypatch):
         assert conv._ROUTES.get(q) is None
     finally:
         layer_cache.SMALL_WEIGHT_ELEMENTS = saved
+
+
+@pytest.mark.parametrize("kwargs", [dict(dtype="int8", activations=None), dict(dtype="int4"), dict(dtype="int8")])
+def test_a_changed_kernel_level_chooses_again(kwargs):
+    """A route kept at one kernel level (the direct kernel of a small conv at AVX2 / AVX-512) is
+    chosen again after set_isa: the layer then gives what a layer quantized at the new level gives."""
+    from mono_quant.kernels.settings import ISA_LEVELS, SETTINGS
+    best = ISA_LEVELS.index(SETTINGS.cpu_info()["best_isa"])
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(16, 16, 3, padding=1)).eval()
+    x = torch.randn(1, 16, 8, 8)
+    q = mq.quantize(model, **kwargs).model[0]
+    with torch.no_grad():
+        q(x)  # the route at the host's level
+        for isa in ISA_LEVELS[:min(best, 1) + 1]:  # scalar, and avx2 where the CPU has it
+            with SETTINGS.for_tests(isa=isa):
+                fresh = mq.quantize(model, **kwargs).model[0]
+                assert torch.equal(q(x), fresh(x)), isa
+        assert torch.equal(q(x), mq.quantize(model, **kwargs).model[0](x))  # back at the host's level

@@ -17,10 +17,20 @@ import torch
 
 from .. import _C
 
-__all__ = ["RuntimeSettings", "SETTINGS", "THREADING_BACKENDS", "ISA_LEVELS"]
+__all__ = ["RuntimeSettings", "SETTINGS", "THREADING_BACKENDS", "ISA_LEVELS", "LEVEL_MARK"]
 
 THREADING_BACKENDS = ("pool", "pthreads", "omp-team")
 ISA_LEVELS = ("scalar", "avx2", "avx512")
+
+#: Replaced by a new object whenever the kernel level or AMX is set (through SETTINGS): a kept route
+#: chosen on the level (a conv's, modules/conv.py) has it in its stamp (kernels/stamps.py), so a
+#: changed level chooses again, as a layer quantized after the change would.
+LEVEL_MARK = object()
+
+
+def _new_level_mark() -> None:
+    global LEVEL_MARK
+    LEVEL_MARK = object()
 
 
 class RuntimeSettings:
@@ -45,7 +55,9 @@ class RuntimeSettings:
     def set_isa(self, name: str) -> str:
         """Cap the kernel level at ``name``; returns the previous level.  ValueError for a
         level the CPU lacks or an unknown name (from the C layer)."""
-        return _C.set_isa(name)
+        previous = _C.set_isa(name)
+        _new_level_mark()
+        return previous
 
     def cpu_info(self) -> dict:
         """CPU features the kernels dispatch on, plus ``best_isa`` / ``active_isa``."""
@@ -115,8 +127,8 @@ class RuntimeSettings:
     def amx(self) -> bool:
         """Whether the AVX-512 level's int8 matmuls run on AMX tiles (on by default where the CPU
         has AMX-INT8 and the OS granted the tile data; the same bits as AVX-512 VNNI), and int8
-        weight-only Linear calls from 16 rows and fp16 / bf16 ones from 256 on AMX-BF16 where the
-        CPU has it (fp32-accurate; kernels/row_rules.py)."""
+        weight-only and fp16 / bf16 Linear calls on AMX-BF16 from the rows of kernels/row_rules.py where
+        the CPU has it (fp32-accurate)."""
         return _C.use_amx(None)
 
     def set_amx(self, enabled: bool) -> bool:
@@ -127,7 +139,9 @@ class RuntimeSettings:
         finishes on the kernel it started with.  RuntimeError (from C) for True where AMX
         can't run: ``cpu_info()["amx"]`` says why (no AMX-INT8, ``MONO_QUANT_AMX``, or Linux
         refused the tile data)."""
-        return _C.use_amx(bool(enabled))
+        previous = _C.use_amx(bool(enabled))
+        _new_level_mark()
+        return previous
 
     @contextlib.contextmanager
     def for_tests(self, *, isa: Optional[str] = None, vnni256: Optional[bool] = None,

@@ -16,6 +16,7 @@ from ..formats.layer_cache import float_weight, kernel_args_stamped
 from ..formats.packed_linear import conv_kernel_takes, dequantized_packed, packed_linear
 from ..kernels import direct_conv, dynamic_conv
 from ..kernels.dynamic_conv import direct_applies
+from ..kernels import settings
 from ..kernels.settings import SETTINGS
 from ..kernels.direct_conv import (direct_conv2d, direct_conv2d_int4, direct_conv2d_int8, float_conv_panels,
                                   int8_conv_arrays, int8_conv_panels)
@@ -55,7 +56,8 @@ DYNAMIC_CHUNK_BYTES = 1 << 20
 _PACKED, _FLOAT, _FORMAT, _DIRECT = "packed", "float", "format", "direct"
 _ROUTES = layer_cache.per_layer_cache()
 # What a route depends on besides x and kernel_args' tensors (stamp sources, kernels/stamps.py):
-# the layer's format, mode, geometry and the size rules of this module (tests change them).
+# the layer's format, mode, geometry, the size rules of this module (tests change them) and the kernel
+# level (set_isa, set_amx: LEVEL_MARK).
 _ROUTE_SOURCES = tuple((None, name) for name in (
     "weight_format", "activations", "in_channels", "out_channels", "groups", "kernel_size2d", "stride2d",
     "padding2d", "dilation2d", "padding_mode", "weight_symmetric")) + ((globals(), "DYNAMIC_MIN_K"),
@@ -67,7 +69,8 @@ _ROUTE_SOURCES = tuple((None, name) for name in (
                                                    (vars(direct_conv), "LARGE_WEIGHT_OUTPUTS_FACTOR"),
                                                    (vars(direct_conv), "FILL_ELEMENTS_PER_PIXEL"),
                                                    (vars(direct_conv), "SHORT_K"),
-                                                   (vars(direct_conv), "SHORT_K_MAX_PIXELS"))
+                                                   (vars(direct_conv), "SHORT_K_MAX_PIXELS"),
+                                                   (vars(settings), "LEVEL_MARK"))
 # What the float route's weight and bias are made of: kernel_args' sources but the column sums.
 _FLOAT_SOURCES = tuple(source for source in layer_cache.KERNEL_ARG_SOURCES if source[1] != "weight_colsum")
 
