@@ -462,7 +462,7 @@ typedef struct {
     size_t row_bytes;
     mq_src_t kind;
     int64_t cols, kpad, group, ngroups;
-    float *xpad, *xsum;
+    float *xpad, *xsum; /* xpad NULL: x's rows are float32 of kpad columns, read in place */
     int8_t *xq;
     float *xscale;
     int32_t *xqsum;
@@ -472,8 +472,12 @@ static void prologue_range(void *vctx, int64_t begin, int64_t end) {
     prologue_ctx *c = vctx;
     mq_q4_act_i8_fn act = mq_active()->q4_act_i8;
     for (int64_t i = begin; i < end; i++) {
-        float *xr = c->xpad + i * c->kpad;
-        mq_row_to_f32(c->x + (size_t)i * c->row_bytes, c->kind, c->cols, c->kpad, xr);
+        const float *xr = (const float *)(c->x + (size_t)i * c->row_bytes);
+        if (c->xpad) {
+            float *row = c->xpad + i * c->kpad;
+            mq_row_to_f32(c->x + (size_t)i * c->row_bytes, c->kind, c->cols, c->kpad, row);
+            xr = row;
+        }
         if (c->xq) { /* the int8 kernels take xqsum, not the float sums */
             act(xr, c->kpad, c->group, c->xq + i * c->kpad, c->xscale + i * c->ngroups, c->xqsum + i * c->ngroups);
             continue;
@@ -494,22 +498,27 @@ int mq_q4_linear(const void *x, mq_src_t kind, int64_t m, int64_t cols, const ui
     if (act_mode == 1 && !i8) i8 = mq_ref_q4_gemv_i8;
     int use_i8 = act_mode != 0 && i8 && mq_q4_int8_ok(kpad, group) && (act_mode == 1 || m >= mq_q4_int8_min_m);
     int64_t ngroups = (kpad + group - 1) / group;
-    float *xpad = aligned_alloc(64, mq_alloc_bytes(mq_size_mul(m, mq_size_add(kpad, ngroups)), sizeof(float), 64));
+    /* float32 rows already kpad wide are read in place (a copy of x cost as much as the
+     * int8 pass at hundreds of rows); others are widened and padded into xpad */
+    const int in_place = kind == MQ_SRC_F32 && cols == kpad;
+    float *buf = aligned_alloc(64, mq_alloc_bytes(mq_size_mul(m, mq_size_add(in_place ? 0 : kpad, ngroups)),
+                                                  sizeof(float), 64));
     int8_t *xq = use_i8 ? aligned_alloc(64, mq_alloc_bytes(m, kpad, 64)) : NULL;
     float *xscale =
         use_i8 ? malloc(mq_alloc_bytes(mq_size_mul(m, ngroups), sizeof(float) + sizeof(int32_t), 1)) : NULL;
-    if (!xpad || (use_i8 && (!xq || !xscale))) {
+    if (!buf || (use_i8 && (!xq || !xscale))) {
         free(xq);
         free(xscale);
-        free(xpad);
+        free(buf);
         return -1;
     }
-    float *xsum = xpad + (size_t)m * (size_t)kpad;
+    float *xpad = in_place ? NULL : buf;
+    float *xsum = in_place ? buf : buf + (size_t)m * (size_t)kpad;
     int32_t *xqsum = use_i8 ? (int32_t *)(xscale + m * ngroups) : NULL;
     prologue_ctx pc = {(const uint8_t *)x, (size_t)cols * mq_src_size(kind), kind, cols, kpad, group, ngroups, xpad, xsum,
                        xq, xscale, xqsum};
     mq_parallel_for(m, 1 + ((int64_t)1 << 16) / (kpad + 1), nthreads, prologue_range, &pc);
-    linear_ctx c = {xpad, xsum, m, kpad, group, rows, packed, scale, zero, y, bias, 0};
+    linear_ctx c = {in_place ? (const float *)x : xpad, xsum, m, kpad, group, rows, packed, scale, zero, y, bias, 0};
     if (use_i8) {
         linear_i8_ctx ci = {xq, xscale, xqsum, m, kpad, group, rows, packed, scale, zero, y, bias, i8};
         mq_parallel_for(rows, i8_row_chunk(mq_active(), m, kpad), nthreads, gemv_i8_range, &ci);
@@ -523,6 +532,6 @@ int mq_q4_linear(const void *x, mq_src_t kind, int64_t m, int64_t cols, const ui
         int64_t panels = (rows + MQ_Q4_PANEL_ROWS - 1) / MQ_Q4_PANEL_ROWS;
         mq_parallel_for(panels, 16, nthreads, panel_range, &c);
     }
-    free(xpad);
+    free(buf);
     return c.oom ? -1 : 0;
 }
