@@ -14,7 +14,7 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
-from .. import _C
+from ..kernels.int4 import q4_linear_arrays
 from ..kernels.rows import to_numpy
 from ..kernels.settings import SETTINGS
 from ..kernels.stamps import make_stamp, tensors_unchanged
@@ -65,7 +65,7 @@ def kept_int4_linear(module, x: torch.Tensor) -> Optional[torch.Tensor]:
                                      kept)
         y = F.linear(x2d, w, call[7])
         return y if x.dim() == 2 else y.reshape(*x.shape[:-1], call[1])
-    y = torch.from_numpy(_C.q4_linear(x2d.contiguous().numpy(), call[2], call[3], call[4], call[5], bias=call[6],
+    y = torch.from_numpy(q4_linear_arrays(x2d.contiguous().numpy(), call[2], call[3], call[4], call[5], bias=call[6],
                                       int8_activations=-1 if SETTINGS.int4_int8_activations else 0,
                                       nthreads=SETTINGS.num_threads()))
     return y if x.dim() == 2 else y.reshape(*x.shape[:-1], call[1])

@@ -12,7 +12,11 @@ from .. import _C
 from .rows import to_numpy
 from .settings import SETTINGS
 
-__all__ = ["q4_quantize", "q4_dequantize", "q4_linear", "Q4_ACTIVATION_DTYPES"]
+__all__ = ["q4_quantize", "q4_dequantize", "q4_linear", "q4_linear_arrays", "Q4_ACTIVATION_DTYPES"]
+
+#: ``q4_linear_arrays(x, packed, scale, zero_point, group, bias=, int8_activations=, nthreads=)`` on
+#: NumPy arrays (the C function itself, no Python frame: formats/int4_call.py's kept call)
+q4_linear_arrays = _C.q4_linear
 
 #: activation dtypes q4_linear reads directly (others go through float32)
 Q4_ACTIVATION_DTYPES = (torch.float32, torch.bfloat16)

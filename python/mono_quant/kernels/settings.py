@@ -71,8 +71,8 @@ class RuntimeSettings:
     @property
     def threading_backend(self) -> str:
         """How the kernels use threads: "pool" (persistent helpers), "pthreads" (per call) or
-        "omp-team" (the pool, with jobs of 0.2 ms or more on torch's OpenMP team when torch's
-        libgomp is loaded)."""
+        "omp-team" (the pool, with jobs of 60 us or more of one thread's work on torch's OpenMP team
+        when torch's libgomp is loaded)."""
         return _C.linear_kernels()["threads"]
 
     def set_threading_backend(self, name: str) -> str:
@@ -133,8 +133,9 @@ class RuntimeSettings:
 
     def set_amx(self, enabled: bool) -> bool:
         """Run the AVX-512 level's int8 matmuls (dynamic and static int8, int4 with int8
-        activations) on AMX (True) or on AVX-512 VNNI (False), and fp16 / bf16 weights' many-row
-        calls on AMX-BF16 (True, where the CPU has it) or the AVX-512 paths (False);
+        activations) on AMX (True) or on AVX-512 VNNI (False), and int8 weight-only and fp16 / bf16
+        Linear calls of the rows of kernels/row_rules.py on AMX-BF16 (True, where the CPU has it) or
+        the AVX-512 paths (False);
         returns the previous setting.  One atomic switch: a call running on another thread
         finishes on the kernel it started with.  RuntimeError (from C) for True where AMX
         can't run: ``cpu_info()["amx"]`` says why (no AMX-INT8, ``MONO_QUANT_AMX``, or Linux

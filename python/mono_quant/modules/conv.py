@@ -86,8 +86,8 @@ class QuantizedConv2d(ReduceRange, QuantizedModule):
     direct int8 conv kernel on the same packed weight (no im2col; the same
     bits, ``kernels.dynamic_conv``).  Depthwise convs (one input channel per group), string
     paddings and inputs the kernels can't take run ``F.conv2d`` on the
-    dequantized weight.  int4 weights run ``F.conv2d`` on the dequantized
-    weight; fp16 / bf16 ones the C fp16 convs where they win (small outputs, large
+    dequantized weight.  int4 weights run the direct kernel on panels of the
+    dequantized weight where it fits (small convs), else ``F.conv2d`` on it; fp16 / bf16 ones the C fp16 convs where they win (small outputs, large
     3x3 stride-1 convs by Winograd), else ``F.conv2d`` on the widened weight
     (formats/half_conv.py).  ``reduce_range`` (:meth:`set_reduce_range`):
     dynamic activations in 7 bits, per image, as QuantizedLinear's.
