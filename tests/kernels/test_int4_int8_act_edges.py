@@ -2,14 +2,14 @@
 on inputs built for the edges of the activation quantizer (q4_act_i8: NaN / Inf
 groups, all-zero groups, halfway roundings, huge and subnormal values) and of the
 batch-1 GEMV (4 rows a quarter of the range apart, the 1-3 rows left to the reference,
-thread ranges, a last group shorter than the others)."""
+thread ranges, a last group shorter than the others, a split's last range of 1-3 weight rows)."""
 import numpy as np
 import pytest
 import torch
 
 from mono_quant import _C
 from mono_quant.int4 import quantize_int4
-from conftest import SUPPORTED, at_isa
+from conftest import KERNELS, SUPPORTED, at_isa
 
 F32 = np.finfo(np.float32)
 
@@ -110,3 +110,21 @@ def test_batch1_row_blocks_and_short_last_group(rows, cols, group, nthreads):
         with at_isa(level):
             got = _C.q4_linear(*args, bias=bias, int8_activations=1, nthreads=nthreads)
         np.testing.assert_array_equal(got, want, err_msg=level)
+
+
+@pytest.mark.parametrize("rows", [10, 34, 7, 5])
+def test_a_splits_short_last_range(rows):
+    """1024 activation rows on 2 threads: the weight rows go in chunks of 4 (32 on AMX), so a last
+    range of 1-3 rows (10 rows: 8-9; 34 on AMX: 32-33), which runs the 4 rows ending there into a
+    scratch block and keeps its own; every kernel equals the scalar level bit for bit."""
+    m, cols, group = 1024, 512, 128
+    qw = _weight(rows, cols, group, rows)
+    x = _x(m, cols, group, seed=rows)
+    args = (x, qw.qdata.numpy(), qw.scale.numpy(), qw.zero_point.numpy(), qw.group)
+    bias = np.random.default_rng(rows).standard_normal(rows).astype(np.float32)
+    with at_isa("scalar"):
+        want = _C.q4_linear(*args, bias=bias, int8_activations=1)
+    for kernel in KERNELS[1:]:
+        with at_isa(kernel):
+            got = _C.q4_linear(*args, bias=bias, int8_activations=1, nthreads=2)
+        np.testing.assert_array_equal(got, want, err_msg=kernel)
