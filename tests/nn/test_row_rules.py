@@ -144,9 +144,19 @@ def test_small_weight_rule_on_the_shapes():
         assert not row_rules.small_weight_takes_blas(1 << 20, 128, 10, isa)
     on = row_rules.BLAS_AVX512  # Intel's MKL: a 128 -> 10 head from 1024 rows
     assert row_rules.small_weight_takes_blas(1024, 128, 10, "avx512") == on
-    assert not row_rules.small_weight_takes_blas(1023, 128, 10, "avx512")
+    assert not row_rules.small_weight_takes_blas(1023, 128, 10, "avx512", int8_weight_only=True)
     assert not row_rules.small_weight_takes_blas(4096, 128, row_rules.SMALL_BLAS_MAX_OUT_FEATURES + 1, "avx512")
     assert not row_rules.small_weight_takes_blas(4096, 2049, 32, "avx512")  # past 65536 weights
+    # int4 and fp16 / bf16 layers of at most 1024 inputs from 256 rows; int8 weight-only from 1024
+    short = row_rules.SMALL_BLAS_SHORT_MAX_IN_FEATURES
+    assert row_rules.small_weight_takes_blas(256, short, 32, "avx512") == on
+    assert not row_rules.small_weight_takes_blas(255, short, 32, "avx512")
+    assert not row_rules.small_weight_takes_blas(256, short + 128, 32, "avx512")
+    assert not row_rules.small_weight_takes_blas(256, 512, 10, "avx512", int8_weight_only=True)
+    assert not row_rules.int8_weight_only_takes_blas(256, 512, 10, "avx512")
+    assert row_rules.int4_takes_blas(256, 10, 512, 128, "avx512", True) == on
+    from mono_quant.kernels.fp16 import half_path
+    assert (half_path(256, 512, 10, "avx512") == "torch") == on
     if on:  # ahead of AMX and of the large-weight rule
         assert row_rules.int8_weight_only_takes_blas(1024, 128, 10, "avx512")
         assert not row_rules.int8_weight_only_takes_amx(1024, 1024, 32, "avx512")

@@ -37,6 +37,7 @@ __all__ = ["BLAS_AVX512", "HALF_KERNEL_MAX_ROWS", "HALF_PANEL_MAX_ROWS", "HALF_A
            "INT8_WEIGHT_ONLY_AMX_MIN_ROWS", "INT8_WEIGHT_ONLY_AMX_MIN_MACS", "int8_weight_only_takes_amx",
            "INT4_BLAS_MIN_ROWS", "INT4_BLAS_MAX_OUT_FEATURES", "int4_takes_blas", "int4_int8_activations_fit",
            "blas_runs_avx512", "SMALL_BLAS_MAX_WEIGHT_ELEMENTS", "SMALL_BLAS_MAX_OUT_FEATURES", "SMALL_BLAS_MIN_ROWS",
+           "SMALL_BLAS_SHORT_MIN_ROWS", "SMALL_BLAS_SHORT_MAX_IN_FEATURES",
            "small_weight_takes_blas"]
 
 _NEVER = 1 << 62
@@ -65,14 +66,32 @@ BLAS_AVX512 = blas_runs_avx512(_C.cpu_info())
 SMALL_BLAS_MAX_WEIGHT_ELEMENTS = 65536
 SMALL_BLAS_MAX_OUT_FEATURES = 32
 SMALL_BLAS_MIN_ROWS = {"scalar": _NEVER, "avx2": _NEVER, "avx512": 1024 if BLAS_AVX512 else _NEVER}
+#: ... and int4 and fp16 / bf16 layers of at most SMALL_BLAS_SHORT_MAX_IN_FEATURES inputs from
+#: SMALL_BLAS_SHORT_MIN_ROWS[isa] rows: there the kernels run a narrow weight on one thread (few
+#: outputs to split; a 2-thread split of such a call, 10-70 us, lost its helper's wake-up) where
+#: MKL's spinning OpenMP threads halve it.  Intel Xeon (2 Dec, 2 threads, module time / fp32 at
+#: 256 / 512 rows): 512 -> 10 int4 2.25 / 1.74, fp16 1.18 / 1.19 -> 1.12 / 1.03, 1.14 / 1.06; 256 -> 32
+#: int4 1.19 / 1.47, fp16 1.41 / 1.52 -> 1.21 / 1.15, 1.19 / 1.11; 1024 -> 32 level (1.03-1.26 -> 1.02-1.04).
+#: At 1 thread the kernels win there (0.77-1.09 against the BLAS's 1.00-1.11), but a rule on the
+#: threads would give a call other bits when torch's count changes.  int8 weight-only's tiles split
+#: over row blocks and held level (0.64-1.39 against 1.03-1.24): its rows stay at SMALL_BLAS_MIN_ROWS;
+#: wider layers too (2048 -> 32 at 256 rows: int4 0.81, fp16 0.89 on the kernels).
+SMALL_BLAS_SHORT_MIN_ROWS = {"scalar": _NEVER, "avx2": _NEVER, "avx512": 256 if BLAS_AVX512 else _NEVER}
+SMALL_BLAS_SHORT_MAX_IN_FEATURES = 1024
 
 
-def small_weight_takes_blas(rows: int, in_features: int, out_features: int, isa: str) -> bool:
+def small_weight_takes_blas(rows: int, in_features: int, out_features: int, isa: str,
+                            int8_weight_only: bool = False) -> bool:
     """Whether a weight-only Linear call (int8 weight-only, int4, fp16 / bf16) of ``rows`` rows of an
     ``in_features`` -> ``out_features`` layer runs torch's BLAS on the layer's float32 weight at kernel
-    level ``isa``: a small, narrow weight (the tables above)."""
-    return (rows >= SMALL_BLAS_MIN_ROWS[isa] and out_features <= SMALL_BLAS_MAX_OUT_FEATURES
-            and in_features * out_features <= SMALL_BLAS_MAX_WEIGHT_ELEMENTS)
+    level ``isa``: a small, narrow weight (the tables above; ``int8_weight_only``: that format's
+    call, which the short-layer rows leave out)."""
+    if out_features > SMALL_BLAS_MAX_OUT_FEATURES or in_features * out_features > SMALL_BLAS_MAX_WEIGHT_ELEMENTS:
+        return False
+    if rows >= SMALL_BLAS_MIN_ROWS[isa]:
+        return True
+    return (not int8_weight_only and in_features <= SMALL_BLAS_SHORT_MAX_IN_FEATURES
+            and rows >= SMALL_BLAS_SHORT_MIN_ROWS[isa])
 
 
 #: fp16 / bf16 weights: the C kernel up to this many rows, torch's F.linear on the weight
@@ -156,7 +175,7 @@ def int8_weight_only_takes_amx(rows: int, in_features: int, out_features: int, i
     small-weight rule sends it to torch's BLAS (small_weight_takes_blas)."""
     return (rows >= INT8_WEIGHT_ONLY_AMX_MIN_ROWS[isa] and out_features >= AMX_MIN_OUT_FEATURES
             and rows * in_features * out_features >= INT8_WEIGHT_ONLY_AMX_MIN_MACS and _C.use_amx(None)
-            and not small_weight_takes_blas(rows, in_features, out_features, isa))
+            and not small_weight_takes_blas(rows, in_features, out_features, isa, int8_weight_only=True))
 
 
 def int8_weight_only_takes_blas(rows: int, in_features: int, out_features: int, isa: str) -> bool:
@@ -164,7 +183,7 @@ def int8_weight_only_takes_blas(rows: int, in_features: int, out_features: int, 
     dequantized per call (else the packed tiles or AMX), at kernel level ``isa``: a small, narrow
     weight (small_weight_takes_blas), or the two tables above unless AMX-BF16 takes the call
     (int8_weight_only_takes_amx)."""
-    if small_weight_takes_blas(rows, in_features, out_features, isa):
+    if small_weight_takes_blas(rows, in_features, out_features, isa, int8_weight_only=True):
         return True
     return (int8_weight_only_blas_rows(rows, in_features, isa)
             and not int8_weight_only_takes_amx(rows, in_features, out_features, isa))
