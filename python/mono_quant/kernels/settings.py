@@ -22,15 +22,17 @@ __all__ = ["RuntimeSettings", "SETTINGS", "THREADING_BACKENDS", "ISA_LEVELS", "L
 THREADING_BACKENDS = ("pool", "pthreads", "omp-team")
 ISA_LEVELS = ("scalar", "avx2", "avx512")
 
-#: Replaced by a new object whenever the kernel level or AMX is set (through SETTINGS): a kept route
-#: chosen on the level (a conv's, modules/conv.py) has it in its stamp (kernels/stamps.py), so a
-#: changed level chooses again, as a layer quantized after the change would.
-LEVEL_MARK = object()
+#: One object per kernel level, set by SETTINGS.set_isa: a kept route chosen on the level (a conv's,
+#: modules/conv.py; AMX plays no part in it) has it in its stamp (kernels/stamps.py), so a changed
+#: level chooses again, as a layer quantized after the change would; back at a level, the routes
+#: kept there hold again.
+_LEVEL_MARKS: dict = {}
+LEVEL_MARK = _LEVEL_MARKS.setdefault(_C.get_isa(), object())
 
 
 def _new_level_mark() -> None:
     global LEVEL_MARK
-    LEVEL_MARK = object()
+    LEVEL_MARK = _LEVEL_MARKS.setdefault(_C.get_isa(), object())
 
 
 class RuntimeSettings:
@@ -140,9 +142,7 @@ class RuntimeSettings:
         finishes on the kernel it started with.  RuntimeError (from C) for True where AMX
         can't run: ``cpu_info()["amx"]`` says why (no AMX-INT8, ``MONO_QUANT_AMX``, or Linux
         refused the tile data)."""
-        previous = _C.use_amx(bool(enabled))
-        _new_level_mark()
-        return previous
+        return _C.use_amx(bool(enabled))
 
     @contextlib.contextmanager
     def for_tests(self, *, isa: Optional[str] = None, vnni256: Optional[bool] = None,

@@ -57,7 +57,7 @@ _PACKED, _FLOAT, _FORMAT, _DIRECT = "packed", "float", "format", "direct"
 _ROUTES = layer_cache.per_layer_cache()
 # What a route depends on besides x and kernel_args' tensors (stamp sources, kernels/stamps.py):
 # the layer's format, mode, geometry, the size rules of this module (tests change them) and the kernel
-# level (set_isa, set_amx: LEVEL_MARK).
+# level (set_isa: settings.LEVEL_MARK).
 _ROUTE_SOURCES = tuple((None, name) for name in (
     "weight_format", "activations", "in_channels", "out_channels", "groups", "kernel_size2d", "stride2d",
     "padding2d", "dilation2d", "padding_mode", "weight_symmetric")) + ((globals(), "DYNAMIC_MIN_K"),
