@@ -165,3 +165,21 @@ def test_a_changed_kernel_level_chooses_again(kwargs):
                 fresh = mq.quantize(model, **kwargs).model[0]
                 assert torch.equal(q(x), fresh(x)), isa
         assert torch.equal(q(x), mq.quantize(model, **kwargs).model[0](x))  # back at the host's level
+
+
+def test_amx_switches_keep_the_route():
+    """AMX plays no part in a conv's route: switching it (a benchmark's contender on the same model)
+    keeps the route kept by the layer."""
+    from mono_quant.kernels.settings import SETTINGS
+    from mono_quant.modules import conv
+    if not SETTINGS.amx:
+        pytest.skip("AMX is not running here")
+    q = _qconv(16, 16)
+    x = torch.randn(1, 16, 8, 8)
+    with torch.no_grad():
+        q(x)
+        kept = conv._ROUTES.get(q)
+        with SETTINGS.for_tests(amx=False):
+            q(x)
+        q(x)
+    assert conv._ROUTES.get(q) is kept

@@ -24,8 +24,8 @@ ISA_LEVELS = ("scalar", "avx2", "avx512")
 
 #: One object per kernel level, set by SETTINGS.set_isa: a kept route chosen on the level (a conv's,
 #: modules/conv.py; AMX plays no part in it) has it in its stamp (kernels/stamps.py), so a changed
-#: level chooses again, as a layer quantized after the change would; back at a level, the routes
-#: kept there hold again.
+#: level chooses again, as a layer quantized after the change would (a route kept at a level holds
+#: again when the level comes back before the layer's next call).
 _LEVEL_MARKS: dict = {}
 LEVEL_MARK = _LEVEL_MARKS.setdefault(_C.get_isa(), object())
 
