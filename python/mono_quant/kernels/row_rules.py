@@ -22,7 +22,8 @@ section), 1 thread, BERT layer shapes, rows 1-2048:
   int4 kernel 0.64-0.95x fp32 up to 128 rows, behind from 512-1024 (1024 rows: 1.06-1.40x
   against 1.00-1.08x).  Those are the AVX-512 VNNI kernels' figures: where that CPU runs AMX
   (``SETTINGS.amx``), int4's int8 activations run on AMX-INT8 (under 8 rows, and fewer than 8
-  rows past whole 16-row tiles, its VNNI fallback: the same bits) and the BLAS rule yields to them (int4_takes_blas), and int8 weight-only and fp16 / bf16 take AMX-BF16 from
+  rows past whole 16-row tiles, its VNNI fallback: the same bits) and the BLAS rule yields to
+  them (int4_takes_blas), and int8 weight-only and fp16 / bf16 take AMX-BF16 from
   INT8_WEIGHT_ONLY_AMX_MIN_ROWS / HALF_AMX_MIN_ROWS rows (each table's note).
 """
 from __future__ import annotations

@@ -14,9 +14,8 @@ from ..formats import layer_cache
 from ..formats.base import WeightFormat
 from ..formats.layer_cache import float_weight, kernel_args_stamped
 from ..formats.packed_linear import conv_kernel_takes, dequantized_packed, packed_linear
-from ..kernels import direct_conv, dynamic_conv
+from ..kernels import direct_conv, dynamic_conv, settings
 from ..kernels.dynamic_conv import direct_applies
-from ..kernels import settings
 from ..kernels.settings import SETTINGS
 from ..kernels.direct_conv import (direct_conv2d, direct_conv2d_int4, direct_conv2d_int8, float_conv_panels,
                                   int8_conv_arrays, int8_conv_panels)
