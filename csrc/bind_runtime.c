@@ -121,6 +121,19 @@ static PyObject *py_team_backoff_for_tests(PyObject *self, PyObject *arg) {
     return kernel_switch(arg, mq_team_backoff_for_tests, "cannot switch the back-off");
 }
 
+PyDoc_STRVAR(team_min_work_for_tests_doc,
+             "team_min_work_for_tests(ns) -> int\n\n"
+             "Benchmarks and tests only: the least job (ns of one thread's work, as last seen) that the\n"
+             "omp-team backend hands to torch's OpenMP team (default 60000); a negative ns reads it.\n"
+             "Returns the previous value.");
+
+static PyObject *py_team_min_work_for_tests(PyObject *self, PyObject *arg) {
+    (void)self;
+    const long long ns = PyLong_AsLongLong(arg);
+    if (ns == -1 && PyErr_Occurred()) return NULL;
+    return PyLong_FromLongLong((long long)mq_team_min_work_for_tests((int64_t)ns));
+}
+
 PyDoc_STRVAR(dconv_own_panels_for_tests_doc,
              "dconv_own_panels_for_tests(on) -> None\n\n"
              "Tests only: True makes every work item of a direct conv whose panels are filled per call\n"
@@ -226,6 +239,7 @@ PyMethodDef mq_runtime_methods[] = {
     {"use_maddubs_for_tests", py_use_maddubs_for_tests, METH_O, use_maddubs_for_tests_doc},
     {"use_amx", py_use_amx, METH_O, use_amx_doc},
     {"team_backoff_for_tests", py_team_backoff_for_tests, METH_O, team_backoff_for_tests_doc},
+    {"team_min_work_for_tests", py_team_min_work_for_tests, METH_O, team_min_work_for_tests_doc},
     {"amx_split_for_tests", py_amx_split_for_tests, METH_O, amx_split_for_tests_doc},
     {"dconv_own_panels_for_tests", py_dconv_own_panels_for_tests, METH_O, dconv_own_panels_for_tests_doc},
     {"cpu_info", py_cpu_info, METH_NOARGS, cpu_info_doc},

@@ -542,6 +542,8 @@ const char *mq_threading_backend(void); /* "pool", "pthreads" or "omp-team" */
 int64_t mq_omp_team_calls(void);        /* jobs "omp-team" ran on torch's OpenMP team (this process) */
 int64_t mq_parallel_split_calls(void);  /* mq_parallel_for calls cut for more than one thread */
 int mq_team_backoff_for_tests(int on); /* tests: 0 turns the back-offs' pauses off (team and small splits) */
+/* benchmarks / tests: the team's least job (ns of one thread's work; < 0 reads it); returns the previous */
+int64_t mq_team_min_work_for_tests(int64_t ns);
 /* Multiply-adds from which every call splits (linear.c: measured safe under load). */
 #define MQ_SPLIT_ALWAYS_MACS ((double)(1 << 24))
 /* Threads for a call of `work` multiply-adds: 1 below split_from (the kernel's own bound);

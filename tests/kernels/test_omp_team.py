@@ -547,3 +547,23 @@ def test_a_middling_call_of_a_new_size_starts_on_the_team(two_threads_team):
             torch.set_num_threads(1)
             torch.testing.assert_close(layer(x), y, rtol=0, atol=0)  # one thread: the same bits
             torch.set_num_threads(2)
+
+
+def test_the_teams_least_job_is_a_knob(two_threads_team):
+    """team_min_work_for_tests: benchmarks compare thresholds in one process.  Past every job's work
+    nothing runs on the team; back at the default the heavy layer does again (the same bits)."""
+    assert _C.team_min_work_for_tests(-1) == 60000
+    layer, x = _heavy_layers()[0]
+    with torch.inference_mode():
+        expected = run_on_team(lambda: layer(x))
+        previous = _C.team_min_work_for_tests(1 << 50)
+        try:
+            assert previous == 60000 and _C.team_min_work_for_tests(-1) == 1 << 50
+            before = _C.linear_kernels()["omp_team_calls"]
+            assert torch.equal(layer(x), expected)
+            assert _C.linear_kernels()["omp_team_calls"] == before
+        finally:
+            _C.team_min_work_for_tests(previous)
+        assert torch.equal(run_on_team(lambda: layer(x)), expected)
+    with pytest.raises(TypeError):
+        _C.team_min_work_for_tests("60 us")
