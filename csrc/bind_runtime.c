@@ -124,7 +124,7 @@ static PyObject *py_team_backoff_for_tests(PyObject *self, PyObject *arg) {
 PyDoc_STRVAR(team_min_work_for_tests_doc,
              "team_min_work_for_tests(ns) -> int\n\n"
              "Benchmarks and tests only: the least job (ns of one thread's work, as last seen) that the\n"
-             "omp-team backend hands to torch's OpenMP team (default 60000); a negative ns reads it.\n"
+             "omp-team backend hands to torch's OpenMP team (default 15000); a negative ns reads it.\n"
              "Returns the previous value.");
 
 static PyObject *py_team_min_work_for_tests(PyObject *self, PyObject *arg) {

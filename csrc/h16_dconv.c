@@ -31,8 +31,8 @@
  * MQ_SPLIT_ALWAYS_MACS it splits while the split calls' callers keep their cores
  * (mq_threads_for_work).  16M with the old pool, whose second thread never paid below it; on
  * torch's team, 1 December 2026: 64 channels on 16x16 at batch 1 (9.4M) 157 us on one thread,
- * 117 on two.  Below 4M (about 60 us on one thread, parallel.c's TEAM_MIN_WORK_NS) a split lands
- * on the pool, whose sleeping helper's wake-up cost more than it saved: 64 channels on 8x8 at
+ * 117 on two.  Below 4M (about 60 us on one thread) a split paid little or lost
+ * (on the pool, whose sleeping helper's wake-up cost more than it saved): 64 channels on 8x8 at
  * batch 1 (2.4M) 38 us on one thread, 52 split (Intel Xeon, 2 Dec, 2 threads) */
 #define ONE_THREAD_MACS ((double)(1 << 22))
 /* a weight filled into panels costs about this many multiply-adds of the conv a value (int8 and int4:

@@ -17,7 +17,7 @@
  *    forgets the helpers and the child starts its own on its first call.
  *
  * "omp-team" (the default; MONO_QUANT_THREADS=omp-team) is the pool that hands
- * jobs of 60 us or more (TEAM_MIN_WORK_NS) to torch's OpenMP team when torch's libgomp is in the
+ * jobs of 15 us or more (TEAM_MIN_WORK_NS) to torch's OpenMP team when torch's libgomp is in the
  * process: with libgomp's default wait policy its worker spins for
  * milliseconds after each torch op on the core our helper wants, so a
  * 2-thread call on the pool runs at about 1-thread speed there.  omp_team.c
@@ -63,7 +63,7 @@
                                 /* and than 2 of its own pieces had a descheduled worker: */
 #define BACKOFF_PAUSE_MIN_NS 50000000    /* then the pool alone for 50 ms, */
 #define BACKOFF_PAUSE_MAX_NS 1600000000  /* doubled while it stays so, up to 1.6 s */
-#define TEAM_MIN_WORK_NS 60000 /* jobs of less work (one thread's time, last seen) stay on the pool: */
+#define TEAM_MIN_WORK_NS 15000 /* jobs of less work (one thread's time, last seen) stay on the pool: */
                                /* a wait for a descheduled worker would cost them many times their time. */
                                /* On the pool, just after a torch op (torch's worker spinning on the core */
                                /* our helper wants), a job runs at one thread's speed: 0.2 ms here made */
@@ -76,7 +76,13 @@
                                /* waited ~0.4 ms for torch's worker's core and the back-off set in (the */
                                /* demo's weight-only batch 32 at 1.1x fp32 in 2 of 4 runs, else 1.4x). */
                                /* Session 21 saw int4 384x384 at 1024 rows bimodal (0.6-1.2x) with the */
-                               /* team for every job: a floor stays */
+                               /* team for every job: a floor stays.  60 us until session 33: a sleeping */
+                               /* helper of ours took 15-25 us to wake on a KVM host, so jobs of 20-60 us */
+                               /* split on the pool ran slower than on one thread; at 15 us (one process, */
+                               /* interleaved against 60: benchmarks' team_min_work_for_tests) the quiet */
+                               /* models were level or ahead (bert384-128 weight-only 0.76 -> 0.63 of fp32's */
+                               /* time, int4 768 x 768 at 8 rows 0.84 -> 0.63, 768 -> 3072 at 1 row */
+                               /* 0.58 -> 0.28) and beside two busy processes no worse (Intel Xeon, 2 Dec) */
 #define SMALL_OFF_CPU_MIN_NS 50000 /* a split call whose caller was off its core longer than this and */
                                    /* than a quarter of the call: then calls that may stay on one thread */
                                    /* (mq_threads_for_work) do, for a while */

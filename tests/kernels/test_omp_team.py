@@ -17,7 +17,7 @@ from mono_quant import _C
 from fork_scripts import WAIT_FOR_CHILD
 
 # The team path is taken only for jobs whose previous run of the same shape
-# took 60 us of one thread's time or more (or, for a middling call, none seen
+# took 15 us of one thread's time or more (or, for a middling call, none seen
 # yet), and not right after a call that waited for a descheduled worker (then
 # it pauses): so call until it ran.
 RUN_ON_TEAM = textwrap.dedent("""
@@ -552,13 +552,13 @@ def test_a_middling_call_of_a_new_size_starts_on_the_team(two_threads_team):
 def test_the_teams_least_job_is_a_knob(two_threads_team):
     """team_min_work_for_tests: benchmarks compare thresholds in one process.  Past every job's work
     nothing runs on the team; back at the default the heavy layer does again (the same bits)."""
-    assert _C.team_min_work_for_tests(-1) == 60000
+    assert _C.team_min_work_for_tests(-1) == 15000
     layer, x = _heavy_layers()[0]
     with torch.inference_mode():
         expected = run_on_team(lambda: layer(x))
         previous = _C.team_min_work_for_tests(1 << 50)
         try:
-            assert previous == 60000 and _C.team_min_work_for_tests(-1) == 1 << 50
+            assert previous == 15000 and _C.team_min_work_for_tests(-1) == 1 << 50
             before = _C.linear_kernels()["omp_team_calls"]
             assert torch.equal(layer(x), expected)
             assert _C.linear_kernels()["omp_team_calls"] == before
@@ -567,3 +567,6 @@ def test_the_teams_least_job_is_a_knob(two_threads_team):
         assert torch.equal(run_on_team(lambda: layer(x)), expected)
     with pytest.raises(TypeError):
         _C.team_min_work_for_tests("60 us")
+    with pytest.raises(OverflowError):
+        _C.team_min_work_for_tests(1 << 70)
+    assert _C.team_min_work_for_tests(-1) == 15000

@@ -49,7 +49,8 @@ ENTRY_POINTS = {
     "rows_minmax", "choose_qparams", "quantize_rows", "quantize_rows_fused", "dequantize_rows", "rows_sqerr",
     "quantize_activations", "pack_int8", "quantize_pack_int8", "packed_check", "quantize_pack_int8_file", "linear_int8", "conv2d_int8",
     "linear_kernels", "set_threading_backend", "set_gemv_max_rows", "use_vnni256_for_tests",
-    "use_maddubs_for_tests", "team_backoff_for_tests", "amx_split_for_tests", "dconv_own_panels_for_tests",
+    "use_maddubs_for_tests", "team_backoff_for_tests", "team_min_work_for_tests", "amx_split_for_tests",
+    "dconv_own_panels_for_tests",
     "cpu_info", "set_isa", "use_amx",
     "get_isa", "q4_quantize", "q4_dequantize", "q4_linear", "q4_panel_min_m", "q4_int8_min_m",
     # calibration observers: properties in tests/kernels/test_properties_observers.py

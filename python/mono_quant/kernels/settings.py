@@ -73,7 +73,7 @@ class RuntimeSettings:
     @property
     def threading_backend(self) -> str:
         """How the kernels use threads: "pool" (persistent helpers), "pthreads" (per call) or
-        "omp-team" (the pool, with jobs of 60 us or more of one thread's work on torch's OpenMP team
+        "omp-team" (the pool, with jobs of 15 us or more of one thread's work on torch's OpenMP team
         when torch's libgomp is loaded)."""
         return _C.linear_kernels()["threads"]
 
