@@ -428,8 +428,6 @@ int mq_team_backoff_for_tests(int on) {
     return 0;
 }
 
-/* 1 if this call may go to torch's team: enough work, last time (or, for a middling call, none
- * seen yet), and not paused after a slow call. */
 /* TEAM_MIN_WORK_NS, which benchmarks may change (mq_team_min_work_for_tests: an A/B in one process) */
 static _Atomic int64_t team_min_work_ns = TEAM_MIN_WORK_NS;
 
@@ -437,6 +435,8 @@ int64_t mq_team_min_work_for_tests(int64_t ns) {
     return ns < 0 ? atomic_load(&team_min_work_ns) : atomic_exchange(&team_min_work_ns, ns);
 }
 
+/* 1 if this call may go to torch's team: enough work, last time (or, for a middling call, none
+ * seen yet), and not paused after a slow call. */
 static int team_wanted(mq_range_fn fn, int64_t n, int threads, int middling) {
     const work_entry *seen = work_find(fn, n, 0);
     if (seen ? seen->work_ns < atomic_load_explicit(&team_min_work_ns, memory_order_relaxed) : !middling) return 0;
