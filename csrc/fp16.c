@@ -33,9 +33,8 @@
  * the split calls' callers kept their cores (mq_threads_for_work). */
 #define ONE_THREAD_MACS ((double)(1 << 23))
 /* ... the tiles (a few rows, each weight widened once a call) counting that widening and the call's
- * fixed costs as CONVERT_ROWS rows, as linear.c's weight-only tiles (768 x 768 at 8 rows, 4.7 M:
- * 1.75 of fp32's time on one thread where fp32 ran on two; Intel Xeon, 2 Dec) */
-#define CONVERT_ROWS 8
+ * fixed costs as MQ_WO_CONVERT_ROWS rows (mq.h), as linear.c's weight-only tiles (768 x 768 at 8 rows,
+ * 4.7 M: 1.75 of fp32's time on one thread where fp32 ran on two; Intel Xeon, 2 Dec) */
 #define MIN_MACS_PER_PIECE ((int64_t)1 << 20)
 
 typedef struct {
@@ -85,7 +84,7 @@ void mq_h16_linear(const float *x, int64_t m, int64_t k, int64_t ldx, const uint
         return;
     }
     const mq_kernels *kt = mq_active();
-    nthreads = mq_threads_for_work((double)(m + CONVERT_ROWS) * (double)k * (double)n, ONE_THREAD_MACS, nthreads);
+    nthreads = mq_threads_for_work((double)(m + MQ_WO_CONVERT_ROWS) * (double)k * (double)n, ONE_THREAD_MACS, nthreads);
     const int64_t units = (n + UNIT_COLS - 1) / UNIT_COLS;
     /* Few units (fewer than 4 a thread: a narrow head at many rows, Linear(768, 16) being one unit
      * and a third) and rows for several blocks: groups of whole row blocks too, about two a thread.

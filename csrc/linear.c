@@ -138,12 +138,11 @@ static int64_t gemv_rows(int nthreads) {
  * processes, 1.45-1.64x at the AVX2 level (quiet). */
 #define MQ_WO_SPLIT_MACS ((double)(1 << 23))
 /* ... counting each weight's conversion to fp32 (once per call and row block) and the call's fixed
- * costs as this many rows of multiply-adds: at a few rows they are most of the call (768 x 768 at
- * AVX-512, 1 thread: 24 us at 1 row, 76 at 8).  Counted by its multiply-adds alone (4.7 M),
+ * costs as MQ_WO_CONVERT_ROWS (mq.h) rows of multiply-adds: at a few rows they are most of the call
+ * (768 x 768 at AVX-512, 1 thread: 24 us at 1 row, 76 at 8).  Counted by its multiply-adds alone (4.7 M),
  * 768 x 768 at 8 rows stayed on one thread: 1.48 of fp32's time on 2 threads (Intel Xeon, 2 Dec);
  * now it splits (9.4 M) and a 1-row call of it (5.3 M, 24 us: a split would land on the pool, whose
  * helper's wake-up costs about that) does not */
-#define MQ_WO_CONVERT_ROWS 8
 /* The call's work counts what the kernels do, not the layer's size: whole
  * panels of MQ_PANEL outputs (Linear(768, 2) at 4096 rows is 8x its 6.3 M
  * multiply-adds), and a pass over the activations (quantized, or read and

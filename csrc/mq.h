@@ -544,6 +544,9 @@ int64_t mq_parallel_split_calls(void);  /* mq_parallel_for calls cut for more th
 int mq_team_backoff_for_tests(int on); /* tests: 0 turns the back-offs' pauses off (team and small splits) */
 /* benchmarks / tests: the team's least job (ns of one thread's work; < 0 reads it); returns the previous */
 int64_t mq_team_min_work_for_tests(int64_t ns);
+/* The weight-only int8 and fp16 tiles' split decisions (linear.c, fp16.c) count each weight's conversion
+ * to fp32 and the call's fixed costs as this many more rows (linear.c says why) */
+#define MQ_WO_CONVERT_ROWS 8
 /* Multiply-adds from which every call splits (linear.c: measured safe under load). */
 #define MQ_SPLIT_ALWAYS_MACS ((double)(1 << 24))
 /* Threads for a call of `work` multiply-adds: 1 below split_from (the kernel's own bound);

@@ -537,7 +537,7 @@ def test_a_middling_call_of_a_new_size_starts_on_the_team(two_threads_team):
     with torch.inference_mode():
         run_on_team(lambda: warm(wx))  # torch's team found and in use
         for out in (1000, 1008, 1016):  # 4 x 1024 x out: a new size each, under 2^24 with its weights'
-            # conversion (linear.c's MQ_WO_CONVERT_ROWS)
+            # conversion (mq.h's MQ_WO_CONVERT_ROWS)
             layer = mq.quantize(nn.Linear(1024, out), activations=None).model
             x = torch.randn(4, 1024)
             torch.nn.functional.gelu(x)  # a torch op just before, as in a model
