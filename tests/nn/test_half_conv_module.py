@@ -126,6 +126,10 @@ def test_the_algorithm_rule():
     assert conv_algorithm((1, 64, 120, 120), (64, 64, 3, 3), *one) == "direct"    # one image past its buffers
     assert conv_algorithm((64, 64, 8, 8), (64, 64, 3, 3), *one) == "direct"       # small images
     assert conv_algorithm((64, 32, 16, 16), (32, 32, 3, 3), *one) == "direct"    # few channels
+    assert conv_algorithm((64, 64, 16, 16), (64, 64, 3, 3), *one) == "direct"    # one block, small images
+    assert conv_algorithm((64, 64, 32, 32), (64, 64, 3, 3), *one) == "direct"
+    assert conv_algorithm((8, 64, 40, 40), (64, 64, 3, 3), *one) == "winograd"    # one block from 36x36
+    assert conv_algorithm((64, 64, 16, 16), (128, 64, 3, 3), *one) == "winograd"  # two blocks from 14x14
     assert conv_algorithm((1, 64, 56, 56), (64, 64, 3, 3), (2, 2), (1, 1), (1, 1), 1, "avx512") == "direct"  # stride 2
     assert conv_algorithm((1, 64, 56, 56), (64, 32, 3, 3), (1, 1), (1, 1), (1, 1), 2, "avx512") == "direct"  # groups
     assert conv_algorithm((1, 64, 56, 56), (64, 64, 3, 3), *one[:-1], "avx2") == "direct"
@@ -219,7 +223,7 @@ def test_a_winograd_layer_in_eager_traced_and_compiled_forward(dtype):
     """A large 3x3 conv (Winograd at AVX-512): the same bits through the op (autograd,
     compile, export take it) as in eager, torch's result within Winograd's rounding."""
     from mono_quant.kernels.half_conv import conv_algorithm
-    _, q = quantized_conv(dtype, cin=64, cout=64, padding=1)
+    _, q = quantized_conv(dtype, cin=64, cout=128, padding=1)
     x = torch.randn(1, 64, 32, 32)
     assert conv_algorithm(x.shape, q._buffers["weight"].shape, (1, 1), (1, 1), (1, 1), 1, "avx512") == "winograd"
     assert half_conv.takes_half_conv(q, x, "avx512")
@@ -238,8 +242,11 @@ def test_a_winograd_layer_in_eager_traced_and_compiled_forward(dtype):
 
 
 @pytest.mark.skipif("avx2" not in SUPPORTED, reason="needs an AVX2 CPU")
-def test_the_avx2_level_runs_the_direct_kernel_where_winograd_would_fit():
+def test_the_avx2_level_runs_the_direct_kernel_where_winograd_would_fit(monkeypatch):
     """WINOGRAD_LEVELS holds for a conv within MAX_OUTPUTS too, eager and through the op alike."""
+    from mono_quant.kernels import half_conv as half_conv_kernels
+    # (within MAX_OUTPUTS["avx2"] only one block of output channels fits on 14x14: its side rule off)
+    monkeypatch.setattr(half_conv_kernels, "WINOGRAD_ONE_BLOCK_MIN_SIDE", half_conv_kernels.WINOGRAD_MIN_SIDE)
     _, q = quantized_conv("fp16", cin=512, cout=64, padding=1)
     x = torch.randn(1, 512, 14, 14)  # 12544 outputs: within MAX_OUTPUTS["avx2"]
     assert half_conv.layer_algorithm(q, x, "avx2") == "direct"

@@ -21,7 +21,7 @@ from .settings import SETTINGS
 
 __all__ = ["half_conv2d", "half_conv2d_arrays", "half_conv2d_raw", "half_conv2d_reference", "uses_direct",
            "uses_winograd", "conv_algorithm", "ALGORITHMS", "GEMM_ROWS_WEIGHT", "GEMM_MIN_K", "WINOGRAD_MIN_MACS",
-           "WINOGRAD_MAX_TRAFFIC", "WINOGRAD_MIN_SIDE", "WINOGRAD_MIN_CHANNELS", "WINOGRAD_BLOCK", "WINOGRAD_LEVELS",
+           "WINOGRAD_MAX_TRAFFIC", "WINOGRAD_MIN_SIDE", "WINOGRAD_ONE_BLOCK_MIN_SIDE", "WINOGRAD_MIN_CHANNELS", "WINOGRAD_BLOCK", "WINOGRAD_LEVELS",
            "WINOGRAD_ON_THIS_CPU",
            "DIRECT_PAD_FACTOR", "DIRECT_PAD_FREE", "direct_pad_fits"]
 
@@ -49,6 +49,15 @@ WINOGRAD_MAX_TRAFFIC = 1 << 16
 #: of each image and channel: on small images their per-row costs dominate; 64->64 on 8x8 at
 #: batch 64 took 2.1x fp32 time)
 WINOGRAD_MIN_SIDE = 14
+#: ... and, for a conv of at most WINOGRAD_BLOCK output channels (one block: each tile's transform of the
+#: image serves one GEMM), at least this many output rows and columns.  AMD Zen 5 (2 Dec 2026, 2 threads,
+#: time / fp32, Winograd against the direct kernel): 64->64 on 14x14 / 16x16 / 24x24 / 32x32 at batch 8-64
+#: 1.16 / 1.01-1.69 / 0.99 / 0.97-0.99 against 0.85 / 0.78-1.09 / 0.86 / 0.86-0.92, 128->64 on 16x16
+#: 1.03 against 0.92; from 40x40 Winograd leads (0.94 / 0.86 / 0.58-0.90 on 40 / 48 / 56 against
+#: 1.09 / 0.97 / 0.91-1.00).  Two blocks or more lead from WINOGRAD_MIN_SIDE (64->128 on 16x16 0.73-0.90
+#: against 0.80-1.01, 128->128 0.62-0.97 against 0.74-0.79, 256->256 on 14x14 0.71-0.91 against
+#: 0.85-0.96).  The same at every thread count (the two differ in their bits)
+WINOGRAD_ONE_BLOCK_MIN_SIDE = 36
 #: ... and at least this many input channels (the reduction of each of its 16 GEMMs: with 32,
 #: 32->32 on 16x16 at batch 64 took 1.7x fp32 time, the direct kernel 1.1x)
 WINOGRAD_MIN_CHANNELS = 64
@@ -87,6 +96,8 @@ def uses_winograd(batch: int, in_channels: int, out_channels: int, out_h: int, o
     if tuple(kernel) != (3, 3) or tuple(stride) != (1, 1) or tuple(dilation) != (1, 1) or groups != 1:
         return False
     if out_h < WINOGRAD_MIN_SIDE or out_w < WINOGRAD_MIN_SIDE or in_channels < WINOGRAD_MIN_CHANNELS:
+        return False
+    if out_channels <= WINOGRAD_BLOCK and min(out_h, out_w) < WINOGRAD_ONE_BLOCK_MIN_SIDE:
         return False
     image_tiles = ((out_h + 1) // 2) * ((out_w + 1) // 2)
     blocks = -(-out_channels // WINOGRAD_BLOCK)
