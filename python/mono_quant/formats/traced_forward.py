@@ -9,6 +9,7 @@ import math
 import torch
 import torch.nn.functional as F
 
+from ..dynamo_hooks import when_dynamo_imported
 from ..kernels.int8 import MAX_IN_FEATURES
 from ..kernels.settings import SETTINGS
 from ..kernels.torch_library import KERNEL_DTYPES, conv_weight, use_ops
@@ -24,15 +25,23 @@ __all__ = ["use_ops", "linear_forward", "conv2d_forward", "embedding_forward", "
 
 
 # Read from C at trace time and kept as a constant of a compiled graph (dynamo can't call
-# into _C): it only chooses between paths that give the same results up to rounding.
-@torch.compiler.assume_constant_result
+# into _C): it only chooses between paths that give the same results up to rounding.  Marked
+# (torch.compiler.assume_constant_result) when torch._dynamo is imported (dynamo_hooks).
 def _isa() -> str:
     return SETTINGS.isa
 
 
-@torch.compiler.assume_constant_result
 def _int4_int8_activations() -> bool:
     return SETTINGS.int4_int8_activations
+
+
+def _mark_constants() -> None:
+    global _isa, _int4_int8_activations
+    _isa = torch.compiler.assume_constant_result(_isa)
+    _int4_int8_activations = torch.compiler.assume_constant_result(_int4_int8_activations)
+
+
+when_dynamo_imported(_mark_constants)
 
 
 def dequantized_weight(module, dtype: torch.dtype = torch.float32) -> torch.Tensor:

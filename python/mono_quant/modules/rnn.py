@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.rnn import PackedSequence, pad_packed_sequence
 
+from ..dynamo_hooks import when_dynamo_imported
 from .composite import ChildSpec, QuantizedComposite
 from .input_checks import check_float_input
 from .registry import register_qmodule
@@ -295,14 +296,12 @@ def _outside_graphs(fn):
         return torch.compiler.disable(fn)
 
 
-@_outside_graphs
 def _unpack(packed: PackedSequence) -> Tuple[torch.Tensor, torch.Tensor]:
     """``(padded [T, B, ...] in the caller's batch order, lengths on its device)``."""
     padded, lengths = pad_packed_sequence(packed)
     return padded, lengths.to(padded.device)
 
 
-@_outside_graphs
 def _repack(padded: torch.Tensor, like: PackedSequence) -> PackedSequence:
     """``padded`` ``[T, B, ...]`` (batch in the caller's order) packed as ``like`` is."""
     if like.sorted_indices is not None:
@@ -310,6 +309,15 @@ def _repack(padded: torch.Tensor, like: PackedSequence) -> PackedSequence:
     sizes = like.batch_sizes.tolist()
     data = torch.cat([padded[t, :size] for t, size in enumerate(sizes)]) if sizes else padded.reshape(0, *padded.shape[2:])
     return PackedSequence(data, like.batch_sizes, like.sorted_indices, like.unsorted_indices)
+
+
+def _keep_out_of_graphs() -> None:
+    global _unpack, _repack
+    _unpack, _repack = _outside_graphs(_unpack), _outside_graphs(_repack)
+
+
+# (torch.compiler.disable imports torch._dynamo, ~1 s: done when something else imports it)
+when_dynamo_imported(_keep_out_of_graphs)
 
 
 @register_qmodule(nn.LSTM)
