@@ -107,12 +107,15 @@ HALF_KERNEL_MAX_ROWS = {"scalar": 0, "avx2": 64, "avx512": 32 if BLAS_AVX512 els
 #: the weight-only tiles' FMAs; the same bits at both levels); torch's F.linear on the converted
 #: weight above.  Intel Xeon (1 Dec, 1 thread, BERT shapes): the panels 0.77-0.96x fp32's time
 #: at 64-256 rows where the converted path took 1.08-1.47x, at 512 0.94-1.09x against 1.01-1.09x,
-#: at 1024 0.97-1.14x against 1.00-1.06x.  AVX2 (its panel kernel exists, the rule keeps it
-#: off): measured only on that Xeon with torch capped at AVX2 too (MKL_ENABLE_INSTRUCTIONS=AVX2,
-#: an AVX2-only CPU's sgemm), one layer alone 0.90-1.05x at 64-128 rows against 1.09-1.16x, but
-#: the BERT encoders at 128 rows 1.09 of fp32's time against 1.08 without it; to be measured on
-#: a real AVX2-only CPU before it is turned on.
-HALF_PANEL_MAX_ROWS = {"scalar": 0, "avx2": 0, "avx512": 1023 if BLAS_AVX512 else 0}
+#: at 1024 0.97-1.14x against 1.00-1.06x.  The AVX2 level, on two stand-ins for an AVX2-only CPU
+#: (no real one measured yet): that Xeon with torch capped at AVX2 too (MKL_ENABLE_INSTRUCTIONS=AVX2),
+#: one layer alone 0.90-1.05x at 64-128 rows against 1.09-1.16x, the BERT encoders at 128 rows 1.09
+#: of fp32's time against 1.08; an AMD Zen 5 (2 Dec 2026, 2 threads; MKL runs its AVX2 sgemm on AMD
+#: CPUs in any case), BERT layers 0.74-0.89x at 128-256 rows against 1.02-1.22x, 0.96-1.03x at 1024
+#: against 1.00-1.03x, the encoders (interleaved, time / fp32) at 128 rows 0.78-0.84 against
+#: 1.12-1.32, at 1024 0.93-0.98 against 1.02-1.06 (1 thread 0.95-1.02 / 0.99-1.03), at 2048-4096
+#: 1.04-1.09 against 1.01-1.07: so up to 1024 rows.
+HALF_PANEL_MAX_ROWS = {"scalar": 0, "avx2": 1024, "avx512": 1023 if BLAS_AVX512 else 0}
 
 #: fp16 / bf16 weights from this many rows on AMX-BF16 where the CPU has it and the AVX-512 level
 #: runs AMX (``_C.h16_linear(..., panels=2)``: x and the weight split into bf16 pieces with exact
