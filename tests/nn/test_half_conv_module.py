@@ -29,6 +29,8 @@ def test_no_winograd_where_it_does_not_pay(monkeypatch):
     shape, weight = (8, 64, 56, 56), (64, 64, 3, 3)  # ResNet-18's 3x3 at batch 8: Winograd where it pays
     assert conv_algorithm(shape, weight, (1, 1), (1, 1), (1, 1), 1, "avx512") == "winograd"
     monkeypatch.setattr(half_conv_kernels, "WINOGRAD_ON_THIS_CPU", False)  # an Intel CPU's
+    from mono_quant.kernels import direct_conv
+    monkeypatch.setattr(direct_conv, "WIDE_ANY_OUTPUTS_ON_THIS_CPU", False)  # (an Intel CPU's too)
     assert conv_algorithm(shape, weight, (1, 1), (1, 1), (1, 1), 1, "avx512") == "direct"
     _, q = quantized_conv("fp16", cin=64, cout=64, padding=1)
     x = torch.randn(8, 64, 56, 56)
@@ -138,6 +140,8 @@ def test_the_algorithm_rule():
 
 
 def test_winograd_past_max_outputs_at_its_levels(monkeypatch):
+    from mono_quant.kernels import direct_conv
+    monkeypatch.setattr(direct_conv, "WIDE_ANY_OUTPUTS_ON_THIS_CPU", False)  # (this rule alone, as on Intel)
     _, q = quantized_conv("fp16", cin=64, cout=64, padding=1)
     x = torch.randn(1, 64, 56, 56)  # 200704 outputs > MAX_OUTPUTS["avx512"], Winograd's shape
     assert half_conv.takes_half_conv(q, x, "avx512")
@@ -149,6 +153,8 @@ def test_winograd_past_max_outputs_at_its_levels(monkeypatch):
 
 def test_a_large_weight_takes_the_direct_kernel_past_max_outputs(monkeypatch):
     """torch's route would widen a weight past SMALL_WEIGHT_ELEMENTS per call (AVX-512 only)."""
+    from mono_quant.kernels import direct_conv
+    monkeypatch.setattr(direct_conv, "WIDE_ANY_OUTPUTS_ON_THIS_CPU", False)  # (this rule alone, as on Intel)
     from mono_quant.formats import layer_cache
     _, q = quantized_conv("fp16", cin=64, cout=128, padding=1, stride=2)  # 73728 weights
     x = torch.randn(8, 64, 56, 56)  # 8 x 784 x 128 outputs: past MAX_OUTPUTS; stride 2: not Winograd
@@ -350,3 +356,30 @@ def test_weight_and_bias_changes_are_seen(image):
         torch.testing.assert_close(q(x), torch_route(q, x), rtol=1e-5, atol=1e-4)
         q.register_buffer("weight", torch.zeros_like(q._buffers["weight"]))
         assert torch.equal(q(x), q.bias.view(1, -1, 1, 1).expand_as(q(x)))
+
+
+@pytest.mark.skipif("avx512" not in SUPPORTED, reason="the wide-conv rule is the AVX-512 level's")
+@pytest.mark.parametrize("dtype", ["fp16", "int8", "int4"])
+def test_wide_convs_take_the_direct_kernel_at_any_output_count_off_intel(dtype, monkeypatch):
+    """direct_conv.wide_any_outputs: on CPUs other than Intel's, at AVX-512, a conv of >= 64 output
+    channels runs the C kernel past MAX_OUTPUTS (eager and the traced op ask the same functions);
+    fewer channels keep the limits; an Intel CPU keeps them for every conv."""
+    from mono_quant.kernels import direct_conv
+    monkeypatch.setattr(direct_conv, "WIDE_ANY_OUTPUTS_ON_THIS_CPU", True)
+    kw = dict(activations=None) if dtype == "int8" else {}
+    wide = mq.quantize(nn.Sequential(nn.Conv2d(32, 64, 3, padding=1)), dtype=dtype, **kw)[0][0]
+    narrow = mq.quantize(nn.Sequential(nn.Conv2d(32, 32, 3, padding=1)), dtype=dtype, **kw)[0][0]
+    x = torch.randn(64, 32, 16, 16)  # 1M outputs for the wide conv: past every MAX_OUTPUTS
+    takes = ((lambda q: half_conv.takes_half_conv(q, x, "avx512")) if dtype == "fp16"
+             else (lambda q: q._direct_fits(x, "avx512")))
+    assert takes(wide) and not takes(narrow)
+    assert not (wide._direct_fits(x, "avx2") if dtype != "fp16" else half_conv.takes_half_conv(wide, x, "avx2"))
+    monkeypatch.setattr(direct_conv, "WIDE_ANY_OUTPUTS_ON_THIS_CPU", False)  # an Intel CPU's
+    assert not takes(wide)
+    monkeypatch.setattr(direct_conv, "WIDE_ANY_OUTPUTS_ON_THIS_CPU", True)
+    with torch.no_grad(), at_isa("avx512"):
+        y = wide(x)
+        assert torch.equal(conv2d_forward(wide, x), y)  # the traced forward takes the same route
+    torch.testing.assert_close(y, nn.functional.conv2d(x, wide.dequantized_weight() if dtype != "fp16" else
+                                                       wide._buffers["weight"].float(), wide.bias, 1, 1),
+                               rtol=1e-4, atol=1e-4)

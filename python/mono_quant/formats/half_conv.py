@@ -31,7 +31,7 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
-from ..kernels.direct_conv import direct_conv2d, float_conv_panels, short_k_fits
+from ..kernels.direct_conv import direct_conv2d, float_conv_panels, short_k_fits, wide_any_outputs
 from ..kernels.fp16 import HALF_WEIGHT_DTYPES
 from ..kernels import half_conv as half_conv_kernels
 from ..kernels.half_conv import WINOGRAD_LEVELS, conv_algorithm, half_conv2d, half_conv2d_arrays, half_conv2d_raw
@@ -90,6 +90,8 @@ def takes_half_conv(module, x: torch.Tensor, isa: str) -> bool:
         return False
     lanes = min(module.out_channels // module.groups, FULL_LANES[isa])
     if x.shape[0] * out_h * out_w * module.out_channels * FULL_LANES[isa] <= MAX_OUTPUTS[isa] * lanes:
+        return True
+    if wide_any_outputs(module.out_channels // module.groups, isa):  # (AMD: torch's conv never ahead there)
         return True
     algorithm = layer_algorithm(module, x, isa)
     if algorithm in ("gemm", "winograd"):  # (Winograd: conv_algorithm picks it at WINOGRAD_LEVELS only)

@@ -26,7 +26,8 @@ from .settings import SETTINGS
 __all__ = ["int8_conv_arrays", "int8_conv_panels", "float_conv_panels", "direct_conv2d", "direct_conv2d_int8",
            "direct_conv2d_int4",
            "direct_conv2d_reference", "MAX_OUTPUTS", "LARGE_WEIGHT_OUTPUTS_FACTOR", "MIN_K",
-           "FILL_ELEMENTS_PER_PIXEL", "SHORT_K", "SHORT_K_MAX_PIXELS", "short_k_fits"]
+           "FILL_ELEMENTS_PER_PIXEL", "SHORT_K", "SHORT_K_MAX_PIXELS", "short_k_fits", "WIDE_ANY_OUTPUTS_ON_THIS_CPU",
+           "WIDE_OUT_CHANNELS", "WIDE_LEVELS", "wide_any_outputs"]
 
 #: the most output elements (batch x out_h x out_w x out_channels) an integer layer's conv (weight-only
 #: int8, int4) runs the direct kernel with, per kernel level: past them torch's conv, batched over more pixels, is as fast or
@@ -57,6 +58,23 @@ MIN_K = 27
 #: fp16 1.11-1.17), on 16x16 and below it did not (3->16 on 16x16 at batch 4: 0.49)
 SHORT_K = 64
 SHORT_K_MAX_PIXELS = 256
+
+
+#: On CPUs other than Intel's, at the AVX-512 level, a conv of at least WIDE_OUT_CHANNELS output channels
+#: per group runs the direct kernel whatever its output count (MAX_OUTPUTS, and the fp16 route's, were set
+#: against Intel's oneDNN).  AMD Zen 5 (2 Dec 2026, 2 threads, time / fp32, the limits against none):
+#: cnn64x16-b64 weight-only / int4 / fp16 1.04 / 0.95 / 0.94 -> 0.69 / 0.71 / 0.72, cnn64x32-b1 0.88 /
+#: 1.02 / 0.77 -> 0.73 / 0.81 / 0.75; convs of 16-32 outputs lost without the limits (cnn16x8-b64
+#: 0.96-0.99 -> 1.08-1.15, cnn32x32-b64 0.89-0.92 -> 0.97-1.00): they keep them
+WIDE_ANY_OUTPUTS_ON_THIS_CPU = _C.cpu_info().get("vendor") != "GenuineIntel"
+WIDE_OUT_CHANNELS = 64
+WIDE_LEVELS = ("avx512",)
+
+
+def wide_any_outputs(out_channels_per_group: int, isa: str) -> bool:
+    """Whether a conv of this many output channels per group runs the direct kernel at any output
+    count at kernel level ``isa`` (WIDE_ANY_OUTPUTS_ON_THIS_CPU, WIDE_OUT_CHANNELS, WIDE_LEVELS)."""
+    return WIDE_ANY_OUTPUTS_ON_THIS_CPU and isa in WIDE_LEVELS and out_channels_per_group >= WIDE_OUT_CHANNELS
 
 
 def short_k_fits(k: int, out_pixels: int) -> bool:

@@ -380,7 +380,10 @@ class QuantizedConv2d(ReduceRange, QuantizedModule):
         if not direct_conv.short_k_fits(self.in_channels // self.groups * kh * kw, out_h * out_w):
             return False
         outputs = shape[0] * out_h * out_w * self.out_channels
-        limit = direct_conv.MAX_OUTPUTS.get(SETTINGS.isa if isa is None else isa, 0)
+        isa = SETTINGS.isa if isa is None else isa
+        if direct_conv.wide_any_outputs(self.out_channels // self.groups, isa):
+            return out_h > 0 and out_w > 0
+        limit = direct_conv.MAX_OUTPUTS.get(isa, 0)
         if self.weight_numel() > layer_cache.SMALL_WEIGHT_ELEMENTS:  # torch's conv would dequantize it per call
             limit *= direct_conv.LARGE_WEIGHT_OUTPUTS_FACTOR
         return 0 < outputs <= limit and out_h > 0 and out_w > 0
