@@ -373,6 +373,8 @@ def test_wide_convs_take_the_direct_kernel_at_any_output_count_off_intel(dtype, 
     takes = ((lambda q: half_conv.takes_half_conv(q, x, "avx512")) if dtype == "fp16"
              else (lambda q: q._direct_fits(x, "avx512")))
     assert takes(wide) and not takes(narrow)
+    if dtype != "fp16":
+        assert not wide._direct_fits(x[:0], "avx512")  # an empty batch: no outputs, torch's conv as before
     assert not (wide._direct_fits(x, "avx2") if dtype != "fp16" else half_conv.takes_half_conv(wide, x, "avx2"))
     monkeypatch.setattr(direct_conv, "WIDE_ANY_OUTPUTS_ON_THIS_CPU", False)  # an Intel CPU's
     assert not takes(wide)

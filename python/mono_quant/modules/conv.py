@@ -381,12 +381,11 @@ class QuantizedConv2d(ReduceRange, QuantizedModule):
             return False
         outputs = shape[0] * out_h * out_w * self.out_channels
         isa = SETTINGS.isa if isa is None else isa
-        if direct_conv.wide_any_outputs(self.out_channels // self.groups, isa):
-            return out_h > 0 and out_w > 0
+        wide = direct_conv.wide_any_outputs(self.out_channels // self.groups, isa)  # (no output limit)
         limit = direct_conv.MAX_OUTPUTS.get(isa, 0)
         if self.weight_numel() > layer_cache.SMALL_WEIGHT_ELEMENTS:  # torch's conv would dequantize it per call
             limit *= direct_conv.LARGE_WEIGHT_OUTPUTS_FACTOR
-        return 0 < outputs <= limit and out_h > 0 and out_w > 0
+        return 0 < outputs and (wide or outputs <= limit) and out_h > 0 and out_w > 0
 
     def _direct_geometry(self, tap_major: bool) -> tuple:
         """direct_conv2d's arguments after the panels."""
