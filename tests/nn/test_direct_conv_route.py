@@ -147,6 +147,22 @@ def test_the_rule(monkeypatch):
         assert not q._direct_fits(torch.randn(1, 16, 4, 4))
 
 
+@pytest.mark.parametrize("dtype", ["int8", "int4"])
+def test_a_padding_far_past_the_image_keeps_torchs_conv_not_a_padded_copy(isa, dtype):
+    """The direct kernel copies the image zero-padded (64 x 40001^2 floats, 410 GB, here): such a
+    conv keeps torch's route (half_conv.direct_pad_fits, the fp16 route's rule), at every level."""
+    q = _layer(dtype, cin=64, cout=16, kernel=1, stride=20000, padding=20000)
+    x = torch.randn(1, 64, 1, 1)
+    for level in ("avx2", "avx512"):
+        assert not q._direct_fits(x, level)
+        assert _layer(dtype, cin=64, cout=16, kernel=1, stride=2, padding=1)._direct_fits(x, level)  # 64 x 3 x 3
+    with torch.no_grad():
+        y = q(x)
+        assert _route(q) == ("float" if dtype == "int8" else "format") and y.shape == (1, 16, 3, 3)
+        torch.testing.assert_close(y, _reference(q, x), rtol=0, atol=1e-4)
+        assert torch.equal(conv2d_forward(q, x), y)  # the traced forward asks the same rule
+
+
 def test_a_changed_rule_is_seen_by_the_kept_route(isa, monkeypatch):
     if isa == "scalar":
         pytest.skip("the scalar level keeps torch's conv")

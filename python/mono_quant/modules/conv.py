@@ -16,6 +16,7 @@ from ..formats.layer_cache import float_weight, kernel_args_stamped
 from ..formats.packed_linear import conv_kernel_takes, dequantized_packed, packed_linear
 from ..kernels import direct_conv, dynamic_conv, settings
 from ..kernels.dynamic_conv import direct_applies
+from ..kernels.half_conv import direct_pad_fits
 from ..kernels.settings import SETTINGS
 from ..kernels.direct_conv import (direct_conv2d, direct_conv2d_int4, direct_conv2d_int8, float_conv_panels,
                                   int8_conv_arrays, int8_conv_panels)
@@ -361,8 +362,9 @@ class QuantizedConv2d(ReduceRange, QuantizedModule):
         its weight's panels (kernels.direct_conv): a float32 4-D CPU ``x``, zero padding given as numbers,
         a float32 bias or none, a reduction (in/groups x kh x kw) that direct_conv.short_k_fits and at most
         direct_conv.MAX_OUTPUTS output elements at the active kernel level (more for a weight torch's
-        route would dequantize per call): small convs, where torch's per-call costs dominate; the scalar
-        level: never.  On the shapes, never a timing.  ``isa``: the kernel level (None: the active one;
+        route would dequantize per call; any number, for direct_conv.wide_any_outputs' wide convs) and a
+        zero-padded copy of ``x`` the kernel may make (half_conv.direct_pad_fits: not a padding far past
+        the image): small convs, where torch's per-call costs dominate; the scalar level: never.  On the shapes, never a timing.  ``isa``: the kernel level (None: the active one;
         the traced forward passes its compile-time constant)."""
         bias = self.bias
         shape = x.shape
@@ -385,7 +387,8 @@ class QuantizedConv2d(ReduceRange, QuantizedModule):
         limit = direct_conv.MAX_OUTPUTS.get(isa, 0)
         if self.weight_numel() > layer_cache.SMALL_WEIGHT_ELEMENTS:  # torch's conv would dequantize it per call
             limit *= direct_conv.LARGE_WEIGHT_OUTPUTS_FACTOR
-        return 0 < outputs and (wide or outputs <= limit) and out_h > 0 and out_w > 0
+        return (0 < outputs and (wide or outputs <= limit) and out_h > 0 and out_w > 0
+                and direct_pad_fits(shape, outputs, (ph, pw)))  # (the kernel copies the image zero-padded)
 
     def _direct_geometry(self, tap_major: bool) -> tuple:
         """direct_conv2d's arguments after the panels."""
