@@ -443,26 +443,47 @@ typedef struct {
     mq_q4_gemv_i8_fn fn;
 } linear_i8_ctx;
 
-/* A range of fewer than 4 weight rows (the last chunk of a split, rows % 4 of them), where the
- * layer has 4 or more: the 4 rows ending at its end run into a scratch block and its own rows are
- * copied out (each row's sums are its own: the same bits).  The kernels' 4-row steps leave such a
- * range to the scalar reference: a 10-output head's last 2 rows at 1024 activation rows took
- * 3.5 ms on 2 threads, the whole layer 0.19 ms on one.  0 where the scratch can't be had. */
+/* A range of fewer than 4 weight rows (the last chunk of a split, rows % 4 of them, or a layer of
+ * 1-3 rows): 4 rows run into a scratch block and the range's own rows are copied out (each row's
+ * sums are its own: the same bits): the layer's 4 rows ending at the range's end (or its first
+ * 4) where it has 4 or more, else a copy of its rows, the last repeated to 4.
+ * The kernels' 4-row steps leave such a range to the scalar reference: a 10-output head's last 2
+ * rows at 1024 activation rows took 3.5 ms on 2 threads, the whole layer 0.19 ms on one; a 2-output
+ * head at K = 768 and 32 rows 153 us (5.2 us with 4 outputs).  0 where the scratch can't be had. */
 static int short_range_i8(const linear_i8_ctx *c, int64_t begin, int64_t end) {
-    const int64_t r0 = end - 4, ngroups = (c->kpad + c->group - 1) / c->group;
+    const int64_t ngroups = (c->kpad + c->group - 1) / c->group, row_bytes = c->kpad / 2;
+    const int64_t r0 = end >= 4 ? end - 4 : 0;
+    const uint8_t *packed = c->packed + r0 * row_bytes, *zero = c->zero + r0 * ngroups;
+    const uint16_t *scale = c->scale + r0 * ngroups;
     float *t = malloc(mq_alloc_bytes(c->m, 4 * sizeof(float), 1));
-    if (!t) return 0;
-    c->fn(c->xq, c->m, c->xscale, c->xqsum, c->packed + r0 * (c->kpad / 2), c->kpad, c->group,
-          c->scale + r0 * ngroups, c->zero + r0 * ngroups, 0, 4, t, 4);
+    uint8_t *copy = c->rows >= 4 ? NULL : malloc(mq_alloc_bytes(4, row_bytes + 3 * ngroups, 1));
+    if (!t || (c->rows < 4 && !copy)) {
+        free(t);
+        free(copy);
+        return 0;
+    }
+    if (copy) { /* [4 rows of codes][4 x ngroups scales (uint16)][4 x ngroups zero-points] */
+        uint16_t *scale4 = (uint16_t *)(void *)(copy + 4 * row_bytes);
+        uint8_t *zero4 = (uint8_t *)(scale4 + 4 * ngroups);
+        for (int64_t r = 0; r < 4; r++) {
+            const int64_t src = r < c->rows ? r : c->rows - 1;
+            memcpy(copy + r * row_bytes, c->packed + src * row_bytes, (size_t)row_bytes);
+            memcpy(scale4 + r * ngroups, c->scale + src * ngroups, (size_t)ngroups * sizeof(uint16_t));
+            memcpy(zero4 + r * ngroups, c->zero + src * ngroups, (size_t)ngroups);
+        }
+        packed = copy, scale = scale4, zero = zero4;
+    }
+    c->fn(c->xq, c->m, c->xscale, c->xqsum, packed, c->kpad, c->group, scale, zero, 0, 4, t, 4);
     for (int64_t i = 0; i < c->m; i++)
         for (int64_t r = begin; r < end; r++) c->y[i * c->rows + r] = t[i * 4 + (r - r0)];
+    free(copy);
     free(t);
     return 1;
 }
 
 static void gemv_i8_range(void *vctx, int64_t begin, int64_t end) {
     linear_i8_ctx *c = vctx;
-    if (!(end - begin < 4 && end >= 4 && short_range_i8(c, begin, end)))
+    if (!(end - begin < 4 && c->fn != mq_ref_q4_gemv_i8 && short_range_i8(c, begin, end)))
         c->fn(c->xq, c->m, c->xscale, c->xqsum, c->packed, c->kpad, c->group, c->scale, c->zero, begin, end, c->y,
               c->rows);
     add_bias(c->y, c->m, c->rows, c->bias, begin, end);

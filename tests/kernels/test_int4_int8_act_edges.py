@@ -1,8 +1,9 @@
 """int4 with int8 activations, at every level against the scalar kernels bit for bit,
 on inputs built for the edges of the activation quantizer (q4_act_i8: NaN / Inf
 groups, all-zero groups, halfway roundings, huge and subnormal values) and of the
-batch-1 GEMV (4 rows a quarter of the range apart, the 1-3 rows left to the reference,
-thread ranges, a last group shorter than the others, a split's last range of 1-3 weight rows)."""
+batch-1 GEMV (4 rows a quarter of the range apart, the 1-3 rows past whole steps, thread
+ranges, a last group shorter than the others, a split's last range of 1-3 weight rows, a layer
+of 1-3 rows)."""
 import numpy as np
 import pytest
 import torch
@@ -82,7 +83,7 @@ def _check(x, qw):
                                              (3, 256, 128)])
 def test_act_edges_every_level_equals_scalar(m, rows, cols, group):
     """54 rows: 3 blocks of 16, 4 rows, 2 past whole steps (the last 4 again); 70: 4 blocks, 4, 2;
-    10: a classifier head's 2 steps and 2 rows; 3: fewer than a step (the reference)."""
+    10: a classifier head's 2 steps and 2 rows; 3: fewer than a step (a 4-row copy)."""
     qw = _weight(rows, cols, group, rows + cols)
     ncases = len(_edge_groups(group, np.random.default_rng(0)))
     for seed in range(ncases) if m == 1 else [m]:  # batch 1: each case in turn
@@ -127,4 +128,26 @@ def test_a_splits_short_last_range(rows):
     for kernel in KERNELS[1:]:
         with at_isa(kernel):
             got = _C.q4_linear(*args, bias=bias, int8_activations=1, nthreads=2)
+        np.testing.assert_array_equal(got, want, err_msg=kernel)
+
+
+@pytest.mark.parametrize("nthreads", [1, 2])
+@pytest.mark.parametrize("m", [1, 5, 64])
+@pytest.mark.parametrize("rows", [1, 2, 3])
+def test_a_layer_of_fewer_rows_than_a_step(rows, m, nthreads):
+    """1-3 weight rows (a binary or 3-class head): the kernels run a copy of them, the last
+    repeated to a 4-row step, and keep the layer's rows (the scalar reference ran them at
+    2.4 us a row at K = 768, 30x the kernel's time at 32 rows); bit for bit the scalar level's,
+    the bias added once."""
+    cols, group = 768, 128
+    qw = _weight(rows, cols, group, 100 + rows)
+    x = _x(m, cols, group, seed=m + rows)
+    args = (x, qw.qdata.numpy(), qw.scale.numpy(), qw.zero_point.numpy(), qw.group)
+    bias = np.random.default_rng(rows).standard_normal(rows).astype(np.float32)
+    with at_isa("scalar"):
+        want = _C.q4_linear(*args, bias=bias, int8_activations=1)
+    assert want.shape == (m, rows)
+    for kernel in KERNELS[1:]:
+        with at_isa(kernel):
+            got = _C.q4_linear(*args, bias=bias, int8_activations=1, nthreads=nthreads)
         np.testing.assert_array_equal(got, want, err_msg=kernel)
