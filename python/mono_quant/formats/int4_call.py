@@ -56,7 +56,7 @@ def kept_int4_linear(module, x: torch.Tensor) -> Optional[torch.Tensor]:
         return None
     x2d = x if x.dim() == 2 else x.reshape(-1, call[0])
     if int4_takes_blas(x2d.shape[0], call[1], call[2].shape[1] * 2, call[5], SETTINGS.isa,
-                       SETTINGS.int4_int8_activations):
+                       SETTINGS.int4_int8_activations, in_features=call[0]):
         if call[1] * call[0] > layer_cache.SMALL_WEIGHT_ELEMENTS:
             return None  # the general path dequantizes it per call
         # a small weight (row_rules.small_weight_takes_blas, or the BLAS rows): torch's BLAS on its

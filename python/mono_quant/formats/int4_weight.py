@@ -265,7 +265,7 @@ def int4_linear(x: torch.Tensor, weight: Int4Weight, bias: Optional[torch.Tensor
         return F.linear(x.float(), w, b).to(x.dtype)
     x2 = x.detach().reshape(-1, in_features)
     if int4_takes_blas(x2.shape[0], out_features, weight.qdata.shape[-1] * 2, weight.group, SETTINGS.isa,
-                       SETTINGS.int4_int8_activations):
+                       SETTINGS.int4_int8_activations, in_features=in_features):
         b = None if bias is None else bias.detach().float()
         y = F.linear(x2.float(), weight.dequantize(torch.float32), b)
         return y.reshape(*x.shape[:-1], out_features).to(x.dtype)

@@ -29,7 +29,7 @@ def half_path(rows: int, in_features: int, out_features: int, isa: str) -> str:
     """"kernel", "panels", "amx" (all through :func:`half_linear`) or "torch" for ``rows`` rows of an
     ``in_features`` -> ``out_features`` layer on kernel level ``isa`` (the row rules above; "amx":
     row_rules.half_takes_amx; a small, narrow weight: row_rules.small_weight_takes_blas)."""
-    if small_weight_takes_blas(rows, in_features, out_features, isa):
+    if small_weight_takes_blas(rows, in_features, out_features, isa, fmt="half"):
         return "torch"
     if rows <= KERNEL_MAX_ROWS[isa]:
         return "kernel"

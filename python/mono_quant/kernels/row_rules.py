@@ -28,6 +28,8 @@ section), 1 thread, BERT layer shapes, rows 1-2048:
 """
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 
 from .. import _C
@@ -39,7 +41,8 @@ __all__ = ["BLAS_AVX512", "HALF_KERNEL_MAX_ROWS", "HALF_PANEL_MAX_ROWS", "HALF_A
            "INT4_BLAS_MIN_ROWS", "INT4_BLAS_MAX_OUT_FEATURES", "int4_takes_blas", "int4_int8_activations_fit",
            "blas_runs_avx512", "SMALL_BLAS_MAX_WEIGHT_ELEMENTS", "SMALL_BLAS_MAX_OUT_FEATURES", "SMALL_BLAS_MIN_ROWS",
            "SMALL_BLAS_SHORT_MIN_ROWS", "SMALL_BLAS_SHORT_MAX_IN_FEATURES",
-           "small_weight_takes_blas"]
+           "NARROW_BLAS_MIN_ROWS", "NARROW_BLAS_MAX_OUT_FEATURES", "SHORT_BLAS_MAX_IN_FEATURES", "INT4_SMALL_BLAS_ROWS",
+           "SMALL_BLAS_FORMATS", "small_weight_takes_blas"]
 
 _NEVER = 1 << 62
 
@@ -81,17 +84,54 @@ SMALL_BLAS_SHORT_MIN_ROWS = {"scalar": _NEVER, "avx2": _NEVER, "avx512": 256 if 
 SMALL_BLAS_SHORT_MAX_IN_FEATURES = 1024
 
 
+#: ... and, on every CPU, such a weight from NARROW_BLAS_MIN_ROWS rows where it has at most
+#: NARROW_BLAS_MAX_OUT_FEATURES[isa][format] outputs or at most SHORT_BLAS_MAX_IN_FEATURES[isa][format]
+#: inputs (format: "int8_weight_only", "int4", "half"), and int4 at the AVX2 level from
+#: INT4_SMALL_BLAS_ROWS[0] up to INT4_SMALL_BLAS_ROWS[1] rows with at most SMALL_BLAS_SHORT_MAX_IN_FEATURES
+#: inputs.  The kernels pad a layer's outputs to 16 (int8, fp16 panels) or 4 (int4) and its inputs to 128
+#: (int4), and int4 quantizes each activation row: a 2-output head's or a 64-input layer's work is mostly
+#: padding and the activations' pass.  AMD Zen 5 (2 Dec 2026, 2 threads, module time / fp32 at 64 / 256 /
+#: 1024 rows, kernels -> BLAS on the kept weight): AVX-512, int4 768 -> 1 2.11 / 2.46 / 2.33 -> 1.07-1.29,
+#: 768 -> 2 1.39 / 1.66 / 1.82 -> 1.06-1.20, 768 -> 4 1.22 / 1.45 / 1.46 -> 1.04-1.17, 64 -> 16 1.07 / 1.50 /
+#: 2.20 -> 1.11-1.24, 32 -> 16 1.07 / 1.37 / 1.98 -> 1.11-1.27 (768 -> 10 0.91 / 0.71 / 0.53 stays: 1.01-1.11);
+#: int8 weight-only 768 -> 1 2.10 / 2.43 / 1.57 -> 1.08-1.33, 768 -> 2 1.35 / 1.62 / 1.12 -> 1.07-1.23 (64 ->
+#: 32 0.89-0.96 stays); fp16 64 -> 32 1.05 / 1.20 / 1.38 -> 1.04-1.18, 32 -> 16 1.00 / 1.16 / 1.55 -> 1.10-1.22.
+#: The AVX2 level (MKL's AVX2 sgemm, as on every AMD CPU): int4 2.2-3.5 on 2 outputs, 1.6-3.1 on 64 inputs,
+#: 1.1-1.6 at 64-256 rows on 128 -> 10 .. 1024 -> 32 (2048 inputs: 0.84, kept), against 1.02-1.30; 1 output
+#: weight-only / fp16 1.52-1.59 / 1.30-1.50 -> 1.13-1.33; 64 -> 32 every format 1.31-2.64 -> 1.07-1.31.
+#: Intel CPUs not measured at 64-255 rows (from 256 / 1024 the rules above).
+NARROW_BLAS_MIN_ROWS = {"scalar": _NEVER, "avx2": 64, "avx512": 64}
+NARROW_BLAS_MAX_OUT_FEATURES = {"scalar": {}, "avx2": {"int8_weight_only": 1, "int4": 8, "half": 1},
+                                "avx512": {"int8_weight_only": 2, "int4": 8, "half": 0}}
+SHORT_BLAS_MAX_IN_FEATURES = {"scalar": {}, "avx2": {"int8_weight_only": 64, "int4": 64, "half": 64},
+                              "avx512": {"int8_weight_only": 0, "int4": 64, "half": 64}}
+INT4_SMALL_BLAS_ROWS = {"scalar": (0, 0), "avx2": (64, 1024), "avx512": (0, 0)}
+
+#: the formats of small_weight_takes_blas
+SMALL_BLAS_FORMATS = ("int8_weight_only", "int4", "half")
+
+
 def small_weight_takes_blas(rows: int, in_features: int, out_features: int, isa: str,
-                            int8_weight_only: bool = False) -> bool:
+                            int8_weight_only: bool = False, fmt: str = "half") -> bool:
     """Whether a weight-only Linear call (int8 weight-only, int4, fp16 / bf16) of ``rows`` rows of an
     ``in_features`` -> ``out_features`` layer runs torch's BLAS on the layer's float32 weight at kernel
-    level ``isa``: a small, narrow weight (the tables above; ``int8_weight_only``: that format's
-    call, which the short-layer rows leave out)."""
+    level ``isa``: a small, narrow weight (the tables above).  ``fmt``: one of SMALL_BLAS_FORMATS
+    (``int8_weight_only``: that format's call, which the short-layer rows leave out)."""
+    if int8_weight_only:
+        fmt = "int8_weight_only"
+    if fmt not in SMALL_BLAS_FORMATS:
+        raise ValueError(f"small_weight_takes_blas: unknown format {fmt!r}; one of {SMALL_BLAS_FORMATS}")
     if out_features > SMALL_BLAS_MAX_OUT_FEATURES or in_features * out_features > SMALL_BLAS_MAX_WEIGHT_ELEMENTS:
         return False
     if rows >= SMALL_BLAS_MIN_ROWS[isa]:
         return True
-    return (not int8_weight_only and in_features <= SMALL_BLAS_SHORT_MAX_IN_FEATURES
+    if rows >= NARROW_BLAS_MIN_ROWS[isa] and (out_features <= NARROW_BLAS_MAX_OUT_FEATURES[isa].get(fmt, 0)
+                                              or in_features <= SHORT_BLAS_MAX_IN_FEATURES[isa].get(fmt, 0)):
+        return True
+    if fmt == "int4" and INT4_SMALL_BLAS_ROWS[isa][0] <= rows < INT4_SMALL_BLAS_ROWS[isa][1] \
+            and in_features <= SMALL_BLAS_SHORT_MAX_IN_FEATURES:
+        return True
+    return (fmt != "int8_weight_only" and in_features <= SMALL_BLAS_SHORT_MAX_IN_FEATURES
             and rows >= SMALL_BLAS_SHORT_MIN_ROWS[isa])
 
 
@@ -216,14 +256,16 @@ def int4_int8_activations_fit(kpad: int, group: int) -> bool:
     return kpad % INT4_INT8_CHUNK == 0 and group % INT4_INT8_CHUNK == 0 and group <= INT4_INT8_MAX_GROUP
 
 
-def int4_takes_blas(rows: int, out_features: int, kpad: int, group: int, isa: str, int8_activations: bool) -> bool:
+def int4_takes_blas(rows: int, out_features: int, kpad: int, group: int, isa: str, int8_activations: bool,
+                    in_features: Optional[int] = None) -> bool:
     """Whether an int4 Linear call of ``rows`` rows runs torch's BLAS on its weight dequantized
     per call (else the packed kernels), at kernel level ``isa``: the two tables above, except
     where the AVX-512 level runs AMX and the call takes int8 activations (``int8_activations``:
     allowed, and the shape fits): AMX's int4 x int8 tiles took 0.23-0.33 of fp32's time at 1024
     rows of BERT layers (Intel Xeon, 1 Dec, 1 thread), where dequantize + BLAS took 1.00-1.08.
-    A small, narrow weight (small_weight_takes_blas, on ``kpad`` columns) takes the BLAS first."""
-    if small_weight_takes_blas(rows, kpad, out_features, isa):
+    A small, narrow weight (small_weight_takes_blas, on the layer's ``in_features``; None: ``kpad``)
+    takes the BLAS first."""
+    if small_weight_takes_blas(rows, kpad if in_features is None else in_features, out_features, isa, fmt="int4"):
         return True
     if rows < INT4_BLAS_MIN_ROWS[isa] or out_features > INT4_BLAS_MAX_OUT_FEATURES[isa]:
         return False

@@ -338,7 +338,7 @@ _LIB.define("int4_linear(Tensor x, Tensor qdata, Tensor scale, Tensor zero_point
 def _int4_linear(x, qdata, scale, zero_point, bias, group, int8_activations):
     # eager's row rule, decided on the real row count
     if int4_takes_blas(x.shape[0], qdata.shape[0], qdata.shape[1] * 2, group, SETTINGS.isa,
-                       int8_activations):
+                       int8_activations, in_features=x.shape[-1]):
         w = _dequantize_int4(qdata, scale, zero_point, x.shape[-1], group)
         return F.linear(x.float(), w, None if bias is None else bias.float())
     b = None if bias is None else bias.detach().float().contiguous().numpy()
