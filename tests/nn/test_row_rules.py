@@ -165,21 +165,24 @@ def test_small_weight_rule_on_the_shapes():
     assert not row_rules.half_takes_amx(512, row_rules.AMX_MIN_OUT_FEATURES - 1, "avx512")
 
 
-def test_narrow_and_short_layers_take_the_blas_from_64_rows():
+def test_narrow_and_short_layers_take_the_blas():
     """Every CPU: a small weight of very few outputs or inputs (the kernels' padding and int4's
-    activation pass outweigh its work) takes the BLAS from NARROW_BLAS_MIN_ROWS rows, per format
-    and level; the scalar level never; int4 at the AVX2 level from 64 up to 1023 rows."""
+    activation pass outweigh its work) takes the BLAS, per format and level (NARROW_BLAS,
+    SHORT_BLAS); the scalar level never; int4 at the AVX2 level from 64 up to 1023 rows."""
     rule = row_rules.small_weight_takes_blas
     for isa in ("avx2", "avx512"):
-        assert rule(64, 768, 2, isa, fmt="int4") and not rule(63, 768, 2, isa, fmt="int4")
-        assert rule(64, 768, 8, isa, fmt="int4") and rule(64, 64, 16, isa, fmt="int4")
-        assert rule(64, 768, 1, isa, fmt="int8_weight_only") and rule(64, 768, 1, isa, int8_weight_only=True)
+        # one output: from the first row (int8 weight-only, int4; fp16 at the AVX2 level)
+        assert rule(1, 2000, 1, isa, fmt="int4") and rule(1, 768, 1, isa, int8_weight_only=True)
+        assert rule(1, 768, 1, isa, fmt="half") == (isa == "avx2")
+        assert rule(64, 768, 2, isa, fmt="int4") and rule(64, 768, 8, isa, fmt="int4")
+        assert not rule(7, 768, 2, isa, fmt="int4") and not rule(63, 768, 9, isa, fmt="int4")
+        assert rule(64, 64, 16, isa, fmt="int4") and not rule(63, 64, 16, isa, fmt="int4")
         assert rule(64, 32, 16, isa, fmt="half")
         assert not rule(1 << 20, 16384, 8, isa, fmt="int4")  # past 65536 weights: the kernels
-        assert not rule(1, 768, 2, isa, fmt="int4")
-    assert not rule(1 << 20, 768, 2, "scalar", fmt="int4")
+        assert not rule(1 << 20, 8192, 10, isa, fmt="half")
+    assert not rule(1 << 20, 768, 1, "scalar", fmt="int4")
+    assert rule(8, 768, 2, "avx2", fmt="int4") and not rule(8, 768, 2, "avx512", fmt="int4")
     assert rule(64, 768, 2, "avx512", int8_weight_only=True) and not rule(64, 768, 2, "avx2", int8_weight_only=True)
-    assert not rule(64, 768, 1, "avx512", fmt="half") and rule(64, 768, 1, "avx2", fmt="half")
     assert not rule(64, 64, 32, "avx512", int8_weight_only=True) and rule(64, 64, 32, "avx2", int8_weight_only=True)
     # int4 at the AVX2 level: every small weight of <= 1024 inputs at 64-1023 rows; 10 outputs at AVX-512: kernels
     assert rule(64, 768, 10, "avx2", fmt="int4") and rule(1023, 1024, 32, "avx2", fmt="int4")
@@ -194,23 +197,24 @@ def test_narrow_and_short_layers_take_the_blas_from_64_rows():
 
 @pytest.mark.parametrize("dtype", ["int8", "int4", "fp16"])
 def test_a_narrow_head_takes_the_blas_in_eager_and_exported_graphs_alike(isa, dtype):
-    """A 768 -> 1 head (every format's narrow rule at the SIMD levels but fp16's at AVX-512): eager, the
-    kept route and a graph exported with a dynamic row count give the same bits on both sides of
-    NARROW_BLAS_MIN_ROWS; past it (where the rule holds), torch's linear on the dequantized weight."""
+    """Heads of 1 and 2 outputs (the narrow rule's two tiers): eager, the kept route and a graph
+    exported with a dynamic row count give the same bits at 1-200 rows, across the rule's rows;
+    where the rule holds, torch's linear on the dequantized weight."""
     torch.manual_seed(1)
     kwargs = {"activations": None} if dtype == "int8" else {}
-    model = mq.quantize(nn.Sequential(nn.Linear(768, 1)), dtype=dtype, include=["0"], **kwargs).model
-    layer = model[0]
     fmt = {"int8": "int8_weight_only", "int4": "int4", "fp16": "half"}[dtype]
-    ep = torch.export.export(model, (torch.randn(8, 768),), dynamic_shapes=({0: torch.export.Dim("rows")},))
-    for m in (63, 64, 200):
-        x = torch.randn(m, 768)
-        with torch.no_grad():
-            y = model(x)
-            assert torch.equal(model(x), y) and torch.equal(ep.module()(x), y), m
-            if row_rules.small_weight_takes_blas(m, 768, 1, isa, fmt=fmt):
-                w = layer.dequantized_weight() if dtype != "fp16" else layer._buffers["weight"].float()
-                assert torch.equal(y, F.linear(x, w, layer.bias)), m
+    for outputs in (1, 2):
+        model = mq.quantize(nn.Sequential(nn.Linear(768, outputs)), dtype=dtype, include=["0"], **kwargs).model
+        layer = model[0]
+        ep = torch.export.export(model, (torch.randn(8, 768),), dynamic_shapes=({0: torch.export.Dim("rows")},))
+        for m in (1, 7, 8, 63, 64, 200):
+            x = torch.randn(m, 768)
+            with torch.no_grad():
+                y = model(x)
+                assert torch.equal(model(x), y) and torch.equal(ep.module()(x), y), (outputs, m)
+                if row_rules.small_weight_takes_blas(m, 768, outputs, isa, fmt=fmt):
+                    w = layer.dequantized_weight() if dtype != "fp16" else layer._buffers["weight"].float()
+                    assert torch.equal(y, F.linear(x, w, layer.bias)), (outputs, m)
 
 
 @pytest.fixture

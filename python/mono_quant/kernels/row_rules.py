@@ -41,7 +41,7 @@ __all__ = ["BLAS_AVX512", "HALF_KERNEL_MAX_ROWS", "HALF_PANEL_MAX_ROWS", "HALF_A
            "INT4_BLAS_MIN_ROWS", "INT4_BLAS_MAX_OUT_FEATURES", "int4_takes_blas", "int4_int8_activations_fit",
            "blas_runs_avx512", "SMALL_BLAS_MAX_WEIGHT_ELEMENTS", "SMALL_BLAS_MAX_OUT_FEATURES", "SMALL_BLAS_MIN_ROWS",
            "SMALL_BLAS_SHORT_MIN_ROWS", "SMALL_BLAS_SHORT_MAX_IN_FEATURES",
-           "NARROW_BLAS_MIN_ROWS", "NARROW_BLAS_MAX_OUT_FEATURES", "SHORT_BLAS_MAX_IN_FEATURES", "INT4_SMALL_BLAS_ROWS",
+           "NARROW_BLAS", "SHORT_BLAS", "INT4_SMALL_BLAS_ROWS",
            "SMALL_BLAS_FORMATS", "small_weight_takes_blas"]
 
 _NEVER = 1 << 62
@@ -84,27 +84,30 @@ SMALL_BLAS_SHORT_MIN_ROWS = {"scalar": _NEVER, "avx2": _NEVER, "avx512": 256 if 
 SMALL_BLAS_SHORT_MAX_IN_FEATURES = 1024
 
 
-#: ... and, on every CPU, such a weight from NARROW_BLAS_MIN_ROWS rows where it has at most
-#: NARROW_BLAS_MAX_OUT_FEATURES[isa][format] outputs or at most SHORT_BLAS_MAX_IN_FEATURES[isa][format]
-#: inputs (format: "int8_weight_only", "int4", "half"), and int4 at the AVX2 level from
-#: INT4_SMALL_BLAS_ROWS[0] up to INT4_SMALL_BLAS_ROWS[1] rows with at most SMALL_BLAS_SHORT_MAX_IN_FEATURES
-#: inputs.  The kernels pad a layer's outputs to 16 (int8, fp16 panels) or 4 (int4) and its inputs to 128
-#: (int4), and int4 quantizes each activation row: a 2-output head's or a 64-input layer's work is mostly
-#: padding and the activations' pass.  AMD Zen 5 (2 Dec 2026, 2 threads, module time / fp32 at 64 / 256 /
-#: 1024 rows, kernels -> BLAS on the kept weight): AVX-512, int4 768 -> 1 2.11 / 2.46 / 2.33 -> 1.07-1.29,
-#: 768 -> 2 1.39 / 1.66 / 1.82 -> 1.06-1.20, 768 -> 4 1.22 / 1.45 / 1.46 -> 1.04-1.17, 64 -> 16 1.07 / 1.50 /
-#: 2.20 -> 1.11-1.24, 32 -> 16 1.07 / 1.37 / 1.98 -> 1.11-1.27 (768 -> 10 0.91 / 0.71 / 0.53 stays: 1.01-1.11);
-#: int8 weight-only 768 -> 1 2.10 / 2.43 / 1.57 -> 1.08-1.33, 768 -> 2 1.35 / 1.62 / 1.12 -> 1.07-1.23 (64 ->
-#: 32 0.89-0.96 stays); fp16 64 -> 32 1.05 / 1.20 / 1.38 -> 1.04-1.18, 32 -> 16 1.00 / 1.16 / 1.55 -> 1.10-1.22.
-#: The AVX2 level (MKL's AVX2 sgemm, as on every AMD CPU): int4 2.2-3.5 on 2 outputs, 1.6-3.1 on 64 inputs,
-#: 1.1-1.6 at 64-256 rows on 128 -> 10 .. 1024 -> 32 (2048 inputs: 0.84, kept), against 1.02-1.30; 1 output
-#: weight-only / fp16 1.52-1.59 / 1.30-1.50 -> 1.13-1.33; 64 -> 32 every format 1.31-2.64 -> 1.07-1.31.
-#: Intel CPUs not measured at 64-255 rows (from 256 / 1024 the rules above).
-NARROW_BLAS_MIN_ROWS = {"scalar": _NEVER, "avx2": 64, "avx512": 64}
-NARROW_BLAS_MAX_OUT_FEATURES = {"scalar": {}, "avx2": {"int8_weight_only": 1, "int4": 8, "half": 1},
-                                "avx512": {"int8_weight_only": 2, "int4": 8, "half": 0}}
-SHORT_BLAS_MAX_IN_FEATURES = {"scalar": {}, "avx2": {"int8_weight_only": 64, "int4": 64, "half": 64},
-                              "avx512": {"int8_weight_only": 0, "int4": 64, "half": 64}}
+#: ... and, on every CPU, such a weight of few outputs or inputs: NARROW_BLAS[isa][format] lists
+#: (most outputs, fewest rows) pairs, SHORT_BLAS[isa][format] one (most inputs, fewest rows) pair
+#: (format: "int8_weight_only", "int4", "half"), and int4 at the AVX2 level from INT4_SMALL_BLAS_ROWS[0]
+#: up to INT4_SMALL_BLAS_ROWS[1] rows with at most SMALL_BLAS_SHORT_MAX_IN_FEATURES inputs.  The kernels
+#: pad a layer's outputs to 16 (int8, fp16 panels) or 4 (int4) and its inputs to 128 (int4), and int4
+#: quantizes each activation row: a 1-8 output head's or a 64-input layer's work is mostly padding and
+#: the activations' pass.  AMD Zen 5 (2 Dec 2026, 2 threads, module time / fp32, kernels -> BLAS on the
+#: kept weight): 1 output at 1-32 rows, AVX-512 / AVX2: weight-only 768 -> 1 1.60-1.91 / 1.53-1.64 ->
+#: 1.40-1.53, int4 2000 -> 1 1.71-5.04 / 1.72-5.62 -> 1.32-1.50 (fp16 at AVX-512: 1.26-1.45 against
+#: 1.25-1.38, and the kernel ahead from 256 rows: kept); at 64 / 256 / 1024 rows, AVX-512, int4 768 -> 1
+#: 2.11 / 2.46 / 2.33 -> 1.07-1.29, 768 -> 2 1.39 / 1.66 / 1.82 -> 1.06-1.20, 768 -> 4 1.22 / 1.45 / 1.46 ->
+#: 1.04-1.17, 64 -> 16 1.07 / 1.50 / 2.20 -> 1.11-1.24, 32 -> 16 1.07 / 1.37 / 1.98 -> 1.11-1.27 (768 -> 10
+#: 0.91 / 0.71 / 0.53 stays: 1.01-1.11); int8 weight-only 768 -> 2 1.35 / 1.62 / 1.12 -> 1.07-1.23 (64 -> 32
+#: 0.89-0.96 stays); fp16 64 -> 32 1.05 / 1.20 / 1.38 -> 1.04-1.18, 32 -> 16 1.00 / 1.16 / 1.55 -> 1.10-1.22.
+#: The AVX2 level (MKL's AVX2 sgemm, as on every AMD CPU): int4 on 2-4 outputs 1.31-1.86 at 4-32 rows
+#: (BLAS 1.27-1.37; from 8 rows), 2.2-3.5 at 64-1024, on 64 inputs 1.6-3.1, 1.1-1.6 at 64-256 rows on
+#: 128 -> 10 .. 1024 -> 32 (2048 inputs: 0.84, kept), against 1.02-1.30; 64 -> 32 every format 1.31-2.64
+#: -> 1.07-1.31.  Intel CPUs not measured below 256 rows (from 256 / 1024 the rules above).
+NARROW_BLAS = {"scalar": {},
+               "avx2": {"int8_weight_only": ((1, 1),), "int4": ((1, 1), (8, 8)), "half": ((1, 1),)},
+               "avx512": {"int8_weight_only": ((1, 1), (2, 64)), "int4": ((1, 1), (8, 64)), "half": ()}}
+SHORT_BLAS = {"scalar": {},
+              "avx2": {"int8_weight_only": (64, 64), "int4": (64, 64), "half": (64, 64)},
+              "avx512": {"int4": (64, 64), "half": (64, 64)}}
 INT4_SMALL_BLAS_ROWS = {"scalar": (0, 0), "avx2": (64, 1024), "avx512": (0, 0)}
 
 #: the formats of small_weight_takes_blas
@@ -125,8 +128,10 @@ def small_weight_takes_blas(rows: int, in_features: int, out_features: int, isa:
         return False
     if rows >= SMALL_BLAS_MIN_ROWS[isa]:
         return True
-    if rows >= NARROW_BLAS_MIN_ROWS[isa] and (out_features <= NARROW_BLAS_MAX_OUT_FEATURES[isa].get(fmt, 0)
-                                              or in_features <= SHORT_BLAS_MAX_IN_FEATURES[isa].get(fmt, 0)):
+    if any(out_features <= most and rows >= fewest for most, fewest in NARROW_BLAS[isa].get(fmt, ())):
+        return True
+    short = SHORT_BLAS[isa].get(fmt)
+    if short is not None and in_features <= short[0] and rows >= short[1]:
         return True
     if fmt == "int4" and INT4_SMALL_BLAS_ROWS[isa][0] <= rows < INT4_SMALL_BLAS_ROWS[isa][1] \
             and in_features <= SMALL_BLAS_SHORT_MAX_IN_FEATURES:
