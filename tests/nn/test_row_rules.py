@@ -176,7 +176,7 @@ def test_narrow_and_short_layers_take_the_blas():
         assert rule(1, 768, 1, isa, fmt="half") == (isa == "avx2")
         assert rule(64, 768, 2, isa, fmt="int4") and rule(64, 768, 8, isa, fmt="int4")
         assert not rule(7, 768, 2, isa, fmt="int4") and not rule(63, 768, 9, isa, fmt="int4")
-        assert rule(64, 64, 16, isa, fmt="int4") and not rule(63, 64, 16, isa, fmt="int4")
+        assert rule(64, 64, 16, isa, fmt="int4") and not rule(3, 64, 16, isa, fmt="int4")
         assert rule(64, 32, 16, isa, fmt="half")
         assert not rule(1 << 20, 16384, 8, isa, fmt="int4")  # past 65536 weights: the kernels
         assert not rule(1 << 20, 8192, 10, isa, fmt="half")
@@ -188,6 +188,13 @@ def test_narrow_and_short_layers_take_the_blas():
     assert rule(64, 768, 10, "avx2", fmt="int4") and rule(1023, 1024, 32, "avx2", fmt="int4")
     assert not rule(64, 2048, 32, "avx2", fmt="int4") and rule(1024, 768, 10, "avx2", fmt="int4") == row_rules.BLAS_AVX512
     assert not rule(64, 768, 10, "avx512", fmt="int4") or row_rules.BLAS_AVX512
+    # short layers: any number of outputs within 65536 weights (a coordinate MLP's Linear(3, 256))
+    for isa in ("avx2", "avx512"):
+        assert rule(64, 3, 256, isa, fmt="int4") and rule(64, 63, 1024, isa, fmt="half")
+        assert rule(64, 3, 256, isa, int8_weight_only=True) and rule(4, 3, 256, isa, fmt="int4")
+        assert not rule(3, 3, 256, isa, fmt="int4") and not rule(7, 63, 256, isa, fmt="half")
+        assert not rule(1 << 20, 64, 1025, isa, fmt="half")  # past 65536 weights
+    assert rule(64, 32, 512, "avx2", int8_weight_only=True) and not rule(64, 32, 512, "avx512", int8_weight_only=True)
     with pytest.raises(ValueError, match="unknown format"):
         rule(64, 768, 2, "avx2", fmt="int5")
     # int4_takes_blas asks it on the layer's own inputs (64, not its 128 padded columns)
@@ -197,22 +204,23 @@ def test_narrow_and_short_layers_take_the_blas():
 
 @pytest.mark.parametrize("dtype", ["int8", "int4", "fp16"])
 def test_a_narrow_head_takes_the_blas_in_eager_and_exported_graphs_alike(isa, dtype):
-    """Heads of 1 and 2 outputs (the narrow rule's two tiers): eager, the kept route and a graph
+    """Heads of 1 and 2 outputs (the narrow rule's two tiers) and a 3-input layer of 256 outputs (the
+    short rule): eager, the kept route and a graph
     exported with a dynamic row count give the same bits at 1-200 rows, across the rule's rows;
     where the rule holds, torch's linear on the dequantized weight."""
     torch.manual_seed(1)
     kwargs = {"activations": None} if dtype == "int8" else {}
     fmt = {"int8": "int8_weight_only", "int4": "int4", "fp16": "half"}[dtype]
-    for outputs in (1, 2):
-        model = mq.quantize(nn.Sequential(nn.Linear(768, outputs)), dtype=dtype, include=["0"], **kwargs).model
+    for inputs, outputs in ((768, 1), (768, 2), (3, 256)):
+        model = mq.quantize(nn.Sequential(nn.Linear(inputs, outputs)), dtype=dtype, include=["0"], **kwargs).model
         layer = model[0]
-        ep = torch.export.export(model, (torch.randn(8, 768),), dynamic_shapes=({0: torch.export.Dim("rows")},))
+        ep = torch.export.export(model, (torch.randn(8, inputs),), dynamic_shapes=({0: torch.export.Dim("rows")},))
         for m in (1, 7, 8, 63, 64, 200):
-            x = torch.randn(m, 768)
+            x = torch.randn(m, inputs)
             with torch.no_grad():
                 y = model(x)
                 assert torch.equal(model(x), y) and torch.equal(ep.module()(x), y), (outputs, m)
-                if row_rules.small_weight_takes_blas(m, 768, outputs, isa, fmt=fmt):
+                if row_rules.small_weight_takes_blas(m, inputs, outputs, isa, fmt=fmt):
                     w = layer.dequantized_weight() if dtype != "fp16" else layer._buffers["weight"].float()
                     assert torch.equal(y, F.linear(x, w, layer.bias)), (outputs, m)
 

@@ -86,7 +86,9 @@ SMALL_BLAS_SHORT_MAX_IN_FEATURES = 1024
 
 #: ... and, on every CPU, such a weight of few outputs or inputs: NARROW_BLAS[isa][format] lists
 #: (most outputs, fewest rows) pairs, SHORT_BLAS[isa][format] one (most inputs, fewest rows) pair
-#: (format: "int8_weight_only", "int4", "half"), and int4 at the AVX2 level from INT4_SMALL_BLAS_ROWS[0]
+#: that holds for any number of outputs within SMALL_BLAS_MAX_WEIGHT_ELEMENTS (a coordinate MLP's
+#: Linear(3, 256), a NeRF's Linear(63, 256); format: "int8_weight_only", "int4", "half"), and int4 at
+#: the AVX2 level from INT4_SMALL_BLAS_ROWS[0]
 #: up to INT4_SMALL_BLAS_ROWS[1] rows with at most SMALL_BLAS_SHORT_MAX_IN_FEATURES inputs.  The kernels
 #: pad a layer's outputs to 16 (int8, fp16 panels) or 4 (int4) and its inputs to 128 (int4), and int4
 #: quantizes each activation row: a 1-8 output head's or a 64-input layer's work is mostly padding and
@@ -101,13 +103,21 @@ SMALL_BLAS_SHORT_MAX_IN_FEATURES = 1024
 #: The AVX2 level (MKL's AVX2 sgemm, as on every AMD CPU): int4 on 2-4 outputs 1.31-1.86 at 4-32 rows
 #: (BLAS 1.27-1.37; from 8 rows), 2.2-3.5 at 64-1024, on 64 inputs 1.6-3.1, 1.1-1.6 at 64-256 rows on
 #: 128 -> 10 .. 1024 -> 32 (2048 inputs: 0.84, kept), against 1.02-1.30; 64 -> 32 every format 1.31-2.64
-#: -> 1.07-1.31.  Intel CPUs not measured below 256 rows (from 256 / 1024 the rules above).
+#: -> 1.07-1.31.  Short layers of many outputs, 64 / 256 / 1024 / 4096 rows, AVX-512: int4 3 -> 64 2.42 /
+#: 3.94 / 8.69 / 13.59, 63 -> 256 1.33-1.50, fp16 3 -> 256 3.10-11.0, 63 -> 256 1.60-2.19, 64 -> 1024
+#: 1.06-1.63, weight-only 3 -> 64 1.79-5.87, 17 -> 100 1.37-1.87 (32 -> 512 0.75-1.33, 64 -> 1024 0.63-1.10:
+#: kept), against the BLAS's 0.98-1.58; the AVX2 level every format 1.5-12 on 3-63 inputs (64 -> 1024
+#: weight-only / fp16 level, 0.98-1.51), BLAS 1.00-1.57.  Below 64 rows (2-32): int4 from 4 rows 2.4-3.9
+#: on 3 -> 256, 63 -> 256, 32 -> 512 (the BLAS 1.19-1.41; at 2 rows level), fp16 from 16 rows at AVX-512
+#: (1.34-2.25 against 1.09-1.34), from 8 at AVX2 (1.44-5.03 against 1.13-1.42), weight-only at AVX2 from
+#: 16 (1.31-1.68 against 1.09-1.42; at AVX-512 the kernel level or ahead below 32 rows).  Intel CPUs not
+#: measured below 256 rows (from 256 / 1024 the rules above).
 NARROW_BLAS = {"scalar": {},
                "avx2": {"int8_weight_only": ((1, 1),), "int4": ((1, 1), (8, 8)), "half": ((1, 1),)},
                "avx512": {"int8_weight_only": ((1, 1), (2, 64)), "int4": ((1, 1), (8, 64)), "half": ()}}
 SHORT_BLAS = {"scalar": {},
-              "avx2": {"int8_weight_only": (64, 64), "int4": (64, 64), "half": (64, 64)},
-              "avx512": {"int4": (64, 64), "half": (64, 64)}}
+              "avx2": {"int8_weight_only": (64, 16), "int4": (64, 4), "half": (64, 8)},
+              "avx512": {"int8_weight_only": (17, 64), "int4": (64, 4), "half": (64, 16)}}
 INT4_SMALL_BLAS_ROWS = {"scalar": (0, 0), "avx2": (64, 1024), "avx512": (0, 0)}
 
 #: the formats of small_weight_takes_blas
@@ -124,14 +134,16 @@ def small_weight_takes_blas(rows: int, in_features: int, out_features: int, isa:
         fmt = "int8_weight_only"
     if fmt not in SMALL_BLAS_FORMATS:
         raise ValueError(f"small_weight_takes_blas: unknown format {fmt!r}; one of {SMALL_BLAS_FORMATS}")
-    if out_features > SMALL_BLAS_MAX_OUT_FEATURES or in_features * out_features > SMALL_BLAS_MAX_WEIGHT_ELEMENTS:
+    if in_features * out_features > SMALL_BLAS_MAX_WEIGHT_ELEMENTS:
+        return False
+    short = SHORT_BLAS[isa].get(fmt)  # (any number of outputs)
+    if short is not None and in_features <= short[0] and rows >= short[1]:
+        return True
+    if out_features > SMALL_BLAS_MAX_OUT_FEATURES:
         return False
     if rows >= SMALL_BLAS_MIN_ROWS[isa]:
         return True
     if any(out_features <= most and rows >= fewest for most, fewest in NARROW_BLAS[isa].get(fmt, ())):
-        return True
-    short = SHORT_BLAS[isa].get(fmt)
-    if short is not None and in_features <= short[0] and rows >= short[1]:
         return True
     if fmt == "int4" and INT4_SMALL_BLAS_ROWS[isa][0] <= rows < INT4_SMALL_BLAS_ROWS[isa][1] \
             and in_features <= SMALL_BLAS_SHORT_MAX_IN_FEATURES:
