@@ -148,6 +148,24 @@ def test_the_rule(monkeypatch):
 
 
 @pytest.mark.parametrize("dtype", ["int8", "int4"])
+def test_few_output_channels_count_the_tiles_lanes(dtype):
+    """A conv of fewer output channels per group than FEW_OUT_LANES counts its outputs as that many
+    (the narrowest tile computes them all): a 2-class head conv takes the kernel at batch 1, torch's
+    conv at batch 8 (the kernel ran it at 1.9-2.1x fp32's time there)."""
+    q = _layer(dtype, cin=64, cout=2, padding=1)
+    one, eight = torch.randn(1, 64, 16, 16), torch.randn(8, 64, 16, 16)  # 512 / 4096 outputs
+    lanes = direct_conv.FEW_OUT_LANES
+    for level in ("avx2", "avx512"):
+        limit = direct_conv.MAX_OUTPUTS[level]
+        assert q._direct_fits(one, level) == (512 * lanes <= 2 * limit)
+        assert not q._direct_fits(eight, level)  # 4096 outputs x 8: past every limit
+    wide = _layer(dtype, cin=64, cout=16, padding=1)  # a full tile: counted as they are
+    assert wide._direct_fits(torch.randn(1, 64, 32, 32), "avx512")  # 16384 outputs
+    with torch.no_grad():
+        torch.testing.assert_close(q(eight), _reference(q, eight), rtol=0, atol=1e-4)
+
+
+@pytest.mark.parametrize("dtype", ["int8", "int4"])
 def test_a_padding_far_past_the_image_keeps_torchs_conv_not_a_padded_copy(isa, dtype):
     """The direct kernel copies the image zero-padded (64 x 40001^2 floats, 410 GB, here): such a
     conv keeps torch's route (half_conv.direct_pad_fits, the fp16 route's rule), at every level."""

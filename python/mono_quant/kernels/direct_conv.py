@@ -25,7 +25,7 @@ from .settings import SETTINGS
 
 __all__ = ["int8_conv_arrays", "int8_conv_panels", "float_conv_panels", "direct_conv2d", "direct_conv2d_int8",
            "direct_conv2d_int4",
-           "direct_conv2d_reference", "MAX_OUTPUTS", "LARGE_WEIGHT_OUTPUTS_FACTOR", "MIN_K",
+           "direct_conv2d_reference", "MAX_OUTPUTS", "LARGE_WEIGHT_OUTPUTS_FACTOR", "FEW_OUT_LANES", "MIN_K",
            "FILL_ELEMENTS_PER_PIXEL", "SHORT_K", "SHORT_K_MAX_PIXELS", "short_k_fits", "WIDE_ANY_OUTPUTS_ON_THIS_CPU",
            "WIDE_OUT_CHANNELS", "WIDE_LEVELS", "wide_any_outputs"]
 
@@ -41,6 +41,12 @@ MAX_OUTPUTS = {"scalar": 0, "avx2": 8192, "avx512": 24576}
 #: call from the int8 bytes (2 threads, time / fp32: 64->128 channels on 16x16 at batch 1, 32768
 #: outputs, 1.04 against 1.79; on 8x8 at batch 16, 131072 outputs, 1.15 against 1.29)
 LARGE_WEIGHT_OUTPUTS_FACTOR = 4
+#: A conv of fewer output channels per group than this counts its outputs as this many (the kernel's
+#: narrowest tile computes them all, the rest of its lanes wasted), as the fp16 route counts lanes.
+#: AMD Zen 5 (2 Dec 2026, 2 threads, time / fp32, direct kernel -> torch's conv): 64 -> 1 / 2 3x3 on
+#: 16x16 at batch 8 weight-only 1.70 / 2.12, int4 1.77 / 1.92 -> 0.99-1.02; 64 -> 4 / 8 1.13-1.19 -> 1.01;
+#: 64 -> 2 1x1 on 32x32 1.39-1.42 -> 1.01; at batch 1 the kernel keeps them (0.57-0.98 against 1.02-1.03).
+FEW_OUT_LANES = 16
 #: a weight-only conv of few output pixels (at most out_channels / 8, where the packed int8 kernel, one pass
 #: over the weight, would take it) runs the direct kernel on kept panels, or on panels filled per call from
 #: one output pixel per this many weight elements (2 threads, 2 December 2026, Intel Xeon, microseconds,

@@ -387,7 +387,9 @@ class QuantizedConv2d(ReduceRange, QuantizedModule):
         limit = direct_conv.MAX_OUTPUTS.get(isa, 0)
         if self.weight_numel() > layer_cache.SMALL_WEIGHT_ELEMENTS:  # torch's conv would dequantize it per call
             limit *= direct_conv.LARGE_WEIGHT_OUTPUTS_FACTOR
-        return (0 < outputs and (wide or outputs <= limit) and out_h > 0 and out_w > 0
+        lanes = min(self.out_channels // self.groups, direct_conv.FEW_OUT_LANES)  # (few channels: the tile's lanes)
+        return (0 < outputs and (wide or outputs * direct_conv.FEW_OUT_LANES <= limit * max(lanes, 1))
+                and out_h > 0 and out_w > 0
                 and direct_pad_fits(shape, outputs, (ph, pw)))  # (the kernel copies the image zero-padded)
 
     def _direct_geometry(self, tap_major: bool) -> tuple:
