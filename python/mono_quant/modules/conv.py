@@ -362,10 +362,12 @@ class QuantizedConv2d(ReduceRange, QuantizedModule):
         its weight's panels (kernels.direct_conv): a float32 4-D CPU ``x``, zero padding given as numbers,
         a float32 bias or none, a reduction (in/groups x kh x kw) that direct_conv.short_k_fits and at most
         direct_conv.MAX_OUTPUTS output elements at the active kernel level (more for a weight torch's
-        route would dequantize per call; any number, for direct_conv.wide_any_outputs' wide convs) and a
+        route would dequantize per call; fewer for fewer output channels per group than
+        direct_conv.FEW_OUT_LANES; any number, for direct_conv.wide_any_outputs' wide convs) and a
         zero-padded copy of ``x`` the kernel may make (half_conv.direct_pad_fits: not a padding far past
-        the image): small convs, where torch's per-call costs dominate; the scalar level: never.  On the shapes, never a timing.  ``isa``: the kernel level (None: the active one;
-        the traced forward passes its compile-time constant)."""
+        the image): small convs, where torch's per-call costs dominate; the scalar level: never.  On the
+        shapes, never a timing.  ``isa``: the kernel level (None: the active one; the traced forward
+        passes its compile-time constant)."""
         bias = self.bias
         shape = x.shape
         if not all(type(size) is int for size in shape):
