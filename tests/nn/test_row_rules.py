@@ -141,18 +141,18 @@ def test_narrow_weight_only_layers_keep_the_kernel_past_the_row_rule(isa, monkey
 
 def test_small_weight_rule_on_the_shapes():
     for isa in ("scalar", "avx2"):  # the Intel rule, not measured there: off (the narrow rule below aside)
-        assert not row_rules.small_weight_takes_blas(1 << 20, 128, 10, isa)
+        assert not row_rules.small_weight_takes_blas(1 << 20, 128, 10, isa, fmt="half")
     on = row_rules.BLAS_AVX512  # Intel's MKL: a 128 -> 10 head from 1024 rows
-    assert row_rules.small_weight_takes_blas(1024, 128, 10, "avx512") == on
-    assert not row_rules.small_weight_takes_blas(1023, 128, 10, "avx512", int8_weight_only=True)
-    assert not row_rules.small_weight_takes_blas(4096, 128, row_rules.SMALL_BLAS_MAX_OUT_FEATURES + 1, "avx512")
-    assert not row_rules.small_weight_takes_blas(4096, 2049, 32, "avx512")  # past 65536 weights
+    assert row_rules.small_weight_takes_blas(1024, 128, 10, "avx512", fmt="half") == on
+    assert not row_rules.small_weight_takes_blas(1023, 128, 10, "avx512", fmt="int8_weight_only")
+    assert not row_rules.small_weight_takes_blas(4096, 128, row_rules.SMALL_BLAS_MAX_OUT_FEATURES + 1, "avx512", fmt="half")
+    assert not row_rules.small_weight_takes_blas(4096, 2049, 32, "avx512", fmt="half")  # past 65536 weights
     # int4 and fp16 / bf16 layers of at most 1024 inputs from 256 rows; int8 weight-only from 1024
     short = row_rules.SMALL_BLAS_SHORT_MAX_IN_FEATURES
-    assert row_rules.small_weight_takes_blas(256, short, 32, "avx512") == on
-    assert not row_rules.small_weight_takes_blas(255, short, 32, "avx512")
-    assert not row_rules.small_weight_takes_blas(256, short + 128, 32, "avx512")
-    assert not row_rules.small_weight_takes_blas(256, 512, 10, "avx512", int8_weight_only=True)
+    assert row_rules.small_weight_takes_blas(256, short, 32, "avx512", fmt="half") == on
+    assert not row_rules.small_weight_takes_blas(255, short, 32, "avx512", fmt="half")
+    assert not row_rules.small_weight_takes_blas(256, short + 128, 32, "avx512", fmt="half")
+    assert not row_rules.small_weight_takes_blas(256, 512, 10, "avx512", fmt="int8_weight_only")
     assert not row_rules.int8_weight_only_takes_blas(256, 512, 10, "avx512")
     assert row_rules.int4_takes_blas(256, 10, 512, 128, "avx512", True) == on
     from mono_quant.kernels.fp16 import half_path
@@ -172,7 +172,7 @@ def test_narrow_and_short_layers_take_the_blas():
     rule = row_rules.small_weight_takes_blas
     for isa in ("avx2", "avx512"):
         # one output: from the first row (int8 weight-only, int4; fp16 at the AVX2 level)
-        assert rule(1, 2000, 1, isa, fmt="int4") and rule(1, 768, 1, isa, int8_weight_only=True)
+        assert rule(1, 2000, 1, isa, fmt="int4") and rule(1, 768, 1, isa, fmt="int8_weight_only")
         assert rule(1, 768, 1, isa, fmt="half") == (isa == "avx2")
         assert rule(64, 768, 2, isa, fmt="int4") and rule(64, 768, 8, isa, fmt="int4")
         assert not rule(7, 768, 2, isa, fmt="int4") and not rule(63, 768, 9, isa, fmt="int4")
@@ -182,8 +182,8 @@ def test_narrow_and_short_layers_take_the_blas():
         assert not rule(1 << 20, 8192, 10, isa, fmt="half")
     assert not rule(1 << 20, 768, 1, "scalar", fmt="int4")
     assert rule(8, 768, 2, "avx2", fmt="int4") and not rule(8, 768, 2, "avx512", fmt="int4")
-    assert rule(64, 768, 2, "avx512", int8_weight_only=True) and not rule(64, 768, 2, "avx2", int8_weight_only=True)
-    assert not rule(64, 64, 32, "avx512", int8_weight_only=True) and rule(64, 64, 32, "avx2", int8_weight_only=True)
+    assert rule(64, 768, 2, "avx512", fmt="int8_weight_only") and not rule(64, 768, 2, "avx2", fmt="int8_weight_only")
+    assert not rule(64, 64, 32, "avx512", fmt="int8_weight_only") and rule(64, 64, 32, "avx2", fmt="int8_weight_only")
     # int4 at the AVX2 level: every small weight of <= 1024 inputs at 64-1023 rows; 10 outputs at AVX-512: kernels
     assert rule(64, 768, 10, "avx2", fmt="int4") and rule(1023, 1024, 32, "avx2", fmt="int4")
     assert not rule(64, 2048, 32, "avx2", fmt="int4") and rule(1024, 768, 10, "avx2", fmt="int4") == row_rules.BLAS_AVX512
@@ -191,10 +191,10 @@ def test_narrow_and_short_layers_take_the_blas():
     # short layers: any number of outputs within 65536 weights (a coordinate MLP's Linear(3, 256))
     for isa in ("avx2", "avx512"):
         assert rule(64, 3, 256, isa, fmt="int4") and rule(64, 63, 1024, isa, fmt="half")
-        assert rule(64, 3, 256, isa, int8_weight_only=True) and rule(4, 3, 256, isa, fmt="int4")
+        assert rule(64, 3, 256, isa, fmt="int8_weight_only") and rule(4, 3, 256, isa, fmt="int4")
         assert not rule(3, 3, 256, isa, fmt="int4") and not rule(7, 63, 256, isa, fmt="half")
         assert not rule(1 << 20, 64, 1025, isa, fmt="half")  # past 65536 weights
-    assert rule(64, 32, 512, "avx2", int8_weight_only=True) and not rule(64, 32, 512, "avx512", int8_weight_only=True)
+    assert rule(64, 32, 512, "avx2", fmt="int8_weight_only") and not rule(64, 32, 512, "avx512", fmt="int8_weight_only")
     with pytest.raises(ValueError, match="unknown format"):
         rule(64, 768, 2, "avx2", fmt="int5")
     # int4_takes_blas asks it on the layer's own inputs (64, not its 128 padded columns)

@@ -174,7 +174,7 @@ def weight_only_linear(module, x: torch.Tensor):
         return None
     x2d = x if x.dim() == 2 else x.reshape(-1, call[0])
     isa, rows = kernels.SETTINGS.isa, x2d.shape[0]
-    if small_weight_takes_blas(rows, call[0], call[2], isa, int8_weight_only=True):  # blas_linear's call, its bias kept
+    if small_weight_takes_blas(rows, call[0], call[2], isa, fmt="int8_weight_only"):  # blas_linear's call, its bias kept
         y = F.linear(x2d, _float_weight(module, call[3]), call[4])
     else:
         amx = int8_weight_only_takes_amx(rows, call[0], call[2], isa)

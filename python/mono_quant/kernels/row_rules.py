@@ -124,14 +124,11 @@ INT4_SMALL_BLAS_ROWS = {"scalar": (0, 0), "avx2": (64, 1024), "avx512": (0, 0)}
 SMALL_BLAS_FORMATS = ("int8_weight_only", "int4", "half")
 
 
-def small_weight_takes_blas(rows: int, in_features: int, out_features: int, isa: str,
-                            int8_weight_only: bool = False, fmt: str = "half") -> bool:
-    """Whether a weight-only Linear call (int8 weight-only, int4, fp16 / bf16) of ``rows`` rows of an
-    ``in_features`` -> ``out_features`` layer runs torch's BLAS on the layer's float32 weight at kernel
-    level ``isa``: a small, narrow weight (the tables above).  ``fmt``: one of SMALL_BLAS_FORMATS
-    (``int8_weight_only``: that format's call, which the short-layer rows leave out)."""
-    if int8_weight_only:
-        fmt = "int8_weight_only"
+def small_weight_takes_blas(rows: int, in_features: int, out_features: int, isa: str, *, fmt: str) -> bool:
+    """Whether a weight-only Linear call of ``rows`` rows of an ``in_features`` -> ``out_features`` layer
+    in format ``fmt`` (one of SMALL_BLAS_FORMATS: int8 weight-only, int4, fp16 / bf16) runs torch's BLAS
+    on the layer's float32 weight at kernel level ``isa``: a small, narrow weight (the tables above; the
+    short-layer rows of SMALL_BLAS_SHORT_MIN_ROWS leave int8 weight-only out)."""
     if fmt not in SMALL_BLAS_FORMATS:
         raise ValueError(f"small_weight_takes_blas: unknown format {fmt!r}; one of {SMALL_BLAS_FORMATS}")
     if in_features * out_features > SMALL_BLAS_MAX_WEIGHT_ELEMENTS:
@@ -236,7 +233,7 @@ def int8_weight_only_takes_amx(rows: int, in_features: int, out_features: int, i
     small-weight rule sends it to torch's BLAS (small_weight_takes_blas)."""
     return (rows >= INT8_WEIGHT_ONLY_AMX_MIN_ROWS[isa] and out_features >= AMX_MIN_OUT_FEATURES
             and rows * in_features * out_features >= INT8_WEIGHT_ONLY_AMX_MIN_MACS and _C.use_amx(None)
-            and not small_weight_takes_blas(rows, in_features, out_features, isa, int8_weight_only=True))
+            and not small_weight_takes_blas(rows, in_features, out_features, isa, fmt="int8_weight_only"))
 
 
 def int8_weight_only_takes_blas(rows: int, in_features: int, out_features: int, isa: str) -> bool:
@@ -244,7 +241,7 @@ def int8_weight_only_takes_blas(rows: int, in_features: int, out_features: int, 
     dequantized per call (else the packed tiles or AMX), at kernel level ``isa``: a small, narrow
     weight (small_weight_takes_blas), or the two tables above unless AMX-BF16 takes the call
     (int8_weight_only_takes_amx)."""
-    if small_weight_takes_blas(rows, in_features, out_features, isa, int8_weight_only=True):
+    if small_weight_takes_blas(rows, in_features, out_features, isa, fmt="int8_weight_only"):
         return True
     return (int8_weight_only_blas_rows(rows, in_features, isa)
             and not int8_weight_only_takes_amx(rows, in_features, out_features, isa))
