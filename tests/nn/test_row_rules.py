@@ -11,9 +11,41 @@ import mono_quant as mq
 from mono_quant import _C
 from mono_quant.formats import int4_weight, packed_linear
 from mono_quant.kernels import row_rules
-from mono_quant.kernels.fp16 import KERNEL_MAX_ROWS
+from mono_quant.kernels.fp16 import KERNEL_MAX_ROWS, half_path
 
 NEVER = 1 << 62
+
+
+def _caches(tmp_path, entries):
+    for i, (level, kind, size) in enumerate(entries):
+        d = tmp_path / f"index{i}"
+        d.mkdir(parents=True)
+        (d / "level").write_text(f"{level}\n")
+        (d / "type").write_text(f"{kind}\n")
+        (d / "size").write_text(f"{size}\n")
+    return tmp_path
+
+
+def test_l1d_size_from_sysfs_and_its_fallback(tmp_path):
+    """The L1D class reads the level-1 data cache (not the instruction cache beside it); 32 KiB,
+    the smaller class, where sysfs is missing or unreadable."""
+    assert row_rules.l1d_bytes(_caches(tmp_path / "zen5", [(1, "Instruction", "32K"), (1, "Data", "48K"),
+                                                           (2, "Unified", "1024K")])) == 48 << 10
+    assert row_rules.l1d_bytes(_caches(tmp_path / "zen3", [(1, "Data", "32K"), (2, "Unified", "512K")])) == 32 << 10
+    assert row_rules.l1d_bytes(tmp_path / "missing") == 32 << 10
+    assert row_rules.l1d_bytes(_caches(tmp_path / "garbled", [(1, "Data", "lots")])) == 32 << 10
+
+
+def test_half_panels_up_to_their_rows_and_width(monkeypatch):
+    """fp16 / bf16 past the tiles' rows: the panel path within HALF_PANEL_MAX_ROWS rows and
+    HALF_PANEL_MAX_IN_FEATURES inputs, torch's op on the converted weight past either."""
+    for table, value in ((row_rules.HALF_KERNEL_MAX_ROWS, 8), (row_rules.HALF_PANEL_MAX_ROWS, 100),
+                         (row_rules.HALF_PANEL_MAX_IN_FEATURES, 1024)):
+        monkeypatch.setitem(table, "avx2", value)
+    assert half_path(8, 3072, 768, "avx2") == "kernel"
+    assert half_path(100, 1024, 768, "avx2") == "panels"
+    assert half_path(101, 1024, 768, "avx2") == "torch" and half_path(100, 1025, 768, "avx2") == "torch"
+    assert row_rules.HALF_PANEL_MAX_IN_FEATURES["avx512"] == NEVER  # (every width, where the level has panels)
 
 
 @pytest.mark.parametrize("vendor, avx512f, expected", [
@@ -36,8 +68,11 @@ def test_this_machines_tables():
     assert int4_weight.BLAS_MIN_ROWS is row_rules.INT4_BLAS_MIN_ROWS
     assert int4_weight.BLAS_MAX_OUT_FEATURES is row_rules.INT4_BLAS_MAX_OUT_FEATURES
     assert KERNEL_MAX_ROWS is row_rules.HALF_KERNEL_MAX_ROWS
-    # levels below AVX-512 and AMD's AVX-512 keep the kernels at every row count
-    assert row_rules.INT8_WEIGHT_ONLY_BLAS_MIN_ROWS["avx2"] == row_rules.INT4_BLAS_MIN_ROWS["avx2"] == NEVER
+    # levels below AVX-512 and AMD's AVX-512 keep the int4 kernels at every row count; int8 weight-only
+    # at the AVX2 level takes the BLAS from 512 rows on a CPU of a 32 KiB L1D, never on a wider one
+    assert row_rules.INT4_BLAS_MIN_ROWS["avx2"] == NEVER
+    assert row_rules.INT8_WEIGHT_ONLY_BLAS_MIN_ROWS["avx2"] == (512 if row_rules.SMALL_L1D else NEVER)
+    assert row_rules.SMALL_L1D == (row_rules.L1D_BYTES <= 32 << 10) and row_rules.L1D_BYTES == row_rules.l1d_bytes()
     finite = row_rules.BLAS_AVX512
     assert (row_rules.INT8_WEIGHT_ONLY_BLAS_MIN_ROWS["avx512"] < NEVER) == finite
     assert (row_rules.INT4_BLAS_MIN_ROWS["avx512"] < NEVER) == finite

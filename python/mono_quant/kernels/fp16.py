@@ -8,21 +8,24 @@ from typing import Optional
 import torch
 
 from .. import _C
-from .row_rules import HALF_KERNEL_MAX_ROWS, HALF_PANEL_MAX_ROWS, half_takes_amx, small_weight_takes_blas
+from .row_rules import (HALF_KERNEL_MAX_ROWS, HALF_PANEL_MAX_IN_FEATURES, HALF_PANEL_MAX_ROWS, half_takes_amx,
+                        small_weight_takes_blas)
 from .settings import SETTINGS
 
 __all__ = ["half_linear", "half_linear_arrays", "half_linear_raw", "half_path", "path_code", "HALF_WEIGHT_DTYPES",
-           "KERNEL_MAX_ROWS", "PANEL_MAX_ROWS"]
+           "KERNEL_MAX_ROWS", "PANEL_MAX_ROWS", "PANEL_MAX_IN_FEATURES"]
 
 #: weight dtypes half_linear takes
 HALF_WEIGHT_DTYPES = (torch.float16, torch.bfloat16)
 
 
 # A Linear runs half_linear when x (reshaped to 2-D) has at most this many rows, per kernel
-# level: its tiles up to KERNEL_MAX_ROWS, its panel path up to PANEL_MAX_ROWS, and torch's
-# F.linear on the weight converted to float32 above (kernels/row_rules.py).
+# level: its tiles up to KERNEL_MAX_ROWS, its panel path up to PANEL_MAX_ROWS (on layers of at most
+# PANEL_MAX_IN_FEATURES inputs), and torch's F.linear on the weight converted to float32 above
+# (kernels/row_rules.py).
 KERNEL_MAX_ROWS = HALF_KERNEL_MAX_ROWS
 PANEL_MAX_ROWS = HALF_PANEL_MAX_ROWS
+PANEL_MAX_IN_FEATURES = HALF_PANEL_MAX_IN_FEATURES
 
 
 def half_path(rows: int, in_features: int, out_features: int, isa: str) -> str:
@@ -35,7 +38,7 @@ def half_path(rows: int, in_features: int, out_features: int, isa: str) -> str:
         return "kernel"
     if half_takes_amx(rows, out_features, isa):
         return "amx"
-    return "panels" if rows <= PANEL_MAX_ROWS[isa] else "torch"
+    return "panels" if rows <= PANEL_MAX_ROWS[isa] and in_features <= PANEL_MAX_IN_FEATURES[isa] else "torch"
 
 
 #: half_linear's ``panels`` argument for each C path of half_path

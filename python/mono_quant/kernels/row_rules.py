@@ -28,13 +28,15 @@ section), 1 thread, BERT layer shapes, rows 1-2048:
 """
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Optional
 
 import torch
 
 from .. import _C
 
-__all__ = ["BLAS_AVX512", "HALF_KERNEL_MAX_ROWS", "HALF_PANEL_MAX_ROWS", "HALF_AMX_MIN_ROWS", "AMX_MIN_OUT_FEATURES", "half_takes_amx",
+__all__ = ["BLAS_AVX512", "L1D_BYTES", "SMALL_L1D", "l1d_bytes", "HALF_KERNEL_MAX_ROWS", "HALF_PANEL_MAX_ROWS",
+           "HALF_PANEL_MAX_IN_FEATURES", "HALF_AMX_MIN_ROWS", "AMX_MIN_OUT_FEATURES", "half_takes_amx",
            "INT8_WEIGHT_ONLY_BLAS_MIN_ROWS", "INT8_WEIGHT_ONLY_BLAS_MIN_IN_FEATURES", "int8_weight_only_takes_blas",
            "int8_weight_only_blas_rows",
            "INT8_WEIGHT_ONLY_AMX_MIN_ROWS", "INT8_WEIGHT_ONLY_AMX_MIN_MACS", "int8_weight_only_takes_amx",
@@ -56,6 +58,32 @@ def blas_runs_avx512(info: dict) -> bool:
 
 #: this machine's class (see the module's note); the tables below are built for it
 BLAS_AVX512 = blas_runs_avx512(_C.cpu_info())
+
+_CPU_CACHES = Path("/sys/devices/system/cpu/cpu0/cache")
+
+
+def l1d_bytes(caches: Path = _CPU_CACHES) -> int:
+    """The first core's level-1 data cache in bytes, from Linux's sysfs (``index*/level``, ``type``,
+    ``size``); 32 KiB where that can't be read (another OS, a container without sysfs): the smaller
+    class, whose rules are never far from fp32 on a wider CPU."""
+    try:
+        for index in sorted(caches.glob("index*")):
+            if (index / "level").read_text().strip() == "1" and (index / "type").read_text().strip() == "Data":
+                size = (index / "size").read_text().strip().upper()
+                scale = {"K": 1 << 10, "M": 1 << 20}.get(size[-1:], 1)
+                return int(size.rstrip("KM")) * scale
+    except (OSError, ValueError):
+        pass
+    return 32 << 10
+
+
+#: The AVX2 level's tiles at many rows read a 16-channel float32 panel (64 bytes per 4 inputs) and
+#: 6 rows of x per pass over the reduction: within a 48 KiB L1D (AMD Zen 5, Intel from Ice Lake's
+#: P-cores) at BERT widths, not within 32 KiB (AMD Zen 2-4, Intel client before Ice Lake, Atom cores),
+#: where they fall behind torch's BLAS from some hundreds of rows (the tables below).  A class per
+#: machine, like BLAS_AVX512: never a timing.
+L1D_BYTES = l1d_bytes()
+SMALL_L1D = L1D_BYTES <= 32 << 10
 
 #: Weight-only layers (int8 weight-only, int4, fp16 / bf16; dynamic int8 keeps its int8 activations)
 #: of a small, narrow weight (at most SMALL_BLAS_MAX_WEIGHT_ELEMENTS weights and
@@ -172,7 +200,18 @@ HALF_KERNEL_MAX_ROWS = {"scalar": 0, "avx2": 64, "avx512": 32 if BLAS_AVX512 els
 #: against 1.00-1.03x, the encoders (interleaved, time / fp32) at 128 rows 0.78-0.84 against
 #: 1.12-1.32, at 1024 0.93-0.98 against 1.02-1.06 (1 thread 0.95-1.02 / 0.99-1.03), at 2048-4096
 #: 1.04-1.09 against 1.01-1.07: so up to 1024 rows.
-HALF_PANEL_MAX_ROWS = {"scalar": 0, "avx2": 1024, "avx512": 1023 if BLAS_AVX512 else 0}
+#: A real AVX2-only CPU of a 32 KiB L1D (SMALL_L1D; AMD Zen 3, 2 Dec 2026, time / fp32 at 1 / 2 threads,
+#: BERT layers, panels against converted): at 128 rows 1.00-1.05 / 0.84-0.95 against 1.05 / 1.06-1.11 on
+#: 384-768 inputs but 1.22-1.33 / 0.98-1.08 against 1.05-1.09 / 1.09-1.12 on 1536-3072; from 256 rows
+#: 1.04-1.46 / 0.97-1.38 against 1.00-1.05 / 0.98-1.07 (the wider the input, the further behind): so up
+#: to 128 rows and HALF_PANEL_MAX_IN_FEATURES inputs there.  The encoders of bench_models.py (time / fp32,
+#: 1 / 2 threads, the tables before -> these): bert768-1024 1.12 / 1.13 -> 1.03 / 1.03, bert768-128 1.10 /
+#: 0.94 -> 1.06 / 0.96; with 1536-input layers off the panels too, bert384-128 went 0.93 -> 0.98-1.00 at 2
+#: threads (level at 1), hence the width limit between 1536 and 3072.
+HALF_PANEL_MAX_ROWS = {"scalar": 0, "avx2": 128 if SMALL_L1D else 1024, "avx512": 1023 if BLAS_AVX512 else 0}
+#: ... and only for layers of at most this many inputs (in_features): wider ones take torch's F.linear
+#: on the converted weight past HALF_KERNEL_MAX_ROWS rows.
+HALF_PANEL_MAX_IN_FEATURES = {"scalar": _NEVER, "avx2": 2048 if SMALL_L1D else _NEVER, "avx512": _NEVER}
 
 #: fp16 / bf16 weights from this many rows on AMX-BF16 where the CPU has it and the AVX-512 level
 #: runs AMX (``_C.h16_linear(..., panels=2)``: x and the weight split into bf16 pieces with exact
@@ -206,7 +245,14 @@ def half_takes_amx(rows: int, out_features: int, isa: str) -> bool:
 #: AVX2 (torch capped at AVX2 too): the 6-row tiles 1.1-1.4x faster than fp32 from 16 to 2048
 #: rows, dequantize + BLAS 0.8-1.0x; AVX-512 on AMD: the kernel wins at every row count (0.5-0.7x
 #: fp32's time).
-INT8_WEIGHT_ONLY_BLAS_MIN_ROWS = {"scalar": _NEVER, "avx2": _NEVER, "avx512": 1024 if BLAS_AVX512 else _NEVER}
+#: A real AVX2-only CPU of a 32 KiB L1D (SMALL_L1D; AMD Zen 3, 2 Dec 2026, BERT layers, time / fp32 at
+#: 1 / 2 threads, tiles against dequantize + BLAS): up to 128 rows the tiles 0.95-1.09 / 0.79-0.97
+#: against 1.11-1.51 / 1.16-1.74 (768 -> 3072's 128 rows: 1.27 / 1.08 against 1.19 / 1.19); at 256 mixed
+#: (1.02-1.12 / 0.95-1.10 against 1.07-1.16 / 1.09-1.26 on 384-768 inputs; 1536-3072 inputs 1.12-1.73
+#: against 1.08-1.16); from 512 the BLAS ahead everywhere, 1.01-1.09 / 1.00-1.09 against 1.07-1.62 /
+#: 1.07-1.34.  Neither beats fp32 there: the weight is dequantized (or widened in the tiles) per call.
+INT8_WEIGHT_ONLY_BLAS_MIN_ROWS = {"scalar": _NEVER, "avx2": 512 if SMALL_L1D else _NEVER,
+                                  "avx512": 1024 if BLAS_AVX512 else _NEVER}
 #: ... and only for layers at least this wide (in_features): narrower ones keep the tiles at any
 #: row count.  Intel Xeon (1 Dec, 1 thread, time / fp32 at 1024 / 2048 / 4096 rows): 384x384
 #: tiles 0.98 / 0.98 / 1.02 against BLAS 1.09-1.11 / 1.06 / 1.10, 1536x384 0.96 / 0.96 / 0.99
