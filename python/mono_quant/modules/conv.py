@@ -13,6 +13,7 @@ from ..formats import ACTIVATION_MODES, format_of
 from ..formats import layer_cache
 from ..formats.base import WeightFormat
 from ..formats.layer_cache import float_weight, kernel_args_stamped
+from ..formats.call_scratch import float_scratch
 from ..formats.packed_linear import conv_kernel_takes, dequantized_packed, packed_linear
 from ..kernels import direct_conv, dynamic_conv, settings
 from ..kernels.dynamic_conv import direct_applies
@@ -292,9 +293,12 @@ class QuantizedConv2d(ReduceRange, QuantizedModule):
             return y if x.dtype == torch.float32 else y.to(x.dtype)
         if route[5] is _FLOAT:
             w = route[7]
-            if w is None:  # a large weight: dequantized per call
-                w = float_weight(self, self.weight_numel(), lambda: self._dequantized_packed(packed[0]), packed)
             b = route[8]
+            if w is None:  # a large weight: dequantized per call, in this thread's buffer where it may
+                info = packed[0]
+                out = float_scratch((info["out_features"], info["in_features"]), x, b)
+                w = float_weight(self, self.weight_numel(), lambda: self._dequantized_packed(info), packed) \
+                    if out is None else self._dequantized_packed(info, out)
             if x.dtype == torch.float32:  # (no x.float() / .to(x.dtype): ~1.5 us of no-ops per call)
                 return self.conv_with(x, w, b if b is None or b.dtype == torch.float32 else b.float())
             return self.conv_with(x.float(), w, None if b is None else b.float()).to(x.dtype)
@@ -464,14 +468,14 @@ class QuantizedConv2d(ReduceRange, QuantizedModule):
         """Elements of the float weight."""
         return self.out_channels * (self.in_channels // self.groups) * self.kernel_size2d[0] * self.kernel_size2d[1]
 
-    def _dequantized_packed(self, info: dict) -> torch.Tensor:
+    def _dequantized_packed(self, info: dict, out: Optional[torch.Tensor] = None) -> torch.Tensor:
         """The float32 weight ``[out, in/groups, kh, kw]`` straight from the packed buffers
-        (the values of ``dequantized_weight``, without its unpack-then-dequantize detour)."""
+        (the values of ``dequantized_weight``, without its unpack-then-dequantize detour), in
+        ``out`` (``[out, in/groups * kh * kw]`` float32) when given."""
         kh, kw = self.kernel_size2d
-        rows = dequantized_packed(self, info)  # [out, (kh, kw, in/groups)]
-        if kh * kw == 1:  # plain strides (a permuted 1x1 weight would look channels-last to F.conv2d)
-            return rows.reshape(self.out_channels, -1, 1, 1)
-        return rows.reshape(self.out_channels, kh, kw, -1).permute(0, 3, 1, 2).contiguous()
+        # [out, (in/groups, kh, kw)], contiguous: plain strides (a permuted weight would look
+        # channels-last to F.conv2d)
+        return dequantized_packed(self, info, (kh, kw), out).reshape(self.out_channels, -1, kh, kw)
 
     def extra_repr(self) -> str:
         return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, "

@@ -1,0 +1,117 @@
+"""The per-thread buffer of weights made per call (formats/call_scratch.py) and dequantize_rows'
+out=: the same bits as a fresh tensor, one buffer reused per thread, never while autograd
+records, and the C layer's checks of the buffer it is given."""
+import threading
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import mono_quant as mq
+from mono_quant import _C
+from mono_quant.formats import call_scratch, layer_cache
+from mono_quant.formats.call_scratch import float_scratch
+from mono_quant.kernels import direct_conv
+from mono_quant.modules import conv as conv_module
+
+
+def _q8(rows=5, cols=7):
+    g = torch.Generator().manual_seed(0)
+    q = torch.randint(-128, 128, (rows, cols), dtype=torch.int8, generator=g).numpy()
+    return q, (torch.rand(rows, generator=g) + 0.1).numpy(), torch.randint(-3, 4, (rows,), dtype=torch.int32).numpy()
+
+
+def test_dequantize_rows_into_out_gives_the_fresh_arrays_values():
+    q, scale, zp = _q8()
+    out = np.full(q.shape, np.nan, dtype=np.float32)
+    got = _C.dequantize_rows(q, scale, zp, out=out)
+    assert got is out and np.array_equal(out, _C.dequantize_rows(q, scale, zp))
+
+
+@pytest.mark.parametrize("bad", ["float64", "shape", "strided", "readonly", "list", "overlap"])
+def test_dequantize_rows_refuses_an_out_it_cannot_write(bad):
+    q, scale, zp = _q8(4, 8)
+    out = np.zeros(q.shape, dtype=np.float32)
+    if bad == "float64":
+        out = out.astype(np.float64)
+    elif bad == "shape":
+        out = np.zeros((4, 7), dtype=np.float32)
+    elif bad == "strided":
+        out = np.zeros((4, 16), dtype=np.float32)[:, ::2]
+    elif bad == "readonly":
+        out.setflags(write=False)
+    elif bad == "list":
+        out = out.tolist()
+    else:  # the rows read from the same memory the floats are written to
+        q = out.view(np.int8).reshape(-1)[:32].reshape(4, 8)
+    with pytest.raises(ValueError, match="out"):
+        _C.dequantize_rows(q, scale, zp, out=out)
+
+
+def test_one_buffer_per_thread_reused_and_its_limits(monkeypatch):
+    a = float_scratch((3, 4))
+    b = float_scratch((2, 5))
+    assert a.shape == (3, 4) and b.shape == (2, 5) and a.dtype == torch.float32 and b.is_contiguous()
+    assert a.data_ptr() == b.data_ptr()  # (the same buffer, not a new one per call)
+    seen = []
+    worker = threading.Thread(target=lambda: seen.append(float_scratch((3, 4)).data_ptr()))
+    worker.start()
+    worker.join()
+    assert seen[0] != a.data_ptr()  # another thread, another buffer
+    monkeypatch.setattr(call_scratch, "SCRATCH_MAX_ELEMENTS", 11)
+    assert float_scratch((3, 4)) is None
+    x = torch.randn(2, requires_grad=True)
+    assert float_scratch((2, 2), x) is None  # autograd would keep the weight of the op on x
+    with torch.no_grad():
+        assert float_scratch((2, 2), x) is not None
+    with torch.inference_mode():
+        buf = float_scratch((2, 2))
+        buf.fill_(1)  # (a normal tensor, written in place inside inference mode and out of it)
+    float_scratch((2, 2)).fill_(2)
+
+
+def _two_large_layers(kind):
+    torch.manual_seed(0)
+    if kind == "conv":  # 128 * 128 * 9 and 64 * 256 * 9 weights: past SMALL_WEIGHT_ELEMENTS
+        model = nn.Sequential(nn.Conv2d(128, 128, 3, padding=1), nn.ReLU(), nn.Conv2d(128, 256, 3, padding=1, groups=2))
+        return model.eval(), torch.randn(1, 128, 20, 20)
+    model = nn.Sequential(nn.Linear(384, 320), nn.ReLU(), nn.Linear(320, 256))
+    return model.eval(), torch.randn(600, 384)
+
+
+@pytest.mark.parametrize("kind", ["conv", "linear"])
+def test_layers_on_the_buffer_give_the_fresh_weights_bits(kind, monkeypatch):
+    """Two large int8 weight-only layers one after the other on the buffer (each call's weight
+    overwrites the last): the bits of the fresh tensors, call after call."""
+    model, x = _two_large_layers(kind)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        q = mq.quantize(model, activations=None).model
+    if kind == "linear":  # the dequantize + BLAS rule at these rows
+        from mono_quant.kernels import row_rules
+        monkeypatch.setitem(row_rules.INT8_WEIGHT_ONLY_BLAS_MIN_ROWS, mq.kernels.SETTINGS.isa, 512)
+    else:  # torch's conv on the weight dequantized per call, not the direct kernel (which some CPUs take)
+        monkeypatch.setattr(direct_conv, "WIDE_ANY_OUTPUTS_ON_THIS_CPU", False)
+        monkeypatch.setitem(direct_conv.MAX_OUTPUTS, mq.kernels.SETTINGS.isa, 0)
+    layers = [m for m in q.modules() if type(m).__name__.startswith("Quantized")]
+    assert all(m.in_features * m.out_features if kind == "linear" else m.weight_numel()
+               > layer_cache.SMALL_WEIGHT_ELEMENTS for m in layers)
+    with torch.no_grad():
+        fast = [q(x), q(x)]
+    if kind == "conv":
+        assert all(conv_module._ROUTES[m][5] == "float" for m in layers)
+    monkeypatch.setattr(call_scratch, "SCRATCH_MAX_ELEMENTS", 0)
+    with torch.no_grad():
+        fresh = q(x)
+    assert torch.equal(fast[0], fresh) and torch.equal(fast[1], fresh)
+    # and what torch computes on the dequantized weights
+    with torch.no_grad():
+        ref = x
+        for m in q:
+            ref = m(ref) if not type(m).__name__.startswith("Quantized") else (
+                nn.functional.conv2d(ref, m.dequantized_weight(torch.float32), m.bias, m.stride, m.padding,
+                                     m.dilation, m.groups) if kind == "conv"
+                else nn.functional.linear(ref, m.dequantized_weight(torch.float32), m.bias))
+    torch.testing.assert_close(fresh, ref, rtol=1e-5, atol=1e-5)
