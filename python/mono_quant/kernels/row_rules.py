@@ -78,10 +78,10 @@ def l1d_bytes(caches: Path = _CPU_CACHES) -> int:
 
 
 #: The AVX2 level's tiles at many rows read a 16-channel float32 panel (64 bytes per 4 inputs) and
-#: 6 rows of x per pass over the reduction: within a 48 KiB L1D (AMD Zen 5, Intel from Ice Lake's
-#: P-cores) at BERT widths, not within 32 KiB (AMD Zen 2-4, Intel client before Ice Lake, Atom cores),
-#: where they fall behind torch's BLAS from some hundreds of rows (the tables below).  A class per
-#: machine, like BLAS_AVX512: never a timing.
+#: 6 rows of x per pass over the reduction: within a 48 KiB L1D at BERT widths (AMD Zen 5 capped at AVX2,
+#: the stand-in the AVX2 tables were first set on; Intel's P-cores from Alder Lake), not within 32 KiB (AMD
+#: Zen 2 / 3, Intel's client cores before Alder Lake and its E-cores), where they fall behind torch's BLAS
+#: from some hundreds of rows (the tables below).  A class per machine, like BLAS_AVX512: never a timing.
 L1D_BYTES = l1d_bytes()
 SMALL_L1D = L1D_BYTES <= 32 << 10
 
