@@ -115,3 +115,57 @@ def test_layers_on_the_buffer_give_the_fresh_weights_bits(kind, monkeypatch):
                                      m.dilation, m.groups) if kind == "conv"
                 else nn.functional.linear(ref, m.dequantized_weight(torch.float32), m.bias))
     torch.testing.assert_close(fresh, ref, rtol=1e-5, atol=1e-5)
+
+
+def _spy_scratch(monkeypatch) -> list:
+    """Every float_scratch call of the forwards (None or the buffer), through each module that takes it."""
+    from mono_quant.formats import base, cast, half_conv, packed_linear
+    calls = []
+
+    def spy(*args):
+        calls.append(call_scratch.float_scratch(*args))
+        return calls[-1]
+    for module in (base, cast, half_conv, packed_linear, conv_module):
+        monkeypatch.setattr(module, "float_scratch", spy)
+    return calls
+
+
+@pytest.mark.parametrize("dtype,kind,route", [
+    ("fp16", "linear", "general"), ("bf16", "linear", "general"), ("fp16", "conv", "general"),
+    ("fp16", "conv", "half_conv"), ("bf16", "conv", "half_conv"), ("int4", "conv", "general")])
+def test_weights_made_per_call_on_the_buffer_give_the_fresh_bits(dtype, kind, route, monkeypatch):
+    """fp16 / bf16 weights widened and int4 ones dequantized per call for torch's op (past the C
+    kernels' rules): on the buffer, the bits of a fresh float32 copy, call after call."""
+    from mono_quant.formats import half_conv
+    from mono_quant.kernels import row_rules
+    isa = mq.kernels.SETTINGS.isa
+    for table in (row_rules.HALF_KERNEL_MAX_ROWS, row_rules.HALF_PANEL_MAX_ROWS):
+        monkeypatch.setitem(table, isa, 0)  # every row count on torch's op
+    monkeypatch.setitem(row_rules.HALF_AMX_MIN_ROWS, isa, 1 << 62)
+    monkeypatch.setattr(half_conv, "takes_half_conv", lambda *args: False)  # (torch's conv, not the C ones)
+    monkeypatch.setattr(direct_conv, "WIDE_ANY_OUTPUTS_ON_THIS_CPU", False)  # (int4: nor the direct kernel)
+    monkeypatch.setitem(direct_conv.MAX_OUTPUTS, isa, 0)
+    if route == "general":  # the format's general path (base / cast compute_weight), not eager_half_conv's
+        monkeypatch.setattr(mq.formats.cast, "eager_half_conv", lambda module, x: None)
+    model, x = _two_large_layers(kind)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        q = mq.quantize(model, dtype=dtype).model
+    calls = _spy_scratch(monkeypatch)
+    with torch.no_grad():
+        fast = [q(x), q(x)]
+    assert len(calls) == 4 and all(c is not None for c in calls)
+    monkeypatch.setattr(call_scratch, "SCRATCH_MAX_ELEMENTS", 0)
+    with torch.no_grad():
+        fresh = q(x)
+    assert torch.equal(fast[0], fresh) and torch.equal(fast[1], fresh)
+    with torch.no_grad():
+        ref = x
+        for m in q:
+            if not type(m).__name__.startswith("Quantized"):
+                ref = m(ref)
+                continue
+            w = m.dequantized_weight(torch.float32) if dtype == "int4" else m.weight.float()
+            ref = (nn.functional.conv2d(ref, w, m.bias, m.stride, m.padding, m.dilation, m.groups) if kind == "conv"
+                   else nn.functional.linear(ref, w, m.bias))
+    assert torch.equal(fresh, ref)

@@ -19,6 +19,8 @@ import torch.nn.functional as F
 from ..packing import PACKED_BUFFERS
 from ..qtypes import QType
 from .checks import is_int, need
+from . import layer_cache
+from .call_scratch import float_scratch
 from .layer_cache import float_weight
 
 __all__ = ["WeightFormat", "ACTIVATION_MODES", "INTEGER_BUFFERS", "PACKED_BUFFERS", "ALLOWED_LAYER_TENSORS"]
@@ -107,7 +109,15 @@ class WeightFormat:
     def compute_weight(self, module, x: torch.Tensor, numel: int, cache: bool):
         """``(weight, bias, compute dtype)`` for running torch's op on ``x``: integer formats
         dequantize to float32 (kept per module for small weights when ``cache``)."""
-        if cache:
+        out = None
+        if numel > layer_cache.SMALL_WEIGHT_ELEMENTS and x.is_cpu:  # (not kept: made per call)
+            weight = module.dequantized_weight(torch.float32)
+            out = float_scratch(weight.shape, x, module.bias) if weight.is_cpu else None
+            # the fresh tensor copied into this thread's buffer and dropped before torch's op: a large
+            # fresh tensor alive through torch's conv made its own buffers come from new pages
+            w = weight if out is None else out.copy_(weight)
+            del weight
+        elif cache:
             w = float_weight(module, numel, lambda: module.dequantized_weight(torch.float32))
         else:
             w = module.dequantized_weight(torch.float32)

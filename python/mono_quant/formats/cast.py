@@ -19,6 +19,8 @@ from .base import WeightFormat
 from .checks import need, spec
 from .half_conv import eager_half_conv
 from .half_linear import eager_half_linear
+from . import layer_cache
+from .call_scratch import float_scratch
 from .layer_cache import float_weight
 
 __all__ = ["CastFormat", "KERNEL_MAX_ROWS", "takes_half_kernel"]
@@ -106,10 +108,17 @@ class CastFormat(WeightFormat):
 
     # -- forward --------------------------------------------------------------------------------------
     def compute_weight(self, module, x: torch.Tensor, numel: int, cache: bool):
-        """The weight in x's dtype (a float32 copy kept for small layers), bias likewise."""
+        """The weight in x's dtype (a float32 copy kept for small layers; a large one widened per call into
+        this thread's buffer where it may, formats/call_scratch.py), bias likewise."""
         w = module._buffers["weight"]
         if w.dtype != x.dtype:
-            w = w.to(x.dtype) if x.dtype != torch.float32 else float_weight(module, w.numel(), lambda: w.float())
+            out = None
+            if x.dtype == torch.float32 and w.numel() > layer_cache.SMALL_WEIGHT_ELEMENTS and w.is_cpu and x.is_cpu:
+                out = float_scratch(w.shape, x, module.bias)
+            if out is not None:
+                w = out.copy_(w)
+            else:
+                w = w.to(x.dtype) if x.dtype != torch.float32 else float_weight(module, w.numel(), lambda: w.float())
         b = None if module.bias is None else module.bias.to(x.dtype)
         return w.to(x.device), b, x.dtype
 
