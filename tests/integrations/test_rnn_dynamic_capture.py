@@ -62,7 +62,8 @@ def test_export_with_a_dynamic_sequence_length(case, dtype, activations):
 def test_compile_fullgraph_over_several_lengths(case, backend):
     q = _quantized(case)
     torch._dynamo.reset()
-    compiled = torch.compile(q, fullgraph=True, backend=backend)  # the second length recompiles with a symbolic one: scan
+    # (the second length recompiles with a symbolic one: scan)
+    compiled = torch.compile(q, fullgraph=True, backend=backend)
     with torch.no_grad():
         for length in (3, 5, 9):
             x = torch.randn(2, length, 12)

@@ -1,10 +1,10 @@
 """A per-thread float32 buffer for a weight made per call for torch's op (a large int8 weight-only
 weight dequantized for a Linear's BLAS path or a conv's torch route, a large fp16 / bf16 one widened,
 a large int4 one dequantized for the general path: copied in, its fresh tensor dropped before the op):
-reused from call to call instead of a fresh tensor each time.  A fresh tensor of some megabytes comes from new pages, and every page is
-faulted in on first touch: on a KVM guest (AMD EPYC Zen 3, 2 December 2026) about 2.5 us a
-page, 1400-2900 faults per call of a ResNet-18 3x3 conv (256 -> 256 on 14x14: 7.1 ms where the
-dequantize and torch's conv took 3.6 ms from a kept buffer, fp32 2.8 ms).
+reused from call to call instead of a fresh tensor each time.  A fresh tensor of some megabytes comes
+from new pages, and every page is faulted in on first touch: on a KVM guest (AMD EPYC Zen 3, 2 December
+2026) about 2.5 us a page, 1400-2900 faults per call of a ResNet-18 3x3 conv (256 -> 256 on 14x14: 7.1 ms
+where the dequantize and torch's conv took 3.6 ms from a kept buffer, fp32 2.8 ms).
 
 Only for eager calls that record no autograd (the caller's op neither saves nor returns the
 weight: the next call on this thread overwrites it), and for weights of at most

@@ -114,7 +114,7 @@ class CastFormat(WeightFormat):
         if w.dtype != x.dtype:
             out = None
             if x.dtype == torch.float32 and w.numel() > layer_cache.SMALL_WEIGHT_ELEMENTS and w.is_cpu and x.is_cpu:
-                out = float_scratch(w.shape, x, module.bias)
+                out = float_scratch(w.shape, x, module.bias, w)  # (w: a weight a user made trainable)
             if out is not None:
                 w = out.copy_(w)
             else:

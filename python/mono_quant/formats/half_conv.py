@@ -148,7 +148,7 @@ def eager_half_conv(module, x: torch.Tensor) -> Optional[torch.Tensor]:
     if route is _TORCH:
         w = args[0]
         if w is None:  # a large weight: widened per call, into this thread's buffer where it may
-            out = float_scratch(weight.shape, x, args[1])
+            out = float_scratch(weight.shape, x, args[1], weight)
             w = weight.float() if out is None else out.copy_(weight)
         if module.padding_mode != "zeros" or isinstance(module.padding2d, str):
             return module.conv_with(x, w, args[1])
