@@ -81,6 +81,25 @@ def _two_large_layers(kind):
     return model.eval(), torch.randn(600, 384)
 
 
+def _buffer_fresh_and_torch(q, x, kind, monkeypatch, float_weight_of):
+    """q(x) twice on the buffer, once on fresh tensors (the buffer off), and torch's layers on
+    ``float_weight_of(layer)`` for each quantized one."""
+    with torch.no_grad():
+        fast = [q(x), q(x)]
+    monkeypatch.setattr(call_scratch, "SCRATCH_MAX_ELEMENTS", 0)
+    with torch.no_grad():
+        fresh = q(x)
+        ref = x
+        for m in q:
+            if not type(m).__name__.startswith("Quantized"):
+                ref = m(ref)
+                continue
+            w = float_weight_of(m)
+            ref = (nn.functional.conv2d(ref, w, m.bias, m.stride, m.padding, m.dilation, m.groups) if kind == "conv"
+                   else nn.functional.linear(ref, w, m.bias))
+    return fast, fresh, ref
+
+
 @pytest.mark.parametrize("kind", ["conv", "linear"])
 def test_layers_on_the_buffer_give_the_fresh_weights_bits(kind, monkeypatch):
     """Two large int8 weight-only layers one after the other on the buffer (each call's weight
@@ -98,22 +117,10 @@ def test_layers_on_the_buffer_give_the_fresh_weights_bits(kind, monkeypatch):
     layers = [m for m in q.modules() if type(m).__name__.startswith("Quantized")]
     assert all(m.in_features * m.out_features if kind == "linear" else m.weight_numel()
                > layer_cache.SMALL_WEIGHT_ELEMENTS for m in layers)
-    with torch.no_grad():
-        fast = [q(x), q(x)]
+    fast, fresh, ref = _buffer_fresh_and_torch(q, x, kind, monkeypatch, lambda m: m.dequantized_weight(torch.float32))
     if kind == "conv":
         assert all(conv_module._ROUTES[m][5] == "float" for m in layers)
-    monkeypatch.setattr(call_scratch, "SCRATCH_MAX_ELEMENTS", 0)
-    with torch.no_grad():
-        fresh = q(x)
     assert torch.equal(fast[0], fresh) and torch.equal(fast[1], fresh)
-    # and what torch computes on the dequantized weights
-    with torch.no_grad():
-        ref = x
-        for m in q:
-            ref = m(ref) if not type(m).__name__.startswith("Quantized") else (
-                nn.functional.conv2d(ref, m.dequantized_weight(torch.float32), m.bias, m.stride, m.padding,
-                                     m.dilation, m.groups) if kind == "conv"
-                else nn.functional.linear(ref, m.dequantized_weight(torch.float32), m.bias))
     torch.testing.assert_close(fresh, ref, rtol=1e-5, atol=1e-5)
 
 
@@ -152,20 +159,8 @@ def test_weights_made_per_call_on_the_buffer_give_the_fresh_bits(dtype, kind, ro
         warnings.simplefilter("ignore")
         q = mq.quantize(model, dtype=dtype).model
     calls = _spy_scratch(monkeypatch)
-    with torch.no_grad():
-        fast = [q(x), q(x)]
-    assert len(calls) == 4 and all(c is not None for c in calls)
-    monkeypatch.setattr(call_scratch, "SCRATCH_MAX_ELEMENTS", 0)
-    with torch.no_grad():
-        fresh = q(x)
+    fast, fresh, ref = _buffer_fresh_and_torch(
+        q, x, kind, monkeypatch, lambda m: m.dequantized_weight(torch.float32) if dtype == "int4" else m.weight.float())
+    assert len(calls) == 6 and all(c is not None for c in calls[:4]) and calls[4:] == [None, None]  # (buffer off)
     assert torch.equal(fast[0], fresh) and torch.equal(fast[1], fresh)
-    with torch.no_grad():
-        ref = x
-        for m in q:
-            if not type(m).__name__.startswith("Quantized"):
-                ref = m(ref)
-                continue
-            w = m.dequantized_weight(torch.float32) if dtype == "int4" else m.weight.float()
-            ref = (nn.functional.conv2d(ref, w, m.bias, m.stride, m.padding, m.dilation, m.groups) if kind == "conv"
-                   else nn.functional.linear(ref, w, m.bias))
     assert torch.equal(fresh, ref)
