@@ -76,6 +76,11 @@ PyArrayObject *mq_array_in(mq_refs *refs, PyObject *obj, const char *what, const
                            const char *expected);
 /* A new array of the given shape and type, zero-filled when zeroed. */
 PyArrayObject *mq_array_new(mq_refs *refs, int ndim, const npy_intp *dims, int type, int zeroed);
+/* A caller's out= for a kernel's float32 [rows, cols] result (held in refs): float32, that shape,
+ * C-contiguous, aligned, native order, writeable, and overlapping none of the nsources arrays the
+ * kernel reads while it writes out; else ValueError naming fname. */
+PyArrayObject *mq_float_out(mq_refs *refs, PyObject *out_obj, const char *fname, npy_intp rows, npy_intp cols,
+                            PyArrayObject *const *sources, int nsources);
 
 /* Weights and activations: float32, float16, or int16/uint16 holding bf16 bits. */
 extern const int mq_src_types[4];

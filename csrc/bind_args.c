@@ -52,6 +52,30 @@ PyArrayObject *mq_array_new(mq_refs *refs, int ndim, const npy_intp *dims, int t
     return mq_hold(refs, zeroed ? PyArray_ZEROS(ndim, d, type, 0) : PyArray_EMPTY(ndim, d, type, 0));
 }
 
+PyArrayObject *mq_float_out(mq_refs *refs, PyObject *out_obj, const char *fname, npy_intp rows, npy_intp cols,
+                            PyArrayObject *const *sources, int nsources) {
+    PyArrayObject *out = (PyArrayObject *)out_obj;
+    if (!PyArray_Check(out_obj) || PyArray_TYPE(out) != NPY_FLOAT32 || PyArray_NDIM(out) != 2 ||
+        PyArray_DIM(out, 0) != rows || PyArray_DIM(out, 1) != cols || !PyArray_IS_C_CONTIGUOUS(out) ||
+        !PyArray_ISBEHAVED(out) || !PyArray_ISNOTSWAPPED(out)) {
+        PyErr_Format(PyExc_ValueError, "%s: out must be a float32 array of shape (%zd, %zd), C-contiguous, aligned "
+                     "and writeable", fname, (Py_ssize_t)rows, (Py_ssize_t)cols);
+        return NULL;
+    }
+    const char *o = PyArray_DATA(out);
+    const size_t out_bytes = (size_t)PyArray_NBYTES(out);
+    for (int i = 0; i < nsources; i++) { /* (the sources are C-contiguous: their bytes are one range) */
+        const char *r = PyArray_DATA(sources[i]);
+        const size_t r_bytes = (size_t)PyArray_NBYTES(sources[i]);
+        if (out_bytes > 0 && r_bytes > 0 && o < r + r_bytes && r < o + out_bytes) {
+            PyErr_Format(PyExc_ValueError, "%s: out overlaps an input it reads; give it memory of its own", fname);
+            return NULL;
+        }
+    }
+    Py_INCREF(out_obj);
+    return mq_hold(refs, out_obj);
+}
+
 const int mq_src_types[4] = {NPY_FLOAT32, NPY_FLOAT16, NPY_INT16, NPY_UINT16};
 const char *const mq_src_expected = "float32, float16 or int16/uint16 (bf16 bits)";
 

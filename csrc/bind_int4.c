@@ -59,24 +59,28 @@ done:
 }
 
 PyDoc_STRVAR(q4_dequantize_doc,
-             "q4_dequantize(packed, scale, zero_point, cols, group, nthreads=1) -> float32 [rows, cols]\n\n"
-             "(code - zero_point / 16) * scale for the arrays q4_quantize returned.");
+             "q4_dequantize(packed, scale, zero_point, cols, group, nthreads=1, out=None) -> float32 [rows, cols]\n\n"
+             "(code - zero_point / 16) * scale for the arrays q4_quantize returned; written into out (a\n"
+             "float32 [rows, cols] C-contiguous writeable array, returned) when given.");
 
 static PyObject *py_q4_dequantize(PyObject *self, PyObject *args, PyObject *kw) {
-    static char *kwlist[] = {"packed", "scale", "zero_point", "cols", "group", "nthreads", NULL};
-    PyObject *p_obj, *s_obj, *z_obj, *result = NULL;
+    static char *kwlist[] = {"packed", "scale", "zero_point", "cols", "group", "nthreads", "out", NULL};
+    PyObject *p_obj, *s_obj, *z_obj, *out_obj = Py_None, *result = NULL;
     long long cols, group;
     int nthreads = 1;
     mq_refs refs = {0};
     PyArrayObject *packed, *scale, *zero, *out;
     (void)self;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "OOOLL|i:q4_dequantize", kwlist, &p_obj, &s_obj, &z_obj, &cols, &group,
-                                     &nthreads))
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OOOLL|iO:q4_dequantize", kwlist, &p_obj, &s_obj, &z_obj, &cols, &group,
+                                     &nthreads, &out_obj))
         return NULL;
     if (!mq_q4_check_group(group) || !mq_check_threads(nthreads)) return NULL;
     if (!mq_q4_weight_arrays(&refs, p_obj, s_obj, z_obj, cols, group, &packed, &scale, &zero)) goto done;
     npy_intp dims[2] = {PyArray_DIM(packed, 0), (npy_intp)cols};
-    if (!(out = mq_array_new(&refs, 2, dims, NPY_FLOAT32, 0))) goto done;
+    out = out_obj == Py_None ? mq_array_new(&refs, 2, dims, NPY_FLOAT32, 0)
+                             : mq_float_out(&refs, out_obj, "q4_dequantize", dims[0], dims[1],
+                                            (PyArrayObject *const[]){packed, scale, zero}, 3);
+    if (!out) goto done;
     Py_BEGIN_ALLOW_THREADS
     mq_q4_dequantize(PyArray_DATA(packed), PyArray_DATA(scale), PyArray_DATA(zero), dims[0],
                      PyArray_DIM(packed, 1) * 2, group, cols, PyArray_DATA(out), nthreads);

@@ -196,27 +196,6 @@ PyDoc_STRVAR(dequantize_rows_doc,
              "array of q's shape, C-contiguous, aligned and writeable, apart from q, written and\n"
              "returned (a buffer kept across calls: no fresh pages to fault in per call).");
 
-/* out= of dequantize_rows: q's shape, float32, C-contiguous, aligned, native order, writeable,
- * and not overlapping q (the rows are read while out is written). */
-static PyArrayObject *dequantize_out(mq_refs *refs, PyObject *out_obj, PyArrayObject *q) {
-    PyArrayObject *out = (PyArrayObject *)out_obj;
-    if (!PyArray_Check(out_obj) || PyArray_TYPE(out) != NPY_FLOAT32 || PyArray_NDIM(out) != 2 ||
-        PyArray_DIM(out, 0) != PyArray_DIM(q, 0) || PyArray_DIM(out, 1) != PyArray_DIM(q, 1) ||
-        !PyArray_IS_C_CONTIGUOUS(out) || !PyArray_ISBEHAVED(out) || !PyArray_ISNOTSWAPPED(out)) {
-        PyErr_Format(PyExc_ValueError, "dequantize_rows: out must be a float32 array of shape (%zd, %zd), "
-                     "C-contiguous, aligned and writeable", (Py_ssize_t)PyArray_DIM(q, 0), (Py_ssize_t)PyArray_DIM(q, 1));
-        return NULL;
-    }
-    const char *o = PyArray_DATA(out), *r = PyArray_DATA(q);
-    const size_t out_bytes = (size_t)PyArray_SIZE(out) * sizeof(float), q_bytes = (size_t)PyArray_SIZE(q);
-    if (out_bytes > 0 && q_bytes > 0 && o < r + q_bytes && r < o + out_bytes) {
-        PyErr_SetString(PyExc_ValueError, "dequantize_rows: out overlaps q; give it memory of its own");
-        return NULL;
-    }
-    Py_INCREF(out_obj);
-    return mq_hold(refs, out_obj);
-}
-
 static PyObject *py_dequantize_rows(PyObject *self, PyObject *args, PyObject *kw) {
     static char *kwlist[] = {"q", "scale", "zero_point", "nthreads", "out", NULL};
     PyObject *q_obj, *s_obj, *z_obj, *out_obj = Py_None, *result = NULL;
@@ -230,7 +209,9 @@ static PyObject *py_dequantize_rows(PyObject *self, PyObject *args, PyObject *kw
     if (!mq_check_threads(nthreads)) return NULL;
     if (!(q = mq_array_in(&refs, q_obj, "q", q8, 2, 2, "int8 or uint8"))) goto done;
     if (!mq_qparam_arrays(&refs, s_obj, z_obj, PyArray_DIM(q, 0), &scale, &zp, &per_row)) goto done;
-    out = out_obj == Py_None ? mq_array_new(&refs, 2, PyArray_DIMS(q), NPY_FLOAT32, 0) : dequantize_out(&refs, out_obj, q);
+    out = out_obj == Py_None ? mq_array_new(&refs, 2, PyArray_DIMS(q), NPY_FLOAT32, 0)
+                             : mq_float_out(&refs, out_obj, "dequantize_rows", PyArray_DIM(q, 0), PyArray_DIM(q, 1),
+                                            (PyArrayObject *const[]){q, scale, zp}, 3);
     if (!out) goto done;
     int is_signed = PyArray_TYPE(q) == NPY_INT8;
     if (PyArray_SIZE(out) > 0) { /* (no visit of the rows of an empty array: there may be ~2^63) */

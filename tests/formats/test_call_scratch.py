@@ -20,34 +20,56 @@ from mono_quant.modules import conv as conv_module
 def _q8(rows=5, cols=7):
     g = torch.Generator().manual_seed(0)
     q = torch.randint(-128, 128, (rows, cols), dtype=torch.int8, generator=g).numpy()
-    return q, (torch.rand(rows, generator=g) + 0.1).numpy(), torch.randint(-3, 4, (rows,), dtype=torch.int32).numpy()
+    return q, (torch.rand(rows, generator=g) + 0.1).numpy(), torch.randint(-3, 4, (rows,), dtype=torch.int32, generator=g).numpy()
 
 
-def test_dequantize_rows_into_out_gives_the_fresh_arrays_values():
-    q, scale, zp = _q8()
-    out = np.full(q.shape, np.nan, dtype=np.float32)
-    got = _C.dequantize_rows(q, scale, zp, out=out)
-    assert got is out and np.array_equal(out, _C.dequantize_rows(q, scale, zp))
+def _q4(rows=4, cols=200):
+    from mono_quant.kernels import int4 as q4
+    w = torch.randn(rows, cols, generator=torch.Generator().manual_seed(1))
+    packed, scale, zero = q4.q4_quantize(w, 128, False, 0, False)[:3]
+    return packed.numpy(), scale.numpy().view(np.int16), zero.numpy(), cols
 
 
+def _dequantize_call(fn, out=None, inputs=None):
+    """_C.dequantize_rows or _C.q4_dequantize on small arrays (``inputs``: given ones), into ``out``."""
+    if fn == "rows":
+        q, scale, zp = inputs or _q8(4, 8)
+        return _C.dequantize_rows(q, scale, zp, **({} if out is None else {"out": out}))
+    packed, scale, zero, cols = inputs or _q4()
+    return _C.q4_dequantize(packed, scale, zero, cols, 128, **({} if out is None else {"out": out}))
+
+
+@pytest.mark.parametrize("fn", ["rows", "q4"])
+def test_dequantize_into_out_gives_the_fresh_arrays_values(fn):
+    fresh = _dequantize_call(fn)
+    out = np.full(fresh.shape, np.nan, dtype=np.float32)
+    got = _dequantize_call(fn, out)
+    assert got is out and np.array_equal(out, fresh)
+
+
+@pytest.mark.parametrize("fn", ["rows", "q4"])
 @pytest.mark.parametrize("bad", ["float64", "shape", "strided", "readonly", "list", "overlap"])
-def test_dequantize_rows_refuses_an_out_it_cannot_write(bad):
-    q, scale, zp = _q8(4, 8)
-    out = np.zeros(q.shape, dtype=np.float32)
+def test_dequantize_refuses_an_out_it_cannot_write(fn, bad):
+    rows, cols = _dequantize_call(fn).shape
+    out = np.zeros((rows, cols), dtype=np.float32)
+    inputs = None
     if bad == "float64":
         out = out.astype(np.float64)
     elif bad == "shape":
-        out = np.zeros((4, 7), dtype=np.float32)
+        out = np.zeros((rows, cols - 1), dtype=np.float32)
     elif bad == "strided":
-        out = np.zeros((4, 16), dtype=np.float32)[:, ::2]
+        out = np.zeros((rows, 2 * cols), dtype=np.float32)[:, ::2]
     elif bad == "readonly":
         out.setflags(write=False)
     elif bad == "list":
         out = out.tolist()
-    else:  # the rows read from the same memory the floats are written to
-        q = out.view(np.int8).reshape(-1)[:32].reshape(4, 8)
+    elif fn == "rows":  # the codes read from the same memory the floats are written to
+        inputs = (out.view(np.int8).reshape(-1)[:rows * cols].reshape(rows, cols), *_q8(rows, cols)[1:])
+    else:
+        packed, scale, zero, cols = _q4()
+        inputs = (out.view(np.uint8).reshape(-1)[:packed.size].reshape(packed.shape), scale, zero, cols)
     with pytest.raises(ValueError, match="out"):
-        _C.dequantize_rows(q, scale, zp, out=out)
+        _dequantize_call(fn, out, inputs)
 
 
 def test_one_buffer_per_thread_reused_and_its_limits(monkeypatch):
@@ -125,21 +147,21 @@ def test_layers_on_the_buffer_give_the_fresh_weights_bits(kind, monkeypatch):
 
 
 def _spy_scratch(monkeypatch) -> list:
-    """Every float_scratch call of the forwards (None or the buffer), through each module that takes it."""
-    from mono_quant.formats import base, cast, half_conv, packed_linear
+    """Every float_scratch call of the forwards (None or the buffer): layer_cache.float_weight's,
+    the one place that asks for it."""
     calls = []
 
     def spy(*args):
         calls.append(call_scratch.float_scratch(*args))
         return calls[-1]
-    for module in (base, cast, half_conv, packed_linear, conv_module):
-        monkeypatch.setattr(module, "float_scratch", spy)
+    monkeypatch.setattr(layer_cache, "float_scratch", spy)
     return calls
 
 
 @pytest.mark.parametrize("dtype,kind,route", [
     ("fp16", "linear", "general"), ("bf16", "linear", "general"), ("fp16", "conv", "general"),
-    ("fp16", "conv", "half_conv"), ("bf16", "conv", "half_conv"), ("int4", "conv", "general")])
+    ("fp16", "conv", "half_conv"), ("bf16", "conv", "half_conv"), ("int4", "conv", "general"),
+    ("int4", "linear", "blas")])
 def test_weights_made_per_call_on_the_buffer_give_the_fresh_bits(dtype, kind, route, monkeypatch):
     """fp16 / bf16 weights widened and int4 ones dequantized per call for torch's op (past the C
     kernels' rules): on the buffer, the bits of a fresh float32 copy, call after call."""
@@ -154,6 +176,8 @@ def test_weights_made_per_call_on_the_buffer_give_the_fresh_bits(dtype, kind, ro
     monkeypatch.setitem(direct_conv.MAX_OUTPUTS, isa, 0)
     if route == "general":  # the format's general path (base / cast compute_weight), not eager_half_conv's
         monkeypatch.setattr(mq.formats.cast, "eager_half_conv", lambda module, x: None)
+    if route == "blas":  # int4's kept call on torch's BLAS (int4_call), not the packed kernel
+        monkeypatch.setattr(mq.formats.int4_call, "int4_takes_blas", lambda *args, **kwargs: True)
     model, x = _two_large_layers(kind)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

@@ -20,7 +20,6 @@ from ..packing import PACKED_BUFFERS
 from ..qtypes import QType
 from .checks import is_int, need
 from . import layer_cache
-from .call_scratch import float_scratch
 from .layer_cache import float_weight
 
 __all__ = ["WeightFormat", "ACTIVATION_MODES", "INTEGER_BUFFERS", "PACKED_BUFFERS", "ALLOWED_LAYER_TENSORS"]
@@ -90,6 +89,12 @@ class WeightFormat:
         """The module's weight as a float tensor of its original shape."""
         return self.module_weight(module).dequantize(dtype)
 
+    def float_fill(self, module):
+        """``(shape, fill)``: ``fill(out)`` writes the module's float32 weight (as ``dequantize``
+        gives it) into ``out``, a contiguous float32 CPU tensor of ``shape``, and returns it; or
+        None where the format has no such call (layer_cache.float_weight then copies a fresh one)."""
+        return None
+
     def weight_nbytes(self, module) -> int:
         """Bytes the module's stored weight really takes (data, scales, zero-points, packed copy)."""
         buffers = module._buffers
@@ -109,16 +114,9 @@ class WeightFormat:
     def compute_weight(self, module, x: torch.Tensor, numel: int, cache: bool):
         """``(weight, bias, compute dtype)`` for running torch's op on ``x``: integer formats
         dequantize to float32 (kept per module for small weights when ``cache``)."""
-        out = None
-        if numel > layer_cache.SMALL_WEIGHT_ELEMENTS and x.is_cpu:  # (not kept: made per call)
-            weight = module.dequantized_weight(torch.float32)
-            out = float_scratch(weight.shape, x, module.bias) if weight.is_cpu else None
-            # the fresh tensor copied into this thread's buffer and dropped before torch's op: a large
-            # fresh tensor alive through torch's conv made its own buffers come from new pages
-            w = weight if out is None else out.copy_(weight)
-            del weight
-        elif cache:
-            w = float_weight(module, numel, lambda: module.dequantized_weight(torch.float32))
+        if cache or numel > layer_cache.SMALL_WEIGHT_ELEMENTS:  # (large: per call, in this thread's buffer where it may)
+            w = float_weight(module, numel, lambda: module.dequantized_weight(torch.float32), op_inputs=(x, module.bias),
+                             fill=self.float_fill(module) if numel > layer_cache.SMALL_WEIGHT_ELEMENTS else None)
         else:
             w = module.dequantized_weight(torch.float32)
         b = None if module.bias is None else module.bias.float()

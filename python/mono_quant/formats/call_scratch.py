@@ -28,12 +28,13 @@ _LOCAL = threading.local()
 
 def float_scratch(shape: Sequence[int], *op_inputs: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
     """A contiguous float32 CPU tensor of ``shape`` in this thread's buffer (its values left over
-    from the last call), or None past SCRATCH_MAX_ELEMENTS or where autograd would record the op
-    that takes it (grad mode on and one of ``op_inputs``, the op's other tensors, requires grad:
-    a weight saved for backward must not be overwritten by the next call)."""
+    from the last call), or None past SCRATCH_MAX_ELEMENTS, where one of ``op_inputs`` (the
+    tensors of the op that takes it, None allowed) is not on the CPU, or where autograd would
+    record that op (grad mode on and one of them requires grad: a weight saved for backward
+    must not be overwritten by the next call)."""
     numel = math.prod(shape)
-    if numel > SCRATCH_MAX_ELEMENTS or (torch.is_grad_enabled() and any(
-            t is not None and t.requires_grad for t in op_inputs)):
+    if numel > SCRATCH_MAX_ELEMENTS or any(t is not None and not t.is_cpu for t in op_inputs) or (
+            torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in op_inputs)):
         return None
     buf = getattr(_LOCAL, "buf", None)
     if buf is None or buf.numel() < numel:

@@ -19,8 +19,6 @@ from .base import WeightFormat
 from .checks import need, spec
 from .half_conv import eager_half_conv
 from .half_linear import eager_half_linear
-from . import layer_cache
-from .call_scratch import float_scratch
 from .layer_cache import float_weight
 
 __all__ = ["CastFormat", "KERNEL_MAX_ROWS", "takes_half_kernel"]
@@ -112,13 +110,12 @@ class CastFormat(WeightFormat):
         this thread's buffer where it may, formats/call_scratch.py), bias likewise."""
         w = module._buffers["weight"]
         if w.dtype != x.dtype:
-            out = None
-            if x.dtype == torch.float32 and w.numel() > layer_cache.SMALL_WEIGHT_ELEMENTS and w.is_cpu and x.is_cpu:
-                out = float_scratch(w.shape, x, module.bias, w)  # (w: a weight a user made trainable)
-            if out is not None:
-                w = out.copy_(w)
+            if x.dtype == torch.float32:  # (w among the op's inputs: a weight a user made trainable)
+                half = w
+                w = float_weight(module, w.numel(), lambda: half.float(), op_inputs=(x, module.bias, half),
+                                 fill=(half.shape, lambda out: out.copy_(half)))
             else:
-                w = w.to(x.dtype) if x.dtype != torch.float32 else float_weight(module, w.numel(), lambda: w.float())
+                w = w.to(x.dtype)
         b = None if module.bias is None else module.bias.to(x.dtype)
         return w.to(x.device), b, x.dtype
 

@@ -37,7 +37,6 @@ from ..kernels import half_conv as half_conv_kernels
 from ..kernels.half_conv import WINOGRAD_LEVELS, conv_algorithm, half_conv2d, half_conv2d_arrays, half_conv2d_raw
 from ..kernels.settings import SETTINGS
 from . import layer_cache
-from .call_scratch import float_scratch
 from .layer_cache import float_weight, pinned, weight_bias
 
 __all__ = ["MAX_OUTPUTS", "FULL_LANES", "MIN_K", "MIN_GROUP_OUT", "WINOGRAD_LEVELS", "takes_half_conv",
@@ -148,8 +147,8 @@ def eager_half_conv(module, x: torch.Tensor) -> Optional[torch.Tensor]:
     if route is _TORCH:
         w = args[0]
         if w is None:  # a large weight: widened per call, into this thread's buffer where it may
-            out = float_scratch(weight.shape, x, args[1], weight)
-            w = weight.float() if out is None else out.copy_(weight)
+            w = float_weight(module, weight.numel(), lambda: weight.float(), op_inputs=(x, args[1], weight),
+                             fill=(weight.shape, lambda out: out.copy_(weight)))
         if module.padding_mode != "zeros" or isinstance(module.padding2d, str):
             return module.conv_with(x, w, args[1])
         return F.conv2d(x, w, args[1], module.stride2d, module.padding2d, module.dilation2d, module.groups)

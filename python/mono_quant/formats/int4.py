@@ -48,6 +48,14 @@ class Int4Format(WeightFormat):
     def describe(self, module) -> str:
         return super().describe(module) + f", group_size={module.weight_group_size}"
 
+    def float_fill(self, module):
+        w = self.module_weight(module)
+        if not w.qdata.is_cpu or w.qdata.numel() == 0 or math.prod(w.orig_shape) == 0:
+            return None
+        shape, rows, cols = tuple(w.orig_shape), w.orig_shape[0], w.cols
+        return shape, lambda out: q4.q4_dequantize(w.qdata, w.scale, w.zero_point, cols, w.group,
+                                                   out=out.view(rows, cols)).view(shape)
+
     # -- forward --------------------------------------------------------------------------------------
     def linear(self, module, x: torch.Tensor) -> torch.Tensor:
         """The packed weight streamed by the C kernels (see int4_weight.int4_linear); the

@@ -1,5 +1,6 @@
-"""An int4 layer's common forward call (a float32 CPU input that records no gradient, rows
-for the packed kernel) through NumPy views of its buffers kept per layer while they hold.
+"""An int4 layer's common forward call (a float32 CPU input that records no gradient: the
+packed kernel, or torch's BLAS on the dequantized weight for the rows of
+``row_rules.int4_takes_blas``) through NumPy views of its buffers kept per layer while they hold.
 
 The general path (:func:`.int4_weight.int4_linear`) builds the layer's Int4Weight and
 converts every buffer and the bias on each call: 10-20 us, as much as the kernel of a
@@ -44,8 +45,7 @@ def _keep(module) -> tuple:
 
 def kept_int4_linear(module, x: torch.Tensor) -> Optional[torch.Tensor]:
     """``x @ W.T + b`` of an int4 layer through the kept views, or None where the general
-    path must run (another dtype or device, a gradient, an empty input, another width, rows
-    for the BLAS rule of ``row_rules.int4_takes_blas``)."""
+    path must run (another dtype or device, a gradient, an empty input, another width)."""
     if x.dtype is not torch.float32 or not x.is_cpu or x.requires_grad:
         return None
     kept = _CALLS.get(module)
@@ -57,12 +57,12 @@ def kept_int4_linear(module, x: torch.Tensor) -> Optional[torch.Tensor]:
     x2d = x if x.dim() == 2 else x.reshape(-1, call[0])
     if int4_takes_blas(x2d.shape[0], call[1], call[2].shape[1] * 2, call[5], SETTINGS.isa,
                        SETTINGS.int4_int8_activations, in_features=call[0]):
-        if call[1] * call[0] > layer_cache.SMALL_WEIGHT_ELEMENTS:
-            return None  # the general path dequantizes it per call
-        # a small weight (row_rules.small_weight_takes_blas, or the BLAS rows): torch's BLAS on its
-        # float32 weight, kept, as the general path and a traced graph's op compute it
-        w = layer_cache.float_weight(module, call[1] * call[0], lambda: module.format.module_weight(module).dequantize(),
-                                     kept)
+        # torch's BLAS on the float32 weight, as the general path and a traced graph's op compute it:
+        # kept where it is small, else dequantized per call into this thread's buffer where it may
+        numel = call[1] * call[0]
+        w = layer_cache.float_weight(
+            module, numel, lambda: module.format.module_weight(module).dequantize(), kept, op_inputs=(x2d, call[7]),
+            fill=module.format.float_fill(module) if numel > layer_cache.SMALL_WEIGHT_ELEMENTS else None)
         y = F.linear(x2d, w, call[7])
         return y if x.dim() == 2 else y.reshape(*x.shape[:-1], call[1])
     y = torch.from_numpy(q4_linear_arrays(x2d.contiguous().numpy(), call[2], call[3], call[4], call[5], bias=call[6],

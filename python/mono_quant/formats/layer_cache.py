@@ -7,11 +7,13 @@ Weak maps keyed by the module, not attributes, so deepcopy and state_dict never 
 from __future__ import annotations
 
 import weakref
+from typing import Optional
 
 import torch
 
 from ..kernels.stamps import make_stamp, tensor_version, tensors_unchanged
 from ..packing import packed_info, packed_sizes
+from .call_scratch import float_scratch
 
 __all__ = ["kernel_args", "kernel_args_stamped", "KERNEL_ARG_SOURCES", "float_weight", "SMALL_WEIGHT_ELEMENTS",
            "tensor_version", "weight_bias", "pinned", "per_layer_cache", "forget"]
@@ -78,18 +80,33 @@ def kernel_args_stamped(module) -> tuple:
 # the per-call dequantization (a few torch and C calls, ~10-30 us) costs as much as the
 # product itself (a first conv on RGB, a small classifier head, the convs of a small
 # CNN); 256 KiB per layer is little next to the activations of any model that has such
-# layers.  Larger weights are dequantized per call and dropped.
+# layers.  Larger weights are made per call, in this thread's buffer where they may
+# (formats/call_scratch.py: a fresh tensor of megabytes is new pages, faulted in per call).
 SMALL_WEIGHT_ELEMENTS = 65536
 _SMALL_WEIGHTS = per_layer_cache()
 
 
-def float_weight(module, numel: int, dequantize, packed=None) -> torch.Tensor:
+def float_weight(module, numel: int, dequantize, packed=None, *, op_inputs: Optional[tuple] = None,
+                 fill: Optional[tuple] = None) -> torch.Tensor:
     """``dequantize()`` (the module's float32 weight, ``numel`` elements), kept per module
     when ``numel <= SMALL_WEIGHT_ELEMENTS`` until one of its buffers changes.  ``packed``:
     the module's kernel_args, whose identity then stands for its buffers (kernel_args
-    rebuilds them when a buffer changes), else the buffers are compared as kernel_args does."""
+    rebuilds them when a buffer changes), else the buffers are compared as kernel_args does.
+
+    A larger weight is made per call: with ``op_inputs`` (the other tensors of the torch op
+    that takes it; None where the op is not an eager CPU call) in this thread's buffer where
+    call_scratch.float_scratch allows it, written there by ``fill = (shape, fill_fn)``'s
+    ``fill_fn(out)``, or else copied from ``dequantize()``'s fresh tensor (dropped before the
+    op: alive through torch's op, it made the op's own buffers come from new pages)."""
     if numel > SMALL_WEIGHT_ELEMENTS:
-        return dequantize()
+        if op_inputs is None:
+            return dequantize()
+        if fill is not None:
+            out = float_scratch(fill[0], *op_inputs)
+            return dequantize() if out is None else fill[1](out)
+        weight = dequantize()
+        out = float_scratch(weight.shape, *op_inputs, weight)
+        return weight if out is None else out.copy_(weight)
     cached = _SMALL_WEIGHTS.get(module)
     if packed is not None:
         if cached is not None and cached[0] is packed:

@@ -15,8 +15,6 @@ from ..kernels.row_rules import (INT8_WEIGHT_ONLY_BLAS_MIN_IN_FEATURES, INT8_WEI
 from ..kernels.int8 import MAX_IN_FEATURES, linear_int8_prepared, linear_int8_raw, prepare_linear_int8
 from ..kernels.stamps import make_stamp, tensors_unchanged
 from ..packing import unpack_int8_rows
-from . import layer_cache
-from .call_scratch import float_scratch
 from .layer_cache import float_weight, kernel_args_stamped, per_layer_cache
 
 __all__ = ["BLAS_MIN_ROWS", "BLAS_MIN_IN_FEATURES", "blas_min_rows", "takes_blas", "takes_amx", "kernel_takes", "conv_kernel_takes", "packed_linear", "dequantized_packed",
@@ -199,21 +197,15 @@ def weight_only_linear(module, x: torch.Tensor):
 
 def blas_linear(module, x2d: torch.Tensor, packed: tuple) -> torch.Tensor:
     """float32 ``x2d @ W.T + b`` of a weight-only int8 layer by torch's BLAS on its dequantized weight
-    (``packed``: its kernel_args), kept per layer where it is small (layer_cache.float_weight)."""
+    (``packed``: its kernel_args): kept per layer where it is small, else made per call in this
+    thread's buffer where it may (layer_cache.float_weight)."""
     b = module.bias
-    info, w = packed[0], None
-    n, k = info["out_features"], info["in_features"]
-    if n * k > layer_cache.SMALL_WEIGHT_ELEMENTS:  # (not kept: made per call, in this thread's buffer where it may)
-        out = float_scratch((n, k), x2d, b)
-        if out is not None:
-            w = dequantized_packed(module, info, out=out)
-    if w is None:
-        w = _float_weight(module, packed)
-    return F.linear(x2d.float(), w, None if b is None else b.float())
+    return F.linear(x2d.float(), _float_weight(module, packed, (x2d, b)), None if b is None else b.float())
 
 
-def _float_weight(module, packed: tuple) -> torch.Tensor:
+def _float_weight(module, packed: tuple, op_inputs: Optional[tuple] = None) -> torch.Tensor:
     # the dequantized weight, kept per layer while ``packed`` (its kernel_args) stands where it is small
     info = packed[0]
-    return float_weight(module, info["out_features"] * info["in_features"], lambda: dequantized_packed(module, info),
-                        packed)
+    n, k = info["out_features"], info["in_features"]
+    return float_weight(module, n * k, lambda: dequantized_packed(module, info), packed, op_inputs=op_inputs,
+                        fill=((n, k), lambda out: dequantized_packed(module, info, out=out)))

@@ -34,8 +34,13 @@ def q4_quantize(rows: torch.Tensor, group: int, symmetric: bool, method_index: i
 
 
 def q4_dequantize(packed: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor, cols: int,
-                  group: int) -> torch.Tensor:
-    """float32 ``[rows, cols]`` from CPU int4 buffers (twin: ``reference.q4_dequantize``)."""
+                  group: int, out: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """float32 ``[rows, cols]`` from CPU int4 buffers (twin: ``reference.q4_dequantize``), written
+    into ``out`` (a contiguous float32 CPU ``[rows, cols]`` tensor, returned) when given."""
+    if out is not None:
+        _C.q4_dequantize(packed.numpy(), to_numpy(scale), zero_point.numpy(), cols, group,
+                         nthreads=SETTINGS.num_threads(), out=out.numpy())
+        return out
     return torch.from_numpy(_C.q4_dequantize(packed.numpy(), to_numpy(scale), zero_point.numpy(), cols, group,
                                              nthreads=SETTINGS.num_threads()))
 

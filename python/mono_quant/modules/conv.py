@@ -13,7 +13,6 @@ from ..formats import ACTIVATION_MODES, format_of
 from ..formats import layer_cache
 from ..formats.base import WeightFormat
 from ..formats.layer_cache import float_weight, kernel_args_stamped
-from ..formats.call_scratch import float_scratch
 from ..formats.packed_linear import conv_kernel_takes, dequantized_packed, packed_linear
 from ..kernels import direct_conv, dynamic_conv, settings
 from ..kernels.dynamic_conv import direct_applies
@@ -296,9 +295,9 @@ class QuantizedConv2d(ReduceRange, QuantizedModule):
             b = route[8]
             if w is None:  # a large weight: dequantized per call, in this thread's buffer where it may
                 info = packed[0]
-                out = float_scratch((info["out_features"], info["in_features"]), x, b)
-                w = float_weight(self, self.weight_numel(), lambda: self._dequantized_packed(info), packed) \
-                    if out is None else self._dequantized_packed(info, out)
+                w = float_weight(self, self.weight_numel(), lambda: self._dequantized_packed(info), packed,
+                                 op_inputs=(x, b), fill=((info["out_features"], info["in_features"]),
+                                                         lambda out: self._dequantized_packed(info, out)))
             if x.dtype == torch.float32:  # (no x.float() / .to(x.dtype): ~1.5 us of no-ops per call)
                 return self.conv_with(x, w, b if b is None or b.dtype == torch.float32 else b.float())
             return self.conv_with(x.float(), w, None if b is None else b.float()).to(x.dtype)
