@@ -119,6 +119,54 @@ done:
     return result;
 }
 
+PyDoc_STRVAR(packed_dequantize_doc,
+             "packed_dequantize(packed, groups, out_g, k, taps, scale, zero_point, nthreads=1, out=None)\n"
+             "    -> float32 [groups * out_g, k]\n\n"
+             "The packed int8 weight of `groups` blocks of out_g channels by k, dequantized per row\n"
+             "((code - zero_point) * scale; scale / zero_point of one or groups * out_g entries) with K in\n"
+             "torch's order: a conv's packed (tap, in_channel) of `taps` taps is written as\n"
+             "(in_channel, tap).  out: a float32 array of that shape to write into (returned).");
+
+static PyObject *py_packed_dequantize(PyObject *self, PyObject *args, PyObject *kw) {
+    static char *kwlist[] = {"packed", "groups", "out_g", "k", "taps", "scale", "zero_point", "nthreads", "out", NULL};
+    PyObject *p_obj, *s_obj, *z_obj, *out_obj = Py_None, *result = NULL;
+    long long groups, out_g, k, taps;
+    int nthreads = 1, per_row = 0;
+    mq_refs refs = {0};
+    PyArrayObject *packed, *scale, *zp, *out;
+    (void)self;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OLLLLOO|iO:packed_dequantize", kwlist, &p_obj, &groups, &out_g, &k,
+                                     &taps, &s_obj, &z_obj, &nthreads, &out_obj))
+        return NULL;
+    if (!mq_check_threads(nthreads)) return NULL;
+    if (groups < 1 || out_g < 1 || k < 1 || taps < 1 || groups > INT32_MAX || out_g > INT32_MAX || k > INT32_MAX ||
+        k % taps != 0) {
+        PyErr_Format(PyExc_ValueError, "packed_dequantize: need 1 <= groups, out_g, k < 2^31 and taps >= 1 dividing k, "
+                     "got groups=%lld out_g=%lld k=%lld taps=%lld", groups, out_g, k, taps);
+        return NULL;
+    }
+    int64_t np64;
+    const npy_intp n = groups * out_g, size = mq_packed_int8_bytes(n, k, groups, &np64);
+    if (!mq_size_fits(size, "packed_dequantize", "the packed weight's size") ||
+        !mq_size_fits(mq_size_mul(n, k), "packed_dequantize", "the weight's size"))
+        return NULL;
+    if (!(packed = mq_packed_int8_in(&refs, p_obj, n, k, size))) goto done;
+    if (!mq_qparam_arrays(&refs, s_obj, z_obj, n, &scale, &zp, &per_row)) goto done;
+    npy_intp dims[2] = {n, (npy_intp)k};
+    out = out_obj == Py_None ? mq_array_new(&refs, 2, dims, NPY_FLOAT32, 0)
+                             : mq_float_out(&refs, out_obj, "packed_dequantize", n, k,
+                                            (PyArrayObject *const[]){packed, scale, zp}, 3);
+    if (!out) goto done;
+    Py_BEGIN_ALLOW_THREADS
+    mq_packed_dequantize(PyArray_DATA(packed), groups, out_g, k, taps, PyArray_DATA(scale), PyArray_DATA(zp), per_row,
+                         PyArray_DATA(out), nthreads);
+    Py_END_ALLOW_THREADS
+    result = mq_return(out);
+done:
+    mq_release(&refs);
+    return result;
+}
+
 /* The arrays a quantize_pack_int8* call fills (held in the call's refs). */
 typedef struct {
     PyArrayObject *packed, *w_sum, *scale, *zp, *scratch, *sx, *se;
@@ -285,6 +333,7 @@ PyMethodDef mq_pack_methods[] = {
     MQ_KW_METHOD(pack_int8),
     MQ_KW_METHOD(quantize_pack_int8),
     MQ_KW_METHOD(packed_check),
+    MQ_KW_METHOD(packed_dequantize),
     MQ_KW_METHOD(quantize_pack_int8_file),
     {NULL, NULL, 0, NULL},
 };

@@ -581,6 +581,12 @@ void mq_rows_sqerr(const void *src, mq_src_t kind, const uint8_t *q, int is_sign
 void mq_rows_dequantize(const uint8_t *q, int is_signed, int64_t rows, int64_t cols,
                         const float *scale, const int32_t *zero_point, int per_row,
                         float *dst, int nthreads);
+/* A packed int8 weight of `groups` blocks of out_g channels by k (layout.h) as float32
+ * [groups * out_g, k] rows, (code - zero_point) * scale per row (per_row) or for all; K in
+ * torch's order: a conv's packed (tap, in_channel) of `taps` taps (k / taps channels) is
+ * written as (in_channel, tap).  packed_dequantize.c. */
+void mq_packed_dequantize(const int8_t *packed, int64_t groups, int64_t out_g, int64_t k, int64_t taps,
+                          const float *scale, const int32_t *zero_point, int per_row, float *dst, int nthreads);
 
 /* ---- linear.c: packing and the int8 matmul drivers ------------------------ */
 /* Packs w [n][k] (row-major int8) into the panel layout (layout.h; packed must

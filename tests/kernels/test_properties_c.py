@@ -25,6 +25,7 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from mono_quant import _C, reference
+from mono_quant.kernels.reference import dequantize_packed_int8
 from mono_quant.int4 import unpack_int4
 from conftest import LEVELS, SUPPORTED, at_isa
 
@@ -48,6 +49,7 @@ CLEAR_ERRORS = (TypeError, ValueError, OverflowError, MemoryError)
 ENTRY_POINTS = {
     "rows_minmax", "choose_qparams", "quantize_rows", "quantize_rows_fused", "dequantize_rows", "rows_sqerr",
     "quantize_activations", "pack_int8", "quantize_pack_int8", "packed_check", "quantize_pack_int8_file", "linear_int8", "conv2d_int8",
+    "packed_dequantize",
     "linear_kernels", "set_threading_backend", "set_gemv_max_rows", "use_vnni256_for_tests",
     "use_maddubs_for_tests", "team_backoff_for_tests", "team_min_work_for_tests", "amx_split_for_tests",
     "dconv_own_panels_for_tests",
@@ -462,6 +464,41 @@ def test_packed_check(data, size_kind, nthreads):
     assert_same(sums, rows.astype(np.int64).sum(axis=1).astype(np.int32), "sums")
     assert has_m128 == bool((packed == -128).any())
     assert padding_nonzero == bool(rows[n:].any() or rows[:, k:].any())
+
+
+@PROFILE
+@given(st.data(), st.sampled_from(["valid", "valid", "valid", "short", "bad_taps", "out", "bad_out"]), THREADS)
+def test_packed_dequantize(data, case, nthreads):
+    groups, out_g, cin = data.draw(st.integers(1, 3)), data.draw(sizes(1, 40)), data.draw(sizes(1, 40))
+    taps = data.draw(st.sampled_from([1, 1, 2, 3, 4, 9, 17, 25]))
+    n, k = groups * out_g, cin * taps
+    rng = np.random.default_rng(data.draw(st.integers(0, 2**32 - 1)))
+    size = groups * -(-out_g // 16) * 16 * (-(-k // 4) * 4) - (case == "short")
+    packed = rng.integers(-128, 128, size).astype(np.int8)  # (padding bytes too: never read into the result)
+    per_row = data.draw(st.booleans())
+    magnitude = data.draw(st.sampled_from([m for m in MAGNITUDES if 1e-30 <= m <= 1e30]))  # (scales must invert)
+    scale = ((rng.random(n if per_row else 1) + 0.01) * magnitude).astype(np.float32)
+    zp = rng.integers(-128, 128, n if per_row else 1).astype(np.int32)
+    call = lambda **kw: _C.packed_dequantize(packed, groups, out_g, k, taps + (case == "bad_taps"), scale, zp,  # noqa: E731
+                                             nthreads=nthreads, **kw)
+    if case in ("short", "bad_taps") and (case == "short" or k % (taps + 1)):
+        raises_clearly(call)
+        return
+    if case == "bad_taps":  # (taps + 1 divides k too: a valid call of other taps)
+        taps += 1
+    out = None
+    if case == "bad_out":
+        raises_clearly(lambda: call(out=np.zeros((n, k + 1), np.float32)))
+        return
+    if case == "out":
+        out = np.full((n, k), np.nan, np.float32)
+        got = call(out=out)
+        assert got is out
+    else:
+        got = call()
+    twin = dequantize_packed_int8(torch.from_numpy(packed), groups, out_g, k, taps, torch.from_numpy(scale),
+                                  torch.from_numpy(zp))
+    assert_same(got, twin, "floats")
 
 
 FILE_DTYPES = {"float32": "float32", "float16": "float16", "bf16_int16": "bfloat16"}

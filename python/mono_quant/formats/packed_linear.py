@@ -14,7 +14,7 @@ from ..kernels.row_rules import (INT8_WEIGHT_ONLY_BLAS_MIN_IN_FEATURES, INT8_WEI
                                   int8_weight_only_takes_blas, small_weight_takes_blas)
 from ..kernels.int8 import MAX_IN_FEATURES, linear_int8_prepared, linear_int8_raw, prepare_linear_int8
 from ..kernels.stamps import make_stamp, tensors_unchanged
-from ..packing import unpack_int8_rows
+from ..kernels import reference
 from .layer_cache import float_weight, kernel_args_stamped, per_layer_cache
 
 __all__ = ["BLAS_MIN_ROWS", "BLAS_MIN_IN_FEATURES", "blas_min_rows", "takes_blas", "takes_amx", "kernel_takes", "conv_kernel_takes", "packed_linear", "dequantized_packed",
@@ -86,19 +86,19 @@ def packed_linear(module, x2d: torch.Tensor, args: tuple, amx: bool = False) -> 
 
 def dequantized_packed(module, info: dict, kernel_size: Optional[tuple] = None,
                        out: Optional[torch.Tensor] = None) -> torch.Tensor:
-    """The float32 weight ``[out, K]`` of a packed int8 layer (K in the packed order:
-    (kh, kw, in_channel) for a conv), unpacked and dequantized in one call each
-    (the same values as ``dequantized_weight``).  ``kernel_size`` (kh, kw) of a conv: K in
-    torch's order (in_channel, kh, kw) instead, reordered while the weight is still int8 (a
-    quarter of the float32 bytes to move: 0.4 of a 256 -> 256 3x3 conv's time on an AMD Zen 3
-    for the float32 permute) and dequantized per row after, which gives the same values.  ``out``: a
-    float32 ``[out, K]`` tensor to write them into (formats/call_scratch.py's)."""
+    """The float32 weight ``[out, K]`` of a packed int8 layer (the same values as
+    ``dequantized_weight``), K in the packed order ((kh, kw, in_channel) for a conv) or, given a
+    conv's ``kernel_size`` (kh, kw), in torch's (in_channel, kh, kw).  On the CPU one C pass from
+    the packed layout; elsewhere its pure-torch twin (kernels.reference.dequantize_packed_int8).
+    ``out``: a float32 ``[out, K]`` tensor to write them into (formats/call_scratch.py's)."""
     n, k, groups = info["out_features"], info["in_features"], info["groups"]
-    rows = unpack_int8_rows(module.weight_packed, groups, n // groups, k).reshape(n, k)
-    if kernel_size is not None and kernel_size[0] * kernel_size[1] > 1:
-        kh, kw = kernel_size
-        rows = rows.reshape(n, kh, kw, k // (kh * kw)).permute(0, 3, 1, 2).reshape(n, k)
-    return kernels.dequantize_rows(rows, module.weight_scale, module.weight_zero_point, out=out)
+    packed, taps = module.weight_packed, 1 if kernel_size is None else kernel_size[0] * kernel_size[1]
+    if packed.is_cpu:  # one C pass from the packed layout
+        return kernels.dequantize_packed_int8(packed, groups, n // groups, k, taps, module.weight_scale,
+                                              module.weight_zero_point, out=out)
+    w = reference.dequantize_packed_int8(packed, groups, n // groups, k, taps, module.weight_scale,
+                                         module.weight_zero_point)
+    return w if out is None else out.copy_(w)
 
 
 # Per dynamic int8 layer, what its common call (a float32 CPU input) needs, kept with the

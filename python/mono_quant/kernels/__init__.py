@@ -10,13 +10,14 @@ from __future__ import annotations
 from . import int4, int8, layout, observers, reference, rows, settings
 from .int8 import (MAX_IN_FEATURES, linear_int8, linear_kernels, pack_int8, packed_check, quantize_pack_int8,
                    quantize_pack_int8_file)
-from .rows import (choose_qparams, dequantize_rows, per_tensor_uses_fma, quantize_rows, quantize_rows_fused,
-                   rows_minmax, rows_sqerr, to_numpy)
+from .rows import (choose_qparams, dequantize_packed_int8, dequantize_rows, per_tensor_uses_fma, quantize_rows,
+                   quantize_rows_fused, rows_minmax, rows_sqerr, to_numpy)
 from .settings import SETTINGS, THREADING_BACKENDS
 
 __all__ = [
     "SETTINGS", "THREADING_BACKENDS", "cpu_info", "per_tensor_uses_fma", "get_isa", "set_isa", "num_threads",
     "rows_minmax", "choose_qparams", "quantize_rows", "quantize_rows_fused", "rows_sqerr", "dequantize_rows",
+    "dequantize_packed_int8",
     "to_numpy", "pack_int8", "quantize_pack_int8", "quantize_pack_int8_file", "packed_check", "linear_int8",
     "linear_kernels", "MAX_IN_FEATURES",
     "int4", "int8", "layout", "observers", "reference", "rows", "settings",

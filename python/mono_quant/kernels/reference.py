@@ -14,6 +14,7 @@ from .layout import INT4_BLOCK, INT8_K_GROUP, INT8_PANEL_ROWS, round_up
 
 __all__ = ["rows_minmax", "choose_qparams", "quantize_rows", "quantize_rows_fused", "rows_sqerr", "dequantize_rows",
            "quantize_activations", "linear_int8", "conv2d_int8", "pack_int8", "quantize_pack_int8", "packed_check",
+           "dequantize_packed_int8",
            "q4_dequantize", "q4_linear", "half_linear"]
 
 _FLT_MIN = torch.finfo(torch.float32).tiny
@@ -183,6 +184,17 @@ def packed_check(packed: torch.Tensor, n: int, k: int):
     padding[:n, :k] = False
     return (rows.to(torch.int32).sum(dim=1, dtype=torch.int32), bool((packed == -128).any()),
             bool((rows[padding] != 0).any()))
+
+
+def dequantize_packed_int8(packed: torch.Tensor, groups: int, out_g: int, k: int, taps: int, scale: torch.Tensor,
+                           zero_point: torch.Tensor) -> torch.Tensor:
+    """Twin of ``kernels.dequantize_packed_int8`` (any device): float32 ``[groups * out_g, k]`` of a
+    packed int8 weight of ``groups`` blocks, K reordered from (tap, in_channel) to (in_channel, tap)."""
+    n_pad, k_pad = round_up(out_g, INT8_PANEL_ROWS), round_up(k, INT8_K_GROUP)
+    panels = packed.reshape(groups, n_pad // INT8_PANEL_ROWS, k_pad // INT8_K_GROUP, INT8_PANEL_ROWS, INT8_K_GROUP)
+    rows = panels.permute(0, 1, 3, 2, 4).reshape(groups, n_pad, k_pad)[:, :out_g, :k].reshape(groups * out_g, k)
+    rows = rows.reshape(-1, taps, k // taps).transpose(1, 2).reshape(-1, k)
+    return dequantize_rows(rows, scale, zero_point)
 
 
 def q4_dequantize(packed: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor, cols: int,

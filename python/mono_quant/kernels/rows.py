@@ -18,7 +18,8 @@ from . import reference
 from .settings import SETTINGS
 
 __all__ = ["to_numpy", "per_tensor_uses_fma", "rows_minmax", "choose_qparams", "quantize_rows",
-           "quantize_rows_fused", "rows_sqerr", "dequantize_rows", "as_rows", "uses_c", "C_SOURCE_DTYPES"]
+           "quantize_rows_fused", "rows_sqerr", "dequantize_rows", "dequantize_packed_int8", "as_rows", "uses_c",
+           "C_SOURCE_DTYPES"]
 
 #: float dtypes the C kernels read directly
 C_SOURCE_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
@@ -128,6 +129,22 @@ def dequantize_rows(q: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tens
         return y if out is None else out.copy_(y)
     y = _C.dequantize_rows(
         q.numpy(),
+        scale.detach().to("cpu", torch.float32).contiguous().numpy(),
+        zero_point.detach().to("cpu", torch.int32).contiguous().numpy(),
+        nthreads=SETTINGS.num_threads(),
+        out=None if out is None else out.detach().numpy(),
+    )
+    return torch.from_numpy(y) if out is None else out
+
+
+def dequantize_packed_int8(packed: torch.Tensor, groups: int, out_g: int, k: int, taps: int, scale: torch.Tensor,
+                           zero_point: torch.Tensor, out: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """A packed int8 CPU weight (``groups`` blocks of ``out_g`` channels by ``k``, layout.h) as
+    float32 ``[groups * out_g, k]`` rows, (code - zero_point) * scale per row, with K in torch's
+    order (a conv's packed (tap, in_channel) of ``taps`` taps as (in_channel, tap)), in one C
+    pass: what unpack_int8_rows, a permute and dequantize_rows give.  ``out``: as dequantize_rows'."""
+    y = _C.packed_dequantize(
+        packed.numpy(), groups, out_g, k, taps,
         scale.detach().to("cpu", torch.float32).contiguous().numpy(),
         zero_point.detach().to("cpu", torch.int32).contiguous().numpy(),
         nthreads=SETTINGS.num_threads(),
