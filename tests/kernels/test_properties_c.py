@@ -479,13 +479,12 @@ def test_packed_dequantize(data, case, nthreads):
     magnitude = data.draw(st.sampled_from([m for m in MAGNITUDES if 1e-30 <= m <= 1e30]))  # (scales must invert)
     scale = ((rng.random(n if per_row else 1) + 0.01) * magnitude).astype(np.float32)
     zp = rng.integers(-128, 128, n if per_row else 1).astype(np.int32)
-    call = lambda **kw: _C.packed_dequantize(packed, groups, out_g, k, taps + (case == "bad_taps"), scale, zp,  # noqa: E731
-                                             nthreads=nthreads, **kw)
-    if case in ("short", "bad_taps") and (case == "short" or k % (taps + 1)):
+    if case == "bad_taps":  # (where taps + 1 divides k too, a valid call of other taps)
+        taps += 1
+    call = lambda **kw: _C.packed_dequantize(packed, groups, out_g, k, taps, scale, zp, nthreads=nthreads, **kw)  # noqa: E731
+    if case == "short" or k % taps:
         raises_clearly(call)
         return
-    if case == "bad_taps":  # (taps + 1 divides k too: a valid call of other taps)
-        taps += 1
     out = None
     if case == "bad_out":
         raises_clearly(lambda: call(out=np.zeros((n, k + 1), np.float32)))
