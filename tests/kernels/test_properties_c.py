@@ -470,7 +470,7 @@ def test_packed_check(data, size_kind, nthreads):
 @given(st.data(), st.sampled_from(["valid", "valid", "valid", "short", "bad_taps", "out", "bad_out"]), THREADS)
 def test_packed_dequantize(data, case, nthreads):
     groups, out_g, cin = data.draw(st.integers(1, 3)), data.draw(sizes(1, 40)), data.draw(sizes(1, 40))
-    taps = data.draw(st.sampled_from([1, 1, 2, 3, 4, 9, 17, 25]))
+    taps = data.draw(st.sampled_from([1, 1, 2, 3, 4, 9, 17, 25, 32, 128]))  # (32 x 16 or 32 channels: K of 512, 1024)
     n, k = groups * out_g, cin * taps
     rng = np.random.default_rng(data.draw(st.integers(0, 2**32 - 1)))
     size = groups * -(-out_g // 16) * 16 * (-(-k // 4) * 4) - (case == "short")
