@@ -72,6 +72,9 @@ def test_this_machines_tables():
     # at the AVX2 level takes the BLAS from 512 rows on a CPU of a 32 KiB L1D, never on a wider one
     assert row_rules.INT4_BLAS_MIN_ROWS["avx2"] == NEVER
     assert row_rules.INT8_WEIGHT_ONLY_BLAS_MIN_ROWS["avx2"] == (512 if row_rules.SMALL_L1D else NEVER)
+    # ... and from 256 rows for inputs of 2048 and more (the long reductions)
+    assert row_rules.INT8_WEIGHT_ONLY_BLAS_LONG_K["avx2"] == ((256, 2048) if row_rules.SMALL_L1D else None)
+    assert row_rules.INT8_WEIGHT_ONLY_BLAS_LONG_K["avx512"] is None
     assert row_rules.SMALL_L1D == (row_rules.L1D_BYTES <= 32 << 10) and row_rules.L1D_BYTES == row_rules.l1d_bytes()
     finite = row_rules.BLAS_AVX512
     assert (row_rules.INT8_WEIGHT_ONLY_BLAS_MIN_ROWS["avx512"] < NEVER) == finite
@@ -293,3 +296,16 @@ def test_small_weight_rule_eager_kept_and_exported_agree(small_rule_at_5_rows, d
             layer.weight_scale.mul_(2.0)
             x = torch.randn(6, 96)
             assert torch.equal(model(x), F.linear(x, layer.dequantized_weight(), layer.bias))
+
+
+def test_long_reductions_take_the_blas_from_their_own_row_count(monkeypatch):
+    """INT8_WEIGHT_ONLY_BLAS_LONG_K: (rows, in_features) from which a weight-only layer takes the BLAS
+    whatever the general row table says; None: only the general table."""
+    monkeypatch.setitem(row_rules.INT8_WEIGHT_ONLY_BLAS_MIN_ROWS, "avx2", NEVER)
+    monkeypatch.setitem(row_rules.INT8_WEIGHT_ONLY_BLAS_LONG_K, "avx2", (256, 2048))
+    assert row_rules.int8_weight_only_blas_rows(256, 2048, "avx2")
+    assert not row_rules.int8_weight_only_blas_rows(255, 2048, "avx2")
+    assert not row_rules.int8_weight_only_blas_rows(256, 2047, "avx2")
+    assert row_rules.int8_weight_only_takes_blas(300, 3072, 768, "avx2")
+    monkeypatch.setitem(row_rules.INT8_WEIGHT_ONLY_BLAS_LONG_K, "avx2", None)
+    assert not row_rules.int8_weight_only_takes_blas(300, 3072, 768, "avx2")

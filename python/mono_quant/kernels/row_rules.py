@@ -37,7 +37,8 @@ from .. import _C
 
 __all__ = ["BLAS_AVX512", "L1D_BYTES", "SMALL_L1D", "l1d_bytes", "HALF_KERNEL_MAX_ROWS", "HALF_PANEL_MAX_ROWS",
            "HALF_PANEL_MAX_IN_FEATURES", "HALF_AMX_MIN_ROWS", "AMX_MIN_OUT_FEATURES", "half_takes_amx",
-           "INT8_WEIGHT_ONLY_BLAS_MIN_ROWS", "INT8_WEIGHT_ONLY_BLAS_MIN_IN_FEATURES", "int8_weight_only_takes_blas",
+           "INT8_WEIGHT_ONLY_BLAS_MIN_ROWS", "INT8_WEIGHT_ONLY_BLAS_MIN_IN_FEATURES", "INT8_WEIGHT_ONLY_BLAS_LONG_K",
+           "int8_weight_only_takes_blas",
            "int8_weight_only_blas_rows",
            "INT8_WEIGHT_ONLY_AMX_MIN_ROWS", "INT8_WEIGHT_ONLY_AMX_MIN_MACS", "int8_weight_only_takes_amx",
            "INT4_BLAS_MIN_ROWS", "INT4_BLAS_MAX_OUT_FEATURES", "int4_takes_blas", "int4_int8_activations_fit",
@@ -259,6 +260,14 @@ INT8_WEIGHT_ONLY_BLAS_MIN_ROWS = {"scalar": _NEVER, "avx2": 512 if SMALL_L1D els
 #: against 1.16 / 1.06 / 1.03; from 768 columns BLAS level or ahead (768x768 at 2048: 1.07 against
 #: tiles 1.09, 768x3072 at 4096: 1.02 against 1.14).
 INT8_WEIGHT_ONLY_BLAS_MIN_IN_FEATURES = {"scalar": 0, "avx2": 0, "avx512": 768 if BLAS_AVX512 else 0}
+#: ... and from this many rows for layers of at least this many inputs, ``(rows, in_features)``, or
+#: None: long reductions, where the tiles on a 32 KiB L1D fall furthest behind.  AMD Zen 3 (3 Dec 2026,
+#: after the one-pass dequantize, time / fp32 at 256 rows, 1 / 2 threads, tiles against dequantize +
+#: BLAS): 768 -> 3072 1.25-1.29 / 1.31 against 1.11-1.15 / 1.17, 1024 -> 2048 1.23-1.50 / 1.22 against
+#: 1.09-1.13 / 1.15; not below 2048 inputs (768 inputs 1.08-1.36 / 0.97-1.15 against 1.06-1.09 /
+#: 1.14-1.31: 2 threads keep the tiles ahead), nor at 128 rows (768 -> 3072 1.21-1.58 against 1.20-1.27
+#: at 1 thread, 1.08 against 1.19 at 2).
+INT8_WEIGHT_ONLY_BLAS_LONG_K = {"scalar": None, "avx2": (256, 2048) if SMALL_L1D else None, "avx512": None}
 
 
 #: int8 weight-only Linear calls from this many rows on AMX-BF16 where the CPU has it and the
@@ -288,7 +297,7 @@ def int8_weight_only_takes_amx(rows: int, in_features: int, out_features: int, i
 def int8_weight_only_takes_blas(rows: int, in_features: int, out_features: int, isa: str) -> bool:
     """Whether an int8 weight-only Linear call of ``rows`` rows runs torch's BLAS on its weight
     dequantized per call (else the packed tiles or AMX), at kernel level ``isa``: a small, narrow
-    weight (small_weight_takes_blas), or the two tables above unless AMX-BF16 takes the call
+    weight (small_weight_takes_blas), or the three tables above unless AMX-BF16 takes the call
     (int8_weight_only_takes_amx)."""
     if small_weight_takes_blas(rows, in_features, out_features, isa, fmt="int8_weight_only"):
         return True
@@ -297,9 +306,11 @@ def int8_weight_only_takes_blas(rows: int, in_features: int, out_features: int, 
 
 
 def int8_weight_only_blas_rows(rows: int, in_features: int, isa: str) -> bool:
-    """The two tables' condition alone (INT8_WEIGHT_ONLY_BLAS_MIN_ROWS, _MIN_IN_FEATURES), for a caller
+    """The tables' condition alone (INT8_WEIGHT_ONLY_BLAS_MIN_ROWS, _MIN_IN_FEATURES, _LONG_K), for a caller
     that has already asked the small-weight and AMX rules (int8_weight_only_takes_blas asks both)."""
-    return rows >= INT8_WEIGHT_ONLY_BLAS_MIN_ROWS[isa] and in_features >= INT8_WEIGHT_ONLY_BLAS_MIN_IN_FEATURES[isa]
+    long_k = INT8_WEIGHT_ONLY_BLAS_LONG_K[isa]
+    return ((rows >= INT8_WEIGHT_ONLY_BLAS_MIN_ROWS[isa] and in_features >= INT8_WEIGHT_ONLY_BLAS_MIN_IN_FEATURES[isa])
+            or (long_k is not None and rows >= long_k[0] and in_features >= long_k[1]))
 
 #: int4: from this many rows, on layers of at most INT4_BLAS_MAX_OUT_FEATURES outputs, torch's
 #: BLAS on the weight dequantized once per call.  AVX2 (torch capped at AVX2): the kernels with
