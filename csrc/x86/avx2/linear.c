@@ -352,6 +352,86 @@ static void wpanel_rows_buf(const mq_wgemm_args *a, int64_t r0, int64_t m, int64
     }
 }
 
+/* ---- reduction blocks: the buffered tiles on CPUs of a 32 KiB L1D ----
+ * A buffered panel is 16 x kp floats (192 KiB at 3072 inputs) and a 6-row tile's x 6 x kp: each
+ * quarter tile walked all of K from L2 (768 -> 3072 at 128-256 rows: 1.2-1.6x fp32's time on an
+ * AMD Zen 3).  Here K goes in blocks of KB_GROUPS K-groups (16 KiB of the panel, 6 KiB of x): every
+ * row tile passes over a block while it is in L1, its accumulators kept in memory between blocks
+ * (stored and reloaded as they are: each lane's products are added in the same order, mq.h's
+ * mq_wgemm_args contract, so the same bits). */
+#define KB_GROUPS 64
+/* ... for K past this many K-groups (1024 inputs): at 384 the blocks cost up to 9% (1 thread), at 768
+ * they were mixed (-9% to +8% at 64-512 rows, 1 thread; 1-4% ahead at 2), from 1536 ahead or level
+ * (768 -> 3072 at 128 rows 1.40 -> 1.14 of fp32's time, 4096 x 4096 at 256 rows 1.17 -> 1.01 at 2 threads) */
+#define KB_MIN_GROUPS 256
+
+typedef struct {
+    mq_wgemm_args a; /* first: the row functions are handed &kb->a */
+    float *acc;      /* per row tile and quarter: 12 accumulator vectors (aligned) */
+} kblock_args;
+
+#define WK_LOAD(i, R)                                                                        \
+    if ((i) < (R)) acc##i##a = _mm256_load_ps(acc + 16 * (i)), acc##i##b = _mm256_load_ps(acc + 16 * (i) + 8);
+#define WK_SAVE(i, R)                                                                        \
+    if ((i) < (R)) _mm256_store_ps(acc + 16 * (i), acc##i##a), _mm256_store_ps(acc + 16 * (i) + 8, acc##i##b);
+
+MQ_INLINE void wquarter_kblock_body(const mq_wgemm_args *a, int64_t m0, int64_t p, int quarter, const int R,
+                                    const float *wbuf, int64_t g0, int64_t g1, float *acc) {
+    const int64_t groups = a->kp / MQ_KGROUP, kp = a->kp, n0 = p * MQ_PANEL + quarter * 4;
+    const float *x = a->x + m0 * kp;
+    WQ_DECL(0) WQ_DECL(1) WQ_DECL(2) WQ_DECL(3) WQ_DECL(4) WQ_DECL(5)
+    if (g0 > 0) {
+        WK_LOAD(0, R) WK_LOAD(1, R) WK_LOAD(2, R) WK_LOAD(3, R) WK_LOAD(4, R) WK_LOAD(5, R)
+    }
+    for (int64_t g = g0; g < g1; g++) {
+        const __m256 w0 = _mm256_load_ps(wbuf + g * 64 + quarter * 16);
+        const __m256 w1 = _mm256_load_ps(wbuf + g * 64 + quarter * 16 + 8);
+        WQ_ROW(0, R) WQ_ROW(1, R) WQ_ROW(2, R) WQ_ROW(3, R) WQ_ROW(4, R) WQ_ROW(5, R)
+    }
+    if (g1 == groups) {
+        WQ_STORE(0, R) WQ_STORE(1, R) WQ_STORE(2, R) WQ_STORE(3, R) WQ_STORE(4, R) WQ_STORE(5, R)
+    } else {
+        WK_SAVE(0, R) WK_SAVE(1, R) WK_SAVE(2, R) WK_SAVE(3, R) WK_SAVE(4, R) WK_SAVE(5, R)
+    }
+}
+
+#define WKBLOCK(R)                                                                                     \
+    static void wquarter_kblock_##R(const mq_wgemm_args *a, int64_t m0, int64_t p, int quarter,         \
+                                    const float *wbuf, int64_t g0, int64_t g1, float *acc) {           \
+        wquarter_kblock_body(a, m0, p, quarter, R, wbuf, g0, g1, acc);                                 \
+    }
+WKBLOCK(3) WKBLOCK(4) WKBLOCK(5) WKBLOCK(6)
+typedef void (*wquarter_kblock_fn)(const mq_wgemm_args *a, int64_t m0, int64_t p, int quarter, const float *wbuf,
+                                   int64_t g0, int64_t g1, float *acc);
+
+/* wpanel_rows_buf's tiles (the same split), K a block at a time (a: a kblock_args's). */
+static void wpanel_rows_kblocks(const mq_wgemm_args *a, int64_t r0, int64_t m, int64_t p, const float *wbuf) {
+    static const wquarter_kblock_fn tiles[7] = {NULL, NULL, NULL, wquarter_kblock_3, wquarter_kblock_4,
+                                                wquarter_kblock_5, wquarter_kblock_6};
+    float *const acc = ((const kblock_args *)a)->acc;
+    const int64_t groups = a->kp / MQ_KGROUP, count = (m + 5) / 6, left = a->n - p * MQ_PANEL;
+    const int quarters = (int)((left + 3) / 4 < 4 ? (left + 3) / 4 : 4);
+    for (int64_t g0 = 0; g0 < groups; g0 += KB_GROUPS) {
+        const int64_t g1 = groups - g0 < KB_GROUPS ? groups : g0 + KB_GROUPS;
+        for (int64_t t = 0, m0 = r0; t < count; t++) {
+            const int64_t rows = m / count + (t < m % count);
+            for (int q = 0; q < quarters; q++) tiles[rows](a, m0, p, q, wbuf, g0, g1, acc + (t * 4 + q) * 96);
+            m0 += rows;
+        }
+    }
+}
+
+/* The accumulators wpanel_rows_kblocks keeps for mq_buffered_rows' largest row block (its formula:
+ * about 1 MiB of x in whole 6-row tiles, and up to 2 rows more joined to the last), or NULL where K
+ * fits one block (or no memory: then the unblocked tiles, the same bits). */
+static float *kblock_acc_new(int64_t m, int64_t kp) {
+    if (kp / MQ_KGROUP <= KB_MIN_GROUPS) return NULL;
+    int64_t block = ((int64_t)1 << 20) / (4 * kp) / 6 * 6;
+    if (block < 6) block = 6;
+    const int64_t rows = (m < block + 2 ? m : block + 2), tiles = (rows + 5) / 6;
+    return aligned_alloc(32, (size_t)tiles * 4 * 96 * sizeof(float));
+}
+
 /* Rows [r0, r0 + m) of panel p: ceil(m / 6) tiles as even as can be (6, or
  * 5 with zero-points: registers), so every tile has 3 rows or more once
  * m >= 3 (8 rows: 4 + 4, not 6 + 2).  One row takes the whole-panel GEMV
@@ -406,7 +486,12 @@ static void wgemm_avx2(const mq_wgemm_args *a, int64_t p0, int64_t p1) {
     if (a->m >= WBUF_MIN_ROWS && groups > 0) {
         float *wbuf = aligned_alloc(32, (size_t)groups * 64 * sizeof(float));
         if (wbuf) {
-            mq_buffered_rows(a, p0, p1, wbuf, int8_panel_fill, a, wpanel_rows_buf, 3); /* quarter tiles: 3-6 rows */
+            const kblock_args kb = {*a, kblock_acc_new(a->m, a->kp)};
+            if (kb.acc) /* quarter tiles: 3-6 rows */
+                mq_buffered_rows(&kb.a, p0, p1, wbuf, int8_panel_fill, &kb.a, wpanel_rows_kblocks, 3);
+            else
+                mq_buffered_rows(a, p0, p1, wbuf, int8_panel_fill, a, wpanel_rows_buf, 3);
+            free(kb.acc);
             free(wbuf);
             return;
         }
@@ -469,7 +554,12 @@ static void h16_panels_avx2(const float *x, int64_t m, int64_t kp, const uint16_
     const mq_wgemm_args a = {.x = x, .m = m, .kp = kp, .n = n, .w = NULL, .w_scale = NULL, .w_zp = NULL,
                              .bias = bias, .y = y};
     const mq_h16_weight src = {w, n, k, kp, is_bf16};
-    mq_buffered_rows(&a, p0, p1, wbuf, h16_panel_to_float, &src, wpanel_rows_buf, 3);
+    const kblock_args kb = {a, kblock_acc_new(m, kp)};
+    if (kb.acc)
+        mq_buffered_rows(&kb.a, p0, p1, wbuf, h16_panel_to_float, &src, wpanel_rows_kblocks, 3);
+    else
+        mq_buffered_rows(&a, p0, p1, wbuf, h16_panel_to_float, &src, wpanel_rows_buf, 3);
+    free(kb.acc);
 }
 
 const mq_kernels mq_avx2_linear_table = {

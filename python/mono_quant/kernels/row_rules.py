@@ -266,7 +266,9 @@ INT8_WEIGHT_ONLY_BLAS_MIN_IN_FEATURES = {"scalar": 0, "avx2": 0, "avx512": 768 i
 #: BLAS): 768 -> 3072 1.25-1.29 / 1.31 against 1.11-1.15 / 1.17, 1024 -> 2048 1.23-1.50 / 1.22 against
 #: 1.09-1.13 / 1.15; not below 2048 inputs (768 inputs 1.08-1.36 / 0.97-1.15 against 1.06-1.09 /
 #: 1.14-1.31: 2 threads keep the tiles ahead), nor at 128 rows (768 -> 3072 1.21-1.58 against 1.20-1.27
-#: at 1 thread, 1.08 against 1.19 at 2).
+#: at 1 thread, 1.08 against 1.19 at 2).  With the tiles K-blocked past 1024 inputs (x86/avx2/linear.c)
+#: the tiles come near (768 -> 3072 at 256 rows 1.17 / 1.11), and the tier still helps the encoders a
+#: little (bert768 at 256 / 384 rows, without -> with: 1.11 -> 1.09 / 1.15 -> 1.08 at 1 thread).
 INT8_WEIGHT_ONLY_BLAS_LONG_K = {"scalar": None, "avx2": (256, 2048) if SMALL_L1D else None, "avx512": None}
 
 
