@@ -117,7 +117,8 @@ static void panel_rows(const int8_t *panel, int lanes, int64_t k, int64_t taps, 
 
 static void packed_dequantize_range(void *vctx, int64_t begin, int64_t end) {
     const packed_dequantize_ctx *c = vctx;
-    float s[MQ_PANEL_GROUP_BYTES] = {0}, z[MQ_PANEL_GROUP_BYTES] = {0}; /* (a short panel's missing lanes: 0) */
+    /* (lanes past a short panel's channels: computed from padding bytes, never stored) */
+    float s[MQ_PANEL_GROUP_BYTES] = {0}, z[MQ_PANEL_GROUP_BYTES] = {0};
     for (int64_t u = begin; u < end; u++) { /* panel u: group g, channels ch0.. of it */
         const int64_t g = u / c->panels_per_group, ch0 = u % c->panels_per_group * MQ_PANEL;
         const int lanes = c->out_g - ch0 < MQ_PANEL ? (int)(c->out_g - ch0) : MQ_PANEL;
