@@ -122,6 +122,32 @@ def test_weight_only_conv_picks_the_packed_kernel_for_few_pixels():
             assert torch.allclose(qconv(x).double(), ref, rtol=1e-5, atol=1e-5 * float(ref.abs().max()))
 
 
+def test_weight_only_conv_of_a_weight_past_fill_max_keeps_the_packed_kernel(monkeypatch):
+    """direct_conv.FILL_MAX_ELEMENTS: a weight of that many elements or more takes the packed kernel at
+    few pixels instead of the direct kernel's panels filled per call; under it the direct kernel, as before."""
+    from mono_quant.kernels import direct_conv
+    isa = kernels.SETTINGS.isa
+    conv = nn.Conv2d(64, 512, 3, padding=1).eval()  # 294912 weights
+    qconv, _ = mq.quantize(conv, activations=None)
+    x = torch.randn(2, 64, 4, 4)  # 32 output pixels: few, for 512 channels
+    monkeypatch.setitem(direct_conv.FILL_MAX_ELEMENTS, isa, 1 << 62)
+    fits = qconv._direct_fits(x)
+    assert fits == (isa != "scalar") and qconv._packed_pays(x) != fits
+    monkeypatch.setitem(direct_conv.FILL_MAX_ELEMENTS, isa, qconv.weight_numel())
+    assert qconv._packed_pays(x)
+    monkeypatch.setitem(direct_conv.FILL_MAX_ELEMENTS, isa, qconv.weight_numel() + 1)
+    assert qconv._packed_pays(x) != fits
+    from mono_quant.modules import conv as conv_module
+    ref = F.conv2d(x.double(), qconv.dequantized_weight().double(), qconv.bias.double(), padding=1)
+    for limit, route in ((1 << 62, "direct" if fits else "packed"), (0, "packed")):
+        monkeypatch.setitem(direct_conv.FILL_MAX_ELEMENTS, isa, limit)
+        layer, _ = mq.quantize(conv, activations=None)  # (a new layer: a route is kept per layer)
+        with torch.no_grad():
+            y = layer(x)
+        assert conv_module._ROUTES[layer][5] == route
+        assert torch.allclose(y.double(), ref, rtol=1e-5, atol=1e-5 * float(ref.abs().max()))
+
+
 @pytest.mark.parametrize("kernel,padding,dilation", [
     ((2 ** 62 + 1, 4), (2 ** 61, 0), (1, 1)),  # kernel area would wrap int64 to a small k
     ((2 ** 62 + 1, 4), (0, 0), (4, 1)),

@@ -21,12 +21,13 @@ import torch.nn.functional as F
 
 from .. import _C
 from .half_conv import _half_conv2d_backward, _half_conv2d_setup
+from .row_rules import SMALL_L1D
 from .settings import SETTINGS
 
 __all__ = ["int8_conv_arrays", "int8_conv_panels", "float_conv_panels", "direct_conv2d", "direct_conv2d_int8",
            "direct_conv2d_int4",
            "direct_conv2d_reference", "MAX_OUTPUTS", "LARGE_WEIGHT_OUTPUTS_FACTOR", "FEW_OUT_LANES", "MIN_K",
-           "FILL_ELEMENTS_PER_PIXEL", "SHORT_K", "SHORT_K_MAX_PIXELS", "short_k_fits", "WIDE_ANY_OUTPUTS_ON_THIS_CPU",
+           "FILL_ELEMENTS_PER_PIXEL", "FILL_MAX_ELEMENTS", "SHORT_K", "SHORT_K_MAX_PIXELS", "short_k_fits", "WIDE_ANY_OUTPUTS_ON_THIS_CPU",
            "WIDE_OUT_CHANNELS", "WIDE_LEVELS", "wide_any_outputs"]
 
 #: the most output elements (batch x out_h x out_w x out_channels) an integer layer's conv (weight-only
@@ -53,6 +54,14 @@ FEW_OUT_LANES = 16
 #: packed / direct: 128->128 on 1x1 61 / 56, 2x2 83 / 57; 128->256 on 2x2 101 / 135, 3x3 152 / 105;
 #: 256->256 on 3x3 221 / 218; 64->128 on 4x4 105 / 46, fp32 54)
 FILL_ELEMENTS_PER_PIXEL = 65536
+#: ... and only for weights of fewer elements than this (per kernel level; the packed kernel past it):
+#: the filled float32 panels of a larger weight pass an L2 of 512 KiB several times over.  AMD Zen 3 (3 Dec
+#: 2026, AVX2, 32 KiB L1D, time / fp32 at 1 / 2 threads, direct against packed): 512 -> 512 3x3 on 7x7 at
+#: batch 1 1.23-1.29 against 0.91; 256 -> 512 on 4x4 at batch 2 1.20 / 1.03 against 0.83 / 0.76, batch 4
+#: 1.16-1.21 against 1.03-1.04; 512 -> 1024 1x1 on 4x4 1.18 against 0.99; 256 -> 256 3x3 (590k) on 4x4 /
+#: 5x5 1.00 / 0.73 against 0.93 / 0.70 (2 threads 1.43 / 0.95 against 1.21 / 0.84); below it mixed or the
+#: direct kernel ahead (128 -> 256 3x3 on 4x4, 2 threads: 1.23 against 1.75).  Other CPUs: not measured.
+FILL_MAX_ELEMENTS = {"scalar": 0, "avx2": (1 << 19) if SMALL_L1D else 1 << 62, "avx512": 1 << 62}
 #: the shortest reduction (in/groups x kh x kw) that runs the direct kernel: an RGB 3x3 stem (27 taps),
 #: within MAX_OUTPUTS: torch's conv pays its per-call costs on few multiply-adds there (2 threads, 2
 #: December 2026, Intel Xeon, time / fp32: 3->16 / 3->32 / 3->64 on 8x8 at batch 1 0.23 / 0.26 / 0.34,

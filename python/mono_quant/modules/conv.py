@@ -68,6 +68,7 @@ _ROUTE_SOURCES = tuple((None, name) for name in (
                                                    (vars(direct_conv), "MIN_K"),
                                                    (vars(direct_conv), "LARGE_WEIGHT_OUTPUTS_FACTOR"),
                                                    (vars(direct_conv), "FILL_ELEMENTS_PER_PIXEL"),
+                                                   (vars(direct_conv), "FILL_MAX_ELEMENTS"),
                                                    (vars(direct_conv), "SHORT_K"),
                                                    (vars(direct_conv), "SHORT_K_MAX_PIXELS"),
                                                    (vars(settings), "LEVEL_MARK"))
@@ -238,7 +239,8 @@ class QuantizedConv2d(ReduceRange, QuantizedModule):
         weight (bench_conv.py: the packed weight-only path wins below about
         out_channels/8 output pixels), except where the direct kernel takes them (kernels.direct_conv:
         faster on kept panels, and on panels filled per call from about one pixel per
-        FILL_ELEMENTS_PER_PIXEL weight elements).  ``isa``: as ``_direct_fits``'."""
+        FILL_ELEMENTS_PER_PIXEL weight elements, for weights under FILL_MAX_ELEMENTS).  ``isa``: as
+        ``_direct_fits``'."""
         if self.activations == "dynamic":
             k = self.in_channels // self.groups * self.kernel_size2d[0] * self.kernel_size2d[1]
             # (weight_symmetric, not the zero-point buffer's values: torch.compile traces this rule;
@@ -262,8 +264,9 @@ class QuantizedConv2d(ReduceRange, QuantizedModule):
         # few pixels: the direct kernel where it fits (isa: _direct_fits'), on kept panels, or on panels filled
         # per call once the pixels' work outweighs the fill (direct_conv.FILL_ELEMENTS_PER_PIXEL)
         numel = self.weight_numel()
-        return not (self._direct_fits(x, isa) and (numel <= layer_cache.SMALL_WEIGHT_ELEMENTS
-                                                   or pixels * direct_conv.FILL_ELEMENTS_PER_PIXEL >= numel))
+        fill_max = direct_conv.FILL_MAX_ELEMENTS.get(SETTINGS.isa if isa is None else isa, 0)
+        return not (self._direct_fits(x, isa) and (numel <= layer_cache.SMALL_WEIGHT_ELEMENTS or (
+            pixels * direct_conv.FILL_ELEMENTS_PER_PIXEL >= numel and numel < fill_max)))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if traced_forward.use_ops(x, self):  # graph capture or autograd: the torch.library ops
