@@ -27,8 +27,8 @@ from .settings import SETTINGS
 __all__ = ["int8_conv_arrays", "int8_conv_panels", "float_conv_panels", "direct_conv2d", "direct_conv2d_int8",
            "direct_conv2d_int4",
            "direct_conv2d_reference", "MAX_OUTPUTS", "LARGE_WEIGHT_OUTPUTS_FACTOR", "FEW_OUT_LANES", "MIN_K",
-           "FILL_ELEMENTS_PER_PIXEL", "FILL_MAX_ELEMENTS", "SHORT_K", "SHORT_K_MAX_PIXELS", "short_k_fits", "WIDE_ANY_OUTPUTS_ON_THIS_CPU",
-           "WIDE_OUT_CHANNELS", "WIDE_LEVELS", "wide_any_outputs"]
+           "FILL_ELEMENTS_PER_PIXEL", "FILL_MAX_ELEMENTS", "SHORT_K", "SHORT_K_MAX_PIXELS", "short_k_fits",
+           "WIDE_ANY_OUTPUTS_ON_THIS_CPU", "WIDE_OUT_CHANNELS", "WIDE_LEVELS", "wide_any_outputs"]
 
 #: the most output elements (batch x out_h x out_w x out_channels) an integer layer's conv (weight-only
 #: int8, int4) runs the direct kernel with, per kernel level: past them torch's conv, batched over more pixels, is as fast or
