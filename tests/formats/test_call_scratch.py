@@ -20,7 +20,8 @@ from mono_quant.modules import conv as conv_module
 def _q8(rows=5, cols=7):
     g = torch.Generator().manual_seed(0)
     q = torch.randint(-128, 128, (rows, cols), dtype=torch.int8, generator=g).numpy()
-    return q, (torch.rand(rows, generator=g) + 0.1).numpy(), torch.randint(-3, 4, (rows,), dtype=torch.int32, generator=g).numpy()
+    scale = (torch.rand(rows, generator=g) + 0.1).numpy()
+    return q, scale, torch.randint(-3, 4, (rows,), dtype=torch.int32, generator=g).numpy()
 
 
 def _q4(rows=4, cols=200):
