@@ -10,7 +10,7 @@ from typing import Optional, Tuple
 import torch
 import torch.nn.functional as F
 
-from .layout import INT4_BLOCK, INT8_K_GROUP, INT8_PANEL_ROWS, round_up
+from .layout import INT4_BLOCK, INT8_K_GROUP, INT8_PANEL_ROWS, round_up, unpack_int8_rows
 
 __all__ = ["rows_minmax", "choose_qparams", "quantize_rows", "quantize_rows_fused", "rows_sqerr", "dequantize_rows",
            "quantize_activations", "linear_int8", "conv2d_int8", "pack_int8", "quantize_pack_int8", "packed_check",
@@ -190,10 +190,7 @@ def dequantize_packed_int8(packed: torch.Tensor, groups: int, out_g: int, k: int
                            zero_point: torch.Tensor) -> torch.Tensor:
     """Twin of ``kernels.dequantize_packed_int8`` (any device): float32 ``[groups * out_g, k]`` of a
     packed int8 weight of ``groups`` blocks, K reordered from (tap, in_channel) to (in_channel, tap)."""
-    n_pad, k_pad = round_up(out_g, INT8_PANEL_ROWS), round_up(k, INT8_K_GROUP)
-    panels = packed.reshape(groups, n_pad // INT8_PANEL_ROWS, k_pad // INT8_K_GROUP, INT8_PANEL_ROWS, INT8_K_GROUP)
-    rows = panels.permute(0, 1, 3, 2, 4).reshape(groups, n_pad, k_pad)[:, :out_g, :k].reshape(groups * out_g, k)
-    rows = rows.reshape(-1, taps, k // taps).transpose(1, 2).reshape(-1, k)
+    rows = unpack_int8_rows(packed, groups, out_g, k).reshape(-1, taps, k // taps).transpose(1, 2).reshape(-1, k)
     return dequantize_rows(rows, scale, zero_point)
 
 

@@ -120,21 +120,18 @@ def rows_sqerr(x: torch.Tensor, q: torch.Tensor, scale: torch.Tensor, zero_point
 
 
 def dequantize_rows(q: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor,
-                    out_device: Optional[torch.device] = None, out: Optional[torch.Tensor] = None) -> torch.Tensor:
-    """(q - zero_point) * scale per row, as float32.  ``out``: a contiguous float32 CPU tensor of
-    q's shape to write them into (and return), e.g. a per-thread buffer (formats/call_scratch.py)."""
+                    out_device: Optional[torch.device] = None) -> torch.Tensor:
+    """(q - zero_point) * scale per row, as float32."""
     q = as_rows(q)
     if q.device.type != "cpu" or q.dtype not in (torch.int8, torch.uint8):
-        y = reference.dequantize_rows(q, scale, zero_point)
-        return y if out is None else out.copy_(y)
-    y = _C.dequantize_rows(
+        return reference.dequantize_rows(q, scale, zero_point)
+    out = _C.dequantize_rows(
         q.numpy(),
         scale.detach().to("cpu", torch.float32).contiguous().numpy(),
         zero_point.detach().to("cpu", torch.int32).contiguous().numpy(),
         nthreads=SETTINGS.num_threads(),
-        out=None if out is None else out.detach().numpy(),
     )
-    return torch.from_numpy(y) if out is None else out
+    return torch.from_numpy(out)
 
 
 def dequantize_packed_int8(packed: torch.Tensor, groups: int, out_g: int, k: int, taps: int, scale: torch.Tensor,
@@ -142,7 +139,8 @@ def dequantize_packed_int8(packed: torch.Tensor, groups: int, out_g: int, k: int
     """A packed int8 CPU weight (``groups`` blocks of ``out_g`` channels by ``k``, layout.h) as
     float32 ``[groups * out_g, k]`` rows, (code - zero_point) * scale per row, with K in torch's
     order (a conv's packed (tap, in_channel) of ``taps`` taps as (in_channel, tap)), in one C
-    pass: what unpack_int8_rows, a permute and dequantize_rows give.  ``out``: as dequantize_rows'."""
+    pass: what unpack_int8_rows, a permute and dequantize_rows give.  ``out``: a contiguous float32 CPU
+    tensor of that shape to write them into (and return), e.g. a per-thread buffer (formats/call_scratch.py)."""
     y = _C.packed_dequantize(
         packed.numpy(), groups, out_g, k, taps,
         scale.detach().to("cpu", torch.float32).contiguous().numpy(),
