@@ -338,6 +338,9 @@ static void wpanel_to_float(const mq_wgemm_args *a, int64_t p, float *wbuf) {
         }
 }
 
+/* The fewest rows a quarter tile takes: mq_buffered_rows joins a shorter last block to the one before. */
+#define QUARTER_MIN_ROWS 3
+
 /* Rows [r0, r0 + m) (m >= 3) of panel p on its converted weights: 6-row tiles (no zero-point
  * registers left to hold), split as evenly as wpanel_rows splits. */
 static void wpanel_rows_buf(const mq_wgemm_args *a, int64_t r0, int64_t m, int64_t p, const float *wbuf) {
@@ -421,14 +424,11 @@ static void wpanel_rows_kblocks(const mq_wgemm_args *a, int64_t r0, int64_t m, i
     }
 }
 
-/* The accumulators wpanel_rows_kblocks keeps for mq_buffered_rows' largest row block (its formula:
- * about 1 MiB of x in whole 6-row tiles, and up to 2 rows more joined to the last), or NULL where K
- * fits one block (or no memory: then the unblocked tiles, the same bits). */
+/* The accumulators wpanel_rows_kblocks keeps for mq_buffered_rows' largest row block, or NULL
+ * where K fits one block (or no memory: then the unblocked tiles, the same bits). */
 static float *kblock_acc_new(int64_t m, int64_t kp) {
     if (kp / MQ_KGROUP <= KB_MIN_GROUPS) return NULL;
-    int64_t block = ((int64_t)1 << 20) / (4 * kp) / 6 * 6;
-    if (block < 6) block = 6;
-    const int64_t rows = (m < block + 2 ? m : block + 2), tiles = (rows + 5) / 6;
+    const int64_t tiles = (mq_buffered_block_rows_max(m, kp, QUARTER_MIN_ROWS) + 5) / 6;
     return aligned_alloc(32, (size_t)tiles * 4 * 96 * sizeof(float));
 }
 
@@ -488,9 +488,9 @@ static void wgemm_avx2(const mq_wgemm_args *a, int64_t p0, int64_t p1) {
         if (wbuf) {
             const kblock_args kb = {*a, kblock_acc_new(a->m, a->kp)};
             if (kb.acc) /* quarter tiles: 3-6 rows */
-                mq_buffered_rows(&kb.a, p0, p1, wbuf, int8_panel_fill, &kb.a, wpanel_rows_kblocks, 3);
+                mq_buffered_rows(&kb.a, p0, p1, wbuf, int8_panel_fill, &kb.a, wpanel_rows_kblocks, QUARTER_MIN_ROWS);
             else
-                mq_buffered_rows(a, p0, p1, wbuf, int8_panel_fill, a, wpanel_rows_buf, 3);
+                mq_buffered_rows(a, p0, p1, wbuf, int8_panel_fill, a, wpanel_rows_buf, QUARTER_MIN_ROWS);
             free(kb.acc);
             free(wbuf);
             return;
@@ -556,9 +556,9 @@ static void h16_panels_avx2(const float *x, int64_t m, int64_t kp, const uint16_
     const mq_h16_weight src = {w, n, k, kp, is_bf16};
     const kblock_args kb = {a, kblock_acc_new(m, kp)};
     if (kb.acc)
-        mq_buffered_rows(&kb.a, p0, p1, wbuf, h16_panel_to_float, &src, wpanel_rows_kblocks, 3);
+        mq_buffered_rows(&kb.a, p0, p1, wbuf, h16_panel_to_float, &src, wpanel_rows_kblocks, QUARTER_MIN_ROWS);
     else
-        mq_buffered_rows(&a, p0, p1, wbuf, h16_panel_to_float, &src, wpanel_rows_buf, 3);
+        mq_buffered_rows(&a, p0, p1, wbuf, h16_panel_to_float, &src, wpanel_rows_buf, QUARTER_MIN_ROWS);
     free(kb.acc);
 }
 
