@@ -116,7 +116,7 @@ class WeightFormat:
         dequantize to float32 (kept per module for small weights when ``cache``)."""
         if cache or numel > layer_cache.SMALL_WEIGHT_ELEMENTS:  # (large: per call, in this thread's buffer where it may)
             w = float_weight(module, numel, lambda: module.dequantized_weight(torch.float32), op_inputs=(x, module.bias),
-                             fill=self.float_fill(module) if numel > layer_cache.SMALL_WEIGHT_ELEMENTS else None)
+                             fill=lambda: self.float_fill(module))
         else:
             w = module.dequantized_weight(torch.float32)
         b = None if module.bias is None else module.bias.float()

@@ -113,7 +113,7 @@ class CastFormat(WeightFormat):
             if x.dtype == torch.float32:  # (w among the op's inputs: a weight a user made trainable)
                 half = w
                 w = float_weight(module, w.numel(), lambda: half.float(), op_inputs=(x, module.bias, half),
-                                 fill=(half.shape, lambda out: out.copy_(half)))
+                                 fill=lambda: (half.shape, lambda out: out.copy_(half)))
             else:
                 w = w.to(x.dtype)
         b = None if module.bias is None else module.bias.to(x.dtype)

@@ -148,7 +148,7 @@ def eager_half_conv(module, x: torch.Tensor) -> Optional[torch.Tensor]:
         w = args[0]
         if w is None:  # a large weight: widened per call, into this thread's buffer where it may
             w = float_weight(module, weight.numel(), lambda: weight.float(), op_inputs=(x, args[1], weight),
-                             fill=(weight.shape, lambda out: out.copy_(weight)))
+                             fill=lambda: (weight.shape, lambda out: out.copy_(weight)))
         if module.padding_mode != "zeros" or isinstance(module.padding2d, str):
             return module.conv_with(x, w, args[1])
         return F.conv2d(x, w, args[1], module.stride2d, module.padding2d, module.dilation2d, module.groups)

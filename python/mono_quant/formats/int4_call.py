@@ -62,7 +62,7 @@ def kept_int4_linear(module, x: torch.Tensor) -> Optional[torch.Tensor]:
         numel = call[1] * call[0]
         w = layer_cache.float_weight(
             module, numel, lambda: module.format.module_weight(module).dequantize(), kept, op_inputs=(x2d, call[7]),
-            fill=module.format.float_fill(module) if numel > layer_cache.SMALL_WEIGHT_ELEMENTS else None)
+            fill=lambda: module.format.float_fill(module))
         y = F.linear(x2d, w, call[7])
         return y if x.dim() == 2 else y.reshape(*x.shape[:-1], call[1])
     y = torch.from_numpy(q4_linear_arrays(x2d.contiguous().numpy(), call[2], call[3], call[4], call[5], bias=call[6],

@@ -7,7 +7,7 @@ Weak maps keyed by the module, not attributes, so deepcopy and state_dict never 
 from __future__ import annotations
 
 import weakref
-from typing import Optional
+from typing import Callable, Optional
 
 import torch
 
@@ -87,7 +87,7 @@ _SMALL_WEIGHTS = per_layer_cache()
 
 
 def float_weight(module, numel: int, dequantize, packed=None, *, op_inputs: Optional[tuple] = None,
-                 fill: Optional[tuple] = None) -> torch.Tensor:
+                 fill: Optional[Callable[[], Optional[tuple]]] = None) -> torch.Tensor:
     """``dequantize()`` (the module's float32 weight, ``numel`` elements), kept per module
     when ``numel <= SMALL_WEIGHT_ELEMENTS`` until one of its buffers changes.  ``packed``:
     the module's kernel_args, whose identity then stands for its buffers (kernel_args
@@ -95,15 +95,17 @@ def float_weight(module, numel: int, dequantize, packed=None, *, op_inputs: Opti
 
     A larger weight is made per call: with ``op_inputs`` (the other tensors of the torch op
     that takes it; None where the op is not an eager CPU call) in this thread's buffer where
-    call_scratch.float_scratch allows it, written there by ``fill = (shape, fill_fn)``'s
-    ``fill_fn(out)``, or else copied from ``dequantize()``'s fresh tensor (dropped before the
-    op: alive through torch's op, it made the op's own buffers come from new pages)."""
+    call_scratch.float_scratch allows it, written there by ``fill_fn(out)`` where ``fill()``
+    (asked only for such a weight) gives ``(shape, fill_fn)``, or else copied from
+    ``dequantize()``'s fresh tensor (dropped before the op: alive through torch's op, it made
+    the op's own buffers come from new pages)."""
     if numel > SMALL_WEIGHT_ELEMENTS:
         if op_inputs is None:
             return dequantize()
-        if fill is not None:
-            out = float_scratch(fill[0], *op_inputs)
-            return dequantize() if out is None else fill[1](out)
+        shape_fill = None if fill is None else fill()
+        if shape_fill is not None:
+            out = float_scratch(shape_fill[0], *op_inputs)
+            return dequantize() if out is None else shape_fill[1](out)
         weight = dequantize()
         out = float_scratch(weight.shape, *op_inputs, weight)
         return weight if out is None else out.copy_(weight)

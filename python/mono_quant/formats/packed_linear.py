@@ -208,4 +208,4 @@ def _float_weight(module, packed: tuple, op_inputs: Optional[tuple] = None) -> t
     info = packed[0]
     n, k = info["out_features"], info["in_features"]
     return float_weight(module, n * k, lambda: dequantized_packed(module, info), packed, op_inputs=op_inputs,
-                        fill=((n, k), lambda out: dequantized_packed(module, info, out=out)))
+                        fill=lambda: ((n, k), lambda out: dequantized_packed(module, info, out=out)))

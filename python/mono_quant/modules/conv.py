@@ -299,8 +299,8 @@ class QuantizedConv2d(ReduceRange, QuantizedModule):
             if w is None:  # a large weight: dequantized per call, in this thread's buffer where it may
                 info = packed[0]
                 w = float_weight(self, self.weight_numel(), lambda: self._dequantized_packed(info), packed,
-                                 op_inputs=(x, b), fill=((info["out_features"], info["in_features"]),
-                                                         lambda out: self._dequantized_packed(info, out)))
+                                 op_inputs=(x, b), fill=lambda: ((info["out_features"], info["in_features"]),
+                                                                 lambda out: self._dequantized_packed(info, out)))
             if x.dtype == torch.float32:  # (no x.float() / .to(x.dtype): ~1.5 us of no-ops per call)
                 return self.conv_with(x, w, b if b is None or b.dtype == torch.float32 else b.float())
             return self.conv_with(x.float(), w, None if b is None else b.float()).to(x.dtype)
