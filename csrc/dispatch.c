@@ -211,6 +211,8 @@ static const mq_kernels scalar_table = {
     .f32_dconv_panel = mq_ref_f32_dconv_panel,
     .q4_dconv_panel = mq_ref_q4_dconv_panel,
     .h16_dconv = mq_ref_h16_dconv,
+    .packed_span = mq_ref_packed_span,
+    .packed_run = mq_ref_packed_run,
 };
 
 /* dst takes every entry that src sets (reads data only; calls nothing). */
@@ -273,6 +275,11 @@ static void overlay(mq_kernels *dst, const mq_kernels *src) {
     TAKE(f32_dconv_panel);
     TAKE(q4_dconv_panel);
     TAKE(h16_dconv);
+    if (src->packed_span) { /* the pieces and how their rows are written go together */
+        dst->packed_span = src->packed_span;
+        dst->packed_run = src->packed_run;
+        dst->packed_untiled = src->packed_untiled;
+    }
 #undef TAKE
 }
 
@@ -299,6 +306,7 @@ static void init_tables(void) {
         overlay(&tables[MQ_ISA_AVX2], &mq_avx2_quant_table);
         avx2_int8_matmul(&tables[MQ_ISA_AVX2]);
         overlay(&tables[MQ_ISA_AVX2], &mq_avx2_pack_table);
+        overlay(&tables[MQ_ISA_AVX2], &mq_avx2_packed_rows_table);
         overlay(&tables[MQ_ISA_AVX2], &mq_avx2_int4_table);
         if (cpu.f16c) overlay(&tables[MQ_ISA_AVX2], &mq_avx2_fp16_table); /* vcvtph2ps: its own cpuid bit */
         if (cpu.f16c) overlay(&tables[MQ_ISA_AVX2], &mq_avx2_h16_dconv_table);

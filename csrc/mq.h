@@ -329,6 +329,18 @@ typedef void (*mq_f32_dconv_panel_fn)(const float *w, int64_t k, int64_t nb, int
  * ((float)code - zero / 16.0f) * scale, straight from the codes (twin: mq_ref_q4_dconv_panel) */
 typedef void (*mq_q4_dconv_panel_fn)(const uint8_t *codes, const uint16_t *scale, const uint8_t *zero, int64_t kpad,
                                      int64_t group, int64_t k, int64_t nb, int64_t ldp, float *panel);
+/* A packed int8 weight's panel (layout.h: 16 channels, K-groups of 64 bytes) back to float32 rows
+ * (packed_dequantize.c), each value (float)code - z[j] then times s[j], where j = lane * 4 + the
+ * code's place in its K-group (s, z: each lane's scale and zero-point repeated 4 times), for lanes
+ * < `lanes` (the others may be computed from padding, never stored).  packed_span: K in the same
+ * order, codes [q0, q0 + len) (both multiples of 4) of each lane to o + lane * ld + (q - q0).
+ * packed_run: a conv's K, (tap, in_channel) packed, in torch's (in_channel, tap) order: in
+ * channels c0..c0 + 3 (cin a multiple of 4) of every tap to o + lane * ld + (c - c0) * taps + t.
+ * (twins: mq_ref_packed_span, mq_ref_packed_run) */
+typedef void (*mq_packed_span_fn)(const int8_t *panel, int lanes, int64_t q0, int64_t len, const float *s,
+                                  const float *z, float *o, int64_t ld);
+typedef void (*mq_packed_run_fn)(const int8_t *panel, int lanes, int64_t c0, int64_t taps, int64_t cin,
+                                 const float *s, const float *z, float *o, int64_t ld);
 /* For s < npix and j < ldp, one fused multiply-add a tap, in tap order:
  *   acc = accumulate ? out[s * ldp + j] : bias[j];
  *   for t < kc: acc = fmaf(x[pix[s] + off[t]], panel[t * ldp + j], acc);
@@ -401,6 +413,11 @@ typedef struct {
     mq_f32_dconv_panel_fn f32_dconv_panel;
     mq_q4_dconv_panel_fn q4_dconv_panel;
     mq_h16_dconv_fn h16_dconv;
+    /* a packed int8 weight to float32 rows (packed_dequantize.c), the three set together;
+     * packed_untiled: rows of a 2 KiB-multiple stride are written straight, not through a tile */
+    mq_packed_span_fn packed_span;
+    mq_packed_run_fn packed_run;
+    int packed_untiled;
 } mq_kernels;
 
 /* ---- reference kernels (ref.c) --------------------------------------------- */
@@ -463,6 +480,7 @@ extern const mq_kernels mq_avx2_linear_u7_table;      /* x86/avx2/linear_u7.c (m
 extern const mq_kernels mq_avxvnni_linear_table;      /* x86/avx_vnni/linear.c, VEX (AVX-VNNI) */
 extern const mq_kernels mq_vnni256_evex_linear_table; /* the same kernel, EVEX-encoded (tests on AVX-512 VNNI) */
 extern const mq_kernels mq_avx2_pack_table;           /* x86/avx2/pack.c */
+extern const mq_kernels mq_avx2_packed_rows_table;    /* x86/avx2/packed_rows.c */
 extern const mq_kernels mq_avx2_int4_table;           /* x86/avx2/int4.c */
 extern const mq_kernels mq_avx512_quant_table;        /* x86/avx512/quant.c */
 extern const mq_kernels mq_avx512_linear_table;       /* x86/avx512/linear.c (weight-only) */
@@ -587,6 +605,11 @@ void mq_rows_dequantize(const uint8_t *q, int is_signed, int64_t rows, int64_t c
  * written as (in_channel, tap).  packed_dequantize.c. */
 void mq_packed_dequantize(const int8_t *packed, int64_t groups, int64_t out_g, int64_t k, int64_t taps,
                           const float *scale, const int32_t *zero_point, int per_row, float *dst, int nthreads);
+/* Its pieces' scalar twins (mq_packed_span_fn, mq_packed_run_fn) */
+void mq_ref_packed_span(const int8_t *panel, int lanes, int64_t q0, int64_t len, const float *s, const float *z,
+                        float *o, int64_t ld);
+void mq_ref_packed_run(const int8_t *panel, int lanes, int64_t c0, int64_t taps, int64_t cin, const float *s,
+                       const float *z, float *o, int64_t ld);
 
 /* ---- linear.c: packing and the int8 matmul drivers ------------------------ */
 /* Packs w [n][k] (row-major int8) into the panel layout (layout.h; packed must

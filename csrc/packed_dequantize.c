@@ -8,13 +8,16 @@
  * read once, K-group by K-group (64 bytes: 4 codes of each of its 16 channels), and each
  * channel's floats are written in torch's order; a panel is 16 * k bytes, past a 32 KiB L1D
  * for k >= 2048, so reading one channel's 4 bytes of every K-group at a time would take its
- * lines from L2 sixteen times.  The values are mq_rows_dequantize's: (code - zero_point) * scale. */
+ * lines from L2 sixteen times.  The values are mq_rows_dequantize's: (code - zero_point) * scale.
+ * The pieces that convert and place a panel's codes come from the level's table (packed_span,
+ * packed_run; AVX2 twins in x86/avx2/packed_rows.c), the walk over panels and tiles is here. */
 #include <string.h>
 
 #include "layout.h"
 #include "mq.h"
 
 typedef struct {
+    const mq_kernels *kt; /* the level's packed_span / packed_run */
     const int8_t *packed;
     int64_t out_g, k, taps, cin, n_pad, k_pad, panels_per_group;
     const float *scale;
@@ -47,11 +50,22 @@ static inline void runs_to_rows(const float *runs, int lanes, int64_t nt, int64_
     }
 }
 
+/* K in the same order (mq_packed_span_fn): each K-group is 4 floats of each row. */
+void mq_ref_packed_span(const int8_t *panel, int lanes, int64_t q0, int64_t len, const float *s, const float *z,
+                        float *o, int64_t ld) {
+    float f[MQ_PANEL_GROUP_BYTES];
+    for (int64_t q = 0; q < len; q += MQ_KGROUP) {
+        group_floats(panel + ((q0 + q) >> 2) * MQ_PANEL_GROUP_BYTES, z, s, f);
+        for (int r = 0; r < lanes; r++) memcpy(o + r * ld + q, f + r * MQ_KGROUP, MQ_KGROUP * sizeof(float));
+    }
+}
+
 /* A tap-major run of 4 channels (every tap's K-group at c0) dequantized and stored channel-major at
- * dst (rows ld floats apart): the runs side by side first, as taps are cin / 4 K-groups apart (4 KiB
- * at 256 channels, where 9 taps' lines fall in one set of an 8-way L1D and were refetched per channel). */
-static void run_to_rows(const int8_t *panel, int lanes, int64_t c0, int64_t taps, int64_t cin, const float *s,
-                        const float *z, float *dst, int64_t ld) {
+ * dst (rows ld floats apart; mq_packed_run_fn): the runs side by side first, as taps are cin / 4
+ * K-groups apart (4 KiB at 256 channels, where 9 taps' lines fall in one set of an 8-way L1D and were
+ * refetched per channel). */
+void mq_ref_packed_run(const int8_t *panel, int lanes, int64_t c0, int64_t taps, int64_t cin, const float *s,
+                       const float *z, float *dst, int64_t ld) {
     enum { MAX_TAPS = 16 };
     float runs[MAX_TAPS * MQ_PANEL_GROUP_BYTES];
     const int64_t tap_step = cin / MQ_KGROUP * MQ_PANEL_GROUP_BYTES; /* the next tap's K-group */
@@ -67,27 +81,24 @@ static void run_to_rows(const int8_t *panel, int lanes, int64_t c0, int64_t taps
 }
 
 /* The `lanes` channels of one panel into rows of k floats at dst (s, z: their scale and zero-point,
- * each repeated MQ_KGROUP times), TILE_ROW floats of each row at a time.  Rows k floats apart with
- * k * 4 bytes a multiple of 2 KiB (k a multiple of 512: 768 x 3072, 2048 x 2048, 512-channel 3x3
- * convs) put the 16 rows' lines in one or two sets of an 8-way L1D when written side by side
- * (768 x 3072: 0.7 ns a value against 0.22 at 768 x 768): those are built in a tile on the stack
- * and copied out a row at a time (0.38 ns a value: the copy's cost, so only for them). */
+ * each repeated MQ_KGROUP times), TILE_ROW floats of each row at a time, by the level's packed_span /
+ * packed_run.  Rows k floats apart with k * 4 bytes a multiple of 2 KiB (k a multiple of 512: 768 x
+ * 3072, 2048 x 2048, 512-channel 3x3 convs) put the 16 rows' lines in one or two sets of an 8-way
+ * L1D when written side by side (the portable pieces at 768 x 3072: 0.7 ns a value against 0.22 at
+ * 768 x 768): unless the level's pieces write them straight (packed_untiled), those are built in a
+ * tile on the stack and copied out a row at a time (0.38 ns a value: the copy's cost, so only for them). */
 enum { TILE_ROW = 256 };
-static void panel_rows(const int8_t *panel, int lanes, int64_t k, int64_t taps, int64_t cin, const float *s,
-                       const float *z, float *dst) {
-    float tile[MQ_PANEL * TILE_ROW], f[MQ_PANEL_GROUP_BYTES];
-    const int via_tile = (k * (int64_t)sizeof(float)) % 2048 == 0;
+static void panel_rows(const mq_kernels *kt, const int8_t *panel, int lanes, int64_t k, int64_t taps, int64_t cin,
+                       const float *s, const float *z, float *dst) {
+    float tile[MQ_PANEL * TILE_ROW];
+    const int via_tile = !kt->packed_untiled && (k * (int64_t)sizeof(float)) % 2048 == 0;
     float *const rows = via_tile ? tile : dst;
     const int64_t ld = via_tile ? TILE_ROW : k;
     if (taps == 1) { /* K in the same order: each K-group is 4 floats of each row */
         const int64_t whole = k / MQ_KGROUP * MQ_KGROUP;
         for (int64_t p0 = 0; p0 < whole; p0 += TILE_ROW) { /* (the panel read once, as a stream) */
             const int64_t len = whole - p0 < TILE_ROW ? whole - p0 : TILE_ROW;
-            float *o = via_tile ? rows : rows + p0;
-            for (int64_t q = 0; q < len; q += MQ_KGROUP) {
-                group_floats(panel + ((p0 + q) >> 2) * MQ_PANEL_GROUP_BYTES, z, s, f);
-                for (int r = 0; r < lanes; r++) memcpy(o + r * ld + q, f + r * MQ_KGROUP, MQ_KGROUP * sizeof(float));
-            }
+            kt->packed_span(panel, lanes, p0, len, s, z, via_tile ? rows : rows + p0, ld);
             for (int r = 0; via_tile && r < lanes; r++)
                 memcpy(dst + r * k + p0, tile + r * TILE_ROW, (size_t)len * sizeof(float));
         }
@@ -100,12 +111,13 @@ static void panel_rows(const int8_t *panel, int lanes, int64_t k, int64_t taps, 
             const int64_t nc = cin - cb < per_tile ? cin - cb : per_tile;
             float *o = via_tile ? rows : rows + cb * taps;
             for (int64_t c0 = cb; c0 < cb + nc; c0 += MQ_KGROUP)
-                run_to_rows(panel, lanes, c0, taps, cin, s, z, o + (c0 - cb) * taps, ld);
+                kt->packed_run(panel, lanes, c0, taps, cin, s, z, o + (c0 - cb) * taps, ld);
             for (int r = 0; via_tile && r < lanes; r++)
                 memcpy(dst + r * k + cb * taps, tile + r * TILE_ROW, (size_t)(nc * taps) * sizeof(float));
         }
     } else if (cin % MQ_KGROUP == 0) { /* (more than 64 taps: straight to the rows) */
-        for (int64_t c0 = 0; c0 < cin; c0 += MQ_KGROUP) run_to_rows(panel, lanes, c0, taps, cin, s, z, dst + c0 * taps, k);
+        for (int64_t c0 = 0; c0 < cin; c0 += MQ_KGROUP)
+            kt->packed_run(panel, lanes, c0, taps, cin, s, z, dst + c0 * taps, k);
     } else { /* (a few input channels: a code at a time) */
         for (int r = 0; r < lanes; r++)
             for (int64_t c = 0; c < cin; c++)
@@ -128,15 +140,15 @@ static void packed_dequantize_range(void *vctx, int64_t begin, int64_t end) {
             s[j] = c->scale[q];
             z[j] = (float)c->zp[q];
         }
-        panel_rows(c->packed + (size_t)(g * c->n_pad + ch0) * (size_t)c->k_pad, lanes, c->k, c->taps, c->cin, s, z,
-                   c->dst + (size_t)row0 * (size_t)c->k);
+        panel_rows(c->kt, c->packed + (size_t)(g * c->n_pad + ch0) * (size_t)c->k_pad, lanes, c->k, c->taps, c->cin,
+                   s, z, c->dst + (size_t)row0 * (size_t)c->k);
     }
 }
 
 void mq_packed_dequantize(const int8_t *packed, int64_t groups, int64_t out_g, int64_t k, int64_t taps,
                           const float *scale, const int32_t *zero_point, int per_row, float *dst, int nthreads) {
     const int64_t n_pad = mq_size_round_up(out_g, MQ_PANEL);
-    packed_dequantize_ctx c = {packed, out_g, k, taps, k / taps, n_pad, mq_size_round_up(k, MQ_KGROUP),
+    packed_dequantize_ctx c = {mq_active(), packed, out_g, k, taps, k / taps, n_pad, mq_size_round_up(k, MQ_KGROUP),
                                n_pad / MQ_PANEL, scale, zero_point, per_row, dst};
     mq_parallel_for(groups * c.panels_per_group, mq_items_per_chunk(MQ_PANEL * k, 1 << 15), nthreads,
                     packed_dequantize_range, &c);

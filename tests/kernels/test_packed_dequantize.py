@@ -16,10 +16,13 @@ from mono_quant.formats import packed_linear
 # (out channels per group, in channels, taps, groups): short panels (< 16, 17, 33 channels), K not
 # a multiple of 4 (in channels 3, 5: the code-at-a-time path), 1x1 / 3x3 / 5x5 / 7x7 and 1xN taps
 # (more than the 16 taps converted side by side: 25, 49; more than a tile row holds: 81), several
-# groups, K a multiple of 512 (built in the stack tile: 1024, 128 x 4, 512 x 9) and not (1000)
+# groups, K a multiple of 512 (built in the stack tile: 1024, 128 x 4, 512 x 9) and not (1000: K-groups
+# past whole 16-code steps), 13 channels (both halves of a panel, the second short), 6 taps (a block
+# of 4 and two single taps)
 SHAPES = [(1, 1, 1, 1), (5, 7, 1, 1), (16, 4, 1, 1), (17, 4099, 1, 1), (33, 12, 9, 1), (16, 8, 9, 2),
           (3, 3, 9, 1), (20, 5, 4, 3), (7, 16, 25, 1), (18, 8, 49, 2), (32, 256, 9, 1), (9, 4, 3, 4),
-          (17, 1024, 1, 1), (20, 128, 4, 1), (16, 512, 9, 1), (5, 1000, 1, 1), (3, 8, 81, 1)]
+          (17, 1024, 1, 1), (20, 128, 4, 1), (16, 512, 9, 1), (5, 1000, 1, 1), (3, 8, 81, 1), (13, 36, 1, 1),
+          (6, 8, 6, 1)]
 
 
 def _packed(out_g, cin, taps, groups, seed=0, extremes=False):
@@ -36,7 +39,7 @@ def _packed(out_g, cin, taps, groups, seed=0, extremes=False):
 
 @pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
 @pytest.mark.parametrize("per_row", [True, False], ids=["per_row", "per_tensor"])
-def test_matches_the_twin_and_the_weights_in_torch_order(shape, per_row):
+def test_matches_the_twin_and_the_weights_in_torch_order(shape, per_row, isa):
     out_g, cin, taps, groups = shape
     q, packed = _packed(*shape, extremes=per_row)
     n, k = q.shape
