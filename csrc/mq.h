@@ -334,12 +334,14 @@ typedef void (*mq_q4_dconv_panel_fn)(const uint8_t *codes, const uint16_t *scale
  * code's place in its K-group (s, z: each lane's scale and zero-point repeated 4 times), for lanes
  * < `lanes` (the others may be computed from padding, never stored).  packed_span: K in the same
  * order, codes [q0, q0 + len) (both multiples of 4) of each lane to o + lane * ld + (q - q0).
- * packed_run: a conv's K, (tap, in_channel) packed, in torch's (in_channel, tap) order: in
- * channels c0..c0 + 3 (cin a multiple of 4) of every tap to o + lane * ld + (c - c0) * taps + t.
- * (twins: mq_ref_packed_span, mq_ref_packed_run) */
+ * packed_run: a conv's K, (tap, in_channel) packed, in torch's (in_channel, tap) order: the K-groups
+ * of nt <= MQ_PACKED_RUN_TAPS taps at first + t * tap_step (4 in channels, the same ones each tap) to
+ * o + lane * ld + i * taps + t for their channel i < 4 and tap t < nt (a row holds `taps` taps a
+ * channel).  (twins: mq_ref_packed_span, mq_ref_packed_run) */
+#define MQ_PACKED_RUN_TAPS 16
 typedef void (*mq_packed_span_fn)(const int8_t *panel, int lanes, int64_t q0, int64_t len, const float *s,
                                   const float *z, float *o, int64_t ld);
-typedef void (*mq_packed_run_fn)(const int8_t *panel, int lanes, int64_t c0, int64_t taps, int64_t cin,
+typedef void (*mq_packed_run_fn)(const int8_t *first, int64_t tap_step, int64_t nt, int lanes, int64_t taps,
                                  const float *s, const float *z, float *o, int64_t ld);
 /* For s < npix and j < ldp, one fused multiply-add a tap, in tap order:
  *   acc = accumulate ? out[s * ldp + j] : bias[j];
@@ -608,7 +610,7 @@ void mq_packed_dequantize(const int8_t *packed, int64_t groups, int64_t out_g, i
 /* Its pieces' scalar twins (mq_packed_span_fn, mq_packed_run_fn) */
 void mq_ref_packed_span(const int8_t *panel, int lanes, int64_t q0, int64_t len, const float *s, const float *z,
                         float *o, int64_t ld);
-void mq_ref_packed_run(const int8_t *panel, int lanes, int64_t c0, int64_t taps, int64_t cin, const float *s,
+void mq_ref_packed_run(const int8_t *first, int64_t tap_step, int64_t nt, int lanes, int64_t taps, const float *s,
                        const float *z, float *o, int64_t ld);
 
 /* ---- linear.c: packing and the int8 matmul drivers ------------------------ */

@@ -60,23 +60,29 @@ void mq_ref_packed_span(const int8_t *panel, int lanes, int64_t q0, int64_t len,
     }
 }
 
-/* A tap-major run of 4 channels (every tap's K-group at c0) dequantized and stored channel-major at
- * dst (rows ld floats apart; mq_packed_run_fn): the runs side by side first, as taps are cin / 4
- * K-groups apart (4 KiB at 256 channels, where 9 taps' lines fall in one set of an 8-way L1D and were
- * refetched per channel). */
-void mq_ref_packed_run(const int8_t *panel, int lanes, int64_t c0, int64_t taps, int64_t cin, const float *s,
-                       const float *z, float *dst, int64_t ld) {
-    enum { MAX_TAPS = 16 };
-    float runs[MAX_TAPS * MQ_PANEL_GROUP_BYTES];
+/* Up to MQ_PACKED_RUN_TAPS taps' K-groups of 4 channels dequantized and stored channel-major at o
+ * (rows ld floats apart; mq_packed_run_fn): the runs side by side first, as taps are cin / 4 K-groups
+ * apart (4 KiB at 256 channels, where 9 taps' lines fall in one set of an 8-way L1D and were refetched
+ * per channel). */
+void mq_ref_packed_run(const int8_t *first, int64_t tap_step, int64_t nt, int lanes, int64_t taps, const float *s,
+                       const float *z, float *o, int64_t ld) {
+    float runs[MQ_PACKED_RUN_TAPS * MQ_PANEL_GROUP_BYTES];
+    for (int64_t t = 0; t < nt; t++) group_floats(first + t * tap_step, z, s, runs + t * MQ_PANEL_GROUP_BYTES);
+    if (nt == 9) /* (3x3: a constant trip count, unrolled) */
+        runs_to_rows(runs, lanes, 9, taps, o, ld);
+    else
+        runs_to_rows(runs, lanes, nt, taps, o, ld);
+}
+
+/* A tap-major run of 4 channels (every tap's K-group at c0) to rows in torch's order at dst, by the
+ * level's packed_run, MQ_PACKED_RUN_TAPS taps at a time. */
+static void run_to_rows(const mq_kernels *kt, const int8_t *panel, int lanes, int64_t c0, int64_t taps, int64_t cin,
+                        const float *s, const float *z, float *dst, int64_t ld) {
     const int64_t tap_step = cin / MQ_KGROUP * MQ_PANEL_GROUP_BYTES; /* the next tap's K-group */
-    for (int64_t t0 = 0; t0 < taps; t0 += MAX_TAPS) {
-        const int64_t nt = taps - t0 < MAX_TAPS ? taps - t0 : MAX_TAPS;
-        const int8_t *first = panel + (c0 >> 2) * MQ_PANEL_GROUP_BYTES + t0 * tap_step;
-        for (int64_t t = 0; t < nt; t++) group_floats(first + t * tap_step, z, s, runs + t * MQ_PANEL_GROUP_BYTES);
-        if (nt == 9) /* (3x3: a constant trip count, unrolled) */
-            runs_to_rows(runs, lanes, 9, taps, dst + t0, ld);
-        else
-            runs_to_rows(runs, lanes, nt, taps, dst + t0, ld);
+    for (int64_t t0 = 0; t0 < taps; t0 += MQ_PACKED_RUN_TAPS) {
+        const int64_t nt = taps - t0 < MQ_PACKED_RUN_TAPS ? taps - t0 : MQ_PACKED_RUN_TAPS;
+        kt->packed_run(panel + (c0 >> 2) * MQ_PANEL_GROUP_BYTES + t0 * tap_step, tap_step, nt, lanes, taps, s, z,
+                       dst + t0, ld);
     }
 }
 
@@ -111,13 +117,13 @@ static void panel_rows(const mq_kernels *kt, const int8_t *panel, int lanes, int
             const int64_t nc = cin - cb < per_tile ? cin - cb : per_tile;
             float *o = via_tile ? rows : rows + cb * taps;
             for (int64_t c0 = cb; c0 < cb + nc; c0 += MQ_KGROUP)
-                kt->packed_run(panel, lanes, c0, taps, cin, s, z, o + (c0 - cb) * taps, ld);
+                run_to_rows(kt, panel, lanes, c0, taps, cin, s, z, o + (c0 - cb) * taps, ld);
             for (int r = 0; via_tile && r < lanes; r++)
                 memcpy(dst + r * k + cb * taps, tile + r * TILE_ROW, (size_t)(nc * taps) * sizeof(float));
         }
     } else if (cin % MQ_KGROUP == 0) { /* (more than 64 taps: straight to the rows) */
         for (int64_t c0 = 0; c0 < cin; c0 += MQ_KGROUP)
-            kt->packed_run(panel, lanes, c0, taps, cin, s, z, dst + c0 * taps, k);
+            run_to_rows(kt, panel, lanes, c0, taps, cin, s, z, dst + c0 * taps, k);
     } else { /* (a few input channels: a code at a time) */
         for (int r = 0; r < lanes; r++)
             for (int64_t c = 0; c < cin; c++)

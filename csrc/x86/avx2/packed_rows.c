@@ -111,22 +111,16 @@ static inline void two_lanes(const float *runs, int64_t nt, int r, int both, int
     }
 }
 
-static void packed_run(const int8_t *panel, int lanes, int64_t c0, int64_t taps, int64_t cin, const float *s,
+static void packed_run(const int8_t *first, int64_t tap_step, int64_t nt, int lanes, int64_t taps, const float *s,
                        const float *z, float *o, int64_t ld) {
-    enum { MAX_TAPS = 16 };
-    float runs[MAX_TAPS * MQ_PANEL_GROUP_BYTES];
-    const int64_t tap_step = cin / MQ_KGROUP * MQ_PANEL_GROUP_BYTES; /* the next tap's K-group */
-    for (int64_t t0 = 0; t0 < taps; t0 += MAX_TAPS) {
-        const int64_t nt = taps - t0 < MAX_TAPS ? taps - t0 : MAX_TAPS;
-        const int8_t *first = panel + (c0 >> 2) * MQ_PANEL_GROUP_BYTES + t0 * tap_step;
-        for (int64_t t = 0; t < nt; t++) /* (taps side by side, as the twin: they alias in the L1D) */
-            for (int v = 0; v < MQ_PANEL_GROUP_BYTES; v += 8) {
-                const __m128i c = _mm_loadl_epi64((const __m128i *)(first + t * tap_step + v));
-                _mm256_storeu_ps(runs + t * MQ_PANEL_GROUP_BYTES + v,
-                                 floats8(c, _mm256_loadu_ps(s + v), _mm256_loadu_ps(z + v)));
-            }
-        for (int r = 0; r < lanes; r += 2) two_lanes(runs, nt, r, r + 1 < lanes, taps, o + t0, ld);
-    }
+    float runs[MQ_PACKED_RUN_TAPS * MQ_PANEL_GROUP_BYTES];
+    for (int64_t t = 0; t < nt; t++) /* (taps side by side, as the twin: they alias in the L1D) */
+        for (int v = 0; v < MQ_PANEL_GROUP_BYTES; v += 8) {
+            const __m128i c = _mm_loadl_epi64((const __m128i *)(first + t * tap_step + v));
+            _mm256_storeu_ps(runs + t * MQ_PANEL_GROUP_BYTES + v,
+                             floats8(c, _mm256_loadu_ps(s + v), _mm256_loadu_ps(z + v)));
+        }
+    for (int r = 0; r < lanes; r += 2) two_lanes(runs, nt, r, r + 1 < lanes, taps, o, ld);
 }
 
 /* Rows of a 2 KiB-multiple stride straight to memory: packed_span writes whole 64-byte lines (their
