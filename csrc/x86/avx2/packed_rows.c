@@ -80,10 +80,10 @@ static inline void transpose_4taps(const float *runs, int64_t t, int r, __m256 c
 }
 
 /* Lanes r and r + 1 (both: r + 1 is stored), taps [0, nt) of the runs to channel i's row
- * o + lane * ld + i * taps + t: 8 taps a 32-byte store, then 4, then one (3x3, 5x5, 7x7: 4n + 1
- * taps), then one at a time. */
+ * o + lane * ld + i * taps + t: 8 taps a 32-byte store, then 4, then the last 1-3 one at a time
+ * (3x3, 5x5, 7x7: 4n + 1 taps, one left). */
 static inline void two_lanes(const float *runs, int64_t nt, int r, int both, int64_t taps, float *o, int64_t ld) {
-    float *const a = o + r * ld, *const b = o + (r + 1) * ld;
+    float *const a = o + r * ld, *const b = both ? o + (r + 1) * ld : a; /* (no row past the last lane) */
     int64_t t = 0;
     for (; t + 8 <= nt; t += 8) {
         __m256 lo[4], hi[4];
