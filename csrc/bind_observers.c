@@ -47,11 +47,13 @@ static PyObject *py_obs_minmax(PyObject *self, PyObject *args, PyObject *kw) {
     npy_intp outer = PyArray_DIM(x, 0), channels = PyArray_DIM(x, 1), inner = PyArray_DIM(x, 2);
     if (!(mn = inout_vector(&refs, mn_obj, "min", NPY_FLOAT32, "float32", channels))) goto done;
     if (!(mx = inout_vector(&refs, mx_obj, "max", NPY_FLOAT32, "float32", channels))) goto done;
-    int64_t bad;
-    Py_BEGIN_ALLOW_THREADS
-    bad = (reference ? mq_ref_obs_minmax : mq_obs_minmax)(PyArray_DATA(x), outer, channels, inner, PyArray_DATA(mn),
-                                                          PyArray_DATA(mx));
-    Py_END_ALLOW_THREADS
+    int64_t bad = 0;
+    if (PyArray_SIZE(x) > 0) { /* (an empty x's other dimensions can be near 2^63: no loop over them) */
+        Py_BEGIN_ALLOW_THREADS
+        bad = (reference ? mq_ref_obs_minmax : mq_obs_minmax)(PyArray_DATA(x), outer, channels, inner,
+                                                              PyArray_DATA(mn), PyArray_DATA(mx));
+        Py_END_ALLOW_THREADS
+    }
     result = PyLong_FromLongLong((long long)bad);
 done:
     mq_release(&refs);

@@ -15,11 +15,19 @@ static int packed_int8_sizes(npy_intp n, npy_intp k, const char *fname, npy_intp
     return mq_size_fits(*size, fname, "the packed weight's size");
 }
 
+/* Whether the bytes of two C-contiguous arrays overlap. */
+static int arrays_overlap(PyArrayObject *a, PyArrayObject *b) {
+    const char *pa = PyArray_DATA(a), *pb = PyArray_DATA(b);
+    const npy_intp na = PyArray_NBYTES(a), nb = PyArray_NBYTES(b);
+    return na > 0 && nb > 0 && pa < pb + nb && pb < pa + na;
+}
+
 /* The packed weight and column sums to write: fresh arrays when out_obj is
  * None, else the caller's (packed, w_sum) pair checked for exactly these
- * sizes (held in refs either way); 0 with an exception set. */
+ * sizes, apart from each other and from `source` (the array the call reads,
+ * or NULL) (held in refs either way); 0 with an exception set. */
 static int packed_outputs(mq_refs *refs, PyObject *out_obj, const char *fname, npy_intp size, npy_intp np_,
-                          PyArrayObject **packed, PyArrayObject **w_sum) {
+                          PyArrayObject *source, PyArrayObject **packed, PyArrayObject **w_sum) {
     if (out_obj == Py_None) {
         *packed = mq_array_new(refs, 1, &size, NPY_INT8, 0);
         *w_sum = *packed ? mq_array_new(refs, 1, &np_, NPY_INT32, 0) : NULL;
@@ -38,6 +46,12 @@ static int packed_outputs(mq_refs *refs, PyObject *out_obj, const char *fname, n
         PyArray_SIZE((PyArrayObject *)s_obj) != np_) {
         PyErr_Format(PyExc_ValueError, "%s: out must be (int8 array of %zd, int32 array of %zd), C-contiguous and "
                      "writeable", fname, (Py_ssize_t)size, (Py_ssize_t)np_);
+        return 0;
+    }
+    PyArrayObject *p_arr = (PyArrayObject *)p_obj, *s_arr = (PyArrayObject *)s_obj;
+    if (arrays_overlap(p_arr, s_arr) || (source && (arrays_overlap(p_arr, source) || arrays_overlap(s_arr, source)))) {
+        PyErr_Format(PyExc_ValueError, "%s: out's packed and w_sum must not overlap each other or the input; give "
+                     "them memory of their own", fname);
         return 0;
     }
     Py_INCREF(p_obj);
@@ -69,7 +83,7 @@ static PyObject *py_pack_int8(PyObject *self, PyObject *args, PyObject *kw) {
     if (!(w = mq_array_in(&refs, w_obj, "w", i8, 1, 2, "int8"))) goto done;
     npy_intp n = PyArray_DIM(w, 0), k = PyArray_DIM(w, 1), np_, size;
     if (!packed_int8_sizes(n, k, "pack_int8", &np_, &size)) goto done;
-    if (!packed_outputs(&refs, out_obj, "pack_int8", size, np_, &packed, &w_sum)) goto done;
+    if (!packed_outputs(&refs, out_obj, "pack_int8", size, np_, w, &packed, &w_sum)) goto done;
     npy_intp panels = np_ / MQ_PANEL;
     if (!(scratch = mq_array_new(&refs, 1, &panels, NPY_UINT8, 0))) goto done;
     int has_m128;
@@ -173,11 +187,11 @@ typedef struct {
 } qpack_outputs;
 
 static int qpack_outputs_new(mq_refs *refs, qpack_outputs *o, PyObject *out_obj, const char *fname, npy_intp n,
-                             npy_intp k, int with_error) {
+                             npy_intp k, int with_error, PyArrayObject *source) {
     npy_intp np_, size;
     if (!packed_int8_sizes(n, k, fname, &np_, &size)) return 0;
     npy_intp panels = np_ / MQ_PANEL;
-    if (!packed_outputs(refs, out_obj, fname, size, np_, &o->packed, &o->w_sum)) return 0;
+    if (!packed_outputs(refs, out_obj, fname, size, np_, source, &o->packed, &o->w_sum)) return 0;
     if (!(o->scale = mq_array_new(refs, 1, &n, NPY_FLOAT32, 0))) return 0;
     if (!(o->zp = mq_array_new(refs, 1, &n, NPY_INT32, 0))) return 0;
     if (!(o->scratch = mq_array_new(refs, 1, &panels, NPY_UINT8, 0))) return 0;
@@ -227,7 +241,7 @@ static PyObject *py_quantize_pack_int8(PyObject *self, PyObject *args, PyObject 
                      (Py_ssize_t)k);
         goto done;
     }
-    if (!qpack_outputs_new(&refs, &o, out_obj, "quantize_pack_int8", n, k, with_error)) goto done;
+    if (!qpack_outputs_new(&refs, &o, out_obj, "quantize_pack_int8", n, k, with_error, x)) goto done;
     int64_t bad;
     int has_m128 = 0;
     Py_BEGIN_ALLOW_THREADS
@@ -308,7 +322,7 @@ static PyObject *py_quantize_pack_int8_file(PyObject *self, PyObject *args, PyOb
     if (!mq_check_threads(nthreads) || !mq_check_int8_range(qmin, qmax, "quantize_pack_int8_file")) return NULL;
     if (!file_dtype(dtype, &kind) || !file_holds_weight(fd, offset, rows, cols, kind, dtype)) return NULL;
     if (!qpack_outputs_new(&refs, &o, out_obj, "quantize_pack_int8_file", (npy_intp)rows, (npy_intp)cols,
-                           with_error))
+                           with_error, NULL))
         goto done;
     int64_t bad;
     int has_m128 = 0, read_error = 0;

@@ -1,14 +1,22 @@
 /* bind_runtime.c - process-wide runtime settings: the kernel level (ISA), the
  * threading backend, tuning knobs for benchmarks and kernel switches for tests
  * (dispatch.c, parallel.c, linear.c). */
+#include <string.h>
+
 #include "bind.h"
 
 const char *const mq_isa_names[MQ_ISA_COUNT] = {"scalar", "avx2", "avx512"};
 
-/* The name's argument of a METH_O setter, or NULL with TypeError (naming what it takes). */
+/* The name argument of a METH_O setter, or NULL with TypeError (naming what it takes) or, for a
+ * str holding a NUL, ValueError. */
 static const char *str_arg(PyObject *arg, const char *type_error) {
-    const char *name = PyUnicode_Check(arg) ? PyUnicode_AsUTF8(arg) : NULL;
+    Py_ssize_t size = 0;
+    const char *name = PyUnicode_Check(arg) ? PyUnicode_AsUTF8AndSize(arg, &size) : NULL;
     if (!name && !PyErr_Occurred()) PyErr_SetString(PyExc_TypeError, type_error);
+    if (name && (size_t)size != strlen(name)) { /* "avx2\0junk" would read as "avx2" */
+        PyErr_SetString(PyExc_ValueError, "embedded null character in the name");
+        return NULL;
+    }
     return name;
 }
 

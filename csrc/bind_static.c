@@ -34,6 +34,21 @@ static void release(buffer_arg *b) {
     b->held = 0;
 }
 
+/* 0 with ValueError when out's bytes overlap one of the n inputs' (the kernels read their inputs while
+ * they write out; a copied input is compared by its source, the caller's memory) */
+static int out_apart(const char *fname, const buffer_arg *out, const buffer_arg *const *inputs, int n) {
+    const char *o = out->view.buf;
+    for (int i = 0; i < n; i++) {
+        if (!inputs[i]->held) continue;
+        const char *r = inputs[i]->copy ? inputs[i]->orig : inputs[i]->view.buf;
+        if (out->view.len > 0 && inputs[i]->view.len > 0 && o < r + inputs[i]->view.len && r < o + out->view.len) {
+            PyErr_Format(PyExc_ValueError, "%s: out overlaps an input it reads; give it memory of its own", fname);
+            return 0;
+        }
+    }
+    return 1;
+}
+
 /* The one-letter struct format of a native buffer ('b' int8, 'i' int32, 'f' float32). */
 static char format_char(const Py_buffer *v) {
     const char *f = v->format ? v->format : "B";
@@ -241,7 +256,13 @@ static PyObject *layout_binding(PyObject *args, PyObject *kw, int quantize) {
     const int64_t channels = nd == 2 ? s[1] : quantize ? s[1] : s[3];
     const int64_t h = nd == 2 ? 1 : quantize ? s[2] : s[1], w = nd == 2 ? 1 : quantize ? s[3] : s[2];
     int64_t nhwc[4] = {s[0], h, w, channels}, nchw[4] = {s[0], channels, h, w}, rows[2] = {s[0], s[1]};
-    if (!check_out_shape(fname, &out.view, nd, nd == 2 ? rows : quantize ? nhwc : nchw)) goto fail;
+    if (!check_out_shape(fname, &out.view, nd, nd == 2 ? rows : quantize ? nhwc : nchw) ||
+        !out_apart(fname, &out, (const buffer_arg *const[]){&src}, 1))
+        goto fail;
+    if (out.view.len == 0) { /* nothing to write (the row count of an empty array can be near 2^63) */
+        result = Py_NewRef(Py_None);
+        goto fail;
+    }
     Py_BEGIN_ALLOW_THREADS
     if (quantize)
         mq_static_quantize(src.view.buf, s[0], channels, h * w, scale, zp, out.view.buf, nthreads);
@@ -356,7 +377,13 @@ static PyObject *py_conv2d_static(PyObject *self, PyObject *args, PyObject *kw) 
                      packed.view.shape[0], w_sum.view.shape[0], scale.view.shape[0]);
         goto fail;
     }
-    if (!zero_points(zp_obj, fname, n, &zp) || !optional_buffer(bias_obj, fname, "bias", "f", n, &bias)) goto fail;
+    if (!zero_points(zp_obj, fname, n, &zp) || !optional_buffer(bias_obj, fname, "bias", "f", n, &bias) ||
+        !out_apart(fname, &out, (const buffer_arg *const[]){&x, &packed, &w_sum, &scale, &zp, &bias}, 6))
+        goto fail;
+    if (out.view.len == 0) {
+        result = Py_NewRef(Py_None);
+        goto fail;
+    }
     int status;
     int is_q = format_char(&out.view) == 'b';
     Py_BEGIN_ALLOW_THREADS
@@ -427,6 +454,10 @@ static PyObject *py_depthwise_static(PyObject *self, PyObject *args, PyObject *k
         PyErr_Format(PyExc_ValueError, "%s: weight must be [kh, kw, %lld]", fname, (long long)channels);
         goto fail;
     }
+    if (ks[0] * ks[1] > MQ_MAX_DEPTHWISE_TAPS) { /* (its int32 sums) */
+        PyErr_Format(PyExc_ValueError, "%s: the kernel area kh * kw must be at most %d", fname, MQ_MAX_DEPTHWISE_TAPS);
+        goto fail;
+    }
     if (!conv_geometry(fname, &x.view, ks, st, pd, dl, &out_h, &out_w)) goto fail;
     int64_t dims[4] = {x.view.shape[0], out_h, out_w, channels};
     if (!check_out_shape(fname, &out.view, 4, dims)) goto fail;
@@ -434,6 +465,11 @@ static PyObject *py_depthwise_static(PyObject *self, PyObject *args, PyObject *k
         !optional_buffer(scale_obj, fname, "x_w_scale", "f", channels, &scale) || !scale.held ||
         !optional_buffer(bias_obj, fname, "bias", "f", channels, &bias)) {
         if (!PyErr_Occurred()) PyErr_Format(PyExc_TypeError, "%s: x_w_scale is required", fname);
+        goto fail;
+    }
+    if (!out_apart(fname, &out, (const buffer_arg *const[]){&x, &w, &zp, &scale, &bias}, 5)) goto fail;
+    if (out.view.len == 0) {
+        result = Py_NewRef(Py_None);
         goto fail;
     }
     int status, is_q = format_char(&out.view) == 'b';
@@ -489,7 +525,8 @@ static PyObject *py_add_static(PyObject *self, PyObject *args, PyObject *kw) {
         goto fail;
     int64_t dims[8];
     for (int i = 0; i < a.view.ndim; i++) dims[i] = a.view.shape[i];
-    if (!check_out_shape(fname, &b.view, a.view.ndim, dims) || !check_out_shape(fname, &out.view, a.view.ndim, dims))
+    if (!check_out_shape(fname, &b.view, a.view.ndim, dims) || !check_out_shape(fname, &out.view, a.view.ndim, dims) ||
+        !out_apart(fname, &out, (const buffer_arg *const[]){&a, &b}, 2))
         goto fail;
     const int64_t n = a.view.len;
     int is_q = format_char(&out.view) == 'b';
@@ -530,7 +567,12 @@ static PyObject *py_avgpool_static(PyObject *self, PyObject *args, PyObject *kw)
         goto fail;
     const int64_t pixels = x.view.shape[1] * x.view.shape[2];
     int64_t dims[2] = {x.view.shape[0], x.view.shape[3]};
-    if (!check_out_shape(fname, &out.view, 2, dims)) goto fail;
+    if (!check_out_shape(fname, &out.view, 2, dims) || !out_apart(fname, &out, (const buffer_arg *const[]){&x}, 1))
+        goto fail;
+    if (out.view.len == 0) {
+        result = Py_NewRef(Py_None);
+        goto fail;
+    }
     if (pixels > (INT32_MAX / 128)) { /* the int32 sums of up to 127 per pixel */
         PyErr_Format(PyExc_ValueError, "%s: at most %d pixels per image", fname, INT32_MAX / 128);
         goto fail;

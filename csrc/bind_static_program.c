@@ -15,6 +15,7 @@
 #include "size_check.h"
 #include "layout.h"
 #include "static_program.h"
+#include "static_int8.h"
 
 #define CAPSULE_NAME "mono_quant._C.static_program"
 #define MAX_NODES 4096
@@ -94,6 +95,8 @@ static int check_node(const mq_sp_node *nd, int i, int last) {
         if (nd->kind == MQ_SP_CONV && nd->in_channels * nd->kh * nd->kw > MQ_MAX_LINEAR_K)
             BAD("in_channels * kernel area must be at most %d", i, MQ_MAX_LINEAR_K);
         if (nd->kind == MQ_SP_DEPTHWISE && nd->n != nd->in_channels) BAD("depthwise needs n == in_channels", i);
+        if (nd->kind == MQ_SP_DEPTHWISE && nd->kh * nd->kw > MQ_MAX_DEPTHWISE_TAPS)
+            BAD("a depthwise kernel area must be at most %d", i, MQ_MAX_DEPTHWISE_TAPS);
     }
     return 1;
 #undef BAD
@@ -120,7 +123,11 @@ static PyObject *py_static_program(PyObject *self, PyObject *arg) {
         PyErr_Format(PyExc_TypeError, "static_program: nodes must be a list of 2..%d node tuples", MAX_NODES);
         return NULL;
     }
-    const int count = (int)PyList_GET_SIZE(arg);
+    /* a snapshot: parsing a node's numbers runs user code (__index__, __float__) that could
+     * empty or refill the list while its borrowed items are read */
+    PyObject *nodes = PyList_AsTuple(arg);
+    if (!nodes) return NULL;
+    const int count = (int)PyTuple_GET_SIZE(nodes);
     program_box *box = calloc(1, sizeof *box);
     PyObject *capsule = NULL;
     char *written = NULL;
@@ -132,7 +139,7 @@ static PyObject *py_static_program(PyObject *self, PyObject *arg) {
     box->program.count = count;
     box->program.values = count; /* every node writes its own slot: at most count slots */
     for (int i = 0; i < count; i++) {
-        PyObject *t = PyList_GET_ITEM(arg, i), *ints, *floats, *arrays;
+        PyObject *t = PyTuple_GET_ITEM(nodes, i), *ints, *floats, *arrays;
         mq_sp_node *nd = &box->program.nodes[i];
         long long iv[15];
         float fv[6];
@@ -254,10 +261,12 @@ static PyObject *py_static_program(PyObject *self, PyObject *arg) {
     capsule = PyCapsule_New(box, CAPSULE_NAME, program_free);
     if (!capsule) goto fail;
     free(written);
+    Py_DECREF(nodes);
     return capsule;
 fail:
     free(written);
     box_free(box);
+    Py_DECREF(nodes);
     return NULL;
 }
 

@@ -34,6 +34,11 @@ int mq_conv2d_static(const int8_t *x, int64_t batch, int64_t channels, int64_t h
                      int w_has_m128, const float *bias, int64_t n, float act_lo, float act_hi, float inv_out_scale,
                      int x_zp, int out_zp, int8_t *y_q, float *y_f32, int nthreads);
 
+/* The largest depthwise kernel area (kh * kw) the kernels take: their int32 sums of
+ * (x - x_zp) * (w - w_zp), each term up to 255 * 255, cannot overflow below it. */
+#define MQ_MAX_DEPTHWISE_TAPS 32768
+_Static_assert(255LL * 255 * MQ_MAX_DEPTHWISE_TAPS <= INT32_MAX, "depthwise int32 sums must not overflow");
+
 /* Depthwise (groups == channels == n) on int8 NHWC x, weight int8 [kh][kw][channels]
  * (per-channel zero-points w_zp or NULL); same epilogue and outputs as above.  0, or -1 when
  * out of memory. */
