@@ -27,7 +27,7 @@ from ..kernels.layout import INT8_K_GROUP, round_up
 from ..packing import can_pack, pack_int8_linear
 from ..orig_dtype import orig_dtype_of
 from ..formats import traced_forward
-from .input_checks import check_float_input
+from .input_checks import check_conv_channels, check_float_input, strides_like_channels_last
 from .reduce_range import ReduceRange
 from .registry import QuantizedModule, register_qmodule
 
@@ -177,6 +177,7 @@ class QuantizedConv2d(ReduceRange, QuantizedModule):
         """The int8 matmul on im2col rows; float32 NCHW out.  Dynamic: all in
         C (per-image int8, NHWC int8 im2col).  Weight-only: torch's unfold (a
         plain reshape for 1x1, stride 1, no padding) into the fp32 x int8 kernel."""
+        nhwc = strides_like_channels_last(x)
         if self.padding_mode != "zeros":
             x = F.pad(x, self._reversed_padding_repeated_twice, mode=self.padding_mode)
             padding = (0, 0)
@@ -197,7 +198,10 @@ class QuantizedConv2d(ReduceRange, QuantizedModule):
         groups, k = self.groups, info["in_features"]
         outs = [packed_linear(self, rows[:, g * k:(g + 1) * k], args[g]) for g in range(groups)]
         y = outs[0] if groups == 1 else torch.cat(outs, dim=1)
-        return y.reshape(batch, out_h, out_w, self.out_channels).permute(0, 3, 1, 2).contiguous()
+        if out_h * out_w == 1 and not nhwc:  # one pixel: NHWC rows are NCHW bytes (torch's strides, as a view)
+            return y.reshape(batch, self.out_channels, 1, 1)
+        y = y.reshape(batch, out_h, out_w, self.out_channels).permute(0, 3, 1, 2)
+        return y if nhwc else y.contiguous()  # (the rows are NHWC: a channels_last result as it is)
 
     def _dynamic_conv(self, x: torch.Tensor, whole: tuple, padding, out_h: int, out_w: int, k: int) -> torch.Tensor:
         """The C dynamic int8 conv over chunks of images whose int8 im2col rows take about
@@ -269,14 +273,23 @@ class QuantizedConv2d(ReduceRange, QuantizedModule):
             pixels * direct_conv.FILL_ELEMENTS_PER_PIXEL >= numel and numel < fill_max)))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self._forward(x)
+        # torch's conv gives an input of channels_last strides a channels_last result; the C routes write NCHW
+        if (x.is_contiguous() and x.stride(1) != 1) or not strides_like_channels_last(x):
+            return y
+        return y.contiguous(memory_format=torch.channels_last)
+
+    def _forward(self, x: torch.Tensor) -> torch.Tensor:
         if traced_forward.use_ops(x, self):  # graph capture or autograd: the torch.library ops
             check_float_input(x, type(self).__name__)
+            check_conv_channels(x, self)
             return traced_forward.conv2d_forward(self, x)
         route = _ROUTES.get(self)
         # (a kept route was made for a floating x of this dtype: the input check is made here only)
         if (route is None or route[0] != x.shape or route[1] is not x.dtype or route[2] is not x.is_cpu
                 or not tensors_unchanged(self.__dict__, route[3])):
             check_float_input(x, type(self).__name__)
+            check_conv_channels(x, self)
             route = self._route(x)
             if route is None:  # no packed int8 weight
                 return self.format.conv2d(self, x)

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["check_float_input"]
+__all__ = ["check_float_input", "check_conv_channels", "strides_like_channels_last"]
 
 
 def check_float_input(x: torch.Tensor, layer: str) -> None:
@@ -12,3 +12,30 @@ def check_float_input(x: torch.Tensor, layer: str) -> None:
     if not x.is_floating_point():
         raise RuntimeError(f"{layer}: expected a floating-point input, got {x.dtype} (the float layer raises "
                            f"for it too); convert it first, e.g. x.float()")
+
+
+def check_conv_channels(x: torch.Tensor, conv) -> None:
+    """Raise RuntimeError, in torch's words, for a batched input whose channels are not the
+    conv's in_channels (routes that never reach F.conv2d, such as the direct kernel, would
+    otherwise fail on their own buffers' sizes, a message about internals)."""
+    if x.dim() == 4 and x.shape[1] != conv.in_channels:
+        weight = [conv.out_channels, conv.in_channels // conv.groups, *conv.kernel_size2d]
+        raise RuntimeError(f"Given groups={conv.groups}, weight of size {weight}, expected input{list(x.shape)} to "
+                           f"have {conv.in_channels} channels, but got {x.shape[1]} channels instead")
+
+
+def strides_like_channels_last(x: torch.Tensor) -> bool:
+    """Whether torch's conv would give ``x`` a channels_last result: a 4-D tensor whose strides
+    rank channels, width, height, batch from the innermost (c10's is_channels_last_strides_2d,
+    ties of size-1 dimensions included: a one-channel channels_last input counts)."""
+    if x.dim() != 4 or x.stride(1) == 0:
+        return False
+    sizes, strides = x.shape, x.stride()
+    least = 0
+    for d in (1, 3, 2, 0):
+        if sizes[d] == 0 or strides[d] < least:
+            return False
+        if d == 0 and least == strides[1]:  # N x 1 x 1 x 1: contiguous, as torch takes it
+            return False
+        least = strides[d] * sizes[d] if sizes[d] > 1 else strides[d]
+    return True
