@@ -53,8 +53,10 @@ if [ ! -x "$SYSROOT/usr/bin/python3.11" ]; then
     for deb in "$WORK"/debs/*.deb; do dpkg-deb -x "$deb" "$SYSROOT"; done
 fi
 
-if [ ! -f "$SITE/.complete-$AARCH64_TORCH" ]; then
-    log "fetching aarch64 wheels: torch==$AARCH64_TORCH numpy safetensors pytest"
+# (the marker names the list: a cache fetched for an older list is fetched again)
+SITE_MARK="$SITE/.complete-$AARCH64_TORCH-hypothesis"
+if [ ! -f "$SITE_MARK" ]; then
+    log "fetching aarch64 wheels: torch==$AARCH64_TORCH numpy safetensors pytest hypothesis"
     rm -rf "$SITE"
     # --no-deps and an explicit list: pip would judge torch's requirement
     # markers against this x86_64 host and ask for CUDA wheels
@@ -63,8 +65,8 @@ if [ ! -f "$SITE/.complete-$AARCH64_TORCH" ]; then
         --platform manylinux_2_28_aarch64 --platform manylinux_2_17_aarch64 --platform manylinux2014_aarch64 \
         "torch==$AARCH64_TORCH" numpy safetensors \
         filelock typing-extensions sympy mpmath networkx jinja2 markupsafe fsspec \
-        pytest iniconfig pluggy packaging pygments
-    touch "$SITE/.complete-$AARCH64_TORCH"
+        pytest iniconfig pluggy packaging pygments hypothesis attrs sortedcontainers
+    touch "$SITE_MARK"
 fi
 
 # The aarch64 interpreter, for CMake's FindPython and for the tests.
@@ -117,12 +119,17 @@ mkdir -p "$PKG"
 cp -r "$ROOT/python/mono_quant" "$PKG/"
 SOABI=$("$QEMU_PYTHON" -c 'import sysconfig; print(sysconfig.get_config_var("SOABI"))')
 cp "$EXT" "$PKG/mono_quant/_C.$SOABI.so"
+# the distribution's metadata, as an installed wheel has it (importlib.metadata.version reads it)
+VERSION=$(sed -n 's/^version = "\(.*\)"/\1/p' "$ROOT/pyproject.toml" | head -n1)
+mkdir -p "$PKG/mono_quant-$VERSION.dist-info"
+printf 'Metadata-Version: 2.1\nName: mono-quant\nVersion: %s\n' "$VERSION" >"$PKG/mono_quant-$VERSION.dist-info/METADATA"
 
 # Run from a copy of tests/ outside the source tree, so the package in $PKG
 # (with the aarch64 _C) is what is imported, not python/.
 rm -rf "$WORK/run"
 mkdir -p "$WORK/run"
-cp -r "$ROOT/tests" "$WORK/run/"
+# (with what the tests read beside the package, as make wheel-test copies it)
+for item in tests docs tools examples benchmarks README.md; do cp -r "$ROOT/$item" "$WORK/run/"; done
 printf '[pytest]\n' >"$WORK/run/pytest.ini"  # rootdir here, so node ids start at tests/
 cd "$WORK/run"
 log "running the tests on qemu-aarch64 (torch $AARCH64_TORCH)"
