@@ -76,6 +76,14 @@ _ROUTE_SOURCES = tuple((None, name) for name in (
 _FLOAT_SOURCES = tuple(source for source in layer_cache.KERNEL_ARG_SOURCES if source[1] != "weight_colsum")
 
 
+def _torch_layout(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """``y`` (a conv's result for ``x``, NCHW where a C kernel wrote it) in the memory format torch's
+    conv gives: channels_last for an input of channels_last strides (c10's rule), else as it is."""
+    if (x.is_contiguous() and x.stride(1) != 1) or not strides_like_channels_last(x):
+        return y
+    return y.contiguous(memory_format=torch.channels_last)
+
+
 @register_qmodule(nn.Conv2d)
 class QuantizedConv2d(ReduceRange, QuantizedModule):
     """A Conv2d whose weight is int8 per output channel, or fp16/bf16.
@@ -273,17 +281,11 @@ class QuantizedConv2d(ReduceRange, QuantizedModule):
             pixels * direct_conv.FILL_ELEMENTS_PER_PIXEL >= numel and numel < fill_max)))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self._forward(x)
-        # torch's conv gives an input of channels_last strides a channels_last result; the C routes write NCHW
-        if (x.is_contiguous() and x.stride(1) != 1) or not strides_like_channels_last(x):
-            return y
-        return y.contiguous(memory_format=torch.channels_last)
-
-    def _forward(self, x: torch.Tensor) -> torch.Tensor:
+        # (the C routes write NCHW: _torch_layout gives their result the layout torch's conv would)
         if traced_forward.use_ops(x, self):  # graph capture or autograd: the torch.library ops
             check_float_input(x, type(self).__name__)
             check_conv_channels(x, self)
-            return traced_forward.conv2d_forward(self, x)
+            return _torch_layout(x, traced_forward.conv2d_forward(self, x))
         route = _ROUTES.get(self)
         # (a kept route was made for a floating x of this dtype: the input check is made here only)
         if (route is None or route[0] != x.shape or route[1] is not x.dtype or route[2] is not x.is_cpu
@@ -292,19 +294,20 @@ class QuantizedConv2d(ReduceRange, QuantizedModule):
             check_conv_channels(x, self)
             route = self._route(x)
             if route is None:  # no packed int8 weight
-                return self.format.conv2d(self, x)
+                return _torch_layout(x, self.format.conv2d(self, x))
         if route[4] is not None:  # float32 x, a kept float weight: fp32's own call
             return F.conv2d(x, *route[4])
         packed = route[6]
         if route[5] is _DIRECT:  # float32 x, weight-only: the direct kernel on the layer's kept panels, or filled now
             if route[7] is not None:
-                return direct_conv2d(x, *route[7], *route[9])
+                return _torch_layout(x, direct_conv2d(x, *route[7], *route[9]))
             fill_and_conv, arrays = route[8]  # a large weight: its panels filled in the same C call
-            return fill_and_conv(x, arrays, *route[9][:6])
+            return _torch_layout(x, fill_and_conv(x, arrays, *route[9][:6]))
         if route[5] is _PACKED:
-            if route[9] is not None and not x.requires_grad and x.is_contiguous():  # float32 x, dynamic, one call
+            # float32 x, dynamic, one call (NCHW x: one image pixel, stride(1) 1, may be taken as channels_last)
+            if route[9] is not None and not x.requires_grad and x.is_contiguous() and x.stride(1) != 1:
                 return torch.from_numpy(conv2d_int8_raw(x.numpy(), *route[9], reduce_range=self.reduce_range))
-            y = self._packed_conv(x, *packed)
+            y = _torch_layout(x, self._packed_conv(x, *packed))
             return y if x.dtype == torch.float32 else y.to(x.dtype)
         if route[5] is _FLOAT:
             w = route[7]
@@ -317,7 +320,7 @@ class QuantizedConv2d(ReduceRange, QuantizedModule):
             if x.dtype == torch.float32:  # (no x.float() / .to(x.dtype): ~1.5 us of no-ops per call)
                 return self.conv_with(x, w, b if b is None or b.dtype == torch.float32 else b.float())
             return self.conv_with(x.float(), w, None if b is None else b.float()).to(x.dtype)
-        return self.format.conv2d(self, x)
+        return _torch_layout(x, self.format.conv2d(self, x))
 
     def _route(self, x: torch.Tensor):
         """How forward runs ``x`` (_PACKED: the int8 kernels, _FLOAT: F.conv2d on the
