@@ -68,6 +68,12 @@ static inline PyObject *mq_return(void *obj) {
 /* For Py_BuildValue's "O": the array, or None when it was not asked for. */
 static inline PyObject *mq_or_none(PyArrayObject *a) { return a ? (PyObject *)a : Py_None; }
 static inline void *mq_data_or_null(PyArrayObject *a) { return a ? PyArray_DATA(a) : NULL; }
+/* Whether the byte ranges [a, a + na) and [b, b + nb) share a byte (an empty range shares none):
+ * the test every out= is put to against the inputs its kernel reads while it writes. */
+static inline int mq_bytes_overlap(const void *a, size_t na, const void *b, size_t nb) {
+    const char *pa = a, *pb = b;
+    return na > 0 && nb > 0 && pa < pb + nb && pb < pa + na;
+}
 
 /* ---- arrays ------------------------------------------------------------------- */
 /* A C-contiguous, aligned view (or copy) of obj, which must be an ndarray of

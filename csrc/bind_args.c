@@ -62,12 +62,9 @@ PyArrayObject *mq_float_out(mq_refs *refs, PyObject *out_obj, const char *fname,
                      "and writeable", fname, (Py_ssize_t)rows, (Py_ssize_t)cols);
         return NULL;
     }
-    const char *o = PyArray_DATA(out);
-    const size_t out_bytes = (size_t)PyArray_NBYTES(out);
     for (int i = 0; i < nsources; i++) { /* (the sources are C-contiguous: their bytes are one range) */
-        const char *r = PyArray_DATA(sources[i]);
-        const size_t r_bytes = (size_t)PyArray_NBYTES(sources[i]);
-        if (out_bytes > 0 && r_bytes > 0 && o < r + r_bytes && r < o + out_bytes) {
+        if (mq_bytes_overlap(PyArray_DATA(out), (size_t)PyArray_NBYTES(out), PyArray_DATA(sources[i]),
+                             (size_t)PyArray_NBYTES(sources[i]))) {
             PyErr_Format(PyExc_ValueError, "%s: out overlaps an input it reads; give it memory of its own", fname);
             return NULL;
         }

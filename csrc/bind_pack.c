@@ -17,9 +17,7 @@ static int packed_int8_sizes(npy_intp n, npy_intp k, const char *fname, npy_intp
 
 /* Whether the bytes of two C-contiguous arrays overlap. */
 static int arrays_overlap(PyArrayObject *a, PyArrayObject *b) {
-    const char *pa = PyArray_DATA(a), *pb = PyArray_DATA(b);
-    const npy_intp na = PyArray_NBYTES(a), nb = PyArray_NBYTES(b);
-    return na > 0 && nb > 0 && pa < pb + nb && pb < pa + na;
+    return mq_bytes_overlap(PyArray_DATA(a), (size_t)PyArray_NBYTES(a), PyArray_DATA(b), (size_t)PyArray_NBYTES(b));
 }
 
 /* The packed weight and column sums to write: fresh arrays when out_obj is

@@ -37,11 +37,10 @@ static void release(buffer_arg *b) {
 /* 0 with ValueError when out's bytes overlap one of the n inputs' (the kernels read their inputs while
  * they write out; a copied input is compared by its source, the caller's memory) */
 static int out_apart(const char *fname, const buffer_arg *out, const buffer_arg *const *inputs, int n) {
-    const char *o = out->view.buf;
     for (int i = 0; i < n; i++) {
         if (!inputs[i]->held) continue;
-        const char *r = inputs[i]->copy ? inputs[i]->orig : inputs[i]->view.buf;
-        if (out->view.len > 0 && inputs[i]->view.len > 0 && o < r + inputs[i]->view.len && r < o + out->view.len) {
+        const void *r = inputs[i]->copy ? inputs[i]->orig : inputs[i]->view.buf;
+        if (mq_bytes_overlap(out->view.buf, (size_t)out->view.len, r, (size_t)inputs[i]->view.len)) {
             PyErr_Format(PyExc_ValueError, "%s: out overlaps an input it reads; give it memory of its own", fname);
             return 0;
         }
