@@ -29,7 +29,7 @@ from .report import LayerReport, Report, SkippedLayer, tensor_bytes, unique_tens
 from .result import QuantizationResult
 from .composites import attention_out_proj_keys, children_of_composites, composite_skip_reason, quantize_composite
 from .modules.composite import is_composite
-from .module_hooks import carry_hooks, weight_in_use
+from .module_hooks import carry_hooks, tensor_in_use, weight_in_use
 from .parametrized import parametrized_base, parametrized_reason, plain_float_layer, raw_weight
 from .layer_support import (drop_tied_to_float, known_unsupported_reason, lora_adapter_reason, qmodule_for_selected,
                             weight_to_quantize)
@@ -367,7 +367,8 @@ class _LayerQuantizer:
         qcls = qmodule_for_selected(src, self.cfg)
         w = weight_to_quantize(src, w, qcls, self.weight_cache)  # e.g. Conv1D's [in, out]
         has_bias = getattr(src, "bias", None) is not None  # nn.Embedding has no bias
-        b = (weights.get(_key(name, "bias")) if weights is not None else src.bias) if has_bias else None
+        b = (weights.get(_key(name, "bias")) if weights is not None else tensor_in_use(src, "bias")) \
+            if has_bias else None
         key = (id(w), self.qtype.name)
         try:
             qm, sqnr = self._build(src, w, key)
@@ -375,7 +376,7 @@ class _LayerQuantizer:
             if self.cfg.nonfinite == "error":
                 raise nonfinite_layer_error(name, type(m).__name__, exc.row, exc.what) from None
             return SkippedLayer(name, type(m).__name__, nonfinite_skip_reason(exc))
-        if weights is not None:
+        if weights is not None or b is not getattr(src, "bias", None):  # (a pruned bias: the masked one)
             qm._set_bias(b)
         self._share_packed(qm, key, sqnr)
         self.memo[id(m)] = qm

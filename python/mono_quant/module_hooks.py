@@ -7,23 +7,32 @@
   the first forward.  The weight to quantize is the one the hook would compute:
   :func:`weight_in_use` asks the hook (eval semantics, no power iteration: the
   caller's ``u`` / ``v`` are never touched).
+- ``torch.nn.utils.prune`` does the same with ``weight_orig * weight_mask`` (and
+  may prune ``bias`` too): the tensor quantized is the masked one.
 - The user's own forward (pre-)hooks and backward hooks are carried over to the
   quantized layer, as ``torch.ao.quantization`` does when it swaps a module;
-  the norm hooks above are not (the quantized layer has no ``weight_g`` /
-  ``weight_orig`` to recompute from), nor are state_dict hooks.
+  the norm and pruning hooks above are not (the quantized layer has no
+  ``weight_g`` / ``weight_orig`` / ``weight_mask`` to recompute from), nor are
+  ``torch.ao.quantization.prepare``'s observer hooks (they read an
+  ``activation_post_process`` child the quantized layer does not have; torch's
+  own ``convert`` drops them too), nor state_dict hooks.
 """
 from __future__ import annotations
 
 from collections import OrderedDict
+from typing import Optional
 
 import torch
 from torch import nn
+from torch.nn.utils.prune import BasePruningMethod
 from torch.nn.utils.spectral_norm import SpectralNorm
 from torch.nn.utils.weight_norm import WeightNorm
 
-__all__ = ["weight_in_use", "carry_hooks"]
+__all__ = ["weight_in_use", "tensor_in_use", "carry_hooks"]
 
-_NORM_HOOKS = (WeightNorm, SpectralNorm)
+_RECOMPUTING_HOOKS = (WeightNorm, SpectralNorm, BasePruningMethod)
+# torch.ao.quantization.prepare's hooks (by name: importing torch.ao warns of its deprecation)
+_OBSERVER_HOOKS = ("_observer_forward_hook", "_observer_forward_pre_hook")
 
 # the per-module hook tables of nn.Module (the *_with_kwargs / always_called ones are
 # keyed by the same handle ids as the table beside them)
@@ -34,20 +43,35 @@ _HOOK_TABLES = ("_forward_pre_hooks", "_forward_pre_hooks_with_kwargs", "_forwar
 
 def weight_in_use(module: nn.Module) -> torch.Tensor:
     """``module.weight`` as its next (eval-mode) forward would compute it."""
+    return tensor_in_use(module, "weight")
+
+
+def tensor_in_use(module: nn.Module, name: str) -> Optional[torch.Tensor]:
+    """``getattr(module, name)`` as its next (eval-mode) forward would compute it (a norm or
+    pruning hook recomputes it there: the attribute itself may be stale)."""
     for hook in module._forward_pre_hooks.values():
-        if isinstance(hook, WeightNorm) and hook.name == "weight":
-            with torch.no_grad():
+        with torch.no_grad():
+            if isinstance(hook, WeightNorm) and hook.name == name:
                 return hook.compute_weight(module)
-        if isinstance(hook, SpectralNorm) and hook.name == "weight":
-            with torch.no_grad():
+            if isinstance(hook, SpectralNorm) and hook.name == name:
                 return hook.compute_weight(module, do_power_iteration=False)
-    return module.weight
+            if isinstance(hook, BasePruningMethod) and hook._tensor_name == name:
+                return hook.apply_mask(module)  # (a PruningContainer's mask is the combined one)
+    return getattr(module, name)
+
+
+def _dropped(hook) -> bool:
+    """A hook the quantized layer must not run (see the module docstring)."""
+    return isinstance(hook, _RECOMPUTING_HOOKS) or (
+        getattr(hook, "__module__", None) == "torch.ao.quantization.quantize"
+        and getattr(hook, "__name__", None) in _OBSERVER_HOOKS)
 
 
 def carry_hooks(module: nn.Module, qmodule: nn.Module) -> None:
     """Give ``qmodule`` (new, hook-free) copies of ``module``'s forward and backward hook
-    tables, less the weight-norm hooks; ``module``'s own tables are left as they are."""
-    dropped = {key for key, hook in module._forward_pre_hooks.items() if isinstance(hook, _NORM_HOOKS)}
+    tables, less the norm, pruning and observer hooks; ``module``'s own tables are left as they are."""
+    dropped = {key for table in ("_forward_pre_hooks", "_forward_hooks") for key, hook in
+               getattr(module, table).items() if _dropped(hook)}
     for table in _HOOK_TABLES:
         hooks = getattr(module, table, None)
         if hooks:

@@ -1,6 +1,8 @@
 """A replaced layer's hooks: the user's forward / backward hooks run on the quantized layer too,
-and the hook-based torch.nn.utils.weight_norm / spectral_norm give the weight their forward
-uses (not the stale or unnormalized ``.weight`` attribute they keep between calls)."""
+and the hook-based torch.nn.utils.weight_norm / spectral_norm and torch.nn.utils.prune give the
+weight (and bias) their forward uses (not the stale or unnormalized attribute they keep between
+calls); hooks that read what the quantized layer lacks (pruning masks, torch.ao observers) stay
+behind."""
 import warnings
 
 import pytest
@@ -104,3 +106,47 @@ def test_saved_and_loaded_weight_norm_model_matches(tmp_path):
     x = torch.randn(3, 32)
     for skeleton in (nn.Sequential(nn.Linear(32, 32)), build()):
         assert torch.equal(mq.load(path, model=skeleton)(x), result.model(x))
+
+
+@pytest.mark.parametrize("dtype", ["int8", "int4", "fp16"])
+def test_pruned_layer_quantizes_its_masked_weight_and_bias(dtype):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(64, 64), nn.ReLU(), nn.Conv1d(4, 8, 3))
+    nn.utils.prune.l1_unstructured(model[0], "weight", amount=0.5)
+    nn.utils.prune.random_unstructured(model[0], "weight", amount=0.2)  # a PruningContainer
+    nn.utils.prune.l1_unstructured(model[0], "bias", amount=0.5)
+    nn.utils.prune.ln_structured(model[2], "weight", amount=0.5, n=2, dim=0)
+    with torch.no_grad():  # an optimizer step: .weight / .bias are stale until the next forward
+        model[0].weight_orig.mul_(-2.0)
+        model[0].bias_orig.add_(1.0)
+    stale = model[0].weight.detach().clone()
+    qmodel, skipped = mq.quantize(model, dtype=dtype)
+    assert not skipped
+    assert torch.equal(model[0].weight, stale)  # the caller's attribute untouched
+    assert not qmodel[0]._forward_pre_hooks and not qmodel[2]._forward_pre_hooks
+    masked = model[0].weight_orig * model[0].weight_mask
+    assert torch.equal(qmodel[0].bias, model[0].bias_orig * model[0].bias_mask)
+    x, xc = torch.randn(4, 64), torch.randn(2, 4, 16)
+    with torch.no_grad():
+        assert output_sqnr_db(model[0](x), qmodel[0](x)) > 15
+        assert output_sqnr_db(model[2](xc), qmodel[2](xc)) > 15
+        if dtype != "int4":  # int4's asymmetric grid has no exact zero
+            assert torch.equal(qmodel[0].dequantized_weight() == 0, masked == 0)
+
+
+def test_torch_ao_observer_hooks_stay_behind():
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        import torch.ao.quantization as tq
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(32, 32), nn.ReLU(), nn.Linear(32, 8)).eval()
+    calls = []
+    model[0].register_forward_hook(lambda m, args, out: calls.append(type(m).__name__))
+    model.qconfig = tq.default_qconfig
+    tq.prepare(model, inplace=True)  # an observer child and its forward hook on each Linear
+    qmodel, skipped = mq.quantize(model)
+    assert not skipped
+    x = torch.randn(3, 32)
+    with torch.no_grad():
+        assert output_sqnr_db(model(x), qmodel(x)) > 30
+    assert calls == ["Linear", "QuantizedLinear"]  # the user's own hook still runs
