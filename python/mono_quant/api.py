@@ -466,13 +466,36 @@ def _shape_reason(m: nn.Module, cfg: QuantConfig, weights: Optional[Mapping], na
                              f"the model's layer expects {tuple(m.weight.shape)}")
     else:
         w = raw_weight(m)  # (a parametrized weight is not computed here)
+        if w is None:
+            return "layer has no weight (weight is None)"
         if isinstance(w, nn.parameter.UninitializedParameter):
             return "uninitialized lazy module (run a forward pass first)"
         if w.device.type == "meta":
             return "weight is on the meta device (no data to quantize)"
     if not w.is_floating_point():
         return f"weight dtype {w.dtype} is not floating point"
-    return too_small_reason(w.numel(), cfg)
+    return _declared_shape_reason(m, w) or too_small_reason(w.numel(), cfg)
+
+
+def _declared_shape_reason(m: nn.Module, w: torch.Tensor) -> Optional[str]:
+    """A weight of another shape than the layer's attributes say (a weight replaced by hand, e.g.
+    pruned heads): the quantized layer is built from those attributes, so the layer stays float."""
+    if isinstance(m, nn.Linear):
+        declared, names = (m.out_features, m.in_features), "out_features, in_features"
+    elif isinstance(m, (nn.Conv1d, nn.Conv2d)):
+        declared = (m.out_channels, m.in_channels // m.groups, *m.kernel_size)
+        names = "out_channels, in_channels / groups, *kernel_size"
+    elif isinstance(m, nn.Embedding):
+        declared, names = (m.num_embeddings, m.embedding_dim), "num_embeddings, embedding_dim"
+    else:
+        return None
+    if tuple(w.shape) != declared:
+        return (f"weight shape {tuple(w.shape)} differs from the layer's attributes ({names}) = {declared}: "
+                f"set them to match the weight to quantize it")
+    bias = getattr(m, "bias", None)
+    if isinstance(bias, torch.Tensor) and tuple(bias.shape) != declared[:1]:
+        return f"bias shape {tuple(bias.shape)} differs from the weight's {declared[0]} outputs"
+    return None
 
 
 def _narrow_reason(m: nn.Module, cfg: QuantConfig, weights: Optional[Mapping], names: List[str]) -> Optional[str]:

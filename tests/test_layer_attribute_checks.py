@@ -1,0 +1,51 @@
+"""A layer whose weight disagrees with its own attributes (a weight replaced by hand, e.g.
+pruned heads) or that has no weight stays float, listed with a reason: the quantized layers
+are built from those attributes, and used to compute, save and reload with the wrong shape."""
+import pytest
+import torch
+from torch import nn
+
+import mono_quant as mq
+
+
+def _replace(layer, weight, bias="keep"):
+    layer.weight = nn.Parameter(weight)
+    if bias != "keep":
+        layer.bias = None if bias is None else nn.Parameter(bias)
+    return layer
+
+
+CASES = {
+    "linear": lambda: _replace(nn.Linear(64, 64), torch.randn(32, 64), torch.randn(32)),
+    "linear_bias": lambda: _replace(nn.Linear(64, 64), torch.randn(64, 64), torch.randn(32)),
+    "conv": lambda: _replace(nn.Conv2d(8, 16, 3), torch.randn(16, 8, 1, 1)),
+    "embedding": lambda: _replace(nn.Embedding(100, 32), torch.randn(50, 32)),
+}
+
+
+@pytest.mark.parametrize("dtype", ["int8", "int4", "fp16"])
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_weight_of_another_shape_than_the_attributes_is_skipped(case, dtype):
+    torch.manual_seed(0)
+    model = nn.Sequential(CASES[case](), nn.Identity())
+    qmodel, skipped = mq.quantize(model, dtype=dtype, embeddings=case == "embedding")
+    assert [s.name for s in skipped] == ["0"]
+    assert "differs from" in skipped[0].reason
+    assert type(qmodel[0]) is type(model[0])
+
+
+def test_a_matching_layer_beside_it_is_still_quantized():
+    torch.manual_seed(0)
+    model = nn.Sequential(_replace(nn.Linear(64, 64), torch.randn(32, 64), torch.randn(32)), nn.Linear(32, 32))
+    qmodel, skipped = mq.quantize(model)
+    assert [s.name for s in skipped] == ["0"] and type(qmodel[1]).__name__ == "QuantizedLinear"
+    x = torch.randn(3, 64)
+    assert qmodel(x).shape == model(x).shape == (3, 32)
+
+
+def test_layer_without_weight_is_skipped_with_a_reason():
+    model = nn.Sequential(nn.Linear(64, 64), nn.Linear(64, 64))
+    model[0].weight = None
+    qmodel, skipped = mq.quantize(model)
+    assert [(s.name, s.reason) for s in skipped] == [("0", "layer has no weight (weight is None)")]
+    assert type(qmodel[1]).__name__ == "QuantizedLinear"
