@@ -157,6 +157,12 @@ def quantize(
                           exclude=exclude, min_weight_numel=min_weight_numel, nonfinite=nonfinite,
                           activations=activations, group_size=group_size, method=method, embeddings=embeddings,
                           reduce_range=reduce_range)
+    for given in (model_or_state_dict, model):
+        if isinstance(given, torch.jit.ScriptModule):
+            raise TypeError(
+                f"quantize() got a TorchScript module ({type(given).__name__}, from torch.jit.script / trace): its "
+                f"compiled code calls its own layers, which can't be replaced; quantize the eager model, then "
+                f"script or trace the quantized one")
     if cfg.activations == "static" or calibration is not None or observer is not None or calibration_samples:
         return quantize_static(model_or_state_dict, cfg, calibration, observer, calibration_samples, progress)
     if isinstance(model_or_state_dict, nn.Module):
