@@ -20,3 +20,14 @@ def test_forward_on_meta(dtype, activations):
     assert y.shape == (3, 10) and y.device.type == "meta"
     assert on_meta[2].weight.device.type == "meta" and (on_meta[2].weight * 1).shape == (48, 64)
     assert qmodel(torch.randn(3, 3, 4, 4)).shape == (3, 10)  # the CPU model is unaffected
+
+
+@pytest.mark.parametrize("dtype", ["int8", "int4", "fp16", "bf16"])
+def test_embedding_forward_on_meta(dtype):
+    model = nn.Sequential(nn.Embedding(100, 32))
+    qmodel, skipped = mq.quantize(model, dtype, embeddings=True)
+    assert not skipped
+    y = copy.deepcopy(qmodel).to("meta")(torch.zeros(2, 3, dtype=torch.long, device="meta"))
+    assert y.shape == (2, 3, 32) and y.device.type == "meta"  # (int8 / int4 range-checked the meta indices' values)
+    with pytest.raises(IndexError):
+        qmodel(torch.tensor([100]))  # the CPU model still checks

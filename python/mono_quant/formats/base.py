@@ -228,13 +228,14 @@ def embedding_row_params(scale: torch.Tensor, zero_point: torch.Tensor, axis: Op
 
 
 def checked_indices(indices: torch.Tensor, num_embeddings: int) -> torch.Tensor:
-    """``indices`` flattened, after nn.Embedding's checks (dtype, range)."""
+    """``indices`` flattened, after nn.Embedding's checks (dtype, range; a meta tensor has no
+    values to range-check, so it goes through for shape propagation as torch's does)."""
     if indices.dtype not in (torch.int64, torch.int32):  # what nn.Embedding takes
         # torch's own error for every other dtype (a bool or uint8 tensor would index as a mask)
         F.embedding(indices, torch.empty(0, 0, device=indices.device))
         raise RuntimeError(f"embedding indices must be int64 or int32, got {indices.dtype}")
     flat = indices.reshape(-1)
-    if flat.numel() and (int(flat.min()) < 0 or int(flat.max()) >= num_embeddings):
+    if flat.numel() and flat.device.type != "meta" and (int(flat.min()) < 0 or int(flat.max()) >= num_embeddings):
         raise IndexError(f"index out of range for an embedding of {num_embeddings} rows")  # as nn.Embedding
     return flat
 
