@@ -329,7 +329,7 @@ def resolve_options(config=None, *, dtype=None, symmetric=None, granularity=None
     Raises:
         ConfigError: An invalid value, ``group_size`` given for a dtype
             without groups, ``granularity="per_tensor"`` for a dtype without it,
-            or ``symmetric`` / ``activations="dynamic"`` for fp16 / bf16.
+            or ``symmetric`` / ``activations="dynamic"`` for fp16 / bf16 / uint8.
     """
     cfg = resolve_config(config, dtype=dtype, symmetric=symmetric, granularity=granularity, include=include,
                          exclude=exclude, min_weight_numel=min_weight_numel, nonfinite=nonfinite,
@@ -347,6 +347,11 @@ def resolve_options(config=None, *, dtype=None, symmetric=None, granularity=None
         if isinstance(activations, str) and activations.lower() == "dynamic":
             raise ConfigError(f"activations={activations!r} applies to dtype 'int8' only; {cfg.dtype} layers take "
                               f"float inputs: drop activations=")
+    if cfg.dtype == "uint8" and cfg.activations == "dynamic":  # no uint8 kernel quantizes inputs: weight-only
+        if isinstance(activations, str):
+            raise ConfigError(f"activations={activations!r} applies to dtype 'int8' (and int4) only; uint8 layers "
+                              f"take float inputs (weight-only): drop activations=, or use dtype 'int8'")
+        cfg.activations = None  # (its layers said "dynamic" and ran weight-only)
     return cfg
 
 

@@ -38,7 +38,7 @@ def test_quantize_weight_int4_of_an_empty_tensor(shape):
 def test_empty_linear_quantizes_runs_and_saves(tmp_path, dtype, in_features, out_features, activations):
     torch.manual_seed(0)
     net = nn.Linear(in_features, out_features)
-    kwargs = {"activations": activations} if dtype in ("int8", "uint8") else {}
+    kwargs = {"activations": activations} if dtype == "int8" or (dtype == "uint8" and activations is None) else {}
     qnet, skipped = mq.quantize(net, dtype=dtype, **kwargs)
     assert skipped == [] and type(qnet).__name__ == "QuantizedLinear"
     for x in (torch.randn(3, in_features), torch.randn(2, 5, in_features), torch.randn(0, in_features)):

@@ -19,6 +19,9 @@ from .int4_weight import INT4_BLOCK, Int4Weight, effective_group, int4_linear, q
 
 __all__ = ["Int4Format"]
 
+#: The largest group the C kernels take (mq_q4_check_group): 2^30 columns.
+MAX_GROUP_SIZE = 1 << 30
+
 
 class Int4Format(WeightFormat):
     """int4, group-wise along the flattened input dimension (axis 0 always)."""
@@ -63,7 +66,8 @@ class Int4Format(WeightFormat):
         y = kept_int4_linear(module, x)
         if y is not None:
             return y
-        return int4_linear(x, self.module_weight(module), module.bias)
+        return int4_linear(x, self.module_weight(module), module.bias,
+                           int8_activations=module.activations == "dynamic")
 
     def embedding_rows(self, module, flat: torch.Tensor) -> torch.Tensor:
         qdata, scale, zero = module.weight_qdata[flat], module.weight_scale[flat], module.weight_zero_point[flat]
@@ -82,8 +86,10 @@ class Int4Format(WeightFormat):
     def check_group_size(self, group_size, saved_attr: bool) -> None:
         if not saved_attr:
             group_size = group_size or None  # 0: per channel, as a config file writes it
-        need(group_size is None or (is_int(group_size, 1) and group_size % INT4_BLOCK == 0),
-             f"int4 group_size {group_size!r} is not None or a positive multiple of {INT4_BLOCK}")
+        need(group_size is None or (is_int(group_size, 1) and group_size % INT4_BLOCK == 0
+                                    and group_size <= MAX_GROUP_SIZE),
+             f"int4 group_size {group_size!r} is not None or a positive multiple of {INT4_BLOCK} up to "
+             f"{MAX_GROUP_SIZE}")
 
     def tensor_shapes(self, shape, group_size: Optional[int]):
         """{local name: (dtype, shape)} of an int4 weight of ``shape`` (None groups: an invalid size)."""

@@ -55,8 +55,9 @@ def kept_int4_linear(module, x: torch.Tensor) -> Optional[torch.Tensor]:
     if call is None or x.shape[-1] != call[0] or x.numel() == 0:
         return None
     x2d = x if x.dim() == 2 else x.reshape(-1, call[0])
+    int8_activations = module.activations == "dynamic" and SETTINGS.int4_int8_activations  # (None: weight-only)
     if int4_takes_blas(x2d.shape[0], call[1], call[2].shape[1] * 2, call[5], SETTINGS.isa,
-                       SETTINGS.int4_int8_activations, in_features=call[0]):
+                       int8_activations, in_features=call[0]):
         # torch's BLAS on the float32 weight, as the general path and a traced graph's op compute it:
         # kept where it is small, else dequantized per call into this thread's buffer where it may
         numel = call[1] * call[0]
@@ -66,6 +67,6 @@ def kept_int4_linear(module, x: torch.Tensor) -> Optional[torch.Tensor]:
         y = F.linear(x2d, w, call[7])
         return y if x.dim() == 2 else y.reshape(*x.shape[:-1], call[1])
     y = torch.from_numpy(q4_linear_arrays(x2d.contiguous().numpy(), call[2], call[3], call[4], call[5], bias=call[6],
-                                      int8_activations=-1 if SETTINGS.int4_int8_activations else 0,
+                                      int8_activations=-1 if int8_activations else 0,
                                       nthreads=SETTINGS.num_threads()))
     return y if x.dim() == 2 else y.reshape(*x.shape[:-1], call[1])

@@ -246,15 +246,18 @@ def set_int8_activations(enabled: bool) -> bool:
     return SETTINGS.set_int4_int8_activations(enabled)
 
 
-def int4_linear(x: torch.Tensor, weight: Int4Weight, bias: Optional[torch.Tensor] = None) -> torch.Tensor:
+def int4_linear(x: torch.Tensor, weight: Int4Weight, bias: Optional[torch.Tensor] = None,
+                int8_activations: bool = True) -> torch.Tensor:
     """``x @ W.T + bias`` for an int4 weight of shape ``[out, in]``, in x's dtype.
 
     On the CPU with float32 / bfloat16 activations this streams the packed
     weight through the C kernels (other float dtypes go through float32): with
     int8 activations and integer dot products where the CPU has AVX2 or VNNI
-    (see set_int8_activations), else dequantized to fp32 in registers; elsewhere it
-    dequantizes with torch and uses F.linear.
+    (see set_int8_activations; ``int8_activations=False``: a weight-only layer's
+    call), else dequantized to fp32 in registers; elsewhere it dequantizes with
+    torch and uses F.linear.
     """
+    int8_activations = bool(int8_activations) and SETTINGS.int4_int8_activations
     out_features, in_features = weight.orig_shape[0], weight.cols
     if x.shape[-1] != in_features:
         raise ValueError(f"input has {x.shape[-1]} features, the int4 weight expects {in_features}")
@@ -265,11 +268,12 @@ def int4_linear(x: torch.Tensor, weight: Int4Weight, bias: Optional[torch.Tensor
         return F.linear(x.float(), w, b).to(x.dtype)
     x2 = x.detach().reshape(-1, in_features)
     if int4_takes_blas(x2.shape[0], out_features, weight.qdata.shape[-1] * 2, weight.group, SETTINGS.isa,
-                       SETTINGS.int4_int8_activations, in_features=in_features):
+                       int8_activations, in_features=in_features):
         b = None if bias is None else bias.detach().float()
         y = F.linear(x2.float(), weight.dequantize(torch.float32), b)
         return y.reshape(*x.shape[:-1], out_features).to(x.dtype)
     if x2.dtype not in q4.Q4_ACTIVATION_DTYPES:
         x2 = x2.float()
-    y = q4.q4_linear(x2.contiguous(), weight.qdata, weight.scale, weight.zero_point, weight.group, bias)
+    y = q4.q4_linear(x2.contiguous(), weight.qdata, weight.scale, weight.zero_point, weight.group, bias,
+                     int8_activations)
     return y.reshape(*x.shape[:-1], out_features).to(x.dtype)

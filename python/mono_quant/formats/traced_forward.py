@@ -122,7 +122,8 @@ def int4_linear_forward(module, x: torch.Tensor) -> torch.Tensor:
     # (past int4_weight.BLAS_MIN_ROWS rows: the op itself takes the BLAS path)
     if x2.dtype not in (torch.float32, torch.bfloat16):
         x2 = x2.float()
-    y = torch.ops.mono_quant.int4_linear(x2, qdata, scale, zero_point, bias, group, _int4_int8_activations())
+    y = torch.ops.mono_quant.int4_linear(x2, qdata, scale, zero_point, bias, group,
+                                         module.activations == "dynamic" and _int4_int8_activations())
     return y.reshape(*x.shape[:-1], n).to(x.dtype)
 
 

@@ -46,11 +46,13 @@ def q4_dequantize(packed: torch.Tensor, scale: torch.Tensor, zero_point: torch.T
 
 
 def q4_linear(x2d: torch.Tensor, packed: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor, group: int,
-              bias: Optional[torch.Tensor]) -> torch.Tensor:
+              bias: Optional[torch.Tensor], int8_activations: bool = True) -> torch.Tensor:
     """float32 ``x2d @ W.T + bias`` streaming CPU int4 buffers; ``x2d`` float32 or bfloat16,
     contiguous.  Quantizes the activations to int8 where the CPU and shapes allow and
-    ``SETTINGS.int4_int8_activations`` is on (twin: ``reference.q4_linear``, fp32 activations)."""
+    ``int8_activations`` and ``SETTINGS.int4_int8_activations`` are on (twin: ``reference.q4_linear``,
+    fp32 activations)."""
     b: Optional[np.ndarray] = None if bias is None else bias.detach().float().contiguous().numpy()
     return torch.from_numpy(_C.q4_linear(to_numpy(x2d), packed.numpy(), to_numpy(scale), zero_point.numpy(), group,
-                                         bias=b, int8_activations=-1 if SETTINGS.int4_int8_activations else 0,
+                                         bias=b,
+                                         int8_activations=-1 if int8_activations and SETTINGS.int4_int8_activations else 0,
                                          nthreads=SETTINGS.num_threads()))
