@@ -62,6 +62,10 @@ def describe(path) -> Dict[str, Any]:
         for alias in layer.get("aliases", []):
             layer_keys.update(layer_key(alias, local) for local in layer["tensors"])
         stored = sum(header.tensors[aliases.get(k, k)].nbytes for k in keys)
+        if stored * 2 < math.prod(layer["shape"]):  # (int4, the smallest format: half a byte a weight)
+            # a shape no tensor backs: `bench` would allocate it, `inspect` report it
+            raise CheckpointError(f"{path}: layer {layer['name']!r}: shape {layer['shape']} is "
+                                  f"{math.prod(layer['shape'])} weights, but its tensors hold {stored} bytes")
         orig = layer.get("orig_dtype")
         itemsize = _orig_itemsize(orig, layer["name"], path)
         layers.append({

@@ -237,6 +237,7 @@ class QuantizedStateDict(Mapping):
             float_module = modules[names[0]]
             try:
                 qmodule, also_consumed = build(layer, float_module)
+                _check_aliases(layer, names, modules, qmodule)
             except CheckpointError as exc:
                 problems.append(str(exc))
                 continue
@@ -305,6 +306,11 @@ class QuantizedStateDict(Mapping):
             bias = self._tensors.get(bias_key)
             if bias is None:
                 raise CheckpointError(f"missing key {bias_key!r} for layer {name!r}")
+            outputs = layer["shape"][0]
+            if not bias.is_floating_point() or bias.dtype not in _BIAS_DTYPES or list(bias.shape) != [outputs]:
+                # (a [1] or 0-d bias would broadcast over every output; an int32 one stay int32)
+                raise CheckpointError(f"layer {name!r}: {bias_key!r} is {str(bias.dtype).replace('torch.', '')}"
+                                      f"{list(bias.shape)}, expected a float vector of the layer's {outputs} outputs")
             bias_keys.append(bias_key)
         qmodule._set_bias(bias)
         if self._weight_only() and get_format(layer["dtype"]).has_activation_modes \
@@ -381,3 +387,24 @@ def _warn_meta(model: nn.Module) -> None:
     if left:
         warnings.warn(f"{len(left)} tensors of the loaded model are still on the meta device (non-persistent "
                       f"buffers of a meta skeleton?): {left[:5]}", stacklevel=3)
+
+
+_BIAS_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
+
+
+def _check_aliases(layer, names: List[str], modules: Dict[str, nn.Module], qmodule: nn.Module) -> None:
+    """Every other name a layer is saved under (a module the model shares, or a tied twin) must be a
+    module the rebuilt layer can stand for: the same type, weight shape and geometry as the first
+    (an edited alias list would otherwise put the layer in place of any module, the root included)."""
+    first = modules[names[0]]
+    kind = parametrized_base(first) or type(first)
+    for alias in names[1:]:
+        module = modules[alias]
+        if module is first:
+            continue
+        label = alias or "<root>"
+        if (parametrized_base(module) or type(module)) is not kind:
+            raise CheckpointError(f"layer {names[0] or '<root>'!r} is also saved as {label!r}, which is a "
+                                  f"{type(module).__name__} in the model, not a {kind.__name__}")
+        check_weight_shape(layer, module, label, getattr(type(qmodule), "float_weight_shape", None))
+        check_layer_geometry(label, module, qmodule)

@@ -181,6 +181,9 @@ def _check_layer(layer, kind: str, where: str, what: str = "bad manifest") -> No
         _require(isinstance(spec, dict) and isinstance(spec.get("dtype"), str) and _is_shape(spec.get("shape")),
                  where, f"tensor {local!r} needs a dtype (a string) and a shape (a list of ints >= 0), got {spec!r}",
                  what)
+    aliases = layer.setdefault("aliases", [])  # (every kind: the loaders add them to a list of names)
+    _require(isinstance(aliases, list) and all(isinstance(a, str) for a in aliases), where,
+             "aliases must be a list of names", what)
     _KIND_FIELDS[kind](layer, where, what)
 
 
@@ -189,9 +192,6 @@ def _check_saved_module_fields(layer, where: str, what: str = "bad manifest") ->
     _require(isinstance(layer.get("class"), str), where, "class must be a string", what)
     _require(isinstance(layer.get("init_kwargs"), dict), where, "init_kwargs must be an object", what)
     _require(isinstance(layer.get("attrs"), dict), where, "attrs must be an object", what)
-    aliases = layer.setdefault("aliases", [])
-    _require(isinstance(aliases, list) and all(isinstance(a, str) for a in aliases), where,
-             "aliases must be a list of names", what)
 
 
 # manifest kind -> the checks of the fields only its layers have

@@ -213,7 +213,15 @@ def build_layer(name: str, entry: dict, tensors: Dict[str, torch.Tensor]) -> nn.
     if cls_name == "FusedGapFloat":
         return FusedGapFloat(bool(kwargs["flatten"]))
     if cls_name in _FLOAT_BY_NAME:
-        return _FLOAT_BY_NAME[cls_name](**kwargs)
+        cls = _FLOAT_BY_NAME[cls_name]
+        unknown = set(kwargs) - set(_FLOAT_MODULES[cls])  # only what save_static writes: no inplace=True
+        if unknown:
+            raise CheckpointError(f"layer {name!r} ({cls_name}): arguments {sorted(unknown)} are not among "
+                                  f"{list(_FLOAT_MODULES[cls])}")
+        try:
+            return cls(**kwargs)
+        except (TypeError, ValueError, AssertionError) as exc:  # torch's own checks (Hardtanh asserts)
+            raise CheckpointError(f"layer {name!r} ({cls_name}): {exc}") from None
     raise CheckpointError(f"layer {name!r}: unknown class {cls_name!r}")
 
 
@@ -294,6 +302,24 @@ def _check_call(op: str, how: str, args, kwargs, inputs: List[str]) -> None:
         raise CheckpointError(f"op {op!r}: its call's arguments do not read its inputs {inputs}")
 
 
+def _check_call_state(op: str, target, kwargs) -> None:
+    """A replayed call may not draw random numbers: an eval-mode trace records ``training=False``."""
+    if isinstance(kwargs, dict) and kwargs.get("training"):
+        raise CheckpointError(f"op {op!r}: training argument {kwargs} (an eval-mode trace records training=False)")
+    if target is F.dropout and not (isinstance(kwargs, dict) and kwargs.get("training") is False):
+        raise CheckpointError(f"op {op!r}: dropout without training=False drops values at every call")
+
+
+def _out_of_place(how: str, target, kwargs):
+    """The call replayed out of place (the same values): an in-place one could write the caller's
+    input tensor, which a program's first op receives as it is."""
+    if how == "call_method" and isinstance(target, str) and target.endswith("_") and target[:-1] in _METHODS:
+        target = target[:-1]  # relu_ / add_ -> relu / add
+    if isinstance(kwargs, dict) and kwargs.get("inplace"):
+        kwargs = {**kwargs, "inplace": False}
+    return target, kwargs
+
+
 def _check_arity(op: str, layer: nn.Module, inputs: List[str]) -> None:
     """A layer op's inputs must be the arguments its forward takes (a concatenation: as many as it was built for)."""
     try:
@@ -317,11 +343,27 @@ def _check_int8_flow(program: List[tuple], layers: Dict[str, nn.Module]) -> None
     for name, kind, inputs, _ in program:
         layer = layers.get(name) if kind == "module" else None
         wants = bool(getattr(layer, "int8_input", True)) if _is_static(layer) else False
-        for i in inputs:
+        for index, i in enumerate(inputs):
             if int8.get(i, False) != wants:
                 raise CheckpointError(f"op {name!r} takes {'int8 codes' if wants else 'floats'} but its input {i!r} "
                                       f"is {'int8 codes' if int8.get(i) else 'float'} (an edited scale or flag?)")
+            if wants:  # codes are read with the scale and zero-point they were written with, or misread
+                producer = layers[i]
+                read_as, written_as = _input_qparams(layer, index), (producer.out_scale, producer.out_zp)
+                if read_as != written_as:
+                    raise CheckpointError(f"op {name!r} reads its input {i!r} as int8 codes of scale {read_as[0]!r} "
+                                          f"zero-point {read_as[1]!r}, but {i!r} writes them with scale "
+                                          f"{written_as[0]!r} zero-point {written_as[1]!r} (an edited scale?)")
         int8[name] = _is_static(layer) and getattr(layer, "out_scale", None) is not None
+
+
+def _input_qparams(layer, index: int) -> tuple:
+    """The (scale, zero-point) a static layer reads its input ``index`` with."""
+    if hasattr(layer, "in_scales"):  # a concatenation: one pair per input
+        return layer.in_scales[index], layer.in_zps[index]
+    if index == 1:  # an addition's second operand
+        return layer.b_scale, layer.b_zp
+    return layer.in_scale, layer.in_zp
 
 
 def load_static(path, model=None) -> StaticGraphModel:
@@ -375,6 +417,8 @@ def load_static(path, model=None) -> StaticGraphModel:
                 cargs, ckwargs = _decode(c["args"]), _decode(c["kwargs"])
                 _check_refs(name, (cargs, ckwargs), defined)
                 _check_call(name, how, cargs, ckwargs, inputs)
+                _check_call_state(name, target, ckwargs)
+                target, ckwargs = _out_of_place(how, target, ckwargs)
                 program.append((name, "call", inputs, (how, target, cargs, ckwargs)))
             else:
                 raise CheckpointError(f"op {name!r}: unknown kind {kind!r}")
