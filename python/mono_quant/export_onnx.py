@@ -301,6 +301,8 @@ class _OnnxEmbedding(_Twin):
             self.int4 = False
             self.register_buffer("q", q)
             scale, zero_point = scale.reshape(-1, 1), zero_point.reshape(-1, 1)
+            if scale.shape[0] != q.shape[0]:  # per tensor: one scale for every row, not one per index
+                scale, zero_point = scale.expand(q.shape[0], 1).contiguous(), zero_point.expand(q.shape[0], 1).contiguous()
         self.register_buffer("scale", scale)
         self.register_buffer("zero_point", zero_point)
 
@@ -411,6 +413,17 @@ def _translation_table():
             ops.half_conv2d.default: half_conv2d}
 
 
+def _refuse_half_models(model: nn.Module) -> None:
+    """The twins compute in float32 (ONNX Runtime's integer ops and MatMulNBits return it): a model
+    switched to float16 / bfloat16 would be written with ops whose types disagree."""
+    for name, m in model.named_modules():
+        dtype = getattr(m, "orig_dtype", None) if isinstance(m, QuantizedModule) else None
+        if dtype is not None and dtype != torch.float32:
+            raise NotImplementedError(f"export_onnx writes float32 models; layer {name or '<root>'!r} computes in "
+                                      f"{str(dtype).replace('torch.', '')} (after .half() / .to()): export a "
+                                      f"float32 copy (model.float()) and let the runtime cast")
+
+
 def export_onnx(model: nn.Module, args: Union[torch.Tensor, Tuple[Any, ...]], path: Union[str, Path], *,
                 opset_version: int = 21, dynamic_shapes=None, input_names=None, output_names=None,
                 integer_matmul: str = "u8u8") -> Path:
@@ -431,6 +444,7 @@ def export_onnx(model: nn.Module, args: Union[torch.Tensor, Tuple[Any, ...]], pa
         raise ValueError(f"integer_matmul must be one of {INTEGER_MATMULS}, got {integer_matmul!r}")
     if isinstance(args, torch.Tensor):
         args = (args,)
+    _refuse_half_models(model)
     table = _translation_table()
     token = _INTEGER_MATMUL.set(integer_matmul)
     try:

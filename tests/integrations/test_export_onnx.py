@@ -133,3 +133,23 @@ def test_dynamic_weights_are_uint8_so_ort_never_saturates(tmp_path):
     np.testing.assert_array_equal(outputs["u8u8"], outputs["u8s8"])  # the same integers q - zero_point
     with pytest.raises(ValueError, match="integer_matmul"):
         mq.export_onnx(qmodel, inputs, tmp_path / "bad.onnx", integer_matmul="s8s8")
+
+
+def test_onnx_per_tensor_int8_embedding(tmp_path):
+    # its one scale was indexed per row (GatherND out of range for every index above 0)
+    torch.manual_seed(0)
+    qmodel, _ = mq.quantize(nn.Sequential(nn.Embedding(50, 32)).eval(), dtype="int8", embeddings=True,
+                            granularity="per_tensor")
+    idx = torch.randint(0, 50, (3, 5))
+    with torch.no_grad():
+        ours = qmodel(idx)
+    y, _ = _run(qmodel, (idx,), tmp_path / "t.onnx", ort.GraphOptimizationLevel.ORT_ENABLE_BASIC)
+    assert np.allclose(y, ours.numpy(), rtol=1e-5, atol=1e-6)
+
+
+def test_half_model_is_refused_with_what_to_do(tmp_path):
+    # the twins compute in float32: a .half() model was written with ops ORT refused to load
+    model, inputs = _models()["mlp"]
+    qmodel = mq.quantize(model, dtype="int8").model.half()
+    with pytest.raises(NotImplementedError, match="export_onnx writes float32 models.*model.float"):
+        mq.export_onnx(qmodel, (inputs[0].half(),), tmp_path / "h.onnx")

@@ -208,3 +208,22 @@ def test_compiled_training_through_frozen_quantized_layers_matches_eager():
         F.mse_loss(run(x), target).backward()
         grads.append(adapter.weight.grad.clone())
     assert grads[0].abs().sum() > 0 and torch.allclose(grads[0], grads[1], rtol=1e-5, atol=1e-6)
+
+
+def test_jit_trace_of_a_conv_says_its_route_follows_the_example_size():
+    # the route is chosen from the image size in Python: the traced graph keeps the example's
+    torch.manual_seed(0)
+    q = _quantized(nn.Conv2d(16, 8, 3, padding=1), "int8", "dynamic")
+    with torch.no_grad(), pytest.warns(UserWarning, match=r"keeps the kernel route chosen for the example's size "
+                                                            r"\(2, 16, 8, 8\)"):
+        traced = torch.jit.trace(q, torch.randn(2, 16, 8, 8), check_trace=False)
+    x = torch.randn(2, 16, 8, 8)
+    with torch.no_grad():
+        assert torch.equal(traced(x), q(x))  # at the traced size: eager's bits
+
+
+def test_jit_trace_with_an_empty_example_is_refused():
+    torch.manual_seed(0)
+    q = _quantized(nn.Linear(40, 33), "int8", "dynamic")
+    with torch.no_grad(), pytest.raises(ValueError, match="empty example"):
+        torch.jit.trace(q, torch.randn(0, 40), check_trace=False)

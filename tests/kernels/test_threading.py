@@ -308,3 +308,19 @@ def test_interpreter_exit_with_daemon_threads_in_kernels(backend):
             pytest.fail(f"{backend}: the interpreter hung at exit")
         assert proc.returncode == 0 and "atexit True" in proc.stdout, \
             f"{backend}: exit {proc.returncode}\n{proc.stdout}\n{proc.stderr}"
+
+
+def test_more_threads_than_the_bindings_take_are_capped():
+    # torch accepts set_num_threads(1025); every kernel call raised "nthreads must be in 1..1024"
+    from mono_quant.kernels import SETTINGS
+    previous = torch.get_num_threads()
+    torch.manual_seed(0)
+    layer = mq.quantize(torch.nn.Sequential(torch.nn.Linear(64, 64)), "int8").model
+    x = torch.randn(4, 64)
+    expected = layer(x)
+    try:
+        torch.set_num_threads(1025)
+        assert SETTINGS.num_threads() == 1024
+        assert torch.equal(layer(x), expected)
+    finally:
+        torch.set_num_threads(previous)

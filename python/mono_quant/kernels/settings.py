@@ -17,7 +17,7 @@ import torch
 
 from .. import _C
 
-__all__ = ["RuntimeSettings", "SETTINGS", "THREADING_BACKENDS", "ISA_LEVELS", "LEVEL_MARK"]
+__all__ = ["RuntimeSettings", "SETTINGS", "THREADING_BACKENDS", "ISA_LEVELS", "LEVEL_MARK", "MAX_THREADS"]
 
 THREADING_BACKENDS = ("pool", "pthreads", "omp-team")
 ISA_LEVELS = ("scalar", "avx2", "avx512")
@@ -33,6 +33,9 @@ LEVEL_MARK = _LEVEL_MARKS.setdefault(_C.get_isa(), object())
 def _new_level_mark() -> None:
     global LEVEL_MARK
     LEVEL_MARK = _LEVEL_MARKS.setdefault(_C.get_isa(), object())
+
+#: The most threads a C binding takes (bind_args.c, mq_check_threads).
+MAX_THREADS = 1024
 
 
 class RuntimeSettings:
@@ -67,8 +70,9 @@ class RuntimeSettings:
 
     # -- threads -----------------------------------------------------------------------------------
     def num_threads(self) -> int:
-        """Threads a kernel call uses: torch's intra-op setting (at least 1), so both agree."""
-        return torch.get_num_threads()
+        """Threads a kernel call uses: torch's intra-op setting (at least 1), so both agree, up to
+        the 1024 the C bindings take (torch accepts more; the kernels split no finer anyway)."""
+        return min(torch.get_num_threads(), MAX_THREADS)
 
     @property
     def threading_backend(self) -> str:

@@ -19,6 +19,8 @@ from __future__ import annotations
 import math
 from typing import List, Optional
 
+import warnings
+
 import torch
 import torch.nn.functional as F
 from torch.utils.weak import WeakIdKeyDictionary
@@ -30,7 +32,7 @@ from .layout import PACKED_LAYOUT_VERSION, int8_packed_sizes, unpack_int8_rows
 from .rows import dequantize_rows, to_numpy
 from .settings import SETTINGS
 
-__all__ = ["use_ops", "conv_weight", "packed_conv_grads", "refuse_functorch", "KERNEL_DTYPES"]
+__all__ = ["use_ops", "check_jit_trace", "conv_weight", "packed_conv_grads", "refuse_functorch", "KERNEL_DTYPES"]
 
 _LIB = torch.library.Library("mono_quant", "DEF")  # kept alive: the ops live as long as this object
 KERNEL_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
@@ -71,6 +73,23 @@ def use_ops(x: torch.Tensor, module=None) -> bool:
     bias, weight = module._parameters.get("bias"), module._buffers.get("weight")
     # (a float16/bf16 weight a user made trainable: its gradient comes from torch's own op)
     return (bias is not None and bias.requires_grad) or (weight is not None and weight.requires_grad)
+
+
+def check_jit_trace(x: torch.Tensor, module, size_routes: bool = False) -> None:
+    """torch.jit.trace records one run's Python decisions as constants: an empty example bakes in
+    the empty-input path (every later input then runs it), and a conv's route is chosen from the
+    example's image size (another size would keep it where eager takes another, other bits)."""
+    if not torch.jit.is_tracing():
+        return
+    if x.numel() == 0:
+        raise ValueError(f"{type(module).__name__}: torch.jit.trace with an empty example records the empty-input "
+                         f"path for every later input; trace with at least one row")
+    if size_routes and not getattr(module, "_jit_size_warned", False):
+        module._jit_size_warned = True
+        warnings.warn(f"{type(module).__name__}: torch.jit.trace keeps the kernel route chosen for the example's "
+                      f"size {tuple(int(s) for s in x.shape)}; the traced module gives eager's results at that size only (other "
+                      f"sizes: the same quantization, other rounding). torch.export and torch.compile follow each "
+                      f"size", UserWarning, stacklevel=3)
 
 
 # -- packed int8 ----------------------------------------------------------------------------------------------

@@ -22,6 +22,7 @@ from ..kernels.direct_conv import (direct_conv2d, direct_conv2d_int4, direct_con
                                   int8_conv_arrays, int8_conv_panels)
 from ..formats.int4_weight import effective_group
 from ..kernels.int8 import conv2d_int8_raw
+from ..kernels.torch_library import check_jit_trace
 from ..kernels.stamps import make_stamp, tensors_unchanged
 from ..kernels.layout import INT8_K_GROUP, round_up
 from ..packing import can_pack, pack_int8_linear
@@ -285,6 +286,7 @@ class QuantizedConv2d(ReduceRange, QuantizedModule):
         if traced_forward.use_ops(x, self):  # graph capture or autograd: the torch.library ops
             check_float_input(x, type(self).__name__)
             check_conv_channels(x, self)
+            check_jit_trace(x, self, size_routes=True)
             return _torch_layout(x, traced_forward.conv2d_forward(self, x))
         route = _ROUTES.get(self)
         # (a kept route was made for a floating x of this dtype: the input check is made here only)

@@ -12,6 +12,7 @@ from ..formats.packed_linear import BLAS_MIN_IN_FEATURES, BLAS_MIN_ROWS, blas_mi
 from ..packing import can_pack, pack_int8_linear
 from ..orig_dtype import orig_dtype_of
 from ..formats import traced_forward
+from ..kernels.torch_library import check_jit_trace
 from .input_checks import check_float_input
 from .reduce_range import ReduceRange
 from .registry import QuantizedModule, register_qmodule
@@ -108,6 +109,7 @@ class QuantizedLinear(ReduceRange, QuantizedModule):
             check_float_input(x, type(self).__name__)
         try:  # (free when nothing is raised: the check costs only the 0-d input)
             if traced_forward.use_ops(x, self):  # graph capture or autograd: the torch.library ops
+                check_jit_trace(x, self)
                 return traced_forward.linear_forward(self, x)
             return self.format.linear(self, x)
         except IndexError:
