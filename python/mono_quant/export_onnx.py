@@ -302,7 +302,8 @@ class _OnnxEmbedding(_Twin):
             self.register_buffer("q", q)
             scale, zero_point = scale.reshape(-1, 1), zero_point.reshape(-1, 1)
             if scale.shape[0] != q.shape[0]:  # per tensor: one scale for every row, not one per index
-                scale, zero_point = scale.expand(q.shape[0], 1).contiguous(), zero_point.expand(q.shape[0], 1).contiguous()
+                rows = q.shape[0]
+                scale, zero_point = scale.expand(rows, 1).contiguous(), zero_point.expand(rows, 1).contiguous()
         self.register_buffer("scale", scale)
         self.register_buffer("zero_point", zero_point)
 

@@ -308,7 +308,7 @@ class QuantizedStateDict(Mapping):
                 raise CheckpointError(f"missing key {bias_key!r} for layer {name!r}")
             outputs = layer["shape"][0]
             if not bias.is_floating_point() or bias.dtype not in _BIAS_DTYPES or list(bias.shape) != [outputs]:
-                # (a [1] or 0-d bias would broadcast over every output; an int32 one stay int32)
+                # (a [1] or 0-d bias would broadcast over every output; an int32 one stays int32)
                 raise CheckpointError(f"layer {name!r}: {bias_key!r} is {str(bias.dtype).replace('torch.', '')}"
                                       f"{list(bias.shape)}, expected a float vector of the layer's {outputs} outputs")
             bias_keys.append(bias_key)

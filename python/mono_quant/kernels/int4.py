@@ -52,7 +52,6 @@ def q4_linear(x2d: torch.Tensor, packed: torch.Tensor, scale: torch.Tensor, zero
     ``int8_activations`` and ``SETTINGS.int4_int8_activations`` are on (twin: ``reference.q4_linear``,
     fp32 activations)."""
     b: Optional[np.ndarray] = None if bias is None else bias.detach().float().contiguous().numpy()
+    mode = -1 if int8_activations and SETTINGS.int4_int8_activations else 0  # (-1: where the CPU and shapes allow)
     return torch.from_numpy(_C.q4_linear(to_numpy(x2d), packed.numpy(), to_numpy(scale), zero_point.numpy(), group,
-                                         bias=b,
-                                         int8_activations=-1 if int8_activations and SETTINGS.int4_int8_activations else 0,
-                                         nthreads=SETTINGS.num_threads()))
+                                         bias=b, int8_activations=mode, nthreads=SETTINGS.num_threads()))
