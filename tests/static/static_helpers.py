@@ -11,7 +11,20 @@ import mono_quant as mq
 from mono_quant.calibration import CalibrationWarning
 from mono_quant.static.program import StaticInt8Model
 
-__all__ = ["trained_like", "quantized_static", "program_node", "assert_loads_as_program", "Branchy", "DataDependent"]
+__all__ = ["trained_like", "quantized_static", "program_node", "assert_loads_as_program", "Branchy", "Chain", "DataDependent"]
+
+
+class Chain(nn.Module):
+    """conv -> conv (int8 codes between them: conv1 has an int8 output scale) -> linear head."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 8, 3, padding=1)
+        self.conv2 = nn.Conv2d(8, 8, 3, padding=1)
+        self.fc = nn.Linear(8, 4)
+
+    def forward(self, x):
+        return self.fc(self.conv2(torch.relu(self.conv1(x))).mean((2, 3)))
 
 
 class Branchy(nn.Module):

@@ -8,21 +8,17 @@ import warnings
 import pytest
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 import mono_quant as mq
 from mono_quant.io.errors import CheckpointError
 from static_file_edits import StaticFileEdits
+from static_helpers import Chain
 
 KEY = "mono_quant.static"
 
 
-class TwoConvs(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.conv1 = nn.Conv2d(3, 8, 3, padding=1)
-        self.conv2 = nn.Conv2d(8, 8, 3, padding=1)
-        self.fc = nn.Linear(8, 4)
+class TwoConvs(Chain):
+    """Chain with an in-place relu after its second conv (a saved call with inplace=True)."""
 
     def forward(self, x):
         y = self.conv2(F.relu(self.conv1(x)))
@@ -87,13 +83,23 @@ def test_float_layer_takes_only_saved_arguments(saved, tmp_path):
         mq.load(edits.write("edited2.safetensors", manifest))
 
 
-def test_in_place_calls_replay_out_of_place(saved, tmp_path):
+IN_PLACE_CALLS = {  # each writes x in place when replayed as written
+    "method": ("call_method", "relu_", [{"$ref": "x"}], {}),
+    "keyword": ("call_function", "torch.nn.functional.relu", [{"$ref": "x"}], {"inplace": True}),
+    "positional": ("call_function", "torch.nn.functional.relu", [{"$ref": "x"}, True], {}),
+    "iadd": ("call_function", "operator.iadd", [{"$ref": "x"}, 1.0], {}),
+}
+
+
+@pytest.mark.parametrize("call", IN_PLACE_CALLS.values(), ids=IN_PLACE_CALLS.keys())
+def test_in_place_calls_replay_out_of_place(saved, tmp_path, call):
     path, expected = saved
     edits = StaticFileEdits(path, KEY, tmp_path)
     manifest = edits.manifest_copy()
-    # the first op reads the caller's input: make it an in-place relu of x
+    how, target, args, kwargs = call
+    # the first op reads the caller's input: make it an in-place call on x
     manifest["program"].insert(1, {"name": "r", "kind": "call", "inputs": ["x"], "call": {
-        "how": "call_method", "target": "relu_", "args": [{"$ref": "x"}], "kwargs": {"$dict": {}}}})
+        "how": how, "target": target, "args": args, "kwargs": {"$dict": kwargs}}})
     first = next(i for i, e in enumerate(manifest["program"]) if e["kind"] == "module")
     manifest["program"][first]["inputs"] = ["r"]
     model = mq.load(edits.write("edited.safetensors", manifest))
@@ -105,14 +111,19 @@ def test_in_place_calls_replay_out_of_place(saved, tmp_path):
         assert torch.equal(mq.load(path)(X.clone()), expected)  # (the saved F.relu(inplace=True) too)
 
 
-def test_dropout_in_training_mode_is_refused(saved, tmp_path):
+@pytest.mark.parametrize("args,kwargs", [([], {"p": 0.5, "training": True}), ([0.5, True], {}), ([0.5], {})],
+                         ids=["keyword", "positional", "default"])
+def test_dropout_in_training_mode_is_refused(saved, tmp_path, args, kwargs):
     path, _ = saved
     edits = StaticFileEdits(path, KEY, tmp_path)
     manifest = edits.manifest_copy()
     out = manifest["program"][-1]
     manifest["program"].insert(-1, {"name": "drop", "kind": "call", "inputs": out["inputs"], "call": {
-        "how": "call_function", "target": "torch.nn.functional.dropout", "args": [{"$ref": out["inputs"][0]}],
-        "kwargs": {"$dict": {"p": 0.5, "training": True}}}})
+        "how": "call_function", "target": "torch.nn.functional.dropout",
+        "args": [{"$ref": out["inputs"][0]}, *args], "kwargs": {"$dict": kwargs}}})
     manifest["program"][-1] = {"name": "output", "kind": "output", "inputs": ["drop"], "structure": {"$ref": "drop"}}
-    with pytest.raises(CheckpointError, match="training"):
+    with pytest.raises(CheckpointError, match="dropout in training mode"):
         mq.load(edits.write("edited.safetensors", manifest))
+    manifest["program"][-2]["call"]["args"], manifest["program"][-2]["call"]["kwargs"] = \
+        [{"$ref": out["inputs"][0]}, 0.5, False], {"$dict": {}}
+    mq.load(edits.write("eval.safetensors", manifest))  # eval mode, positional: loads

@@ -7,25 +7,12 @@ import warnings
 
 import pytest
 import torch
-from torch import nn
 
 import mono_quant as mq
 from safetensors_bytes import edited_metadata, split_file, write_file
+from static_helpers import Chain
 
 KEY = "mono_quant.static"
-
-
-class Chain(nn.Module):
-    """conv -> conv (int8 codes between them: conv1 has an int8 output scale) -> linear head."""
-
-    def __init__(self):
-        super().__init__()
-        self.conv1 = nn.Conv2d(3, 8, 3, padding=1)
-        self.conv2 = nn.Conv2d(8, 8, 3, padding=1)
-        self.fc = nn.Linear(8, 4)
-
-    def forward(self, x):
-        return self.fc(self.conv2(torch.relu(self.conv1(x))).mean((2, 3)))
 
 
 X = torch.randn(2, 3, 6, 6, generator=torch.Generator().manual_seed(1))

@@ -11,7 +11,7 @@ import torch
 from safetensors import safe_open
 from torch import nn
 
-from ..formats import get_format
+from ..formats import BadLayer, get_format
 from ..modules import QuantizedLinear
 from ..modules.composite import is_composite
 from ..modules.registry import qmodule_for
@@ -27,7 +27,7 @@ from .manifest import check_against_header, layer_key, parse_manifest, quantized
 from .rebuild import (check_weight_shape, dequantize_layer, is_uninitialized, packed_int8_layer, packed_linear,
                       rebuild_saved, stored_weight)
 from .composites import expand_shells, finish_shells, load_float_parameters
-from .validate import check_layer
+from .validate import check_bias, check_layer
 
 __all__ = ["load", "QuantizedStateDict", "dequantize_layer"]
 
@@ -306,11 +306,10 @@ class QuantizedStateDict(Mapping):
             bias = self._tensors.get(bias_key)
             if bias is None:
                 raise CheckpointError(f"missing key {bias_key!r} for layer {name!r}")
-            outputs = layer["shape"][0]
-            if not bias.is_floating_point() or bias.dtype not in _BIAS_DTYPES or list(bias.shape) != [outputs]:
-                # (a [1] or 0-d bias would broadcast over every output; an int32 one stays int32)
-                raise CheckpointError(f"layer {name!r}: {bias_key!r} is {str(bias.dtype).replace('torch.', '')}"
-                                      f"{list(bias.shape)}, expected a float vector of the layer's {outputs} outputs")
+            try:
+                check_bias(bias, layer["shape"][0], repr(bias_key))
+            except BadLayer as exc:
+                raise CheckpointError(f"layer {name!r}: {exc}") from None
             bias_keys.append(bias_key)
         qmodule._set_bias(bias)
         if self._weight_only() and get_format(layer["dtype"]).has_activation_modes \
@@ -387,9 +386,6 @@ def _warn_meta(model: nn.Module) -> None:
     if left:
         warnings.warn(f"{len(left)} tensors of the loaded model are still on the meta device (non-persistent "
                       f"buffers of a meta skeleton?): {left[:5]}", stacklevel=3)
-
-
-_BIAS_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 
 
 def _check_aliases(layer, names: List[str], modules: Dict[str, nn.Module], qmodule: nn.Module) -> None:

@@ -26,7 +26,7 @@ from .dtypes import dtype_name
 from .errors import CheckpointError
 from .manifest import quantized_class
 
-__all__ = ["check_layer", "check_layer_fields", "check_weight_tensors", "ALLOWED_LAYER_TENSORS"]
+__all__ = ["check_bias", "check_layer", "check_layer_fields", "check_weight_tensors", "ALLOWED_LAYER_TENSORS"]
 
 
 def _int_list(value, length: int, low: int) -> bool:
@@ -217,6 +217,13 @@ def _check_conv_padding(value, kwargs) -> None:
 # ---- tensors -------------------------------------------------------------------------------------
 
 
+def check_bias(bias: torch.Tensor, outputs: int, name: str) -> None:
+    """Raise ``BadLayer`` unless ``bias`` (called ``name``) is a float vector of ``outputs``: a [1] or
+    0-d one would broadcast over every output, an integer one keep its dtype."""
+    need(bias.dtype in ORIG_DTYPES and list(bias.shape) == [outputs],
+         f"{name} is {spec(bias)}, expected a float vector of the layer's {outputs} outputs")
+
+
 def check_weight_tensors(fmt: WeightFormat, symmetric: bool, axis: Optional[int], group_size: Optional[int],
                          shape: tuple, tensors: Mapping[str, torch.Tensor]) -> None:
     """Raise ``BadLayer`` when a layer's own tensors are not a valid weight of format ``fmt``
@@ -225,6 +232,5 @@ def check_weight_tensors(fmt: WeightFormat, symmetric: bool, axis: Optional[int]
     need(not unknown, f"unexpected tensors {sorted(unknown)}")
     bias = tensors.get("bias")
     if bias is not None:
-        need(bias.is_floating_point() and list(bias.shape) == [shape[0]],
-              f"bias is {spec(bias)}, expected a float vector of {shape[0]}")
+        check_bias(bias, shape[0], "bias")
     fmt.check_tensors(symmetric, axis, group_size, shape, tensors)

@@ -17,9 +17,8 @@ run the same kernels on the same inputs, so they give identical results (tested)
 from __future__ import annotations
 
 import math
-from typing import List, Optional
-
 import warnings
+from typing import List, Optional
 
 import torch
 import torch.nn.functional as F
@@ -86,10 +85,11 @@ def check_jit_trace(x: torch.Tensor, module, size_routes: bool = False) -> None:
                          f"path for every later input; trace with at least one row")
     if size_routes and not getattr(module, "_jit_size_warned", False):
         module._jit_size_warned = True
+        size = tuple(int(s) for s in x.shape)  # (under the tracer the sizes are 0-d tensors)
         warnings.warn(f"{type(module).__name__}: torch.jit.trace keeps the kernel route chosen for the example's "
-                      f"size {tuple(int(s) for s in x.shape)}; the traced module gives eager's results at that size only (other "
-                      f"sizes: the same quantization, other rounding). torch.export and torch.compile follow each "
-                      f"size", UserWarning, stacklevel=3)
+                      f"size {size}; the traced module gives eager's results at that size only (other sizes: the "
+                      f"same quantization, other rounding). torch.export and torch.compile follow each size",
+                      UserWarning, stacklevel=3)
 
 
 # -- packed int8 ----------------------------------------------------------------------------------------------

@@ -66,6 +66,7 @@ _FUNCTIONS = {f"{mod}.{f.__name__}": f for mod, fs in (
                              F.silu, F.gelu, F.sigmoid, F.softmax, F.dropout, F.interpolate)),
 ) for f in fs}
 _FUNCTION_NAMES = {id(f): name for name, f in _FUNCTIONS.items()}
+_OUT_OF_PLACE = {operator.iadd: operator.add}  # (a += b writes a tensor a in place)
 _METHODS = frozenset({"flatten", "view", "reshape", "relu", "relu_", "mean", "sum", "size", "permute", "contiguous",
                       "transpose", "squeeze", "unsqueeze", "add", "add_", "mul", "sigmoid", "softmax", "clamp",
                       "chunk", "split", "float", "dim"})
@@ -302,22 +303,28 @@ def _check_call(op: str, how: str, args, kwargs, inputs: List[str]) -> None:
         raise CheckpointError(f"op {op!r}: its call's arguments do not read its inputs {inputs}")
 
 
-def _check_call_state(op: str, target, kwargs) -> None:
-    """A replayed call may not draw random numbers: an eval-mode trace records ``training=False``."""
-    if isinstance(kwargs, dict) and kwargs.get("training"):
-        raise CheckpointError(f"op {op!r}: training argument {kwargs} (an eval-mode trace records training=False)")
-    if target is F.dropout and not (isinstance(kwargs, dict) and kwargs.get("training") is False):
-        raise CheckpointError(f"op {op!r}: dropout without training=False drops values at every call")
-
-
-def _out_of_place(how: str, target, kwargs):
-    """The call replayed out of place (the same values): an in-place one could write the caller's
-    input tensor, which a program's first op receives as it is."""
-    if how == "call_method" and isinstance(target, str) and target.endswith("_") and target[:-1] in _METHODS:
-        target = target[:-1]  # relu_ / add_ -> relu / add
-    if isinstance(kwargs, dict) and kwargs.get("inplace"):
-        kwargs = {**kwargs, "inplace": False}
-    return target, kwargs
+def _replayed_call(op: str, how: str, target, args, kwargs):
+    """``(target, args, kwargs)`` of a call as the program replays it: out of place (the same values;
+    an in-place call could write the caller's input tensor, which a program's first op receives as
+    it is) and never in training mode (an eval-mode trace records ``training=False``; dropout's
+    default is True).  ``inplace`` / ``training`` count however they are passed."""
+    if how == "call_method":
+        return (target[:-1] if target.endswith("_") and target[:-1] in _METHODS else target), args, kwargs
+    target = _OUT_OF_PLACE.get(target, target)
+    try:
+        signature = inspect.signature(target)
+    except ValueError:  # a builtin without a signature (torch.relu, ...): no inplace / training argument
+        return target, args, kwargs
+    try:
+        bound = signature.bind(*args, **kwargs)
+    except TypeError as exc:
+        raise CheckpointError(f"op {op!r}: arguments that {target.__name__} does not take ({exc})") from None
+    training = signature.parameters["training"].default if "training" in signature.parameters else False
+    if bound.arguments.get("training", training):
+        raise CheckpointError(f"op {op!r}: {target.__name__} in training mode (random at every call)")
+    if bound.arguments.get("inplace"):
+        bound.arguments["inplace"] = False
+    return target, type(args)(bound.args), bound.kwargs
 
 
 def _check_arity(op: str, layer: nn.Module, inputs: List[str]) -> None:
@@ -417,8 +424,7 @@ def load_static(path, model=None) -> StaticGraphModel:
                 cargs, ckwargs = _decode(c["args"]), _decode(c["kwargs"])
                 _check_refs(name, (cargs, ckwargs), defined)
                 _check_call(name, how, cargs, ckwargs, inputs)
-                _check_call_state(name, target, ckwargs)
-                target, ckwargs = _out_of_place(how, target, ckwargs)
+                target, cargs, ckwargs = _replayed_call(name, how, target, cargs, ckwargs)
                 program.append((name, "call", inputs, (how, target, cargs, ckwargs)))
             else:
                 raise CheckpointError(f"op {name!r}: unknown kind {kind!r}")
