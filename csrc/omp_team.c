@@ -16,11 +16,13 @@
  *    GOMP_parallel is libgomp's documented entry for "#pragma omp parallel"
  *    (its ABI since GCC 4.9).
  *  - fork(): a libgomp team cannot be used in a child (its next region waits
- *    for workers that do not exist there; torch's own ops hang too).  Before
- *    a fork the forking thread's team is released with
+ *    for workers that do not exist there; torch's own ops hang too, with or
+ *    without us).  Before every fork of a process that imported us (whatever
+ *    the backend, in children too) the forking thread's team is released with
  *    omp_pause_resource_all (OpenMP 5.0; torch's next region starts it
- *    again), so a child's OpenMP regions start a fresh team; and the child
- *    itself never uses the team from here (pid check): it runs on our pool.
+ *    again), so a child's OpenMP regions, ours or torch's, start a fresh team;
+ *    and the child itself never uses the team from here (pid check): it runs
+ *    on our pool.
  */
 #define _GNU_SOURCE /* dl_iterate_phdr, RTLD_NOLOAD */
 #include <dlfcn.h>
@@ -86,8 +88,30 @@ static const char *torch_libgomp(void) {
     return found.count == 1 ? found.path : NULL;
 }
 
+/* torch's libgomp as the fork handler sees it: looked up at each fork until found
+ * (torch may be imported after us, or a fork may come before any OpenMP region) */
+static struct {
+    _Atomic(omp_get_level_fn) level;
+    _Atomic(omp_pause_resource_all_fn) pause_all; /* set last: threads may fork at once */
+} fork_pause;
+
+static void find_fork_pause(void) {
+    const char *path = torch_libgomp();
+    void *lib = path ? dlopen(path, RTLD_LAZY | RTLD_LOCAL | RTLD_NOLOAD) : NULL;
+    if (!lib) return;
+    omp_get_level_fn level = (omp_get_level_fn)dlsym(lib, "omp_get_level");
+    omp_pause_resource_all_fn pause_all = (omp_pause_resource_all_fn)dlsym(lib, "omp_pause_resource_all");
+    if (!level || !pause_all) return; /* lib stays open */
+    atomic_store(&fork_pause.level, level);
+    atomic_store(&fork_pause.pause_all, pause_all);
+}
+
+/* Releases the forking thread's team (torch's, whether or not a job of ours ran on
+ * it): inside a region (level > 0) the team is in use and libgomp refuses anyway. */
 static void release_team_before_fork(void) {
-    if (atomic_load(&team.pid) == getpid() && team.level() == 0) team.pause_all(OMP_PAUSE_HARD);
+    if (!atomic_load(&fork_pause.pause_all)) find_fork_pause();
+    omp_pause_resource_all_fn pause_all = atomic_load(&fork_pause.pause_all);
+    if (pause_all && atomic_load(&fork_pause.level)() == 0) pause_all(OMP_PAUSE_HARD);
 }
 
 static void forget_team_in_child(void) {

@@ -203,6 +203,55 @@ def test_fork_before_any_team_job():
 
 
 
+# torch's own ops in a forked child, and in its child, after the parent ran torch's
+# OpenMP team and none of our jobs (plain torch hangs here: libgomp's team cannot be
+# used in a child).  Importing us releases the forking thread's team before each fork,
+# whatever the backend and in every generation.
+TORCH_OPS_AFTER_FORK = WAIT_FOR_CHILD + textwrap.dedent("""
+    import os, sys
+    import torch
+    from torch import nn
+    import mono_quant as mq
+
+    torch.set_num_threads(2)
+    torch.manual_seed(0)
+    conv, x = nn.Conv2d(32, 32, 3, padding=1), torch.randn(1, 32, 40, 40)
+    linear, rows = nn.Linear(512, 512), torch.randn(64, 512)
+    with torch.no_grad():
+        expected = conv(x), linear(rows)
+        torch.randn(1_000_000).sum()
+
+    def torch_ops_match():
+        with torch.no_grad():
+            return torch.equal(conv(x), expected[0]) and torch.equal(linear(rows), expected[1])
+
+    def fork_and_check(generation):
+        pid = os.fork()
+        if pid == 0:
+            ok = torch_ops_match()
+            if ok and generation < 2:
+                ok = os.waitstatus_to_exitcode(fork_and_check(generation + 1)) == 0
+            os._exit(0 if ok else 3)
+        return wait_for_child(pid, float(sys.argv[1]))
+
+    status = fork_and_check(1)
+    assert torch_ops_match()  # the parent's torch starts its team again
+    sys.exit(os.waitstatus_to_exitcode(status))
+""")
+
+
+@pytest.mark.parametrize("backend", ["omp-team", "pool", "pthreads"])
+def test_torch_ops_in_forked_children(backend):
+    env = dict(os.environ, MONO_QUANT_THREADS=backend, OMP_NUM_THREADS="2")
+    env.pop("OMP_WAIT_POLICY", None)
+    try:
+        proc = subprocess.run([sys.executable, "-c", TORCH_OPS_AFTER_FORK, "60"], env=env, capture_output=True,
+                              text=True, timeout=180)
+    except subprocess.TimeoutExpired:
+        pytest.fail("the forking script hung")
+    assert proc.returncode == 0, f"exit {proc.returncode}\n{proc.stdout}\n{proc.stderr}"
+
+
 def _run_script(code, *args, env_extra=None, timeout=240):
     """Runs `code` with `python -c` (omp-team, torch's default wait policy); fails on a hang or a non-zero exit."""
     env = dict(os.environ, MONO_QUANT_THREADS="omp-team", OMP_NUM_THREADS="2")
