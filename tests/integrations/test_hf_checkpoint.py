@@ -117,3 +117,34 @@ def test_hf_model_confirms_the_layer_types_inspect_prints(folders, tmp_path):
         assert layers and all(layer["type_from"] == "module" for layer in layers)
         assert all(layer["layer_kind"] == layer["type"] for layer in layers)
         assert ("Conv1D" in {layer["type"] for layer in layers}) is (kind == "gpt2")
+
+
+def _edited_folder(folder, tmp_path, **changes):
+    """A copy of the HF folder ``folder`` whose config.json has ``changes``."""
+    import json
+    import shutil
+    copy = tmp_path / "edited"
+    shutil.copytree(folder, copy)
+    config = json.loads((copy / "config.json").read_text())
+    config.update(changes)
+    (copy / "config.json").write_text(json.dumps(config))
+    return copy
+
+
+@pytest.mark.parametrize("changes,message", [
+    ({"n_layer": 20000}, "n_layer=20000"),  # built on meta, 20000 blocks took minutes
+    ({"architectures": ["AutoConfig"]}, "no model class"),  # an attribute of transformers, not a model
+    ({"architectures": ["pipeline"]}, "no model class"),
+])
+def test_config_json_is_untrusted(folders, tmp_path, caplog, changes, message):
+    """A config.json naming something that is not a model class, or more layers than the folder
+    stores tensors, is not built: the folder is quantized by the plain state_dict rules."""
+    import time
+    _, folder = folders["gpt2"]
+    edited = _edited_folder(folder, tmp_path, **changes)
+    start = time.monotonic()
+    with caplog.at_level("WARNING", logger="mono_quant"):
+        result = mq.quantize_checkpoint(edited, tmp_path / "q.safetensors")
+    assert time.monotonic() - start < 30
+    assert message in caplog.text and "plain state_dict" in caplog.text
+    assert result.report.layers  # quantized all the same

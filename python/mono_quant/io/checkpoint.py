@@ -124,7 +124,7 @@ def quantize_checkpoint(src, dst, dtype=None, *, symmetric: Optional[bool] = Non
             raise CheckpointError(f"{src} is already a mono-quant file; quantize the float checkpoint instead")
         _refuse_overwriting_source(reader, src, dst)
         check_patterns_match(cfg, layer_names_of_keys(reader.keys()), holders=holder_names_of_keys(reader.keys()))
-        hf_plan = hf_checkpoint_plan(src)
+        hf_plan = hf_checkpoint_plan(src, len(reader.keys()))
         hf_plan.keep_float.update(attention_out_proj_keys(reader.keys()))  # as quantize(state_dict) does
         report = _write(reader, src, dst, cfg, overwrite, progress, measure_error, hf_plan)
     warn_if_nothing_quantized(report.layers, report.skipped)  # as quantize(state_dict) does

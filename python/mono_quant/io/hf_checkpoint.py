@@ -56,11 +56,12 @@ class HfCheckpointPlan:
     module_types: Dict[str, str] = field(default_factory=dict)
 
 
-def hf_checkpoint_plan(src) -> HfCheckpointPlan:
-    """The plan for the HF folder ``src``; an empty plan when ``src`` is not one, or
-    transformers is not installed or cannot build its architecture."""
+def hf_checkpoint_plan(src, stored_tensors: int) -> HfCheckpointPlan:
+    """The plan for the HF folder ``src`` (``stored_tensors``: how many tensors its weight
+    files hold); an empty plan when ``src`` is not one, or transformers is not installed or
+    cannot build its architecture."""
     plan = HfCheckpointPlan()
-    model = _meta_model(Path(src))
+    model = _meta_model(Path(src), stored_tensors)
     if model is None:
         return plan
     owners: Dict[int, Tuple[str, nn.Module]] = {}
@@ -132,7 +133,16 @@ def write_hf_entry(plan: HfCheckpointPlan, write_entry, key: str, tensor: torch.
     return True
 
 
-def _meta_model(src: Path):
+def _layer_counts(config) -> Dict[str, int]:
+    """The config's layer counts (``num_hidden_layers``, ``n_layer``, ``encoder_layers``, ...)."""
+    return {k: v for k, v in config.to_dict().items()
+            if isinstance(v, int) and not isinstance(v, bool) and (k.endswith("layers") or k.endswith("layer"))}
+
+
+def _meta_model(src: Path, stored_tensors: int):
+    """The model config.json describes, built on the meta device; None (with a warning) when
+    it is not a transformers model class, or names more layers than the folder stores tensors
+    (a config.json is untrusted input: building 20000 layers takes minutes, even on meta)."""
     src = src if src.is_dir() else src.parent  # a folder, or one of its files (model.safetensors, the index)
     if not (src / "config.json").is_file():
         return None
@@ -144,9 +154,15 @@ def _meta_model(src: Path):
         config = transformers.AutoConfig.from_pretrained(str(src), local_files_only=True)
         arch = (getattr(config, "architectures", None) or [None])[0]
         cls = getattr(transformers, arch, None) if isinstance(arch, str) else None
-        if cls is None:
-            log.warning("%s: config.json names no architecture of the installed transformers (%r); quantizing "
+        if not (isinstance(cls, type) and issubclass(cls, transformers.PreTrainedModel)):
+            log.warning("%s: config.json names no model class of the installed transformers (%r); quantizing "
                         "as a plain state_dict", src, arch)
+            return None
+        too_many = {k: v for k, v in _layer_counts(config).items() if v > stored_tensors}
+        if too_many:
+            log.warning("%s: config.json names more layers (%s) than the folder stores tensors (%d); quantizing "
+                        "as a plain state_dict", src, ", ".join(f"{k}={v}" for k, v in too_many.items()),
+                        stored_tensors)
             return None
         with torch.device("meta"):
             return cls(config)
