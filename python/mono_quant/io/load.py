@@ -16,9 +16,11 @@ from ..modules import QuantizedLinear
 from ..modules.composite import is_composite
 from ..modules.registry import qmodule_for
 from ..modules.whole_load import guard_whole_loads
+from ..orig_dtype import orig_dtype_of
 from ..parametrized import parametrized_base
 from .aligned import aligned
 from .container import read_header
+from .dtypes import dtype_name
 from .errors import CheckpointError
 from .file_kinds import kind_for_file
 from .layer_geometry import check_layer_geometry
@@ -268,6 +270,7 @@ class QuantizedStateDict(Mapping):
             raise CheckpointError(f"layer {name!r} is a {type(float_module).__name__} in the model, the checkpoint "
                                   f"has a quantized {cls.float_type.__name__}")
         check_weight_shape(layer, float_module, name, getattr(cls, "float_weight_shape", None))
+        _check_model_dtype(layer, float_module, name)
         qmodule = rebuild_saved(layer, self.layer_tensors(layer))
         check_layer_geometry(name, float_module, qmodule)
         return qmodule, []
@@ -379,6 +382,23 @@ class QuantizedStateDict(Mapping):
 
 def _dtype(t: torch.Tensor) -> str:
     return str(t.dtype).replace("torch.", "")
+
+
+def _check_model_dtype(layer, float_module: nn.Module, name: str) -> None:
+    """A saved layer computes in its recorded ``orig_dtype``: a real (not meta) model of another
+    dtype must be refused, as its float tensors are (a bfloat16 layer in a float32 model returned
+    bfloat16 to the float32 layers after it)."""
+    recorded = layer.get("orig_dtype")
+    try:
+        weight = float_module.weight
+    except AttributeError:  # a composite's placeholder, a parametrization that cannot run
+        return
+    if recorded is None or not isinstance(weight, torch.Tensor) or weight.device.type == "meta" \
+            or not weight.is_floating_point():
+        return
+    if dtype_name(orig_dtype_of(weight.dtype)) != recorded:
+        raise CheckpointError(f"layer {name!r} was quantized from {recorded} weights, the model's are "
+                              f"{_dtype(weight)} (build the model in the file's dtype, or on the meta device)")
 
 
 def _warn_meta(model: nn.Module) -> None:

@@ -1,0 +1,39 @@
+"""load(path, model=...) of a saved quantized model: each quantized layer computes in the dtype it
+was quantized from, so a real (not meta) model of another dtype is refused, as its float tensors
+are; a model of the file's dtype, or on meta, loads."""
+import warnings
+
+import pytest
+import torch
+from torch import nn
+
+import mono_quant as mq
+
+
+def _net(dtype=torch.float32, device="cpu"):
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 8)).to(
+        device=device, dtype=dtype)
+
+
+@pytest.fixture(scope="module", params=["int8", "int4", "fp16"])
+def saved_bf16(request, tmp_path_factory):
+    path = tmp_path_factory.mktemp("dtype") / f"{request.param}.safetensors"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        mq.save(mq.quantize(_net(torch.bfloat16), dtype=request.param).model, path)
+    return path
+
+
+def test_a_model_of_another_dtype_is_refused(saved_bf16):
+    with pytest.raises(mq.CheckpointError, match=r"layer '0' was quantized from bfloat16 weights, the model's "
+                                                   r"are float32 \(build the model in the file's dtype"):
+        mq.load(saved_bf16, model=_net())
+
+
+@pytest.mark.parametrize("skeleton", [lambda: _net(torch.bfloat16), lambda: _net(device="meta")],
+                         ids=["same-dtype", "meta"])
+def test_the_files_dtype_or_meta_loads(saved_bf16, skeleton):
+    loaded = mq.load(saved_bf16, model=skeleton())
+    assert loaded[0].orig_dtype == torch.bfloat16
+    assert loaded(torch.randn(2, 64, dtype=torch.bfloat16)).dtype == torch.bfloat16
