@@ -140,31 +140,56 @@ def conv2d_forward(module, x: torch.Tensor) -> torch.Tensor:
     k = m.in_channels // m.groups * m.kernel_size2d[0] * m.kernel_size2d[1]
     if conv_kernel_takes(m, x, k):
         isa = _isa()
-        packed_pays = m._packed_pays(x, isa)
+        rule = m._packed_pays(x, isa)
+        packed_pays = _decided(rule)
+        if packed_pays is None:
+            # sizes whose range the rule splits (export / compile with dynamic image sizes or batch): both
+            # routes in the graph, the rule evaluated per call as eager does (a Python `if` would pin the
+            # example's route to the range with a guard, and fail the program on the other sizes)
+            return torch.cond(rule, lambda x: _packed_conv(m, x), lambda x: _float_conv(m, x), (x,))
         if not packed_pays and m._direct_fits(x, isa):  # eager's direct route
             return torch.ops.mono_quant.direct_conv2d_int8(
                 x, m.weight_packed, m.weight_packed_info, m.weight_scale, m.weight_zero_point, bias,
                 list(m.kernel_size2d), list(m.stride2d), list(m.padding2d), list(m.dilation2d), m.groups,
                 m.out_channels)
-        if packed_pays:
-            if m.padding_mode != "zeros":
-                x = F.pad(x, m._reversed_padding_repeated_twice, mode=m.padding_mode)
-                padding = [0, 0]
-            else:
-                padding = list(m.padding2d)
-            y = torch.ops.mono_quant.conv2d_int8(x, m.weight_packed, m.weight_colsum, m.weight_packed_info,
-                                                 m.weight_scale, m.weight_zero_point, bias, list(m.kernel_size2d),
-                                                 list(m.stride2d), padding, list(m.dilation2d), m.groups,
-                                                 m.out_channels, m.activations == "dynamic",
-                                                 getattr(m, "reduce_range", False))
-            return y if x.dtype == torch.float32 else y.to(x.dtype)
-        w = dequantized_weight(m)
-        return m.conv_with(x.float(), w, None if bias is None else bias.float()).to(x.dtype)
+        return _packed_conv(m, x) if packed_pays else _float_conv(m, x)
     w = dequantized_weight(m).to(x.device)
     if m._buffers.get("weight_packed") is None and m._direct_fits(x, _isa()):  # eager's direct route (int4)
         return torch.ops.mono_quant.direct_conv2d(x, w, bias, list(m.stride2d), list(m.padding2d),
                                                   list(m.dilation2d), m.groups)
     return m.conv_with(x.float(), w, None if bias is None else bias.float()).to(x.dtype)
+
+
+def _decided(rule):
+    """A route rule's value: a bool, or None for a rule on symbolic sizes that their ranges do not
+    decide (True / False when they do: no guard, no branch)."""
+    if not isinstance(rule, torch.SymBool):
+        return bool(rule)
+    from torch.fx.experimental.symbolic_shapes import statically_known_true
+    if statically_known_true(rule):
+        return True
+    return False if statically_known_true(torch.sym_not(rule)) else None
+
+
+def _packed_conv(m, x: torch.Tensor) -> torch.Tensor:
+    """The packed int8 kernels' conv (eager's _PACKED route)."""
+    if m.padding_mode != "zeros":
+        x = F.pad(x, m._reversed_padding_repeated_twice, mode=m.padding_mode)
+        padding = [0, 0]
+    else:
+        padding = list(m.padding2d)
+    y = torch.ops.mono_quant.conv2d_int8(x, m.weight_packed, m.weight_colsum, m.weight_packed_info,
+                                         m.weight_scale, m.weight_zero_point, m.bias, list(m.kernel_size2d),
+                                         list(m.stride2d), padding, list(m.dilation2d), m.groups,
+                                         m.out_channels, m.activations == "dynamic",
+                                         getattr(m, "reduce_range", False))
+    return y if x.dtype == torch.float32 else y.to(x.dtype)
+
+
+def _float_conv(m, x: torch.Tensor) -> torch.Tensor:
+    """torch's conv on the dequantized weight (eager's _FLOAT route)."""
+    bias = m.bias
+    return m.conv_with(x.float(), dequantized_weight(m), None if bias is None else bias.float()).to(x.dtype)
 
 
 def embedding_forward(module, indices: torch.Tensor) -> torch.Tensor:

@@ -272,7 +272,10 @@ class QuantizedConv2d(ReduceRange, QuantizedModule):
         pixels = x.shape[0]
         for size, k, s, p, d in zip(x.shape[2:], self.kernel_size2d, self.stride2d, self.padding2d, self.dilation2d):
             pixels *= (size + 2 * p - d * (k - 1) - 1) // s + 1
-        if pixels * 8 > self.out_channels:
+        few_pixels = pixels * 8 <= self.out_channels
+        if isinstance(few_pixels, torch.SymBool):  # symbolic sizes: the rule as it is (no guard); no direct route
+            return few_pixels
+        if not few_pixels:
             return False
         # few pixels: the direct kernel where it fits (isa: _direct_fits'), on kept panels, or on panels filled
         # per call once the pixels' work outweighs the fill (direct_conv.FILL_ELEMENTS_PER_PIXEL)
