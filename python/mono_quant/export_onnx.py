@@ -425,6 +425,18 @@ def _refuse_half_models(model: nn.Module) -> None:
                                       f"float32 copy (model.float()) and let the runtime cast")
 
 
+def _refuse_static_models(model: nn.Module) -> None:
+    """A static int8 model runs eagerly only (its kernels read the input's memory): say so before
+    torch.onnx.export wraps the refusal in its own error."""
+    from .static.compiled import CompilesAsOneOp
+    for name, m in model.named_modules():
+        if isinstance(m, CompilesAsOneOp):
+            raise NotImplementedError(
+                f"export_onnx can't write a static int8 model ({name or '<root>'!r} is a {type(m).__name__}): "
+                f"it runs eagerly only; export a dynamic int8 or weight-only model "
+                f"(mono_quant.quantize(model, 'int8')), or run this one with torch.compile")
+
+
 def export_onnx(model: nn.Module, args: Union[torch.Tensor, Tuple[Any, ...]], path: Union[str, Path], *,
                 opset_version: int = 21, dynamic_shapes=None, input_names=None, output_names=None,
                 integer_matmul: str = "u8u8") -> Path:
@@ -445,6 +457,7 @@ def export_onnx(model: nn.Module, args: Union[torch.Tensor, Tuple[Any, ...]], pa
         raise ValueError(f"integer_matmul must be one of {INTEGER_MATMULS}, got {integer_matmul!r}")
     if isinstance(args, torch.Tensor):
         args = (args,)
+    _refuse_static_models(model)
     _refuse_half_models(model)
     table = _translation_table()
     token = _INTEGER_MATMUL.set(integer_matmul)

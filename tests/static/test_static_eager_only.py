@@ -23,6 +23,16 @@ def test_export_names_the_limitation_and_the_way_out():
     assert qmodel(x).shape == (2, 10)  # the model still runs
 
 
+@pytest.mark.parametrize("where", ["root", "child"])
+def test_export_onnx_names_the_limitation(tmp_path, where):
+    """export_onnx raised torch.onnx's TorchExportError around the refusal; the documented error now."""
+    pytest.importorskip("onnxscript")
+    qmodel = _static_model() if where == "root" else nn.Sequential(_static_model(), nn.ReLU())
+    with pytest.raises(NotImplementedError, match="export_onnx can't write a static int8 model.*dynamic int8"):
+        mq.export_onnx(qmodel, (torch.randn(2, 1, 8, 8),), tmp_path / "static.onnx")
+    assert not (tmp_path / "static.onnx").exists()
+
+
 def test_compile_without_fullgraph_runs_it_eagerly():
     qmodel = _static_model()
     x = torch.randn(2, 1, 8, 8)
