@@ -17,7 +17,8 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from .config import DEFAULT, QuantConfig, resolve_options
-from .entries import convert_weight, nonfinite_layer_error, nonfinite_skip_reason, packs_straight_to_int8, quantize_state_dict_entry
+from .entries import (convert_weight, float32_overflow, nonfinite_layer_error, nonfinite_skip_reason,
+                      packs_straight_to_int8, quantize_state_dict_entry)
 from .errors import AlreadyQuantizedError, NonFiniteWeightError
 from .modules import QuantizedLinear, QuantizedModule
 from .modules.gpt2_conv1d import QuantizedGPT2Conv1D
@@ -379,6 +380,7 @@ class _LayerQuantizer:
         try:
             qm, sqnr = self._build(src, w, key)
         except NonFiniteWeightError as exc:
+            exc = float32_overflow(exc, w)
             if self.cfg.nonfinite == "error":
                 raise nonfinite_layer_error(name, type(m).__name__, exc.row, exc.what) from None
             return SkippedLayer(name, type(m).__name__, nonfinite_skip_reason(exc))

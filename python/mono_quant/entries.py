@@ -22,7 +22,7 @@ from .selection import selection_reason, too_small_reason
 from .tensor import QuantizedWeight, sqnr_db
 
 __all__ = ["convert_weight", "state_dict_entry_plan", "packs_straight_to_int8", "nonfinite_entry_error",
-           "nonfinite_layer_error", "nonfinite_skip_reason",
+           "nonfinite_layer_error", "nonfinite_skip_reason", "float32_overflow",
            "quantize_state_dict_entry", "finish_entry"]
 
 
@@ -76,6 +76,18 @@ def nonfinite_layer_error(name: str, kind: str, row: int, what: str = "NaN or In
                                 row, name, what)
 
 
+def float32_overflow(exc: NonFiniteWeightError, weight: torch.Tensor) -> NonFiniteWeightError:
+    """``exc``, or, when the row it names is finite in ``weight`` (a float64 weight beyond float32's
+    range: the kernels quantize through float32, where it became Inf), the same error saying so."""
+    if exc.what != "NaN or Inf" or weight.dtype != torch.float64 or not 0 <= exc.row < weight.shape[0]:
+        return exc
+    row = weight[exc.row].detach()
+    if not bool(torch.isfinite(row).all()):
+        return exc
+    what = f"values beyond float32's range (|w| up to {float(row.abs().max()):.4g}; quantized through float32)"
+    return NonFiniteWeightError(f"weight holds {what} in channel {exc.row} (axis 0)", exc.row, exc.layer, what)
+
+
 def nonfinite_skip_reason(exc: NonFiniteWeightError) -> str:
     """The ``skipped`` reason of a layer left float under ``nonfinite="skip"``."""
     if exc.what == "NaN or Inf":
@@ -112,6 +124,7 @@ def quantize_state_dict_entry(key: str, tensor: torch.Tensor, cfg: QuantConfig, 
     try:
         out, sqnr = _quantize_entry(prefix, key, tensor, cfg, qtype, kind, measure_error)
     except NonFiniteWeightError as exc:
+        exc = float32_overflow(exc, tensor)
         if cfg.nonfinite == "error":
             raise nonfinite_entry_error(key, name, exc.row, exc.what) from None
         return {key: keep(tensor)}, None, SkippedLayer(name, kind, nonfinite_skip_reason(exc))

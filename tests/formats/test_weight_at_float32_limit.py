@@ -86,3 +86,23 @@ def test_sqnr_db_never_crashes():
     assert math.isnan(sqnr_db(math.inf, math.inf))
     assert sqnr_db(1e300, 1e-300) == pytest.approx(6000.0)
     assert sqnr_db(1.0, 0.0) == math.inf and sqnr_db(0.0, 1.0) == 0.0
+
+
+@pytest.mark.parametrize("dtype", ["int8", "int4", "uint8"])
+@pytest.mark.parametrize("source", ["model", "state_dict"])
+def test_a_finite_float64_weight_beyond_float32_is_not_called_nan(dtype, source):
+    """A float64 weight of 1e300 is finite: the error (and the skip reason) says it is beyond
+    float32's range, which the kernels quantize through, not "NaN or Inf"."""
+    model = _model().double()
+    with torch.no_grad():
+        model[0].weight[3, 5] = 1e300
+    what = model if source == "model" else model.state_dict()
+    with pytest.raises(mq.NonFiniteWeightError, match=r"values beyond float32's range \(\|w\| up to 1e\+300") as info:
+        mq.quantize(what, dtype=dtype)
+    assert "NaN" not in str(info.value) and info.value.row == 3
+    skipped = mq.quantize(what, dtype=dtype, nonfinite="skip").skipped
+    assert len(skipped) == 1 and "beyond float32's range" in skipped[0].reason
+    with torch.no_grad():
+        model[0].weight[3, 5] = float("inf")  # a real Inf keeps its name
+    with pytest.raises(mq.NonFiniteWeightError, match="NaN or Inf"):
+        mq.quantize(model if source == "model" else model.state_dict(), dtype=dtype)
