@@ -167,6 +167,7 @@ SLOW_UNDER_EMULATION=(
 # natively on every x86 level (make test, test-isa) and are no matter of the scalar numerics.
 QEMU_FORK_TESTS=(
     tests/kernels/test_omp_team.py::test_fork_after_forward_on_the_team
+    tests/kernels/test_omp_team.py::test_torch_ops_in_forked_children
     tests/kernels/test_omp_team.py::test_openmp_environment_settings
     tests/kernels/test_omp_team.py::test_fork_while_another_thread_runs_team_jobs
     tests/kernels/test_omp_team.py::test_a_model_of_many_layers_keeps_every_layer_on_the_team
