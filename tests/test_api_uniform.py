@@ -135,3 +135,26 @@ def test_result_attribute_access_does_not_warn_for_real_fields():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert result.report.layers and result.skipped == [] and result.path is None
+
+
+@pytest.mark.parametrize("path", ["state_dict", "checkpoint"])
+def test_weights_a_state_dict_leaves_float_are_listed(tmp_path, path):
+    """quantize(model) lists every layer it leaves float; a state_dict's 3-D weight (a Conv1d's) and
+    integer weight were copied without a word.  A norm's 1-D weight is no layer: not listed."""
+    torch.manual_seed(0)
+    sd = {"a.weight": torch.randn(64, 64), "c.weight": torch.randn(64, 16, 3),
+          "q.weight": torch.randint(-5, 5, (64, 64), dtype=torch.int8), "n.weight": torch.randn(64)}
+    if path == "state_dict":
+        result = mq.quantize(sd)
+        assert torch.equal(result.state_dict()["c.weight"], sd["c.weight"])
+        assert torch.equal(result.state_dict()["q.weight"], sd["q.weight"])
+    else:
+        save_file(sd, tmp_path / "f.safetensors")
+        result = mq.quantize_checkpoint(tmp_path / "f.safetensors", tmp_path / "q.safetensors")
+    assert [layer.name for layer in result.report.layers] == ["a"]
+    reasons = {s.name: (s.type, s.reason) for s in result.skipped}
+    assert reasons == {
+        "c": ("Conv1d", "a 3-D weight: quantize the model to quantize its Conv1d layers (a state_dict alone "
+                        "does not say what holds it)"),
+        "q": ("Linear", "not a float weight (int8): only float weights are quantized"),
+    }

@@ -42,13 +42,20 @@ def convert_weight(w: torch.Tensor, qtype: QType, cfg: QuantConfig, layer_type: 
 
 def state_dict_entry_plan(key: str, tensor: torch.Tensor, cfg: QuantConfig):
     """What ``quantize(state_dict)`` does with one entry: None when it is copied as it is
-    (not a floating 2-D / 4-D ``*.weight``), else ``(layer name, "Linear" or "Conv2d",
-    reason)`` with ``reason`` None when the weight is to be quantized, else why it stays float."""
+    (not a 2-D to 4-D ``*.weight``: a norm's, a bias), else ``(layer name, "Linear", "Conv1d"
+    or "Conv2d" (guessed from the rank), reason)`` with ``reason`` None when the weight is to be
+    quantized, else why it stays float: a 3-D weight (a Conv1d's: a state_dict alone does not say
+    what holds it) and an integer one are listed, as quantize(model) lists what it leaves."""
     is_weight = key == "weight" or key.endswith(".weight")
-    if not (is_weight and tensor.is_floating_point() and tensor.dim() in (2, 4)):
+    if not (is_weight and tensor.dim() in (2, 3, 4)):
         return None
     name = key[: -len("weight")].rstrip(".")
-    kind = "Linear" if tensor.dim() == 2 else "Conv2d"
+    kind = {2: "Linear", 3: "Conv1d", 4: "Conv2d"}[tensor.dim()]
+    if not tensor.is_floating_point():
+        return name, kind, f"not a float weight ({str(tensor.dtype).replace('torch.', '')}): only float weights are quantized"
+    if tensor.dim() == 3:
+        return name, kind, ("a 3-D weight: quantize the model to quantize its Conv1d layers (a state_dict alone "
+                            "does not say what holds it)")
     reason = selection_reason(cfg, [name], None)
     if reason is None:
         reason = too_small_reason(tensor.numel(), cfg)
