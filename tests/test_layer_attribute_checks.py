@@ -49,3 +49,18 @@ def test_layer_without_weight_is_skipped_with_a_reason():
     qmodel, skipped = mq.quantize(model)
     assert [(s.name, s.reason) for s in skipped] == [("0", "layer has no weight (weight is None)")]
     assert type(qmodel[1]).__name__ == "QuantizedLinear"
+
+
+@pytest.mark.parametrize("dtype", ["int8", "int4", "fp16"])
+def test_layers_sharing_a_bias_share_its_copy(dtype):
+    """Two layers holding one bias Parameter: the quantized layers hold one copy (it became two, so a
+    bias trained or edited after quantization changed in one layer only); the caller's stays apart."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 64))
+    model[2].bias = model[0].bias
+    q = mq.quantize(model, dtype=dtype).model
+    assert q[0].bias is q[2].bias and q[0].bias is not model[0].bias
+    assert len(list(q.parameters())) == 1
+    with torch.no_grad():
+        q[0].bias.add_(1.0)
+    assert torch.equal(q[2].bias, model[0].bias + 1.0)

@@ -344,6 +344,9 @@ class _LayerQuantizer:
         # a packed module per tied weight: later layers share its buffers, and the
         # plain int8 copy is dropped as soon as the first is packed (peak memory)
         self.packed_by_weight: Dict[Tuple[int, str], Tuple[QuantizedModule, float]] = {}
+        # float bias -> (it, the quantized layers' copy): layers sharing a bias share the copy
+        # (the float bias kept here, so that its id is not reused by a later one)
+        self.bias_copies: Dict[int, Tuple[torch.Tensor, nn.Parameter]] = {}
 
     def quantize(self, name: str, m: nn.Module, names: List[str]) -> Optional[SkippedLayer]:
         """Quantize layer ``m`` (known by ``names``); a SkippedLayer when its weight is non-finite
@@ -386,6 +389,8 @@ class _LayerQuantizer:
             return SkippedLayer(name, type(m).__name__, nonfinite_skip_reason(exc))
         if weights is not None or b is not getattr(src, "bias", None):  # (a pruned bias: the masked one)
             qm._set_bias(b)
+        if b is not None and qm.bias is not None:
+            qm.bias = self.bias_copies.setdefault(id(b), (b, qm.bias))[1]
         self._share_packed(qm, key, sqnr)
         self.memo[id(m)] = qm
         self.quantized_names.extend(names)  # every name of a shared module: its weights are done
