@@ -155,3 +155,13 @@ def test_weight_only_changes_are_seen():
     q.set_activations("dynamic")  # the mode: the dynamic call's now
     assert packed_linear.weight_only_linear(q, x) is None
     _same_as_fresh(q, x)
+
+
+@pytest.mark.parametrize("dtype", ["int8", "uint8", "int4", "fp16", "bf16"])
+@pytest.mark.parametrize("grad", [False, True], ids=["eager", "autograd"])
+def test_every_format_raises_runtime_error_on_a_wrong_width(dtype, grad):
+    """As F.linear does (int4 raised ValueError: an `except RuntimeError` written for the float
+    model missed it)."""
+    q = mq.quantize(nn.Sequential(nn.Linear(64, 32)), dtype=dtype).model
+    with pytest.raises(RuntimeError):
+        q(torch.randn(3, 63, requires_grad=grad))

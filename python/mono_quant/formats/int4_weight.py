@@ -260,7 +260,8 @@ def int4_linear(x: torch.Tensor, weight: Int4Weight, bias: Optional[torch.Tensor
     int8_activations = bool(int8_activations) and SETTINGS.int4_int8_activations
     out_features, in_features = weight.orig_shape[0], weight.cols
     if x.shape[-1] != in_features:
-        raise ValueError(f"input has {x.shape[-1]} features, the int4 weight expects {in_features}")
+        # (RuntimeError, as F.linear raises for the other formats' layers)
+        raise RuntimeError(f"input has {x.shape[-1]} features, the int4 weight expects {in_features}")
     if x.device.type != "cpu" or weight.qdata.device.type != "cpu" or x.numel() == 0 or weight.qdata.numel() == 0:
         # off the CPU, or nothing for the kernels to do (empty input or weight): torch on the float weight
         w = weight.dequantize(torch.float32).reshape(out_features, in_features).to(x.device)

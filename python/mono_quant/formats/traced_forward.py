@@ -113,7 +113,7 @@ def int4_linear_forward(module, x: torch.Tensor) -> torch.Tensor:
     qdata, scale, zero_point = module.weight_qdata, module.weight_scale, module.weight_zero_point
     n, k = module.weight_shape[0], math.prod(module.weight_shape[1:])
     if x.shape[-1] != k:
-        raise ValueError(f"input has {x.shape[-1]} features, the int4 weight expects {k}")
+        raise RuntimeError(f"input has {x.shape[-1]} features, the int4 weight expects {k}")
     if x.device.type != "cpu" or qdata.device.type != "cpu" or x.numel() == 0 or qdata.numel() == 0:
         w = dequantized_weight(module).reshape(n, k).to(x.device) if qdata.numel() else x.new_zeros((n, k)).float()
         return F.linear(x.float(), w, None if bias is None else bias.float()).to(x.dtype)
