@@ -56,3 +56,13 @@ def test_state_dict_and_checkpoint_paths(option, tmp_path):
     with pytest.raises(mq.ConfigError, match=rf"{option}='encoder' \(it names 'encoder'"):
         mq.quantize_checkpoint(src, tmp_path / "q.safetensors", **{option: ["encoder"]})
     assert [l.name for l in mq.quantize(sd, exclude=["encoder.*"]).report.layers] == ["head"]
+
+
+def test_a_long_list_of_unmatched_names_gives_a_short_message():
+    """40,000 names that match nothing made a 950 kB error: the first ten and a count."""
+    model = nn.Sequential(nn.Linear(64, 64))
+    with pytest.raises(mq.ConfigError) as info:
+        mq.quantize(model, include=[f"layer{i}" for i in range(40000)])
+    message = str(info.value)
+    assert len(message) < 1000
+    assert "include='layer9' (and 39990 more) match no layer" in message and "layer10'" not in message

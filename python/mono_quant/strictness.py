@@ -73,6 +73,12 @@ def refuse_quantized_state_dict(sd: Mapping) -> None:
                 f"float-looking entries (fp16 / bf16 layers) are already quantized")
 
 
+def _first_few(entries: List[str], count: int = 10) -> str:
+    """The first ``count`` entries and how many more (a list of 40,000 names made a 950 kB message)."""
+    more = len(entries) - count
+    return ", ".join(entries[:count]) + (f" (and {more} more)" if more > 0 else "")
+
+
 def check_patterns_match(cfg, names: Sequence[str], modules: Iterable[nn.Module] = (),
                          holders: Iterable[Tuple[str, Optional[nn.Module]]] = ()) -> None:
     """Raise ConfigError naming each ``include`` / ``exclude`` argument that matches none
@@ -105,11 +111,11 @@ def check_patterns_match(cfg, names: Sequence[str], modules: Iterable[nn.Module]
                 source = cfg.source.get(option, "argument")
                 (unmatched if source == "argument" else from_file).append(f"{option}={label}")
     if from_file:  # a config file is shared by the models of a project: one that has no such layer is fine
-        warnings.warn(f"{', '.join(from_file)} from the config file match no layer of this model",
+        warnings.warn(f"{_first_few(from_file)} from the config file match no layer of this model",
                       UnmatchedPatternWarning, stacklevel=4)
     if unmatched:
         shown = [n for n in names if n][:8]
-        raise ConfigError(f"{', '.join(unmatched)} match{'es' if len(unmatched) == 1 else ''} no layer of the "
+        raise ConfigError(f"{_first_few(unmatched)} match{'es' if len(unmatched) == 1 else ''} no layer of the "
                           f"model: check the spelling (names look like {shown}{' ...' if len(names) > 9 else ''}; "
                           f"globs use fnmatch: 'encoder.*', '*.q_proj')")
 
