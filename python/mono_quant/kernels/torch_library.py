@@ -31,7 +31,7 @@ from .layout import PACKED_LAYOUT_VERSION, int8_packed_sizes, unpack_int8_rows
 from .rows import dequantize_rows, to_numpy
 from .settings import SETTINGS
 
-__all__ = ["use_ops", "check_jit_trace", "conv_weight", "packed_conv_grads", "refuse_functorch", "KERNEL_DTYPES"]
+__all__ = ["use_ops", "check_jit_trace", "refuse_fx_proxy", "conv_weight", "packed_conv_grads", "refuse_functorch", "KERNEL_DTYPES"]
 
 _LIB = torch.library.Library("mono_quant", "DEF")  # kept alive: the ops live as long as this object
 KERNEL_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
@@ -62,6 +62,7 @@ def use_ops(x: torch.Tensor, module=None) -> bool:
     bias requires grad) instead of the direct ``_C`` calls of eager inference.
     (~0.3 us under no_grad: every eager call of every layer asks.)"""
     if _is_compiling() or _is_tracing() or type(x) is not _Tensor:
+        refuse_fx_proxy(x, module)
         return True  # (type: FakeTensor in non-strict export / make_fx, functional tensors, subclasses)
     if _transforms_active():  # (vmap's batched and grad's wrapped tensors are of type Tensor)
         refuse_functorch(module)
@@ -72,6 +73,19 @@ def use_ops(x: torch.Tensor, module=None) -> bool:
     bias, weight = module._parameters.get("bias"), module._buffers.get("weight")
     # (a float16/bf16 weight a user made trainable: its gradient comes from torch's own op)
     return (bias is not None and bias.requires_grad) or (weight is not None and weight.requires_grad)
+
+
+def refuse_fx_proxy(x, module) -> None:
+    """TypeError saying what works when torch.fx.symbolic_trace runs a quantized layer's forward (it
+    stopped at the layer's first decision on its input with a bare "symbolically traced variables
+    cannot be used as inputs to control flow")."""
+    if isinstance(x, torch.fx.Proxy):
+        layer = module if isinstance(module, str) else type(module).__name__ if module is not None else "a quantized layer"
+        raise TypeError(
+            f"{layer}: torch.fx.symbolic_trace can't trace into mono-quant's layers (their forward picks its kernels "
+            f"from the input's dtype and sizes); trace with a torch.fx.Tracer whose is_leaf_module also returns True "
+            f"for type(m).__module__.startswith('mono_quant.') (the graph then calls each quantized layer), or "
+            f"capture with torch.export.export / torch.compile, which trace into them")
 
 
 def check_jit_trace(x: torch.Tensor, module, size_routes: bool = False) -> None:

@@ -56,7 +56,7 @@ class QuantizedEmbedding(QuantizedModule):
         return q
 
     def forward(self, indices: torch.Tensor) -> torch.Tensor:
-        if traced_forward.use_ops(indices):  # graph capture: the torch.library ops
+        if traced_forward.use_ops(indices, self):  # graph capture: the torch.library ops
             return traced_forward.embedding_forward(self, indices)
         return self.format.embedding(self, indices)
 

@@ -3,12 +3,15 @@ from __future__ import annotations
 
 import torch
 
+from ..kernels.torch_library import refuse_fx_proxy
+
 __all__ = ["check_float_input", "check_conv_channels", "strides_like_channels_last"]
 
 
 def check_float_input(x: torch.Tensor, layer: str) -> None:
     """Raise RuntimeError for a non-floating input, as the float layer does (the
     kernels would otherwise convert integers and return a result the float model never gives)."""
+    refuse_fx_proxy(x, layer)
     if not x.is_floating_point():
         raise RuntimeError(f"{layer}: expected a floating-point input, got {x.dtype} (the float layer raises "
                            f"for it too); convert it first, e.g. x.float()")
