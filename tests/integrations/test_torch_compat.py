@@ -106,3 +106,27 @@ def test_dtype_conversion_keeps_the_stored_format(dtype, convert):
         assert _sqnr(ref, y) > min(_sqnr(ref, y32) - 6, 35)  # bf16/fp16 activations round (~50 dB), never garbage
         back = qmodel.float()(x)  # back to float32: only the bias kept its rounding
         assert back.dtype == torch.float32 and _sqnr(y32, back) > 40
+
+
+class _ReadsWeights(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc, self.conv = nn.Linear(16, 16), nn.Conv2d(4, 4, 3)
+
+    def forward(self, x, image):
+        return self.fc(x) + self.fc.weight.sum(), self.conv(image) * self.conv.weight.mean()
+
+
+@pytest.mark.parametrize("dtype", ["int8", "int4", "fp16"])
+@pytest.mark.parametrize("strict", [True, False], ids=["strict", "non-strict"])
+def test_export_of_a_forward_reading_weight(dtype, strict):
+    """A forward that reads a quantized layer's .weight exports (non-strict export gave the view
+    fake buffers, which the C dequantization read: '.numpy() is not supported for tensor
+    subclasses', or a data-dependent guard)."""
+    torch.manual_seed(0)
+    q = mq.quantize(_ReadsWeights(), dtype=dtype, min_weight_numel=0).model
+    x, image = torch.randn(2, 16), torch.randn(1, 4, 6, 6)
+    program = torch.export.export(q, (x, image), strict=strict).module()
+    with torch.no_grad():
+        for got, expected in zip(program(x, image), q(x, image)):
+            torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
