@@ -36,12 +36,14 @@
  * that a lost scheduler slice costs it many times what a second thread saves.
  *
  * "pthreads" (MONO_QUANT_THREADS=pthreads) is the simple fallback: threads
- * started and joined per call, one contiguous share each. */
+ * started per call, detached, taking small pieces from a shared counter as the
+ * caller does (it never waits for a thread that has not started). */
 #define _GNU_SOURCE /* syscall, pthread_sigmask, clock_gettime under -std=c11 */
 #include <pthread.h>
 #include <signal.h>
 #include <stdatomic.h>
 #include <stdint.h>
+#include <stdlib.h>
 #include <string.h>
 #include <time.h>
 #ifdef __linux__
@@ -467,36 +469,86 @@ void mq_parallel_watch_forks(void) { mq_omp_team_watch_forks(); }
 
 /* ---- the per-call pthreads fallback -------------------------------------------------------- */
 
+/* One call's work for threads started for it: small pieces from a shared counter, so that the
+ * caller does the pieces a helper has not started on (a new thread may wait a scheduler slice for a
+ * core on a busy host) and waits only for pieces a helper claimed.  Helpers are detached and hold a
+ * reference: one that starts after the call returned finds no piece, touches neither fn nor ctx,
+ * and frees the job if it is the last holder. */
 typedef struct {
     mq_range_fn fn;
     void *ctx;
-    int64_t begin, end;
-} chunk;
+    int64_t n, piece_items;
+    int pieces;
+    atomic_int next;      /* the next piece to claim */
+    atomic_uint done;     /* pieces finished (futex word for the caller) */
+    atomic_int caller_sleeping;
+    atomic_int refs;      /* the caller and each started helper */
+} call_job;
 
-static void *run_chunk(void *arg) {
-    chunk *c = arg;
-    c->fn(c->ctx, c->begin, c->end);
+static void call_job_release(call_job *job) {
+    if (atomic_fetch_sub(&job->refs, 1) == 1) free(job);
+}
+
+static void call_job_run_pieces(call_job *job, int is_helper) {
+    for (;;) {
+        const int piece = atomic_fetch_add(&job->next, 1);
+        if (piece >= job->pieces) return;
+        const int64_t begin = (int64_t)piece * job->piece_items;
+        job->fn(job->ctx, begin, begin + job->piece_items < job->n ? begin + job->piece_items : job->n);
+        /* seq_cst pairs with the caller's caller_sleeping store: one of us sees the other */
+        const unsigned finished = atomic_fetch_add(&job->done, 1) + 1;
+        if (is_helper && finished == (unsigned)job->pieces && atomic_load(&job->caller_sleeping))
+            futex_wake(&job->done, 1);
+    }
+}
+
+static void *call_job_helper(void *arg) {
+    call_job *job = arg;
+    call_job_run_pieces(job, 1);
+    call_job_release(job);
     return NULL;
 }
 
-/* One share per thread, cut at multiples of unit; the caller runs share 0. */
 static void run_on_new_threads(int64_t n, int64_t unit, int parts, mq_range_fn fn, void *ctx) {
-    const int64_t units = (n + unit - 1) / unit;
-    chunk chunks[MQ_MAX_THREADS];
-    pthread_t threads[MQ_MAX_THREADS];
-    int started[MQ_MAX_THREADS];
-    for (int t = 0; t < parts; t++) {
-        int64_t b = units * t / parts * unit, e = units * (t + 1) / parts * unit;
-        chunks[t] = (chunk){fn, ctx, b < n ? b : n, e < n ? e : n};
-        started[t] = 0;
+    call_job *job = malloc(sizeof *job);
+    if (!job) {
+        fn(ctx, 0, n);
+        return;
     }
-    for (int t = 1; t < parts; t++)
-        started[t] = pthread_create(&threads[t], NULL, run_chunk, &chunks[t]) == 0;
-    run_chunk(&chunks[0]);
-    for (int t = 1; t < parts; t++) {
-        if (started[t]) pthread_join(threads[t], NULL);
-        else run_chunk(&chunks[t]); /* no thread: do it here */
+    const int64_t units = (n + unit - 1) / unit, target = (int64_t)parts * PIECES_PER_THREAD;
+    job->fn = fn, job->ctx = ctx, job->n = n;
+    job->piece_items = (units + target - 1) / target * unit;
+    job->pieces = (int)((n + job->piece_items - 1) / job->piece_items);
+    atomic_init(&job->next, 0);
+    atomic_init(&job->done, 0);
+    atomic_init(&job->caller_sleeping, 0);
+    atomic_init(&job->refs, 1);
+    pthread_attr_t attr;
+    const int detached = pthread_attr_init(&attr) == 0 &&
+                         pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED) == 0;
+    for (int t = 1; detached && t < parts; t++) {
+        pthread_t thread;
+        atomic_fetch_add(&job->refs, 1);
+        if (pthread_create(&thread, &attr, call_job_helper, job) != 0) {
+            atomic_fetch_sub(&job->refs, 1); /* no thread: the caller does its pieces */
+            break;
+        }
     }
+    if (detached) pthread_attr_destroy(&attr);
+    call_job_run_pieces(job, 0);
+    /* what is left are pieces a helper claimed: spin about a piece's time, then sleep */
+    const int64_t spin_until = now_ns() + CALLER_SPIN_MIN_NS;
+    for (int i = 0; atomic_load(&job->done) != (unsigned)job->pieces; i++) {
+        if ((i & 63) == 63 && now_ns() > spin_until) break;
+        cpu_relax();
+    }
+    for (;;) {
+        atomic_store(&job->caller_sleeping, 1);
+        const unsigned finished = atomic_load(&job->done);
+        if (finished == (unsigned)job->pieces) break;
+        futex_wait(&job->done, finished);
+    }
+    call_job_release(job);
 }
 
 /* ---- entry point --------------------------------------------------------------------------- */
