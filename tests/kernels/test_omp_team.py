@@ -192,14 +192,7 @@ FORK_BEFORE_TEAM = WAIT_FOR_CHILD + textwrap.dedent("""
 
 
 def test_fork_before_any_team_job():
-    env = dict(os.environ, MONO_QUANT_THREADS="omp-team", OMP_NUM_THREADS="2")
-    env.pop("OMP_WAIT_POLICY", None)
-    try:
-        proc = subprocess.run([sys.executable, "-c", FORK_BEFORE_TEAM, "60"], env=env, capture_output=True,
-                              text=True, timeout=180)
-    except subprocess.TimeoutExpired:
-        pytest.fail("the forking script hung")
-    assert proc.returncode == 0, f"exit {proc.returncode}\n{proc.stdout}\n{proc.stderr}"
+    _run_script(FORK_BEFORE_TEAM, "60", timeout=180)
 
 
 
@@ -242,14 +235,7 @@ TORCH_OPS_AFTER_FORK = WAIT_FOR_CHILD + textwrap.dedent("""
 
 @pytest.mark.parametrize("backend", ["omp-team", "pool", "pthreads"])
 def test_torch_ops_in_forked_children(backend):
-    env = dict(os.environ, MONO_QUANT_THREADS=backend, OMP_NUM_THREADS="2")
-    env.pop("OMP_WAIT_POLICY", None)
-    try:
-        proc = subprocess.run([sys.executable, "-c", TORCH_OPS_AFTER_FORK, "60"], env=env, capture_output=True,
-                              text=True, timeout=180)
-    except subprocess.TimeoutExpired:
-        pytest.fail("the forking script hung")
-    assert proc.returncode == 0, f"exit {proc.returncode}\n{proc.stdout}\n{proc.stderr}"
+    _run_script(TORCH_OPS_AFTER_FORK, "60", env_extra={"MONO_QUANT_THREADS": backend}, timeout=180)
 
 
 def _run_script(code, *args, env_extra=None, timeout=240):
