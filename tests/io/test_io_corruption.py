@@ -323,6 +323,12 @@ def test_a_shard_that_is_not_a_regular_file_is_refused_without_blocking(tmp_path
             mq.quantize_checkpoint(folder / "model.safetensors", tmp_path / "out.safetensors")
         with pytest.raises(CheckpointError, match="regular file"):
             mq.load(folder / "model.safetensors")
+        # a shard named by an index: "is not a regular file" (it said "does not exist")
+        os.rename(folder / "model.safetensors", folder / "model-00001-of-00001.safetensors")
+        (folder / "model.safetensors.index.json").write_text(
+            '{"weight_map": {"w.weight": "model-00001-of-00001.safetensors"}}')
+        with pytest.raises(CheckpointError, match="shard 'model-00001-of-00001.safetensors' is not a regular file"):
+            mq.quantize_checkpoint(folder, tmp_path / "out.safetensors")
     finally:
         faulthandler.cancel_dump_traceback_later()
 

@@ -63,7 +63,8 @@ def index_plan(index: Path) -> List[Tuple[Path, Optional[set]]]:
         path = index.parent / shard
         check_inside(path, index.parent)
         if not path.is_file():
-            raise CheckpointError(f"{index}: shard {shard!r} does not exist")
+            raise CheckpointError(f"{index}: shard {shard!r} "
+                                  + ("is not a regular file" if path.exists() else "does not exist"))
         plan.append((path, by_shard[shard]))
     return plan
 
