@@ -109,6 +109,10 @@ def test_pt_file_matches_quantize(tmp_path):
     torch.save({"state_dict": sd, "epoch": 3}, tmp_path / "wrapped.bin")
     mq.quantize_checkpoint(tmp_path / "wrapped.bin", tmp_path / "q2.safetensors", granularity="per_tensor")
     _assert_same_as_quantize(tmp_path / "q2.safetensors", sd, granularity="per_tensor")
+    # two candidates (a training checkpoint's model and, say, its EMA copy): which one is not guessed
+    torch.save({"state_dict": sd, "model": sd, "epoch": 3}, tmp_path / "both.bin")
+    with pytest.raises(mq.CheckpointError, match="holds both a 'state_dict' and a 'model' dict"):
+        mq.quantize_checkpoint(tmp_path / "both.bin", tmp_path / "q3.safetensors")
 
 
 def test_pt_shards_with_index(tmp_path):

@@ -120,6 +120,9 @@ class TorchShard(_Descriptor):
             raise CheckpointError(f"{path}: cannot read as a state_dict with torch.load(mmap=True, "
                                   f"weights_only=True): {reason[0] if reason else type(exc).__name__}") from exc
         if isinstance(obj, dict) and not all(isinstance(v, torch.Tensor) for v in obj.values()):
+            if all(isinstance(obj.get(wrapper), dict) for wrapper in ("state_dict", "model")):
+                raise CheckpointError(f"{path}: holds both a 'state_dict' and a 'model' dict: save the one to "
+                                      f"quantize alone (torch.save(checkpoint['model'], ...)) and quantize that")
             for wrapper in ("state_dict", "model"):
                 if isinstance(obj.get(wrapper), dict):
                     obj = obj[wrapper]
