@@ -62,3 +62,20 @@ def test_pointwise_conv_on_a_small_map_with_a_dynamic_batch(options):
     xs = [torch.randn(b, 64, 2, 2) for b in (1, 8, 64)]
     for x in xs:
         _close_to_eager(program, q, x)
+
+
+def test_channels_last_input_with_dynamic_image_size():
+    """The two routes give other layouts (torch's conv keeps channels_last, the packed op writes
+    NCHW): torch.cond refused the branches; the program's result has eager's values and layout."""
+    q = _quantized(nn.Conv2d(16, 8, 3, padding=1), dtype="int8")
+    dims = {2: torch.export.Dim("H", min=1, max=256), 3: torch.export.Dim("W", min=1, max=256)}
+    example = torch.randn(2, 16, 8, 8).contiguous(memory_format=torch.channels_last)
+    program = torch.export.export(q, (example,), dynamic_shapes=(dims,)).module()
+    torch.manual_seed(1)
+    xs = [torch.randn(2, 16, s, s).contiguous(memory_format=torch.channels_last) for s in (2, 8, 16)]
+    assert _routes(q, xs) == {True, False}
+    for x in xs:
+        _close_to_eager(program, q, x)
+        with torch.no_grad():
+            assert program(x).is_contiguous(memory_format=torch.channels_last) == \
+                q(x).is_contiguous(memory_format=torch.channels_last)

@@ -26,6 +26,7 @@ CASES = {
     "Embedding": (lambda: nn.Sequential(nn.Embedding(100, 64)), lambda: torch.randint(0, 100, (3,)),
                   "QuantizedEmbedding"),
     "LSTM": (_Recurrent, lambda: torch.randn(5, 2, 16), "QuantizedLSTM"),
+    "Conv1d": (lambda: nn.Sequential(nn.Conv1d(8, 8, 3)), lambda: torch.randn(2, 8, 10), "QuantizedConv1d"),
 }
 
 

@@ -106,6 +106,48 @@ def test_conv1d_of_hf_folder_is_quantized_as_quantize_model_does(tmp_path, dtype
                            expected.model.encoder.conv2(expected.model.encoder.conv1(x)))
 
 
+def _whisper_folder(tmp_path, edit=None):
+    import transformers
+
+    config = transformers.WhisperConfig(
+        vocab_size=128, d_model=64, encoder_layers=1, decoder_layers=1, encoder_attention_heads=4,
+        decoder_attention_heads=4, encoder_ffn_dim=96, decoder_ffn_dim=96, num_mel_bins=16, max_source_positions=16,
+        max_target_positions=32, pad_token_id=0, bos_token_id=0, eos_token_id=0, decoder_start_token_id=0)
+    torch.manual_seed(0)
+    model = transformers.WhisperModel(config).eval()
+    if edit is not None:
+        edit(model)
+    model.save_pretrained(tmp_path / "whisper")
+    return model, tmp_path / "whisper"
+
+
+def test_a_conv1d_left_float_gets_quantize_models_reason(tmp_path):
+    """An excluded Conv1d of the folder's model is listed with the reason quantize(model) gives (the
+    checkpoint said "a 3-D weight: quantize the model ..." although the model was used)."""
+    model, folder = _whisper_folder(tmp_path)
+    result = mq.quantize_checkpoint(folder, tmp_path / "w.safetensors", exclude=["encoder.conv1"])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        expected = mq.quantize(model, exclude=["encoder.conv1"])
+    reasons = {s.name: (s.type, s.reason) for s in result.skipped}
+    assert reasons["encoder.conv1"] == next((s.type, s.reason) for s in expected.skipped if s.name == "encoder.conv1")
+
+
+def test_a_conv1d_with_nan_is_treated_as_quantize_model_treats_it(tmp_path):
+    """NaN in a Conv1d's weight: an error naming it (it was copied float without a word), or with
+    nonfinite="skip" float with the reason."""
+    def poison(model):
+        with torch.no_grad():
+            model.encoder.conv2.weight[5, 0, 1] = float("nan")
+
+    _, folder = _whisper_folder(tmp_path, poison)
+    with pytest.raises(mq.NonFiniteWeightError, match=r"'encoder.conv2.weight' has NaN or Inf \(output channel 5\)"):
+        mq.quantize_checkpoint(folder, tmp_path / "w.safetensors")
+    result = mq.quantize_checkpoint(folder, tmp_path / "w.safetensors", nonfinite="skip")
+    skipped = {s.name: s.reason for s in result.skipped}
+    assert skipped["encoder.conv2"] == "non-finite weights (NaN/Inf in channel 5)"
+
+
 def test_hf_model_confirms_the_layer_types_inspect_prints(folders, tmp_path):
     """The folder's model says what each quantized weight is (embeddings stay float), so the file
     records "type_from": "module" and inspect names every layer (a GPT-2 Conv1D as one)."""
@@ -133,12 +175,13 @@ def _edited_folder(folder, tmp_path, **changes):
 
 @pytest.mark.parametrize("changes,message", [
     ({"n_layer": 20000}, "n_layer=20000"),  # built on meta, 20000 blocks took minutes
+    ({"text_config": {"num_hidden_layers": 20000}}, "text_config.num_hidden_layers=20000"),  # a sub-config
     ({"architectures": ["AutoConfig"]}, "no model class"),  # an attribute of transformers, not a model
     ({"architectures": ["pipeline"]}, "no model class"),
 ])
 def test_config_json_is_untrusted(folders, tmp_path, caplog, changes, message):
-    """A config.json naming something that is not a model class, or more layers than the folder
-    stores tensors, is not built: the folder is quantized by the plain state_dict rules."""
+    """A config.json naming something that is not a model class, or more than MAX_LAYERS blocks in a
+    stack, is not built: the folder is quantized by the plain state_dict rules."""
     import time
     _, folder = folders["gpt2"]
     edited = _edited_folder(folder, tmp_path, **changes)
@@ -148,3 +191,14 @@ def test_config_json_is_untrusted(folders, tmp_path, caplog, changes, message):
     assert time.monotonic() - start < 30
     assert message in caplog.text and "plain state_dict" in caplog.text
     assert result.report.layers  # quantized all the same
+
+
+def test_config_keys_that_count_no_blocks_are_not_limits(folders, tmp_path, caplog):
+    """Qwen2's max_window_layers (28 by default, in tiny test models too) counts no blocks: the
+    folder's model is still built and used (the tie found, GPT-2's Conv1D quantized along its outputs)."""
+    _, folder = folders["gpt2"]
+    edited = _edited_folder(folder, tmp_path, max_window_layers=100000, num_attention_layers=5000)
+    with caplog.at_level("WARNING", logger="mono_quant"):
+        result = mq.quantize_checkpoint(edited, tmp_path / "q.safetensors")
+    assert "plain state_dict" not in caplog.text
+    assert result.report.tied == {"lm_head.weight": "transformer.wte.weight"}

@@ -124,7 +124,7 @@ def quantize_checkpoint(src, dst, dtype=None, *, symmetric: Optional[bool] = Non
             raise CheckpointError(f"{src} is already a mono-quant file; quantize the float checkpoint instead")
         _refuse_overwriting_source(reader, src, dst)
         check_patterns_match(cfg, layer_names_of_keys(reader.keys()), holders=holder_names_of_keys(reader.keys()))
-        hf_plan = hf_checkpoint_plan(src, len(reader.keys()))
+        hf_plan = hf_checkpoint_plan(src)
         hf_plan.keep_float.update(attention_out_proj_keys(reader.keys()))  # as quantize(state_dict) does
         report = _write(reader, src, dst, cfg, overwrite, progress, measure_error, hf_plan)
     warn_if_nothing_quantized(report.layers, report.skipped)  # as quantize(state_dict) does
@@ -278,6 +278,7 @@ def _header_reserve(reader: CheckpointReader, keys: List[str]) -> int:
     total = 4096
     for key in keys:
         dtype, shape = reader.spec(key)
-        maybe_layer = key.endswith("weight") and dtype.is_floating_point and len(shape) in (2, 4)
+        # (3-D and integer weights: a manifest "skipped" entry, or the HF plan's Conv1d layer)
+        maybe_layer = key.endswith("weight") and len(shape) in (2, 3, 4)
         total += 1024 + 4 * len(key) if maybe_layer else 96 + len(key)
     return total

@@ -32,7 +32,8 @@ from typing import Dict, Tuple
 import torch
 from torch import nn
 
-from ..entries import state_dict_entry_plan
+from ..entries import nonfinite_entry_error, nonfinite_skip_reason, state_dict_entry_plan
+from ..errors import NonFiniteWeightError
 from ..modules import QuantizedConv1d, QuantizedConv2d, QuantizedGPT2Conv1D, QuantizedLinear, qmodule_for
 from ..modules.conv1d import conv2d_weight_of
 from ..report import SkippedLayer, tensor_bytes
@@ -56,12 +57,11 @@ class HfCheckpointPlan:
     module_types: Dict[str, str] = field(default_factory=dict)
 
 
-def hf_checkpoint_plan(src, stored_tensors: int) -> HfCheckpointPlan:
-    """The plan for the HF folder ``src`` (``stored_tensors``: how many tensors its weight
-    files hold); an empty plan when ``src`` is not one, or transformers is not installed or
-    cannot build its architecture."""
+def hf_checkpoint_plan(src) -> HfCheckpointPlan:
+    """The plan for the HF folder ``src``; an empty plan when ``src`` is not one, or
+    transformers is not installed or cannot build its architecture."""
     plan = HfCheckpointPlan()
-    model = _meta_model(Path(src), stored_tensors)
+    model = _meta_model(Path(src))
     if model is None:
         return plan
     owners: Dict[int, Tuple[str, nn.Module]] = {}
@@ -112,20 +112,31 @@ def write_hf_entry(plan: HfCheckpointPlan, write_entry, key: str, tensor: torch.
     caller's ``write_entry`` (checkpoint._write_entry, also used here on the transposed
     copy, never streamed from the reader) does it."""
     name = key[: -len(".weight")]
-    if key in plan.keep_float:
-        kind, reason = plan.keep_float[key]
+
+    def keep_float(kind: str, reason: str) -> bool:
         writer.add(key, tensor)
         report.model_bytes_after += tensor_bytes(tensor)
         report.skipped.append(SkippedLayer(name, kind, reason))
         return True
+
+    if key in plan.keep_float:
+        return keep_float(*plan.keep_float[key])
     kind = plan.transposed.get(key) or plan.conv1d.get(key)
     if kind is None:
         return False
     # the weight as quantize(model) quantizes it: [out, in] for a Conv1D, [out, in/g, 1, k] for a Conv1d
     oriented = tensor.t().contiguous() if key in plan.transposed else conv2d_weight_of(tensor).contiguous()
     entry = state_dict_entry_plan(key, oriented, cfg)
-    if entry is None or entry[2] is not None or not bool(torch.isfinite(tensor).all()):
-        return False  # left float as stored (non-finite weights: _write_entry raises or skips)
+    if entry is None:
+        return False
+    if entry[2] is not None:  # excluded, too small, ...: as stored, with quantize(model)'s reason
+        return keep_float(kind, entry[2])
+    finite = torch.isfinite(oriented.reshape(oriented.shape[0], -1)).all(1)
+    if not bool(finite.all()):  # as quantize(model) treats the layer: an error, or float with the reason
+        row = int((~finite).nonzero()[0, 0])
+        if cfg.nonfinite == "error":
+            raise nonfinite_entry_error(key, name, row)
+        return keep_float(kind, nonfinite_skip_reason(NonFiniteWeightError("", row)))
     layers = len(report.layers)
     write_entry(key, oriented, cfg, writer, reader, src, report, manifest, measure_error, streamable=False)
     if len(report.layers) > layers:  # quantized as the Linear / Conv2d it is: recorded as its own type
@@ -133,16 +144,31 @@ def write_hf_entry(plan: HfCheckpointPlan, write_entry, key: str, tensor: torch.
     return True
 
 
-def _layer_counts(config) -> Dict[str, int]:
-    """The config's layer counts (``num_hidden_layers``, ``n_layer``, ``encoder_layers``, ...)."""
-    return {k: v for k, v in config.to_dict().items()
-            if isinstance(v, int) and not isinstance(v, bool) and (k.endswith("layers") or k.endswith("layer"))}
+#: config.json keys that count a model's blocks (a block is modules built even on meta: the time
+#: goes there), at any depth of its sub-configs (text_config, vision_config, ...)
+_LAYER_COUNT_KEYS = ("num_hidden_layers", "n_layer", "num_layers", "encoder_layers", "decoder_layers",
+                     "num_decoder_layers", "num_encoder_layers")
+
+#: the most blocks a config.json may count in one stack: every released model has far fewer
+#: (Llama 3.1 405B: 126); 20000 took minutes to build on the meta device
+MAX_LAYERS = 1024
 
 
-def _meta_model(src: Path, stored_tensors: int):
+def _layer_counts(config: dict, where: str = "") -> Dict[str, int]:
+    """The block counts a config dict names, by their dotted key, sub-configs included."""
+    counts = {}
+    for key, value in config.items():
+        if isinstance(value, dict):
+            counts.update(_layer_counts(value, f"{where}{key}."))
+        elif key in _LAYER_COUNT_KEYS and isinstance(value, int) and not isinstance(value, bool):
+            counts[where + key] = value
+    return counts
+
+
+def _meta_model(src: Path):
     """The model config.json describes, built on the meta device; None (with a warning) when
-    it is not a transformers model class, or names more layers than the folder stores tensors
-    (a config.json is untrusted input: building 20000 layers takes minutes, even on meta)."""
+    it is not a transformers model class, or counts more than MAX_LAYERS blocks in a stack (a
+    config.json is untrusted input: building 20000 layers takes minutes, even on meta)."""
     src = src if src.is_dir() else src.parent  # a folder, or one of its files (model.safetensors, the index)
     if not (src / "config.json").is_file():
         return None
@@ -158,11 +184,10 @@ def _meta_model(src: Path, stored_tensors: int):
             log.warning("%s: config.json names no model class of the installed transformers (%r); quantizing "
                         "as a plain state_dict", src, arch)
             return None
-        too_many = {k: v for k, v in _layer_counts(config).items() if v > stored_tensors}
+        too_many = {k: v for k, v in _layer_counts(config.to_dict()).items() if v > MAX_LAYERS}
         if too_many:
-            log.warning("%s: config.json names more layers (%s) than the folder stores tensors (%d); quantizing "
-                        "as a plain state_dict", src, ", ".join(f"{k}={v}" for k, v in too_many.items()),
-                        stored_tensors)
+            log.warning("%s: config.json counts more than %d layers (%s); quantizing as a plain state_dict", src,
+                        MAX_LAYERS, ", ".join(f"{k}={v}" for k, v in too_many.items()))
             return None
         with torch.device("meta"):
             return cls(config)

@@ -13,6 +13,7 @@ from typing import List
 import torch
 from torch import nn
 
+from ..kernels.torch_library import refuse_fx_proxy
 from .conv import QuantizedConv2d
 from .registry import register_qmodule
 
@@ -72,6 +73,7 @@ class QuantizedConv1d(QuantizedConv2d):
         return [shape[0], shape[1], shape[3]]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        refuse_fx_proxy(x, self)  # (before x.dim(): a Proxy's is no number)
         if x.dim() not in (2, 3):
             raise RuntimeError(f"Expected 2D (unbatched) or 3D (batched) input to conv1d, but got input of size: "
                                f"{list(x.shape)}")
