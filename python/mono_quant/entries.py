@@ -52,7 +52,8 @@ def state_dict_entry_plan(key: str, tensor: torch.Tensor, cfg: QuantConfig):
     name = key[: -len("weight")].rstrip(".")
     kind = {2: "Linear", 3: "Conv1d", 4: "Conv2d"}[tensor.dim()]
     if not tensor.is_floating_point():
-        return name, kind, f"not a float weight ({str(tensor.dtype).replace('torch.', '')}): only float weights are quantized"
+        dtype = str(tensor.dtype).replace("torch.", "")
+        return name, kind, f"not a float weight ({dtype}): only float weights are quantized"
     if tensor.dim() == 3:
         return name, kind, ("a 3-D weight: quantize the model to quantize its Conv1d layers (a state_dict alone "
                             "does not say what holds it)")

@@ -63,8 +63,8 @@ class DequantizedWeightView(torch.Tensor):
         with torch.no_grad():
             if not module.format.integer:  # fp16 / bf16: the stored weight, cast
                 return module._buffers["weight"].to(self.dtype).reshape(self.shape)
-            if getattr(torch.compiler, "is_exporting", lambda: False)() or any(type(b) is not torch.Tensor
-                                                    for b in module._buffers.values() if b is not None):
+            exporting = getattr(torch.compiler, "is_exporting", lambda: False)()
+            if exporting or any(type(b) is not torch.Tensor for b in module._buffers.values() if b is not None):
                 # non-strict export, make_fx: fake buffers, which the C kernels can't read; the ops can
                 return dequantized_weight(module, torch.float32).to(self.dtype).reshape(self.shape)
             return module.dequantized_weight(torch.float32).to(self.dtype).reshape(self.shape)

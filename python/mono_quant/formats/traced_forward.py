@@ -148,8 +148,8 @@ def conv2d_forward(module, x: torch.Tensor) -> torch.Tensor:
             # example's route to the range with a guard, and fail the program on the other sizes)
             # (both branches contiguous: torch.cond wants one layout, and a channels_last x gives torch's conv
             # channels_last, the packed op NCHW; the caller's _torch_layout makes the result torch's layout)
-            return torch.cond(rule, lambda x: _packed_conv(m, x).contiguous(), lambda x: _float_conv(m, x).contiguous(),
-                              (x,))
+            return torch.cond(rule, lambda x: _packed_conv(m, x).contiguous(),
+                              lambda x: _float_conv(m, x).contiguous(), (x,))
         if not packed_pays and m._direct_fits(x, isa):  # eager's direct route
             return torch.ops.mono_quant.direct_conv2d_int8(
                 x, m.weight_packed, m.weight_packed_info, m.weight_scale, m.weight_zero_point, bias,

@@ -31,7 +31,8 @@ from .layout import PACKED_LAYOUT_VERSION, int8_packed_sizes, unpack_int8_rows
 from .rows import dequantize_rows, to_numpy
 from .settings import SETTINGS
 
-__all__ = ["use_ops", "check_jit_trace", "refuse_fx_proxy", "conv_weight", "packed_conv_grads", "refuse_functorch", "KERNEL_DTYPES"]
+__all__ = ["use_ops", "check_jit_trace", "refuse_fx_proxy", "conv_weight", "packed_conv_grads", "refuse_functorch",
+           "KERNEL_DTYPES"]
 
 _LIB = torch.library.Library("mono_quant", "DEF")  # kept alive: the ops live as long as this object
 KERNEL_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
@@ -80,7 +81,7 @@ def refuse_fx_proxy(x, module) -> None:
     stopped at the layer's first decision on its input with a bare "symbolically traced variables
     cannot be used as inputs to control flow")."""
     if isinstance(x, torch.fx.Proxy):
-        layer = module if isinstance(module, str) else type(module).__name__ if module is not None else "a quantized layer"
+        layer = module if isinstance(module, str) else "a quantized layer" if module is None else type(module).__name__
         raise TypeError(
             f"{layer}: torch.fx.symbolic_trace can't trace into mono-quant's layers (their forward picks its kernels "
             f"from the input's dtype and sizes); trace with a torch.fx.Tracer whose is_leaf_module also returns True "
