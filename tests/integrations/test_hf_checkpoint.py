@@ -72,41 +72,8 @@ def test_cli_on_hf_folder(folders, tmp_path, capsys):
     assert "8 layers quantized" in out and "lm_head.weight = transformer.wte.weight" in out
 
 
-@pytest.mark.parametrize("dtype", ["int8", "int4", "fp16"])
-def test_conv1d_of_hf_folder_is_quantized_as_quantize_model_does(tmp_path, dtype):
-    """Whisper's nn.Conv1d front end: quantized by the checkpoint path too (it was copied
-    float), stored as quantize(model) stores it, loaded back bit-identical."""
-    import transformers
-
-    config = transformers.WhisperConfig(
-        vocab_size=128, d_model=64, encoder_layers=1, decoder_layers=1, encoder_attention_heads=4,
-        decoder_attention_heads=4, encoder_ffn_dim=96, decoder_ffn_dim=96, num_mel_bins=16, max_source_positions=16,
-        max_target_positions=32, pad_token_id=0, bos_token_id=0, eos_token_id=0, decoder_start_token_id=0)
-    torch.manual_seed(0)
-    model = transformers.WhisperModel(config).eval()
-    model.save_pretrained(tmp_path / "whisper")
-    result = mq.quantize_checkpoint(tmp_path / "whisper", tmp_path / "w.safetensors", dtype=dtype)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        expected = mq.quantize(model, dtype=dtype)
-    convs = {(layer.name, layer.type) for layer in result.report.layers if "conv" in layer.name}
-    assert convs == {("encoder.conv1", "Conv1d"), ("encoder.conv2", "Conv1d")}
-    assert sorted(layer.name for layer in result.report.layers) == sorted(layer.name for layer in expected.report.layers)
-    with torch.device("meta"):
-        skeleton = transformers.WhisperModel(config).eval()
-    loaded = mq.load(tmp_path / "w.safetensors", model=skeleton)
-    assert type(loaded.encoder.conv1).__name__ == "QuantizedConv1d"
-    ours, theirs = loaded.state_dict(), expected.model.state_dict()
-    assert sorted(ours) == sorted(theirs)
-    for key in ours:
-        assert torch.equal(ours[key], theirs[key]), key
-    x = torch.randn(1, 16, 32)
-    with torch.no_grad():
-        assert torch.equal(loaded.encoder.conv2(loaded.encoder.conv1(x)),
-                           expected.model.encoder.conv2(expected.model.encoder.conv1(x)))
-
-
 def _whisper_folder(tmp_path, edit=None):
+    """A tiny Whisper (two nn.Conv1d in its front end) saved as an HF folder, ``edit(model)`` first."""
     import transformers
 
     config = transformers.WhisperConfig(
@@ -119,6 +86,34 @@ def _whisper_folder(tmp_path, edit=None):
         edit(model)
     model.save_pretrained(tmp_path / "whisper")
     return model, tmp_path / "whisper"
+
+
+@pytest.mark.parametrize("dtype", ["int8", "int4", "fp16"])
+def test_conv1d_of_hf_folder_is_quantized_as_quantize_model_does(tmp_path, dtype):
+    """Whisper's nn.Conv1d front end: quantized by the checkpoint path too (it was copied
+    float), stored as quantize(model) stores it, loaded back bit-identical."""
+    import transformers
+
+    model, folder = _whisper_folder(tmp_path)
+    result = mq.quantize_checkpoint(folder, tmp_path / "w.safetensors", dtype=dtype)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        expected = mq.quantize(model, dtype=dtype)
+    convs = {(layer.name, layer.type) for layer in result.report.layers if "conv" in layer.name}
+    assert convs == {("encoder.conv1", "Conv1d"), ("encoder.conv2", "Conv1d")}
+    assert sorted(layer.name for layer in result.report.layers) == sorted(layer.name for layer in expected.report.layers)
+    with torch.device("meta"):
+        skeleton = transformers.WhisperModel(model.config).eval()
+    loaded = mq.load(tmp_path / "w.safetensors", model=skeleton)
+    assert type(loaded.encoder.conv1).__name__ == "QuantizedConv1d"
+    ours, theirs = loaded.state_dict(), expected.model.state_dict()
+    assert sorted(ours) == sorted(theirs)
+    for key in ours:
+        assert torch.equal(ours[key], theirs[key]), key
+    x = torch.randn(1, 16, 32)
+    with torch.no_grad():
+        assert torch.equal(loaded.encoder.conv2(loaded.encoder.conv1(x)),
+                           expected.model.encoder.conv2(expected.model.encoder.conv1(x)))
 
 
 def test_a_conv1d_left_float_gets_quantize_models_reason(tmp_path):
