@@ -140,10 +140,10 @@ def test_tensors_at_odd_addresses_load_aligned_and_bit_identical(saved, tmp_path
                                              ("conv", "int8_input", True), ("fc", "int8_input", "yes")])
 def test_int8_codes_flow_only_between_static_layers_that_agree(saved, tmp_path, layer, key, value):
     # a float output given a scale, or a float input declared int8: the file loaded, then the
-    # next op failed on (or misread) int8 codes at the first forward
+    # next op failed on (or misread) int8 codes at the first forward ("yes" is no flag at all)
     _graph_only(saved)
     path = _edited(saved, tmp_path, lambda m: _kwargs(m, layer).update({key: value}))
-    with pytest.raises(mq.CheckpointError, match="takes (int8 codes|floats)"):
+    with pytest.raises(mq.CheckpointError, match="takes (int8 codes|floats)|int8_input must be True or False"):
         mq.load(path)
 
 

@@ -91,3 +91,21 @@ def test_a_conv_width_that_disagrees_with_the_weight_names_both(saved, tmp_path)
     path = _edited(saved, tmp_path, lambda m: _kwargs(m, "conv2").update({"out_channels": 16}))
     with pytest.raises(mq.CheckpointError, match=r"layer 'conv2': out_channels is 16 .* its weight has 8 outputs"):
         mq.load(path)
+
+
+NOT_FLAGS = {"text-false": "false", "zero": 0, "one": 1, "null": None}
+
+
+@pytest.mark.parametrize("value", NOT_FLAGS.values(), ids=NOT_FLAGS.keys())
+def test_a_flag_that_is_not_true_or_false_is_refused(saved, tmp_path, value):
+    # (bool("false") is True: read loosely, conv1 would take its float input for int8 codes)
+    path = _edited(saved, tmp_path, lambda m: _kwargs(m, "conv1").update({"int8_input": value}))
+    with pytest.raises(mq.CheckpointError, match=r"layer 'conv1'.*int8_input must be True or False"):
+        mq.load(path)
+
+
+@pytest.mark.parametrize("value", ["0.5", True], ids=["text", "bool"])
+def test_a_scale_that_is_not_a_number_is_refused(saved, tmp_path, value):
+    path = _edited(saved, tmp_path, lambda m: _kwargs(m, "conv1").update({"in_scale": value}))
+    with pytest.raises(mq.CheckpointError, match=r"layer 'conv1'.*in_scale must be a finite positive float"):
+        mq.load(path)

@@ -24,7 +24,7 @@ from ..packing import pack_int8_linear
 from ..formats import quantize_weight
 
 __all__ = ["StaticConv2d", "StaticLinear", "StaticAdd", "StaticGlobalAvgPool", "ACTIVATIONS", "act_bounds",
-           "f32", "inverse"]
+           "f32", "inverse", "check_zp", "check_scale", "check_flag"]
 
 #: fused activations: (lower, upper) clamp applied before requantizing
 ACTIVATIONS = {None: (-math.inf, math.inf), "relu": (0.0, math.inf), "relu6": (0.0, 6.0)}
@@ -47,19 +47,28 @@ def inverse(scale: float) -> float:
     return float(np.float32(1.0) / np.float32(scale))
 
 
-def _check_zp(name: str, value) -> int:
+def check_zp(name: str, value) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or not -127 <= value <= 127:
         raise ValueError(f"{name} must be an int in -127..127, got {value!r}")
     return int(value)
 
 
-def _check_scale(name: str, value) -> Optional[float]:
-    if value is None:
-        return None
-    value = f32(value)
-    if not (math.isfinite(value) and value > 0):
-        raise ValueError(f"{name} must be a finite positive float, got {value}")
+def check_flag(name: str, value) -> bool:
+    """A layer flag: True or False only (a file's manifest may hold "false", which bool() reads as True)."""
+    if not isinstance(value, bool):
+        raise ValueError(f"{name} must be True or False, got {value!r}")
     return value
+
+
+def check_scale(name: str, value) -> float:
+    """A scale: a finite positive float, kept as float32 (as the kernels read it)."""
+    try:  # (np.float32("2") parses text and True is 1.0: a manifest's "2" or true is no scale)
+        scale = math.nan if isinstance(value, (bool, str, bytes)) else f32(value)
+    except (TypeError, ValueError):
+        scale = math.nan
+    if not (math.isfinite(scale) and scale > 0):
+        raise ValueError(f"{name} must be a finite positive float, got {value!r}")
+    return scale
 
 
 #: the C bindings' bound on a kernel size, stride, padding or dilation (MQ_MAX_CONV_ARG, csrc/bind.h)
@@ -90,13 +99,11 @@ class _StaticBase(nn.Module):
         super().__init__()
         act_bounds(act)
         self.act = act
-        if in_scale is None:  # (only an output may be float: out_scale None)
-            raise ValueError("in_scale must be a finite positive float, got None")
-        self.in_scale = _check_scale("in_scale", in_scale)
-        self.out_scale = _check_scale("out_scale", out_scale)
-        self.int8_input = bool(int8_input)
-        self.in_zp = _check_zp("in_zp", in_zp)
-        self.out_zp = _check_zp("out_zp", out_zp)
+        self.in_scale = check_scale("in_scale", in_scale)  # (only an output may be float: out_scale None)
+        self.out_scale = None if out_scale is None else check_scale("out_scale", out_scale)
+        self.int8_input = check_flag("int8_input", int8_input)
+        self.in_zp = check_zp("in_zp", in_zp)
+        self.out_zp = check_zp("out_zp", out_zp)
 
     def _epilogue_args(self):
         lo, hi = act_bounds(self.act)
@@ -282,8 +289,8 @@ class StaticAdd(_StaticBase):
         super().__init__(act, in_scale, out_scale, True, in_zp, out_zp)
         if b_scale is None:
             raise ValueError("b_scale must be a finite positive float, got None")
-        self.b_scale = _check_scale("b_scale", b_scale)
-        self.b_zp = _check_zp("b_zp", b_zp)
+        self.b_scale = check_scale("b_scale", b_scale)
+        self.b_zp = check_zp("b_zp", b_zp)
 
     def init_kwargs(self):
         return {"act": self.act, "in_scale": self.in_scale, "b_scale": self.b_scale, "out_scale": self.out_scale,
@@ -311,7 +318,7 @@ class StaticGlobalAvgPool(_StaticBase):
 
     def __init__(self, in_scale=1.0, out_scale=None, flatten=False, act=None, in_zp=0, out_zp=0):
         super().__init__(act, in_scale, out_scale, True, in_zp, out_zp)
-        self.flatten = bool(flatten)
+        self.flatten = check_flag("flatten", flatten)
 
     def init_kwargs(self):
         return {"in_scale": self.in_scale, "out_scale": self.out_scale, "flatten": self.flatten, "act": self.act,

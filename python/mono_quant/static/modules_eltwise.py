@@ -21,13 +21,12 @@ MQ_SP_CAT and MQ_SP_BCAST_ADD) with the same arithmetic, bit for bit.
 """
 from __future__ import annotations
 
-import math
 from typing import List, Optional, Sequence
 
 import torch
 from torch import nn
 
-from .modules import StaticAdd, f32, inverse
+from .modules import StaticAdd, check_flag, check_scale, check_zp, f32, inverse
 
 __all__ = ["StaticCat", "StaticBroadcastAdd", "requantize_codes", "dequantize_codes", "nhwc_dim",
            "quantize_constant"]
@@ -40,19 +39,6 @@ def nhwc_dim(dim: int, rank: int) -> int:
         raise ValueError(f"dim {dim} of a rank-{rank} activation (static int8 runs rank 2 and 4)")
     d = dim % rank
     return (0, 3, 1, 2)[d] if rank == 4 else d
-
-
-def _scale(name: str, value) -> float:
-    value = f32(value)
-    if not (math.isfinite(value) and value > 0):
-        raise ValueError(f"{name} must be a finite positive float, got {value}")
-    return value
-
-
-def _zp(name: str, value) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or not -127 <= value <= 127:
-        raise ValueError(f"{name} must be an int in -127..127, got {value!r}")
-    return int(value)
 
 
 def dequantize_codes(q: torch.Tensor, scale: float, zp: int) -> torch.Tensor:
@@ -83,11 +69,11 @@ class StaticCat(nn.Module):
         if isinstance(rank, bool) or not isinstance(rank, int) or not 1 <= rank <= 8 or not 0 <= dim < rank \
                 or (channels_last and rank != 4):
             raise ValueError(f"StaticCat: dim {dim} of rank {rank} (dims 0..rank-1; channels-last is rank 4)")
-        self.in_scales: List[float] = [_scale(f"in_scales[{i}]", s) for i, s in enumerate(in_scales)]
-        self.in_zps: List[int] = [_zp(f"in_zps[{i}]", z) for i, z in enumerate(in_zps)]
-        self.out_scale = None if out_scale is None else _scale("out_scale", out_scale)
-        self.out_zp = _zp("out_zp", out_zp)
-        self.dim, self.rank, self.channels_last = int(dim), int(rank), bool(channels_last)
+        self.in_scales: List[float] = [check_scale(f"in_scales[{i}]", s) for i, s in enumerate(in_scales)]
+        self.in_zps: List[int] = [check_zp(f"in_zps[{i}]", z) for i, z in enumerate(in_zps)]
+        self.out_scale = None if out_scale is None else check_scale("out_scale", out_scale)
+        self.out_zp = check_zp("out_zp", out_zp)
+        self.dim, self.rank, self.channels_last = int(dim), int(rank), check_flag("channels_last", channels_last)
 
     def init_kwargs(self):
         return {"in_scales": list(self.in_scales), "in_zps": list(self.in_zps), "out_scale": self.out_scale,

@@ -35,7 +35,7 @@ from ..kernels.layout import PACKED_LAYOUT_VERSION
 from ..packing import check_packed_groups, packed_sizes
 from .capture import ValueRef
 from .graph import FusedAddFloat, FusedGapFloat, StaticGraphModel
-from .modules import StaticAdd, StaticConv2d, StaticGlobalAvgPool, StaticLinear
+from .modules import StaticAdd, StaticConv2d, StaticGlobalAvgPool, StaticLinear, check_flag
 from .persist_checks import check_activation_scales, check_output_not_constant, check_weight_geometry
 from .persist_eltwise import ELTWISE_CLASSES, attach_eltwise_tensors, build_fused_add
 from .program import StaticInt8Model
@@ -212,7 +212,10 @@ def build_layer(name: str, entry: dict, tensors: Dict[str, torch.Tensor]) -> nn.
     if own:
         raise CheckpointError(f"layer {name!r} ({cls_name}) has unexpected tensors {sorted(own)}")
     if cls_name == "FusedGapFloat":
-        return FusedGapFloat(bool(kwargs["flatten"]))
+        try:
+            return FusedGapFloat(check_flag("flatten", kwargs.get("flatten")))
+        except ValueError as exc:
+            raise CheckpointError(f"layer {name!r} ({cls_name}): {exc}") from None
     if cls_name in _FLOAT_BY_NAME:
         cls = _FLOAT_BY_NAME[cls_name]
         unknown = set(kwargs) - set(_FLOAT_MODULES[cls])  # only what save_static writes: no inplace=True
