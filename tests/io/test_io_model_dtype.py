@@ -37,3 +37,31 @@ def test_the_files_dtype_or_meta_loads(saved_bf16, skeleton):
     loaded = mq.load(saved_bf16, model=skeleton())
     assert loaded[0].orig_dtype == torch.bfloat16
     assert loaded(torch.randn(2, 64, dtype=torch.bfloat16)).dtype == torch.bfloat16
+
+
+class _Recurrent(nn.Module):
+    """An LSTM and an attention: saved as their quantized children (lstm.ih_l0, attn.in_proj, ...)."""
+
+    def __init__(self):
+        super().__init__()
+        self.lstm = nn.LSTM(16, 32, batch_first=True)
+        self.attn = nn.MultiheadAttention(32, 4, batch_first=True)
+
+    def forward(self, x):
+        y, _ = self.lstm(x)
+        return self.attn(y, y, y)[0]
+
+
+@pytest.mark.parametrize("composite,child", [("lstm", "lstm.ih_l0"), ("attn", "attn.in_proj")])
+def test_a_composite_of_another_dtype_is_refused(tmp_path, composite, child):
+    torch.manual_seed(0)
+    path = tmp_path / "recurrent.safetensors"
+    mq.save(mq.quantize(_Recurrent().to(torch.bfloat16), dtype="int8").model, path)
+    skeleton = _Recurrent().to(torch.bfloat16)
+    getattr(skeleton, composite).float()  # (its placeholder children are on meta: the composite's dtype counts)
+    with pytest.raises(mq.CheckpointError, match=rf"layer '{child}' was quantized from bfloat16 weights, the "
+                                                   rf"model's are float32") as info:
+        mq.load(path, model=skeleton)
+    assert "has no layer" not in str(info.value)  # (the children are in the file: no second, wrong reason)
+    loaded = mq.load(path, model=_Recurrent().to(torch.bfloat16))
+    assert loaded(torch.randn(2, 5, 16, dtype=torch.bfloat16)).dtype == torch.bfloat16

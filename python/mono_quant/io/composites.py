@@ -51,15 +51,18 @@ def expand_shells(modules: Dict[str, nn.Module], layers: List[Mapping[str, Any]]
 
 
 def finish_shells(shells: Dict[str, tuple], memo: Dict[int, Any], replaced_paths: List[str],
-                  problems: List[str]) -> None:
+                  problems: List[str], failed: Set[str] = frozenset()) -> None:
     """Put each shell, its placeholders replaced by the loaded children (in ``memo``), in
-    ``memo`` in place of its float module; a child the file lacks is a problem."""
+    ``memo`` in place of its float module; a child the file lacks is a problem (one in
+    ``failed``, a layer whose problem is already told, is not told again)."""
     built: Dict[int, nn.Module] = {}
     for path, (module, shell) in shells.items():
-        missing = [c for c, m in shell._modules.items() if id(m) not in memo]
+        prefix = path + "." if path else ""
+        missing = [prefix + c for c, m in shell._modules.items() if id(m) not in memo]
         if missing:
-            problems.append(f"quantized {type(shell).__name__} {path or '<root>'!r} has no layer "
-                            f"{(path + '.' if path else '') + missing[0]!r} in the checkpoint")
+            if not set(missing) & set(failed):
+                problems.append(f"quantized {type(shell).__name__} {path or '<root>'!r} has no layer "
+                                f"{missing[0]!r} in the checkpoint")
             continue
         if id(module) not in built:
             built[id(module)] = copy.deepcopy(shell, memo)  # the placeholders become the loaded children

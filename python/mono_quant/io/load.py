@@ -5,7 +5,7 @@ import copy
 import os
 import warnings
 from collections import OrderedDict
-from typing import Any, Dict, Iterator, List, Mapping, Optional, Tuple
+from typing import Any, Dict, Iterator, List, Mapping, Optional, Set, Tuple
 
 import torch
 from safetensors import safe_open
@@ -115,6 +115,7 @@ class QuantizedStateDict(Mapping):
         self._tensors = OrderedDict(tensors)
         self.manifest = dict(manifest)
         self.path = path
+        self._shell_owners: Dict[int, nn.Module] = {}  # load_into's: placeholder child -> float composite
 
     # -- Mapping -----------------------------------------------------------------------------
     def __getitem__(self, key: str) -> torch.Tensor:
@@ -224,10 +225,13 @@ class QuantizedStateDict(Mapping):
         modules = dict(model.named_modules(remove_duplicate=False))
         # an LSTM / attention saved as its quantized children: their placeholders join `modules`
         shells = expand_shells(modules, self.layers) if self.kind == "model" else {}
+        # (a placeholder child is on meta: its dtype is the float composite's)
+        self._shell_owners = {id(child): module for module, shell in shells.values() for child in shell.children()}
         memo: Dict[int, Any] = {}
         consumed = set()
         replaced_paths: List[str] = []
         problems: List[str] = []
+        failed: Set[str] = set()  # layers already reported in problems
         # a saved module is rebuilt as it was; a state_dict layer is built from the float module
         build = {"model": self._build_saved_layer, "state_dict": self._build_state_dict_layer}[self.kind]
         for layer in self.layers:
@@ -242,6 +246,7 @@ class QuantizedStateDict(Mapping):
                 _check_aliases(layer, names, modules, qmodule)
             except CheckpointError as exc:
                 problems.append(str(exc))
+                failed.update(names)
                 continue
             qmodule.train(float_module.training)
             for name in names:
@@ -250,7 +255,7 @@ class QuantizedStateDict(Mapping):
             consumed.update(also_consumed)
             replaced_paths.extend(names)
         load_float_parameters(shells, self._tensors, memo, consumed, problems)  # an attention's bias_k / bias_v
-        finish_shells(shells, memo, replaced_paths, problems)
+        finish_shells(shells, memo, replaced_paths, problems, failed)
         if problems:
             raise CheckpointError(f"{where}the model does not match the checkpoint: " + "; ".join(problems[:10]))
         self._map_remaining(model, modules, memo, consumed, replaced_paths, where)
@@ -270,7 +275,7 @@ class QuantizedStateDict(Mapping):
             raise CheckpointError(f"layer {name!r} is a {type(float_module).__name__} in the model, the checkpoint "
                                   f"has a quantized {cls.float_type.__name__}")
         check_weight_shape(layer, float_module, name, getattr(cls, "float_weight_shape", None))
-        _check_model_dtype(layer, float_module, name)
+        _check_model_dtype(layer, self._shell_owners.get(id(float_module), float_module), name)
         qmodule = rebuild_saved(layer, self.layer_tensors(layer))
         check_layer_geometry(name, float_module, qmodule)
         return qmodule, []
@@ -391,8 +396,10 @@ def _check_model_dtype(layer, float_module: nn.Module, name: str) -> None:
     recorded = layer.get("orig_dtype")
     try:
         weight = float_module.weight
-    except AttributeError:  # a composite's placeholder, a parametrization that cannot run
-        return
+    except AttributeError:  # an LSTM / attention (its first weight below), a parametrization that cannot run
+        weight = None
+    if not isinstance(weight, torch.Tensor):
+        weight = next((p for p in float_module.parameters() if p.is_floating_point()), None)
     if recorded is None or not isinstance(weight, torch.Tensor) or weight.device.type == "meta" \
             or not weight.is_floating_point():
         return
