@@ -3,6 +3,10 @@
     import mono_quant as mq
     qmodel, skipped = mq.quantize(model, dtype="int8")   # the original is untouched
 """
+from .torch_features import check_torch_version
+
+check_torch_version()  # (before the modules that use newer torch APIs)
+
 from .api import QuantizationResult, SkippedLayer, quantize
 from .config import DEFAULT, QuantConfig
 from .errors import AlreadyQuantizedError, CheckpointError, ConfigError, MonoQuantError, NonFiniteWeightError

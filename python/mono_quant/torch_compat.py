@@ -27,6 +27,7 @@ from .formats.traced_forward import dequantized_weight
 from .weight_view_writes import refuse_dispatch_writes, refuse_writes
 from .orig_dtype import check_orig_dtype
 from .parametrized import refuse_reparametrizing, refuse_weight_parametrization
+from .torch_features import is_exporting
 
 __all__ = ["DequantizedWeightView", "TorchCompatMixin", "weight_replaced_message", "weight_view"]
 
@@ -63,7 +64,7 @@ class DequantizedWeightView(torch.Tensor):
         with torch.no_grad():
             if not module.format.integer:  # fp16 / bf16: the stored weight, cast
                 return module._buffers["weight"].to(self.dtype).reshape(self.shape)
-            exporting = getattr(torch.compiler, "is_exporting", lambda: False)()
+            exporting = is_exporting()
             if exporting or any(type(b) is not torch.Tensor for b in module._buffers.values() if b is not None):
                 # non-strict export, make_fx: fake buffers, which the C kernels can't read; the ops can
                 return dequantized_weight(module, torch.float32).to(self.dtype).reshape(self.shape)

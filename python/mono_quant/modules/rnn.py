@@ -26,6 +26,7 @@ from torch import nn
 from torch.nn.utils.rnn import PackedSequence, pad_packed_sequence
 
 from ..dynamo_hooks import when_dynamo_imported
+from ..torch_features import is_exporting
 from .composite import ChildSpec, QuantizedComposite
 from .input_checks import check_float_input
 from .registry import register_qmodule
@@ -177,7 +178,7 @@ class _QuantizedRNNBase(QuantizedComposite):
                 raise ValueError(f"{type(self).__name__}: lengths= is for a padded input; a PackedSequence carries "
                                  f"its own")
             # torch.export would fail inside pad_packed_sequence, obscurely
-            if getattr(torch.compiler, "is_exporting", lambda: False)():
+            if is_exporting():
                 raise RuntimeError(f"{type(self).__name__}: torch.export cannot capture a PackedSequence input "
                                    f"(its layout is in batch_sizes values). Export with the padded batch and its "
                                    f"lengths instead: rnn(padded, hx, lengths=lengths)")

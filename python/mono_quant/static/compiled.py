@@ -24,6 +24,7 @@ import torch
 from torch._subclasses.fake_tensor import unset_fake_temporarily
 
 from ..no_torchscript import RefusesTorchScript
+from ..torch_features import is_exporting
 
 __all__ = ["CompilesAsOneOp"]
 
@@ -113,7 +114,7 @@ class CompilesAsOneOp(RefusesTorchScript):
     def compiled_call(self, args, kwargs) -> Optional[torch.Tensor]:
         """Under torch.compile (not torch.export), the op call standing for this model's forward
         on one tensor; None otherwise (eager, or not one tensor in: dynamo breaks the graph)."""
-        if not torch.compiler.is_compiling() or torch.compiler.is_exporting():
+        if not torch.compiler.is_compiling() or is_exporting():
             return None
         if kwargs or len(args) != 1 or not isinstance(args[0], torch.Tensor) or not self.one_tensor_in_and_out():
             torch._dynamo.graph_break(

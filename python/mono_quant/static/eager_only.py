@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import torch
 
+from ..torch_features import is_exporting
+
 __all__ = ["refuse_traced_input"]
 
 
@@ -21,7 +23,7 @@ def refuse_traced_input(args) -> None:
             "torch, so the traced module would return uninitialized memory; run the model eagerly or with "
             "torch.compile, or quantize with dynamic int8 activations (mono_quant.quantize(model, 'int8')), "
             "which torch.jit.trace records")
-    exporting = torch.compiler.is_exporting()
+    exporting = is_exporting()
     if torch.compiler.is_compiling() and not exporting:
         return  # torch.compile: the model's op (or a graph break) runs it eagerly on real tensors
     for x in args:

@@ -25,6 +25,7 @@ import torch
 from ..kernels import static_int8 as static_kernels
 from ..kernels.settings import SETTINGS
 from .capture import ValueRef
+from ..torch_features import is_exporting
 from .eager_only import refuse_traced_input
 from .graph import StaticGraphModel, _global_hooks
 from .modules import StaticAdd, StaticConv2d, StaticGlobalAvgPool, StaticLinear, inverse
@@ -244,7 +245,7 @@ class StaticInt8Model(StaticGraphModel):
 
     def _forward_eager(self, *args, **kwargs):
         """The eager forward (StaticGraphModel.forward calls it, so does the compiled op)."""
-        if torch.compiler.is_exporting() or torch.jit.is_tracing():  # (plain tensors: refuse before the fast path)
+        if is_exporting() or torch.jit.is_tracing():  # (plain tensors: refuse before the fast path)
             refuse_traced_input(args)
         run = self._fast(args, kwargs)
         if run is None or type(args[0]) is not torch.Tensor:  # (a traced input: refused by the graph's forward)

@@ -1,0 +1,44 @@
+"""What the installed torch offers: the oldest torch mono-quant runs on, checked once at
+import (a clear ImportError, not an AttributeError in the middle of a first call), and the
+newer torch functions it uses where older releases lack them.
+
+One wheel serves every torch from ``MIN_TORCH`` on: the C extension never links libtorch,
+so only these Python-level APIs set the floor (``torch.library.register_fake`` and
+``register_autograd``: torch 2.4).
+"""
+from __future__ import annotations
+
+import re
+from typing import Optional, Tuple
+
+import torch
+
+__all__ = ["MIN_TORCH", "torch_release", "check_torch_version", "is_exporting"]
+
+#: the oldest torch release mono-quant runs on (major, minor)
+MIN_TORCH: Tuple[int, int] = (2, 4)
+
+
+def torch_release(version: str) -> Tuple[int, int]:
+    """(major, minor) of a torch version string ("2.13.0+cpu", "2.6.0a0+git1234"); (0, 0)
+    where it names none."""
+    match = re.match(r"(\d+)\.(\d+)", version)
+    return (int(match.group(1)), int(match.group(2))) if match else (0, 0)
+
+
+def check_torch_version(version: Optional[str] = None) -> None:
+    """ImportError naming the installed (or the given) and the needed torch when it is older
+    than ``MIN_TORCH``."""
+    version = str(torch.__version__) if version is None else version
+    if torch_release(version) < MIN_TORCH:
+        need = ".".join(map(str, MIN_TORCH))
+        raise ImportError(f"mono-quant needs torch >= {need}; this environment has torch {version}. "
+                          f"Upgrade torch (pip install 'torch>={need}'), or use a mono-quant release "
+                          f"that supports this torch")
+
+
+def is_exporting() -> bool:
+    """torch.compiler.is_exporting() (torch 2.6); False on older torch, which has no such flag
+    (torch.export then runs as torch.compile does: compiling, not exporting)."""
+    flag = getattr(torch.compiler, "is_exporting", None)
+    return bool(flag()) if flag is not None else False
