@@ -9,6 +9,10 @@ import torch
 from torch import nn
 
 import mono_quant as mq
+
+# torch < 2.6 has no torch.compiler.is_exporting: export records the compiled op there (compiled.py)
+NEEDS_IS_EXPORTING = pytest.mark.skipif(not hasattr(torch.compiler, "is_exporting"),
+                                        reason="torch < 2.6: export cannot be told from compile")
 from static_helpers import Branchy
 
 
@@ -146,9 +150,23 @@ def test_two_threads_call_one_compiled_model():
     assert errors == []
 
 
+@NEEDS_IS_EXPORTING
 def test_strict_export_gives_the_refusal():
     """torch.export strict=True sees a plain tensor: the refusal comes before the fast path
     (it failed on torch's 'torch.* op returned non-Tensor')."""
     qmodel = _classifier()
     with pytest.raises(Exception, match="static int8 models run eagerly only"):
         torch.export.export(qmodel, (torch.randn(2, 1, 8, 8),), strict=True)
+
+
+def test_a_key_from_another_process_finds_no_model():
+    # a model's key in the op is random, not a count: a graph that outlives its process (a program
+    # exported on torch < 2.6, which has no is_exporting; a compile cache) never runs this
+    # process's model of the same number (with a count, key 1 named every process's first model)
+    a, b = _classifier(), _classifier()
+    assert a._static_op_key != b._static_op_key
+    x = torch.randn(2, 1, 8, 8)
+    with torch.no_grad():
+        assert torch.equal(torch.ops.mono_quant.static_forward(x, a._static_op_key), a(x))
+    with pytest.raises(RuntimeError, match=r"static int8 model 1 no longer exists .* or runs in another process"):
+        torch.ops.mono_quant.static_forward(x, 1)

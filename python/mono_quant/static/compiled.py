@@ -6,17 +6,18 @@ static model (StaticGraphModel, StaticInt8Model, the per-layer fallback's PerLay
 with one tensor in and one tensor out is, inside a compiled graph, one call of the op
 ``mono_quant::static_forward(x, model)``, whose implementation runs the model's eager
 forward on the real input: the same kernels, the same bits.  ``model`` is a key into a
-table of the live models (an op takes no Python object); each model gets its own key when
-it is built or copied.  The op's fake implementation (the output's shape and dtype while
+table of this process's live models (an op takes no Python object); each model gets its own
+random key when it is built or copied.  The op's fake implementation (the output's shape and dtype while
 tracing) runs the model once on zeros of the input's shape (of batch 1 and 2 when the batch
 is a symbolic size): a static model's output shape follows from its input's.  Only the batch
 may be dynamic: the other sizes are specialized (``mark_dynamic`` on them fails in torch).
 torch.export still refuses a static model (``eager_only.py``): its graph would call back
-into Python.
+into Python.  (torch < 2.6 has no ``is_exporting``: export records the op there, which runs
+in the exporting process and fails with a clear error in any other.)
 """
 from __future__ import annotations
 
-import itertools
+import secrets
 import weakref
 from typing import Dict, Optional
 
@@ -32,12 +33,15 @@ _LIB = torch.library.Library("mono_quant", "FRAGMENT")  # the namespace kernels/
 _LIB.define("static_forward(Tensor x, int model) -> Tensor")
 
 _MODELS: Dict[int, "weakref.ref"] = {}
-_NEXT_KEY = itertools.count(1)
 _SHAPES: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()  # model -> {input shape, dtype: output}
 
 
 def _register(module) -> int:
-    key = next(_NEXT_KEY)
+    # a random key, not a count: a graph that outlives this process (a program exported on a torch
+    # without is_exporting, a compile cache) never finds another process's model under its key
+    key = secrets.randbits(62)
+    while key in _MODELS:
+        key = secrets.randbits(62)
     _MODELS[key] = weakref.ref(module, lambda _, key=key: _MODELS.pop(key, None))
     return key
 
@@ -47,7 +51,8 @@ def _model(key: int):
     module = ref() if ref is not None else None
     if module is None:
         raise RuntimeError(f"mono_quant::static_forward: static int8 model {key} no longer exists (the compiled "
-                           f"function outlived the model it was compiled from)")
+                           f"function outlived the model it was compiled from, or runs in another process: a "
+                           f"static model's graph calls back into that model; export is not supported)")
     return module
 
 

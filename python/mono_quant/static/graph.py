@@ -127,7 +127,7 @@ class StaticGraphModel(CompilesAsOneOp, nn.Module):
         self._register_for_compile()
 
     def one_tensor_in_and_out(self) -> bool:
-        inputs = [kind for _, kind, _, _ in self.program].count("input")
+        inputs = sum(1 for _, kind, _, _ in self.program if kind == "input")  # (dynamo of torch < 2.5: no list.count)
         return inputs == 1 and isinstance(self.program[-1][3], ValueRef)
 
     def forward(self, *args, **kwargs):
