@@ -287,8 +287,6 @@ class StaticAdd(_StaticBase):
 
     def __init__(self, act=None, in_scale=1.0, b_scale=1.0, out_scale=None, in_zp=0, b_zp=0, out_zp=0):
         super().__init__(act, in_scale, out_scale, True, in_zp, out_zp)
-        if b_scale is None:
-            raise ValueError("b_scale must be a finite positive float, got None")
         self.b_scale = check_scale("b_scale", b_scale)
         self.b_zp = check_zp("b_zp", b_zp)
 

@@ -66,6 +66,7 @@ class StaticCat(nn.Module):
         if len(in_scales) != len(in_zps) or not in_scales:
             raise ValueError(f"StaticCat needs one scale and one zero-point per input, got {len(in_scales)} "
                              f"and {len(in_zps)}")
+        channels_last = check_flag("channels_last", channels_last)
         if isinstance(rank, bool) or not isinstance(rank, int) or not 1 <= rank <= 8 or not 0 <= dim < rank \
                 or (channels_last and rank != 4):
             raise ValueError(f"StaticCat: dim {dim} of rank {rank} (dims 0..rank-1; channels-last is rank 4)")
@@ -73,7 +74,7 @@ class StaticCat(nn.Module):
         self.in_zps: List[int] = [check_zp(f"in_zps[{i}]", z) for i, z in enumerate(in_zps)]
         self.out_scale = None if out_scale is None else check_scale("out_scale", out_scale)
         self.out_zp = check_zp("out_zp", out_zp)
-        self.dim, self.rank, self.channels_last = int(dim), int(rank), check_flag("channels_last", channels_last)
+        self.dim, self.rank, self.channels_last = int(dim), int(rank), channels_last
 
     def init_kwargs(self):
         return {"in_scales": list(self.in_scales), "in_zps": list(self.in_zps), "out_scale": self.out_scale,
