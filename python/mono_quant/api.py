@@ -16,6 +16,7 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
+from .compiled_models import compiled_inner, compiled_like
 from .config import DEFAULT, QuantConfig, resolve_options
 from .entries import (convert_weight, float32_overflow, nonfinite_layer_error, nonfinite_skip_reason,
                       packs_straight_to_int8, quantize_state_dict_entry)
@@ -154,6 +155,13 @@ def quantize(
         # first backward fail ("Inference tensors cannot be saved for backward"), far from here
         with torch.inference_mode(False):
             return quantize(**dict(locals()))
+    if compiled_inner(model_or_state_dict) is not None:
+        # torch.compile's wrapper: the model it wraps, its layers named as there; compiled back alike
+        options = dict(locals())
+        wrapper = options.pop("model_or_state_dict")
+        result = quantize(compiled_inner(wrapper), **options)
+        result.model = compiled_like(wrapper, result.model)
+        return result
     cfg = resolve_options(config, dtype=dtype, symmetric=symmetric, granularity=granularity, include=include,
                           exclude=exclude, min_weight_numel=min_weight_numel, nonfinite=nonfinite,
                           activations=activations, group_size=group_size, method=method, embeddings=embeddings,

@@ -29,6 +29,7 @@ from .manifest import check_against_header, layer_key, parse_manifest, quantized
 from .rebuild import (check_weight_shape, dequantize_layer, is_uninitialized, packed_int8_layer, packed_linear,
                       rebuild_saved, stored_weight)
 from .composites import expand_shells, finish_shells, load_float_parameters
+from ..compiled_models import compiled_inner, compiled_like
 from .validate import check_bias, check_layer
 
 __all__ = ["load", "QuantizedStateDict", "dequantize_layer"]
@@ -66,6 +67,8 @@ def load(path, model: Optional[nn.Module] = None):
     if torch.is_inference_mode_enabled():  # no inference tensors in a model that may be trained (as quantize())
         with torch.inference_mode(False):
             return load(path, model)
+    if compiled_inner(model) is not None:  # torch.compile's wrapper: into its model, compiled back alike
+        return compiled_like(model, load(path, compiled_inner(model)))
     other = kind_for_file(path)  # e.g. a static int8 model (static/persist.py)
     if other is not None:
         return other.load(path, model)

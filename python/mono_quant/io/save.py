@@ -1,6 +1,7 @@
 """save(): one .safetensors file with every tensor and the manifest."""
 from __future__ import annotations
 
+import copy
 import os
 from collections import OrderedDict
 from pathlib import Path
@@ -10,6 +11,7 @@ import torch
 import safetensors.torch
 from torch import nn
 
+from ..compiled_models import compiled_inner
 from ..report import storage_view
 from ..result import QuantizationResult
 from ..strictness import QUANTIZED_SUFFIXES
@@ -50,6 +52,10 @@ def save(model_or_result, path, *, overwrite: bool = False) -> Path:
         >>> result = mq.quantize(model, dtype="int8")
         >>> mq.save(result, "model-int8.safetensors")
     """
+    model_or_result = compiled_inner(model_or_result) or model_or_result  # torch.compile's wrapper: its model
+    if isinstance(model_or_result, QuantizationResult) and compiled_inner(model_or_result.model) is not None:
+        model_or_result = copy.copy(model_or_result)
+        model_or_result.model = compiled_inner(model_or_result.model)
     other = kind_for_object(model_or_result)  # e.g. a static int8 model (static/persist.py)
     if other is not None:
         return other.save(model_or_result, path, overwrite)
