@@ -7,6 +7,7 @@ peak memory stays near original + quantized.
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import sys
 from collections import OrderedDict
@@ -16,7 +17,7 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
-from .compiled_models import compiled_inner, compiled_like
+from .compiled_models import compiled_inner, compiled_inputs, compiled_like
 from .config import DEFAULT, QuantConfig, resolve_options
 from .entries import (convert_weight, float32_overflow, nonfinite_layer_error, nonfinite_skip_reason,
                       packs_straight_to_int8, quantize_state_dict_entry)
@@ -150,47 +151,48 @@ def quantize(
         >>> result = mq.quantize(model, dtype="int4", group_size=64, exclude=["lm_head"])
         >>> print(result.report)
     """
-    if torch.is_inference_mode_enabled():
-        # the result may be trained (adapters, autograd to the input): inference tensors would make its
-        # first backward fail ("Inference tensors cannot be saved for backward"), far from here
-        with torch.inference_mode(False):
-            return quantize(**dict(locals()))
-    if compiled_inner(model_or_state_dict) is not None:
-        # torch.compile's wrapper: the model it wraps, its layers named as there; compiled back alike
-        options = dict(locals())
-        wrapper = options.pop("model_or_state_dict")
-        result = quantize(compiled_inner(wrapper), **options)
-        result.model = compiled_like(wrapper, result.model)
+    # the result may be trained (adapters, autograd to the input): inference tensors would make its
+    # first backward fail ("Inference tensors cannot be saved for backward"), far from here.  (In this
+    # frame, not a second call: the warnings' stack levels name the caller's line.)
+    with torch.inference_mode(False) if torch.is_inference_mode_enabled() else contextlib.nullcontext():
+        cfg = resolve_options(config, dtype=dtype, symmetric=symmetric, granularity=granularity, include=include,
+                              exclude=exclude, min_weight_numel=min_weight_numel, nonfinite=nonfinite,
+                              activations=activations, group_size=group_size, method=method,
+                              embeddings=embeddings, reduce_range=reduce_range)
+        # torch.compile's wrapper: the model it wraps (its layers named as there), compiled back alike
+        wrapper = next((m for m in (model_or_state_dict, model) if compiled_inner(m) is not None), None)
+        if wrapper is not None:
+            model_or_state_dict, model, cfg = compiled_inputs(model_or_state_dict, model, cfg)
+        for given in (model_or_state_dict, model):
+            if isinstance(given, torch.jit.ScriptModule):
+                raise TypeError(
+                    f"quantize() got a TorchScript module ({type(given).__name__}, from torch.jit.script / trace): "
+                    f"its compiled code calls its own layers, which can't be replaced; quantize the eager model, "
+                    f"then script or trace the quantized one")
+        # (each path called from this frame: the warnings' stack levels count on it)
+        if cfg.activations == "static" or calibration is not None or observer is not None or calibration_samples:
+            result = quantize_static(model_or_state_dict, cfg, calibration, observer, calibration_samples, progress)
+        elif isinstance(model_or_state_dict, nn.Module):
+            if model is not None:
+                raise TypeError("model= is only for a state_dict input; the module given is the model")
+            result = _quantize_module(model_or_state_dict, cfg, progress)
+        elif isinstance(model_or_state_dict, Mapping):
+            _check_state_dict(model_or_state_dict)
+            refuse_quantized_state_dict(model_or_state_dict)
+            if model is not None:
+                if not isinstance(model, nn.Module):
+                    raise TypeError(f"model= must be an nn.Module instance of the architecture, got "
+                                    f"{type(model).__name__}")
+                _refuse_quantized_skeleton(model)
+                result = _quantize_module(model, cfg, progress, weights=model_or_state_dict)
+            else:
+                result = _quantize_state_dict(model_or_state_dict, cfg, progress)
+        else:
+            raise TypeError(f"quantize() takes a torch.nn.Module or a state_dict (a mapping of names to tensors), "
+                            f"got {type(model_or_state_dict).__name__}")
+        if wrapper is not None:
+            result.model = compiled_like(wrapper, result.model)
         return result
-    cfg = resolve_options(config, dtype=dtype, symmetric=symmetric, granularity=granularity, include=include,
-                          exclude=exclude, min_weight_numel=min_weight_numel, nonfinite=nonfinite,
-                          activations=activations, group_size=group_size, method=method, embeddings=embeddings,
-                          reduce_range=reduce_range)
-    for given in (model_or_state_dict, model):
-        if isinstance(given, torch.jit.ScriptModule):
-            raise TypeError(
-                f"quantize() got a TorchScript module ({type(given).__name__}, from torch.jit.script / trace): its "
-                f"compiled code calls its own layers, which can't be replaced; quantize the eager model, then "
-                f"script or trace the quantized one")
-    if cfg.activations == "static" or calibration is not None or observer is not None or calibration_samples:
-        return quantize_static(model_or_state_dict, cfg, calibration, observer, calibration_samples, progress)
-    if isinstance(model_or_state_dict, nn.Module):
-        if model is not None:
-            raise TypeError("model= is only for a state_dict input; the module given is the model")
-        return _quantize_module(model_or_state_dict, cfg, progress)
-    if isinstance(model_or_state_dict, Mapping):
-        _check_state_dict(model_or_state_dict)
-        refuse_quantized_state_dict(model_or_state_dict)
-        if model is not None:
-            if not isinstance(model, nn.Module):
-                raise TypeError(f"model= must be an nn.Module instance of the architecture, got {type(model).__name__}")
-            _refuse_quantized_skeleton(model)
-            return _quantize_module(model, cfg, progress, weights=model_or_state_dict)
-        return _quantize_state_dict(model_or_state_dict, cfg, progress)
-    raise TypeError(
-        f"quantize() takes a torch.nn.Module or a state_dict (a mapping of names to tensors), "
-        f"got {type(model_or_state_dict).__name__}"
-    )
 
 
 def _refuse_quantized_skeleton(model: nn.Module) -> None:

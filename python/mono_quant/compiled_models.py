@@ -10,12 +10,16 @@ here would cost every ``import mono_quant`` a second.
 """
 from __future__ import annotations
 
+import dataclasses
 import warnings
-from typing import Optional
+from typing import Any, Mapping, Optional, Tuple
 
 from torch import nn
 
-__all__ = ["compiled_inner", "compiled_like"]
+__all__ = ["PREFIX", "compiled_inner", "compiled_like", "compiled_inputs"]
+
+#: the name torch.compile's wrapper gives the model it holds: every name under it starts so
+PREFIX = "_orig_mod."
 
 
 def compiled_inner(model) -> Optional[nn.Module]:
@@ -36,3 +40,24 @@ def compiled_like(wrapper: nn.Module, model: nn.Module) -> nn.Module:
         warnings.warn(f"the quantized model is returned uncompiled ({exc}): call torch.compile on it",
                       stacklevel=3)
         return model
+
+
+def compiled_inputs(model_or_state_dict, model, cfg) -> Tuple[Any, Any, Any]:
+    """quantize()'s inputs with torch.compile's wrappers taken off: the wrapped models, a state_dict of
+    a wrapper (every key under ``_orig_mod.``) named as the wrapped model's, and include / exclude
+    globs written with the wrapper's prefix (as they had to be before) without it."""
+    model_or_state_dict = _inner_or_self(model_or_state_dict)
+    if model is not None:
+        model = _inner_or_self(model)
+        if isinstance(model_or_state_dict, Mapping) and model_or_state_dict and all(
+                isinstance(k, str) and k.startswith(PREFIX) for k in model_or_state_dict):
+            model_or_state_dict = {k[len(PREFIX):]: v for k, v in model_or_state_dict.items()}
+    patterns = {name: [p[len(PREFIX):] if isinstance(p, str) and p.startswith(PREFIX) else p
+                       for p in getattr(cfg, name)]
+                for name in ("include", "exclude") if getattr(cfg, name) is not None}
+    return model_or_state_dict, model, dataclasses.replace(cfg, **patterns) if patterns else cfg
+
+
+def _inner_or_self(obj):
+    inner = compiled_inner(obj)
+    return obj if inner is None else inner

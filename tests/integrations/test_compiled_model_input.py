@@ -7,6 +7,7 @@ import torch
 from torch import nn
 
 import mono_quant as mq
+from mono_quant.strictness import NothingQuantizedWarning
 
 
 def _net():
@@ -59,3 +60,36 @@ def test_static_int8_of_a_compiled_model():
     assert type(result.model) is type(wrapper)
     with torch.no_grad():
         assert torch.equal(result.model(x), result.model._orig_mod(x))
+
+
+def test_a_state_dict_of_a_compiled_model_with_the_compiled_model():
+    wrapper = torch.compile(_net(), backend="eager")
+    result = mq.quantize(wrapper.state_dict(), "int8", model=wrapper)  # keys under _orig_mod.
+    assert type(result.model) is type(wrapper)
+    with torch.no_grad():
+        assert torch.equal(result.model._orig_mod(X), mq.quantize(_net(), "int8").model(X))
+
+
+def test_patterns_written_with_the_wrappers_prefix_still_select():
+    # (before, they had to be: include=["_orig_mod.0"]; a config file's stale one must not go unmatched)
+    result = mq.quantize(torch.compile(_net(), backend="eager"), "int8", exclude=["_orig_mod.2"])
+    assert [s.name for s in result.skipped] == ["2"]
+
+
+def test_warnings_name_the_callers_line():
+    with pytest.warns(NothingQuantizedWarning) as record:
+        mq.quantize(torch.compile(nn.Sequential(nn.ReLU()), backend="eager"), "int8")
+    assert {w.filename for w in record} == {__file__}
+
+
+def test_a_file_saved_from_a_compiled_model_by_an_older_version_loads_into_one(tmp_path):
+    # older versions saved the wrapper's names (_orig_mod.0, ...): such a file loads into a compiled skeleton
+    wrapper = torch.compile(_net(), backend="eager")
+    qmodel = mq.quantize(_net(), "int8").model
+    old_style = torch.compile(qmodel, backend="eager")
+    path = tmp_path / "old.safetensors"
+    mq.save(nn.ModuleDict({"_orig_mod": qmodel}), path)  # (what they wrote: the wrapper's names)
+    assert all(key.startswith("_orig_mod.") for key in mq.load(path))
+    loaded = mq.load(path, model=wrapper)
+    with torch.no_grad():
+        assert torch.equal(loaded(X), old_style._orig_mod(X))

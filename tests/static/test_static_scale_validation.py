@@ -109,3 +109,12 @@ def test_a_scale_that_is_not_a_number_is_refused(saved, tmp_path, value):
     path = _edited(saved, tmp_path, lambda m: _kwargs(m, "conv1").update({"in_scale": value}))
     with pytest.raises(mq.CheckpointError, match=r"layer 'conv1'.*in_scale must be a finite positive float"):
         mq.load(path)
+
+
+def test_check_scale_takes_real_numbers_only():
+    import numpy as np
+    from mono_quant.static.modules import check_scale
+    for bad in (10 ** 400, np.True_, True, "1", None, float("nan"), 0.0, -1):
+        with pytest.raises(ValueError, match="must be a finite positive float"):
+            check_scale("s", bad)
+    assert check_scale("s", np.float32(0.5)) == 0.5 and check_scale("s", 2) == 2.0

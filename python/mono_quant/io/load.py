@@ -29,7 +29,7 @@ from .manifest import check_against_header, layer_key, parse_manifest, quantized
 from .rebuild import (check_weight_shape, dequantize_layer, is_uninitialized, packed_int8_layer, packed_linear,
                       rebuild_saved, stored_weight)
 from .composites import expand_shells, finish_shells, load_float_parameters
-from ..compiled_models import compiled_inner, compiled_like
+from ..compiled_models import PREFIX, compiled_inner, compiled_like
 from .validate import check_bias, check_layer
 
 __all__ = ["load", "QuantizedStateDict", "dequantize_layer"]
@@ -67,13 +67,16 @@ def load(path, model: Optional[nn.Module] = None):
     if torch.is_inference_mode_enabled():  # no inference tensors in a model that may be trained (as quantize())
         with torch.inference_mode(False):
             return load(path, model)
-    if compiled_inner(model) is not None:  # torch.compile's wrapper: into its model, compiled back alike
-        return compiled_like(model, load(path, compiled_inner(model)))
+    inner = compiled_inner(model)  # torch.compile's wrapper: into the model it wraps, compiled back alike
     other = kind_for_file(path)  # e.g. a static int8 model (static/persist.py)
     if other is not None:
-        return other.load(path, model)
+        return other.load(path, model) if inner is None else compiled_like(model, other.load(path, inner))
     qsd = _read(path)
-    return qsd if model is None else qsd.load_into(model)
+    if model is None:
+        return qsd
+    if inner is not None and not all(key.startswith(PREFIX) for key in qsd):  # (older files of a wrapper: its names)
+        return compiled_like(model, qsd.load_into(inner))
+    return qsd.load_into(model)
 
 
 def _read(path) -> "QuantizedStateDict":

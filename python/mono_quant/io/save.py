@@ -52,7 +52,8 @@ def save(model_or_result, path, *, overwrite: bool = False) -> Path:
         >>> result = mq.quantize(model, dtype="int8")
         >>> mq.save(result, "model-int8.safetensors")
     """
-    model_or_result = compiled_inner(model_or_result) or model_or_result  # torch.compile's wrapper: its model
+    if compiled_inner(model_or_result) is not None:  # torch.compile's wrapper: the model it wraps
+        model_or_result = compiled_inner(model_or_result)
     if isinstance(model_or_result, QuantizationResult) and compiled_inner(model_or_result.model) is not None:
         model_or_result = copy.copy(model_or_result)
         model_or_result.model = compiled_inner(model_or_result.model)

@@ -63,8 +63,8 @@ def check_flag(name: str, value) -> bool:
 def check_scale(name: str, value) -> float:
     """A scale: a finite positive float, kept as float32 (as the kernels read it)."""
     try:  # (np.float32("2") parses text and True is 1.0: a manifest's "2" or true is no scale)
-        scale = math.nan if isinstance(value, (bool, str, bytes)) else f32(value)
-    except (TypeError, ValueError):
+        scale = math.nan if isinstance(value, (bool, np.bool_, str, bytes)) else f32(value)
+    except (TypeError, ValueError, OverflowError):  # (10**400 overflows the conversion)
         scale = math.nan
     if not (math.isfinite(scale) and scale > 0):
         raise ValueError(f"{name} must be a finite positive float, got {value!r}")
