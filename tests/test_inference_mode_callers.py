@@ -40,3 +40,10 @@ def test_the_public_signatures_are_kept():
     assert "model_or_state_dict" in inspect.signature(mq.quantize).parameters
     assert list(inspect.signature(mq.load).parameters) == ["path", "model"]
     assert mq.quantize.__doc__ and mq.load.__doc__
+
+
+def test_warnings_under_inference_mode_name_the_callers_line():
+    from mono_quant.strictness import NothingQuantizedWarning
+    with torch.inference_mode(), pytest.warns(NothingQuantizedWarning) as record:
+        mq.quantize(nn.Sequential(nn.ReLU()), "int8")
+    assert {w.filename for w in record} == {__file__}
