@@ -16,7 +16,7 @@ from typing import Any, Mapping, Optional, Tuple
 
 from torch import nn
 
-__all__ = ["PREFIX", "compiled_inner", "compiled_like", "compiled_inputs"]
+__all__ = ["PREFIX", "compiled_inner", "uncompiled", "compiled_like", "compiled_inputs"]
 
 #: the name torch.compile's wrapper gives the model it holds: every name under it starts so
 PREFIX = "_orig_mod."
@@ -29,6 +29,12 @@ def compiled_inner(model) -> Optional[nn.Module]:
         return None
     inner = model._modules.get("_orig_mod")
     return inner if isinstance(inner, nn.Module) else None
+
+
+def uncompiled(obj):
+    """The module torch.compile wrapped in ``obj``; ``obj`` itself when it is no such wrapper."""
+    inner = compiled_inner(obj)
+    return obj if inner is None else inner
 
 
 def compiled_like(wrapper: nn.Module, model: nn.Module) -> nn.Module:
@@ -46,9 +52,9 @@ def compiled_inputs(model_or_state_dict, model, cfg) -> Tuple[Any, Any, Any]:
     """quantize()'s inputs with torch.compile's wrappers taken off: the wrapped models, a state_dict of
     a wrapper (every key under ``_orig_mod.``) named as the wrapped model's, and include / exclude
     globs written with the wrapper's prefix (as they had to be before) without it."""
-    model_or_state_dict = _inner_or_self(model_or_state_dict)
+    model_or_state_dict = uncompiled(model_or_state_dict)
     if model is not None:
-        model = _inner_or_self(model)
+        model = uncompiled(model)
         if isinstance(model_or_state_dict, Mapping) and model_or_state_dict and all(
                 isinstance(k, str) and k.startswith(PREFIX) for k in model_or_state_dict):
             model_or_state_dict = {k[len(PREFIX):]: v for k, v in model_or_state_dict.items()}
@@ -56,8 +62,3 @@ def compiled_inputs(model_or_state_dict, model, cfg) -> Tuple[Any, Any, Any]:
                        for p in getattr(cfg, name)]
                 for name in ("include", "exclude") if getattr(cfg, name) is not None}
     return model_or_state_dict, model, dataclasses.replace(cfg, **patterns) if patterns else cfg
-
-
-def _inner_or_self(obj):
-    inner = compiled_inner(obj)
-    return obj if inner is None else inner

@@ -37,8 +37,11 @@ def check_torch_version(version: Optional[str] = None) -> None:
                           f"that supports this torch")
 
 
-def is_exporting() -> bool:
-    """torch.compiler.is_exporting() (torch 2.6); False on older torch, which has no such flag
-    (torch.export then runs as torch.compile does: compiling, not exporting)."""
-    flag = getattr(torch.compiler, "is_exporting", None)
-    return bool(flag()) if flag is not None else False
+def _never_exporting() -> bool:
+    return False
+
+
+#: torch.compiler.is_exporting (torch 2.6), looked up once: torch's own function where it exists
+#: (dynamo knows it; no lookup per static forward); on older torch, which has no such flag, always
+#: False (torch.export then runs as torch.compile does: compiling, not exporting)
+is_exporting = getattr(torch.compiler, "is_exporting", _never_exporting)

@@ -121,7 +121,6 @@ class QuantizedStateDict(Mapping):
         self._tensors = OrderedDict(tensors)
         self.manifest = dict(manifest)
         self.path = path
-        self._shell_owners: Dict[int, nn.Module] = {}  # load_into's: placeholder child -> float composite
 
     # -- Mapping -----------------------------------------------------------------------------
     def __getitem__(self, key: str) -> torch.Tensor:
@@ -232,14 +231,15 @@ class QuantizedStateDict(Mapping):
         # an LSTM / attention saved as its quantized children: their placeholders join `modules`
         shells = expand_shells(modules, self.layers) if self.kind == "model" else {}
         # (a placeholder child is on meta: its dtype is the float composite's)
-        self._shell_owners = {id(child): module for module, shell in shells.values() for child in shell.children()}
+        owners = {id(child): module for module, shell in shells.values() for child in shell.children()}
         memo: Dict[int, Any] = {}
         consumed = set()
         replaced_paths: List[str] = []
         problems: List[str] = []
         failed: Set[str] = set()  # layers already reported in problems
         # a saved module is rebuilt as it was; a state_dict layer is built from the float module
-        build = {"model": self._build_saved_layer, "state_dict": self._build_state_dict_layer}[self.kind]
+        build = {"model": lambda layer, m: self._build_saved_layer(layer, m, owners.get(id(m), m)),
+                 "state_dict": self._build_state_dict_layer}[self.kind]
         for layer in self.layers:
             names = [layer["name"]] + layer.get("aliases", [])
             missing = [n for n in names if n not in modules]
@@ -273,15 +273,17 @@ class QuantizedStateDict(Mapping):
         guard_whole_loads(qmodel)  # a later load_state_dict: all quantized layers checked before any copy
         return qmodel
 
-    def _build_saved_layer(self, layer, float_module: nn.Module) -> Tuple[nn.Module, List[str]]:
-        """A kind "model" layer: its saved module rebuilt (no other file key consumed)."""
+    def _build_saved_layer(self, layer, float_module: nn.Module,
+                           dtype_source: nn.Module) -> Tuple[nn.Module, List[str]]:
+        """A kind "model" layer: its saved module rebuilt (no other file key consumed); ``dtype_source``
+        holds the model's dtype there (``float_module``, or the float LSTM / attention of a placeholder)."""
         name = layer["name"] or "<root>"
         cls = quantized_class(layer["class"])
         if (parametrized_base(float_module) or type(float_module)) is not cls.float_type:  # (weight_norm'd too)
             raise CheckpointError(f"layer {name!r} is a {type(float_module).__name__} in the model, the checkpoint "
                                   f"has a quantized {cls.float_type.__name__}")
         check_weight_shape(layer, float_module, name, getattr(cls, "float_weight_shape", None))
-        _check_model_dtype(layer, self._shell_owners.get(id(float_module), float_module), name)
+        _check_model_dtype(layer, dtype_source, name)
         qmodule = rebuild_saved(layer, self.layer_tensors(layer))
         check_layer_geometry(name, float_module, qmodule)
         return qmodule, []

@@ -11,7 +11,7 @@ import torch
 import safetensors.torch
 from torch import nn
 
-from ..compiled_models import compiled_inner
+from ..compiled_models import uncompiled
 from ..report import storage_view
 from ..result import QuantizationResult
 from ..strictness import QUANTIZED_SUFFIXES
@@ -52,11 +52,12 @@ def save(model_or_result, path, *, overwrite: bool = False) -> Path:
         >>> result = mq.quantize(model, dtype="int8")
         >>> mq.save(result, "model-int8.safetensors")
     """
-    if compiled_inner(model_or_result) is not None:  # torch.compile's wrapper: the model it wraps
-        model_or_result = compiled_inner(model_or_result)
-    if isinstance(model_or_result, QuantizationResult) and compiled_inner(model_or_result.model) is not None:
-        model_or_result = copy.copy(model_or_result)
-        model_or_result.model = compiled_inner(model_or_result.model)
+    model_or_result = uncompiled(model_or_result)  # torch.compile's wrapper: the model it wraps
+    if isinstance(model_or_result, QuantizationResult):
+        inner = uncompiled(model_or_result.model)
+        if inner is not model_or_result.model:
+            model_or_result = copy.copy(model_or_result)
+            model_or_result.model = inner
     other = kind_for_object(model_or_result)  # e.g. a static int8 model (static/persist.py)
     if other is not None:
         return other.save(model_or_result, path, overwrite)

@@ -19,6 +19,7 @@ from .capture import FusionPlan, PlanOp, ValueRef
 from .compiled import CompilesAsOneOp
 from .eager_only import refuse_traced_input
 from .layer_errors import raise_named_input_problem
+from .modules import check_flag
 
 __all__ = ["FusedFloat", "FusedConvFloat", "FusedLinearFloat", "FusedAddFloat", "FusedCatFloat", "FusedGapFloat",
            "StaticGraphModel", "float_graph", "apply_act"]
@@ -90,7 +91,7 @@ class FusedCatFloat(FusedFloat):
 class FusedGapFloat(FusedFloat):
     def __init__(self, flatten: bool):
         super().__init__()
-        self.flatten = flatten
+        self.flatten = check_flag("flatten", flatten)
 
     def forward(self, x):
         y = F.adaptive_avg_pool2d(x, 1)

@@ -35,7 +35,7 @@ from ..kernels.layout import PACKED_LAYOUT_VERSION
 from ..packing import check_packed_groups, packed_sizes
 from .capture import ValueRef
 from .graph import FusedAddFloat, FusedGapFloat, StaticGraphModel
-from .modules import StaticAdd, StaticConv2d, StaticGlobalAvgPool, StaticLinear, check_flag
+from .modules import StaticAdd, StaticConv2d, StaticGlobalAvgPool, StaticLinear
 from .persist_checks import check_activation_scales, check_output_not_constant, check_weight_geometry
 from .persist_eltwise import ELTWISE_CLASSES, attach_eltwise_tensors, build_fused_add
 from .program import StaticInt8Model
@@ -213,7 +213,7 @@ def build_layer(name: str, entry: dict, tensors: Dict[str, torch.Tensor]) -> nn.
         raise CheckpointError(f"layer {name!r} ({cls_name}) has unexpected tensors {sorted(own)}")
     if cls_name == "FusedGapFloat":
         try:
-            return FusedGapFloat(check_flag("flatten", kwargs.get("flatten")))
+            return FusedGapFloat(kwargs.get("flatten"))
         except ValueError as exc:
             raise CheckpointError(f"layer {name!r} ({cls_name}): {exc}") from None
     if cls_name in _FLOAT_BY_NAME:
