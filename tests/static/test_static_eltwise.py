@@ -233,6 +233,34 @@ def test_damaged_constant_codes_are_refused(tmp_path, dense):
     bad["layers"]["cat"]["init_kwargs"]["$dict"]["in_scales"] = [0.1]
     with pytest.raises(mq.CheckpointError, match="one scale"):
         mq.load(edits.write("scales.safetensors", bad))
+    # a manifest's const_shape is checked against the file's codes before a buffer of that size is made
+    huge = edits.manifest_copy()
+    huge["layers"]["add_2"]["init_kwargs"]["$dict"]["const_shape"] = [1 << 20, 1 << 20, 1 << 10, 1]
+    with pytest.raises(mq.CheckpointError, match="const_shape"):
+        mq.load(edits.write("huge.safetensors", huge))
+    for field, value in [("const_shape", [True, 2.9]), ("const_shape", "1234")]:
+        odd = edits.manifest_copy()
+        odd["layers"]["add_2"]["init_kwargs"]["$dict"][field] = value
+        with pytest.raises(mq.CheckpointError, match="add_2"):
+            mq.load(edits.write("odd.safetensors", odd))
+    for value in [1.5, True, "1", -1, 4]:
+        odd = edits.manifest_copy()
+        odd["layers"]["cat"]["init_kwargs"]["$dict"]["dim"] = value
+        with pytest.raises(mq.CheckpointError, match="layer 'cat'.*dim"):
+            mq.load(edits.write("dim.safetensors", odd))
+
+
+@pytest.mark.parametrize("kwargs", [dict(dim=1.5), dict(dim=True), dict(rank=4.0), dict(dim=4),
+                                    dict(rank=2, channels_last=True)])
+def test_concatenation_arguments_are_ints_in_range(kwargs):
+    with pytest.raises(ValueError, match="StaticCat"):
+        StaticCat([0.02], [0], 0.02, **kwargs)
+
+
+@pytest.mark.parametrize("shape", [[True, 2], [2.9, 3], [1, 0], [1, 2, 3], (4,), "12"])
+def test_a_constant_shape_is_two_or_four_positive_ints(shape):
+    with pytest.raises(ValueError, match="const_shape"):
+        StaticBroadcastAdd(None, 0.1, 0.1, 0.1, const_shape=shape)
 
 
 def test_float_adds_and_pools_load_and_files_of_the_earlier_form_too(tmp_path, data):

@@ -24,7 +24,7 @@ from ..packing import pack_int8_linear
 from ..formats import quantize_weight
 
 __all__ = ["StaticConv2d", "StaticLinear", "StaticAdd", "StaticGlobalAvgPool", "ACTIVATIONS", "act_bounds",
-           "f32", "inverse", "check_zp", "check_scale", "check_flag"]
+           "f32", "inverse", "check_zp", "check_scale", "check_flag", "check_int"]
 
 #: fused activations: (lower, upper) clamp applied before requantizing
 ACTIVATIONS = {None: (-math.inf, math.inf), "relu": (0.0, math.inf), "relu6": (0.0, 6.0)}
@@ -75,10 +75,12 @@ def check_scale(name: str, value) -> float:
 _MAX_CONV_ARG = 1 << 20
 
 
-def _check_count(name: str, value) -> int:
-    """A channel / feature count or groups: an int >= 1 (a file's manifest may hold anything)."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be an int >= 1, got {value!r}")
+def check_int(name: str, value, lo: int = 1, hi: Optional[int] = None) -> int:
+    """An int in lo..hi (a count, groups, a dim): a file's manifest may hold anything, and int()
+    would take 1.5 or True for one."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < lo or (hi is not None and value > hi):
+        bounds = f">= {lo}" if hi is None else f"in {lo}..{hi}"
+        raise ValueError(f"{name} must be an int {bounds}, got {value!r}")
     return int(value)
 
 
@@ -185,9 +187,9 @@ class StaticConv2d(_WeightedStatic):
     def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1, padding=0, dilation=1, groups=1,
                  act=None, in_scale=1.0, out_scale=None, int8_input=False, in_zp=0, out_zp=0):
         super().__init__(act, in_scale, out_scale, int8_input, in_zp, out_zp)
-        self.in_channels, self.out_channels = _check_count("in_channels", in_channels), _check_count(
+        self.in_channels, self.out_channels = check_int("in_channels", in_channels), check_int(
             "out_channels", out_channels)
-        self.groups = _check_count("groups", groups)
+        self.groups = check_int("groups", groups)
         if self.in_channels % self.groups or self.out_channels % self.groups:
             raise ValueError(f"groups={self.groups} must divide in_channels {self.in_channels} and out_channels "
                              f"{self.out_channels}")
@@ -243,8 +245,8 @@ class StaticLinear(_WeightedStatic):
     def __init__(self, in_features: int, out_features: int, act=None, in_scale=1.0, out_scale=None,
                  int8_input=False, in_zp=0, out_zp=0):
         super().__init__(act, in_scale, out_scale, int8_input, in_zp, out_zp)
-        self.in_features = _check_count("in_features", in_features)
-        self.out_features = _check_count("out_features", out_features)
+        self.in_features = check_int("in_features", in_features)
+        self.out_features = check_int("out_features", out_features)
 
     @classmethod
     def from_float(cls, linear: nn.Linear, act, in_scale, out_scale, int8_input, in_zp=0, out_zp=0) -> "StaticLinear":

@@ -26,7 +26,7 @@ from typing import List, Optional, Sequence
 import torch
 from torch import nn
 
-from .modules import StaticAdd, check_flag, check_scale, check_zp, f32, inverse
+from .modules import StaticAdd, check_flag, check_int, check_scale, check_zp, f32, inverse
 
 __all__ = ["StaticCat", "StaticBroadcastAdd", "requantize_codes", "dequantize_codes", "nhwc_dim",
            "quantize_constant"]
@@ -67,14 +67,15 @@ class StaticCat(nn.Module):
             raise ValueError(f"StaticCat needs one scale and one zero-point per input, got {len(in_scales)} "
                              f"and {len(in_zps)}")
         channels_last = check_flag("channels_last", channels_last)
-        if isinstance(rank, bool) or not isinstance(rank, int) or not 1 <= rank <= 8 or not 0 <= dim < rank \
-                or (channels_last and rank != 4):
-            raise ValueError(f"StaticCat: dim {dim} of rank {rank} (dims 0..rank-1; channels-last is rank 4)")
+        rank = check_int("StaticCat rank", rank, 1, 8)
+        dim = check_int("StaticCat dim", dim, 0, rank - 1)
+        if channels_last and rank != 4:
+            raise ValueError(f"StaticCat: channels-last codes are rank 4, got rank {rank}")
         self.in_scales: List[float] = [check_scale(f"in_scales[{i}]", s) for i, s in enumerate(in_scales)]
         self.in_zps: List[int] = [check_zp(f"in_zps[{i}]", z) for i, z in enumerate(in_zps)]
         self.out_scale = None if out_scale is None else check_scale("out_scale", out_scale)
         self.out_zp = check_zp("out_zp", out_zp)
-        self.dim, self.rank, self.channels_last = int(dim), int(rank), channels_last
+        self.dim, self.rank, self.channels_last = dim, rank, channels_last
 
     def init_kwargs(self):
         return {"in_scales": list(self.in_scales), "in_zps": list(self.in_zps), "out_scale": self.out_scale,
@@ -140,10 +141,11 @@ class StaticBroadcastAdd(StaticAdd):
     def __init__(self, act=None, in_scale=1.0, b_scale=1.0, out_scale=None, in_zp=0, b_zp=0, out_zp=0,
                  const_shape: Optional[Sequence[int]] = None):
         super().__init__(act, in_scale, b_scale, out_scale, in_zp, b_zp, out_zp)
-        self.const_shape = None if const_shape is None else [int(v) for v in const_shape]
+        if const_shape is not None and (not isinstance(const_shape, (list, tuple)) or len(const_shape) not in (2, 4)):
+            raise ValueError(f"const_shape must be 2 or 4 positive sizes, got {const_shape!r}")
+        self.const_shape = None if const_shape is None else [
+            check_int(f"const_shape[{i}]", v) for i, v in enumerate(const_shape)]
         if self.const_shape is not None:
-            if any(v < 1 for v in self.const_shape) or len(self.const_shape) not in (2, 4):
-                raise ValueError(f"const_shape must be 2 or 4 positive sizes, got {const_shape}")
             if self.b_zp != 0:
                 raise ValueError("a constant operand is symmetric: b_zp must be 0")
             self.register_buffer("b_codes", torch.zeros(self.const_shape, dtype=torch.int8))

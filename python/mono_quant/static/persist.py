@@ -36,8 +36,9 @@ from ..packing import check_packed_groups, packed_sizes
 from .capture import ValueRef
 from .graph import FusedAddFloat, FusedGapFloat, StaticGraphModel
 from .modules import StaticAdd, StaticConv2d, StaticGlobalAvgPool, StaticLinear
+from .modules_eltwise import StaticBroadcastAdd
 from .persist_checks import check_activation_scales, check_output_not_constant, check_weight_geometry
-from .persist_eltwise import ELTWISE_CLASSES, attach_eltwise_tensors, build_fused_add
+from .persist_eltwise import ELTWISE_CLASSES, attach_eltwise_tensors, build_fused_add, check_constant_shape
 from .program import StaticInt8Model
 
 __all__ = ["save_static", "load_static", "is_static_file", "saves_as_static", "STATIC_FORMAT", "encode_value",
@@ -199,6 +200,8 @@ def build_layer(name: str, entry: dict, tensors: Dict[str, torch.Tensor]) -> nn.
         raise ValueError("init_kwargs must be a mapping")
     own = {k[len(f"layers.{name}."):]: v for k, v in tensors.items() if k.startswith(f"layers.{name}.")}
     if cls_name in _STATIC_CLASSES:
+        if cls_name == StaticBroadcastAdd.__name__:
+            check_constant_shape(name, kwargs, own)
         try:
             m = _STATIC_CLASSES[cls_name](**kwargs)
         except (TypeError, ValueError) as exc:  # the constructor's own checks: say which layer

@@ -11,9 +11,18 @@ from ..errors import CheckpointError
 from .graph import FusedAddFloat
 from .modules_eltwise import StaticBroadcastAdd, StaticCat
 
-__all__ = ["ELTWISE_CLASSES", "attach_eltwise_tensors", "build_fused_add"]
+__all__ = ["ELTWISE_CLASSES", "attach_eltwise_tensors", "build_fused_add", "check_constant_shape"]
 
 ELTWISE_CLASSES = (StaticCat, StaticBroadcastAdd)
+
+
+def check_constant_shape(name: str, kwargs: dict, own: Dict[str, torch.Tensor]) -> None:
+    """Before a StaticBroadcastAdd is built: its const_shape is the shape of the file's b_codes (the
+    constructor allocates a buffer of that shape, which a manifest could make any size)."""
+    shape, codes = kwargs.get("const_shape"), own.get("b_codes")
+    if shape is not None and (codes is None or list(codes.shape) != shape):
+        found = "none" if codes is None else list(codes.shape)
+        raise CheckpointError(f"layer {name!r}: const_shape {shape!r} but the file's b_codes is {found}")
 
 
 def attach_eltwise_tensors(name: str, m: nn.Module, own: Dict[str, torch.Tensor]) -> None:
