@@ -47,6 +47,14 @@ static PyObject *py_obs_minmax(PyObject *self, PyObject *args, PyObject *kw) {
     npy_intp outer = PyArray_DIM(x, 0), channels = PyArray_DIM(x, 1), inner = PyArray_DIM(x, 2);
     if (!(mn = inout_vector(&refs, mn_obj, "min", NPY_FLOAT32, "float32", channels))) goto done;
     if (!(mx = inout_vector(&refs, mx_obj, "max", NPY_FLOAT32, "float32", channels))) goto done;
+    /* both are written while x is read: shared bytes would mix the two statistics */
+    size_t stat_bytes = (size_t)channels * sizeof(float);
+    if (mq_bytes_overlap(PyArray_DATA(mn), stat_bytes, PyArray_DATA(mx), stat_bytes) ||
+        mq_bytes_overlap(PyArray_DATA(mn), stat_bytes, PyArray_DATA(x), (size_t)PyArray_NBYTES(x)) ||
+        mq_bytes_overlap(PyArray_DATA(mx), stat_bytes, PyArray_DATA(x), (size_t)PyArray_NBYTES(x))) {
+        PyErr_SetString(PyExc_ValueError, "obs_minmax: min, max and x must not share memory (pass separate arrays)");
+        goto done;
+    }
     int64_t bad = 0;
     if (PyArray_SIZE(x) > 0) { /* (an empty x's other dimensions can be near 2^63: no loop over them) */
         Py_BEGIN_ALLOW_THREADS

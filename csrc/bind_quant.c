@@ -63,6 +63,12 @@ static PyObject *py_choose_qparams(PyObject *self, PyObject *args, PyObject *kw)
             PyErr_Format(PyExc_ValueError, "min/max[%zd] is not finite (NaN or Inf in the data?)", (Py_ssize_t)i);
             goto done;
         }
+    for (npy_intp i = 0; i < n; i++)
+        if (a[i] > b[i]) { /* (torch's observers assert min <= max too: no data gives such a range) */
+            PyErr_Format(PyExc_ValueError, "min[%zd] > max[%zd]: not a range (swapped arguments?)", (Py_ssize_t)i,
+                         (Py_ssize_t)i);
+            goto done;
+        }
     if (!(scale = mq_array_new(&refs, 1, &n, NPY_FLOAT32, 0))) goto done;
     if (!(zp = mq_array_new(&refs, 1, &n, NPY_INT32, 0))) goto done;
     float *s = PyArray_DATA(scale);

@@ -198,7 +198,8 @@ static int conv_geometry(const char *fname, const Py_buffer *x, const int64_t ks
     return 1;
 }
 
-static int check_out_shape(const char *fname, const Py_buffer *out, int ndim, const int64_t *dims) {
+/* what: the buffer's argument name ("out", or an input that must have out's shape) */
+static int check_shape(const char *fname, const char *what, const Py_buffer *out, int ndim, const int64_t *dims) {
     int ok = out->ndim == ndim;
     for (int i = 0; ok && i < ndim; i++) ok = out->shape[i] == dims[i];
     if (!ok) {
@@ -207,7 +208,7 @@ static int check_out_shape(const char *fname, const Py_buffer *out, int ndim, co
             snprintf(part, sizeof part, i ? ", %lld" : "%lld", (long long)dims[i]);
             strncat(want, part, sizeof want - strlen(want) - 1);
         }
-        PyErr_Format(PyExc_ValueError, "%s: out must have shape [%s]", fname, want);
+        PyErr_Format(PyExc_ValueError, "%s: %s must have shape [%s]", fname, what, want);
         return 0;
     }
     return 1;
@@ -255,7 +256,7 @@ static PyObject *layout_binding(PyObject *args, PyObject *kw, int quantize) {
     const int64_t channels = nd == 2 ? s[1] : quantize ? s[1] : s[3];
     const int64_t h = nd == 2 ? 1 : quantize ? s[2] : s[1], w = nd == 2 ? 1 : quantize ? s[3] : s[2];
     int64_t nhwc[4] = {s[0], h, w, channels}, nchw[4] = {s[0], channels, h, w}, rows[2] = {s[0], s[1]};
-    if (!check_out_shape(fname, &out.view, nd, nd == 2 ? rows : quantize ? nhwc : nchw) ||
+    if (!check_shape(fname, "out", &out.view, nd, nd == 2 ? rows : quantize ? nhwc : nchw) ||
         !out_apart(fname, &out, (const buffer_arg *const[]){&src}, 1))
         goto fail;
     if (out.view.len == 0) { /* nothing to write (the row count of an empty array can be near 2^63) */
@@ -350,7 +351,7 @@ static PyObject *py_conv2d_static(PyObject *self, PyObject *args, PyObject *kw) 
     }
     if (!conv_geometry(fname, &x.view, ks, st, pd, dl, &out_h, &out_w)) goto fail;
     int64_t dims[4] = {batch, out_h, out_w, n};
-    if (!check_out_shape(fname, &out.view, 4, dims)) goto fail;
+    if (!check_shape(fname, "out", &out.view, 4, dims)) goto fail;
     const int64_t k = mq_size_mul(channels / groups, ks[0] * ks[1]); /* -1: past 64 bits (an empty x) */
     if (k < 0 || k > MAX_K) {
         PyErr_Format(PyExc_ValueError, "%s: in_channels/groups * kernel area must be at most %d", fname, MAX_K);
@@ -459,7 +460,7 @@ static PyObject *py_depthwise_static(PyObject *self, PyObject *args, PyObject *k
     }
     if (!conv_geometry(fname, &x.view, ks, st, pd, dl, &out_h, &out_w)) goto fail;
     int64_t dims[4] = {x.view.shape[0], out_h, out_w, channels};
-    if (!check_out_shape(fname, &out.view, 4, dims)) goto fail;
+    if (!check_shape(fname, "out", &out.view, 4, dims)) goto fail;
     if (!zero_points(zp_obj, fname, channels, &zp) ||
         !optional_buffer(scale_obj, fname, "x_w_scale", "f", channels, &scale) || !scale.held ||
         !optional_buffer(bias_obj, fname, "bias", "f", channels, &bias)) {
@@ -524,7 +525,8 @@ static PyObject *py_add_static(PyObject *self, PyObject *args, PyObject *kw) {
         goto fail;
     int64_t dims[8];
     for (int i = 0; i < a.view.ndim; i++) dims[i] = a.view.shape[i];
-    if (!check_out_shape(fname, &b.view, a.view.ndim, dims) || !check_out_shape(fname, &out.view, a.view.ndim, dims) ||
+    if (!check_shape(fname, "b (the shape of a)", &b.view, a.view.ndim, dims) ||
+        !check_shape(fname, "out", &out.view, a.view.ndim, dims) ||
         !out_apart(fname, &out, (const buffer_arg *const[]){&a, &b}, 2))
         goto fail;
     const int64_t n = a.view.len;
@@ -566,7 +568,7 @@ static PyObject *py_avgpool_static(PyObject *self, PyObject *args, PyObject *kw)
         goto fail;
     const int64_t pixels = x.view.shape[1] * x.view.shape[2];
     int64_t dims[2] = {x.view.shape[0], x.view.shape[3]};
-    if (!check_out_shape(fname, &out.view, 2, dims) || !out_apart(fname, &out, (const buffer_arg *const[]){&x}, 1))
+    if (!check_shape(fname, "out", &out.view, 2, dims) || !out_apart(fname, &out, (const buffer_arg *const[]){&x}, 1))
         goto fail;
     if (out.view.len == 0) {
         result = Py_NewRef(Py_None);

@@ -138,3 +138,26 @@ def test_names_with_a_nul_inside_are_refused(setter):
     fn = getattr(_C, setter)
     with pytest.raises(ValueError, match="null character"):
         fn("avx2\x00junk" if setter == "set_isa" else "pool\x00junk")
+
+
+def test_observer_statistics_sharing_memory_are_refused():
+    x = np.array([[[1.0, 2.0, 3.0]], [[-5.0, 0.0, 9.0]]], np.float32)
+    both = np.full(1, np.inf, np.float32)
+    with pytest.raises(ValueError, match="share memory"):
+        _C.obs_minmax(x, both, both)
+    flat = np.array([1.0, 2.0, np.inf, -np.inf], np.float32)  # min / max inside x itself
+    with pytest.raises(ValueError, match="share memory"):
+        _C.obs_minmax(flat[:3].reshape(1, 1, 3), flat[2:3], flat[3:4])
+    mn, mx = np.full(1, np.inf, np.float32), np.full(1, -np.inf, np.float32)
+    assert _C.obs_minmax(x, mn, mx) == 0 and (mn[0], mx[0]) == (-5.0, 9.0)
+
+
+def test_a_range_whose_min_exceeds_its_max_is_refused():
+    with pytest.raises(ValueError, match=r"min\[0\] > max\[0\]"):
+        _C.choose_qparams(np.array([5], np.float32), np.array([-5], np.float32), -128, 127, False)
+
+
+def test_a_static_add_names_the_operand_of_the_wrong_shape():
+    a, b, out = np.zeros((2, 6), np.int8), np.zeros((3, 4), np.int8), np.zeros((2, 6), np.float32)
+    with pytest.raises(ValueError, match=r"b \(the shape of a\) must have shape \[2, 6\]"):
+        _C.add_static(a, 0.1, b, 0.2, out, -np.inf, np.inf, 1.0)
