@@ -252,6 +252,27 @@ def test_state_dict_input_and_model_argument():
     wrong = {k: v for k, v in sd.items() if k != "blocks.0.norm.bias"}
     with pytest.raises(KeyError, match="blocks.0.norm.bias"):
         mq.quantize(wrong, model=TransformerLike(dim=32, hidden=64, depth=1, out=8))
+    reshaped = dict(sd, **{"head.1.weight": torch.zeros(8, 33)})  # a float layer's entry of another shape
+    with pytest.raises(ValueError, match=r"'head.1.weight' has shape \(8, 33\), the model's expects \(8, 32\)"):
+        mq.quantize(reshaped, model=TransformerLike(dim=32, hidden=64, depth=1, out=8), exclude=["head.*"])
+
+
+@pytest.mark.parametrize("dtype", ["int8", "int4", "fp16"])
+@pytest.mark.parametrize("weights", [torch.bfloat16, torch.float16])
+def test_a_state_dict_of_another_dtype_than_its_skeleton(dtype, weights):
+    # an LLM's case: a meta skeleton built in the default float32, a bfloat16 checkpoint; every
+    # layer takes the checkpoint's dtype, as quantizing the model loaded from it does
+    model = Custom().eval().to(weights)
+    with torch.device("meta"):
+        skeleton = Custom()
+    result = mq.quantize(model.state_dict(), dtype, model=skeleton, include=["stem", "heads.*", "extra.0"])
+    direct = mq.quantize(model, dtype, include=["stem", "heads.*", "extra.0"])
+    assert [layer.name for layer in result.report.layers] == [layer.name for layer in direct.report.layers]
+    for name, qm in result.model.named_modules():
+        if isinstance(qm, mq.QuantizedModule):
+            assert qm.orig_dtype == weights and qm.weight.dtype == weights, name
+    x = torch.randn(2, 3, 6, 6, dtype=weights)
+    assert torch.equal(result.model(x), direct.model(x))
 
 
 def test_result_unpacks_and_indexes():

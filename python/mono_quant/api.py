@@ -25,6 +25,7 @@ from .errors import AlreadyQuantizedError, NonFiniteWeightError
 from .modules import QuantizedLinear, QuantizedModule
 from .modules.gpt2_conv1d import QuantizedGPT2Conv1D
 from .narrow import narrow_reason
+from .orig_dtype import orig_dtype_of
 from .modules.registry import QMODULES
 from .packing import PACKED_BUFFERS, quantize_and_pack_int8
 from .qtypes import get_qtype
@@ -397,6 +398,8 @@ class _LayerQuantizer:
             if self.cfg.nonfinite == "error":
                 raise nonfinite_layer_error(name, type(m).__name__, exc.row, exc.what) from None
             return SkippedLayer(name, type(m).__name__, nonfinite_skip_reason(exc))
+        if weights is not None:  # the state_dict's dtype, which the float layers (loaded with assign=True) take
+            qm.orig_dtype = orig_dtype_of(w.dtype)  # (a meta skeleton is built in the default dtype)
         if weights is not None or b is not getattr(src, "bias", None):  # (a pruned bias: the masked one)
             qm._set_bias(b)
         if b is not None and qm.bias is not None:
@@ -542,14 +545,18 @@ def _load_remaining(qmodel: nn.Module, weights: Mapping, quantized: set) -> None
     def owner(key: str) -> str:
         return key.rsplit(".", 1)[0] if "." in key else ""
 
-    expected = {k for k in qmodel.state_dict() if owner(k) not in quantized}
-    rest = OrderedDict((k, v.detach().clone()) for k, v in weights.items() if owner(k) not in quantized)
+    own = qmodel.state_dict()
+    expected = {k for k in own if owner(k) not in quantized}
+    rest = OrderedDict((k, v) for k, v in weights.items() if owner(k) not in quantized)
     missing, unexpected = sorted(expected - set(rest)), sorted(set(rest) - expected)
     if missing or unexpected:
         raise KeyError(f"state_dict does not match the model: missing keys {missing[:10]}"
                        f"{'...' if len(missing) > 10 else ''}, unexpected keys {unexpected[:10]}"
                        f"{'...' if len(unexpected) > 10 else ''}")
-    qmodel.load_state_dict(rest, strict=False, assign=True)
+    for k, v in rest.items():  # (as a quantized layer's is: one line, not torch's load_state_dict report)
+        if tuple(v.shape) != tuple(own[k].shape):
+            raise ValueError(f"state_dict {k!r} has shape {tuple(v.shape)}, the model's expects {tuple(own[k].shape)}")
+    qmodel.load_state_dict(OrderedDict((k, v.detach().clone()) for k, v in rest.items()), strict=False, assign=True)
 
 
 # ---- state_dict path --------------------------------------------------------------------------
