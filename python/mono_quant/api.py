@@ -43,7 +43,7 @@ from .integrations.hf_layer_list import refresh_layer_list
 from .mixed import already_quantized_skips, inside_quantized, quantized_layers
 from .strictness import (check_patterns_match, holder_names_of_keys, layer_names_of_keys,
                          refuse_quantized_state_dict, warn_if_larger, warn_if_nothing_quantized)
-from .tensor import QuantizedWeight, sqnr_db
+from .tensor import QuantizedWeight, no_data_reason, sqnr_db
 
 __all__ = ["quantize", "QuantizationResult", "SkippedLayer"]
 
@@ -496,10 +496,10 @@ def _shape_reason(m: nn.Module, cfg: QuantConfig, weights: Optional[Mapping], na
             return "layer has no weight (weight is None)"
         if isinstance(w, nn.parameter.UninitializedParameter):
             return "uninitialized lazy module (run a forward pass first)"
-        if w.device.type == "meta":
-            return "weight is on the meta device (no data to quantize)"
     if not w.is_floating_point():
         return f"weight dtype {w.dtype} is not floating point"
+    if no_data_reason(w) is not None:
+        return no_data_reason(w)
     return _declared_shape_reason(m, w) or too_small_reason(w.numel(), cfg)
 
 

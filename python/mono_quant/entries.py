@@ -19,7 +19,7 @@ from .packing import can_pack, pack_int8_linear, quantize_and_pack_int8
 from .qtypes import QType, get_qtype
 from .report import LayerReport, SkippedLayer, storage_view, tensor_bytes
 from .selection import selection_reason, too_small_reason
-from .tensor import QuantizedWeight, sqnr_db
+from .tensor import QuantizedWeight, no_data_reason, sqnr_db
 
 __all__ = ["convert_weight", "state_dict_entry_plan", "packs_straight_to_int8", "nonfinite_entry_error",
            "nonfinite_layer_error", "nonfinite_skip_reason", "float32_overflow",
@@ -57,7 +57,7 @@ def state_dict_entry_plan(key: str, tensor: torch.Tensor, cfg: QuantConfig):
     if tensor.dim() == 3:
         return name, kind, ("a 3-D weight: quantize the model to quantize its Conv1d layers (a state_dict alone "
                             "does not say what holds it)")
-    reason = selection_reason(cfg, [name], None)
+    reason = selection_reason(cfg, [name], None) or no_data_reason(tensor)
     if reason is None:
         reason = too_small_reason(tensor.numel(), cfg)
     if reason is None and kind == "Linear":

@@ -16,7 +16,8 @@ from .errors import NonFiniteWeightError
 from .orig_dtype import check_orig_dtype, orig_dtype_of
 from .qtypes import QType, get_qtype
 
-__all__ = ["QuantizedWeight", "channel_rows", "from_channel_rows", "quantize_int_with_error", "check_input", "sqnr_db",
+__all__ = ["QuantizedWeight", "channel_rows", "from_channel_rows", "quantize_int_with_error", "check_input",
+           "no_data_reason", "sqnr_db",
            "error_powers", "raise_if_dequantize_overflows", "NonFiniteWeightError"]
 
 
@@ -109,12 +110,25 @@ def from_channel_rows(rows: torch.Tensor, shape: torch.Size, axis: Optional[int]
     return rows.reshape(moved).movedim(0, axis).contiguous()
 
 
+def no_data_reason(tensor: torch.Tensor, what: str = "weight") -> Optional[str]:
+    """Why a weight has no values the kernels can read (None when it has): on the meta device, or
+    sparse (they read dense rows).  quantize() skips such a layer with this reason."""
+    if tensor.device.type == "meta":
+        return f"{what} is on the meta device (no data to quantize)"
+    if tensor.layout != torch.strided:
+        return (f"{what} is a sparse tensor ({str(tensor.layout).replace('torch.', '')}): quantize its dense form "
+                f"(.to_dense())")
+    return None
+
+
 def check_input(tensor: torch.Tensor, axis: Optional[int]) -> Tuple[torch.Tensor, Optional[int]]:
     """quantize_weight's checks of its tensor and axis: the tensor as the kernels take it, the axis normalized."""
     if not isinstance(tensor, torch.Tensor):
         raise TypeError(f"quantize_weight() takes a torch.Tensor, got {type(tensor).__name__}")
     if not tensor.is_floating_point():
         raise TypeError(f"quantize_weight() takes a floating-point tensor, got dtype {tensor.dtype}")
+    if no_data_reason(tensor) is not None:
+        raise ValueError(f"quantize_weight(): {no_data_reason(tensor)}")
     if tensor.dtype not in (torch.float32, torch.float16, torch.bfloat16):
         tensor = tensor.float()  # float64 and friends: fp32 is what the quantized grid resolves anyway
     if axis is not None:

@@ -26,7 +26,7 @@ from ..kernels import int4 as q4
 from ..kernels.row_rules import INT4_BLAS_MAX_OUT_FEATURES, INT4_BLAS_MIN_ROWS, int4_takes_blas
 from ..kernels.layout import INT4_BLOCK, int4_padded_cols
 from ..kernels.reference import q4_dequantize
-from ..tensor import QuantizedWeight, sqnr_db
+from ..tensor import QuantizedWeight, no_data_reason, sqnr_db
 
 __all__ = [
     "Int4Weight",
@@ -159,6 +159,8 @@ def quantize_int4(tensor: torch.Tensor, *, group_size: Optional[int] = DEFAULT_I
     if not isinstance(tensor, torch.Tensor) or not tensor.is_floating_point():
         raise TypeError(f"int4 quantization takes a floating-point torch.Tensor, got "
                         f"{getattr(tensor, 'dtype', type(tensor).__name__)}")
+    if no_data_reason(tensor) is not None:
+        raise ValueError(f"int4 quantization: {no_data_reason(tensor)}")
     if tensor.dim() < 2:
         raise ValueError(f"int4 quantization takes a weight with >= 2 dims (out, in, ...), "
                          f"got shape {tuple(tensor.shape)}")

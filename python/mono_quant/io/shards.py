@@ -16,6 +16,7 @@ from typing import Dict, List, Optional, Tuple
 import torch
 from safetensors import safe_open
 
+from ..tensor import no_data_reason
 from .container import read_header
 from .errors import CheckpointError
 from .pages import drop_pages, file_mappings, map_address
@@ -132,6 +133,10 @@ class TorchShard(_Descriptor):
         bad = [k for k, v in obj.items() if not (isinstance(k, str) and isinstance(v, torch.Tensor))]
         if bad:
             raise CheckpointError(f"{path}: not a state_dict of tensors (entries {bad[:5]!r})")
+        no_data = [no_data_reason(v, f"tensor {k!r}") for k, v in obj.items() if no_data_reason(v) is not None]
+        if no_data:  # (a .safetensors file always holds dense data)
+            more = f" ({len(no_data) - 1} more like it)" if len(no_data) > 1 else ""
+            raise CheckpointError(f"{path}: {no_data[0]}{more}")
         self._tensors: Dict[str, torch.Tensor] = obj
         self._mappings: Optional[List[Tuple[int, int, int]]] = None
         # torch.load byte-swaps a file saved on a machine of the other byte order in its private
