@@ -257,6 +257,16 @@ def test_state_dict_input_and_model_argument():
         mq.quantize(reshaped, model=TransformerLike(dim=32, hidden=64, depth=1, out=8), exclude=["head.*"])
 
 
+def test_state_dict_keys_with_an_empty_name_part_stay_float(tmp_path):
+    # '.weight' would be layer '' as 'weight' is: two layers of one name, a file load() refuses
+    sd = {"weight": torch.randn(64, 64), ".weight": torch.randn(64, 64), "a..weight": torch.randn(64, 64)}
+    result = mq.quantize(sd)
+    assert [layer.name for layer in result.report.layers] == [""]
+    assert sorted(s.reason.split(" has")[0] for s in result.skipped) == ["'.weight'", "'a..weight'"]
+    loaded = mq.load(mq.save(result, tmp_path / "odd.safetensors"))
+    assert torch.equal(loaded[".weight"], sd[".weight"]) and torch.equal(loaded["a..weight"], sd["a..weight"])
+
+
 @pytest.mark.parametrize("dtype", ["int8", "int4", "fp16"])
 @pytest.mark.parametrize("weights", [torch.bfloat16, torch.float16])
 def test_a_state_dict_of_another_dtype_than_its_skeleton(dtype, weights):

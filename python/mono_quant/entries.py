@@ -51,6 +51,8 @@ def state_dict_entry_plan(key: str, tensor: torch.Tensor, cfg: QuantConfig):
         return None
     name = key[: -len("weight")].rstrip(".")
     kind = {2: "Linear", 3: "Conv1d", 4: "Conv2d"}[tensor.dim()]
+    if key != "weight" and (key.startswith(".") or ".." in key):  # no module has an empty name part
+        return name, kind, f"{key!r} has an empty name part: no module could hold it (a renamed key?)"
     if not tensor.is_floating_point():
         dtype = str(tensor.dtype).replace("torch.", "")
         return name, kind, f"not a float weight ({dtype}): only float weights are quantized"
