@@ -5,6 +5,7 @@ ReLU fused, int8 between layers (issue 12; docs/static.md).
                                   observer="entropy", calibration_samples=512)
 """
 from .capture import FusionPlan, PlanOp, TraceError, build_plan
+from .eager_only import StaticNoGradWarning
 from .graph import StaticGraphModel, float_graph
 from .modules import StaticAdd, StaticConv2d, StaticGlobalAvgPool, StaticLinear
 from .modules_eltwise import StaticBroadcastAdd, StaticCat
@@ -16,4 +17,5 @@ from .report import StaticLayerReport, StaticReport
 __all__ = ["quantize_static", "StaticGraphModel", "StaticConv2d", "StaticLinear", "StaticAdd", "StaticGlobalAvgPool",
            "StaticCat", "StaticBroadcastAdd", "StaticReport", "StaticLayerReport", "FusionPlan", "PlanOp", "TraceError",
            "build_plan", "float_graph",
-           "MAX_CLIPPED", "MIN_SQNR_DB", "save_static", "load_static", "save_per_layer", "load_per_layer"]
+           "MAX_CLIPPED", "MIN_SQNR_DB", "save_static", "load_static", "save_per_layer", "load_per_layer",
+           "StaticNoGradWarning"]

@@ -5,11 +5,17 @@ subclasses".  (torch.compile works, ``fullgraph=True`` too: the model is one op 
 which runs it eagerly; see compiled.py.)"""
 from __future__ import annotations
 
+import warnings
+
 import torch
 
 from ..torch_features import is_exporting
 
-__all__ = ["refuse_traced_input"]
+__all__ = ["refuse_traced_input", "warn_if_grad_input", "StaticNoGradWarning"]
+
+
+class StaticNoGradWarning(UserWarning):
+    """A static int8 model's output is detached from an input that requires grad."""
 
 
 def refuse_traced_input(args) -> None:
@@ -33,3 +39,15 @@ def refuse_traced_input(args) -> None:
                 f"static int8 models run eagerly only (got a {type(x).__name__} input under torch.export, make_fx or "
                 f"a tensor subclass): export_onnx / torch.export need a dynamic int8 or weight-only model "
                 f"(mono_quant.quantize(model, 'int8')); torch.compile runs a static model as one op")
+
+
+def warn_if_grad_input(args) -> None:
+    """A warning (once per process, Python's default filter) for an input that requires grad while
+    grad mode is on: the int8 kernels record no backward, so the output is detached and what trains
+    before the static layers would get no gradient from them.  Not an error: a model whose float
+    layers keep requires_grad, called without no_grad, is the common case and wants only outputs."""
+    if torch.is_grad_enabled() and any(isinstance(x, torch.Tensor) and x.requires_grad for x in args):
+        warnings.warn("static int8 layers are inference-only: no gradient flows back through int8 activations, "
+                      "so this output is detached from an input that requires grad; run the model under "
+                      "torch.no_grad() to silence this, or quantize with dynamic activations "
+                      "(mono_quant.quantize(model, 'int8')) to train through it", StaticNoGradWarning, stacklevel=2)

@@ -16,7 +16,7 @@ from ..report import SkippedLayer
 from ..result import QuantizationResult
 from .calibration_check import require_samples
 from .compiled import CompilesAsOneOp
-from .eager_only import refuse_traced_input
+from .eager_only import refuse_traced_input, warn_if_grad_input
 from .layer_errors import raise_named_input_problem
 from .modules import StaticConv2d, StaticLinear
 from .report import StaticLayerReport, StaticReport
@@ -42,6 +42,7 @@ class PerLayerStatic(CompilesAsOneOp, nn.Module):
 
     def _forward_eager(self, x):
         refuse_traced_input((x,))
+        warn_if_grad_input((x,))
         try:  # (free when nothing is raised)
             y = self.layer(x)
         except ValueError:

@@ -16,10 +16,12 @@ from torch import nn
 from torch.nn.modules import module as _torch_module
 
 from .capture import FusionPlan, PlanOp, ValueRef
+from .casts import refuse_casts
 from .compiled import CompilesAsOneOp
-from .eager_only import refuse_traced_input
+from .eager_only import refuse_traced_input, warn_if_grad_input
 from .layer_errors import raise_named_input_problem
 from .modules import check_flag
+from .qparams_state import check_before_load
 
 __all__ = ["FusedFloat", "FusedConvFloat", "FusedLinearFloat", "FusedAddFloat", "FusedCatFloat", "FusedGapFloat",
            "StaticGraphModel", "float_graph", "apply_act"]
@@ -127,6 +129,14 @@ class StaticGraphModel(CompilesAsOneOp, nn.Module):
         self.layers = nn.ModuleDict(layers)
         self._register_for_compile()
 
+    def _apply(self, fn, *args, **kwargs):
+        refuse_casts(fn, "a static int8 model")  # before any layer converts a tensor
+        return super()._apply(fn, *args, **kwargs)
+
+    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
+        check_before_load(self, state_dict)  # a model calibrated otherwise: refused before any copy
+        return super().load_state_dict(state_dict, strict=strict, assign=assign)
+
     def one_tensor_in_and_out(self) -> bool:
         inputs = sum(1 for _, kind, _, _ in self.program if kind == "input")  # (dynamo of torch < 2.5: no list.count)
         return inputs == 1 and isinstance(self.program[-1][3], ValueRef)
@@ -140,6 +150,7 @@ class StaticGraphModel(CompilesAsOneOp, nn.Module):
     def _forward_eager(self, *args, **kwargs):
         """The eager forward (what the compiled op runs: it never calls the op again)."""
         refuse_traced_input(args)
+        warn_if_grad_input(args)
         env: Dict[str, Any] = {}
         inputs = iter(args)
         for name, kind, ins, call in self.program:

@@ -22,6 +22,8 @@ from ..kernels import static_int8 as static_kernels
 from ..kernels.settings import SETTINGS
 from ..packing import pack_int8_linear
 from ..formats import quantize_weight
+from .casts import refuse_casts
+from .qparams_state import QParamsInStateDict
 
 __all__ = ["StaticConv2d", "StaticLinear", "StaticAdd", "StaticGlobalAvgPool", "ACTIVATIONS", "act_bounds",
            "f32", "inverse", "check_zp", "check_scale", "check_flag", "check_int"]
@@ -93,7 +95,7 @@ def _check_pair(name: str, value, lo: int) -> Tuple[int, int]:
     return int(pair[0]), int(pair[1])
 
 
-class _StaticBase(nn.Module):
+class _StaticBase(QParamsInStateDict, nn.Module):
     """Scales, zero-points and the fused activation; ``out_scale=None``: float output."""
 
     def __init__(self, act: Optional[str], in_scale: float, out_scale: Optional[float], int8_input: bool,
@@ -106,6 +108,10 @@ class _StaticBase(nn.Module):
         self.int8_input = check_flag("int8_input", int8_input)
         self.in_zp = check_zp("in_zp", in_zp)
         self.out_zp = check_zp("out_zp", out_zp)
+
+    def _apply(self, fn, *args, **kwargs):
+        refuse_casts(fn, f"static int8 layer {type(self).__name__}")
+        return super()._apply(fn, *args, **kwargs)
 
     def _epilogue_args(self):
         lo, hi = act_bounds(self.act)

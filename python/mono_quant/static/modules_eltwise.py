@@ -27,6 +27,7 @@ import torch
 from torch import nn
 
 from .modules import StaticAdd, check_flag, check_int, check_scale, check_zp, f32, inverse
+from .qparams_state import QParamsInStateDict
 
 __all__ = ["StaticCat", "StaticBroadcastAdd", "requantize_codes", "dequantize_codes", "nhwc_dim",
            "quantize_constant"]
@@ -53,7 +54,7 @@ def requantize_codes(q: torch.Tensor, in_scale: float, in_zp: int, out_scale: fl
     return (torch.round(s).to(torch.int32) + out_zp).to(torch.int8)
 
 
-class StaticCat(nn.Module):
+class StaticCat(QParamsInStateDict, nn.Module):
     """``torch.cat`` of int8 activations of rank ``rank`` along ``dim`` of the int8 layout
     (``channels_last``: NHWC codes of NCHW tensors, as convolutions pass them; else the float
     layout, as linear layers pass them), each input with its own (scale, zero-point); int8

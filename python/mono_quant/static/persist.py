@@ -40,6 +40,7 @@ from .modules_eltwise import StaticBroadcastAdd
 from .persist_checks import check_activation_scales, check_output_not_constant, check_weight_geometry
 from .persist_eltwise import ELTWISE_CLASSES, attach_eltwise_tensors, build_fused_add, check_constant_shape
 from .program import StaticInt8Model
+from .qparams_state import EXTRA_STATE
 
 __all__ = ["save_static", "load_static", "is_static_file", "saves_as_static", "STATIC_FORMAT", "encode_value",
            "build_layer"]
@@ -168,6 +169,8 @@ def save_static(model: StaticGraphModel, path, overwrite: bool = True) -> Path:
     tensors = {}
     for name, m in model.layers.items():
         for key, t in m.state_dict(keep_vars=False).items():
+            if key == EXTRA_STATE:  # (the manifest holds the layer's constants)
+                continue
             tensors[f"layers.{name}.{key}"] = t.detach().contiguous().clone()
             layers[name].setdefault("tensors", []).append(key)
     manifest = {"format": STATIC_FORMAT, "layers": layers, "program": program}

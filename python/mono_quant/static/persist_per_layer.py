@@ -35,6 +35,7 @@ from .fallback import PerLayerStatic
 from .graph import StaticGraphModel
 from .modules import StaticConv2d, StaticLinear
 from .persist import build_layer, encode_value
+from .qparams_state import EXTRA_STATE
 
 __all__ = ["save_per_layer", "load_per_layer", "is_per_layer_model", "is_per_layer_file", "PER_LAYER_FORMAT",
            "PER_LAYER_META_KEY"]
@@ -72,7 +73,8 @@ def save_per_layer(model: nn.Module, path, overwrite: bool = True) -> Path:
     if not layers:
         raise TypeError("save_per_layer: the model has no per-layer static layers")
     # clone: safetensors refuses tensors sharing memory (tied weights are stored twice, tied again by the skeleton)
-    tensors = {k: v.detach().contiguous().clone() for k, v in model.state_dict().items()}
+    tensors = {k: v.detach().contiguous().clone() for k, v in model.state_dict().items()
+               if not (k.endswith(f".layer.{EXTRA_STATE}") and k[:-len(f".layer.{EXTRA_STATE}")] in layers)}
     manifest = {"format": PER_LAYER_FORMAT, "layers": layers}
     path = Path(os.fspath(path))
     with atomic_output(path, overwrite) as tmp:

@@ -26,7 +26,7 @@ from ..kernels import static_int8 as static_kernels
 from ..kernels.settings import SETTINGS
 from .capture import ValueRef
 from ..torch_features import is_exporting
-from .eager_only import refuse_traced_input
+from .eager_only import refuse_traced_input, warn_if_grad_input
 from .graph import StaticGraphModel, _global_hooks
 from .modules import StaticAdd, StaticConv2d, StaticGlobalAvgPool, StaticLinear, inverse
 from .modules_eltwise import StaticBroadcastAdd, StaticCat
@@ -247,6 +247,7 @@ class StaticInt8Model(StaticGraphModel):
         """The eager forward (StaticGraphModel.forward calls it, so does the compiled op)."""
         if is_exporting() or torch.jit.is_tracing():  # (plain tensors: refuse before the fast path)
             refuse_traced_input(args)
+        warn_if_grad_input(args)
         run = self._fast(args, kwargs)
         if run is None or type(args[0]) is not torch.Tensor:  # (a traced input: refused by the graph's forward)
             return super()._forward_eager(*args, **kwargs)
