@@ -75,6 +75,21 @@ def test_rnn_matches_float(case, dtype, activations, min_sqnr):
         assert sqnr(r, o) > min_sqnr
 
 
+@pytest.mark.parametrize("case", RNN_CASES)
+@pytest.mark.parametrize("dtype,activations", [("int8", "dynamic"), ("fp16", None)])
+def test_rnn_and_attention_take_an_empty_batch(case, dtype, activations):
+    # as the float modules do: outputs [T, 0, H] (they failed to infer a size with -1)
+    float_module = RNN_CASES[case]().eval()
+    q, _ = quantized(float_module, dtype, activations)
+    x = torch.randn(0, 5, 24) if float_module.batch_first else torch.randn(5, 0, 24)
+    got, want = flat(q(x)), flat(float_module(x))
+    assert [t.shape for t in got] == [t.shape for t in want]
+    attention = nn.MultiheadAttention(32, 4).eval()
+    qa, _ = quantized(attention, dtype, activations)
+    x = torch.randn(6, 0, 32)
+    assert qa(x, x, x)[0].shape == attention(x, x, x)[0].shape == (6, 0, 32)
+
+
 @pytest.mark.parametrize("case", ["lstm-proj", "gru-2layer-bidir", "lstm-bidir-batchfirst"])
 def test_rnn_initial_states_and_unbatched(case):
     torch.manual_seed(1)

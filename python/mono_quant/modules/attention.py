@@ -232,7 +232,7 @@ class QuantizedMultiheadAttention(QuantizedComposite):
                                                  v.view(bsz, heads, src_len, head_dim), attn_mask, dropout_p,
                                                  is_causal)
             out = out.permute(2, 0, 1, 3).reshape(bsz * tgt_len, embed_dim)
-        out = self.out_proj(out).view(tgt_len, bsz, -1)
+        out = self.out_proj(out).view(tgt_len, bsz, embed_dim)  # (not -1: an empty batch has no size to infer)
         if not batched:
             out = out.squeeze(1)
             if weights is not None:

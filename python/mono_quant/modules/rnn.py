@@ -241,7 +241,8 @@ class _QuantizedRNNBase(QuantizedComposite):
         keeps its state past its end, so the reverse direction starts at its own last step."""
         steps, batch = x.shape[0], x.shape[1]
         # the input projection of every step at once: one matmul of T*B rows
-        projected = getattr(self, f"ih_{tail}")(x.reshape(steps * batch, x.shape[2])).reshape(steps, batch, -1)
+        projection = getattr(self, f"ih_{tail}")  # (its width, not -1: an empty batch has no size to infer)
+        projected = projection(x.reshape(steps * batch, x.shape[2])).reshape(steps, batch, projection.out_features)
         hidden = getattr(self, f"hh_{tail}")
         project = getattr(self, f"hr_{tail}") if self.proj_size else None
         if isinstance(steps, torch.SymInt) and _scan is not None:  # a symbolic length: scan, one graph for all
