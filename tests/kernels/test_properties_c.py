@@ -215,9 +215,12 @@ def test_choose_qparams(n, data, qrange, symmetric):
     qmin, qmax = qrange
     mn = data.draw(float_values(1, n))[0]
     mx = data.draw(float_values(1, n))[0]
+    if data.draw(st.integers(0, 4)) > 0:  # mostly real ranges (min <= max); else min > max somewhere, refused
+        with np.errstate(invalid="ignore"):
+            mn, mx = np.fmin(mn, mx), np.fmax(mn, mx)
     valid_range = qmin < qmax and ((qmin >= -128 and qmax <= 127) or (qmin >= 0 and qmax <= 255))
-    if not valid_range or not (np.isfinite(mn).all() and np.isfinite(mx).all()):
-        raises_clearly(lambda: _C.choose_qparams(mn, mx, qmin, qmax, symmetric))
+    if not valid_range or not (np.isfinite(mn).all() and np.isfinite(mx).all()) or (mn > mx).any():
+        raises_clearly(lambda: _C.choose_qparams(mn, mx, qmin, qmax, symmetric))  # (min > max: no range)
         return
     s, z = _C.choose_qparams(mn, mx, qmin, qmax, symmetric)
     want_s, want_z = reference.choose_qparams(torch.from_numpy(mn), torch.from_numpy(mx), qmin, qmax, symmetric)
