@@ -27,6 +27,7 @@ else:  # pragma: no cover
 
 from .errors import ConfigError
 from .formats.int4_weight import check_group_size, check_method
+from .int_options import as_int
 from .qtypes import get_qtype
 
 __all__ = ["QuantConfig", "load_config_file", "find_config_file", "resolve_config", "resolve_options", "DEFAULT"]
@@ -165,12 +166,16 @@ class QuantConfig:
         observers = ("minmax", "moving_average", "histogram", "percentile", "entropy", "mse")  # calibration.OBSERVERS
         if self.observer not in observers:
             raise ConfigError(f"{origin}: observer must be one of {', '.join(observers)}, got {self.observer!r}")
-        if self.calibration_samples is not None and (isinstance(self.calibration_samples, bool) or not isinstance(
-                self.calibration_samples, int) or self.calibration_samples < 1):
-            raise ConfigError(f"{origin}: calibration_samples must be a positive int or unset, "
-                             f"got {self.calibration_samples!r}")
-        if not isinstance(self.min_weight_numel, int) or self.min_weight_numel < 0:
+        if self.calibration_samples is not None:
+            samples = as_int(self.calibration_samples)  # (numpy's integers too; not True)
+            if samples is None or samples < 1:
+                raise ConfigError(f"{origin}: calibration_samples must be a positive int or unset, "
+                                  f"got {self.calibration_samples!r}")
+            self.calibration_samples = samples
+        numel = as_int(self.min_weight_numel)
+        if numel is None or numel < 0:
             raise ConfigError(f"{origin}: min_weight_numel must be a non-negative int, got {self.min_weight_numel!r}")
+        self.min_weight_numel = numel
         try:
             self.group_size = check_group_size(self.group_size)
             if self.method is not None:
