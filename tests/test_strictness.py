@@ -31,6 +31,25 @@ def test_unmatched_pattern_in_state_dict_raises():
     assert len(mq.quantize(_model().state_dict(), exclude=["2"]).report.layers) == 1
 
 
+@pytest.mark.parametrize("option", ["include", "exclude"])
+def test_a_type_pattern_without_modules_says_to_pass_the_model(tmp_path, option):
+    """A state_dict has names only: a type can't match there, and "check the spelling" was wrong."""
+    from safetensors.torch import save_file
+
+    sd = _model().state_dict()
+    with pytest.raises(mq.ConfigError, match=f"{option}=Linear: module types need the model's modules.*pass model="
+                                             f".*or use name globs") as info:
+        mq.quantize(sd, **{option: [nn.Linear]})
+    assert "spelling" not in str(info.value)
+    save_file(sd, str(tmp_path / "m.safetensors"))
+    with pytest.raises(mq.ConfigError, match=f"{option}=Linear: module types.*takes globs only"):
+        mq.quantize_checkpoint(tmp_path / "m.safetensors", tmp_path / "q.safetensors", **{option: nn.Linear})
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", NothingQuantizedWarning)  # (exclude: every layer excluded)
+        result = mq.quantize(sd, model=_model(), **{option: [nn.Linear]})  # with the model, types match
+    assert len(result.report.layers) == (2 if option == "include" else 0)
+
+
 def test_unmatched_pattern_from_config_file_warns(tmp_path, monkeypatch):
     (tmp_path / "mono_quant.toml").write_text('exclude = ["lm_head"]\n')
     monkeypatch.chdir(tmp_path)

@@ -120,6 +120,16 @@ def config_markdown() -> str:
              "directory, else the `[tool.mono-quant]` table of `pyproject.toml` there. Keys may be spelled "
              "with `-` or `_`; an unknown key is warned about and ignored; an invalid value raises "
              "`ConfigError` (a `ValueError`) naming the file.\n",
+             "Some keys apply to some dtypes or activation modes only: `group_size` and `method` (other than "
+             "`\"rtn\"`) to int4, `reduce_range` to int8 with `activations = \"dynamic\"`, `symmetric` to the "
+             "integer dtypes, `granularity = \"per_tensor\"` to int8 and uint8. Such a key in the file is "
+             "dropped (its default is used) when the call's arguments, or the defaults, chose a dtype or "
+             "activation mode it does not apply to: a file's int4 settings do not stop "
+             "`quantize(model, \"int8\")` or `--dtype int8`, nor does its `reduce_range = true` stop "
+             "`activations=None` or `--weight-only` (a `config=` QuantConfig is overridden alike). When the file itself sets the dtype "
+             "or activations the key does not apply to (`dtype = \"int8\"` with `method = \"hqq\"`), the file "
+             "contradicts itself: `ConfigError` naming the file. The same key given as an argument is refused "
+             "(`ConfigError`) when it does not apply, wherever the dtype came from.\n",
              "```toml\n# mono_quant.toml\ndtype = \"int4\"\ngroup_size = 64\nexclude = [\"lm_head\"]\n```\n",
              "| key | default | meaning |", "|---|---|---|"]
     for f in dataclasses.fields(QuantConfig):

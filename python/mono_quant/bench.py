@@ -20,7 +20,8 @@ from .api import quantize
 from .qtypes import get_qtype
 from .timing import interleaved_medians
 
-__all__ = ["BenchCase", "parse_shape", "cases_from_file", "default_cases", "run_bench", "bench_header"]
+__all__ = ["BenchCase", "parse_shape", "cases_from_file", "check_options", "default_cases", "run_bench",
+           "bench_header"]
 
 DEFAULT_SHAPES = ((4096, 4096),)
 DEFAULT_DTYPES = ("int8", "int4", "fp16")
@@ -93,21 +94,48 @@ def _file_options(dtype: str, layer: dict, config: dict) -> Tuple[Tuple[str, obj
         options["symmetric"] = layer["scheme"] == "symmetric"
         if dtype == "int4":
             options["group_size"] = layer["group_size"]
-    if dtype in ("int8", "uint8"):
+    if dtype == "int8":
         options["activations"] = config.get("activations", "dynamic")
         options["reduce_range"] = bool(config.get("reduce_range"))
+    elif dtype == "uint8":  # (a file's int8 "dynamic" with --dtype uint8 was refused by quantize)
+        options["activations"] = None
     return tuple(sorted(options.items()))
+
+
+# the dtype each option applies to; with none of them among the dtypes timed, the option is a
+# mistake (it was ignored without a word), as quantize refuses --group-size with --dtype int8
+_OPTION_DTYPE = {"--weight-only": "int8", "--reduce-range": "int8", "--group-size": "int4"}
+
+
+def check_options(dtypes: Sequence[str], weight_only: bool = False, reduce_range: bool = False,
+                  group_size: Optional[int] = None) -> None:
+    """ValueError (one line: what to drop or add) for an option that applies to none of ``dtypes``
+    (names as ``get_qtype`` gives them), or for --reduce-range with --weight-only."""
+    given = [flag for flag, on in (("--weight-only", weight_only), ("--reduce-range", reduce_range),
+                                   ("--group-size", group_size is not None)) if on]
+    for flag in given:
+        if _OPTION_DTYPE[flag] not in dtypes:
+            raise ValueError(f"{flag} applies to dtype {_OPTION_DTYPE[flag]} only, and bench times "
+                             f"{', '.join(dtypes)}: drop {flag}, or add --dtype {_OPTION_DTYPE[flag]}")
+    if weight_only and reduce_range:
+        raise ValueError("--reduce-range quantizes the inputs of int8 dynamic layers, and --weight-only keeps "
+                         "them float: drop one of them")
 
 
 def default_cases(shapes: Iterable[Tuple[int, int]], dtypes: Iterable[str], weight_only: bool = False,
                   reduce_range: bool = False, group_size: Optional[int] = None) -> List[BenchCase]:
+    """Every shape in every dtype, with the options of the dtypes they apply to (ValueError when
+    one applies to none: :func:`check_options`)."""
     cases = []
-    names = [get_qtype(d).name for d in dtypes]  # an unknown name fails here, with the closest one
+    names = list(dict.fromkeys(get_qtype(d).name for d in dtypes))  # an unknown name fails here, with the closest
+    check_options(names, weight_only, reduce_range, group_size)
     for out_features, in_features in shapes:
-        for dtype in dict.fromkeys(names):
+        for dtype in names:
             options = {}
-            if dtype in ("int8", "uint8"):
+            if dtype == "int8":
                 options = {"activations": None if weight_only else "dynamic", "reduce_range": reduce_range}
+            elif dtype == "uint8":  # weight-only always (quantize refuses activations="dynamic" for it)
+                options = {"activations": None}
             elif dtype == "int4" and group_size is not None:
                 options = {"group_size": group_size or None}
             cases.append(BenchCase(out_features, in_features, dtype, tuple(sorted(options.items()))))

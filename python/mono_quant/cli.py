@@ -45,10 +45,11 @@ def build_parser() -> argparse.ArgumentParser:
                           help="group size for grouped formats (int4); 0 for one group per output channel")
     quantize.add_argument("--method", choices=["rtn", "mse", "hqq"],
                           help="int4 rounding: rtn (fastest), mse (default), hqq (slowest, best)")
-    quantize.add_argument("--exclude", nargs="+", action="extend", metavar="GLOB",
-                          help="layer-name globs to leave in float")
-    quantize.add_argument("--include", nargs="+", action="extend", metavar="GLOB",
-                          help="only quantize layers matching these globs")
+    # one pattern per flag: nargs="+" took SRC too when the flags came first (--include 0 m.safetensors)
+    quantize.add_argument("--exclude", action="append", metavar="GLOB",
+                          help="a layer-name glob to leave in float (repeatable: --exclude 'a.*' --exclude b)")
+    quantize.add_argument("--include", action="append", metavar="GLOB",
+                          help="quantize only layers matching this glob (repeatable: --include 'a.*' --include b)")
     quantize.add_argument("--weight-only", action="store_true",
                           help="int8 layers multiply float inputs by int8 weights (activations=None) when loaded")
     quantize.add_argument("--reduce-range", action="store_true",
@@ -258,8 +259,30 @@ def _cli_wording(message: str) -> str:
     return message
 
 
+def _parse(argv: Optional[List[str]]):
+    """parse_args, with a hint where an unrecognized argument is a second pattern after --include /
+    --exclude (the form ``--exclude a b`` of versions that took several patterns per flag)."""
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        argv = list(sys.argv[1:] if argv is None else argv)
+        hint = ""
+        for i, token in enumerate(argv):
+            flag, eq, pattern = token.partition("=")
+            if flag not in ("--include", "--exclude") or (not eq and i + 1 >= len(argv)):
+                continue
+            after = argv[i + 1:i + 3] if eq else argv[i + 2:i + 4]  # the tokens after the flag's pattern
+            pattern = pattern if eq else argv[i + 1]
+            if after and not after[0].startswith("-") and any(t in extra for t in after):
+                hint = f" ({flag} takes one pattern: repeat it for more, {flag} {pattern} {flag} {after[0]})"
+                break
+        commands = next((a.choices for a in parser._actions if isinstance(a, argparse._SubParsersAction)), {})
+        commands.get(args.command, parser).error(f"unrecognized arguments: {' '.join(extra)}{hint}")  # (its usage)
+    return args
+
+
 def main(argv: Optional[List[str]] = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = _parse(argv)
     handlers = {"demo": _cmd_demo, "quantize": _cmd_quantize, "inspect": _cmd_inspect, "compare": _cmd_compare,
                 "bench": _cmd_bench}
     try:

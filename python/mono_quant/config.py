@@ -5,7 +5,9 @@ The file is, in order: the path passed as ``config=``, else
 ``mono_quant.toml`` in the working directory, else the ``[tool.mono-quant]``
 table of ``pyproject.toml`` there.  Unknown keys are logged as warnings;
 invalid values raise :class:`~mono_quant.errors.ConfigError` (a
-``ValueError``) naming the file.
+``ValueError``) naming the file.  A file's setting that applies to some
+dtypes / activation modes only is dropped when the call chose others
+(:func:`resolve_config`); docs/config.md states the rule.
 
 ``quantize()`` and ``quantize_checkpoint()`` share this options type and
 :func:`resolve_options`, which turns their keyword arguments into one.
@@ -27,6 +29,7 @@ else:  # pragma: no cover
 
 from .errors import ConfigError
 from .formats.int4_weight import check_group_size, check_method
+from .int_options import as_int
 from .qtypes import get_qtype
 
 __all__ = ["QuantConfig", "load_config_file", "find_config_file", "resolve_config", "resolve_options", "DEFAULT"]
@@ -145,6 +148,11 @@ class QuantConfig:
         Raises:
             ConfigError: A field is invalid (the message names it and ``origin``).
         """
+        self._check_fields(origin)
+        return self._check_combinations(origin)
+
+    def _check_fields(self, origin: str) -> "QuantConfig":
+        """validate()'s checks of each field on its own (normalised in place)."""
         try:
             self.dtype = get_qtype(self.dtype).name
         except ValueError as exc:
@@ -165,12 +173,16 @@ class QuantConfig:
         observers = ("minmax", "moving_average", "histogram", "percentile", "entropy", "mse")  # calibration.OBSERVERS
         if self.observer not in observers:
             raise ConfigError(f"{origin}: observer must be one of {', '.join(observers)}, got {self.observer!r}")
-        if self.calibration_samples is not None and (isinstance(self.calibration_samples, bool) or not isinstance(
-                self.calibration_samples, int) or self.calibration_samples < 1):
-            raise ConfigError(f"{origin}: calibration_samples must be a positive int or unset, "
-                             f"got {self.calibration_samples!r}")
-        if not isinstance(self.min_weight_numel, int) or self.min_weight_numel < 0:
+        if self.calibration_samples is not None:
+            samples = as_int(self.calibration_samples)  # (numpy's integers too; not True)
+            if samples is None or samples < 1:
+                raise ConfigError(f"{origin}: calibration_samples must be a positive int or unset, "
+                                  f"got {self.calibration_samples!r}")
+            self.calibration_samples = samples
+        numel = as_int(self.min_weight_numel)
+        if numel is None or numel < 0:
             raise ConfigError(f"{origin}: min_weight_numel must be a non-negative int, got {self.min_weight_numel!r}")
+        self.min_weight_numel = numel
         try:
             self.group_size = check_group_size(self.group_size)
             if self.method is not None:
@@ -181,19 +193,23 @@ class QuantConfig:
             raise ConfigError(f"{origin}: embeddings must be true or false, got {self.embeddings!r}")
         if not isinstance(self.reduce_range, bool):
             raise ConfigError(f"{origin}: reduce_range must be true or false, got {self.reduce_range!r}")
-        if self.reduce_range and (self.dtype != "int8" or self.activations != "dynamic"):
-            raise ConfigError(f"{origin}: reduce_range (7-bit activations) applies to dtype 'int8' with "
-                              f"activations='dynamic' only, got dtype {self.dtype!r}, activations "
-                              f"{self.activations!r}")
-        if self.method not in (None, "rtn") and get_qtype(self.dtype).name != "int4":
-            raise ConfigError(f"{origin}: method={self.method!r} applies to dtype 'int4' only "
-                             f"(dtype {self.dtype!r} uses round-to-nearest)")
         for name in ("include", "exclude"):
             value = getattr(self, name)
             if value is not None and (isinstance(value, (str, type)) or not hasattr(value, "__iter__")):
                 setattr(self, name, [value])  # a single glob or type
             elif value is not None:
                 setattr(self, name, list(value))
+        return self
+
+    def _check_combinations(self, origin: str) -> "QuantConfig":
+        """validate()'s checks of fields that depend on each other (after _check_fields)."""
+        if self.reduce_range and (self.dtype != "int8" or self.activations != "dynamic"):
+            raise ConfigError(f"{origin}: reduce_range (7-bit activations) applies to dtype 'int8' with "
+                              f"activations='dynamic' only, got dtype {self.dtype!r}, activations "
+                              f"{self.activations!r}")
+        if self.method not in (None, "rtn") and self.dtype != "int4":
+            raise ConfigError(f"{origin}: method={self.method!r} applies to dtype 'int4' only "
+                              f"(dtype {self.dtype!r} uses round-to-nearest)")
         return self
 
     def symmetric_for(self, layer_type: str) -> bool:
@@ -270,12 +286,37 @@ def load_config_file(path: Union[str, os.PathLike]) -> Dict[str, Any]:
     return settings
 
 
+# Settings that apply to some dtypes / activation modes only: for each, the fields whose values
+# make its value inapplicable in a config (none: it applies), and what it applies to.
+_APPLIES_TO = {
+    "group_size": (lambda c: () if c.dtype == "int4" else ("dtype",), "dtype 'int4'"),
+    "method": (lambda c: () if c.method in (None, "rtn") or c.dtype == "int4" else ("dtype",), "dtype 'int4'"),
+    "reduce_range": (lambda c: () if not c.reduce_range else tuple(
+        name for name, bad in (("dtype", c.dtype != "int8"), ("activations", c.activations != "dynamic")) if bad),
+        "dtype 'int8' with activations='dynamic'"),
+    "symmetric": (lambda c: ("dtype",) if c.symmetric is not None and c.dtype in ("fp16", "bf16") else (),
+                  "the integer dtypes"),
+    "granularity": (lambda c: ("dtype",) if c.granularity != "per_channel" and c.dtype not in ("int8", "uint8")
+                    else (), "dtypes 'int8' and 'uint8'"),
+}
+_DEFAULTS = {f.name: f.default for f in dataclasses.fields(QuantConfig) if f.name in _APPLIES_TO}
+
+
 def resolve_config(config=None, **arguments) -> QuantConfig:
     """Merge arguments over the config file over defaults.
 
     An argument that is :data:`DEFAULT` is not given; so is one that is None,
     except ``activations`` and ``group_size``, where None is a value
     (weight-only, per-channel int4).
+
+    A setting of the file (or of a ``config=`` QuantConfig) that applies to
+    some dtypes or activation modes only (``group_size``, ``method``,
+    ``reduce_range``, ``symmetric``, ``granularity``) and does not apply to
+    the dtype / activations the arguments (or the defaults) chose is dropped
+    (back to its default): a project's file may hold int4 settings that an
+    int8 call does not use.  When the file itself chose the dtype /
+    activations it does not apply to, the file contradicts itself: a
+    ConfigError naming the file.
 
     Args:
         config: A QuantConfig, a TOML file path, or None to look for
@@ -287,32 +328,71 @@ def resolve_config(config=None, **arguments) -> QuantConfig:
         non-default value came from).
 
     Raises:
-        ConfigError: A value (given or in the file) is invalid.
+        ConfigError: A value (given or in the file) is invalid, or the file's
+            settings contradict each other.
         FileNotFoundError: ``config`` names a file that does not exist.
     """
+    given = {name: "none" if name == "activations" and value is None else value
+             for name, value in arguments.items()
+             if value is not DEFAULT and not (value is None and name not in _NONE_IS_A_VALUE)}
+    path = None
     if isinstance(config, QuantConfig):
         base = dataclasses.replace(config)
         base.source = dict(config.source)
-        origin = "QuantConfig"
     else:
         if config is not None and not isinstance(config, (str, os.PathLike)):
             raise TypeError(f"config= takes a QuantConfig or the path of a TOML file, got {type(config).__name__}")
         path = Path(config) if config is not None else find_config_file()
-        file_settings = load_config_file(path) if path is not None else {}
-        origin = str(path) if path is not None else "defaults"
-        try:
-            base = QuantConfig(**file_settings)
-        except (TypeError, ValueError) as exc:
-            raise ConfigError(f"config file {path}: {exc}") from None
-        base.source = {k: origin for k in file_settings}
-    for name, value in arguments.items():
-        if value is DEFAULT or (value is None and name not in _NONE_IS_A_VALUE):
-            continue
-        if name == "activations" and value is None:
-            value = "none"
+        base = _from_file(load_config_file(path), path) if path is not None else QuantConfig()
+    for name, value in given.items():
         setattr(base, name, value)
         base.source[name] = "argument"
-    return base.validate("quantize()")
+    base._check_fields("quantize()")
+    _drop_inapplicable(base, given, path)
+    try:
+        return base._check_combinations("quantize()")
+    except ConfigError as exc:  # the caller's option against the file's dtype / activations: say where they are from
+        chosen = [f"; {name} {_toml(getattr(base, name))} comes from config file {base.source[name]}"
+                  for name in ("dtype", "activations") if base.source.get(name, "argument") != "argument"]
+        raise ConfigError(f"{exc}{''.join(chosen)}") from None
+
+
+def _from_file(settings: Dict[str, Any], path: Path) -> QuantConfig:
+    """The QuantConfig of a config file's settings over the defaults; each value is checked
+    on its own here (ConfigError naming the file), combinations by resolve_config."""
+    cfg = QuantConfig()
+    for name, value in settings.items():
+        setattr(cfg, name, value)
+    where = f"config file {path}"
+    try:
+        cfg._check_fields(where)
+    except (TypeError, ValueError) as exc:
+        message = str(exc)
+        raise ConfigError(message if message.startswith(where) else f"{where}: {message}") from None
+    cfg.source = {name: str(path) for name in settings}
+    return cfg
+
+
+def _drop_inapplicable(cfg: QuantConfig, given: Dict[str, Any], path: Optional[Path]) -> None:
+    """Reset the settings of the file / QuantConfig (not of ``given``, the call's arguments) that do
+    not apply to the dtype / activations chosen; ConfigError when the file chose both (see
+    resolve_config).  Arguments that don't apply are left for the checks after, which refuse them."""
+    for name, (inapplicable_because, applies_to) in _APPLIES_TO.items():
+        because = inapplicable_because(cfg)
+        if not because or name in given:
+            continue
+        from_file = path is not None and cfg.source.get(name) == str(path)
+        if not from_file and getattr(cfg, name) == _DEFAULTS[name]:
+            continue  # (a QuantConfig's default group_size with int8: nothing to drop)
+        if from_file and all(cfg.source.get(d) == str(path) for d in because):
+            chosen = " and ".join(f"{d} = {_toml(getattr(cfg, d))}" for d in because)
+            raise ConfigError(f"config file {path}: {name} = {_toml(getattr(cfg, name), name)} applies to "
+                              f"{applies_to} only, and the file sets {chosen}: remove one of them from the file")
+        if from_file or (path is None and any(d in given for d in because)):
+            log.info("%s: %s=%r applies to %s only: not used with %s", cfg.source.get(name, "QuantConfig"), name,
+                     getattr(cfg, name), applies_to, ", ".join(f"{d}={getattr(cfg, d)!r}" for d in because))
+            setattr(cfg, name, _DEFAULTS[name])
+            cfg.source.pop(name, None)
 
 
 def resolve_options(config=None, *, dtype=None, symmetric=None, granularity=None, include=None, exclude=None,
@@ -336,14 +416,14 @@ def resolve_options(config=None, *, dtype=None, symmetric=None, granularity=None
                          activations=activations, group_size=group_size, method=method, embeddings=embeddings,
                          reduce_range=reduce_range)
     if group_size is not DEFAULT and cfg.dtype != "int4":  # given with a format that has no groups: a mistake
-        raise ConfigError(f"group_size applies to dtype 'int4' only; {_how_stored(cfg.dtype)}")
+        raise ConfigError(f"group_size applies to dtype 'int4' only; {_how_stored(cfg.dtype)}{_dtype_from(cfg)}")
     if granularity == "per_tensor" and cfg.dtype not in ("int8", "uint8"):  # was ignored without a word
         raise ConfigError(f"granularity='per_tensor' applies to dtypes 'int8' and 'uint8' only; "
-                          f"{_how_stored(cfg.dtype)}")
+                          f"{_how_stored(cfg.dtype)}{_dtype_from(cfg)}")
     if cfg.dtype in ("fp16", "bf16"):  # options of the integer formats, accepted and ignored before
         if symmetric is not None:
             raise ConfigError(f"symmetric applies to the integer dtypes only; {_how_stored(cfg.dtype)} "
-                              f"(no zero-points): drop symmetric=")
+                              f"(no zero-points): drop symmetric={_dtype_from(cfg)}")
         if isinstance(activations, str) and activations.lower() == "dynamic":
             raise ConfigError(f"activations={activations!r} applies to dtype 'int8' only; {cfg.dtype} layers take "
                               f"float inputs: drop activations=")
@@ -353,6 +433,19 @@ def resolve_options(config=None, *, dtype=None, symmetric=None, granularity=None
                               f"take float inputs (weight-only): drop activations=, or use dtype 'int8'")
         cfg.activations = None  # (its layers said "dynamic" and ran weight-only)
     return cfg
+
+
+def _dtype_from(cfg: QuantConfig) -> str:
+    """``; dtype "int8" comes from config file X`` when a file chose the dtype an argument does not fit."""
+    origin = cfg.source.get("dtype", "argument")
+    return "" if origin == "argument" else f"; dtype {_toml(cfg.dtype)} comes from config file {origin}"
+
+
+def _toml(value, name: str = "") -> str:
+    """A setting's value as a config file writes it (true, "none", "int8"; a None group_size is 0)."""
+    if value is None:
+        return "0" if name == "group_size" else '"none"'
+    return str(value).lower() if isinstance(value, bool) else (f'"{value}"' if isinstance(value, str) else repr(value))
 
 
 def _how_stored(dtype: str) -> str:

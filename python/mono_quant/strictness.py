@@ -87,15 +87,24 @@ def check_patterns_match(cfg, names: Sequence[str], modules: Iterable[nn.Module]
     silently.  A pattern that names only ``holders`` ((name, module) of the modules that hold
     layers without being one: a block, an encoder) is unmatched too, as selection looks at
     layers only: the message says to name the layers inside it.  Entries from a config file
-    only warn (UnmatchedPatternWarning).  TypeError for an entry that is neither a str nor a type."""
+    only warn (UnmatchedPatternWarning).  TypeError for an entry that is neither a str nor a type;
+    ConfigError for a type when there are no modules (a state_dict's names, without ``model=``)."""
     modules = list(modules)
     holders = list(holders)
+    # a state_dict / checkpoint: names only (a model always gives modules, its root at least)
+    names_only = not modules and all(m is None for _, m in holders)
     unmatched: List[str] = []
     from_file: List[str] = []
     for option in ("include", "exclude"):
         for pattern in getattr(cfg, option) or ():
             if not isinstance(pattern, (str, type)):
                 raise TypeError(f"include/exclude entries must be name globs (str) or module types, got {pattern!r}")
+            if names_only and isinstance(pattern, type):  # it could never match: not a spelling mistake
+                raise ConfigError(
+                    f"{option}={pattern.__name__}: module types need the model's modules, and a state_dict or a "
+                    f"checkpoint file has names only: pass model= (a skeleton of the architecture, e.g. built on "
+                    f"the meta device) to quantize(), or use name globs such as '*.q_proj' (quantize_checkpoint() "
+                    f"takes globs only)")
             if isinstance(pattern, str):
                 hit = any(fnmatch.fnmatchcase(n, pattern) for n in names)
                 label = repr(pattern)

@@ -13,6 +13,7 @@ import torch
 
 from . import kernels
 from .errors import NonFiniteWeightError
+from .int_options import as_int
 from .orig_dtype import check_orig_dtype, orig_dtype_of
 from .qtypes import QType, get_qtype
 
@@ -132,8 +133,9 @@ def check_input(tensor: torch.Tensor, axis: Optional[int]) -> Tuple[torch.Tensor
     if tensor.dtype not in (torch.float32, torch.float16, torch.bfloat16):
         tensor = tensor.float()  # float64 and friends: fp32 is what the quantized grid resolves anyway
     if axis is not None:
-        if not isinstance(axis, int) or isinstance(axis, bool):
-            raise TypeError(f"axis must be an int or None, got {axis!r}")
+        given, axis = axis, as_int(axis)  # (np.int64(0) is an axis too; True is not)
+        if axis is None:
+            raise TypeError(f"axis must be an int or None, got {given!r}")
         if tensor.dim() == 0:
             raise ValueError("a 0-d tensor has no channel axis: pass axis=None")
         if not -tensor.dim() <= axis < tensor.dim():

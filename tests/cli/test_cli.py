@@ -228,3 +228,32 @@ def test_quantize_weight_only_and_per_channel_int4(tmp_path, checkpoint):
     assert main(["quantize", str(checkpoint), "-o", str(dst4), "--dtype", "int4", "--group-size", "0",
                  "--method", "rtn", "--quiet"]) == 0
     assert {layer["group_size"] for layer in mq.load(dst4).layers} == {None}
+
+
+def test_include_and_exclude_take_one_pattern_each_and_repeat(tmp_path, checkpoint, capsys):
+    """--include / --exclude before SRC (as the usage line shows them) took SRC as a second pattern
+    ("the following arguments are required: SRC"); each takes one pattern and repeats."""
+    dst = tmp_path / "q.safetensors"
+    assert main(["quantize", "--include", "0", str(checkpoint), "-o", str(dst), "--quiet"]) == 0
+    assert [layer["name"] for layer in mq.load(dst).layers] == ["0"]
+    assert main(["quantize", "--include", "0", "--include=2", str(checkpoint), "-o", str(dst), "--force",
+                 "--quiet"]) == 0
+    assert [layer["name"] for layer in mq.load(dst).layers] == ["0", "2"]
+    assert main(["quantize", "--exclude", "0", str(checkpoint), "--exclude", "9*", "-o", str(dst), "--force",
+                 "--quiet"]) == 1  # (both reach the library: '9*' matches no layer)
+    assert "--exclude '9*' matches no layer" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv", [
+    ["--exclude", "0", "2", "SRC", "-o", "DST"],
+    ["SRC", "-o", "DST", "--exclude", "0", "2"],
+    ["--exclude=0", "2", "SRC", "-o", "DST"],
+], ids=["before SRC", "after SRC", "with ="])
+def test_several_patterns_after_one_flag_say_to_repeat_it(tmp_path, checkpoint, capsys, argv):
+    argv = [str(checkpoint) if a == "SRC" else str(tmp_path / "q.safetensors") if a == "DST" else a for a in argv]
+    with pytest.raises(SystemExit) as info:
+        main(["quantize", *argv])
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert "--exclude takes one pattern: repeat it for more, --exclude 0 --exclude 2" in err, err
+    assert not (tmp_path / "q.safetensors").exists()

@@ -88,6 +88,34 @@ def test_bad_arguments_say_what_to_give(argv, message, capsys):
     assert err.startswith("mono-quant bench: error:") and message in err
 
 
+@pytest.mark.parametrize("argv, message", [
+    (["--dtype", "int8", "--group-size", "64"], "--group-size applies to dtype int4 only, and bench times int8: "
+                                                "drop --group-size, or add --dtype int4"),
+    (["--dtype", "fp16", "--weight-only"], "--weight-only applies to dtype int8 only"),
+    (["--dtype", "int4", "--dtype", "bf16", "--reduce-range"], "--reduce-range applies to dtype int8 only, and "
+                                                               "bench times int4, bf16"),
+    (["--dtype", "int8", "--weight-only", "--reduce-range"], "drop one of them"),
+], ids=["group-size int8", "weight-only fp16", "reduce-range int4 bf16", "weight-only and reduce-range"])
+def test_options_for_none_of_the_dtypes_are_refused(argv, message, capsys):
+    """They were ignored without a word; quantize refuses --group-size with --dtype int8 alike."""
+    assert main(["bench", "--shape", "64x64", "--batch", "1", "--repeats", "1", *argv]) == 1
+    out, err = capsys.readouterr()
+    assert out == "" and err.startswith("mono-quant bench: error:") and message in err and err.count("\n") == 1, err
+
+
+def test_uint8_and_options_that_fit_some_of_the_dtypes(capsys):
+    rows = _bench_json(capsys, "--shape", "32x64", "--dtype", "uint8", "--dtype", "int8", "--reduce-range",
+                       "--batch", "1")["rows"]  # (uint8 was run with activations="dynamic", which quantize refuses)
+    assert [(r["dtype"], r["mode"]) for r in rows] == [("uint8", "weight-only"), ("int8", "dynamic, reduce_range")]
+
+
+def test_file_after_the_options(tmp_path, capsys):
+    path = tmp_path / "q.safetensors"
+    mq.save(mq.quantize(nn.Linear(64, 32), dtype="int8"), path)
+    rows = _bench_json(capsys, "--batch", "1", "--dtype", "uint8", os.fspath(path))["rows"]
+    assert [(r["shape"], r["dtype"], r["mode"]) for r in rows] == [([32, 64], "uint8", "weight-only")]
+
+
 def test_bad_files_say_what_to_do(tmp_path, capsys):
     path = tmp_path / "q.safetensors"
     mq.save(mq.quantize(nn.Linear(16, 8), dtype="int8"), path)

@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import NonFiniteWeightError
+from ..int_options import as_int
 from ..orig_dtype import orig_dtype_of
 from ..kernels import SETTINGS
 from ..kernels import int4 as q4
@@ -61,13 +62,15 @@ def effective_group(cols: int, group_size: Optional[int]) -> int:
 
 
 def check_group_size(group_size) -> Optional[int]:
-    """Validate a group size: None (per-channel) or a positive multiple of 32."""
+    """Validate a group size: None (per-channel) or a positive multiple of 32 (any integer
+    type: ``np.int64(64)`` too; not a bool or a float).  Returns it as a Python int."""
     if group_size is None:
         return None
-    if isinstance(group_size, bool) or not isinstance(group_size, int) or group_size <= 0 or group_size % INT4_BLOCK:
+    size = as_int(group_size)
+    if size is None or size <= 0 or size % INT4_BLOCK:
         raise ValueError(f"int4 group_size must be a positive multiple of {INT4_BLOCK} (32, 64, 128, 256, ...) "
                          f"or None for one group per output channel, got {group_size!r}")
-    return group_size
+    return size
 
 
 def check_method(method) -> str:
