@@ -95,6 +95,7 @@ def quantize_checkpoint(src, dst, dtype=None, *, symmetric: Optional[bool] = Non
     Raises:
         FileNotFoundError: ``src`` does not exist.
         FileExistsError: ``dst`` exists and ``overwrite`` is False.
+        OSError: ``dst`` cannot be written (the message names it; nothing is left behind).
         ConfigError: A bad option, or ``embeddings=True``.
         NonFiniteWeightError: A weight holds NaN/Inf with ``nonfinite="error"``.
         CheckpointError: ``src`` is unreadable, inconsistent, or already quantized.
