@@ -21,12 +21,13 @@ import torch
 from ..config import DEFAULT, QuantConfig, resolve_options
 from ..composites import attention_out_proj_keys
 from ..entries import packs_straight_to_int8, quantize_state_dict_entry, state_dict_entry_plan
-from ..errors import CheckpointError, ConfigError
+from ..errors import AlreadyQuantizedError, CheckpointError, ConfigError
 from ..formats import get_format
 from ..modules.conv1d import conv2d_weight_of
 from ..report import LayerReport, Report, tensor_bytes
 from ..result import QuantizationResult
-from ..strictness import check_patterns_match, holder_names_of_keys, layer_names_of_keys, warn_if_nothing_quantized
+from ..strictness import (check_patterns_match, holder_names_of_keys, layer_names_of_keys, refuse_quantized_state_dict,
+                          warn_if_nothing_quantized)
 from .atomic import atomic_output, check_destination
 from .container import StreamingWriter
 from .hf_checkpoint import HfCheckpointPlan, add_tied_aliases, hf_checkpoint_plan, mark_module_types, write_hf_entry
@@ -98,7 +99,9 @@ def quantize_checkpoint(src, dst, dtype=None, *, symmetric: Optional[bool] = Non
         OSError: ``dst`` cannot be written (the message names it; nothing is left behind).
         ConfigError: A bad option, or ``embeddings=True``.
         NonFiniteWeightError: A weight holds NaN/Inf with ``nonfinite="error"``.
-        CheckpointError: ``src`` is unreadable, inconsistent, or already quantized.
+        CheckpointError: ``src`` is unreadable, inconsistent, or a mono-quant file already.
+        AlreadyQuantizedError: ``src`` holds a state_dict mono-quant quantized, saved
+            without its manifest (as :func:`~mono_quant.quantize` refuses it).
 
     Warns:
         NothingQuantizedWarning: No entry was quantized (the output holds the float tensors).
@@ -123,6 +126,7 @@ def quantize_checkpoint(src, dst, dtype=None, *, symmetric: Optional[bool] = Non
     with open_checkpoint(src) as reader:
         if reader.is_mono_quant():
             raise CheckpointError(f"{src} is already a mono-quant file; quantize the float checkpoint instead")
+        _refuse_quantized_entries(reader, src)
         _refuse_overwriting_source(reader, src, dst)
         check_patterns_match(cfg, layer_names_of_keys(reader.keys()), holders=holder_names_of_keys(reader.keys()))
         hf_plan = hf_checkpoint_plan(src)
@@ -130,6 +134,17 @@ def quantize_checkpoint(src, dst, dtype=None, *, symmetric: Optional[bool] = Non
         report = _write(reader, src, dst, cfg, overwrite, progress, measure_error, hf_plan)
     warn_if_nothing_quantized(report.layers, report.skipped)  # as quantize(state_dict) does
     return QuantizationResult(None, report.skipped, report, cfg, path=Path(dst))
+
+
+def _refuse_quantized_entries(reader: CheckpointReader, src) -> None:
+    """AlreadyQuantizedError, as quantize(state_dict) raises, for a state_dict of mono-quant layers
+    saved without a manifest (``torch.save(qmodel.state_dict())``): its float entries would be
+    copied and its integer ones kept, a "quantized" file of the float weights.  Names only: no
+    tensor is read."""
+    try:
+        refuse_quantized_state_dict(dict.fromkeys(reader.keys()))
+    except AlreadyQuantizedError as exc:
+        raise AlreadyQuantizedError(f"{src}: {exc}") from None
 
 
 def _refuse_overwriting_source(reader: CheckpointReader, src, dst) -> None:
