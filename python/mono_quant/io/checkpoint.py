@@ -30,9 +30,10 @@ from ..strictness import (check_patterns_match, holder_names_of_keys, layer_name
                           warn_if_nothing_quantized)
 from .atomic import atomic_output, check_destination
 from .container import StreamingWriter
+from .file_kinds import has_metadata_key, kind_for_file
 from .hf_checkpoint import HfCheckpointPlan, add_tied_aliases, hf_checkpoint_plan, mark_module_types, write_hf_entry
 from .layers import state_dict_layer_entry
-from .manifest import dump_manifest, new_manifest
+from .manifest import METADATA_KEY, dump_manifest, new_manifest
 from .progress import Progress
 from .reader import CheckpointReader, open_checkpoint
 from .stream_weight import stream_int4, stream_packed_int8
@@ -64,7 +65,12 @@ def quantize_checkpoint(src, dst, dtype=None, *, symmetric: Optional[bool] = Non
     Args:
         src: A ``.safetensors`` file, a folder of shards, an ``*.index.json``,
             or a ``.pt`` / ``.bin`` / ``.pth`` state_dict (read with
-            ``weights_only=True``: no code runs).
+            ``weights_only=True``: no code runs).  A folder without an index
+            is read as its ``*.safetensors`` files or, without any, its
+            ``pytorch_model*.bin`` / ``model*.bin`` / ``.pt`` / ``.pth``
+            files (others there, such as ``training_args.bin`` or
+            ``optimizer.pt``, are training state); ``dst``, when an earlier
+            output lies in that folder, is never read as a shard.
         dst: The output ``.safetensors`` file.
         dtype: As for :func:`~mono_quant.quantize` ("int8" by default).
         symmetric: As for :func:`~mono_quant.quantize`.
@@ -123,7 +129,7 @@ def quantize_checkpoint(src, dst, dtype=None, *, symmetric: Optional[bool] = Non
     if cfg.activations == "static":  # calibration runs a model: a checkpoint has none (issue 12)
         raise ConfigError("activations='static' needs the model and calibration data: use mono_quant.quantize()")
     check_destination(dst, overwrite)
-    with open_checkpoint(src) as reader:
+    with open_checkpoint(src, skip=_earlier_output(dst)) as reader:
         if reader.is_mono_quant():
             raise CheckpointError(f"{src} is already a mono-quant file; quantize the float checkpoint instead")
         _refuse_quantized_entries(reader, src)
@@ -134,6 +140,15 @@ def quantize_checkpoint(src, dst, dtype=None, *, symmetric: Optional[bool] = Non
         report = _write(reader, src, dst, cfg, overwrite, progress, measure_error, hf_plan)
     warn_if_nothing_quantized(report.layers, report.skipped)  # as quantize(state_dict) does
     return QuantizationResult(None, report.skipped, report, cfg, path=Path(dst))
+
+
+def _earlier_output(dst) -> Optional[str]:
+    """``dst`` when it is a file mono-quant wrote (an earlier run's output, which ``overwrite``
+    replaces): a scan of the folder it lies in must not read it as a shard of the float model.
+    A float ``dst`` stays in the scan, so that :func:`_refuse_overwriting_source` refuses it."""
+    if has_metadata_key(dst, METADATA_KEY) or kind_for_file(dst) is not None:
+        return dst
+    return None
 
 
 def _refuse_quantized_entries(reader: CheckpointReader, src) -> None:
