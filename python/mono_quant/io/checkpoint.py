@@ -121,6 +121,7 @@ def quantize_checkpoint(src, dst, dtype=None, *, symmetric: Optional[bool] = Non
             raise TypeError(f"quantize_checkpoint() takes file paths; {what} is a {type(value).__name__}"
                             + (": for a model or a state_dict in memory use mono_quant.quantize()"
                                if isinstance(value, (torch.nn.Module, Mapping)) else ""))
+    src, dst = os.fsdecode(src), os.fsdecode(dst)  # bytes paths too, as open() takes them
     cfg = resolve_options(config, dtype=dtype, symmetric=symmetric, granularity=granularity, include=include,
                           exclude=exclude, min_weight_numel=min_weight_numel, nonfinite=nonfinite,
                           activations=activations, group_size=group_size, method=method, embeddings=embeddings,

@@ -28,13 +28,13 @@ class CheckpointReader:
     """
 
     def __init__(self, src, skip=None):
-        self.src = Path(os.fspath(src))
+        self.src = Path(os.fsdecode(src))
         if not self.src.exists():
             raise FileNotFoundError(f"{self.src} does not exist")
         self._shards = []
         self._where: "OrderedDict[str, object]" = OrderedDict()
         try:
-            for path, wanted in shard_plan(self.src, None if skip is None else Path(os.fspath(skip))):
+            for path, wanted in shard_plan(self.src, None if skip is None else Path(os.fsdecode(skip))):
                 shard = open_shard(path)
                 self._shards.append(shard)
                 keys = shard.keys()
@@ -125,6 +125,6 @@ class CheckpointReader:
 
 
 def open_checkpoint(src, skip=None) -> CheckpointReader:
-    """A :class:`CheckpointReader` over ``src`` (file, shard directory or index); a folder scan
-    leaves out the file ``skip``."""
+    """A :class:`CheckpointReader` over ``src`` (file, shard directory or index; str, bytes or
+    path-like); a folder scan leaves out the file ``skip``."""
     return CheckpointReader(src, skip)

@@ -37,7 +37,7 @@ def save(model_or_result, path, *, overwrite: bool = False) -> Path:
     Args:
         model_or_result: A quantized model, a :class:`~mono_quant.QuantizationResult`
             of ``quantize()`` (of a model or of a state_dict), or a plain state_dict.
-        path: The file to write.
+        path: The file to write (str, bytes or path-like).
         overwrite: Replace an existing ``path``.
 
     Returns:
@@ -55,6 +55,7 @@ def save(model_or_result, path, *, overwrite: bool = False) -> Path:
         >>> result = mq.quantize(model, dtype="int8")
         >>> mq.save(result, "model-int8.safetensors")
     """
+    path = os.fsdecode(path)  # a bytes path too, as open() takes (and the file kinds below get a str)
     model_or_result = uncompiled(model_or_result)  # torch.compile's wrapper: the model it wraps
     if isinstance(model_or_result, QuantizationResult):
         inner = uncompiled(model_or_result.model)
@@ -82,7 +83,7 @@ def save(model_or_result, path, *, overwrite: bool = False) -> Path:
     manifest["tensor_aliases"] = aliases
     metadata = dump_manifest(manifest)
 
-    path = Path(os.fspath(path))
+    path = Path(path)
     with atomic_output(path, overwrite) as tmp:
         write_safetensors(unique, tmp, metadata, path)
     return path
