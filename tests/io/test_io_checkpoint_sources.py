@@ -1,5 +1,5 @@
 """What quantize_checkpoint() reads of a source: a rerun onto an earlier output inside the source folder
-does not read that output as a shard; a folder scan without an index takes
+does not read that output as a shard; suffixes match in any case; a folder scan without an index takes
 weight files only (training_args.bin and optimizer.pt were read as shards and failed)."""
 import os
 
@@ -62,6 +62,24 @@ def test_a_float_shard_as_destination_is_still_refused(tmp_path):
     with pytest.raises(CheckpointError, match="is the checkpoint being quantized"):
         mq.quantize_checkpoint(tmp_path, tmp_path / "model-00002-of-00002.safetensors", overwrite=True)
     assert (tmp_path / "model-00002-of-00002.safetensors").read_bytes() == before
+
+
+# -- suffixes in any case ----------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("name", ["model.SAFETENSORS", "model.Safetensors", "model.PT", "pytorch_model.BIN"])
+def test_upper_case_suffixes_are_read(tmp_path, name):
+    sd = _model().state_dict()
+    if name.lower().endswith(".safetensors"):
+        save_file(sd, os.fspath(tmp_path / name))
+    else:
+        torch.save(sd, tmp_path / name)
+    mq.quantize_checkpoint(tmp_path / name, tmp_path / "a.safetensors")
+    _assert_same_as_quantize(tmp_path / "a.safetensors", sd)
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    os.replace(tmp_path / name, folder / name)
+    mq.quantize_checkpoint(folder, tmp_path / "b.safetensors")  # found by a folder scan too
+    _assert_same_as_quantize(tmp_path / "b.safetensors", sd)
 
 
 # -- a folder scan takes weight files only --------------------------------------------------------------------

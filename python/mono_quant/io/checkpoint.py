@@ -70,7 +70,8 @@ def quantize_checkpoint(src, dst, dtype=None, *, symmetric: Optional[bool] = Non
             ``pytorch_model*.bin`` / ``model*.bin`` / ``.pt`` / ``.pth``
             files (others there, such as ``training_args.bin`` or
             ``optimizer.pt``, are training state); ``dst``, when an earlier
-            output lies in that folder, is never read as a shard.
+            output lies in that folder, is never read as a shard.  Suffixes
+            match in any case.
         dst: The output ``.safetensors`` file.
         dtype: As for :func:`~mono_quant.quantize` ("int8" by default).
         symmetric: As for :func:`~mono_quant.quantize`.

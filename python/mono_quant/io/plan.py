@@ -31,7 +31,7 @@ def shard_plan(src: Path, skip: Optional[Path] = None) -> List[Tuple[Path, Optio
     in any case.  ``skip``: a file the scan leaves out (quantize_checkpoint's earlier output in
     the folder it reads)."""
     if src.is_dir():
-        indexes = sorted(src.glob("*.index.json"))
+        indexes = sorted(p for p in src.iterdir() if p.name.lower().endswith(".index.json"))
         if len(indexes) > 1:
             raise CheckpointError(f"{src}: several index files ({', '.join(p.name for p in indexes)}); "
                                   f"pass the one to use")
@@ -42,7 +42,7 @@ def shard_plan(src: Path, skip: Optional[Path] = None) -> List[Tuple[Path, Optio
         for path in files:
             check_inside(path, src)
         return [(p, None) for p in files]
-    if src.name.endswith(".index.json"):
+    if src.name.lower().endswith(".index.json"):
         return index_plan(src)
     return [(src, None)]
 
