@@ -41,7 +41,9 @@ def atomic_output(dst, overwrite: bool = False) -> Iterator[Path]:
     fsynced and renamed to ``dst``, when it raises (or is interrupted) it is
     deleted.  A replaced ``dst`` keeps its mode (and owner, where the process may
     set it); a new one gets the umask's mode, as with open().  Without ``overwrite`` an existing ``dst`` is never replaced,
-    even one created while the block ran (``FileExistsError``)."""
+    even one created while the block ran (``FileExistsError``).  A system error writing the
+    temporary (an unwritable folder, a full disk) is raised as an ``OSError`` of the same errno
+    naming ``dst``: "cannot write <dst>: <reason>"."""
     dst = check_destination(dst, overwrite)
     tmp = dst.parent / f".{dst.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
     try:
@@ -50,11 +52,30 @@ def atomic_output(dst, overwrite: bool = False) -> Iterator[Path]:
             os.fsync(f.fileno())
         _take_permissions(tmp, dst if overwrite else None)
         _publish(tmp, dst, overwrite)
+    except OSError as exc:
+        if not _about_the_write(exc, tmp):
+            raise
+        # the hidden temporary's name is not one the caller knows: say which file could not be written
+        raise OSError(exc.errno, f"cannot write {dst}: {exc.strerror}") from exc
     finally:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
+        _remove(tmp)
+
+
+def _about_the_write(exc: OSError, tmp: Path) -> bool:
+    """Whether ``exc`` is a failure to write ``tmp``: a system error naming it (open, rename) or
+    naming no file (a write, fsync); errors naming another file (a source) and our own
+    message-only errors (FileExistsError from :func:`_publish`) pass unchanged."""
+    return exc.errno is not None and exc.filename in (None, os.fspath(tmp))
+
+
+def _remove(tmp: Path) -> None:
+    """Delete ``tmp`` if it is there: on a read-only file system unlink fails with EROFS even
+    for a file that was never created, which must not hide the error that stopped the write."""
+    try:
+        os.unlink(tmp)
+    except OSError:
+        if os.path.lexists(tmp):
+            raise
 
 
 def _take_permissions(tmp: Path, replaced) -> None:

@@ -21,17 +21,19 @@ import torch
 from ..config import DEFAULT, QuantConfig, resolve_options
 from ..composites import attention_out_proj_keys
 from ..entries import packs_straight_to_int8, quantize_state_dict_entry, state_dict_entry_plan
-from ..errors import CheckpointError, ConfigError
+from ..errors import AlreadyQuantizedError, CheckpointError, ConfigError
 from ..formats import get_format
 from ..modules.conv1d import conv2d_weight_of
 from ..report import LayerReport, Report, tensor_bytes
 from ..result import QuantizationResult
-from ..strictness import check_patterns_match, holder_names_of_keys, layer_names_of_keys, warn_if_nothing_quantized
+from ..strictness import (check_patterns_match, holder_names_of_keys, layer_names_of_keys, refuse_quantized_state_dict,
+                          warn_if_nothing_quantized)
 from .atomic import atomic_output, check_destination
 from .container import StreamingWriter
+from .file_kinds import has_metadata_key, kind_for_file
 from .hf_checkpoint import HfCheckpointPlan, add_tied_aliases, hf_checkpoint_plan, mark_module_types, write_hf_entry
 from .layers import state_dict_layer_entry
-from .manifest import dump_manifest, new_manifest
+from .manifest import METADATA_KEY, dump_manifest, new_manifest
 from .progress import Progress
 from .reader import CheckpointReader, open_checkpoint
 from .stream_weight import stream_int4, stream_packed_int8
@@ -63,7 +65,13 @@ def quantize_checkpoint(src, dst, dtype=None, *, symmetric: Optional[bool] = Non
     Args:
         src: A ``.safetensors`` file, a folder of shards, an ``*.index.json``,
             or a ``.pt`` / ``.bin`` / ``.pth`` state_dict (read with
-            ``weights_only=True``: no code runs).
+            ``weights_only=True``: no code runs).  A folder without an index
+            is read as its ``*.safetensors`` files or, without any, its
+            ``pytorch_model*.bin`` / ``model*.bin`` / ``.pt`` / ``.pth``
+            files (others there, such as ``training_args.bin`` or
+            ``optimizer.pt``, are training state); ``dst``, when an earlier
+            output lies in that folder, is never read as a shard.  Suffixes
+            match in any case.
         dst: The output ``.safetensors`` file.
         dtype: As for :func:`~mono_quant.quantize` ("int8" by default).
         symmetric: As for :func:`~mono_quant.quantize`.
@@ -95,9 +103,12 @@ def quantize_checkpoint(src, dst, dtype=None, *, symmetric: Optional[bool] = Non
     Raises:
         FileNotFoundError: ``src`` does not exist.
         FileExistsError: ``dst`` exists and ``overwrite`` is False.
+        OSError: ``dst`` cannot be written (the message names it; nothing is left behind).
         ConfigError: A bad option, or ``embeddings=True``.
         NonFiniteWeightError: A weight holds NaN/Inf with ``nonfinite="error"``.
-        CheckpointError: ``src`` is unreadable, inconsistent, or already quantized.
+        CheckpointError: ``src`` is unreadable, inconsistent, or a mono-quant file already.
+        AlreadyQuantizedError: ``src`` holds a state_dict mono-quant quantized, saved
+            without its manifest (as :func:`~mono_quant.quantize` refuses it).
 
     Warns:
         NothingQuantizedWarning: No entry was quantized (the output holds the float tensors).
@@ -111,6 +122,7 @@ def quantize_checkpoint(src, dst, dtype=None, *, symmetric: Optional[bool] = Non
             raise TypeError(f"quantize_checkpoint() takes file paths; {what} is a {type(value).__name__}"
                             + (": for a model or a state_dict in memory use mono_quant.quantize()"
                                if isinstance(value, (torch.nn.Module, Mapping)) else ""))
+    src, dst = os.fsdecode(src), os.fsdecode(dst)  # bytes paths too, as open() takes them
     cfg = resolve_options(config, dtype=dtype, symmetric=symmetric, granularity=granularity, include=include,
                           exclude=exclude, min_weight_numel=min_weight_numel, nonfinite=nonfinite,
                           activations=activations, group_size=group_size, method=method, embeddings=embeddings,
@@ -119,9 +131,10 @@ def quantize_checkpoint(src, dst, dtype=None, *, symmetric: Optional[bool] = Non
     if cfg.activations == "static":  # calibration runs a model: a checkpoint has none (issue 12)
         raise ConfigError("activations='static' needs the model and calibration data: use mono_quant.quantize()")
     check_destination(dst, overwrite)
-    with open_checkpoint(src) as reader:
+    with open_checkpoint(src, skip=_earlier_output(dst)) as reader:
         if reader.is_mono_quant():
             raise CheckpointError(f"{src} is already a mono-quant file; quantize the float checkpoint instead")
+        _refuse_quantized_entries(reader, src)
         _refuse_overwriting_source(reader, src, dst)
         check_patterns_match(cfg, layer_names_of_keys(reader.keys()), holders=holder_names_of_keys(reader.keys()))
         hf_plan = hf_checkpoint_plan(src)
@@ -129,6 +142,26 @@ def quantize_checkpoint(src, dst, dtype=None, *, symmetric: Optional[bool] = Non
         report = _write(reader, src, dst, cfg, overwrite, progress, measure_error, hf_plan)
     warn_if_nothing_quantized(report.layers, report.skipped)  # as quantize(state_dict) does
     return QuantizationResult(None, report.skipped, report, cfg, path=Path(dst))
+
+
+def _earlier_output(dst) -> Optional[str]:
+    """``dst`` when it is a file mono-quant wrote (an earlier run's output, which ``overwrite``
+    replaces): a scan of the folder it lies in must not read it as a shard of the float model.
+    A float ``dst`` stays in the scan, so that :func:`_refuse_overwriting_source` refuses it."""
+    if has_metadata_key(dst, METADATA_KEY) or kind_for_file(dst) is not None:
+        return dst
+    return None
+
+
+def _refuse_quantized_entries(reader: CheckpointReader, src) -> None:
+    """AlreadyQuantizedError, as quantize(state_dict) raises, for a state_dict of mono-quant layers
+    saved without a manifest (``torch.save(qmodel.state_dict())``): its float entries would be
+    copied and its integer ones kept, a "quantized" file of the float weights.  Names only: no
+    tensor is read."""
+    try:
+        refuse_quantized_state_dict(dict.fromkeys(reader.keys()))
+    except AlreadyQuantizedError as exc:
+        raise AlreadyQuantizedError(f"{src}: {exc}") from None
 
 
 def _refuse_overwriting_source(reader: CheckpointReader, src, dst) -> None:

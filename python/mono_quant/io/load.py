@@ -41,7 +41,7 @@ def load(path, model: Optional[nn.Module] = None):
     Never unpickles anything: the file is validated as untrusted input.
 
     Args:
-        path: The ``.safetensors`` file.
+        path: The ``.safetensors`` file (str, bytes or path-like).
         model: An instance of the float architecture (possibly on the
             ``meta`` device; it is not modified), or None.
 
@@ -64,6 +64,7 @@ def load(path, model: Optional[nn.Module] = None):
         ...     skeleton = MyModel()
         >>> qmodel = mq.load("model-int8.safetensors", model=skeleton)
     """
+    path = os.fsdecode(path)  # a bytes path too, as open() takes (safetensors' reader takes a str only)
     if torch.is_inference_mode_enabled():  # no inference tensors in a model that may be trained (as quantize())
         with torch.inference_mode(False):
             return load(path, model)

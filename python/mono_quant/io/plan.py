@@ -13,29 +13,74 @@ from .errors import CheckpointError
 from .shards import TORCH_SUFFIXES
 from .untrusted_json import UntrustedJSONError, loads_bounded
 
-__all__ = ["shard_plan", "index_plan", "check_inside"]
+__all__ = ["shard_plan", "index_plan", "check_inside", "is_weight_file_name"]
+
+# the names Hugging Face gives weight files (model.safetensors, model-00001-of-00002.safetensors,
+# pytorch_model.bin, pytorch_model-00001-of-00002.bin): a folder scan takes torch.save files by
+# these only, as others beside them are training state (training_args.bin, optimizer.pt, rng_state.pth)
+WEIGHT_FILE_PREFIXES = ("pytorch_model", "model")
 
 
-def shard_plan(src: Path) -> List[Tuple[Path, Optional[set]]]:
+def shard_plan(src: Path, skip: Optional[Path] = None) -> List[Tuple[Path, Optional[set]]]:
     """(shard path, names the index assigns to it or None) in reading order.  Every file
-    found through a folder or an index must lie in that folder (see :func:`check_inside`)."""
+    found through a folder or an index must lie in that folder (see :func:`check_inside`).
+
+    A folder with one ``*.index.json`` is read through it.  Without one, a folder scan takes its
+    ``*.safetensors`` files or, when it has none, its torch.save files named as weights
+    (:func:`is_weight_file_name`: ``pytorch_model*.bin``, ``model*.pt``, ...).  Suffixes match
+    in any case.  ``skip``: a file the scan leaves out (quantize_checkpoint's earlier output in
+    the folder it reads)."""
     if src.is_dir():
-        indexes = sorted(src.glob("*.index.json"))
+        indexes = sorted(p for p in src.iterdir() if p.name.lower().endswith(".index.json"))
         if len(indexes) > 1:
             raise CheckpointError(f"{src}: several index files ({', '.join(p.name for p in indexes)}); "
                                   f"pass the one to use")
         if indexes:
             check_inside(indexes[0], src)
             return index_plan(indexes[0])
-        files = sorted(src.glob("*.safetensors")) or sorted(p for p in src.iterdir() if p.suffix in TORCH_SUFFIXES)
-        if not files:
-            raise CheckpointError(f"{src}: no *.safetensors, *.bin, *.pt or *.index.json in this directory")
+        files = _scan(src, skip)
         for path in files:
             check_inside(path, src)
         return [(p, None) for p in files]
-    if src.name.endswith(".index.json"):
+    if src.name.lower().endswith(".index.json"):
         return index_plan(src)
     return [(src, None)]
+
+
+def is_weight_file_name(name: str) -> bool:
+    """Whether a torch.save file called ``name`` is taken by a folder scan: ``.bin`` / ``.pt`` /
+    ``.pth`` named ``pytorch_model*`` or ``model*`` (any case), as Hugging Face names weights."""
+    name = name.lower()
+    return Path(name).suffix in TORCH_SUFFIXES and name.startswith(WEIGHT_FILE_PREFIXES)
+
+
+def _scan(src: Path, skip: Optional[Path]) -> List[Path]:
+    """The weight files of a folder without an index (see :func:`shard_plan`); CheckpointError
+    naming the files considered when there is none."""
+    candidates, skipped = [], []
+    for path in sorted(src.iterdir()):
+        if path.suffix.lower() in (".safetensors",) + TORCH_SUFFIXES:
+            (skipped if _is_file(path, skip) else candidates).append(path)
+    files = ([p for p in candidates if p.suffix.lower() == ".safetensors"]
+             or [p for p in candidates if is_weight_file_name(p.name)])
+    if files:
+        return files
+    message = (f"{src}: no *.safetensors, pytorch_model*.bin or model*.bin / .pt / .pth weight files and no "
+               f"*.index.json in this directory")
+    if candidates:
+        more = f" and {len(candidates) - 10} more" if len(candidates) > 10 else ""
+        message += (f" (considered {', '.join(p.name for p in candidates[:10])}{more}: other torch.save files are "
+                    f"not taken for weights, as they often hold training state; pass the state_dict file itself)")
+    message += "".join(f" ({p.name} is the output, not read)" for p in skipped)
+    raise CheckpointError(message)
+
+
+def _is_file(path: Path, other: Optional[Path]) -> bool:
+    """Whether ``path`` is the file ``other`` (False when either is missing)."""
+    try:
+        return other is not None and os.path.samefile(path, other)
+    except OSError:
+        return False
 
 
 def index_plan(index: Path) -> List[Tuple[Path, Optional[set]]]:

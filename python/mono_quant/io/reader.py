@@ -23,17 +23,18 @@ class CheckpointReader:
     ``keys()`` lists them in file order, ``spec(key)`` gives (dtype, shape)
     without reading, ``get(key)`` reads one.  Use as a context manager.
     Raises ``FileNotFoundError`` for a missing source and CheckpointError for
-    an unreadable one, a bad index, or a name found in two shards.
+    an unreadable one, a bad index, or a name found in two shards.  ``skip``: a
+    file a folder scan leaves out (see :func:`~.plan.shard_plan`).
     """
 
-    def __init__(self, src):
-        self.src = Path(os.fspath(src))
+    def __init__(self, src, skip=None):
+        self.src = Path(os.fsdecode(src))
         if not self.src.exists():
             raise FileNotFoundError(f"{self.src} does not exist")
         self._shards = []
         self._where: "OrderedDict[str, object]" = OrderedDict()
         try:
-            for path, wanted in shard_plan(self.src):
+            for path, wanted in shard_plan(self.src, None if skip is None else Path(os.fsdecode(skip))):
                 shard = open_shard(path)
                 self._shards.append(shard)
                 keys = shard.keys()
@@ -123,6 +124,7 @@ class CheckpointReader:
         self.close()
 
 
-def open_checkpoint(src) -> CheckpointReader:
-    """A :class:`CheckpointReader` over ``src`` (file, shard directory or index)."""
-    return CheckpointReader(src)
+def open_checkpoint(src, skip=None) -> CheckpointReader:
+    """A :class:`CheckpointReader` over ``src`` (file, shard directory or index; str, bytes or
+    path-like); a folder scan leaves out the file ``skip``."""
+    return CheckpointReader(src, skip)

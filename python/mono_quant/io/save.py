@@ -3,12 +3,14 @@ from __future__ import annotations
 
 import copy
 import os
+import re
 from collections import OrderedDict
 from pathlib import Path
 from typing import Dict, Mapping, Tuple
 
 import torch
 import safetensors.torch
+from safetensors import SafetensorError
 from torch import nn
 
 from ..compiled_models import uncompiled
@@ -20,7 +22,7 @@ from .layers import guess_orig_dtype, quantized_layer_entries, state_dict_layer_
 from .manifest import dump_manifest, new_manifest
 from .file_kinds import kind_for_object
 
-__all__ = ["save", "dedupe_tensors"]
+__all__ = ["save", "dedupe_tensors", "write_safetensors"]
 
 
 def save(model_or_result, path, *, overwrite: bool = False) -> Path:
@@ -35,7 +37,7 @@ def save(model_or_result, path, *, overwrite: bool = False) -> Path:
     Args:
         model_or_result: A quantized model, a :class:`~mono_quant.QuantizationResult`
             of ``quantize()`` (of a model or of a state_dict), or a plain state_dict.
-        path: The file to write.
+        path: The file to write (str, bytes or path-like).
         overwrite: Replace an existing ``path``.
 
     Returns:
@@ -46,12 +48,14 @@ def save(model_or_result, path, *, overwrite: bool = False) -> Path:
             ``quantize_checkpoint`` (already in its file).
         ValueError: A tensor is on the ``meta`` device.
         FileExistsError: ``path`` exists and ``overwrite`` is False.
-        OSError: The write failed (nothing is left behind).
+        OSError: The write failed, e.g. a full disk or a read-only folder (the message
+            names ``path``; nothing is left behind).
 
     Examples:
         >>> result = mq.quantize(model, dtype="int8")
         >>> mq.save(result, "model-int8.safetensors")
     """
+    path = os.fsdecode(path)  # a bytes path too, as open() takes (and the file kinds below get a str)
     model_or_result = uncompiled(model_or_result)  # torch.compile's wrapper: the model it wraps
     if isinstance(model_or_result, QuantizationResult):
         inner = uncompiled(model_or_result.model)
@@ -79,10 +83,24 @@ def save(model_or_result, path, *, overwrite: bool = False) -> Path:
     manifest["tensor_aliases"] = aliases
     metadata = dump_manifest(manifest)
 
-    path = Path(os.fspath(path))
+    path = Path(path)
     with atomic_output(path, overwrite) as tmp:
-        safetensors.torch.save_file(unique, os.fspath(tmp), metadata=metadata)
+        write_safetensors(unique, tmp, metadata, path)
     return path
+
+
+def write_safetensors(tensors: Mapping[str, torch.Tensor], tmp: Path, metadata, dst: Path) -> None:
+    """``safetensors.torch.save_file(tensors, tmp)`` inside ``atomic_output(dst)``, its write errors
+    (a SafetensorError, an Exception only) raised as the OSError save() documents: with the errno
+    the message gives ("No space left on device (os error 28)") and no file name, so that
+    atomic_output names ``dst`` (not a temporary path of ours or of the package)."""
+    try:
+        safetensors.torch.save_file(tensors, os.fspath(tmp), metadata=metadata)
+    except SafetensorError as exc:
+        code = re.search(r"\(os error (\d+)\)", str(exc))
+        if code is None:
+            raise OSError(f"cannot write {dst}: {exc}") from exc
+        raise OSError(int(code.group(1)), os.strerror(int(code.group(1)))) from exc
 
 
 def _refuse_quantized_modules_state_dict(sd: Mapping) -> None:

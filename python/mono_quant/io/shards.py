@@ -198,7 +198,7 @@ def archive_byteorder(path: Path) -> Optional[str]:
 
 
 def open_shard(path: Path):
-    """The reader of one checkpoint file, by its suffix.  Raises CheckpointError for a
+    """The reader of one checkpoint file, by its suffix (in any case).  Raises CheckpointError for a
     file that is not a regular file or of an unknown type."""
     try:
         mode = os.stat(path).st_mode
@@ -206,8 +206,9 @@ def open_shard(path: Path):
         raise CheckpointError(f"{path}: cannot read: {exc}") from exc
     if not stat.S_ISREG(mode):  # a FIFO or a device would block or never end
         raise CheckpointError(f"{path}: not a regular file (a pipe, socket or device?)")
-    if path.suffix == ".safetensors":
+    suffix = path.suffix.lower()  # model.SAFETENSORS too, as check_destination reads names (atomic.py)
+    if suffix == ".safetensors":
         return SafetensorsShard(path)
-    if path.suffix in TORCH_SUFFIXES:
+    if suffix in TORCH_SUFFIXES:
         return TorchShard(path)
     raise CheckpointError(f"{path}: unknown checkpoint type (expected .safetensors, .pt, .pth or .bin)")

@@ -23,12 +23,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from safetensors import safe_open
-from safetensors.torch import save_file
 
 from ..errors import CheckpointError
 from ..formats.checks import BadLayer, check_scales
 from ..io.aligned import aligned
 from ..io.atomic import atomic_output
+from ..io.save import write_safetensors
 from ..io.file_kinds import FileKind, has_metadata_key, register_file_kind
 from ..io.untrusted_json import loads_bounded
 from ..kernels.layout import PACKED_LAYOUT_VERSION
@@ -176,7 +176,7 @@ def save_static(model: StaticGraphModel, path, overwrite: bool = True) -> Path:
     manifest = {"format": STATIC_FORMAT, "layers": layers, "program": program}
     path = Path(os.fspath(path))
     with atomic_output(path, overwrite) as tmp:
-        save_file(tensors, os.fspath(tmp), metadata={_META_KEY: json.dumps(manifest)})
+        write_safetensors(tensors, tmp, {_META_KEY: json.dumps(manifest)}, path)
     return path
 
 

@@ -23,11 +23,11 @@ import torch
 from torch import nn
 
 from safetensors import safe_open
-from safetensors.torch import save_file
 
 from ..errors import CheckpointError
 from ..io.aligned import aligned
 from ..io.atomic import atomic_output
+from ..io.save import write_safetensors
 from ..io.file_kinds import FileKind, has_metadata_key, register_file_kind
 from ..io.skeleton import materialize_non_persistent_buffers
 from ..io.untrusted_json import loads_bounded
@@ -78,7 +78,7 @@ def save_per_layer(model: nn.Module, path, overwrite: bool = True) -> Path:
     manifest = {"format": PER_LAYER_FORMAT, "layers": layers}
     path = Path(os.fspath(path))
     with atomic_output(path, overwrite) as tmp:
-        save_file(tensors, os.fspath(tmp), metadata={PER_LAYER_META_KEY: json.dumps(manifest)})
+        write_safetensors(tensors, tmp, {PER_LAYER_META_KEY: json.dumps(manifest)}, path)
     return path
 
 

@@ -1,0 +1,121 @@
+"""What quantize_checkpoint() reads of a source: a rerun onto an earlier output inside the source folder
+does not read that output as a shard; suffixes match in any case; a folder scan without an index takes
+weight files only (training_args.bin and optimizer.pt were read as shards and failed)."""
+import os
+
+import pytest
+import torch
+from safetensors.torch import save_file
+from torch import nn
+
+import mono_quant as mq
+from mono_quant.io import CheckpointError
+from mono_quant.io.plan import is_weight_file_name
+
+
+def _model():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 32))
+
+
+def _assert_same_as_quantize(path, sd):
+    expected = mq.quantize(sd).state_dict()
+    qsd = mq.load(path)
+    assert set(qsd) == set(expected)
+    for key, value in expected.items():
+        assert qsd[key].dtype == value.dtype and torch.equal(qsd[key], value), key
+
+
+# -- an earlier output inside the source folder ------------------------------------------------------------
+
+def test_rerun_into_the_source_folder_does_not_read_the_earlier_output(tmp_path):
+    sd = _model().state_dict()
+    save_file(sd, os.fspath(tmp_path / "model.safetensors"))
+    dst = tmp_path / "model-int8.safetensors"
+    mq.quantize_checkpoint(tmp_path, dst, overwrite=True)
+    first = dst.read_bytes()
+    result = mq.quantize_checkpoint(tmp_path, dst, overwrite=True)  # was: "'0.bias' is in two shards"
+    assert len(result.report.layers) == 2
+    assert dst.read_bytes() == first
+    _assert_same_as_quantize(dst, sd)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model-int8.safetensors", "model.safetensors"]
+
+
+def test_rerun_beside_pytorch_model_bin(tmp_path):
+    """Without the earlier output the folder has no .safetensors file: the scan falls back to the .bin."""
+    sd = _model().state_dict()
+    torch.save(sd, tmp_path / "pytorch_model.bin")
+    dst = tmp_path / "model-int8.safetensors"
+    mq.quantize_checkpoint(tmp_path, dst)
+    mq.quantize_checkpoint(tmp_path, dst, dtype="int4", min_weight_numel=0, overwrite=True)
+    assert {layer["dtype"] for layer in mq.load(dst).layers} == {"int4"}
+
+
+def test_a_float_shard_as_destination_is_still_refused(tmp_path):
+    """Only a file mono-quant wrote is left out of the scan: a float shard stays in it, so that
+    overwriting it (and losing its weights) is refused."""
+    sd = _model().state_dict()
+    keys = list(sd)
+    save_file({k: sd[k] for k in keys[:2]}, os.fspath(tmp_path / "model-00001-of-00002.safetensors"))
+    save_file({k: sd[k] for k in keys[2:]}, os.fspath(tmp_path / "model-00002-of-00002.safetensors"))
+    before = (tmp_path / "model-00002-of-00002.safetensors").read_bytes()
+    with pytest.raises(CheckpointError, match="is the checkpoint being quantized"):
+        mq.quantize_checkpoint(tmp_path, tmp_path / "model-00002-of-00002.safetensors", overwrite=True)
+    assert (tmp_path / "model-00002-of-00002.safetensors").read_bytes() == before
+
+
+# -- suffixes in any case ----------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("name", ["model.SAFETENSORS", "model.Safetensors", "model.PT", "pytorch_model.BIN"])
+def test_upper_case_suffixes_are_read(tmp_path, name):
+    sd = _model().state_dict()
+    if name.lower().endswith(".safetensors"):
+        save_file(sd, os.fspath(tmp_path / name))
+    else:
+        torch.save(sd, tmp_path / name)
+    mq.quantize_checkpoint(tmp_path / name, tmp_path / "a.safetensors")
+    _assert_same_as_quantize(tmp_path / "a.safetensors", sd)
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    os.replace(tmp_path / name, folder / name)
+    mq.quantize_checkpoint(folder, tmp_path / "b.safetensors")  # found by a folder scan too
+    _assert_same_as_quantize(tmp_path / "b.safetensors", sd)
+
+
+# -- a folder scan takes weight files only --------------------------------------------------------------------
+
+def test_folder_scan_leaves_training_state_out(tmp_path):
+    sd = _model().state_dict()
+    torch.save(sd, tmp_path / "pytorch_model.bin")
+    torch.save({"learning_rate": 1e-3, "output_dir": "out"}, tmp_path / "training_args.bin")
+    torch.save({"state": {}, "param_groups": []}, tmp_path / "optimizer.pt")
+    torch.save({"python": 1}, tmp_path / "rng_state.pth")
+    mq.quantize_checkpoint(tmp_path, tmp_path / "q.safetensors")
+    _assert_same_as_quantize(tmp_path / "q.safetensors", sd)
+
+
+def test_folder_scan_takes_hugging_face_bin_shards(tmp_path):
+    sd = _model().state_dict()
+    keys = list(sd)
+    torch.save({k: sd[k] for k in keys[:2]}, tmp_path / "pytorch_model-00001-of-00002.bin")
+    torch.save({k: sd[k] for k in keys[2:]}, tmp_path / "pytorch_model-00002-of-00002.bin")
+    torch.save({"learning_rate": 1e-3}, tmp_path / "training_args.bin")
+    mq.quantize_checkpoint(tmp_path, tmp_path / "q.safetensors")
+    _assert_same_as_quantize(tmp_path / "q.safetensors", sd)
+
+
+def test_folder_without_weight_files_says_what_it_considered(tmp_path):
+    torch.save({"learning_rate": 1e-3}, tmp_path / "training_args.bin")
+    torch.save(_model().state_dict(), tmp_path / "checkpoint.pt")
+    with pytest.raises(CheckpointError, match=r"no \*\.safetensors, pytorch_model\*\.bin .*\(considered "
+                                              r"checkpoint\.pt, training_args\.bin: .*pass the state_dict file itself"):
+        mq.quantize_checkpoint(tmp_path, tmp_path / "q.safetensors")
+    mq.quantize_checkpoint(tmp_path / "checkpoint.pt", tmp_path / "q.safetensors")  # the file itself is read
+
+
+def test_weight_file_names():
+    for name in ("pytorch_model.bin", "pytorch_model-00001-of-00003.bin", "model.pt", "Model.PTH", "model-1.bin"):
+        assert is_weight_file_name(name), name
+    for name in ("training_args.bin", "optimizer.pt", "scheduler.pt", "rng_state.pth", "scaler.pt",
+                 "model.safetensors", "pytorch_model.bin.index.json"):
+        assert not is_weight_file_name(name), name
