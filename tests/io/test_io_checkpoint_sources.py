@@ -113,6 +113,13 @@ def test_folder_without_weight_files_says_what_it_considered(tmp_path):
     mq.quantize_checkpoint(tmp_path / "checkpoint.pt", tmp_path / "q.safetensors")  # the file itself is read
 
 
+def test_a_folder_of_one_torch_save_file_reads_it(tmp_path):
+    sd = _model().state_dict()
+    torch.save(sd, tmp_path / "checkpoint.pt")
+    mq.quantize_checkpoint(tmp_path, tmp_path / "q.safetensors")
+    _assert_same_as_quantize(tmp_path / "q.safetensors", sd)
+
+
 def test_weight_file_names():
     for name in ("pytorch_model.bin", "pytorch_model-00001-of-00003.bin", "model.pt", "Model.PTH", "model-1.bin"):
         assert is_weight_file_name(name), name

@@ -27,7 +27,8 @@ def shard_plan(src: Path, skip: Optional[Path] = None) -> List[Tuple[Path, Optio
 
     A folder with one ``*.index.json`` is read through it.  Without one, a folder scan takes its
     ``*.safetensors`` files or, when it has none, its torch.save files named as weights
-    (:func:`is_weight_file_name`: ``pytorch_model*.bin``, ``model*.pt``, ...).  Suffixes match
+    (:func:`is_weight_file_name`: ``pytorch_model*.bin``, ``model*.pt``, ...), or its one torch.save
+    file when it holds one only.  Suffixes match
     in any case.  ``skip``: a file the scan leaves out (quantize_checkpoint's earlier output in
     the folder it reads)."""
     if src.is_dir():
@@ -62,7 +63,8 @@ def _scan(src: Path, skip: Optional[Path]) -> List[Path]:
         if path.suffix.lower() in (".safetensors",) + TORCH_SUFFIXES:
             (skipped if _is_file(path, skip) else candidates).append(path)
     files = ([p for p in candidates if p.suffix.lower() == ".safetensors"]
-             or [p for p in candidates if is_weight_file_name(p.name)])
+             or [p for p in candidates if is_weight_file_name(p.name)]
+             or (candidates if len(candidates) == 1 else []))  # (a folder of one checkpoint.pt: that file)
     if files:
         return files
     message = (f"{src}: no *.safetensors, pytorch_model*.bin or model*.bin / .pt / .pth weight files and no "
