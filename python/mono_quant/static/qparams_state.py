@@ -33,7 +33,10 @@ def check_before_load(root: torch.nn.Module, state_dict) -> None:
     for name, m in root.named_modules():
         key = f"{name}.{EXTRA_STATE}" if name else EXTRA_STATE
         if isinstance(m, QParamsInStateDict) and key in state_dict:
-            m.set_extra_state(state_dict[key])
+            try:
+                m.set_extra_state(state_dict[key])
+            except ValueError as exc:
+                raise ValueError(f"layer {name!r}: {exc}") from None
 
 
 class QParamsInStateDict:
@@ -49,18 +52,19 @@ class QParamsInStateDict:
 
     def set_extra_state(self, state) -> None:
         name = type(self).__name__
-        if not isinstance(state, torch.Tensor) or state.dtype != torch.uint8 or state.dim() != 1:
-            raise ValueError(f"{name}: its state_dict's {EXTRA_STATE} must be the uint8 bytes state_dict() wrote")
+        if not isinstance(state, torch.Tensor) or state.dtype != torch.uint8 or state.dim() != 1 \
+                or state.device.type != "cpu":
+            raise ValueError(f"{name}: its state_dict's {EXTRA_STATE} must be the uint8 CPU bytes state_dict() wrote")
         try:
             theirs = loads_bounded(state.numpy().tobytes())
         except UntrustedJSONError as exc:
-            raise ValueError(f"{name}: its state_dict's {EXTRA_STATE} is not the JSON state_dict() wrote "
-                             f"({exc})") from None
+            theirs = exc
+        if not isinstance(theirs, dict):
+            raise ValueError(f"{name}: its state_dict's {EXTRA_STATE} is not the JSON state_dict() wrote")
         ours = json.loads(_encoded(self.init_kwargs()))
-        if theirs != ours:
-            keys = sorted(set(theirs) | set(ours)) if isinstance(theirs, dict) else ["<all>"]
-            diff = [f"{k}: {theirs.get(k)!r} in the state_dict, {ours.get(k)!r} here" for k in keys
-                    if isinstance(theirs, dict) and theirs.get(k) != ours.get(k)] or ["not a mapping"]
+        diff = [f"{k}: {theirs.get(k)!r} in the state_dict, {ours.get(k)!r} here"
+                for k in sorted(set(theirs) | set(ours)) if theirs.get(k) != ours.get(k)]
+        if diff:
             raise ValueError(f"{name}: the state_dict was calibrated otherwise ({'; '.join(diff[:4])}): a static "
                              f"int8 state_dict loads only into a model with the same calibration; move a static "
                              f"model with mq.save / mq.load")
