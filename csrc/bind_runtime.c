@@ -22,11 +22,11 @@ static const char *str_arg(PyObject *arg, const char *type_error) {
 
 PyDoc_STRVAR(set_threading_backend_doc,
              "set_threading_backend(name) -> previous\n\n"
-             "How the kernels use threads: \"pool\" (default: persistent helpers that the\n"
-             "caller never waits for to start; safe across fork), \"pthreads\" (threads\n"
-             "started and joined per call) or \"omp-team\" (the pool, with jobs of 1 ms or\n"
-             "more on torch's OpenMP team where torch loaded libgomp).  Raises ValueError for\n"
-             "any other name.");
+             "How the kernels use threads: \"omp-team\" (default: the pool, with jobs of\n"
+             "15 us or more on torch's OpenMP team where torch loaded libgomp), \"pool\"\n"
+             "(persistent helpers that the caller never waits for to start; safe across\n"
+             "fork) or \"pthreads\" (detached threads started per call, taking pieces as the\n"
+             "caller does).  Raises ValueError for any other name.");
 
 static PyObject *py_set_threading_backend(PyObject *self, PyObject *arg) {
     (void)self;

@@ -347,18 +347,19 @@ const mq_kernels *mq_kernels_for(mq_isa_t isa) {
 
 const mq_kernels *mq_active(void) {
     init_tables();
-    return __atomic_load_n(&levels[active_isa], __ATOMIC_ACQUIRE);
+    /* (relaxed atomics: set_isa may run on another thread; a call reads the level once) */
+    return __atomic_load_n(&levels[__atomic_load_n(&active_isa, __ATOMIC_RELAXED)], __ATOMIC_ACQUIRE);
 }
 
 mq_isa_t mq_active_isa(void) {
     init_tables();
-    return active_isa;
+    return __atomic_load_n(&active_isa, __ATOMIC_RELAXED);
 }
 
 int mq_set_isa(mq_isa_t isa) {
     init_tables();
     if (isa < 0 || isa >= MQ_ISA_COUNT || isa > best_isa) return -1;
-    active_isa = isa;
+    __atomic_store_n(&active_isa, isa, __ATOMIC_RELAXED);
     return 0;
 }
 

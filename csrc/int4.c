@@ -205,6 +205,7 @@ static void refine_hqq(const q4_group_ctx *c, const float *x, int64_t n, q4_para
 /* ---- quantize driver ------------------------------------------------------------ */
 
 typedef struct {
+    const mq_kernels *kt; /* the level the call started on */
     const uint8_t *src;
     mq_src_t kind;
     int64_t cols, kpad, group;
@@ -220,7 +221,7 @@ typedef struct {
 
 static void quantize_range(void *vctx, int64_t begin, int64_t end) {
     quantize_ctx *c = vctx;
-    const mq_kernels *k = mq_active();
+    const mq_kernels *k = c->kt;
     float *xbuf = aligned_alloc(64, (size_t)c->kpad * sizeof(float) * 2);
     if (!xbuf) {
         c->oom = 1;
@@ -276,7 +277,7 @@ int64_t mq_q4_quantize(const void *src, mq_src_t kind, int64_t rows, int64_t col
     if (rows <= 0 || kpad <= 0) return -1; /* (kpad -1: past int64, which the bindings refuse first) */
     int64_t *bad = calloc((size_t)rows, sizeof(int64_t));
     if (!bad) return -2;
-    quantize_ctx c = {src, kind, cols, kpad, group, symmetric, method, packed, scale, zero, sum_x2, sum_err2, bad, 0};
+    quantize_ctx c = {mq_active(), src, kind, cols, kpad, group, symmetric, method, packed, scale, zero, sum_x2, sum_err2, bad, 0};
     int64_t min_rows = (1 << 14) / kpad + 1;
     mq_parallel_for(rows, min_rows, nthreads, quantize_range, &c);
     int64_t result = c.oom ? -2 : -1;
@@ -289,6 +290,7 @@ int64_t mq_q4_quantize(const void *src, mq_src_t kind, int64_t rows, int64_t col
 /* ---- dequantize driver --------------------------------------------------------------- */
 
 typedef struct {
+    const mq_kernels *kt; /* the level the call started on */
     const uint8_t *packed;
     const uint16_t *scale;
     const uint8_t *zero;
@@ -317,7 +319,7 @@ static void dequantize_row(const mq_kernels *k, const uint8_t *prow, const uint1
 
 static void dequantize_range(void *vctx, int64_t begin, int64_t end) {
     dequantize_ctx *c = vctx;
-    const mq_kernels *k = mq_active();
+    const mq_kernels *k = c->kt;
     float *tail = aligned_alloc(64, MQ_Q4_BLOCK * sizeof(float));
     if (!tail) {
         c->oom = 1;
@@ -334,7 +336,7 @@ static void dequantize_range(void *vctx, int64_t begin, int64_t end) {
 
 void mq_q4_dequantize(const uint8_t *packed, const uint16_t *scale, const uint8_t *zero, int64_t rows, int64_t kpad,
                       int64_t group, int64_t cols, float *dst, int nthreads) {
-    dequantize_ctx c = {packed, scale, zero, kpad, group, cols, dst, 0};
+    dequantize_ctx c = {mq_active(), packed, scale, zero, kpad, group, cols, dst, 0};
     mq_parallel_for(rows, (1 << 15) / (kpad + 1) + 1, nthreads, dequantize_range, &c);
 }
 
@@ -373,6 +375,7 @@ static int64_t i8_row_chunk(const mq_kernels *k, int64_t m, int64_t kpad) {
 #define MQ_Q4_KC 1024 /* panel path: K chunk so the activation chunk stays in L2 */
 
 typedef struct {
+    const mq_kernels *kt; /* the level the call started on, for every piece of it (set_isa may change it meanwhile) */
     const float *x, *xsum;
     int64_t m, kpad, group, rows;
     const uint8_t *packed;
@@ -392,8 +395,8 @@ static void add_bias(float *y, int64_t m, int64_t ldy, const float *bias, int64_
 
 static void gemv_range(void *vctx, int64_t begin, int64_t end) {
     linear_ctx *c = vctx;
-    mq_active()->q4_gemv(c->x, c->kpad, c->m, c->xsum, c->packed, c->kpad, c->group, c->scale, c->zero, begin, end,
-                         c->y, c->rows);
+    c->kt->q4_gemv(c->x, c->kpad, c->m, c->xsum, c->packed, c->kpad, c->group, c->scale, c->zero, begin, end, c->y,
+                   c->rows);
     add_bias(c->y, c->m, c->rows, c->bias, begin, end);
 }
 
@@ -401,7 +404,7 @@ static void gemv_range(void *vctx, int64_t begin, int64_t end) {
  * small fp32 buffer, then multiply all activation rows against it. */
 static void panel_range(void *vctx, int64_t begin, int64_t end) {
     linear_ctx *c = vctx;
-    const mq_kernels *k = mq_active();
+    const mq_kernels *k = c->kt;
     float *w = aligned_alloc(64, (size_t)MQ_Q4_PANEL_ROWS * MQ_Q4_KC * sizeof(float));
     if (!w) {
         c->oom = 1;
@@ -497,6 +500,7 @@ int mq_q4_int8_ok(int64_t kpad, int64_t group) {
  * then per-group sums, or (xq set) the int8 codes and their sums.  Over rows, so that at
  * thousands of rows it is not a serial step before the threaded GEMM. */
 typedef struct {
+    mq_q4_act_i8_fn act; /* the call's level (linear_ctx.kt) */
     const uint8_t *x;
     size_t row_bytes;
     mq_src_t kind;
@@ -509,7 +513,7 @@ typedef struct {
 
 static void prologue_range(void *vctx, int64_t begin, int64_t end) {
     prologue_ctx *c = vctx;
-    mq_q4_act_i8_fn act = mq_active()->q4_act_i8;
+    mq_q4_act_i8_fn act = c->act;
     for (int64_t i = begin; i < end; i++) {
         const float *xr = (const float *)(c->x + (size_t)i * c->row_bytes);
         if (c->xpad) {
@@ -533,7 +537,8 @@ int mq_q4_linear(const void *x, mq_src_t kind, int64_t m, int64_t cols, const ui
                  const uint16_t *scale, const uint8_t *zero, int64_t rows, int64_t kpad, int64_t group,
                  const float *bias, float *y, int act_mode, int nthreads) {
     if (m <= 0 || rows <= 0) return 0;
-    mq_q4_gemv_i8_fn i8 = mq_active()->q4_gemv_i8;
+    const mq_kernels *kt = mq_active(); /* once: every piece runs on this level */
+    mq_q4_gemv_i8_fn i8 = kt->q4_gemv_i8;
     if (act_mode == 1 && !i8) i8 = mq_ref_q4_gemv_i8;
     int use_i8 = act_mode != 0 && i8 && mq_q4_int8_ok(kpad, group) && (act_mode == 1 || m >= mq_q4_int8_min_m);
     int64_t ngroups = (kpad + group - 1) / group;
@@ -554,13 +559,13 @@ int mq_q4_linear(const void *x, mq_src_t kind, int64_t m, int64_t cols, const ui
     float *xpad = in_place ? NULL : buf;
     float *xsum = in_place ? buf : buf + (size_t)m * (size_t)kpad;
     int32_t *xqsum = use_i8 ? (int32_t *)(xscale + m * ngroups) : NULL;
-    prologue_ctx pc = {(const uint8_t *)x, (size_t)cols * mq_src_size(kind), kind, cols, kpad, group, ngroups, xpad, xsum,
+    prologue_ctx pc = {kt->q4_act_i8, (const uint8_t *)x, (size_t)cols * mq_src_size(kind), kind, cols, kpad, group, ngroups, xpad, xsum,
                        xq, xscale, xqsum};
     mq_parallel_for(m, 1 + ((int64_t)1 << 16) / (kpad + 1), nthreads, prologue_range, &pc);
-    linear_ctx c = {in_place ? (const float *)x : xpad, xsum, m, kpad, group, rows, packed, scale, zero, y, bias, 0};
+    linear_ctx c = {kt, in_place ? (const float *)x : xpad, xsum, m, kpad, group, rows, packed, scale, zero, y, bias, 0};
     if (use_i8) {
         linear_i8_ctx ci = {xq, xscale, xqsum, m, kpad, group, rows, packed, scale, zero, y, bias, i8};
-        mq_parallel_for(rows, i8_row_chunk(mq_active(), m, kpad), nthreads, gemv_i8_range, &ci);
+        mq_parallel_for(rows, i8_row_chunk(kt, m, kpad), nthreads, gemv_i8_range, &ci);
         free(xq);
         free(xscale);
     } else if (m < mq_q4_panel_min_m) {

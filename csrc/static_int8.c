@@ -562,6 +562,7 @@ int mq_depthwise_static(const int8_t *x, int64_t batch, int64_t channels, int64_
 /* ---- residual add ------------------------------------------------------------------- */
 
 typedef struct {
+    mq_static_add_fn add; /* the call's level, for every chunk */
     const int8_t *a, *b;
     float a_scale, b_scale, act_lo, act_hi, inv_out_scale;
     int a_zp, b_zp, out_zp;
@@ -582,15 +583,15 @@ void mq_ref_static_add(const int8_t *a, float sa, int za, const int8_t *b, float
 
 static void add_range(void *vctx, int64_t begin, int64_t end) {
     const add_ctx *c = vctx;
-    mq_active()->static_add(c->a + begin, c->a_scale, c->a_zp, c->b + begin, c->b_scale, c->b_zp, end - begin,
-                            c->act_lo, c->act_hi, c->inv_out_scale, c->out_zp, c->y_q ? c->y_q + begin : NULL,
-                            c->y_f32 ? c->y_f32 + begin : NULL);
+    c->add(c->a + begin, c->a_scale, c->a_zp, c->b + begin, c->b_scale, c->b_zp, end - begin, c->act_lo, c->act_hi,
+           c->inv_out_scale, c->out_zp, c->y_q ? c->y_q + begin : NULL, c->y_f32 ? c->y_f32 + begin : NULL);
 }
 
 void mq_add_static(const int8_t *a, float a_scale, int a_zp, const int8_t *b, float b_scale, int b_zp, int64_t n,
                    float act_lo, float act_hi, float inv_out_scale, int out_zp, int8_t *y_q, float *y_f32,
                    int nthreads) {
-    add_ctx c = {a, b, a_scale, b_scale, act_lo, act_hi, inv_out_scale, a_zp, b_zp, out_zp, y_q, y_f32};
+    add_ctx c = {mq_active()->static_add, a, b, a_scale, b_scale, act_lo, act_hi, inv_out_scale, a_zp, b_zp, out_zp,
+                 y_q, y_f32};
     mq_parallel_for(n, (int64_t)1 << 16, nthreads, add_range, &c);
 }
 
@@ -700,7 +701,8 @@ int mq_add_static_work(const int8_t *a, float a_scale, int a_zp, const int8_t *b
                        int64_t items, mq_static_work *work) {
     work_box *w;
     if (work_box_new(work, &w) < 0) return -1;
-    w->k.add = (add_ctx){a, b, a_scale, b_scale, act_lo, act_hi, inv_out_scale, a_zp, b_zp, out_zp, y_q, y_f32};
+    w->k.add = (add_ctx){mq_active()->static_add, a, b, a_scale, b_scale, act_lo, act_hi, inv_out_scale,
+                         a_zp, b_zp, out_zp, y_q, y_f32};
     items = items < 1 ? 1 : items;
     const int64_t unit = mq_round_up((n + items - 1) / items, 64); /* whole cache lines per piece */
     work_box_items(work, w, add_range, &w->k.add, unit > 0 ? unit : 64, n, &no_failure);
