@@ -277,7 +277,8 @@ int64_t mq_q4_quantize(const void *src, mq_src_t kind, int64_t rows, int64_t col
     if (rows <= 0 || kpad <= 0) return -1; /* (kpad -1: past int64, which the bindings refuse first) */
     int64_t *bad = calloc((size_t)rows, sizeof(int64_t));
     if (!bad) return -2;
-    quantize_ctx c = {mq_active(), src, kind, cols, kpad, group, symmetric, method, packed, scale, zero, sum_x2, sum_err2, bad, 0};
+    quantize_ctx c = {mq_active(), src, kind, cols, kpad, group, symmetric, method, packed,
+                      scale, zero, sum_x2, sum_err2, bad, 0};
     int64_t min_rows = (1 << 14) / kpad + 1;
     mq_parallel_for(rows, min_rows, nthreads, quantize_range, &c);
     int64_t result = c.oom ? -2 : -1;
@@ -559,10 +560,11 @@ int mq_q4_linear(const void *x, mq_src_t kind, int64_t m, int64_t cols, const ui
     float *xpad = in_place ? NULL : buf;
     float *xsum = in_place ? buf : buf + (size_t)m * (size_t)kpad;
     int32_t *xqsum = use_i8 ? (int32_t *)(xscale + m * ngroups) : NULL;
-    prologue_ctx pc = {kt->q4_act_i8, (const uint8_t *)x, (size_t)cols * mq_src_size(kind), kind, cols, kpad, group, ngroups, xpad, xsum,
-                       xq, xscale, xqsum};
+    prologue_ctx pc = {kt->q4_act_i8, (const uint8_t *)x, (size_t)cols * mq_src_size(kind), kind, cols, kpad, group,
+                       ngroups, xpad, xsum, xq, xscale, xqsum};
     mq_parallel_for(m, 1 + ((int64_t)1 << 16) / (kpad + 1), nthreads, prologue_range, &pc);
-    linear_ctx c = {kt, in_place ? (const float *)x : xpad, xsum, m, kpad, group, rows, packed, scale, zero, y, bias, 0};
+    linear_ctx c = {kt, in_place ? (const float *)x : xpad, xsum, m, kpad, group, rows, packed, scale, zero, y,
+                    bias, 0};
     if (use_i8) {
         linear_i8_ctx ci = {xq, xscale, xqsum, m, kpad, group, rows, packed, scale, zero, y, bias, i8};
         mq_parallel_for(rows, i8_row_chunk(kt, m, kpad), nthreads, gemv_i8_range, &ci);

@@ -498,9 +498,7 @@ def _shape_reason(m: nn.Module, cfg: QuantConfig, weights: Optional[Mapping], na
             return "uninitialized lazy module (run a forward pass first)"
     if not w.is_floating_point():
         return f"weight dtype {w.dtype} is not floating point"
-    if no_data_reason(w) is not None:
-        return no_data_reason(w)
-    return _declared_shape_reason(m, w) or too_small_reason(w.numel(), cfg)
+    return no_data_reason(w) or _declared_shape_reason(m, w) or too_small_reason(w.numel(), cfg)
 
 
 def _declared_shape_reason(m: nn.Module, w: torch.Tensor) -> Optional[str]:

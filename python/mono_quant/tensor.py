@@ -128,8 +128,9 @@ def check_input(tensor: torch.Tensor, axis: Optional[int]) -> Tuple[torch.Tensor
         raise TypeError(f"quantize_weight() takes a torch.Tensor, got {type(tensor).__name__}")
     if not tensor.is_floating_point():
         raise TypeError(f"quantize_weight() takes a floating-point tensor, got dtype {tensor.dtype}")
-    if no_data_reason(tensor) is not None:
-        raise ValueError(f"quantize_weight(): {no_data_reason(tensor)}")
+    no_data = no_data_reason(tensor)
+    if no_data is not None:
+        raise ValueError(f"quantize_weight(): {no_data}")
     if tensor.dtype not in (torch.float32, torch.float16, torch.bfloat16):
         tensor = tensor.float()  # float64 and friends: fp32 is what the quantized grid resolves anyway
     if axis is not None:

@@ -162,8 +162,9 @@ def quantize_int4(tensor: torch.Tensor, *, group_size: Optional[int] = DEFAULT_I
     if not isinstance(tensor, torch.Tensor) or not tensor.is_floating_point():
         raise TypeError(f"int4 quantization takes a floating-point torch.Tensor, got "
                         f"{getattr(tensor, 'dtype', type(tensor).__name__)}")
-    if no_data_reason(tensor) is not None:
-        raise ValueError(f"int4 quantization: {no_data_reason(tensor)}")
+    no_data = no_data_reason(tensor)
+    if no_data is not None:
+        raise ValueError(f"int4 quantization: {no_data}")
     if tensor.dim() < 2:
         raise ValueError(f"int4 quantization takes a weight with >= 2 dims (out, in, ...), "
                          f"got shape {tuple(tensor.shape)}")

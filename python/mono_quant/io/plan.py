@@ -28,9 +28,8 @@ def shard_plan(src: Path, skip: Optional[Path] = None) -> List[Tuple[Path, Optio
     A folder with one ``*.index.json`` is read through it.  Without one, a folder scan takes its
     ``*.safetensors`` files or, when it has none, its torch.save files named as weights
     (:func:`is_weight_file_name`: ``pytorch_model*.bin``, ``model*.pt``, ...), or its one torch.save
-    file when it holds one only.  Suffixes match
-    in any case.  ``skip``: a file the scan leaves out (quantize_checkpoint's earlier output in
-    the folder it reads)."""
+    file when it holds one only.  Suffixes match in any case.  ``skip``: a file the scan leaves out
+    (quantize_checkpoint's earlier output in the folder it reads)."""
     if src.is_dir():
         indexes = sorted(p for p in src.iterdir() if p.name.lower().endswith(".index.json"))
         if len(indexes) > 1:

@@ -133,7 +133,7 @@ class TorchShard(_Descriptor):
         bad = [k for k, v in obj.items() if not (isinstance(k, str) and isinstance(v, torch.Tensor))]
         if bad:
             raise CheckpointError(f"{path}: not a state_dict of tensors (entries {bad[:5]!r})")
-        no_data = [no_data_reason(v, f"tensor {k!r}") for k, v in obj.items() if no_data_reason(v) is not None]
+        no_data = [r for r in (no_data_reason(v, f"tensor {k!r}") for k, v in obj.items()) if r is not None]
         if no_data:  # (a .safetensors file always holds dense data)
             more = f" ({len(no_data) - 1} more like it)" if len(no_data) > 1 else ""
             raise CheckpointError(f"{path}: {no_data[0]}{more}")

@@ -22,6 +22,7 @@ from ..kernels import static_int8 as static_kernels
 from ..kernels.settings import SETTINGS
 from ..packing import pack_int8_linear
 from ..formats import quantize_weight
+from ..formats.checks import is_int
 from .casts import refuse_casts
 from .qparams_state import QParamsInStateDict
 
@@ -50,7 +51,7 @@ def inverse(scale: float) -> float:
 
 
 def check_zp(name: str, value) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or not -127 <= value <= 127:
+    if not is_int(value, -127) or value > 127:
         raise ValueError(f"{name} must be an int in -127..127, got {value!r}")
     return int(value)
 
@@ -80,7 +81,7 @@ _MAX_CONV_ARG = 1 << 20
 def check_int(name: str, value, lo: int = 1, hi: Optional[int] = None) -> int:
     """An int in lo..hi (a count, groups, a dim): a file's manifest may hold anything, and int()
     would take 1.5 or True for one."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < lo or (hi is not None and value > hi):
+    if not is_int(value, lo) or (hi is not None and value > hi):
         bounds = f">= {lo}" if hi is None else f"in {lo}..{hi}"
         raise ValueError(f"{name} must be an int {bounds}, got {value!r}")
     return int(value)
@@ -89,8 +90,7 @@ def check_int(name: str, value, lo: int = 1, hi: Optional[int] = None) -> int:
 def _check_pair(name: str, value, lo: int) -> Tuple[int, int]:
     """kernel_size / stride / padding / dilation: an int or a pair of ints in lo..2**20."""
     pair = nn.modules.utils._pair(value)
-    if len(pair) != 2 or any(isinstance(v, bool) or not isinstance(v, int) or not lo <= v <= _MAX_CONV_ARG
-                             for v in pair):
+    if len(pair) != 2 or any(not is_int(v, lo) or v > _MAX_CONV_ARG for v in pair):
         raise ValueError(f"{name} must be an int or a pair of ints in {lo}..{_MAX_CONV_ARG}, got {value!r}")
     return int(pair[0]), int(pair[1])
 

@@ -73,8 +73,8 @@ def save_per_layer(model: nn.Module, path, overwrite: bool = True) -> Path:
     if not layers:
         raise TypeError("save_per_layer: the model has no per-layer static layers")
     # clone: safetensors refuses tensors sharing memory (tied weights are stored twice, tied again by the skeleton)
-    tensors = {k: v.detach().contiguous().clone() for k, v in model.state_dict().items()
-               if not (k.endswith(f".layer.{EXTRA_STATE}") and k[:-len(f".layer.{EXTRA_STATE}")] in layers)}
+    constants = {f"{name}.layer.{EXTRA_STATE}" for name in layers}  # (the manifest holds them)
+    tensors = {k: v.detach().contiguous().clone() for k, v in model.state_dict().items() if k not in constants}
     manifest = {"format": PER_LAYER_FORMAT, "layers": layers}
     path = Path(os.fspath(path))
     with atomic_output(path, overwrite) as tmp:

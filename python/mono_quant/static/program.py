@@ -247,10 +247,10 @@ class StaticInt8Model(StaticGraphModel):
         """The eager forward (StaticGraphModel.forward calls it, so does the compiled op)."""
         if is_exporting() or torch.jit.is_tracing():  # (plain tensors: refuse before the fast path)
             refuse_traced_input(args)
-        warn_if_grad_input(args)
         run = self._fast(args, kwargs)
         if run is None or type(args[0]) is not torch.Tensor:  # (a traced input: refused by the graph's forward)
-            return super()._forward_eager(*args, **kwargs)
+            return super()._forward_eager(*args, **kwargs)  # (which warns of an input that requires grad)
+        warn_if_grad_input(args)
         x = args[0].detach()
         if x.dtype != torch.float32:
             x = x.float()
