@@ -2,10 +2,12 @@
 scales, zero-points, fused activation): load_state_dict into a model of the same calibration
 gives the same outputs, and into one calibrated otherwise is refused before any tensor is
 copied - it used to say "All keys matched" and answer with the target's own scales."""
+import copy
 import warnings
 
 import pytest
 import torch
+from torch import nn
 from safetensors.torch import load_file, save_file
 
 import mono_quant as mq
@@ -106,3 +108,44 @@ def test_an_input_that_requires_grad_warns_that_the_output_is_detached(models):
         with torch.no_grad():
             model(x)
         model(X)
+
+
+
+class _TwoBehindAnIf(nn.Module):
+    """Two Linears behind data-dependent control flow: fx can't trace it (the per-layer fallback)."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Linear(16, 16), nn.Linear(16, 8)
+
+    def forward(self, x):
+        if x.sum() > -1e9:
+            x = x + 0
+        return self.b(torch.relu(self.a(x)))
+
+
+@pytest.mark.parametrize("loaded", [False, True], ids=["quantized", "mq.load"])
+def test_a_per_layer_model_refuses_before_copying_any_layer(loaded, tmp_path):
+    """The per-layer fallback's root is the user's class: its load used to copy the layers before the
+    refused one (here layer a took the state_dict's bias, then layer b refused)."""
+    torch.manual_seed(0)
+    float_model = _TwoBehindAnIf()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", CalibrationWarning)
+        other = mq.quantize(float_model, "int8", activations="static", calibration=torch.randn(128, 16)).model
+    source = copy.deepcopy(other)
+    source.a.layer.bias.add_(1.0)  # a tensor that differs, in the layer torch loads first
+    source.b.layer.in_scale *= 2  # the constant that refuses, in the layer it loads second
+    if loaded:
+        mq.save(other, tmp_path / "other.safetensors")
+        other = mq.load(tmp_path / "other.safetensors", model=float_model)
+    x = torch.randn(3, 16)
+    before, out = {k: v.clone() for k, v in other.state_dict().items()}, other(x)
+    with pytest.raises(ValueError, match="layer 'b.layer'.*calibrated otherwise.*in_scale"):
+        other.load_state_dict(source.state_dict())
+    assert all(torch.equal(before[k], v) for k, v in other.state_dict().items())
+    assert torch.equal(other(x), out)
+    wrapped = nn.Sequential(nn.Identity(), other)  # inside another model: the check reads its prefix
+    with pytest.raises(ValueError, match="layer 'b.layer'.*calibrated otherwise"):
+        wrapped.load_state_dict(nn.Sequential(nn.Identity(), source).state_dict())
+    assert torch.equal(other(x), out)

@@ -19,6 +19,7 @@ from .compiled import CompilesAsOneOp
 from .eager_only import refuse_traced_input, warn_if_grad_input
 from .layer_errors import raise_named_input_problem
 from .modules import StaticConv2d, StaticLinear
+from .qparams_state import check_whole_load
 from .report import StaticLayerReport, StaticReport
 
 __all__ = ["quantize_per_layer", "PerLayerStatic"]
@@ -105,4 +106,5 @@ def quantize_per_layer(model: nn.Module, cfg, calibration, reason: str,
         parent_name, _, child = name.rpartition(".")
         setattr(model.get_submodule(parent_name) if parent_name else model, child, new)
     report.not_fused.append(("<model>", f"per-layer fallback, nothing fused: {reason}"))
+    check_whole_load(model)  # a refused load_state_dict leaves every layer as it was
     return QuantizationResult(model, report.skipped, report, cfg)

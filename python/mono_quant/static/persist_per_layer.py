@@ -35,7 +35,7 @@ from .fallback import PerLayerStatic
 from .graph import StaticGraphModel
 from .modules import StaticConv2d, StaticLinear
 from .persist import build_layer, encode_value
-from .qparams_state import EXTRA_STATE
+from .qparams_state import EXTRA_STATE, check_whole_load
 
 __all__ = ["save_per_layer", "load_per_layer", "is_per_layer_model", "is_per_layer_file", "PER_LAYER_FORMAT",
            "PER_LAYER_META_KEY"]
@@ -141,6 +141,7 @@ def load_per_layer(path, model: nn.Module) -> nn.Module:
                                       f"{own_state[k].dtype}{list(own_state[k].shape)} in the model")
         work.load_state_dict(rest, strict=False, assign=True)
         materialize_non_persistent_buffers(work, model)  # a meta skeleton's non-persistent buffers
+        check_whole_load(work)
     except CheckpointError as exc:
         raise CheckpointError(f"{path}: {exc}") from None
     except (KeyError, TypeError, ValueError, AttributeError, IndexError, OverflowError, json.JSONDecodeError) as exc:

@@ -17,7 +17,7 @@ import torch
 
 from ..io.untrusted_json import UntrustedJSONError, loads_bounded
 
-__all__ = ["QParamsInStateDict", "EXTRA_STATE", "check_before_load"]
+__all__ = ["QParamsInStateDict", "EXTRA_STATE", "check_before_load", "check_whole_load"]
 
 #: the key torch gives get_extra_state()'s value under each layer's prefix
 EXTRA_STATE = "_extra_state"
@@ -27,16 +27,28 @@ def _encoded(kwargs: dict) -> bytes:
     return json.dumps(kwargs, sort_keys=True, allow_nan=False).encode()
 
 
-def check_before_load(root: torch.nn.Module, state_dict) -> None:
+def check_before_load(root: torch.nn.Module, state_dict, prefix: str = "") -> None:
     """Every static layer's constants checked before ``root`` copies any tensor (a refused load
     leaves the model as it was)."""
     for name, m in root.named_modules():
-        key = f"{name}.{EXTRA_STATE}" if name else EXTRA_STATE
+        key = prefix + (f"{name}.{EXTRA_STATE}" if name else EXTRA_STATE)
         if isinstance(m, QParamsInStateDict) and key in state_dict:
             try:
                 m.set_extra_state(state_dict[key])
             except ValueError as exc:
                 raise ValueError(f"layer {name!r}: {exc}") from None
+
+
+def _check_whole_load(module, state_dict, prefix, *_):
+    check_before_load(module, state_dict, prefix)
+
+
+def check_whole_load(root: torch.nn.Module) -> None:
+    """Have ``root.load_state_dict`` check every static layer below it first: the per-layer model's root
+    is the user's class, whose load would otherwise copy the layers before a refused one."""
+    # torch runs a module's load pre-hooks before it copies its own tensors or its children's; the
+    # hook gets the module (with_module), so a deep copy checks the copy
+    root._register_load_state_dict_pre_hook(_check_whole_load, with_module=True)
 
 
 class QParamsInStateDict:
