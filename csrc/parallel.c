@@ -297,6 +297,10 @@ static int start_helpers(int wanted) {
     if (pthread_attr_init(&attr) != 0) return pool.started;
     pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
     sigfillset(&all); /* signals go to the interpreter's threads, never to a helper */
+    /* except the ones a helper's own fault raises: blocked, the kernel kills the process without
+       running faulthandler's handler (no traceback) */
+    static const int faults[] = {SIGSEGV, SIGBUS, SIGFPE, SIGILL, SIGTRAP, SIGSYS};
+    for (size_t i = 0; i < sizeof faults / sizeof faults[0]; i++) sigdelset(&all, faults[i]);
     pthread_sigmask(SIG_BLOCK, &all, &old);
     while (pool.started < wanted) {
         helper *h = &pool.helpers[pool.started];
