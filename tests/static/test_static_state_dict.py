@@ -149,3 +149,42 @@ def test_a_per_layer_model_refuses_before_copying_any_layer(loaded, tmp_path):
     with pytest.raises(ValueError, match="layer 'b.layer'.*calibrated otherwise"):
         wrapped.load_state_dict(nn.Sequential(nn.Identity(), source).state_dict())
     assert torch.equal(other(x), out)
+
+
+class _NormThenTwo(_TwoBehindAnIf):
+    """A float LayerNorm the root casts before it reaches the static layers."""
+
+    def __init__(self):
+        super().__init__()
+        self.norm = nn.LayerNorm(16)
+
+    def forward(self, x):
+        return super().forward(self.norm(x))
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float64])
+def test_a_per_layer_model_follows_a_dtype_cast_around_its_static_layers(dtype):
+    """The root is the user's class: it casts its children one by one, so the static layers' refusal
+    left the float layers before them cast (the next call failed with "mixed dtype").  The float
+    layers follow the cast; the static layers stay float32 and hand back the input's dtype."""
+    torch.manual_seed(0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", CalibrationWarning)
+        model = mq.quantize(_NormThenTwo(), "int8", activations="static", calibration=torch.randn(128, 16)).model
+    x = torch.randn(5, 16)
+    want = model(x)
+    cast = copy.deepcopy(model).to(dtype)
+    assert cast.norm.weight.dtype == dtype and cast.a.layer.bias.dtype == torch.float32
+    got = cast(x.to(dtype))
+    assert got.dtype == dtype
+    torch.testing.assert_close(got.float(), want, atol=0.05, rtol=0.05)
+    assert torch.equal(cast.float()(x), want)  # back to float32: the static layers never changed
+
+
+def test_a_per_layer_model_refuses_another_device():
+    torch.manual_seed(0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", CalibrationWarning)
+        model = mq.quantize(_TwoBehindAnIf(), "int8", activations="static", calibration=torch.randn(128, 16)).model
+    with pytest.raises(TypeError, match="can't become float32 on meta"):
+        model.to("meta")

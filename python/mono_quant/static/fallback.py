@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Callable, Dict, Iterable, Optional
 
+import torch
 from torch import nn
 
 from ..calibration import DEFAULT_BINS, Calibrator
@@ -35,11 +36,21 @@ class PerLayerStatic(CompilesAsOneOp, nn.Module):
         self.layer_name = name
         self._register_for_compile()
 
+    def _apply(self, fn, *args, **kwargs):
+        # The model's root is the user's class, which casts its children one by one: refusing a
+        # dtype cast here would leave the layers before this one cast (a half-converted model).
+        # The static layer stays float32 (its kernels read float32 scales and biases) and forward
+        # hands back the input's dtype; a device move still reaches the layer, which refuses it.
+        probe = fn(torch.zeros(1))
+        if isinstance(probe, torch.Tensor) and probe.device.type == "cpu" and probe.dtype.is_floating_point:
+            return self
+        return super()._apply(fn, *args, **kwargs)
+
     def forward(self, x):
         compiled = self.compiled_call((x,), None)  # torch.compile: one op (compiled.py)
-        if compiled is not None:
-            return compiled
-        return self._forward_eager(x)
+        y = compiled if compiled is not None else self._forward_eager(x)
+        # float32 out of the kernels; a model cast to another float dtype goes on in that one
+        return y.to(x.dtype) if isinstance(x, torch.Tensor) and x.is_floating_point() and y.dtype != x.dtype else y
 
     def _forward_eager(self, x):
         refuse_traced_input((x,))
