@@ -272,3 +272,85 @@ def test_extra_types_capture_a_user_add_module():
     s = cal.stats["add.input1"]  # the second operand, not produced by a captured module
     assert s.min[0] == (x * 2).min() and s.max[0] == (x * 2).max()
     assert "add.output" in cal.stats
+
+
+class _ChangedInPlace(nn.Module):
+    """fc1's output changed in place by an op the calibrator doesn't hook, then fc2's input."""
+
+    def __init__(self, op):
+        super().__init__()
+        self.fc1, self.fc2, self.op = nn.Linear(8, 8), nn.Linear(8, 4), op
+
+    def forward(self, x):
+        y = self.fc1(x)
+        self.op(y)
+        return self.fc2(y)
+
+
+@pytest.mark.parametrize("op", [lambda y: y.mul_(4), lambda y: y.relu_(), nn.Hardswish(inplace=True)],
+                         ids=["mul_", "relu_", "Hardswish(inplace=True)"])
+def test_an_input_changed_in_place_is_observed_not_aliased(op):
+    """The alias said fc2's input was fc1's output, whose range was taken before the in-place op:
+    the static model quantized fc2's input on the wrong scale (4x off for mul_, 9.9 dB)."""
+    torch.manual_seed(0)
+    model, x = _ChangedInPlace(op), torch.randn(64, 8)
+    cal = Calibrator(model, bins=BINS)
+    cal.feed(x)
+    point = cal.aliases.get("fc2.input", "fc2.input")  # a hooked in-place module: its own output, rightly
+    assert point in ("fc2.input", "op.output")
+    with torch.no_grad():
+        y = model.fc1(x)
+        op(y)
+    assert cal.stats[point].min[0] == y.min() and cal.stats[point].max[0] == y.max()
+
+
+class _SharedOnItsOwnOutput(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(8, 8)
+
+    def forward(self, x):
+        return self.fc(self.fc(x))
+
+
+def test_a_shared_layer_fed_its_own_output_keeps_both_inputs_ranges():
+    """The second call aliased fc.input to fc.output and the first call's (wider) input range was lost."""
+    torch.manual_seed(0)
+    model, x = _SharedOnItsOwnOutput(), torch.randn(64, 8) * 10
+    cal = Calibrator(model, bins=BINS)
+    cal.feed(x)
+    assert "fc.input" not in cal.aliases
+    with torch.no_grad():
+        both = torch.cat([x, model.fc(x)])
+    assert cal.stats["fc.input"].min[0] == both.min() and cal.stats["fc.input"].max[0] == both.max()
+    assert cal.stats["fc.input"].samples == 128
+
+
+def test_an_alias_that_stops_holding_starts_from_what_it_aliased():
+    """conv's output feeds the shared fc first (an alias), then fc takes another tensor: fc.input
+    keeps the aliased batches' statistics and adds the rest."""
+    class M(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.fc = nn.Linear(8, 8), nn.Linear(8, 8)
+
+        def forward(self, x):
+            return self.fc(self.a(x)) + self.fc(x * 3)
+    torch.manual_seed(0)
+    model, x = M(), torch.randn(32, 8)
+    cal = Calibrator(model, bins=BINS)
+    cal.feed(x, calibration_samples=32)
+    with torch.no_grad():
+        both = torch.cat([model.a(x), x * 3])
+    assert "fc.input" not in cal.aliases
+    assert cal.stats["fc.input"].min[0] == both.min() and cal.stats["fc.input"].max[0] == both.max()
+
+
+def test_a_tuple_of_inputs_and_targets_is_refused(net):
+    """(X, Y) given as the data was iterated: the targets ran through the model as inputs."""
+    cal = Calibrator(net, bins=BINS)
+    x = data()
+    with pytest.raises(TypeError, match=r"is a tuple.*\[\(X, Y\)\]"):
+        cal.feed((x, torch.zeros(x.shape[0], dtype=torch.long)))
+    cal.feed([(x, torch.zeros(x.shape[0], dtype=torch.long))])  # a batch inside a list: x is used
+    assert cal.samples == x.shape[0]

@@ -8,7 +8,9 @@
 Capture is by module hooks: the inputs and outputs of Conv/Linear/BatchNorm/
 activation/pooling modules (``CAPTURED_TYPES`` plus ``extra_types``).  An
 input that is the output of a captured module in the same forward is not
-observed twice: it is recorded as an alias.  Operations that are not
+observed twice: it is recorded as an alias (unless the tensor was changed in
+place since, or the input also took other tensors: then it is observed
+itself, from the aliased statistics on).  Operations that are not
 modules (``x + y``, ``torch.cat``, ``F.relu``) cannot be hooked;
 ``uncaptured_ops()`` lists them (via torch.fx when the model traces).
 
@@ -18,6 +20,7 @@ train/eval flag restored after each ``feed``, which runs under
 """
 from __future__ import annotations
 
+import copy
 import inspect
 import json
 import warnings
@@ -37,7 +40,7 @@ from .histogram import DEFAULT_BINS
 from .ranges import entropy_range, mse_range, percentile_range, qparams_for_range, quant_range
 from .stats import EMA_CONSTANT, ActivationStats
 
-__all__ = ["Calibrator", "ActivationRange", "CAPTURED_TYPES", "OBSERVERS", "MIN_RECOMMENDED_SAMPLES",
+__all__ = ["Calibrator", "refuse_top_level_tuple", "ActivationRange", "CAPTURED_TYPES", "OBSERVERS", "MIN_RECOMMENDED_SAMPLES",
            "CalibrationWarning"]
 
 CAPTURED_TYPES: Tuple[type, ...] = (
@@ -133,7 +136,8 @@ class Calibrator:
 
     def _install_hooks(self):
         """(hook handles, the dict of this forward's outputs to clear after each batch)."""
-        produced: Dict[int, Tuple[weakref.ref, str]] = {}  # this forward's outputs, by tensor identity
+        # this forward's outputs, by tensor identity: (the tensor, its point, its version then)
+        produced: Dict[int, Tuple[weakref.ref, str, Optional[int]]] = {}
 
         def pre_hook(name):
             def hook(module, args):
@@ -144,10 +148,16 @@ class Calibrator:
                     point = f"{name}.input" + (str(k) if k else "")
                     k += 1
                     seen = produced.get(id(a))
-                    if seen is not None and seen[0]() is a:
+                    # an alias holds only while the tensor is what was observed (an uncaptured in-place
+                    # op - relu_(), Hardswish(inplace=True), mul_ - changes it after) and while the
+                    # input never took anything else (a shared layer applied to its own output)
+                    if seen is not None and seen[0]() is a and seen[2] == _version(a) and point not in self.stats \
+                            and self.aliases.get(point, seen[1]) == seen[1]:
                         self.aliases[point] = seen[1]
-                    else:
-                        self._observe(point, a)
+                        continue
+                    if point in self.aliases:  # observed itself from here on, starting from what it aliased
+                        self.stats[point] = copy.deepcopy(self.stats[self.aliases.pop(point)])
+                    self._observe(point, a)
             return hook
 
         def post_hook(name):
@@ -155,7 +165,7 @@ class Calibrator:
                 if isinstance(out, torch.Tensor) and out.is_floating_point():
                     point = f"{name}.output"
                     self._observe(point, out)
-                    produced[id(out)] = (weakref.ref(out), point)
+                    produced[id(out)] = (weakref.ref(out), point, _version(out))
             return hook
 
         handles = []
@@ -166,6 +176,7 @@ class Calibrator:
 
     # ---- feeding ------------------------------------------------------------------------
     def _batches(self, data) -> Iterable[Any]:
+        refuse_top_level_tuple(data)
         if isinstance(data, torch.Tensor):
             for i in range(0, data.shape[0], self.batch_size):
                 yield data[i:i + self.batch_size]
@@ -345,3 +356,22 @@ class Calibrator:
         except (KeyError, TypeError, ValueError, json.JSONDecodeError) as e:
             raise ValueError(f"{path}: invalid calibration statistics: {type(e).__name__}: {e}") from e
         return cal
+
+
+def _version(t: torch.Tensor) -> Optional[int]:
+    """``t``'s in-place version counter; None for an inference-mode tensor, which keeps none."""
+    try:
+        return t._version
+    except RuntimeError:
+        return None
+
+
+def refuse_top_level_tuple(data) -> None:
+    """TypeError for ``(X, Y)`` passed as the data itself: iterated, it fed the targets to the model as
+    inputs (wrong ranges, or a dtype error far from the cause).  (x, y) tuples are batches, inside a list
+    or a loader."""
+    if isinstance(data, tuple) and any(isinstance(t, torch.Tensor) for t in data):
+        shapes = ", ".join(f"{tuple(t.shape)}" if isinstance(t, torch.Tensor) else type(t).__name__ for t in data)
+        raise TypeError(f"calibration data is a tuple ({shapes}): pass the inputs themselves (a tensor is split "
+                        f"into batches), a list of batches, or a DataLoader; an (inputs, targets) pair is read "
+                        f"as a batch inside a list ([(X, Y)]), where the inputs are used")

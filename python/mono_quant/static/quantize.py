@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from ..calibration import DEFAULT_BINS, CalibrationWarning, Calibrator
+from ..calibration.calibrator import refuse_top_level_tuple
 from ..config import resolve_config
 from ..errors import ConfigError
 from .calibration_check import require_samples
@@ -173,6 +174,7 @@ def _op_point(point: str) -> str:
 
 def _keep_first(data, probe: List[Any]):
     """The data as fed, keeping (up to SQNR_PROBE_SAMPLES of) its first batch for the SQNR check."""
+    refuse_top_level_tuple(data)  # before it becomes a generator the calibrator can't tell from a list
     if isinstance(data, torch.Tensor):
         probe.append(data[:SQNR_PROBE_SAMPLES])
         return data
