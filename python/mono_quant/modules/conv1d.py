@@ -8,12 +8,15 @@ weight-only, int4 / fp16 / bf16 through ``F.conv2d``) serves 1-D convs too.
 """
 from __future__ import annotations
 
+import dataclasses
 from typing import List
 
 import torch
 from torch import nn
 
+from ..formats.int4_weight import Int4Weight
 from ..kernels.torch_library import refuse_fx_proxy
+from ..tensor import QuantizedWeight
 from .conv import QuantizedConv2d
 from .registry import register_qmodule
 
@@ -66,6 +69,18 @@ class QuantizedConv1d(QuantizedConv2d):
         with the height-1 2-D geometry (``stride2d`` ...)."""
         padding = self.padding2d if isinstance(self.padding2d, str) else (self.padding2d[1],)
         return (self.kernel_size2d[1],), (self.stride2d[1],), padding, (self.dilation2d[1],)
+
+    def _as_stored_shape(self, weight):
+        """A weight of the float Conv1d's ``[out, in/groups, k]`` as the stored height-1 one."""
+        if len(weight.shape) != 3:
+            return weight
+        if isinstance(weight, Int4Weight):  # packed rows: only the shape it stands for changes
+            out, inner, k = weight.orig_shape
+            return dataclasses.replace(weight, orig_shape=(out, inner, 1, k))
+        if isinstance(weight, QuantizedWeight):
+            axis = weight.axis + 1 if weight.axis is not None and weight.axis >= 2 else weight.axis
+            return dataclasses.replace(weight, qdata=conv2d_weight_of(weight.qdata), axis=axis)
+        return conv2d_weight_of(weight)
 
     @staticmethod
     def float_weight_shape(shape: List[int]) -> List[int]:

@@ -8,11 +8,12 @@ from typing import Any, Callable, Dict, Mapping, Optional, Tuple, Type
 import torch
 from torch import nn
 
-from ..formats import FORMATS, WeightFormat, get_format
+from ..formats import FORMATS, WeightFormat, format_of, get_format
 from ..formats.layer_cache import forget
 from ..orig_dtype import check_orig_dtype, orig_dtype_of
 from ..parametrized import GuardedParameters
 from ..qtypes import QType, get_qtype
+from ..packing import PACKED_BUFFERS, can_pack, pack_int8_linear
 from ..tensor import QuantizedWeight
 from .load_checks import check_loaded_weight
 from .whole_load import already_checked
@@ -130,8 +131,48 @@ class QuantizedModule(RefusesTorchScript, TorchCompatMixin, nn.Module):
 
     # -- weight storage ------------------------------------------------------
     def set_weight(self, weight) -> None:
-        """Store a QuantizedWeight (integer formats) or a cast tensor (float formats)."""
+        """Store a QuantizedWeight (integer formats) or a cast tensor (float formats).
+
+        On a layer that has a weight (``layer.set_weight(mq.quantize_weight(w, ...))``) the new one
+        must be of the layer's format and float shape; the packed copy the kernels read and every
+        copy derived from the old weight are remade (the kernels went on reading the old packed
+        codes with the new scales: outputs of neither weight)."""
+        buffers = self._buffers
+        if not any(buffers.get(n) is not None for n in self.format.weight_buffers + PACKED_BUFFERS):
+            self.format.set_weight(self, weight)  # a layer being built (from_float)
+            return
+        weight = self._replacement_weight(weight)
+        packed = buffers.get("weight_packed") is not None
+        for name in PACKED_BUFFERS:
+            buffers.pop(name, None)
         self.format.set_weight(self, weight)
+        if packed and can_pack(weight):
+            self.set_packed(pack_int8_linear(weight, groups=getattr(self, "groups", 1)))
+        forget(self)
+
+    def _replacement_weight(self, weight):
+        """``weight`` checked against the layer (format, shape) and in the layer's stored shape."""
+        where = f"{type(self).__name__}.set_weight"
+        if not isinstance(weight, (QuantizedWeight, torch.Tensor)):
+            raise TypeError(f"{where} takes what mono_quant.quantize_weight returns (or, for fp16 / bf16 layers, "
+                            f"a tensor of that dtype), got {type(weight).__name__}")
+        try:
+            name = format_of(weight).name
+        except (KeyError, ValueError, TypeError):
+            name = str(weight.dtype).replace("torch.", "")
+        if name != self.weight_format:
+            raise ValueError(f"{where}: the layer stores {self.weight_format}, the weight is {name}: pass "
+                             f"mono_quant.quantize_weight(w, dtype={self.weight_format!r}), or quantize the float "
+                             f"layer again for another format")
+        stored = self._as_stored_shape(weight)
+        if tuple(stored.shape) != tuple(self.weight_shape):
+            raise ValueError(f"{where}: a weight of shape {tuple(weight.shape)}, the layer's is "
+                             f"{tuple(self.weight.shape)}")
+        return stored
+
+    def _as_stored_shape(self, weight):
+        """``weight`` in the shape the layer stores (Conv1d: a conv2d's, with a height of 1)."""
+        return weight
 
     def set_packed(self, buffers: Mapping[str, torch.Tensor]) -> None:
         """Keep the kernels' packed copy of the int8 weight *instead of*
