@@ -133,8 +133,9 @@ class QuantizedConv2d(ReduceRange, QuantizedModule):
         self.stride2d = nn.modules.utils._pair(stride)
         self.padding2d = padding if isinstance(padding, str) else nn.modules.utils._pair(padding)
         self.dilation2d = nn.modules.utils._pair(dilation)
-        # ... and the float layer's own attributes, which model code reads (Whisper: conv.stride[0])
-        self.kernel_size, self.stride, self.padding, self.dilation = self.float_geometry()
+        # ... and the float layer's kernel_size, which model code reads; stride, padding and dilation
+        # (Whisper reads conv.stride[0]) are properties over the 2-D geometry below
+        self.kernel_size = self.float_geometry()[0]
         self.groups = groups
         self.padding_mode = padding_mode
         self._reversed_padding_repeated_twice = None
@@ -145,6 +146,48 @@ class QuantizedConv2d(ReduceRange, QuantizedModule):
     def float_geometry(self):
         """(kernel_size, stride, padding, dilation) as the float layer this replaces has them."""
         return self.kernel_size2d, self.stride2d, self.padding2d, self.dilation2d
+
+    # Model code assigns these as on the float conv (segmentation models' output-stride change:
+    # stride 1, dilation 2, padding 2): they set the geometry the forward runs with (assigned as plain
+    # attributes they changed the repr and nothing else).  As torch's conv, a new padding does not
+    # reach a non-zeros padding_mode's _reversed_padding_repeated_twice.
+    @property
+    def stride(self):
+        return self.float_geometry()[1]
+
+    @stride.setter
+    def stride(self, value):
+        self.stride2d = self._geometry_2d("stride", value, minimum=1)
+
+    @property
+    def padding(self):
+        return self.float_geometry()[2]
+
+    @padding.setter
+    def padding(self, value):
+        if isinstance(value, str):
+            if value not in ("same", "valid"):
+                raise ValueError(f"{type(self).__name__}.padding: 'same', 'valid' or integers, got {value!r}")
+            if value == "same" and any(s != 1 for s in self.stride2d):
+                raise ValueError("padding='same' is not supported for strided convolutions")
+            self.padding2d = value
+            return
+        self.padding2d = self._geometry_2d("padding", value, minimum=0)
+
+    @property
+    def dilation(self):
+        return self.float_geometry()[3]
+
+    @dilation.setter
+    def dilation(self, value):
+        self.dilation2d = self._geometry_2d("dilation", value, minimum=1)
+
+    def _geometry_2d(self, name: str, value, minimum: int) -> tuple:
+        """The 2-D (height, width) form of an assigned stride / padding / dilation, checked."""
+        pair = nn.modules.utils._pair(value)
+        if len(pair) != 2 or not all(isinstance(v, int) and not isinstance(v, bool) and v >= minimum for v in pair):
+            raise ValueError(f"{type(self).__name__}.{name}: two integers >= {minimum} (or one), got {value!r}")
+        return tuple(pair)
 
     def init_kwargs(self):
         return {"in_channels": self.in_channels, "out_channels": self.out_channels,
@@ -501,7 +544,9 @@ class QuantizedConv2d(ReduceRange, QuantizedModule):
         return dequantized_packed(self, info, (kh, kw), out).reshape(self.out_channels, -1, kh, kw)
 
     def extra_repr(self) -> str:
+        dilation = "" if all(d == 1 for d in self.dilation) else f"dilation={self.dilation}, "  # (as torch's)
+        mode = "" if self.padding_mode == "zeros" else f"padding_mode={self.padding_mode!r}, "
         return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, "
-                f"padding={self.padding}, groups={self.groups}, " + super().extra_repr()
+                f"padding={self.padding}, {dilation}groups={self.groups}, {mode}" + super().extra_repr()
                 + (f", activations={self.activations}" if self.format.has_activation_modes else "")
                 + (", reduce_range=True" if self.reduce_range else ""))

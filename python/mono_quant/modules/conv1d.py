@@ -70,6 +70,14 @@ class QuantizedConv1d(QuantizedConv2d):
         padding = self.padding2d if isinstance(self.padding2d, str) else (self.padding2d[1],)
         return (self.kernel_size2d[1],), (self.stride2d[1],), padding, (self.dilation2d[1],)
 
+    def _geometry_2d(self, name: str, value, minimum: int) -> tuple:
+        """An assigned 1-D stride / padding / dilation as the height-1 view's 2-D one."""
+        one = (value,) if isinstance(value, int) else tuple(value) if isinstance(value, (tuple, list)) else None
+        if one is None or len(one) != 1 or not isinstance(one[0], int) or isinstance(one[0], bool) \
+                or one[0] < minimum:
+            raise ValueError(f"QuantizedConv1d.{name}: one integer >= {minimum}, got {value!r}")
+        return (0 if name == "padding" else 1, one[0])
+
     def _as_stored_shape(self, weight):
         """A weight of the float Conv1d's ``[out, in/groups, k]`` as the stored height-1 one."""
         if len(weight.shape) != 3:
