@@ -213,3 +213,34 @@ def test_subclass_of_rnn_stays_float_with_reason():
     _, skipped = mq.quantize(nn.Sequential(MyRNN(8, 8), nn.Linear(8, 8)))
     assert [(s.name, s.type) for s in skipped] == [("0", "MyRNN")]
     assert "only exact nn.LSTM, nn.GRU and nn.RNN" in skipped[0].reason
+
+
+class _FlattensFirst(nn.Module):
+    """Speech models and CRNNs call flatten_parameters() before each forward."""
+
+    def __init__(self, rnn):
+        super().__init__()
+        self.rnn = rnn
+
+    def forward(self, x):
+        self.rnn.flatten_parameters()
+        return self.rnn(x)[0]
+
+
+@pytest.mark.parametrize("make", [lambda: nn.LSTM(8, 16, num_layers=2, bidirectional=True, proj_size=4),
+                                  lambda: nn.GRU(8, 16, bias=False), lambda: nn.RNN(8, 16, batch_first=True)],
+                         ids=["lstm", "gru", "rnn"])
+def test_flatten_parameters_and_all_weights_as_the_float_module(make):
+    torch.manual_seed(0)
+    rnn = make()
+    model = _FlattensFirst(rnn)
+    qmodel, _ = mq.quantize(model, "int8")
+    x = torch.randn(5, 3, 8)
+    torch.testing.assert_close(qmodel(x), model(x), atol=0.05, rtol=0.05)  # (it raised AttributeError)
+    q = qmodel.rnn
+    assert q._flat_weights_names == rnn._flat_weights_names
+    for theirs, ours in zip(rnn.all_weights, q.all_weights):
+        assert len(theirs) == len(ours)
+        for t, o in zip(theirs, ours):
+            assert o.shape == t.shape
+            torch.testing.assert_close(o * 1, t.detach(), atol=0.02, rtol=0)

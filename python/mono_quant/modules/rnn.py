@@ -78,6 +78,31 @@ class _QuantizedRNNBase(QuantizedComposite):
         child = self.__dict__.get("_modules", {}).get(f"{found[2]}_{found[3]}") if found else None
         return (child, found[1]) if child is not None else (None, None)
 
+    def flatten_parameters(self) -> None:
+        """Does nothing, as on a float module off cuDNN: model code calls it before every forward
+        (speech models, CRNNs), and the quantized weights are the children's, never one flat buffer."""
+
+    @property
+    def _flat_weights_names(self) -> List[str]:
+        """The float module's parameter names, in its order (``weight_ih_l0``, ``weight_hh_l0``,
+        ``bias_ih_l0``, ``bias_hh_l0``, ``weight_hr_l0``, then the next direction and layer)."""
+        names = []
+        for layer in range(self.num_layers):
+            for suffix in ("", "_reverse")[: 2 if self.bidirectional else 1]:
+                tail = f"l{layer}{suffix}"
+                names += [f"weight_ih_{tail}", f"weight_hh_{tail}"]
+                names += [f"bias_ih_{tail}", f"bias_hh_{tail}"] if self.bias else []
+                names += [f"weight_hr_{tail}"] if self.proj_size > 0 else []
+        return names
+
+    @property
+    def all_weights(self) -> List[List[torch.Tensor]]:
+        """As the float module's: per layer and direction, its weights (read-only dequantized views)
+        and biases."""
+        per = len(self._flat_weights_names) // (self.num_layers * (2 if self.bidirectional else 1))
+        flat = [getattr(self, name) for name in self._flat_weights_names]
+        return [flat[i:i + per] for i in range(0, len(flat), per)]
+
     def _configure(self, module: nn.RNNBase) -> None:
         self.input_size = module.input_size
         self.hidden_size = module.hidden_size
