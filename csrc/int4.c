@@ -71,9 +71,30 @@ typedef struct {
     int symmetric;
 } q4_group_ctx;
 
+/* Round half to even without a libm call (rintf is one on baseline x86-64):
+ * adding and subtracting 1.5 * 2^23 leaves the nearest integer under the
+ * default rounding mode; |v| >= 2^22 is already an integer. */
+static inline float round_even(float v) {
+    return fabsf(v) < 4194304.0f ? (v + 12582912.0f) - 12582912.0f : v;
+}
+
+/* Squared error of the group's n real weights: whole 16-blocks through the dispatched q4_sqerr (its
+ * bits are every level's), the last block's real weights here, in order (the same C on every level).
+ * The zero padding after them is left out: scored, it pulled a fractional zero-point's choice toward
+ * the padding (HQQ, averaging over it too, came out worse than the MSE search it refines). */
 static float params_err(const q4_group_ctx *c, const float *x, int64_t n, uint16_t s16, uint8_t z8) {
-    float s = mq_f16_to_f32(s16);
-    return c->k->q4_sqerr(x, n, s, 1.0f / s, (float)z8 * (1.0f / 16.0f), c->qmin, c->qmax);
+    const float s = mq_f16_to_f32(s16), inv = 1.0f / s, z = (float)z8 * (1.0f / 16.0f);
+    const int64_t whole = n / 16 * 16;
+    float err = c->k->q4_sqerr(x, whole, s, inv, z, c->qmin, c->qmax);
+    for (int64_t i = whole; i < n; i++) {
+        const float product = x[i] * inv; /* rounded to fp32 before the add, as the kernels */
+        float q = round_even(z + product);
+        if (!(q >= c->qmin)) q = c->qmin;
+        if (q > c->qmax) q = c->qmax;
+        const float e = x[i] - (q - z) * s;
+        err = err + e * e;
+    }
+    return err;
 }
 
 static void try_params(const q4_group_ctx *c, const float *x, int64_t n, uint16_t s16, uint8_t z8, q4_params *best) {
@@ -133,12 +154,6 @@ static void search_mse(const q4_group_ctx *c, const float *x, int64_t n, float l
     }
 }
 
-/* Round half to even without a libm call (rintf is one on baseline x86-64):
- * adding and subtracting 1.5 * 2^23 leaves the nearest integer under the
- * default rounding mode; |v| >= 2^22 is already an integer. */
-static inline float round_even(float v) {
-    return fabsf(v) < 4194304.0f ? (v + 12582912.0f) - 12582912.0f : v;
-}
 
 /* a^b for a > 0, to ~1e-4 relative: the HQQ shrinkage only proposes
  * candidates, each scored exactly, so speed matters more than the last bits. */
@@ -244,9 +259,12 @@ static void quantize_range(void *vctx, int64_t begin, int64_t end) {
                 break;
             }
             float lo = mn < 0.0f ? mn : 0.0f, hi = mx > 0.0f ? mx : 0.0f;
-            q4_params p = params_rtn(&gc, x, n, lo, hi);
-            if (c->method >= MQ_Q4_MSE) search_mse(&gc, x, n, lo, hi, &p);
-            if (c->method >= MQ_Q4_HQQ) refine_hqq(&gc, x, n, &p);
+            /* the choice is scored on the real weights only (the last group's padding is no weight) */
+            const int64_t real = c->cols - g * c->group < n ? c->cols - g * c->group : n;
+            const int64_t scored = real > 0 ? real : n;
+            q4_params p = params_rtn(&gc, x, scored, lo, hi);
+            if (c->method >= MQ_Q4_MSE) search_mse(&gc, x, scored, lo, hi, &p);
+            if (c->method >= MQ_Q4_HQQ) refine_hqq(&gc, x, scored, &p);
             c->scale[r * ngroups + g] = p.scale;
             c->zero[r * ngroups + g] = p.zero;
             float s = mq_f16_to_f32(p.scale);

@@ -181,6 +181,16 @@ def test_methods_never_worse_than_rtn(kind, group, symmetric):
     assert (errs[2] <= errs[1] * (1 + 1e-6)).all()
 
 
+@pytest.mark.parametrize("cols,group", [(40, 32), (100, 64), (7, None), (50, None), (300, 128)])
+def test_methods_never_worse_on_the_real_weights_of_a_padded_group(cols, group):
+    """The last group's zero padding (columns up to a multiple of 32) was scored with the real weights:
+    HQQ, averaging its zero-point over it too, came out worse than MSE on 3.6% of 40-column rows."""
+    x = torch.randn(2000, cols, generator=torch.Generator().manual_seed(cols))
+    errs = [q4(x, grouped(cols, group), False, m, True)[5] for m in range(3)]
+    assert (errs[1] <= errs[0] * (1 + 1e-6)).all()
+    assert (errs[2] <= errs[1] * (1 + 1e-6)).all()
+
+
 @pytest.mark.parametrize("kind", ["gauss", "student_t"])
 def test_mse_gains_half_a_db_at_group_128(kind):
     x = _heavy((64, 1024), seed=1)[kind]
