@@ -39,6 +39,7 @@ from .modules import StaticAdd, StaticConv2d, StaticGlobalAvgPool, StaticLinear
 from .modules_eltwise import StaticBroadcastAdd
 from .persist_checks import check_activation_scales, check_output_not_constant, check_weight_geometry
 from .persist_eltwise import ELTWISE_CLASSES, attach_eltwise_tensors, build_fused_add, check_constant_shape
+from .persist_float import FLOAT_BY_NAME, FLOAT_MODULES, build_float_module, float_module_kwargs
 from .program import StaticInt8Model
 from .qparams_state import EXTRA_STATE
 
@@ -50,16 +51,6 @@ _META_KEY = "mono_quant.static"
 
 _STATIC_CLASSES = {c.__name__: c for c in (StaticConv2d, StaticLinear, StaticAdd, StaticGlobalAvgPool,
                                            *ELTWISE_CLASSES)}
-# parameter-free float modules a program may keep, with the constructor arguments read back from attributes
-_FLOAT_MODULES = {
-    nn.ReLU: (), nn.ReLU6: (), nn.Sigmoid: (), nn.Tanh: (), nn.SiLU: (), nn.Hardswish: (), nn.Identity: (),
-    nn.GELU: ("approximate",), nn.Flatten: ("start_dim", "end_dim"), nn.Softmax: ("dim",),
-    nn.Dropout: ("p",), nn.LeakyReLU: ("negative_slope",), nn.Hardtanh: ("min_val", "max_val"),
-    nn.MaxPool2d: ("kernel_size", "stride", "padding", "dilation", "ceil_mode"),
-    nn.AvgPool2d: ("kernel_size", "stride", "padding", "ceil_mode", "count_include_pad"),
-    nn.AdaptiveAvgPool2d: ("output_size",),
-}
-_FLOAT_BY_NAME = {c.__name__: c for c in _FLOAT_MODULES}
 _FUNCTIONS = {f"{mod}.{f.__name__}": f for mod, fs in (
     ("torch", (torch.flatten, torch.cat, torch.relu, torch.add, torch.mul, torch.sigmoid, torch.tanh,
                torch.reshape, torch.mean, torch.sum)),
@@ -127,8 +118,8 @@ def _layer_entry(name: str, m: nn.Module) -> dict:
         return {"class": "FusedAddFloat", "init_kwargs": encode_value({"act": m.act})}
     if cls is FusedGapFloat:
         return {"class": "FusedGapFloat", "init_kwargs": encode_value({"flatten": m.flatten})}
-    if cls in _FLOAT_MODULES:
-        return {"class": cls.__name__, "init_kwargs": encode_value({a: getattr(m, a) for a in _FLOAT_MODULES[cls]})}
+    if cls in FLOAT_MODULES:
+        return {"class": cls.__name__, "init_kwargs": encode_value(float_module_kwargs(name, m))}
     raise TypeError(f"cannot save static model: layer {name!r} is a {cls.__name__}, which a static file cannot "
                     "hold (a float module with weights, or a custom module)")
 
@@ -222,16 +213,8 @@ def build_layer(name: str, entry: dict, tensors: Dict[str, torch.Tensor]) -> nn.
             return FusedGapFloat(kwargs.get("flatten"))
         except ValueError as exc:
             raise CheckpointError(f"layer {name!r} ({cls_name}): {exc}") from None
-    if cls_name in _FLOAT_BY_NAME:
-        cls = _FLOAT_BY_NAME[cls_name]
-        unknown = set(kwargs) - set(_FLOAT_MODULES[cls])  # only what save_static writes: no inplace=True
-        if unknown:
-            raise CheckpointError(f"layer {name!r} ({cls_name}): arguments {sorted(unknown)} are not among "
-                                  f"{list(_FLOAT_MODULES[cls])}")
-        try:
-            return cls(**kwargs)
-        except (TypeError, ValueError, AssertionError) as exc:  # torch's own checks (Hardtanh asserts)
-            raise CheckpointError(f"layer {name!r} ({cls_name}): {exc}") from None
+    if cls_name in FLOAT_BY_NAME:  # only what save_static writes, checked: no inplace=True
+        return build_float_module(name, cls_name, kwargs)
     raise CheckpointError(f"layer {name!r}: unknown class {cls_name!r}")
 
 
