@@ -134,3 +134,45 @@ def test_an_argument_the_format_cannot_hold_is_refused_at_save(tmp_path):
     with pytest.raises(ValueError, match=r"layer 'mid' \(AvgPool2d\): padding"):
         mq.save(q, tmp_path / "m.safetensors")
     assert not (tmp_path / "m.safetensors").exists()
+
+
+# parameter-free activations (mq.save refused ELU / Softplus as "a float module with weights, or a
+# custom module"), with arguments other than the defaults
+ACTIVATIONS = {
+    "elu": lambda: nn.ELU(alpha=0.5), "celu": lambda: nn.CELU(alpha=0.7), "selu": nn.SELU,
+    "softplus": lambda: nn.Softplus(beta=2.0, threshold=0.5), "leaky-relu": lambda: nn.LeakyReLU(0.2),
+    "hardswish": nn.Hardswish, "hardsigmoid": nn.Hardsigmoid, "mish": nn.Mish, "silu": nn.SiLU,
+    "gelu-tanh": lambda: nn.GELU("tanh"), "tanh": nn.Tanh, "sigmoid": nn.Sigmoid, "logsigmoid": nn.LogSigmoid,
+    "softsign": nn.Softsign, "tanhshrink": nn.Tanhshrink, "hardshrink": lambda: nn.Hardshrink(0.3),
+    "softshrink": lambda: nn.Softshrink(0.3), "threshold": lambda: nn.Threshold(0.1, -1.0),
+    "hardtanh": lambda: nn.Hardtanh(-2.0, 2.0), "softmax": lambda: nn.Softmax(1),
+    "log-softmax": lambda: nn.LogSoftmax(1), "softmin": lambda: nn.Softmin(1),
+}
+
+
+@pytest.mark.parametrize("make", ACTIVATIONS.values(), ids=ACTIVATIONS.keys())
+def test_activations_load_with_every_argument(make, tmp_path):
+    _assert_round_trip(Sandwich(make()), tmp_path)
+
+
+@pytest.mark.parametrize("mid,message", [
+    (nn.PReLU(8), r"layer 'mid' is a PReLU, a float module with parameters or buffers"),
+    (nn.ZeroPad2d(1), r"layer 'mid' is a ZeroPad2d, not among the float modules a static file rebuilds"),
+])
+def test_a_module_a_static_file_cannot_hold_is_named_with_why(mid, message, tmp_path):
+    q = _quantized(Sandwich(mid))
+    assert type(q.layers["mid"]) is type(mid)  # (kept as a float layer of the program)
+    with pytest.raises(TypeError, match=message):
+        mq.save(q, tmp_path / "m.safetensors")
+
+
+@pytest.mark.parametrize("cls,arg,value", [
+    ("ELU", "alpha", "1"), ("Softplus", "beta", {"$float": "inf"}), ("Threshold", "value", None),
+    ("Hardshrink", "lambd", True), ("LogSoftmax", "dim", 1.0), ("CELU", "inplace", True),
+])
+def test_a_bad_activation_argument_is_refused_at_load(pool_file, tmp_path, cls, arg, value):
+    edits = StaticFileEdits(pool_file, KEY, tmp_path)
+    manifest = edits.manifest_copy()
+    manifest["layers"]["mid"] = {"class": cls, "init_kwargs": {"$dict": {arg: value}}}
+    with pytest.raises(CheckpointError, match=rf"layer 'mid' \({cls}\).*{arg}"):
+        mq.load(edits.write("edited.safetensors", manifest))

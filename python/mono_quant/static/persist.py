@@ -120,8 +120,13 @@ def _layer_entry(name: str, m: nn.Module) -> dict:
         return {"class": "FusedGapFloat", "init_kwargs": encode_value({"flatten": m.flatten})}
     if cls in FLOAT_MODULES:
         return {"class": cls.__name__, "init_kwargs": encode_value(float_module_kwargs(name, m))}
-    raise TypeError(f"cannot save static model: layer {name!r} is a {cls.__name__}, which a static file cannot "
-                    "hold (a float module with weights, or a custom module)")
+    if any(True for _ in m.parameters()) or any(True for _ in m.buffers()):
+        raise TypeError(f"cannot save static model: layer {name!r} is a {cls.__name__}, a float module with "
+                        f"parameters or buffers, which a static file does not hold (only its int8 layers' tensors; "
+                        f"quantize the layer too, or leave it out of the traced part)")
+    raise TypeError(f"cannot save static model: layer {name!r} is a {cls.__name__}, not among the float modules a "
+                    f"static file rebuilds (a fixed table, nothing is imported by name: "
+                    f"{', '.join(sorted(FLOAT_BY_NAME))})")
 
 
 def _program_entry(entry: tuple) -> dict:

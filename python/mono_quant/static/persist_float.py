@@ -44,6 +44,8 @@ def _pair_of(v, lo: int, none_ok: bool = False) -> bool:
 _FLAG: _Check = (lambda v: isinstance(v, bool), "True or False")
 _FINITE: _Check = (_real, "a finite number")
 _DIM: _Check = (lambda v: is_int(v, -_MAX_DIM) and v < _MAX_DIM, f"an int in {-_MAX_DIM}..{_MAX_DIM - 1}")
+_OPTIONAL_DIM: _Check = (lambda v: v is None or _DIM[0](v), f"None or {_DIM[1]}")  # (None: torch's implicit dim)
+_LAMBDA: _Check = (lambda v: _real(v) and v >= 0, "a finite number >= 0")
 _SIZE = lambda lo: (lambda v: _pair_of(v, lo), f"an int or a pair of ints in {lo}..{_MAX_POOL_ARG}")  # noqa: E731
 _OPTIONAL_SIZE: _Check = (lambda v: v is None or _pair_of(v, 1),
                           f"None, an int or a pair of ints in 1..{_MAX_POOL_ARG}")
@@ -75,9 +77,14 @@ _POOL_WINDOW = {"kernel_size": _SIZE(1), "stride": _OPTIONAL_SIZE, "padding": _S
 #: class -> {constructor argument (read back from the attribute of that name): its check}
 FLOAT_MODULES: Dict[type, Dict[str, _Check]] = {
     nn.ReLU: {}, nn.ReLU6: {}, nn.Sigmoid: {}, nn.Tanh: {}, nn.SiLU: {}, nn.Hardswish: {}, nn.Identity: {},
+    nn.Hardsigmoid: {}, nn.Mish: {}, nn.SELU: {}, nn.LogSigmoid: {}, nn.Softsign: {}, nn.Tanhshrink: {},
     nn.GELU: {"approximate": (lambda v: v in ("none", "tanh"), "'none' or 'tanh'")},
+    nn.ELU: {"alpha": _FINITE}, nn.CELU: {"alpha": _FINITE},
+    nn.Softplus: {"beta": _FINITE, "threshold": _FINITE},
+    nn.Threshold: {"threshold": _FINITE, "value": _FINITE},
+    nn.Hardshrink: {"lambd": _LAMBDA}, nn.Softshrink: {"lambd": _LAMBDA},
     nn.Flatten: {"start_dim": _DIM, "end_dim": _DIM},
-    nn.Softmax: {"dim": (lambda v: v is None or _DIM[0](v), f"None or {_DIM[1]}")},
+    nn.Softmax: {"dim": _OPTIONAL_DIM}, nn.LogSoftmax: {"dim": _OPTIONAL_DIM}, nn.Softmin: {"dim": _OPTIONAL_DIM},
     nn.Dropout: {"p": (lambda v: _real(v) and 0 <= v <= 1, "a number in 0..1")},
     nn.LeakyReLU: {"negative_slope": _FINITE},
     nn.Hardtanh: {"min_val": (lambda v: _real(v, finite=False), "a number"),
