@@ -37,8 +37,9 @@ from .capture import ValueRef
 from .graph import FusedAddFloat, FusedGapFloat, StaticGraphModel
 from .modules import StaticAdd, StaticConv2d, StaticGlobalAvgPool, StaticLinear
 from .modules_eltwise import StaticBroadcastAdd
-from .persist_checks import check_activation_scales, check_output_not_constant, check_weight_geometry
+from .persist_checks import check_activation_scales, check_outputs_not_constant, check_weight_geometry
 from .persist_eltwise import ELTWISE_CLASSES, attach_eltwise_tensors, build_fused_add, check_constant_shape
+from .persist_float import FLOAT_BY_NAME, FLOAT_MODULES, build_float_module, float_module_kwargs
 from .program import StaticInt8Model
 from .qparams_state import EXTRA_STATE
 
@@ -50,16 +51,6 @@ _META_KEY = "mono_quant.static"
 
 _STATIC_CLASSES = {c.__name__: c for c in (StaticConv2d, StaticLinear, StaticAdd, StaticGlobalAvgPool,
                                            *ELTWISE_CLASSES)}
-# parameter-free float modules a program may keep, with the constructor arguments read back from attributes
-_FLOAT_MODULES = {
-    nn.ReLU: (), nn.ReLU6: (), nn.Sigmoid: (), nn.Tanh: (), nn.SiLU: (), nn.Hardswish: (), nn.Identity: (),
-    nn.GELU: ("approximate",), nn.Flatten: ("start_dim", "end_dim"), nn.Softmax: ("dim",),
-    nn.Dropout: ("p",), nn.LeakyReLU: ("negative_slope",), nn.Hardtanh: ("min_val", "max_val"),
-    nn.MaxPool2d: ("kernel_size", "stride", "padding", "dilation", "ceil_mode"),
-    nn.AvgPool2d: ("kernel_size", "stride", "padding", "ceil_mode", "count_include_pad"),
-    nn.AdaptiveAvgPool2d: ("output_size",),
-}
-_FLOAT_BY_NAME = {c.__name__: c for c in _FLOAT_MODULES}
 _FUNCTIONS = {f"{mod}.{f.__name__}": f for mod, fs in (
     ("torch", (torch.flatten, torch.cat, torch.relu, torch.add, torch.mul, torch.sigmoid, torch.tanh,
                torch.reshape, torch.mean, torch.sum)),
@@ -127,10 +118,15 @@ def _layer_entry(name: str, m: nn.Module) -> dict:
         return {"class": "FusedAddFloat", "init_kwargs": encode_value({"act": m.act})}
     if cls is FusedGapFloat:
         return {"class": "FusedGapFloat", "init_kwargs": encode_value({"flatten": m.flatten})}
-    if cls in _FLOAT_MODULES:
-        return {"class": cls.__name__, "init_kwargs": encode_value({a: getattr(m, a) for a in _FLOAT_MODULES[cls]})}
-    raise TypeError(f"cannot save static model: layer {name!r} is a {cls.__name__}, which a static file cannot "
-                    "hold (a float module with weights, or a custom module)")
+    if cls in FLOAT_MODULES:
+        return {"class": cls.__name__, "init_kwargs": encode_value(float_module_kwargs(name, m))}
+    if any(True for _ in m.parameters()) or any(True for _ in m.buffers()):
+        raise TypeError(f"cannot save static model: layer {name!r} is a {cls.__name__}, a float module with "
+                        f"parameters or buffers, which a static file does not hold (only its int8 layers' tensors; "
+                        f"quantize the layer too, or leave it out of the traced part)")
+    raise TypeError(f"cannot save static model: layer {name!r} is a {cls.__name__}, not among the float modules a "
+                    f"static file rebuilds (a fixed table, nothing is imported by name: "
+                    f"{', '.join(sorted(FLOAT_BY_NAME))})")
 
 
 def _program_entry(entry: tuple) -> dict:
@@ -173,10 +169,14 @@ def save_static(model: StaticGraphModel, path, overwrite: bool = True) -> Path:
                 continue
             tensors[f"layers.{name}.{key}"] = t.detach().contiguous().clone()
             layers[name].setdefault("tensors", []).append(key)
-    manifest = {"format": STATIC_FORMAT, "layers": layers, "program": program}
+    text = json.dumps({"format": STATIC_FORMAT, "layers": layers, "program": program})
+    try:  # the load's own checks on what the file will hold: never write a file load refuses
+        _read_manifest(loads_bounded(text), tensors)
+    except (CheckpointError,) + _BAD_JSON as exc:
+        raise ValueError(f"cannot save static model: mq.load would refuse the file: {exc}") from None
     path = Path(os.fspath(path))
     with atomic_output(path, overwrite) as tmp:
-        write_safetensors(tensors, tmp, {_META_KEY: json.dumps(manifest)}, path)
+        write_safetensors(tensors, tmp, {_META_KEY: text}, path)
     return path
 
 
@@ -211,7 +211,6 @@ def build_layer(name: str, entry: dict, tensors: Dict[str, torch.Tensor]) -> nn.
             raise CheckpointError(f"layer {name!r} ({cls_name}): {exc}") from None
         check_activation_scales(name, m)
         _attach_static_tensors(name, m, own)
-        check_output_not_constant(name, m)
         return m
     if cls_name == "FusedAddFloat":
         return build_fused_add(name, kwargs, own)
@@ -222,16 +221,8 @@ def build_layer(name: str, entry: dict, tensors: Dict[str, torch.Tensor]) -> nn.
             return FusedGapFloat(kwargs.get("flatten"))
         except ValueError as exc:
             raise CheckpointError(f"layer {name!r} ({cls_name}): {exc}") from None
-    if cls_name in _FLOAT_BY_NAME:
-        cls = _FLOAT_BY_NAME[cls_name]
-        unknown = set(kwargs) - set(_FLOAT_MODULES[cls])  # only what save_static writes: no inplace=True
-        if unknown:
-            raise CheckpointError(f"layer {name!r} ({cls_name}): arguments {sorted(unknown)} are not among "
-                                  f"{list(_FLOAT_MODULES[cls])}")
-        try:
-            return cls(**kwargs)
-        except (TypeError, ValueError, AssertionError) as exc:  # torch's own checks (Hardtanh asserts)
-            raise CheckpointError(f"layer {name!r} ({cls_name}): {exc}") from None
+    if cls_name in FLOAT_BY_NAME:  # only what save_static writes, checked: no inplace=True
+        return build_float_module(name, cls_name, kwargs)
     raise CheckpointError(f"layer {name!r}: unknown class {cls_name!r}")
 
 
@@ -382,6 +373,65 @@ def _input_qparams(layer, index: int) -> tuple:
     return layer.in_scale, layer.in_zp
 
 
+# (a manifest may hold any JSON where a mapping or list is expected: .items() / [i] of the wrong type)
+_BAD_JSON = (KeyError, TypeError, ValueError, AttributeError, IndexError, OverflowError, json.JSONDecodeError)
+
+
+def _read_manifest(manifest, tensors: Dict[str, torch.Tensor]):
+    """(program, layers) of a static file's decoded manifest and tensors, every check made: a
+    CheckpointError, or KeyError / TypeError / ... for JSON of the wrong shape (load_static says
+    which file)."""
+    if manifest.get("format") != STATIC_FORMAT:
+        raise CheckpointError(f"format {manifest.get('format')!r}; this version reads {STATIC_FORMAT!r}")
+    layers = {str(name): build_layer(str(name), entry, tensors) for name, entry in manifest["layers"].items()}
+    claimed = {f"layers.{n}.{k}" for n, e in manifest["layers"].items() for k in e.get("tensors", [])}
+    if claimed != set(tensors):
+        raise CheckpointError(f"tensors in the file {sorted(set(tensors) ^ claimed)} disagree with the manifest")
+    program: List[tuple] = []
+    defined = set()
+    for e in manifest["program"]:
+        name, kind, inputs = str(e["name"]), e["kind"], [str(i) for i in e["inputs"]]
+        missing = [i for i in inputs if i not in defined]
+        if missing:
+            raise CheckpointError(f"op {name!r} reads {missing} before they are computed")
+        if kind == "module":
+            if name not in layers:
+                raise CheckpointError(f"op {name!r} has no layer")
+            _check_arity(name, layers[name], inputs)
+            program.append((name, "module", inputs, None))
+        elif kind == "input":
+            program.append((name, "input", [], None))
+        elif kind == "output":
+            structure = _decode(e["structure"])
+            _check_refs(name, structure, defined)
+            reads = sorted(set(_ref_names(structure)))
+            if not inputs or reads != sorted(set(inputs)):
+                # a structure reading no value is a constant: the model would ignore its input
+                raise CheckpointError(f"op {name!r}: the output structure reads {reads}, not the op's inputs "
+                                      f"{inputs}")
+            program.append((name, "output", inputs, structure))
+        elif kind == "call":
+            c = e["call"]
+            how, target = c["how"], c["target"]
+            if how == "call_function" and target in _FUNCTIONS:
+                target = _FUNCTIONS[target]
+            elif not (how == "call_method" and target in _METHODS):
+                raise CheckpointError(f"op {name!r}: {how} {target!r} is not allowed")
+            cargs, ckwargs = _decode(c["args"]), _decode(c["kwargs"])
+            _check_refs(name, (cargs, ckwargs), defined)
+            _check_call(name, how, cargs, ckwargs, inputs)
+            target, cargs, ckwargs = _replayed_call(name, how, target, cargs, ckwargs)
+            program.append((name, "call", inputs, (how, target, cargs, ckwargs)))
+        else:
+            raise CheckpointError(f"op {name!r}: unknown kind {kind!r}")
+        defined.add(name)
+    if [op[1] for op in program].count("output") != 1 or program[-1][1] != "output":
+        raise CheckpointError("the program must end with its one output op")
+    check_outputs_not_constant(program, layers)
+    _check_int8_flow(program, layers)
+    return program, layers
+
+
 def load_static(path, model=None) -> StaticGraphModel:
     """Read a file written by save_static (the graph is in the file: ``model`` is not needed and
     not read).  Raises CheckpointError on anything inconsistent."""
@@ -393,59 +443,10 @@ def load_static(path, model=None) -> StaticGraphModel:
     except Exception as exc:  # noqa: BLE001 - safetensors raises several types for a damaged file
         raise CheckpointError(f"{path}: not a readable safetensors file ({exc})") from exc
     try:
-        manifest = loads_bounded(meta[_META_KEY])
-        if manifest.get("format") != STATIC_FORMAT:
-            raise CheckpointError(f"format {manifest.get('format')!r}; this version reads {STATIC_FORMAT!r}")
-        layers = {str(name): build_layer(str(name), entry, tensors) for name, entry in manifest["layers"].items()}
-        claimed = {f"layers.{n}.{k}" for n, e in manifest["layers"].items() for k in e.get("tensors", [])}
-        if claimed != set(tensors):
-            raise CheckpointError(f"tensors in the file {sorted(set(tensors) ^ claimed)} disagree with the manifest")
-        program: List[tuple] = []
-        defined = set()
-        for e in manifest["program"]:
-            name, kind, inputs = str(e["name"]), e["kind"], [str(i) for i in e["inputs"]]
-            missing = [i for i in inputs if i not in defined]
-            if missing:
-                raise CheckpointError(f"op {name!r} reads {missing} before they are computed")
-            if kind == "module":
-                if name not in layers:
-                    raise CheckpointError(f"op {name!r} has no layer")
-                _check_arity(name, layers[name], inputs)
-                program.append((name, "module", inputs, None))
-            elif kind == "input":
-                program.append((name, "input", [], None))
-            elif kind == "output":
-                structure = _decode(e["structure"])
-                _check_refs(name, structure, defined)
-                reads = sorted(set(_ref_names(structure)))
-                if not inputs or reads != sorted(set(inputs)):
-                    # a structure reading no value is a constant: the model would ignore its input
-                    raise CheckpointError(f"op {name!r}: the output structure reads {reads}, not the op's inputs "
-                                          f"{inputs}")
-                program.append((name, "output", inputs, structure))
-            elif kind == "call":
-                c = e["call"]
-                how, target = c["how"], c["target"]
-                if how == "call_function" and target in _FUNCTIONS:
-                    target = _FUNCTIONS[target]
-                elif not (how == "call_method" and target in _METHODS):
-                    raise CheckpointError(f"op {name!r}: {how} {target!r} is not allowed")
-                cargs, ckwargs = _decode(c["args"]), _decode(c["kwargs"])
-                _check_refs(name, (cargs, ckwargs), defined)
-                _check_call(name, how, cargs, ckwargs, inputs)
-                target, cargs, ckwargs = _replayed_call(name, how, target, cargs, ckwargs)
-                program.append((name, "call", inputs, (how, target, cargs, ckwargs)))
-            else:
-                raise CheckpointError(f"op {name!r}: unknown kind {kind!r}")
-            defined.add(name)
-        if [op[1] for op in program].count("output") != 1 or program[-1][1] != "output":
-            raise CheckpointError("the program must end with its one output op")
-        _check_int8_flow(program, layers)
+        program, layers = _read_manifest(loads_bounded(meta[_META_KEY]), tensors)
     except CheckpointError as exc:
         raise CheckpointError(f"{path}: {exc}") from None
-    # (a manifest may hold any JSON where a mapping or list is expected: .items() / [i] of the wrong type)
-    except (KeyError, TypeError, ValueError, AttributeError, IndexError, OverflowError,
-            json.JSONDecodeError) as exc:
+    except _BAD_JSON as exc:
         raise CheckpointError(f"{path}: invalid static manifest: {type(exc).__name__}: {exc}") from exc
     return StaticInt8Model(program, layers).eval()
 

@@ -1,0 +1,178 @@
+"""The parameter-free float modules a static program keeps (pools, activations, ...) are saved
+with every constructor argument that changes what they compute, checked at load, and rebuilt
+from them: the loaded model gives the same bits.  (AvgPool2d's divisor_override and MaxPool2d's
+return_indices were dropped: the loaded pool divided by its window, or returned a bare tensor
+that the next op sliced.)"""
+import inspect
+import warnings
+
+import pytest
+import torch
+from torch import nn
+
+import mono_quant as mq
+from mono_quant.io.errors import CheckpointError
+from mono_quant.static.persist_float import FLOAT_MODULES
+from static_file_edits import StaticFileEdits
+
+KEY = "mono_quant.static"
+X = torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(1))
+X2 = torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(3))
+
+
+class Sandwich(nn.Module):
+    """conv -> ``mid`` (a float module the program keeps) -> conv -> mean; ``pick``: ``mid``
+    returns a tuple whose first item goes on (MaxPool2d(return_indices=True))."""
+
+    def __init__(self, mid: nn.Module, pick: bool = False):
+        super().__init__()
+        self.c1 = nn.Conv2d(3, 8, 3, padding=1)
+        self.mid = mid
+        self.c2 = nn.Conv2d(8, 4, 3, padding=1)
+        self.pick = pick
+
+    def forward(self, x):
+        y = self.mid(self.c1(x))
+        if self.pick:
+            y = y[0]
+        return self.c2(y).mean((2, 3))
+
+
+def _quantized(model: nn.Module):
+    torch.manual_seed(0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return mq.quantize(model.eval(), "int8", activations="static",
+                           calibration=torch.randn(32, 3, 8, 8, generator=torch.Generator().manual_seed(2))).model
+
+
+# each with arguments other than the defaults, so that a dropped one changes the numbers
+POOLS = {
+    "avg-divisor-override": lambda: Sandwich(nn.AvgPool2d(2, divisor_override=1)),
+    "avg-divisor-override-3": lambda: Sandwich(nn.AvgPool2d(3, stride=1, padding=1, divisor_override=3)),
+    "avg-count-include-pad": lambda: Sandwich(nn.AvgPool2d(3, 2, 1, ceil_mode=True, count_include_pad=False)),
+    "max-return-indices": lambda: Sandwich(nn.MaxPool2d(2, return_indices=True), pick=True),
+    "max-dilated": lambda: Sandwich(nn.MaxPool2d((3, 2), stride=1, padding=1, dilation=(1, 2), ceil_mode=True)),
+    "adaptive-avg": lambda: Sandwich(nn.AdaptiveAvgPool2d((3, None))),
+}
+
+
+def _assert_round_trip(model: nn.Module, tmp_path) -> None:
+    q = _quantized(model)
+    loaded = mq.load(mq.save(q, tmp_path / "m.safetensors"))
+    with torch.no_grad():
+        for x in (X, X2):
+            assert torch.equal(loaded(x), q(x))
+    mid = dict(loaded.named_modules()).get("layers.mid")
+    assert type(mid) is type(model.mid)
+    for arg in FLOAT_MODULES[type(mid)]:
+        assert getattr(mid, arg) == getattr(model.mid, arg), arg
+
+
+@pytest.mark.parametrize("make", POOLS.values(), ids=POOLS.keys())
+def test_pools_load_with_every_argument(make, tmp_path):
+    _assert_round_trip(make(), tmp_path)
+
+
+# torch's deprecated spellings of arguments that are saved (Hardtanh(min_value=) sets min_val)
+_ALIASES = {nn.Hardtanh: {"min_value", "max_value"}}
+
+
+@pytest.mark.parametrize("cls", list(FLOAT_MODULES), ids=lambda c: c.__name__)
+def test_every_constructor_argument_is_saved(cls):
+    """Against torch's own signature: all but ``inplace`` (the program replays float modules out
+    of place: the same values) and deprecated aliases."""
+    params = {n for n, p in inspect.signature(cls.__init__).parameters.items()
+              if n != "self" and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)}
+    assert params - {"inplace"} - _ALIASES.get(cls, set()) == set(FLOAT_MODULES[cls])
+
+
+@pytest.fixture(scope="module")
+def pool_file(tmp_path_factory):
+    q = _quantized(Sandwich(nn.AvgPool2d(3, stride=1, padding=1, divisor_override=2)))
+    return mq.save(q, tmp_path_factory.mktemp("static") / "pool.safetensors")
+
+
+BAD_POOL_ARGS = {
+    "divisor-zero": ("divisor_override", 0, "divisor_override"),
+    "divisor-float": ("divisor_override", 1.5, "divisor_override"),
+    "divisor-bool": ("divisor_override", True, "divisor_override"),
+    "kernel-zero": ("kernel_size", 0, "kernel_size"),
+    "kernel-triple": ("kernel_size", {"$tuple": [2, 2, 2]}, "kernel_size"),
+    "kernel-text": ("kernel_size", "3", "kernel_size"),
+    "padding-over-half": ("padding", 2, "padding"),
+    "stride-negative": ("stride", -1, "stride"),
+    "ceil-mode-text": ("ceil_mode", "false", "ceil_mode"),
+    "count-include-pad-int": ("count_include_pad", 1, "count_include_pad"),
+    "unknown": ("return_indices", True, r"arguments \['return_indices'\] are not among"),
+}
+
+
+@pytest.mark.parametrize("arg,value,message", BAD_POOL_ARGS.values(), ids=BAD_POOL_ARGS.keys())
+def test_a_bad_pool_argument_is_refused_at_load(pool_file, tmp_path, arg, value, message):
+    edits = StaticFileEdits(pool_file, KEY, tmp_path)
+    manifest = edits.manifest_copy()
+    entry = manifest["layers"]["mid"]
+    assert entry["class"] == "AvgPool2d"
+    entry["init_kwargs"]["$dict"][arg] = value
+    with pytest.raises(CheckpointError, match=rf"layer 'mid' \(AvgPool2d\).*{message}"):
+        mq.load(edits.write("edited.safetensors", manifest))
+
+
+def test_a_file_without_the_newer_arguments_loads_with_their_defaults(pool_file, tmp_path):
+    """A file written before divisor_override / return_indices were saved: torch's defaults."""
+    edits = StaticFileEdits(pool_file, KEY, tmp_path)
+    manifest = edits.manifest_copy()
+    del manifest["layers"]["mid"]["init_kwargs"]["$dict"]["divisor_override"]
+    pool = dict(mq.load(edits.write("old.safetensors", manifest)).named_modules())["layers.mid"]
+    assert pool.divisor_override is None and pool.kernel_size == 3
+
+
+def test_an_argument_the_format_cannot_hold_is_refused_at_save(tmp_path):
+    q = _quantized(Sandwich(nn.AvgPool2d(2)))
+    q.layers["mid"].padding = torch.tensor(0)  # (torch takes it; a file holds JSON numbers)
+    with pytest.raises(ValueError, match=r"layer 'mid' \(AvgPool2d\): padding"):
+        mq.save(q, tmp_path / "m.safetensors")
+    assert not (tmp_path / "m.safetensors").exists()
+
+
+# parameter-free activations (mq.save refused ELU / Softplus as "a float module with weights, or a
+# custom module"), with arguments other than the defaults
+ACTIVATIONS = {
+    "elu": lambda: nn.ELU(alpha=0.5), "celu": lambda: nn.CELU(alpha=0.7), "selu": nn.SELU,
+    "softplus": lambda: nn.Softplus(beta=2.0, threshold=0.5), "leaky-relu": lambda: nn.LeakyReLU(0.2),
+    "hardswish": nn.Hardswish, "hardsigmoid": nn.Hardsigmoid, "mish": nn.Mish, "silu": nn.SiLU,
+    "gelu-tanh": lambda: nn.GELU("tanh"), "tanh": nn.Tanh, "sigmoid": nn.Sigmoid, "logsigmoid": nn.LogSigmoid,
+    "softsign": nn.Softsign, "tanhshrink": nn.Tanhshrink, "hardshrink": lambda: nn.Hardshrink(0.3),
+    "softshrink": lambda: nn.Softshrink(0.3), "threshold": lambda: nn.Threshold(0.1, -1.0),
+    "hardtanh": lambda: nn.Hardtanh(-2.0, 2.0), "softmax": lambda: nn.Softmax(1),
+    "log-softmax": lambda: nn.LogSoftmax(1), "softmin": lambda: nn.Softmin(1),
+}
+
+
+@pytest.mark.parametrize("make", ACTIVATIONS.values(), ids=ACTIVATIONS.keys())
+def test_activations_load_with_every_argument(make, tmp_path):
+    _assert_round_trip(Sandwich(make()), tmp_path)
+
+
+@pytest.mark.parametrize("mid,message", [
+    (nn.PReLU(8), r"layer 'mid' is a PReLU, a float module with parameters or buffers"),
+    (nn.ZeroPad2d(1), r"layer 'mid' is a ZeroPad2d, not among the float modules a static file rebuilds"),
+])
+def test_a_module_a_static_file_cannot_hold_is_named_with_why(mid, message, tmp_path):
+    q = _quantized(Sandwich(mid))
+    assert type(q.layers["mid"]) is type(mid)  # (kept as a float layer of the program)
+    with pytest.raises(TypeError, match=message):
+        mq.save(q, tmp_path / "m.safetensors")
+
+
+@pytest.mark.parametrize("cls,arg,value", [
+    ("ELU", "alpha", "1"), ("Softplus", "beta", {"$float": "inf"}), ("Threshold", "value", None),
+    ("Hardshrink", "lambd", True), ("LogSoftmax", "dim", 1.0), ("CELU", "inplace", True),
+])
+def test_a_bad_activation_argument_is_refused_at_load(pool_file, tmp_path, cls, arg, value):
+    edits = StaticFileEdits(pool_file, KEY, tmp_path)
+    manifest = edits.manifest_copy()
+    manifest["layers"]["mid"] = {"class": cls, "init_kwargs": {"$dict": {arg: value}}}
+    with pytest.raises(CheckpointError, match=rf"layer 'mid' \({cls}\).*{arg}"):
+        mq.load(edits.write("edited.safetensors", manifest))
