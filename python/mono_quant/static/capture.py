@@ -213,6 +213,9 @@ def _input_names(obj) -> List[str]:
         elif isinstance(x, dict):
             for v in x.values():
                 visit(v)
+        elif isinstance(x, slice):  # a bound computed from a traced shape: h[:, : h.shape[1] // 2]
+            for v in (x.start, x.stop, x.step):
+                visit(v)
     visit(obj)
     return found
 

@@ -113,6 +113,8 @@ def _resolve(obj, env: Dict[str, Any]):
         return [_resolve(v, env) for v in obj]
     if isinstance(obj, dict):
         return {k: _resolve(v, env) for k, v in obj.items()}
+    if isinstance(obj, slice):  # a bound computed in the graph (h[:, : h.shape[1] // 2])
+        return slice(_resolve(obj.start, env), _resolve(obj.stop, env), _resolve(obj.step, env))
     return obj
 
 

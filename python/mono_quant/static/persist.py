@@ -84,7 +84,7 @@ def encode_value(obj):
     if isinstance(obj, dict):
         return {"$dict": {str(k): encode_value(v) for k, v in obj.items()}}
     if isinstance(obj, slice):
-        return {"$slice": [obj.start, obj.stop, obj.step]}
+        return {"$slice": [encode_value(v) for v in (obj.start, obj.stop, obj.step)]}
     if isinstance(obj, float) and not math.isfinite(obj):
         return {"$float": repr(obj)}
     if obj is None or isinstance(obj, (bool, int, float, str)):
@@ -108,7 +108,10 @@ def _decode(obj):
         if tag == "$dict":
             return {k: _decode(v) for k, v in value.items()}
         if tag == "$slice":
-            return slice(*value)
+            bounds = [_decode(v) for v in value]
+            if len(bounds) != 3 or not all(b is None or isinstance(b, (int, ValueRef)) for b in bounds):
+                raise ValueError(f"bad encoded slice {obj!r}")
+            return slice(*bounds)
         if tag == "$float" and value in ("inf", "-inf", "nan"):
             return float(value)
         if tag == "$dtype" and isinstance(getattr(torch, str(value), None), torch.dtype):
@@ -294,6 +297,8 @@ def _ref_names(obj):
     elif isinstance(obj, dict):
         for v in obj.values():
             yield from _ref_names(v)
+    elif isinstance(obj, slice):
+        yield from _ref_names((obj.start, obj.stop, obj.step))
 
 
 def _check_refs(op: str, obj, defined) -> None:
