@@ -124,12 +124,33 @@ def _is_flatten1(node: fx.Node, modules) -> bool:
     return False
 
 
-def _is_add(node: fx.Node) -> bool:
+# what reads a Python number (or a torch.Size) off a traced tensor, and what computes with those
+_NUMBER_METHODS = ("size", "dim", "numel", "nelement", "item")
+_NUMBER_ATTRS = ("shape", "ndim")
+_NUMBER_OPS = (operator.getitem, operator.add, operator.sub, operator.mul, operator.floordiv, operator.truediv,
+               operator.mod, operator.neg, operator.pow, len)
+
+
+def _makes_number(node: fx.Node, numbers: set) -> bool:
+    """Whether the node computes a Python number / torch.Size, not a tensor (``x.shape[0]``,
+    ``x.size(1) // 2``): a shape read, or arithmetic on nodes in ``numbers`` only."""
+    if node.op == "call_method":
+        return node.target in _NUMBER_METHODS
+    if node.op != "call_function":
+        return False
+    if node.target is getattr:
+        return len(node.args) == 2 and node.args[1] in _NUMBER_ATTRS
+    reads = node.all_input_nodes
+    return node.target in _NUMBER_OPS and bool(reads) and all(n in numbers for n in reads)
+
+
+def _is_add(node: fx.Node, numbers: set) -> bool:
+    """A tensor + tensor add (``x.shape[0] + y`` adds a traced number: not one)."""
     if node.kwargs:
         return False
     is_add = (node.op == "call_function" and node.target in _ADD_FUNCS) or (
         node.op == "call_method" and node.target in ("add", "add_"))
-    return is_add and len(node.args) == 2 and all(isinstance(a, fx.Node) for a in node.args)
+    return is_add and len(node.args) == 2 and all(isinstance(a, fx.Node) and a not in numbers for a in node.args)
 
 
 _CAT_FUNCS = (torch.cat, torch.concat, torch.concatenate)
@@ -163,9 +184,9 @@ def _constant_of(arg, root: nn.Module) -> Optional[torch.Tensor]:
     return None
 
 
-def _add_with_constant(node: fx.Node, root: nn.Module):
+def _add_with_constant(node: fx.Node, root: nn.Module, numbers: set):
     """(tensor node, constant) of ``x + c`` / ``c + x``, c a number or a float buffer / parameter."""
-    if node.kwargs or len(node.args) != 2:
+    if node.kwargs or len(node.args) != 2 or any(isinstance(a, fx.Node) and a in numbers for a in node.args):
         return None
     if not ((node.op == "call_function" and node.target in _ADD_FUNCS) or
             (node.op == "call_method" and node.target in ("add", "add_"))):
@@ -240,6 +261,7 @@ def build_plan(model: nn.Module, keep_float: Optional[Callable[[str, nn.Module],
     absorbed: Dict[fx.Node, str] = {}
     ops: List[PlanOp] = []
     not_fused: List[Tuple[str, str]] = []
+    numbers: set = set()  # nodes computing Python numbers (sizes), not tensors
 
     def absorb_act(op: PlanOp, node: fx.Node) -> fx.Node:
         user = _only_user(node)
@@ -253,6 +275,8 @@ def build_plan(model: nn.Module, keep_float: Optional[Callable[[str, nn.Module],
         return node
 
     for node in gm.graph.nodes:
+        if _makes_number(node, numbers):
+            numbers.add(node)
         if node in absorbed:
             names[node] = absorbed[node]
             continue
@@ -288,11 +312,11 @@ def build_plan(model: nn.Module, keep_float: Optional[Callable[[str, nn.Module],
                     absorbed[bn] = op.name
                     last = bn
                 absorb_act(op, last)
-        elif _is_add(node) and not any(a.op == "get_attr" for a in node.args):
+        elif _is_add(node, numbers) and not any(a.op == "get_attr" for a in node.args):
             op = PlanOp(node.name, "add", [names[a] for a in node.args], fused=[node.name])
             absorb_act(op, node)
-        elif _add_with_constant(node, gm) is not None:
-            x, const = _add_with_constant(node, gm)
+        elif _add_with_constant(node, gm, numbers) is not None:
+            x, const = _add_with_constant(node, gm, numbers)
             op = PlanOp(node.name, "add", [names[x]], fused=[node.name], const=const)
             absorb_act(op, node)
         elif _cat_operands(node) is not None:
