@@ -16,7 +16,7 @@ import math
 import operator
 import os
 from pathlib import Path
-from typing import Dict, List
+from typing import Dict, List, Optional
 
 import torch
 import torch.nn.functional as F
@@ -33,6 +33,7 @@ from ..io.file_kinds import FileKind, has_metadata_key, register_file_kind
 from ..io.untrusted_json import loads_bounded
 from ..kernels.layout import PACKED_LAYOUT_VERSION
 from ..packing import check_packed_groups, packed_sizes
+from .arguments import BINDINGS, InputSpec
 from .capture import ValueRef
 from .graph import FusedAddFloat, FusedGapFloat, StaticGraphModel
 from .modules import StaticAdd, StaticConv2d, StaticGlobalAvgPool, StaticLinear
@@ -141,6 +142,10 @@ def _program_entry(entry: tuple) -> dict:
     out = {"name": name, "kind": kind, "inputs": list(inputs)}
     if kind == "output":
         out["structure"] = encode_value(call)
+    elif kind == "input" and call is not None:  # (no spec: a required argument of the op's name)
+        out["argument"], out["binding"] = call.argument, call.binding
+        if call.binding in ("default", "fixed"):
+            out["default"] = encode_value(call.default)
     elif kind == "call":
         how, target, args, kwargs = call
         if how == "call_function":
@@ -387,6 +392,18 @@ def _input_qparams(layer, index: int) -> tuple:
     return layer.in_scale, layer.in_zp
 
 
+def _input_spec(op: str, entry: dict) -> Optional[InputSpec]:
+    """An input op's binding (files before forward defaults had none: a required argument)."""
+    if "argument" not in entry:
+        return None
+    argument, binding = entry["argument"], entry.get("binding")
+    default = _decode(entry.get("default"))
+    if not isinstance(argument, str) or binding not in BINDINGS or list(_ref_names(default)) \
+            or (binding == "fixed" and default is not None):
+        raise CheckpointError(f"op {op!r}: bad input binding {argument!r} {binding!r} {default!r}")
+    return InputSpec(argument, binding, default)
+
+
 def load_static(path, model=None) -> StaticGraphModel:
     """Read a file written by save_static (the graph is in the file: ``model`` is not needed and
     not read).  Raises CheckpointError on anything inconsistent."""
@@ -418,7 +435,7 @@ def load_static(path, model=None) -> StaticGraphModel:
                 _check_arity(name, layers[name], inputs)
                 program.append((name, "module", inputs, None))
             elif kind == "input":
-                program.append((name, "input", [], None))
+                program.append((name, "input", [], _input_spec(name, e)))
             elif kind == "output":
                 structure = _decode(e["structure"])
                 _check_refs(name, structure, defined)
