@@ -16,15 +16,17 @@ is never modified: folded layers are new modules (fold_batchnorm.py).
 """
 from __future__ import annotations
 
+import inspect
 import operator
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
 from ..fold_batchnorm import fold_batchnorm
+from .arguments import InputSpec
 
 __all__ = ["PlanOp", "FusionPlan", "ValueRef", "build_plan", "TraceError"]
 
@@ -54,6 +56,7 @@ class PlanOp:
     const: Optional[torch.Tensor] = None  # add: the constant operand (float32), when not a second tensor
     dim: int = 0                     # cat: the dimension concatenated
     seen_rank: Optional[int] = None  # cat: the rank of its inputs in calibration (-1: not one rank)
+    spec: Optional[InputSpec] = None  # input: the forward argument it binds (arguments.py)
 
 
 @dataclass
@@ -124,12 +127,33 @@ def _is_flatten1(node: fx.Node, modules) -> bool:
     return False
 
 
-def _is_add(node: fx.Node) -> bool:
+# what reads a Python number (or a torch.Size) off a traced tensor, and what computes with those
+_NUMBER_METHODS = ("size", "dim", "numel", "nelement", "item")
+_NUMBER_ATTRS = ("shape", "ndim")
+_NUMBER_OPS = (operator.getitem, operator.add, operator.sub, operator.mul, operator.floordiv, operator.truediv,
+               operator.mod, operator.neg, operator.pow, len)
+
+
+def _makes_number(node: fx.Node, numbers: set) -> bool:
+    """Whether the node computes a Python number / torch.Size, not a tensor (``x.shape[0]``,
+    ``x.size(1) // 2``): a shape read, or arithmetic on nodes in ``numbers`` only."""
+    if node.op == "call_method":
+        return node.target in _NUMBER_METHODS
+    if node.op != "call_function":
+        return False
+    if node.target is getattr:
+        return len(node.args) == 2 and node.args[1] in _NUMBER_ATTRS
+    reads = node.all_input_nodes
+    return node.target in _NUMBER_OPS and bool(reads) and all(n in numbers for n in reads)
+
+
+def _is_add(node: fx.Node, numbers: set) -> bool:
+    """A tensor + tensor add (``x.shape[0] + y`` adds a traced number: not one)."""
     if node.kwargs:
         return False
     is_add = (node.op == "call_function" and node.target in _ADD_FUNCS) or (
         node.op == "call_method" and node.target in ("add", "add_"))
-    return is_add and len(node.args) == 2 and all(isinstance(a, fx.Node) for a in node.args)
+    return is_add and len(node.args) == 2 and all(isinstance(a, fx.Node) and a not in numbers for a in node.args)
 
 
 _CAT_FUNCS = (torch.cat, torch.concat, torch.concatenate)
@@ -163,9 +187,9 @@ def _constant_of(arg, root: nn.Module) -> Optional[torch.Tensor]:
     return None
 
 
-def _add_with_constant(node: fx.Node, root: nn.Module):
+def _add_with_constant(node: fx.Node, root: nn.Module, numbers: set):
     """(tensor node, constant) of ``x + c`` / ``c + x``, c a number or a float buffer / parameter."""
-    if node.kwargs or len(node.args) != 2:
+    if node.kwargs or len(node.args) != 2 or any(isinstance(a, fx.Node) and a in numbers for a in node.args):
         return None
     if not ((node.op == "call_function" and node.target in _ADD_FUNCS) or
             (node.op == "call_method" and node.target in ("add", "add_"))):
@@ -213,30 +237,41 @@ def _input_names(obj) -> List[str]:
         elif isinstance(x, dict):
             for v in x.values():
                 visit(v)
+        elif isinstance(x, slice):  # a bound computed from a traced shape: h[:, : h.shape[1] // 2]
+            for v in (x.start, x.stop, x.step):
+                visit(v)
     visit(obj)
     return found
 
 
-def trace(model: nn.Module) -> fx.GraphModule:
+# fx's check that an argument traced as a constant None is None at the call (the program checks it)
+_ASSERT_IS_NONE = getattr(fx._symbolic_trace, "_assert_is_none", None)
+
+
+def trace(model: nn.Module, none_args: Sequence[str] = ()) -> fx.GraphModule:
+    """The fx graph; ``none_args``: forward arguments traced as None (their ``is None`` branches)."""
     try:
-        return fx.symbolic_trace(model)
+        return fx.symbolic_trace(model, concrete_args=dict.fromkeys(none_args) or None)
     except Exception as exc:  # noqa: BLE001 - any tracing failure means: fall back, with the reason
         raise TraceError(f"torch.fx could not trace {type(model).__name__} ({type(exc).__name__}: {exc})") from exc
 
 
-def build_plan(model: nn.Module, keep_float: Optional[Callable[[str, nn.Module], Optional[str]]] = None
-               ) -> FusionPlan:
+def build_plan(model: nn.Module, keep_float: Optional[Callable[[str, nn.Module], Optional[str]]] = None,
+               none_args: Sequence[str] = ()) -> FusionPlan:
     """The fusion plan of an eval-mode model.  Raises TraceError when fx can't trace it.
 
     ``keep_float(name, layer)``: why a Conv2d / Linear stays float (then it runs as traced,
-    nothing fused into it, listed in ``kept_float``), or None to quantize it."""
-    gm = trace(model)
+    nothing fused into it, listed in ``kept_float``), or None to quantize it.  ``none_args``:
+    optional arguments captured as None (calibration never passes them; arguments.py)."""
+    gm = trace(model, none_args)
+    arguments = iter(_argument_names(model))
     modules = dict(gm.named_modules())
     kept_float: List[Tuple[str, str, str]] = []
     names: Dict[fx.Node, str] = {}      # fx node -> op whose output it is
     absorbed: Dict[fx.Node, str] = {}
     ops: List[PlanOp] = []
     not_fused: List[Tuple[str, str]] = []
+    numbers: set = set()  # nodes computing Python numbers (sizes), not tensors
 
     def absorb_act(op: PlanOp, node: fx.Node) -> fx.Node:
         user = _only_user(node)
@@ -250,6 +285,8 @@ def build_plan(model: nn.Module, keep_float: Optional[Callable[[str, nn.Module],
         return node
 
     for node in gm.graph.nodes:
+        if _makes_number(node, numbers):
+            numbers.add(node)
         if node in absorbed:
             names[node] = absorbed[node]
             continue
@@ -257,8 +294,10 @@ def build_plan(model: nn.Module, keep_float: Optional[Callable[[str, nn.Module],
                 and isinstance(node.args[0], fx.Node):
             names[node] = names[node.args[0]]  # identity in eval mode: the same value
             continue
+        if node.op == "call_function" and node.target is _ASSERT_IS_NONE:
+            continue  # (the input op's "fixed" binding checks it)
         if node.op == "placeholder":
-            op = PlanOp(node.name, "input")
+            op = PlanOp(node.name, "input", spec=_input_spec(node, next(arguments, node.target), none_args))
         elif node.op == "output":
             op = PlanOp(node.name, "output", output_structure=_refs(node.args[0], names))
             op.inputs = _input_names(op.output_structure)
@@ -285,11 +324,11 @@ def build_plan(model: nn.Module, keep_float: Optional[Callable[[str, nn.Module],
                     absorbed[bn] = op.name
                     last = bn
                 absorb_act(op, last)
-        elif _is_add(node) and not any(a.op == "get_attr" for a in node.args):
+        elif _is_add(node, numbers) and not any(a.op == "get_attr" for a in node.args):
             op = PlanOp(node.name, "add", [names[a] for a in node.args], fused=[node.name])
             absorb_act(op, node)
-        elif _add_with_constant(node, gm) is not None:
-            x, const = _add_with_constant(node, gm)
+        elif _add_with_constant(node, gm, numbers) is not None:
+            x, const = _add_with_constant(node, gm, numbers)
             op = PlanOp(node.name, "add", [names[x]], fused=[node.name], const=const)
             absorb_act(op, node)
         elif _cat_operands(node) is not None:
@@ -311,6 +350,28 @@ def build_plan(model: nn.Module, keep_float: Optional[Callable[[str, nn.Module],
         names[node] = op.name
         ops.append(op)
     return FusionPlan(_without_unused_constants(ops), not_fused, kept_float)
+
+
+def _argument_names(model: nn.Module) -> List[str]:
+    """forward's argument names in order (fx's placeholders, whose names may differ: ``mask_1``)."""
+    try:
+        params = list(inspect.signature(model.forward).parameters.values())
+    except (TypeError, ValueError):
+        return []
+    if any(p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD) for p in params):
+        return []  # (fx's own placeholders: their targets)
+    return [p.name for p in params]
+
+
+def _input_spec(node: fx.Node, argument: str, none_args: Sequence[str]) -> InputSpec:
+    if not node.args:
+        return InputSpec(argument)
+    default = node.args[0]
+    if argument in none_args:
+        return InputSpec(argument, "fixed", None)
+    if default is None and node.users:
+        return InputSpec(argument, "given")  # traced as a tensor: None would not run the graph
+    return InputSpec(argument, "default", default)
 
 
 def _without_unused_constants(ops: List[PlanOp]) -> List[PlanOp]:

@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.modules import module as _torch_module
 
+from .arguments import bind_inputs
 from .capture import FusionPlan, PlanOp, ValueRef
 from .casts import refuse_casts
 from .compiled import CompilesAsOneOp
@@ -113,15 +114,18 @@ def _resolve(obj, env: Dict[str, Any]):
         return [_resolve(v, env) for v in obj]
     if isinstance(obj, dict):
         return {k: _resolve(v, env) for k, v in obj.items()}
+    if isinstance(obj, slice):  # a bound computed in the graph (h[:, : h.shape[1] // 2])
+        return slice(_resolve(obj.start, env), _resolve(obj.stop, env), _resolve(obj.step, env))
     return obj
 
 
 class StaticGraphModel(CompilesAsOneOp, nn.Module):
     """A model as a list of ops over named values; ``layers`` holds the op modules.
 
-    ``program`` entries: (name, kind, inputs, call).  kind "input" takes the
-    next positional argument, "module" calls ``layers[name]`` on its inputs,
-    "call" replays a traced function / method call, "output" returns."""
+    ``program`` entries: (name, kind, inputs, call).  kind "input" binds a forward
+    argument (call: its arguments.InputSpec, or None: a required one of its name),
+    "module" calls ``layers[name]`` on its inputs, "call" replays a traced function /
+    method call, "output" returns."""
 
     def __init__(self, program: List[tuple], layers: Dict[str, nn.Module]):
         super().__init__()
@@ -151,8 +155,7 @@ class StaticGraphModel(CompilesAsOneOp, nn.Module):
         """The eager forward (what the compiled op runs: it never calls the op again)."""
         refuse_traced_input(args)
         warn_if_grad_input(args)
-        env: Dict[str, Any] = {}
-        inputs = iter(args)
+        env: Dict[str, Any] = bind_inputs(self.program, args, kwargs)
         for name, kind, ins, call in self.program:
             if kind == "module":
                 m = self._modules["layers"]._modules[name]
@@ -164,7 +167,7 @@ class StaticGraphModel(CompilesAsOneOp, nn.Module):
                     raise_named_input_problem(m, name, [env[i] for i in ins])  # the wrong input width: which layer
                     raise
             elif kind == "input":
-                env[name] = kwargs[name] if name in kwargs else next(inputs)
+                pass  # (bound above)
             elif kind == "call":
                 how, target, cargs, ckwargs = call
                 cargs, ckwargs = _resolve(cargs, env), _resolve(ckwargs, env)
@@ -182,7 +185,7 @@ class StaticGraphModel(CompilesAsOneOp, nn.Module):
 def float_op_entry(op: PlanOp, layers: Dict[str, nn.Module]) -> tuple:
     """The program entry of an op that stays float (a traced call or module)."""
     if op.kind == "input":
-        return (op.name, "input", [], None)
+        return (op.name, "input", [], op.spec)
     if op.kind == "output":
         return (op.name, "output", op.inputs, op.output_structure)
     how, target, args, kwargs = op.call

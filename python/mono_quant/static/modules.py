@@ -27,10 +27,16 @@ from .casts import refuse_casts
 from .qparams_state import QParamsInStateDict
 
 __all__ = ["StaticConv2d", "StaticLinear", "StaticAdd", "StaticGlobalAvgPool", "ACTIVATIONS", "act_bounds",
-           "f32", "inverse", "check_zp", "check_scale", "check_flag", "check_int"]
+           "f32", "inverse", "check_zp", "check_scale", "check_flag", "check_int", "nchw_output"]
 
 #: fused activations: (lower, upper) clamp applied before requantizing
 ACTIVATIONS = {None: (-math.inf, math.inf), "relu": (0.0, math.inf), "relu6": (0.0, 6.0)}
+
+
+def nchw_output(out: torch.Tensor) -> torch.Tensor:
+    """A channels-last float output as the contiguous NCHW tensor the float op returns (a permuted
+    view of it broke ``x.view(x.size(0), -1)`` where the float model takes it)."""
+    return out.permute(0, 3, 1, 2).contiguous()
 
 
 def act_bounds(act: Optional[str]) -> Tuple[float, float]:
@@ -223,7 +229,7 @@ class StaticConv2d(_WeightedStatic):
         xq = x if self.int8_input else self._quantize_input(x)
         out = self._gemm(xq, self.out_channels, self.kernel_size, self.stride, self.padding, self.dilation,
                          self.groups)
-        return out if self.out_scale is not None else out.permute(0, 3, 1, 2)
+        return out if self.out_scale is not None else nchw_output(out)
 
     def input_problem(self, x: torch.Tensor) -> Optional[str]:
         """What is wrong with input ``x`` (its rank or channel count), or None: the C kernel's
@@ -311,7 +317,7 @@ class StaticAdd(_StaticBase):
         static_kernels.add_static(a.contiguous().numpy(), self.in_scale, b.contiguous().numpy(), self.b_scale, out.numpy(), lo,
                       hi, inv, SETTINGS.num_threads(), self.in_zp, self.b_zp, self.out_zp)
         if self.out_scale is None and out.dim() == 4:
-            return out.permute(0, 3, 1, 2)
+            return nchw_output(out)
         return out
 
     def extra_repr(self) -> str:

@@ -26,7 +26,7 @@ from typing import List, Optional, Sequence
 import torch
 from torch import nn
 
-from .modules import StaticAdd, check_flag, check_int, check_scale, check_zp, f32, inverse
+from .modules import StaticAdd, check_flag, check_int, check_scale, check_zp, f32, inverse, nchw_output
 from .qparams_state import QParamsInStateDict
 
 __all__ = ["StaticCat", "StaticBroadcastAdd", "requantize_codes", "dequantize_codes", "nhwc_dim",
@@ -106,7 +106,7 @@ class StaticCat(QParamsInStateDict, nn.Module):
                 parts.append(requantize_codes(x, s, z, self.out_scale, self.out_zp))
         out = torch.cat(parts, self.dim)
         if self.out_scale is None and self.channels_last:
-            return out.permute(0, 3, 1, 2)
+            return nchw_output(out)
         return out
 
     def extra_repr(self) -> str:

@@ -16,7 +16,7 @@ import math
 import operator
 import os
 from pathlib import Path
-from typing import Dict, List
+from typing import Dict, List, Optional
 
 import torch
 import torch.nn.functional as F
@@ -33,6 +33,7 @@ from ..io.file_kinds import FileKind, has_metadata_key, register_file_kind
 from ..io.untrusted_json import loads_bounded
 from ..kernels.layout import PACKED_LAYOUT_VERSION
 from ..packing import check_packed_groups, packed_sizes
+from .arguments import BINDINGS, InputSpec
 from .capture import ValueRef
 from .graph import FusedAddFloat, FusedGapFloat, StaticGraphModel
 from .modules import StaticAdd, StaticConv2d, StaticGlobalAvgPool, StaticLinear
@@ -75,7 +76,7 @@ def encode_value(obj):
     if isinstance(obj, dict):
         return {"$dict": {str(k): encode_value(v) for k, v in obj.items()}}
     if isinstance(obj, slice):
-        return {"$slice": [obj.start, obj.stop, obj.step]}
+        return {"$slice": [encode_value(v) for v in (obj.start, obj.stop, obj.step)]}
     if isinstance(obj, float) and not math.isfinite(obj):
         return {"$float": repr(obj)}
     if obj is None or isinstance(obj, (bool, int, float, str)):
@@ -99,7 +100,10 @@ def _decode(obj):
         if tag == "$dict":
             return {k: _decode(v) for k, v in value.items()}
         if tag == "$slice":
-            return slice(*value)
+            bounds = [_decode(v) for v in value]
+            if len(bounds) != 3 or not all(b is None or isinstance(b, (int, ValueRef)) for b in bounds):
+                raise ValueError(f"bad encoded slice {obj!r}")
+            return slice(*bounds)
         if tag == "$float" and value in ("inf", "-inf", "nan"):
             return float(value)
         if tag == "$dtype" and isinstance(getattr(torch, str(value), None), torch.dtype):
@@ -134,6 +138,10 @@ def _program_entry(entry: tuple) -> dict:
     out = {"name": name, "kind": kind, "inputs": list(inputs)}
     if kind == "output":
         out["structure"] = encode_value(call)
+    elif kind == "input" and call is not None:  # (no spec: a required argument of the op's name)
+        out["argument"], out["binding"] = call.argument, call.binding
+        if call.binding in ("default", "fixed"):
+            out["default"] = encode_value(call.default)
     elif kind == "call":
         how, target, args, kwargs = call
         if how == "call_function":
@@ -285,6 +293,8 @@ def _ref_names(obj):
     elif isinstance(obj, dict):
         for v in obj.values():
             yield from _ref_names(v)
+    elif isinstance(obj, slice):
+        yield from _ref_names((obj.start, obj.stop, obj.step))
 
 
 def _check_refs(op: str, obj, defined) -> None:
@@ -373,6 +383,18 @@ def _input_qparams(layer, index: int) -> tuple:
     return layer.in_scale, layer.in_zp
 
 
+def _input_spec(op: str, entry: dict) -> Optional[InputSpec]:
+    """An input op's binding (files before forward defaults had none: a required argument)."""
+    if "argument" not in entry:
+        return None
+    argument, binding = entry["argument"], entry.get("binding")
+    default = _decode(entry.get("default"))
+    if not isinstance(argument, str) or binding not in BINDINGS or list(_ref_names(default)) \
+            or (binding == "fixed" and default is not None):
+        raise CheckpointError(f"op {op!r}: bad input binding {argument!r} {binding!r} {default!r}")
+    return InputSpec(argument, binding, default)
+
+
 # (a manifest may hold any JSON where a mapping or list is expected: .items() / [i] of the wrong type)
 _BAD_JSON = (KeyError, TypeError, ValueError, AttributeError, IndexError, OverflowError, json.JSONDecodeError)
 
@@ -400,7 +422,7 @@ def _read_manifest(manifest, tensors: Dict[str, torch.Tensor]):
             _check_arity(name, layers[name], inputs)
             program.append((name, "module", inputs, None))
         elif kind == "input":
-            program.append((name, "input", [], None))
+            program.append((name, "input", [], _input_spec(name, e)))
         elif kind == "output":
             structure = _decode(e["structure"])
             _check_refs(name, structure, defined)

@@ -28,7 +28,7 @@ from .capture import ValueRef
 from ..torch_features import is_exporting
 from .eager_only import refuse_traced_input, warn_if_grad_input
 from .graph import StaticGraphModel, _global_hooks
-from .modules import StaticAdd, StaticConv2d, StaticGlobalAvgPool, StaticLinear, inverse
+from .modules import StaticAdd, StaticConv2d, StaticGlobalAvgPool, StaticLinear, inverse, nchw_output
 from .modules_eltwise import StaticBroadcastAdd, StaticCat
 
 __all__ = ["StaticInt8Model", "compile_program"]
@@ -195,7 +195,7 @@ def compile_program(model: StaticGraphModel) -> Optional[Callable[[torch.Tensor]
             return out.view(out.shape[0], out.shape[3])
         if pool_nchw:
             return out.view(out.shape[0], out.shape[3], 1, 1)
-        return out.permute(0, 3, 1, 2)
+        return nchw_output(out)  # (contiguous, as the op-by-op path's)
 
     run.input_rank = input_rank  # type: ignore[attr-defined]
     run.handle = handle  # type: ignore[attr-defined]  # (tests run it with other thread splits)

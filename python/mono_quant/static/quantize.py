@@ -26,6 +26,7 @@ from .calibration_check import require_samples
 from ..report import SkippedLayer
 from ..result import QuantizationResult
 from ..strictness import warn_if_nothing_quantized
+from .arguments import untraced_optionals
 from .capture import TraceError, build_plan
 from .convert import NONNEGATIVE_ZERO_POINT, convert_plan
 from .fallback import quantize_per_layer
@@ -67,8 +68,10 @@ def quantize_static(model, cfg, calibration, observer: Optional[str], calibratio
     sel = StaticSelection(work, cfg)  # include / exclude / min_weight_numel, layers quantized already
     plan, fallback = None, sel.already_reason()  # layers quantized already: fx would trace into their code
     if fallback is None:
+        # optional arguments calibration never passes: captured as None (their `is None` paths)
+        none_args, calibration = untraced_optionals(work, calibration)
         try:
-            plan = build_plan(work, sel.keep_float)
+            plan = build_plan(work, sel.keep_float, none_args)
         except TraceError as exc:
             fallback = str(exc)
     if plan is None:
