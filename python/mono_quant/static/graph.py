@@ -174,12 +174,38 @@ class StaticGraphModel(CompilesAsOneOp, nn.Module):
                 if how == "call_function":
                     env[name] = target(*cargs, **ckwargs)
                 elif how == "call_method":
-                    env[name] = getattr(cargs[0], target)(*cargs[1:], **ckwargs)
+                    receiver = cargs[0]
+                    if target in _NEEDS_CONTIGUOUS and isinstance(receiver, torch.Tensor) \
+                            and not receiver.is_contiguous():
+                        receiver = receiver.contiguous()  # a static layer's NHWC view: contiguous in float
+                    env[name] = getattr(receiver, target)(*cargs[1:], **ckwargs)
                 else:  # get_attr: a constant
                     env[name] = target
             else:  # output
-                return _resolve(call, env)
+                return _contiguous_outputs(_resolve(call, env))
         return None
+
+
+#: methods that need the strides the float model's tensor has (contiguous after a float conv):
+#: a static layer's float output is a channels-last view (nchw_output), on which they fail
+_NEEDS_CONTIGUOUS = frozenset({"view", "view_as"})
+
+
+def _contiguous_outputs(value):
+    """The model's outputs with a static layer's channels-last view made contiguous, as the float
+    conv / add / cat returns it (code after the model may .view it); anything else as it is."""
+    if isinstance(value, torch.Tensor):
+        if value.dim() == 4 and not value.is_contiguous() \
+                and value.is_contiguous(memory_format=torch.channels_last):
+            return value.contiguous()
+        return value
+    if isinstance(value, tuple) and hasattr(value, "_fields"):  # a named tuple
+        return type(value)(*(_contiguous_outputs(v) for v in value))
+    if isinstance(value, (list, tuple)):
+        return type(value)(_contiguous_outputs(v) for v in value)
+    if isinstance(value, dict):
+        return type(value)((k, _contiguous_outputs(v)) for k, v in value.items())
+    return value
 
 
 def float_op_entry(op: PlanOp, layers: Dict[str, nn.Module]) -> tuple:

@@ -195,7 +195,7 @@ def compile_program(model: StaticGraphModel) -> Optional[Callable[[torch.Tensor]
             return out.view(out.shape[0], out.shape[3])
         if pool_nchw:
             return out.view(out.shape[0], out.shape[3], 1, 1)
-        return nchw_output(out)  # (contiguous, as the op-by-op path's)
+        return nchw_output(out).contiguous()  # the model's output: contiguous, as the op-by-op path's
 
     run.input_rank = input_rank  # type: ignore[attr-defined]
     run.handle = handle  # type: ignore[attr-defined]  # (tests run it with other thread splits)
