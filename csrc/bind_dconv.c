@@ -202,35 +202,43 @@ static PyObject *weight_conv(const char *fname, PyArrayObject *x, PyArrayObject 
 
 PyDoc_STRVAR(dconv2d_doc,
              "dconv2d(x, panels, biases, out_channels, kernel_size, stride, padding, dilation, groups,\n"
-             "        nthreads=1, tap_major=True) -> y\n\n"
+             "        nthreads=1, tap_major=True, bias=None) -> y\n\n"
              "y float32 [B, out_channels, out_h, out_w]: the direct conv (h16_dconv.c) of x float32\n"
              "[B, C, H, W] (zero padding) with the panels and bias lanes of dconv_panels_int8\n"
              "(tap_major=True: taps in (i, j, channel) order) or dconv_panels (tap_major=False: in\n"
              "(channel, i, j) order, h16_conv2d(direct=True)'s bits); each output an fmaf chain over\n"
              "its taps from the bias in that order: the same bits\n"
-             "at every kernel level and thread count.  MemoryError if the padded copy of x cannot be\n"
-             "allocated.");
+             "at every kernel level and thread count.  bias (float32 [out_channels], optional): read\n"
+             "in place of the panels' bias lanes, so kept panels follow a bias written in place.\n"
+             "MemoryError if the padded copy of x cannot be allocated.");
 
 static PyObject *py_dconv2d(PyObject *self, PyObject *args, PyObject *kw) {
     static char *kwlist[] = {"x",       "panels",   "biases", "out_channels", "kernel_size", "stride",
-                             "padding", "dilation", "groups", "nthreads",     "tap_major",   NULL};
+                             "padding", "dilation", "groups", "nthreads",     "tap_major",   "bias", NULL};
     static const int f32[] = {NPY_FLOAT32};
-    PyObject *x_obj, *p_obj, *b_obj, *kernel_obj, *stride_obj, *pad_obj, *dil_obj, *result = NULL;
+    PyObject *x_obj, *p_obj, *b_obj, *kernel_obj, *stride_obj, *pad_obj, *dil_obj, *bias_obj = Py_None, *result = NULL;
     Py_ssize_t n, groups;
     int nthreads = 1, tap_major = 1;
     npy_intp ks[2], st[2], pd[2], dl[2];
     mq_refs refs = {0};
-    PyArrayObject *x, *panels, *biases, *out;
+    PyArrayObject *x, *panels, *biases, *bias = NULL, *out;
     (void)self;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "OOOnOOOOn|ip:dconv2d", kwlist, &x_obj, &p_obj, &b_obj, &n, &kernel_obj,
-                                     &stride_obj, &pad_obj, &dil_obj, &groups, &nthreads, &tap_major))
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OOOnOOOOn|ipO:dconv2d", kwlist, &x_obj, &p_obj, &b_obj, &n,
+                                     &kernel_obj, &stride_obj, &pad_obj, &dil_obj, &groups, &nthreads, &tap_major,
+                                     &bias_obj))
         return NULL;
     if (!mq_check_threads(nthreads)) return NULL;
     if (!conv_in(&refs, "dconv2d", x_obj, n, kernel_obj, stride_obj, pad_obj, dil_obj, groups, &x, &out, ks, st, pd,
                  dl) ||
         !(panels = mq_array_in(&refs, p_obj, "panels", f32, 1, 1, "float32")) ||
-        !(biases = mq_array_in(&refs, b_obj, "biases", f32, 1, 1, "float32")))
+        !(biases = mq_array_in(&refs, b_obj, "biases", f32, 1, 1, "float32")) ||
+        (bias_obj != Py_None && !(bias = mq_array_in(&refs, bias_obj, "bias", f32, 1, 1, "float32"))))
         goto done;
+    if (bias && PyArray_SIZE(bias) != n) {
+        PyErr_Format(PyExc_ValueError, "bias has %zd floats, the conv %zd outputs", (Py_ssize_t)PyArray_SIZE(bias),
+                     (Py_ssize_t)n);
+        goto done;
+    }
     const int64_t k = mq_size_mul(PyArray_DIM(x, 1) / groups, mq_size_mul(ks[0], ks[1]));
     if (PyArray_SIZE(panels) != mq_dconv_panel_floats(n, groups, k) ||
         PyArray_SIZE(biases) != mq_dconv_bias_floats(n, groups)) {
@@ -247,7 +255,8 @@ static PyObject *py_dconv2d(PyObject *self, PyObject *args, PyObject *kw) {
     Py_BEGIN_ALLOW_THREADS
     status = mq_dconv2d(PyArray_DATA(x), PyArray_DIM(x, 0), PyArray_DIM(x, 1), PyArray_DIM(x, 2), PyArray_DIM(x, 3),
                         ks[0], ks[1], st[0], st[1], pd[0], pd[1], dl[0], dl[1], groups, PyArray_DATA(panels),
-                        PyArray_DATA(biases), tap_major, n, PyArray_DATA(out), nthreads);
+                        PyArray_DATA(biases), bias ? PyArray_DATA(bias) : NULL, tap_major, n, PyArray_DATA(out),
+                        nthreads);
     Py_END_ALLOW_THREADS
     result = conv_result(status, "dconv2d", x, out, pd);
 done:

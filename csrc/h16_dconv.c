@@ -187,6 +187,7 @@ typedef struct {
     const float *xp;
     const int64_t *off;
     float *panels, *biases;
+    const float *bias; /* the layer's bias, read per call in place of the kept lanes; or NULL */
     const mq_dconv_weight *wt; /* NULL: the panels are filled; else filled here (state per block) */
     int *state, *failed;
     float *y;
@@ -240,6 +241,11 @@ static void conv_range(void *vctx, int64_t begin, int64_t end) {
             __atomic_store_n(c->failed, 1, __ATOMIC_RELAXED);
             continue;
         }
+        float lanes[BLOCK];
+        if (c->bias) { /* kept panels: the bias as it is now (a write through .data moves no version) */
+            for (int64_t j = 0; j < ldp; j++) lanes[j] = j < nb ? c->bias[g * c->n_g + blk * BLOCK + j] : 0.0f;
+            bias = lanes;
+        }
         int64_t k0 = 0;
         do { /* (k = 0, no channels: one call, the bias alone) */
             const int64_t kc = c->k - k0 < K_CHUNK ? c->k - k0 : K_CHUNK;
@@ -279,8 +285,8 @@ static int64_t strip_pixels_for(int64_t m, int64_t all_blocks, int nthreads) {
 /* mq_dconv2d on panels filled (wt NULL) or to fill in the conv's region from wt (item_panel) */
 static int dconv2d_run(const float *x, int64_t batch, int64_t channels, int64_t height, int64_t width, int64_t kh,
                        int64_t kw, int64_t sh, int64_t sw, int64_t ph, int64_t pw, int64_t dh, int64_t dw, int64_t groups,
-                       float *panels, float *biases, const mq_dconv_weight *wt, int *state, int tap_major, int64_t n,
-                       float *y, int nthreads) {
+                       float *panels, float *biases, const float *bias, const mq_dconv_weight *wt, int *state,
+                       int tap_major, int64_t n, float *y, int nthreads) {
     const int64_t out_h = mq_conv_out(height, kh, sh, ph, dh);
     const int64_t out_w = mq_conv_out(width, kw, sw, pw, dw);
     const int64_t cg = channels / groups, k = cg * kh * kw, n_g = n / groups, pixels = out_h * out_w;
@@ -312,7 +318,7 @@ static int dconv2d_run(const float *x, int64_t batch, int64_t channels, int64_t 
         for (int64_t i = 0; i < kh; i++)
             for (int64_t j = 0; j < kw; j++)
                 off[tap_major ? (i * kw + j) * cg + ch : (ch * kh + i) * kw + j] = ch * hp * wp + i * dh * wp + j * dw;
-    conv_ctx cc = {kt, padded ? xp : x, off, panels, biases, wt, state, &failed, y, channels, hp, wp, sh, sw, out_w,
+    conv_ctx cc = {kt, padded ? xp : x, off, panels, biases, bias, wt, state, &failed, y, channels, hp, wp, sh, sw, out_w,
                    pixels, m, k, n, n_g, cg, blocks, groups * blocks, strips, strip_pixels};
     mq_parallel_for(groups * blocks * strips, 1, nthreads, conv_range, &cc);
     status = __atomic_load_n(&failed, __ATOMIC_RELAXED) ? -1 : 0;
@@ -324,10 +330,11 @@ done:
 
 int mq_dconv2d(const float *x, int64_t batch, int64_t channels, int64_t height, int64_t width, int64_t kh, int64_t kw,
                int64_t sh, int64_t sw, int64_t ph, int64_t pw, int64_t dh, int64_t dw, int64_t groups,
-               const float *panels, const float *biases, int tap_major, int64_t n, float *y, int nthreads) {
+               const float *panels, const float *biases, const float *bias, int tap_major, int64_t n, float *y,
+               int nthreads) {
     /* (read only: with wt NULL, conv_range never writes the panels) */
     return dconv2d_run(x, batch, channels, height, width, kh, kw, sh, sw, ph, pw, dh, dw, groups, (float *)panels,
-                       (float *)biases, NULL, NULL, tap_major, n, y, nthreads);
+                       (float *)biases, bias, NULL, NULL, tap_major, n, y, nthreads);
 }
 
 int mq_dconv2d_weight(const float *x, int64_t batch, int64_t channels, int64_t height, int64_t width, int64_t kh,
@@ -346,7 +353,7 @@ int mq_dconv2d_weight(const float *x, int64_t batch, int64_t channels, int64_t h
     int status = -1;
     if (panels && biases && state)
         status = dconv2d_run(x, batch, channels, height, width, kh, kw, sh, sw, ph, pw, dh, dw, groups, panels,
-                             biases, wt, state, wt->packed != NULL, n, y, nthreads);
+                             biases, NULL, wt, state, wt->packed != NULL, n, y, nthreads);
     free(panels);
     free(biases);
     free(state);

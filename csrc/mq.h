@@ -794,10 +794,12 @@ void mq_dconv_fill_panels(const mq_dconv_weight *wt, int64_t n, int64_t groups, 
                           float *biases, int nthreads);
 /* The direct conv on filled panels (the same bits as mq_h16_dconv2d for an fp16 / bf16 weight);
  * tap_major: the panels' taps in (i, j, channel) order (a packed int8 weight's), else (channel, i, j).
+ * bias: n floats read in place of the panels' bias lanes (the same bits when they hold it), or NULL.
  * 0, or -1 when a buffer could not be allocated. */
 int mq_dconv2d(const float *x, int64_t batch, int64_t channels, int64_t height, int64_t width, int64_t kh, int64_t kw,
                int64_t sh, int64_t sw, int64_t ph, int64_t pw, int64_t dh, int64_t dw, int64_t groups,
-               const float *panels, const float *biases, int tap_major, int64_t n, float *y, int nthreads);
+               const float *panels, const float *biases, const float *bias, int tap_major, int64_t n, float *y,
+               int nthreads);
 int mq_dconv_own_panels_for_tests(int on); /* tests: 1 makes every work item fill its own copy; returns 0 */
 /* The same with the panels filled for this call from wt (mq_h16_dconv2d's for an fp16 / bf16 weight),
  * inside the conv's threads: each block's by the first thread that needs it. */

@@ -31,7 +31,7 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
-from ..kernels.direct_conv import direct_conv2d, float_conv_panels, short_k_fits, wide_any_outputs
+from ..kernels.direct_conv import direct_conv2d, float_conv_panels, live_bias, short_k_fits, wide_any_outputs
 from ..kernels.fp16 import HALF_WEIGHT_DTYPES
 from ..kernels import half_conv as half_conv_kernels
 from ..kernels.half_conv import WINOGRAD_LEVELS, conv_algorithm, half_conv2d, half_conv2d_arrays, half_conv2d_raw
@@ -139,7 +139,8 @@ def eager_half_conv(module, x: torch.Tensor) -> Optional[torch.Tensor]:
     route, args = memo[1], memo[2]
     if route is _PANELS:  # the direct conv on the layer's kept panels
         x, padding = _padded(module, x)
-        return direct_conv2d(x, *args, module.stride2d, padding, module.dilation2d, module.groups, tap_major=False)
+        return direct_conv2d(x, *args[0], module.stride2d, padding, module.dilation2d, module.groups, tap_major=False,
+                             bias=args[1])
     if route is _KERNEL:
         x, padding = _padded(module, x)
         return half_conv2d_raw(x, *args[0], module.stride2d, padding, module.dilation2d, module.groups,
@@ -163,8 +164,8 @@ def _choose(module, x: torch.Tensor, isa: str, weight: torch.Tensor, bias) -> tu
             # a small weight widened once, not per call (a fifth of a 64-channel conv's time on 8x8 at batch 1);
             # the panels take the memory of the float copy torch's route keeps
             b = bias if bias is None or bias.dtype == torch.float32 else bias.float()
-            return _PANELS, (*float_conv_panels(weight, b, module.groups), module.out_channels,
-                             tuple(module.kernel_size2d))
+            return _PANELS, ((*float_conv_panels(weight, b, module.groups), module.out_channels,
+                              tuple(module.kernel_size2d)), live_bias(b if b is module.bias else None))
         return _KERNEL, (half_conv2d_arrays(weight, bias), algorithm)
     if x.dtype != torch.float32 or not x.is_cpu or not weight.is_cpu or weight.dtype not in HALF_WEIGHT_DTYPES:
         return None, None

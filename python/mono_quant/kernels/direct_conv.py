@@ -24,7 +24,7 @@ from .half_conv import _half_conv2d_backward, _half_conv2d_setup
 from .row_rules import SMALL_L1D
 from .settings import SETTINGS
 
-__all__ = ["int8_conv_arrays", "int8_conv_panels", "float_conv_panels", "direct_conv2d", "direct_conv2d_int8",
+__all__ = ["int8_conv_arrays", "int8_conv_panels", "float_conv_panels", "direct_conv2d", "live_bias", "direct_conv2d_int8",
            "direct_conv2d_int4",
            "direct_conv2d_reference", "MAX_OUTPUTS", "LARGE_WEIGHT_OUTPUTS_FACTOR", "FEW_OUT_LANES", "MIN_K",
            "FILL_ELEMENTS_PER_PIXEL", "FILL_MAX_ELEMENTS", "SHORT_K", "SHORT_K_MAX_PIXELS", "short_k_fits",
@@ -134,14 +134,24 @@ def float_conv_panels(weight: torch.Tensor, bias: Optional[torch.Tensor], groups
 
 def direct_conv2d(x: torch.Tensor, panels, biases, out_channels: int, kernel_size: Sequence[int],
                   stride: Sequence[int], padding: Sequence[int], dilation: Sequence[int], groups: int,
-                  tap_major: bool = True) -> torch.Tensor:
+                  tap_major: bool = True, bias=None) -> torch.Tensor:
     """float32 NCHW conv of a float32 CPU ``x`` (zero padding) with the weight and bias of the panels
-    of :func:`int8_conv_panels` (``tap_major``) or :func:`float_conv_panels` (not).  Twin:
-    :func:`direct_conv2d_reference`."""
+    of :func:`int8_conv_panels` (``tap_major``) or :func:`float_conv_panels` (not); ``bias`` (a float32
+    NumPy view of the layer's bias, see :func:`live_bias`) is read in place of the panels' copy.
+    Twin: :func:`direct_conv2d_reference`."""
     return torch.from_numpy(_C.dconv2d((x.detach() if x.requires_grad else x).numpy(), panels, biases,
                                        out_channels, tuple(kernel_size), tuple(stride), tuple(padding),
                                        tuple(dilation), groups, nthreads=SETTINGS.num_threads(),
-                                       tap_major=tap_major))
+                                       tap_major=tap_major, bias=bias))
+
+
+def live_bias(bias: Optional[torch.Tensor]):
+    """A NumPy view of a float32 CPU ``bias`` for :func:`direct_conv2d` (kept beside the panels: a write
+    through ``bias.data`` moves neither its version nor its address, so no stamp sees it, and the panels'
+    copy went stale), or None (no bias, or one the panels hold as a converted copy)."""
+    if bias is None or bias.dtype != torch.float32 or not bias.is_cpu or not bias.is_contiguous():
+        return None
+    return bias.detach().numpy()
 
 
 def direct_conv2d_int8(x: torch.Tensor, arrays: tuple, out_channels: int, kernel_size: Sequence[int],

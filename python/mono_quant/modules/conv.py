@@ -18,7 +18,7 @@ from ..kernels import direct_conv, dynamic_conv, settings
 from ..kernels.dynamic_conv import direct_applies
 from ..kernels.half_conv import direct_pad_fits
 from ..kernels.settings import SETTINGS
-from ..kernels.direct_conv import (direct_conv2d, direct_conv2d_int4, direct_conv2d_int8, float_conv_panels,
+from ..kernels.direct_conv import (direct_conv2d, direct_conv2d_int4, direct_conv2d_int8, float_conv_panels, live_bias,
                                   int8_conv_arrays, int8_conv_panels)
 from ..formats.int4_weight import effective_group
 from ..kernels.int8 import conv2d_int8_raw
@@ -347,8 +347,9 @@ class QuantizedConv2d(ReduceRange, QuantizedModule):
             return F.conv2d(x, *route[4])
         packed = route[6]
         if route[5] is _DIRECT:  # float32 x, weight-only: the direct kernel on the layer's kept panels, or filled now
-            if route[7] is not None:
-                return _torch_layout(x, direct_conv2d(x, *route[7], *route[9]))
+            if route[7] is not None:  # (panels, bias lanes, the bias read per call)
+                panels, lanes, bias = route[7]
+                return _torch_layout(x, direct_conv2d(x, panels, lanes, *route[9], bias=bias))
             fill_and_conv, arrays = route[8]  # a large weight: its panels filled in the same C call
             return _torch_layout(x, fill_and_conv(x, arrays, *route[9][:6]))
         if route[5] is _PACKED:
@@ -420,8 +421,8 @@ class QuantizedConv2d(ReduceRange, QuantizedModule):
             b = (direct_conv2d_int8, int8_conv_arrays(self._buffers["weight_packed"], self.weight_scale,
                                                       self.weight_zero_point, self.bias, self.out_channels))
             if self.weight_numel() <= layer_cache.SMALL_WEIGHT_ELEMENTS:
-                w = int8_conv_panels(b[1], self.out_channels, self.in_channels // self.groups, self.kernel_size2d,
-                                     self.groups)
+                w = (*int8_conv_panels(b[1], self.out_channels, self.in_channels // self.groups, self.kernel_size2d,
+                                       self.groups), live_bias(self.bias))
             call = self._direct_geometry(True)
         memo = (x.shape, x.dtype, x.is_cpu, stamp, direct, route, packed, w, b, call)
         _ROUTES[self] = memo
@@ -496,7 +497,8 @@ class QuantizedConv2d(ReduceRange, QuantizedModule):
             return None
         stamp = self._buffers_stamp()
         if direct:  # the direct kernel on panels of the dequantized weight
-            memo = (x.shape, x.dtype, x.is_cpu, stamp, None, _DIRECT, None, float_conv_panels(w, b, self.groups), None,
+            memo = (x.shape, x.dtype, x.is_cpu, stamp, None, _DIRECT, None,
+                    (*float_conv_panels(w, b, self.groups), live_bias(self.bias if b is self.bias else None)), None,
                     self._direct_geometry(False))
             _ROUTES[self] = memo
             return memo
