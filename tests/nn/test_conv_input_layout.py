@@ -28,6 +28,19 @@ def test_wrong_channel_count_raises_torchs_error(fmt, grad):
     assert "expected input[1, 7, 10, 10] to have 8 channels, but got 7 channels instead" in str(quantized_error.value)
 
 
+@pytest.mark.parametrize("fmt", FORMATS, ids=IDS)
+def test_an_input_smaller_than_the_kernel_raises_torchs_error(fmt):
+    """(the weight-only int8 conv raised unfold's "sliding blocks as (2, -2)")"""
+    conv = nn.Conv2d(4, 8, 3, dilation=(1, 2), padding=(0, 1)).eval()
+    qconv, _ = mq.quantize(conv, **fmt)
+    x = torch.randn(1, 4, 2, 6)
+    with pytest.raises(RuntimeError) as float_error:
+        conv(x)
+    with pytest.raises(RuntimeError) as quantized_error:
+        qconv(x)
+    assert str(quantized_error.value) == str(float_error.value)
+
+
 LAYERS = [  # in, out, kernel, stride, padding, groups, padding_mode; the sizes pick different routes
     (8, 16, 3, 1, 1, 1, "zeros"),
     (64, 64, 1, 1, 0, 1, "zeros"),

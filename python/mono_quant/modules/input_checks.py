@@ -25,6 +25,12 @@ def check_conv_channels(x: torch.Tensor, conv) -> None:
         weight = [conv.out_channels, conv.in_channels // conv.groups, *conv.kernel_size2d]
         raise RuntimeError(f"Given groups={conv.groups}, weight of size {weight}, expected input{list(x.shape)} to "
                            f"have {conv.in_channels} channels, but got {x.shape[1]} channels instead")
+    if x.dim() == 4 and not isinstance(conv.padding2d, str):  # (unfold's "sliding blocks (2, -2)" otherwise)
+        padded = [x.shape[2 + i] + 2 * conv.padding2d[i] for i in range(2)]
+        reach = [conv.dilation2d[i] * (conv.kernel_size2d[i] - 1) + 1 for i in range(2)]
+        if padded[0] < reach[0] or padded[1] < reach[1]:
+            raise RuntimeError(f"Calculated padded input size per channel: ({padded[0]} x {padded[1]}). Kernel size: "
+                               f"({reach[0]} x {reach[1]}). Kernel size can't be greater than actual input size")
 
 
 def strides_like_channels_last(x: torch.Tensor) -> bool:
