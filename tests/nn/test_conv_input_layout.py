@@ -86,3 +86,16 @@ def test_result_strides_follow_torch_on_ambiguous_shapes(fmt, shape, layout):
         x = x.permute(0, 2, 3, 1).contiguous().permute(0, 3, 1, 2)
     with torch.no_grad():
         assert qconv(x).stride() == conv(x).stride()
+
+
+@pytest.mark.parametrize("fmt", FORMATS, ids=IDS)
+@pytest.mark.parametrize("mode", ["reflect", "replicate", "circular"])
+def test_padding_modes_give_torchs_result_strides(fmt, mode):
+    """A circular padding makes torch's result contiguous whatever x's layout (it pads into a new
+    tensor); ours stayed channels_last."""
+    conv = nn.Conv2d(16, 32, 3, padding=1, padding_mode=mode).eval()
+    qconv, _ = mq.quantize(conv, **fmt)
+    x = torch.randn(3, 16, 9, 11).contiguous(memory_format=torch.channels_last)
+    for given in (x, x.contiguous()):
+        with torch.no_grad():
+            assert qconv(given).stride() == conv(given).stride()

@@ -77,9 +77,12 @@ _ROUTE_SOURCES = tuple((None, name) for name in (
 _FLOAT_SOURCES = tuple(source for source in layer_cache.KERNEL_ARG_SOURCES if source[1] != "weight_colsum")
 
 
-def _torch_layout(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+def _torch_layout(x: torch.Tensor, y: torch.Tensor, padding_mode: str = "zeros") -> torch.Tensor:
     """``y`` (a conv's result for ``x``, NCHW where a C kernel wrote it) in the memory format torch's
-    conv gives: channels_last for an input of channels_last strides (c10's rule), else as it is."""
+    conv gives: channels_last for an input of channels_last strides (c10's rule), else as it is
+    (contiguous after a circular padding: torch pads it into a new contiguous tensor)."""
+    if padding_mode == "circular":
+        return y.contiguous()
     if (x.is_contiguous() and x.stride(1) != 1) or not strides_like_channels_last(x):
         return y
     return y.contiguous(memory_format=torch.channels_last)
@@ -333,7 +336,7 @@ class QuantizedConv2d(ReduceRange, QuantizedModule):
             check_float_input(x, type(self).__name__)
             check_conv_channels(x, self)
             check_jit_trace(x, self, size_routes=True)
-            return _torch_layout(x, traced_forward.conv2d_forward(self, x))
+            return _torch_layout(x, traced_forward.conv2d_forward(self, x), self.padding_mode)
         route = _ROUTES.get(self)
         # (a kept route was made for a floating x of this dtype: the input check is made here only)
         if (route is None or route[0] != x.shape or route[1] is not x.dtype or route[2] is not x.is_cpu
@@ -342,7 +345,7 @@ class QuantizedConv2d(ReduceRange, QuantizedModule):
             check_conv_channels(x, self)
             route = self._route(x)
             if route is None:  # no packed int8 weight
-                return _torch_layout(x, self.format.conv2d(self, x))
+                return _torch_layout(x, self.format.conv2d(self, x), self.padding_mode)
         if route[4] is not None:  # float32 x, a kept float weight: fp32's own call
             return F.conv2d(x, *route[4])
         packed = route[6]
@@ -356,7 +359,7 @@ class QuantizedConv2d(ReduceRange, QuantizedModule):
             # float32 x, dynamic, one call (NCHW x: one image pixel, stride(1) 1, may be taken as channels_last)
             if route[9] is not None and not x.requires_grad and x.is_contiguous() and x.stride(1) != 1:
                 return torch.from_numpy(conv2d_int8_raw(x.numpy(), *route[9], reduce_range=self.reduce_range))
-            y = _torch_layout(x, self._packed_conv(x, *packed))
+            y = _torch_layout(x, self._packed_conv(x, *packed), self.padding_mode)
             return y if x.dtype == torch.float32 else y.to(x.dtype)
         if route[5] is _FLOAT:
             w = route[7]
@@ -369,7 +372,7 @@ class QuantizedConv2d(ReduceRange, QuantizedModule):
             if x.dtype == torch.float32:  # (no x.float() / .to(x.dtype): ~1.5 us of no-ops per call)
                 return self.conv_with(x, w, b if b is None or b.dtype == torch.float32 else b.float())
             return self.conv_with(x.float(), w, None if b is None else b.float()).to(x.dtype)
-        return _torch_layout(x, self.format.conv2d(self, x))
+        return _torch_layout(x, self.format.conv2d(self, x), self.padding_mode)
 
     def _route(self, x: torch.Tensor):
         """How forward runs ``x`` (_PACKED: the int8 kernels, _FLOAT: F.conv2d on the
