@@ -16,6 +16,7 @@ from ..modules import QuantizedLinear
 from ..modules.composite import is_composite
 from ..modules.registry import qmodule_for
 from ..modules.whole_load import guard_whole_loads
+from ..module_hooks import carry_hooks
 from ..orig_dtype import orig_dtype_of
 from ..parametrized import parametrized_base
 from .aligned import aligned
@@ -266,6 +267,7 @@ class QuantizedStateDict(Mapping):
         if problems:
             raise CheckpointError(f"{where}the model does not match the checkpoint: " + "; ".join(problems[:10]))
         self._map_remaining(model, modules, memo, consumed, replaced_paths, where)
+        _carry_skeleton_hooks(model, memo)
         if "" in replaced_paths:
             return memo[id(model)]
         qmodel = copy.deepcopy(model, memo)
@@ -415,6 +417,18 @@ def _check_model_dtype(layer, float_module: nn.Module, name: str) -> None:
     if dtype_name(orig_dtype_of(weight.dtype)) != recorded:
         raise CheckpointError(f"layer {name!r} was quantized from {recorded} weights, the model's are "
                               f"{_dtype(weight)} (build the model in the file's dtype, or on the meta device)")
+
+
+def _carry_skeleton_hooks(model: nn.Module, memo: Dict[int, Any]) -> None:
+    """Give each rebuilt layer (an LSTM / attention too) the hooks of the skeleton's module it
+    replaces, as quantize() does: a hook the architecture registers is part of what the saved model
+    computed.  A layer standing for several modules (a tied twin) takes its first one's."""
+    done = set()
+    for module in model.modules():
+        qmodule = memo.get(id(module))
+        if isinstance(qmodule, nn.Module) and id(qmodule) not in done:
+            done.add(id(qmodule))
+            carry_hooks(module, qmodule)
 
 
 def _warn_meta(model: nn.Module) -> None:
