@@ -48,7 +48,8 @@ def load(path, model: Optional[nn.Module] = None):
 
     Returns:
         With ``model``, the quantized model: the layers named in the manifest
-        rebuilt as quantized modules, every other parameter and persistent
+        rebuilt as quantized modules (with the forward and backward hooks of
+        ``model``'s layers they replace), every other parameter and persistent
         buffer from the file (tied weights stay tied), non-persistent buffers
         from ``model``; its outputs are bit-identical to those of the model
         that was saved.  Without ``model``, a :class:`QuantizedStateDict`.
