@@ -368,6 +368,10 @@ class _LayerQuantizer:
         if self.weights is not None:
             return self._quantize_layer(name, m, m, self.weights[_key(name, "weight")], names)
         plain = plain_float_layer(m)  # a parametrized weight: a plain copy holding the computed weight
+        if plain is not None:
+            reason = _declared_shape_reason(plain, plain.weight)  # (the weight the layer computes with)
+            if reason is not None:
+                return SkippedLayer(name, type(m).__name__, reason)
         src = m if plain is None else plain
         w = weight_in_use(src)  # (a weight-norm hook's weight, computed)
         if plain is None and w is m.weight:
@@ -517,7 +521,10 @@ def _shape_reason(m: nn.Module, cfg: QuantConfig, weights: Optional[Mapping], na
             return "uninitialized lazy module (run a forward pass first)"
     if not w.is_floating_point():
         return f"weight dtype {w.dtype} is not floating point"
-    return no_data_reason(w) or _declared_shape_reason(m, w) or too_small_reason(w.numel(), cfg)
+    # (a parametrized weight's shape is checked as computed, when the layer is quantized: its
+    # originals may be of other shapes, e.g. stored transposed or as two factors)
+    declared = None if weights is None and parametrize.is_parametrized(m, "weight") else _declared_shape_reason(m, w)
+    return no_data_reason(w) or declared or too_small_reason(w.numel(), cfg)
 
 
 def _declared_shape_reason(m: nn.Module, w: torch.Tensor) -> Optional[str]:
