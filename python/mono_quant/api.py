@@ -264,8 +264,11 @@ def _quantize_module(model: nn.Module, cfg: QuantConfig, progress: bool, weights
     # inside one (a composite's children) counts as a layer for include / exclude, never as a holder
     held = inside_quantized(modules)
     layers = {key for key, m in modules.items() if key in held or _is_layer(m)}  # (a block only holds layers)
-    check_patterns_match(cfg, [n for key in layers for n in names_of[key]], [modules[key] for key in layers],
-                         [(n, m) for key, m in modules.items() if key not in layers for n in names_of[key]])
+    layer_names = [n for key in layers for n in names_of[key]]
+    holding = _holder_names(layer_names)
+    others = [(n, m) for key, m in modules.items() if key not in layers for n in names_of[key]]
+    check_patterns_match(cfg, layer_names, [modules[key] for key in layers],
+                         [(n, m) for n, m in others if n in holding], [(n, m) for n, m in others if n not in holding])
     already = already_quantized_skips(quantized_layers(modules), names_of, cfg)
     targets, skipped = _select_targets(modules, names_of, cfg, weights, held, already)
     skipped = children_of_composites(targets, skipped, lambda m: qmodule_for_selected(m, cfg))
@@ -291,6 +294,15 @@ def _quantize_module(model: nn.Module, cfg: QuantConfig, progress: bool, weights
     warn_if_nothing_quantized(report.layers, skipped)
     warn_if_larger(report)
     return QuantizationResult(qmodel, skipped, report, cfg)
+
+
+def _holder_names(layer_names: List[str]) -> set:
+    """The module paths above the layers (``"a.b"``: ``""``, ``"a"``): the modules that hold layers."""
+    held = set()
+    for name in layer_names:
+        parts = name.split(".") if name else []
+        held.update(".".join(parts[:i]) for i in range(len(parts)))
+    return held
 
 
 def _select_targets(modules: Dict[int, nn.Module], names_of: Dict[int, List[str]], cfg: QuantConfig,
