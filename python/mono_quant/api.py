@@ -41,7 +41,7 @@ from .selection import selection_reason, too_small_reason
 from .static import quantize_static
 from .integrations.hf_layer_list import refresh_layer_list
 from .mixed import already_quantized_skips, inside_quantized, quantized_layers
-from .strictness import (check_patterns_match, holder_names_of_keys, layer_names_of_keys,
+from .strictness import (check_patterns_match, holder_names_of_keys, holders_and_others, layer_names_of_keys,
                          refuse_quantized_state_dict, warn_if_larger, warn_if_nothing_quantized)
 from .tensor import QuantizedWeight, no_data_reason, sqnr_db
 
@@ -265,10 +265,8 @@ def _quantize_module(model: nn.Module, cfg: QuantConfig, progress: bool, weights
     held = inside_quantized(modules)
     layers = {key for key, m in modules.items() if key in held or _is_layer(m)}  # (a block only holds layers)
     layer_names = [n for key in layers for n in names_of[key]]
-    holding = _holder_names(layer_names)
-    others = [(n, m) for key, m in modules.items() if key not in layers for n in names_of[key]]
-    check_patterns_match(cfg, layer_names, [modules[key] for key in layers],
-                         [(n, m) for n, m in others if n in holding], [(n, m) for n, m in others if n not in holding])
+    check_patterns_match(cfg, layer_names, [modules[key] for key in layers], *holders_and_others(
+        layer_names, [(n, m) for key, m in modules.items() if key not in layers for n in names_of[key]]))
     already = already_quantized_skips(quantized_layers(modules), names_of, cfg)
     targets, skipped = _select_targets(modules, names_of, cfg, weights, held, already)
     skipped = children_of_composites(targets, skipped, lambda m: qmodule_for_selected(m, cfg))
@@ -294,15 +292,6 @@ def _quantize_module(model: nn.Module, cfg: QuantConfig, progress: bool, weights
     warn_if_nothing_quantized(report.layers, skipped)
     warn_if_larger(report)
     return QuantizationResult(qmodel, skipped, report, cfg)
-
-
-def _holder_names(layer_names: List[str]) -> set:
-    """The module paths above the layers (``"a.b"``: ``""``, ``"a"``): the modules that hold layers."""
-    held = set()
-    for name in layer_names:
-        parts = name.split(".") if name else []
-        held.update(".".join(parts[:i]) for i in range(len(parts)))
-    return held
 
 
 def _select_targets(modules: Dict[int, nn.Module], names_of: Dict[int, List[str]], cfg: QuantConfig,

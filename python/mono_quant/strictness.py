@@ -12,7 +12,7 @@ from torch import nn
 from .errors import AlreadyQuantizedError, ConfigError
 from .mixed import ALREADY_QUANTIZED, all_already_quantized
 
-__all__ = ["refuse_quantized_state_dict", "check_patterns_match", "layer_names_of_keys",
+__all__ = ["refuse_quantized_state_dict", "check_patterns_match", "holders_and_others", "layer_names_of_keys",
            "holder_names_of_keys", "warn_if_nothing_quantized", "warn_if_larger", "NothingQuantizedWarning",
            "LargerModelWarning", "UnmatchedPatternWarning", "QUANTIZED_SUFFIXES"]
 
@@ -136,6 +136,19 @@ def check_patterns_match(cfg, names: Sequence[str], modules: Iterable[nn.Module]
         raise ConfigError(f"{_first_few(unmatched)} match{'es' if len(unmatched) == 1 else ''} no layer of the "
                           f"model: check the spelling (names look like {shown}{' ...' if len(names) > 9 else ''}; "
                           f"globs use fnmatch: 'encoder.*', '*.q_proj')")
+
+
+def holders_and_others(layer_names: Iterable[str], modules: Iterable[Tuple[str, nn.Module]]
+                       ) -> Tuple[List[Tuple[str, nn.Module]], List[Tuple[str, nn.Module]]]:
+    """Split ``modules`` ((name, module) of a model's modules that are no layer) into
+    ``check_patterns_match``'s holders (a path above a layer's: a block) and others (a norm, an
+    activation: nothing to quantize in or under it)."""
+    above = set()
+    for name in layer_names:
+        parts = name.split(".") if name else []
+        above.update(".".join(parts[:i]) for i in range(len(parts)))  # ("a.b": "", "a")
+    modules = list(modules)
+    return [(n, m) for n, m in modules if n in above], [(n, m) for n, m in modules if n not in above]
 
 
 def warn_if_nothing_quantized(layers, skipped) -> None:
