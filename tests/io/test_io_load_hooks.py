@@ -78,3 +78,31 @@ def test_a_state_dict_file_keeps_the_hooks_too(tmp_path):
     x = torch.randn(3, 64)
     with torch.no_grad():
         assert torch.equal(loaded(x), expected(x))
+
+
+@pytest.mark.parametrize("device", ["cpu", "meta"])
+def test_a_pruned_skeleton_loads_its_float_layers_pruned(tmp_path, device):
+    """A pruned layer left float (a 2-output head) in a pruned skeleton: deepcopy refused the
+    skeleton's weight_orig * weight_mask (a grad_fn); the loaded layer's weight is computed from the
+    file's tensors, and its hook still recomputes it at each call."""
+    import torch.nn.utils.prune as prune
+
+    def build():
+        torch.manual_seed(0)
+        model = nn.Sequential(nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 2)).eval()
+        prune.global_unstructured([(model[0], "weight"), (model[2], "weight")], prune.L1Unstructured, amount=0.3)
+        return model
+
+    result = mq.quantize(build())
+    assert [s.name for s in result.skipped] == ["2"]
+    path = mq.save(result, tmp_path / "m.safetensors")
+    with torch.device(device):
+        skeleton = build() if device == "cpu" else nn.Sequential(nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 2))
+    if device == "meta":
+        prune.identity(skeleton[2], "weight")  # (the pruning methods read the weights: meta has none)
+    loaded = mq.load(path, model=skeleton)
+    head = loaded[2]
+    assert torch.equal(head.weight, head.weight_orig * head.weight_mask) and head.weight.device.type == "cpu"
+    x = torch.randn(3, 64)
+    with torch.no_grad():
+        assert torch.equal(loaded(x), result.model(x))

@@ -16,7 +16,7 @@ from ..modules import QuantizedLinear
 from ..modules.composite import is_composite
 from ..modules.registry import qmodule_for
 from ..modules.whole_load import guard_whole_loads
-from ..module_hooks import carry_hooks
+from ..module_hooks import carry_hooks, hook_computed_names, hook_computed_tensors
 from ..orig_dtype import orig_dtype_of
 from ..parametrized import parametrized_base
 from .aligned import aligned
@@ -271,7 +271,11 @@ class QuantizedStateDict(Mapping):
         _carry_skeleton_hooks(model, memo)
         if "" in replaced_paths:
             return memo[id(model)]
+        _hook_computed_placeholders(model, memo)
         qmodel = copy.deepcopy(model, memo)
+        for module in qmodel.modules():  # from the tensors just loaded
+            for name, tensor in hook_computed_tensors(module).items():
+                setattr(module, name, tensor)
         materialize_non_persistent_buffers(qmodel, model, where)  # rotary inv_freq, position_ids, ...
         _warn_meta(qmodel)
         guard_whole_loads(qmodel)  # a later load_state_dict: all quantized layers checked before any copy
@@ -430,6 +434,16 @@ def _carry_skeleton_hooks(model: nn.Module, memo: Dict[int, Any]) -> None:
         if isinstance(qmodule, nn.Module) and id(qmodule) not in done:
             done.add(id(qmodule))
             carry_hooks(module, qmodule)
+
+
+def _hook_computed_placeholders(model: nn.Module, memo: Dict[int, Any]) -> None:
+    """An empty tensor in ``memo`` for each attribute a norm or pruning hook computes on a module the
+    copy keeps (a pruned layer left float): deepcopy refuses the skeleton's ``weight_orig * weight_mask``
+    (a grad_fn), and the copy's is computed again from the file's tensors once they are in place."""
+    for module in model.modules():
+        if id(module) not in memo:
+            for name in hook_computed_names(module):
+                memo.setdefault(id(module.__dict__[name]), torch.empty(0))
 
 
 def _warn_meta(model: nn.Module) -> None:
