@@ -37,3 +37,20 @@ def test_a_root_layer_is_named_without_an_exclude_that_cannot_work():
         mq.quantize(nn.Linear(2, 16))  # 16 outputs: not narrow, yet 32 weights grow with their scales
     message = str(record[0].message)
     assert "'<root>' (16x2)" in message and "exclude=" not in message and "min_weight_numel=" in message, message
+
+
+def test_a_weight_held_as_a_plain_tensor_attribute_counts_in_the_float_model():
+    """A Linear whose weight is a plain tensor attribute (not a Parameter, not a buffer): its bytes
+    were left out of model_bytes_before, so a model that shrank warned that it grew."""
+    import torch
+
+    model = nn.Sequential(nn.Linear(64, 64), nn.Linear(64, 64))
+    weight = model[0].weight.detach().clone()
+    del model[0].weight
+    model[0].weight = weight
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", LargerModelWarning)
+        result = mq.quantize(model)
+    assert [layer.name for layer in result.report.layers] == ["0", "1"]
+    assert result.report.model_bytes_before == 2 * (64 * 64 + 64) * 4
+    assert isinstance(model[0].weight, torch.Tensor) and not isinstance(model[0].weight, nn.Parameter)

@@ -66,3 +66,33 @@ def test_a_long_list_of_unmatched_names_gives_a_short_message():
     message = str(info.value)
     assert len(message) < 1000
     assert "include='layer9' (and 39990 more) match no layer" in message and "layer10'" not in message
+
+
+class _WithNorm(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.encoder = nn.ModuleDict({"q": nn.Linear(64, 64)})
+        self.norm = nn.LayerNorm(64)
+        self.act = nn.ReLU()
+
+
+@pytest.mark.parametrize("option", ["include", "exclude"])
+def test_a_module_that_is_no_layer_and_holds_none_is_named_for_what_it_is(option):
+    """include=["norm"] (a LayerNorm) said "'norm', which holds layers but is none: 'norm.*' selects
+    the layers inside it": it holds none, and 'norm.*' matches nothing either."""
+    for pattern, label in ((["norm"], "'norm'"), ([nn.LayerNorm], "LayerNorm"), (["act"], "'act'")):
+        with pytest.raises(mq.ConfigError) as info:
+            mq.quantize(_WithNorm(), **{option: pattern})
+        message = str(info.value)
+        assert "holds layers" not in message and ".*" not in message.split("match")[0], message
+        name = "norm" if pattern != ["act"] else "act"
+        kind = "ReLU" if name == "act" else "LayerNorm"
+        assert f"{option}={label} (it names {name!r}, a {kind}, which has no weight matrix to quantize and " \
+               f"holds no layer)" in message, message
+    with pytest.raises(mq.ConfigError, match=r"include='encoder' \(it names 'encoder', which holds layers"):
+        mq.quantize(_WithNorm(), include=["encoder"])  # a block still says how to name its layers
+
+
+def test_a_model_without_layers_names_its_modules_too():
+    with pytest.raises(mq.ConfigError, match=r"include=ReLU \(it names '0', a ReLU, which has no weight matrix"):
+        mq.quantize(nn.Sequential(nn.ReLU()), include=[nn.ReLU])

@@ -33,7 +33,7 @@ from .report import LayerReport, Report, SkippedLayer, tensor_bytes, unique_tens
 from .result import QuantizationResult
 from .composites import attention_out_proj_keys, children_of_composites, composite_skip_reason, quantize_composite
 from .modules.composite import is_composite
-from .module_hooks import carry_hooks, tensor_in_use, weight_in_use
+from .module_hooks import carry_hooks, hook_computed_tensors, tensor_in_use, weight_in_use
 from .parametrized import parametrized_base, parametrized_reason, plain_float_layer, raw_weight
 from .layer_support import (drop_tied_to_float, known_unsupported_reason, lora_adapter_reason, qmodule_for_selected,
                             weight_to_quantize)
@@ -41,7 +41,7 @@ from .selection import selection_reason, too_small_reason
 from .static import quantize_static
 from .integrations.hf_layer_list import refresh_layer_list
 from .mixed import already_quantized_skips, inside_quantized, quantized_layers
-from .strictness import (check_patterns_match, holder_names_of_keys, layer_names_of_keys,
+from .strictness import (check_patterns_match, holder_names_of_keys, holders_and_others, layer_names_of_keys,
                          refuse_quantized_state_dict, warn_if_larger, warn_if_nothing_quantized)
 from .tensor import QuantizedWeight, no_data_reason, sqnr_db
 
@@ -264,8 +264,9 @@ def _quantize_module(model: nn.Module, cfg: QuantConfig, progress: bool, weights
     # inside one (a composite's children) counts as a layer for include / exclude, never as a holder
     held = inside_quantized(modules)
     layers = {key for key, m in modules.items() if key in held or _is_layer(m)}  # (a block only holds layers)
-    check_patterns_match(cfg, [n for key in layers for n in names_of[key]], [modules[key] for key in layers],
-                         [(n, m) for key, m in modules.items() if key not in layers for n in names_of[key]])
+    layer_names = [n for key in layers for n in names_of[key]]
+    check_patterns_match(cfg, layer_names, [modules[key] for key in layers], *holders_and_others(
+        layer_names, [(n, m) for key, m in modules.items() if key not in layers for n in names_of[key]]))
     already = already_quantized_skips(quantized_layers(modules), names_of, cfg)
     targets, skipped = _select_targets(modules, names_of, cfg, weights, held, already)
     skipped = children_of_composites(targets, skipped, lambda m: qmodule_for_selected(m, cfg))
@@ -368,6 +369,10 @@ class _LayerQuantizer:
         if self.weights is not None:
             return self._quantize_layer(name, m, m, self.weights[_key(name, "weight")], names)
         plain = plain_float_layer(m)  # a parametrized weight: a plain copy holding the computed weight
+        if plain is not None:
+            reason = _declared_shape_reason(plain, plain.weight)  # (the weight the layer computes with)
+            if reason is not None:
+                return SkippedLayer(name, type(m).__name__, reason)
         src = m if plain is None else plain
         w = weight_in_use(src)  # (a weight-norm hook's weight, computed)
         if plain is None and w is m.weight:
@@ -451,6 +456,7 @@ class _LayerQuantizer:
 
 def _copy_around(model: nn.Module, memo: Dict[int, nn.Module]) -> nn.Module:
     """A deep copy of ``model`` with the float layers in ``memo`` replaced (never copied)."""
+    memo.update(_hook_computed_copies(model, memo))
     try:
         return copy.deepcopy(model, memo)
     except Exception as exc:  # a model holding something deepcopy refuses (locks, open files, ...)
@@ -458,6 +464,24 @@ def _copy_around(model: nn.Module, memo: Dict[int, nn.Module]) -> nn.Module:
             f"quantize() copies the model so the original stays untouched, but {type(model).__name__} "
             f"cannot be deep-copied: {exc}"
         ) from exc
+
+
+def _hook_computed_copies(model: nn.Module, memo: Dict[int, nn.Module]) -> Dict[int, torch.Tensor]:
+    """id -> copy of each tensor attribute a norm or pruning hook computes on a module the copy keeps
+    (a pruned layer left float): deepcopy refuses ``weight_orig * weight_mask``, a tensor with a
+    grad_fn, so the copy holds it recomputed and detached; its hook recomputes it at each call from
+    the copy's own ``weight_orig`` / ``weight_mask``, as the original's does."""
+    copies: Dict[int, torch.Tensor] = {}
+    seen, stack = set(), [model]
+    while stack:
+        module = stack.pop()
+        if id(module) in seen or id(module) in memo:  # (a replaced layer's insides are not copied)
+            continue
+        seen.add(id(module))
+        for name, tensor in hook_computed_tensors(module).items():
+            copies[id(module.__dict__[name])] = tensor
+        stack.extend(child for child in module._modules.values() if child is not None)
+    return copies
 
 
 def _key(name: str, suffix: str) -> str:
@@ -498,7 +522,10 @@ def _shape_reason(m: nn.Module, cfg: QuantConfig, weights: Optional[Mapping], na
             return "uninitialized lazy module (run a forward pass first)"
     if not w.is_floating_point():
         return f"weight dtype {w.dtype} is not floating point"
-    return no_data_reason(w) or _declared_shape_reason(m, w) or too_small_reason(w.numel(), cfg)
+    # (a parametrized weight's shape is checked as computed, when the layer is quantized: its
+    # originals may be of other shapes, e.g. stored transposed or as two factors)
+    declared = None if weights is None and parametrize.is_parametrized(m, "weight") else _declared_shape_reason(m, w)
+    return no_data_reason(w) or declared or too_small_reason(w.numel(), cfg)
 
 
 def _declared_shape_reason(m: nn.Module, w: torch.Tensor) -> Optional[str]:

@@ -16,11 +16,14 @@
   ``torch.ao.quantization.prepare``'s observer hooks (they read an
   ``activation_post_process`` child the quantized layer does not have; torch's
   own ``convert`` drops them too), nor state_dict hooks.
+- A layer left float keeps its norm or pruning hook in the copy; the attribute the hook
+  computes is copied recomputed and detached (:func:`hook_computed_tensors`): deepcopy
+  refuses ``weight_orig * weight_mask``, a tensor with a grad_fn.
 """
 from __future__ import annotations
 
 from collections import OrderedDict
-from typing import Optional
+from typing import List, Optional
 
 import torch
 from torch import nn
@@ -28,7 +31,7 @@ from torch.nn.utils.prune import BasePruningMethod
 from torch.nn.utils.spectral_norm import SpectralNorm
 from torch.nn.utils.weight_norm import WeightNorm
 
-__all__ = ["weight_in_use", "tensor_in_use", "carry_hooks"]
+__all__ = ["weight_in_use", "tensor_in_use", "hook_computed_names", "hook_computed_tensors", "carry_hooks"]
 
 _RECOMPUTING_HOOKS = (WeightNorm, SpectralNorm, BasePruningMethod)
 # torch.ao.quantization.prepare's hooks (by name: importing torch.ao warns of its deprecation)
@@ -58,6 +61,19 @@ def tensor_in_use(module: nn.Module, name: str) -> Optional[torch.Tensor]:
             if isinstance(hook, BasePruningMethod) and hook._tensor_name == name:
                 return hook.apply_mask(module)  # (a PruningContainer's mask is the combined one)
     return getattr(module, name)
+
+
+def hook_computed_names(module: nn.Module) -> List[str]:
+    """The tensor attributes of ``module`` that a norm or pruning hook recomputes at each call."""
+    names = [hook.name if isinstance(hook, (WeightNorm, SpectralNorm)) else hook._tensor_name
+             for hook in module._forward_pre_hooks.values() if isinstance(hook, _RECOMPUTING_HOOKS)]
+    return [name for name in dict.fromkeys(names) if isinstance(module.__dict__.get(name), torch.Tensor)]
+
+
+def hook_computed_tensors(module: nn.Module) -> "OrderedDict[str, torch.Tensor]":
+    """Name -> tensor of each of :func:`hook_computed_names`, as :func:`tensor_in_use` computes it
+    (detached, a graph leaf)."""
+    return OrderedDict((name, tensor_in_use(module, name)) for name in hook_computed_names(module))
 
 
 def _dropped(hook) -> bool:

@@ -141,12 +141,16 @@ def storage_view(t: torch.Tensor) -> Tuple[tuple, tuple]:
 
 
 def unique_tensor_bytes(module: torch.nn.Module) -> int:
-    """Bytes of a module's parameters and buffers, each storage counted once (tied weights)."""
+    """Bytes of a module's parameters, buffers and plain tensor attributes (a weight assigned as a
+    tensor, a pruned layer's computed weight: held as much as the others), each storage counted
+    once (tied weights)."""
     seen, total = set(), 0
-    for t in list(module.parameters()) + list(module.buffers()):
+    attributes = [t for m in module.modules() for t in vars(m).values() if isinstance(t, torch.Tensor)]
+    for t in list(module.parameters()) + list(module.buffers()) + attributes:
         if isinstance(t, torch.nn.parameter.UninitializedTensorMixin):
             continue  # a lazy module's placeholder has no storage yet
-        key = (t.device, t.untyped_storage().data_ptr() if t.device.type != "meta" else id(t))
+        storage = t.device.type != "meta" and t.layout == torch.strided
+        key = (t.device, t.untyped_storage().data_ptr() if storage else id(t))
         if key in seen:
             continue
         seen.add(key)

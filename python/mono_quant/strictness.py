@@ -12,7 +12,7 @@ from torch import nn
 from .errors import AlreadyQuantizedError, ConfigError
 from .mixed import ALREADY_QUANTIZED, all_already_quantized
 
-__all__ = ["refuse_quantized_state_dict", "check_patterns_match", "layer_names_of_keys",
+__all__ = ["refuse_quantized_state_dict", "check_patterns_match", "holders_and_others", "layer_names_of_keys",
            "holder_names_of_keys", "warn_if_nothing_quantized", "warn_if_larger", "NothingQuantizedWarning",
            "LargerModelWarning", "UnmatchedPatternWarning", "QUANTIZED_SUFFIXES"]
 
@@ -80,19 +80,23 @@ def _first_few(entries: List[str], count: int = 10) -> str:
 
 
 def check_patterns_match(cfg, names: Sequence[str], modules: Iterable[nn.Module] = (),
-                         holders: Iterable[Tuple[str, Optional[nn.Module]]] = ()) -> None:
+                         holders: Iterable[Tuple[str, Optional[nn.Module]]] = (),
+                         others: Iterable[Tuple[str, nn.Module]] = ()) -> None:
     """Raise ConfigError naming each ``include`` / ``exclude`` argument that matches none
     of ``names`` (the layers' names, of a model or a state_dict) nor, for a type, any of
     ``modules`` (the layers): a typo there would otherwise quantize everything (or nothing)
     silently.  A pattern that names only ``holders`` ((name, module) of the modules that hold
     layers without being one: a block, an encoder) is unmatched too, as selection looks at
-    layers only: the message says to name the layers inside it.  Entries from a config file
+    layers only: the message says to name the layers inside it.  One that names only ``others``
+    ((name, module) of the modules that neither are nor hold layers: a norm, an activation) is
+    unmatched, and the message says what it names.  Entries from a config file
     only warn (UnmatchedPatternWarning).  TypeError for an entry that is neither a str nor a type;
     ConfigError for a type when there are no modules (a state_dict's names, without ``model=``)."""
     modules = list(modules)
     holders = list(holders)
+    others = list(others)
     # a state_dict / checkpoint: names only (a model always gives modules, its root at least)
-    names_only = not modules and all(m is None for _, m in holders)
+    names_only = not modules and not others and all(m is None for _, m in holders)
     unmatched: List[str] = []
     from_file: List[str] = []
     for option in ("include", "exclude"):
@@ -109,13 +113,18 @@ def check_patterns_match(cfg, names: Sequence[str], modules: Iterable[nn.Module]
                 hit = any(fnmatch.fnmatchcase(n, pattern) for n in names)
                 label = repr(pattern)
                 held = [n for n, _ in holders if fnmatch.fnmatchcase(n, pattern)]
+                other = [(n, m) for n, m in others if fnmatch.fnmatchcase(n, pattern)]
             else:
                 hit = any(isinstance(m, pattern) for m in modules)
                 label = getattr(pattern, "__name__", repr(pattern))
                 held = [n for n, m in holders if m is not None and isinstance(m, pattern)]
+                other = [(n, m) for n, m in others if isinstance(m, pattern)]
             if not hit and held:  # e.g. exclude=["encoder"]: it excluded nothing inside the encoder
                 label += (f" (it names {held[0] or '<root>'!r}, which holds layers but is none: "
                           f"{(held[0] + '.*') if held[0] else '*'!r} selects the layers inside it)")
+            elif not hit and other:  # e.g. include=["norm"], a LayerNorm: nothing in or under it to quantize
+                label += (f" (it names {other[0][0] or '<root>'!r}, a {type(other[0][1]).__name__}, which has no "
+                          f"weight matrix to quantize and holds no layer)")
             if not hit:
                 source = cfg.source.get(option, "argument")
                 (unmatched if source == "argument" else from_file).append(f"{option}={label}")
@@ -127,6 +136,19 @@ def check_patterns_match(cfg, names: Sequence[str], modules: Iterable[nn.Module]
         raise ConfigError(f"{_first_few(unmatched)} match{'es' if len(unmatched) == 1 else ''} no layer of the "
                           f"model: check the spelling (names look like {shown}{' ...' if len(names) > 9 else ''}; "
                           f"globs use fnmatch: 'encoder.*', '*.q_proj')")
+
+
+def holders_and_others(layer_names: Iterable[str], modules: Iterable[Tuple[str, nn.Module]]
+                       ) -> Tuple[List[Tuple[str, nn.Module]], List[Tuple[str, nn.Module]]]:
+    """Split ``modules`` ((name, module) of a model's modules that are no layer) into
+    ``check_patterns_match``'s holders (a path above a layer's: a block) and others (a norm, an
+    activation: nothing to quantize in or under it)."""
+    above = set()
+    for name in layer_names:
+        parts = name.split(".") if name else []
+        above.update(".".join(parts[:i]) for i in range(len(parts)))  # ("a.b": "", "a")
+    modules = list(modules)
+    return [(n, m) for n, m in modules if n in above], [(n, m) for n, m in modules if n not in above]
 
 
 def warn_if_nothing_quantized(layers, skipped) -> None:

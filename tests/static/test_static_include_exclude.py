@@ -92,6 +92,9 @@ def test_unmatched_pattern_is_a_config_error(net):
         _static(model, data, exclude=["haed"])
     with pytest.raises(ConfigError, match="include='nope' matches no layer"):
         _static(model, data, include=["nope"])
+    # a BatchNorm neither is nor holds a layer (it was said to hold layers, selected by 'bn.*')
+    with pytest.raises(ConfigError, match=r"exclude='bn' \(it names 'bn', a BatchNorm2d, which has no weight matrix"):
+        _static(model, data, exclude=["bn"])
 
 
 def test_per_layer_fallback_honours_exclude():

@@ -16,6 +16,7 @@ from ..modules import QuantizedLinear
 from ..modules.composite import is_composite
 from ..modules.registry import qmodule_for
 from ..modules.whole_load import guard_whole_loads
+from ..module_hooks import carry_hooks, hook_computed_names, hook_computed_tensors
 from ..orig_dtype import orig_dtype_of
 from ..parametrized import parametrized_base
 from .aligned import aligned
@@ -47,7 +48,8 @@ def load(path, model: Optional[nn.Module] = None):
 
     Returns:
         With ``model``, the quantized model: the layers named in the manifest
-        rebuilt as quantized modules, every other parameter and persistent
+        rebuilt as quantized modules (with the forward and backward hooks of
+        ``model``'s layers they replace), every other parameter and persistent
         buffer from the file (tied weights stay tied), non-persistent buffers
         from ``model``; its outputs are bit-identical to those of the model
         that was saved.  Without ``model``, a :class:`QuantizedStateDict`.
@@ -266,9 +268,14 @@ class QuantizedStateDict(Mapping):
         if problems:
             raise CheckpointError(f"{where}the model does not match the checkpoint: " + "; ".join(problems[:10]))
         self._map_remaining(model, modules, memo, consumed, replaced_paths, where)
+        _carry_skeleton_hooks(model, memo)
         if "" in replaced_paths:
             return memo[id(model)]
+        _hook_computed_placeholders(model, memo)
         qmodel = copy.deepcopy(model, memo)
+        for module in qmodel.modules():  # from the tensors just loaded
+            for name, tensor in hook_computed_tensors(module).items():
+                setattr(module, name, tensor)
         materialize_non_persistent_buffers(qmodel, model, where)  # rotary inv_freq, position_ids, ...
         _warn_meta(qmodel)
         guard_whole_loads(qmodel)  # a later load_state_dict: all quantized layers checked before any copy
@@ -415,6 +422,28 @@ def _check_model_dtype(layer, float_module: nn.Module, name: str) -> None:
     if dtype_name(orig_dtype_of(weight.dtype)) != recorded:
         raise CheckpointError(f"layer {name!r} was quantized from {recorded} weights, the model's are "
                               f"{_dtype(weight)} (build the model in the file's dtype, or on the meta device)")
+
+
+def _carry_skeleton_hooks(model: nn.Module, memo: Dict[int, Any]) -> None:
+    """Give each rebuilt layer (an LSTM / attention too) the hooks of the skeleton's module it
+    replaces, as quantize() does: a hook the architecture registers is part of what the saved model
+    computed.  A layer standing for several modules (a tied twin) takes its first one's."""
+    done = set()
+    for module in model.modules():
+        qmodule = memo.get(id(module))
+        if isinstance(qmodule, nn.Module) and id(qmodule) not in done:
+            done.add(id(qmodule))
+            carry_hooks(module, qmodule)
+
+
+def _hook_computed_placeholders(model: nn.Module, memo: Dict[int, Any]) -> None:
+    """An empty tensor in ``memo`` for each attribute a norm or pruning hook computes on a module the
+    copy keeps (a pruned layer left float): deepcopy refuses the skeleton's ``weight_orig * weight_mask``
+    (a grad_fn), and the copy's is computed again from the file's tensors once they are in place."""
+    for module in model.modules():
+        if id(module) not in memo:
+            for name in hook_computed_names(module):
+                memo.setdefault(id(module.__dict__[name]), torch.empty(0))
 
 
 def _warn_meta(model: nn.Module) -> None:

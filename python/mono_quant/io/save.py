@@ -132,7 +132,20 @@ def _check_tensors(sd: Mapping) -> Dict[str, torch.Tensor]:
 def _model_payload(model: nn.Module, config, skipped) -> Tuple[dict, Dict[str, torch.Tensor]]:
     manifest = new_manifest("model", config, skipped)
     manifest["layers"].extend(quantized_layer_entries(model))
-    return manifest, _check_tensors(model.state_dict())
+    return manifest, _check_tensors(_state_by_module_name(model))
+
+
+def _state_by_module_name(model: nn.Module, prefix: str = "", out=None) -> Dict[str, torch.Tensor]:
+    """``model.state_dict()`` without the model's state_dict (pre-)hooks: each module's parameters,
+    persistent buffers and extra state under its module path, as the manifest names the layers and
+    load(model=skeleton) looks them up.  A user's hook that renames, adds or drops keys (legacy names)
+    made a file whose tensors disagreed with its manifest: saved, then refused by every load."""
+    out = OrderedDict() if out is None else out
+    model._save_to_state_dict(out, prefix, False)  # (what state_dict() runs between the hooks)
+    for name, child in model._modules.items():
+        if child is not None:
+            _state_by_module_name(child, f"{prefix}{name}.", out)
+    return out
 
 
 def _state_dict_payload(sd: Mapping[str, torch.Tensor], result) -> Tuple[dict, Dict[str, torch.Tensor]]:

@@ -18,7 +18,7 @@ from ..mixed import already_quantized_skips, inside_quantized, quantized_layers
 from ..modules import QMODULES
 from ..report import SkippedLayer
 from ..selection import selection_reason, too_small_reason
-from ..strictness import check_patterns_match
+from ..strictness import check_patterns_match, holders_and_others
 
 __all__ = ["StaticSelection"]
 
@@ -47,8 +47,9 @@ class StaticSelection:
         self.held = frozenset(inside_quantized(modules))
         self.already: List[SkippedLayer] = list(already_quantized_skips(quantized, self.names_of, cfg).values())
         layers = {k for k, m in modules.items() if k in self.held or isinstance(m, tuple(QMODULES)) or _has_matrix(m)}
-        check_patterns_match(cfg, [n for k in layers for n in self.names_of[k]], [modules[k] for k in layers],
-                             [(n, m) for k, m in modules.items() if k not in layers for n in self.names_of[k]])
+        layer_names = [n for k in layers for n in self.names_of[k]]
+        check_patterns_match(cfg, layer_names, [modules[k] for k in layers], *holders_and_others(
+            layer_names, [(n, m) for k, m in modules.items() if k not in layers for n in self.names_of[k]]))
 
     def keep_float(self, name: str, layer: nn.Module) -> Optional[str]:
         """Why the Conv2d / Linear ``layer`` (module path ``name``) stays float, or None to quantize it."""
