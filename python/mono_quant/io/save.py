@@ -22,7 +22,7 @@ from .layers import guess_orig_dtype, quantized_layer_entries, state_dict_layer_
 from .manifest import dump_manifest, new_manifest
 from .file_kinds import kind_for_object
 
-__all__ = ["save", "dedupe_tensors", "write_safetensors"]
+__all__ = ["save", "dedupe_tensors", "write_safetensors", "state_by_module_name"]
 
 
 def save(model_or_result, path, *, overwrite: bool = False) -> Path:
@@ -132,10 +132,10 @@ def _check_tensors(sd: Mapping) -> Dict[str, torch.Tensor]:
 def _model_payload(model: nn.Module, config, skipped) -> Tuple[dict, Dict[str, torch.Tensor]]:
     manifest = new_manifest("model", config, skipped)
     manifest["layers"].extend(quantized_layer_entries(model))
-    return manifest, _check_tensors(_state_by_module_name(model))
+    return manifest, _check_tensors(state_by_module_name(model))
 
 
-def _state_by_module_name(model: nn.Module, prefix: str = "", out=None) -> Dict[str, torch.Tensor]:
+def state_by_module_name(model: nn.Module, prefix: str = "", out=None) -> Dict[str, torch.Tensor]:
     """``model.state_dict()`` without the model's state_dict (pre-)hooks: each module's parameters,
     persistent buffers and extra state under its module path, as the manifest names the layers and
     load(model=skeleton) looks them up.  A user's hook that renames, adds or drops keys (legacy names)
@@ -144,7 +144,7 @@ def _state_by_module_name(model: nn.Module, prefix: str = "", out=None) -> Dict[
     model._save_to_state_dict(out, prefix, False)  # (what state_dict() runs between the hooks)
     for name, child in model._modules.items():
         if child is not None:
-            _state_by_module_name(child, f"{prefix}{name}.", out)
+            state_by_module_name(child, f"{prefix}{name}.", out)
     return out
 
 

@@ -27,7 +27,7 @@ from safetensors import safe_open
 from ..errors import CheckpointError
 from ..io.aligned import aligned
 from ..io.atomic import atomic_output
-from ..io.save import write_safetensors
+from ..io.save import state_by_module_name, write_safetensors
 from ..io.file_kinds import FileKind, has_metadata_key, register_file_kind
 from ..io.skeleton import materialize_non_persistent_buffers
 from ..io.untrusted_json import loads_bounded
@@ -74,7 +74,9 @@ def save_per_layer(model: nn.Module, path, overwrite: bool = True) -> Path:
         raise TypeError("save_per_layer: the model has no per-layer static layers")
     # clone: safetensors refuses tensors sharing memory (tied weights are stored twice, tied again by the skeleton)
     constants = {f"{name}.layer.{EXTRA_STATE}" for name in layers}  # (the manifest holds them)
-    tensors = {k: v.detach().contiguous().clone() for k, v in model.state_dict().items() if k not in constants}
+    # by module name, without the user's state_dict hooks (a hook renaming keys made an unloadable file)
+    tensors = {k: v.detach().contiguous().clone() for k, v in state_by_module_name(model).items()
+               if k not in constants}
     manifest = {"format": PER_LAYER_FORMAT, "layers": layers}
     path = Path(os.fspath(path))
     with atomic_output(path, overwrite) as tmp:
@@ -129,12 +131,12 @@ def load_per_layer(path, model: nn.Module) -> nn.Module:
             owned |= {k for k in tensors if k.startswith(prefix)}
         rest = {k: v for k, v in tensors.items() if k not in owned}
         _refuse_float_for_quantized(work, rest)
-        expected = {k for k in work.state_dict() if not any(k.startswith(f"{n}.layer.") for n in manifest["layers"])}
+        own_state = state_by_module_name(work)  # (the names save wrote: no state_dict hooks)
+        expected = {k for k in own_state if not any(k.startswith(f"{n}.layer.") for n in manifest["layers"])}
         if set(rest) != expected:
             raise CheckpointError(f"tensors disagree with the model: missing {sorted(expected - set(rest))}, "
                                   f"unexpected {sorted(set(rest) - expected)}; pass model= an instance of the "
                                   f"architecture the file was saved from")
-        own_state = work.state_dict()
         for k, v in rest.items():
             if v.dtype != own_state[k].dtype or v.shape != own_state[k].shape:
                 raise CheckpointError(f"{k}: {v.dtype}{list(v.shape)} in the file, "
