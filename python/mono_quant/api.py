@@ -29,7 +29,7 @@ from .orig_dtype import orig_dtype_of
 from .modules.registry import QMODULES
 from .packing import PACKED_BUFFERS, quantize_and_pack_int8
 from .qtypes import get_qtype
-from .report import LayerReport, Report, SkippedLayer, tensor_bytes, unique_tensor_bytes
+from .report import LayerReport, Report, SkippedLayer, tensor_bytes, unique_bytes, unique_tensor_bytes
 from .result import QuantizationResult
 from .composites import attention_out_proj_keys, children_of_composites, composite_skip_reason, quantize_composite
 from .modules.composite import is_composite
@@ -286,8 +286,8 @@ def _quantize_module(model: nn.Module, cfg: QuantConfig, progress: bool, weights
         _load_remaining(qmodel, weights, set(layers.quantized_names))
     report = layers.report
     report.skipped = skipped
-    report.model_bytes_before = unique_tensor_bytes(model) if weights is None else sum(
-        tensor_bytes(t) for t in weights.values() if isinstance(t, torch.Tensor))
+    report.model_bytes_before = unique_tensor_bytes(model) if weights is None else unique_bytes(
+        t for t in weights.values() if isinstance(t, torch.Tensor))
     report.model_bytes_after = unique_tensor_bytes(qmodel)
     warn_if_nothing_quantized(report.layers, skipped)
     warn_if_larger(report)
@@ -396,6 +396,7 @@ class _LayerQuantizer:
         b = (weights.get(_key(name, "bias")) if weights is not None else tensor_in_use(src, "bias")) \
             if has_bias else None
         key = (id(w), self.qtype.name)
+        tied = key in self.packed_by_weight or key in self.weight_cache  # an earlier layer's weight, stored once
         try:
             qm, sqnr = self._build(src, w, key)
         except NonFiniteWeightError as exc:
@@ -407,9 +408,16 @@ class _LayerQuantizer:
             qm.orig_dtype = orig_dtype_of(w.dtype)  # (a meta skeleton is built in the default dtype)
         if weights is not None or b is not getattr(src, "bias", None):  # (a pruned bias: the masked one)
             qm._set_bias(b)
+        tied_bias = b is not None and id(b) in self.bias_copies
         if b is not None and qm.bias is not None:
             qm.bias = self.bias_copies.setdefault(id(b), (b, qm.bias))[1]
         self._share_packed(qm, key, sqnr)
+        if tied:  # the totals count a tied weight (and bias) once; each layer's row shows its own
+            self.report.shared_bytes_before += tensor_bytes(w)
+            self.report.shared_bytes_after += qm.weight_nbytes()
+        if tied_bias:
+            self.report.shared_bytes_before += tensor_bytes(b)
+            self.report.shared_bytes_after += tensor_bytes(qm.bias)
         self.memo[id(m)] = qm
         self.quantized_names.extend(names)  # every name of a shared module: its weights are done
         self.report.layers.append(LayerReport(
@@ -615,7 +623,7 @@ def _quantize_state_dict(sd: Mapping, cfg: QuantConfig, progress: bool) -> Quant
             report.layers.append(layer)
         if skip is not None:
             report.skipped.append(skip)
-    report.model_bytes_before = sum(tensor_bytes(t) for t in sd.values())
-    report.model_bytes_after = sum(tensor_bytes(t) for t in out.values())
+    report.model_bytes_before = unique_bytes(sd.values())  # (tied entries once, as the model path)
+    report.model_bytes_after = unique_bytes(out.values())
     warn_if_nothing_quantized(report.layers, report.skipped)
     return QuantizationResult(None, report.skipped, report, cfg, state_dict=out)

@@ -7,7 +7,7 @@ from typing import Dict, List, NamedTuple, Tuple
 
 import torch
 
-__all__ = ["SkippedLayer", "LayerReport", "Report", "human_bytes", "tensor_bytes", "unique_tensor_bytes",
+__all__ = ["SkippedLayer", "LayerReport", "Report", "human_bytes", "tensor_bytes", "unique_bytes", "unique_tensor_bytes",
            "storage_view"]
 
 
@@ -80,6 +80,8 @@ class Report:
         model_bytes_after: Bytes of every tensor of the output.
         tied: Names stored as aliases of a tied tensor (alias -> stored name;
             quantize_checkpoint of a Hugging Face folder).
+        shared_bytes_before, shared_bytes_after: Bytes of the layers' weights and biases tied to an
+            earlier layer's (each row shows them; ``bytes_before`` / ``bytes_after`` count them once).
 
     Examples:
         >>> print(mq.quantize(model, dtype="int8").report)
@@ -91,22 +93,33 @@ class Report:
     model_bytes_before: int = 0
     model_bytes_after: int = 0
     tied: Dict[str, str] = field(default_factory=dict)
+    shared_bytes_before: int = 0
+    shared_bytes_after: int = 0
 
     @property
     def bytes_before(self) -> int:
-        """Bytes of the quantized layers' float weights and biases."""
-        return sum(r.bytes_before for r in self.layers)
+        """Bytes of the quantized layers' float weights and biases (a tied one once)."""
+        return sum(r.bytes_before for r in self.layers) - self.shared_bytes_before
 
     @property
     def bytes_after(self) -> int:
-        """Bytes of the quantized layers after quantization."""
-        return sum(r.bytes_after for r in self.layers)
+        """Bytes of the quantized layers after quantization (a tied one once)."""
+        return sum(r.bytes_after for r in self.layers) - self.shared_bytes_after
 
     def to_dict(self) -> dict:
-        """The report as plain data (for JSON): layers, skipped and the model's bytes."""
+        """The report as plain data that ``json.dumps(..., allow_nan=False)`` takes: layers (an exact
+        weight's infinite SQNR, or one not measured, as None), skipped, tied names and the bytes."""
+        layers = []
+        for r in self.layers:
+            row = asdict(r)
+            row["weight_sqnr_db"] = r.weight_sqnr_db if math.isfinite(r.weight_sqnr_db) else None
+            layers.append(row)
         return {
-            "layers": [asdict(r) for r in self.layers],
+            "layers": layers,
             "skipped": [s._asdict() for s in self.skipped],
+            "tied": dict(self.tied),
+            "bytes_before": self.bytes_before,
+            "bytes_after": self.bytes_after,
             "model_bytes_before": self.model_bytes_before,
             "model_bytes_after": self.model_bytes_after,
         }
@@ -144,13 +157,20 @@ def unique_tensor_bytes(module: torch.nn.Module) -> int:
     """Bytes of a module's parameters, buffers and plain tensor attributes (a weight assigned as a
     tensor, a pruned layer's computed weight: held as much as the others), each storage counted
     once (tied weights)."""
-    seen, total = set(), 0
     attributes = [t for m in module.modules() for t in vars(m).values() if isinstance(t, torch.Tensor)]
-    for t in list(module.parameters()) + list(module.buffers()) + attributes:
+    return unique_bytes(list(module.parameters()) + list(module.buffers()) + attributes)
+
+
+def unique_bytes(tensors) -> int:
+    """Bytes of ``tensors``, each storage counted once (a state_dict's tied entries, shared weights)."""
+    seen, total = set(), 0
+    for t in tensors:
         if isinstance(t, torch.nn.parameter.UninitializedTensorMixin):
             continue  # a lazy module's placeholder has no storage yet
-        storage = t.device.type != "meta" and t.layout == torch.strided
-        key = (t.device, t.untyped_storage().data_ptr() if storage else id(t))
+        # the very same view counts once (tied); different views of one storage (a fused qkv's
+        # q, k, v) each count
+        strided = t.device.type != "meta" and t.layout == torch.strided
+        key = storage_view(t)[1] if strided else id(t)
         if key in seen:
             continue
         seen.add(key)

@@ -354,3 +354,13 @@ def test_a_tuple_of_inputs_and_targets_is_refused(net):
         cal.feed((x, torch.zeros(x.shape[0], dtype=torch.long)))
     cal.feed([(x, torch.zeros(x.shape[0], dtype=torch.long))])  # a batch inside a list: x is used
     assert cal.samples == x.shape[0]
+
+
+def test_calibration_samples_with_a_callable_is_refused(net):
+    """A callable runs the model itself: the cap was ignored (every sample counted, no word said)."""
+    x = data()
+    with pytest.raises(ValueError, match="calibration_samples=10 caps.*callable"):
+        Calibrator(net, bins=BINS).feed(lambda model: model(x), calibration_samples=10)
+    cal = Calibrator(net, bins=BINS)
+    cal.feed(lambda model: model(x))
+    assert cal.samples == x.shape[0]

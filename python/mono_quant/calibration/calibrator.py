@@ -217,6 +217,10 @@ class Calibrator:
         """
         if calibration_samples is not None and calibration_samples < 1:
             raise ValueError(f"calibration_samples must be >= 1, got {calibration_samples}")
+        if calibration_samples is not None and _is_runner(data):  # (it was ignored: every sample counted)
+            raise ValueError(f"calibration_samples={calibration_samples} caps the batches fed to the model, but "
+                             f"the calibration data is a callable that runs the model itself: cap the data inside "
+                             f"it, or pass the data (a tensor, a list of batches, a DataLoader)")
         training = {m: m.training for m in self.model.modules()}
         nonfinite_before = self.nonfinite
         handles, produced = self._install_hooks()
@@ -224,7 +228,7 @@ class Calibrator:
         try:
             self.model.eval()
             with torch.no_grad():
-                if callable(data) and not isinstance(data, (nn.Module, torch.Tensor)) and not hasattr(data, "__iter__"):
+                if _is_runner(data):
                     takes_model = len(inspect.signature(data).parameters) > 0
                     data(self.model) if takes_model else data()
                     used = max((s.samples for s in self.stats.values()), default=0) - self.samples
@@ -375,3 +379,8 @@ def refuse_top_level_tuple(data) -> None:
         raise TypeError(f"calibration data is a tuple ({shapes}): pass the inputs themselves (a tensor is split "
                         f"into batches), a list of batches, or a DataLoader; an (inputs, targets) pair is read "
                         f"as a batch inside a list ([(X, Y)]), where the inputs are used")
+
+
+def _is_runner(data) -> bool:
+    """Whether calibration ``data`` is a callable that runs the model (not data to feed it)."""
+    return callable(data) and not isinstance(data, (nn.Module, torch.Tensor)) and not hasattr(data, "__iter__")
