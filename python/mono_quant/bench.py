@@ -95,8 +95,13 @@ def _file_options(dtype: str, layer: dict, config: dict) -> Tuple[Tuple[str, obj
         if dtype == "int4":
             options["group_size"] = layer["group_size"]
     if dtype == "int8":
-        options["activations"] = config.get("activations", "dynamic")
-        options["reduce_range"] = bool(config.get("reduce_range"))
+        # the layer's own settings where the file keeps them (a model file: mixed precision gives each
+        # layer its own), else the file's config (a state_dict file)
+        own = dtype == layer["dtype"]
+        options["activations"] = layer["activations"] if own and "activations" in layer \
+            else config.get("activations", "dynamic")
+        options["reduce_range"] = bool(layer["reduce_range"] if own and "reduce_range" in layer
+                                       else config.get("reduce_range"))
     elif dtype == "uint8":  # (a file's int8 "dynamic" with --dtype uint8 was refused by quantize)
         options["activations"] = None
     return tuple(sorted(options.items()))

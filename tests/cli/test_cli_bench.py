@@ -140,3 +140,18 @@ def test_parse_shape_and_run_bench_api():
     assert len(rows) == 1 and rows[0]["shape"] == [8, 4]
     with pytest.raises(ValueError, match="repeats"):
         run_bench([BenchCase(8, 4, "int8")], repeats=0)
+
+
+def test_a_files_layers_are_timed_in_their_own_modes(tmp_path):
+    """bench read activations / reduce_range from the file's config alone: a weight-only model saved
+    with mq.save(model) (no config) was timed dynamic, and a mixed-precision model's layers all in the
+    last call's mode."""
+    from mono_quant.bench import cases_from_file
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 32))
+    partly = mq.quantize(model, "int8", activations=None, include=["0"]).model
+    mixed = mq.quantize(partly, "int8", reduce_range=True, include=["2"])
+    mq.save(mixed, tmp_path / "mixed.safetensors")
+    modes = {c.names: dict(c.options) for c in cases_from_file(tmp_path / "mixed.safetensors")[0]}
+    assert modes[("0",)]["activations"] is None and not modes[("0",)]["reduce_range"]
+    assert modes[("2",)]["activations"] == "dynamic" and modes[("2",)]["reduce_range"]

@@ -68,7 +68,7 @@ def describe(path) -> Dict[str, Any]:
                                   f"{math.prod(layer['shape'])} weights, but its tensors hold {stored} bytes")
         orig = layer.get("orig_dtype")
         itemsize = _orig_itemsize(orig, layer["name"], path)
-        layers.append({
+        entry = {
             "name": layer["name"], "aliases": layer.get("aliases", []), "type": layer.get("type"),
             "type_from": "module" if manifest["kind"] == "model" else layer.get("type_from"),
             "layer_kind": layer_kind(layer, manifest["kind"]),
@@ -76,7 +76,9 @@ def describe(path) -> Dict[str, Any]:
             "dtype": layer["dtype"], "scheme": layer["scheme"], "axis": layer.get("axis"),
             "group_size": layer.get("group_size"), "shape": layer["shape"], "orig_dtype": orig,
             "bytes": stored, "orig_bytes": math.prod(layer["shape"]) * itemsize,
-        })
+        }
+        entry.update(_run_settings(layer, path))
+        layers.append(entry)
     tensors = [{"name": k, "dtype": dtype_name(e.dtype), "shape": list(e.shape), "bytes": e.nbytes}
                for k, e in header.tensors.items() if k not in layer_keys]
     quantized_bytes = sum(header.tensors[k].nbytes for k in layer_keys if k in header.tensors)
@@ -101,3 +103,22 @@ def describe(path) -> Dict[str, Any]:
             "orig_bytes": sum(l["orig_bytes"] for l in layers) + float_bytes,
         },
     }
+
+
+def _run_settings(layer: dict, path) -> dict:
+    """A model file's per-layer ``activations`` / ``reduce_range`` (its attrs: what load restores and
+    bench must time; a mixed-precision model's layers differ), checked; {} where the file has none."""
+    attrs = layer.get("attrs")
+    if not isinstance(attrs, dict):
+        return {}
+    out = {}
+    if "activations" in attrs:
+        if attrs["activations"] not in (None, "dynamic"):
+            raise CheckpointError(f"{path}: layer {layer['name']!r}: activations {attrs['activations']!r} "
+                                  f"(None or 'dynamic')")
+        out["activations"] = attrs["activations"]
+    if "reduce_range" in attrs:
+        if not isinstance(attrs["reduce_range"], bool):
+            raise CheckpointError(f"{path}: layer {layer['name']!r}: reduce_range {attrs['reduce_range']!r}")
+        out["reduce_range"] = attrs["reduce_range"]
+    return out
