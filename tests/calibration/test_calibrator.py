@@ -364,3 +364,38 @@ def test_calibration_samples_with_a_callable_is_refused(net):
     cal = Calibrator(net, bins=BINS)
     cal.feed(lambda model: model(x))
     assert cal.samples == x.shape[0]
+
+
+def _edit(header, how):
+    edited = copy.deepcopy(header)
+    how(edited)
+    return edited
+
+
+@pytest.mark.parametrize("how,match", [
+    (lambda h: h.clear() or h.update({"x": 1}) or None, "format"),
+    (lambda h: h.update(points=[]), "points must be a JSON object"),
+    (lambda h: h.update(aliases=[1]), "aliases must be a JSON object"),
+    (lambda h: h["points"].update({"fc.output": [1, 2]}), "point 'fc.output' must be a JSON object"),
+    (lambda h: h.update(samples=1e400), "OverflowError"),
+    (lambda h: h.update(samples=-1), "negative sample counts"),
+    (lambda h: h.update(bins="x"), "bins 'x'"),
+    (lambda h: h["points"]["fc.output"].update(min=5.0, max=-5.0), "min <= max"),
+    (lambda h: h["points"]["fc.output"].update(min="nan"), "min <= max"),
+])
+def test_load_names_what_is_wrong_in_the_header(net, tmp_path, how, match):
+    """JSON of the wrong shape raised AttributeError / OverflowError past load's ValueError, and a NaN
+    or reversed range loaded as a scale-1 range around 0."""
+    from safetensors import safe_open
+    from safetensors.numpy import load_file, save_file
+    import json
+
+    cal = Calibrator(net, bins=BINS)
+    cal.feed(data())
+    cal.save(tmp_path / "good.safetensors")
+    with safe_open(str(tmp_path / "good.safetensors"), framework="numpy") as f:
+        header = json.loads(f.metadata()["mono_quant.calibration"])
+    save_file(load_file(str(tmp_path / "good.safetensors")), str(tmp_path / "bad.safetensors"),
+              metadata={"mono_quant.calibration": json.dumps(_edit(header, how))})
+    with pytest.raises(ValueError, match=match):
+        Calibrator.load(tmp_path / "bad.safetensors", net)

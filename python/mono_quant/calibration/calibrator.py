@@ -347,17 +347,22 @@ class Calibrator:
         except Exception as e:  # noqa: BLE001 - safetensors raises several types for a bad file
             raise ValueError(f"{path}: not a readable safetensors file ({e})") from e
         try:
-            header = loads_bounded(meta[_META_KEY])
+            header = _mapping(loads_bounded(meta[_META_KEY]), "the header")
             if header.get("format") != _FORMAT:
                 raise ValueError(f"format {header.get('format')!r}, expected {_FORMAT!r}")
-            cal = cls(model, bins=header["bins"], per_channel=bool(header["per_channel"]))
+            bins = header["bins"]
+            if bins is not None and (not isinstance(bins, int) or isinstance(bins, bool) or bins < 1):
+                raise ValueError(f"bins {bins!r}: a positive int or null")
+            cal = cls(model, bins=bins, per_channel=bool(header["per_channel"]))
             cal.samples, cal.nonfinite = int(header["samples"]), int(header["nonfinite"])
-            cal.aliases = {str(k): str(v) for k, v in header["aliases"].items()}
-            for point, pmeta in header["points"].items():
+            if cal.samples < 0 or cal.nonfinite < 0:
+                raise ValueError("negative sample counts")
+            cal.aliases = {str(k): str(v) for k, v in _mapping(header["aliases"], "aliases").items()}
+            for point, pmeta in _mapping(header["points"], "points").items():
                 prefix = f"{point}/"
                 own = {k[len(prefix):]: v for k, v in arrays.items() if k.startswith(prefix)}
-                cal.stats[point] = ActivationStats.from_arrays_and_meta(own, pmeta)
-        except (KeyError, TypeError, ValueError, json.JSONDecodeError) as e:
+                cal.stats[point] = ActivationStats.from_arrays_and_meta(own, _mapping(pmeta, f"point {point!r}"))
+        except (KeyError, TypeError, ValueError, OverflowError, json.JSONDecodeError) as e:
             raise ValueError(f"{path}: invalid calibration statistics: {type(e).__name__}: {e}") from e
         return cal
 
@@ -384,3 +389,10 @@ def refuse_top_level_tuple(data) -> None:
 def _is_runner(data) -> bool:
     """Whether calibration ``data`` is a callable that runs the model (not data to feed it)."""
     return callable(data) and not isinstance(data, (nn.Module, torch.Tensor)) and not hasattr(data, "__iter__")
+
+
+def _mapping(value, what: str) -> dict:
+    """``value`` when it is a JSON object; a file's other JSON there raised AttributeError on .items()."""
+    if not isinstance(value, dict):
+        raise TypeError(f"{what} must be a JSON object, got {type(value).__name__}")
+    return value

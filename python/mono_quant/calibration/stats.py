@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from typing import Dict, Optional
 
+import math
+
 import numpy as np
 import torch
 
@@ -103,6 +105,11 @@ class ActivationStats:
         s = cls(bins=None, per_channel=bool(meta["per_channel"]), ema_constant=float(meta["ema_constant"]))
         s.min = np.array([meta["min"]], dtype=np.float32)
         s.max = np.array([meta["max"]], dtype=np.float32)
+        lo, hi = float(s.min[0]), float(s.max[0])
+        # a range (finite, min <= max) or no data yet (+inf, -inf): a NaN or a reversed range became
+        # a scale-1 range around 0 while the histogram held the real data
+        if not ((math.isfinite(lo) and math.isfinite(hi) and lo <= hi) or (lo == math.inf and hi == -math.inf)):
+            raise ValueError(f"min {meta['min']!r} / max {meta['max']!r}: a finite range with min <= max")
         s.ema_min = None if meta["ema_min"] is None else float(meta["ema_min"])
         s.ema_max = None if meta["ema_max"] is None else float(meta["ema_max"])
         s.samples, s.numel, s.nonfinite = int(meta["samples"]), int(meta["numel"]), int(meta["nonfinite"])
