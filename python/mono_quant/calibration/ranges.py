@@ -154,6 +154,11 @@ def mse_range(h: StreamingHistogram, encoding: str = "int8", symmetric: bool = T
         return 0.0, 0.0
     qmin, qmax = quant_range(encoding, symmetric)
     lo, hi = min(h.min, 0.0), max(h.max, 0.0)
+    if h.width * 2 >= hi - lo:
+        # the data within two bins (activations below ~1e-27: the bins' width bottoms out at 2^-32):
+        # every shrink scores alike and the first, 1/256 of the range, clipped 99% of the values
+        t = max(-lo, hi)
+        return (-t, t) if symmetric else (lo, hi)
     best, _ = ok.mse_search(h.counts.astype(np.float64), h.lo, h.width, lo, hi, qmin, qmax, symmetric, candidates)
     a = np.float32(best + 1) / np.float32(candidates)
     if symmetric:  # the qparams only saw a * max(|lo|, |hi|)
