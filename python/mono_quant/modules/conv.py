@@ -18,6 +18,7 @@ from ..kernels import direct_conv, dynamic_conv, settings
 from ..kernels.dynamic_conv import direct_applies
 from ..kernels.half_conv import direct_pad_fits
 from ..kernels.settings import SETTINGS
+from ..torch_features import autocast_enabled, autocast_off
 from ..kernels.direct_conv import (direct_conv2d, direct_conv2d_int4, direct_conv2d_int8, float_conv_panels, live_bias,
                                   int8_conv_arrays, int8_conv_panels)
 from ..formats.int4_weight import effective_group
@@ -331,6 +332,9 @@ class QuantizedConv2d(ReduceRange, QuantizedModule):
             pixels * direct_conv.FILL_ELEMENTS_PER_PIXEL >= numel and numel < fill_max)))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if autocast_enabled():  # every route outside autocast: the C ones and the ops never follow it
+            with autocast_off(x):
+                return self.forward(x)
         # (the C routes write NCHW: _torch_layout gives their result the layout torch's conv would)
         if traced_forward.use_ops(x, self):  # graph capture or autograd: the torch.library ops
             check_float_input(x, type(self).__name__)

@@ -7,6 +7,7 @@ import torch
 from torch import nn
 
 from ..formats import ACTIVATION_MODES, format_of
+from ..torch_features import autocast_enabled, autocast_off
 from ..formats.layer_cache import SMALL_WEIGHT_ELEMENTS, float_weight, kernel_args
 from ..formats.packed_linear import BLAS_MIN_IN_FEATURES, BLAS_MIN_ROWS, blas_min_rows, dequantized_packed, packed_linear
 from ..packing import can_pack, pack_int8_linear
@@ -105,6 +106,9 @@ class QuantizedLinear(ReduceRange, QuantizedModule):
         self.activations = activations
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if autocast_enabled():  # every route outside autocast: the C ones and the ops never follow it
+            with autocast_off(x):
+                return self.forward(x)
         if x.dtype is not torch.float32:  # (float32 is floating: the check can't fail, ~0.08 us a call)
             check_float_input(x, type(self).__name__)
         try:  # (free when nothing is raised: the check costs only the 0-d input)
