@@ -148,8 +148,11 @@ def conv2d_forward(module, x: torch.Tensor) -> torch.Tensor:
             # example's route to the range with a guard, and fail the program on the other sizes)
             # (both branches contiguous: torch.cond wants one layout, and a channels_last x gives torch's conv
             # channels_last, the packed op NCHW; the caller's _torch_layout makes the result torch's layout)
-            return torch.cond(rule, lambda x: _packed_conv(m, x).contiguous(),
-                              lambda x: _float_conv(m, x).contiguous(), (x,))
+            # (flat out of the branches: torch.cond compares their strides, which for a strided conv read
+            # Max(1, (H - 3) // 2 + 1) and were refused as "not a simple accumulative multiplication")
+            y = torch.cond(rule, lambda x: _packed_conv(m, x).contiguous().reshape(-1),
+                           lambda x: _float_conv(m, x).contiguous().reshape(-1), (x,))
+            return y.view(x.shape[0], m.out_channels, *_output_sizes(m, x))
         if not packed_pays and m._direct_fits(x, isa):  # eager's direct route
             return torch.ops.mono_quant.direct_conv2d_int8(
                 x, m.weight_packed, m.weight_packed_info, m.weight_scale, m.weight_zero_point, bias,
@@ -211,3 +214,12 @@ def embedding_forward(module, indices: torch.Tensor) -> torch.Tensor:
     rows = torch.ops.mono_quant.embedding_lookup(indices, m.weight_qdata, scale, zero_point,
                                                  m.num_embeddings, m.embedding_dim, group)
     return rows.to(m.orig_dtype)
+
+
+def _output_sizes(m, x: torch.Tensor) -> tuple:
+    """(out_h, out_w) of conv ``m`` on ``x``."""
+    if m.padding2d == "same":
+        return x.shape[2], x.shape[3]
+    pad = (0, 0) if m.padding2d == "valid" else m.padding2d
+    return tuple((x.shape[2 + i] + 2 * pad[i] - m.dilation2d[i] * (m.kernel_size2d[i] - 1) - 1) // m.stride2d[i] + 1
+                 for i in range(2))
