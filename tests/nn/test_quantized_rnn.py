@@ -244,3 +244,28 @@ def test_flatten_parameters_and_all_weights_as_the_float_module(make):
         for t, o in zip(theirs, ours):
             assert o.shape == t.shape
             torch.testing.assert_close(o * 1, t.detach(), atol=0.02, rtol=0)
+
+
+class _Outputs(nn.Module):
+    def __init__(self, rnn):
+        super().__init__()
+        self.rnn = rnn
+
+    def forward(self, x):
+        return self.rnn(x)[0]
+
+
+@pytest.mark.parametrize("example_batch", [2, 4])
+def test_export_with_a_dynamic_batch_of_a_two_layer_bidirectional_lstm(example_batch):
+    """scan's tracer read the sizes of the state slices' base ([layers * directions, B, H]): with an
+    example batch equal to one of them the export pinned the batch ("specialized it to be a constant")."""
+    from torch.export import Dim
+    torch.manual_seed(0)
+    lstm = nn.LSTM(8, 12, num_layers=2, bidirectional=True, batch_first=True).eval()
+    model = _Outputs(mq.quantize(lstm, "int8").model)
+    program = torch.export.export(model, (torch.randn(example_batch, 5, 8),),
+                                  dynamic_shapes=({0: Dim("B", max=16), 1: Dim("T", min=2, max=64)},)).module()
+    with torch.no_grad():
+        for batch, steps in ((1, 3), (3, 7), (5, 4)):
+            x = torch.randn(batch, steps, 8)
+            torch.testing.assert_close(program(x), model(x), rtol=1e-5, atol=1e-5)

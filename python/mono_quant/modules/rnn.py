@@ -293,7 +293,12 @@ class _QuantizedRNNBase(QuantizedComposite):
             new = self._step(hidden, project, inputs[0], carry, inputs[1])
             return new, new[0].clone()  # (scan allows no output aliasing the carry)
 
-        final, out = _scan(step, tuple(state), (projected, running), reverse=reverse)
+        # the carry and inputs as tensors of their own: a view's base (a state slice of [layers * directions,
+        # B, H], a direction's half of the projection) gave scan's tracer its sizes too, and where the batch
+        # equalled another of them (2 directions) the export pinned the batch ("specialized to 2")
+        state = tuple(t.clone() if t._base is not None else t for t in state)
+        projected = projected.clone() if projected._base is not None else projected
+        final, out = _scan(step, state, (projected, running), reverse=reverse)
         return out, final
 
     def _step(self, hidden, project, gi: torch.Tensor, state, running: Optional[torch.Tensor]):
