@@ -421,7 +421,7 @@ class _LayerQuantizer:
         self.memo[id(m)] = qm
         self.quantized_names.extend(names)  # every name of a shared module: its weights are done
         self.report.layers.append(LayerReport(
-            name, type(m).__name__, self.qtype.name, tuple(w.shape),
+            name, type(m).__name__, self.qtype.name, _reported_shape(m, w),
             tensor_bytes(w) + tensor_bytes(b), qm.weight_nbytes() + tensor_bytes(qm.bias), sqnr,
         ))
         return None
@@ -627,3 +627,11 @@ def _quantize_state_dict(sd: Mapping, cfg: QuantConfig, progress: bool) -> Quant
     report.model_bytes_after = unique_bytes(out.values())
     warn_if_nothing_quantized(report.layers, report.skipped)
     return QuantizationResult(None, report.skipped, report, cfg, state_dict=out)
+
+
+def _reported_shape(m: nn.Module, w: torch.Tensor) -> tuple:
+    """The report's weight shape: the float layer's (a Conv1d's [out, in, k], not the height-1 4-D view
+    it is quantized as)."""
+    if isinstance(m, nn.Conv1d) and w.dim() == 4:
+        return (w.shape[0], w.shape[1], w.shape[3])
+    return tuple(w.shape)
