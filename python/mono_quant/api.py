@@ -33,7 +33,7 @@ from .report import LayerReport, Report, SkippedLayer, tensor_bytes, unique_byte
 from .result import QuantizationResult
 from .composites import attention_out_proj_keys, children_of_composites, composite_skip_reason, quantize_composite
 from .modules.composite import is_composite
-from .module_hooks import carry_hooks, hook_computed_tensors, tensor_in_use, weight_in_use
+from .module_hooks import carry_hooks, hook_computed_copies, tensor_in_use, weight_in_use
 from .parametrized import parametrized_base, parametrized_reason, plain_float_layer, raw_weight
 from .layer_support import (drop_tied_to_float, known_unsupported_reason, lora_adapter_reason, qmodule_for_selected,
                             weight_to_quantize)
@@ -464,7 +464,7 @@ class _LayerQuantizer:
 
 def _copy_around(model: nn.Module, memo: Dict[int, nn.Module]) -> nn.Module:
     """A deep copy of ``model`` with the float layers in ``memo`` replaced (never copied)."""
-    memo.update(_hook_computed_copies(model, memo))
+    memo.update(hook_computed_copies(model, memo))
     try:
         return copy.deepcopy(model, memo)
     except Exception as exc:  # a model holding something deepcopy refuses (locks, open files, ...)
@@ -472,24 +472,6 @@ def _copy_around(model: nn.Module, memo: Dict[int, nn.Module]) -> nn.Module:
             f"quantize() copies the model so the original stays untouched, but {type(model).__name__} "
             f"cannot be deep-copied: {exc}"
         ) from exc
-
-
-def _hook_computed_copies(model: nn.Module, memo: Dict[int, nn.Module]) -> Dict[int, torch.Tensor]:
-    """id -> copy of each tensor attribute a norm or pruning hook computes on a module the copy keeps
-    (a pruned layer left float): deepcopy refuses ``weight_orig * weight_mask``, a tensor with a
-    grad_fn, so the copy holds it recomputed and detached; its hook recomputes it at each call from
-    the copy's own ``weight_orig`` / ``weight_mask``, as the original's does."""
-    copies: Dict[int, torch.Tensor] = {}
-    seen, stack = set(), [model]
-    while stack:
-        module = stack.pop()
-        if id(module) in seen or id(module) in memo:  # (a replaced layer's insides are not copied)
-            continue
-        seen.add(id(module))
-        for name, tensor in hook_computed_tensors(module).items():
-            copies[id(module.__dict__[name])] = tensor
-        stack.extend(child for child in module._modules.values() if child is not None)
-    return copies
 
 
 def _key(name: str, suffix: str) -> str:

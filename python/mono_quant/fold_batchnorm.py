@@ -15,6 +15,8 @@ from typing import Union
 import torch
 from torch import nn
 
+from .module_hooks import hook_computed_names, weight_in_use
+
 __all__ = ["fold_batchnorm", "fold_conv_bn", "fold_linear_bn"]
 
 _BN = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
@@ -39,15 +41,31 @@ def _bn_factors(bn: nn.Module, out_channels: int):
 
 def _folded(layer: nn.Module, bn: nn.Module, out_channels: int) -> nn.Module:
     k, shift = _bn_factors(bn, out_channels)
-    w = layer.weight.detach()
-    folded = copy.deepcopy(layer)
+    computed = bool(getattr(layer, "parametrizations", None)) or bool(hook_computed_names(layer))
+    # a parametrized or weight_norm / pruning-hooked layer: the weight it computes, into a plain layer
+    # (deepcopy refused the hook's non-leaf weight; a parametrized copy refused the new weight)
+    w = (weight_in_use(layer) if computed else layer.weight).detach()
+    folded = _plain_like(layer, w) if computed else copy.deepcopy(layer)
     shape = (-1,) + (1,) * (w.dim() - 1)
     new_w = (w.double() * k.reshape(shape)).to(w.dtype)
     b = layer.bias.detach().double() if layer.bias is not None else torch.zeros_like(k)
     new_b = (b * k + shift).to(w.dtype)
-    folded.weight = nn.Parameter(new_w, requires_grad=layer.weight.requires_grad)
-    folded.bias = nn.Parameter(new_b, requires_grad=layer.weight.requires_grad)
+    grad = layer.weight.requires_grad if not computed else w.requires_grad or any(
+        p.requires_grad for p in layer.parameters())
+    folded.weight = nn.Parameter(new_w, requires_grad=grad)
+    folded.bias = nn.Parameter(new_b, requires_grad=grad)
     return folded
+
+
+def _plain_like(layer: nn.Module, w: torch.Tensor) -> nn.Module:
+    """A new plain Linear / Conv of ``layer``'s geometry (its weight and bias are set after)."""
+    kw = {"device": w.device, "dtype": w.dtype}
+    if isinstance(layer, nn.Linear):
+        return nn.Linear(layer.in_features, layer.out_features, **kw)
+    cls = next(c for c in (nn.Conv3d, nn.Conv2d, nn.Conv1d) if isinstance(layer, c))
+    plain = cls(layer.in_channels, layer.out_channels, layer.kernel_size, layer.stride, layer.padding,
+                layer.dilation, layer.groups, True, layer.padding_mode, **kw)
+    return plain.train(layer.training)
 
 
 def fold_conv_bn(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> nn.Conv2d:

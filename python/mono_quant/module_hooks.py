@@ -23,7 +23,7 @@
 from __future__ import annotations
 
 from collections import OrderedDict
-from typing import List, Optional
+from typing import Dict, List, Optional
 
 import torch
 from torch import nn
@@ -31,7 +31,8 @@ from torch.nn.utils.prune import BasePruningMethod
 from torch.nn.utils.spectral_norm import SpectralNorm
 from torch.nn.utils.weight_norm import WeightNorm
 
-__all__ = ["weight_in_use", "tensor_in_use", "hook_computed_names", "hook_computed_tensors", "carry_hooks"]
+__all__ = ["weight_in_use", "tensor_in_use", "hook_computed_names", "hook_computed_tensors", "hook_computed_copies",
+           "carry_hooks"]
 
 _RECOMPUTING_HOOKS = (WeightNorm, SpectralNorm, BasePruningMethod)
 # torch.ao.quantization.prepare's hooks (by name: importing torch.ao warns of its deprecation)
@@ -94,3 +95,21 @@ def carry_hooks(module: nn.Module, qmodule: nn.Module) -> None:
             setattr(qmodule, table, OrderedDict((k, v) for k, v in hooks.items() if k not in dropped))
     if module._backward_hooks or module._backward_pre_hooks:
         qmodule._is_full_backward_hook = module._is_full_backward_hook
+
+
+def hook_computed_copies(model: nn.Module, memo: Dict[int, nn.Module]) -> Dict[int, torch.Tensor]:
+    """id -> copy of each tensor attribute a norm or pruning hook computes on a module the copy keeps
+    (a pruned layer left float): deepcopy refuses ``weight_orig * weight_mask``, a tensor with a
+    grad_fn, so the copy holds it recomputed and detached; its hook recomputes it at each call from
+    the copy's own ``weight_orig`` / ``weight_mask``, as the original's does."""
+    copies: Dict[int, torch.Tensor] = {}
+    seen, stack = set(), [model]
+    while stack:
+        module = stack.pop()
+        if id(module) in seen or id(module) in memo:  # (a replaced layer's insides are not copied)
+            continue
+        seen.add(id(module))
+        for name, tensor in hook_computed_tensors(module).items():
+            copies[id(module.__dict__[name])] = tensor
+        stack.extend(child for child in module._modules.values() if child is not None)
+    return copies

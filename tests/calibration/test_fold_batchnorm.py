@@ -63,3 +63,40 @@ def test_fold_refuses_what_it_cannot_fold():
         fold_linear_bn(conv, nn.BatchNorm1d(4))
     with pytest.raises(TypeError, match="BatchNorm"):
         fold_conv_bn(conv, nn.LayerNorm(4))
+
+
+def _norm_or_prune(kind, conv):
+    import warnings
+    from torch.nn.utils import parametrizations, prune
+    if kind == "parametrized weight_norm":
+        return parametrizations.weight_norm(conv)
+    if kind == "hook weight_norm":
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)
+            return torch.nn.utils.weight_norm(conv)
+    prune.l1_unstructured(conv, "weight", 0.3)
+    return conv
+
+
+@pytest.mark.parametrize("kind", ["parametrized weight_norm", "hook weight_norm", "pruned"])
+def test_a_conv_whose_weight_is_computed_folds_into_a_plain_conv(kind):
+    """(a parametrized conv raised KeyError "attribute 'weight' already exists", a hooked one deepcopy's
+    "graph leaves" error; static int8 of a pruned conv + BatchNorm failed the same way)"""
+    import mono_quant as mq
+    from mono_quant.fold_batchnorm import fold_conv_bn
+    torch.manual_seed(0)
+    bn = nn.BatchNorm2d(8).eval()
+    with torch.no_grad():
+        bn.running_mean.normal_(), bn.running_var.uniform_(0.5, 2)
+    conv = _norm_or_prune(kind, nn.Conv2d(3, 8, 3)).eval()
+    x = torch.randn(2, 3, 7, 7)
+    folded = fold_conv_bn(conv, bn)
+    assert type(folded) is nn.Conv2d and not hasattr(folded, "weight_orig")
+    with torch.no_grad():
+        torch.testing.assert_close(folded(x), bn(conv(x)), rtol=1e-5, atol=1e-5)
+    model = nn.Sequential(conv, bn, nn.ReLU(), nn.Flatten(), nn.Linear(8 * 5 * 5, 4)).eval()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    q = mq.quantize(model, "int8", activations="static", calibration=torch.randn(64, 3, 7, 7)).model
+    with torch.no_grad():
+        assert (q(x) - model(x)).abs().max() < 0.05 * model(x).abs().max()
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())

@@ -22,6 +22,7 @@ from ..calibration import DEFAULT_BINS, CalibrationWarning, Calibrator
 from ..calibration.calibrator import refuse_top_level_tuple
 from ..config import resolve_config
 from ..errors import ConfigError
+from ..module_hooks import hook_computed_copies
 from .calibration_check import require_samples
 from ..report import SkippedLayer
 from ..result import QuantizationResult
@@ -64,7 +65,9 @@ def quantize_static(model, cfg, calibration, observer: Optional[str], calibratio
     if calibration is None:
         raise ConfigError("activations='static' needs calibration= data: a tensor, a list / iterable / DataLoader "
                           "of tensors, (x, y) tuples or dicts, or a callable that runs the model")
-    work = copy.deepcopy(model).eval()  # the caller's model is never touched (fx, folding, hooks)
+    # the caller's model is never touched (fx, folding, hooks); a pruning / weight_norm hook's computed
+    # weight is copied recomputed and detached (deepcopy refuses it: not a graph leaf)
+    work = copy.deepcopy(model, hook_computed_copies(model, {})).eval()
     sel = StaticSelection(work, cfg)  # include / exclude / min_weight_numel, layers quantized already
     plan, fallback = None, sel.already_reason()  # layers quantized already: fx would trace into their code
     if fallback is None:
