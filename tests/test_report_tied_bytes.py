@@ -3,7 +3,6 @@ embedding / head twice: 2.31 MB reported for a 1.29 MB model), and Report.bytes_
 summed the rows of layers sharing one weight.  to_dict() is JSON without NaN / Infinity."""
 import json
 
-import torch
 from torch import nn
 
 import mono_quant as mq

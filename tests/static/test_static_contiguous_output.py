@@ -11,8 +11,7 @@ from torch import nn
 
 import mono_quant as mq
 from mono_quant.calibration import CalibrationWarning
-from mono_quant.static.modules import StaticAdd, StaticConv2d
-from mono_quant.static.modules_eltwise import StaticBroadcastAdd, StaticCat
+from mono_quant.static.modules import StaticConv2d
 
 
 def _static(model, calib):
