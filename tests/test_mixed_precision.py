@@ -172,3 +172,25 @@ def test_nothing_quantized_counts_the_layers_quantized_already():
     first, _, _ = _mixed(_float())
     with pytest.warns(NothingQuantizedWarning, match=r"float weights \(and 4 layer\(s\) quantized already"):
         mq.quantize(first.model, "int8", exclude=["blocks.*.attn.*", "mha", "extra", "head"])
+
+
+def test_a_type_pattern_names_a_layer_an_earlier_call_quantized():
+    """include=[nn.LSTM] on a model whose LSTM is already quantized said "matches no layer: check the
+    spelling", where include=["lstm"] explains it is never quantized twice."""
+    import warnings
+    from torch import nn as tnn
+
+    class M(tnn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lstm, self.fc = tnn.LSTM(8, 8), tnn.Linear(8, 4)
+
+        def forward(self, x):
+            return self.fc(self.lstm(x)[0])
+
+    partly = mq.quantize(M(), "int8", include=["lstm"]).model
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        result = mq.quantize(partly, "int8", include=[tnn.LSTM])
+    reasons = {s.name: s.reason for s in result.skipped}
+    assert "include=[LSTM] names it, but it is never quantized twice" in reasons["lstm"]

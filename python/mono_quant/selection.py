@@ -12,7 +12,17 @@ from torch import nn
 
 from .config import QuantConfig
 
-__all__ = ["selection_reason", "matching_include", "too_small_reason"]
+__all__ = ["selection_reason", "matching_include", "too_small_reason", "of_type"]
+
+
+def of_type(module: nn.Module, p: type) -> bool:
+    """Whether a type pattern names ``module``: its class, or for a layer an earlier quantize() call
+    made, the float class it stands for (include=[nn.LSTM] names a QuantizedLSTM as include=["lstm"]
+    does; it said "matches no layer: check the spelling")."""
+    if isinstance(module, p):
+        return True
+    float_type = getattr(type(module), "float_type", None)
+    return isinstance(float_type, type) and float_type is not nn.Module and issubclass(float_type, p)
 
 
 def _matches(patterns: Iterable, names: List[str], module: Optional[nn.Module]):
@@ -22,7 +32,7 @@ def _matches(patterns: Iterable, names: List[str], module: Optional[nn.Module]):
             if any(fnmatch.fnmatchcase(n, p) for n in names):
                 return p
         elif isinstance(p, type):
-            if module is not None and isinstance(module, p):
+            if module is not None and of_type(module, p):
                 return p
         else:
             raise TypeError(f"include/exclude entries must be name globs (str) or module types, got {p!r}")

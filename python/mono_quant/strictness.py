@@ -11,6 +11,7 @@ from torch import nn
 
 from .errors import AlreadyQuantizedError, ConfigError
 from .mixed import ALREADY_QUANTIZED, all_already_quantized
+from .selection import of_type
 
 __all__ = ["refuse_quantized_state_dict", "check_patterns_match", "holders_and_others", "layer_names_of_keys",
            "holder_names_of_keys", "warn_if_nothing_quantized", "warn_if_larger", "NothingQuantizedWarning",
@@ -115,7 +116,7 @@ def check_patterns_match(cfg, names: Sequence[str], modules: Iterable[nn.Module]
                 held = [n for n, _ in holders if fnmatch.fnmatchcase(n, pattern)]
                 other = [(n, m) for n, m in others if fnmatch.fnmatchcase(n, pattern)]
             else:
-                hit = any(isinstance(m, pattern) for m in modules)
+                hit = any(of_type(m, pattern) for m in modules)
                 label = getattr(pattern, "__name__", repr(pattern))
                 held = [n for n, m in holders if m is not None and isinstance(m, pattern)]
                 other = [(n, m) for n, m in others if isinstance(m, pattern)]
