@@ -3,7 +3,9 @@
 The file rebuilds the layer with its own stride, padding, dilation, groups and padding
 mode; a skeleton built with other values (another config of the same architecture) has
 the same weight shape, so without this check the loaded model would silently compute
-another convolution than the model it is loaded into describes."""
+another convolution than the model it is loaded into describes.  The same holds for a bias
+the file's layer has and the model's has not, or the other way round (``bias=False``
+configs, or a file whose bias was taken out)."""
 from __future__ import annotations
 
 from torch import nn
@@ -19,13 +21,21 @@ def _plain(value):
     return tuple(value) if isinstance(value, (list, tuple)) else value
 
 
+def _has_bias(module: nn.Module) -> bool:
+    bias = getattr(module, "bias")
+    return bias if isinstance(bias, bool) else bias is not None  # (nn.LSTM's bias is a flag)
+
+
 def check_layer_geometry(name: str, float_module: nn.Module, qmodule: nn.Module) -> None:
     """Raise CheckpointError naming each geometry attribute the rebuilt ``qmodule`` and the
-    model's ``float_module`` both have, with different values."""
+    model's ``float_module`` both have, with different values, and a bias one of them lacks."""
     differ = [f"{attr} {_plain(getattr(qmodule, attr))} in the checkpoint, {_plain(getattr(float_module, attr))} "
               f"in the model" for attr in _GEOMETRY
               if hasattr(qmodule, attr) and hasattr(float_module, attr)
               and _plain(getattr(qmodule, attr)) != _plain(getattr(float_module, attr))]
+    if hasattr(qmodule, "bias") and hasattr(float_module, "bias") and _has_bias(qmodule) != _has_bias(float_module):
+        where = ("checkpoint", "model") if _has_bias(qmodule) else ("model", "checkpoint")
+        differ.append(f"a bias in the {where[0]}, none in the {where[1]}")
     if differ:
         raise CheckpointError(f"layer {name!r}: {'; '.join(differ)} (build the model with the configuration the "
                               f"checkpoint was saved from)")

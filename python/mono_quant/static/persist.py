@@ -41,6 +41,7 @@ from .modules_eltwise import StaticBroadcastAdd
 from .persist_checks import check_activation_scales, check_outputs_not_constant, check_weight_geometry
 from .persist_eltwise import ELTWISE_CLASSES, attach_eltwise_tensors, build_fused_add, check_constant_shape
 from .persist_float import FLOAT_BY_NAME, FLOAT_MODULES, build_float_module, float_module_kwargs
+from .persist_skeleton import check_static_layers_against_model
 from .program import StaticInt8Model
 from .qparams_state import EXTRA_STATE
 
@@ -455,8 +456,9 @@ def _read_manifest(manifest, tensors: Dict[str, torch.Tensor]):
 
 
 def load_static(path, model=None) -> StaticGraphModel:
-    """Read a file written by save_static (the graph is in the file: ``model`` is not needed and
-    not read).  Raises CheckpointError on anything inconsistent."""
+    """Read a file written by save_static (the graph is in the file: ``model`` is not needed; when
+    given, each layer of the file is checked against the model's module of its name:
+    persist_skeleton.py).  Raises CheckpointError on anything inconsistent."""
     path = os.fspath(path)
     try:
         with safe_open(path, framework="pt", device="cpu") as f:
@@ -470,6 +472,11 @@ def load_static(path, model=None) -> StaticGraphModel:
         raise CheckpointError(f"{path}: {exc}") from None
     except _BAD_JSON as exc:
         raise CheckpointError(f"{path}: invalid static manifest: {type(exc).__name__}: {exc}") from exc
+    if model is not None:
+        try:
+            check_static_layers_against_model(layers, model)
+        except CheckpointError as exc:
+            raise CheckpointError(f"{path}: {exc}") from None
     return StaticInt8Model(program, layers).eval()
 
 

@@ -126,6 +126,8 @@ def load_per_layer(path, model: nn.Module) -> nn.Module:
                 if (tuple(want) if isinstance(want, (tuple, list)) else want) != \
                         (tuple(got) if isinstance(got, (tuple, list)) else got):
                     raise CheckpointError(f"layer {name!r}: {attr} {got} in the file, {want} in the model")
+            if getattr(old, "bias", None) is not None and layer.bias is None:  # (the file may add one: a folded BN)
+                raise CheckpointError(f"layer {name!r}: the model's layer has a bias, the file's has none")
             parent, _, child = name.rpartition(".")
             setattr(work.get_submodule(parent) if parent else work, child, PerLayerStatic(layer, name))
             owned |= {k for k in tensors if k.startswith(prefix)}

@@ -1,0 +1,95 @@
+"""A static int8 file's layers against the float model passed as ``model=`` to ``mq.load``.
+
+A static file holds its whole graph, so it loads without a model; but a model given is a claim
+that the file was saved from it.  Without this check an edited or mistaken file (another
+stride, padding or dilation of a conv, an unrelated architecture) loaded "into" the model and
+then computed another function than the model describes, silently.  Each layer of the file
+that stands for a module of the model (an int8 conv / Linear, a float pool or activation
+module) is looked up by the name the static capture gave it (torch.fx's node name of the
+module's qualified name) and compared: its class, weight shape, geometry and bias (a bias the
+model has must be in the file; the file may have one the model lacks: a BatchNorm folded in)."""
+from __future__ import annotations
+
+import re
+from typing import Dict, Mapping, Optional
+
+import torch.fx as fx
+from torch import nn
+
+from ..errors import CheckpointError
+from .modules import StaticConv2d, StaticLinear
+from .persist_float import FLOAT_MODULES, float_module_kwargs
+
+__all__ = ["check_static_layers_against_model"]
+
+_CALL_SUFFIX = re.compile(r"_\d+$")  # fx's suffix for a second call of the same module
+
+
+def _fx_names(model: nn.Module) -> Dict[str, Optional[nn.Module]]:
+    """fx's node name for a call of each submodule -> the module (None where two qualified names
+    give the same node name: ambiguous, not checked)."""
+    names: Dict[str, Optional[nn.Module]] = {}
+    for qualified, module in model.named_modules():
+        if not qualified:
+            continue
+        node = fx.Graph().create_node("call_module", qualified)  # a graph of its own: no suffix
+        names[node.name] = None if node.name in names and names[node.name] is not module else module
+    return names
+
+
+def _plain(value):
+    return tuple(value) if isinstance(value, (list, tuple)) else value
+
+
+def _weighted_problem(layer: nn.Module, module: nn.Module) -> Optional[str]:
+    if isinstance(layer, StaticConv2d):
+        if not isinstance(module, nn.Conv2d):
+            return f"the file has an int8 Conv2d there, the model a {type(module).__name__}"
+        if module.padding_mode != "zeros" or isinstance(module.padding, str):
+            return f"padding {module.padding!r} ({module.padding_mode}) in the model, {tuple(layer.padding)} in the file"
+        for attr in ("in_channels", "out_channels", "kernel_size", "stride", "padding", "dilation", "groups"):
+            if _plain(getattr(layer, attr)) != _plain(getattr(module, attr)):
+                return f"{attr} {_plain(getattr(layer, attr))} in the file, {_plain(getattr(module, attr))} in the model"
+    else:
+        if not isinstance(module, nn.Linear):
+            return f"the file has an int8 Linear there, the model a {type(module).__name__}"
+        for attr in ("in_features", "out_features"):
+            if getattr(layer, attr) != getattr(module, attr):
+                return f"{attr} {getattr(layer, attr)} in the file, {getattr(module, attr)} in the model"
+    if getattr(module, "bias", None) is not None and layer.bias is None:
+        return "the model's layer has a bias, the file's has none"
+    return None
+
+
+def check_static_layers_against_model(layers: Mapping[str, nn.Module], model: nn.Module) -> None:
+    """CheckpointError naming the first layer of the file that is not the model's module of that
+    name, or differs from it."""
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model= must be the torch.nn.Module the file was saved from, got {type(model).__name__}")
+    by_name = _fx_names(model)
+    for name, layer in layers.items():
+        weighted = isinstance(layer, (StaticConv2d, StaticLinear))
+        if not weighted and type(layer) not in FLOAT_MODULES:
+            continue  # adds, concatenations, fused functions: no module of the model stands behind them
+        key = name if name in by_name else _CALL_SUFFIX.sub("", name)
+        if key not in by_name:
+            raise CheckpointError(f"layer {name!r} of the file is no module of the model passed as model= (the file "
+                                  f"was saved from another architecture): pass the model it was saved from, or none "
+                                  f"(a static file holds its whole graph)")
+        module = by_name[key]
+        if module is None:
+            continue
+        if weighted:
+            problem = _weighted_problem(layer, module)
+        elif type(module) is not type(layer):
+            problem = f"the file has a {type(layer).__name__} there, the model a {type(module).__name__}"
+        else:
+            try:
+                want = {a: _plain(v) for a, v in float_module_kwargs(name, module).items()}
+            except ValueError:  # the model's module is one a static file cannot hold: it differs
+                want = None
+            got = {a: _plain(getattr(layer, a)) for a in FLOAT_MODULES[type(layer)]}
+            problem = None if want == got else f"arguments {got} in the file, {want} in the model"
+        if problem:
+            raise CheckpointError(f"layer {name!r}: {problem} (the file was not saved from this model; pass the "
+                                  f"model it was saved from, or none: a static file holds its whole graph)")
