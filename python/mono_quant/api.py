@@ -281,7 +281,7 @@ def _quantize_module(model: nn.Module, cfg: QuantConfig, progress: bool, weights
     for key, qm in layers.memo.items():
         carry_hooks(modules[key], qm)
     qmodel = _copy_around(model, layers.memo)
-    refresh_layer_list(qmodel)  # a Hugging Face model loaded quantized: save_pretrained lists the new layers too
+    refresh_layer_list(qmodel, cfg.dtype)  # a Hugging Face model: save_pretrained writes every quantized layer
     if weights is not None:
         _load_remaining(qmodel, weights, set(layers.quantized_names))
     report = layers.report

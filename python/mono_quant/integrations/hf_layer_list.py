@@ -8,9 +8,15 @@ then int8 for the rest), the copy's list must name the new layers too; a stale l
 would reload their buffers as UNEXPECTED keys and leave randomly initialized float
 layers in their place, silently.  No transformers import here: quantize() calls this
 for every model, and the check is by the config's ``quant_method``.
+
+A Hugging Face model that ``quantize()`` quantized without such a config (loaded in float)
+gets one the same way: without it ``save_pretrained`` wrote the quantized buffers and a
+config.json that ``from_pretrained`` read as the float model's, which it then built
+randomly initialized around UNEXPECTED keys, silently.
 """
 from __future__ import annotations
 
+import sys
 from typing import Iterable, List
 
 from torch import nn
@@ -26,10 +32,25 @@ __all__ = ["refresh_layer_list", "check_config_layers", "unlisted_tensors"]
 _QUANT_METHOD = "mono_quant"
 
 
-def refresh_layer_list(model: nn.Module) -> None:
+def _is_hf_model(model: nn.Module) -> bool:
+    transformers = sys.modules.get("transformers")  # (a model of its classes: already imported)
+    return transformers is not None and isinstance(model, getattr(transformers, "PreTrainedModel", ()))
+
+
+def refresh_layer_list(model: nn.Module, dtype: str = "int8") -> None:
     """Set ``model.config.quantization_config.layers`` to the entries of the model's quantized
-    layers (each once, with its aliases) when that config is mono-quant's; else do nothing."""
-    config = getattr(getattr(model, "config", None), "quantization_config", None)
+    layers (each once, with its aliases) when that config is mono-quant's; give a Hugging Face
+    model without a quantization config one (``MonoQuantConfig(dtype, layers=...)``: the layers
+    say what each is, ``dtype`` is informative) when it has quantized layers; else do nothing.
+    ``model`` is quantize()'s copy: its config is its own."""
+    hf_config = getattr(model, "config", None)
+    config = getattr(hf_config, "quantization_config", None)
+    if config is None and _is_hf_model(model):
+        layers = quantized_layer_entries(model)
+        if layers:
+            from .transformers import MonoQuantConfig
+            hf_config.quantization_config = MonoQuantConfig(dtype, layers=layers)
+        return
     if getattr(config, "quant_method", None) != _QUANT_METHOD or not hasattr(config, "layers"):
         return
     config.layers = quantized_layer_entries(model)
