@@ -35,9 +35,11 @@ from typing import Any, Optional, Tuple, Union
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils._pytree import tree_leaves
 
 from .formats.int4 import Int4Format
 from .formats.int4_weight import effective_group
+from .module_hooks import carry_hooks
 from .modules import QuantizedConv1d, QuantizedConv2d, QuantizedEmbedding, QuantizedLinear, QuantizedModule
 from .torch_compat import weight_view
 
@@ -337,6 +339,7 @@ def onnx_twin(module: nn.Module) -> Optional[nn.Module]:
 def _twinned(model: nn.Module) -> nn.Module:
     twin = onnx_twin(model)
     if twin is not None:
+        carry_hooks(model, twin)  # a hook on the layer is part of what the model computes
         return twin
     model = copy.copy(model)  # shallow: only the module tree is rebuilt; float weights are shared, not copied
     model._modules = dict(model._modules)
@@ -425,6 +428,16 @@ def _refuse_half_models(model: nn.Module) -> None:
                                       f"float32 copy (model.float()) and let the runtime cast")
 
 
+def _refuse_half_inputs(args: Tuple[Any, ...], kwargs: Optional[dict] = None) -> None:
+    """The same for a float16 / bfloat16 example input (the layers accept it, and give it back,
+    in eager mode): the graph's quantize and matmul ops would get types they do not take."""
+    for leaf in tree_leaves((args, kwargs or {})):
+        if isinstance(leaf, torch.Tensor) and leaf.is_floating_point() and leaf.dtype != torch.float32:
+            raise NotImplementedError(f"export_onnx writes float32 models; an example input is "
+                                      f"{str(leaf.dtype).replace('torch.', '')}: pass float32 inputs (x.float()) "
+                                      f"and let the runtime cast")
+
+
 def _refuse_static_models(model: nn.Module) -> None:
     """A static int8 model runs eagerly only (its kernels read the input's memory): say so before
     torch.onnx.export wraps the refusal in its own error."""
@@ -459,6 +472,7 @@ def export_onnx(model: nn.Module, args: Union[torch.Tensor, Tuple[Any, ...]], pa
         args = (args,)
     _refuse_static_models(model)
     _refuse_half_models(model)
+    _refuse_half_inputs(args)
     table = _translation_table()
     token = _INTEGER_MATMUL.set(integer_matmul)
     try:
@@ -467,7 +481,7 @@ def export_onnx(model: nn.Module, args: Union[torch.Tensor, Tuple[Any, ...]], pa
         _INTEGER_MATMUL.reset(token)
     program = torch.onnx.export(twin, tuple(args), dynamo=True, opset_version=opset_version,
                                 custom_translation_table=table, dynamic_shapes=dynamic_shapes,
-                                input_names=input_names, output_names=output_names, verbose=False)
+                                input_names=input_names, output_names=output_names, verbose=False, optimize=False)
     path = Path(path)
     program.save(str(path))
     return path
