@@ -158,3 +158,8 @@ def test_cli_options_over_a_files_int4_and_reduce_range_settings(tmp_path, monke
     assert main(["quantize", "m.safetensors", "-o", "b.safetensors", "--weight-only", "--quiet"]) == 0
     layer = mq.load(tmp_path / "b.safetensors", model=_net())[0]
     assert layer.activations is None and not layer.reduce_range
+
+
+def test_reduce_range_message_names_the_activations_passed():
+    with pytest.raises(mq.ConfigError, match="activations 'weight_only'"):
+        mq.quantize(torch.nn.Linear(64, 64), "int8", activations="weight_only", reduce_range=True)

@@ -206,7 +206,7 @@ class QuantConfig:
         if self.reduce_range and (self.dtype != "int8" or self.activations != "dynamic"):
             raise ConfigError(f"{origin}: reduce_range (7-bit activations) applies to dtype 'int8' with "
                               f"activations='dynamic' only, got dtype {self.dtype!r}, activations "
-                              f"{self.activations!r}")
+                              f"{'weight_only' if self.activations is None else self.activations!r}")
         if self.method not in (None, "rtn") and self.dtype != "int4":
             raise ConfigError(f"{origin}: method={self.method!r} applies to dtype 'int4' only "
                               f"(dtype {self.dtype!r} uses round-to-nearest)")

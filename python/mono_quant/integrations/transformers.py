@@ -181,7 +181,9 @@ class MonoQuantHfQuantizer(HfQuantizer):
 
     @property
     def is_trainable(self):
-        return False
+        # adapters (PEFT LoRA) train on the quantized layers, as after quantize(): transformers'
+        # Trainer asks this before training a model loaded quantized
+        return True
 
     def _process_model_before_weight_loading(self, model, **kwargs):
         if not self.pre_quantized:
