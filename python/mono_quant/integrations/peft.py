@@ -57,6 +57,7 @@ from ..modules.conv import QuantizedConv2d
 from ..modules.conv1d import QuantizedConv1d
 from ..modules.embedding import QuantizedEmbedding
 from ..modules.linear import QuantizedLinear
+from ..modules.registry import QuantizedModule
 
 __all__ = ["QuantizedLoraLinear", "QuantizedLoraConv2d", "QuantizedLoraConv1d", "QuantizedLoraEmbedding",
            "LoraMergeError", "register", "lora_config", "get_peft_model", "from_pretrained"]
@@ -188,9 +189,44 @@ def lora_config(**kwargs: Any) -> LoraConfig:
     return register(LoraConfig(**kwargs))
 
 
+def _expand_all_linear(model: nn.Module, config: LoraConfig) -> None:
+    """``target_modules="all-linear"`` as PEFT expands it (the name ends of every Linear /
+    GPT-2 Conv1D, less the output layer's), quantized Linear layers included: PEFT's own
+    expansion takes ``nn.Linear`` instances only, so it left every quantized layer without an
+    adapter, silently (or found no target at all)."""
+    target = config.target_modules
+    if not (isinstance(target, str) and target.lower() == "all-linear"):
+        return
+    modules = list(model.named_modules())
+    if not any(isinstance(m, QuantizedLinear) for _, m in modules):
+        return  # PEFT's own expansion
+    names = {n.rsplit(".", 1)[-1] for n, m in modules
+             if n and (isinstance(m, (nn.Linear, QuantizedLinear)) or type(m).__name__ == "Conv1D")}
+    output = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    names -= {n for n, m in modules if output is not None and m is output}  # as PEFT: not the output layer
+    config.target_modules = names
+
+
+def _refuse_quantized_modules_to_save(model: nn.Module, config: LoraConfig) -> None:
+    """PEFT trains a ``modules_to_save`` layer as a full copy: a quantized layer's copy holds
+    int8 / int4 codes, so nothing of it trained and the adapter file held the codes, silently."""
+    for key in config.modules_to_save or ():
+        for name, m in model.named_modules():
+            if (name == key or name.endswith("." + key)) and isinstance(m, QuantizedModule):
+                raise ValueError(f"modules_to_save={list(config.modules_to_save)!r}: {name!r} is quantized "
+                                 f"({type(m).__name__}): its codes cannot be trained as a full copy; quantize "
+                                 f"with exclude=[{name!r}] to keep it float (then modules_to_save trains it), or "
+                                 f"put a LoRA adapter on it (target_modules)")
+
+
 def get_peft_model(model, config: LoraConfig, **kwargs: Any):
-    """``peft.get_peft_model(model, config, **kwargs)`` after :func:`register` (config)."""
-    return peft.get_peft_model(model, register(config), **kwargs)
+    """``peft.get_peft_model(model, config, **kwargs)`` after :func:`register` (config), with
+    ``target_modules="all-linear"`` taking quantized Linear layers too.  Raises ValueError
+    where ``modules_to_save`` names a quantized layer (a full copy of it can't train)."""
+    config = register(config)
+    _expand_all_linear(model, config)
+    _refuse_quantized_modules_to_save(model, config)
+    return peft.get_peft_model(model, config, **kwargs)
 
 
 def from_pretrained(model, model_id, config: Optional[LoraConfig] = None, **kwargs: Any) -> PeftModel:

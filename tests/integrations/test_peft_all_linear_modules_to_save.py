@@ -1,0 +1,38 @@
+"""get_peft_model on a quantized model: target_modules="all-linear" takes the quantized Linear
+layers too (PEFT's expansion took nn.Linear only: the quantized layers got no adapter, silently,
+or PEFT found no target), and modules_to_save naming a quantized layer is refused (its full copy
+held codes that never trained, and the adapter file held them, silently)."""
+import pytest
+import torch
+
+pytest.importorskip("transformers")
+pytest.importorskip("peft")
+import hf_models  # noqa: E402
+
+import mono_quant as mq  # noqa: E402
+from mono_quant.integrations.peft import get_peft_model, lora_config  # noqa: E402
+
+PROJECTIONS = {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}
+
+
+def _adapted(peft_model):
+    return {n.split(".lora_A")[0].rsplit(".", 1)[-1] for n, _ in peft_model.named_parameters() if ".lora_A" in n}
+
+
+@pytest.mark.parametrize("exclude", [None, ["*.o_proj"]])
+def test_all_linear_adapts_quantized_layers(exclude):
+    float_targets = _adapted(get_peft_model(hf_models.build("llama"), lora_config(r=4, target_modules="all-linear")))
+    qmodel = mq.quantize(hf_models.build("llama"), "int8", exclude=exclude).model
+    peft_model = get_peft_model(qmodel, lora_config(r=4, target_modules="all-linear"))
+    assert _adapted(peft_model) == float_targets == PROJECTIONS  # (not the output layer, as PEFT)
+    with torch.no_grad():  # a fresh adapter: the quantized model's outputs
+        assert torch.equal(hf_models.forward(peft_model, "llama"), hf_models.forward(qmodel, "llama"))
+
+
+def test_modules_to_save_on_a_quantized_layer_is_refused():
+    qmodel = mq.quantize(hf_models.build("llama"), "int8").model
+    with pytest.raises(ValueError, match=r"'lm_head' is quantized .*exclude=\['lm_head'\]"):
+        get_peft_model(qmodel, lora_config(r=4, target_modules=["q_proj"], modules_to_save=["lm_head"]))
+    kept_float = mq.quantize(hf_models.build("llama"), "int8", exclude=["lm_head"]).model
+    peft_model = get_peft_model(kept_float, lora_config(r=4, target_modules=["q_proj"], modules_to_save=["lm_head"]))
+    assert any("modules_to_save" in n and p.requires_grad for n, p in peft_model.named_parameters())
