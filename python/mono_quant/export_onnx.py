@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import copy
 import math
+import re
 from contextvars import ContextVar
 from pathlib import Path
 from typing import Any, Optional, Tuple, Union
@@ -479,9 +480,21 @@ def export_onnx(model: nn.Module, args: Union[torch.Tensor, Tuple[Any, ...]], pa
         twin = _twinned(model)
     finally:
         _INTEGER_MATMUL.reset(token)
-    program = torch.onnx.export(twin, tuple(args), dynamo=True, opset_version=opset_version,
-                                custom_translation_table=table, dynamic_shapes=dynamic_shapes,
-                                input_names=input_names, output_names=output_names, verbose=False, optimize=False)
+    try:
+        program = torch.onnx.export(twin, tuple(args), dynamo=True, opset_version=opset_version,
+                                    custom_translation_table=table, dynamic_shapes=dynamic_shapes,
+                                    input_names=input_names, output_names=output_names, verbose=False,
+                                    optimize=False)
+    except Exception as exc:  # torch.onnx's errors: a class per step of its exporter
+        op = re.search(r"No ONNX function found for [^\n]*?(mono_quant\.\w+)", str(exc))
+        if op is None:
+            raise
+        # the layers' own ops are translated; these compute a layer's .weight, which the model's
+        # forward read (a tied output head: F.linear(h, emb.weight))
+        raise NotImplementedError(
+            f"export_onnx: the model's forward reads a quantized layer's .weight (the graph calls {op.group(1)}, "
+            f"which has no ONNX form), e.g. an output head tied to a quantized embedding; keep that layer float "
+            f"(quantize with exclude=[its name]) or call the layer instead of reading its weight") from exc
     path = Path(path)
     program.save(str(path))
     return path

@@ -66,3 +66,20 @@ def test_small_layers_keep_their_format(tmp_path, dtype, layer, stored):
     assert stored in big and "FLOAT" not in big, big
     with torch.no_grad():
         assert torch.allclose(_ort(path, x), qmodel(x), atol=1e-4, rtol=1e-4)
+
+
+def test_a_forward_reading_a_quantized_weight_gets_a_clear_error(tmp_path):
+    class TiedHead(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.emb, self.proj = nn.Embedding(64, 32), nn.Linear(32, 32)
+
+        def forward(self, ids):  # the output head tied to the embedding table
+            return nn.functional.linear(torch.relu(self.proj(self.emb(ids))), self.emb.weight)
+
+    torch.manual_seed(0)
+    qmodel = mq.quantize(TiedHead().eval(), "int8", embeddings=True).model
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with pytest.raises(NotImplementedError, match=r"forward reads a quantized layer's \.weight"):
+            mq.export_onnx(qmodel, (torch.randint(0, 64, (2, 5)),), tmp_path / "tied.onnx")
