@@ -143,11 +143,20 @@ class MonoQuantConfig(QuantizationConfigMixin):
                 "layers": self.layers}
 
 
+# transformers' other quantizers' names for the layers to keep float (bitsandbytes, GPTQ, AWQ, ...)
+_OTHER_QUANTIZERS_SKIP_LISTS = ("modules_to_not_convert", "llm_int8_skip_modules")
+
+
 def _warn_unknown_keys(kwargs: Dict[str, Any]) -> None:
     """Warn about keys that are neither options nor what transformers adds (``quant_method``,
     private ``_*`` keys): a misspelled option would otherwise be dropped silently."""
     unknown = [k for k in kwargs if k != "quant_method" and not k.startswith("_")]
     for key in unknown:
+        if key in _OTHER_QUANTIZERS_SKIP_LISTS:
+            warnings.warn(f"MonoQuantConfig: {key!r} (another quantizer's option) ignored: layers to keep float go in "
+                          f"exclude=[...], module-name globs (exclude=['lm_head', '*.mlp.*'])", UserWarning,
+                          stacklevel=3)
+            continue
         close = difflib.get_close_matches(key, _OPTIONS, n=1)
         warnings.warn(f"MonoQuantConfig: unknown option {key!r} ignored"
                       + (f" (did you mean {close[0]!r}?)" if close else f" (options: {', '.join(_OPTIONS)})"),
@@ -178,6 +187,11 @@ class MonoQuantHfQuantizer(HfQuantizer):
 
     def is_serializable(self, *args, **kwargs):
         return True
+
+    def _dequantize(self, model, *args, **kwargs):  # model.dequantize()
+        raise NotImplementedError("a mono-quant model is not dequantized in place (its float weights are gone; a "
+                                  "dequantized copy would be as large as the float model): load the float checkpoint "
+                                  "without quantization_config, or read a layer's float weight as layer.weight")
 
     @property
     def is_trainable(self):
