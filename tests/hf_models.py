@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 import transformers
 
-__all__ = ["KINDS", "build", "config_of", "inputs", "forward"]
+__all__ = ["KINDS", "build", "config_of", "inputs", "forward", "loaded_quantized"]
 
 KINDS = ("bert", "gpt2", "llama", "t5")
 _VOCAB = 128
@@ -66,3 +66,16 @@ def forward(model, kind: str, **kw) -> torch.Tensor:
     with torch.no_grad():
         out = model(**inputs(kind, **kw))
     return out.logits if hasattr(out, "logits") and out.logits is not None else out.last_hidden_state
+
+
+def loaded_quantized(kind: str, folder, **config):
+    """A tiny model of ``kind`` saved to ``folder`` in float, then loaded back with
+    ``MonoQuantConfig(**config)`` (transformers' load report silenced)."""
+    import warnings
+
+    import mono_quant as mq
+
+    build(kind).save_pretrained(folder)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return model_class(kind).from_pretrained(folder, quantization_config=mq.MonoQuantConfig(**config))

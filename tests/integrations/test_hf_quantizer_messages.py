@@ -1,6 +1,5 @@
 """Messages of the transformers integration: another quantizer's skip list (modules_to_not_convert)
 points to exclude=, and model.dequantize() says why not (transformers' "raise an issue on GitHub")."""
-import warnings
 
 import pytest
 
@@ -17,10 +16,6 @@ def test_other_quantizers_skip_lists_point_to_exclude(key):
 
 
 def test_dequantize_says_why_not(tmp_path):
-    hf_models.build("llama").save_pretrained(tmp_path / "float")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        model = hf_models.model_class("llama").from_pretrained(tmp_path / "float",
-                                                               quantization_config=mq.MonoQuantConfig(dtype="int8"))
+    model = hf_models.loaded_quantized("llama", tmp_path / "float", dtype="int8")
     with pytest.raises(NotImplementedError, match="not dequantized in place"):
         model.dequantize()

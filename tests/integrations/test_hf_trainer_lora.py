@@ -11,16 +11,11 @@ import transformers  # noqa: E402
 
 import hf_models  # noqa: E402
 
-import mono_quant as mq  # noqa: E402
 from mono_quant.integrations.peft import get_peft_model, lora_config  # noqa: E402
 
 
 def test_trainer_trains_lora_on_a_model_loaded_quantized(tmp_path):
-    hf_models.build("llama").save_pretrained(tmp_path / "float")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        model = hf_models.model_class("llama").from_pretrained(tmp_path / "float",
-                                                               quantization_config=mq.MonoQuantConfig(dtype="int8"))
+    model = hf_models.loaded_quantized("llama", tmp_path / "float", dtype="int8")
     assert model.hf_quantizer.is_trainable
     peft_model = get_peft_model(model, lora_config(r=4, target_modules=["q_proj", "v_proj"]))
     before = {n: p.detach().clone() for n, p in peft_model.named_parameters() if p.requires_grad}
