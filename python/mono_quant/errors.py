@@ -13,7 +13,7 @@ __all__ = ["MonoQuantError", "ConfigError", "CheckpointError", "NonFiniteWeightE
 
 
 class MonoQuantError(Exception):
-    """Base class of every error mono-quant raises on purpose.
+    """Base class of mono-quant's own error types (options, files, weights: also ValueErrors).
 
     Examples:
         >>> import mono_quant as mq

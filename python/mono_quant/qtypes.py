@@ -8,6 +8,8 @@ from typing import Optional, Union
 
 import torch
 
+from .errors import ConfigError
+
 __all__ = ["QType", "QTYPES", "get_qtype"]
 
 
@@ -97,7 +99,7 @@ def get_qtype(dtype: Union[str, torch.dtype, QType]) -> QType:
         valid = ", ".join(repr(n) for n in QTYPES)
         close = difflib.get_close_matches(name, list(QTYPES) + list(_ALIASES), n=1) if isinstance(name, str) else []
         hint = f"did you mean {_ALIASES.get(close[0], close[0])!r}? " if close else ""
-        raise ValueError(
+        raise ConfigError(
             f"unknown dtype {dtype!r}: {hint}expected one of {valid} "
             "(or torch.int8, torch.uint8, torch.float16, torch.bfloat16)"
         )

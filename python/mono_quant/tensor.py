@@ -12,7 +12,7 @@ from typing import Optional, Tuple
 import torch
 
 from . import kernels
-from .errors import NonFiniteWeightError
+from .errors import ConfigError, NonFiniteWeightError
 from .int_options import as_int
 from .orig_dtype import check_orig_dtype, orig_dtype_of
 from .qtypes import QType, get_qtype
@@ -138,9 +138,9 @@ def check_input(tensor: torch.Tensor, axis: Optional[int]) -> Tuple[torch.Tensor
         if axis is None:
             raise TypeError(f"axis must be an int or None, got {given!r}")
         if tensor.dim() == 0:
-            raise ValueError("a 0-d tensor has no channel axis: pass axis=None")
+            raise ConfigError("a 0-d tensor has no channel axis: pass axis=None")
         if not -tensor.dim() <= axis < tensor.dim():
-            raise ValueError(f"axis {axis} is out of range for a {tensor.dim()}-D tensor")
+            raise ConfigError(f"axis {axis} is out of range for a {tensor.dim()}-D tensor")
         axis %= tensor.dim()
     return tensor, axis
 

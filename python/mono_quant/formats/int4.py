@@ -9,7 +9,7 @@ from typing import Any, Dict, Mapping, Optional
 
 import torch
 
-from ..errors import CheckpointError
+from ..errors import CheckpointError, ConfigError
 from ..kernels import int4 as q4
 from ..kernels.layout import int4_padded_cols
 from .base import WeightFormat
@@ -31,7 +31,7 @@ class Int4Format(WeightFormat):
     # -- quantizing -------------------------------------------------------------------------------
     def quantize_weight(self, tensor, *, axis, group_size, symmetric, method):
         if axis != 0:
-            raise ValueError(f"int4 weights are grouped along the input dimension with axis=0, got axis={axis!r}")
+            raise ConfigError(f"int4 weights are grouped along the input dimension with axis=0, got axis={axis!r}")
         return quantize_int4(tensor, group_size=group_size, symmetric=bool(symmetric), method=method)[0]
 
     def convert(self, w: torch.Tensor, cfg, layer_type: str, measure_error: bool):

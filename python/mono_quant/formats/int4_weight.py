@@ -19,7 +19,7 @@ from typing import Optional, Tuple
 import torch
 import torch.nn.functional as F
 
-from ..errors import NonFiniteWeightError
+from ..errors import ConfigError, NonFiniteWeightError
 from ..int_options import as_int
 from ..orig_dtype import orig_dtype_of
 from ..kernels import SETTINGS
@@ -68,7 +68,7 @@ def check_group_size(group_size) -> Optional[int]:
         return None
     size = as_int(group_size)
     if size is None or size <= 0 or size % INT4_BLOCK:
-        raise ValueError(f"int4 group_size must be a positive multiple of {INT4_BLOCK} (32, 64, 128, 256, ...) "
+        raise ConfigError(f"int4 group_size must be a positive multiple of {INT4_BLOCK} (32, 64, 128, 256, ...) "
                          f"or None for one group per output channel, got {group_size!r}")
     return size
 
@@ -78,7 +78,7 @@ def check_method(method) -> str:
     if method is None:
         return DEFAULT_INT4_METHOD
     if method not in INT4_METHODS:
-        raise ValueError(f"int4 method must be one of {INT4_METHODS}, got {method!r}")
+        raise ConfigError(f"int4 method must be one of {INT4_METHODS}, got {method!r}")
     return method
 
 

@@ -42,7 +42,7 @@ def quantize_weight(
 
     Raises:
         TypeError: A non-tensor or non-float input, or a ``symmetric`` that is not a bool.
-        ValueError: An unknown or non-integer dtype, a bad axis or group size.
+        ConfigError: An unknown or non-integer dtype, a bad axis, group size or method (a ``ValueError``).
         NonFiniteWeightError: The tensor holds NaN/Inf (a ``ValueError``).
 
     Examples:
