@@ -6,6 +6,7 @@ import json
 import math
 import os
 import re
+import signal
 import sys
 import time
 from typing import List, Optional
@@ -281,12 +282,32 @@ def _parse(argv: Optional[List[str]]):
     return args
 
 
+class _Terminated(BaseException):
+    """SIGTERM (a cancelled CI job, ``timeout``) raised in the main thread, as Ctrl-C raises
+    KeyboardInterrupt: the files being written are deleted on the way out (io/atomic.py), where
+    the default action ended the process and left its hidden temporary output behind."""
+
+
+def _terminate_as_interrupt():
+    """Install the SIGTERM handler; the previous one (None off the main thread: left as it is)."""
+    def handler(signum, frame):
+        raise _Terminated()
+    try:
+        return signal.signal(signal.SIGTERM, handler)
+    except ValueError:  # not the main thread (main() called from a worker)
+        return None
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     args = _parse(argv)
     handlers = {"demo": _cmd_demo, "quantize": _cmd_quantize, "inspect": _cmd_inspect, "compare": _cmd_compare,
                 "bench": _cmd_bench}
+    previous = _terminate_as_interrupt()
     try:
         return handlers[args.command](args)
+    except _Terminated:
+        print(f"mono-quant {args.command}: terminated", file=sys.stderr)
+        return 143
     except KeyboardInterrupt:
         print(f"mono-quant {args.command}: interrupted", file=sys.stderr)
         return 130
@@ -303,3 +324,6 @@ def main(argv: Optional[List[str]] = None) -> int:
         message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         print(f"mono-quant {args.command}: error: {_cli_wording(message)}", file=sys.stderr)
         return 1
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)

@@ -1,7 +1,10 @@
 """What quantize_checkpoint() reads of a source: a rerun onto an earlier output inside the source folder
 does not read that output as a shard; suffixes match in any case; a folder scan without an index takes
 weight files only (training_args.bin and optimizer.pt were read as shards and failed)."""
+import json
 import os
+import struct
+import warnings
 
 import pytest
 import torch
@@ -126,3 +129,54 @@ def test_weight_file_names():
     for name in ("training_args.bin", "optimizer.pt", "scheduler.pt", "rng_state.pth", "scaler.pt",
                  "model.safetensors", "pytorch_model.bin.index.json"):
         assert not is_weight_file_name(name), name
+
+
+# ---- a folder's own files, remote code, empty tensors with huge sides ----------------------------------------
+
+
+def test_a_folders_index_and_config_are_not_overwritten(tmp_path):
+    folder = tmp_path / "ckpt"
+    folder.mkdir()
+    save_file({"a.weight": torch.randn(16, 32)}, str(folder / "model-00001-of-00001.safetensors"))
+    index = {"metadata": {}, "weight_map": {"a.weight": "model-00001-of-00001.safetensors"}}
+    (folder / "model.safetensors.index.json").write_text(json.dumps(index))
+    (folder / "config.json").write_text("{}")
+    for name in ("model.safetensors.index.json", "config.json"):
+        before = (folder / name).read_bytes()
+        with pytest.raises(mq.CheckpointError, match="is the checkpoint being quantized"):
+            mq.quantize_checkpoint(folder, folder / name, overwrite=True)
+        assert (folder / name).read_bytes() == before
+
+
+def test_remote_code_of_a_folder_never_runs(tmp_path, monkeypatch):
+    transformers = pytest.importorskip("transformers")
+    asked = []
+    original = transformers.AutoConfig.from_pretrained
+
+    def recording(*args, **kwargs):  # (a prompt, "run the custom code? [y/N]", would wait on stdin)
+        asked.append(kwargs.get("trust_remote_code"))
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(transformers.AutoConfig, "from_pretrained", recording)
+
+    marker = tmp_path / "ran"
+    (tmp_path / "custom.py").write_text(f"open({str(marker)!r}, 'w').write('ran')\n"
+                                        "from transformers import PretrainedConfig\n"
+                                        "class C(PretrainedConfig):\n    model_type = 'made_up_kind'\n")
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "made_up_kind", "architectures": ["X"],
+                                                      "auto_map": {"AutoConfig": "custom.C"}}))
+    save_file({"a.weight": torch.randn(16, 32)}, str(tmp_path / "model.safetensors"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        mq.quantize_checkpoint(tmp_path, tmp_path.parent / "q.safetensors")  # as a plain state_dict
+    assert asked == [False] and not marker.exists()
+
+
+def test_an_empty_tensor_claiming_a_huge_side_is_refused(tmp_path):
+
+    for shape in ([1 << 25, 0], [0, 1 << 63]):
+        header = json.dumps({"a.weight": {"dtype": "F32", "shape": shape, "data_offsets": [0, 0]}}).encode()
+        path = tmp_path / f"empty{shape[0]}.safetensors"
+        path.write_bytes(struct.pack("<Q", len(header)) + header)
+        with pytest.raises(mq.CheckpointError, match="holds no element"):
+            mq.quantize_checkpoint(path, tmp_path / "q.safetensors")

@@ -174,6 +174,8 @@ def _refuse_overwriting_source(reader: CheckpointReader, src, dst) -> None:
     src = Path(os.fspath(src))
     if src.is_file():
         sources.add(src)  # an *.index.json too
+    elif src.is_dir():  # a folder's index and config.json are read too
+        sources |= {p for p in src.iterdir() if p.name == "config.json" or p.name.endswith(".index.json")}
     for path in sources:
         if os.path.samefile(path, dst):
             raise CheckpointError(f"{dst} is the checkpoint being quantized ({path}): write the quantized "

@@ -125,6 +125,10 @@ def open_regular_file(path):
     return f
 
 
+#: the product of an empty tensor's non-zero sides, at most (an empty Linear of a million outputs)
+EMPTY_TENSOR_MAX_SIDE = 1 << 20
+
+
 def _check_entry(path: str, name: str, info, data_size: int) -> TensorEntry:
     where = f"{path}: tensor {name!r}"
     if not isinstance(info, dict):
@@ -145,6 +149,12 @@ def _check_entry(path: str, name: str, info, data_size: int) -> TensorEntry:
     if end > data_size:
         raise CheckpointError(f"{where}: data_offsets {offsets!r} run past the end of the data "
                               f"({data_size} bytes; file truncated?)")
+    claimed = math.prod(d for d in shape if d)
+    if 0 in shape and claimed > EMPTY_TENSOR_MAX_SIDE + data_size:
+        # no element, so no data to bound the other sides: a weight [2**25, 0] of 88 bytes was
+        # "quantized" into per-row scales of hundreds of MB (a [0, 2**63] one overflowed torch.empty)
+        raise CheckpointError(f"{where}: shape {shape} holds no element but its other sides make {claimed} "
+                              f"(at most {EMPTY_TENSOR_MAX_SIDE} for an empty tensor)")
     dtype = SAFETENSORS_DTYPES[code]
     expected = math.prod(shape) * torch.empty((), dtype=dtype).element_size()
     if end - begin != expected:

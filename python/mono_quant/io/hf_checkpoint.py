@@ -177,7 +177,8 @@ def _meta_model(src: Path):
     except ImportError:
         return None
     try:
-        config = transformers.AutoConfig.from_pretrained(str(src), local_files_only=True)
+        # trust_remote_code=False: a config.json's auto_map must never run the folder's code (nor ask to)
+        config = transformers.AutoConfig.from_pretrained(str(src), local_files_only=True, trust_remote_code=False)
         arch = (getattr(config, "architectures", None) or [None])[0]
         cls = getattr(transformers, arch, None) if isinstance(arch, str) else None
         if not (isinstance(cls, type) and issubclass(cls, transformers.PreTrainedModel)):
