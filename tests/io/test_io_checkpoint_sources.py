@@ -180,3 +180,9 @@ def test_an_empty_tensor_claiming_a_huge_side_is_refused(tmp_path):
         path.write_bytes(struct.pack("<Q", len(header)) + header)
         with pytest.raises(mq.CheckpointError, match="holds no element"):
             mq.quantize_checkpoint(path, tmp_path / "q.safetensors")
+
+
+def test_an_empty_tensor_claiming_a_huge_side_in_a_pt_file_is_refused(tmp_path):
+    torch.save({"a.weight": torch.empty(1 << 25, 0)}, tmp_path / "empty.pt")
+    with pytest.raises(mq.CheckpointError, match="holds no element"):
+        mq.quantize_checkpoint(tmp_path / "empty.pt", tmp_path / "q.safetensors")

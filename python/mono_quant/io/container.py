@@ -25,7 +25,7 @@ from .errors import CheckpointError
 from .sink import DIRECT_ALIGN, BufferedSink, open_sink
 from .untrusted_json import MAX_JSON_DEPTH, UntrustedJSONError, loads_bounded
 
-__all__ = ["TensorEntry", "SafetensorsHeader", "read_header", "open_regular_file", "StreamingWriter",
+__all__ = ["TensorEntry", "check_empty_sides", "SafetensorsHeader", "read_header", "open_regular_file", "StreamingWriter",
            "MAX_HEADER_BYTES", "MAX_HEADER_DEPTH"]
 
 MAX_HEADER_BYTES = 100_000_000  # the safetensors package's own limit
@@ -129,6 +129,16 @@ def open_regular_file(path):
 EMPTY_TENSOR_MAX_SIDE = 1 << 20
 
 
+def check_empty_sides(where: str, shape, allowance: int = 0) -> None:
+    """CheckpointError when an empty tensor's non-zero sides make more than EMPTY_TENSOR_MAX_SIDE
+    (+ ``allowance``): no element, so no data bounds them, and a weight [2**25, 0] of 88 bytes was
+    "quantized" into per-row scales of hundreds of MB (a [0, 2**63] one overflowed torch.empty)."""
+    claimed = math.prod(d for d in shape if d)
+    if 0 in shape and claimed > EMPTY_TENSOR_MAX_SIDE + allowance:
+        raise CheckpointError(f"{where}: shape {list(shape)} holds no element but its other sides make {claimed} "
+                              f"(at most {EMPTY_TENSOR_MAX_SIDE} for an empty tensor)")
+
+
 def _check_entry(path: str, name: str, info, data_size: int) -> TensorEntry:
     where = f"{path}: tensor {name!r}"
     if not isinstance(info, dict):
@@ -149,12 +159,7 @@ def _check_entry(path: str, name: str, info, data_size: int) -> TensorEntry:
     if end > data_size:
         raise CheckpointError(f"{where}: data_offsets {offsets!r} run past the end of the data "
                               f"({data_size} bytes; file truncated?)")
-    claimed = math.prod(d for d in shape if d)
-    if 0 in shape and claimed > EMPTY_TENSOR_MAX_SIDE + data_size:
-        # no element, so no data to bound the other sides: a weight [2**25, 0] of 88 bytes was
-        # "quantized" into per-row scales of hundreds of MB (a [0, 2**63] one overflowed torch.empty)
-        raise CheckpointError(f"{where}: shape {shape} holds no element but its other sides make {claimed} "
-                              f"(at most {EMPTY_TENSOR_MAX_SIDE} for an empty tensor)")
+    check_empty_sides(where, shape, data_size)
     dtype = SAFETENSORS_DTYPES[code]
     expected = math.prod(shape) * torch.empty((), dtype=dtype).element_size()
     if end - begin != expected:

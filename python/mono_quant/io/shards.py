@@ -17,7 +17,7 @@ import torch
 from safetensors import safe_open
 
 from ..tensor import no_data_reason
-from .container import read_header
+from .container import check_empty_sides, read_header
 from .errors import CheckpointError
 from .pages import drop_pages, file_mappings, map_address
 
@@ -133,6 +133,8 @@ class TorchShard(_Descriptor):
         bad = [k for k, v in obj.items() if not (isinstance(k, str) and isinstance(v, torch.Tensor))]
         if bad:
             raise CheckpointError(f"{path}: not a state_dict of tensors (entries {bad[:5]!r})")
+        for k, v in obj.items():
+            check_empty_sides(f"{path}: tensor {k!r}", v.shape)
         no_data = [r for r in (no_data_reason(v, f"tensor {k!r}") for k, v in obj.items()) if r is not None]
         if no_data:  # (a .safetensors file always holds dense data)
             more = f" ({len(no_data) - 1} more like it)" if len(no_data) > 1 else ""
