@@ -495,6 +495,22 @@ def export_onnx(model: nn.Module, args: Union[torch.Tensor, Tuple[Any, ...]], pa
             f"export_onnx: the model's forward reads a quantized layer's .weight (the graph calls {op.group(1)}, "
             f"which has no ONNX form), e.g. an output head tied to a quantized embedding; keep that layer float "
             f"(quantize with exclude=[its name]) or call the layer instead of reading its weight") from exc
+    _optimize(program)
     path = Path(path)
     program.save(str(path))
     return path
+
+
+#: the largest input (elements) the graph optimizer's constant folding takes: shape arithmetic, not a
+#: layer's weight (the default, 8192, folded the Cast / dequantize of small fp16 / int4 weights into a
+#: float32 initializer: 2-8x the bytes of the format the layer was quantized to)
+_FOLD_INPUT_LIMIT = 64
+
+
+def _optimize(program) -> None:
+    """torch.onnx.export's optimize=True (onnxscript's optimizer and its fusions), with _FOLD_INPUT_LIMIT."""
+    import onnxscript.optimizer
+    import onnxscript.rewriter.onnx_fusions
+
+    onnxscript.optimizer.optimize_ir(program.model, input_size_limit=_FOLD_INPUT_LIMIT)
+    onnxscript.rewriter.onnx_fusions.fuse(program.model)
