@@ -79,3 +79,23 @@ def test_a_removed_bias_is_refused_against_the_model(saved, tmp_path):
     mq.load(edited)  # a file alone may hold a layer without bias
     with pytest.raises(mq.CheckpointError, match="layer 'fc': the model's layer has a bias, the file's has none"):
         mq.load(edited, model=Net())
+
+
+class CalledTwice(nn.Module):
+    """Module ``c`` called twice beside a module named ``c_1``: fx names the calls c, c_1, c_1_1."""
+
+    def __init__(self):
+        super().__init__()
+        self.c, self.c_1 = nn.Conv2d(8, 8, 3, padding=1), nn.Conv2d(8, 8, 1)
+
+    def forward(self, x):
+        return self.c_1(torch.relu(self.c(torch.relu(self.c(x)))))
+
+
+def test_a_module_called_twice_beside_a_suffixed_name_loads(tmp_path):
+    torch.manual_seed(0)
+    result = mq.quantize(CalledTwice().eval(), "int8", activations="static",
+                         calibration=[torch.randn(2, 8, 8, 8) for _ in range(3)])
+    path = mq.save(result, tmp_path / "twice.safetensors")
+    x = torch.randn(2, 8, 8, 8)
+    assert torch.equal(mq.load(path, model=CalledTwice())(x), result.model(x))

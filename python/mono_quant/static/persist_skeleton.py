@@ -61,6 +61,22 @@ def _weighted_problem(layer: nn.Module, module: nn.Module) -> Optional[str]:
     return None
 
 
+def _layer_problem(name: str, layer: nn.Module, module: Optional[nn.Module]) -> Optional[str]:
+    """How the file's ``layer`` differs from the model's ``module`` (None: it doesn't, or ambiguous)."""
+    if module is None:
+        return None
+    if isinstance(layer, (StaticConv2d, StaticLinear)):
+        return _weighted_problem(layer, module)
+    if type(module) is not type(layer):
+        return f"the file has a {type(layer).__name__} there, the model a {type(module).__name__}"
+    try:
+        want = {a: _plain(v) for a, v in float_module_kwargs(name, module).items()}
+    except ValueError:  # the model's module is one a static file cannot hold: it differs
+        want = None
+    got = {a: _plain(getattr(layer, a)) for a in FLOAT_MODULES[type(layer)]}
+    return None if want == got else f"arguments {got} in the file, {want} in the model"
+
+
 def check_static_layers_against_model(layers: Mapping[str, nn.Module], model: nn.Module) -> None:
     """CheckpointError naming the first layer of the file that is not the model's module of that
     name, or differs from it."""
@@ -68,28 +84,18 @@ def check_static_layers_against_model(layers: Mapping[str, nn.Module], model: nn
         raise TypeError(f"model= must be the torch.nn.Module the file was saved from, got {type(model).__name__}")
     by_name = _fx_names(model)
     for name, layer in layers.items():
-        weighted = isinstance(layer, (StaticConv2d, StaticLinear))
-        if not weighted and type(layer) not in FLOAT_MODULES:
+        if not isinstance(layer, (StaticConv2d, StaticLinear)) and type(layer) not in FLOAT_MODULES:
             continue  # adds, concatenations, fused functions: no module of the model stands behind them
-        key = name if name in by_name else _CALL_SUFFIX.sub("", name)
-        if key not in by_name:
+        # the module of that name, or one whose name differs only in fx's numeric suffix: a second
+        # call of module "c" is node "c_1", and then module "c_1"'s call is node "c_2"
+        base = _CALL_SUFFIX.sub("", name)
+        keys = [k for k in dict.fromkeys([name, *by_name])
+                if k in by_name and (k == name or _CALL_SUFFIX.sub("", k) == base)]
+        if not keys:
             raise CheckpointError(f"layer {name!r} of the file is no module of the model passed as model= (the file "
                                   f"was saved from another architecture): pass the model it was saved from, or none "
                                   f"(a static file holds its whole graph)")
-        module = by_name[key]
-        if module is None:
-            continue
-        if weighted:
-            problem = _weighted_problem(layer, module)
-        elif type(module) is not type(layer):
-            problem = f"the file has a {type(layer).__name__} there, the model a {type(module).__name__}"
-        else:
-            try:
-                want = {a: _plain(v) for a, v in float_module_kwargs(name, module).items()}
-            except ValueError:  # the model's module is one a static file cannot hold: it differs
-                want = None
-            got = {a: _plain(getattr(layer, a)) for a in FLOAT_MODULES[type(layer)]}
-            problem = None if want == got else f"arguments {got} in the file, {want} in the model"
-        if problem:
-            raise CheckpointError(f"layer {name!r}: {problem} (the file was not saved from this model; pass the "
+        problems = [_layer_problem(name, layer, by_name[k]) for k in keys]
+        if all(problems):
+            raise CheckpointError(f"layer {name!r}: {problems[0]} (the file was not saved from this model; pass the "
                                   f"model it was saved from, or none: a static file holds its whole graph)")
