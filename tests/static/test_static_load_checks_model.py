@@ -99,3 +99,30 @@ def test_a_module_called_twice_beside_a_suffixed_name_loads(tmp_path):
     path = mq.save(result, tmp_path / "twice.safetensors")
     x = torch.randn(2, 8, 8, 8)
     assert torch.equal(mq.load(path, model=CalledTwice())(x), result.model(x))
+
+
+class DataDependent(nn.Module):
+    """A branch on a value: fx cannot trace it, so quantize falls back to per-layer static layers."""
+
+    def __init__(self, padding_mode="zeros"):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 3, padding=1, padding_mode=padding_mode)
+        self.fc = nn.Linear(8, 4)
+
+    def forward(self, x):
+        y = self.conv(x)
+        if y.sum() > -1e9:
+            y = torch.relu(y)
+        return self.fc(y.mean((2, 3)))
+
+
+def test_a_per_layer_file_is_checked_as_a_graph_file_is(tmp_path):
+    torch.manual_seed(0)
+    result = mq.quantize(DataDependent().eval(), "int8", activations="static",
+                         calibration=[torch.randn(2, 3, 8, 8) for _ in range(3)])
+    path = mq.save(result, tmp_path / "per_layer.safetensors")
+    x = torch.randn(2, 3, 8, 8)
+    assert torch.equal(mq.load(path, model=DataDependent())(x), result.model(x))
+    # the static kernels pad with zeros: a model whose conv reflects is another model
+    with pytest.raises(mq.CheckpointError, match=r"layer 'conv': padding \(1, 1\) \(reflect\) in the model"):
+        mq.load(path, model=DataDependent(padding_mode="reflect"))

@@ -25,8 +25,8 @@ from .errors import CheckpointError
 from .sink import DIRECT_ALIGN, BufferedSink, open_sink
 from .untrusted_json import MAX_JSON_DEPTH, UntrustedJSONError, loads_bounded
 
-__all__ = ["TensorEntry", "check_empty_sides", "SafetensorsHeader", "read_header", "open_regular_file", "StreamingWriter",
-           "MAX_HEADER_BYTES", "MAX_HEADER_DEPTH"]
+__all__ = ["TensorEntry", "check_empty_sides", "SafetensorsHeader", "read_header", "open_regular_file",
+           "StreamingWriter", "MAX_HEADER_BYTES", "MAX_HEADER_DEPTH"]
 
 MAX_HEADER_BYTES = 100_000_000  # the safetensors package's own limit
 MAX_HEADER_DEPTH = MAX_JSON_DEPTH  # checked before parsing: a header is 3 levels deep

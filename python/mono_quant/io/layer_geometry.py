@@ -12,12 +12,13 @@ from torch import nn
 
 from .errors import CheckpointError
 
-__all__ = ["check_layer_geometry"]
+__all__ = ["check_layer_geometry", "plain_value"]
 
 _GEOMETRY = ("kernel_size", "stride", "padding", "dilation", "groups", "padding_mode")
 
 
-def _plain(value):
+def plain_value(value):
+    """A geometry value as compared and printed: a list or tuple as a tuple."""
     return tuple(value) if isinstance(value, (list, tuple)) else value
 
 
@@ -29,10 +30,10 @@ def _has_bias(module: nn.Module) -> bool:
 def check_layer_geometry(name: str, float_module: nn.Module, qmodule: nn.Module) -> None:
     """Raise CheckpointError naming each geometry attribute the rebuilt ``qmodule`` and the
     model's ``float_module`` both have, with different values, and a bias one of them lacks."""
-    differ = [f"{attr} {_plain(getattr(qmodule, attr))} in the checkpoint, {_plain(getattr(float_module, attr))} "
+    differ = [f"{attr} {plain_value(getattr(qmodule, attr))} in the checkpoint, {plain_value(getattr(float_module, attr))} "
               f"in the model" for attr in _GEOMETRY
               if hasattr(qmodule, attr) and hasattr(float_module, attr)
-              and _plain(getattr(qmodule, attr)) != _plain(getattr(float_module, attr))]
+              and plain_value(getattr(qmodule, attr)) != plain_value(getattr(float_module, attr))]
     if hasattr(qmodule, "bias") and hasattr(float_module, "bias") and _has_bias(qmodule) != _has_bias(float_module):
         where = ("checkpoint", "model") if _has_bias(qmodule) else ("model", "checkpoint")
         differ.append(f"a bias in the {where[0]}, none in the {where[1]}")

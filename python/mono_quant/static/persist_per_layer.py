@@ -35,6 +35,7 @@ from .fallback import PerLayerStatic
 from .graph import StaticGraphModel
 from .modules import StaticConv2d, StaticLinear
 from .persist import build_layer, encode_value
+from .persist_skeleton import STATIC_GEOMETRY, geometry_problem
 from .qparams_state import EXTRA_STATE, check_whole_load
 
 __all__ = ["save_per_layer", "load_per_layer", "is_per_layer_model", "is_per_layer_file", "PER_LAYER_FORMAT",
@@ -42,13 +43,6 @@ __all__ = ["save_per_layer", "load_per_layer", "is_per_layer_model", "is_per_lay
 
 PER_LAYER_FORMAT = "mono_quant.static_per_layer/1"
 PER_LAYER_META_KEY = "mono_quant.static_per_layer"
-
-# float layer the static one replaces -> the constructor arguments that must agree with it
-_GEOMETRY = {
-    "StaticConv2d": (nn.Conv2d, ("in_channels", "out_channels", "kernel_size", "stride", "padding", "dilation",
-                                 "groups")),
-    "StaticLinear": (nn.Linear, ("in_features", "out_features")),
-}
 
 
 def is_per_layer_model(model) -> bool:
@@ -105,9 +99,9 @@ def load_per_layer(path, model: nn.Module) -> nn.Module:
         owned = set()
         for name, entry in manifest["layers"].items():
             name = str(name)
-            if not isinstance(entry, dict) or entry.get("class") not in _GEOMETRY:
-                raise CheckpointError(f"layer {name!r}: class must be one of {sorted(_GEOMETRY)}")
-            float_cls, geometry = _GEOMETRY[entry["class"]]
+            if not isinstance(entry, dict) or entry.get("class") not in STATIC_GEOMETRY:
+                raise CheckpointError(f"layer {name!r}: class must be one of {sorted(STATIC_GEOMETRY)}")
+            float_cls = STATIC_GEOMETRY[entry["class"]][0]
             try:
                 old = work.get_submodule(name) if name else None
             except AttributeError:
@@ -121,13 +115,9 @@ def load_per_layer(path, model: nn.Module) -> nn.Module:
             layer = build_layer(name, entry, own)
             if layer.int8_input or layer.out_scale is not None:
                 raise CheckpointError(f"layer {name!r}: a per-layer static layer takes and returns float")
-            for attr in geometry:
-                want, got = getattr(old, attr), getattr(layer, attr)
-                if (tuple(want) if isinstance(want, (tuple, list)) else want) != \
-                        (tuple(got) if isinstance(got, (tuple, list)) else got):
-                    raise CheckpointError(f"layer {name!r}: {attr} {got} in the file, {want} in the model")
-            if getattr(old, "bias", None) is not None and layer.bias is None:  # (the file may add one: a folded BN)
-                raise CheckpointError(f"layer {name!r}: the model's layer has a bias, the file's has none")
+            problem = geometry_problem(layer, old)
+            if problem:
+                raise CheckpointError(f"layer {name!r}: {problem}")
             parent, _, child = name.rpartition(".")
             setattr(work.get_submodule(parent) if parent else work, child, PerLayerStatic(layer, name))
             owned |= {k for k in tensors if k.startswith(prefix)}

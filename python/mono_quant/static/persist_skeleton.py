@@ -17,10 +17,11 @@ import torch.fx as fx
 from torch import nn
 
 from ..errors import CheckpointError
+from ..io.layer_geometry import plain_value
 from .modules import StaticConv2d, StaticLinear
 from .persist_float import FLOAT_MODULES, float_module_kwargs
 
-__all__ = ["check_static_layers_against_model"]
+__all__ = ["STATIC_GEOMETRY", "geometry_problem", "check_static_layers_against_model"]
 
 _CALL_SUFFIX = re.compile(r"_\d+$")  # fx's suffix for a second call of the same module
 
@@ -37,25 +38,25 @@ def _fx_names(model: nn.Module) -> Dict[str, Optional[nn.Module]]:
     return names
 
 
-def _plain(value):
-    return tuple(value) if isinstance(value, (list, tuple)) else value
+#: a static layer's float class and the attributes that must agree with the model's (both loaders)
+STATIC_GEOMETRY = {
+    "StaticConv2d": (nn.Conv2d, ("in_channels", "out_channels", "kernel_size", "stride", "padding", "dilation",
+                                 "groups")),
+    "StaticLinear": (nn.Linear, ("in_features", "out_features")),
+}
 
 
-def _weighted_problem(layer: nn.Module, module: nn.Module) -> Optional[str]:
-    if isinstance(layer, StaticConv2d):
-        if not isinstance(module, nn.Conv2d):
-            return f"the file has an int8 Conv2d there, the model a {type(module).__name__}"
-        if module.padding_mode != "zeros" or isinstance(module.padding, str):
-            return f"padding {module.padding!r} ({module.padding_mode}) in the model, {tuple(layer.padding)} in the file"
-        for attr in ("in_channels", "out_channels", "kernel_size", "stride", "padding", "dilation", "groups"):
-            if _plain(getattr(layer, attr)) != _plain(getattr(module, attr)):
-                return f"{attr} {_plain(getattr(layer, attr))} in the file, {_plain(getattr(module, attr))} in the model"
-    else:
-        if not isinstance(module, nn.Linear):
-            return f"the file has an int8 Linear there, the model a {type(module).__name__}"
-        for attr in ("in_features", "out_features"):
-            if getattr(layer, attr) != getattr(module, attr):
-                return f"{attr} {getattr(layer, attr)} in the file, {getattr(module, attr)} in the model"
+def geometry_problem(layer: nn.Module, module: nn.Module) -> Optional[str]:
+    """The first way the file's int8 ``layer`` computes otherwise than the model's float ``module``
+    of its class (None: the same): an attribute of STATIC_GEOMETRY, a padding the static kernels
+    don't do, a bias the model has and the file not (the file may have one the model lacks: a
+    BatchNorm folded in)."""
+    if isinstance(module, nn.Conv2d) and (module.padding_mode != "zeros" or isinstance(module.padding, str)):
+        return f"padding {module.padding!r} ({module.padding_mode}) in the model, {tuple(layer.padding)} in the file"
+    for attr in STATIC_GEOMETRY[type(layer).__name__][1]:
+        got, want = plain_value(getattr(layer, attr)), plain_value(getattr(module, attr))
+        if got != want:
+            return f"{attr} {got} in the file, {want} in the model"
     if getattr(module, "bias", None) is not None and layer.bias is None:
         return "the model's layer has a bias, the file's has none"
     return None
@@ -66,14 +67,17 @@ def _layer_problem(name: str, layer: nn.Module, module: Optional[nn.Module]) -> 
     if module is None:
         return None
     if isinstance(layer, (StaticConv2d, StaticLinear)):
-        return _weighted_problem(layer, module)
+        float_cls = STATIC_GEOMETRY[type(layer).__name__][0]
+        if not isinstance(module, float_cls):
+            return f"the file has an int8 {float_cls.__name__} there, the model a {type(module).__name__}"
+        return geometry_problem(layer, module)
     if type(module) is not type(layer):
         return f"the file has a {type(layer).__name__} there, the model a {type(module).__name__}"
     try:
-        want = {a: _plain(v) for a, v in float_module_kwargs(name, module).items()}
+        want = {a: plain_value(v) for a, v in float_module_kwargs(name, module).items()}
     except ValueError:  # the model's module is one a static file cannot hold: it differs
         want = None
-    got = {a: _plain(getattr(layer, a)) for a in FLOAT_MODULES[type(layer)]}
+    got = {a: plain_value(getattr(layer, a)) for a in FLOAT_MODULES[type(layer)]}
     return None if want == got else f"arguments {got} in the file, {want} in the model"
 
 
