@@ -73,11 +73,16 @@ def _pack(qweight: QuantizedWeight, groups: int) -> Dict[str, torch.Tensor]:
         sums.append(w_sum)
         has_m128 |= m128
     info = torch.tensor([PACKED_LAYOUT_VERSION, out_features, in_features, int(has_m128), groups], dtype=torch.int32)
-    return {
+    buffers = {
         "weight_packed": parts[0] if groups == 1 else torch.cat(parts),
         "weight_colsum": sums[0] if groups == 1 else torch.cat(sums),
         "weight_packed_info": info,
     }
+    # packed on the CPU, kept where the weight is: a model quantized on a GPU stays wholly there (its
+    # other buffers are there; a packed weight left on the CPU sent its forward to the CPU kernels
+    # with scales on the GPU)
+    device = qweight.qdata.device
+    return buffers if device.type == "cpu" else {k: v.to(device) for k, v in buffers.items()}
 
 
 def quantize_and_pack_int8(weight: torch.Tensor, qmin: int, qmax: int, symmetric: bool, with_error: bool,
@@ -160,8 +165,9 @@ def check_packed_int8(packed: torch.Tensor, colsum: torch.Tensor, info: torch.Te
 
 def check_packed_module(module) -> Optional[str]:
     """:func:`check_packed_int8` for a module's packed buffers (Linear, or Conv2d with
-    groups), e.g. as rebuilt from a file: why they are inconsistent, or None."""
-    info = packed_info(module)
+    groups), e.g. as rebuilt from a file: why they are inconsistent, or None.  On any
+    device (a state_dict loaded into a model on a GPU is checked too)."""
+    info = packed_info(module, on_cpu=False)
     if info is None:
         return "weight_packed / weight_colsum do not have the sizes weight_packed_info describes"
     n, k, groups = info["out_features"], info["in_features"], info["groups"]
@@ -204,17 +210,17 @@ def _check_group(packed: torch.Tensor, colsum: torch.Tensor, n: int, k: int):
     return None, has_m128
 
 
-def packed_info(module) -> Optional[dict]:
+def packed_info(module, on_cpu: bool = True) -> Optional[dict]:
     """The packed buffers' description on a module, or None when it has none
-    usable: missing, not on the CPU, of an unknown layout version, or not the
-    dtypes and sizes the info describes (a subclass may use the names for
-    something else)."""
+    usable: missing, of an unknown layout version, or not the dtypes and sizes
+    the info describes (a subclass may use the names for something else), or,
+    with ``on_cpu`` (what the kernels need), not on the CPU."""
     info = getattr(module, "weight_packed_info", None)
     packed = getattr(module, "weight_packed", None)
     colsum = getattr(module, "weight_colsum", None)
     if info is None or packed is None or colsum is None:
         return None
-    if any(t.device.type != "cpu" for t in (info, packed, colsum)):
+    if on_cpu and any(t.device.type != "cpu" for t in (info, packed, colsum)):
         return None
     values = info.tolist() if info.dtype == torch.int32 and info.dim() == 1 else []
     if len(values) != 5 or values[0] != PACKED_LAYOUT_VERSION:

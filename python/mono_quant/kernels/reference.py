@@ -45,11 +45,13 @@ def choose_qparams(mn: torch.Tensor, mx: torch.Tensor, qmin: int, qmax: int, sym
     mx = mx.float()
     min_neg = torch.clamp(mn, max=0.0)
     max_pos = torch.clamp(mx, min=0.0)
+    # The divisors are full tensors, not scalars: CUDA divides by a scalar as a multiplication by its
+    # reciprocal, one rounding more (scales 1 ulp off the CPU's and torch's observers)
     if symmetric:
         amax = torch.maximum(-min_neg, max_pos)
-        scale = amax / torch.tensor((qmax - qmin) / 2.0, dtype=torch.float32)
+        scale = amax / torch.full_like(amax, (qmax - qmin) / 2.0)
     else:
-        span = torch.tensor(float(qmax - qmin), dtype=torch.float32)
+        span = torch.full_like(max_pos, float(qmax - qmin))
         scale = (max_pos - min_neg) / span
         scale = torch.where(torch.isinf(scale), max_pos / span - min_neg / span, scale)
     zero = (max_pos == 0) & (min_neg == 0)

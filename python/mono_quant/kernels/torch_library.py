@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from torch.utils.weak import WeakIdKeyDictionary
 
 from .. import _C
+from . import reference
 from .fp16 import half_linear, half_path, path_code
 from .row_rules import int4_takes_blas, int8_weight_only_takes_amx, int8_weight_only_takes_blas
 from .layout import PACKED_LAYOUT_VERSION, int8_packed_sizes, unpack_int8_rows
@@ -36,6 +37,12 @@ __all__ = ["use_ops", "check_jit_trace", "refuse_fx_proxy", "conv_weight", "pack
 
 _LIB = torch.library.Library("mono_quant", "DEF")  # kept alive: the ops live as long as this object
 KERNEL_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+# The ops a traced forward calls on a model moved to a GPU (or any other device), where no C kernel
+# runs: the dequantizing ops and the embedding lookup, registered in torch alone for every device
+# through this key (the CPU registration, the C kernels, takes precedence on the CPU).  Those torch
+# versions give contiguous results, as the fakes say.  The other ops are traced for CPU inputs only
+# (traced_forward.py asks where the tensors are first).
+_ANY_DEVICE = "CompositeExplicitAutograd"
 
 
 # use_ops' functions bound once (the same objects, which dynamo recognizes under any name):
@@ -218,6 +225,8 @@ def _dequantize_int8_packed_fake(packed, info, scale, zero_point, out_features, 
 
 
 _LIB.impl("dequantize_int8_packed", _dequantize_int8_packed, "CPU")
+_LIB.impl("dequantize_int8_packed", lambda *args: _dequantize_int8_packed(*args).contiguous(),  # (torch ops only)
+          _ANY_DEVICE)
 torch.library.register_fake("mono_quant::dequantize_int8_packed", _dequantize_int8_packed_fake, lib=_LIB)
 
 
@@ -346,6 +355,7 @@ torch.library.register_autograd("mono_quant::conv2d_int8", _conv2d_int8_backward
 
 _LIB.define("dequantize_rows(Tensor q, Tensor scale, Tensor zero_point) -> Tensor")
 _LIB.impl("dequantize_rows", dequantize_rows, "CPU")
+_LIB.impl("dequantize_rows", lambda *args: dequantize_rows(*args).contiguous(), _ANY_DEVICE)  # (the torch twin)
 torch.library.register_fake("mono_quant::dequantize_rows",
                             lambda q, scale, zero_point: q.new_empty(q.shape, dtype=torch.float32), lib=_LIB)
 
@@ -360,6 +370,15 @@ def _dequantize_int4(qdata, scale, zero_point, cols, group):
 
 
 _LIB.impl("dequantize_int4", _dequantize_int4, "CPU")
+
+
+def _dequantize_int4_any_device(qdata, scale, zero_point, cols, group):
+    # contiguous, as the fake says: the twin's result is a view of the padded rows (inductor's stride
+    # assertion refused it on a GPU)
+    return reference.q4_dequantize(qdata, scale, zero_point, cols, group).contiguous()
+
+
+_LIB.impl("dequantize_int4", _dequantize_int4_any_device, _ANY_DEVICE)
 torch.library.register_fake(
     "mono_quant::dequantize_int4",
     lambda qdata, scale, zero_point, cols, group: qdata.new_empty((qdata.shape[0], cols), dtype=torch.float32),
@@ -416,19 +435,23 @@ _LIB.define("embedding_lookup(Tensor indices, Tensor qdata, Tensor scale, Tensor
             "int embedding_dim, int group) -> Tensor")
 
 
-def _embedding_lookup(indices, qdata, scale, zero_point, num_embeddings, embedding_dim, group):
+def _embedding_lookup(indices, qdata, scale, zero_point, num_embeddings, embedding_dim, group,
+                      dequantize_int4=_dequantize_int4):
     flat = indices.reshape(-1)
     if flat.numel() and (int(flat.min()) < 0 or int(flat.max()) >= num_embeddings):
         raise IndexError(f"index out of range for an embedding of {num_embeddings} rows")  # as nn.Embedding
     q, s, z = qdata[flat], scale[flat], zero_point[flat]
     if group:  # int4, group-wise along the embedding dimension
-        rows = _dequantize_int4(q, s, z, embedding_dim, group)
+        rows = dequantize_int4(q, s, z, embedding_dim, group)
     else:  # int8 / uint8, one scale and zero-point per row
         rows = (q.float() - z.float()[:, None]) * s.float()[:, None]
     return rows.reshape(*indices.shape, embedding_dim)
 
 
 _LIB.impl("embedding_lookup", _embedding_lookup, "CPU")
+_LIB.impl("embedding_lookup",
+          lambda *args: _embedding_lookup(*args, dequantize_int4=_dequantize_int4_any_device).contiguous(),
+          _ANY_DEVICE)
 torch.library.register_fake(
     "mono_quant::embedding_lookup",
     lambda indices, qdata, scale, zero_point, num_embeddings, embedding_dim, group:
