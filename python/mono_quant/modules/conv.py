@@ -334,7 +334,7 @@ class QuantizedConv2d(ReduceRange, QuantizedModule):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if autocast_enabled():  # every route outside autocast: the C ones and the ops never follow it
             with autocast_off(x):
-                return self.forward(x)
+                return QuantizedConv2d.forward(self, x)  # (this class's: a Conv1d's forward takes 3-D inputs)
         # (the C routes write NCHW: _torch_layout gives their result the layout torch's conv would)
         if traced_forward.use_ops(x, self):  # graph capture or autograd: the torch.library ops
             check_float_input(x, type(self).__name__)

@@ -108,7 +108,7 @@ class QuantizedLinear(ReduceRange, QuantizedModule):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if autocast_enabled():  # every route outside autocast: the C ones and the ops never follow it
             with autocast_off(x):
-                return self.forward(x)
+                return QuantizedLinear.forward(self, x)  # (this class's, not a subclass's)
         if x.dtype is not torch.float32:  # (float32 is floating: the check can't fail, ~0.08 us a call)
             check_float_input(x, type(self).__name__)
         try:  # (free when nothing is raised: the check costs only the 0-d input)
