@@ -72,7 +72,8 @@ def kernel_args_stamped(module) -> tuple:
     # (scales and bias too: a layer half on a GPU, as a model whose packed weight stayed on the CPU,
     # takes the torch path rather than reading GPU memory as NumPy)
     if info is not None and any(t is not None and t.device.type != "cpu" for t in
-                                (module.weight_scale, module.weight_zero_point, module.bias)):
+                                (getattr(module, name, None) for name in ("weight_scale", "weight_zero_point",
+                                                                          "bias"))):
         info = None
     result = None if info is None else (info, *_build_args(module, info))
     cached = (stamp, result)
