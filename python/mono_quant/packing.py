@@ -115,17 +115,22 @@ def packed_sizes(rows: int, cols: int) -> Tuple[int, int]:
     return int8_packed_sizes(rows, cols)
 
 
-def unpack_int8_linear(packed: torch.Tensor, info: torch.Tensor, shape) -> torch.Tensor:
+def unpack_int8_linear(packed: torch.Tensor, info: torch.Tensor, shape, groups: Optional[int] = None) -> torch.Tensor:
     """The int8 weight of the original ``shape`` back from its packed layout
     (the exact inverse of pack_int8_linear; pure torch, so any device).
 
     A packed layer stores only the packed copy: this is how its plain int8
     weight (dequantize, the fallback paths, save/compare) is recovered.
     Raises ValueError when the buffers don't describe a weight of ``shape``.
+    ``groups`` (the layer's): on a GPU, the geometry is taken from it and ``shape`` instead of
+    reading ``info`` back to the host, a sync per call that CUDA graph capture refuses.
     """
     if packed.is_meta or info.is_meta:  # a model moved to "meta" (shape inference): no values to read
         return torch.empty(tuple(shape), dtype=torch.int8, device="meta")
-    values = [int(v) for v in info.reshape(-1).tolist()]
+    if groups is not None and info.device.type != "cpu":
+        values = [PACKED_LAYOUT_VERSION, int(shape[0]), math.prod(int(d) for d in shape[1:]), 0, int(groups)]
+    else:
+        values = [int(v) for v in info.reshape(-1).tolist()]
     if len(values) != 5 or values[0] != PACKED_LAYOUT_VERSION:
         raise ValueError(f"unknown packed int8 layout {values}: expected version {PACKED_LAYOUT_VERSION}")
     _, n, k, _, groups = values

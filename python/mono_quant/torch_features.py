@@ -14,7 +14,7 @@ from typing import Optional, Tuple
 import torch
 
 __all__ = ["MIN_TORCH", "torch_release", "check_torch_version", "is_exporting", "autocast_enabled",
-           "autocast_off"]
+           "autocast_off", "capturing"]
 
 #: the oldest torch release mono-quant runs on (major, minor)
 MIN_TORCH: Tuple[int, int] = (2, 4)
@@ -61,3 +61,11 @@ def autocast_off(x: torch.Tensor):
     their C routes and their traced ops never follow it, so the routes that call torch's BLAS did
     alone (the output's dtype, and bf16 numbers, changed with the batch size and under compile)."""
     return torch.autocast(x.device.type if x.device.type in ("cpu", "cuda") else "cpu", enabled=False)
+
+
+def capturing(t: torch.Tensor) -> bool:
+    """Whether ``t``'s device is recording a CUDA graph now (torch.compile's mode="reduce-overhead",
+    torch.cuda.graph): reading a value back to the host is refused there (the capture is invalidated),
+    so the host-side checks step aside; the indexing op's own device-side check stays, as for
+    nn.Embedding on a GPU."""
+    return t.is_cuda and torch.cuda.is_current_stream_capturing()

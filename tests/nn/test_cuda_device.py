@@ -156,3 +156,56 @@ def test_static_int8_refuses_the_gpu_clearly():
                        calibration=[torch.randn(2, 3, 16, 16) for _ in range(4)])
     with pytest.raises(TypeError, match="dynamic"):
         q.to(DEVICE)
+
+
+def test_static_int8_of_a_gpu_model_refused_clearly():
+    torch.manual_seed(0)
+    cnn = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Conv2d(8, 8, 3)).eval().to(DEVICE)
+    with pytest.raises(mq.ConfigError, match="runs on the CPU"):
+        mq.quantize(cnn, dtype="int8", activations="static",
+                    calibration=[torch.randn(2, 3, 16, 16, device=DEVICE) for _ in range(4)])
+
+
+class _WithBuffer(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.lin = nn.Linear(64, 64)
+        self.register_buffer("offset", torch.zeros(64), persistent=False)  # as BERT's position_ids
+
+    def forward(self, x):
+        return self.lin(x + self.offset)
+
+
+def test_load_into_a_gpu_skeleton_returns_a_gpu_model(tmp_path):
+    model = _WithBuffer().to(DEVICE)
+    q = mq.quantize(model, dtype="int8").model
+    mq.save(q, tmp_path / "m.safetensors")
+    loaded = mq.load(tmp_path / "m.safetensors", model=model)
+    devices = {t.device.type for t in list(loaded.parameters()) + list(loaded.buffers())}
+    assert devices == {torch.device(DEVICE).type}  # (was: the file's tensors on the CPU, the offset on the GPU)
+    x = torch.randn(3, 64, device=DEVICE)
+    with torch.no_grad():
+        assert torch.equal(loaded(x), q(x))
+
+
+def test_set_weight_follows_the_layer_device():
+    q = mq.quantize(nn.Sequential(nn.Linear(64, 64)).to(DEVICE), dtype="int8").model
+    q[0].set_weight(mq.quantize_weight(torch.randn(64, 64), "int8", symmetric=True))  # a CPU weight
+    assert {t.device.type for t in q.state_dict().values()} == {torch.device(DEVICE).type}
+
+
+@pytest.mark.parametrize("kwargs", [dict(dtype="int8"), dict(dtype="int8", embeddings=True), dict(dtype="int4")])
+def test_compile_reduce_overhead(kwargs):
+    # CUDA graphs: no value may be read back to the host inside the captured forward (the packed int8
+    # geometry came from a GPU tensor, the embedding's range check read min / max)
+    if DEVICE != "cuda":
+        pytest.skip("CUDA graphs")
+    torch.manual_seed(0)
+    q = mq.quantize(nn.Sequential(nn.Embedding(100, 64), nn.Linear(64, 64)).eval(), **kwargs).model.to(DEVICE)
+    ids = torch.randint(0, 100, (4, 8), device=DEVICE)
+    compiled = torch.compile(q, mode="reduce-overhead")
+    with torch.no_grad():
+        want = q(ids)
+        for _ in range(4):
+            got = compiled(ids)
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)

@@ -56,7 +56,8 @@ class AffineIntFormat(WeightFormat):
         qdata = module._buffers.get("weight_qdata")
         if qdata is not None:
             return qdata
-        return unpack_int8_linear(module.weight_packed, module.weight_packed_info, module.weight_shape)
+        return unpack_int8_linear(module.weight_packed, module.weight_packed_info, module.weight_shape,
+                                  getattr(module, "groups", 1))
 
     def module_weight(self, module) -> QuantizedWeight:
         return QuantizedWeight(self.int_weight(module), module.weight_scale, module.weight_zero_point,

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import copy
+import itertools
 import os
 import warnings
 from collections import OrderedDict
@@ -269,8 +270,9 @@ class QuantizedStateDict(Mapping):
             raise CheckpointError(f"{where}the model does not match the checkpoint: " + "; ".join(problems[:10]))
         self._map_remaining(model, modules, memo, consumed, replaced_paths, where)
         _carry_skeleton_hooks(model, memo)
+        device = _skeleton_device(model)
         if "" in replaced_paths:
-            return memo[id(model)]
+            return memo[id(model)] if device is None else memo[id(model)].to(device)
         _hook_computed_placeholders(model, memo)
         qmodel = copy.deepcopy(model, memo)
         for module in qmodel.modules():  # from the tensors just loaded
@@ -279,7 +281,9 @@ class QuantizedStateDict(Mapping):
         materialize_non_persistent_buffers(qmodel, model, where)  # rotary inv_freq, position_ids, ...
         _warn_meta(qmodel)
         guard_whole_loads(qmodel)  # a later load_state_dict: all quantized layers checked before any copy
-        return qmodel
+        # the file's tensors are read on the CPU: a skeleton wholly on a GPU gets its model back there (its
+        # non-persistent buffers, copied from it, stayed there: a model split between two devices)
+        return qmodel if device is None else qmodel.to(device)
 
     def _build_saved_layer(self, layer, float_module: nn.Module,
                            dtype_source: nn.Module) -> Tuple[nn.Module, List[str]]:
@@ -469,3 +473,12 @@ def _check_aliases(layer, names: List[str], modules: Dict[str, nn.Module], qmodu
                                   f"{type(module).__name__} in the model, not a {kind.__name__}")
         check_weight_shape(layer, module, label, getattr(type(qmodule), "float_weight_shape", None))
         check_layer_geometry(label, module, qmodule)
+
+
+def _skeleton_device(model: nn.Module) -> Optional[torch.device]:
+    """The one device other than the CPU that holds all of ``model``'s tensors with values (meta ones
+    aside), else None (a CPU or meta skeleton, or one spread over devices: the loaded model stays on
+    the CPU)."""
+    devices = {t.device for t in itertools.chain(model.parameters(), model.buffers()) if t.device.type != "meta"}
+    device = devices.pop() if len(devices) == 1 else None
+    return None if device is None or device.type == "cpu" else device

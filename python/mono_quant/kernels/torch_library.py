@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from torch.utils.weak import WeakIdKeyDictionary
 
 from .. import _C
+from ..torch_features import capturing
 from . import reference
 from .fp16 import half_linear, half_path, path_code
 from .row_rules import int4_takes_blas, int8_weight_only_takes_amx, int8_weight_only_takes_blas
@@ -225,8 +226,22 @@ def _dequantize_int8_packed_fake(packed, info, scale, zero_point, out_features, 
 
 
 _LIB.impl("dequantize_int8_packed", _dequantize_int8_packed, "CPU")
-_LIB.impl("dequantize_int8_packed", lambda *args: _dequantize_int8_packed(*args).contiguous(),  # (torch ops only)
-          _ANY_DEVICE)
+
+
+def _dequantize_int8_packed_any_device(packed, info, scale, zero_point, out_features, in_features, group):
+    # the geometry from the sizes, not from info: reading a GPU info tensor is a copy to the host,
+    # which CUDA graph capture (torch.compile's mode="reduce-overhead") refuses; the buffers were
+    # checked against info where they were made or loaded
+    size_g = int8_packed_sizes(out_features, in_features)[0]
+    groups = max(1, packed.numel() // size_g)
+    rows = unpack_int8_rows(packed, groups, out_features, in_features)[group]
+    n, lo = groups * out_features, group * out_features
+    scale = scale.detach().to(torch.float32).expand(n)[lo:lo + out_features]
+    zero_point = zero_point.detach().to(torch.int32).expand(n)[lo:lo + out_features]
+    return dequantize_rows(rows, scale, zero_point).contiguous()
+
+
+_LIB.impl("dequantize_int8_packed", _dequantize_int8_packed_any_device, _ANY_DEVICE)
 torch.library.register_fake("mono_quant::dequantize_int8_packed", _dequantize_int8_packed_fake, lib=_LIB)
 
 
@@ -438,7 +453,7 @@ _LIB.define("embedding_lookup(Tensor indices, Tensor qdata, Tensor scale, Tensor
 def _embedding_lookup(indices, qdata, scale, zero_point, num_embeddings, embedding_dim, group,
                       dequantize_int4=_dequantize_int4):
     flat = indices.reshape(-1)
-    if flat.numel() and (int(flat.min()) < 0 or int(flat.max()) >= num_embeddings):
+    if flat.numel() and not capturing(flat) and (int(flat.min()) < 0 or int(flat.max()) >= num_embeddings):
         raise IndexError(f"index out of range for an embedding of {num_embeddings} rows")  # as nn.Embedding
     q, s, z = qdata[flat], scale[flat], zero_point[flat]
     if group:  # int4, group-wise along the embedding dimension

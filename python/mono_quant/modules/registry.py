@@ -142,6 +142,12 @@ class QuantizedModule(RefusesTorchScript, TorchCompatMixin, nn.Module):
             self.format.set_weight(self, weight)  # a layer being built (from_float)
             return
         weight = self._replacement_weight(weight)
+        device = next(buffers[n].device for n in self.format.weight_buffers + PACKED_BUFFERS
+                      if buffers.get(n) is not None)
+        if device.type != "meta" and getattr(weight, "qdata", weight).device != device:
+            # where the layer is, as load_state_dict copies into place (a CPU weight on a GPU layer left
+            # it split: dequantized on the CPU and copied over on every call, or NumPy's TypeError)
+            weight = weight.to(device)
         packed = buffers.get("weight_packed") is not None
         for name in PACKED_BUFFERS:
             buffers.pop(name, None)

@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import copy
+import itertools
 import math
 import warnings
 from typing import Any, Dict, List, Optional
@@ -65,6 +66,7 @@ def quantize_static(model, cfg, calibration, observer: Optional[str], calibratio
     if calibration is None:
         raise ConfigError("activations='static' needs calibration= data: a tensor, a list / iterable / DataLoader "
                           "of tensors, (x, y) tuples or dicts, or a callable that runs the model")
+    _refuse_off_cpu(model)
     # the caller's model is never touched (fx, folding, hooks); a pruning / weight_norm hook's computed
     # weight is copied recomputed and detached (deepcopy refuses it: not a graph leaf)
     work = copy.deepcopy(model, hook_computed_copies(model, {})).eval()
@@ -273,3 +275,20 @@ def _warn(report: StaticReport) -> None:
         listed = ", ".join(f"{n} {s:.1f} dB" for n, s in low)
         warnings.warn(f"output SQNR against float below {MIN_SQNR_DB:g} dB at: {listed} (more calibration data, "
                       "another observer, or exclude those layers)", CalibrationWarning, stacklevel=4)
+
+
+def _refuse_off_cpu(model: nn.Module) -> None:
+    """ConfigError for a model whose tensors are not on the CPU: a static int8 model runs the C
+    kernels (a GPU model failed deep in quantize() with NumPy's "can't convert cuda:0 device type
+    tensor to numpy"; a meta one with "Tensor.item() cannot be called on meta tensors")."""
+    devices = sorted({str(t.device) for t in itertools.chain(model.parameters(), model.buffers())
+                      if t.device.type != "cpu"})
+    if devices == ["meta"]:
+        raise ConfigError("activations='static' calibrates the model on its data: the model has tensors on the "
+                          "meta device (no values); load its weights first (load_state_dict(..., assign=True) "
+                          "or to_empty() and a load)")
+    if devices:
+        raise ConfigError(
+            f"activations='static' quantizes and runs on the CPU (its kernels are CPU code); the model has "
+            f"tensors on {', '.join(devices)}: quantize model.cpu() with calibration data on the CPU, or keep "
+            f"the model on the GPU with activations='dynamic' or None (weight-only), which run there")
