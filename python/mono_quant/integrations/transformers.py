@@ -206,7 +206,7 @@ class MonoQuantHfQuantizer(HfQuantizer):
         shells = expand_shells(modules, self.quantization_config.layers)
         # an attention's float bias_k / bias_v are checked as the layers' tensors are
         _check_files(self.quantization_config.layers, kwargs.get("checkpoint_files") or [],
-                     float_parameter_keys(shells))
+                     float_parameter_keys(shells), model, self)
         for path, (_, shell) in shells.items():
             _set_module(model, path, shell)  # an LSTM / attention: its children are filled below
         for entry in self.quantization_config.layers:
@@ -265,19 +265,33 @@ def _empty_quantized_module(entry: Dict[str, Any]) -> nn.Module:
         raise CheckpointError(f"quantization_config layer {entry.get('name')!r}: cannot rebuild it: {exc}") from None
 
 
-def _check_files(layers: List[Dict[str, Any]], files, float_parameters: Dict[str, torch.Tensor]) -> None:
+def _check_files(layers: List[Dict[str, Any]], files, float_parameters: Dict[str, torch.Tensor],
+                 model: Optional[nn.Module] = None, hf_quantizer=None) -> None:
     """Every tensor the layers need is in the safetensors files, with its dtype and shape, and
     every composite's float parameter (``float_parameters``: key -> the model's parameter)
-    with its shape: transformers would otherwise fill a missing one with an uninitialized tensor."""
+    with its shape: transformers would otherwise fill a missing one with an uninitialized tensor.
+
+    The files' keys are compared under the names transformers gives them on ``model`` (its
+    checkpoint renaming: a ViT's ``encoder.layer.0.attention.attention.query`` is the model's
+    ``layers.0.attention.q_proj``, the names the layers are listed by); a quantized layer's
+    tensor that transformers would merge / split / permute on load is refused."""
     from ..io.container import read_header
     from ..io.dtypes import dtype_name
+    from .hf_keys import model_key_map
 
     files = [f for f in files if str(f).endswith(".safetensors")]
     if not files:
         return
-    found: Dict[str, Any] = {}
+    in_file: Dict[str, Any] = {}
     for path in files:
-        found.update(read_header(path).tensors)
+        in_file.update(read_header(path).tensors)
+    listed = {name for entry in layers for name in [entry["name"]] + list(entry.get("aliases", []))}
+    expected = {f"{name}.{local}" if name else local for entry in layers
+                for name in [entry["name"]] + list(entry.get("aliases", [])) for local in entry["tensors"]}
+    key_map = (model_key_map(model, in_file, hf_quantizer, expected | set(float_parameters)) if model is not None
+               else {key: (key, None) for key in in_file})
+    _refuse_converted(key_map, listed)
+    found: Dict[str, Any] = {key_map[key][0]: spec for key, spec in in_file.items()}
     problems = []
     for entry in layers:
         for local, spec in entry.get("tensors", {}).items():
@@ -290,14 +304,36 @@ def _check_files(layers: List[Dict[str, Any]], files, float_parameters: Dict[str
                                 f"{spec.get('dtype')}{spec.get('shape')} in quantization_config")
     problems += [f"{key} is in the file but no quantization_config.layers entry lists it"
                  for key in unlisted_tensors(layers, found)]
-    for key, expected in float_parameters.items():
+    for key, expected_param in float_parameters.items():
         have = found.get(key)
-        if have is None or not have.dtype.is_floating_point or list(have.shape) != list(expected.shape):
+        if have is None or not have.dtype.is_floating_point or list(have.shape) != list(expected_param.shape):
             problems.append(f"{key} is missing" if have is None else f"{key} is {dtype_name(have.dtype)}"
-                            f"{list(have.shape)} in the file, a float {list(expected.shape)} in the model")
+                            f"{list(have.shape)} in the file, a float {list(expected_param.shape)} in the model")
     if problems:
         raise CheckpointError(f"the checkpoint does not match its quantization_config: {'; '.join(problems[:10])}"
                               f"{' ...' if len(problems) > 10 else ''}")
+
+
+def _refuse_converted(key_map: Dict[str, Any], listed) -> None:
+    """CheckpointError for the files' tensors of a quantized layer (one of ``listed``) that a
+    transformers WeightConverter would take on load: a tensor op (NomicBert's ``Wqkv`` split in
+    q / k / v, MoE experts merged), meant for float weights, which would cut a quantized
+    layer's packed buffers apart."""
+    converted: Dict[str, List[str]] = {}
+    for file_key, (model_key, converter) in key_map.items():
+        if converter is not None and model_key.rpartition(".")[0] in listed:
+            converted.setdefault(converter, []).append(file_key)
+    if converted:
+        converter, keys = next(iter(converted.items()))
+        more = sum(len(k) for k in converted.values()) - 1
+        layer = key_map[keys[0]][0].rpartition(".")[0]
+        what = f"{keys[0]!r} (quantized layer {layer!r})" + (f" and {more} more tensors go" if more else " goes")
+        raise CheckpointError(
+            f"the checkpoint's {what} through transformers' weight conversion {converter!r} on load (tensors "
+            f"merged / split / permuted, not only renamed), "
+            f"which a quantized layer's tensors can't take: save the quantized model with "
+            f"mono_quant.save(model, path) and load it with mono_quant.load(path, model=skeleton), or keep "
+            f"these layers float (MonoQuantConfig(exclude=[...]), mono_quant.quantize(..., exclude=[...]))")
 
 
 def _check_loaded_layers(model: nn.Module, layers: List[Dict[str, Any]]) -> None:

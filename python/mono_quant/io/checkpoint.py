@@ -136,12 +136,35 @@ def quantize_checkpoint(src, dst, dtype=None, *, symmetric: Optional[bool] = Non
             raise CheckpointError(f"{src} is already a mono-quant file; quantize the float checkpoint instead")
         _refuse_quantized_entries(reader, src)
         _refuse_overwriting_source(reader, src, dst)
+        hf_plan = hf_checkpoint_plan(src, reader.keys())
+        _use_model_names(reader, hf_plan, src)
         check_patterns_match(cfg, layer_names_of_keys(reader.keys()), holders=holder_names_of_keys(reader.keys()))
-        hf_plan = hf_checkpoint_plan(src)
         hf_plan.keep_float.update(attention_out_proj_keys(reader.keys()))  # as quantize(state_dict) does
         report = _write(reader, src, dst, cfg, overwrite, progress, measure_error, hf_plan)
     warn_if_nothing_quantized(report.layers, report.skipped)  # as quantize(state_dict) does
     return QuantizationResult(None, report.skipped, report, cfg, path=Path(dst))
+
+
+def _use_model_names(reader: CheckpointReader, hf_plan: HfCheckpointPlan, src) -> None:
+    """Read an HF folder under its model's names (transformers renames checkpoint keys on load:
+    a ViT's ``encoder.layer.0.attention.attention.query`` is the model's ``layers.0.attention.q_proj``),
+    so that include / exclude, the plan and the output's layers are the names ``load(dst, model=...)``
+    finds.  CheckpointError, before anything is written, for a folder whose tensors transformers
+    merges / splits on load (MoE experts, a fused qkv): that takes the whole model, not a tensor at a time."""
+    converted = hf_plan.converted()
+    if converted:
+        key, pattern = next(iter(converted.items()))
+        raise CheckpointError(
+            f"{src}: transformers converts {len(converted)} of its tensors while loading (merges, splits or "
+            f"permutes them, e.g. {key!r} by its conversion {pattern!r}), which quantize_checkpoint can't do one "
+            f"tensor at a time: load the folder with from_pretrained(..., quantization_config="
+            f"mono_quant.MonoQuantConfig(...)) and save_pretrained the model, or quantize the loaded model with "
+            f"mono_quant.quantize() and mono_quant.save()")
+    renamed = hf_plan.renamed()
+    if renamed:
+        reader.rename(renamed)
+        log.info("%s: %d tensors read under the model's names (e.g. %s -> %s)", src, len(renamed),
+                 *next(iter(renamed.items())))
 
 
 def _earlier_output(dst) -> Optional[str]:

@@ -21,13 +21,20 @@ and gives each weight its treatment:
 
 Tied weights the folder stores once (transformers drops ``lm_head.weight`` when
 it is tied) stay tied: load() maps the model's tied names to the one tensor.
+
+The folder's names need not be the model's: transformers renames checkpoint keys on load
+for many architectures (ViT's ``encoder.layer.0.attention.attention.query`` is the model's
+``layers.0.attention.q_proj``; a GPT-2 folder may lack ``transformer.``).  The plan carries
+``key_map`` (:func:`~mono_quant.integrations.hf_keys.model_key_map`, transformers' own
+mapping), by which quantize_checkpoint reads the folder under the model's names: its globs,
+its plan and its output are the model's, which ``load(dst, model=skeleton)`` finds.
 """
 from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, Tuple
+from typing import Dict, Iterable, Optional, Tuple
 
 import torch
 from torch import nn
@@ -48,22 +55,41 @@ class HfCheckpointPlan:
     """``keep_float``: key -> (module type, reason); ``transposed``: key -> module type
     of weights stored ``[in, out]``; ``conv1d``: key -> module type of nn.Conv1d weights
     (quantized as their height-1 Conv2d view); ``tied``: key -> the first key it shares its tensor with;
-    ``module_types``: key -> the type of the module holding every 2-D / 4-D weight of the model."""
+    ``module_types``: key -> the type of the module holding every 2-D / 4-D weight of the model;
+    ``key_map``: the folder's key -> (the model's name of it, the pattern of the transformers
+    WeightConverter that takes it on load, or None), for the keys given to hf_checkpoint_plan.
+    The other fields' keys are the model's names."""
 
     keep_float: Dict[str, Tuple[str, str]] = field(default_factory=dict)
     transposed: Dict[str, str] = field(default_factory=dict)
     conv1d: Dict[str, str] = field(default_factory=dict)
     tied: Dict[str, str] = field(default_factory=dict)
     module_types: Dict[str, str] = field(default_factory=dict)
+    key_map: Dict[str, Tuple[str, Optional[str]]] = field(default_factory=dict)
+
+    def renamed(self) -> Dict[str, str]:
+        """{the folder's key: the model's name} of the keys the model names otherwise."""
+        return {key: new for key, (new, _) in self.key_map.items() if new != key}
+
+    def converted(self) -> Dict[str, str]:
+        """{the folder's key: the WeightConverter's pattern} of the keys transformers converts on load."""
+        return {key: pattern for key, (_, pattern) in self.key_map.items() if pattern is not None}
 
 
-def hf_checkpoint_plan(src) -> HfCheckpointPlan:
-    """The plan for the HF folder ``src``; an empty plan when ``src`` is not one, or
-    transformers is not installed or cannot build its architecture."""
+def hf_checkpoint_plan(src, keys: Iterable[str] = ()) -> HfCheckpointPlan:
+    """The plan for the HF folder ``src`` whose tensors are ``keys``; an empty plan when
+    ``src`` is not one, or transformers is not installed or cannot build its architecture.
+    The model is built once (its config.json read once), on the meta device."""
     plan = HfCheckpointPlan()
     model = _meta_model(Path(src))
     if model is None:
         return plan
+    from ..integrations.hf_keys import model_key_map
+
+    try:
+        plan.key_map = model_key_map(model, keys)
+    except Exception as exc:  # (transformers' mapping code failing on this model): the names as stored
+        log.warning("%s: cannot map the checkpoint's names to the model's (%s); reading them as stored", src, exc)
     owners: Dict[int, Tuple[str, nn.Module]] = {}
     for name, m in model.named_modules(remove_duplicate=False):
         weight = m._parameters.get("weight")

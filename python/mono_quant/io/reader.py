@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from collections import OrderedDict
 from pathlib import Path
-from typing import Dict, Iterator, List, Optional, Tuple
+from typing import Dict, Iterator, List, Mapping, Optional, Tuple
 
 import torch
 
@@ -24,7 +24,9 @@ class CheckpointReader:
     without reading, ``get(key)`` reads one.  Use as a context manager.
     Raises ``FileNotFoundError`` for a missing source and CheckpointError for
     an unreadable one, a bad index, or a name found in two shards.  ``skip``: a
-    file a folder scan leaves out (see :func:`~.plan.shard_plan`).
+    file a folder scan leaves out (see :func:`~.plan.shard_plan`).  :meth:`rename`
+    gives tensors other names (a Hugging Face model's), by which every method then
+    takes them.
     """
 
     def __init__(self, src, skip=None):
@@ -33,6 +35,7 @@ class CheckpointReader:
             raise FileNotFoundError(f"{self.src} does not exist")
         self._shards = []
         self._where: "OrderedDict[str, object]" = OrderedDict()
+        self._stored: Dict[str, str] = {}  # a renamed tensor's name -> its name in its shard
         try:
             for path, wanted in shard_plan(self.src, None if skip is None else Path(os.fsdecode(skip))):
                 shard = open_shard(path)
@@ -54,8 +57,25 @@ class CheckpointReader:
     def keys(self) -> List[str]:
         return list(self._where)
 
+    def rename(self, mapping: Mapping[str, str]) -> None:
+        """Name the tensors ``mapping`` maps (current name -> new name; the others keep theirs)
+        by their new names, in the same order; each is still read from its shard by the name
+        stored there.  CheckpointError when two tensors would get one name."""
+        names = [mapping.get(k, k) for k in self._where]
+        first: Dict[str, str] = {}
+        for key, new in zip(self._where, names):
+            if first.setdefault(new, key) != key:
+                raise CheckpointError(f"{self.src}: tensors {first[new]!r} and {key!r} would both be named {new!r}")
+        self._stored = {new: self.stored_name(key) for key, new in zip(self._where, names)
+                        if self.stored_name(key) != new}
+        self._where = OrderedDict(zip(names, self._where.values()))
+
+    def stored_name(self, key: str) -> str:
+        """The name ``key``'s tensor has in its file (``key`` unless renamed)."""
+        return self._stored.get(key, key)
+
     def spec(self, key: str) -> Tuple[torch.dtype, Tuple[int, ...]]:
-        return self._where[key].spec(key)
+        return self._where[key].spec(self.stored_name(key))
 
     def nbytes(self, key: str) -> int:
         dtype, shape = self.spec(key)
@@ -79,12 +99,12 @@ class CheckpointReader:
         return sum(self.nbytes(k) for k in self._where)
 
     def get(self, key: str) -> torch.Tensor:
-        return self._where[key].get(key)
+        return self._where[key].get(self.stored_name(key))
 
     def location(self, key: str) -> Optional[Tuple[int, int]]:
         """(open file descriptor, byte offset) of ``key``'s data when it can be read
         straight from its file (a safetensors shard on a POSIX system), else None."""
-        return self._where[key].location(key)
+        return self._where[key].location(self.stored_name(key))
 
     def shard_path(self, key: str) -> Path:
         """The file ``key`` is read from."""
@@ -99,7 +119,7 @@ class CheckpointReader:
     def release(self, key: str, tensor: torch.Tensor) -> None:
         """Drop the pages under ``tensor`` (``key``'s tensor or a view of it) from this
         process; its data stays valid and is read again if touched."""
-        self._where[key].release(key, tensor)
+        self._where[key].release(self.stored_name(key), tensor)
 
     def items(self) -> Iterator[Tuple[str, torch.Tensor]]:
         """(name, tensor) one at a time; each shard is closed once its tensors are done."""
@@ -108,9 +128,10 @@ class CheckpointReader:
             if previous is not None and shard is not previous:
                 previous.close()
             previous = shard
-            tensor = shard.get(key)
+            stored = self.stored_name(key)
+            tensor = shard.get(stored)
             yield key, tensor
-            shard.release(key, tensor)
+            shard.release(stored, tensor)
             del tensor
 
     def close(self) -> None:
