@@ -197,3 +197,22 @@ def test_config_keys_that_count_no_blocks_are_not_limits(folders, tmp_path, capl
         result = mq.quantize_checkpoint(edited, tmp_path / "q.safetensors")
     assert "plain state_dict" not in caplog.text
     assert result.report.tied == {"lm_head.weight": "transformer.wte.weight"}
+
+
+@pytest.mark.parametrize("dtype", ["int8", "int4"])
+def test_a_tied_bias_the_folder_stores_once(tmp_path, dtype):
+    # BertForMaskedLM's decoder.bias is cls.predictions.bias (one Parameter): the folder stores the
+    # latter only, and load() refused the output ("missing keys: ['cls.predictions.decoder.bias']")
+    from transformers import BertConfig, BertForMaskedLM
+    torch.manual_seed(0)
+    config = BertConfig(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128,
+                        vocab_size=100)
+    model = BertForMaskedLM(config).eval()
+    model.save_pretrained(tmp_path / "mlm")
+    result = mq.quantize_checkpoint(tmp_path / "mlm", tmp_path / "q.safetensors", dtype=dtype)
+    assert result.report.tied["cls.predictions.decoder.bias"] == "cls.predictions.bias"
+    loaded = mq.load(tmp_path / "q.safetensors", model=BertForMaskedLM(config).eval())
+    assert loaded.cls.predictions.decoder.bias is loaded.cls.predictions.bias  # still one parameter
+    ids = torch.randint(0, 100, (2, 7))
+    with torch.no_grad():
+        assert torch.equal(loaded(input_ids=ids).logits, mq.quantize(model, dtype=dtype).model(input_ids=ids).logits)

@@ -31,6 +31,7 @@ its plan and its output are the model's, which ``load(dst, model=skeleton)`` fin
 """
 from __future__ import annotations
 
+import itertools
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -57,7 +58,9 @@ class HfCheckpointPlan:
     (quantized as their height-1 Conv2d view); ``tied``: key -> the first key it shares its tensor with;
     ``module_types``: key -> the type of the module holding every 2-D / 4-D weight of the model;
     ``key_map``: the folder's key -> (the model's name of it, the pattern of the transformers
-    WeightConverter that takes it on load, or None), for the keys given to hf_checkpoint_plan.
+    WeightConverter that takes it on load, or None), for the keys given to hf_checkpoint_plan;
+    ``tied_tensors``: key -> the first key of the same parameter, for the tied parameters that are
+    no layer's weight (BertForMaskedLM's ``cls.predictions.decoder.bias`` is ``cls.predictions.bias``).
     The other fields' keys are the model's names."""
 
     keep_float: Dict[str, Tuple[str, str]] = field(default_factory=dict)
@@ -66,6 +69,7 @@ class HfCheckpointPlan:
     tied: Dict[str, str] = field(default_factory=dict)
     module_types: Dict[str, str] = field(default_factory=dict)
     key_map: Dict[str, Tuple[str, Optional[str]]] = field(default_factory=dict)
+    tied_tensors: Dict[str, str] = field(default_factory=dict)
 
     def renamed(self) -> Dict[str, str]:
         """{the folder's key: the model's name} of the keys the model names otherwise."""
@@ -112,6 +116,11 @@ def hf_checkpoint_plan(src, keys: Iterable[str] = ()) -> HfCheckpointPlan:
             plan.conv1d[key] = type(m).__name__
         elif qcls not in (QuantizedLinear, QuantizedConv2d):
             plan.keep_float[key] = (type(m).__name__, f"{type(m).__name__} is quantized by quantize(model) only")
+    firsts: Dict[int, str] = {}
+    for key, parameter in model.named_parameters(remove_duplicate=False):
+        first = firsts.setdefault(id(parameter), key)
+        if first != key and key not in plan.tied:
+            plan.tied_tensors[key] = first
     for key, first in plan.tied.items():  # a layer tied to one kept float stays float (never a larger model)
         if first in plan.keep_float and key not in plan.keep_float:
             plan.keep_float[key] = (plan.transposed.get(key, "Linear"),
@@ -226,9 +235,10 @@ def _meta_model(src: Path):
 def add_tied_aliases(plan: HfCheckpointPlan, keys, manifest: dict) -> Dict[str, str]:
     """Record in ``manifest`` each tied key the folder does not store (transformers saves a
     tied tensor once) as an alias of the key it does store: a layer alias when that key was
-    quantized, else a tensor alias.  Returns {alias: stored key}."""
+    quantized, else a tensor alias (a tied bias too: load() found no tensor for the layer's
+    ``bias`` and refused the file).  Returns {alias: stored key}."""
     groups: Dict[str, list] = {}
-    for key, first in plan.tied.items():
+    for key, first in itertools.chain(plan.tied.items(), plan.tied_tensors.items()):
         groups.setdefault(first, [first]).append(key)
     present = set(keys)
     layers = {layer["name"] + ".weight": layer for layer in manifest["layers"]}
