@@ -123,7 +123,8 @@ def unpack_int8_linear(packed: torch.Tensor, info: torch.Tensor, shape, groups: 
     weight (dequantize, the fallback paths, save/compare) is recovered.
     Raises ValueError when the buffers don't describe a weight of ``shape``.
     ``groups`` (the layer's): on a GPU, the geometry is taken from it and ``shape`` instead of
-    reading ``info`` back to the host, a sync per call that CUDA graph capture refuses.
+    reading ``info`` back to the host, a sync per call that CUDA graph capture refuses (only the
+    byte count is checked then: the buffers were checked against ``info`` when made or loaded).
     """
     if packed.is_meta or info.is_meta:  # a model moved to "meta" (shape inference): no values to read
         return torch.empty(tuple(shape), dtype=torch.int8, device="meta")
@@ -172,6 +173,8 @@ def check_packed_module(module) -> Optional[str]:
     """:func:`check_packed_int8` for a module's packed buffers (Linear, or Conv2d with
     groups), e.g. as rebuilt from a file: why they are inconsistent, or None.  On any
     device (a state_dict loaded into a model on a GPU is checked too)."""
+    if any(getattr(getattr(module, n, None), "is_meta", False) for n in PACKED_BUFFERS):
+        return None  # a meta skeleton's buffers hold no values to check
     info = packed_info(module, on_cpu=False)
     if info is None:
         return "weight_packed / weight_colsum do not have the sizes weight_packed_info describes"

@@ -66,6 +66,6 @@ def autocast_off(x: torch.Tensor):
 def capturing(t: torch.Tensor) -> bool:
     """Whether ``t``'s device is recording a CUDA graph now (torch.compile's mode="reduce-overhead",
     torch.cuda.graph): reading a value back to the host is refused there (the capture is invalidated),
-    so the host-side checks step aside; the indexing op's own device-side check stays, as for
-    nn.Embedding on a GPU."""
+    so the host-side checks step aside.  Then an embedding's indices are not range-checked: one past
+    the end fails on the device, a negative one reads from the end (as indexing does)."""
     return t.is_cuda and torch.cuda.is_current_stream_capturing()

@@ -144,6 +144,17 @@ def test_an_unlisted_tensor_is_named_by_the_model(tmp_path):
         transformers.ViTModel.from_pretrained(tmp_path)
 
 
+def test_two_tensors_of_the_file_for_one_of_the_model_are_refused(tmp_path):
+    # the checkpoint name and the model's name of one tensor both in the file: which one would load?
+    path = _saved_vit(tmp_path)
+    tensors = load_file(path)
+    scale = tensors["encoder.layer.0.attention.attention.query.weight_scale"]
+    tensors["layers.0.attention.q_proj.weight_scale"] = scale.clone()
+    save_file(tensors, path, metadata={"format": "pt"})
+    with pytest.raises(mq.CheckpointError, match=r"both the model's 'layers\.0\.attention\.q_proj\.weight_scale'"):
+        transformers.ViTModel.from_pretrained(tmp_path)
+
+
 def test_a_quantized_layer_transformers_would_merge_or_split_is_refused(tmp_path):
     # NomicBert stores q / k / v as one Wqkv tensor: transformers splits it on load, which
     # packed int8 / int4 buffers can't take
@@ -203,14 +214,17 @@ def test_quantize_checkpoint_globs_are_the_model_names(vit_folder, tmp_path):
 
 
 def test_quantize_checkpoint_of_a_gpt2_folder_without_its_prefix(tmp_path):
-    # the Hub's gpt2 stores h.0.attn.c_attn.weight, the model names it transformer.h.0.attn.c_attn.weight
+    # the Hub's gpt2 stores h.0.attn.c_attn.weight, the model names it transformer.h.0.attn.c_attn.weight;
+    # it also stores the causal masks h.0.attn.bias, which the model ignores on load (its
+    # _keys_to_ignore_on_load_unexpected): they were written out, and load() refused the file
     config = transformers.GPT2Config(vocab_size=64, n_embd=32, n_layer=2, n_head=2, n_positions=32)
     torch.manual_seed(0)
     model = transformers.GPT2LMHeadModel(config).eval()
     model.save_pretrained(tmp_path / "gpt2")
     path = tmp_path / "gpt2" / "model.safetensors"
-    save_file({k.removeprefix("transformer."): v for k, v in load_file(path).items()}, path,
-              metadata={"format": "pt"})
+    stored = {k.removeprefix("transformer."): v for k, v in load_file(path).items()}
+    stored.update({f"h.{i}.attn.bias": torch.tril(torch.ones(32, 32)).view(1, 1, 32, 32) for i in range(2)})
+    save_file(stored, path, metadata={"format": "pt"})
     result = mq.quantize_checkpoint(tmp_path / "gpt2", tmp_path / "q.safetensors", dtype="int8")
     assert {layer.type for layer in result.report.layers} == {"Conv1D"}
     kept = {s.name: s.reason for s in result.report.skipped}

@@ -236,7 +236,7 @@ def checked_indices(indices: torch.Tensor, num_embeddings: int) -> torch.Tensor:
         F.embedding(indices, torch.empty(0, 0, device=indices.device))
         raise RuntimeError(f"embedding indices must be int64 or int32, got {indices.dtype}")
     flat = indices.reshape(-1)
-    if (flat.numel() and flat.device.type != "meta" and not capturing(flat)
+    if (flat.numel() and flat.device.type != "meta" and not (flat.is_cuda and capturing(flat))
             and (int(flat.min()) < 0 or int(flat.max()) >= num_embeddings)):
         raise IndexError(f"index out of range for an embedding of {num_embeddings} rows")  # as nn.Embedding
     return flat

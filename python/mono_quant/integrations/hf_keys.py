@@ -52,7 +52,7 @@ def model_key_map(model: nn.Module, keys: Iterable[str], hf_quantizer=None,
     for key in sorted(keys, key=_natural_key()):
         new, pattern = rename_source_key(key, renamings, converters, prefix, meta)
         if new not in meta and key in meta:  # the loader's second try: the prefix only
-            new, pattern = rename_source_key(key, [], [], base_model_prefix=prefix, meta_state_dict=meta)
+            new, pattern = rename_source_key(key, [], [], prefix, meta)
         out[key] = (new, pattern)
     return {key: out[key] for key in keys}
 

@@ -288,10 +288,21 @@ def _check_files(layers: List[Dict[str, Any]], files, float_parameters: Dict[str
     listed = {name for entry in layers for name in [entry["name"]] + list(entry.get("aliases", []))}
     expected = {f"{name}.{local}" if name else local for entry in layers
                 for name in [entry["name"]] + list(entry.get("aliases", [])) for local in entry["tensors"]}
-    key_map = (model_key_map(model, in_file, hf_quantizer, expected | set(float_parameters)) if model is not None
-               else {key: (key, None) for key in in_file})
+    key_map = {key: (key, None) for key in in_file}
+    if model is not None:
+        try:
+            key_map = model_key_map(model, in_file, hf_quantizer, expected | set(float_parameters))
+        except Exception as exc:  # (transformers' mapping code failing on this model): the names as stored
+            warnings.warn(f"mono-quant: cannot map the checkpoint's names to the model's ({exc}); comparing them "
+                          f"as stored", UserWarning, stacklevel=2)
     _refuse_converted(key_map, listed)
-    found: Dict[str, Any] = {key_map[key][0]: spec for key, spec in in_file.items()}
+    found: Dict[str, Any] = {}
+    for key, spec in in_file.items():
+        name = key_map[key][0]
+        if name in found:  # (two tensors of the files for one of the model's: which would it load?)
+            other = next(k for k in in_file if k != key and key_map[k][0] == name)
+            raise CheckpointError(f"the checkpoint's {other!r} and {key!r} are both the model's {name!r}")
+        found[name] = spec
     problems = []
     for entry in layers:
         for local, spec in entry.get("tensors", {}).items():

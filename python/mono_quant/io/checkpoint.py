@@ -160,6 +160,10 @@ def _use_model_names(reader: CheckpointReader, hf_plan: HfCheckpointPlan, src) -
             f"tensor at a time: load the folder with from_pretrained(..., quantization_config="
             f"mono_quant.MonoQuantConfig(...)) and save_pretrained the model, or quantize the loaded model with "
             f"mono_quant.quantize() and mono_quant.save()")
+    if hf_plan.ignored:
+        reader.drop(hf_plan.ignored)
+        log.info("%s: %d tensors the model ignores on load left out (e.g. %s)", src, len(hf_plan.ignored),
+                 hf_plan.ignored[0])
     renamed = hf_plan.renamed()
     if renamed:
         reader.rename(renamed)

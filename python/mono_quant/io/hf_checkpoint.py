@@ -33,9 +33,10 @@ from __future__ import annotations
 
 import itertools
 import logging
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, Iterable, Optional, Tuple
+from typing import Dict, Iterable, List, Optional, Tuple
 
 import torch
 from torch import nn
@@ -60,7 +61,9 @@ class HfCheckpointPlan:
     ``key_map``: the folder's key -> (the model's name of it, the pattern of the transformers
     WeightConverter that takes it on load, or None), for the keys given to hf_checkpoint_plan;
     ``tied_tensors``: key -> the first key of the same parameter, for the tied parameters that are
-    no layer's weight (BertForMaskedLM's ``cls.predictions.decoder.bias`` is ``cls.predictions.bias``).
+    no layer's weight (BertForMaskedLM's ``cls.predictions.decoder.bias`` is ``cls.predictions.bias``);
+    ``ignored``: the folder's keys the model has no tensor for and tells transformers to ignore on load
+    (``_keys_to_ignore_on_load_unexpected``: the Hub's GPT-2 stores its attention masks ``h.0.attn.bias``).
     The other fields' keys are the model's names."""
 
     keep_float: Dict[str, Tuple[str, str]] = field(default_factory=dict)
@@ -70,6 +73,7 @@ class HfCheckpointPlan:
     module_types: Dict[str, str] = field(default_factory=dict)
     key_map: Dict[str, Tuple[str, Optional[str]]] = field(default_factory=dict)
     tied_tensors: Dict[str, str] = field(default_factory=dict)
+    ignored: List[str] = field(default_factory=list)
 
     def renamed(self) -> Dict[str, str]:
         """{the folder's key: the model's name} of the keys the model names otherwise."""
@@ -90,10 +94,18 @@ def hf_checkpoint_plan(src, keys: Iterable[str] = ()) -> HfCheckpointPlan:
         return plan
     from ..integrations.hf_keys import model_key_map
 
+    keys = list(keys)
     try:
         plan.key_map = model_key_map(model, keys)
     except Exception as exc:  # (transformers' mapping code failing on this model): the names as stored
         log.warning("%s: cannot map the checkpoint's names to the model's (%s); reading them as stored", src, exc)
+    # as from_pretrained: a key the model has no tensor for, matching one of these patterns, is dropped
+    model_keys = set(model.state_dict())
+    ignore = [re.compile(p) for p in getattr(model, "_keys_to_ignore_on_load_unexpected", None) or ()]
+    for key in keys:
+        name = plan.key_map.get(key, (key, None))[0]
+        if name not in model_keys and any(p.search(name) for p in ignore):
+            plan.ignored.append(key)
     owners: Dict[int, Tuple[str, nn.Module]] = {}
     for name, m in model.named_modules(remove_duplicate=False):
         weight = m._parameters.get("weight")
@@ -250,11 +262,15 @@ def add_tied_aliases(plan: HfCheckpointPlan, keys, manifest: dict) -> Dict[str, 
         for key in group:
             if key in present:
                 continue
-            added[key] = stored[0]
             if stored[0] in layers:
+                if not key.endswith(".weight"):  # a quantized weight tied to a parameter that is no layer's
+                    log.warning("%s shares its tensor with the quantized %s and is not stored: not kept tied",
+                                key, stored[0])
+                    continue
                 layers[stored[0]].setdefault("aliases", []).append(key[: -len(".weight")])
             else:
                 manifest["tensor_aliases"][key] = stored[0]
+            added[key] = stored[0]
     if added:
         log.info("tied weights stored once: %s", ", ".join(f"{a} -> {t}" for a, t in added.items()))
     return added

@@ -70,6 +70,12 @@ class CheckpointReader:
                         if self.stored_name(key) != new}
         self._where = OrderedDict(zip(names, self._where.values()))
 
+    def drop(self, keys) -> None:
+        """Leave the tensors ``keys`` out (as if the files did not hold them)."""
+        for key in keys:
+            self._where.pop(key, None)
+            self._stored.pop(key, None)
+
     def stored_name(self, key: str) -> str:
         """The name ``key``'s tensor has in its file (``key`` unless renamed)."""
         return self._stored.get(key, key)

@@ -453,7 +453,8 @@ _LIB.define("embedding_lookup(Tensor indices, Tensor qdata, Tensor scale, Tensor
 def _embedding_lookup(indices, qdata, scale, zero_point, num_embeddings, embedding_dim, group,
                       dequantize_int4=_dequantize_int4):
     flat = indices.reshape(-1)
-    if flat.numel() and not capturing(flat) and (int(flat.min()) < 0 or int(flat.max()) >= num_embeddings):
+    if flat.numel() and not (flat.is_cuda and capturing(flat)) and (int(flat.min()) < 0
+                                                                    or int(flat.max()) >= num_embeddings):
         raise IndexError(f"index out of range for an embedding of {num_embeddings} rows")  # as nn.Embedding
     q, s, z = qdata[flat], scale[flat], zero_point[flat]
     if group:  # int4, group-wise along the embedding dimension
