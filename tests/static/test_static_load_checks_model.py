@@ -92,13 +92,19 @@ class CalledTwice(nn.Module):
         return self.c_1(torch.relu(self.c(torch.relu(self.c(x)))))
 
 
-def test_a_module_called_twice_beside_a_suffixed_name_loads(tmp_path):
+def _saved_and_reloaded(make, shape, path):
+    """Static int8 of ``make()`` saved at ``path``, which loads into a fresh ``make()`` with the same outputs."""
     torch.manual_seed(0)
-    result = mq.quantize(CalledTwice().eval(), "int8", activations="static",
-                         calibration=[torch.randn(2, 8, 8, 8) for _ in range(3)])
-    path = mq.save(result, tmp_path / "twice.safetensors")
-    x = torch.randn(2, 8, 8, 8)
-    assert torch.equal(mq.load(path, model=CalledTwice())(x), result.model(x))
+    result = mq.quantize(make().eval(), "int8", activations="static",
+                         calibration=[torch.randn(*shape) for _ in range(3)])
+    mq.save(result, path)
+    x = torch.randn(*shape)
+    assert torch.equal(mq.load(path, model=make())(x), result.model(x))
+    return path
+
+
+def test_a_module_called_twice_beside_a_suffixed_name_loads(tmp_path):
+    _saved_and_reloaded(CalledTwice, (2, 8, 8, 8), tmp_path / "twice.safetensors")
 
 
 class DataDependent(nn.Module):
@@ -117,12 +123,7 @@ class DataDependent(nn.Module):
 
 
 def test_a_per_layer_file_is_checked_as_a_graph_file_is(tmp_path):
-    torch.manual_seed(0)
-    result = mq.quantize(DataDependent().eval(), "int8", activations="static",
-                         calibration=[torch.randn(2, 3, 8, 8) for _ in range(3)])
-    path = mq.save(result, tmp_path / "per_layer.safetensors")
-    x = torch.randn(2, 3, 8, 8)
-    assert torch.equal(mq.load(path, model=DataDependent())(x), result.model(x))
+    path = _saved_and_reloaded(DataDependent, (2, 3, 8, 8), tmp_path / "per_layer.safetensors")
     # the static kernels pad with zeros: a model whose conv reflects is another model
     with pytest.raises(mq.CheckpointError, match=r"layer 'conv': padding \(1, 1\) \(reflect\) in the model"):
         mq.load(path, model=DataDependent(padding_mode="reflect"))

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from ..packing import PACKED_BUFFERS
-from ..torch_features import capturing
+from ..kernels.torch_library import check_index_range
 from ..qtypes import QType
 from .checks import is_int, need
 from . import layer_cache
@@ -236,8 +236,6 @@ def checked_indices(indices: torch.Tensor, num_embeddings: int) -> torch.Tensor:
         F.embedding(indices, torch.empty(0, 0, device=indices.device))
         raise RuntimeError(f"embedding indices must be int64 or int32, got {indices.dtype}")
     flat = indices.reshape(-1)
-    if (flat.numel() and flat.device.type != "meta" and not (flat.is_cuda and capturing(flat))
-            and (int(flat.min()) < 0 or int(flat.max()) >= num_embeddings)):
-        raise IndexError(f"index out of range for an embedding of {num_embeddings} rows")  # as nn.Embedding
+    check_index_range(flat, num_embeddings)
     return flat
 

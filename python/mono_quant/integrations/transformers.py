@@ -43,7 +43,7 @@ from ..errors import ConfigError
 from ..io.composites import check_loaded_float_parameters, expand_shells, float_parameter_keys
 from ..io.errors import CheckpointError
 from ..io.layers import own_tensors, quantized_layer_entries
-from ..io.manifest import quantized_class
+from ..io.manifest import layer_key, quantized_class
 from ..io.validate import check_layer
 from ..io.dtypes import dtype_from_name
 from ..modules.composite import QuantizedComposite
@@ -286,7 +286,7 @@ def _check_files(layers: List[Dict[str, Any]], files, float_parameters: Dict[str
     for path in files:
         in_file.update(read_header(path).tensors)
     listed = {name for entry in layers for name in [entry["name"]] + list(entry.get("aliases", []))}
-    expected = {f"{name}.{local}" if name else local for entry in layers
+    expected = {layer_key(name, local) for entry in layers
                 for name in [entry["name"]] + list(entry.get("aliases", [])) for local in entry["tensors"]}
     key_map = {key: (key, None) for key in in_file}
     if model is not None:
@@ -306,7 +306,7 @@ def _check_files(layers: List[Dict[str, Any]], files, float_parameters: Dict[str
     problems = []
     for entry in layers:
         for local, spec in entry.get("tensors", {}).items():
-            key = f"{entry['name']}.{local}" if entry["name"] else local
+            key = layer_key(entry["name"], local)
             have = found.get(key)
             if have is None:
                 problems.append(f"{key} is missing")

@@ -33,7 +33,7 @@ from .layout import PACKED_LAYOUT_VERSION, int8_packed_sizes, unpack_int8_rows
 from .rows import dequantize_rows, to_numpy
 from .settings import SETTINGS
 
-__all__ = ["use_ops", "check_jit_trace", "refuse_fx_proxy", "conv_weight", "packed_conv_grads", "refuse_functorch",
+__all__ = ["use_ops", "check_index_range", "check_jit_trace", "refuse_fx_proxy", "conv_weight", "packed_conv_grads", "refuse_functorch",
            "KERNEL_DTYPES"]
 
 _LIB = torch.library.Library("mono_quant", "DEF")  # kept alive: the ops live as long as this object
@@ -51,6 +51,14 @@ _ANY_DEVICE = "CompositeExplicitAutograd"
 _is_compiling, _is_tracing, _grad_enabled, _Tensor = (torch.compiler.is_compiling, torch._C._is_tracing,
                                                       torch.is_grad_enabled, torch.Tensor)
 _transforms_active = torch._C._are_functorch_transforms_active  # (~0.06 us)
+
+
+def check_index_range(flat: torch.Tensor, num_embeddings: int) -> None:
+    """nn.Embedding's IndexError for an index outside [0, num_embeddings) (eager and op lookups alike;
+    not on meta, which has no values, nor while a CUDA graph is captured: torch_features.capturing)."""
+    if (flat.numel() and flat.device.type != "meta" and not (flat.is_cuda and capturing(flat))
+            and (int(flat.min()) < 0 or int(flat.max()) >= num_embeddings)):
+        raise IndexError(f"index out of range for an embedding of {num_embeddings} rows")  # as nn.Embedding
 
 
 def refuse_functorch(module) -> None:
@@ -213,9 +221,13 @@ _LIB.define("dequantize_int8_packed(Tensor packed, Tensor info, Tensor scale, Te
 
 def _dequantize_int8_packed(packed, info, scale, zero_point, out_features, in_features, group):
     n, k, _, groups = _packed_geometry(info)
-    out_g = n // groups
+    return _dequantize_packed_group(packed, scale, zero_point, groups, n // groups, k, group)
+
+
+def _dequantize_packed_group(packed, scale, zero_point, groups: int, out_g: int, k: int, group: int):
+    """float32 rows of group ``group`` of a packed int8 weight of ``groups`` blocks of ``out_g`` x ``k``."""
     rows = unpack_int8_rows(packed, groups, out_g, k)[group]
-    lo = group * out_g
+    n, lo = groups * out_g, group * out_g
     scale = scale.detach().to(torch.float32).expand(n)[lo:lo + out_g]
     zero_point = zero_point.detach().to(torch.int32).expand(n)[lo:lo + out_g]
     return dequantize_rows(rows, scale, zero_point)
@@ -232,13 +244,8 @@ def _dequantize_int8_packed_any_device(packed, info, scale, zero_point, out_feat
     # the geometry from the sizes, not from info: reading a GPU info tensor is a copy to the host,
     # which CUDA graph capture (torch.compile's mode="reduce-overhead") refuses; the buffers were
     # checked against info where they were made or loaded
-    size_g = int8_packed_sizes(out_features, in_features)[0]
-    groups = max(1, packed.numel() // size_g)
-    rows = unpack_int8_rows(packed, groups, out_features, in_features)[group]
-    n, lo = groups * out_features, group * out_features
-    scale = scale.detach().to(torch.float32).expand(n)[lo:lo + out_features]
-    zero_point = zero_point.detach().to(torch.int32).expand(n)[lo:lo + out_features]
-    return dequantize_rows(rows, scale, zero_point).contiguous()
+    groups = max(1, packed.numel() // int8_packed_sizes(out_features, in_features)[0])
+    return _dequantize_packed_group(packed, scale, zero_point, groups, out_features, in_features, group).contiguous()
 
 
 _LIB.impl("dequantize_int8_packed", _dequantize_int8_packed_any_device, _ANY_DEVICE)
@@ -453,9 +460,7 @@ _LIB.define("embedding_lookup(Tensor indices, Tensor qdata, Tensor scale, Tensor
 def _embedding_lookup(indices, qdata, scale, zero_point, num_embeddings, embedding_dim, group,
                       dequantize_int4=_dequantize_int4):
     flat = indices.reshape(-1)
-    if flat.numel() and not (flat.is_cuda and capturing(flat)) and (int(flat.min()) < 0
-                                                                    or int(flat.max()) >= num_embeddings):
-        raise IndexError(f"index out of range for an embedding of {num_embeddings} rows")  # as nn.Embedding
+    check_index_range(flat, num_embeddings)
     q, s, z = qdata[flat], scale[flat], zero_point[flat]
     if group:  # int4, group-wise along the embedding dimension
         rows = dequantize_int4(q, s, z, embedding_dim, group)
