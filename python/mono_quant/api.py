@@ -169,7 +169,8 @@ def quantize(
                 raise TypeError(
                     f"quantize() got a TorchScript module ({type(given).__name__}, from torch.jit.script / trace): "
                     f"its compiled code calls its own layers, which can't be replaced; quantize the eager model, "
-                    f"then script or trace the quantized one")
+                    f"then trace the quantized one (torch.jit.trace; torch.jit.script is refused by "
+                    f"quantized layers) or use torch.compile / torch.export")
         # (each path called from this frame: the warnings' stack levels count on it)
         if cfg.activations == "static" or calibration is not None or observer is not None or calibration_samples:
             result = quantize_static(model_or_state_dict, cfg, calibration, observer, calibration_samples, progress)
@@ -423,6 +424,7 @@ class _LayerQuantizer:
         self.report.layers.append(LayerReport(
             name, type(m).__name__, self.qtype.name, _reported_shape(m, w),
             tensor_bytes(w) + tensor_bytes(b), qm.weight_nbytes() + tensor_bytes(qm.bias), sqnr,
+            str(qm.orig_dtype).replace("torch.", ""),
         ))
         return None
 
@@ -496,6 +498,9 @@ def _shape_reason(m: nn.Module, cfg: QuantConfig, weights: Optional[Mapping], na
         if parametrize.is_parametrized(m):
             return ("parametrized weight: the state_dict holds its parametrization's tensors (load it into the model "
                     "and quantize the model)")
+        if _key(name, "weight") not in weights and any(p in m._parameters for p in ("weight_orig", "weight_v")):
+            return ("pruned or weight-normed weight (a hook computes it): the state_dict holds weight_orig / weight_v "
+                    "in its place (load it into the model and quantize the model)")
         w = weights.get(_key(name, "weight"))
         if w is None:
             raise KeyError(f"state_dict has no {_key(name, 'weight')!r} for layer {name!r} of the model")

@@ -15,6 +15,7 @@ from .config import QuantConfig
 from .errors import NonFiniteWeightError
 from .formats import get_format
 from .narrow import narrow_reason
+from .orig_dtype import orig_dtype_of
 from .packing import can_pack, pack_int8_linear, quantize_and_pack_int8
 from .qtypes import QType, get_qtype
 from .report import LayerReport, SkippedLayer, storage_view, tensor_bytes
@@ -40,6 +41,19 @@ def convert_weight(w: torch.Tensor, qtype: QType, cfg: QuantConfig, layer_type: 
     return result
 
 
+#: the entries a layer stores in place of its ``weight`` (the one of each set shaped as the weight):
+#: quantize(state_dict) lists such a layer in ``skipped`` (it was left float silently)
+_WEIGHT_STAND_INS = (
+    ("weight_orig", "a pruned weight (torch.nn.utils.prune's weight_orig and weight_mask)",
+     "prune.remove(module, 'weight')"),
+    ("weight_v", "a weight-normed weight (torch.nn.utils.weight_norm's weight_g and weight_v)",
+     "torch.nn.utils.remove_weight_norm(module)"),
+    ("parametrizations.weight.original", "a parametrized weight (torch.nn.utils.parametrize)",
+     "parametrize.remove_parametrizations(module, 'weight')"),
+    ("parametrizations.weight.original1", "a parametrized weight (torch.nn.utils.parametrize)",
+     "parametrize.remove_parametrizations(module, 'weight')"))
+
+
 def state_dict_entry_plan(key: str, tensor: torch.Tensor, cfg: QuantConfig):
     """What ``quantize(state_dict)`` does with one entry: None when it is copied as it is
     (not a 2-D to 4-D ``*.weight``: a norm's, a bias), else ``(layer name, "Linear", "Conv1d"
@@ -47,6 +61,12 @@ def state_dict_entry_plan(key: str, tensor: torch.Tensor, cfg: QuantConfig):
     quantized, else why it stays float: a 3-D weight (a Conv1d's: a state_dict alone does not say
     what holds it) and an integer one are listed, as quantize(model) lists what it leaves."""
     is_weight = key == "weight" or key.endswith(".weight")
+    stand_in = next((entry for entry in _WEIGHT_STAND_INS if key == entry[0] or key.endswith("." + entry[0])), None)
+    if stand_in is not None and tensor.dim() in (2, 3, 4):  # listed, never left float silently
+        suffix, what, remedy = stand_in
+        return key[: -len(suffix)].rstrip("."), {2: "Linear", 3: "Conv1d", 4: "Conv2d"}[tensor.dim()], (
+            f"{what}: the state_dict holds no plain weight; make it one before state_dict() ({remedy}) or "
+            f"quantize the model")
     if not (is_weight and tensor.dim() in (2, 3, 4)):
         return None
     name = key[: -len("weight")].rstrip(".")
@@ -179,4 +199,5 @@ def finish_entry(out: Mapping[str, torch.Tensor], key: str, name: str, kind: str
     if cache is not None:
         cache[(_tie_key(tensor), qtype.name, "entry")] = ({k[len(prefix):]: t for k, t in out.items()}, sqnr)
     after = sum(tensor_bytes(t) for t in out.values())
-    return out, LayerReport(name, kind, qtype.name, tuple(tensor.shape), tensor_bytes(tensor), after, sqnr), None
+    orig = str(orig_dtype_of(tensor.dtype)).replace("torch.", "")
+    return out, LayerReport(name, kind, qtype.name, tuple(tensor.shape), tensor_bytes(tensor), after, sqnr, orig), None

@@ -8,9 +8,9 @@ layer is never quantized again (its integer weight would be rounded twice: the
 errors compound), so changing a layer's format means starting from the float
 model.
 
-A quantized layer is a :class:`QuantizedModule` or a :class:`QuantizedComposite`
-(an LSTM / attention holding QuantizedLinear children); everything inside one
-belongs to it and is never selected on its own.
+A quantized layer is a :class:`QuantizedModule`, a :class:`QuantizedComposite`
+(an LSTM / attention holding QuantizedLinear children) or a static int8 layer; everything
+inside one belongs to it and is never selected on its own.
 """
 from __future__ import annotations
 
@@ -31,7 +31,8 @@ ALREADY_QUANTIZED = "already quantized"
 
 
 def _is_quantized(m: nn.Module) -> bool:
-    return isinstance(m, (QuantizedModule, QuantizedComposite))
+    # a static int8 layer (static/modules.py, static/fallback.py) says so itself: static/ imports this module
+    return isinstance(m, (QuantizedModule, QuantizedComposite)) or getattr(type(m), "static_int8_layer", False)
 
 
 def quantized_layers(modules: Dict[int, nn.Module]) -> Dict[int, nn.Module]:
@@ -56,6 +57,8 @@ def _format_of(m: nn.Module) -> str:
     """The weight format of a quantized layer (a composite: its children's, e.g. "int8" or "int4+int8")."""
     if isinstance(m, QuantizedModule):
         return m.weight_format
+    if getattr(type(m), "static_int8_layer", False):
+        return "static int8"
     formats = sorted({sub.weight_format for sub in m.modules() if isinstance(sub, QuantizedModule)})
     return "+".join(formats) or "a quantized format"
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, field
-from typing import Dict, List, NamedTuple, Tuple
+from typing import Dict, List, NamedTuple, Optional, Tuple
 
 import torch
 
@@ -47,6 +47,8 @@ class LayerReport:
         bytes_after: Bytes of the quantized weight's buffers and the bias.
         weight_sqnr_db: The weight's signal-to-quantization-noise ratio in
             dB (inf when exact; NaN when not measured).
+        orig_dtype: The float dtype the weight was quantized from ("float32",
+            "float16", "bfloat16" or "float64"; a float8 weight's is float32).
 
     Examples:
         >>> worst = min(result.report.layers, key=lambda r: r.weight_sqnr_db)
@@ -60,6 +62,7 @@ class LayerReport:
     bytes_before: int
     bytes_after: int
     weight_sqnr_db: float
+    orig_dtype: Optional[str] = None
 
     @property
     def bits_per_weight(self) -> float:

@@ -2,6 +2,7 @@
 graph capture (torch.compile fullgraph, torch.export, torch.jit.trace) and autograd to
 the input through every quantized layer."""
 import copy
+import warnings
 
 import pytest
 import torch
@@ -208,6 +209,27 @@ def test_compiled_training_through_frozen_quantized_layers_matches_eager():
         F.mse_loss(run(x), target).backward()
         grads.append(adapter.weight.grad.clone())
     assert grads[0].abs().sum() > 0 and torch.allclose(grads[0], grads[1], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("dtype,activations", LINEAR_CASES)
+def test_jit_trace_of_a_forward_reading_the_weight(dtype, activations):
+    # int8's unpacking took a dtype view, which torch.jit.trace's alias analysis rejects (INTERNAL ASSERT)
+    class ReadsWeight(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(40, 33)
+
+        def forward(self, x):
+            return self.fc(x) + x[..., :33] @ self.fc.weight[:, :33].t()
+
+    torch.manual_seed(0)
+    kw = {"activations": activations} if dtype in ("int8", "uint8") else {}
+    q = mq.quantize(ReadsWeight().eval(), dtype=dtype, **kw).model
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # (the weight is a constant of the graph: a tracer warning)
+        traced = torch.jit.trace(q, torch.randn(2, 40), check_trace=False)
+        x = torch.randn(5, 40)
+        assert torch.equal(traced(x), q(x))
 
 
 def test_jit_trace_of_a_conv_says_its_route_follows_the_example_size():

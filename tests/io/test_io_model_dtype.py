@@ -16,12 +16,18 @@ def _net(dtype=torch.float32, device="cpu"):
         device=device, dtype=dtype)
 
 
-@pytest.fixture(scope="module", params=["int8", "int4", "fp16"])
+@pytest.fixture(scope="module", params=[(fmt, source) for fmt in ("int8", "int4", "fp16")
+                                        for source in ("model", "state_dict")], ids=lambda p: "-".join(p))
 def saved_bf16(request, tmp_path_factory):
-    path = tmp_path_factory.mktemp("dtype") / f"{request.param}.safetensors"
+    # a state_dict's file records its weights' dtype too (it was null there: a float16 or bfloat16
+    # weight's bytes can't tell which, and a bfloat16 file loaded into a float32 model)
+    fmt, source = request.param
+    path = tmp_path_factory.mktemp("dtype") / f"{fmt}-{source}.safetensors"
+    net = _net(torch.bfloat16)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        mq.save(mq.quantize(_net(torch.bfloat16), dtype=request.param).model, path)
+        result = mq.quantize(net if source == "model" else net.state_dict(), dtype=fmt)
+        mq.save(result if source == "state_dict" else result.model, path)
     return path
 
 

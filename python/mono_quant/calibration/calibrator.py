@@ -200,7 +200,15 @@ class Calibrator:
         elif isinstance(batch, dict):
             self.model(**batch)
         elif isinstance(batch, (list, tuple)) and batch and isinstance(batch[0], torch.Tensor):
-            self.model(batch[0])  # (x, y) or [x, ...]: the first element is the input
+            try:
+                self.model(batch[0])  # (x, y) or [x, ...]: the first element is the input
+            except TypeError as exc:  # a model of several inputs given them as a tuple: say how it was read
+                if len(batch) < 2 or not any(word in str(exc) for word in ("argument", "positional")):
+                    raise
+                raise TypeError(f"{exc}; a calibration batch that is a {type(batch).__name__} is read as (input, "
+                                f"target): only its first element is passed to the model. For a model of several "
+                                f"inputs give dict batches ({{argument name: tensor}}) or a callable that runs "
+                                f"the model") from exc
         else:
             raise TypeError(f"a calibration batch must be a tensor, an (x, y) tuple or a dict, got "
                             f"{type(batch).__name__}")
@@ -234,7 +242,10 @@ class Calibrator:
                     used = max((s.samples for s in self.stats.values()), default=0) - self.samples
                 else:
                     for batch in self._batches(data):
-                        n = _first_dim(batch) or 1
+                        n = _first_dim(batch)
+                        if n == 0:  # an empty batch: nothing to observe (it was counted as a sample)
+                            continue
+                        n = 1 if n is None else n
                         if calibration_samples is not None:
                             if used >= calibration_samples:
                                 break

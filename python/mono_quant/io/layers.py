@@ -93,7 +93,10 @@ def state_dict_layer_entry(layer, config, tensors: Mapping[str, torch.Tensor],
 
 
 def guess_orig_dtype(layer) -> Optional[torch.dtype]:
-    """The float dtype a state_dict weight had, from its byte count (None if ambiguous)."""
+    """The float dtype a state_dict weight had: its report's ``orig_dtype``, else (a report made
+    before it was recorded) from its byte count (None if ambiguous: float16 or bfloat16)."""
+    if getattr(layer, "orig_dtype", None):
+        return getattr(torch, layer.orig_dtype)
     numel = math.prod(layer.shape)
     if not numel:
         return None

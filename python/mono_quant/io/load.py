@@ -22,7 +22,7 @@ from ..orig_dtype import orig_dtype_of
 from ..parametrized import parametrized_base
 from .aligned import aligned
 from .container import read_header
-from .dtypes import dtype_name
+from .dtypes import dtype_from_name, dtype_name
 from .errors import CheckpointError
 from .file_kinds import kind_for_file
 from .layer_geometry import check_layer_geometry
@@ -322,12 +322,17 @@ class QuantizedStateDict(Mapping):
             raise CheckpointError(f"layer {name!r} is quantized in the checkpoint but is a "
                                   f"{type(float_module).__name__} in the model, which mono-quant does not replace")
         check_weight_shape(layer, float_module, name, getattr(cls, "float_weight_shape", None))
+        _check_model_dtype(layer, float_module, name)  # (files before orig_dtype was recorded here: null, not checked)
+        # the dtype the file records (a meta skeleton is built in the default dtype), else the model's
+        recorded = dtype_from_name(layer["orig_dtype"]) if layer.get("orig_dtype") else None
         if issubclass(cls, QuantizedLinear) and packed_int8_layer(layer, own):
             # the file's packed buffers as they are: no unpacking and packing again
             qmodule = packed_linear(layer, own, float_module, name, cls)
         else:
-            stored = stored_weight(layer, own, float_module.weight.dtype)
+            stored = stored_weight(layer, own, recorded or float_module.weight.dtype)
             qmodule = cls.from_float(float_module, stored)
+        if recorded is not None:
+            qmodule.orig_dtype = recorded
         bias, bias_keys = None, []
         if getattr(float_module, "bias", None) is not None:
             bias_key = layer_key(layer["name"], "bias")

@@ -43,9 +43,12 @@ def unpack_int8_rows(packed: torch.Tensor, groups: int, out_g: int, k: int) -> t
     """The packed buffer back as int8 rows ``[groups, out_g, k]`` (K in the packed
     order).  Each 16-channel panel holds its K-groups of 4 bytes channel-interleaved:
     moving those 4-byte groups as int32 values makes the transpose 4x fewer (and
-    word-sized) element moves than a byte-wise permute; the bytes are the same."""
+    word-sized) element moves than a byte-wise permute; the bytes are the same.  Not while
+    torch.jit.trace records: its alias analysis has no schema for a dtype view (an INTERNAL
+    ASSERT on a forward that reads an int8 layer's ``.weight``), so the byte-wise permute."""
     n_pad, k_pad = round_up(out_g, INT8_PANEL_ROWS), round_up(k, INT8_K_GROUP)
-    if packed.device.type == "cpu" and packed.is_contiguous() and packed.storage_offset() % 4 == 0:
+    if (packed.device.type == "cpu" and packed.is_contiguous() and packed.storage_offset() % 4 == 0
+            and not torch.jit.is_tracing()):
         # (one int32 word is one K group of INT8_K_GROUP = 4 bytes)
         words = packed.view(torch.int32).reshape(groups * (n_pad // INT8_PANEL_ROWS), k_pad // INT8_K_GROUP,
                                                  INT8_PANEL_ROWS)

@@ -7,7 +7,7 @@ folding, no int8 between layers): the report says so, with the trace error.
 """
 from __future__ import annotations
 
-from typing import Callable, Dict, Iterable, Optional
+from typing import Callable, Dict, Iterable, List, Optional, Tuple
 
 import torch
 from torch import nn
@@ -23,12 +23,15 @@ from .modules import StaticConv2d, StaticLinear
 from .qparams_state import check_whole_load
 from .report import StaticLayerReport, StaticReport
 
-__all__ = ["quantize_per_layer", "PerLayerStatic"]
+__all__ = ["quantize_per_layer", "static_targets", "PerLayerStatic"]
 
 
 class PerLayerStatic(CompilesAsOneOp, nn.Module):
     """Wraps one static layer that takes and returns float NCHW (the fallback's unit).
     ``name``: its qualified name in the model, which the wrong input width's error gives."""
+
+    #: quantize() of a model holding it keeps it as it is (mixed.py: quantized already)
+    static_int8_layer = True
 
     def __init__(self, layer: nn.Module, name: Optional[str] = None):
         super().__init__()
@@ -76,15 +79,13 @@ def _float_reason(m: nn.Module) -> Optional[str]:
     return ""  # no weight of its own (a container, a norm, an activation): not a layer
 
 
-def quantize_per_layer(model: nn.Module, cfg, calibration, reason: str,
-                       keep_float: Optional[Callable[[str, nn.Module], Optional[str]]] = None,
-                       held: frozenset = frozenset(), skipped: Iterable[SkippedLayer] = ()) -> QuantizationResult:
-    """``model`` is already a private eval-mode copy; its layers are replaced in place.  ``keep_float(name,
-    layer)``: why a Conv2d / Linear stays float (include / exclude), or None; ``held``: ids of the modules
-    of layers quantized already (never touched), listed in ``skipped`` (with every layer left float)."""
-    report = StaticReport(capture="hooks", fallback_reason=reason, observer=cfg.observer, samples=0)
-    report.skipped.extend(skipped)
-    targets = {}
+def static_targets(model: nn.Module, keep_float: Optional[Callable[[str, nn.Module], Optional[str]]] = None,
+                   held: frozenset = frozenset()) -> Tuple[Dict[str, nn.Module], List[SkippedLayer]]:
+    """({name: layer} of the Conv2d / Linear layers static int8 takes, a SkippedLayer per layer with a
+    weight left float); ``keep_float`` and ``held`` as for quantize_per_layer.  The fx capture takes
+    no layer outside these (it also needs a layer called with one positional input)."""
+    targets: Dict[str, nn.Module] = {}
+    left_float: List[SkippedLayer] = []
     for name, m in model.named_modules():
         if id(m) in held:
             continue
@@ -94,7 +95,22 @@ def quantize_per_layer(model: nn.Module, cfg, calibration, reason: str,
         if why is None:
             targets[name] = m
         elif why:
-            report.skipped.append(SkippedLayer(name, type(m).__name__, why))
+            left_float.append(SkippedLayer(name, type(m).__name__, why))
+    return targets, left_float
+
+
+def quantize_per_layer(model: nn.Module, cfg, calibration, reason: str,
+                       keep_float: Optional[Callable[[str, nn.Module], Optional[str]]] = None,
+                       held: frozenset = frozenset(), skipped: Iterable[SkippedLayer] = ()) -> QuantizationResult:
+    """``model`` is already a private eval-mode copy; its layers are replaced in place.  ``keep_float(name,
+    layer)``: why a Conv2d / Linear stays float (include / exclude), or None; ``held``: ids of the modules
+    of layers quantized already (never touched), listed in ``skipped`` (with every layer left float)."""
+    report = StaticReport(capture="hooks", fallback_reason=reason, observer=cfg.observer, samples=0)
+    report.skipped.extend(skipped)
+    targets, left_float = static_targets(model, keep_float, held)
+    report.skipped.extend(left_float)
+    if not targets:  # nothing to calibrate (every layer left float, or static already): the model as it is
+        return QuantizationResult(model, report.skipped, report, cfg)
     bins = None if cfg.observer == "minmax" else DEFAULT_BINS
     cal = Calibrator(model, bins=bins, per_channel=False)
     cal.types = (nn.Conv2d, nn.Linear)
@@ -107,7 +123,8 @@ def quantize_per_layer(model: nn.Module, cfg, calibration, reason: str,
         point = cal.aliases.get(f"{name}.input", f"{name}.input")
         r = ranges.get(point)
         if r is None:
-            report.skipped.append(SkippedLayer(name, type(m).__name__, "never ran during calibration"))
+            report.skipped.append(SkippedLayer(name, type(m).__name__, "its input was never seen during calibration "
+                                               "(it never ran, or took its input by keyword): runs in float"))
             continue
         cls = StaticConv2d if isinstance(m, nn.Conv2d) else StaticLinear
         replaced[name] = PerLayerStatic(cls.from_float(m, None, r.scale, None, False), name)

@@ -135,6 +135,9 @@ class _WeightedStatic(_StaticBase):
     """Per-output-channel symmetric int8 weight, packed for the int8 GEMM (or
     kept [kh, kw, c] for the depthwise kernel), float32 bias."""
 
+    #: quantize() of a model holding it keeps it as it is (mixed.py: quantized already)
+    static_int8_layer = True
+
     def _set_weight(self, weight: torch.Tensor, bias: Optional[torch.Tensor], groups: int, depthwise: bool):
         qw = quantize_weight(weight.detach().float(), "int8", axis=0, symmetric=True)
         self.register_buffer("weight_scale", qw.scale.float().contiguous())

@@ -31,6 +31,7 @@ from ..io.save import state_by_module_name, write_safetensors
 from ..io.file_kinds import FileKind, has_metadata_key, register_file_kind
 from ..io.skeleton import materialize_non_persistent_buffers
 from ..io.untrusted_json import loads_bounded
+from ..parametrized import parametrized_base
 from .fallback import PerLayerStatic
 from .graph import StaticGraphModel
 from .modules import StaticConv2d, StaticLinear
@@ -106,7 +107,7 @@ def load_per_layer(path, model: nn.Module) -> nn.Module:
                 old = work.get_submodule(name) if name else None
             except AttributeError:
                 old = None
-            if type(old) is not float_cls:
+            if (parametrized_base(old) or type(old)) is not float_cls:  # (quantized as its plain layer)
                 raise CheckpointError(f"layer {name!r}: the model has {type(old).__name__ if old is not None else 'none'}"
                                       f" there, the file a static {float_cls.__name__}; pass model= the architecture "
                                       f"the file was saved from (a float {float_cls.__name__} at {name!r})")

@@ -24,6 +24,7 @@ from ..calibration.calibrator import refuse_top_level_tuple
 from ..config import resolve_config
 from ..errors import ConfigError
 from ..module_hooks import hook_computed_copies
+from ..parametrized import parametrized_base, plain_float_layer
 from .calibration_check import require_samples
 from ..report import SkippedLayer
 from ..result import QuantizationResult
@@ -31,7 +32,7 @@ from ..strictness import warn_if_nothing_quantized
 from .arguments import untraced_optionals
 from .capture import TraceError, build_plan
 from .convert import NONNEGATIVE_ZERO_POINT, convert_plan
-from .fallback import quantize_per_layer
+from .fallback import quantize_per_layer, static_targets
 from .graph import FusedFloat, float_graph
 from .modules import StaticAdd, StaticConv2d, StaticGlobalAvgPool, StaticLinear
 from .modules_eltwise import StaticCat
@@ -48,6 +49,8 @@ MIN_SQNR_DB = 20.0
 SQNR_PROBE_SAMPLES = 64
 
 _STATIC_TYPES = (StaticConv2d, StaticLinear, StaticAdd, StaticGlobalAvgPool, StaticCat)
+#: the fusion plan's ops static int8 computes in int8 (a plan of none has nothing to calibrate)
+_PLAN_KINDS = ("conv", "linear", "add", "cat", "gap")
 
 
 def quantize_static(model, cfg, calibration, observer: Optional[str], calibration_samples: Optional[int],
@@ -70,6 +73,7 @@ def quantize_static(model, cfg, calibration, observer: Optional[str], calibratio
     # the caller's model is never touched (fx, folding, hooks); a pruning / weight_norm hook's computed
     # weight is copied recomputed and detached (deepcopy refuses it: not a graph leaf)
     work = copy.deepcopy(model, hook_computed_copies(model, {})).eval()
+    _unparametrize(work)
     sel = StaticSelection(work, cfg)  # include / exclude / min_weight_numel, layers quantized already
     plan, fallback = None, sel.already_reason()  # layers quantized already: fx would trace into their code
     if fallback is None:
@@ -79,12 +83,32 @@ def quantize_static(model, cfg, calibration, observer: Optional[str], calibratio
             plan = build_plan(work, sel.keep_float, none_args)
         except TraceError as exc:
             fallback = str(exc)
+    if plan is not None and not any(op.kind in _PLAN_KINDS for op in plan.ops):
+        targets, left_float = static_targets(work, sel.keep_float, sel.held)
+        if not targets:  # nothing to calibrate: the float copy, with the reasons, as dynamic int8 gives
+            report = StaticReport(capture="none", observer=cfg.observer, skipped=left_float)
+            warn_if_nothing_quantized([], report.skipped)
+            return QuantizationResult(work, report.skipped, report, cfg)
+        plan, fallback = None, "torch.fx captured no call of a Conv2d / Linear with one positional input"
     if plan is None:
         result = quantize_per_layer(work, cfg, calibration, fallback, sel.keep_float, sel.held, sel.already)
     else:
         result = _quantize_plan(plan, cfg, calibration)
     warn_if_nothing_quantized([r for r in result.report.layers if r.kind in ("conv", "linear")], result.skipped)
     return result
+
+
+def _unparametrize(work: nn.Module) -> None:
+    """Make each Conv2d / Linear of the private copy whose weight alone is parametrized (weight_norm,
+    spectral_norm, orthogonal) its plain layer holding the weight it computes in eval mode, as dynamic
+    int8 quantizes it (it stayed float: "no int8 kernel").  A shared module stays one module."""
+    plain: Dict[int, nn.Module] = {}
+    for parent in list(work.modules()):
+        for child_name, child in list(parent._modules.items()):
+            if child is not None and parametrized_base(child) in (nn.Conv2d, nn.Linear):
+                if id(child) not in plain:
+                    plain[id(child)] = plain_float_layer(child)
+                parent._modules[child_name] = plain[id(child)]
 
 
 def _quantize_plan(plan, cfg, calibration) -> QuantizationResult:
@@ -110,7 +134,7 @@ def _quantize_plan(plan, cfg, calibration) -> QuantizationResult:
     qmodel, int8, in_float = convert_plan(plan, ranges, aliases, nonnegative, broadcast)
     report = StaticReport(capture="fx", observer=cfg.observer, samples=cal.samples, not_fused=plan.not_fused)
     for op in plan.ops:
-        if op.kind not in ("conv", "linear", "add", "cat", "gap"):
+        if op.kind not in _PLAN_KINDS:
             continue
         r = ranges.get(f"{op.name}.output")
         st = stats.get(f"{op.name}.output")

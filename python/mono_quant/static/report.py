@@ -34,7 +34,8 @@ class StaticLayerReport:
 @dataclass
 class StaticReport:
     """What static quantization did: ``layers``, the ops left in float (``skipped``),
-    the capture used (``capture``: "fx" or "hooks", with ``fallback_reason``),
+    the capture used (``capture``: "fx" or "hooks", with ``fallback_reason``; "none" when no layer
+    was left to quantize: the model is a float copy),
     the observer and how many samples calibrated it.  ``str(report)`` is a table."""
     layers: List[StaticLayerReport] = field(default_factory=list)
     skipped: List[SkippedLayer] = field(default_factory=list)
