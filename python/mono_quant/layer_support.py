@@ -62,8 +62,18 @@ def qmodule_for_selected(module: nn.Module, cfg) -> Optional[Type[QuantizedModul
         if isinstance(pattern, type) and pattern not in QMODULES and isinstance(module, pattern):
             for float_type in type(module).__mro__[1:]:
                 if float_type in QMODULES:
+                    _warn_if_own_forward(type(module), float_type, QMODULES[float_type])
                     return QMODULES[float_type]
     return None
+
+
+def _warn_if_own_forward(cls: type, float_type: type, qcls: type) -> None:
+    """Opting in a subclass by type replaces its own forward, if it has one: say so (its extra code,
+    a scale or an activation, silently stopped running)."""
+    if cls.forward is not float_type.forward:
+        warnings.warn(f"include=[{cls.__name__}] replaces {cls.__name__} layers by {qcls.__name__}, which computes "
+                      f"{float_type.__name__}.forward: {cls.__name__}'s own forward no longer runs (exclude the "
+                      f"class, or move its extra computation out of the layer)", UserWarning, stacklevel=5)
 
 
 def weight_to_quantize(module: nn.Module, weight: torch.Tensor, qcls, keep: dict) -> torch.Tensor:

@@ -88,6 +88,25 @@ def test_linear_subclass_opted_in_by_type():
     assert [s.name for s in mq.quantize(model, include=[nn.Linear]).skipped] == ["0"]
 
 
+def test_a_subclass_with_its_own_forward_opted_in_by_type_warns():
+    class Doubling(nn.Linear):
+        def forward(self, x):
+            return 2 * super().forward(x)
+
+    model = nn.Sequential(Doubling(16, 16), nn.Linear(16, 16))
+    with pytest.warns(UserWarning, match=r"include=\[Doubling\] replaces Doubling layers by QuantizedLinear.*"
+                                         r"own forward no longer runs"):
+        result = mq.quantize(model, include=[Doubling, nn.Linear])
+    assert isinstance(result.model[0], QuantizedLinear)
+    with warnings.catch_warnings():  # (a subclass without a forward of its own: nothing to say)
+        warnings.simplefilter("error")
+
+        class Plain(nn.Linear):
+            pass
+
+        mq.quantize(nn.Sequential(Plain(16, 16)), include=[Plain])
+
+
 def test_multihead_attention_and_rnns_not_included_stay_float_with_reasons():
     model = nn.Module()
     model.attn = nn.MultiheadAttention(16, 4)

@@ -41,6 +41,8 @@ from .modules_eltwise import StaticBroadcastAdd
 from .persist_checks import check_activation_scales, check_outputs_not_constant, check_weight_geometry
 from .persist_eltwise import ELTWISE_CLASSES, attach_eltwise_tensors, build_fused_add, check_constant_shape
 from .persist_float import FLOAT_BY_NAME, FLOAT_MODULES, build_float_module, float_module_kwargs
+from .persist_float_weighted import (WEIGHTED_BY_NAME, WEIGHTED_FLOAT_MODULES, build_weighted_module,
+                                      weighted_module_kwargs)
 from .persist_skeleton import check_static_layers_against_model
 from .program import StaticInt8Model
 from .qparams_state import EXTRA_STATE
@@ -125,10 +127,13 @@ def _layer_entry(name: str, m: nn.Module) -> dict:
         return {"class": "FusedGapFloat", "init_kwargs": encode_value({"flatten": m.flatten})}
     if cls in FLOAT_MODULES:
         return {"class": cls.__name__, "init_kwargs": encode_value(float_module_kwargs(name, m))}
+    if cls in WEIGHTED_FLOAT_MODULES:  # (its tensors are saved with the layers')
+        return {"class": cls.__name__, "init_kwargs": encode_value(weighted_module_kwargs(name, m))}
     if any(True for _ in m.parameters()) or any(True for _ in m.buffers()):
         raise TypeError(f"cannot save static model: layer {name!r} is a {cls.__name__}, a float module with "
-                        f"parameters or buffers, which a static file does not hold (only its int8 layers' tensors; "
-                        f"quantize the layer too, or leave it out of the traced part)")
+                        f"parameters or buffers, which a static file holds for a fixed table of classes only "
+                        f"({', '.join(sorted(WEIGHTED_BY_NAME))}; nothing is imported by name): make it one of those, "
+                        f"or leave it out of the traced part)")
     raise TypeError(f"cannot save static model: layer {name!r} is a {cls.__name__}, not among the float modules a "
                     f"static file rebuilds (a fixed table, nothing is imported by name: "
                     f"{', '.join(sorted(FLOAT_BY_NAME))})")
@@ -223,6 +228,8 @@ def build_layer(name: str, entry: dict, tensors: Dict[str, torch.Tensor]) -> nn.
         return m
     if cls_name == "FusedAddFloat":
         return build_fused_add(name, kwargs, own)
+    if cls_name in WEIGHTED_BY_NAME:
+        return build_weighted_module(name, cls_name, kwargs, own)
     if own:
         raise CheckpointError(f"layer {name!r} ({cls_name}) has unexpected tensors {sorted(own)}")
     if cls_name == "FusedGapFloat":
