@@ -158,7 +158,8 @@ def test_activations_load_with_every_argument(make, tmp_path):
 @pytest.mark.parametrize("mid,message", [
     (nn.InstanceNorm2d(8, affine=True), r"layer 'mid' is a InstanceNorm2d, a float module with parameters or "
                                         r"buffers, which a static file holds for a fixed table of classes only"),
-    (nn.ZeroPad2d(1), r"layer 'mid' is a ZeroPad2d, not among the float modules a static file rebuilds"),
+    (nn.LocalResponseNorm(2), r"layer 'mid' is a LocalResponseNorm, not among the float modules a static file "
+                              r"rebuilds"),
 ])
 def test_a_module_a_static_file_cannot_hold_is_named_with_why(mid, message, tmp_path):
     q = _quantized(Sandwich(mid))
@@ -176,4 +177,60 @@ def test_a_bad_activation_argument_is_refused_at_load(pool_file, tmp_path, cls, 
     manifest = edits.manifest_copy()
     manifest["layers"]["mid"] = {"class": cls, "init_kwargs": {"$dict": {arg: value}}}
     with pytest.raises(CheckpointError, match=rf"layer 'mid' \({cls}\).*{arg}"):
+        mq.load(edits.write("edited.safetensors", manifest))
+
+
+# resampling and padding (mq.save refused them: "not among the float modules a static file rebuilds"),
+# with arguments other than the defaults
+RESAMPLING = {
+    "upsample-nearest": lambda: nn.Upsample(scale_factor=2), "upsample-size": lambda: nn.Upsample(size=(12, 10)),
+    "upsample-bilinear": lambda: nn.Upsample(scale_factor=1.5, mode="bilinear", align_corners=True),
+    "upsample-bicubic": lambda: nn.Upsample(scale_factor=2, mode="bicubic", recompute_scale_factor=True),
+    "upsampling-nearest2d": lambda: nn.UpsamplingNearest2d(scale_factor=2),
+    "upsampling-bilinear2d": lambda: nn.UpsamplingBilinear2d(size=9),
+    "zero-pad": lambda: nn.ZeroPad2d((1, 0, 2, 1)), "constant-pad": lambda: nn.ConstantPad2d(1, -0.5),
+    "reflection-pad": lambda: nn.ReflectionPad2d((2, 1, 0, 1)), "replication-pad": lambda: nn.ReplicationPad2d(1),
+}
+
+
+@pytest.mark.parametrize("make", RESAMPLING.values(), ids=RESAMPLING.keys())
+def test_resampling_and_padding_load_with_every_argument(make, tmp_path):
+    _assert_round_trip(Sandwich(make()), tmp_path)
+
+
+class Shuffles(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.c1 = nn.Conv2d(3, 8, 3, padding=1)
+        self.down = nn.PixelUnshuffle(2)
+        self.c2 = nn.Conv2d(32, 32, 1)
+        self.up = nn.PixelShuffle(2)
+
+    def forward(self, x):
+        return self.up(self.c2(self.down(self.c1(x)))).mean((2, 3))
+
+
+def test_pixel_shuffles_load(tmp_path):
+    q = _quantized(Shuffles())
+    loaded = mq.load(mq.save(q, tmp_path / "m.safetensors"))
+    with torch.no_grad():
+        assert torch.equal(loaded(X), q(X))
+    assert loaded.layers["up"].upscale_factor == 2 and loaded.layers["down"].downscale_factor == 2
+
+
+@pytest.mark.parametrize("cls,kwargs,message", [
+    ("Upsample", {"size": None, "scale_factor": None, "mode": "nearest"}, "give one of size and scale_factor"),
+    ("Upsample", {"size": 4, "scale_factor": 2.0, "mode": "nearest"}, "give one of size and scale_factor"),
+    ("Upsample", {"scale_factor": 1e6, "mode": "nearest"}, "scale_factor must be"),
+    ("Upsample", {"scale_factor": 2.0, "mode": "nearest", "align_corners": True}, "align_corners is for"),
+    ("Upsample", {"scale_factor": 2.0, "mode": "zoom"}, "mode must be"),
+    ("PixelShuffle", {"upscale_factor": 0}, "upscale_factor must be"),
+    ("ZeroPad2d", {"padding": {"$tuple": [1, 2, 3]}}, "padding must be"),
+    ("ConstantPad2d", {"padding": 1, "value": "0"}, "value must be"),
+])
+def test_a_bad_resampling_argument_is_refused_at_load(pool_file, tmp_path, cls, kwargs, message):
+    edits = StaticFileEdits(pool_file, KEY, tmp_path)
+    manifest = edits.manifest_copy()
+    manifest["layers"]["mid"] = {"class": cls, "init_kwargs": {"$dict": kwargs}}
+    with pytest.raises(CheckpointError, match=rf"layer 'mid' \({cls}\).*{message}"):
         mq.load(edits.write("edited.safetensors", manifest))

@@ -1,4 +1,4 @@
-"""The parameter-free float modules a static program may keep (pools, activations, ...), saved as
+"""The parameter-free float modules a static program may keep (pools, activations, resampling, padding, ...), saved as
 their class and constructor arguments and rebuilt at load from this fixed table (called by
 persist.py; nothing is imported by name).
 
@@ -74,6 +74,26 @@ def _min_below_max(kw: dict) -> Optional[str]:
 
 _POOL_WINDOW = {"kernel_size": _SIZE(1), "stride": _OPTIONAL_SIZE, "padding": _SIZE(0), "ceil_mode": _FLAG}
 
+#: the largest resampling factor a file may ask for (an output that many times the input's size)
+_MAX_SCALE = 1024
+_INTERPOLATING = ("linear", "bilinear", "bicubic", "trilinear")
+
+
+def _one_or_few(test: Callable[[object], bool]) -> Callable[[object], bool]:
+    """``test`` on a value, or on each of a tuple / list of 1 to 3 of them."""
+    return lambda v: test(v) if not isinstance(v, (tuple, list)) else 1 <= len(v) <= 3 and all(test(x) for x in v)
+
+
+_OUT_SIZE: _Check = (lambda v: v is None or _one_or_few(lambda x: is_int(x, 1) and x <= _MAX_POOL_ARG)(v),
+                     f"None, or an int or 1 to 3 ints in 1..{_MAX_POOL_ARG}")
+_SCALE_FACTOR: _Check = (lambda v: v is None or _one_or_few(lambda x: _real(x) and 0 < x <= _MAX_SCALE)(v),
+                         f"None, or a number or 1 to 3 numbers in (0, {_MAX_SCALE}]")
+_RESAMPLE = {"size": _OUT_SIZE, "scale_factor": _SCALE_FACTOR}
+_PAD4: _Check = (lambda v: (is_int(v) and abs(v) <= _MAX_POOL_ARG) or (
+    isinstance(v, (tuple, list)) and len(v) == 4 and all(is_int(x) and abs(x) <= _MAX_POOL_ARG for x in v)),
+    f"an int or 4 ints in -{_MAX_POOL_ARG}..{_MAX_POOL_ARG}")
+_FACTOR: _Check = (lambda v: is_int(v, 1) and v <= _MAX_SCALE, f"an int in 1..{_MAX_SCALE}")
+
 #: class -> {constructor argument (read back from the attribute of that name): its check}
 FLOAT_MODULES: Dict[type, Dict[str, _Check]] = {
     nn.ReLU: {}, nn.ReLU6: {}, nn.Sigmoid: {}, nn.Tanh: {}, nn.SiLU: {}, nn.Hardswish: {}, nn.Identity: {},
@@ -95,11 +115,29 @@ FLOAT_MODULES: Dict[type, Dict[str, _Check]] = {
                                         "None or a nonzero int (what the window's sum is divided by)")},
     nn.AdaptiveAvgPool2d: {"output_size": (lambda v: _pair_of(v, 0, none_ok=isinstance(v, (tuple, list))),
                                            f"an int or a pair of ints (or None) in 0..{_MAX_POOL_ARG}")},
+    nn.Upsample: {**_RESAMPLE, "mode": (lambda v: v in ("nearest", "nearest-exact", "area") + _INTERPOLATING,
+                                        f"one of nearest, nearest-exact, area, {', '.join(_INTERPOLATING)}"),
+                  "align_corners": (lambda v: v is None or isinstance(v, bool), "None, True or False"),
+                  "recompute_scale_factor": (lambda v: v is None or isinstance(v, bool), "None, True or False")},
+    nn.UpsamplingNearest2d: _RESAMPLE, nn.UpsamplingBilinear2d: _RESAMPLE,
+    nn.PixelShuffle: {"upscale_factor": _FACTOR}, nn.PixelUnshuffle: {"downscale_factor": _FACTOR},
+    nn.ZeroPad2d: {"padding": _PAD4}, nn.ConstantPad2d: {"padding": _PAD4, "value": _FINITE},
+    nn.ReflectionPad2d: {"padding": _PAD4}, nn.ReplicationPad2d: {"padding": _PAD4},
 }
 FLOAT_BY_NAME = {c.__name__: c for c in FLOAT_MODULES}
 
 # checks across arguments, before the constructor runs
+def _size_or_scale(kw: dict) -> Optional[str]:
+    """torch's rule, checked at the first call otherwise: an output size or a scale factor, not both."""
+    if (kw.get("size") is None) == (kw.get("scale_factor") is None):
+        return "give one of size and scale_factor"
+    if kw.get("align_corners") is not None and kw.get("mode", "nearest") not in _INTERPOLATING:
+        return f"align_corners is for the interpolating modes ({', '.join(_INTERPOLATING)}) only"
+    return None
+
+
 _ACROSS: Dict[type, Callable[[dict], Optional[str]]] = {
+    nn.Upsample: _size_or_scale, nn.UpsamplingNearest2d: _size_or_scale, nn.UpsamplingBilinear2d: _size_or_scale,
     nn.MaxPool2d: lambda kw: _pool_padding(kw, max_pool=True),
     nn.AvgPool2d: lambda kw: _pool_padding(kw, max_pool=False),
     nn.Hardtanh: _min_below_max,
