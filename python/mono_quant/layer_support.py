@@ -32,7 +32,15 @@ from .parametrized import parametrized_base
 from .report import SkippedLayer
 
 __all__ = ["qmodule_for_selected", "weight_to_quantize", "known_unsupported_reason", "lora_adapter_reason",
-           "drop_tied_to_float", "TiedWeightWarning"]
+           "drop_tied_to_float", "TiedWeightWarning", "OwnForwardReplacedWarning"]
+
+
+class OwnForwardReplacedWarning(UserWarning):
+    """A subclass opted in by type (``include=[MyLinear]``) has a forward of its own, which the
+    quantized base type's replaces: what it adds (a scale, an activation) no longer runs.
+    What to do: exclude the class, or move the extra computation out of the layer.
+    Import it from ``mono_quant.layer_support``.
+    """
 
 
 class TiedWeightWarning(UserWarning):
@@ -73,7 +81,8 @@ def _warn_if_own_forward(cls: type, float_type: type, qcls: type) -> None:
     if cls.forward is not float_type.forward:
         warnings.warn(f"include=[{cls.__name__}] replaces {cls.__name__} layers by {qcls.__name__}, which computes "
                       f"{float_type.__name__}.forward: {cls.__name__}'s own forward no longer runs (exclude the "
-                      f"class, or move its extra computation out of the layer)", UserWarning, stacklevel=5)
+                      f"class, or move its extra computation out of the layer)", OwnForwardReplacedWarning,
+                      stacklevel=5)
 
 
 def weight_to_quantize(module: nn.Module, weight: torch.Tensor, qcls, keep: dict) -> torch.Tensor:

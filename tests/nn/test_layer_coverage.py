@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 import mono_quant as mq
-from mono_quant.layer_support import TiedWeightWarning
+from mono_quant.layer_support import OwnForwardReplacedWarning, TiedWeightWarning
 from mono_quant.modules import QuantizedConv1d, QuantizedLinear
 
 
@@ -94,7 +94,7 @@ def test_a_subclass_with_its_own_forward_opted_in_by_type_warns():
             return 2 * super().forward(x)
 
     model = nn.Sequential(Doubling(16, 16), nn.Linear(16, 16))
-    with pytest.warns(UserWarning, match=r"include=\[Doubling\] replaces Doubling layers by QuantizedLinear.*"
+    with pytest.warns(OwnForwardReplacedWarning, match=r"include=\[Doubling\] replaces Doubling layers by QuantizedLinear.*"
                                          r"own forward no longer runs"):
         result = mq.quantize(model, include=[Doubling, nn.Linear])
     assert isinstance(result.model[0], QuantizedLinear)
