@@ -104,8 +104,29 @@ def test_float8_model_saves_loads_and_streams_as_float32(tmp_path):
     save_file(model8.state_dict(), os.fspath(tmp_path / "m8.safetensors"))
     mq.quantize_checkpoint(tmp_path / "m8.safetensors", tmp_path / "c.safetensors", "int4", min_weight_numel=0)
     qsd = mq.load(tmp_path / "c.safetensors")
-    assert qsd.layers and {layer["orig_dtype"] for layer in qsd.layers} == {"float32"}
+    # a checkpoint's float8 weight records no dtype (its model's dtype is its other tensors'); float32 unless told
+    assert qsd.layers and {layer["orig_dtype"] for layer in qsd.layers} == {None}
     assert qsd.dequantize()["fc.weight"].dtype == torch.float32
+
+
+def test_a_float8_checkpoint_with_bfloat16_norms_loads_into_its_bfloat16_model(tmp_path):
+    # (a float8 layer recorded as float32 was refused there, and a float32 model by the norms' dtype)
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.l1, self.ln, self.l2 = nn.Linear(64, 64, bias=False), nn.LayerNorm(64), nn.Linear(64, 32, bias=False)
+
+        def forward(self, x):
+            return self.l2(self.ln(self.l1(x)))
+
+    torch.manual_seed(0)
+    sd = {k: v.contiguous() for k, v in Net().to(torch.bfloat16).state_dict().items()}
+    for key in ("l1.weight", "l2.weight"):
+        sd[key] = sd[key].to(torch.float8_e4m3fn)
+    save_file(sd, os.fspath(tmp_path / "fp8.safetensors"))
+    mq.quantize_checkpoint(tmp_path / "fp8.safetensors", tmp_path / "q.safetensors", "int8")
+    loaded = mq.load(tmp_path / "q.safetensors", model=Net().to(torch.bfloat16))
+    assert loaded(torch.randn(2, 64, dtype=torch.bfloat16)).dtype == torch.bfloat16
 
 
 @pytest.mark.parametrize("fmt", FORMATS)

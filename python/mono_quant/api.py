@@ -36,7 +36,7 @@ from .modules.composite import is_composite
 from .module_hooks import carry_hooks, hook_computed_copies, tensor_in_use, weight_in_use
 from .parametrized import parametrized_base, parametrized_reason, plain_float_layer, raw_weight
 from .layer_support import (drop_tied_to_float, known_unsupported_reason, lora_adapter_reason, qmodule_for_selected,
-                            weight_to_quantize)
+                            warn_own_forwards, weight_to_quantize)
 from .selection import selection_reason, too_small_reason
 from .static import quantize_static
 from .integrations.hf_layer_list import refresh_layer_list
@@ -272,6 +272,7 @@ def _quantize_module(model: nn.Module, cfg: QuantConfig, progress: bool, weights
     targets, skipped = _select_targets(modules, names_of, cfg, weights, held, already)
     skipped = children_of_composites(targets, skipped, lambda m: qmodule_for_selected(m, cfg))
     targets = drop_tied_to_float(targets, skipped, modules, names_of)
+    warn_own_forwards([m for _, m in targets], stacklevel=3)  # (this function, quantize(), the user's line)
     layers = _LayerQuantizer(cfg, weights)
     for i, (name, m) in enumerate(targets):
         if progress:

@@ -15,7 +15,7 @@ from .config import QuantConfig
 from .errors import NonFiniteWeightError
 from .formats import get_format
 from .narrow import narrow_reason
-from .orig_dtype import orig_dtype_of
+from .orig_dtype import ORIG_DTYPES
 from .packing import can_pack, pack_int8_linear, quantize_and_pack_int8
 from .qtypes import QType, get_qtype
 from .report import LayerReport, SkippedLayer, storage_view, tensor_bytes
@@ -199,5 +199,6 @@ def finish_entry(out: Mapping[str, torch.Tensor], key: str, name: str, kind: str
     if cache is not None:
         cache[(_tie_key(tensor), qtype.name, "entry")] = ({k[len(prefix):]: t for k, t in out.items()}, sqnr)
     after = sum(tensor_bytes(t) for t in out.values())
-    orig = str(orig_dtype_of(tensor.dtype)).replace("torch.", "")
+    # a float8 weight stands for float32 in the layer, but says nothing of the model's dtype: not recorded
+    orig = str(tensor.dtype).replace("torch.", "") if tensor.dtype in ORIG_DTYPES else None
     return out, LayerReport(name, kind, qtype.name, tuple(tensor.shape), tensor_bytes(tensor), after, sqnr, orig), None

@@ -32,7 +32,7 @@ from .parametrized import parametrized_base
 from .report import SkippedLayer
 
 __all__ = ["qmodule_for_selected", "weight_to_quantize", "known_unsupported_reason", "lora_adapter_reason",
-           "drop_tied_to_float", "TiedWeightWarning", "OwnForwardReplacedWarning"]
+           "drop_tied_to_float", "warn_own_forwards", "TiedWeightWarning", "OwnForwardReplacedWarning"]
 
 
 class OwnForwardReplacedWarning(UserWarning):
@@ -70,19 +70,26 @@ def qmodule_for_selected(module: nn.Module, cfg) -> Optional[Type[QuantizedModul
         if isinstance(pattern, type) and pattern not in QMODULES and isinstance(module, pattern):
             for float_type in type(module).__mro__[1:]:
                 if float_type in QMODULES:
-                    _warn_if_own_forward(type(module), float_type, QMODULES[float_type])
                     return QMODULES[float_type]
     return None
 
 
-def _warn_if_own_forward(cls: type, float_type: type, qcls: type) -> None:
-    """Opting in a subclass by type replaces its own forward, if it has one: say so (its extra code,
-    a scale or an activation, silently stopped running)."""
-    if cls.forward is not float_type.forward:
-        warnings.warn(f"include=[{cls.__name__}] replaces {cls.__name__} layers by {qcls.__name__}, which computes "
-                      f"{float_type.__name__}.forward: {cls.__name__}'s own forward no longer runs (exclude the "
-                      f"class, or move its extra computation out of the layer)", OwnForwardReplacedWarning,
-                      stacklevel=5)
+def warn_own_forwards(layers, stacklevel: int) -> None:
+    """Warn (OwnForwardReplacedWarning, once per class) for each subclass among the selected ``layers``
+    that has a forward of its own, which its quantized base type's replaces (its extra code, a scale
+    or an activation, silently stopped running).  ``stacklevel``: the caller's, to the user's line."""
+    seen = set()
+    for module in layers:
+        cls = type(module)
+        float_type = next((t for t in cls.__mro__[1:] if t in QMODULES), None)
+        if cls in QMODULES or cls in seen or float_type is None or parametrized_base(module) is not None:
+            continue
+        seen.add(cls)
+        if cls.forward is not float_type.forward:
+            warnings.warn(f"include=[{cls.__name__}] replaces {cls.__name__} layers by {QMODULES[float_type].__name__}, "
+                          f"which computes {float_type.__name__}.forward: {cls.__name__}'s own forward no longer "
+                          f"runs (exclude the class, or move its extra computation out of the layer)",
+                          OwnForwardReplacedWarning, stacklevel=stacklevel + 1)
 
 
 def weight_to_quantize(module: nn.Module, weight: torch.Tensor, qcls, keep: dict) -> torch.Tensor:

@@ -48,7 +48,8 @@ class LayerReport:
         weight_sqnr_db: The weight's signal-to-quantization-noise ratio in
             dB (inf when exact; NaN when not measured).
         orig_dtype: The float dtype the weight was quantized from ("float32",
-            "float16", "bfloat16" or "float64"; a float8 weight's is float32).
+            "float16", "bfloat16" or "float64"; None for a float8 weight, which
+            stands for float32 in the layer whatever the model's dtype).
 
     Examples:
         >>> worst = min(result.report.layers, key=lambda r: r.weight_sqnr_db)

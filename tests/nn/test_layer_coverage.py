@@ -93,10 +93,14 @@ def test_a_subclass_with_its_own_forward_opted_in_by_type_warns():
         def forward(self, x):
             return 2 * super().forward(x)
 
-    model = nn.Sequential(Doubling(16, 16), nn.Linear(16, 16))
-    with pytest.warns(OwnForwardReplacedWarning, match=r"include=\[Doubling\] replaces Doubling layers by QuantizedLinear.*"
-                                         r"own forward no longer runs"):
+    model = nn.Sequential(Doubling(16, 16), nn.Linear(16, 16), Doubling(16, 16))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
         result = mq.quantize(model, include=[Doubling, nn.Linear])
+    own = [w for w in caught if issubclass(w.category, OwnForwardReplacedWarning)]
+    assert len(own) == 1 and own[0].filename == __file__  # once, at the caller's line
+    assert "include=[Doubling] replaces Doubling layers by QuantizedLinear" in str(own[0].message)
+    assert "own forward no longer runs" in str(own[0].message)
     assert isinstance(result.model[0], QuantizedLinear)
     with warnings.catch_warnings():  # (a subclass without a forward of its own: nothing to say)
         warnings.simplefilter("error")

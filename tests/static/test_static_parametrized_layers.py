@@ -48,3 +48,35 @@ def test_parametrized_layers_are_quantized(tmp_path, data_dependent):
     skeleton.data_dependent = data_dependent
     with torch.no_grad():
         assert torch.equal(mq.load(path, model=skeleton)(x), y)
+
+
+def test_a_parametrized_layer_not_selected_or_shared_stays_as_it_is(tmp_path):
+    torch.manual_seed(0)
+    model = nn.Sequential(parametrizations.weight_norm(nn.Linear(8, 8)), nn.ReLU(), nn.Linear(8, 4)).eval()
+    data = [torch.randn(32, 8)]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        excluded = mq.quantize(model, "int8", activations="static", calibration=data, exclude=["0"])
+    kept = excluded.model.layers["_0"]
+    assert type(kept).__name__ == "ParametrizedLinear" and all(p.requires_grad for p in kept.parameters())
+
+    class Shared(nn.Module):  # one parametrized module under two names, behind data-dependent flow
+        def __init__(self):
+            super().__init__()
+            self.a = parametrizations.weight_norm(nn.Linear(8, 8))
+            self.b = self.a
+
+        def forward(self, x):
+            if x.sum() > -1e9:
+                x = self.a(x)
+            return self.b(x)
+
+    shared = Shared().eval()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        result = mq.quantize(shared, "int8", activations="static", calibration=data)
+    assert result.model.a is result.model.b  # (one module stays one: it was split, and its file refused)
+    path = mq.save(result, tmp_path / "shared.safetensors")
+    x = torch.randn(3, 8)
+    with torch.no_grad():
+        assert torch.equal(mq.load(path, model=Shared().eval())(x), result.model(x))

@@ -130,6 +130,7 @@ BAD_ARGS = {
     "affine-off": ("ln", "elementwise_affine", False, "tensors .*its arguments make"),
     "huge": ("act", "num_parameters", 1 << 40, "num_parameters must be"),
     "momentum": ("bn", "momentum", 2.0, "momentum must be"),
+    "eps-huge-int": ("ln", "eps", 10 ** 400, "eps must be"),
     "missing-arg": ("bn", None, None, "arguments .* expected"),
 }
 
@@ -149,7 +150,8 @@ def test_a_bad_argument_is_refused_at_load(mlp_file, tmp_path, layer, arg, value
 
 @pytest.mark.parametrize("edit,message", [
     (lambda t: t.pop("layers.ln.bias"), r"tensors \['weight'\], its arguments make \['bias', 'weight'\]"),
-    (lambda t: t.update({"layers.ln.weight": t["layers.ln.weight"].double()}), "one float dtype"),
+    (lambda t: t.update({"layers.ln.weight": t["layers.ln.weight"].double()}), "one of float32"),
+    (lambda t: t.update({"layers.ln.weight": t["layers.ln.weight"].to(torch.float8_e4m3fn)}), "float8_e4m3fn"),
     (lambda t: t.update({"layers.bn.num_batches_tracked": torch.zeros((), dtype=torch.float32)}),
      "num_batches_tracked is float32"),
     (lambda t: t.update({"layers.act.weight": torch.zeros(3)}), r"weight is float32\[3\]"),
@@ -179,3 +181,49 @@ def test_a_torch_without_groupnorms_bias_argument_takes_the_file_when_bias_is_af
     manifest["layers"]["gn"]["init_kwargs"]["$dict"]["bias"] = False
     with pytest.raises(CheckpointError, match=r"layer 'gn' \(GroupNorm\): bias=False with affine=True needs a torch"):
         mq.load(edits.write("edited.safetensors", manifest))
+
+
+@pytest.mark.parametrize("layer,arg,value", [("gn", "num_groups", 4), ("gn", "eps", 0.5),
+                                             ("reflect", "dilation", {"$tuple": [2, 2]})])
+def test_load_with_model_compares_them_with_the_models_modules(tmp_path, layer, arg, value):
+    # (a file whose float modules were edited loaded "into" the model and computed another function)
+    _, batches, result = _static("convs")
+    path = mq.save(result, tmp_path / "convs.safetensors")
+    edits = StaticFileEdits(path, KEY, tmp_path)
+    manifest = edits.manifest_copy()
+    manifest["layers"][layer]["init_kwargs"]["$dict"][arg] = value
+    if arg == "dilation":
+        manifest["layers"][layer]["init_kwargs"]["$dict"]["padding"] = {"$tuple": [2, 2]}
+    edited = edits.write("edited.safetensors", manifest)
+    mq.load(edited)  # (a consistent file on its own)
+    with pytest.raises(CheckpointError, match=rf"layer '{layer}': arguments .* in the file, .* in the model"):
+        mq.load(edited, model=_trained_like(Convs()))
+    with torch.no_grad():
+        assert torch.equal(mq.load(path, model=_trained_like(Convs()))(batches[0]), result.model(batches[0]))
+
+
+def test_conv_geometry_is_bounded(tmp_path):
+    # (a padding of 2^31 - 1 loaded, and the first call asked for terabytes)
+    _, _, result = _static("convs")
+    edits = StaticFileEdits(mq.save(result, tmp_path / "convs.safetensors"), KEY, tmp_path)
+    manifest = edits.manifest_copy()
+    manifest["layers"]["reflect"]["init_kwargs"]["$dict"]["padding"] = {"$tuple": [2 ** 31 - 1, 1]}
+    with pytest.raises(CheckpointError, match=r"layer 'reflect' \(Conv2d\): padding must be"):
+        mq.load(edits.write("edited.safetensors", manifest))
+
+
+def test_a_pruned_or_hooked_float_layer_is_refused_at_save_with_why(tmp_path):
+    import torch.nn.utils.prune as prune
+    model, batches, _ = _static("mlp")
+    pruned = _trained_like(MLP())
+    prune.l1_unstructured(pruned.l2, "weight", 0.3)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        result = mq.quantize(pruned, "int8", activations="static", calibration=batches, exclude=["l2"])
+    with pytest.raises(TypeError, match=r"layer 'l2' \(Linear\) holds tensors .*weight_orig.*prune.remove"):
+        mq.save(result, tmp_path / "pruned.safetensors")
+    _, _, result = _static("mlp")
+    result.model.layers["ln"].register_forward_hook(lambda m, i, o: o * 2)
+    with pytest.raises(TypeError, match=r"layer 'ln' \(LayerNorm\) has forward hooks"):
+        mq.save(result, tmp_path / "hooked.safetensors")
+    assert not (tmp_path / "pruned.safetensors").exists() and not (tmp_path / "hooked.safetensors").exists()

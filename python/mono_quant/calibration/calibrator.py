@@ -87,6 +87,21 @@ def _first_dim(obj) -> Optional[int]:
     return None
 
 
+def _takes_one_input(model, x) -> bool:
+    """Whether ``model``'s forward can be called with ``x`` alone (True when its signature can't be read;
+    a static graph's forward takes ``*args``: it says itself)."""
+    accepts = getattr(model, "accepts_arguments", None)
+    if callable(accepts):
+        return bool(accepts((x,), {}))
+    try:
+        inspect.signature(model.forward).bind(x)
+    except TypeError:
+        return False
+    except ValueError:
+        return True
+    return True
+
+
 def _truncate(obj, n: int):
     """The first n items along dim 0 of every tensor in a batch."""
     if isinstance(obj, torch.Tensor):
@@ -203,7 +218,7 @@ class Calibrator:
             try:
                 self.model(batch[0])  # (x, y) or [x, ...]: the first element is the input
             except TypeError as exc:  # a model of several inputs given them as a tuple: say how it was read
-                if len(batch) < 2 or not any(word in str(exc) for word in ("argument", "positional")):
+                if len(batch) < 2 or _takes_one_input(self.model, batch[0]):
                     raise
                 raise TypeError(f"{exc}; a calibration batch that is a {type(batch).__name__} is read as (input, "
                                 f"target): only its first element is passed to the model. For a model of several "

@@ -24,6 +24,7 @@ from ..entries import packs_straight_to_int8, quantize_state_dict_entry, state_d
 from ..errors import AlreadyQuantizedError, CheckpointError, ConfigError
 from ..formats import get_format
 from ..modules.conv1d import conv2d_weight_of
+from ..orig_dtype import ORIG_DTYPES
 from ..report import LayerReport, Report, tensor_bytes
 from ..result import QuantizationResult
 from ..strictness import (check_patterns_match, holder_names_of_keys, layer_names_of_keys, refuse_quantized_state_dict,
@@ -314,7 +315,9 @@ def _write_entry(key: str, tensor: torch.Tensor, cfg: QuantConfig, writer: Strea
 def _record_layer(layer: LayerReport, own: Dict[str, torch.Tensor], tensor: torch.Tensor, cfg: QuantConfig,
                   report: Report, manifest: dict) -> None:
     report.layers.append(layer)
-    manifest["layers"].append(state_dict_layer_entry(layer, cfg, own, tensor.dtype))
+    # (a float8 weight stands for float32 in the layer, but says nothing of the model's dtype: not recorded)
+    orig = tensor.dtype if tensor.dtype in ORIG_DTYPES else None
+    manifest["layers"].append(state_dict_layer_entry(layer, cfg, own, orig))
 
 
 def _streams(key: str, tensor: torch.Tensor, cfg: QuantConfig):

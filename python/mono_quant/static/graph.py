@@ -145,6 +145,15 @@ class StaticGraphModel(CompilesAsOneOp, nn.Module):
         inputs = sum(1 for _, kind, _, _ in self.program if kind == "input")  # (dynamo of torch < 2.5: no list.count)
         return inputs == 1 and isinstance(self.program[-1][3], ValueRef)
 
+    def accepts_arguments(self, args: tuple, kwargs: dict) -> bool:
+        """Whether ``forward(*args, **kwargs)`` binds to the captured inputs (the calibrator asks:
+        forward's own signature is ``*args, **kwargs``)."""
+        try:
+            bind_inputs(self.program, args, kwargs)
+        except TypeError:
+            return False
+        return True
+
     def forward(self, *args, **kwargs):
         compiled = self.compiled_call(args, kwargs)  # torch.compile: the whole model as one op (compiled.py)
         if compiled is not None:

@@ -42,7 +42,7 @@ from .persist_checks import check_activation_scales, check_outputs_not_constant,
 from .persist_eltwise import ELTWISE_CLASSES, attach_eltwise_tensors, build_fused_add, check_constant_shape
 from .persist_float import FLOAT_BY_NAME, FLOAT_MODULES, build_float_module, float_module_kwargs
 from .persist_float_weighted import (WEIGHTED_BY_NAME, WEIGHTED_FLOAT_MODULES, build_weighted_module,
-                                      weighted_module_kwargs)
+                                      check_saved_tensors, weighted_module_kwargs)
 from .persist_skeleton import check_static_layers_against_model
 from .program import StaticInt8Model
 from .qparams_state import EXTRA_STATE
@@ -121,14 +121,22 @@ def _layer_entry(name: str, m: nn.Module) -> dict:
     cls = type(m)
     if cls.__name__ in _STATIC_CLASSES and _STATIC_CLASSES[cls.__name__] is cls:
         return {"class": cls.__name__, "init_kwargs": encode_value(m.init_kwargs())}
+    kwargs = None
+    if cls in WEIGHTED_FLOAT_MODULES:  # (its tensors are saved with the layers')
+        kwargs = weighted_module_kwargs(name, m)
+        check_saved_tensors(name, m, kwargs)  # (a pruned layer: its pruning hook is named there)
+    if m._forward_hooks or m._forward_pre_hooks:  # (the program calls the float modules: hooks ran in memory)
+        raise TypeError(f"cannot save static model: layer {name!r} ({cls.__name__}) has forward hooks, which a file "
+                        f"does not hold (the loaded model would not run them): remove them before saving and "
+                        f"register them again on the loaded model")
+    if kwargs is not None:
+        return {"class": cls.__name__, "init_kwargs": encode_value(kwargs)}
     if cls is FusedAddFloat:
         return {"class": "FusedAddFloat", "init_kwargs": encode_value({"act": m.act})}
     if cls is FusedGapFloat:
         return {"class": "FusedGapFloat", "init_kwargs": encode_value({"flatten": m.flatten})}
     if cls in FLOAT_MODULES:
         return {"class": cls.__name__, "init_kwargs": encode_value(float_module_kwargs(name, m))}
-    if cls in WEIGHTED_FLOAT_MODULES:  # (its tensors are saved with the layers')
-        return {"class": cls.__name__, "init_kwargs": encode_value(weighted_module_kwargs(name, m))}
     if any(True for _ in m.parameters()) or any(True for _ in m.buffers()):
         raise TypeError(f"cannot save static model: layer {name!r} is a {cls.__name__}, a float module with "
                         f"parameters or buffers, which a static file holds for a fixed table of classes only "

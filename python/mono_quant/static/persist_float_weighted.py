@@ -13,6 +13,7 @@ only set what the tensors replace.
 from __future__ import annotations
 
 import inspect
+import math
 from typing import Callable, Dict, Optional, Tuple
 
 import torch
@@ -20,28 +21,38 @@ from torch import nn
 
 from ..errors import CheckpointError
 from ..formats.checks import is_int, spec
+from ..orig_dtype import ORIG_DTYPES
 
-__all__ = ["WEIGHTED_FLOAT_MODULES", "WEIGHTED_BY_NAME", "weighted_module_kwargs", "build_weighted_module"]
+__all__ = ["WEIGHTED_FLOAT_MODULES", "WEIGHTED_BY_NAME", "weighted_module_kwargs", "check_saved_tensors",
+           "build_weighted_module"]
 
 _Check = Tuple[Callable[[object], bool], str]
 #: a size or index bound (an int32's range: every tensor dimension the kernels see fits it)
 _MAX = (1 << 31) - 1
+#: a conv's kernel size, stride, padding or dilation at most (a static conv's bound: MQ_MAX_CONV_ARG)
+_MAX_CONV_ARG = 1 << 20
 
 
 def _count(lo: int) -> _Check:
     return (lambda v: is_int(v, lo) and v <= _MAX, f"an int in {lo}..{_MAX}")
 
 
-def _ints(n: Optional[int], lo: int, text: str) -> _Check:
-    """A tuple / list of ``n`` ints (1..8 when n is None) of at least ``lo``."""
+def _ints(n: Optional[int], lo: int, text: str, hi: int = _MAX) -> _Check:
+    """A tuple / list of ``n`` ints (1..8 when n is None) in lo..hi."""
     def test(v) -> bool:
         return (isinstance(v, (tuple, list)) and (len(v) == n if n else 1 <= len(v) <= 8)
-                and all(is_int(x, lo) and x <= _MAX for x in v))
+                and all(is_int(x, lo) and x <= hi for x in v))
     return test, text
 
 
 def _real(v) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and v == v and abs(v) != float("inf")
+    """A finite number (an int too large for a float is none: the forward would overflow)."""
+    if not isinstance(v, (int, float)) or isinstance(v, bool):
+        return False
+    try:
+        return math.isfinite(float(v))
+    except OverflowError:
+        return False
 
 
 _FLAG: _Check = (lambda v: isinstance(v, bool), "True or False")
@@ -51,11 +62,14 @@ _OPTIONAL_REAL: _Check = (lambda v: v is None or _real(v), "None or a finite num
 
 
 def _conv(n: int) -> Dict[str, _Check]:
-    pad_ints = _ints(n, 0, f"{n} ints >= 0")
+    # kernel, stride, padding and dilation bounded as a static conv's (MQ_MAX_CONV_ARG): a padding of
+    # 2^31 is an allocation of terabytes at the first call
+    geometry = lambda lo: _ints(n, lo, f"{n} ints in {lo}..{_MAX_CONV_ARG}", _MAX_CONV_ARG)  # noqa: E731
+    pad_ints = geometry(0)
     return {"in_channels": _count(1), "out_channels": _count(1),
-            "kernel_size": _ints(n, 1, f"{n} ints >= 1"), "stride": _ints(n, 1, f"{n} ints >= 1"),
-            "padding": (lambda v: v in ("same", "valid") or pad_ints[0](v), f"'same', 'valid' or {n} ints >= 0"),
-            "dilation": _ints(n, 1, f"{n} ints >= 1"), "groups": _count(1), "bias": _FLAG,
+            "kernel_size": geometry(1), "stride": geometry(1),
+            "padding": (lambda v: v in ("same", "valid") or pad_ints[0](v), f"'same', 'valid' or {pad_ints[1]}"),
+            "dilation": geometry(1), "groups": _count(1), "bias": _FLAG,
             "padding_mode": (lambda v: v in ("zeros", "reflect", "replicate", "circular"),
                              "'zeros', 'reflect', 'replicate' or 'circular'")}
 
@@ -112,6 +126,19 @@ def weighted_module_kwargs(name: str, m: nn.Module) -> dict:
     return kwargs
 
 
+def check_saved_tensors(name: str, m: nn.Module, kwargs: dict) -> None:
+    """TypeError at save when ``m`` holds other tensors than a module of its arguments (a pruned layer's
+    ``weight_orig`` / ``weight_mask``, weight_norm's ``weight_g`` / ``weight_v``, a buffer of the user's):
+    the file would not load."""
+    with torch.device("meta"):
+        expected = set(type(m)(**kwargs).state_dict())
+    held = set(m.state_dict())
+    if held != expected:
+        raise TypeError(f"cannot save static model: layer {name!r} ({type(m).__name__}) holds tensors {sorted(held)} "
+                        f"where a {type(m).__name__} holds {sorted(expected)} (a pruned or weight-normed layer: "
+                        f"prune.remove / torch.nn.utils.remove_weight_norm it in the model before quantizing)")
+
+
 def build_weighted_module(name: str, cls_name: str, kwargs: dict, own: Dict[str, torch.Tensor]) -> nn.Module:
     """The float module a manifest entry describes, holding ``own`` (its tensors from the file):
     arguments checked, then the module built on the meta device, then the tensors checked against it."""
@@ -137,9 +164,9 @@ def build_weighted_module(name: str, cls_name: str, kwargs: dict, own: Dict[str,
     for key, t in expected.items():
         got = own[key]
         floating = t.is_floating_point()
-        if tuple(got.shape) != tuple(t.shape) or (got.is_floating_point() != floating) or (
+        if tuple(got.shape) != tuple(t.shape) or (floating and got.dtype not in ORIG_DTYPES) or (
                 not floating and got.dtype != t.dtype) or (floating and len(float_dtypes) > 1):
-            raise CheckpointError(f"{where}: {key} is {spec(got)}, its arguments make {spec(t)} "
-                                  f"(its float tensors of one float dtype)")
+            raise CheckpointError(f"{where}: {key} is {spec(got)}, its arguments make {spec(t)} (its float "
+                                  f"tensors of one of float32, float16, bfloat16, float64)")
     m.load_state_dict(own, assign=True)
     return m.eval()

@@ -5,7 +5,7 @@ that the file was saved from it.  Without this check an edited or mistaken file 
 stride, padding or dilation of a conv, an unrelated architecture) loaded "into" the model and
 then computed another function than the model describes, silently.  Each layer of the file
 that stands for a module of the model (an int8 conv / Linear, a float pool or activation
-module) is looked up by the name the static capture gave it (torch.fx's node name of the
+module, a float module with parameters) is looked up by the name the static capture gave it (torch.fx's node name of the
 module's qualified name) and compared: its class, weight shape, geometry and bias (a bias the
 model has must be in the file; the file may have one the model lacks: a BatchNorm folded in)."""
 from __future__ import annotations
@@ -20,6 +20,7 @@ from ..errors import CheckpointError
 from ..io.layer_geometry import plain_value
 from .modules import StaticConv2d, StaticLinear
 from .persist_float import FLOAT_MODULES, float_module_kwargs
+from .persist_float_weighted import WEIGHTED_FLOAT_MODULES, weighted_module_kwargs
 
 __all__ = ["STATIC_GEOMETRY", "geometry_problem", "check_static_layers_against_model"]
 
@@ -73,11 +74,12 @@ def _layer_problem(name: str, layer: nn.Module, module: Optional[nn.Module]) -> 
         return geometry_problem(layer, module)
     if type(module) is not type(layer):
         return f"the file has a {type(layer).__name__} there, the model a {type(module).__name__}"
+    arguments = float_module_kwargs if type(layer) in FLOAT_MODULES else weighted_module_kwargs
     try:
-        want = {a: plain_value(v) for a, v in float_module_kwargs(name, module).items()}
+        want = {a: plain_value(v) for a, v in arguments(name, module).items()}
     except ValueError:  # the model's module is one a static file cannot hold: it differs
         want = None
-    got = {a: plain_value(getattr(layer, a)) for a in FLOAT_MODULES[type(layer)]}
+    got = {a: plain_value(v) for a, v in arguments(name, layer).items()}
     return None if want == got else f"arguments {got} in the file, {want} in the model"
 
 
@@ -88,7 +90,8 @@ def check_static_layers_against_model(layers: Mapping[str, nn.Module], model: nn
         raise TypeError(f"model= must be the torch.nn.Module the file was saved from, got {type(model).__name__}")
     by_name = _fx_names(model)
     for name, layer in layers.items():
-        if not isinstance(layer, (StaticConv2d, StaticLinear)) and type(layer) not in FLOAT_MODULES:
+        if not isinstance(layer, (StaticConv2d, StaticLinear)) and type(layer) not in FLOAT_MODULES \
+                and type(layer) not in WEIGHTED_FLOAT_MODULES:
             continue  # adds, concatenations, fused functions: no module of the model stands behind them
         # the module of that name, or one whose name differs only in fx's numeric suffix: a second
         # call of module "c" is node "c_1", and then module "c_1"'s call is node "c_2"

@@ -73,8 +73,8 @@ def quantize_static(model, cfg, calibration, observer: Optional[str], calibratio
     # the caller's model is never touched (fx, folding, hooks); a pruning / weight_norm hook's computed
     # weight is copied recomputed and detached (deepcopy refuses it: not a graph leaf)
     work = copy.deepcopy(model, hook_computed_copies(model, {})).eval()
-    _unparametrize(work)
     sel = StaticSelection(work, cfg)  # include / exclude / min_weight_numel, layers quantized already
+    _unparametrize(work, sel)
     plan, fallback = None, sel.already_reason()  # layers quantized already: fx would trace into their code
     if fallback is None:
         # optional arguments calibration never passes: captured as None (their `is None` paths)
@@ -98,17 +98,21 @@ def quantize_static(model, cfg, calibration, observer: Optional[str], calibratio
     return result
 
 
-def _unparametrize(work: nn.Module) -> None:
-    """Make each Conv2d / Linear of the private copy whose weight alone is parametrized (weight_norm,
-    spectral_norm, orthogonal) its plain layer holding the weight it computes in eval mode, as dynamic
-    int8 quantizes it (it stayed float: "no int8 kernel").  A shared module stays one module."""
-    plain: Dict[int, nn.Module] = {}
+def _unparametrize(work: nn.Module, sel: StaticSelection) -> None:
+    """Make each selected Conv2d / Linear of the private copy whose weight alone is parametrized
+    (weight_norm, spectral_norm, orthogonal) its plain layer holding the weight it computes in eval
+    mode, as dynamic int8 quantizes it (it stayed float: "no int8 kernel").  A layer not selected
+    stays as it is, and so does one the model holds under two names (one module must stay one)."""
+    names: Dict[int, List[str]] = {}
+    for name, m in work.named_modules(remove_duplicate=False):
+        names.setdefault(id(m), []).append(name)
     for parent in list(work.modules()):
         for child_name, child in list(parent._modules.items()):
-            if child is not None and parametrized_base(child) in (nn.Conv2d, nn.Linear):
-                if id(child) not in plain:
-                    plain[id(child)] = plain_float_layer(child)
-                parent._modules[child_name] = plain[id(child)]
+            if child is None or parametrized_base(child) not in (nn.Conv2d, nn.Linear) or id(child) in sel.held:
+                continue
+            qualified = names[id(child)]
+            if len(qualified) == 1 and sel.keep_float(qualified[0], child) is None:
+                parent._modules[child_name] = plain_float_layer(child)
 
 
 def _quantize_plan(plan, cfg, calibration) -> QuantizationResult:
