@@ -36,3 +36,24 @@ def test_modules_to_save_on_a_quantized_layer_is_refused():
     kept_float = mq.quantize(hf_models.build("llama"), "int8", exclude=["lm_head"]).model
     peft_model = get_peft_model(kept_float, lora_config(r=4, target_modules=["q_proj"], modules_to_save=["lm_head"]))
     assert any("modules_to_save" in n and p.requires_grad for n, p in peft_model.named_parameters())
+
+
+@pytest.mark.parametrize("head", ["masked_lm", "seq_cls"])
+def test_all_linear_leaves_a_nested_or_classifier_head_as_peft_does(head):
+    # BertForMaskedLM's head is cls.predictions.decoder: "decoder" stood for it as a name end, so it took
+    # an adapter where PEFT gives none; a sequence classifier's head likewise (task_type SEQ_CLS)
+    import transformers
+
+    def adapted(peft_model):
+        return {n.split(".lora_A")[0] for n, _ in peft_model.named_parameters() if ".lora_A" in n}
+
+    config = hf_models.config_of("bert")
+    config.tie_word_embeddings = False
+    cls = transformers.BertForMaskedLM if head == "masked_lm" else transformers.BertForSequenceClassification
+    extra = {} if head == "masked_lm" else {"task_type": "SEQ_CLS"}
+    torch.manual_seed(0)
+    float_targets = adapted(get_peft_model(cls(config).eval(), lora_config(r=4, target_modules="all-linear", **extra)))
+    torch.manual_seed(0)
+    qmodel = mq.quantize(cls(config).eval(), "int8").model
+    targets = adapted(get_peft_model(qmodel, lora_config(r=4, target_modules="all-linear", **extra)))
+    assert targets == float_targets and not any(t.endswith(("decoder", "classifier")) for t in targets)

@@ -50,10 +50,13 @@ def refresh_layer_list(model: nn.Module, dtype: str = "int8") -> None:
         if layers:
             from .transformers import MonoQuantConfig
             hf_config.quantization_config = MonoQuantConfig(dtype, layers=layers)
+            hf_config.quantization_config.describe(model)  # (save_pretrained writes the layers as they are then)
         return
     if getattr(config, "quant_method", None) != _QUANT_METHOD or not hasattr(config, "layers"):
         return
     config.layers = quantized_layer_entries(model)
+    if hasattr(config, "describe"):
+        config.describe(model)
 
 
 def check_config_layers(layers) -> None:

@@ -45,6 +45,8 @@ from typing import Any, Optional
 
 import peft
 from peft import LoraConfig, PeftConfig, PeftModel
+from peft.tuners.tuners_utils import BaseTunerLayer
+from peft.utils.constants import SEQ_CLS_HEAD_NAMES
 from peft.tuners.lora.layer import Conv1d as _PeftLoraConv1d
 from peft.tuners.lora.layer import Conv2d as _PeftLoraConv2d
 from peft.tuners.lora.layer import Embedding as _PeftLoraEmbedding
@@ -190,20 +192,27 @@ def lora_config(**kwargs: Any) -> LoraConfig:
 
 
 def _expand_all_linear(model: nn.Module, config: LoraConfig) -> None:
-    """``target_modules="all-linear"`` as PEFT expands it (the name ends of every Linear /
-    GPT-2 Conv1D, less the output layer's), quantized Linear layers included: PEFT's own
-    expansion takes ``nn.Linear`` instances only, so it left every quantized layer without an
-    adapter, silently (or found no target at all)."""
+    """``target_modules="all-linear"`` as PEFT expands it (the full names of every Linear / GPT-2
+    Conv1D, less the output layer, a sequence classifier's head and what sits inside an adapter),
+    quantized Linear layers included: PEFT's own expansion takes ``nn.Linear`` instances only, so
+    it left every quantized layer without an adapter, silently (or found no target at all).  Full
+    names, as PEFT's: a head under a parent (BertForMaskedLM's ``cls.predictions.decoder``) took an
+    adapter when its last name part stood for every layer of that name."""
     target = config.target_modules
     if not (isinstance(target, str) and target.lower() == "all-linear"):
         return
     modules = list(model.named_modules())
     if not any(isinstance(m, QuantizedLinear) for _, m in modules):
         return  # PEFT's own expansion
-    names = {n.rsplit(".", 1)[-1] for n, m in modules
+    names = {n for n, m in modules
              if n and (isinstance(m, (nn.Linear, QuantizedLinear)) or type(m).__name__ == "Conv1D")}
-    output = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
-    names -= {n for n, m in modules if output is not None and m is output}  # as PEFT: not the output layer
+    heads = [model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None]
+    if heads[0] is None and str(getattr(config, "task_type", "")).endswith("SEQ_CLS"):
+        heads = [next((getattr(model, n) for n in SEQ_CLS_HEAD_NAMES if getattr(model, n, None) is not None), None)]
+    names -= {n for n, m in modules if any(m is h for h in heads if h is not None)}  # as PEFT: not the head
+    for prefix, m in modules:  # nor a layer inside an adapter (lora_A, lora_B)
+        if isinstance(m, BaseTunerLayer):
+            names -= {f"{prefix}.{suffix}" for suffix, _ in m.named_modules() if suffix}
     config.target_modules = names
 
 

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import difflib
 import warnings
+import weakref
 from typing import Any, Dict, List, Optional
 
 import torch
@@ -47,8 +48,9 @@ from ..io.manifest import layer_key, quantized_class
 from ..io.validate import check_layer
 from ..io.dtypes import dtype_from_name
 from ..modules.composite import QuantizedComposite
+from ..modules.conv1d import QuantizedConv1d
 from ..modules.registry import QuantizedModule
-from .hf_layer_list import check_config_layers, unlisted_tensors
+from .hf_layer_list import check_config_layers, refresh_layer_list, unlisted_tensors
 
 __all__ = ["MonoQuantConfig", "MonoQuantHfQuantizer", "QUANT_METHOD", "SAVED_QUANT_METHOD"]
 
@@ -138,9 +140,25 @@ class MonoQuantConfig(QuantizationConfigMixin):
         resolve_options(QuantConfig(), **options)
         return {**options, "config": QuantConfig()}  # never a config file of the working directory
 
+    def describe(self, model: nn.Module) -> None:
+        """Let :meth:`to_dict` (what ``save_pretrained`` writes) list ``model``'s quantized layers as they
+        are then: a layer set weight-only or ``reduce_range`` afterwards, or the model cast to bfloat16,
+        was saved as it had been loaded (another function on reload, or a CheckpointError).  Held weakly,
+        and only while the model's config holds this config (a copy of it describes no model)."""
+        self._described = weakref.ref(model)
+
     def to_dict(self) -> Dict[str, Any]:
+        described = getattr(self, "_described", None)
+        model = described() if described is not None else None
+        if model is not None and getattr(getattr(model, "config", None), "quantization_config", None) is self:
+            self.layers = quantized_layer_entries(model)
         return {"quant_method": SAVED_QUANT_METHOD, **{name: getattr(self, name) for name in _OPTIONS},
                 "layers": self.layers}
+
+    def __getstate__(self):  # (pickling / deepcopy: a weak reference can't be pickled; a copy describes no model)
+        state = self.__dict__.copy()
+        state.pop("_described", None)
+        return state
 
 
 # transformers' other quantizers' names for the layers to keep float (bitsandbytes, GPTQ, AWQ, ...)
@@ -223,7 +241,26 @@ class MonoQuantHfQuantizer(HfQuantizer):
                 _skip_parent_init(model, name)
         return model
 
+    def param_needs_quantization(self, model, param_name: str, **kwargs) -> bool:
+        """True for a saved 16-bit QuantizedConv1d's ``weight``: stored ``[out, in, 1, k]`` (the height-1
+        conv it runs as) where ``.weight`` reads ``[out, in, k]``, which transformers' loader took for a
+        shape mismatch (a Whisper folder saved in fp16 / bf16 did not reload).  transformers asks this
+        of a pre-quantized load only to let such a tensor through; never when quantizing on load."""
+        if not self.pre_quantized:
+            return False
+        path, _, local = param_name.rpartition(".")
+        try:
+            module = model.get_submodule(path) if path else model
+        except AttributeError:
+            return False
+        return local == "weight" and isinstance(module, QuantizedConv1d) and "weight" in module._buffers
+
+    def get_state_dict_and_metadata(self, model):  # save_pretrained, before it writes the config
+        refresh_layer_list(model)
+        return None, {}
+
     def _process_model_after_weight_loading(self, model, **kwargs):
+        self.quantization_config.describe(model)
         if self.pre_quantized:
             _check_loaded_layers(model, self.quantization_config.layers)
             check_loaded_float_parameters(model)
