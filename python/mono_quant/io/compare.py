@@ -12,6 +12,7 @@ from .checkpoint import CheckpointReader
 from .dtypes import dtype_name
 from .load import dequantize_layer
 from .container import read_header
+from .hf_saved_folder import refuse_saved_pretrained
 from .manifest import check_against_header, layer_key, parse_manifest
 
 __all__ = ["compare", "FloatView"]
@@ -27,6 +28,8 @@ class FloatView:
         self.manifest = parse_manifest(self.reader.metadata(), os.fspath(src))
         if self.manifest["format_version"]:
             check_against_header(self.manifest, read_header(src))
+        else:
+            refuse_saved_pretrained(src)
         aliases = self.manifest["tensor_aliases"]
         self._entries: Dict[str, Tuple[str, Any]] = {}  # key -> ("tensor", stored key) or ("layer"/"bias", layer)
         hidden = set()

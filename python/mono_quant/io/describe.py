@@ -11,6 +11,7 @@ from ..orig_dtype import ORIG_DTYPES
 from .container import read_header
 from .dtypes import dtype_name
 from .errors import CheckpointError
+from .hf_saved_folder import refuse_saved_pretrained
 from .manifest import check_against_header, layer_key, parse_manifest
 
 __all__ = ["describe", "layer_kind"]
@@ -52,6 +53,8 @@ def describe(path) -> Dict[str, Any]:
     path = os.fspath(path)
     header = read_header(path)
     manifest = parse_manifest(header.metadata, path)
+    if not manifest["format_version"]:
+        refuse_saved_pretrained(path)
     check_against_header(manifest, header)
     aliases = manifest["tensor_aliases"]
     layer_keys = set()
