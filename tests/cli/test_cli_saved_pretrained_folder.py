@@ -29,3 +29,23 @@ def test_a_saved_pretrained_folder_is_named_with_what_to_do(folders, args, capsy
 def test_the_float_folder_still_inspects(folders, capsys):
     assert main(["inspect", str(folders / "float" / "model.safetensors")]) == 0
     assert "0 quantized layers" in capsys.readouterr().out
+
+
+def test_other_files_and_configs_are_left_alone(folders, tmp_path, capsys):
+    # a float checkpoint of the same model in that folder is no such file; nor is any file beside a
+    # config.json whose quantization_config is not mono-quant's, or not a mapping at all
+    import json
+    import shutil
+
+    import torch
+
+    from safetensors.torch import save_file
+
+    float_copy = folders / "q" / "float.safetensors"
+    shutil.copy(folders / "float" / "model.safetensors", float_copy)
+    assert main(["inspect", str(float_copy)]) == 0
+    for odd in ("bitsandbytes", ["x"], 3, {"quant_method": ["mono_quant"]}):
+        (tmp_path / "config.json").write_text(json.dumps({"quantization_config": odd}))
+        save_file({"w": torch.zeros(2)}, str(tmp_path / "model.safetensors"))
+        assert main(["inspect", str(tmp_path / "model.safetensors")]) == 0
+    capsys.readouterr()

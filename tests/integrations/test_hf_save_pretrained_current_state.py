@@ -4,6 +4,7 @@ config's layer list was taken once), so from_pretrained rebuilt another function
 refused the folder ("bias is bfloat16 in the file, float32 in quantization_config")."""
 import copy
 import io
+import json
 import warnings
 
 import pytest
@@ -46,10 +47,21 @@ def test_a_change_after_loading_is_saved(tmp_path, route, change):
     assert torch.equal(hf_models.forward(again, kind), hf_models.forward(model, kind))
 
 
-def test_the_config_pickles_and_a_copy_describes_no_model(tmp_path):
-    model = hf_models.loaded_quantized("gpt2", tmp_path / "float", dtype="int8").eval()
-    buffer = io.BytesIO()
-    torch.save(model, buffer)  # (a weak reference can't be pickled)
-    twin = copy.deepcopy(model)
+@pytest.mark.parametrize("route", ["from_pretrained", "quantize"])
+def test_a_deep_copy_describes_itself(tmp_path, route):
+    kind = "gpt2"
+    if route == "from_pretrained":
+        model = hf_models.loaded_quantized(kind, tmp_path / "float", dtype="int8").eval()
+    else:
+        model = mq.quantize(hf_models.build(kind), "int8").model
+    twin = copy.deepcopy(model).to(torch.bfloat16)
     assert twin.config.quantization_config is not model.config.quantization_config
-    assert twin.config.quantization_config.to_dict()["layers"] == model.config.quantization_config.to_dict()["layers"]
+    again = _reload(twin, kind, tmp_path / "q")
+    assert torch.equal(hf_models.forward(again, kind), hf_models.forward(twin, kind))
+    assert model.config.quantization_config.to_dict()["layers"][0]["orig_dtype"] == "float32"  # (the original's)
+
+
+def test_the_model_pickles_and_the_config_stays_plain_data(tmp_path):
+    model = hf_models.loaded_quantized("gpt2", tmp_path / "float", dtype="int8").eval()
+    torch.save(model, io.BytesIO())  # (no weak reference in it)
+    json.dumps(dict(model.config.quantization_config))

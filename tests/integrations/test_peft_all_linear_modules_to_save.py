@@ -57,3 +57,20 @@ def test_all_linear_leaves_a_nested_or_classifier_head_as_peft_does(head):
     qmodel = mq.quantize(cls(config).eval(), "int8").model
     targets = adapted(get_peft_model(qmodel, lora_config(r=4, target_modules="all-linear", **extra)))
     assert targets == float_targets and not any(t.endswith(("decoder", "classifier")) for t in targets)
+
+
+def test_all_linear_targets_a_layer_adapted_already_as_peft_does():
+    from peft import inject_adapter_in_model
+
+    from mono_quant.integrations.peft import register
+
+    def adapted(model, adapter):
+        return {n.split(".lora_A")[0] for n, _ in model.named_parameters() if f".lora_A.{adapter}" in n}
+
+    def second_round(model):
+        inject_adapter_in_model(register(lora_config(r=4, target_modules=["q_proj"])), model, adapter_name="first")
+        return adapted(get_peft_model(model, lora_config(r=4, target_modules="all-linear")), "default")
+
+    float_targets = second_round(hf_models.build("llama"))
+    targets = second_round(mq.quantize(hf_models.build("llama"), "int8").model)
+    assert targets == float_targets and any(t.endswith("q_proj") for t in targets)

@@ -41,6 +41,7 @@ itself never does.
 """
 from __future__ import annotations
 
+import sys
 from typing import Any, Optional
 
 import peft
@@ -205,10 +206,15 @@ def _expand_all_linear(model: nn.Module, config: LoraConfig) -> None:
     if not any(isinstance(m, QuantizedLinear) for _, m in modules):
         return  # PEFT's own expansion
     names = {n for n, m in modules
-             if n and (isinstance(m, (nn.Linear, QuantizedLinear)) or type(m).__name__ == "Conv1D")}
-    heads = [model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None]
-    if heads[0] is None and str(getattr(config, "task_type", "")).endswith("SEQ_CLS"):
-        heads = [next((getattr(model, n) for n in SEQ_CLS_HEAD_NAMES if getattr(model, n, None) is not None), None)]
+             if n and (isinstance(m, (nn.Linear, QuantizedLinear)) or type(m).__name__ == "Conv1D"
+                       or (isinstance(m, BaseTunerLayer) and "Linear" in type(m).__name__))}  # (adapted already)
+    pretrained = sys.modules.get("transformers")
+    heads = [None]
+    if pretrained is not None and isinstance(model, pretrained.PreTrainedModel):  # (PEFT's rules are for these)
+        heads = [model.get_output_embeddings()]
+        if heads[0] is None and str(getattr(config, "task_type", "")).endswith("SEQ_CLS"):
+            heads = [next((getattr(model, n) for n in SEQ_CLS_HEAD_NAMES if getattr(model, n, None) is not None),
+                          None)]
     names -= {n for n, m in modules if any(m is h for h in heads if h is not None)}  # as PEFT: not the head
     for prefix, m in modules:  # nor a layer inside an adapter (lora_A, lora_B)
         if isinstance(m, BaseTunerLayer):

@@ -28,6 +28,7 @@ in that warning (``"mono_quant"``, what older folders carry, loads too).
 """
 from __future__ import annotations
 
+import copy
 import difflib
 import warnings
 import weakref
@@ -144,21 +145,35 @@ class MonoQuantConfig(QuantizationConfigMixin):
         """Let :meth:`to_dict` (what ``save_pretrained`` writes) list ``model``'s quantized layers as they
         are then: a layer set weight-only or ``reduce_range`` afterwards, or the model cast to bfloat16,
         was saved as it had been loaded (another function on reload, or a CheckpointError).  Held weakly,
-        and only while the model's config holds this config (a copy of it describes no model)."""
-        self._described = weakref.ref(model)
+        outside the config (which stays plain data), and only while the model's config holds this one."""
+        _DESCRIBED[id(self)] = model
+
+    def _described_model(self) -> Optional[nn.Module]:
+        model = _DESCRIBED.get(id(self))
+        if model is not None and getattr(getattr(model, "config", None), "quantization_config", None) is self:
+            return model
+        return None
 
     def to_dict(self) -> Dict[str, Any]:
-        described = getattr(self, "_described", None)
-        model = described() if described is not None else None
-        if model is not None and getattr(getattr(model, "config", None), "quantization_config", None) is self:
-            self.layers = quantized_layer_entries(model)
+        model = self._described_model()
+        layers = quantized_layer_entries(model) if model is not None else self.layers
         return {"quant_method": SAVED_QUANT_METHOD, **{name: getattr(self, name) for name in _OPTIONS},
-                "layers": self.layers}
+                "layers": layers}
 
-    def __getstate__(self):  # (pickling / deepcopy: a weak reference can't be pickled; a copy describes no model)
-        state = self.__dict__.copy()
-        state.pop("_described", None)
-        return state
+    def __deepcopy__(self, memo):
+        """A copy; within a deep copy of the model it describes, it describes the copy (which deepcopy
+        has made by the time it reaches the config)."""
+        twin = type(self).__new__(type(self))
+        memo[id(self)] = twin
+        twin.__dict__.update(copy.deepcopy(self.__dict__, memo))
+        model = _DESCRIBED.get(id(self))
+        if model is not None and id(model) in memo:
+            twin.describe(memo[id(model)])
+        return twin
+
+
+#: id(MonoQuantConfig) -> the model it describes (weakly; the identity check above guards a reused id)
+_DESCRIBED: "weakref.WeakValueDictionary[int, nn.Module]" = weakref.WeakValueDictionary()
 
 
 # transformers' other quantizers' names for the layers to keep float (bitsandbytes, GPTQ, AWQ, ...)

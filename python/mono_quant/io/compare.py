@@ -29,7 +29,7 @@ class FloatView:
         if self.manifest["format_version"]:
             check_against_header(self.manifest, read_header(src))
         else:
-            refuse_saved_pretrained(src)
+            refuse_saved_pretrained(src, self.reader.keys(), lambda key: self.reader.spec(key)[0])
         aliases = self.manifest["tensor_aliases"]
         self._entries: Dict[str, Tuple[str, Any]] = {}  # key -> ("tensor", stored key) or ("layer"/"bias", layer)
         hidden = set()

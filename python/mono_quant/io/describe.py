@@ -54,7 +54,7 @@ def describe(path) -> Dict[str, Any]:
     header = read_header(path)
     manifest = parse_manifest(header.metadata, path)
     if not manifest["format_version"]:
-        refuse_saved_pretrained(path)
+        refuse_saved_pretrained(path, header.tensors, lambda key: header.tensors[key].dtype)
     check_against_header(manifest, header)
     aliases = manifest["tensor_aliases"]
     layer_keys = set()
