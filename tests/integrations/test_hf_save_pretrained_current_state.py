@@ -63,5 +63,10 @@ def test_a_deep_copy_describes_itself(tmp_path, route):
 
 def test_the_model_pickles_and_the_config_stays_plain_data(tmp_path):
     model = hf_models.loaded_quantized("gpt2", tmp_path / "float", dtype="int8").eval()
-    torch.save(model, io.BytesIO())  # (no weak reference in it)
+    buffer = io.BytesIO()
+    torch.save(model, buffer)  # (no weak reference in it)
     json.dumps(dict(model.config.quantization_config))
+    buffer.seek(0)
+    unpickled = torch.load(buffer, weights_only=False).to(torch.bfloat16)  # (its quantizer links it again)
+    again = _reload(unpickled, "gpt2", tmp_path / "q")
+    assert torch.equal(hf_models.forward(again, "gpt2"), hf_models.forward(unpickled, "gpt2"))

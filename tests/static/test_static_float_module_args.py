@@ -171,6 +171,7 @@ def test_a_module_a_static_file_cannot_hold_is_named_with_why(mid, message, tmp_
 @pytest.mark.parametrize("cls,arg,value", [
     ("ELU", "alpha", "1"), ("Softplus", "beta", {"$float": "inf"}), ("Threshold", "value", None),
     ("Hardshrink", "lambd", True), ("LogSoftmax", "dim", 1.0), ("CELU", "inplace", True),
+    ("ELU", "alpha", 10 ** 400), ("Hardtanh", "min_val", -10 ** 400),  # (math raised OverflowError on these)
 ])
 def test_a_bad_activation_argument_is_refused_at_load(pool_file, tmp_path, cls, arg, value):
     edits = StaticFileEdits(pool_file, KEY, tmp_path)

@@ -51,7 +51,7 @@ from ..io.dtypes import dtype_from_name
 from ..modules.composite import QuantizedComposite
 from ..modules.conv1d import QuantizedConv1d
 from ..modules.registry import QuantizedModule
-from .hf_layer_list import check_config_layers, refresh_layer_list, unlisted_tensors
+from .hf_layer_list import check_config_layers, unlisted_tensors
 
 __all__ = ["MonoQuantConfig", "MonoQuantHfQuantizer", "QUANT_METHOD", "SAVED_QUANT_METHOD"]
 
@@ -270,8 +270,10 @@ class MonoQuantHfQuantizer(HfQuantizer):
             return False
         return local == "weight" and isinstance(module, QuantizedConv1d) and "weight" in module._buffers
 
-    def get_state_dict_and_metadata(self, model):  # save_pretrained, before it writes the config
-        refresh_layer_list(model)
+    def get_state_dict_and_metadata(self, model):
+        # save_pretrained, before it writes the config: the config describes this model again (a model
+        # unpickled lost the link), and its to_dict lists the layers once, as they are
+        self.quantization_config.describe(model)
         return None, {}
 
     def _process_model_after_weight_loading(self, model, **kwargs):

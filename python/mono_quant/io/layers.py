@@ -11,7 +11,7 @@ from torch import nn
 from ..formats import get_format
 from ..modules.registry import QuantizedModule
 from ..orig_dtype import orig_dtype_of
-from .dtypes import dtype_name
+from .dtypes import dtype_from_name, dtype_name
 from .manifest import quantized_class, tensor_spec
 
 __all__ = ["module_layer_entry", "quantized_layer_entries", "state_dict_layer_entry", "own_tensors",
@@ -96,7 +96,7 @@ def guess_orig_dtype(layer) -> Optional[torch.dtype]:
     """The float dtype a state_dict weight had: its report's ``orig_dtype``, else (a report made
     before it was recorded) from its byte count (None if ambiguous: float16 or bfloat16)."""
     if getattr(layer, "orig_dtype", None):
-        return getattr(torch, layer.orig_dtype)
+        return dtype_from_name(layer.orig_dtype)
     numel = math.prod(layer.shape)
     if not numel:
         return None

@@ -1,6 +1,6 @@
-"""The parameter-free float modules a static program may keep (pools, activations, resampling, padding, ...), saved as
-their class and constructor arguments and rebuilt at load from this fixed table (called by
-persist.py; nothing is imported by name).
+"""The parameter-free float modules a static program may keep (pools, activations, resampling,
+padding, ...), saved as their class and constructor arguments and rebuilt at load from this fixed
+table (called by persist.py; nothing is imported by name).
 
 Every constructor argument that changes what a module computes is saved (tested against torch's
 signatures) and checked at load before the module is built: a manifest may hold any JSON, and
@@ -31,8 +31,15 @@ _Check = Tuple[Callable[[object], bool], str]
 
 
 def _real(v, finite: bool = True) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and not math.isnan(v) and \
-        (not finite or math.isfinite(v))
+    """A number (finite where ``finite``); an int too large for a float is none (math raised
+    OverflowError on it, out of the load's checks; the forward would overflow)."""
+    if not isinstance(v, (int, float)) or isinstance(v, bool):
+        return False
+    try:
+        f = float(v)
+    except OverflowError:
+        return False
+    return not math.isnan(f) and (not finite or math.isfinite(f))
 
 
 def _pair_of(v, lo: int, none_ok: bool = False) -> bool:
@@ -126,7 +133,7 @@ FLOAT_MODULES: Dict[type, Dict[str, _Check]] = {
 }
 FLOAT_BY_NAME = {c.__name__: c for c in FLOAT_MODULES}
 
-# checks across arguments, before the constructor runs
+
 def _size_or_scale(kw: dict) -> Optional[str]:
     """torch's rule, checked at the first call otherwise: an output size or a scale factor, not both."""
     if (kw.get("size") is None) == (kw.get("scale_factor") is None):
@@ -136,6 +143,7 @@ def _size_or_scale(kw: dict) -> Optional[str]:
     return None
 
 
+# checks across arguments, before the constructor runs
 _ACROSS: Dict[type, Callable[[dict], Optional[str]]] = {
     nn.Upsample: _size_or_scale, nn.UpsamplingNearest2d: _size_or_scale, nn.UpsamplingBilinear2d: _size_or_scale,
     nn.MaxPool2d: lambda kw: _pool_padding(kw, max_pool=True),

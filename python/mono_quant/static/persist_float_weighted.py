@@ -13,8 +13,7 @@ only set what the tensors replace.
 from __future__ import annotations
 
 import inspect
-import math
-from typing import Callable, Dict, Optional, Tuple
+from typing import Dict, Optional
 
 import torch
 from torch import nn
@@ -22,15 +21,15 @@ from torch import nn
 from ..errors import CheckpointError
 from ..formats.checks import is_int, spec
 from ..orig_dtype import ORIG_DTYPES
+from .persist_float import _FLAG, _MAX_POOL_ARG, _Check, _real
 
 __all__ = ["WEIGHTED_FLOAT_MODULES", "WEIGHTED_BY_NAME", "weighted_module_kwargs", "check_saved_tensors",
            "build_weighted_module"]
 
-_Check = Tuple[Callable[[object], bool], str]
 #: a size or index bound (an int32's range: every tensor dimension the kernels see fits it)
 _MAX = (1 << 31) - 1
-#: a conv's kernel size, stride, padding or dilation at most (a static conv's bound: MQ_MAX_CONV_ARG)
-_MAX_CONV_ARG = 1 << 20
+#: a conv's kernel size, stride, padding or dilation at most (a static conv's bound, as a pool's)
+_MAX_CONV_ARG = _MAX_POOL_ARG
 
 
 def _count(lo: int) -> _Check:
@@ -45,17 +44,6 @@ def _ints(n: Optional[int], lo: int, text: str, hi: int = _MAX) -> _Check:
     return test, text
 
 
-def _real(v) -> bool:
-    """A finite number (an int too large for a float is none: the forward would overflow)."""
-    if not isinstance(v, (int, float)) or isinstance(v, bool):
-        return False
-    try:
-        return math.isfinite(float(v))
-    except OverflowError:
-        return False
-
-
-_FLAG: _Check = (lambda v: isinstance(v, bool), "True or False")
 _EPS: _Check = (lambda v: _real(v) and v >= 0, "a finite number >= 0")
 _MOMENTUM: _Check = (lambda v: v is None or (_real(v) and 0 <= v <= 1), "None or a number in 0..1")
 _OPTIONAL_REAL: _Check = (lambda v: v is None or _real(v), "None or a finite number")

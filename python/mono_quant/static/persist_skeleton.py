@@ -5,9 +5,10 @@ that the file was saved from it.  Without this check an edited or mistaken file 
 stride, padding or dilation of a conv, an unrelated architecture) loaded "into" the model and
 then computed another function than the model describes, silently.  Each layer of the file
 that stands for a module of the model (an int8 conv / Linear, a float pool or activation
-module, a float module with parameters) is looked up by the name the static capture gave it (torch.fx's node name of the
-module's qualified name) and compared: its class, weight shape, geometry and bias (a bias the
-model has must be in the file; the file may have one the model lacks: a BatchNorm folded in)."""
+module, a float module with parameters) is looked up by the name the static capture gave it
+(torch.fx's node name of the module's qualified name) and compared: its class, weight shape,
+geometry and bias (a bias the model has must be in the file; the file may have one the model
+lacks: a BatchNorm folded in)."""
 from __future__ import annotations
 
 import re
