@@ -122,7 +122,7 @@ def test_per_layer_fallback_lists_layers_it_never_replaces():
 
     torch.manual_seed(0)
     result = _static(WithEmbedding().eval(), torch.randn(32, 3, 8, 8))
-    assert "Conv2d and Linear layers only" in _reasons(result)["emb"]
+    assert "Conv2d, Conv1d and Linear layers only" in _reasons(result)["emb"]
 
 
 def test_a_model_with_an_excluded_layer_saves_and_loads(net, tmp_path):
@@ -186,19 +186,19 @@ def test_config_file_values_static_cannot_honour_are_refused_as_arguments_are(ne
 
 
 def test_a_layer_static_int8_does_not_replace_is_listed_by_its_path_and_type():
-    class WithConv1d(nn.Module):
+    class WithTransposed(nn.Module):
         def __init__(self):
             super().__init__()
-            self.blocks = nn.ModuleList([nn.Conv1d(4, 8, 3)])
+            self.blocks = nn.ModuleList([nn.ConvTranspose1d(4, 8, 3)])
             self.fc = nn.Linear(8, 16)
 
         def forward(self, x):
             return self.fc(self.blocks[0](x).mean(2))
 
     torch.manual_seed(0)
-    result = _static(WithConv1d().eval(), torch.randn(32, 4, 10))
+    result = _static(WithTransposed().eval(), torch.randn(32, 4, 10))
     listed = {s.name: (s.type, s.reason) for s in result.skipped}
-    assert listed["blocks.0"][0] == "Conv1d" and "no int8 kernel" in listed["blocks.0"][1]
+    assert listed["blocks.0"][0] == "ConvTranspose1d" and "no int8 kernel" in listed["blocks.0"][1]
 
 
 @pytest.mark.filterwarnings("ignore::mono_quant.calibration.CalibrationWarning")

@@ -39,7 +39,7 @@ class Convs(nn.Module):
         self.gn = nn.GroupNorm(2, 8)
         self.reflect = nn.Conv2d(8, 8, 3, padding=1, padding_mode="reflect")
         self.c2 = nn.Conv2d(8, 8, 3, padding=1)
-        self.line = nn.Conv1d(8, 4, 3, padding=1, bias=False)
+        self.line = nn.Conv1d(8, 4, 3, padding=1, bias=False, padding_mode="circular")  # (static int8 keeps it float)
 
     def forward(self, x):
         y = self.c2(self.reflect(self.gn(F.relu(self.c1(x)))))

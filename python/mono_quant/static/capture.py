@@ -4,6 +4,7 @@ The plan is the model's computation as a list of ``PlanOp`` in execution
 order, with the patterns static int8 runs as one kernel already fused:
 
 - ``conv``: Conv2d (+ BatchNorm2d folded into its weight and bias) (+ ReLU / ReLU6)
+- ``conv1d``: Conv1d (+ BatchNorm1d folded) (+ ReLU / ReLU6)
 - ``linear``: Linear (+ BatchNorm1d folded) (+ ReLU / ReLU6)
 - ``add``: a residual ``a + b`` of two tensors, or of a tensor and a constant (a
   buffer / parameter or a number, in ``const``) (+ ReLU / ReLU6)
@@ -28,7 +29,7 @@ from torch import fx, nn
 from ..fold_batchnorm import fold_batchnorm
 from .arguments import InputSpec
 
-__all__ = ["PlanOp", "FusionPlan", "ValueRef", "build_plan", "TraceError"]
+__all__ = ["PlanOp", "FusionPlan", "ValueRef", "build_plan", "TraceError", "LAYER_KINDS"]
 
 
 class TraceError(RuntimeError):
@@ -203,7 +204,14 @@ def _add_with_constant(node: fx.Node, root: nn.Module, numbers: set):
     return None
 
 
-def _conv_unsupported(m: nn.Conv2d) -> Optional[str]:
+#: the layers static int8 replaces: their plan kind and the BatchNorm folded into them
+LAYER_KINDS = {nn.Conv2d: ("conv", nn.BatchNorm2d), nn.Conv1d: ("conv1d", nn.BatchNorm1d),
+               nn.Linear: ("linear", nn.BatchNorm1d)}
+
+
+def _conv_unsupported(m: nn.Module) -> Optional[str]:
+    if not isinstance(m, (nn.Conv1d, nn.Conv2d)):
+        return None
     if isinstance(m.padding, str):
         return f"string padding {m.padding!r}"
     if m.padding_mode != "zeros":
@@ -301,23 +309,23 @@ def build_plan(model: nn.Module, keep_float: Optional[Callable[[str, nn.Module],
         elif node.op == "output":
             op = PlanOp(node.name, "output", output_structure=_refs(node.args[0], names))
             op.inputs = _input_names(op.output_structure)
-        elif node.op == "call_module" and type(modules.get(node.target)) in (nn.Conv2d, nn.Linear) \
+        elif node.op == "call_module" and type(modules.get(node.target)) in LAYER_KINDS \
                 and len(node.args) == 1 and not node.kwargs:
             layer = modules[node.target]
-            is_conv = isinstance(layer, nn.Conv2d)
-            why = _conv_unsupported(layer) if is_conv else None
+            kind, bn_type = LAYER_KINDS[type(layer)]
+            why = _conv_unsupported(layer)
             kept = keep_float(node.target, layer) if keep_float is not None else None
             if kept is not None:
                 kept_float.append((node.target, type(layer).__name__, kept))
                 op = _float_op(node, names, modules)
             elif why is not None:
-                not_fused.append((node.name, f"Conv2d with {why}: runs in float"))
+                not_fused.append((node.name, f"{type(layer).__name__} with {why}: runs in float"))
                 op = _float_op(node, names, modules)
             else:
-                op = PlanOp(node.name, "conv" if is_conv else "linear", [names[node.args[0]]], module=layer)
+                op = PlanOp(node.name, kind, [names[node.args[0]]], module=layer)
                 op.fused.append(node.name)
                 last = node
-                bn = _bn_after(node, modules, nn.BatchNorm2d if is_conv else nn.BatchNorm1d)
+                bn = _bn_after(node, modules, bn_type)
                 if bn is not None:
                     op.module = fold_batchnorm(layer, modules[bn.target])
                     op.fused.append(bn.name)

@@ -2,7 +2,8 @@
 
 Which values stay int8 between ops: a fused op's output is int8 when every
 consumer takes int8 at that input (a conv from a 4-D producer, a linear from
-a 2-D one, a global pool from a 4-D one, an add whose two inputs are both
+a 2-D one, a Conv1d from a Conv1d (its int8 codes are the height-1 NHWC image, rank 3 here:
+nothing else reads them), a global pool from a 4-D one, an add whose two inputs are both
 int8 of one rank, a concatenation of int8 inputs of one rank) and it is not
 a model output; otherwise it is float and the consumer quantizes it with its
 own calibrated input scale.  Adds, concatenations and global pools run in
@@ -26,17 +27,25 @@ from ..calibration import ActivationRange
 from .capture import FusionPlan, PlanOp
 from .graph import FusedAddFloat, FusedGapFloat, StaticGraphModel, float_op_entry
 from .modules import StaticAdd, StaticConv2d, StaticGlobalAvgPool, StaticLinear
+from .conv1d import StaticConv1d
 from .modules_eltwise import StaticBroadcastAdd, StaticCat, nhwc_dim
 from .program import StaticInt8Model
 
-__all__ = ["convert_plan", "int8_values", "shared_qparams", "input_point", "qparams", "NONNEGATIVE_ZERO_POINT"]
+__all__ = ["convert_plan", "LAYER_CLASSES", "int8_values", "shared_qparams", "input_point", "qparams",
+           "NONNEGATIVE_ZERO_POINT"]
 
-_QUANT_KINDS = ("conv", "linear", "add", "cat", "gap")
+_QUANT_KINDS = ("conv", "conv1d", "linear", "add", "cat", "gap")
+#: the layer ops: int8 or float in, int8 or float out, the static module they become
+LAYER_CLASSES = {"conv": StaticConv2d, "conv1d": StaticConv1d, "linear": StaticLinear}
+#: the rank of the int8 values each layer op reads (a Conv1d's: its own, see the module docstring)
+_INT8_INPUT_RANK = {"conv": 4, "conv1d": 3, "linear": 2}
 
 
 def _rank(op: PlanOp, plan: FusionPlan, ranks: Dict[str, int]) -> int:
     if op.kind == "conv":
         return 4
+    if op.kind == "conv1d":
+        return 3
     if op.kind == "linear":
         return 2
     if op.kind == "gap":
@@ -57,9 +66,9 @@ def _runs_int8(op: PlanOp, int8: Dict[str, bool], ranks: Dict[str, int]) -> bool
         seen = op.seen_rank
         return len(rs) == 1 and seen is not None and ((rs == {4} and seen == 4) or (rs == {2} and seen >= 1))
     if op.kind == "add":
-        if len(rs) != 1:
+        if len(rs) != 1 or not rs <= {2, 4}:  # (a Conv1d's codes: no int8 add reads them)
             return False
-        return op.const is None or (rs <= {2, 4} and op.const.dim() <= next(iter(rs)))
+        return op.const is None or op.const.dim() <= next(iter(rs))
     return True
 
 
@@ -77,13 +86,10 @@ def int8_values(plan: FusionPlan) -> Dict[str, bool]:
         for o in plan.ops:
             if not int8[o.name]:
                 continue
-            ok = o.kind in ("conv", "linear") or _runs_int8(o, int8, ranks)  # else: runs in float, float output
+            ok = o.kind in LAYER_CLASSES or _runs_int8(o, int8, ranks)  # else: runs in float, float output
             for c, _pos in consumers[o.name]:
                 cop = ops[c]
-                r = ranks[o.name]
-                if cop.kind == "conv" and r == 4:
-                    continue
-                if cop.kind == "linear" and r == 2:
+                if _INT8_INPUT_RANK.get(cop.kind) == ranks[o.name]:
                     continue
                 if cop.kind in ("gap", "add", "cat") and _runs_int8(cop, int8, ranks):
                     continue
@@ -156,12 +162,12 @@ def convert_plan(plan: FusionPlan, ranges: Dict[str, ActivationRange], aliases: 
     out_q = shared_qparams(plan, int8, {o.name: qparams_of(f"{o.name}.output") for o in plan.ops if int8[o.name]})
     for op in plan.ops:
         out_scale, out_zp = out_q[op.name] if int8.get(op.name) else (None, 0)
-        if op.kind in ("conv", "linear"):
+        if op.kind in LAYER_CLASSES:
             src = op.inputs[0]
             int8_in = int8[src]
             in_scale, in_zp = out_q[src] if int8_in else qparams_of(input_point(op, 0, aliases))
-            cls = StaticConv2d if op.kind == "conv" else StaticLinear
-            layers[op.name] = cls.from_float(op.module, op.act, in_scale, out_scale, int8_in, in_zp, out_zp)
+            layers[op.name] = LAYER_CLASSES[op.kind].from_float(op.module, op.act, in_scale, out_scale, int8_in, in_zp,
+                                                                out_zp)
         elif op.kind == "add":
             if all(int8[i] for i in op.inputs):
                 (a, za) = out_q[op.inputs[0]]

@@ -1,6 +1,6 @@
 """Per-layer static int8 for models torch.fx cannot trace.
 
-Every Conv2d and Linear of (a copy of) the model becomes a static int8 layer
+Every Conv2d, Conv1d and Linear of (a copy of) the model becomes a static int8 layer
 with a fixed input scale from calibration (module hooks: ``Calibrator`` on the
 unmodified model), int8 GEMM, float output.  Nothing is fused (no BatchNorm
 folding, no int8 between layers): the report says so, with the trace error.
@@ -19,7 +19,8 @@ from .calibration_check import require_samples
 from .compiled import CompilesAsOneOp
 from .eager_only import refuse_traced_input, warn_if_grad_input
 from .layer_errors import raise_named_input_problem
-from .modules import StaticConv2d, StaticLinear
+from .capture import LAYER_KINDS
+from .convert import LAYER_CLASSES
 from .qparams_state import check_whole_load
 from .report import StaticLayerReport, StaticReport
 
@@ -27,7 +28,7 @@ __all__ = ["quantize_per_layer", "static_targets", "PerLayerStatic"]
 
 
 class PerLayerStatic(CompilesAsOneOp, nn.Module):
-    """Wraps one static layer that takes and returns float NCHW (the fallback's unit).
+    """Wraps one static layer that takes and returns float (NCHW, or NCL for a Conv1d: the fallback's unit).
     ``name``: its qualified name in the model, which the wrong input width's error gives."""
 
     #: quantize() of a model holding it keeps it as it is (mixed.py: quantized already)
@@ -63,25 +64,26 @@ class PerLayerStatic(CompilesAsOneOp, nn.Module):
         except ValueError:
             raise_named_input_problem(self.layer, getattr(self, "layer_name", None), (x,))
             raise
-        return y.contiguous() if y.dim() == 4 else y
+        return y.contiguous() if y.dim() in (3, 4) else y  # (a conv's output: a channels-last view)
 
 
 def _float_reason(m: nn.Module) -> Optional[str]:
-    """Why a weight-bearing module this path never replaces stays float, or None (a Conv2d / Linear it takes)."""
-    if type(m) is nn.Conv2d and isinstance(m.padding, str):
-        return f"Conv2d with string padding {m.padding!r}: runs in float"
-    if type(m) is nn.Conv2d and m.padding_mode != "zeros":
-        return f"Conv2d with padding_mode {m.padding_mode!r}: runs in float"
-    if type(m) in (nn.Conv2d, nn.Linear):
+    """Why a weight-bearing module this path never replaces stays float, or None (a Conv2d / Conv1d /
+    Linear it takes)."""
+    if type(m) in (nn.Conv1d, nn.Conv2d) and isinstance(m.padding, str):
+        return f"{type(m).__name__} with string padding {m.padding!r}: runs in float"
+    if type(m) in (nn.Conv1d, nn.Conv2d) and m.padding_mode != "zeros":
+        return f"{type(m).__name__} with padding_mode {m.padding_mode!r}: runs in float"
+    if type(m) in LAYER_KINDS:
         return None
     if any(p.dim() >= 2 for p in m.parameters(recurse=False)):
-        return "static int8 replaces exact Conv2d and Linear layers only: runs in float"
+        return "static int8 replaces exact Conv2d, Conv1d and Linear layers only: runs in float"
     return ""  # no weight of its own (a container, a norm, an activation): not a layer
 
 
 def static_targets(model: nn.Module, keep_float: Optional[Callable[[str, nn.Module], Optional[str]]] = None,
                    held: frozenset = frozenset()) -> Tuple[Dict[str, nn.Module], List[SkippedLayer]]:
-    """({name: layer} of the Conv2d / Linear layers static int8 takes, a SkippedLayer per layer with a
+    """({name: layer} of the Conv2d / Conv1d / Linear layers static int8 takes, a SkippedLayer per layer with a
     weight left float); ``keep_float`` and ``held`` as for quantize_per_layer.  The fx capture takes
     no layer outside these (it also needs a layer called with one positional input)."""
     targets: Dict[str, nn.Module] = {}
@@ -103,7 +105,7 @@ def quantize_per_layer(model: nn.Module, cfg, calibration, reason: str,
                        keep_float: Optional[Callable[[str, nn.Module], Optional[str]]] = None,
                        held: frozenset = frozenset(), skipped: Iterable[SkippedLayer] = ()) -> QuantizationResult:
     """``model`` is already a private eval-mode copy; its layers are replaced in place.  ``keep_float(name,
-    layer)``: why a Conv2d / Linear stays float (include / exclude), or None; ``held``: ids of the modules
+    layer)``: why a Conv2d / Conv1d / Linear stays float (include / exclude), or None; ``held``: ids of the modules
     of layers quantized already (never touched), listed in ``skipped`` (with every layer left float)."""
     report = StaticReport(capture="hooks", fallback_reason=reason, observer=cfg.observer, samples=0)
     report.skipped.extend(skipped)
@@ -113,7 +115,7 @@ def quantize_per_layer(model: nn.Module, cfg, calibration, reason: str,
         return QuantizationResult(model, report.skipped, report, cfg)
     bins = None if cfg.observer == "minmax" else DEFAULT_BINS
     cal = Calibrator(model, bins=bins, per_channel=False)
-    cal.types = (nn.Conv2d, nn.Linear)
+    cal.types = tuple(LAYER_KINDS)
     cal.feed(calibration, cfg.calibration_samples)
     require_samples(cal)
     ranges = cal.ranges(cfg.observer)
@@ -126,9 +128,9 @@ def quantize_per_layer(model: nn.Module, cfg, calibration, reason: str,
             report.skipped.append(SkippedLayer(name, type(m).__name__, "its input was never seen during calibration "
                                                "(it never ran, or took its input by keyword): runs in float"))
             continue
-        cls = StaticConv2d if isinstance(m, nn.Conv2d) else StaticLinear
-        replaced[name] = PerLayerStatic(cls.from_float(m, None, r.scale, None, False), name)
-        report.layers.append(StaticLayerReport(name, "conv" if cls is StaticConv2d else "linear", [name], None,
+        kind = LAYER_KINDS[type(m)][0]
+        replaced[name] = PerLayerStatic(LAYER_CLASSES[kind].from_float(m, None, r.scale, None, False), name)
+        report.layers.append(StaticLayerReport(name, kind, [name], None,
                                                "float", r.lo, r.hi, r.scale, None))
     for name, new in replaced.items():
         parent_name, _, child = name.rpartition(".")

@@ -41,7 +41,7 @@ class FusedFloat(nn.Module):
 
 
 class FusedConvFloat(FusedFloat):
-    def __init__(self, conv: nn.Conv2d, act: Optional[str]):
+    def __init__(self, conv: nn.Module, act: Optional[str]):  # an nn.Conv2d or nn.Conv1d
         super().__init__()
         self.conv, self.act = conv, act
 
@@ -207,6 +207,8 @@ def _contiguous_outputs(value):
         if value.dim() == 4 and not value.is_contiguous() \
                 and value.is_contiguous(memory_format=torch.channels_last):
             return value.contiguous()
+        if value.dim() == 3 and not value.is_contiguous() and value.transpose(1, 2).is_contiguous():
+            return value.contiguous()  # (a StaticConv1d's [batch, channels, length] view)
         return value
     if isinstance(value, tuple) and hasattr(value, "_fields"):  # a named tuple
         return type(value)(*(_contiguous_outputs(v) for v in value))
@@ -239,7 +241,7 @@ def float_graph(plan: FusionPlan) -> StaticGraphModel:
     layers: Dict[str, nn.Module] = {}
     program = []
     for op in plan.ops:
-        if op.kind == "conv":
+        if op.kind in ("conv", "conv1d"):
             layers[op.name] = FusedConvFloat(op.module, op.act)
         elif op.kind == "linear":
             layers[op.name] = FusedLinearFloat(op.module, op.act)

@@ -36,6 +36,7 @@ from ..packing import check_packed_groups, packed_sizes
 from .arguments import BINDINGS, InputSpec
 from .capture import ValueRef
 from .graph import FusedAddFloat, FusedGapFloat, StaticGraphModel
+from .conv1d import StaticConv1d
 from .modules import StaticAdd, StaticConv2d, StaticGlobalAvgPool, StaticLinear
 from .modules_eltwise import StaticBroadcastAdd
 from .persist_checks import check_activation_scales, check_outputs_not_constant, check_weight_geometry
@@ -53,7 +54,7 @@ __all__ = ["save_static", "load_static", "is_static_file", "saves_as_static", "S
 STATIC_FORMAT = "mono_quant.static/1"
 _META_KEY = "mono_quant.static"
 
-_STATIC_CLASSES = {c.__name__: c for c in (StaticConv2d, StaticLinear, StaticAdd, StaticGlobalAvgPool,
+_STATIC_CLASSES = {c.__name__: c for c in (StaticConv2d, StaticConv1d, StaticLinear, StaticAdd, StaticGlobalAvgPool,
                                            *ELTWISE_CLASSES)}
 _FUNCTIONS = {f"{mod}.{f.__name__}": f for mod, fs in (
     ("torch", (torch.flatten, torch.cat, torch.relu, torch.add, torch.mul, torch.sigmoid, torch.tanh,

@@ -1,13 +1,13 @@
 """Save / load of per-layer static int8 models (the fallback for models fx cannot trace).
 
-Such a model is the user's own architecture with each Conv2d / Linear replaced by a
+Such a model is the user's own architecture with each Conv2d / Conv1d / Linear replaced by a
 ``PerLayerStatic`` (fallback.py), so unlike a StaticGraphModel it cannot be rebuilt
 from the file alone: loading takes ``model=``, an instance of the float architecture
 (possibly on the meta device; it is not modified), as ``mq.load`` does for other
 quantized models.  The file: the model's whole state_dict (float parameters and
 buffers, the static layers' int8 weights and scales) plus a JSON manifest (metadata key
 ``mono_quant.static_per_layer``) naming each static layer with its class and
-constructor arguments.  Loading never unpickles, builds only StaticConv2d / StaticLinear,
+constructor arguments.  Loading never unpickles, builds only StaticConv2d / StaticConv1d / StaticLinear,
 checks each against the float layer it replaces (geometry) and every tensor (dtype,
 shape) against its layer; the loaded model gives bit-identical outputs.
 """
@@ -34,6 +34,7 @@ from ..io.untrusted_json import loads_bounded
 from ..parametrized import parametrized_base
 from .fallback import PerLayerStatic
 from .graph import StaticGraphModel
+from .conv1d import StaticConv1d
 from .modules import StaticConv2d, StaticLinear
 from .persist import build_layer, encode_value
 from .persist_skeleton import STATIC_GEOMETRY, geometry_problem
@@ -62,7 +63,7 @@ def save_per_layer(model: nn.Module, path, overwrite: bool = True) -> Path:
     for name, m in model.named_modules():
         if isinstance(m, PerLayerStatic):
             inner = m.layer
-            if type(inner) not in (StaticConv2d, StaticLinear):
+            if type(inner) not in (StaticConv2d, StaticConv1d, StaticLinear):
                 raise TypeError(f"cannot save: {name!r} wraps a {type(inner).__name__}")
             layers[name] = {"class": type(inner).__name__, "init_kwargs": encode_value(inner.init_kwargs())}
     if not layers:

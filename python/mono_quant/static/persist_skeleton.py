@@ -4,7 +4,7 @@ A static file holds its whole graph, so it loads without a model; but a model gi
 that the file was saved from it.  Without this check an edited or mistaken file (another
 stride, padding or dilation of a conv, an unrelated architecture) loaded "into" the model and
 then computed another function than the model describes, silently.  Each layer of the file
-that stands for a module of the model (an int8 conv / Linear, a float pool or activation
+that stands for a module of the model (an int8 conv / Conv1d / Linear, a float pool or activation
 module, a float module with parameters) is looked up by the name the static capture gave it
 (torch.fx's node name of the module's qualified name) and compared: its class, weight shape,
 geometry and bias (a bias the model has must be in the file; the file may have one the model
@@ -19,6 +19,7 @@ from torch import nn
 
 from ..errors import CheckpointError
 from ..io.layer_geometry import plain_value
+from .conv1d import StaticConv1d
 from .modules import StaticConv2d, StaticLinear
 from .persist_float import FLOAT_MODULES, float_module_kwargs
 from .persist_float_weighted import WEIGHTED_FLOAT_MODULES, weighted_module_kwargs
@@ -41,9 +42,10 @@ def _fx_names(model: nn.Module) -> Dict[str, Optional[nn.Module]]:
 
 
 #: a static layer's float class and the attributes that must agree with the model's (both loaders)
+_CONV_GEOMETRY = ("in_channels", "out_channels", "kernel_size", "stride", "padding", "dilation", "groups")
 STATIC_GEOMETRY = {
-    "StaticConv2d": (nn.Conv2d, ("in_channels", "out_channels", "kernel_size", "stride", "padding", "dilation",
-                                 "groups")),
+    "StaticConv2d": (nn.Conv2d, _CONV_GEOMETRY),
+    "StaticConv1d": (nn.Conv1d, _CONV_GEOMETRY),  # (its 1-D geometry: StaticConv1d.float_geometry)
     "StaticLinear": (nn.Linear, ("in_features", "out_features")),
 }
 
@@ -53,10 +55,12 @@ def geometry_problem(layer: nn.Module, module: nn.Module) -> Optional[str]:
     of its class (None: the same): an attribute of STATIC_GEOMETRY, a padding the static kernels
     don't do, a bias the model has and the file not (the file may have one the model lacks: a
     BatchNorm folded in)."""
-    if isinstance(module, nn.Conv2d) and (module.padding_mode != "zeros" or isinstance(module.padding, str)):
+    if isinstance(module, (nn.Conv1d, nn.Conv2d)) and (module.padding_mode != "zeros" or
+                                                      isinstance(module.padding, str)):
         return f"padding {module.padding!r} ({module.padding_mode}) in the model, {tuple(layer.padding)} in the file"
+    one_d = layer.float_geometry() if isinstance(layer, StaticConv1d) else {}
     for attr in STATIC_GEOMETRY[type(layer).__name__][1]:
-        got, want = plain_value(getattr(layer, attr)), plain_value(getattr(module, attr))
+        got, want = plain_value(one_d.get(attr, getattr(layer, attr))), plain_value(getattr(module, attr))
         if got != want:
             return f"{attr} {got} in the file, {want} in the model"
     if getattr(module, "bias", None) is not None and layer.bias is None:

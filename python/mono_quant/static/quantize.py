@@ -30,10 +30,11 @@ from ..report import SkippedLayer
 from ..result import QuantizationResult
 from ..strictness import warn_if_nothing_quantized
 from .arguments import untraced_optionals
-from .capture import TraceError, build_plan
+from .capture import LAYER_KINDS, TraceError, build_plan
 from .convert import NONNEGATIVE_ZERO_POINT, convert_plan
 from .fallback import quantize_per_layer, static_targets
 from .graph import FusedFloat, float_graph
+from .conv1d import StaticConv1d
 from .modules import StaticAdd, StaticConv2d, StaticGlobalAvgPool, StaticLinear
 from .modules_eltwise import StaticCat
 from .report import StaticLayerReport, StaticReport, clipped_fraction
@@ -48,9 +49,11 @@ MIN_SQNR_DB = 20.0
 #: calibration samples the SQNR check runs through both models
 SQNR_PROBE_SAMPLES = 64
 
-_STATIC_TYPES = (StaticConv2d, StaticLinear, StaticAdd, StaticGlobalAvgPool, StaticCat)
+_STATIC_TYPES = (StaticConv2d, StaticConv1d, StaticLinear, StaticAdd, StaticGlobalAvgPool, StaticCat)
 #: the fusion plan's ops static int8 computes in int8 (a plan of none has nothing to calibrate)
-_PLAN_KINDS = ("conv", "linear", "add", "cat", "gap")
+_PLAN_KINDS = ("conv", "conv1d", "linear", "add", "cat", "gap")
+#: the plan's layers (what "nothing quantized" counts)
+_LAYER_KINDS = ("conv", "conv1d", "linear")
 
 
 def quantize_static(model, cfg, calibration, observer: Optional[str], calibration_samples: Optional[int],
@@ -89,17 +92,17 @@ def quantize_static(model, cfg, calibration, observer: Optional[str], calibratio
             report = StaticReport(capture="none", observer=cfg.observer, skipped=left_float)
             warn_if_nothing_quantized([], report.skipped)
             return QuantizationResult(work, report.skipped, report, cfg)
-        plan, fallback = None, "torch.fx captured no call of a Conv2d / Linear with one positional input"
+        plan, fallback = None, "torch.fx captured no call of a Conv2d / Conv1d / Linear with one positional input"
     if plan is None:
         result = quantize_per_layer(work, cfg, calibration, fallback, sel.keep_float, sel.held, sel.already)
     else:
         result = _quantize_plan(plan, cfg, calibration)
-    warn_if_nothing_quantized([r for r in result.report.layers if r.kind in ("conv", "linear")], result.skipped)
+    warn_if_nothing_quantized([r for r in result.report.layers if r.kind in _LAYER_KINDS], result.skipped)
     return result
 
 
 def _unparametrize(work: nn.Module, sel: StaticSelection) -> None:
-    """Make each selected Conv2d / Linear of the private copy whose weight alone is parametrized
+    """Make each selected Conv2d / Conv1d / Linear of the private copy whose weight alone is parametrized
     (weight_norm, spectral_norm, orthogonal) its plain layer holding the weight it computes in eval
     mode, as dynamic int8 quantizes it (it stayed float: "no int8 kernel").  A layer not selected
     stays as it is, and so does one the model holds under two names (one module must stay one)."""
@@ -108,7 +111,7 @@ def _unparametrize(work: nn.Module, sel: StaticSelection) -> None:
         names.setdefault(id(m), []).append(name)
     for parent in list(work.modules()):
         for child_name, child in list(parent._modules.items()):
-            if child is None or parametrized_base(child) not in (nn.Conv2d, nn.Linear) or id(child) in sel.held:
+            if child is None or parametrized_base(child) not in LAYER_KINDS or id(child) in sel.held:
                 continue
             qualified = names[id(child)]
             if len(qualified) == 1 and sel.keep_float(qualified[0], child) is None:
@@ -179,7 +182,7 @@ def _refuse_unused_options(cfg) -> None:
         "granularity": (cfg.granularity != "per_channel", f"granularity={cfg.granularity!r}",
                         "static int8 weights are per channel", "'per_channel'"),
         "embeddings": (bool(cfg.embeddings), "embeddings=True",
-                       "static int8 replaces Conv2d and Linear layers only", "False"),
+                       "static int8 replaces Conv2d, Conv1d and Linear layers only", "False"),
     }
     wrong, from_files = [], []
     for name, (bad, shown, why, override) in unusable.items():
@@ -251,7 +254,8 @@ def _as_float(module: nn.Module, y: torch.Tensor) -> torch.Tensor:
     if y.dtype != torch.int8:
         return y.float()
     y = (y.float() - module.out_zp) * module.out_scale
-    return y.permute(0, 3, 1, 2) if y.dim() == 4 else y
+    y = y.permute(0, 3, 1, 2) if y.dim() == 4 else y
+    return y.squeeze(2) if isinstance(module, StaticConv1d) else y  # (the height-1 image's codes)
 
 
 def _sqnr_db(ref: torch.Tensor, got: torch.Tensor) -> float:

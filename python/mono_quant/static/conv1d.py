@@ -1,0 +1,85 @@
+"""StaticConv1d: a Conv1d (audio front ends, 1-D CNNs) in static int8, as the height-1 StaticConv2d.
+
+Its weight ``[out, in/groups, k]`` is quantized as ``[out, in/groups, 1, k]`` and runs through
+the 2-D kernels (packed GEMM, or the depthwise kernel), as the dynamic QuantizedConv1d does.
+Float inputs and outputs are nn.Conv1d's ``[batch, channels, length]``; int8 activations
+between two of them are the NHWC codes of the height-1 image, ``[batch, 1, length, channels]``
+(the capture keeps them apart from 2-D convs' and linear layers' int8 values: convert.py).
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from torch import nn
+
+from .modules import StaticConv2d, nchw_output
+
+__all__ = ["StaticConv1d"]
+
+
+class StaticConv1d(StaticConv2d):
+    """Conv1d (BatchNorm1d folded, ReLU fused) on int8 activations with fixed scales.
+
+    The constructor is StaticConv2d's with the height-1 geometry (``kernel_size=(1, k)``,
+    ``stride=(1, s)``, ``padding=(0, p)``, ``dilation=(1, d)``); ``from_float`` takes the
+    nn.Conv1d.  Float inputs are ``[batch, channels, length]`` (batched only, as
+    StaticConv2d's are 4-D only)."""
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1, padding=0, dilation=1, groups=1,
+                 act=None, in_scale=1.0, out_scale=None, int8_input=False, in_zp=0, out_zp=0):
+        super().__init__(in_channels, out_channels, kernel_size, stride, padding, dilation, groups, act, in_scale,
+                         out_scale, int8_input, in_zp, out_zp)
+        heights = (self.kernel_size[0], self.stride[0], self.padding[0], self.dilation[0])
+        if heights != (1, 1, 0, 1):  # (a file's manifest may hold any 2-D geometry)
+            raise ValueError(f"StaticConv1d takes the height-1 geometry kernel_size (1, k), stride (1, s), padding "
+                             f"(0, p), dilation (1, d); got kernel_size {self.kernel_size}, stride {self.stride}, "
+                             f"padding {self.padding}, dilation {self.dilation}")
+
+    @classmethod
+    def from_float(cls, conv: nn.Conv1d, act, in_scale, out_scale, int8_input, in_zp=0, out_zp=0) -> "StaticConv1d":
+        if not isinstance(conv, nn.Conv1d) or isinstance(conv.padding, str):
+            raise TypeError(f"StaticConv1d.from_float takes an nn.Conv1d with numeric padding, got {conv!r}")
+        q = cls(conv.in_channels, conv.out_channels, (1, conv.kernel_size[0]), (1, conv.stride[0]),
+                (0, conv.padding[0]), (1, conv.dilation[0]), conv.groups, act, in_scale, out_scale, int8_input, in_zp,
+                out_zp)
+        q._set_weight(conv.weight.unsqueeze(2), conv.bias, conv.groups, q.depthwise)
+        return q
+
+    def float_geometry(self) -> dict:
+        """nn.Conv1d's own 1-D kernel_size / stride / padding / dilation (what a model's layer holds)."""
+        return {"kernel_size": (self.kernel_size[1],), "stride": (self.stride[1],), "padding": (self.padding[1],),
+                "dilation": (self.dilation[1],)}
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        problem = self.input_problem(x)
+        if problem:
+            raise ValueError(problem)
+        xq = x if self.int8_input else self._quantize_input(x.unsqueeze(2))
+        out = self._gemm(xq, self.out_channels, self.kernel_size, self.stride, self.padding, self.dilation,
+                         self.groups)
+        # float: the [batch, channels, length] view of the kernels' channels-last output (graph.py
+        # makes a model output contiguous, as for StaticConv2d)
+        return out if self.out_scale is not None else nchw_output(out).squeeze(2)
+
+    def input_problem(self, x: torch.Tensor) -> Optional[str]:
+        """What is wrong with input ``x`` (its rank or channel count), or None."""
+        if self.int8_input:
+            if x.dim() == 4 and x.shape[1] == 1 and x.shape[3] == self.in_channels:
+                return None
+            return (f"StaticConv1d({self.in_channels}, {self.out_channels}) takes int8 codes [batch, 1, length, "
+                    f"{self.in_channels}], got shape {tuple(x.shape)}")
+        if x.dim() == 3 and x.shape[1] == self.in_channels:
+            return None
+        head = f"StaticConv1d({self.in_channels}, {self.out_channels}) takes a 3-D [batch, channels, length] input"
+        if x.dim() != 3:
+            hint = " (unsqueeze(0) an unbatched sequence)" if x.dim() == 2 else ""
+            return f"{head}, got shape {tuple(x.shape)}{hint}"
+        return (f"{head} with in_channels={self.in_channels}, got {x.shape[1]} channels (shape {tuple(x.shape)}): "
+                f"pass the input the float Conv1d took")
+
+    def extra_repr(self) -> str:
+        g = self.float_geometry()
+        return (f"{self.in_channels}, {self.out_channels}, kernel_size={g['kernel_size']}, stride={g['stride']}, "
+                f"groups={self.groups}, act={self.act}, in_scale={self.in_scale:.4g} zp {self.in_zp}, "
+                f"out={self._out_repr()}")
