@@ -5,6 +5,11 @@ the 2-D kernels (packed GEMM, or the depthwise kernel), as the dynamic Quantized
 Float inputs and outputs are nn.Conv1d's ``[batch, channels, length]``; int8 activations
 between two of them are the NHWC codes of the height-1 image, ``[batch, 1, length, channels]``
 (the capture keeps them apart from 2-D convs' and linear layers' int8 values: convert.py).
+
+The kernels run it standing up: the width-1 image ``[batch, length, 1, channels]`` (the same
+bytes) with the kernel ``(k, 1)``.  Their threads split an image by output rows, so the lying
+height-1 image was one work item at batch 1: one thread, whatever the thread count.  The packed
+weight's taps are in the same order either way (one of kh / kw is 1), so are the sums.
 """
 from __future__ import annotations
 
@@ -51,16 +56,26 @@ class StaticConv1d(StaticConv2d):
         return {"kernel_size": (self.kernel_size[1],), "stride": (self.stride[1],), "padding": (self.padding[1],),
                 "dilation": (self.dilation[1],)}
 
+    def _derive(self) -> None:
+        super()._derive()
+        k, s, p, d = self.kernel_size[1], self.stride[1], self.padding[1], self.dilation[1]
+        self._standing = ((k, 1), (s, 1), (p, 0), (d, 1))  # the geometry the kernels run (module docstring)
+        if "weight_dw" in self._buffers:  # the depthwise kernel reads (kh, kw) off its weight's shape
+            w, zp, xw, bias = self._weights
+            self._weights = (w.reshape(k, 1, w.shape[2]), zp, xw, bias)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         problem = self.input_problem(x)
         if problem:
             raise ValueError(problem)
         xq = x if self.int8_input else self._quantize_input(x.unsqueeze(2))
-        out = self._gemm(xq, self.out_channels, self.kernel_size, self.stride, self.padding, self.dilation,
-                         self.groups)
+        batch, _, length, channels = xq.shape
+        out = self._gemm(xq.reshape(batch, length, 1, channels), self.out_channels, *self._standing, self.groups)
+        if self.out_scale is not None:  # int8 codes: the height-1 image's, as the next StaticConv1d reads them
+            return out.view(batch, 1, out.shape[1], self.out_channels)
         # float: the [batch, channels, length] view of the kernels' channels-last output (graph.py
         # makes a model output contiguous, as for StaticConv2d)
-        return out if self.out_scale is not None else nchw_output(out).squeeze(2)
+        return nchw_output(out).squeeze(3)
 
     def input_problem(self, x: torch.Tensor) -> Optional[str]:
         """What is wrong with input ``x`` (its rank or channel count), or None."""
