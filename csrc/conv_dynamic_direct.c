@@ -320,6 +320,14 @@ int mq_conv2d_dynamic_direct(const void *x, mq_src_t kind, int64_t batch, int64_
                              const float *w_scale, const int32_t *w_zp, const float *bias, int64_t n, float *y,
                              int nchw, int reduce_range, int nthreads) {
     if (!mq_conv2d_dynamic_direct_applies(channels, groups, kh, kw, ph, pw, dh, dw, w_zp != NULL)) return 0;
+    /* A 1-D conv (a Conv1d's height-1 image) runs standing up: the width-1 image of the same bytes
+     * (NCHW planes [1][W] are [W][1], and so are the outputs), kernel (kw, 1).  The items below
+     * split an image by output rows, so the lying image was one item (one thread) at batch 1.
+     * The packed K order (kh, kw, channel) is the same when one of kh, kw is 1: the same sums. */
+    if (height == 1 && kh == 1 && ph == 0 && width > 1) { /* (sh, dh: no effect on one output row) */
+        height = width, kh = kw, sh = sw, ph = pw, dh = dw;
+        width = 1, kw = 1, sw = 1, pw = 0, dw = 1;
+    }
     const mq_kernels *kt = mq_active();
     const int64_t out_h = mq_conv_out(height, kh, sh, ph, dh);
     const int64_t out_w = mq_conv_out(width, kw, sw, pw, dw);

@@ -376,3 +376,51 @@ def test_a_caller_given_w_sum_at_the_int32_limit_is_no_undefined_behaviour(reduc
     y = _C.conv2d_int8(x, packed, w_sum, np.ones(cout, np.float32), np.zeros(cout, np.int32), None, cout, m128,
                        (3, 3), (1, 1), (1, 1), (1, 1), 1, nthreads=1, nchw=True, reduce_range=reduce_range)
     assert y.shape == (1, cout, 4, 4)
+
+
+ONE_D = [  # in, out, kernel, stride, padding, dilation: height-1 images (a Conv1d's), which run standing up
+    (8, 20, (1, 3), 1, (0, 1), 1),
+    (8, 12, (1, 5), (2, 3), (0, 2), (1, 2)),  # (the height's stride: no effect on one row)
+    (2, 16, (1, 4), 1, 0, 1),  # channels not a multiple of 4: im2col blocks
+    (1, 9, (1, 9), (1, 4), (0, 3), 1),  # one input channel (a waveform)
+]
+
+
+@pytest.mark.parametrize("case", ONE_D, ids=[str(c) for c in ONE_D])
+@pytest.mark.parametrize("isa", SUPPORTED)
+def test_height_1_images_match_the_im2col_route_and_reference(case, isa):
+    """A Conv1d's height-1 image runs standing up in C (kernel (k, 1) on the width-1 image of the
+    same bytes): the same bits as the im2col route and the reference, in rows and NCHW."""
+    from mono_quant.kernels.int8 import conv2d_int8_raw
+
+    cin, cout, k, s, p, d = case
+    conv, qconv = _quantized((cin, cout, k, s, p, d, 1), 19)
+    for batch, length in ((1, 37), (3, 16)):
+        torch.manual_seed(batch)
+        x = torch.randn(batch, cin, 1, length)
+        x[-1] = 0
+        with at_isa(isa):
+            results = [_run(qconv, x, threads, direct) for direct in (True, False) for threads in (1, 2)]
+            _, _, whole = kernel_args(qconv)
+            geometry = (conv.kernel_size, conv.stride, conv.padding, conv.dilation, 1)
+            rows = conv2d_int8_raw(x.numpy(), whole, geometry, nchw=False)
+        ref = reference.conv2d_int8(x, qconv.quantized_weight().qdata, qconv.weight_scale, qconv.weight_zero_point,
+                                    qconv.bias, conv.stride, conv.padding, conv.dilation, 1)
+        assert torch.equal(results[2][0], ref) and results[0][1] == 1
+        for y, _ in results:
+            assert torch.equal(_bits(y), _bits(ref))
+        assert np.array_equal(rows.reshape(batch, 1, -1, cout).transpose(0, 3, 1, 2), ref.numpy())
+
+
+@pytest.mark.parametrize("isa", SUPPORTED)
+def test_a_batch_1_sequence_is_cut_into_row_blocks_at_two_threads(isa):
+    """A call large enough for two threads on one height-1 image (a Conv1d at batch 1): standing
+    up it has an output row per pixel, so it is cut into row blocks; the one-thread bits."""
+    conv, qconv = _quantized((64, 64, (1, 3), 1, (0, 1), 1, 1), 23)
+    x = torch.randn(1, 64, 1, 2048)  # 2048 x 576 x 64 multiply-adds: past the two-thread floor
+    with at_isa(isa):
+        one, _ = _run(qconv, x, 1, True)
+        two, took = _run(qconv, x, 2, True)
+        im2col, _ = _run(qconv, x, 1, False)
+    assert took == 1
+    assert torch.equal(_bits(one), _bits(two)) and torch.equal(_bits(one), _bits(im2col))
