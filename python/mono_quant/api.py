@@ -40,6 +40,7 @@ from .layer_support import (drop_tied_to_float, known_unsupported_reason, lora_a
 from .selection import selection_reason, too_small_reason
 from .static import quantize_static
 from .integrations.hf_layer_list import refresh_layer_list
+from .integrations.hf_resize import guard_resize_token_embeddings
 from .mixed import already_quantized_skips, inside_quantized, quantized_layers
 from .strictness import (check_patterns_match, holder_names_of_keys, holders_and_others, layer_names_of_keys,
                          refuse_quantized_state_dict, warn_if_larger, warn_if_nothing_quantized)
@@ -284,6 +285,7 @@ def _quantize_module(model: nn.Module, cfg: QuantConfig, progress: bool, weights
         carry_hooks(modules[key], qm)
     qmodel = _copy_around(model, layers.memo)
     refresh_layer_list(qmodel, cfg.dtype)  # a Hugging Face model: save_pretrained writes every quantized layer
+    guard_resize_token_embeddings(qmodel)  # (a quantized head: refused before transformers changes anything)
     if weights is not None:
         _load_remaining(qmodel, weights, set(layers.quantized_names))
     report = layers.report

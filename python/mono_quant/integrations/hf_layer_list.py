@@ -26,13 +26,13 @@ from ..io.layers import quantized_layer_entries
 from ..io.manifest import check_layer_list
 from ..io.validate import check_layer_fields
 
-__all__ = ["refresh_layer_list", "check_config_layers", "unlisted_tensors"]
+__all__ = ["refresh_layer_list", "check_config_layers", "unlisted_tensors", "is_hf_model"]
 
 # integrations/transformers.py's QUANT_METHOD (importing it would import transformers)
 _QUANT_METHOD = "mono_quant"
 
 
-def _is_hf_model(model: nn.Module) -> bool:
+def is_hf_model(model: nn.Module) -> bool:
     transformers = sys.modules.get("transformers")  # (a model of its classes: already imported)
     return transformers is not None and isinstance(model, getattr(transformers, "PreTrainedModel", ()))
 
@@ -45,7 +45,7 @@ def refresh_layer_list(model: nn.Module, dtype: str = "int8") -> None:
     ``model`` is quantize()'s copy: its config is its own."""
     hf_config = getattr(model, "config", None)
     config = getattr(hf_config, "quantization_config", None)
-    if config is None and _is_hf_model(model):
+    if config is None and is_hf_model(model):
         layers = quantized_layer_entries(model)
         if layers:
             from .transformers import MonoQuantConfig

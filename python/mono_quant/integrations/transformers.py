@@ -52,6 +52,7 @@ from ..modules.composite import QuantizedComposite
 from ..modules.conv1d import QuantizedConv1d
 from ..modules.registry import QuantizedModule
 from .hf_layer_list import check_config_layers, unlisted_tensors
+from .hf_resize import guard_resize_token_embeddings
 
 __all__ = ["MonoQuantConfig", "MonoQuantHfQuantizer", "QUANT_METHOD", "SAVED_QUANT_METHOD"]
 
@@ -278,6 +279,7 @@ class MonoQuantHfQuantizer(HfQuantizer):
 
     def _process_model_after_weight_loading(self, model, **kwargs):
         self.quantization_config.describe(model)
+        guard_resize_token_embeddings(model)
         if self.pre_quantized:
             _check_loaded_layers(model, self.quantization_config.layers)
             check_loaded_float_parameters(model)
