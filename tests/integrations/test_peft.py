@@ -211,3 +211,23 @@ def test_hf_model_quantized_then_lora(kind, dtype, targets, tmp_path):
         warnings.simplefilter("ignore")
         fresh = mq.quantize(hf_models.build(kind), dtype=dtype).model
     assert torch.equal(hf_models.forward(from_pretrained(fresh, tmp_path), kind), trained)
+
+
+def test_merging_adapters_on_float_and_quantized_layers_merges_none(tmp_path):
+    """PEFT merges layer by layer: the float layer's adapter was merged (by merge_and_unload also
+    unloaded) before the quantized layer refused.  Refused first now: nothing changes."""
+    qmodel = mq.quantize(_float_mlp(), "int8", exclude=["0"]).model
+    x, _ = _task()
+    model = get_peft_model(qmodel, lora_config(target_modules=TARGETS, r=4, init_lora_weights=False))
+    model.save_pretrained(tmp_path)
+    loaded = from_pretrained(mq.quantize(_float_mlp(), "int8", exclude=["0"]).model, tmp_path)
+    for peft_model in (model, loaded):
+        with torch.no_grad():
+            expected = peft_model(x)
+        for merge in (peft_model.merge_adapter, peft_model.merge_and_unload):
+            with pytest.raises(LoraMergeError, match=r"quantized layers \(2: '2', '4'\); nothing was merged"):
+                merge()
+            inner = peft_model.base_model.model
+            assert not inner[0].merged and type(inner[0]).__name__ == "Linear" and hasattr(inner[0], "lora_A")
+            with torch.no_grad():
+                assert torch.equal(peft_model(x), expected)

@@ -41,6 +41,7 @@ itself never does.
 """
 from __future__ import annotations
 
+import functools
 import sys
 from typing import Any, Optional
 
@@ -234,14 +235,40 @@ def _refuse_quantized_modules_to_save(model: nn.Module, config: LoraConfig) -> N
                                  f"put a LoRA adapter on it (target_modules)")
 
 
+def _merge_allowed(tuner) -> None:
+    """The tuner's ``_check_merge_allowed``, which PEFT calls before it merges any layer: refused here
+    while a quantized layer carries a LoRA adapter, so nothing is merged (or unloaded) first."""
+    quantized = [name for name, m in tuner.model.named_modules() if isinstance(m, _QuantizedBase)]
+    if quantized:
+        shown = ", ".join(repr(n) for n in quantized[:3]) + (" ..." if len(quantized) > 3 else "")
+        raise LoraMergeError(
+            f"mono-quant: cannot merge LoRA adapters into quantized layers ({len(quantized)}: {shown}); nothing was "
+            f"merged: requantizing a merged weight would round most of the adapter's update away. Keep the adapters "
+            f"unmerged (the model runs base + adapter), or merge on the float model: "
+            f"PeftModel.from_pretrained(float_model, adapter_dir).merge_and_unload(), then mono_quant.quantize() it.")
+    type(tuner)._check_merge_allowed(tuner)
+
+
+def _guard_merges(peft_model):
+    """PEFT merges layer by layer: the float layers' adapters before a quantized one were merged (by
+    ``merge_and_unload``, unloaded too) when it refused.  The tuner gets :func:`_merge_allowed` as its
+    own ``_check_merge_allowed`` (an instance attribute; a copy's calls the copy)."""
+    tuner = getattr(peft_model, "base_model", None)
+    if isinstance(tuner, nn.Module) and callable(getattr(type(tuner), "_check_merge_allowed", None)):
+        tuner.__dict__["_check_merge_allowed"] = functools.partial(_merge_allowed, tuner)
+    return peft_model
+
+
 def get_peft_model(model, config: LoraConfig, **kwargs: Any):
     """``peft.get_peft_model(model, config, **kwargs)`` after :func:`register` (config), with
     ``target_modules="all-linear"`` taking quantized Linear layers too.  Raises ValueError
-    where ``modules_to_save`` names a quantized layer (a full copy of it can't train)."""
+    where ``modules_to_save`` names a quantized layer (a full copy of it can't train).  Merging
+    the returned model's adapters raises LoraMergeError before any layer is merged while a
+    quantized layer has one."""
     config = register(config)
     _expand_all_linear(model, config)
     _refuse_quantized_modules_to_save(model, config)
-    return peft.get_peft_model(model, config, **kwargs)
+    return _guard_merges(peft.get_peft_model(model, config, **kwargs))
 
 
 def from_pretrained(model, model_id, config: Optional[LoraConfig] = None, **kwargs: Any) -> PeftModel:
@@ -251,4 +278,4 @@ def from_pretrained(model, model_id, config: Optional[LoraConfig] = None, **kwar
     if config is None:
         config = PeftConfig.from_pretrained(model_id, **{k: kwargs[k] for k in ("subfolder", "revision")
                                                          if k in kwargs})
-    return PeftModel.from_pretrained(model, model_id, config=register(config), **kwargs)
+    return _guard_merges(PeftModel.from_pretrained(model, model_id, config=register(config), **kwargs))
