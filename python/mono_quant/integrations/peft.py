@@ -249,10 +249,25 @@ def _merge_allowed(tuner) -> None:
     type(tuner)._check_merge_allowed(tuner)
 
 
-def _guard_merges(peft_model):
-    """PEFT merges layer by layer: the float layers' adapters before a quantized one were merged (by
-    ``merge_and_unload``, unloaded too) when it refused.  The tuner gets :func:`_merge_allowed` as its
-    own ``_check_merge_allowed`` (an instance attribute; a copy's calls the copy)."""
+def _add_adapter(peft_model, adapter_name: str, peft_config, *args: Any, **kwargs: Any):
+    """``PeftModel.add_adapter`` (``load_adapter`` calls it too) with the config registered and
+    ``"all-linear"`` expanded as :func:`get_peft_model` does: a second adapter's plain config
+    reached only the layers adapted already (PEFT's "all-linear" skips quantized Linear layers) or
+    failed with "not supported" on a quantized layer not adapted yet."""
+    if isinstance(peft_config, LoraConfig):
+        peft_config = register(peft_config)
+        _expand_all_linear(peft_model.get_base_model(), peft_config)
+        _refuse_quantized_modules_to_save(peft_model.get_base_model(), peft_config)
+    return type(peft_model).add_adapter(peft_model, adapter_name, peft_config, *args, **kwargs)
+
+
+def _guard(peft_model):
+    """A PeftModel of :func:`get_peft_model` / :func:`from_pretrained`, given its own (instance
+    attributes; a copy's call the copy) ``add_adapter`` (:func:`_add_adapter`), and its tuner's
+    ``_check_merge_allowed`` (:func:`_merge_allowed`): PEFT merges layer by layer, so the float layers'
+    adapters before a quantized one were merged (by ``merge_and_unload``, unloaded too) when it refused."""
+    if isinstance(peft_model, PeftModel):
+        peft_model.__dict__["add_adapter"] = functools.partial(_add_adapter, peft_model)
     tuner = getattr(peft_model, "base_model", None)
     if isinstance(tuner, nn.Module) and callable(getattr(type(tuner), "_check_merge_allowed", None)):
         tuner.__dict__["_check_merge_allowed"] = functools.partial(_merge_allowed, tuner)
@@ -262,13 +277,13 @@ def _guard_merges(peft_model):
 def get_peft_model(model, config: LoraConfig, **kwargs: Any):
     """``peft.get_peft_model(model, config, **kwargs)`` after :func:`register` (config), with
     ``target_modules="all-linear"`` taking quantized Linear layers too.  Raises ValueError
-    where ``modules_to_save`` names a quantized layer (a full copy of it can't train).  Merging
-    the returned model's adapters raises LoraMergeError before any layer is merged while a
-    quantized layer has one."""
+    where ``modules_to_save`` names a quantized layer (a full copy of it can't train).  The returned
+    model's ``add_adapter`` / ``load_adapter`` do the same for a further adapter, and merging its
+    adapters raises LoraMergeError before any layer is merged while a quantized layer has one."""
     config = register(config)
     _expand_all_linear(model, config)
     _refuse_quantized_modules_to_save(model, config)
-    return _guard_merges(peft.get_peft_model(model, config, **kwargs))
+    return _guard(peft.get_peft_model(model, config, **kwargs))
 
 
 def from_pretrained(model, model_id, config: Optional[LoraConfig] = None, **kwargs: Any) -> PeftModel:
@@ -278,4 +293,4 @@ def from_pretrained(model, model_id, config: Optional[LoraConfig] = None, **kwar
     if config is None:
         config = PeftConfig.from_pretrained(model_id, **{k: kwargs[k] for k in ("subfolder", "revision")
                                                          if k in kwargs})
-    return _guard_merges(PeftModel.from_pretrained(model, model_id, config=register(config), **kwargs))
+    return _guard(PeftModel.from_pretrained(model, model_id, config=register(config), **kwargs))
