@@ -168,6 +168,21 @@ class _WeightedStatic(_StaticBase):
             self._derive()  # the buffers may be new tensors now
         return out
 
+    def __getstate__(self):
+        # torch.multiprocessing pickles each buffer by moving it into shared memory (share_memory_),
+        # which frees the memory the cached NumPy views point at: garbage, in the sender and the
+        # copy alike (a DataLoader worker's dataset, an mp.Queue).  Dropped here, from this module
+        # and its state: each derives its own again on its next call (_arrays).
+        self.__dict__["_weights"] = None
+        return self.__dict__.copy()  # (object.__getstate__ is Python 3.11's)
+
+    def _arrays(self) -> tuple:
+        """The kernels' constant arguments (NumPy views of the buffers), derived again when
+        pickling dropped them."""
+        if self._weights is None:
+            self._derive()
+        return self._weights
+
     def _quantize_input(self, x: torch.Tensor) -> torch.Tensor:
         x = x.detach().float().contiguous()
         if x.dim() == 4:
@@ -185,12 +200,13 @@ class _WeightedStatic(_StaticBase):
                 (h + 2 * padding[0] - dilation[0] * (kernel[0] - 1) - 1) // stride[0] + 1,
                 (w + 2 * padding[1] - dilation[1] * (kernel[1] - 1) - 1) // stride[1] + 1)
         out = torch.empty(b, size[0], size[1], n, dtype=self._out_dtype())
-        if len(self._weights) == 4:
-            w, _, xw, bias = self._weights
+        weights = self._arrays()
+        if len(weights) == 4:
+            w, _, xw, bias = weights
             static_kernels.depthwise_static(x_nhwc.numpy(), w, None, xw, bias, out.numpy(), stride, padding, dilation,
                                 *self._epilogue, torch.get_num_threads(), self.in_zp, self.out_zp)
         else:
-            packed, colsum, xw, zp, bias, has_m128 = self._weights
+            packed, colsum, xw, zp, bias, has_m128 = weights
             static_kernels.conv2d_static(x_nhwc.numpy(), packed, colsum, xw, zp, bias, out.numpy(), has_m128, kernel, stride,
                              padding, dilation, groups, *self._epilogue, torch.get_num_threads(), self.in_zp,
                              self.out_zp)

@@ -149,10 +149,10 @@ def compile_program(model: StaticGraphModel) -> Optional[Callable[[torch.Tensor]
                 geometry = (layer.in_features, layer.out_features, 1, 1, 1, 1, 0, 0, 1, 1)
                 depthwise, out_rank = False, 2
             if depthwise:
-                w, _, xw, bias = layer._weights
+                w, _, xw, bias = layer._arrays()
                 arrays, has_m128, kind = (w, None, xw, bias), False, _DEPTHWISE
             else:
-                packed, colsum, xw, _, bias, has_m128 = layer._weights
+                packed, colsum, xw, _, bias, has_m128 = layer._arrays()
                 arrays, kind = (packed, colsum, xw, bias), _CONV
             node = _node(kind, [slots[ins[0]]], len(nodes), geometry, (layer.in_zp, layer.out_zp, 0), last,
                          has_m128, _epilogue(layer), arrays=arrays)
@@ -217,9 +217,11 @@ class StaticInt8Model(StaticGraphModel):
         return super()._apply(fn, *args, **kwargs)
 
     def __getstate__(self):
-        state = self.__dict__.copy()
-        state["_compiled"] = None  # points into this model's buffers: a copy compiles its own
-        return state
+        # the program points into the layers' buffers: a copy compiles its own, and this model too
+        # (torch.multiprocessing's pickling moves the buffers into shared memory: see
+        # modules._WeightedStatic.__getstate__)
+        self._compiled = None
+        return self.__dict__.copy()
 
     def _fast(self, args, kwargs) -> Optional[Callable]:
         if not self.run_as_program or kwargs or len(args) != 1:
