@@ -24,6 +24,12 @@ from .version import __version__
 
 SETTINGS.apply_environment()  # MONO_QUANT_THREADS, once, where the package starts
 
+from .integrations.hf_autoregister import register_when_transformers_imports
+
+# a save_pretrained folder of a quantized model loads quantized once mono_quant is imported, before
+# or after transformers (which mono_quant itself never imports)
+register_when_transformers_imports()
+
 __all__ = [
     "quantize",
     "quantize_weight",

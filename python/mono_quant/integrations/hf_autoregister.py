@@ -1,0 +1,62 @@
+"""Registers mono-quant's quantizer with transformers as soon as both are imported, in either order.
+
+A folder saved from a quantized model names ``quant_method: mono_quant`` in its config.json;
+transformers loads it only while the quantizer is registered (``integrations/transformers.py``
+does it on import).  Before, a script that ran ``import mono_quant`` and then ``from_pretrained``
+of such a folder, without importing the integration, got transformers' "Unknown quantization
+type ... we will skip the quantization" and a model of randomly initialized layers.  mono-quant
+never imports transformers itself (its import costs seconds): when transformers is not imported
+yet, a one-shot import hook registers right after it is.
+"""
+from __future__ import annotations
+
+import importlib.abc
+import importlib.util
+import sys
+import warnings
+
+__all__ = ["register_when_transformers_imports"]
+
+
+def _register() -> None:
+    try:
+        from . import transformers as _integration  # noqa: F401  (registers on import)
+    except Exception as exc:  # noqa: BLE001 - a transformers too old or broken: say so, never break its import
+        warnings.warn(f"mono-quant could not register its quantizer with transformers ({type(exc).__name__}: "
+                      f"{exc}); from_pretrained of mono-quant folders will not load them quantized", RuntimeWarning,
+                      stacklevel=2)
+
+
+class _AfterTransformersImport(importlib.abc.MetaPathFinder):
+    """Finds nothing itself: for ``transformers`` it takes the spec the other finders give and
+    registers once that module has run (then leaves sys.meta_path)."""
+
+    def find_spec(self, fullname, path=None, target=None):
+        if fullname != "transformers":
+            return None
+        _remove(self)
+        spec = importlib.util.find_spec(fullname)
+        if spec is None or spec.loader is None or not hasattr(spec.loader, "exec_module"):
+            return spec
+        run = spec.loader.exec_module
+
+        def exec_module(module):
+            run(module)
+            _register()
+        spec.loader.exec_module = exec_module  # (this spec's own loader object)
+        return spec
+
+
+def _remove(finder) -> None:
+    try:
+        sys.meta_path.remove(finder)
+    except ValueError:
+        pass
+
+
+def register_when_transformers_imports() -> None:
+    """Register now when transformers is imported already, else once it is."""
+    if "transformers" in sys.modules:
+        _register()
+    elif not any(isinstance(f, _AfterTransformersImport) for f in sys.meta_path):
+        sys.meta_path.insert(0, _AfterTransformersImport())
