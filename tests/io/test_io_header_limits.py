@@ -103,3 +103,36 @@ def test_cli_never_prints_a_traceback_for_a_recursion_error(monkeypatch, capsys)
     assert cli.main(["inspect", "x.safetensors"]) == 1
     err = capsys.readouterr().err
     assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+
+
+def _with_header(path, out, edit):
+    raw = path.read_bytes()
+    n = struct.unpack("<Q", raw[:8])[0]
+    header = edit(raw[8:8 + n].decode())
+    header = header.encode() + b" " * ((8 - len(header.encode()) % 8) % 8)
+    out.write_bytes(struct.pack("<Q", len(header)) + header + raw[8 + n:])
+    return out
+
+
+@pytest.mark.parametrize("where", ["header", "manifest"])
+def test_an_integer_of_thousands_of_digits_is_a_checkpoint_error(tmp_path, where):
+    """Python's int() refuses more than 4300 digits with a bare ValueError, which reached the caller
+    (and the CLI) without the file's name."""
+    path = _saved(tmp_path)
+    huge = "1" + "0" * 5000
+    if where == "header":
+        def edit(text):
+            header = json.loads(text)
+            key = next(k for k in header if k != "__metadata__")
+            header[key]["data_offsets"] = [0, "HUGE"]
+            return json.dumps(header).replace('"HUGE"', huge)
+    else:
+        def edit(text):
+            header = json.loads(text)
+            manifest = json.loads(header["__metadata__"][METADATA_KEY])
+            header["__metadata__"][METADATA_KEY] = json.dumps(manifest).replace('"format_version": 1',
+                                                                                f'"format_version": {huge}')
+            return json.dumps(header)
+    bad = _with_header(path, tmp_path / "bad.safetensors", edit)
+    with pytest.raises(CheckpointError, match=r"bad\.safetensors.*an integer of 5001 digits"):
+        mq.load(bad)

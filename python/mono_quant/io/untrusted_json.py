@@ -10,7 +10,7 @@ from typing import Any, Union
 
 import numpy as np
 
-__all__ = ["MAX_JSON_DEPTH", "json_depth", "loads_bounded", "UntrustedJSONError"]
+__all__ = ["MAX_JSON_DEPTH", "MAX_INT_DIGITS", "json_depth", "loads_bounded", "UntrustedJSONError"]
 
 #: deepest nesting accepted; our headers are 3 levels deep, manifests about 7
 MAX_JSON_DEPTH = 64
@@ -38,16 +38,30 @@ def json_depth(raw: bytes) -> int:
     return deepest
 
 
+#: the most digits an integer of a file may have (our headers' and manifests' fit 64 bits: 20)
+MAX_INT_DIGITS = 40
+
+
+def _bounded_int(digits: str) -> int:
+    """An integer of the JSON text (Python's own limit, 4300 digits, raised a bare ValueError)."""
+    if len(digits.lstrip("-")) > MAX_INT_DIGITS:
+        raise UntrustedJSONError(f"an integer of {len(digits.lstrip('-'))} digits (limit {MAX_INT_DIGITS})")
+    return int(digits)
+
+
 def loads_bounded(text: Union[bytes, str], max_depth: int = MAX_JSON_DEPTH) -> Any:
     """``json.loads`` of untrusted text.  Raises UntrustedJSONError for text that is not
-    UTF-8 JSON or is nested deeper than ``max_depth`` (checked before parsing)."""
+    UTF-8 JSON, is nested deeper than ``max_depth`` (checked before parsing) or holds an
+    integer of more than MAX_INT_DIGITS digits."""
     raw = text.encode("utf-8", "surrogatepass") if isinstance(text, str) else bytes(text)
     depth = json_depth(raw)
     if depth > max_depth:
         raise UntrustedJSONError(f"JSON nested {depth} levels deep (limit {max_depth})")
     try:
-        return json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        return json.loads(raw.decode("utf-8"), parse_int=_bounded_int)
+    except UntrustedJSONError:
+        raise
+    except (UnicodeDecodeError, ValueError) as exc:  # (JSONDecodeError is a ValueError)
         raise UntrustedJSONError(f"not valid JSON: {exc}") from None
     except RecursionError:  # not reached given the depth check; kept as the last line of defence
         raise UntrustedJSONError(f"JSON nested too deep (limit {max_depth})") from None
