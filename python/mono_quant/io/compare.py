@@ -11,6 +11,7 @@ from ..tensor import sqnr_db
 from .checkpoint import CheckpointReader
 from .dtypes import dtype_name
 from .load import dequantize_layer
+from .rebuild import float_weight_shape
 from .container import read_header
 from .hf_saved_folder import refuse_saved_pretrained
 from .manifest import check_against_header, layer_key, parse_manifest
@@ -85,7 +86,9 @@ class FloatView:
         if what == "tensor":
             return list(self.reader.spec(ref)[1])
         layer, _ = ref
-        return list(layer["shape"]) if what == "layer" else layer["tensors"]["bias"]["shape"]
+        if what == "layer":  # the float layer's weight shape, as get() gives it (a Conv1d's 3-D one)
+            return float_weight_shape(self.manifest["kind"], layer)
+        return layer["tensors"]["bias"]["shape"]
 
     def close(self) -> None:
         self.reader.close()

@@ -13,6 +13,7 @@ from .dtypes import dtype_name
 from .errors import CheckpointError
 from .hf_saved_folder import refuse_saved_pretrained
 from .manifest import check_against_header, layer_key, parse_manifest
+from .rebuild import float_weight_shape
 
 __all__ = ["describe", "layer_kind"]
 
@@ -77,7 +78,9 @@ def describe(path) -> Dict[str, Any]:
             "layer_kind": layer_kind(layer, manifest["kind"]),
             # axis / group_size may be absent (the manifest reads absent as null), as load does
             "dtype": layer["dtype"], "scheme": layer["scheme"], "axis": layer.get("axis"),
-            "group_size": layer.get("group_size"), "shape": layer["shape"], "orig_dtype": orig,
+            # the float layer's weight shape (a Conv1d's 3-D one, GPT-2 Conv1D's [in, out]), as compare gives it
+            "group_size": layer.get("group_size"), "shape": float_weight_shape(manifest["kind"], layer),
+            "orig_dtype": orig,
             "bytes": stored, "orig_bytes": math.prod(layer["shape"]) * itemsize,
         }
         entry.update(_run_settings(layer, path))

@@ -3,7 +3,7 @@
 int8 Linear taken as it is, or the layer's float weight (:func:`dequantize_layer`)."""
 from __future__ import annotations
 
-from typing import Any, Dict, Mapping, Optional, Tuple
+from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 import torch
 from torch import nn
@@ -18,7 +18,7 @@ from .manifest import quantized_class
 from .validate import check_layer
 
 __all__ = ["check_weight_shape", "rebuild_saved", "packed_int8_layer", "packed_linear", "stored_weight",
-           "dequantize_layer", "is_uninitialized"]
+           "dequantize_layer", "is_uninitialized", "float_weight_shape"]
 
 
 def is_uninitialized(t) -> bool:
@@ -95,8 +95,8 @@ def dequantize_layer(kind: str, layer: Mapping[str, Any], own: Dict[str, torch.T
 
 
 def _saved_layer_weight(layer, own, orig: torch.dtype, target: torch.dtype):
-    module = rebuild_saved(layer, own)
-    return module.dequantized_weight(target), own.get("bias")
+    module = rebuild_saved(layer, own)  # (in the float layer's layout: a Conv1d's 3-D, GPT-2 Conv1D's [in, out])
+    return type(module).as_float_layout(module.dequantized_weight(target)), own.get("bias")
 
 
 def _state_dict_layer_weight(layer, own, orig: torch.dtype, target: torch.dtype):
@@ -105,6 +105,17 @@ def _state_dict_layer_weight(layer, own, orig: torch.dtype, target: torch.dtype)
     if layer.get("type") == "Conv1D":  # GPT-2's Conv1D was quantized as [out, in]: back to its [in, out]
         weight = weight.t().contiguous()
     return weight, None  # a state_dict layer's bias is a separate entry
+
+
+def float_weight_shape(kind: str, layer: Mapping[str, Any]) -> List[int]:
+    """The shape of the float weight :func:`dequantize_layer` gives for a (checked) manifest
+    layer: the float layer's, where its quantized class stores another (a Conv1d's height-1
+    view, GPT-2 Conv1D's ``[out, in]``)."""
+    shape = list(layer["shape"])
+    if kind == "state_dict":
+        return shape[::-1] if layer.get("type") == "Conv1D" and len(shape) == 2 else shape
+    to_float = getattr(quantized_class(layer["class"]), "float_weight_shape", None)
+    return list(to_float(shape)) if to_float is not None else shape
 
 
 # manifest kind -> (float weight, bias) of one of its layers

@@ -95,6 +95,11 @@ class QuantizedConv1d(QuantizedConv2d):
         """The float Conv1d's weight shape for this module's stored (height-1) ``shape``."""
         return [shape[0], shape[1], shape[3]]
 
+    @staticmethod
+    def as_float_layout(weight: torch.Tensor) -> torch.Tensor:
+        """The stored height-1 ``[out, in/groups, 1, k]`` weight as the float Conv1d's ``[out, in/groups, k]``."""
+        return weight.squeeze(2) if weight.dim() == 4 else weight
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         refuse_fx_proxy(x, self)  # (before x.dim(): a Proxy's is no number)
         if x.dim() not in (2, 3):

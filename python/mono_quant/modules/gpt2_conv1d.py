@@ -67,6 +67,11 @@ class QuantizedGPT2Conv1D(QuantizedLinear):
         """The float Conv1D's weight shape ``[in, out]`` for this module's stored ``[out, in]``."""
         return [shape[1], shape[0]]
 
+    @staticmethod
+    def as_float_layout(weight: torch.Tensor) -> torch.Tensor:
+        """The stored ``[out, in]`` weight as the float Conv1D's ``[in, out]`` (its state_dict's)."""
+        return weight.t().contiguous()
+
     @classmethod
     def from_packed_int8(cls, module, scale, zero_point, packed, symmetric, activations="dynamic"):
         return super().from_packed_int8(_LinearView(module), scale, zero_point, packed, symmetric, activations)

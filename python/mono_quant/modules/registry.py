@@ -201,6 +201,13 @@ class QuantizedModule(RefusesTorchScript, TorchCompatMixin, nn.Module):
         """The weight as a float tensor of the original shape."""
         return self.format.dequantize(self, dtype)
 
+    @staticmethod
+    def as_float_layout(weight: torch.Tensor) -> torch.Tensor:
+        """A float weight of this class's stored layout in the float layer's (what its state_dict
+        holds): the same here; a class that stores it otherwise says how (QuantizedConv1d's
+        height-1 view, GPT-2 Conv1D's ``[out, in]``)."""
+        return weight
+
     def weight_nbytes(self) -> int:
         """Bytes the stored weight really takes (data, scales, zero-points)."""
         return self.format.weight_nbytes(self)
