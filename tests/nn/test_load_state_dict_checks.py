@@ -129,11 +129,12 @@ def test_valid_state_dicts_still_load(dtype):
         assert torch.equal(target(x), source(x))
 
 
-def test_torch_size_mismatch_is_still_torchs_error():
+def test_a_size_mismatch_is_refused_before_torch_copies_the_rest():
     qmodel = _qmodel("int8")
     sd = _state(qmodel)
     sd["0.weight_scale"] = torch.ones(7)
-    with pytest.raises(RuntimeError, match="size mismatch for 0.weight_scale"):
+    with pytest.raises(CheckpointError, match=r"'0.weight_scale' has shape \[7\] in the state_dict, the layer holds "
+                                              r"\[32\]"):
         qmodel.load_state_dict(sd)
 
 
@@ -255,3 +256,31 @@ def test_a_load_that_raises_part_way_keeps_no_checkpoint_tensor_alive():
     del sd
     gc.collect()
     assert probe() is None
+
+
+@pytest.mark.parametrize("other", [dict(dtype="int4", group_size=64), dict(dtype="int8"), dict(dtype="fp16"),
+                                   dict(dtype="int4", group_size=128, width=128)],
+                         ids=["group-size", "format", "fp16", "width"])
+def test_a_state_dict_of_other_shapes_is_refused_before_any_copy(other):
+    """torch copied every entry of the right shape and raised only after the whole load: codes of one
+    group size with the scales of another (the error caught: 4x the error against float)."""
+    other = dict(other)
+    width = other.pop("width", 256)
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(256, 256), nn.ReLU(), nn.Linear(256, 64)).eval()
+    torch.manual_seed(1)
+    source = nn.Sequential(nn.Linear(256, width), nn.ReLU(), nn.Linear(width, 64)).eval()
+    qmodel = mq.quantize(model, "int4", group_size=128).model
+    x = torch.randn(2, 256)
+    before = {k: v.clone() for k, v in qmodel.state_dict().items()}
+    with torch.no_grad():
+        y = qmodel(x)
+    state = mq.quantize(source, **other).model.state_dict()
+    with pytest.raises(CheckpointError, match=r"load_state_dict: layer '0'.*nothing was loaded"):
+        qmodel.load_state_dict(state)
+    assert all(torch.equal(v, before[k]) for k, v in qmodel.state_dict().items())
+    with torch.no_grad():
+        assert torch.equal(qmodel(x), y)
+    if other.get("dtype") != "fp16":  # (a single layer: its own shape check)
+        with pytest.raises(CheckpointError, match="has shape"):
+            qmodel[0].load_state_dict({k[2:]: v for k, v in state.items() if k.startswith("0.")})

@@ -21,7 +21,9 @@ __all__ = ["check_loaded_weight", "incoming_weight_tensors"]
 def check_loaded_weight(module, state_dict: Mapping, prefix: str, assign: bool) -> None:
     """Raise CheckpointError naming the layer when the weight tensors ``module`` would hold
     after loading ``state_dict``'s ``prefix`` entries (those it has, over the ones it keeps)
-    are not a valid weight of its format.  Nothing is copied before this passes."""
+    are not a valid weight of its format, or when an incoming tensor's shape is not the one
+    the layer holds.  Nothing is copied before this passes."""
+    _check_shapes(module, state_dict, prefix)
     fmt = module.format
     if not fmt.integer:
         return
@@ -46,6 +48,24 @@ def check_loaded_weight(module, state_dict: Mapping, prefix: str, assign: bool) 
             f"load_state_dict: layer {name!r} (keys '{prefix}weight_*'): {exc}. These are not the {fmt.name} "
             f"tensors mono-quant writes: load a state_dict saved from a quantized model of this architecture "
             f"(qmodel.state_dict(), or mq.save / mq.load for files), or quantize the float model again") from None
+
+
+def _check_shapes(module, state_dict: Mapping, prefix: str) -> None:
+    """torch copies every entry of the right shape and reports the others only after the whole load:
+    a layer's codes from one file with its scales kept from another (another group size, format or
+    width) computed garbage once the error was caught.  Refused here, before any copy."""
+    for name, current in list(module._parameters.items()) + list(module._buffers.items()):
+        incoming = state_dict.get(prefix + name)
+        if current is None or not isinstance(incoming, torch.Tensor) or incoming.shape == current.shape:
+            continue
+        if current.dim() == 0 and incoming.shape == (1,):  # (torch loads a [1] tensor into a 0-d one)
+            continue
+        layer = prefix[:-1] or "<root>"
+        raise CheckpointError(
+            f"load_state_dict: layer {layer!r}: {prefix + name!r} has shape {list(incoming.shape)} in the state_dict, "
+            f"the layer holds {list(current.shape)} ({module.format.name}): a state_dict of another format, group "
+            f"size or layer width; nothing was loaded. Load one saved from a quantized model quantized as this one "
+            f"(qmodel.state_dict(), or mq.save / mq.load for files), or quantize the float model again")
 
 
 def incoming_weight_tensors(module, state_dict: Mapping, prefix: str) -> dict:
