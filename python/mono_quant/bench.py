@@ -61,6 +61,13 @@ def cases_from_file(path, dtypes: Optional[Sequence[str]] = None) -> Tuple[List[
     note for each layer kind that is not timed (only Linear layers are)."""
     from .io.describe import describe
 
+    from .static.persist import is_static_file
+    from .static.persist_per_layer import is_per_layer_file
+
+    if is_static_file(path) or is_per_layer_file(path):  # (it said "no quantized layers (a float checkpoint?)")
+        raise ValueError(f"{path}: a static int8 model (activations='static'): bench times the Linear layers of "
+                         f"dynamic int8, weight-only, int4 and fp16 files; time the static model itself (mq.load and "
+                         f"call it), or give --shape OUTxIN")
     info = describe(path)
     config = info.get("config") or {}
     if not info["layers"]:

@@ -155,3 +155,17 @@ def test_a_files_layers_are_timed_in_their_own_modes(tmp_path):
     modes = {c.names: dict(c.options) for c in cases_from_file(tmp_path / "mixed.safetensors")[0]}
     assert modes[("0",)]["activations"] is None and not modes[("0",)]["reduce_range"]
     assert modes[("2",)]["activations"] == "dynamic" and modes[("2",)]["reduce_range"]
+
+
+def test_a_static_file_says_bench_does_not_time_it(tmp_path, capsys):
+    """It said "holds no quantized layers (a float checkpoint?)"."""
+    import warnings
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Flatten(), nn.Linear(8 * 6 * 6, 4)).eval()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        result = mq.quantize(model, "int8", activations="static", calibration=torch.randn(16, 3, 8, 8))
+    path = mq.save(result, tmp_path / "static.safetensors")
+    assert main(["bench", str(path)]) == 1
+    assert "a static int8 model (activations='static'): bench times" in capsys.readouterr().err

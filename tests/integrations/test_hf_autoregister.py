@@ -37,7 +37,8 @@ def test_import_mono_quant_is_enough_to_load_a_quantized_folder(imports, tmp_pat
                           str(tmp_path / "logits.pt")], capture_output=True, text=True, timeout=240)
     assert out.returncode == 0, out.stderr
     assert out.stdout.split() == ["QuantizedGPT2Conv1D"]
-    assert torch.equal(torch.load(tmp_path / "logits.pt"), expected)
+    # (allclose: the float head runs torch's matmul, whose bits follow the thread count, which differs there)
+    assert torch.allclose(torch.load(tmp_path / "logits.pt"), expected, rtol=1e-4, atol=1e-5)
 
 
 def test_import_mono_quant_does_not_import_transformers():

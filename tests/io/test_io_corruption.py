@@ -351,3 +351,22 @@ if __name__ == "__main__":  # the counts: python tests/io/test_io_corruption.py 
         for failure in failures[:10]:
             print("    FAIL", failure)
     sys.exit(0)
+
+
+@pytest.mark.parametrize("local", ["weight", "bias"])
+def test_a_float_tensor_under_a_quantized_layers_name_is_refused(tmp_path, local):
+    """A float ``fc.weight`` beside quantized layer ``fc`` loaded without model=: dequantize() gave the
+    planted tensor, compare the layer's, inspect both (a file says two things at once)."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(64, 32, bias=local == "weight"), nn.ReLU(), nn.Linear(32, 16))
+    path = mq.save(mq.quantize(model, "int8"), tmp_path / "q.safetensors")
+    with safe_open(str(path), "pt") as f:
+        meta, tensors = f.metadata(), {k: f.get_tensor(k) for k in f.keys()}
+    assert f"0.{local}" not in tensors
+    tensors[f"0.{local}"] = torch.randn(32, 64) if local == "weight" else torch.zeros(32)  # (a layer without bias)
+    save_file(tensors, str(tmp_path / "planted.safetensors"), meta)
+    with pytest.raises(CheckpointError, match=rf"'0\.{local}' is stored beside quantized layer '0'"):
+        mq.load(tmp_path / "planted.safetensors")

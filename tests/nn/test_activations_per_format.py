@@ -58,3 +58,20 @@ def test_uint8_layers_say_weight_only():
 def test_uint8_with_dynamic_activations_is_refused():
     with pytest.raises(mq.ConfigError, match="uint8 layers take float inputs"):
         mq.quantize(nn.Linear(64, 64), "uint8", activations="dynamic")
+
+
+@pytest.mark.parametrize("dtype", ["uint8", "fp16", "bf16"])
+def test_set_activations_dynamic_is_refused_for_float_input_formats(dtype):
+    """It was taken (the repr said activations=dynamic, a save wrote it) and the layer ran weight-only."""
+    model = nn.Sequential(nn.Linear(64, 64), nn.Conv2d(4, 8, 3))
+    qmodel = mq.quantize(model, dtype).model
+    for layer in qmodel:
+        before = layer.activations
+        with pytest.raises(ValueError, match=rf"activations='dynamic' applies to int8 and int4 layers; {dtype} "
+                                             r"layers take float inputs"):
+            layer.set_activations("dynamic")
+        assert layer.activations == before
+        layer.set_activations(None)
+    int8 = mq.quantize(model, "int8", activations=None).model
+    int8[0].set_activations("dynamic")  # (int8 and int4 switch modes)
+    assert int8[0].activations == "dynamic"

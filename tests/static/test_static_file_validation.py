@@ -173,3 +173,11 @@ def test_a_replayed_call_that_does_not_read_its_inputs_is_refused(saved, tmp_pat
         next(e for e in m["program"] if e["kind"] == "call")["call"]["args"] = args
     with pytest.raises(mq.CheckpointError, match="do not read its inputs"):
         mq.load(_edited(saved, tmp_path, edit))
+
+
+def test_an_op_defined_twice_is_refused(saved, tmp_path):
+    """Two input ops of one name loaded, then every call failed binding its arguments."""
+    _graph_only(saved)
+    path = _edited(saved, tmp_path, lambda m: m["program"].insert(1, dict(m["program"][0])))
+    with pytest.raises(mq.CheckpointError, match="is defined twice"):
+        mq.load(path)

@@ -9,6 +9,7 @@ import warnings
 import pytest
 import torch
 from torch import nn
+import torch.nn.functional as F
 
 import mono_quant as mq
 from mono_quant.io.errors import CheckpointError
@@ -177,7 +178,10 @@ def test_a_bad_activation_argument_is_refused_at_load(pool_file, tmp_path, cls, 
     edits = StaticFileEdits(pool_file, KEY, tmp_path)
     manifest = edits.manifest_copy()
     manifest["layers"]["mid"] = {"class": cls, "init_kwargs": {"$dict": {arg: value}}}
-    with pytest.raises(CheckpointError, match=rf"layer 'mid' \({cls}\).*{arg}"):
+    # (an int too large for a float has 309 digits and more: refused as JSON, over 40 digits)
+    message = "an integer of 401 digits" if isinstance(value, int) and abs(value) > 10 ** 300 else \
+        rf"layer 'mid' \({cls}\).*{arg}"
+    with pytest.raises(CheckpointError, match=message):
         mq.load(edits.write("edited.safetensors", manifest))
 
 
@@ -223,6 +227,9 @@ def test_pixel_shuffles_load(tmp_path):
     ("Upsample", {"size": None, "scale_factor": None, "mode": "nearest"}, "give one of size and scale_factor"),
     ("Upsample", {"size": 4, "scale_factor": 2.0, "mode": "nearest"}, "give one of size and scale_factor"),
     ("Upsample", {"scale_factor": 1e6, "mode": "nearest"}, "scale_factor must be"),
+    ("Upsample", {"scale_factor": 100.0, "mode": "nearest"}, "scale_factor must be"),  # (every call allocates it)
+    ("Upsample", {"size": {"$tuple": [100000, 100000]}, "mode": "nearest"}, "size must be"),
+    ("ZeroPad2d", {"padding": 5000}, "padding must be"),
     ("Upsample", {"scale_factor": 2.0, "mode": "nearest", "align_corners": True}, "align_corners is for"),
     ("Upsample", {"scale_factor": 2.0, "mode": "zoom"}, "mode must be"),
     ("PixelShuffle", {"upscale_factor": 0}, "upscale_factor must be"),
@@ -235,3 +242,32 @@ def test_a_bad_resampling_argument_is_refused_at_load(pool_file, tmp_path, cls, 
     manifest["layers"]["mid"] = {"class": cls, "init_kwargs": {"$dict": kwargs}}
     with pytest.raises(CheckpointError, match=rf"layer 'mid' \({cls}\).*{message}"):
         mq.load(edits.write("edited.safetensors", manifest))
+
+
+class Interpolating(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.c1, self.c2 = nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(8, 4, 1)
+
+    def forward(self, x):
+        return self.c2(F.interpolate(self.c1(x), scale_factor=2.0)).mean((2, 3))
+
+
+def test_an_interpolate_call_asking_for_a_huge_output_is_refused_at_load(tmp_path):
+    """A replayed F.interpolate's constant scale_factor / size had no bound: a 6 KB file made every
+    forward allocate hundreds of MB (scale 300), or any amount."""
+    q = _quantized(Interpolating())
+    path = mq.save(q, tmp_path / "m.safetensors")
+    with torch.no_grad():
+        assert torch.equal(mq.load(path)(X), q(X))
+    edits = StaticFileEdits(path, KEY, tmp_path)
+    for value, message in ((300.0, "scale_factor 300.0"), (None, "size")):
+        manifest = edits.manifest_copy()
+        (op,) = [e for e in manifest["program"] if e.get("call", {}).get("target") == "torch.nn.functional.interpolate"]
+        kwargs = op["call"]["kwargs"]["$dict"]
+        if value is None:
+            kwargs["scale_factor"], kwargs["size"] = None, {"$tuple": [50000, 50000]}
+        else:
+            kwargs["scale_factor"] = value
+        with pytest.raises(CheckpointError, match=rf"interpolate {message}"):
+            mq.load(edits.write("edited.safetensors", manifest))

@@ -23,11 +23,24 @@ from .checks import is_int, need
 from . import layer_cache
 from .layer_cache import float_weight
 
-__all__ = ["WeightFormat", "ACTIVATION_MODES", "INTEGER_BUFFERS", "PACKED_BUFFERS", "ALLOWED_LAYER_TENSORS"]
+__all__ = ["WeightFormat", "ACTIVATION_MODES", "checked_activations", "INTEGER_BUFFERS", "PACKED_BUFFERS", "ALLOWED_LAYER_TENSORS"]
 
 # "dynamic": activations quantized to int8 per row at each call, integer
 # matmul; None: weight-only (float activations x integer weights)
 ACTIVATION_MODES = ("dynamic", None)
+
+
+def checked_activations(module, activations, built: bool = True):
+    """``activations`` for a Linear / Conv2d layer of ``module``'s format: ValueError unless one of
+    ACTIVATION_MODES, or "dynamic" (when ``built``: asked of a layer, not its construction's
+    default) for a format whose layers take float inputs (uint8, fp16, bf16), which took it and
+    ran weight-only."""
+    if activations not in ACTIVATION_MODES:
+        raise ValueError(f"activations must be 'dynamic' or None (weight-only), got {activations!r}")
+    if built and activations == "dynamic" and not module.format.runs_dynamic:
+        raise ValueError(f"{type(module).__name__}: activations='dynamic' applies to int8 and int4 layers; "
+                         f"{module.format.name} layers take float inputs (weight-only)")
+    return activations
 #: an integer weight's buffers (weight_qdata is dropped where the packed copy stands in for it)
 INTEGER_BUFFERS = ("weight_qdata", "weight_scale", "weight_zero_point")
 #: every tensor name a quantized layer may store
@@ -42,6 +55,11 @@ class WeightFormat:
     integer: bool = True
     #: whether a Linear / Conv2d of this format has activation modes (``ACTIVATION_MODES``)
     has_activation_modes: bool = True
+
+    @property
+    def runs_dynamic(self) -> bool:
+        """Whether its layers can quantize their inputs (``activations="dynamic"``)."""
+        return self.has_activation_modes
     #: the buffers a module of this format keeps for its weight (what weight_nbytes counts)
     weight_buffers: Tuple[str, ...] = INTEGER_BUFFERS
 

@@ -29,6 +29,10 @@ class AffineIntFormat(WeightFormat):
         super().__init__(qtype)
         self.packs = packs
 
+    @property
+    def runs_dynamic(self) -> bool:
+        return self.packs  # (no uint8 kernel quantizes inputs: weight-only)
+
     # -- quantizing -------------------------------------------------------------------------------
     def quantize_weight(self, tensor, *, axis, group_size, symmetric, method):
         if method not in (None, "rtn"):

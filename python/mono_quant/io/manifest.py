@@ -201,7 +201,8 @@ _KIND_FIELDS = {"model": _check_saved_module_fields, "state_dict": lambda layer,
 def check_against_header(manifest: Mapping[str, Any], header: SafetensorsHeader) -> None:
     """Raise :class:`CheckpointError` when the manifest and the tensors in the
     file disagree: a layer tensor missing or with another dtype/shape, an
-    alias to a missing tensor, or an alias shadowing a stored tensor."""
+    alias to a missing tensor, an alias shadowing a stored tensor, or a tensor
+    under the name of the float weight (or a saved layer's bias) a layer stands for."""
     stored = header.tensors
     problems: List[str] = []
     for alias, target in manifest["tensor_aliases"].items():
@@ -220,6 +221,12 @@ def check_against_header(manifest: Mapping[str, Any], header: SafetensorsHeader)
                 elif dtype_name(entry.dtype) != spec["dtype"] or list(entry.shape) != spec["shape"]:
                     problems.append(f"{key!r} is {dtype_name(entry.dtype)}{list(entry.shape)} in the file, "
                                     f"{spec['dtype']}{spec['shape']} in the manifest")
+            # the float tensors the layer stands for (a saved model's bias is its own; a state_dict's is
+            # an entry of its own): another tensor of that name would be read instead, or beside it
+            for local in ("weight", "bias") if manifest["kind"] == "model" else ("weight",):
+                key = layer_key(name, local)
+                if local not in layer["tensors"] and (key in stored or key in manifest["tensor_aliases"]):
+                    problems.append(f"{key!r} is stored beside quantized layer {name!r}, which stands for it")
     if problems:
         more = f" (and {len(problems) - 10} more)" if len(problems) > 10 else ""
         raise CheckpointError(f"{header.path}: the manifest disagrees with the tensors: "

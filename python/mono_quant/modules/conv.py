@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .. import kernels
-from ..formats import ACTIVATION_MODES, format_of
+from ..formats import checked_activations, format_of
 from ..formats import layer_cache
 from ..formats.base import WeightFormat
 from ..formats.layer_cache import float_weight, kernel_args_stamped
@@ -207,7 +207,7 @@ class QuantizedConv2d(ReduceRange, QuantizedModule):
                 orig_dtype=orig_dtype_of(module.weight.dtype))
         q._reversed_padding_repeated_twice = list(module._reversed_padding_repeated_twice)
         q.set_weight(weight)
-        q.set_activations(activations)
+        q.activations = checked_activations(q, activations, built=False)  # (a float-input format keeps it)
         # packed unless depthwise (one input channel per group, groups > 1): a one-group conv of
         # one input channel (a grayscale stem) is packed for the direct route (kernels.dynamic_conv)
         if can_pack(weight) and (module.in_channels // module.groups > 1 or module.groups == 1):
@@ -218,9 +218,7 @@ class QuantizedConv2d(ReduceRange, QuantizedModule):
 
     def set_activations(self, activations) -> None:
         """Choose the execution mode: "dynamic" or None (weight-only). Raises ValueError otherwise."""
-        if activations not in ACTIVATION_MODES:
-            raise ValueError(f"activations must be 'dynamic' or None (weight-only), got {activations!r}")
-        self.activations = activations
+        self.activations = checked_activations(self, activations)
 
     def conv_with(self, x: torch.Tensor, w: torch.Tensor, b) -> torch.Tensor:
         """torch's conv of ``x`` with this layer's geometry and the given float weight and bias."""

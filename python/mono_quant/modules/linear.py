@@ -6,7 +6,7 @@ from typing import Optional
 import torch
 from torch import nn
 
-from ..formats import ACTIVATION_MODES, format_of
+from ..formats import ACTIVATION_MODES, checked_activations, format_of
 from ..torch_features import autocast_enabled, autocast_off
 from ..formats.layer_cache import SMALL_WEIGHT_ELEMENTS, float_weight, kernel_args
 from ..formats.packed_linear import BLAS_MIN_IN_FEATURES, BLAS_MIN_ROWS, blas_min_rows, dequantized_packed, packed_linear
@@ -75,7 +75,7 @@ class QuantizedLinear(ReduceRange, QuantizedModule):
         q = cls(module.in_features, module.out_features, weight_format=format_of(weight).name,
                 orig_dtype=orig_dtype_of(module.weight.dtype))
         q.set_weight(weight)
-        q.set_activations(activations)
+        q.activations = checked_activations(q, activations, built=False)  # (a float-input format keeps it)
         if can_pack(weight):
             q.set_packed(pack_int8_linear(weight))
         q._set_bias(module.bias)
@@ -93,7 +93,7 @@ class QuantizedLinear(ReduceRange, QuantizedModule):
         q.register_buffer("weight_scale", scale)
         q.register_buffer("weight_zero_point", zero_point)
         q.weight_axis, q.weight_symmetric, q.weight_group_size = 0, bool(symmetric), None
-        q.set_activations(activations)
+        q.activations = checked_activations(q, activations, built=False)  # (a float-input format keeps it)
         q.set_packed(packed)
         q._set_bias(module.bias)
         q.train(module.training)
@@ -101,9 +101,7 @@ class QuantizedLinear(ReduceRange, QuantizedModule):
 
     def set_activations(self, activations: Optional[str]) -> None:
         """Choose the execution mode: "dynamic" or None (weight-only). Raises ValueError otherwise."""
-        if activations not in ACTIVATION_MODES:
-            raise ValueError(f"activations must be 'dynamic' or None (weight-only), got {activations!r}")
-        self.activations = activations
+        self.activations = checked_activations(self, activations)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if autocast_enabled():  # every route outside autocast: the C ones and the ops never follow it

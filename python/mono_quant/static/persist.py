@@ -41,7 +41,7 @@ from .modules import StaticAdd, StaticConv2d, StaticGlobalAvgPool, StaticLinear
 from .modules_eltwise import StaticBroadcastAdd
 from .persist_checks import check_activation_scales, check_outputs_not_constant, check_weight_geometry
 from .persist_eltwise import ELTWISE_CLASSES, attach_eltwise_tensors, build_fused_add, check_constant_shape
-from .persist_float import FLOAT_BY_NAME, FLOAT_MODULES, build_float_module, float_module_kwargs
+from .persist_float import FLOAT_BY_NAME, FLOAT_MODULES, build_float_module, float_module_kwargs, resample_problem
 from .persist_float_weighted import (WEIGHTED_BY_NAME, WEIGHTED_FLOAT_MODULES, build_weighted_module,
                                       check_saved_tensors, weighted_module_kwargs)
 from .persist_skeleton import check_static_layers_against_model
@@ -351,6 +351,10 @@ def _replayed_call(op: str, how: str, target, args, kwargs):
         raise CheckpointError(f"op {op!r}: {target.__name__} in training mode (random at every call)")
     if bound.arguments.get("inplace"):
         bound.arguments["inplace"] = False
+    if target is F.interpolate:  # (every forward allocates what it asks for)
+        problem = resample_problem(bound.arguments.get("size"), bound.arguments.get("scale_factor"))
+        if problem:
+            raise CheckpointError(f"op {op!r}: interpolate {problem}")
     return target, type(args)(bound.args), bound.kwargs
 
 
@@ -430,6 +434,8 @@ def _read_manifest(manifest, tensors: Dict[str, torch.Tensor]):
     defined = set()
     for e in manifest["program"]:
         name, kind, inputs = str(e["name"]), e["kind"], [str(i) for i in e["inputs"]]
+        if name in defined:  # (two inputs of one name: every call failed binding its arguments)
+            raise CheckpointError(f"op {name!r} is defined twice")
         missing = [i for i in inputs if i not in defined]
         if missing:
             raise CheckpointError(f"op {name!r} reads {missing} before they are computed")

@@ -18,8 +18,9 @@ from torch import nn
 
 from ..errors import CheckpointError
 from ..formats.checks import is_int
+from .capture import ValueRef
 
-__all__ = ["FLOAT_MODULES", "FLOAT_BY_NAME", "float_module_kwargs", "build_float_module"]
+__all__ = ["resample_problem", "FLOAT_MODULES", "FLOAT_BY_NAME", "float_module_kwargs", "build_float_module"]
 
 #: the bound on a pool's kernel size, stride, padding or dilation (as a static conv's: MQ_MAX_CONV_ARG)
 _MAX_POOL_ARG = 1 << 20
@@ -81,8 +82,12 @@ def _min_below_max(kw: dict) -> Optional[str]:
 
 _POOL_WINDOW = {"kernel_size": _SIZE(1), "stride": _OPTIONAL_SIZE, "padding": _SIZE(0), "ceil_mode": _FLAG}
 
-#: the largest resampling factor a file may ask for (an output that many times the input's size)
-_MAX_SCALE = 1024
+#: the largest resampling factor a file may ask for (an output that many times the input's size, per
+#: dimension: every forward allocates it; models resample by 2 to 32)
+_MAX_SCALE = 64
+#: the most elements a fixed resampling size may ask for per channel, and the widest padding per side
+_MAX_OUT_ELEMENTS = 1 << 26
+_MAX_PAD = 1024
 _INTERPOLATING = ("linear", "bilinear", "bicubic", "trilinear")
 
 
@@ -91,15 +96,35 @@ def _one_or_few(test: Callable[[object], bool]) -> Callable[[object], bool]:
     return lambda v: test(v) if not isinstance(v, (tuple, list)) else 1 <= len(v) <= 3 and all(test(x) for x in v)
 
 
-_OUT_SIZE: _Check = (lambda v: v is None or _one_or_few(lambda x: is_int(x, 1) and x <= _MAX_POOL_ARG)(v),
-                     f"None, or an int or 1 to 3 ints in 1..{_MAX_POOL_ARG}")
+def _out_size_ok(v) -> bool:
+    sizes = list(v) if isinstance(v, (tuple, list)) else [v] * 2  # (an int: each spatial dimension)
+    return _one_or_few(lambda x: is_int(x, 1) and x <= _MAX_POOL_ARG)(v) and math.prod(sizes) <= _MAX_OUT_ELEMENTS
+
+
+_OUT_SIZE: _Check = (lambda v: v is None or _out_size_ok(v),
+                     f"None, or an int or 1 to 3 ints in 1..{_MAX_POOL_ARG}, {_MAX_OUT_ELEMENTS} elements at most")
 _SCALE_FACTOR: _Check = (lambda v: v is None or _one_or_few(lambda x: _real(x) and 0 < x <= _MAX_SCALE)(v),
                          f"None, or a number or 1 to 3 numbers in (0, {_MAX_SCALE}]")
 _RESAMPLE = {"size": _OUT_SIZE, "scale_factor": _SCALE_FACTOR}
-_PAD4: _Check = (lambda v: (is_int(v) and abs(v) <= _MAX_POOL_ARG) or (
-    isinstance(v, (tuple, list)) and len(v) == 4 and all(is_int(x) and abs(x) <= _MAX_POOL_ARG for x in v)),
-    f"an int or 4 ints in -{_MAX_POOL_ARG}..{_MAX_POOL_ARG}")
+_PAD4: _Check = (lambda v: (is_int(v) and abs(v) <= _MAX_PAD) or (
+    isinstance(v, (tuple, list)) and len(v) == 4 and all(is_int(x) and abs(x) <= _MAX_PAD for x in v)),
+    f"an int or 4 ints in -{_MAX_PAD}..{_MAX_PAD}")
 _FACTOR: _Check = (lambda v: is_int(v, 1) and v <= _MAX_SCALE, f"an int in 1..{_MAX_SCALE}")
+
+def resample_problem(size, scale_factor) -> Optional[str]:
+    """What is wrong with a resampling's constant ``size`` / ``scale_factor`` (F.interpolate's, which a
+    program replays), or None: the bounds Upsample's arguments have (a traced value is not checked)."""
+    for name, value, (ok, what) in (("size", size, _OUT_SIZE), ("scale_factor", scale_factor, _SCALE_FACTOR)):
+        if not _has_ref(value) and not ok(value):
+            return f"{name} {value!r}: {what}"
+    return None
+
+
+def _has_ref(value) -> bool:
+    """Whether a replayed argument reads a value computed in the program (known only at a call)."""
+    return isinstance(value, ValueRef) or (isinstance(value, (tuple, list)) and any(isinstance(x, ValueRef)
+                                                                                     for x in value))
+
 
 #: class -> {constructor argument (read back from the attribute of that name): its check}
 FLOAT_MODULES: Dict[type, Dict[str, _Check]] = {
