@@ -61,8 +61,8 @@ STAND_INS = {
 SKIPS = {
     "from transformers import AutoModelForCausalLM": "loads a Hugging Face model from a path the reader supplies "
                                                      "(tests/integrations/test_hf_quantizer.py runs this path)",
-    "import mono_quant.integrations.transformers":
-        "reloads the folder of the block before it (tests/integrations/test_hf_quantizer.py)",
+    "import mono_quant":
+        "reloads the folder of the block before it (tests/integrations/test_hf_autoregister.py)",
     "with torch.device(\"meta\"):": "needs a LlamaForCausalLM config and its saved file "
                                     "(tests/integrations/test_hf_skeleton.py)",
     "from mono_quant.integrations.peft import get_peft_model, lora_config, from_pretrained":

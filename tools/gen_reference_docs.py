@@ -118,7 +118,8 @@ def config_markdown() -> str:
              "order of precedence: the arguments of the call, then a config file, then the defaults below. "
              "The file is the path given as `config=` (`--config`), else `mono_quant.toml` in the working "
              "directory, else the `[tool.mono-quant]` table of `pyproject.toml` there. Keys may be spelled "
-             "with `-` or `_`; an unknown key is warned about and ignored; an invalid value raises "
+             "with `-` or `_`; an unknown key is logged (a `logging` warning of the `mono_quant` logger, naming the "
+             "file and the known keys) and ignored; an invalid value raises "
              "`ConfigError` (a `ValueError`) naming the file.\n",
              "Some keys apply to some dtypes or activation modes only: `group_size` and `method` (other than "
              "`\"rtn\"`) to int4, `reduce_range` to int8 with `activations = \"dynamic\"`, `symmetric` to the "

@@ -240,10 +240,18 @@ def _shape(shape) -> str:
     return "-" if shape is None else "x".join(str(d) for d in shape) or "scalar"
 
 
+def _printable(value) -> str:
+    """A cell as text with control characters escaped: a file's layer and tensor names are untrusted
+    (an escape sequence in one could retitle the terminal, clear it or forge rows of the table)."""
+    text = str(value)
+    return text if text.isprintable() else "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
 def _print_table(rows) -> None:
-    widths = [max(len(str(row[i])) for row in rows) for i in range(len(rows[0]))]
+    rows = [[_printable(c) for c in row] for row in rows]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     for row in rows:
-        print("  ".join(str(c).ljust(w) for c, w in zip(row, widths)).rstrip())
+        print("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip())
 
 
 # The library's messages name its Python arguments; on the command line the same values are options.
@@ -322,7 +330,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         # bad input of any shape (CheckpointError is a ValueError; torch raises RuntimeError, e.g. for a
         # sparse or meta tensor in a .pt file, NotImplementedError included): one line, no traceback
         message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        print(f"mono-quant {args.command}: error: {_cli_wording(message)}", file=sys.stderr)
+        print(f"mono-quant {args.command}: error: {_printable(_cli_wording(message))}", file=sys.stderr)
         return 1
     finally:
         if previous is not None:

@@ -257,3 +257,15 @@ def test_several_patterns_after_one_flag_say_to_repeat_it(tmp_path, checkpoint, 
     err = capsys.readouterr().err
     assert "--exclude takes one pattern: repeat it for more, --exclude 0 --exclude 2" in err, err
     assert not (tmp_path / "q.safetensors").exists()
+
+
+def test_control_characters_in_names_are_printed_escaped(tmp_path, capsys):
+    """A file's names are untrusted: an escape sequence in one retitled or cleared the terminal, or
+    forged rows of the table."""
+    from safetensors.torch import save_file
+
+    path = tmp_path / "names.safetensors"
+    save_file({"fc1\x1b]0;pwned\x07\x1b[2J\nFAKE LINE": torch.zeros(2)}, str(path))
+    assert main(["inspect", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "\x1b" not in out and "\x07" not in out and "\\x1b]0;pwned\\x07\\x1b[2J\\nFAKE LINE" in out

@@ -75,3 +75,21 @@ def test_set_activations_dynamic_is_refused_for_float_input_formats(dtype):
     int8 = mq.quantize(model, "int8", activations=None).model
     int8[0].set_activations("dynamic")  # (int8 and int4 switch modes)
     assert int8[0].activations == "dynamic"
+
+
+@pytest.mark.parametrize("dtype", ["int8", "int4", "fp16"])
+@pytest.mark.parametrize("kind", ["sparse_coo", "sparse_csr", "nested"])
+def test_sparse_and_nested_inputs_say_what_to_pass(dtype, kind):
+    """nn.Linear takes them; each route of the quantized one failed on its own terms ("can't convert
+    Sparse layout tensor to numpy", "reshape is not implemented for sparse tensors", "view(): ...")."""
+    layer = mq.quantize(nn.Sequential(nn.Linear(64, 32)), dtype).model[0]
+    dense = torch.randn(3, 64)
+    if kind == "nested":
+        x = torch.nested.nested_tensor([torch.randn(2, 64), torch.randn(5, 64)], layout=torch.jagged)
+        fix = r"x\.to_padded_tensor"
+    else:
+        x = dense.to_sparse() if kind == "sparse_coo" else dense.to_sparse_csr()
+        fix = r"x\.to_dense\(\)"
+    with pytest.raises(TypeError, match=rf"QuantizedLinear: a .*{kind.split('_')[0]}.* input; quantized layers take "
+                                        rf"dense \(strided\) tensors: pass {fix}"):
+        layer(x)

@@ -130,7 +130,7 @@ BAD_ARGS = {
     "affine-off": ("ln", "elementwise_affine", False, "tensors .*its arguments make"),
     "huge": ("act", "num_parameters", 1 << 40, "num_parameters must be"),
     "momentum": ("bn", "momentum", 2.0, "momentum must be"),
-    "eps-huge-int": ("ln", "eps", 10 ** 400, "eps must be"),
+    "eps-huge-int": ("ln", "eps", 10 ** 400, None),  # (too large for a float: refused as JSON, over 40 digits)
     "missing-arg": ("bn", None, None, "arguments .* expected"),
 }
 
@@ -144,7 +144,7 @@ def test_a_bad_argument_is_refused_at_load(mlp_file, tmp_path, layer, arg, value
         kwargs.pop("affine")
     else:
         kwargs[arg] = value
-    with pytest.raises(CheckpointError, match=rf"layer '{layer}' .*{message}"):
+    with pytest.raises(CheckpointError, match=rf"layer '{layer}' .*{message}" if message else "an integer of 401 digits"):
         mq.load(edits.write("edited.safetensors", manifest))
 
 

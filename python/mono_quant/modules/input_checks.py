@@ -5,7 +5,7 @@ import torch
 
 from ..kernels.torch_library import refuse_fx_proxy
 
-__all__ = ["check_float_input", "check_conv_channels", "strides_like_channels_last"]
+__all__ = ["refuse_non_dense", "check_float_input", "check_conv_channels", "strides_like_channels_last"]
 
 
 def check_float_input(x: torch.Tensor, layer: str) -> None:
@@ -15,6 +15,17 @@ def check_float_input(x: torch.Tensor, layer: str) -> None:
     if not x.is_floating_point():
         raise RuntimeError(f"{layer}: expected a floating-point input, got {x.dtype} (the float layer raises "
                            f"for it too); convert it first, e.g. x.float()")
+
+
+def refuse_non_dense(x, layer: str) -> None:
+    """Raise TypeError for a sparse or nested input (the float layer takes them): the kernels read a
+    strided tensor's memory, and each route failed on its own terms ("can't convert Sparse layout
+    tensor to numpy", "reshape is not implemented for sparse tensors", "view(): cannot view shape (2,
+    j1, 256)").  Called where such an error was raised: nothing on the calls that succeed."""
+    if isinstance(x, torch.Tensor) and (x.is_nested or x.layout is not torch.strided):
+        what = "nested" if x.is_nested else f"{x.layout} (sparse)".replace("torch.", "")
+        fix = "x.to_padded_tensor(0.0), or each tensor of it" if x.is_nested else "x.to_dense()"
+        raise TypeError(f"{layer}: a {what} input; quantized layers take dense (strided) tensors: pass {fix}")
 
 
 def check_conv_channels(x: torch.Tensor, conv) -> None:

@@ -14,7 +14,7 @@ from ..packing import can_pack, pack_int8_linear
 from ..orig_dtype import orig_dtype_of
 from ..formats import traced_forward
 from ..kernels.torch_library import check_jit_trace
-from .input_checks import check_float_input
+from .input_checks import check_float_input, refuse_non_dense
 from .reduce_range import ReduceRange
 from .registry import QuantizedModule, register_qmodule
 
@@ -118,6 +118,9 @@ class QuantizedLinear(ReduceRange, QuantizedModule):
             if x.dim() == 0:  # nn.Linear's own error, where ours read x.shape[-1] of a 0-d tensor
                 raise RuntimeError(f"{type(self).__name__}: the input is 0-d (a scalar): a Linear needs an "
                                    f"input of at least 1 dimension, [..., {self.in_features}]") from None
+            raise
+        except (TypeError, RuntimeError, NotImplementedError, ValueError):
+            refuse_non_dense(x, type(self).__name__)  # (a sparse or nested input: say so)
             raise
 
     def extra_repr(self) -> str:
