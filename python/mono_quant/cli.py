@@ -61,7 +61,8 @@ def build_parser() -> argparse.ArgumentParser:
     quantize.add_argument("--quiet", action="store_true", help="no progress bar and no summary")
 
     inspect = sub.add_parser("inspect", help="list the layers, dtypes, shapes and bytes of a .safetensors file")
-    inspect.add_argument("file", metavar="FILE", help="a .safetensors file: a mono-quant file or a plain checkpoint")
+    inspect.add_argument("file", metavar="FILE", help="a .safetensors file: a mono-quant file (a static int8 one "
+                                                     "lists its static layers) or a plain checkpoint")
     inspect.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
     compare = sub.add_parser("compare", help="per-tensor SQNR and sizes of checkpoint B against reference A")
@@ -126,6 +127,11 @@ def _cmd_quantize(args) -> int:
 
 
 def _cmd_inspect(args) -> int:
+    from .static.describe_static import describe_static
+
+    static = describe_static(args.file)
+    if static is not None:
+        return _inspect_static(static, args.json)
     info = describe(args.file)
     if args.json:
         print(_strict_json(info))
@@ -145,6 +151,22 @@ def _cmd_inspect(args) -> int:
           f"({human_bytes(totals['quantized_bytes'])}), {len(info['tensors'])} other tensors "
           f"({human_bytes(totals['float_bytes'])}); total {human_bytes(totals['bytes'])}"
           + (f", {len(info['aliases'])} aliased" if info["aliases"] else ""))
+    return 0
+
+
+def _inspect_static(info, as_json: bool) -> int:
+    """A static int8 file (static/describe_static.py)."""
+    if as_json:
+        print(_strict_json(info))
+        return 0
+    rows = [("name", "class", "output", "bytes")]
+    for layer in info["layers"]:
+        rows.append((layer["name"], layer["class"], layer["output"] or "-", human_bytes(layer["bytes"])))
+    _print_table(rows)
+    t = info["totals"]
+    ops = f", {info['ops']} ops" if info["ops"] is not None else ""
+    print(_printable(f"{info['path']}: {info['kind']} int8 model (activations='static'); {t['static_layers']} static "
+                     f"layers of {t['layers']}{ops}; {human_bytes(t['file_bytes'])}; checked: {info['checked']}"))
     return 0
 
 

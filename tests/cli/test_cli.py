@@ -269,3 +269,33 @@ def test_control_characters_in_names_are_printed_escaped(tmp_path, capsys):
     assert main(["inspect", str(path)]) == 0
     out = capsys.readouterr().out
     assert "\x1b" not in out and "\x07" not in out and "\\x1b]0;pwned\\x07\\x1b[2J\\nFAKE LINE" in out
+
+
+def test_inspect_a_static_file(tmp_path, capsys):
+    """It read one as a plain safetensors file: "no manifest, 0 quantized layers"."""
+    import json
+    import warnings
+
+    class Untraceable(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv, self.fc = nn.Conv2d(3, 8, 3), nn.Linear(8, 4)
+
+        def forward(self, x):
+            y = self.conv(x).mean((2, 3))
+            return self.fc(y + 0 if y.sum() > -1e9 else y)
+
+    torch.manual_seed(0)
+    graph = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Flatten(), nn.Linear(8 * 6 * 6, 4)).eval()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for name, model in (("graph", graph), ("per-layer", Untraceable().eval())):
+            result = mq.quantize(model, "int8", activations="static", calibration=torch.randn(16, 3, 8, 8))
+            path = mq.save(result, tmp_path / f"{name}.safetensors")
+            assert main(["inspect", str(path)]) == 0
+            out = capsys.readouterr().out
+            assert f"static {name} int8 model (activations='static')" in out and "StaticConv2d" in out
+            assert main(["inspect", str(path), "--json"]) == 0
+            info = json.loads(capsys.readouterr().out)
+            assert info["kind"] == f"static {name}" and {"StaticConv2d", "StaticLinear"} <= {
+                layer["class"] for layer in info["layers"]}
