@@ -18,7 +18,7 @@ from typing import Optional
 import torch
 from torch import nn
 
-from .modules import StaticConv2d, nchw_output
+from .modules import StaticConv2d, conv_input_problem, nchw_output
 
 __all__ = ["StaticConv1d"]
 
@@ -84,14 +84,7 @@ class StaticConv1d(StaticConv2d):
                 return None
             return (f"StaticConv1d({self.in_channels}, {self.out_channels}) takes int8 codes [batch, 1, length, "
                     f"{self.in_channels}], got shape {tuple(x.shape)}")
-        if x.dim() == 3 and x.shape[1] == self.in_channels:
-            return None
-        head = f"StaticConv1d({self.in_channels}, {self.out_channels}) takes a 3-D [batch, channels, length] input"
-        if x.dim() != 3:
-            hint = " (unsqueeze(0) an unbatched sequence)" if x.dim() == 2 else ""
-            return f"{head}, got shape {tuple(x.shape)}{hint}"
-        return (f"{head} with in_channels={self.in_channels}, got {x.shape[1]} channels (shape {tuple(x.shape)}): "
-                f"pass the input the float Conv1d took")
+        return conv_input_problem(self, x, 3, 1, "[batch, channels, length]", "sequence")
 
     def extra_repr(self) -> str:
         g = self.float_geometry()

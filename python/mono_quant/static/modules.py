@@ -27,7 +27,7 @@ from .casts import refuse_casts
 from .qparams_state import QParamsInStateDict
 
 __all__ = ["StaticConv2d", "StaticLinear", "StaticAdd", "StaticGlobalAvgPool", "ACTIVATIONS", "act_bounds",
-           "f32", "inverse", "check_zp", "check_scale", "check_flag", "check_int", "nchw_output"]
+           "f32", "inverse", "check_zp", "check_scale", "check_flag", "check_int", "nchw_output", "conv_input_problem"]
 
 #: fused activations: (lower, upper) clamp applied before requantizing
 ACTIVATIONS = {None: (-math.inf, math.inf), "relu": (0.0, math.inf), "relu6": (0.0, 6.0)}
@@ -213,6 +213,20 @@ class _WeightedStatic(_StaticBase):
         return out
 
 
+def conv_input_problem(layer, x: torch.Tensor, rank: int, channel_dim: int, layout: str, unbatched: str
+                       ) -> Optional[str]:
+    """What is wrong with a static conv's input ``x`` (its rank or channel count), or None."""
+    if x.dim() == rank and x.shape[channel_dim] == layer.in_channels:
+        return None
+    name = type(layer).__name__
+    head = f"{name}({layer.in_channels}, {layer.out_channels}) takes a {rank}-D {layout} input"
+    if x.dim() != rank:
+        hint = f" (unsqueeze(0) an unbatched {unbatched})" if x.dim() == rank - 1 else ""
+        return f"{head}, got shape {tuple(x.shape)}{hint}"
+    return (f"{head} with in_channels={layer.in_channels}, got {x.shape[channel_dim]} channels (shape "
+            f"{tuple(x.shape)}): pass the input the float {name.replace('Static', '')} took")
+
+
 class StaticConv2d(_WeightedStatic):
     """Conv2d (BatchNorm folded, ReLU fused) on int8 NHWC activations with fixed scales."""
 
@@ -255,15 +269,8 @@ class StaticConv2d(_WeightedStatic):
         """What is wrong with input ``x`` (its rank or channel count), or None: the C kernel's
         own checks would only say its arrays disagree."""
         channel_dim = 3 if self.int8_input else 1  # int8 activations are NHWC, float inputs NCHW
-        if x.dim() == 4 and x.shape[channel_dim] == self.in_channels:
-            return None
         layout = "[batch, height, width, channels] int8" if self.int8_input else "[batch, channels, height, width]"
-        head = f"StaticConv2d({self.in_channels}, {self.out_channels}) takes a 4-D {layout} input"
-        if x.dim() != 4:
-            hint = " (unsqueeze(0) an unbatched image)" if x.dim() == 3 else ""
-            return f"{head}, got shape {tuple(x.shape)}{hint}"
-        return (f"{head} with in_channels={self.in_channels}, got {x.shape[channel_dim]} channels (shape "
-                f"{tuple(x.shape)}): pass the input the float Conv2d took")
+        return conv_input_problem(self, x, 4, channel_dim, layout, "image")
 
     def extra_repr(self) -> str:
         return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, "
