@@ -9,6 +9,7 @@ import re
 import signal
 import sys
 import time
+import warnings
 from typing import List, Optional
 
 from . import kernels
@@ -312,6 +313,14 @@ def _parse(argv: Optional[List[str]]):
     return args
 
 
+def _warning_printer(command: str):
+    """``warnings.showwarning`` for a command: one ``mono-quant COMMAND: warning: ...`` line on stderr,
+    as its errors are (Python's printer gave our source file's path and line, then that line's code)."""
+    def show(message, category, filename, lineno, file=None, line=None):
+        print(f"mono-quant {command}: warning: {_printable(f'{category.__name__}: {message}')}", file=sys.stderr)
+    return show
+
+
 class _Terminated(BaseException):
     """SIGTERM (a cancelled CI job, ``timeout``) raised in the main thread, as Ctrl-C raises
     KeyboardInterrupt: the files being written are deleted on the way out (io/atomic.py), where
@@ -334,7 +343,9 @@ def main(argv: Optional[List[str]] = None) -> int:
                 "bench": _cmd_bench}
     previous = _terminate_as_interrupt()
     try:
-        return handlers[args.command](args)
+        with warnings.catch_warnings():  # (restores Python's printer when the command returns)
+            warnings.showwarning = _warning_printer(args.command)
+            return handlers[args.command](args)
     except _Terminated:
         print(f"mono-quant {args.command}: terminated", file=sys.stderr)
         return 143

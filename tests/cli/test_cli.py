@@ -299,3 +299,18 @@ def test_inspect_a_static_file(tmp_path, capsys):
             info = json.loads(capsys.readouterr().out)
             assert info["kind"] == f"static {name}" and {"StaticConv2d", "StaticLinear"} <= {
                 layer["class"] for layer in info["layers"]}
+
+
+def test_warnings_print_as_one_line_of_the_command(tmp_path, capsys):
+    """Python's printer gave the library's file and line, then that line's source."""
+    from safetensors.torch import save_file
+
+    path = tmp_path / "ints.safetensors"
+    save_file({"ids": torch.arange(6)}, str(path))  # (nothing to quantize)
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("default")  # (the suite's conftest ignores "quantiz" warnings)
+        assert main(["quantize", str(path), "-o", str(tmp_path / "q.safetensors")]) == 0
+    err = capsys.readouterr().err
+    assert "mono-quant quantize: warning: NothingQuantizedWarning: " in err and "cli.py" not in err
