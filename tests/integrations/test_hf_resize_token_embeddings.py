@@ -69,3 +69,24 @@ def test_copies_and_loaded_models_are_guarded_themselves(tmp_path):
     with pytest.raises(TypeError, match="output head 'lm_head'"):
         reloaded.resize_token_embeddings(140)
     assert _state(reloaded)[0] == (128, 64)
+
+
+def test_a_model_loaded_with_mq_load_is_guarded_and_freed_on_del(tmp_path):
+    """mq.load(path, model=skeleton) gave a model without the guard; and the guard (a partial holding
+    the model) made a reference cycle: a quantized model outlived `del` until a full collection."""
+    import gc
+    import weakref
+
+    qmodel, _ = mq.quantize(hf_models.build("llama"), "int8")
+    path = mq.save(qmodel, tmp_path / "q.safetensors")
+    loaded = mq.load(path, model=hf_models.build("llama", device="meta"))
+    with pytest.raises(TypeError, match="output head 'lm_head'"):
+        loaded.resize_token_embeddings(140)
+    assert _state(loaded)[0] == (128, 64)
+    gc.disable()
+    try:
+        refs = [weakref.ref(m) for m in (qmodel, loaded)]
+        del qmodel, loaded
+        assert all(r() is None for r in refs)
+    finally:
+        gc.enable()

@@ -231,3 +231,18 @@ def test_merging_adapters_on_float_and_quantized_layers_merges_none(tmp_path):
             assert not inner[0].merged and type(inner[0]).__name__ == "Linear" and hasattr(inner[0], "lora_A")
             with torch.no_grad():
                 assert torch.equal(peft_model(x), expected)
+
+
+def test_a_peft_model_is_freed_on_del():
+    """Its guards (add_adapter, the tuner's merge check) held it through partials: a reference cycle."""
+    import gc
+    import weakref
+
+    model = get_peft_model(_quantized("int8-dynamic"), lora_config(target_modules=TARGETS, r=4))
+    gc.disable()
+    try:
+        ref = weakref.ref(model)
+        del model
+        assert ref() is None
+    finally:
+        gc.enable()

@@ -227,7 +227,7 @@ def test_pixel_shuffles_load(tmp_path):
     ("Upsample", {"size": None, "scale_factor": None, "mode": "nearest"}, "give one of size and scale_factor"),
     ("Upsample", {"size": 4, "scale_factor": 2.0, "mode": "nearest"}, "give one of size and scale_factor"),
     ("Upsample", {"scale_factor": 1e6, "mode": "nearest"}, "scale_factor must be"),
-    ("Upsample", {"scale_factor": 100.0, "mode": "nearest"}, "scale_factor must be"),  # (every call allocates it)
+    ("Upsample", {"scale_factor": 2000.0, "mode": "nearest"}, "scale_factor must be"),  # (every call allocates it)
     ("Upsample", {"size": {"$tuple": [100000, 100000]}, "mode": "nearest"}, "size must be"),
     ("ZeroPad2d", {"padding": 5000}, "padding must be"),
     ("Upsample", {"scale_factor": 2.0, "mode": "nearest", "align_corners": True}, "align_corners is for"),
@@ -255,13 +255,13 @@ class Interpolating(nn.Module):
 
 def test_an_interpolate_call_asking_for_a_huge_output_is_refused_at_load(tmp_path):
     """A replayed F.interpolate's constant scale_factor / size had no bound: a 6 KB file made every
-    forward allocate hundreds of MB (scale 300), or any amount."""
+    forward allocate any amount (Upsample's bounds now: 1024 per dimension, 2^30 elements for a size)."""
     q = _quantized(Interpolating())
     path = mq.save(q, tmp_path / "m.safetensors")
     with torch.no_grad():
         assert torch.equal(mq.load(path)(X), q(X))
     edits = StaticFileEdits(path, KEY, tmp_path)
-    for value, message in ((300.0, "scale_factor 300.0"), (None, "size")):
+    for value, message in ((3000.0, "scale_factor 3000.0"), (None, "size")):
         manifest = edits.manifest_copy()
         (op,) = [e for e in manifest["program"] if e.get("call", {}).get("target") == "torch.nn.functional.interpolate"]
         kwargs = op["call"]["kwargs"]["$dict"]
@@ -271,3 +271,26 @@ def test_an_interpolate_call_asking_for_a_huge_output_is_refused_at_load(tmp_pat
             kwargs["scale_factor"] = value
         with pytest.raises(CheckpointError, match=rf"interpolate {message}"):
             mq.load(edits.write("edited.safetensors", manifest))
+
+
+def test_one_dimensional_resampling_of_audio_sizes_loads(tmp_path):
+    """A 1-D size of 16000 samples, or frames to samples by 160: within the bounds (a review found the
+    first bounds refused them)."""
+    class Frames(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.c1, self.up, self.up2 = nn.Conv1d(3, 8, 3, padding=1), nn.Upsample(scale_factor=160), \
+                nn.Upsample(size=16000)
+            self.c2 = nn.Conv1d(8, 4, 1)
+
+        def forward(self, x):
+            return self.c2(self.up2(self.up(self.c1(x))))
+
+    torch.manual_seed(0)
+    model = Frames().eval()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        q = mq.quantize(model, "int8", activations="static", calibration=[torch.randn(2, 3, 50)]).model
+    x = torch.randn(1, 3, 50)
+    with torch.no_grad():
+        assert torch.equal(mq.load(mq.save(q, tmp_path / "m.safetensors"))(x), q(x))

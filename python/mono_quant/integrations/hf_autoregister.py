@@ -5,34 +5,40 @@ transformers loads it only while the quantizer is registered (``integrations/tra
 does it on import).  Before, a script that ran ``import mono_quant`` and then ``from_pretrained``
 of such a folder, without importing the integration, got transformers' "Unknown quantization
 type ... we will skip the quantization" and a model of randomly initialized layers.  mono-quant
-never imports transformers itself (its import costs seconds): when transformers is not imported
-yet, a one-shot import hook registers right after it is.
+never imports transformers itself (its import costs seconds): until transformers' quantizer table
+(``transformers.quantizers.auto``, which ``from_pretrained`` imports) is imported, a one-shot import
+hook waits for it and registers right after (hooking ``transformers`` itself made every ``import
+transformers`` load its quantizers and modelling code: a second more for a tokenizer-only script).
 """
 from __future__ import annotations
 
 import importlib.abc
 import importlib.util
+import logging
 import sys
-import warnings
 
 __all__ = ["register_when_transformers_imports"]
+
+#: the module whose import is waited for: transformers' quantizer table
+_TABLE = "transformers.quantizers.auto"
 
 
 def _register() -> None:
     try:
         from . import transformers as _integration  # noqa: F401  (registers on import)
     except Exception as exc:  # noqa: BLE001 - a transformers too old or broken: say so, never break its import
-        warnings.warn(f"mono-quant could not register its quantizer with transformers ({type(exc).__name__}: "
-                      f"{exc}); from_pretrained of mono-quant folders will not load them quantized", RuntimeWarning,
-                      stacklevel=2)
+        # (logged: a warning raised inside transformers' import, under -W error, would break it)
+        logging.getLogger("mono_quant").warning(
+            "mono-quant could not register its quantizer with transformers (%s: %s); from_pretrained of "
+            "mono-quant folders will not load them quantized", type(exc).__name__, exc)
 
 
 class _AfterTransformersImport(importlib.abc.MetaPathFinder):
-    """Finds nothing itself: for ``transformers`` it takes the spec the other finders give and
-    registers once that module has run (then leaves sys.meta_path)."""
+    """Finds nothing itself: for transformers' quantizer table it takes the spec the other finders
+    give and registers once that module has run (then leaves sys.meta_path)."""
 
     def find_spec(self, fullname, path=None, target=None):
-        if fullname != "transformers":
+        if fullname != _TABLE:
             return None
         _remove(self)
         spec = importlib.util.find_spec(fullname)
@@ -55,8 +61,8 @@ def _remove(finder) -> None:
 
 
 def register_when_transformers_imports() -> None:
-    """Register now when transformers is imported already, else once it is."""
-    if "transformers" in sys.modules:
+    """Register now when transformers' quantizer table is imported already, else once it is."""
+    if _TABLE in sys.modules:
         _register()
     elif not any(isinstance(f, _AfterTransformersImport) for f in sys.meta_path):
         sys.meta_path.insert(0, _AfterTransformersImport())

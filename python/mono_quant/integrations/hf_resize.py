@@ -4,15 +4,15 @@ refused before anything changes.
 transformers resizes the input embeddings first and only then finds that the output head is no
 ``nn.Linear`` (its TypeError), leaving a model whose embeddings and head disagree on the
 vocabulary.  Each Hugging Face model quantize() returns, or from_pretrained loads with a
-MonoQuantConfig, gets this guard as its own ``resize_token_embeddings`` (an instance attribute:
-the class's method runs when nothing quantized is in the way).  No transformers import here.
+MonoQuantConfig, gets this guard as its own ``resize_token_embeddings`` (an instance attribute
+holding the model weakly, bound_guard.py: the class's method runs when nothing quantized is in the
+way).  No transformers import here.
 """
 from __future__ import annotations
 
-import functools
-
 from torch import nn
 
+from .bound_guard import BoundGuard
 from .hf_layer_list import is_hf_model
 
 __all__ = ["guard_resize_token_embeddings"]
@@ -44,4 +44,4 @@ def _guarded_resize(model: nn.Module, new_num_tokens=None, pad_to_multiple_of=No
 def guard_resize_token_embeddings(model: nn.Module) -> None:
     """Give a Hugging Face model the guard (again: a copy's guard must call the copy)."""
     if is_hf_model(model) and callable(getattr(type(model), _NAME, None)):
-        model.__dict__[_NAME] = functools.partial(_guarded_resize, model)
+        model.__dict__[_NAME] = BoundGuard(_guarded_resize, model)

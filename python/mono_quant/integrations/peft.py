@@ -41,7 +41,6 @@ itself never does.
 """
 from __future__ import annotations
 
-import functools
 import sys
 from typing import Any, Optional
 
@@ -62,6 +61,7 @@ from ..modules.conv1d import QuantizedConv1d
 from ..modules.embedding import QuantizedEmbedding
 from ..modules.linear import QuantizedLinear
 from ..modules.registry import QuantizedModule
+from .bound_guard import BoundGuard
 
 __all__ = ["QuantizedLoraLinear", "QuantizedLoraConv2d", "QuantizedLoraConv1d", "QuantizedLoraEmbedding",
            "LoraMergeError", "register", "lora_config", "get_peft_model", "from_pretrained"]
@@ -263,14 +263,14 @@ def _add_adapter(peft_model, adapter_name: str, peft_config, *args: Any, **kwarg
 
 def _guard(peft_model):
     """A PeftModel of :func:`get_peft_model` / :func:`from_pretrained`, given its own (instance
-    attributes; a copy's call the copy) ``add_adapter`` (:func:`_add_adapter`), and its tuner's
+    attributes holding it weakly, bound_guard.py; a copy's call the copy) ``add_adapter`` (:func:`_add_adapter`), and its tuner's
     ``_check_merge_allowed`` (:func:`_merge_allowed`): PEFT merges layer by layer, so the float layers'
     adapters before a quantized one were merged (by ``merge_and_unload``, unloaded too) when it refused."""
     if isinstance(peft_model, PeftModel):
-        peft_model.__dict__["add_adapter"] = functools.partial(_add_adapter, peft_model)
+        peft_model.__dict__["add_adapter"] = BoundGuard(_add_adapter, peft_model)
     tuner = getattr(peft_model, "base_model", None)
     if isinstance(tuner, nn.Module) and callable(getattr(type(tuner), "_check_merge_allowed", None)):
-        tuner.__dict__["_check_merge_allowed"] = functools.partial(_merge_allowed, tuner)
+        tuner.__dict__["_check_merge_allowed"] = BoundGuard(_merge_allowed, tuner)
     return peft_model
 
 

@@ -281,6 +281,8 @@ class QuantizedStateDict(Mapping):
         materialize_non_persistent_buffers(qmodel, model, where)  # rotary inv_freq, position_ids, ...
         _warn_meta(qmodel)
         guard_whole_loads(qmodel)  # a later load_state_dict: all quantized layers checked before any copy
+        from ..integrations.hf_resize import guard_resize_token_embeddings  # (no transformers import)
+        guard_resize_token_embeddings(qmodel)  # a Hugging Face model: resizing a quantized head is refused
         # the file's tensors are read on the CPU: a skeleton wholly on a GPU gets its model back there (its
         # non-persistent buffers, copied from it, stayed there: a model split between two devices)
         return qmodel if device is None else qmodel.to(device)

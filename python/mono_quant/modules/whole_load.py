@@ -60,26 +60,8 @@ def already_checked(module: nn.Module, state_dict: Mapping, prefix: str) -> bool
     return True
 
 
-def _refuse_other_format(module: nn.Module, state_dict: Mapping, layer_prefix: str) -> None:
-    """A strict load whose entries for a quantized layer are another format's (a float ``weight`` for
-    an int8 layer's ``weight_qdata`` / ``weight_scale``, or the reverse): torch copied the rest (the
-    bias) and raised only after the whole load.  Refused before any copy, naming the layer."""
-    own = {n for n, t in list(module._parameters.items()) + list(module._buffers.items())
-           if t is not None and n not in module._non_persistent_buffers_set}
-    keys = {k[len(layer_prefix):] for k in state_dict if k.startswith(layer_prefix)}
-    keys = {k for k in keys if "." not in k}  # (its own entries, not a child's)
-    missing, foreign = sorted(own - keys), sorted(keys - own)
-    if missing and foreign:
-        from ..errors import CheckpointError
-        raise CheckpointError(
-            f"load_state_dict: layer {layer_prefix[:-1] or '<root>'!r} ({type(module).__name__}, "
-            f"{module.format.name}) holds {sorted(own)}, the state_dict {sorted(keys)} for it: another format's "
-            f"tensors (a float state_dict, or another dtype's); nothing was loaded. Load one saved from a model "
-            f"quantized as this one, or quantize the float model again (mq.quantize(model, ...))")
-
-
 def _check_every_layer(root: nn.Module, state_dict: Mapping, prefix: str, local_metadata: Mapping,
-                       strict: bool = True, *_ignored) -> None:
+                       *_ignored) -> None:
     from .registry import QuantizedModule  # (registry imports the per-layer check from load_checks)
     _CHECKED.set(None)
     assign = local_metadata.get("assign_to_params_buffers", False)
@@ -92,8 +74,6 @@ def _check_every_layer(root: nn.Module, state_dict: Mapping, prefix: str, local_
         if visits[id(module)] > 1:
             continue  # shared: each visit checks against what the visit before it loaded
         layer_prefix = name + "." if name else ""
-        if strict:
-            _refuse_other_format(module, state_dict, layer_prefix)
         check_loaded_weight(module, state_dict, layer_prefix, assign)  # raises before anything is copied
         tensors = incoming_weight_tensors(module, state_dict, layer_prefix)
         if all(t is None or isinstance(t, torch.Tensor) for t in tensors.values()):  # (else: its own check)

@@ -28,8 +28,8 @@ class StaticConv1d(StaticConv2d):
 
     The constructor is StaticConv2d's with the height-1 geometry (``kernel_size=(1, k)``,
     ``stride=(1, s)``, ``padding=(0, p)``, ``dilation=(1, d)``); ``from_float`` takes the
-    nn.Conv1d.  Float inputs are ``[batch, channels, length]`` (batched only, as
-    StaticConv2d's are 4-D only)."""
+    nn.Conv1d.  Float inputs are ``[batch, channels, length]``, or unbatched ``[channels, length]``
+    as nn.Conv1d takes them (whose int8 codes are ``[1, length, channels]``)."""
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1, padding=0, dilation=1, groups=1,
                  act=None, in_scale=1.0, out_scale=None, int8_input=False, in_zp=0, out_zp=0):
@@ -68,23 +68,34 @@ class StaticConv1d(StaticConv2d):
         problem = self.input_problem(x)
         if problem:
             raise ValueError(problem)
-        xq = x if self.int8_input else self._quantize_input(x.unsqueeze(2))
+        # an unbatched sequence (as nn.Conv1d takes it): float [channels, length], int8 codes [1, length, channels]
+        unbatched = x.dim() == (3 if self.int8_input else 2)
+        if self.int8_input:
+            xq = x.unsqueeze(0) if unbatched else x
+        else:
+            xq = self._quantize_input((x.unsqueeze(0) if unbatched else x).unsqueeze(2))
         batch, _, length, channels = xq.shape
         out = self._gemm(xq.reshape(batch, length, 1, channels), self.out_channels, *self._standing, self.groups)
         if self.out_scale is not None:  # int8 codes: the height-1 image's, as the next StaticConv1d reads them
-            return out.view(batch, 1, out.shape[1], self.out_channels)
+            return out.view(batch, 1, out.shape[1], self.out_channels)[0] if unbatched else \
+                out.view(batch, 1, out.shape[1], self.out_channels)
         # float: the [batch, channels, length] view of the kernels' channels-last output (graph.py
         # makes a model output contiguous, as for StaticConv2d)
-        return nchw_output(out).squeeze(3)
+        y = nchw_output(out).squeeze(3)
+        return y[0] if unbatched else y
 
     def input_problem(self, x: torch.Tensor) -> Optional[str]:
         """What is wrong with input ``x`` (its rank or channel count), or None."""
         if self.int8_input:
-            if x.dim() == 4 and x.shape[1] == 1 and x.shape[3] == self.in_channels:
+            if (x.dim() == 4 and x.shape[1] == 1 and x.shape[3] == self.in_channels) or (
+                    x.dim() == 3 and x.shape[0] == 1 and x.shape[2] == self.in_channels):
                 return None
             return (f"StaticConv1d({self.in_channels}, {self.out_channels}) takes int8 codes [batch, 1, length, "
-                    f"{self.in_channels}], got shape {tuple(x.shape)}")
-        return conv_input_problem(self, x, 3, 1, "[batch, channels, length]", "sequence")
+                    f"{self.in_channels}] (or [1, length, {self.in_channels}] of an unbatched sequence), got shape "
+                    f"{tuple(x.shape)}")
+        if x.dim() == 2 and x.shape[0] == self.in_channels:
+            return None  # (unbatched, as nn.Conv1d takes it)
+        return conv_input_problem(self, x, 3, 1, "[batch, channels, length] (or [channels, length])", "sequence")
 
     def extra_repr(self) -> str:
         g = self.float_geometry()

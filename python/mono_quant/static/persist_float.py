@@ -83,10 +83,11 @@ def _min_below_max(kw: dict) -> Optional[str]:
 _POOL_WINDOW = {"kernel_size": _SIZE(1), "stride": _OPTIONAL_SIZE, "padding": _SIZE(0), "ceil_mode": _FLAG}
 
 #: the largest resampling factor a file may ask for (an output that many times the input's size, per
-#: dimension: every forward allocates it; models resample by 2 to 32)
-_MAX_SCALE = 64
-#: the most elements a fixed resampling size may ask for per channel, and the widest padding per side
-_MAX_OUT_ELEMENTS = 1 << 26
+#: dimension: every forward allocates it; a 1-D audio model may upsample frames to samples, by 160)
+_MAX_SCALE = 1024
+#: the most elements a fixed resampling size of several dimensions may ask for per channel (an int
+#: size: each dimension's, the rank not known), and the widest padding per side
+_MAX_OUT_ELEMENTS = 1 << 30
 _MAX_PAD = 1024
 _INTERPOLATING = ("linear", "bilinear", "bicubic", "trilinear")
 
@@ -97,7 +98,7 @@ def _one_or_few(test: Callable[[object], bool]) -> Callable[[object], bool]:
 
 
 def _out_size_ok(v) -> bool:
-    sizes = list(v) if isinstance(v, (tuple, list)) else [v] * 2  # (an int: each spatial dimension)
+    sizes = list(v) if isinstance(v, (tuple, list)) else [v]
     return _one_or_few(lambda x: is_int(x, 1) and x <= _MAX_POOL_ARG)(v) and math.prod(sizes) <= _MAX_OUT_ELEMENTS
 
 

@@ -254,8 +254,9 @@ def _as_float(module: nn.Module, y: torch.Tensor) -> torch.Tensor:
     if y.dtype != torch.int8:
         return y.float()
     y = (y.float() - module.out_zp) * module.out_scale
-    y = y.permute(0, 3, 1, 2) if y.dim() == 4 else y
-    return y.squeeze(2) if isinstance(module, StaticConv1d) else y  # (the height-1 image's codes)
+    if isinstance(module, StaticConv1d):  # codes [batch, 1, length, channels] ([1, length, channels] unbatched)
+        return y.reshape(-1, y.shape[-2], y.shape[-1]).transpose(1, 2)
+    return y.permute(0, 3, 1, 2) if y.dim() == 4 else y
 
 
 def _sqnr_db(ref: torch.Tensor, got: torch.Tensor) -> float:
