@@ -313,12 +313,13 @@ def _parse(argv: Optional[List[str]]):
     return args
 
 
-def _warning_printer(command: str):
-    """``warnings.showwarning`` for a command: one ``mono-quant COMMAND: warning: ...`` line on stderr,
-    as its errors are (Python's printer gave our source file's path and line, then that line's code)."""
-    def show(message, category, filename, lineno, file=None, line=None):
-        print(f"mono-quant {command}: warning: {_printable(f'{category.__name__}: {message}')}", file=sys.stderr)
-    return show
+def _warning_line(command: str):
+    """``warnings.formatwarning`` for a command: one ``mono-quant COMMAND: warning: ...`` line, as its
+    errors are (Python's gave our source file's path and line, then that line's code).  The format
+    only: a caller recording warnings (``catch_warnings(record=True)``, pytest.warns) still gets them."""
+    def line(message, category, filename, lineno, line=None):
+        return f"mono-quant {command}: warning: {_printable(f'{category.__name__}: {message}')}\n"
+    return line
 
 
 class _Terminated(BaseException):
@@ -342,10 +343,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     handlers = {"demo": _cmd_demo, "quantize": _cmd_quantize, "inspect": _cmd_inspect, "compare": _cmd_compare,
                 "bench": _cmd_bench}
     previous = _terminate_as_interrupt()
+    previous_format, warnings.formatwarning = warnings.formatwarning, _warning_line(args.command)
     try:
-        with warnings.catch_warnings():  # (restores Python's printer when the command returns)
-            warnings.showwarning = _warning_printer(args.command)
-            return handlers[args.command](args)
+        return handlers[args.command](args)
     except _Terminated:
         print(f"mono-quant {args.command}: terminated", file=sys.stderr)
         return 143
@@ -366,5 +366,6 @@ def main(argv: Optional[List[str]] = None) -> int:
         print(f"mono-quant {args.command}: error: {_printable(_cli_wording(message))}", file=sys.stderr)
         return 1
     finally:
+        warnings.formatwarning = previous_format
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
