@@ -50,6 +50,6 @@ def test_import_mono_quant_does_not_import_transformers():
 def test_importing_transformers_after_mono_quant_loads_no_quantizer_code():
     """The hook waits for transformers' quantizer table (from_pretrained imports it): hooking the
     top-level import made every `import transformers` load it (and its modelling code), a second more."""
-    code = "import sys, mono_quant, transformers; print('transformers.quantizers.auto' in sys.modules)"
+    code = "import sys, mono_quant, transformers; print('transformers.quantizers' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0 and out.stdout.split() == ["False"], out.stderr

@@ -5,9 +5,9 @@ transformers loads it only while the quantizer is registered (``integrations/tra
 does it on import).  Before, a script that ran ``import mono_quant`` and then ``from_pretrained``
 of such a folder, without importing the integration, got transformers' "Unknown quantization
 type ... we will skip the quantization" and a model of randomly initialized layers.  mono-quant
-never imports transformers itself (its import costs seconds): until transformers' quantizer table
-(``transformers.quantizers.auto``, which ``from_pretrained`` imports) is imported, a one-shot import
-hook waits for it and registers right after (hooking ``transformers`` itself made every ``import
+never imports transformers itself (its import costs seconds): until transformers' quantizers
+(``transformers.quantizers``, which ``from_pretrained`` imports) are imported, a one-shot import
+hook waits for them and registers right after (hooking ``transformers`` itself made every ``import
 transformers`` load its quantizers and modelling code: a second more for a tokenizer-only script).
 """
 from __future__ import annotations
@@ -19,8 +19,10 @@ import sys
 
 __all__ = ["register_when_transformers_imports"]
 
-#: the module whose import is waited for: transformers' quantizer table
-_TABLE = "transformers.quantizers.auto"
+#: the module whose import is waited for: transformers' quantizers package, whose table (``.auto``)
+#: and base class (``.base``) the integration imports (the package, not ``.auto``: its __init__
+#: imports ``.auto`` first, so a registration right after ``.auto`` ran inside the package's import)
+_TABLE = "transformers.quantizers"
 
 
 def _register() -> None:
@@ -34,8 +36,8 @@ def _register() -> None:
 
 
 class _AfterTransformersImport(importlib.abc.MetaPathFinder):
-    """Finds nothing itself: for transformers' quantizer table it takes the spec the other finders
-    give and registers once that module has run (then leaves sys.meta_path)."""
+    """Finds nothing itself: for transformers' quantizers package it takes the spec the other finders
+    give and registers once that package has run (then leaves sys.meta_path)."""
 
     def find_spec(self, fullname, path=None, target=None):
         if fullname != _TABLE:
@@ -61,7 +63,7 @@ def _remove(finder) -> None:
 
 
 def register_when_transformers_imports() -> None:
-    """Register now when transformers' quantizer table is imported already, else once it is."""
+    """Register now when transformers' quantizers are imported already, else once they are."""
     if _TABLE in sys.modules:
         _register()
     elif not any(isinstance(f, _AfterTransformersImport) for f in sys.meta_path):
