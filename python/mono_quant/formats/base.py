@@ -23,11 +23,17 @@ from .checks import is_int, need
 from . import layer_cache
 from .layer_cache import float_weight
 
-__all__ = ["WeightFormat", "ACTIVATION_MODES", "checked_activations", "INTEGER_BUFFERS", "PACKED_BUFFERS", "ALLOWED_LAYER_TENSORS"]
+__all__ = ["WeightFormat", "ACTIVATION_MODES", "checked_activations", "INTEGER_BUFFERS", "PACKED_BUFFERS",
+           "ALLOWED_LAYER_TENSORS"]
 
 # "dynamic": activations quantized to int8 per row at each call, integer
 # matmul; None: weight-only (float activations x integer weights)
 ACTIVATION_MODES = ("dynamic", None)
+
+#: an integer weight's buffers (weight_qdata is dropped where the packed copy stands in for it)
+INTEGER_BUFFERS = ("weight_qdata", "weight_scale", "weight_zero_point")
+#: every tensor name a quantized layer may store
+ALLOWED_LAYER_TENSORS = frozenset(INTEGER_BUFFERS + PACKED_BUFFERS + ("weight", "bias"))
 
 
 def checked_activations(module, activations, built: bool = True):
@@ -41,10 +47,6 @@ def checked_activations(module, activations, built: bool = True):
         raise ValueError(f"{type(module).__name__}: activations='dynamic' applies to int8 and int4 layers; "
                          f"{module.format.name} layers take float inputs (weight-only)")
     return activations
-#: an integer weight's buffers (weight_qdata is dropped where the packed copy stands in for it)
-INTEGER_BUFFERS = ("weight_qdata", "weight_scale", "weight_zero_point")
-#: every tensor name a quantized layer may store
-ALLOWED_LAYER_TENSORS = frozenset(INTEGER_BUFFERS + PACKED_BUFFERS + ("weight", "bias"))
 
 
 class WeightFormat:
@@ -55,13 +57,13 @@ class WeightFormat:
     integer: bool = True
     #: whether a Linear / Conv2d of this format has activation modes (``ACTIVATION_MODES``)
     has_activation_modes: bool = True
+    #: the buffers a module of this format keeps for its weight (what weight_nbytes counts)
+    weight_buffers: Tuple[str, ...] = INTEGER_BUFFERS
 
     @property
     def runs_dynamic(self) -> bool:
         """Whether its layers can quantize their inputs (``activations="dynamic"``)."""
         return self.has_activation_modes
-    #: the buffers a module of this format keeps for its weight (what weight_nbytes counts)
-    weight_buffers: Tuple[str, ...] = INTEGER_BUFFERS
 
     def __init__(self, qtype: QType):
         self.qtype = qtype

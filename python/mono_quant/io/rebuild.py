@@ -99,10 +99,15 @@ def _saved_layer_weight(layer, own, orig: torch.dtype, target: torch.dtype):
     return type(module).as_float_layout(module.dequantized_weight(target)), own.get("bias")
 
 
+def _transposed(layer) -> bool:
+    """Whether a state_dict layer's float weight is the transpose of the one quantized (GPT-2's Conv1D)."""
+    return layer.get("type") == "Conv1D"
+
+
 def _state_dict_layer_weight(layer, own, orig: torch.dtype, target: torch.dtype):
     stored = stored_weight(layer, own, orig)
     weight = stored.dequantize(target) if isinstance(stored, QuantizedWeight) else stored.to(target)
-    if layer.get("type") == "Conv1D":  # GPT-2's Conv1D was quantized as [out, in]: back to its [in, out]
+    if _transposed(layer):  # GPT-2's Conv1D was quantized as [out, in]: back to its [in, out]
         weight = weight.t().contiguous()
     return weight, None  # a state_dict layer's bias is a separate entry
 
@@ -113,7 +118,7 @@ def float_weight_shape(kind: str, layer: Mapping[str, Any]) -> List[int]:
     view, GPT-2 Conv1D's ``[out, in]``)."""
     shape = list(layer["shape"])
     if kind == "state_dict":
-        return shape[::-1] if layer.get("type") == "Conv1D" and len(shape) == 2 else shape
+        return shape[::-1] if _transposed(layer) and len(shape) == 2 else shape
     to_float = getattr(quantized_class(layer["class"]), "float_weight_shape", None)
     return list(to_float(shape)) if to_float is not None else shape
 

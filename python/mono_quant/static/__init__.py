@@ -15,8 +15,7 @@ from .persist_per_layer import load_per_layer, save_per_layer
 from .quantize import MAX_CLIPPED, MIN_SQNR_DB, quantize_static
 from .report import StaticLayerReport, StaticReport
 
-__all__ = ["quantize_static", "StaticGraphModel", "StaticConv2d", "StaticConv1d", "StaticLinear", "StaticAdd", "StaticGlobalAvgPool",
-           "StaticCat", "StaticBroadcastAdd", "StaticReport", "StaticLayerReport", "FusionPlan", "PlanOp", "TraceError",
-           "build_plan", "float_graph",
-           "MAX_CLIPPED", "MIN_SQNR_DB", "save_static", "load_static", "save_per_layer", "load_per_layer",
-           "StaticNoGradWarning"]
+__all__ = ["quantize_static", "StaticGraphModel", "StaticConv2d", "StaticConv1d", "StaticLinear", "StaticAdd",
+           "StaticGlobalAvgPool", "StaticCat", "StaticBroadcastAdd", "StaticReport", "StaticLayerReport", "FusionPlan",
+           "PlanOp", "TraceError", "build_plan", "float_graph", "MAX_CLIPPED", "MIN_SQNR_DB", "save_static",
+           "load_static", "save_per_layer", "load_per_layer", "StaticNoGradWarning"]

@@ -29,7 +29,7 @@ from torch import fx, nn
 from ..fold_batchnorm import fold_batchnorm
 from .arguments import InputSpec
 
-__all__ = ["PlanOp", "FusionPlan", "ValueRef", "build_plan", "TraceError", "LAYER_KINDS"]
+__all__ = ["PlanOp", "FusionPlan", "ValueRef", "build_plan", "TraceError", "LAYER_KINDS", "conv_unsupported"]
 
 
 class TraceError(RuntimeError):
@@ -209,7 +209,8 @@ LAYER_KINDS = {nn.Conv2d: ("conv", nn.BatchNorm2d), nn.Conv1d: ("conv1d", nn.Bat
                nn.Linear: ("linear", nn.BatchNorm1d)}
 
 
-def _conv_unsupported(m: nn.Module) -> Optional[str]:
+def conv_unsupported(m: nn.Module) -> Optional[str]:
+    """What of a Conv1d / Conv2d the static kernels don't do (a string padding, a padding mode), or None."""
     if not isinstance(m, (nn.Conv1d, nn.Conv2d)):
         return None
     if isinstance(m.padding, str):
@@ -313,7 +314,7 @@ def build_plan(model: nn.Module, keep_float: Optional[Callable[[str, nn.Module],
                 and len(node.args) == 1 and not node.kwargs:
             layer = modules[node.target]
             kind, bn_type = LAYER_KINDS[type(layer)]
-            why = _conv_unsupported(layer)
+            why = conv_unsupported(layer)
             kept = keep_float(node.target, layer) if keep_float is not None else None
             if kept is not None:
                 kept_float.append((node.target, type(layer).__name__, kept))

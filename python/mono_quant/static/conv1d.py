@@ -70,18 +70,14 @@ class StaticConv1d(StaticConv2d):
             raise ValueError(problem)
         # an unbatched sequence (as nn.Conv1d takes it): float [channels, length], int8 codes [1, length, channels]
         unbatched = x.dim() == (3 if self.int8_input else 2)
-        if self.int8_input:
-            xq = x.unsqueeze(0) if unbatched else x
-        else:
-            xq = self._quantize_input((x.unsqueeze(0) if unbatched else x).unsqueeze(2))
+        x = x.unsqueeze(0) if unbatched else x
+        xq = x if self.int8_input else self._quantize_input(x.unsqueeze(2))
         batch, _, length, channels = xq.shape
         out = self._gemm(xq.reshape(batch, length, 1, channels), self.out_channels, *self._standing, self.groups)
         if self.out_scale is not None:  # int8 codes: the height-1 image's, as the next StaticConv1d reads them
-            return out.view(batch, 1, out.shape[1], self.out_channels)[0] if unbatched else \
-                out.view(batch, 1, out.shape[1], self.out_channels)
-        # float: the [batch, channels, length] view of the kernels' channels-last output (graph.py
-        # makes a model output contiguous, as for StaticConv2d)
-        y = nchw_output(out).squeeze(3)
+            y = out.view(batch, 1, out.shape[1], self.out_channels)
+        else:  # float: the [batch, channels, length] view of the kernels' channels-last output (graph.py
+            y = nchw_output(out).squeeze(3)  # makes a model output contiguous, as for StaticConv2d)
         return y[0] if unbatched else y
 
     def input_problem(self, x: torch.Tensor) -> Optional[str]:

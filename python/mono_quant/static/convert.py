@@ -31,23 +31,20 @@ from .conv1d import StaticConv1d
 from .modules_eltwise import StaticBroadcastAdd, StaticCat, nhwc_dim
 from .program import StaticInt8Model
 
-__all__ = ["convert_plan", "LAYER_CLASSES", "int8_values", "shared_qparams", "input_point", "qparams",
+__all__ = ["convert_plan", "LAYER_CLASSES", "QUANT_KINDS", "int8_values", "shared_qparams", "input_point", "qparams",
            "NONNEGATIVE_ZERO_POINT"]
 
-_QUANT_KINDS = ("conv", "conv1d", "linear", "add", "cat", "gap")
+#: the plan's ops static int8 computes in int8
+QUANT_KINDS = ("conv", "conv1d", "linear", "add", "cat", "gap")
 #: the layer ops: int8 or float in, int8 or float out, the static module they become
 LAYER_CLASSES = {"conv": StaticConv2d, "conv1d": StaticConv1d, "linear": StaticLinear}
-#: the rank of the int8 values each layer op reads (a Conv1d's: its own, see the module docstring)
-_INT8_INPUT_RANK = {"conv": 4, "conv1d": 3, "linear": 2}
+#: the rank of the int8 values a layer op reads and writes (a Conv1d's: its own, see the module docstring)
+_LAYER_RANK = {"conv": 4, "conv1d": 3, "linear": 2}
 
 
 def _rank(op: PlanOp, plan: FusionPlan, ranks: Dict[str, int]) -> int:
-    if op.kind == "conv":
-        return 4
-    if op.kind == "conv1d":
-        return 3
-    if op.kind == "linear":
-        return 2
+    if op.kind in _LAYER_RANK:
+        return _LAYER_RANK[op.kind]
     if op.kind == "gap":
         return 2 if op.flatten else 4
     if op.kind in ("add", "cat"):
@@ -79,7 +76,7 @@ def int8_values(plan: FusionPlan) -> Dict[str, bool]:
     ranks: Dict[str, int] = {}
     for o in plan.ops:
         ranks[o.name] = _rank(o, plan, ranks)
-    int8 = {o.name: o.kind in _QUANT_KINDS and bool(consumers[o.name]) for o in plan.ops}
+    int8 = {o.name: o.kind in QUANT_KINDS and bool(consumers[o.name]) for o in plan.ops}
     changed = True
     while changed:
         changed = False
@@ -89,7 +86,7 @@ def int8_values(plan: FusionPlan) -> Dict[str, bool]:
             ok = o.kind in LAYER_CLASSES or _runs_int8(o, int8, ranks)  # else: runs in float, float output
             for c, _pos in consumers[o.name]:
                 cop = ops[c]
-                if _INT8_INPUT_RANK.get(cop.kind) == ranks[o.name]:
+                if _LAYER_RANK.get(cop.kind) == ranks[o.name]:
                     continue
                 if cop.kind in ("gap", "add", "cat") and _runs_int8(cop, int8, ranks):
                     continue

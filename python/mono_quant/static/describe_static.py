@@ -15,6 +15,7 @@ from ..errors import CheckpointError
 from ..io.container import read_header
 from ..io.dtypes import dtype_name
 from ..io.untrusted_json import UntrustedJSONError, loads_bounded
+from ..report import tensor_bytes
 from .persist import is_static_file, load_static
 from .persist_per_layer import PER_LAYER_META_KEY, is_per_layer_file
 
@@ -22,7 +23,7 @@ __all__ = ["describe_static"]
 
 
 def _tensor_bytes(module) -> int:
-    return sum(t.numel() * t.element_size() for t in list(module.parameters()) + list(module.buffers()))
+    return sum(tensor_bytes(t) for t in list(module.parameters()) + list(module.buffers()))
 
 
 def describe_static(path) -> Optional[Dict[str, Any]]:
@@ -40,21 +41,21 @@ def describe_static(path) -> Optional[Dict[str, Any]]:
         header = read_header(path)
         try:
             manifest = loads_bounded(header.metadata[PER_LAYER_META_KEY])
-            entries = manifest["layers"].items()
-            layers = [{"name": str(name), "class": str(entry["class"]), "output": "float",
-                       "bytes": sum(e.nbytes for k, e in header.tensors.items() if k.startswith(f"{name}.layer."))}
-                      for name, entry in entries]
+            classes = {str(name): str(entry["class"]) for name, entry in manifest["layers"].items()}
         except (UntrustedJSONError, KeyError, TypeError, AttributeError) as exc:
             raise CheckpointError(f"{path}: invalid per-layer static manifest: {type(exc).__name__}: {exc}") from None
-        float_bytes = sum(e.nbytes for k, e in header.tensors.items()
-                          if not any(k.startswith(f"{layer['name']}.layer.") for layer in layers))
-        out = {"path": path, "kind": "static per-layer", "layers": layers, "ops": None,
-               "checked": "the header; mq.load(path, model=...) checks the rest",
-               "float_tensors": {k: dtype_name(e.dtype) for k, e in header.tensors.items()
-                                 if not any(k.startswith(f"{layer['name']}.layer.") for layer in layers)},
-               "totals": _totals(layers, header.file_size)}
-        out["totals"]["float_bytes"] = float_bytes
-        return out
+        owned = {name: {} for name in classes}  # each static layer's tensors (``<name>.layer.*``), the rest float
+        floats = {}
+        for key, entry in header.tensors.items():
+            owner = next((name for name in classes if key.startswith(f"{name}.layer.")), None)
+            (owned[owner] if owner is not None else floats)[key] = entry
+        layers = [{"name": name, "class": cls, "output": "float", "bytes": sum(e.nbytes for e in owned[name].values())}
+                  for name, cls in classes.items()]
+        totals = _totals(layers, header.file_size)
+        totals["float_bytes"] = sum(e.nbytes for e in floats.values())
+        return {"path": path, "kind": "static per-layer", "layers": layers, "ops": None,
+                "checked": "the header; mq.load(path, model=...) checks the rest",
+                "float_tensors": {k: dtype_name(e.dtype) for k, e in floats.items()}, "totals": totals}
     return None
 
 

@@ -19,7 +19,7 @@ from .calibration_check import require_samples
 from .compiled import CompilesAsOneOp
 from .eager_only import refuse_traced_input, warn_if_grad_input
 from .layer_errors import raise_named_input_problem
-from .capture import LAYER_KINDS
+from .capture import LAYER_KINDS, conv_unsupported
 from .convert import LAYER_CLASSES
 from .qparams_state import check_whole_load
 from .report import StaticLayerReport, StaticReport
@@ -70,12 +70,9 @@ class PerLayerStatic(CompilesAsOneOp, nn.Module):
 def _float_reason(m: nn.Module) -> Optional[str]:
     """Why a weight-bearing module this path never replaces stays float, or None (a Conv2d / Conv1d /
     Linear it takes)."""
-    if type(m) in (nn.Conv1d, nn.Conv2d) and isinstance(m.padding, str):
-        return f"{type(m).__name__} with string padding {m.padding!r}: runs in float"
-    if type(m) in (nn.Conv1d, nn.Conv2d) and m.padding_mode != "zeros":
-        return f"{type(m).__name__} with padding_mode {m.padding_mode!r}: runs in float"
     if type(m) in LAYER_KINDS:
-        return None
+        why = conv_unsupported(m)
+        return None if why is None else f"{type(m).__name__} with {why}: runs in float"
     if any(p.dim() >= 2 for p in m.parameters(recurse=False)):
         return "static int8 replaces exact Conv2d, Conv1d and Linear layers only: runs in float"
     return ""  # no weight of its own (a container, a norm, an activation): not a layer

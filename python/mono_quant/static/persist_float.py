@@ -112,6 +112,7 @@ _PAD4: _Check = (lambda v: (is_int(v) and abs(v) <= _MAX_PAD) or (
     f"an int or 4 ints in -{_MAX_PAD}..{_MAX_PAD}")
 _FACTOR: _Check = (lambda v: is_int(v, 1) and v <= _MAX_SCALE, f"an int in 1..{_MAX_SCALE}")
 
+
 def resample_problem(size, scale_factor) -> Optional[str]:
     """What is wrong with a resampling's constant ``size`` / ``scale_factor`` (F.interpolate's, which a
     program replays), or None: the bounds Upsample's arguments have (a traced value is not checked)."""

@@ -34,8 +34,7 @@ from ..io.untrusted_json import loads_bounded
 from ..parametrized import parametrized_base
 from .fallback import PerLayerStatic
 from .graph import StaticGraphModel
-from .conv1d import StaticConv1d
-from .modules import StaticConv2d, StaticLinear
+from .convert import LAYER_CLASSES
 from .persist import build_layer, encode_value
 from .persist_skeleton import STATIC_GEOMETRY, geometry_problem
 from .qparams_state import EXTRA_STATE, check_whole_load
@@ -63,7 +62,7 @@ def save_per_layer(model: nn.Module, path, overwrite: bool = True) -> Path:
     for name, m in model.named_modules():
         if isinstance(m, PerLayerStatic):
             inner = m.layer
-            if type(inner) not in (StaticConv2d, StaticConv1d, StaticLinear):
+            if type(inner) not in LAYER_CLASSES.values():
                 raise TypeError(f"cannot save: {name!r} wraps a {type(inner).__name__}")
             layers[name] = {"class": type(inner).__name__, "init_kwargs": encode_value(inner.init_kwargs())}
     if not layers:

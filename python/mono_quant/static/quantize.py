@@ -31,7 +31,7 @@ from ..result import QuantizationResult
 from ..strictness import warn_if_nothing_quantized
 from .arguments import untraced_optionals
 from .capture import LAYER_KINDS, TraceError, build_plan
-from .convert import NONNEGATIVE_ZERO_POINT, convert_plan
+from .convert import LAYER_CLASSES, NONNEGATIVE_ZERO_POINT, QUANT_KINDS, convert_plan
 from .fallback import quantize_per_layer, static_targets
 from .graph import FusedFloat, float_graph
 from .conv1d import StaticConv1d
@@ -50,10 +50,6 @@ MIN_SQNR_DB = 20.0
 SQNR_PROBE_SAMPLES = 64
 
 _STATIC_TYPES = (StaticConv2d, StaticConv1d, StaticLinear, StaticAdd, StaticGlobalAvgPool, StaticCat)
-#: the fusion plan's ops static int8 computes in int8 (a plan of none has nothing to calibrate)
-_PLAN_KINDS = ("conv", "conv1d", "linear", "add", "cat", "gap")
-#: the plan's layers (what "nothing quantized" counts)
-_LAYER_KINDS = ("conv", "conv1d", "linear")
 
 
 def quantize_static(model, cfg, calibration, observer: Optional[str], calibration_samples: Optional[int],
@@ -86,7 +82,7 @@ def quantize_static(model, cfg, calibration, observer: Optional[str], calibratio
             plan = build_plan(work, sel.keep_float, none_args)
         except TraceError as exc:
             fallback = str(exc)
-    if plan is not None and not any(op.kind in _PLAN_KINDS for op in plan.ops):
+    if plan is not None and not any(op.kind in QUANT_KINDS for op in plan.ops):  # (nothing to calibrate)
         targets, left_float = static_targets(work, sel.keep_float, sel.held)
         if not targets:  # nothing to calibrate: the float copy, with the reasons, as dynamic int8 gives
             report = StaticReport(capture="none", observer=cfg.observer, skipped=left_float)
@@ -97,7 +93,7 @@ def quantize_static(model, cfg, calibration, observer: Optional[str], calibratio
         result = quantize_per_layer(work, cfg, calibration, fallback, sel.keep_float, sel.held, sel.already)
     else:
         result = _quantize_plan(plan, cfg, calibration)
-    warn_if_nothing_quantized([r for r in result.report.layers if r.kind in _LAYER_KINDS], result.skipped)
+    warn_if_nothing_quantized([r for r in result.report.layers if r.kind in LAYER_CLASSES], result.skipped)
     return result
 
 
@@ -141,7 +137,7 @@ def _quantize_plan(plan, cfg, calibration) -> QuantizationResult:
     qmodel, int8, in_float = convert_plan(plan, ranges, aliases, nonnegative, broadcast)
     report = StaticReport(capture="fx", observer=cfg.observer, samples=cal.samples, not_fused=plan.not_fused)
     for op in plan.ops:
-        if op.kind not in _PLAN_KINDS:
+        if op.kind not in QUANT_KINDS:
             continue
         r = ranges.get(f"{op.name}.output")
         st = stats.get(f"{op.name}.output")
