@@ -179,6 +179,31 @@ typedef void (*mq_static_add_fn)(const int8_t *a, float a_scale, int a_zp, const
                                  int64_t n, float act_lo, float act_hi, float inv_out_scale, int out_zp, int8_t *y_q,
                                  float *y_f32);
 
+/* Static int8 depthwise conv (groups == channels), output rows [begin, end) of (image, oh):
+ *     acc[q] = sum over the taps inside the image of (x - x_zp) * w[tap][q]   (exact; padding adds 0)
+ * then the epilogue of mq_static_conv_args with zcol = 0 (mq_ref_static_dw is the ground truth).
+ * A SIMD twin may read every tap, a tap in the padding reading x_zp_row, and subtract x_zp_sum:
+ * sum (x - x_zp) * w = sum x * w - x_zp * sum w, the same int32 (static_int8.h bounds the taps). */
+typedef struct {
+    const int8_t *x;           /* NHWC [batch][height][width][channels] */
+    int64_t channels, height, width, kh, kw, sh, sw, ph, pw, dh, dw, out_h, out_w;
+    const int16_t *w;          /* [kh * kw][channels]: weight - w_zp */
+    /* for the SIMD twins, when channels >= 16: taps 2t and 2t + 1 of w (the last odd tap's partner
+     * is 0) per 16-channel block, [ceil(kh * kw / 2)][channels / 16][32] int16: pairs (w[2t][q],
+     * w[2t + 1][q]) of channels 0-3, 8-11, then of 4-7, 12-15 (AVX2's unpacklo / unpackhi order) */
+    const int16_t *w_pairs;
+    const int32_t *x_zp_sum;   /* [channels]: x_zp * sum over all taps of w */
+    const int8_t *x_zp_row;    /* [channels] bytes of x_zp */
+    int x_zp;
+    const float *x_w_scale, *bias; /* [channels]; bias may be NULL */
+    float act_lo, act_hi, inv_out_scale;
+    int out_zp;
+    int8_t *y_q;               /* NHWC [batch][out_h][out_w][channels], or NULL: then y_f32 gets v */
+    float *y_f32;
+    int32_t *scratch;          /* [channels] the kernel may write (one range's, one thread's) */
+} mq_static_dw_args;
+typedef void (*mq_static_dw_fn)(const mq_static_dw_args *a, int64_t begin, int64_t end);
+
 /* One panel of that layout (16*kp bytes at dst, w_sum[16]) from nvalid <= 16
  * rows of k int8 (row stride ld), the channels past nvalid zero; *has_m128 =
  * some weight is -128.  Exact: every ISA writes the same bytes. */
@@ -390,6 +415,7 @@ typedef struct {
     mq_static_conv_fn static_conv;
     int static_conv_x_u8;
     mq_static_add_fn static_add;
+    mq_static_dw_fn static_dw;
     /* INT4 (int4.c) */
     mq_q4_pack_fn q4_pack;
     mq_q4_sqerr_fn q4_sqerr;
@@ -466,6 +492,7 @@ void mq_ref_qgemm(const mq_qgemm_args *a, int64_t p0, int64_t p1);
 /* The same int32 and fp32 results from the 7-bit codes (a->x_zp set, x_u8 ignored). */
 void mq_ref_qgemm_u7(const mq_qgemm_args *a, int64_t p0, int64_t p1);
 void mq_ref_static_conv(const mq_static_conv_args *a); /* static_int8.c */
+void mq_ref_static_dw(const mq_static_dw_args *a, int64_t begin, int64_t end); /* static_int8.c */
 void mq_ref_static_add(const int8_t *a, float a_scale, int a_zp, const int8_t *b, float b_scale, int b_zp,
                        int64_t n, float act_lo, float act_hi, float inv_out_scale, int out_zp, int8_t *y_q,
                        float *y_f32); /* static_int8.c */
@@ -501,6 +528,7 @@ extern const mq_kernels mq_avx2_static_table;         /* x86/avx2/static_conv.c 
 extern const mq_kernels mq_avxvnni_static_table;      /* x86/avx_vnni/static_conv.c */
 extern const mq_kernels mq_avx512vnni_static_table;   /* x86/avx512_vnni/static_conv.c */
 extern const mq_kernels mq_avx2_eltwise_table;        /* x86/avx2/static_eltwise.c */
+extern const mq_kernels mq_avx2_depthwise_table;      /* x86/avx2/static_depthwise.c */
 extern const mq_kernels mq_avx512_eltwise_table;      /* x86/avx512/static_eltwise.c */
 /* The AVX-512 VNNI int8 matmul (x86/avx512_vnni/linear.c); the AMX kernel runs it on the
  * rows and calls its tiles don't take.  Only called after dispatch.c's VNNI check. */

@@ -54,20 +54,41 @@ typedef struct {
     int zp;
 } layout_ctx;
 
+/* Requantize n contiguous floats (a plain loop over restrict locals: gcc vectorizes it). */
+static void quantize_row(const float *restrict src, int64_t n, float inv, int zp, int8_t *restrict dst) {
+    for (int64_t j = 0; j < n; j++) dst[j] = requantize(src[j], inv, zp);
+}
+
+/* Pixels per block of the NCHW -> NHWC quantize: the block's codes, [channels][pixels], fit this
+ * tile (on the stack), so both the strided float reads and the transposed byte writes stay in L1. */
+#define QUANTIZE_TILE 16384
+
 static void quantize_range(void *vctx, int64_t begin, int64_t end) {
     const layout_ctx *c = vctx;
+    const int64_t ch_n = c->channels, plane = c->plane;
+    int8_t tile[QUANTIZE_TILE];
+    const int64_t block = ch_n > QUANTIZE_TILE ? 1 : (QUANTIZE_TILE / ch_n < 64 ? QUANTIZE_TILE / ch_n : 64);
     for (int64_t b = begin; b < end; b++) {
-        const float *src = c->x + b * c->channels * c->plane;
-        int8_t *dst = c->q + b * c->channels * c->plane;
-        if (c->plane == 1 || c->channels == 1) { /* the same order in both layouts */
-            epilogue_q(src, c->channels * c->plane, -INFINITY, INFINITY, c->scale, c->zp, dst);
+        const float *src = c->x + b * ch_n * plane;
+        int8_t *dst = c->q + b * ch_n * plane;
+        if (plane == 1 || ch_n == 1) { /* the same order in both layouts */
+            quantize_row(src, ch_n * plane, c->scale, c->zp, dst);
             continue;
         }
-        for (int64_t p0 = 0; p0 < c->plane; p0 += 64) { /* 64-pixel blocks: both sides stay in cache lines */
-            const int64_t p1 = p0 + 64 < c->plane ? p0 + 64 : c->plane;
-            for (int64_t ch = 0; ch < c->channels; ch++)
-                for (int64_t p = p0; p < p1; p++)
-                    dst[p * c->channels + ch] = requantize(src[ch * c->plane + p], c->scale, c->zp);
+        for (int64_t p0 = 0; p0 < plane; p0 += block) {
+            const int64_t len = p0 + block < plane ? block : plane - p0;
+            if (ch_n > QUANTIZE_TILE) { /* (a single pixel of more channels than the tile) */
+                for (int64_t ch = 0; ch < ch_n; ch++)
+                    dst[p0 * ch_n + ch] = requantize(src[ch * plane + p0], c->scale, c->zp);
+                continue;
+            }
+            /* each channel's run of pixels requantized as one vector loop, then transposed */
+            for (int64_t ch = 0; ch < ch_n; ch++) quantize_row(src + ch * plane + p0, len, c->scale, c->zp,
+                                                               tile + ch * len);
+            for (int64_t p = 0; p < len; p++) {
+                int8_t *restrict d = dst + (p0 + p) * ch_n;
+                for (int64_t ch = 0; ch < ch_n; ch++) d[ch] = tile[ch * len + p];
+            }
         }
     }
 }
@@ -96,6 +117,27 @@ void mq_static_dequantize(const int8_t *q, int64_t batch, int64_t plane, int64_t
                           float *dst, int nthreads) {
     layout_ctx c = {NULL, dst, NULL, q, channels, plane, scale, zp};
     mq_parallel_for(batch, 1 + ((int64_t)1 << 16) / (channels * plane + 1), nthreads, dequantize_range, &c);
+}
+
+static void nchw_range(void *vctx, int64_t begin, int64_t end) {
+    const layout_ctx *c = vctx;
+    const int64_t ch_n = c->channels, plane = c->plane;
+    for (int64_t b = begin; b < end; b++) {
+        const float *src = c->x + b * ch_n * plane;
+        float *dst = c->xf + b * ch_n * plane;
+        for (int64_t p0 = 0; p0 < plane; p0 += 16) { /* 16 pixels: one cache line per channel written */
+            const int64_t p1 = p0 + 16 < plane ? p0 + 16 : plane;
+            for (int64_t ch = 0; ch < ch_n; ch++) {
+                float *restrict d = dst + ch * plane;
+                for (int64_t p = p0; p < p1; p++) d[p] = src[p * ch_n + ch];
+            }
+        }
+    }
+}
+
+void mq_static_nchw_f32(const float *x, int64_t batch, int64_t plane, int64_t channels, float *dst, int nthreads) {
+    layout_ctx c = {x, dst, NULL, NULL, channels, plane, 1.0f, 0};
+    mq_parallel_for(batch, 1 + ((int64_t)1 << 16) / (channels * plane + 1), nthreads, nchw_range, &c);
 }
 
 /* ---- conv / linear through the int8 GEMM ------------------------------------------- */
@@ -495,54 +537,83 @@ typedef struct {
     int8_t *y_q;
     float *y_f32;
     int failed; /* set (atomically) by a range that could not allocate its sums */
+    mq_static_dw_fn kernel; /* the table's, read once per call */
 } depthwise_ctx;
 
-/* Work items are output rows (image, oh); int32 sums per channel of (x - x_zp) * (w - w_zp)
- * over the taps inside the image (padding is x_zp: it adds 0), channels innermost (NHWC),
- * which the compiler vectorizes. */
-static void depthwise_range(void *vctx, int64_t begin, int64_t end) {
-    depthwise_ctx *c = vctx;
-    const int64_t ch = c->channels;
-    int32_t *acc = malloc((size_t)ch * sizeof(int32_t));
-    int16_t *w = malloc((size_t)(ch * c->kh * c->kw) * sizeof(int16_t));
-    if (!acc || !w) {
-        __atomic_store_n(&c->failed, 1, __ATOMIC_RELAXED);
-        free(acc);
-        free(w);
-        return;
-    }
-    for (int64_t t = 0; t < c->kh * c->kw; t++)
-        for (int64_t q = 0; q < ch; q++) w[t * ch + q] = (int16_t)(c->w[t * ch + q] - (c->w_zp ? c->w_zp[q] : 0));
-    const int16_t xz = (int16_t)c->x_zp;
+/* The reference: int32 sums per channel of (x - x_zp) * w over the taps inside the image
+ * (padding is x_zp: it adds 0), channels innermost (NHWC), which the compiler vectorizes. */
+void mq_ref_static_dw(const mq_static_dw_args *a, int64_t begin, int64_t end) {
+    const int64_t ch = a->channels;
+    int32_t *restrict acc = a->scratch;
+    const int16_t xz = (int16_t)a->x_zp;
     for (int64_t r = begin; r < end; r++) {
-        const int64_t b = r / c->out_h, oh = r % c->out_h;
-        for (int64_t ow = 0; ow < c->out_w; ow++) {
+        const int64_t b = r / a->out_h, oh = r % a->out_h;
+        for (int64_t ow = 0; ow < a->out_w; ow++) {
             memset(acc, 0, (size_t)ch * sizeof(int32_t));
-            for (int64_t i = 0; i < c->kh; i++) {
-                const int64_t ih = oh * c->sh - c->ph + i * c->dh;
-                if (ih < 0 || ih >= c->height) continue;
-                for (int64_t j = 0; j < c->kw; j++) {
-                    const int64_t iw = ow * c->sw - c->pw + j * c->dw;
-                    if (iw < 0 || iw >= c->width) continue;
-                    const int8_t *restrict xs = c->x + ((b * c->height + ih) * c->width + iw) * ch;
-                    const int16_t *restrict ws = w + (i * c->kw + j) * ch;
+            for (int64_t i = 0; i < a->kh; i++) {
+                const int64_t ih = oh * a->sh - a->ph + i * a->dh;
+                if (ih < 0 || ih >= a->height) continue;
+                for (int64_t j = 0; j < a->kw; j++) {
+                    const int64_t iw = ow * a->sw - a->pw + j * a->dw;
+                    if (iw < 0 || iw >= a->width) continue;
+                    const int8_t *restrict xs = a->x + ((b * a->height + ih) * a->width + iw) * ch;
+                    const int16_t *restrict ws = a->w + (i * a->kw + j) * ch;
                     for (int64_t q = 0; q < ch; q++) acc[q] += (int32_t)((int16_t)xs[q] - xz) * ws[q];
                 }
             }
-            const int64_t o = ((b * c->out_h + oh) * c->out_w + ow) * ch;
+            const int64_t o = ((b * a->out_h + oh) * a->out_w + ow) * ch;
             for (int64_t q = 0; q < ch; q++) {
-                float y = (float)acc[q] * c->x_w_scale[q];
-                if (c->bias) y += c->bias[q];
-                const float v = activate(y, c->act_lo, c->act_hi);
-                if (c->y_q)
-                    c->y_q[o + q] = requantize(v, c->inv_out_scale, c->out_zp);
+                float y = (float)acc[q] * a->x_w_scale[q];
+                if (a->bias) y += a->bias[q];
+                const float v = activate(y, a->act_lo, a->act_hi);
+                if (a->y_q)
+                    a->y_q[o + q] = requantize(v, a->inv_out_scale, a->out_zp);
                 else
-                    c->y_f32[o + q] = v;
+                    a->y_f32[o + q] = v;
             }
         }
     }
-    free(acc);
-    free(w);
+}
+
+/* Work items are output rows (image, oh).  Each range makes the weight's int16 forms (w - w_zp,
+ * and the SIMD twins' tap pairs, mq_static_dw_args) and runs the table's kernel on its rows. */
+static void depthwise_range(void *vctx, int64_t begin, int64_t end) {
+    depthwise_ctx *c = vctx;
+    const int64_t ch = c->channels, taps = c->kh * c->kw, blocks = ch / 16, pairs = (taps + 1) / 2;
+    const size_t sums_bytes = (size_t)ch * sizeof(int32_t), w_bytes = (size_t)(taps * ch) * sizeof(int16_t);
+    const size_t pairs_bytes = (size_t)(pairs * blocks * 32) * sizeof(int16_t);
+    char *buf = malloc(2 * sums_bytes + w_bytes + pairs_bytes + (size_t)ch);
+    if (!buf) {
+        __atomic_store_n(&c->failed, 1, __ATOMIC_RELAXED);
+        return;
+    }
+    int32_t *x_zp_sum = (int32_t *)(void *)buf, *scratch = (int32_t *)(void *)(buf + sums_bytes);
+    int16_t *w = (int16_t *)(void *)(buf + 2 * sums_bytes);
+    int16_t *w_pairs = (int16_t *)(void *)(buf + 2 * sums_bytes + w_bytes);
+    int8_t *x_zp_row = (int8_t *)(buf + 2 * sums_bytes + w_bytes + pairs_bytes);
+    for (int64_t q = 0; q < ch; q++) x_zp_sum[q] = 0;
+    for (int64_t t = 0; t < taps; t++)
+        for (int64_t q = 0; q < ch; q++) {
+            w[t * ch + q] = (int16_t)(c->w[t * ch + q] - (c->w_zp ? c->w_zp[q] : 0));
+            x_zp_sum[q] += w[t * ch + q];
+        }
+    for (int64_t q = 0; q < ch; q++) x_zp_sum[q] *= c->x_zp; /* |x_zp * sum| < 127 * 255 * MQ_MAX_DEPTHWISE_TAPS */
+    static const int lane_channel[16] = {0, 1, 2, 3, 8, 9, 10, 11, 4, 5, 6, 7, 12, 13, 14, 15};
+    for (int64_t p = 0; p < pairs; p++)
+        for (int64_t bl = 0; bl < blocks; bl++)
+            for (int l = 0; l < 16; l++) {
+                const int64_t q = bl * 16 + lane_channel[l];
+                int16_t *dst = w_pairs + (p * blocks + bl) * 32 + 2 * l;
+                dst[0] = w[2 * p * ch + q];
+                dst[1] = 2 * p + 1 < taps ? w[(2 * p + 1) * ch + q] : 0;
+            }
+    memset(x_zp_row, c->x_zp, (size_t)ch);
+    const mq_static_dw_args a = {c->x, ch, c->height, c->width, c->kh, c->kw, c->sh, c->sw, c->ph, c->pw, c->dh,
+                                 c->dw, c->out_h, c->out_w, w, blocks ? w_pairs : NULL, x_zp_sum, x_zp_row, c->x_zp,
+                                 c->x_w_scale, c->bias, c->act_lo, c->act_hi, c->inv_out_scale, c->out_zp, c->y_q,
+                                 c->y_f32, scratch};
+    c->kernel(&a, begin, end);
+    free(buf);
 }
 
 int mq_depthwise_static(const int8_t *x, int64_t batch, int64_t channels, int64_t height, int64_t width, int64_t kh,
@@ -553,7 +624,8 @@ int mq_depthwise_static(const int8_t *x, int64_t batch, int64_t channels, int64_
     const int64_t out_h = mq_conv_out(height, kh, sh, ph, dh);
     const int64_t out_w = mq_conv_out(width, kw, sw, pw, dw);
     depthwise_ctx c = {x, w, w_zp, x_w_scale, bias, channels, height, width, kh, kw, sh, sw, ph, pw, dh, dw,
-                       out_h, out_w, act_lo, act_hi, inv_out_scale, x_zp, out_zp, y_q, y_f32, 0};
+                       out_h, out_w, act_lo, act_hi, inv_out_scale, x_zp, out_zp, y_q, y_f32, 0,
+                       mq_active()->static_dw};
     const int64_t per_row = out_w * channels * kh * kw;
     mq_parallel_for(batch * out_h, 1 + ((int64_t)1 << 16) / (per_row + 1), nthreads, depthwise_range, &c);
     return c.failed ? -1 : 0;
@@ -689,7 +761,8 @@ int mq_depthwise_static_work(const int8_t *x, int64_t channels, int64_t height, 
     work_box *w;
     if (work_box_new(work, &w) < 0) return -1;
     w->k.depthwise = (depthwise_ctx){x, wt, NULL, x_w_scale, bias, channels, height, width, kh, kw, sh, sw, ph, pw,
-                                     dh, dw, out_h, out_w, act_lo, act_hi, inv_out_scale, x_zp, out_zp, y_q, y_f32, 0};
+                                     dh, dw, out_h, out_w, act_lo, act_hi, inv_out_scale, x_zp, out_zp, y_q, y_f32, 0,
+                                     mq_active()->static_dw};
     items = items < 1 ? 1 : items > out_h ? out_h : items;
     work_box_items(work, w, depthwise_range, &w->k.depthwise, (out_h + items - 1) / items, out_h,
                    &w->k.depthwise.failed);

@@ -23,6 +23,9 @@ void mq_static_quantize(const float *x, int64_t batch, int64_t channels, int64_t
 void mq_static_dequantize(const int8_t *q, int64_t batch, int64_t plane, int64_t channels, float scale, int zp,
                           float *dst, int nthreads);
 
+/* x float32 [batch][plane][channels] (the kernels' NHWC output) -> dst [batch][channels][plane]. */
+void mq_static_nchw_f32(const float *x, int64_t batch, int64_t plane, int64_t channels, float *dst, int nthreads);
+
 /* y = act(conv(x - x_zp) + bias) on int8 NHWC x with the packed weight of pack_int8 (per
  * group, as mq_conv2d_dynamic); x_zp is removed exactly through the weight's column sums
  * (zero padding is written as x_zp).  x_w_scale[n] = x_scale * w_scale[n] (fp32).  Exactly one of y_q (int8

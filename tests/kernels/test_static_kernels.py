@@ -139,6 +139,22 @@ def test_quantize_and_dequantize_static_round_trip():
     assert torch.equal(q2, ref.quantize_ref(rows, 30.0))
 
 
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("shape", [(1, 64, 9, 9), (2, 300, 7, 11), (1, 16385, 1, 3), (3, 1, 5, 5), (2, 5, 1, 1),
+                                   (1, 17, 1, 130)], ids=str)
+def test_quantize_static_blocks(shape, threads):
+    """NCHW -> NHWC quantize in blocks of pixels (a tile of codes transposed): block tails, more
+    channels than a 64-pixel block holds, more than the tile (one pixel at a time), one channel,
+    one pixel; NaN and infinities."""
+    x = torch.randn(*shape, generator=torch.Generator().manual_seed(51)) * 3
+    flat = x.view(-1)
+    flat[:4] = torch.tensor([math.nan, math.inf, -math.inf, 0.25])
+    for zp in (0, -127):
+        q = torch.empty(shape[0], shape[2], shape[3], shape[1], dtype=torch.int8)
+        _C.quantize_static(x.numpy(), 20.0, q.numpy(), threads, zp)
+        assert torch.equal(q, ref.quantize_ref(x, 20.0, zp))
+
 def test_bad_arguments_raise_clear_errors():
     x = rand_q(1, 4, 4, 8)
     packed, colsum, m128 = packed_args(rand_q(4, 8, 1, 1), 1)

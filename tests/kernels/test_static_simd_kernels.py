@@ -119,3 +119,62 @@ def test_conv_refuses_the_code_minus_128(kernel):
         x[0, 5, 5, 15] = -128
         with pytest.raises(ValueError, match="-128"):
             run(x)
+
+
+DEPTHWISE_CASES = [  # (batch, c, h, w, kernel, stride, padding, dilation)
+    (1, 16, 7, 7, (3, 3), (1, 1), (1, 1), (1, 1)),      # one 16-channel block, no tail
+    (2, 17, 6, 5, (3, 3), (2, 2), (1, 1), (1, 1)),      # a block and one tail channel
+    (1, 40, 5, 6, (5, 5), (1, 1), (2, 2), (1, 1)),      # 2 blocks + 8, 25 taps (odd: a zero partner)
+    (1, 31, 9, 1, (9, 1), (1, 1), (4, 0), (1, 1)),      # a Conv1d standing up: 9 taps down one column
+    (1, 64, 4, 4, (2, 2), (1, 1), (0, 0), (1, 1)),      # an even tap count
+    (1, 32, 8, 8, (3, 3), (1, 1), (3, 3), (2, 2)),      # dilation, padding past the kernel
+    (1, 48, 3, 3, (1, 1), (2, 2), (0, 0), (1, 1)),      # 1x1, strided
+    (1, 16, 12, 12, (11, 11), (1, 1), (5, 5), (1, 1)),  # 121 taps: the largest the SIMD kernel takes
+    (1, 16, 13, 13, (12, 12), (1, 1), (5, 5), (1, 1)),  # 144 taps: the reference runs
+    (1, 15, 5, 5, (3, 3), (1, 1), (1, 1), (1, 1)),      # fewer than 16 channels: the reference runs
+]
+
+
+@pytest.mark.parametrize("threads", [1, 3])
+@pytest.mark.parametrize("out", ["int8_relu_zp", "int8_signed", "float"])
+@pytest.mark.parametrize("case", DEPTHWISE_CASES, ids=lambda c: "x".join(map(str, c[:4])) + f"k{c[4][0]}{c[4][1]}")
+def test_depthwise_matches_reference(kernel_isa, case, out, threads):
+    """The table's static_dw (csrc/x86/avx2/static_depthwise.c, scalar twin mq_ref_static_dw):
+    16-channel blocks and tails, odd and even tap counts, padding, per-channel weight zero-points."""
+    b, c, h, w, ks, st, pd, dl = case
+    x_zp, out_zp, act, inv = {"int8_relu_zp": (-127, -127, "relu", 3.1), "int8_signed": (0, 0, "none", 0.9),
+                              "float": (-127, 0, "relu6", None)}[out]
+    x = rand_q(b, h, w, c, seed=41)
+    wq = rand_q(c, 1, *ks, seed=42)
+    w_zp = None if out == "int8_signed" else torch.randint(-128, 128, (c,), dtype=torch.int32,
+                                                           generator=torch.Generator().manual_seed(45))
+    x_w_scale = torch.rand(c, generator=torch.Generator().manual_seed(43)) * 1e-3 + 1e-4
+    bias = torch.randn(c, generator=torch.Generator().manual_seed(44)) if out != "int8_signed" else None
+    w_ref = wq if w_zp is None else wq.int() - w_zp.view(c, 1, 1, 1)
+    expected = ref.conv2d_ref(x, w_ref, x_w_scale, bias, st, pd, dl, c, ACTS[act], inv, x_zp, out_zp)
+    got = torch.empty(expected.shape, dtype=expected.dtype)
+    _C.depthwise_static(x.numpy(), wq[:, 0].permute(1, 2, 0).contiguous().numpy(),
+                        None if w_zp is None else w_zp.numpy(), x_w_scale.numpy(),
+                        None if bias is None else bias.numpy(), got.numpy(), st, pd, dl, *ACTS[act], inv or 1.0,
+                        threads, x_zp, out_zp)
+    assert torch.equal(got, expected)
+
+
+@pytest.mark.parametrize("x_code", [-128, 127])
+def test_depthwise_extreme_codes(kernel_isa, x_code):
+    """Every activation and weight at the ends of the range with the widest weight zero-points
+    (w - w_zp up to 255 in magnitude), 121 taps: the pairs' int16 products and the x_zp * sum(w)
+    correction at their largest."""
+    c = 35
+    x = torch.full((1, 11, 11, c), x_code, dtype=torch.int8)
+    wq = torch.where(torch.arange(c * 121).view(c, 1, 11, 11) % 3 == 0, -128, 127).to(torch.int8)
+    w_zp = torch.where(torch.arange(c) % 2 == 0, 127, -128).to(torch.int32)
+    x_w_scale = torch.full((c,), 1e-7)
+    for x_zp in (-127, 0, 127):
+        expected = ref.conv2d_ref(x, wq.int() - w_zp.view(c, 1, 1, 1), x_w_scale, None, (1, 1), (5, 5), (1, 1), c,
+                                  ACTS["none"], 0.5, x_zp, 0)
+        got = torch.empty(expected.shape, dtype=torch.int8)
+        _C.depthwise_static(x.numpy(), wq[:, 0].permute(1, 2, 0).contiguous().numpy(), w_zp.numpy(),
+                            x_w_scale.numpy(), None, got.numpy(), (1, 1), (5, 5), (1, 1), -math.inf, math.inf, 0.5, 1,
+                            x_zp, 0)
+        assert torch.equal(got, expected)

@@ -60,7 +60,7 @@ def test_split_program_matches_node_by_node(isa, compiled, batch, monkeypatch):
         model.run_as_program = True
         run_plain = static_kernels.static_program_run
         monkeypatch.setattr(static_kernels, "static_program_run",
-                            lambda handle, xs, nthreads: run_plain(handle, xs, 2, split="nodes"))
+                            lambda handle, xs, nthreads, **kw: run_plain(handle, xs, 2, split="nodes", **kw))
         got = model(x)
     assert model._compiled, "the program ran"
     assert torch.equal(got, ref)
@@ -94,3 +94,16 @@ def test_unknown_split_is_refused(compiled):
     _, run, shape = compiled
     with pytest.raises(ValueError, match="split must be 'auto', 'images' or 'nodes'"):
         static_kernels.static_program_run(run.handle, inputs(shape, 1).numpy(), 2, split="rows")
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("batch", [0, 1, 3])
+def test_nchw_output_is_the_nhwc_output_transposed(compiled, batch, threads):
+    """nchw=True (what the model asks for): the last node's NHWC output transposed in C, every
+    output rank (a conv's image, a pool's [b, c, 1, 1], a linear's rows)."""
+    _, run, shape = compiled
+    x = inputs(shape, batch).numpy()
+    nhwc = static_kernels.static_program_run(run.handle, x, threads)
+    got = static_kernels.static_program_run(run.handle, x, threads, nchw=True)
+    assert got.flags.c_contiguous and got.dtype == np.float32
+    assert np.array_equal(got, nhwc.transpose(0, 3, 1, 2))

@@ -28,7 +28,7 @@ from .capture import ValueRef
 from ..torch_features import is_exporting
 from .eager_only import refuse_traced_input, warn_if_grad_input
 from .graph import StaticGraphModel, _global_hooks
-from .modules import StaticAdd, StaticConv2d, StaticGlobalAvgPool, StaticLinear, inverse, nchw_output
+from .modules import StaticAdd, StaticConv2d, StaticGlobalAvgPool, StaticLinear, inverse
 from .modules_eltwise import StaticBroadcastAdd, StaticCat
 
 __all__ = ["StaticInt8Model", "compile_program"]
@@ -181,8 +181,7 @@ def compile_program(model: StaticGraphModel) -> Optional[Callable[[torch.Tensor]
         slots[name], ranks[name] = len(nodes), out_rank
         nodes.append(node)
     handle = static_kernels.static_program(nodes)
-    last_layer, out_rank = layers[body[-1][0]], ranks[body[-1][0]]
-    pool_nchw = isinstance(last_layer, StaticGlobalAvgPool) and not last_layer.flatten
+    out_rank = ranks[body[-1][0]]
 
     first_name = body[0][0]
 
@@ -190,12 +189,10 @@ def compile_program(model: StaticGraphModel) -> Optional[Callable[[torch.Tensor]
         problem = first.input_problem(x)  # (the C call's own check says only that the counts differ)
         if problem:
             raise ValueError(f"static int8 layer {first_name!r}: {problem}")
-        out = torch.from_numpy(static_kernels.static_program_run(handle, x.numpy(), SETTINGS.num_threads()))
-        if out_rank == 2:
-            return out.view(out.shape[0], out.shape[3])
-        if pool_nchw:
-            return out.view(out.shape[0], out.shape[3], 1, 1)
-        return nchw_output(out).contiguous()  # the model's output: contiguous, as the op-by-op path's
+        # (NCHW, contiguous as the op-by-op path's output: the C call transposes the last node's NHWC)
+        out = torch.from_numpy(static_kernels.static_program_run(handle, x.numpy(), SETTINGS.num_threads(),
+                                                                 nchw=True))
+        return out.view(out.shape[0], out.shape[1]) if out_rank == 2 else out
 
     run.input_rank = input_rank  # type: ignore[attr-defined]
     run.handle = handle  # type: ignore[attr-defined]  # (tests run it with other thread splits)
