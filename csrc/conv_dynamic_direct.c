@@ -91,29 +91,36 @@ static void quantize_padded(const direct_ctx *c, int64_t b, int8_t *restrict q, 
     const int64_t row_bytes = wp * ch;
     memset(padded, pad, (size_t)(c->ph * row_bytes)); /* the rows above and below */
     memset(padded + (c->ph + c->height) * row_bytes, pad, (size_t)(c->ph * row_bytes));
+    if (c->pw == 0) { /* the image's rows are adjacent in both layouts: one transpose of the plane */
+        c->kt->nhwc_bytes((const uint8_t *)q, plane, ch, plane, flip, padded + c->ph * row_bytes);
+        return;
+    }
     for (int64_t ih = 0; ih < c->height; ih++) {
         uint8_t *restrict row = padded + (c->ph + ih) * row_bytes;
         memset(row, pad, (size_t)(c->pw * ch));
         memset(row + (c->pw + c->width) * ch, pad, (size_t)(c->pw * ch));
-        uint8_t *restrict dst = row + c->pw * ch;
-        const uint8_t *restrict in = (const uint8_t *)q + ih * c->width;
-        /* NCHW -> NHWC, one input row (a few cache lines) at a time, 4 channels per 4-byte store: a
-         * quarter of the byte stores a plain transpose makes; the last ch % 4 channels byte by byte */
-        const uint32_t flip4 = flip * 0x01010101u;
-        const int64_t ch4 = ch - ch % 4;
-        for (int64_t k = 0; k < ch4; k += 4) {
-            const uint8_t *restrict i0 = in + k * plane, *restrict i1 = i0 + plane, *restrict i2 = i1 + plane,
-                                    *restrict i3 = i2 + plane;
-            for (int64_t iw = 0; iw < c->width; iw++) {
-                const uint32_t word = ((uint32_t)i0[iw] | (uint32_t)i1[iw] << 8 | (uint32_t)i2[iw] << 16 |
-                                       (uint32_t)i3[iw] << 24) ^ flip4; /* little-endian: channel k first */
-                memcpy(dst + iw * ch + k, &word, 4);
-            }
+        c->kt->nhwc_bytes((const uint8_t *)q + ih * c->width, plane, ch, c->width, flip, row + c->pw * ch);
+    }
+}
+
+/* The reference: 4 channels per 4-byte store (a quarter of the byte stores a plain transpose
+ * makes), the last channels % 4 byte by byte. */
+void mq_ref_nhwc_bytes(const uint8_t *src, int64_t plane, int64_t channels, int64_t width, uint8_t flip,
+                       uint8_t *dst) {
+    const uint32_t flip4 = flip * 0x01010101u;
+    const int64_t ch4 = channels - channels % 4;
+    for (int64_t k = 0; k < ch4; k += 4) {
+        const uint8_t *restrict i0 = src + k * plane, *restrict i1 = i0 + plane, *restrict i2 = i1 + plane,
+                                *restrict i3 = i2 + plane;
+        for (int64_t iw = 0; iw < width; iw++) {
+            const uint32_t word = ((uint32_t)i0[iw] | (uint32_t)i1[iw] << 8 | (uint32_t)i2[iw] << 16 |
+                                   (uint32_t)i3[iw] << 24) ^ flip4; /* little-endian: channel k first */
+            memcpy(dst + iw * channels + k, &word, 4);
         }
-        for (int64_t k = ch4; k < ch; k++) {
-            const uint8_t *restrict ik = in + k * plane;
-            for (int64_t iw = 0; iw < c->width; iw++) dst[iw * ch + k] = ik[iw] ^ flip;
-        }
+    }
+    for (int64_t k = ch4; k < channels; k++) {
+        const uint8_t *restrict ik = src + k * plane;
+        for (int64_t iw = 0; iw < width; iw++) dst[iw * channels + k] = ik[iw] ^ flip;
     }
 }
 

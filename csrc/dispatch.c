@@ -198,6 +198,7 @@ static const mq_kernels scalar_table = {
     .static_conv = mq_ref_static_conv,
     .static_add = mq_ref_static_add,
     .static_dw = mq_ref_static_dw,
+    .nhwc_bytes = mq_ref_nhwc_bytes,
     .q4_pack = mq_ref_q4_pack,
     .q4_sqerr = mq_ref_q4_sqerr,
     .q4_unpack = mq_ref_q4_unpack,
@@ -251,6 +252,7 @@ static void overlay(mq_kernels *dst, const mq_kernels *src) {
     }
     TAKE(static_add);
     TAKE(static_dw);
+    TAKE(nhwc_bytes);
     TAKE(q4_pack);
     TAKE(q4_sqerr);
     TAKE(q4_unpack);
@@ -314,6 +316,7 @@ static void init_tables(void) {
         if (cpu.f16c) overlay(&tables[MQ_ISA_AVX2], &mq_avx2_h16_dconv_table);
         overlay(&tables[MQ_ISA_AVX2], &mq_avx2_eltwise_table);
         overlay(&tables[MQ_ISA_AVX2], &mq_avx2_depthwise_table);
+        overlay(&tables[MQ_ISA_AVX2], &mq_avx2_transpose_table);
     }
     tables[MQ_ISA_AVX512] = tables[MQ_ISA_AVX2];
     if (best_isa >= MQ_ISA_AVX512) {

@@ -60,13 +60,15 @@ static void quantize_row(const float *restrict src, int64_t n, float inv, int zp
 }
 
 /* Pixels per block of the NCHW -> NHWC quantize: the block's codes, [channels][pixels], fit this
- * tile (on the stack), so both the strided float reads and the transposed byte writes stay in L1. */
+ * tile (on the stack), so both the strided float reads and the transposed byte writes stay in L1;
+ * the table's nhwc_bytes transposes it. */
 #define QUANTIZE_TILE 16384
 
 static void quantize_range(void *vctx, int64_t begin, int64_t end) {
     const layout_ctx *c = vctx;
     const int64_t ch_n = c->channels, plane = c->plane;
     int8_t tile[QUANTIZE_TILE];
+    const mq_nhwc_bytes_fn transpose = mq_active()->nhwc_bytes;
     const int64_t block = ch_n > QUANTIZE_TILE ? 1 : (QUANTIZE_TILE / ch_n < 64 ? QUANTIZE_TILE / ch_n : 64);
     for (int64_t b = begin; b < end; b++) {
         const float *src = c->x + b * ch_n * plane;
@@ -85,10 +87,7 @@ static void quantize_range(void *vctx, int64_t begin, int64_t end) {
             /* each channel's run of pixels requantized as one vector loop, then transposed */
             for (int64_t ch = 0; ch < ch_n; ch++) quantize_row(src + ch * plane + p0, len, c->scale, c->zp,
                                                                tile + ch * len);
-            for (int64_t p = 0; p < len; p++) {
-                int8_t *restrict d = dst + (p0 + p) * ch_n;
-                for (int64_t ch = 0; ch < ch_n; ch++) d[ch] = tile[ch * len + p];
-            }
+            transpose((const uint8_t *)tile, len, ch_n, len, 0, (uint8_t *)(dst + p0 * ch_n));
         }
     }
 }

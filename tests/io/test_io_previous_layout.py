@@ -37,6 +37,8 @@ def test_previous_layout_loads_with_identical_outputs(name, output, monkeypatch)
     # take F.conv2d on the dequantized weight by a shape rule (a speed choice, not a layout one),
     # so pin the packed path to compare the bits of the file's layers.
     monkeypatch.setattr(conv_module, "DYNAMIC_MIN_K", 0)
+    monkeypatch.setattr(conv_module, "DYNAMIC_MIN_K_POINTWISE", 0)
+    monkeypatch.setattr(conv_module, "DYNAMIC_MIN_N_POINTWISE", 0)
     monkeypatch.setattr(conv_module, "DYNAMIC_MIN_MACS_PER_IMAGE", 0)
     monkeypatch.setattr(conv_module, "DIRECT_MIN_MACS_PER_IMAGE", 0)  # (its 2-channel conv: the direct route)
     with torch.device("meta"):

@@ -92,6 +92,26 @@ def test_direct_route_matches_im2col_route_and_reference(case, isa):
             assert results[2][1] == 0  # switched off
 
 
+
+WIDE = [  # (case, image size): the NCHW -> NHWC byte transpose's 16 x 16 tiles and their tails
+    ((16, 24, 1, 1, 0, 1, 1), (6, 37)),   # 1x1: the whole plane (222 pixels) transposed at once
+    ((33, 16, 3, 1, 1, 1, 1), (5, 35)),   # padded rows: 2 tiles + 3 pixels, 2 x 16 + 1 channels
+    ((48, 20, 1, 2, 0, 1, 1), (4, 16)),   # exactly whole tiles
+    ((17, 8, 3, 1, 0, 1, 1), (3, 18)),    # one tile of channels + 1, one of pixels + 2
+]
+
+
+@pytest.mark.parametrize("case,size", WIDE, ids=[str(c) for c in WIDE])
+@pytest.mark.parametrize("isa", SUPPORTED)
+def test_wide_images_match_the_im2col_route_and_reference(case, size, isa):
+    conv, qconv = _quantized(case, 4)
+    x = _inputs(case[0], 2, size)
+    with at_isa(isa):
+        (direct, took), (im2col, _) = _run(qconv, x, 1, True), _run(qconv, x, 1, False)
+    ref = reference.conv2d_int8(x, qconv.quantized_weight().qdata, qconv.weight_scale, qconv.weight_zero_point,
+                                qconv.bias, conv.stride, conv.padding, conv.dilation, conv.groups)
+    assert took == 1 and torch.equal(im2col, ref) and torch.equal(_bits(direct), _bits(im2col))
+
 @pytest.mark.parametrize("isa", SUPPORTED)
 def test_direct_route_nan_image_gives_nan_outputs_as_the_im2col_route(isa):
     conv, qconv = _quantized((8, 20, 3, 2, 1, 1, 1), 5)

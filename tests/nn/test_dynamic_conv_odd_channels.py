@@ -195,6 +195,26 @@ def test_short_reductions_keep_f_conv2d(in_channels):
     assert torch.allclose(y, float_y, atol=0.05 * float(float_y.abs().max()))
 
 
+
+@pytest.mark.parametrize("in_channels,out_channels,int8", [(64, 64, False), (127, 64, False), (128, 64, True),
+                                                          (192, 47, False), (192, 48, True)])
+def test_pointwise_convs_need_128_inputs_and_48_outputs_for_int8(in_channels, out_channels, int8):
+    """A 1x1 conv runs int8 from DYNAMIC_MIN_K_POINTWISE (128) input and DYNAMIC_MIN_N_POINTWISE (48)
+    output channels per group: below them F.conv2d on the dequantized weight (no C call, fp32's
+    numbers), which beat the int8 route on MobileNet-style shapes (docs/benchmarks.md); a 3x3 conv
+    of 8 channels (k = 72) to 16 stays int8."""
+    torch.manual_seed(in_channels)
+    conv = nn.Conv2d(in_channels, out_channels, 1).eval()
+    qconv = mq.quantize(conv).model
+    x = torch.randn(1, in_channels, 20, 20)
+    assert qconv._packed_pays(x) is int8
+    y, counts = _forward_counting_calls(qconv, x)
+    assert (counts["calls"] > 0) is int8
+    with torch.no_grad():
+        assert torch.allclose(y, conv(x), atol=0.05 * float(conv(x).abs().max()))
+    small = mq.quantize(nn.Conv2d(8, 16, 3, padding=1).eval()).model
+    assert small._packed_pays(torch.randn(1, 8, 56, 56))
+
 def test_stem_route_is_int8_unless_switched_off_or_asymmetric():
     """Switched off (the routes before the direct one) the 7x7 RGB stem takes the im2col route
     (same bits); asymmetric weights never take the direct route (its rule); a depthwise conv

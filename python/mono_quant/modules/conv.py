@@ -33,13 +33,24 @@ from .input_checks import check_conv_channels, check_float_input, strides_like_c
 from .reduce_range import ReduceRange
 from .registry import QuantizedModule, register_qmodule
 
-__all__ = ["QuantizedConv2d", "DYNAMIC_MIN_K", "DYNAMIC_MIN_MACS_PER_IMAGE", "DIRECT_MIN_MACS_PER_IMAGE",
+__all__ = ["QuantizedConv2d", "DYNAMIC_MIN_K", "DYNAMIC_MIN_K_POINTWISE", "DYNAMIC_MIN_N_POINTWISE",
+           "DYNAMIC_MIN_MACS_PER_IMAGE", "DIRECT_MIN_MACS_PER_IMAGE",
            "DYNAMIC_CHUNK_BYTES"]
 
 # Dynamic int8 convs with a reduction (in_channels/groups * kh * kw) shorter than this, or
 # fewer multiply-adds per image, run F.conv2d on the dequantized weight (see
 # QuantizedConv2d._packed_pays).
 DYNAMIC_MIN_K = 64
+# The floors of a 1x1 conv's input and output channels (per group): a pointwise conv's int8
+# route quantizes and transposes the whole image for in_channels multiply-adds per input value,
+# and writes its NCHW output back from NHWC sums, where oneDNN's fp32 1x1 conv is one GEMM on
+# the NCHW image.  On the AVX2 host (bench_depthwise.py's MobileNetV2 shapes, 56x56 and 14x14,
+# interleaved, 1 thread) the int8 route ran at 0.69-0.95 of fp32's speed for 64 input channels
+# whatever the output channels, 0.75-1.10 for 144 and 0.89-1.35 for 384, and at 0.75-0.96 for
+# 16-32 output channels of 144-192 inputs (0.94-1.22 from 48 outputs).  3x3 convs of 8-12
+# channels (k 72-108) and 16-24 outputs ran 1.2-2.5x faster in int8: the floors are a 1x1's only.
+DYNAMIC_MIN_K_POINTWISE = 128
+DYNAMIC_MIN_N_POINTWISE = 48
 DYNAMIC_MIN_MACS_PER_IMAGE = 1 << 18
 # The same rule's floor where the direct conv route takes the layer (kernels.dynamic_conv): no
 # im2col and one C region per call, so far smaller convs beat F.conv2d (bench_dynamic_conv.py:
@@ -63,6 +74,8 @@ _ROUTES = layer_cache.per_layer_cache()
 _ROUTE_SOURCES = tuple((None, name) for name in (
     "weight_format", "activations", "in_channels", "out_channels", "groups", "kernel_size2d", "stride2d",
     "padding2d", "dilation2d", "padding_mode", "weight_symmetric")) + ((globals(), "DYNAMIC_MIN_K"),
+                                                   (globals(), "DYNAMIC_MIN_K_POINTWISE"),
+                                                   (globals(), "DYNAMIC_MIN_N_POINTWISE"),
                                                    (globals(), "DYNAMIC_MIN_MACS_PER_IMAGE"),
                                                    (globals(), "DIRECT_MIN_MACS_PER_IMAGE"),
                                                    (vars(dynamic_conv), "DIRECT_ROUTE"),
@@ -308,6 +321,9 @@ class QuantizedConv2d(ReduceRange, QuantizedModule):
                 not getattr(self, "weight_symmetric", False))
             if k < DYNAMIC_MIN_K:  # too few multiply-adds per output for int8 to pay, either route
                 return False
+            if self.kernel_size2d[0] * self.kernel_size2d[1] == 1 and (
+                    k < DYNAMIC_MIN_K_POINTWISE or self.out_channels // self.groups < DYNAMIC_MIN_N_POINTWISE):
+                return False  # a 1x1 conv: the image's quantize and transposes outweigh its few products
             pixels = 1  # per image, so an image's result never depends on the batch it came in
             geometry = (self.kernel_size2d, self.stride2d, self.padding2d, self.dilation2d)
             for size, kk, st, p, d in zip(x.shape[2:], *geometry):
