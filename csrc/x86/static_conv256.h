@@ -16,49 +16,16 @@
 
 #define MQ_INLINE static inline __attribute__((always_inline))
 
+#include "x86/epilogue256.h"
+
 /* 8 channels n0 .. n0 + 7 (fewer at the tail) of output pixel pix. */
 MQ_INLINE void store_half(const mq_static_conv_args *a, __m256i acc, int64_t pix, int64_t n0) {
     const int64_t valid = a->n - n0 < 8 ? a->n - n0 : 8;
-    __m256 xw, bias = _mm256_setzero_ps();
-    if (valid == 8) {
-        xw = _mm256_loadu_ps(a->xw + n0);
-        if (a->bias) bias = _mm256_loadu_ps(a->bias + n0);
-    } else { /* never read past the arrays' ends */
-        float t[8] = {0}, u[8] = {0};
-        memcpy(t, a->xw + n0, (size_t)valid * sizeof(float));
-        if (a->bias) memcpy(u, a->bias + n0, (size_t)valid * sizeof(float));
-        xw = _mm256_loadu_ps(t);
-        bias = _mm256_loadu_ps(u);
-    }
+    const mq_epilogue256 e = mq_epilogue256_of(a->act_lo, a->act_hi, a->inv_out_scale, a->out_zp);
     acc = _mm256_sub_epi32(acc, _mm256_loadu_si256((const __m256i *)(a->zcol + n0)));
-    __m256 y = _mm256_mul_ps(_mm256_cvtepi32_ps(acc), xw);
-    if (a->bias) y = _mm256_add_ps(y, bias);
-    /* max(y, lo) is (y > lo ? y : lo): a NaN gives lo, as the reference */
-    __m256 v = _mm256_min_ps(_mm256_max_ps(y, _mm256_set1_ps(a->act_lo)), _mm256_set1_ps(a->act_hi));
-    if (!a->y_q) {
-        if (valid == 8) {
-            _mm256_storeu_ps(a->y_f32 + pix * a->n + n0, v);
-        } else {
-            float tmp[8];
-            _mm256_storeu_ps(tmp, v);
-            memcpy(a->y_f32 + pix * a->n + n0, tmp, (size_t)valid * sizeof(float));
-        }
-        return;
-    }
-    const float lo = (float)(-127 - a->out_zp), hi = (float)(127 - a->out_zp);
-    __m256 s = _mm256_mul_ps(v, _mm256_set1_ps(a->inv_out_scale));
-    s = _mm256_min_ps(_mm256_max_ps(s, _mm256_set1_ps(lo)), _mm256_set1_ps(hi));
-    __m256i q = _mm256_add_epi32(_mm256_cvtps_epi32(s), _mm256_set1_epi32(a->out_zp)); /* nearest even */
-    /* 8 int32 in -127..127 -> 8 bytes: saturating packs keep the values */
-    __m128i q16 = _mm_packs_epi32(_mm256_castsi256_si128(q), _mm256_extracti128_si256(q, 1));
-    __m128i q8 = _mm_packs_epi16(q16, q16);
-    if (valid == 8) {
-        _mm_storel_epi64((__m128i *)(void *)(a->y_q + pix * a->n + n0), q8);
-    } else {
-        int8_t bytes[16];
-        _mm_storeu_si128((__m128i *)(void *)bytes, q8);
-        for (int64_t t = 0; t < valid; t++) a->y_q[pix * a->n + n0 + t] = bytes[t];
-    }
+    const int64_t o = pix * a->n + n0;
+    mq_epilogue256_store(&e, acc, a->xw + n0, a->bias ? a->bias + n0 : NULL, valid, a->y_q ? a->y_q + o : NULL,
+                         a->y_q ? NULL : a->y_f32 + o);
 }
 
 #define SROW_DECL(i, MT) __m256i acc##i##a = _mm256_setzero_si256(), acc##i##b = acc##i##a; \

@@ -16,64 +16,15 @@
 #if defined(__x86_64__) && defined(__AVX2__)
 #include <immintrin.h>
 
+#include "x86/epilogue256.h"
+
 #define DW_MAX_TAPS 128 /* (11 x 11; a larger kernel runs the reference) */
 
-/* The epilogue's constants, made once per call: locals the compiler keeps in registers (read
- * through a, they were reloaded after every store, which might alias them). */
-typedef struct {
-    __m256 act_lo, act_hi, inv, q_lo, q_hi;
-    __m256i out_zp;
-    const float *x_w_scale, *bias;
-    int8_t *y_q;
-    float *y_f32;
-} epilogue;
-
-static inline __attribute__((always_inline)) epilogue epilogue_of(const mq_static_dw_args *a) {
-    return (epilogue){_mm256_set1_ps(a->act_lo), _mm256_set1_ps(a->act_hi), _mm256_set1_ps(a->inv_out_scale),
-                      _mm256_set1_ps((float)(-127 - a->out_zp)), _mm256_set1_ps((float)(127 - a->out_zp)),
-                      _mm256_set1_epi32(a->out_zp), a->x_w_scale, a->bias, a->y_q, a->y_f32};
-}
-
 /* Channels q0 .. q0 + valid - 1 (valid <= 8) of the output pixel at element o. */
-static inline __attribute__((always_inline)) void store8(const epilogue *e, __m256i acc, int64_t o, int64_t q0,
-                                                         int64_t valid) {
-    __m256 xw, bias = _mm256_setzero_ps();
-    if (valid == 8) {
-        xw = _mm256_loadu_ps(e->x_w_scale + q0);
-        if (e->bias) bias = _mm256_loadu_ps(e->bias + q0);
-    } else { /* never read past the arrays' ends */
-        float t[8] = {0}, u[8] = {0};
-        memcpy(t, e->x_w_scale + q0, (size_t)valid * sizeof(float));
-        if (e->bias) memcpy(u, e->bias + q0, (size_t)valid * sizeof(float));
-        xw = _mm256_loadu_ps(t);
-        bias = _mm256_loadu_ps(u);
-    }
-    __m256 y = _mm256_mul_ps(_mm256_cvtepi32_ps(acc), xw);
-    if (e->bias) y = _mm256_add_ps(y, bias);
-    /* max(y, lo) is (y > lo ? y : lo): a NaN gives lo, as the reference */
-    const __m256 v = _mm256_min_ps(_mm256_max_ps(y, e->act_lo), e->act_hi);
-    if (!e->y_q) {
-        if (valid == 8) {
-            _mm256_storeu_ps(e->y_f32 + o + q0, v);
-        } else {
-            float tmp[8];
-            _mm256_storeu_ps(tmp, v);
-            memcpy(e->y_f32 + o + q0, tmp, (size_t)valid * sizeof(float));
-        }
-        return;
-    }
-    const __m256 s = _mm256_min_ps(_mm256_max_ps(_mm256_mul_ps(v, e->inv), e->q_lo), e->q_hi);
-    const __m256i q = _mm256_add_epi32(_mm256_cvtps_epi32(s), e->out_zp); /* nearest even */
-    /* 8 int32 in -127..127 -> 8 bytes: saturating packs keep the values */
-    const __m128i q16 = _mm_packs_epi32(_mm256_castsi256_si128(q), _mm256_extracti128_si256(q, 1));
-    const __m128i q8 = _mm_packs_epi16(q16, q16);
-    if (valid == 8) {
-        _mm_storel_epi64((__m128i *)(void *)(e->y_q + o + q0), q8);
-    } else {
-        int8_t bytes[16];
-        _mm_storeu_si128((__m128i *)(void *)bytes, q8);
-        memcpy(e->y_q + o + q0, bytes, (size_t)valid);
-    }
+static inline __attribute__((always_inline)) void store8(const mq_static_dw_args *a, const mq_epilogue256 *e,
+                                                         __m256i acc, int64_t o, int64_t q0, int64_t valid) {
+    mq_epilogue256_store(e, acc, a->x_w_scale + q0, a->bias ? a->bias + q0 : NULL, valid,
+                         a->y_q ? a->y_q + o + q0 : NULL, a->y_q ? NULL : a->y_f32 + o + q0);
 }
 
 static void static_dw_avx2(const mq_static_dw_args *a, int64_t begin, int64_t end) {
@@ -83,7 +34,8 @@ static void static_dw_avx2(const mq_static_dw_args *a, int64_t begin, int64_t en
         return;
     }
     const int64_t pair_stride = blocks * 32, q_tail = blocks * 16, tail = ch - q_tail;
-    const epilogue e = epilogue_of(a);
+    /* (the epilogue's constants made once: read through a, they were reloaded after every store) */
+    const mq_epilogue256 e = mq_epilogue256_of(a->act_lo, a->act_hi, a->inv_out_scale, a->out_zp);
     const int8_t *tap[DW_MAX_TAPS + 1];
     for (int64_t r = begin; r < end; r++) {
         const int64_t b = r / a->out_h, oh = r % a->out_h;
@@ -114,9 +66,9 @@ static void static_dw_avx2(const mq_static_dw_args *a, int64_t begin, int64_t en
                 }
                 /* lo holds channels 0-3 | 8-11, hi 4-7 | 12-15 */
                 const int32_t *z = a->x_zp_sum + bl * 16;
-                store8(&e, _mm256_sub_epi32(_mm256_permute2x128_si256(lo, hi, 0x20),
+                store8(a, &e, _mm256_sub_epi32(_mm256_permute2x128_si256(lo, hi, 0x20),
                                            _mm256_loadu_si256((const __m256i *)z)), o, bl * 16, 8);
-                store8(&e, _mm256_sub_epi32(_mm256_permute2x128_si256(lo, hi, 0x31),
+                store8(a, &e, _mm256_sub_epi32(_mm256_permute2x128_si256(lo, hi, 0x31),
                                            _mm256_loadu_si256((const __m256i *)(z + 8))), o, bl * 16 + 8, 8);
             }
             if (tail) { /* the last ch % 16 channels: the same int32 sums, one channel at a time */
@@ -127,8 +79,8 @@ static void static_dw_avx2(const mq_static_dw_args *a, int64_t begin, int64_t en
                     for (int64_t q = 0; q < tail; q++) s[q] += (int32_t)xs[q] * ws[q];
                 }
                 for (int64_t q = 0; q < tail; q++) s[q] -= a->x_zp_sum[q_tail + q];
-                store8(&e, _mm256_loadu_si256((const __m256i *)s), o, q_tail, tail < 8 ? tail : 8);
-                if (tail > 8) store8(&e, _mm256_loadu_si256((const __m256i *)(s + 8)), o, q_tail + 8, tail - 8);
+                store8(a, &e, _mm256_loadu_si256((const __m256i *)s), o, q_tail, tail < 8 ? tail : 8);
+                if (tail > 8) store8(a, &e, _mm256_loadu_si256((const __m256i *)(s + 8)), o, q_tail + 8, tail - 8);
             }
         }
     }
