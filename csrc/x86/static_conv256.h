@@ -19,12 +19,12 @@
 #include "x86/epilogue256.h"
 
 /* 8 channels n0 .. n0 + 7 (fewer at the tail) of output pixel pix. */
-MQ_INLINE void store_half(const mq_static_conv_args *a, __m256i acc, int64_t pix, int64_t n0) {
+MQ_INLINE void store_half(const mq_static_conv_args *a, const mq_epilogue256 *e, __m256i acc, int64_t pix,
+                          int64_t n0) {
     const int64_t valid = a->n - n0 < 8 ? a->n - n0 : 8;
-    const mq_epilogue256 e = mq_epilogue256_of(a->act_lo, a->act_hi, a->inv_out_scale, a->out_zp);
     acc = _mm256_sub_epi32(acc, _mm256_loadu_si256((const __m256i *)(a->zcol + n0)));
     const int64_t o = pix * a->n + n0;
-    mq_epilogue256_store(&e, acc, a->xw + n0, a->bias ? a->bias + n0 : NULL, valid, a->y_q ? a->y_q + o : NULL,
+    mq_epilogue256_store(e, acc, a->xw + n0, a->bias ? a->bias + n0 : NULL, valid, a->y_q ? a->y_q + o : NULL,
                          a->y_q ? NULL : a->y_f32 + o);
 }
 
@@ -39,8 +39,8 @@ MQ_INLINE void store_half(const mq_static_conv_args *a, __m256i acc, int64_t pix
     }
 #define SROW_STORE(i, MT)                                                             \
     if ((i) < (MT)) {                                                                 \
-        store_half(a, acc##i##a, pix0 + (i), p * MQ_PANEL);                           \
-        if (p * MQ_PANEL + 8 < a->n) store_half(a, acc##i##b, pix0 + (i), p * MQ_PANEL + 8); \
+        store_half(a, &e, acc##i##a, pix0 + (i), p * MQ_PANEL);                       \
+        if (p * MQ_PANEL + 8 < a->n) store_half(a, &e, acc##i##b, pix0 + (i), p * MQ_PANEL + 8); \
     }
 /* MT consecutive output pixels (row-major, across row ends) x one panel p. */
 #define STILE(MT)                                                                                      \
@@ -61,6 +61,7 @@ MQ_INLINE void store_half(const mq_static_conv_args *a, __m256i acc, int64_t pix
                     SROW(0, MT) SROW(1, MT) SROW(2, MT) SROW(3, MT) SROW(4, MT) SROW(5, MT)            \
                 }                                                                                      \
             }                                                                                          \
+        const mq_epilogue256 e = mq_epilogue256_of(a->act_lo, a->act_hi, a->inv_out_scale, a->out_zp);  \
         SROW_STORE(0, MT) SROW_STORE(1, MT) SROW_STORE(2, MT) SROW_STORE(3, MT) SROW_STORE(4, MT)      \
         SROW_STORE(5, MT)                                                                              \
     }
