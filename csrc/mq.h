@@ -194,9 +194,10 @@ typedef struct {
     const int8_t *x;           /* NHWC [batch][height][width][channels] */
     int64_t channels, height, width, kh, kw, sh, sw, ph, pw, dh, dw, out_h, out_w;
     const int16_t *w;          /* [kh * kw][channels]: weight - w_zp */
-    /* for the SIMD twins, when channels >= 16: taps 2t and 2t + 1 of w (the last odd tap's partner
-     * is 0) per 16-channel block, [ceil(kh * kw / 2)][channels / 16][32] int16: pairs (w[2t][q],
-     * w[2t + 1][q]) of channels 0-3, 8-11, then of 4-7, 12-15 (AVX2's unpacklo / unpackhi order) */
+    /* for the SIMD twins (NULL where none reads them; channels >= 16, taps <= MQ_DW_SIMD_MAX_TAPS):
+     * taps 2t and 2t + 1 of w (the last odd tap's partner is 0) per 16-channel block,
+     * [ceil(kh * kw / 2)][channels / 16][32] int16: pairs (w[2t][q], w[2t + 1][q]) of channels
+     * 0-3, 8-11, then of 4-7, 12-15 (AVX2's unpacklo / unpackhi order) */
     const int16_t *w_pairs;
     const int32_t *x_zp_sum;   /* [channels]: x_zp * sum over all taps of w */
     const int8_t *x_zp_row;    /* [channels] bytes of x_zp */
@@ -209,6 +210,9 @@ typedef struct {
     int32_t *scratch;          /* [channels] the kernel may write (one range's, one thread's) */
 } mq_static_dw_args;
 typedef void (*mq_static_dw_fn)(const mq_static_dw_args *a, int64_t begin, int64_t end);
+/* The most taps (kh * kw) the SIMD twins take (their per-pixel pointer array; 11 x 11 is 121):
+ * w_pairs is made only for calls within it, larger kernels run the reference. */
+#define MQ_DW_SIMD_MAX_TAPS 128
 
 /* One panel of that layout (16*kp bytes at dst, w_sum[16]) from nvalid <= 16
  * rows of k int8 (row stride ld), the channels past nvalid zero; *has_m128 =

@@ -578,7 +578,9 @@ void mq_ref_static_dw(const mq_static_dw_args *a, int64_t begin, int64_t end) {
  * and the SIMD twins' tap pairs, mq_static_dw_args) and runs the table's kernel on its rows. */
 static void depthwise_range(void *vctx, int64_t begin, int64_t end) {
     depthwise_ctx *c = vctx;
-    const int64_t ch = c->channels, taps = c->kh * c->kw, blocks = ch / 16, pairs = (taps + 1) / 2;
+    const int64_t ch = c->channels, taps = c->kh * c->kw, pairs = (taps + 1) / 2;
+    /* (the pairs only for a SIMD twin that reads them: they doubled the buffer of a large kernel) */
+    const int64_t blocks = c->kernel != mq_ref_static_dw && taps <= MQ_DW_SIMD_MAX_TAPS ? ch / 16 : 0;
     const size_t sums_bytes = (size_t)ch * sizeof(int32_t), w_bytes = (size_t)(taps * ch) * sizeof(int16_t);
     const size_t pairs_bytes = (size_t)(pairs * blocks * 32) * sizeof(int16_t);
     char *buf = malloc(2 * sums_bytes + w_bytes + pairs_bytes + (size_t)ch);

@@ -18,8 +18,6 @@
 
 #include "x86/epilogue256.h"
 
-#define DW_MAX_TAPS 128 /* (11 x 11; a larger kernel runs the reference) */
-
 /* Channels q0 .. q0 + valid - 1 (valid <= 8) of the output pixel at element o. */
 static inline __attribute__((always_inline)) void store8(const mq_static_dw_args *a, const mq_epilogue256 *e,
                                                          __m256i acc, int64_t o, int64_t q0, int64_t valid) {
@@ -29,14 +27,14 @@ static inline __attribute__((always_inline)) void store8(const mq_static_dw_args
 
 static void static_dw_avx2(const mq_static_dw_args *a, int64_t begin, int64_t end) {
     const int64_t ch = a->channels, taps = a->kh * a->kw, blocks = ch / 16, pairs = (taps + 1) / 2;
-    if (blocks == 0 || taps > DW_MAX_TAPS || !a->w_pairs) {
+    if (blocks == 0 || taps > MQ_DW_SIMD_MAX_TAPS || !a->w_pairs) {
         mq_ref_static_dw(a, begin, end);
         return;
     }
     const int64_t pair_stride = blocks * 32, q_tail = blocks * 16, tail = ch - q_tail;
     /* (the epilogue's constants made once: read through a, they were reloaded after every store) */
     const mq_epilogue256 e = mq_epilogue256_of(a->act_lo, a->act_hi, a->inv_out_scale, a->out_zp);
-    const int8_t *tap[DW_MAX_TAPS + 1];
+    const int8_t *tap[MQ_DW_SIMD_MAX_TAPS + 1];
     for (int64_t r = begin; r < end; r++) {
         const int64_t b = r / a->out_h, oh = r % a->out_h;
         const int8_t *image = a->x + b * a->height * a->width * ch;
