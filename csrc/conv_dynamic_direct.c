@@ -103,27 +103,6 @@ static void quantize_padded(const direct_ctx *c, int64_t b, int8_t *restrict q, 
     }
 }
 
-/* The reference: 4 channels per 4-byte store (a quarter of the byte stores a plain transpose
- * makes), the last channels % 4 byte by byte. */
-void mq_ref_nhwc_bytes(const uint8_t *src, int64_t plane, int64_t channels, int64_t width, uint8_t flip,
-                       uint8_t *dst) {
-    const uint32_t flip4 = flip * 0x01010101u;
-    const int64_t ch4 = channels - channels % 4;
-    for (int64_t k = 0; k < ch4; k += 4) {
-        const uint8_t *restrict i0 = src + k * plane, *restrict i1 = i0 + plane, *restrict i2 = i1 + plane,
-                                *restrict i3 = i2 + plane;
-        for (int64_t iw = 0; iw < width; iw++) {
-            const uint32_t word = ((uint32_t)i0[iw] | (uint32_t)i1[iw] << 8 | (uint32_t)i2[iw] << 16 |
-                                   (uint32_t)i3[iw] << 24) ^ flip4; /* little-endian: channel k first */
-            memcpy(dst + iw * channels + k, &word, 4);
-        }
-    }
-    for (int64_t k = ch4; k < channels; k++) {
-        const uint8_t *restrict ik = src + k * plane;
-        for (int64_t iw = 0; iw < width; iw++) dst[iw * channels + k] = ik[iw] ^ flip;
-    }
-}
-
 /* Output rows [oh0, oh0 + nr) of an image's padded rows as im2col rows [nr * out_w][kp] in the
  * packed K order (kh, kw, channel), the kp - k bytes after them any value (the weight's zero
  * padding).  Taps are written in increasing order per pixel, so a copy that spills a few bytes
@@ -202,21 +181,8 @@ static void conv_rows(const direct_ctx *c, const uint8_t *padded, int64_t b, int
             if (bias)
                 for (int64_t j = 0; j < n; j++) row[j] = row[j] + bias[j];
         }
-    } else { /* [pixel][n] -> [n][pixel] in blocks of 32 pixels (both sides stay in L1) */
-        float *restrict y = c->y + b * n * pixels + p0;
-        for (int64_t q0 = 0; q0 < np; q0 += 32) {
-            const int64_t q1 = q0 + 32 < np ? q0 + 32 : np;
-            for (int64_t j = 0; j < n; j++) {
-                float *restrict dst = y + j * pixels;
-                const float sj = s[j];
-                if (bias) {
-                    const float bj = bias[j];
-                    for (int64_t p = q0; p < q1; p++) dst[p] = acc_f[p * n + j] * sj + bj;
-                } else {
-                    for (int64_t p = q0; p < q1; p++) dst[p] = acc_f[p * n + j] * sj;
-                }
-            }
-        }
+    } else { /* [pixel][n] -> [n][pixel] */
+        c->kt->nchw_f32(acc_f, np, n, s, bias, c->y + b * n * pixels + p0, pixels);
     }
     mq_conv_profile_stop(MQ_CONV_THREAD_EPILOGUE, t);
 }

@@ -199,6 +199,7 @@ static const mq_kernels scalar_table = {
     .static_add = mq_ref_static_add,
     .static_dw = mq_ref_static_dw,
     .nhwc_bytes = mq_ref_nhwc_bytes,
+    .nchw_f32 = mq_ref_nchw_f32,
     .q4_pack = mq_ref_q4_pack,
     .q4_sqerr = mq_ref_q4_sqerr,
     .q4_unpack = mq_ref_q4_unpack,
@@ -253,6 +254,7 @@ static void overlay(mq_kernels *dst, const mq_kernels *src) {
     TAKE(static_add);
     TAKE(static_dw);
     TAKE(nhwc_bytes);
+    TAKE(nchw_f32);
     TAKE(q4_pack);
     TAKE(q4_sqerr);
     TAKE(q4_unpack);

@@ -184,6 +184,11 @@ typedef void (*mq_static_add_fn)(const int8_t *a, float a_scale, int a_zp, const
  * flip 0x80 encodes int8 as uint8 + 128).  Exact: every ISA writes the same bytes. */
 typedef void (*mq_nhwc_bytes_fn)(const uint8_t *src, int64_t plane, int64_t channels, int64_t width, uint8_t flip,
                                  uint8_t *dst);
+/* NHWC float sums to NCHW: y[j * ld + p] = acc[p * n + j] * s[j] + bias[j] for p < np, j < n
+ * (s NULL: the value itself; bias NULL: no sum); a product then a sum, no FMA, so every ISA
+ * writes the same bits (the dynamic direct conv's epilogue, static int8's float outputs). */
+typedef void (*mq_nchw_f32_fn)(const float *acc, int64_t np, int64_t n, const float *s, const float *bias, float *y,
+                               int64_t ld);
 
 /* Static int8 depthwise conv (groups == channels), output rows [begin, end) of (image, oh):
  *     acc[q] = sum over the taps inside the image of (x - x_zp) * w[tap][q]   (exact; padding adds 0)
@@ -427,6 +432,7 @@ typedef struct {
     mq_static_add_fn static_add;
     mq_static_dw_fn static_dw;
     mq_nhwc_bytes_fn nhwc_bytes;
+    mq_nchw_f32_fn nchw_f32;
     /* INT4 (int4.c) */
     mq_q4_pack_fn q4_pack;
     mq_q4_sqerr_fn q4_sqerr;
@@ -505,7 +511,9 @@ void mq_ref_qgemm_u7(const mq_qgemm_args *a, int64_t p0, int64_t p1);
 void mq_ref_static_conv(const mq_static_conv_args *a); /* static_int8.c */
 void mq_ref_static_dw(const mq_static_dw_args *a, int64_t begin, int64_t end); /* static_int8.c */
 void mq_ref_nhwc_bytes(const uint8_t *src, int64_t plane, int64_t channels, int64_t width, uint8_t flip,
-                       uint8_t *dst); /* conv_dynamic_direct.c */
+                       uint8_t *dst); /* transpose.c */
+void mq_ref_nchw_f32(const float *acc, int64_t np, int64_t n, const float *s, const float *bias, float *y,
+                     int64_t ld); /* transpose.c */
 void mq_ref_static_add(const int8_t *a, float a_scale, int a_zp, const int8_t *b, float b_scale, int b_zp,
                        int64_t n, float act_lo, float act_hi, float inv_out_scale, int out_zp, int8_t *y_q,
                        float *y_f32); /* static_int8.c */
@@ -542,7 +550,7 @@ extern const mq_kernels mq_avxvnni_static_table;      /* x86/avx_vnni/static_con
 extern const mq_kernels mq_avx512vnni_static_table;   /* x86/avx512_vnni/static_conv.c */
 extern const mq_kernels mq_avx2_eltwise_table;        /* x86/avx2/static_eltwise.c */
 extern const mq_kernels mq_avx2_depthwise_table;      /* x86/avx2/static_depthwise.c */
-extern const mq_kernels mq_avx2_transpose_table;      /* x86/avx2/transpose_bytes.c */
+extern const mq_kernels mq_avx2_transpose_table;      /* x86/avx2/transpose.c */
 extern const mq_kernels mq_avx512_eltwise_table;      /* x86/avx512/static_eltwise.c */
 /* The AVX-512 VNNI int8 matmul (x86/avx512_vnni/linear.c); the AMX kernel runs it on the
  * rows and calls its tiles don't take.  Only called after dispatch.c's VNNI check. */

@@ -120,18 +120,10 @@ void mq_static_dequantize(const int8_t *q, int64_t batch, int64_t plane, int64_t
 
 static void nchw_range(void *vctx, int64_t begin, int64_t end) {
     const layout_ctx *c = vctx;
-    const int64_t ch_n = c->channels, plane = c->plane;
-    for (int64_t b = begin; b < end; b++) {
-        const float *src = c->x + b * ch_n * plane;
-        float *dst = c->xf + b * ch_n * plane;
-        for (int64_t p0 = 0; p0 < plane; p0 += 16) { /* 16 pixels: one cache line per channel written */
-            const int64_t p1 = p0 + 16 < plane ? p0 + 16 : plane;
-            for (int64_t ch = 0; ch < ch_n; ch++) {
-                float *restrict d = dst + ch * plane;
-                for (int64_t p = p0; p < p1; p++) d[p] = src[p * ch_n + ch];
-            }
-        }
-    }
+    const mq_nchw_f32_fn transpose = mq_active()->nchw_f32;
+    for (int64_t b = begin; b < end; b++)
+        transpose(c->x + b * c->channels * c->plane, c->plane, c->channels, NULL, NULL,
+                  c->xf + b * c->channels * c->plane, c->plane);
 }
 
 void mq_static_nchw_f32(const float *x, int64_t batch, int64_t plane, int64_t channels, float *dst, int nthreads) {

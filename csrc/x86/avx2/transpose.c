@@ -1,7 +1,10 @@
-/* x86/avx2/transpose_bytes.c - AVX2-level twin of mq_ref_nhwc_bytes (conv_dynamic_direct.c):
- * NCHW bytes to NHWC in 16 x 16 tiles (16 channels of 16 pixels: four rounds of unpacks, 64
- * register operations for 256 bytes, where the reference's 4-channel words take ~2.5 per byte).
- * The channels past a multiple of 16 and the pixels past a multiple of 16 run the reference.
+/* x86/avx2/transpose.c - AVX2-level twins of transpose.c's layout transposes (same bits):
+ * - mq_ref_nhwc_bytes: NCHW bytes to NHWC in 16 x 16 tiles (16 channels of 16 pixels: four rounds
+ *   of unpacks, 64 register operations for 256 bytes, where the reference's 4-channel words take
+ *   ~2.5 per byte);
+ * - mq_ref_nchw_f32: NHWC float sums to NCHW in 8 x 8 tiles, the scale's product and the bias's
+ *   sum on whole output rows of 8 pixels.
+ * The channels and pixels past the tiles run the references' operations.
  *
  * Compiled with -mavx2 (CMakeLists.txt); dispatch.c installs the table only on AVX2 CPUs. */
 #include <stdint.h>
@@ -58,8 +61,54 @@ static void nhwc_bytes_avx2(const uint8_t *src, int64_t plane, int64_t channels,
         for (int64_t j = 0; j < w16; j++) dst[j * channels + k] = src[k * plane + j] ^ flip;
 }
 
+/* rows r[0..7] (8 floats each) -> r[k] = (r[0][k], ..., r[7][k]) */
+static inline __attribute__((always_inline)) void transpose8(__m256 r[8]) {
+    __m256 t[8], u[8];
+    for (int i = 0; i < 4; i++) {
+        t[2 * i] = _mm256_unpacklo_ps(r[2 * i], r[2 * i + 1]);
+        t[2 * i + 1] = _mm256_unpackhi_ps(r[2 * i], r[2 * i + 1]);
+    }
+    for (int h = 0; h < 2; h++) { /* rows 4h .. 4h + 3 */
+        u[4 * h] = _mm256_shuffle_ps(t[4 * h], t[4 * h + 2], 0x44);
+        u[4 * h + 1] = _mm256_shuffle_ps(t[4 * h], t[4 * h + 2], 0xEE);
+        u[4 * h + 2] = _mm256_shuffle_ps(t[4 * h + 1], t[4 * h + 3], 0x44);
+        u[4 * h + 3] = _mm256_shuffle_ps(t[4 * h + 1], t[4 * h + 3], 0xEE);
+    }
+    for (int k = 0; k < 4; k++) {
+        r[k] = _mm256_permute2f128_ps(u[k], u[4 + k], 0x20);
+        r[4 + k] = _mm256_permute2f128_ps(u[k], u[4 + k], 0x31);
+    }
+}
+
+static void nchw_f32_avx2(const float *acc, int64_t np, int64_t n, const float *s, const float *bias, float *y,
+                          int64_t ld) {
+    const int64_t p8 = np - np % 8, n8 = n - n % 8;
+    for (int64_t p0 = 0; p0 < p8; p0 += 8)
+        for (int64_t j0 = 0; j0 < n8; j0 += 8) {
+            __m256 r[8];
+            for (int k = 0; k < 8; k++) r[k] = _mm256_loadu_ps(acc + (p0 + k) * n + j0);
+            transpose8(r);
+            for (int k = 0; k < 8; k++) {
+                __m256 v = r[k];
+                if (s) {
+                    v = _mm256_mul_ps(v, _mm256_set1_ps(s[j0 + k]));
+                    if (bias) v = _mm256_add_ps(v, _mm256_set1_ps(bias[j0 + k]));
+                }
+                _mm256_storeu_ps(y + (j0 + k) * ld + p0, v);
+            }
+        }
+    for (int64_t j = n8; j < n; j++) /* the last channels of the other pixels */
+        for (int64_t p = 0; p < p8; p++) {
+            const float v = acc[p * n + j];
+            y[j * ld + p] = !s ? v : bias ? v * s[j] + bias[j] : v * s[j];
+        }
+    if (p8 < np) /* the last pixels, every channel */
+        mq_ref_nchw_f32(acc + p8 * n, np - p8, n, s, bias, y + p8, ld);
+}
+
 const mq_kernels mq_avx2_transpose_table = {
     .nhwc_bytes = nhwc_bytes_avx2,
+    .nchw_f32 = nchw_f32_avx2,
 };
 
 #else
