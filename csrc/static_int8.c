@@ -529,6 +529,11 @@ typedef struct {
     float *y_f32;
     int failed; /* set (atomically) by a range that could not allocate its sums */
     mq_static_dw_fn kernel; /* the table's, read once per call */
+    /* the weight's forms the kernels read, made once per call by dw_prepare (one buffer, prep) */
+    char *prep;
+    const int16_t *w16, *w_pairs;
+    const int32_t *x_zp_sum;
+    const int8_t *x_zp_row;
 } depthwise_ctx;
 
 /* The reference: int32 sums per channel of (x - x_zp) * w over the taps inside the image
@@ -566,24 +571,20 @@ void mq_ref_static_dw(const mq_static_dw_args *a, int64_t begin, int64_t end) {
     }
 }
 
-/* Work items are output rows (image, oh).  Each range makes the weight's int16 forms (w - w_zp,
- * and the SIMD twins' tap pairs, mq_static_dw_args) and runs the table's kernel on its rows. */
-static void depthwise_range(void *vctx, int64_t begin, int64_t end) {
-    depthwise_ctx *c = vctx;
+/* The weight's int16 forms (w - w_zp; the SIMD twins' tap pairs where one will read them), the
+ * zero-point's sums and row, in one buffer made once per call (per image's node in the program):
+ * 0, or -1 out of memory. */
+static int dw_prepare(depthwise_ctx *c) {
     const int64_t ch = c->channels, taps = c->kh * c->kw, pairs = (taps + 1) / 2;
     /* (the pairs only for a SIMD twin that reads them: they doubled the buffer of a large kernel) */
     const int64_t blocks = c->kernel != mq_ref_static_dw && taps <= MQ_DW_SIMD_MAX_TAPS ? ch / 16 : 0;
     const size_t sums_bytes = (size_t)ch * sizeof(int32_t), w_bytes = (size_t)(taps * ch) * sizeof(int16_t);
     const size_t pairs_bytes = (size_t)(pairs * blocks * 32) * sizeof(int16_t);
-    char *buf = malloc(2 * sums_bytes + w_bytes + pairs_bytes + (size_t)ch);
-    if (!buf) {
-        __atomic_store_n(&c->failed, 1, __ATOMIC_RELAXED);
-        return;
-    }
-    int32_t *x_zp_sum = (int32_t *)(void *)buf, *scratch = (int32_t *)(void *)(buf + sums_bytes);
-    int16_t *w = (int16_t *)(void *)(buf + 2 * sums_bytes);
-    int16_t *w_pairs = (int16_t *)(void *)(buf + 2 * sums_bytes + w_bytes);
-    int8_t *x_zp_row = (int8_t *)(buf + 2 * sums_bytes + w_bytes + pairs_bytes);
+    char *buf = malloc(sums_bytes + w_bytes + pairs_bytes + (size_t)ch + 1);
+    if (!buf) return -1;
+    int32_t *x_zp_sum = (int32_t *)(void *)buf;
+    int16_t *w = (int16_t *)(void *)(buf + sums_bytes), *w_pairs = (int16_t *)(void *)(buf + sums_bytes + w_bytes);
+    int8_t *x_zp_row = (int8_t *)(buf + sums_bytes + w_bytes + pairs_bytes);
     for (int64_t q = 0; q < ch; q++) x_zp_sum[q] = 0;
     for (int64_t t = 0; t < taps; t++)
         for (int64_t q = 0; q < ch; q++) {
@@ -601,12 +602,28 @@ static void depthwise_range(void *vctx, int64_t begin, int64_t end) {
                 dst[1] = 2 * p + 1 < taps ? w[(2 * p + 1) * ch + q] : 0;
             }
     memset(x_zp_row, c->x_zp, (size_t)ch);
-    const mq_static_dw_args a = {c->x, ch, c->height, c->width, c->kh, c->kw, c->sh, c->sw, c->ph, c->pw, c->dh,
-                                 c->dw, c->out_h, c->out_w, w, blocks ? w_pairs : NULL, x_zp_sum, x_zp_row, c->x_zp,
-                                 c->x_w_scale, c->bias, c->act_lo, c->act_hi, c->inv_out_scale, c->out_zp, c->y_q,
-                                 c->y_f32, scratch};
+    c->prep = buf;
+    c->w16 = w;
+    c->w_pairs = blocks ? w_pairs : NULL;
+    c->x_zp_sum = x_zp_sum;
+    c->x_zp_row = x_zp_row;
+    return 0;
+}
+
+/* Work items are output rows (image, oh): the table's kernel on the range's rows. */
+static void depthwise_range(void *vctx, int64_t begin, int64_t end) {
+    depthwise_ctx *c = vctx;
+    int32_t *scratch = malloc((size_t)(c->channels > 0 ? c->channels : 1) * sizeof(int32_t));
+    if (!scratch) {
+        __atomic_store_n(&c->failed, 1, __ATOMIC_RELAXED);
+        return;
+    }
+    const mq_static_dw_args a = {c->x, c->channels, c->height, c->width, c->kh, c->kw, c->sh, c->sw, c->ph, c->pw,
+                                 c->dh, c->dw, c->out_h, c->out_w, c->w16, c->w_pairs, c->x_zp_sum, c->x_zp_row,
+                                 c->x_zp, c->x_w_scale, c->bias, c->act_lo, c->act_hi, c->inv_out_scale, c->out_zp,
+                                 c->y_q, c->y_f32, scratch};
     c->kernel(&a, begin, end);
-    free(buf);
+    free(scratch);
 }
 
 int mq_depthwise_static(const int8_t *x, int64_t batch, int64_t channels, int64_t height, int64_t width, int64_t kh,
@@ -618,9 +635,11 @@ int mq_depthwise_static(const int8_t *x, int64_t batch, int64_t channels, int64_
     const int64_t out_w = mq_conv_out(width, kw, sw, pw, dw);
     depthwise_ctx c = {x, w, w_zp, x_w_scale, bias, channels, height, width, kh, kw, sh, sw, ph, pw, dh, dw,
                        out_h, out_w, act_lo, act_hi, inv_out_scale, x_zp, out_zp, y_q, y_f32, 0,
-                       mq_active()->static_dw};
+                       mq_active()->static_dw, NULL, NULL, NULL, NULL, NULL};
+    if (dw_prepare(&c) < 0) return -1;
     const int64_t per_row = out_w * channels * kh * kw;
     mq_parallel_for(batch * out_h, 1 + ((int64_t)1 << 16) / (per_row + 1), nthreads, depthwise_range, &c);
+    free(c.prep);
     return c.failed ? -1 : 0;
 }
 
@@ -694,6 +713,7 @@ typedef struct {
     int64_t unit, n;
     int *failed;
     int32_t *zcol;
+    void *owned; /* another buffer the work owns (freed with it) */
     union {
         direct_ctx conv;
         depthwise_ctx depthwise;
@@ -755,7 +775,13 @@ int mq_depthwise_static_work(const int8_t *x, int64_t channels, int64_t height, 
     if (work_box_new(work, &w) < 0) return -1;
     w->k.depthwise = (depthwise_ctx){x, wt, NULL, x_w_scale, bias, channels, height, width, kh, kw, sh, sw, ph, pw,
                                      dh, dw, out_h, out_w, act_lo, act_hi, inv_out_scale, x_zp, out_zp, y_q, y_f32, 0,
-                                     mq_active()->static_dw};
+                                     mq_active()->static_dw, NULL, NULL, NULL, NULL, NULL};
+    if (dw_prepare(&w->k.depthwise) < 0) {
+        free(w);
+        work->ctx = NULL;
+        return -1;
+    }
+    w->owned = w->k.depthwise.prep; /* (freed by mq_static_work_free) */
     items = items < 1 ? 1 : items > out_h ? out_h : items;
     work_box_items(work, w, depthwise_range, &w->k.depthwise, (out_h + items - 1) / items, out_h,
                    &w->k.depthwise.failed);
@@ -777,7 +803,10 @@ int mq_add_static_work(const int8_t *a, float a_scale, int a_zp, const int8_t *b
 
 void mq_static_work_free(mq_static_work *work) {
     work_box *w = work->ctx;
-    if (w) free(w->zcol);
+    if (w) {
+        free(w->zcol);
+        free(w->owned);
+    }
     free(w);
     work->ctx = NULL;
 }
