@@ -1,6 +1,6 @@
 /* x86/epilogue256.h - the static int8 epilogue (static_int8.h's numerics) on 8 lanes of 256-bit
  * registers, for the units that include it after <immintrin.h> and mq.h (x86/static_conv256.h's
- * direct conv, x86/avx2/static_depthwise.c):
+ * direct conv, x86/avx2/static_depthwise.c; the residual add of x86/avx2/static_eltwise.c from v):
  *     y = (float)acc * x_w_scale (+ bias); v = min(max(y, act_lo), act_hi)
  *     q = clamp(round_half_even(v * inv_out_scale), -127 - out_zp, 127 - out_zp) + out_zp
  * The reference's operations in its order, no FMA, so every ISA writes the same bits. */
@@ -30,14 +30,11 @@ static inline __attribute__((always_inline)) __m256 mq_load8_ps(const float *p, 
     return _mm256_loadu_ps(t);
 }
 
-/* The epilogue of 8 int32 sums whose first lane's x_w_scale / bias (NULL: none) / output are at
- * xw / bias / y_q or y_f32 (exactly one non-NULL); the first `valid` lanes are written. */
-static inline __attribute__((always_inline)) void mq_epilogue256_store(const mq_epilogue256 *e, __m256i acc,
-                                                                       const float *xw, const float *bias,
+/* The fused activation and the output of 8 float values y (the first `valid` lanes written to
+ * y_q or y_f32, exactly one non-NULL): the tail of every static epilogue (the residual add's too). */
+static inline __attribute__((always_inline)) void mq_activate_store256(const mq_epilogue256 *e, __m256 y,
                                                                        int64_t valid, int8_t *y_q, float *y_f32) {
-    __m256 y = _mm256_mul_ps(_mm256_cvtepi32_ps(acc), mq_load8_ps(xw, valid));
-    if (bias) y = _mm256_add_ps(y, mq_load8_ps(bias, valid));
-    /* max(y, lo) is (y > lo ? y : lo): a NaN gives lo, as the reference */
+    /* max(y, lo) is (y > lo ? y : lo), min(v, hi) is (v < hi ? v : hi): the reference's NaN rule */
     const __m256 v = _mm256_min_ps(_mm256_max_ps(y, e->act_lo), e->act_hi);
     if (!y_q) {
         if (valid == 8) {
@@ -61,6 +58,16 @@ static inline __attribute__((always_inline)) void mq_epilogue256_store(const mq_
         _mm_storeu_si128((__m128i *)(void *)bytes, q8);
         memcpy(y_q, bytes, (size_t)valid);
     }
+}
+
+/* The epilogue of 8 int32 sums whose first lane's x_w_scale / bias (NULL: none) / output are at
+ * xw / bias / y_q or y_f32 (exactly one non-NULL); the first `valid` lanes are written. */
+static inline __attribute__((always_inline)) void mq_epilogue256_store(const mq_epilogue256 *e, __m256i acc,
+                                                                       const float *xw, const float *bias,
+                                                                       int64_t valid, int8_t *y_q, float *y_f32) {
+    __m256 y = _mm256_mul_ps(_mm256_cvtepi32_ps(acc), mq_load8_ps(xw, valid));
+    if (bias) y = _mm256_add_ps(y, mq_load8_ps(bias, valid));
+    mq_activate_store256(e, y, valid, y_q, y_f32);
 }
 
 #endif
