@@ -54,7 +54,8 @@ typedef struct {
     int zp;
 } layout_ctx;
 
-/* Requantize n contiguous floats (a plain loop over restrict locals: gcc vectorizes it). */
+/* Requantize n contiguous floats (a plain loop over restrict locals: gcc vectorizes it; epilogue_q
+ * with infinite bounds gives the same codes, but its activation kept the loop 1.6x slower). */
 static void quantize_row(const float *restrict src, int64_t n, float inv, int zp, int8_t *restrict dst) {
     for (int64_t j = 0; j < n; j++) dst[j] = requantize(src[j], inv, zp);
 }
