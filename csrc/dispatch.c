@@ -240,6 +240,9 @@ static void overlay(mq_kernels *dst, const mq_kernels *src) {
         /* a new qgemm drops the lower level's 7-bit kernel unless it brings one (VNNI is faster on xq) */
         dst->qgemm_u7 = src->qgemm_u7;
         dst->qgemm_u7_name = src->qgemm_u7_name;
+        dst->qgemm_split = src->qgemm_split; /* likewise the split kernel */
+        dst->qgemm_split_min_m = src->qgemm_split_min_m;
+        dst->qgemm_split_name = src->qgemm_split_name;
     } else if (src->qgemm_u7) {
         dst->qgemm_u7 = src->qgemm_u7;
         dst->qgemm_u7_name = src->qgemm_u7_name;

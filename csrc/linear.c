@@ -191,7 +191,20 @@ typedef struct {
     const mq_kernels *kt;
     int32_t *x_zp; /* reduce_range: per-row zero-points (act_u7.c), else NULL */
     mq_x_encoding_t enc;
+    /* the split (act_split.c) for the table's qgemm_split, else NULL: row r's residual groups at
+     * split + r * split_ld, their count (above split_ld: the row was left whole) and code sum */
+    mq_split_entry *split;
+    int64_t *split_n;
+    int32_t *split_sum;
+    int64_t split_ld;
 } xquant_ctx;
+
+/* Rows [begin, end) of c's codes split while they are in the cache. */
+static void split_x_rows(const xquant_ctx *c, int64_t begin, int64_t end) {
+    for (int64_t r = begin; r < end; r++)
+        c->split_n[r] = mq_act_split_row((int8_t *)(c->xq + r * c->a->ldx), c->a->kp, c->split_ld,
+                                         c->split + r * c->split_ld, c->split_sum + r);
+}
 
 /* Per-row symmetric int8 of the activations (torch's symmetric MinMax
  * formula with qmin = -127), or reduce_range's 7-bit codes, zero padded to
@@ -206,6 +219,7 @@ static void quantize_x_range(void *vctx, int64_t begin, int64_t end) {
             c->kt->act_rows[c->kind](c->src + (size_t)r * c->row_bytes, c->row_bytes, step, c->k, kp, c->enc,
                                      c->xq + r * ldx, c->x_scale + r, c->x_zp ? c->x_zp + r : NULL,
                                      c->x_sum ? c->x_sum + r : NULL);
+        if (c->split) split_x_rows(c, begin, end);
         return;
     }
     for (int64_t r = begin; r < end; r++) { /* int8 input (tests): copied as is */
@@ -221,7 +235,13 @@ static void quantize_x_range(void *vctx, int64_t begin, int64_t end) {
         if (c->a->x_u8)
             for (int64_t i = 0; i < kp; i++) q[i] ^= 0x80u;
     }
+    if (c->split) split_x_rows(c, begin, end);
 }
+
+/* The split kernel takes rows of up to this many list entries (act_split.c): an entry costs about
+ * 9 operations, the split saves 1 in 5 per K-group (kp / 4 of them) and row, so from about kp / 36
+ * entries the sign trick is as fast */
+static int64_t split_cap(int64_t kp) { return kp / 32 + 1; }
 
 /* Work items of the int8 and weight-only GEMMs are (row block, panel) pairs,
  * flattened row block major; a chunk of items runs as one kernel call per
@@ -311,19 +331,37 @@ int mq_linear_dynamic(const void *x, mq_src_t kind, int x_is_q, int64_t m, int64
     float *x_scale = malloc((size_t)m * sizeof(float));
     int32_t *x_sum = w_zp ? malloc((size_t)m * sizeof(int32_t)) : NULL;
     int32_t *x_zp = reduce_range ? malloc((size_t)m * sizeof(int32_t)) : NULL;
+    /* the level's split kernel (AVX2 without VNNI) on many rows of 8-bit codes */
+    const int split = !reduce_range && kt->qgemm_split && !kt->qgemm_x_u8 && m >= kt->qgemm_split_min_m;
+    const int64_t split_ld = split ? split_cap(kp) : 0;
+    mq_split_entry *entries = split ? malloc((size_t)m * (size_t)split_ld * sizeof(mq_split_entry)) : NULL;
+    int64_t *split_n = split ? malloc((size_t)m * sizeof(int64_t)) : NULL;
+    int32_t *split_sum = split ? malloc((size_t)m * sizeof(int32_t)) : NULL;
     int status = -1;
-    if (!xq || !x_scale || (w_zp && !x_sum) || (reduce_range && !x_zp)) goto done;
+    if (!xq || !x_scale || (w_zp && !x_sum) || (reduce_range && !x_zp) || (split && (!entries || !split_n || !split_sum)))
+        goto done;
     /* 7-bit activations: the level's own 7-bit kernel on the codes, or its qgemm on xq */
     const int u7 = reduce_range && kt->qgemm_u7;
     mq_qgemm_args a = {xq, u7 ? 0 : kt->qgemm_x_u8, x_scale, x_sum, m, kp, n, packed, w_sum, w_scale, w_zp,
                        w_has_m128, bias, acc ? NULL : y, acc, n, gemv_rows(nthreads), u7 ? x_zp : NULL, ldq};
     const mq_x_encoding_t enc = u7 ? MQ_X_U7 : kt->qgemm_x_u8 ? MQ_X_INT8_PLUS_128 : MQ_X_INT8;
     xquant_ctx xc = {x, (size_t)ldx * (x_is_q ? 1 : mq_src_size(kind)), kind, x_is_q, k, &a, x_sum, x_scale, xq, kt,
-                     x_zp, enc};
+                     x_zp, enc, entries, split_n, split_sum, split_ld};
     mq_parallel_for(m, (1 << 16) / (k + 1) + 1, nthreads, quantize_x_range, &xc);
+    int split_all = split;
+    for (int64_t r = 0; split && r < m; r++) split_all = split_all && split_n[r] <= split_ld;
+    if (split && !split_all) /* a row too far from the split's range: the whole call on qgemm */
+        for (int64_t r = 0; r < m; r++)
+            if (split_n[r] <= split_ld) mq_act_unsplit_row((int8_t *)(xq + r * ldq), entries + r * split_ld, split_n[r]);
     if (u7)
         run_qgemm(kt->qgemm_u7, &a, nthreads, kt);
-    else
+    else if (split_all) {
+        a.split = entries;
+        a.split_n = split_n;
+        a.split_sum = split_sum;
+        a.split_ld = split_ld;
+        run_qgemm(kt->qgemm_split, &a, nthreads, kt);
+    } else
         run_qgemm(x_is_q && !a.x_u8 && rows_hold_m128(xq, m, kp, ldq) ? mq_ref_qgemm : kt->qgemm, &a, nthreads, kt);
     status = 0;
 done:
@@ -331,6 +369,9 @@ done:
     free(x_scale);
     free(x_sum);
     free(x_zp);
+    free(entries);
+    free(split_n);
+    free(split_sum);
     return status;
 }
 

@@ -103,6 +103,16 @@ static inline int64_t mq_round_up(int64_t v, int64_t m) { return (v + m - 1) / m
  * tile in its own set. */
 static inline int64_t mq_x_row_stride(int64_t kp) { return kp % 1024 == 0 ? kp + 64 : kp; }
 
+/* An entry of a split activation row's list (act_split.c): cut[0..1], the
+ * cut-off part of the K-group at byte offset[0] of a panel, bytes 0-1; cut[2..3]
+ * that of offset[1], bytes 2-3 (at most one nonzero per pair). */
+typedef struct {
+    int32_t offset[2]; /* K-group * MQ_PANEL_GROUP_BYTES */
+    int8_t cut[4];
+} mq_split_entry;
+int64_t mq_act_split_row(int8_t *q, int64_t kp, int64_t cap, mq_split_entry *entries, int32_t *sum);
+void mq_act_unsplit_row(int8_t *q, const mq_split_entry *entries, int64_t count);
+
 /* Dynamic int8 x int8 -> int32 matmul over the panels [p0, p1) of one
  * packed weight, with the fused epilogue
  *     acc[m][n] = sum_k xq[m][k] * (w[n][k] - w_zp[n])               (exact int32)
@@ -128,6 +138,13 @@ typedef struct {
                             * xu = xq + x_zp[m] (0..127, uint8) and xq = xu - x_zp[m] (see act_u7.c) */
     int64_t ldx;           /* row stride of x in bytes, >= kp (mq_x_row_stride: rows a multiple of 1 KiB
                             * long are padded so that a tile's rows fall in different L1 sets) */
+    /* qgemm_split kernels only (act_split.c): x holds the split int8 rows, row m's residual
+     * groups are split[m * split_ld ..) (split_n[m] of them), split_sum[m] the sum of its codes */
+    const mq_split_entry *split;
+    const int64_t *split_n;
+    const int32_t *split_sum;
+    int64_t split_ld;
+    const int32_t *split_res; /* the AVX2 split kernel's own scratch: each row's 16 int32 starts */
 } mq_qgemm_args;
 typedef void (*mq_qgemm_fn)(const mq_qgemm_args *a, int64_t p0, int64_t p1);
 
@@ -141,6 +158,11 @@ static inline mq_qgemm_args mq_qgemm_rows(const mq_qgemm_args *a, int64_t m0, in
     if (sub.x_zp) sub.x_zp += m0;
     if (sub.y) sub.y += m0 * sub.ldy;
     if (sub.acc) sub.acc += m0 * sub.ldy;
+    if (sub.split) {
+        sub.split += m0 * sub.split_ld;
+        sub.split_n += m0;
+        sub.split_sum += m0;
+    }
     return sub;
 }
 
@@ -426,6 +448,11 @@ typedef struct {
      * encoding, is as fast (VNNI).  Set together with qgemm (dispatch.c). */
     mq_qgemm_fn qgemm_u7;
     const char *qgemm_u7_name;
+    /* the qgemm on split rows (act_split.c, a->split set) from this many rows; NULL where
+     * qgemm needs none (VNNI).  Set together with qgemm (dispatch.c). */
+    mq_qgemm_fn qgemm_split;
+    int64_t qgemm_split_min_m;
+    const char *qgemm_split_name;
     /* static int8 direct conv (static_int8.c) and whether it wants x + 128 */
     mq_static_conv_fn static_conv;
     int static_conv_x_u8;

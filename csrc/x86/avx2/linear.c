@@ -92,6 +92,75 @@ static const qtile_fn qtiles[QTILE_ROWS + 1] = {NULL, qtile_1, qtile_2, qtile_3,
     if ((i) < (MT)) qgemm_store8(a, acc##i, m0 + (i), n0);
 MQ_TILES12(sign_tiles, SIGN_SETUP, SIGN_ROW, SIGN_STORE)
 
+/* Split rows (act_split.c): the weight is the unsigned side, w ^ 0x80 = w + 128 (once per group,
+ * shared by the 12 rows), the split codes the signed one: vpmaddubsw, vpmaddwd, vpaddd per 32
+ * multiply-adds and row, as the 7-bit kernel.  Before a panel's tiles, each row's list entries
+ * and -128 * sum(xq) go to its 16 int32 starts (res), which the store adds:
+ *     sum (w + 128) * xq - 128 * sum(xq) = sum w * xq   (the same exact int32). */
+static void split_panel_starts(const mq_qgemm_args *a, int64_t p, int32_t *res) {
+    const int8_t *panel = a->w + p * (a->kp / MQ_KGROUP) * 64;
+    const __m256i flip = _mm256_set1_epi8((char)0x80), ones = _mm256_set1_epi16(1);
+    for (int64_t m = 0; m < a->m; m++) {
+        /* 128 * sum as a shift of the vector: wraps as the accumulators do, the final sum is exact */
+        __m256i lo = _mm256_sub_epi32(_mm256_setzero_si256(), _mm256_slli_epi32(_mm256_set1_epi32(a->split_sum[m]), 7));
+        __m256i hi = lo;
+        const mq_split_entry *e = a->split + m * a->split_ld, *end = e + a->split_n[m];
+        for (; e < end; e++) {
+            /* 16-bit words 0, 2, 4, 6 of each lane (bytes 0-1 of a K-group) from offset[0], the
+             * others from offset[1]; both halves of the panel */
+            const int8_t *w0 = panel + e->offset[0], *w1 = panel + e->offset[1];
+            int32_t cut;
+            memcpy(&cut, e->cut, 4);
+            const __m256i c = _mm256_set1_epi32(cut);
+            const __m256i b0 = _mm256_blend_epi16(_mm256_loadu_si256((const __m256i *)w0),
+                                                  _mm256_loadu_si256((const __m256i *)w1), 0xAA);
+            const __m256i b1 = _mm256_blend_epi16(_mm256_loadu_si256((const __m256i *)(w0 + 32)),
+                                                  _mm256_loadu_si256((const __m256i *)(w1 + 32)), 0xAA);
+            lo = _mm256_add_epi32(lo, _mm256_madd_epi16(_mm256_maddubs_epi16(_mm256_xor_si256(b0, flip), c), ones));
+            hi = _mm256_add_epi32(hi, _mm256_madd_epi16(_mm256_maddubs_epi16(_mm256_xor_si256(b1, flip), c), ones));
+        }
+        _mm256_storeu_si256((__m256i *)(res + m * MQ_PANEL), lo);
+        _mm256_storeu_si256((__m256i *)(res + m * MQ_PANEL + 8), hi);
+    }
+}
+#define SPLIT_SETUP const __m256i wuv = _mm256_xor_si256(wv, _mm256_set1_epi8((char)0x80));
+#define SPLIT_ROW(i, MT)                                                                      \
+    if ((i) < (MT)) {                                                                         \
+        __m256i prod;                                                                         \
+        __asm__("vpbroadcastd %[xm], %[t]\n\t"                                                \
+                "vpmaddubsw %[t], %[wu], %[t]\n\t"                                            \
+                "vpmaddwd %[ones], %[t], %[t]\n\t"                                            \
+                "vpaddd %[t], %[acc], %[acc]"                                                 \
+                : [acc] "+x"(acc##i), [t] "=&x"(prod)                                         \
+                : [xm] "m"(*(const int32_t *)(const void *)(x + (i) * ldx + g * 4)), [wu] "x"(wuv), \
+                  [ones] "x"(ones));                                                          \
+    }
+#define SPLIT_STORE(i, MT)                                                                    \
+    if ((i) < (MT))                                                                           \
+        qgemm_store8(a, _mm256_add_epi32(acc##i, _mm256_loadu_si256((const __m256i *)(a->split_res + (m0 + (i)) * MQ_PANEL + half * 8))), \
+                     m0 + (i), n0);
+MQ_TILES12(split_tiles, SPLIT_SETUP, SPLIT_ROW, SPLIT_STORE)
+
+/* Rows in blocks of SPLIT_BLOCK_ROWS (whole 12-row tiles) whose starts fit the stack; panel by
+ * panel, the first tile of a panel prefetching the next into L2 (as mq_tile12_panels) */
+#define SPLIT_BLOCK_ROWS 48
+static void qgemm_split_avx2(const mq_qgemm_args *a, int64_t p0, int64_t p1) {
+    int32_t res[SPLIT_BLOCK_ROWS * MQ_PANEL] __attribute__((aligned(64)));
+    const int64_t panel_bytes = a->kp / MQ_KGROUP * 64;
+    for (int64_t p = p0; p < p1; p++) {
+        const int8_t *own = a->w + p * panel_bytes, *next = p + 1 < p1 ? own + panel_bytes : own;
+        for (int64_t r0 = 0; r0 < a->m; r0 += SPLIT_BLOCK_ROWS) {
+            mq_qgemm_args b = mq_qgemm_rows(a, r0, a->m - r0 < SPLIT_BLOCK_ROWS ? a->m - r0 : SPLIT_BLOCK_ROWS);
+            b.split_res = res;
+            split_panel_starts(&b, p, res);
+            for (int half = 0; half < 2 && p * MQ_PANEL + half * 8 < b.n; half++)
+                for (int64_t m0 = 0; m0 < b.m; m0 += MQ_TILE12_ROWS)
+                    split_tiles[b.m - m0 < MQ_TILE12_ROWS ? b.m - m0 : MQ_TILE12_ROWS](
+                        &b, m0, p, half, half == 0 && m0 == 0 && r0 == 0 ? next : own);
+        }
+    }
+}
+
 /* One row (batch-1 decoding) x 4 panels side by side: 4 DRAM streams (x86/gemv4_256.h) */
 #define SIGN_ACCUMULATE(acc, wv) \
     MQ_GEMV4_MADD(acc, _mm256_maddubs_epi16(_mm256_abs_epi8(wv), _mm256_sign_epi8(xb, wv)))
@@ -575,6 +644,9 @@ const mq_kernels mq_avx2_linear_table = {
     .qgemm = qgemm_avx2,
     .qgemm_x_u8 = 0,
     .qgemm_name = "avx2_maddubs",
+    .qgemm_split = qgemm_split_avx2,
+    .qgemm_split_min_m = TILE12_MIN_M,
+    .qgemm_split_name = "avx2_maddubs_split",
     .wgemm = wgemm_avx2,
     .wgemm_name = "avx2",
 };

@@ -1,0 +1,118 @@
+"""The AVX2 split int8 matmul (csrc/act_split.c, x86/avx2/linear.c qgemm_split): the
+weight as vpmaddubsw's unsigned side (w + 128), the activation codes as the signed
+side, each breaking pair (|a| + |b| > 128) cut down to 128 in the row and the cut
+added from a short per-row list.  The same exact int32 as the reference on rows
+with no breaking pair, a few, one over the cap (the call then runs the sign trick),
+-128 codes and weights, K tails, row blocks and tile tails, one and two threads;
+and the float outputs bit for bit."""
+import pytest
+import torch
+
+from mono_quant import _C, kernels
+from mono_quant.kernels import reference
+from conftest import KERNELS, at_isa
+
+SPLIT_MIN_M = 8  # x86/avx2/linear.c TILE12_MIN_M: fewer rows keep the 5-row tiles
+
+
+def _acc(x, q, zp, nthreads):
+    packed, w_sum, has_m128 = kernels.pack_int8(q)
+    n = q.shape[0]
+    y = _C.linear_int8(x.numpy(), packed.numpy(), w_sum.numpy(), torch.ones(n).numpy(), zp.numpy(), None, n,
+                       has_m128, mode="int8_acc", nthreads=nthreads, reduce_range=False)
+    return torch.from_numpy(y)
+
+
+def _rows(kind, m, k, g):
+    """int8 activation rows with a chosen share of breaking pairs."""
+    if kind == "none":  # every pair within 128
+        return torch.randint(-64, 65, (m, k), generator=g, dtype=torch.int8)
+    if kind == "few":  # a Gaussian-like row: a few percent of pairs break
+        return (torch.randn(m, k, generator=g) * 34).round().clamp(-127, 127).to(torch.int8)
+    if kind == "extremes":  # -128 / 127 next to each other and beside zeros, the rest small
+        x = torch.randint(-20, 21, (m, k), generator=g, dtype=torch.int8)
+        x[:, 0::16] = -128
+        x[:, 1::16] = -128
+        x[:, 5::16] = 127
+        x[:, 6::16] = 127
+        x[:, 9::16] = -128
+        x[:, 11::32] = 127
+        x[:, 10::32] = -1
+        return x
+    if kind == "one_row_over":  # one row far over the cap: the whole call on the sign trick
+        x = (torch.randn(m, k, generator=g) * 34).round().clamp(-127, 127).to(torch.int8)
+        x[m // 2] = torch.randint(-127, 128, (k,), generator=g, dtype=torch.int8)
+        return x
+    if kind == "uniform":  # about half the pairs break in every row
+        return torch.randint(-127, 128, (m, k), generator=g, dtype=torch.int8)
+    raise ValueError(kind)
+
+
+def _weight(n, k, g):
+    q = torch.randint(-128, 128, (n, k), generator=g, dtype=torch.int8)
+    q[::3, ::5] = -128
+    q[1::4, ::7] = 127
+    zp = torch.randint(-20, 21, (n,), generator=g, dtype=torch.int32)
+    return q, zp
+
+
+@pytest.mark.parametrize("nthreads", [1, 2])
+@pytest.mark.parametrize("kind", ["none", "few", "extremes", "one_row_over", "uniform"])
+def test_split_rows_exact_int32(kind, nthreads):
+    g = torch.Generator().manual_seed(hash(kind) % 1000 + nthreads)
+    for m, k, n in [(8, 4, 16), (12, 61, 35), (13, 256, 17), (25, 1024, 40), (48, 515, 33), (49, 300, 50),
+                    (100, 1536, 19)]:
+        x = _rows(kind, m, k, g)
+        q, zp = _weight(n, k, g)
+        want = reference.linear_int8(x, q, torch.ones(n), zp, mode="int8_acc")
+        for kernel in KERNELS:
+            with at_isa(kernel):
+                got = _acc(x, q, zp, nthreads)
+            assert torch.equal(got, want), (kernel, kind, m, k, n, int(torch.ne(got, want).sum()))
+
+
+def test_split_rows_every_entry_slot():
+    """Breaking pairs in one slot only, in both, in consecutive K-groups and at the row's end
+    (the list's halves filled unevenly, unused halves reading group 0 with a zero cut)."""
+    g = torch.Generator().manual_seed(7)
+    m, k, n = 16, 128, 24
+    q, zp = _weight(n, k, g)
+    for pattern in ([0], [2], [0, 2], [1, 3], [0, 1, 2, 3]):
+        x = torch.randint(-30, 31, (m, k), generator=g, dtype=torch.int8)
+        for r in range(m):
+            groups = torch.randperm(k // 4, generator=g)[: r + 1]
+            for grp in groups.tolist():
+                for j in pattern:
+                    pair = (4 * grp + j) // 2 * 2
+                    x[r, pair] = 100 if r % 2 else -120
+                    x[r, pair + 1] = -90 if r % 3 else 127
+        x[-1, -4:] = torch.tensor([127, 127, -128, -128], dtype=torch.int8)
+        want = reference.linear_int8(x, q, torch.ones(n), zp, mode="int8_acc")
+        for kernel in KERNELS:
+            with at_isa(kernel):
+                got = _acc(x, q, zp, 1)
+            assert torch.equal(got, want), (kernel, pattern)
+
+
+@pytest.mark.parametrize("m", [SPLIT_MIN_M - 1, SPLIT_MIN_M, 32, 61])
+def test_split_rows_dynamic_bits(m):
+    """Float inputs (Gaussian, Laplace-like with outliers, an all-zero row): the dynamic call's
+    float output equals the reference bit for bit at every level."""
+    g = torch.Generator().manual_seed(m)
+    k, n = 4096, 70
+    w = torch.randn(n, k, generator=g)
+    scale = w.abs().amax(1) / 127
+    q = torch.round(w / scale[:, None]).clamp(-127, 127).to(torch.int8)
+    zp = torch.zeros(n, dtype=torch.int32)
+    bias = torch.randn(n, generator=g)
+    packed, w_sum, has_m128 = kernels.pack_int8(q)
+    for x in (torch.randn(m, k, generator=g),
+              torch.randn(m, k, generator=g) * torch.rand(m, k, generator=g).pow(6) * 30):
+        x[m // 2] = 0
+        want = reference.linear_int8(x, q, scale, zp, bias)
+        for kernel in KERNELS:
+            with at_isa(kernel):
+                got = torch.from_numpy(_C.linear_int8(
+                    x.numpy(), packed.numpy(), w_sum.numpy(), scale.numpy(), zp.numpy(), bias.numpy(), n,
+                    has_m128, mode="dynamic", nthreads=1, reduce_range=False))
+            assert torch.equal(got, want), kernel
