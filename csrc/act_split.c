@@ -12,7 +12,8 @@
  * the same exact sums.  An entry of the list carries two cuts, one in each
  * pair slot of a 4-byte K-group (bytes 0-1 and 2-3), from two groups: the
  * kernel blends their weights by 16-bit words and multiplies once.
- * Plain C: the driver runs it before a level's split kernel. */
+ * Plain C: the driver counts every row, then splits them when the level's
+ * split kernel takes the call. */
 #include "mq.h"
 
 #include <stdlib.h>
@@ -38,50 +39,54 @@ static void cut_pair(int8_t *q, int64_t i, mq_split_entry *entries, int64_t next
     q[big] = (int8_t)keep;
 }
 
-/* Split row q (kp int8 codes, kp % 4 == 0) in place.  Returns the number
- * of entries the split needs (the larger slot's count of breaking pairs),
- * written to entries[0 ..) when at most cap, and stores the row's sum of
- * codes (before the split) in *sum.  Past cap the row is left whole: the
- * caller then runs its usual kernel. */
-int64_t mq_act_split_row(int8_t *q, int64_t kp, int64_t cap, mq_split_entry *entries, int32_t *sum) {
+/* Flags of the breaking pairs among pairs [base, base + n) of row q (n <= SPLIT_CHUNK_PAIRS, the
+ * tail of the last word 0) and their sum of codes. */
+static int32_t chunk_flags(const int8_t *q, int64_t base, int64_t n, uint8_t *flag) {
+    const int8_t *c = q + 2 * base;
+    int32_t sum = 0;
+    for (int64_t i = 0; i < n; i++) { /* a loop GCC vectorizes */
+        const int a = c[2 * i], b = c[2 * i + 1];
+        sum += a + b;
+        flag[i] = (uint8_t)breaks(a, b);
+    }
+    for (int64_t i = n; i % 8; i++) flag[i] = 0;
+    return sum;
+}
+
+/* The entries a split of row q (kp int8 codes, kp % 4 == 0) needs (the larger pair slot's count of
+ * breaking pairs); *sum gets the row's sum of codes. */
+int64_t mq_act_split_count(const int8_t *q, int64_t kp, int32_t *sum) {
     int32_t s = 0;
-    int64_t next[2] = {0, 0}, filled = 0, count[2] = {0, 0};
+    int64_t count[2] = {0, 0};
     const int64_t pairs = kp / 2;
     for (int64_t base = 0; base < pairs; base += SPLIT_CHUNK_PAIRS) {
         const int64_t n = pairs - base < SPLIT_CHUNK_PAIRS ? pairs - base : SPLIT_CHUNK_PAIRS;
-        const int8_t *c = q + 2 * base;
         uint8_t flag[SPLIT_CHUNK_PAIRS] __attribute__((aligned(8)));
-        int32_t chunk_sum = 0;
-        for (int64_t i = 0; i < n; i++) { /* loops GCC vectorizes */
-            const int a = c[2 * i], b = c[2 * i + 1];
-            chunk_sum += a + b;
-            flag[i] = (uint8_t)breaks(a, b);
+        s += chunk_flags(q, base, n, flag);
+        for (int64_t i = 0; i < n; i += 2) {
+            count[0] += flag[i];
+            count[1] += flag[i + 1];
         }
-        s += chunk_sum;
-        for (int64_t i = n; i % 8; i++) flag[i] = 0;
+    }
+    *sum = s;
+    return count[0] > count[1] ? count[0] : count[1];
+}
+
+/* Split row q in place into its list entries[0 .. mq_act_split_count(q)) (room for that many). */
+void mq_act_split_row(int8_t *q, int64_t kp, mq_split_entry *entries) {
+    int64_t next[2] = {0, 0}, filled = 0;
+    const int64_t pairs = kp / 2;
+    for (int64_t base = 0; base < pairs; base += SPLIT_CHUNK_PAIRS) {
+        const int64_t n = pairs - base < SPLIT_CHUNK_PAIRS ? pairs - base : SPLIT_CHUNK_PAIRS;
+        uint8_t flag[SPLIT_CHUNK_PAIRS] __attribute__((aligned(8)));
+        chunk_flags(q, base, n, flag);
         for (int64_t w = 0; w < n; w += 8) { /* 8 pairs at a time: most have no breaking one */
             uint64_t word;
             memcpy(&word, flag + w, 8);
             if (!word) continue;
-            for (int64_t i = w; i < w + 8 && i < n; i++) {
-                if (!flag[i]) continue;
-                const int64_t pair = base + i;
-                count[pair & 1]++;
-                if (next[pair & 1] < cap) cut_pair(q, pair, entries, next, &filled);
-            }
+            for (int64_t i = w; i < w + 8 && i < n; i++)
+                if (flag[i]) cut_pair(q, base + i, entries, next, &filled);
         }
     }
-    *sum = s;
-    const int64_t need = count[0] > count[1] ? count[0] : count[1];
-    if (need > cap) mq_act_unsplit_row(q, entries, filled); /* left whole */
-    return need;
 }
 
-/* Undo mq_act_split_row's split of row q from its count entries. */
-void mq_act_unsplit_row(int8_t *q, const mq_split_entry *entries, int64_t count) {
-    for (int64_t e = 0; e < count; e++)
-        for (int j = 0; j < 4; j++) {
-            int8_t *v = q + entries[e].offset[j / 2] / MQ_PANEL_GROUP_BYTES * 4 + j;
-            *v = (int8_t)(*v + entries[e].cut[j]);
-        }
-}

@@ -199,11 +199,17 @@ typedef struct {
     int64_t split_ld;
 } xquant_ctx;
 
-/* Rows [begin, end) of c's codes split while they are in the cache. */
+/* The list entries rows [begin, end) of c's codes would need, counted while they are in the cache. */
 static void split_x_rows(const xquant_ctx *c, int64_t begin, int64_t end) {
     for (int64_t r = begin; r < end; r++)
-        c->split_n[r] = mq_act_split_row((int8_t *)(c->xq + r * c->a->ldx), c->a->kp, c->split_ld,
-                                         c->split + r * c->split_ld, c->split_sum + r);
+        c->split_n[r] = mq_act_split_count((const int8_t *)(c->xq + r * c->a->ldx), c->a->kp, c->split_sum + r);
+}
+
+/* Rows [begin, end) split (the call takes the split kernel). */
+static void split_rows_range(void *vctx, int64_t begin, int64_t end) {
+    const xquant_ctx *c = vctx;
+    for (int64_t r = begin; r < end; r++)
+        if (c->split_n[r]) mq_act_split_row((int8_t *)(c->xq + r * c->a->ldx), c->a->kp, c->split + r * c->split_ld);
 }
 
 /* Per-row symmetric int8 of the activations (torch's symmetric MinMax
@@ -238,10 +244,14 @@ static void quantize_x_range(void *vctx, int64_t begin, int64_t end) {
     if (c->split) split_x_rows(c, begin, end);
 }
 
-/* The split kernel takes rows of up to this many list entries (act_split.c): an entry costs about
- * 9 operations, the split saves 1 in 5 per K-group (kp / 4 of them) and row, so from about kp / 36
- * entries the sign trick is as fast */
+/* A row's room for list entries (act_split.c): a row needing more keeps the sign trick */
 static int64_t split_cap(int64_t kp) { return kp / 32 + 1; }
+/* The split kernel takes a call of up to this many entries in all: an entry (both halves of a
+ * panel) cost about as much as 7 rows' K-groups of the main loop, which saves about a fifth of a
+ * K-group's time, so from about 3% of the K-groups the sign trick was as fast (Zen 3: Gaussian rows
+ * of K = 384 / 768, 5-6% / 3.8% of their pairs breaking, ran 0.85-0.98x the sign trick's speed; K =
+ * 4096, 1.4%, 1.15-1.21x) */
+static int64_t split_budget(int64_t m, int64_t kp) { return m * (kp / 128); }
 
 /* Work items of the int8 and weight-only GEMMs are (row block, panel) pairs,
  * flattened row block major; a chunk of items runs as one kernel call per
@@ -349,10 +359,14 @@ int mq_linear_dynamic(const void *x, mq_src_t kind, int x_is_q, int64_t m, int64
                      x_zp, enc, entries, split_n, split_sum, split_ld};
     mq_parallel_for(m, (1 << 16) / (k + 1) + 1, nthreads, quantize_x_range, &xc);
     int split_all = split;
-    for (int64_t r = 0; split && r < m; r++) split_all = split_all && split_n[r] <= split_ld;
-    if (split && !split_all) /* a row too far from the split's range: the whole call on qgemm */
-        for (int64_t r = 0; r < m; r++)
-            if (split_n[r] <= split_ld) mq_act_unsplit_row((int8_t *)(xq + r * ldq), entries + r * split_ld, split_n[r]);
+    int64_t entries_total = 0;
+    for (int64_t r = 0; split && r < m; r++) {
+        split_all = split_all && split_n[r] <= split_ld;
+        entries_total += split_n[r];
+    }
+    /* too many breaking pairs in a row or in all: the whole call on qgemm */
+    split_all = split_all && entries_total <= split_budget(m, kp);
+    if (split_all && entries_total) mq_parallel_for(m, (1 << 16) / (k + 1) + 1, nthreads, split_rows_range, &xc);
     if (u7)
         run_qgemm(kt->qgemm_u7, &a, nthreads, kt);
     else if (split_all) {

@@ -110,8 +110,8 @@ typedef struct {
     int32_t offset[2]; /* K-group * MQ_PANEL_GROUP_BYTES */
     int8_t cut[4];
 } mq_split_entry;
-int64_t mq_act_split_row(int8_t *q, int64_t kp, int64_t cap, mq_split_entry *entries, int32_t *sum);
-void mq_act_unsplit_row(int8_t *q, const mq_split_entry *entries, int64_t count);
+int64_t mq_act_split_count(const int8_t *q, int64_t kp, int32_t *sum);
+void mq_act_split_row(int8_t *q, int64_t kp, mq_split_entry *entries);
 
 /* Dynamic int8 x int8 -> int32 matmul over the panels [p0, p1) of one
  * packed weight, with the fused epilogue
