@@ -245,13 +245,13 @@ static void quantize_x_range(void *vctx, int64_t begin, int64_t end) {
 }
 
 /* A row's room for list entries (act_split.c): a row needing more keeps the sign trick */
-static int64_t split_cap(int64_t kp) { return kp / 32 + 1; }
-/* The split kernel takes a call of up to this many entries in all: an entry (both halves of a
- * panel) cost about as much as 7 rows' K-groups of the main loop, which saves about a fifth of a
- * K-group's time, so from about 3% of the K-groups the sign trick was as fast (Zen 3: Gaussian rows
- * of K = 384 / 768, 5-6% / 3.8% of their pairs breaking, ran 0.85-0.98x the sign trick's speed; K =
- * 4096, 1.4%, 1.15-1.21x) */
-static int64_t split_budget(int64_t m, int64_t kp) { return m * (kp / 128); }
+static int64_t split_cap(int64_t kp) { return kp / 16 + 1; }
+/* The split kernel takes a call of up to this many entries in all, 1 / 16 of its rows' K-groups:
+ * an entry (both halves of a panel) costs about as much as 7 rows' K-groups of the main loop,
+ * which saves about a fifth of a K-group's time.  Zen 3, 1 thread, Gaussian rows (entries: 6.5% /
+ * 4.5% / 1.7% of the K-groups at K = 384 / 768 / 4096), split vs sign trick speed: 384x384
+ * 0.94-0.97x, 1536x384 1.05-1.11x, 768x768 1.09-1.14x, 4096x4096 1.13-1.19x */
+static int64_t split_budget(int64_t m, int64_t kp) { return m * (kp / 64); }
 
 /* Work items of the int8 and weight-only GEMMs are (row block, panel) pairs,
  * flattened row block major; a chunk of items runs as one kernel call per
