@@ -389,7 +389,76 @@ done:
     return result;
 }
 
+PyDoc_STRVAR(set_split_rows_doc,
+             "set_split_rows(on) -> previous\n\n"
+             "Whether the dynamic int8 Linear may run the level's split kernel (AVX2 without VNNI, csrc/act_split.c)\n"
+             "on calls it takes (default True); False keeps them on the sign trick.  The same bits either way\n"
+             "(tests and benchmarks compare the two).");
+
+static PyObject *py_set_split_rows(PyObject *self, PyObject *arg) {
+    (void)self;
+    const int on = PyObject_IsTrue(arg);
+    if (on < 0) return NULL;
+    return PyBool_FromLong(__atomic_exchange_n(&mq_split_rows_enabled, on, __ATOMIC_RELAXED));
+}
+
+PyDoc_STRVAR(act_split_doc,
+             "act_split(q) -> (codes, need, sums, cuts)\n\n"
+             "The split of int8 activation rows (csrc/act_split.c) at the active level: q int8 [rows, kp] with\n"
+             "kp % 4 == 0 and kp <= max_in_features.  codes: the split rows (every pair's |a| + |b| <= 128), need:\n"
+             "each row's list entries (int64), sums: each row's sum of codes (int32), cuts: the list's cut-off\n"
+             "parts back at their positions (codes + cuts == q).  Tests only.");
+
+static PyObject *py_act_split(PyObject *self, PyObject *arg) {
+    (void)self;
+    mq_refs refs = {0};
+    PyObject *result = NULL;
+    static const int types[] = {NPY_INT8};
+    PyArrayObject *q = mq_array_in(&refs, arg, "q", types, 1, 2, "int8");
+    if (!q) goto done;
+    const npy_intp rows = PyArray_DIM(q, 0), kp = PyArray_DIM(q, 1);
+    if (kp % MQ_KGROUP || kp > MQ_MAX_LINEAR_K) {
+        PyErr_Format(PyExc_ValueError, "act_split: rows of a multiple of %d codes, at most %d, got %zd", MQ_KGROUP,
+                     MQ_MAX_LINEAR_K, (Py_ssize_t)kp);
+        goto done;
+    }
+    const npy_intp dims[2] = {rows, kp};
+    PyArrayObject *codes = mq_array_new(&refs, 2, dims, NPY_INT8, 0);
+    PyArrayObject *cuts = mq_array_new(&refs, 2, dims, NPY_INT8, 1);
+    PyArrayObject *need = mq_array_new(&refs, 1, dims, NPY_INT64, 0);
+    PyArrayObject *sums = mq_array_new(&refs, 1, dims, NPY_INT32, 0);
+    if (!codes || !cuts || !need || !sums) goto done;
+    const int64_t words = mq_split_mask_words(kp), room = kp / 2 + 1;
+    uint32_t *mask = malloc((size_t)(words ? words : 1) * sizeof(uint32_t));
+    mq_split_entry *entries = malloc((size_t)room * sizeof(mq_split_entry));
+    if (!mask || !entries) {
+        free(mask);
+        free(entries);
+        PyErr_NoMemory();
+        goto done;
+    }
+    memcpy(PyArray_DATA(codes), PyArray_DATA(q), (size_t)(rows * kp));
+    const mq_kernels *kt = mq_active();
+    for (npy_intp r = 0; r < rows; r++) {
+        int8_t *row = (int8_t *)PyArray_DATA(codes) + r * kp, *cut = (int8_t *)PyArray_DATA(cuts) + r * kp;
+        const int64_t n = kt->act_split_count(row, kp, (int32_t *)PyArray_DATA(sums) + r, mask);
+        ((int64_t *)PyArray_DATA(need))[r] = n;
+        mq_act_split_row(row, kp, mask, entries);
+        for (int64_t e = 0; e < n; e++)
+            for (int j = 0; j < 4; j++)
+                if (entries[e].cut[j]) cut[entries[e].offset[j / 2] / MQ_PANEL_GROUP_BYTES * MQ_KGROUP + j] = entries[e].cut[j];
+    }
+    free(mask);
+    free(entries);
+    result = Py_BuildValue("(OOOO)", codes, need, sums, cuts);
+done:
+    mq_release(&refs);
+    return result;
+}
+
 PyMethodDef mq_linear_methods[] = {
+    {"set_split_rows", py_set_split_rows, METH_O, set_split_rows_doc},
+    {"act_split", py_act_split, METH_O, act_split_doc},
     MQ_KW_METHOD(linear_int8),
     MQ_KW_METHOD(conv2d_int8),
     {"linear_int8_prepare", py_linear_int8_prepare, METH_VARARGS, linear_int8_prepare_doc},

@@ -192,6 +192,7 @@ static const mq_kernels scalar_table = {
     .qgemm_name = "scalar",
     .qgemm_u7 = mq_ref_qgemm_u7, /* the ground truth of the 7-bit kernels (as fast as qgemm on xq) */
     .qgemm_u7_name = "scalar_u7",
+    .act_split_count = mq_act_split_count,
     .wgemm = mq_ref_wgemm,
     .wgemm_name = "scalar",
     .pack_panel = mq_ref_pack_panel,
@@ -230,6 +231,7 @@ static void overlay(mq_kernels *dst, const mq_kernels *src) {
         TAKE(act_rows[s]);
     }
     TAKE(dequantize);
+    TAKE(act_split_count);
     if (src->qgemm) { /* the kernel, its activation encoding and its name go together */
         dst->qgemm = src->qgemm;
         dst->qgemm_x_u8 = src->qgemm_x_u8;

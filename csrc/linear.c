@@ -197,19 +197,24 @@ typedef struct {
     int64_t *split_n;
     int32_t *split_sum;
     int64_t split_ld;
+    uint32_t *split_mask; /* [rows][mq_split_mask_words(kp)] each row's breaking pairs */
 } xquant_ctx;
 
 /* The list entries rows [begin, end) of c's codes would need, counted while they are in the cache. */
 static void split_x_rows(const xquant_ctx *c, int64_t begin, int64_t end) {
+    const int64_t words = mq_split_mask_words(c->a->kp);
     for (int64_t r = begin; r < end; r++)
-        c->split_n[r] = mq_act_split_count((const int8_t *)(c->xq + r * c->a->ldx), c->a->kp, c->split_sum + r);
+        c->split_n[r] = c->kt->act_split_count((const int8_t *)(c->xq + r * c->a->ldx), c->a->kp, c->split_sum + r,
+                                               c->split_mask + r * words);
 }
 
 /* Rows [begin, end) split (the call takes the split kernel). */
 static void split_rows_range(void *vctx, int64_t begin, int64_t end) {
     const xquant_ctx *c = vctx;
     for (int64_t r = begin; r < end; r++)
-        if (c->split_n[r]) mq_act_split_row((int8_t *)(c->xq + r * c->a->ldx), c->a->kp, c->split + r * c->split_ld);
+        if (c->split_n[r])
+            mq_act_split_row((int8_t *)(c->xq + r * c->a->ldx), c->a->kp,
+                             c->split_mask + r * mq_split_mask_words(c->a->kp), c->split + r * c->split_ld);
 }
 
 /* Per-row symmetric int8 of the activations (torch's symmetric MinMax
@@ -243,6 +248,8 @@ static void quantize_x_range(void *vctx, int64_t begin, int64_t end) {
     }
     if (c->split) split_x_rows(c, begin, end);
 }
+
+int mq_split_rows_enabled = 1;
 
 /* A row's room for list entries (act_split.c): a row needing more keeps the sign trick */
 static int64_t split_cap(int64_t kp) { return kp / 16 + 1; }
@@ -342,13 +349,15 @@ int mq_linear_dynamic(const void *x, mq_src_t kind, int x_is_q, int64_t m, int64
     int32_t *x_sum = w_zp ? malloc((size_t)m * sizeof(int32_t)) : NULL;
     int32_t *x_zp = reduce_range ? malloc((size_t)m * sizeof(int32_t)) : NULL;
     /* the level's split kernel (AVX2 without VNNI) on many rows of 8-bit codes */
-    const int split = !reduce_range && kt->qgemm_split && !kt->qgemm_x_u8 && m >= kt->qgemm_split_min_m;
+    const int split = __atomic_load_n(&mq_split_rows_enabled, __ATOMIC_RELAXED) && !reduce_range && kt->qgemm_split && !kt->qgemm_x_u8 && m >= kt->qgemm_split_min_m;
     const int64_t split_ld = split ? split_cap(kp) : 0;
     mq_split_entry *entries = split ? malloc((size_t)m * (size_t)split_ld * sizeof(mq_split_entry)) : NULL;
     int64_t *split_n = split ? malloc((size_t)m * sizeof(int64_t)) : NULL;
     int32_t *split_sum = split ? malloc((size_t)m * sizeof(int32_t)) : NULL;
+    uint32_t *split_mask = split ? malloc((size_t)m * (size_t)mq_split_mask_words(kp) * sizeof(uint32_t)) : NULL;
     int status = -1;
-    if (!xq || !x_scale || (w_zp && !x_sum) || (reduce_range && !x_zp) || (split && (!entries || !split_n || !split_sum)))
+    if (!xq || !x_scale || (w_zp && !x_sum) || (reduce_range && !x_zp) ||
+        (split && (!entries || !split_n || !split_sum || !split_mask)))
         goto done;
     /* 7-bit activations: the level's own 7-bit kernel on the codes, or its qgemm on xq */
     const int u7 = reduce_range && kt->qgemm_u7;
@@ -356,7 +365,7 @@ int mq_linear_dynamic(const void *x, mq_src_t kind, int x_is_q, int64_t m, int64
                        w_has_m128, bias, acc ? NULL : y, acc, n, gemv_rows(nthreads), u7 ? x_zp : NULL, ldq};
     const mq_x_encoding_t enc = u7 ? MQ_X_U7 : kt->qgemm_x_u8 ? MQ_X_INT8_PLUS_128 : MQ_X_INT8;
     xquant_ctx xc = {x, (size_t)ldx * (x_is_q ? 1 : mq_src_size(kind)), kind, x_is_q, k, &a, x_sum, x_scale, xq, kt,
-                     x_zp, enc, entries, split_n, split_sum, split_ld};
+                     x_zp, enc, entries, split_n, split_sum, split_ld, split_mask};
     mq_parallel_for(m, (1 << 16) / (k + 1) + 1, nthreads, quantize_x_range, &xc);
     int split_all = split;
     int64_t entries_total = 0;
@@ -386,6 +395,7 @@ done:
     free(entries);
     free(split_n);
     free(split_sum);
+    free(split_mask);
     return status;
 }
 

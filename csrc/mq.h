@@ -110,8 +110,14 @@ typedef struct {
     int32_t offset[2]; /* K-group * MQ_PANEL_GROUP_BYTES */
     int8_t cut[4];
 } mq_split_entry;
-int64_t mq_act_split_count(const int8_t *q, int64_t kp, int32_t *sum);
-void mq_act_split_row(int8_t *q, int64_t kp, mq_split_entry *entries);
+/* 1 (default) lets mq_linear_dynamic run the table's qgemm_split on calls it takes; 0 keeps them
+ * on qgemm (the same bits: tests and benchmarks compare the two).  Written with the GIL held. */
+extern int mq_split_rows_enabled;
+/* 32-bit words of a row's mask of breaking pairs (kp / 2 pairs) */
+static inline int64_t mq_split_mask_words(int64_t kp) { return (kp / 2 + 31) / 32; }
+typedef int64_t (*mq_split_count_fn)(const int8_t *q, int64_t kp, int32_t *sum, uint32_t *mask);
+int64_t mq_act_split_count(const int8_t *q, int64_t kp, int32_t *sum, uint32_t *mask);
+void mq_act_split_row(int8_t *q, int64_t kp, const uint32_t *mask, mq_split_entry *entries);
 
 /* Dynamic int8 x int8 -> int32 matmul over the panels [p0, p1) of one
  * packed weight, with the fused epilogue
@@ -453,6 +459,7 @@ typedef struct {
     mq_qgemm_fn qgemm_split;
     int64_t qgemm_split_min_m;
     const char *qgemm_split_name;
+    mq_split_count_fn act_split_count; /* the split's row count (act_split.c has the scalar twin) */
     /* static int8 direct conv (static_int8.c) and whether it wants x + 128 */
     mq_static_conv_fn static_conv;
     int static_conv_x_u8;

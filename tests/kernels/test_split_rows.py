@@ -118,3 +118,61 @@ def test_split_rows_dynamic_bits(m):
                     x.numpy(), packed.numpy(), w_sum.numpy(), scale.numpy(), zp.numpy(), bias.numpy(), n,
                     has_m128, mode="dynamic", nthreads=1, reduce_range=False))
             assert torch.equal(got, want), kernel
+
+
+@pytest.mark.parametrize("kp", [4, 8, 60, 64, 68, 124, 128, 132, 1020, 4100])
+def test_act_split_every_level(kp):
+    """The split itself (its AVX2 count beside the scalar one): codes + cuts give the row back,
+    every pair of codes within 128, one cut per pair, the list's length the larger slot's count
+    of breaking pairs, the row sums; the same at every level."""
+    g = torch.Generator().manual_seed(kp)
+    rows = torch.cat([
+        (torch.randn(6, kp, generator=g) * 40).round().clamp(-128, 127),
+        torch.randint(-128, 128, (4, kp), generator=g),
+        torch.full((1, kp), -128), torch.full((1, kp), 127), torch.zeros(1, kp),
+    ]).to(torch.int8)
+    rows[-1, -2:] = torch.tensor([127, -128], dtype=torch.int8)
+    edge = torch.tensor([64, 64, -100, 28, -128, 0, 65, 64, -128, 1, 0, 127], dtype=torch.int8)  # 128 and 129
+    rows = torch.cat([rows, edge.repeat(kp // 12 + 1)[:kp].reshape(1, kp)])
+    results = {}
+    for kernel in KERNELS:
+        with at_isa(kernel):
+            results[kernel] = [torch.from_numpy(a) for a in _C.act_split(rows.numpy())]
+    codes, need, sums, cuts = results[KERNELS[0]]
+    for kernel, got in results.items():
+        assert all(torch.equal(a, b) for a, b in zip(got, results[KERNELS[0]])), kernel
+    assert torch.equal(codes.int() + cuts.int(), rows.int())
+    pairs = codes.int().abs().reshape(len(rows), -1, 2).sum(-1)
+    assert int(pairs.max()) <= 128
+    assert int((cuts.reshape(len(rows), -1, 2) != 0).sum(-1).max()) <= 1
+    breaking = rows.int().abs().reshape(len(rows), -1, 2).sum(-1) > 128
+    assert torch.equal(need, torch.maximum(breaking[:, 0::2].sum(1), breaking[:, 1::2].sum(1)))
+    assert torch.equal(sums, rows.int().sum(1))
+    assert torch.equal(cuts != 0, (codes != rows))
+
+
+def test_act_split_refuses_bad_rows():
+    with pytest.raises(ValueError, match="multiple of 4"):
+        _C.act_split(torch.zeros(2, 6, dtype=torch.int8).numpy())
+    with pytest.raises(TypeError):
+        _C.act_split(torch.zeros(2, 8).numpy())
+
+
+def test_split_switch_same_bits():
+    """set_split_rows(False) keeps the sign trick: the same float outputs."""
+    g = torch.Generator().manual_seed(3)
+    m, k, n = 32, 1024, 48
+    w = torch.randint(-127, 128, (n, k), generator=g, dtype=torch.int8)
+    packed, w_sum, has_m128 = kernels.pack_int8(w)
+    scale, zp, bias = torch.rand(n, generator=g) / 100, torch.zeros(n, dtype=torch.int32), torch.randn(n, generator=g)
+    x = torch.randn(m, k, generator=g)
+    args = (x.numpy(), packed.numpy(), w_sum.numpy(), scale.numpy(), zp.numpy(), bias.numpy(), n, has_m128)
+    outs = []
+    for on in (True, False):
+        previous = _C.set_split_rows(on)
+        try:
+            outs.append(torch.from_numpy(_C.linear_int8(*args, mode="dynamic", nthreads=1, reduce_range=False)))
+        finally:
+            _C.set_split_rows(previous)
+    assert torch.equal(outs[0], outs[1])
+    assert _C.set_split_rows(True) is True

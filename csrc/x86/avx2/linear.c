@@ -141,6 +141,45 @@ static void split_panel_starts(const mq_qgemm_args *a, int64_t p, int32_t *res) 
                      m0 + (i), n0);
 MQ_TILES12(split_tiles, SPLIT_SETUP, SPLIT_ROW, SPLIT_STORE)
 
+/* AVX2 twin of mq_act_split_count (act_split.c): 64 codes a step, |a| + |b| of each pair from
+ * vpmaddubsw on the absolute values (|-128| = 128 as unsigned) against 1, one mask bit per pair
+ * after packing the two compares to bytes. */
+static int64_t split_count_avx2(const int8_t *q, int64_t kp, int32_t *sum, uint32_t *mask) {
+    const __m256i one8 = _mm256_set1_epi8(1), one16 = _mm256_set1_epi16(1), limit = _mm256_set1_epi16(128);
+    __m256i sums = _mm256_setzero_si256();
+    int64_t count[2] = {0, 0}, i = 0;
+    for (; i + 64 <= kp; i += 64) {
+        const __m256i v0 = _mm256_loadu_si256((const __m256i *)(q + i)), v1 = _mm256_loadu_si256((const __m256i *)(q + i + 32));
+        const __m256i b0 = _mm256_cmpgt_epi16(_mm256_maddubs_epi16(_mm256_abs_epi8(v0), one8), limit);
+        const __m256i b1 = _mm256_cmpgt_epi16(_mm256_maddubs_epi16(_mm256_abs_epi8(v1), one8), limit);
+        /* packs interleaves the 128-bit lanes: the permute puts pairs 0..31 in order */
+        const uint32_t bits = (uint32_t)_mm256_movemask_epi8(_mm256_permute4x64_epi64(_mm256_packs_epi16(b0, b1), 0xD8));
+        mask[i / 64] = bits;
+        count[0] += __builtin_popcount(bits & 0x55555555u);
+        count[1] += __builtin_popcount(bits & 0xAAAAAAAAu);
+        sums = _mm256_add_epi32(sums, _mm256_madd_epi16(_mm256_maddubs_epi16(one8, v0), one16));
+        sums = _mm256_add_epi32(sums, _mm256_madd_epi16(_mm256_maddubs_epi16(one8, v1), one16));
+    }
+    __m128i s4 = _mm_add_epi32(_mm256_castsi256_si128(sums), _mm256_extracti128_si256(sums, 1));
+    s4 = _mm_add_epi32(s4, _mm_shuffle_epi32(s4, 0x4E));
+    s4 = _mm_add_epi32(s4, _mm_shuffle_epi32(s4, 0xB1));
+    int32_t s = _mm_cvtsi128_si32(s4);
+    if (i < kp) { /* the last word: fewer than 32 pairs */
+        uint32_t bits = 0;
+        for (int64_t pair = i / 2; pair < kp / 2; pair++) {
+            const int a = q[2 * pair], b = q[2 * pair + 1];
+            s += a + b;
+            if (abs(a) + abs(b) > 128) {
+                bits |= (uint32_t)1 << (pair % 32);
+                count[pair & 1]++;
+            }
+        }
+        mask[i / 64] = bits;
+    }
+    *sum = s;
+    return count[0] > count[1] ? count[0] : count[1];
+}
+
 /* Rows in blocks of SPLIT_BLOCK_ROWS (whole 12-row tiles) whose starts fit the stack; panel by
  * panel, the first tile of a panel prefetching the next into L2 (as mq_tile12_panels) */
 #define SPLIT_BLOCK_ROWS 48
@@ -647,6 +686,7 @@ const mq_kernels mq_avx2_linear_table = {
     .qgemm_split = qgemm_split_avx2,
     .qgemm_split_min_m = TILE12_MIN_M,
     .qgemm_split_name = "avx2_maddubs_split",
+    .act_split_count = split_count_avx2,
     .wgemm = wgemm_avx2,
     .wgemm_name = "avx2",
 };
