@@ -253,12 +253,13 @@ int mq_split_rows_enabled = 1;
 
 /* A row's room for list entries (act_split.c): a row needing more keeps the sign trick */
 static int64_t split_cap(int64_t kp) { return kp / 16 + 1; }
-/* The split kernel takes a call of up to this many entries in all, 1 / 16 of its rows' K-groups:
+/* The split kernel takes a call of up to this many entries in all, 1 / 12 of its rows' K-groups:
  * an entry (both halves of a panel) costs about as much as 7 rows' K-groups of the main loop,
- * which saves about a fifth of a K-group's time.  Zen 3, 1 thread, Gaussian rows (entries: 6.5% /
- * 4.5% / 1.7% of the K-groups at K = 384 / 768 / 4096), split vs sign trick speed: 384x384
- * 0.94-0.97x, 1536x384 1.05-1.11x, 768x768 1.09-1.14x, 4096x4096 1.13-1.19x */
-static int64_t split_budget(int64_t m, int64_t kp) { return m * (kp / 64); }
+ * which saves about a fifth of a K-group's time.  Zen 3, 1 thread, split vs sign trick speed
+ * (entries as a share of the K-groups): Gaussian rows of 384 at 6.5% 1.07-1.12x (n 384 / 1536),
+ * 768 at 5.0% 1.15x, 4096 at 1.7% 1.13-1.19x; 256 at 8.6% 1.01x, 128 at 13.7% 0.96x; heavy-tailed
+ * rows (1-3%) 1.07-1.27x */
+static int64_t split_budget(int64_t m, int64_t kp) { return m * (kp / 48); }
 
 /* Work items of the int8 and weight-only GEMMs are (row block, panel) pairs,
  * flattened row block major; a chunk of items runs as one kernel call per
@@ -348,8 +349,11 @@ int mq_linear_dynamic(const void *x, mq_src_t kind, int x_is_q, int64_t m, int64
     float *x_scale = malloc((size_t)m * sizeof(float));
     int32_t *x_sum = w_zp ? malloc((size_t)m * sizeof(int32_t)) : NULL;
     int32_t *x_zp = reduce_range ? malloc((size_t)m * sizeof(int32_t)) : NULL;
-    /* the level's split kernel (AVX2 without VNNI) on many rows of 8-bit codes */
-    const int split = __atomic_load_n(&mq_split_rows_enabled, __ATOMIC_RELAXED) && !reduce_range && kt->qgemm_split && !kt->qgemm_x_u8 && m >= kt->qgemm_split_min_m;
+    /* the level's split kernel (AVX2 without VNNI) on many rows of 8-bit codes, from 2^21
+     * multiply-adds (below, its count and buffers outweighed the saving: 32 x 96 x 96 0.89x) */
+    const int split = __atomic_load_n(&mq_split_rows_enabled, __ATOMIC_RELAXED) && !reduce_range &&
+                      kt->qgemm_split && !kt->qgemm_x_u8 && m >= kt->qgemm_split_min_m &&
+                      (double)m * (double)kp * (double)n >= (double)(1 << 21);
     const int64_t split_ld = split ? split_cap(kp) : 0;
     mq_split_entry *entries = split ? malloc((size_t)m * (size_t)split_ld * sizeof(mq_split_entry)) : NULL;
     int64_t *split_n = split ? malloc((size_t)m * sizeof(int64_t)) : NULL;
