@@ -390,16 +390,21 @@ done:
 }
 
 PyDoc_STRVAR(set_split_rows_doc,
-             "set_split_rows(on) -> previous\n\n"
-             "Whether the dynamic int8 Linear may run the level's split kernel (AVX2 without VNNI, csrc/act_split.c)\n"
-             "on calls it takes (default True); False keeps them on the sign trick.  The same bits either way\n"
-             "(tests and benchmarks compare the two).");
+             "set_split_rows(mode) -> previous\n\n"
+             "Whether the dynamic int8 Linear may run the level's split kernel (AVX2 without VNNI, csrc/act_split.c):\n"
+             "1 / True (default) on the calls its rules take, 0 / False never (the sign trick), 2 on every call of\n"
+             "8 rows or more whatever its size or count of list entries (rows over their room still keep the sign\n"
+             "trick; tests).  The same bits in every mode (tests and benchmarks compare them).");
 
 static PyObject *py_set_split_rows(PyObject *self, PyObject *arg) {
     (void)self;
-    const int on = PyObject_IsTrue(arg);
-    if (on < 0) return NULL;
-    return PyBool_FromLong(__atomic_exchange_n(&mq_split_rows_enabled, on, __ATOMIC_RELAXED));
+    const long mode = PyLong_AsLong(arg);
+    if (mode == -1 && PyErr_Occurred()) return NULL;
+    if (mode < 0 || mode > 2) {
+        PyErr_Format(PyExc_ValueError, "set_split_rows: mode 0, 1 or 2, got %ld", mode);
+        return NULL;
+    }
+    return PyLong_FromLong(__atomic_exchange_n(&mq_split_rows_enabled, (int)mode, __ATOMIC_RELAXED));
 }
 
 PyDoc_STRVAR(act_split_doc,

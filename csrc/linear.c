@@ -351,9 +351,10 @@ int mq_linear_dynamic(const void *x, mq_src_t kind, int x_is_q, int64_t m, int64
     int32_t *x_zp = reduce_range ? malloc((size_t)m * sizeof(int32_t)) : NULL;
     /* the level's split kernel (AVX2 without VNNI) on many rows of 8-bit codes, from 2^21
      * multiply-adds (below, its count and buffers outweighed the saving: 32 x 96 x 96 0.89x) */
-    const int split = __atomic_load_n(&mq_split_rows_enabled, __ATOMIC_RELAXED) && !reduce_range &&
-                      kt->qgemm_split && !kt->qgemm_x_u8 && m >= kt->qgemm_split_min_m &&
-                      (double)m * (double)kp * (double)n >= (double)(1 << 21);
+    const int split_mode = __atomic_load_n(&mq_split_rows_enabled, __ATOMIC_RELAXED);
+    const int split = split_mode && !reduce_range && kt->qgemm_split && !kt->qgemm_x_u8 &&
+                      m >= kt->qgemm_split_min_m &&
+                      (split_mode == 2 || (double)m * (double)kp * (double)n >= (double)(1 << 21));
     const int64_t split_ld = split ? split_cap(kp) : 0;
     mq_split_entry *entries = split ? malloc((size_t)m * (size_t)split_ld * sizeof(mq_split_entry)) : NULL;
     int64_t *split_n = split ? malloc((size_t)m * sizeof(int64_t)) : NULL;
@@ -378,7 +379,7 @@ int mq_linear_dynamic(const void *x, mq_src_t kind, int x_is_q, int64_t m, int64
         entries_total += split_n[r];
     }
     /* too many breaking pairs in a row or in all: the whole call on qgemm */
-    split_all = split_all && entries_total <= split_budget(m, kp);
+    split_all = split_all && (split_mode == 2 || entries_total <= split_budget(m, kp));
     if (split_all && entries_total) mq_parallel_for(m, (1 << 16) / (k + 1) + 1, nthreads, split_rows_range, &xc);
     if (u7)
         run_qgemm(kt->qgemm_u7, &a, nthreads, kt);

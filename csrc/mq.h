@@ -110,8 +110,9 @@ typedef struct {
     int32_t offset[2]; /* K-group * MQ_PANEL_GROUP_BYTES */
     int8_t cut[4];
 } mq_split_entry;
-/* 1 (default) lets mq_linear_dynamic run the table's qgemm_split on calls it takes; 0 keeps them
- * on qgemm (the same bits: tests and benchmarks compare the two).  Written with the GIL held. */
+/* 1 (default) lets mq_linear_dynamic run the table's qgemm_split on calls its rules take; 0 keeps
+ * them on qgemm; 2 takes it whatever the call's size and list (tests).  The same bits in every
+ * mode.  Written with the GIL held. */
 extern int mq_split_rows_enabled;
 /* 32-bit words of a row's mask of breaking pairs (kp / 2 pairs) */
 static inline int64_t mq_split_mask_words(int64_t kp) { return (kp / 2 + 31) / 32; }

@@ -16,6 +16,15 @@ from conftest import KERNELS, at_isa
 SPLIT_MIN_M = 8  # x86/avx2/linear.c TILE12_MIN_M: fewer rows keep the 5-row tiles
 
 
+@pytest.fixture(autouse=True)
+def split_always():
+    """The split kernel on every call of 8 rows or more (set_split_rows(2)): the shapes here are
+    below its size rule and many rows above its budget, which are speed rules, not numerics."""
+    previous = _C.set_split_rows(2)
+    yield
+    _C.set_split_rows(previous)
+
+
 def _acc(x, q, zp, nthreads):
     packed, w_sum, has_m128 = kernels.pack_int8(q)
     n = q.shape[0]
@@ -159,7 +168,7 @@ def test_act_split_refuses_bad_rows():
 
 
 def test_split_switch_same_bits():
-    """set_split_rows(False) keeps the sign trick: the same float outputs."""
+    """Every mode of set_split_rows (always, by its rules, never): the same float outputs."""
     g = torch.Generator().manual_seed(3)
     m, k, n = 32, 1024, 48
     w = torch.randint(-127, 128, (n, k), generator=g, dtype=torch.int8)
@@ -168,11 +177,10 @@ def test_split_switch_same_bits():
     x = torch.randn(m, k, generator=g)
     args = (x.numpy(), packed.numpy(), w_sum.numpy(), scale.numpy(), zp.numpy(), bias.numpy(), n, has_m128)
     outs = []
-    for on in (True, False):
-        previous = _C.set_split_rows(on)
-        try:
-            outs.append(torch.from_numpy(_C.linear_int8(*args, mode="dynamic", nthreads=1, reduce_range=False)))
-        finally:
-            _C.set_split_rows(previous)
-    assert torch.equal(outs[0], outs[1])
-    assert _C.set_split_rows(True) is True
+    for mode in (2, 1, 0):
+        _C.set_split_rows(mode)
+        outs.append(torch.from_numpy(_C.linear_int8(*args, mode="dynamic", nthreads=1, reduce_range=False)))
+    assert torch.equal(outs[0], outs[1]) and torch.equal(outs[0], outs[2])
+    assert _C.set_split_rows(True) == 0 and _C.set_split_rows(2) == 1
+    with pytest.raises(ValueError, match="mode 0, 1 or 2"):
+        _C.set_split_rows(3)
