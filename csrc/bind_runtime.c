@@ -60,14 +60,17 @@ static PyObject *py_set_gemv_max_rows(PyObject *self, PyObject *arg) {
 }
 
 PyDoc_STRVAR(linear_kernels_doc, "linear_kernels() -> dict: the matmul kernels the active ISA level uses (int8 dynamic,\n"
-                                  "reduce_range, weight-only, int4 x int8, fp16 / bf16 many-row) and the threading.");
+                                  "its split kernel on many rows, reduce_range, weight-only, int4 x int8, fp16 / bf16\n"
+                                  "many-row) and the threading.");
 
 static PyObject *py_linear_kernels(PyObject *self, PyObject *unused) {
     (void)self;
     (void)unused;
     const mq_kernels *kt = mq_active();
     /* dynamic_reduce_range: the 7-bit kernel, or the dynamic one where it runs them (act_u7.c) */
-    return Py_BuildValue("{s:s,s:s,s:s,s:s,s:s,s:i,s:s,s:L,s:L}", "dynamic", kt->qgemm_name, "dynamic_reduce_range",
+    /* dynamic_split_rows: the split kernel on rows of 8-bit codes (act_split.c), where the level has one */
+    return Py_BuildValue("{s:s,s:s,s:s,s:s,s:s,s:s,s:i,s:s,s:L,s:L}", "dynamic", kt->qgemm_name, "dynamic_split_rows",
+                         kt->qgemm_split ? kt->qgemm_split_name : "none", "dynamic_reduce_range",
                          kt->qgemm_u7 ? kt->qgemm_u7_name : kt->qgemm_name, "weight_only", kt->wgemm_name,
                          "int4_int8", kt->q4_gemv_i8_name, "half_many_rows",
                          kt->amxbf16_gemm ? "amx_bf16" : kt->h16_panels ? "panels" : "none",
