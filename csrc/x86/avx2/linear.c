@@ -12,7 +12,9 @@
  * saturates, -128 weights (asymmetric quantization) included, provided no
  * activation is -128 (sign() cannot negate it): the dynamic quantizer's range
  * is -127..127, and linear.c sends the rare int8 input holding -128 (tests)
- * to the reference. */
+ * to the reference.  From 8 rows the split kernel (below, act_split.c) saves
+ * that operation: the weight as the unsigned side, w + 128, against split
+ * codes whose pairs stay within 128. */
 #include "mq.h"
 
 #if defined(__x86_64__) && defined(__AVX2__) && defined(__FMA__) && defined(__F16C__)
@@ -124,17 +126,7 @@ static void split_panel_starts(const mq_qgemm_args *a, int64_t p, int32_t *res) 
     }
 }
 #define SPLIT_SETUP const __m256i wuv = _mm256_xor_si256(wv, _mm256_set1_epi8((char)0x80));
-#define SPLIT_ROW(i, MT)                                                                      \
-    if ((i) < (MT)) {                                                                         \
-        __m256i prod;                                                                         \
-        __asm__("vpbroadcastd %[xm], %[t]\n\t"                                                \
-                "vpmaddubsw %[t], %[wu], %[t]\n\t"                                            \
-                "vpmaddwd %[ones], %[t], %[t]\n\t"                                            \
-                "vpaddd %[t], %[acc], %[acc]"                                                 \
-                : [acc] "+x"(acc##i), [t] "=&x"(prod)                                         \
-                : [xm] "m"(*(const int32_t *)(const void *)(x + (i) * ldx + g * 4)), [wu] "x"(wuv), \
-                  [ones] "x"(ones));                                                          \
-    }
+#define SPLIT_ROW(i, MT) MQ_TILE12_MADDUBS_ROW(i, MT, "vpmaddubsw %[t], %[w], %[t]", wuv) /* w + 128 unsigned */
 #define SPLIT_STORE(i, MT)                                                                    \
     if ((i) < (MT))                                                                           \
         qgemm_store8(a, _mm256_add_epi32(acc##i, _mm256_loadu_si256((const __m256i *)(a->split_res + (m0 + (i)) * MQ_PANEL + half * 8))), \

@@ -30,17 +30,7 @@ MQ_INLINE void store8_u7(const mq_qgemm_args *a, __m256i acc, int64_t m, int64_t
  * weights, the broadcast row, the ones and one product fill the 16 ymm registers (5 rows x both
  * halves, as x86/avx2/linear.c's few-row tile, spilled three accumulators with GCC 12). */
 #define U7_SETUP
-#define U7_ROW(i, MT)                                                                         \
-    if ((i) < (MT)) {                                                                         \
-        __m256i prod;                                                                         \
-        __asm__("vpbroadcastd %[xm], %[t]\n\t"                                                \
-                "vpmaddubsw %[w], %[t], %[t]\n\t"                                             \
-                "vpmaddwd %[ones], %[t], %[t]\n\t"                                            \
-                "vpaddd %[t], %[acc], %[acc]"                                                 \
-                : [acc] "+x"(acc##i), [t] "=&x"(prod)                                         \
-                : [xm] "m"(*(const int32_t *)(const void *)(x + (i) * ldx + g * 4)), [w] "x"(wv), \
-                  [ones] "x"(ones));                                                          \
-    }
+#define U7_ROW(i, MT) MQ_TILE12_MADDUBS_ROW(i, MT, "vpmaddubsw %[w], %[t], %[t]", wv) /* x unsigned */
 #define U7_STORE(i, MT)                                                                       \
     if ((i) < (MT)) store8_u7(a, acc##i, m0 + (i), n0);
 MQ_TILES12(u7_tiles, U7_SETUP, U7_ROW, U7_STORE)

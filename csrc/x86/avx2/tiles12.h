@@ -1,6 +1,6 @@
 /* x86/avx2/tiles12.h - the 12-row x 8-channel tile of the AVX2 int8 matmuls:
- * x86/avx2/linear.c (8-bit activations, the sign trick) and
- * x86/avx2/linear_u7.c (7-bit codes).  Include only from those compile units
+ * x86/avx2/linear.c (8-bit activations: the sign trick, and the split rows of
+ * act_split.c) and x86/avx2/linear_u7.c (7-bit codes).  Include only from those compile units
  * (-mavx2), after x86/linear_store256.h.
  *
  * MT rows x half a panel (8 channels: 32 bytes of each 64-byte K-group) over
@@ -55,6 +55,20 @@ typedef void (*mq_tile12_fn)(const mq_qgemm_args *a, int64_t m0, int64_t p, int 
                                                           NAME##_4,   NAME##_5,  NAME##_6,  NAME##_7, \
                                                           NAME##_8,   NAME##_9,  NAME##_10, NAME##_11, \
                                                           NAME##_12};
+
+/* A ROW of the maddubs kernels (7-bit codes, split rows): the row's 4 activation bytes broadcast,
+ * MADDUBS (the asm text of vpmaddubsw on %[t] and the weight register %[w]: which of the two is the
+ * unsigned side), pairs to int32 against the ones, into acc##i. */
+#define MQ_TILE12_MADDUBS_ROW(i, MT, MADDUBS, WREG)                                               \
+    if ((i) < (MT)) {                                                                         \
+        __m256i prod;                                                                         \
+        __asm__("vpbroadcastd %[xm], %[t]\n\t" MADDUBS "\n\t"                                   \
+                "vpmaddwd %[ones], %[t], %[t]\n\t"                                            \
+                "vpaddd %[t], %[acc], %[acc]"                                                 \
+                : [acc] "+x"(acc##i), [t] "=&x"(prod)                                         \
+                : [xm] "m"(*(const int32_t *)(const void *)(x + (i) * ldx + g * 4)), [w] "x"(WREG), \
+                  [ones] "x"(ones));                                                          \
+    }
 
 /* Panels [p0, p1), each half, in tiles of up to 12 rows.  The first tile of a panel also
  * prefetches the next panel into L2 (the others prefetch their own, cached, weights: no branch
