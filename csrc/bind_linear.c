@@ -393,8 +393,8 @@ PyDoc_STRVAR(set_split_rows_doc,
              "set_split_rows(mode) -> previous\n\n"
              "Whether the dynamic int8 Linear may run the level's split kernel (AVX2 without VNNI, csrc/act_split.c):\n"
              "1 / True (default) on the calls its rules take, 0 / False never (the sign trick), 2 on every call of\n"
-             "8 rows or more whatever its size or count of list entries (rows over their room still keep the sign\n"
-             "trick; tests).  The same bits in every mode (tests and benchmarks compare them).");
+             "8 rows or more whatever its size or count of list entries (tests).  The same bits in every mode\n"
+             "(tests and benchmarks compare them); linear_kernels()['split_rows_calls'] counts the calls it ran.");
 
 static PyObject *py_set_split_rows(PyObject *self, PyObject *arg) {
     (void)self;

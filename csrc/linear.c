@@ -191,30 +191,30 @@ typedef struct {
     const mq_kernels *kt;
     int32_t *x_zp; /* reduce_range: per-row zero-points (act_u7.c), else NULL */
     mq_x_encoding_t enc;
-    /* the split (act_split.c) for the table's qgemm_split, else NULL: row r's residual groups at
-     * split + r * split_ld, their count (above split_ld: the row was left whole) and code sum */
+    /* the split (act_split.c) for the table's qgemm_split, else split_start is NULL: row r's list
+     * entries split[split_start[r] .. split_start[r + 1]) (first their count, in split_start[r + 1]),
+     * its sum of codes and its breaking pairs ([rows][mq_split_mask_words(kp)]) */
     mq_split_entry *split;
-    int64_t *split_n;
+    int64_t *split_start;
     int32_t *split_sum;
-    int64_t split_ld;
-    uint32_t *split_mask; /* [rows][mq_split_mask_words(kp)] each row's breaking pairs */
+    uint32_t *split_mask;
 } xquant_ctx;
 
 /* The list entries rows [begin, end) of c's codes would need, counted while they are in the cache. */
 static void split_x_rows(const xquant_ctx *c, int64_t begin, int64_t end) {
     const int64_t words = mq_split_mask_words(c->a->kp);
     for (int64_t r = begin; r < end; r++)
-        c->split_n[r] = c->kt->act_split_count((const int8_t *)(c->xq + r * c->a->ldx), c->a->kp, c->split_sum + r,
-                                               c->split_mask + r * words);
+        c->split_start[r + 1] = c->kt->act_split_count((const int8_t *)(c->xq + r * c->a->ldx), c->a->kp,
+                                                       c->split_sum + r, c->split_mask + r * words);
 }
 
 /* Rows [begin, end) split (the call takes the split kernel). */
 static void split_rows_range(void *vctx, int64_t begin, int64_t end) {
     const xquant_ctx *c = vctx;
     for (int64_t r = begin; r < end; r++)
-        if (c->split_n[r])
+        if (c->split_start[r + 1] > c->split_start[r])
             mq_act_split_row((int8_t *)(c->xq + r * c->a->ldx), c->a->kp,
-                             c->split_mask + r * mq_split_mask_words(c->a->kp), c->split + r * c->split_ld);
+                             c->split_mask + r * mq_split_mask_words(c->a->kp), c->split + c->split_start[r]);
 }
 
 /* Per-row symmetric int8 of the activations (torch's symmetric MinMax
@@ -230,7 +230,7 @@ static void quantize_x_range(void *vctx, int64_t begin, int64_t end) {
             c->kt->act_rows[c->kind](c->src + (size_t)r * c->row_bytes, c->row_bytes, step, c->k, kp, c->enc,
                                      c->xq + r * ldx, c->x_scale + r, c->x_zp ? c->x_zp + r : NULL,
                                      c->x_sum ? c->x_sum + r : NULL);
-        if (c->split) split_x_rows(c, begin, end);
+        if (c->split_start) split_x_rows(c, begin, end);
         return;
     }
     for (int64_t r = begin; r < end; r++) { /* int8 input (tests): copied as is */
@@ -246,19 +246,19 @@ static void quantize_x_range(void *vctx, int64_t begin, int64_t end) {
         if (c->a->x_u8)
             for (int64_t i = 0; i < kp; i++) q[i] ^= 0x80u;
     }
-    if (c->split) split_x_rows(c, begin, end);
+    if (c->split_start) split_x_rows(c, begin, end);
 }
 
 int mq_split_rows_enabled = 1;
+static int64_t split_rows_calls; /* calls that ran the split kernel (linear_kernels(), tests) */
+int64_t mq_split_rows_calls(void) { return __atomic_load_n(&split_rows_calls, __ATOMIC_RELAXED); }
 
-/* A row's room for list entries (act_split.c): a row needing more keeps the sign trick */
-static int64_t split_cap(int64_t kp) { return kp / 16 + 1; }
-/* The split kernel takes a call of up to this many entries in all, 1 / 12 of its rows' K-groups:
- * an entry (both halves of a panel) costs about as much as 7 rows' K-groups of the main loop,
- * which saves about a fifth of a K-group's time.  Zen 3, 1 thread, split vs sign trick speed
- * (entries as a share of the K-groups): Gaussian rows of 384 at 6.5% 1.07-1.12x (n 384 / 1536),
- * 768 at 5.0% 1.15x, 4096 at 1.7% 1.13-1.19x; 256 at 8.6% 1.01x, 128 at 13.7% 0.96x; heavy-tailed
- * rows (1-3%) 1.07-1.27x */
+/* The split kernel takes a call of up to this many list entries in all, 1 / 12 of its rows'
+ * K-groups (one row may hold more): an entry (both halves of a panel) costs about as much as 7
+ * rows' K-groups of the main loop, which saves about a fifth of a K-group's time.  Zen 3, 1 thread,
+ * split vs sign trick speed (entries as a share of the K-groups): Gaussian rows of 384 at 6.5%
+ * 1.07-1.12x (n 384 / 1536), 768 at 5.0% 1.15x, 4096 at 1.7% 1.13-1.19x; 256 at 8.6% 1.01x, 128 at
+ * 13.7% 0.96x; heavy-tailed rows (1-3%) 1.07-1.27x */
 static int64_t split_budget(int64_t m, int64_t kp) { return m * (kp / 48); }
 
 /* Work items of the int8 and weight-only GEMMs are (row block, panel) pairs,
@@ -355,39 +355,48 @@ int mq_linear_dynamic(const void *x, mq_src_t kind, int x_is_q, int64_t m, int64
     const int split = split_mode && !reduce_range && kt->qgemm_split && !kt->qgemm_x_u8 &&
                       m >= kt->qgemm_split_min_m &&
                       (split_mode == 2 || (double)m * (double)kp * (double)n >= (double)(1 << 21));
-    const int64_t split_ld = split ? split_cap(kp) : 0;
-    mq_split_entry *entries = split ? malloc((size_t)m * (size_t)split_ld * sizeof(mq_split_entry)) : NULL;
-    int64_t *split_n = split ? malloc((size_t)m * sizeof(int64_t)) : NULL;
+    /* the split's counts and masks (its list is sized once counted); without the memory, the sign trick */
+    int64_t *split_start = split ? malloc((size_t)(m + 1) * sizeof(int64_t)) : NULL;
     int32_t *split_sum = split ? malloc((size_t)m * sizeof(int32_t)) : NULL;
     uint32_t *split_mask = split ? malloc((size_t)m * (size_t)mq_split_mask_words(kp) * sizeof(uint32_t)) : NULL;
+    mq_split_entry *entries = NULL;
+    if (!split_start || !split_sum || !split_mask) {
+        free(split_start);
+        free(split_sum);
+        free(split_mask);
+        split_start = NULL;
+        split_sum = NULL;
+        split_mask = NULL;
+    }
     int status = -1;
-    if (!xq || !x_scale || (w_zp && !x_sum) || (reduce_range && !x_zp) ||
-        (split && (!entries || !split_n || !split_sum || !split_mask)))
-        goto done;
+    if (!xq || !x_scale || (w_zp && !x_sum) || (reduce_range && !x_zp)) goto done;
     /* 7-bit activations: the level's own 7-bit kernel on the codes, or its qgemm on xq */
     const int u7 = reduce_range && kt->qgemm_u7;
     mq_qgemm_args a = {xq, u7 ? 0 : kt->qgemm_x_u8, x_scale, x_sum, m, kp, n, packed, w_sum, w_scale, w_zp,
                        w_has_m128, bias, acc ? NULL : y, acc, n, gemv_rows(nthreads), u7 ? x_zp : NULL, ldq};
     const mq_x_encoding_t enc = u7 ? MQ_X_U7 : kt->qgemm_x_u8 ? MQ_X_INT8_PLUS_128 : MQ_X_INT8;
     xquant_ctx xc = {x, (size_t)ldx * (x_is_q ? 1 : mq_src_size(kind)), kind, x_is_q, k, &a, x_sum, x_scale, xq, kt,
-                     x_zp, enc, entries, split_n, split_sum, split_ld, split_mask};
+                     x_zp, enc, NULL, split_start, split_sum, split_mask};
     mq_parallel_for(m, (1 << 16) / (k + 1) + 1, nthreads, quantize_x_range, &xc);
-    int split_all = split;
-    int64_t entries_total = 0;
-    for (int64_t r = 0; split && r < m; r++) {
-        split_all = split_all && split_n[r] <= split_ld;
-        entries_total += split_n[r];
+    int split_all = split_start != NULL;
+    if (split_all) { /* the counts to starts; too many entries in all: the whole call on qgemm */
+        split_start[0] = 0;
+        for (int64_t r = 0; r < m; r++) split_start[r + 1] += split_start[r];
+        split_all = split_mode == 2 || split_start[m] <= split_budget(m, kp);
     }
-    /* too many breaking pairs in a row or in all: the whole call on qgemm */
-    split_all = split_all && (split_mode == 2 || entries_total <= split_budget(m, kp));
-    if (split_all && entries_total) mq_parallel_for(m, (1 << 16) / (k + 1) + 1, nthreads, split_rows_range, &xc);
+    if (split_all && split_start[m]) {
+        entries = malloc((size_t)split_start[m] * sizeof(mq_split_entry));
+        xc.split = entries;
+        if (entries) mq_parallel_for(m, (1 << 16) / (k + 1) + 1, nthreads, split_rows_range, &xc);
+        split_all = entries != NULL;
+    }
     if (u7)
         run_qgemm(kt->qgemm_u7, &a, nthreads, kt);
     else if (split_all) {
         a.split = entries;
-        a.split_n = split_n;
+        a.split_start = split_start;
         a.split_sum = split_sum;
-        a.split_ld = split_ld;
+        __atomic_add_fetch(&split_rows_calls, 1, __ATOMIC_RELAXED);
         run_qgemm(kt->qgemm_split, &a, nthreads, kt);
     } else
         run_qgemm(x_is_q && !a.x_u8 && rows_hold_m128(xq, m, kp, ldq) ? mq_ref_qgemm : kt->qgemm, &a, nthreads, kt);
@@ -398,7 +407,7 @@ done:
     free(x_sum);
     free(x_zp);
     free(entries);
-    free(split_n);
+    free(split_start);
     free(split_sum);
     free(split_mask);
     return status;

@@ -114,6 +114,7 @@ typedef struct {
  * them on qgemm; 2 takes it whatever the call's size and list (tests).  The same bits in every
  * mode.  Written with the GIL held. */
 extern int mq_split_rows_enabled;
+int64_t mq_split_rows_calls(void); /* calls that ran the split kernel so far */
 /* 32-bit words of a row's mask of breaking pairs (kp / 2 pairs) */
 static inline int64_t mq_split_mask_words(int64_t kp) { return (kp / 2 + 31) / 32; }
 typedef int64_t (*mq_split_count_fn)(const int8_t *q, int64_t kp, int32_t *sum, uint32_t *mask);
@@ -145,12 +146,11 @@ typedef struct {
                             * xu = xq + x_zp[m] (0..127, uint8) and xq = xu - x_zp[m] (see act_u7.c) */
     int64_t ldx;           /* row stride of x in bytes, >= kp (mq_x_row_stride: rows a multiple of 1 KiB
                             * long are padded so that a tile's rows fall in different L1 sets) */
-    /* qgemm_split kernels only (act_split.c): x holds the split int8 rows, row m's residual
-     * groups are split[m * split_ld ..) (split_n[m] of them), split_sum[m] the sum of its codes */
+    /* qgemm_split kernels only (act_split.c): x holds the split int8 rows, row m's list entries are
+     * split[split_start[m] .. split_start[m + 1]), split_sum[m] the sum of its codes */
     const mq_split_entry *split;
-    const int64_t *split_n;
+    const int64_t *split_start;
     const int32_t *split_sum;
-    int64_t split_ld;
     const int32_t *split_res; /* the AVX2 split kernel's own scratch: each row's 16 int32 starts */
 } mq_qgemm_args;
 typedef void (*mq_qgemm_fn)(const mq_qgemm_args *a, int64_t p0, int64_t p1);
@@ -165,9 +165,8 @@ static inline mq_qgemm_args mq_qgemm_rows(const mq_qgemm_args *a, int64_t m0, in
     if (sub.x_zp) sub.x_zp += m0;
     if (sub.y) sub.y += m0 * sub.ldy;
     if (sub.acc) sub.acc += m0 * sub.ldy;
-    if (sub.split) {
-        sub.split += m0 * sub.split_ld;
-        sub.split_n += m0;
+    if (sub.split_start) { /* (split itself is indexed by the starts) */
+        sub.split_start += m0;
         sub.split_sum += m0;
     }
     return sub;

@@ -2,10 +2,10 @@
 weight as vpmaddubsw's unsigned side (w + 128), the activation codes as the signed
 side, each breaking pair (|a| + |b| > 128) cut down to 128 in the row and the cut
 added from a short per-row list.  The same exact int32 as the reference on rows
-with no breaking pair, a few, too many in a row or in all (the call then runs the sign
-trick),
--128 codes and weights, K tails, row blocks and tile tails, one and two threads;
-and the float outputs bit for bit."""
+with no breaking pair, a few, many, half of them (uniform codes), -128 codes and
+weights, K tails, row blocks and tile tails, one and two threads (and row blocks
+across the threads); the float outputs bit for bit; and the rules that send a call
+to the split kernel or keep the sign trick (by its counter)."""
 import pytest
 import torch
 
@@ -67,18 +67,34 @@ def _weight(n, k, g):
     return q, zp
 
 
+KINDS = ["none", "few", "extremes", "one_row_over", "uniform"]
+
+
+def _split_calls() -> int:
+    return int(_C.linear_kernels()["split_rows_calls"])
+
+
+def _has_split() -> bool:
+    return _C.linear_kernels()["dynamic_split_rows"] != "none"
+
+
 @pytest.mark.parametrize("nthreads", [1, 2])
-@pytest.mark.parametrize("kind", ["none", "few", "extremes", "one_row_over", "uniform"])
+@pytest.mark.parametrize("kind", KINDS)
 def test_split_rows_exact_int32(kind, nthreads):
-    g = torch.Generator().manual_seed(hash(kind) % 1000 + nthreads)
-    for m, k, n in [(8, 4, 16), (12, 61, 35), (13, 256, 17), (25, 1024, 40), (48, 515, 33), (49, 300, 50),
-                    (100, 1536, 19), (9, 4093, 35), (50, 2048, 17)]:
+    g = torch.Generator().manual_seed(KINDS.index(kind) * 10 + nthreads)
+    shapes = [(8, 4, 16), (12, 61, 35), (13, 256, 17), (25, 1024, 40), (48, 515, 33), (49, 300, 50),
+              (100, 1536, 19), (9, 4093, 35), (50, 2048, 17)]
+    if nthreads == 2:  # 2^24 multiply-adds and more: both threads; 3 panels, 200 rows: row blocks across them
+        shapes.append((200, 4096, 48))
+    for m, k, n in shapes:
         x = _rows(kind, m, k, g)
         q, zp = _weight(n, k, g)
         want = reference.linear_int8(x, q, torch.ones(n), zp, mode="int8_acc")
         for kernel in KERNELS:
             with at_isa(kernel):
+                before, split = _split_calls(), _has_split()
                 got = _acc(x, q, zp, nthreads)
+                assert _split_calls() == before + split, kernel  # mode 2: every call of 8 rows or more
             assert torch.equal(got, want), (kernel, kind, m, k, n, int(torch.ne(got, want).sum()))
 
 
@@ -184,3 +200,22 @@ def test_split_switch_same_bits():
     assert _C.set_split_rows(True) == 0 and _C.set_split_rows(2) == 1
     with pytest.raises(ValueError, match="mode 0, 1 or 2"):
         _C.set_split_rows(3)
+
+
+@pytest.mark.parametrize("kind, takes", [("few", True), ("uniform", False)])
+def test_split_rules(kind, takes):
+    """By its rules (mode 1) a call of Gaussian-like rows takes the split kernel, one of uniform
+    codes (half the pairs breaking, over the budget) keeps the sign trick, and so does a call of
+    under 2^21 multiply-adds or under 8 rows; the same bits each way."""
+    g = torch.Generator().manual_seed(11)
+    _C.set_split_rows(1)
+    for m, k, n, big in [(32, 1024, 80, True), (32, 96, 96, False), (7, 4096, 96, False)]:
+        x = _rows(kind, m, k, g)
+        q, zp = _weight(n, k, g)
+        want = reference.linear_int8(x, q, torch.ones(n), zp, mode="int8_acc")
+        for kernel in KERNELS:
+            with at_isa(kernel):
+                before, split = _split_calls(), _has_split()
+                got = _acc(x, q, zp, 1)
+                assert _split_calls() == before + (split and takes and big), (kernel, m, k, n)
+            assert torch.equal(got, want), kernel

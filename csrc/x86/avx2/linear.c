@@ -106,8 +106,8 @@ static void split_panel_starts(const mq_qgemm_args *a, int64_t p, int32_t *res) 
         /* 128 * sum as a shift of the vector: wraps as the accumulators do, the final sum is exact */
         __m256i lo = _mm256_sub_epi32(_mm256_setzero_si256(), _mm256_slli_epi32(_mm256_set1_epi32(a->split_sum[m]), 7));
         __m256i hi = lo;
-        const mq_split_entry *e = a->split + m * a->split_ld, *end = e + a->split_n[m];
-        for (; e < end; e++) {
+        for (int64_t i = a->split_start[m]; i < a->split_start[m + 1]; i++) {
+            const mq_split_entry *e = a->split + i;
             /* 16-bit words 0, 2, 4, 6 of each lane (bytes 0-1 of a K-group) from offset[0], the
              * others from offset[1]; both halves of the panel */
             const int8_t *w0 = panel + e->offset[0], *w1 = panel + e->offset[1];
