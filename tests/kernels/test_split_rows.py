@@ -78,6 +78,18 @@ def _has_split() -> bool:
     return _C.linear_kernels()["dynamic_split_rows"] != "none"
 
 
+def _check_every_level(x, q, zp, nthreads, takes_split):
+    """int8_acc at every level equals the reference's, the split kernel run (where the level has
+    one) exactly when takes_split."""
+    want = reference.linear_int8(x, q, torch.ones(q.shape[0]), zp, mode="int8_acc")
+    for kernel in KERNELS:
+        with at_isa(kernel):
+            before, split = _split_calls(), _has_split()
+            got = _acc(x, q, zp, nthreads)
+            assert _split_calls() == before + (split and takes_split), (kernel, tuple(x.shape), q.shape[0])
+        assert torch.equal(got, want), (kernel, tuple(x.shape), q.shape[0], int(torch.ne(got, want).sum()))
+
+
 @pytest.mark.parametrize("nthreads", [1, 2])
 @pytest.mark.parametrize("kind", KINDS)
 def test_split_rows_exact_int32(kind, nthreads):
@@ -87,15 +99,8 @@ def test_split_rows_exact_int32(kind, nthreads):
     if nthreads == 2:  # 2^24 multiply-adds and more: both threads; 3 panels, 200 rows: row blocks across them
         shapes.append((200, 4096, 48))
     for m, k, n in shapes:
-        x = _rows(kind, m, k, g)
         q, zp = _weight(n, k, g)
-        want = reference.linear_int8(x, q, torch.ones(n), zp, mode="int8_acc")
-        for kernel in KERNELS:
-            with at_isa(kernel):
-                before, split = _split_calls(), _has_split()
-                got = _acc(x, q, zp, nthreads)
-                assert _split_calls() == before + split, kernel  # mode 2: every call of 8 rows or more
-            assert torch.equal(got, want), (kernel, kind, m, k, n, int(torch.ne(got, want).sum()))
+        _check_every_level(_rows(kind, m, k, g), q, zp, nthreads, True)  # mode 2: every call of 8 rows or more
 
 
 def test_split_rows_every_entry_slot():
@@ -212,10 +217,4 @@ def test_split_rules(kind, takes):
     for m, k, n, big in [(32, 1024, 80, True), (32, 96, 96, False), (7, 4096, 96, False)]:
         x = _rows(kind, m, k, g)
         q, zp = _weight(n, k, g)
-        want = reference.linear_int8(x, q, torch.ones(n), zp, mode="int8_acc")
-        for kernel in KERNELS:
-            with at_isa(kernel):
-                before, split = _split_calls(), _has_split()
-                got = _acc(x, q, zp, 1)
-                assert _split_calls() == before + (split and takes and big), (kernel, m, k, n)
-            assert torch.equal(got, want), kernel
+        _check_every_level(x, q, zp, 1, takes and big)
