@@ -36,22 +36,29 @@ static void cut_pair(int8_t *q, int64_t i, mq_split_entry *entries, int64_t next
     q[big] = (int8_t)keep;
 }
 
-/* The entries a split of row q (kp int8 codes, kp % 4 == 0) needs (the larger pair slot's count of
- * breaking pairs); *sum gets the row's sum of codes, mask its breaking pairs: bit i % 32 of
- * mask[i / 32] for pair i (codes 2i, 2i + 1), mq_split_mask_words(kp) words, the rest 0.  The
- * scalar twin of the table's act_split_count. */
-int64_t mq_act_split_count(const int8_t *q, int64_t kp, int32_t *sum, uint32_t *mask) {
+/* Pairs [first, end) of row q: their sum of codes, each breaking one's bit set in mask (bit i % 32
+ * of mask[i / 32], or'ed in: the words start at 0) and counted in its slot, count[i % 2].  The
+ * scalar count below, and the AVX2 count's last word (x86/avx2/linear.c). */
+int32_t mq_act_split_pairs(const int8_t *q, int64_t first, int64_t end, uint32_t *mask, int64_t count[2]) {
     int32_t s = 0;
-    int64_t count[2] = {0, 0};
-    memset(mask, 0, (size_t)mq_split_mask_words(kp) * sizeof(uint32_t));
-    for (int64_t i = 0; i < kp / 2; i++) {
+    for (int64_t i = first; i < end; i++) {
         const int a = q[2 * i], b = q[2 * i + 1];
         s += a + b;
         if (!breaks(a, b)) continue;
         mask[i / 32] |= (uint32_t)1 << (i % 32);
         count[i & 1]++;
     }
-    *sum = s;
+    return s;
+}
+
+/* The entries a split of row q (kp int8 codes, kp % 4 == 0) needs (the larger pair slot's count of
+ * breaking pairs); *sum gets the row's sum of codes, mask its breaking pairs: bit i % 32 of
+ * mask[i / 32] for pair i (codes 2i, 2i + 1), mq_split_mask_words(kp) words, the rest 0.  The
+ * scalar twin of the table's act_split_count. */
+int64_t mq_act_split_count(const int8_t *q, int64_t kp, int32_t *sum, uint32_t *mask) {
+    int64_t count[2] = {0, 0};
+    memset(mask, 0, (size_t)mq_split_mask_words(kp) * sizeof(uint32_t));
+    *sum = mq_act_split_pairs(q, 0, kp / 2, mask, count);
     return count[0] > count[1] ? count[0] : count[1];
 }
 

@@ -119,6 +119,7 @@ int64_t mq_split_rows_calls(void); /* calls that ran the split kernel so far */
 static inline int64_t mq_split_mask_words(int64_t kp) { return (kp / 2 + 31) / 32; }
 typedef int64_t (*mq_split_count_fn)(const int8_t *q, int64_t kp, int32_t *sum, uint32_t *mask);
 int64_t mq_act_split_count(const int8_t *q, int64_t kp, int32_t *sum, uint32_t *mask);
+int32_t mq_act_split_pairs(const int8_t *q, int64_t first, int64_t end, uint32_t *mask, int64_t count[2]);
 void mq_act_split_row(int8_t *q, int64_t kp, const uint32_t *mask, mq_split_entry *entries);
 
 /* Dynamic int8 x int8 -> int32 matmul over the panels [p0, p1) of one
@@ -454,7 +455,7 @@ typedef struct {
      * encoding, is as fast (VNNI).  Set together with qgemm (dispatch.c). */
     mq_qgemm_fn qgemm_u7;
     const char *qgemm_u7_name;
-    /* the qgemm on split rows (act_split.c, a->split set) from this many rows; NULL where
+    /* the qgemm on split rows (act_split.c, a->split_start set) from this many rows; NULL where
      * qgemm needs none (VNNI).  Set together with qgemm (dispatch.c). */
     mq_qgemm_fn qgemm_split;
     int64_t qgemm_split_min_m;

@@ -99,8 +99,7 @@ MQ_TILES12(sign_tiles, SIGN_SETUP, SIGN_ROW, SIGN_STORE)
  * multiply-adds and row, as the 7-bit kernel.  Before a panel's tiles, each row's list entries
  * and -128 * sum(xq) go to its 16 int32 starts (res), which the store adds:
  *     sum (w + 128) * xq - 128 * sum(xq) = sum w * xq   (the same exact int32). */
-static void split_panel_starts(const mq_qgemm_args *a, int64_t p, int32_t *res) {
-    const int8_t *panel = a->w + p * (a->kp / MQ_KGROUP) * 64;
+static void split_panel_starts(const mq_qgemm_args *a, const int8_t *panel, int32_t *res) {
     const __m256i flip = _mm256_set1_epi8((char)0x80), ones = _mm256_set1_epi16(1);
     for (int64_t m = 0; m < a->m; m++) {
         /* 128 * sum as a shift of the vector: wraps as the accumulators do, the final sum is exact */
@@ -156,17 +155,9 @@ static int64_t split_count_avx2(const int8_t *q, int64_t kp, int32_t *sum, uint3
     s4 = _mm_add_epi32(s4, _mm_shuffle_epi32(s4, 0x4E));
     s4 = _mm_add_epi32(s4, _mm_shuffle_epi32(s4, 0xB1));
     int32_t s = _mm_cvtsi128_si32(s4);
-    if (i < kp) { /* the last word: fewer than 32 pairs */
-        uint32_t bits = 0;
-        for (int64_t pair = i / 2; pair < kp / 2; pair++) {
-            const int a = q[2 * pair], b = q[2 * pair + 1];
-            s += a + b;
-            if (abs(a) + abs(b) > 128) {
-                bits |= (uint32_t)1 << (pair % 32);
-                count[pair & 1]++;
-            }
-        }
-        mask[i / 64] = bits;
+    if (i < kp) { /* the last word, fewer than 32 pairs: the scalar count's loop */
+        mask[i / 64] = 0;
+        s += mq_act_split_pairs(q, i / 2, kp / 2, mask, count);
     }
     *sum = s;
     return count[0] > count[1] ? count[0] : count[1];
@@ -183,7 +174,7 @@ static void qgemm_split_avx2(const mq_qgemm_args *a, int64_t p0, int64_t p1) {
         for (int64_t r0 = 0; r0 < a->m; r0 += SPLIT_BLOCK_ROWS) {
             mq_qgemm_args b = mq_qgemm_rows(a, r0, a->m - r0 < SPLIT_BLOCK_ROWS ? a->m - r0 : SPLIT_BLOCK_ROWS);
             b.split_res = res;
-            split_panel_starts(&b, p, res);
+            split_panel_starts(&b, own, res);
             for (int half = 0; half < 2 && p * MQ_PANEL + half * 8 < b.n; half++)
                 for (int64_t m0 = 0; m0 < b.m; m0 += MQ_TILE12_ROWS)
                     split_tiles[b.m - m0 < MQ_TILE12_ROWS ? b.m - m0 : MQ_TILE12_ROWS](
