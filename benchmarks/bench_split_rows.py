@@ -40,7 +40,7 @@ def inputs(name: str, rows: int, k: int, g: torch.Generator) -> torch.Tensor:
     if name == "outliers":  # a few outlier channels (LLM-style)
         x[:, :: max(1, k // 4)] *= 20
         return x
-    if name == "uniform":  # half the pairs break: the rules keep the sign trick
+    if name == "uniform":  # a quarter of the pairs break: the rules keep the sign trick
         return torch.rand(rows, k, generator=g) - 0.5
     return x
 
@@ -49,7 +49,7 @@ def entries_share(x: torch.Tensor) -> float:
     """The split's list entries as a share of the K-groups (the per-row symmetric codes')."""
     k = x.shape[1] - x.shape[1] % 4
     q = torch.round(x[:, :k] / (x.abs().amax(1, keepdim=True) / 127).clamp_min(1e-30))
-    breaking = q.abs().reshape(len(q), -1, 2).sum(-1) > 128
+    breaking = q.reshape(len(q), -1, 2).sum(-1).abs() > 128  # one sign, past 128 together
     need = torch.maximum(breaking[:, 0::2].sum(1), breaking[:, 1::2].sum(1))
     return float(need.float().mean() / (k / 4))
 

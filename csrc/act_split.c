@@ -4,10 +4,13 @@
  * Without VNNI, vpmaddubsw multiplies unsigned by signed bytes and adds each
  * pair into a saturating int16.  With the weight as the unsigned side
  * (w + 128: 0..255) and the activation codes as the signed side, a pair
- * (a, b) is exact while |a| + |b| <= 128 (255 * 128 = 32640 < 32767): one
- * operation per 32 multiply-adds fewer than the sign trick.  Symmetric
- * per-row codes rarely break it (a Gaussian row of 4096: 1.4% of pairs), so
- * a breaking pair keeps |a| + |b| = 128 in the row (its larger value cut
+ * (a, b) is exact while |a + b| <= 128: the two products lie in
+ * [255 * min(a + b, 0), 255 * max(a + b, 0)] when a and b have one sign
+ * (255 * 128 = 32640 < 32767), and a pair of opposite signs never leaves
+ * [-32640, 32385].  One operation per 32 multiply-adds fewer than the sign
+ * trick.  Symmetric per-row codes rarely break it (a Gaussian row of 4096:
+ * 0.7% of pairs; counting |a| + |b| > 128 instead would take twice as many),
+ * so a breaking pair keeps |a + b| = 128 in the row (its larger value cut
  * down) and the cut goes to a short list that the kernel adds at the end:
  * the same exact sums.  An entry of the list carries two cuts, one in each
  * pair slot of a 4-byte K-group (bytes 0-1 and 2-3), from two groups: the
@@ -18,10 +21,11 @@
 
 #include <stdlib.h>
 
-static inline int breaks(int a, int b) { return abs(a) + abs(b) > 128; }
+/* a and b of one sign (a + b's), past 128 together: vpmaddubsw would saturate */
+static inline int breaks(int a, int b) { return abs(a + b) > 128; }
 
-/* Row r's pair i (codes 2i, 2i + 1) cut: the larger one down to 128 - |other|, same sign (one cut
- * per pair, |cut| <= 127), the cut into the next entry of the pair's slot (i % 2: bytes 0-1 or 2-3
+/* Row r's pair i (codes 2i, 2i + 1; one sign, breaks()) cut: the larger one down to 128 - |other|,
+ * same sign (one cut per pair, |cut| <= 128: -128 beside -128 keeps 0 and cuts -128), the cut into the next entry of the pair's slot (i % 2: bytes 0-1 or 2-3
  * of its K-group); entries [filled, that entry) zeroed on first use. */
 static void cut_pair(int8_t *q, int64_t i, mq_split_entry *entries, int64_t next[2], int64_t *filled) {
     const int slot = (int)(i & 1);

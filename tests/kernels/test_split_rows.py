@@ -1,8 +1,8 @@
 """The AVX2 split int8 matmul (csrc/act_split.c, x86/avx2/linear.c qgemm_split): the
 weight as vpmaddubsw's unsigned side (w + 128), the activation codes as the signed
-side, each breaking pair (|a| + |b| > 128) cut down to 128 in the row and the cut
+side, each breaking pair (a and b of one sign, |a + b| > 128) cut down to 128 in the row and the cut
 added from a short per-row list.  The same exact int32 as the reference on rows
-with no breaking pair, a few, many, half of them (uniform codes), -128 codes and
+with no breaking pair, a few, many, a quarter of them (uniform codes), -128 codes and
 weights, K tails, row blocks and tile tails, one and two threads (and row blocks
 across the threads); the float outputs bit for bit; and the rules that send a call
 to the split kernel or keep the sign trick (by its counter)."""
@@ -54,7 +54,7 @@ def _rows(kind, m, k, g):
         x = (torch.randn(m, k, generator=g) * 34).round().clamp(-127, 127).to(torch.int8)
         x[m // 2] = torch.randint(-127, 128, (k,), generator=g, dtype=torch.int8)
         return x
-    if kind == "uniform":  # about half the pairs break in every row
+    if kind == "uniform":  # about a quarter of the pairs break in every row (one sign, past 128)
         return torch.randint(-127, 128, (m, k), generator=g, dtype=torch.int8)
     raise ValueError(kind)
 
@@ -153,7 +153,7 @@ def test_split_rows_dynamic_bits(m):
 @pytest.mark.parametrize("kp", [4, 8, 60, 64, 68, 124, 128, 132, 1020, 4100])
 def test_act_split_every_level(kp):
     """The split itself (its AVX2 count beside the scalar one): codes + cuts give the row back,
-    every pair of codes within 128, one cut per pair, the list's length the larger slot's count
+    every pair of codes' sum within 128, one cut per pair, the list's length the larger slot's count
     of breaking pairs, the row sums; the same at every level."""
     g = torch.Generator().manual_seed(kp)
     rows = torch.cat([
@@ -162,8 +162,10 @@ def test_act_split_every_level(kp):
         torch.full((1, kp), -128), torch.full((1, kp), 127), torch.zeros(1, kp),
     ]).to(torch.int8)
     rows[-1, -2:] = torch.tensor([127, -128], dtype=torch.int8)
-    edge = torch.tensor([64, 64, -100, 28, -128, 0, 65, 64, -128, 1, 0, 127], dtype=torch.int8)  # 128 and 129
-    rows = torch.cat([rows, edge.repeat(kp // 12 + 1)[:kp].reshape(1, kp)])
+    # sums 128 / -128 (kept), 129 / -129 (cut), opposite signs past 128 in magnitude (kept)
+    edge = torch.tensor([64, 64, -100, 28, -128, 0, 65, 64, -128, 1, 0, 127, -128, -1, -64, -64, 127, -128, 100, -100],
+                        dtype=torch.int8)
+    rows = torch.cat([rows, edge.repeat(kp // len(edge) + 1)[:kp].reshape(1, kp)])
     results = {}
     for kernel in KERNELS:
         with at_isa(kernel):
@@ -172,10 +174,10 @@ def test_act_split_every_level(kp):
     for kernel, got in results.items():
         assert all(torch.equal(a, b) for a, b in zip(got, results[KERNELS[0]])), kernel
     assert torch.equal(codes.int() + cuts.int(), rows.int())
-    pairs = codes.int().abs().reshape(len(rows), -1, 2).sum(-1)
+    pairs = codes.int().reshape(len(rows), -1, 2).sum(-1).abs()
     assert int(pairs.max()) <= 128
     assert int((cuts.reshape(len(rows), -1, 2) != 0).sum(-1).max()) <= 1
-    breaking = rows.int().abs().reshape(len(rows), -1, 2).sum(-1) > 128
+    breaking = rows.int().reshape(len(rows), -1, 2).sum(-1).abs() > 128
     assert torch.equal(need, torch.maximum(breaking[:, 0::2].sum(1), breaking[:, 1::2].sum(1)))
     assert torch.equal(sums, rows.int().sum(1))
     assert torch.equal(cuts != 0, (codes != rows))
@@ -210,7 +212,7 @@ def test_split_switch_same_bits():
 @pytest.mark.parametrize("kind, takes", [("few", True), ("uniform", False)])
 def test_split_rules(kind, takes):
     """By its rules (mode 1) a call of Gaussian-like rows takes the split kernel, one of uniform
-    codes (half the pairs breaking, over the budget) keeps the sign trick, and so does a call of
+    codes (a quarter of the pairs breaking, over the budget) keeps the sign trick, and so does a call of
     under 2^21 multiply-adds or under 8 rows; the same bits each way."""
     g = torch.Generator().manual_seed(11)
     _C.set_split_rows(1)

@@ -132,24 +132,24 @@ static void split_panel_starts(const mq_qgemm_args *a, const int8_t *panel, int3
                      m0 + (i), n0);
 MQ_TILES12(split_tiles, SPLIT_SETUP, SPLIT_ROW, SPLIT_STORE)
 
-/* AVX2 twin of mq_act_split_count (act_split.c): 64 codes a step, |a| + |b| of each pair from
- * vpmaddubsw on the absolute values (|-128| = 128 as unsigned) against 1, one mask bit per pair
- * after packing the two compares to bytes. */
+/* AVX2 twin of mq_act_split_count (act_split.c): 64 codes a step, a + b of each pair from
+ * vpmaddubsw of 1 against the codes (exact in 16 bits), its absolute value against 128 (one mask
+ * bit per pair after packing the two compares to bytes) and the same a + b into the row's sum. */
 static int64_t split_count_avx2(const int8_t *q, int64_t kp, int32_t *sum, uint32_t *mask) {
     const __m256i one8 = _mm256_set1_epi8(1), one16 = _mm256_set1_epi16(1), limit = _mm256_set1_epi16(128);
     __m256i sums = _mm256_setzero_si256();
     int64_t count[2] = {0, 0}, i = 0;
     for (; i + 64 <= kp; i += 64) {
-        const __m256i v0 = _mm256_loadu_si256((const __m256i *)(q + i)), v1 = _mm256_loadu_si256((const __m256i *)(q + i + 32));
-        const __m256i b0 = _mm256_cmpgt_epi16(_mm256_maddubs_epi16(_mm256_abs_epi8(v0), one8), limit);
-        const __m256i b1 = _mm256_cmpgt_epi16(_mm256_maddubs_epi16(_mm256_abs_epi8(v1), one8), limit);
+        const __m256i p0 = _mm256_maddubs_epi16(one8, _mm256_loadu_si256((const __m256i *)(q + i)));
+        const __m256i p1 = _mm256_maddubs_epi16(one8, _mm256_loadu_si256((const __m256i *)(q + i + 32)));
+        const __m256i b0 = _mm256_cmpgt_epi16(_mm256_abs_epi16(p0), limit);
+        const __m256i b1 = _mm256_cmpgt_epi16(_mm256_abs_epi16(p1), limit);
         /* packs interleaves the 128-bit lanes: the permute puts pairs 0..31 in order */
         const uint32_t bits = (uint32_t)_mm256_movemask_epi8(_mm256_permute4x64_epi64(_mm256_packs_epi16(b0, b1), 0xD8));
         mask[i / 64] = bits;
         count[0] += __builtin_popcount(bits & 0x55555555u);
         count[1] += __builtin_popcount(bits & 0xAAAAAAAAu);
-        sums = _mm256_add_epi32(sums, _mm256_madd_epi16(_mm256_maddubs_epi16(one8, v0), one16));
-        sums = _mm256_add_epi32(sums, _mm256_madd_epi16(_mm256_maddubs_epi16(one8, v1), one16));
+        sums = _mm256_add_epi32(sums, _mm256_madd_epi16(_mm256_add_epi16(p0, p1), one16)); /* |p0 + p1| <= 512 */
     }
     __m128i s4 = _mm_add_epi32(_mm256_castsi256_si128(sums), _mm256_extracti128_si256(sums, 1));
     s4 = _mm_add_epi32(s4, _mm_shuffle_epi32(s4, 0x4E));
