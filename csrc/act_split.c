@@ -24,20 +24,29 @@
 /* a and b of one sign (a + b's), past 128 together: vpmaddubsw would saturate */
 static inline int breaks(int a, int b) { return abs(a + b) > 128; }
 
-/* Row r's pair i (codes 2i, 2i + 1; one sign, breaks()) cut: the larger one down to 128 - |other|,
- * same sign (one cut per pair, |cut| <= 128: -128 beside -128 keeps 0 and cuts -128), the cut into the next entry of the pair's slot (i % 2: bytes 0-1 or 2-3
- * of its K-group); entries [filled, that entry) zeroed on first use. */
+/* Breaking pair i of q (codes 2i, 2i + 1; one sign, breaks()) cut in place: the larger code (the
+ * first of equals) down to 128 - |other|, same sign, so that the pair sums to +-128; the cut
+ * returned (|cut| <= 128: -128 beside -128 keeps 0 and cuts -128), its code's index in *at.
+ * Rows here, and the direct conv's image rows (conv_split.c). */
+int mq_split_cut_pair(int8_t *q, int64_t i, int64_t *at) {
+    const int a = q[2 * i], b = q[2 * i + 1];
+    *at = abs(a) >= abs(b) ? 2 * i : 2 * i + 1;
+    const int other = *at == 2 * i ? b : a, v = q[*at];
+    const int keep = v < 0 ? abs(other) - 128 : 128 - abs(other);
+    q[*at] = (int8_t)keep;
+    return v - keep;
+}
+
+/* Row r's breaking pair i cut (mq_split_cut_pair), the cut into the next entry of the pair's slot
+ * (i % 2: bytes 0-1 or 2-3 of its K-group); entries [filled, that entry) zeroed on first use. */
 static void cut_pair(int8_t *q, int64_t i, mq_split_entry *entries, int64_t next[2], int64_t *filled) {
     const int slot = (int)(i & 1);
     const int64_t index = next[slot]++;
     for (; *filled <= index; (*filled)++) memset(&entries[*filled], 0, sizeof(*entries));
-    const int a = q[2 * i], b = q[2 * i + 1];
-    const int64_t big = abs(a) >= abs(b) ? 2 * i : 2 * i + 1;
-    const int other = abs(a) >= abs(b) ? b : a, v = q[big];
-    const int keep = v < 0 ? abs(other) - 128 : 128 - abs(other);
+    int64_t at;
+    const int cut = mq_split_cut_pair(q, i, &at);
     entries[index].offset[slot] = (int32_t)(i / 2 * MQ_PANEL_GROUP_BYTES);
-    entries[index].cut[big % 4] = (int8_t)(v - keep);
-    q[big] = (int8_t)keep;
+    entries[index].cut[at % 4] = (int8_t)cut;
 }
 
 /* Pairs [first, end) of row q: their sum of codes, each breaking one's bit set in mask (bit i % 32

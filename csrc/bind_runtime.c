@@ -4,6 +4,7 @@
 #include <string.h>
 
 #include "bind.h"
+#include "conv_split.h"
 
 const char *const mq_isa_names[MQ_ISA_COUNT] = {"scalar", "avx2", "avx512"};
 
@@ -68,15 +69,18 @@ static PyObject *py_linear_kernels(PyObject *self, PyObject *unused) {
     (void)unused;
     const mq_kernels *kt = mq_active();
     /* dynamic_reduce_range: the 7-bit kernel, or the dynamic one where it runs them (act_u7.c) */
-    /* dynamic_split_rows: the split kernel on rows of 8-bit codes (act_split.c), where the level has one */
-    return Py_BuildValue("{s:s,s:s,s:s,s:s,s:s,s:s,s:i,s:s,s:L,s:L,s:L}", "dynamic", kt->qgemm_name, "dynamic_split_rows",
+    /* dynamic_split_rows: the split kernel on rows of 8-bit codes (act_split.c), where the level has one;
+     * dynamic_conv_split: the direct conv's (conv_split.c), split_conv_images: the images it ran on */
+    return Py_BuildValue("{s:s,s:s,s:s,s:s,s:s,s:s,s:i,s:s,s:L,s:L,s:L,s:s,s:L}", "dynamic", kt->qgemm_name, "dynamic_split_rows",
                          kt->qgemm_split ? kt->qgemm_split_name : "none", "dynamic_reduce_range",
                          kt->qgemm_u7 ? kt->qgemm_u7_name : kt->qgemm_name, "weight_only", kt->wgemm_name,
                          "int4_int8", kt->q4_gemv_i8_name, "half_many_rows",
                          kt->amxbf16_gemm ? "amx_bf16" : kt->h16_panels ? "panels" : "none",
                          "max_in_features", MQ_MAX_LINEAR_K, "threads", mq_threading_backend(),
                          "omp_team_calls", (long long)mq_omp_team_calls(), "split_calls",
-                         (long long)mq_parallel_split_calls(), "split_rows_calls", (long long)mq_split_rows_calls());
+                         (long long)mq_parallel_split_calls(), "split_rows_calls", (long long)mq_split_rows_calls(),
+                         "dynamic_conv_split", kt->dconv_split && !kt->static_conv_x_u8 ? "avx2_maddubs_split" : "none",
+                         "split_conv_images", (long long)mq_split_conv_images());
 }
 
 /* A tests-only kernel switch: switch(on) < 0 means this CPU or build cannot. */

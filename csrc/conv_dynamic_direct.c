@@ -23,6 +23,7 @@
 
 #include "conv_dynamic_direct.h"
 #include "conv_profile.h"
+#include "conv_split.h"
 #include "size_check.h"
 
 int mq_conv_direct_enabled = 1;
@@ -60,6 +61,9 @@ typedef struct {
     uint8_t *pre;         /* row blocks: [batch][padded_bytes] the images quantized first; else NULL */
     float *pre_scale;     /* [batch] with pre */
     int32_t *pre_zp;      /* [batch] with pre */
+    mq_conv_split *pre_split; /* [batch] with pre and split */
+    int split;            /* 0: the sign trick; 1 / 2: the table's dconv_split, by the rules / always */
+    mq_conv_split_geometry geometry; /* with split */
     int failed;
 } direct_ctx;
 
@@ -145,8 +149,8 @@ static void im2col_rows(const direct_ctx *c, const uint8_t *restrict padded, int
 
 /* The kernel on output rows [oh0, oh0 + nr) of one image, then the epilogue into y. */
 static void conv_rows(const direct_ctx *c, const uint8_t *padded, int64_t b, int64_t oh0, int64_t nr, float scale,
-                      int32_t zp, float *restrict acc_f, float *restrict s, int32_t *restrict zcol_image,
-                      uint8_t *restrict cols) {
+                      int32_t zp, const mq_conv_split *split, float *restrict acc_f, float *restrict s,
+                      int32_t *restrict zcol_image, uint8_t *restrict cols) {
     const int64_t n = c->n, pixels = c->out_h * c->out_w, p0 = oh0 * c->out_w, np = nr * c->out_w;
     const int32_t *zcol = c->zcol;
     if (c->reduce_range) { /* (zp + shift) * w_sum: |.| <= 255 * 128 * 32768 < 2^31 */
@@ -159,8 +163,15 @@ static void conv_rows(const direct_ctx *c, const uint8_t *padded, int64_t b, int
     if (!c->cols_rows) {
         mq_static_conv_args a = {padded + oh0 * c->sh * c->wp * c->channels, c->wp, c->channels, c->kh, c->kw, c->sh,
                                  c->sw, c->dh, c->dw, nr, c->out_w, c->packed, n, zcol, c->ones, NULL, -INFINITY,
-                                 INFINITY, 1.0f, 0, NULL, out};
-        c->kt->static_conv(&a);
+                                 INFINITY, 1.0f, 0, NULL, out, NULL, NULL, NULL};
+        if (split && split->shift) { /* the image's codes were split (conv_split.c) */
+            a.pix_shift = split->shift + p0;
+            a.corr_at = split->corr_at + p0;
+            a.corr = split->corr;
+            c->kt->dconv_split(&a);
+        } else {
+            c->kt->static_conv(&a);
+        }
     } else { /* im2col blocks, each a 1x1 conv of kp channels over rn rows of out_w pixels */
         for (int64_t r0 = 0; r0 < nr; r0 += c->cols_rows) {
             const int64_t rn = nr - r0 < c->cols_rows ? nr - r0 : c->cols_rows;
@@ -245,8 +256,11 @@ static void images_range(void *vctx, int64_t begin, int64_t end) {
         int32_t zp;
         const int64_t t = mq_conv_profile_start();
         quantize_padded(c, b, p.q, p.padded, &scale, &zp);
+        mq_conv_split split = {0};
+        if (c->split && mq_conv_split_image(c->kt, &c->geometry, p.padded, c->split == 1, &split)) mq_split_conv_count();
         mq_conv_profile_stop(MQ_CONV_THREAD_QUANTIZE, t);
-        conv_rows(c, p.padded, b, 0, c->out_h, scale, zp, p.acc_f, p.s, p.zcol, p.cols);
+        conv_rows(c, p.padded, b, 0, c->out_h, scale, zp, &split, p.acc_f, p.s, p.zcol, p.cols);
+        mq_conv_split_free(&split);
     }
     buffers_free(&p);
 }
@@ -259,8 +273,12 @@ static void prequantize_range(void *vctx, int64_t begin, int64_t end) {
         __atomic_store_n(&c->failed, 1, __ATOMIC_RELAXED);
         return;
     }
-    for (int64_t b = begin; b < end; b++)
+    for (int64_t b = begin; b < end; b++) {
         quantize_padded(c, b, q, c->pre + b * c->padded_bytes, &c->pre_scale[b], &c->pre_zp[b]);
+        if (c->split && mq_conv_split_image(c->kt, &c->geometry, c->pre + b * c->padded_bytes, c->split == 1,
+                                            &c->pre_split[b]))
+            mq_split_conv_count();
+    }
     free(q);
 }
 
@@ -276,8 +294,8 @@ static void blocks_range(void *vctx, int64_t begin, int64_t end) {
     for (int64_t item = begin; item < end; item++) {
         const int64_t b = item / c->items_per_image, oh0 = item % c->items_per_image * c->rows_per_item;
         const int64_t nr = c->out_h - oh0 < c->rows_per_item ? c->out_h - oh0 : c->rows_per_item;
-        conv_rows(c, c->pre + b * c->padded_bytes, b, oh0, nr, c->pre_scale[b], c->pre_zp[b], p.acc_f, p.s,
-                  p.zcol, p.cols);
+        conv_rows(c, c->pre + b * c->padded_bytes, b, oh0, nr, c->pre_scale[b], c->pre_zp[b],
+                  c->pre_split ? &c->pre_split[b] : NULL, p.acc_f, p.s, p.zcol, p.cols);
     }
     buffers_free(&p);
 }
@@ -346,7 +364,15 @@ int mq_conv2d_dynamic_direct(const void *x, mq_src_t kind, int64_t batch, int64_
     per_image = (out_h + rows_per_item - 1) / rows_per_item;
     direct_ctx c = {kt, x, kind, channels, height, width, kh, kw, sh, sw, ph, pw, dh, dw, out_h, out_w, wp, image,
                     padded_bytes, k, kp, cols_rows, packed, w_sum, w_scale, bias, n, np, ones, zcol, reduce_range,
-                    flip, y, nchw, rows_per_item, per_image, NULL, NULL, NULL, 0};
+                    flip, y, nchw, rows_per_item, per_image, NULL, NULL, NULL, NULL, 0, {0}, 0};
+    /* the split kernel (AVX2 without VNNI) on 8-bit codes of whole K-groups per tap; by the rules
+     * from a panel of outputs (fewer: the image's count and sums outweigh the saving) */
+    const int split_mode = __atomic_load_n(&mq_split_rows_enabled, __ATOMIC_RELAXED);
+    if (split_mode && kt->dconv_split && !flip && !reduce_range && !cols_rows && (split_mode == 2 || n >= MQ_PANEL)) {
+        c.split = split_mode;
+        c.geometry = (mq_conv_split_geometry){height, width, channels, ph, pw, wp, kh, kw, sh, sw, dh, dw, out_h, out_w,
+                                              packed, n};
+    }
     const int64_t item_macs = mq_size_mul(mq_size_mul(mq_size_mul(rows_per_item, out_w), k), n);
     const int64_t min_chunk = mq_items_per_chunk(item_macs, MIN_ITEM_MACS);
     int64_t t = mq_conv_profile_start();
@@ -357,7 +383,8 @@ int mq_conv2d_dynamic_direct(const void *x, mq_src_t kind, int64_t batch, int64_
         c.pre = alloc_bytes(mq_alloc_bytes(mq_size_add(mq_size_mul(batch, padded_bytes), DIRECT_SLACK), 1, 64));
         c.pre_scale = malloc(mq_alloc_bytes(batch, sizeof(float), 1));
         c.pre_zp = malloc(mq_alloc_bytes(batch, sizeof(int32_t), 1));
-        if (!c.pre || !c.pre_scale || !c.pre_zp) {
+        c.pre_split = c.split ? calloc((size_t)batch, sizeof(mq_conv_split)) : NULL;
+        if (!c.pre || !c.pre_scale || !c.pre_zp || (c.split && !c.pre_split)) {
             c.failed = 1;
         } else {
             /* (fewer images than 2 per thread: each its own piece when it is large enough) */
@@ -371,6 +398,9 @@ int mq_conv2d_dynamic_direct(const void *x, mq_src_t kind, int64_t batch, int64_
         free(c.pre);
         free(c.pre_scale);
         free(c.pre_zp);
+        if (c.pre_split)
+            for (int64_t b = 0; b < batch; b++) mq_conv_split_free(&c.pre_split[b]);
+        free(c.pre_split);
     }
     free(ones);
     free(zcol);

@@ -255,6 +255,9 @@ static void overlay(mq_kernels *dst, const mq_kernels *src) {
     if (src->static_conv) { /* the kernel and its activation encoding go together */
         dst->static_conv = src->static_conv;
         dst->static_conv_x_u8 = src->static_conv_x_u8;
+        dst->dconv_split = src->dconv_split; /* a new conv kernel drops the lower level's split (VNNI) */
+    } else if (src->dconv_split) {
+        dst->dconv_split = src->dconv_split;
     }
     TAKE(static_add);
     TAKE(static_dw);
@@ -300,6 +303,7 @@ static void avx2_int8_matmul(mq_kernels *k) {
     overlay(k, &mq_avx2_linear_table);
     overlay(k, &mq_avx2_linear_u7_table);
     overlay(k, &mq_avx2_static_table);
+    overlay(k, &mq_avx2_dconv_split_table);
     if (cpu.avx_vnni) overlay(k, &mq_avxvnni_linear_table);
     if (cpu.avx_vnni) overlay(k, &mq_avxvnni_static_table);
 }
@@ -383,6 +387,7 @@ int mq_use_maddubs_for_tests(int on) {
         overlay(&tables[MQ_ISA_AVX2], &mq_avx2_linear_table);
         overlay(&tables[MQ_ISA_AVX2], &mq_avx2_linear_u7_table);
         overlay(&tables[MQ_ISA_AVX2], &mq_avx2_static_table);
+        overlay(&tables[MQ_ISA_AVX2], &mq_avx2_dconv_split_table);
     } else
         avx2_int8_matmul(&tables[MQ_ISA_AVX2]);
     return 0;

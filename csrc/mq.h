@@ -121,6 +121,7 @@ typedef int64_t (*mq_split_count_fn)(const int8_t *q, int64_t kp, int32_t *sum, 
 int64_t mq_act_split_count(const int8_t *q, int64_t kp, int32_t *sum, uint32_t *mask);
 int32_t mq_act_split_pairs(const int8_t *q, int64_t first, int64_t end, uint32_t *mask, int64_t count[2]);
 void mq_act_split_row(int8_t *q, int64_t kp, const uint32_t *mask, mq_split_entry *entries);
+int mq_split_cut_pair(int8_t *q, int64_t i, int64_t *at); /* a breaking pair's cut (act_split.c) */
 
 /* Dynamic int8 x int8 -> int32 matmul over the panels [p0, p1) of one
  * packed weight, with the fused epilogue
@@ -194,6 +195,11 @@ typedef struct {
     int out_zp;
     int8_t *y_q;             /* [out_rows][out_w][n] int8, or NULL: then y_f32 gets v */
     float *y_f32;
+    /* the dconv_split kernel only (its sums are sum (w + 128) * x, conv_dynamic_direct.c): per
+     * output pixel of the call, pix_shift[pix] added to every channel's sum, and where
+     * corr_at[pix] >= 0 the np-int32 vector corr + corr_at[pix] * np (np: n rounded up to
+     * MQ_PANEL); NULL for every other kernel */
+    const int32_t *pix_shift, *corr_at, *corr;
 } mq_static_conv_args;
 typedef void (*mq_static_conv_fn)(const mq_static_conv_args *a);
 /* The first input byte output pixel pix (row-major over the call's rows) reads: tap (0, 0). */
@@ -464,6 +470,10 @@ typedef struct {
     /* static int8 direct conv (static_int8.c) and whether it wants x + 128 */
     mq_static_conv_fn static_conv;
     int static_conv_x_u8;
+    /* the same conv with the weight as vpmaddubsw's unsigned side, w + 128, against int8 codes whose
+     * channel pairs keep |a + b| <= 128 (the dynamic direct conv's split, conv_dynamic_direct.c):
+     * sums of (w + 128) * x, plus pix_shift and corr; NULL where static_conv needs none (VNNI) */
+    mq_static_conv_fn dconv_split;
     mq_static_add_fn static_add;
     mq_static_dw_fn static_dw;
     mq_nhwc_bytes_fn nhwc_bytes;
@@ -581,6 +591,7 @@ extern const mq_kernels mq_avx512_fp16_table;         /* x86/avx512/fp16.c */
 extern const mq_kernels mq_avx2_h16_dconv_table;      /* x86/avx2/h16_dconv.c (F16C) */
 extern const mq_kernels mq_avx512_h16_dconv_table;    /* x86/avx512/h16_dconv.c */
 extern const mq_kernels mq_avx2_static_table;         /* x86/avx2/static_conv.c */
+extern const mq_kernels mq_avx2_dconv_split_table;    /* x86/avx2/dconv_split.c */
 extern const mq_kernels mq_avxvnni_static_table;      /* x86/avx_vnni/static_conv.c */
 extern const mq_kernels mq_avx512vnni_static_table;   /* x86/avx512_vnni/static_conv.c */
 extern const mq_kernels mq_avx2_eltwise_table;        /* x86/avx2/static_eltwise.c */

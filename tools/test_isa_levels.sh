@@ -17,7 +17,7 @@ PY=${PY:-.venv/bin/python}
 QEMU=${QEMU:-qemu-x86_64}
 LEVELS=${ISA_LEVELS:-"Haswell-noTSX-IBRS:avx2 SandyBridge:scalar"}
 # kernel-vs-reference tests: small shapes, every kernel family once at least
-KERNEL_TESTS=${ISA_KERNEL_TESTS:-"tests/kernels/test_quant_kernels.py tests/formats/test_quantize_weight.py tests/kernels/test_quantize_pack.py tests/kernels/test_int8_linear.py tests/kernels/test_int4_kernels.py tests/nn/test_int8_conv.py tests/kernels/test_reduce_range_kernels.py tests/kernels/test_fp16_kernels.py tests/kernels/test_half_conv.py tests/kernels/test_half_conv_threads.py tests/kernels/test_act_rows.py tests/kernels/test_static_kernels.py tests/kernels/test_static_simd_kernels.py tests/static/test_static_program_split.py tests/nn/test_dynamic_conv_direct.py tests/nn/test_dynamic_conv_odd_channels.py tests/kernels/test_packed_dequantize.py tests/kernels/test_split_rows.py"}
+KERNEL_TESTS=${ISA_KERNEL_TESTS:-"tests/kernels/test_quant_kernels.py tests/formats/test_quantize_weight.py tests/kernels/test_quantize_pack.py tests/kernels/test_int8_linear.py tests/kernels/test_int4_kernels.py tests/nn/test_int8_conv.py tests/kernels/test_reduce_range_kernels.py tests/kernels/test_fp16_kernels.py tests/kernels/test_half_conv.py tests/kernels/test_half_conv_threads.py tests/kernels/test_act_rows.py tests/kernels/test_static_kernels.py tests/kernels/test_static_simd_kernels.py tests/static/test_static_program_split.py tests/nn/test_dynamic_conv_direct.py tests/nn/test_dynamic_conv_odd_channels.py tests/kernels/test_packed_dequantize.py tests/kernels/test_split_rows.py tests/nn/test_dynamic_conv_split.py"}
 
 if [ "$(uname -m)" != "x86_64" ]; then
   echo "test_isa_levels: not an x86-64 host, nothing to emulate"; exit 0

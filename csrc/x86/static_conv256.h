@@ -23,6 +23,12 @@ MQ_INLINE void store_half(const mq_static_conv_args *a, const mq_epilogue256 *e,
                           int64_t n0) {
     const int64_t valid = a->n - n0 < 8 ? a->n - n0 : 8;
     acc = _mm256_sub_epi32(acc, _mm256_loadu_si256((const __m256i *)(a->zcol + n0)));
+    if (a->pix_shift) { /* the split kernel's corrections (mq_static_conv_args) */
+        acc = _mm256_add_epi32(acc, _mm256_set1_epi32(a->pix_shift[pix]));
+        if (a->corr_at[pix] >= 0)
+            acc = _mm256_add_epi32(acc, _mm256_loadu_si256((const __m256i *)(a->corr + a->corr_at[pix] *
+                                                                             mq_round_up(a->n, MQ_PANEL) + n0)));
+    }
     const int64_t o = pix * a->n + n0;
     mq_epilogue256_store(e, acc, a->xw + n0, a->bias ? a->bias + n0 : NULL, valid, a->y_q ? a->y_q + o : NULL,
                          a->y_q ? NULL : a->y_f32 + o);
