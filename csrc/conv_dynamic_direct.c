@@ -177,7 +177,8 @@ static void conv_rows(const direct_ctx *c, const uint8_t *padded, int64_t b, int
             const int64_t rn = nr - r0 < c->cols_rows ? nr - r0 : c->cols_rows;
             im2col_rows(c, padded, oh0 + r0, rn, cols);
             mq_static_conv_args a = {cols, c->out_w, c->kp, 1, 1, 1, 1, 1, 1, rn, c->out_w, c->packed, n, zcol,
-                                     c->ones, NULL, -INFINITY, INFINITY, 1.0f, 0, NULL, out + r0 * c->out_w * n};
+                                     c->ones, NULL, -INFINITY, INFINITY, 1.0f, 0, NULL, out + r0 * c->out_w * n,
+                                     NULL, NULL, NULL};
             c->kt->static_conv(&a);
         }
     }

@@ -373,7 +373,8 @@ int mq_linear_dynamic(const void *x, mq_src_t kind, int x_is_q, int64_t m, int64
     /* 7-bit activations: the level's own 7-bit kernel on the codes, or its qgemm on xq */
     const int u7 = reduce_range && kt->qgemm_u7;
     mq_qgemm_args a = {xq, u7 ? 0 : kt->qgemm_x_u8, x_scale, x_sum, m, kp, n, packed, w_sum, w_scale, w_zp,
-                       w_has_m128, bias, acc ? NULL : y, acc, n, gemv_rows(nthreads), u7 ? x_zp : NULL, ldq};
+                       w_has_m128, bias, acc ? NULL : y, acc, n, gemv_rows(nthreads), u7 ? x_zp : NULL, ldq,
+                       NULL, NULL, NULL, NULL};
     const mq_x_encoding_t enc = u7 ? MQ_X_U7 : kt->qgemm_x_u8 ? MQ_X_INT8_PLUS_128 : MQ_X_INT8;
     xquant_ctx xc = {x, (size_t)ldx * (x_is_q ? 1 : mq_src_size(kind)), kind, x_is_q, k, &a, x_sum, x_scale, xq, kt,
                      x_zp, enc, NULL, split_start, split_sum, split_mask};
@@ -619,7 +620,8 @@ int mq_conv2d_dynamic(const void *x, mq_src_t kind, int64_t batch, int64_t chann
         }
         mq_qgemm_args a = {rows, u7 ? 0 : kt->qgemm_x_u8, x_scale, x_sum, m, kp, n_g, packed + g * np_g * kp,
                            w_sum + g * np_g, w_scale + g * n_g, w_zp ? w_zp + g * n_g : NULL, w_has_m128,
-                           bias ? bias + g * n_g : NULL, y_rows + g * n_g, NULL, n, gemv_rows(nthreads), x_zp, kp};
+                           bias ? bias + g * n_g : NULL, y_rows + g * n_g, NULL, n, gemv_rows(nthreads), x_zp, kp,
+                           NULL, NULL, NULL, NULL};
         profile_t = mq_conv_profile_start();
         run_qgemm(u7 ? kt->qgemm_u7 : kt->qgemm, &a, nthreads, kt);
         mq_conv_profile_stop(MQ_CONV_WALL_GEMM, profile_t);

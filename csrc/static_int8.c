@@ -271,7 +271,7 @@ static void static_conv_range(void *vctx, int64_t begin, int64_t end) {
             mq_qgemm_args a = {rows, c->kt->qgemm_x_u8, x_scale, x_sum, nr, c->kp, c->n_g,
                                c->packed + g * c->np_g * c->kp, c->w_sum + g * c->np_g, c->x_w_scale + g * c->n_g,
                                c->w_zp ? c->w_zp + g * c->n_g : NULL, c->w_has_m128, NULL, NULL, acc, c->n_g, 1,
-                               NULL, c->kp};
+                               NULL, c->kp, NULL, NULL, NULL, NULL};
             c->kt->qgemm(&a, 0, panels);
             conv_epilogue(c, acc, nr, g, zcol, r0, yrow);
         }
@@ -420,7 +420,7 @@ static void direct_range(void *vctx, int64_t begin, int64_t end) {
                                  c->packed, c->n, c->zcol, c->x_w_scale, c->bias, c->act_lo, c->act_hi,
                                  c->inv_out_scale, c->out_zp,
                                  c->y_q ? c->y_q + (b * c->out_h + oh0) * c->out_w * c->n : NULL,
-                                 c->y_f32 ? c->y_f32 + (b * c->out_h + oh0) * c->out_w * c->n : NULL};
+                                 c->y_f32 ? c->y_f32 + (b * c->out_h + oh0) * c->out_w * c->n : NULL, NULL, NULL, NULL};
         if (c->im2col) { /* tap by tap over a row of pixels: no call per (pixel, tap) of few channels */
             const int64_t kp = c->kp, sw = c->sw, out_w = c->out_w, kh = c->kh, kw = c->kw, k = c->k;
             /* one channel, unit steps: a tap row's kw bytes are adjacent in the padded row; copied as
