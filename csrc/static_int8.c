@@ -12,6 +12,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "conv_split.h"
 #include "mq.h"
 #include "size_check.h"
 #include "static_int8.h"
@@ -382,6 +383,7 @@ typedef struct {
     int x_zp, out_zp;
     int8_t *y_q;
     float *y_f32;
+    int split; /* the table's dconv_split on items its rules take (conv_split.c): 0 off, 1 rules, 2 always */
     int failed;
 } direct_ctx;
 
@@ -421,6 +423,19 @@ static void direct_range(void *vctx, int64_t begin, int64_t end) {
                                  c->inv_out_scale, c->out_zp,
                                  c->y_q ? c->y_q + (b * c->out_h + oh0) * c->out_w * c->n : NULL,
                                  c->y_f32 ? c->y_f32 + (b * c->out_h + oh0) * c->out_w * c->n : NULL, NULL, NULL, NULL};
+        /* the split kernel: the item's padded rows are its image, their padding codes included */
+        mq_conv_split split = {0};
+        const mq_conv_split_geometry g = {nin, wp, ch, 0, 0, wp, c->kh, c->kw, c->sh, c->sw, c->dh, c->dw, nr,
+                                          c->out_w, c->packed, c->n};
+        if (c->split && mq_conv_split_image(c->kt, &g, rows, c->split == 1, &split)) {
+            mq_split_conv_count();
+            a.pix_shift = split.shift;
+            a.corr_at = split.corr_at;
+            a.corr = split.corr;
+            c->kt->dconv_split(&a);
+            mq_conv_split_free(&split);
+            continue;
+        }
         if (c->im2col) { /* tap by tap over a row of pixels: no call per (pixel, tap) of few channels */
             const int64_t kp = c->kp, sw = c->sw, out_w = c->out_w, kh = c->kh, kw = c->kw, k = c->k;
             /* one channel, unit steps: a tap row's kw bytes are adjacent in the padded row; copied as
@@ -479,9 +494,14 @@ static int direct_prepare(const int8_t *x, int64_t batch, int64_t channels, int6
     const int64_t shift = x_zp + (kt->static_conv_x_u8 ? 128 : 0); /* |shift * colsum| < 2^31 for k <= 32768 */
     for (int64_t j = 0; j < np; j++) z[j] = (int32_t)(shift * (int64_t)w_sum[j]);
     rows_per_item = rows_per_item < 1 ? 1 : rows_per_item > out_h ? out_h : rows_per_item;
+    /* the split kernel (AVX2 without VNNI) on whole K-groups per tap; by its rules from a panel of
+     * outputs and on symmetric codes only (a ReLU output's zero-point -127 puts most pairs at -254) */
+    const int split_mode = __atomic_load_n(&mq_split_rows_enabled, __ATOMIC_RELAXED);
+    const int split = split_mode && kt->dconv_split && !kt->static_conv_x_u8 && channels % MQ_KGROUP == 0 &&
+                      (split_mode == 2 || (n >= MQ_PANEL && x_zp == 0)) ? split_mode : 0;
     *c = (direct_ctx){kt, x, channels, height, width, kh, kw, sh, sw, ph, pw, dh, dw, out_h, out_w, k, kp,
                       rows_per_item, (out_h + rows_per_item - 1) / rows_per_item, channels % MQ_KGROUP != 0, packed,
-                      z, x_w_scale, bias, n, act_lo, act_hi, inv_out_scale, x_zp, out_zp, y_q, y_f32, 0};
+                      z, x_w_scale, bias, n, act_lo, act_hi, inv_out_scale, x_zp, out_zp, y_q, y_f32, split, 0};
     (void)batch;
     *zcol = z;
     return 1;
