@@ -1,4 +1,5 @@
-/* conv_split.c - the dynamic direct conv's split (conv_dynamic_direct.c, the table's dconv_split).
+/* conv_split.c - the direct convs' split for the table's dconv_split: the dynamic conv's images
+ * (conv_dynamic_direct.c) and static int8's work items (static_int8.c, their padded rows as an image).
  *
  * As act_split.c for the Linear's rows: with the weight as vpmaddubsw's unsigned side (w + 128)
  * and the image's int8 codes as the signed side, a pair of channels (2i, 2i + 1) of a pixel is

@@ -1,5 +1,6 @@
-/* conv_split.h - the split of a dynamic direct conv's image (conv_split.c) for the table's
- * dconv_split kernel (AVX2 without VNNI: the weight as vpmaddubsw's unsigned side). */
+/* conv_split.h - the split of a direct conv's image (conv_split.c: the dynamic conv's, static int8's
+ * work items) for the table's dconv_split kernel (AVX2 without VNNI: the weight as vpmaddubsw's
+ * unsigned side). */
 #ifndef MQ_CONV_SPLIT_H
 #define MQ_CONV_SPLIT_H
 
@@ -13,8 +14,8 @@ typedef struct {
     int32_t *shift, *corr_at, *corr;
 } mq_conv_split;
 
-/* The geometry the split needs: the padded NHWC image (as conv_dynamic_direct.c quantizes it,
- * plain int8 codes, the padding 0) and the conv over it. */
+/* The geometry the split needs: the padded NHWC image (plain int8 codes: conv_dynamic_direct.c's,
+ * the padding 0, or a static work item's rows, ph = pw = 0) and the conv over it. */
 typedef struct {
     int64_t height, width, channels, ph, pw, wp; /* channels % MQ_KGROUP == 0; wp = width + 2 pw */
     int64_t kh, kw, sh, sw, dh, dw, out_h, out_w;

@@ -195,7 +195,7 @@ typedef struct {
     int out_zp;
     int8_t *y_q;             /* [out_rows][out_w][n] int8, or NULL: then y_f32 gets v */
     float *y_f32;
-    /* the dconv_split kernel only (its sums are sum (w + 128) * x, conv_dynamic_direct.c): per
+    /* the dconv_split kernel only (its sums are sum (w + 128) * x, conv_split.c): per
      * output pixel of the call, pix_shift[pix] added to every channel's sum, and where
      * corr_at[pix] >= 0 the np-int32 vector corr + corr_at[pix] * np (np: n rounded up to
      * MQ_PANEL); NULL for every other kernel */
@@ -471,7 +471,7 @@ typedef struct {
     mq_static_conv_fn static_conv;
     int static_conv_x_u8;
     /* the same conv with the weight as vpmaddubsw's unsigned side, w + 128, against int8 codes whose
-     * channel pairs keep |a + b| <= 128 (the dynamic direct conv's split, conv_dynamic_direct.c):
+     * channel pairs keep |a + b| <= 128 (the direct convs' split, conv_split.c):
      * sums of (w + 128) * x, plus pix_shift and corr; NULL where static_conv needs none (VNNI) */
     mq_static_conv_fn dconv_split;
     mq_static_add_fn static_add;

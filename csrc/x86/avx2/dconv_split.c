@@ -1,4 +1,4 @@
-/* x86/avx2/dconv_split.c - the dynamic direct conv's split kernel (conv_dynamic_direct.c): the
+/* x86/avx2/dconv_split.c - the direct convs' split kernel (conv_split.c; dynamic and static): the
  * kernel of x86/static_conv256.h with the weight as vpmaddubsw's unsigned side, w ^ 0x80 =
  * w + 128 (once per K-group), against the image's int8 codes, whose channel pairs the driver
  * keeps at |a + b| <= 128 (255 * 128 < 32767: exact).  Three operations per 32 multiply-adds
