@@ -391,10 +391,12 @@ done:
 
 PyDoc_STRVAR(set_split_rows_doc,
              "set_split_rows(mode) -> previous\n\n"
-             "Whether the dynamic int8 Linear may run the level's split kernel (AVX2 without VNNI, csrc/act_split.c):\n"
-             "1 / True (default) on the calls its rules take, 0 / False never (the sign trick), 2 on every call of\n"
-             "8 rows or more whatever its size or count of list entries (tests).  The same bits in every mode\n"
-             "(tests and benchmarks compare them); linear_kernels()['split_rows_calls'] counts the calls it ran.");
+             "Whether the dynamic int8 Linear and the direct convs (dynamic, static) may run the level's split\n"
+             "kernels (AVX2 without VNNI, csrc/act_split.c, csrc/conv_split.c): 1 / True (default) on the calls\n"
+             "(images) their rules take, 0 / False never (the sign trick), 2 on every call of 8 rows or more and\n"
+             "every conv image whatever its size or count of cuts (tests).  The same bits in every mode (tests\n"
+             "and benchmarks compare them); linear_kernels()['split_rows_calls'] / ['split_conv_images'] count\n"
+             "the calls / images they ran on.");
 
 static PyObject *py_set_split_rows(PyObject *self, PyObject *arg) {
     (void)self;

@@ -110,8 +110,9 @@ typedef struct {
     int32_t offset[2]; /* K-group * MQ_PANEL_GROUP_BYTES */
     int8_t cut[4];
 } mq_split_entry;
-/* 1 (default) lets mq_linear_dynamic run the table's qgemm_split on calls its rules take; 0 keeps
- * them on qgemm; 2 takes it whatever the call's size and list (tests).  The same bits in every
+/* 1 (default) lets mq_linear_dynamic run the table's qgemm_split on calls its rules take, and the
+ * direct convs its dconv_split on images their rules take (conv_split.c); 0 keeps them on qgemm /
+ * static_conv; 2 takes them whatever the call's size and list (tests).  The same bits in every
  * mode.  Written with the GIL held. */
 extern int mq_split_rows_enabled;
 int64_t mq_split_rows_calls(void); /* calls that ran the split kernel so far */
