@@ -79,7 +79,7 @@ static PyObject *py_linear_kernels(PyObject *self, PyObject *unused) {
                          "max_in_features", MQ_MAX_LINEAR_K, "threads", mq_threading_backend(),
                          "omp_team_calls", (long long)mq_omp_team_calls(), "split_calls",
                          (long long)mq_parallel_split_calls(), "split_rows_calls", (long long)mq_split_rows_calls(),
-                         "dynamic_conv_split", kt->dconv_split && !kt->static_conv_x_u8 ? "avx2_maddubs_split" : "none",
+                         "dynamic_conv_split", kt->dconv_split ? "avx2_maddubs_split" : "none",
                          "split_conv_images", (long long)mq_split_conv_images());
 }
 

@@ -21,6 +21,13 @@ static int64_t split_conv_images;
 int64_t mq_split_conv_images(void) { return __atomic_load_n(&split_conv_images, __ATOMIC_RELAXED); }
 void mq_split_conv_count(void) { __atomic_add_fetch(&split_conv_images, 1, __ATOMIC_RELAXED); }
 
+int mq_conv_split_mode(const mq_kernels *kt, int64_t channels, int64_t n, int symmetric) {
+    const int mode = __atomic_load_n(&mq_split_rows_enabled, __ATOMIC_RELAXED);
+    /* (dispatch.c drops dconv_split with a conv kernel on x + 128: VNNI) */
+    if (!mode || !kt->dconv_split || kt->static_conv_x_u8 || channels % MQ_KGROUP) return 0;
+    return mode == 2 || (n >= MQ_PANEL && symmetric) ? mode : 0;
+}
+
 void mq_conv_split_free(mq_conv_split *s) {
     free(s->shift);
     free(s->corr_at);

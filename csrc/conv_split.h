@@ -29,6 +29,10 @@ typedef struct {
  * split saves, or without the memory. */
 int mq_conv_split_image(const mq_kernels *kt, const mq_conv_split_geometry *g, uint8_t *padded, int rules,
                         mq_conv_split *s);
+/* Whether a direct conv of int8 codes (never x + 128) may split its images at the active level kt:
+ * 0 never, 1 by the rules (mq_conv_split_image's), 2 always (set_split_rows' mode).  Whole K-groups
+ * per tap (channels % MQ_KGROUP == 0); by the rules from a panel of outputs, on symmetric codes. */
+int mq_conv_split_mode(const mq_kernels *kt, int64_t channels, int64_t n, int symmetric);
 void mq_conv_split_free(mq_conv_split *s);
 int64_t mq_split_conv_images(void); /* images that ran the split kernel so far */
 void mq_split_conv_count(void);     /* one more of them */

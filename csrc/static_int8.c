@@ -424,10 +424,11 @@ static void direct_range(void *vctx, int64_t begin, int64_t end) {
                                  c->y_q ? c->y_q + (b * c->out_h + oh0) * c->out_w * c->n : NULL,
                                  c->y_f32 ? c->y_f32 + (b * c->out_h + oh0) * c->out_w * c->n : NULL, NULL, NULL, NULL};
         /* the split kernel: the item's padded rows are its image, their padding codes included */
-        mq_conv_split split = {0};
-        const mq_conv_split_geometry g = {nin, wp, ch, 0, 0, wp, c->kh, c->kw, c->sh, c->sw, c->dh, c->dw, nr,
-                                          c->out_w, c->packed, c->n};
-        if (c->split && mq_conv_split_image(c->kt, &g, rows, c->split == 1, &split)) {
+        mq_conv_split split;
+        if (c->split && mq_conv_split_image(c->kt,
+                                            &(mq_conv_split_geometry){nin, wp, ch, 0, 0, wp, c->kh, c->kw, c->sh, c->sw,
+                                                                      c->dh, c->dw, nr, c->out_w, c->packed, c->n},
+                                            rows, c->split == 1, &split)) {
             mq_split_conv_count();
             a.pix_shift = split.shift;
             a.corr_at = split.corr_at;
@@ -494,11 +495,9 @@ static int direct_prepare(const int8_t *x, int64_t batch, int64_t channels, int6
     const int64_t shift = x_zp + (kt->static_conv_x_u8 ? 128 : 0); /* |shift * colsum| < 2^31 for k <= 32768 */
     for (int64_t j = 0; j < np; j++) z[j] = (int32_t)(shift * (int64_t)w_sum[j]);
     rows_per_item = rows_per_item < 1 ? 1 : rows_per_item > out_h ? out_h : rows_per_item;
-    /* the split kernel (AVX2 without VNNI) on whole K-groups per tap; by its rules from a panel of
-     * outputs and on symmetric codes only (a ReLU output's zero-point -127 puts most pairs at -254) */
-    const int split_mode = __atomic_load_n(&mq_split_rows_enabled, __ATOMIC_RELAXED);
-    const int split = split_mode && kt->dconv_split && !kt->static_conv_x_u8 && channels % MQ_KGROUP == 0 &&
-                      (split_mode == 2 || (n >= MQ_PANEL && x_zp == 0)) ? split_mode : 0;
+    /* the split kernel (AVX2 without VNNI); by its rules on symmetric codes only (a ReLU output's
+     * zero-point -127 puts most pairs at -254) */
+    const int split = mq_conv_split_mode(kt, channels, n, x_zp == 0);
     *c = (direct_ctx){kt, x, channels, height, width, kh, kw, sh, sw, ph, pw, dh, dw, out_h, out_w, k, kp,
                       rows_per_item, (out_h + rows_per_item - 1) / rows_per_item, channels % MQ_KGROUP != 0, packed,
                       z, x_w_scale, bias, n, act_lo, act_hi, inv_out_scale, x_zp, out_zp, y_q, y_f32, split, 0};
