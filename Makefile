@@ -114,6 +114,9 @@ run_sanitized = mkdir -p build && \
 	reports=$$(grep -c -e "ERROR: AddressSanitizer" -e "runtime error:" $(SAN_LOG)); \
 	echo "sanitizer reports: $$reports (log: $(SAN_LOG))"; \
 	test "$$(cat $(SAN_LOG).status)" = 0 && test "$$reports" = 0
+# the AVX2 kernels that replace the sign trick: the convs' split and unsigned-codes kernels, unsigned Linear rows
+SAN_AVX2_CONV_TESTS := tests/nn/test_dynamic_conv_split.py tests/kernels/test_static_conv_split.py \
+	tests/nn/test_dynamic_conv_unsigned.py tests/kernels/test_static_conv_unsigned.py tests/kernels/test_unsigned_rows.py
 SAN_TESTS := tests/kernels/test_weight_only_order.py tests/nn/test_dynamic_conv_direct.py tests/nn/test_dynamic_conv_odd_channels.py tests/kernels/test_quant_kernels.py tests/kernels/test_int4_kernels.py tests/kernels/test_int8_linear.py \
 	tests/nn/test_int8_conv.py tests/kernels/test_quantize_pack.py tests/nn/test_quantized_embedding.py \
 	tests/kernels/test_properties_c.py tests/kernels/test_size_overflow.py tests/io/test_io_*.py \
@@ -122,13 +125,14 @@ SAN_TESTS := tests/kernels/test_weight_only_order.py tests/nn/test_dynamic_conv_
 	tests/static/test_static_program_split.py \
 	tests/kernels/test_half_conv.py tests/kernels/test_half_conv_properties.py tests/kernels/test_c_argument_checks.py \
 	tests/kernels/test_gemv_panels.py tests/kernels/test_weight_only_tiles.py tests/kernels/test_fp16_panels.py \
-	tests/kernels/test_amx_int8.py tests/kernels/test_amx_int4.py tests/kernels/test_amx_bf16.py tests/kernels/test_packed_dequantize.py
+	tests/kernels/test_amx_int8.py tests/kernels/test_amx_int4.py tests/kernels/test_amx_bf16.py tests/kernels/test_packed_dequantize.py \
+	$(SAN_AVX2_CONV_TESTS)
 SAN_CI_TESTS := tests/nn/test_dynamic_conv_direct.py tests/nn/test_dynamic_conv_odd_channels.py tests/kernels/test_properties_c.py tests/kernels/test_size_overflow.py tests/kernels/test_quant_kernels.py \
 	tests/kernels/test_int4_kernels.py tests/nn/test_int8_conv.py tests/kernels/test_quantize_pack.py tests/io/test_io_errors.py \
 	tests/kernels/test_static_kernels.py tests/kernels/test_properties_static.py tests/kernels/test_c_argument_checks.py \
 	tests/kernels/test_gemv_panels.py tests/kernels/test_weight_only_tiles.py tests/kernels/test_fp16_panels.py \
 	tests/kernels/test_amx_int8.py tests/kernels/test_amx_int4.py tests/kernels/test_amx_bf16.py tests/kernels/test_packed_dequantize.py \
-	tests/formats/test_call_scratch.py
+	tests/formats/test_call_scratch.py $(SAN_AVX2_CONV_TESTS)
 
 $(SAN_VENV)/.deps: Makefile
 	$(PYTHON) -m venv $(SAN_VENV)

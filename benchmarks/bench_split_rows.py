@@ -6,7 +6,9 @@ Linear layers of some shapes and activation distributions, times interleaved in 
 fbgemm's dynamic Linear (torch.ao ``quantize_dynamic``), ours by the rules (``split``), ours with
 the split off (``sign``, ``_C.set_split_rows(0)``), ours forced on (``forced``, mode 2) and the
 opt-in ``reduce_range`` (7-bit activations, fbgemm's numerics).  Prints each one's speed against
-fbgemm and the entries' share of the K-groups (the split's cost).  1 thread is timed in CPU time.
+fbgemm and the entries' share of the K-groups (the split's cost).  Post-ReLU inputs (``relu``: codes
+0..127) run the 7-bit kernel on their 8-bit codes instead of the split (``split`` is then that
+kernel).  1 thread is timed in CPU time.
 
     python benchmarks/bench_split_rows.py [--threads 1] [--repeats 31] [--quick]
 """
@@ -42,6 +44,8 @@ def inputs(name: str, rows: int, k: int, g: torch.Generator) -> torch.Tensor:
         return x
     if name == "uniform":  # a quarter of the pairs break: the rules keep the sign trick
         return torch.rand(rows, k, generator=g) - 0.5
+    if name == "relu":  # an FFN's down projection in a ReLU model (OPT, T5): no negative code
+        return torch.relu(x)
     return x
 
 
@@ -69,12 +73,12 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=31)
     ap.add_argument("--load", type=int, default=0, help="busy processes beside the benchmark")
     ap.add_argument("--quick", action="store_true", help="4 shapes, Gaussian and heavy-tailed inputs")
-    ap.add_argument("--dists", default=None, help="comma-separated: gauss,gelu,heavy,outliers,uniform")
+    ap.add_argument("--dists", default=None, help="comma-separated: gauss,gelu,heavy,outliers,uniform,relu")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     clock = time.process_time if args.threads == 1 else time.perf_counter
     dists = (args.dists.split(",") if args.dists else
-             ["gauss", "heavy"] if args.quick else ["gauss", "gelu", "heavy", "outliers", "uniform"])
+             ["gauss", "heavy"] if args.quick else ["gauss", "gelu", "heavy", "outliers", "uniform", "relu"])
     print(f"{machine_info()['cpu']}, threads {args.threads}, kernels {_C.linear_kernels()['dynamic']}"
           f" ({'CPU time' if args.threads == 1 else 'wall clock'}); speed vs fbgemm (above 1: faster)")
     g = torch.Generator().manual_seed(0)

@@ -1,5 +1,6 @@
 /* bind_dynamic_conv.c - the dynamic int8 conv's route switch, route rule and step profile
- * (conv_dynamic_direct.c, conv_profile.c); the conv itself is bind_linear.c's conv2d_int8. */
+ * (conv_dynamic_direct.c, conv_profile.c), its split's correction step for tests (conv_split.c);
+ * the conv itself is bind_linear.c's conv2d_int8. */
 #include "bind.h"
 #include "conv_dynamic_direct.h"
 #include "conv_profile.h"
@@ -79,7 +80,53 @@ static PyObject *py_conv_profile(PyObject *self, PyObject *args, PyObject *kw) {
     return result;
 }
 
+PyDoc_STRVAR(dconv_split_spread_doc,
+             "dconv_split_spread(lines, cuts) -> int32 [taps, panels * 16]\n\n"
+             "The direct conv split's correction step (csrc/conv_split.c) at the active level, all taps in one\n"
+             "call: lines int8 [taps, panels, stride] (stride a multiple of 64, at most 32 taps; the first 64\n"
+             "bytes of each row are a panel's line of 16 outputs x 4 bytes), cuts int8 [4] (at most one nonzero\n"
+             "per pair): sum_b (lines[t, p, 4c + b] + 128) * cuts[b] for output c of panel p.  Tests only.");
+
+#define SPREAD_TEST_TAPS 32
+
+static PyObject *py_dconv_split_spread(PyObject *self, PyObject *args) {
+    (void)self;
+    mq_refs refs = {0};
+    PyObject *lines_obj, *cuts_obj, *result = NULL;
+    static const int types[] = {NPY_INT8};
+    if (!PyArg_ParseTuple(args, "OO", &lines_obj, &cuts_obj)) return NULL;
+    PyArrayObject *lines = mq_array_in(&refs, lines_obj, "lines", types, 1, 3, "int8");
+    PyArrayObject *cuts = lines ? mq_array_in(&refs, cuts_obj, "cuts", types, 1, 1, "int8") : NULL;
+    if (!cuts) goto done;
+    const npy_intp taps = PyArray_DIM(lines, 0), panels = PyArray_DIM(lines, 1), stride = PyArray_DIM(lines, 2);
+    const int8_t *c = PyArray_DATA(cuts);
+    if (taps < 1 || taps > SPREAD_TEST_TAPS || stride < MQ_PANEL_GROUP_BYTES || stride % MQ_PANEL_GROUP_BYTES ||
+        PyArray_DIM(cuts, 0) != MQ_KGROUP || (c[0] && c[1]) || (c[2] && c[3])) {
+        PyErr_SetString(PyExc_ValueError, "dconv_split_spread: lines [1..32 taps, panels, a multiple of 64], cuts "
+                                          "[4] with at most one nonzero per pair");
+        goto done;
+    }
+    const npy_intp dims[2] = {taps, panels * MQ_PANEL};
+    PyArrayObject *v = mq_array_new(&refs, 2, dims, NPY_INT32, 1);
+    if (!v) goto done;
+    uint32_t packed = 0;
+    for (int b = 0; b < MQ_KGROUP; b++) packed |= (uint32_t)(uint8_t)c[b] << (8 * b);
+    const int8_t *w[SPREAD_TEST_TAPS];
+    int32_t *out[SPREAD_TEST_TAPS];
+    for (npy_intp t = 0; t < taps; t++) {
+        w[t] = (const int8_t *)PyArray_DATA(lines) + t * panels * stride;
+        out[t] = (int32_t *)PyArray_DATA(v) + t * panels * MQ_PANEL;
+    }
+    mq_active()->dconv_split_spread(w, out, taps, stride, panels, packed);
+    result = (PyObject *)v;
+    Py_INCREF(result);
+done:
+    mq_release(&refs);
+    return result;
+}
+
 PyMethodDef mq_dynamic_conv_methods[] = {
+    {"dconv_split_spread", py_dconv_split_spread, METH_VARARGS, dconv_split_spread_doc},
     {"set_conv_direct", py_set_conv_direct, METH_O, set_conv_direct_doc},
     {"conv2d_int8_direct_applies", py_conv2d_int8_direct_applies, METH_VARARGS, conv2d_int8_direct_applies_doc},
     {"conv_profile", (PyCFunction)(void (*)(void))py_conv_profile, METH_VARARGS | METH_KEYWORDS, conv_profile_doc},

@@ -70,8 +70,10 @@ static PyObject *py_linear_kernels(PyObject *self, PyObject *unused) {
     const mq_kernels *kt = mq_active();
     /* dynamic_reduce_range: the 7-bit kernel, or the dynamic one where it runs them (act_u7.c) */
     /* dynamic_split_rows: the split kernel on rows of 8-bit codes (act_split.c), where the level has one;
-     * dynamic_conv_split: the direct conv's (conv_split.c), split_conv_images: the images it ran on */
-    return Py_BuildValue("{s:s,s:s,s:s,s:s,s:s,s:s,s:i,s:s,s:L,s:L,s:L,s:s,s:L}", "dynamic", kt->qgemm_name, "dynamic_split_rows",
+     * dynamic_conv_split: the direct conv's (conv_split.c), split_conv_images: the images it ran on;
+     * dynamic_conv_unsigned: its kernel on images of codes 0..127 (static_conv_ux), unsigned_conv_images;
+     * unsigned_rows_calls: Linear calls of codes 0..127 on the 7-bit kernel (dynamic_reduce_range) */
+    return Py_BuildValue("{s:s,s:s,s:s,s:s,s:s,s:s,s:i,s:s,s:L,s:L,s:L,s:s,s:L,s:s,s:L,s:L}", "dynamic", kt->qgemm_name, "dynamic_split_rows",
                          kt->qgemm_split ? kt->qgemm_split_name : "none", "dynamic_reduce_range",
                          kt->qgemm_u7 ? kt->qgemm_u7_name : kt->qgemm_name, "weight_only", kt->wgemm_name,
                          "int4_int8", kt->q4_gemv_i8_name, "half_many_rows",
@@ -80,7 +82,9 @@ static PyObject *py_linear_kernels(PyObject *self, PyObject *unused) {
                          "omp_team_calls", (long long)mq_omp_team_calls(), "split_calls",
                          (long long)mq_parallel_split_calls(), "split_rows_calls", (long long)mq_split_rows_calls(),
                          "dynamic_conv_split", kt->dconv_split ? "avx2_maddubs_split" : "none",
-                         "split_conv_images", (long long)mq_split_conv_images());
+                         "split_conv_images", (long long)mq_split_conv_images(), "dynamic_conv_unsigned",
+                         kt->static_conv_ux ? "avx2_maddubs_unsigned" : "none", "unsigned_conv_images",
+                         (long long)mq_ux_conv_images(), "unsigned_rows_calls", (long long)mq_unsigned_rows_calls());
 }
 
 /* A tests-only kernel switch: switch(on) < 0 means this CPU or build cannot. */

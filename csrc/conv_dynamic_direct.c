@@ -11,6 +11,9 @@
  * then straddle taps, so blocks of output rows are im2col'd from the padded rows into a small
  * buffer (kp bytes per pixel, the packed K order) and fed to the same kernel as a 1x1 conv, as
  * the static path does (static_int8.c): the weight is used as packed, never re-packed.
+ * AVX2 without VNNI, per image: codes that are all >= 0 (a post-ReLU image, reduce_range's) go to
+ * the table's static_conv_ux (the codes as vpmaddubsw's unsigned side: no sign trick, nothing to
+ * correct); images of both signs to the split kernel by its rules (conv_split.c), else the sign trick.
  *
  * Bits: the kernel is given xw = 1 and no bias, so it writes (float)acc exactly (acc: the
  * exact int32 sum, the encoding's +128 removed through zcol); the epilogue here then computes
@@ -62,16 +65,19 @@ typedef struct {
     float *pre_scale;     /* [batch] with pre */
     int32_t *pre_zp;      /* [batch] with pre */
     mq_conv_split *pre_split; /* [batch] with pre and split */
+    uint8_t *pre_ux;      /* [batch] with pre and ux: whether image b's codes are all >= 0 */
     int split;            /* 0: the sign trick; 1 / 2: the table's dconv_split, by the rules / always */
+    int ux;               /* the table's static_conv_ux on images whose codes are all >= 0 */
     mq_conv_split_geometry geometry; /* with split */
     int failed;
 } direct_ctx;
 
 /* Image b quantized as linear.c's quantize_images does (the same kernels and arguments: the
  * same codes) into padded NHWC rows [height + 2 ph][wp][channels], encoded for the kernel,
- * the padding holding the code of 0 (the zero-point). */
+ * the padding holding the code of 0 (the zero-point).  *nonneg: 1 when every code is >= 0
+ * (reduce_range's 7-bit codes; a symmetric image's when its least value is >= 0). */
 static void quantize_padded(const direct_ctx *c, int64_t b, int8_t *restrict q, uint8_t *restrict padded,
-                            float *scale_out, int32_t *zp_out) {
+                            float *scale_out, int32_t *zp_out, int *nonneg) {
     const int64_t plane = c->height * c->width, ch = c->channels, wp = c->wp;
     const uint8_t *src = c->x + (size_t)(b * c->image) * mq_src_size(c->kind);
     float mn, mx, scale;
@@ -80,6 +86,7 @@ static void quantize_padded(const direct_ctx *c, int64_t b, int8_t *restrict q, 
         memset(padded, c->flip, (size_t)c->padded_bytes);
         *scale_out = NAN;
         *zp_out = 0;
+        *nonneg = 0;
         return;
     }
     if (c->reduce_range) { /* 7-bit codes 0..127 with a zero-point */
@@ -91,6 +98,7 @@ static void quantize_padded(const direct_ctx *c, int64_t b, int8_t *restrict q, 
     }
     *scale_out = scale;
     *zp_out = zp;
+    *nonneg = c->reduce_range || mn >= 0.0f;
     const uint8_t flip = c->flip, pad = (uint8_t)(int8_t)zp ^ flip;
     const int64_t row_bytes = wp * ch;
     memset(padded, pad, (size_t)(c->ph * row_bytes)); /* the rows above and below */
@@ -149,7 +157,7 @@ static void im2col_rows(const direct_ctx *c, const uint8_t *restrict padded, int
 
 /* The kernel on output rows [oh0, oh0 + nr) of one image, then the epilogue into y. */
 static void conv_rows(const direct_ctx *c, const uint8_t *padded, int64_t b, int64_t oh0, int64_t nr, float scale,
-                      int32_t zp, const mq_conv_split *split, float *restrict acc_f, float *restrict s,
+                      int32_t zp, int ux, const mq_conv_split *split, float *restrict acc_f, float *restrict s,
                       int32_t *restrict zcol_image, uint8_t *restrict cols) {
     const int64_t n = c->n, pixels = c->out_h * c->out_w, p0 = oh0 * c->out_w, np = nr * c->out_w;
     const int32_t *zcol = c->zcol;
@@ -159,6 +167,7 @@ static void conv_rows(const direct_ctx *c, const uint8_t *padded, int64_t b, int
         zcol = zcol_image;
     }
     float *out = c->nchw ? acc_f : c->y + (b * pixels + p0) * n;
+    const mq_static_conv_fn conv = ux ? c->kt->static_conv_ux : c->kt->static_conv;
     int64_t t = mq_conv_profile_start();
     if (!c->cols_rows) {
         mq_static_conv_args a = {padded + oh0 * c->sh * c->wp * c->channels, c->wp, c->channels, c->kh, c->kw, c->sh,
@@ -170,7 +179,7 @@ static void conv_rows(const direct_ctx *c, const uint8_t *padded, int64_t b, int
             a.corr = split->corr;
             c->kt->dconv_split(&a);
         } else {
-            c->kt->static_conv(&a);
+            conv(&a);
         }
     } else { /* im2col blocks, each a 1x1 conv of kp channels over rn rows of out_w pixels */
         for (int64_t r0 = 0; r0 < nr; r0 += c->cols_rows) {
@@ -179,7 +188,7 @@ static void conv_rows(const direct_ctx *c, const uint8_t *padded, int64_t b, int
             mq_static_conv_args a = {cols, c->out_w, c->kp, 1, 1, 1, 1, 1, 1, rn, c->out_w, c->packed, n, zcol,
                                      c->ones, NULL, -INFINITY, INFINITY, 1.0f, 0, NULL, out + r0 * c->out_w * n,
                                      NULL, NULL, NULL};
-            c->kt->static_conv(&a);
+            conv(&a);
         }
     }
     mq_conv_profile_stop(MQ_CONV_THREAD_CONV, t);
@@ -255,12 +264,17 @@ static void images_range(void *vctx, int64_t begin, int64_t end) {
     for (int64_t b = begin; b < end; b++) {
         float scale;
         int32_t zp;
+        int nonneg;
         const int64_t t = mq_conv_profile_start();
-        quantize_padded(c, b, p.q, p.padded, &scale, &zp);
+        quantize_padded(c, b, p.q, p.padded, &scale, &zp, &nonneg);
+        const int ux = c->ux && nonneg;
         mq_conv_split split = {0};
-        if (c->split && mq_conv_split_image(c->kt, &c->geometry, p.padded, c->split == 1, &split)) mq_split_conv_count();
+        if (ux)
+            mq_ux_conv_count();
+        else if (c->split && mq_conv_split_image(c->kt, &c->geometry, p.padded, c->split == 1, &split))
+            mq_split_conv_count();
         mq_conv_profile_stop(MQ_CONV_THREAD_QUANTIZE, t);
-        conv_rows(c, p.padded, b, 0, c->out_h, scale, zp, &split, p.acc_f, p.s, p.zcol, p.cols);
+        conv_rows(c, p.padded, b, 0, c->out_h, scale, zp, ux, &split, p.acc_f, p.s, p.zcol, p.cols);
         mq_conv_split_free(&split);
     }
     buffers_free(&p);
@@ -275,9 +289,13 @@ static void prequantize_range(void *vctx, int64_t begin, int64_t end) {
         return;
     }
     for (int64_t b = begin; b < end; b++) {
-        quantize_padded(c, b, q, c->pre + b * c->padded_bytes, &c->pre_scale[b], &c->pre_zp[b]);
-        if (c->split && mq_conv_split_image(c->kt, &c->geometry, c->pre + b * c->padded_bytes, c->split == 1,
-                                            &c->pre_split[b]))
+        int nonneg;
+        quantize_padded(c, b, q, c->pre + b * c->padded_bytes, &c->pre_scale[b], &c->pre_zp[b], &nonneg);
+        c->pre_ux[b] = (uint8_t)(c->ux && nonneg);
+        if (c->pre_ux[b])
+            mq_ux_conv_count();
+        else if (c->split && mq_conv_split_image(c->kt, &c->geometry, c->pre + b * c->padded_bytes, c->split == 1,
+                                                 &c->pre_split[b]))
             mq_split_conv_count();
     }
     free(q);
@@ -295,7 +313,7 @@ static void blocks_range(void *vctx, int64_t begin, int64_t end) {
     for (int64_t item = begin; item < end; item++) {
         const int64_t b = item / c->items_per_image, oh0 = item % c->items_per_image * c->rows_per_item;
         const int64_t nr = c->out_h - oh0 < c->rows_per_item ? c->out_h - oh0 : c->rows_per_item;
-        conv_rows(c, c->pre + b * c->padded_bytes, b, oh0, nr, c->pre_scale[b], c->pre_zp[b],
+        conv_rows(c, c->pre + b * c->padded_bytes, b, oh0, nr, c->pre_scale[b], c->pre_zp[b], c->pre_ux[b],
                   c->pre_split ? &c->pre_split[b] : NULL, p.acc_f, p.s, p.zcol, p.cols);
     }
     buffers_free(&p);
@@ -365,10 +383,12 @@ int mq_conv2d_dynamic_direct(const void *x, mq_src_t kind, int64_t batch, int64_
     per_image = (out_h + rows_per_item - 1) / rows_per_item;
     direct_ctx c = {kt, x, kind, channels, height, width, kh, kw, sh, sw, ph, pw, dh, dw, out_h, out_w, wp, image,
                     padded_bytes, k, kp, cols_rows, packed, w_sum, w_scale, bias, n, np, ones, zcol, reduce_range,
-                    flip, y, nchw, rows_per_item, per_image, NULL, NULL, NULL, NULL, 0, {0}, 0};
+                    flip, y, nchw, rows_per_item, per_image, NULL, NULL, NULL, NULL, NULL, 0, 0, {0}, 0};
     /* the split kernel (AVX2 without VNNI) on the symmetric 8-bit codes (reduce_range's 7-bit ones
      * keep the sign trick) */
     c.split = reduce_range ? 0 : mq_conv_split_mode(kt, channels, n, 1);
+    /* images of codes 0..127 (post-ReLU, reduce_range) need no split: the codes as the unsigned side */
+    c.ux = kt->static_conv_ux && !flip && __atomic_load_n(&mq_split_rows_enabled, __ATOMIC_RELAXED);
     if (c.split) {
         c.geometry = (mq_conv_split_geometry){height, width, channels, ph, pw, wp, kh, kw, sh, sw, dh, dw, out_h, out_w,
                                               packed, n};
@@ -384,7 +404,8 @@ int mq_conv2d_dynamic_direct(const void *x, mq_src_t kind, int64_t batch, int64_
         c.pre_scale = malloc(mq_alloc_bytes(batch, sizeof(float), 1));
         c.pre_zp = malloc(mq_alloc_bytes(batch, sizeof(int32_t), 1));
         c.pre_split = c.split ? calloc((size_t)batch, sizeof(mq_conv_split)) : NULL;
-        if (!c.pre || !c.pre_scale || !c.pre_zp || (c.split && !c.pre_split)) {
+        c.pre_ux = calloc((size_t)batch, 1);
+        if (!c.pre || !c.pre_scale || !c.pre_zp || (c.split && !c.pre_split) || !c.pre_ux) {
             c.failed = 1;
         } else {
             /* (fewer images than 2 per thread: each its own piece when it is large enough) */
@@ -398,6 +419,7 @@ int mq_conv2d_dynamic_direct(const void *x, mq_src_t kind, int64_t batch, int64_
         free(c.pre);
         free(c.pre_scale);
         free(c.pre_zp);
+        free(c.pre_ux);
         if (c.pre_split)
             for (int64_t b = 0; b < batch; b++) mq_conv_split_free(&c.pre_split[b]);
         free(c.pre_split);

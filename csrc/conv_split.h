@@ -36,5 +36,7 @@ int mq_conv_split_mode(const mq_kernels *kt, int64_t channels, int64_t n, int sy
 void mq_conv_split_free(mq_conv_split *s);
 int64_t mq_split_conv_images(void); /* images that ran the split kernel so far */
 void mq_split_conv_count(void);     /* one more of them */
+int64_t mq_ux_conv_images(void);    /* images (static: work items) that ran the table's static_conv_ux */
+void mq_ux_conv_count(void);        /* one more of them */
 
 #endif

@@ -193,6 +193,7 @@ static const mq_kernels scalar_table = {
     .qgemm_u7 = mq_ref_qgemm_u7, /* the ground truth of the 7-bit kernels (as fast as qgemm on xq) */
     .qgemm_u7_name = "scalar_u7",
     .act_split_count = mq_act_split_count,
+    .dconv_split_spread = mq_ref_dconv_split_spread,
     .wgemm = mq_ref_wgemm,
     .wgemm_name = "scalar",
     .pack_panel = mq_ref_pack_panel,
@@ -232,6 +233,7 @@ static void overlay(mq_kernels *dst, const mq_kernels *src) {
     }
     TAKE(dequantize);
     TAKE(act_split_count);
+    TAKE(dconv_split_spread);
     if (src->qgemm) { /* the kernel, its activation encoding and its name go together */
         dst->qgemm = src->qgemm;
         dst->qgemm_x_u8 = src->qgemm_x_u8;
@@ -255,9 +257,12 @@ static void overlay(mq_kernels *dst, const mq_kernels *src) {
     if (src->static_conv) { /* the kernel and its activation encoding go together */
         dst->static_conv = src->static_conv;
         dst->static_conv_x_u8 = src->static_conv_x_u8;
-        dst->dconv_split = src->dconv_split; /* a new conv kernel drops the lower level's split (VNNI) */
-    } else if (src->dconv_split) {
+        /* a new conv kernel drops the lower level's split and unsigned-codes kernel (VNNI) */
         dst->dconv_split = src->dconv_split;
+        dst->static_conv_ux = src->static_conv_ux;
+    } else {
+        TAKE(dconv_split);
+        TAKE(static_conv_ux);
     }
     TAKE(static_add);
     TAKE(static_dw);
@@ -304,6 +309,7 @@ static void avx2_int8_matmul(mq_kernels *k) {
     overlay(k, &mq_avx2_linear_u7_table);
     overlay(k, &mq_avx2_static_table);
     overlay(k, &mq_avx2_dconv_split_table);
+    overlay(k, &mq_avx2_static_conv_ux_table);
     if (cpu.avx_vnni) overlay(k, &mq_avxvnni_linear_table);
     if (cpu.avx_vnni) overlay(k, &mq_avxvnni_static_table);
 }
@@ -388,6 +394,7 @@ int mq_use_maddubs_for_tests(int on) {
         overlay(&tables[MQ_ISA_AVX2], &mq_avx2_linear_u7_table);
         overlay(&tables[MQ_ISA_AVX2], &mq_avx2_static_table);
         overlay(&tables[MQ_ISA_AVX2], &mq_avx2_dconv_split_table);
+        overlay(&tables[MQ_ISA_AVX2], &mq_avx2_static_conv_ux_table);
     } else
         avx2_int8_matmul(&tables[MQ_ISA_AVX2]);
     return 0;

@@ -198,7 +198,19 @@ typedef struct {
     int64_t *split_start;
     int32_t *split_sum;
     uint32_t *split_mask;
+    int seek_negative; /* look for a negative code (int8 codes, the unsigned rows' kernel at hand) */
+    int negative;      /* one was found (atomic) */
 } xquant_ctx;
+
+/* Whether some code of rows [begin, end) (k int8 codes each, ld apart) is negative. */
+static int rows_hold_negative(const uint8_t *xq, int64_t begin, int64_t end, int64_t k, int64_t ld) {
+    for (int64_t r = begin; r < end; r++) {
+        uint8_t bits = 0;
+        for (int64_t i = 0; i < k; i++) bits |= xq[r * ld + i]; /* (vectorized) */
+        if (bits & 0x80u) return 1;
+    }
+    return 0;
+}
 
 /* The list entries rows [begin, end) of c's codes would need, counted while they are in the cache. */
 static void split_x_rows(const xquant_ctx *c, int64_t begin, int64_t end) {
@@ -230,6 +242,9 @@ static void quantize_x_range(void *vctx, int64_t begin, int64_t end) {
             c->kt->act_rows[c->kind](c->src + (size_t)r * c->row_bytes, c->row_bytes, step, c->k, kp, c->enc,
                                      c->xq + r * ldx, c->x_scale + r, c->x_zp ? c->x_zp + r : NULL,
                                      c->x_sum ? c->x_sum + r : NULL);
+        if (c->seek_negative && !__atomic_load_n(&c->negative, __ATOMIC_RELAXED) &&
+            rows_hold_negative(c->xq, begin, end, c->k, ldx))
+            __atomic_store_n(&c->negative, 1, __ATOMIC_RELAXED);
         if (c->split_start) split_x_rows(c, begin, end);
         return;
     }
@@ -252,6 +267,8 @@ static void quantize_x_range(void *vctx, int64_t begin, int64_t end) {
 int mq_split_rows_enabled = 1;
 static int64_t split_rows_calls; /* calls that ran the split kernel (linear_kernels(), tests) */
 int64_t mq_split_rows_calls(void) { return __atomic_load_n(&split_rows_calls, __ATOMIC_RELAXED); }
+static int64_t unsigned_rows_calls; /* calls whose 8-bit codes ran the 7-bit kernel (all >= 0) */
+int64_t mq_unsigned_rows_calls(void) { return __atomic_load_n(&unsigned_rows_calls, __ATOMIC_RELAXED); }
 
 /* The split kernel takes a call of up to this many list entries in all, 1 / 12 of its rows'
  * K-groups (one row may hold more): an entry (both halves of a panel) costs about as much as 7
@@ -376,9 +393,22 @@ int mq_linear_dynamic(const void *x, mq_src_t kind, int x_is_q, int64_t m, int64
                        w_has_m128, bias, acc ? NULL : y, acc, n, gemv_rows(nthreads), u7 ? x_zp : NULL, ldq,
                        NULL, NULL, NULL, NULL};
     const mq_x_encoding_t enc = u7 ? MQ_X_U7 : kt->qgemm_x_u8 ? MQ_X_INT8_PLUS_128 : MQ_X_INT8;
+    /* 8-bit codes that are all >= 0 (post-ReLU rows) never saturate vpmaddubsw as its unsigned side
+     * (two of them times the weight: 254 * 128 < 32767): the level's 7-bit kernel takes them as they
+     * are, zero-points 0 (AVX2 without VNNI), no sign trick and no split */
+    const int seek = split_mode && !reduce_range && !x_is_q && kt->qgemm_u7 && !kt->qgemm_x_u8;
     xquant_ctx xc = {x, (size_t)ldx * (x_is_q ? 1 : mq_src_size(kind)), kind, x_is_q, k, &a, x_sum, x_scale, xq, kt,
-                     x_zp, enc, NULL, split_start, split_sum, split_mask};
+                     x_zp, enc, NULL, split_start, split_sum, split_mask, seek, 0};
     mq_parallel_for(m, (1 << 16) / (k + 1) + 1, nthreads, quantize_x_range, &xc);
+    int32_t *zeros = seek && !xc.negative ? calloc((size_t)m, sizeof(int32_t)) : NULL;
+    if (zeros) {
+        a.x_zp = zeros;
+        __atomic_add_fetch(&unsigned_rows_calls, 1, __ATOMIC_RELAXED);
+        run_qgemm(kt->qgemm_u7, &a, nthreads, kt);
+        free(zeros);
+        status = 0;
+        goto done;
+    }
     int split_all = split_start != NULL;
     if (split_all) { /* the counts to starts; too many entries in all: the whole call on qgemm */
         split_start[0] = 0;

@@ -110,12 +110,14 @@ typedef struct {
     int32_t offset[2]; /* K-group * MQ_PANEL_GROUP_BYTES */
     int8_t cut[4];
 } mq_split_entry;
-/* 1 (default) lets mq_linear_dynamic run the table's qgemm_split on calls its rules take, and the
- * direct convs its dconv_split on images their rules take (conv_split.c); 0 keeps them on qgemm /
- * static_conv; 2 takes them whatever the call's size and list (tests).  The same bits in every
- * mode.  Written with the GIL held. */
+/* 1 (default) lets mq_linear_dynamic run the table's qgemm_split on calls its rules take, the
+ * direct convs its dconv_split on images their rules take (conv_split.c) and the dynamic one its
+ * static_conv_ux on images of codes 0..127; 0 keeps them on qgemm / static_conv; 2 takes the split
+ * kernels whatever the call's size and list (tests).  The same bits in every mode.  Written with
+ * the GIL held. */
 extern int mq_split_rows_enabled;
 int64_t mq_split_rows_calls(void); /* calls that ran the split kernel so far */
+int64_t mq_unsigned_rows_calls(void); /* calls whose 8-bit codes, all >= 0, ran qgemm_u7 so far */
 /* 32-bit words of a row's mask of breaking pairs (kp / 2 pairs) */
 static inline int64_t mq_split_mask_words(int64_t kp) { return (kp / 2 + 31) / 32; }
 typedef int64_t (*mq_split_count_fn)(const int8_t *q, int64_t kp, int32_t *sum, uint32_t *mask);
@@ -123,6 +125,16 @@ int64_t mq_act_split_count(const int8_t *q, int64_t kp, int32_t *sum, uint32_t *
 int32_t mq_act_split_pairs(const int8_t *q, int64_t first, int64_t end, uint32_t *mask, int64_t count[2]);
 void mq_act_split_row(int8_t *q, int64_t kp, const uint32_t *mask, mq_split_entry *entries);
 int mq_split_cut_pair(int8_t *q, int64_t i, int64_t *at); /* a breaking pair's cut (act_split.c) */
+/* A direct conv's cuts of one K-group of a pixel (conv_split.c), against the taps' weights: for each
+ * tap t < taps and each of the panels' 64-byte lines (w[t] + p * panel_bytes: 16 outputs x the
+ * group's 4 bytes),
+ *     v[t][p * 16 + c] += sum_b (w[t][p][c][b] + 128) * cut_b,
+ * cut_b byte b of cuts (at most one nonzero per pair: exact in vpmaddubsw).  All taps at once: the
+ * lines are far apart (a panel's K apart), the prefetches cover the taps of the next panels. */
+typedef void (*mq_split_spread_fn)(const int8_t *const *w, int32_t *const *v, int64_t taps, int64_t panel_bytes,
+                                   int64_t panels, uint32_t cuts);
+void mq_ref_dconv_split_spread(const int8_t *const *w, int32_t *const *v, int64_t taps, int64_t panel_bytes,
+                               int64_t panels, uint32_t cuts);
 
 /* Dynamic int8 x int8 -> int32 matmul over the panels [p0, p1) of one
  * packed weight, with the fused epilogue
@@ -475,6 +487,12 @@ typedef struct {
      * channel pairs keep |a + b| <= 128 (the direct convs' split, conv_split.c):
      * sums of (w + 128) * x, plus pix_shift and corr; NULL where static_conv needs none (VNNI) */
     mq_static_conv_fn dconv_split;
+    mq_split_spread_fn dconv_split_spread; /* its cuts' corrections (conv_split.c has the scalar twin) */
+    /* the same conv on codes that are never negative, as vpmaddubsw's unsigned side: exact while
+     * each pair of channels (2i, 2i + 1) of a pixel sums to at most 255 (conv_dynamic_direct.c: images
+     * of codes 0..127; static_int8.c: work items of codes x - x_zp that keep it); sums of w * x as
+     * static_conv's; NULL where static_conv needs none (VNNI) */
+    mq_static_conv_fn static_conv_ux;
     mq_static_add_fn static_add;
     mq_static_dw_fn static_dw;
     mq_nhwc_bytes_fn nhwc_bytes;
@@ -593,6 +611,7 @@ extern const mq_kernels mq_avx2_h16_dconv_table;      /* x86/avx2/h16_dconv.c (F
 extern const mq_kernels mq_avx512_h16_dconv_table;    /* x86/avx512/h16_dconv.c */
 extern const mq_kernels mq_avx2_static_table;         /* x86/avx2/static_conv.c */
 extern const mq_kernels mq_avx2_dconv_split_table;    /* x86/avx2/dconv_split.c */
+extern const mq_kernels mq_avx2_static_conv_ux_table; /* x86/avx2/static_conv_ux.c */
 extern const mq_kernels mq_avxvnni_static_table;      /* x86/avx_vnni/static_conv.c */
 extern const mq_kernels mq_avx512vnni_static_table;   /* x86/avx512_vnni/static_conv.c */
 extern const mq_kernels mq_avx2_eltwise_table;        /* x86/avx2/static_eltwise.c */

@@ -164,10 +164,11 @@ typedef struct {
     int failed;
 } static_conv_ctx;
 
-/* dst = src ^ flip: an inline loop the compiler vectorizes (a memcpy call per short channel
- * run, then a second XOR pass over the row, cost more than the copy itself). */
-static inline void copy_encoded(uint8_t *restrict dst, const int8_t *restrict src, int64_t len, uint8_t flip) {
-    for (int64_t t = 0; t < len; t++) dst[t] = (uint8_t)src[t] ^ flip;
+/* dst = src - sub (mod 256; sub 0x80: src ^ 0x80 = src + 128, the VNNI kernels' encoding): an
+ * inline loop the compiler vectorizes (a memcpy call per short channel run, then a second pass
+ * over the row, cost more than the copy itself). */
+static inline void copy_encoded(uint8_t *restrict dst, const int8_t *restrict src, int64_t len, uint8_t sub) {
+    for (int64_t t = 0; t < len; t++) dst[t] = (uint8_t)((uint8_t)src[t] - sub);
 }
 
 static void im2col_rows(const static_conv_ctx *c, int64_t r0, int64_t nr, int64_t group, uint8_t *rows) {
@@ -368,7 +369,9 @@ void mq_ref_static_conv(const mq_static_conv_args *a) {
  * L1/L2), then either the kernel on them directly (channels % 4 == 0: the packed weight's
  * K-groups are 4 channels of one tap), or, for other channel counts (a first layer's one
  * input channel), an im2col of those padded rows (kp bytes per pixel) fed to the kernel
- * as a 1x1 conv. */
+ * as a 1x1 conv.  AVX2 without VNNI: an item whose codes x - x_zp keep each pair of channels
+ * within 255 runs them on the table's static_conv_ux (a ReLU output's codes: most items), else
+ * the split kernel by its rules on symmetric codes (conv_split.c), else the sign trick. */
 typedef struct {
     const mq_kernels *kt;
     const int8_t *x;
@@ -384,8 +387,27 @@ typedef struct {
     int8_t *y_q;
     float *y_f32;
     int split; /* the table's dconv_split on items its rules take (conv_split.c): 0 off, 1 rules, 2 always */
+    int ux;    /* the table's static_conv_ux on items whose codes x - x_zp it takes (item_takes_ux) */
+    const int32_t *zeros; /* [np] 0: its zcol (the zero-point is in its codes) */
     int failed;
 } direct_ctx;
+
+/* Whether the unsigned-codes kernel takes codes x - zp of these input rows (len bytes each,
+ * channel pairs (2i, 2i + 1) side by side): every one >= 0 and each pair's sum at most 255
+ * (vpmaddubsw's unsigned side against |w| <= 128 then never saturates).  A ReLU output's
+ * zero-point is -127 or -128, so this asks that two channels of a pixel are not both past about
+ * half of the calibrated range.  Plain C (vectorized). */
+static int rows_take_ux(const int8_t *x, int64_t rows, int64_t len, int zp) {
+    int bad = 0;
+    for (int64_t r = 0; r < rows && !bad; r++) {
+        const int8_t *row = x + r * len;
+        for (int64_t t = 0; t + 1 < len; t += 2) {
+            const int d0 = row[t] - zp, d1 = row[t + 1] - zp;
+            bad |= (d0 < 0) | (d1 < 0) | (d0 + d1 > 255);
+        }
+    }
+    return !bad;
+}
 
 static void direct_range(void *vctx, int64_t begin, int64_t end) {
     direct_ctx *c = vctx;
@@ -407,22 +429,35 @@ static void direct_range(void *vctx, int64_t begin, int64_t end) {
         const int64_t b = item / c->items_per_image, oh0 = (item % c->items_per_image) * rb;
         const int64_t nr = c->out_h - oh0 < rb ? c->out_h - oh0 : rb;
         const int64_t nin = (nr - 1) * c->sh + (c->kh - 1) * c->dh + 1;
+        /* the input rows the item reads, [ih0, ih1) */
+        const int64_t ih0 = oh0 * c->sh - c->ph < 0 ? 0 : oh0 * c->sh - c->ph;
+        const int64_t ih1 = oh0 * c->sh - c->ph + nin > c->height ? c->height : oh0 * c->sh - c->ph + nin;
+        const int ux = c->ux && rows_take_ux(c->x + (b * c->height + ih0) * c->width * ch, ih1 - ih0, c->width * ch,
+                                             c->x_zp);
+        /* codes x - x_zp for the unsigned kernel (its padding 0), else x ^ flip */
+        const uint8_t sub = ux ? (uint8_t)c->x_zp : flip, fill = ux ? 0 : pad;
         for (int64_t t = 0; t < nin; t++) { /* padded row t is input row ih */
             const int64_t ih = oh0 * c->sh - c->ph + t;
             uint8_t *dst = rows + t * wp * ch;
             if (ih < 0 || ih >= c->height) {
-                memset(dst, pad, (size_t)(wp * ch));
+                memset(dst, fill, (size_t)(wp * ch));
                 continue;
             }
-            memset(dst, pad, (size_t)(c->pw * ch));
-            copy_encoded(dst + c->pw * ch, c->x + (b * c->height + ih) * c->width * ch, c->width * ch, flip);
-            memset(dst + (c->pw + c->width) * ch, pad, (size_t)(c->pw * ch));
+            memset(dst, fill, (size_t)(c->pw * ch));
+            copy_encoded(dst + c->pw * ch, c->x + (b * c->height + ih) * c->width * ch, c->width * ch, sub);
+            memset(dst + (c->pw + c->width) * ch, fill, (size_t)(c->pw * ch));
         }
         mq_static_conv_args a = {rows, wp, ch, c->kh, c->kw, c->sh, c->sw, c->dh, c->dw, nr, c->out_w,
                                  c->packed, c->n, c->zcol, c->x_w_scale, c->bias, c->act_lo, c->act_hi,
                                  c->inv_out_scale, c->out_zp,
                                  c->y_q ? c->y_q + (b * c->out_h + oh0) * c->out_w * c->n : NULL,
                                  c->y_f32 ? c->y_f32 + (b * c->out_h + oh0) * c->out_w * c->n : NULL, NULL, NULL, NULL};
+        if (ux) {
+            mq_ux_conv_count();
+            a.zcol = c->zeros;
+            c->kt->static_conv_ux(&a);
+            continue;
+        }
         /* the split kernel: the item's padded rows are its image, their padding codes included */
         mq_conv_split split;
         if (c->split && mq_conv_split_image(c->kt,
@@ -490,7 +525,7 @@ static int direct_prepare(const int8_t *x, int64_t batch, int64_t channels, int6
     const int64_t out_h = mq_conv_out(height, kh, sh, ph, dh);
     const int64_t out_w = mq_conv_out(width, kw, sw, pw, dw);
     const int64_t k = channels * kh * kw, kp = mq_round_up(k, MQ_KGROUP), np = mq_round_up(n, MQ_PANEL);
-    int32_t *z = malloc(mq_alloc_bytes(np, sizeof(int32_t), 1));
+    int32_t *z = calloc((size_t)(2 * np), sizeof(int32_t)); /* zcol, then the unsigned kernel's zeros */
     if (!z) return -1;
     const int64_t shift = x_zp + (kt->static_conv_x_u8 ? 128 : 0); /* |shift * colsum| < 2^31 for k <= 32768 */
     for (int64_t j = 0; j < np; j++) z[j] = (int32_t)(shift * (int64_t)w_sum[j]);
@@ -498,9 +533,14 @@ static int direct_prepare(const int8_t *x, int64_t batch, int64_t channels, int6
     /* the split kernel (AVX2 without VNNI); by its rules on symmetric codes only (a ReLU output's
      * zero-point -127 puts most pairs at -254) */
     const int split = mq_conv_split_mode(kt, channels, n, x_zp == 0);
+    /* the unsigned-codes kernel (AVX2 without VNNI) on items whose codes x - x_zp it takes: whole
+     * K-groups per tap (the im2col blocks' pairs straddle taps) */
+    const int ux = kt->static_conv_ux && !kt->static_conv_x_u8 && channels % MQ_KGROUP == 0 &&
+                   __atomic_load_n(&mq_split_rows_enabled, __ATOMIC_RELAXED);
     *c = (direct_ctx){kt, x, channels, height, width, kh, kw, sh, sw, ph, pw, dh, dw, out_h, out_w, k, kp,
                       rows_per_item, (out_h + rows_per_item - 1) / rows_per_item, channels % MQ_KGROUP != 0, packed,
-                      z, x_w_scale, bias, n, act_lo, act_hi, inv_out_scale, x_zp, out_zp, y_q, y_f32, split, 0};
+                      z, x_w_scale, bias, n, act_lo, act_hi, inv_out_scale, x_zp, out_zp, y_q, y_f32, split, ux,
+                      z + np, 0};
     (void)batch;
     *zcol = z;
     return 1;

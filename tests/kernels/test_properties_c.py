@@ -70,6 +70,8 @@ ENTRY_POINTS = {
     "linear_int8_prepare", "linear_int8_prepared",
     # the split kernel's switch and the split itself: tests/kernels/test_split_rows.py
     "set_split_rows", "act_split",
+    # the direct conv split's correction step: tests/nn/test_dynamic_conv_split.py (twin and argument checks)
+    "dconv_split_spread",
     # the dynamic conv's route switch, route rule and profile: properties in tests/nn/test_dynamic_conv_direct.py
     "set_conv_direct", "conv2d_int8_direct_applies", "conv_profile",
     # the direct conv on panels: properties in tests/kernels/test_direct_conv_panels.py

@@ -44,7 +44,8 @@ def _quantized(case, seed):
 def _breaking(cin, batch, size=(9, 11), seed=0):
     """Post-ReLU images whose largest values sit in pairs of channels (0-1, 2-3) of one sign:
     at the corners (every tap's padding), inside, on a pixel a stride skips, a negative pair,
-    -127 beside -127 and 127 beside 127 (cuts of -126 and 126), sums of exactly 128 (kept)."""
+    -127 beside -127 and 127 beside 127 (cuts of -126 and 126), sums of exactly 128 (kept), both
+    pairs of a K-group on one pixel."""
     torch.manual_seed(seed)
     x = torch.relu(torch.randn(batch, cin, *size))
     h, w = size
@@ -54,19 +55,21 @@ def _breaking(cin, batch, size=(9, 11), seed=0):
         x[b, 2:4, 3, 5] = -6.0         # -127, -127
         x[b, 0:2, 1, 1] = torch.tensor([3.0, 3.1])
         x[b, 2:4, 4, 4] = torch.tensor([3.0, 3.047])  # about 64 + 64: at the edge of 128
+        x[b, 0:4, 2, 7] = torch.tensor([6.0, 5.0, -6.0, -5.5])  # both pairs of a K-group: one spread
         if cin > 4:
             x[b, 4:6, h // 2, w // 2] = torch.tensor([5.5, 2.0])
     return x
 
 
-def _run(qconv, x, threads, mode, direct=True):
+def _run(qconv, x, threads, mode, direct=True, counter="split_conv_images"):
+    """The layer's C conv on x at `threads`, set_split_rows(mode): (y, images counted by `counter`)."""
     previous = (torch.get_num_threads(), dynamic_conv.set_direct(direct), _C.set_split_rows(mode))
     torch.set_num_threads(threads)
     try:
-        before = _C.linear_kernels()["split_conv_images"]
+        before = _C.linear_kernels()[counter]
         with torch.no_grad():
             y = qconv._packed_conv(x, *kernel_args(qconv))
-        return y, _C.linear_kernels()["split_conv_images"] - before
+        return y, _C.linear_kernels()[counter] - before
     finally:
         torch.set_num_threads(previous[0])
         dynamic_conv.set_direct(previous[1])
@@ -82,19 +85,26 @@ def _has_split(isa):
         return _C.linear_kernels()["dynamic_conv_split"] != "none"
 
 
+def _runs_against_the_references(conv, qconv, x, isa, counter="split_conv_images"):
+    """At level isa: the sign trick (mode 0), the im2col route and the reference agree; returns the
+    sign trick's output and (y, images counted) for modes 1 and 2 at 1 and 2 threads."""
+    with at_isa(isa):
+        sign, none = _run(qconv, x, 1, 0, counter=counter)
+        im2col, _ = _run(qconv, x, 1, 0, direct=False, counter=counter)
+        runs = [_run(qconv, x, threads, mode, counter=counter) for mode in (1, 2) for threads in (1, 2)]
+    ref = reference.conv2d_int8(x, qconv.quantized_weight().qdata, qconv.weight_scale, qconv.weight_zero_point,
+                                qconv.bias, conv.stride, conv.padding, conv.dilation, conv.groups)
+    assert torch.equal(im2col, ref) and torch.equal(_bits(sign), _bits(im2col)) and none == 0
+    return sign, runs
+
+
 @pytest.mark.parametrize("case", CASES, ids=IDS)
 @pytest.mark.parametrize("isa", KERNELS)
 def test_split_conv_gives_the_sign_tricks_bits(case, isa):
     conv, qconv = _quantized(case, 1)
     for batch in (1, 3):
         x = _breaking(case[0], batch, seed=batch)
-        with at_isa(isa):
-            sign, _ = _run(qconv, x, 1, 0)
-            im2col, _ = _run(qconv, x, 1, 0, direct=False)
-            runs = [_run(qconv, x, threads, mode) for mode in (1, 2) for threads in (1, 2)]
-        ref = reference.conv2d_int8(x, qconv.quantized_weight().qdata, qconv.weight_scale, qconv.weight_zero_point,
-                                    qconv.bias, conv.stride, conv.padding, conv.dilation, conv.groups)
-        assert torch.equal(im2col, ref) and torch.equal(_bits(sign), _bits(im2col))
+        sign, runs = _runs_against_the_references(conv, qconv, x, isa)
         for y, split in runs:
             assert torch.equal(_bits(y), _bits(sign))
         if _has_split(isa):  # always (mode 2) splits every image: the kernel really ran
@@ -103,14 +113,16 @@ def test_split_conv_gives_the_sign_tricks_bits(case, isa):
 
 @pytest.mark.parametrize("isa", KERNELS)
 def test_split_conv_rules(isa):
-    """By its rules, post-ReLU images take the split, uniform noise (a quarter of the pairs
-    breaking) keeps the sign trick, and so does a layer of fewer outputs than a panel."""
+    """By its rules, post-ReLU images with a negative value (codes of both signs: not the unsigned
+    kernel's) take the split, uniform noise (a quarter of the pairs breaking) keeps the sign trick,
+    and so does a layer of fewer outputs than a panel."""
     if not _has_split(isa):
         pytest.skip("no split kernel at this level")
     conv, qconv = _quantized((64, 32, 3, 1, 1, 1), 2)
     # 64 x 32 x 32 post-ReLU images break 0.1-0.3% of their pairs (at most 88 over 40 seeds,
     # against the rule's 256 = pixels * channels / 256); noise a quarter
     relu = torch.relu(torch.randn(2, 64, 32, 32))
+    relu[:, 5, 7, 9] = -0.5
     noise = torch.rand(2, 64, 32, 32) - 0.5
     with at_isa(isa):
         (y_relu, split_relu), (y_noise, split_noise) = _run(qconv, relu, 1, 1), _run(qconv, noise, 1, 1)
@@ -123,17 +135,22 @@ def test_split_conv_rules(isa):
 
 @pytest.mark.parametrize("isa", KERNELS)
 @pytest.mark.parametrize("batch", [1, 3])
-def test_split_conv_two_threads_row_blocks(isa, batch):
-    """A call large enough for two threads: row blocks after every image is quantized and split
-    (batch 1), or whole images per thread (batch 3); the one-thread and sign-trick bits."""
+@pytest.mark.parametrize("kernel", ["split", "unsigned"])
+def test_conv_two_threads_row_blocks(isa, batch, kernel):
+    """A call large enough for two threads: row blocks after every image is quantized (and split),
+    batch 1, or whole images per thread, batch 3; the one-thread and sign-trick bits.  The split
+    kernel on images of both signs (mode 2), the unsigned one on post-ReLU images (mode 1)."""
     conv, qconv = _quantized((64, 64, 3, 1, 1, 1), 4)
     x = _breaking(64, batch, (31, 33), seed=batch)
+    x, mode = (x, 2) if kernel == "split" else (torch.relu(x), 1)
+    counter = f"{kernel}_conv_images"
     with at_isa(isa):
-        one, _ = _run(qconv, x, 1, 2)
-        two, split = _run(qconv, x, 2, 2)
+        one, _ = _run(qconv, x, 1, mode, counter=counter)
+        two, count = _run(qconv, x, 2, mode, counter=counter)
         sign, _ = _run(qconv, x, 2, 0)
+        has = _C.linear_kernels()[f"dynamic_conv_{kernel}"] != "none"
     assert torch.equal(_bits(one), _bits(two)) and torch.equal(_bits(one), _bits(sign))
-    assert split == (batch if _has_split(isa) else 0)
+    assert count == (batch if has else 0)
 
 
 def test_split_conv_not_for_reduce_range_or_odd_channels():
