@@ -392,12 +392,14 @@ done:
 PyDoc_STRVAR(set_split_rows_doc,
              "set_split_rows(mode) -> previous\n\n"
              "Whether the dynamic int8 Linear and the direct convs (dynamic, static) may run the level's split\n"
-             "kernels (AVX2 without VNNI, csrc/act_split.c, csrc/conv_split.c) and the dynamic direct conv its\n"
-             "unsigned-codes kernel (x86/avx2/static_conv_ux.c, images of codes 0..127): 1 / True (default) on\n"
-             "the calls (images) their rules take, 0 / False never (the sign trick), 2 on every call of 8 rows\n"
-             "or more and every conv image of both signs whatever its size or count of cuts (tests).  The same\n"
-             "bits in every mode (tests and benchmarks compare them); linear_kernels()['split_rows_calls'] /\n"
-             "['split_conv_images'] / ['unsigned_conv_images'] count the calls / images they ran on.");
+             "kernels (AVX2 without VNNI, csrc/act_split.c, csrc/conv_split.c) and its kernels on codes that are\n"
+             "never negative (the convs' x86/avx2/static_conv_ux.c on dynamic images of codes 0..127 and static\n"
+             "work items of codes x - x_zp that keep it; the 7-bit kernel on Linear calls of codes >= 0): 1 /\n"
+             "True (default) on the calls (images) their rules take, 0 / False never (the sign trick), 2 the\n"
+             "split on every call of 8 rows or more and every conv image whatever its size or count of cuts,\n"
+             "codes of both signs (those never negative still take their own kernel; tests).  The same bits in\n"
+             "every mode (tests and benchmarks compare them); linear_kernels()['split_rows_calls'] /\n"
+             "['unsigned_rows_calls'] / ['split_conv_images'] / ['unsigned_conv_images'] count them.");
 
 static PyObject *py_set_split_rows(PyObject *self, PyObject *arg) {
     (void)self;

@@ -71,7 +71,8 @@ static PyObject *py_linear_kernels(PyObject *self, PyObject *unused) {
     /* dynamic_reduce_range: the 7-bit kernel, or the dynamic one where it runs them (act_u7.c) */
     /* dynamic_split_rows: the split kernel on rows of 8-bit codes (act_split.c), where the level has one;
      * dynamic_conv_split: the direct conv's (conv_split.c), split_conv_images: the images it ran on;
-     * dynamic_conv_unsigned: its kernel on images of codes 0..127 (static_conv_ux), unsigned_conv_images;
+     * dynamic_conv_unsigned: the direct convs' kernel on codes that are never negative (static_conv_ux:
+     * dynamic images, static work items), unsigned_conv_images: the images / items it ran on;
      * unsigned_rows_calls: Linear calls of codes 0..127 on the 7-bit kernel (dynamic_reduce_range) */
     return Py_BuildValue("{s:s,s:s,s:s,s:s,s:s,s:s,s:i,s:s,s:L,s:L,s:L,s:s,s:L,s:s,s:L,s:L}", "dynamic", kt->qgemm_name, "dynamic_split_rows",
                          kt->qgemm_split ? kt->qgemm_split_name : "none", "dynamic_reduce_range",

@@ -384,10 +384,10 @@ int mq_conv2d_dynamic_direct(const void *x, mq_src_t kind, int64_t batch, int64_
     direct_ctx c = {kt, x, kind, channels, height, width, kh, kw, sh, sw, ph, pw, dh, dw, out_h, out_w, wp, image,
                     padded_bytes, k, kp, cols_rows, packed, w_sum, w_scale, bias, n, np, ones, zcol, reduce_range,
                     flip, y, nchw, rows_per_item, per_image, NULL, NULL, NULL, NULL, NULL, 0, 0, {0}, 0};
-    /* the split kernel (AVX2 without VNNI) on the symmetric 8-bit codes (reduce_range's 7-bit ones
-     * keep the sign trick) */
+    /* the split kernel (AVX2 without VNNI) on the symmetric 8-bit codes of images of both signs;
+     * images of codes 0..127 (post-ReLU, every reduce_range image) need no split: the codes as the
+     * unsigned side (static_conv_ux) */
     c.split = reduce_range ? 0 : mq_conv_split_mode(kt, channels, n, 1);
-    /* images of codes 0..127 (post-ReLU, reduce_range) need no split: the codes as the unsigned side */
     c.ux = kt->static_conv_ux && !flip && __atomic_load_n(&mq_split_rows_enabled, __ATOMIC_RELAXED);
     if (c.split) {
         c.geometry = (mq_conv_split_geometry){height, width, channels, ph, pw, wp, kh, kw, sh, sw, dh, dw, out_h, out_w,

@@ -4,7 +4,8 @@
  * As act_split.c for the Linear's rows: with the weight as vpmaddubsw's unsigned side (w + 128)
  * and the image's int8 codes as the signed side, a pair of channels (2i, 2i + 1) of a pixel is
  * exact while |a + b| <= 128 (a pair of opposite signs always is).  Per-image codes break few
- * pairs (the image's largest value sets the scale; post-ReLU 64-channel 56x56 images, about 0.1%).
+ * pairs (the image's largest value sets the scale; Gaussian images of 64-256 channels, 0.1-0.25%).
+ * Images with no negative code (post-ReLU) do not come here: they take the table's static_conv_ux.
  * Such a pair keeps |a + b| = 128 in the image (x') and its cut goes into the outputs it
  * reaches: for each tap, the output pixel reading that input pixel through it gets (w + 128) * cut
  * of that tap's weights (the kernel's own multiply, the table's dconv_split_spread, a K-group of a

@@ -395,7 +395,8 @@ int mq_linear_dynamic(const void *x, mq_src_t kind, int x_is_q, int64_t m, int64
     const mq_x_encoding_t enc = u7 ? MQ_X_U7 : kt->qgemm_x_u8 ? MQ_X_INT8_PLUS_128 : MQ_X_INT8;
     /* 8-bit codes that are all >= 0 (post-ReLU rows) never saturate vpmaddubsw as its unsigned side
      * (two of them times the weight: 254 * 128 < 32767): the level's 7-bit kernel takes them as they
-     * are, zero-points 0 (AVX2 without VNNI), no sign trick and no split */
+     * are, zero-points 0 (AVX2 without VNNI: no sign trick and no split; at the scalar level its
+     * reference, as fast as the other), where the level has one and runs int8 codes (not VNNI's) */
     const int seek = split_mode && !reduce_range && !x_is_q && kt->qgemm_u7 && !kt->qgemm_x_u8;
     xquant_ctx xc = {x, (size_t)ldx * (x_is_q ? 1 : mq_src_size(kind)), kind, x_is_q, k, &a, x_sum, x_scale, xq, kt,
                      x_zp, enc, NULL, split_start, split_sum, split_mask, seek, 0};

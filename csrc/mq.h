@@ -110,11 +110,12 @@ typedef struct {
     int32_t offset[2]; /* K-group * MQ_PANEL_GROUP_BYTES */
     int8_t cut[4];
 } mq_split_entry;
-/* 1 (default) lets mq_linear_dynamic run the table's qgemm_split on calls its rules take, the
- * direct convs its dconv_split on images their rules take (conv_split.c) and the dynamic one its
- * static_conv_ux on images of codes 0..127; 0 keeps them on qgemm / static_conv; 2 takes the split
- * kernels whatever the call's size and list (tests).  The same bits in every mode.  Written with
- * the GIL held. */
+/* 1 (default) lets mq_linear_dynamic run the table's qgemm_split on calls its rules take (and
+ * qgemm_u7 on calls of codes >= 0), the direct convs its dconv_split on images their rules take
+ * (conv_split.c) and its static_conv_ux on codes that are never negative (dynamic images of codes
+ * 0..127, static work items of codes x - x_zp that keep it); 0 keeps them on qgemm / static_conv;
+ * 2 takes the split kernels on codes of both signs whatever the call's size and list (tests).  The
+ * same bits in every mode.  Written with the GIL held. */
 extern int mq_split_rows_enabled;
 int64_t mq_split_rows_calls(void); /* calls that ran the split kernel so far */
 int64_t mq_unsigned_rows_calls(void); /* calls whose 8-bit codes, all >= 0, ran qgemm_u7 so far */

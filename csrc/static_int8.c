@@ -387,7 +387,7 @@ typedef struct {
     int8_t *y_q;
     float *y_f32;
     int split; /* the table's dconv_split on items its rules take (conv_split.c): 0 off, 1 rules, 2 always */
-    int ux;    /* the table's static_conv_ux on items whose codes x - x_zp it takes (item_takes_ux) */
+    int ux;    /* the table's static_conv_ux on items whose codes x - x_zp it takes (rows_take_ux) */
     const int32_t *zeros; /* [np] 0: its zcol (the zero-point is in its codes) */
     int failed;
 } direct_ctx;
@@ -395,7 +395,7 @@ typedef struct {
 /* Whether the unsigned-codes kernel takes codes x - zp of these input rows (len bytes each,
  * channel pairs (2i, 2i + 1) side by side): every one >= 0 and each pair's sum at most 255
  * (vpmaddubsw's unsigned side against |w| <= 128 then never saturates).  A ReLU output's
- * zero-point is -127 or -128, so this asks that two channels of a pixel are not both past about
+ * zero-point is -127, so this asks that two channels of a pixel are not both past about
  * half of the calibrated range.  Plain C (vectorized). */
 static int rows_take_ux(const int8_t *x, int64_t rows, int64_t len, int zp) {
     int bad = 0;
@@ -432,8 +432,8 @@ static void direct_range(void *vctx, int64_t begin, int64_t end) {
         /* the input rows the item reads, [ih0, ih1) */
         const int64_t ih0 = oh0 * c->sh - c->ph < 0 ? 0 : oh0 * c->sh - c->ph;
         const int64_t ih1 = oh0 * c->sh - c->ph + nin > c->height ? c->height : oh0 * c->sh - c->ph + nin;
-        const int ux = c->ux && rows_take_ux(c->x + (b * c->height + ih0) * c->width * ch, ih1 - ih0, c->width * ch,
-                                             c->x_zp);
+        const int ux = c->ux && ih1 > ih0 &&
+                       rows_take_ux(c->x + (b * c->height + ih0) * c->width * ch, ih1 - ih0, c->width * ch, c->x_zp);
         /* codes x - x_zp for the unsigned kernel (its padding 0), else x ^ flip */
         const uint8_t sub = ux ? (uint8_t)c->x_zp : flip, fill = ux ? 0 : pad;
         for (int64_t t = 0; t < nin; t++) { /* padded row t is input row ih */

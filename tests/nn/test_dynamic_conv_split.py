@@ -143,6 +143,8 @@ def test_conv_two_threads_row_blocks(isa, batch, kernel):
     conv, qconv = _quantized((64, 64, 3, 1, 1, 1), 4)
     x = _breaking(64, batch, (31, 33), seed=batch)
     x, mode = (x, 2) if kernel == "split" else (torch.relu(x), 1)
+    if batch > 1:
+        x[1, 3, 4, 5] = float("nan")  # its own image's outputs NaN, on neither kernel
     counter = f"{kernel}_conv_images"
     with at_isa(isa):
         one, _ = _run(qconv, x, 1, mode, counter=counter)
@@ -150,7 +152,38 @@ def test_conv_two_threads_row_blocks(isa, batch, kernel):
         sign, _ = _run(qconv, x, 2, 0)
         has = _C.linear_kernels()[f"dynamic_conv_{kernel}"] != "none"
     assert torch.equal(_bits(one), _bits(two)) and torch.equal(_bits(one), _bits(sign))
-    assert count == (batch if has else 0)
+    # (mode 2 splits the NaN image's zero codes too; the unsigned kernel never takes it)
+    assert count == ((batch - (batch > 1 and kernel == "unsigned")) if has else 0)
+    assert torch.isnan(one[1]).all() if batch > 1 else not torch.isnan(one).any()
+
+
+@pytest.mark.parametrize("isa", KERNELS)
+@pytest.mark.parametrize("taps,panels,stride", [(1, 1, 64), (9, 3, 128), (2, 7, 192), (32, 2, 64)])
+def test_split_spread_twin(isa, taps, panels, stride):
+    """The correction step's SIMD twin against the formula: extreme weights and cuts (-128, 126),
+    a panel's line among others (stride), several taps at once, each pair's cut on either byte."""
+    gen = torch.Generator().manual_seed(panels)
+    lines = torch.randint(-128, 128, (taps, panels, stride), dtype=torch.int8, generator=gen)
+    lines[0, 0, :4] = torch.tensor([-128, 127, -128, 127], dtype=torch.int8)
+    lines[-1, -1, :64] = -128
+    w = lines[:, :, :64].reshape(taps, panels, 16, 4).to(torch.int64) + 128
+    for cuts in ([126, 0, 0, -128], [0, -128, 1, 0], [-1, 0, 0, 0], [0, 0, 0, 0], [0, 127, -128, 0]):
+        c = torch.tensor(cuts, dtype=torch.int8)
+        with at_isa(isa):
+            got = torch.from_numpy(_C.dconv_split_spread(lines.numpy(), c.numpy()))
+        assert torch.equal(got.to(torch.int64), (w * c.to(torch.int64)).sum(-1).reshape(taps, -1))
+    for bad in (torch.tensor([1, 1, 0, 0], dtype=torch.int8), torch.zeros(3, dtype=torch.int8)):
+        with pytest.raises(ValueError, match="one nonzero per pair"):
+            _C.dconv_split_spread(lines.numpy(), bad.numpy())
+    cuts = torch.zeros(4, dtype=torch.int8).numpy()
+    for bad_lines in (lines[:, :, :63], torch.zeros(33, 1, 64, dtype=torch.int8), torch.zeros(0, 1, 64, dtype=torch.int8)):
+        with pytest.raises(ValueError, match="a multiple of 64"):
+            _C.dconv_split_spread(bad_lines.numpy(), cuts)
+    for bad_args in ((lines.float().numpy(), cuts), (lines[0].numpy(), cuts), (lines.numpy(), cuts.astype("int32")),
+                     (lines.numpy(),), ([1, 2], cuts)):
+        with pytest.raises((TypeError, ValueError)):
+            _C.dconv_split_spread(*bad_args)
+    assert _C.dconv_split_spread(torch.zeros(1, 0, 64, dtype=torch.int8).numpy(), cuts).shape == (1, 0)
 
 
 def test_split_conv_not_for_reduce_range_or_odd_channels():

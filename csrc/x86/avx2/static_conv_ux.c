@@ -4,7 +4,8 @@
  * four (static_conv.c), and nothing to correct after it, unlike the split (dconv_split.c).  Exact
  * while each pair of channels of a pixel sums to at most 255 (|w| <= 128: 255 * 128 < 32767): the
  * dynamic conv's images of codes 0..127 (a post-ReLU image's symmetric codes, reduce_range's 7-bit
- * ones).  The sums are sum w * x, as static_conv's.
+ * ones), static int8's work items of codes x - x_zp (0..254 at a ReLU output's zero-point -127)
+ * whose pairs keep it.  The sums are sum w * x, as static_conv's.
  *
  * Compiled with -mavx2 (CMakeLists.txt); dispatch.c installs the table only on AVX2 CPUs. */
 #include <string.h>
