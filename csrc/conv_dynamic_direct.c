@@ -388,7 +388,7 @@ int mq_conv2d_dynamic_direct(const void *x, mq_src_t kind, int64_t batch, int64_
      * images of codes 0..127 (post-ReLU, every reduce_range image) need no split: the codes as the
      * unsigned side (static_conv_ux) */
     c.split = reduce_range ? 0 : mq_conv_split_mode(kt, channels, n, 1);
-    c.ux = kt->static_conv_ux && !flip && __atomic_load_n(&mq_split_rows_enabled, __ATOMIC_RELAXED);
+    c.ux = mq_conv_ux_on(kt);
     if (c.split) {
         c.geometry = (mq_conv_split_geometry){height, width, channels, ph, pw, wp, kh, kw, sh, sw, dh, dw, out_h, out_w,
                                               packed, n};

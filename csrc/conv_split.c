@@ -33,6 +33,11 @@ int mq_conv_split_mode(const mq_kernels *kt, int64_t channels, int64_t n, int sy
     return mode == 2 || (n >= MQ_PANEL && symmetric) ? mode : 0;
 }
 
+int mq_conv_ux_on(const mq_kernels *kt) {
+    /* (dispatch.c drops static_conv_ux with a conv kernel on x + 128: VNNI) */
+    return kt->static_conv_ux && !kt->static_conv_x_u8 && __atomic_load_n(&mq_split_rows_enabled, __ATOMIC_RELAXED);
+}
+
 void mq_conv_split_free(mq_conv_split *s) {
     free(s->shift);
     free(s->corr_at);

@@ -33,6 +33,9 @@ int mq_conv_split_image(const mq_kernels *kt, const mq_conv_split_geometry *g, u
  * 0 never, 1 by the rules (mq_conv_split_image's), 2 always (set_split_rows' mode).  Whole K-groups
  * per tap (channels % MQ_KGROUP == 0); by the rules from a panel of outputs, on symmetric codes. */
 int mq_conv_split_mode(const mq_kernels *kt, int64_t channels, int64_t n, int symmetric);
+/* Whether a direct conv of int8 codes may run the table's static_conv_ux at the active level kt on
+ * codes that are never negative (set_split_rows' switch on): the one rule of both drivers. */
+int mq_conv_ux_on(const mq_kernels *kt);
 void mq_conv_split_free(mq_conv_split *s);
 int64_t mq_split_conv_images(void); /* images that ran the split kernel so far */
 void mq_split_conv_count(void);     /* one more of them */

@@ -535,8 +535,7 @@ static int direct_prepare(const int8_t *x, int64_t batch, int64_t channels, int6
     const int split = mq_conv_split_mode(kt, channels, n, x_zp == 0);
     /* the unsigned-codes kernel (AVX2 without VNNI) on items whose codes x - x_zp it takes: whole
      * K-groups per tap (the im2col blocks' pairs straddle taps) */
-    const int ux = kt->static_conv_ux && !kt->static_conv_x_u8 && channels % MQ_KGROUP == 0 &&
-                   __atomic_load_n(&mq_split_rows_enabled, __ATOMIC_RELAXED);
+    const int ux = mq_conv_ux_on(kt) && channels % MQ_KGROUP == 0;
     *c = (direct_ctx){kt, x, channels, height, width, kh, kw, sh, sw, ph, pw, dh, dw, out_h, out_w, k, kp,
                       rows_per_item, (out_h + rows_per_item - 1) / rows_per_item, channels % MQ_KGROUP != 0, packed,
                       z, x_w_scale, bias, n, act_lo, act_hi, inv_out_scale, x_zp, out_zp, y_q, y_f32, split, ux,
