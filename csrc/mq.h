@@ -346,6 +346,29 @@ typedef void (*mq_q4_gemv_i8_fn)(const int8_t *xq, int64_t m, const float *xscal
 typedef void (*mq_h16_gemm_fn)(const float *x, int64_t ldx, int64_t m, const uint16_t *w, int64_t ldw, int64_t kc,
                                int64_t n0, int64_t n1, const float *bias, int accumulate, float *y, int64_t ldy);
 
+/* ---- uint8 weights, weight-only (u8_linear.c driver) ------------------------
+ * For i < m and j in [n0, n1), with w(j, k) = q[j * ldw + k] - zp[j] (exact in fp32):
+ *   y[i * ldy + j] = scale[j] * sum_{k < kc} x[i * ldx + k] * w(j, k) + (bias ? bias[j] : 0)
+ * (each channel's sum scaled once, as the packed int8 weight-only tiles; the sum's order is
+ * the kernel's own: equal to fp32 rounding only). */
+typedef void (*mq_u8_gemm_fn)(const float *x, int64_t ldx, int64_t m, const uint8_t *q, int64_t ldw, int64_t kc,
+                              const int32_t *zp, const float *scale, int64_t n0, int64_t n1, const float *bias,
+                              float *y, int64_t ldy);
+/* ... at many rows (u8_linear.c's mq_u8_linear_panels): for i < m and output panels [p0, p1) of
+ * MQ_PANEL channels, y[i * n + j] = scale[j] * (lane sums of the weight-only tiles over x [m][kp]
+ * (zero-padded to kp, k rounded up to MQ_KGROUP) and q [n][k] - zp widened to fp32) + bias[j]
+ * (each panel widened once per block of rows into wbuf: kp * MQ_PANEL floats, 64-byte aligned;
+ * the same bits at any thread split). */
+typedef void (*mq_u8_panels_fn)(const float *x, int64_t m, int64_t kp, const uint8_t *q, int64_t k,
+                                const int32_t *zp, const float *scale, const float *bias, int64_t n, float *y,
+                                int64_t p0, int64_t p1, float *wbuf);
+/* The uint8 weight q [n][k] and its zero-points a level's panel widening reads. */
+typedef struct {
+    const uint8_t *q;
+    const int32_t *zp;
+    int64_t n, k, kp;
+} mq_u8_weight;
+
 /* fp16 / bf16 weights at many rows (fp16.c's mq_h16_linear_panels): for i < m and output
  * panels [p0, p1) of MQ_PANEL channels,
  *   y[i * n + j] = lane sums of the weight-only tiles over x [m][kp] (zero-padded to kp, k
@@ -512,6 +535,9 @@ typedef struct {
     /* fp16 / bf16 weights (fp16.c) */
     mq_h16_gemm_fn f16_gemm, bf16_gemm;
     mq_h16_panels_fn h16_panels; /* NULL where the level has none (fp16.c then declines) */
+    /* uint8 weights, weight-only (u8_linear.c) */
+    mq_u8_gemm_fn u8_gemm;
+    mq_u8_panels_fn u8_panels; /* NULL where the level has none (u8_linear.c then declines) */
     /* AMX-BF16 (the three set together) */
     mq_amxbf16_pack_h16_fn amxbf16_pack_h16;
     mq_amxbf16_pack_i8_fn amxbf16_pack_i8;
@@ -569,6 +595,9 @@ void mq_ref_f16_gemm(const float *x, int64_t ldx, int64_t m, const uint16_t *w, 
                      int64_t n1, const float *bias, int accumulate, float *y, int64_t ldy);
 void mq_ref_bf16_gemm(const float *x, int64_t ldx, int64_t m, const uint16_t *w, int64_t ldw, int64_t kc, int64_t n0,
                       int64_t n1, const float *bias, int accumulate, float *y, int64_t ldy);
+void mq_ref_u8_gemm(const float *x, int64_t ldx, int64_t m, const uint8_t *q, int64_t ldw, int64_t kc,
+                    const int32_t *zp, const float *scale, int64_t n0, int64_t n1, const float *bias, float *y,
+                    int64_t ldy);
 
 void mq_ref_qgemm(const mq_qgemm_args *a, int64_t p0, int64_t p1);
 /* The same int32 and fp32 results from the 7-bit codes (a->x_zp set, x_u8 ignored). */
@@ -607,6 +636,7 @@ extern const mq_kernels mq_avx512_pack_table;         /* x86/avx512/pack.c */
 extern const mq_kernels mq_avx512_int4_table;         /* x86/avx512/int4.c */
 extern const mq_kernels mq_avx512vnni_int4_table;     /* x86/avx512_vnni/int4.c */
 extern const mq_kernels mq_avx2_fp16_table;           /* x86/avx2/fp16.c (F16C) */
+extern const mq_kernels mq_avx2_u8_weight_table;      /* x86/avx2/u8_weight.c */
 extern const mq_kernels mq_avx512_fp16_table;         /* x86/avx512/fp16.c */
 extern const mq_kernels mq_avx2_h16_dconv_table;      /* x86/avx2/h16_dconv.c (F16C) */
 extern const mq_kernels mq_avx512_h16_dconv_table;    /* x86/avx512/h16_dconv.c */
@@ -846,6 +876,17 @@ extern int64_t mq_q4_int8_min_m;
  * converted whole.  No allocation, so no failure. */
 void mq_h16_linear(const float *x, int64_t m, int64_t k, int64_t ldx, const uint16_t *w, int is_bf16,
                    const float *bias, int64_t n, float *y, int nthreads);
+/* u8_linear.c: y [m][n] = x [m][k] (rows ldx apart) times the uint8 weight q [n][k] minus
+ * zp [n], each channel's sum times scale [n], + bias [n] (or NULL): the level's u8_gemm over
+ * 12-channel units split between threads; the weight is read as stored (a quarter of an fp32
+ * one's bytes), never converted whole.  No allocation, so no failure. */
+void mq_u8_linear(const float *x, int64_t m, int64_t k, int64_t ldx, const uint8_t *q, const int32_t *zp,
+                  const float *scale, const float *bias, int64_t n, float *y, int nthreads);
+/* mq_u8_linear's product through the level's u8_panels kernel (x [m][k], row stride k).
+ * Returns 0, 1 where the level has no such kernel or m < 8 (nothing written: the caller runs
+ * mq_u8_linear), or -1 when a buffer could not be allocated (y partly written). */
+int mq_u8_linear_panels(const float *x, int64_t m, int64_t k, const uint8_t *q, const int32_t *zp,
+                        const float *scale, const float *bias, int64_t n, float *y, int nthreads);
 /* mq_h16_linear's product through the level's h16_panels kernel (x [m][k], row stride k).
  * Returns 0, 1 where the level has no such kernel or m < 8 (nothing written: the caller runs
  * mq_h16_linear), or -1 when a buffer could not be allocated (y partly written). */

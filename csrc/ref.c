@@ -341,3 +341,16 @@ void mq_ref_bf16_gemm(const float *x, int64_t ldx, int64_t m, const uint16_t *w,
                       int64_t n1, const float *bias, int accumulate, float *y, int64_t ldy) {
     ref_h16_gemm(x, ldx, m, w, ldw, kc, n0, n1, bias, accumulate, y, ldy, 1);
 }
+
+/* uint8 weights, weight-only: w - zp is an exact integer in fp32; one scale per channel sum. */
+void mq_ref_u8_gemm(const float *x, int64_t ldx, int64_t m, const uint8_t *q, int64_t ldw, int64_t kc,
+                    const int32_t *zp, const float *scale, int64_t n0, int64_t n1, const float *bias, float *y,
+                    int64_t ldy) {
+    for (int64_t i = 0; i < m; i++)
+        for (int64_t j = n0; j < n1; j++) {
+            const uint8_t *wr = q + j * ldw;
+            float acc = 0.0f;
+            for (int64_t k = 0; k < kc; k++) acc += x[i * ldx + k] * (float)((int32_t)wr[k] - zp[j]);
+            y[i * ldy + j] = acc * scale[j] + (bias ? bias[j] : 0.0f);
+        }
+}

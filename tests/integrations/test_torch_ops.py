@@ -249,3 +249,14 @@ def test_jit_trace_with_an_empty_example_is_refused():
     q = _quantized(nn.Linear(40, 33), "int8", "dynamic")
     with torch.no_grad(), pytest.raises(ValueError, match="empty example"):
         torch.jit.trace(q, torch.randn(0, 40), check_trace=False)
+
+
+def test_uint8_model_under_torch_compile_gives_eager_bits():
+    torch.manual_seed(0)
+    model = mq.quantize(nn.Sequential(nn.Linear(32, 16), nn.ReLU(), nn.Linear(16, 4)), dtype="uint8",
+                        activations=None).model
+    compiled = torch.compile(model, backend="eager", fullgraph=True)
+    for rows in (2, 200):
+        x = torch.randn(rows, 32)
+        with torch.no_grad():
+            assert torch.equal(compiled(x), model(x))

@@ -61,6 +61,8 @@ ENTRY_POINTS = {
     "quantize_static", "dequantize_static", "conv2d_static", "depthwise_static", "add_static", "avgpool_static",
     # fp16 / bf16 weight linear: properties in tests/kernels/test_fp16_properties.py
     "h16_linear",
+    # uint8 weight-only linear: twins, thread splits and argument checks in tests/kernels/test_uint8_linear.py
+    "u8_linear",
     # fp16 / bf16 weight Conv2d: properties in tests/kernels/test_half_conv_properties.py
     "h16_conv2d",
     "static_program", "static_program_run",

@@ -661,8 +661,72 @@ static void h16_panels_avx2(const float *x, int64_t m, int64_t kp, const uint16_
     free(kb.acc);
 }
 
+/* ---- uint8 weights at many rows (u8_linear.c, mq_u8_linear_panels) ---- */
+
+/* 8 codes of q's row `row` from column k0 minus the row's zero-point, as fp32 (zeros beyond n and k). */
+MQ_INLINE __m256 u8_widen8(const mq_u8_weight *src, int64_t row, int64_t k0) {
+    if (row >= src->n) return _mm256_setzero_ps();
+    __m128i b;
+    if (k0 + 8 <= src->k) {
+        b = _mm_loadl_epi64((const __m128i *)(src->q + row * src->k + k0));
+    } else { /* a tail: the columns left, then zero-points (q - zp = 0 there) */
+        uint8_t t[8];
+        for (int64_t j = 0; j < 8; j++) t[j] = k0 + j < src->k ? src->q[row * src->k + k0 + j] : 0;
+        b = _mm_loadl_epi64((const __m128i *)t);
+        const __m256i d = _mm256_sub_epi32(_mm256_cvtepu8_epi32(b), _mm256_set1_epi32(src->zp[row]));
+        const __m256i live = _mm256_cmpgt_epi32(_mm256_set1_epi32((int)(src->k - k0)),
+                                                _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+        return _mm256_cvtepi32_ps(_mm256_and_si256(d, live));
+    }
+    return _mm256_cvtepi32_ps(_mm256_sub_epi32(_mm256_cvtepu8_epi32(b), _mm256_set1_epi32(src->zp[row])));
+}
+
+/* Panel p of q - zp widened to float32 in h16_panel_to_float's layout (wpanel_to_float's), the
+ * next panel's rows prefetched into L2 as there. */
+static void u8_panel_to_float(const void *source, int64_t p, float *wbuf) {
+    const mq_u8_weight *src = source;
+    const int64_t n = src->n, k = src->k, kp = src->kp;
+    const int64_t groups = kp / MQ_KGROUP, n0 = p * MQ_PANEL;
+    if (n0 + MQ_PANEL < n) {
+        const char *next = (const char *)(src->q + (n0 + MQ_PANEL) * k);
+        const int64_t bytes = (n - n0 - MQ_PANEL < MQ_PANEL ? n - n0 - MQ_PANEL : MQ_PANEL) * k;
+        for (int64_t off = 0; off < bytes; off += 64) _mm_prefetch(next + off, _MM_HINT_T1);
+    }
+    for (int cq = 0; cq < 4; cq++) {
+        const int64_t row = n0 + 4 * cq;
+        for (int64_t k0 = 0; k0 < kp; k0 += 8) {
+            const __m256 v0 = u8_widen8(src, row, k0), v1 = u8_widen8(src, row + 1, k0);
+            const __m256 v2 = u8_widen8(src, row + 2, k0), v3 = u8_widen8(src, row + 3, k0);
+            float *dst = wbuf + (k0 / 4) * 64 + 16 * cq;
+            _mm256_store_ps(dst, _mm256_permute2f128_ps(v0, v1, 0x20));
+            _mm256_store_ps(dst + 8, _mm256_permute2f128_ps(v2, v3, 0x20));
+            if (groups - k0 / 4 > 1) {
+                _mm256_store_ps(dst + 64, _mm256_permute2f128_ps(v0, v1, 0x31));
+                _mm256_store_ps(dst + 72, _mm256_permute2f128_ps(v2, v3, 0x31));
+            }
+        }
+    }
+}
+
+/* Rows [0, m) (m >= 3) x panels [p0, p1) of y = scale * (x [m][kp] @ (q - zp)^T) + bias: the
+ * fp16 panels' blocks and quarter tiles, each channel's sum scaled once in their store. */
+static void u8_panels_avx2(const float *x, int64_t m, int64_t kp, const uint8_t *q, int64_t k, const int32_t *zp,
+                           const float *scale, const float *bias, int64_t n, float *y, int64_t p0, int64_t p1,
+                           float *wbuf) {
+    const mq_wgemm_args a = {.x = x, .m = m, .kp = kp, .n = n, .w = NULL, .w_scale = scale, .w_zp = NULL,
+                             .bias = bias, .y = y};
+    const mq_u8_weight src = {q, zp, n, k, kp};
+    const kblock_args kb = {a, kblock_acc_new(m, kp)};
+    if (kb.acc)
+        mq_buffered_rows(&kb.a, p0, p1, wbuf, u8_panel_to_float, &src, wpanel_rows_kblocks, QUARTER_MIN_ROWS);
+    else
+        mq_buffered_rows(&a, p0, p1, wbuf, u8_panel_to_float, &src, wpanel_rows_buf, QUARTER_MIN_ROWS);
+    free(kb.acc);
+}
+
 const mq_kernels mq_avx2_linear_table = {
     .h16_panels = h16_panels_avx2,
+    .u8_panels = u8_panels_avx2,
     .qgemm = qgemm_avx2,
     .qgemm_x_u8 = 0,
     .qgemm_name = "avx2_maddubs",

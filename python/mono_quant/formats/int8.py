@@ -10,6 +10,8 @@ from typing import Any, Dict, Mapping
 import torch
 
 from ..errors import CheckpointError
+from ..kernels.uint8 import uint8_layer_takes, uint8_linear
+from .uint8_call import kept_uint8_linear
 from ..packing import PACKED_BUFFERS, unpack_int8_linear
 from ..tensor import QuantizedWeight, check_input, quantize_int_with_error
 from .base import WeightFormat
@@ -73,7 +75,16 @@ class AffineIntFormat(WeightFormat):
     # -- forward --------------------------------------------------------------------------------------
     def linear(self, module, x: torch.Tensor) -> torch.Tensor:
         """The packed int8 kernels where they take ``x`` (dynamic, or weight-only below the
-        BLAS rule, packed_linear.takes_blas), else torch on the dequantized weight."""
+        BLAS rule, packed_linear.takes_blas), else torch on the dequantized weight; a uint8
+        weight streamed by its own kernel at a few rows (kernels/uint8.py)."""
+        if not self.packs:
+            y = kept_uint8_linear(module, x)  # the common call, through views kept per layer
+            if y is not None:
+                return y
+        if not self.packs and uint8_layer_takes(module, x):
+            y = uint8_linear(x.reshape(-1, module.in_features), module.weight_qdata, module.weight_scale,
+                             module.weight_zero_point, module.bias)
+            return (y if x.dim() == 2 else y.reshape(*x.shape[:-1], module.out_features)).to(x.dtype)
         y = packed_linear.dynamic_linear(module, x)  # the common dynamic call, while its kept arguments hold
         if y is None:
             y = packed_linear.weight_only_linear(module, x)  # the same for weight-only layers

@@ -13,6 +13,7 @@ from ..dynamo_hooks import when_dynamo_imported
 from ..kernels.int8 import MAX_IN_FEATURES
 from ..kernels.settings import SETTINGS
 from ..kernels.torch_library import KERNEL_DTYPES, conv_weight, use_ops
+from ..kernels.uint8 import uint8_layer_takes
 from ..tensor import channel_rows, from_channel_rows
 from .cast import takes_half_kernel
 from .half_conv import takes_half_conv, traced_half_conv_forward
@@ -103,6 +104,10 @@ def linear_forward(module, x: torch.Tensor) -> torch.Tensor:
         if x.dim() != 2:
             y = y.reshape(*x.shape[:-1], n)
         return y if x.dtype == torch.float32 else y.to(x.dtype)
+    if uint8_layer_takes(module, x):  # a uint8 weight: eager's route (kernels/uint8.py), as one op
+        y = torch.ops.mono_quant.uint8_linear(x.reshape(-1, k), module.weight_qdata, module.weight_scale,
+                                              module.weight_zero_point, bias)
+        return y.reshape(*x.shape[:-1], n).to(x.dtype)
     w = dequantized_weight(module).to(x.device)
     return F.linear(x.float(), w, None if bias is None else bias.float()).to(x.dtype)
 

@@ -35,7 +35,8 @@ import torch
 
 from .. import _C
 
-__all__ = ["BLAS_AVX512", "L1D_BYTES", "SMALL_L1D", "l1d_bytes", "HALF_KERNEL_MAX_ROWS", "HALF_PANEL_MAX_ROWS",
+__all__ = ["BLAS_AVX512", "L1D_BYTES", "SMALL_L1D", "l1d_bytes", "HALF_KERNEL_MAX_ROWS", "U8_KERNEL_MAX_ROWS", "U8_PANEL_MAX_ROWS",
+           "U8_PANEL_MAX_IN_FEATURES", "uint8_path", "HALF_PANEL_MAX_ROWS",
            "HALF_PANEL_MAX_IN_FEATURES", "HALF_AMX_MIN_ROWS", "AMX_MIN_OUT_FEATURES", "half_takes_amx",
            "INT8_WEIGHT_ONLY_BLAS_MIN_ROWS", "INT8_WEIGHT_ONLY_BLAS_MIN_IN_FEATURES", "INT8_WEIGHT_ONLY_BLAS_LONG_K",
            "int8_weight_only_takes_blas",
@@ -187,6 +188,22 @@ def small_weight_takes_blas(rows: int, in_features: int, out_features: int, isa:
 #: every row count (0.5-0.7x fp32).  The scalar level (no F16C: the portable reference, 4-11x
 #: slower) keeps torch's op.
 HALF_KERNEL_MAX_ROWS = {"scalar": 0, "avx2": 64, "avx512": 32 if BLAS_AVX512 else _NEVER}
+
+#: uint8 weight-only Linear layers (kernels/uint8.py) up to U8_KERNEL_MAX_ROWS rows run the C kernel
+#: on the stored uint8 weight (a few rows: each weight widened once per 4-row tile), up to
+#: U8_PANEL_MAX_ROWS rows of at most U8_PANEL_MAX_IN_FEATURES inputs its panel path (each 16-channel
+#: panel widened once per block of rows, the weight-only tiles); more take torch's F.linear on the
+#: weight dequantized per call.  AMD Zen 3 (AVX2, 32 KiB L1D, 5 Dec 2026, 1 thread, fp32's time / ours,
+#: BERT-base / -small layers and 4096x4096): the kernel 1.1-2.0x at 1 row, 1.5-4.2x at 2-8, 1.1-1.8x at
+#: 16, 0.87-1.19x at 32, 0.74-0.94x at 64; the panels 0.84-1.02x at 64-128 rows on 384-768 inputs
+#: (0.76-0.91x on 1536-4096), 0.78-0.95x from 256; the dequantized weight and torch's op 0.23-0.46x at
+#: 1 row, 0.60-0.82x at 16, 0.77-0.92x at 64, 0.83-1.03x at 128, 0.86-1.05x from 256.  The AVX-512 level
+#: runs the AVX2 kernels (on an Intel CPU, whose AVX-512 sgemm is about twice as fast, not measured:
+#: fewer rows there); the scalar level's reference loop (one dependent add a weight) is 0.05-0.18x
+#: fp32: torch's op.
+U8_KERNEL_MAX_ROWS = {"scalar": 0, "avx2": 32, "avx512": 16 if BLAS_AVX512 else 32}
+U8_PANEL_MAX_ROWS = {"scalar": 0, "avx2": 128, "avx512": 0 if BLAS_AVX512 else 128}
+U8_PANEL_MAX_IN_FEATURES = 1024
 
 #: fp16 / bf16 weights past HALF_KERNEL_MAX_ROWS and up to this many rows: the C panel path
 #: (``_C.h16_linear(..., panels=True)``: each 16-channel panel widened once per block of rows,
@@ -347,3 +364,13 @@ def int4_takes_blas(rows: int, out_features: int, kpad: int, group: int, isa: st
         return False
     return not (int8_activations and isa == "avx512" and int4_int8_activations_fit(kpad, group)
                 and _C.use_amx(None))
+
+
+def uint8_path(rows: int, in_features: int, isa: str) -> str:
+    """"kernel", "panels" or "torch": the route of a uint8 weight-only Linear call of ``rows`` rows
+    of ``in_features`` inputs at kernel level ``isa`` (U8_KERNEL_MAX_ROWS, U8_PANEL_MAX_ROWS)."""
+    if rows <= U8_KERNEL_MAX_ROWS[isa]:
+        return "kernel"
+    if rows <= U8_PANEL_MAX_ROWS[isa] and in_features <= U8_PANEL_MAX_IN_FEATURES:
+        return "panels"
+    return "torch"

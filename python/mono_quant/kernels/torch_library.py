@@ -32,6 +32,7 @@ from .row_rules import int4_takes_blas, int8_weight_only_takes_amx, int8_weight_
 from .layout import PACKED_LAYOUT_VERSION, int8_packed_sizes, unpack_int8_rows
 from .rows import dequantize_rows, to_numpy
 from .settings import SETTINGS
+from .uint8 import uint8_linear
 
 __all__ = ["use_ops", "check_index_range", "check_jit_trace", "refuse_fx_proxy", "conv_weight", "packed_conv_grads", "refuse_functorch",
            "KERNEL_DTYPES"]
@@ -380,6 +381,35 @@ _LIB.impl("dequantize_rows", dequantize_rows, "CPU")
 _LIB.impl("dequantize_rows", lambda *args: dequantize_rows(*args).contiguous(), _ANY_DEVICE)  # (the torch twin)
 torch.library.register_fake("mono_quant::dequantize_rows",
                             lambda q, scale, zero_point: q.new_empty(q.shape, dtype=torch.float32), lib=_LIB)
+
+# uint8 Linear weights: the C kernel at a few rows, torch's op on the dequantized weight past
+# U8_KERNEL_MAX_ROWS (kernels/uint8.py decides on the real row count, as eager does)
+_LIB.define("uint8_linear(Tensor x, Tensor qdata, Tensor scale, Tensor zero_point, Tensor? bias) -> Tensor")
+_LIB.impl("uint8_linear", uint8_linear, "CPU")
+torch.library.register_fake(
+    "mono_quant::uint8_linear",
+    lambda x, qdata, scale, zero_point, bias: x.new_empty((x.shape[0], qdata.shape[0]), dtype=torch.float32),
+    lib=_LIB)
+
+
+def _uint8_linear_setup(ctx, inputs, output):
+    x, qdata, scale, zero_point, bias = inputs
+    ctx.save_for_backward(qdata, scale, zero_point)
+    ctx.meta = (x.dtype, bias is not None)
+
+
+def _uint8_linear_backward(ctx, grad):
+    qdata, scale, zero_point = ctx.saved_tensors
+    x_dtype, has_bias = ctx.meta
+    grad_x = None
+    if ctx.needs_input_grad[0]:
+        grad_x = (grad.float() @ dequantize_rows(qdata, scale, zero_point).to(grad.device)).to(x_dtype)
+    grad_bias = grad.sum(0) if has_bias and ctx.needs_input_grad[4] else None
+    return grad_x, None, None, None, grad_bias
+
+
+torch.library.register_autograd("mono_quant::uint8_linear", _uint8_linear_backward,
+                                setup_context=_uint8_linear_setup, lib=_LIB)
 
 # -- int4 ---------------------------------------------------------------------------------------------------
 
