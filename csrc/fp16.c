@@ -10,7 +10,6 @@
  * every activation row of a block (the weight rows stay in L1), the
  * activation block stays in L2 (ROW_BLOCK rows x K_BLOCK columns), and the
  * outputs are split over threads (parallel.c's rules). */
-#include <stdlib.h>
 
 #include "mq.h"
 
@@ -105,43 +104,23 @@ void mq_h16_linear(const float *x, int64_t m, int64_t k, int64_t ldx, const uint
 
 typedef struct {
     mq_h16_panels_fn fn;
-    const float *x;
-    int64_t m, kp, k;
+    int64_t m, k;
     const uint16_t *w;
     int is_bf16;
     const float *bias;
     int64_t n;
     float *y;
-    int failed; /* a piece could not allocate its panel buffer */
-} panels_ctx;
+} panels_job;
 
-/* Panels [begin, end), with a panel buffer of this piece's own. */
-static void panels_range(void *vctx, int64_t begin, int64_t end) {
-    panels_ctx *c = vctx;
-    float *wbuf = aligned_alloc(64, (size_t)c->kp * MQ_PANEL * sizeof(float));
-    if (!wbuf) {
-        __atomic_store_n(&c->failed, 1, __ATOMIC_RELAXED);
-        return;
-    }
-    c->fn(c->x, c->m, c->kp, c->w, c->k, c->is_bf16, c->bias, c->n, c->y, begin, end, wbuf);
-    free(wbuf);
+static void panels_piece(void *job, const float *x, int64_t kp, int64_t p0, int64_t p1, float *wbuf) {
+    const panels_job *j = job;
+    j->fn(x, j->m, kp, j->w, j->k, j->is_bf16, j->bias, j->n, j->y, p0, p1, wbuf);
 }
 
 int mq_h16_linear_panels(const float *x, int64_t m, int64_t k, const uint16_t *w, int is_bf16, const float *bias,
                          int64_t n, float *y, int nthreads) {
     const mq_kernels *kt = mq_active();
     if (!kt->h16_panels || m < PANELS_MIN_ROWS || n <= 0 || k <= 0) return 1;
-    const int64_t kp = mq_round_up(k, MQ_KGROUP), panels = (n + MQ_PANEL - 1) / MQ_PANEL;
-    float *xpad = NULL;
-    if (kp != k) { /* the tiles read rows of kp floats: a zero-padded copy */
-        xpad = malloc((size_t)m * (size_t)kp * sizeof(float));
-        if (!xpad) return -1;
-        for (int64_t i = 0; i < m; i++) mq_row_to_f32(x + i * k, MQ_SRC_F32, k, kp, xpad + i * kp);
-    }
-    panels_ctx c = {kt->h16_panels, xpad ? xpad : x, m, kp, k, w, is_bf16, bias, n, y, 0};
-    nthreads = mq_threads_for_work((double)m * (double)k * (double)n, ONE_THREAD_MACS, nthreads);
-    const int64_t min_panels = mq_items_per_chunk(m * kp * MQ_PANEL, MIN_MACS_PER_PIECE);
-    mq_parallel_for(panels, min_panels, nthreads, panels_range, &c);
-    free(xpad);
-    return c.failed ? -1 : 0;
+    panels_job job = {kt->h16_panels, m, k, w, is_bf16, bias, n, y};
+    return mq_panels_parallel(x, m, k, n, ONE_THREAD_MACS, MIN_MACS_PER_PIECE, nthreads, panels_piece, &job);
 }

@@ -882,6 +882,14 @@ void mq_h16_linear(const float *x, int64_t m, int64_t k, int64_t ldx, const uint
  * one's bytes), never converted whole.  No allocation, so no failure. */
 void mq_u8_linear(const float *x, int64_t m, int64_t k, int64_t ldx, const uint8_t *q, const int32_t *zp,
                   const float *scale, const float *bias, int64_t n, float *y, int nthreads);
+/* panels_parallel.c: panels [0, ceil(n / MQ_PANEL)) of a weight's many-row product, split between
+ * threads as the tiles' work says (one_thread_macs, min_macs_per_piece, as mq_threads_for_work and
+ * mq_items_per_chunk take them), fn(job, x, kp, p0, p1, wbuf) per piece with a panel buffer of its
+ * own (kp * MQ_PANEL floats, 64-byte aligned), x [m][k] zero-padded to kp (k rounded up to
+ * MQ_KGROUP) where k is not.  0, or -1 when a buffer could not be allocated (y partly written). */
+typedef void (*mq_panels_piece_fn)(void *job, const float *x, int64_t kp, int64_t p0, int64_t p1, float *wbuf);
+int mq_panels_parallel(const float *x, int64_t m, int64_t k, int64_t n, double one_thread_macs,
+                       int64_t min_macs_per_piece, int nthreads, mq_panels_piece_fn fn, void *job);
 /* mq_u8_linear's product through the level's u8_panels kernel (x [m][k], row stride k).
  * Returns 0, 1 where the level has no such kernel or m < 8 (nothing written: the caller runs
  * mq_u8_linear), or -1 when a buffer could not be allocated (y partly written). */

@@ -7,8 +7,6 @@
  * torch's BLAS on the dequantized weight instead (kernels/row_rules.py U8_KERNEL_MAX_ROWS):
  * there the conversion is shared by the rows.  Outputs are split over threads as fp16.c's
  * (the same thresholds: a multiply-add here costs a widening and an FMA too). */
-#include <stdlib.h>
-
 #include "mq.h"
 
 /* Output columns per unit of work: a multiple of the AVX2 tile's 3 weight rows. */
@@ -54,42 +52,23 @@ void mq_u8_linear(const float *x, int64_t m, int64_t k, int64_t ldx, const uint8
 
 typedef struct {
     mq_u8_panels_fn fn;
-    const float *x;
-    int64_t m, kp, k;
+    int64_t m, k;
     const uint8_t *q;
     const int32_t *zp;
     const float *scale, *bias;
     int64_t n;
     float *y;
-    int failed; /* a piece could not allocate its panel buffer */
-} u8_panels_ctx;
+} u8_panels_job;
 
-/* Panels [begin, end), with a panel buffer of this piece's own. */
-static void u8_panels_range(void *vctx, int64_t begin, int64_t end) {
-    u8_panels_ctx *c = vctx;
-    float *wbuf = aligned_alloc(64, (size_t)c->kp * MQ_PANEL * sizeof(float));
-    if (!wbuf) {
-        __atomic_store_n(&c->failed, 1, __ATOMIC_RELAXED);
-        return;
-    }
-    c->fn(c->x, c->m, c->kp, c->q, c->k, c->zp, c->scale, c->bias, c->n, c->y, begin, end, wbuf);
-    free(wbuf);
+static void u8_panels_piece(void *job, const float *x, int64_t kp, int64_t p0, int64_t p1, float *wbuf) {
+    const u8_panels_job *j = job;
+    j->fn(x, j->m, kp, j->q, j->k, j->zp, j->scale, j->bias, j->n, j->y, p0, p1, wbuf);
 }
 
 int mq_u8_linear_panels(const float *x, int64_t m, int64_t k, const uint8_t *q, const int32_t *zp,
                         const float *scale, const float *bias, int64_t n, float *y, int nthreads) {
     const mq_kernels *kt = mq_active();
     if (!kt->u8_panels || m < PANELS_MIN_ROWS || n <= 0 || k <= 0) return 1;
-    const int64_t kp = mq_round_up(k, MQ_KGROUP), panels = (n + MQ_PANEL - 1) / MQ_PANEL;
-    float *xpad = NULL;
-    if (kp != k) { /* the tiles read rows of kp floats: a zero-padded copy */
-        xpad = malloc((size_t)m * (size_t)kp * sizeof(float));
-        if (!xpad) return -1;
-        for (int64_t i = 0; i < m; i++) mq_row_to_f32(x + i * k, MQ_SRC_F32, k, kp, xpad + i * kp);
-    }
-    u8_panels_ctx c = {kt->u8_panels, xpad ? xpad : x, m, kp, k, q, zp, scale, bias, n, y, 0};
-    nthreads = mq_threads_for_work((double)m * (double)k * (double)n, ONE_THREAD_MACS, nthreads);
-    mq_parallel_for(panels, mq_items_per_chunk(m * kp * MQ_PANEL, MIN_MACS_PER_PIECE), nthreads, u8_panels_range, &c);
-    free(xpad);
-    return c.failed ? -1 : 0;
+    u8_panels_job job = {kt->u8_panels, m, k, q, zp, scale, bias, n, y};
+    return mq_panels_parallel(x, m, k, n, ONE_THREAD_MACS, MIN_MACS_PER_PIECE, nthreads, u8_panels_piece, &job);
 }

@@ -611,29 +611,33 @@ MQ_INLINE __m256 h16_widen8(const uint16_t *w, int64_t n, int64_t k, int64_t row
     return is_bf16 ? _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16)) : _mm256_cvtph_ps(h);
 }
 
-/* Panel p of the 16-bit weight w [n][k] (source: an mq_h16_weight) widened to float32 where
- * the quarter tiles read it (wpanel_to_float's layout: wbuf[g * 64 + 4 * c + j] =
- * w(16p + c, 4g + j), zeros beyond n and k), 4 channels x 8 columns at a time, each 32-byte
- * half line written once, whole. */
-static void h16_panel_to_float(const void *source, int64_t p, float *wbuf) {
+/* 8 weights of a row from column k0 as fp32, zeros beyond n and k (source: the weight's description). */
+typedef __m256 (*widen8_fn)(const void *source, int64_t row, int64_t k0);
+
+MQ_INLINE __m256 h16_widen8_of(const void *source, int64_t row, int64_t k0) {
     const mq_h16_weight *src = source;
-    const uint16_t *w = src->w;
-    const int64_t n = src->n, k = src->k, kp = src->kp;
-    const int is_bf16 = src->is_bf16;
+    return h16_widen8(src->w, src->n, src->k, row, k0, src->is_bf16);
+}
+
+/* Panel p of a weight of n rows (rows: its first byte, row_bytes apart) widened by `widen` to float32
+ * where the quarter tiles read it (wpanel_to_float's layout: wbuf[g * 64 + 4 * c + j] =
+ * w(16p + c, 4g + j), zeros beyond n and k), 4 channels x 8 columns at a time, each 32-byte half
+ * line written once, whole.  The next panel's rows (contiguous in the weight) go on their way to L2
+ * while this one's row tiles run: without it the widening waited on each load from L3 (fp16: 7% of a
+ * 768 x 768 call at 128 rows, 5.6% with it; the call 1-6% faster, AMD Zen 3). */
+MQ_INLINE void panel_to_float(const void *source, const char *rows, int64_t row_bytes, int64_t n, int64_t kp,
+                              int64_t p, float *wbuf, widen8_fn widen) {
     const int64_t groups = kp / MQ_KGROUP, n0 = p * MQ_PANEL;
-    /* The next panel's rows (contiguous in w) on their way to L2 while this one's row tiles run:
-     * without it this widening waited on each load from L3 (7% of a 768 x 768 call at 128 rows,
-     * 5.6% with it; the call 1-6% faster, AMD Zen 3). */
     if (n0 + MQ_PANEL < n) {
-        const char *next = (const char *)(w + (n0 + MQ_PANEL) * k);
-        const int64_t bytes = (n - n0 - MQ_PANEL < MQ_PANEL ? n - n0 - MQ_PANEL : MQ_PANEL) * k * (int64_t)sizeof(uint16_t);
+        const char *next = rows + (n0 + MQ_PANEL) * row_bytes;
+        const int64_t bytes = (n - n0 - MQ_PANEL < MQ_PANEL ? n - n0 - MQ_PANEL : MQ_PANEL) * row_bytes;
         for (int64_t off = 0; off < bytes; off += 64) _mm_prefetch(next + off, _MM_HINT_T1);
     }
     for (int cq = 0; cq < 4; cq++) {
         const int64_t row = n0 + 4 * cq;
         for (int64_t k0 = 0; k0 < kp; k0 += 8) {
-            const __m256 v0 = h16_widen8(w, n, k, row, k0, is_bf16), v1 = h16_widen8(w, n, k, row + 1, k0, is_bf16);
-            const __m256 v2 = h16_widen8(w, n, k, row + 2, k0, is_bf16), v3 = h16_widen8(w, n, k, row + 3, k0, is_bf16);
+            const __m256 v0 = widen(source, row, k0), v1 = widen(source, row + 1, k0);
+            const __m256 v2 = widen(source, row + 2, k0), v3 = widen(source, row + 3, k0);
             float *dst = wbuf + (k0 / 4) * 64 + 16 * cq;
             _mm256_store_ps(dst, _mm256_permute2f128_ps(v0, v1, 0x20));
             _mm256_store_ps(dst + 8, _mm256_permute2f128_ps(v2, v3, 0x20));
@@ -645,83 +649,67 @@ static void h16_panel_to_float(const void *source, int64_t p, float *wbuf) {
     }
 }
 
+/* Panel p of the 16-bit weight (source: an mq_h16_weight). */
+static void h16_panel_to_float(const void *source, int64_t p, float *wbuf) {
+    const mq_h16_weight *src = source;
+    panel_to_float(src, (const char *)src->w, src->k * (int64_t)sizeof(uint16_t), src->n, src->kp, p, wbuf,
+                   h16_widen8_of);
+}
+
+/* Rows [0, a->m) (m >= 3) x panels [p0, p1) on the quarter tiles, each panel widened by fill(src):
+ * mq_buffered_rows with K-blocked accumulators where they can be had. */
+static void panels_on_tiles(const mq_wgemm_args *a, int64_t p0, int64_t p1, float *wbuf, mq_panel_fill_fn fill,
+                            const void *src) {
+    const kblock_args kb = {*a, kblock_acc_new(a->m, a->kp)};
+    if (kb.acc)
+        mq_buffered_rows(&kb.a, p0, p1, wbuf, fill, src, wpanel_rows_kblocks, QUARTER_MIN_ROWS);
+    else
+        mq_buffered_rows(a, p0, p1, wbuf, fill, src, wpanel_rows_buf, QUARTER_MIN_ROWS);
+    free(kb.acc);
+}
+
 /* Rows [0, m) (m >= 3) x panels [p0, p1) of y [m][n] = x [m][kp] (zero-padded) @ W^T + bias for
- * a 16-bit W [n][k]: mq_buffered_rows with each panel widened by h16_panel_to_float, then the
- * quarter tiles (scale 1: y = lane sums + bias). */
+ * a 16-bit W [n][k] (scale 1: y = lane sums + bias). */
 static void h16_panels_avx2(const float *x, int64_t m, int64_t kp, const uint16_t *w, int64_t k, int is_bf16,
                             const float *bias, int64_t n, float *y, int64_t p0, int64_t p1, float *wbuf) {
     const mq_wgemm_args a = {.x = x, .m = m, .kp = kp, .n = n, .w = NULL, .w_scale = NULL, .w_zp = NULL,
                              .bias = bias, .y = y};
     const mq_h16_weight src = {w, n, k, kp, is_bf16};
-    const kblock_args kb = {a, kblock_acc_new(m, kp)};
-    if (kb.acc)
-        mq_buffered_rows(&kb.a, p0, p1, wbuf, h16_panel_to_float, &src, wpanel_rows_kblocks, QUARTER_MIN_ROWS);
-    else
-        mq_buffered_rows(&a, p0, p1, wbuf, h16_panel_to_float, &src, wpanel_rows_buf, QUARTER_MIN_ROWS);
-    free(kb.acc);
+    panels_on_tiles(&a, p0, p1, wbuf, h16_panel_to_float, &src);
 }
 
 /* ---- uint8 weights at many rows (u8_linear.c, mq_u8_linear_panels) ---- */
 
 /* 8 codes of q's row `row` from column k0 minus the row's zero-point, as fp32 (zeros beyond n and k). */
-MQ_INLINE __m256 u8_widen8(const mq_u8_weight *src, int64_t row, int64_t k0) {
+MQ_INLINE __m256 u8_widen8(const void *source, int64_t row, int64_t k0) {
+    const mq_u8_weight *src = source;
     if (row >= src->n) return _mm256_setzero_ps();
-    __m128i b;
-    if (k0 + 8 <= src->k) {
-        b = _mm_loadl_epi64((const __m128i *)(src->q + row * src->k + k0));
-    } else { /* a tail: the columns left, then zero-points (q - zp = 0 there) */
-        uint8_t t[8];
-        for (int64_t j = 0; j < 8; j++) t[j] = k0 + j < src->k ? src->q[row * src->k + k0 + j] : 0;
-        b = _mm_loadl_epi64((const __m128i *)t);
-        const __m256i d = _mm256_sub_epi32(_mm256_cvtepu8_epi32(b), _mm256_set1_epi32(src->zp[row]));
-        const __m256i live = _mm256_cmpgt_epi32(_mm256_set1_epi32((int)(src->k - k0)),
-                                                _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
-        return _mm256_cvtepi32_ps(_mm256_and_si256(d, live));
-    }
-    return _mm256_cvtepi32_ps(_mm256_sub_epi32(_mm256_cvtepu8_epi32(b), _mm256_set1_epi32(src->zp[row])));
+    const __m256i zp = _mm256_set1_epi32(src->zp[row]);
+    if (k0 + 8 <= src->k)
+        return _mm256_cvtepi32_ps(_mm256_sub_epi32(
+            _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(src->q + row * src->k + k0))), zp));
+    uint8_t t[8] = {0}; /* a tail: the columns left, then lanes masked to 0 */
+    for (int64_t j = 0; k0 + j < src->k && j < 8; j++) t[j] = src->q[row * src->k + k0 + j];
+    const __m256i d = _mm256_sub_epi32(_mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)t)), zp);
+    const __m256i live = _mm256_cmpgt_epi32(_mm256_set1_epi32((int)(src->k - k0)), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+    return _mm256_cvtepi32_ps(_mm256_and_si256(d, live));
 }
 
-/* Panel p of q - zp widened to float32 in h16_panel_to_float's layout (wpanel_to_float's), the
- * next panel's rows prefetched into L2 as there. */
+/* Panel p of q - zp (source: an mq_u8_weight). */
 static void u8_panel_to_float(const void *source, int64_t p, float *wbuf) {
     const mq_u8_weight *src = source;
-    const int64_t n = src->n, k = src->k, kp = src->kp;
-    const int64_t groups = kp / MQ_KGROUP, n0 = p * MQ_PANEL;
-    if (n0 + MQ_PANEL < n) {
-        const char *next = (const char *)(src->q + (n0 + MQ_PANEL) * k);
-        const int64_t bytes = (n - n0 - MQ_PANEL < MQ_PANEL ? n - n0 - MQ_PANEL : MQ_PANEL) * k;
-        for (int64_t off = 0; off < bytes; off += 64) _mm_prefetch(next + off, _MM_HINT_T1);
-    }
-    for (int cq = 0; cq < 4; cq++) {
-        const int64_t row = n0 + 4 * cq;
-        for (int64_t k0 = 0; k0 < kp; k0 += 8) {
-            const __m256 v0 = u8_widen8(src, row, k0), v1 = u8_widen8(src, row + 1, k0);
-            const __m256 v2 = u8_widen8(src, row + 2, k0), v3 = u8_widen8(src, row + 3, k0);
-            float *dst = wbuf + (k0 / 4) * 64 + 16 * cq;
-            _mm256_store_ps(dst, _mm256_permute2f128_ps(v0, v1, 0x20));
-            _mm256_store_ps(dst + 8, _mm256_permute2f128_ps(v2, v3, 0x20));
-            if (groups - k0 / 4 > 1) {
-                _mm256_store_ps(dst + 64, _mm256_permute2f128_ps(v0, v1, 0x31));
-                _mm256_store_ps(dst + 72, _mm256_permute2f128_ps(v2, v3, 0x31));
-            }
-        }
-    }
+    panel_to_float(src, (const char *)src->q, src->k, src->n, src->kp, p, wbuf, u8_widen8);
 }
 
-/* Rows [0, m) (m >= 3) x panels [p0, p1) of y = scale * (x [m][kp] @ (q - zp)^T) + bias: the
- * fp16 panels' blocks and quarter tiles, each channel's sum scaled once in their store. */
+/* Rows [0, m) (m >= 3) x panels [p0, p1) of y = scale * (x [m][kp] @ (q - zp)^T) + bias: each
+ * channel's sum scaled once in the tiles' store. */
 static void u8_panels_avx2(const float *x, int64_t m, int64_t kp, const uint8_t *q, int64_t k, const int32_t *zp,
                            const float *scale, const float *bias, int64_t n, float *y, int64_t p0, int64_t p1,
                            float *wbuf) {
     const mq_wgemm_args a = {.x = x, .m = m, .kp = kp, .n = n, .w = NULL, .w_scale = scale, .w_zp = NULL,
                              .bias = bias, .y = y};
     const mq_u8_weight src = {q, zp, n, k, kp};
-    const kblock_args kb = {a, kblock_acc_new(m, kp)};
-    if (kb.acc)
-        mq_buffered_rows(&kb.a, p0, p1, wbuf, u8_panel_to_float, &src, wpanel_rows_kblocks, QUARTER_MIN_ROWS);
-    else
-        mq_buffered_rows(&a, p0, p1, wbuf, u8_panel_to_float, &src, wpanel_rows_buf, QUARTER_MIN_ROWS);
-    free(kb.acc);
+    panels_on_tiles(&a, p0, p1, wbuf, u8_panel_to_float, &src);
 }
 
 const mq_kernels mq_avx2_linear_table = {
