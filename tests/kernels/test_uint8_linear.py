@@ -168,3 +168,20 @@ def test_uint8_layer_gradient_to_the_input():
     with torch.no_grad():
         assert torch.equal(y.detach(), q(x.detach()))
 
+
+
+@pytest.mark.parametrize("granularity", ["per_channel", "per_tensor"])
+def test_float_fill_writes_the_dequantized_weight(granularity):
+    # a large conv's weight is dequantized per call into the per-thread buffer by this fill
+    torch.manual_seed(0)
+    conv = mq.quantize(nn.Sequential(nn.Conv2d(64, 80, 3, padding=1)), dtype="uint8", activations=None,
+                       granularity=granularity).model[0]
+    shape, fill = conv.format.float_fill(conv)
+    assert shape == (80, 64, 3, 3)
+    out = torch.full(shape, float("nan"))
+    assert fill(out) is out
+    assert torch.equal(out, conv.dequantized_weight(torch.float32))
+    x = torch.randn(1, 64, 6, 6)
+    with torch.no_grad():
+        want = F.conv2d(x, conv.dequantized_weight(torch.float32), conv.bias, padding=1)
+        assert torch.allclose(conv(x), want, rtol=1e-5, atol=1e-5)

@@ -9,16 +9,18 @@ from typing import Any, Dict, Mapping
 
 import torch
 
+from .. import _C
 from ..errors import CheckpointError
+from ..kernels.settings import SETTINGS
 from ..kernels.uint8 import uint8_layer_takes, uint8_linear
-from .uint8_call import kept_uint8_linear
 from ..packing import PACKED_BUFFERS, unpack_int8_linear
-from ..tensor import QuantizedWeight, check_input, quantize_int_with_error
+from ..tensor import QuantizedWeight, channel_rows, check_input, quantize_int_with_error
 from .base import WeightFormat
 from .checks import check_scales, first_bad, need, spec, value_at
 from . import packed_linear  # packed_linear.packed_linear looked up per call (tests spy on it)
 from .layer_cache import kernel_args
 from .packed_linear import kernel_takes, takes_blas
+from .uint8_call import kept_uint8_linear
 
 __all__ = ["AffineIntFormat"]
 
@@ -71,6 +73,24 @@ class AffineIntFormat(WeightFormat):
 
     def kernel_args(self, module):
         return kernel_args(module)
+
+    def float_fill(self, module):
+        """A ``weight_qdata`` (uint8, or an int8 weight kept unpacked) dequantized by the C pass that
+        ``dequantize`` runs, into the caller's buffer (a large conv's weight per call: no fresh pages)."""
+        qdata, scale, zero = module._buffers.get("weight_qdata"), module.weight_scale, module.weight_zero_point
+        axis = getattr(module, "weight_axis", None)
+        if (qdata is None or axis not in (0, None) or qdata.numel() == 0 or qdata.dim() < 2
+                or not (qdata.is_cpu and scale.is_cpu and zero.is_cpu)):
+            return None
+        rows = channel_rows(qdata, axis)
+        arrays = (rows.numpy(), scale.detach().to(torch.float32).reshape(-1).contiguous().numpy(),
+                  zero.detach().to(torch.int32).reshape(-1).contiguous().numpy())
+
+        def fill(out: torch.Tensor) -> torch.Tensor:
+            _C.dequantize_rows(*arrays, nthreads=SETTINGS.num_threads(), out=out.view(rows.shape).numpy())
+            return out
+
+        return tuple(qdata.shape), fill
 
     # -- forward --------------------------------------------------------------------------------------
     def linear(self, module, x: torch.Tensor) -> torch.Tensor:
