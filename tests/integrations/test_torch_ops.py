@@ -260,3 +260,14 @@ def test_uint8_model_under_torch_compile_gives_eager_bits():
         x = torch.randn(rows, 32)
         with torch.no_grad():
             assert torch.equal(compiled(x), model(x))
+
+
+def test_uint8_layer_trains_under_torch_compile_with_aot_autograd():
+    # the op's backward is traced by AOTAutograd on tensor subclasses: it must call ops, not _C on .numpy()
+    torch.manual_seed(0)
+    model = mq.quantize(nn.Sequential(nn.Linear(40, 20)), dtype="uint8", activations=None).model
+    compiled = torch.compile(model, backend="aot_eager")
+    x = torch.randn(3, 40, requires_grad=True)
+    compiled(x).sum().backward()
+    w = model[0].dequantized_weight(torch.float32)
+    assert torch.allclose(x.grad, torch.ones(3, 20) @ w, rtol=1e-5, atol=1e-5)

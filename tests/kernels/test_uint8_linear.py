@@ -185,3 +185,11 @@ def test_float_fill_writes_the_dequantized_weight(granularity):
     with torch.no_grad():
         want = F.conv2d(x, conv.dequantized_weight(torch.float32), conv.bias, padding=1)
         assert torch.allclose(conv(x), want, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("rows", [3, 40, 200])  # the kernel, its panels, torch's op
+def test_the_op_passes_opcheck(rows):
+    """Schema, fake implementation, autograd registration and dispatch of mono_quant::uint8_linear."""
+    x, q, scale, zp, bias = _case(rows, 12, 33, seed=rows)
+    torch.library.opcheck(torch.ops.mono_quant.uint8_linear.default,
+                          (x.requires_grad_(), q, scale, zp, bias.requires_grad_()))

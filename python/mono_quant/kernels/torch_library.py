@@ -403,7 +403,9 @@ def _uint8_linear_backward(ctx, grad):
     x_dtype, has_bias = ctx.meta
     grad_x = None
     if ctx.needs_input_grad[0]:
-        grad_x = (grad.float() @ dequantize_rows(qdata, scale, zero_point).to(grad.device)).to(x_dtype)
+        # (the op, not the C call: AOTAutograd traces this backward on tensor subclasses)
+        w = torch.ops.mono_quant.dequantize_rows(qdata, scale, zero_point)
+        grad_x = (grad.float() @ w.to(grad.device)).to(x_dtype)
     grad_bias = grad.sum(0) if has_bias and ctx.needs_input_grad[4] else None
     return grad_x, None, None, None, grad_bias
 
