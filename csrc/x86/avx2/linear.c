@@ -614,9 +614,14 @@ MQ_INLINE __m256 h16_widen8(const uint16_t *w, int64_t n, int64_t k, int64_t row
 /* 8 weights of a row from column k0 as fp32, zeros beyond n and k (source: the weight's description). */
 typedef __m256 (*widen8_fn)(const void *source, int64_t row, int64_t k0);
 
-MQ_INLINE __m256 h16_widen8_of(const void *source, int64_t row, int64_t k0) {
+MQ_INLINE __m256 f16_widen8_of(const void *source, int64_t row, int64_t k0) {
     const mq_h16_weight *src = source;
-    return h16_widen8(src->w, src->n, src->k, row, k0, src->is_bf16);
+    return h16_widen8(src->w, src->n, src->k, row, k0, 0);
+}
+
+MQ_INLINE __m256 bf16_widen8_of(const void *source, int64_t row, int64_t k0) {
+    const mq_h16_weight *src = source;
+    return h16_widen8(src->w, src->n, src->k, row, k0, 1);
 }
 
 /* Panel p of a weight of n rows (rows: its first byte, row_bytes apart) widened by `widen` to float32
@@ -652,8 +657,11 @@ MQ_INLINE void panel_to_float(const void *source, const char *rows, int64_t row_
 /* Panel p of the 16-bit weight (source: an mq_h16_weight). */
 static void h16_panel_to_float(const void *source, int64_t p, float *wbuf) {
     const mq_h16_weight *src = source;
-    panel_to_float(src, (const char *)src->w, src->k * (int64_t)sizeof(uint16_t), src->n, src->kp, p, wbuf,
-                   h16_widen8_of);
+    const int64_t row_bytes = src->k * (int64_t)sizeof(uint16_t);
+    if (src->is_bf16) /* (two instances: the format's test out of the loop) */
+        panel_to_float(src, (const char *)src->w, row_bytes, src->n, src->kp, p, wbuf, bf16_widen8_of);
+    else
+        panel_to_float(src, (const char *)src->w, row_bytes, src->n, src->kp, p, wbuf, f16_widen8_of);
 }
 
 /* Rows [0, a->m) (m >= 3) x panels [p0, p1) on the quarter tiles, each panel widened by fill(src):
