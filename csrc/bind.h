@@ -101,6 +101,9 @@ int mq_check_int8_range(int qmin, int qmax, const char *fname); /* signed int8 o
 /* scale (float32) and zero_point (int32) of length 1 (per tensor) or rows. */
 int mq_qparam_arrays(mq_refs *refs, PyObject *scale_obj, PyObject *zp_obj, npy_intp rows, PyArrayObject **scale,
                      PyArrayObject **zp, int *per_row);
+/* An optional float32 bias of n entries (None: *bias = NULL), held in refs; else ValueError "bias
+ * has .. entries, the weight n <unit>" ("rows", "output channels"). */
+int mq_bias_in(mq_refs *refs, PyObject *b_obj, npy_intp n, const char *unit, PyArrayObject **bias);
 /* A size from the mq_size_* helpers (size_check.h): -1 is OverflowError. */
 int mq_size_fits(int64_t size, const char *fname, const char *what);
 /* The packed int8 weight of an [n, k] weight in `groups` blocks: a 1-D int8

@@ -206,3 +206,16 @@ int mq_q4_weight_arrays(mq_refs *refs, PyObject *p_obj, PyObject *s_obj, PyObjec
     }
     return 1;
 }
+
+int mq_bias_in(mq_refs *refs, PyObject *b_obj, npy_intp n, const char *unit, PyArrayObject **bias) {
+    static const int f32[] = {NPY_FLOAT32};
+    *bias = NULL;
+    if (b_obj == Py_None) return 1;
+    if (!(*bias = mq_array_in(refs, b_obj, "bias", f32, 1, 1, "float32"))) return 0;
+    if (PyArray_DIM(*bias, 0) != n) {
+        PyErr_Format(PyExc_ValueError, "bias has %zd entries, the weight %zd %s", (Py_ssize_t)PyArray_DIM(*bias, 0),
+                     (Py_ssize_t)n, unit);
+        return 0;
+    }
+    return 1;
+}

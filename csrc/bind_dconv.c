@@ -5,19 +5,6 @@
 #include "layout.h"
 
 /* bias: None, or float32 [n]: 1, or 0 with an exception set */
-static int bias_in(mq_refs *refs, PyObject *b_obj, npy_intp n, PyArrayObject **bias) {
-    static const int f32[] = {NPY_FLOAT32};
-    *bias = NULL;
-    if (b_obj == Py_None) return 1;
-    if (!(*bias = mq_array_in(refs, b_obj, "bias", f32, 1, 1, "float32"))) return 0;
-    if (PyArray_DIM(*bias, 0) != n) {
-        PyErr_Format(PyExc_ValueError, "bias has %zd entries, the weight %zd output channels",
-                     (Py_ssize_t)PyArray_DIM(*bias, 0), (Py_ssize_t)n);
-        return 0;
-    }
-    return 1;
-}
-
 /* (panels, biases) of wt, new arrays filled by mq_dconv_fill_panels; NULL with an exception set */
 static PyObject *panels_out(mq_refs *refs, const char *fname, const mq_dconv_weight *wt, npy_intp n, npy_intp groups,
                             int64_t k, int nthreads) {
@@ -57,7 +44,7 @@ static int int8_weight_in(mq_refs *refs, PyObject *p_obj, PyObject *s_obj, PyObj
                      (Py_ssize_t)n, (Py_ssize_t)PyArray_DIM(scale, 0), (Py_ssize_t)PyArray_DIM(zp, 0));
         return 0;
     }
-    if (!bias_in(refs, b_obj, n, &bias)) return 0;
+    if (!mq_bias_in(refs, b_obj, n, "output channels", &bias)) return 0;
     const int64_t k = mq_size_mul(cg, ks[0] * ks[1]);
     int64_t np_total;
     if (!(packed = mq_packed_int8_in(refs, p_obj, n, k, mq_packed_int8_bytes(n, k, groups, &np_total)))) return 0;
@@ -132,7 +119,7 @@ static PyObject *py_dconv_panels(PyObject *self, PyObject *args, PyObject *kw) {
                      MQ_MAX_CONV_ARG);
         goto done;
     }
-    if (!bias_in(&refs, b_obj, n, &bias)) goto done;
+    if (!mq_bias_in(&refs, b_obj, n, "output channels", &bias)) goto done;
     const mq_dconv_weight wt = {.h16 = wtype == NPY_FLOAT32 ? NULL : PyArray_DATA(w), .is_bf16 = is_bf16,
                                 .f32 = wtype == NPY_FLOAT32 ? PyArray_DATA(w) : NULL, .bias = mq_data_or_null(bias)};
     result = panels_out(&refs, "dconv_panels", &wt, n, groups, mq_size_mul(cg, mq_size_mul(kh, kwd)), nthreads);
@@ -328,7 +315,7 @@ static PyObject *py_dconv2d_int4(PyObject *self, PyObject *args, PyObject *kw) {
         goto done;
     const long long k = (long long)mq_size_mul(PyArray_DIM(x, 1) / groups, mq_size_mul(ks[0], ks[1]));
     if (!mq_q4_weight_arrays(&refs, p_obj, s_obj, z_obj, k, group, &packed, &scale, &zero) ||
-        !bias_in(&refs, b_obj, n, &bias))
+        !mq_bias_in(&refs, b_obj, n, "output channels", &bias))
         goto done;
     const mq_dconv_weight wt = {.q4 = PyArray_DATA(packed), .q4_scale = PyArray_DATA(scale),
                                 .q4_zero = PyArray_DATA(zero), .q4_kpad = PyArray_DIM(packed, 1) * 2,

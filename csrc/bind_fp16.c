@@ -42,14 +42,7 @@ static PyObject *py_h16_linear(PyObject *self, PyObject *args, PyObject *kw) {
                      (Py_ssize_t)n, (Py_ssize_t)PyArray_DIM(w, 1), (Py_ssize_t)PyArray_DIM(w, 1));
         goto done;
     }
-    if (b_obj != Py_None) {
-        if (!(bias = mq_array_in(&refs, b_obj, "bias", f32, 1, 1, "float32"))) goto done;
-        if (PyArray_DIM(bias, 0) != n) {
-            PyErr_Format(PyExc_ValueError, "bias has %zd entries, the weight %zd rows",
-                         (Py_ssize_t)PyArray_DIM(bias, 0), (Py_ssize_t)n);
-            goto done;
-        }
-    }
+    if (!mq_bias_in(&refs, b_obj, n, "rows", &bias)) goto done;
     npy_intp dims[2] = {m, n};
     if (!(out = mq_array_new(&refs, 2, dims, NPY_FLOAT32, 0))) goto done;
     if (m * n > 0) {
@@ -141,14 +134,7 @@ static PyObject *py_h16_conv2d(PyObject *self, PyObject *args, PyObject *kw) {
     if (!mq_size_fits(mq_size_mul(m, k), "h16_conv2d", "batch x output pixels x in_channels/groups x kernel area") ||
         !mq_size_fits(mq_size_mul(m, n), "h16_conv2d", "batch x output pixels x out_channels"))
         goto done;
-    if (b_obj != Py_None) {
-        if (!(bias = mq_array_in(&refs, b_obj, "bias", f32, 1, 1, "float32"))) goto done;
-        if (PyArray_DIM(bias, 0) != n) {
-            PyErr_Format(PyExc_ValueError, "bias has %zd entries, the weight %zd output channels",
-                         (Py_ssize_t)PyArray_DIM(bias, 0), (Py_ssize_t)n);
-            goto done;
-        }
-    }
+    if (!mq_bias_in(&refs, b_obj, n, "output channels", &bias)) goto done;
     if (direct && winograd) {
         PyErr_SetString(PyExc_ValueError, "h16_conv2d: direct=True and winograd=True both asked for; pass at most "
                                           "one of them (neither: the im2col GEMM)");

@@ -105,7 +105,7 @@ PyDoc_STRVAR(q4_linear_doc,
 static PyObject *py_q4_linear(PyObject *self, PyObject *args, PyObject *kw) {
     static char *kwlist[] = {"x", "packed", "scale", "zero_point", "group", "bias", "int8_activations", "nthreads",
                              NULL};
-    static const int xtypes[] = {NPY_FLOAT32, NPY_INT16, NPY_UINT16}, f32[] = {NPY_FLOAT32};
+    static const int xtypes[] = {NPY_FLOAT32, NPY_INT16, NPY_UINT16};
     PyObject *x_obj, *p_obj, *s_obj, *z_obj, *b_obj = Py_None, *result = NULL;
     long long group;
     int nthreads = 1, act_mode = -1;
@@ -133,14 +133,7 @@ static PyObject *py_q4_linear(PyObject *self, PyObject *args, PyObject *kw) {
                      "got group %lld", (Py_ssize_t)kpad, group);
         goto done;
     }
-    if (b_obj != Py_None) {
-        if (!(bias = mq_array_in(&refs, b_obj, "bias", f32, 1, 1, "float32"))) goto done;
-        if (PyArray_DIM(bias, 0) != rows) {
-            PyErr_Format(PyExc_ValueError, "bias has %zd entries, the weight %zd rows", (Py_ssize_t)PyArray_DIM(bias, 0),
-                         (Py_ssize_t)rows);
-            goto done;
-        }
-    }
+    if (!mq_bias_in(&refs, b_obj, rows, "rows", &bias)) goto done;
     npy_intp dims[2] = {PyArray_DIM(x, 0), rows};
     if (!(out = mq_array_new(&refs, 2, dims, NPY_FLOAT32, 0))) goto done;
     int rc;

@@ -50,14 +50,7 @@ static PyObject *py_u8_linear(PyObject *self, PyObject *args, PyObject *kw) {
             goto done;
         }
     }
-    if (b_obj != Py_None) {
-        if (!(bias = mq_array_in(&refs, b_obj, "bias", f32, 1, 1, "float32"))) goto done;
-        if (PyArray_DIM(bias, 0) != n) {
-            PyErr_Format(PyExc_ValueError, "bias has %zd entries, the weight %zd rows",
-                         (Py_ssize_t)PyArray_DIM(bias, 0), (Py_ssize_t)n);
-            goto done;
-        }
-    }
+    if (!mq_bias_in(&refs, b_obj, n, "rows", &bias)) goto done;
     npy_intp dims[2] = {m, n};
     if (!(out = mq_array_new(&refs, 2, dims, NPY_FLOAT32, 0))) goto done;
     if (m * n > 0) {
