@@ -32,6 +32,13 @@ static PyObject *py_u8_linear(PyObject *self, PyObject *args, PyObject *kw) {
         goto done;
     }
     if (!mq_qparam_arrays(&refs, s_obj, z_obj, n, &scale, &zp, &per_row)) goto done;
+    for (npy_intp j = 0; j < PyArray_DIM(zp, 0); j++) {
+        const int32_t z = ((const int32_t *)PyArray_DATA(zp))[j];
+        if (z < 0 || z > 255) {
+            PyErr_Format(PyExc_ValueError, "zero_point[%zd] = %d is outside uint8's 0..255", (Py_ssize_t)j, (int)z);
+            goto done;
+        }
+    }
     if (!per_row && n != 1) { /* per tensor: one value for every channel, as the kernels read one a channel */
         PyArrayObject *s_all, *z_all;
         if (!(s_all = mq_array_new(&refs, 1, &n, NPY_FLOAT32, 0)) || !(z_all = mq_array_new(&refs, 1, &n, NPY_INT32, 0)))
@@ -42,13 +49,6 @@ static PyObject *py_u8_linear(PyObject *self, PyObject *args, PyObject *kw) {
         }
         scale = s_all;
         zp = z_all;
-    }
-    for (npy_intp j = 0; j < (n ? PyArray_DIM(zp, 0) : 0); j++) {
-        const int32_t z = ((const int32_t *)PyArray_DATA(zp))[j];
-        if (z < 0 || z > 255) {
-            PyErr_Format(PyExc_ValueError, "zero_point[%zd] = %d is outside uint8's 0..255", (Py_ssize_t)j, (int)z);
-            goto done;
-        }
     }
     if (!mq_bias_in(&refs, b_obj, n, "rows", &bias)) goto done;
     npy_intp dims[2] = {m, n};

@@ -3,10 +3,10 @@
  *
  * The weight stays as stored (row-major [n][k], the module's weight_qdata): at a few rows a
  * call reads a quarter of an fp32 layer's bytes, and nothing is converted whole per call
- * (dequantizing a 4096 x 4096 weight for one row took 5x fp32's time).  Many rows take
- * torch's BLAS on the dequantized weight instead (kernels/row_rules.py U8_KERNEL_MAX_ROWS):
- * there the conversion is shared by the rows.  Outputs are split over threads as fp16.c's
- * (the same thresholds: a multiply-add here costs a widening and an FMA too). */
+ * (dequantizing a 4096 x 4096 weight for one row took 5x fp32's time).  More rows take the
+ * level's panels (below: each panel widened once per block of rows), then torch's BLAS on the
+ * dequantized weight (kernels/row_rules.py uint8_path).  Outputs are split over threads as
+ * fp16.c's (the same thresholds: a multiply-add here costs a widening and an FMA too). */
 #include "mq.h"
 
 /* Output columns per unit of work: a multiple of the AVX2 tile's 3 weight rows. */

@@ -9,9 +9,8 @@ from typing import Any, Dict, Mapping
 
 import torch
 
-from .. import _C
 from ..errors import CheckpointError
-from ..kernels.settings import SETTINGS
+from ..kernels.rows import dequantize_rows
 from ..kernels.uint8 import uint8_layer_takes, uint8_linear
 from ..packing import PACKED_BUFFERS, unpack_int8_linear
 from ..tensor import QuantizedWeight, channel_rows, check_input, quantize_int_with_error
@@ -83,11 +82,9 @@ class AffineIntFormat(WeightFormat):
                 or not (qdata.is_cpu and scale.is_cpu and zero.is_cpu)):
             return None
         rows = channel_rows(qdata, axis)
-        arrays = (rows.numpy(), scale.detach().to(torch.float32).reshape(-1).contiguous().numpy(),
-                  zero.detach().to(torch.int32).reshape(-1).contiguous().numpy())
 
         def fill(out: torch.Tensor) -> torch.Tensor:
-            _C.dequantize_rows(*arrays, nthreads=SETTINGS.num_threads(), out=out.view(rows.shape).numpy())
+            dequantize_rows(rows, scale, zero, out=out.view(rows.shape))
             return out
 
         return tuple(qdata.shape), fill
@@ -97,14 +94,14 @@ class AffineIntFormat(WeightFormat):
         """The packed int8 kernels where they take ``x`` (dynamic, or weight-only below the
         BLAS rule, packed_linear.takes_blas), else torch on the dequantized weight; a uint8
         weight streamed by its own kernel at a few rows (kernels/uint8.py)."""
-        if not self.packs:
+        if not self.packs:  # uint8
             y = kept_uint8_linear(module, x)  # the common call, through views kept per layer
             if y is not None:
                 return y
-        if not self.packs and uint8_layer_takes(module, x):
-            y = uint8_linear(x.reshape(-1, module.in_features), module.weight_qdata, module.weight_scale,
-                             module.weight_zero_point, module.bias)
-            return (y if x.dim() == 2 else y.reshape(*x.shape[:-1], module.out_features)).to(x.dtype)
+            if uint8_layer_takes(module, x):
+                y = uint8_linear(x.reshape(-1, module.in_features), module.weight_qdata, module.weight_scale,
+                                 module.weight_zero_point, module.bias)
+                return (y if x.dim() == 2 else y.reshape(*x.shape[:-1], module.out_features)).to(x.dtype)
         y = packed_linear.dynamic_linear(module, x)  # the common dynamic call, while its kept arguments hold
         if y is None:
             y = packed_linear.weight_only_linear(module, x)  # the same for weight-only layers

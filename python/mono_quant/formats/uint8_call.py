@@ -6,8 +6,8 @@ The general path (:func:`..kernels.uint8.uint8_linear`) converts the scale, zero
 on each call: ~25 us, half the kernel's time on a 768x768 layer at batch 1 (which then ran
 slower than fp32).  The views are kept with the stamp (kernels/stamps.py) of what they were
 made from, so a replaced or rewritten buffer or bias rebuilds them; the C call and its
-arguments are the general path's own, so the same bits (the BLAS's weight the same values, in
-a buffer kept across calls: a fresh tensor of megabytes is new pages faulted in per call).
+arguments are the general path's own, so the same bits (the BLAS's weight the same values:
+layer_cache.float_weight's, kept for a small weight, else made in this thread's buffer, as int4_call's).
 """
 from __future__ import annotations
 
@@ -20,8 +20,8 @@ from .. import _C
 from ..kernels.row_rules import uint8_path
 from ..kernels.settings import SETTINGS
 from ..kernels.stamps import make_stamp, tensors_unchanged
-from ..kernels.uint8 import uint8_kernel_arrays
-from .call_scratch import float_scratch
+from ..kernels.uint8 import uint8_kernel_arrays, uint8_weight_takes
+from . import layer_cache
 from .layer_cache import per_layer_cache
 
 __all__ = ["kept_uint8_linear"]
@@ -33,13 +33,11 @@ _SOURCES = (("_buffers", "weight_qdata"), ("_buffers", "weight_scale"), ("_buffe
 
 def _keep(module) -> tuple:
     stamp = make_stamp(module, _SOURCES)
-    qdata, bias = module._buffers.get("weight_qdata"), module.bias
     call = None
-    if (qdata is not None and qdata.dtype == torch.uint8 and qdata.dim() == 2 and qdata.shape[1] > 0
-            and qdata.is_cpu and getattr(module, "weight_axis", None) in (0, None) and module.weight_scale.is_cpu
-            and module.weight_zero_point.is_cpu and (bias is None or bias.is_cpu)):
-        call = (qdata.shape[1], qdata.shape[0], *uint8_kernel_arrays(qdata, module.weight_scale,
-                                                                     module.weight_zero_point, bias))
+    if uint8_weight_takes(module):
+        qdata, bias = module.weight_qdata, module.bias
+        arrays = uint8_kernel_arrays(qdata, module.weight_scale, module.weight_zero_point, bias)
+        call = (qdata.shape[1], qdata.shape[0], *arrays, None if arrays[3] is None else torch.from_numpy(arrays[3]))
     kept = (stamp, call)
     _CALLS[module] = kept
     return kept
@@ -59,13 +57,12 @@ def kept_uint8_linear(module, x: torch.Tensor) -> Optional[torch.Tensor]:
     x2d = x if x.dim() == 2 else x.reshape(-1, call[0])
     path = uint8_path(x2d.shape[0], call[0], SETTINGS.isa)
     if path == "torch":
-        bias = None if call[5] is None else torch.from_numpy(call[5])
-        out = float_scratch((call[1], call[0]), x2d, bias)
-        if out is None:
-            return None
-        _C.dequantize_rows(call[2], call[3], call[4], nthreads=SETTINGS.num_threads(), out=out.numpy())
-        y = F.linear(x2d, out, bias)
+        # torch's BLAS on the float32 weight, as the general path and a traced graph's op compute it:
+        # kept where it is small, else dequantized per call into this thread's buffer where it may
+        w = layer_cache.float_weight(module, call[0] * call[1], lambda: module.format.dequantize(module, torch.float32),
+                                     kept, op_inputs=(x2d, call[6]), fill=lambda: module.format.float_fill(module))
+        y = F.linear(x2d, w, call[6])
     else:
-        y = torch.from_numpy(_C.u8_linear(x2d.numpy(), *call[2:], nthreads=SETTINGS.num_threads(),
+        y = torch.from_numpy(_C.u8_linear(x2d.numpy(), *call[2:6], nthreads=SETTINGS.num_threads(),
                                           panels=path == "panels"))
     return y if x.dim() == 2 else y.reshape(*x.shape[:-1], call[1])

@@ -120,18 +120,21 @@ def rows_sqerr(x: torch.Tensor, q: torch.Tensor, scale: torch.Tensor, zero_point
 
 
 def dequantize_rows(q: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor,
-                    out_device: Optional[torch.device] = None) -> torch.Tensor:
-    """(q - zero_point) * scale per row, as float32."""
+                    out_device: Optional[torch.device] = None, *, out: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """(q - zero_point) * scale per row, as float32.  ``out``: a contiguous float32 CPU tensor of
+    the rows' shape to write them into (and return), e.g. a per-thread buffer (formats/call_scratch.py)."""
     q = as_rows(q)
     if q.device.type != "cpu" or q.dtype not in (torch.int8, torch.uint8):
-        return reference.dequantize_rows(q, scale, zero_point)
-    out = _C.dequantize_rows(
+        rows = reference.dequantize_rows(q, scale, zero_point)
+        return rows if out is None else out.copy_(rows)
+    y = _C.dequantize_rows(
         q.numpy(),
         scale.detach().to("cpu", torch.float32).contiguous().numpy(),
         zero_point.detach().to("cpu", torch.int32).contiguous().numpy(),
         nthreads=SETTINGS.num_threads(),
+        out=None if out is None else out.numpy(),
     )
-    return torch.from_numpy(out)
+    return out if out is not None else torch.from_numpy(y)
 
 
 def dequantize_packed_int8(packed: torch.Tensor, groups: int, out_g: int, k: int, taps: int, scale: torch.Tensor,

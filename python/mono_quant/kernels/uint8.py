@@ -16,25 +16,23 @@ from .row_rules import uint8_path
 from .rows import dequantize_rows
 from .settings import SETTINGS
 
-__all__ = ["uint8_linear", "uint8_kernel_takes", "uint8_layer_takes", "uint8_kernel_arrays"]
+__all__ = ["uint8_linear", "uint8_weight_takes", "uint8_layer_takes", "uint8_kernel_arrays"]
 
 
-def uint8_kernel_takes(x: torch.Tensor, qdata: torch.Tensor, scale: torch.Tensor) -> bool:
-    """Whether :func:`uint8_linear` takes ``x`` (``[..., k]``) for a uint8 Linear weight ``qdata``
-    ``[n, k]`` (k > 0) with ``scale`` per output channel or per tensor: CPU tensors, a float ``x``."""
-    return (qdata.dtype == torch.uint8 and qdata.dim() == 2 and qdata.shape[1] > 0 and x.dim() >= 1
-            and x.shape[-1] == qdata.shape[1]
-            and x.is_cpu and qdata.is_cpu and scale.is_cpu and scale.numel() in (1, qdata.shape[0])
-            and x.dtype in (torch.float32, torch.bfloat16, torch.float16))
+def uint8_weight_takes(module) -> bool:
+    """Whether a uint8 QuantizedLinear's weight suits :func:`uint8_linear`: a 2-D uint8 ``weight_qdata``
+    ``[n, k]`` (k > 0) per output channel or per tensor, its scale, zero-point and bias on the CPU."""
+    qdata, scale, bias = module._buffers.get("weight_qdata"), module.weight_scale, module.bias
+    return (qdata is not None and qdata.dtype == torch.uint8 and qdata.dim() == 2 and qdata.shape[1] > 0
+            and getattr(module, "weight_axis", None) in (0, None) and scale.numel() in (1, qdata.shape[0])
+            and qdata.is_cpu and scale.is_cpu and module.weight_zero_point.is_cpu and (bias is None or bias.is_cpu))
 
 
 def uint8_layer_takes(module, x: torch.Tensor) -> bool:
     """Whether a uint8 QuantizedLinear's forward on ``x`` runs :func:`uint8_linear` (eager) or its
-    op (traced graphs): a 2-D weight per output channel or per tensor, every tensor on the CPU."""
-    qdata, bias = module._buffers.get("weight_qdata"), module.bias
-    return (qdata is not None and getattr(module, "weight_axis", None) in (0, None)
-            and uint8_kernel_takes(x, qdata, module.weight_scale) and module.weight_zero_point.is_cpu
-            and (bias is None or bias.is_cpu))
+    op (traced graphs): :func:`uint8_weight_takes`, and a float CPU ``x`` of ``k`` features."""
+    return (x.dim() >= 1 and x.is_cpu and x.dtype in (torch.float32, torch.bfloat16, torch.float16)
+            and uint8_weight_takes(module) and x.shape[-1] == module.weight_qdata.shape[1])
 
 
 def uint8_kernel_arrays(qdata: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor,
