@@ -178,11 +178,11 @@ def test_a_file_with_a_2d_geometry_for_a_conv1d_is_refused(audio, tmp_path):
 
 def test_conv1d_static_int8_cannot_run_keeps_float_with_the_reason():
     torch.manual_seed(0)
-    model = nn.Sequential(nn.Conv1d(4, 8, 3, padding="same"), nn.ReLU(),
+    model = nn.Sequential(nn.Conv1d(4, 8, 4, padding="same"), nn.ReLU(),
                           nn.Conv1d(8, 8, 3, padding=1, padding_mode="reflect"), nn.Conv1d(8, 8, 1)).eval()
     result = _static(model, [torch.randn(16, 4, 12)], exclude=["3"])
     listed = {s.name: s.reason for s in result.skipped}
-    assert "string padding 'same'" in listed["0"] and "padding_mode 'reflect'" in listed["2"]
+    assert "padding 'same' with kernel_size (4,)" in listed["0"] and "padding_mode 'reflect'" in listed["2"]
     assert "3" in listed and "exclude" in listed["3"]
     x = torch.randn(2, 4, 12)
     with torch.no_grad():

@@ -28,6 +28,7 @@ from torch import fx, nn
 
 from ..fold_batchnorm import fold_batchnorm
 from .arguments import InputSpec
+from .conv_padding import padding_problem
 
 __all__ = ["PlanOp", "FusionPlan", "ValueRef", "build_plan", "TraceError", "LAYER_KINDS", "conv_unsupported"]
 
@@ -210,14 +211,10 @@ LAYER_KINDS = {nn.Conv2d: ("conv", nn.BatchNorm2d), nn.Conv1d: ("conv1d", nn.Bat
 
 
 def conv_unsupported(m: nn.Module) -> Optional[str]:
-    """What of a Conv1d / Conv2d the static kernels don't do (a string padding, a padding mode), or None."""
+    """What of a Conv1d / Conv2d the static kernels don't do (a padding mode, an uneven 'same'), or None."""
     if not isinstance(m, (nn.Conv1d, nn.Conv2d)):
         return None
-    if isinstance(m.padding, str):
-        return f"string padding {m.padding!r}"
-    if m.padding_mode != "zeros":
-        return f"padding_mode {m.padding_mode!r}"
-    return None
+    return padding_problem(m)
 
 
 def _bn_after(node: fx.Node, modules, bn_type) -> Optional[fx.Node]:

@@ -20,6 +20,7 @@ from torch import nn
 from ..errors import CheckpointError
 from ..io.layer_geometry import plain_value
 from .conv1d import StaticConv1d
+from .conv_padding import conv_padding, padding_problem
 from .modules import StaticConv2d, StaticLinear
 from .persist_float import FLOAT_MODULES, float_module_kwargs
 from .persist_float_weighted import WEIGHTED_FLOAT_MODULES, weighted_module_kwargs
@@ -55,12 +56,13 @@ def geometry_problem(layer: nn.Module, module: nn.Module) -> Optional[str]:
     of its class (None: the same): an attribute of STATIC_GEOMETRY, a padding the static kernels
     don't do, a bias the model has and the file not (the file may have one the model lacks: a
     BatchNorm folded in)."""
-    if isinstance(module, (nn.Conv1d, nn.Conv2d)) and (module.padding_mode != "zeros" or
-                                                      isinstance(module.padding, str)):
+    conv = isinstance(module, (nn.Conv1d, nn.Conv2d))
+    if conv and padding_problem(module):
         return f"padding {module.padding!r} ({module.padding_mode}) in the model, {tuple(layer.padding)} in the file"
     one_d = layer.float_geometry() if isinstance(layer, StaticConv1d) else {}
     for attr in STATIC_GEOMETRY[type(layer).__name__][1]:
-        got, want = plain_value(one_d.get(attr, getattr(layer, attr))), plain_value(getattr(module, attr))
+        want = conv_padding(module) if conv and attr == "padding" else getattr(module, attr)  # 'same' / 'valid' as numbers
+        got, want = plain_value(one_d.get(attr, getattr(layer, attr))), plain_value(want)
         if got != want:
             return f"{attr} {got} in the file, {want} in the model"
     if getattr(module, "bias", None) is not None and layer.bias is None:
