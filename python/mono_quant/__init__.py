@@ -16,7 +16,8 @@ from . import reference  # noqa: F401  (historical module names, kept importable
 from .formats import quantize_weight
 from .int4 import Int4Weight
 from .kernels import SETTINGS, cpu_info
-from .modules import QuantizedConv2d, QuantizedEmbedding, QuantizedLinear, QuantizedModule, register_qmodule
+from .modules import (QuantizedConv2d, QuantizedEmbedding, QuantizedEmbeddingBag, QuantizedLinear, QuantizedModule,
+                      register_qmodule)
 from .qtypes import QTYPES, get_qtype
 from .report import LayerReport, Report
 from .tensor import QuantizedWeight
@@ -46,6 +47,7 @@ __all__ = [
     "QuantizedLinear",
     "QuantizedConv2d",
     "QuantizedEmbedding",
+    "QuantizedEmbeddingBag",
     "Int4Weight",
     "register_qmodule",
     "MonoQuantError",

@@ -73,7 +73,7 @@ def quantize(
     tensors of a state_dict) to ``dtype``.
 
     Also replaced: nn.Conv1d and GPT-2's ``Conv1D`` (as their 2-D
-    equivalents), and nn.Embedding with ``embeddings=True``; every
+    equivalents), and nn.Embedding / nn.EmbeddingBag with ``embeddings=True``; every
     weight-bearing layer left float is in ``skipped`` with its reason
     (docs/huggingface.md has the coverage table).  The caller's model and tensors are never modified.  Options left as None
     (or ``DEFAULT``) take the config file's value, else the default in
@@ -100,8 +100,8 @@ def quantize(
             channel.  Rows are zero-padded to a multiple of 32 columns, so a
             layer's last group may be shorter.
         method: int4 only: "rtn", "mse" (default) or "hqq" (see ``mono_quant.int4``).
-        embeddings: Also quantize ``nn.Embedding`` tables (default False;
-            lookups dequantize only the rows they read).
+        embeddings: Also quantize ``nn.Embedding`` and ``nn.EmbeddingBag`` tables (default
+            False; lookups dequantize only the rows they read).
         reduce_range: int8 with activations="dynamic" only (else ConfigError):
             quantize activations to 7 bits (0..127 per row, with a zero-point)
             instead of 8, as torch.ao's ``reduce_range`` (default False).  Faster
@@ -333,7 +333,7 @@ def _skip_reason(m: nn.Module, names: List[str], cfg: QuantConfig, weights: Opti
     qcls = qmodule_for_selected(m, cfg)
     if reason is None and is_composite(qcls):  # several weights (LSTM, attention): their own checks
         return composite_skip_reason(qcls, m, cfg, weights)
-    if reason is None and (parametrized_base(m) or type(m)) is nn.Embedding:
+    if reason is None and (parametrized_base(m) or type(m)) in (nn.Embedding, nn.EmbeddingBag):
         if not cfg.embeddings:
             reason = "embedding tables are quantized only with embeddings=True"
         elif m.max_norm is not None:
@@ -534,7 +534,7 @@ def _declared_shape_reason(m: nn.Module, w: torch.Tensor) -> Optional[str]:
     elif isinstance(m, (nn.Conv1d, nn.Conv2d)):
         declared = (m.out_channels, m.in_channels // m.groups, *m.kernel_size)
         names = "out_channels, in_channels / groups, *kernel_size"
-    elif isinstance(m, nn.Embedding):
+    elif isinstance(m, (nn.Embedding, nn.EmbeddingBag)):
         declared, names = (m.num_embeddings, m.embedding_dim), "num_embeddings, embedding_dim"
     else:
         return None

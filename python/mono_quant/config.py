@@ -93,8 +93,8 @@ class QuantConfig:
             a positive multiple of 32; None (0 in a config file, which has
             no null) for one group per output channel.
         method: int4 only: "rtn", "mse" or "hqq"; None means "mse".
-        embeddings: Also quantize nn.Embedding tables (weight-only, rows
-            dequantized on lookup).
+        embeddings: Also quantize nn.Embedding and nn.EmbeddingBag tables
+            (weight-only, rows dequantized on lookup).
         reduce_range: int8 with activations="dynamic" only: quantize the
             activations to 7 bits (per row, asymmetric, 0..127) instead of 8,
             as torch.ao's and ONNX Runtime's ``reduce_range``: faster on AVX2

@@ -117,7 +117,7 @@ def hf_checkpoint_plan(src, keys: Iterable[str] = ()) -> HfCheckpointPlan:
         first = owners.setdefault(id(weight), (key, m))
         if first[0] != key:
             plan.tied[key] = first[0]
-        if isinstance(m, nn.Embedding):
+        if isinstance(m, (nn.Embedding, nn.EmbeddingBag)):
             plan.keep_float[key] = (type(m).__name__, "embedding tables are quantized only with embeddings=True "
                                                       "(quantize the model for that)")
         elif qcls is None:

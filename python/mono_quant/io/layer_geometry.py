@@ -1,4 +1,4 @@
-"""A saved conv layer's geometry against the model's layer it replaces at load.
+"""A saved conv layer's geometry (an embedding bag's reduction) against the model's layer it replaces at load.
 
 The file rebuilds the layer with its own stride, padding, dilation, groups and padding
 mode; a skeleton built with other values (another config of the same architecture) has
@@ -14,7 +14,8 @@ from .errors import CheckpointError
 
 __all__ = ["check_layer_geometry", "plain_value"]
 
-_GEOMETRY = ("kernel_size", "stride", "padding", "dilation", "groups", "padding_mode")
+_GEOMETRY = ("kernel_size", "stride", "padding", "dilation", "groups", "padding_mode",
+             "mode", "include_last_offset")  # (an EmbeddingBag's reduction)
 
 
 def plain_value(value):
@@ -30,8 +31,10 @@ def _has_bias(module: nn.Module) -> bool:
 def check_layer_geometry(name: str, float_module: nn.Module, qmodule: nn.Module) -> None:
     """Raise CheckpointError naming each geometry attribute the rebuilt ``qmodule`` and the
     model's ``float_module`` both have, with different values, and a bias one of them lacks."""
+    # an EmbeddingBag leaves padding_idx out of its bags (an Embedding's only holds its gradient)
+    attrs = _GEOMETRY + (("padding_idx",) if isinstance(float_module, nn.EmbeddingBag) else ())
     differ = [f"{attr} {plain_value(getattr(qmodule, attr))} in the checkpoint, {plain_value(getattr(float_module, attr))} "
-              f"in the model" for attr in _GEOMETRY
+              f"in the model" for attr in attrs
               if hasattr(qmodule, attr) and hasattr(float_module, attr)
               and plain_value(getattr(qmodule, attr)) != plain_value(getattr(float_module, attr))]
     if hasattr(qmodule, "bias") and hasattr(float_module, "bias") and _has_bias(qmodule) != _has_bias(float_module):

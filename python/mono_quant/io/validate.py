@@ -20,6 +20,7 @@ import torch
 from ..formats import ACTIVATION_MODES, ALLOWED_LAYER_TENSORS, FORMATS, BadLayer, WeightFormat
 from ..formats.checks import is_int, need, spec
 from ..modules.composite import is_composite
+from ..modules.embedding_bag import EMBEDDING_BAG_MODES
 from ..modules.registry import QMODULES, QMODULES_BY_NAME
 from ..orig_dtype import ORIG_DTYPES
 from .dtypes import dtype_name
@@ -125,9 +126,19 @@ def _embedding_kwargs(kw) -> tuple:
     return num, dim
 
 
+def _embedding_bag_kwargs(kw) -> tuple:
+    shape = _embedding_kwargs(kw)
+    need(kw.get("mode", "mean") in EMBEDDING_BAG_MODES,
+          f"mode {kw.get('mode')!r} is not one of {EMBEDDING_BAG_MODES}")
+    need(isinstance(kw.get("include_last_offset", False), bool),
+          f"include_last_offset {kw.get('include_last_offset')!r} is not a bool")
+    return shape
+
+
 # built-in class name -> the check of its init_kwargs, giving the weight shape they describe
 _KWARGS: Dict[str, Callable[[Mapping], tuple]] = {
     "QuantizedLinear": _linear_kwargs, "QuantizedConv2d": _conv_kwargs, "QuantizedEmbedding": _embedding_kwargs,
+    "QuantizedEmbeddingBag": _embedding_bag_kwargs,
 }
 
 

@@ -2,6 +2,7 @@
 from .conv import QuantizedConv2d
 from .conv1d import QuantizedConv1d
 from .embedding import QuantizedEmbedding
+from .embedding_bag import QuantizedEmbeddingBag
 from .gpt2_conv1d import QuantizedGPT2Conv1D
 from .linear import QuantizedLinear
 from .attention import QuantizedMultiheadAttention
@@ -10,5 +11,5 @@ from .rnn import QuantizedGRU, QuantizedLSTM, QuantizedRNN
 from .registry import QMODULES, QuantizedModule, qmodule_for, register_qmodule
 
 __all__ = ["QuantizedModule", "QuantizedLinear", "QuantizedConv2d", "QuantizedEmbedding", "register_qmodule", "qmodule_for", "QMODULES"]
-__all__ += ["QuantizedConv1d", "QuantizedGPT2Conv1D"]
+__all__ += ["QuantizedConv1d", "QuantizedGPT2Conv1D", "QuantizedEmbeddingBag"]
 __all__ += ["QuantizedComposite", "QuantizedLSTM", "QuantizedGRU", "QuantizedRNN", "QuantizedMultiheadAttention"]

@@ -11,7 +11,7 @@ from ..formats import format_of
 from ..orig_dtype import orig_dtype_of
 from .registry import QuantizedModule, register_qmodule
 
-__all__ = ["QuantizedEmbedding"]
+__all__ = ["QuantizedEmbedding", "lookup_rows"]
 
 
 @register_qmodule(nn.Embedding)
@@ -56,9 +56,15 @@ class QuantizedEmbedding(QuantizedModule):
         return q
 
     def forward(self, indices: torch.Tensor) -> torch.Tensor:
-        if traced_forward.use_ops(indices, self):  # graph capture: the torch.library ops
-            return traced_forward.embedding_forward(self, indices)
-        return self.format.embedding(self, indices)
+        return lookup_rows(self, indices)
 
     def extra_repr(self) -> str:
         return f"{self.num_embeddings}, {self.embedding_dim}, padding_idx={self.padding_idx}, " + super().extra_repr()
+
+
+def lookup_rows(module, indices: torch.Tensor) -> torch.Tensor:
+    """Rows ``indices`` of a quantized table (QuantizedEmbedding, QuantizedEmbeddingBag), dequantized
+    (only those read), shaped ``[*indices.shape, embedding_dim]`` in ``orig_dtype``."""
+    if traced_forward.use_ops(indices, module):  # graph capture: the torch.library ops
+        return traced_forward.embedding_forward(module, indices)
+    return module.format.embedding(module, indices)
