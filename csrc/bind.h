@@ -97,6 +97,7 @@ mq_src_t mq_src_kind(PyArrayObject *a);
 /* ---- argument checks: 1 when fine, else 0 with an exception set ------------------ */
 int mq_check_threads(int nthreads);
 int mq_check_qrange(int qmin, int qmax);                       /* int8 or uint8 */
+int mq_check_symmetric_qrange(int qmin, int qmax, int symmetric); /* a symmetric signed range past 0 */
 int mq_check_int8_range(int qmin, int qmax, const char *fname); /* signed int8 only */
 /* scale (float32) and zero_point (int32) of length 1 (per tensor) or rows. */
 int mq_qparam_arrays(mq_refs *refs, PyObject *scale_obj, PyObject *zp_obj, npy_intp rows, PyArrayObject **scale,

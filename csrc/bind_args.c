@@ -93,19 +93,30 @@ int mq_check_threads(int nthreads) {
     return 1;
 }
 
+/* A range holds the code of 0 (torch's observers' rule, qmin <= 0 <= qmax): the zero-point of
+ * asymmetric codes is clamped into it, so a range past 0 on one side would shift every value. */
 int mq_check_qrange(int qmin, int qmax) {
-    int ok = qmin < qmax && ((qmin >= -128 && qmax <= 127) || (qmin >= 0 && qmax <= 255));
+    int ok = qmin < qmax && qmin <= 0 && qmax >= 0 && ((qmin >= -128 && qmax <= 127) || (qmin >= 0 && qmax <= 255));
     if (!ok)
         PyErr_Format(PyExc_ValueError,
-                     "quantization range [%d, %d] must fit int8 (-128..127) or uint8 (0..255) with qmin < qmax",
+                     "quantization range [%d, %d] must fit int8 (-128..127) or uint8 (0..255) with qmin < qmax, "
+                     "and hold 0 (qmin <= 0 <= qmax)",
                      qmin, qmax);
     return ok;
 }
 
+/* Symmetric signed codes put the zero-point at 0: the range must reach past it on both sides. */
+int mq_check_symmetric_qrange(int qmin, int qmax, int symmetric) {
+    if (!symmetric || qmin >= 0 || qmax > 0) return 1;
+    PyErr_Format(PyExc_ValueError, "symmetric codes in [%d, %d]: a signed symmetric range needs qmax > 0 (its "
+                 "zero-point is 0, every positive value would be cut to it)", qmin, qmax);
+    return 0;
+}
+
 int mq_check_int8_range(int qmin, int qmax, const char *fname) {
-    if (qmin < 0 && qmin >= -128 && qmax <= 127 && qmin < qmax) return 1;
-    PyErr_Format(PyExc_ValueError, "%s needs a signed int8 range (-128 <= qmin < 0, qmin < qmax <= 127), got [%d, %d]",
-                 fname, qmin, qmax);
+    if (qmin < 0 && qmin >= -128 && qmax >= 0 && qmax <= 127 && qmin < qmax) return 1;
+    PyErr_Format(PyExc_ValueError, "%s needs a signed int8 range holding 0 (-128 <= qmin < 0 <= qmax <= 127), got "
+                 "[%d, %d]", fname, qmin, qmax);
     return 0;
 }
 

@@ -197,7 +197,7 @@ static PyObject *py_obs_mse_search(PyObject *self, PyObject *args, PyObject *kw)
     if (!PyArg_ParseTupleAndKeywords(args, kw, "OddffiipL:obs_mse_search", kwlist, &h_obj, &lo, &width, &range_lo,
                                      &range_hi, &qmin, &qmax, &symmetric, &ncand))
         return NULL;
-    if (!mq_check_qrange(qmin, qmax)) return NULL;
+    if (!mq_check_qrange(qmin, qmax) || !mq_check_symmetric_qrange(qmin, qmax, symmetric)) return NULL;
     if (ncand < 1 || ncand > 1000000 || !(width > 0.0) || !isfinite(width) || !isfinite(lo) ||
         !isfinite(range_lo) || !isfinite(range_hi)) {
         char msg[256]; /* snprintf: PyErr_Format has no %g */

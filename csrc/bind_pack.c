@@ -231,7 +231,9 @@ static PyObject *py_quantize_pack_int8(PyObject *self, PyObject *args, PyObject 
     if (!PyArg_ParseTupleAndKeywords(args, kw, "Oiip|piO:quantize_pack_int8", kwlist, &x_obj, &qmin, &qmax,
                                      &symmetric, &with_error, &nthreads, &out_obj))
         return NULL;
-    if (!mq_check_threads(nthreads) || !mq_check_int8_range(qmin, qmax, "quantize_pack_int8")) return NULL;
+    if (!mq_check_threads(nthreads) || !mq_check_int8_range(qmin, qmax, "quantize_pack_int8") ||
+        !mq_check_symmetric_qrange(qmin, qmax, symmetric))
+        return NULL;
     if (!(x = mq_array_in(&refs, x_obj, "x", mq_src_types, 4, 2, mq_src_expected))) goto done;
     npy_intp n = PyArray_DIM(x, 0), k = PyArray_DIM(x, 1);
     if (n < 1 || k < 1) {
@@ -317,7 +319,9 @@ static PyObject *py_quantize_pack_int8_file(PyObject *self, PyObject *args, PyOb
     if (!PyArg_ParseTupleAndKeywords(args, kw, "iLLLsiip|piO:quantize_pack_int8_file", kwlist, &fd, &offset, &rows,
                                      &cols, &dtype, &qmin, &qmax, &symmetric, &with_error, &nthreads, &out_obj))
         return NULL;
-    if (!mq_check_threads(nthreads) || !mq_check_int8_range(qmin, qmax, "quantize_pack_int8_file")) return NULL;
+    if (!mq_check_threads(nthreads) || !mq_check_int8_range(qmin, qmax, "quantize_pack_int8_file") ||
+        !mq_check_symmetric_qrange(qmin, qmax, symmetric))
+        return NULL;
     if (!file_dtype(dtype, &kind) || !file_holds_weight(fd, offset, rows, cols, kind, dtype)) return NULL;
     if (!qpack_outputs_new(&refs, &o, out_obj, "quantize_pack_int8_file", (npy_intp)rows, (npy_intp)cols,
                            with_error, NULL))

@@ -49,7 +49,7 @@ static PyObject *py_choose_qparams(PyObject *self, PyObject *args, PyObject *kw)
     if (!PyArg_ParseTupleAndKeywords(args, kw, "OOiip:choose_qparams", kwlist, &mn_obj, &mx_obj, &qmin, &qmax,
                                      &symmetric))
         return NULL;
-    if (!mq_check_qrange(qmin, qmax)) return NULL;
+    if (!mq_check_qrange(qmin, qmax) || !mq_check_symmetric_qrange(qmin, qmax, symmetric)) return NULL;
     if (!(mn = mq_array_in(&refs, mn_obj, "min", f32, 1, 1, "float32"))) goto done;
     if (!(mx = mq_array_in(&refs, mx_obj, "max", f32, 1, 1, "float32"))) goto done;
     npy_intp n = PyArray_DIM(mn, 0);
@@ -139,7 +139,9 @@ static PyObject *py_quantize_rows_fused(PyObject *self, PyObject *args, PyObject
     if (!PyArg_ParseTupleAndKeywords(args, kw, "Oiip|pi:quantize_rows_fused", kwlist, &x_obj, &qmin, &qmax,
                                      &symmetric, &with_error, &nthreads))
         return NULL;
-    if (!mq_check_qrange(qmin, qmax) || !mq_check_threads(nthreads)) return NULL;
+    if (!mq_check_qrange(qmin, qmax) || !mq_check_symmetric_qrange(qmin, qmax, symmetric) ||
+        !mq_check_threads(nthreads))
+        return NULL;
     if (!(x = mq_array_in(&refs, x_obj, "x", mq_src_types, 4, 2, mq_src_expected))) goto done;
     npy_intp rows = PyArray_DIM(x, 0);
     if (!(scale = mq_array_new(&refs, 1, &rows, NPY_FLOAT32, 0))) goto done;

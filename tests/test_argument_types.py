@@ -64,3 +64,13 @@ def test_a_config_files_bool_count_names_the_file(tmp_path):
     with pytest.raises(mq.ConfigError, match=f"config file {re.escape(str(path))}: .*min_weight_numel must "
                                              f"be a non-negative int, got True"):
         mq.quantize(nn.Linear(64, 8), config=path)
+
+
+def test_a_trainers_checkpoint_dict_says_to_pass_its_state_dict():
+    """quantize_checkpoint and the CLI unwrap {'state_dict': ...} files; quantize() on the loaded dict
+    raised a bare "must be a torch.Tensor, got OrderedDict" (no hint)."""
+    sd = torch.nn.Sequential(torch.nn.Linear(32, 32)).state_dict()
+    with pytest.raises(TypeError, match=r"a training checkpoint\? Pass checkpoint\['state_dict'\]"):
+        mq.quantize({"state_dict": sd, "epoch": 3}, "int8")
+    with pytest.raises(TypeError, match=r"state_dict\['step'\] must be a torch.Tensor, got int: .*drop other entries"):
+        mq.quantize({**sd, "step": 5}, "int8")

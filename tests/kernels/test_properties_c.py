@@ -212,7 +212,15 @@ def test_rows_minmax(src, isa, nthreads):
 
 
 QRANGES = st.sampled_from([(-128, 127), (0, 255), (-127, 127), (-8, 7), (0, 15), (-1, 0)])
-BAD_QRANGES = st.sampled_from([(0, 0), (5, 4), (-129, 127), (0, 256), (-1, 200), (-2**31, 2**31 - 1)])
+BAD_QRANGES = st.sampled_from([(0, 0), (5, 4), (-129, 127), (0, 256), (-1, 200), (-2**31, 2**31 - 1),
+                               (-127, -1), (1, 127), (10, 20), (-128, 0)])  # (without 0; symmetric without positives)
+
+
+def valid_qrange(qmin: int, qmax: int, symmetric: bool = False) -> bool:
+    """csrc/bind_args.c mq_check_qrange: int8 or uint8, holding 0 (torch's rule); symmetric signed codes
+    (zero-point 0) also past 0 on the positive side (mq_check_symmetric_qrange)."""
+    fits = (-128 <= qmin and qmax <= 127) or (0 <= qmin and qmax <= 255)
+    return qmin < qmax and qmin <= 0 <= qmax and fits and not (symmetric and qmin < 0 and qmax <= 0)
 
 
 @PROFILE
@@ -224,7 +232,7 @@ def test_choose_qparams(n, data, qrange, symmetric):
     if data.draw(st.integers(0, 4)) > 0:  # mostly real ranges (min <= max); else min > max somewhere, refused
         with np.errstate(invalid="ignore"):
             mn, mx = np.fmin(mn, mx), np.fmax(mn, mx)
-    valid_range = qmin < qmax and ((qmin >= -128 and qmax <= 127) or (qmin >= 0 and qmax <= 255))
+    valid_range = valid_qrange(qmin, qmax, symmetric)
     if not valid_range or not (np.isfinite(mn).all() and np.isfinite(mx).all()) or (mn > mx).any():
         raises_clearly(lambda: _C.choose_qparams(mn, mx, qmin, qmax, symmetric))  # (min > max: no range)
         return
@@ -277,7 +285,7 @@ def test_quantize_rows(src, qrange, use_fma, data, isa, nthreads):
 def test_quantize_rows_fused(src, qrange, symmetric, with_error, isa, nthreads):
     a, x, layout = src
     qmin, qmax = qrange
-    valid_range = qmin < qmax and ((qmin >= -128 and qmax <= 127) or (qmin >= 0 and qmax <= 255))
+    valid_range = valid_qrange(qmin, qmax, symmetric)
     call = lambda: _C.quantize_rows_fused(a, qmin, qmax, symmetric, with_error=with_error,  # noqa: E731
                                           nthreads=nthreads)
     if layout == "big_endian" or not valid_range:
@@ -424,7 +432,8 @@ SIGNED_QRANGES = st.sampled_from([(-128, 127), (-127, 127), (-8, 7)])
 
 
 @PROFILE
-@given(st.data(), SIGNED_QRANGES | st.sampled_from([(0, 255), (0, 127), (5, 4)]), st.booleans(), st.booleans(),
+@given(st.data(), SIGNED_QRANGES | st.sampled_from([(0, 255), (0, 127), (5, 4), (-127, -1), (-128, 0)]),
+       st.booleans(), st.booleans(),
        ISAS, THREADS)
 def test_quantize_pack_int8(data, qrange, symmetric, with_error, isa, nthreads):
     a, x, layout = data.draw(source_arrays(rows=data.draw(sizes(0, 40)), cols=data.draw(sizes(0, 150))))
@@ -432,7 +441,7 @@ def test_quantize_pack_int8(data, qrange, symmetric, with_error, isa, nthreads):
     n, k = x.shape
     call = lambda: _C.quantize_pack_int8(a, qmin, qmax, symmetric, with_error=with_error,  # noqa: E731
                                          nthreads=nthreads)
-    if layout == "big_endian" or not (-128 <= qmin < 0 and qmin < qmax <= 127) or n == 0 or k == 0:
+    if layout == "big_endian" or not valid_qrange(qmin, qmax, symmetric) or qmin >= 0 or n == 0 or k == 0:
         raises_clearly(call)
         return
     with at_isa(isa):

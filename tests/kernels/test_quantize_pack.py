@@ -97,10 +97,23 @@ def test_nonfinite_rows_reported(isa):
         quantize_and_pack_int8(w, -127, 127, True, False)
 
 
-@pytest.mark.parametrize("qmin,qmax", [(0, 255), (-127, 128), (5, 10), (-128, -128)])
+@pytest.mark.parametrize("qmin,qmax", [(0, 255), (-127, 128), (5, 10), (-128, -128), (-127, -1)])
 def test_rejects_non_int8_ranges(qmin, qmax):
     with pytest.raises(ValueError, match="signed int8 range"):
         _C.quantize_pack_int8(np.zeros((2, 2), np.float32), qmin, qmax, True)
+
+
+def test_a_symmetric_range_needs_positive_codes():
+    """[-128, 0] holds 0, so asymmetric codes may use it; symmetric ones put the zero-point at 0 and
+    would cut every positive weight to it (it was accepted, silently)."""
+    w = np.random.default_rng(0).standard_normal((16, 8)).astype(np.float32)
+    with pytest.raises(ValueError, match="symmetric range needs qmax > 0"):
+        _C.quantize_pack_int8(w, -128, 0, True)
+    with pytest.raises(ValueError, match="symmetric range needs qmax > 0"):
+        _C.quantize_rows_fused(w, -128, 0, True)
+    q, s, z = _C.quantize_rows_fused(w, -128, 0, False)[:3]
+    err = np.abs((q.astype(np.float32) - z[:, None]) * s[:, None] - w).max(axis=1)
+    assert (err <= s * 0.5 + 1e-6).all()  # asymmetric in [-128, 0]: every weight within half a step
 
 
 def test_rejects_bad_arrays():
