@@ -33,6 +33,7 @@ extern PyMethodDef mq_linear_methods[];   /* bind_linear.c: int8 linear and conv
 extern PyMethodDef mq_int4_methods[];     /* bind_int4.c */
 extern PyMethodDef mq_fp16_methods[];     /* bind_fp16.c: fp16 / bf16 weight linear */
 extern PyMethodDef mq_u8_methods[];       /* bind_u8.c: uint8 weight-only linear */
+extern PyMethodDef mq_embedding_methods[]; /* bind_embedding.c: 8-bit embedding tables */
 extern PyMethodDef mq_dconv_methods[];    /* bind_dconv.c: the direct conv on kept panels (weight-only int8) */
 extern PyMethodDef mq_observer_methods[]; /* bind_observers.c: calibration statistics */
 extern PyMethodDef mq_runtime_methods[];  /* bind_runtime.c: ISA level, threads, tuning knobs */

@@ -213,6 +213,7 @@ static const mq_kernels scalar_table = {
     .f16_gemm = mq_ref_f16_gemm,
     .bf16_gemm = mq_ref_bf16_gemm,
     .u8_gemm = mq_ref_u8_gemm,
+    .emb_rows = mq_ref_emb_rows,
     .h16_dconv_panel = mq_ref_h16_dconv_panel,
     .f32_dconv_panel = mq_ref_f32_dconv_panel,
     .q4_dconv_panel = mq_ref_q4_dconv_panel,
@@ -286,6 +287,7 @@ static void overlay(mq_kernels *dst, const mq_kernels *src) {
     TAKE(h16_panels);
     TAKE(u8_gemm);
     TAKE(u8_panels);
+    TAKE(emb_rows);
     if (src->amxbf16_gemm) {
         dst->amxbf16_pack_h16 = src->amxbf16_pack_h16;
         dst->amxbf16_pack_i8 = src->amxbf16_pack_i8;
@@ -335,6 +337,7 @@ static void init_tables(void) {
         if (cpu.f16c) overlay(&tables[MQ_ISA_AVX2], &mq_avx2_fp16_table); /* vcvtph2ps: its own cpuid bit */
         if (cpu.f16c) overlay(&tables[MQ_ISA_AVX2], &mq_avx2_h16_dconv_table);
         overlay(&tables[MQ_ISA_AVX2], &mq_avx2_u8_weight_table);
+        overlay(&tables[MQ_ISA_AVX2], &mq_avx2_embedding_table);
         overlay(&tables[MQ_ISA_AVX2], &mq_avx2_eltwise_table);
         overlay(&tables[MQ_ISA_AVX2], &mq_avx2_depthwise_table);
         overlay(&tables[MQ_ISA_AVX2], &mq_avx2_transpose_table);

@@ -8,7 +8,7 @@
 /* Every binding file's methods, one table per concern. */
 static PyMethodDef *const method_tables[] = {
     mq_quant_methods, mq_pack_methods, mq_linear_methods, mq_int4_methods, mq_observer_methods, mq_runtime_methods,
-    mq_static_methods, mq_static_program_methods, mq_fp16_methods, mq_u8_methods,
+    mq_static_methods, mq_static_program_methods, mq_fp16_methods, mq_u8_methods, mq_embedding_methods,
     mq_stamp_methods, mq_dynamic_conv_methods, mq_dconv_methods,
 };
 

@@ -346,6 +346,32 @@ typedef void (*mq_q4_gemv_i8_fn)(const int8_t *xq, int64_t m, const float *xscal
 typedef void (*mq_h16_gemm_fn)(const float *x, int64_t ldx, int64_t m, const uint16_t *w, int64_t ldw, int64_t kc,
                                int64_t n0, int64_t n1, const float *bias, int accumulate, float *y, int64_t ldy);
 
+/* ---- 8-bit embedding tables (embedding.c: lookups and bags) --------------------- */
+/* A table of num rows of dim int8 (is_signed) or uint8 codes, row-major, and a scale and an int32
+ * zero-point per row (per_row) or one for the table (zp NULL: all 0, symmetric codes: one random read
+ * less per row): a row's values are ((float)q - zp) * scale. */
+typedef struct {
+    const void *q;
+    int is_signed;
+    int64_t num, dim;
+    const float *scale;
+    const int32_t *zp;
+    int per_row;
+} mq_emb_table;
+enum { MQ_EMB_BAG_SUM = 0, MQ_EMB_BAG_MEAN = 1, MQ_EMB_BAG_MAX = 2 };
+/* A level's row loop over ids [first, last) (ids equal to padding_idx skipped; the rows of ids up
+ * to count prefetched ahead): acc [dim] = a row's values (MQ_EMB_SET), acc + them (MQ_EMB_ADD),
+ * fmaf(them, psw[j], acc) (MQ_EMB_ADD_WEIGHTED, torch's fused step) or max(acc, them) (MQ_EMB_MAX,
+ * "v > acc ? v : acc"; the first row SET), elementwise in float, every level the same bits; acc moves
+ * acc_step floats after each row taken (0: a bag's one accumulator, dim: a lookup's rows).  Returns
+ * the rows taken. */
+enum { MQ_EMB_SET = 0, MQ_EMB_ADD = 1, MQ_EMB_ADD_WEIGHTED = 2, MQ_EMB_MAX = 3 };
+typedef int64_t (*mq_emb_rows_fn)(const mq_emb_table *t, const int64_t *ids, int64_t first, int64_t last,
+                                  int64_t count, const float *psw, int op, int64_t padding_idx, float *acc,
+                                  int64_t acc_step);
+int64_t mq_ref_emb_rows(const mq_emb_table *t, const int64_t *ids, int64_t first, int64_t last, int64_t count,
+                        const float *psw, int op, int64_t padding_idx, float *acc, int64_t acc_step);
+
 /* ---- uint8 weights, weight-only (u8_linear.c driver) ------------------------
  * For i < m and j in [n0, n1), with w(j, k) = q[j * ldw + k] - zp[j] (exact in fp32):
  *   y[i * ldy + j] = scale[j] * sum_{k < kc} x[i * ldx + k] * w(j, k) + (bias ? bias[j] : 0)
@@ -538,6 +564,8 @@ typedef struct {
     /* uint8 weights, weight-only (u8_linear.c) */
     mq_u8_gemm_fn u8_gemm;
     mq_u8_panels_fn u8_panels; /* NULL where the level has none (u8_linear.c then declines) */
+    /* 8-bit embedding tables (embedding.c) */
+    mq_emb_rows_fn emb_rows;
     /* AMX-BF16 (the three set together) */
     mq_amxbf16_pack_h16_fn amxbf16_pack_h16;
     mq_amxbf16_pack_i8_fn amxbf16_pack_i8;
@@ -637,6 +665,7 @@ extern const mq_kernels mq_avx512_int4_table;         /* x86/avx512/int4.c */
 extern const mq_kernels mq_avx512vnni_int4_table;     /* x86/avx512_vnni/int4.c */
 extern const mq_kernels mq_avx2_fp16_table;           /* x86/avx2/fp16.c (F16C) */
 extern const mq_kernels mq_avx2_u8_weight_table;      /* x86/avx2/u8_weight.c */
+extern const mq_kernels mq_avx2_embedding_table;      /* x86/avx2/embedding.c */
 extern const mq_kernels mq_avx512_fp16_table;         /* x86/avx512/fp16.c */
 extern const mq_kernels mq_avx2_h16_dconv_table;      /* x86/avx2/h16_dconv.c (F16C) */
 extern const mq_kernels mq_avx512_h16_dconv_table;    /* x86/avx512/h16_dconv.c */
@@ -991,5 +1020,22 @@ void mq_ref_q4_dconv_panel(const uint8_t *codes, const uint16_t *scale, const ui
                            int64_t group, int64_t k, int64_t nb, int64_t ldp, float *panel);
 void mq_ref_h16_dconv(const float *x, const int64_t *pix, int64_t npix, const int64_t *off, int64_t kc,
                       const float *panel, int64_t ldp, const float *bias, int accumulate, float *out);
+
+/* ---- embedding.c: 8-bit embedding tables, lookups and bags (mq_emb_table above) ---- */
+/* The first position of an id outside [0, num), or -1. */
+int64_t mq_embedding_bad_id(const int64_t *ids, int64_t count, int64_t num);
+/* The first offset that is not a bag start (offsets[0] != 0, one past count, or one below the one
+ * before), or -1. */
+int64_t mq_embedding_bad_offset(const int64_t *offsets, int64_t noffsets, int64_t count);
+/* out [count][dim] = the rows of ids (every id checked in range).  No allocation. */
+void mq_embedding_rows(const mq_emb_table *t, const int64_t *ids, int64_t count, float *out, int nthreads);
+/* out [bags][dim]: bag b's rows ids[offsets[b] .. offsets[b + 1]) (the last bag's end count where
+ * offsets has bags entries), ids equal to padding_idx left out (-1: none), each row times psw[j]
+ * (NULL: none; sum only) and added in order (MQ_EMB_BAG_SUM), divided by the count (MEAN), or
+ * their maximum (MAX); an empty bag 0.  ids and offsets checked (mq_embedding_bad_*).  No allocation. */
+void mq_embedding_bag(const mq_emb_table *t, const int64_t *ids, int64_t count, const int64_t *offsets,
+                      int64_t noffsets, int64_t bags, const float *psw, int mode, int64_t padding_idx, float *out,
+                      int nthreads);
+
 
 #endif /* MQ_H */

@@ -70,7 +70,9 @@ class Int4Format(WeightFormat):
                            int8_activations=module.activations == "dynamic")
 
     def embedding_rows(self, module, flat: torch.Tensor) -> torch.Tensor:
-        qdata, scale, zero = module.weight_qdata[flat], module.weight_scale[flat], module.weight_zero_point[flat]
+        # (index_select: indexing with a tensor copies byte by byte)
+        qdata, scale, zero = (module.weight_qdata.index_select(0, flat), module.weight_scale.index_select(0, flat),
+                              module.weight_zero_point.index_select(0, flat))
         group = effective_group(module.embedding_dim, module.weight_group_size)
         if qdata.device.type == "cpu":
             return q4.q4_dequantize(qdata, scale, zero, module.embedding_dim, group)

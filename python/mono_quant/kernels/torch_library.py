@@ -29,6 +29,7 @@ from ..torch_features import capturing
 from . import reference
 from .fp16 import half_linear, half_path, path_code
 from .row_rules import int4_takes_blas, int8_weight_only_takes_amx, int8_weight_only_takes_blas
+from .embedding import eight_bit_table, embedding_bag, embedding_rows, reference_embedding_bag
 from .layout import PACKED_LAYOUT_VERSION, int8_packed_sizes, unpack_int8_rows
 from .rows import dequantize_rows, to_numpy
 from .settings import SETTINGS
@@ -493,12 +494,13 @@ def _embedding_lookup(indices, qdata, scale, zero_point, num_embeddings, embeddi
                       dequantize_int4=_dequantize_int4):
     flat = indices.reshape(-1)
     check_index_range(flat, num_embeddings)
-    q, s, z = qdata[flat], scale[flat], zero_point[flat]
-    if group:  # int4, group-wise along the embedding dimension
-        rows = dequantize_int4(q, s, z, embedding_dim, group)
-    else:  # int8 / uint8, one scale and zero-point per row
-        rows = (q.float() - z.float()[:, None]) * s.float()[:, None]
-    return rows.reshape(*indices.shape, embedding_dim)
+    if not group:  # int8 / uint8, one scale and zero-point per row: the C gather on the CPU (the same values)
+        table = eight_bit_table(qdata, scale, zero_point) if flat.device.type == "cpu" else None
+        rows = embedding_rows(table, flat) if table is not None else _eight_bit_rows(qdata, scale, zero_point, flat)
+        return rows.reshape(*indices.shape, embedding_dim)
+    # int4, group-wise along the embedding dimension (index_select: indexing with a tensor copies byte by byte)
+    q, s, z = qdata.index_select(0, flat), scale.index_select(0, flat), zero_point.index_select(0, flat)
+    return dequantize_int4(q, s, z, embedding_dim, group).reshape(*indices.shape, embedding_dim)
 
 
 _LIB.impl("embedding_lookup", _embedding_lookup, "CPU")
@@ -510,6 +512,78 @@ torch.library.register_fake(
     lambda indices, qdata, scale, zero_point, num_embeddings, embedding_dim, group:
         qdata.new_empty((*indices.shape, embedding_dim), dtype=torch.float32),
     lib=_LIB)
+
+# -- embedding bags of 8-bit tables (csrc/embedding.c) -------------------------------------------------------
+
+_LIB.define("embedding_bag_8bit(Tensor ids, Tensor offsets, Tensor? per_sample_weights, Tensor qdata, Tensor scale, "
+            "Tensor zero_point, int mode, int padding_idx, bool include_last_offset) -> Tensor")
+
+
+def _eight_bit_rows(qdata, scale, zero_point, ids):
+    """float32 rows ``ids`` of an 8-bit table in torch: ``((float)q - zp) * scale``, the C kernels' values."""
+    ids = ids.reshape(-1).to(torch.int64)
+    if scale.numel() == 1 and qdata.shape[0] != 1:  # one scale for the table
+        s, z = scale.float().reshape(1, 1), zero_point.float().reshape(1, 1)
+    else:
+        s, z = scale.float().index_select(0, ids)[:, None], zero_point.float().index_select(0, ids)[:, None]
+    return (qdata.index_select(0, ids).float() - z) * s
+
+
+def _embedding_bag_8bit(ids, offsets, per_sample_weights, qdata, scale, zero_point, mode, padding_idx,
+                        include_last_offset):
+    table = eight_bit_table(qdata, scale, zero_point)
+    if table is None or ids.device.type != "cpu":
+        return _embedding_bag_8bit_any_device(ids, offsets, per_sample_weights, qdata, scale, zero_point, mode,
+                                              padding_idx, include_last_offset)
+    return embedding_bag(table, ids, offsets, per_sample_weights, mode, padding_idx, include_last_offset)
+
+
+def _embedding_bag_8bit_any_device(ids, offsets, per_sample_weights, qdata, scale, zero_point, mode, padding_idx,
+                                   include_last_offset):
+    check_index_range(ids.reshape(-1), qdata.shape[0])
+    rows = _eight_bit_rows(qdata, scale, zero_point, ids)
+    return reference_embedding_bag(rows, ids, offsets, per_sample_weights, mode, padding_idx,
+                                   include_last_offset).contiguous()
+
+
+_LIB.impl("embedding_bag_8bit", _embedding_bag_8bit, "CPU")
+_LIB.impl("embedding_bag_8bit", _embedding_bag_8bit_any_device, _ANY_DEVICE)
+torch.library.register_fake(
+    "mono_quant::embedding_bag_8bit",
+    lambda ids, offsets, per_sample_weights, qdata, scale, zero_point, mode, padding_idx, include_last_offset:
+        qdata.new_empty((max(offsets.shape[0] - int(include_last_offset), 0), qdata.shape[1]), dtype=torch.float32),
+    lib=_LIB)
+
+
+def _embedding_bag_8bit_setup(ctx, inputs, output):
+    ids, offsets, per_sample_weights, qdata, scale, zero_point, mode, padding_idx, include_last_offset = inputs
+    ctx.save_for_backward(ids, offsets, qdata, scale, zero_point)
+    ctx.meta = (padding_idx, include_last_offset, None if per_sample_weights is None else per_sample_weights.dtype)
+
+
+def _embedding_bag_8bit_backward(ctx, grad):
+    """Only the per-sample weights get a gradient (mode sum): each id's row dotted with its bag's
+    output gradient (0 for padding ids and ids past the last bag)."""
+    nothing = (None,) * 9
+    padding_idx, include_last_offset, psw_dtype = ctx.meta
+    if psw_dtype is None or not ctx.needs_input_grad[2]:
+        return nothing
+    ids, offsets, qdata, scale, zero_point = ctx.saved_tensors
+    ids, offsets = ids.reshape(-1).to(torch.int64), offsets.to(torch.int64)
+    count, bags = ids.numel(), grad.shape[0]
+    positions = torch.arange(count, device=ids.device)
+    bag_of = (torch.searchsorted(offsets, positions, right=True) - 1).clamp(0, max(bags - 1, 0))
+    end = offsets[-1] if include_last_offset and offsets.numel() else torch.tensor(count, device=ids.device)
+    rows = _eight_bit_rows(qdata, scale, zero_point, ids)
+    g = (grad.float().index_select(0, bag_of) * rows).sum(1) if bags else rows.new_zeros(count)
+    keep = positions < end
+    if padding_idx >= 0:
+        keep = keep & (ids != padding_idx)
+    return None, None, torch.where(keep, g, torch.zeros_like(g)).to(psw_dtype), *nothing[3:]
+
+
+torch.library.register_autograd("mono_quant::embedding_bag_8bit", _embedding_bag_8bit_backward,
+                                setup_context=_embedding_bag_8bit_setup, lib=_LIB)
 
 # -- fp16 / bf16 weights ------------------------------------------------------------------------------------
 

@@ -1,27 +1,28 @@
 """QuantizedEmbeddingBag: replaces nn.EmbeddingBag when ``quantize(..., embeddings=True)``.
 
 Recommendation models keep most of their bytes in EmbeddingBag tables (sums or means of the rows of
-a bag of ids).  The table is stored as a QuantizedEmbedding's is; a call dequantizes the rows its
-bags read (modules/embedding.py ``lookup_rows``) and reduces them with torch's own
-``F.embedding_bag`` over those rows: offsets, ``include_last_offset``, ``per_sample_weights``,
-``padding_idx`` and the three modes keep torch's semantics and checks, and the result is
-nn.EmbeddingBag's on the dequantized table, bit for bit."""
+a bag of ids).  The table is stored as a QuantizedEmbedding's is.  An int8 / uint8 table (a scale per
+row or one for the table) is reduced straight from its codes in C (kernels/embedding.py: the rows'
+operations torch's F.embedding_bag applies to the dequantized table, in the same order, with no
+float rows made); other formats dequantize the rows their bags read and reduce them with torch's
+F.embedding_bag.  Offsets, ``include_last_offset``, ``per_sample_weights`` (and its gradient),
+``padding_idx`` and the three modes keep nn.EmbeddingBag's semantics and checks."""
 from __future__ import annotations
 
 from typing import Optional
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from ..formats import format_of
+from ..formats import format_of, traced_forward
+from ..kernels.embedding import BAG_MODES, eight_bit_table, embedding_bag, reference_embedding_bag
 from ..orig_dtype import orig_dtype_of
 from .embedding import lookup_rows
 from .registry import QuantizedModule, register_qmodule
 
 __all__ = ["QuantizedEmbeddingBag", "EMBEDDING_BAG_MODES"]
 
-EMBEDDING_BAG_MODES = ("sum", "mean", "max")
+EMBEDDING_BAG_MODES = tuple(BAG_MODES)
 
 
 @register_qmodule(nn.EmbeddingBag)
@@ -71,22 +72,57 @@ class QuantizedEmbeddingBag(QuantizedModule):
 
     def forward(self, input: torch.Tensor, offsets: Optional[torch.Tensor] = None,
                 per_sample_weights: Optional[torch.Tensor] = None) -> torch.Tensor:
-        try:
-            rows = lookup_rows(self, input)  # (the ids' dtype and range checked as nn.Embedding checks them)
-        except IndexError as exc:  # an id outside the table: nn.EmbeddingBag's RuntimeError, not nn.Embedding's
+        ids, starts, psw, include_last = self._arguments(input, offsets, per_sample_weights)
+        if self._eight_bit():  # int8 / uint8 rows reduced straight from the codes (csrc/embedding.c)
+            args = (ids, starts, psw, self.weight_qdata, self.weight_scale, self.weight_zero_point,
+                    BAG_MODES[self.mode], -1 if self.padding_idx is None else self.padding_idx, include_last)
+            table = None if traced_forward.use_ops(input if psw is None else psw, self) else \
+                eight_bit_table(*args[3:6])
+            try:
+                out = torch.ops.mono_quant.embedding_bag_8bit(*args) if table is None else \
+                    embedding_bag(table, *args[:3], *args[6:])
+            except IndexError as exc:  # an id outside the table: nn.EmbeddingBag's RuntimeError
+                raise RuntimeError(f"{exc} (an EmbeddingBag's input)") from None
+            return out.to(self.orig_dtype)
+        try:  # other formats: the rows read, dequantized, reduced by torch
+            rows = lookup_rows(self, ids)
+        except IndexError as exc:
             raise RuntimeError(f"{exc} (an EmbeddingBag's input)") from None
-        count = input.numel()
-        # Each id's own row: bags read positions 0 .. count - 1 of `rows`; an id equal to padding_idx
-        # reads the appended zero row instead, which torch's padding_idx leaves out of its bag.
-        local = torch.arange(count, dtype=input.dtype, device=input.device).reshape(input.shape)
-        table = rows.reshape(count, self.embedding_dim)
-        padding = None
-        if self.padding_idx is not None:
-            local = torch.where(input == self.padding_idx, torch.full_like(local, count), local)
-            table = torch.cat([table, table.new_zeros(1, self.embedding_dim)])
-            padding = count
-        return F.embedding_bag(local, table, offsets, mode=self.mode, per_sample_weights=per_sample_weights,
-                               include_last_offset=self.include_last_offset, padding_idx=padding)
+        return reference_embedding_bag(rows, ids, starts, psw, BAG_MODES[self.mode],
+                                       -1 if self.padding_idx is None else self.padding_idx, include_last)
+
+    def _eight_bit(self) -> bool:
+        """An int8 / uint8 table with a scale per row or one for the table (the C kernels' kind)."""
+        return self.weight_format in ("int8", "uint8") and getattr(self, "weight_axis", 0) in (0, None)
+
+    def _arguments(self, input, offsets, per_sample_weights):
+        """(ids, offsets, per_sample_weights, include_last_offset) as 1-D bags, after nn.EmbeddingBag's
+        checks (its exception types): a 2-D input is a batch of fixed-size bags."""
+        if input.dtype not in (torch.int64, torch.int32):
+            raise RuntimeError(f"embedding_bag ids must be int64 or int32, got {input.dtype}")
+        psw = per_sample_weights
+        if psw is not None:
+            if self.mode != "sum":
+                raise NotImplementedError(f"embedding_bag: per_sample_weights is only supported for mode='sum' "
+                                          f"(got mode={self.mode!r})")
+            if psw.shape != input.shape:
+                raise ValueError(f"embedding_bag: per_sample_weights ({tuple(psw.shape)}) must have the shape of "
+                                 f"the input ({tuple(input.shape)})")
+            if psw.dtype != self.orig_dtype:  # (torch: the table's dtype)
+                raise RuntimeError(f"embedding_bag: per_sample_weights of dtype {psw.dtype}, the table is "
+                                   f"{self.orig_dtype}")
+        if input.dim() == 2:
+            if offsets is not None:
+                raise ValueError("if input is 2D, then offsets has to be None, as input is treated as a mini-batch "
+                                 "of fixed length sequences")
+            bags, size = input.shape
+            starts = torch.arange(bags, dtype=torch.int64, device=input.device) * size
+            return input.reshape(-1), starts, None if psw is None else psw.reshape(-1), False
+        if input.dim() != 1:
+            raise ValueError(f"input has to be 1D or 2D Tensor, but got Tensor of dimension {input.dim()}")
+        if offsets is None or offsets.dim() != 1:
+            raise ValueError("offsets has to be a 1D Tensor" + (" but got None" if offsets is None else ""))
+        return input, offsets, psw, self.include_last_offset
 
     def extra_repr(self) -> str:
         return (f"{self.num_embeddings}, {self.embedding_dim}, mode={self.mode!r}, padding_idx={self.padding_idx}, "

@@ -1,0 +1,119 @@
+/* embedding.c - 8-bit embedding tables (int8 or uint8 codes, a scale and a zero-point per row or
+ * one for the table): a lookup's rows dequantized, and an embedding bag's sums / means / maxima
+ * of its rows read straight from the codes.
+ *
+ * A row's value is ((float)q - (float)zp) * scale, as the dequantized table holds it; a bag
+ * adds its rows in order (a per-sample weight's product fused into the add: fmaf, as torch's
+ * kernel does it, bit for bit), a mean divides the
+ * sum by the count, a maximum starts from the first row: the sequence of float operations
+ * torch's F.embedding_bag applies to the dequantized table.  The rows are random reads of a large
+ * table, so the time is their memory latency, which prefetching the rows of the ids a few places
+ * ahead hides, and a quarter of a float table's bytes to read.  The row loops are the level's
+ * (emb_rows: this file's scalar reference, x86/avx2/embedding.c). */
+#include <math.h>
+#include <string.h>
+
+#include "embedding_rows.h"
+#include "mq.h"
+
+#define ROW_STEP(T)                                                                                     \
+    do {                                                                                                \
+        const T *restrict r = (const T *)t->q + id * dim;                                               \
+        switch (step) {                                                                                 \
+        case MQ_EMB_SET:                                                                                \
+            for (int64_t k = 0; k < dim; k++) acc[k] = ((float)r[k] - z) * s;                           \
+            break;                                                                                      \
+        case MQ_EMB_ADD:                                                                                \
+            for (int64_t k = 0; k < dim; k++) acc[k] = acc[k] + ((float)r[k] - z) * s;                 \
+            break;                                                                                      \
+        case MQ_EMB_ADD_WEIGHTED:                                                                       \
+            for (int64_t k = 0; k < dim; k++) acc[k] = fmaf(((float)r[k] - z) * s, w, acc[k]);        \
+            break;                                                                                      \
+        default:                                                                                        \
+            for (int64_t k = 0; k < dim; k++) {                                                         \
+                const float v = ((float)r[k] - z) * s;                                                  \
+                acc[k] = v > acc[k] ? v : acc[k];                                                       \
+            }                                                                                           \
+        }                                                                                               \
+    } while (0)
+
+int64_t mq_ref_emb_rows(const mq_emb_table *t, const int64_t *ids, int64_t first, int64_t last, int64_t count,
+                        const float *psw, int op, int64_t padding_idx, float *acc, int64_t acc_step) {
+    const int64_t dim = t->dim;
+    int64_t n = 0;
+    for (int64_t j = first; j < last; j++) {
+        if (j + MQ_EMB_PREFETCH_AHEAD < count) mq_emb_prefetch_row(t, ids[j + MQ_EMB_PREFETCH_AHEAD]);
+        const int64_t id = ids[j];
+        if (id == padding_idx) continue;
+        const float s = mq_emb_scale(t, id), z = mq_emb_zero(t, id), w = psw ? psw[j] : 1.0f;
+        const int step = op == MQ_EMB_MAX && n == 0 ? MQ_EMB_SET : op;
+        if (t->is_signed)
+            ROW_STEP(int8_t);
+        else
+            ROW_STEP(uint8_t);
+        n++;
+        acc += acc_step;
+    }
+    return n;
+}
+#undef ROW_STEP
+
+int64_t mq_embedding_bad_id(const int64_t *ids, int64_t count, int64_t num) {
+    for (int64_t j = 0; j < count; j++)
+        if (ids[j] < 0 || ids[j] >= num) return j;
+    return -1;
+}
+
+int64_t mq_embedding_bad_offset(const int64_t *offsets, int64_t noffsets, int64_t count) {
+    if (noffsets > 0 && offsets[0] != 0) return 0;
+    for (int64_t b = 0; b < noffsets; b++)
+        if (offsets[b] < 0 || offsets[b] > count || (b > 0 && offsets[b] < offsets[b - 1])) return b;
+    return -1;
+}
+
+typedef struct {
+    const mq_emb_table *t;
+    const int64_t *ids, *offsets;
+    int64_t count, noffsets;
+    const float *psw;
+    int mode;
+    int64_t padding_idx;
+    float *out;
+} emb_ctx;
+
+static void rows_range(void *vctx, int64_t begin, int64_t end) {
+    const emb_ctx *c = vctx;
+    mq_active()->emb_rows(c->t, c->ids, begin, end, c->count, NULL, MQ_EMB_SET, -1, c->out + begin * c->t->dim,
+                          c->t->dim);
+}
+
+static void bags_range(void *vctx, int64_t begin, int64_t end) {
+    const emb_ctx *c = vctx;
+    const int64_t dim = c->t->dim;
+    const mq_emb_rows_fn rows = mq_active()->emb_rows;
+    const int op = c->mode == MQ_EMB_BAG_MAX ? MQ_EMB_MAX : c->psw ? MQ_EMB_ADD_WEIGHTED : MQ_EMB_ADD;
+    for (int64_t b = begin; b < end; b++) {
+        const int64_t first = c->offsets[b], last = b + 1 < c->noffsets ? c->offsets[b + 1] : c->count;
+        float *acc = c->out + b * dim;
+        memset(acc, 0, (size_t)dim * sizeof(float));
+        const int64_t n = rows(c->t, c->ids, first, last, c->count, c->psw, op, c->padding_idx, acc, 0);
+        if (c->mode == MQ_EMB_BAG_MEAN && n > 0)
+            for (int64_t k = 0; k < dim; k++) acc[k] = acc[k] / (float)n;
+    }
+}
+
+/* items of at least ~32 KiB of rows per thread's chunk */
+static int64_t min_chunk(int64_t per_item) { return ((int64_t)1 << 15) / (per_item > 0 ? per_item : 1) + 1; }
+
+void mq_embedding_rows(const mq_emb_table *t, const int64_t *ids, int64_t count, float *out, int nthreads) {
+    emb_ctx c = {t, ids, NULL, count, 0, NULL, 0, -1, out};
+    mq_parallel_for(count, min_chunk(t->dim), nthreads, rows_range, &c);
+}
+
+void mq_embedding_bag(const mq_emb_table *t, const int64_t *ids, int64_t count, const int64_t *offsets,
+                      int64_t noffsets, int64_t bags, const float *psw, int mode, int64_t padding_idx, float *out,
+                      int nthreads) {
+    emb_ctx c = {t, ids, offsets, count, noffsets, psw, mode, padding_idx, out};
+    const int64_t per_bag = bags > 0 ? (count / bags + 1) * t->dim : t->dim;
+    mq_parallel_for(bags, min_chunk(per_bag), nthreads, bags_range, &c);
+}
