@@ -177,3 +177,15 @@ def test_a_model_of_another_bag_is_refused_at_load(tmp_path, skeleton, message):
     path = mq.save(nn.Sequential(_quantized(_bag("mean"), "int8")), tmp_path / "bag.safetensors")
     with pytest.raises(CheckpointError, match=message):
         mq.load(path, model=nn.Sequential(skeleton))
+
+
+def test_a_table_loaded_over_the_layer_is_the_one_read_next():
+    """The C kernel's views of the buffers are kept per layer: a load_state_dict (copied in place) or a
+    replaced buffer must be what the next call reads."""
+    q, other = _quantized(_bag("sum"), "int8"), _quantized(nn.EmbeddingBag(60, 64, mode="sum"), "int8")
+    idx, offsets = torch.tensor([1, 2, 3, 4]), torch.tensor([0, 2])
+    before = q(idx, offsets)
+    q.load_state_dict(other.state_dict())
+    assert torch.equal(q(idx, offsets), other(idx, offsets)) and not torch.equal(q(idx, offsets), before)
+    q.weight_scale = q.weight_scale * 2  # (a new tensor)
+    assert torch.equal(q(idx, offsets), other(idx, offsets) * 2)

@@ -17,12 +17,13 @@ import torch
 import torch.nn.functional as F
 
 from ..packing import PACKED_BUFFERS
-from ..kernels.embedding import eight_bit_table, embedding_rows
+from ..kernels.embedding import embedding_rows
 from ..kernels.torch_library import check_index_range
 from ..qtypes import QType
 from .checks import is_int, need
 from . import layer_cache
 from .layer_cache import float_weight
+from .embedding_table import kept_eight_bit_table
 
 __all__ = ["WeightFormat", "ACTIVATION_MODES", "checked_activations", "INTEGER_BUFFERS", "PACKED_BUFFERS",
            "ALLOWED_LAYER_TENSORS"]
@@ -165,12 +166,11 @@ class WeightFormat:
         whole table (axis None, per tensor) or one per column (axis 1).  An 8-bit CPU table of the
         first two takes the C gather (kernels/embedding.py: the same values, one pass, no byte-by-byte
         indexing: 40 k rows of 64 from a 1 M-row table 12 ms -> under 1)."""
-        axis = getattr(module, "weight_axis", 0)
-        table = eight_bit_table(module.weight_qdata, module.weight_scale, module.weight_zero_point) \
-            if axis in (0, None) and flat.device.type == "cpu" else None
+        table = kept_eight_bit_table(module) if flat.device.type == "cpu" else None
         if table is not None:
             return embedding_rows(table, flat)
-        scale, zero = embedding_row_params(module.weight_scale, module.weight_zero_point, axis, flat)
+        scale, zero = embedding_row_params(module.weight_scale, module.weight_zero_point,
+                                           getattr(module, "weight_axis", 0), flat)
         return (module.weight_qdata.index_select(0, flat).float() - zero) * scale
 
     # -- the manifest and files ---------------------------------------------------------------------

@@ -15,7 +15,8 @@ import torch
 from torch import nn
 
 from ..formats import format_of, traced_forward
-from ..kernels.embedding import BAG_MODES, eight_bit_table, embedding_bag, reference_embedding_bag
+from ..formats.embedding_table import kept_eight_bit_table
+from ..kernels.embedding import BAG_MODES, embedding_bag, reference_embedding_bag
 from ..orig_dtype import orig_dtype_of
 from .embedding import lookup_rows
 from .registry import QuantizedModule, register_qmodule
@@ -77,7 +78,7 @@ class QuantizedEmbeddingBag(QuantizedModule):
             args = (ids, starts, psw, self.weight_qdata, self.weight_scale, self.weight_zero_point,
                     BAG_MODES[self.mode], -1 if self.padding_idx is None else self.padding_idx, include_last)
             table = None if traced_forward.use_ops(input if psw is None else psw, self) else \
-                eight_bit_table(*args[3:6])
+                kept_eight_bit_table(self)
             try:
                 out = torch.ops.mono_quant.embedding_bag_8bit(*args) if table is None else \
                     embedding_bag(table, *args[:3], *args[6:])

@@ -1,0 +1,32 @@
+"""An 8-bit embedding table's C kernel arrays (kernels/embedding.py eight_bit_table), kept per layer.
+
+Making the NumPy views and checking the buffers took ~15 us a call, as much as torch's whole
+lookup of a few ids; the views are kept with the stamp (kernels/stamps.py) of the buffers they
+were made from, so a replaced or rewritten buffer rebuilds them."""
+from __future__ import annotations
+
+from typing import Optional
+
+from ..kernels.embedding import eight_bit_table
+from ..kernels.stamps import make_stamp, tensors_unchanged
+from .layer_cache import per_layer_cache
+
+__all__ = ["kept_eight_bit_table"]
+
+_TABLES = per_layer_cache()
+_SOURCES = (("_buffers", "weight_qdata"), ("_buffers", "weight_scale"), ("_buffers", "weight_zero_point"),
+            (None, "weight_axis"))
+
+
+def kept_eight_bit_table(module) -> Optional[tuple]:
+    """eight_bit_table's arrays of an embedding layer's int8 / uint8 table with a scale per row or one
+    for the table (weight_axis 0 or None) on the CPU, or None."""
+    kept = _TABLES.get(module)
+    if kept is None or not tensors_unchanged(module.__dict__, kept[0]):
+        stamp = make_stamp(module, _SOURCES)
+        table = None
+        if getattr(module, "weight_axis", 0) in (0, None) and "weight_qdata" in module._buffers:
+            table = eight_bit_table(module.weight_qdata, module.weight_scale, module.weight_zero_point)
+        kept = (stamp, table)
+        _TABLES[module] = kept
+    return kept[1]
