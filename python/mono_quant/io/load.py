@@ -30,6 +30,7 @@ from .skeleton import materialize_non_persistent_buffers
 from .manifest import check_against_header, layer_key, parse_manifest, quantized_class
 from .rebuild import (check_weight_shape, dequantize_layer, is_uninitialized, packed_int8_layer, packed_linear,
                       rebuild_saved, stored_weight)
+from .composite_names import rename_composite_tensors
 from .composites import expand_shells, finish_shells, load_float_parameters
 from ..compiled_models import PREFIX, compiled_inner, compiled_like
 from .validate import check_bias, check_layer
@@ -201,8 +202,10 @@ class QuantizedStateDict(Mapping):
     def dequantize(self, dtype: Optional[torch.dtype] = None) -> "OrderedDict[str, torch.Tensor]":
         """A float state_dict: each quantized layer's weight dequantized to
         ``dtype`` (default: its original dtype, float32 when unknown) under
-        ``<layer>.weight``, its bias under ``<layer>.bias``; every other
-        tensor as stored.  Raises CheckpointError for inconsistent layers."""
+        ``<layer>.weight``, its bias under ``<layer>.bias`` (an LSTM / GRU / RNN's or
+        a MultiheadAttention's under the float module's names: ``weight_ih_l0``,
+        ``in_proj_weight``, ...); every other tensor as stored.  Raises
+        CheckpointError for inconsistent layers."""
         layer_keys = self._layer_keys()
         out: "OrderedDict[str, torch.Tensor]" = OrderedDict()
         pending = {}
@@ -218,6 +221,7 @@ class QuantizedStateDict(Mapping):
                     out[layer_key(name, "bias")] = bias
             elif key not in layer_keys:
                 out[key] = t
+        rename_composite_tensors(out, self.manifest.get("composites", {}))  # (the float modules' names)
         return out
 
     def _dequantized_layer(self, layer, dtype) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:

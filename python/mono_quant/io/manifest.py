@@ -14,7 +14,10 @@ Layout (``__metadata__["mono_quant"]``, a JSON string)::
                  # kind "model" only: how to rebuild the module
                  "class": "QuantizedLinear", "init_kwargs": {...}, "attrs": {...}, "aliases": ["fc1_again"]}],
      "tensor_aliases": {"lm_head.weight": "embed.weight"},
-     "config": {...} | null, "skipped": [[name, type, reason], ...]}
+     "config": {...} | null, "skipped": [[name, type, reason], ...],
+     # kind "model", where the model has quantized LSTM / GRU / RNN / MultiheadAttention modules
+     # (absent otherwise, and in older files): their paths, for the float names of their children
+     "composites": {"encoder.lstm": "LSTM"}}
 
 A layer's tensors are stored under ``name + "." + local name``.  Kind
 "model" files come from ``save(quantized_model)`` and rebuild each module with
@@ -41,6 +44,7 @@ from ..modules.registry import QMODULES, QMODULES_BY_NAME
 from ..version import __version__
 from .container import SafetensorsHeader
 from .dtypes import dtype_name
+from .composite_names import check_composites
 from .errors import CheckpointError
 from .untrusted_json import UntrustedJSONError, loads_bounded
 
@@ -134,6 +138,8 @@ def parse_manifest(metadata: Optional[Mapping[str, str]], path: str = "") -> Dic
     _require(isinstance(aliases, dict) and all(isinstance(k, str) and isinstance(v, str) for k, v in aliases.items()),
              where, "tensor_aliases must map names to names")
     check_layer_list(m.get("layers"), m["kind"], where)
+    if "composites" in m:
+        check_composites(m["composites"], where)
     return m
 
 

@@ -18,6 +18,7 @@ from ..report import storage_view
 from ..result import QuantizationResult
 from ..strictness import QUANTIZED_SUFFIXES
 from .atomic import atomic_output
+from .composite_names import composite_entries
 from .layers import guess_orig_dtype, quantized_layer_entries, state_dict_layer_entry
 from .manifest import dump_manifest, new_manifest
 from .file_kinds import kind_for_object
@@ -132,6 +133,9 @@ def _check_tensors(sd: Mapping) -> Dict[str, torch.Tensor]:
 def _model_payload(model: nn.Module, config, skipped) -> Tuple[dict, Dict[str, torch.Tensor]]:
     manifest = new_manifest("model", config, skipped)
     manifest["layers"].extend(quantized_layer_entries(model))
+    composites = composite_entries(model)
+    if composites:  # (absent when none: files without it read as before)
+        manifest["composites"] = composites
     return manifest, _check_tensors(state_by_module_name(model))
 
 
