@@ -1,6 +1,6 @@
-/* embedding.c - 8-bit embedding tables (int8 or uint8 codes, a scale and a zero-point per row or
- * one for the table): a lookup's rows dequantized, and an embedding bag's sums / means / maxima
- * of its rows read straight from the codes.
+/* embedding.c - quantized embedding tables (int8 or uint8 codes, a scale and a zero-point per row or
+ * one for the table; or int4 rows, group-wise, as int4 weights are stored): a lookup's rows
+ * dequantized, and an embedding bag's sums / means / maxima of its rows read straight from the codes.
  *
  * A row's value is ((float)q - (float)zp) * scale, as the dequantized table holds it; a bag
  * adds its rows in order (a per-sample weight's product fused into the add: fmaf, as torch's
@@ -45,8 +45,25 @@ int64_t mq_ref_emb_rows(const mq_emb_table *t, const int64_t *ids, int64_t first
         if (j + MQ_EMB_PREFETCH_AHEAD < count) mq_emb_prefetch_row(t, ids[j + MQ_EMB_PREFETCH_AHEAD]);
         const int64_t id = ids[j];
         if (id == padding_idx) continue;
-        const float s = mq_emb_scale(t, id), z = mq_emb_zero(t, id), w = psw ? psw[j] : 1.0f;
         const int step = op == MQ_EMB_MAX && n == 0 ? MQ_EMB_SET : op;
+        const float w = psw ? psw[j] : 1.0f;
+        if (t->group > 0) { /* int4: a 32-column block's values at a time */
+            float v[MQ_Q4_BLOCK];
+            for (int64_t b = 0; b < dim; b += MQ_Q4_BLOCK) {
+                mq_emb_q4_block(t, id, b, v);
+                const int64_t cols = dim - b < MQ_Q4_BLOCK ? dim - b : MQ_Q4_BLOCK;
+                float *a = acc + b;
+                for (int64_t k = 0; k < cols; k++)
+                    a[k] = step == MQ_EMB_SET ? v[k]
+                         : step == MQ_EMB_ADD ? a[k] + v[k]
+                         : step == MQ_EMB_ADD_WEIGHTED ? fmaf(v[k], w, a[k])
+                         : v[k] > a[k] ? v[k] : a[k];
+            }
+            n++;
+            acc += acc_step;
+            continue;
+        }
+        const float s = mq_emb_scale(t, id), z = mq_emb_zero(t, id);
         if (t->is_signed)
             ROW_STEP(int8_t);
         else

@@ -14,9 +14,29 @@ static inline float mq_emb_zero(const mq_emb_table *t, int64_t id) {
     return t->zp ? (float)t->zp[t->per_row ? id : 0] : 0.0f;
 }
 
+/* An int4 row's 32-column block at column b (b % 32 == 0): its values, ((float)code - zero) * scale,
+ * into v[0..32) (the padded columns past dim too: the row holds kpad). */
+static inline void mq_emb_q4_block(const mq_emb_table *t, int64_t id, int64_t b, float *v) {
+    const int64_t ngroups = (t->kpad + t->group - 1) / t->group, g = b / t->group;
+    const uint8_t *bytes = (const uint8_t *)t->q + id * (t->kpad / 2) + b / 2;
+    const float s = mq_f16_to_f32(t->scale16[id * ngroups + g]), z = (float)t->zero8[id * ngroups + g] / 16.0f;
+    for (int j = 0; j < 16; j++) {
+        v[j] = ((float)(bytes[j] & 15) - z) * s;
+        v[j + 16] = ((float)(bytes[j] >> 4) - z) * s;
+    }
+}
+
 /* a row's codes, and its scale and zero-point: two more random reads of a large table (4 MiB each
  * at a million rows) */
 static inline void mq_emb_prefetch_row(const mq_emb_table *t, int64_t id) {
+    if (t->group > 0) { /* int4: the packed row, its groups' scales and zero-points */
+        const int64_t ngroups = (t->kpad + t->group - 1) / t->group;
+        const uintptr_t row = (uintptr_t)((const char *)t->q + id * (t->kpad / 2)), end = row + (uintptr_t)(t->kpad / 2);
+        for (uintptr_t line = row & ~(uintptr_t)63; line < end; line += 64) __builtin_prefetch((const void *)line);
+        __builtin_prefetch(t->scale16 + id * ngroups);
+        __builtin_prefetch(t->zero8 + id * ngroups);
+        return;
+    }
     /* every line the row touches: a table need not start on a line (NumPy's arrays are 16-byte
      * aligned), and a row's second line missed (1.0 ms against 0.6 for a bag of 40 k ids) */
     const uintptr_t row = (uintptr_t)((const char *)t->q + id * t->dim), end = row + (uintptr_t)t->dim;

@@ -346,10 +346,13 @@ typedef void (*mq_q4_gemv_i8_fn)(const int8_t *xq, int64_t m, const float *xscal
 typedef void (*mq_h16_gemm_fn)(const float *x, int64_t ldx, int64_t m, const uint16_t *w, int64_t ldw, int64_t kc,
                                int64_t n0, int64_t n1, const float *bias, int accumulate, float *y, int64_t ldy);
 
-/* ---- 8-bit embedding tables (embedding.c: lookups and bags) --------------------- */
-/* A table of num rows of dim int8 (is_signed) or uint8 codes, row-major, and a scale and an int32
- * zero-point per row (per_row) or one for the table (zp NULL: all 0, symmetric codes: one random read
- * less per row): a row's values are ((float)q - zp) * scale. */
+/* ---- quantized embedding tables (embedding.c: lookups and bags) --------------------- */
+/* A table of num rows of dim values.  group == 0: 8-bit codes, int8 (is_signed) or uint8, row-major
+ * [num][dim], a float scale and an int32 zero-point per row (per_row) or one for the table (zp NULL:
+ * all 0): a row's values are ((float)q - zp) * scale.  group > 0: int4 rows as int4 weights store them
+ * (layout.h: [num][kpad / 2] bytes, codes j and j + 16 of each 32-column block in one byte), an fp16
+ * scale (scale16) and a u4.4 zero-point (zero8) per row and group of columns [num][ngroups]: a value
+ * is ((float)code - zero8 / 16.0f) * scale, as mq_q4_dequantize gives it. */
 typedef struct {
     const void *q;
     int is_signed;
@@ -357,6 +360,9 @@ typedef struct {
     const float *scale;
     const int32_t *zp;
     int per_row;
+    int64_t group, kpad;      /* int4 only */
+    const uint16_t *scale16; /* int4 only */
+    const uint8_t *zero8;    /* int4 only */
 } mq_emb_table;
 enum { MQ_EMB_BAG_SUM = 0, MQ_EMB_BAG_MEAN = 1, MQ_EMB_BAG_MAX = 2 };
 /* A level's row loop over ids [first, last) (ids equal to padding_idx skipped; the rows of ids up
@@ -1021,7 +1027,7 @@ void mq_ref_q4_dconv_panel(const uint8_t *codes, const uint16_t *scale, const ui
 void mq_ref_h16_dconv(const float *x, const int64_t *pix, int64_t npix, const int64_t *off, int64_t kc,
                       const float *panel, int64_t ldp, const float *bias, int accumulate, float *out);
 
-/* ---- embedding.c: 8-bit embedding tables, lookups and bags (mq_emb_table above) ---- */
+/* ---- embedding.c: quantized embedding tables, lookups and bags (mq_emb_table above) ---- */
 /* The first position of an id outside [0, num), or -1. */
 int64_t mq_embedding_bad_id(const int64_t *ids, int64_t count, int64_t num);
 /* The first offset that is not a bag start (offsets[0] != 0, one past count, or one below the one

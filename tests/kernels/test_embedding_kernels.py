@@ -141,3 +141,44 @@ def test_bad_arguments_are_clear_errors():
         bag(q, scale, zp.astype(np.int64), ids, offsets)
     empty = bag(q, scale, zp, np.zeros(0, np.int64), np.zeros(3, np.int64))
     assert empty.shape == (3, 8) and not empty.any()
+
+
+@pytest.mark.parametrize("cols, group", [(1, 32), (31, 32), (33, 32), (100, 64), (64, None), (200, 96)])
+def test_int4_tables_give_torchs_bits_on_their_dequantized_rows(cols, group):
+    from mono_quant.formats.int4_weight import effective_group, quantize_int4_rows
+    torch.manual_seed(0)
+    weight = torch.randn(40, cols)
+    packed, scale, zero, _, _ = quantize_int4_rows(weight, group, False, "rtn", False)
+    g = effective_group(cols, group)
+    q, s, z = packed.numpy(), scale.numpy(), zero.numpy()
+    table = torch.from_numpy(_C.q4_dequantize(q, s, z, cols, g))  # the layer's dequantized table
+    ids, offsets = _bags(40, seed=5)
+    psw = np.linspace(-1, 2, len(ids)).astype(np.float32)
+    for mode, m in MODES.items():
+        for weights in ([None, psw] if mode == "sum" else [None]):
+            want = F.embedding_bag(torch.from_numpy(ids), table, torch.from_numpy(offsets), mode=mode,
+                                   per_sample_weights=None if weights is None else torch.from_numpy(weights))
+            for isa in SUPPORTED:
+                with at_isa(isa):
+                    got = _C.embedding_bag(q, s, z, ids, offsets, weights, mode=m, group=g, cols=cols, nthreads=2)
+                assert np.array_equal(got, want.numpy()), (mode, isa, weights is None)
+    for isa in SUPPORTED:
+        with at_isa(isa):
+            assert np.array_equal(_C.embedding_rows(q, s, z, ids, group=g, cols=cols), table[torch.from_numpy(ids)].numpy())
+
+
+def test_int4_arguments_are_checked():
+    from mono_quant.formats.int4_weight import quantize_int4_rows
+    packed, scale, zero, _, _ = quantize_int4_rows(torch.randn(4, 40), 32, False, "rtn", False)
+    q, s, z = packed.numpy(), scale.numpy(), zero.numpy()
+    ids, offsets = np.array([0, 3], np.int64), np.array([0], np.int64)
+    with pytest.raises(ValueError, match="cols must be in 33..64"):
+        _C.embedding_bag(q, s, z, ids, offsets, group=32, cols=32)
+    with pytest.raises(ValueError, match="group must be 0"):
+        _C.embedding_bag(q, s, z, ids, offsets, group=48, cols=40)
+    with pytest.raises(ValueError, match=r"scale must be \[4, 2\]"):
+        _C.embedding_bag(q, s[:, :1], z, ids, offsets, group=32, cols=40)
+    with pytest.raises(ValueError, match=r"zero_point must be \[4, 2\]"):
+        _C.embedding_bag(q, s, z[:, :1], ids, offsets, group=32, cols=40)
+    with pytest.raises(TypeError):
+        _C.embedding_bag(q.astype(np.int8), s, z, ids, offsets, group=32, cols=40)

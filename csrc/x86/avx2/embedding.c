@@ -117,8 +117,62 @@ static const bag_regs_fn bag_regs[2][9] = {
      bag_int8_t_8},
 };
 
+/* int4 rows (t->group > 0): a 32-column block at a time, 16 bytes split into their low and high
+ * nibbles (columns b..b+15, b+16..b+31), the block's group scale and zero-point; the accumulators in
+ * memory; a block past dim through the reference's block values */
+static int64_t rows_q4(const mq_emb_table *t, const int64_t *ids, int64_t first, int64_t last, int64_t count,
+                       const float *psw, int op, int64_t padding_idx, float *acc, int64_t acc_step) {
+    const int64_t dim = t->dim, ngroups = (t->kpad + t->group - 1) / t->group;
+    const __m128i low4 = _mm_set1_epi8(15);
+    int64_t n = 0;
+    for (int64_t j = first; j < last; j++) {
+        if (j + MQ_EMB_PREFETCH_AHEAD < count) mq_emb_prefetch_row(t, ids[j + MQ_EMB_PREFETCH_AHEAD]);
+        const int64_t id = ids[j];
+        if (id == padding_idx) continue;
+        const float w = psw ? psw[j] : 1.0f;
+        const __m256 wv = _mm256_set1_ps(w);
+        const int step = op == MQ_EMB_MAX && n == 0 ? MQ_EMB_SET : op;
+        const uint8_t *row = (const uint8_t *)t->q + id * (t->kpad / 2);
+        for (int64_t b = 0; b < dim; b += 32) {
+            const int64_t g = b / t->group;
+            const float s = mq_f16_to_f32(t->scale16[id * ngroups + g]), z = (float)t->zero8[id * ngroups + g] / 16.0f;
+            const __m256 sv = _mm256_set1_ps(s), zv = _mm256_set1_ps(z);
+            const __m128i bytes = _mm_loadu_si128((const __m128i *)(row + b / 2));
+            const __m128i lo = _mm_and_si128(bytes, low4), hi = _mm_and_si128(_mm_srli_epi16(bytes, 4), low4);
+            __m256 v[4];
+            v[0] = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(lo));
+            v[1] = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_srli_si128(lo, 8)));
+            v[2] = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(hi));
+            v[3] = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_srli_si128(hi, 8)));
+            for (int i = 0; i < 4; i++) v[i] = _mm256_mul_ps(_mm256_sub_ps(v[i], zv), sv);
+            float *a = acc + b;
+            if (b + 32 <= dim) {
+                for (int i = 0; i < 4; i++, a += 8) {
+                    const __m256 x = v[i];
+                    if (step == MQ_EMB_SET) _mm256_storeu_ps(a, x);
+                    else if (step == MQ_EMB_ADD) _mm256_storeu_ps(a, _mm256_add_ps(_mm256_loadu_ps(a), x));
+                    else if (step == MQ_EMB_ADD_WEIGHTED) _mm256_storeu_ps(a, _mm256_fmadd_ps(x, wv, _mm256_loadu_ps(a)));
+                    else _mm256_storeu_ps(a, _mm256_max_ps(x, _mm256_loadu_ps(a)));
+                }
+            } else {
+                float vals[32];
+                for (int i = 0; i < 4; i++) _mm256_storeu_ps(vals + 8 * i, v[i]);
+                for (int64_t k = 0; k < dim - b; k++)
+                    a[k] = step == MQ_EMB_SET ? vals[k]
+                         : step == MQ_EMB_ADD ? a[k] + vals[k]
+                         : step == MQ_EMB_ADD_WEIGHTED ? fmaf(vals[k], w, a[k])
+                         : vals[k] > a[k] ? vals[k] : a[k];
+            }
+        }
+        n++;
+        acc += acc_step;
+    }
+    return n;
+}
+
 static int64_t emb_rows(const mq_emb_table *t, const int64_t *ids, int64_t first, int64_t last, int64_t count,
                         const float *psw, int op, int64_t padding_idx, float *acc, int64_t acc_step) {
+    if (t->group > 0) return rows_q4(t, ids, first, last, count, psw, op, padding_idx, acc, acc_step);
     if (acc_step == 0 && op != MQ_EMB_SET && t->dim % 8 == 0) { /* a bag: 64 columns at a time in registers */
         int64_t n = 0;
         for (int64_t c0 = 0; c0 < t->dim; c0 += 64) {

@@ -23,7 +23,7 @@ from ..qtypes import QType
 from .checks import is_int, need
 from . import layer_cache
 from .layer_cache import float_weight
-from .embedding_table import kept_eight_bit_table
+from .embedding_table import kept_table
 
 __all__ = ["WeightFormat", "ACTIVATION_MODES", "checked_activations", "INTEGER_BUFFERS", "PACKED_BUFFERS",
            "ALLOWED_LAYER_TENSORS"]
@@ -166,7 +166,7 @@ class WeightFormat:
         whole table (axis None, per tensor) or one per column (axis 1).  An 8-bit CPU table of the
         first two takes the C gather (kernels/embedding.py: the same values, one pass, no byte-by-byte
         indexing: 40 k rows of 64 from a 1 M-row table 12 ms -> under 1)."""
-        table = kept_eight_bit_table(module) if flat.device.type == "cpu" else None
+        table = kept_table(module) if flat.device.type == "cpu" else None
         if table is not None:
             return embedding_rows(table, flat)
         scale, zero = embedding_row_params(module.weight_scale, module.weight_zero_point,

@@ -11,8 +11,10 @@ import torch
 
 from ..errors import CheckpointError, ConfigError
 from ..kernels import int4 as q4
+from ..kernels.embedding import embedding_rows
 from ..kernels.layout import int4_padded_cols
 from .base import WeightFormat
+from .embedding_table import kept_table
 from .checks import check_scales, first_bad, is_int, need, spec, value_at
 from .int4_call import kept_int4_linear
 from .int4_weight import INT4_BLOCK, Int4Weight, effective_group, int4_linear, quantize_int4, unpack_int4
@@ -70,6 +72,9 @@ class Int4Format(WeightFormat):
                            int8_activations=module.activations == "dynamic")
 
     def embedding_rows(self, module, flat: torch.Tensor) -> torch.Tensor:
+        table = kept_table(module) if flat.device.type == "cpu" else None
+        if table is not None:  # the C gather (csrc/embedding.c: q4_dequantize's values)
+            return embedding_rows(table, flat)
         # (index_select: indexing with a tensor copies byte by byte)
         qdata, scale, zero = (module.weight_qdata.index_select(0, flat), module.weight_scale.index_select(0, flat),
                               module.weight_zero_point.index_select(0, flat))

@@ -29,7 +29,7 @@ from ..torch_features import capturing
 from . import reference
 from .fp16 import half_linear, half_path, path_code
 from .row_rules import int4_takes_blas, int8_weight_only_takes_amx, int8_weight_only_takes_blas
-from .embedding import eight_bit_table, embedding_bag, embedding_rows, reference_embedding_bag
+from .embedding import eight_bit_table, embedding_bag, embedding_rows, int4_table, reference_embedding_bag
 from .layout import PACKED_LAYOUT_VERSION, int8_packed_sizes, unpack_int8_rows
 from .rows import dequantize_rows, to_numpy
 from .settings import SETTINGS
@@ -513,10 +513,10 @@ torch.library.register_fake(
         qdata.new_empty((*indices.shape, embedding_dim), dtype=torch.float32),
     lib=_LIB)
 
-# -- embedding bags of 8-bit tables (csrc/embedding.c) -------------------------------------------------------
+# -- embedding bags of quantized tables (csrc/embedding.c: 8-bit codes, group 0; int4 rows, group > 0) ------
 
-_LIB.define("embedding_bag_8bit(Tensor ids, Tensor offsets, Tensor? per_sample_weights, Tensor qdata, Tensor scale, "
-            "Tensor zero_point, int mode, int padding_idx, bool include_last_offset) -> Tensor")
+_LIB.define("embedding_bag_q(Tensor ids, Tensor offsets, Tensor? per_sample_weights, Tensor qdata, Tensor scale, "
+            "Tensor zero_point, int group, int cols, int mode, int padding_idx, bool include_last_offset) -> Tensor")
 
 
 def _eight_bit_rows(qdata, scale, zero_point, ids):
@@ -529,43 +529,58 @@ def _eight_bit_rows(qdata, scale, zero_point, ids):
     return (qdata.index_select(0, ids).float() - z) * s
 
 
-def _embedding_bag_8bit(ids, offsets, per_sample_weights, qdata, scale, zero_point, mode, padding_idx,
-                        include_last_offset):
-    table = eight_bit_table(qdata, scale, zero_point)
+def _table_rows(qdata, scale, zero_point, group, cols, ids):
+    """float32 rows ``ids`` of a quantized table in torch (8-bit: group 0; int4: its dequantize)."""
+    if not group:
+        return _eight_bit_rows(qdata, scale, zero_point, ids)
+    ids = ids.reshape(-1).to(torch.int64)
+    return _dequantize_int4_any_device(qdata.index_select(0, ids), scale.index_select(0, ids),
+                                       zero_point.index_select(0, ids), cols, group)
+
+
+def _c_table(qdata, scale, zero_point, group, cols):
+    return int4_table(qdata, scale, zero_point, cols, group) if group else eight_bit_table(qdata, scale, zero_point)
+
+
+def _embedding_bag_q(ids, offsets, per_sample_weights, qdata, scale, zero_point, group, cols, mode, padding_idx,
+                     include_last_offset):
+    table = _c_table(qdata, scale, zero_point, group, cols)
     if table is None or ids.device.type != "cpu":
-        return _embedding_bag_8bit_any_device(ids, offsets, per_sample_weights, qdata, scale, zero_point, mode,
-                                              padding_idx, include_last_offset)
+        return _embedding_bag_q_any_device(ids, offsets, per_sample_weights, qdata, scale, zero_point, group, cols,
+                                           mode, padding_idx, include_last_offset)
     return embedding_bag(table, ids, offsets, per_sample_weights, mode, padding_idx, include_last_offset)
 
 
-def _embedding_bag_8bit_any_device(ids, offsets, per_sample_weights, qdata, scale, zero_point, mode, padding_idx,
-                                   include_last_offset):
+def _embedding_bag_q_any_device(ids, offsets, per_sample_weights, qdata, scale, zero_point, group, cols, mode,
+                                padding_idx, include_last_offset):
     check_index_range(ids.reshape(-1), qdata.shape[0])
-    rows = _eight_bit_rows(qdata, scale, zero_point, ids)
+    rows = _table_rows(qdata, scale, zero_point, group, cols, ids)
     return reference_embedding_bag(rows, ids, offsets, per_sample_weights, mode, padding_idx,
                                    include_last_offset).contiguous()
 
 
-_LIB.impl("embedding_bag_8bit", _embedding_bag_8bit, "CPU")
-_LIB.impl("embedding_bag_8bit", _embedding_bag_8bit_any_device, _ANY_DEVICE)
+_LIB.impl("embedding_bag_q", _embedding_bag_q, "CPU")
+_LIB.impl("embedding_bag_q", _embedding_bag_q_any_device, _ANY_DEVICE)
 torch.library.register_fake(
-    "mono_quant::embedding_bag_8bit",
-    lambda ids, offsets, per_sample_weights, qdata, scale, zero_point, mode, padding_idx, include_last_offset:
-        qdata.new_empty((max(offsets.shape[0] - int(include_last_offset), 0), qdata.shape[1]), dtype=torch.float32),
+    "mono_quant::embedding_bag_q",
+    lambda ids, offsets, per_sample_weights, qdata, scale, zero_point, group, cols, mode, padding_idx,
+    include_last_offset: qdata.new_empty((max(offsets.shape[0] - int(include_last_offset), 0),
+                                          cols if group else qdata.shape[1]), dtype=torch.float32),
     lib=_LIB)
 
 
-def _embedding_bag_8bit_setup(ctx, inputs, output):
-    ids, offsets, per_sample_weights, qdata, scale, zero_point, mode, padding_idx, include_last_offset = inputs
+def _embedding_bag_q_setup(ctx, inputs, output):
+    ids, offsets, per_sample_weights, qdata, scale, zero_point, group, cols, mode, padding_idx, include_last_offset = inputs
     ctx.save_for_backward(ids, offsets, qdata, scale, zero_point)
-    ctx.meta = (padding_idx, include_last_offset, None if per_sample_weights is None else per_sample_weights.dtype)
+    ctx.meta = (group, cols, padding_idx, include_last_offset,
+                None if per_sample_weights is None else per_sample_weights.dtype)
 
 
-def _embedding_bag_8bit_backward(ctx, grad):
+def _embedding_bag_q_backward(ctx, grad):
     """Only the per-sample weights get a gradient (mode sum): each id's row dotted with its bag's
     output gradient (0 for padding ids and ids past the last bag)."""
-    nothing = (None,) * 9
-    padding_idx, include_last_offset, psw_dtype = ctx.meta
+    nothing = (None,) * 11
+    group, cols, padding_idx, include_last_offset, psw_dtype = ctx.meta
     if psw_dtype is None or not ctx.needs_input_grad[2]:
         return nothing
     ids, offsets, qdata, scale, zero_point = ctx.saved_tensors
@@ -574,7 +589,7 @@ def _embedding_bag_8bit_backward(ctx, grad):
     positions = torch.arange(count, device=ids.device)
     bag_of = (torch.searchsorted(offsets, positions, right=True) - 1).clamp(0, max(bags - 1, 0))
     end = offsets[-1] if include_last_offset and offsets.numel() else torch.tensor(count, device=ids.device)
-    rows = _eight_bit_rows(qdata, scale, zero_point, ids)
+    rows = _table_rows(qdata, scale, zero_point, group, cols, ids)
     g = (grad.float().index_select(0, bag_of) * rows).sum(1) if bags else rows.new_zeros(count)
     keep = positions < end
     if padding_idx >= 0:
@@ -582,8 +597,8 @@ def _embedding_bag_8bit_backward(ctx, grad):
     return None, None, torch.where(keep, g, torch.zeros_like(g)).to(psw_dtype), *nothing[3:]
 
 
-torch.library.register_autograd("mono_quant::embedding_bag_8bit", _embedding_bag_8bit_backward,
-                                setup_context=_embedding_bag_8bit_setup, lib=_LIB)
+torch.library.register_autograd("mono_quant::embedding_bag_q", _embedding_bag_q_backward,
+                                setup_context=_embedding_bag_q_setup, lib=_LIB)
 
 # -- fp16 / bf16 weights ------------------------------------------------------------------------------------
 

@@ -2,7 +2,7 @@
 
 Recommendation models keep most of their bytes in EmbeddingBag tables (sums or means of the rows of
 a bag of ids).  The table is stored as a QuantizedEmbedding's is.  An int8 / uint8 table (a scale per
-row or one for the table) is reduced straight from its codes in C (kernels/embedding.py: the rows'
+row or one for the table) or an int4 one is reduced straight from its codes in C (kernels/embedding.py: the rows'
 operations torch's F.embedding_bag applies to the dequantized table, in the same order, with no
 float rows made); other formats dequantize the rows their bags read and reduce them with torch's
 F.embedding_bag.  Offsets, ``include_last_offset``, ``per_sample_weights`` (and its gradient),
@@ -15,7 +15,8 @@ import torch
 from torch import nn
 
 from ..formats import format_of, traced_forward
-from ..formats.embedding_table import kept_eight_bit_table
+from ..formats.embedding_table import kept_table
+from ..formats.int4_weight import effective_group
 from ..kernels.embedding import BAG_MODES, embedding_bag, reference_embedding_bag
 from ..orig_dtype import orig_dtype_of
 from .embedding import lookup_rows
@@ -74,14 +75,15 @@ class QuantizedEmbeddingBag(QuantizedModule):
     def forward(self, input: torch.Tensor, offsets: Optional[torch.Tensor] = None,
                 per_sample_weights: Optional[torch.Tensor] = None) -> torch.Tensor:
         ids, starts, psw, include_last = self._arguments(input, offsets, per_sample_weights)
-        if self._eight_bit():  # int8 / uint8 rows reduced straight from the codes (csrc/embedding.c)
-            args = (ids, starts, psw, self.weight_qdata, self.weight_scale, self.weight_zero_point,
-                    BAG_MODES[self.mode], -1 if self.padding_idx is None else self.padding_idx, include_last)
-            table = None if traced_forward.use_ops(input if psw is None else psw, self) else \
-                kept_eight_bit_table(self)
+        group = self._c_group()
+        if group is not None:  # int8 / uint8 / int4 rows reduced straight from the codes (csrc/embedding.c)
+            padding = -1 if self.padding_idx is None else self.padding_idx
+            table = None if traced_forward.use_ops(input if psw is None else psw, self) else kept_table(self)
             try:
-                out = torch.ops.mono_quant.embedding_bag_8bit(*args) if table is None else \
-                    embedding_bag(table, *args[:3], *args[6:])
+                out = torch.ops.mono_quant.embedding_bag_q(
+                    ids, starts, psw, self.weight_qdata, self.weight_scale, self.weight_zero_point, group,
+                    self.embedding_dim, BAG_MODES[self.mode], padding, include_last) if table is None else \
+                    embedding_bag(table, ids, starts, psw, BAG_MODES[self.mode], padding, include_last)
             except IndexError as exc:  # an id outside the table: nn.EmbeddingBag's RuntimeError
                 raise RuntimeError(f"{exc} (an EmbeddingBag's input)") from None
             return out.to(self.orig_dtype)
@@ -92,9 +94,12 @@ class QuantizedEmbeddingBag(QuantizedModule):
         return reference_embedding_bag(rows, ids, starts, psw, BAG_MODES[self.mode],
                                        -1 if self.padding_idx is None else self.padding_idx, include_last)
 
-    def _eight_bit(self) -> bool:
-        """An int8 / uint8 table with a scale per row or one for the table (the C kernels' kind)."""
-        return self.weight_format in ("int8", "uint8") and getattr(self, "weight_axis", 0) in (0, None)
+    def _c_group(self) -> Optional[int]:
+        """The C kernels' group of this table: 0 for an int8 / uint8 one with a scale per row or one for
+        the table, the group of an int4 one; None for the others (fp16 / bf16, a scale per column)."""
+        if self.weight_format == "int4":
+            return effective_group(self.embedding_dim, self.weight_group_size)
+        return 0 if self.weight_format in ("int8", "uint8") and getattr(self, "weight_axis", 0) in (0, None) else None
 
     def _arguments(self, input, offsets, per_sample_weights):
         """(ids, offsets, per_sample_weights, include_last_offset) as 1-D bags, after nn.EmbeddingBag's
