@@ -5,6 +5,8 @@ torch's F.embedding_bag's on the dequantized table where torch runs its fused ke
 padding_idx), on odd widths (tails of 8), empty and all-padding bags, both threads; bad ids and
 offsets are clear errors, never a bad read."""
 import numpy as np
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 import pytest
 import torch
 import torch.nn.functional as F
@@ -182,3 +184,34 @@ def test_int4_arguments_are_checked():
         _C.embedding_bag(q, s, z[:, :1], ids, offsets, group=32, cols=40)
     with pytest.raises(TypeError):
         _C.embedding_bag(q.astype(np.int8), s, z, ids, offsets, group=32, cols=40)
+
+
+@settings(max_examples=60, deadline=None, database=None, derandomize=True,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@given(st.integers(0, 20), st.integers(0, 40), st.integers(0, 30), st.data())
+def test_property_any_ids_and_offsets_give_torchs_numbers_or_a_clear_error(num, dim, count, data):
+    """Random tables (0 rows, 0 columns included), ids (out of range too) and offsets (not bag starts
+    too): a valid call equals F.embedding_bag on the dequantized table, an invalid one raises."""
+    signed = data.draw(st.booleans())
+    q = np.asarray(data.draw(st.lists(st.integers(-128 if signed else 0, 127 if signed else 255),
+                                      min_size=num * dim, max_size=num * dim)),
+                   dtype=np.int8 if signed else np.uint8).reshape(num, dim)
+    scale = np.full(max(num, 1) if data.draw(st.booleans()) else 1, 0.5, np.float32)
+    zp = np.zeros_like(scale, dtype=np.int32) + 3
+    if len(scale) != num and len(scale) != 1:
+        scale, zp = scale[:1], zp[:1]
+    ids = np.asarray(data.draw(st.lists(st.integers(-2, num + 1), min_size=count, max_size=count)), np.int64)
+    offsets = np.asarray(sorted(data.draw(st.lists(st.integers(0, count), max_size=6))), np.int64)
+    if data.draw(st.booleans()) and len(offsets):
+        offsets[0] = 0
+    mode = data.draw(st.sampled_from(list(MODES)))
+    valid = (ids >= 0).all() and (ids < num).all() and (len(offsets) == 0 or offsets[0] == 0)
+    call = lambda: _C.embedding_bag(q, scale, zp, ids, offsets, mode=MODES[mode], nthreads=data.draw(st.integers(1, 3)))  # noqa: E731
+    if not valid or (len(scale) != 1 and len(scale) != num):
+        with pytest.raises((IndexError, RuntimeError, ValueError)):
+            call()
+        return
+    got = call()
+    table = _dequantized(q, scale, zp) if num else torch.zeros(0, dim)
+    want = F.embedding_bag(torch.from_numpy(ids), table, torch.from_numpy(offsets), mode=mode)
+    assert np.array_equal(got, want.numpy())

@@ -78,6 +78,8 @@ ENTRY_POINTS = {
     "set_conv_direct", "conv2d_int8_direct_applies", "conv_profile",
     # the direct conv on panels: properties in tests/kernels/test_direct_conv_panels.py
     "dconv_panels_int8", "dconv_panels", "dconv2d", "dconv2d_int8", "dconv2d_int4",
+    # quantized embedding tables: twins, a property and argument checks in tests/kernels/test_embedding_kernels.py
+    "embedding_rows", "embedding_bag",
 }
 
 
