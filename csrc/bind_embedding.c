@@ -107,7 +107,7 @@ PyDoc_STRVAR(embedding_bag_doc,
              "embedding_bag(q, scale, zero_point, ids, offsets, per_sample_weights=None, mode=0, padding_idx=-1,\n"
              "              include_last_offset=False, nthreads=1, group=0, cols=0) -> out\n\n"
              "out [bags, dim] float32: bag b holds ids[offsets[b] .. offsets[b + 1]) (the last one to len(ids)\n"
-             "unless include_last_offset, where offsets holds bags + 1 entries); its rows of the 8-bit table\n"
+             "unless include_last_offset, where offsets holds bags + 1 entries, the last len(ids)); its rows\n"
              "(as embedding_rows: 8-bit, or int4 with group > 0), ids equal to padding_idx left out (-1: none),\n"
              "each times its per_sample_weights entry (float32, mode 0 only; fused into the add) and added in\n"
              "order (mode 0: sum), divided by\n"
@@ -149,8 +149,11 @@ static PyObject *py_embedding_bag(PyObject *self, PyObject *args, PyObject *kw) 
                      (long long)((const int64_t *)PyArray_DATA(offsets))[bad], (long long)count);
         goto done;
     }
-    if (include_last && noffsets == 0) {
-        PyErr_SetString(PyExc_RuntimeError, "include_last_offset needs at least one offset (the end of the last bag)");
+    if (include_last && (noffsets == 0 || ((const int64_t *)PyArray_DATA(offsets))[noffsets - 1] != count)) {
+        /* torch's rule (its modes read such a short last offset three ways: sum stops there, mean divides
+         * by the ids to the end, max reads them): refused, so every format and device agrees */
+        PyErr_Format(PyExc_RuntimeError, "include_last_offset: the last offset must be the number of ids (%lld), got %s",
+                     (long long)count, noffsets ? "another" : "no offsets");
         goto done;
     }
     if (psw_obj != Py_None) {

@@ -72,5 +72,7 @@ def test_a_trainers_checkpoint_dict_says_to_pass_its_state_dict():
     sd = torch.nn.Sequential(torch.nn.Linear(32, 32)).state_dict()
     with pytest.raises(TypeError, match=r"a training checkpoint\? Pass checkpoint\['state_dict'\]"):
         mq.quantize({"state_dict": sd, "epoch": 3}, "int8")
+    with pytest.raises(TypeError, match=r"a training checkpoint\? Pass checkpoint\['state_dict'\]"):
+        mq.quantize({"epoch": 3, "global_step": 10, "state_dict": sd}, "int8")  # (Lightning's order)
     with pytest.raises(TypeError, match=r"state_dict\['step'\] must be a torch.Tensor, got int: .*drop other entries"):
         mq.quantize({**sd, "step": 5}, "int8")

@@ -586,12 +586,13 @@ def _load_remaining(qmodel: nn.Module, weights: Mapping, quantized: set) -> None
 
 
 def _check_state_dict(sd: Mapping) -> None:
+    for k in ("state_dict", "model"):  # a trainer's checkpoint (Lightning's starts with "epoch", ...)
+        if isinstance(sd.get(k), Mapping) and not all(isinstance(v, torch.Tensor) for v in sd.values()):
+            raise TypeError(f"state_dict[{k!r}] is a {type(sd[k]).__name__}, not a tensor: a training checkpoint? "
+                            f"Pass checkpoint[{k!r}] (the CLI and quantize_checkpoint unwrap such files)")
     for k, v in sd.items():
         if not isinstance(k, str):
             raise TypeError(f"state_dict keys must be str, got {type(k).__name__} ({k!r})")
-        if isinstance(v, Mapping) and k in ("state_dict", "model"):  # a trainer's checkpoint (Lightning, ...)
-            raise TypeError(f"state_dict[{k!r}] is a {type(v).__name__}, not a tensor: a training checkpoint? "
-                            f"Pass checkpoint[{k!r}] (the CLI and quantize_checkpoint unwrap such files)")
         if not isinstance(v, torch.Tensor):
             raise TypeError(f"state_dict[{k!r}] must be a torch.Tensor, got {type(v).__name__}: a state_dict holds "
                             f"tensors only (drop other entries, e.g. {{k: v for k, v in sd.items() if "

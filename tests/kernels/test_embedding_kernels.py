@@ -88,16 +88,17 @@ def test_padding_and_last_offset_match_across_levels_and_torch(mode):
     assert results[0].shape == (len(offsets) - 1, 33)
 
 
-def test_a_last_offset_short_of_the_ids_ends_the_last_bag_in_every_mode():
-    """torch's modes disagree there (sum stops at the last offset, mean divides by the ids to the
-    end, max reads them): here every mode takes the bag [offsets[-2], offsets[-1])."""
+def test_a_last_offset_short_of_the_ids_is_refused():
+    """torch's modes disagree there (sum stops at the last offset, mean divides by the ids to the end,
+    max reads them): refused, as torch's docs say the last offset is the number of ids."""
     q, scale, zp = _table(6, 8, True, True, "zp")
-    table = _dequantized(q, scale, zp)
-    ids, bounds = np.arange(5, dtype=np.int64), np.array([0, 2, 3], np.int64)
-    for mode, m in MODES.items():
-        got = _C.embedding_bag(q, scale, zp, ids, bounds, mode=m, include_last_offset=True)
-        want = F.embedding_bag(torch.from_numpy(ids[:3]), table, torch.tensor([0, 2]), mode=mode)
-        assert np.array_equal(got, want.numpy()), mode
+    ids = np.arange(5, dtype=np.int64)
+    with pytest.raises(RuntimeError, match="last offset must be the number of ids"):
+        _C.embedding_bag(q, scale, zp, ids, np.array([0, 2, 3], np.int64), include_last_offset=True)
+    with pytest.raises(RuntimeError, match="not a bag start"):  # (past the ids: any bag)
+        _C.embedding_bag(q, scale, zp, ids, np.array([0, 2, 6], np.int64), include_last_offset=True)
+    ok = _C.embedding_bag(q, scale, zp, ids, np.array([0, 2, 5], np.int64), include_last_offset=True)
+    assert ok.shape == (2, 8)
 
 
 def test_a_table_that_does_not_start_on_a_line_and_non_contiguous_inputs():
@@ -123,7 +124,7 @@ def test_bad_arguments_are_clear_errors():
     for bad in ([1, 2], [0, 3, 2], [0, 4]):
         with pytest.raises(RuntimeError, match="not a bag start"):
             bag(q, scale, zp, ids, np.array(bad, np.int64))
-    with pytest.raises(RuntimeError, match="include_last_offset needs"):
+    with pytest.raises(RuntimeError, match="include_last_offset: the last offset"):
         bag(q, scale, zp, ids, np.zeros(0, np.int64), include_last_offset=True)
     with pytest.raises(ValueError, match="mode must be"):
         bag(q, scale, zp, ids, offsets, mode=3)

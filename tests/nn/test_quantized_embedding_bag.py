@@ -111,6 +111,7 @@ def test_bad_calls_fail_as_torchs_do():
         (lambda m: m(torch.tensor([[1, 2]]), torch.tensor([0])), ValueError),       # 2-D with offsets
         (lambda m: m(torch.tensor([1, 2])), ValueError),                            # 1-D without offsets
         (lambda m: m(torch.tensor([1, 2]), torch.tensor([0]), torch.ones(2)), NotImplementedError),  # psw, mean
+        (lambda m: m(torch.tensor([1, 2, 3]), torch.tensor([0.0, 1.7])), RuntimeError),  # float offsets
     ]:
         with pytest.raises(error):
             call(bag)
@@ -189,3 +190,13 @@ def test_a_table_loaded_over_the_layer_is_the_one_read_next():
     assert torch.equal(q(idx, offsets), other(idx, offsets)) and not torch.equal(q(idx, offsets), before)
     q.weight_scale = q.weight_scale * 2  # (a new tensor)
     assert torch.equal(q(idx, offsets), other(idx, offsets) * 2)
+
+
+@pytest.mark.parametrize("dtype, kw", FORMATS, ids=[f[0] for f in FORMATS])
+def test_a_last_offset_short_of_the_ids_is_refused_in_every_format(dtype, kw):
+    """torch's own modes read it three ways (sum stops there, mean divides by the ids to the end, max
+    reads them): refused, whatever the format (the C kernel and torch's path alike)."""
+    q = _quantized(_bag("mean", include_last_offset=True), dtype, **kw)
+    with pytest.raises(RuntimeError, match="last offset must be the number of ids"):
+        q(torch.tensor([1, 3, 2, 5, 7, 9]), torch.tensor([0, 2, 4]))
+    assert q(torch.tensor([1, 3, 2, 5, 7, 9]), torch.tensor([0, 2, 6])).shape == (2, 64)

@@ -128,6 +128,14 @@ class QuantizedEmbeddingBag(QuantizedModule):
             raise ValueError(f"input has to be 1D or 2D Tensor, but got Tensor of dimension {input.dim()}")
         if offsets is None or offsets.dim() != 1:
             raise ValueError("offsets has to be a 1D Tensor" + (" but got None" if offsets is None else ""))
+        if offsets.dtype not in (torch.int64, torch.int32):  # (a float one would be truncated)
+            raise RuntimeError(f"embedding_bag offsets must be int64 or int32, got {offsets.dtype}")
+        if (self.include_last_offset and type(offsets) is torch.Tensor and offsets.device.type == "cpu"
+                and not torch.compiler.is_compiling()
+                and (offsets.numel() == 0 or int(offsets[-1]) != input.numel())):
+            # torch's rule, which its modes read three ways when broken (sum stops at the last offset, mean
+            # divides by the ids to the end, max reads them): refused for every format (the C kernel too)
+            raise RuntimeError(f"include_last_offset: the last offset must be the number of ids ({input.numel()})")
         return input, offsets, psw, self.include_last_offset
 
     def extra_repr(self) -> str:
