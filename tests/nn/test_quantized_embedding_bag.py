@@ -200,3 +200,20 @@ def test_a_last_offset_short_of_the_ids_is_refused_in_every_format(dtype, kw):
     with pytest.raises(RuntimeError, match="last offset must be the number of ids"):
         q(torch.tensor([1, 3, 2, 5, 7, 9]), torch.tensor([0, 2, 4]))
     assert q(torch.tensor([1, 3, 2, 5, 7, 9]), torch.tensor([0, 2, 6])).shape == (2, 64)
+
+
+def test_symmetric_tables_skip_their_zero_points_and_an_edit_brings_them_back():
+    """A symmetric int8 table's zero-points are all 0 and the kernel skips reading them (kept per layer);
+    an asymmetric table's, or zero-points written in place later, are read."""
+    from mono_quant.formats.embedding_table import kept_table
+    idx, offsets = torch.tensor([1, 2, 3, 4, 59]), torch.tensor([0, 2])
+    sym = _quantized(_bag("sum"), "int8")
+    assert kept_table(sym)[0][2] is None
+    asym = mq.quantize(nn.Sequential(_bag("sum")), dtype="int8", embeddings=True, symmetric=False).model[0]
+    assert asym.weight_zero_point.any() and kept_table(asym)[0][2] is not None
+    for q in (sym, asym):
+        assert torch.equal(q(idx, offsets), F.embedding_bag(idx, q.dequantized_weight(), offsets, mode="sum"))
+    with torch.no_grad():
+        sym.weight_zero_point[2] = 5  # in place
+    assert kept_table(sym)[0][2] is not None
+    assert torch.equal(sym(idx, offsets), F.embedding_bag(idx, sym.dequantized_weight(), offsets, mode="sum"))

@@ -32,6 +32,8 @@ def kept_table(module) -> Optional[tuple]:
                                module.embedding_dim, effective_group(module.embedding_dim, module.weight_group_size))
         elif "weight_qdata" in module._buffers and getattr(module, "weight_axis", 0) in (0, None):
             table = eight_bit_table(module.weight_qdata, module.weight_scale, module.weight_zero_point)
+            if table is not None and not table[0][2].any():  # symmetric codes: every zero-point 0, whose
+                table = ((*table[0][:2], None), table[1])  # reads the kernels then skip (a random line a row)
         kept = (stamp, table)
         _TABLES[module] = kept
     return kept[1]
