@@ -10,30 +10,22 @@
  * table, so the time is their memory latency, which prefetching the rows of the ids a few places
  * ahead hides, and a quarter of a float table's bytes to read.  The row loops are the level's
  * (emb_rows: this file's scalar reference, x86/avx2/embedding.c). */
-#include <math.h>
 #include <string.h>
 
 #include "embedding_rows.h"
 #include "mq.h"
 
+/* acc [dim] (step) row id's values, 8-bit codes of type T: one loop per step, each with its step
+ * folded (the loops the reference had before mq_emb_step) */
+#define ROW_LOOP(STEP) for (int64_t k = 0; k < dim; k++) acc[k] = mq_emb_step(STEP, ((float)r[k] - z) * s, w, acc[k])
 #define ROW_STEP(T)                                                                                     \
     do {                                                                                                \
         const T *restrict r = (const T *)t->q + id * dim;                                               \
         switch (step) {                                                                                 \
-        case MQ_EMB_SET:                                                                                \
-            for (int64_t k = 0; k < dim; k++) acc[k] = ((float)r[k] - z) * s;                           \
-            break;                                                                                      \
-        case MQ_EMB_ADD:                                                                                \
-            for (int64_t k = 0; k < dim; k++) acc[k] = acc[k] + ((float)r[k] - z) * s;                 \
-            break;                                                                                      \
-        case MQ_EMB_ADD_WEIGHTED:                                                                       \
-            for (int64_t k = 0; k < dim; k++) acc[k] = fmaf(((float)r[k] - z) * s, w, acc[k]);        \
-            break;                                                                                      \
-        default:                                                                                        \
-            for (int64_t k = 0; k < dim; k++) {                                                         \
-                const float v = ((float)r[k] - z) * s;                                                  \
-                acc[k] = v > acc[k] ? v : acc[k];                                                       \
-            }                                                                                           \
+        case MQ_EMB_SET: ROW_LOOP(MQ_EMB_SET); break;                                                   \
+        case MQ_EMB_ADD: ROW_LOOP(MQ_EMB_ADD); break;                                                   \
+        case MQ_EMB_ADD_WEIGHTED: ROW_LOOP(MQ_EMB_ADD_WEIGHTED); break;                                 \
+        default: ROW_LOOP(MQ_EMB_MAX);                                                                  \
         }                                                                                               \
     } while (0)
 
@@ -52,12 +44,7 @@ int64_t mq_ref_emb_rows(const mq_emb_table *t, const int64_t *ids, int64_t first
             for (int64_t b = 0; b < dim; b += MQ_Q4_BLOCK) {
                 mq_emb_q4_block(t, id, b, v);
                 const int64_t cols = dim - b < MQ_Q4_BLOCK ? dim - b : MQ_Q4_BLOCK;
-                float *a = acc + b;
-                for (int64_t k = 0; k < cols; k++)
-                    a[k] = step == MQ_EMB_SET ? v[k]
-                         : step == MQ_EMB_ADD ? a[k] + v[k]
-                         : step == MQ_EMB_ADD_WEIGHTED ? fmaf(v[k], w, a[k])
-                         : v[k] > a[k] ? v[k] : a[k];
+                for (int64_t k = 0; k < cols; k++) acc[b + k] = mq_emb_step(step, v[k], w, acc[b + k]);
             }
             n++;
             acc += acc_step;
@@ -74,6 +61,7 @@ int64_t mq_ref_emb_rows(const mq_emb_table *t, const int64_t *ids, int64_t first
     return n;
 }
 #undef ROW_STEP
+#undef ROW_LOOP
 
 int64_t mq_embedding_bad_id(const int64_t *ids, int64_t count, int64_t num) {
     for (int64_t j = 0; j < count; j++)

@@ -1,8 +1,11 @@
 /* embedding_rows.h - what the levels' embedding row loops share (embedding.c, x86/avx2/embedding.c):
- * a row's scale and zero-point, and the prefetch of the rows a few ids ahead.  Header-only
+ * a row's scale and zero-point, an int4 group's, one value's step, and the prefetch of the rows a
+ * few ids ahead.  Header-only
  * (static inline): no code of an ISA unit is called from elsewhere. */
 #ifndef MQ_EMBEDDING_ROWS_H
 #define MQ_EMBEDDING_ROWS_H
+
+#include <math.h>
 
 #include "mq.h"
 
@@ -14,12 +17,28 @@ static inline float mq_emb_zero(const mq_emb_table *t, int64_t id) {
     return t->zp ? (float)t->zp[t->per_row ? id : 0] : 0.0f;
 }
 
+/* One value's step (mq.h mq_emb_rows_fn's op): the new accumulator from a row's value v, the
+ * per-sample weight w and the accumulator a; every level's scalar code takes it. */
+static inline float mq_emb_step(int step, float v, float w, float a) {
+    return step == MQ_EMB_SET ? v : step == MQ_EMB_ADD ? a + v : step == MQ_EMB_ADD_WEIGHTED ? fmaf(v, w, a)
+                                                                                             : v > a ? v : a;
+}
+
+static inline int64_t mq_emb_q4_groups(const mq_emb_table *t) { return (t->kpad + t->group - 1) / t->group; }
+
+/* The scale and zero-point of an int4 row's group holding column b. */
+static inline void mq_emb_q4_group(const mq_emb_table *t, int64_t id, int64_t b, float *s, float *z) {
+    const int64_t at = id * mq_emb_q4_groups(t) + b / t->group;
+    *s = mq_f16_to_f32(t->scale16[at]);
+    *z = (float)t->zero8[at] / 16.0f;
+}
+
 /* An int4 row's 32-column block at column b (b % 32 == 0): its values, ((float)code - zero) * scale,
  * into v[0..32) (the padded columns past dim too: the row holds kpad). */
 static inline void mq_emb_q4_block(const mq_emb_table *t, int64_t id, int64_t b, float *v) {
-    const int64_t ngroups = (t->kpad + t->group - 1) / t->group, g = b / t->group;
     const uint8_t *bytes = (const uint8_t *)t->q + id * (t->kpad / 2) + b / 2;
-    const float s = mq_f16_to_f32(t->scale16[id * ngroups + g]), z = (float)t->zero8[id * ngroups + g] / 16.0f;
+    float s, z;
+    mq_emb_q4_group(t, id, b, &s, &z);
     for (int j = 0; j < 16; j++) {
         v[j] = ((float)(bytes[j] & 15) - z) * s;
         v[j + 16] = ((float)(bytes[j] >> 4) - z) * s;
@@ -30,7 +49,7 @@ static inline void mq_emb_q4_block(const mq_emb_table *t, int64_t id, int64_t b,
  * at a million rows) */
 static inline void mq_emb_prefetch_row(const mq_emb_table *t, int64_t id) {
     if (t->group > 0) { /* int4: the packed row, its groups' scales and zero-points */
-        const int64_t ngroups = (t->kpad + t->group - 1) / t->group;
+        const int64_t ngroups = mq_emb_q4_groups(t);
         const uintptr_t row = (uintptr_t)((const char *)t->q + id * (t->kpad / 2)), end = row + (uintptr_t)(t->kpad / 2);
         for (uintptr_t line = row & ~(uintptr_t)63; line < end; line += 64) __builtin_prefetch((const void *)line);
         __builtin_prefetch(t->scale16 + id * ngroups);

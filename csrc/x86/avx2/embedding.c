@@ -1,18 +1,18 @@
-/* x86/avx2/embedding.c - AVX2 twins of mq_ref_emb_bag / mq_ref_emb_rows (embedding.c): rows of an
- * 8-bit embedding table, 8 codes a step widened to int32 and converted, their values
+/* x86/avx2/embedding.c - AVX2 twin of mq_ref_emb_rows (embedding.c): rows of a quantized embedding
+ * table (8 codes a step widened to int32 and converted; int4: 32 columns a block), their values
  * ((float)q - zp) * scale added into (a weight's product fused into the add, as the reference's
- * fmaf), kept as, or compared with the accumulator: the same bits at every level.  The loops run per bag with the row step's kind fixed (a call per row cost twice the
- * table's memory time on a million-row table). */
+ * fmaf), kept as, or compared with the accumulator: the same bits at every level.  The loops run
+ * per bag with the row step's kind fixed (a call per row cost twice the table's memory time on a
+ * million-row table). */
 #include "mq.h"
 
 #if defined(__x86_64__) && defined(__AVX2__) && defined(__FMA__)
 #include <immintrin.h>
-#include <math.h>
 
 #include "embedding_rows.h"
 
-/* acc [dim] (op) row id's values: the reference's step, 8 at a time, the tail in scalar */
-#define ROW_LOOP(T, WIDEN, OP_VEC, OP_SCALAR)                                                          \
+/* acc [dim] (step) row id's values: 8 at a time, the tail through the reference's step */
+#define ROW_LOOP(T, WIDEN, OP_VEC)                                                                     \
     do {                                                                                                \
         const T *r = (const T *)t->q + id * dim;                                                        \
         int64_t k = 0;                                                                                  \
@@ -22,21 +22,13 @@
             float *a = acc + k;                                                                         \
             OP_VEC;                                                                                     \
         }                                                                                               \
-        for (; k < dim; k++) {                                                                          \
-            const float v = ((float)r[k] - z) * s;                                                      \
-            float *a = acc + k;                                                                         \
-            OP_SCALAR;                                                                                  \
-        }                                                                                               \
+        for (; k < dim; k++) acc[k] = mq_emb_step(step, ((float)r[k] - z) * s, w, acc[k]);            \
     } while (0)
 
 #define SET_V _mm256_storeu_ps(a, v)
-#define SET_S *a = v
 #define ADD_V _mm256_storeu_ps(a, _mm256_add_ps(_mm256_loadu_ps(a), v))
-#define ADD_S *a = *a + v
 #define ADDW_V _mm256_storeu_ps(a, _mm256_fmadd_ps(v, wv, _mm256_loadu_ps(a)))
-#define ADDW_S *a = fmaf(v, w, *a)
 #define MAX_V _mm256_storeu_ps(a, _mm256_max_ps(v, _mm256_loadu_ps(a))) /* v > a ? v : a */
-#define MAX_S *a = v > *a ? v : *a
 
 /* One row step for ids [first, last) of a bag (or of a lookup, each row to its own acc). */
 #define ROWS_FOR(T, WIDEN)                                                                              \
@@ -54,13 +46,13 @@
             (void)wv;                                                                                   \
             const int step = op == MQ_EMB_MAX && n == 0 ? MQ_EMB_SET : op;                              \
             if (step == MQ_EMB_SET)                                                                     \
-                ROW_LOOP(T, WIDEN, SET_V, SET_S);                                                       \
+                ROW_LOOP(T, WIDEN, SET_V);                                                       \
             else if (step == MQ_EMB_ADD)                                                                \
-                ROW_LOOP(T, WIDEN, ADD_V, ADD_S);                                                       \
+                ROW_LOOP(T, WIDEN, ADD_V);                                                       \
             else if (step == MQ_EMB_ADD_WEIGHTED)                                                       \
-                ROW_LOOP(T, WIDEN, ADDW_V, ADDW_S);                                                     \
+                ROW_LOOP(T, WIDEN, ADDW_V);                                                     \
             else                                                                                        \
-                ROW_LOOP(T, WIDEN, MAX_V, MAX_S);                                                       \
+                ROW_LOOP(T, WIDEN, MAX_V);                                                       \
             n++;                                                                                        \
             acc += acc_step;                                                                            \
         }                                                                                               \
@@ -122,7 +114,7 @@ static const bag_regs_fn bag_regs[2][9] = {
  * memory; a block past dim through the reference's block values */
 static int64_t rows_q4(const mq_emb_table *t, const int64_t *ids, int64_t first, int64_t last, int64_t count,
                        const float *psw, int op, int64_t padding_idx, float *acc, int64_t acc_step) {
-    const int64_t dim = t->dim, ngroups = (t->kpad + t->group - 1) / t->group;
+    const int64_t dim = t->dim;
     const __m128i low4 = _mm_set1_epi8(15);
     int64_t n = 0;
     for (int64_t j = first; j < last; j++) {
@@ -134,8 +126,8 @@ static int64_t rows_q4(const mq_emb_table *t, const int64_t *ids, int64_t first,
         const int step = op == MQ_EMB_MAX && n == 0 ? MQ_EMB_SET : op;
         const uint8_t *row = (const uint8_t *)t->q + id * (t->kpad / 2);
         for (int64_t b = 0; b < dim; b += 32) {
-            const int64_t g = b / t->group;
-            const float s = mq_f16_to_f32(t->scale16[id * ngroups + g]), z = (float)t->zero8[id * ngroups + g] / 16.0f;
+            float s, z;
+            mq_emb_q4_group(t, id, b, &s, &z);
             const __m256 sv = _mm256_set1_ps(s), zv = _mm256_set1_ps(z);
             const __m128i bytes = _mm_loadu_si128((const __m128i *)(row + b / 2));
             const __m128i lo = _mm_and_si128(bytes, low4), hi = _mm_and_si128(_mm_srli_epi16(bytes, 4), low4);
@@ -157,11 +149,7 @@ static int64_t rows_q4(const mq_emb_table *t, const int64_t *ids, int64_t first,
             } else {
                 float vals[32];
                 for (int i = 0; i < 4; i++) _mm256_storeu_ps(vals + 8 * i, v[i]);
-                for (int64_t k = 0; k < dim - b; k++)
-                    a[k] = step == MQ_EMB_SET ? vals[k]
-                         : step == MQ_EMB_ADD ? a[k] + vals[k]
-                         : step == MQ_EMB_ADD_WEIGHTED ? fmaf(vals[k], w, a[k])
-                         : vals[k] > a[k] ? vals[k] : a[k];
+                for (int64_t k = 0; k < dim - b; k++) a[k] = mq_emb_step(step, vals[k], w, a[k]);
             }
         }
         n++;

@@ -75,9 +75,8 @@ class QuantizedEmbeddingBag(QuantizedModule):
     def forward(self, input: torch.Tensor, offsets: Optional[torch.Tensor] = None,
                 per_sample_weights: Optional[torch.Tensor] = None) -> torch.Tensor:
         ids, starts, psw, include_last = self._arguments(input, offsets, per_sample_weights)
-        group = self._c_group()
+        group, padding = self._c_group(), -1 if self.padding_idx is None else self.padding_idx
         if group is not None:  # int8 / uint8 / int4 rows reduced straight from the codes (csrc/embedding.c)
-            padding = -1 if self.padding_idx is None else self.padding_idx
             table = None if traced_forward.use_ops(input if psw is None else psw, self) else kept_table(self)
             try:
                 out = torch.ops.mono_quant.embedding_bag_q(
@@ -91,8 +90,7 @@ class QuantizedEmbeddingBag(QuantizedModule):
             rows = lookup_rows(self, ids)
         except IndexError as exc:
             raise RuntimeError(f"{exc} (an EmbeddingBag's input)") from None
-        return reference_embedding_bag(rows, ids, starts, psw, BAG_MODES[self.mode],
-                                       -1 if self.padding_idx is None else self.padding_idx, include_last)
+        return reference_embedding_bag(rows, ids, starts, psw, BAG_MODES[self.mode], padding, include_last)
 
     def _c_group(self) -> Optional[int]:
         """The C kernels' group of this table: 0 for an int8 / uint8 one with a scale per row or one for

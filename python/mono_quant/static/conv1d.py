@@ -18,7 +18,7 @@ from typing import Optional
 import torch
 from torch import nn
 
-from .conv_padding import conv_padding, padding_problem
+from .conv_padding import static_padding
 from .modules import StaticConv2d, conv_input_problem, nchw_output
 
 __all__ = ["StaticConv1d"]
@@ -46,9 +46,7 @@ class StaticConv1d(StaticConv2d):
     def from_float(cls, conv: nn.Conv1d, act, in_scale, out_scale, int8_input, in_zp=0, out_zp=0) -> "StaticConv1d":
         if not isinstance(conv, nn.Conv1d):
             raise TypeError(f"StaticConv1d.from_float takes an nn.Conv1d, got {conv!r}")
-        padding = conv_padding(conv)
-        if padding is None or conv.padding_mode != "zeros":
-            raise ValueError(f"StaticConv1d.from_float: {padding_problem(conv)}")
+        padding = static_padding(conv, "StaticConv1d.from_float")
         q = cls(conv.in_channels, conv.out_channels, (1, conv.kernel_size[0]), (1, conv.stride[0]),
                 (0, padding[0]), (1, conv.dilation[0]), conv.groups, act, in_scale, out_scale, int8_input, in_zp,
                 out_zp)

@@ -10,7 +10,7 @@ from typing import Optional, Tuple
 
 from torch import nn
 
-__all__ = ["conv_padding", "padding_problem"]
+__all__ = ["conv_padding", "padding_problem", "static_padding"]
 
 
 def _same_totals(conv: nn.Module) -> Tuple[int, ...]:
@@ -41,3 +41,12 @@ def padding_problem(conv: nn.Module) -> Optional[str]:
                 f"torch pads {_same_totals(conv)} in all, one more at the end where odd, and the static kernels pad "
                 f"both ends alike (give an odd kernel, or numeric padding with a ZeroPad before the conv)")
     return None
+
+
+def static_padding(conv: nn.Module, who: str) -> Tuple[int, ...]:
+    """conv_padding of a conv the static kernels can pad (the static layers' from_float), else
+    ValueError naming ``who`` and padding_problem's reason."""
+    problem = padding_problem(conv)
+    if problem:
+        raise ValueError(f"{who}: {problem}")
+    return conv_padding(conv)

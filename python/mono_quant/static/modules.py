@@ -24,7 +24,7 @@ from ..packing import pack_int8_linear
 from ..formats import quantize_weight
 from ..formats.checks import is_int
 from .casts import refuse_casts
-from .conv_padding import conv_padding, padding_problem
+from .conv_padding import static_padding
 from .qparams_state import QParamsInStateDict
 
 __all__ = ["StaticConv2d", "StaticLinear", "StaticAdd", "StaticGlobalAvgPool", "ACTIVATIONS", "act_bounds",
@@ -246,9 +246,7 @@ class StaticConv2d(_WeightedStatic):
 
     @classmethod
     def from_float(cls, conv: nn.Conv2d, act, in_scale, out_scale, int8_input, in_zp=0, out_zp=0) -> "StaticConv2d":
-        padding = conv_padding(conv)
-        if padding is None or conv.padding_mode != "zeros":
-            raise ValueError(f"StaticConv2d.from_float: {padding_problem(conv)}")
+        padding = static_padding(conv, "StaticConv2d.from_float")
         q = cls(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, padding, conv.dilation,
                 conv.groups, act, in_scale, out_scale, int8_input, in_zp, out_zp)
         q._set_weight(conv.weight, conv.bias, conv.groups, q.depthwise)
