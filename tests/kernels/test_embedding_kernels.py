@@ -146,7 +146,9 @@ def test_bad_arguments_are_clear_errors():
     assert empty.shape == (3, 8) and not empty.any()
 
 
-@pytest.mark.parametrize("cols, group", [(1, 32), (31, 32), (33, 32), (100, 64), (64, None), (200, 96)])
+# (multiples of 32 columns: the AVX2 bag's accumulators in registers, 64 columns a pass, a last pass of 32)
+@pytest.mark.parametrize("cols, group", [(1, 32), (31, 32), (33, 32), (100, 64), (64, None), (200, 96), (32, 32),
+                                         (96, 32), (128, 64), (192, 96)])
 def test_int4_tables_give_torchs_bits_on_their_dequantized_rows(cols, group):
     from mono_quant.formats.int4_weight import effective_group, quantize_int4_rows
     torch.manual_seed(0)
