@@ -214,6 +214,7 @@ static const mq_kernels scalar_table = {
     .bf16_gemm = mq_ref_bf16_gemm,
     .u8_gemm = mq_ref_u8_gemm,
     .emb_rows = mq_ref_emb_rows,
+    .emb_bags = mq_ref_emb_bags,
     .h16_dconv_panel = mq_ref_h16_dconv_panel,
     .f32_dconv_panel = mq_ref_f32_dconv_panel,
     .q4_dconv_panel = mq_ref_q4_dconv_panel,
@@ -288,6 +289,7 @@ static void overlay(mq_kernels *dst, const mq_kernels *src) {
     TAKE(u8_gemm);
     TAKE(u8_panels);
     TAKE(emb_rows);
+    TAKE(emb_bags);
     if (src->amxbf16_gemm) {
         dst->amxbf16_pack_h16 = src->amxbf16_pack_h16;
         dst->amxbf16_pack_i8 = src->amxbf16_pack_i8;

@@ -76,49 +76,30 @@ int64_t mq_embedding_bad_offset(const int64_t *offsets, int64_t noffsets, int64_
     return -1;
 }
 
-typedef struct {
-    const mq_emb_table *t;
-    const int64_t *ids, *offsets;
-    int64_t count, noffsets;
-    const float *psw;
-    int mode;
-    int64_t padding_idx;
-    float *out;
-} emb_ctx;
+void mq_ref_emb_bags(const mq_emb_bags_args *a, int64_t b0, int64_t b1) {
+    mq_emb_bags_on_rows(a, b0, b1, mq_ref_emb_rows);
+}
 
 static void rows_range(void *vctx, int64_t begin, int64_t end) {
-    const emb_ctx *c = vctx;
+    const mq_emb_bags_args *c = vctx;
     mq_active()->emb_rows(c->t, c->ids, begin, end, c->count, NULL, MQ_EMB_SET, -1, c->out + begin * c->t->dim,
                           c->t->dim);
 }
 
-static void bags_range(void *vctx, int64_t begin, int64_t end) {
-    const emb_ctx *c = vctx;
-    const int64_t dim = c->t->dim;
-    const mq_emb_rows_fn rows = mq_active()->emb_rows;
-    const int op = c->mode == MQ_EMB_BAG_MAX ? MQ_EMB_MAX : c->psw ? MQ_EMB_ADD_WEIGHTED : MQ_EMB_ADD;
-    for (int64_t b = begin; b < end; b++) {
-        const int64_t first = c->offsets[b], last = b + 1 < c->noffsets ? c->offsets[b + 1] : c->count;
-        float *acc = c->out + b * dim;
-        memset(acc, 0, (size_t)dim * sizeof(float));
-        const int64_t n = rows(c->t, c->ids, first, last, c->count, c->psw, op, c->padding_idx, acc, 0);
-        if (c->mode == MQ_EMB_BAG_MEAN && n > 0)
-            for (int64_t k = 0; k < dim; k++) acc[k] = acc[k] / (float)n;
-    }
-}
+static void bags_range(void *vctx, int64_t begin, int64_t end) { mq_active()->emb_bags(vctx, begin, end); }
 
 /* items of at least ~32 KiB of rows per thread's chunk */
 static int64_t min_chunk(int64_t per_item) { return ((int64_t)1 << 15) / (per_item > 0 ? per_item : 1) + 1; }
 
 void mq_embedding_rows(const mq_emb_table *t, const int64_t *ids, int64_t count, float *out, int nthreads) {
-    emb_ctx c = {t, ids, NULL, count, 0, NULL, 0, -1, out};
+    mq_emb_bags_args c = {t, ids, NULL, count, 0, NULL, 0, -1, out};
     mq_parallel_for(count, min_chunk(t->dim), nthreads, rows_range, &c);
 }
 
 void mq_embedding_bag(const mq_emb_table *t, const int64_t *ids, int64_t count, const int64_t *offsets,
                       int64_t noffsets, int64_t bags, const float *psw, int mode, int64_t padding_idx, float *out,
                       int nthreads) {
-    emb_ctx c = {t, ids, offsets, count, noffsets, psw, mode, padding_idx, out};
+    mq_emb_bags_args c = {t, ids, offsets, count, noffsets, psw, mode, padding_idx, out};
     const int64_t per_bag = bags > 0 ? (count / bags + 1) * t->dim : t->dim;
     mq_parallel_for(bags, min_chunk(per_bag), nthreads, bags_range, &c);
 }

@@ -6,6 +6,7 @@
 #define MQ_EMBEDDING_ROWS_H
 
 #include <math.h>
+#include <string.h>
 
 #include "mq.h"
 
@@ -63,6 +64,21 @@ static inline void mq_emb_prefetch_row(const mq_emb_table *t, int64_t id) {
     if (t->per_row) {
         __builtin_prefetch(t->scale + id);
         if (t->zp) __builtin_prefetch(t->zp + id);
+    }
+}
+
+/* Bags [b0, b1) of a (mq_emb_bags_fn), each through the row loop `rows` (a level's emb_rows): the
+ * reference's bag loop, and the AVX2 level's for the tables its own loop does not take. */
+static inline void mq_emb_bags_on_rows(const mq_emb_bags_args *c, int64_t b0, int64_t b1, mq_emb_rows_fn rows) {
+    const int64_t dim = c->t->dim;
+    const int op = c->mode == MQ_EMB_BAG_MAX ? MQ_EMB_MAX : c->psw ? MQ_EMB_ADD_WEIGHTED : MQ_EMB_ADD;
+    for (int64_t b = b0; b < b1; b++) {
+        const int64_t first = c->offsets[b], last = b + 1 < c->noffsets ? c->offsets[b + 1] : c->count;
+        float *acc = c->out + b * dim;
+        memset(acc, 0, (size_t)dim * sizeof(float));
+        const int64_t n = rows(c->t, c->ids, first, last, c->count, c->psw, op, c->padding_idx, acc, 0);
+        if (c->mode == MQ_EMB_BAG_MEAN && n > 0)
+            for (int64_t k = 0; k < dim; k++) acc[k] = acc[k] / (float)n;
     }
 }
 

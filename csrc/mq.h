@@ -377,6 +377,21 @@ typedef int64_t (*mq_emb_rows_fn)(const mq_emb_table *t, const int64_t *ids, int
                                   int64_t acc_step);
 int64_t mq_ref_emb_rows(const mq_emb_table *t, const int64_t *ids, int64_t first, int64_t last, int64_t count,
                         const float *psw, int op, int64_t padding_idx, float *acc, int64_t acc_step);
+/* A run of bags [b0, b1) of mq_embedding_bag (its arguments here): out [b][dim] = bag b's sum /
+ * mean / maximum (mode) as mq_embedding_bag says, each bag's rows through the level's row steps
+ * (mq_emb_rows_fn's, the same bits at every level).  A level loops the bags itself, so a bag of one id
+ * costs no call per bag (4096 bags of one 32-value row took 1.6x fp32's time with one). */
+typedef struct {
+    const mq_emb_table *t;
+    const int64_t *ids, *offsets;
+    int64_t count, noffsets;
+    const float *psw;
+    int mode;
+    int64_t padding_idx;
+    float *out;
+} mq_emb_bags_args;
+typedef void (*mq_emb_bags_fn)(const mq_emb_bags_args *a, int64_t b0, int64_t b1);
+void mq_ref_emb_bags(const mq_emb_bags_args *a, int64_t b0, int64_t b1);
 
 /* ---- uint8 weights, weight-only (u8_linear.c driver) ------------------------
  * For i < m and j in [n0, n1), with w(j, k) = q[j * ldw + k] - zp[j] (exact in fp32):
@@ -572,6 +587,7 @@ typedef struct {
     mq_u8_panels_fn u8_panels; /* NULL where the level has none (u8_linear.c then declines) */
     /* 8-bit embedding tables (embedding.c) */
     mq_emb_rows_fn emb_rows;
+    mq_emb_bags_fn emb_bags;
     /* AMX-BF16 (the three set together) */
     mq_amxbf16_pack_h16_fn amxbf16_pack_h16;
     mq_amxbf16_pack_i8_fn amxbf16_pack_i8;

@@ -61,53 +61,78 @@
 ROWS_FOR(int8_t, _mm256_cvtepi8_epi32)
 ROWS_FOR(uint8_t, _mm256_cvtepu8_epi32)
 
-/* A bag's columns [c0, c0 + 8 NV) with its NV accumulators in registers (the loop above stores and
- * reloads them for every row: an in-cache table of 64 columns ran at 0.8x fp32's speed): the same
- * operations per value in the same order, so the same bits.  The pass over columns 0.. prefetches. */
-#define BAG_REGS(T, WIDEN, NV)                                                                          \
-    static int64_t bag_##T##_##NV(const mq_emb_table *t, const int64_t *ids, int64_t first, int64_t last, \
-                                  int64_t count, const float *psw, int op, int64_t padding_idx, float *acc, \
-                                  int64_t c0) {                                                          \
+#define MQ_INLINE static inline __attribute__((always_inline))
+
+/* A bag's rows [first, last) over columns [c0, c0 + 8 NV) with the NV accumulators in registers
+ * (the row loop above stores and reloads them for every row: an in-cache table of 64 columns ran at
+ * 0.8x fp32's speed), from 0 (as the reference's cleared accumulator): the same operations per value
+ * in the same order, so the same bits; a mean divided, the bag's columns stored into o.  The pass
+ * over columns 0.. prefetches.  Returns the rows taken. */
+#define BAG_PASS(T, WIDEN, NV)                                                                          \
+    MQ_INLINE int64_t pass_##T##_##NV(const mq_emb_bags_args *c, int64_t first, int64_t last, int op, float *o, \
+                                      int64_t c0) {                                                      \
+        const mq_emb_table *t = c->t;                                                                   \
         __m256 a[NV];                                                                                   \
-        for (int v = 0; v < NV; v++) a[v] = _mm256_loadu_ps(acc + 8 * v);                               \
+        for (int v = 0; v < NV; v++) a[v] = _mm256_setzero_ps();                                         \
         int64_t n = 0;                                                                                  \
         for (int64_t j = first; j < last; j++) {                                                        \
-            if (c0 == 0 && j + MQ_EMB_PREFETCH_AHEAD < count)                                           \
-                mq_emb_prefetch_row(t, ids[j + MQ_EMB_PREFETCH_AHEAD]);                                 \
-            const int64_t id = ids[j];                                                                  \
-            if (id == padding_idx) continue;                                                            \
+            if (c0 == 0 && j + MQ_EMB_PREFETCH_AHEAD < c->count)                                        \
+                mq_emb_prefetch_row(t, c->ids[j + MQ_EMB_PREFETCH_AHEAD]);                              \
+            const int64_t id = c->ids[j];                                                               \
+            if (id == c->padding_idx) continue;                                                         \
             const T *r = (const T *)t->q + id * t->dim + c0;                                            \
             const __m256 sv = _mm256_set1_ps(mq_emb_scale(t, id)), zv = _mm256_set1_ps(mq_emb_zero(t, id)); \
-            const __m256 wv = _mm256_set1_ps(psw ? psw[j] : 1.0f);                                      \
+            const __m256 wv = _mm256_set1_ps(c->psw ? c->psw[j] : 1.0f);                                \
             for (int v = 0; v < NV; v++) {                                                              \
                 const __m256 x = _mm256_mul_ps(                                                         \
                     _mm256_sub_ps(_mm256_cvtepi32_ps(WIDEN(_mm_loadl_epi64((const __m128i *)(r + 8 * v)))), zv), sv); \
-                if (op == MQ_EMB_ADD)                                                                   \
-                    a[v] = _mm256_add_ps(a[v], x);                                                      \
-                else if (op == MQ_EMB_ADD_WEIGHTED)                                                     \
-                    a[v] = _mm256_fmadd_ps(x, wv, a[v]);                                                \
-                else                                                                                    \
-                    a[v] = n == 0 ? x : _mm256_max_ps(x, a[v]); /* x > a ? x : a */                    \
+                a[v] = bag_step(op, n, x, wv, a[v]);                                                    \
             }                                                                                           \
             n++;                                                                                        \
         }                                                                                               \
-        for (int v = 0; v < NV; v++) _mm256_storeu_ps(acc + 8 * v, a[v]);                               \
+        bag_store(c->mode, n, a, NV, o + c0);                                                           \
         return n;                                                                                       \
     }
-#define BAG_REGS_ALL(T, WIDEN)                                                                          \
-    BAG_REGS(T, WIDEN, 1) BAG_REGS(T, WIDEN, 2) BAG_REGS(T, WIDEN, 3) BAG_REGS(T, WIDEN, 4)             \
-    BAG_REGS(T, WIDEN, 5) BAG_REGS(T, WIDEN, 6) BAG_REGS(T, WIDEN, 7) BAG_REGS(T, WIDEN, 8)
-BAG_REGS_ALL(int8_t, _mm256_cvtepi8_epi32)
-BAG_REGS_ALL(uint8_t, _mm256_cvtepu8_epi32)
 
-typedef int64_t (*bag_regs_fn)(const mq_emb_table *, const int64_t *, int64_t, int64_t, int64_t, const float *, int,
-                               int64_t, float *, int64_t);
-static const bag_regs_fn bag_regs[2][9] = {
-    {NULL, bag_uint8_t_1, bag_uint8_t_2, bag_uint8_t_3, bag_uint8_t_4, bag_uint8_t_5, bag_uint8_t_6, bag_uint8_t_7,
-     bag_uint8_t_8},
-    {NULL, bag_int8_t_1, bag_int8_t_2, bag_int8_t_3, bag_int8_t_4, bag_int8_t_5, bag_int8_t_6, bag_int8_t_7,
-     bag_int8_t_8},
-};
+/* One value vector's step of a bag (mq_emb_step's, 8 lanes): the first row of a maximum kept */
+MQ_INLINE __m256 bag_step(int op, int64_t n, __m256 x, __m256 wv, __m256 acc) {
+    if (op == MQ_EMB_ADD) return _mm256_add_ps(acc, x);
+    if (op == MQ_EMB_ADD_WEIGHTED) return _mm256_fmadd_ps(x, wv, acc);
+    return n == 0 ? x : _mm256_max_ps(x, acc); /* x > acc ? x : acc */
+}
+
+/* A pass's accumulators stored (a mean's divided by the rows taken, as the reference's) */
+MQ_INLINE void bag_store(int mode, int64_t n, __m256 *a, int nv, float *o) {
+    const __m256 count = _mm256_set1_ps((float)n);
+    for (int v = 0; v < nv; v++)
+        _mm256_storeu_ps(o + 8 * v, mode == MQ_EMB_BAG_MEAN && n > 0 ? _mm256_div_ps(a[v], count) : a[v]);
+}
+
+#define BAG_PASSES(T, WIDEN)                                                                            \
+    BAG_PASS(T, WIDEN, 1) BAG_PASS(T, WIDEN, 2) BAG_PASS(T, WIDEN, 3) BAG_PASS(T, WIDEN, 4)             \
+    BAG_PASS(T, WIDEN, 5) BAG_PASS(T, WIDEN, 6) BAG_PASS(T, WIDEN, 7) BAG_PASS(T, WIDEN, 8)             \
+    /* bags [b0, b1) of a table of dim % 8 == 0, 64 columns a pass */                                   \
+    static void bags_##T(const mq_emb_bags_args *c, int64_t b0, int64_t b1, int op) {                   \
+        const int64_t dim = c->t->dim;                                                                  \
+        for (int64_t b = b0; b < b1; b++) {                                                             \
+            const int64_t first = c->offsets[b], last = b + 1 < c->noffsets ? c->offsets[b + 1] : c->count; \
+            float *o = c->out + b * dim;                                                                \
+            for (int64_t c0 = 0; c0 < dim; c0 += 64) {                                                  \
+                switch ((dim - c0) / 8 < 8 ? (dim - c0) / 8 : 8) {                                      \
+                case 1: pass_##T##_1(c, first, last, op, o, c0); break;                                 \
+                case 2: pass_##T##_2(c, first, last, op, o, c0); break;                                 \
+                case 3: pass_##T##_3(c, first, last, op, o, c0); break;                                 \
+                case 4: pass_##T##_4(c, first, last, op, o, c0); break;                                 \
+                case 5: pass_##T##_5(c, first, last, op, o, c0); break;                                 \
+                case 6: pass_##T##_6(c, first, last, op, o, c0); break;                                 \
+                case 7: pass_##T##_7(c, first, last, op, o, c0); break;                                 \
+                default: pass_##T##_8(c, first, last, op, o, c0);                                       \
+                }                                                                                       \
+            }                                                                                           \
+        }                                                                                               \
+    }
+BAG_PASSES(int8_t, _mm256_cvtepi8_epi32)
+BAG_PASSES(uint8_t, _mm256_cvtepu8_epi32)
 
 /* int4 rows (t->group > 0): a 32-column block at a time, 16 bytes split into their low and high
  * nibbles (columns b..b+15, b+16..b+31), the block's group scale and zero-point; the accumulators in
@@ -158,25 +183,25 @@ static int64_t rows_q4(const mq_emb_table *t, const int64_t *ids, int64_t first,
     return n;
 }
 
-/* An int4 bag's columns [c0, c0 + 32 NB) (whole 32-column blocks inside dim) with its 4 NB
+/* An int4 bag's pass over columns [c0, c0 + 32 NB) (whole 32-column blocks inside dim) with its 4 NB
  * accumulators in registers (rows_q4 stores and reloads them for every row: an in-cache table of 64
  * columns ran at 0.5-0.6x fp32's speed): the values as rows_q4 makes them, the same step in the
- * same order, so the same bits.  The pass over columns 0.. prefetches. */
-#define BAG_Q4(NB)                                                                                      \
-    static int64_t bag_q4_##NB(const mq_emb_table *t, const int64_t *ids, int64_t first, int64_t last,  \
-                               int64_t count, const float *psw, int op, int64_t padding_idx, float *acc, \
-                               int64_t c0) {                                                             \
+ * same order, so the same bits. */
+#define BAG_Q4_PASS(NB)                                                                                 \
+    MQ_INLINE int64_t pass_q4_##NB(const mq_emb_bags_args *c, int64_t first, int64_t last, int op, float *o, \
+                                   int64_t c0) {                                                         \
+        const mq_emb_table *t = c->t;                                                                   \
         const __m128i low4 = _mm_set1_epi8(15);                                                         \
         __m256 a[4 * NB];                                                                               \
-        for (int v = 0; v < 4 * NB; v++) a[v] = _mm256_loadu_ps(acc + 8 * v);                            \
+        for (int v = 0; v < 4 * NB; v++) a[v] = _mm256_setzero_ps();                                     \
         int64_t n = 0;                                                                                  \
         for (int64_t j = first; j < last; j++) {                                                        \
-            if (c0 == 0 && j + MQ_EMB_PREFETCH_AHEAD < count)                                           \
-                mq_emb_prefetch_row(t, ids[j + MQ_EMB_PREFETCH_AHEAD]);                                 \
-            const int64_t id = ids[j];                                                                  \
-            if (id == padding_idx) continue;                                                            \
+            if (c0 == 0 && j + MQ_EMB_PREFETCH_AHEAD < c->count)                                        \
+                mq_emb_prefetch_row(t, c->ids[j + MQ_EMB_PREFETCH_AHEAD]);                              \
+            const int64_t id = c->ids[j];                                                               \
+            if (id == c->padding_idx) continue;                                                         \
             const uint8_t *row = (const uint8_t *)t->q + id * (t->kpad / 2) + c0 / 2;                   \
-            const __m256 wv = _mm256_set1_ps(psw ? psw[j] : 1.0f);                                      \
+            const __m256 wv = _mm256_set1_ps(c->psw ? c->psw[j] : 1.0f);                                \
             for (int blk = 0; blk < NB; blk++) {                                                        \
                 float s, z;                                                                             \
                 mq_emb_q4_group(t, id, c0 + 32 * blk, &s, &z);                                          \
@@ -187,46 +212,51 @@ static int64_t rows_q4(const mq_emb_table *t, const int64_t *ids, int64_t first,
                 for (int i = 0; i < 4; i++) {                                                           \
                     const __m256 x = _mm256_mul_ps(                                                     \
                         _mm256_sub_ps(_mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(part[i])), zv), sv);      \
-                    __m256 *av = &a[4 * blk + i];                                                       \
-                    if (op == MQ_EMB_ADD)                                                               \
-                        *av = _mm256_add_ps(*av, x);                                                    \
-                    else if (op == MQ_EMB_ADD_WEIGHTED)                                                 \
-                        *av = _mm256_fmadd_ps(x, wv, *av);                                              \
-                    else                                                                                \
-                        *av = n == 0 ? x : _mm256_max_ps(x, *av); /* x > a ? x : a */                   \
+                    a[4 * blk + i] = bag_step(op, n, x, wv, a[4 * blk + i]);                            \
                 }                                                                                       \
             }                                                                                           \
             n++;                                                                                        \
         }                                                                                               \
-        for (int v = 0; v < 4 * NB; v++) _mm256_storeu_ps(acc + 8 * v, a[v]);                            \
+        bag_store(c->mode, n, a, 4 * NB, o + c0);                                                       \
         return n;                                                                                       \
     }
-BAG_Q4(1)
-BAG_Q4(2)
+BAG_Q4_PASS(1)
+BAG_Q4_PASS(2)
+
+/* bags [b0, b1) of an int4 table of dim % 32 == 0, 64 columns a pass */
+static void bags_q4(const mq_emb_bags_args *c, int64_t b0, int64_t b1, int op) {
+    const int64_t dim = c->t->dim;
+    for (int64_t b = b0; b < b1; b++) {
+        const int64_t first = c->offsets[b], last = b + 1 < c->noffsets ? c->offsets[b + 1] : c->count;
+        float *o = c->out + b * dim;
+        for (int64_t c0 = 0; c0 < dim; c0 += 64)
+            if (dim - c0 >= 64) pass_q4_2(c, first, last, op, o, c0);
+            else pass_q4_1(c, first, last, op, o, c0);
+    }
+}
 
 static int64_t emb_rows(const mq_emb_table *t, const int64_t *ids, int64_t first, int64_t last, int64_t count,
                         const float *psw, int op, int64_t padding_idx, float *acc, int64_t acc_step) {
-    if (t->group > 0 && acc_step == 0 && op != MQ_EMB_SET && t->dim % 32 == 0) { /* 64 columns at a time */
-        int64_t n = 0;
-        for (int64_t c0 = 0; c0 < t->dim; c0 += 64)
-            n = (t->dim - c0 >= 64 ? bag_q4_2 : bag_q4_1)(t, ids, first, last, count, psw, op, padding_idx, acc + c0, c0);
-        return n;
-    }
     if (t->group > 0) return rows_q4(t, ids, first, last, count, psw, op, padding_idx, acc, acc_step);
-    if (acc_step == 0 && op != MQ_EMB_SET && t->dim % 8 == 0) { /* a bag: 64 columns at a time in registers */
-        int64_t n = 0;
-        for (int64_t c0 = 0; c0 < t->dim; c0 += 64) {
-            const int64_t nv = (t->dim - c0) / 8 < 8 ? (t->dim - c0) / 8 : 8;
-            n = bag_regs[t->is_signed != 0][nv](t, ids, first, last, count, psw, op, padding_idx, acc + c0, c0);
-        }
-        return n;
-    }
     return t->is_signed ? rows_int8_t(t, ids, first, last, count, psw, op, padding_idx, acc, acc_step)
                         : rows_uint8_t(t, ids, first, last, count, psw, op, padding_idx, acc, acc_step);
 }
 
+/* Bags in registers where whole vectors (8-bit) or blocks (int4) cover dim; the others row by row. */
+static void emb_bags(const mq_emb_bags_args *c, int64_t b0, int64_t b1) {
+    const mq_emb_table *t = c->t;
+    const int op = c->mode == MQ_EMB_BAG_MAX ? MQ_EMB_MAX : c->psw ? MQ_EMB_ADD_WEIGHTED : MQ_EMB_ADD;
+    if (t->group > 0 && t->dim % 32 == 0)
+        bags_q4(c, b0, b1, op);
+    else if (t->group == 0 && t->dim % 8 == 0)
+        (t->is_signed ? bags_int8_t : bags_uint8_t)(c, b0, b1, op);
+    else
+        mq_emb_bags_on_rows(c, b0, b1, emb_rows);
+}
+
 const mq_kernels mq_avx2_embedding_table = {
     .emb_rows = emb_rows,
+    .emb_bags = emb_bags,
 };
 
 #else
