@@ -45,8 +45,8 @@ def _bags(num, seed=1):
 
 @pytest.mark.parametrize("dim", [1, 7, 8, 9, 64, 65, 200])
 @pytest.mark.parametrize("signed, per_row, zero", [(True, True, "zp"), (False, True, "zp"), (True, False, "zp"),
-                                                   (True, True, "none"), (False, False, "zp")],
-                         ids=["int8-rows", "uint8-rows", "int8-table", "int8-no-zp", "uint8-table"])
+                                                   (True, True, "none"), (False, False, "zp"), (False, True, "none")],
+                         ids=["int8-rows", "uint8-rows", "int8-table", "int8-no-zp", "uint8-table", "uint8-no-zp"])
 def test_every_level_gives_torchs_bits_on_the_dequantized_table(dim, signed, per_row, zero):
     q, scale, zp = _table(50, dim, signed, per_row, zero)
     table = _dequantized(q, scale, zp)

@@ -70,7 +70,7 @@ ROWS_FOR(uint8_t, _mm256_cvtepu8_epi32)
  * over columns 0.. prefetches.  Returns the rows taken. */
 #define BAG_PASS(T, WIDEN, NV)                                                                          \
     MQ_INLINE int64_t pass_##T##_##NV(const mq_emb_bags_args *c, int64_t first, int64_t last, int op, float *o, \
-                                      int64_t c0) {                                                      \
+                                      int64_t c0, const int has_zp) {                                    \
         const mq_emb_table *t = c->t;                                                                   \
         __m256 a[NV];                                                                                   \
         for (int v = 0; v < NV; v++) a[v] = _mm256_setzero_ps();                                         \
@@ -81,11 +81,13 @@ ROWS_FOR(uint8_t, _mm256_cvtepu8_epi32)
             const int64_t id = c->ids[j];                                                               \
             if (id == c->padding_idx) continue;                                                         \
             const T *r = (const T *)t->q + id * t->dim + c0;                                            \
-            const __m256 sv = _mm256_set1_ps(mq_emb_scale(t, id)), zv = _mm256_set1_ps(mq_emb_zero(t, id)); \
+            const __m256 sv = _mm256_set1_ps(mq_emb_scale(t, id));                                      \
+            const __m256 zv = has_zp ? _mm256_set1_ps(mq_emb_zero(t, id)) : _mm256_setzero_ps();        \
             const __m256 wv = _mm256_set1_ps(c->psw ? c->psw[j] : 1.0f);                                \
             for (int v = 0; v < NV; v++) {                                                              \
-                const __m256 x = _mm256_mul_ps(                                                         \
-                    _mm256_sub_ps(_mm256_cvtepi32_ps(WIDEN(_mm_loadl_epi64((const __m128i *)(r + 8 * v)))), zv), sv); \
+                __m256 x = _mm256_cvtepi32_ps(WIDEN(_mm_loadl_epi64((const __m128i *)(r + 8 * v))));    \
+                if (has_zp) x = _mm256_sub_ps(x, zv); /* (without: q - 0 is q, exactly) */              \
+                x = _mm256_mul_ps(x, sv);                                                               \
                 a[v] = bag_step(op, n, x, wv, a[v]);                                                    \
             }                                                                                           \
             n++;                                                                                        \
@@ -112,24 +114,29 @@ MQ_INLINE void bag_store(int mode, int64_t n, __m256 *a, int nv, float *o) {
     BAG_PASS(T, WIDEN, 1) BAG_PASS(T, WIDEN, 2) BAG_PASS(T, WIDEN, 3) BAG_PASS(T, WIDEN, 4)             \
     BAG_PASS(T, WIDEN, 5) BAG_PASS(T, WIDEN, 6) BAG_PASS(T, WIDEN, 7) BAG_PASS(T, WIDEN, 8)             \
     /* bags [b0, b1) of a table of dim % 8 == 0, 64 columns a pass */                                   \
-    static void bags_##T(const mq_emb_bags_args *c, int64_t b0, int64_t b1, int op) {                   \
+    MQ_INLINE void bags_##T##_body(const mq_emb_bags_args *c, int64_t b0, int64_t b1, int op, const int zp) { \
         const int64_t dim = c->t->dim;                                                                  \
         for (int64_t b = b0; b < b1; b++) {                                                             \
             const int64_t first = c->offsets[b], last = b + 1 < c->noffsets ? c->offsets[b + 1] : c->count; \
             float *o = c->out + b * dim;                                                                \
             for (int64_t c0 = 0; c0 < dim; c0 += 64) {                                                  \
                 switch ((dim - c0) / 8 < 8 ? (dim - c0) / 8 : 8) {                                      \
-                case 1: pass_##T##_1(c, first, last, op, o, c0); break;                                 \
-                case 2: pass_##T##_2(c, first, last, op, o, c0); break;                                 \
-                case 3: pass_##T##_3(c, first, last, op, o, c0); break;                                 \
-                case 4: pass_##T##_4(c, first, last, op, o, c0); break;                                 \
-                case 5: pass_##T##_5(c, first, last, op, o, c0); break;                                 \
-                case 6: pass_##T##_6(c, first, last, op, o, c0); break;                                 \
-                case 7: pass_##T##_7(c, first, last, op, o, c0); break;                                 \
-                default: pass_##T##_8(c, first, last, op, o, c0);                                       \
+                case 1: pass_##T##_1(c, first, last, op, o, c0, zp); break;                                 \
+                case 2: pass_##T##_2(c, first, last, op, o, c0, zp); break;                                 \
+                case 3: pass_##T##_3(c, first, last, op, o, c0, zp); break;                                 \
+                case 4: pass_##T##_4(c, first, last, op, o, c0, zp); break;                                 \
+                case 5: pass_##T##_5(c, first, last, op, o, c0, zp); break;                                 \
+                case 6: pass_##T##_6(c, first, last, op, o, c0, zp); break;                                 \
+                case 7: pass_##T##_7(c, first, last, op, o, c0, zp); break;                                 \
+                default: pass_##T##_8(c, first, last, op, o, c0, zp);                                       \
                 }                                                                                       \
             }                                                                                           \
         }                                                                                               \
+    }                                                                                                   \
+    /* (a table without zero-points, int8's symmetric codes, skips the subtraction) */                  \
+    static void bags_##T(const mq_emb_bags_args *c, int64_t b0, int64_t b1, int op) {                   \
+        if (c->t->zp) bags_##T##_body(c, b0, b1, op, 1);                                               \
+        else bags_##T##_body(c, b0, b1, op, 0);                                                        \
     }
 BAG_PASSES(int8_t, _mm256_cvtepi8_epi32)
 BAG_PASSES(uint8_t, _mm256_cvtepu8_epi32)
