@@ -3,7 +3,7 @@
 For table shapes from a DLRM-style model (a million rows of 64) down to a table that fits the caches,
 times interleaved in one process (medians): fp32 nn.EmbeddingBag, mono-quant's QuantizedEmbeddingBag
 at int8 (the C bag kernel, csrc/embedding.c), uint8 (asymmetric: a zero-point per row, one more read)
-and int4 (rows dequantized then torch's F.embedding_bag), and torch.ao's quantized EmbeddingBag (8-bit
+and int4 (group-wise rows, the same C kernel), and torch.ao's quantized EmbeddingBag (8-bit
 rowwise, fbgemm's fused rows: codes, scale and bias in one row).  Each call takes the next of 8
 batches of random ids, so a batch's rows are not all in the caches from the call before.  Also the
 nn.Embedding lookup of the same ids (rows gathered and dequantized in C).  Prints each one's speed
