@@ -359,9 +359,10 @@ def main(argv: Optional[List[str]] = None) -> int:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 141
     except (ValueError, TypeError, KeyError, OSError, RecursionError, MemoryError, OverflowError,
-            RuntimeError) as exc:
+            RuntimeError, Warning) as exc:
         # bad input of any shape (CheckpointError is a ValueError; torch raises RuntimeError, e.g. for a
-        # sparse or meta tensor in a .pt file, NotImplementedError included): one line, no traceback
+        # sparse or meta tensor in a .pt file, NotImplementedError included), or a warning that -W error or
+        # PYTHONWARNINGS made an error (a CI run): one line, no traceback
         message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         print(f"mono-quant {args.command}: error: {_printable(_cli_wording(message))}", file=sys.stderr)
         return 1

@@ -37,3 +37,30 @@ def test_cli_on_a_file_with_nothing_to_quantize_warns(tmp_path):
     safetensors.torch.save_file(FLOAT_ONLY, src)
     with pytest.warns(NothingQuantizedWarning):
         main(["quantize", str(src), "-o", str(tmp_path / "q.safetensors")])
+
+
+def test_the_warning_made_an_error_leaves_no_output_and_names_the_callers_line(tmp_path):
+    """A CI run's filterwarnings('error'): the call raises and dst never appears (it was written first)."""
+    src, dst = tmp_path / "float.safetensors", tmp_path / "q.safetensors"
+    safetensors.torch.save_file(FLOAT_ONLY, src)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", NothingQuantizedWarning)
+        with pytest.raises(NothingQuantizedWarning):
+            mq.quantize_checkpoint(src, dst)
+    assert not dst.exists() and sorted(p.name for p in tmp_path.iterdir()) == ["float.safetensors"]
+    with pytest.warns(NothingQuantizedWarning) as record:
+        mq.quantize_checkpoint(src, dst)
+    assert record[0].filename == __file__  # this line, not the test runner's
+
+
+def test_cli_under_w_error_is_one_line_and_exit_1(tmp_path):
+    import subprocess
+    import sys
+
+    src, dst = tmp_path / "float.safetensors", tmp_path / "q.safetensors"
+    safetensors.torch.save_file(FLOAT_ONLY, src)
+    out = subprocess.run([sys.executable, "-W", "error", "-m", "mono_quant", "quantize", str(src), "-o", str(dst)],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 1 and not dst.exists(), out.stderr
+    lines = out.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("mono-quant quantize: error: nothing was quantized"), out.stderr

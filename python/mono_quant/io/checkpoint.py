@@ -142,7 +142,6 @@ def quantize_checkpoint(src, dst, dtype=None, *, symmetric: Optional[bool] = Non
         check_patterns_match(cfg, layer_names_of_keys(reader.keys()), holders=holder_names_of_keys(reader.keys()))
         hf_plan.keep_float.update(attention_out_proj_keys(reader.keys()))  # as quantize(state_dict) does
         report = _write(reader, src, dst, cfg, overwrite, progress, measure_error, hf_plan)
-    warn_if_nothing_quantized(report.layers, report.skipped)  # as quantize(state_dict) does
     return QuantizationResult(None, report.skipped, report, cfg, path=Path(dst))
 
 
@@ -262,6 +261,9 @@ def _write(reader: CheckpointReader, src, dst, cfg: QuantConfig, overwrite: bool
                 # an HF folder's tied names it does not store: kept tied
                 report.tied.update(add_tied_aliases(hf_plan, keys, manifest))
                 writer.finish(dump_manifest(manifest))
+                # as quantize(state_dict) does; before dst appears, so a warning made an error (-W error, a
+                # filter) leaves no output behind.  (stacklevel: _write, quantize_checkpoint, its caller)
+                warn_if_nothing_quantized(report.layers, report.skipped)
     finally:
         bar.close()
     return report
