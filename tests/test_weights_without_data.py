@@ -47,3 +47,18 @@ def test_a_checkpoint_entry_without_data_is_named(tmp_path, kind):
     torch.save({"a.weight": NO_DATA[kind](), "b.weight": torch.randn(64, 64)}, src)
     with pytest.raises(mq.CheckpointError, match=f"tensor 'a.weight' is .*{kind.split('_')[0]}"):
         mq.quantize_checkpoint(src, tmp_path / "out.safetensors")
+
+
+@pytest.mark.parametrize("kind", ["sparse_coo", "sparse_csr"])
+def test_a_model_holding_a_sparse_layer_quantizes_the_others(kind):
+    """deepcopy refuses sparse tensors (preserve_format): the model's copy takes a clone of them."""
+    model = nn.Sequential(nn.Linear(64, 64), nn.Linear(64, 64))
+    model[0].weight = nn.Parameter(NO_DATA[kind](), requires_grad=False)
+    model.register_buffer("mask", torch.eye(4).to_sparse())
+    result = mq.quantize(model)
+    assert [s.name for s in result.skipped] == ["0"] and "sparse" in result.skipped[0].reason
+    assert isinstance(result.model[1], mq.QuantizedModule)
+    copied = result.model[0].weight
+    assert copied is not model[0].weight and copied.layout == model[0].weight.layout
+    assert torch.equal(copied.to_dense(), model[0].weight.to_dense()) and not copied.requires_grad
+    assert result.model.mask is not model.mask and torch.equal(result.model.mask.to_dense(), torch.eye(4))

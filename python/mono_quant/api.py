@@ -470,6 +470,7 @@ class _LayerQuantizer:
 def _copy_around(model: nn.Module, memo: Dict[int, nn.Module]) -> nn.Module:
     """A deep copy of ``model`` with the float layers in ``memo`` replaced (never copied)."""
     memo.update(hook_computed_copies(model, memo))
+    _copy_non_strided(model, memo)
     try:
         return copy.deepcopy(model, memo)
     except Exception as exc:  # a model holding something deepcopy refuses (locks, open files, ...)
@@ -477,6 +478,17 @@ def _copy_around(model: nn.Module, memo: Dict[int, nn.Module]) -> nn.Module:
             f"quantize() copies the model so the original stays untouched, but {type(model).__name__} "
             f"cannot be deep-copied: {exc}"
         ) from exc
+
+
+def _copy_non_strided(model: nn.Module, memo: Dict[int, object]) -> None:
+    """Copies of the model's sparse parameters and buffers into ``memo``: deepcopy clones a tensor with
+    memory_format=preserve_format, which sparse layouts refuse (a model holding one could not be copied
+    at all, where its layer is only skipped)."""
+    for tensor in list(model.parameters()) + list(model.buffers()):
+        if tensor.layout != torch.strided and id(tensor) not in memo:
+            copied = tensor.detach().clone()
+            memo[id(tensor)] = nn.Parameter(copied, tensor.requires_grad) if isinstance(tensor, nn.Parameter) \
+                else copied
 
 
 def _key(name: str, suffix: str) -> str:
