@@ -5,6 +5,8 @@
 #define MQ_BIND_IMPORTS_NUMPY /* this file fills NumPy's API table (import_array) */
 #include "bind.h"
 
+#include <strings.h> /* strcasecmp */
+
 /* Every binding file's methods, one table per concern. */
 static PyMethodDef *const method_tables[] = {
     mq_quant_methods, mq_pack_methods, mq_linear_methods, mq_int4_methods, mq_observer_methods, mq_runtime_methods,
@@ -27,16 +29,23 @@ static int add_layout(PyObject *m) {
     return 0;
 }
 
-/* MONO_QUANT_ISA=scalar|avx2|avx512 caps the kernels (debugging, CI on other
- * CPUs); an unsupported value is ignored with a warning.  -1 when the warning
- * was turned into an error. */
-static int isa_from_environment(void) {
+/* MONO_QUANT_ISA=scalar|avx2|avx512 (any case) caps the kernels (debugging, CI on other CPUs).  An
+ * unknown or unsupported value is left as ISA_FROM_ENV_IGNORED, which kernels/settings.py warns
+ * about at the user's import line (a warning here was attributed to importlib's frames); None
+ * otherwise.  -1 on an error. */
+static int isa_from_environment(PyObject *m) {
     const char *forced = getenv("MONO_QUANT_ISA");
-    if (!forced || !*forced) return 0;
-    for (int i = 0; i < MQ_ISA_COUNT; i++)
-        if (!strcmp(forced, mq_isa_names[i]) && mq_set_isa((mq_isa_t)i) == 0) return 0;
-    return PyErr_WarnFormat(PyExc_RuntimeWarning, 1, "MONO_QUANT_ISA=%s is unknown or unsupported here; using '%s'",
-                            forced, mq_isa_names[mq_active_isa()]);
+    if (forced && *forced) {
+        for (int i = 0; i < MQ_ISA_COUNT; i++)
+            if (!strcasecmp(forced, mq_isa_names[i]) && mq_set_isa((mq_isa_t)i) == 0)
+                return PyModule_AddObjectRef(m, "ISA_FROM_ENV_IGNORED", Py_None);
+        PyObject *value = PyUnicode_DecodeFSDefault(forced);
+        if (!value) return -1;
+        const int rc = PyModule_AddObjectRef(m, "ISA_FROM_ENV_IGNORED", value);
+        Py_DECREF(value);
+        return rc;
+    }
+    return PyModule_AddObjectRef(m, "ISA_FROM_ENV_IGNORED", Py_None);
 }
 
 static int module_exec(PyObject *m) {
@@ -44,7 +53,7 @@ static int module_exec(PyObject *m) {
     /* the kernel tables are built once, here, with the GIL held: later calls
      * from threads running without the GIL only read them */
     mq_active();
-    if (isa_from_environment() < 0) return -1;
+    if (isa_from_environment(m) < 0) return -1;
     mq_parallel_watch_forks();
     for (size_t i = 0; i < sizeof method_tables / sizeof method_tables[0]; i++)
         if (PyModule_AddFunctions(m, method_tables[i]) < 0) return -1;

@@ -73,7 +73,8 @@ def cli_markdown() -> str:
              "stderr when its input is wrong (no traceback), 2 on a usage error, 130 when interrupted, "
              "141 (quietly) when the reader of its output goes away (`mono-quant inspect FILE | head`). "
              "A warning is one `mono-quant COMMAND: warning: Category: message` line on stderr (Python's "
-             "`-W` options still choose which are shown). `python -m mono_quant` is the same command.\n"]
+             "`-W` options still choose which are shown; one made an error, `-W error`, ends the command as an error "
+             "does, exit 1, and `quantize` then leaves no output file). `python -m mono_quant` is the same command.\n"]
     top = [a for a in parser._actions if a.option_strings and a.dest != "help"]
     if top:
         lines += ["| option | default | what it does |", "|---|---|---|"] + [_flag_row(a) for a in top] + [""]

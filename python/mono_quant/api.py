@@ -273,7 +273,7 @@ def _quantize_module(model: nn.Module, cfg: QuantConfig, progress: bool, weights
     targets, skipped = _select_targets(modules, names_of, cfg, weights, held, already)
     skipped = children_of_composites(targets, skipped, lambda m: qmodule_for_selected(m, cfg))
     targets = drop_tied_to_float(targets, skipped, modules, names_of)
-    warn_own_forwards([m for _, m in targets], stacklevel=3)  # (this function, quantize(), the user's line)
+    warn_own_forwards([m for _, m in targets])
     layers = _LayerQuantizer(cfg, weights)
     for i, (name, m) in enumerate(targets):
         if progress:

@@ -15,6 +15,7 @@ import warnings
 from typing import Any, Mapping, Optional, Tuple
 
 from torch import nn
+from .warn_site import caller_stacklevel
 
 __all__ = ["PREFIX", "compiled_inner", "uncompiled", "compiled_like", "compiled_inputs"]
 
@@ -44,7 +45,7 @@ def compiled_like(wrapper: nn.Module, model: nn.Module) -> nn.Module:
         return type(wrapper)(model, wrapper.dynamo_ctx)
     except (AttributeError, TypeError) as exc:
         warnings.warn(f"the quantized model is returned uncompiled ({exc}): call torch.compile on it",
-                      stacklevel=3)
+                      stacklevel=caller_stacklevel())
         return model
 
 

@@ -24,6 +24,7 @@ from typing import Dict, List, Optional, Tuple, Type
 import torch
 from torch import nn
 
+from .warn_site import caller_stacklevel
 from .modules.conv1d import QuantizedConv1d, conv2d_weight_of
 from .modules.gpt2_conv1d import QuantizedGPT2Conv1D, linear_weight_of
 from .modules.composite import is_composite
@@ -74,10 +75,10 @@ def qmodule_for_selected(module: nn.Module, cfg) -> Optional[Type[QuantizedModul
     return None
 
 
-def warn_own_forwards(layers, stacklevel: int) -> None:
+def warn_own_forwards(layers) -> None:
     """Warn (OwnForwardReplacedWarning, once per class) for each subclass among the selected ``layers``
     that has a forward of its own, which its quantized base type's replaces (its extra code, a scale
-    or an activation, silently stopped running).  ``stacklevel``: the caller's, to the user's line."""
+    or an activation, silently stopped running), at the user's line."""
     seen = set()
     for module in layers:
         cls = type(module)
@@ -89,7 +90,7 @@ def warn_own_forwards(layers, stacklevel: int) -> None:
             warnings.warn(f"include=[{cls.__name__}] replaces {cls.__name__} layers by {QMODULES[float_type].__name__}, "
                           f"which computes {float_type.__name__}.forward: {cls.__name__}'s own forward no longer "
                           f"runs (exclude the class, or move its extra computation out of the layer)",
-                          OwnForwardReplacedWarning, stacklevel=stacklevel + 1)
+                          OwnForwardReplacedWarning, stacklevel=caller_stacklevel())
 
 
 def weight_to_quantize(module: nn.Module, weight: torch.Tensor, qcls, keep: dict) -> torch.Tensor:
@@ -178,5 +179,5 @@ def drop_tied_to_float(targets: List[Tuple[str, nn.Module]], skipped: List[Skipp
     if dropped:
         warnings.warn(f"{len(dropped)} layer(s) kept float because their weight is tied to a layer that stays "
                       f"float ({', '.join(repr(d) for d in dropped[:5])}); see the skipped list",
-                      TiedWeightWarning, stacklevel=4)
+                      TiedWeightWarning, stacklevel=caller_stacklevel())
     return kept

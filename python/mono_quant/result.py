@@ -8,6 +8,7 @@ from typing import Dict, List, Optional
 import torch
 from torch import nn
 
+from .warn_site import caller_stacklevel
 from .config import QuantConfig
 from .modules.whole_load import guard_whole_loads
 from .report import Report, SkippedLayer
@@ -71,7 +72,7 @@ class QuantizationResult:
         # only called for names not found: the Report fields quantize_checkpoint() used to return
         if name in _OLD_REPORT_FIELDS:
             warnings.warn(f"quantize_checkpoint() returns a QuantizationResult: use result.report.{name}",
-                          DeprecationWarning, stacklevel=2)
+                          DeprecationWarning, stacklevel=caller_stacklevel())
             return getattr(self.report, name)
         raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
 

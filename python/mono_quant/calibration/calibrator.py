@@ -35,6 +35,7 @@ from safetensors import safe_open
 from safetensors.numpy import save_file
 from torch import nn
 
+from ..warn_site import caller_stacklevel
 from ..io.untrusted_json import loads_bounded
 from .histogram import DEFAULT_BINS
 from .ranges import entropy_range, mse_range, percentile_range, qparams_for_range, quant_range
@@ -279,7 +280,7 @@ class Calibrator:
             bad = {p: s.nonfinite for p, s in self.stats.items() if s.nonfinite}
             warnings.warn(f"calibration saw {self.nonfinite - nonfinite_before} NaN/Inf activation values "
                           f"(skipped in every statistic); per activation so far: {bad}", CalibrationWarning,
-                          stacklevel=2)
+                          stacklevel=caller_stacklevel())
         return used
 
     # ---- results -----------------------------------------------------------------------------
@@ -303,7 +304,7 @@ class Calibrator:
                                f"modules of the captured types: {', '.join(t.__name__ for t in self.types[:6])}, ...)")
         if self.samples < MIN_RECOMMENDED_SAMPLES:
             warnings.warn(f"calibrated on {self.samples} samples; ranges are unreliable below "
-                          f"{MIN_RECOMMENDED_SAMPLES}", CalibrationWarning, stacklevel=2)
+                          f"{MIN_RECOMMENDED_SAMPLES}", CalibrationWarning, stacklevel=caller_stacklevel())
         qmin, qmax = quant_range(encoding, symmetric)
         out = {}
         for point, s in self.stats.items():

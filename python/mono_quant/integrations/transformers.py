@@ -41,6 +41,7 @@ from transformers.quantizers.auto import (AUTO_QUANTIZATION_CONFIG_MAPPING, AUTO
 from transformers.quantizers.base import HfQuantizer
 from transformers.utils.quantization_config import QuantizationConfigMixin
 
+from ..warn_site import caller_stacklevel
 from ..errors import ConfigError
 from ..io.composites import check_loaded_float_parameters, expand_shells, float_parameter_keys
 from ..io.errors import CheckpointError
@@ -189,12 +190,12 @@ def _warn_unknown_keys(kwargs: Dict[str, Any]) -> None:
         if key in _OTHER_QUANTIZERS_SKIP_LISTS:
             warnings.warn(f"MonoQuantConfig: {key!r} (another quantizer's option) ignored: layers to keep float go in "
                           f"exclude=[...], module-name globs (exclude=['lm_head', '*.mlp.*'])", UserWarning,
-                          stacklevel=3)
+                          stacklevel=caller_stacklevel())
             continue
         close = difflib.get_close_matches(key, _OPTIONS, n=1)
         warnings.warn(f"MonoQuantConfig: unknown option {key!r} ignored"
                       + (f" (did you mean {close[0]!r}?)" if close else f" (options: {', '.join(_OPTIONS)})"),
-                      UserWarning, stacklevel=3)
+                      UserWarning, stacklevel=caller_stacklevel())
 
 
 class MonoQuantHfQuantizer(HfQuantizer):
@@ -350,7 +351,7 @@ def _check_files(layers: List[Dict[str, Any]], files, float_parameters: Dict[str
             key_map = model_key_map(model, in_file, hf_quantizer, expected | set(float_parameters))
         except Exception as exc:  # (transformers' mapping code failing on this model): the names as stored
             warnings.warn(f"mono-quant: cannot map the checkpoint's names to the model's ({exc}); comparing them "
-                          f"as stored", UserWarning, stacklevel=2)
+                          f"as stored", UserWarning, stacklevel=caller_stacklevel())
     _refuse_converted(key_map, listed)
     found: Dict[str, Any] = {}
     for key, spec in in_file.items():

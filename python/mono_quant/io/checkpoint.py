@@ -262,7 +262,7 @@ def _write(reader: CheckpointReader, src, dst, cfg: QuantConfig, overwrite: bool
                 report.tied.update(add_tied_aliases(hf_plan, keys, manifest))
                 writer.finish(dump_manifest(manifest))
                 # as quantize(state_dict) does; before dst appears, so a warning made an error (-W error, a
-                # filter) leaves no output behind.  (stacklevel: _write, quantize_checkpoint, its caller)
+                # filter) leaves no output behind
                 warn_if_nothing_quantized(report.layers, report.skipped)
     finally:
         bar.close()

@@ -10,7 +10,8 @@ from typing import Any, Callable, List, NamedTuple, Optional
 
 from safetensors import safe_open
 
-__all__ = ["FileKind", "register_file_kind", "kind_for_object", "kind_for_file", "has_metadata_key"]
+__all__ = ["FileKind", "register_file_kind", "kind_for_object", "kind_for_file", "has_metadata_key",
+           "is_mono_quant_metadata", "is_mono_quant_file"]
 
 
 class FileKind(NamedTuple):
@@ -49,6 +50,24 @@ def kind_for_object(obj) -> Optional[FileKind]:
 def kind_for_file(path) -> Optional[FileKind]:
     """The registered kind whose layout the file at ``path`` has, or None."""
     return next((k for k in _KINDS if k.reads(path)), None)
+
+
+def is_mono_quant_metadata(metadata) -> bool:
+    """Whether a safetensors header's metadata is one mono-quant wrote: a quantized checkpoint's
+    ``mono_quant`` manifest, or another layout's ``mono_quant.*`` one (static int8 models,
+    calibration files)."""
+    return any(key == "mono_quant" or key.startswith("mono_quant.") for key in (metadata or {}))
+
+
+def is_mono_quant_file(path) -> bool:
+    """Whether ``path`` is a regular safetensors file mono-quant wrote (False on any read error)."""
+    try:
+        if not stat.S_ISREG(os.stat(path).st_mode):
+            return False
+        with safe_open(os.fspath(path), framework="pt") as f:
+            return is_mono_quant_metadata(f.metadata())
+    except Exception:  # noqa: BLE001 - not ours, or unreadable
+        return False
 
 
 def has_metadata_key(path, key: str) -> bool:

@@ -12,6 +12,7 @@ import torch
 from safetensors import safe_open
 from torch import nn
 
+from ..warn_site import caller_stacklevel
 from ..formats import BadLayer, get_format
 from ..modules import QuantizedLinear
 from ..modules.composite import is_composite
@@ -465,7 +466,7 @@ def _warn_meta(model: nn.Module) -> None:
     left = [n for n, t in list(model.named_parameters()) + list(model.named_buffers()) if t.device.type == "meta"]
     if left:
         warnings.warn(f"{len(left)} tensors of the loaded model are still on the meta device (non-persistent "
-                      f"buffers of a meta skeleton?): {left[:5]}", stacklevel=3)
+                      f"buffers of a meta skeleton?): {left[:5]}", stacklevel=caller_stacklevel())
 
 
 def _check_aliases(layer, names: List[str], modules: Dict[str, nn.Module], qmodule: nn.Module) -> None:

@@ -10,6 +10,7 @@ from typing import Dict, List, Optional, Tuple
 
 from .container import MAX_HEADER_BYTES, open_regular_file
 from .errors import CheckpointError
+from .file_kinds import is_mono_quant_file
 from .shards import TORCH_SUFFIXES
 from .untrusted_json import UntrustedJSONError, loads_bounded
 
@@ -61,6 +62,12 @@ def _scan(src: Path, skip: Optional[Path]) -> List[Path]:
     for path in sorted(src.iterdir()):
         if path.suffix.lower() in (".safetensors",) + TORCH_SUFFIXES:
             (skipped if _is_file(path, skip) else candidates).append(path)
+    # files mono-quant wrote beside the float ones (earlier outputs of quantize_checkpoint under other
+    # names) are not shards of the float model; a folder of such files only is read as it is (load's)
+    ours = [p for p in candidates if p.suffix.lower() == ".safetensors" and is_mono_quant_file(p)]
+    if ours and len(ours) < sum(p.suffix.lower() == ".safetensors" for p in candidates):
+        candidates = [p for p in candidates if p not in ours]
+        skipped += ours
     files = ([p for p in candidates if p.suffix.lower() == ".safetensors"]
              or [p for p in candidates if is_weight_file_name(p.name)]
              or (candidates if len(candidates) == 1 else []))  # (a folder of one checkpoint.pt: that file)
@@ -72,7 +79,7 @@ def _scan(src: Path, skip: Optional[Path]) -> List[Path]:
         more = f" and {len(candidates) - 10} more" if len(candidates) > 10 else ""
         message += (f" (considered {', '.join(p.name for p in candidates[:10])}{more}: other torch.save files are "
                     f"not taken for weights, as they often hold training state; pass the state_dict file itself)")
-    message += "".join(f" ({p.name} is the output, not read)" for p in skipped)
+    message += "".join(f" ({p.name} is the output or a mono-quant file, not read)" for p in skipped)
     raise CheckpointError(message)
 
 

@@ -10,7 +10,7 @@ from typing import Dict, Iterator, List, Mapping, Optional, Tuple
 import torch
 
 from .errors import CheckpointError
-from .manifest import METADATA_KEY
+from .file_kinds import is_mono_quant_metadata
 from .plan import shard_plan
 from .shards import SafetensorsShard, open_shard
 
@@ -97,8 +97,9 @@ class CheckpointReader:
         return None
 
     def is_mono_quant(self) -> bool:
-        """Whether a shard carries a mono-quant manifest (an already quantized file)."""
-        return any(isinstance(s, SafetensorsShard) and METADATA_KEY in (s.header.metadata or {})
+        """Whether a shard is a file mono-quant wrote (an already quantized file, a static int8 model, a
+        calibration file)."""
+        return any(isinstance(s, SafetensorsShard) and is_mono_quant_metadata(s.header.metadata)
                    for s in self._shards)
 
     def total_bytes(self) -> int:

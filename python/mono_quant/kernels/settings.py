@@ -15,6 +15,7 @@ from typing import Iterator, Optional
 
 import torch
 
+from ..warn_site import caller_stacklevel
 from .. import _C
 
 __all__ = ["RuntimeSettings", "SETTINGS", "THREADING_BACKENDS", "ISA_LEVELS", "LEVEL_MARK", "MAX_THREADS"]
@@ -26,6 +27,11 @@ ISA_LEVELS = ("scalar", "avx2", "avx512")
 #: modules/conv.py; AMX plays no part in it) has it in its stamp (kernels/stamps.py), so a changed
 #: level chooses again, as a layer quantized after the change would (a route kept at a level holds
 #: again when the level comes back before the layer's next call).
+if _C.ISA_FROM_ENV_IGNORED is not None:  # (the C module's import read the variable: warned here, at the user's line)
+    warnings.warn(f"MONO_QUANT_ISA={_C.ISA_FROM_ENV_IGNORED} is unknown or unsupported here; using "
+                  f"{_C.get_isa()!r} (one of {', '.join(ISA_LEVELS)}, at most the CPU's own)", RuntimeWarning,
+                  stacklevel=caller_stacklevel())
+
 _LEVEL_MARKS: dict = {}
 LEVEL_MARK = _LEVEL_MARKS.setdefault(_C.get_isa(), object())
 
@@ -98,7 +104,7 @@ class RuntimeSettings:
             return
         if name not in THREADING_BACKENDS:
             warnings.warn(f"MONO_QUANT_THREADS={name!r} is not one of {THREADING_BACKENDS}; using \"omp-team\"",
-                          RuntimeWarning, stacklevel=3)
+                          RuntimeWarning, stacklevel=caller_stacklevel())
             return
         self.set_threading_backend(name)
 

@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.weak import WeakIdKeyDictionary
 
+from ..warn_site import caller_stacklevel
 from .. import _C
 from ..torch_features import capturing
 from . import reference
@@ -122,7 +123,7 @@ def check_jit_trace(x: torch.Tensor, module, size_routes: bool = False) -> None:
         warnings.warn(f"{type(module).__name__}: torch.jit.trace keeps the kernel route chosen for the example's "
                       f"size {size}; the traced module gives eager's results at that size only (other sizes: the "
                       f"same quantization, other rounding). torch.export and torch.compile follow each size",
-                      UserWarning, stacklevel=3)
+                      UserWarning, stacklevel=caller_stacklevel())
 
 
 # -- packed int8 ----------------------------------------------------------------------------------------------

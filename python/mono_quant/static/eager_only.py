@@ -9,6 +9,7 @@ import warnings
 
 import torch
 
+from ..warn_site import caller_stacklevel
 from ..torch_features import is_exporting
 
 __all__ = ["refuse_traced_input", "warn_if_grad_input", "StaticNoGradWarning"]
@@ -50,4 +51,4 @@ def warn_if_grad_input(args) -> None:
         warnings.warn("static int8 layers are inference-only: no gradient flows back through int8 activations, "
                       "so this output is detached from an input that requires grad; run the model under "
                       "torch.no_grad() to silence this, or quantize with dynamic activations "
-                      "(mono_quant.quantize(model, 'int8')) to train through it", StaticNoGradWarning, stacklevel=2)
+                      "(mono_quant.quantize(model, 'int8')) to train through it", StaticNoGradWarning, stacklevel=caller_stacklevel())
