@@ -11,12 +11,13 @@ static int table_in(mq_refs *refs, PyObject *q_obj, PyObject *s_obj, PyObject *z
     static const int codes[] = {NPY_INT8, NPY_UINT8}, u8[] = {NPY_UINT8}, f32[] = {NPY_FLOAT32}, i32[] = {NPY_INT32},
                      h16[] = {NPY_FLOAT16, NPY_INT16, NPY_UINT16};
     PyArrayObject *q, *scale, *zp;
-    if (group < 0 || (group > 0 && group % MQ_Q4_BLOCK)) {
+    if (group < 0) {
         PyErr_Format(PyExc_ValueError, "group must be 0 (8-bit codes) or a positive multiple of %d (int4), got %lld",
                      MQ_Q4_BLOCK, group);
         return 0;
     }
     if (group > 0) {
+        if (!mq_q4_check_group(group)) return 0; /* (bounded: the groups' count below never overflows) */
         if (!(q = mq_array_in(refs, q_obj, "q", u8, 1, 2, "uint8 (packed int4)"))) return 0;
         if (!(scale = mq_array_in(refs, s_obj, "scale", h16, 3, 2, "float16"))) return 0;
         if (!(zp = mq_array_in(refs, z_obj, "zero_point", u8, 1, 2, "uint8"))) return 0;

@@ -10,6 +10,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 import mono_quant as mq
+from mono_quant.calibration import CalibrationWarning
 from mono_quant.errors import AlreadyQuantizedError
 from mono_quant.io import CheckpointError
 from mono_quant.io.reader import CheckpointReader
@@ -55,3 +56,35 @@ def test_a_file_with_its_manifest_is_still_a_checkpoint_error(tmp_path):
     mq.quantize_checkpoint(tmp_path / "m.safetensors", tmp_path / "q.safetensors")
     with pytest.raises(CheckpointError, match="already a mono-quant file"):
         mq.quantize_checkpoint(tmp_path / "q.safetensors", tmp_path / "qq.safetensors")
+
+
+def test_a_static_int8_file_is_a_checkpoint_error(tmp_path):
+    """A static model's file carries its own manifest key (mono_quant.static): it was read as float
+    tensors, and the output lost the static graph."""
+    model = nn.Sequential(nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 32)).eval()
+    torch.manual_seed(0)
+    with pytest.warns(CalibrationWarning):
+        result = mq.quantize(model, "int8", activations="static", calibration=[torch.randn(4, 64)])
+    mq.save(result, tmp_path / "static.safetensors")
+    with pytest.raises(CheckpointError, match="already a mono-quant file"):
+        mq.quantize_checkpoint(tmp_path / "static.safetensors", tmp_path / "out.safetensors")
+    assert not (tmp_path / "out.safetensors").exists()
+
+
+def test_a_folder_holding_earlier_outputs_reads_its_float_shards(tmp_path):
+    """Outputs written into the folder under other names are not shards of the float model."""
+    folder = tmp_path / "model"
+    folder.mkdir()
+    model = _model()
+    save_file(model.state_dict(), os.fspath(folder / "model.safetensors"))
+    mq.quantize_checkpoint(folder, folder / "a.safetensors")
+    second = mq.quantize_checkpoint(folder, folder / "b.safetensors", dtype="int4", group_size=32)
+    assert [layer.name for layer in second.report.layers] == ["0", "2"]
+    loaded = mq.load(folder / "b.safetensors", model=_model())
+    x = torch.randn(3, 64)
+    assert (loaded(x) - model(x)).abs().max() < 0.1
+    only_ours = tmp_path / "only"  # a folder of mono-quant files only: read as it is (refused here as quantized)
+    only_ours.mkdir()
+    (folder / "a.safetensors").rename(only_ours / "a.safetensors")
+    with pytest.raises(CheckpointError, match="already a mono-quant file"):
+        mq.quantize_checkpoint(only_ours, tmp_path / "c.safetensors")

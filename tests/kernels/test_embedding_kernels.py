@@ -179,8 +179,15 @@ def test_int4_arguments_are_checked():
     ids, offsets = np.array([0, 3], np.int64), np.array([0], np.int64)
     with pytest.raises(ValueError, match="cols must be in 33..64"):
         _C.embedding_bag(q, s, z, ids, offsets, group=32, cols=32)
-    with pytest.raises(ValueError, match="group must be 0"):
+    with pytest.raises(ValueError, match="group must be a positive multiple of 32"):
         _C.embedding_bag(q, s, z, ids, offsets, group=48, cols=40)
+    with pytest.raises(ValueError, match="group must be 0"):
+        _C.embedding_bag(q, s, z, ids, offsets, group=-32, cols=40)
+    for huge in (2 ** 63 - 32, 2 ** 31):  # (the groups' count overflowed to 0: [rows, 0] arrays were taken)
+        for call in (lambda: _C.embedding_bag(q, s[:, :0], z[:, :0], ids, offsets, group=huge, cols=40),
+                     lambda: _C.embedding_rows(q, s[:, :0], z[:, :0], ids, group=huge, cols=40)):
+            with pytest.raises(ValueError, match="group must be a positive multiple of 32"):
+                call()
     with pytest.raises(ValueError, match=r"scale must be \[4, 2\]"):
         _C.embedding_bag(q, s[:, :1], z, ids, offsets, group=32, cols=40)
     with pytest.raises(ValueError, match=r"zero_point must be \[4, 2\]"):

@@ -112,6 +112,8 @@ def test_bad_calls_fail_as_torchs_do():
         (lambda m: m(torch.tensor([1, 2])), ValueError),                            # 1-D without offsets
         (lambda m: m(torch.tensor([1, 2]), torch.tensor([0]), torch.ones(2)), NotImplementedError),  # psw, mean
         (lambda m: m(torch.tensor([1, 2, 3]), torch.tensor([0.0, 1.7])), RuntimeError),  # float offsets
+        (lambda m: m(torch.tensor([1, 2]), torch.tensor([0]), torch.ones(3)), ValueError),  # psw's shape, mean
+        (lambda m: m(torch.zeros(3, 0, dtype=torch.long)), RuntimeError),  # 2-D bags of no ids
     ]:
         with pytest.raises(error):
             call(bag)

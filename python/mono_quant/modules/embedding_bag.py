@@ -105,13 +105,13 @@ class QuantizedEmbeddingBag(QuantizedModule):
         if input.dtype not in (torch.int64, torch.int32):
             raise RuntimeError(f"embedding_bag ids must be int64 or int32, got {input.dtype}")
         psw = per_sample_weights
-        if psw is not None:
-            if self.mode != "sum":
-                raise NotImplementedError(f"embedding_bag: per_sample_weights is only supported for mode='sum' "
-                                          f"(got mode={self.mode!r})")
+        if psw is not None:  # (torch's order of checks: the shape first)
             if psw.shape != input.shape:
                 raise ValueError(f"embedding_bag: per_sample_weights ({tuple(psw.shape)}) must have the shape of "
                                  f"the input ({tuple(input.shape)})")
+            if self.mode != "sum":
+                raise NotImplementedError(f"embedding_bag: per_sample_weights is only supported for mode='sum' "
+                                          f"(got mode={self.mode!r})")
             if psw.dtype != self.orig_dtype:  # (torch: the table's dtype)
                 raise RuntimeError(f"embedding_bag: per_sample_weights of dtype {psw.dtype}, the table is "
                                    f"{self.orig_dtype}")
@@ -120,6 +120,9 @@ class QuantizedEmbeddingBag(QuantizedModule):
                 raise ValueError("if input is 2D, then offsets has to be None, as input is treated as a mini-batch "
                                  "of fixed length sequences")
             bags, size = input.shape
+            if size == 0 and bags > 0:  # (nn.EmbeddingBag fails too: its bag starts step by the bag size)
+                raise RuntimeError(f"embedding_bag: a 2-D input of {bags} bags of 0 ids; pass 1-D ids with offsets "
+                                   f"for empty bags")
             starts = torch.arange(bags, dtype=torch.int64, device=input.device) * size
             return input.reshape(-1), starts, None if psw is None else psw.reshape(-1), False
         if input.dim() != 1:
