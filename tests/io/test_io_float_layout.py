@@ -55,3 +55,42 @@ def test_dequantize_compare_and_inspect_give_the_float_layout(make, dtype, tmp_p
         assert 15 < rows[key]["sqnr_db"] < float("inf")
     shapes = {layer["name"]: layer["shape"] for layer in describe(path)["layers"]}
     assert all(shapes[k[:-len(".weight")]] == list(state[k].shape) for k in quantized)
+
+
+def test_compare_names_composites_as_the_float_modules_and_counts_aliases_once(tmp_path):
+    """compare listed an LSTM's / MultiheadAttention's tensors under their quantized children's names
+    ("only in A" / "only in B") and counted a tied head's alias as bytes of its own."""
+    torch.manual_seed(0)
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.emb = nn.Embedding(50, 64)
+            self.lstm = nn.LSTM(64, 64)
+            self.attn = nn.MultiheadAttention(64, 4, kdim=32, vdim=32)
+            self.head = nn.Linear(64, 50, bias=False)
+            self.head.weight = self.emb.weight  # tied
+
+        def forward(self, x):
+            return self.head(self.lstm(self.emb(x))[0])
+
+    model = Net().eval()
+    float_file = _float_file(model, tmp_path / "f.safetensors")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        result = mq.quantize(model, "int8", embeddings=True)
+    mq.save(result, tmp_path / "q.safetensors")
+    report = compare(float_file, tmp_path / "q.safetensors")
+    rows = {r["name"]: r for r in report["rows"]}
+    # (the float file stores the tied head once, as checkpoints do: only the quantized file names it)
+    assert all(r["status"] == "ok" for r in report["rows"] if r["name"] != "head.weight"), report["rows"]
+    assert {"lstm.weight_ih_l0", "lstm.bias_hh_l0", "attn.q_proj_weight", "attn.in_proj_bias"} <= set(rows)
+    assert rows["attn.in_proj_bias"]["shape"] == [192] and rows["lstm.weight_ih_l0"]["sqnr_db"] > 30
+    # the quantized head shares the table's scales (stored once) and packs its own codes
+    assert sum(r["bytes_b"] for r in report["rows"]) <= (tmp_path / "q.safetensors").stat().st_size
+    assert 0 < rows["head.weight"]["bytes_b"] < rows["emb.weight"]["bytes_b"] + 50 * 64
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        mq.save(mq.quantize(model, "int8"), tmp_path / "q2.safetensors")  # table float: the head stays its alias
+    rows = {r["name"]: r for r in compare(float_file, tmp_path / "q2.safetensors")["rows"]}
+    assert rows["head.weight"]["bytes_b"] == 0 < rows["emb.weight"]["bytes_b"]

@@ -12,6 +12,7 @@ from .checkpoint import CheckpointReader
 from .dtypes import dtype_name
 from .load import dequantize_layer
 from .rebuild import float_weight_shape
+from .composite_names import composite_key_map
 from .container import read_header
 from .hf_saved_folder import refuse_saved_pretrained
 from .manifest import check_against_header, layer_key, parse_manifest
@@ -43,9 +44,23 @@ class FloatView:
         for key in list(self.reader.keys()) + list(aliases):
             if key not in hidden and key not in self._entries:
                 self._entries[key] = ("tensor", aliases.get(key, key))
+        # a second name of a stored tensor (a tied head, an alias layer): no bytes of its own
+        self._aliases = {key for key in aliases if key in self._entries}
+        self._aliases.update(layer_key(name, local) for layer in self.manifest["layers"]
+                             for name in layer.get("aliases", []) for local in ("weight", "bias"))
+        # composites (LSTM / GRU / RNN, MultiheadAttention) under the float module's names, as
+        # QuantizedStateDict.dequantize() gives them: a float file compares name for name
+        self._parts = self._entries
+        self._entries = {name: keys[0] if len(keys) == 1 else keys for name, keys in
+                         composite_key_map(list(self._parts), self.manifest.get("composites", {})).items()}
 
     def keys(self) -> List[str]:
         return list(self._entries)
+
+    def _parts_of(self, key: str) -> List[str]:
+        """The stored entries a name is made of (a MultiheadAttention's in_proj_bias: its q / k / v biases)."""
+        ref = self._entries[key]
+        return [ref] if isinstance(ref, str) else list(ref)
 
     def _own(self, layer, name) -> Dict[str, torch.Tensor]:
         aliases = self.manifest["tensor_aliases"]
@@ -56,7 +71,11 @@ class FloatView:
         return out
 
     def get(self, key: str) -> torch.Tensor:
-        what, ref = self._entries[key]
+        parts = [self._get_part(k) for k in self._parts_of(key)]
+        return parts[0] if len(parts) == 1 else torch.cat(parts)
+
+    def _get_part(self, key: str) -> torch.Tensor:
+        what, ref = self._parts[key]
         if what == "tensor":
             return self.reader.get(ref)
         layer, name = ref
@@ -66,8 +85,16 @@ class FloatView:
         return dequantize_layer(self.manifest["kind"], layer, own)[0]
 
     def stored(self, key: str) -> Tuple[str, int]:
-        """(dtype label, bytes stored) of an entry, without reading it."""
-        what, ref = self._entries[key]
+        """(dtype label, bytes stored) of an entry, without reading it (0 bytes for an alias)."""
+        labels, total = zip(*(self._stored_part(k) for k in self._parts_of(key)))
+        return labels[0], sum(total)
+
+    def _stored_part(self, key: str) -> Tuple[str, int]:
+        label, nbytes = self._stored_own(key)
+        return label, 0 if key in self._aliases else nbytes
+
+    def _stored_own(self, key: str) -> Tuple[str, int]:
+        what, ref = self._parts[key]
         if what == "tensor":
             dtype, _ = self.reader.spec(ref)
             return dtype_name(dtype), self.reader.nbytes(ref)
@@ -78,11 +105,17 @@ class FloatView:
         return layer["dtype"], self._nbytes(layer, name, locals_)
 
     def _nbytes(self, layer, name, locals_) -> int:
+        """The bytes a layer's tensors hold of their own (one stored under another name, a tied
+        head's, holds none)."""
         aliases = self.manifest["tensor_aliases"]
-        return sum(self.reader.nbytes(aliases.get(layer_key(name, n), layer_key(name, n))) for n in locals_)
+        return sum(self.reader.nbytes(layer_key(name, n)) for n in locals_ if layer_key(name, n) not in aliases)
 
     def shape(self, key: str) -> Optional[List[int]]:
-        what, ref = self._entries[key]
+        shapes = [self._shape_part(k) for k in self._parts_of(key)]
+        return shapes[0] if len(shapes) == 1 else [sum(shape[0] for shape in shapes)] + shapes[0][1:]
+
+    def _shape_part(self, key: str) -> Optional[List[int]]:
+        what, ref = self._parts[key]
         if what == "tensor":
             return list(self.reader.spec(ref)[1])
         layer, _ = ref

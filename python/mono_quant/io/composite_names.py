@@ -9,7 +9,7 @@ weight and bias back to the float module's parameter names."""
 from __future__ import annotations
 
 import re
-from typing import Any, Dict, Mapping, MutableMapping
+from typing import Any, Dict, List, Mapping, MutableMapping, Sequence, Tuple
 
 import torch
 from torch import nn
@@ -17,7 +17,7 @@ from torch import nn
 from ..modules.composite import QuantizedComposite
 from .errors import CheckpointError
 
-__all__ = ["COMPOSITE_TYPES", "composite_entries", "check_composites", "rename_composite_tensors"]
+__all__ = ["COMPOSITE_TYPES", "composite_entries", "check_composites", "composite_key_map", "rename_composite_tensors"]
 
 #: the float types a saved composite may have
 COMPOSITE_TYPES = ("LSTM", "GRU", "RNN", "MultiheadAttention")
@@ -37,14 +37,17 @@ def check_composites(value: Any, where: str) -> None:
         raise CheckpointError(f"{where}bad manifest: composites must map module paths to one of {COMPOSITE_TYPES}")
 
 
-def rename_composite_tensors(state: MutableMapping[str, torch.Tensor], composites: Mapping[str, str]) -> None:
-    """Rename, in ``state`` (a dequantized float state_dict), each composite child's ``weight`` /
-    ``bias`` to the float module's parameter names (the children's order kept)."""
+def composite_key_map(keys: Sequence[str], composites: Mapping[str, str]) -> Dict[str, Tuple[str, ...]]:
+    """``{name: the keys it is made of}`` for every key of a dequantized float state_dict, in order:
+    each composite child's ``weight`` / ``bias`` under the float module's parameter name (one key), a
+    MultiheadAttention's q / k / v biases joined into its ``in_proj_bias`` (three keys, q | k | v), every
+    other key as it is."""
+    renames: Dict[str, str] = {}
+    joined: Dict[str, List[str]] = {}  # in_proj_bias -> the q / k / v bias keys
     for path, kind in composites.items():
         prefix = f"{path}." if path else ""
-        renames: Dict[str, str] = {}
         qkv_bias = []
-        for key in list(state):
+        for key in keys:
             if not key.startswith(prefix):
                 continue
             child, _, local = key[len(prefix):].rpartition(".")
@@ -61,15 +64,24 @@ def rename_composite_tensors(state: MutableMapping[str, torch.Tensor], composite
             elif _RNN_CHILD.fullmatch(child):
                 part, tail = _RNN_CHILD.fullmatch(child).groups()
                 renames[key] = f"{prefix}{local}_{part}_{tail}"
-        if not renames and not qkv_bias:
+        if len(qkv_bias) == 3:  # torch's one in_proj_bias, q | k | v
+            joined[f"{prefix}in_proj_bias"] = sorted(qkv_bias, key=lambda k: "qkv".index(k[len(prefix)]))
+    parts = {k: name for name, ks in joined.items() for k in ks}
+    out: Dict[str, Tuple[str, ...]] = {}
+    for key in keys:
+        if key in parts:
+            if key == joined[parts[key]][0] or parts[key] not in out:
+                out.setdefault(parts[key], tuple(joined[parts[key]]))
             continue
-        items = list(state.items())
-        state.clear()
-        for key, value in items:
-            if key in qkv_bias:
-                if key == qkv_bias[0] and len(qkv_bias) == 3:  # torch's one in_proj_bias, q | k | v
-                    ordered = sorted(qkv_bias, key=lambda k: "qkv".index(k[len(prefix)]))
-                    lookup = dict(items)
-                    state[f"{prefix}in_proj_bias"] = torch.cat([lookup[k] for k in ordered])
-                continue
-            state[renames.get(key, key)] = value
+        out[renames.get(key, key)] = (key,)
+    return out
+
+
+def rename_composite_tensors(state: MutableMapping[str, torch.Tensor], composites: Mapping[str, str]) -> None:
+    """Rename, in ``state`` (a dequantized float state_dict), each composite child's ``weight`` /
+    ``bias`` to the float module's parameter names (the children's order kept; composite_key_map)."""
+    mapping = composite_key_map(list(state), composites)
+    renamed = {name: state[ks[0]] if len(ks) == 1 else torch.cat([state[k] for k in ks])
+               for name, ks in mapping.items()}
+    state.clear()
+    state.update(renamed)
