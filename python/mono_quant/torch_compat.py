@@ -63,12 +63,12 @@ class DequantizedWeightView(torch.Tensor):
             raise RuntimeError("the quantized module this weight view belongs to no longer exists")
         with torch.no_grad():
             if not module.format.integer:  # fp16 / bf16: the stored weight, cast
-                return module._buffers["weight"].to(self.dtype).reshape(self.shape)
+                return _as_view_layout(module, module._buffers["weight"].to(self.dtype))
             exporting = is_exporting()
             if exporting or any(type(b) is not torch.Tensor for b in module._buffers.values() if b is not None):
                 # non-strict export, make_fx: fake buffers, which the C kernels can't read; the ops can
-                return dequantized_weight(module, torch.float32).to(self.dtype).reshape(self.shape)
-            return module.dequantized_weight(torch.float32).to(self.dtype).reshape(self.shape)
+                return _as_view_layout(module, dequantized_weight(module, torch.float32).to(self.dtype))
+            return _as_view_layout(module, module.dequantized_weight(torch.float32).to(self.dtype))
 
     def __repr__(self, *, tensor_contents=None) -> str:
         return f"DequantizedWeightView(shape={tuple(self.shape)}, dtype={self.dtype}, device={self.device})"
@@ -107,12 +107,18 @@ class _TracedWeight(torch.Tensor):
 
 def _view_shape(module) -> tuple:
     """The float layer's weight shape: a QuantizedConv1d stores its ``[out, in, k]`` weight as
-    the height-1 ``[out, in, 1, k]`` and shows the 3-D one (reshape-only classes say so with
-    ``view_reshapes_stored_weight``; GPT-2's Conv1D keeps the [out, in] it is stored as, which
-    PEFT relies on, see integrations/peft.py)."""
-    if getattr(module, "view_reshapes_stored_weight", False):
+    the height-1 ``[out, in, 1, k]`` and shows the 3-D one, GPT-2's Conv1D its ``[out, in]`` as the
+    float ``[in, out]`` (classes stored in another layout say so with ``view_is_float_layout``)."""
+    if getattr(module, "view_is_float_layout", False):
         return tuple(module.float_weight_shape(list(module.weight_shape)))
     return tuple(module.weight_shape)
+
+
+def _as_view_layout(module, weight: torch.Tensor) -> torch.Tensor:
+    """A dequantized stored-layout weight as ``.weight`` shows it (_view_shape)."""
+    if getattr(module, "view_is_float_layout", False):
+        return type(module).as_float_layout(weight)
+    return weight.reshape(_view_shape(module))
 
 
 def _plain(value):
@@ -145,7 +151,7 @@ class TorchCompatMixin:
             raise AttributeError(f"'{type(self).__name__}' object has no attribute 'weight'")
         if torch.compiler.is_dynamo_compiling():  # dynamo can't build the view: the dequantized tensor, traced
 
-            return dequantized_weight(self, self.orig_dtype).reshape(_view_shape(self)).as_subclass(_TracedWeight)
+            return _as_view_layout(self, dequantized_weight(self, self.orig_dtype)).as_subclass(_TracedWeight)
         # weight_norm, prune, parametrize read it here first: fail before any change (one file name: ~0.1 us a read)
         refuse_reparametrizing(self, _getframe(1).f_code.co_filename)
         return weight_view(self)

@@ -94,3 +94,23 @@ def test_compare_names_composites_as_the_float_modules_and_counts_aliases_once(t
         mq.save(mq.quantize(model, "int8"), tmp_path / "q2.safetensors")  # table float: the head stays its alias
     rows = {r["name"]: r for r in compare(float_file, tmp_path / "q2.safetensors")["rows"]}
     assert rows["head.weight"]["bytes_b"] == 0 < rows["emb.weight"]["bytes_b"]
+
+
+@pytest.mark.parametrize("dtype", ["int8", "fp16", "int4"])
+def test_a_gpt2_conv1d_weight_view_has_the_float_shape(dtype):
+    """.weight of QuantizedGPT2Conv1D read [out, in] (the Linear it runs as): copying it into the float
+    model failed on the shape."""
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    layer = transformers.pytorch_utils.Conv1D(48, 64)  # weight [in 64, out 48]
+    q = mq.quantize(layer, dtype).model
+    assert q.weight.shape == layer.weight.shape == (64, 48)
+    assert torch.allclose(q.weight.dequantize(), layer.weight, atol=0.05)
+    float_copy = transformers.pytorch_utils.Conv1D(48, 64)
+    with torch.no_grad():
+        float_copy.weight.copy_(q.weight)
+    x = torch.randn(3, 64)
+    # (int8 dynamic also quantizes x: within its rounding; the others compute on the same weight)
+    assert torch.allclose(float_copy(x), q(x), atol=0.01 if dtype == "int8" else 1e-4)
+    compiled = torch.compile(lambda m: m.weight * 1, backend="aot_eager", fullgraph=True)
+    assert compiled(q).shape == (64, 48)

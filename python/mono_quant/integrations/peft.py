@@ -104,8 +104,8 @@ class QuantizedLoraLinear(_QuantizedBase, _PeftLoraLinear):
 
     def __init__(self, base_layer, adapter_name: str, config: LoraConfig, **kwargs: Any) -> None:
         super().__init__(base_layer, adapter_name, config=config, **kwargs)
-        # the quantized layer's .weight is [out, in] (GPT-2 Conv1D included: it is stored as the Linear it is),
-        # so a delta weight needs no transpose whatever the config says for the float model
+        # the adapters run on the Linear the layer computes ([out, in], GPT-2 Conv1D included: its .weight
+        # shows the float [in, out], but merging, which would transpose, is refused), so no transpose
         self.fan_in_fan_out = False
 
     def _get_in_out_features(self, module):

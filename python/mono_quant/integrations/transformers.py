@@ -50,7 +50,6 @@ from ..io.manifest import layer_key, quantized_class
 from ..io.validate import check_layer
 from ..io.dtypes import dtype_from_name
 from ..modules.composite import QuantizedComposite
-from ..modules.conv1d import QuantizedConv1d
 from ..modules.registry import QuantizedModule
 from .hf_layer_list import check_config_layers, unlisted_tensors
 from .hf_resize import guard_resize_token_embeddings
@@ -259,10 +258,12 @@ class MonoQuantHfQuantizer(HfQuantizer):
         return model
 
     def param_needs_quantization(self, model, param_name: str, **kwargs) -> bool:
-        """True for a saved 16-bit QuantizedConv1d's ``weight``: stored ``[out, in, 1, k]`` (the height-1
-        conv it runs as) where ``.weight`` reads ``[out, in, k]``, which transformers' loader took for a
-        shape mismatch (a Whisper folder saved in fp16 / bf16 did not reload).  transformers asks this
-        of a pre-quantized load only to let such a tensor through; never when quantizing on load."""
+        """True for the saved ``weight`` of a 16-bit layer stored in another layout than its ``.weight``
+        shows (``view_is_float_layout``): a QuantizedConv1d's ``[out, in, 1, k]`` (the height-1 conv it
+        runs as) against ``[out, in, k]``, GPT-2's Conv1D's ``[out, in]`` against ``[in, out]``, which
+        transformers' loader took for a shape mismatch (a Whisper folder saved in fp16 / bf16 did not
+        reload).  transformers asks this of a pre-quantized load only to let such a tensor through;
+        never when quantizing on load."""
         if not self.pre_quantized:
             return False
         path, _, local = param_name.rpartition(".")
@@ -270,7 +271,8 @@ class MonoQuantHfQuantizer(HfQuantizer):
             module = model.get_submodule(path) if path else model
         except AttributeError:
             return False
-        return local == "weight" and isinstance(module, QuantizedConv1d) and "weight" in module._buffers
+        return (local == "weight" and isinstance(module, QuantizedModule)
+                and getattr(module, "view_is_float_layout", False) and "weight" in module._buffers)
 
     def get_state_dict_and_metadata(self, model):
         # save_pretrained, before it writes the config: the config describes this model again (a model

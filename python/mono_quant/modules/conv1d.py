@@ -56,7 +56,7 @@ class QuantizedConv1d(QuantizedConv2d):
         ('QuantizedConv1d', torch.Size([2, 256, 100]))
     """
 
-    view_reshapes_stored_weight = True  # .weight is the float [out, in/groups, k] (torch_compat)
+    view_is_float_layout = True  # .weight is the float [out, in/groups, k] (torch_compat)
 
     @classmethod
     def from_float(cls, module: nn.Conv1d, weight, activations="dynamic") -> "QuantizedConv1d":

@@ -39,7 +39,7 @@ class QuantizedGPT2Conv1D(QuantizedLinear):
     :func:`~mono_quant.quantize` replaces every
     ``transformers.pytorch_utils.Conv1D`` with one (matched by name:
     mono-quant never imports transformers for it).  A file stores the
-    ``[out, in]`` weight; ``float_weight_shape`` gives the float layer's.
+    ``[out, in]`` weight; ``.weight`` (and ``float_weight_shape``) is the float layer's ``[in, out]``.
     Import it from ``mono_quant.modules``.
 
     Args:
@@ -56,6 +56,7 @@ class QuantizedGPT2Conv1D(QuantizedLinear):
     """
 
     float_type = _FloatType()
+    view_is_float_layout = True  # .weight is the float Conv1D's [in, out] (torch_compat)
 
     @classmethod
     def from_float(cls, module: nn.Module, weight, activations="dynamic") -> "QuantizedGPT2Conv1D":
