@@ -26,15 +26,14 @@ _CNN = ("import torch, mono_quant as mq\n"
 STAND_INS = {
     'qmodel, _ = mq.quantize(model, "int8", reduce_range=True)': _MLP,
     'result = mq.quantize(model, dtype="int8")': _MLP,
-    'mq.quantize(model, include=["encoder.*"], exclude=["lm_head", torch.nn.Conv2d])': (
+    'mq.quantize(model, include=["encoder.*"], exclude=["encoder.layer.11.*"])': (
         "import torch, mono_quant as mq\n"
-        "class Model(torch.nn.Module):\n"
-        "    def __init__(self):\n"
-        "        super().__init__()\n"
-        "        self.stem = torch.nn.Conv2d(3, 8, 3)\n"
-        "        self.encoder = torch.nn.Sequential(torch.nn.Linear(64, 64), torch.nn.Conv2d(8, 8, 1))\n"
-        "        self.lm_head = torch.nn.Linear(64, 100)\n"
-        "model = Model()\n"),
+        "layer = lambda: torch.nn.Sequential(torch.nn.Linear(64, 64), torch.nn.Linear(64, 64))\n"
+        "model = torch.nn.Module()\n"
+        "model.encoder = torch.nn.Module()\n"
+        "model.encoder.layer = torch.nn.ModuleList([layer() for _ in range(12)])\n"
+        "model.lm_head = torch.nn.Linear(64, 100)\n"
+        "cnn = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.ReLU(), torch.nn.Flatten(), torch.nn.LazyLinear(10))\n"),
     'path = mq.save(qmodel, "model.mq.safetensors")': (
         _MLP + "qmodel, _ = mq.quantize(model, dtype='int8')\n"
                "def MyModel():\n"
