@@ -76,10 +76,8 @@ ROWS_FOR(uint8_t, _mm256_cvtepu8_epi32)
         for (int v = 0; v < NV; v++) a[v] = _mm256_setzero_ps();                                         \
         int64_t n = 0;                                                                                  \
         for (int64_t j = first; j < last; j++) {                                                        \
-            if (c0 == 0 && j + MQ_EMB_PREFETCH_AHEAD < c->count)                                        \
-                mq_emb_prefetch_row(t, c->ids[j + MQ_EMB_PREFETCH_AHEAD]);                              \
-            const int64_t id = c->ids[j];                                                               \
-            if (id == c->padding_idx) continue;                                                         \
+            const int64_t id = bag_row_id(c, j, c0);                                                    \
+            if (id < 0) continue;                                                                       \
             const T *r = (const T *)t->q + id * t->dim + c0;                                            \
             const __m256 sv = _mm256_set1_ps(mq_emb_scale(t, id));                                      \
             const __m256 zv = has_zp ? _mm256_set1_ps(mq_emb_zero(t, id)) : _mm256_setzero_ps();        \
@@ -95,6 +93,14 @@ ROWS_FOR(uint8_t, _mm256_cvtepu8_epi32)
         bag_store(c->mode, n, a, NV, o + c0);                                                           \
         return n;                                                                                       \
     }
+
+/* Row j's id in a bag's pass (-1: the padding id, left out); the pass over columns 0.. prefetches the
+ * rows MQ_EMB_PREFETCH_AHEAD ids on */
+MQ_INLINE int64_t bag_row_id(const mq_emb_bags_args *c, int64_t j, int64_t c0) {
+    if (c0 == 0 && j + MQ_EMB_PREFETCH_AHEAD < c->count) mq_emb_prefetch_row(c->t, c->ids[j + MQ_EMB_PREFETCH_AHEAD]);
+    const int64_t id = c->ids[j];
+    return id == c->padding_idx ? -1 : id;
+}
 
 /* One value vector's step of a bag (mq_emb_step's, 8 lanes): the first row of a maximum kept */
 MQ_INLINE __m256 bag_step(int op, int64_t n, __m256 x, __m256 wv, __m256 acc) {
@@ -203,10 +209,8 @@ static int64_t rows_q4(const mq_emb_table *t, const int64_t *ids, int64_t first,
         for (int v = 0; v < 4 * NB; v++) a[v] = _mm256_setzero_ps();                                     \
         int64_t n = 0;                                                                                  \
         for (int64_t j = first; j < last; j++) {                                                        \
-            if (c0 == 0 && j + MQ_EMB_PREFETCH_AHEAD < c->count)                                        \
-                mq_emb_prefetch_row(t, c->ids[j + MQ_EMB_PREFETCH_AHEAD]);                              \
-            const int64_t id = c->ids[j];                                                               \
-            if (id == c->padding_idx) continue;                                                         \
+            const int64_t id = bag_row_id(c, j, c0);                                                    \
+            if (id < 0) continue;                                                                       \
             const uint8_t *row = (const uint8_t *)t->q + id * (t->kpad / 2) + c0 / 2;                   \
             const __m256 wv = _mm256_set1_ps(c->psw ? c->psw[j] : 1.0f);                                \
             for (int blk = 0; blk < NB; blk++) {                                                        \
