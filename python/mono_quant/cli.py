@@ -364,6 +364,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         # sparse or meta tensor in a .pt file, NotImplementedError included), or a warning that -W error or
         # PYTHONWARNINGS made an error (a CI run): one line, no traceback
         message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        if isinstance(exc, FileNotFoundError) and exc.filename:  # (open()'s "[Errno 2] ...": as our own say it)
+            message = f"{exc.filename} does not exist"
         print(f"mono-quant {args.command}: error: {_printable(_cli_wording(message))}", file=sys.stderr)
         return 1
     finally:

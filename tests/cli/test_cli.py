@@ -83,7 +83,8 @@ def test_quantize_options_and_failures(tmp_path, checkpoint, capsys):
     for argv, message in [
         (["quantize", str(checkpoint), "-o", str(tmp_path / "x.safetensors"), "--dtype", "int3"], "unknown dtype"),
         (["quantize", str(tmp_path / "missing"), "-o", str(tmp_path / "x.safetensors")], "does not exist"),
-        (["inspect", str(checkpoint.parent / "missing.safetensors")], "No such file"),
+        (["inspect", str(checkpoint.parent / "missing.safetensors")], "missing.safetensors does not exist"),
+        (["bench", str(checkpoint.parent / "missing.safetensors")], "missing.safetensors does not exist"),
         (["compare", str(checkpoint), str(tmp_path / "missing.safetensors")], "does not exist"),
     ]:
         assert main(argv) == 1

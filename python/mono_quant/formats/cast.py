@@ -11,7 +11,7 @@ from typing import Any, Dict, Mapping, Optional
 import torch
 import torch.nn.functional as F
 
-from ..errors import CheckpointError, NonFiniteWeightError
+from ..errors import CheckpointError, ConfigError, NonFiniteWeightError
 from ..kernels.fp16 import HALF_WEIGHT_DTYPES, KERNEL_MAX_ROWS, half_path
 from ..kernels.settings import SETTINGS
 from ..tensor import sqnr_db
@@ -51,8 +51,8 @@ class CastFormat(WeightFormat):
 
     def quantize_weight(self, tensor, *, axis, group_size, symmetric, method):
         if method not in (None, "rtn"):
-            raise ValueError(f"method={method!r} applies to int4 only; {self.name} uses round-to-nearest ('rtn')")
-        raise ValueError(
+            raise ConfigError(f"method={method!r} applies to int4 only; {self.name} uses round-to-nearest ('rtn')")
+        raise ConfigError(  # (a ValueError too)
             f"quantize_weight() makes integer formats; for {self.name} cast the tensor "
             f"(tensor.to({self.qtype.storage})) or use quantize(model, dtype={self.name!r})"
         )
