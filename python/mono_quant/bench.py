@@ -184,22 +184,25 @@ def run_bench(cases: Sequence[BenchCase], batches: Sequence[int] = DEFAULT_BATCH
     return rows
 
 
-def _mode(dtype: str, config) -> str:
+def _mode(dtype: str, config, in_features: int) -> str:
     """How the layer was quantized, read from the result's config (a project's
-    mono_quant.toml may have set what the command line did not)."""
+    mono_quant.toml may have set what the command line did not); a group as wide as the
+    row or wider is one group per channel."""
     if config is None:
         return "-"
     if dtype in ("int8", "uint8"):
         text = "weight-only" if config.activations is None else "dynamic"
         return text + (", reduce_range" if config.reduce_range and config.activations is not None else "")
     if dtype == "int4":
-        return f"group {config.group_size}" if config.group_size else "per-channel"
+        if config.group_size and config.group_size < in_features:
+            return f"group {config.group_size}"
+        return "per-channel" if not config.group_size else f"group {config.group_size} (one: {in_features} inputs)"
     return "weights"
 
 
 def _row(case: BenchCase, config, batch, fp32_us, quant_us, note: str = "") -> dict:
     return {
-        "shape": [case.out_features, case.in_features], "dtype": case.dtype, "mode": _mode(case.dtype, config),
+        "shape": [case.out_features, case.in_features], "dtype": case.dtype, "mode": _mode(case.dtype, config, case.in_features),
         "batch": batch, "fp32_us": fp32_us, "quantized_us": quant_us,
         "speedup": (fp32_us / quant_us) if fp32_us and quant_us else None,
         "layers": list(case.names), "note": note,
