@@ -194,9 +194,11 @@ def _mode(dtype: str, config, in_features: int) -> str:
         text = "weight-only" if config.activations is None else "dynamic"
         return text + (", reduce_range" if config.reduce_range and config.activations is not None else "")
     if dtype == "int4":
-        if config.group_size and config.group_size < in_features:
-            return f"group {config.group_size}"
-        return "per-channel" if not config.group_size else f"group {config.group_size} (one: {in_features} inputs)"
+        if not config.group_size:
+            return "per-channel"
+        one = config.group_size >= -(-in_features // 32) * 32  # (rows are padded to 32 columns)
+        return f"group {config.group_size}" + (f" (one: {in_features} inputs)" if one and config.group_size > in_features
+                                               else "")
     return "weights"
 
 
