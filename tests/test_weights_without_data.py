@@ -62,3 +62,10 @@ def test_a_model_holding_a_sparse_layer_quantizes_the_others(kind):
     assert copied is not model[0].weight and copied.layout == model[0].weight.layout
     assert torch.equal(copied.to_dense(), model[0].weight.to_dense()) and not copied.requires_grad
     assert result.model.mask is not model.mask and torch.equal(result.model.mask.to_dense(), torch.eye(4))
+
+
+def test_a_sparse_buffer_keeps_requires_grad_in_the_copy():
+    model = nn.Sequential(nn.Linear(64, 64))
+    model.register_buffer("b", torch.randn(4, 4).to_sparse().requires_grad_())
+    copied = mq.quantize(model).model.b
+    assert copied is not model.b and copied.requires_grad and copied.layout == torch.sparse_coo

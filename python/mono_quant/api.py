@@ -488,7 +488,7 @@ def _copy_non_strided(model: nn.Module, memo: Dict[int, object]) -> None:
         if tensor.layout != torch.strided and id(tensor) not in memo:
             copied = tensor.detach().clone()
             memo[id(tensor)] = nn.Parameter(copied, tensor.requires_grad) if isinstance(tensor, nn.Parameter) \
-                else copied
+                else copied.requires_grad_(tensor.requires_grad)
 
 
 def _key(name: str, suffix: str) -> str:

@@ -11,11 +11,10 @@ here would cost every ``import mono_quant`` a second.
 from __future__ import annotations
 
 import dataclasses
-import warnings
 from typing import Any, Mapping, Optional, Tuple
 
 from torch import nn
-from .warn_site import caller_stacklevel
+from .warn_site import warn_at_caller
 
 __all__ = ["PREFIX", "compiled_inner", "uncompiled", "compiled_like", "compiled_inputs"]
 
@@ -44,8 +43,7 @@ def compiled_like(wrapper: nn.Module, model: nn.Module) -> nn.Module:
     try:
         return type(wrapper)(model, wrapper.dynamo_ctx)
     except (AttributeError, TypeError) as exc:
-        warnings.warn(f"the quantized model is returned uncompiled ({exc}): call torch.compile on it",
-                      stacklevel=caller_stacklevel())
+        warn_at_caller(f"the quantized model is returned uncompiled ({exc}): call torch.compile on it")
         return model
 
 

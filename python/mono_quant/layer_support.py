@@ -18,13 +18,12 @@ their weights are oriented for quantization, and why others stay float.
 """
 from __future__ import annotations
 
-import warnings
 from typing import Dict, List, Optional, Tuple, Type
 
 import torch
 from torch import nn
 
-from .warn_site import caller_stacklevel
+from .warn_site import warn_at_caller
 from .modules.conv1d import QuantizedConv1d, conv2d_weight_of
 from .modules.gpt2_conv1d import QuantizedGPT2Conv1D, linear_weight_of
 from .modules.composite import is_composite
@@ -87,10 +86,10 @@ def warn_own_forwards(layers) -> None:
             continue
         seen.add(cls)
         if cls.forward is not float_type.forward:
-            warnings.warn(f"include=[{cls.__name__}] replaces {cls.__name__} layers by {QMODULES[float_type].__name__}, "
-                          f"which computes {float_type.__name__}.forward: {cls.__name__}'s own forward no longer "
-                          f"runs (exclude the class, or move its extra computation out of the layer)",
-                          OwnForwardReplacedWarning, stacklevel=caller_stacklevel())
+            warn_at_caller(f"include=[{cls.__name__}] replaces {cls.__name__} layers by {QMODULES[float_type].__name__}, "
+                           f"which computes {float_type.__name__}.forward: {cls.__name__}'s own forward no longer "
+                           f"runs (exclude the class, or move its extra computation out of the layer)",
+                           OwnForwardReplacedWarning)
 
 
 def weight_to_quantize(module: nn.Module, weight: torch.Tensor, qcls, keep: dict) -> torch.Tensor:
@@ -177,7 +176,7 @@ def drop_tied_to_float(targets: List[Tuple[str, nn.Module]], skipped: List[Skipp
                                     f"a quantized copy would make the model larger (quantize both, e.g. with "
                                     f"embeddings=True, to quantize it)"))
     if dropped:
-        warnings.warn(f"{len(dropped)} layer(s) kept float because their weight is tied to a layer that stays "
-                      f"float ({', '.join(repr(d) for d in dropped[:5])}); see the skipped list",
-                      TiedWeightWarning, stacklevel=caller_stacklevel())
+        warn_at_caller(f"{len(dropped)} layer(s) kept float because their weight is tied to a layer that stays "
+                       f"float ({', '.join(repr(d) for d in dropped[:5])}); see the skipped list",
+                       TiedWeightWarning)
     return kept

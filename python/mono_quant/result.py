@@ -1,14 +1,13 @@
 """QuantizationResult: what ``quantize()`` and ``quantize_checkpoint()`` return."""
 from __future__ import annotations
 
-import warnings
 from pathlib import Path
 from typing import Dict, List, Optional
 
 import torch
 from torch import nn
 
-from .warn_site import caller_stacklevel
+from .warn_site import warn_at_caller
 from .config import QuantConfig
 from .modules.whole_load import guard_whole_loads
 from .report import Report, SkippedLayer
@@ -71,8 +70,8 @@ class QuantizationResult:
     def __getattr__(self, name: str):
         # only called for names not found: the Report fields quantize_checkpoint() used to return
         if name in _OLD_REPORT_FIELDS:
-            warnings.warn(f"quantize_checkpoint() returns a QuantizationResult: use result.report.{name}",
-                          DeprecationWarning, stacklevel=caller_stacklevel())
+            warn_at_caller(f"quantize_checkpoint() returns a QuantizationResult: use result.report.{name}",
+                           DeprecationWarning)
             return getattr(self.report, name)
         raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
 

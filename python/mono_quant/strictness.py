@@ -9,7 +9,7 @@ from typing import Iterable, List, Mapping, Optional, Sequence, Tuple
 
 from torch import nn
 
-from .warn_site import caller_stacklevel
+from .warn_site import warn_at_caller
 from .errors import AlreadyQuantizedError, ConfigError
 from .mixed import ALREADY_QUANTIZED, all_already_quantized
 from .selection import of_type
@@ -131,8 +131,8 @@ def check_patterns_match(cfg, names: Sequence[str], modules: Iterable[nn.Module]
                 source = cfg.source.get(option, "argument")
                 (unmatched if source == "argument" else from_file).append(f"{option}={label}")
     if from_file:  # a config file is shared by the models of a project: one that has no such layer is fine
-        warnings.warn(f"{_first_few(from_file)} from the config file match no layer of this model",
-                      UnmatchedPatternWarning, stacklevel=caller_stacklevel())
+        warn_at_caller(f"{_first_few(from_file)} from the config file match no layer of this model",
+                       UnmatchedPatternWarning)
     if unmatched:
         shown = [n for n in names if n][:8]
         raise ConfigError(f"{_first_few(unmatched)} match{'es' if len(unmatched) == 1 else ''} no layer of the "
@@ -158,17 +158,17 @@ def warn_if_nothing_quantized(layers, skipped) -> None:
     if layers:
         return
     if all_already_quantized(skipped):
-        warnings.warn(f"nothing was quantized: every layer mono-quant replaces is already quantized ({len(skipped)} "
-                      f"layer(s), e.g. {skipped[0].name or '<root>'!r}: {skipped[0].reason}); the result is a copy "
-                      f"of the model", NothingQuantizedWarning, stacklevel=caller_stacklevel())
+        warn_at_caller(f"nothing was quantized: every layer mono-quant replaces is already quantized ({len(skipped)} "
+                       f"layer(s), e.g. {skipped[0].name or '<root>'!r}: {skipped[0].reason}); the result is a copy "
+                       f"of the model", NothingQuantizedWarning)
         return
     why = "; ".join(f"{s.name or '<root>'}: {s.reason}" for s in list(skipped)[:3])
     done = sum(s.reason.startswith(ALREADY_QUANTIZED) for s in skipped)
-    warnings.warn("nothing was quantized: the result holds the float weights"
-                  + (f" (and {done} layer(s) quantized already, as they were)" if done else "")
-                  + (f" ({len(skipped)} layer(s) skipped, e.g. {why})" if skipped else
+    warn_at_caller("nothing was quantized: the result holds the float weights"
+                   + (f" (and {done} layer(s) quantized already, as they were)" if done else "")
+                   + (f" ({len(skipped)} layer(s) skipped, e.g. {why})" if skipped else
                      " (the model has no layer mono-quant replaces)"),
-                  NothingQuantizedWarning, stacklevel=caller_stacklevel())
+                   NothingQuantizedWarning)
 
 
 def layer_names_of_keys(keys: Iterable[str]) -> List[str]:
@@ -200,8 +200,8 @@ def warn_if_larger(report) -> None:
         worst = max(report.layers, key=lambda r: r.bytes_after - r.bytes_before)
         shape = "x".join(str(d) for d in worst.shape)
         keep_float = f"exclude=[{worst.name!r}] or min_weight_numel=" if worst.name else "min_weight_numel="
-        warnings.warn(f"the quantized model takes {after} bytes, more than the float model's {before}: layer "
-                      f"{worst.name or '<root>'!r} ({shape}) takes {worst.bytes_after} bytes quantized, "
-                      f"{worst.bytes_before} float; small layers cost more in the format's scales and padding than "
-                      f"they save, and so do narrow ones (packed int8 pads output channels to a multiple of 16); "
-                      f"{keep_float} keeps such layers float", LargerModelWarning, stacklevel=caller_stacklevel())
+        warn_at_caller(f"the quantized model takes {after} bytes, more than the float model's {before}: layer "
+                       f"{worst.name or '<root>'!r} ({shape}) takes {worst.bytes_after} bytes quantized, "
+                       f"{worst.bytes_before} float; small layers cost more in the format's scales and padding than "
+                       f"they save, and so do narrow ones (packed int8 pads output channels to a multiple of 16); "
+                       f"{keep_float} keeps such layers float", LargerModelWarning)

@@ -88,3 +88,12 @@ def test_a_folder_holding_earlier_outputs_reads_its_float_shards(tmp_path):
     (folder / "a.safetensors").rename(only_ours / "a.safetensors")
     with pytest.raises(CheckpointError, match="already a mono-quant file"):
         mq.quantize_checkpoint(only_ours, tmp_path / "c.safetensors")
+
+
+def test_a_folder_of_a_torch_save_file_and_an_earlier_output_reads_the_float_file(tmp_path):
+    folder = tmp_path / "model"
+    folder.mkdir()
+    torch.save(_model().state_dict(), folder / "pytorch_model.bin")
+    mq.quantize_checkpoint(folder, folder / "out.safetensors")
+    second = mq.quantize_checkpoint(folder, folder / "out2.safetensors", dtype="int4", group_size=32)
+    assert [layer.name for layer in second.report.layers] == ["0", "2"]

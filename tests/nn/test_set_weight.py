@@ -48,7 +48,7 @@ def test_a_weight_of_another_format_or_shape_is_refused_and_changes_nothing():
     before = quantized(x)
     with pytest.raises(ValueError, match=r"stores int8, the weight is int4.*dtype='int8'"):
         layer.set_weight(mq.quantize_weight(torch.randn(8, 16), "int4"))
-    with pytest.raises(ValueError, match=r"shape \(16, 8\), the layer's is \(8, 16\)"):
+    with pytest.raises(ValueError, match=r"shape \(16, 8\), the layer stores \(8, 16\)"):
         layer.set_weight(mq.quantize_weight(torch.randn(16, 8), "int8"))
     with pytest.raises(TypeError, match="quantize_weight returns"):
         layer.set_weight([[1, 2]])

@@ -23,7 +23,6 @@ from __future__ import annotations
 import copy
 import inspect
 import json
-import warnings
 import weakref
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,7 +34,7 @@ from safetensors import safe_open
 from safetensors.numpy import save_file
 from torch import nn
 
-from ..warn_site import caller_stacklevel
+from ..warn_site import warn_at_caller
 from ..io.untrusted_json import loads_bounded
 from .histogram import DEFAULT_BINS
 from .ranges import entropy_range, mse_range, percentile_range, qparams_for_range, quant_range
@@ -278,9 +277,8 @@ class Calibrator:
         self.samples += used
         if self.nonfinite > nonfinite_before:
             bad = {p: s.nonfinite for p, s in self.stats.items() if s.nonfinite}
-            warnings.warn(f"calibration saw {self.nonfinite - nonfinite_before} NaN/Inf activation values "
-                          f"(skipped in every statistic); per activation so far: {bad}", CalibrationWarning,
-                          stacklevel=caller_stacklevel())
+            warn_at_caller(f"calibration saw {self.nonfinite - nonfinite_before} NaN/Inf activation values "
+                           f"(skipped in every statistic); per activation so far: {bad}", CalibrationWarning)
         return used
 
     # ---- results -----------------------------------------------------------------------------
@@ -303,8 +301,8 @@ class Calibrator:
             raise RuntimeError("no statistics: feed() calibration data first (and check the model has "
                                f"modules of the captured types: {', '.join(t.__name__ for t in self.types[:6])}, ...)")
         if self.samples < MIN_RECOMMENDED_SAMPLES:
-            warnings.warn(f"calibrated on {self.samples} samples; ranges are unreliable below "
-                          f"{MIN_RECOMMENDED_SAMPLES}", CalibrationWarning, stacklevel=caller_stacklevel())
+            warn_at_caller(f"calibrated on {self.samples} samples; ranges are unreliable below "
+                           f"{MIN_RECOMMENDED_SAMPLES}", CalibrationWarning)
         qmin, qmax = quant_range(encoding, symmetric)
         out = {}
         for point, s in self.stats.items():

@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import copy
 import difflib
-import warnings
 import weakref
 from typing import Any, Dict, List, Optional
 
@@ -41,7 +40,7 @@ from transformers.quantizers.auto import (AUTO_QUANTIZATION_CONFIG_MAPPING, AUTO
 from transformers.quantizers.base import HfQuantizer
 from transformers.utils.quantization_config import QuantizationConfigMixin
 
-from ..warn_site import caller_stacklevel
+from ..warn_site import warn_at_caller
 from ..errors import ConfigError
 from ..io.composites import check_loaded_float_parameters, expand_shells, float_parameter_keys
 from ..io.errors import CheckpointError
@@ -187,14 +186,13 @@ def _warn_unknown_keys(kwargs: Dict[str, Any]) -> None:
     unknown = [k for k in kwargs if k != "quant_method" and not k.startswith("_")]
     for key in unknown:
         if key in _OTHER_QUANTIZERS_SKIP_LISTS:
-            warnings.warn(f"MonoQuantConfig: {key!r} (another quantizer's option) ignored: layers to keep float go in "
-                          f"exclude=[...], module-name globs (exclude=['lm_head', '*.mlp.*'])", UserWarning,
-                          stacklevel=caller_stacklevel())
+            warn_at_caller(f"MonoQuantConfig: {key!r} (another quantizer's option) ignored: layers to keep float go in "
+                           f"exclude=[...], module-name globs (exclude=['lm_head', '*.mlp.*'])", UserWarning)
             continue
         close = difflib.get_close_matches(key, _OPTIONS, n=1)
-        warnings.warn(f"MonoQuantConfig: unknown option {key!r} ignored"
-                      + (f" (did you mean {close[0]!r}?)" if close else f" (options: {', '.join(_OPTIONS)})"),
-                      UserWarning, stacklevel=caller_stacklevel())
+        warn_at_caller(f"MonoQuantConfig: unknown option {key!r} ignored"
+                       + (f" (did you mean {close[0]!r}?)" if close else f" (options: {', '.join(_OPTIONS)})"),
+                       UserWarning)
 
 
 class MonoQuantHfQuantizer(HfQuantizer):
@@ -352,8 +350,8 @@ def _check_files(layers: List[Dict[str, Any]], files, float_parameters: Dict[str
         try:
             key_map = model_key_map(model, in_file, hf_quantizer, expected | set(float_parameters))
         except Exception as exc:  # (transformers' mapping code failing on this model): the names as stored
-            warnings.warn(f"mono-quant: cannot map the checkpoint's names to the model's ({exc}); comparing them "
-                          f"as stored", UserWarning, stacklevel=caller_stacklevel())
+            warn_at_caller(f"mono-quant: cannot map the checkpoint's names to the model's ({exc}); comparing them "
+                           f"as stored", UserWarning)
     _refuse_converted(key_map, listed)
     found: Dict[str, Any] = {}
     for key, spec in in_file.items():

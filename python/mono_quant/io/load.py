@@ -4,7 +4,6 @@ from __future__ import annotations
 import copy
 import itertools
 import os
-import warnings
 from collections import OrderedDict
 from typing import Any, Dict, Iterator, List, Mapping, Optional, Set, Tuple
 
@@ -12,7 +11,7 @@ import torch
 from safetensors import safe_open
 from torch import nn
 
-from ..warn_site import caller_stacklevel
+from ..warn_site import warn_at_caller
 from ..formats import BadLayer, get_format
 from ..modules import QuantizedLinear
 from ..modules.composite import is_composite
@@ -465,8 +464,8 @@ def _hook_computed_placeholders(model: nn.Module, memo: Dict[int, Any]) -> None:
 def _warn_meta(model: nn.Module) -> None:
     left = [n for n, t in list(model.named_parameters()) + list(model.named_buffers()) if t.device.type == "meta"]
     if left:
-        warnings.warn(f"{len(left)} tensors of the loaded model are still on the meta device (non-persistent "
-                      f"buffers of a meta skeleton?): {left[:5]}", stacklevel=caller_stacklevel())
+        warn_at_caller(f"{len(left)} tensors of the loaded model are still on the meta device (non-persistent "
+                       f"buffers of a meta skeleton?): {left[:5]}")
 
 
 def _check_aliases(layer, names: List[str], modules: Dict[str, nn.Module], qmodule: nn.Module) -> None:

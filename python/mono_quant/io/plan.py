@@ -65,7 +65,9 @@ def _scan(src: Path, skip: Optional[Path]) -> List[Path]:
     # files mono-quant wrote beside the float ones (earlier outputs of quantize_checkpoint under other
     # names) are not shards of the float model; a folder of such files only is read as it is (load's)
     ours = [p for p in candidates if p.suffix.lower() == ".safetensors" and is_mono_quant_file(p)]
-    if ours and len(ours) < sum(p.suffix.lower() == ".safetensors" for p in candidates):
+    floats = [p for p in candidates if p not in ours and (p.suffix.lower() == ".safetensors"
+                                                          or is_weight_file_name(p.name))]
+    if ours and floats:
         candidates = [p for p in candidates if p not in ours]
         skipped += ours
     files = ([p for p in candidates if p.suffix.lower() == ".safetensors"]

@@ -10,12 +10,11 @@ from __future__ import annotations
 
 import contextlib
 import os
-import warnings
 from typing import Iterator, Optional
 
 import torch
 
-from ..warn_site import caller_stacklevel
+from ..warn_site import warn_at_caller
 from .. import _C
 
 __all__ = ["RuntimeSettings", "SETTINGS", "THREADING_BACKENDS", "ISA_LEVELS", "LEVEL_MARK", "MAX_THREADS"]
@@ -28,9 +27,8 @@ ISA_LEVELS = ("scalar", "avx2", "avx512")
 #: level chooses again, as a layer quantized after the change would (a route kept at a level holds
 #: again when the level comes back before the layer's next call).
 if _C.ISA_FROM_ENV_IGNORED is not None:  # (the C module's import read the variable: warned here, at the user's line)
-    warnings.warn(f"MONO_QUANT_ISA={_C.ISA_FROM_ENV_IGNORED} is unknown or unsupported here; using "
-                  f"{_C.get_isa()!r} (one of {', '.join(ISA_LEVELS)}, at most the CPU's own)", RuntimeWarning,
-                  stacklevel=caller_stacklevel())
+    warn_at_caller(f"MONO_QUANT_ISA={_C.ISA_FROM_ENV_IGNORED} is unknown or unsupported here; using "
+                   f"{_C.get_isa()!r} (one of {', '.join(ISA_LEVELS)}, at most the CPU's own)", RuntimeWarning)
 
 _LEVEL_MARKS: dict = {}
 LEVEL_MARK = _LEVEL_MARKS.setdefault(_C.get_isa(), object())
@@ -103,8 +101,8 @@ class RuntimeSettings:
         if not name:
             return
         if name not in THREADING_BACKENDS:
-            warnings.warn(f"MONO_QUANT_THREADS={name!r} is not one of {THREADING_BACKENDS}; using \"omp-team\"",
-                          RuntimeWarning, stacklevel=caller_stacklevel())
+            warn_at_caller(f"MONO_QUANT_THREADS={name!r} is not one of {THREADING_BACKENDS}; using \"omp-team\"",
+                           RuntimeWarning)
             return
         self.set_threading_backend(name)
 

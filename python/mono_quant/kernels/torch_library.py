@@ -17,14 +17,13 @@ run the same kernels on the same inputs, so they give identical results (tested)
 from __future__ import annotations
 
 import math
-import warnings
 from typing import List, Optional
 
 import torch
 import torch.nn.functional as F
 from torch.utils.weak import WeakIdKeyDictionary
 
-from ..warn_site import caller_stacklevel
+from ..warn_site import warn_at_caller
 from .. import _C
 from ..torch_features import capturing
 from . import reference
@@ -120,10 +119,10 @@ def check_jit_trace(x: torch.Tensor, module, size_routes: bool = False) -> None:
     if size_routes and not getattr(module, "_jit_size_warned", False):
         module._jit_size_warned = True
         size = tuple(int(s) for s in x.shape)  # (under the tracer the sizes are 0-d tensors)
-        warnings.warn(f"{type(module).__name__}: torch.jit.trace keeps the kernel route chosen for the example's "
-                      f"size {size}; the traced module gives eager's results at that size only (other sizes: the "
-                      f"same quantization, other rounding). torch.export and torch.compile follow each size",
-                      UserWarning, stacklevel=caller_stacklevel())
+        warn_at_caller(f"{type(module).__name__}: torch.jit.trace keeps the kernel route chosen for the example's "
+                       f"size {size}; the traced module gives eager's results at that size only (other sizes: the "
+                       f"same quantization, other rounding). torch.export and torch.compile follow each size",
+                       UserWarning)
 
 
 # -- packed int8 ----------------------------------------------------------------------------------------------

@@ -172,8 +172,11 @@ class QuantizedModule(RefusesTorchScript, TorchCompatMixin, nn.Module):
                              f"layer again for another format")
         stored = self._as_stored_shape(weight)
         if tuple(stored.shape) != tuple(self.weight_shape):
-            raise ValueError(f"{where}: a weight of shape {tuple(weight.shape)}, the layer's is "
-                             f"{tuple(self.weight.shape)}")
+            shown = tuple(self.weight.shape)  # (GPT-2's Conv1D shows the float [in, out], stores [out, in])
+            raise ValueError(f"{where}: a weight of shape {tuple(weight.shape)}, the layer stores "
+                             f"{tuple(self.weight_shape)}" + ("" if shown == tuple(self.weight_shape) or len(shown) != 2
+                                                              else f" (the Linear it runs as; .weight shows the float "
+                                                                   f"layer's {shown}: quantize its transpose)"))
         return stored
 
     def _as_stored_shape(self, weight):

@@ -5,11 +5,10 @@ subclasses".  (torch.compile works, ``fullgraph=True`` too: the model is one op 
 which runs it eagerly; see compiled.py.)"""
 from __future__ import annotations
 
-import warnings
 
 import torch
 
-from ..warn_site import caller_stacklevel
+from ..warn_site import warn_at_caller
 from ..torch_features import is_exporting
 
 __all__ = ["refuse_traced_input", "warn_if_grad_input", "StaticNoGradWarning"]
@@ -48,7 +47,7 @@ def warn_if_grad_input(args) -> None:
     before the static layers would get no gradient from them.  Not an error: a model whose float
     layers keep requires_grad, called without no_grad, is the common case and wants only outputs."""
     if torch.is_grad_enabled() and any(isinstance(x, torch.Tensor) and x.requires_grad for x in args):
-        warnings.warn("static int8 layers are inference-only: no gradient flows back through int8 activations, "
-                      "so this output is detached from an input that requires grad; run the model under "
-                      "torch.no_grad() to silence this, or quantize with dynamic activations "
-                      "(mono_quant.quantize(model, 'int8')) to train through it", StaticNoGradWarning, stacklevel=caller_stacklevel())
+        warn_at_caller("static int8 layers are inference-only: no gradient flows back through int8 activations, "
+                       "so this output is detached from an input that requires grad; run the model under "
+                       "torch.no_grad() to silence this, or quantize with dynamic activations "
+                       "(mono_quant.quantize(model, 'int8')) to train through it", StaticNoGradWarning)

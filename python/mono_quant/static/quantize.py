@@ -13,13 +13,12 @@ from __future__ import annotations
 import copy
 import itertools
 import math
-import warnings
 from typing import Any, Dict, List, Optional
 
 import torch
 from torch import nn
 
-from ..warn_site import caller_stacklevel
+from ..warn_site import warn_at_caller
 from ..calibration import DEFAULT_BINS, CalibrationWarning, Calibrator
 from ..calibration.calibrator import refuse_top_level_tuple
 from ..config import resolve_config
@@ -297,14 +296,13 @@ def _warn(report: StaticReport) -> None:
     clipped = [(r.name, r.clipped) for r in report.layers if r.clipped is not None and r.clipped > MAX_CLIPPED]
     if clipped:
         listed = ", ".join(f"{n} {100 * c:.2f}%" for n, c in clipped)
-        warnings.warn(f"more than {100 * MAX_CLIPPED:g}% of the calibration values fall outside the range of: "
-                      f"{listed} (observer {report.observer!r}; 'minmax' clips nothing)", CalibrationWarning,
-                      stacklevel=caller_stacklevel())
+        warn_at_caller(f"more than {100 * MAX_CLIPPED:g}% of the calibration values fall outside the range of: "
+                       f"{listed} (observer {report.observer!r}; 'minmax' clips nothing)", CalibrationWarning)
     low = [(r.name, r.sqnr_db) for r in report.layers if r.sqnr_db is not None and r.sqnr_db < MIN_SQNR_DB]
     if low:
         listed = ", ".join(f"{n} {s:.1f} dB" for n, s in low)
-        warnings.warn(f"output SQNR against float below {MIN_SQNR_DB:g} dB at: {listed} (more calibration data, "
-                      "another observer, or exclude those layers)", CalibrationWarning, stacklevel=caller_stacklevel())
+        warn_at_caller(f"output SQNR against float below {MIN_SQNR_DB:g} dB at: {listed} (more calibration data, "
+                       "another observer, or exclude those layers)", CalibrationWarning)
 
 
 def _refuse_off_cpu(model: nn.Module) -> None:
