@@ -11,6 +11,8 @@ from typing import Tuple, Type
 
 import torch
 
+from .dynamo_hooks import when_dynamo_imported
+
 __all__ = ["warn_at_caller"]
 
 _OWN = (os.path.dirname(os.path.abspath(__file__)) + os.sep, os.path.dirname(os.path.abspath(torch.__file__)) + os.sep,
@@ -18,10 +20,24 @@ _OWN = (os.path.dirname(os.path.abspath(__file__)) + os.sep, os.path.dirname(os.
 _THROUGH = ("transformers", "peft")  # libraries that call mono-quant on the user's behalf (when imported)
 
 
-@torch.compiler.disable  # (dynamo would trace sys._getframe, break the graph there and count other frames)
 def warn_at_caller(message, category: Type[Warning] = UserWarning) -> None:
     """``warnings.warn(message, category)`` attributed to the first frame outside mono-quant, torch and
-    the libraries in _THROUGH (the module-level code warning, when every frame is inside)."""
+    the libraries in _THROUGH (the module-level code warning, when every frame is inside).  Runs
+    outside dynamo (``_OUTSIDE_DYNAMO``, a torch.compiler.disable of _warn made when dynamo is
+    imported: traced, ``sys._getframe`` broke the graph there and the frames counted were another
+    nesting's)."""
+    (_OUTSIDE_DYNAMO or _warn)(message, category)
+
+
+_OUTSIDE_DYNAMO = None
+
+
+def _keep_out_of_dynamo() -> None:
+    global _OUTSIDE_DYNAMO
+    _OUTSIDE_DYNAMO = torch.compiler.disable(_warn)
+
+
+def _warn(message, category: Type[Warning]) -> None:
     skipped = _skipped_prefixes()
     frame, level = sys._getframe(1), 2  # (level 1: this function; 2: its caller)
     while frame is not None and frame.f_code.co_filename.startswith(skipped):
@@ -44,3 +60,6 @@ def _skipped_prefixes() -> Tuple[str, ...]:
 
 def _importlib_internal(filename: str) -> bool:
     return "importlib" in filename and "_bootstrap" in filename
+
+
+when_dynamo_imported(_keep_out_of_dynamo)
