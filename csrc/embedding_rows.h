@@ -67,13 +67,23 @@ static inline void mq_emb_prefetch_row(const mq_emb_table *t, int64_t id) {
     }
 }
 
+/* A bag's row step (mq_emb_rows_fn's op) for its mode: max, a weighted sum, or a sum (mean too) */
+static inline int mq_emb_bag_op(const mq_emb_bags_args *c) {
+    return c->mode == MQ_EMB_BAG_MAX ? MQ_EMB_MAX : c->psw ? MQ_EMB_ADD_WEIGHTED : MQ_EMB_ADD;
+}
+
+/* One past bag b's last id: the next bag's start, or the end of the ids for the last bag */
+static inline int64_t mq_emb_bag_end(const mq_emb_bags_args *c, int64_t b) {
+    return b + 1 < c->noffsets ? c->offsets[b + 1] : c->count;
+}
+
 /* Bags [b0, b1) of a (mq_emb_bags_fn), each through the row loop `rows` (a level's emb_rows): the
  * reference's bag loop, and the AVX2 level's for the tables its own loop does not take. */
 static inline void mq_emb_bags_on_rows(const mq_emb_bags_args *c, int64_t b0, int64_t b1, mq_emb_rows_fn rows) {
     const int64_t dim = c->t->dim;
-    const int op = c->mode == MQ_EMB_BAG_MAX ? MQ_EMB_MAX : c->psw ? MQ_EMB_ADD_WEIGHTED : MQ_EMB_ADD;
+    const int op = mq_emb_bag_op(c);
     for (int64_t b = b0; b < b1; b++) {
-        const int64_t first = c->offsets[b], last = b + 1 < c->noffsets ? c->offsets[b + 1] : c->count;
+        const int64_t first = c->offsets[b], last = mq_emb_bag_end(c, b);
         float *acc = c->out + b * dim;
         memset(acc, 0, (size_t)dim * sizeof(float));
         const int64_t n = rows(c->t, c->ids, first, last, c->count, c->psw, op, c->padding_idx, acc, 0);

@@ -14,6 +14,7 @@ import dataclasses
 from typing import Any, Mapping, Optional, Tuple
 
 from torch import nn
+
 from .warn_site import warn_at_caller
 
 __all__ = ["PREFIX", "compiled_inner", "uncompiled", "compiled_like", "compiled_inputs"]

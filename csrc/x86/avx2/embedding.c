@@ -123,7 +123,7 @@ MQ_INLINE void bag_store(int mode, int64_t n, __m256 *a, int nv, float *o) {
     MQ_INLINE void bags_##T##_body(const mq_emb_bags_args *c, int64_t b0, int64_t b1, int op, const int zp) { \
         const int64_t dim = c->t->dim;                                                                  \
         for (int64_t b = b0; b < b1; b++) {                                                             \
-            const int64_t first = c->offsets[b], last = b + 1 < c->noffsets ? c->offsets[b + 1] : c->count; \
+            const int64_t first = c->offsets[b], last = mq_emb_bag_end(c, b);                           \
             float *o = c->out + b * dim;                                                                \
             for (int64_t c0 = 0; c0 < dim; c0 += 64) {                                                  \
                 switch ((dim - c0) / 8 < 8 ? (dim - c0) / 8 : 8) {                                      \
@@ -238,7 +238,7 @@ BAG_Q4_PASS(2)
 static void bags_q4(const mq_emb_bags_args *c, int64_t b0, int64_t b1, int op) {
     const int64_t dim = c->t->dim;
     for (int64_t b = b0; b < b1; b++) {
-        const int64_t first = c->offsets[b], last = b + 1 < c->noffsets ? c->offsets[b + 1] : c->count;
+        const int64_t first = c->offsets[b], last = mq_emb_bag_end(c, b);
         float *o = c->out + b * dim;
         for (int64_t c0 = 0; c0 < dim; c0 += 64)
             if (dim - c0 >= 64) pass_q4_2(c, first, last, op, o, c0);
@@ -256,7 +256,7 @@ static int64_t emb_rows(const mq_emb_table *t, const int64_t *ids, int64_t first
 /* Bags in registers where whole vectors (8-bit) or blocks (int4) cover dim; the others row by row. */
 static void emb_bags(const mq_emb_bags_args *c, int64_t b0, int64_t b1) {
     const mq_emb_table *t = c->t;
-    const int op = c->mode == MQ_EMB_BAG_MAX ? MQ_EMB_MAX : c->psw ? MQ_EMB_ADD_WEIGHTED : MQ_EMB_ADD;
+    const int op = mq_emb_bag_op(c);
     if (t->group > 0 && t->dim % 32 == 0)
         bags_q4(c, b0, b1, op);
     else if (t->group == 0 && t->dim % 8 == 0)

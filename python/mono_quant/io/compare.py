@@ -44,10 +44,6 @@ class FloatView:
         for key in list(self.reader.keys()) + list(aliases):
             if key not in hidden and key not in self._entries:
                 self._entries[key] = ("tensor", aliases.get(key, key))
-        # a second name of a stored tensor (a tied head, an alias layer): no bytes of its own
-        self._aliases = {key for key in aliases if key in self._entries}
-        self._aliases.update(layer_key(name, local) for layer in self.manifest["layers"]
-                             for name in layer.get("aliases", []) for local in ("weight", "bias"))
         # composites (LSTM / GRU / RNN, MultiheadAttention) under the float module's names, as
         # QuantizedStateDict.dequantize() gives them: a float file compares name for name
         self._parts = self._entries
@@ -90,14 +86,10 @@ class FloatView:
         return labels[0], sum(total)
 
     def _stored_part(self, key: str) -> Tuple[str, int]:
-        label, nbytes = self._stored_own(key)
-        return label, 0 if key in self._aliases else nbytes
-
-    def _stored_own(self, key: str) -> Tuple[str, int]:
         what, ref = self._parts[key]
-        if what == "tensor":
+        if what == "tensor":  # (a second name of a stored tensor, a tied head's: no bytes of its own)
             dtype, _ = self.reader.spec(ref)
-            return dtype_name(dtype), self.reader.nbytes(ref)
+            return dtype_name(dtype), 0 if key in self.manifest["tensor_aliases"] else self.reader.nbytes(ref)
         layer, name = ref
         if what == "bias":
             return layer["tensors"]["bias"]["dtype"], self._nbytes(layer, name, ["bias"])

@@ -61,22 +61,21 @@ def is_mono_quant_metadata(metadata) -> bool:
 
 def is_mono_quant_file(path) -> bool:
     """Whether ``path`` is a regular safetensors file mono-quant wrote (False on any read error)."""
-    try:
-        if not stat.S_ISREG(os.stat(path).st_mode):
-            return False
-        with safe_open(os.fspath(path), framework="pt") as f:
-            return is_mono_quant_metadata(f.metadata())
-    except Exception:  # noqa: BLE001 - not ours, or unreadable
-        return False
+    return is_mono_quant_metadata(_metadata(path))
 
 
 def has_metadata_key(path, key: str) -> bool:
     """Whether ``path`` is a regular safetensors file whose metadata has ``key`` (False on any
     read error: the general loader then reports what is wrong with the file)."""
+    return key in _metadata(path)
+
+
+def _metadata(path) -> dict:
+    """A regular safetensors file's header metadata ({} for none, or on any read error)."""
     try:
         if not stat.S_ISREG(os.stat(path).st_mode):  # a FIFO or device would block the open
-            return False
+            return {}
         with safe_open(os.fspath(path), framework="pt") as f:
-            return key in (f.metadata() or {})
+            return f.metadata() or {}
     except Exception:  # noqa: BLE001 - not ours, or unreadable
-        return False
+        return {}

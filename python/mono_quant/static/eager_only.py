@@ -5,7 +5,6 @@ subclasses".  (torch.compile works, ``fullgraph=True`` too: the model is one op 
 which runs it eagerly; see compiled.py.)"""
 from __future__ import annotations
 
-
 import torch
 
 from ..warn_site import warn_at_caller
