@@ -75,11 +75,14 @@ def cases_from_file(path, dtypes: Optional[Sequence[str]] = None) -> Tuple[List[
                          "(mono-quant quantize SRC -o DST) or give --shape OUTxIN")
     grouped: Dict[tuple, List[str]] = {}
     untimed: Dict[str, int] = {}
+    guessed: List[str] = []  # a state_dict file's 2-D tensors: Linear weights or embedding tables, it does not say
     for layer in info["layers"]:
         shape = layer["shape"]
         if layer.get("type") != "Linear" or len(shape) != 2:
             untimed[str(layer.get("type"))] = untimed.get(str(layer.get("type")), 0) + 1
             continue
+        if layer.get("type_from") == "shape" and "Embedding" in str(layer.get("layer_kind", "")):
+            guessed.append(layer["name"])
         for dtype in [get_qtype(d).name for d in dtypes] if dtypes else (layer["dtype"],):
             options = _file_options(dtype, layer, config)
             grouped.setdefault((shape[0], shape[1], dtype, options), []).append(layer["name"])
@@ -87,6 +90,11 @@ def cases_from_file(path, dtypes: Optional[Sequence[str]] = None) -> Tuple[List[
     cases.sort(key=lambda c: -c.out_features * c.in_features)
     notes = [f"{n} {kind} layer{'s' if n > 1 else ''} not timed (bench times Linear layers)"
              for kind, n in sorted(untimed.items())]
+    if guessed:
+        shown = ", ".join(guessed[:3]) + (f" and {len(guessed) - 3} more" if len(guessed) > 3 else "")
+        notes.append(f"{len(guessed)} 2-D tensor{'s' if len(guessed) > 1 else ''} ({shown}) timed as Linear: a "
+                     f"state_dict file does not say which are embedding tables (an embedding's lookup is not a "
+                     f"matmul; quantize the model itself to tell them apart)")
     if len(cases) > MAX_FILE_CASES:
         notes.append(f"{len(cases) - MAX_FILE_CASES} smaller shapes not timed (the {MAX_FILE_CASES} largest are)")
         cases = cases[:MAX_FILE_CASES]

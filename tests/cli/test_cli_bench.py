@@ -170,3 +170,19 @@ def test_a_static_file_says_bench_does_not_time_it(tmp_path, capsys):
     path = mq.save(result, tmp_path / "static.safetensors")
     assert main(["bench", str(path)]) == 1
     assert "a static int8 model (activations='static'): bench times" in capsys.readouterr().err
+
+
+def test_a_state_dict_files_2d_tensors_are_said_to_be_timed_as_linear(tmp_path):
+    """A state_dict-kind file does not say which 2-D tensors were embedding tables: bench timed a
+    50k x 64 table as a Linear without a word."""
+    from mono_quant.bench import cases_from_file
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Embedding(100, 16), nn.Linear(16, 8))
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp_path / "float.safetensors"))
+    mq.quantize_checkpoint(tmp_path / "float.safetensors", tmp_path / "q.safetensors", dtype="int8")
+    cases, notes = cases_from_file(tmp_path / "q.safetensors")
+    assert {c.names for c in cases} == {("0",), ("1",)}
+    assert notes == ["2 2-D tensors (0, 1) timed as Linear: a state_dict file does not say which are embedding "
+                     "tables (an embedding's lookup is not a matmul; quantize the model itself to tell them apart)"]
+    mq.save(mq.quantize(model, "int8"), tmp_path / "model.safetensors")  # a model file knows its Linear
+    assert cases_from_file(tmp_path / "model.safetensors")[1] == []

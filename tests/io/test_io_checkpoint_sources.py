@@ -186,3 +186,19 @@ def test_an_empty_tensor_claiming_a_huge_side_in_a_pt_file_is_refused(tmp_path):
     torch.save({"a.weight": torch.empty(1 << 25, 0)}, tmp_path / "empty.pt")
     with pytest.raises(mq.CheckpointError, match="holds no element"):
         mq.quantize_checkpoint(tmp_path / "empty.pt", tmp_path / "q.safetensors")
+
+
+def test_an_unreadable_torch_file_says_what_it_is(tmp_path):
+    """torch's own messages spoke of mmap options ("please torch.save your checkpoint with this option")
+    for any file that is no zip archive, and of records for a broken one."""
+    import zipfile
+
+    (tmp_path / "legacy.pt").write_bytes(b"\x80\x02garbage")
+    with pytest.raises(CheckpointError, match=r"not a torch.save zip archive: a legacy torch.save file"):
+        mq.quantize_checkpoint(tmp_path / "legacy.pt", tmp_path / "a.safetensors")
+    with zipfile.ZipFile(tmp_path / "broken.pt", "w") as archive:
+        archive.writestr("broken/data.pkl", b"not a pickle")
+    with pytest.raises(CheckpointError, match=r"a zip archive that torch.load\(weights_only=True\) cannot read") as info:
+        mq.quantize_checkpoint(tmp_path / "broken.pt", tmp_path / "b.safetensors")
+    assert "Could this error message be improved" not in str(info.value)
+    assert not list(tmp_path.glob("*.safetensors"))

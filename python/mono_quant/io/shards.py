@@ -105,6 +105,19 @@ class SafetensorsShard(_Descriptor):
         self._close_descriptor()
 
 
+def _unreadable(path: Path, exc: Exception) -> str:
+    """What a torch.load failure means, in words (torch's own messages speak of mmap options and
+    records): a file that is no zip archive is a legacy torch.save file or no checkpoint at all."""
+    if not zipfile.is_zipfile(path):
+        return (f"{path}: not a torch.save zip archive: a legacy torch.save file (torch < 1.6, or "
+                f"_use_new_zipfile_serialization=False), or not a checkpoint at all; re-save its state_dict with a "
+                f"current torch.save, or as .safetensors, and quantize that")
+    reason = re.sub(r"\x1b\[[0-9;]*m", "", str(exc)).strip().splitlines()
+    reason = re.sub(r"\s*\(Could this error message be improved\?.*", "", reason[0]) if reason else type(exc).__name__
+    return (f"{path}: a zip archive that torch.load(weights_only=True) cannot read (corrupted, or not a "
+            f"torch.save file): {reason}")
+
+
 class TorchShard(_Descriptor):
     """A torch.save'd state_dict, memory-mapped; only tensors are accepted (weights_only)."""
 
@@ -117,9 +130,7 @@ class TorchShard(_Descriptor):
                                   f"torch.save(model)?), which mono-quant never unpickles: save "
                                   f"model.state_dict() (or a .safetensors file) and quantize that") from exc
         except Exception as exc:  # RuntimeError for legacy (non-zip) or corrupted files
-            reason = re.sub(r"\x1b\[[0-9;]*m", "", str(exc)).strip().splitlines()
-            raise CheckpointError(f"{path}: cannot read as a state_dict with torch.load(mmap=True, "
-                                  f"weights_only=True): {reason[0] if reason else type(exc).__name__}") from exc
+            raise CheckpointError(_unreadable(path, exc)) from exc
         if isinstance(obj, dict) and not all(isinstance(v, torch.Tensor) for v in obj.values()):
             if all(isinstance(obj.get(wrapper), dict) for wrapper in ("state_dict", "model")):
                 raise CheckpointError(f"{path}: holds both a 'state_dict' and a 'model' dict: save the one to "
