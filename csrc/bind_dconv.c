@@ -1,6 +1,7 @@
 /* bind_dconv.c - the direct Conv2d (h16_dconv.c) on panels kept per layer: a packed int8
  * weight's, dequantized (weight-only int8 convs), or a float32 / fp16 / bf16 weight's, widened;
- * and for a packed int8 or an int4 weight whose panels are not kept, both in one call. */
+ * for a packed int8 or an int4 weight whose panels are not kept, both in one call; and the
+ * float32 depthwise conv (float_depthwise.c). */
 #include "bind.h"
 #include "layout.h"
 
@@ -326,7 +327,68 @@ done:
     return result;
 }
 
+PyDoc_STRVAR(depthwise_conv2d_doc,
+             "depthwise_conv2d(x, w, bias, stride, padding, dilation, nthreads=1) -> y\n\n"
+             "y float32 [B, N, out_h, out_w]: the depthwise conv (groups = C) of x float32 [B, C, H, W]\n"
+             "(zero padding) with w float32 [N, 1, kh, kw], N a multiple of C (output channel o reads\n"
+             "input channel o // (N // C)), bias float32 [N] or None.  Each output an fmaf chain over its\n"
+             "taps from the bias in (i, j) order: the same bits at every kernel level and thread count.\n"
+             "MemoryError if a plane's padded copy cannot be allocated.");
+
+static PyObject *py_depthwise_conv2d(PyObject *self, PyObject *args, PyObject *kw) {
+    static char *kwlist[] = {"x", "w", "bias", "stride", "padding", "dilation", "nthreads", NULL};
+    static const int f32[] = {NPY_FLOAT32};
+    PyObject *x_obj, *w_obj, *b_obj, *stride_obj, *pad_obj, *dil_obj, *result = NULL;
+    int nthreads = 1;
+    npy_intp ks[2], st[2], pd[2], dl[2];
+    mq_refs refs = {0};
+    PyArrayObject *x, *w, *bias, *out;
+    (void)self;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OOOOOO|i:depthwise_conv2d", kwlist, &x_obj, &w_obj, &b_obj,
+                                     &stride_obj, &pad_obj, &dil_obj, &nthreads))
+        return NULL;
+    if (!mq_check_threads(nthreads)) return NULL;
+    if (!(w = mq_array_in(&refs, w_obj, "w", f32, 1, 4, "float32"))) goto done;
+    const npy_intp n = PyArray_DIM(w, 0);
+    if (PyArray_DIM(w, 1) != 1 || n < 1) {
+        PyErr_Format(PyExc_ValueError, "depthwise_conv2d: w must be [out_channels, 1, kh, kw], got [%zd, %zd, %zd, %zd]",
+                     (Py_ssize_t)n, (Py_ssize_t)PyArray_DIM(w, 1), (Py_ssize_t)PyArray_DIM(w, 2),
+                     (Py_ssize_t)PyArray_DIM(w, 3));
+        goto done;
+    }
+    PyObject *kernel = Py_BuildValue("(nn)", (Py_ssize_t)PyArray_DIM(w, 2), (Py_ssize_t)PyArray_DIM(w, 3));
+    if (!kernel) goto done;
+    PyArrayObject *xa = (PyArrayObject *)x_obj;
+    const npy_intp channels = PyArray_Check(x_obj) && PyArray_NDIM(xa) == 4 ? PyArray_DIM(xa, 1) : 1;
+    const int in = conv_in(&refs, "depthwise_conv2d", x_obj, n, kernel, stride_obj, pad_obj, dil_obj,
+                           channels > 0 ? channels : 1, &x, &out, ks, st, pd, dl);
+    Py_DECREF(kernel);
+    if (!in || !mq_bias_in(&refs, b_obj, n, "output channels", &bias)) goto done;
+    if (PyArray_DIM(x, 1) < 1) {
+        PyErr_SetString(PyExc_ValueError, "depthwise_conv2d: x has no channels");
+        goto done;
+    }
+    const int64_t oh = PyArray_DIM(out, 2), ow = PyArray_DIM(out, 3);
+    /* a block's interleaved copy (float_depthwise.c): the padded rows x columns the outputs reach, 8 lanes */
+    const int64_t rows = mq_size_add(mq_size_mul(oh - 1, st[0]), mq_size_mul(ks[0] - 1, dl[0]) + 1);
+    const int64_t cols = mq_size_add(mq_size_mul(ow - 1, st[1]), mq_size_mul(ks[1] - 1, dl[1]) + 1);
+    if (!mq_size_fits(mq_size_mul(mq_size_add(mq_size_mul(rows, cols), ks[0] * ks[1]), 8), "depthwise_conv2d",
+                      "a block's zero-padded copy"))
+        goto done;
+    int status;
+    Py_BEGIN_ALLOW_THREADS
+    status = mq_f32_dw_conv2d(PyArray_DATA(x), PyArray_DIM(x, 0), PyArray_DIM(x, 1), PyArray_DIM(x, 2),
+                              PyArray_DIM(x, 3), PyArray_DATA(w), mq_data_or_null(bias), n / PyArray_DIM(x, 1), ks[0],
+                              ks[1], st[0], st[1], pd[0], pd[1], dl[0], dl[1], PyArray_DATA(out), nthreads);
+    Py_END_ALLOW_THREADS
+    result = conv_result(status, "depthwise_conv2d", x, out, pd);
+done:
+    mq_release(&refs);
+    return result;
+}
+
 PyMethodDef mq_dconv_methods[] = {
+    MQ_KW_METHOD(depthwise_conv2d),
     MQ_KW_METHOD(dconv2d_int4),
     MQ_KW_METHOD(dconv_panels_int8),
     MQ_KW_METHOD(dconv_panels),

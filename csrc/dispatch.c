@@ -219,6 +219,8 @@ static const mq_kernels scalar_table = {
     .f32_dconv_panel = mq_ref_f32_dconv_panel,
     .q4_dconv_panel = mq_ref_q4_dconv_panel,
     .h16_dconv = mq_ref_h16_dconv,
+    .f32_dw_lanes = mq_ref_f32_dw_lanes,
+    .f32_dw_interleave = mq_ref_f32_dw_interleave,
     .packed_span = mq_ref_packed_span,
     .packed_run = mq_ref_packed_run,
 };
@@ -301,6 +303,8 @@ static void overlay(mq_kernels *dst, const mq_kernels *src) {
     TAKE(f32_dconv_panel);
     TAKE(q4_dconv_panel);
     TAKE(h16_dconv);
+    TAKE(f32_dw_lanes);
+    TAKE(f32_dw_interleave);
     if (src->packed_span) { /* the pieces and how their rows are written go together */
         dst->packed_span = src->packed_span;
         dst->packed_run = src->packed_run;
@@ -342,6 +346,7 @@ static void init_tables(void) {
         overlay(&tables[MQ_ISA_AVX2], &mq_avx2_embedding_table);
         overlay(&tables[MQ_ISA_AVX2], &mq_avx2_eltwise_table);
         overlay(&tables[MQ_ISA_AVX2], &mq_avx2_depthwise_table);
+        overlay(&tables[MQ_ISA_AVX2], &mq_avx2_float_dw_table);
         overlay(&tables[MQ_ISA_AVX2], &mq_avx2_transpose_table);
     }
     tables[MQ_ISA_AVX512] = tables[MQ_ISA_AVX2];

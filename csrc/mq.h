@@ -475,6 +475,27 @@ typedef int (*mq_amxbf16_split_x_fn)(const mq_amxbf16_args *a, uint16_t *xp);
 typedef int (*mq_amxbf16_gemm_panels_fn)(const mq_amxbf16_args *a, const mq_amxbf16_weight *w, int64_t q0,
                                          int64_t q1);
 
+/* ---- float32 depthwise Conv2d (float_depthwise.c driver) ------------------- */
+/* A block of a depthwise conv, eight output channels in the lanes (MQ_DW_LANES): src holds the
+ * block's zero-padded input planes interleaved, [position][lane]; output pixel f (of npix,
+ * row-major) of lane l is an fmaf chain, from bias[l], over the taps t (in (i, j) order) of
+ * w[t * MQ_DW_LANES + l] * src[(pix[f] + off[t]) * MQ_DW_LANES + l], written to out[l][f] for the
+ * lanes with an out (lanes past the block's channels have none). */
+#define MQ_DW_LANES 8
+typedef struct {
+    const float *src;
+    const int64_t *pix, *off;
+    int64_t npix, taps;
+    const float *w, *bias;
+    float *const *out;
+} mq_f32_dw_lanes_args;
+typedef void (*mq_f32_dw_lanes_fn)(const mq_f32_dw_lanes_args *a);
+/* The interleaving: src[l][e] to dst[pos[e] * MQ_DW_LANES + l] for the count elements e of each of the
+ * MQ_DW_LANES planes whose pos[e] >= 0 */
+typedef void (*mq_f32_dw_interleave_fn)(const float *const *src, const int64_t *pos, int64_t count, float *dst);
+void mq_ref_f32_dw_lanes(const mq_f32_dw_lanes_args *a);
+void mq_ref_f32_dw_interleave(const float *const *src, const int64_t *pos, int64_t count, float *dst);
+
 /* ---- fp16 / bf16 weight direct Conv2d (h16_dconv.c driver) ----------------
  * The panel: for t < k and j < ldp (ldp a multiple of 16, nb <= ldp),
  *   panel[t * ldp + j] = j < nb ? w[j * k + t] widened to fp32 (exact) : 0
@@ -599,6 +620,9 @@ typedef struct {
     mq_f32_dconv_panel_fn f32_dconv_panel;
     mq_q4_dconv_panel_fn q4_dconv_panel;
     mq_h16_dconv_fn h16_dconv;
+    /* float32 depthwise Conv2d planes (float_depthwise.c) */
+    mq_f32_dw_lanes_fn f32_dw_lanes;
+    mq_f32_dw_interleave_fn f32_dw_interleave;
     /* a packed int8 weight to float32 rows (packed_dequantize.c), the three set together;
      * packed_untiled: rows of a 2 KiB-multiple stride are written straight, not through a tile */
     mq_packed_span_fn packed_span;
@@ -698,6 +722,7 @@ extern const mq_kernels mq_avxvnni_static_table;      /* x86/avx_vnni/static_con
 extern const mq_kernels mq_avx512vnni_static_table;   /* x86/avx512_vnni/static_conv.c */
 extern const mq_kernels mq_avx2_eltwise_table;        /* x86/avx2/static_eltwise.c */
 extern const mq_kernels mq_avx2_depthwise_table;      /* x86/avx2/static_depthwise.c */
+extern const mq_kernels mq_avx2_float_dw_table;       /* x86/avx2/float_depthwise.c */
 extern const mq_kernels mq_avx2_transpose_table;      /* x86/avx2/transpose.c */
 extern const mq_kernels mq_avx512_eltwise_table;      /* x86/avx512/static_eltwise.c */
 /* The AVX-512 VNNI int8 matmul (x86/avx512_vnni/linear.c); the AMX kernel runs it on the
@@ -1029,6 +1054,15 @@ int mq_dconv2d_weight(const float *x, int64_t batch, int64_t channels, int64_t h
 int mq_h16_dconv2d(const float *x, int64_t batch, int64_t channels, int64_t height, int64_t width, int64_t kh,
                    int64_t kw, int64_t sh, int64_t sw, int64_t ph, int64_t pw, int64_t dh, int64_t dw, int64_t groups,
                    const uint16_t *w, int is_bf16, const float *bias, int64_t n, float *y, int nthreads);
+/* ---- float_depthwise.c: float32 depthwise Conv2d -------------------------------
+ * y [batch, channels * mult, oh, ow] = the conv of x [batch, channels, height, width] (NCHW,
+ * contiguous) with w [channels * mult, 1, kh, kw] (float32, contiguous) in `channels` groups,
+ * bias [channels * mult] or NULL, zero padding: output channel o reads input plane o / mult.
+ * Each output an fmaf chain over its taps from the bias in (i, j) order (mq_f32_dw_lanes_args): the
+ * same bits at every kernel level and thread count.  0, or -1 when a buffer could not be allocated. */
+int mq_f32_dw_conv2d(const float *x, int64_t batch, int64_t channels, int64_t height, int64_t width, const float *w,
+                     const float *bias, int64_t mult, int64_t kh, int64_t kw, int64_t sh, int64_t sw, int64_t ph,
+                     int64_t pw, int64_t dh, int64_t dw, float *y, int nthreads);
 /* ---- h16_winograd.c: the same for a 3x3 stride-1 conv without groups, by Winograd's
  * F(2x2, 3x3) (2.25x fewer multiply-adds; torch's result to a few times float32
  * rounding of the per-tile magnitudes; an output that is not finite reruns the call

@@ -80,6 +80,8 @@ ENTRY_POINTS = {
     "dconv_panels_int8", "dconv_panels", "dconv2d", "dconv2d_int8", "dconv2d_int4",
     # quantized embedding tables: twins, a property and argument checks in tests/kernels/test_embedding_kernels.py
     "embedding_rows", "embedding_bag",
+    # the float32 depthwise conv: a property, odd shapes and argument checks in tests/kernels/test_float_depthwise.py
+    "depthwise_conv2d",
 }
 
 

@@ -12,7 +12,8 @@ from mono_quant import _C
 LAYERS = [(lambda: nn.Conv2d(16, 32, 3, padding=1), (2, 16, 8, 8)),  # kept panels
           (lambda: nn.Conv2d(64, 128, 3, padding=1), (1, 64, 16, 16)),
           (lambda: nn.Conv2d(8, 16, 3, groups=2), (1, 8, 9, 9)),
-          (lambda: nn.Conv1d(16, 32, 3, padding=1), (2, 16, 20))]
+          (lambda: nn.Conv1d(16, 32, 3, padding=1), (2, 16, 20)),
+          (lambda: nn.Conv2d(16, 16, 3, padding=1, groups=16), (2, 16, 8, 8))]  # the depthwise route
 
 
 @pytest.mark.parametrize("dtype,activations", [("int8", "dynamic"), ("int8", None), ("int4", None), ("fp16", None),

@@ -10,12 +10,14 @@ import torch
 import torch.nn.functional as F
 
 from ..dynamo_hooks import when_dynamo_imported
+from ..kernels.depthwise import takes_depthwise
 from ..kernels.int8 import MAX_IN_FEATURES
 from ..kernels.settings import SETTINGS
 from ..kernels.torch_library import KERNEL_DTYPES, conv_weight, use_ops
 from ..kernels.uint8 import uint8_layer_takes
 from ..tensor import channel_rows, from_channel_rows
 from .cast import takes_half_kernel
+from . import layer_cache
 from .half_conv import takes_half_conv, traced_half_conv_forward
 from .int4 import Int4Format
 from .int4_weight import effective_group
@@ -136,6 +138,10 @@ def conv2d_forward(module, x: torch.Tensor) -> torch.Tensor:
     """QuantizedConv2d.forward through the ops (the same paths and results as eager)."""
     m = module
     bias = m.bias
+    if _takes_depthwise(m, x):  # eager's depthwise route (kernels.depthwise), every format
+        return torch.ops.mono_quant.depthwise_conv2d(x, dequantized_weight(m), None if bias is None else bias.float(),
+                                                     list(m.stride2d), list(m.padding2d), list(m.dilation2d),
+                                                     m.groups)
     if not m.format.integer:
         # as CastFormat.conv2d; a weight that requires grad takes torch's conv (ours gives no weight gradient)
         if takes_half_conv(m, x, _isa()) and not (m._buffers["weight"].requires_grad and torch.is_grad_enabled()):
@@ -169,6 +175,17 @@ def conv2d_forward(module, x: torch.Tensor) -> torch.Tensor:
         return torch.ops.mono_quant.direct_conv2d(x, w, bias, list(m.stride2d), list(m.padding2d),
                                                   list(m.dilation2d), m.groups)
     return m.conv_with(x.float(), w, None if bias is None else bias.float()).to(x.dtype)
+
+
+def _takes_depthwise(m, x: torch.Tensor) -> bool:
+    """Whether eager's forward takes the depthwise route (QuantizedConv2d._depthwise_route): its rule and a
+    kept (small) weight; a 16-bit weight that requires grad keeps torch's conv (the op gives no weight
+    gradient)."""
+    weight = m._buffers.get("weight")
+    return (takes_depthwise(x, m.in_channels, m.out_channels, m.groups, m.kernel_size2d, m.stride2d, m.padding2d,
+                            m.dilation2d, m.padding_mode, _isa())
+            and m.weight_numel() <= layer_cache.SMALL_WEIGHT_ELEMENTS
+            and not (weight is not None and weight.requires_grad and torch.is_grad_enabled()))
 
 
 def _decided(rule):

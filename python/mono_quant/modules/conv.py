@@ -14,7 +14,8 @@ from ..formats import layer_cache
 from ..formats.base import WeightFormat
 from ..formats.layer_cache import float_weight, kernel_args_stamped
 from ..formats.packed_linear import conv_kernel_takes, dequantized_packed, packed_linear
-from ..kernels import direct_conv, dynamic_conv, settings
+from ..kernels import depthwise, direct_conv, dynamic_conv, settings
+from ..kernels.depthwise import depthwise_conv2d, takes_depthwise
 from ..kernels.dynamic_conv import direct_applies
 from ..kernels.half_conv import direct_pad_fits
 from ..kernels.settings import SETTINGS
@@ -66,7 +67,7 @@ DYNAMIC_CHUNK_BYTES = 1 << 20
 
 # QuantizedConv2d.forward's routes (see QuantizedConv2d._route), and per module the last one
 # taken with what it was chosen for: a weak map, so deepcopy and state_dict never see it.
-_PACKED, _FLOAT, _FORMAT, _DIRECT = "packed", "float", "format", "direct"
+_PACKED, _FLOAT, _FORMAT, _DIRECT, _DEPTHWISE = "packed", "float", "format", "direct", "depthwise"
 _ROUTES = layer_cache.per_layer_cache()
 # What a route depends on besides x and kernel_args' tensors (stamp sources, kernels/stamps.py):
 # the layer's format, mode, geometry, the size rules of this module (tests change them) and the kernel
@@ -86,6 +87,9 @@ _ROUTE_SOURCES = tuple((None, name) for name in (
                                                    (vars(direct_conv), "FILL_MAX_ELEMENTS"),
                                                    (vars(direct_conv), "SHORT_K"),
                                                    (vars(direct_conv), "SHORT_K_MAX_PIXELS"),
+                                                   (vars(depthwise), "LEVELS"),
+                                                   (vars(depthwise), "WIDE_TAPS"),
+                                                   (vars(depthwise), "WIDE_TAPS_MAX_BATCH"),
                                                    (vars(settings), "LEVEL_MARK"))
 # What the float route's weight and bias are made of: kernel_args' sources but the column sums.
 _FLOAT_SOURCES = tuple(source for source in layer_cache.KERNEL_ARG_SOURCES if source[1] != "weight_colsum")
@@ -366,6 +370,10 @@ class QuantizedConv2d(ReduceRange, QuantizedModule):
                 return _torch_layout(x, self.format.conv2d(self, x), self.padding_mode)
         if route[4] is not None:  # float32 x, a kept float weight: fp32's own call
             return F.conv2d(x, *route[4])
+        if route[5] is _DEPTHWISE:  # float32 x: the C depthwise conv on the kept float weight (NCHW x)
+            if x.is_contiguous():
+                return depthwise_conv2d(x, *route[7], *route[9])
+            return _torch_layout(x, F.conv2d(x, *route[8], *route[9], self.groups))
         packed = route[6]
         if route[5] is _DIRECT:  # float32 x, weight-only: the direct kernel on the layer's kept panels, or filled now
             if route[7] is not None:  # (panels, bias lanes, the bias read per call)
@@ -403,6 +411,11 @@ class QuantizedConv2d(ReduceRange, QuantizedModule):
         input F.conv2d's whole argument list.  A tiny conv's whole forward is ~15 us:
         the checks made once per shape here instead of per call were a third of it
         (bench_models.py, 8x8 CNNs)."""
+        if takes_depthwise(x, self.in_channels, self.out_channels, self.groups, self.kernel_size2d, self.stride2d,
+                           self.padding2d, self.dilation2d, self.padding_mode):
+            memo = self._depthwise_route(x)
+            if memo is not None:
+                return memo
         if self.format.kernel_args(self) is None:
             return self._small_float_route(x)
         stamp, packed = kernel_args_stamped(self)
@@ -525,6 +538,28 @@ class QuantizedConv2d(ReduceRange, QuantizedModule):
             return memo
         direct = (w, b, self.stride2d, self.padding2d, self.dilation2d, self.groups)
         memo = (x.shape, x.dtype, x.is_cpu, stamp, direct, _FORMAT, None, w, b, None)
+        _ROUTES[self] = memo
+        return memo
+
+    def _depthwise_route(self, x: torch.Tensor):
+        """The route of a depthwise layer (kernels.depthwise.takes_depthwise) whose float32 weight is kept
+        (a small weight: float_weight's dequantized or widened copy, every format): the C depthwise conv
+        on it, or None (a weight or bias that is not float32 on the CPU)."""
+        numel = self.weight_numel()
+        if numel > layer_cache.SMALL_WEIGHT_ELEMENTS:  # (its float copy is not kept: made per call)
+            return None
+        w, b, dtype = self.format.compute_weight(self, x, numel, cache=True)
+        if (dtype != torch.float32 or w.dtype != torch.float32 or not w.is_cpu
+                or (b is not None and (b.dtype != torch.float32 or not b.is_cpu))):
+            return None
+        w = w.detach().contiguous()
+        b_view = live_bias(b) if b is not None and b is self.bias else None  # (follows writes through .data)
+        if b is not None and b_view is None:
+            b = b.detach().contiguous()
+            b_view = b.numpy()
+        geometry = (tuple(self.stride2d), tuple(self.padding2d), tuple(self.dilation2d))
+        memo = (x.shape, x.dtype, x.is_cpu, self._buffers_stamp(), None, _DEPTHWISE, None, (w.numpy(), b_view),
+                (w, b), geometry)
         _ROUTES[self] = memo
         return memo
 
