@@ -122,6 +122,20 @@ def test_weight_only_conv_picks_the_packed_kernel_for_few_pixels():
             assert torch.allclose(qconv(x).double(), ref, rtol=1e-5, atol=1e-5 * float(ref.abs().max()))
 
 
+def test_weight_only_grouped_conv_counts_few_pixels_per_group():
+    """The packed kernel runs a GEMM (and a Python call) a group: RegNet's 440 channels in 55 groups of 8
+    on 4 x 4 took the packed route (16 pixels x 8 <= 440 outputs) at 0.21x fp32's speed; per group (8
+    outputs) they are many pixels, F.conv2d's."""
+    grouped, _ = mq.quantize(nn.Conv2d(440, 440, 3, padding=1, groups=55).eval(), activations=None)
+    plain, _ = mq.quantize(nn.Conv2d(440, 440, 1).eval(), activations=None)
+    x = torch.randn(1, 440, 4, 4)
+    assert not grouped._packed_pays(x)
+    assert plain._packed_pays(x) != plain._direct_fits(x)  # one group: 16 x 8 <= 440 (packed, or direct where it fits)
+    with torch.no_grad():
+        ref = F.conv2d(x.double(), grouped.dequantized_weight().double(), grouped.bias.double(), padding=1, groups=55)
+        assert torch.allclose(grouped(x).double(), ref, rtol=1e-5, atol=1e-5 * float(ref.abs().max()))
+
+
 def test_weight_only_conv_of_a_weight_past_fill_max_keeps_the_packed_kernel(monkeypatch):
     """direct_conv.FILL_MAX_ELEMENTS: a weight of that many elements or more takes the packed kernel at
     few pixels instead of the direct kernel's panels filled per call; under it the direct kernel, as before."""

@@ -312,7 +312,7 @@ class QuantizedConv2d(ReduceRange, QuantizedModule):
         output pixels per output channel are faster as F.conv2d on the dequantized
         weight: the fp32 im2col (kh*kw times the input) costs more than dequantizing the
         weight (bench_conv.py: the packed weight-only path wins below about
-        out_channels/8 output pixels), except where the direct kernel takes them (kernels.direct_conv:
+        out_channels/groups/8 output pixels: a GEMM and a call a group), except where the direct kernel takes them (kernels.direct_conv:
         faster on kept panels, and on panels filled per call from about one pixel per
         FILL_ELEMENTS_PER_PIXEL weight elements, for weights under FILL_MAX_ELEMENTS).  ``isa``: as
         ``_direct_fits``'."""
@@ -337,7 +337,7 @@ class QuantizedConv2d(ReduceRange, QuantizedModule):
         pixels = x.shape[0]
         for size, k, s, p, d in zip(x.shape[2:], self.kernel_size2d, self.stride2d, self.padding2d, self.dilation2d):
             pixels *= (size + 2 * p - d * (k - 1) - 1) // s + 1
-        few_pixels = pixels * 8 <= self.out_channels
+        few_pixels = pixels * 8 <= self.out_channels // self.groups  # (per group: a GEMM a group, and a call each)
         if isinstance(few_pixels, torch.SymBool):  # symbolic sizes: the rule as it is (no guard); no direct route
             return few_pixels
         if not few_pixels:
