@@ -312,10 +312,10 @@ class QuantizedConv2d(ReduceRange, QuantizedModule):
         output pixels per output channel are faster as F.conv2d on the dequantized
         weight: the fp32 im2col (kh*kw times the input) costs more than dequantizing the
         weight (bench_conv.py: the packed weight-only path wins below about
-        out_channels/groups/8 output pixels: a GEMM and a call a group), except where the direct kernel takes them (kernels.direct_conv:
-        faster on kept panels, and on panels filled per call from about one pixel per
-        FILL_ELEMENTS_PER_PIXEL weight elements, for weights under FILL_MAX_ELEMENTS).  ``isa``: as
-        ``_direct_fits``'."""
+        out_channels/groups/8 output pixels: a GEMM and a call a group), except where the direct
+        kernel takes them (kernels.direct_conv: faster on kept panels, and on panels filled per
+        call from about one pixel per FILL_ELEMENTS_PER_PIXEL weight elements, for weights under
+        FILL_MAX_ELEMENTS).  ``isa``: as ``_direct_fits``'."""
         if self.activations == "dynamic":
             k = self.in_channels // self.groups * self.kernel_size2d[0] * self.kernel_size2d[1]
             # (weight_symmetric, not the zero-point buffer's values: torch.compile traces this rule;
