@@ -5,11 +5,11 @@ capture and autograd: the same kernel, so the same bits) and pure-torch twin.
 A depthwise conv (one input channel per group) has too few multiply-adds per input value for int8
 activations to pay: a quantized layer's result is torch's conv of the dequantized weight.  torch's
 float32 conv of an NCHW image (oneDNN) runs these at 2-7 G multiply-adds a second on the AVX2 host
-and pays ~100 us a call on small planes; the C kernel (eight channels in the lanes, every tap one
-vector load a pixel) ran MobileNetV2 / EfficientNet / ConvNeXt depthwise shapes at 1.2-9x torch's
-speed at batch 1 and 1.3-10x at batch 8, except 7x7 kernels at batch 8 (0.7-0.95: oneDNN keeps
-their weights in registers) (benchmarks/bench_depthwise_float.py, docs/benchmarks.md, "Depthwise
-convs").  Results are torch's conv up to float32 rounding of each output's sum |w x| (another
+and pays ~100 us a call on small planes; through the C kernel (eight channels in the lanes, every tap
+one vector load a pixel) quantized layers of MobileNetV2 / EfficientNet / ConvNeXt depthwise shapes ran
+at 1.04-2.7x fp32's speed at batch 1 and 1.06-3.7x at batch 8 (1 thread), except 7x7 kernels at batch 8
+(0.7-0.95: oneDNN keeps their weights in registers) (benchmarks/bench_depthwise_float.py,
+docs/benchmarks.md, "Depthwise convs").  Results are torch's conv up to float32 rounding of each output's sum |w x| (another
 summation order); the same bits at every kernel level and thread count.
 """
 from __future__ import annotations
