@@ -170,11 +170,24 @@ def conv2d_forward(module, x: torch.Tensor) -> torch.Tensor:
                 list(m.kernel_size2d), list(m.stride2d), list(m.padding2d), list(m.dilation2d), m.groups,
                 m.out_channels)
         return _packed_conv(m, x) if packed_pays else _float_conv(m, x)
+    if m.int4_rows_fit(x):  # eager's int4 rows route: im2col rows x the int4 weight, float32 activations
+        return _int4_rows_conv(m, x, bias)
     w = dequantized_weight(m).to(x.device)
     if m._buffers.get("weight_packed") is None and m._direct_fits(x, _isa()):  # eager's direct route (int4)
         return torch.ops.mono_quant.direct_conv2d(x, w, bias, list(m.stride2d), list(m.padding2d),
                                                   list(m.dilation2d), m.groups)
     return m.conv_with(x.float(), w, None if bias is None else bias.float()).to(x.dtype)
+
+
+def _int4_rows_conv(m, x: torch.Tensor, bias) -> torch.Tensor:
+    """QuantizedConv2d._int4_rows_conv through the ops: torch's unfold, the int4 Linear's op, NCHW."""
+    (kh, kw), (sh, sw), (ph, pw), (dh, dw) = m.kernel_size2d, m.stride2d, m.padding2d, m.dilation2d
+    out_h, out_w = _output_sizes(m, x)
+    rows = F.unfold(x, (kh, kw), (dh, dw), (ph, pw), (sh, sw)).transpose(1, 2).reshape(-1, x.shape[1] * kh * kw)
+    y = torch.ops.mono_quant.int4_linear(rows.contiguous(), m.weight_qdata, m.weight_scale, m.weight_zero_point,
+                                         bias, _int4_group(m), m.activations == "dynamic" and _int4_int8_activations())
+    return y.reshape(x.shape[0], out_h * out_w, m.out_channels).transpose(1, 2).reshape(
+        x.shape[0], m.out_channels, out_h, out_w)
 
 
 def _takes_depthwise(m, x: torch.Tensor) -> bool:

@@ -1,0 +1,85 @@
+"""An int4 conv of a weight past SMALL_WEIGHT_ELEMENTS on few output pixels (a classifier's end stages)
+runs its im2col rows through the int4 Linear's call (QuantizedConv2d._int4_rows_conv): a dynamic
+layer's rows in int8 per (row, group) as a Linear's, float32 with activations=None; the same bits as
+that Linear call, eager, compiled and exported; many pixels, channels_last inputs and grouped convs
+keep torch's conv of the dequantized weight."""
+import warnings
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import mono_quant as mq
+from mono_quant.formats.int4_call import kept_int4_linear
+from mono_quant.modules.conv import _ROUTES
+
+
+def _quantized(conv, **options):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return mq.quantize(nn.Sequential(conv.eval()), "int4", **options).model[0]
+
+
+def _route(q):
+    memo = _ROUTES.get(q)
+    return None if memo is None else memo[5]
+
+
+def _rows_reference(q, x):
+    """The int4 Linear call on torch's unfold rows, as NCHW."""
+    rows = F.unfold(x, q.kernel_size2d, q.dilation2d, q.padding2d, q.stride2d)
+    out = [(size + 2 * p - d * (k - 1) - 1) // s + 1 for size, k, s, p, d in
+           zip(x.shape[2:], q.kernel_size2d, q.stride2d, q.padding2d, q.dilation2d)]
+    y = kept_int4_linear(q, rows.transpose(1, 2).reshape(-1, rows.shape[1]).contiguous())
+    return y.reshape(x.shape[0], out[0] * out[1], -1).transpose(1, 2).reshape(x.shape[0], -1, *out)
+
+
+@pytest.mark.parametrize("cin, cout, k, stride, size, batch", [(256, 512, 3, 1, 4, 1), (256, 512, 3, 2, 8, 1),
+                                                              (512, 1024, 1, 1, 4, 2), (128, 768, 3, 1, 3, 3)])
+def test_few_pixels_take_the_int4_linear_on_im2col_rows(cin, cout, k, stride, size, batch):
+    torch.manual_seed(cin + k)
+    conv = nn.Conv2d(cin, cout, k, stride=stride, padding=k // 2)
+    q = _quantized(conv)
+    x = torch.randn(batch, cin, size, size)
+    with torch.no_grad():
+        y = q(x)
+        assert _route(q) == "int4 rows"
+        assert torch.equal(y, _rows_reference(q, x))
+        exact = F.conv2d(x, q.dequantized_weight(torch.float32), q.bias, stride, k // 2)
+        torch.testing.assert_close(y, exact, atol=0.02 * float(exact.abs().max()), rtol=0)  # int8 activations
+        assert torch.equal(torch.compile(q, backend="eager")(x), y)
+        assert torch.equal(torch.export.export(q, (x,)).module()(x), y)
+    xg = x.clone().requires_grad_()
+    q(xg).sum().backward()
+    assert xg.grad is not None and torch.isfinite(xg.grad).all()
+
+
+def test_weight_only_layers_keep_float_activations():
+    torch.manual_seed(1)
+    conv = nn.Conv2d(256, 512, 3, padding=1)
+    q = _quantized(conv, activations=None)
+    x = torch.randn(1, 256, 4, 4)
+    with torch.no_grad():
+        y = q(x)
+        assert _route(q) == "int4 rows"
+        exact = F.conv2d(x, q.dequantized_weight(torch.float32), q.bias, 1, 1)
+        torch.testing.assert_close(y, exact, atol=1e-5, rtol=1e-5)
+
+
+def test_many_pixels_channels_last_and_groups_keep_torchs_conv():
+    torch.manual_seed(2)
+    q = _quantized(nn.Conv2d(256, 512, 3, padding=1))
+    grouped = _quantized(nn.Conv2d(256, 512, 3, padding=1, groups=2))
+    with torch.no_grad():
+        q(torch.randn(1, 256, 16, 16))  # 256 pixels x 8 > 512 outputs
+        assert _route(q) != "int4 rows"
+        x = torch.randn(1, 256, 4, 4)
+        nchw = q(x)
+        last = q(x.contiguous(memory_format=torch.channels_last))  # the kept route declines: the format's conv
+        assert last.is_contiguous(memory_format=torch.channels_last)
+        exact = F.conv2d(x, q.dequantized_weight(torch.float32), q.bias, 1, 1)
+        torch.testing.assert_close(last, exact, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(nchw, exact, atol=0.02 * float(exact.abs().max()), rtol=0)
+        grouped(x)
+        assert _route(grouped) != "int4 rows"
