@@ -360,6 +360,12 @@ static PyObject *py_depthwise_conv2d(PyObject *self, PyObject *args, PyObject *k
     if (!kernel) goto done;
     PyArrayObject *xa = (PyArrayObject *)x_obj;
     const npy_intp channels = PyArray_Check(x_obj) && PyArray_NDIM(xa) == 4 ? PyArray_DIM(xa, 1) : 1;
+    if (channels > MQ_MAX_CONV_ARG) { /* (the groups check below would blame the divisibility) */
+        PyErr_Format(PyExc_ValueError, "depthwise_conv2d: x has %zd channels, more than the %ld a conv takes",
+                     (Py_ssize_t)channels, MQ_MAX_CONV_ARG);
+        Py_DECREF(kernel);
+        goto done;
+    }
     const int in = conv_in(&refs, "depthwise_conv2d", x_obj, n, kernel, stride_obj, pad_obj, dil_obj,
                            channels > 0 ? channels : 1, &x, &out, ks, st, pd, dl);
     Py_DECREF(kernel);

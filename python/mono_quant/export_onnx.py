@@ -411,11 +411,15 @@ def _translation_table():
         return op.Conv(x, op.Cast(weight, to=_FLOAT), b, strides=list(stride), pads=[*padding, *padding],
                        dilations=list(dilation), group=groups)
 
+    def depthwise_conv2d(x, weight, bias, stride, padding, dilation, groups):  # the C depthwise conv's op: a Conv
+        return op.Conv(x, weight, bias, strides=list(stride), pads=[*padding, *padding], dilations=list(dilation),
+                       group=groups)
+
     ops = torch.ops.mono_quant
     return {ops.onnx_dequantize.default: dequantize, ops.onnx_fake_quantize_dynamic.default: fake_quantize_dynamic,
             ops.onnx_linear_dynamic.default: linear_dynamic, ops.onnx_dequantize_int4.default: dequantize_int4,
             ops.onnx_matmul_nbits.default: matmul_nbits, ops.half_linear.default: half_linear,
-            ops.half_conv2d.default: half_conv2d}
+            ops.half_conv2d.default: half_conv2d, ops.depthwise_conv2d.default: depthwise_conv2d}
 
 
 def _refuse_half_models(model: nn.Module) -> None:

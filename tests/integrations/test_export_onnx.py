@@ -44,11 +44,15 @@ def _models():
     mlp = nn.Sequential(nn.Linear(64, 128), nn.ReLU(), nn.Linear(128, 32)).eval()
     cnn = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(), nn.Conv2d(16, 64, 3, stride=2, groups=2),
                         nn.ReLU(), nn.Flatten(), nn.Linear(64 * 7 * 7, 10)).eval()
-    return {"mlp": (mlp, (torch.randn(4, 64),)), "cnn": (cnn, (torch.randn(2, 3, 16, 16),))}
+    # a depthwise conv: fp16's own forward emits mono_quant::depthwise_conv2d (it had no ONNX form)
+    mobile = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(), nn.Conv2d(16, 32, 3, padding=1, groups=16),
+                           nn.ReLU(), nn.Conv2d(32, 8, 1), nn.Flatten(), nn.Linear(8 * 12 * 12, 10)).eval()
+    return {"mlp": (mlp, (torch.randn(4, 64),)), "cnn": (cnn, (torch.randn(2, 3, 16, 16),)),
+            "mobile": (mobile, (torch.randn(2, 3, 12, 12),))}
 
 
 @pytest.mark.parametrize("dtype,activations", CASES, ids=lambda v: str(v))
-@pytest.mark.parametrize("name", ["mlp", "cnn"])
+@pytest.mark.parametrize("name", ["mlp", "cnn", "mobile"])
 def test_onnx_runtime_matches_eager(tmp_path, name, dtype, activations):
     model, inputs = _models()[name]
     kw = {"activations": activations} if dtype == "int8" else ({"group_size": 32} if dtype == "int4" else {})

@@ -162,3 +162,10 @@ def test_wrong_dtypes_and_geometry_are_refused():
         _C.depthwise_conv2d(x, w, None, (1, 1), (-1, 0), (1, 1))
     with pytest.raises(ValueError, match="nthreads"):
         _C.depthwise_conv2d(x, w, None, (1, 1), (0, 0), (1, 1), nthreads=0)
+
+
+def test_more_channels_than_a_conv_takes_says_so():
+    x = np.lib.stride_tricks.as_strided(np.zeros(1, np.float32), (1, (1 << 20) + 1, 1, 1), (0, 0, 0, 0))
+    w = np.zeros(((1 << 20) + 1, 1, 1, 1), np.float32)
+    with pytest.raises(ValueError, match="1048577 channels, more than the 1048576 a conv takes"):
+        _C.depthwise_conv2d(x, w, None, (1, 1), (0, 0), (1, 1))

@@ -92,7 +92,11 @@ def test_channels_last_inputs_keep_torchs_conv_and_layout():
     for y in (last, first_last):
         assert y.is_contiguous(memory_format=torch.channels_last)
         torch.testing.assert_close(y, nchw, atol=1e-5, rtol=1e-5)
-    assert _route(fresh) != "depthwise"
+    # (the route is the layer's and the shape's, whatever the first call's layout: an NCHW call then takes the
+    # kernel, as a compiled graph does)
+    assert _route(fresh) == "depthwise"
+    with torch.no_grad():
+        assert torch.equal(fresh(x), nchw)
 
 
 def test_the_scalar_level_grouped_convs_and_wide_kernels_keep_torchs_conv():

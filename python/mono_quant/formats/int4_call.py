@@ -43,11 +43,9 @@ def _keep(module) -> tuple:
     return kept
 
 
-def kept_int4_linear(module, x: torch.Tensor, float_activations: bool = False) -> Optional[torch.Tensor]:
+def kept_int4_linear(module, x: torch.Tensor) -> Optional[torch.Tensor]:
     """``x @ W.T + b`` of an int4 layer through the kept views, or None where the general
-    path must run (another dtype or device, a gradient, an empty input, another width).
-    ``float_activations``: float32 activations whatever the layer's mode (a conv's im2col rows,
-    whose result stays torch's conv of the dequantized weight up to rounding)."""
+    path must run (another dtype or device, a gradient, an empty input, another width)."""
     if x.dtype is not torch.float32 or not x.is_cpu or x.requires_grad:
         return None
     kept = _CALLS.get(module)
@@ -57,8 +55,7 @@ def kept_int4_linear(module, x: torch.Tensor, float_activations: bool = False) -
     if call is None or x.shape[-1] != call[0] or x.numel() == 0:
         return None
     x2d = x if x.dim() == 2 else x.reshape(-1, call[0])
-    int8_activations = (not float_activations and module.activations == "dynamic"
-                        and SETTINGS.int4_int8_activations)  # (None: weight-only)
+    int8_activations = module.activations == "dynamic" and SETTINGS.int4_int8_activations  # (None: weight-only)
     if int4_takes_blas(x2d.shape[0], call[1], call[2].shape[1] * 2, call[5], SETTINGS.isa,
                        int8_activations, in_features=call[0]):
         # torch's BLAS on the float32 weight, as the general path and a traced graph's op compute it:

@@ -170,8 +170,19 @@ def conv2d_forward(module, x: torch.Tensor) -> torch.Tensor:
                 list(m.kernel_size2d), list(m.stride2d), list(m.padding2d), list(m.dilation2d), m.groups,
                 m.out_channels)
         return _packed_conv(m, x) if packed_pays else _float_conv(m, x)
-    if m.int4_rows_fit(x):  # eager's int4 rows route: im2col rows x the int4 weight, float32 activations
-        return _int4_rows_conv(m, x, bias)
+    rows = _decided(m.int4_rows_fit(x))  # eager's int4 rows route: im2col rows x the int4 Linear's op
+    if rows is None:  # symbolic sizes the rule's ranges do not decide: both routes, chosen per call (as above)
+        # (the other branch torch's conv on the dequantized weight: the direct route's rule is not asked of
+        # symbolic sizes, as eager's own rules leave them to torch's conv)
+        y = torch.cond(m.int4_rows_fit(x), lambda x: _int4_rows_conv(m, x, bias).contiguous().reshape(-1),
+                       lambda x: _float_conv(m, x).contiguous().reshape(-1), (x,))
+        return y.view(x.shape[0], m.out_channels, *_output_sizes(m, x))
+    return _int4_rows_conv(m, x, bias) if rows else _weight_conv(m, x, bias)
+
+
+def _weight_conv(m, x: torch.Tensor, bias) -> torch.Tensor:
+    """An integer layer's conv without a packed route: eager's direct route (int4) or torch's conv on the
+    dequantized weight."""
     w = dequantized_weight(m).to(x.device)
     if m._buffers.get("weight_packed") is None and m._direct_fits(x, _isa()):  # eager's direct route (int4)
         return torch.ops.mono_quant.direct_conv2d(x, w, bias, list(m.stride2d), list(m.padding2d),
@@ -180,7 +191,8 @@ def conv2d_forward(module, x: torch.Tensor) -> torch.Tensor:
 
 
 def _int4_rows_conv(m, x: torch.Tensor, bias) -> torch.Tensor:
-    """QuantizedConv2d._int4_rows_conv through the ops: torch's unfold, the int4 Linear's op, NCHW."""
+    """QuantizedConv2d._int4_rows_conv through the ops: torch's unfold, the int4 Linear's op (its activations:
+    int8 for a dynamic layer where the Linear's are), NCHW."""
     (kh, kw), (sh, sw), (ph, pw), (dh, dw) = m.kernel_size2d, m.stride2d, m.padding2d, m.dilation2d
     out_h, out_w = _output_sizes(m, x)
     rows = F.unfold(x, (kh, kw), (dh, dw), (ph, pw), (sh, sw)).transpose(1, 2).reshape(-1, x.shape[1] * kh * kw)
@@ -197,6 +209,7 @@ def _takes_depthwise(m, x: torch.Tensor) -> bool:
     weight = m._buffers.get("weight")
     return (takes_depthwise(x, m.in_channels, m.out_channels, m.groups, m.kernel_size2d, m.stride2d, m.padding2d,
                             m.dilation2d, m.padding_mode, _isa())
+            and x.is_contiguous()  # (eager's route runs torch's conv on a channels_last x)
             and m.weight_numel() <= layer_cache.SMALL_WEIGHT_ELEMENTS
             and not (weight is not None and weight.requires_grad and torch.is_grad_enabled()))
 

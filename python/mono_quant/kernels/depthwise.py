@@ -24,7 +24,7 @@ from .half_conv import _half_conv2d_backward, _half_conv2d_setup
 from .settings import SETTINGS
 
 __all__ = ["depthwise_conv2d", "depthwise_conv2d_reference", "takes_depthwise", "LEVELS", "WIDE_TAPS",
-           "WIDE_TAPS_MAX_BATCH"]
+           "WIDE_TAPS_MAX_BATCH", "MAX_PLANE"]
 
 #: the kernel levels that run the C kernel (the scalar level keeps torch's conv: the reference loop is
 #: no faster than it)
@@ -34,13 +34,17 @@ LEVELS = ("avx2", "avx512")
 #: speed on 384 channels of 14 x 14, 768 of 7 x 7, 96 of 56 x 56; 1.24-3.6x at batch 1)
 WIDE_TAPS = 25
 WIDE_TAPS_MAX_BATCH = 1
+#: the largest input plane (height x width) the kernel takes: each thread keeps a zero-padded copy of
+#: eight planes (32 bytes a pixel), 32 MiB at this size; larger images keep torch's conv
+MAX_PLANE = 1 << 20
 
 
 def takes_depthwise(x: torch.Tensor, in_channels: int, out_channels: int, groups: int, kernel_size, stride,
                     padding, dilation, padding_mode: str, isa: Optional[str] = None) -> bool:
-    """Whether a conv of this geometry runs :func:`depthwise_conv2d` on ``x``: a depthwise conv (one input
-    channel per group, out_channels a multiple of it), a float32 4-D CPU ``x`` of concrete sizes and NCHW
-    strides (channels_last keeps torch's conv), zero padding given as numbers, a kernel level of
+    """Whether a conv of this geometry runs :func:`depthwise_conv2d` on ``x`` (of NCHW strides: a
+    channels_last ``x`` keeps torch's conv, which the callers check per call): a depthwise conv (one input
+    channel per group, out_channels a multiple of it), a float32 4-D CPU ``x`` of concrete sizes and
+    planes of at most :data:`MAX_PLANE` pixels, zero padding given as numbers, a kernel level of
     :data:`LEVELS`, and a kernel of at most :data:`WIDE_TAPS` taps or a batch of at most
     :data:`WIDE_TAPS_MAX_BATCH`.  On the shapes, never a timing.  ``isa``: the kernel level (None: the
     active one; the traced forward passes its compile-time constant)."""
@@ -48,8 +52,10 @@ def takes_depthwise(x: torch.Tensor, in_channels: int, out_channels: int, groups
             or isinstance(padding, str) or x.dtype != torch.float32 or x.dim() != 4 or not x.is_cpu
             or (SETTINGS.isa if isa is None else isa) not in LEVELS):
         return False
-    if not all(type(size) is int for size in x.shape) or not x.is_contiguous():
+    if not all(type(size) is int for size in x.shape):
         return False  # symbolic sizes (export / compile with dynamic shapes): torch's conv, which guards none
+    if x.shape[2] * x.shape[3] > MAX_PLANE:
+        return False
     if kernel_size[0] * kernel_size[1] > WIDE_TAPS and x.shape[0] > WIDE_TAPS_MAX_BATCH:
         return False
     return all((size + 2 * p - d * (k - 1) - 1) // s + 1 > 0

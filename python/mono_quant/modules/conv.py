@@ -93,6 +93,7 @@ _ROUTE_SOURCES = tuple((None, name) for name in (
                                                    (vars(depthwise), "LEVELS"),
                                                    (vars(depthwise), "WIDE_TAPS"),
                                                    (vars(depthwise), "WIDE_TAPS_MAX_BATCH"),
+                                                   (vars(depthwise), "MAX_PLANE"),
                                                    (vars(settings), "LEVEL_MARK"))
 # What the float route's weight and bias are made of: kernel_args' sources but the column sums.
 _FLOAT_SOURCES = tuple(source for source in layer_cache.KERNEL_ARG_SOURCES if source[1] != "weight_colsum")
@@ -397,7 +398,7 @@ class QuantizedConv2d(ReduceRange, QuantizedModule):
             return F.conv2d(x, *route[4])
         if route[5] is _INT4_ROWS:  # float32 x, an int4 weight past the kept size, few pixels: im2col rows x int4
             y = self._int4_rows_conv(x)
-            return y if y is not None else _torch_layout(x, self.format.conv2d(self, x), self.padding_mode)
+            return _torch_layout(x, y if y is not None else self.format.conv2d(self, x), self.padding_mode)
         if route[5] is _DEPTHWISE:  # float32 x: the C depthwise conv on the kept float weight (NCHW x)
             if x.is_contiguous():
                 return depthwise_conv2d(x, *route[7], *route[9])
@@ -595,33 +596,38 @@ class QuantizedConv2d(ReduceRange, QuantizedModule):
         _ROUTES[self] = memo
         return memo
 
-    def int4_rows_fit(self, x: torch.Tensor) -> bool:
-        """Whether an int4 layer runs ``x`` as im2col rows through the int4 weight-only GEMM
+    def int4_rows_fit(self, x: torch.Tensor):
+        """Whether an int4 layer runs ``x`` as im2col rows through the int4 Linear's call
         (:meth:`_int4_rows_conv`; the traced forward asks too): one group, zero padding given as numbers,
-        a float32 4-D CPU ``x`` of concrete sizes, a weight past ``layer_cache.SMALL_WEIGHT_ELEMENTS``
-        (its float copy is not kept: torch's conv would dequantize it per call) and few output pixels
-        (batch x out_h x out_w at most out_channels / 8, as the weight-only int8 rule): the end stages
-        of a classifier (6 December 2026, AMD Zen 3, 1 thread: ResNet-18's 512 -> 512 3x3 on 4x4 at
-        batch 1 took 0.77-0.80x fp32's time through torch's conv of the weight dequantized per call;
-        the int4 GEMM on the same rows as a Linear 2.26x with int8 activations, 0.93x with float32
-        ones)."""
+        a float32 4-D CPU ``x`` (any layout), a weight past ``layer_cache.SMALL_WEIGHT_ELEMENTS`` (its
+        float copy is not kept: torch's conv would dequantize it per call) and few output pixels (batch x
+        out_h x out_w at most out_channels / 8, as the weight-only int8 rule): the end stages of a
+        classifier (6 December 2026, AMD Zen 3, 1 thread: ResNet-18's 512 -> 512 3x3 on 4x4 at batch 1
+        took 0.77-0.80x fp32's time through torch's conv of the weight dequantized per call; the int4 GEMM
+        on the same rows as a Linear 2.26x with int8 activations, 0.93x with float32 ones).  A bool, or
+        for symbolic sizes (export / compile with dynamic shapes) the rule as a SymBool, which the traced
+        forward decides per call (torch.cond) as eager does; under jit.trace, the example's sizes."""
         if (self.weight_format != "int4" or self.groups != 1 or self.padding_mode != "zeros"
                 or isinstance(self.padding2d, str) or x.dtype != torch.float32 or x.dim() != 4 or not x.is_cpu
-                or not all(type(size) is int for size in x.shape)
                 or self.weight_numel() <= layer_cache.SMALL_WEIGHT_ELEMENTS):
             return False
-        pixels = x.shape[0]
-        for size, k, s, p, d in zip(x.shape[2:], self.kernel_size2d, self.stride2d, self.padding2d, self.dilation2d):
-            pixels *= (size + 2 * p - d * (k - 1) - 1) // s + 1
-        return 0 < pixels and pixels * 8 <= self.out_channels
+        shape = x.shape
+        if torch.jit.is_tracing():
+            shape = tuple(int(size) for size in shape)  # (jit.trace: 0-d tensors)
+        pixels = shape[0]
+        for size, k, s, p, d in zip(shape[2:], self.kernel_size2d, self.stride2d, self.padding2d, self.dilation2d):
+            pixels = pixels * ((size + 2 * p - d * (k - 1) - 1) // s + 1)
+        if isinstance(pixels, int):
+            return 0 < pixels and pixels * 8 <= self.out_channels
+        return pixels * 8 <= self.out_channels  # (a SymBool: no guard; an empty batch's rows are none)
 
     def _int4_rows_conv(self, x: torch.Tensor) -> Optional[torch.Tensor]:
-        """The conv of an NCHW float32 ``x`` as its im2col rows (in torch's (channel, kh, kw) order, the
-        int4 weight's) through an int4 Linear's call (formats.int4_call.kept_int4_linear: a dynamic layer's
+        """The conv of a float32 ``x`` as its im2col rows (in torch's (channel, kh, kw) order, the int4
+        weight's) through an int4 Linear's call (formats.int4_call.kept_int4_linear: a dynamic layer's
         rows quantized to int8 per (row, group) as a Linear's, docs/formats.md; float32 with
-        ``activations=None``), NCHW out; None where that call declines (or x is not NCHW-contiguous)."""
-        if not x.is_contiguous() or x.requires_grad:
-            return None
+        ``activations=None``), NCHW out (the caller gives it x's layout); None where that call
+        declines."""
+        x = x.detach().contiguous()  # (a channels_last x: the same rows, so the same bits as traced)
         (kh, kw), (sh, sw), (ph, pw), (dh, dw) = self.kernel_size2d, self.stride2d, self.padding2d, self.dilation2d
         batch, channels = x.shape[0], x.shape[1]
         out_h = (x.shape[2] + 2 * ph - dh * (kh - 1) - 1) // sh + 1
