@@ -620,7 +620,7 @@ typedef struct {
     mq_f32_dconv_panel_fn f32_dconv_panel;
     mq_q4_dconv_panel_fn q4_dconv_panel;
     mq_h16_dconv_fn h16_dconv;
-    /* float32 depthwise Conv2d planes (float_depthwise.c) */
+    /* float32 depthwise Conv2d, a block of MQ_DW_LANES channels (float_depthwise.c) */
     mq_f32_dw_lanes_fn f32_dw_lanes;
     mq_f32_dw_interleave_fn f32_dw_interleave;
     /* a packed int8 weight to float32 rows (packed_dequantize.c), the three set together;

@@ -11,6 +11,7 @@
 #include <immintrin.h>
 
 #include "mq.h"
+#include "x86/transpose8_256.h"
 
 /* 8 weights widened to fp32 */
 static inline __attribute__((always_inline)) __m256 dconv_widen8(const uint16_t *p, const int bf16) {
@@ -25,22 +26,8 @@ static inline __attribute__((always_inline)) float dconv_widen1(uint16_t h, cons
 
 /* rows r[0..7] (8 channels' 8 taps) to columns: panel rows t..t+7, lanes j..j+7 */
 static inline __attribute__((always_inline)) void dconv_transpose8(__m256 r[8], float *dst, int64_t ldp) {
-    const __m256 t0 = _mm256_unpacklo_ps(r[0], r[1]), t1 = _mm256_unpackhi_ps(r[0], r[1]);
-    const __m256 t2 = _mm256_unpacklo_ps(r[2], r[3]), t3 = _mm256_unpackhi_ps(r[2], r[3]);
-    const __m256 t4 = _mm256_unpacklo_ps(r[4], r[5]), t5 = _mm256_unpackhi_ps(r[4], r[5]);
-    const __m256 t6 = _mm256_unpacklo_ps(r[6], r[7]), t7 = _mm256_unpackhi_ps(r[6], r[7]);
-    const __m256 s0 = _mm256_shuffle_ps(t0, t2, 0x44), s1 = _mm256_shuffle_ps(t0, t2, 0xEE);
-    const __m256 s2 = _mm256_shuffle_ps(t1, t3, 0x44), s3 = _mm256_shuffle_ps(t1, t3, 0xEE);
-    const __m256 s4 = _mm256_shuffle_ps(t4, t6, 0x44), s5 = _mm256_shuffle_ps(t4, t6, 0xEE);
-    const __m256 s6 = _mm256_shuffle_ps(t5, t7, 0x44), s7 = _mm256_shuffle_ps(t5, t7, 0xEE);
-    _mm256_storeu_ps(dst + 0 * ldp, _mm256_permute2f128_ps(s0, s4, 0x20));
-    _mm256_storeu_ps(dst + 1 * ldp, _mm256_permute2f128_ps(s1, s5, 0x20));
-    _mm256_storeu_ps(dst + 2 * ldp, _mm256_permute2f128_ps(s2, s6, 0x20));
-    _mm256_storeu_ps(dst + 3 * ldp, _mm256_permute2f128_ps(s3, s7, 0x20));
-    _mm256_storeu_ps(dst + 4 * ldp, _mm256_permute2f128_ps(s0, s4, 0x31));
-    _mm256_storeu_ps(dst + 5 * ldp, _mm256_permute2f128_ps(s1, s5, 0x31));
-    _mm256_storeu_ps(dst + 6 * ldp, _mm256_permute2f128_ps(s2, s6, 0x31));
-    _mm256_storeu_ps(dst + 7 * ldp, _mm256_permute2f128_ps(s3, s7, 0x31));
+    mq_transpose8_ps(r);
+    for (int k = 0; k < 8; k++) _mm256_storeu_ps(dst + k * ldp, r[k]);
 }
 
 #define DCONV_PANEL_TAPS 32

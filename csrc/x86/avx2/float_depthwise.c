@@ -15,6 +15,8 @@
 #if defined(__x86_64__) && defined(__AVX2__) && defined(__FMA__)
 #include <immintrin.h>
 
+#include "x86/transpose8_256.h"
+
 /* Lanes [0, valid) of v (valid 1..7: a plane of fewer than eight pixels) by 4-, 2- and 1-float
  * stores (vmaskmovps stores ran several times slower on the AMD host) */
 static inline void store_first(float *out, __m256 v, int64_t valid) {
@@ -32,25 +34,6 @@ static inline void store_first(float *out, __m256 v, int64_t valid) {
         valid -= 2;
     }
     if (valid) _mm_store_ss(out, part);
-}
-
-/* r[0..7] (rows) to their columns, in place */
-static inline __attribute__((always_inline)) void transpose8(__m256 r[8]) {
-    __m256 t[8], u[8];
-    for (int i = 0; i < 4; i++) {
-        t[2 * i] = _mm256_unpacklo_ps(r[2 * i], r[2 * i + 1]);
-        t[2 * i + 1] = _mm256_unpackhi_ps(r[2 * i], r[2 * i + 1]);
-    }
-    for (int h = 0; h < 2; h++) { /* rows 0-3, then 4-7 */
-        u[4 * h + 0] = _mm256_shuffle_ps(t[4 * h], t[4 * h + 2], _MM_SHUFFLE(1, 0, 1, 0));
-        u[4 * h + 1] = _mm256_shuffle_ps(t[4 * h], t[4 * h + 2], _MM_SHUFFLE(3, 2, 3, 2));
-        u[4 * h + 2] = _mm256_shuffle_ps(t[4 * h + 1], t[4 * h + 3], _MM_SHUFFLE(1, 0, 1, 0));
-        u[4 * h + 3] = _mm256_shuffle_ps(t[4 * h + 1], t[4 * h + 3], _MM_SHUFFLE(3, 2, 3, 2));
-    }
-    for (int i = 0; i < 4; i++) {
-        r[i] = _mm256_permute2f128_ps(u[i], u[4 + i], 0x20);
-        r[4 + i] = _mm256_permute2f128_ps(u[i], u[4 + i], 0x31);
-    }
 }
 
 /* Pixels f0 .. f0 + P - 1 of every lane with an output. */
@@ -71,7 +54,7 @@ static inline __attribute__((always_inline)) void lanes_tile(const mq_f32_dw_lan
     }
 #pragma GCC unroll 8
     for (int p = P; p < 8; p++) acc[p] = _mm256_setzero_ps();
-    transpose8(acc); /* acc[l]: lane l's pixels */
+    mq_transpose8_ps(acc); /* acc[l]: lane l's pixels */
 #pragma GCC unroll 8
     for (int l = 0; l < 8; l++) {
         if (!a->out[l]) continue;
@@ -111,7 +94,7 @@ static void f32_dw_interleave_avx2(const float *const *src, const int64_t *pos, 
         __m256 r[8];
 #pragma GCC unroll 8
         for (int l = 0; l < 8; l++) r[l] = _mm256_loadu_ps(src[l] + e);
-        transpose8(r);
+        mq_transpose8_ps(r);
 #pragma GCC unroll 8
         for (int j = 0; j < 8; j++)
             if (pos[e + j] >= 0) _mm256_storeu_ps(dst + pos[e + j] * MQ_DW_LANES, r[j]);

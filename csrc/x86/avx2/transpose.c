@@ -14,6 +14,8 @@
 #if defined(__x86_64__) && defined(__AVX2__)
 #include <immintrin.h>
 
+#include "x86/transpose8_256.h"
+
 /* dst[j * channels + k] = src[k * plane + j] ^ flip for the 16 x 16 tile at (k0, j0) */
 static inline __attribute__((always_inline)) void tile16(const uint8_t *src, int64_t plane, int64_t channels,
                                                          __m128i flip, uint8_t *dst) {
@@ -61,25 +63,6 @@ static void nhwc_bytes_avx2(const uint8_t *src, int64_t plane, int64_t channels,
         for (int64_t j = 0; j < w16; j++) dst[j * channels + k] = src[k * plane + j] ^ flip;
 }
 
-/* rows r[0..7] (8 floats each) -> r[k] = (r[0][k], ..., r[7][k]) */
-static inline __attribute__((always_inline)) void transpose8(__m256 r[8]) {
-    __m256 t[8], u[8];
-    for (int i = 0; i < 4; i++) {
-        t[2 * i] = _mm256_unpacklo_ps(r[2 * i], r[2 * i + 1]);
-        t[2 * i + 1] = _mm256_unpackhi_ps(r[2 * i], r[2 * i + 1]);
-    }
-    for (int h = 0; h < 2; h++) { /* rows 4h .. 4h + 3 */
-        u[4 * h] = _mm256_shuffle_ps(t[4 * h], t[4 * h + 2], 0x44);
-        u[4 * h + 1] = _mm256_shuffle_ps(t[4 * h], t[4 * h + 2], 0xEE);
-        u[4 * h + 2] = _mm256_shuffle_ps(t[4 * h + 1], t[4 * h + 3], 0x44);
-        u[4 * h + 3] = _mm256_shuffle_ps(t[4 * h + 1], t[4 * h + 3], 0xEE);
-    }
-    for (int k = 0; k < 4; k++) {
-        r[k] = _mm256_permute2f128_ps(u[k], u[4 + k], 0x20);
-        r[4 + k] = _mm256_permute2f128_ps(u[k], u[4 + k], 0x31);
-    }
-}
-
 static void nchw_f32_avx2(const float *acc, int64_t np, int64_t n, const float *s, const float *bias, float *y,
                           int64_t ld) {
     const int64_t p8 = np - np % 8, n8 = n - n % 8;
@@ -87,7 +70,7 @@ static void nchw_f32_avx2(const float *acc, int64_t np, int64_t n, const float *
         for (int64_t j0 = 0; j0 < n8; j0 += 8) {
             __m256 r[8];
             for (int k = 0; k < 8; k++) r[k] = _mm256_loadu_ps(acc + (p0 + k) * n + j0);
-            transpose8(r);
+            mq_transpose8_ps(r);
             for (int k = 0; k < 8; k++) {
                 __m256 v = r[k];
                 if (s) {
