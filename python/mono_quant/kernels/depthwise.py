@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from .. import _C
+from .direct_conv import conv_out_shape
 from .half_conv import _half_conv2d_backward, _half_conv2d_setup
 from .settings import SETTINGS
 
@@ -58,8 +59,7 @@ def takes_depthwise(x: torch.Tensor, in_channels: int, out_channels: int, groups
         return False
     if kernel_size[0] * kernel_size[1] > WIDE_TAPS and x.shape[0] > WIDE_TAPS_MAX_BATCH:
         return False
-    return all((size + 2 * p - d * (k - 1) - 1) // s + 1 > 0
-               for size, k, s, p, d in zip(x.shape[2:], kernel_size, stride, padding, dilation))
+    return all(size > 0 for size in conv_out_shape(x, out_channels, kernel_size, stride, padding, dilation)[2:])
 
 
 def depthwise_conv2d(x: torch.Tensor, weight, bias, stride: Sequence[int], padding: Sequence[int],
@@ -96,9 +96,8 @@ def _op(x, weight, bias, stride, padding, dilation, groups):
 
 
 def _op_fake(x, weight, bias, stride, padding, dilation, groups):
-    out = [(size + 2 * p - d * (k - 1) - 1) // s + 1
-           for size, k, s, p, d in zip(x.shape[2:], weight.shape[2:], stride, padding, dilation)]
-    return x.new_empty((x.shape[0], weight.shape[0], *out), dtype=torch.float32)
+    return x.new_empty(conv_out_shape(x, weight.shape[0], weight.shape[2:], stride, padding, dilation),
+                       dtype=torch.float32)
 
 
 _LIB.impl("depthwise_conv2d", _op, "CPU")

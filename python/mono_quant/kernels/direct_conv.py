@@ -26,7 +26,8 @@ from .settings import SETTINGS
 
 __all__ = ["int8_conv_arrays", "int8_conv_panels", "float_conv_panels", "direct_conv2d", "live_bias", "direct_conv2d_int8",
            "direct_conv2d_int4",
-           "direct_conv2d_reference", "MAX_OUTPUTS", "LARGE_WEIGHT_OUTPUTS_FACTOR", "FEW_OUT_LANES", "MIN_K",
+           "direct_conv2d_reference", "conv_out_shape", "MAX_OUTPUTS", "LARGE_WEIGHT_OUTPUTS_FACTOR", "FEW_OUT_LANES",
+           "MIN_K",
            "FILL_ELEMENTS_PER_PIXEL", "FILL_MAX_ELEMENTS", "SHORT_K", "SHORT_K_MAX_PIXELS", "short_k_fits",
            "WIDE_ANY_OUTPUTS_ON_THIS_CPU", "WIDE_OUT_CHANNELS", "WIDE_LEVELS", "wide_any_outputs"]
 
@@ -191,7 +192,8 @@ _LIB.define("direct_conv2d(Tensor x, Tensor weight, Tensor? bias, int[] stride, 
             "int groups) -> Tensor")
 
 
-def _out_shape(x, out_channels, kernel, stride, padding, dilation):
+def conv_out_shape(x, out_channels, kernel, stride, padding, dilation) -> tuple:
+    """(batch, out_channels, out_h, out_w) of a conv of ``x`` (zero padding given as numbers)."""
     out = [(size + 2 * p - d * (k - 1) - 1) // s + 1
            for size, k, s, p, d in zip(x.shape[2:], kernel, stride, padding, dilation)]
     return (x.shape[0], out_channels, *out)
@@ -205,7 +207,7 @@ def _direct_conv2d_int8(x, packed, info, scale, zero_point, bias, kernel_size, s
 
 def _direct_conv2d_int8_fake(x, packed, info, scale, zero_point, bias, kernel_size, stride, padding, dilation,
                              groups, out_channels):
-    return x.new_empty(_out_shape(x, out_channels, kernel_size, stride, padding, dilation), dtype=torch.float32)
+    return x.new_empty(conv_out_shape(x, out_channels, kernel_size, stride, padding, dilation), dtype=torch.float32)
 
 
 def _direct_conv2d(x, weight, bias, stride, padding, dilation, groups):
@@ -215,7 +217,7 @@ def _direct_conv2d(x, weight, bias, stride, padding, dilation, groups):
 
 
 def _direct_conv2d_fake(x, weight, bias, stride, padding, dilation, groups):
-    return x.new_empty(_out_shape(x, weight.shape[0], weight.shape[2:], stride, padding, dilation),
+    return x.new_empty(conv_out_shape(x, weight.shape[0], weight.shape[2:], stride, padding, dilation),
                        dtype=torch.float32)
 
 

@@ -110,6 +110,12 @@ def _torch_layout(x: torch.Tensor, y: torch.Tensor, padding_mode: str = "zeros")
     return y.contiguous(memory_format=torch.channels_last)
 
 
+def _nhwc_rows(x: torch.Tensor) -> torch.Tensor:
+    """A float32 CPU NCHW ``x`` as its pixels' rows [batch * height * width, channels] (a 1x1 conv's
+    GEMM input), transposed by NumPy (as _nchw says why)."""
+    return torch.from_numpy(np.ascontiguousarray(x.numpy().transpose(0, 2, 3, 1)).reshape(-1, x.shape[1]))
+
+
 def _nchw(rows: torch.Tensor, batch: int, out_h: int, out_w: int) -> torch.Tensor:
     """float32 CPU NHWC ``rows`` [batch * out_h * out_w, channels] as a contiguous NCHW tensor, transposed
     by NumPy: torch's permute().contiguous() of a few thousand floats took 12-54 us (its strided copy),
@@ -278,7 +284,7 @@ class QuantizedConv2d(ReduceRange, QuantizedModule):
         plain = x.dtype == torch.float32 and x.is_cpu and not x.requires_grad  # (NumPy's transposes: see _nchw)
         if (kh, kw, sh, sw) == (1, 1, 1, 1) and padding == (0, 0):
             if plain and not nhwc:  # 1x1: each pixel is a row
-                rows = torch.from_numpy(np.ascontiguousarray(x.numpy().transpose(0, 2, 3, 1)).reshape(-1, x.shape[1]))
+                rows = _nhwc_rows(x)
             else:
                 rows = x.permute(0, 2, 3, 1).reshape(-1, x.shape[1])
         else:  # torch's im2col [B, C*kh*kw, L], reordered to rows of (group, kh, kw, channel): the packed K order
@@ -317,6 +323,13 @@ class QuantizedConv2d(ReduceRange, QuantizedModule):
                                                      reduce_range=self.reduce_range)
         return out
 
+    def _output_pixels(self, shape):
+        """batch x out_h x out_w of this conv on an input of sizes ``shape`` (ints or symbolic sizes)."""
+        pixels = shape[0]
+        for size, k, s, p, d in zip(shape[2:], self.kernel_size2d, self.stride2d, self.padding2d, self.dilation2d):
+            pixels = pixels * ((size + 2 * p - d * (k - 1) - 1) // s + 1)
+        return pixels
+
     def _packed_pays(self, x: torch.Tensor, isa: Optional[str] = None) -> bool:
         """Whether the packed kernels beat F.conv2d on the weight dequantized per call.
         Dynamic: unless the reduction is short (in_channels/groups * kh * kw below
@@ -349,15 +362,10 @@ class QuantizedConv2d(ReduceRange, QuantizedModule):
             if self.kernel_size2d[0] * self.kernel_size2d[1] == 1 and (
                     k < DYNAMIC_MIN_K_POINTWISE or self.out_channels // self.groups < DYNAMIC_MIN_N_POINTWISE):
                 return False  # a 1x1 conv: the image's quantize and transposes outweigh its few products
-            pixels = 1  # per image, so an image's result never depends on the batch it came in
-            geometry = (self.kernel_size2d, self.stride2d, self.padding2d, self.dilation2d)
-            for size, kk, st, p, d in zip(x.shape[2:], *geometry):
-                pixels *= (size + 2 * p - d * (kk - 1) - 1) // st + 1
+            pixels = self._output_pixels((1, *x.shape[1:]))  # per image: never depends on the batch it came in
             floor = DIRECT_MIN_MACS_PER_IMAGE if direct else DYNAMIC_MIN_MACS_PER_IMAGE
             return pixels * k * (self.out_channels // self.groups) >= floor
-        pixels = x.shape[0]
-        for size, k, s, p, d in zip(x.shape[2:], self.kernel_size2d, self.stride2d, self.padding2d, self.dilation2d):
-            pixels *= (size + 2 * p - d * (k - 1) - 1) // s + 1
+        pixels = self._output_pixels(x.shape)
         few_pixels = pixels * 8 <= self.out_channels // self.groups  # (per group: a GEMM a group, and a call each)
         if isinstance(few_pixels, torch.SymBool):  # symbolic sizes: the rule as it is (no guard); no direct route
             return few_pixels
@@ -614,9 +622,7 @@ class QuantizedConv2d(ReduceRange, QuantizedModule):
         shape = x.shape
         if torch.jit.is_tracing():
             shape = tuple(int(size) for size in shape)  # (jit.trace: 0-d tensors)
-        pixels = shape[0]
-        for size, k, s, p, d in zip(shape[2:], self.kernel_size2d, self.stride2d, self.padding2d, self.dilation2d):
-            pixels = pixels * ((size + 2 * p - d * (k - 1) - 1) // s + 1)
+        pixels = self._output_pixels(shape)
         if isinstance(pixels, int):
             return 0 < pixels and pixels * 8 <= self.out_channels
         return pixels * 8 <= self.out_channels  # (a SymBool: no guard; an empty batch's rows are none)
@@ -633,10 +639,10 @@ class QuantizedConv2d(ReduceRange, QuantizedModule):
         out_h = (x.shape[2] + 2 * ph - dh * (kh - 1) - 1) // sh + 1
         out_w = (x.shape[3] + 2 * pw - dw * (kw - 1) - 1) // sw + 1
         if (kh, kw, sh, sw, ph, pw) == (1, 1, 1, 1, 0, 0):
-            rows = x.numpy().transpose(0, 2, 3, 1)
+            rows = _nhwc_rows(x)
         else:
-            rows = F.unfold(x, (kh, kw), (dh, dw), (ph, pw), (sh, sw)).numpy().transpose(0, 2, 1)
-        rows = torch.from_numpy(np.ascontiguousarray(rows).reshape(batch * out_h * out_w, channels * kh * kw))
+            cols = F.unfold(x, (kh, kw), (dh, dw), (ph, pw), (sh, sw)).numpy().transpose(0, 2, 1)
+            rows = torch.from_numpy(np.ascontiguousarray(cols).reshape(batch * out_h * out_w, channels * kh * kw))
         y = kept_int4_linear(self, rows)
         return None if y is None else _nchw(y, batch, out_h, out_w)
 
