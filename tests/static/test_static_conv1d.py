@@ -176,17 +176,17 @@ def test_a_file_with_a_2d_geometry_for_a_conv1d_is_refused(audio, tmp_path):
         mq.load(tmp_path / "edited.safetensors")
 
 
-def test_conv1d_static_int8_cannot_run_keeps_float_with_the_reason():
+def test_conv1d_paddings_the_kernels_dont_make_run_int8():
     torch.manual_seed(0)
     model = nn.Sequential(nn.Conv1d(4, 8, 4, padding="same"), nn.ReLU(),
                           nn.Conv1d(8, 8, 3, padding=1, padding_mode="reflect"), nn.Conv1d(8, 8, 1)).eval()
     result = _static(model, [torch.randn(16, 4, 12)], exclude=["3"])
     listed = {s.name: s.reason for s in result.skipped}
-    assert "padding 'same' with kernel_size (4,)" in listed["0"] and "padding_mode 'reflect'" in listed["2"]
-    assert "3" in listed and "exclude" in listed["3"]
+    assert set(listed) == {"3"} and "exclude" in listed["3"]
     x = torch.randn(2, 4, 12)
     with torch.no_grad():
-        assert torch.allclose(result.model(x), model(x), atol=1e-5)  # (all of it float)
+        y, ref = result.model(x), model(x)
+    assert float(10 * torch.log10(ref.pow(2).mean() / (y - ref).pow(2).mean())) > 25
 
 
 class Untraceable(nn.Module):

@@ -48,7 +48,7 @@ def test_the_model_it_was_saved_from_loads(saved):
 
 
 @pytest.mark.parametrize("skeleton, message", [
-    (lambda: Net(padding=0), r"layer 'conv1': padding \(1, 1\) in the file, \(0, 0\) in the model"),
+    (lambda: Net(padding=0), r"layer 'conv1': padding \(1, 1, 1, 1\) \(zeros\) in the file, \(0, 0, 0, 0\) \(zeros\) in the model"),
     (lambda: Net(pool=4), "layer 'pool': arguments"),
     (lambda: nn.Sequential(nn.Linear(5, 5)), "is no module of the model"),
 ])
@@ -124,6 +124,7 @@ class DataDependent(nn.Module):
 
 def test_a_per_layer_file_is_checked_as_a_graph_file_is(tmp_path):
     path = _saved_and_reloaded(DataDependent, (2, 3, 8, 8), tmp_path / "per_layer.safetensors")
-    # the static kernels pad with zeros: a model whose conv reflects is another model
-    with pytest.raises(mq.CheckpointError, match=r"layer 'conv': padding \(1, 1\) \(reflect\) in the model"):
+    # a model whose conv reflects is another model
+    with pytest.raises(mq.CheckpointError, match=r"layer 'conv': padding \(1, 1, 1, 1\) \(zeros\) in the file, "
+                                                 r"\(1, 1, 1, 1\) \(reflect\) in the model"):
         mq.load(path, model=DataDependent(padding_mode="reflect"))

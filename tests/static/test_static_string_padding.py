@@ -1,17 +1,18 @@
 """Static int8 of convs with padding='same' / 'valid' (Keras-style models, 1-D front ends): they
 stayed float ("string padding") though 'valid' is no padding and 'same' with an odd kernel is the
 numeric padding (dilation * (k - 1)) / 2 at both ends.  Bit-identical to the numeric twin, saved and
-checked against model= at load, in the per-layer fallback too; an uneven 'same' (an even kernel:
-torch pads one more at the end) stays float with the reason."""
+checked against model= at load, in the per-layer fallback too.  An uneven 'same' (an even kernel:
+torch pads one more at the end) is padded on the codes: test_static_padding_modes.py."""
 import warnings
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 import mono_quant as mq
 from mono_quant.errors import CheckpointError
-from mono_quant.static.conv_padding import conv_padding, padding_problem
+from mono_quant.static.conv_padding import conv_pads, static_padding
 
 
 class Net(nn.Module):
@@ -72,7 +73,8 @@ def test_same_and_valid_paddings_run_int8_with_the_numeric_twins_bits(per_layer,
         assert torch.equal(mq.load(path, model=_pair(per_layer)[1])(x), y)  # the same geometry
     wrong = _pair(per_layer)[0]
     wrong.c3 = nn.Conv2d(16, 16, 3, padding="same")
-    with pytest.raises(CheckpointError, match=r"layer 'c3': padding \(0, 0\) in the file, \(1, 1\) in the model"):
+    with pytest.raises(CheckpointError, match=r"layer 'c3': padding \(0, 0, 0, 0\) \(zeros\) in the file, "
+                                              r"\(1, 1, 1, 1\) \(zeros\) in the model"):
         mq.load(path, model=wrong)
 
 
@@ -82,26 +84,16 @@ def test_same_and_valid_paddings_run_int8_with_the_numeric_twins_bits(per_layer,
     (nn.Conv1d(2, 2, 9, padding="same"), (4,)), (nn.Conv1d(2, 2, 3, padding=2), (2,)),
     (nn.Conv2d(2, 2, 4, padding="same"), None), (nn.Conv2d(2, 2, (3, 2), padding="same"), None),
 ])
-def test_conv_padding_matches_torch_or_refuses_an_uneven_same(conv, padding):
-    assert conv_padding(conv) == padding
-    if padding is None:
-        assert "pad both ends alike" in padding_problem(conv)
-        return
-    assert padding_problem(conv) is None
-    twin = type(conv)(2, 2, conv.kernel_size, padding=padding, dilation=conv.dilation)
+def test_conv_pads_match_torch_and_an_uneven_same_goes_to_the_codes(conv, padding):
+    sides = conv_pads(conv)
+    kernels, mode, pads = static_padding(conv)
+    if padding is None:  # one more at the end: padded on the codes, the kernels' padding 0
+        assert any(a != b for a, b in sides) and mode == "zeros" and not any(kernels)
+        assert pads == tuple(v for side in sides for v in side)
+    else:
+        assert sides == tuple((p, p) for p in padding) and kernels == padding and pads is None
+    twin = type(conv)(2, 2, conv.kernel_size, dilation=conv.dilation)
     twin.load_state_dict(conv.state_dict())
     x = torch.randn(1, 2, *([11] * len(conv.kernel_size)))
-    with torch.no_grad():
-        assert torch.equal(twin(x), conv(x))  # what torch computes, as numbers
-
-
-def test_an_uneven_same_padding_stays_float_with_the_reason():
-    torch.manual_seed(0)
-    model = nn.Sequential(nn.Conv2d(3, 8, 4, padding="same"), nn.ReLU(), nn.Conv2d(8, 8, 3, padding="same")).eval()
-    result = _static(model, [torch.randn(4, 3, 10, 10)])
-    listed = {s.name: s.reason for s in result.skipped}
-    assert "padding 'same' with kernel_size (4, 4)" in listed["0"] and "ZeroPad" in listed["0"]
-    assert "2" not in listed
-    x = torch.randn(1, 3, 10, 10)
-    with torch.no_grad():
-        assert result.model(x).shape == model(x).shape
+    with torch.no_grad():  # what torch computes, as numbers per side
+        assert torch.equal(twin(F.pad(x, [v for side in reversed(sides) for v in side])), conv(x))

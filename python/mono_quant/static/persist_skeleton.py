@@ -20,7 +20,7 @@ from torch import nn
 from ..errors import CheckpointError
 from ..io.layer_geometry import plain_value
 from .conv1d import StaticConv1d
-from .conv_padding import conv_padding, padding_problem
+from .conv_padding import padded_sides
 from .modules import StaticConv2d, StaticLinear
 from .persist_float import FLOAT_MODULES, float_module_kwargs
 from .persist_float_weighted import WEIGHTED_FLOAT_MODULES, weighted_module_kwargs
@@ -53,16 +53,21 @@ STATIC_GEOMETRY = {
 
 def geometry_problem(layer: nn.Module, module: nn.Module) -> Optional[str]:
     """The first way the file's int8 ``layer`` computes otherwise than the model's float ``module``
-    of its class (None: the same): an attribute of STATIC_GEOMETRY, a padding the static kernels
-    don't do, a bias the model has and the file not (the file may have one the model lacks: a
+    of its class (None: the same): an attribute of STATIC_GEOMETRY, its padding (per side, and the
+    mode), a bias the model has and the file not (the file may have one the model lacks: a
     BatchNorm folded in)."""
     conv = isinstance(module, (nn.Conv1d, nn.Conv2d))
-    if conv and padding_problem(module):
-        return f"padding {module.padding!r} ({module.padding_mode}) in the model, {tuple(layer.padding)} in the file"
+    if conv:  # ('same' / 'valid' as numbers per side, and the mode; a Conv1d's: its length's)
+        want = padded_sides(module)
+        mode, sides = layer.padded_sides()
+        got = (mode, sides[2:]) if isinstance(layer, StaticConv1d) else (mode, sides)
+        if got != want:
+            return f"padding {got[1]} ({got[0]}) in the file, {want[1]} ({want[0]}) in the model"
     one_d = layer.float_geometry() if isinstance(layer, StaticConv1d) else {}
     for attr in STATIC_GEOMETRY[type(layer).__name__][1]:
-        want = conv_padding(module) if conv and attr == "padding" else getattr(module, attr)  # 'same' / 'valid' as numbers
-        got, want = plain_value(one_d.get(attr, getattr(layer, attr))), plain_value(want)
+        if conv and attr == "padding":
+            continue
+        got, want = plain_value(one_d.get(attr, getattr(layer, attr))), plain_value(getattr(module, attr))
         if got != want:
             return f"{attr} {got} in the file, {want} in the model"
     if getattr(module, "bias", None) is not None and layer.bias is None:

@@ -11,7 +11,8 @@ csrc/static_program.h) that runs every op on one image at a time with the same
 kernels, so outputs are bit-identical to the node-by-node path.
 
 Anything else takes the node-by-node path of StaticGraphModel: a program with
-float ops, several inputs or outputs, grouped (non-depthwise) convs, hooks on a
+float ops, several inputs or outputs, grouped (non-depthwise) convs, convs padded on
+the codes (a padding mode other than zeros, an uneven 'same'), hooks on a
 layer, keyword arguments, non-CPU or unexpected input shapes.
 ``model.run_as_program = False`` forces it (benchmarks, debugging).
 """
@@ -135,7 +136,7 @@ def compile_program(model: StaticGraphModel) -> Optional[Callable[[torch.Tensor]
                 return None
             rank = ranks[ins[0]]
             if isinstance(layer, StaticConv2d):
-                if rank != 4:
+                if rank != 4 or layer.pads is not None:  # (padding on the codes: node by node)
                     return None
                 depthwise = "weight_dw" in layer._buffers
                 if layer.groups != 1 and not depthwise:
