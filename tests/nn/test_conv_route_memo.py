@@ -183,3 +183,31 @@ def test_amx_switches_keep_the_route():
             q(x)
         q(x)
     assert conv._ROUTES.get(q) is kept
+
+
+@pytest.mark.parametrize("dtype", ["fp16", "bf16"])
+def test_a_half_conv_on_torchs_conv_is_fp32s_own_call_and_sees_changes(dtype, monkeypatch):
+    # a small 1x1 fp16 / bf16 conv on a large image runs torch's conv on the kept float32 weight: the
+    # route keeps F.conv2d's arguments, so later calls skip the format's memo (~10 us a call)
+    from mono_quant.formats import half_conv
+    torch.manual_seed(0)
+    q = mq.quantize(nn.Sequential(nn.Conv2d(16, 64, 1)).eval(), dtype=dtype).model[0]
+    x = torch.randn(1, 16, 31, 31)
+    y0 = _same_as_fresh(q, x)
+    with torch.no_grad():
+        assert torch.equal(y0, nn.functional.conv2d(x, q._buffers["weight"].float(), q.bias.float()))
+    calls = []
+    monkeypatch.setattr(half_conv, "eager_half_conv", lambda *a: calls.append(a))  # (cast.py's name is bound)
+    from mono_quant.formats import cast
+    monkeypatch.setattr(cast, "eager_half_conv", lambda *a: calls.append(a))
+    with torch.no_grad():
+        assert torch.equal(q(x), y0) and not calls  # fp32's own call
+        q.bias.add_(1.0)  # in place: the route is made again (and the format's conv asked once)
+    monkeypatch.undo()
+    y1 = _same_as_fresh(q, x)
+    assert not torch.equal(y0, y1)
+    with torch.no_grad():
+        q._buffers["weight"].mul_(2)  # the stored 16-bit weight in place: its float copy is made again
+    y2 = _same_as_fresh(q, x)
+    assert not torch.equal(y1, y2)
+    _same_as_fresh(q, torch.randn(2, 16, 9, 9))  # another shape

@@ -150,6 +150,12 @@ class WeightFormat:
         w, b, dtype = self.compute_weight(module, x, 0, cache=False)
         return F.linear(x.to(dtype), w, b).to(x.dtype)
 
+    def kept_conv_args(self, module, x: torch.Tensor) -> Optional[tuple]:
+        """F.conv2d's arguments after ``x`` where this format's own conv2d (a format that has one)
+        runs ``x`` as torch's conv on a float32 weight the layer keeps, else None: QuantizedConv2d
+        keeps them as its route (fp32's own call)."""
+        return None
+
     def conv2d(self, module, x: torch.Tensor) -> torch.Tensor:
         """A QuantizedConv2d on ``x`` through torch's conv (the module's packed path aside)."""
         w, b, dtype = self.compute_weight(module, x, module.weight_numel(), cache=True)
