@@ -150,10 +150,10 @@ class WeightFormat:
         w, b, dtype = self.compute_weight(module, x, 0, cache=False)
         return F.linear(x.to(dtype), w, b).to(x.dtype)
 
-    def kept_conv_args(self, module, x: torch.Tensor) -> Optional[tuple]:
-        """F.conv2d's arguments after ``x`` where this format's own conv2d (a format that has one)
-        runs ``x`` as torch's conv on a float32 weight the layer keeps, else None: QuantizedConv2d
-        keeps them as its route (fp32's own call)."""
+    def kept_conv_route(self, module, x: torch.Tensor) -> Optional[tuple]:
+        """Where this format's own conv2d (a format that has one) runs ``x`` on what the layer keeps,
+        for QuantizedConv2d to keep as its route: ``("torch", F.conv2d's arguments after x)`` or
+        ``("panels", direct_conv2d's panels, bias lanes and live bias)``; else None."""
         return None
 
     def conv2d(self, module, x: torch.Tensor) -> torch.Tensor:

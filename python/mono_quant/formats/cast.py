@@ -17,7 +17,7 @@ from ..kernels.settings import SETTINGS
 from ..tensor import sqnr_db
 from .base import WeightFormat
 from .checks import need, spec
-from .half_conv import eager_half_conv, kept_float_conv
+from .half_conv import eager_half_conv, kept_conv_route
 from .half_linear import eager_half_linear
 from .layer_cache import float_weight
 
@@ -131,8 +131,8 @@ class CastFormat(WeightFormat):
             return y.reshape(*x.shape[:-1], w.shape[0])
         return super().linear(module, x)
 
-    def kept_conv_args(self, module, x: torch.Tensor) -> Optional[tuple]:
-        return kept_float_conv(module, x)
+    def kept_conv_route(self, module, x: torch.Tensor) -> Optional[tuple]:
+        return kept_conv_route(module, x)
 
     def conv2d(self, module, x: torch.Tensor) -> torch.Tensor:
         y = eager_half_conv(module, x)  # the C kernel on small images, long reductions (formats/half_conv.py)

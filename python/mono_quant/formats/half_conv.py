@@ -41,7 +41,7 @@ from .layer_cache import float_weight, pinned, weight_bias
 
 __all__ = ["MAX_OUTPUTS", "FULL_LANES", "MIN_K", "MIN_GROUP_OUT", "WINOGRAD_LEVELS", "takes_half_conv",
            "layer_algorithm",
-           "eager_half_conv", "kept_float_conv", "half_conv_forward",
+           "eager_half_conv", "kept_conv_route", "half_conv_forward",
            "traced_half_conv_forward"]
 
 #: the most output elements (batch x out_h x out_w x out_channels) a conv runs a C kernel with,
@@ -156,19 +156,23 @@ def eager_half_conv(module, x: torch.Tensor) -> Optional[torch.Tensor]:
     return None
 
 
-def kept_float_conv(module, x: torch.Tensor) -> Optional[tuple]:
-    """F.conv2d's arguments after ``x`` where eager_half_conv runs ``x`` as torch's conv on the
-    layer's kept float32 weight (a small weight, numeric zero padding, a float32 CPU ``x``), else
-    None.  QuantizedConv2d keeps them as its route, so such a call is fp32's own: the key and memo
-    of eager_half_conv around it cost ~10 us a call (SqueezeNet's 1x1 convs took 0.8x fp32's speed)."""
+def kept_conv_route(module, x: torch.Tensor) -> Optional[tuple]:
+    """Where eager_half_conv runs a float32 CPU ``x`` (numeric zero padding) on what the layer keeps:
+    ``("torch", F.conv2d's arguments after x)`` for torch's conv on the kept float32 weight of a
+    small weight, ``("panels", (panels, bias lanes, live bias))`` for the direct conv on the kept
+    panels (direct_conv2d's, tap_major=False); else None.  QuantizedConv2d keeps them as its route:
+    the key and memo of eager_half_conv around them cost ~5-10 us a call (SqueezeNet's 1x1 convs
+    took 0.8x fp32's speed)."""
     if (x.dtype != torch.float32 or not x.is_cpu or module.padding_mode != "zeros"
             or isinstance(module.padding2d, str)):
         return None
     weight, bias, _ = weight_bias(module)
     route, args = _choose(module, x, SETTINGS.isa, weight, bias)
-    if route is not _TORCH or args[0] is None:
-        return None
-    return args[0], args[1], module.stride2d, module.padding2d, module.dilation2d, module.groups
+    if route is _TORCH and args[0] is not None:
+        return "torch", (args[0], args[1], module.stride2d, module.padding2d, module.dilation2d, module.groups)
+    if route is _PANELS:
+        return "panels", (*args[0][:2], args[1])
+    return None
 
 
 def _choose(module, x: torch.Tensor, isa: str, weight: torch.Tensor, bias) -> tuple:

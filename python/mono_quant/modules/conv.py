@@ -554,9 +554,14 @@ class QuantizedConv2d(ReduceRange, QuantizedModule):
         numel = self.weight_numel()
         if type(self.format).conv2d is not WeightFormat.conv2d:  # the format's own conv (fp16 / bf16), kept as
             # the route so later calls go straight to it (~7 us of this method's Python on each call before), or
-            # straight to torch's conv where the format runs that on a kept float32 weight (kept_conv_args)
-            memo = (x.shape, x.dtype, x.is_cpu, self._buffers_stamp(), self.format.kept_conv_args(self, x), _FORMAT,
-                    None, None, None, None)
+            # straight to torch's conv or the direct kernel where the format runs one on what the layer keeps
+            kept = self.format.kept_conv_route(self, x)
+            if kept is not None and kept[0] == "panels":
+                memo = (x.shape, x.dtype, x.is_cpu, self._buffers_stamp(), None, _DIRECT, None, kept[1], None,
+                        self._direct_geometry(False))
+            else:
+                memo = (x.shape, x.dtype, x.is_cpu, self._buffers_stamp(), None if kept is None else kept[1],
+                        _FORMAT, None, None, None, None)
             _ROUTES[self] = memo
             return memo
         if x.dtype != torch.float32 or not x.is_cpu or self.padding_mode != "zeros":
