@@ -283,7 +283,9 @@ class QuantizedConv2d(ReduceRange, QuantizedModule):
             return self._dynamic_conv(x.contiguous(), whole, padding, out_h, out_w, info["in_features"])
         plain = x.dtype == torch.float32 and x.is_cpu and not x.requires_grad  # (NumPy's transposes: see _nchw)
         if (kh, kw, sh, sw) == (1, 1, 1, 1) and padding == (0, 0):
-            if plain and not nhwc:  # 1x1: each pixel is a row
+            if height * width == 1 and x.is_contiguous():  # one pixel an image (a squeeze-excitation's): the rows
+                rows = x.view(batch, x.shape[1])
+            elif plain and not nhwc:  # 1x1: each pixel is a row
                 rows = _nhwc_rows(x)
             else:
                 rows = x.permute(0, 2, 3, 1).reshape(-1, x.shape[1])
@@ -292,8 +294,10 @@ class QuantizedConv2d(ReduceRange, QuantizedModule):
             cols = cols.reshape(batch, self.groups, self.in_channels // self.groups, kh * kw, -1)
             rows = cols.permute(0, 4, 1, 3, 2).reshape(-1, cols.shape[1] * cols.shape[2] * cols.shape[3])
         groups, k = self.groups, info["in_features"]
-        outs = [packed_linear(self, rows[:, g * k:(g + 1) * k], args[g]) for g in range(groups)]
-        y = outs[0] if groups == 1 else torch.cat(outs, dim=1)
+        if groups == 1:  # (no column slice: ~1 us)
+            y = packed_linear(self, rows, args[0])
+        else:
+            y = torch.cat([packed_linear(self, rows[:, g * k:(g + 1) * k], args[g]) for g in range(groups)], dim=1)
         if out_h * out_w == 1 and not nhwc:  # one pixel: NHWC rows are NCHW bytes (torch's strides, as a view)
             return y.reshape(batch, self.out_channels, 1, 1)
         if plain and not nhwc and y.dtype == torch.float32:
