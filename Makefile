@@ -126,7 +126,7 @@ SAN_TESTS := tests/kernels/test_weight_only_order.py tests/nn/test_dynamic_conv_
 	tests/kernels/test_half_conv.py tests/kernels/test_half_conv_properties.py tests/kernels/test_c_argument_checks.py \
 	tests/kernels/test_gemv_panels.py tests/kernels/test_weight_only_tiles.py tests/kernels/test_fp16_panels.py \
 	tests/kernels/test_amx_int8.py tests/kernels/test_amx_int4.py tests/kernels/test_amx_bf16.py tests/kernels/test_packed_dequantize.py \
-	tests/kernels/test_uint8_linear.py tests/kernels/test_embedding_kernels.py tests/kernels/test_float_depthwise.py \
+	tests/kernels/test_uint8_linear.py tests/kernels/test_embedding_kernels.py tests/kernels/test_float_depthwise.py tests/kernels/test_transpose_f32.py \
 	$(SAN_AVX2_CONV_TESTS)
 SAN_CI_TESTS := tests/nn/test_dynamic_conv_direct.py tests/nn/test_dynamic_conv_odd_channels.py tests/kernels/test_properties_c.py tests/kernels/test_size_overflow.py tests/kernels/test_quant_kernels.py \
 	tests/kernels/test_int4_kernels.py tests/nn/test_int8_conv.py tests/kernels/test_quantize_pack.py tests/io/test_io_errors.py \
@@ -134,7 +134,7 @@ SAN_CI_TESTS := tests/nn/test_dynamic_conv_direct.py tests/nn/test_dynamic_conv_
 	tests/kernels/test_gemv_panels.py tests/kernels/test_weight_only_tiles.py tests/kernels/test_fp16_panels.py \
 	tests/kernels/test_amx_int8.py tests/kernels/test_amx_int4.py tests/kernels/test_amx_bf16.py tests/kernels/test_packed_dequantize.py \
 	tests/formats/test_call_scratch.py tests/kernels/test_uint8_linear.py tests/kernels/test_embedding_kernels.py \
-	tests/kernels/test_float_depthwise.py $(SAN_AVX2_CONV_TESTS)
+	tests/kernels/test_float_depthwise.py tests/kernels/test_transpose_f32.py $(SAN_AVX2_CONV_TESTS)
 
 $(SAN_VENV)/.deps: Makefile
 	$(PYTHON) -m venv $(SAN_VENV)

@@ -59,6 +59,8 @@ ENTRY_POINTS = {
     "obs_minmax", "obs_hist_update", "obs_entropy_search", "obs_mse_search",
     # static int8: properties in tests/test_properties_static.py
     "quantize_static", "dequantize_static", "conv2d_static", "depthwise_static", "add_static", "avgpool_static",
+    # the float images' transpose: tests/kernels/test_transpose_f32.py
+    "transpose_f32",
     # fp16 / bf16 weight linear: properties in tests/kernels/test_fp16_properties.py
     "h16_linear",
     # uint8 weight-only linear: twins, thread splits and argument checks in tests/kernels/test_uint8_linear.py

@@ -28,7 +28,7 @@ from ..formats.int4_weight import effective_group
 from ..kernels.int8 import conv2d_int8_raw
 from ..kernels.torch_library import check_jit_trace
 from ..kernels.stamps import make_stamp, tensors_unchanged
-from ..kernels.layout import INT8_K_GROUP, round_up
+from ..kernels.layout import INT8_K_GROUP, round_up, transposed_planes
 from ..packing import can_pack, pack_int8_linear
 from ..orig_dtype import orig_dtype_of
 from ..formats import traced_forward
@@ -112,17 +112,20 @@ def _torch_layout(x: torch.Tensor, y: torch.Tensor, padding_mode: str = "zeros")
 
 def _nhwc_rows(x: torch.Tensor) -> torch.Tensor:
     """A float32 CPU NCHW ``x`` as its pixels' rows [batch * height * width, channels] (a 1x1 conv's
-    GEMM input), transposed by NumPy (as _nchw says why)."""
-    return torch.from_numpy(np.ascontiguousarray(x.numpy().transpose(0, 2, 3, 1)).reshape(-1, x.shape[1]))
+    GEMM input), transposed in C (as _nchw says why)."""
+    batch, channels = x.shape[0], x.shape[1]
+    planes = transposed_planes(x.numpy().reshape(batch, channels, -1), SETTINGS.num_threads())
+    return torch.from_numpy(planes).reshape(-1, channels)
 
 
 def _nchw(rows: torch.Tensor, batch: int, out_h: int, out_w: int) -> torch.Tensor:
     """float32 CPU NHWC ``rows`` [batch * out_h * out_w, channels] as a contiguous NCHW tensor, transposed
-    by NumPy: torch's permute().contiguous() of a few thousand floats took 12-54 us (its strided copy),
-    NumPy's 2-4x less; a weight-only 1x1 conv on 16 pixels is a ~90 us GEMM."""
+    in C (kernels.layout.transposed_planes): torch's permute().contiguous() of a few thousand floats took
+    12-54 us (its strided copy), NumPy's 12-80 us (about a float a nanosecond); a weight-only 1x1 conv on
+    64 pixels is a ~150 us GEMM."""
     channels = rows.shape[1]
-    planes = rows.numpy().reshape(batch, out_h * out_w, channels).transpose(0, 2, 1)
-    return torch.from_numpy(np.ascontiguousarray(planes)).reshape(batch, channels, out_h, out_w)
+    planes = transposed_planes(rows.numpy().reshape(batch, out_h * out_w, channels), SETTINGS.num_threads())
+    return torch.from_numpy(planes).reshape(batch, channels, out_h, out_w)
 
 
 @register_qmodule(nn.Conv2d)
