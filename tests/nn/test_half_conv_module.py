@@ -137,6 +137,13 @@ def test_the_algorithm_rule():
     assert conv_algorithm((1, 64, 56, 56), (64, 64, 3, 3), *one[:-1], "avx2") == "direct"
     assert uses_direct(1, 1 << 24, GEMM_MIN_K - 1)                                 # a short reduction
     assert not uses_direct(1, 1 << 24, GEMM_MIN_K)
+    # the AVX2 level's own pair: up to 56 rows of a weight of 2^17 or more and a reduction of 256 or more
+    pointwise = ((1, 1), (0, 0), (1, 1), 1)
+    assert conv_algorithm((1, 512, 7, 7), (1000, 512, 1, 1), *pointwise, "avx2") == "gemm"   # a classifier head
+    assert conv_algorithm((1, 512, 7, 7), (1000, 512, 1, 1), *pointwise, "avx512") == "direct"
+    assert conv_algorithm((1, 512, 8, 8), (1000, 512, 1, 1), *pointwise, "avx2") == "direct"  # 64 rows
+    assert conv_algorithm((1, 160, 7, 7), (960, 160, 1, 1), *pointwise, "avx2") == "direct"   # a short reduction
+    assert conv_algorithm((1, 256, 7, 7), (256, 256, 1, 1), *pointwise, "avx2") == "direct"   # 2^16 weights
 
 
 def test_winograd_past_max_outputs_at_its_levels(monkeypatch):

@@ -20,7 +20,7 @@ from .fp16 import half_linear_arrays
 from .settings import SETTINGS
 
 __all__ = ["half_conv2d", "half_conv2d_arrays", "half_conv2d_raw", "half_conv2d_reference", "uses_direct",
-           "uses_winograd", "conv_algorithm", "ALGORITHMS", "GEMM_ROWS_WEIGHT", "GEMM_MIN_K", "WINOGRAD_MIN_MACS",
+           "uses_winograd", "conv_algorithm", "ALGORITHMS", "GEMM_ROWS_WEIGHT", "GEMM_LEVEL_ROWS_WEIGHT_K", "GEMM_MIN_K", "WINOGRAD_MIN_MACS",
            "WINOGRAD_MAX_TRAFFIC", "WINOGRAD_MIN_SIDE", "WINOGRAD_ONE_BLOCK_MIN_SIDE", "WINOGRAD_MIN_CHANNELS", "WINOGRAD_BLOCK", "WINOGRAD_LEVELS",
            "WINOGRAD_ON_THIS_CPU",
            "DIRECT_PAD_FACTOR", "DIRECT_PAD_FREE", "direct_pad_fits"]
@@ -34,6 +34,14 @@ ALGORITHMS = ("gemm", "direct", "winograd")
 #: the direct kernel is faster (benchmarks/bench_fp16_conv.py --crossover: e.g. 512->512 3x3 on
 #: 4x4 0.36 vs 0.68 fp32 time, on 7x7 0.53 vs 0.64; 256->256 on 7x7 0.40 vs 0.37)
 GEMM_ROWS_WEIGHT = ((16, 1 << 15), (100, 1 << 20))
+#: ... and per kernel level, ``(rows, elements, reduction)`` triples on top: at most ``rows`` rows, a
+#: weight of at least ``elements`` and a reduction of at least ``reduction``.  The AVX2 level (AMD Zen 3,
+#: 6 Dec 2026, 1 thread, time / fp32, GEMM against torch's conv on the weight widened per call, which such
+#: a weight took, or the direct kernel): at 49 rows 512 -> 1000 1x1 0.89 (1.12 / 1.21), 1024 -> 512 0.87
+#: (1.11 / 1.20), 320 -> 1280 1.02 (1.12 / 1.19), 960 -> 160 1.07 (1.24 / 1.17), 256 -> 512 1.00 (1.21 /
+#: 0.97); a shorter reduction ties or loses (160 -> 960 1.23 against 1.21), so do 64 rows (128 -> 1024 1.66,
+#: 256 -> 512 1.33 against 1.21: the GEMM's 4-row tiles widen the weight once each)
+GEMM_LEVEL_ROWS_WEIGHT_K = {"avx2": ((56, 1 << 17, 256),)}
 #: the GEMM's dot products need a long reduction (in/groups x kh x kw)
 GEMM_MIN_K = 144
 #: Winograd (a 3x3 stride-1 conv, no dilation, no groups) from this many multiply-adds of the
@@ -83,11 +91,16 @@ DIRECT_PAD_FACTOR = 4
 DIRECT_PAD_FREE = 1 << 20
 
 
-def uses_direct(rows: int, weight_numel: int, k: int) -> bool:
+def uses_direct(rows: int, weight_numel: int, k: int, isa: Optional[str] = None) -> bool:
     """Whether a conv of ``rows`` (batch x output pixels), a weight of ``weight_numel``
     elements and a reduction of ``k`` runs the direct kernel (or Winograd) rather than the
-    im2col GEMM."""
-    return k < GEMM_MIN_K or not any(rows <= r and weight_numel >= e for r, e in GEMM_ROWS_WEIGHT)
+    im2col GEMM at kernel level ``isa`` (None: the active one)."""
+    if k < GEMM_MIN_K:
+        return True
+    if any(rows <= r and weight_numel >= e for r, e in GEMM_ROWS_WEIGHT):
+        return False
+    extra = GEMM_LEVEL_ROWS_WEIGHT_K.get(SETTINGS.isa if isa is None else isa, ())
+    return not any(rows <= r and weight_numel >= e and k >= least for r, e, least in extra)
 
 
 def uses_winograd(batch: int, in_channels: int, out_channels: int, out_h: int, out_w: int, kernel, stride,
@@ -131,7 +144,7 @@ def conv_algorithm(x_shape, weight_shape, stride, padding, dilation, groups: int
            for size, k, s, p, d in zip(x_shape[2:], (kh, kw), stride, padding, dilation)]
     if len(out) != 2 or out[0] <= 0 or out[1] <= 0:
         return "direct"  # (the C layer raises)
-    if not uses_direct(x_shape[0] * out[0] * out[1], n * cg * kh * kw, cg * kh * kw):
+    if not uses_direct(x_shape[0] * out[0] * out[1], n * cg * kh * kw, cg * kh * kw, isa):
         return "gemm"
     if (uses_winograd(x_shape[0], cg * groups, n, out[0], out[1], (kh, kw), stride, dilation, groups)
             and (SETTINGS.isa if isa is None else isa) in WINOGRAD_LEVELS and WINOGRAD_ON_THIS_CPU):
