@@ -11,7 +11,8 @@ import mono_quant as mq
 from mono_quant.calibration import CalibrationWarning
 from mono_quant.static.program import StaticInt8Model
 
-__all__ = ["trained_like", "quantized_static", "program_node", "assert_loads_as_program", "Branchy", "Chain", "DataDependent"]
+__all__ = ["trained_like", "quantized_static", "program_node", "assert_loads_as_program", "Branchy", "BranchyConv", "Chain",
+           "DataDependent"]
 
 
 class Chain(nn.Module):
@@ -54,6 +55,22 @@ class DataDependent(nn.Module):
         if x.sum() > -1e9:
             x = x + 0
         return self.fc(x)
+
+
+class BranchyConv(nn.Module):
+    """A conv (of any padding mode) and a Linear head around a branch on a value: fx cannot trace it,
+    so quantize falls back to per-layer static layers."""
+
+    def __init__(self, padding_mode="zeros"):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 3, padding=1, padding_mode=padding_mode)
+        self.fc = nn.Linear(8, 4)
+
+    def forward(self, x):
+        y = self.conv(x)
+        if y.sum() > -1e9:
+            y = torch.relu(y)
+        return self.fc(y.mean((2, 3)))
 
 
 def trained_like(model: nn.Module, seed: int = 0) -> nn.Module:

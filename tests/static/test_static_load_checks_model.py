@@ -8,6 +8,7 @@ from torch import nn
 import mono_quant as mq
 
 from static_file_edits import StaticFileEdits
+from static_helpers import BranchyConv
 
 KEY = "mono_quant.static"
 
@@ -107,24 +108,9 @@ def test_a_module_called_twice_beside_a_suffixed_name_loads(tmp_path):
     _saved_and_reloaded(CalledTwice, (2, 8, 8, 8), tmp_path / "twice.safetensors")
 
 
-class DataDependent(nn.Module):
-    """A branch on a value: fx cannot trace it, so quantize falls back to per-layer static layers."""
-
-    def __init__(self, padding_mode="zeros"):
-        super().__init__()
-        self.conv = nn.Conv2d(3, 8, 3, padding=1, padding_mode=padding_mode)
-        self.fc = nn.Linear(8, 4)
-
-    def forward(self, x):
-        y = self.conv(x)
-        if y.sum() > -1e9:
-            y = torch.relu(y)
-        return self.fc(y.mean((2, 3)))
-
-
 def test_a_per_layer_file_is_checked_as_a_graph_file_is(tmp_path):
-    path = _saved_and_reloaded(DataDependent, (2, 3, 8, 8), tmp_path / "per_layer.safetensors")
+    path = _saved_and_reloaded(BranchyConv, (2, 3, 8, 8), tmp_path / "per_layer.safetensors")
     # a model whose conv reflects is another model
     with pytest.raises(mq.CheckpointError, match=r"layer 'conv': padding \(1, 1, 1, 1\) \(zeros\) in the file, "
                                                  r"\(1, 1, 1, 1\) \(reflect\) in the model"):
-        mq.load(path, model=DataDependent(padding_mode="reflect"))
+        mq.load(path, model=BranchyConv(padding_mode="reflect"))

@@ -19,6 +19,7 @@ from mono_quant.errors import CheckpointError
 from mono_quant.static.conv1d import StaticConv1d
 from mono_quant.static.conv_padding import conv_pads, pad_codes, static_padding
 from mono_quant.static.modules import StaticConv2d
+from static_helpers import BranchyConv
 
 CONVS = {
     "reflect": lambda: nn.Conv2d(4, 8, 3, padding=1, padding_mode="reflect"),
@@ -132,20 +133,8 @@ def test_a_reflect_padding_past_the_input_size_says_so():
 
 
 def test_the_per_layer_fallback_pads_the_codes_too(tmp_path):
-    class DataDependent(nn.Module):  # (a branch on a value: fx can't trace it)
-        def __init__(self):
-            super().__init__()
-            self.conv = nn.Conv2d(3, 8, 3, padding=1, padding_mode="replicate")
-            self.fc = nn.Linear(8, 4)
-
-        def forward(self, x):
-            y = self.conv(x)
-            if y.sum() > -1e9:
-                y = torch.relu(y)
-            return self.fc(y.mean((2, 3)))
-
     torch.manual_seed(0)
-    model = DataDependent().eval()
+    model = BranchyConv("replicate").eval()
     result = _static(model, [torch.randn(2, 3, 8, 8) for _ in range(3)])
     assert result.report.capture == "hooks" and not result.skipped
     x = torch.randn(2, 3, 8, 8)
@@ -153,7 +142,7 @@ def test_the_per_layer_fallback_pads_the_codes_too(tmp_path):
         y, ref = result.model(x), model(x)
         assert float(10 * torch.log10(ref.pow(2).mean() / (y - ref).pow(2).mean())) > 25
         path = mq.save(result, tmp_path / "per_layer.safetensors")
-        assert torch.equal(mq.load(path, model=DataDependent())(x), y)
+        assert torch.equal(mq.load(path, model=BranchyConv("replicate"))(x), y)
 
 
 def test_a_file_loaded_into_a_model_of_another_padding_mode_is_refused(tmp_path):
