@@ -152,8 +152,9 @@ class WeightFormat:
 
     def kept_conv_route(self, module, x: torch.Tensor) -> Optional[tuple]:
         """Where this format's own conv2d (a format that has one) runs ``x`` on what the layer keeps,
-        for QuantizedConv2d to keep as its route: ``("torch", F.conv2d's arguments after x)`` or
-        ``("panels", direct_conv2d's panels, bias lanes and live bias)``; else None."""
+        for QuantizedConv2d to keep as its route: ``("torch", F.conv2d's arguments after x)``,
+        ``("panels", direct_conv2d's panels, bias lanes and live bias)`` or ``("kernel",
+        (half_conv2d_raw's arrays, algorithm))``; else None."""
         return None
 
     def conv2d(self, module, x: torch.Tensor) -> torch.Tensor:

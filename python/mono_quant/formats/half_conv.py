@@ -160,7 +160,8 @@ def kept_conv_route(module, x: torch.Tensor) -> Optional[tuple]:
     """Where eager_half_conv runs a float32 CPU ``x`` (numeric zero padding) on what the layer keeps:
     ``("torch", F.conv2d's arguments after x)`` for torch's conv on the kept float32 weight of a
     small weight, ``("panels", (panels, bias lanes, live bias))`` for the direct conv on the kept
-    panels (direct_conv2d's, tap_major=False); else None.  QuantizedConv2d keeps them as its route:
+    panels (direct_conv2d's, tap_major=False), ``("kernel", (half_conv2d_raw's arrays, algorithm))``
+    for the C kernels on the 16-bit weight; else None.  QuantizedConv2d keeps them as its route:
     the key and memo of eager_half_conv around them cost ~5-10 us a call (SqueezeNet's 1x1 convs
     took 0.8x fp32's speed)."""
     if (x.dtype != torch.float32 or not x.is_cpu or module.padding_mode != "zeros"
@@ -172,6 +173,8 @@ def kept_conv_route(module, x: torch.Tensor) -> Optional[tuple]:
         return "torch", (args[0], args[1], module.stride2d, module.padding2d, module.dilation2d, module.groups)
     if route is _PANELS:
         return "panels", (*args[0][:2], args[1])
+    if route is _KERNEL:
+        return "kernel", args
     return None
 
 

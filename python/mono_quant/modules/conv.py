@@ -18,7 +18,7 @@ from ..formats.packed_linear import conv_kernel_takes, dequantized_packed, packe
 from ..kernels import depthwise, direct_conv, dynamic_conv, settings
 from ..kernels.depthwise import depthwise_conv2d, takes_depthwise
 from ..kernels.dynamic_conv import direct_applies
-from ..kernels.half_conv import direct_pad_fits
+from ..kernels.half_conv import direct_pad_fits, half_conv2d_raw
 from ..kernels.settings import SETTINGS
 from ..torch_features import autocast_enabled, autocast_off
 from ..kernels.direct_conv import (direct_conv2d, direct_conv2d_int4, direct_conv2d_int8, float_conv_panels, live_bias,
@@ -69,8 +69,8 @@ DYNAMIC_CHUNK_BYTES = 1 << 20
 
 # QuantizedConv2d.forward's routes (see QuantizedConv2d._route), and per module the last one
 # taken with what it was chosen for: a weak map, so deepcopy and state_dict never see it.
-_PACKED, _FLOAT, _FORMAT, _DIRECT, _DEPTHWISE, _INT4_ROWS = ("packed", "float", "format", "direct", "depthwise",
-                                                              "int4 rows")
+_PACKED, _FLOAT, _FORMAT, _DIRECT, _DEPTHWISE, _INT4_ROWS, _HALF = ("packed", "float", "format", "direct",
+                                                                     "depthwise", "int4 rows", "half")
 _ROUTES = layer_cache.per_layer_cache()
 # What a route depends on besides x and kernel_args' tensors (stamp sources, kernels/stamps.py):
 # the layer's format, mode, geometry, the size rules of this module (tests change them) and the kernel
@@ -414,6 +414,9 @@ class QuantizedConv2d(ReduceRange, QuantizedModule):
         if route[5] is _INT4_ROWS:  # float32 x, an int4 weight past the kept size, few pixels: im2col rows x int4
             y = self._int4_rows_conv(x)
             return _torch_layout(x, y if y is not None else self.format.conv2d(self, x), self.padding_mode)
+        if route[5] is _HALF:  # float32 x, fp16 / bf16: the C kernels on the 16-bit weight (formats/half_conv.py)
+            arrays, algorithm = route[7]
+            return _torch_layout(x, half_conv2d_raw(x, *arrays, *route[9], algorithm=algorithm))
         if route[5] is _DEPTHWISE:  # float32 x: the C depthwise conv on the kept float weight (NCHW x)
             if x.is_contiguous():
                 return depthwise_conv2d(x, *route[7], *route[9])
@@ -566,6 +569,9 @@ class QuantizedConv2d(ReduceRange, QuantizedModule):
             if kept is not None and kept[0] == "panels":
                 memo = (x.shape, x.dtype, x.is_cpu, self._buffers_stamp(), None, _DIRECT, None, kept[1], None,
                         self._direct_geometry(False))
+            elif kept is not None and kept[0] == "kernel":  # (arrays, algorithm), half_conv2d_raw's geometry
+                memo = (x.shape, x.dtype, x.is_cpu, self._buffers_stamp(), None, _HALF, None, kept[1], None,
+                        (tuple(self.stride2d), tuple(self.padding2d), tuple(self.dilation2d), self.groups))
             else:
                 memo = (x.shape, x.dtype, x.is_cpu, self._buffers_stamp(), None if kept is None else kept[1],
                         _FORMAT, None, None, None, None)
