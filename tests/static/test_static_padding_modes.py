@@ -114,6 +114,31 @@ def test_pad_codes_is_torchs_pad_of_the_codes():
             assert torch.equal(pad_codes(q, pads, mode, 0).permute(0, 3, 1, 2).float(), want), (mode, pads)
     want = F.pad(image, (1, 2, 0, 3), value=-127.0)
     assert torch.equal(pad_codes(q, (0, 3, 1, 2), "zeros", -127).permute(0, 3, 1, 2).float(), want)
+    # past LINE_COPIES lines a side: one gather (a file's pads may be up to 2^20)
+    big = torch.randint(-127, 128, (1, 20, 17, 2), dtype=torch.int8)
+    image = big.permute(0, 3, 1, 2).float()
+    for mode, pads in [("reflect", (19, 10, 16, 9)), ("circular", (20, 12, 17, 9)), ("replicate", (1000, 9, 3, 700))]:
+        want = F.pad(image, (pads[2], pads[3], pads[0], pads[1]), mode=mode)
+        assert torch.equal(pad_codes(big, pads, mode, 0).permute(0, 3, 1, 2).float(), want), mode
+
+
+@pytest.mark.parametrize("capture", ["fx", "hooks"])
+def test_a_mode_pads_by_what_the_layer_was_made_with_as_torch_does(capture):
+    # torch pads a reflect conv by _reversed_padding_repeated_twice, set when it was made, whatever padding /
+    # dilation say later (a DeepLab-style output-stride change); zeros padding reads the current padding
+    torch.manual_seed(0)
+    model = (BranchyConv("reflect") if capture == "hooks" else
+             nn.Sequential(nn.Conv2d(3, 8, 3, padding=1, padding_mode="reflect"), nn.ReLU())).eval()
+    conv = model.conv if capture == "hooks" else model[0]
+    conv.padding, conv.dilation = (2, 2), (2, 2)
+    result = _static(model, [torch.randn(2, 3, 12, 12) for _ in range(3)])
+    assert result.report.capture == capture and not result.skipped
+    x = torch.randn(2, 3, 12, 12)
+    with torch.no_grad():
+        y, ref = result.model(x), model(x)
+    assert y.shape == ref.shape
+    assert float(10 * torch.log10(ref.pow(2).mean() / (y - ref).pow(2).mean())) > 25
+    assert conv_pads(conv) == ((1, 1), (1, 1))
 
 
 def test_the_program_leaves_a_padded_conv_to_the_node_by_node_path():

@@ -114,7 +114,7 @@ def _nhwc_rows(x: torch.Tensor) -> torch.Tensor:
     """A float32 CPU NCHW ``x`` as its pixels' rows [batch * height * width, channels] (a 1x1 conv's
     GEMM input), transposed in C (as _nchw says why)."""
     batch, channels = x.shape[0], x.shape[1]
-    planes = transposed_planes(x.numpy().reshape(batch, channels, -1), SETTINGS.num_threads())
+    planes = transposed_planes(x.numpy().reshape(batch, channels, x.shape[2] * x.shape[3]), SETTINGS.num_threads())
     return torch.from_numpy(planes).reshape(-1, channels)
 
 

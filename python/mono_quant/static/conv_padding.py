@@ -15,14 +15,22 @@ from typing import Optional, Tuple
 import torch
 from torch import nn
 
-__all__ = ["PADDING_MODES", "conv_pads", "padded_sides", "static_padding", "pad_codes", "pads_problem"]
+__all__ = ["PADDING_MODES", "LINE_COPIES", "conv_pads", "padded_sides", "static_padding", "pad_codes", "pads_problem"]
 
 #: nn.Conv2d's padding modes, each one the static layers take
 PADDING_MODES = ("zeros", "reflect", "replicate", "circular")
+#: pad_codes copies up to this many padded lines of a side one by one, more with one gather
+LINE_COPIES = 8
 
 
 def conv_pads(conv: nn.Module) -> Tuple[Tuple[int, int], ...]:
-    """(before, after) of each spatial dimension of ``conv``, as torch pads it."""
+    """(before, after) of each spatial dimension of ``conv``, as torch pads it: a mode other than zeros
+    by ``_reversed_padding_repeated_twice``, fixed when the layer was made (its forward pads by that
+    whatever ``padding`` / ``dilation`` were set to later: a DeepLab-style output-stride change); zeros by
+    the current ``padding`` ('same' from the current kernel and dilation, as F.conv2d reads it)."""
+    fixed = getattr(conv, "_reversed_padding_repeated_twice", None)
+    if conv.padding_mode != "zeros" and fixed is not None and len(fixed) == 2 * len(conv.kernel_size):
+        return tuple((int(fixed[2 * i]), int(fixed[2 * i + 1])) for i in reversed(range(len(conv.kernel_size))))
     padding = conv.padding
     if not isinstance(padding, str):
         return tuple((int(p), int(p)) for p in padding)
@@ -66,22 +74,25 @@ def pads_problem(mode: str, pads: Tuple[int, int, int, int], height: int, width:
     return None
 
 
-def _source(i: int, size: int, mode: str) -> int:
-    """The input position that position ``i`` (negative before the input, ``size`` or more after it)
-    of a padded dimension copies."""
+def _sources(lines: range, size: int, mode: str) -> torch.Tensor:
+    """For each position in ``lines`` of a padded dimension (negative before the input, ``size`` or
+    more after it), the input position it copies."""
+    i = torch.arange(lines.start, lines.stop)
     if mode == "replicate":
-        return min(max(i, 0), size - 1)
+        return i.clamp(0, size - 1)
     if mode == "circular":
-        return i % size
-    return -i if i < 0 else 2 * (size - 1) - i if i >= size else i  # reflect (the edge not repeated)
+        return i.remainder(size)
+    return torch.where(i < 0, -i, torch.where(i >= size, 2 * (size - 1) - i, i))  # reflect (edge not repeated)
 
 
 def pad_codes(xq: torch.Tensor, pads: Tuple[int, int, int, int], mode: str, zp: int) -> torch.Tensor:
     """NHWC int8 codes ``xq`` padded by ``pads`` (top, bottom, left, right) in ``mode``: zeros
     writes ``zp`` (the code of 0.0), the others copy codes (pads_problem says when they can't).
-    The input is copied once into the middle, then each border row, then each border column of
-    every row (corners too) from the one it repeats: one strided copy per padded line (advanced
-    indexing, or index_select of the whole image, took 4-10x as long at paddings of 1-3)."""
+    The input is copied once into the middle, then the border rows, then the border columns of every
+    row (corners too) from the ones they repeat: one strided copy per padded line up to LINE_COPIES a
+    side (advanced indexing, or index_select of the whole image, took 4-10x as long at paddings of 1-3),
+    one index_select past that (a file's pads may be up to 2^20: a Python loop per line would be
+    seconds a call)."""
     top, bottom, left, right = pads
     b, h, w, c = xq.shape
     shape = (b, h + top + bottom, w + left + right, c)
@@ -89,8 +100,18 @@ def pad_codes(xq: torch.Tensor, pads: Tuple[int, int, int, int], mode: str, zp: 
     out[:, top:top + h, left:left + w] = xq
     if mode == "zeros":
         return out
-    for i in [*range(-top, 0), *range(h, h + bottom)]:
-        out[:, top + i, left:left + w] = out[:, top + _source(i, h, mode), left:left + w]
-    for j in [*range(-left, 0), *range(w, w + right)]:
-        out[:, :, left + j] = out[:, :, left + _source(j, w, mode)]
+    for lines in (range(-top, 0), range(h, h + bottom)):
+        source = _sources(lines, h, mode) + top
+        if len(lines) > LINE_COPIES:
+            out[:, top + lines.start:top + lines.stop, left:left + w] = out[:, :, left:left + w].index_select(1, source)
+        else:
+            for i, src in zip(lines, source.tolist()):
+                out[:, top + i, left:left + w] = out[:, src, left:left + w]
+    for lines in (range(-left, 0), range(w, w + right)):
+        source = _sources(lines, w, mode) + left
+        if len(lines) > LINE_COPIES:
+            out[:, :, left + lines.start:left + lines.stop] = out.index_select(2, source)
+        else:
+            for j, src in zip(lines, source.tolist()):
+                out[:, :, left + j] = out[:, :, src]
     return out
