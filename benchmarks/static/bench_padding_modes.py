@@ -23,6 +23,7 @@ sys.path.insert(0, str(HERE.parent))
 from common import background_load, interleaved, machine_info, summary, write_results  # noqa: E402
 
 import mono_quant as mq  # noqa: E402
+from mono_quant.static.conv_padding import static_padding  # noqa: E402
 
 
 class ResidualBlock(nn.Module):
@@ -73,14 +74,8 @@ def trained_like(model: nn.Module) -> nn.Module:
 
 def padded_on_codes(model: nn.Module) -> list:
     """Names of the convs the static kernels do not pad themselves (left float before)."""
-    names = []
-    for name, m in model.named_modules():
-        if isinstance(m, (nn.Conv1d, nn.Conv2d)):
-            uneven = isinstance(m.padding, str) and m.padding == "same" and any(
-                d * (k - 1) % 2 for k, d in zip(m.kernel_size, m.dilation))
-            if m.padding_mode != "zeros" or uneven:
-                names.append(name)
-    return names
+    return [name for name, m in model.named_modules()
+            if isinstance(m, (nn.Conv1d, nn.Conv2d)) and static_padding(m)[2] is not None]
 
 
 def sqnr(ref: torch.Tensor, got: torch.Tensor) -> float:

@@ -566,15 +566,14 @@ class QuantizedConv2d(ReduceRange, QuantizedModule):
             # the route so later calls go straight to it (~7 us of this method's Python on each call before), or
             # straight to torch's conv or the direct kernel where the format runs one on what the layer keeps
             kept = self.format.kept_conv_route(self, x)
+            head = (x.shape, x.dtype, x.is_cpu, self._buffers_stamp())
             if kept is not None and kept[0] == "panels":
-                memo = (x.shape, x.dtype, x.is_cpu, self._buffers_stamp(), None, _DIRECT, None, kept[1], None,
-                        self._direct_geometry(False))
+                memo = (*head, None, _DIRECT, None, kept[1], None, self._direct_geometry(False))
             elif kept is not None and kept[0] == "kernel":  # (arrays, algorithm), half_conv2d_raw's geometry
-                memo = (x.shape, x.dtype, x.is_cpu, self._buffers_stamp(), None, _HALF, None, kept[1], None,
+                memo = (*head, None, _HALF, None, kept[1], None,
                         (tuple(self.stride2d), tuple(self.padding2d), tuple(self.dilation2d), self.groups))
             else:
-                memo = (x.shape, x.dtype, x.is_cpu, self._buffers_stamp(), None if kept is None else kept[1],
-                        _FORMAT, None, None, None, None)
+                memo = (*head, None if kept is None else kept[1], _FORMAT, None, None, None, None)
             _ROUTES[self] = memo
             return memo
         if x.dtype != torch.float32 or not x.is_cpu or self.padding_mode != "zeros":

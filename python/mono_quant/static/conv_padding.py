@@ -74,44 +74,41 @@ def pads_problem(mode: str, pads: Tuple[int, int, int, int], height: int, width:
     return None
 
 
-def _sources(lines: range, size: int, mode: str) -> torch.Tensor:
-    """For each position in ``lines`` of a padded dimension (negative before the input, ``size`` or
-    more after it), the input position it copies."""
-    i = torch.arange(lines.start, lines.stop)
+def _source(i: int, size: int, mode: str) -> int:
+    """The input position that position ``i`` of a padded dimension (negative before the input, ``size``
+    or more after it) copies.  (Python ints: a torch op per side cost ~20 us, 4x the copies.)"""
     if mode == "replicate":
-        return i.clamp(0, size - 1)
+        return min(max(i, 0), size - 1)
     if mode == "circular":
-        return i.remainder(size)
-    return torch.where(i < 0, -i, torch.where(i >= size, 2 * (size - 1) - i, i))  # reflect (edge not repeated)
+        return i % size
+    return -i if i < 0 else 2 * (size - 1) - i if i >= size else i  # reflect (the edge not repeated)
+
+
+def _fill_border(out: torch.Tensor, dim: int, start: int, size: int, before: int, after: int, mode: str) -> None:
+    """The ``before`` / ``after`` positions around [start, start + size) along ``dim`` of ``out`` copied from
+    the ones they repeat: one strided copy a line up to LINE_COPIES a side (advanced indexing, or
+    index_select of the whole image, took 4-10x as long at paddings of 1-3), one index_select past that
+    (a file's pads may be up to 2^20: a Python loop per line would be seconds a call)."""
+    for lines in (range(-before, 0), range(size, size + after)):
+        source = [start + _source(i, size, mode) for i in lines]
+        if len(lines) > LINE_COPIES:
+            out.narrow(dim, start + lines.start, len(lines)).copy_(out.index_select(dim, torch.tensor(source)))
+        else:
+            for i, src in zip(lines, source):
+                out.select(dim, start + i).copy_(out.select(dim, src))
 
 
 def pad_codes(xq: torch.Tensor, pads: Tuple[int, int, int, int], mode: str, zp: int) -> torch.Tensor:
     """NHWC int8 codes ``xq`` padded by ``pads`` (top, bottom, left, right) in ``mode``: zeros
     writes ``zp`` (the code of 0.0), the others copy codes (pads_problem says when they can't).
-    The input is copied once into the middle, then the border rows, then the border columns of every
-    row (corners too) from the ones they repeat: one strided copy per padded line up to LINE_COPIES a
-    side (advanced indexing, or index_select of the whole image, took 4-10x as long at paddings of 1-3),
-    one index_select past that (a file's pads may be up to 2^20: a Python loop per line would be
-    seconds a call)."""
+    The input is copied once into the middle, then the border rows (whole rows: their border columns
+    are written next), then the border columns of every row, corners included (_fill_border)."""
     top, bottom, left, right = pads
     b, h, w, c = xq.shape
     shape = (b, h + top + bottom, w + left + right, c)
     out = torch.full(shape, zp, dtype=xq.dtype) if mode == "zeros" else torch.empty(shape, dtype=xq.dtype)
     out[:, top:top + h, left:left + w] = xq
-    if mode == "zeros":
-        return out
-    for lines in (range(-top, 0), range(h, h + bottom)):
-        source = _sources(lines, h, mode) + top
-        if len(lines) > LINE_COPIES:
-            out[:, top + lines.start:top + lines.stop, left:left + w] = out[:, :, left:left + w].index_select(1, source)
-        else:
-            for i, src in zip(lines, source.tolist()):
-                out[:, top + i, left:left + w] = out[:, src, left:left + w]
-    for lines in (range(-left, 0), range(w, w + right)):
-        source = _sources(lines, w, mode) + left
-        if len(lines) > LINE_COPIES:
-            out[:, :, left + lines.start:left + lines.stop] = out.index_select(2, source)
-        else:
-            for j, src in zip(lines, source.tolist()):
-                out[:, :, left + j] = out[:, :, src]
+    if mode != "zeros":
+        _fill_border(out, 1, top, h, top, bottom, mode)
+        _fill_border(out, 2, left, w, left, right, mode)
     return out
