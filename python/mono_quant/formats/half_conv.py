@@ -31,6 +31,7 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
+from ..kernels.conv_shape import conv_out_sizes
 from ..kernels.direct_conv import direct_conv2d, float_conv_panels, live_bias, short_k_fits, wide_any_outputs
 from ..kernels.fp16 import HALF_WEIGHT_DTYPES
 from ..kernels import half_conv as half_conv_kernels
@@ -77,13 +78,12 @@ def takes_half_conv(module, x: torch.Tensor, isa: str) -> bool:
         return False  # symbolic sizes (export or compile with dynamic shapes): torch's conv, which guards none
     if x.shape[1] != module.in_channels or x.numel() == 0 or weight.numel() == 0:
         return False
-    (kh, kw), (sh, sw), (dh, dw) = module.kernel_size2d, module.stride2d, module.dilation2d
+    kh, kw = module.kernel_size2d
     k = module.in_channels // module.groups * kh * kw
     if k < MIN_K or module.out_channels // module.groups < MIN_GROUP_OUT:
         return False
-    ph, pw = module.padding2d
-    out_h = (x.shape[2] + 2 * ph - dh * (kh - 1) - 1) // sh + 1
-    out_w = (x.shape[3] + 2 * pw - dw * (kw - 1) - 1) // sw + 1
+    out_h, out_w = conv_out_sizes(x.shape[2:], module.kernel_size2d, module.stride2d, module.padding2d,
+                                  module.dilation2d)
     if out_h <= 0 or out_w <= 0 or MAX_OUTPUTS[isa] <= 0:
         return False  # (no output, or the scalar level: no F16C, torch's op)
     if not short_k_fits(k, out_h * out_w):  # a stem on a large image: torch's conv

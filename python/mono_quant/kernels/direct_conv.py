@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from .. import _C
+from .conv_shape import conv_out_sizes
 from .half_conv import _half_conv2d_backward, _half_conv2d_setup
 from .row_rules import SMALL_L1D
 from .settings import SETTINGS
@@ -194,9 +195,7 @@ _LIB.define("direct_conv2d(Tensor x, Tensor weight, Tensor? bias, int[] stride, 
 
 def conv_out_shape(x, out_channels, kernel, stride, padding, dilation) -> tuple:
     """(batch, out_channels, out_h, out_w) of a conv of ``x`` (zero padding given as numbers)."""
-    out = [(size + 2 * p - d * (k - 1) - 1) // s + 1
-           for size, k, s, p, d in zip(x.shape[2:], kernel, stride, padding, dilation)]
-    return (x.shape[0], out_channels, *out)
+    return (x.shape[0], out_channels, *conv_out_sizes(x.shape[2:], kernel, stride, padding, dilation))
 
 
 def _direct_conv2d_int8(x, packed, info, scale, zero_point, bias, kernel_size, stride, padding, dilation, groups,

@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from .. import _C
+from .conv_shape import conv_out_sizes
 from .fp16 import half_linear_arrays
 from .settings import SETTINGS
 
@@ -140,8 +141,7 @@ def conv_algorithm(x_shape, weight_shape, stride, padding, dilation, groups: int
     test_half_winograd.py); the direct conv and Winograd give the same bits at every kernel
     level and thread count."""
     n, cg, kh, kw = weight_shape
-    out = [(size + 2 * p - d * (k - 1) - 1) // s + 1
-           for size, k, s, p, d in zip(x_shape[2:], (kh, kw), stride, padding, dilation)]
+    out = conv_out_sizes(x_shape[2:], (kh, kw), stride, padding, dilation)
     if len(out) != 2 or out[0] <= 0 or out[1] <= 0:
         return "direct"  # (the C layer raises)
     if not uses_direct(x_shape[0] * out[0] * out[1], n * cg * kh * kw, cg * kh * kw, isa):
@@ -198,9 +198,7 @@ _LIB.define("half_conv2d(Tensor x, Tensor weight, Tensor? bias, int[] stride, in
 
 
 def _half_conv2d_fake(x, weight, bias, stride, padding, dilation, groups):
-    kernel = weight.shape[2:]
-    out = [(size + 2 * p - d * (k - 1) - 1) // s + 1
-           for size, k, s, p, d in zip(x.shape[2:], kernel, stride, padding, dilation)]
+    out = conv_out_sizes(x.shape[2:], weight.shape[2:], stride, padding, dilation)
     return x.new_empty((x.shape[0], weight.shape[0], *out), dtype=torch.float32)
 
 

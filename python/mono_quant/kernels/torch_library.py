@@ -29,6 +29,7 @@ from ..torch_features import capturing
 from . import reference
 from .fp16 import half_linear, half_path, path_code
 from .row_rules import int4_takes_blas, int8_weight_only_takes_amx, int8_weight_only_takes_blas
+from .conv_shape import conv_out_sizes
 from .embedding import eight_bit_table, embedding_bag, embedding_rows, int4_table, reference_embedding_bag
 from .layout import PACKED_LAYOUT_VERSION, int8_packed_sizes, unpack_int8_rows
 from .rows import dequantize_rows, to_numpy
@@ -283,11 +284,6 @@ _LIB.define("conv2d_int8(Tensor x, Tensor packed, Tensor colsum, Tensor info, Te
 _CONV_CHUNK_BYTES = 1 << 20
 
 
-def _conv_out_size(x_shape, kernel_size, stride, padding, dilation):
-    return [(size + 2 * p - d * (k - 1) - 1) // s + 1
-            for size, k, s, p, d in zip(x_shape[2:], kernel_size, stride, padding, dilation)]
-
-
 def _conv2d_int8(x, packed, colsum, info, scale, zero_point, bias, kernel_size, stride, padding, dilation, groups,
                  out_channels, dynamic, reduce_range=False):
     n, k, has_m128, packed_groups = _packed_geometry(info)
@@ -295,7 +291,7 @@ def _conv2d_int8(x, packed, colsum, info, scale, zero_point, bias, kernel_size, 
         raise ValueError(f"packed weight ({n} outputs in {packed_groups} groups) does not match the conv "
                          f"({out_channels} outputs in {groups} groups)")
     batch = x.shape[0]
-    out_h, out_w = _conv_out_size(x.shape, kernel_size, stride, padding, dilation)
+    out_h, out_w = conv_out_sizes(x.shape[2:], kernel_size, stride, padding, dilation)
     if dynamic:
         x = x.contiguous()
         whole = _group_args(packed, colsum, info, scale, zero_point, bias, -1)
@@ -324,7 +320,7 @@ def _conv2d_int8(x, packed, colsum, info, scale, zero_point, bias, kernel_size, 
 
 def _conv2d_int8_fake(x, packed, colsum, info, scale, zero_point, bias, kernel_size, stride, padding, dilation,
                       groups, out_channels, dynamic, reduce_range=False):
-    out_h, out_w = _conv_out_size(x.shape, kernel_size, stride, padding, dilation)
+    out_h, out_w = conv_out_sizes(x.shape[2:], kernel_size, stride, padding, dilation)
     return x.new_empty((x.shape[0], out_channels, out_h, out_w), dtype=torch.float32)
 
 

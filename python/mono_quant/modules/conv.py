@@ -17,6 +17,7 @@ from ..formats.layer_cache import float_weight, kernel_args_stamped
 from ..formats.packed_linear import conv_kernel_takes, dequantized_packed, packed_linear
 from ..kernels import depthwise, direct_conv, dynamic_conv, settings
 from ..kernels.depthwise import depthwise_conv2d, takes_depthwise
+from ..kernels.conv_shape import conv_out_sizes
 from ..kernels.dynamic_conv import direct_applies
 from ..kernels.half_conv import direct_pad_fits, half_conv2d_raw
 from ..kernels.settings import SETTINGS
@@ -279,9 +280,8 @@ class QuantizedConv2d(ReduceRange, QuantizedModule):
         else:
             padding = tuple(self.padding2d)
         batch, _, height, width = x.shape
-        (kh, kw), (sh, sw), (dh, dw) = self.kernel_size2d, self.stride2d, self.dilation2d
-        out_h = (height + 2 * padding[0] - dh * (kh - 1) - 1) // sh + 1
-        out_w = (width + 2 * padding[1] - dw * (kw - 1) - 1) // sw + 1
+        (kh, kw), (sh, sw) = self.kernel_size2d, self.stride2d
+        out_h, out_w = conv_out_sizes((height, width), self.kernel_size2d, self.stride2d, padding, self.dilation2d)
         if self.activations == "dynamic":
             return self._dynamic_conv(x.contiguous(), whole, padding, out_h, out_w, info["in_features"])
         plain = x.dtype == torch.float32 and x.is_cpu and not x.requires_grad  # (NumPy's transposes: see _nchw)
@@ -333,8 +333,8 @@ class QuantizedConv2d(ReduceRange, QuantizedModule):
     def _output_pixels(self, shape):
         """batch x out_h x out_w of this conv on an input of sizes ``shape`` (ints or symbolic sizes)."""
         pixels = shape[0]
-        for size, k, s, p, d in zip(shape[2:], self.kernel_size2d, self.stride2d, self.padding2d, self.dilation2d):
-            pixels = pixels * ((size + 2 * p - d * (k - 1) - 1) // s + 1)
+        for size in conv_out_sizes(shape[2:], self.kernel_size2d, self.stride2d, self.padding2d, self.dilation2d):
+            pixels = pixels * size
         return pixels
 
     def _packed_pays(self, x: torch.Tensor, isa: Optional[str] = None) -> bool:
@@ -489,9 +489,7 @@ class QuantizedConv2d(ReduceRange, QuantizedModule):
         call = None
         if (route is _PACKED and x.dtype == torch.float32 and self.activations == "dynamic"
                 and self.padding_mode == "zeros"):
-            (kh, kw), (sh, sw), (dh, dw) = self.kernel_size2d, self.stride2d, self.dilation2d
-            pixels = (((x.shape[2] + 2 * self.padding2d[0] - dh * (kh - 1) - 1) // sh + 1)
-                      * ((x.shape[3] + 2 * self.padding2d[1] - dw * (kw - 1) - 1) // sw + 1))
+            pixels = self._output_pixels((1, *x.shape[1:]))
             per_image = pixels * round_up(packed[0]["in_features"], INT8_K_GROUP) * self.groups
             if (DYNAMIC_CHUNK_BYTES // max(1, per_image) >= x.shape[0]
                     or direct_applies(x.shape[1], self.groups, self.kernel_size2d, self.padding2d,
@@ -531,8 +529,7 @@ class QuantizedConv2d(ReduceRange, QuantizedModule):
                 or (bias is not None and bias.dtype != torch.float32)):
             return False
         (kh, kw), (sh, sw), (dh, dw), (ph, pw) = self.kernel_size2d, self.stride2d, self.dilation2d, self.padding2d
-        out_h = (shape[2] + 2 * ph - dh * (kh - 1) - 1) // sh + 1
-        out_w = (shape[3] + 2 * pw - dw * (kw - 1) - 1) // sw + 1
+        out_h, out_w = conv_out_sizes(shape[2:], (kh, kw), (sh, sw), (ph, pw), (dh, dw))
         if not direct_conv.short_k_fits(self.in_channels // self.groups * kh * kw, out_h * out_w):
             return False
         outputs = shape[0] * out_h * out_w * self.out_channels
@@ -655,8 +652,7 @@ class QuantizedConv2d(ReduceRange, QuantizedModule):
         x = x.detach().contiguous()  # (a channels_last x: the same rows, so the same bits as traced)
         (kh, kw), (sh, sw), (ph, pw), (dh, dw) = self.kernel_size2d, self.stride2d, self.padding2d, self.dilation2d
         batch, channels = x.shape[0], x.shape[1]
-        out_h = (x.shape[2] + 2 * ph - dh * (kh - 1) - 1) // sh + 1
-        out_w = (x.shape[3] + 2 * pw - dw * (kw - 1) - 1) // sw + 1
+        out_h, out_w = conv_out_sizes(x.shape[2:], (kh, kw), (sh, sw), (ph, pw), (dh, dw))
         if (kh, kw, sh, sw, ph, pw) == (1, 1, 1, 1, 0, 0):
             rows = _nhwc_rows(x)
         else:

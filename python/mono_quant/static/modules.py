@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from ..kernels import static_int8 as static_kernels
+from ..kernels.conv_shape import conv_out_sizes
 from ..kernels.settings import SETTINGS
 from ..packing import pack_int8_linear
 from ..formats import quantize_weight
@@ -219,9 +220,7 @@ class _WeightedStatic(_StaticBase):
         b, h, w, _ = x_nhwc.shape
         size = self._out_sizes.get((h, w))
         if size is None:
-            size = self._out_sizes[(h, w)] = (
-                (h + 2 * padding[0] - dilation[0] * (kernel[0] - 1) - 1) // stride[0] + 1,
-                (w + 2 * padding[1] - dilation[1] * (kernel[1] - 1) - 1) // stride[1] + 1)
+            size = self._out_sizes[(h, w)] = tuple(conv_out_sizes((h, w), kernel, stride, padding, dilation))
         out = torch.empty(b, size[0], size[1], n, dtype=self._out_dtype())
         weights = self._arrays()
         if len(weights) == 4:
