@@ -26,7 +26,7 @@ from ..kernels.direct_conv import (direct_conv2d, direct_conv2d_int4, direct_con
                                   int8_conv_arrays, int8_conv_panels)
 from ..formats.int4_call import kept_int4_linear
 from ..formats.int4_weight import effective_group
-from ..kernels.int8 import conv2d_int8_raw
+from ..kernels.int8 import conv2d_int8_raw, linear_int8_raw
 from ..kernels.torch_library import check_jit_trace
 from ..kernels.stamps import make_stamp, tensors_unchanged
 from ..kernels.layout import INT8_K_GROUP, round_up, transposed_planes
@@ -70,8 +70,8 @@ DYNAMIC_CHUNK_BYTES = 1 << 20
 
 # QuantizedConv2d.forward's routes (see QuantizedConv2d._route), and per module the last one
 # taken with what it was chosen for: a weak map, so deepcopy and state_dict never see it.
-_PACKED, _FLOAT, _FORMAT, _DIRECT, _DEPTHWISE, _INT4_ROWS, _HALF = ("packed", "float", "format", "direct",
-                                                                     "depthwise", "int4 rows", "half")
+_PACKED, _FLOAT, _FORMAT, _DIRECT, _DEPTHWISE, _INT4_ROWS, _HALF, _ONE_PIXEL = (
+    "packed", "float", "format", "direct", "depthwise", "int4 rows", "half", "one pixel")
 _ROUTES = layer_cache.per_layer_cache()
 # What a route depends on besides x and kernel_args' tensors (stamp sources, kernels/stamps.py):
 # the layer's format, mode, geometry, the size rules of this module (tests change them) and the kernel
@@ -387,6 +387,9 @@ class QuantizedConv2d(ReduceRange, QuantizedModule):
         fill_max = direct_conv.FILL_MAX_ELEMENTS.get(SETTINGS.isa if isa is None else isa, 0)
         pointwise = (tuple(self.kernel_size2d) == (1, 1) and tuple(self.stride2d) == (1, 1)
                      and tuple(self.padding2d) == (0, 0))
+        if (x.shape[2] * x.shape[3] == 1 and tuple(self.kernel_size2d) == (1, 1)
+                and tuple(self.padding2d) == (0, 0)):  # one-pixel images (any stride): a GEMV on x's bytes, _ONE_PIXEL
+            return True
         return not (self._direct_fits(x, isa) and (numel <= layer_cache.SMALL_WEIGHT_ELEMENTS or (
             not pointwise and pixels * direct_conv.FILL_ELEMENTS_PER_PIXEL >= numel and numel < fill_max)))
 
@@ -428,6 +431,11 @@ class QuantizedConv2d(ReduceRange, QuantizedModule):
                 return _torch_layout(x, direct_conv2d(x, panels, lanes, *route[9], bias=bias))
             fill_and_conv, arrays = route[8]  # a large weight: its panels filled in the same C call
             return _torch_layout(x, fill_and_conv(x, arrays, *route[9][:6]))
+        if route[5] is _ONE_PIXEL:  # float32 x, weight-only 1x1 on one-pixel images: x's bytes are the rows
+            if x.is_contiguous() and x.stride(3) == 1:  # (NCHW strides: torch's conv gives NCHW, as this)
+                return torch.from_numpy(linear_int8_raw(x.numpy().reshape(x.shape[0], x.shape[1]), route[9],
+                                                        "weight_only")).view(x.shape[0], self.out_channels, 1, 1)
+            return _torch_layout(x, self._packed_conv(x, *packed), self.padding_mode)
         if route[5] is _PACKED:
             # float32 x, dynamic, one call (NCHW x: one image pixel, stride(1) 1, may be taken as channels_last)
             if route[9] is not None and not x.requires_grad and x.is_contiguous() and x.stride(1) != 1:
@@ -496,6 +504,11 @@ class QuantizedConv2d(ReduceRange, QuantizedModule):
                                       self.dilation2d, packed[2][3].any())):
                 call = (packed[2], (tuple(self.kernel_size2d), tuple(self.stride2d), tuple(self.padding2d),
                                     tuple(self.dilation2d), self.groups), True)
+        if (route is _PACKED and x.dtype == torch.float32 and self.activations != "dynamic" and self.groups == 1
+                and x.shape[2] == x.shape[3] == 1 and tuple(self.kernel_size2d) == (1, 1)
+                and tuple(self.padding2d) == (0, 0) and self.padding_mode == "zeros"):
+            # a squeeze-excitation's 1x1 conv: _packed_conv's rows and call without its ~10 us of Python
+            route, call = _ONE_PIXEL, packed[1][0]
         if route is _DIRECT:  # the panels: kept for a small weight (in place of its float copy), else filled per call
             b = (direct_conv2d_int8, int8_conv_arrays(self._buffers["weight_packed"], self.weight_scale,
                                                       self.weight_zero_point, self.bias, self.out_channels))
