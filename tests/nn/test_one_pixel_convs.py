@@ -1,6 +1,7 @@
 """A 1x1 conv on 1x1 images (squeeze-excitation blocks: RegNet, EfficientNet, MobileNetV3) is a
 Linear on the images' channel vectors: the weight-only packed route takes the NCHW input as its
-rows (a view, no transpose).  Every format and layout gives torch's conv on the layer's weight."""
+rows (a view, no transpose).  Every format and layout gives torch's conv on the layer's weight.  A strided
+1x1 conv's rows are the sliced image's pixels (no im2col)."""
 import pytest
 import torch
 from torch import nn
@@ -53,3 +54,28 @@ def test_a_weight_only_one_pixel_conv_is_its_linear_bit_for_bit(cin, cout, strid
             assert y.stride() == conv(xi).stride(), xi.stride()  # the layout torch's conv gives
         qc.bias = nn.Parameter(qc.bias + 1)  # a replaced bias is seen on the next call (the route's stamp)
         assert torch.allclose(qc(x).view(4, cout), ql(x.view(4, cin)) + 1, rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("stride", [2, 3, (2, 1)])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_a_strided_weight_only_1x1_conv_is_the_1x1_on_every_s_th_pixel(stride, channels_last):
+    # the packed route takes a strided 1x1 conv (a projection shortcut) as a 1x1 on the sliced image, not
+    # through torch's im2col: the same rows, so the bits of the stride-1 layer on x[:, :, ::sh, ::sw]
+    from mono_quant.kernels.settings import SETTINGS
+    from mono_quant.modules import conv as C
+    torch.manual_seed(2)
+    strided = nn.Conv2d(64, 440, 1, stride=stride).eval()
+    plain = nn.Conv2d(64, 440, 1).eval()
+    plain.load_state_dict(strided.state_dict())
+    qs = mq.quantize(nn.Sequential(strided), dtype="int8", activations=None).model[0]
+    qp = mq.quantize(nn.Sequential(plain), dtype="int8", activations=None).model[0]
+    x = torch.randn(1, 64, 7, 8)  # (at most 440 / 8 output pixels: the packed route, not torch's conv)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    sh, sw = (stride, stride) if isinstance(stride, int) else stride
+    with torch.no_grad(), SETTINGS.for_tests(isa="scalar"):  # (no direct kernel there: the packed route)
+        y = qs(x)
+        assert C._ROUTES[qs][5] == C._PACKED
+        assert torch.equal(y, qp(x[:, :, ::sh, ::sw].contiguous())), stride
+        assert y.stride() == strided(x).stride()  # torch's layout
+        assert torch.allclose(y, nn.functional.conv2d(x, qs.weight.float(), qs.bias, stride), rtol=1e-4, atol=1e-4)

@@ -271,8 +271,8 @@ class QuantizedConv2d(ReduceRange, QuantizedModule):
 
     def _packed_conv(self, x: torch.Tensor, info: dict, args: list, whole: tuple) -> torch.Tensor:
         """The int8 matmul on im2col rows; float32 NCHW out.  Dynamic: all in
-        C (per-image int8, NHWC int8 im2col).  Weight-only: torch's unfold (a
-        plain reshape for 1x1, stride 1, no padding) into the fp32 x int8 kernel."""
+        C (per-image int8, NHWC int8 im2col).  Weight-only: torch's unfold (for a
+        1x1 without padding the pixels, every s-th at stride s) into the fp32 x int8 kernel."""
         nhwc = strides_like_channels_last(x)
         if self.padding_mode != "zeros":
             x = F.pad(x, self._reversed_padding_repeated_twice, mode=self.padding_mode)
@@ -285,7 +285,10 @@ class QuantizedConv2d(ReduceRange, QuantizedModule):
         if self.activations == "dynamic":
             return self._dynamic_conv(x.contiguous(), whole, padding, out_h, out_w, info["in_features"])
         plain = x.dtype == torch.float32 and x.is_cpu and not x.requires_grad  # (NumPy's transposes: see _nchw)
-        if (kh, kw, sh, sw) == (1, 1, 1, 1) and padding == (0, 0):
+        if (kh, kw) == (1, 1) and padding == (0, 0):
+            if (sh, sw) != (1, 1):  # a strided 1x1 (a projection shortcut): a 1x1 on every s-th pixel (no im2col)
+                x = x[:, :, ::sh, ::sw].contiguous(memory_format=torch.channels_last if nhwc else torch.contiguous_format)
+                height, width = x.shape[2], x.shape[3]
             if height * width == 1 and x.is_contiguous():  # one pixel an image (a squeeze-excitation's): the rows
                 rows = x.view(batch, x.shape[1])
             elif plain and not nhwc:  # 1x1: each pixel is a row
@@ -385,11 +388,10 @@ class QuantizedConv2d(ReduceRange, QuantizedModule):
         # packed: 440 -> 440 0.83 -> 0.96, 320 -> 1280 0.82 -> 1.02, 960 -> 160 0.79 -> 0.82
         numel = self.weight_numel()
         fill_max = direct_conv.FILL_MAX_ELEMENTS.get(SETTINGS.isa if isa is None else isa, 0)
-        pointwise = (tuple(self.kernel_size2d) == (1, 1) and tuple(self.stride2d) == (1, 1)
-                     and tuple(self.padding2d) == (0, 0))
-        if (x.shape[2] * x.shape[3] == 1 and tuple(self.kernel_size2d) == (1, 1)
-                and tuple(self.padding2d) == (0, 0)):  # one-pixel images (any stride): a GEMV on x's bytes, _ONE_PIXEL
-            return True
+        one_by_one = tuple(self.kernel_size2d) == (1, 1) and tuple(self.padding2d) == (0, 0)
+        if one_by_one and x.shape[2] * x.shape[3] == 1:  # one-pixel images (any stride): a GEMV on x's bytes
+            return True  # (_ONE_PIXEL; the direct kernel's kept panels: 0.7-0.9 of its speed)
+        pointwise = one_by_one and tuple(self.stride2d) == (1, 1)  # (strided: the direct kernel, 0.85 -> 0.72 packed)
         return not (self._direct_fits(x, isa) and (numel <= layer_cache.SMALL_WEIGHT_ELEMENTS or (
             not pointwise and pixels * direct_conv.FILL_ELEMENTS_PER_PIXEL >= numel and numel < fill_max)))
 
