@@ -47,8 +47,9 @@ def test_a_weight_only_one_pixel_conv_is_its_linear_bit_for_bit(cin, cout, strid
     qc = mq.quantize(nn.Sequential(conv), dtype="int8", activations=None).model[0]
     ql = mq.quantize(nn.Sequential(linear), dtype="int8", activations=None).model[0]
     x = torch.randn(4, cin, 1, 1)
+    nhwc = x.clone().as_strided(x.shape, (cin, 1, cin, cin))  # (channels_last strides: .contiguous() keeps NCHW's)
     with torch.no_grad():
-        for xi in (x, x.contiguous(memory_format=torch.channels_last), x[1:2]):
+        for xi in (x, nhwc, x[1:2], x[::2]):  # (x[::2]: a batch step, not contiguous)
             y = qc(xi)
             assert torch.equal(y.view(xi.shape[0], cout), ql(xi.reshape(xi.shape[0], cin))), xi.stride()
             assert y.stride() == conv(xi).stride(), xi.stride()  # the layout torch's conv gives
@@ -79,3 +80,19 @@ def test_a_strided_weight_only_1x1_conv_is_the_1x1_on_every_s_th_pixel(stride, c
         assert torch.equal(y, qp(x[:, :, ::sh, ::sw].contiguous())), stride
         assert y.stride() == strided(x).stride()  # torch's layout
         assert torch.allclose(y, nn.functional.conv2d(x, qs.weight.float(), qs.bias, stride), rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("stride", [1, 2])
+def test_a_traced_one_pixel_conv_gives_eagers_bits_and_strides(stride):
+    # the packed op (kernels/torch_library.py) wrote a one-pixel result with the permuted strides
+    # (C, 1, C, C) where eager and torch's conv give NCHW's (C, 1, 1, 1)
+    torch.manual_seed(3)
+    q = mq.quantize(nn.Sequential(nn.Conv2d(110, 440, 1, stride=stride)), dtype="int8",
+                    activations=None).model.eval()
+    x = torch.randn(2, 110, 1, 1)
+    with torch.no_grad():
+        want = q(x)
+        traced = torch.jit.trace(q, x)
+        for name, y in (("jit.trace", traced(x)), ("export", torch.export.export(q, (x,)).module()(x))):
+            assert torch.equal(y, want), name
+            assert y.stride() == want.stride() == (440, 1, 1, 1), name

@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from ..dynamo_hooks import when_dynamo_imported
+from ..kernels.conv_shape import conv_out_sizes
 from ..kernels.depthwise import takes_depthwise
 from ..kernels.int8 import MAX_IN_FEATURES
 from ..kernels.settings import SETTINGS
@@ -269,5 +270,4 @@ def _output_sizes(m, x: torch.Tensor) -> tuple:
     if m.padding2d == "same":
         return x.shape[2], x.shape[3]
     pad = (0, 0) if m.padding2d == "valid" else m.padding2d
-    return tuple((x.shape[2 + i] + 2 * pad[i] - m.dilation2d[i] * (m.kernel_size2d[i] - 1) - 1) // m.stride2d[i] + 1
-                 for i in range(2))
+    return tuple(conv_out_sizes(x.shape[2:], m.kernel_size2d, m.stride2d, pad, m.dilation2d))

@@ -308,14 +308,16 @@ def _conv2d_int8(x, packed, colsum, info, scale, zero_point, bias, kernel_size, 
     (kh, kw), (sh, sw) = kernel_size, stride
     if (kh, kw, sh, sw) == (1, 1, 1, 1) and tuple(padding) == (0, 0):
         rows = x.permute(0, 2, 3, 1).reshape(-1, x.shape[1])
-    else:  # im2col rows in the packed K order (group, kh, kw, channel), as modules/conv.py
+    else:  # im2col rows in the packed K order (group, kh, kw, channel): the same rows as modules/conv.py's
         cols = F.unfold(x, tuple(kernel_size), tuple(dilation), tuple(padding), tuple(stride))
         cols = cols.reshape(batch, groups, x.shape[1] // groups, kh * kw, -1)
         rows = cols.permute(0, 4, 1, 3, 2).reshape(-1, cols.shape[1] * cols.shape[2] * cols.shape[3])
     outs = [_linear_int8_kernel(rows[:, g * k:(g + 1) * k], packed, colsum, info, scale, zero_point, bias, g, False)
             for g in range(groups)]
     y = outs[0] if groups == 1 else torch.cat(outs, dim=1)
-    return y.reshape(batch, out_h, out_w, out_channels).permute(0, 3, 1, 2).contiguous()
+    # NCHW strides as eager's and the fake's (.contiguous() of a one-pixel result would keep the permuted ones)
+    return y.new_empty((batch, out_channels, out_h, out_w)).copy_(
+        y.reshape(batch, out_h, out_w, out_channels).permute(0, 3, 1, 2))
 
 
 def _conv2d_int8_fake(x, packed, colsum, info, scale, zero_point, bias, kernel_size, stride, padding, dilation,

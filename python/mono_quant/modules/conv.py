@@ -134,9 +134,9 @@ class QuantizedConv2d(ReduceRange, QuantizedModule):
     """A Conv2d whose weight is int8 per output channel, or fp16/bf16.
 
     An int8 weight is also packed per group for the int8 matmul kernels
-    (docs/formats.md); forward then runs im2col (a plain reshape for 1x1,
-    stride 1, no padding) into the same dynamic int8 or weight-only matmul as
-    QuantizedLinear, or, dynamic with one group and symmetric weights, the
+    (docs/formats.md); forward then runs im2col (for a 1x1 without padding the
+    pixels, every s-th at stride s; one-pixel images' NCHW bytes as they are) into the
+    same dynamic int8 or weight-only matmul as QuantizedLinear, or, dynamic with one group and symmetric weights, the
     direct int8 conv kernel on the same packed weight (no im2col; the same
     bits, ``kernels.dynamic_conv``).  Depthwise convs (one input channel per group), every
     format, run the C float depthwise kernel on the dequantized weight (``kernels.depthwise``);
@@ -389,9 +389,11 @@ class QuantizedConv2d(ReduceRange, QuantizedModule):
         numel = self.weight_numel()
         fill_max = direct_conv.FILL_MAX_ELEMENTS.get(SETTINGS.isa if isa is None else isa, 0)
         one_by_one = tuple(self.kernel_size2d) == (1, 1) and tuple(self.padding2d) == (0, 0)
-        if one_by_one and x.shape[2] * x.shape[3] == 1:  # one-pixel images (any stride): a GEMV on x's bytes
-            return True  # (_ONE_PIXEL; the direct kernel's kept panels: 0.7-0.9 of its speed)
-        pointwise = one_by_one and tuple(self.stride2d) == (1, 1)  # (strided: the direct kernel, 0.85 -> 0.72 packed)
+        if one_by_one and self.groups == 1 and x.shape[2] * x.shape[3] == 1:
+            return True  # one-pixel images, any stride: _ONE_PIXEL's GEMV on x's bytes (the direct kernel: 0.7-0.9x)
+        # (a strided 1x1 stays on the direct kernel where it fits: 208 -> 440 at stride 2 on 8x8, 0.85x fp32's
+        # speed there, 0.72x as packed pixels)
+        pointwise = one_by_one and tuple(self.stride2d) == (1, 1)
         return not (self._direct_fits(x, isa) and (numel <= layer_cache.SMALL_WEIGHT_ELEMENTS or (
             not pointwise and pixels * direct_conv.FILL_ELEMENTS_PER_PIXEL >= numel and numel < fill_max)))
 
