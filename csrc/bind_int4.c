@@ -97,10 +97,10 @@ PyDoc_STRVAR(q4_linear_doc,
              "x @ W.T (+ bias) with W the int4 weight, streamed packed; x is 2-D float32 or\n"
              "int16 bf16 bits [m, cols]; bias float32 [rows] or None.  int8_activations: 0 keeps\n"
              "fp32 activations (weights dequantized in registers), 1 quantizes activations to\n"
-             "int8 per group for integer dot products (needs group and the padded row to be\n"
-             "multiples of 128, group <= 4096), -1 picks int8 where the active kernel level has\n"
-             "an integer kernel (AVX2, AVX-512 VNNI), the\n"
-             "shape allows and the batch is at least q4_int8_min_m() rows.");
+             "int8 per group for integer dot products (needs group to be a multiple of 128,\n"
+             "at most 4096; a row not of whole 128-column chunks runs on a copy that is), -1 picks\n"
+             "int8 where the active kernel level has an integer kernel (AVX2, AVX-512 VNNI), the\n"
+             "shape allows and the batch is at least q4_int8_min_m() rows (2 for a copied row).");
 
 static PyObject *py_q4_linear(PyObject *self, PyObject *args, PyObject *kw) {
     static char *kwlist[] = {"x", "packed", "scale", "zero_point", "group", "bias", "int8_activations", "nthreads",
@@ -129,8 +129,8 @@ static PyObject *py_q4_linear(PyObject *self, PyObject *args, PyObject *kw) {
         goto done;
     if (act_mode == 1 && !mq_q4_int8_ok(kpad, group)) {
         PyErr_Format(PyExc_ValueError,
-                     "int8 activations need group and the padded row (%zd) to be multiples of 128, group <= 4096; "
-                     "got group %lld", (Py_ssize_t)kpad, group);
+                     "int8 activations need the group to be a multiple of 128, at most 4096 (the row, %zd columns "
+                     "padded, any multiple of 32); got group %lld", (Py_ssize_t)kpad, group);
         goto done;
     }
     if (!mq_bias_in(&refs, b_obj, rows, "rows", &bias)) goto done;

@@ -933,7 +933,8 @@ void mq_q4_dequantize(const uint8_t *packed, const uint16_t *scale, const uint8_
                       int64_t group, int64_t cols, float *dst, int nthreads);
 /* y[m][rows] (+ bias) = x[m][cols] @ W^T; x fp32 or bf16 (kind).
  * act_mode: 0 fp32 activations; 1 int8 activations (the reference kernel
- * where the ISA has no integer one; needs mq_q4_int8_ok); -1 automatic
+ * where the ISA has no integer one; needs mq_q4_int8_ok: a row not of whole
+ * MQ_Q4_I8_CHUNK columns runs on a copy in whole chunks, the same bits); -1 automatic
  * (int8 where the ISA has an integer kernel and the shape allows it).
  * Returns 0, or -1 when out of memory. */
 int mq_q4_linear(const void *x, mq_src_t kind, int64_t m, int64_t cols, const uint8_t *packed,

@@ -3,7 +3,7 @@ on inputs built for the edges of the activation quantizer (q4_act_i8: NaN / Inf
 groups, all-zero groups, halfway roundings, huge and subnormal values) and of the
 batch-1 GEMV (4 rows a quarter of the range apart, the 1-3 rows past whole steps, thread
 ranges, a last group shorter than the others, a split's last range of 1-3 weight rows, a layer
-of 1-3 rows)."""
+of 1-3 rows), and rows not of whole 128-column chunks (run on a copy that is)."""
 import numpy as np
 import pytest
 import torch
@@ -151,3 +151,51 @@ def test_a_layer_of_fewer_rows_than_a_step(rows, m, nthreads):
         with at_isa(kernel):
             got = _C.q4_linear(*args, bias=bias, int8_activations=1, nthreads=nthreads)
         np.testing.assert_array_equal(got, want, err_msg=kernel)
+
+
+def _in_whole_chunks(x, qw):
+    """x and the packed weight widened to whole 128-column chunks: zero activations, zero codes."""
+    kpad = qw.qdata.shape[1] * 2
+    kw = -(-kpad // 128) * 128
+    xw = np.zeros((x.shape[0], kw), np.float32)
+    xw[:, :x.shape[1]] = x
+    packed = np.zeros((qw.qdata.shape[0], kw // 2), np.uint8)
+    packed[:, :kpad // 2] = qw.qdata.numpy()
+    return xw, packed
+
+
+@pytest.mark.parametrize("nthreads", [1, 2])
+@pytest.mark.parametrize("m", [1, 2, 5, 64])
+@pytest.mark.parametrize("rows,cols,group", [(440, 440, 128), (37, 208, 128), (9, 96, 128), (70, 200, 256),
+                                              (5, 33, 128), (18, 1100, 512)])
+def test_a_row_not_of_whole_chunks_is_the_layer_widened_to_them(rows, cols, group, m, nthreads):
+    """in_features 440, 208, 96 ... (kpad not a multiple of 128): int8 activations run on a copy of the
+    weight in whole 128-column chunks, the activations zero-padded (their codes 0: nothing added to a
+    product or a group's code sum; a group's maximum its real columns'): bit for bit the call on the
+    layer widened to whole chunks by hand, at every kernel; the automatic mode takes it from 2 rows
+    (1 row: fp32 activations) where the level has an integer kernel."""
+    qw = _weight(rows, cols, group, rows + cols)
+    assert qw.qdata.shape[1] * 2 % 128  # (not whole chunks)
+    rng = np.random.default_rng(m + cols)
+    x = (rng.standard_normal((m, cols)) * np.linspace(0.1, 3, cols)).astype(np.float32)
+    x[0, -(cols % group or group):] *= 100  # the short last group's maximum: its own real columns
+    if m > 1:
+        x[1, :] = 0  # an all-zero row
+    if m > 2:
+        x[2, cols - 1] = np.nan  # a NaN in the last group: that row NaN
+    xw, packed = _in_whole_chunks(x, qw)
+    scale, zero = qw.scale.numpy(), qw.zero_point.numpy()
+    bias = np.random.default_rng(rows).standard_normal(rows).astype(np.float32)
+    for kernel in KERNELS:
+        with at_isa(kernel):
+            got = _C.q4_linear(x, qw.qdata.numpy(), scale, zero, qw.group, bias=bias, int8_activations=1,
+                               nthreads=nthreads)
+            want = _C.q4_linear(xw, packed, scale, zero, qw.group, bias=bias, int8_activations=1, nthreads=nthreads)
+            auto = _C.q4_linear(x, qw.qdata.numpy(), scale, zero, qw.group, bias=bias, nthreads=nthreads)
+            fp32 = _C.q4_linear(x, qw.qdata.numpy(), scale, zero, qw.group, bias=bias, int8_activations=0,
+                                nthreads=nthreads)
+        np.testing.assert_array_equal(got, want, err_msg=kernel)
+        if kernel != "scalar" and m >= 2:
+            np.testing.assert_array_equal(auto, got, err_msg=kernel)
+        elif kernel == "scalar" or m == 1:
+            np.testing.assert_array_equal(auto, fp32, err_msg=kernel)

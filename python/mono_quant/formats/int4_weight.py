@@ -241,8 +241,9 @@ BLAS_MAX_OUT_FEATURES = INT4_BLAS_MAX_OUT_FEATURES
 def set_int8_activations(enabled: bool) -> bool:
     """Allow (default) or forbid the int8-activation kernel; returns the previous setting.
 
-    Where the group size and padded input size are multiples of 128 (up to
-    4096) and the CPU has AVX2 or AVX-512 VNNI, int4_linear quantizes the
+    Where the group size is a multiple of 128 (up to 4096; a padded input size
+    not of whole 128 columns from 2 rows on, through a copy of the weight in
+    whole 128 columns) and the CPU has AVX2 or AVX-512 VNNI, int4_linear quantizes the
     activations to int8 per (row, group) (absmax scale) and uses integer dot
     products: up to ~2x faster than dequantizing to fp32 in registers, adding
     ~0.5% relative noise, well below int4 weight noise (~20 dB SQNR).

@@ -339,14 +339,15 @@ def int8_weight_only_blas_rows(rows: int, in_features: int, isa: str) -> bool:
 INT4_BLAS_MIN_ROWS = {"scalar": _NEVER, "avx2": _NEVER, "avx512": 1024 if BLAS_AVX512 else _NEVER}
 INT4_BLAS_MAX_OUT_FEATURES = {"scalar": 0, "avx2": 0, "avx512": _NEVER if BLAS_AVX512 else 0}
 
-#: the int8-activation int4 kernels' shape condition (mq_q4_int8_ok): the padded input width and
-#: the group multiples of 128, the group at most 4096
+#: the int8-activation int4 kernels' shape condition (mq_q4_int8_ok): the group a multiple of 128, at
+#: most 4096 (a padded width not of whole 128-column chunks runs on a copy that is, from 2 rows)
 INT4_INT8_CHUNK, INT4_INT8_MAX_GROUP = 128, 4096
 
 
 def int4_int8_activations_fit(kpad: int, group: int) -> bool:
-    """Whether an int4 weight of padded width ``kpad`` and group ``group`` can take int8 activations."""
-    return kpad % INT4_INT8_CHUNK == 0 and group % INT4_INT8_CHUNK == 0 and group <= INT4_INT8_MAX_GROUP
+    """Whether an int4 weight of padded width ``kpad`` (a multiple of 32) and group ``group`` can take
+    int8 activations."""
+    return kpad % 32 == 0 and group % INT4_INT8_CHUNK == 0 and group <= INT4_INT8_MAX_GROUP
 
 
 def int4_takes_blas(rows: int, out_features: int, kpad: int, group: int, isa: str, int8_activations: bool,
