@@ -65,6 +65,11 @@ def test_small_layers_keep_their_format(tmp_path, dtype, layer, stored):
            if int(torch.tensor(t.dims).prod()) >= weight_numel // 2]
     assert stored in big and "FLOAT" not in big, big
     with torch.no_grad():
+        if dtype == "int4":  # eager's int4 layers quantize activations to int8 per (row, group) where the graph
+            # keeps them float (docs/ecosystem.md): the documented ~0.5% activation noise; float activations: exact
+            y = qmodel(x)
+            assert float((_ort(path, x) - y).norm() / y.norm()) < 1e-2
+            qmodel[0].set_activations(None)
         assert torch.allclose(_ort(path, x), qmodel(x), atol=1e-4, rtol=1e-4)
 
 
