@@ -63,5 +63,5 @@ def test_int8_activation_limits_follow_the_layout():
         if ok:
             assert _C.q4_linear(x, packed, scale, zero, group, int8_activations=1).shape == (1, 2)
         else:
-            with pytest.raises(ValueError, match="multiples of 128"):
+            with pytest.raises(ValueError, match="a multiple of 128, at most 4096"):
                 _C.q4_linear(x, packed, scale, zero, group, int8_activations=1)
