@@ -34,6 +34,7 @@ from typing import Optional
 import torch
 
 from .. import _C
+from .layout import INT4_BLOCK
 
 __all__ = ["BLAS_AVX512", "L1D_BYTES", "SMALL_L1D", "l1d_bytes", "HALF_KERNEL_MAX_ROWS", "U8_KERNEL_MAX_ROWS", "U8_PANEL_MAX_ROWS",
            "U8_PANEL_MAX_IN_FEATURES", "uint8_path", "HALF_PANEL_MAX_ROWS",
@@ -345,9 +346,9 @@ INT4_INT8_CHUNK, INT4_INT8_MAX_GROUP = 128, 4096
 
 
 def int4_int8_activations_fit(kpad: int, group: int) -> bool:
-    """Whether an int4 weight of padded width ``kpad`` (a multiple of 32) and group ``group`` can take
-    int8 activations."""
-    return kpad % 32 == 0 and group % INT4_INT8_CHUNK == 0 and group <= INT4_INT8_MAX_GROUP
+    """Whether an int4 weight of padded width ``kpad`` (whole INT4_BLOCK blocks) and group ``group`` can
+    take int8 activations."""
+    return kpad % INT4_BLOCK == 0 and group % INT4_INT8_CHUNK == 0 and group <= INT4_INT8_MAX_GROUP
 
 
 def int4_takes_blas(rows: int, out_features: int, kpad: int, group: int, isa: str, int8_activations: bool,

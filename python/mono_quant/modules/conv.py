@@ -341,6 +341,12 @@ class QuantizedConv2d(ReduceRange, QuantizedModule):
                                                      reduce_range=self.reduce_range)
         return out
 
+    def _one_pixel_1x1(self, x: torch.Tensor) -> bool:
+        """A one-group 1x1 conv without padding on one-pixel images (a squeeze-excitation's): its rows are x's
+        bytes (concrete sizes)."""
+        return (self.groups == 1 and x.shape[2] * x.shape[3] == 1 and tuple(self.kernel_size2d) == (1, 1)
+                and tuple(self.padding2d) == (0, 0))
+
     def _output_pixels(self, shape):
         """batch x out_h x out_w of this conv on an input of sizes ``shape`` (ints or symbolic sizes)."""
         pixels = shape[0]
@@ -396,12 +402,12 @@ class QuantizedConv2d(ReduceRange, QuantizedModule):
         # packed: 440 -> 440 0.83 -> 0.96, 320 -> 1280 0.82 -> 1.02, 960 -> 160 0.79 -> 0.82
         numel = self.weight_numel()
         fill_max = direct_conv.FILL_MAX_ELEMENTS.get(SETTINGS.isa if isa is None else isa, 0)
-        one_by_one = tuple(self.kernel_size2d) == (1, 1) and tuple(self.padding2d) == (0, 0)
-        if one_by_one and self.groups == 1 and x.shape[2] * x.shape[3] == 1:
+        if self._one_pixel_1x1(x):
             return True  # one-pixel images, any stride: _ONE_PIXEL's GEMV on x's bytes (the direct kernel: 0.7-0.9x)
         # (a strided 1x1 stays on the direct kernel where it fits: 208 -> 440 at stride 2 on 8x8, 0.85x fp32's
         # speed there, 0.72x as packed pixels)
-        pointwise = one_by_one and tuple(self.stride2d) == (1, 1)
+        pointwise = (tuple(self.kernel_size2d) == (1, 1) and tuple(self.stride2d) == (1, 1)
+                     and tuple(self.padding2d) == (0, 0))
         return not (self._direct_fits(x, isa) and (numel <= layer_cache.SMALL_WEIGHT_ELEMENTS or (
             not pointwise and pixels * direct_conv.FILL_ELEMENTS_PER_PIXEL >= numel and numel < fill_max)))
 
@@ -516,9 +522,8 @@ class QuantizedConv2d(ReduceRange, QuantizedModule):
                                       self.dilation2d, packed[2][3].any())):
                 call = (packed[2], (tuple(self.kernel_size2d), tuple(self.stride2d), tuple(self.padding2d),
                                     tuple(self.dilation2d), self.groups), True)
-        if (route is _PACKED and x.dtype == torch.float32 and self.activations != "dynamic" and self.groups == 1
-                and x.shape[2] == x.shape[3] == 1 and tuple(self.kernel_size2d) == (1, 1)
-                and tuple(self.padding2d) == (0, 0) and self.padding_mode == "zeros"):
+        if (route is _PACKED and x.dtype == torch.float32 and self.activations != "dynamic"
+                and self.padding_mode == "zeros" and self._one_pixel_1x1(x)):
             # a squeeze-excitation's 1x1 conv: _packed_conv's rows and call without its ~10 us of Python
             route, call = _ONE_PIXEL, packed[1][0]
         if route is _DIRECT:  # the panels: kept for a small weight (in place of its float copy), else filled per call
