@@ -169,3 +169,16 @@ def test_embedding_index_dtypes_like_nn_embedding(dtype, name):
     if want is not None:
         assert got.shape == want.shape and got.dtype == want.dtype
         assert torch.equal(got, qemb(idx.long()))
+
+
+@pytest.mark.parametrize("fmt", [dict(dtype="int8"), dict(dtype="int8", activations=None), dict(dtype="uint8"),
+                                 dict(dtype="int4"), dict(dtype="fp16"), dict(dtype="bf16")],
+                         ids=["int8-dynamic", "int8-weight-only", "uint8", "int4", "fp16", "bf16"])
+def test_an_empty_batch_gives_the_float_layers_strides(fmt):
+    """(uint8 returned strides (0, 0) for 0 rows: torch.from_numpy of an empty array)"""
+    net = nn.Linear(208, 17).eval()
+    qnet, _ = mq.quantize(net, **fmt)
+    for x in (torch.randn(0, 208), torch.randn(0, 3, 208), torch.randn(3, 0, 208)):
+        with torch.no_grad():
+            got, want = qnet(x), net(x)
+        assert got.shape == want.shape and got.stride() == want.stride()

@@ -103,3 +103,26 @@ def test_dynamic_shapes_and_jit_trace_decide_the_rule_as_eager():
             warnings.simplefilter("ignore")
             traced = torch.jit.trace(q, example)
         assert torch.equal(traced(example), q(example))
+
+
+@pytest.mark.parametrize("layer, shape", [((208, 440, 1, 2, 0), (2, 208, 8, 8)), ((256, 512, 3, 1, 1), (1, 256, 4, 4)),
+                                          ((512, 512, 1, 1, 0), (1, 512, 4, 4))], ids=["strided-1x1", "3x3", "1x1"])
+def test_traced_and_autograd_rows_give_eagers_nchw_strides(layer, shape):
+    """The traced rows route (jit.trace, export, autograd) gave channels_last strides for a contiguous x
+    (its transposed rows), where eager and torch's conv give NCHW: ``y.view(batch, -1)`` then raised."""
+    cin, cout, k, stride, padding = layer
+    torch.manual_seed(5)
+    conv = nn.Conv2d(cin, cout, k, stride=stride, padding=padding).eval()
+    q = _quantized(conv)
+    x = torch.randn(*shape)
+    with torch.no_grad():
+        eager = q(x)
+        assert _route(q) == "int4 rows"
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            traced = torch.jit.trace(q, (x,), check_trace=False)(x)
+        exported = torch.export.export(q, (x,)).module()(x)
+    graded = q(x.clone().requires_grad_(True))
+    for y in (eager, traced, exported, graded):
+        assert y.stride() == conv(x).stride()
+        torch.testing.assert_close(y.detach(), eager, rtol=0, atol=0)

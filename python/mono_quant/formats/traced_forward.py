@@ -199,7 +199,8 @@ def _int4_rows_conv(m, x: torch.Tensor, bias) -> torch.Tensor:
     rows = F.unfold(x, (kh, kw), (dh, dw), (ph, pw), (sh, sw)).transpose(1, 2).reshape(-1, x.shape[1] * kh * kw)
     y = torch.ops.mono_quant.int4_linear(rows.contiguous(), m.weight_qdata, m.weight_scale, m.weight_zero_point,
                                          bias, _int4_group(m), m.activations == "dynamic" and _int4_int8_activations())
-    return y.reshape(x.shape[0], out_h * out_w, m.out_channels).transpose(1, 2).reshape(
+    # (contiguous NCHW as eager's: the transposed rows would read as channels_last, which the caller keeps)
+    return y.reshape(x.shape[0], out_h * out_w, m.out_channels).transpose(1, 2).contiguous().view(
         x.shape[0], m.out_channels, out_h, out_w)
 
 

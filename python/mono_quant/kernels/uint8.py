@@ -53,6 +53,8 @@ def uint8_linear(x2d: torch.Tensor, qdata: torch.Tensor, scale: torch.Tensor, ze
     (each channel's sum scaled once), or ``F.linear`` on the dequantized weight: equal to fp32
     rounding."""
     x = x2d if x2d.dtype == torch.float32 else x2d.float()
+    if x.shape[0] == 0:  # (torch.from_numpy of an empty array has strides (0, 0); F.linear gives (n, 1))
+        return x.new_empty((0, qdata.shape[0]))
     path = uint8_path(x.shape[0], x.shape[-1], SETTINGS.isa)
     if path == "torch":
         return F.linear(x, dequantize_rows(qdata, scale, zero_point), None if bias is None else bias.detach().float())
