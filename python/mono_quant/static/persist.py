@@ -58,10 +58,10 @@ _STATIC_CLASSES = {c.__name__: c for c in (StaticConv2d, StaticConv1d, StaticLin
                                            *ELTWISE_CLASSES)}
 _FUNCTIONS = {f"{mod}.{f.__name__}": f for mod, fs in (
     ("torch", (torch.flatten, torch.cat, torch.relu, torch.add, torch.mul, torch.sigmoid, torch.tanh,
-               torch.reshape, torch.mean, torch.sum)),
+               torch.reshape, torch.mean, torch.sum, torch.permute)),
     ("operator", (operator.add, operator.mul, operator.getitem, operator.sub, operator.truediv, operator.iadd)),
     ("torch.nn.functional", (F.relu, F.relu6, F.adaptive_avg_pool2d, F.avg_pool2d, F.max_pool2d, F.hardswish,
-                             F.silu, F.gelu, F.sigmoid, F.softmax, F.dropout, F.interpolate)),
+                             F.silu, F.gelu, F.sigmoid, F.softmax, F.dropout, F.interpolate, F.layer_norm)),
 ) for f in fs}
 _FUNCTION_NAMES = {id(f): name for name, f in _FUNCTIONS.items()}
 _OUT_OF_PLACE = {operator.iadd: operator.add}  # (a += b writes a tensor a in place)
@@ -148,8 +148,23 @@ def _layer_entry(name: str, m: nn.Module) -> dict:
                     f"{', '.join(sorted(FLOAT_BY_NAME))})")
 
 
-def _program_entry(entry: tuple) -> dict:
+#: the dtypes a constant tensor of the program (fx's get_attr: a LayerNorm2d's weight, a layer scale) is saved in
+_CONSTANT_DTYPES = {str(d).replace("torch.", ""): d for d in (torch.float32, torch.float16, torch.bfloat16,
+                                                               torch.float64)}
+
+
+def _program_entry(entry: tuple, constants: Dict[str, torch.Tensor]) -> dict:
+    """One op's manifest entry; a constant's tensor goes to ``constants`` (saved as ``constants.<op>``)."""
     name, kind, inputs, call = entry
+    if kind == "call" and call[0] == "get_attr":  # a float tensor the model's forward reads: saved with its dtype
+        value = call[1]
+        if not isinstance(value, torch.Tensor) or str(value.dtype).replace("torch.", "") not in _CONSTANT_DTYPES:
+            raise TypeError(f"cannot save static model: op {name!r} reads a constant "
+                            f"{getattr(value, 'dtype', type(value).__name__)}, which a file holds only as a float "
+                            f"tensor ({', '.join(_CONSTANT_DTYPES)})")
+        constants[name] = value.detach().to("cpu").contiguous().clone()
+        return {"name": name, "kind": "constant", "inputs": [], "dtype": str(value.dtype).replace("torch.", ""),
+                "shape": list(value.shape)}
     out = {"name": name, "kind": kind, "inputs": list(inputs)}
     if kind == "output":
         out["structure"] = encode_value(call)
@@ -169,7 +184,7 @@ def _program_entry(entry: tuple) -> dict:
             if target not in _METHODS:
                 raise TypeError(f"cannot save static model: op {name!r} calls the tensor method {target!r}")
         else:
-            raise TypeError(f"cannot save static model: op {name!r} is a {how} (a constant tensor)")
+            raise TypeError(f"cannot save static model: op {name!r} is a {how}")
         out["call"] = {"how": how, "target": target, "args": encode_value(args), "kwargs": encode_value(kwargs)}
     return out
 
@@ -184,8 +199,9 @@ def save_static(model: StaticGraphModel, path, overwrite: bool = True) -> Path:
     if not isinstance(model, StaticGraphModel):
         raise TypeError(f"save_static takes a StaticGraphModel, got {type(model).__name__}")
     layers = {name: _layer_entry(name, m) for name, m in model.layers.items()}
-    program = [_program_entry(e) for e in model.program]
-    tensors = {}
+    constants: Dict[str, torch.Tensor] = {}
+    program = [_program_entry(e, constants) for e in model.program]
+    tensors = {f"constants.{name}": t for name, t in constants.items()}
     for name, m in model.layers.items():
         for key, t in m.state_dict(keep_vars=False).items():
             if key == EXTRA_STATE:  # (the manifest holds the layer's constants)
@@ -330,6 +346,17 @@ def _check_call(op: str, how: str, args, kwargs, inputs: List[str]) -> None:
         raise CheckpointError(f"op {op!r}: its call's arguments do not read its inputs {inputs}")
 
 
+def _check_output_reads_an_input(program: List[tuple]) -> None:
+    """Refuse a program whose output no input reaches (through the ops' inputs): its model would answer
+    constants, whatever it is given (a file's constants and input-free calls are such roots)."""
+    reached = set()
+    for name, kind, inputs, _ in program:
+        if kind == "input" or any(i in reached for i in inputs):
+            reached.add(name)
+        if kind == "output" and name not in reached:
+            raise CheckpointError(f"op {name!r}: the output reads no value computed from the model's inputs")
+
+
 def _replayed_call(op: str, how: str, target, args, kwargs):
     """``(target, args, kwargs)`` of a call as the program replays it: out of place (the same values;
     an in-place call could write the caller's input tensor, which a program's first op receives as
@@ -428,6 +455,7 @@ def _read_manifest(manifest, tensors: Dict[str, torch.Tensor]):
         raise CheckpointError(f"format {manifest.get('format')!r}; this version reads {STATIC_FORMAT!r}")
     layers = {str(name): build_layer(str(name), entry, tensors) for name, entry in manifest["layers"].items()}
     claimed = {f"layers.{n}.{k}" for n, e in manifest["layers"].items() for k in e.get("tensors", [])}
+    claimed |= {f"constants.{e['name']}" for e in manifest["program"] if e["kind"] == "constant"}
     if claimed != set(tensors):
         raise CheckpointError(f"tensors in the file {sorted(set(tensors) ^ claimed)} disagree with the manifest")
     program: List[tuple] = []
@@ -446,6 +474,17 @@ def _read_manifest(manifest, tensors: Dict[str, torch.Tensor]):
             program.append((name, "module", inputs, None))
         elif kind == "input":
             program.append((name, "input", [], _input_spec(name, e)))
+        elif kind == "constant":  # a float tensor the forward reads: its dtype and shape as the manifest says
+            dtype, shape = _CONSTANT_DTYPES.get(e["dtype"]), e["shape"]
+            if inputs or dtype is None or not isinstance(shape, list) or not all(
+                    isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape):
+                raise CheckpointError(f"op {name!r}: a constant takes no inputs and has a float dtype "
+                                      f"({', '.join(_CONSTANT_DTYPES)}) and a shape of sizes >= 0")
+            constant = tensors[f"constants.{name}"]
+            _check_tensor(f"op {name!r}", constant, dtype, shape)
+            if not torch.isfinite(constant).all():
+                raise CheckpointError(f"op {name!r}: a constant with NaN or Inf values")
+            program.append((name, "call", [], ("get_attr", constant, (), {})))
         elif kind == "output":
             structure = _decode(e["structure"])
             _check_refs(name, structure, defined)
@@ -472,6 +511,7 @@ def _read_manifest(manifest, tensors: Dict[str, torch.Tensor]):
         defined.add(name)
     if [op[1] for op in program].count("output") != 1 or program[-1][1] != "output":
         raise CheckpointError("the program must end with its one output op")
+    _check_output_reads_an_input(program)
     check_outputs_not_constant(program, layers)
     _check_int8_flow(program, layers)
     return program, layers
