@@ -241,3 +241,33 @@ def test_compile_matches_eager():
     x = torch.randn(2, 32, 6, 6)
     with torch.no_grad():
         assert torch.equal(compiled(x), q(x))
+
+
+@pytest.mark.parametrize("dtype", ["int8", "int4"])
+def test_grouped_convs_of_narrow_groups_take_the_kernel_to_their_own_limit(dtype):
+    """A grouped conv of at most GROUPED_MAX_OUT_CHANNELS channels per group (RegNet's group width 8, ResNeXt's
+    4) takes the kernel up to grouped_max_outputs at the AVX2 level (torch's grouped conv of narrow groups:
+    0.5-0.8x the kernel's speed there); the AVX-512 level keeps MAX_OUTPUTS; wider groups and dense convs too."""
+    regnet = _layer(dtype, cin=208, cout=208, padding=1, groups=26)  # group width 8
+    resnext = _layer(dtype, cin=128, cout=128, padding=1, groups=32)  # 4
+    dense = _layer(dtype, cin=16, cout=16, padding=1)
+    wide = _layer(dtype, cin=128, cout=128, padding=1, groups=4)  # 32
+    assert direct_conv.grouped_max_outputs(26, 8, "avx2") == direct_conv.GROUPED_MAX_OUTPUTS["avx2"] >= 32768
+    assert direct_conv.grouped_max_outputs(32, 4, "avx2") == direct_conv.GROUPED_NARROW_MAX_OUTPUTS["avx2"]
+    assert direct_conv.grouped_max_outputs(1, 8, "avx2") == direct_conv.grouped_max_outputs(4, 32, "avx2") == 0
+    assert direct_conv.grouped_max_outputs(26, 8, "avx512") == direct_conv.grouped_max_outputs(26, 8, "scalar") == 0
+    at_8x8 = torch.randn(1, 208, 8, 8)  # 13312 outputs: past MAX_OUTPUTS for 8 lanes (8192 x 8 / 16)
+    assert regnet._direct_fits(at_8x8, "avx2")
+    assert regnet._direct_fits(torch.randn(1, 208, 17, 17), "avx2") == (208 * 17 * 17 <= 65536)
+    assert not regnet._direct_fits(torch.randn(1, 208, 18, 18), "avx2")  # 67392 outputs
+    assert not regnet._direct_fits(at_8x8, "avx512") and not regnet._direct_fits(at_8x8, "scalar")
+    assert resnext._direct_fits(torch.randn(8, 128, 8, 8), "avx2")  # 65536 outputs at group width 4
+    assert not resnext._direct_fits(torch.randn(8, 128, 8, 8), "avx512")
+    assert not dense._direct_fits(torch.randn(1, 16, 32, 32), "avx2")  # 16384 outputs of a dense conv
+    assert not wide._direct_fits(torch.randn(1, 128, 12, 12), "avx2")  # 18432 outputs, 32 a group
+    from conftest import SUPPORTED, at_isa
+    if "avx2" in SUPPORTED:
+        with at_isa("avx2"), torch.no_grad():
+            y = regnet(at_8x8)
+            assert _route(regnet) == "direct"
+            _close(regnet, y, at_8x8)

@@ -30,7 +30,8 @@ __all__ = ["int8_conv_arrays", "int8_conv_panels", "float_conv_panels", "direct_
            "direct_conv2d_reference", "conv_out_shape", "MAX_OUTPUTS", "LARGE_WEIGHT_OUTPUTS_FACTOR", "FEW_OUT_LANES",
            "MIN_K",
            "FILL_ELEMENTS_PER_PIXEL", "FILL_MAX_ELEMENTS", "SHORT_K", "SHORT_K_MAX_PIXELS", "short_k_fits",
-           "WIDE_ANY_OUTPUTS_ON_THIS_CPU", "WIDE_OUT_CHANNELS", "WIDE_LEVELS", "wide_any_outputs"]
+           "WIDE_ANY_OUTPUTS_ON_THIS_CPU", "WIDE_OUT_CHANNELS", "WIDE_LEVELS", "wide_any_outputs", "GROUPED_MAX_OUTPUTS",
+           "GROUPED_NARROW_MAX_OUTPUTS", "GROUPED_MAX_OUT_CHANNELS", "GROUPED_NARROW_OUT_CHANNELS", "grouped_max_outputs"]
 
 #: the most output elements (batch x out_h x out_w x out_channels) an integer layer's conv (weight-only
 #: int8, int4) runs the direct kernel with, per kernel level: past them torch's conv, batched over more pixels, is as fast or
@@ -86,6 +87,29 @@ SHORT_K_MAX_PIXELS = 256
 WIDE_ANY_OUTPUTS_ON_THIS_CPU = _C.cpu_info().get("vendor") != "GenuineIntel"
 WIDE_OUT_CHANNELS = 64
 WIDE_LEVELS = ("avx512",)
+
+
+#: A grouped conv (groups > 1) of few output channels per group (RegNet's group width 8, ResNeXt's 4) runs
+#: the direct kernel up to this many output elements at the AVX2 level, whatever MAX_OUTPUTS says for its
+#: lanes: torch's grouped conv of narrow groups pays ~90 us a call even on one pixel.  AMD Zen 3 (6 Dec 2026,
+#: time / fp32's conv, 3x3, batch 1 and 8, 8x8 and 32x32 images, 1 / 2 threads), the direct kernel at group
+#: width 8-16: 1.2-4.1x up to 32768 outputs, 0.96-1.4x at 65536, 0.64-3.0x (mostly behind) from 131072;
+#: RegNet-Y-400MF's grouped convs at 128x128 (48 channels on 32x32 ... 440 on 4x4) 1.2-2.1x where torch's conv
+#: on the kept weight ran 0.95-0.99x; at group width 4 1.9-3.3x up to 262144 outputs.  Not measured on
+#: AVX-512 hosts (their MAX_OUTPUTS rule stays).
+GROUPED_MAX_OUTPUTS = {"avx2": 65536}
+GROUPED_NARROW_MAX_OUTPUTS = {"avx2": 262144}
+GROUPED_MAX_OUT_CHANNELS = 16  # per group
+GROUPED_NARROW_OUT_CHANNELS = 4  # per group
+
+
+def grouped_max_outputs(groups: int, out_channels_per_group: int, isa: str) -> int:
+    """The most output elements a grouped conv of ``groups`` groups and ``out_channels_per_group`` runs the
+    direct kernel with at kernel level ``isa`` by GROUPED_MAX_OUTPUTS (0: the rule does not apply)."""
+    if groups < 2 or out_channels_per_group > GROUPED_MAX_OUT_CHANNELS:
+        return 0
+    table = GROUPED_NARROW_MAX_OUTPUTS if out_channels_per_group <= GROUPED_NARROW_OUT_CHANNELS else GROUPED_MAX_OUTPUTS
+    return table.get(isa, 0)
 
 
 def wide_any_outputs(out_channels_per_group: int, isa: str) -> bool:

@@ -543,7 +543,8 @@ class QuantizedConv2d(ReduceRange, QuantizedModule):
         a float32 bias or none, a reduction (in/groups x kh x kw) that direct_conv.short_k_fits and at most
         direct_conv.MAX_OUTPUTS output elements at the active kernel level (more for a weight torch's
         route would dequantize per call; fewer for fewer output channels per group than
-        direct_conv.FEW_OUT_LANES; any number, for direct_conv.wide_any_outputs' wide convs) and a
+        direct_conv.FEW_OUT_LANES; any number, for direct_conv.wide_any_outputs' wide convs; up to
+        direct_conv.grouped_max_outputs for a grouped conv of few channels per group) and a
         zero-padded copy of ``x`` the kernel may make (half_conv.direct_pad_fits: not a padding far past
         the image): small convs, where torch's per-call costs dominate; the scalar level: never.  On the
         shapes, never a timing.  ``isa``: the kernel level (None: the active one; the traced forward
@@ -569,7 +570,9 @@ class QuantizedConv2d(ReduceRange, QuantizedModule):
         if self.weight_numel() > layer_cache.SMALL_WEIGHT_ELEMENTS:  # torch's conv would dequantize it per call
             limit *= direct_conv.LARGE_WEIGHT_OUTPUTS_FACTOR
         lanes = min(self.out_channels // self.groups, direct_conv.FEW_OUT_LANES)  # (few channels: the tile's lanes)
-        return (0 < outputs and (wide or outputs * direct_conv.FEW_OUT_LANES <= limit * max(lanes, 1))
+        grouped = direct_conv.grouped_max_outputs(self.groups, self.out_channels // self.groups, isa)
+        return (0 < outputs and (wide or outputs * direct_conv.FEW_OUT_LANES <= limit * max(lanes, 1)
+                                 or outputs <= grouped)
                 and out_h > 0 and out_w > 0
                 and direct_pad_fits(shape, outputs, (ph, pw)))  # (the kernel copies the image zero-padded)
 
