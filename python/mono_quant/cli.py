@@ -323,19 +323,30 @@ def _warning_line(command: str):
 
 
 class _Terminated(BaseException):
-    """SIGTERM (a cancelled CI job, ``timeout``) raised in the main thread, as Ctrl-C raises
-    KeyboardInterrupt: the files being written are deleted on the way out (io/atomic.py), where
-    the default action ended the process and left its hidden temporary output behind."""
+    """SIGTERM (a cancelled CI job, ``timeout``) or SIGHUP (the terminal or ssh session closed) raised in
+    the main thread, as Ctrl-C raises KeyboardInterrupt: the files being written are deleted on the way
+    out (io/atomic.py), where the default action ended the process and left its hidden temporary output
+    behind.  ``args[0]``: the signal's number."""
 
 
-def _terminate_as_interrupt():
-    """Install the SIGTERM handler; the previous one (None off the main thread: left as it is)."""
+#: the signals that end a command as _Terminated, and what its message says
+_ENDING_SIGNALS = {signal.SIGTERM: "terminated"}
+if hasattr(signal, "SIGHUP"):  # (POSIX)
+    _ENDING_SIGNALS[signal.SIGHUP] = "hangup"
+
+
+def _terminate_as_interrupt() -> dict:
+    """Install the handlers of _ENDING_SIGNALS; the previous ones (none off the main thread: left as
+    they are)."""
     def handler(signum, frame):
-        raise _Terminated()
+        raise _Terminated(signum)
+    previous = {}
     try:
-        return signal.signal(signal.SIGTERM, handler)
+        for signum in _ENDING_SIGNALS:
+            previous[signum] = signal.signal(signum, handler)
     except ValueError:  # not the main thread (main() called from a worker)
-        return None
+        pass
+    return previous
 
 
 def main(argv: Optional[List[str]] = None) -> int:
@@ -346,9 +357,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     previous_format, warnings.formatwarning = warnings.formatwarning, _warning_line(args.command)
     try:
         return handlers[args.command](args)
-    except _Terminated:
-        print(f"mono-quant {args.command}: terminated", file=sys.stderr)
-        return 143
+    except _Terminated as ended:
+        signum = ended.args[0] if ended.args else signal.SIGTERM
+        print(f"mono-quant {args.command}: {_ENDING_SIGNALS.get(signum, 'terminated')}", file=sys.stderr)
+        return 128 + int(signum)
     except KeyboardInterrupt:
         print(f"mono-quant {args.command}: interrupted", file=sys.stderr)
         return 130
@@ -370,5 +382,6 @@ def main(argv: Optional[List[str]] = None) -> int:
         return 1
     finally:
         warnings.formatwarning = previous_format
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
+        for signum, handler in previous.items():
+            if handler is not None:  # (None: a handler set outside Python, which signal cannot restore)
+                signal.signal(signum, handler)

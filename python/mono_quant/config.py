@@ -199,6 +199,10 @@ class QuantConfig:
                 setattr(self, name, [value])  # a single glob or type
             elif value is not None:
                 setattr(self, name, list(value))
+            for entry in getattr(self, name) or ():
+                if not isinstance(entry, (str, type)):
+                    raise ConfigError(f"{origin}: {name} entries must be module-name globs (str) or module types, "
+                                      f"got {entry!r}")
         return self
 
     def _check_combinations(self, origin: str) -> "QuantConfig":

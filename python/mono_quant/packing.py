@@ -177,7 +177,10 @@ def check_packed_module(module) -> Optional[str]:
         return None  # a meta skeleton's buffers hold no values to check
     info = packed_info(module, on_cpu=False)
     if info is None:
-        return "weight_packed / weight_colsum do not have the sizes weight_packed_info describes"
+        raw = getattr(module, "weight_packed_info", None)
+        return (f"weight_packed_info {raw.tolist() if isinstance(raw, torch.Tensor) and raw.numel() <= 8 else raw} "
+                f"is not [layout {PACKED_LAYOUT_VERSION}, out, in, -128 flag 0 or 1, groups], or weight_packed / "
+                f"weight_colsum do not have the sizes it describes")
     n, k, groups = info["out_features"], info["in_features"], info["groups"]
     shape = tuple(getattr(module, "weight_shape", ()))
     if len(shape) < 2 or shape[0] != n or math.prod(shape[1:]) != k or getattr(module, "groups", 1) != groups:
@@ -234,8 +237,8 @@ def packed_info(module, on_cpu: bool = True) -> Optional[dict]:
     if len(values) != 5 or values[0] != PACKED_LAYOUT_VERSION:
         return None
     _, out_features, in_features, has_m128, groups = values
-    if groups < 1 or out_features < 1 or in_features < 1 or out_features % groups:
-        return None
+    if groups < 1 or out_features < 1 or in_features < 1 or out_features % groups or has_m128 not in (0, 1):
+        return None  # (the -128 flag is 0 or 1 as packing writes it: anything else is a damaged file)
     size_g, rows_g = int8_packed_sizes(out_features // groups, in_features)
     if (packed.dtype != torch.int8 or packed.dim() != 1 or packed.numel() != groups * size_g
             or colsum.dtype != torch.int32 or colsum.dim() != 1 or colsum.numel() != groups * rows_g):

@@ -317,3 +317,24 @@ def test_warnings_print_as_one_line_of_the_command(tmp_path, capsys):
 
     with pytest.warns(NothingQuantizedWarning):  # (a caller recording warnings still gets them)
         main(["quantize", str(path), "-o", str(tmp_path / "q2.safetensors")])
+
+
+def test_compare_says_which_file_a_damaged_tensor_is_in(tmp_path, capsys):
+    """A tensor's checks at its first read name the layer and the field; with two files, compare names
+    the file too (mq.load did, compare did not)."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+    torch.manual_seed(0)
+    qmodel, _ = mq.quantize(nn.Sequential(nn.Linear(32, 64)), dtype="int8")
+    good, bad = tmp_path / "good.safetensors", tmp_path / "bad.safetensors"
+    mq.save(qmodel, good)
+    with safe_open(str(good), framework="pt") as f:
+        meta, tensors = f.metadata(), {k: f.get_tensor(k) for k in f.keys()}
+    key = next(k for k in tensors if k.endswith("weight_scale"))
+    tensors[key] = tensors[key].clone()
+    tensors[key][0] = float("nan")
+    save_file(tensors, str(bad), metadata=meta)
+    for args in ([str(good), str(bad)], [str(bad), str(good)]):
+        assert main(["compare", *args]) == 1
+        err = capsys.readouterr().err
+        assert f"mono-quant compare: error: {bad}: layer '0': weight_scale[0] = nan" in err, err

@@ -1,8 +1,12 @@
-"""SIGTERM (a cancelled CI job, `timeout`) during a command: exit 143 and the hidden temporary
-output deleted, as Ctrl-C does (the default action left it behind in the destination folder)."""
+"""SIGTERM (a cancelled CI job, `timeout`) or SIGHUP (the terminal or ssh session closed) during a
+command: exit 143 / 129 and the hidden temporary output deleted, as Ctrl-C does (the default action
+left it behind in the destination folder)."""
 import os
+import signal
 import subprocess
 import sys
+
+import pytest
 
 SCRIPT = r"""
 import os, signal, sys, time
@@ -13,7 +17,7 @@ def write_then_terminated(args):
     with atomic_output(os.path.join(sys.argv[1], "out.safetensors")) as tmp:
         with open(tmp, "wb") as f:
             f.write(b"x" * 4096)
-        os.kill(os.getpid(), signal.SIGTERM)
+        os.kill(os.getpid(), getattr(signal, sys.argv[2]))
         time.sleep(30)  # the handler raises before this ends
     return 0
 
@@ -22,8 +26,10 @@ sys.exit(cli.main(["demo"]))
 """
 
 
-def test_sigterm_deletes_the_temporary_output(tmp_path):
-    done = subprocess.run([sys.executable, "-c", SCRIPT, str(tmp_path)], capture_output=True, text=True, timeout=60)
-    assert done.returncode == 143, done.stderr
-    assert "terminated" in done.stderr
+@pytest.mark.parametrize("name, status, message", [("SIGTERM", 143, "terminated"), ("SIGHUP", 129, "hangup")])
+def test_the_signal_deletes_the_temporary_output(tmp_path, name, status, message):
+    done = subprocess.run([sys.executable, "-c", SCRIPT, str(tmp_path), name], capture_output=True, text=True,
+                          timeout=60)
+    assert done.returncode == status, done.stderr
+    assert f"mono-quant demo: {message}" in done.stderr
     assert os.listdir(tmp_path) == []

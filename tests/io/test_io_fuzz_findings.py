@@ -179,3 +179,19 @@ def test_describe_of_a_truncated_file_is_a_load_error(files, tmp_path):
         path.write_bytes(raw[:size])
         with pytest.raises(mq.CheckpointError):
             describe(path)
+
+
+@pytest.mark.parametrize("flag", [2, -1, 255])
+@pytest.mark.parametrize("file", ["per_channel", "checkpoint"])
+def test_a_minus_128_flag_other_than_0_or_1_is_refused(files, tmp_path, file, flag):
+    """weight_packed_info[3] (the packed weight holds a -128) is 0 or 1 as packing writes it; 2 loaded.  (Without
+    a model, load checks the packed buffers when a module is built from them: dequantize ignores the flag.)"""
+    header, data = split_file(files[file])
+    begin, end = header["fc1.weight_packed_info"]["data_offsets"]
+    info = torch.frombuffer(bytearray(data[begin:end]), dtype=torch.int32).clone()
+    info[3] = flag
+    out = tmp_path / "flag.safetensors"
+    write_file(out, header, data[:begin] + info.numpy().tobytes() + data[end:])
+    with pytest.raises(mq.CheckpointError, match=rf"layer 'fc1': bad packed int8 weight: weight_packed_info "
+                                                 rf"\[1, 16, 32, {flag}, 1\] (is not|does not describe)"):
+        mq.load(out, model=Net())

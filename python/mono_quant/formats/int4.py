@@ -17,12 +17,10 @@ from .base import WeightFormat
 from .embedding_table import kept_table
 from .checks import check_scales, first_bad, is_int, need, spec, value_at
 from .int4_call import kept_int4_linear
-from .int4_weight import INT4_BLOCK, Int4Weight, effective_group, int4_linear, quantize_int4, unpack_int4
+from .int4_weight import INT4_BLOCK, MAX_GROUP_SIZE, Int4Weight, effective_group, int4_linear, quantize_int4, unpack_int4
 
 __all__ = ["Int4Format"]
 
-#: The largest group the C kernels take (mq_q4_check_group): 2^30 columns.
-MAX_GROUP_SIZE = 1 << 30
 
 
 class Int4Format(WeightFormat):

@@ -30,6 +30,7 @@ from ..kernels.reference import q4_dequantize
 from ..tensor import QuantizedWeight, no_data_reason, sqnr_db
 
 __all__ = [
+    "MAX_GROUP_SIZE",
     "Int4Weight",
     "quantize_int4",
     "quantize_int4_rows",
@@ -61,15 +62,20 @@ def effective_group(cols: int, group_size: Optional[int]) -> int:
     return group_size
 
 
+#: The largest group the C kernels take (mq_q4_check_group): 2^30 columns.
+MAX_GROUP_SIZE = 1 << 30
+
+
 def check_group_size(group_size) -> Optional[int]:
     """Validate a group size: None (per-channel) or a positive multiple of 32 (any integer
     type: ``np.int64(64)`` too; not a bool or a float).  Returns it as a Python int."""
     if group_size is None:
         return None
     size = as_int(group_size)
-    if size is None or size <= 0 or size % INT4_BLOCK:
+    if size is None or size <= 0 or size % INT4_BLOCK or size > MAX_GROUP_SIZE:
         raise ConfigError(f"int4 group_size must be a positive multiple of {INT4_BLOCK} (32, 64, 128, 256, ...) "
-                         f"or None for one group per output channel, got {group_size!r}")
+                         f"up to {MAX_GROUP_SIZE} (2^30), or "
+                         f"None for one group per output channel, got {group_size!r}")
     return size
 
 

@@ -10,6 +10,7 @@ import torch
 from ..tensor import sqnr_db
 from .checkpoint import CheckpointReader
 from .dtypes import dtype_name
+from .errors import CheckpointError
 from .load import dequantize_layer
 from .rebuild import float_weight_shape
 from .composite_names import composite_key_map
@@ -128,9 +129,9 @@ def compare(a, b) -> Dict[str, Any]:
     "shape mismatch".  Raises CheckpointError / FileNotFoundError for
     unreadable inputs.
     """
-    view_a = FloatView(a)
+    view_a = _named(a, FloatView, a)
     try:
-        view_b = FloatView(b)
+        view_b = _named(b, FloatView, b)
     except BaseException:
         view_a.close()
         raise
@@ -148,7 +149,7 @@ def compare(a, b) -> Dict[str, Any]:
                 if view_b.shape(key) != row["shape"]:
                     row["status"] = "shape mismatch"
                 else:
-                    row["sqnr_db"] = _sqnr(view_a.get(key), view_b.get(key))
+                    row["sqnr_db"] = _sqnr(_named(a, view_a.get, key), _named(b, view_b.get, key))
             rows.append(row)
         names_a = set(view_a.keys())
         for key in view_b.keys():
@@ -170,6 +171,18 @@ def compare(a, b) -> Dict[str, Any]:
     }
     totals["ratio"] = totals["bytes_b"] / totals["bytes_a"] if totals["bytes_a"] else None
     return {"a": os.fspath(a), "b": os.fspath(b), "rows": rows, "totals": totals}
+
+
+def _named(path, call, *args):
+    """``call(*args)``, a CheckpointError it raises naming ``path`` (a tensor's checks at first read name the
+    layer and field only; with two files, which one is not clear)."""
+    try:
+        return call(*args)
+    except CheckpointError as exc:
+        where = os.fspath(path)
+        if str(exc).startswith(f"{where}:"):
+            raise
+        raise CheckpointError(f"{where}: {exc}") from None
 
 
 _CHUNK = 1 << 18  # elements per float64 step: its temporaries stay in cache
