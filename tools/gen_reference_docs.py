@@ -70,8 +70,10 @@ def cli_markdown() -> str:
     lines = [HEADER + "# The `mono-quant` command\n",
              f"{parser.description}\n",
              "Every command exits 0 on success, 1 with a one-line `mono-quant COMMAND: error: ...` on "
-             "stderr when its input is wrong (no traceback), 2 on a usage error, 130 when interrupted, "
-             "141 (quietly) when the reader of its output goes away (`mono-quant inspect FILE | head`). "
+             "stderr when its input is wrong (no traceback), 2 on a usage error, 130 when interrupted (Ctrl-C), "
+             "143 on SIGTERM and 129 on SIGHUP (a closed terminal or ssh session; each deletes the output being "
+             "written, as Ctrl-C does; a Ctrl-C in the first seconds, while torch is still being imported, ends the "
+             "process with Python's own traceback), 141 (quietly) when the reader of its output goes away (`mono-quant inspect FILE | head`). "
              "A warning is one `mono-quant COMMAND: warning: Category: message` line on stderr (Python's "
              "`-W` options still choose which are shown; one made an error, `-W error`, ends the command as an error "
              "does, exit 1, and `quantize` then leaves no output file). `python -m mono_quant` is the same command.\n"]
