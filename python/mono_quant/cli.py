@@ -336,13 +336,15 @@ if hasattr(signal, "SIGHUP"):  # (POSIX)
 
 
 def _terminate_as_interrupt() -> dict:
-    """Install the handlers of _ENDING_SIGNALS; the previous ones (none off the main thread: left as
-    they are)."""
+    """Install the handlers of _ENDING_SIGNALS but those the process ignores; the previous ones (none off
+    the main thread: left as they are)."""
     def handler(signum, frame):
         raise _Terminated(signum)
     previous = {}
     try:
         for signum in _ENDING_SIGNALS:
+            if signal.getsignal(signum) is signal.SIG_IGN:
+                continue  # ignored by who started us (nohup: SIGHUP): the command goes on, as before
             previous[signum] = signal.signal(signum, handler)
     except ValueError:  # not the main thread (main() called from a worker)
         pass

@@ -33,3 +33,12 @@ def test_the_signal_deletes_the_temporary_output(tmp_path, name, status, message
     assert done.returncode == status, done.stderr
     assert f"mono-quant demo: {message}" in done.stderr
     assert os.listdir(tmp_path) == []
+
+
+def test_an_ignored_sighup_is_left_ignored(tmp_path):
+    """Under nohup (SIGHUP ignored) a hangup does not end the command."""
+    script = SCRIPT.replace("time.sleep(30)  # the handler raises before this ends", "pass  # ignored: goes on")
+    done = subprocess.run([sys.executable, "-c", "import signal; signal.signal(signal.SIGHUP, signal.SIG_IGN)\n"
+                           + script, str(tmp_path), "SIGHUP"], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert os.listdir(tmp_path) == ["out.safetensors"]

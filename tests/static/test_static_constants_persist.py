@@ -93,7 +93,7 @@ def _edited(edits, name, edit):
     ("NaN", "NaN or Inf"),
     ("the tensor missing", "disagree with the manifest"),
     ("an extra constant tensor", "disagree with the manifest"),
-    ("the output a constant", "the output reads no value computed from the model's inputs"),
+    ("the output a constant", r"the output reads \['.*'\], computed from no input of the model"),
 ])
 def test_damaged_constants_are_refused(saved, tmp_path, case, match):
     _, _, path = saved
@@ -149,3 +149,38 @@ def test_an_integer_tensor_read_in_forward_is_refused_at_save_naming_it(tmp_path
                              calibration=torch.randn(16, 3, 8, 8))
     with pytest.raises(TypeError, match="offset.*torch.int64.*float tensor"):
         mq.save(result, tmp_path / "m.safetensors")
+
+
+@pytest.mark.parametrize("target", ["x", "constant"])
+def test_a_call_with_out_is_refused(saved, tmp_path, target):
+    """torch.mul(..., out=v) (torch's functions without a Python signature keep out=) wrote into the caller's
+    input or a checked constant at every call: a program never writes into a value it is given."""
+    _, _, path = saved
+    edits = StaticFileEdits(path, KEY, tmp_path)
+    scale = _constant(edits, [8, 1, 1])
+
+    def edit(manifest, tensors):
+        program = manifest["program"]
+        victim = program[0]["name"] if target == "x" else scale["name"]
+        at = next(i for i, e in enumerate(program) if e["name"] == victim) + 1
+        program.insert(at, {"name": "write", "kind": "call", "inputs": [victim], "call": {
+            "how": "call_function", "target": "torch.mul", "args": [{"$ref": victim}, 0.0],
+            "kwargs": {"$dict": {"out": {"$ref": victim}}}}})
+
+    with pytest.raises(CheckpointError, match="out= writes into a tensor it is given"):
+        mq.load(_edited(edits, "out.safetensors", edit))
+
+
+def test_an_output_handing_out_a_constant_is_refused(saved, tmp_path):
+    """(its caller's in-place change of it would change every later call)"""
+    _, _, path = saved
+    edits = StaticFileEdits(path, KEY, tmp_path)
+    scale = _constant(edits, [8, 1, 1])
+
+    def edit(manifest, tensors):
+        output = manifest["program"][-1]
+        output["structure"] = {"$tuple": [output["structure"], {"$ref": scale["name"]}]}
+        output["inputs"] = output["inputs"] + [scale["name"]]
+
+    with pytest.raises(CheckpointError, match=r"the output reads \['.*'\], computed from no input"):
+        mq.load(_edited(edits, "handed.safetensors", edit))

@@ -11,7 +11,7 @@ from torch import nn
 
 import mono_quant as mq
 from mono_quant.calibration.calibrator import CalibrationWarning
-from mono_quant.static.capture import _stochastic_depth_identity
+from mono_quant.static.capture import _stochastic_depth_input
 
 
 def stochastic_depth(input, p: float, mode: str, training: bool = True):
@@ -43,8 +43,8 @@ class Block(nn.Module):
         y = torch.relu(self.stem(x))
         if self.leaf == "my_identity":  # (by name: fx patches the globals while it traces)
             z = my_identity(self.conv(y))
-        elif self.keyword:
-            z = stochastic_depth(self.conv(y), p=self.p, mode=self.mode, training=self.training)
+        elif self.keyword:  # (the input too: fx records every keyword)
+            z = stochastic_depth(input=self.conv(y), p=self.p, mode=self.mode, training=self.training)
         else:
             z = stochastic_depth(self.conv(y), self.p, self.mode, self.training)
         return self.head((y + z).mean((2, 3)))
@@ -77,16 +77,21 @@ def test_an_eval_models_stochastic_depth_is_its_input_and_saves(tmp_path, keywor
 def test_only_torchvisions_function_by_module_and_name_with_arguments_it_takes():
     graph = torch.fx.symbolic_trace(Block().eval()).graph
     node = next(n for n in graph.nodes if n.op == "call_function" and n.target is stochastic_depth)
-    assert _stochastic_depth_identity(node)
+    assert _stochastic_depth_input(node) is node.args[0]
     for args, kwargs in [((node.args[0], 0.2, "row", True), {}),  # training: runs torchvision's noise
                          ((node.args[0], 1.5, "row", False), {}),  # torchvision raises: the float op raises too
                          ((node.args[0], 0.2, "rows", False), {}),
                          ((node.args[0], 0.2, "row"), {}),  # training defaults to True
                          ((node.args[0], 0.2, "row"), {"training": False, "inplace": True})]:
         node.args, node.kwargs = args, kwargs
-        assert not _stochastic_depth_identity(node), (args, kwargs)
-    node.args, node.kwargs = (node.args[0],), {"p": 0.0, "mode": "batch"}
-    assert _stochastic_depth_identity(node)
+        assert _stochastic_depth_input(node) is None, (args, kwargs)
+    x = node.args[0]
+    node.args, node.kwargs = (x,), {"p": 0.0, "mode": "batch"}
+    assert _stochastic_depth_input(node) is x
+    node.args, node.kwargs = (), {"input": x, "p": 0.2, "mode": "row", "training": False}
+    assert _stochastic_depth_input(node) is x
+    node.args, node.kwargs = (x,), {"input": x, "p": 0.2, "mode": "row", "training": False}  # (input twice)
+    assert _stochastic_depth_input(node) is None
 
 
 def test_another_wrapped_function_still_refuses_to_save_naming_it(tmp_path):

@@ -88,25 +88,26 @@ _RELU_FUNCS = {F.relu: "relu", torch.relu: "relu", F.relu6: "relu6"}
 _ADD_FUNCS = (operator.add, operator.iadd, torch.add)
 
 
-def _stochastic_depth_identity(node: fx.Node) -> bool:
-    """Whether ``node`` calls torchvision.ops.stochastic_depth (EfficientNet's and ConvNeXt's blocks; fx keeps
+def _stochastic_depth_input(node: fx.Node) -> Optional[fx.Node]:
+    """The input node when ``node`` calls torchvision.ops.stochastic_depth (EfficientNet's and ConvNeXt's blocks; fx keeps
     it a call, it is fx.wrap'ed) with ``training=False`` or ``p=0`` as constants: it returns its input then
     (torchvision's own rule), so the static program runs none (and a file needs no function outside its
-    allow-list).  Known by module and name, as nothing is imported for it; arguments torchvision would refuse
-    (p outside [0, 1], another mode) keep the call, which raises as the float model does."""
+    allow-list); else None.  Known by module and name, as nothing is imported for it; arguments torchvision
+    would refuse (p outside [0, 1], another mode) keep the call, which raises as the float model does."""
     target = node.target
     if (node.op != "call_function" or getattr(target, "__module__", None) != "torchvision.ops.stochastic_depth"
             or getattr(target, "__name__", None) != "stochastic_depth"):
-        return False
+        return None
     names = ("input", "p", "mode", "training")
-    if len(node.args) > len(names) or any(key not in names for key in node.kwargs):
-        return False
+    if len(node.args) > len(names) or any(key not in names for key in node.kwargs) \
+            or any(key in node.kwargs for key in names[:len(node.args)]):
+        return None
     bound = dict(zip(names, node.args), **node.kwargs)
     x, p, mode, training = (bound.get(name, True if name == "training" else None) for name in names)
     if not isinstance(x, fx.Node) or isinstance(p, bool) or not isinstance(p, (int, float)) \
             or not 0.0 <= p <= 1.0 or mode not in ("batch", "row") or not isinstance(training, bool):
-        return False
-    return not training or p == 0.0
+        return None
+    return x if not training or p == 0.0 else None
 
 
 def _activation_of(node: fx.Node, modules: Dict[str, nn.Module]) -> Optional[str]:
@@ -315,8 +316,9 @@ def build_plan(model: nn.Module, keep_float: Optional[Callable[[str, nn.Module],
             continue
         if node.op == "call_function" and node.target is _ASSERT_IS_NONE:
             continue  # (the input op's "fixed" binding checks it)
-        if _stochastic_depth_identity(node):
-            names[node] = names[node.args[0]]  # torchvision's stochastic depth of an eval model: its input
+        passed = _stochastic_depth_input(node)
+        if passed is not None:
+            names[node] = names[passed]  # torchvision's stochastic depth of an eval model: its input
             continue
         if node.op == "placeholder":
             op = PlanOp(node.name, "input", spec=_input_spec(node, next(arguments, node.target), none_args))

@@ -344,17 +344,24 @@ def _check_call(op: str, how: str, args, kwargs, inputs: List[str]) -> None:
         (how != "call_method" or (len(args) > 0 and isinstance(args[0], ValueRef)))
     if not ok:
         raise CheckpointError(f"op {op!r}: its call's arguments do not read its inputs {inputs}")
+    if "out" in kwargs:  # (torch's functions without a Python signature take it: a write into a program value)
+        raise CheckpointError(f"op {op!r}: a call with out= writes into a tensor it is given (an input of the "
+                              f"model, a constant), which a program never does")
 
 
 def _check_output_reads_an_input(program: List[tuple]) -> None:
-    """Refuse a program whose output no input reaches (through the ops' inputs): its model would answer
-    constants, whatever it is given (a file's constants and input-free calls are such roots)."""
+    """Refuse a program whose output reads a value no input reaches (through the ops' inputs): its model
+    would answer constants, whatever it is given, or hand the caller a constant itself, whose in-place
+    change would change every later call (a file's constants and input-free calls are such roots)."""
     reached = set()
     for name, kind, inputs, _ in program:
-        if kind == "input" or any(i in reached for i in inputs):
+        if kind == "output":
+            constant = [i for i in inputs if i not in reached]
+            if constant:
+                raise CheckpointError(f"op {name!r}: the output reads {constant}, computed from no input of the "
+                                      f"model")
+        elif kind == "input" or any(i in reached for i in inputs):
             reached.add(name)
-        if kind == "output" and name not in reached:
-            raise CheckpointError(f"op {name!r}: the output reads no value computed from the model's inputs")
 
 
 def _replayed_call(op: str, how: str, target, args, kwargs):
