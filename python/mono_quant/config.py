@@ -66,6 +66,11 @@ DEFAULT = _Default()
 file's setting applies, else the built-in default ("dynamic", 128)."""
 
 
+class _EntryTypeError(ConfigError, TypeError):
+    """An include / exclude entry of the wrong type: a ConfigError (naming the config file it came from) that
+    is also the TypeError the layer selection raised before (``except TypeError`` keeps working)."""
+
+
 @dataclass
 class QuantConfig:
     """Every option ``quantize()`` and ``quantize_checkpoint()`` decide with.
@@ -201,8 +206,8 @@ class QuantConfig:
                 setattr(self, name, list(value))
             for entry in getattr(self, name) or ():
                 if not isinstance(entry, (str, type)):
-                    raise ConfigError(f"{origin}: {name} entries must be module-name globs (str) or module types, "
-                                      f"got {entry!r}")
+                    raise _EntryTypeError(f"{origin}: {name} entries must be module-name globs (str) or module "
+                                          f"types, got {entry!r}")
         return self
 
     def _check_combinations(self, origin: str) -> "QuantConfig":

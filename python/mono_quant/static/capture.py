@@ -122,7 +122,37 @@ def _activation_of(node: fx.Node, modules: Dict[str, nn.Module]) -> Optional[str
         return _RELU_FUNCS[node.target]
     elif node.op == "call_method" and node.target in ("relu", "relu_") and len(node.args) == 1:
         return "relu"
+    elif node.op == "call_function" and node.target in _CLAMP_FUNCS:
+        return _clamp_activation(node, _CLAMP_FUNCS[node.target])
+    elif node.op == "call_method" and node.target in ("clamp", "clamp_"):
+        return _clamp_activation(node, ("input", "min", "max"))
     return None
+
+
+#: functional clamps and their argument names (after the tensor): F.hardtanh(x, 0, 6) and torch.clamp(x, 0, 6)
+#: are ReLU6, torch.clamp(x, min=0) a ReLU, as the modules are
+_CLAMP_FUNCS = {F.hardtanh: ("input", "min_val", "max_val", "inplace"), torch.clamp: ("input", "min", "max"),
+                F.relu6: ("input", "inplace"), F.relu: ("input", "inplace")}
+
+
+def _clamp_activation(node: fx.Node, names: Tuple[str, ...]) -> Optional[str]:
+    """'relu6' / 'relu' for a clamp of its one tensor argument to [0, 6] / [0, inf) given as constants
+    (positionally or by name; an ``inplace`` flag of either value), else None."""
+    if len(node.args) > len(names) or any(key not in names[1:] for key in node.kwargs) \
+            or any(key in node.kwargs for key in names[:len(node.args)]):
+        return None
+    bound = dict(zip(names, node.args), **node.kwargs)
+    if not isinstance(bound.get("input"), fx.Node) or not isinstance(bound.get("inplace", False), bool):
+        return None
+    if names[1:2] == ("inplace",):  # F.relu / F.relu6 with the flag
+        return "relu6" if node.target is F.relu6 else "relu"
+    defaults = (-1.0, 1.0) if node.target is F.hardtanh else (None, None)
+    lo, hi = (bound.get(name, default) for name, default in zip(names[1:3], defaults))
+    if any(isinstance(v, bool) or not (v is None or isinstance(v, (int, float))) for v in (lo, hi)):
+        return None
+    if lo == 0 and hi == 6:
+        return "relu6"
+    return "relu" if lo == 0 and hi is None else None
 
 
 def _only_user(node: fx.Node) -> Optional[fx.Node]:

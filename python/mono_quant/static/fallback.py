@@ -113,7 +113,7 @@ def quantize_per_layer(model: nn.Module, cfg, calibration, reason: str,
     cal = Calibrator(model, bins=bins, per_channel=False)
     cal.types = tuple(LAYER_KINDS)
     cal.feed(calibration, cfg.calibration_samples)
-    require_samples(cal)
+    require_samples(cal, calibration)
     ranges = cal.ranges(cfg.observer)
     report.samples = cal.samples
     replaced: Dict[str, nn.Module] = {}

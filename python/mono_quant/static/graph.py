@@ -21,7 +21,8 @@ from .casts import refuse_casts
 from .compiled import CompilesAsOneOp
 from .eager_only import refuse_traced_input, warn_if_grad_input
 from .layer_errors import raise_named_input_problem
-from .modules import check_flag
+from .modules import _StaticBase, check_flag
+from .modules_eltwise import StaticCat
 from .qparams_state import check_before_load
 
 __all__ = ["FusedFloat", "FusedConvFloat", "FusedLinearFloat", "FusedAddFloat", "FusedCatFloat", "FusedGapFloat",
@@ -164,12 +165,15 @@ class StaticGraphModel(CompilesAsOneOp, nn.Module):
         """The eager forward (what the compiled op runs: it never calls the op again)."""
         refuse_traced_input(args)
         warn_if_grad_input(args)
+        grad = torch.is_grad_enabled()
         env: Dict[str, Any] = bind_inputs(self.program, args, kwargs)
         for name, kind, ins, call in self.program:
             if kind == "module":
                 m = self._modules["layers"]._modules[name]
                 # no hooks on it: its forward directly (nn.Module.__call__ costs ~2 us a layer)
                 fn = m.forward if not (m._forward_hooks or m._forward_pre_hooks or _global_hooks()) else m
+                if grad and isinstance(m, _INT8_LAYERS):  # (a float layer that trains before it: no gradient back)
+                    warn_if_grad_input([env[i] for i in ins])
                 try:  # (free when nothing is raised)
                     env[name] = fn(*[env[i] for i in ins])
                 except ValueError:
@@ -194,6 +198,9 @@ class StaticGraphModel(CompilesAsOneOp, nn.Module):
                 return _contiguous_outputs(_resolve(call, env))
         return None
 
+
+#: the layers whose kernels record no backward (the program's float modules do)
+_INT8_LAYERS = (_StaticBase, StaticCat)
 
 #: methods that need the strides the float model's tensor has (contiguous after a float conv):
 #: a static layer's float output is a channels-last view (nchw_output), on which they fail

@@ -58,16 +58,30 @@ _STATIC_CLASSES = {c.__name__: c for c in (StaticConv2d, StaticConv1d, StaticLin
                                            *ELTWISE_CLASSES)}
 _FUNCTIONS = {f"{mod}.{f.__name__}": f for mod, fs in (
     ("torch", (torch.flatten, torch.cat, torch.relu, torch.add, torch.mul, torch.sigmoid, torch.tanh,
-               torch.reshape, torch.mean, torch.sum, torch.permute)),
-    ("operator", (operator.add, operator.mul, operator.getitem, operator.sub, operator.truediv, operator.iadd)),
+               torch.reshape, torch.mean, torch.sum, torch.permute, torch.transpose, torch.clamp, torch.stack)),
+    ("operator", (operator.add, operator.mul, operator.getitem, operator.sub, operator.truediv, operator.iadd,
+                  operator.floordiv)),
     ("torch.nn.functional", (F.relu, F.relu6, F.adaptive_avg_pool2d, F.avg_pool2d, F.max_pool2d, F.hardswish,
-                             F.silu, F.gelu, F.sigmoid, F.softmax, F.dropout, F.interpolate, F.layer_norm)),
+                             F.silu, F.gelu, F.sigmoid, F.softmax, F.dropout, F.interpolate, F.layer_norm,
+                             F.hardtanh, F.leaky_relu, F.pad)),
 ) for f in fs}
 _FUNCTION_NAMES = {id(f): name for name, f in _FUNCTIONS.items()}
+
+
+def _tensor_shape(x, name):
+    """fx's ``getattr(x, "shape")`` (``x.shape[0]`` in a forward) as a file replays it: the shape of a tensor
+    and nothing else (any other attribute of any object could be reached by a getattr)."""
+    if name != "shape" or not isinstance(x, torch.Tensor):
+        raise TypeError(f"a static program reads only a tensor's shape, not {name!r} of {type(x).__name__}")
+    return x.shape
+
+
+_FUNCTIONS["builtins.getattr"] = _tensor_shape
+_FUNCTION_NAMES[id(getattr)] = "builtins.getattr"
 _OUT_OF_PLACE = {operator.iadd: operator.add}  # (a += b writes a tensor a in place)
 _METHODS = frozenset({"flatten", "view", "reshape", "relu", "relu_", "mean", "sum", "size", "permute", "contiguous",
                       "transpose", "squeeze", "unsqueeze", "add", "add_", "mul", "sigmoid", "softmax", "clamp",
-                      "chunk", "split", "float", "dim"})
+                      "chunk", "split", "float", "dim", "view_as"})
 
 
 def encode_value(obj):
@@ -87,6 +101,8 @@ def encode_value(obj):
         return obj
     if isinstance(obj, torch.dtype):
         return {"$dtype": str(obj).replace("torch.", "")}
+    if obj is Ellipsis:  # (x[..., 1:-1])
+        return {"$ellipsis": None}
     raise TypeError(f"cannot save a {type(obj).__name__} constant in a static program")
 
 
@@ -99,6 +115,8 @@ def _decode(obj):
         (tag, value), = obj.items()
         if tag == "$ref":
             return ValueRef(str(value))
+        if tag == "$ellipsis" and value is None:
+            return Ellipsis
         if tag == "$tuple":
             return tuple(_decode(v) for v in value)
         if tag == "$dict":
@@ -511,6 +529,8 @@ def _read_manifest(manifest, tensors: Dict[str, torch.Tensor]):
             cargs, ckwargs = _decode(c["args"]), _decode(c["kwargs"])
             _check_refs(name, (cargs, ckwargs), defined)
             _check_call(name, how, cargs, ckwargs, inputs)
+            if target is _tensor_shape and (len(cargs) != 2 or cargs[1] != "shape" or ckwargs):
+                raise CheckpointError(f"op {name!r}: getattr reads only a tensor's 'shape', got {cargs[1:]!r}")
             target, cargs, ckwargs = _replayed_call(name, how, target, cargs, ckwargs)
             program.append((name, "call", inputs, (how, target, cargs, ckwargs)))
         else:

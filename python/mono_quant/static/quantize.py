@@ -122,7 +122,7 @@ def _quantize_plan(plan, cfg, calibration) -> QuantizationResult:
     cal.types = (FusedFloat,)  # only the fused outputs (and inputs coming from outside them)
     probe: List[Any] = []
     cal.feed(_keep_first(calibration, probe), cfg.calibration_samples)
-    require_samples(cal)
+    require_samples(cal, calibration)
     # points are named after the graph's modules, "layers.<op>": keyed by op here
     # a never-negative activation gets the 255 codes -127..127 on [0, max] (convert.qparams)
     one_sided = 127 - NONNEGATIVE_ZERO_POINT + 1
