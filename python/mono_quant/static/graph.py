@@ -165,15 +165,18 @@ class StaticGraphModel(CompilesAsOneOp, nn.Module):
         """The eager forward (what the compiled op runs: it never calls the op again)."""
         refuse_traced_input(args)
         warn_if_grad_input(args)
-        grad = torch.is_grad_enabled()
+        # (one warning a call: the inputs' above, else the first static layer's whose input requires grad)
+        grad = torch.is_grad_enabled() and not any(isinstance(a, torch.Tensor) and a.requires_grad for a in args)
         env: Dict[str, Any] = bind_inputs(self.program, args, kwargs)
         for name, kind, ins, call in self.program:
             if kind == "module":
                 m = self._modules["layers"]._modules[name]
                 # no hooks on it: its forward directly (nn.Module.__call__ costs ~2 us a layer)
                 fn = m.forward if not (m._forward_hooks or m._forward_pre_hooks or _global_hooks()) else m
-                if grad and isinstance(m, _INT8_LAYERS):  # (a float layer that trains before it: no gradient back)
-                    warn_if_grad_input([env[i] for i in ins])
+                if grad and isinstance(m, _INT8_LAYERS) and any(
+                        isinstance(env[i], torch.Tensor) and env[i].requires_grad for i in ins):
+                    warn_if_grad_input([env[i] for i in ins])  # (a float layer that trains before it: no gradient)
+                    grad = False
                 try:  # (free when nothing is raised)
                     env[name] = fn(*[env[i] for i in ins])
                 except ValueError:
