@@ -360,8 +360,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     try:
         return handlers[args.command](args)
     except _Terminated as ended:
-        signum = ended.args[0] if ended.args else signal.SIGTERM
-        print(f"mono-quant {args.command}: {_ENDING_SIGNALS.get(signum, 'terminated')}", file=sys.stderr)
+        signum = ended.args[0]  # (the handler's: one of _ENDING_SIGNALS)
+        print(f"mono-quant {args.command}: {_ENDING_SIGNALS[signum]}", file=sys.stderr)
         return 128 + int(signum)
     except KeyboardInterrupt:
         print(f"mono-quant {args.command}: interrupted", file=sys.stderr)

@@ -41,7 +41,7 @@ from .ranges import entropy_range, mse_range, percentile_range, qparams_for_rang
 from .stats import EMA_CONSTANT, ActivationStats
 
 __all__ = ["Calibrator", "refuse_top_level_tuple", "ActivationRange", "CAPTURED_TYPES", "OBSERVERS", "MIN_RECOMMENDED_SAMPLES",
-           "CalibrationWarning"]
+           "CalibrationWarning", "bare_runner"]
 
 CAPTURED_TYPES: Tuple[type, ...] = (
     nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d, nn.Linear,
@@ -252,8 +252,7 @@ class Calibrator:
             self.model.eval()
             with torch.no_grad():
                 if _is_runner(data):
-                    takes_model = len(inspect.signature(data).parameters) > 0
-                    data(self.model) if takes_model else data()
+                    data() if bare_runner(data) else data(self.model)
                     used = max((s.samples for s in self.stats.values()), default=0) - self.samples
                 else:
                     for batch in self._batches(data):
@@ -414,6 +413,12 @@ def refuse_top_level_tuple(data) -> None:
 def _is_runner(data) -> bool:
     """Whether calibration ``data`` is a callable that runs the model (not data to feed it)."""
     return callable(data) and not isinstance(data, (nn.Module, torch.Tensor)) and not hasattr(data, "__iter__")
+
+
+def bare_runner(data) -> bool:
+    """Whether calibration ``data`` is a callable that runs the model without being given it (it takes no
+    argument: it runs whatever model it holds, which the calibrator's hooks may not be on)."""
+    return _is_runner(data) and not inspect.signature(data).parameters
 
 
 def _mapping(value, what: str) -> dict:

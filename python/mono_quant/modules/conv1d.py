@@ -106,11 +106,9 @@ class QuantizedConv1d(QuantizedConv2d):
             raise RuntimeError(f"Expected 2D (unbatched) or 3D (batched) input to conv1d, but got input of size: "
                                f"{list(x.shape)}")
         unbatched = x.dim() == 2
-        y = super().forward((x.unsqueeze(0) if unbatched else x).unsqueeze(2)).squeeze(2)
-        # (torch's conv1d gives a contiguous result whatever x's strides; the height-1 view of a transposed
-        # (B, L, C) x reads as channels_last, which the 2-D routes keep, and squeezed is (L*C, 1, C))
-        if not y.is_contiguous():
-            y = y.contiguous()
+        # (.contiguous(): torch's conv1d gives a contiguous result whatever x's strides; the height-1 view of a
+        # transposed (B, L, C) x reads as channels_last, which the 2-D routes keep, and squeezed is (L*C, 1, C))
+        y = super().forward((x.unsqueeze(0) if unbatched else x).unsqueeze(2)).squeeze(2).contiguous()
         return y.squeeze(0) if unbatched else y
 
 

@@ -88,6 +88,15 @@ _RELU_FUNCS = {F.relu: "relu", torch.relu: "relu", F.relu6: "relu6"}
 _ADD_FUNCS = (operator.add, operator.iadd, torch.add)
 
 
+def _bound_args(node: fx.Node, names: Tuple[str, ...]) -> Optional[dict]:
+    """A call node's arguments by parameter name (``names``, in the function's order), or None for arguments
+    the function would not bind (too many, an unknown keyword, one given twice)."""
+    if len(node.args) > len(names) or any(key not in names for key in node.kwargs) \
+            or any(key in node.kwargs for key in names[:len(node.args)]):
+        return None
+    return dict(zip(names, node.args), **node.kwargs)
+
+
 def _stochastic_depth_input(node: fx.Node) -> Optional[fx.Node]:
     """The input node when ``node`` calls torchvision.ops.stochastic_depth (EfficientNet's and ConvNeXt's blocks; fx keeps
     it a call, it is fx.wrap'ed) with ``training=False`` or ``p=0`` as constants: it returns its input then
@@ -99,10 +108,9 @@ def _stochastic_depth_input(node: fx.Node) -> Optional[fx.Node]:
             or getattr(target, "__name__", None) != "stochastic_depth"):
         return None
     names = ("input", "p", "mode", "training")
-    if len(node.args) > len(names) or any(key not in names for key in node.kwargs) \
-            or any(key in node.kwargs for key in names[:len(node.args)]):
+    bound = _bound_args(node, names)
+    if bound is None:
         return None
-    bound = dict(zip(names, node.args), **node.kwargs)
     x, p, mode, training = (bound.get(name, True if name == "training" else None) for name in names)
     if not isinstance(x, fx.Node) or isinstance(p, bool) or not isinstance(p, (int, float)) \
             or not 0.0 <= p <= 1.0 or mode not in ("batch", "row") or not isinstance(training, bool):
@@ -118,8 +126,8 @@ def _activation_of(node: fx.Node, modules: Dict[str, nn.Module]) -> Optional[str
             return "relu"
         if type(m) is nn.ReLU6 or (type(m) is nn.Hardtanh and m.min_val == 0.0 and m.max_val == 6.0):
             return "relu6"
-    elif node.op == "call_function" and node.target in _RELU_FUNCS and len(node.args) == 1:
-        return _RELU_FUNCS[node.target]
+    elif node.op == "call_function" and node.target in _RELU_FUNCS:
+        return _RELU_FUNCS[node.target] if _tensor_call_args(node, ("input", "inplace")) is not None else None
     elif node.op == "call_method" and node.target in ("relu", "relu_") and len(node.args) == 1:
         return "relu"
     elif node.op == "call_function" and node.target in _CLAMP_FUNCS:
@@ -129,23 +137,27 @@ def _activation_of(node: fx.Node, modules: Dict[str, nn.Module]) -> Optional[str
     return None
 
 
-#: functional clamps and their argument names (after the tensor): F.hardtanh(x, 0, 6) and torch.clamp(x, 0, 6)
-#: are ReLU6, torch.clamp(x, min=0) a ReLU, as the modules are
-_CLAMP_FUNCS = {F.hardtanh: ("input", "min_val", "max_val", "inplace"), torch.clamp: ("input", "min", "max"),
-                F.relu6: ("input", "inplace"), F.relu: ("input", "inplace")}
+#: functional clamps and their parameter names: F.hardtanh(x, 0, 6) and torch.clamp(x, 0, 6) are ReLU6,
+#: torch.clamp(x, min=0) a ReLU, as the modules are
+_CLAMP_FUNCS = {F.hardtanh: ("input", "min_val", "max_val", "inplace"), torch.clamp: ("input", "min", "max")}
+
+
+def _tensor_call_args(node: fx.Node, names: Tuple[str, ...]) -> Optional[dict]:
+    """An activation call's arguments by name (_bound_args) when its tensor comes first and positionally and an
+    ``inplace`` flag, if any, is a bool (either value: the fused op writes a new tensor); else None."""
+    bound = _bound_args(node, names)
+    if bound is None or "input" in node.kwargs or not isinstance(bound.get("input"), fx.Node) \
+            or not isinstance(bound.get("inplace", False), bool):
+        return None
+    return bound
 
 
 def _clamp_activation(node: fx.Node, names: Tuple[str, ...]) -> Optional[str]:
-    """'relu6' / 'relu' for a clamp of its one tensor argument to [0, 6] / [0, inf) given as constants
-    (positionally or by name; an ``inplace`` flag of either value), else None."""
-    if len(node.args) > len(names) or any(key not in names[1:] for key in node.kwargs) \
-            or any(key in node.kwargs for key in names[:len(node.args)]):
+    """'relu6' / 'relu' for a clamp of its tensor (_tensor_call_args) to [0, 6] / [0, inf) given as
+    constants (positionally or by name), else None."""
+    bound = _tensor_call_args(node, names)
+    if bound is None:
         return None
-    bound = dict(zip(names, node.args), **node.kwargs)
-    if not isinstance(bound.get("input"), fx.Node) or not isinstance(bound.get("inplace", False), bool):
-        return None
-    if names[1:2] == ("inplace",):  # F.relu / F.relu6 with the flag
-        return "relu6" if node.target is F.relu6 else "relu"
     defaults = (-1.0, 1.0) if node.target is F.hardtanh else (None, None)
     lo, hi = (bound.get(name, default) for name, default in zip(names[1:3], defaults))
     if any(isinstance(v, bool) or not (v is None or isinstance(v, (int, float))) for v in (lo, hi)):

@@ -28,6 +28,7 @@ from ..errors import CheckpointError
 from ..formats.checks import BadLayer, check_scales
 from ..io.aligned import aligned
 from ..io.atomic import atomic_output
+from ..io.dtypes import dtype_name
 from ..io.save import write_safetensors
 from ..io.file_kinds import FileKind, has_metadata_key, register_file_kind
 from ..io.untrusted_json import loads_bounded
@@ -167,8 +168,7 @@ def _layer_entry(name: str, m: nn.Module) -> dict:
 
 
 #: the dtypes a constant tensor of the program (fx's get_attr: a LayerNorm2d's weight, a layer scale) is saved in
-_CONSTANT_DTYPES = {str(d).replace("torch.", ""): d for d in (torch.float32, torch.float16, torch.bfloat16,
-                                                               torch.float64)}
+_CONSTANT_DTYPES = {dtype_name(d): d for d in (torch.float32, torch.float16, torch.bfloat16, torch.float64)}
 
 
 def _program_entry(entry: tuple, constants: Dict[str, torch.Tensor]) -> dict:
@@ -176,12 +176,12 @@ def _program_entry(entry: tuple, constants: Dict[str, torch.Tensor]) -> dict:
     name, kind, inputs, call = entry
     if kind == "call" and call[0] == "get_attr":  # a float tensor the model's forward reads: saved with its dtype
         value = call[1]
-        if not isinstance(value, torch.Tensor) or str(value.dtype).replace("torch.", "") not in _CONSTANT_DTYPES:
+        if not isinstance(value, torch.Tensor) or dtype_name(value.dtype) not in _CONSTANT_DTYPES:
             raise TypeError(f"cannot save static model: op {name!r} reads a constant "
                             f"{getattr(value, 'dtype', type(value).__name__)}, which a file holds only as a float "
                             f"tensor ({', '.join(_CONSTANT_DTYPES)})")
         constants[name] = value.detach().to("cpu").contiguous().clone()
-        return {"name": name, "kind": "constant", "inputs": [], "dtype": str(value.dtype).replace("torch.", ""),
+        return {"name": name, "kind": "constant", "inputs": [], "dtype": dtype_name(value.dtype),
                 "shape": list(value.shape)}
     out = {"name": name, "kind": kind, "inputs": list(inputs)}
     if kind == "output":
