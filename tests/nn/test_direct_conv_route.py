@@ -271,3 +271,9 @@ def test_grouped_convs_of_narrow_groups_take_the_kernel_to_their_own_limit(dtype
             y = regnet(at_8x8)
             assert _route(regnet) == "direct"
             _close(regnet, y, at_8x8)
+            with pytest.MonkeyPatch.context() as patch:  # a changed rule is seen by the kept route
+                patch.setattr(direct_conv, "GROUPED_MAX_OUTPUTS", {"avx2": 0})
+                regnet(at_8x8)
+                assert _route(regnet) != "direct"
+            regnet(at_8x8)
+            assert _route(regnet) == "direct"

@@ -85,6 +85,8 @@ _ROUTE_SOURCES = tuple((None, name) for name in (
                                                    (globals(), "DIRECT_MIN_MACS_PER_IMAGE"),
                                                    (vars(dynamic_conv), "DIRECT_ROUTE"),
                                                    (vars(direct_conv), "MAX_OUTPUTS"),
+                                                   (vars(direct_conv), "GROUPED_MAX_OUTPUTS"),
+                                                   (vars(direct_conv), "GROUPED_NARROW_MAX_OUTPUTS"),
                                                    (vars(direct_conv), "MIN_K"),
                                                    (vars(direct_conv), "LARGE_WEIGHT_OUTPUTS_FACTOR"),
                                                    (vars(direct_conv), "FILL_ELEMENTS_PER_PIXEL"),
