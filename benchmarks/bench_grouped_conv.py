@@ -5,9 +5,11 @@ Layers: 3x3 grouped convs of group width 4, 8 and 16 (RegNet's 8, ResNeXt's 4), 
 the rule's tables emptied, as before session 60), in one process, round by round (the rule is switched
 between blocks of calls: each switch makes the layers' routes again, in an untimed call).  Models (``--models``, needs
 torchvision): whole torchvision classifiers at batch 1, the same A/B.  fp32's time over each (above 1:
-faster than fp32).  ``--load N`` runs N busy processes beside it.
+faster than fp32).  ``--load N`` runs N busy processes beside it.  ``--candidate WIDE,NARROW`` tries those
+limits at the active kernel level as the new rule (a level the shipped tables leave out: AVX-512).
 
     python benchmarks/bench_grouped_conv.py [--threads 1] [--load 0] [--repeats 15] [--models regnet_y_400mf]
+                                            [--candidate 65536,262144]
 """
 from __future__ import annotations
 
@@ -32,10 +34,14 @@ LAYERS = ((48, 8, 32, 1), (104, 8, 16, 1), (208, 8, 8, 1), (440, 8, 4, 1), (208,
 _SHIPPED = {name: getattr(direct_conv, name) for name in ("GROUPED_MAX_OUTPUTS", "GROUPED_NARROW_MAX_OUTPUTS")}
 
 
+_NEW = dict(_SHIPPED)  # the "new" rule: the shipped tables, or --candidate's limits at the active level
+
+
 def _set_rule(on: bool) -> None:
-    """The grouped rule as shipped (on) or without it (empty tables): new table objects, which the layers'
-    kept routes are stamped with, so each layer makes its route again on its next call."""
-    for name, table in _SHIPPED.items():
+    """The grouped rule as shipped or as --candidate sets it (on), or without it (empty tables): new table
+    objects, which the layers' kept routes are stamped with, so each layer makes its route again on its
+    next call."""
+    for name, table in _NEW.items():
         setattr(direct_conv, name, table if on else {})
 
 
@@ -57,6 +63,8 @@ def _ratios(float_model, quantized: dict, x, repeats: int, calls: int = 5) -> di
             if r:
                 times[name].append((time.perf_counter() - t0) / calls)
     _set_rule(True)
+    for name, table in _SHIPPED.items():
+        setattr(direct_conv, name, table)
     fp32 = statistics.median(times["fp32"])
     return {name: fp32 / statistics.median(t) for name, t in times.items() if name != "fp32"}
 
@@ -72,7 +80,14 @@ def main() -> None:
     ap.add_argument("--load", type=int, default=0, help="busy processes beside the benchmark")
     ap.add_argument("--repeats", type=int, default=15)
     ap.add_argument("--models", nargs="*", default=[], help="torchvision classifiers at 128x128, batch 1")
+    ap.add_argument("--candidate", metavar="WIDE,NARROW",
+                    help="limits to try as the new rule at the active kernel level (GROUPED_MAX_OUTPUTS, "
+                         "GROUPED_NARROW_MAX_OUTPUTS), e.g. 65536,262144 on an AVX-512 host")
     args = ap.parse_args()
+    if args.candidate:
+        isa = mq.cpu_info()["active_isa"]
+        for name, limit in zip(_SHIPPED, (int(v) for v in args.candidate.split(","))):
+            _NEW[name] = {**_SHIPPED[name], isa: limit}
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     results = {"layers": [], "models": []}
@@ -91,6 +106,7 @@ def main() -> None:
             results["models"].append({"model": name, **r})
             print(f"{name} 128x128 batch 1: " + "  ".join(f"{a} {v:.2f}x" for a, v in r.items()), flush=True)
     path = write_results("grouped_conv", {"machine": machine_info(), "threads": args.threads, "load": args.load,
+                                          "candidate": args.candidate,
                                           "results": results})
     print(f"-> {path}")
 

@@ -41,14 +41,18 @@ def at_isa(name):
     a variant, see KERNELS), restoring the previous level and kernels after."""
     level, _, variant = name.partition("+")
     previous = _C.set_isa(level)
+    use, kernel = VARIANTS[variant] if variant else (None, None)
+    # nested in a block of the same variant (a helper that asks the level's kernels): leave the switch
+    # to the outer block, whose variant an inner use(False) would undo
+    switch = variant and _C.linear_kernels()["dynamic"] != kernel
     try:
-        if variant:
-            use, kernel = VARIANTS[variant]
+        if switch:
             use(True)
+        if variant:
             assert _C.linear_kernels()["dynamic"] == kernel
         yield name
     finally:
-        if variant:
+        if switch:
             use(False)
         _C.set_isa(previous)
 

@@ -89,7 +89,8 @@ def test_many_pixels_and_groups_keep_torchs_conv_channels_last_takes_the_same_ro
 
 def test_dynamic_shapes_and_jit_trace_decide_the_rule_as_eager():
     """Export with a dynamic batch decides the rule per call (torch.cond): the rows route at batch 1 and 2
-    (16 / 32 pixels x 8 <= 512), torch's conv at batch 8; jit.trace takes the example's route."""
+    (16 / 32 pixels x 8 <= 512), torch's conv at batch 8 (where eager may run the direct kernel: within
+    rounding then, docs/ecosystem.md); jit.trace takes the example's route."""
     torch.manual_seed(3)
     q = _quantized(nn.Conv2d(256, 512, 3, padding=1))
     example = torch.randn(2, 256, 4, 4)
@@ -98,7 +99,11 @@ def test_dynamic_shapes_and_jit_trace_decide_the_rule_as_eager():
         program = torch.export.export(q, (example,), dynamic_shapes=({0: batch},)).module()
         for n in (1, 2, 8):
             x = torch.randn(n, 256, 4, 4)
-            assert torch.equal(program(x), q(x)), n
+            y = q(x)
+            if _route(q) == "direct":  # (AVX-512: eager's direct kernel, the program's torch conv on the same weight)
+                torch.testing.assert_close(program(x), y, rtol=1e-5, atol=1e-5)
+            else:
+                assert torch.equal(program(x), y), n
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             traced = torch.jit.trace(q, example)

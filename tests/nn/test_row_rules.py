@@ -224,7 +224,8 @@ def test_narrow_and_short_layers_take_the_blas():
     assert not rule(64, 64, 32, "avx512", fmt="int8_weight_only") and rule(64, 64, 32, "avx2", fmt="int8_weight_only")
     # int4 at the AVX2 level: every small weight of <= 1024 inputs at 64-1023 rows; 10 outputs at AVX-512: kernels
     assert rule(64, 768, 10, "avx2", fmt="int4") and rule(1023, 1024, 32, "avx2", fmt="int4")
-    assert not rule(64, 2048, 32, "avx2", fmt="int4") and rule(1024, 768, 10, "avx2", fmt="int4") == row_rules.BLAS_AVX512
+    # (from 1024 rows the kernels: the AVX2 level's tables do not depend on the BLAS's class)
+    assert not rule(64, 2048, 32, "avx2", fmt="int4") and not rule(1024, 768, 10, "avx2", fmt="int4")
     assert not rule(64, 768, 10, "avx512", fmt="int4") or row_rules.BLAS_AVX512
     # short layers: any number of outputs within 65536 weights (a coordinate MLP's Linear(3, 256))
     for isa in ("avx2", "avx512"):
