@@ -115,7 +115,9 @@ PyDoc_STRVAR(use_amx_doc,
              "use_amx(on) -> bool\n\n"
              "The AVX-512 level's dynamic int8 matmul on AMX tiles (True, the default where the CPU\n"
              "has AMX-INT8 and the OS granted the tile data) or on AVX-512 VNNI (False); None only\n"
-             "asks.  The two give the same bits.  Returns the previous state; RuntimeError when AMX\n"
+             "asks.  The two give the same bits (but int4 calls of 1024+ rows, int8 activations on\n"
+             "AMX, take torch's BLAS on float activations without it: kernels.row_rules.int4_takes_blas).\n"
+             "Returns the previous state; RuntimeError when AMX\n"
              "was asked for where this CPU, OS or build can't, or MONO_QUANT_AMX=0 turned it off.");
 
 static PyObject *py_use_amx(PyObject *self, PyObject *arg) {
