@@ -186,7 +186,7 @@ def test_amx_switches_keep_the_route():
 
 
 @pytest.mark.parametrize("dtype", ["fp16", "bf16"])
-@pytest.mark.parametrize("cin, cout, size, kept", [(16, 64, 31, "torch"), (48, 192, 7, "panels"),
+@pytest.mark.parametrize("cin, cout, size, kept", [(16, 64, 31, "torch"), (48, 128, 9, "panels"),
                                                     (512, 1000, 1, "kernel")])
 def test_a_half_conv_on_what_the_layer_keeps_skips_the_formats_memo_and_sees_changes(dtype, cin, cout, size, kept,
                                                                                        monkeypatch):

@@ -247,7 +247,8 @@ def test_compile_matches_eager():
 def test_grouped_convs_of_narrow_groups_take_the_kernel_to_their_own_limit(dtype):
     """A grouped conv of at most GROUPED_MAX_OUT_CHANNELS channels per group (RegNet's group width 8, ResNeXt's
     4) takes the kernel up to grouped_max_outputs at the AVX2 level (torch's grouped conv of narrow groups:
-    0.5-0.8x the kernel's speed there); the AVX-512 level keeps MAX_OUTPUTS; wider groups and dense convs too."""
+    0.5-0.8x the kernel's speed there), to a lower limit at the AVX-512 level (16384 outputs: oneDNN's
+    AVX-512 grouped conv is quicker); wider groups and dense convs keep MAX_OUTPUTS."""
     regnet = _layer(dtype, cin=208, cout=208, padding=1, groups=26)  # group width 8
     resnext = _layer(dtype, cin=128, cout=128, padding=1, groups=32)  # 4
     dense = _layer(dtype, cin=16, cout=16, padding=1)
@@ -255,14 +256,17 @@ def test_grouped_convs_of_narrow_groups_take_the_kernel_to_their_own_limit(dtype
     assert direct_conv.grouped_max_outputs(26, 8, "avx2") == direct_conv.GROUPED_MAX_OUTPUTS["avx2"] >= 32768
     assert direct_conv.grouped_max_outputs(32, 4, "avx2") == direct_conv.GROUPED_NARROW_MAX_OUTPUTS["avx2"]
     assert direct_conv.grouped_max_outputs(1, 8, "avx2") == direct_conv.grouped_max_outputs(4, 32, "avx2") == 0
-    assert direct_conv.grouped_max_outputs(26, 8, "avx512") == direct_conv.grouped_max_outputs(26, 8, "scalar") == 0
+    assert direct_conv.grouped_max_outputs(26, 8, "avx512") == direct_conv.GROUPED_MAX_OUTPUTS["avx512"] == 16384
+    assert direct_conv.grouped_max_outputs(32, 4, "avx512") == 16384 and direct_conv.grouped_max_outputs(26, 8, "scalar") == 0
     at_8x8 = torch.randn(1, 208, 8, 8)  # 13312 outputs: past MAX_OUTPUTS for 8 lanes (8192 x 8 / 16)
     assert regnet._direct_fits(at_8x8, "avx2")
     assert regnet._direct_fits(torch.randn(1, 208, 17, 17), "avx2") == (208 * 17 * 17 <= 65536)
     assert not regnet._direct_fits(torch.randn(1, 208, 18, 18), "avx2")  # 67392 outputs
-    assert not regnet._direct_fits(at_8x8, "avx512") and not regnet._direct_fits(at_8x8, "scalar")
+    assert regnet._direct_fits(at_8x8, "avx512") and not regnet._direct_fits(at_8x8, "scalar")
+    assert not regnet._direct_fits(torch.randn(1, 208, 9, 9), "avx512")  # 16848 outputs
     assert resnext._direct_fits(torch.randn(8, 128, 8, 8), "avx2")  # 65536 outputs at group width 4
     assert not resnext._direct_fits(torch.randn(8, 128, 8, 8), "avx512")
+    assert resnext._direct_fits(torch.randn(2, 128, 8, 8), "avx512")  # 16384
     assert not dense._direct_fits(torch.randn(1, 16, 32, 32), "avx2")  # 16384 outputs of a dense conv
     assert not wide._direct_fits(torch.randn(1, 128, 12, 12), "avx2")  # 18432 outputs, 32 a group
     from conftest import SUPPORTED, at_isa
@@ -277,3 +281,42 @@ def test_grouped_convs_of_narrow_groups_take_the_kernel_to_their_own_limit(dtype
                 assert _route(regnet) != "direct"
             regnet(at_8x8)
             assert _route(regnet) == "direct"
+
+
+@pytest.mark.parametrize("dtype", ["int8", "int4", "fp16"])
+def test_pointwise_convs_of_few_pixels_take_torchs_conv_where_the_blas_is_avx512(dtype, monkeypatch):
+    """On CPUs whose torch runs oneDNN's AVX-512 code (row_rules.BLAS_AVX512), a 1x1 stride-1 conv on at most
+    POINTWISE_TORCH_MAX_PIXELS output pixels with a kept float weight runs torch's conv on that weight (fp32's
+    own call, its bits), never the direct kernel; more pixels, a stride, padding, or a weight past the kept size
+    keep the other routes.  The rule is asked per level, so both sides run on any host."""
+    from mono_quant.formats import half_conv
+    assert direct_conv.POINTWISE_TORCH_LEVELS == (("avx512",) if direct_conv.BLAS_AVX512 else ())
+    monkeypatch.setattr(direct_conv, "POINTWISE_TORCH_LEVELS", ("avx512",))
+    takes = direct_conv.pointwise_takes_torch
+    assert takes((1, 1), (1, 1), (0, 0), 64, "avx512") and not takes((1, 1), (1, 1), (0, 0), 65, "avx512")
+    assert not takes((1, 1), (2, 2), (0, 0), 16, "avx512") and not takes((1, 1), (1, 1), (1, 1), 16, "avx512")
+    assert not takes((3, 3), (1, 1), (0, 0), 16, "avx512") and not takes((1, 1), (1, 1), "valid", 16, "avx512")
+    assert not takes((1, 1), (1, 1), (0, 0), 16, "avx2") and not takes((1, 1), (1, 1), (0, 0), 16, "scalar")
+    if dtype == "fp16":
+        torch.manual_seed(0)
+        q = mq.quantize(nn.Sequential(nn.Conv2d(208, 208, 1)).eval(), dtype="fp16").model[0]
+        assert not half_conv.takes_half_conv(q, torch.randn(1, 208, 8, 8), "avx512")
+        assert half_conv.takes_half_conv(q, torch.randn(1, 208, 9, 9), "avx512")
+    else:
+        q = _layer(dtype, cin=128, cout=128, kernel=1)
+        assert not q._direct_fits(torch.randn(1, 128, 8, 8), "avx512")
+        assert q._direct_fits(torch.randn(1, 128, 9, 9), "avx512") and q._direct_fits(torch.randn(1, 128, 8, 8), "avx2")
+        large = _layer(dtype, cin=440, cout=440, kernel=1)  # past the kept size: no float copy to run torch's conv on
+        assert large.weight_numel() > layer_cache.SMALL_WEIGHT_ELEMENTS
+        assert large._direct_fits(torch.randn(1, 440, 4, 4), "avx512")
+    from conftest import SUPPORTED, at_isa
+    if "avx512" in SUPPORTED:
+        x = torch.randn(1, q.in_channels, 8, 8)
+        with at_isa("avx512"), torch.no_grad():
+            y = q(x)
+            w = q._buffers["weight"].float() if dtype == "fp16" else q.dequantized_weight(torch.float32)
+            assert torch.equal(y, F.conv2d(x, w, q.bias))  # torch's conv on the kept weight: its bits
+            monkeypatch.setattr(direct_conv, "POINTWISE_TORCH_LEVELS", ())  # a changed rule is seen by the kept route
+            if dtype != "fp16":
+                q(x)
+                assert _route(q) == "direct"

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from .. import _C
 from .conv_shape import conv_out_sizes
 from .half_conv import _half_conv2d_backward, _half_conv2d_setup
-from .row_rules import SMALL_L1D
+from .row_rules import BLAS_AVX512, SMALL_L1D
 from .settings import SETTINGS
 
 __all__ = ["int8_conv_arrays", "int8_conv_panels", "float_conv_panels", "direct_conv2d", "live_bias", "direct_conv2d_int8",
@@ -31,7 +31,8 @@ __all__ = ["int8_conv_arrays", "int8_conv_panels", "float_conv_panels", "direct_
            "MIN_K",
            "FILL_ELEMENTS_PER_PIXEL", "FILL_MAX_ELEMENTS", "SHORT_K", "SHORT_K_MAX_PIXELS", "short_k_fits",
            "WIDE_ANY_OUTPUTS_ON_THIS_CPU", "WIDE_OUT_CHANNELS", "WIDE_LEVELS", "wide_any_outputs", "GROUPED_MAX_OUTPUTS",
-           "GROUPED_NARROW_MAX_OUTPUTS", "GROUPED_MAX_OUT_CHANNELS", "GROUPED_NARROW_OUT_CHANNELS", "grouped_max_outputs"]
+           "GROUPED_NARROW_MAX_OUTPUTS", "GROUPED_MAX_OUT_CHANNELS", "GROUPED_NARROW_OUT_CHANNELS", "grouped_max_outputs",
+           "POINTWISE_TORCH_LEVELS", "POINTWISE_TORCH_MAX_PIXELS", "pointwise_takes_torch"]
 
 #: the most output elements (batch x out_h x out_w x out_channels) an integer layer's conv (weight-only
 #: int8, int4) runs the direct kernel with, per kernel level: past them torch's conv, batched over more pixels, is as fast or
@@ -96,9 +97,12 @@ WIDE_LEVELS = ("avx512",)
 #: width 8-16: 1.2-4.1x up to 32768 outputs, 0.96-1.4x at 65536, 0.64-3.0x (mostly behind) from 131072;
 #: RegNet-Y-400MF's grouped convs at 128x128 (48 channels on 32x32 ... 440 on 4x4) 1.2-2.1x where torch's conv
 #: on the kept weight ran 0.95-0.99x; at group width 4 1.9-3.3x up to 262144 outputs.  Not measured on
-#: AVX-512 hosts (their MAX_OUTPUTS rule stays).
-GROUPED_MAX_OUTPUTS = {"avx2": 65536}
-GROUPED_NARROW_MAX_OUTPUTS = {"avx2": 262144}
+#: AVX-512 hosts (their MAX_OUTPUTS rule stays).  Intel Xeon with AMX (6 Dec 2026, 1 thread, oneDNN's AVX-512
+#: grouped conv is quicker there): up to 16384 outputs the kernel is ahead or level (RegNet-Y's 208 channels on 8x8
+#: 0.97-0.98 -> 1.04-1.07), past it behind (48 channels on 32x32 0.65-0.69, group width 4 on 8x8 at batch 8
+#: 0.45-0.47); the whole RegNet-Y-400MF at 128x128 1.00-1.05 -> 1.08-1.14 (2 threads: 0.84 -> 0.91 weight-only).
+GROUPED_MAX_OUTPUTS = {"avx2": 65536, "avx512": 16384}
+GROUPED_NARROW_MAX_OUTPUTS = {"avx2": 262144, "avx512": 16384}
 GROUPED_MAX_OUT_CHANNELS = 16  # per group
 GROUPED_NARROW_OUT_CHANNELS = 4  # per group
 
@@ -110,6 +114,28 @@ def grouped_max_outputs(groups: int, out_channels_per_group: int, isa: str) -> i
         return 0
     table = GROUPED_NARROW_MAX_OUTPUTS if out_channels_per_group <= GROUPED_NARROW_OUT_CHANNELS else GROUPED_MAX_OUTPUTS
     return table.get(isa, 0)
+
+
+#: Where torch runs MKL / oneDNN's AVX-512 code (row_rules.BLAS_AVX512: Intel CPUs), at these kernel levels, a
+#: 1x1 conv of stride 1 and no padding on at most POINTWISE_TORCH_MAX_PIXELS output pixels (batch x h x w) whose
+#: float32 weight the layer keeps (a small weight) runs torch's conv on that weight, fp32's own call, not the
+#: direct kernel: a GEMM of few rows, which oneDNN's 1x1 conv runs faster.  Intel Xeon with AMX (6 Dec 2026, time /
+#: fp32, weight-only on the direct kernel -> torch's conv on the kept weight, 2 threads): 208 -> 208 on 8x8 0.71 ->
+#: 1.21, 128 -> 48 0.89 -> 1.31, 320 -> 40 0.78 -> 1.35, 40 -> 240 0.89 -> 1.21, 384 -> 64 on 4x4 1.07 -> 1.57,
+#: 576 -> 96 0.93 -> 1.40 (fp16 alike; 1 thread: 0.78-0.98 -> 1.18-1.31).  On more pixels torch's conv of few
+#: outputs runs 3-5x slower on 2 threads than on one (96 -> 24 on 16x16 84 us against 18, 64 -> 16 on 31x31 92
+#: against 27: fp32's too), where the direct kernel is 2-3.7x fp32's speed: they keep it.  (torch's conv here is
+#: F.conv2d against nn.Conv2d's call: above 1.0 by the module's Python.)  Other CPUs: not measured.
+POINTWISE_TORCH_LEVELS = ("avx512",) if BLAS_AVX512 else ()
+POINTWISE_TORCH_MAX_PIXELS = 64
+
+
+def pointwise_takes_torch(kernel_size: Sequence[int], stride: Sequence[int], padding, pixels: int, isa: str) -> bool:
+    """Whether a conv of this geometry on ``pixels`` output pixels (batch x out_h x out_w) whose float32 weight
+    is kept runs torch's conv at kernel level ``isa`` (POINTWISE_TORCH_LEVELS, POINTWISE_TORCH_MAX_PIXELS): 1x1,
+    stride 1, zero padding given as numbers."""
+    return (isa in POINTWISE_TORCH_LEVELS and pixels <= POINTWISE_TORCH_MAX_PIXELS and tuple(kernel_size) == (1, 1)
+            and tuple(stride) == (1, 1) and not isinstance(padding, str) and tuple(padding) == (0, 0))
 
 
 def wide_any_outputs(out_channels_per_group: int, isa: str) -> bool:

@@ -87,6 +87,8 @@ _ROUTE_SOURCES = tuple((None, name) for name in (
                                                    (vars(direct_conv), "MAX_OUTPUTS"),
                                                    (vars(direct_conv), "GROUPED_MAX_OUTPUTS"),
                                                    (vars(direct_conv), "GROUPED_NARROW_MAX_OUTPUTS"),
+                                                   (vars(direct_conv), "POINTWISE_TORCH_LEVELS"),
+                                                   (vars(direct_conv), "POINTWISE_TORCH_MAX_PIXELS"),
                                                    (vars(direct_conv), "MIN_K"),
                                                    (vars(direct_conv), "LARGE_WEIGHT_OUTPUTS_FACTOR"),
                                                    (vars(direct_conv), "FILL_ELEMENTS_PER_PIXEL"),
@@ -406,6 +408,9 @@ class QuantizedConv2d(ReduceRange, QuantizedModule):
         fill_max = direct_conv.FILL_MAX_ELEMENTS.get(SETTINGS.isa if isa is None else isa, 0)
         if self._one_pixel_1x1(x):
             return True  # one-pixel images, any stride: _ONE_PIXEL's GEMV on x's bytes (the direct kernel: 0.7-0.9x)
+        if numel <= layer_cache.SMALL_WEIGHT_ELEMENTS and direct_conv.pointwise_takes_torch(
+                self.kernel_size2d, self.stride2d, self.padding2d, pixels, SETTINGS.isa if isa is None else isa):
+            return False  # torch's conv on the kept float weight (_FLOAT)
         # (a strided 1x1 stays on the direct kernel where it fits: 208 -> 440 at stride 2 on 8x8, 0.85x fp32's
         # speed there, 0.72x as packed pixels)
         pointwise = (tuple(self.kernel_size2d) == (1, 1) and tuple(self.stride2d) == (1, 1)
@@ -567,6 +572,9 @@ class QuantizedConv2d(ReduceRange, QuantizedModule):
             return False
         outputs = shape[0] * out_h * out_w * self.out_channels
         isa = SETTINGS.isa if isa is None else isa
+        if (self.weight_numel() <= layer_cache.SMALL_WEIGHT_ELEMENTS and direct_conv.pointwise_takes_torch(
+                self.kernel_size2d, self.stride2d, self.padding2d, shape[0] * out_h * out_w, isa)):
+            return False  # (a kept float weight: torch's conv on it)
         wide = direct_conv.wide_any_outputs(self.out_channels // self.groups, isa)  # (no output limit)
         limit = direct_conv.MAX_OUTPUTS.get(isa, 0)
         if self.weight_numel() > layer_cache.SMALL_WEIGHT_ELEMENTS:  # torch's conv would dequantize it per call
