@@ -271,6 +271,26 @@ def test_weight_only_module_eager_and_exported_take_it():
             torch.testing.assert_close(off, y, rtol=1e-5, atol=1e-5)
 
 
+@needs_amx_bf16
+def test_weight_only_conv_rows_take_it_as_a_linear_would():
+    """A weight-only conv on the packed route (few pixels: a 1x1 conv's pixels are its rows) takes AMX-BF16
+    where a Linear of those rows would (row_rules.int8_weight_only_takes_amx), eager and exported alike."""
+    from mono_quant.modules import conv as conv_module
+    torch.manual_seed(2)
+    q = mq.quantize(torch.nn.Sequential(torch.nn.Conv2d(440, 440, 1)), activations=None).model
+    x = torch.randn(1, 440, 4, 4)  # 16 pixel rows
+    with at_isa("avx512"), torch.no_grad():
+        y = q(x)
+        assert conv_module._ROUTES.get(q[0])[5] == "packed"
+        assert torch.equal(torch.export.export(q, (x,)).module()(x), y)
+        exact = F.conv2d(x.double(), q[0].dequantized_weight(torch.float32).double(), q[0].bias.double())
+        torch.testing.assert_close(y.double(), exact, rtol=1e-5, atol=1e-5)
+        with SETTINGS.for_tests(amx=False):
+            off = q(x)
+        assert not torch.equal(off, y)  # (the tiles' bits: another path)
+        torch.testing.assert_close(off, y, rtol=1e-5, atol=1e-5)
+
+
 @pytest.fixture
 def amx_split():
     """Force the AMX-BF16 call's split (1: panel pairs, 2: row tiles); back to the rule after."""

@@ -312,8 +312,9 @@ def _conv2d_int8(x, packed, colsum, info, scale, zero_point, bias, kernel_size, 
         cols = F.unfold(x, tuple(kernel_size), tuple(dilation), tuple(padding), tuple(stride))
         cols = cols.reshape(batch, groups, x.shape[1] // groups, kh * kw, -1)
         rows = cols.permute(0, 4, 1, 3, 2).reshape(-1, cols.shape[1] * cols.shape[2] * cols.shape[3])
-    outs = [_linear_int8_kernel(rows[:, g * k:(g + 1) * k], packed, colsum, info, scale, zero_point, bias, g, False)
-            for g in range(groups)]
+    amx = groups == 1 and int8_weight_only_takes_amx(rows.shape[0], k, out_channels, SETTINGS.isa)  # (as eager's)
+    outs = [_linear_int8_kernel(rows[:, g * k:(g + 1) * k], packed, colsum, info, scale, zero_point, bias, g, False,
+                                amx=amx) for g in range(groups)]
     y = outs[0] if groups == 1 else torch.cat(outs, dim=1)
     # NCHW strides as eager's and the fake's (.contiguous() of a one-pixel result would keep the permuted ones)
     return y.new_empty((batch, out_channels, out_h, out_w)).copy_(

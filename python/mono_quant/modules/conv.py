@@ -14,7 +14,7 @@ from ..formats import checked_activations, format_of
 from ..formats import layer_cache
 from ..formats.base import WeightFormat
 from ..formats.layer_cache import float_weight, kernel_args_stamped
-from ..formats.packed_linear import conv_kernel_takes, dequantized_packed, packed_linear
+from ..formats.packed_linear import conv_kernel_takes, dequantized_packed, packed_linear, takes_amx
 from ..kernels import depthwise, direct_conv, dynamic_conv, settings
 from ..kernels.depthwise import depthwise_conv2d, takes_depthwise
 from ..kernels.conv_shape import conv_out_sizes
@@ -312,8 +312,9 @@ class QuantizedConv2d(ReduceRange, QuantizedModule):
             cols = cols.reshape(batch, self.groups, self.in_channels // self.groups, kh * kw, -1)
             rows = cols.permute(0, 4, 1, 3, 2).reshape(-1, cols.shape[1] * cols.shape[2] * cols.shape[3])
         groups, k = self.groups, info["in_features"]
-        if groups == 1:  # (no column slice: ~1 us)
-            y = packed_linear(self, rows, args[0])
+        if groups == 1:  # (no column slice: ~1 us); weight-only rows on AMX-BF16 where a Linear's would be
+            y = packed_linear(self, rows, args[0], amx=self.activations is None
+                              and takes_amx(rows.shape[0], k, self.out_channels))
         else:
             y = torch.cat([packed_linear(self, rows[:, g * k:(g + 1) * k], args[g]) for g in range(groups)], dim=1)
         if out_h * out_w == 1 and not nhwc:  # one pixel: NHWC rows are NCHW bytes (torch's strides, as a view)
