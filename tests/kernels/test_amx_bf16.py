@@ -289,6 +289,11 @@ def test_weight_only_conv_rows_take_it_as_a_linear_would():
             off = q(x)
         assert not torch.equal(off, y)  # (the tiles' bits: another path)
         torch.testing.assert_close(off, y, rtol=1e-5, atol=1e-5)
+        one_pixel = torch.randn(16, 440, 1, 1)  # a squeeze-excitation's conv: its own route, the same rule
+        y = q(one_pixel)
+        assert conv_module._ROUTES.get(q[0])[5] == "one pixel"
+        assert torch.equal(torch.export.export(q, (one_pixel,)).module()(one_pixel), y)
+        assert torch.equal(q(one_pixel.transpose(0, 1).contiguous().transpose(0, 1)), y)  # (strided: _packed_conv)
 
 
 @pytest.fixture

@@ -293,10 +293,11 @@ def test_pointwise_convs_of_few_pixels_take_torchs_conv_where_the_blas_is_avx512
     assert direct_conv.POINTWISE_TORCH_LEVELS == (("avx512",) if direct_conv.BLAS_AVX512 else ())
     monkeypatch.setattr(direct_conv, "POINTWISE_TORCH_LEVELS", ("avx512",))
     takes = direct_conv.pointwise_takes_torch
-    assert takes((1, 1), (1, 1), (0, 0), 64, "avx512") and not takes((1, 1), (1, 1), (0, 0), 65, "avx512")
-    assert not takes((1, 1), (2, 2), (0, 0), 16, "avx512") and not takes((1, 1), (1, 1), (1, 1), 16, "avx512")
-    assert not takes((3, 3), (1, 1), (0, 0), 16, "avx512") and not takes((1, 1), (1, 1), "valid", 16, "avx512")
-    assert not takes((1, 1), (1, 1), (0, 0), 16, "avx2") and not takes((1, 1), (1, 1), (0, 0), 16, "scalar")
+    assert takes((1, 1), (1, 1), (0, 0), 1, 64, "avx512") and not takes((1, 1), (1, 1), (0, 0), 1, 65, "avx512")
+    assert not takes((1, 1), (2, 2), (0, 0), 1, 16, "avx512") and not takes((1, 1), (1, 1), (1, 1), 1, 16, "avx512")
+    assert not takes((3, 3), (1, 1), (0, 0), 1, 16, "avx512") and not takes((1, 1), (1, 1), "valid", 1, 16, "avx512")
+    assert not takes((1, 1), (1, 1), (0, 0), 1, 16, "avx2") and not takes((1, 1), (1, 1), (0, 0), 1, 16, "scalar")
+    assert not takes((1, 1), (1, 1), (0, 0), 2, 16, "avx512")  # grouped: not measured, the direct kernel
     if dtype == "fp16":
         torch.manual_seed(0)
         q = mq.quantize(nn.Sequential(nn.Conv2d(208, 208, 1)).eval(), dtype="fp16").model[0]

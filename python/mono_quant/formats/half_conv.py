@@ -90,7 +90,7 @@ def takes_half_conv(module, x: torch.Tensor, isa: str) -> bool:
     if not short_k_fits(k, out_h * out_w):  # a stem on a large image: torch's conv
         return False
     if weight.numel() <= layer_cache.SMALL_WEIGHT_ELEMENTS and pointwise_takes_torch(
-            module.kernel_size2d, module.stride2d, module.padding2d, x.shape[0] * out_h * out_w, isa):
+            module.kernel_size2d, module.stride2d, module.padding2d, module.groups, x.shape[0] * out_h * out_w, isa):
         return False  # torch's conv on the kept float32 weight (an Intel CPU's oneDNN 1x1 conv)
     lanes = min(module.out_channels // module.groups, FULL_LANES[isa])
     if x.shape[0] * out_h * out_w * module.out_channels * FULL_LANES[isa] <= MAX_OUTPUTS[isa] * lanes:

@@ -130,12 +130,14 @@ POINTWISE_TORCH_LEVELS = ("avx512",) if BLAS_AVX512 else ()
 POINTWISE_TORCH_MAX_PIXELS = 64
 
 
-def pointwise_takes_torch(kernel_size: Sequence[int], stride: Sequence[int], padding, pixels: int, isa: str) -> bool:
+def pointwise_takes_torch(kernel_size: Sequence[int], stride: Sequence[int], padding, groups: int, pixels: int,
+                          isa: str) -> bool:
     """Whether a conv of this geometry on ``pixels`` output pixels (batch x out_h x out_w) whose float32 weight
     is kept runs torch's conv at kernel level ``isa`` (POINTWISE_TORCH_LEVELS, POINTWISE_TORCH_MAX_PIXELS): 1x1,
-    stride 1, zero padding given as numbers."""
-    return (isa in POINTWISE_TORCH_LEVELS and pixels <= POINTWISE_TORCH_MAX_PIXELS and tuple(kernel_size) == (1, 1)
-            and tuple(stride) == (1, 1) and not isinstance(padding, str) and tuple(padding) == (0, 0))
+    stride 1, zero padding given as numbers, one group (grouped 1x1 convs: not measured)."""
+    return (isa in POINTWISE_TORCH_LEVELS and pixels <= POINTWISE_TORCH_MAX_PIXELS and groups == 1
+            and tuple(kernel_size) == (1, 1) and tuple(stride) == (1, 1) and not isinstance(padding, str)
+            and tuple(padding) == (0, 0))
 
 
 def wide_any_outputs(out_channels_per_group: int, isa: str) -> bool:

@@ -409,8 +409,9 @@ class QuantizedConv2d(ReduceRange, QuantizedModule):
         fill_max = direct_conv.FILL_MAX_ELEMENTS.get(SETTINGS.isa if isa is None else isa, 0)
         if self._one_pixel_1x1(x):
             return True  # one-pixel images, any stride: _ONE_PIXEL's GEMV on x's bytes (the direct kernel: 0.7-0.9x)
-        if numel <= layer_cache.SMALL_WEIGHT_ELEMENTS and direct_conv.pointwise_takes_torch(
-                self.kernel_size2d, self.stride2d, self.padding2d, pixels, SETTINGS.isa if isa is None else isa):
+        if x.dtype == torch.float32 and numel <= layer_cache.SMALL_WEIGHT_ELEMENTS and direct_conv.pointwise_takes_torch(
+                self.kernel_size2d, self.stride2d, self.padding2d, self.groups, pixels,
+                SETTINGS.isa if isa is None else isa):
             return False  # torch's conv on the kept float weight (_FLOAT)
         # (a strided 1x1 stays on the direct kernel where it fits: 208 -> 440 at stride 2 on 8x8, 0.85x fp32's
         # speed there, 0.72x as packed pixels)
@@ -459,8 +460,9 @@ class QuantizedConv2d(ReduceRange, QuantizedModule):
             return _torch_layout(x, fill_and_conv(x, arrays, *route[9][:6]))
         if route[5] is _ONE_PIXEL:  # float32 x, weight-only 1x1 on one-pixel images: x's bytes are the rows
             if x.is_contiguous() and x.stride(3) == 1:  # (NCHW strides: torch's conv gives NCHW, as this)
+                mode = "weight_only_amx" if takes_amx(x.shape[0], self.in_channels, self.out_channels) else "weight_only"
                 return torch.from_numpy(linear_int8_raw(x.numpy().reshape(x.shape[0], x.shape[1]), route[9],
-                                                        "weight_only")).view(x.shape[0], self.out_channels, 1, 1)
+                                                        mode)).view(x.shape[0], self.out_channels, 1, 1)
             return _torch_layout(x, self._packed_conv(x, *packed), self.padding_mode)
         if route[5] is _PACKED:
             # float32 x, dynamic, one call (NCHW x: one image pixel, stride(1) 1, may be taken as channels_last)
@@ -574,7 +576,7 @@ class QuantizedConv2d(ReduceRange, QuantizedModule):
         outputs = shape[0] * out_h * out_w * self.out_channels
         isa = SETTINGS.isa if isa is None else isa
         if (self.weight_numel() <= layer_cache.SMALL_WEIGHT_ELEMENTS and direct_conv.pointwise_takes_torch(
-                self.kernel_size2d, self.stride2d, self.padding2d, shape[0] * out_h * out_w, isa)):
+                self.kernel_size2d, self.stride2d, self.padding2d, self.groups, shape[0] * out_h * out_w, isa)):
             return False  # (a kept float weight: torch's conv on it)
         wide = direct_conv.wide_any_outputs(self.out_channels // self.groups, isa)  # (no output limit)
         limit = direct_conv.MAX_OUTPUTS.get(isa, 0)
