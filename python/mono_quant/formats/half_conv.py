@@ -32,8 +32,7 @@ import torch
 import torch.nn.functional as F
 
 from ..kernels.conv_shape import conv_out_sizes
-from ..kernels.direct_conv import direct_conv2d, float_conv_panels, live_bias, pointwise_takes_torch, short_k_fits, \
-    wide_any_outputs
+from ..kernels.direct_conv import direct_conv2d, float_conv_panels, live_bias, short_k_fits, wide_any_outputs
 from ..kernels.fp16 import HALF_WEIGHT_DTYPES
 from ..kernels import half_conv as half_conv_kernels
 from ..kernels.half_conv import WINOGRAD_LEVELS, conv_algorithm, half_conv2d, half_conv2d_arrays, half_conv2d_raw
@@ -89,8 +88,7 @@ def takes_half_conv(module, x: torch.Tensor, isa: str) -> bool:
         return False  # (no output, or the scalar level: no F16C, torch's op)
     if not short_k_fits(k, out_h * out_w):  # a stem on a large image: torch's conv
         return False
-    if weight.numel() <= layer_cache.SMALL_WEIGHT_ELEMENTS and pointwise_takes_torch(
-            module.kernel_size2d, module.stride2d, module.padding2d, module.groups, x.shape[0] * out_h * out_w, isa):
+    if module.pointwise_on_kept_weight(x.shape[0] * out_h * out_w, isa):
         return False  # torch's conv on the kept float32 weight (an Intel CPU's oneDNN 1x1 conv)
     lanes = min(module.out_channels // module.groups, FULL_LANES[isa])
     if x.shape[0] * out_h * out_w * module.out_channels * FULL_LANES[isa] <= MAX_OUTPUTS[isa] * lanes:

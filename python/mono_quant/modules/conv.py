@@ -409,9 +409,7 @@ class QuantizedConv2d(ReduceRange, QuantizedModule):
         fill_max = direct_conv.FILL_MAX_ELEMENTS.get(SETTINGS.isa if isa is None else isa, 0)
         if self._one_pixel_1x1(x):
             return True  # one-pixel images, any stride: _ONE_PIXEL's GEMV on x's bytes (the direct kernel: 0.7-0.9x)
-        if x.dtype == torch.float32 and numel <= layer_cache.SMALL_WEIGHT_ELEMENTS and direct_conv.pointwise_takes_torch(
-                self.kernel_size2d, self.stride2d, self.padding2d, self.groups, pixels,
-                SETTINGS.isa if isa is None else isa):
+        if x.dtype == torch.float32 and self.pointwise_on_kept_weight(pixels, SETTINGS.isa if isa is None else isa):
             return False  # torch's conv on the kept float weight (_FLOAT)
         # (a strided 1x1 stays on the direct kernel where it fits: 208 -> 440 at stride 2 on 8x8, 0.85x fp32's
         # speed there, 0.72x as packed pixels)
@@ -575,8 +573,7 @@ class QuantizedConv2d(ReduceRange, QuantizedModule):
             return False
         outputs = shape[0] * out_h * out_w * self.out_channels
         isa = SETTINGS.isa if isa is None else isa
-        if (self.weight_numel() <= layer_cache.SMALL_WEIGHT_ELEMENTS and direct_conv.pointwise_takes_torch(
-                self.kernel_size2d, self.stride2d, self.padding2d, self.groups, shape[0] * out_h * out_w, isa)):
+        if self.pointwise_on_kept_weight(shape[0] * out_h * out_w, isa):
             return False  # (a kept float weight: torch's conv on it)
         wide = direct_conv.wide_any_outputs(self.out_channels // self.groups, isa)  # (no output limit)
         limit = direct_conv.MAX_OUTPUTS.get(isa, 0)
@@ -735,6 +732,13 @@ class QuantizedConv2d(ReduceRange, QuantizedModule):
     def weight_numel(self) -> int:
         """Elements of the float weight."""
         return self.out_channels * (self.in_channels // self.groups) * self.kernel_size2d[0] * self.kernel_size2d[1]
+
+    def pointwise_on_kept_weight(self, pixels: int, isa: str) -> bool:
+        """Whether this layer's conv on ``pixels`` output pixels (batch x out_h x out_w) runs torch's conv on its
+        kept float32 weight at kernel level ``isa`` by direct_conv.pointwise_takes_torch (a small weight only:
+        larger ones keep no float copy); the integer routes and the fp16 / bf16 one ask it alike."""
+        return (self.weight_numel() <= layer_cache.SMALL_WEIGHT_ELEMENTS and direct_conv.pointwise_takes_torch(
+            self.kernel_size2d, self.stride2d, self.padding2d, self.groups, pixels, isa))
 
     def _dequantized_packed(self, info: dict, out: Optional[torch.Tensor] = None) -> torch.Tensor:
         """The float32 weight ``[out, in/groups, kh, kw]`` straight from the packed buffers
