@@ -11,10 +11,13 @@
 
 #include "mq.h"
 
-/* below this much work a call stays on one thread (fp16.c's threshold).  At 4x it, 128 x 384 x
- * 384 (19 M multiply-adds) stayed on one thread and lost to fp32's two (Intel Xeon, 1 Dec,
- * weight-only: 1.09 of fp32's time; split in row ranges from this threshold, 0.94) */
-#define ONE_THREAD_MACS ((double)(1 << 23))
+/* below this much work a call stays on one thread.  At 2^25, 128 x 384 x 384 (19 M multiply-adds)
+ * stayed on one thread and lost to fp32's two (Intel Xeon, 1 Dec, weight-only: 1.09 of fp32's
+ * time; split in row ranges, 0.94).  At 2^23 (fp16.c's), a RegNet's or EfficientNet's 1x1 convs
+ * on 16 - 64 pixels (440 -> 440 on 4x4: 3 M) stayed on one thread: whole classifiers at 2 threads,
+ * weight-only, 0.91 / 1.00 of fp32's speed, 0.97-1.01 / 1.07 from 2^20 with MIN_PAIRS_MACS 2^19
+ * (Intel Xeon, 6 Dec; a 6-layer BERT-style encoder, hidden 384, at 16 - 32 rows: 1.28-1.38 -> 1.41-1.49) */
+#define ONE_THREAD_MACS ((double)(1 << 20))
 /* a row range's least work (and rows): each range streams every panel's B tiles and sets up
  * its tiles */
 #define MIN_RANGE_MACS ((int64_t)1 << 23)
@@ -28,8 +31,8 @@
  * with fewer, every thread reads all of x's pieces for a few tiles' work (768 -> 64 at 256 rows,
  * 2 threads: 1.6 of fp32's time by pairs, 0.8 on one thread by rows; Intel Xeon, 2 Dec) */
 #define PAIRS_MIN_PER_THREAD 3
-/* a panel-pair piece's least work */
-#define MIN_PAIRS_MACS ((int64_t)1 << 21)
+/* a panel-pair piece's least work (2^21: a 3 M call made pieces of 9 and 5 pairs) */
+#define MIN_PAIRS_MACS ((int64_t)1 << 19)
 
 typedef struct {
     const mq_kernels *kt;

@@ -281,8 +281,9 @@ def test_weight_only_conv_rows_take_it_as_a_linear_would():
     x = torch.randn(1, 440, 4, 4)  # 16 pixel rows
     with at_isa("avx512"), torch.no_grad():
         y = q(x)
-        assert conv_module._ROUTES.get(q[0])[5] == "packed"
+        assert conv_module._ROUTES.get(q[0])[5] == "pointwise"  # (the packed route's call, kept)
         assert torch.equal(torch.export.export(q, (x,)).module()(x), y)
+        assert torch.equal(q(x.contiguous(memory_format=torch.channels_last)), y)  # (_packed_conv's own call)
         exact = F.conv2d(x.double(), q[0].dequantized_weight(torch.float32).double(), q[0].bias.double())
         torch.testing.assert_close(y.double(), exact, rtol=1e-5, atol=1e-5)
         with SETTINGS.for_tests(amx=False):

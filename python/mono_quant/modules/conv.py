@@ -70,8 +70,8 @@ DYNAMIC_CHUNK_BYTES = 1 << 20
 
 # QuantizedConv2d.forward's routes (see QuantizedConv2d._route), and per module the last one
 # taken with what it was chosen for: a weak map, so deepcopy and state_dict never see it.
-_PACKED, _FLOAT, _FORMAT, _DIRECT, _DEPTHWISE, _INT4_ROWS, _HALF, _ONE_PIXEL = (
-    "packed", "float", "format", "direct", "depthwise", "int4 rows", "half", "one pixel")
+_PACKED, _FLOAT, _FORMAT, _DIRECT, _DEPTHWISE, _INT4_ROWS, _HALF, _ONE_PIXEL, _POINTWISE = (
+    "packed", "float", "format", "direct", "depthwise", "int4 rows", "half", "one pixel", "pointwise")
 _ROUTES = layer_cache.per_layer_cache()
 # What a route depends on besides x and kernel_args' tensors (stamp sources, kernels/stamps.py):
 # the layer's format, mode, geometry, the size rules of this module (tests change them) and the kernel
@@ -462,6 +462,15 @@ class QuantizedConv2d(ReduceRange, QuantizedModule):
                 return torch.from_numpy(linear_int8_raw(x.numpy().reshape(x.shape[0], x.shape[1]), route[9],
                                                         mode)).view(x.shape[0], self.out_channels, 1, 1)
             return _torch_layout(x, self._packed_conv(x, *packed), self.padding_mode)
+        if route[5] is _POINTWISE:  # float32 x, weight-only 1x1 at stride 1: the pixels' rows through one GEMM
+            if x.is_contiguous() and x.stride(1) != 1:  # NCHW: _packed_conv's transposes and call, kept
+                planes, out_shape = route[9][1], route[9][2]
+                threads = SETTINGS.num_threads()
+                rows = transposed_planes(x.numpy().reshape(planes), threads).reshape(-1, planes[1])
+                mode = "weight_only_amx" if takes_amx(rows.shape[0], planes[1], out_shape[1]) else "weight_only"
+                y = linear_int8_raw(rows, route[9][0], mode).reshape(planes[0], planes[2], out_shape[1])
+                return torch.from_numpy(transposed_planes(y, threads)).reshape(out_shape)
+            return _torch_layout(x, self._packed_conv(x, *packed), self.padding_mode)
         if route[5] is _PACKED:
             # float32 x, dynamic, one call (NCHW x: one image pixel, stride(1) 1, may be taken as channels_last)
             if route[9] is not None and not x.requires_grad and x.is_contiguous() and x.stride(1) != 1:
@@ -534,6 +543,14 @@ class QuantizedConv2d(ReduceRange, QuantizedModule):
                 and self.padding_mode == "zeros" and self._one_pixel_1x1(x)):
             # a squeeze-excitation's 1x1 conv: _packed_conv's rows and call without its ~10 us of Python
             route, call = _ONE_PIXEL, packed[1][0]
+        elif (route is _PACKED and x.dtype == torch.float32 and self.activations != "dynamic"
+              and self.padding_mode == "zeros" and self.groups == 1 and tuple(self.kernel_size2d) == (1, 1)
+              and tuple(self.stride2d) == (1, 1) and tuple(self.padding2d) == (0, 0)):
+            # a 1x1 conv on few pixels (a RegNet's or EfficientNet's late 1x1s): _packed_conv's transposes and
+            # call without its ~15 us of Python (a third of a 440 -> 440 conv's time on 4x4 at batch 1)
+            batch, channels, height, width = x.shape
+            route, call = _POINTWISE, (packed[1][0], (batch, channels, height * width),
+                                       (batch, self.out_channels, height, width))
         if route is _DIRECT:  # the panels: kept for a small weight (in place of its float copy), else filled per call
             b = (direct_conv2d_int8, int8_conv_arrays(self._buffers["weight_packed"], self.weight_scale,
                                                       self.weight_zero_point, self.bias, self.out_channels))
