@@ -12,7 +12,9 @@ the ratios: the target is >= 1.0x fp32 for every case in both modes.
 Cases: int8 Linear batch 1 (weight-only and dynamic) and int4 g128 batch 1 on
 4096x4096, 11008x4096, 4096x11008; int8 dynamic batch 32 and 128 on
 4096x4096; int8 Conv2d on the ResNet-18 3x3 shapes at batch 1 and 8; the
-BERT-base layers (768x768, 3072x768, 768x3072; out x in) at batch 1.
+BERT-base layers (768x768, 3072x768, 768x3072; out x in) at batch 1, and at
+16 rows (a short sequence) weight-only and fp16: calls that split over the
+threads from a million multiply-adds (AMX-BF16 on CPUs that have it).
 
 Usage: python benchmarks/bench_load.py [--background-load N] [--repeats N] [--quick]
                                        [--isa avx2 ...] [--torch-isa avx2] (see isa_cap.py)
@@ -35,6 +37,7 @@ warnings.filterwarnings("ignore")
 LLM_SHAPES = [(4096, 4096), (11008, 4096), (4096, 11008)]  # out x in
 BERT_SHAPES = [(768, 768), (3072, 768), (768, 3072)]
 CONV_SHAPES = [(64, 56), (128, 28), (256, 14), (512, 7)]  # channels, spatial; 3x3, stride 1, padding 1
+SHORT_ROWS = 16  # rows of the BERT layers' short-sequence cases (weight-only and fp16)
 
 
 class Rotation:
@@ -68,6 +71,10 @@ def linear_cases(quick: bool):
         if (n, k) == (4096, 4096):
             for m in (32, 128):
                 yield f"linear {n}x{k} b{m}", fp32, {"int8 dynamic": dyn}, torch.randn(m, k)
+        if (n, k) in BERT_SHAPES:  # a short sequence: the row kernels (AMX-BF16 where the CPU has it) split
+            fp16 = Rotation([mq.quantize(f, dtype="fp16").model for f in floats])
+            yield f"linear {n}x{k} b{SHORT_ROWS}", fp32, {"int8 weight-only": wo, "fp16": fp16}, torch.randn(SHORT_ROWS, k)
+            del fp16
         del floats, wo, dyn, int4, fp32
 
 
