@@ -26,11 +26,16 @@
  * the weight rows stream front to back (what the prefetchers like best). */
 #define UNBLOCKED_ROWS 8
 
-/* As linear.c's weight-only calls (a multiply-add here costs about what it
- * costs them: a conversion and an fp32 FMA): below ONE_THREAD_MACS a call
- * stays on the calling thread, below MQ_SPLIT_ALWAYS_MACS it splits only while
- * the split calls' callers kept their cores (mq_threads_for_work). */
-#define ONE_THREAD_MACS ((double)(1 << 23))
+/* Below ONE_THREAD_MACS a call stays on the calling thread, below MQ_SPLIT_ALWAYS_MACS it splits
+ * only while the split calls' callers kept their cores (mq_threads_for_work).  2^23 (linear.c's
+ * weight-only threshold) left calls of 4 - 32 rows on one thread where fp32's ran on two: at 2
+ * threads, 2^23 -> 2^21 (Intel Xeon, 6 Dec): 768 -> 768 at 4 rows 0.66 -> 1.07-1.11 of fp32's speed,
+ * 440 -> 440 at 16 rows 0.70 -> 0.95, 384 -> 384 at 32 rows 0.61 -> 0.96, one row level; whole
+ * classifiers in fp16 (their 1x1 convs of few pixels: im2col rows through this GEMM) RegNet-Y-400MF
+ * 0.92-0.97 -> 0.96-1.04, MobileNetV3-Large 1.09 -> 1.12-1.13; beside two busy processes such calls
+ * stayed 4-26x ahead of fp32's.  2^20 split 384 -> 384 one-row calls too (1.3 M with the widening's
+ * rows) for nothing, and lost at 4 rows (1.34 -> 1.25). */
+#define ONE_THREAD_MACS ((double)(1 << 21))
 /* ... the tiles (a few rows, each weight widened once a call) counting that widening and the call's
  * fixed costs as MQ_WO_CONVERT_ROWS rows (mq.h), as linear.c's weight-only tiles (768 x 768 at 8 rows,
  * 4.7 M: 1.75 of fp32's time on one thread where fp32 ran on two; Intel Xeon, 2 Dec) */

@@ -33,8 +33,11 @@
  * torch's team, 1 December 2026: 64 channels on 16x16 at batch 1 (9.4M) 157 us on one thread,
  * 117 on two.  Below 4M (about 60 us on one thread) a split paid little or lost
  * (on the pool, whose sleeping helper's wake-up cost more than it saved): 64 channels on 8x8 at
- * batch 1 (2.4M) 38 us on one thread, 52 split (Intel Xeon, 2 Dec, 2 threads) */
-#define ONE_THREAD_MACS ((double)(1 << 22))
+ * batch 1 (2.4M) 38 us on one thread, 52 split (Intel Xeon, 2 Dec, 2 threads).  In a model, where
+ * torch's ops between the calls keep its team awake, 2M paid: fp16 at 2 threads, 64 -> 64 on 8x8
+ * 1.21 -> 1.30 of fp32's speed, 32 -> 32 on 16x16 1.15 -> 1.31, larger ones level (1M the same
+ * within noise); beside two busy processes all still 4-50x ahead of fp32's (Intel Xeon, 6 Dec) */
+#define ONE_THREAD_MACS ((double)(1 << 21))
 /* a weight filled into panels costs about this many multiply-adds of the conv a value (int8 and int4:
  * 0.15-0.2 ns a weight, a multiply-add 0.016 ns on one AVX-512 core): 64->128 channels on 4x4 at batch 1,
  * 1.2 M multiply-adds and 74 k weights, splits */
