@@ -7,6 +7,7 @@ import torch
 from torch import nn
 
 import mono_quant as mq
+from conv_and_linear import weight_only_conv_and_linear
 
 
 @pytest.mark.parametrize("dtype, kwargs", [("int8", {"activations": None}), ("int8", {}), ("fp16", {}),
@@ -38,14 +39,7 @@ def test_a_one_pixel_1x1_conv_is_the_dequantized_conv(dtype, kwargs, batch):
 def test_a_weight_only_one_pixel_conv_is_its_linear_bit_for_bit(cin, cout, stride):
     # the one-pixel route (modules/conv.py _ONE_PIXEL) is the weight-only Linear's kernel call on the
     # images' channel vectors: the same bits as a quantized Linear of the same weight, torch's layout
-    torch.manual_seed(1)
-    conv = nn.Conv2d(cin, cout, 1, stride=stride).eval()
-    linear = nn.Linear(cin, cout).eval()
-    with torch.no_grad():
-        linear.weight.copy_(conv.weight.view(cout, cin))
-        linear.bias.copy_(conv.bias)
-    qc = mq.quantize(nn.Sequential(conv), dtype="int8", activations=None).model[0]
-    ql = mq.quantize(nn.Sequential(linear), dtype="int8", activations=None).model[0]
+    conv, qc, ql = weight_only_conv_and_linear(cin, cout, stride, seed=1)
     x = torch.randn(4, cin, 1, 1)
     nhwc = x.clone().as_strided(x.shape, (cin, 1, cin, cin))  # (channels_last strides: .contiguous() keeps NCHW's)
     with torch.no_grad():

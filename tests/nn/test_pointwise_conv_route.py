@@ -7,6 +7,7 @@ import torch
 from torch import nn
 
 import mono_quant as mq
+from conv_and_linear import weight_only_conv_and_linear
 from mono_quant.modules import conv as C
 
 
@@ -21,14 +22,7 @@ def torch_threads():
                                                     (600, 130, 1, (1, 2))])
 @pytest.mark.parametrize("threads", [1, 2])
 def test_a_pointwise_conv_is_its_linear_on_the_pixels_bit_for_bit(cin, cout, batch, side, threads, torch_threads):
-    torch.manual_seed(4)
-    conv = nn.Conv2d(cin, cout, 1).eval()
-    linear = nn.Linear(cin, cout).eval()
-    with torch.no_grad():
-        linear.weight.copy_(conv.weight.view(cout, cin))
-        linear.bias.copy_(conv.bias)
-    qc = mq.quantize(nn.Sequential(conv), dtype="int8", activations=None).model[0]
-    ql = mq.quantize(nn.Sequential(linear), dtype="int8", activations=None).model[0]
+    conv, qc, ql = weight_only_conv_and_linear(cin, cout, seed=4)
     x = torch.randn(batch, cin, *side)
     wide = torch.randn(batch, cin, side[0], side[1] + 3)
     inputs = {"contiguous": x, "channels_last": x.contiguous(memory_format=torch.channels_last),
