@@ -251,6 +251,20 @@ def test_weight_only_strided_rows_and_threads():
 
 
 @needs_amx_bf16
+@pytest.mark.parametrize("m, n, k, splits", [(16, 440, 440, True), (64, 440, 208, True), (16, 128, 256, False)])
+def test_weight_only_few_rows_split_from_a_million_products(m, n, k, splits):
+    # a 1x1 conv of a small map (440 -> 440 on 4x4: 3 M multiply-adds) splits at 2 threads: on one thread it
+    # held RegNet-Y at 0.91x fp32's speed there (csrc/amx_bf16.c ONE_THREAD_MACS); 0.5 M stays on one
+    rng = np.random.default_rng(m + n + k)
+    w, packed, m128 = _packed(n, k, rng)
+    x = rng.standard_normal((m, k)).astype(np.float32)
+    one = _wo(x, packed, n, m128)
+    before = int(_C.linear_kernels()["split_calls"])
+    np.testing.assert_array_equal(_wo(x, packed, n, m128, nthreads=2), one)
+    assert (int(_C.linear_kernels()["split_calls"]) > before) == splits
+
+
+@needs_amx_bf16
 def test_weight_only_module_eager_and_exported_take_it():
     torch.manual_seed(1)
     q = mq.quantize(torch.nn.Linear(70, 37), activations=None).model
