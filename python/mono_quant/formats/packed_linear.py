@@ -17,7 +17,7 @@ from ..kernels.stamps import make_stamp, tensors_unchanged
 from ..kernels import reference
 from .layer_cache import float_weight, kernel_args_stamped, per_layer_cache
 
-__all__ = ["BLAS_MIN_ROWS", "BLAS_MIN_IN_FEATURES", "blas_min_rows", "takes_blas", "takes_amx", "kernel_takes", "conv_kernel_takes", "packed_linear", "dequantized_packed",
+__all__ = ["BLAS_MIN_ROWS", "BLAS_MIN_IN_FEATURES", "blas_min_rows", "takes_blas", "takes_amx", "weight_only_mode", "kernel_takes", "conv_kernel_takes", "packed_linear", "dequantized_packed",
            "KERNEL_DTYPES", "dynamic_linear", "weight_only_linear", "blas_linear"]
 
 #: activation dtypes the int8 kernels read
@@ -48,6 +48,12 @@ def takes_amx(rows: int, in_features: int, out_features: int) -> bool:
     """Whether a weight-only int8 Linear call of ``rows`` rows runs on AMX-BF16 at the active
     kernel level (row_rules.int8_weight_only_takes_amx)."""
     return int8_weight_only_takes_amx(rows, in_features, out_features, kernels.SETTINGS.isa)
+
+
+def weight_only_mode(rows: int, in_features: int, out_features: int) -> str:
+    """``_C.linear_int8``'s mode for a weight-only call of ``rows`` rows: on AMX-BF16 where :func:`takes_amx`
+    says so, else the tiles."""
+    return "weight_only_amx" if takes_amx(rows, in_features, out_features) else "weight_only"
 
 
 def kernel_takes(x: torch.Tensor, in_features: int) -> bool:

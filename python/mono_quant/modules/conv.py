@@ -14,7 +14,7 @@ from ..formats import checked_activations, format_of
 from ..formats import layer_cache
 from ..formats.base import WeightFormat
 from ..formats.layer_cache import float_weight, kernel_args_stamped
-from ..formats.packed_linear import conv_kernel_takes, dequantized_packed, packed_linear, takes_amx
+from ..formats.packed_linear import conv_kernel_takes, dequantized_packed, packed_linear, takes_amx, weight_only_mode
 from ..kernels import depthwise, direct_conv, dynamic_conv, settings
 from ..kernels.depthwise import depthwise_conv2d, takes_depthwise
 from ..kernels.conv_shape import conv_out_sizes
@@ -352,6 +352,11 @@ class QuantizedConv2d(ReduceRange, QuantizedModule):
         return (self.groups == 1 and x.shape[2] * x.shape[3] == 1 and tuple(self.kernel_size2d) == (1, 1)
                 and tuple(self.padding2d) == (0, 0))
 
+    def _plain_pointwise(self) -> bool:
+        """A 1x1 conv at stride 1 without padding: each input pixel is a row of its GEMM."""
+        return (tuple(self.kernel_size2d) == (1, 1) and tuple(self.stride2d) == (1, 1)
+                and tuple(self.padding2d) == (0, 0))
+
     def _output_pixels(self, shape):
         """batch x out_h x out_w of this conv on an input of sizes ``shape`` (ints or symbolic sizes)."""
         pixels = shape[0]
@@ -413,8 +418,7 @@ class QuantizedConv2d(ReduceRange, QuantizedModule):
             return False  # torch's conv on the kept float weight (_FLOAT)
         # (a strided 1x1 stays on the direct kernel where it fits: 208 -> 440 at stride 2 on 8x8, 0.85x fp32's
         # speed there, 0.72x as packed pixels)
-        pointwise = (tuple(self.kernel_size2d) == (1, 1) and tuple(self.stride2d) == (1, 1)
-                     and tuple(self.padding2d) == (0, 0))
+        pointwise = self._plain_pointwise()
         return not (self._direct_fits(x, isa) and (numel <= layer_cache.SMALL_WEIGHT_ELEMENTS or (
             not pointwise and pixels * direct_conv.FILL_ELEMENTS_PER_PIXEL >= numel and numel < fill_max)))
 
@@ -458,16 +462,17 @@ class QuantizedConv2d(ReduceRange, QuantizedModule):
             return _torch_layout(x, fill_and_conv(x, arrays, *route[9][:6]))
         if route[5] is _ONE_PIXEL:  # float32 x, weight-only 1x1 on one-pixel images: x's bytes are the rows
             if x.is_contiguous() and x.stride(3) == 1:  # (NCHW strides: torch's conv gives NCHW, as this)
-                mode = "weight_only_amx" if takes_amx(x.shape[0], self.in_channels, self.out_channels) else "weight_only"
+                mode = weight_only_mode(x.shape[0], self.in_channels, self.out_channels)
                 return torch.from_numpy(linear_int8_raw(x.numpy().reshape(x.shape[0], x.shape[1]), route[9],
                                                         mode)).view(x.shape[0], self.out_channels, 1, 1)
             return _torch_layout(x, self._packed_conv(x, *packed), self.padding_mode)
         if route[5] is _POINTWISE:  # float32 x, weight-only 1x1 at stride 1: the pixels' rows through one GEMM
             if x.is_contiguous() and x.stride(1) != 1:  # NCHW: _packed_conv's transposes and call, kept
+                # (in NumPy: _nhwc_rows' and _nchw's tensor wrappers cost ~5 us a call here)
                 planes, out_shape = route[9][1], route[9][2]
                 threads = SETTINGS.num_threads()
                 rows = transposed_planes(x.numpy().reshape(planes), threads).reshape(-1, planes[1])
-                mode = "weight_only_amx" if takes_amx(rows.shape[0], planes[1], out_shape[1]) else "weight_only"
+                mode = weight_only_mode(rows.shape[0], planes[1], out_shape[1])
                 y = linear_int8_raw(rows, route[9][0], mode).reshape(planes[0], planes[2], out_shape[1])
                 return torch.from_numpy(transposed_planes(y, threads)).reshape(out_shape)
             return _torch_layout(x, self._packed_conv(x, *packed), self.padding_mode)
@@ -540,17 +545,16 @@ class QuantizedConv2d(ReduceRange, QuantizedModule):
                 call = (packed[2], (tuple(self.kernel_size2d), tuple(self.stride2d), tuple(self.padding2d),
                                     tuple(self.dilation2d), self.groups), True)
         if (route is _PACKED and x.dtype == torch.float32 and self.activations != "dynamic"
-                and self.padding_mode == "zeros" and self._one_pixel_1x1(x)):
-            # a squeeze-excitation's 1x1 conv: _packed_conv's rows and call without its ~10 us of Python
-            route, call = _ONE_PIXEL, packed[1][0]
-        elif (route is _PACKED and x.dtype == torch.float32 and self.activations != "dynamic"
-              and self.padding_mode == "zeros" and self.groups == 1 and tuple(self.kernel_size2d) == (1, 1)
-              and tuple(self.stride2d) == (1, 1) and tuple(self.padding2d) == (0, 0)):
-            # a 1x1 conv on few pixels (a RegNet's or EfficientNet's late 1x1s): _packed_conv's transposes and
-            # call without its ~15 us of Python (a third of a 440 -> 440 conv's time on 4x4 at batch 1)
-            batch, channels, height, width = x.shape
-            route, call = _POINTWISE, (packed[1][0], (batch, channels, height * width),
-                                       (batch, self.out_channels, height, width))
+                and self.padding_mode == "zeros"):
+            if self._one_pixel_1x1(x):
+                # a squeeze-excitation's 1x1 conv: _packed_conv's rows and call without its ~10 us of Python
+                route, call = _ONE_PIXEL, packed[1][0]
+            elif self.groups == 1 and self._plain_pointwise():
+                # a 1x1 conv on few pixels (a RegNet's or EfficientNet's late 1x1s): _packed_conv's transposes and
+                # call without its ~15 us of Python (a third of a 440 -> 440 conv's time on 4x4 at batch 1)
+                batch, channels, height, width = x.shape
+                route, call = _POINTWISE, (packed[1][0], (batch, channels, height * width),
+                                           (batch, self.out_channels, height, width))
         if route is _DIRECT:  # the panels: kept for a small weight (in place of its float copy), else filled per call
             b = (direct_conv2d_int8, int8_conv_arrays(self._buffers["weight_packed"], self.weight_scale,
                                                       self.weight_zero_point, self.bias, self.out_channels))
