@@ -26,6 +26,22 @@
 
 #include "mq.h"
 
+/* ---- Python 3.9 (pyproject's requires-python): the two 3.10 API calls the bindings use */
+#if PY_VERSION_HEX < 0x030A0000
+static inline PyObject *Py_NewRef(PyObject *obj) {
+    Py_INCREF(obj);
+    return obj;
+}
+static inline int PyModule_AddObjectRef(PyObject *module, const char *name, PyObject *value) {
+    Py_XINCREF(value); /* PyModule_AddObject steals a reference on success only */
+    if (PyModule_AddObject(module, name, value) < 0) {
+        Py_XDECREF(value);
+        return -1;
+    }
+    return 0;
+}
+#endif
+
 /* ---- method tables: each binding file exports one, module.c concatenates them */
 extern PyMethodDef mq_quant_methods[];    /* bind_quant.c: per-row int8 quantization */
 extern PyMethodDef mq_pack_methods[];     /* bind_pack.c: the packed int8 layout */
