@@ -3,6 +3,7 @@ levels this CPU supports, forced one at a time), and the paths tests read beside
 the package.  Test folders mirror the package (kernels/, formats/, nn/, io/, cli/,
 calibration/); helpers shared across folders stay here, beside this file."""
 import contextlib
+import os
 import warnings
 from pathlib import Path
 
@@ -55,6 +56,54 @@ def at_isa(name):
         if switch:
             use(False)
         _C.set_isa(previous)
+
+
+# a test parameter with one of these names holds a kernel level ("avx2") or a variant ("avx2+maddubs")
+_LEVEL_PARAMS = ("isa", "kernel_isa", "kernel", "level")
+
+
+def _level_of(item):
+    """The kernel level a test case is parametrized with (its isa / kernel_isa / kernel / level
+    parameter), or None."""
+    params = getattr(getattr(item, "callspec", None), "params", {})
+    for name in _LEVEL_PARAMS:
+        value = params.get(name)
+        if isinstance(value, str) and value.partition("+")[0] in LEVELS:
+            return value.partition("+")[0]
+    return None
+
+
+def _deselect(config, items, keep) -> None:
+    config.hook.pytest_deselected(items=[item for item in items if not keep(item)])
+    items[:] = [item for item in items if keep(item)]
+
+
+def pytest_collection_modifyitems(config, items):
+    """Two selections for tools/test_isa_levels.sh, which runs the kernel tests under qemu, where a
+    test takes ~50x its native time.
+
+    MONO_QUANT_TEST_LEVELS="avx2" (a comma list): cases parametrized with another kernel level (an
+    ``isa`` / ``kernel_isa`` / ``kernel`` / ``level`` parameter) are left out: each emulated CPU runs
+    its own level's cases, the lower levels' run on their own CPU model.  Tests that loop over the
+    levels themselves (comparing them) still run whole.
+
+    MONO_QUANT_TEST_SHARD="i/n": keep every n-th test from the i-th (0-based), so that n processes
+    run the set between them (one qemu process a core).  Every n-th test, not every n-th file: a
+    file's large cases then spread over the shards."""
+    only = [name for name in os.environ.get("MONO_QUANT_TEST_LEVELS", "").split(",") if name]
+    if any(name not in LEVELS for name in only):
+        raise pytest.UsageError(f"MONO_QUANT_TEST_LEVELS={','.join(only)!r}: each name one of {LEVELS}")
+    if only:
+        _deselect(config, items, lambda item: _level_of(item) in (None, *only))
+    shard = os.environ.get("MONO_QUANT_TEST_SHARD")
+    if not shard:
+        return
+    index, _, count = shard.partition("/")
+    if not (index.isdigit() and count.isdigit() and int(index) < int(count)):
+        raise pytest.UsageError(f"MONO_QUANT_TEST_SHARD={shard!r}: expected i/n with 0 <= i < n, e.g. 0/2")
+    index, count = int(index), int(count)
+    position = {id(item): number for number, item in enumerate(items)}
+    _deselect(config, items, lambda item: position[id(item)] % count == index)
 
 
 @pytest.fixture(params=SUPPORTED)

@@ -7,6 +7,7 @@
 #
 #   tools/test_isa_levels.sh            # the CI set: smoke + kernel tests
 #   ISA_LEVELS="Haswell-noTSX-IBRS:avx2" tools/test_isa_levels.sh
+#   ISA_SHARDS=1 tools/test_isa_levels.sh   # one emulated pytest process (default: one a core)
 #
 # qemu 7.2's TCG has AVX2 but no AVX-512, so the AVX-512 level runs natively
 # only (make test).  SandyBridge (AVX, no AVX2/FMA/F16C) stands for the
@@ -16,6 +17,7 @@ cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
 QEMU=${QEMU:-qemu-x86_64}
 LEVELS=${ISA_LEVELS:-"Haswell-noTSX-IBRS:avx2 SandyBridge:scalar"}
+SHARDS=${ISA_SHARDS:-$(nproc 2>/dev/null || echo 1)}  # emulated test processes at once
 # kernel-vs-reference tests: small shapes, every kernel family once at least
 KERNEL_TESTS=${ISA_KERNEL_TESTS:-"tests/kernels/test_quant_kernels.py tests/formats/test_quantize_weight.py tests/kernels/test_quantize_pack.py tests/kernels/test_int8_linear.py tests/kernels/test_int4_kernels.py tests/nn/test_int8_conv.py tests/kernels/test_reduce_range_kernels.py tests/kernels/test_fp16_kernels.py tests/kernels/test_half_conv.py tests/kernels/test_half_conv_threads.py tests/kernels/test_act_rows.py tests/kernels/test_static_kernels.py tests/kernels/test_static_simd_kernels.py tests/static/test_static_program_split.py tests/nn/test_dynamic_conv_direct.py tests/nn/test_dynamic_conv_odd_channels.py tests/kernels/test_packed_dequantize.py tests/kernels/test_split_rows.py tests/nn/test_dynamic_conv_split.py tests/kernels/test_static_conv_split.py tests/nn/test_dynamic_conv_unsigned.py tests/kernels/test_static_conv_unsigned.py tests/kernels/test_unsigned_rows.py tests/kernels/test_uint8_linear.py tests/kernels/test_embedding_kernels.py tests/kernels/test_float_depthwise.py tests/kernels/test_transpose_f32.py"}
 
@@ -38,11 +40,28 @@ for entry in $LEVELS; do
   set -e
   [ "$rc" -eq 0 ] || { echo "test_isa_levels: the emulated $cpu run failed (exit $rc)"; exit 1; }
   "$PY" tests/isa_smoke.py compare "$work/native-$level.npz" "$work/emulated-$level.npz"
-  set +e
+  # The kernel tests in $SHARDS emulated processes at once, every SHARDS-th test each (conftest.py's
+  # MONO_QUANT_TEST_SHARD): one qemu process runs on one core, and this step was most of .ci/run's time.
+  # Only this level's cases of the tests parametrized by level (MONO_QUANT_TEST_LEVELS): the lower
+  # levels' ran on their own CPU model (under Haswell the scalar cases were 45% of the time); tests that
+  # compare the levels with each other still run whole.
   # (MONO_QUANT_TEST_EMULATED: tests that would take minutes under emulation run a small case only)
-  MONO_QUANT_TEST_EMULATED=1 "$QEMU" -cpu "$cpu" "$PY" -m pytest -q -p no:cacheprovider $KERNEL_TESTS 2>&1 | quiet
-  rc=${PIPESTATUS[0]}
-  set -e
-  [ "$rc" -eq 0 ] || { echo "test_isa_levels: kernel tests under $cpu failed (exit $rc)"; exit 1; }
+  pids=()
+  for ((i = 0; i < SHARDS; i++)); do
+    MONO_QUANT_TEST_EMULATED=1 MONO_QUANT_TEST_LEVELS=$level MONO_QUANT_TEST_SHARD="$i/$SHARDS" \
+      "$QEMU" -cpu "$cpu" "$PY" -m pytest -q \
+      -p no:cacheprovider $KERNEL_TESTS > "$work/shard-$level-$i.log" 2>&1 &
+    pids+=($!)
+  done
+  failed=0
+  for ((i = 0; i < SHARDS; i++)); do
+    if wait "${pids[$i]}"; then
+      echo "-- $level, shard $i/$SHARDS: $(tail -n 1 "$work/shard-$level-$i.log")"
+    else
+      failed=1
+      echo "-- $level, shard $i/$SHARDS failed:"; quiet < "$work/shard-$level-$i.log"
+    fi
+  done
+  [ "$failed" -eq 0 ] || { echo "test_isa_levels: kernel tests under $cpu failed"; exit 1; }
 done
 echo "test_isa_levels: all emulated levels passed"
