@@ -39,7 +39,7 @@ test-isa: install
 # drifts from its signature, fails).
 docs: install
 	$(PIP) install "mkdocs==1.6.1" "mkdocstrings-python==2.0.11"
-	$(PY) -m mkdocs build --quiet
+	$(PY) -m mkdocs build  # (not --quiet: it drops the warnings before strict mode counts them)
 
 bench: install
 	$(PY) benchmarks/bench_quantize.py

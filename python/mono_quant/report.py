@@ -84,8 +84,9 @@ class Report:
         model_bytes_after: Bytes of every tensor of the output.
         tied: Names stored as aliases of a tied tensor (alias -> stored name;
             quantize_checkpoint of a Hugging Face folder).
-        shared_bytes_before, shared_bytes_after: Bytes of the layers' weights and biases tied to an
-            earlier layer's (each row shows them; ``bytes_before`` / ``bytes_after`` count them once).
+        shared_bytes_before: Bytes of the layers' weights and biases tied to an earlier layer's,
+            before quantization (each row shows them; ``bytes_before`` counts them once).
+        shared_bytes_after: The same after quantization (``bytes_after`` counts them once).
 
     Examples:
         >>> print(mq.quantize(model, dtype="int8").report)

@@ -34,7 +34,11 @@ class QuantizedEmbeddingBag(QuantizedModule):
     embeddings are: ``quantize(..., embeddings=True)``.
 
     Args:
-        num_embeddings, embedding_dim, mode, padding_idx, include_last_offset: As for nn.EmbeddingBag.
+        num_embeddings: As for nn.EmbeddingBag.
+        embedding_dim: As for nn.EmbeddingBag.
+        mode: As for nn.EmbeddingBag ("sum", "mean" or "max").
+        padding_idx: As for nn.EmbeddingBag.
+        include_last_offset: As for nn.EmbeddingBag.
         weight_format: "int8", "uint8", "int4", "fp16" or "bf16".
         orig_dtype: The table's float dtype, which calls return.
 
