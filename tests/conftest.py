@@ -68,14 +68,19 @@ def _level_of(item):
     params = getattr(getattr(item, "callspec", None), "params", {})
     for name in _LEVEL_PARAMS:
         value = params.get(name)
-        if isinstance(value, str) and value.partition("+")[0] in LEVELS:
-            return value.partition("+")[0]
+        level = value.partition("+")[0] if isinstance(value, str) else None
+        if level in LEVELS:
+            return level
     return None
 
 
 def _deselect(config, items, keep) -> None:
-    config.hook.pytest_deselected(items=[item for item in items if not keep(item)])
-    items[:] = [item for item in items if keep(item)]
+    """Keep the items for which ``keep(position, item)`` holds, in order; report the others deselected."""
+    kept, dropped = [], []
+    for position, item in enumerate(items):
+        (kept if keep(position, item) else dropped).append(item)
+    config.hook.pytest_deselected(items=dropped)
+    items[:] = kept
 
 
 def pytest_collection_modifyitems(config, items):
@@ -94,7 +99,7 @@ def pytest_collection_modifyitems(config, items):
     if any(name not in LEVELS for name in only):
         raise pytest.UsageError(f"MONO_QUANT_TEST_LEVELS={','.join(only)!r}: each name one of {LEVELS}")
     if only:
-        _deselect(config, items, lambda item: _level_of(item) in (None, *only))
+        _deselect(config, items, lambda position, item: _level_of(item) in (None, *only))
     shard = os.environ.get("MONO_QUANT_TEST_SHARD")
     if not shard:
         return
@@ -102,8 +107,7 @@ def pytest_collection_modifyitems(config, items):
     if not (index.isdigit() and count.isdigit() and int(index) < int(count)):
         raise pytest.UsageError(f"MONO_QUANT_TEST_SHARD={shard!r}: expected i/n with 0 <= i < n, e.g. 0/2")
     index, count = int(index), int(count)
-    position = {id(item): number for number, item in enumerate(items)}
-    _deselect(config, items, lambda item: position[id(item)] % count == index)
+    _deselect(config, items, lambda position, item: position % count == index)
 
 
 @pytest.fixture(params=SUPPORTED)
